@@ -1,0 +1,89 @@
+import { randomUUID } from 'node:crypto';
+import express, { type RequestHandler } from 'express';
+import type { Config } from '../shared/config';
+import { databaseAnswers, type Db } from '../shared/db';
+import type { Logger } from '../shared/logger';
+import { authorizer, type RecordUse } from './auth/authorize';
+import { clientAddressResolver } from './auth/clientAddress';
+import { createKeyVerifier } from './auth/keyVerifier';
+import { errorMiddleware, routeNotFound } from './errors';
+import { apiKeysRouter } from './keys/apiKeys.routes';
+import { createApiKeysService } from './keys/apiKeys.service';
+import { orgUsageRouter } from './usage/usage.routes';
+import { createUsageService } from './usage/usage.service';
+
+export interface AppDeps {
+  db: Db;
+  logger: Logger;
+  config: Config['api'];
+  recordUse: RecordUse;
+  now?: () => number;
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/;
+
+function requestContext(logger: Logger): RequestHandler {
+  return (req, res, next) => {
+    const incoming = req.headers['x-request-id'];
+    const requestId = typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    res.locals.requestId = requestId;
+    res.setHeader('X-Request-Id', requestId);
+    const started = process.hrtime.bigint();
+    res.on('finish', () => {
+      logger.info(
+        {
+          requestId,
+          method: req.method,
+          path: req.path,
+          status: res.statusCode,
+          durationMs: Number(process.hrtime.bigint() - started) / 1e6,
+          keyId: res.locals.auth?.key.id,
+        },
+        'request',
+      );
+    });
+    next();
+  };
+}
+
+export function createApp(deps: AppDeps) {
+  const now = deps.now ?? Date.now;
+  const verifier = createKeyVerifier({ db: deps.db, pepper: deps.config.keyPepper, cacheTtlMs: deps.config.keyCacheTtlMs, now });
+  const authorize = authorizer({
+    verifier,
+    recordUse: deps.recordUse,
+    clientAddress: clientAddressResolver(deps.config.trustProxy),
+  });
+  const apiKeys = createApiKeysService({
+    db: deps.db,
+    pepper: deps.config.keyPepper,
+    defaultGraceSeconds: deps.config.rotationGraceSeconds,
+    verifier,
+    now,
+  });
+  const usage = createUsageService({ db: deps.db, now });
+
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', deps.config.trustProxy);
+  app.use(requestContext(deps.logger));
+  app.use(express.json({ limit: '16kb' }));
+
+  app.get('/healthz', async (_req, res) => {
+    const up = await databaseAnswers(deps.db);
+    res.status(up ? 200 : 503).json({ status: up ? 'ok' : 'unavailable', database: up ? 'up' : 'down' });
+  });
+
+  app.get('/api/whoami', authorize(), (_req, res) => {
+    const { key } = res.locals.auth!;
+    res.json({ keyId: key.id, orgId: key.orgId, name: key.name, scopes: key.scopes });
+  });
+
+  app.use('/api/orgs/:id/api-keys', orgUsageRouter({ service: usage, authorize }));
+  app.use('/api/orgs/:id/api-keys', apiKeysRouter({ service: apiKeys, authorize }));
+
+  app.use(routeNotFound);
+  app.use(errorMiddleware(deps.logger));
+
+  return { app, services: { apiKeys, usage }, verifier };
+}

@@ -1,0 +1,69 @@
+import type { ErrorRequestHandler, RequestHandler } from 'express';
+import type { Logger } from '../shared/logger';
+
+// The closed list of error codes a client can receive, each with its one HTTP status.
+export const ERROR_STATUS = {
+  invalid_request: 400,
+  unauthorized: 401,
+  forbidden: 403,
+  not_found: 404,
+  conflict: 409,
+  payload_too_large: 413,
+  unsupported_media_type: 415,
+  internal_error: 500,
+  service_unavailable: 503,
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_STATUS;
+
+export class AppError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'AppError';
+  }
+
+  get status(): number {
+    return ERROR_STATUS[this.code];
+  }
+}
+
+// One message for every authentication failure, so a caller cannot tell a wrong secret from a
+// revoked or expired key.
+export const UNAUTHORIZED_MESSAGE = 'A valid API key is required (Authorization: Bearer <key> or X-API-Key: <key>)';
+
+export const notFound = (what: string) => new AppError('not_found', `${what} not found`);
+
+// body-parser marks its errors with `type` and an HTTP status; they are client errors.
+function fromBodyParser(error: { type?: string; status?: number }): AppError | undefined {
+  switch (error.type) {
+    case 'entity.parse.failed':
+      return new AppError('invalid_request', 'Request body is not valid JSON');
+    case 'entity.too.large':
+      return new AppError('payload_too_large', 'Request body is too large');
+    case 'encoding.unsupported':
+    case 'charset.unsupported':
+      return new AppError('unsupported_media_type', 'Request body encoding is not supported');
+    default:
+      return undefined;
+  }
+}
+
+export const routeNotFound: RequestHandler = (req, _res, next) => {
+  next(new AppError('not_found', `No route for ${req.method} ${req.path}`));
+};
+
+export function errorMiddleware(logger: Logger): ErrorRequestHandler {
+  return (error, req, res, _next) => {
+    const appError = error instanceof AppError ? error : fromBodyParser(error);
+    const requestId = res.locals.requestId as string;
+    if (appError) {
+      res.status(appError.status).json({ error: { code: appError.code, message: appError.message, requestId } });
+      return;
+    }
+    logger.error({ err: error, requestId, method: req.method, path: req.path }, 'unhandled error');
+    res.status(500).json({ error: { code: 'internal_error', message: 'Internal server error', requestId } });
+  };
+}

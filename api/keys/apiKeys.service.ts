@@ -1,0 +1,134 @@
+import type { Db } from '../../shared/db';
+import type { KeyVerifier } from '../auth/keyVerifier';
+import { AppError, notFound } from '../errors';
+import {
+  findApiKeyInOrg,
+  insertApiKey,
+  listApiKeysInOrg,
+  markRevoked,
+  replaceSecret,
+  type ApiKeyRecord,
+} from './apiKeys.repository';
+import { generateKeyMaterial, newSecret } from './keyMaterial';
+import type { Scope } from './scopes';
+
+export type KeyStatus = 'active' | 'expired' | 'revoked';
+
+// What a client may see of a key: never the hash, never the secret.
+export interface ApiKeyView {
+  id: string;
+  orgId: string;
+  name: string;
+  displayPrefix: string;
+  scopes: Scope[];
+  status: KeyStatus;
+  createdAt: string;
+  expiresAt: string | null;
+  revokedAt: string | null;
+  rotatedAt: string | null;
+  previousSecretExpiresAt: string | null;
+}
+
+const iso = (date: Date | null) => (date ? date.toISOString() : null);
+
+export function keyStatus(key: Pick<ApiKeyRecord, 'revokedAt' | 'expiresAt'>, now: number): KeyStatus {
+  if (key.revokedAt && key.revokedAt.getTime() <= now) return 'revoked';
+  if (key.expiresAt && key.expiresAt.getTime() <= now) return 'expired';
+  return 'active';
+}
+
+export function toApiKeyView(key: ApiKeyRecord, now: number): ApiKeyView {
+  const graceOpen = key.previousSecretExpiresAt && key.previousSecretExpiresAt.getTime() > now;
+  return {
+    id: key.id,
+    orgId: key.orgId,
+    name: key.name,
+    displayPrefix: key.displayPrefix,
+    scopes: key.scopes,
+    status: keyStatus(key, now),
+    createdAt: key.createdAt.toISOString(),
+    expiresAt: iso(key.expiresAt),
+    revokedAt: iso(key.revokedAt),
+    rotatedAt: iso(key.rotatedAt),
+    previousSecretExpiresAt: graceOpen ? iso(key.previousSecretExpiresAt) : null,
+  };
+}
+
+export interface CreateKeyInput {
+  name: string;
+  scopes: Scope[];
+  expiresAt: Date | null;
+}
+
+export interface ApiKeysServiceDeps {
+  db: Db;
+  pepper: string;
+  defaultGraceSeconds: number;
+  verifier: Pick<KeyVerifier, 'invalidate'>;
+  now: () => number;
+}
+
+export type ApiKeysService = ReturnType<typeof createApiKeysService>;
+
+export function createApiKeysService(deps: ApiKeysServiceDeps) {
+  async function requireKey(orgId: string, keyId: string): Promise<ApiKeyRecord> {
+    const key = await findApiKeyInOrg(deps.db, orgId, keyId);
+    if (!key) throw notFound('API key');
+    return key;
+  }
+
+  return {
+    async create(orgId: string, input: CreateKeyInput, db: Db = deps.db) {
+      if (input.expiresAt && input.expiresAt.getTime() <= deps.now()) {
+        throw new AppError('invalid_request', 'Invalid body: expiresAt: must be in the future');
+      }
+      const material = generateKeyMaterial(deps.pepper);
+      const key = await insertApiKey(db, {
+        id: material.keyId,
+        orgId,
+        name: input.name,
+        displayPrefix: material.displayPrefix,
+        secretHash: material.secretHash,
+        scopes: input.scopes,
+        expiresAt: input.expiresAt,
+      });
+      return { key: toApiKeyView(key, deps.now()), plaintext: material.plaintext };
+    },
+
+    async list(orgId: string, page: { limit: number; offset: number }) {
+      const { keys, total } = await listApiKeysInOrg(deps.db, orgId, page);
+      const now = deps.now();
+      return { data: keys.map((key) => toApiKeyView(key, now)), page: { ...page, total } };
+    },
+
+    async get(orgId: string, keyId: string) {
+      return toApiKeyView(await requireKey(orgId, keyId), deps.now());
+    },
+
+    // A new secret for the same key id, so usage history stays continuous; the old secret keeps
+    // working until the grace period ends.
+    async rotate(orgId: string, keyId: string, graceSeconds: number = deps.defaultGraceSeconds) {
+      const key = await requireKey(orgId, keyId);
+      const now = deps.now();
+      if (keyStatus(key, now) !== 'active') {
+        throw new AppError('conflict', `Cannot rotate a ${keyStatus(key, now)} API key`);
+      }
+      const material = newSecret(key.id, deps.pepper);
+      const rotated = await replaceSecret(deps.db, key.id, {
+        secretHash: material.secretHash,
+        previousSecretHash: key.secretHash,
+        previousSecretExpiresAt: new Date(now + graceSeconds * 1000),
+        rotatedAt: new Date(now),
+      });
+      deps.verifier.invalidate(key.id);
+      return { key: toApiKeyView(rotated, now), plaintext: material.plaintext };
+    },
+
+    async revoke(orgId: string, keyId: string) {
+      const key = await requireKey(orgId, keyId);
+      const revoked = await markRevoked(deps.db, key.id, new Date(deps.now()));
+      deps.verifier.invalidate(key.id);
+      return toApiKeyView(revoked, deps.now());
+    },
+  };
+}

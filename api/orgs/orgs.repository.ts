@@ -1,0 +1,30 @@
+import type { Db } from '../../shared/db';
+
+export interface Organization {
+  id: string;
+  name: string;
+  createdAt: Date;
+}
+
+interface OrganizationRow {
+  id: string;
+  name: string;
+  created_at: Date;
+}
+
+const toOrganization = (row: OrganizationRow): Organization => ({ id: row.id, name: row.name, createdAt: row.created_at });
+
+export async function insertOrganization(db: Db, name: string): Promise<Organization> {
+  const [row] = await db<OrganizationRow>('organizations').insert({ name }).returning('*');
+  return toOrganization(row);
+}
+
+export async function findOrganizationById(db: Db, id: string): Promise<Organization | undefined> {
+  const row = await db<OrganizationRow>('organizations').where({ id }).first();
+  return row && toOrganization(row);
+}
+
+export async function findOrganizationByName(db: Db, name: string): Promise<Organization | undefined> {
+  const row = await db<OrganizationRow>('organizations').where({ name }).orderBy('created_at').first();
+  return row && toOrganization(row);
+}

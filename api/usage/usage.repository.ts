@@ -1,0 +1,133 @@
+import type { Db } from '../../shared/db';
+import { OUTCOMES, type Outcome } from '../../shared/usageWire';
+import type { Scope } from '../keys/scopes';
+
+export type UsageSort = 'createdAt' | 'lastUsedAt' | 'requestCount';
+
+export interface RecentIp {
+  ip: string;
+  firstSeen: Date;
+  lastSeen: Date;
+  requestCount: number;
+}
+
+export interface KeyUsageRecord {
+  keyId: string;
+  name: string;
+  displayPrefix: string;
+  scopes: Scope[];
+  createdAt: Date;
+  expiresAt: Date | null;
+  revokedAt: Date | null;
+  lastUsedAt: Date | null;
+  lastUsedIp: string | null;
+  requestCount: number;
+  outcomes: Record<Outcome, number>;
+  last24h: number;
+  last7d: number;
+  last30d: number;
+  recentIps: RecentIp[];
+}
+
+export interface UsageQuery {
+  orgId: string;
+  now: Date;
+  /** When set, only keys never used or last used before this instant. */
+  dormantBefore: Date | null;
+  sort: UsageSort;
+  order: 'asc' | 'desc';
+  limit: number;
+  offset: number;
+}
+
+const SORT_COLUMNS: Record<UsageSort, string> = {
+  createdAt: 'k.created_at',
+  lastUsedAt: 'u.last_used_at',
+  requestCount: 'coalesce(u.request_count, 0)',
+};
+
+const outcomeColumns = OUTCOMES.map((outcome) => `coalesce(u.${outcome}_count, 0) as ${outcome}_count`).join(', ');
+
+// One statement per page: windows come from the hourly buckets and recent IPs from their own
+// table through LATERAL joins, so the cost does not grow with one query per key.
+export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: KeyUsageRecord[]; total: number }> {
+  const dormantFilter = query.dormantBefore ? 'and (u.last_used_at is null or u.last_used_at < :dormantBefore)' : '';
+  const bindings = { orgId: query.orgId, now: query.now, dormantBefore: query.dormantBefore, limit: query.limit, offset: query.offset };
+  const direction = query.order === 'asc' ? 'asc nulls first' : 'desc nulls last';
+  const [rows, count] = await Promise.all([
+    db.raw(
+      `select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
+              u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
+              coalesce(w.last_24h, 0) as last_24h, coalesce(w.last_7d, 0) as last_7d, coalesce(w.last_30d, 0) as last_30d,
+              coalesce(ips.recent_ips, cast('[]' as json)) as recent_ips
+         from api_keys k
+         left join api_key_usage u on u.key_id = k.id
+         left join lateral (
+           select sum(h.request_count) filter (where h.hour > cast(:now as timestamptz) - interval '24 hours') as last_24h,
+                  sum(h.request_count) filter (where h.hour > cast(:now as timestamptz) - interval '7 days') as last_7d,
+                  sum(h.request_count) as last_30d
+             from api_key_usage_hourly h
+            where h.key_id = k.id and h.hour > cast(:now as timestamptz) - interval '30 days'
+         ) w on true
+         left join lateral (
+           select json_agg(json_build_object('ip', r.ip, 'firstSeen', r.first_seen, 'lastSeen', r.last_seen, 'requestCount', r.request_count)
+                           order by r.last_seen desc) as recent_ips
+             from api_key_recent_ips r
+            where r.key_id = k.id
+         ) ips on true
+        where k.org_id = :orgId ${dormantFilter}
+        order by ${SORT_COLUMNS[query.sort]} ${direction}, k.id
+        limit :limit offset :offset`,
+      bindings,
+    ),
+    db.raw(
+      `select count(*) as total from api_keys k left join api_key_usage u on u.key_id = k.id where k.org_id = :orgId ${dormantFilter}`,
+      bindings,
+    ),
+  ]);
+  return { keys: rows.rows.map(toKeyUsage), total: Number(count.rows[0].total) };
+}
+
+function toKeyUsage(row: Record<string, any>): KeyUsageRecord {
+  return {
+    keyId: row.id,
+    name: row.name,
+    displayPrefix: row.display_prefix,
+    scopes: row.scopes,
+    createdAt: row.created_at,
+    expiresAt: row.expires_at,
+    revokedAt: row.revoked_at,
+    lastUsedAt: row.last_used_at,
+    lastUsedIp: row.last_used_ip,
+    requestCount: row.request_count,
+    outcomes: Object.fromEntries(OUTCOMES.map((outcome) => [outcome, row[`${outcome}_count`]])) as Record<Outcome, number>,
+    last24h: row.last_24h,
+    last7d: row.last_7d,
+    last30d: row.last_30d,
+    recentIps: (row.recent_ips as Array<Record<string, any>>).map((ip) => ({
+      ip: ip.ip,
+      firstSeen: new Date(ip.firstSeen),
+      lastSeen: new Date(ip.lastSeen),
+      requestCount: Number(ip.requestCount),
+    })),
+  };
+}
+
+export type Granularity = 'hour' | 'day';
+
+export async function keyTimeSeries(
+  db: Db,
+  query: { keyId: string; from: Date; to: Date; granularity: Granularity },
+): Promise<Array<{ start: Date; requestCount: number }>> {
+  const step = query.granularity === 'hour' ? '1 hour' : '1 day';
+  const result = await db.raw(
+    `select s.bucket as start, cast(coalesce(sum(h.request_count), 0) as bigint) as request_count
+       from generate_series(date_trunc(:granularity, cast(:from as timestamptz), 'UTC'), cast(:to as timestamptz), cast(:step as interval)) as s(bucket)
+       left join api_key_usage_hourly h
+         on h.key_id = :keyId and h.hour >= s.bucket and h.hour < s.bucket + cast(:step as interval)
+      group by s.bucket
+      order by s.bucket`,
+    { granularity: query.granularity, from: query.from, to: query.to, step, keyId: query.keyId },
+  );
+  return result.rows.map((row: { start: Date; request_count: number }) => ({ start: row.start, requestCount: row.request_count }));
+}

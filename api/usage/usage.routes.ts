@@ -1,0 +1,45 @@
+import { Router, type RequestHandler } from 'express';
+import { z } from 'zod';
+import type { Requirement } from '../auth/authorize';
+import { pagination, parseInput, uuid } from '../validation';
+import type { UsageService } from './usage.service';
+
+const booleanParam = z.enum(['true', 'false'], { error: 'must be true or false' }).transform((v) => v === 'true');
+const dateParam = z.iso.datetime({ offset: true, error: 'must be an ISO 8601 date-time' }).transform((v) => new Date(v));
+
+const listQuery = z
+  .object({
+    dormant: booleanParam.default(false),
+    dormantDays: z.coerce.number().int('must be a whole number').min(1).max(3650).default(30),
+    sort: z.enum(['createdAt', 'lastUsedAt', 'requestCount'], { error: 'must be createdAt, lastUsedAt or requestCount' }).default('createdAt'),
+    order: z.enum(['asc', 'desc'], { error: 'must be asc or desc' }).default('desc'),
+    ...pagination,
+  })
+  .strict();
+
+const seriesQuery = z
+  .object({
+    from: dateParam.optional(),
+    to: dateParam.optional(),
+    granularity: z.enum(['hour', 'day'], { error: 'must be hour or day' }).default('hour'),
+  })
+  .strict();
+
+export function orgUsageRouter(deps: { service: UsageService; authorize: (requirement: Requirement) => RequestHandler }) {
+  const router = Router({ mergeParams: true });
+  const readUsage = deps.authorize({ scope: 'keys:read', orgParam: 'id' });
+
+  router.get('/usage', readUsage, async (req, res) => {
+    const { id } = parseInput(z.object({ id: uuid }), req.params, 'params');
+    const query = parseInput(listQuery, req.query, 'query');
+    res.json(await deps.service.list(id, { ...query, dormantOnly: query.dormant }));
+  });
+
+  router.get('/:keyId/usage', readUsage, async (req, res) => {
+    const { id, keyId } = parseInput(z.object({ id: uuid, keyId: uuid }), req.params, 'params');
+    const query = parseInput(seriesQuery, req.query, 'query');
+    res.json(await deps.service.timeSeries(id, keyId, query));
+  });
+
+  return router;
+}

@@ -1,0 +1,78 @@
+import type { Db } from '../../shared/db';
+import { notFound, AppError } from '../errors';
+import { findApiKeyInOrg } from '../keys/apiKeys.repository';
+import { keyStatus } from '../keys/apiKeys.service';
+import { keyTimeSeries, listKeyUsage, type Granularity, type KeyUsageRecord, type UsageSort } from './usage.repository';
+
+const DAY_MS = 86_400_000;
+const MAX_SERIES_POINTS = 24 * 93;
+
+const isoOrNull = (date: Date | null) => (date ? date.toISOString() : null);
+
+function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number) {
+  return {
+    id: key.keyId,
+    name: key.name,
+    displayPrefix: key.displayPrefix,
+    scopes: key.scopes,
+    status: keyStatus(key, now),
+    createdAt: key.createdAt.toISOString(),
+    expiresAt: isoOrNull(key.expiresAt),
+    revokedAt: isoOrNull(key.revokedAt),
+    lastUsedAt: isoOrNull(key.lastUsedAt),
+    lastUsedIp: key.lastUsedIp,
+    recentIps: key.recentIps.map((ip) => ({ ...ip, firstSeen: ip.firstSeen.toISOString(), lastSeen: ip.lastSeen.toISOString() })),
+    requestCount: key.requestCount,
+    outcomes: key.outcomes,
+    requests: { last24h: key.last24h, last7d: key.last7d, last30d: key.last30d },
+    dormant: key.lastUsedAt === null || key.lastUsedAt.getTime() < now - dormantAfterMs,
+  };
+}
+
+export type UsageService = ReturnType<typeof createUsageService>;
+
+export function createUsageService(deps: { db: Db; now: () => number }) {
+  return {
+    async list(
+      orgId: string,
+      query: { dormantOnly: boolean; dormantDays: number; sort: UsageSort; order: 'asc' | 'desc'; limit: number; offset: number },
+    ) {
+      const now = deps.now();
+      const dormantAfterMs = query.dormantDays * DAY_MS;
+      const { keys, total } = await listKeyUsage(deps.db, {
+        orgId,
+        now: new Date(now),
+        dormantBefore: query.dormantOnly ? new Date(now - dormantAfterMs) : null,
+        sort: query.sort,
+        order: query.order,
+        limit: query.limit,
+        offset: query.offset,
+      });
+      return {
+        data: keys.map((key) => toUsageView(key, now, dormantAfterMs)),
+        page: { limit: query.limit, offset: query.offset, total },
+        generatedAt: new Date(now).toISOString(),
+      };
+    },
+
+    async timeSeries(orgId: string, keyId: string, query: { from?: Date; to?: Date; granularity: Granularity }) {
+      const to = query.to ?? new Date(deps.now());
+      const from = query.from ?? new Date(to.getTime() - 7 * DAY_MS);
+      if (from.getTime() > to.getTime()) throw new AppError('invalid_request', 'Invalid query: from: must not be after to');
+      const points = (to.getTime() - from.getTime()) / (query.granularity === 'hour' ? 3_600_000 : DAY_MS);
+      if (points > MAX_SERIES_POINTS) {
+        throw new AppError('invalid_request', `Invalid query: the range holds ${Math.ceil(points)} ${query.granularity}s; at most ${MAX_SERIES_POINTS} per request`);
+      }
+      if (!(await findApiKeyInOrg(deps.db, orgId, keyId))) throw notFound('API key');
+      const buckets = await keyTimeSeries(deps.db, { keyId, from, to, granularity: query.granularity });
+      return {
+        keyId,
+        granularity: query.granularity,
+        from: from.toISOString(),
+        to: to.toISOString(),
+        total: buckets.reduce((sum, bucket) => sum + bucket.requestCount, 0),
+        buckets: buckets.map((bucket) => ({ start: bucket.start.toISOString(), requestCount: bucket.requestCount })),
+      };
+    },
+  };
+}

@@ -1,0 +1,186 @@
+// Coalesces usage samples per (orgId, keyId) between flushes. Pure: the clock
+// is injected and the flusher decides when to drain, so nothing here sleeps.
+import { OUTCOMES, type Outcome, type UsageSample } from '../shared/usageWire';
+
+export interface IpStat {
+  count: number;
+  firstSeen: number;
+  lastSeen: number;
+}
+
+export interface KeyUsageDelta {
+  keyId: string;
+  orgId: string;
+  total: number;
+  byOutcome: Record<Outcome, number>;
+  lastUsedAt: number;
+  lastIp: string;
+  ips: Map<string, IpStat>;
+  hours: Map<number, number>;
+}
+
+export interface UsageBatch {
+  keys: KeyUsageDelta[];
+  uses: number;
+}
+
+export interface AggregatorOptions {
+  maxKeys: number;
+  maxIpsPerKey?: number;
+  now: () => number;
+}
+
+const HOUR_MS = 3_600_000;
+const DEFAULT_MAX_IPS_PER_KEY = 16;
+
+export class Aggregator {
+  readonly #maxKeys: number;
+  readonly #maxIpsPerKey: number;
+  readonly #now: () => number;
+  #entries = new Map<string, KeyUsageDelta>();
+  #uses = 0;
+  #overflowSamples = 0;
+  #overflowUses = 0;
+
+  constructor(options: AggregatorOptions) {
+    this.#maxKeys = positiveInteger('maxKeys', options.maxKeys);
+    this.#maxIpsPerKey = positiveInteger('maxIpsPerKey', options.maxIpsPerKey ?? DEFAULT_MAX_IPS_PER_KEY);
+    this.#now = options.now;
+  }
+
+  add(sample: UsageSample): boolean {
+    const id = entryId(sample.orgId, sample.keyId);
+    let entry = this.#entries.get(id);
+    if (entry === undefined) {
+      // Bounds memory when a flood of distinct (forged) keys arrives faster
+      // than we flush; keys already pending keep counting exactly.
+      if (this.#entries.size >= this.#maxKeys) {
+        this.#overflowSamples++;
+        this.#overflowUses += sample.count;
+        return false;
+      }
+      entry = emptyDelta(sample.keyId, sample.orgId);
+      this.#entries.set(id, entry);
+    }
+    const now = this.#now();
+    const { ip, count } = sample;
+    entry.total += count;
+    entry.byOutcome[sample.outcome] += count;
+    if (now >= entry.lastUsedAt) {
+      entry.lastUsedAt = now;
+      entry.lastIp = ip;
+    }
+    const hour = Math.floor(now / HOUR_MS) * HOUR_MS;
+    entry.hours.set(hour, (entry.hours.get(hour) ?? 0) + count);
+    touchIp(entry.ips, ip, count, now, this.#maxIpsPerKey);
+    this.#uses += count;
+    return true;
+  }
+
+  drain(): UsageBatch {
+    const batch = { keys: [...this.#entries.values()], uses: this.#uses };
+    this.#entries = new Map();
+    this.#uses = 0;
+    return batch;
+  }
+
+  get pendingKeys(): number {
+    return this.#entries.size;
+  }
+
+  get overflowSamples(): number {
+    return this.#overflowSamples;
+  }
+
+  get overflowUses(): number {
+    return this.#overflowUses;
+  }
+}
+
+// Merges batches (e.g. one whose write failed with the next drain) into new
+// objects; inputs are left untouched so a caller can still retry them.
+export function mergeBatches(batches: readonly UsageBatch[], maxIpsPerKey = DEFAULT_MAX_IPS_PER_KEY): UsageBatch {
+  positiveInteger('maxIpsPerKey', maxIpsPerKey);
+  const merged = new Map<string, KeyUsageDelta>();
+  let uses = 0;
+  for (const batch of batches) {
+    uses += batch.uses;
+    for (const from of batch.keys) {
+      const id = entryId(from.orgId, from.keyId);
+      let into = merged.get(id);
+      if (into === undefined) {
+        into = emptyDelta(from.keyId, from.orgId);
+        merged.set(id, into);
+      }
+      mergeInto(into, from);
+    }
+  }
+  const keys = [...merged.values()];
+  for (const delta of keys) delta.ips = newestIps(delta.ips, maxIpsPerKey);
+  return { keys, uses };
+}
+
+function mergeInto(into: KeyUsageDelta, from: KeyUsageDelta): void {
+  into.total += from.total;
+  for (const outcome of OUTCOMES) into.byOutcome[outcome] += from.byOutcome[outcome];
+  if (from.lastUsedAt >= into.lastUsedAt) {
+    into.lastUsedAt = from.lastUsedAt;
+    into.lastIp = from.lastIp;
+  }
+  for (const [hour, count] of from.hours) into.hours.set(hour, (into.hours.get(hour) ?? 0) + count);
+  for (const [ip, stat] of from.ips) {
+    const seen = into.ips.get(ip);
+    if (seen === undefined) {
+      into.ips.set(ip, { ...stat });
+    } else {
+      seen.count += stat.count;
+      seen.firstSeen = Math.min(seen.firstSeen, stat.firstSeen);
+      seen.lastSeen = Math.max(seen.lastSeen, stat.lastSeen);
+    }
+  }
+}
+
+// Keeps the `max` most recently seen, ordered least recent first like the
+// maps the Aggregator builds.
+function newestIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
+  const byLastSeen = [...ips].sort(([, a], [, b]) => a.lastSeen - b.lastSeen);
+  return new Map(byLastSeen.slice(Math.max(0, byLastSeen.length - max)));
+}
+
+// Map order is the eviction order: an IP seen again moves to the back, so the
+// front is always the least recently seen.
+function touchIp(ips: Map<string, IpStat>, ip: string, count: number, now: number, max: number): void {
+  const stat = ips.get(ip);
+  if (stat !== undefined) {
+    ips.delete(ip);
+    stat.count += count;
+    stat.lastSeen = Math.max(stat.lastSeen, now);
+    ips.set(ip, stat);
+    return;
+  }
+  if (ips.size >= max) {
+    for (const oldest of ips.keys()) {
+      ips.delete(oldest);
+      break;
+    }
+  }
+  ips.set(ip, { count, firstSeen: now, lastSeen: now });
+}
+
+function emptyDelta(keyId: string, orgId: string): KeyUsageDelta {
+  const byOutcome = {} as Record<Outcome, number>;
+  for (const outcome of OUTCOMES) byOutcome[outcome] = 0;
+  // -Infinity so the first add or merge always sets lastUsedAt and lastIp.
+  return { keyId, orgId, total: 0, byOutcome, lastUsedAt: -Infinity, lastIp: '', ips: new Map(), hours: new Map() };
+}
+
+// Length-prefixed so no (orgId, keyId) pair can collide with another,
+// whatever characters the ids hold.
+function entryId(orgId: string, keyId: string): string {
+  return `${orgId.length}:${orgId}${keyId}`;
+}
+
+function positiveInteger(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 1) throw new RangeError(`${name} must be a positive integer, got ${value}`);
+  return value;
+}

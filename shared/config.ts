@@ -1,0 +1,121 @@
+import { z } from 'zod';
+
+// One config for every process (api, collector, cli, launcher), read once from the environment.
+// Each variable is validated on its own so a bad value fails fast with the variable's name.
+
+const port = z.coerce.number().int().min(1).max(65535);
+const portOrZero = z.coerce.number().int().min(0).max(65535);
+const positiveInt = z.coerce.number().int().positive();
+const booleanFlag = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
+const host = z.string().min(1);
+
+// Express's `trust proxy` accepts a boolean, a hop count, or a list of addresses/subnets.
+const trustProxy = z
+  .string()
+  .min(1)
+  .transform((value): boolean | number | string[] => {
+    if (value === 'false') return false;
+    if (value === 'true') return true;
+    if (/^\d+$/.test(value)) return Number(value);
+    return value.split(',').map((part) => part.trim()).filter(Boolean);
+  });
+
+const variables = {
+  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  DATABASE_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
+  DATABASE_POOL_MAX: positiveInt.default(10),
+  EMBEDDED_PG_DIR: z.string().min(1).default('.data/postgres'),
+  EMBEDDED_PG_PORT: port.default(54329),
+  HOST: host.default('127.0.0.1'),
+  PORT: portOrZero.default(3000),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  KEY_PEPPER: z.string().min(32, 'must be at least 32 characters').optional(),
+  KEY_CACHE_TTL_MS: z.coerce.number().int().min(0).max(60_000).default(2000),
+  ROTATION_GRACE_SECONDS: z.coerce.number().int().min(0).max(604_800).default(86_400),
+  TRUST_PROXY: trustProxy.default(false),
+  USAGE_TRACKING: booleanFlag.default(true),
+  USAGE_DRAIN_INTERVAL_MS: positiveInt.max(60_000).default(250),
+  USAGE_MAX_ENTRIES: positiveInt.default(10_000),
+  COLLECTOR_HOST: host.default('127.0.0.1'),
+  COLLECTOR_PORT: portOrZero.default(8125),
+  COLLECTOR_FLUSH_INTERVAL_MS: positiveInt.max(600_000).default(1000),
+  COLLECTOR_MAX_PENDING_KEYS: positiveInt.default(100_000),
+  COLLECTOR_RECV_BUFFER_BYTES: positiveInt.default(8 * 1024 * 1024),
+  COLLECTOR_METRICS_HOST: host.default('127.0.0.1'),
+  COLLECTOR_METRICS_PORT: portOrZero.default(9102),
+  USAGE_RETENTION_DAYS: positiveInt.max(3650).default(90),
+};
+
+const DEV_PEPPER = 'keyusage-development-pepper-not-for-production-use';
+
+function parseEnvironment(env: NodeJS.ProcessEnv) {
+  const values: Record<string, unknown> = {};
+  const problems: string[] = [];
+  for (const [name, schema] of Object.entries(variables)) {
+    const raw = env[name] === '' ? undefined : env[name];
+    const result = schema.safeParse(raw);
+    if (result.success) values[name] = result.data;
+    else problems.push(`${name}: ${result.error.issues.map((issue) => issue.message).join('; ')}`);
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return values as { [K in keyof typeof variables]: z.output<(typeof variables)[K]> };
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration: ${problems.join(', ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
+  }
+  return value;
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
+  const v = parseEnvironment(env);
+  if (v.NODE_ENV === 'production' && !v.KEY_PEPPER) {
+    throw new ConfigError(['KEY_PEPPER: required when NODE_ENV=production']);
+  }
+  return deepFreeze({
+    env: v.NODE_ENV,
+    logLevel: v.LOG_LEVEL,
+    database: {
+      url: v.DATABASE_URL,
+      poolMax: v.DATABASE_POOL_MAX,
+      embeddedDir: v.EMBEDDED_PG_DIR,
+      embeddedPort: v.EMBEDDED_PG_PORT,
+    },
+    api: {
+      host: v.HOST,
+      port: v.PORT,
+      keyPepper: v.KEY_PEPPER ?? DEV_PEPPER,
+      keyCacheTtlMs: v.KEY_CACHE_TTL_MS,
+      rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
+      trustProxy: v.TRUST_PROXY,
+    },
+    usage: {
+      enabled: v.USAGE_TRACKING,
+      drainIntervalMs: v.USAGE_DRAIN_INTERVAL_MS,
+      maxEntries: v.USAGE_MAX_ENTRIES,
+      collectorHost: v.COLLECTOR_HOST,
+      collectorPort: v.COLLECTOR_PORT,
+    },
+    collector: {
+      host: v.COLLECTOR_HOST,
+      port: v.COLLECTOR_PORT,
+      flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS,
+      maxPendingKeys: v.COLLECTOR_MAX_PENDING_KEYS,
+      recvBufferBytes: v.COLLECTOR_RECV_BUFFER_BYTES,
+      metricsHost: v.COLLECTOR_METRICS_HOST,
+      metricsPort: v.COLLECTOR_METRICS_PORT,
+      retentionDays: v.USAGE_RETENTION_DAYS,
+    },
+  });
+}
+
+export type Config = ReturnType<typeof loadConfig>;

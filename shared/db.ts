@@ -1,0 +1,33 @@
+import path from 'node:path';
+import knex, { type Knex } from 'knex';
+import pg from 'pg';
+
+export type Db = Knex;
+
+// Counters are BIGINT; every count we keep fits in a double's exact integer range.
+pg.types.setTypeParser(pg.types.builtins.INT8, (value: string) => Number(value));
+
+export const MIGRATIONS_DIRECTORY = path.resolve(__dirname, '..', 'migrations');
+
+export function createDb(url: string, options: { poolMax?: number; applicationName?: string } = {}): Db {
+  return knex({
+    client: 'pg',
+    connection: { connectionString: url, application_name: options.applicationName ?? 'keyusage' },
+    pool: { min: 0, max: options.poolMax ?? 10 },
+    acquireConnectionTimeout: 10_000,
+  });
+}
+
+export async function migrateLatest(db: Db): Promise<string[]> {
+  const [, applied] = await db.migrate.latest({ directory: MIGRATIONS_DIRECTORY, loadExtensions: ['.ts'] });
+  return applied as string[];
+}
+
+export async function databaseAnswers(db: Db): Promise<boolean> {
+  try {
+    await db.raw('select 1');
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,338 @@
+// The StatsD wire format between the API (encodeUsageLine, packDatagrams) and
+// the collector (parsePacket). Pure: no sockets, no timers.
+import { isIP } from 'node:net';
+
+export const OUTCOMES = ['ok', 'forbidden', 'expired', 'revoked', 'bad_secret', 'cross_org'] as const;
+export type Outcome = (typeof OUTCOMES)[number];
+
+export const USAGE_METRIC = 'apikey.used';
+
+// Datadog's recommended UDP payload: fits a 1500-byte MTU after IPv6 + UDP
+// headers with room for tunnel overhead, so datagrams are never fragmented.
+export const MAX_DATAGRAM_BYTES = 1432;
+
+export interface UsageSample {
+  keyId: string;
+  orgId: string;
+  ip: string;
+  outcome: Outcome;
+  count: number;
+}
+
+export interface PacketResult {
+  lines: number;
+  usage: number;
+  other: number;
+  invalid: number;
+  firstError?: string;
+}
+
+// A value carrying one of these would end its tag, field or line early and
+// let the rest forge another tag (or a whole line) on the collector side.
+const STATSD_DELIMITERS = /[\x00-\x20\x7f|,#]/g;
+
+export function encodeUsageLine(sample: UsageSample): string {
+  const { keyId, orgId, ip, outcome, count } = sample;
+  return `${USAGE_METRIC}:${count}|c|#key:${tagValue(keyId)},org:${tagValue(orgId)},ip:${tagValue(ip)},outcome:${tagValue(outcome)}`;
+}
+
+function tagValue(value: string): string {
+  return value.replace(STATSD_DELIMITERS, '_');
+}
+
+export function packDatagrams(lines: readonly string[], maxBytes = MAX_DATAGRAM_BYTES): string[] {
+  if (!Number.isInteger(maxBytes) || maxBytes < 1) {
+    throw new RangeError(`maxBytes must be a positive integer, got ${maxBytes}`);
+  }
+  const datagrams: string[] = [];
+  let current: string[] = [];
+  let currentBytes = 0;
+  for (const line of lines) {
+    const bytes = Buffer.byteLength(line, 'utf8');
+    // +1 for the '\n' that will join it to the lines already in `current`.
+    if (current.length > 0 && currentBytes + 1 + bytes > maxBytes) {
+      datagrams.push(current.join('\n'));
+      current = [];
+      currentBytes = 0;
+    }
+    currentBytes += current.length > 0 ? 1 + bytes : bytes;
+    current.push(line);
+  }
+  if (current.length > 0) datagrams.push(current.join('\n'));
+  return datagrams;
+}
+
+const OUTCOME_SET: ReadonlySet<string> = new Set(OUTCOMES);
+const MAX_COUNT = 1e9;
+const MAX_QUOTED_CHARS = 60;
+
+const CR = 13;
+const SPACE = 32;
+const HASH = 35;
+const PLUS = 43;
+const COMMA = 44;
+const MINUS = 45;
+const DOT = 46;
+const ZERO = 48;
+const NINE = 57;
+const COLON = 58;
+const EQUALS = 61;
+const AT = 64;
+const UPPER_E = 69;
+const UPPER_T = 84;
+const LOWER_E = 101;
+const PIPE = 124;
+const DEL = 127;
+
+export function parsePacket(packet: string, onSample: (sample: UsageSample) => void): PacketResult {
+  const result: PacketResult = { lines: 0, usage: 0, other: 0, invalid: 0 };
+  const length = packet.length;
+  let start = 0;
+  while (start < length) {
+    let next = packet.indexOf('\n', start);
+    if (next < 0) next = length;
+    const end = next > start && packet.charCodeAt(next - 1) === CR ? next - 1 : next;
+    if (end > start) {
+      result.lines++;
+      const parsed = parseLine(packet, start, end);
+      if (parsed === null) {
+        result.other++;
+      } else if (typeof parsed === 'string') {
+        result.invalid++;
+        result.firstError ??= parsed;
+      } else {
+        result.usage++;
+        onSample(parsed);
+      }
+    }
+    start = next + 1;
+  }
+  return result;
+}
+
+interface UsageTags {
+  key: string | undefined;
+  org: string | undefined;
+  ip: string | undefined;
+  outcome: string | undefined;
+}
+
+// Parses s[start, end), one line without its terminator. Returns the sample
+// of a usage line, null for any other valid StatsD line, or why it is invalid.
+// Works on offsets into the packet so valid lines allocate only what the
+// sample keeps; every scan is bounded by `end` so a packet is parsed in
+// linear time whatever it holds.
+function parseLine(s: string, start: number, end: number): UsageSample | string | null {
+  let firstColon = -1;
+  let lastColon = -1;
+  let firstComma = -1;
+  let pipe = -1;
+  for (let i = start; i < end; i++) {
+    const c = s.charCodeAt(i);
+    if (c === PIPE) {
+      pipe = i;
+      break;
+    }
+    if (c === COLON) {
+      if (firstColon < 0) firstColon = i;
+      lastColon = i;
+    } else if (c === COMMA) {
+      if (firstComma < 0) firstComma = i;
+    } else if (c <= SPACE || c === DEL) {
+      return `control character or space in ${quote(s, start, end)}`;
+    }
+  }
+  if (pipe < 0) return `missing '|' in ${quote(s, start, end)}`;
+  if (firstColon < 0) return `missing ':' in ${quote(s, start, end)}`;
+
+  // Influx tags in the name may hold IPv6 colons, so then the value follows
+  // the last colon; otherwise the first, so set members like `::1` survive.
+  const influxTags = firstComma >= 0 && firstComma < firstColon;
+  const valueStart = (influxTags ? lastColon : firstColon) + 1;
+  const nameEnd = influxTags ? firstComma : firstColon;
+  if (nameEnd === start) return `empty name in ${quote(s, start, end)}`;
+  const isUsage = nameEnd - start === USAGE_METRIC.length && s.startsWith(USAGE_METRIC, start);
+
+  const typeEnd = fieldEnd(s, pipe + 1, end);
+  const type = metricType(s, pipe + 1, typeEnd);
+  if (type === undefined) return `unknown type ${quote(s, pipe + 1, typeEnd)}`;
+  if (valueStart === pipe) return `empty value in ${quote(s, start, end)}`;
+  // Set members are arbitrary strings (`users:alice|s`); every other type is a number.
+  const value = type === 's' ? NaN : parseDecimal(s, valueStart, pipe);
+  if (type !== 's' && Number.isNaN(value)) return `bad value ${quote(s, valueStart, pipe)}`;
+
+  const tags: UsageTags | undefined = isUsage
+    ? { key: undefined, org: undefined, ip: undefined, outcome: undefined }
+    : undefined;
+  let rate = 1;
+  let sawRate = false;
+  for (let bar = typeEnd; bar < end; ) {
+    const from = bar + 1;
+    const to = fieldEnd(s, from, end);
+    if (to === from) return `empty field in ${quote(s, start, end)}`;
+    const c = s.charCodeAt(from);
+    if (c === AT) {
+      rate = parseDecimal(s, from + 1, to);
+      if (sawRate || !(rate > 0 && rate <= 1)) return `bad rate ${quote(s, from, to)}`;
+      sawRate = true;
+    } else if (c === HASH) {
+      const error = tags && readTags(s, from + 1, to, COLON, tags);
+      if (error) return error;
+    } else if (c === UPPER_T) {
+      if (!isDigits(s, from + 1, to)) return `bad timestamp ${quote(s, from, to)}`;
+    } else if (!isLetter(c)) {
+      // DogStatsD keeps adding letter-keyed fields (c:, e:, card:); anything else is garbage.
+      return `unknown field ${quote(s, from, to)}`;
+    }
+    bar = to;
+  }
+  if (tags === undefined) return null;
+
+  if (type !== 'c') return `${USAGE_METRIC} must be a counter, got type "${type}"`;
+  if (!(value > 0)) return `bad value ${quote(s, valueStart, pipe)}`;
+  const count = Math.round(value / rate);
+  if (!(count >= 1 && count <= MAX_COUNT)) return `count ${count} out of range`;
+  if (influxTags) {
+    const error = readTags(s, firstComma + 1, valueStart - 1, EQUALS, tags);
+    if (error) return error;
+  }
+  return usageSample(tags, count);
+}
+
+function usageSample(tags: UsageTags, count: number): UsageSample | string {
+  const { key, org, ip, outcome } = tags;
+  if (key === undefined) return 'missing tag "key"';
+  if (org === undefined) return 'missing tag "org"';
+  if (ip === undefined) return 'missing tag "ip"';
+  if (outcome === undefined) return 'missing tag "outcome"';
+  if (!isUuid(key)) return `bad key ${quote(key)}`;
+  if (!isUuid(org)) return `bad org ${quote(org)}`;
+  if (!isOutcome(outcome)) return `unknown outcome ${quote(outcome)}`;
+  // Zone ids (fe80::1%eth0) are meaningless off-host and Postgres inet rejects them.
+  if (isIP(ip) === 0 || ip.includes('%')) return `bad ip ${quote(ip)}`;
+  return { keyId: key, orgId: org, ip, outcome, count };
+}
+
+// Reads comma-separated `k<sep>v` tags in s[start, end) into `tags`, splitting
+// each on its first separator so IPv6 values stay whole. Valueless and unknown
+// tags (global tags such as env:prod) are skipped.
+function readTags(s: string, start: number, end: number, separator: number, tags: UsageTags): string | undefined {
+  let tagStart = start;
+  while (tagStart < end) {
+    let tagEnd = tagStart;
+    let sep = -1;
+    for (; tagEnd < end; tagEnd++) {
+      const c = s.charCodeAt(tagEnd);
+      if (c === COMMA) break;
+      if (c === separator && sep < 0) sep = tagEnd;
+    }
+    if (sep >= 0) {
+      const name = tagName(s, tagStart, sep);
+      if (name !== undefined) {
+        const value = s.slice(sep + 1, tagEnd);
+        const seen = tags[name];
+        // Last-one-wins would let a value that smuggled in `,key:<other>`
+        // re-attribute the use, so two different values void the line.
+        if (seen !== undefined && seen !== value) return `conflicting "${name}" tags`;
+        tags[name] = value;
+      }
+    }
+    tagStart = tagEnd + 1;
+  }
+  return undefined;
+}
+
+function tagName(s: string, start: number, end: number): keyof UsageTags | undefined {
+  switch (end - start) {
+    case 2:
+      return s.startsWith('ip', start) ? 'ip' : undefined;
+    case 3:
+      if (s.startsWith('key', start)) return 'key';
+      return s.startsWith('org', start) ? 'org' : undefined;
+    case 7:
+      return s.startsWith('outcome', start) ? 'outcome' : undefined;
+    default:
+      return undefined;
+  }
+}
+
+function fieldEnd(s: string, from: number, end: number): number {
+  let i = from;
+  while (i < end && s.charCodeAt(i) !== PIPE) i++;
+  return i;
+}
+
+function metricType(s: string, start: number, end: number): string | undefined {
+  if (end - start === 2) return s.startsWith('ms', start) ? 'ms' : undefined;
+  if (end - start !== 1) return undefined;
+  const type = s[start];
+  return type === 'c' || type === 'g' || type === 'h' || type === 's' || type === 'd' ? type : undefined;
+}
+
+// Plain decimal only: Number() alone would also take '', ' 1', '0x10' and
+// 'Infinity'. Returns NaN when s[start, end) is not a finite decimal.
+function parseDecimal(s: string, start: number, end: number): number {
+  let i = start;
+  const sign = s.charCodeAt(i);
+  if (sign === PLUS || sign === MINUS) i++;
+  let digits = 0;
+  let integer = 0;
+  for (let c = s.charCodeAt(i); i < end && c >= ZERO && c <= NINE; c = s.charCodeAt(++i)) {
+    integer = integer * 10 + (c - ZERO);
+    digits++;
+  }
+  // Fast path for the common `:1|c`; 15 digits stay exact in a double.
+  if (i === end && digits > 0 && digits <= 15) return sign === MINUS ? -integer : integer;
+  if (i < end && s.charCodeAt(i) === DOT) {
+    for (i++; i < end && isDigit(s.charCodeAt(i)); i++) digits++;
+  }
+  if (digits === 0) return NaN;
+  if (i < end && (s.charCodeAt(i) === LOWER_E || s.charCodeAt(i) === UPPER_E)) {
+    i++;
+    if (i < end && (s.charCodeAt(i) === PLUS || s.charCodeAt(i) === MINUS)) i++;
+    if (!isDigits(s, i, end)) return NaN;
+    i = end;
+  }
+  if (i !== end) return NaN;
+  const value = Number(s.slice(start, end));
+  return Number.isFinite(value) ? value : NaN;
+}
+
+function isDigit(c: number): boolean {
+  return c >= ZERO && c <= NINE;
+}
+
+function isDigits(s: string, start: number, end: number): boolean {
+  if (start >= end) return false;
+  for (let i = start; i < end; i++) if (!isDigit(s.charCodeAt(i))) return false;
+  return true;
+}
+
+function isLetter(c: number): boolean {
+  const lower = c | 0x20;
+  return lower >= 97 && lower <= 122;
+}
+
+// Canonical lowercase 8-4-4-4-12: the form Postgres prints, so equal ids are equal strings.
+function isUuid(v: string): boolean {
+  if (v.length !== 36) return false;
+  for (let i = 0; i < 36; i++) {
+    const c = v.charCodeAt(i);
+    if (i === 8 || i === 13 || i === 18 || i === 23) {
+      if (c !== MINUS) return false;
+    } else if (!isDigit(c) && !(c >= 97 && c <= 102)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+function isOutcome(v: string): v is Outcome {
+  return OUTCOME_SET.has(v);
+}
+
+// Reasons get logged: cap the echoed input and escape control characters.
+function quote(s: string, start = 0, end = s.length): string {
+  const cut = end - start > MAX_QUOTED_CHARS;
+  return JSON.stringify(s.slice(start, cut ? start + MAX_QUOTED_CHARS : end)) + (cut ? '…' : '');
+}

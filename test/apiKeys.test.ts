@@ -1,0 +1,99 @@
+import t from 'tap';
+import { freshDatabase } from './helpers/database';
+import { seedOrg, startTestApi } from './helpers/api';
+
+t.test('create, read, list, rotate and revoke keys through the HTTP API', async (t) => {
+  const { db } = await freshDatabase(t);
+  let clock = Date.parse('2026-11-25T12:00:00Z');
+  const api = await startTestApi(t, db, { now: () => clock, env: { KEY_CACHE_TTL_MS: '0' } });
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const base = `/api/orgs/${org.id}/api-keys`;
+
+  const whoami = await api.request('GET', '/api/whoami', { key: adminKey, header: 'x-api-key' });
+  t.equal(whoami.status, 200);
+  t.same(whoami.body, { keyId: adminKeyId, orgId: org.id, name: 'admin', scopes: ['keys:read', 'keys:write'] });
+  t.match(whoami.headers.get('x-request-id'), /^[0-9a-f-]{36}$/);
+
+  const created = await api.request('POST', base, { key: adminKey, body: { name: 'ci deploys', scopes: ['keys:read', 'keys:read'] } });
+  t.equal(created.status, 201);
+  t.match(created.body.key, /^ku_[0-9a-f]{32}_[A-Za-z0-9_-]{43}$/);
+  t.same(created.body.scopes, ['keys:read'], 'duplicate scopes collapse');
+  t.equal(created.body.status, 'active');
+  t.equal(created.body.displayPrefix, created.body.key.slice(0, 11));
+  const readKey = created.body.key as string;
+  const readKeyId = created.body.id as string;
+
+  const fetched = await api.request('GET', `${base}/${readKeyId}`, { key: readKey });
+  t.equal(fetched.status, 200);
+  t.equal(fetched.body.key, undefined, 'the plaintext is shown only once');
+  t.equal(fetched.body.name, 'ci deploys');
+
+  const listed = await api.request('GET', `${base}?limit=1&offset=1`, { key: adminKey });
+  t.equal(listed.status, 200);
+  t.equal(listed.body.page.total, 2);
+  t.equal(listed.body.data.length, 1);
+  t.equal(listed.body.data[0].id, readKeyId, 'ordered by creation');
+
+  const forbidden = await api.request('POST', `${base}/${readKeyId}/revoke`, { key: readKey });
+  t.equal(forbidden.status, 403);
+  t.match(forbidden.body.error.message, /keys:write/);
+
+  const rotated = await api.request('POST', `${base}/${readKeyId}/rotate`, { key: adminKey, body: { gracePeriodSeconds: 60 } });
+  t.equal(rotated.status, 200);
+  t.equal(rotated.body.id, readKeyId, 'rotation keeps the key id');
+  t.not(rotated.body.key, readKey);
+  t.equal(rotated.body.previousSecretExpiresAt, new Date(clock + 60_000).toISOString());
+  const newKey = rotated.body.key as string;
+
+  t.equal((await api.request('GET', '/api/whoami', { key: readKey })).status, 200, 'old secret works during the grace period');
+  t.equal((await api.request('GET', '/api/whoami', { key: newKey })).status, 200, 'new secret works');
+  clock += 61_000;
+  t.equal((await api.request('GET', '/api/whoami', { key: readKey })).status, 401, 'old secret fails after the grace period');
+  t.equal((await api.request('GET', '/api/whoami', { key: newKey })).status, 200);
+
+  const revoked = await api.request('POST', `${base}/${readKeyId}/revoke`, { key: adminKey });
+  t.equal(revoked.status, 200);
+  t.equal(revoked.body.status, 'revoked');
+  t.equal((await api.request('GET', '/api/whoami', { key: newKey })).status, 401, 'revocation takes effect at once');
+
+  const again = await api.request('POST', `${base}/${readKeyId}/rotate`, { key: adminKey, body: {} });
+  t.equal(again.status, 409);
+  t.match(again.body.error.message, /revoked/);
+
+  t.same(api.evidence.leaksOf([adminKey, readKey, newKey]), [], 'no plaintext key in any log line');
+});
+
+t.test('expiry', async (t) => {
+  const { db } = await freshDatabase(t);
+  let clock = Date.parse('2026-11-25T12:00:00Z');
+  const api = await startTestApi(t, db, { now: () => clock });
+  const { org, adminKey } = await seedOrg(api, db);
+  const expiring = await api.request('POST', `/api/orgs/${org.id}/api-keys`, {
+    key: adminKey,
+    body: { name: 'short', scopes: ['keys:read'], expiresAt: new Date(clock + 1000).toISOString() },
+  });
+  t.equal(expiring.status, 201);
+  t.equal((await api.request('GET', '/api/whoami', { key: expiring.body.key })).status, 200);
+  clock += 1000;
+  t.equal((await api.request('GET', '/api/whoami', { key: expiring.body.key })).status, 401);
+  const view = await api.request('GET', `/api/orgs/${org.id}/api-keys/${expiring.body.id}`, { key: adminKey });
+  t.equal(view.body.status, 'expired');
+  t.same(api.uses.map((use) => use.outcome), ['ok', 'ok', 'expired', 'ok']);
+
+  const past = await api.request('POST', `/api/orgs/${org.id}/api-keys`, {
+    key: adminKey,
+    body: { name: 'past', scopes: ['keys:read'], expiresAt: new Date(clock - 1).toISOString() },
+  });
+  t.equal(past.status, 400);
+  t.match(past.body.error.message, /expiresAt: must be in the future/);
+});
+
+t.test('health reports whether the database answers', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const up = await api.request('GET', '/healthz');
+  t.same([up.status, up.body], [200, { status: 'ok', database: 'up' }]);
+  await db.destroy();
+  const down = await api.request('GET', '/healthz');
+  t.same([down.status, down.body], [503, { status: 'unavailable', database: 'down' }]);
+});

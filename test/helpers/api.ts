@@ -1,0 +1,98 @@
+import http from 'node:http';
+import { Writable } from 'node:stream';
+import type { Test } from 'tap';
+import { createApp } from '../../api/app';
+import type { RecordUse } from '../../api/auth/authorize';
+import { insertOrganization } from '../../api/orgs/orgs.repository';
+import { loadConfig } from '../../shared/config';
+import type { Db } from '../../shared/db';
+import { createLogger } from '../../shared/logger';
+import { closeServer, listen } from '../../shared/process';
+import type { Outcome } from '../../shared/usageWire';
+
+export interface RecordedUse {
+  keyId: string;
+  orgId: string;
+  ip: string;
+  outcome: Outcome;
+}
+
+export interface TestResponse {
+  status: number;
+  headers: Headers;
+  body: any;
+  text: string;
+}
+
+// Collects every log line and response body (but the one-time key reveals) a test produces, so a test can assert that no key
+// material ever left the process.
+export class Evidence {
+  readonly logLines: string[] = [];
+  readonly bodies: string[] = [];
+  readonly datagrams: string[] = [];
+
+  leaksOf(secrets: Iterable<string>): string[] {
+    const everything = [...this.logLines, ...this.bodies, ...this.datagrams];
+    return [...secrets].filter((secret) => everything.some((text) => text.includes(secret)));
+  }
+}
+
+export interface TestApiOptions {
+  env?: Record<string, string>;
+  now?: () => number;
+  recordUse?: RecordUse;
+}
+
+export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}) {
+  const evidence = new Evidence();
+  const uses: RecordedUse[] = [];
+  const destination = new Writable({
+    write(chunk, _encoding, callback) {
+      evidence.logLines.push(...chunk.toString().split('\n').filter(Boolean));
+      callback();
+    },
+  });
+  const config = loadConfig({ LOG_LEVEL: 'info', ...options.env });
+  const logger = createLogger({ level: config.logLevel, name: 'api-test', destination });
+  const recordUse: RecordUse =
+    options.recordUse ?? ((keyId, orgId, ip, outcome) => uses.push({ keyId, orgId, ip, outcome }));
+  const { app, services, verifier } = createApp({ db, logger, config: config.api, recordUse, now: options.now });
+  const server = http.createServer(app);
+  const port = await listen(server, '127.0.0.1', 0, 'PORT');
+  t.teardown(() => closeServer(server));
+  const baseUrl = `http://127.0.0.1:${port}`;
+
+  async function request(method: string, path: string, init: { key?: string; header?: 'bearer' | 'x-api-key'; body?: unknown; headers?: Record<string, string> } = {}): Promise<TestResponse> {
+    const headers: Record<string, string> = { ...init.headers };
+    if (init.key !== undefined) {
+      if (init.header === 'x-api-key') headers['x-api-key'] = init.key;
+      else headers.authorization = `Bearer ${init.key}`;
+    }
+    if (init.body !== undefined) headers['content-type'] = 'application/json';
+    const response = await fetch(baseUrl + path, {
+      method,
+      headers,
+      body: init.body === undefined ? undefined : typeof init.body === 'string' ? init.body : JSON.stringify(init.body),
+    });
+    const text = await response.text();
+    // The create and rotate responses are the one place a plaintext key may appear.
+    const reveal = method === 'POST' && response.ok && /\/api-keys(\/[^/]+\/rotate)?$/.test(path);
+    if (!reveal) evidence.bodies.push(text);
+    let body: any;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      body = undefined;
+    }
+    return { status: response.status, headers: response.headers, body, text };
+  }
+
+  return { baseUrl, port, request, evidence, uses, services, verifier, config };
+}
+
+// An org and a key with every scope, created through the service as the CLI does.
+export async function seedOrg(api: Awaited<ReturnType<typeof startTestApi>>, db: Db, name = 'acme') {
+  const org = await insertOrganization(db, name);
+  const admin = await api.services.apiKeys.create(org.id, { name: 'admin', scopes: ['keys:read', 'keys:write'], expiresAt: null });
+  return { org, adminKey: admin.plaintext, adminKeyId: admin.key.id };
+}

@@ -1,0 +1,28 @@
+import { randomBytes } from 'node:crypto';
+import type { Test } from 'tap';
+import { createDb, type Db } from '../../shared/db';
+
+export const TEMPLATE_DATABASE = 'keyusage_test_template';
+
+export function adminDatabaseUrl(): string {
+  const url = process.env.TEST_ADMIN_DATABASE_URL;
+  if (!url) throw new Error('TEST_ADMIN_DATABASE_URL is not set: run tests through `npm test -- <file>`');
+  return url;
+}
+
+// Every test gets its own database, copied from the migrated template, so test files run in
+// parallel against one real PostgreSQL without seeing each other's rows.
+export async function freshDatabase(t: Test, options: { poolMax?: number } = {}): Promise<{ db: Db; url: string }> {
+  const name = `kt_${process.pid}_${randomBytes(4).toString('hex')}`;
+  const admin = createDb(adminDatabaseUrl(), { poolMax: 1 });
+  await admin.raw(`create database ${name} template ${TEMPLATE_DATABASE}`);
+  const url = new URL(adminDatabaseUrl());
+  url.pathname = `/${name}`;
+  const db = createDb(url.toString(), { poolMax: options.poolMax ?? 5 });
+  t.teardown(async () => {
+    await db.destroy();
+    await admin.raw(`drop database if exists ${name} with (force)`);
+    await admin.destroy();
+  });
+  return { db, url: url.toString() };
+}

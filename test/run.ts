@@ -1,0 +1,66 @@
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createServer } from 'node:net';
+import { createDb, migrateLatest } from '../shared/db';
+import { startLocalPostgres, type LocalPostgres } from '../shared/localPostgres';
+import { TEMPLATE_DATABASE } from './helpers/database';
+
+// `npm test`: uses DATABASE_URL when set, else starts a throwaway PostgreSQL; migrates a template
+// database once; runs tap with the given arguments; stops the server it started.
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function prepareTemplate(adminUrl: string) {
+  const admin = createDb(adminUrl, { poolMax: 1 });
+  await admin.raw(`drop database if exists ${TEMPLATE_DATABASE} with (force)`);
+  await admin.raw(`create database ${TEMPLATE_DATABASE}`);
+  await admin.destroy();
+  const templateUrl = new URL(adminUrl);
+  templateUrl.pathname = `/${TEMPLATE_DATABASE}`;
+  const template = createDb(templateUrl.toString(), { poolMax: 1 });
+  await migrateLatest(template);
+  await template.destroy();
+}
+
+async function main() {
+  let local: LocalPostgres | undefined;
+  let scratch: string | undefined;
+  let adminUrl = process.env.DATABASE_URL;
+  if (!adminUrl) {
+    scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-test-'));
+    local = startLocalPostgres({ dataDir: path.join(scratch, 'pg'), port: await freePort() });
+    adminUrl = local.url;
+    console.log(`# throwaway PostgreSQL at 127.0.0.1:${new URL(adminUrl).port} (${scratch})`);
+  }
+  let exitCode = 1;
+  try {
+    await prepareTemplate(adminUrl);
+    const tap = spawn(process.execPath, [path.join(path.dirname(require.resolve('tap/package.json')), 'dist', 'esm', 'run.mjs'), ...process.argv.slice(2)], {
+      stdio: 'inherit',
+      env: { ...process.env, TEST_ADMIN_DATABASE_URL: adminUrl },
+    });
+    const forward = (signal: NodeJS.Signals) => tap.kill(signal);
+    process.on('SIGINT', forward).on('SIGTERM', forward);
+    exitCode = await new Promise<number>((resolve) => tap.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+  } finally {
+    local?.stop();
+    if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
+  }
+  process.exit(exitCode);
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exit(1);
+});
