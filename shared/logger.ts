@@ -28,3 +28,11 @@ export function createLogger(options: { level: string; name: string; destination
     options.destination,
   );
 }
+
+const KEY_LIKE = /ku_[0-9a-f]{32}_[A-Za-z0-9_-]*/g;
+
+// For text we do not control (a malformed datagram quoted in a warning): a key-shaped token is
+// replaced before it can reach a log line.
+export function redactKeyMaterial(text: string): string {
+  return text.replace(KEY_LIKE, 'ku_[redacted]');
+}

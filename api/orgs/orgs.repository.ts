@@ -28,3 +28,8 @@ export async function findOrganizationByName(db: Db, name: string): Promise<Orga
   const row = await db<OrganizationRow>('organizations').where({ name }).orderBy('created_at').first();
   return row && toOrganization(row);
 }
+
+export async function listOrganizations(db: Db): Promise<Organization[]> {
+  const rows = await db<OrganizationRow>('organizations').orderBy([{ column: 'created_at' }, { column: 'id' }]);
+  return rows.map(toOrganization);
+}

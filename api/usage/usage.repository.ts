@@ -2,6 +2,9 @@ import type { Db } from '../../shared/db';
 import { OUTCOMES, type Outcome } from '../../shared/usageWire';
 import type { Scope } from '../keys/scopes';
 
+// The collector trims older addresses after each flush; the query caps them too in between.
+const RECENT_IPS_SHOWN = 5;
+
 export type UsageSort = 'createdAt' | 'lastUsedAt' | 'requestCount';
 
 export interface RecentIp {
@@ -72,8 +75,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
          left join lateral (
            select json_agg(json_build_object('ip', r.ip, 'firstSeen', r.first_seen, 'lastSeen', r.last_seen, 'requestCount', r.request_count)
                            order by r.last_seen desc) as recent_ips
-             from api_key_recent_ips r
-            where r.key_id = k.id
+             from (select * from api_key_recent_ips where key_id = k.id order by last_seen desc limit ${RECENT_IPS_SHOWN}) r
          ) ips on true
         where k.org_id = :orgId ${dormantFilter}
         order by ${SORT_COLUMNS[query.sort]} ${direction}, k.id

@@ -1,0 +1,159 @@
+import { randomUUID } from 'node:crypto';
+import type { Logger } from '../shared/logger';
+import { mergeBatches, type Aggregator } from './aggregator';
+import { CommitInDoubtError, type PendingBatch, type UsageStore, type WriteResult } from './usageStore';
+
+export interface FlushStats {
+  flushes: number;
+  failedFlushes: number;
+  duplicateBatchesSkipped: number;
+  usesPersisted: number;
+  unknownKeys: number;
+  unknownUses: number;
+  lastFlushDurationMs: number;
+  lastFlushKeys: number;
+  lastFlushStatements: number;
+  consecutiveFailures: number;
+}
+
+export interface FlusherOptions {
+  aggregator: Aggregator;
+  store: UsageStore;
+  intervalMs: number;
+  /** Pending batches stop taking new drains at this many keys; the aggregator's own cap holds the rest. */
+  maxPendingKeys: number;
+  logger: Logger;
+  now?: () => number;
+  backoff?: { initialMs: number; maxMs: number };
+}
+
+// Drains the aggregator on an interval and writes what it drained in one transaction.
+// A failed write keeps its batches and retries them with exponential backoff. A batch whose
+// COMMIT may have landed keeps its id (and so its row in usage_flushes) and is never merged
+// with newer data; any other failed batch absorbs the next drain, so retries stay one batch.
+export class Flusher {
+  private pending: Array<PendingBatch & { inDoubt: boolean }> = [];
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<boolean> | undefined;
+  private retryAt = 0;
+  private readonly now: () => number;
+  private readonly backoff: { initialMs: number; maxMs: number };
+  readonly stats: FlushStats = {
+    flushes: 0,
+    failedFlushes: 0,
+    duplicateBatchesSkipped: 0,
+    usesPersisted: 0,
+    unknownKeys: 0,
+    unknownUses: 0,
+    lastFlushDurationMs: 0,
+    lastFlushKeys: 0,
+    lastFlushStatements: 0,
+    consecutiveFailures: 0,
+  };
+
+  constructor(private readonly options: FlusherOptions) {
+    this.now = options.now ?? Date.now;
+    this.backoff = options.backoff ?? { initialMs: options.intervalMs, maxMs: 30_000 };
+  }
+
+  get pendingKeys(): number {
+    return this.pending.reduce((sum, p) => sum + p.batch.keys.length, 0);
+  }
+
+  get pendingUses(): number {
+    return this.pending.reduce((sum, p) => sum + p.batch.uses, 0);
+  }
+
+  start(): void {
+    this.timer ??= setInterval(() => {
+      if (this.now() >= this.retryAt) void this.flush();
+    }, this.options.intervalMs).unref();
+  }
+
+  /** One flush; concurrent callers share the flush in progress. Resolves true when nothing is left pending. */
+  flush(): Promise<boolean> {
+    this.running ??= this.flushOnce().finally(() => (this.running = undefined));
+    return this.running;
+  }
+
+  /** Stops the interval and flushes until everything is written or `deadlineMs` passes. */
+  async stop(deadlineMs = 10_000): Promise<boolean> {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    const giveUpAt = this.now() + deadlineMs;
+    await this.running;
+    for (let attempt = 0; ; attempt += 1) {
+      if (await this.flush()) return true;
+      if (this.now() >= giveUpAt) return false;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(200 * 2 ** attempt, 2000)));
+    }
+  }
+
+  private takeDrain(): void {
+    if (this.options.aggregator.pendingKeys === 0 || this.pendingKeys >= this.options.maxPendingKeys) return;
+    const drained = this.options.aggregator.drain();
+    const last = this.pending[this.pending.length - 1];
+    if (last && !last.inDoubt) last.batch = mergeBatches([last.batch, drained]);
+    else this.pending.push({ id: randomUUID(), batch: drained, inDoubt: false });
+  }
+
+  private async flushOnce(): Promise<boolean> {
+    this.takeDrain();
+    if (this.pending.length === 0) return true;
+    const started = this.now();
+    const batches = [...this.pending];
+    try {
+      const result = await this.options.store.write(batches);
+      this.pending = this.pending.filter((p) => !batches.includes(p));
+      this.recordSuccess(result, this.now() - started);
+      void this.options.store.prune(batches.flatMap((b) => b.batch.keys.map((k) => k.keyId))).catch((error) => {
+        this.options.logger.warn({ err: { message: (error as Error).message } }, 'trimming recent IPs failed; retried after the next flush');
+      });
+      return this.pending.length === 0 && this.options.aggregator.pendingKeys === 0;
+    } catch (error) {
+      this.recordFailure(error, batches);
+      return false;
+    }
+  }
+
+  private recordSuccess(result: WriteResult, durationMs: number) {
+    const s = this.stats;
+    s.flushes += 1;
+    s.consecutiveFailures = 0;
+    this.retryAt = 0;
+    s.duplicateBatchesSkipped += result.duplicateBatches;
+    s.unknownKeys += result.unknownKeys;
+    s.unknownUses += result.unknownUses;
+    s.usesPersisted += result.usesWritten;
+    s.lastFlushDurationMs = durationMs;
+    s.lastFlushKeys = result.keysWritten;
+    s.lastFlushStatements = result.statements;
+    if (result.unknownKeys > 0) {
+      this.options.logger.warn({ unknownKeys: result.unknownKeys, unknownUses: result.unknownUses }, 'dropped uses of keys that do not exist in the org they named');
+    }
+    if (result.duplicateBatches > 0) {
+      this.options.logger.info({ duplicateBatches: result.duplicateBatches }, 'skipped batches already committed by an earlier attempt');
+    }
+  }
+
+  private recordFailure(error: unknown, batches: Array<PendingBatch & { inDoubt: boolean }>) {
+    const s = this.stats;
+    s.failedFlushes += 1;
+    s.consecutiveFailures += 1;
+    const inDoubt = error instanceof CommitInDoubtError;
+    if (inDoubt) for (const batch of batches) batch.inDoubt = true;
+    const delay = Math.min(this.backoff.initialMs * 2 ** (s.consecutiveFailures - 1), this.backoff.maxMs);
+    this.retryAt = this.now() + delay;
+    this.options.logger.error(
+      {
+        err: { message: (error as Error).message, code: (error as NodeJS.ErrnoException).code },
+        inDoubt,
+        retryInMs: delay,
+        consecutiveFailures: s.consecutiveFailures,
+        pendingKeys: this.pendingKeys + this.options.aggregator.pendingKeys,
+        pendingUses: this.pendingUses,
+      },
+      'flush failed; usage kept in memory and retried',
+    );
+  }
+}

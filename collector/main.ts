@@ -1,0 +1,151 @@
+import { loadConfig, type Config } from '../shared/config';
+import { createDb } from '../shared/db';
+import { createLogger, redactKeyMaterial, type Logger } from '../shared/logger';
+import { closeServer, listen, onShutdownSignal } from '../shared/process';
+import { rateLimitedWarn } from '../shared/rateLimitedLog';
+import { parsePacket, type UsageSample } from '../shared/usageWire';
+import { Aggregator } from './aggregator';
+import { Flusher } from './flusher';
+import { metricsServer, type MetricSample } from './metrics';
+import { startReceiver } from './receiver';
+import { createPgUsageStore, type UsageStore } from './usageStore';
+
+// receiver (UDP) → parser (shared/usageWire) → aggregator (per key, in memory) → flusher
+// (interval, one transaction per flush) → PostgreSQL. Self-metrics on a loopback HTTP port.
+
+const HOUR_MS = 3_600_000;
+
+export interface CollectorOverrides {
+  store?: UsageStore;
+  now?: () => number;
+}
+
+export async function startCollector(config: Config, logger: Logger, databaseUrl: string, overrides: CollectorOverrides = {}) {
+  const now = overrides.now ?? Date.now;
+  const db = createDb(databaseUrl, { poolMax: 2, applicationName: 'keyusage-collector' });
+  const store = overrides.store ?? createPgUsageStore(db);
+  const aggregator = new Aggregator({ maxKeys: config.collector.maxPendingKeys, now });
+  const flusher = new Flusher({
+    aggregator,
+    store,
+    intervalMs: config.collector.flushIntervalMs,
+    maxPendingKeys: config.collector.maxPendingKeys,
+    logger,
+    now,
+  });
+  const ingest = { packets: 0, lines: 0, usageLines: 0, otherLines: 0, badLines: 0, usesReceived: 0 };
+  const warn = rateLimitedWarn(logger, 10_000, now);
+  const addSample = (sample: UsageSample) => {
+    ingest.usesReceived += sample.count;
+    aggregator.add(sample);
+  };
+  let overflowLogged = 0;
+
+  const onPacket = (packet: string) => {
+    ingest.packets += 1;
+    const result = parsePacket(packet, addSample);
+    ingest.lines += result.lines;
+    ingest.usageLines += result.usage;
+    ingest.otherLines += result.other;
+    ingest.badLines += result.invalid;
+    if (result.invalid > 0) {
+      warn('bad_line', { badLines: ingest.badLines, reason: redactKeyMaterial(result.firstError ?? '') }, 'dropped malformed StatsD lines');
+    }
+    if (aggregator.overflowUses > overflowLogged) {
+      overflowLogged = aggregator.overflowUses;
+      warn('overflow', { overflowUses: aggregator.overflowUses, maxPendingKeys: config.collector.maxPendingKeys }, 'pending-key cap reached; uses of new keys dropped');
+    }
+  };
+
+  const receiver = await startReceiver({
+    host: config.collector.host,
+    port: config.collector.port,
+    recvBufferBytes: config.collector.recvBufferBytes,
+    onPacket,
+    logger,
+  });
+  flusher.start();
+  const retention = setInterval(() => {
+    store.expireOldRows(config.collector.retentionDays).catch((error) => logger.warn({ err: { message: error.message } }, 'retention cleanup failed'));
+  }, HOUR_MS).unref();
+
+  const samples = (): MetricSample[] => {
+    const f = flusher.stats;
+    const counter = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_collector_${name}`, help, type: 'counter', value });
+    const gauge = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_collector_${name}`, help, type: 'gauge', value });
+    return [
+      counter('packets_total', 'UDP datagrams received', ingest.packets),
+      counter('lines_total', 'StatsD lines received', ingest.lines),
+      counter('usage_lines_total', 'API key usage lines accepted', ingest.usageLines),
+      counter('other_lines_total', 'Valid StatsD lines for other metrics, ignored', ingest.otherLines),
+      counter('bad_lines_total', 'Malformed lines dropped', ingest.badLines),
+      counter('uses_received_total', 'API key uses received', ingest.usesReceived),
+      counter('uses_persisted_total', 'API key uses written to PostgreSQL', f.usesPersisted),
+      counter('overflow_uses_total', 'Uses dropped because the pending-key cap was reached', aggregator.overflowUses),
+      counter('unknown_keys_total', 'Keys dropped at flush because they do not exist in the named org', f.unknownKeys),
+      counter('unknown_uses_total', 'Uses dropped with those keys', f.unknownUses),
+      counter('flushes_total', 'Successful flushes', f.flushes),
+      counter('failed_flushes_total', 'Failed flush attempts (retried)', f.failedFlushes),
+      counter('duplicate_batches_skipped_total', 'Retried batches found already committed', f.duplicateBatchesSkipped),
+      gauge('last_flush_duration_seconds', 'Duration of the last successful flush', f.lastFlushDurationMs / 1000),
+      gauge('last_flush_keys', 'Keys written by the last successful flush', f.lastFlushKeys),
+      gauge('last_flush_statements', 'SQL statements in the last successful flush', f.lastFlushStatements),
+      gauge('pending_keys', 'Keys waiting to be flushed', aggregator.pendingKeys + flusher.pendingKeys),
+      gauge('recv_buffer_bytes', 'UDP receive buffer granted by the kernel', receiver.recvBufferBytes),
+    ];
+  };
+  const metrics = metricsServer({
+    samples,
+    health: () => ({
+      healthy: flusher.stats.consecutiveFailures < 3,
+      consecutiveFailedFlushes: flusher.stats.consecutiveFailures,
+      pendingKeys: aggregator.pendingKeys + flusher.pendingKeys,
+    }),
+  });
+  let metricsPort: number;
+  try {
+    metricsPort = await listen(metrics, config.collector.metricsHost, config.collector.metricsPort, 'COLLECTOR_METRICS_PORT');
+  } catch (error) {
+    await receiver.close();
+    await db.destroy();
+    throw error;
+  }
+  logger.info(
+    { udp: `${receiver.host}:${receiver.port}`, recvBufferBytes: receiver.recvBufferBytes, metrics: `${config.collector.metricsHost}:${metricsPort}`, flushIntervalMs: config.collector.flushIntervalMs },
+    'collector listening',
+  );
+
+  // Mirror of start: stop receiving, write everything received, then release the pool.
+  const stop = async (): Promise<boolean> => {
+    await receiver.close();
+    clearInterval(retention);
+    const flushed = await flusher.stop();
+    if (!flushed) {
+      logger.error({ pendingUses: flusher.pendingUses, pendingKeys: flusher.pendingKeys + aggregator.pendingKeys }, 'final flush failed; these uses are lost');
+    }
+    await closeServer(metrics);
+    await db.destroy();
+    return flushed;
+  };
+  return { receiver, metricsPort, stop, samples, flusher, aggregator, ingest, db };
+}
+
+if (require.main === module) {
+  const config = loadConfig();
+  const logger = createLogger({ level: config.logLevel, name: 'collector' });
+  if (!config.database.url) {
+    logger.fatal('DATABASE_URL is not set: run `npm start` for the embedded database, or set DATABASE_URL');
+    process.exit(1);
+  }
+  startCollector(config, logger, config.database.url).then(
+    (collector) =>
+      onShutdownSignal(logger, async () => {
+        if (!(await collector.stop())) throw new Error('final flush failed');
+      }),
+    (error) => {
+      logger.fatal({ err: { message: error.message } }, 'collector failed to start');
+      process.exit(1);
+    },
+  );
+}
+

@@ -1,0 +1,50 @@
+import dgram from 'node:dgram';
+import { isIP } from 'node:net';
+import type { Logger } from '../shared/logger';
+
+export interface Receiver {
+  readonly host: string;
+  readonly port: number;
+  /** What the kernel granted; it caps SO_RCVBUF at net.core.rmem_max. */
+  readonly recvBufferBytes: number;
+  close(): Promise<void>;
+}
+
+// Binds one UDP socket and hands every datagram's text to `onPacket`. Socket errors are logged,
+// never thrown: a bad packet or a transient error must not take the collector down.
+export function startReceiver(options: {
+  host: string;
+  port: number;
+  recvBufferBytes: number;
+  onPacket: (packet: string) => void;
+  logger: Logger;
+}): Promise<Receiver> {
+  const socket = dgram.createSocket({ type: isIP(options.host) === 6 ? 'udp6' : 'udp4' });
+  // Usage lines are ASCII; latin1 decoding is a byte copy and cannot fail on arbitrary bytes.
+  socket.on('message', (message) => options.onPacket(message.toString('latin1')));
+  return new Promise((resolve, reject) => {
+    socket.once('error', (error: NodeJS.ErrnoException) => {
+      reject(
+        error.code === 'EADDRINUSE'
+          ? new Error(`UDP port ${options.port} on ${options.host} is already in use; set COLLECTOR_PORT to a free port`)
+          : error,
+      );
+    });
+    socket.bind(options.port, options.host, () => {
+      socket.removeAllListeners('error');
+      socket.on('error', (error) => options.logger.error({ err: { message: error.message } }, 'udp socket error'));
+      try {
+        socket.setRecvBufferSize(options.recvBufferBytes);
+      } catch (error) {
+        options.logger.warn({ err: { message: (error as Error).message } }, 'could not enlarge the UDP receive buffer');
+      }
+      const address = socket.address();
+      resolve({
+        host: address.address,
+        port: address.port,
+        recvBufferBytes: socket.getRecvBufferSize(),
+        close: () => new Promise<void>((done) => socket.close(() => done())),
+      });
+    });
+  });
+}

@@ -1,0 +1,301 @@
+import dgram from 'node:dgram';
+import t from 'tap';
+import { CommitInDoubtError, createPgUsageStore, type UsageStore } from '../collector/usageStore';
+import { createStatsdSink } from '../api/usage/statsdSink';
+import { UsageRecorder } from '../api/usage/usageRecorder';
+import { createLogger } from '../shared/logger';
+import { encodeUsageLine, packDatagrams } from '../shared/usageWire';
+import { seedOrg, startTestApi } from './helpers/api';
+import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
+import { freshDatabase } from './helpers/database';
+
+const silent = createLogger({ level: 'silent', name: 'test' });
+
+async function inBatches(total: number, concurrency: number, task: (i: number) => Promise<unknown>) {
+  for (let start = 0; start < total; start += concurrency) {
+    await Promise.all(Array.from({ length: Math.min(concurrency, total - start) }, (_, i) => task(start + i)));
+  }
+}
+
+// The whole path: auth middleware → UsageRecorder → hot-shots over real UDP → collector →
+// PostgreSQL → usage endpoint.
+async function wiredSystem(t: Parameters<Parameters<typeof t.test>[1]>[0], collectorEnv: Record<string, string> = {}) {
+  const { db, url } = await freshDatabase(t);
+  const collector = await startTestCollector(t, url, collectorEnv);
+  const recorder = new UsageRecorder({
+    sink: createStatsdSink({ host: '127.0.0.1', port: collector.receiver.port, onError: () => {} }),
+    maxEntries: 10_000,
+    drainIntervalMs: 50,
+    logger: silent,
+  });
+  recorder.start();
+  t.teardown(() => recorder.stop());
+  const api = await startTestApi(t, db, { recordUse: recorder.record.bind(recorder) });
+  const seeded = await seedOrg(api, db);
+  return { db, url, collector, recorder, api, ...seeded };
+}
+
+t.test('thousands of concurrent requests are counted exactly, by outcome, and shown by the usage endpoint', async (t) => {
+  const { api, recorder, collector, org, adminKey, adminKeyId } = await wiredSystem(t);
+  const reader = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name: 'reader', scopes: ['keys:read'] } });
+  const readerKey = reader.body.key as string;
+  const wrongSecret = `${readerKey.slice(0, 36)}${'A'.repeat(43)}`;
+
+  const OK = 2000;
+  const FORBIDDEN = 60;
+  const BAD_SECRET = 40;
+  await inBatches(OK, 100, async () => t.equal((await api.request('GET', '/api/whoami', { key: readerKey })).status, 200) || undefined);
+  await inBatches(FORBIDDEN, 30, async () => (await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: readerKey, body: { name: 'x', scopes: ['keys:read'] } })).status);
+  await inBatches(BAD_SECRET, 20, async () => (await api.request('GET', '/api/whoami', { key: wrongSecret })).status);
+
+  const usage = await waitFor('every use to be persisted', async () => {
+    const response = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?sort=requestCount`, { key: adminKey });
+    const row = response.body.data.find((k: { id: string }) => k.id === reader.body.id);
+    return row?.requestCount === OK + FORBIDDEN + BAD_SECRET ? response.body : undefined;
+  });
+  const row = usage.data.find((k: { id: string }) => k.id === reader.body.id);
+  t.same(row.outcomes, { ok: OK, forbidden: FORBIDDEN, expired: 0, revoked: 0, bad_secret: BAD_SECRET, cross_org: 0 });
+  t.equal(row.lastUsedIp, '127.0.0.1');
+  t.equal(row.recentIps.length, 1);
+  t.equal(row.recentIps[0].requestCount, OK + FORBIDDEN + BAD_SECRET);
+  t.same(row.requests, { last24h: OK + FORBIDDEN + BAD_SECRET, last7d: OK + FORBIDDEN + BAD_SECRET, last30d: OK + FORBIDDEN + BAD_SECRET });
+  t.equal(row.dormant, false);
+  t.ok(Date.now() - Date.parse(row.lastUsedAt) < 10_000, 'lastUsedAt is recent');
+  t.equal(usage.data[0].id, reader.body.id, 'sorted by request count, busiest first');
+  t.equal(row.key, undefined, 'no key material in the usage view');
+  t.notOk(JSON.stringify(usage).includes('secret_hash') || JSON.stringify(usage).includes(readerKey));
+
+  const adminRow = usage.data.find((k: { id: string }) => k.id === adminKeyId);
+  t.ok(adminRow.requestCount >= 2, 'the admin key counts its own calls too');
+
+  recorder.drain();
+  await waitFor('the last drain to be sent', () => (recorder.stats.sentUses === recorder.stats.recordedUses ? true : undefined));
+  t.equal(recorder.stats.failedUses, 0, 'every recorded use was sent');
+  t.ok(recorder.stats.datagrams < (OK + FORBIDDEN + BAD_SECRET) / 10, `coalesced into ${recorder.stats.datagrams} datagrams`);
+  t.equal(collector.ingest.badLines, 0);
+
+  const series = await api.request('GET', `/api/orgs/${org.id}/api-keys/${reader.body.id}/usage?granularity=day`, { key: adminKey });
+  t.equal(series.status, 200);
+  t.equal(series.body.total, OK + FORBIDDEN + BAD_SECRET, 'the time series sums to the same total');
+  t.equal(series.body.buckets.length, 8, 'seven days back, zero-filled, today included');
+});
+
+t.test('many uses in one interval coalesce into one flush with the newest last use', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000' });
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId } = await seedOrg(api, db);
+  const lines = Array.from({ length: 1000 }, (_, i) =>
+    encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip: i === 999 ? '2001:db8::7' : `10.0.0.${i % 3}`, outcome: 'ok', count: 1 }),
+  );
+  await sendDatagrams(collector.receiver.port, packDatagrams(lines));
+  await waitFor('all lines received', () => (collector.ingest.usageLines === 1000 ? true : undefined));
+  t.ok(await collector.flusher.flush());
+  t.equal(collector.flusher.stats.flushes, 1, 'one flush');
+  t.equal(collector.flusher.stats.lastFlushStatements, 4, 'flush id, totals, hours and ips: four statements');
+  const usage = await db('api_key_usage').where({ key_id: adminKeyId }).first();
+  t.equal(usage.request_count, 1000);
+  t.equal(usage.last_used_ip, '2001:db8::7', 'IPv6 arrives intact and the newest use wins');
+  const ips = await db('api_key_recent_ips').where({ key_id: adminKeyId }).orderBy('ip');
+  t.same(ips.map((r: { ip: string; request_count: number }) => [r.ip, r.request_count]), [
+    ['10.0.0.0', 333],
+    ['10.0.0.1', 333],
+    ['10.0.0.2', 333],
+    ['2001:db8::7', 1],
+  ]);
+});
+
+t.test('dormant keys: never used, or not used within dormantDays', async (t) => {
+  const { db } = await freshDatabase(t);
+  const now = Date.parse('2026-11-25T12:00:00Z');
+  const api = await startTestApi(t, db, { now: () => now });
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const create = async (name: string) =>
+    (await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name, scopes: ['keys:read'] } })).body.id as string;
+  const old = await create('old');
+  const never = await create('never');
+  const backdate = (keyId: string, daysAgo: number, count: number) =>
+    db('api_key_usage').insert({ key_id: keyId, org_id: org.id, request_count: count, ok_count: count, last_used_at: new Date(now - daysAgo * 86_400_000), last_used_ip: '192.0.2.1' });
+  await backdate(old, 40, 5);
+  await backdate(adminKeyId, 0, 9);
+
+  const dormant = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?dormant=true&sort=lastUsedAt&order=asc`, { key: adminKey });
+  t.equal(dormant.status, 200);
+  t.same(dormant.body.data.map((k: { name: string }) => k.name), ['never', 'old'], 'never-used first, then the oldest');
+  t.ok(dormant.body.data.every((k: { dormant: boolean }) => k.dormant));
+  t.equal(dormant.body.page.total, 2);
+
+  const lenient = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?dormant=true&dormantDays=60`, { key: adminKey });
+  t.same(lenient.body.data.map((k: { id: string }) => k.id), [never]);
+
+  const all = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?sort=requestCount&limit=2`, { key: adminKey });
+  t.same(all.body.data.map((k: { name: string }) => k.name), ['admin', 'old']);
+  t.equal(all.body.page.total, 3);
+  t.equal(all.body.data[0].dormant, false);
+  t.same(all.body.data[1].requests, { last24h: 0, last7d: 0, last30d: 0 }, 'windows come from hourly buckets, none here');
+
+  for (const [query, field] of [
+    ['dormant=yes', 'dormant'],
+    ['dormantDays=0', 'dormantDays'],
+    ['sort=name', 'sort'],
+    ['limit=1000', 'limit'],
+    ['color=red', 'color'],
+  ]) {
+    const bad = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?${query}`, { key: adminKey });
+    t.equal(bad.status, 400, query);
+    t.match(bad.body.error.message, field, `${query}: the message names ${field}`);
+  }
+  const badRange = await api.request('GET', `/api/orgs/${org.id}/api-keys/${old}/usage?from=2026-11-25T00:00:00Z&to=2026-11-01T00:00:00Z`, { key: adminKey });
+  t.equal(badRange.status, 400);
+  const tooLong = await api.request('GET', `/api/orgs/${org.id}/api-keys/${old}/usage?from=2020-01-01T00:00:00Z`, { key: adminKey });
+  t.equal(tooLong.status, 400);
+  t.match(tooLong.body.error.message, /at most/);
+});
+
+t.test('org isolation: another org is a 404, and a forged datagram cannot move its counters', async (t) => {
+  const { api, collector, db, org, adminKey, adminKeyId } = await wiredSystem(t);
+  const other = await seedOrg(api, db, 'globex');
+  t.equal((await api.request('GET', `/api/orgs/${org.id}/api-keys/usage`, { key: other.adminKey })).status, 404);
+  t.equal((await api.request('GET', `/api/orgs/${org.id}/api-keys/${adminKeyId}/usage`, { key: other.adminKey })).status, 404);
+  t.equal((await api.request('GET', `/api/orgs/${other.org.id}/api-keys/${adminKeyId}/usage`, { key: other.adminKey })).status, 404, 'a key of another org is not found');
+
+  await sendDatagrams(collector.receiver.port, [
+    encodeUsageLine({ keyId: other.adminKeyId, orgId: org.id, ip: '203.0.113.9', outcome: 'ok', count: 1000 }),
+    encodeUsageLine({ keyId: '00000000-0000-4000-8000-000000000000', orgId: org.id, ip: '203.0.113.9', outcome: 'ok', count: 1000 }),
+  ]);
+  await waitFor('forged lines to be flushed', () => (collector.flusher.stats.unknownUses >= 2000 ? true : undefined));
+  const globexUsage = await db('api_key_usage').where({ key_id: other.adminKeyId }).first();
+  t.ok(!globexUsage || globexUsage.request_count < 1000, 'the forged count did not land on the other org');
+  t.equal((await db('api_key_usage').where({ org_id: org.id }).whereNot({ key_id: adminKeyId })).length, 0, 'no row was created');
+  const listed = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage`, { key: adminKey });
+  t.same(listed.body.data.map((k: { id: string }) => k.id), [adminKeyId], 'only the own org keys are listed');
+});
+
+t.test('two collectors flushing the same keys at once sum exactly', async (t) => {
+  const { db, url } = await freshDatabase(t, { poolMax: 2 });
+  const api = await startTestApi(t, db);
+  const { org } = await seedOrg(api, db);
+  const keys = await Promise.all(
+    Array.from({ length: 50 }, async (_, i) => (await api.services.apiKeys.create(org.id, { name: `k${i}`, scopes: ['keys:read'], expiresAt: null })).key.id),
+  );
+  const slow = { COLLECTOR_FLUSH_INTERVAL_MS: '600000' };
+  const collectors = [await startTestCollector(t, url, slow), await startTestCollector(t, url, slow)];
+  const ROUNDS = 5;
+  for (let round = 0; round < ROUNDS; round += 1) {
+    // Opposite orders make the two transactions meet on the same rows from both ends.
+    const lines = keys.map((keyId, i) => encodeUsageLine({ keyId, orgId: org.id, ip: `10.1.0.${i % 7}`, outcome: 'ok', count: i + 1 }));
+    await Promise.all([
+      sendDatagrams(collectors[0].receiver.port, packDatagrams(lines)),
+      sendDatagrams(collectors[1].receiver.port, packDatagrams([...lines].reverse())),
+    ]);
+    await waitFor('both collectors to receive the round', () =>
+      collectors.every((c) => c.ingest.usageLines === (round + 1) * keys.length) ? true : undefined,
+    );
+    const flushed = await Promise.all(collectors.map((c) => c.flusher.flush()));
+    t.same(flushed, [true, true], `round ${round} flushed on both`);
+  }
+  const rows = await db('api_key_usage').whereIn('key_id', keys);
+  const expected = new Map(keys.map((keyId, i) => [keyId, 2 * ROUNDS * (i + 1)]));
+  t.equal(rows.length, keys.length);
+  t.ok(rows.every((r: { key_id: string; request_count: number }) => r.request_count === expected.get(r.key_id)), 'every key sums exactly');
+  const hourly = await db('api_key_usage_hourly').whereIn('key_id', keys).sum({ total: 'request_count' });
+  t.equal(Number(hourly[0].total), [...expected.values()].reduce((a, b) => a + b, 0), 'hourly buckets sum exactly');
+  t.equal(collectors[0].flusher.stats.failedFlushes + collectors[1].flusher.stats.failedFlushes, 0, 'no deadlock, no failed flush');
+});
+
+t.test('a failed flush is retried with nothing lost, and an in-doubt commit is not counted twice', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId } = await seedOrg(api, db);
+  const real = createPgUsageStore(db);
+  const script: Array<'fail' | 'commit-then-fail' | 'pass'> = ['fail', 'fail', 'commit-then-fail', 'pass'];
+  const flaky: UsageStore = {
+    ...real,
+    async write(batches) {
+      const step = script.shift() ?? 'pass';
+      if (step === 'fail') throw Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' });
+      const result = await real.write(batches);
+      if (step === 'commit-then-fail') throw new CommitInDoubtError(new Error('Connection terminated unexpectedly'));
+      return result;
+    },
+  };
+  const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000' }, { store: flaky });
+  const send = (count: number) =>
+    sendDatagrams(collector.receiver.port, [encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip: '198.51.100.4', outcome: 'ok', count })]);
+
+  let expected = 0;
+  for (const count of [10, 20, 30, 40]) {
+    await send(count);
+    expected += count;
+    await waitFor('the line', () => (collector.ingest.usesReceived === expected ? true : undefined));
+    await collector.flusher.flush();
+  }
+  t.equal(collector.flusher.stats.failedFlushes, 3);
+  t.equal(collector.flusher.stats.duplicateBatchesSkipped, 1, 'the batch whose commit landed was recognised on retry');
+  const row = await db('api_key_usage').where({ key_id: adminKeyId }).first();
+  t.equal(row.request_count, expected, 'every use counted exactly once');
+  t.ok(collector.logLines.some((line) => line.includes('flush failed; usage kept in memory and retried')), 'the failure is logged');
+  t.equal(await db('usage_flushes').count({ n: '*' }).then((r) => Number(r[0].n)), 2, 'two applied batches: the in-doubt one and the merged rest');
+});
+
+t.test('malformed datagrams are counted and dropped, never fatal', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000' });
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId } = await seedOrg(api, db);
+  const garbage = [
+    'apikey.used:NaN|c|#key:x',
+    'apikey.used:1|c|#key:ku_0123456789abcdef0123456789abcdef_secretsecretsecretsecretsecretsecretsecre',
+    '\u0000\u0001\u0002',
+    'x'.repeat(9000),
+    'requests.total:1|c\nlatency:12|ms|@0.5',
+    encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip: '192.0.2.55', outcome: 'ok', count: 3 }),
+  ];
+  await sendDatagrams(collector.receiver.port, garbage);
+  await waitFor('all packets', () => (collector.ingest.packets === garbage.length ? true : undefined));
+  t.equal(collector.ingest.badLines, 4);
+  t.equal(collector.ingest.otherLines, 2);
+  t.equal(collector.ingest.usageLines, 1);
+  await collector.flusher.flush();
+  t.equal((await db('api_key_usage').where({ key_id: adminKeyId }).first()).request_count, 3);
+
+  const metrics = await (await fetch(`http://127.0.0.1:${collector.metricsPort}/metrics`)).text();
+  t.match(metrics, /^keyusage_collector_bad_lines_total 4$/m);
+  t.match(metrics, /^keyusage_collector_other_lines_total 2$/m);
+  t.match(metrics, /^keyusage_collector_flushes_total 1$/m);
+  const health = await fetch(`http://127.0.0.1:${collector.metricsPort}/healthz`);
+  t.equal(health.status, 200);
+  t.equal((await fetch(`http://127.0.0.1:${collector.metricsPort}/nope`)).status, 404);
+  const warning = collector.logLines.find((line) => line.includes('dropped malformed StatsD lines'));
+  t.ok(warning, 'bad lines are logged (rate-limited)');
+  t.notOk(collector.logLines.some((line) => line.includes('secretsecret')), 'a key-shaped token in a bad line is redacted');
+});
+
+t.test('datagrams carry ids, ip and outcome, never key material', async (t) => {
+  const { db } = await freshDatabase(t);
+  const sniffer = dgram.createSocket('udp4');
+  const datagrams: string[] = [];
+  sniffer.on('message', (message) => datagrams.push(message.toString()));
+  await new Promise<void>((resolve) => sniffer.bind(0, '127.0.0.1', () => resolve()));
+  t.teardown(() => sniffer.close());
+  const recorder = new UsageRecorder({
+    sink: createStatsdSink({ host: '127.0.0.1', port: sniffer.address().port, onError: () => {} }),
+    maxEntries: 2,
+    drainIntervalMs: 60_000,
+    logger: silent,
+  });
+  const api = await startTestApi(t, db, { recordUse: recorder.record.bind(recorder) });
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  await api.request('GET', '/api/whoami', { key: adminKey });
+  await api.request('GET', '/api/whoami', { key: `${adminKey.slice(0, 36)}${'B'.repeat(43)}` });
+  await api.request('GET', `/api/orgs/${org.id}/api-keys`, { key: adminKey });
+  t.equal(recorder.stats.earlyDrains, 1, 'a full map drains early instead of growing');
+  await recorder.stop();
+  await waitFor('datagrams', () => (datagrams.length === 2 ? true : undefined));
+  const line = (outcome: string) => `apikey.used:1|c|#key:${adminKeyId},org:${org.id},ip:127.0.0.1,outcome:${outcome}`;
+  t.same(datagrams.join('\n').split('\n').sort(), [line('bad_secret'), line('ok'), line('ok')]);
+  const [{ secret_hash: hash }] = await db('api_keys').where({ id: adminKeyId }).select('secret_hash');
+  for (const secret of [adminKey, adminKey.slice(36), hash.toString('hex'), hash.toString('base64')]) {
+    t.notOk(datagrams.some((d) => d.includes(secret)), 'no secret or hash in a datagram');
+  }
+});

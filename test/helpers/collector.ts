@@ -1,0 +1,47 @@
+import dgram from 'node:dgram';
+import { Writable } from 'node:stream';
+import type { Test } from 'tap';
+import { startCollector, type CollectorOverrides } from '../../collector/main';
+import { loadConfig } from '../../shared/config';
+import { createLogger } from '../../shared/logger';
+
+// An in-process collector on 127.0.0.1 with an OS-chosen UDP and metrics port, its log lines
+// captured for assertions.
+export async function startTestCollector(t: Test, databaseUrl: string, env: Record<string, string> = {}, overrides: CollectorOverrides = {}) {
+  const logLines: string[] = [];
+  const destination = new Writable({
+    write(chunk, _encoding, callback) {
+      logLines.push(...chunk.toString().split('\n').filter(Boolean));
+      callback();
+    },
+  });
+  const config = loadConfig({ COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0', COLLECTOR_FLUSH_INTERVAL_MS: '100', ...env });
+  const logger = createLogger({ level: 'info', name: 'collector-test', destination });
+  const collector = await startCollector(config, logger, databaseUrl, overrides);
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return true;
+    stopped = true;
+    return collector.stop();
+  };
+  t.teardown(stop);
+  return { ...collector, stop, logLines, config };
+}
+
+export async function sendDatagrams(port: number, datagrams: readonly string[]): Promise<void> {
+  const socket = dgram.createSocket('udp4');
+  for (const datagram of datagrams) {
+    await new Promise<void>((resolve, reject) => socket.send(datagram, port, '127.0.0.1', (error) => (error ? reject(error) : resolve())));
+  }
+  await new Promise<void>((resolve) => socket.close(() => resolve()));
+}
+
+export async function waitFor<T>(what: string, probe: () => Promise<T | undefined> | T | undefined, timeoutMs = 10_000, stepMs = 25): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, stepMs));
+  }
+}
