@@ -1,5 +1,5 @@
 import dgram from 'node:dgram';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { CommitInDoubtError, createPgUsageStore, type UsageStore } from '../collector/usageStore';
 import { createStatsdSink } from '../api/usage/statsdSink';
 import { UsageRecorder } from '../api/usage/usageRecorder';
@@ -19,7 +19,7 @@ async function inBatches(total: number, concurrency: number, task: (i: number) =
 
 // The whole path: auth middleware → UsageRecorder → hot-shots over real UDP → collector →
 // PostgreSQL → usage endpoint.
-async function wiredSystem(t: Parameters<Parameters<typeof t.test>[1]>[0], collectorEnv: Record<string, string> = {}) {
+async function wiredSystem(t: Test, collectorEnv: Record<string, string> = {}) {
   const { db, url } = await freshDatabase(t);
   const collector = await startTestCollector(t, url, collectorEnv);
   const recorder = new UsageRecorder({
