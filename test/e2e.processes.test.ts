@@ -75,7 +75,7 @@ t.test('api and collector as separate processes: a use is visible within the sta
   const seen = await waitFor(
     'the use in the usage endpoint',
     async () => {
-      const body = await (await fetch(`${base}/api/orgs/${org.id}/api-keys/usage`, { headers: { 'x-api-key': plaintext } })).json();
+      const body = (await (await fetch(`${base}/api/orgs/${org.id}/api-keys/usage`, { headers: { "x-api-key": plaintext } })).json()) as { data: Array<{ id: string; outcomes: { ok: number }; lastUsedAt: string | null }> };
       const row = body.data.find((k: { id: string }) => k.id === key.id);
       // The usage call itself is a use too; the whoami call is the one we time.
       return row && row.outcomes.ok >= 1 && row.lastUsedAt ? Date.now() : undefined;
