@@ -1,0 +1,358 @@
+import { deepStrictEqual } from 'node:assert';
+import fc from 'fast-check';
+import t from 'tap';
+import { Aggregator, mergeBatches, type AggregatorOptions, type IpStat, type KeyUsageDelta, type UsageBatch } from '../collector/aggregator';
+import { OUTCOMES, type Outcome, type UsageSample } from '../shared/usageWire';
+
+const KEY_A = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
+const KEY_B = 'c8e1a7d2-5b34-4f60-a9de-17b2c3d4e5f6';
+const KEY_C = '5d6e7f80-9a1b-4c2d-8e3f-405162738495';
+const ORG_1 = '9b2d4f6a-1c3e-4a5b-8d7f-6e5d4c3b2a19';
+const ORG_2 = '0a1b2c3d-4e5f-4607-9819-2a3b4c5d6e7f';
+const HOUR_10 = Date.UTC(2025, 0, 15, 10);
+const HOUR_11 = Date.UTC(2025, 0, 15, 11);
+const T0 = HOUR_11 - 1000; // 10:59:59.000, a second before an hour boundary
+
+function use(fields: Partial<UsageSample> = {}): UsageSample {
+  return { keyId: KEY_A, orgId: ORG_1, ip: '10.0.0.1', outcome: 'ok', count: 1, ...fields };
+}
+
+function outcomes(counts: Partial<Record<Outcome, number>> = {}): Record<Outcome, number> {
+  return { ok: 0, forbidden: 0, expired: 0, revoked: 0, bad_secret: 0, cross_org: 0, ...counts };
+}
+
+// A fake clock: tests set `clock.now` instead of sleeping.
+function fakeAggregator(options: Partial<AggregatorOptions> = {}) {
+  const clock = { now: T0 };
+  const aggregator = new Aggregator({ maxKeys: 1000, now: () => clock.now, ...options });
+  return { clock, aggregator };
+}
+
+t.test('coalesces the samples of one key', async (t) => {
+  const { aggregator } = fakeAggregator();
+  t.equal(aggregator.add(use({ count: 1 })), true);
+  t.equal(aggregator.add(use({ count: 4 })), true);
+  t.equal(aggregator.add(use({ count: 2, outcome: 'forbidden' })), true);
+  t.equal(aggregator.pendingKeys, 1);
+  t.strictSame(aggregator.drain(), {
+    uses: 7,
+    keys: [
+      {
+        keyId: KEY_A,
+        orgId: ORG_1,
+        total: 7,
+        byOutcome: outcomes({ ok: 5, forbidden: 2 }),
+        lastUsedAt: T0,
+        lastIp: '10.0.0.1',
+        ips: new Map([['10.0.0.1', { count: 7, firstSeen: T0, lastSeen: T0 }]]),
+        hours: new Map([[HOUR_10, 7]]),
+      },
+    ],
+  });
+});
+
+t.test('every outcome is counted under its own name', async (t) => {
+  const { aggregator } = fakeAggregator();
+  OUTCOMES.forEach((outcome, i) => aggregator.add(use({ outcome, count: i + 1 })));
+  const [delta] = aggregator.drain().keys;
+  t.strictSame(delta.byOutcome, { ok: 1, forbidden: 2, expired: 3, revoked: 4, bad_secret: 5, cross_org: 6 });
+  t.equal(delta.total, 21);
+});
+
+t.test('lastUsedAt and lastIp are those of the newest add', async (t) => {
+  const { clock, aggregator } = fakeAggregator();
+  const steps: Array<{ at: number; ip: string; lastUsedAt: number; lastIp: string }> = [
+    { at: T0, ip: '10.0.0.1', lastUsedAt: T0, lastIp: '10.0.0.1' },
+    { at: T0 + 5, ip: '2001:db8::1', lastUsedAt: T0 + 5, lastIp: '2001:db8::1' },
+    { at: T0 + 5, ip: '10.0.0.3', lastUsedAt: T0 + 5, lastIp: '10.0.0.3' }, // same ms: the later add wins
+    // The wall clock stepped back: the newest use is still the one at T0 + 5.
+    { at: T0 + 2, ip: '10.0.0.4', lastUsedAt: T0 + 5, lastIp: '10.0.0.3' },
+  ];
+  for (const step of steps) {
+    clock.now = step.at;
+    aggregator.add(use({ ip: step.ip }));
+  }
+  const [delta] = aggregator.drain().keys;
+  t.equal(delta.lastUsedAt, T0 + 5);
+  t.equal(delta.lastIp, '10.0.0.3');
+  t.equal(delta.total, steps.length);
+});
+
+t.test('hourly buckets split at the hour boundary', async (t) => {
+  const { clock, aggregator } = fakeAggregator();
+  const adds: Array<[at: number, count: number]> = [
+    [T0, 2], // 10:59:59.000
+    [HOUR_11 - 1, 1], // 10:59:59.999
+    [HOUR_11, 5], // 11:00:00.000
+    [HOUR_11 + 3_599_999, 7], // 11:59:59.999
+    [HOUR_11 + 3_600_000, 11], // 12:00:00.000
+  ];
+  for (const [at, count] of adds) {
+    clock.now = at;
+    aggregator.add(use({ count }));
+  }
+  const [delta] = aggregator.drain().keys;
+  t.strictSame([...delta.hours], [
+    [HOUR_10, 3],
+    [HOUR_11, 12],
+    [HOUR_11 + 3_600_000, 11],
+  ]);
+  t.equal(delta.total, 26);
+});
+
+t.test('the same key id under two orgs is two entries', async (t) => {
+  const { aggregator } = fakeAggregator();
+  aggregator.add(use({ orgId: ORG_1, count: 2 }));
+  aggregator.add(use({ orgId: ORG_2, count: 3 }));
+  aggregator.add(use({ orgId: ORG_1, count: 4 }));
+  const batch = aggregator.drain();
+  t.strictSame(
+    batch.keys.map((k) => [k.orgId, k.keyId, k.total]),
+    [
+      [ORG_1, KEY_A, 6],
+      [ORG_2, KEY_A, 3],
+    ],
+  );
+  t.equal(batch.uses, 9);
+});
+
+t.test('maxKeys refuses new keys but never pending ones', async (t) => {
+  const { aggregator } = fakeAggregator({ maxKeys: 2 });
+  const adds: Array<{ sample: UsageSample; accepted: boolean }> = [
+    { sample: use({ keyId: KEY_A, count: 1 }), accepted: true },
+    { sample: use({ keyId: KEY_B, count: 1 }), accepted: true },
+    { sample: use({ keyId: KEY_C, count: 3 }), accepted: false },
+    { sample: use({ keyId: KEY_A, orgId: ORG_2, count: 2 }), accepted: false }, // a new (org, key) pair
+    { sample: use({ keyId: KEY_A, count: 5 }), accepted: true },
+    { sample: use({ keyId: KEY_B, count: 1 }), accepted: true },
+  ];
+  for (const { sample, accepted } of adds) {
+    t.equal(aggregator.add(sample), accepted, `${sample.orgId}/${sample.keyId} x${sample.count}`);
+  }
+  t.equal(aggregator.overflowSamples, 2);
+  t.equal(aggregator.overflowUses, 5);
+  t.equal(aggregator.pendingKeys, 2);
+  const batch = aggregator.drain();
+  t.strictSame(
+    batch.keys.map((k) => [k.keyId, k.total]),
+    [
+      [KEY_A, 6],
+      [KEY_B, 2],
+    ],
+  );
+  t.equal(batch.uses, 8, 'refused uses are not in the batch');
+
+  t.equal(aggregator.add(use({ keyId: KEY_C, count: 3 })), true, 'room again after a drain');
+  t.equal(aggregator.overflowSamples, 2, 'overflow counters are cumulative');
+  t.equal(aggregator.overflowUses, 5);
+});
+
+t.test('ip stats keep the most recently seen, evicting the least recent', async (t) => {
+  const cases: Array<{ name: string; ips: string[]; max?: number; kept: Array<[string, IpStat]> }> = [
+    {
+      name: 'oldest evicted',
+      ips: ['a', 'b', 'c'],
+      max: 2,
+      kept: [
+        ['b', { count: 1, firstSeen: T0 + 1, lastSeen: T0 + 1 }],
+        ['c', { count: 1, firstSeen: T0 + 2, lastSeen: T0 + 2 }],
+      ],
+    },
+    {
+      name: 'seen again is recent again',
+      ips: ['a', 'b', 'a', 'c'],
+      max: 2,
+      kept: [
+        ['a', { count: 2, firstSeen: T0, lastSeen: T0 + 2 }],
+        ['c', { count: 1, firstSeen: T0 + 3, lastSeen: T0 + 3 }],
+      ],
+    },
+    {
+      name: 'an evicted ip comes back fresh',
+      ips: ['a', 'b', 'a', 'b'],
+      max: 1,
+      kept: [['b', { count: 1, firstSeen: T0 + 3, lastSeen: T0 + 3 }]],
+    },
+    { name: 'one ip', ips: ['a', 'a', 'a'], max: 1, kept: [['a', { count: 3, firstSeen: T0, lastSeen: T0 + 2 }]] },
+    {
+      name: 'default cap is 16',
+      ips: Array.from({ length: 18 }, (_, i) => `10.0.0.${i}`),
+      kept: Array.from({ length: 16 }, (_, i): [string, IpStat] => [`10.0.0.${i + 2}`, { count: 1, firstSeen: T0 + i + 2, lastSeen: T0 + i + 2 }]),
+    },
+  ];
+  for (const c of cases) {
+    const { clock, aggregator } = fakeAggregator({ maxIpsPerKey: c.max });
+    c.ips.forEach((ip, i) => {
+      clock.now = T0 + i;
+      aggregator.add(use({ ip }));
+    });
+    const [delta] = aggregator.drain().keys;
+    t.strictSame([...delta.ips], c.kept, `${c.name}: ips`);
+    t.equal(delta.total, c.ips.length, `${c.name}: evicted ips still count in the total`);
+    t.equal(delta.lastIp, c.ips[c.ips.length - 1], `${c.name}: lastIp`);
+  }
+});
+
+t.test('drain hands everything over and starts fresh', async (t) => {
+  const { clock, aggregator } = fakeAggregator();
+  aggregator.add(use({ keyId: KEY_A, count: 2 }));
+  aggregator.add(use({ keyId: KEY_B, count: 3 }));
+  const first = aggregator.drain();
+  t.equal(first.keys.length, 2);
+  t.equal(first.uses, 5);
+  t.equal(aggregator.pendingKeys, 0);
+  t.strictSame(aggregator.drain(), { keys: [], uses: 0 }, 'nothing left behind');
+
+  clock.now = T0 + 10_000;
+  aggregator.add(use({ keyId: KEY_A, count: 1, ip: '10.9.9.9' }));
+  t.equal(first.keys[0].total, 2, 'a drained batch is not touched by later adds');
+  t.equal(first.keys[0].ips.size, 1);
+  t.strictSame(
+    aggregator.drain().keys.map((k) => [k.keyId, k.total, k.lastUsedAt, k.lastIp]),
+    [[KEY_A, 1, T0 + 10_000, '10.9.9.9']],
+  );
+});
+
+t.test('options are validated', async (t) => {
+  const bad: Array<Partial<AggregatorOptions>> = [{ maxKeys: 0 }, { maxKeys: -1 }, { maxKeys: 1.5 }, { maxKeys: NaN }, { maxIpsPerKey: 0 }, { maxIpsPerKey: 2.5 }];
+  for (const options of bad) t.throws(() => fakeAggregator(options), RangeError, JSON.stringify(options));
+  t.throws(() => mergeBatches([], 0), RangeError);
+});
+
+function delta(fields: Partial<KeyUsageDelta>): KeyUsageDelta {
+  return {
+    keyId: KEY_A,
+    orgId: ORG_1,
+    total: 0,
+    byOutcome: outcomes(),
+    lastUsedAt: T0,
+    lastIp: '10.0.0.1',
+    ips: new Map(),
+    hours: new Map(),
+    ...fields,
+  };
+}
+
+t.test('mergeBatches', async (t) => {
+  const older: UsageBatch = {
+    uses: 10,
+    keys: [
+      delta({
+        total: 7,
+        byOutcome: outcomes({ ok: 5, revoked: 2 }),
+        lastUsedAt: T0 + 100,
+        lastIp: '10.0.0.1',
+        ips: new Map([
+          ['10.0.0.1', { count: 4, firstSeen: T0, lastSeen: T0 + 100 }],
+          ['10.0.0.2', { count: 3, firstSeen: T0 + 10, lastSeen: T0 + 20 }],
+        ]),
+        hours: new Map([[HOUR_10, 7]]),
+      }),
+      delta({ keyId: KEY_B, total: 3, byOutcome: outcomes({ expired: 3 }), ips: new Map([['::1', { count: 3, firstSeen: T0, lastSeen: T0 }]]), hours: new Map([[HOUR_10, 3]]) }),
+    ],
+  };
+  const newer: UsageBatch = {
+    uses: 6,
+    keys: [
+      delta({
+        total: 6,
+        byOutcome: outcomes({ ok: 1, cross_org: 5 }),
+        lastUsedAt: T0 + 5000,
+        lastIp: '10.0.0.3',
+        ips: new Map([
+          ['10.0.0.1', { count: 1, firstSeen: T0 + 2000, lastSeen: T0 + 2000 }],
+          ['10.0.0.3', { count: 5, firstSeen: T0 + 3000, lastSeen: T0 + 5000 }],
+        ]),
+        hours: new Map([
+          [HOUR_10, 1],
+          [HOUR_11, 5],
+        ]),
+      }),
+    ],
+  };
+  const snapshot = structuredClone([older, newer]);
+  const expectedA = delta({
+    total: 13,
+    byOutcome: outcomes({ ok: 6, revoked: 2, cross_org: 5 }),
+    lastUsedAt: T0 + 5000,
+    lastIp: '10.0.0.3',
+    ips: new Map([
+      ['10.0.0.2', { count: 3, firstSeen: T0 + 10, lastSeen: T0 + 20 }],
+      ['10.0.0.1', { count: 5, firstSeen: T0, lastSeen: T0 + 2000 }],
+      ['10.0.0.3', { count: 5, firstSeen: T0 + 3000, lastSeen: T0 + 5000 }],
+    ]),
+    hours: new Map([
+      [HOUR_10, 8],
+      [HOUR_11, 5],
+    ]),
+  });
+
+  t.test('sums totals, outcomes, hours and ip stats', async (t) => {
+    const merged = mergeBatches([older, newer]);
+    t.equal(merged.uses, 16);
+    t.strictSame(merged.keys.map((k) => k.keyId), [KEY_A, KEY_B]);
+    t.strictSame({ ...merged.keys[0], ips: [...merged.keys[0].ips] }, { ...expectedA, ips: [...expectedA.ips] });
+    t.strictSame(merged.keys[1], older.keys[1]);
+  });
+
+  t.test('the newest lastUsedAt wins whatever the batch order', async (t) => {
+    const [a] = mergeBatches([newer, older]).keys;
+    t.equal(a.lastUsedAt, T0 + 5000);
+    t.equal(a.lastIp, '10.0.0.3');
+  });
+
+  t.test('caps ips to the most recently seen', async (t) => {
+    const [a] = mergeBatches([older, newer], 2).keys;
+    t.strictSame([...a.ips.keys()], ['10.0.0.1', '10.0.0.3']);
+    t.equal(a.total, 13, 'evicted ips still count in the total');
+  });
+
+  t.test('does not mutate its inputs, nor share state with them', async (t) => {
+    const merged = mergeBatches([older, newer]);
+    t.strictSame([older, newer], snapshot, 'inputs unchanged by the merge');
+    const [a, b] = merged.keys;
+    a.total += 100;
+    a.byOutcome.ok += 100;
+    a.ips.get('10.0.0.1')!.count += 100;
+    a.hours.set(HOUR_10, 0);
+    b.ips.get('::1')!.lastSeen = 0;
+    t.strictSame([older, newer], snapshot, 'inputs unchanged by editing the result');
+  });
+
+  t.test('nothing to merge', async (t) => {
+    t.strictSame(mergeBatches([]), { keys: [], uses: 0 });
+  });
+});
+
+// Draining every so often and merging the drains must give exactly what one
+// drain at the end gives: the flusher relies on this when a write is retried.
+t.test('mergeBatches of successive drains equals one drain', async (t) => {
+  const step = fc.record({
+    key: fc.constantFrom(KEY_A, KEY_B, KEY_C),
+    org: fc.constantFrom(ORG_1, ORG_2),
+    ip: fc.constantFrom('10.0.0.1', '10.0.0.2', '::1', '2001:db8::1'),
+    outcome: fc.constantFrom(...OUTCOMES),
+    count: fc.integer({ min: 1, max: 1000 }),
+    advanceMs: fc.integer({ min: 1, max: 1_800_000 }),
+    drainAfter: fc.boolean(),
+  });
+  fc.assert(
+    fc.property(fc.array(step, { maxLength: 60 }), (steps) => {
+      const chunked = fakeAggregator();
+      const whole = fakeAggregator();
+      const batches: UsageBatch[] = [];
+      for (const s of steps) {
+        chunked.clock.now += s.advanceMs;
+        whole.clock.now += s.advanceMs;
+        const sample = use({ keyId: s.key, orgId: s.org, ip: s.ip, outcome: s.outcome, count: s.count });
+        chunked.aggregator.add(sample);
+        whole.aggregator.add(sample);
+        if (s.drainAfter) batches.push(chunked.aggregator.drain());
+      }
+      batches.push(chunked.aggregator.drain());
+      deepStrictEqual(mergeBatches(batches), whole.aggregator.drain());
+    }),
+    { numRuns: 300 },
+  );
+  t.pass('equal for every generated sequence');
+});

@@ -1,0 +1,485 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createServer } from 'node:net';
+import t, { type Test } from 'tap';
+import { UNAUTHORIZED_MESSAGE } from '../api/errors';
+import { SCOPES } from '../api/keys/scopes';
+import { embeddedClusterRunning, main, openDatabase, runCli, USAGE } from '../scripts/cli';
+import { migrate } from '../scripts/migrate';
+import { loadConfig } from '../shared/config';
+import { createDb, type Db } from '../shared/db';
+import { startLocalPostgres } from '../shared/localPostgres';
+import { startTestApi } from './helpers/api';
+import { adminDatabaseUrl, freshDatabase } from './helpers/database';
+
+const KEY = /ku_[0-9a-f]{32}_[A-Za-z0-9_-]{43}/g;
+const ONCE = /shown only once/;
+
+// runCli in-process, with its output captured line by line.
+function cli(db: Db, pepper: string, now: () => number = Date.now) {
+  const out: string[] = [];
+  const err: string[] = [];
+  return {
+    out,
+    err,
+    run: (...argv: string[]) => runCli(argv, { db, pepper, now, out: (text) => out.push(text), err: (text) => err.push(text) }),
+    reset() {
+      out.length = 0;
+      err.length = 0;
+    },
+    json: () => JSON.parse(out.join('\n')),
+  };
+}
+
+async function setup(t: Test) {
+  const { db, url } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { KEY_CACHE_TTL_MS: '0' } });
+  return { db, url, api, cli: cli(db, api.config.api.keyPepper) };
+}
+
+const count = async (db: Db, table: string) => Number((await db(table).count({ n: '*' }))[0].n);
+
+// Every stored hash, in the forms a careless print could take.
+async function storedHashForms(db: Db): Promise<string[]> {
+  const rows = await db('api_keys').select('secret_hash', 'previous_secret_hash');
+  return rows
+    .flatMap((row) => [row.secret_hash, row.previous_secret_hash])
+    .filter((hash): hash is Buffer => Buffer.isBuffer(hash))
+    .flatMap((hash) => [hash.toString('hex'), hash.toString('base64'), hash.toString('base64url')]);
+}
+
+t.test('org create prints the org and a working key with every scope, once', async (t) => {
+  const { db, api, cli } = await setup(t);
+  t.equal(await cli.run('org', 'create', 'Acme Inc'), 0);
+  t.same(cli.err, []);
+  const text = cli.out.join('\n');
+  const keys = text.match(KEY) ?? [];
+  t.equal(keys.length, 1, 'the plaintext key appears exactly once');
+  t.match(text, ONCE, 'with the warning that it is shown only once');
+  const org = await db('organizations').first();
+  t.equal(org.name, 'Acme Inc');
+  t.match(text, org.id);
+
+  for (const header of ['bearer', 'x-api-key'] as const) {
+    const whoami = await api.request('GET', '/api/whoami', { key: keys[0], header });
+    t.equal(whoami.status, 200, `the key works as ${header}`);
+    t.same(whoami.body.scopes, [...SCOPES]);
+    t.equal(whoami.body.orgId, org.id);
+  }
+  t.same(api.uses.map((use) => use.outcome), ['ok', 'ok']);
+  for (const form of await storedHashForms(db)) t.notMatch(text, form, 'no stored hash is printed');
+});
+
+t.test('org create --json', async (t) => {
+  const { db, api, cli } = await setup(t);
+  t.equal(await cli.run('org', 'create', 'acme', '--json'), 0);
+  const printed = cli.json();
+  t.same(Object.keys(printed).sort(), ['key', 'org']);
+  t.same(Object.keys(printed.org).sort(), ['createdAt', 'id', 'name']);
+  t.match(printed.org, { name: 'acme', id: /^[0-9a-f-]{36}$/ });
+  t.equal(new Date(printed.org.createdAt).toISOString(), printed.org.createdAt);
+  t.match(printed.key, {
+    orgId: printed.org.id,
+    name: 'admin',
+    scopes: [...SCOPES],
+    status: 'active',
+    expiresAt: null,
+    revokedAt: null,
+    key: /^ku_[0-9a-f]{32}_[A-Za-z0-9_-]{43}$/,
+  });
+  t.equal(printed.key.displayPrefix, printed.key.key.slice(0, 11));
+  t.notOk('secretHash' in printed.key, 'no hash field');
+  t.equal(cli.err.length, 1);
+  t.match(cli.err[0], ONCE, 'the once-only warning goes to stderr, keeping stdout pure JSON');
+
+  const whoami = await api.request('GET', '/api/whoami', { key: printed.key.key, header: 'x-api-key' });
+  t.same(whoami.body, { keyId: printed.key.id, orgId: printed.org.id, name: 'admin', scopes: [...SCOPES] });
+  const stored = await db('api_keys').where({ id: printed.key.id }).first();
+  t.equal(stored.org_id, printed.org.id);
+  for (const form of await storedHashForms(db)) t.notMatch(cli.out.join('\n'), form);
+});
+
+t.test('org list', async (t) => {
+  const { cli } = await setup(t);
+  t.equal(await cli.run('org', 'list'), 0);
+  t.match(cli.out.join('\n'), /No organizations yet/);
+  cli.reset();
+  t.equal(await cli.run('org', 'list', '--json'), 0);
+  t.same(cli.json(), []);
+  cli.reset();
+
+  await cli.run('org', 'create', 'first', '--json');
+  const first = cli.json().org;
+  cli.reset();
+  await cli.run('org', 'create', 'second', '--json');
+  const second = cli.json().org;
+  cli.reset();
+
+  t.equal(await cli.run('org', 'list', '--json'), 0);
+  t.same(cli.json(), [first, second], 'oldest first');
+  cli.reset();
+  t.equal(await cli.run('org', 'list'), 0);
+  const lines = cli.out.join('\n').split('\n');
+  t.match(lines[0], /^ID\s+NAME\s+CREATED$/);
+  t.match(lines[1], new RegExp(`^${first.id}\\s+first\\s+${first.createdAt}$`));
+  t.match(lines[2], new RegExp(`^${second.id}\\s+second\\s+`));
+  t.equal(lines.length, 3);
+});
+
+t.test('key create, list and revoke', async (t) => {
+  const now = Date.now();
+  const { db, api, cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  const { org, key: admin } = cli.json();
+  cli.reset();
+
+  const expiresAt = new Date(now + 86_400_000).toISOString();
+  t.equal(await cli.run('key', 'create', org.id, '--name', 'ci deploys', '--scopes', 'keys:read, keys:read', '--expires-at', expiresAt), 0);
+  const text = cli.out.join('\n');
+  const [plaintext, ...more] = text.match(KEY) ?? [];
+  t.same(more, [], 'the key is printed once');
+  t.match(text, ONCE);
+  t.match(text, /scopes:\s+keys:read\n/, 'duplicate scopes collapse');
+  t.match(text, `expires at: ${expiresAt}`);
+  const readOnly = await api.request('GET', '/api/whoami', { key: plaintext });
+  t.same(readOnly.body.scopes, ['keys:read']);
+  t.equal(readOnly.body.name, 'ci deploys');
+  const refused = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: plaintext, body: { name: 'x', scopes: ['keys:read'] } });
+  t.equal(refused.status, 403, 'the scopes given are the scopes enforced');
+  cli.reset();
+
+  t.equal(await cli.run('key', 'create', org.id, '--name', 'writer', '--scopes', 'keys:write', '--json'), 0);
+  const writer = cli.json();
+  t.match(writer, { orgId: org.id, name: 'writer', scopes: ['keys:write'], expiresAt: null, status: 'active', key: /^ku_/ });
+  t.match(cli.err.join('\n'), ONCE);
+  cli.reset();
+
+  t.equal(await cli.run('key', 'list', org.id, '--json'), 0);
+  const listed = cli.json();
+  t.same(listed.map((key: { name: string }) => key.name), ['admin', 'ci deploys', 'writer']);
+  const { key: writerKey, ...writerView } = writer;
+  t.same(listed[2], writerView, 'the same view as at creation, without the plaintext');
+  t.notOk(listed.some((key: object) => 'key' in key || 'secretHash' in key), 'neither plaintext nor hash is listed');
+  cli.reset();
+
+  t.equal(await cli.run('key', 'revoke', org.id, writer.id), 0);
+  t.match(cli.out.join('\n'), new RegExp(`Revoked API key ${writer.id} \\("writer"\\)`));
+  const afterRevoke = await api.request('GET', '/api/whoami', { key: writerKey });
+  t.same([afterRevoke.status, afterRevoke.body.error.message], [401, UNAUTHORIZED_MESSAGE], 'a revoked key is refused');
+  cli.reset();
+
+  t.equal(await cli.run('key', 'revoke', org.id, writer.id, '--json'), 0, 'revoking twice is harmless');
+  const revoked = cli.json();
+  t.match(revoked, { id: writer.id, status: 'revoked', revokedAt: /^\d{4}-/ });
+  cli.reset();
+
+  t.equal(await cli.run('key', 'list', org.id), 0);
+  const lines = cli.out.join('\n').split('\n');
+  t.match(lines[0], /^ID\s+PREFIX\s+NAME\s+SCOPES\s+STATUS\s+CREATED\s+EXPIRES$/);
+  t.equal(lines.length, 4);
+  t.match(lines[1], new RegExp(`^${admin.id}\\s+${admin.displayPrefix}\\s+admin\\s+keys:read,keys:write\\s+active\\s+\\S+\\s+-$`));
+  t.match(lines[2], new RegExp(`ci deploys\\s+keys:read\\s+active\\s+\\S+\\s+${expiresAt}$`));
+  t.match(lines[3], new RegExp(`^${writer.id}\\s+.*writer\\s+keys:write\\s+revoked`));
+
+  const allOutput = [...cli.out, ...cli.err].join('\n');
+  for (const form of await storedHashForms(db)) t.notMatch(allOutput, form, 'no stored hash is printed');
+});
+
+t.test('key list of an org without keys, and a long list', async (t) => {
+  const { db, cli } = await setup(t);
+  const [org] = await db('organizations').insert({ name: 'empty' }).returning('*');
+  t.equal(await cli.run('key', 'list', org.id), 0);
+  t.same(cli.out, [`Organization ${org.id} has no API keys.`]);
+  cli.reset();
+  // More than one service page (200).
+  await db('api_keys').insert(
+    Array.from({ length: 205 }, (_, i) => ({
+      id: randomUUID(),
+      org_id: org.id,
+      name: `bulk ${i}`,
+      display_prefix: 'ku_00000000',
+      secret_hash: randomBytes(32),
+      scopes: ['keys:read'],
+    })),
+  );
+  t.equal(await cli.run('key', 'list', org.id, '--json'), 0);
+  t.equal(cli.json().length, 205, 'every key, across pages');
+});
+
+t.test('unknown organizations and keys give a clear error and exit 1', async (t) => {
+  const { db, cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  const acme = cli.json();
+  cli.reset();
+  await cli.run('org', 'create', 'globex', '--json');
+  const globex = cli.json();
+  cli.reset();
+  const missing = randomUUID();
+  const keysBefore = await count(db, 'api_keys');
+
+  for (const argv of [
+    ['key', 'create', missing, '--name', 'x', '--scopes', 'keys:read'],
+    ['key', 'list', missing],
+    ['key', 'revoke', missing, acme.key.id],
+  ]) {
+    t.equal(await cli.run(...argv), 1, argv.slice(0, 2).join(' '));
+    t.same(cli.err, [`error: organization ${missing} not found`]);
+    t.same(cli.out, []);
+    cli.reset();
+  }
+  t.equal(await count(db, 'api_keys'), keysBefore, 'no key was created');
+
+  t.equal(await cli.run('key', 'revoke', acme.org.id, randomUUID()), 1);
+  t.same(cli.err, ['error: API key not found']);
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke', acme.org.id, globex.key.id), 1, 'another org\'s key is not found through this org');
+  t.same(cli.err, ['error: API key not found']);
+  const untouched = await db('api_keys').where({ id: globex.key.id }).first();
+  t.equal(untouched.revoked_at, null, 'and stays active');
+});
+
+t.test('bad usage prints the usage on stderr and exits 2 without touching the database', async (t) => {
+  const { db, cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  const org = cli.json().org.id as string;
+  cli.reset();
+  const before = [await count(db, 'organizations'), await count(db, 'api_keys')];
+  const yesterday = new Date(Date.now() - 86_400_000).toISOString();
+
+  const cases: Array<[string[], RegExp]> = [
+    [[], /no command given/],
+    [['org'], /unknown command "org"/],
+    [['frob'], /unknown command "frob"/],
+    [['org', 'delete', 'acme'], /unknown command "org delete"/],
+    [['org', 'create'], /org create: missing <name>/],
+    [['org', 'create', 'a', 'b'], /unexpected argument "b"/],
+    [['org', 'create', '   '], /<name>: must not be empty/],
+    [['org', 'create', 'x'.repeat(201)], /<name>: must be at most 200 characters/],
+    [['org', 'list', 'extra'], /unexpected argument "extra"/],
+    [['org', 'list', '--name', 'x'], /org list: --name does not apply/],
+    [['org', 'create', 'acme', '--scopes', 'keys:read'], /--scopes does not apply/],
+    [['--bogus'], /Unknown option '--bogus'/],
+    [['key', 'list'], /key list: missing <orgId>/],
+    [['key', 'list', 'not-a-uuid'], /<orgId>: must be a UUID/],
+    [['key', 'revoke', org], /key revoke: missing <keyId>/],
+    [['key', 'revoke', org, 'nope'], /<keyId>: must be a UUID/],
+    [['key', 'create', org, '--scopes', 'keys:read'], /--name is required/],
+    [['key', 'create', org, '--name'], /--name/],
+    [['key', 'create', org, '--name', ' ', '--scopes', 'keys:read'], /--name: must not be empty/],
+    [['key', 'create', org, '--name', 'x'], /--scopes is required/],
+    [['key', 'create', org, '--name', 'x', '--scopes', ' , '], /--scopes: must list at least one scope/],
+    [['key', 'create', org, '--name', 'x', '--scopes', 'keys:read,admin'], /unknown scope "admin" \(known: keys:read, keys:write\)/],
+    [['key', 'create', org, '--name', 'x', '--scopes', 'keys:read', '--expires-at', 'tomorrow'], /--expires-at .*ISO 8601/],
+    [['key', 'create', org, '--name', 'x', '--scopes', 'keys:read', '--expires-at', yesterday], /--expires-at: must be in the future/],
+  ];
+  for (const [argv, problem] of cases) {
+    const label = argv.join(' ').slice(0, 60) || '(nothing)';
+    t.equal(await cli.run(...argv), 2, `${label}: exit 2`);
+    t.match(cli.err.join('\n'), problem, `${label}: names the problem`);
+    t.match(cli.err.join('\n'), /^error: [^]*Usage: npm run cli -- <command>/, `${label}: followed by the usage`);
+    t.same(cli.out, [], `${label}: nothing on stdout`);
+    cli.reset();
+  }
+  t.same([await count(db, 'organizations'), await count(db, 'api_keys')], before, 'nothing was written');
+
+  for (const argv of [['help'], ['--help'], ['-h'], ['key', 'create', '--help']]) {
+    t.equal(await cli.run(...argv), 0, `${argv.join(' ')} exits 0`);
+    t.same(cli.out, [USAGE], 'usage on stdout');
+    t.same(cli.err, []);
+    cli.reset();
+  }
+  for (const command of ['org create', 'org list', 'key list', 'key create', 'key revoke']) t.match(USAGE, command);
+});
+
+t.test('names cannot put control sequences on the terminal', async (t) => {
+  const { cli } = await setup(t);
+  await cli.run('org', 'create', 'acme\x1b[2J', '--json');
+  const { org } = cli.json();
+  t.equal(org.name, 'acme\x1b[2J', 'the name is stored as given');
+  cli.reset();
+  await cli.run('key', 'create', org.id, '--name', 'evil\x1b]0;owned\x07', '--scopes', 'keys:read');
+  await cli.run('org', 'list');
+  await cli.run('key', 'list', org.id);
+  const text = cli.out.join('\n');
+  t.notMatch(text, /[\x00-\x09\x0b-\x1f\x7f]/, 'no control character but newlines in text output');
+  t.match(text, 'evil?]0;owned?');
+  t.match(text, 'acme?[2J');
+});
+
+t.test('service errors print `error: <message>` and exit 1', async (t) => {
+  const { db, api, cli: plain } = await setup(t);
+  await plain.run('org', 'create', 'acme', '--json');
+  const { org } = plain.json();
+  // The CLI refuses a past expiry itself; a clock that moves on between parsing and creating
+  // reaches the service's own check, an AppError.
+  let clock = Date.now();
+  const ticking = cli(db, api.config.api.keyPepper, () => (clock += 60_000));
+  const expiresAt = new Date(clock + 90_000).toISOString();
+  t.equal(await ticking.run('key', 'create', org.id, '--name', 'x', '--scopes', 'keys:read', '--expires-at', expiresAt), 1);
+  t.same(ticking.err, ['error: Invalid body: expiresAt: must be in the future']);
+  t.same(ticking.out, []);
+});
+
+t.test('other failures are not swallowed', async (t) => {
+  const { db, cli } = await setup(t);
+  await db.destroy();
+  await t.rejects(cli.run('org', 'list'), /Unable to acquire a connection/, 'a broken database rejects: main prints it and exits 1');
+});
+
+function captured() {
+  const out: string[] = [];
+  const err: string[] = [];
+  return { out, err, io: { out: (text: string) => out.push(text), err: (text: string) => err.push(text) } };
+}
+
+t.test('main: wiring to DATABASE_URL', async (t) => {
+  const { url, api } = await setup(t);
+  const { out, err, io } = captured();
+  t.equal(await main(['org', 'create', 'acme', '--json'], { DATABASE_URL: url }, io), 0);
+  const printed = JSON.parse(out.join('\n'));
+  t.equal((await api.request('GET', '/api/whoami', { key: printed.key.key })).status, 200, 'the key works with the API on the same database');
+  t.match(err.join('\n'), ONCE);
+  t.notMatch(err.join('\n'), /Applied/, 'an up-to-date database needs no migration');
+
+  const help = captured();
+  t.equal(await main(['help'], { DATABASE_URL: 'postgres://127.0.0.1:1/unreachable' }, help.io), 0, 'help needs no database');
+  t.same(help.out, [USAGE]);
+  const bad = captured();
+  t.equal(await main(['org'], { DATABASE_URL: 'mysql://nope' }, bad.io), 2, 'nor does a usage error, nor the config');
+  await t.rejects(main(['org', 'list'], { DATABASE_URL: 'mysql://nope' }, captured().io), /DATABASE_URL: must be a postgres:\/\/ URL/);
+});
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+t.test('main: the embedded PostgreSQL, started and stopped only when the CLI started it', async (t) => {
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-cli-'));
+  const env = { EMBEDDED_PG_DIR: path.join(scratch, 'pg'), EMBEDDED_PG_PORT: String(await freePort()) };
+  let cluster: ReturnType<typeof startLocalPostgres> | undefined;
+  t.teardown(() => {
+    if (embeddedClusterRunning(env.EMBEDDED_PG_DIR)) (cluster ?? startLocalPostgres({ dataDir: env.EMBEDDED_PG_DIR, port: Number(env.EMBEDDED_PG_PORT) })).stop();
+    fs.rmSync(scratch, { recursive: true, force: true });
+  });
+
+  const first = captured();
+  t.equal(await main(['org', 'create', 'acme', '--json'], env, first.io), 0, 'creates the cluster on first use');
+  t.match(first.err.join('\n'), /Started the embedded PostgreSQL/);
+  t.match(first.err.join('\n'), /Applied 2 migration\(s\)/, 'and migrates it');
+  const { org } = JSON.parse(first.out.join('\n'));
+  t.equal(embeddedClusterRunning(env.EMBEDDED_PG_DIR), false, 'stopped again afterwards');
+
+  cluster = startLocalPostgres({ dataDir: env.EMBEDDED_PG_DIR, port: Number(env.EMBEDDED_PG_PORT) });
+  t.equal(embeddedClusterRunning(env.EMBEDDED_PG_DIR), true);
+  const second = captured();
+  t.equal(await main(['org', 'list', '--json'], env, second.io), 0);
+  t.same(JSON.parse(second.out.join('\n')), [org], 'the data persists in the data folder');
+  t.same(second.err, [], 'a running cluster is reused silently');
+  t.equal(embeddedClusterRunning(env.EMBEDDED_PG_DIR), true, 'and left running: someone else started it');
+  cluster.stop();
+
+  // An `npm start` that connects while the CLI runs keeps its database.
+  const notes: string[] = [];
+  const config = loadConfig(env);
+  const database = await openDatabase(config, (text) => notes.push(text));
+  const bystander = createDb(`${startLocalPostgres({ dataDir: env.EMBEDDED_PG_DIR, port: config.database.embeddedPort }).url}`, {
+    poolMax: 1,
+    applicationName: 'keyusage-api',
+  });
+  await bystander.raw('select 1');
+  await database.close();
+  t.match(notes.join('\n'), /left running: another process is connected/);
+  t.equal(embeddedClusterRunning(env.EMBEDDED_PG_DIR), true);
+  await bystander.destroy();
+  cluster.stop();
+  t.equal(embeddedClusterRunning(env.EMBEDDED_PG_DIR), false);
+});
+
+t.test('npm run migrate', async (t) => {
+  const admin = createDb(adminDatabaseUrl(), { poolMax: 1 });
+  const name = `kt_migrate_${randomBytes(4).toString('hex')}`;
+  await admin.raw(`create database ${name}`);
+  t.teardown(async () => {
+    await admin.raw(`drop database if exists ${name} with (force)`);
+    await admin.destroy();
+  });
+  const url = new URL(adminDatabaseUrl());
+  url.pathname = `/${name}`;
+
+  const unset = captured();
+  t.equal(await migrate({}, unset.io), 1, 'DATABASE_URL is required');
+  t.match(unset.err.join('\n'), /DATABASE_URL is not set/);
+  t.match(unset.err.join('\n'), /npm start/, 'and the message points at the embedded database');
+
+  const first = captured();
+  t.equal(await migrate({ DATABASE_URL: url.toString() }, first.io), 0);
+  t.match(first.out.join('\n'), /Applied 2 migration\(s\):\n  20261125000001_organizations_and_api_keys\.ts\n  20261125000002_api_key_usage\.ts/);
+  const second = captured();
+  t.equal(await migrate({ DATABASE_URL: url.toString() }, second.io), 0);
+  t.same(second.out, ['Database is already up to date.']);
+
+  const unreachable = captured();
+  t.equal(await migrate({ DATABASE_URL: 'postgres://nobody:x@127.0.0.1:1/none' }, unreachable.io), 1);
+  t.match(unreachable.err.join('\n'), /^error: migration failed: .*ECONNREFUSED/);
+  await t.rejects(migrate({ PORT: 'abc' }, captured().io), /PORT/, 'a bad config names the variable');
+});
+
+t.test('embeddedClusterRunning reads postmaster.pid as pg_ctl does', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-pid-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  t.equal(embeddedClusterRunning(dir), false, 'no pid file');
+  fs.writeFileSync(path.join(dir, 'postmaster.pid'), `${process.pid}\n${dir}\n`);
+  t.equal(embeddedClusterRunning(dir), true, 'a live pid');
+  fs.writeFileSync(path.join(dir, 'postmaster.pid'), '2147483646\n');
+  t.equal(embeddedClusterRunning(dir), false, 'a stale pid left by a killed server');
+  fs.writeFileSync(path.join(dir, 'postmaster.pid'), 'garbage\n');
+  t.equal(embeddedClusterRunning(dir), false, 'an unreadable pid');
+});
+
+// The real commands, as `npm run cli` and `npm run migrate` run them.
+function runScript(script: string, args: string[], env: Record<string, string | undefined>) {
+  const tsx = path.resolve(__dirname, '..', 'node_modules', '.bin', 'tsx');
+  const childEnv = { ...process.env, DATABASE_URL: undefined, ...env };
+  return new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+    execFile(tsx, [path.resolve(__dirname, '..', 'scripts', script), ...args], { env: childEnv }, (error, stdout, stderr) => {
+      resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+t.test('the scripts as processes: exit codes and a pure JSON stdout', async (t) => {
+  const { url, api } = await setup(t);
+  const created = await runScript('cli.ts', ['org', 'create', 'acme', '--json'], { DATABASE_URL: url });
+  t.equal(created.code, 0);
+  const printed = JSON.parse(created.stdout);
+  t.match(created.stderr, ONCE);
+  for (const header of ['bearer', 'x-api-key'] as const) {
+    t.equal((await api.request('GET', '/api/whoami', { key: printed.key.key, header })).status, 200, `the printed key works (${header})`);
+  }
+
+  const usage = await runScript('cli.ts', ['org'], { DATABASE_URL: url });
+  t.same([usage.code, usage.stdout], [2, '']);
+  t.match(usage.stderr, /^error: unknown command "org"/);
+  const config = await runScript('cli.ts', ['org', 'list'], { DATABASE_URL: 'mysql://x' });
+  t.equal(config.code, 1);
+  t.match(config.stderr, /^error: Invalid configuration: DATABASE_URL/);
+
+  const migrateUnset = await runScript('migrate.ts', [], {});
+  t.equal(migrateUnset.code, 1);
+  t.match(migrateUnset.stderr, /DATABASE_URL is not set/);
+  const migrated = await runScript('migrate.ts', [], { DATABASE_URL: url });
+  t.same([migrated.code, migrated.stdout], [0, 'Database is already up to date.\n']);
+  const migrateConfig = await runScript('migrate.ts', [], { DATABASE_URL: url, PORT: 'abc' });
+  t.equal(migrateConfig.code, 1);
+  t.match(migrateConfig.stderr, /^error: Invalid configuration: PORT/);
+});

@@ -1,0 +1,104 @@
+import t from 'tap';
+import { Aggregator } from '../collector/aggregator';
+import { Flusher } from '../collector/flusher';
+import { CommitInDoubtError, type PendingBatch, type UsageStore } from '../collector/usageStore';
+import { renderPrometheus } from '../collector/metrics';
+import { createLogger } from '../shared/logger';
+
+const logger = createLogger({ level: 'silent', name: 'test' });
+const ORG = '5d1f0f5e-8a47-4b53-8a0e-9c1d2e3f4a5b';
+const key = (i: number) => `00000000-0000-4000-8000-${String(i).padStart(12, '0')}`;
+
+// A store that keeps what it was given and fails on demand; the PostgreSQL store has its own
+// tests against a real database.
+function fakeStore() {
+  const written: PendingBatch[][] = [];
+  const applied = new Set<string>();
+  let failNext: Error | undefined;
+  const store: UsageStore = {
+    async write(batches) {
+      if (failNext) {
+        const error = failNext;
+        failNext = undefined;
+        if (error instanceof CommitInDoubtError) batches.forEach((b) => applied.add(b.id));
+        throw error;
+      }
+      written.push([...batches]);
+      const fresh = batches.filter((b) => !applied.has(b.id));
+      fresh.forEach((b) => applied.add(b.id));
+      const uses = fresh.reduce((s, b) => s + b.batch.uses, 0);
+      return { appliedBatches: fresh.length, duplicateBatches: batches.length - fresh.length, keysWritten: 0, usesWritten: uses, unknownKeys: 0, unknownUses: 0, statements: 4 };
+    },
+    prune: async () => {},
+    expireOldRows: async () => {},
+  };
+  return { store, written, fail: (error: Error) => (failNext = error) };
+}
+
+t.test('backoff grows after each failure and resets after a success', async (t) => {
+  let now = 0;
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => now });
+  const { store, fail } = fakeStore();
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxPendingKeys: 100, logger, now: () => now, backoff: { initialMs: 100, maxMs: 250 } });
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 2 });
+  const retryAts: number[] = [];
+  for (let i = 0; i < 3; i += 1) {
+    fail(new Error('down'));
+    t.equal(await flusher.flush(), false);
+    retryAts.push((flusher as unknown as { retryAt: number }).retryAt);
+  }
+  t.same(retryAts, [100, 200, 250], 'doubling, capped');
+  t.equal(flusher.stats.consecutiveFailures, 3);
+  t.equal(await flusher.flush(), true);
+  t.equal(flusher.stats.usesPersisted, 2);
+  t.equal(flusher.stats.consecutiveFailures, 0);
+});
+
+t.test('an in-doubt batch is never merged with newer data and is skipped when it did land', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
+  const { store, written, fail } = fakeStore();
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxPendingKeys: 100, logger });
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 5 });
+  fail(new CommitInDoubtError(new Error('connection lost')));
+  await flusher.flush();
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 7 });
+  t.equal(await flusher.flush(), true);
+  t.equal(written[0].length, 2, 'the in-doubt batch and the new one travel separately');
+  t.equal(written[0][0].batch.uses, 5);
+  t.equal(flusher.stats.duplicateBatchesSkipped, 1);
+  t.equal(flusher.stats.usesPersisted, 7, 'the 5 were persisted by the first attempt, the 7 now');
+});
+
+t.test('pending batches stop absorbing drains at the cap; the aggregator holds the rest', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 3, now: () => 0 });
+  const { store, fail } = fakeStore();
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxPendingKeys: 3, logger });
+  for (let i = 0; i < 3; i += 1) aggregator.add({ keyId: key(i), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  fail(new Error('down'));
+  await flusher.flush();
+  t.equal(flusher.pendingKeys, 3);
+  for (let i = 3; i < 10; i += 1) aggregator.add({ keyId: key(i), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  fail(new Error('down'));
+  await flusher.flush();
+  t.equal(flusher.pendingKeys, 3, 'no more keys taken into the retry batch');
+  t.equal(aggregator.pendingKeys, 3, 'the aggregator is capped');
+  t.equal(aggregator.overflowUses, 4, 'the overflow is counted');
+  t.ok(await flusher.stop(1000), 'stop writes everything still pending');
+  t.equal(flusher.stats.usesPersisted, 6);
+});
+
+t.test('stop gives up after its deadline when the store stays down', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 3, now: () => 0 });
+  const store: UsageStore = { write: async () => Promise.reject(new Error('down')), prune: async () => {}, expireOldRows: async () => {} };
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxPendingKeys: 3, logger });
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  t.equal(await flusher.stop(300), false);
+  t.equal(flusher.pendingUses, 1, 'what could not be written is reported, not hidden');
+});
+
+t.test('prometheus text', async (t) => {
+  t.equal(
+    renderPrometheus([{ name: 'x_total', help: 'Things', type: 'counter', value: 3 }, { name: 'y', help: 'Gauge', type: 'gauge', value: NaN }]),
+    '# HELP x_total Things\n# TYPE x_total counter\nx_total 3\n# HELP y Gauge\n# TYPE y gauge\ny 0\n',
+  );
+});

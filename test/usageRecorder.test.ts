@@ -1,0 +1,107 @@
+import t from 'tap';
+import { UsageRecorder, type DatagramSink } from '../api/usage/usageRecorder';
+import { createLogger } from '../shared/logger';
+import { parsePacket, type UsageSample } from '../shared/usageWire';
+import { Writable } from 'node:stream';
+
+const KEY = '0b7c6a39-2f11-4c55-9d7e-2f0c8e7a1b01';
+const ORG = '5d1f0f5e-8a47-4b53-8a0e-9c1d2e3f4a5b';
+
+function fakeSink(behaviour: (datagram: string) => Error | null = () => null) {
+  const sent: string[] = [];
+  const pending: Array<() => void> = [];
+  let closed = false;
+  const sink: DatagramSink = {
+    send(datagram, done) {
+      sent.push(datagram);
+      pending.push(() => done(behaviour(datagram)));
+    },
+    async close() {
+      closed = true;
+    },
+  };
+  return { sink, sent, complete: () => pending.splice(0).forEach((f) => f()), isClosed: () => closed };
+}
+
+function capturedLogger() {
+  const lines: string[] = [];
+  const logger = createLogger({
+    level: 'info',
+    name: 'test',
+    destination: new Writable({ write: (chunk, _e, cb) => (lines.push(chunk.toString()), cb()) }),
+  });
+  return { logger, lines };
+}
+
+const samplesOf = (datagrams: string[]) => {
+  const samples: UsageSample[] = [];
+  for (const d of datagrams) parsePacket(d, (s) => samples.push(s));
+  return samples;
+};
+
+t.test('uses coalesce per key, ip and outcome; the sum of sent counts equals the uses', async (t) => {
+  const { sink, sent, complete } = fakeSink();
+  const recorder = new UsageRecorder({ sink, maxEntries: 10_000, drainIntervalMs: 1000, logger: capturedLogger().logger });
+  for (let i = 0; i < 5000; i += 1) recorder.record(KEY, ORG, `10.0.${i % 50}.1`, i % 3 === 0 ? 'forbidden' : 'ok');
+  recorder.drain();
+  complete();
+  const samples = samplesOf(sent);
+  t.equal(samples.length, 100, '50 ips × 2 outcomes');
+  t.equal(samples.reduce((sum, s) => sum + s.count, 0), 5000);
+  t.ok(sent.every((d) => Buffer.byteLength(d) <= 1432), 'datagrams fit 1432 bytes');
+  const longestLine = Math.max(...sent.flatMap((d) => d.split('\n')).map((l) => l.length));
+  t.ok(sent.slice(0, -1).every((d) => d.length > 1432 - longestLine - 1), 'datagrams are packed full');
+  t.same(recorder.stats, { recordedUses: 5000, sentUses: 5000, failedUses: 0, datagrams: sent.length, earlyDrains: 0 });
+  const before = sent.length;
+  recorder.drain();
+  t.equal(sent.length, before, 'an empty drain sends nothing');
+});
+
+t.test('send failures are counted and logged once per interval, never thrown', async (t) => {
+  const { logger, lines } = capturedLogger();
+  const { sink, complete } = fakeSink(() => Object.assign(new Error('send ECONNREFUSED'), { code: 'ECONNREFUSED' }));
+  const recorder = new UsageRecorder({ sink, maxEntries: 10_000, drainIntervalMs: 1000, logger });
+  for (let round = 0; round < 3; round += 1) {
+    recorder.record(KEY, ORG, '192.0.2.1', 'ok');
+    recorder.drain();
+  }
+  complete();
+  t.equal(recorder.stats.failedUses, 3);
+  t.equal(recorder.stats.sentUses, 0);
+  t.equal(lines.filter((l) => l.includes('could not send usage datagram')).length, 1, 'rate-limited to one line');
+
+  const throwing = new UsageRecorder({
+    sink: { send: () => { throw new Error('socket closed'); }, close: async () => {} },
+    maxEntries: 10,
+    drainIntervalMs: 1000,
+    logger,
+  });
+  throwing.record(KEY, ORG, '192.0.2.1', 'ok');
+  t.doesNotThrow(() => throwing.drain(), 'a throwing sink cannot escape');
+  t.equal(throwing.stats.failedUses, 1);
+});
+
+t.test('stop drains, waits for sends in flight, then closes the sink', async (t) => {
+  const { sink, sent, complete, isClosed } = fakeSink();
+  const recorder = new UsageRecorder({ sink, maxEntries: 10_000, drainIntervalMs: 10, logger: capturedLogger().logger });
+  recorder.start();
+  recorder.record(KEY, ORG, '::1', 'revoked');
+  const stopping = recorder.stop();
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  t.notOk(isClosed(), 'the socket stays open while a send is in flight');
+  complete();
+  await stopping;
+  t.ok(isClosed());
+  t.same(samplesOf(sent), [{ keyId: KEY, orgId: ORG, ip: '::1', outcome: 'revoked', count: 1 }]);
+});
+
+t.test('the interval drains on its own', async (t) => {
+  const { sink, sent, complete } = fakeSink();
+  const recorder = new UsageRecorder({ sink, maxEntries: 10_000, drainIntervalMs: 5, logger: capturedLogger().logger });
+  recorder.start();
+  recorder.record(KEY, ORG, '192.0.2.9', 'ok');
+  for (let i = 0; i < 100 && sent.length === 0; i += 1) await new Promise((resolve) => setTimeout(resolve, 5));
+  complete();
+  t.equal(sent.length, 1);
+  await recorder.stop();
+});
