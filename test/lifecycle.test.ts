@@ -1,0 +1,69 @@
+import dgram from 'node:dgram';
+import http from 'node:http';
+import t from 'tap';
+import { startApi } from '../api/main';
+import { startCollector } from '../collector/main';
+import { loadConfig } from '../shared/config';
+import { createLogger } from '../shared/logger';
+import { freshDatabase } from './helpers/database';
+
+const logger = createLogger({ level: 'silent', name: 'test' });
+
+t.test('the api starts, serves, drains its usage and stops', async (t) => {
+  const { url } = await freshDatabase(t);
+  const sniffer = dgram.createSocket('udp4');
+  const datagrams: string[] = [];
+  sniffer.on('message', (m) => datagrams.push(m.toString()));
+  await new Promise<void>((resolve) => sniffer.bind(0, '127.0.0.1', () => resolve()));
+  t.teardown(() => sniffer.close());
+  const config = loadConfig({ PORT: '0', COLLECTOR_PORT: String(sniffer.address().port), USAGE_DRAIN_INTERVAL_MS: '60000' });
+  const api = await startApi(config, logger, url);
+  const health = await fetch(`http://127.0.0.1:${api.port}/healthz`);
+  t.equal(health.status, 200);
+  api.recorder!.record('0b7c6a39-2f11-4c55-9d7e-2f0c8e7a1b01', '5d1f0f5e-8a47-4b53-8a0e-9c1d2e3f4a5b', '192.0.2.1', 'ok');
+  await api.stop();
+  for (let i = 0; i < 50 && datagrams.length === 0; i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
+  t.equal(datagrams.length, 1, 'stop drains the pending uses before closing the socket');
+  t.equal(api.server.listening, false);
+});
+
+t.test('with tracking off the api records nothing', async (t) => {
+  const { url } = await freshDatabase(t);
+  const api = await startApi(loadConfig({ PORT: '0', USAGE_TRACKING: 'false' }), logger, url);
+  t.equal(api.recorder, undefined);
+  await api.stop();
+});
+
+t.test('a taken port is reported with its variable', async (t) => {
+  const { url } = await freshDatabase(t);
+  const blocker = http.createServer();
+  await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', () => resolve()));
+  t.teardown(() => blocker.close());
+  const taken = (blocker.address() as { port: number }).port;
+  await t.rejects(startApi(loadConfig({ PORT: String(taken), USAGE_TRACKING: 'false' }), logger, url), {
+    message: `Port ${taken} on 127.0.0.1 is already in use; set PORT to a free port`,
+  });
+  await t.rejects(startCollector(loadConfig({ COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: String(taken) }), logger, url), {
+    message: /set COLLECTOR_METRICS_PORT/,
+  });
+
+  const udpBlocker = dgram.createSocket('udp4');
+  await new Promise<void>((resolve) => udpBlocker.bind(0, '127.0.0.1', () => resolve()));
+  t.teardown(() => udpBlocker.close());
+  await t.rejects(startCollector(loadConfig({ COLLECTOR_PORT: String(udpBlocker.address().port), COLLECTOR_METRICS_PORT: '0' }), logger, url), {
+    message: /UDP port \d+ on 127.0.0.1 is already in use; set COLLECTOR_PORT/,
+  });
+});
+
+t.test('the collector binds IPv6 loopback and reports its receive buffer', async (t) => {
+  const { url } = await freshDatabase(t);
+  const collector = await startCollector(loadConfig({ COLLECTOR_HOST: '::1', COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0' }), logger, url);
+  t.equal(collector.receiver.host, '::1');
+  t.ok(collector.receiver.recvBufferBytes > 0);
+  const socket = dgram.createSocket('udp6');
+  await new Promise<void>((resolve) => socket.send('other.metric:1|c', collector.receiver.port, '::1', () => resolve()));
+  socket.close();
+  for (let i = 0; i < 100 && collector.ingest.otherLines === 0; i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
+  t.equal(collector.ingest.otherLines, 1);
+  t.equal(await collector.stop(), true);
+});
