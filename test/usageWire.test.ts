@@ -229,6 +229,7 @@ const rejects: Array<{ name: string; packet: string; reason: RegExp }> = [
   { name: 'field starting with a symbol', packet: 'requests:1|c|$x', reason: /^unknown field "\$x"/ },
   { name: 'bad timestamp', packet: 'requests:1|c|Tsoon', reason: /^bad timestamp "Tsoon"/ },
   { name: 'other metric with a non-numeric value', packet: 'requests:abc|c', reason: /^bad value "abc"/ },
+  { name: 'other metric with a lone sign', packet: 'requests:-|c', reason: /^bad value "-"/ },
   { name: 'other gauge NaN', packet: 'queue.depth:NaN|g', reason: /^bad value "NaN"/ },
   { name: 'other metric with rate 0', packet: 'requests:1|c|@0', reason: /^bad rate "@0"/ },
   { name: 'whitespace-only line', packet: ' ', reason: /^control character or space/ },

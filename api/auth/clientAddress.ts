@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import type { Request } from 'express';
 
 // IPv4 clients of a dual-stack socket appear as ::ffff:a.b.c.d; operators expect a.b.c.d.
@@ -10,5 +11,10 @@ export function normaliseAddress(address: string | undefined): string {
 // peer is the answer and costs a property read.
 export function clientAddressResolver(trustProxy: boolean | number | readonly string[]): (req: Request) => string {
   if (trustProxy === false) return (req) => normaliseAddress(req.socket.remoteAddress);
-  return (req) => normaliseAddress(req.ip);
+  // Behind a trusted proxy the address is header text; anything that is not an IP falls back
+  // to the peer, so it cannot break the datagram or be dropped by the collector.
+  return (req) => {
+    const forwarded = req.ip;
+    return normaliseAddress(forwarded && isIP(forwarded) ? forwarded : req.socket.remoteAddress);
+  };
 }
