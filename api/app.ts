@@ -67,7 +67,6 @@ export function createApp(deps: AppDeps) {
   app.disable('x-powered-by');
   app.set('trust proxy', deps.config.trustProxy);
   app.use(requestContext(deps.logger));
-  app.use(express.json({ limit: '16kb' }));
 
   app.get('/healthz', async (_req, res) => {
     const up = await databaseAnswers(deps.db);

@@ -1,49 +1,75 @@
+import { isIP } from 'node:net';
 import { z } from 'zod';
 
 // One config for every process (api, collector, cli, launcher), read once from the environment.
 // Each variable is validated on its own so a bad value fails fast with the variable's name.
 
-const port = z.coerce.number().int().min(1).max(65535);
-const portOrZero = z.coerce.number().int().min(0).max(65535);
-const positiveInt = z.coerce.number().int().positive();
+// Whole decimal numbers only: z.coerce would read ' ' as 0 and accept 0x10 or 1e3.
+const wholeNumber = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`));
+const port = wholeNumber(1, 65535);
+const portOrZero = wholeNumber(0, 65535);
+const positiveInt = (max = Number.MAX_SAFE_INTEGER) => wholeNumber(1, max);
 const booleanFlag = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 const host = z.string().min(1);
+
+const PROXY_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal']);
+
+function isProxyEntry(entry: string): boolean {
+  if (PROXY_NAMES.has(entry)) return true;
+  const [address, prefix, ...rest] = entry.split('/');
+  const family = isIP(address);
+  if (family === 0 || rest.length > 0) return false;
+  if (prefix === undefined) return true;
+  if (/^\d+$/.test(prefix)) return Number(prefix) <= (family === 4 ? 32 : 128);
+  return family === 4 && isIP(prefix) === 4;
+}
 
 // Express's `trust proxy` accepts a boolean, a hop count, or a list of addresses/subnets.
 const trustProxy = z
   .string()
   .min(1)
-  .transform((value): boolean | number | string[] => {
+  .transform((value, ctx): boolean | number | string[] => {
     if (value === 'false') return false;
     if (value === 'true') return true;
     if (/^\d+$/.test(value)) return Number(value);
-    return value.split(',').map((part) => part.trim()).filter(Boolean);
+    const entries = value.split(',').map((part) => part.trim()).filter(Boolean);
+    const bad = entries.find((entry) => !isProxyEntry(entry));
+    if (bad !== undefined) {
+      ctx.addIssue({ code: 'custom', message: `"${bad}" is not an IP, CIDR, loopback, linklocal or uniquelocal` });
+      return z.NEVER;
+    }
+    return entries;
   });
 
 const variables = {
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   DATABASE_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
-  DATABASE_POOL_MAX: positiveInt.default(10),
+  DATABASE_POOL_MAX: positiveInt(1000).default(10),
   EMBEDDED_PG_DIR: z.string().min(1).default('.data/postgres'),
   EMBEDDED_PG_PORT: port.default(54329),
   HOST: host.default('127.0.0.1'),
   PORT: portOrZero.default(3000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   KEY_PEPPER: z.string().min(32, 'must be at least 32 characters').optional(),
-  KEY_CACHE_TTL_MS: z.coerce.number().int().min(0).max(60_000).default(2000),
-  ROTATION_GRACE_SECONDS: z.coerce.number().int().min(0).max(604_800).default(86_400),
+  KEY_CACHE_TTL_MS: wholeNumber(0, 60_000).default(2000),
+  ROTATION_GRACE_SECONDS: wholeNumber(0, 604_800).default(86_400),
   TRUST_PROXY: trustProxy.default(false),
   USAGE_TRACKING: booleanFlag.default(true),
-  USAGE_DRAIN_INTERVAL_MS: positiveInt.max(60_000).default(250),
-  USAGE_MAX_ENTRIES: positiveInt.default(10_000),
+  USAGE_DRAIN_INTERVAL_MS: positiveInt(60_000).default(250),
+  USAGE_MAX_ENTRIES: positiveInt().default(10_000),
   COLLECTOR_HOST: host.default('127.0.0.1'),
   COLLECTOR_PORT: portOrZero.default(8125),
-  COLLECTOR_FLUSH_INTERVAL_MS: positiveInt.max(600_000).default(1000),
-  COLLECTOR_MAX_PENDING_KEYS: positiveInt.default(100_000),
-  COLLECTOR_RECV_BUFFER_BYTES: positiveInt.default(8 * 1024 * 1024),
+  COLLECTOR_FLUSH_INTERVAL_MS: positiveInt(600_000).default(1000),
+  COLLECTOR_MAX_PENDING_KEYS: positiveInt().default(100_000),
+  COLLECTOR_RECV_BUFFER_BYTES: positiveInt().default(8 * 1024 * 1024),
   COLLECTOR_METRICS_HOST: host.default('127.0.0.1'),
   COLLECTOR_METRICS_PORT: portOrZero.default(9102),
-  USAGE_RETENTION_DAYS: positiveInt.max(3650).default(90),
+  USAGE_RETENTION_DAYS: positiveInt(3650).default(90),
 };
 
 const DEV_PEPPER = 'keyusage-development-pepper-not-for-production-use';

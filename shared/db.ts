@@ -15,6 +15,8 @@ export function createDb(url: string, options: { poolMax?: number; applicationNa
     connection: { connectionString: url, application_name: options.applicationName ?? 'keyusage' },
     pool: { min: 0, max: options.poolMax ?? 10 },
     acquireConnectionTimeout: 10_000,
+    // knex would print connection errors to stderr itself; callers log them once, structured.
+    log: { warn() {}, error() {}, deprecate() {}, debug() {} },
   });
 }
 

@@ -77,9 +77,13 @@ t.test('TRUST_PROXY takes a boolean, a hop count or a list of addresses', async 
   t.same(loadConfig({ TRUST_PROXY: ' 10.0.0.1 ,,fd00::/8 ' }).api.trustProxy, ['10.0.0.1', 'fd00::/8'], 'blanks dropped');
 });
 
-t.test('a value that is not an address is refused at load time, naming TRUST_PROXY', { todo: 'loadConfig accepts any list; Express only throws "invalid IP address" (without the variable name) in createApp' }, async (t) => {
-  t.match(configError(t, { TRUST_PROXY: 'not-an-address' }).message, /TRUST_PROXY/);
+t.test('a value that is not an address is refused at load time, naming TRUST_PROXY', async (t) => {
+  t.match(configError(t, { TRUST_PROXY: 'not-an-address' }).message, /TRUST_PROXY: "not-an-address" is not an IP/);
   t.match(configError(t, { TRUST_PROXY: 'TRUE' }).message, /TRUST_PROXY/);
+  t.match(configError(t, { TRUST_PROXY: '10.0.0.0/33' }).message, /TRUST_PROXY/);
+  t.match(configError(t, { TRUST_PROXY: '10.0.0.0/8/1' }).message, /TRUST_PROXY/);
+  t.same(loadConfig({ TRUST_PROXY: '10.0.0.0/255.0.0.0, fd00::/8' }).api.trustProxy, ['10.0.0.0/255.0.0.0', 'fd00::/8']);
+  for (const value of [' ', '0x10', '1e3']) t.match(configError(t, { PORT: value }).message, /PORT: must be a whole number/, `PORT=${JSON.stringify(value)}`);
 });
 
 t.test('each kind of bad value fails with the variable name', async (t) => {

@@ -32,7 +32,12 @@ function freeUdpPort(): Promise<number> {
 
 // Started the way the Procfile starts them: `node --import tsx <entry>`, configured by env only.
 function startProcess(t: Test, entry: string, env: Record<string, string>) {
-  const child = spawn(process.execPath, ['--import', 'tsx', entry], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // Coverage of tsx-loaded children does not merge cleanly with tap's in-process coverage.
+  const child = spawn(process.execPath, ['--import', 'tsx', entry], {
+    cwd: ROOT,
+    env: { ...process.env, ...env, _TAPJS_PROCESSINFO_COVERAGE_: '0' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const output: string[] = [];
   child.stdout!.on('data', (chunk) => output.push(chunk.toString()));
   child.stderr!.on('data', (chunk) => output.push(chunk.toString()));

@@ -59,7 +59,7 @@ export function authorizer(deps: AuthorizeDeps) {
           ? verdict.outcome
           : requirement.scope && !key.scopes.includes(requirement.scope)
             ? 'forbidden'
-            : requirement.orgParam && req.params[requirement.orgParam] !== key.orgId
+            : requirement.orgParam && String(req.params[requirement.orgParam]).toLowerCase() !== key.orgId
               ? 'cross_org'
               : 'ok';
       deps.recordUse(key.id, key.orgId, deps.clientAddress(req), outcome);

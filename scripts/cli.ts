@@ -1,0 +1,395 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { z } from 'zod';
+import { AppError } from '../api/errors';
+import { createApiKeysService, type ApiKeyView } from '../api/keys/apiKeys.service';
+import { SCOPES, type Scope } from '../api/keys/scopes';
+import { findOrganizationById, insertOrganization, listOrganizations, type Organization } from '../api/orgs/orgs.repository';
+import { uuid } from '../api/validation';
+import { loadConfig, type Config } from '../shared/config';
+import { createDb, migrateLatest, type Db } from '../shared/db';
+import { startLocalPostgres } from '../shared/localPostgres';
+
+// `npm run cli -- <command>`: the operator's bootstrap tool. runCli() holds the command logic and
+// takes its database, output streams, pepper and clock as arguments so tests run it in-process;
+// main() wires it to the environment, the database and the process.
+
+export const USAGE = `Usage: npm run cli -- <command> [--json]
+
+Commands:
+  org create <name>                  Create an organization and its first API key (every scope)
+  org list                           List organizations
+  key list <orgId>                   List an organization's API keys
+  key create <orgId> --name <name> --scopes <scope,...> [--expires-at <ISO 8601>]
+                                     Create an API key (scopes: ${SCOPES.join(', ')})
+  key revoke <orgId> <keyId>         Revoke an API key at once
+  help                               Show this help
+
+Options:
+  --json    Print machine-readable JSON on stdout
+
+A new key's plaintext is printed once and never again: only its hash is stored.
+Uses DATABASE_URL when set, else the embedded PostgreSQL of \`npm start\` (started and stopped as needed).`;
+
+const OPTIONS = {
+  json: { type: 'boolean' },
+  name: { type: 'string' },
+  scopes: { type: 'string' },
+  'expires-at': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+type OptionName = keyof typeof OPTIONS;
+
+export type Command =
+  | { kind: 'org create'; name: string; json: boolean }
+  | { kind: 'org list'; json: boolean }
+  | { kind: 'key list'; orgId: string; json: boolean }
+  | { kind: 'key create'; orgId: string; name: string; scopes: Scope[]; expiresAt: Date | null; json: boolean }
+  | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean };
+
+export type ParsedCli = { kind: 'help' } | { kind: 'usage'; problem: string } | { kind: 'command'; command: Command };
+
+export interface CliDeps {
+  db: Db;
+  out: (text: string) => void;
+  err: (text: string) => void;
+  pepper: string;
+  now: () => number;
+}
+
+class UsageError extends Error {}
+
+// The same rules the HTTP API applies to a key name.
+const displayName = z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters');
+const isoDateTime = z.iso.datetime({ offset: true });
+
+function check<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
+  const result = schema.safeParse(value);
+  if (!result.success) throw new UsageError(`${what}: ${result.error.issues[0]?.message ?? 'invalid'}`);
+  return result.data;
+}
+
+const checkId = (value: string, what: string) => check(uuid, value, what);
+
+function parseScopes(raw: string | undefined): Scope[] {
+  if (raw === undefined) throw new UsageError('--scopes is required');
+  const scopes = raw.split(',').map((scope) => scope.trim()).filter(Boolean);
+  if (scopes.length === 0) throw new UsageError('--scopes: must list at least one scope');
+  for (const scope of scopes) {
+    if (!(SCOPES as readonly string[]).includes(scope)) {
+      throw new UsageError(`--scopes: unknown scope "${scope}" (known: ${SCOPES.join(', ')})`);
+    }
+  }
+  return [...new Set(scopes as Scope[])];
+}
+
+function parseExpiry(raw: string | undefined, now: number): Date | null {
+  if (raw === undefined) return null;
+  const expiresAt = new Date(check(isoDateTime, raw, '--expires-at (an ISO 8601 date-time such as 2027-01-31T00:00:00Z)'));
+  if (expiresAt.getTime() <= now) throw new UsageError('--expires-at: must be in the future');
+  return expiresAt;
+}
+
+// Which positional arguments and options each command takes; --json goes with every command.
+const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[] }> = {
+  'org create': { args: ['name'], options: [] },
+  'org list': { args: [], options: [] },
+  'key list': { args: ['orgId'], options: [] },
+  'key create': { args: ['orgId'], options: ['name', 'scopes', 'expires-at'] },
+  'key revoke': { args: ['orgId', 'keyId'], options: [] },
+};
+
+function isCommandKind(value: string): value is Command['kind'] {
+  return Object.hasOwn(SIGNATURES, value);
+}
+
+// parseArgs reports unknown options and missing option values with a TypeError.
+function parseOptions(argv: string[]) {
+  try {
+    return parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+}
+
+export function parseCli(argv: string[], now: number): ParsedCli {
+  try {
+    const { values, positionals } = parseOptions(argv);
+    if (values.help || (positionals[0] === 'help' && positionals.length === 1)) return { kind: 'help' };
+    if (positionals.length === 0) throw new UsageError('no command given');
+    const kind = positionals.slice(0, 2).join(' ');
+    if (!isCommandKind(kind)) throw new UsageError(`unknown command "${kind}"`);
+
+    const signature = SIGNATURES[kind];
+    const args = positionals.slice(2);
+    if (args.length < signature.args.length) {
+      throw new UsageError(`${kind}: missing <${signature.args[args.length]}>`);
+    }
+    if (args.length > signature.args.length) throw new UsageError(`${kind}: unexpected argument "${args[signature.args.length]}"`);
+    for (const option of Object.keys(values) as OptionName[]) {
+      if (option !== 'json' && !signature.options.includes(option)) throw new UsageError(`${kind}: --${option} does not apply`);
+    }
+    const json = values.json ?? false;
+
+    switch (kind) {
+      case 'org create':
+        return { kind: 'command', command: { kind, name: check(displayName, args[0], '<name>'), json } };
+      case 'org list':
+        return { kind: 'command', command: { kind, json } };
+      case 'key list':
+        return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), json } };
+      case 'key create':
+        if (values.name === undefined) throw new UsageError('key create: --name is required');
+        return {
+          kind: 'command',
+          command: {
+            kind,
+            orgId: checkId(args[0], '<orgId>'),
+            name: check(displayName, values.name, '--name'),
+            scopes: parseScopes(values.scopes),
+            expiresAt: parseExpiry(values['expires-at'], now),
+            json,
+          },
+        };
+      case 'key revoke':
+        return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), keyId: checkId(args[1], '<keyId>'), json } };
+    }
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    return { kind: 'usage', problem: error.message };
+  }
+}
+
+// Names come from API clients too: never let one put escape sequences on an operator's terminal.
+const printable = (text: string) => text.replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));
+  return rows.map((row) => row.map((cell, column) => cell.padEnd(widths[column])).join('  ').trimEnd()).join('\n');
+}
+
+const orgJson = (org: Organization) => ({ id: org.id, name: org.name, createdAt: org.createdAt.toISOString() });
+
+const ONCE_WARNING =
+  'This key is shown only once and cannot be recovered: store it now (e.g. in a secret manager). ' +
+  'If it is lost, create a new key and revoke this one.';
+
+function describeKey(key: ApiKeyView): string {
+  return [
+    `  id:         ${key.id}`,
+    `  name:       ${printable(key.name)}`,
+    `  scopes:     ${key.scopes.join(', ')}`,
+    `  expires at: ${key.expiresAt ?? 'never'}`,
+  ].join('\n');
+}
+
+function revealKey(deps: CliDeps, plaintext: string) {
+  deps.out(`\n  ${plaintext}\n`);
+  deps.out(`warning: ${ONCE_WARNING}`);
+}
+
+const printJson = (deps: CliDeps, value: unknown) => deps.out(JSON.stringify(value, null, 2));
+
+async function requireOrganization(db: Db, orgId: string): Promise<Organization> {
+  const org = await findOrganizationById(db, orgId);
+  if (!org) throw new AppError('not_found', `organization ${orgId} not found`);
+  return org;
+}
+
+async function execute(command: Command, deps: CliDeps): Promise<void> {
+  const keys = createApiKeysService({
+    db: deps.db,
+    pepper: deps.pepper,
+    // The CLI does not rotate keys, and a running API server's cache forgets a revoked key
+    // within KEY_CACHE_TTL_MS: there is no in-process cache here to invalidate.
+    defaultGraceSeconds: 0,
+    verifier: { invalidate: () => {} },
+    now: deps.now,
+  });
+
+  switch (command.kind) {
+    case 'org create': {
+      // One transaction: an organization never exists without the key that administers it.
+      const { org, created } = await deps.db.transaction(async (trx) => {
+        const org = await insertOrganization(trx, command.name);
+        const created = await keys.create(org.id, { name: 'admin', scopes: [...SCOPES], expiresAt: null }, trx);
+        return { org, created };
+      });
+      if (command.json) {
+        printJson(deps, { org: orgJson(org), key: { ...created.key, key: created.plaintext } });
+        deps.err(`warning: ${ONCE_WARNING}`);
+        return;
+      }
+      deps.out(`Created organization "${printable(org.name)}"\n  id:         ${org.id}\n`);
+      deps.out(`Created API key\n${describeKey(created.key)}`);
+      revealKey(deps, created.plaintext);
+      return;
+    }
+
+    case 'org list': {
+      const orgs = await listOrganizations(deps.db);
+      if (command.json) return printJson(deps, orgs.map(orgJson));
+      if (orgs.length === 0) return deps.out('No organizations yet: create one with `npm run cli -- org create <name>`.');
+      deps.out(table([['ID', 'NAME', 'CREATED'], ...orgs.map((org) => [org.id, printable(org.name), org.createdAt.toISOString()])]));
+      return;
+    }
+
+    case 'key list': {
+      await requireOrganization(deps.db, command.orgId);
+      const views: ApiKeyView[] = [];
+      for (let offset = 0; ; offset += 200) {
+        const page = await keys.list(command.orgId, { limit: 200, offset });
+        views.push(...page.data);
+        if (page.data.length === 0 || views.length >= page.page.total) break;
+      }
+      if (command.json) return printJson(deps, views);
+      if (views.length === 0) return deps.out(`Organization ${command.orgId} has no API keys.`);
+      deps.out(
+        table([
+          ['ID', 'PREFIX', 'NAME', 'SCOPES', 'STATUS', 'CREATED', 'EXPIRES'],
+          ...views.map((key) => [key.id, key.displayPrefix, printable(key.name), key.scopes.join(','), key.status, key.createdAt, key.expiresAt ?? '-']),
+        ]),
+      );
+      return;
+    }
+
+    case 'key create': {
+      await requireOrganization(deps.db, command.orgId);
+      const created = await keys.create(command.orgId, { name: command.name, scopes: command.scopes, expiresAt: command.expiresAt });
+      if (command.json) {
+        printJson(deps, { ...created.key, key: created.plaintext });
+        deps.err(`warning: ${ONCE_WARNING}`);
+        return;
+      }
+      deps.out(`Created API key\n${describeKey(created.key)}`);
+      revealKey(deps, created.plaintext);
+      return;
+    }
+
+    case 'key revoke': {
+      await requireOrganization(deps.db, command.orgId);
+      const revoked = await keys.revoke(command.orgId, command.keyId);
+      if (command.json) return printJson(deps, revoked);
+      deps.out(`Revoked API key ${revoked.id} ("${printable(revoked.name)}") at ${revoked.revokedAt}.`);
+      deps.out('Running API servers refuse it within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).');
+      return;
+    }
+  }
+}
+
+function reportParse(parsed: Exclude<ParsedCli, { kind: 'command' }>, io: Pick<CliDeps, 'out' | 'err'>): number {
+  if (parsed.kind === 'help') {
+    io.out(USAGE);
+    return 0;
+  }
+  io.err(`error: ${parsed.problem}\n\n${USAGE}`);
+  return 2;
+}
+
+/** Runs a parsed command; an AppError (unknown org or key, invalid input) prints `error: …` and gives 1. */
+export async function runCommand(command: Command, deps: CliDeps): Promise<number> {
+  try {
+    await execute(command, deps);
+    return 0;
+  } catch (error) {
+    if (!(error instanceof AppError)) throw error;
+    deps.err(`error: ${error.message}`);
+    return 1;
+  }
+}
+
+/** 0 on success, 1 when the command failed, 2 for a usage error; `help` prints the usage on `out`. */
+export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
+  const parsed = parseCli(argv, deps.now());
+  if (parsed.kind !== 'command') return reportParse(parsed, deps);
+  return runCommand(parsed.command, deps);
+}
+
+const APPLICATION_NAME = 'keyusage-cli';
+
+// pg_ctl's own test: postmaster.pid names a live process. startLocalPostgres reuses a running
+// cluster without saying so, so we look before calling it to know whether to stop it after.
+export function embeddedClusterRunning(dataDir: string): boolean {
+  let pid: number;
+  try {
+    pid = Number(fs.readFileSync(path.join(path.resolve(dataDir), 'postmaster.pid'), 'utf8').split('\n')[0]);
+  } catch {
+    return false;
+  }
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+export interface CliDatabase {
+  db: Db;
+  close(): Promise<void>;
+}
+
+// DATABASE_URL when set; otherwise the embedded cluster of `npm start`, started if needed and
+// then stopped again, unless someone else (an `npm start` or another CLI begun meanwhile) is
+// connected to it. One connection is plenty for a command, and lets "someone else" be any
+// backend but our own.
+export async function openDatabase(config: Config, err: (text: string) => void): Promise<CliDatabase> {
+  if (config.database.url) {
+    const db = createDb(config.database.url, { poolMax: 1, applicationName: APPLICATION_NAME });
+    return { db, close: () => db.destroy() };
+  }
+  const { embeddedDir, embeddedPort } = config.database;
+  const wasRunning = embeddedClusterRunning(embeddedDir);
+  const cluster = startLocalPostgres({ dataDir: embeddedDir, port: embeddedPort });
+  if (!wasRunning) err(`Started the embedded PostgreSQL in ${embeddedDir} for this command; it is stopped afterwards.`);
+  const db = createDb(cluster.url, { poolMax: 1, applicationName: APPLICATION_NAME });
+  return {
+    db,
+    async close() {
+      let othersConnected = false;
+      if (!wasRunning) {
+        const result = await db
+          .raw(
+            `select count(*) as others from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()`,
+          )
+          .catch(() => undefined);
+        othersConnected = Number(result?.rows[0]?.others ?? 0) > 0;
+      }
+      await db.destroy();
+      if (wasRunning) return;
+      if (othersConnected) err('The embedded PostgreSQL is left running: another process is connected to it.');
+      else cluster.stop();
+    },
+  };
+}
+
+export const stdio = {
+  out: (text: string) => void process.stdout.write(`${text}\n`),
+  err: (text: string) => void process.stderr.write(`${text}\n`),
+};
+
+/** The process entry point: every failure (config, database, command) becomes `error: …` and exit 1. */
+export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliDeps, 'out' | 'err'> = stdio): Promise<number> {
+  const now = Date.now;
+  const parsed = parseCli(argv, now());
+  // Help and usage errors answer without touching a database.
+  if (parsed.kind !== 'command') return reportParse(parsed, io);
+  let database: CliDatabase | undefined;
+  try {
+    const config = loadConfig(env);
+    database = await openDatabase(config, io.err);
+    const applied = await migrateLatest(database.db);
+    if (applied.length > 0) io.err(`Applied ${applied.length} migration(s): ${applied.join(', ')}`);
+    return await runCommand(parsed.command, { db: database.db, out: io.out, err: io.err, pepper: config.api.keyPepper, now });
+  } catch (error) {
+    io.err(`error: ${(error as Error).message}`);
+    return 1;
+  } finally {
+    await database?.close();
+  }
+}
+
+if (require.main === module) main(process.argv.slice(2), process.env).then((code) => (process.exitCode = code));

@@ -1,0 +1,409 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import t, { type Test } from 'tap';
+import { UNAUTHORIZED_MESSAGE } from '../api/errors';
+import type { Scope } from '../api/keys/scopes';
+import type { Db } from '../shared/db';
+import type { Outcome } from '../shared/usageWire';
+import { seedOrg, startTestApi, type RecordedUse, type TestResponse } from './helpers/api';
+import { freshDatabase } from './helpers/database';
+
+// The shared security test: every route against every way a request can be refused, asserting the
+// status, the one error body shape, the usage outcome recorded, and that nothing leaks.
+
+type Api = Awaited<ReturnType<typeof startTestApi>>;
+type Header = 'bearer' | 'x-api-key';
+
+interface Key {
+  id: string;
+  orgId: string;
+  plaintext: string;
+}
+
+interface Route {
+  name: string;
+  method: 'GET' | 'POST';
+  path: (orgId: string, keyId: string) => string;
+  scope?: Scope;
+  /** Which key the route acts on when it succeeds (mutating routes get their own). */
+  target: 'reader' | 'rotateTarget' | 'revokeTarget';
+  body?: unknown;
+  okStatus: number;
+  /** Requests by an authorised key that must fail validation, and the field the message must name. */
+  invalid: Array<{ label: string; path?: (orgId: string) => string; query?: string; body?: unknown; field: string }>;
+}
+
+const KEYS = '/api/orgs';
+const BAD_ID = 'not-a-uuid';
+
+const ROUTES: Route[] = [
+  {
+    name: 'POST /api/orgs/:id/api-keys',
+    method: 'POST',
+    path: (org) => `${KEYS}/${org}/api-keys`,
+    scope: 'keys:write',
+    target: 'reader',
+    body: { name: 'made by the matrix', scopes: ['keys:read'] },
+    okStatus: 201,
+    invalid: [
+      { label: 'empty name', body: { name: '  ', scopes: ['keys:read'] }, field: 'name' },
+      { label: 'no scopes', body: { name: 'x', scopes: [] }, field: 'scopes' },
+      { label: 'unknown scope', body: { name: 'x', scopes: ['admin'] }, field: 'scopes.0' },
+      { label: 'bad expiresAt', body: { name: 'x', scopes: ['keys:read'], expiresAt: 'tomorrow' }, field: 'expiresAt' },
+      { label: 'unknown field', body: { name: 'x', scopes: ['keys:read'], owner: 'me' }, field: 'owner' },
+      { label: 'missing body', field: 'name' },
+    ],
+  },
+  {
+    name: 'GET /api/orgs/:id/api-keys',
+    method: 'GET',
+    path: (org) => `${KEYS}/${org}/api-keys`,
+    scope: 'keys:read',
+    target: 'reader',
+    okStatus: 200,
+    invalid: [
+      { label: 'limit 0', query: 'limit=0', field: 'limit' },
+      { label: 'limit not a number', query: 'limit=ten', field: 'limit' },
+      { label: 'negative offset', query: 'offset=-1', field: 'offset' },
+      { label: 'unknown parameter', query: 'status=active', field: 'status' },
+    ],
+  },
+  {
+    name: 'GET /api/orgs/:id/api-keys/:keyId',
+    method: 'GET',
+    path: (org, key) => `${KEYS}/${org}/api-keys/${key}`,
+    scope: 'keys:read',
+    target: 'reader',
+    okStatus: 200,
+    invalid: [{ label: 'keyId not a UUID', path: (org) => `${KEYS}/${org}/api-keys/${BAD_ID}`, field: 'keyId' }],
+  },
+  {
+    name: 'POST /api/orgs/:id/api-keys/:keyId/rotate',
+    method: 'POST',
+    path: (org, key) => `${KEYS}/${org}/api-keys/${key}/rotate`,
+    scope: 'keys:write',
+    target: 'rotateTarget',
+    body: { gracePeriodSeconds: 0 },
+    okStatus: 200,
+    invalid: [
+      { label: 'keyId not a UUID', path: (org) => `${KEYS}/${org}/api-keys/${BAD_ID}/rotate`, body: {}, field: 'keyId' },
+      { label: 'negative grace', body: { gracePeriodSeconds: -1 }, field: 'gracePeriodSeconds' },
+      { label: 'fractional grace', body: { gracePeriodSeconds: 1.5 }, field: 'gracePeriodSeconds' },
+      { label: 'grace over 7 days', body: { gracePeriodSeconds: 604_801 }, field: 'gracePeriodSeconds' },
+    ],
+  },
+  {
+    name: 'POST /api/orgs/:id/api-keys/:keyId/revoke',
+    method: 'POST',
+    path: (org, key) => `${KEYS}/${org}/api-keys/${key}/revoke`,
+    scope: 'keys:write',
+    target: 'revokeTarget',
+    okStatus: 200,
+    invalid: [{ label: 'keyId not a UUID', path: (org) => `${KEYS}/${org}/api-keys/${BAD_ID}/revoke`, field: 'keyId' }],
+  },
+  {
+    name: 'GET /api/whoami',
+    method: 'GET',
+    path: () => '/api/whoami',
+    target: 'reader',
+    okStatus: 200,
+    invalid: [],
+  },
+  {
+    name: 'GET /api/orgs/:id/api-keys/usage',
+    method: 'GET',
+    path: (org) => `${KEYS}/${org}/api-keys/usage`,
+    scope: 'keys:read',
+    target: 'reader',
+    okStatus: 200,
+    invalid: [
+      { label: 'unknown sort', query: 'sort=name', field: 'sort' },
+      { label: 'dormant not a boolean', query: 'dormant=yes', field: 'dormant' },
+      { label: 'dormantDays 0', query: 'dormantDays=0', field: 'dormantDays' },
+      { label: 'unknown parameter', query: 'keyId=x', field: 'keyId' },
+    ],
+  },
+  {
+    name: 'GET /api/orgs/:id/api-keys/:keyId/usage',
+    method: 'GET',
+    path: (org, key) => `${KEYS}/${org}/api-keys/${key}/usage`,
+    scope: 'keys:read',
+    target: 'reader',
+    okStatus: 200,
+    invalid: [
+      { label: 'keyId not a UUID', path: (org) => `${KEYS}/${org}/api-keys/${BAD_ID}/usage`, field: 'keyId' },
+      { label: 'unknown granularity', query: 'granularity=week', field: 'granularity' },
+      { label: 'from not a date', query: 'from=yesterday', field: 'from' },
+    ],
+  },
+];
+
+const START = Date.parse('2026-11-25T12:00:00Z');
+
+async function createKey(api: Api, orgId: string, name: string, scopes: Scope[], expiresAt: Date | null = null): Promise<Key> {
+  const created = await api.services.apiKeys.create(orgId, { name, scopes, expiresAt });
+  return { id: created.key.id, orgId, plaintext: created.plaintext };
+}
+
+// Two orgs and a key in every state the matrix needs, then an hour later: the expiring key has
+// expired and the rotated key's old secret is past its grace period.
+async function buildWorld(t: Test) {
+  const { db } = await freshDatabase(t);
+  let clock = START;
+  const api = await startTestApi(t, db, { now: () => clock });
+  const acme = await seedOrg(api, db, 'acme');
+  const globex = await seedOrg(api, db, 'globex');
+  const both: Scope[] = ['keys:read', 'keys:write'];
+  const admin: Key = { id: acme.adminKeyId, orgId: acme.org.id, plaintext: acme.adminKey };
+  const intruder: Key = { id: globex.adminKeyId, orgId: globex.org.id, plaintext: globex.adminKey };
+  const reader = await createKey(api, acme.org.id, 'reader', ['keys:read']);
+  const writer = await createKey(api, acme.org.id, 'writer', ['keys:write']);
+  const expiring = await createKey(api, acme.org.id, 'expiring', both, new Date(START + 60_000));
+  const revoked = await createKey(api, acme.org.id, 'revoked', both);
+  await api.services.apiKeys.revoke(acme.org.id, revoked.id);
+  const rotated = await createKey(api, acme.org.id, 'rotated', both);
+  const rotation = await api.services.apiKeys.rotate(acme.org.id, rotated.id, 60);
+  const rotateTarget = await createKey(api, acme.org.id, 'rotate target', ['keys:read']);
+  const revokeTarget = await createKey(api, acme.org.id, 'revoke target', ['keys:read']);
+  clock += 3_600_000;
+
+  const plaintexts = [admin, intruder, reader, writer, expiring, revoked, rotated, rotateTarget, revokeTarget].map((key) => key.plaintext);
+  plaintexts.push(rotation.plaintext);
+  return {
+    db,
+    api,
+    acme: acme.org,
+    globex: globex.org,
+    keys: { admin, intruder, reader, writer, expiring, revoked, rotated, rotateTarget, revokeTarget },
+    plaintexts,
+  };
+}
+
+function assertErrorShape(t: Test, response: TestResponse, status: number, code: string, label: string) {
+  t.equal(response.status, status, `${label}: status ${status}`);
+  t.match(response.headers.get('content-type'), /^application\/json/, `${label}: JSON`);
+  t.same(Object.keys(response.body ?? {}), ['error'], `${label}: one top-level "error"`);
+  t.same(Object.keys(response.body?.error ?? {}).sort(), ['code', 'message', 'requestId'], `${label}: {code, message, requestId}`);
+  t.equal(response.body?.error?.code, code, `${label}: code ${code}`);
+  t.equal(response.body?.error?.requestId, response.headers.get('x-request-id'), `${label}: requestId is the X-Request-Id header`);
+  t.match(response.body?.error?.message, /\S/, `${label}: a message`);
+}
+
+// Every stored hash in the forms a careless log or body could carry it.
+async function storedHashForms(db: Db): Promise<string[]> {
+  const rows = await db('api_keys').select('secret_hash', 'previous_secret_hash');
+  const hashes = rows.flatMap((row) => [row.secret_hash, row.previous_secret_hash]).filter((hash): hash is Buffer => Buffer.isBuffer(hash));
+  return hashes.flatMap((hash) => [hash.toString('hex'), hash.toString('base64'), hash.toString('base64url')]);
+}
+
+t.test('every route against every kind of refusal', async (t) => {
+  const world = await buildWorld(t);
+  const { api, acme, globex, keys } = world;
+  const revealed: string[] = [];
+  const unauthorizedMessages = new Set<string>();
+
+  // One request; returns the response and the uses it recorded.
+  async function call(route: Route, init: { key?: string; header?: Header; path?: string; body?: unknown; query?: string; targetKey?: string }) {
+    const target = init.targetKey ?? keys[route.target].id;
+    const path = (init.path ?? route.path(acme.id, target)) + (init.query ? `?${init.query}` : '');
+    const before = api.uses.length;
+    const body = 'body' in init ? init.body : route.body;
+    const response = await api.request(route.method, path, { key: init.key, header: init.header, body });
+    return { response, uses: api.uses.slice(before) };
+  }
+
+  const use = (key: Key, outcome: Outcome): RecordedUse => ({ keyId: key.id, orgId: key.orgId, ip: '127.0.0.1', outcome });
+
+  for (const [index, route] of ROUTES.entries()) {
+    await t.test(route.name, async (t) => {
+      // Alternate the header style so both are exercised on every kind of refusal.
+      const header: Header = index % 2 === 0 ? 'bearer' : 'x-api-key';
+
+      const unauthorized = async (label: string, init: Parameters<typeof call>[1], expectedUses: RecordedUse[]) => {
+        const { response, uses } = await call(route, { header, ...init });
+        assertErrorShape(t, response, 401, 'unauthorized', label);
+        t.equal(response.body.error.message, UNAUTHORIZED_MESSAGE, `${label}: the one 401 message`);
+        unauthorizedMessages.add(response.body.error.message);
+        t.same(uses, expectedUses, `${label}: recorded ${expectedUses.map((u) => u.outcome).join(', ') || 'nothing'}`);
+      };
+
+      await unauthorized('no key', {}, []);
+      await unauthorized('malformed key', { key: 'not-a-key' }, []);
+      await unauthorized('malformed: truncated secret', { key: keys.admin.plaintext.slice(0, -1) }, []);
+      await unauthorized('unknown key id', { key: `ku_${randomBytes(16).toString('hex')}_${randomBytes(32).toString('base64url')}` }, []);
+      await unauthorized('wrong secret', { key: `${keys.admin.plaintext.slice(0, 36)}${randomBytes(32).toString('base64url')}` }, [
+        use(keys.admin, 'bad_secret'),
+      ]);
+      await unauthorized('expired', { key: keys.expiring.plaintext }, [use(keys.expiring, 'expired')]);
+      await unauthorized('revoked', { key: keys.revoked.plaintext }, [use(keys.revoked, 'revoked')]);
+      await unauthorized('rotated out (old secret after grace)', { key: keys.rotated.plaintext }, [use(keys.rotated, 'bad_secret')]);
+
+      if (route.scope) {
+        const lacking = route.scope === 'keys:write' ? keys.reader : keys.writer;
+        const { response, uses } = await call(route, { key: lacking.plaintext, header });
+        assertErrorShape(t, response, 403, 'forbidden', 'missing scope');
+        t.match(response.body.error.message, `"${route.scope}"`, 'missing scope: the message names the scope');
+        t.same(uses, [use(lacking, 'forbidden')], 'missing scope: recorded forbidden');
+      }
+
+      if (route.path('ORG', 'KEY').includes('ORG')) {
+        // A key of another org: 404, indistinguishable from an org that does not exist.
+        const other = await call(route, { key: keys.intruder.plaintext, header });
+        assertErrorShape(t, other.response, 404, 'not_found', 'other org');
+        t.equal(other.response.body.error.message, 'Organization not found', 'other org: a fixed message');
+        t.notMatch(other.response.text, acme.id, 'other org: the body does not echo the org id');
+        t.notMatch(other.response.text, keys[route.target].id, 'other org: nor the key id');
+        t.same(other.uses, [use(keys.intruder, 'cross_org')], 'other org: recorded cross_org');
+
+        const missingOrg = randomUUID();
+        const nowhere = await call(route, { key: keys.intruder.plaintext, header, path: route.path(missingOrg, keys[route.target].id) });
+        t.same(
+          [nowhere.response.status, nowhere.response.body.error.code, nowhere.response.body.error.message],
+          [other.response.status, other.response.body.error.code, other.response.body.error.message],
+          'an org that does not exist answers exactly the same',
+        );
+
+        const malformedOrg = await call(route, { key: keys.admin.plaintext, header, path: route.path(BAD_ID, keys[route.target].id) });
+        assertErrorShape(t, malformedOrg.response, 404, 'not_found', 'malformed org id (not the caller\'s org)');
+
+        // The caller's own org, another org's key id: the key is not found there.
+        if (route.path('ORG', 'KEY').includes('KEY')) {
+          const foreignKey = await call(route, { key: keys.admin.plaintext, header, targetKey: keys.intruder.id });
+          assertErrorShape(t, foreignKey.response, 404, 'not_found', 'another org\'s key id');
+          t.equal(foreignKey.response.body.error.message, 'API key not found');
+          t.same(foreignKey.uses, [use(keys.admin, 'ok')], 'another org\'s key id: an authorised use');
+          const unknownKey = await call(route, { key: keys.admin.plaintext, header, targetKey: randomUUID() });
+          t.same([unknownKey.response.status, unknownKey.response.body.error.message], [404, 'API key not found'], 'an unknown key id answers the same');
+        }
+      }
+
+      for (const invalid of route.invalid) {
+        const label = `invalid: ${invalid.label}`;
+        const { response, uses } = await call(route, {
+          key: keys.admin.plaintext,
+          header,
+          path: invalid.path?.(acme.id),
+          query: invalid.query,
+          body: invalid.body,
+        });
+        assertErrorShape(t, response, 400, 'invalid_request', label);
+        t.match(response.body.error.message, new RegExp(`^Invalid (body|query|params): .*${invalid.field.replace('.', '\\.')}`), `${label}: names ${invalid.field}`);
+        t.same(uses, [use(keys.admin, 'ok')], `${label}: an authorised use`);
+      }
+
+      // Last, the control: the right key succeeds, so the refusals above are not an accident.
+      const { response, uses } = await call(route, { key: keys.admin.plaintext, header });
+      t.equal(response.status, route.okStatus, `the right key: ${route.okStatus}`);
+      t.same(uses, [use(keys.admin, 'ok')], 'the right key: recorded ok');
+      if (typeof response.body?.key === 'string') revealed.push(response.body.key);
+    });
+  }
+
+  t.same([...unauthorizedMessages], [UNAUTHORIZED_MESSAGE], 'every 401 carries the same message');
+  t.equal(revealed.length, 2, 'create and rotate each revealed one key');
+
+  await t.test('no key material in any response body or log line', async (t) => {
+    const { evidence } = api;
+    t.ok(evidence.bodies.length > 100, `${evidence.bodies.length} response bodies captured`);
+    t.ok(evidence.logLines.length > 100, `${evidence.logLines.length} log lines captured`);
+    t.same(evidence.leaksOf([evidence.bodies[0]]), [evidence.bodies[0]], 'the scan finds what is there');
+
+    const plaintexts = [...world.plaintexts, ...revealed];
+    const secrets = plaintexts.map((plaintext) => plaintext.slice(36));
+    t.same(evidence.leaksOf(plaintexts), [], 'no plaintext key');
+    t.same(evidence.leaksOf(secrets), [], 'no secret part of a key');
+    const hashes = await storedHashForms(world.db);
+    t.ok(hashes.length >= 3 * 12, 'current and previous hashes of every key');
+    t.same(evidence.leaksOf(hashes), [], 'no stored hash, hex or base64');
+    t.same(evidence.leaksOf([api.config.api.keyPepper]), [], 'not the pepper either');
+    t.same(
+      evidence.logLines.filter((line) => JSON.parse(line).level >= 50),
+      [],
+      'client errors are not logged as errors',
+    );
+  });
+
+  t.notMatch(globex.id, acme.id);
+});
+
+t.test('X-Forwarded-For is believed only from a trusted proxy', async (t) => {
+  const { db } = await freshDatabase(t);
+  const spoofed = { 'x-forwarded-for': '198.51.100.1, 203.0.113.9' };
+
+  const direct = await startTestApi(t, db);
+  const { adminKey, adminKeyId } = await seedOrg(direct, db);
+  t.equal((await direct.request('GET', '/api/whoami', { key: adminKey, headers: spoofed })).status, 200);
+  t.same(
+    direct.uses.map((use) => [use.keyId, use.ip]),
+    [[adminKeyId, '127.0.0.1']],
+    'TRUST_PROXY unset: the socket peer is recorded, the header ignored',
+  );
+
+  const behindProxy = await startTestApi(t, db, { env: { TRUST_PROXY: 'loopback' } });
+  t.equal((await behindProxy.request('GET', '/api/whoami', { key: adminKey, headers: spoofed })).status, 200);
+  t.equal((await behindProxy.request('GET', '/api/whoami', { key: adminKey })).status, 200);
+  t.same(
+    behindProxy.uses.map((use) => use.ip),
+    ['203.0.113.9', '127.0.0.1'],
+    'TRUST_PROXY=loopback: the address the proxy saw (rightmost untrusted hop); without the header, the peer',
+  );
+});
+
+t.test('malformed requests and server errors keep the error shape', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const base = `/api/orgs/${org.id}/api-keys`;
+
+  const notJson = await api.request('POST', base, { key: adminKey, body: '{"name": "x", scopes: [' });
+  assertErrorShape(t, notJson, 400, 'invalid_request', 'invalid JSON');
+  t.equal(notJson.body.error.message, 'Request body is not valid JSON');
+  t.notMatch(notJson.text, /SyntaxError|at JSON\.parse|Unexpected/, 'no parser internals');
+
+  const huge = await api.request('POST', base, { key: adminKey, body: { name: 'x'.repeat(20_000), scopes: ['keys:read'] } });
+  assertErrorShape(t, huge, 413, 'payload_too_large', 'too large');
+  t.equal(huge.body.error.message, 'Request body is too large');
+
+  // The helper always sends `application/json`; this one needs its own content type.
+  const latin1Response = await fetch(api.baseUrl + base, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${adminKey}`, 'content-type': 'application/json; charset=latin1' },
+    body: '{"name":"x","scopes":["keys:read"]}',
+  });
+  const latin1Text = await latin1Response.text();
+  api.evidence.bodies.push(latin1Text);
+  const latin1: TestResponse = { status: latin1Response.status, headers: latin1Response.headers, text: latin1Text, body: JSON.parse(latin1Text) };
+  assertErrorShape(t, latin1, 415, 'unsupported_media_type', 'unsupported charset');
+
+  for (const [method, path] of [
+    ['GET', '/api/nothing-here'],
+    ['DELETE', `${base}`],
+    ['GET', '/'],
+  ]) {
+    const response = await api.request(method, path, { key: adminKey });
+    assertErrorShape(t, response, 404, 'not_found', `${method} ${path}`);
+    t.equal(response.body.error.message, `No route for ${method} ${path}`);
+  }
+
+  const chosen = await api.request('GET', '/api/nothing-here', { headers: { 'x-request-id': 'trace-42.a_b' } });
+  t.equal(chosen.headers.get('x-request-id'), 'trace-42.a_b', 'a well-formed client request id is kept');
+  t.equal(chosen.body.error.requestId, 'trace-42.a_b');
+  const hostile = await api.request('GET', '/api/nothing-here', { headers: { 'x-request-id': 'a"b<script>' } });
+  t.match(hostile.headers.get('x-request-id'), /^[0-9a-f-]{36}$/, 'any other is replaced by a fresh one');
+  t.equal(hostile.body.error.requestId, hostile.headers.get('x-request-id'));
+
+  // A key the verifier has not cached must be looked up, and the database is gone: an unexpected error.
+  const uncached = await api.services.apiKeys.create(org.id, { name: 'uncached', scopes: ['keys:read'], expiresAt: null });
+  await db.destroy();
+  const logLinesBefore = api.evidence.logLines.length;
+  const crashed = await api.request('GET', '/api/whoami', { key: uncached.plaintext, header: 'x-api-key' });
+  assertErrorShape(t, crashed, 500, 'internal_error', 'unexpected error');
+  t.equal(crashed.body.error.message, 'Internal server error', 'a generic message');
+  t.notMatch(crashed.text, /pool|knex|select|destroy|acquire/i, 'no internals in the body');
+  const errors = api.evidence.logLines
+    .slice(logLinesBefore)
+    .map((line) => JSON.parse(line))
+    .filter((line) => line.level >= 50);
+  t.equal(errors.length, 1, 'logged once, as an error');
+  t.match(errors[0], { msg: 'unhandled error', requestId: crashed.body.error.requestId, method: 'GET', path: '/api/whoami', err: { message: /\S/ } });
+  t.same(api.evidence.leaksOf([uncached.plaintext, uncached.plaintext.slice(36)]), [], 'the key is not in the error log');
+});
