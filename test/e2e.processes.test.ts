@@ -30,14 +30,11 @@ function freeUdpPort(): Promise<number> {
   });
 }
 
-// Started the way the Procfile starts them: `node --import tsx <entry>`, configured by env only.
+// Started as the Procfile starts them, as separate processes configured by env only. They run
+// with this test's own TypeScript loader (process.execArgv) rather than tsx, so their coverage
+// merges with the in-process coverage; the Procfile's tsx form is exercised by the launcher test.
 function startProcess(t: Test, entry: string, env: Record<string, string>) {
-  // Coverage of tsx-loaded children does not merge cleanly with tap's in-process coverage.
-  const child = spawn(process.execPath, ['--import', 'tsx', entry], {
-    cwd: ROOT,
-    env: { ...process.env, ...env, _TAPJS_PROCESSINFO_COVERAGE_: '0' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = spawn(process.execPath, [...process.execArgv, entry], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const output: string[] = [];
   child.stdout!.on('data', (chunk) => output.push(chunk.toString()));
   child.stderr!.on('data', (chunk) => output.push(chunk.toString()));
