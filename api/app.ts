@@ -34,7 +34,7 @@ function requestContext(logger: Logger): RequestHandler {
         {
           requestId,
           method: req.method,
-          path: req.path,
+          path: req.baseUrl + req.path,
           status: res.statusCode,
           durationMs: Number(process.hrtime.bigint() - started) / 1e6,
           keyId: res.locals.auth?.key.id,

@@ -54,11 +54,11 @@ t.test('thousands of concurrent requests are counted exactly, by outcome, and sh
     return row?.requestCount === OK + FORBIDDEN + BAD_SECRET ? response.body : undefined;
   });
   const row = usage.data.find((k: { id: string }) => k.id === reader.body.id);
-  t.same(row.outcomes, { ok: OK, forbidden: FORBIDDEN, expired: 0, revoked: 0, bad_secret: BAD_SECRET, cross_org: 0 });
+  t.strictSame(row.outcomes, { ok: OK, forbidden: FORBIDDEN, expired: 0, revoked: 0, bad_secret: BAD_SECRET, cross_org: 0 });
   t.equal(row.lastUsedIp, '127.0.0.1');
   t.equal(row.recentIps.length, 1);
   t.equal(row.recentIps[0].requestCount, OK + FORBIDDEN + BAD_SECRET);
-  t.same(row.requests, { last24h: OK + FORBIDDEN + BAD_SECRET, last7d: OK + FORBIDDEN + BAD_SECRET, last30d: OK + FORBIDDEN + BAD_SECRET });
+  t.strictSame(row.requests, { last24h: OK + FORBIDDEN + BAD_SECRET, last7d: OK + FORBIDDEN + BAD_SECRET, last30d: OK + FORBIDDEN + BAD_SECRET });
   t.equal(row.dormant, false);
   t.ok(Date.now() - Date.parse(row.lastUsedAt) < 10_000, 'lastUsedAt is recent');
   t.equal(usage.data[0].id, reader.body.id, 'sorted by request count, busiest first');
@@ -132,7 +132,7 @@ t.test('dormant keys: never used, or not used within dormantDays', async (t) => 
   t.same(all.body.data.map((k: { name: string }) => k.name), ['admin', 'old']);
   t.equal(all.body.page.total, 3);
   t.equal(all.body.data[0].dormant, false);
-  t.same(all.body.data[1].requests, { last24h: 0, last7d: 0, last30d: 0 }, 'windows come from hourly buckets, none here');
+  t.strictSame(all.body.data[1].requests, { last24h: 0, last7d: 0, last30d: 0 }, 'windows come from hourly buckets, none here');
 
   for (const [query, field] of [
     ['dormant=yes', 'dormant'],

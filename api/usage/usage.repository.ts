@@ -61,7 +61,8 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
     db.raw(
       `select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
               u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
-              coalesce(w.last_24h, 0) as last_24h, coalesce(w.last_7d, 0) as last_7d, coalesce(w.last_30d, 0) as last_30d,
+              cast(coalesce(w.last_24h, 0) as bigint) as last_24h, cast(coalesce(w.last_7d, 0) as bigint) as last_7d,
+              cast(coalesce(w.last_30d, 0) as bigint) as last_30d,
               coalesce(ips.recent_ips, cast('[]' as json)) as recent_ips
          from api_keys k
          left join api_key_usage u on u.key_id = k.id

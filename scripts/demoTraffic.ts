@@ -1,0 +1,316 @@
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from '../shared/config';
+
+// `npm run demo-traffic`: bounded traffic against the system `npm start` runs, so that the usage
+// endpoint has something to show in every field. With the demo key (DEMO_KEY or --key) it creates
+// a few keys named demo-traffic-*, each playing one part, sends requests from them, waits for the
+// collector to flush, and prints what GET /api/orgs/:id/api-keys/usage says next to what this
+// script saw. Only http://127.0.0.1:$PORT is ever contacted; no key is printed.
+
+const MAX_REQUESTS = 2000;
+const MAX_SECONDS = 30;
+const CONCURRENCY = 8;
+const EXPIRES_AFTER_MS = 2000;
+const SETTLE_MS = 2000;
+const SETTLE_RETRY_MS = 3000;
+
+type Outcome = 'ok' | 'forbidden' | 'expired' | 'revoked' | 'bad_secret';
+type Role = 'ci' | 'readonly' | 'revoked' | 'expiring' | 'wrong-secret' | 'unused';
+
+interface DemoKey {
+  role: Role;
+  id: string;
+  name: string;
+  plaintext: string;
+  seen: Record<Outcome, number>;
+}
+
+interface Options {
+  key: string;
+  requests: number;
+  seconds: number;
+}
+
+class UsageError extends Error {}
+
+function parseOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: { key: { type: 'string' }, requests: { type: 'string' }, seconds: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    }));
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  if (values.help) throw new UsageError('');
+  const key = values.key ?? env.DEMO_KEY;
+  if (!key) throw new UsageError('No key: set DEMO_KEY to the key `npm start` printed (or pass --key <key>)');
+  const bounded = (raw: string | undefined, fallback: number, max: number, what: string) => {
+    const value = raw === undefined ? fallback : Number(raw);
+    if (!Number.isInteger(value) || value < 1 || value > max) throw new UsageError(`--${what} must be a whole number from 1 to ${max}`);
+    return value;
+  };
+  return {
+    key,
+    requests: bounded(values.requests, 600, MAX_REQUESTS, 'requests'),
+    seconds: bounded(values.seconds, 20, MAX_SECONDS, 'seconds'),
+  };
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+const noOutcomes = (): Record<Outcome, number> => ({ ok: 0, forbidden: 0, expired: 0, revoked: 0, bad_secret: 0 });
+
+// A secret of the right shape that is not the key's.
+function wrongSecret(plaintext: string): string {
+  const last = plaintext.at(-1) === 'A' ? 'B' : 'A';
+  return plaintext.slice(0, -1) + last;
+}
+
+class Client {
+  requestsSent = 0;
+  failures = 0;
+
+  constructor(
+    private readonly baseUrl: string,
+    private readonly budget: number,
+    private readonly deadline: number,
+  ) {}
+
+  get exhausted(): boolean {
+    return this.requestsSent >= this.budget || Date.now() >= this.deadline;
+  }
+
+  async call(method: string, path: string, key: string, body?: unknown): Promise<{ status: number; body: any }> {
+    this.requestsSent += 1;
+    const response = await fetch(this.baseUrl + path, {
+      method,
+      headers: { authorization: `Bearer ${key}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(5000),
+    });
+    const text = await response.text();
+    let parsed: any;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      parsed = undefined;
+    }
+    return { status: response.status, body: parsed };
+  }
+
+  async expect(method: string, path: string, key: string, status: number, body?: unknown) {
+    const response = await this.call(method, path, key, body);
+    if (response.status !== status) {
+      const message = response.body?.error?.message ?? `HTTP ${response.status}`;
+      throw new Error(`${method} ${path} answered ${response.status}, expected ${status}: ${message}`);
+    }
+    return response.body;
+  }
+}
+
+// What each role sends, and the outcome the API records for each answer.
+function requestFor(key: DemoKey, orgId: string, turn: number): { method: string; path: string; key: string; body?: unknown; outcomeOf: (status: number) => Outcome | undefined } {
+  const keys = `/api/orgs/${orgId}/api-keys`;
+  const okOr = (failure: Outcome) => (status: number) => (status < 300 ? 'ok' : status === 401 ? failure : undefined);
+  switch (key.role) {
+    case 'ci': {
+      const paths = ['/api/whoami', keys, `${keys}/usage`, `${keys}/${key.id}`];
+      return { method: 'GET', path: paths[turn % paths.length], key: key.plaintext, outcomeOf: okOr('bad_secret') };
+    }
+    case 'readonly':
+      // Every third request tries to create a key, which needs keys:write.
+      return turn % 3 === 2
+        ? { method: 'POST', path: keys, key: key.plaintext, body: { name: 'demo-traffic-never-created', scopes: ['keys:read'] }, outcomeOf: (s) => (s === 403 ? 'forbidden' : undefined) }
+        : { method: 'GET', path: keys, key: key.plaintext, outcomeOf: okOr('bad_secret') };
+    case 'revoked':
+      return { method: 'GET', path: '/api/whoami', key: key.plaintext, outcomeOf: okOr('revoked') };
+    case 'expiring':
+      return { method: 'GET', path: '/api/whoami', key: key.plaintext, outcomeOf: okOr('expired') };
+    case 'wrong-secret':
+      return { method: 'GET', path: '/api/whoami', key: wrongSecret(key.plaintext), outcomeOf: (s) => (s === 401 ? 'bad_secret' : undefined) };
+    case 'unused':
+      throw new Error('the unused key sends nothing');
+  }
+}
+
+// Sends up to `count` requests from `senders`, round robin, CONCURRENCY at a time, tallying the
+// outcome of every answer on the key that sent it.
+async function sendTraffic(client: Client, orgId: string, senders: DemoKey[], count: number, until: number) {
+  let next = 0;
+  const worker = async () => {
+    while (next < count && !client.exhausted && Date.now() < until) {
+      const turn = next++;
+      const sender = senders[turn % senders.length];
+      const request = requestFor(sender, orgId, Math.floor(turn / senders.length));
+      try {
+        const response = await client.call(request.method, request.path, request.key, request.body);
+        const outcome = request.outcomeOf(response.status);
+        if (outcome) sender.seen[outcome] += 1;
+        else client.failures += 1;
+      } catch {
+        client.failures += 1;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+}
+
+interface UsageRow {
+  id: string;
+  name: string;
+  scopes: string[];
+  status: string;
+  requestCount: number;
+  outcomes: Record<string, number>;
+  requests: { last24h: number | string; last7d: number | string; last30d: number | string };
+  lastUsedAt: string | null;
+  lastUsedIp: string | null;
+  recentIps: unknown[];
+  dormant: boolean;
+}
+
+async function readUsage(client: Client, orgId: string, adminKey: string, wanted: Set<string>): Promise<Map<string, UsageRow>> {
+  const found = new Map<string, UsageRow>();
+  for (let offset = 0, page = 0; page < 20; page += 1) {
+    const body = await client.expect('GET', `/api/orgs/${orgId}/api-keys/usage?limit=200&offset=${offset}`, adminKey, 200);
+    for (const row of body.data as UsageRow[]) if (wanted.has(row.id)) found.set(row.id, row);
+    offset += body.data.length;
+    if (found.size === wanted.size || body.data.length === 0 || offset >= body.page.total) break;
+  }
+  return found;
+}
+
+const matches = (key: DemoKey, row: UsageRow | undefined) =>
+  row !== undefined &&
+  row.requestCount === Object.values(key.seen).reduce((sum, n) => sum + n, 0) &&
+  (Object.keys(key.seen) as Outcome[]).every((outcome) => row.outcomes[outcome] === key.seen[outcome]);
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));
+  return rows.map((row) => row.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]) : cell.padStart(widths[column]))).join('  ')).join('\n');
+}
+
+async function run(options: Options, port: number) {
+  const started = Date.now();
+  const baseUrl = `http://127.0.0.1:${port}`;
+  const client = new Client(baseUrl, options.requests, started + options.seconds * 1000);
+  const admin = options.key;
+
+  let whoami: { orgId: string; scopes: string[]; name: string };
+  try {
+    whoami = await client.expect('GET', '/api/whoami', admin, 200);
+  } catch (error) {
+    const cause = (error as { cause?: { code?: string } }).cause?.code;
+    if (cause === 'ECONNREFUSED') throw new UsageError(`Nothing answers on ${baseUrl}: start the system with \`npm start\` (or set PORT to its port)`);
+    throw new UsageError(`The key was refused (${(error as Error).message}); use the key \`npm start\` printed, or mint one with \`npm run cli -- key create <orgId> --name demo --scopes keys:read,keys:write\``);
+  }
+  for (const scope of ['keys:read', 'keys:write']) {
+    if (!whoami.scopes.includes(scope)) throw new UsageError(`The key lacks the ${scope} scope; use a key with keys:read and keys:write`);
+  }
+  const { orgId } = whoami;
+  const keysPath = `/api/orgs/${orgId}/api-keys`;
+  console.log(`Organization ${orgId}; sending at most ${options.requests} requests in at most ${options.seconds} s to ${baseUrl}`);
+
+  const create = async (role: Role, scopes: string[], expiresAt?: string): Promise<DemoKey> => {
+    const body = await client.expect('POST', keysPath, admin, 201, { name: `demo-traffic-${role}`, scopes, expiresAt });
+    return { role, id: body.id, name: body.name, plaintext: body.key, seen: noOutcomes() };
+  };
+  const ci = await create('ci', ['keys:read', 'keys:write']);
+  const readonly = await create('readonly', ['keys:read']);
+  const revoked = await create('revoked', ['keys:read']);
+  const expiresAt = Date.now() + EXPIRES_AFTER_MS;
+  const expiring = await create('expiring', ['keys:read'], new Date(expiresAt).toISOString());
+  const wrong = await create('wrong-secret', ['keys:read']);
+  const unused = await create('unused', ['keys:read']);
+  const keys = [ci, readonly, revoked, expiring, wrong, unused];
+
+  // Phase 1, while the expiring key still works: everyone but `unused`.
+  const half = Math.max(1, Math.floor((options.requests - client.requestsSent) / 2));
+  await sendTraffic(client, orgId, [ci, readonly, revoked, expiring, wrong], half, expiresAt - 300);
+
+  // Revoke one key, let the other expire, then phase 2: the same keys, now failing.
+  if (!client.exhausted) await client.expect('POST', `${keysPath}/${revoked.id}/revoke`, admin, 200);
+  if (Date.now() < expiresAt + 200) await sleep(expiresAt + 200 - Date.now());
+  await sendTraffic(client, orgId, [ci, readonly, revoked, expiring, wrong], options.requests - client.requestsSent, Infinity);
+
+  const elapsed = ((Date.now() - started) / 1000).toFixed(1);
+  console.log(`Sent ${client.requestsSent} requests in ${elapsed} s${client.failures > 0 ? ` (${client.failures} unexpected answers or errors)` : ''}; waiting for the collector to flush...`);
+
+  // The staleness bound is about 2 s; give it that, then a little more if the counts lag.
+  await sleep(SETTLE_MS);
+  const wanted = new Set(keys.map((key) => key.id));
+  let usage = await readUsage(client, orgId, admin, wanted);
+  for (const retryUntil = Date.now() + SETTLE_RETRY_MS; !keys.every((key) => matches(key, usage.get(key.id))) && Date.now() < retryUntil; ) {
+    await sleep(500);
+    usage = await readUsage(client, orgId, admin, wanted);
+  }
+
+  const header = ['key', 'status', 'requests', 'ok', 'forbidden', 'revoked', 'expired', 'bad_secret', 'last24h', 'lastUsedAt', 'lastUsedIp', 'dormant', 'matches'];
+  const rows = keys.map((key) => {
+    const row = usage.get(key.id);
+    if (!row) return [key.name, 'missing', ...header.slice(2).map(() => '-')];
+    return [
+      key.name,
+      row.status,
+      String(row.requestCount),
+      String(row.outcomes.ok),
+      String(row.outcomes.forbidden),
+      String(row.outcomes.revoked),
+      String(row.outcomes.expired),
+      String(row.outcomes.bad_secret),
+      String(Number(row.requests.last24h)),
+      row.lastUsedAt ?? 'never',
+      row.lastUsedIp ?? '-',
+      String(row.dormant),
+      matches(key, row) ? 'yes' : 'NO',
+    ];
+  });
+  console.log('');
+  console.log(table([header, ...rows]));
+  console.log('');
+  const exact = keys.every((key) => matches(key, usage.get(key.id)));
+  console.log(
+    exact
+      ? 'Every count matches what this script received (each answer is one use, with its outcome).'
+      : 'Some counts do not match what this script received yet: is the collector running? (`npm start` runs it)',
+  );
+  console.log('The full response, with recent IPs and the 24 h / 7 d / 30 d windows:');
+  console.log(`    curl -H "Authorization: Bearer $DEMO_KEY" "${baseUrl}${keysPath}/usage?sort=requestCount"`);
+  console.log(`Dormant keys only:  curl -H "Authorization: Bearer $DEMO_KEY" "${baseUrl}${keysPath}/usage?dormant=true"`);
+  return exact;
+}
+
+async function main() {
+  let options: Options;
+  let port: number;
+  try {
+    options = parseOptions(process.argv.slice(2), process.env);
+    port = loadConfig().api.port;
+    if (port === 0) throw new UsageError('PORT is 0; set PORT to the port `npm start` uses');
+  } catch (error) {
+    if (error instanceof UsageError || error instanceof ConfigError) {
+      const usage = `Usage: DEMO_KEY=<key> npm run demo-traffic [-- --key <key> --requests N (≤ ${MAX_REQUESTS}, default 600) --seconds S (≤ ${MAX_SECONDS}, default 20)]`;
+      if (!error.message) {
+        console.log(usage);
+        process.exit(0);
+      }
+      console.error(`${error.message}\n${usage}`);
+      process.exit(2);
+    }
+    throw error;
+  }
+  // A hard stop, whatever the server does.
+  setTimeout(() => {
+    console.error('demo-traffic: giving up after the time limit');
+    process.exit(1);
+  }, (options.seconds + 15) * 1000).unref();
+  try {
+    process.exit((await run(options, port)) ? 0 : 1);
+  } catch (error) {
+    console.error(error instanceof UsageError ? error.message : `demo-traffic failed: ${(error as Error).message}`);
+    process.exit(1);
+  }
+}
+
+if (require.main === module) void main();

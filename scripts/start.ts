@@ -1,0 +1,450 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import dgram from 'node:dgram';
+import fs from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import path from 'node:path';
+import readline from 'node:readline';
+import { ConfigError, loadConfig, type Config } from '../shared/config';
+import { createDb, migrateLatest } from '../shared/db';
+import { startLocalPostgres, type LocalPostgres } from '../shared/localPostgres';
+import { demoBanner, ensureDemoOrg } from './demo';
+
+// `npm start`: one launcher for the whole system.
+//   1. check that every port it will need is free (before anything is started);
+//   2. start the embedded PostgreSQL unless DATABASE_URL is set, and run the migrations;
+//   3. start the Procfile's processes, `collector` first and `web` last, each line of their
+//      output prefixed with its name, waiting for each to be ready;
+//   4. make sure the demo organization exists and print how to try it (with its key on the
+//      first run only: the key is never stored or printed again);
+//   5. run until a signal (stop web, then collector, then the database; exit 0) or until a process
+//      dies (say which and why, stop the rest, exit 1).
+// PROCFILE names another Procfile (the tests use it to stand in for a process).
+
+const STOP_TIMEOUT_MS = 15_000;
+const READY_TIMEOUT_MS = 30_000;
+const READY_POLL_MS = 100;
+const LABEL_WIDTH = 9;
+
+// ---------------------------------------------------------------------------------------------
+// Procfile
+
+export interface ProcfileEntry {
+  name: string;
+  command: string;
+}
+
+// The Procfile format every runner agrees on: `name: command`, one per line; blank lines and
+// `#` comments are ignored.
+export function parseProcfile(text: string): ProcfileEntry[] {
+  const entries: ProcfileEntry[] = [];
+  text.split(/\r?\n/).forEach((line, index) => {
+    if (/^\s*(#|$)/.test(line)) return;
+    const match = /^([A-Za-z0-9_-]+):\s*(.*?)\s*$/.exec(line);
+    if (!match || match[2] === '') throw new Error(`Procfile line ${index + 1} is not "name: command": ${line}`);
+    if (entries.some((entry) => entry.name === match[1])) throw new Error(`Procfile names "${match[1]}" twice`);
+    entries.push({ name: match[1], command: match[2] });
+  });
+  return entries;
+}
+
+// collector first (the API sends it datagrams from its first request), web last.
+export function startOrder(entries: ProcfileEntry[]): ProcfileEntry[] {
+  for (const required of ['collector', 'web']) {
+    if (!entries.some((entry) => entry.name === required)) throw new Error(`The Procfile has no "${required}:" line`);
+  }
+  const rank = (name: string) => (name === 'collector' ? 0 : name === 'web' ? 2 : 1);
+  return [...entries].sort((a, b) => rank(a.name) - rank(b.name));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ports
+
+export interface PortNeed {
+  variable: string;
+  host: string;
+  port: number;
+  protocol: 'tcp' | 'udp';
+}
+
+function probe(need: PortNeed): Promise<NodeJS.ErrnoException | undefined> {
+  return new Promise((resolve) => {
+    if (need.protocol === 'udp') {
+      const socket = dgram.createSocket(net.isIPv6(need.host) ? 'udp6' : 'udp4');
+      socket.once('error', (error) => {
+        socket.close();
+        resolve(error);
+      });
+      socket.bind(need.port, need.host, () => socket.close(() => resolve(undefined)));
+    } else {
+      const server = net.createServer();
+      server.once('error', (error) => resolve(error));
+      server.listen({ port: need.port, host: need.host, exclusive: true }, () => server.close(() => resolve(undefined)));
+    }
+  });
+}
+
+// Every problem at once, each naming the port and the variable that changes it.
+export async function portProblems(needs: PortNeed[]): Promise<string[]> {
+  const problems: string[] = [];
+  for (const need of needs) {
+    if (need.port === 0) {
+      problems.push(`${need.variable} is 0: npm start needs a fixed port, so set ${need.variable} to a free port`);
+    }
+  }
+  for (const [index, need] of needs.entries()) {
+    const clash = needs.slice(0, index).find((other) => other.port === need.port && other.protocol === need.protocol && need.port !== 0);
+    if (clash) problems.push(`${clash.variable} and ${need.variable} are both ${need.port}; set ${need.variable} to another port`);
+  }
+  if (problems.length > 0) return problems;
+  for (const need of needs) {
+    const error = await probe(need);
+    if (!error) continue;
+    const why = error.code === 'EADDRINUSE' ? 'is already in use' : error.code === 'EACCES' ? 'needs privileges' : `cannot be bound (${error.code ?? error.message})`;
+    problems.push(`Port ${need.port} (${need.protocol.toUpperCase()} on ${need.host}) ${why}; set ${need.variable} to a free port, e.g. ${need.variable}=${need.port + 1} npm start`);
+  }
+  return problems;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+const label = (name: string) => `${name.padEnd(LABEL_WIDTH)} | `;
+
+// Output must never stop a shutdown: when the terminal or pipe goes away (EPIPE, EIO after a
+// hangup) the launcher keeps stopping things, silently.
+process.stdout.on('error', () => {});
+process.stderr.on('error', () => {});
+function print(text: string) {
+  try {
+    if (process.stdout.writable) process.stdout.write(text);
+  } catch {
+    // nowhere left to write
+  }
+}
+const say = (message: string) => print(`${label('launcher')}${message}\n`);
+
+function prefixLines(name: string, stream: NodeJS.ReadableStream) {
+  const lines = readline.createInterface({ input: stream, crlfDelay: Infinity });
+  lines.on('line', (line) => print(`${label(name)}${line}\n`));
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+// Settles with `promise`, or with `fallback` after `ms`; the timer never outlives the race.
+async function within<T, F>(promise: Promise<T>, ms: number, fallback: F): Promise<T | F> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([promise, new Promise<F>((resolve) => (timer = setTimeout(() => resolve(fallback), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+interface ExitInfo {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+const describeExit = ({ code, signal }: ExitInfo) => (signal ? `was killed by ${signal}` : `exited with code ${code}`);
+const cleanExit = ({ code, signal }: ExitInfo) => code === 0 || signal === 'SIGTERM' || signal === 'SIGINT';
+
+class Managed {
+  readonly child: ChildProcess;
+  readonly exited: Promise<ExitInfo>;
+  private readonly outputClosed: Promise<void>;
+  exit: ExitInfo | undefined;
+
+  constructor(
+    readonly name: string,
+    command: string,
+    env: NodeJS.ProcessEnv,
+  ) {
+    // `exec` makes the command itself the child (no shell in between to swallow signals), and
+    // its own process group keeps a terminal's Ctrl-C from reaching it before the launcher
+    // decides the order in which things stop.
+    this.child = spawn('/bin/sh', ['-c', `exec ${command}`], { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    prefixLines(name, this.child.stdout!);
+    prefixLines(name, this.child.stderr!);
+    this.exited = new Promise((resolve) => {
+      this.child.once('exit', (code, signal) => {
+        this.exit = { code, signal };
+        resolve(this.exit);
+      });
+      this.child.once('error', (error) => {
+        say(`${name} could not be started: ${error.message}`);
+        this.exit = { code: 127, signal: null };
+        resolve(this.exit);
+      });
+    });
+    this.outputClosed = new Promise((resolve) => this.child.once('close', () => resolve()));
+  }
+
+  get alive(): boolean {
+    return this.exit === undefined;
+  }
+
+  signal(signal: NodeJS.Signals) {
+    if (!this.alive || this.child.pid === undefined) return;
+    try {
+      process.kill(-this.child.pid, signal);
+    } catch {
+      this.child.kill(signal);
+    }
+  }
+
+  // SIGTERM, a bounded wait, then SIGKILL.
+  async stop(): Promise<ExitInfo> {
+    if (this.exit) return this.exit;
+    say(`stopping ${this.name} (pid ${this.child.pid})`);
+    this.signal('SIGTERM');
+    const result = await within(this.exited, STOP_TIMEOUT_MS, undefined);
+    if (result) return result;
+    say(`${this.name} did not stop within ${STOP_TIMEOUT_MS / 1000} s; sending SIGKILL`);
+    this.signal('SIGKILL');
+    return this.exited;
+  }
+
+  // The last lines a process wrote may still be in its pipe when it exits.
+  flushOutput(): Promise<void> {
+    return within(this.outputClosed, 1000, undefined);
+  }
+}
+
+// Polls `check` until it answers true, the deadline passes, or the process dies.
+async function waitUntilReady(managed: Managed, what: string, check: () => Promise<boolean>, stopRequested: () => boolean) {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (!managed.alive || stopRequested()) return;
+    if (await check()) return;
+    await sleep(READY_POLL_MS);
+  }
+  throw new Error(`${managed.name} did not answer ${what} within ${READY_TIMEOUT_MS / 1000} s`);
+}
+
+function httpAnswers(url: string, accept: (status: number) => boolean): Promise<boolean> {
+  return new Promise((resolve) => {
+    const request = http.get(url, { timeout: 1000 }, (response) => {
+      response.resume();
+      resolve(accept(response.statusCode ?? 0));
+    });
+    request.on('timeout', () => request.destroy());
+    request.on('error', () => resolve(false));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// The launcher
+
+const urlHost = (host: string) => {
+  const reachable = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+  return net.isIPv6(reachable) ? `[${reachable}]` : reachable;
+};
+
+function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    return `${parsed.hostname}:${parsed.port || 5432}${parsed.pathname}`;
+  } catch {
+    return 'DATABASE_URL';
+  }
+}
+
+class Launcher {
+  private readonly processes: Managed[] = [];
+  private database: LocalPostgres | undefined;
+  private stopping: Promise<never> | undefined;
+  private stopRequestedFlag = false;
+
+  constructor(private readonly config: Config) {
+    // Whatever happens, leave nothing behind: a last, synchronous sweep on exit.
+    process.on('exit', () => {
+      for (const managed of this.processes) managed.signal('SIGKILL');
+      this.stopDatabase();
+    });
+  }
+
+  get stopRequested() {
+    return this.stopRequestedFlag;
+  }
+
+  onSignals() {
+    let firstSignalAt = 0;
+    const handler = (signal: NodeJS.Signals) => {
+      if (this.stopRequested) {
+        // A terminal's Ctrl-C reaches npm and the launcher at once, and npm forwards it again.
+        if (Date.now() - firstSignalAt > 1000) say(`${signal} received; already stopping`);
+        return;
+      }
+      firstSignalAt = Date.now();
+      say(`${signal} received; stopping`);
+      void this.shutdown();
+    };
+    process.on('SIGINT', handler);
+    process.on('SIGTERM', handler);
+    process.on('SIGHUP', handler);
+  }
+
+  private stopDatabase() {
+    const database = this.database;
+    if (!database) return;
+    this.database = undefined;
+    try {
+      say('stopping PostgreSQL');
+      database.stop();
+    } catch (error) {
+      say(`PostgreSQL did not stop cleanly: ${(error as Error).message}`);
+    }
+  }
+
+  // Stops everything in the reverse of start order (web, then collector), then the database.
+  // The exit code is 0 only when asked to stop and every process stopped cleanly.
+  shutdown(failure?: string): Promise<never> {
+    if (this.stopping) return this.stopping;
+    this.stopRequestedFlag = true;
+    this.stopping = (async () => {
+      if (failure) say(failure);
+      let clean = failure === undefined;
+      for (const managed of [...this.processes].reverse()) {
+        const wasAlive = managed.alive;
+        const exit = await managed.stop();
+        if (wasAlive && !cleanExit(exit)) {
+          say(`${managed.name} ${describeExit(exit)} while stopping`);
+          clean = false;
+        } else if (wasAlive) {
+          say(`${managed.name} stopped`);
+        }
+      }
+      await Promise.all(this.processes.map((managed) => managed.flushOutput()));
+      this.stopDatabase();
+      say(clean ? 'stopped' : 'stopped after a failure');
+      process.exit(clean ? 0 : 1);
+    })();
+    return this.stopping;
+  }
+
+  private portNeeds(embedded: boolean): PortNeed[] {
+    const { api, collector, database } = this.config;
+    const needs: PortNeed[] = [
+      { variable: 'PORT', host: api.host, port: api.port, protocol: 'tcp' },
+      { variable: 'COLLECTOR_PORT', host: collector.host, port: collector.port, protocol: 'udp' },
+      { variable: 'COLLECTOR_METRICS_PORT', host: collector.metricsHost, port: collector.metricsPort, protocol: 'tcp' },
+    ];
+    // A cluster left running by a killed launcher holds its port and is reused, not restarted.
+    const leftOver = fs.existsSync(path.join(path.resolve(database.embeddedDir), 'postmaster.pid'));
+    if (embedded && !leftOver) needs.push({ variable: 'EMBEDDED_PG_PORT', host: '127.0.0.1', port: database.embeddedPort, protocol: 'tcp' });
+    return needs;
+  }
+
+  async run(entries: ProcfileEntry[]) {
+    const { config } = this;
+    const problems = await portProblems(this.portNeeds(!config.database.url));
+    if (problems.length > 0) {
+      for (const problem of problems) say(problem);
+      process.exit(1);
+    }
+
+    let databaseUrl = config.database.url;
+    let dataLocation: string;
+    let resetHint: string | undefined;
+    if (databaseUrl) {
+      dataLocation = `the database at ${redactUrl(databaseUrl)} (DATABASE_URL)`;
+    } else {
+      const dataDir = path.resolve(config.database.embeddedDir);
+      const relative = path.relative(process.cwd(), dataDir);
+      const shown = relative && !relative.startsWith('..') ? relative : dataDir;
+      say(`starting the embedded PostgreSQL in ${shown} on 127.0.0.1:${config.database.embeddedPort}`);
+      this.database = startLocalPostgres({ dataDir, port: config.database.embeddedPort });
+      say(`PostgreSQL is up (postmaster pid ${readPostmasterPid(dataDir) ?? 'unknown'})`);
+      databaseUrl = this.database.url;
+      dataLocation = `${shown} (embedded PostgreSQL on 127.0.0.1:${config.database.embeddedPort})`;
+      const isDefault = dataDir === path.resolve('.data/postgres');
+      resetHint = `To reset: stop with Ctrl-C, then \`rm -rf ${isDefault ? '.data' : `${shown} ${shown}.password ${shown}.log`}\` and \`npm start\` again.`;
+    }
+    if (this.stopRequested) return;
+
+    const db = createDb(databaseUrl, { poolMax: 2, applicationName: 'keyusage-start' });
+    try {
+      const applied = await migrateLatest(db);
+      say(applied.length > 0 ? `applied ${applied.length} migration(s)` : 'migrations are up to date');
+      if (this.stopRequested) return;
+      if (!(await this.startProcesses(entries, databaseUrl))) return;
+      // Only once everything answers, so that a first-run key is never made and then not shown.
+      const demo = await ensureDemoOrg(db, { pepper: config.api.keyPepper });
+      if (this.stopRequested) return;
+      const baseUrl = `http://${urlHost(config.api.host)}:${config.api.port}`;
+      print(demoBanner(demo, { baseUrl, dataLocation, resetHint }) + '\n');
+    } finally {
+      await db.destroy();
+    }
+  }
+
+  // Starts the Procfile's processes in order, each once the one before is ready; false when a
+  // process died or a stop was asked for meanwhile.
+  private async startProcesses(entries: ProcfileEntry[], databaseUrl: string): Promise<boolean> {
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      DATABASE_URL: databaseUrl,
+      // The children run under the same node as the launcher, whatever `node` is on PATH.
+      PATH: [path.dirname(process.execPath), process.env.PATH].filter(Boolean).join(path.delimiter),
+    };
+    for (const entry of startOrder(entries)) {
+      if (this.stopRequested) return false;
+      const managed = new Managed(entry.name, entry.command, env);
+      this.processes.push(managed);
+      say(`${entry.name} started (pid ${managed.child.pid}): ${entry.command}`);
+      void managed.exited.then((exit) => {
+        if (!this.stopRequested) void this.shutdown(`${entry.name} ${describeExit(exit)}; stopping the rest`);
+      });
+      await this.waitForReady(managed);
+      if (!managed.alive) return false;
+    }
+    return !this.stopRequested;
+  }
+
+  // The collector is ready when its metrics port answers (it opens it after binding UDP); the
+  // API when /healthz says 200, which means it reaches the database too.
+  private async waitForReady(managed: Managed) {
+    const { api, collector } = this.config;
+    const stopRequested = () => this.stopRequested;
+    if (managed.name === 'collector') {
+      const url = `http://${urlHost(collector.metricsHost)}:${collector.metricsPort}/healthz`;
+      await waitUntilReady(managed, `on ${url} (COLLECTOR_METRICS_PORT)`, () => httpAnswers(url, () => true), stopRequested);
+    } else if (managed.name === 'web') {
+      const url = `http://${urlHost(api.host)}:${api.port}/healthz`;
+      await waitUntilReady(managed, `${url} with 200`, () => httpAnswers(url, (status) => status === 200), stopRequested);
+      if (managed.alive && !this.stopRequested) say(`web is healthy: ${url}`);
+    }
+  }
+}
+
+function readPostmasterPid(dataDir: string): number | undefined {
+  try {
+    return Number(fs.readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]) || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function main() {
+  let config: Config;
+  let entries: ProcfileEntry[];
+  try {
+    config = loadConfig();
+    const procfile = process.env.PROCFILE || 'Procfile';
+    entries = parseProcfile(fs.readFileSync(procfile, 'utf8'));
+    startOrder(entries);
+  } catch (error) {
+    const problems = error instanceof ConfigError ? error.problems : [(error as Error).message];
+    for (const problem of problems) say(problem);
+    process.exit(1);
+  }
+  const launcher = new Launcher(config);
+  launcher.onSignals();
+  launcher.run(entries).catch((error: Error) => launcher.shutdown(`failed to start: ${error.message}`));
+}
+
+if (require.main === module) main();

@@ -1,0 +1,427 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import dgram from 'node:dgram';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { findApiKeyById } from '../api/keys/apiKeys.repository';
+import { parsePresentedKey, secretMatches } from '../api/keys/keyMaterial';
+import { demoBanner, ensureDemoOrg } from '../scripts/demo';
+import { parseProcfile, portProblems, startOrder } from '../scripts/start';
+import { freshDatabase } from './helpers/database';
+
+// The newcomer's path, run for real: `npm start` from the checkout with no DATABASE_URL (so the
+// embedded PostgreSQL, in a temporary folder), the printed demo key, its use visible in the usage
+// endpoint within the staleness bound, demo-traffic (scripts/demoTraffic.ts) counted exactly, then
+// SIGTERM and nothing left. Also: a taken port, a process that dies, an external DATABASE_URL.
+
+const ROOT = path.resolve(__dirname, '..');
+const KEY_PATTERN = /ku_[0-9a-f]{32}_[A-Za-z0-9_-]{43}/;
+const STALENESS_BOUND_MS = 2000;
+const STALENESS_POLL_LIMIT_MS = 2500;
+
+const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-start-'));
+const pgDir = path.join(scratch, 'pg');
+t.teardown(() => fs.rmSync(scratch, { recursive: true, force: true }));
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+function freeTcpPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function freeUdpPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const socket = dgram.createSocket('udp4');
+    socket.once('error', reject);
+    socket.bind(0, '127.0.0.1', () => {
+      const { port } = socket.address();
+      socket.close(() => resolve(port));
+    });
+  });
+}
+
+async function freePorts() {
+  const ports = new Set<number>();
+  const take = async (next: () => Promise<number>) => {
+    for (;;) {
+      const port = await next();
+      if (!ports.has(port)) return ports.add(port), port;
+    }
+  };
+  return {
+    PORT: await take(freeTcpPort),
+    EMBEDDED_PG_PORT: await take(freeTcpPort),
+    COLLECTOR_PORT: await take(freeUdpPort),
+    COLLECTOR_METRICS_PORT: await take(freeTcpPort),
+  };
+}
+
+type Ports = Awaited<ReturnType<typeof freePorts>>;
+
+function postmasterPid(dataDir: string): number | undefined {
+  try {
+    return Number(fs.readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]) || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function launcherEnv(ports: Ports, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: 'info' };
+  delete env.DATABASE_URL;
+  delete env.PROCFILE;
+  Object.assign(env, { EMBEDDED_PG_DIR: pgDir }, extra);
+  for (const [name, port] of Object.entries(ports)) env[name] = String(port);
+  return env;
+}
+
+// `npm start` in its own process group, its output collected; a teardown that leaves nothing
+// running whatever the test saw.
+class Launch {
+  readonly child: ChildProcess;
+  output = '';
+  exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  constructor(tt: Test, env: NodeJS.ProcessEnv) {
+    this.child = spawn('npm', ['start'], { cwd: ROOT, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stdout!.on('data', (chunk) => (this.output += chunk));
+    this.child.stderr!.on('data', (chunk) => (this.output += chunk));
+    this.exited = new Promise((resolve) => this.child.once('exit', (code, signal) => resolve((this.exit = { code, signal }))));
+    tt.teardown(() => this.forceStop());
+  }
+
+  async waitFor(pattern: RegExp, timeoutMs: number): Promise<RegExpMatchArray> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const match = pattern.exec(this.output);
+      if (match) return match;
+      if (this.exit || Date.now() > deadline) {
+        throw new Error(`${this.exit ? `npm start exited (${JSON.stringify(this.exit)})` : `timed out after ${timeoutMs} ms`} before printing ${pattern}; output:\n${this.output.slice(-4000)}`);
+      }
+      await sleep(50);
+    }
+  }
+
+  async waitForExit(timeoutMs: number) {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), timeoutMs)));
+    try {
+      return await Promise.race([this.exited, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  // The pids the launcher printed: the processes it started and the postmaster.
+  printedPids(): number[] {
+    return [...this.output.matchAll(/\((?:postmaster )?pid (\d+)\)/g)].map((match) => Number(match[1]));
+  }
+
+  // Everything from this run still alive: npm's process group, the printed pids, anything
+  // naming the scratch folder (postgres -D <dir>).
+  leftovers(): string[] {
+    const pids = new Set(this.printedPids());
+    const ps = spawnSync('ps', ['-eo', 'pid=,pgid=,stat=,args='], { encoding: 'utf8' }).stdout;
+    return ps
+      .split('\n')
+      .map((line) => line.trim())
+      .filter(Boolean)
+      .filter((line) => {
+        const [pid, pgid, stat] = line.split(/\s+/);
+        if (stat.startsWith('Z')) return false;
+        return Number(pgid) === this.child.pid || pids.has(Number(pid)) || line.includes(scratch);
+      });
+  }
+
+  // npm may be gone while its process group (the launcher) lives on, so signal the group: the
+  // launcher stops its processes and PostgreSQL in order; SIGKILL whatever is still there later.
+  async forceStop() {
+    const signalAll = (signal: NodeJS.Signals) => {
+      for (const pid of [-this.child.pid!, ...this.printedPids()]) {
+        try {
+          process.kill(pid, signal);
+        } catch {}
+      }
+    };
+    if (this.leftovers().length === 0) return;
+    try {
+      process.kill(-this.child.pid!, 'SIGTERM');
+    } catch {}
+    for (const deadline = Date.now() + 20_000; Date.now() < deadline; await sleep(200)) {
+      if (this.leftovers().length === 0) return;
+    }
+    signalAll('SIGKILL');
+  }
+}
+
+async function api(port: number, pathname: string, key?: string) {
+  const response = await fetch(`http://127.0.0.1:${port}${pathname}`, {
+    headers: key ? { authorization: `Bearer ${key}` } : {},
+    signal: AbortSignal.timeout(5000),
+  });
+  return { status: response.status, body: (await response.json()) as any };
+}
+
+function bindable(port: number, protocol: 'tcp' | 'udp'): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (protocol === 'udp') {
+      const socket = dgram.createSocket('udp4');
+      socket.once('error', () => resolve(false));
+      socket.bind(port, '127.0.0.1', () => socket.close(() => resolve(true)));
+    } else {
+      const server = net.createServer();
+      server.once('error', () => resolve(false));
+      server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+    }
+  });
+}
+
+async function assertNothingLeft(tt: Test, launch: Launch, ports: Ports) {
+  // The processes the launcher stopped were its children and are gone with it; give the kernel
+  // a moment to reap anything that was reparented.
+  let left = launch.leftovers();
+  for (let i = 0; i < 20 && left.length > 0; i += 1) {
+    await sleep(100);
+    left = launch.leftovers();
+  }
+  tt.same(left, [], 'no npm, launcher, api, collector or postgres process from this run is left');
+  tt.notOk(fs.existsSync(path.join(pgDir, 'postmaster.pid')), 'PostgreSQL was shut down (no postmaster.pid)');
+  for (const [name, port] of Object.entries(ports)) {
+    tt.ok(await bindable(port, name === 'COLLECTOR_PORT' ? 'udp' : 'tcp'), `${name} ${port} is free again`);
+  }
+}
+
+// --- The launcher's pure parts, in process ------------------------------------------------
+
+t.test('parseProcfile reads `name: command` lines and rejects anything else', async (t) => {
+  t.same(parseProcfile('web: node --import tsx api/main.ts\ncollector: node --import tsx collector/main.ts\n'), [
+    { name: 'web', command: 'node --import tsx api/main.ts' },
+    { name: 'collector', command: 'node --import tsx collector/main.ts' },
+  ]);
+  t.same(parseProcfile('# comment\r\n\r\n  \nweb:   node a.js  \r\nworker_2: node "b c.js" $PORT\n'), [
+    { name: 'web', command: 'node a.js' },
+    { name: 'worker_2', command: 'node "b c.js" $PORT' },
+  ], 'comments, blank lines, CRLF and surrounding spaces');
+  const invalid: Array<[string, RegExp]> = [
+    ['web node a.js', /line 1 is not "name: command"/],
+    ['web:', /line 1 is not "name: command"/],
+    ['web:   ', /line 1 is not "name: command"/],
+    ['we b: node a.js', /line 1/],
+    [': node a.js', /line 1/],
+    ['web: a\nweb: b', /names "web" twice/],
+  ];
+  for (const [text, message] of invalid) t.throws(() => parseProcfile(text), { message }, JSON.stringify(text));
+});
+
+t.test('startOrder: collector first, web last, both required', async (t) => {
+  const entries = parseProcfile('web: w\nclock: c\ncollector: k\n');
+  t.same(startOrder(entries).map((entry) => entry.name), ['collector', 'clock', 'web']);
+  t.throws(() => startOrder(parseProcfile('web: w\n')), { message: 'The Procfile has no "collector:" line' });
+  t.throws(() => startOrder(parseProcfile('collector: k\n')), { message: 'The Procfile has no "web:" line' });
+});
+
+t.test('portProblems names each taken, zero or clashing port with its variable', async (t) => {
+  const tcp = net.createServer();
+  await new Promise<void>((resolve) => tcp.listen(0, '127.0.0.1', resolve));
+  const udp = dgram.createSocket('udp4');
+  await new Promise<void>((resolve) => udp.bind(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    tcp.close();
+    udp.close();
+  });
+  const tcpPort = (tcp.address() as net.AddressInfo).port;
+  const udpPort = udp.address().port;
+  const free = await freeTcpPort();
+
+  t.same(await portProblems([{ variable: 'PORT', host: '127.0.0.1', port: free, protocol: 'tcp' }]), [], 'a free port');
+  t.same(
+    await portProblems([
+      { variable: 'PORT', host: '127.0.0.1', port: tcpPort, protocol: 'tcp' },
+      { variable: 'COLLECTOR_PORT', host: '127.0.0.1', port: udpPort, protocol: 'udp' },
+    ]),
+    [
+      `Port ${tcpPort} (TCP on 127.0.0.1) is already in use; set PORT to a free port, e.g. PORT=${tcpPort + 1} npm start`,
+      `Port ${udpPort} (UDP on 127.0.0.1) is already in use; set COLLECTOR_PORT to a free port, e.g. COLLECTOR_PORT=${udpPort + 1} npm start`,
+    ],
+  );
+  t.match(await portProblems([{ variable: 'PORT', host: '192.0.2.1', port: free, protocol: 'tcp' }]), [/cannot be bound \(EADDRNOTAVAIL\); set PORT/]);
+  t.same(
+    await portProblems([
+      { variable: 'PORT', host: '127.0.0.1', port: 0, protocol: 'tcp' },
+      { variable: 'COLLECTOR_METRICS_PORT', host: '127.0.0.1', port: free, protocol: 'tcp' },
+      { variable: 'EMBEDDED_PG_PORT', host: '127.0.0.1', port: free, protocol: 'tcp' },
+    ]),
+    [
+      'PORT is 0: npm start needs a fixed port, so set PORT to a free port',
+      `COLLECTOR_METRICS_PORT and EMBEDDED_PG_PORT are both ${free}; set EMBEDDED_PG_PORT to another port`,
+    ],
+    'configuration problems are reported without probing',
+  );
+});
+
+t.test('ensureDemoOrg creates the demo org and an every-scope key once, and finds it afterwards', async (t) => {
+  const { db } = await freshDatabase(t);
+  const pepper = 'p'.repeat(32);
+  const [first, concurrent] = await Promise.all([ensureDemoOrg(db, { pepper }), ensureDemoOrg(db, { pepper })]);
+  const created = first.created ? first : concurrent;
+  const found = first.created ? concurrent : first;
+  t.ok(created.created && !found.created, 'two launchers at once make one demo org');
+  t.equal(found.org.id, created.org.id);
+  t.equal((await db('organizations').where({ name: 'demo' }).count<{ count: number }[]>({ count: '*' }))[0].count, 1);
+  if (!created.created) return;
+  const presented = parsePresentedKey(created.key.plaintext)!;
+  const stored = await findApiKeyById(db, created.key.id);
+  t.equal(presented.keyId, created.key.id);
+  t.same(stored?.scopes, ['keys:read', 'keys:write'], 'the key has every scope');
+  t.ok(stored && secretMatches(presented.secret, stored.secretHash, pepper), 'only the hash is stored, and it matches');
+
+  const later = await ensureDemoOrg(db, { pepper });
+  t.same(later, { created: false, org: created.org }, 'a later run reuses the org and has no key to show');
+  t.equal((await db('api_keys').where({ org_id: created.org.id }).count<{ count: number }[]>({ count: '*' }))[0].count, 1);
+
+  const context = { baseUrl: 'http://127.0.0.1:3000', dataLocation: '.data/postgres', resetHint: 'To reset: rm -rf .data' };
+  const firstBanner = demoBanner(created, context);
+  t.match(firstBanner, `curl -H "Authorization: Bearer ${created.key.plaintext}" http://127.0.0.1:3000/api/whoami`);
+  t.match(firstBanner, `curl -H "Authorization: Bearer ${created.key.plaintext}" http://127.0.0.1:3000/api/orgs/${created.org.id}/api-keys/usage`);
+  t.match(firstBanner, 'To reset: rm -rf .data');
+  const laterBanner = demoBanner(later, { ...context, resetHint: undefined });
+  t.notMatch(laterBanner, KEY_PATTERN, 'the later banner holds no key');
+  t.match(laterBanner, `npm run cli -- key create ${created.org.id} --name demo --scopes keys:read,keys:write`);
+  t.match(laterBanner, 'Bearer <your-key>');
+  t.notMatch(laterBanner, 'To reset');
+});
+
+// --- The whole system, as a newcomer runs it -------------------------------------------------
+
+t.test('npm start: embedded database, demo key, usage within the staleness bound, clean SIGTERM', async (t) => {
+  const ports = await freePorts();
+  const launch = new Launch(t, launcherEnv(ports));
+
+  await launch.waitFor(/Stop with Ctrl-C/, 60_000);
+  const key = launch.output.match(KEY_PATTERN)?.[0];
+  t.ok(key, 'the first run prints a demo key');
+  t.match(launch.output, /rm -rf/, 'the banner says how to reset');
+  t.match(launch.output, new RegExp(`curl -H "Authorization: Bearer ${key}" http://127\\.0\\.0\\.1:${ports.PORT}/api/whoami`), 'a copy-paste curl line');
+  t.match(launch.output, /^collector \| \{/m, "the collector's lines are prefixed with its name");
+  t.match(launch.output, /^web {7}\| \{/m, "the API's lines are prefixed with its name");
+  t.ok(postmasterPid(pgDir), 'the embedded PostgreSQL runs from the temporary folder');
+
+  t.equal((await api(ports.PORT, '/healthz')).status, 200, '/healthz answers');
+  const whoami = await api(ports.PORT, '/api/whoami', key);
+  const usedAt = Date.now();
+  t.equal(whoami.status, 200, 'the printed key authenticates');
+  const { orgId, keyId } = whoami.body;
+
+  // The use must reach PostgreSQL through the API's drain, UDP and the collector's flush. The
+  // polls are uses too, but the whoami was recorded first, so the first count seen includes it.
+  let seenAfterMs: number | undefined;
+  while (Date.now() - usedAt <= STALENESS_POLL_LIMIT_MS) {
+    const usage = await api(ports.PORT, `/api/orgs/${orgId}/api-keys/usage`, key);
+    const row = usage.body.data?.find((entry: { id: string }) => entry.id === keyId);
+    if (row && row.requestCount >= 1 && row.lastUsedAt !== null) {
+      seenAfterMs = Date.now() - usedAt;
+      break;
+    }
+    await sleep(100);
+  }
+  t.ok(seenAfterMs !== undefined, `the use is visible in the usage endpoint within ${STALENESS_POLL_LIMIT_MS} ms`);
+  t.comment(`use visible after ${seenAfterMs ?? 'more than ' + STALENESS_POLL_LIMIT_MS} ms (documented bound ${STALENESS_BOUND_MS} ms)`);
+
+  const traffic = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/demoTraffic.ts', '--requests', '200', '--seconds', '15'], {
+    cwd: ROOT,
+    env: { ...launcherEnv(ports), DEMO_KEY: key },
+    encoding: 'utf8',
+    timeout: 40_000,
+  });
+  t.equal(traffic.status, 0, 'demo-traffic succeeds', { stdout: traffic.stdout, stderr: traffic.stderr });
+  t.match(traffic.stdout, /Every count matches/, 'the usage endpoint counts exactly what demo-traffic received');
+  t.match(traffic.stdout, /demo-traffic-unused +active +0 /, 'the never-used key shows no requests');
+  t.notMatch(traffic.stdout, KEY_PATTERN, 'demo-traffic prints no key');
+
+  process.kill(launch.child.pid!, 'SIGTERM');
+  const exit = await launch.waitForExit(45_000);
+  // npm forwards SIGTERM to its script's shell; unless the script `exec`s the launcher, the shell
+  // dies at once, npm re-raises SIGTERM on itself, and the launcher never hears of it.
+  t.same(exit, { code: 0, signal: null }, 'npm start exits 0 after SIGTERM (package.json "start" must exec the launcher)');
+  const order = ['stopping web', 'stopping collector', 'stopping PostgreSQL'].map((line) => launch.output.indexOf(line));
+  t.ok(order.every((index, i) => index >= 0 && (i === 0 || index > order[i - 1])), 'stops the API, then the collector, then PostgreSQL');
+  const banner = /\nDemo organization[\s\S]*?Stop with Ctrl-C/.exec(launch.output)![0];
+  t.ok(banner.includes(key!) && !launch.output.replace(banner, '').includes(key!), 'the key appears in the banner and nowhere else');
+  await assertNothingLeft(t, launch, ports);
+
+  // A later run reuses the demo org and never prints a key again.
+  const again = new Launch(t, launcherEnv(ports, { PORT: String(await freeTcpPort()) }));
+  await again.waitFor(/Stop with Ctrl-C/, 60_000);
+  t.notMatch(again.output, KEY_PATTERN, 'a later run prints no key');
+  t.match(again.output, new RegExp(`Demo organization "demo": ${orgId}`), 'a later run names the existing demo org');
+  t.match(again.output, new RegExp(`npm run cli -- key create ${orgId} --name demo`), 'and says how to mint a fresh key');
+  process.kill(again.child.pid!, 'SIGTERM');
+  t.same(await again.waitForExit(45_000), { code: 0, signal: null });
+});
+
+t.test('a taken PORT stops npm start before anything starts, naming the port and PORT', async (t) => {
+  const ports = await freePorts();
+  const blocker = net.createServer();
+  await new Promise<void>((resolve) => blocker.listen(ports.PORT, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => blocker.close(() => resolve())));
+  const emptyDir = path.join(scratch, 'never-created');
+
+  const launch = new Launch(t, { ...launcherEnv(ports), EMBEDDED_PG_DIR: emptyDir });
+  const exit = await launch.waitForExit(30_000);
+  t.ok(exit && exit.code !== 0, `npm start exits non-zero (${JSON.stringify(exit)})`);
+  t.match(launch.output, new RegExp(`Port ${ports.PORT} .*already in use; set PORT to a free port`), 'the message names the port and PORT');
+  t.notOk(fs.existsSync(emptyDir), 'no database was started');
+  t.same(launch.leftovers(), [], 'nothing is left running');
+});
+
+t.test('a process that dies stops the others and the database, and fails the launcher', async (t) => {
+  const ports = await freePorts();
+  const stubs = path.join(scratch, 'stubs');
+  fs.mkdirSync(stubs, { recursive: true });
+  // A collector that is ready (its metrics port answers) and an API that dies soon after start.
+  fs.writeFileSync(
+    path.join(stubs, 'collector.js'),
+    `require('node:http').createServer((req, res) => res.end('ok')).listen(Number(process.env.COLLECTOR_METRICS_PORT), '127.0.0.1');
+process.on('SIGTERM', () => { console.log('stub collector got SIGTERM'); process.exit(0); });`,
+  );
+  fs.writeFileSync(path.join(stubs, 'web.js'), `console.log('stub web exiting'); setTimeout(() => process.exit(3), 200);`);
+  const procfile = path.join(stubs, 'Procfile');
+  fs.writeFileSync(procfile, `# stand-ins\nweb: node ${path.join(stubs, 'web.js')}\ncollector: node ${path.join(stubs, 'collector.js')}\n`);
+
+  const launch = new Launch(t, { ...launcherEnv(ports), PROCFILE: procfile });
+  const exit = await launch.waitForExit(60_000);
+  t.ok(exit && exit.code !== 0, `npm start exits non-zero (${JSON.stringify(exit)})`);
+  t.match(launch.output, /web exited with code 3; stopping the rest/, 'says which process died and why');
+  t.match(launch.output, /stub collector got SIGTERM/, 'stops the other process');
+  t.match(launch.output, /stopping PostgreSQL/, 'stops the database it started');
+  await assertNothingLeft(t, launch, ports);
+});
+
+t.test('with DATABASE_URL, npm start uses that database and starts none of its own', async (t) => {
+  const { url } = await freshDatabase(t);
+  const ports = await freePorts();
+  const neverCreated = path.join(scratch, 'not-used');
+  const launch = new Launch(t, launcherEnv(ports, { DATABASE_URL: url, EMBEDDED_PG_DIR: neverCreated }));
+  await launch.waitFor(/Stop with Ctrl-C/, 60_000);
+  t.notMatch(launch.output, /embedded PostgreSQL/, 'no embedded database is started');
+  t.notOk(fs.existsSync(neverCreated), 'the embedded data folder is not created');
+  t.match(launch.output, new RegExp(`Data lives in the database at 127\\.0\\.0\\.1:\\d+${new URL(url).pathname} \\(DATABASE_URL\\)`), 'the banner names the database, without its password');
+  t.notMatch(launch.output, new RegExp(new URL(url).password), 'the password is not printed');
+  t.notMatch(launch.output, /rm -rf/, 'and offers no reset that would delete it');
+  const key = launch.output.match(KEY_PATTERN)?.[0];
+  t.equal((await api(ports.PORT, '/api/whoami', key)).status, 200, 'the demo key works');
+  process.kill(launch.child.pid!, 'SIGTERM');
+  t.same(await launch.waitForExit(45_000), { code: 0, signal: null }, 'npm start exits 0 after SIGTERM');
+  t.notMatch(launch.output, /stopping PostgreSQL/, 'and leaves the external database alone');
+  t.same(launch.leftovers(), [], 'nothing is left running');
+});
