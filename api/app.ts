@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import express, { type RequestHandler } from 'express';
 import type { Config } from '../shared/config';
 import { databaseAnswers, type Db } from '../shared/db';
-import type { Logger } from '../shared/logger';
+import { redactKeyMaterial, type Logger } from '../shared/logger';
 import { authorizer, type RecordUse } from './auth/authorize';
 import { clientAddressResolver } from './auth/clientAddress';
 import { createKeyVerifier } from './auth/keyVerifier';
@@ -34,7 +34,7 @@ function requestContext(logger: Logger): RequestHandler {
         {
           requestId,
           method: req.method,
-          path: req.baseUrl + req.path,
+          path: redactKeyMaterial(req.baseUrl + req.path),
           status: res.statusCode,
           durationMs: Number(process.hrtime.bigint() - started) / 1e6,
           keyId: res.locals.auth?.key.id,

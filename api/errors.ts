@@ -1,5 +1,5 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
-import type { Logger } from '../shared/logger';
+import { redactKeyMaterial, type Logger } from '../shared/logger';
 
 // The closed list of error codes a client can receive, each with its one HTTP status.
 export const ERROR_STATUS = {
@@ -52,7 +52,7 @@ function fromBodyParser(error: { type?: string; status?: number }): AppError | u
 }
 
 export const routeNotFound: RequestHandler = (req, _res, next) => {
-  next(new AppError('not_found', `No route for ${req.method} ${req.path}`));
+  next(new AppError('not_found', `No route for ${req.method} ${redactKeyMaterial(req.path)}`));
 };
 
 export function errorMiddleware(logger: Logger): ErrorRequestHandler {
@@ -63,7 +63,7 @@ export function errorMiddleware(logger: Logger): ErrorRequestHandler {
       res.status(appError.status).json({ error: { code: appError.code, message: appError.message, requestId } });
       return;
     }
-    logger.error({ err: error, requestId, method: req.method, path: req.path }, 'unhandled error');
+    logger.error({ err: error, requestId, method: req.method, path: redactKeyMaterial(req.path) }, 'unhandled error');
     res.status(500).json({ error: { code: 'internal_error', message: 'Internal server error', requestId } });
   };
 }

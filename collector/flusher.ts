@@ -124,7 +124,9 @@ export class Flusher {
     s.duplicateBatchesSkipped += result.duplicateBatches;
     s.unknownKeys += result.unknownKeys;
     s.unknownUses += result.unknownUses;
-    s.usesPersisted += result.usesWritten;
+    // An in-doubt batch found committed was persisted by the earlier attempt (less the uses of any
+    // unknown keys it carried, which can no longer be told apart).
+    s.usesPersisted += result.usesWritten + result.duplicateUses;
     s.lastFlushDurationMs = durationMs;
     s.lastFlushKeys = result.keysWritten;
     s.lastFlushStatements = result.statements;

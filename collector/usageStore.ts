@@ -12,6 +12,8 @@ export interface PendingBatch {
 export interface WriteResult {
   appliedBatches: number;
   duplicateBatches: number;
+  /** Uses of the batches found already committed by an earlier, in-doubt attempt. */
+  duplicateUses: number;
   keysWritten: number;
   usesWritten: number;
   unknownKeys: number;
@@ -148,6 +150,7 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {})
         result = {
           appliedBatches: toApply.length,
           duplicateBatches: batches.length - toApply.length,
+          duplicateUses: batches.filter((b) => !fresh.has(b.id)).reduce((sum, b) => sum + b.batch.uses, 0),
           keysWritten: accepted.length,
           usesWritten: acceptedUses,
           unknownKeys: keys.length - accepted.length,
@@ -160,6 +163,8 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {})
       }
       try {
         await trx.commit();
+        // knex resolves commit() even when the COMMIT query fails; only executionPromise rejects.
+        await trx.executionPromise;
       } catch (error) {
         throw new CommitInDoubtError(error);
       }
@@ -168,11 +173,20 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {})
 
     async prune(keyIds) {
       if (keyIds.length === 0) return;
+      // Best effort, outside the flush: rows are locked in (key_id, ip) order, as flushes lock them,
+      // and rows another transaction holds are skipped (trimmed after a later flush), so a prune
+      // never waits for a lock and cannot deadlock with a flush or with another collector's prune.
       await db.raw(
-        `delete from api_key_recent_ips r
-          using (select key_id, ip, row_number() over (partition by key_id order by last_seen desc, ip) as rank
-                   from api_key_recent_ips where key_id = any(cast(? as uuid[]))) old
-          where old.rank > ? and r.key_id = old.key_id and r.ip = old.ip`,
+        `with doomed as materialized (
+           select r.key_id, r.ip
+             from api_key_recent_ips r
+             join (select key_id, ip, row_number() over (partition by key_id order by last_seen desc, ip) as rank
+                     from api_key_recent_ips where key_id = any(cast(? as uuid[]))) ranked
+               on ranked.key_id = r.key_id and ranked.ip = r.ip
+            where ranked.rank > ?
+            order by r.key_id, r.ip
+              for update of r skip locked)
+         delete from api_key_recent_ips r using doomed d where r.key_id = d.key_id and r.ip = d.ip`,
         [[...keyIds], RECENT_IPS_PER_KEY],
       );
     },

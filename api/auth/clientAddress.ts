@@ -4,7 +4,9 @@ import type { Request } from 'express';
 // IPv4 clients of a dual-stack socket appear as ::ffff:a.b.c.d; operators expect a.b.c.d.
 export function normaliseAddress(address: string | undefined): string {
   if (!address) return '0.0.0.0';
-  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
+  // Zone ids (fe80::1%eth0) mean nothing off-host, and the collector refuses them.
+  const bare = address.includes('%') ? address.slice(0, address.indexOf('%')) : address;
+  return bare.startsWith('::ffff:') && bare.includes('.') ? bare.slice(7) : bare;
 }
 
 // req.ip runs proxy-addr on every call (about 5 µs); when no proxy is trusted, the socket's

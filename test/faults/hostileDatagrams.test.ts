@@ -1,0 +1,270 @@
+// Hostile input against the LIVE collector socket (a real process): fast-check generated datagrams
+// — random bytes, oversized packets up to the 65,507-byte UDP maximum, embedded newlines and NULs,
+// huge/negative/NaN/Infinity counts and rates, unknown and forged ids, IP fields that are not IPs,
+// tag injection, key material — never crash it; its counters match the parser run locally as an
+// oracle; and no forged line moves a counter of a real key in another org. Then a cardinality
+// flood of random key ids, with PostgreSQL up and with it down: memory stays under the cap and the
+// overflow is counted.
+import { randomUUID } from 'node:crypto';
+import fc from 'fast-check';
+import t, { type Test } from 'tap';
+import { OUTCOMES, encodeUsageLine, packDatagrams, parsePacket, type UsageSample } from '../../shared/usageWire';
+import dgram from 'node:dgram';
+import { waitFor } from '../helpers/collector';
+import { freshDatabase } from '../helpers/database';
+import {
+  LONG,
+  LeakScan,
+  PgProxy,
+  mib,
+  persistedUsage,
+  reportFigures,
+  seedKeys,
+  spawnCollector,
+  type CollectorProcess,
+} from '../helpers/faults';
+
+const leaks = new LeakScan();
+const MAX_UDP_PAYLOAD = 65_507;
+
+/** Sends raw datagrams, pausing every `window` until the collector has taken them in (so the kernel drops none). */
+async function sendPaced(collector: CollectorProcess, datagrams: readonly Buffer[], window = 200): Promise<void> {
+  const socket = dgram.createSocket('udp4');
+  const already = (await collector.metrics()).packets_total;
+  try {
+    for (let i = 0; i < datagrams.length; i += 1) {
+      await new Promise<void>((resolve, reject) => socket.send(datagrams[i], collector.udpPort, '127.0.0.1', (error) => (error ? reject(error) : resolve())));
+      if ((i + 1) % window === 0 || i === datagrams.length - 1) {
+        const target = already + i + 1;
+        await waitFor('the collector to take the datagrams in', async () => ((await collector.metrics()).packets_total >= target ? true : undefined), 30_000, 10);
+      }
+    }
+  } finally {
+    await new Promise<void>((resolve) => socket.close(() => resolve()));
+  }
+}
+
+t.test('fuzzed datagrams against the live collector: no crash, counters match the parser, no cross-org count', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const a = await seedKeys(db, 'victim', 2);
+  const b = await seedKeys(db, 'attacker', 2);
+  await leaks.hashesFrom(db);
+  for (const key of [...a.keys, ...b.keys]) leaks.plaintext(key.plaintext);
+  const collector = await spawnCollector(t, { databaseUrl: url, flushIntervalMs: 100, maxPendingKeys: 10_000 });
+  leaks.watch('collector log (fuzz)', () => collector.output);
+
+  const [a1, a2] = a.keys;
+  const [b1] = b.keys;
+  const uuid = fc.oneof(
+    fc.constantFrom(a1.id, a2.id, b1.id, a.orgId, b.orgId), // real ids, in every combination
+    fc.uuid(), // unknown
+    fc.constantFrom(a1.id.toUpperCase(), `{${a1.id}}`, a1.id.replace(/-/g, ''), a1.id.slice(0, 35), `${a1.id}0`, a1.plaintext, ''),
+  );
+  const value = fc.oneof(
+    fc.constantFrom('1', '2', '7', '1e9', '1000000001', '1e10', '0', '-1', '-0', 'NaN', 'Infinity', '-Infinity', '1e999', '0x10', '9'.repeat(400), '.5', '1.5e2', '', '+3'),
+    fc.double().map(String),
+    fc.integer().map(String),
+  );
+  const rate = fc.option(fc.oneof(fc.constantFrom('@0', '@1', '@0.5', '@-1', '@NaN', '@Infinity', '@1e-300', '@2', '@', '@0.001'), fc.double().map((d) => `@${d}`)), { nil: undefined });
+  const ip = fc.oneof(
+    fc.ipV4(),
+    fc.ipV6(),
+    fc.constantFrom('not-an-ip', '999.1.1.1', 'fe80::1%eth0', '[::1]', `1.2.3.4,key:${b1.id}`, `1.2.3.4|#key:${b1.id}`, '1.2.3.4\nx', ''),
+    fc.string({ maxLength: 40 }),
+  );
+  const outcome = fc.oneof(fc.constantFrom(...OUTCOMES), fc.constantFrom('OK', 'maybe', 'ok\0', ''));
+  const usageLine = fc
+    .record({ value, rate, key: uuid, org: uuid, ip, outcome, extraTag: fc.option(fc.constantFrom(`key:${b1.id}`, `org:${b.orgId}`, `key:${a1.id}`, 'env:prod', 'key', '#'), { nil: undefined }) })
+    .map(({ value, rate, key, org, ip, outcome, extraTag }) =>
+      [`apikey.used:${value}|c`, rate, `#key:${key},org:${org},ip:${ip},outcome:${outcome}${extraTag ? `,${extraTag}` : ''}`].filter(Boolean).join('|'),
+    );
+  const influxLine = fc.record({ key: uuid, org: uuid, ip, value }).map(({ key, org, ip, value }) => `apikey.used,key=${key},org=${org},ip=${ip},outcome=ok:${value}|c`);
+  const validLine = fc
+    .record({ key: fc.constantFrom(a1, a2, b.keys[0], b.keys[1]), count: fc.integer({ min: 1, max: 1000 }) })
+    .map(({ key, count }) => encodeUsageLine({ keyId: key.id, orgId: [...a.keys].includes(key) ? a.orgId : b.orgId, ip: '192.0.2.7', outcome: 'ok', count }));
+  const otherLine = fc.constantFrom('requests:1|c', 'latency:12|ms|@0.5', 'users:alice|s', 'cpu,host=a:0.5|g', 'x:1|c|#a:b');
+  const line = fc.oneof(
+    { arbitrary: usageLine, weight: 4 },
+    { arbitrary: influxLine, weight: 1 },
+    { arbitrary: validLine, weight: 2 },
+    { arbitrary: otherLine, weight: 1 },
+    { arbitrary: fc.string({ maxLength: 200, unit: 'binary' }), weight: 1 },
+  );
+  const separator = fc.constantFrom('\n', '\n', '\r\n', '\0', '\n\n', '\n\0\n');
+  const textDatagram = fc.array(fc.tuple(line, separator), { minLength: 1, maxLength: 12 }).map((parts) => Buffer.from(parts.map(([l, s]) => l + s).join(''), 'utf8'));
+  const bytesDatagram = fc.uint8Array({ minLength: 1, maxLength: 3000 }).map((bytes) => Buffer.from(bytes));
+  const datagram = fc.oneof({ arbitrary: textDatagram, weight: 6 }, { arbitrary: bytesDatagram, weight: 2 });
+
+  const seed = Number(process.env.FUZZ_SEED ?? Date.now() % 2 ** 31);
+  t.comment(`fast-check seed ${seed} (FUZZ_SEED=${seed} reproduces this run)`);
+  const datagrams = fc.sample(datagram, { numRuns: LONG ? 20_000 : 1_500, seed });
+  // Oversized: up to the UDP maximum, full of valid lines, of garbage, of newlines and NULs.
+  const fill = (unit: string) => Buffer.from(unit.repeat(Math.ceil(MAX_UDP_PAYLOAD / unit.length)).slice(0, MAX_UDP_PAYLOAD), 'latin1');
+  const validForA1 = `${encodeUsageLine({ keyId: a1.id, orgId: a.orgId, ip: '2001:db8::9', outcome: 'ok', count: 3 })}\n`;
+  datagrams.push(fill(validForA1), fill('\n'), fill('\0'), fill('x'), fill('|'), fill(`apikey.used:1|c|#key:${b1.id},org:${a.orgId},ip:10.0.0.1,outcome:ok\n`), fill(`${a1.plaintext}\n`));
+
+  // The oracle: the same parser over the same bytes, decoded as the receiver decodes them (latin1).
+  const oracle = { lines: 0, usage: 0, other: 0, invalid: 0 };
+  const expected = new Map<string, number>(); // `${orgId}/${keyId}` → uses
+  for (const d of datagrams) {
+    const result = parsePacket(d.toString('latin1'), (s: UsageSample) => expected.set(`${s.orgId}/${s.keyId}`, (expected.get(`${s.orgId}/${s.keyId}`) ?? 0) + s.count));
+    oracle.lines += result.lines;
+    oracle.usage += result.usage;
+    oracle.other += result.other;
+    oracle.invalid += result.invalid;
+  }
+  await sendPaced(collector, datagrams);
+  const m = await waitFor('everything flushed', async () => {
+    const metrics = await collector.metrics();
+    return metrics.packets_total === datagrams.length && metrics.pending_keys === 0 ? metrics : undefined;
+  });
+
+  t.equal(collector.child.exitCode, null, 'the collector is still running');
+  t.equal(await collector.health(), 200, 'and healthy');
+  t.same(
+    { lines: m.lines_total, usage: m.usage_lines_total, other: m.other_lines_total, invalid: m.bad_lines_total },
+    oracle,
+    `its counters equal the parser's over the same bytes (${datagrams.length} datagrams, ${oracle.lines} lines, ${oracle.invalid} bad)`,
+  );
+  const persisted = await persistedUsage(db, [...a.keys, ...b.keys].map((k) => k.id));
+  for (const [owner, keys] of [[a.orgId, a.keys], [b.orgId, b.keys]] as const) {
+    for (const key of keys) {
+      t.equal(persisted.count(key.id), expected.get(`${owner}/${key.id}`) ?? 0, `${owner === a.orgId ? 'victim' : 'attacker'} key: only lines naming it with its own org count`);
+    }
+  }
+  const genuine = new Set([...a.keys.map((k) => `${a.orgId}/${k.id}`), ...b.keys.map((k) => `${b.orgId}/${k.id}`)]);
+  const realIds = new Set([...a.keys, ...b.keys].map((k) => k.id));
+  const forgedCrossOrg = [...expected.keys()].filter((id) => !genuine.has(id) && realIds.has(id.split('/')[1]));
+  t.ok(forgedCrossOrg.length > 0, `the fuzz did send well-formed lines naming a real key under the wrong org (${forgedCrossOrg.length} distinct)`);
+  const rows = Number((await db('api_key_usage').count({ n: '*' }))[0].n);
+  t.ok(rows <= 4, `no row created for an unknown or forged id (${rows} rows, all real keys)`);
+  const usesAccepted = [...expected.values()].reduce((x, y) => x + y, 0);
+  t.equal(m.uses_received_total, usesAccepted, 'uses received = the sum of accepted samples');
+  t.equal(m.uses_persisted_total + m.unknown_uses_total + m.overflow_uses_total, m.uses_received_total, 'every received use is persisted, dropped as unknown, or overflowed');
+  t.notOk(collector.output.some((line) => /at .+\.ts:\d+/.test(line) || /uncaught|unhandled/i.test(line)), 'no stack trace or unhandled error in its output');
+  const badLineLogs = collector.logs().filter((l) => l.msg === 'dropped malformed StatsD lines');
+  t.ok(badLineLogs.length >= 1 && badLineLogs.length <= 3, `bad lines logged, rate-limited (${badLineLogs.length} lines for ${oracle.invalid} bad lines)`);
+  t.equal((await collector.sigterm()).code, 0, 'exits 0 on SIGTERM afterwards');
+  reportFigures(t, 'fuzz-live-socket', {
+    seed,
+    datagrams: datagrams.length,
+    bytes: datagrams.reduce((sum, d) => sum + d.length, 0),
+    lines: oracle.lines,
+    badLines: oracle.invalid,
+    otherLines: oracle.other,
+    usageLines: oracle.usage,
+    usesPersisted: m.uses_persisted_total,
+    unknownUses: m.unknown_uses_total,
+    crashes: 0,
+    peakRssMiB: mib(collector.peakRssBytes()),
+  });
+});
+
+async function flood(t: Test, databaseDown: boolean) {
+  const keys = LONG ? 1_000_000 : 100_000;
+  const cap = 10_000;
+  const { db, url } = await freshDatabase(t);
+  const real = await seedKeys(db, 'flooded', 2);
+  await leaks.hashesFrom(db);
+  for (const key of real.keys) leaks.plaintext(key.plaintext);
+  const proxy = await PgProxy.start(url);
+  t.teardown(() => proxy.close());
+  const collector = await spawnCollector(t, { databaseUrl: proxy.url, flushIntervalMs: 500, maxPendingKeys: cap });
+  leaks.watch(`collector log (flood${databaseDown ? ', database down' : ''})`, () => collector.output);
+  const baseline = collector.baselineRssBytes;
+  if (databaseDown) await proxy.down();
+
+  // Random key ids (forged: none exists), one use each; a real key's line rides in every 50th
+  // datagram, so it competes for a slot in the aggregator like any key that was not pending yet.
+  let realUses = 0;
+  let maxPending = 0;
+  const started = Date.now();
+  const batch = 20_000;
+  const rssTimeline: number[] = []; // peak RSS (MiB) after each 20,000 keys
+  for (let sent = 0; sent < keys; sent += batch) {
+    const lines: string[] = [];
+    for (let i = 0; i < batch; i += 1) {
+      lines.push(encodeUsageLine({ keyId: randomUUID(), orgId: real.orgId, ip: `10.${i % 256}.0.1`, outcome: 'ok', count: 1 }));
+    }
+    const datagrams = packDatagrams(lines).map((d, i) => {
+      if (i % 50 !== 0) return Buffer.from(d, 'latin1');
+      realUses += 1;
+      return Buffer.from(`${d}\n${encodeUsageLine({ keyId: real.keys[0].id, orgId: real.orgId, ip: '192.0.2.1', outcome: 'ok', count: 1 })}`, 'latin1');
+    });
+    await sendPaced(collector, datagrams, 500);
+    maxPending = Math.max(maxPending, (await collector.metrics()).pending_keys);
+    rssTimeline.push(mib(collector.peakRssBytes()));
+  }
+  const floodMs = Date.now() - started;
+  // A real key first used now, while the aggregator is full of forged keys.
+  const LATE_USES = 100;
+  await sendPaced(collector, [Buffer.from(encodeUsageLine({ keyId: real.keys[1].id, orgId: real.orgId, ip: '192.0.2.2', outcome: 'ok', count: LATE_USES }), 'latin1')]);
+  const during = await collector.metrics();
+  const peakDuringFlood = collector.peakRssBytes();
+  if (databaseDown) await proxy.up();
+  const m = await waitFor(
+    'the collector to drain',
+    async () => {
+      const metrics = await collector.metrics();
+      maxPending = Math.max(maxPending, metrics.pending_keys);
+      return metrics.pending_keys === 0 && metrics.uses_received_total === keys + realUses + LATE_USES ? metrics : undefined;
+    },
+    LONG ? 180_000 : 60_000,
+    100,
+  );
+  const growthMiB = mib(peakDuringFlood - baseline);
+  t.ok(maxPending <= 2 * cap, `pending keys never above twice the cap (${maxPending} ≤ ${2 * cap}): the aggregator's cap and the retained batch`);
+  t.ok(m.overflow_uses_total > 0, `overflow counted in /metrics (${m.overflow_uses_total} uses)`);
+  t.equal(m.uses_persisted_total + m.unknown_uses_total + m.overflow_uses_total, m.uses_received_total, 'every received use is persisted, dropped as unknown, or overflowed');
+  t.ok(collector.logs().some((l) => l.msg === 'pending-key cap reached; uses of new keys dropped' && l.maxPendingKeys === cap), 'the overflow is logged');
+  t.ok(collector.logs().filter((l) => l.msg === 'pending-key cap reached; uses of new keys dropped').length <= 2 + floodMs / 10_000, 'rate-limited');
+  // Bounded by the cap, not by the flood: at most 2 × cap entries pending whatever the number of
+  // keys sent. RSS climbs while V8 sizes its heap for the flush work (20,000-row statements), then
+  // stays flat: the second half of the flood adds nothing.
+  t.ok(growthMiB < 256, `peak RSS ${mib(peakDuringFlood)} MiB, ${growthMiB} MiB above the idle collector`);
+  if (rssTimeline.length >= 20) {
+    // Only the long flood (1,000,000 keys) runs long enough to see the plateau.
+    const half = rssTimeline[Math.floor(rssTimeline.length / 2) - 1];
+    t.ok(rssTimeline[rssTimeline.length - 1] - half <= 32, `flat in the second half of the flood (${half} → ${rssTimeline[rssTimeline.length - 1]} MiB)`);
+  }
+  const rows = Number((await db('api_key_usage').count({ n: '*' }))[0].n);
+  t.ok(rows <= 2, 'no row created for any of the random ids');
+  const persistedReal = await persistedUsage(db, real.keys.map((k) => k.id));
+  const realPersisted = persistedReal.count(real.keys[0].id);
+  const latePersisted = persistedReal.count(real.keys[1].id);
+  t.ok(latePersisted === 0 || latePersisted === LATE_USES, 'a line is taken or overflowed whole');
+  t.ok(realPersisted <= realUses, 'the real key is never over-counted');
+  t.equal(collector.child.exitCode, null, 'no crash');
+  t.equal((await collector.sigterm()).code, 0, 'exits 0 on SIGTERM');
+  reportFigures(t, databaseDown ? 'flood-database-down' : 'flood', {
+    distinctKeys: keys,
+    maxPendingKeysSetting: cap,
+    floodMs,
+    datagrams: m.packets_total,
+    usesReceived: m.uses_received_total,
+    overflowUses: m.overflow_uses_total,
+    unknownUses: m.unknown_uses_total,
+    usesPersisted: m.uses_persisted_total,
+    maxPendingKeys: maxPending,
+    pendingKeysAtFloodEnd: during.pending_keys,
+    idleRssMiB: mib(baseline),
+    peakRssMiB: mib(peakDuringFlood),
+    rssGrowthMiB: growthMiB,
+    peakRssAfterEach20kKeysMiB: rssTimeline,
+    // A forged flood crowds real keys out of the aggregator once it is full: their uses overflow too.
+    realKeyUsesSent: realUses,
+    realKeyUsesPersisted: realPersisted,
+    realKeyUsesLost: realUses - realPersisted,
+    lateRealKeyUsesSent: LATE_USES,
+    lateRealKeyUsesLost: LATE_USES - latePersisted,
+  });
+}
+
+t.test(`cardinality flood of ${LONG ? '1,000,000' : '100,000'} random key ids: memory under the cap, overflow counted`, (t) => flood(t, false));
+t.test(`the same flood while PostgreSQL is down: nothing drains, memory still bounded`, (t) => flood(t, true));
+
+t.test('leak scan: no key or hash in any collector log line of this file (hostile datagrams carried plaintext keys)', async (t) => {
+  const result = leaks.scan();
+  t.ok(result.texts > 0 && result.secrets > 0, `scanned ${result.texts} texts (${result.bytes} bytes) for ${result.secrets} secrets`);
+  t.same(result.hits, [], 'zero hits');
+});

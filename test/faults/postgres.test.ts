@@ -1,0 +1,242 @@
+// PostgreSQL faults under a real collector process: the database unavailable for a while during
+// traffic, and connections cut at chosen protocol messages — in particular right after COMMIT was
+// forwarded (the commit lands, the collector never hears back) and instead of COMMIT (it never lands).
+import t, { type Test } from 'tap';
+import { OUTCOMES, type UsageSample } from '../../shared/usageWire';
+import { waitFor } from '../helpers/collector';
+import { freshDatabase } from '../helpers/database';
+import {
+  LONG,
+  Ledger,
+  LeakScan,
+  PgProxy,
+  UdpSender,
+  countMismatches,
+  mib,
+  persistedUsage,
+  reportFigures,
+  seedKeys,
+  shipmentsOf,
+  sleep,
+  spawnCollector,
+  type CollectorProcess,
+  type CutMode,
+} from '../helpers/faults';
+
+const leaks = new LeakScan();
+const IPS = ['192.0.2.10', '198.51.100.20', '2001:db8::30'];
+
+async function setup(t: Test, keyCount: number, flushIntervalMs: number) {
+  const { db, url } = await freshDatabase(t);
+  const { orgId, keys } = await seedKeys(db, 'pgfaults', keyCount);
+  await leaks.hashesFrom(db);
+  for (const key of keys) leaks.plaintext(key.plaintext);
+  const proxy = await PgProxy.start(url);
+  t.teardown(() => proxy.close());
+  const collector = await spawnCollector(t, { databaseUrl: proxy.url, flushIntervalMs, maxPendingKeys: 1000 });
+  leaks.watch('collector log', () => collector.output);
+  const sender = new UdpSender(collector.udpPort, true);
+  t.teardown(() => sender.close());
+  leaks.watch('datagrams', () => sender.sentDatagrams);
+  return { db, orgId, keys, proxy, collector, sender, ledger: new Ledger() };
+}
+
+/**
+ * Waits until the collector has received everything sent and holds nothing back: the batch of a
+ * flush stays pending until its write returns, so no pending key means every batch was written
+ * (or, for the bug below, believed written). uses_persisted_total is not the signal: a batch whose
+ * COMMIT landed unseen is skipped on retry and never credited to it.
+ */
+async function settled(collector: CollectorProcess, sentUses: number, timeoutMs: number) {
+  return waitFor(
+    'the collector to persist everything it received',
+    async () => {
+      const m = await collector.metrics();
+      return m.uses_received_total === sentUses && m.pending_keys === 0 ? m : undefined;
+    },
+    timeoutMs,
+    50,
+  );
+}
+
+t.test('PostgreSQL unavailable during traffic: the collector keeps aggregating, retries with backoff, and counts every use once', async (t) => {
+  const outageMs = LONG ? 20_000 : 2_500;
+  const { db, orgId, keys, proxy, collector, sender, ledger } = await setup(t, 20, 200);
+
+  let stop = false;
+  const traffic = sender.stream(
+    (tick) => {
+      const samples: UsageSample[] = Array.from({ length: 8 }, (_, j) => ({
+        keyId: keys[(tick * 7 + j) % keys.length].id,
+        orgId,
+        ip: IPS[(tick + j) % IPS.length],
+        outcome: OUTCOMES[(tick + j) % OUTCOMES.length],
+        count: 1 + ((tick + j) % 5),
+      }));
+      return shipmentsOf(ledger.add(samples));
+    },
+    { tickMs: 10, maxMs: outageMs + 10_000, stop: () => stop },
+  );
+
+  await sleep(600);
+  const before = await collector.metrics();
+  t.ok(before.flushes_total >= 1, 'flushing before the outage');
+  const downAt = Date.now();
+  await proxy.down();
+  const during: Array<{ pending: number; failed: number; health: number }> = [];
+  while (Date.now() - downAt < outageMs) {
+    const m = await collector.metrics();
+    during.push({ pending: m.pending_keys, failed: m.failed_flushes_total, health: await collector.health() });
+    await sleep(200);
+  }
+  const sentDuringOutage = sender.sentUses - sender.usesSentBy(downAt);
+  await proxy.up();
+  const upAt = Date.now();
+  await sleep(600);
+  stop = true;
+  await traffic;
+
+  const final = await settled(collector, ledger.total, LONG ? 60_000 : 20_000);
+  const recoveredMs = Date.now() - upAt;
+  t.equal(final.packets_total, sender.datagrams, 'every datagram reached the collector (loopback dropped none)');
+  t.equal(final.uses_received_total, ledger.total, 'every use sent was received');
+  t.equal(final.uses_persisted_total, ledger.total, 'and persisted, per its own metrics');
+  t.ok(final.failed_flushes_total >= 2, `flushes failed while PostgreSQL was away (${final.failed_flushes_total})`);
+  t.equal(await collector.health(), 200, 'healthy again after recovery');
+  t.ok(during.some((d) => d.failed > 0), 'failures were visible in /metrics during the outage');
+  const peakPending = Math.max(...during.map((d) => d.pending));
+  // A key is pending at most twice: in the batch kept for retry and again in the aggregator.
+  t.ok(peakPending <= 2 * keys.length, `pending keys stay within twice the keys in use (${peakPending}; the cap is 1000)`);
+  if (outageMs >= 1500) t.ok(during.some((d) => d.health === 503), 'the health check turns 503 after repeated failed flushes');
+
+  t.same(await countMismatches(db, ledger), [], 'every key counted exactly once');
+  const persisted = await persistedUsage(db, keys.map((k) => k.id));
+  t.equal(persisted.total, ledger.total, 'the totals sum to the uses sent');
+  for (const key of keys) {
+    if (persisted.outcomes(key.id).ok !== ledger.byKeyOutcome.get(key.id)?.ok) t.fail(`outcome counts of ${key.id}`);
+    if (persisted.hourly.get(key.id) !== ledger.byKey.get(key.id)) t.fail(`hourly buckets of ${key.id}`);
+    if (persisted.ips.get(key.id)?.total !== ledger.byKey.get(key.id)) t.fail(`recent IPs of ${key.id}`);
+  }
+  t.same(
+    keys.map((k) => persisted.outcomes(k.id)),
+    keys.map((k) => ledger.byKeyOutcome.get(k.id)),
+    'counts by outcome, hourly buckets and recent-IP counts all agree',
+  );
+
+  const failures = collector.logs().filter((line) => line.msg === 'flush failed; usage kept in memory and retried');
+  t.ok(failures.length >= 2, `each failed flush is logged (${failures.length} lines)`);
+  const delays = failures.map((line) => Number(line.retryInMs));
+  t.ok(
+    delays.every((delay, i) => i === 0 || delay >= delays[i - 1]),
+    `retries back off: ${delays.join(', ')} ms`,
+  );
+  t.ok(failures.every((line) => line.level === 50 && typeof (line.err as { message?: string })?.message === 'string'), 'logged at error level with the cause');
+  t.ok(failures.length <= 2 + Math.log2(outageMs / 200) + outageMs / 30_000, 'backoff keeps the log quiet: no line per interval');
+  t.equal(collector.child.exitCode, null, 'the collector never crashed');
+  t.equal((await collector.sigterm()).code, 0, 'and exits 0 on SIGTERM');
+
+  reportFigures(t, 'postgres-outage', {
+    outageMs,
+    usesSent: ledger.total,
+    usesSentDuringOutage: sentDuringOutage,
+    usesPersisted: persisted.total,
+    duplicates: persisted.total - ledger.total,
+    failedFlushes: final.failed_flushes_total,
+    retryDelaysMs: delays,
+    recoveredWithinMs: recoveredMs,
+    crashes: 0,
+    peakRssMiB: mib(collector.peakRssBytes()),
+  });
+});
+
+// One use batch per cut, so each cut hits exactly the flush that carries it; then waits for the
+// retry to go through (a success resets the backoff, so every cut starts from the same state).
+async function cutOnce(t: Test, env: Awaited<ReturnType<typeof setup>>, pattern: RegExp, mode: CutMode, count: number) {
+  const { orgId, keys, proxy, sender, ledger, collector } = env;
+  const cut = proxy.cutAt(pattern, mode);
+  await sender.send(shipmentsOf(ledger.add([{ keyId: keys[0].id, orgId, ip: IPS[0], outcome: 'ok', count }])));
+  await waitFor(`the cut at ${pattern} (${mode})`, () => Promise.race([cut.then(() => true), sleep(25).then(() => undefined)]), 10_000);
+  t.pass(`cut the connection at ${pattern} (${mode})`);
+  return settled(collector, ledger.total, 10_000);
+}
+
+t.test('connections cut mid-flush (one collector, one proxy, one cut per flush)', async (t) => {
+  const env = await setup(t, 2, 100);
+  const { db, keys, collector, ledger, proxy } = env;
+  const persistedNow = async () => (await persistedUsage(db, [keys[0].id])).count(keys[0].id);
+
+  await t.test('the connection drops after COMMIT reached PostgreSQL but before its reply: no use is counted twice', async (t) => {
+    const sentBefore = ledger.total;
+    const persistedBefore = await persistedNow();
+    const flushIdsBefore = Number((await db('usage_flushes').count({ n: '*' }))[0].n);
+    await cutOnce(t, env, /^COMMIT/i, 'after-forward', 100);
+    await env.sender.send(shipmentsOf(ledger.add([{ keyId: keys[0].id, orgId: env.orgId, ip: IPS[1], outcome: 'ok', count: 23 }])));
+    const m = await settled(collector, ledger.total, 20_000);
+    await sleep(300); // three more intervals: a wrong retry would land now
+    const persisted = (await persistedNow()) - persistedBefore;
+    const flushIds = Number((await db('usage_flushes').count({ n: '*' }))[0].n) - flushIdsBefore;
+    t.ok(proxy.stats.commitsForwarded >= 1, 'the COMMIT was forwarded before the cut');
+    t.equal(persisted, ledger.total - sentBefore, 'counted once: the landed commit was not applied again');
+    t.ok(flushIds >= 2, `the cut flush's id was recorded with its commit, then the next one's (${flushIds} ids)`);
+    // The flusher's in-doubt path (CommitInDoubtError → keep the batch id → skip it on retry) runs
+    // because the store awaits trx.executionPromise: knex 3's trx.commit() alone resolves even when
+    // the COMMIT query fails.
+    t.ok(m.failed_flushes_total >= 1 && m.duplicate_batches_skipped_total >= 1, `the lost reply is noticed and the retry skipped as a duplicate (failed ${m.failed_flushes_total}, skipped ${m.duplicate_batches_skipped_total})`);
+    reportFigures(t, 'commit-reply-lost', {
+      usesSent: ledger.total - sentBefore,
+      usesPersisted: persisted,
+      duplicates: persisted - (ledger.total - sentBefore),
+      failedFlushes: m.failed_flushes_total,
+      duplicateBatchesSkipped: m.duplicate_batches_skipped_total,
+      usesClaimedPersisted: m.uses_persisted_total,
+    });
+  });
+
+  await t.test('cut at every other statement of a flush: retried, nothing lost, nothing doubled', async (t) => {
+    const failedBefore = (await collector.metrics()).failed_flushes_total;
+    const sentBefore = ledger.total;
+    // Every statement knex sends in a flush transaction, cut before and after it reached PostgreSQL,
+    // except "instead of COMMIT", which the last test covers.
+    const points: Array<[RegExp, CutMode]> = [
+      [/^BEGIN/i, 'before-forward'],
+      [/^BEGIN/i, 'after-forward'],
+      [/insert into usage_flushes/i, 'before-forward'],
+      [/insert into usage_flushes/i, 'after-forward'],
+      [/insert into api_key_usage \(/i, 'before-forward'],
+      [/insert into api_key_usage \(/i, 'after-forward'],
+      [/insert into api_key_usage_hourly/i, 'after-forward'],
+      [/insert into api_key_recent_ips/i, 'before-forward'],
+      [/^COMMIT/i, 'after-forward'],
+    ];
+    for (const [i, [pattern, mode]] of points.entries()) {
+      await cutOnce(t, env, pattern, mode, 10 + i);
+      t.same(await countMismatches(db, ledger), [], `${ledger.total} uses, exactly, after the cut`);
+    }
+    await sleep(300);
+    const m = await collector.metrics();
+    t.same(await countMismatches(db, ledger), [], `exactly ${ledger.total} uses after ${points.length} more cuts`);
+    const failed = m.failed_flushes_total - failedBefore;
+    t.ok(failed >= points.length - 1, `each cut before COMMIT failed a flush that was retried (${failed})`);
+    t.equal(collector.child.exitCode, null, 'no crash');
+    reportFigures(t, 'connection-cuts', { cuts: points.length, usesSent: ledger.total - sentBefore, usesPersisted: ledger.total - sentBefore, failedFlushes: failed });
+  });
+
+  await t.test('the connection drops before COMMIT reaches PostgreSQL: the batch is retried, not lost', async (t) => {
+    const sentBefore = ledger.total;
+    const persistedBefore = await persistedNow();
+    const { uses_persisted_total: claimedBefore, failed_flushes_total: failedBefore } = await collector.metrics();
+    const m = await cutOnce(t, env, /^COMMIT/i, 'before-forward', 100);
+    await sleep(500);
+    const persisted = (await persistedNow()) - persistedBefore;
+    const claimed = (await collector.metrics()).uses_persisted_total - claimedBefore;
+    reportFigures(t, 'commit-never-sent', { usesSent: ledger.total - sentBefore, usesPersisted: persisted, usesClaimedPersisted: claimed, failedFlushes: m.failed_flushes_total - failedBefore });
+    t.equal(persisted, ledger.total - sentBefore, 'the rolled-back batch was written by a retry');
+    t.equal(claimed, persisted, 'uses_persisted_total matches PostgreSQL');
+  });
+});
+
+t.test('leak scan: no key or hash in any datagram or collector log line of this file', async (t) => {
+  const result = leaks.scan();
+  t.ok(result.texts > 0 && result.secrets > 0, `scanned ${result.texts} texts (${result.bytes} bytes) for ${result.secrets} secrets`);
+  t.same(result.hits, [], 'zero hits');
+});

@@ -1,0 +1,647 @@
+// Fault injection for the reliability battery (test/faults/): a TCP proxy in front of PostgreSQL that
+// can refuse connections or cut one at a chosen protocol message, the collector as a real process
+// (`node --import tsx collector/main.ts`, as the Procfile runs it) with its memory read from /proc,
+// a paced UDP load generator that remembers when it sent what, and a leak scan over everything a
+// test produced. Loopback only; every loop is bounded.
+import { spawn, type ChildProcess } from 'node:child_process';
+import dgram from 'node:dgram';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import v8 from 'node:v8';
+import vm from 'node:vm';
+import type { Test } from 'tap';
+import { createApiKeysService } from '../../api/keys/apiKeys.service';
+import { insertOrganization } from '../../api/orgs/orgs.repository';
+import type { DatagramSink } from '../../api/usage/usageRecorder';
+import { loadConfig } from '../../shared/config';
+import type { Db } from '../../shared/db';
+import { OUTCOMES, encodeUsageLine, packDatagrams, parsePacket, type Outcome, type UsageSample } from '../../shared/usageWire';
+import { waitFor } from './collector';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const PROBE = path.join(__dirname, 'collectorProbe.ts');
+
+/** The long variants (PostgreSQL down 10–30 s, a 1,000,000-key flood, sustained load) run with FAULTS_LONG=1. */
+export const LONG = process.env.FAULTS_LONG === '1';
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+export function freeTcpPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+export function freeUdpPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const socket = dgram.createSocket('udp4');
+    socket.once('error', reject);
+    socket.bind(0, '127.0.0.1', () => {
+      const { port } = socket.address();
+      socket.close(() => resolve(port));
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL through a proxy
+
+export type CutMode =
+  /** Forward the matching message, then cut: the server runs it, the client never sees the reply. */
+  | 'after-forward'
+  /** Cut instead of forwarding the matching message: the server never sees it and rolls back. */
+  | 'before-forward';
+
+interface Link {
+  client: net.Socket;
+  upstream: net.Socket;
+}
+
+export interface ProxyStats {
+  connections: number;
+  /** Connections this proxy cut on purpose (down(), cutAll() or an armed cut). */
+  cuts: number;
+  commitsForwarded: number;
+}
+
+/**
+ * A TCP proxy between a client and PostgreSQL that reads the frontend protocol (startup packet,
+ * then type byte + int32 length messages) so it can act on one particular message: the simple
+ * query `COMMIT;` that knex sends at the end of a transaction, or the Parse/Query of any statement.
+ */
+export class PgProxy {
+  readonly stats: ProxyStats = { connections: 0, cuts: 0, commitsForwarded: 0 };
+  private server: net.Server | undefined;
+  private readonly links = new Set<Link>();
+  private armed: { pattern: RegExp; mode: CutMode; remaining: number; hit: () => void } | undefined;
+
+  private constructor(
+    private readonly target: { host: string; port: number },
+    readonly port: number,
+    readonly url: string,
+  ) {}
+
+  static async start(databaseUrl: string): Promise<PgProxy> {
+    const target = new URL(databaseUrl);
+    const port = await freeTcpPort();
+    const proxied = new URL(databaseUrl);
+    proxied.hostname = '127.0.0.1';
+    proxied.port = String(port);
+    const proxy = new PgProxy({ host: target.hostname, port: Number(target.port) }, port, proxied.toString());
+    await proxy.up();
+    return proxy;
+  }
+
+  get isUp(): boolean {
+    return this.server !== undefined;
+  }
+
+  /** Listens again on the same port: PostgreSQL is back. */
+  async up(): Promise<void> {
+    if (this.server) return;
+    const server = net.createServer((client) => this.accept(client));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.port, '127.0.0.1', () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.server = server;
+  }
+
+  /** PostgreSQL is gone: open connections are cut and new ones are refused (the port is closed). */
+  async down(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    this.cutAll();
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  /** Cuts every open connection, leaving the listener up (a network blip, or a restarted pgbouncer). */
+  cutAll(): void {
+    for (const link of this.links) this.cut(link, false, true);
+  }
+
+  /**
+   * Arms a cut at the next `count` client messages (simple Query or extended-protocol Parse) whose
+   * SQL matches `pattern`. Resolves when the last armed cut has happened.
+   */
+  cutAt(pattern: RegExp, mode: CutMode, count = 1): Promise<void> {
+    return new Promise((resolve) => {
+      this.armed = { pattern, mode, remaining: count, hit: resolve };
+    });
+  }
+
+  disarm(): void {
+    this.armed = undefined;
+  }
+
+  async close(): Promise<void> {
+    this.disarm();
+    await this.down();
+  }
+
+  private cut(link: Link, upstreamGracefully = false, deliberate = false): void {
+    if (!this.links.delete(link)) return;
+    if (deliberate) this.stats.cuts += 1;
+    link.client.destroy();
+    if (upstreamGracefully) {
+      // FIN after the bytes already written, so the server reads them before it sees the end.
+      link.upstream.end();
+      setTimeout(() => link.upstream.destroy(), 2000).unref();
+    } else {
+      link.upstream.destroy();
+    }
+  }
+
+  private accept(client: net.Socket): void {
+    this.stats.connections += 1;
+    const upstream = net.connect(this.target.port, this.target.host);
+    const link: Link = { client, upstream };
+    this.links.add(link);
+    client.on('error', () => this.cut(link));
+    upstream.on('error', () => this.cut(link));
+    client.on('close', () => this.cut(link, true));
+    upstream.on('close', () => this.cut(link));
+    upstream.on('data', (chunk: Buffer) => {
+      if (this.links.has(link)) client.write(chunk);
+    });
+
+    let buffered: Buffer = Buffer.alloc(0);
+    let startedUp = false;
+    client.on('data', (chunk: Buffer) => {
+      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+      for (;;) {
+        if (!this.links.has(link)) return;
+        const size = messageSize(buffered, startedUp);
+        if (size === undefined || buffered.length < size) return;
+        const message = buffered.subarray(0, size);
+        buffered = buffered.subarray(size);
+        if (!startedUp) {
+          // SSLRequest / GSSENCRequest are followed by the real startup packet.
+          const code = message.readInt32BE(4);
+          startedUp = code !== 80877103 && code !== 80877104;
+          upstream.write(message);
+          continue;
+        }
+        const sql = sqlOf(message);
+        const armed = this.armed;
+        if (sql !== undefined && armed && armed.pattern.test(sql)) {
+          armed.remaining -= 1;
+          if (armed.remaining <= 0) this.armed = undefined;
+          if (armed.mode === 'after-forward') upstream.write(message);
+          if (/^\s*commit\b/i.test(sql) && armed.mode === 'after-forward') this.stats.commitsForwarded += 1;
+          this.cut(link, armed.mode === 'after-forward', true);
+          if (armed.remaining <= 0) armed.hit();
+          return;
+        }
+        if (sql !== undefined && /^\s*commit\b/i.test(sql)) this.stats.commitsForwarded += 1;
+        upstream.write(message);
+      }
+    });
+  }
+}
+
+function messageSize(buffer: Buffer, startedUp: boolean): number | undefined {
+  if (!startedUp) return buffer.length >= 4 ? buffer.readInt32BE(0) : undefined;
+  return buffer.length >= 5 ? 1 + buffer.readInt32BE(1) : undefined;
+}
+
+// 'Q' (simple query): the SQL, NUL-terminated. 'P' (Parse): a statement name, NUL, then the SQL.
+function sqlOf(message: Buffer): string | undefined {
+  const type = String.fromCharCode(message[0]);
+  if (type === 'Q') return message.toString('utf8', 5, message.indexOf(0, 5));
+  if (type === 'P') {
+    const nameEnd = message.indexOf(0, 5);
+    return message.toString('utf8', nameEnd + 1, message.indexOf(0, nameEnd + 1));
+  }
+  return undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The collector as a real process
+
+export interface Metrics {
+  [name: string]: number;
+}
+
+export function parseMetrics(text: string): Metrics {
+  const metrics: Metrics = {};
+  for (const line of text.split('\n')) {
+    const match = /^keyusage_collector_(\w+) (\S+)$/.exec(line);
+    if (match) metrics[match[1]] = Number(match[2]);
+  }
+  return metrics;
+}
+
+export interface ProcessMemory {
+  rssBytes: number;
+  /** VmHWM: the peak resident set since the process started. */
+  peakRssBytes: number;
+}
+
+export function processMemory(pid: number): ProcessMemory | undefined {
+  try {
+    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(status)?.[1] ?? NaN) * 1024;
+    return { rssBytes: kb('VmRSS'), peakRssBytes: kb('VmHWM') };
+  } catch {
+    return undefined;
+  }
+}
+
+export const MiB = 1024 * 1024;
+export const mib = (bytes: number) => Math.round((bytes / MiB) * 10) / 10;
+
+/** What the collector's UDP socket handed to the application, counted by a preloaded probe. */
+export interface ProbeCounts {
+  packets: number;
+  usageLines: number;
+  uses: number;
+  exitCode: number;
+}
+
+export interface CollectorProcess {
+  readonly child: ChildProcess;
+  readonly udpPort: number;
+  readonly metricsPort: number;
+  /** Every stdout/stderr line, for assertions and the leak scan. */
+  readonly output: string[];
+  /** The pino lines of stdout, parsed. */
+  logs(): Array<Record<string, unknown>>;
+  metrics(): Promise<Metrics>;
+  health(): Promise<number>;
+  /** Peak RSS seen so far (sampled every 50 ms, and VmHWM is itself a high-water mark). */
+  peakRssBytes(): number;
+  baselineRssBytes: number;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  probe(): ProbeCounts | undefined;
+  sigterm(): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  sigkill(): Promise<void>;
+}
+
+export interface CollectorProcessOptions {
+  databaseUrl: string;
+  udpPort?: number;
+  flushIntervalMs: number;
+  maxPendingKeys?: number;
+  env?: Record<string, string>;
+}
+
+export async function spawnCollector(t: Test, options: CollectorProcessOptions): Promise<CollectorProcess> {
+  const env = {
+    ...process.env,
+    DATABASE_URL: options.databaseUrl,
+    COLLECTOR_HOST: '127.0.0.1',
+    COLLECTOR_PORT: String(options.udpPort ?? 0),
+    COLLECTOR_METRICS_HOST: '127.0.0.1',
+    COLLECTOR_METRICS_PORT: '0',
+    COLLECTOR_FLUSH_INTERVAL_MS: String(options.flushIntervalMs),
+    COLLECTOR_MAX_PENDING_KEYS: String(options.maxPendingKeys ?? 100_000),
+    LOG_LEVEL: 'info',
+    ...options.env,
+  };
+  const child = spawn(process.execPath, ['--import', 'tsx', '--import', PROBE, 'collector/main.ts'], {
+    cwd: ROOT,
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const output: string[] = [];
+  const collect = (stream: NodeJS.ReadableStream) => {
+    let partial = '';
+    stream.on('data', (chunk: Buffer) => {
+      const lines = (partial + chunk.toString('utf8')).split('\n');
+      partial = lines.pop() ?? '';
+      output.push(...lines.filter(Boolean));
+    });
+    stream.on('end', () => partial && output.push(partial));
+  };
+  collect(child.stdout!);
+  collect(child.stderr!);
+  const exited = once(child, 'exit').then(([code, signal]) => ({ code: code as number | null, signal: signal as NodeJS.Signals | null }));
+  t.teardown(async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await exited;
+    }
+  });
+
+  const logs = () =>
+    output.flatMap((line) => {
+      if (!line.startsWith('{')) return [];
+      try {
+        return [JSON.parse(line) as Record<string, unknown>];
+      } catch {
+        return [];
+      }
+    });
+  const listening = await waitFor(
+    'the collector process to listen',
+    () => {
+      if (child.exitCode !== null) throw new Error(`collector exited ${child.exitCode} before listening:\n${output.join('\n')}`);
+      return logs().find((line) => line.msg === 'collector listening');
+    },
+    30_000,
+    20,
+  );
+  const udpPort = Number(String(listening.udp).split(':').pop());
+  const metricsPort = Number(String(listening.metrics).split(':').pop());
+
+  let peak = 0;
+  const sample = () => {
+    const memory = processMemory(child.pid!);
+    // A process that is exiting has no Vm* lines any more: keep what was seen.
+    for (const value of [memory?.peakRssBytes, memory?.rssBytes]) if (value !== undefined && Number.isFinite(value)) peak = Math.max(peak, value);
+  };
+  sample();
+  const baselineRssBytes = processMemory(child.pid!)?.rssBytes ?? 0;
+  const sampler = setInterval(sample, 50).unref();
+  void exited.then(() => clearInterval(sampler));
+
+  const base = `http://127.0.0.1:${metricsPort}`;
+  return {
+    child,
+    udpPort,
+    metricsPort,
+    output,
+    logs,
+    baselineRssBytes,
+    metrics: async () => parseMetrics(await (await fetch(`${base}/metrics`)).text()),
+    health: async () => (await fetch(`${base}/healthz`)).status,
+    peakRssBytes: () => {
+      sample();
+      return peak;
+    },
+    exited,
+    probe: () => {
+      for (const line of output) {
+        if (line.startsWith('{"collectorProbe"')) return (JSON.parse(line) as { collectorProbe: ProbeCounts }).collectorProbe;
+      }
+      return undefined;
+    },
+    sigterm: async () => {
+      sample();
+      child.kill('SIGTERM');
+      const result = await exited;
+      await sleep(20); // the stderr line the probe wrote at exit
+      return result;
+    },
+    sigkill: async () => {
+      sample();
+      child.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// UDP load
+
+export interface Shipment {
+  datagram: string;
+  uses: number;
+}
+
+/**
+ * Sends datagrams over one socket, remembering the cumulative uses sent and when, so a test can ask
+ * how many uses were sent before a given instant.
+ */
+export class UdpSender {
+  private readonly socket = dgram.createSocket('udp4');
+  readonly timeline: Array<{ at: number; uses: number }> = [];
+  readonly sentDatagrams: string[] = [];
+  sentUses = 0;
+  datagrams = 0;
+  errors = 0;
+
+  constructor(
+    public port: number,
+    private readonly keep = false,
+  ) {
+    this.socket.on('error', () => (this.errors += 1));
+  }
+
+  async send(shipments: readonly Shipment[]): Promise<void> {
+    for (const { datagram, uses } of shipments) {
+      await new Promise<void>((resolve) =>
+        this.socket.send(datagram, this.port, '127.0.0.1', (error) => {
+          if (error) this.errors += 1;
+          resolve();
+        }),
+      );
+      this.sentUses += uses;
+      this.datagrams += 1;
+      if (this.keep) this.sentDatagrams.push(datagram);
+    }
+    this.timeline.push({ at: Date.now(), uses: this.sentUses });
+  }
+
+  /** Uses whose datagram had been sent at or before `at`. */
+  usesSentBy(at: number): number {
+    let uses = 0;
+    for (const point of this.timeline) {
+      if (point.at > at) break;
+      uses = point.uses;
+    }
+    return uses;
+  }
+
+  /**
+   * Sends `next()` shipments every `tickMs` until `stop()` is true or `maxMs` has passed; resolves
+   * with the number of ticks. A paced stream, not a flood: loopback must not drop what we count.
+   */
+  async stream(next: (tick: number) => Shipment[], options: { tickMs: number; maxMs: number; stop?: () => boolean }): Promise<number> {
+    const deadline = Date.now() + options.maxMs;
+    let tick = 0;
+    while (Date.now() < deadline && !options.stop?.()) {
+      const started = Date.now();
+      await this.send(next(tick));
+      tick += 1;
+      await sleep(Math.max(0, options.tickMs - (Date.now() - started)));
+    }
+    return tick;
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.socket.close(() => resolve()));
+  }
+}
+
+/** Uses in a packet as the collector counts them (the parser is the oracle). */
+export function usesIn(packet: string): number {
+  let uses = 0;
+  parsePacket(packet, (sample) => (uses += sample.count));
+  return uses;
+}
+
+/** A DatagramSink that keeps a copy of every datagram the API produced before handing it on. */
+export function recordingSink(inner: DatagramSink, into: string[]): DatagramSink {
+  return {
+    send(datagram, done) {
+      into.push(datagram);
+      inner.send(datagram, done);
+    },
+    close: () => inner.close(),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures and the leak scan
+
+/**
+ * Prints the figures a test measured as one `# FIGURES <name> {json}` comment, for docs/reliability.md,
+ * and appends them to $FAULTS_FIGURES_FILE when set.
+ */
+export function reportFigures(t: Test, name: string, figures: Record<string, unknown>): void {
+  const line = `FIGURES ${name} ${JSON.stringify({ long: LONG, ...figures })}`;
+  t.comment(line);
+  if (process.env.FAULTS_FIGURES_FILE) fs.appendFileSync(process.env.FAULTS_FIGURES_FILE, `${line}\n`);
+}
+
+/** Every encoding in which a stored hash could show up in text. */
+function hashForms(hash: Buffer): string[] {
+  return [hash.toString('hex'), `\\x${hash.toString('hex')}`, hash.toString('base64'), hash.toString('base64url'), JSON.stringify(hash.toJSON().data)];
+}
+
+/**
+ * Everything a test file produced — response bodies, log lines, datagrams — searched at the end for
+ * any plaintext key, its secret part, and any stored hash (current or previous) in any encoding.
+ */
+export class LeakScan {
+  private readonly sources: Array<{ name: string; texts: () => readonly string[] }> = [];
+  private readonly plaintexts = new Set<string>();
+  private readonly hashes = new Set<string>();
+
+  /** A source is read at scan time, so it may keep growing until then. */
+  watch(name: string, texts: () => readonly string[]): void {
+    this.sources.push({ name, texts });
+  }
+
+  plaintext(key: string): void {
+    this.plaintexts.add(key);
+  }
+
+  /** Reads every stored hash (current and previous) of a database now, before the test drops it. */
+  async hashesFrom(db: Db): Promise<void> {
+    const rows: Array<{ secret_hash: Buffer; previous_secret_hash: Buffer | null }> = await db('api_keys').select('secret_hash', 'previous_secret_hash');
+    for (const row of rows) {
+      for (const hash of [row.secret_hash, row.previous_secret_hash]) if (hash) for (const form of hashForms(hash)) this.hashes.add(form);
+    }
+  }
+
+  secrets(): string[] {
+    const secrets = new Set<string>(this.hashes);
+    for (const key of this.plaintexts) {
+      secrets.add(key);
+      secrets.add(key.slice(36)); // the secret alone, without ku_<id>_
+    }
+    return [...secrets];
+  }
+
+  scan(): { texts: number; bytes: number; secrets: number; hits: Array<{ source: string; secret: string }> } {
+    const secrets = this.secrets();
+    const hits: Array<{ source: string; secret: string }> = [];
+    let texts = 0;
+    let bytes = 0;
+    for (const source of this.sources) {
+      for (const text of source.texts()) {
+        texts += 1;
+        bytes += text.length;
+        for (const secret of secrets) if (text.includes(secret)) hits.push({ source: source.name, secret: `${secret.slice(0, 6)}…` });
+      }
+    }
+    return { texts, bytes, secrets: secrets.length, hits };
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeding and traffic
+
+export interface SeededKey {
+  id: string;
+  plaintext: string;
+}
+
+/** An org with `count` keys, created through the service as the API and the CLI do. */
+export async function seedKeys(db: Db, name: string, count: number): Promise<{ orgId: string; keys: SeededKey[] }> {
+  const org = await insertOrganization(db, name);
+  const service = createApiKeysService({ db, pepper: loadConfig({}).api.keyPepper, defaultGraceSeconds: 60, verifier: { invalidate() {} }, now: Date.now });
+  const keys: SeededKey[] = [];
+  for (let i = 0; i < count; i += 1) {
+    const created = await service.create(org.id, { name: `${name}-${i}`, scopes: ['keys:read'], expiresAt: null });
+    keys.push({ id: created.key.id, plaintext: created.plaintext });
+  }
+  return { orgId: org.id, keys };
+}
+
+/** Encodes samples the way the API does and packs them into ≤ 1432-byte datagrams. */
+export function shipmentsOf(samples: readonly UsageSample[]): Shipment[] {
+  return packDatagrams(samples.map(encodeUsageLine)).map((datagram) => ({ datagram, uses: usesIn(datagram) }));
+}
+
+/** Expected per-key totals, kept beside the traffic that produces them. */
+export class Ledger {
+  readonly byKey = new Map<string, number>();
+  readonly byKeyOutcome = new Map<string, Record<Outcome, number>>();
+  total = 0;
+
+  add(samples: readonly UsageSample[]): readonly UsageSample[] {
+    for (const s of samples) {
+      this.byKey.set(s.keyId, (this.byKey.get(s.keyId) ?? 0) + s.count);
+      const outcomes = this.byKeyOutcome.get(s.keyId) ?? (Object.fromEntries(OUTCOMES.map((o) => [o, 0])) as Record<Outcome, number>);
+      outcomes[s.outcome] += s.count;
+      this.byKeyOutcome.set(s.keyId, outcomes);
+      this.total += s.count;
+    }
+    return samples;
+  }
+}
+
+/** Per-key totals, outcome counts, hourly and recent-IP sums as PostgreSQL holds them. */
+export async function persistedUsage(db: Db, keyIds: readonly string[]) {
+  const rows: Array<Record<string, number | string>> = await db('api_key_usage').whereIn('key_id', keyIds);
+  const hourly: Array<{ key_id: string; total: number }> = await db('api_key_usage_hourly')
+    .whereIn('key_id', keyIds)
+    .groupBy('key_id')
+    .select('key_id', db.raw('sum(request_count)::bigint as total'));
+  const ips: Array<{ key_id: string; total: number; ips: number }> = await db('api_key_recent_ips')
+    .whereIn('key_id', keyIds)
+    .groupBy('key_id')
+    .select('key_id', db.raw('sum(request_count)::bigint as total'), db.raw('count(*)::int as ips'));
+  const byKey = new Map(rows.map((row) => [String(row.key_id), row]));
+  return {
+    total: rows.reduce((sum, row) => sum + Number(row.request_count), 0),
+    count: (keyId: string) => Number(byKey.get(keyId)?.request_count ?? 0),
+    outcomes: (keyId: string) => Object.fromEntries(OUTCOMES.map((o) => [o, Number(byKey.get(keyId)?.[`${o}_count`] ?? 0)])) as Record<Outcome, number>,
+    hourly: new Map(hourly.map((row) => [row.key_id, Number(row.total)])),
+    ips: new Map(ips.map((row) => [row.key_id, { total: Number(row.total), ips: row.ips }])),
+    rows: rows.length,
+  };
+}
+
+/** Keys whose persisted count differs from the ledger, as `id: persisted≠expected`. */
+export async function countMismatches(db: Db, ledger: Ledger): Promise<string[]> {
+  const persisted = await persistedUsage(db, [...ledger.byKey.keys()]);
+  const wrong: string[] = [];
+  for (const [keyId, expected] of ledger.byKey) {
+    if (persisted.count(keyId) !== expected) wrong.push(`${keyId}: ${persisted.count(keyId)}≠${expected}`);
+  }
+  return wrong;
+}
+
+/**
+ * A full garbage collection, so heap figures measure what is retained rather than what is merely
+ * not collected yet (the test runner does not start node with --expose-gc).
+ */
+export function collectGarbage(): void {
+  v8.setFlagsFromString('--expose-gc');
+  (vm.runInNewContext('gc') as () => void)();
+}
