@@ -3,6 +3,7 @@ import { createDb } from '../shared/db';
 import { createLogger, redactKeyMaterial, type Logger } from '../shared/logger';
 import { closeServer, listen, onShutdownSignal } from '../shared/process';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
+import { datagramVerifier } from '../shared/datagramSignature';
 import { parsePacket, type UsageSample } from '../shared/usageWire';
 import { Aggregator } from './aggregator';
 import { Flusher } from './flusher';
@@ -33,7 +34,12 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     logger,
     now,
   });
-  const ingest = { packets: 0, lines: 0, usageLines: 0, otherLines: 0, badLines: 0, usesReceived: 0 };
+  const ingest = { packets: 0, rejectedPackets: 0, lines: 0, usageLines: 0, otherLines: 0, badLines: 0, usesReceived: 0 };
+  const SIGNATURE_WINDOW_MS = 30_000;
+  const verify =
+    config.collector.signingSecrets.length > 0
+      ? datagramVerifier({ secrets: config.collector.signingSecrets, windowMs: SIGNATURE_WINDOW_MS, maxRemembered: 100_000, now })
+      : undefined;
   const warn = rateLimitedWarn(logger, 10_000, now);
   const addSample = (sample: UsageSample) => {
     ingest.usesReceived += sample.count;
@@ -41,8 +47,18 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   };
   let overflowLogged = 0;
 
-  const onPacket = (packet: string) => {
+  const onPacket = (received: string) => {
     ingest.packets += 1;
+    let packet = received;
+    if (verify) {
+      const verdict = verify(received);
+      if (!verdict.ok) {
+        ingest.rejectedPackets += 1;
+        warn(`rejected_${verdict.reason}`, { reason: verdict.reason, rejectedPackets: ingest.rejectedPackets }, 'dropped a datagram without a valid signature');
+        return;
+      }
+      packet = verdict.body;
+    }
     const result = parsePacket(packet, addSample);
     ingest.lines += result.lines;
     ingest.usageLines += result.usage;
@@ -75,6 +91,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     const gauge = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_collector_${name}`, help, type: 'gauge', value });
     return [
       counter('packets_total', 'UDP datagrams received', ingest.packets),
+      counter('rejected_packets_total', 'Datagrams dropped for a missing, bad, stale or replayed signature', ingest.rejectedPackets),
       counter('lines_total', 'StatsD lines received', ingest.lines),
       counter('usage_lines_total', 'API key usage lines accepted', ingest.usageLines),
       counter('other_lines_total', 'Valid StatsD lines for other metrics, ignored', ingest.otherLines),

@@ -70,6 +70,8 @@ const variables = {
   COLLECTOR_METRICS_HOST: host.default('127.0.0.1'),
   COLLECTOR_METRICS_PORT: portOrZero.default(9102),
   USAGE_RETENTION_DAYS: positiveInt(3650).default(90),
+  USAGE_SIGNING_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  USAGE_SIGNING_PREVIOUS_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
 };
 
 const DEV_PEPPER = 'keyusage-development-pepper-not-for-production-use';
@@ -107,6 +109,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   if (v.NODE_ENV === 'production' && !v.KEY_PEPPER) {
     throw new ConfigError(['KEY_PEPPER: required when NODE_ENV=production']);
   }
+  // Beyond loopback anyone who can reach the port could forge uses of a key whose ids they know.
+  const loopback = v.COLLECTOR_HOST === 'localhost' || v.COLLECTOR_HOST === '::1' || v.COLLECTOR_HOST.startsWith('127.');
+  if (v.NODE_ENV === 'production' && !loopback && !v.USAGE_SIGNING_SECRET) {
+    throw new ConfigError(['USAGE_SIGNING_SECRET: required when NODE_ENV=production and COLLECTOR_HOST is not a loopback address']);
+  }
   return deepFreeze({
     env: v.NODE_ENV,
     logLevel: v.LOG_LEVEL,
@@ -130,6 +137,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       maxEntries: v.USAGE_MAX_ENTRIES,
       collectorHost: v.COLLECTOR_HOST,
       collectorPort: v.COLLECTOR_PORT,
+      signingSecret: v.USAGE_SIGNING_SECRET,
     },
     collector: {
       host: v.COLLECTOR_HOST,
@@ -140,6 +148,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       metricsHost: v.COLLECTOR_METRICS_HOST,
       metricsPort: v.COLLECTOR_METRICS_PORT,
       retentionDays: v.USAGE_RETENTION_DAYS,
+      signingSecrets: [v.USAGE_SIGNING_SECRET, v.USAGE_SIGNING_PREVIOUS_SECRET].filter((secret): secret is string => secret !== undefined),
     },
   });
 }

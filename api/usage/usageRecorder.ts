@@ -29,7 +29,7 @@ export class UsageRecorder {
   readonly stats: UsageRecorderStats = { recordedUses: 0, sentUses: 0, failedUses: 0, datagrams: 0, earlyDrains: 0 };
 
   constructor(
-    private readonly options: { sink: DatagramSink; maxEntries: number; drainIntervalMs: number; logger: Logger },
+    private readonly options: { sink: DatagramSink; maxEntries: number; drainIntervalMs: number; logger: Logger; maxDatagramBytes?: number },
   ) {
     this.warn = rateLimitedWarn(options.logger, 10_000);
   }
@@ -59,7 +59,7 @@ export class UsageRecorder {
     this.pending = new Map();
     const lines = samples.map(encodeUsageLine);
     let offset = 0;
-    for (const datagram of packDatagrams(lines)) {
+    for (const datagram of packDatagrams(lines, this.options.maxDatagramBytes)) {
       const lineCount = countLines(datagram);
       const uses = samples.slice(offset, offset + lineCount).reduce((sum, sample) => sum + sample.count, 0);
       offset += lineCount;

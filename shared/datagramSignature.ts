@@ -1,0 +1,67 @@
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+
+// An optional shared-secret signature on usage datagrams, for a collector that listens beyond
+// loopback (USAGE_SIGNING_SECRET). The signature is the datagram's last line and is itself a valid
+// StatsD counter, so a plain StatsD server counts it as one more metric and ignores it:
+//
+//   keyusage.sig:1|c|#v:1,ts:<unix ms>,n:<16-char nonce>,mac:<HMAC-SHA-256, base64url>
+//
+// The MAC covers the version, the timestamp, the nonce and every byte before the signature line.
+// The collector accepts a datagram once (the nonce is remembered for the window) and only within
+// ±windowMs of its own clock, so a captured datagram cannot be replayed to inflate counts.
+// It authenticates; it does not hide ids or addresses (use a private network or a tunnel for that).
+
+export const SIGNATURE_METRIC = 'keyusage.sig';
+const NONCE_CHARS = 16; // 12 random bytes, base64url
+/** The most a signature line adds to a datagram, its newline included: reserve it when packing. */
+export const SIGNATURE_LINE_BYTES = `\n${SIGNATURE_METRIC}:1|c|#v:1,ts:${'9'.repeat(15)},n:${'n'.repeat(NONCE_CHARS)},mac:${'m'.repeat(43)}`.length;
+const SIGNATURE_LINE = /\nkeyusage\.sig:1\|c\|#v:1,ts:(\d{1,15}),n:([A-Za-z0-9_-]{16}),mac:([A-Za-z0-9_-]{43})$/;
+
+function macOf(secret: string, ts: string, nonce: string, body: Buffer): Buffer {
+  return createHmac('sha256', secret).update(`v1\n${ts}\n${nonce}\n`).update(body).digest();
+}
+
+export function signDatagram(body: string, secret: string, now: number, nonce = randomBytes(12).toString('base64url')): string {
+  const ts = String(Math.floor(now));
+  const mac = macOf(secret, ts, nonce, Buffer.from(body, 'utf8')).toString('base64url');
+  return `${body}\n${SIGNATURE_METRIC}:1|c|#v:1,ts:${ts},n:${nonce},mac:${mac}`;
+}
+
+export type SignatureVerdict =
+  | { ok: true; body: string }
+  | { ok: false; reason: 'unsigned' | 'bad_signature' | 'stale' | 'replayed' | 'replay_cache_full' };
+
+/**
+ * Returns a checker for packets as the receiver decodes them (latin1: one char per byte). Several
+ * secrets may be accepted at once, so the secret can be rotated without a gap.
+ */
+export function datagramVerifier(options: { secrets: readonly string[]; windowMs: number; maxRemembered: number; now: () => number }) {
+  if (options.secrets.length === 0) throw new RangeError('datagramVerifier needs at least one secret');
+  // nonce → forget-after; insertion order is forget-after order, since it is `now` + a constant.
+  const remembered = new Map<string, number>();
+  return (packet: string): SignatureVerdict => {
+    const match = SIGNATURE_LINE.exec(packet);
+    if (!match) return { ok: false, reason: 'unsigned' };
+    const [line, ts, nonce, mac] = match;
+    const body = packet.slice(0, packet.length - line.length);
+    const presented = Buffer.from(mac, 'base64url');
+    const bytes = Buffer.from(body, 'latin1');
+    // Every secret is tried, so the time taken does not say which one matched.
+    let valid = false;
+    for (const secret of options.secrets) {
+      const expected = macOf(secret, ts, nonce, bytes);
+      if (presented.length === expected.length && timingSafeEqual(presented, expected)) valid = true;
+    }
+    if (!valid) return { ok: false, reason: 'bad_signature' };
+    const now = options.now();
+    if (Math.abs(now - Number(ts)) > options.windowMs) return { ok: false, reason: 'stale' };
+    for (const [old, forgetAt] of remembered) {
+      if (forgetAt > now) break;
+      remembered.delete(old);
+    }
+    if (remembered.has(nonce)) return { ok: false, reason: 'replayed' };
+    if (remembered.size >= options.maxRemembered) return { ok: false, reason: 'replay_cache_full' };
+    remembered.set(nonce, now + 2 * options.windowMs);
+    return { ok: true, body };
+  };
+}

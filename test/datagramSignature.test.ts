@@ -1,0 +1,83 @@
+import dgram from 'node:dgram';
+import t from 'tap';
+import { signingSink } from '../api/usage/signingSink';
+import { createStatsdSink } from '../api/usage/statsdSink';
+import { UsageRecorder } from '../api/usage/usageRecorder';
+import { loadConfig } from '../shared/config';
+import { SIGNATURE_LINE_BYTES, datagramVerifier, signDatagram } from '../shared/datagramSignature';
+import { createLogger } from '../shared/logger';
+import { MAX_DATAGRAM_BYTES, encodeUsageLine } from '../shared/usageWire';
+import { seedOrg, startTestApi } from './helpers/api';
+import { startTestCollector, waitFor } from './helpers/collector';
+import { freshDatabase } from './helpers/database';
+
+const SECRET = 'a-shared-usage-signing-secret-of-32+chars';
+const PREVIOUS = 'the-previous-usage-signing-secret-32+chars';
+const BODY = encodeUsageLine({ keyId: '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f', orgId: '9b2d4f6a-1c3e-4a5b-8d7f-6e5d4c3b2a19', ip: '2001:db8::1', outcome: 'ok', count: 3 });
+
+t.test('sign and verify', async (t) => {
+  let now = 1_800_000_000_000;
+  const verify = datagramVerifier({ secrets: [SECRET, PREVIOUS], windowMs: 30_000, maxRemembered: 3, now: () => now });
+  const signed = signDatagram(BODY, SECRET, now);
+  t.ok(signed.length - BODY.length <= SIGNATURE_LINE_BYTES, 'the reserved room is enough');
+  t.same(verify(signed), { ok: true, body: BODY });
+  t.same(verify(signed), { ok: false, reason: 'replayed' }, 'a datagram is accepted once');
+  t.same(verify(BODY), { ok: false, reason: 'unsigned' });
+  t.same(verify(signDatagram(BODY, PREVIOUS, now)), { ok: true, body: BODY }, 'the previous secret, during a rotation');
+  t.same(verify(signDatagram(BODY, 'an-attacker-guess-that-is-32-characters!!', now)), { ok: false, reason: 'bad_signature' });
+  t.same(verify(signDatagram(BODY, SECRET, now).replace(':3|c', ':9|c')), { ok: false, reason: 'bad_signature' }, 'a changed count');
+  t.same(verify(signDatagram(BODY, SECRET, now).replace('2001:db8::1', '2001:db8::2')), { ok: false, reason: 'bad_signature' }, 'a changed ip');
+  t.same(verify(`${BODY}\n${signDatagram(BODY, SECRET, now)}`), { ok: false, reason: 'bad_signature' }, 'lines prepended to a signed datagram');
+  t.same(verify(signDatagram(BODY, SECRET, now - 31_000)), { ok: false, reason: 'stale' });
+  t.same(verify(signDatagram(BODY, SECRET, now + 31_000)), { ok: false, reason: 'stale' });
+  t.same(verify(signDatagram(BODY, SECRET, now)), { ok: true, body: BODY });
+  t.same(verify(signDatagram(BODY, SECRET, now)), { ok: false, reason: 'replay_cache_full' }, 'bounded memory: full means refused, not forgotten');
+  now += 61_000;
+  t.same(verify(signDatagram(BODY, SECRET, now)), { ok: true, body: BODY }, 'nonces are forgotten once their window has passed');
+  t.same(verify(`${BODY}\nkeyusage.sig:1|c|#v:1,ts:1,n:xx,mac:yy`), { ok: false, reason: 'unsigned' }, 'a malformed signature line');
+  t.throws(() => datagramVerifier({ secrets: [], windowMs: 1, maxRemembered: 1, now: Date.now }));
+});
+
+t.test('config: a signing secret is required in production beyond loopback', async (t) => {
+  const production = { NODE_ENV: 'production', KEY_PEPPER: 'p'.repeat(32) };
+  t.doesNotThrow(() => loadConfig(production));
+  t.throws(() => loadConfig({ ...production, COLLECTOR_HOST: '10.0.0.5' }), /USAGE_SIGNING_SECRET/);
+  const config = loadConfig({ ...production, COLLECTOR_HOST: '10.0.0.5', USAGE_SIGNING_SECRET: SECRET, USAGE_SIGNING_PREVIOUS_SECRET: PREVIOUS });
+  t.same(config.collector.signingSecrets, [SECRET, PREVIOUS]);
+  t.equal(config.usage.signingSecret, SECRET);
+});
+
+t.test('a collector with a secret counts signed uses and drops forged, replayed and unsigned datagrams', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000', USAGE_SIGNING_SECRET: SECRET });
+  const captured: string[] = [];
+  const inner = createStatsdSink({ host: '127.0.0.1', port: collector.receiver.port, onError: () => {} });
+  const recorder = new UsageRecorder({
+    sink: signingSink({ send: (d, done) => (captured.push(d), inner.send(d, done)), close: () => inner.close() }, SECRET),
+    maxEntries: 10_000,
+    drainIntervalMs: 50,
+    maxDatagramBytes: MAX_DATAGRAM_BYTES - SIGNATURE_LINE_BYTES,
+    logger: createLogger({ level: 'silent', name: 't' }),
+  });
+  recorder.start();
+  t.teardown(() => recorder.stop());
+  const api = await startTestApi(t, db, { recordUse: recorder.record.bind(recorder) });
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  for (let i = 0; i < 20; i += 1) await api.request('GET', '/api/whoami', { key: adminKey });
+  recorder.drain();
+  await waitFor('the signed datagrams', () => (collector.ingest.usesReceived === 20 ? true : undefined));
+  t.ok(captured.every((d) => Buffer.byteLength(d) <= MAX_DATAGRAM_BYTES), 'signed datagrams still fit 1,432 bytes');
+
+  const socket = dgram.createSocket('udp4');
+  const send = (text: string) => new Promise<void>((resolve) => socket.send(text, collector.receiver.port, '127.0.0.1', () => resolve()));
+  await send(encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip: '203.0.113.1', outcome: 'ok', count: 1000 })); // unsigned forgery
+  await send(captured[0]); // a replay of a captured datagram
+  await send(captured[0].replace(/^apikey\.used:\d+/, 'apikey.used:1000')); // a tampered one
+  await new Promise<void>((resolve) => socket.close(() => resolve()));
+  await waitFor('the forgeries', () => (collector.ingest.rejectedPackets === 3 ? true : undefined));
+  t.ok(await collector.flusher.flush());
+  t.equal((await db('api_key_usage').where({ key_id: adminKeyId }).first()).request_count, 20, 'only the 20 genuine uses');
+  const metrics = await (await fetch(`http://127.0.0.1:${collector.metricsPort}/metrics`)).text();
+  t.match(metrics, /^keyusage_collector_rejected_packets_total 3$/m);
+  t.ok(collector.logLines.some((l) => l.includes('dropped a datagram without a valid signature')));
+});
