@@ -1,9 +1,9 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import { freeTcpPort } from '../shared/freePort';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createServer } from 'node:net';
 import t, { type Test } from 'tap';
 import { UNAUTHORIZED_MESSAGE } from '../api/errors';
 import { SCOPES } from '../api/keys/scopes';
@@ -357,20 +357,9 @@ t.test('main: wiring to DATABASE_URL', async (t) => {
   t.match(down.err.join('\n'), /^error: .*ECONNREFUSED/, 'an unreachable database is an error, not a crash');
 });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
-
 t.test('main: the embedded PostgreSQL, started and stopped only when the CLI started it', async (t) => {
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-cli-'));
-  const env = { EMBEDDED_PG_DIR: path.join(scratch, 'pg'), EMBEDDED_PG_PORT: String(await freePort()) };
+  const env = { EMBEDDED_PG_DIR: path.join(scratch, 'pg'), EMBEDDED_PG_PORT: String(await freeTcpPort()) };
   let cluster: ReturnType<typeof startLocalPostgres> | undefined;
   t.teardown(() => {
     if (embeddedClusterRunning(env.EMBEDDED_PG_DIR)) (cluster ?? startLocalPostgres({ dataDir: env.EMBEDDED_PG_DIR, port: Number(env.EMBEDDED_PG_PORT) })).stop();

@@ -1,8 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer } from 'node:net';
-import dgram from 'node:dgram';
 import path from 'node:path';
+import { freeTcpPort, freeUdpPort } from '../shared/freePort';
 import t, { type Test } from 'tap';
 import { insertOrganization } from '../api/orgs/orgs.repository';
 import { createApiKeysService } from '../api/keys/apiKeys.service';
@@ -11,24 +10,6 @@ import { freshDatabase } from './helpers/database';
 import { waitFor } from './helpers/collector';
 
 const ROOT = path.resolve(__dirname, '..');
-
-function freeTcpPort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-function freeUdpPort(): Promise<number> {
-  return new Promise((resolve) => {
-    const socket = dgram.createSocket('udp4').bind(0, '127.0.0.1', () => {
-      const { port } = socket.address();
-      socket.close(() => resolve(port));
-    });
-  });
-}
 
 // Started as the Procfile starts them, as separate processes configured by env only. They run
 // with this test's own TypeScript loader (process.execArgv) rather than tsx, so their coverage

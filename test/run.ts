@@ -1,25 +1,14 @@
 import { spawn } from 'node:child_process';
+import { freeTcpPort } from '../shared/freePort';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createServer } from 'node:net';
 import { createDb, migrateLatest } from '../shared/db';
 import { startLocalPostgres, type LocalPostgres } from '../shared/localPostgres';
 import { TEMPLATE_DATABASE } from './helpers/database';
 
 // `npm test`: uses DATABASE_URL when set, else starts a throwaway PostgreSQL; migrates a template
 // database once; runs tap with the given arguments; stops the server it started.
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 async function prepareTemplate(adminUrl: string) {
   const admin = createDb(adminUrl, { poolMax: 1 });
@@ -39,7 +28,7 @@ async function main() {
   let adminUrl = process.env.DATABASE_URL;
   if (!adminUrl) {
     scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-test-'));
-    local = startLocalPostgres({ dataDir: path.join(scratch, 'pg'), port: await freePort() });
+    local = startLocalPostgres({ dataDir: path.join(scratch, 'pg'), port: await freeTcpPort() });
     adminUrl = local.url;
     console.log(`# throwaway PostgreSQL at 127.0.0.1:${new URL(adminUrl).port} (${scratch})`);
   }

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { freeTcpPort, freeUdpPort } from '../shared/freePort';
 import t, { type Test } from 'tap';
 import { findApiKeyById } from '../api/keys/apiKeys.repository';
 import { parsePresentedKey, secretMatches } from '../api/keys/keyMaterial';
@@ -26,28 +27,6 @@ const pgDir = path.join(scratch, 'pg');
 t.teardown(() => fs.rmSync(scratch, { recursive: true, force: true }));
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-function freeTcpPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-function freeUdpPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const socket = dgram.createSocket('udp4');
-    socket.once('error', reject);
-    socket.bind(0, '127.0.0.1', () => {
-      const { port } = socket.address();
-      socket.close(() => resolve(port));
-    });
-  });
-}
 
 async function freePorts() {
   const ports = new Set<number>();

@@ -16,6 +16,7 @@ import { createApiKeysService } from '../../api/keys/apiKeys.service';
 import { insertOrganization } from '../../api/orgs/orgs.repository';
 import type { DatagramSink } from '../../api/usage/usageRecorder';
 import { loadConfig } from '../../shared/config';
+import { freeTcpPort, freeUdpPort } from '../../shared/freePort';
 import type { Db } from '../../shared/db';
 import { OUTCOMES, encodeUsageLine, packDatagrams, parsePacket, type Outcome, type UsageSample } from '../../shared/usageWire';
 import { waitFor } from './collector';
@@ -28,27 +29,7 @@ export const LONG = process.env.FAULTS_LONG === '1';
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-export function freeTcpPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-export function freeUdpPort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const socket = dgram.createSocket('udp4');
-    socket.once('error', reject);
-    socket.bind(0, '127.0.0.1', () => {
-      const { port } = socket.address();
-      socket.close(() => resolve(port));
-    });
-  });
-}
+export { freeTcpPort, freeUdpPort };
 
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL through a proxy
