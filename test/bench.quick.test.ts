@@ -2,7 +2,6 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import t from 'tap';
 import { HEADINGS } from '../bench/headings';
-import { adminDatabaseUrl } from './helpers/database';
 
 // Keeps `npm run bench` from rotting: the quick mode runs every benchmark end to end (servers,
 // collectors, Etsy statsd, PostgreSQL) and must exit 0 having printed every table. Nothing here
@@ -13,10 +12,14 @@ const ROOT = path.resolve(__dirname, '..');
 const LIMIT_MS = 200_000;
 
 t.test('bench/run.ts --quick runs every benchmark and prints every table', async (t) => {
+  // Set by test/run.ts (`npm test`); read here rather than through helpers/database so that this
+  // file loads nothing of the project but the headings.
+  const adminUrl = process.env.TEST_ADMIN_DATABASE_URL;
+  if (!adminUrl) throw new Error('TEST_ADMIN_DATABASE_URL is not set: run tests through `npm test -- <file>`');
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     // The bench creates (and drops) its own database through this admin connection.
-    DATABASE_URL: adminDatabaseUrl(),
+    DATABASE_URL: adminUrl,
     // The benchmark's processes are not tests: leave them out of the coverage report rather than
     // let a smoke run inflate (collector, api) or dilute (bench/) the project's figures.
     _TAPJS_PROCESSINFO_COVERAGE_: '0',

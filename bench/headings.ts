@@ -1,0 +1,13 @@
+// One heading per table `npm run bench` prints; test/bench.quick.test.ts checks that each appears.
+export const HEADINGS = {
+  auth: '1. Auth path: req/s and server CPU per request (tracking off / on / naive UPDATE / hot-shots per request)',
+  hook: '2. Usage hook cost inside the running server',
+  ingest: '3. Collector ingest: our collector vs Etsy statsd 0.9.0',
+  parse: '3b. Parse + aggregate in process (one core)',
+  flush: '4. Flush: time and SQL statements per flush',
+  endpoint: '5. Usage endpoint: latency and query plan',
+  staleness: '6. Staleness: request to visible in the usage endpoint',
+} as const;
+
+export type BenchName = 'auth' | 'hook' | 'ingest' | 'flush' | 'endpoint' | 'staleness';
+export const BENCH_NAMES: readonly BenchName[] = ['auth', 'hook', 'ingest', 'flush', 'endpoint', 'staleness'];

@@ -1,0 +1,374 @@
+import { performance } from 'node:perf_hooks';
+import { Aggregator } from '../collector/aggregator';
+import { parsePacket, type UsageSample } from '../shared/usageWire';
+import { HEADINGS } from './headings';
+import type { BenchContext } from './lib/context';
+import { createOrg, insertKeys } from './lib/database';
+import { startCollectorProcess } from './lib/processes';
+import { ipcRequest, processCpuSeconds, processMemory, sleep, spawnTsx, stopChild, udpCounters, waitForMessage, type Child } from './lib/procs';
+import { fmt, type BenchResult } from './lib/report';
+import { startStatsd, statsdVersion } from './lib/statsd';
+import { median } from './lib/stats';
+import { buildDatagrams, type IngestKey, type IngestMode } from './lib/usageLines';
+
+// Benchmark 3. A sender process offers a fixed number of usage lines over K keys at a paced rate
+// to one receiver at a time: our collector (collector/main.ts, real PostgreSQL behind it), Etsy's
+// statsd 0.9.0, and a bare Node receive loop (bench/udpReceiver.ts) that marks what one Node
+// socket can take at all. Each run gets a fresh receiver process (in --quick one per format), so
+// CPU and peak RSS are its own. Then 3b: the collector's parse + aggregate code alone, in process.
+
+const TARGETS = ['collector', 'statsd', 'node-loop'] as const;
+type TargetName = (typeof TARGETS)[number];
+const TARGET_LABELS: Record<TargetName, string> = {
+  collector: 'our collector',
+  statsd: 'Etsy statsd 0.9.0',
+  'node-loop': 'bare Node receive loop (bench)',
+};
+
+interface Plan {
+  keys: number;
+  durationSec: number;
+  rates: Record<IngestMode, number[]>;
+  freshProcessPerRun: boolean;
+  parseLines: number;
+  parseReps: number;
+}
+
+const FULL: Plan = {
+  keys: 1000,
+  durationSec: 10,
+  rates: { packed: [100_000, 200_000, 400_000, 800_000], single: [50_000, 100_000, 200_000] },
+  freshProcessPerRun: true,
+  parseLines: 1_000_000,
+  parseReps: 5,
+};
+const QUICK: Plan = {
+  keys: 1000,
+  durationSec: 0.3,
+  rates: { packed: [50_000], single: [20_000] },
+  freshProcessPerRun: false,
+  parseLines: 100_000,
+  parseReps: 2,
+};
+
+interface Target {
+  name: TargetName;
+  pid: number;
+  port: number;
+  recvBufferBytes: number | null;
+  received(): Promise<number>;
+  /** Collector only: resolves once everything it received has been written (or 30 s passed). */
+  waitPersisted?(): Promise<void>;
+  stop(): Promise<number | null>;
+}
+
+interface Run {
+  target: TargetName;
+  mode: IngestMode;
+  offeredRate: number;
+  sentLines: number;
+  failedLines: number;
+  achievedRate: number;
+  sendElapsedMs: number;
+  senderCpuSec: number;
+  received: number;
+  persisted: number | null;
+  rcvbufErrors: number;
+  inErrors: number;
+  cpuSec: number;
+  rssBefore: number;
+  peakRss: number;
+  exitCode: number | null;
+  recvBufferBytes: number | null;
+}
+
+export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
+  const plan = ctx.quick ? QUICK : FULL;
+  const orgId = await createOrg(ctx.db, 'bench-ingest');
+  const keys: IngestKey[] = (await insertKeys(ctx.db, orgId, plan.keys, 'ingest-')).map((keyId) => ({ keyId, orgId }));
+  const persistedInDb = async () => Number((await ctx.db('api_key_usage').where({ org_id: orgId }).sum({ n: 'request_count' }))[0].n ?? 0);
+
+  const startTarget = async (name: TargetName): Promise<Target> => {
+    if (name === 'collector') {
+      const collector = await startCollectorProcess(ctx.databaseUrl);
+      const metrics = await collector.metrics();
+      return {
+        name,
+        pid: collector.child.proc.pid!,
+        port: collector.udpPort,
+        recvBufferBytes: metrics.recv_buffer_bytes,
+        received: async () => (await collector.metrics()).lines_total,
+        waitPersisted: async () => {
+          const deadline = Date.now() + 30_000;
+          for (;;) {
+            const m = await collector.metrics();
+            if (m.uses_persisted_total + m.unknown_uses_total + m.overflow_uses_total >= m.uses_received_total || Date.now() > deadline) return;
+            await sleep(100);
+          }
+        },
+        stop: () => stopChild(collector.child),
+      };
+    }
+    if (name === 'statsd') {
+      const statsd = await startStatsd();
+      return {
+        name,
+        pid: statsd.child.proc.pid!,
+        port: statsd.udpPort,
+        recvBufferBytes: null,
+        received: async () => (await statsd.received()).lines,
+        stop: async () => {
+          const code = await stopChild(statsd.child, 5000);
+          statsd.cleanup();
+          return code;
+        },
+      };
+    }
+    const child = spawnTsx('node-loop', 'bench/udpReceiver.ts', { ipc: true });
+    const ready = await waitForMessage<{ port: number; recvBufferBytes: number }>(child, (m) => m?.ready === true);
+    return {
+      name,
+      pid: child.proc.pid!,
+      port: ready.port,
+      recvBufferBytes: ready.recvBufferBytes,
+      received: async () => (await ipcRequest<{ lines: number }>(child, { cmd: 'stats' })).lines,
+      stop: () => stopChild(child, 5000),
+    };
+  };
+
+  const sender = spawnTsx('udp-sender', 'bench/udpSender.ts', { ipc: true });
+  const runs: Run[] = [];
+  const live = new Set<Target>();
+  try {
+    await waitForMessage(sender, (m) => m?.ready === true);
+    for (const mode of ['packed', 'single'] as const) {
+      const prepared = await ipcRequest<{ datagrams: number; lines: number; bytes: number }>(sender, { cmd: 'prepare', keys, mode });
+      ctx.log(`ingest: ${mode}: ${prepared.lines} distinct lines in ${prepared.datagrams} datagrams (${(prepared.lines / prepared.datagrams).toFixed(1)} lines each)`);
+      const reused = new Map<TargetName, Target>();
+      for (const [i, rate] of plan.rates[mode].entries()) {
+        // Rotate the order so no receiver always runs right after the same one.
+        const order = TARGETS.map((_, j) => TARGETS[(i + j) % TARGETS.length]);
+        for (const name of order) {
+          let target = reused.get(name);
+          if (!target) {
+            target = await startTarget(name);
+            live.add(target);
+            if (!plan.freshProcessPerRun) reused.set(name, target);
+          }
+          const dbBefore = await persistedInDb();
+          const run = await oneRun(ctx, sender, target, mode, rate, plan.durationSec);
+          runs.push(run);
+          if (plan.freshProcessPerRun) {
+            // SIGTERM: the collector stops receiving, flushes what it holds and exits.
+            run.exitCode = await target.stop();
+            live.delete(target);
+          } else {
+            await target.waitPersisted?.();
+          }
+          if (target.name === 'collector') run.persisted = (await persistedInDb()) - dbBefore;
+        }
+      }
+      for (const target of reused.values()) {
+        const code = await target.stop();
+        live.delete(target);
+        const last = [...runs].reverse().find((r) => r.target === target.name && r.mode === mode);
+        if (last) last.exitCode = code;
+      }
+    }
+  } finally {
+    await Promise.all([...live].map((t) => t.stop()));
+    await stopChild(sender, 5000);
+  }
+  return [ingestTable(runs, plan), parseAggregate(keys, plan)];
+}
+
+async function oneRun(ctx: BenchContext, sender: Child, target: Target, mode: IngestMode, rate: number, durationSec: number): Promise<Run> {
+  const receivedBefore = await target.received();
+  const snmpBefore = udpCounters();
+  const cpuBefore = processCpuSeconds(target.pid);
+  const rssBefore = processMemory(target.pid).rss;
+  const sent = await ipcRequest<{ sentLines: number; failedLines: number; achievedLinesPerSec: number; elapsedMs: number; senderCpuSec: number }>(
+    sender,
+    { cmd: 'send', port: target.port, rate, durationSec },
+    durationSec * 1000 * 10 + 60_000,
+  );
+  // The receiver may still be working through its socket buffer: wait until its count stops moving.
+  let received = (await target.received()) - receivedBefore;
+  for (let stable = 0, polls = 0; stable < 3 && received < sent.sentLines && polls < 200; polls++) {
+    await sleep(100);
+    const now = (await target.received()) - receivedBefore;
+    stable = now === received ? stable + 1 : 0;
+    received = now;
+  }
+  const cpuSec = processCpuSeconds(target.pid) - cpuBefore;
+  const { peakRss } = processMemory(target.pid);
+  const snmpAfter = udpCounters();
+  ctx.log(
+    `ingest: ${TARGET_LABELS[target.name]}, ${mode}, ${fmt.int(rate)} lines/s offered: sent ${fmt.int(sent.sentLines)} at ${fmt.int(sent.achievedLinesPerSec)}/s, received ${fmt.int(received)}`,
+  );
+  return {
+    target: target.name,
+    mode,
+    offeredRate: rate,
+    sentLines: sent.sentLines,
+    failedLines: sent.failedLines,
+    achievedRate: sent.achievedLinesPerSec,
+    sendElapsedMs: sent.elapsedMs,
+    senderCpuSec: sent.senderCpuSec,
+    received,
+    persisted: null,
+    rcvbufErrors: snmpAfter.RcvbufErrors - snmpBefore.RcvbufErrors,
+    inErrors: snmpAfter.InErrors - snmpBefore.InErrors,
+    cpuSec,
+    rssBefore,
+    peakRss,
+    exitCode: null,
+    recvBufferBytes: target.recvBufferBytes,
+  };
+}
+
+function ingestTable(runs: Run[], plan: Plan): BenchResult {
+  const rows = runs.map((r) => [
+    TARGET_LABELS[r.target],
+    r.mode === 'packed' ? 'packed ≤ 1432 B' : 'one line per datagram',
+    fmt.int(r.offeredRate),
+    fmt.int(r.achievedRate),
+    `${fmt.fixed(r.senderCpuSec, 2)} s`,
+    fmt.int(r.sentLines),
+    fmt.int(r.received),
+    `${fmt.int(r.sentLines - r.received)} (${fmt.pct((r.sentLines - r.received) / r.sentLines)})`,
+    r.persisted === null ? '–' : fmt.int(r.persisted),
+    fmt.int(r.rcvbufErrors),
+    fmt.int(r.received / (r.sendElapsedMs / 1000)),
+    `${fmt.fixed(r.cpuSec, 2)} s (${fmt.fixed((r.cpuSec / r.received) * 1e6, 2)} µs/line)`,
+    `${fmt.mib(r.rssBefore)} → ${fmt.mib(r.peakRss)}`,
+  ]);
+
+  const find = (target: TargetName, mode: IngestMode, rate: number) => runs.find((r) => r.target === target && r.mode === mode && r.offeredRate === rate);
+  const packedRates = plan.rates.packed;
+  const comparison = packedRates.map((rate) => {
+    const ours = find('collector', 'packed', rate);
+    const theirs = find('statsd', 'packed', rate);
+    const loop = find('node-loop', 'packed', rate);
+    return [
+      fmt.int(rate),
+      ours ? fmt.pct(ours.received / ours.sentLines) : 'n/a',
+      theirs ? fmt.pct(theirs.received / theirs.sentLines) : 'n/a',
+      loop ? fmt.pct(loop.received / loop.sentLines) : 'n/a',
+      ours && theirs ? `${fmt.fixed(ours.received / theirs.received, 2)} × (lines); ${fmt.fixed(ours.received / ours.sentLines / (theirs.received / theirs.sentLines), 2)} × (fraction)` : 'n/a',
+    ];
+  });
+
+  const target400 = find('collector', 'packed', 400_000);
+  const statsd400 = find('statsd', 'packed', 400_000);
+  const best = (target: TargetName) => {
+    // The highest offered rate this receiver took without losing a line (packed stream).
+    const clean = runs.filter((r) => r.target === target && r.mode === 'packed' && r.received >= r.sentLines);
+    return clean.length ? Math.max(...clean.map((r) => r.achievedRate)) : 0;
+  };
+  const lossFree = (rate: number) => (rate > 0 ? `${fmt.int(rate)} lines/s` : 'none of the rates tried');
+  const statsdMax = Math.max(0, ...runs.filter((r) => r.target === 'statsd' && r.mode === 'packed').map((r) => r.received / (r.sendElapsedMs / 1000)));
+  const oursMax = Math.max(0, ...runs.filter((r) => r.target === 'collector' && r.mode === 'packed').map((r) => r.received / (r.sendElapsedMs / 1000)));
+  const notes: string[] = [];
+  if (target400) {
+    const lost = target400.sentLines - target400.received;
+    const persistedOk = target400.persisted === target400.received;
+    notes.push(
+      `Target 0 lines lost at 400,000 lines/s for ${plan.durationSec} s (packed): ${fmt.verdict(lost === 0 && target400.achievedRate >= 0.97 * 400_000)} — ${fmt.int(lost)} lost of ${fmt.int(target400.sentLines)} sent at ${fmt.int(target400.achievedRate)} lines/s; ${fmt.int(target400.persisted ?? NaN)} persisted${persistedOk ? ' (all received)' : ''}.`,
+    );
+  }
+  if (target400 && statsd400) {
+    const top = Math.max(...packedRates);
+    const oursTop = find('collector', 'packed', top);
+    const statsdTop = find('statsd', 'packed', top);
+    const ratioTop = oursTop && statsdTop ? oursTop.received / statsdTop.received : NaN;
+    notes.push(
+      `Target ≥ 2.5 × statsd's received lines on the same stream: ${fmt.verdict(ratioTop >= 2.5)} — ${fmt.fixed(target400.received / statsd400.received, 2)} × at 400 k lines/s, ${fmt.fixed(ratioTop, 2)} × at ${fmt.int(top)} lines/s. ` +
+        `On one stream the ratio cannot exceed 1 / (statsd's received fraction). Highest loss-free packed rate tried: ours ${lossFree(best('collector'))}, statsd ${lossFree(best('statsd'))}; most accepted per second: ours ${fmt.int(oursMax)}, statsd ${fmt.int(statsdMax)} (${fmt.fixed(oursMax / statsdMax, 2)} ×).`,
+    );
+  }
+  const exits = runs.filter((r) => r.target === 'collector' && r.exitCode !== null);
+  if (exits.length > 0) {
+    notes.push(`Collector SIGTERM exits (final flush): ${exits.every((r) => r.exitCode === 0) ? 'all 0' : exits.map((r) => r.exitCode).join(', ')}.`);
+  }
+  const recv = runs.find((r) => r.target === 'collector')?.recvBufferBytes;
+  notes.push(
+    `Receive buffers: our collector asks for 8 MiB and the kernel granted ${fmt.mib(recv ?? NaN)} (SO_RCVBUF is capped at net.core.rmem_max and reported doubled); statsd ${statsdVersion()} does not set one, so it gets rmem_default. Kernel drops are the system-wide /proc/net/snmp Udp RcvbufErrors delta over the run.`,
+    'Sender and receiver share this machine\'s cores (and the collector\'s PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. "accepted lines/s" = received lines / send duration. CPU is the receiver process\'s user + system time from /proc over the send and drain; RSS is VmRSS before the run and VmHWM (peak) after.',
+  );
+  return {
+    heading: HEADINGS.ingest,
+    tables: [
+      {
+        title: `${fmt.int(plan.durationSec * 1000)} ms per run, ${plan.keys} keys × 3 client IPs, one use per line; a fresh receiver process per run${plan.freshProcessPerRun ? '' : ' (quick mode: one per format)'}`,
+        columns: ['receiver', 'format', 'offered lines/s', 'sent lines/s', 'sender CPU', 'sent', 'received', 'lost', 'persisted', 'kernel RcvbufErrors (datagrams)', 'accepted lines/s', 'receiver CPU', 'RSS before → peak'],
+        rows,
+      },
+      {
+        title: 'Same packed stream, side by side: fraction of sent lines received',
+        columns: ['offered lines/s', 'our collector', 'Etsy statsd', 'bare Node loop', 'ours / statsd'],
+        rows: comparison,
+      },
+    ],
+    notes,
+    raw: { plan, runs },
+  };
+}
+
+// 3b: the collector's per-datagram work alone, on pre-built datagrams: Buffer → latin1 string
+// (what the receiver does), parsePacket, and the same addSample the collector wires up.
+function parseAggregate(keys: IngestKey[], plan: Plan): BenchResult {
+  const results: Record<string, number[]> = {};
+  const rows: Array<Array<string | number>> = [];
+  for (const mode of ['packed', 'single'] as const) {
+    const { datagrams } = buildDatagrams(keys, mode);
+    for (const stage of ['parse + aggregate', 'parse only'] as const) {
+      const rates: number[] = [];
+      for (let rep = 0; rep < plan.parseReps + 1; rep++) {
+        const aggregator = new Aggregator({ maxKeys: 100_000, now: Date.now });
+        const ingest = { usesReceived: 0 };
+        const addSample =
+          stage === 'parse only'
+            ? (sample: UsageSample) => {
+                ingest.usesReceived += sample.count;
+              }
+            : (sample: UsageSample) => {
+                ingest.usesReceived += sample.count;
+                aggregator.add(sample);
+              };
+        let lines = 0;
+        let i = 0;
+        const started = performance.now();
+        while (lines < plan.parseLines) {
+          const result = parsePacket(datagrams[i].toString('latin1'), addSample);
+          lines += result.lines;
+          i = (i + 1) % datagrams.length;
+        }
+        const seconds = (performance.now() - started) / 1000;
+        if (ingest.usesReceived !== lines) throw new Error(`parse benchmark lost uses: ${ingest.usesReceived} of ${lines}`);
+        if (rep > 0) rates.push(lines / seconds); // the first pass warms the JIT up
+      }
+      results[`${mode}/${stage}`] = rates;
+      rows.push([
+        mode === 'packed' ? 'packed ≤ 1432 B' : 'one line per datagram',
+        stage,
+        fmt.int(median(rates)),
+        `${fmt.int(Math.min(...rates))} – ${fmt.int(Math.max(...rates))}`,
+        fmt.fixed(1e9 / median(rates), 0) + ' ns',
+      ]);
+    }
+  }
+  const headline = median(results['packed/parse + aggregate']);
+  return {
+    heading: HEADINGS.parse,
+    tables: [
+      {
+        title: `${fmt.int(plan.parseLines)} lines per pass, ${plan.parseReps} passes after a warm-up pass, in the benchmark process`,
+        columns: ['format', 'stage', 'lines/s (median)', 'range', 'per line'],
+        rows,
+      },
+    ],
+    notes: [`Target ≥ 1,000,000 lines/s on one core for parse + aggregate: ${fmt.verdict(headline >= 1_000_000)} (${fmt.int(headline)} lines/s on the packed stream).`],
+    raw: { plan: { parseLines: plan.parseLines, parseReps: plan.parseReps }, results },
+  };
+}

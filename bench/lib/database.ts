@@ -1,0 +1,114 @@
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { insertApiKey } from '../../api/keys/apiKeys.repository';
+import { generateKeyMaterial } from '../../api/keys/keyMaterial';
+import type { Scope } from '../../api/keys/scopes';
+import { insertOrganization } from '../../api/orgs/orgs.repository';
+import { createDb, migrateLatest, type Db } from '../../shared/db';
+import { startLocalPostgres, type LocalPostgres } from '../../shared/localPostgres';
+import { freeTcpPort } from './procs';
+
+// The benchmarks write hundreds of thousands of rows, so they never touch an existing database:
+// a fresh one is created (from DATABASE_URL, or in a throwaway local cluster), migrated, and
+// dropped at the end.
+
+export interface BenchDatabase {
+  url: string;
+  db: Db;
+  local: boolean;
+  close(): Promise<void>;
+  /** For signals: stop the throwaway cluster (if any) at once, without waiting on connections. */
+  abandon(): void;
+}
+
+export async function openBenchDatabase(log: (line: string) => void): Promise<BenchDatabase> {
+  let local: LocalPostgres | undefined;
+  let scratch: string | undefined;
+  let adminUrl = process.env.DATABASE_URL;
+  if (!adminUrl) {
+    scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-bench-'));
+    local = startLocalPostgres({ dataDir: path.join(scratch, 'pg'), port: await freeTcpPort() });
+    adminUrl = local.url;
+    log(`throwaway PostgreSQL at 127.0.0.1:${new URL(adminUrl).port} (${scratch})`);
+  }
+  const name = `keyusage_bench_${process.pid}_${randomBytes(3).toString('hex')}`;
+  const admin = createDb(adminUrl, { poolMax: 1, applicationName: 'keyusage-bench-admin' });
+  try {
+    await admin.raw(`create database ${name}`);
+  } catch (error) {
+    await admin.destroy();
+    local?.stop();
+    throw new Error(`could not create the benchmark database ${name} (the DATABASE_URL role needs CREATEDB): ${(error as Error).message}`);
+  }
+  let removed = false;
+  const removeLocal = () => {
+    if (removed) return;
+    removed = true;
+    local?.stop();
+    if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
+  };
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  const db = createDb(url.toString(), { poolMax: 4, applicationName: 'keyusage-bench' });
+  await migrateLatest(db);
+  log(`benchmark database ${name}`);
+  return {
+    url: url.toString(),
+    db,
+    local: local !== undefined,
+    async close() {
+      await db.destroy();
+      await admin.raw(`drop database if exists ${name} with (force)`).catch(() => undefined);
+      await admin.destroy();
+      removeLocal();
+    },
+    abandon() {
+      try {
+        removeLocal();
+      } catch {
+        // Best effort on the way out.
+      }
+    },
+  };
+}
+
+export async function createOrg(db: Db, name: string): Promise<string> {
+  return (await insertOrganization(db, name)).id;
+}
+
+/**
+ * `count` keys in one statement (generate_series). Their secrets are unknown (a hash of nothing
+ * anyone holds): these keys exist for the collector's join and the usage listing, not to call the
+ * API. Created one second apart, oldest first; returns their ids in that order.
+ */
+export async function insertKeys(db: Db, orgId: string, count: number, namePrefix: string): Promise<string[]> {
+  const result = await db.raw(
+    `insert into api_keys (id, org_id, name, display_prefix, secret_hash, scopes, created_at)
+     select g.id, :orgId, :prefix || g.i, 'ku_' || substr(replace(cast(g.id as text), '-', ''), 1, 8),
+            decode(md5(cast(g.id as text)), 'hex'), cast('{keys:read}' as text[]),
+            now() - make_interval(secs => :count - g.i)
+       from (select gen_random_uuid() as id, i from generate_series(1, cast(:count as int)) as i) g
+     returning id, created_at`,
+    { orgId, prefix: namePrefix, count },
+  );
+  return (result.rows as Array<{ id: string; created_at: Date }>)
+    .sort((a, b) => a.created_at.getTime() - b.created_at.getTime())
+    .map((row) => row.id);
+}
+
+/** A key whose plaintext we hold, made the way the service makes them, for calling the API. */
+export async function createCallableKey(db: Db, orgId: string, pepper: string, name: string, scopes: Scope[]) {
+  const material = generateKeyMaterial(pepper);
+  await insertApiKey(db, {
+    id: material.keyId,
+    orgId,
+    name,
+    displayPrefix: material.displayPrefix,
+    secretHash: material.secretHash,
+    scopes,
+    expiresAt: null,
+  });
+  return { keyId: material.keyId, plaintext: material.plaintext };
+}

@@ -1,0 +1,75 @@
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { freeTcpPort, freeUdpPort, spawnProcess, waitUntil, type Child } from './procs';
+
+// Etsy's statsd daemon (npm `statsd`, pinned by the lockfile), run as shipped: `node stats.js
+// <config>`. Bound to 127.0.0.1 with no backends and a one-hour flush interval, so its
+// `statsd.metrics_received` counter (read over the management port) counts every line it parsed
+// during a run.
+
+export interface StatsdProcess {
+  child: Child;
+  udpPort: number;
+  mgmtPort: number;
+  received(): Promise<{ lines: number; datagrams: number; badLines: number }>;
+  cleanup(): void;
+}
+
+export function statsdScript(): string {
+  return path.join(path.dirname(require.resolve('statsd/package.json')), 'stats.js');
+}
+
+export function statsdVersion(): string {
+  return (JSON.parse(fs.readFileSync(path.join(path.dirname(statsdScript()), 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+export function mgmtCommand(port: number, command: string, timeoutMs = 5000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let text = '';
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`statsd management port: no answer to "${command}" within ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.setEncoding('utf8');
+    socket.on('connect', () => socket.write(`${command}\n`));
+    socket.on('data', (chunk: string) => {
+      text += chunk;
+      if (/END\n\n$|^health: \w+\n$/.test(text)) {
+        clearTimeout(timer);
+        socket.end();
+        resolve(text);
+      }
+    });
+    socket.on('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+  });
+}
+
+export async function startStatsd(): Promise<StatsdProcess> {
+  const udpPort = await freeUdpPort();
+  const mgmtPort = await freeTcpPort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-bench-statsd-'));
+  const configFile = path.join(dir, 'config.js');
+  fs.writeFileSync(
+    configFile,
+    `{ address: "127.0.0.1", port: ${udpPort}, mgmt_address: "127.0.0.1", mgmt_port: ${mgmtPort}, backends: [], flushInterval: 3600000 }\n`,
+  );
+  const child = spawnProcess('statsd', [statsdScript(), configFile]);
+  await waitUntil('statsd to answer on its management port', async () => ((await mgmtCommand(mgmtPort, 'health', 1000)).includes('up') ? true : undefined), 20_000, 50);
+  return {
+    child,
+    udpPort,
+    mgmtPort,
+    async received() {
+      const text = await mgmtCommand(mgmtPort, 'counters');
+      const read = (name: string) => Number(new RegExp(`'statsd\\.${name}': (\\d+)`).exec(text)?.[1] ?? NaN);
+      return { lines: read('metrics_received'), datagrams: read('packets_received'), badLines: read('bad_lines_seen') };
+    },
+    cleanup: () => fs.rmSync(dir, { recursive: true, force: true }),
+  };
+}
