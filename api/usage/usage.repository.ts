@@ -43,50 +43,55 @@ export interface UsageQuery {
   offset: number;
 }
 
-const SORT_COLUMNS: Record<UsageSort, string> = {
-  createdAt: 'k.created_at',
-  lastUsedAt: 'u.last_used_at',
-  requestCount: 'coalesce(u.request_count, 0)',
+// Each sort as an expression over the page query's columns (inner) and over the page (outer).
+const SORT_COLUMNS: Record<UsageSort, { inner: string; outer: string }> = {
+  createdAt: { inner: 'k.created_at', outer: 'p.created_at' },
+  lastUsedAt: { inner: 'u.last_used_at', outer: 'p.last_used_at' },
+  requestCount: { inner: 'coalesce(u.request_count, 0)', outer: 'p.request_count' },
 };
 
 const outcomeColumns = OUTCOMES.map((outcome) => `coalesce(u.${outcome}_count, 0) as ${outcome}_count`).join(', ');
 
-// One statement per page: windows come from the hourly buckets and recent IPs from their own
-// table through LATERAL joins, so the cost does not grow with one query per key.
+// One statement per page. The page is chosen first (filter, sort, limit over api_keys and
+// api_key_usage only); the windows from the hourly buckets and the recent IPs are then joined
+// through LATERAL to those rows alone, so the cost follows the page size, not the org's key count.
 export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: KeyUsageRecord[]; total: number }> {
   const dormantFilter = query.dormantBefore ? 'and (u.last_used_at is null or u.last_used_at < :dormantBefore)' : '';
   const bindings = { orgId: query.orgId, now: query.now, dormantBefore: query.dormantBefore, limit: query.limit, offset: query.offset };
   const direction = query.order === 'asc' ? 'asc nulls first' : 'desc nulls last';
+  const sort = SORT_COLUMNS[query.sort];
+  const keysOfOrg = `from api_keys k
+         left join api_key_usage u on u.key_id = k.id and u.org_id = k.org_id
+        where k.org_id = :orgId ${dormantFilter}`;
   const [rows, count] = await Promise.all([
     db.raw(
-      `select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
-              u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
+      `select p.*,
               cast(coalesce(w.last_24h, 0) as bigint) as last_24h, cast(coalesce(w.last_7d, 0) as bigint) as last_7d,
               cast(coalesce(w.last_30d, 0) as bigint) as last_30d,
               coalesce(ips.recent_ips, cast('[]' as json)) as recent_ips
-         from api_keys k
-         left join api_key_usage u on u.key_id = k.id
+         from (
+           select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
+                  u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns}
+             ${keysOfOrg}
+            order by ${sort.inner} ${direction}, k.id
+            limit :limit offset :offset
+         ) p
          left join lateral (
            select sum(h.request_count) filter (where h.hour > cast(:now as timestamptz) - interval '24 hours') as last_24h,
                   sum(h.request_count) filter (where h.hour > cast(:now as timestamptz) - interval '7 days') as last_7d,
                   sum(h.request_count) as last_30d
              from api_key_usage_hourly h
-            where h.key_id = k.id and h.hour > cast(:now as timestamptz) - interval '30 days'
+            where h.key_id = p.id and h.hour > cast(:now as timestamptz) - interval '30 days'
          ) w on true
          left join lateral (
            select json_agg(json_build_object('ip', r.ip, 'firstSeen', r.first_seen, 'lastSeen', r.last_seen, 'requestCount', r.request_count)
                            order by r.last_seen desc) as recent_ips
-             from (select * from api_key_recent_ips where key_id = k.id order by last_seen desc limit ${RECENT_IPS_SHOWN}) r
+             from (select * from api_key_recent_ips where key_id = p.id order by last_seen desc limit ${RECENT_IPS_SHOWN}) r
          ) ips on true
-        where k.org_id = :orgId ${dormantFilter}
-        order by ${SORT_COLUMNS[query.sort]} ${direction}, k.id
-        limit :limit offset :offset`,
+        order by ${sort.outer} ${direction}, p.id`,
       bindings,
     ),
-    db.raw(
-      `select count(*) as total from api_keys k left join api_key_usage u on u.key_id = k.id where k.org_id = :orgId ${dormantFilter}`,
-      bindings,
-    ),
+    db.raw(`select count(*) as total ${keysOfOrg}`, bindings),
   ]);
   return { keys: rows.rows.map(toKeyUsage), total: Number(count.rows[0].total) };
 }
