@@ -37,7 +37,11 @@ export class Aggregator {
   readonly #maxKeys: number;
   readonly #maxIpsPerKey: number;
   readonly #now: () => number;
+  // Keyed by key id alone: the org nearly always matches, and hashing one id costs less than
+  // building and hashing a composite string per line. The same id claimed under another org
+  // (forged, or a bug) goes to #otherOrgs under a composite key.
   #entries = new Map<string, KeyUsageDelta>();
+  #otherOrgs = new Map<string, KeyUsageDelta>();
   #uses = 0;
   #overflowSamples = 0;
   #overflowUses = 0;
@@ -48,44 +52,59 @@ export class Aggregator {
     this.#now = options.now;
   }
 
-  add(sample: UsageSample): boolean {
-    const id = entryId(sample.orgId, sample.keyId);
-    let entry = this.#entries.get(id);
+  /** `now` may be passed by a caller that stamps a whole packet once; it defaults to the clock. */
+  add(sample: UsageSample, now: number = this.#now()): boolean {
+    const entry = this.#entryFor(sample);
     if (entry === undefined) {
-      // Bounds memory when a flood of distinct (forged) keys arrives faster
-      // than we flush; keys already pending keep counting exactly.
-      if (this.#entries.size >= this.#maxKeys) {
-        this.#overflowSamples++;
-        this.#overflowUses += sample.count;
-        return false;
-      }
-      entry = emptyDelta(sample.keyId, sample.orgId);
-      this.#entries.set(id, entry);
+      this.#overflowSamples++;
+      this.#overflowUses += sample.count;
+      return false;
     }
-    const now = this.#now();
     const { ip, count } = sample;
+    const wasNewestIp = ip === entry.lastIp;
     entry.total += count;
     entry.byOutcome[sample.outcome] += count;
     if (now >= entry.lastUsedAt) {
       entry.lastUsedAt = now;
       entry.lastIp = ip;
     }
-    const hour = Math.floor(now / HOUR_MS) * HOUR_MS;
+    const hour = now - (now % HOUR_MS);
     entry.hours.set(hour, (entry.hours.get(hour) ?? 0) + count);
-    touchIp(entry.ips, ip, count, now, this.#maxIpsPerKey);
+    touchIp(entry.ips, ip, count, now, this.#maxIpsPerKey, wasNewestIp);
     this.#uses += count;
     return true;
   }
 
+  // Bounds memory when a flood of distinct (forged) keys arrives faster than we flush: beyond
+  // maxKeys a new key is refused (undefined); keys already pending keep counting exactly.
+  #entryFor(sample: UsageSample): KeyUsageDelta | undefined {
+    const entry = this.#entries.get(sample.keyId);
+    if (entry !== undefined && entry.orgId === sample.orgId) return entry;
+    const full = this.pendingKeys >= this.#maxKeys;
+    if (entry === undefined) {
+      if (full) return undefined;
+      const created = emptyDelta(sample.keyId, sample.orgId);
+      this.#entries.set(sample.keyId, created);
+      return created;
+    }
+    const id = entryId(sample.orgId, sample.keyId);
+    const other = this.#otherOrgs.get(id);
+    if (other !== undefined || full) return other;
+    const created = emptyDelta(sample.keyId, sample.orgId);
+    this.#otherOrgs.set(id, created);
+    return created;
+  }
+
   drain(): UsageBatch {
-    const batch = { keys: [...this.#entries.values()], uses: this.#uses };
+    const batch = { keys: [...this.#entries.values(), ...this.#otherOrgs.values()], uses: this.#uses };
     this.#entries = new Map();
+    this.#otherOrgs = new Map();
     this.#uses = 0;
     return batch;
   }
 
   get pendingKeys(): number {
-    return this.#entries.size;
+    return this.#entries.size + this.#otherOrgs.size;
   }
 
   get overflowSamples(): number {
@@ -149,13 +168,17 @@ function newestIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
 
 // Map order is the eviction order: an IP seen again moves to the back, so the
 // front is always the least recently seen.
-function touchIp(ips: Map<string, IpStat>, ip: string, count: number, now: number, max: number): void {
+// The map's insertion order is recency order: a touched address moves to the end, unless it is
+// already there (the key's previous use came from it), which saves a delete and re-insert.
+function touchIp(ips: Map<string, IpStat>, ip: string, count: number, now: number, max: number, alreadyNewest: boolean): void {
   const stat = ips.get(ip);
   if (stat !== undefined) {
-    ips.delete(ip);
     stat.count += count;
     stat.lastSeen = Math.max(stat.lastSeen, now);
-    ips.set(ip, stat);
+    if (!alreadyNewest) {
+      ips.delete(ip);
+      ips.set(ip, stat);
+    }
     return;
   }
   if (ips.size >= max) {

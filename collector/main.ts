@@ -41,9 +41,11 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       ? datagramVerifier({ secrets: config.collector.signingSecrets, windowMs: SIGNATURE_WINDOW_MS, maxRemembered: 100_000, now })
       : undefined;
   const warn = rateLimitedWarn(logger, 10_000, now);
+  // One clock read per datagram, not per line: the lines of a datagram arrived together.
+  let packetTime = now();
   const addSample = (sample: UsageSample) => {
     ingest.usesReceived += sample.count;
-    aggregator.add(sample);
+    aggregator.add(sample, packetTime);
   };
   let overflowLogged = 0;
 
@@ -59,6 +61,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       }
       packet = verdict.body;
     }
+    packetTime = now();
     const result = parsePacket(packet, addSample);
     ingest.lines += result.lines;
     ingest.usageLines += result.usage;
