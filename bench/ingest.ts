@@ -327,6 +327,8 @@ function parseAggregate(keys: IngestKey[], plan: Plan): BenchResult {
       for (let rep = 0; rep < plan.parseReps + 1; rep++) {
         const aggregator = new Aggregator({ maxKeys: 100_000, now: Date.now });
         const ingest = { usesReceived: 0 };
+        // As collector/main.ts does: one clock read per datagram.
+        let packetTime = Date.now();
         const addSample =
           stage === 'parse only'
             ? (sample: UsageSample) => {
@@ -334,12 +336,13 @@ function parseAggregate(keys: IngestKey[], plan: Plan): BenchResult {
               }
             : (sample: UsageSample) => {
                 ingest.usesReceived += sample.count;
-                aggregator.add(sample);
+                aggregator.add(sample, packetTime);
               };
         let lines = 0;
         let i = 0;
         const started = performance.now();
         while (lines < plan.parseLines) {
+          packetTime = Date.now();
           const result = parsePacket(datagrams[i].toString('latin1'), addSample);
           lines += result.lines;
           i = (i + 1) % datagrams.length;
