@@ -55,7 +55,9 @@ function postmasterPid(dataDir: string): number | undefined {
 }
 
 function launcherEnv(ports: Ports, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: 'info' };
+  // npm start runs under tsx, whose transpiled code does not map onto tap's coverage of the same
+  // files; recording it would corrupt the merged report.
+  const env: NodeJS.ProcessEnv = { ...process.env, LOG_LEVEL: 'info', _TAPJS_PROCESSINFO_COVERAGE_: '0' };
   delete env.DATABASE_URL;
   delete env.PROCFILE;
   Object.assign(env, { EMBEDDED_PG_DIR: pgDir }, extra);

@@ -288,6 +288,9 @@ export async function spawnCollector(t: Test, options: CollectorProcessOptions):
     COLLECTOR_FLUSH_INTERVAL_MS: String(options.flushIntervalMs),
     COLLECTOR_MAX_PENDING_KEYS: String(options.maxPendingKeys ?? 100_000),
     LOG_LEVEL: 'info',
+    // The child runs under tsx, whose transpiled code does not map onto tap's coverage of the
+    // same files; recording it would corrupt the merged report.
+    _TAPJS_PROCESSINFO_COVERAGE_: '0',
     ...options.env,
   };
   const child = spawn(process.execPath, ['--import', 'tsx', '--import', PROBE, 'collector/main.ts'], {
