@@ -253,13 +253,17 @@ function redactUrl(url: string): string {
   }
 }
 
-class Launcher {
+// `exit` ends the launcher; the tests pass their own to run it in process.
+export class Launcher {
   private readonly processes: Managed[] = [];
   private database: LocalPostgres | undefined;
-  private stopping: Promise<never> | undefined;
+  private stopping: Promise<void> | undefined;
   private stopRequestedFlag = false;
 
-  constructor(private readonly config: Config) {
+  constructor(
+    private readonly config: Config,
+    private readonly exit: (code: number) => void = (code) => process.exit(code),
+  ) {
     // Whatever happens, leave nothing behind: a last, synchronous sweep on exit.
     process.on('exit', () => {
       for (const managed of this.processes) managed.signal('SIGKILL');
@@ -302,7 +306,7 @@ class Launcher {
 
   // Stops everything in the reverse of start order (web, then collector), then the database.
   // The exit code is 0 only when asked to stop and every process stopped cleanly.
-  shutdown(failure?: string): Promise<never> {
+  shutdown(failure?: string): Promise<void> {
     if (this.stopping) return this.stopping;
     this.stopRequestedFlag = true;
     this.stopping = (async () => {
@@ -321,7 +325,7 @@ class Launcher {
       await Promise.all(this.processes.map((managed) => managed.flushOutput()));
       this.stopDatabase();
       say(clean ? 'stopped' : 'stopped after a failure');
-      process.exit(clean ? 0 : 1);
+      this.exit(clean ? 0 : 1);
     })();
     return this.stopping;
   }
@@ -344,7 +348,8 @@ class Launcher {
     const problems = await portProblems(this.portNeeds(!config.database.url));
     if (problems.length > 0) {
       for (const problem of problems) say(problem);
-      process.exit(1);
+      this.exit(1);
+      return;
     }
 
     let databaseUrl = config.database.url;
