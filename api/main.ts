@@ -4,30 +4,11 @@ import { createDb } from '../shared/db';
 import { createLogger, type Logger } from '../shared/logger';
 import { closeServer, listen, onShutdownSignal } from '../shared/process';
 import { createApp } from './app';
-import { SIGNATURE_LINE_BYTES } from '../shared/datagramSignature';
-import { MAX_DATAGRAM_BYTES } from '../shared/usageWire';
-import { signingSink } from './usage/signingSink';
-import { createStatsdSink } from './usage/statsdSink';
-import { UsageRecorder } from './usage/usageRecorder';
+import { createUsageRecorder } from './usage/createUsageRecorder';
 
 export async function startApi(config: Config, logger: Logger, databaseUrl: string) {
   const db = createDb(databaseUrl, { poolMax: config.database.poolMax, applicationName: 'keyusage-api' });
-  const recorder = config.usage.enabled
-    ? new UsageRecorder({
-        sink: signingSink(
-          createStatsdSink({
-            host: config.usage.collectorHost,
-            port: config.usage.collectorPort,
-            onError: (error) => logger.warn({ err: { message: error.message } }, 'usage socket error'),
-          }),
-          config.usage.signingSecret,
-        ),
-        maxDatagramBytes: config.usage.signingSecret === undefined ? MAX_DATAGRAM_BYTES : MAX_DATAGRAM_BYTES - SIGNATURE_LINE_BYTES,
-        maxEntries: config.usage.maxEntries,
-        drainIntervalMs: config.usage.drainIntervalMs,
-        logger,
-      })
-    : undefined;
+  const recorder = config.usage.enabled ? createUsageRecorder(config.usage, logger) : undefined;
   recorder?.start();
   const recordUse = recorder ? recorder.record.bind(recorder) : () => {};
   const { app } = createApp({ db, logger, config: config.api, recordUse });

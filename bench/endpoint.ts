@@ -1,7 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import { listKeyUsage, type UsageQuery } from '../api/usage/usage.repository';
 import { createDb, type Db } from '../shared/db';
-import { OUTCOMES } from '../shared/usageWire';
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
 import { createCallableKey, createOrg, insertKeys } from './lib/database';
@@ -81,17 +80,6 @@ export async function runEndpoint(ctx: BenchContext): Promise<BenchResult> {
     const s = summarize(latencies[name]);
     return [QUERIES[name].label, s.n, fmt.int(counts[name]), fmt.ms(s.p50, 1), fmt.ms(s.p95, 1), fmt.ms(s.p99, 1), fmt.ms(s.max, 1), plans[name].executionMs === null ? 'n/a' : fmt.ms(plans[name].executionMs!, 1), plans[name].indexes.join(', ') || 'none'];
   });
-  tableRows.push([
-    'bench-only rewrite of the first page: page first, then windows and IPs for its 50 rows (EXPLAIN only)',
-    '–',
-    '–',
-    '–',
-    '–',
-    '–',
-    '–',
-    plans.pageFirst.executionMs === null ? 'n/a' : fmt.ms(plans.pageFirst.executionMs, 1),
-    plans.pageFirst.indexes.join(', ') || 'none',
-  ]);
   const pageP50 = summarize(latencies.page).p50;
   const dormantP50 = summarize(latencies.dormant).p50;
   return {
@@ -108,7 +96,6 @@ export async function runEndpoint(ctx: BenchContext): Promise<BenchResult> {
       'Density: 70 % of keys active in one hour out of six over the last 30 days (120 hourly buckets each), 10 % last used 45–75 days ago, 20 % never used; active keys have 3 recent IPs. Latency is end to end (client fetch → auth → both queries → JSON), the plan columns come from EXPLAIN (ANALYZE, BUFFERS) of the page query itself.',
       `EXPLAIN (ANALYZE, BUFFERS) of the first-page query:\n\n\`\`\`\n${plans.page.text}\n\`\`\``,
       `EXPLAIN (ANALYZE, BUFFERS) of the dormant-filter query:\n\n\`\`\`\n${plans.dormant.text}\n\`\`\``,
-      `EXPLAIN (ANALYZE, BUFFERS) of the bench-only page-first rewrite (not shipped):\n\n\`\`\`\n${plans.pageFirst.text}\n\`\`\``,
     ],
     raw: { plan, latencies, counts, rows, plans },
   };
@@ -157,37 +144,6 @@ async function seed(ctx: BenchContext, orgId: string) {
   });
 }
 
-// Bench-only, NOT the shipped query: the same page with the page chosen first (ORDER BY … LIMIT on
-// api_keys ⟕ api_key_usage) and the window sums and recent IPs joined to those rows only. Shown
-// under EXPLAIN ANALYZE to size what restructuring api/usage/usage.repository.ts would buy.
-const outcomeColumns = OUTCOMES.map((o) => `coalesce(u.${o}_count, 0) as ${o}_count`).join(', ');
-const PAGE_FIRST_SQL = `
-with page as (
-  select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
-         u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns}
-    from api_keys k
-    left join api_key_usage u on u.key_id = k.id
-   where k.org_id = :orgId
-   order by k.created_at desc nulls last, k.id
-   limit 50
-)
-select p.*, coalesce(w.last_24h, 0) as last_24h, coalesce(w.last_7d, 0) as last_7d, coalesce(w.last_30d, 0) as last_30d,
-       coalesce(ips.recent_ips, cast('[]' as json)) as recent_ips
-  from page p
-  left join lateral (
-    select sum(h.request_count) filter (where h.hour > cast(:now as timestamptz) - interval '24 hours') as last_24h,
-           sum(h.request_count) filter (where h.hour > cast(:now as timestamptz) - interval '7 days') as last_7d,
-           sum(h.request_count) as last_30d
-      from api_key_usage_hourly h
-     where h.key_id = p.id and h.hour > cast(:now as timestamptz) - interval '30 days'
-  ) w on true
-  left join lateral (
-    select json_agg(json_build_object('ip', r.ip, 'firstSeen', r.first_seen, 'lastSeen', r.last_seen, 'requestCount', r.request_count)
-                    order by r.last_seen desc) as recent_ips
-      from (select * from api_key_recent_ips where key_id = p.id order by last_seen desc limit 5) r
-  ) ips on true
- order by p.created_at desc nulls last, p.id`;
-
 interface PlanInfo {
   executionMs: number | null;
   indexes: string[];
@@ -196,7 +152,7 @@ interface PlanInfo {
 
 // Captures the SQL listKeyUsage sends (the page query; the count query runs beside it) and runs it
 // under EXPLAIN (ANALYZE, BUFFERS).
-async function explainPlans(ctx: BenchContext, orgId: string): Promise<Record<QueryName | 'pageFirst', PlanInfo>> {
+async function explainPlans(ctx: BenchContext, orgId: string): Promise<Record<QueryName, PlanInfo>> {
   const db = createDb(ctx.databaseUrl, { poolMax: 1, applicationName: 'keyusage-bench-explain' });
   const captured: Array<{ sql: string; bindings: unknown[] }> = [];
   db.on('query', (query: { sql: string; bindings: unknown[] }) => captured.push({ sql: query.sql, bindings: query.bindings }));
@@ -207,7 +163,7 @@ async function explainPlans(ctx: BenchContext, orgId: string): Promise<Record<Qu
     busiest: { ...base, sort: 'requestCount' },
     dormant: { ...base, dormantBefore: new Date(now.getTime() - 30 * 86_400_000) },
   };
-  const out = {} as Record<QueryName | 'pageFirst', PlanInfo>;
+  const out = {} as Record<QueryName, PlanInfo>;
   try {
     for (const name of Object.keys(queries) as QueryName[]) {
       captured.length = 0;
@@ -223,7 +179,6 @@ async function explainPlans(ctx: BenchContext, orgId: string): Promise<Record<Qu
       });
       out[name] = await explain(db, sql, bindings);
     }
-    out.pageFirst = await explain(db, PAGE_FIRST_SQL, { orgId, now });
   } finally {
     await db.destroy();
   }

@@ -2,14 +2,11 @@ import http from 'node:http';
 import { StatsD } from 'hot-shots';
 import { createApp } from '../api/app';
 import type { RecordUse } from '../api/auth/authorize';
-import { signingSink } from '../api/usage/signingSink';
-import { createStatsdSink } from '../api/usage/statsdSink';
-import { UsageRecorder } from '../api/usage/usageRecorder';
+import { createUsageRecorder } from '../api/usage/createUsageRecorder';
+import type { UsageRecorder } from '../api/usage/usageRecorder';
 import { loadConfig } from '../shared/config';
 import { createDb } from '../shared/db';
-import { SIGNATURE_LINE_BYTES } from '../shared/datagramSignature';
 import { createLogger } from '../shared/logger';
-import { MAX_DATAGRAM_BYTES } from '../shared/usageWire';
 import { listen } from '../shared/process';
 import { serveIpc } from './lib/procs';
 import { percentileOfSorted } from './lib/stats';
@@ -38,22 +35,10 @@ let statsd: StatsD | undefined;
 let hook: RecordUse = () => {};
 if (variant === 'on') {
   // Exactly as api/main.ts builds it (unsigned unless USAGE_SIGNING_SECRET is set).
-  recorder = new UsageRecorder({
-    sink: signingSink(
-      createStatsdSink({
-        host: config.usage.collectorHost,
-        port: config.usage.collectorPort,
-        onError: (error) => logger.warn({ err: { message: error.message } }, 'usage socket error'),
-      }),
-      config.usage.signingSecret,
-    ),
-    maxDatagramBytes: config.usage.signingSecret === undefined ? MAX_DATAGRAM_BYTES : MAX_DATAGRAM_BYTES - SIGNATURE_LINE_BYTES,
-    maxEntries: config.usage.maxEntries,
-    drainIntervalMs: config.usage.drainIntervalMs,
-    logger,
-  });
-  recorder.start();
-  hook = recorder.record.bind(recorder);
+  const created = createUsageRecorder(config.usage, logger);
+  recorder = created;
+  created.start();
+  hook = created.record.bind(created);
 } else if (variant === 'hotshots') {
   statsd = new StatsD({
     host: config.usage.collectorHost,
