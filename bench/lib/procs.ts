@@ -68,32 +68,13 @@ export async function stopChild(child: Child, timeoutMs = 15_000): Promise<numbe
 
 // IPC request/response: every request carries an id, the child answers with the same id.
 let nextRequestId = 1;
-export function ipcRequest<T>(child: Child, message: Record<string, unknown>, timeoutMs = 120_000): Promise<T> {
+export async function ipcRequest<T>(child: Child, message: Record<string, unknown>, timeoutMs = 120_000): Promise<T> {
   const id = nextRequestId++;
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      cleanup();
-      reject(new Error(`${child.name}: no answer to ${String(message.cmd)} within ${timeoutMs} ms\n${child.output()}`));
-    }, timeoutMs);
-    const onMessage = (reply: { id?: number; error?: string; result?: T }) => {
-      if (reply?.id !== id) return;
-      cleanup();
-      if (reply.error) reject(new Error(`${child.name}: ${reply.error}`));
-      else resolve(reply.result as T);
-    };
-    const onExit = (code: number | null) => {
-      cleanup();
-      reject(new Error(`${child.name} exited (${code}) during ${String(message.cmd)}\n${child.output()}`));
-    };
-    const cleanup = () => {
-      clearTimeout(timer);
-      child.proc.off('message', onMessage);
-      child.proc.off('exit', onExit);
-    };
-    child.proc.on('message', onMessage);
-    child.proc.once('exit', onExit);
-    child.proc.send({ ...message, id });
-  });
+  const answered = waitForMessage<{ id?: number; error?: string; result?: T }>(child, (reply) => reply?.id === id, timeoutMs, `an answer to ${String(message.cmd)}`);
+  child.proc.send({ ...message, id });
+  const reply = await answered;
+  if (reply.error) throw new Error(`${child.name}: ${reply.error}`);
+  return reply.result as T;
 }
 
 /** The child side of ipcRequest: `handle` answers each command. */
@@ -110,11 +91,11 @@ export function serveIpc(handle: (message: { cmd: string; [field: string]: unkno
   process.on('disconnect', () => process.exit(0));
 }
 
-export function waitForMessage<T>(child: Child, predicate: (message: any) => boolean, timeoutMs = 30_000): Promise<T> {
+export function waitForMessage<T>(child: Child, predicate: (message: any) => boolean, timeoutMs = 30_000, what = 'its ready message'): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const timer = setTimeout(() => {
       cleanup();
-      reject(new Error(`${child.name} did not become ready within ${timeoutMs} ms\n${child.output()}`));
+      reject(new Error(`${child.name}: no ${what} within ${timeoutMs} ms\n${child.output()}`));
     }, timeoutMs);
     const onMessage = (message: T) => {
       if (!predicate(message)) return;
@@ -123,7 +104,7 @@ export function waitForMessage<T>(child: Child, predicate: (message: any) => boo
     };
     const onExit = (code: number | null) => {
       cleanup();
-      reject(new Error(`${child.name} exited (${code}) before it was ready\n${child.output()}`));
+      reject(new Error(`${child.name} exited (${code}) before ${what}\n${child.output()}`));
     };
     const cleanup = () => {
       clearTimeout(timer);
