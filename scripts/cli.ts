@@ -1,5 +1,3 @@
-import fs from 'node:fs';
-import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { AppError } from '../api/errors';
@@ -9,7 +7,7 @@ import { findOrganizationById, insertOrganization, listOrganizations, type Organ
 import { uuid } from '../api/validation';
 import { loadConfig, type Config } from '../shared/config';
 import { createDb, migrateLatest, type Db } from '../shared/db';
-import { startLocalPostgres } from '../shared/localPostgres';
+import { postmasterPid, startLocalPostgres } from '../shared/localPostgres';
 
 // `npm run cli -- <command>`: the operator's bootstrap tool. runCli() holds the command logic and
 // takes its database, output streams, pepper and clock as arguments so tests run it in-process;
@@ -309,22 +307,10 @@ export async function runCli(argv: string[], deps: CliDeps): Promise<number> {
 
 const APPLICATION_NAME = 'keyusage-cli';
 
-// pg_ctl's own test: postmaster.pid names a live process. startLocalPostgres reuses a running
-// cluster without saying so, so we look before calling it to know whether to stop it after.
+// startLocalPostgres reuses a running cluster without saying so, so we look before calling it
+// to know whether to stop it after.
 export function embeddedClusterRunning(dataDir: string): boolean {
-  let pid: number;
-  try {
-    pid = Number(fs.readFileSync(path.join(path.resolve(dataDir), 'postmaster.pid'), 'utf8').split('\n')[0]);
-  } catch {
-    return false;
-  }
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
+  return postmasterPid(dataDir) !== undefined;
 }
 
 export interface CliDatabase {

@@ -7,7 +7,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { ConfigError, loadConfig, type Config } from '../shared/config';
 import { createDb, migrateLatest } from '../shared/db';
-import { startLocalPostgres, type LocalPostgres } from '../shared/localPostgres';
+import { postmasterPid, startLocalPostgres, type LocalPostgres } from '../shared/localPostgres';
 import { demoBanner, ensureDemoOrg } from './demo';
 
 // `npm start`: one launcher for the whole system.
@@ -338,7 +338,7 @@ export class Launcher {
       { variable: 'COLLECTOR_METRICS_PORT', host: collector.metricsHost, port: collector.metricsPort, protocol: 'tcp' },
     ];
     // A cluster left running by a killed launcher holds its port and is reused, not restarted.
-    const leftOver = fs.existsSync(path.join(path.resolve(database.embeddedDir), 'postmaster.pid'));
+    const leftOver = postmasterPid(database.embeddedDir) !== undefined;
     if (embedded && !leftOver) needs.push({ variable: 'EMBEDDED_PG_PORT', host: '127.0.0.1', port: database.embeddedPort, protocol: 'tcp' });
     return needs;
   }
@@ -363,7 +363,7 @@ export class Launcher {
       const shown = relative && !relative.startsWith('..') ? relative : dataDir;
       say(`starting the embedded PostgreSQL in ${shown} on 127.0.0.1:${config.database.embeddedPort}`);
       this.database = startLocalPostgres({ dataDir, port: config.database.embeddedPort });
-      say(`PostgreSQL is up (postmaster pid ${readPostmasterPid(dataDir) ?? 'unknown'})`);
+      say(`PostgreSQL is up (postmaster pid ${postmasterPid(dataDir) ?? 'unknown'})`);
       databaseUrl = this.database.url;
       dataLocation = `${shown} (embedded PostgreSQL on 127.0.0.1:${config.database.embeddedPort})`;
       const isDefault = dataDir === path.resolve('.data/postgres');
@@ -423,14 +423,6 @@ export class Launcher {
       await waitUntilReady(managed, `${url} with 200`, () => httpAnswers(url, (status) => status === 200), stopRequested);
       if (managed.alive && !this.stopRequested) say(`web is healthy: ${url}`);
     }
-  }
-}
-
-function readPostmasterPid(dataDir: string): number | undefined {
-  try {
-    return Number(fs.readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]) || undefined;
-  } catch {
-    return undefined;
   }
 }
 

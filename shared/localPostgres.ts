@@ -60,6 +60,24 @@ function makeTraversable(dir: string) {
   }
 }
 
+// pg_ctl's own test: postmaster.pid names a live process. The pid, or undefined when no server
+// runs on this data directory.
+export function postmasterPid(dataDir: string): number | undefined {
+  let pid: number;
+  try {
+    pid = Number(fs.readFileSync(path.join(path.resolve(dataDir), 'postmaster.pid'), 'utf8').split('\n')[0]);
+  } catch {
+    return undefined;
+  }
+  if (!Number.isInteger(pid) || pid <= 0) return undefined;
+  try {
+    process.kill(pid, 0);
+    return pid;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM' ? pid : undefined;
+  }
+}
+
 export function startLocalPostgres(options: { dataDir: string; port: number }): LocalPostgres {
   const dataDir = path.resolve(options.dataDir);
   const passwordFile = path.join(path.dirname(dataDir), `${path.basename(dataDir)}.password`);
