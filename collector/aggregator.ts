@@ -1,6 +1,6 @@
 // Coalesces usage samples per (orgId, keyId) between flushes. Pure: the clock
 // is injected and the flusher decides when to drain, so nothing here sleeps.
-import { OUTCOMES, type Outcome, type UsageSample } from '../shared/usageWire';
+import { OUTCOMES, isProvenOutcome, type Outcome, type UsageSample } from '../shared/usageWire';
 
 export interface IpStat {
   count: number;
@@ -8,15 +8,30 @@ export interface IpStat {
   lastSeen: number;
 }
 
+// Counts per outcome in one hour bucket.
+export type HourCounts = Record<Outcome, number>;
+
+// One key's uses since the last drain. "Used" means the secret was proven: lastUsedAt, lastIp
+// and ips move only for outcomes in PROVEN_OUTCOMES; a wrong secret is a failed attempt and
+// moves only the failed* fields, so a stranger who knows a key's id cannot make it look used.
 export interface KeyUsageDelta {
   keyId: string;
   orgId: string;
+  /** Every outcome, proven or not. */
   total: number;
   byOutcome: Record<Outcome, number>;
+  /** -Infinity while the delta holds no proven use. */
   lastUsedAt: number;
   lastIp: string;
   ips: Map<string, IpStat>;
-  hours: Map<number, number>;
+  /** -Infinity while the delta holds no failed attempt. */
+  lastFailedAt: number;
+  lastFailedIp: string;
+  failedIps: Map<string, IpStat>;
+  /** The right secret presented for a revoked (expired) key: its holder still uses it. -Infinity when not. */
+  lastRevokedUseAt: number;
+  lastExpiredUseAt: number;
+  hours: Map<number, HourCounts>;
 }
 
 export interface UsageBatch {
@@ -60,17 +75,30 @@ export class Aggregator {
       this.#overflowUses += sample.count;
       return false;
     }
-    const { ip, count } = sample;
-    const wasNewestIp = ip === entry.lastIp;
+    const { ip, count, outcome } = sample;
     entry.total += count;
-    entry.byOutcome[sample.outcome] += count;
-    if (now >= entry.lastUsedAt) {
-      entry.lastUsedAt = now;
-      entry.lastIp = ip;
-    }
+    entry.byOutcome[outcome] += count;
     const hour = now - (now % HOUR_MS);
-    entry.hours.set(hour, (entry.hours.get(hour) ?? 0) + count);
-    touchIp(entry.ips, ip, count, now, this.#maxIpsPerKey, wasNewestIp);
+    const hourCounts = entry.hours.get(hour);
+    if (hourCounts === undefined) entry.hours.set(hour, { ...emptyOutcomes(), [outcome]: count });
+    else hourCounts[outcome] += count;
+    if (isProvenOutcome(outcome)) {
+      const wasNewestIp = ip === entry.lastIp;
+      if (now >= entry.lastUsedAt) {
+        entry.lastUsedAt = now;
+        entry.lastIp = ip;
+      }
+      touchIp(entry.ips, ip, count, now, this.#maxIpsPerKey, wasNewestIp);
+      if (outcome === 'revoked') entry.lastRevokedUseAt = Math.max(entry.lastRevokedUseAt, now);
+      else if (outcome === 'expired') entry.lastExpiredUseAt = Math.max(entry.lastExpiredUseAt, now);
+    } else {
+      const wasNewestIp = ip === entry.lastFailedIp;
+      if (now >= entry.lastFailedAt) {
+        entry.lastFailedAt = now;
+        entry.lastFailedIp = ip;
+      }
+      touchIp(entry.failedIps, ip, count, now, this.#maxIpsPerKey, wasNewestIp);
+    }
     this.#uses += count;
     return true;
   }
@@ -135,28 +163,52 @@ export function mergeBatches(batches: readonly UsageBatch[], maxIpsPerKey = DEFA
     }
   }
   const keys = [...merged.values()];
-  for (const delta of keys) delta.ips = newestIps(delta.ips, maxIpsPerKey);
+  for (const delta of keys) {
+    delta.ips = newestIps(delta.ips, maxIpsPerKey);
+    delta.failedIps = newestIps(delta.failedIps, maxIpsPerKey);
+  }
   return { keys, uses };
 }
 
 function mergeInto(into: KeyUsageDelta, from: KeyUsageDelta): void {
-  into.total += from.total;
-  for (const outcome of OUTCOMES) into.byOutcome[outcome] += from.byOutcome[outcome];
+  into.total = saturatingAdd(into.total, from.total);
+  for (const outcome of OUTCOMES) into.byOutcome[outcome] = saturatingAdd(into.byOutcome[outcome], from.byOutcome[outcome]);
   if (from.lastUsedAt >= into.lastUsedAt) {
     into.lastUsedAt = from.lastUsedAt;
     into.lastIp = from.lastIp;
   }
-  for (const [hour, count] of from.hours) into.hours.set(hour, (into.hours.get(hour) ?? 0) + count);
-  for (const [ip, stat] of from.ips) {
-    const seen = into.ips.get(ip);
+  if (from.lastFailedAt >= into.lastFailedAt) {
+    into.lastFailedAt = from.lastFailedAt;
+    into.lastFailedIp = from.lastFailedIp;
+  }
+  into.lastRevokedUseAt = Math.max(into.lastRevokedUseAt, from.lastRevokedUseAt);
+  into.lastExpiredUseAt = Math.max(into.lastExpiredUseAt, from.lastExpiredUseAt);
+  for (const [hour, counts] of from.hours) {
+    const seen = into.hours.get(hour);
+    if (seen === undefined) into.hours.set(hour, { ...counts });
+    else for (const outcome of OUTCOMES) seen[outcome] = saturatingAdd(seen[outcome], counts[outcome]);
+  }
+  mergeIps(into.ips, from.ips);
+  mergeIps(into.failedIps, from.failedIps);
+}
+
+function mergeIps(into: Map<string, IpStat>, from: Map<string, IpStat>): void {
+  for (const [ip, stat] of from) {
+    const seen = into.get(ip);
     if (seen === undefined) {
-      into.ips.set(ip, { ...stat });
+      into.set(ip, { ...stat });
     } else {
-      seen.count += stat.count;
+      seen.count = saturatingAdd(seen.count, stat.count);
       seen.firstSeen = Math.min(seen.firstSeen, stat.firstSeen);
       seen.lastSeen = Math.max(seen.lastSeen, stat.lastSeen);
     }
   }
+}
+
+// Batches kept through a long database outage merge again and again; their sums stay exact
+// integers (PostgreSQL's bigint saturates the same way, see keyusage_add) instead of rounding.
+function saturatingAdd(a: number, b: number): number {
+  return Math.min(a + b, Number.MAX_SAFE_INTEGER);
 }
 
 // Keeps the `max` most recently seen, ordered least recent first like the
@@ -166,8 +218,6 @@ function newestIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
   return new Map(byLastSeen.slice(Math.max(0, byLastSeen.length - max)));
 }
 
-// Map order is the eviction order: an IP seen again moves to the back, so the
-// front is always the least recently seen.
 // The map's insertion order is recency order: a touched address moves to the end, unless it is
 // already there (the key's previous use came from it), which saves a delete and re-insert.
 function touchIp(ips: Map<string, IpStat>, ip: string, count: number, now: number, max: number, alreadyNewest: boolean): void {
@@ -190,11 +240,27 @@ function touchIp(ips: Map<string, IpStat>, ip: string, count: number, now: numbe
   ips.set(ip, { count, firstSeen: now, lastSeen: now });
 }
 
+function emptyOutcomes(): Record<Outcome, number> {
+  return { ok: 0, forbidden: 0, expired: 0, revoked: 0, bad_secret: 0, cross_org: 0 };
+}
+
 function emptyDelta(keyId: string, orgId: string): KeyUsageDelta {
-  const byOutcome = {} as Record<Outcome, number>;
-  for (const outcome of OUTCOMES) byOutcome[outcome] = 0;
-  // -Infinity so the first add or merge always sets lastUsedAt and lastIp.
-  return { keyId, orgId, total: 0, byOutcome, lastUsedAt: -Infinity, lastIp: '', ips: new Map(), hours: new Map() };
+  // -Infinity so the first add or merge always sets the last-seen times and addresses.
+  return {
+    keyId,
+    orgId,
+    total: 0,
+    byOutcome: emptyOutcomes(),
+    lastUsedAt: -Infinity,
+    lastIp: '',
+    ips: new Map(),
+    lastFailedAt: -Infinity,
+    lastFailedIp: '',
+    failedIps: new Map(),
+    lastRevokedUseAt: -Infinity,
+    lastExpiredUseAt: -Infinity,
+    hours: new Map(),
+  };
 }
 
 // Length-prefixed so no (orgId, keyId) pair can collide with another,

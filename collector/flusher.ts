@@ -10,6 +10,8 @@ export interface FlushStats {
   usesPersisted: number;
   unknownKeys: number;
   unknownUses: number;
+  quarantinedKeys: number;
+  quarantinedUses: number;
   lastFlushDurationMs: number;
   lastFlushKeys: number;
   lastFlushStatements: number;
@@ -45,6 +47,8 @@ export class Flusher {
     usesPersisted: 0,
     unknownKeys: 0,
     unknownUses: 0,
+    quarantinedKeys: 0,
+    quarantinedUses: 0,
     lastFlushDurationMs: 0,
     lastFlushKeys: 0,
     lastFlushStatements: 0,
@@ -132,6 +136,11 @@ export class Flusher {
     s.lastFlushStatements = result.statements;
     if (result.unknownKeys > 0) {
       this.options.logger.warn({ unknownKeys: result.unknownKeys, unknownUses: result.unknownUses }, 'dropped uses of keys that do not exist in the org they named');
+    }
+    for (const { keyId, orgId, uses } of result.quarantined) {
+      s.quarantinedKeys += 1;
+      s.quarantinedUses += uses;
+      this.options.logger.error({ keyId, orgId, uses }, 'PostgreSQL refused this key\'s usage rows (data error); its uses were set aside so every other key is written');
     }
     if (result.duplicateBatches > 0) {
       this.options.logger.info({ duplicateBatches: result.duplicateBatches }, 'skipped batches already committed by an earlier attempt');

@@ -104,6 +104,8 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       counter('overflow_uses_total', 'Uses dropped because the pending-key cap was reached', aggregator.overflowUses),
       counter('unknown_keys_total', 'Keys dropped at flush because they do not exist in the named org', f.unknownKeys),
       counter('unknown_uses_total', 'Uses dropped with those keys', f.unknownUses),
+      counter('quarantined_keys_total', 'Keys whose rows PostgreSQL refused with a data error; their uses were set aside', f.quarantinedKeys),
+      counter('quarantined_uses_total', 'Uses set aside with those keys', f.quarantinedUses),
       counter('flushes_total', 'Successful flushes', f.flushes),
       counter('failed_flushes_total', 'Failed flush attempts (retried)', f.failedFlushes),
       counter('duplicate_batches_skipped_total', 'Retried batches found already committed', f.duplicateBatchesSkipped),

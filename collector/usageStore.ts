@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import type { Db } from '../shared/db';
-import { OUTCOMES } from '../shared/usageWire';
+import { OUTCOMES, PROVEN_OUTCOMES, type Outcome } from '../shared/usageWire';
 import { mergeBatches, type KeyUsageDelta, type UsageBatch } from './aggregator';
 
 export interface PendingBatch {
@@ -18,6 +18,8 @@ export interface WriteResult {
   usesWritten: number;
   unknownKeys: number;
   unknownUses: number;
+  /** Keys whose rows PostgreSQL refused (a data error); their uses are set aside, not retried. */
+  quarantined: Array<{ keyId: string; orgId: string; uses: number }>;
   statements: number;
 }
 
@@ -48,77 +50,116 @@ function chunks<T>(items: readonly T[], size: number): T[][] {
 }
 
 const outcomeColumns = OUTCOMES.map((outcome) => `${outcome}_count`);
+const addTo = (table: string) => (column: string) => `${column} = keyusage_add(${table}.${column}, excluded.${column})`;
+// The newer of two (time, address) pairs; a null time (no such use in the batch) never wins.
+const newerIp = (table: string, ip: string, at: string) =>
+  `${ip} = case when excluded.${at} >= coalesce(${table}.${at}, '-infinity') then excluded.${ip} else ${table}.${ip} end`;
+const latest = (table: string, at: string) => `${at} = greatest(${table}.${at}, excluded.${at})`;
 
 // Rows enter every statement sorted by key id (then hour / ip), so concurrent collectors lock
 // shared rows in the same order and cannot deadlock each other. The join on api_keys keeps
 // only keys that exist in the org the datagram named: a forged line creates nothing.
+// Counters go through keyusage_add, which saturates instead of failing the flush.
 const UPSERT_TOTALS = `
-insert into api_key_usage (key_id, org_id, request_count, ${outcomeColumns.join(', ')}, last_used_at, last_used_ip, updated_at)
-select u.key_id, u.org_id, u.total, ${outcomeColumns.map((c) => `u.${c}`).join(', ')}, u.last_used_at, u.last_ip, now()
+insert into api_key_usage (key_id, org_id, request_count, ${outcomeColumns.join(', ')}, last_used_at, last_used_ip,
+                           last_failed_at, last_failed_ip, last_revoked_use_at, last_expired_use_at, updated_at)
+select u.key_id, u.org_id, u.request_count, ${outcomeColumns.map((c) => `u.${c}`).join(', ')}, u.last_used_at, u.last_ip,
+       u.last_failed_at, u.last_failed_ip, u.last_revoked_use_at, u.last_expired_use_at, now()
   from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as bigint[]), ${outcomeColumns.map(() => 'cast(? as bigint[])').join(', ')},
-              cast(? as timestamptz[]), cast(? as text[]))
-       as u(key_id, org_id, total, ${outcomeColumns.join(', ')}, last_used_at, last_ip)
+              cast(? as timestamptz[]), cast(? as text[]), cast(? as timestamptz[]), cast(? as text[]), cast(? as timestamptz[]), cast(? as timestamptz[]))
+       as u(key_id, org_id, request_count, ${outcomeColumns.join(', ')}, last_used_at, last_ip,
+            last_failed_at, last_failed_ip, last_revoked_use_at, last_expired_use_at)
   join api_keys k on k.id = u.key_id and k.org_id = u.org_id
  order by u.key_id
 on conflict (key_id) do update set
-  request_count = api_key_usage.request_count + excluded.request_count,
-  ${outcomeColumns.map((c) => `${c} = api_key_usage.${c} + excluded.${c}`).join(',\n  ')},
-  last_used_ip = case when excluded.last_used_at >= api_key_usage.last_used_at then excluded.last_used_ip else api_key_usage.last_used_ip end,
-  last_used_at = greatest(api_key_usage.last_used_at, excluded.last_used_at),
+  ${['request_count', ...outcomeColumns].map(addTo('api_key_usage')).join(',\n  ')},
+  ${newerIp('api_key_usage', 'last_used_ip', 'last_used_at')},
+  ${latest('api_key_usage', 'last_used_at')},
+  ${newerIp('api_key_usage', 'last_failed_ip', 'last_failed_at')},
+  ${latest('api_key_usage', 'last_failed_at')},
+  ${latest('api_key_usage', 'last_revoked_use_at')},
+  ${latest('api_key_usage', 'last_expired_use_at')},
   updated_at = now()
 returning key_id, org_id`;
 
+// request_count of an hour counts proven uses; the outcome columns count every outcome.
 const UPSERT_HOURS = `
-insert into api_key_usage_hourly (key_id, hour, request_count)
-select h.key_id, h.hour, h.request_count
-  from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as timestamptz[]), cast(? as bigint[])) as h(key_id, org_id, hour, request_count)
+insert into api_key_usage_hourly (key_id, hour, request_count, ${outcomeColumns.join(', ')})
+select h.key_id, h.hour, h.request_count, ${outcomeColumns.map((c) => `h.${c}`).join(', ')}
+  from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as timestamptz[]), cast(? as bigint[]), ${outcomeColumns.map(() => 'cast(? as bigint[])').join(', ')})
+       as h(key_id, org_id, hour, request_count, ${outcomeColumns.join(', ')})
   join api_keys k on k.id = h.key_id and k.org_id = h.org_id
  order by h.key_id, h.hour
-on conflict (key_id, hour) do update set request_count = api_key_usage_hourly.request_count + excluded.request_count`;
+on conflict (key_id, hour) do update set
+  ${['request_count', ...outcomeColumns].map(addTo('api_key_usage_hourly')).join(',\n  ')}`;
 
-const UPSERT_IPS = `
-insert into api_key_recent_ips (key_id, ip, first_seen, last_seen, request_count)
-select r.key_id, r.ip, r.first_seen, r.last_seen, r.request_count
+// Proven uses go to api_key_recent_ips, failed attempts to api_key_failed_ips: one shape.
+const IP_TABLES = {
+  proven: { table: 'api_key_recent_ips', count: 'request_count', ips: (k: KeyUsageDelta) => k.ips },
+  failed: { table: 'api_key_failed_ips', count: 'attempt_count', ips: (k: KeyUsageDelta) => k.failedIps },
+} as const;
+type IpTable = (typeof IP_TABLES)[keyof typeof IP_TABLES];
+
+const upsertIps = ({ table, count }: IpTable) => `
+insert into ${table} (key_id, ip, first_seen, last_seen, ${count})
+select r.key_id, r.ip, r.first_seen, r.last_seen, r.n
   from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as text[]), cast(? as timestamptz[]), cast(? as timestamptz[]), cast(? as bigint[]))
-       as r(key_id, org_id, ip, first_seen, last_seen, request_count)
+       as r(key_id, org_id, ip, first_seen, last_seen, n)
   join api_keys k on k.id = r.key_id and k.org_id = r.org_id
  order by r.key_id, r.ip
 on conflict (key_id, ip) do update set
-  first_seen = least(api_key_recent_ips.first_seen, excluded.first_seen),
-  last_seen = greatest(api_key_recent_ips.last_seen, excluded.last_seen),
-  request_count = api_key_recent_ips.request_count + excluded.request_count`;
+  first_seen = least(${table}.first_seen, excluded.first_seen),
+  last_seen = greatest(${table}.last_seen, excluded.last_seen),
+  ${addTo(table)(count)}`;
 
-async function applyBatch(trx: Knex.Transaction, keys: KeyUsageDelta[], chunkSize: number) {
-  let statements = 0;
+// -Infinity marks "no such use in this batch": PostgreSQL gets null, which never wins greatest().
+const timeOrNull = (ms: number) => (ms === -Infinity ? null : new Date(ms));
+const provenCount = (counts: Record<Outcome, number>) => PROVEN_OUTCOMES.reduce((sum, outcome) => sum + counts[outcome], 0);
+
+async function upsertTotals(trx: Knex.Transaction, keys: KeyUsageDelta[], chunkSize: number) {
   const written = new Set<string>();
+  let statements = 0;
   for (const chunk of chunks(keys, chunkSize)) {
-    const result = await trx.raw(UPSERT_TOTALS, [
+    const bindings = [
       chunk.map((k) => k.keyId),
       chunk.map((k) => k.orgId),
-      chunk.map((k) => k.total),
+      chunk.map((k) => provenCount(k.byOutcome)),
       ...OUTCOMES.map((outcome) => chunk.map((k) => k.byOutcome[outcome])),
-      chunk.map((k) => new Date(k.lastUsedAt)),
-      chunk.map((k) => k.lastIp),
-    ]);
+      chunk.map((k) => timeOrNull(k.lastUsedAt)),
+      chunk.map((k) => k.lastIp || null),
+      chunk.map((k) => timeOrNull(k.lastFailedAt)),
+      chunk.map((k) => k.lastFailedIp || null),
+      chunk.map((k) => timeOrNull(k.lastRevokedUseAt)),
+      chunk.map((k) => timeOrNull(k.lastExpiredUseAt)),
+    ];
+    // Arrays holding nulls are valid bindings; knex's types only lack them.
+    const result = await trx.raw(UPSERT_TOTALS, bindings as unknown as Knex.RawBinding[]);
     statements += 1;
     for (const row of result.rows as { key_id: string; org_id: string }[]) written.add(`${row.org_id}/${row.key_id}`);
   }
-  const accepted = keys.filter((k) => written.has(`${k.orgId}/${k.keyId}`));
+  return { statements, accepted: keys.filter((k) => written.has(`${k.orgId}/${k.keyId}`)) };
+}
 
-  const hours = accepted.flatMap((k) => [...k.hours].sort(([a], [b]) => a - b).map(([hour, count]) => ({ k, hour, count })));
+async function upsertHours(trx: Knex.Transaction, keys: KeyUsageDelta[], chunkSize: number): Promise<number> {
+  const hours = keys.flatMap((k) => [...k.hours].sort(([a], [b]) => a - b).map(([hour, counts]) => ({ k, hour, counts })));
   for (const chunk of chunks(hours, chunkSize)) {
     await trx.raw(UPSERT_HOURS, [
       chunk.map((h) => h.k.keyId),
       chunk.map((h) => h.k.orgId),
       chunk.map((h) => new Date(h.hour)),
-      chunk.map((h) => h.count),
+      chunk.map((h) => provenCount(h.counts)),
+      ...OUTCOMES.map((outcome) => chunk.map((h) => h.counts[outcome])),
     ]);
-    statements += 1;
   }
+  return chunks(hours, chunkSize).length;
+}
 
-  const ips = accepted.flatMap((k) => [...k.ips].sort(([a], [b]) => (a < b ? -1 : 1)).map(([ip, stat]) => ({ k, ip, stat })));
-  for (const chunk of chunks(ips, chunkSize)) {
-    await trx.raw(UPSERT_IPS, [
+async function upsertIpRows(trx: Knex.Transaction, keys: KeyUsageDelta[], chunkSize: number, target: IpTable): Promise<number> {
+  const sql = upsertIps(target);
+  const rows = keys.flatMap((k) => [...target.ips(k)].sort(([a], [b]) => (a < b ? -1 : 1)).map(([ip, stat]) => ({ k, ip, stat })));
+  const batches = chunks(rows, chunkSize);
+  for (const chunk of batches) {
+    await trx.raw(sql, [
       chunk.map((r) => r.k.keyId),
       chunk.map((r) => r.k.orgId),
       chunk.map((r) => r.ip),
@@ -126,9 +167,50 @@ async function applyBatch(trx: Knex.Transaction, keys: KeyUsageDelta[], chunkSiz
       chunk.map((r) => new Date(r.stat.lastSeen)),
       chunk.map((r) => r.stat.count),
     ]);
-    statements += 1;
   }
-  return { statements, accepted };
+  return batches.length;
+}
+
+async function applyBatch(trx: Knex.Transaction, keys: KeyUsageDelta[], chunkSize: number) {
+  const { statements, accepted } = await upsertTotals(trx, keys, chunkSize);
+  const more =
+    (await upsertHours(trx, accepted, chunkSize)) +
+    (await upsertIpRows(trx, accepted, chunkSize, IP_TABLES.proven)) +
+    (await upsertIpRows(trx, accepted, chunkSize, IP_TABLES.failed));
+  return { statements: statements + more, accepted, quarantined: [] as KeyUsageDelta[] };
+}
+
+// SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation): the rows were
+// refused, not the connection. Retrying the same rows would fail forever.
+function isDataError(error: unknown): boolean {
+  const code = (error as { code?: unknown })?.code;
+  return typeof code === 'string' && (code.startsWith('22') || code.startsWith('23'));
+}
+
+type Applied = Awaited<ReturnType<typeof applyBatch>>;
+
+// Applies `keys` inside a savepoint. A data error rolls back only the savepoint and bisects the
+// keys until the offending ones are alone; those are set aside (quarantined) so one bad row
+// cannot hold back every org's usage. The happy path costs two extra round trips per flush.
+async function applyIsolating(trx: Knex.Transaction, keys: KeyUsageDelta[], chunkSize: number): Promise<Applied> {
+  await trx.raw('savepoint usage_apply');
+  try {
+    const applied = await applyBatch(trx, keys, chunkSize);
+    await trx.raw('release savepoint usage_apply');
+    return { ...applied, statements: applied.statements + 2 };
+  } catch (error) {
+    if (!isDataError(error)) throw error;
+    await trx.raw('rollback to savepoint usage_apply');
+    if (keys.length === 1) return { statements: 2, accepted: [], quarantined: keys };
+    const middle = Math.ceil(keys.length / 2);
+    const first = await applyIsolating(trx, keys.slice(0, middle), chunkSize);
+    const second = await applyIsolating(trx, keys.slice(middle), chunkSize);
+    return {
+      statements: first.statements + second.statements + 2,
+      accepted: [...first.accepted, ...second.accepted],
+      quarantined: [...first.quarantined, ...second.quarantined],
+    };
+  }
 }
 
 export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {}): UsageStore {
@@ -145,16 +227,18 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {})
         const toApply = batches.filter((b) => fresh.has(b.id));
         const merged = mergeBatches(toApply.map((b) => b.batch));
         const keys = merged.keys.sort(byKeyId);
-        const { statements, accepted } = await applyBatch(trx, keys, chunkSize);
+        const { statements, accepted, quarantined } = await applyIsolating(trx, keys, chunkSize);
         const acceptedUses = accepted.reduce((sum, k) => sum + k.total, 0);
+        const quarantinedUses = quarantined.reduce((sum, k) => sum + k.total, 0);
         result = {
           appliedBatches: toApply.length,
           duplicateBatches: batches.length - toApply.length,
           duplicateUses: batches.filter((b) => !fresh.has(b.id)).reduce((sum, b) => sum + b.batch.uses, 0),
           keysWritten: accepted.length,
           usesWritten: acceptedUses,
-          unknownKeys: keys.length - accepted.length,
-          unknownUses: merged.uses - acceptedUses,
+          unknownKeys: keys.length - accepted.length - quarantined.length,
+          unknownUses: merged.uses - acceptedUses - quarantinedUses,
+          quarantined: quarantined.map((k) => ({ keyId: k.keyId, orgId: k.orgId, uses: k.total })),
           statements: statements + 1,
         };
       } catch (error) {
@@ -176,19 +260,21 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {})
       // Best effort, outside the flush: rows are locked in (key_id, ip) order, as flushes lock them,
       // and rows another transaction holds are skipped (trimmed after a later flush), so a prune
       // never waits for a lock and cannot deadlock with a flush or with another collector's prune.
-      await db.raw(
-        `with doomed as materialized (
-           select r.key_id, r.ip
-             from api_key_recent_ips r
-             join (select key_id, ip, row_number() over (partition by key_id order by last_seen desc, ip) as rank
-                     from api_key_recent_ips where key_id = any(cast(? as uuid[]))) ranked
-               on ranked.key_id = r.key_id and ranked.ip = r.ip
-            where ranked.rank > ?
-            order by r.key_id, r.ip
-              for update of r skip locked)
-         delete from api_key_recent_ips r using doomed d where r.key_id = d.key_id and r.ip = d.ip`,
-        [[...keyIds], RECENT_IPS_PER_KEY],
-      );
+      for (const { table } of Object.values(IP_TABLES)) {
+        await db.raw(
+          `with doomed as materialized (
+             select r.key_id, r.ip
+               from ${table} r
+               join (select key_id, ip, row_number() over (partition by key_id order by last_seen desc, ip) as rank
+                       from ${table} where key_id = any(cast(? as uuid[]))) ranked
+                 on ranked.key_id = r.key_id and ranked.ip = r.ip
+              where ranked.rank > ?
+              order by r.key_id, r.ip
+                for update of r skip locked)
+           delete from ${table} r using doomed d where r.key_id = d.key_id and r.ip = d.ip`,
+          [[...keyIds], RECENT_IPS_PER_KEY],
+        );
+      }
     },
 
     async expireOldRows(retentionDays) {

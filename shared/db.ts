@@ -4,8 +4,16 @@ import pg from 'pg';
 
 export type Db = Knex;
 
-// Counters are BIGINT; every count we keep fits in a double's exact integer range.
-pg.types.setTypeParser(pg.types.builtins.INT8, (value: string) => Number(value));
+// An exact integer count: a number while it is a safe integer, its decimal string beyond
+// (counters saturate at the bigint maximum, which a double would round).
+export type Count = number | string;
+
+export function exactCount(value: string | number): Count {
+  const n = Number(value);
+  return Number.isSafeInteger(n) ? n : String(value);
+}
+
+pg.types.setTypeParser(pg.types.builtins.INT8, exactCount);
 
 export const MIGRATIONS_DIRECTORY = path.resolve(__dirname, '..', 'migrations');
 

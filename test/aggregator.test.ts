@@ -45,7 +45,12 @@ t.test('coalesces the samples of one key', async (t) => {
         lastUsedAt: T0,
         lastIp: '10.0.0.1',
         ips: new Map([['10.0.0.1', { count: 7, firstSeen: T0, lastSeen: T0 }]]),
-        hours: new Map([[HOUR_10, 7]]),
+        lastFailedAt: -Infinity,
+        lastFailedIp: '',
+        failedIps: new Map(),
+        lastRevokedUseAt: -Infinity,
+        lastExpiredUseAt: -Infinity,
+        hours: new Map([[HOUR_10, outcomes({ ok: 5, forbidden: 2 })]]),
       },
     ],
   });
@@ -78,6 +83,55 @@ t.test('lastUsedAt and lastIp are those of the newest add', async (t) => {
   t.equal(delta.total, steps.length);
 });
 
+t.test('only a proven secret makes a key look used; a wrong one is a failed attempt', async (t) => {
+  const { clock, aggregator } = fakeAggregator();
+  aggregator.add(use({ outcome: 'ok', ip: '10.0.0.1' }));
+  clock.now = T0 + 10;
+  aggregator.add(use({ outcome: 'bad_secret', ip: '203.0.113.7', count: 3 }));
+  clock.now = T0 + 20;
+  aggregator.add(use({ outcome: 'bad_secret', ip: '203.0.113.8' }));
+  const [delta] = aggregator.drain().keys;
+  t.equal(delta.lastUsedAt, T0, 'the attacker did not move lastUsedAt');
+  t.equal(delta.lastIp, '10.0.0.1');
+  t.strictSame([...delta.ips.keys()], ['10.0.0.1'], 'nor the recent IPs');
+  t.equal(delta.lastFailedAt, T0 + 20);
+  t.equal(delta.lastFailedIp, '203.0.113.8');
+  t.strictSame([...delta.failedIps], [
+    ['203.0.113.7', { count: 3, firstSeen: T0 + 10, lastSeen: T0 + 10 }],
+    ['203.0.113.8', { count: 1, firstSeen: T0 + 20, lastSeen: T0 + 20 }],
+  ]);
+  t.strictSame(delta.hours.get(HOUR_10), outcomes({ ok: 1, bad_secret: 4 }), 'the hour keeps both, apart');
+  t.equal(delta.total, 5, 'every outcome still counts in the total');
+});
+
+t.test('failed attempts alone leave the key unused', async (t) => {
+  const { aggregator } = fakeAggregator();
+  aggregator.add(use({ outcome: 'bad_secret' }));
+  const [delta] = aggregator.drain().keys;
+  t.equal(delta.lastUsedAt, -Infinity);
+  t.equal(delta.ips.size, 0);
+});
+
+t.test('the right secret on a revoked or expired key is a use, and remembered as such', async (t) => {
+  const { clock, aggregator } = fakeAggregator();
+  aggregator.add(use({ outcome: 'revoked' }));
+  clock.now = T0 + 7;
+  aggregator.add(use({ outcome: 'expired', ip: '10.0.0.2' }));
+  const [delta] = aggregator.drain().keys;
+  t.equal(delta.lastRevokedUseAt, T0);
+  t.equal(delta.lastExpiredUseAt, T0 + 7);
+  t.equal(delta.lastUsedAt, T0 + 7);
+  t.equal(delta.lastIp, '10.0.0.2');
+});
+
+t.test('merged counts saturate at the largest exact integer instead of rounding', async (t) => {
+  const big = (n: number) => ({ uses: n, keys: [delta({ total: n, byOutcome: outcomes({ ok: n }), hours: new Map([[HOUR_10, outcomes({ ok: n })]]) })] });
+  const [merged] = mergeBatches([big(Number.MAX_SAFE_INTEGER - 1), big(5)]).keys;
+  t.equal(merged.total, Number.MAX_SAFE_INTEGER);
+  t.equal(merged.byOutcome.ok, Number.MAX_SAFE_INTEGER);
+  t.equal(merged.hours.get(HOUR_10)!.ok, Number.MAX_SAFE_INTEGER);
+});
+
 t.test('hourly buckets split at the hour boundary', async (t) => {
   const { clock, aggregator } = fakeAggregator();
   const adds: Array<[at: number, count: number]> = [
@@ -93,9 +147,9 @@ t.test('hourly buckets split at the hour boundary', async (t) => {
   }
   const [delta] = aggregator.drain().keys;
   t.strictSame([...delta.hours], [
-    [HOUR_10, 3],
-    [HOUR_11, 12],
-    [HOUR_11 + 3_600_000, 11],
+    [HOUR_10, outcomes({ ok: 3 })],
+    [HOUR_11, outcomes({ ok: 12 })],
+    [HOUR_11 + 3_600_000, outcomes({ ok: 11 })],
   ]);
   t.equal(delta.total, 26);
 });
@@ -228,6 +282,11 @@ function delta(fields: Partial<KeyUsageDelta>): KeyUsageDelta {
     lastUsedAt: T0,
     lastIp: '10.0.0.1',
     ips: new Map(),
+    lastFailedAt: -Infinity,
+    lastFailedIp: '',
+    failedIps: new Map(),
+    lastRevokedUseAt: -Infinity,
+    lastExpiredUseAt: -Infinity,
     hours: new Map(),
     ...fields,
   };
@@ -246,9 +305,10 @@ t.test('mergeBatches', async (t) => {
           ['10.0.0.1', { count: 4, firstSeen: T0, lastSeen: T0 + 100 }],
           ['10.0.0.2', { count: 3, firstSeen: T0 + 10, lastSeen: T0 + 20 }],
         ]),
-        hours: new Map([[HOUR_10, 7]]),
+        hours: new Map([[HOUR_10, outcomes({ ok: 5, revoked: 2 })]]),
+        lastRevokedUseAt: T0 + 50,
       }),
-      delta({ keyId: KEY_B, total: 3, byOutcome: outcomes({ expired: 3 }), ips: new Map([['::1', { count: 3, firstSeen: T0, lastSeen: T0 }]]), hours: new Map([[HOUR_10, 3]]) }),
+      delta({ keyId: KEY_B, total: 3, byOutcome: outcomes({ expired: 3 }), ips: new Map([['::1', { count: 3, firstSeen: T0, lastSeen: T0 }]]), hours: new Map([[HOUR_10, outcomes({ expired: 3 })]]) }),
     ],
   };
   const newer: UsageBatch = {
@@ -264,9 +324,12 @@ t.test('mergeBatches', async (t) => {
           ['10.0.0.3', { count: 5, firstSeen: T0 + 3000, lastSeen: T0 + 5000 }],
         ]),
         hours: new Map([
-          [HOUR_10, 1],
-          [HOUR_11, 5],
+          [HOUR_10, outcomes({ ok: 1 })],
+          [HOUR_11, outcomes({ cross_org: 5 })],
         ]),
+        lastFailedAt: T0 + 4000,
+        lastFailedIp: '192.0.2.9',
+        failedIps: new Map([['192.0.2.9', { count: 2, firstSeen: T0 + 4000, lastSeen: T0 + 4000 }]]),
       }),
     ],
   };
@@ -282,22 +345,27 @@ t.test('mergeBatches', async (t) => {
       ['10.0.0.3', { count: 5, firstSeen: T0 + 3000, lastSeen: T0 + 5000 }],
     ]),
     hours: new Map([
-      [HOUR_10, 8],
-      [HOUR_11, 5],
+      [HOUR_10, outcomes({ ok: 6, revoked: 2 })],
+      [HOUR_11, outcomes({ cross_org: 5 })],
     ]),
+    lastRevokedUseAt: T0 + 50,
+    lastFailedAt: T0 + 4000,
+    lastFailedIp: '192.0.2.9',
+    failedIps: new Map([['192.0.2.9', { count: 2, firstSeen: T0 + 4000, lastSeen: T0 + 4000 }]]),
   });
 
   t.test('sums totals, outcomes, hours and ip stats', async (t) => {
     const merged = mergeBatches([older, newer]);
     t.equal(merged.uses, 16);
     t.strictSame(merged.keys.map((k) => k.keyId), [KEY_A, KEY_B]);
-    t.strictSame({ ...merged.keys[0], ips: [...merged.keys[0].ips] }, { ...expectedA, ips: [...expectedA.ips] });
+    t.strictSame(merged.keys[0], expectedA);
+    t.strictSame([...merged.keys[0].ips.keys()], [...expectedA.ips.keys()], 'ips ordered least recently seen first');
     t.strictSame(merged.keys[1], older.keys[1]);
   });
 
   t.test('batch order does not matter', async (t) => {
     const [a] = mergeBatches([newer, older]).keys;
-    t.strictSame({ ...a, ips: [...a.ips] }, { ...expectedA, ips: [...expectedA.ips] });
+    t.strictSame(a, expectedA);
   });
 
   t.test('caps ips to the most recently seen', async (t) => {
@@ -313,7 +381,7 @@ t.test('mergeBatches', async (t) => {
     a.total += 100;
     a.byOutcome.ok += 100;
     a.ips.get('10.0.0.1')!.count += 100;
-    a.hours.set(HOUR_10, 0);
+    a.hours.get(HOUR_10)!.ok += 100;
     b.ips.get('::1')!.lastSeen = 0;
     t.strictSame([older, newer], snapshot, 'inputs unchanged by editing the result');
   });

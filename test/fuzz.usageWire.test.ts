@@ -5,7 +5,7 @@
 import { isIP } from 'node:net';
 import fc from 'fast-check';
 import t from 'tap';
-import { MAX_DATAGRAM_BYTES, OUTCOMES, USAGE_METRIC, encodeUsageLine, packDatagrams, parsePacket, type PacketResult, type UsageSample } from '../shared/usageWire';
+import { MAX_DATAGRAM_BYTES, MAX_LINE_COUNT, OUTCOMES, USAGE_METRIC, encodeUsageLine, packDatagrams, parsePacket, type PacketResult, type UsageSample } from '../shared/usageWire';
 import { LONG } from './helpers/faults';
 
 const KEY = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
@@ -30,7 +30,7 @@ function validSample(s: UsageSample): boolean {
     (OUTCOMES as readonly string[]).includes(s.outcome) &&
     Number.isInteger(s.count) &&
     s.count >= 1 &&
-    s.count <= 1e9
+    s.count <= MAX_LINE_COUNT
   );
 }
 
@@ -105,10 +105,10 @@ t.test('counts: huge, negative, NaN, Infinity values and rates give exactly roun
       const { result, samples } = parse(`${USAGE_METRIC}:${value}|c${rate === undefined ? '' : `|@${rate}`}|#key:${KEY},org:${ORG},ip:10.0.0.1,outcome:ok`);
       const v = Number(value);
       const r = rate === undefined ? 1 : Number(rate);
-      // The oracle: a finite positive decimal value, a rate in (0, 1], a scaled count in [1, 1e9].
+      // The oracle: a finite positive decimal value, a rate in (0, 1], a scaled count in [1, MAX_LINE_COUNT].
       const decimal = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
       const count = Math.round(v / r);
-      const ok = decimal.test(value) && Number.isFinite(v) && v > 0 && (rate === undefined || (decimal.test(rate) && r > 0 && r <= 1)) && count >= 1 && count <= 1e9;
+      const ok = decimal.test(value) && Number.isFinite(v) && v > 0 && (rate === undefined || (decimal.test(rate) && r > 0 && r <= 1)) && count >= 1 && count <= MAX_LINE_COUNT;
       if (ok) accepted += 1;
       return ok ? samples.length === 1 && samples[0].count === count && result.invalid === 0 : samples.length === 0 && result.invalid === 1;
     }),
@@ -176,7 +176,7 @@ t.test('tag injection: encodeUsageLine always writes one line that parses back t
     orgId: fc.oneof(fc.constant(ORG), hostile),
     ip: hostile,
     outcome: fc.oneof(fc.constantFrom(...OUTCOMES), hostile),
-    count: fc.integer({ min: 1, max: 1e9 }),
+    count: fc.integer({ min: 1, max: MAX_LINE_COUNT }),
   }) as fc.Arbitrary<UsageSample>;
   let roundTrips = 0;
   fc.assert(
@@ -221,7 +221,7 @@ t.test('packDatagrams + parsePacket: any batch of valid samples arrives whole, i
     orgId: fc.uuid(),
     ip: fc.oneof(fc.ipV4(), fc.ipV6()),
     outcome: fc.constantFrom(...OUTCOMES),
-    count: fc.integer({ min: 1, max: 1e9 }),
+    count: fc.integer({ min: 1, max: MAX_LINE_COUNT }),
   });
   fc.assert(
     fc.property(fc.array(sample, { maxLength: 300 }), (samples) => {

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { UsageRecorder, type DatagramSink } from '../api/usage/usageRecorder';
 import { createLogger } from '../shared/logger';
-import { parsePacket, type UsageSample } from '../shared/usageWire';
+import { MAX_LINE_COUNT, parsePacket, type UsageSample } from '../shared/usageWire';
 import { Writable } from 'node:stream';
 
 const KEY = '0b7c6a39-2f11-4c55-9d7e-2f0c8e7a1b01';
@@ -104,4 +104,17 @@ t.test('the interval drains on its own', async (t) => {
   complete();
   t.equal(sent.length, 1);
   await recorder.stop();
+});
+
+t.test('a line never carries more than the collector accepts: a busy entry drains early', async (t) => {
+  const { sink, sent, complete } = fakeSink();
+  const recorder = new UsageRecorder({ sink, maxEntries: 10_000, drainIntervalMs: 1000, logger: capturedLogger().logger });
+  const uses = MAX_LINE_COUNT + 5;
+  for (let i = 0; i < uses; i += 1) recorder.record(KEY, ORG, '10.0.0.1', 'ok');
+  recorder.drain();
+  complete();
+  const results = sent.map((d) => parsePacket(d, () => {}));
+  t.equal(results.reduce((sum, r) => sum + r.invalid, 0), 0, 'every line is within the per-line cap');
+  t.strictSame(samplesOf(sent).map((s) => s.count), [MAX_LINE_COUNT, 5]);
+  t.equal(recorder.stats.earlyDrains, 1);
 });

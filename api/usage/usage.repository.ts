@@ -1,4 +1,4 @@
-import type { Db } from '../../shared/db';
+import { exactCount, type Count, type Db } from '../../shared/db';
 import { OUTCOMES, type Outcome } from '../../shared/usageWire';
 import type { Scope } from '../keys/scopes';
 
@@ -11,7 +11,14 @@ export interface RecentIp {
   ip: string;
   firstSeen: Date;
   lastSeen: Date;
-  requestCount: number;
+  requestCount: Count;
+}
+
+export interface FailedIp {
+  ip: string;
+  firstSeen: Date;
+  lastSeen: Date;
+  attemptCount: Count;
 }
 
 export interface KeyUsageRecord {
@@ -24,12 +31,18 @@ export interface KeyUsageRecord {
   revokedAt: Date | null;
   lastUsedAt: Date | null;
   lastUsedIp: string | null;
-  requestCount: number;
-  outcomes: Record<Outcome, number>;
-  last24h: number;
-  last7d: number;
-  last30d: number;
+  requestCount: Count;
+  outcomes: Record<Outcome, Count>;
+  last24h: Count;
+  last7d: Count;
+  last30d: Count;
   recentIps: RecentIp[];
+  failedAttempts: Count;
+  lastFailedAt: Date | null;
+  lastFailedIp: string | null;
+  recentFailedIps: FailedIp[];
+  lastRevokedUseAt: Date | null;
+  lastExpiredUseAt: Date | null;
 }
 
 export interface UsageQuery {
@@ -52,6 +65,14 @@ const SORT_COLUMNS: Record<UsageSort, { inner: string; outer: string }> = {
 
 const outcomeColumns = OUTCOMES.map((outcome) => `coalesce(u.${outcome}_count, 0) as ${outcome}_count`).join(', ');
 
+// The newest rows of an IP table as JSON; counts as text, which JSON.parse would otherwise round.
+const recentIpsJson = (table: string, count: string) => `
+         left join lateral (
+           select json_agg(json_build_object('ip', r.ip, 'firstSeen', r.first_seen, 'lastSeen', r.last_seen, 'count', cast(r.${count} as text))
+                           order by r.last_seen desc) as ips
+             from (select * from ${table} where key_id = p.id order by last_seen desc limit ${RECENT_IPS_SHOWN}) r
+         ) ${table} on true`;
+
 // One statement per page. The page is chosen first (filter, sort, limit over api_keys and
 // api_key_usage only); the windows from the hourly buckets and the recent IPs are then joined
 // through LATERAL to those rows alone, so the cost follows the page size, not the org's key count.
@@ -66,12 +87,13 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
   const [rows, count] = await Promise.all([
     db.raw(
       `select p.*,
-              cast(coalesce(w.last_24h, 0) as bigint) as last_24h, cast(coalesce(w.last_7d, 0) as bigint) as last_7d,
-              cast(coalesce(w.last_30d, 0) as bigint) as last_30d,
-              coalesce(ips.recent_ips, cast('[]' as json)) as recent_ips
+              coalesce(w.last_24h, 0) as last_24h, coalesce(w.last_7d, 0) as last_7d, coalesce(w.last_30d, 0) as last_30d,
+              coalesce(api_key_recent_ips.ips, cast('[]' as json)) as recent_ips,
+              coalesce(api_key_failed_ips.ips, cast('[]' as json)) as recent_failed_ips
          from (
            select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
-                  u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns}
+                  u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
+                  u.last_failed_at, u.last_failed_ip, u.last_revoked_use_at, u.last_expired_use_at
              ${keysOfOrg}
             order by ${sort.inner} ${direction}, k.id
             limit :limit offset :offset
@@ -82,12 +104,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
                   sum(h.request_count) as last_30d
              from api_key_usage_hourly h
             where h.key_id = p.id and h.hour > cast(:now as timestamptz) - interval '30 days'
-         ) w on true
-         left join lateral (
-           select json_agg(json_build_object('ip', r.ip, 'firstSeen', r.first_seen, 'lastSeen', r.last_seen, 'requestCount', r.request_count)
-                           order by r.last_seen desc) as recent_ips
-             from (select * from api_key_recent_ips where key_id = p.id order by last_seen desc limit ${RECENT_IPS_SHOWN}) r
-         ) ips on true
+         ) w on true ${recentIpsJson('api_key_recent_ips', 'request_count')} ${recentIpsJson('api_key_failed_ips', 'attempt_count')}
         order by ${sort.outer} ${direction}, p.id`,
       bindings,
     ),
@@ -95,6 +112,11 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
   ]);
   return { keys: rows.rows.map(toKeyUsage), total: Number(count.rows[0].total) };
 }
+
+type IpJson = { ip: string; firstSeen: string; lastSeen: string; count: string };
+
+const ipRows = (json: unknown) =>
+  (json as IpJson[]).map((row) => ({ ip: row.ip, firstSeen: new Date(row.firstSeen), lastSeen: new Date(row.lastSeen), count: exactCount(row.count) }));
 
 function toKeyUsage(row: Record<string, any>): KeyUsageRecord {
   return {
@@ -108,28 +130,37 @@ function toKeyUsage(row: Record<string, any>): KeyUsageRecord {
     lastUsedAt: row.last_used_at,
     lastUsedIp: row.last_used_ip,
     requestCount: row.request_count,
-    outcomes: Object.fromEntries(OUTCOMES.map((outcome) => [outcome, row[`${outcome}_count`]])) as Record<Outcome, number>,
-    last24h: row.last_24h,
-    last7d: row.last_7d,
-    last30d: row.last_30d,
-    recentIps: (row.recent_ips as Array<Record<string, any>>).map((ip) => ({
-      ip: ip.ip,
-      firstSeen: new Date(ip.firstSeen),
-      lastSeen: new Date(ip.lastSeen),
-      requestCount: Number(ip.requestCount),
-    })),
+    outcomes: Object.fromEntries(OUTCOMES.map((outcome) => [outcome, row[`${outcome}_count`]])) as Record<Outcome, Count>,
+    last24h: exactCount(row.last_24h),
+    last7d: exactCount(row.last_7d),
+    last30d: exactCount(row.last_30d),
+    recentIps: ipRows(row.recent_ips).map(({ count, ...ip }) => ({ ...ip, requestCount: count })),
+    failedAttempts: row.bad_secret_count,
+    lastFailedAt: row.last_failed_at,
+    lastFailedIp: row.last_failed_ip,
+    recentFailedIps: ipRows(row.recent_failed_ips).map(({ count, ...ip }) => ({ ...ip, attemptCount: count })),
+    lastRevokedUseAt: row.last_revoked_use_at,
+    lastExpiredUseAt: row.last_expired_use_at,
   };
 }
 
 export type Granularity = 'hour' | 'day';
 
-export async function keyTimeSeries(
-  db: Db,
-  query: { keyId: string; from: Date; to: Date; granularity: Granularity },
-): Promise<Array<{ start: Date; requestCount: number }>> {
+export interface SeriesBucket {
+  start: Date;
+  requestCount: Count;
+  outcomes: Record<Outcome, Count>;
+}
+
+// Sums stay numeric (PostgreSQL's exact decimal) and are read as exact counts: saturated
+// buckets would overflow a bigint sum.
+export async function keyTimeSeries(db: Db, query: { keyId: string; from: Date; to: Date; granularity: Granularity }): Promise<SeriesBucket[]> {
   const step = query.granularity === 'hour' ? '1 hour' : '1 day';
+  const sums = ['request_count', ...OUTCOMES.map((outcome) => `${outcome}_count`)]
+    .map((column) => `coalesce(sum(h.${column}), 0) as ${column}`)
+    .join(', ');
   const result = await db.raw(
-    `select s.bucket as start, cast(coalesce(sum(h.request_count), 0) as bigint) as request_count
+    `select s.bucket as start, ${sums}
        from generate_series(date_trunc(:granularity, cast(:from as timestamptz), 'UTC'), cast(:to as timestamptz), cast(:step as interval)) as s(bucket)
        left join api_key_usage_hourly h
          on h.key_id = :keyId and h.hour >= s.bucket and h.hour < s.bucket + cast(:step as interval)
@@ -137,5 +168,9 @@ export async function keyTimeSeries(
       order by s.bucket`,
     { granularity: query.granularity, from: query.from, to: query.to, step, keyId: query.keyId },
   );
-  return result.rows.map((row: { start: Date; request_count: number }) => ({ start: row.start, requestCount: row.request_count }));
+  return result.rows.map((row: Record<string, any>) => ({
+    start: row.start,
+    requestCount: exactCount(row.request_count),
+    outcomes: Object.fromEntries(OUTCOMES.map((outcome) => [outcome, exactCount(row[`${outcome}_count`])])) as Record<Outcome, Count>,
+  }));
 }

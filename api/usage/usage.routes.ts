@@ -22,6 +22,7 @@ const seriesQuery = z
     from: dateParam.optional(),
     to: dateParam.optional(),
     granularity: z.enum(['hour', 'day'], { error: 'must be hour or day' }).default('hour'),
+    byOutcome: booleanParam.default(false),
   })
   .strict();
 

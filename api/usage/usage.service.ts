@@ -1,4 +1,4 @@
-import type { Db } from '../../shared/db';
+import { exactCount, type Count, type Db } from '../../shared/db';
 import { notFound, AppError } from '../errors';
 import { findApiKeyInOrg } from '../keys/apiKeys.repository';
 import { keyStatus } from '../keys/apiKeys.service';
@@ -21,13 +21,24 @@ function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number) {
     revokedAt: isoOrNull(key.revokedAt),
     lastUsedAt: isoOrNull(key.lastUsedAt),
     lastUsedIp: key.lastUsedIp,
-    recentIps: key.recentIps.map((ip) => ({ ...ip, firstSeen: ip.firstSeen.toISOString(), lastSeen: ip.lastSeen.toISOString() })),
+    recentIps: key.recentIps.map(isoSeen),
     requestCount: key.requestCount,
     outcomes: key.outcomes,
     requests: { last24h: key.last24h, last7d: key.last7d, last30d: key.last30d },
     dormant: key.lastUsedAt === null || key.lastUsedAt.getTime() < now - dormantAfterMs,
+    failedAttempts: key.failedAttempts,
+    lastFailedAt: isoOrNull(key.lastFailedAt),
+    lastFailedIp: key.lastFailedIp,
+    recentFailedIps: key.recentFailedIps.map(isoSeen),
+    lastRevokedUseAt: isoOrNull(key.lastRevokedUseAt),
+    lastExpiredUseAt: isoOrNull(key.lastExpiredUseAt),
   };
 }
+
+const isoSeen = <T extends { firstSeen: Date; lastSeen: Date }>(ip: T) => ({ ...ip, firstSeen: ip.firstSeen.toISOString(), lastSeen: ip.lastSeen.toISOString() });
+
+// Exact whatever the size: bucket counts may be saturated bigints.
+const sumCounts = (counts: Count[]) => exactCount(counts.reduce((sum: bigint, count) => sum + BigInt(count), 0n).toString());
 
 export type UsageService = ReturnType<typeof createUsageService>;
 
@@ -55,7 +66,7 @@ export function createUsageService(deps: { db: Db; now: () => number }) {
       };
     },
 
-    async timeSeries(orgId: string, keyId: string, query: { from?: Date; to?: Date; granularity: Granularity }) {
+    async timeSeries(orgId: string, keyId: string, query: { from?: Date; to?: Date; granularity: Granularity; byOutcome: boolean }) {
       const to = query.to ?? new Date(deps.now());
       const from = query.from ?? new Date(to.getTime() - 7 * DAY_MS);
       if (from.getTime() > to.getTime()) throw new AppError('invalid_request', 'Invalid query: from: must not be after to');
@@ -70,8 +81,12 @@ export function createUsageService(deps: { db: Db; now: () => number }) {
         granularity: query.granularity,
         from: from.toISOString(),
         to: to.toISOString(),
-        total: buckets.reduce((sum, bucket) => sum + bucket.requestCount, 0),
-        buckets: buckets.map((bucket) => ({ start: bucket.start.toISOString(), requestCount: bucket.requestCount })),
+        total: sumCounts(buckets.map((bucket) => bucket.requestCount)),
+        buckets: buckets.map(({ start, requestCount, outcomes }) => ({
+          start: start.toISOString(),
+          requestCount,
+          ...(query.byOutcome ? { outcomes } : {}),
+        })),
       };
     },
   };

@@ -1,6 +1,6 @@
 import type { Logger } from '../../shared/logger';
 import { rateLimitedWarn } from '../../shared/rateLimitedLog';
-import { encodeUsageLine, packDatagrams, type Outcome, type UsageSample } from '../../shared/usageWire';
+import { MAX_LINE_COUNT, encodeUsageLine, packDatagrams, type Outcome, type UsageSample } from '../../shared/usageWire';
 
 export interface DatagramSink {
   /** Fire-and-forget; `done` reports a send error, if any. Must not throw. */
@@ -40,13 +40,16 @@ export class UsageRecorder {
     const entry = this.pending.get(id);
     if (entry) {
       entry.count += 1;
+      if (entry.count === MAX_LINE_COUNT) this.drainEarly();
       return;
     }
     this.pending.set(id, { keyId, orgId, ip, outcome, count: 1 });
-    if (this.pending.size >= this.options.maxEntries) {
-      this.stats.earlyDrains += 1;
-      this.drain();
-    }
+    if (this.pending.size >= this.options.maxEntries) this.drainEarly();
+  }
+
+  private drainEarly(): void {
+    this.stats.earlyDrains += 1;
+    this.drain();
   }
 
   start(): void {
