@@ -162,6 +162,7 @@ interface UsageRow {
   scopes: string[];
   status: string;
   requestCount: number;
+  failedAttempts: number;
   outcomes: Record<string, number>;
   requests: { last24h: number | string; last7d: number | string; last30d: number | string };
   lastUsedAt: string | null;
@@ -181,9 +182,11 @@ async function readUsage(client: Client, orgId: string, adminKey: string, wanted
   return found;
 }
 
+// A use is an answer to the right secret; a wrong secret is a failed attempt, counted apart.
 const matches = (key: DemoKey, row: UsageRow | undefined) =>
   row !== undefined &&
-  row.requestCount === Object.values(key.seen).reduce((sum, n) => sum + n, 0) &&
+  row.requestCount === (Object.keys(key.seen) as Outcome[]).reduce((sum, outcome) => sum + (outcome === 'bad_secret' ? 0 : key.seen[outcome]), 0) &&
+  row.failedAttempts === key.seen.bad_secret &&
   (Object.keys(key.seen) as Outcome[]).every((outcome) => row.outcomes[outcome] === key.seen[outcome]);
 
 function table(rows: string[][]): string {
@@ -246,7 +249,7 @@ async function run(options: Options, port: number) {
     usage = await readUsage(client, orgId, admin, wanted);
   }
 
-  const header = ['key', 'status', 'requests', 'ok', 'forbidden', 'revoked', 'expired', 'bad_secret', 'last24h', 'lastUsedAt', 'lastUsedIp', 'dormant', 'matches'];
+  const header = ['key', 'status', 'uses', 'ok', 'forbidden', 'revoked', 'expired', 'bad_secret', 'last24h', 'lastUsedAt', 'lastUsedIp', 'dormant', 'matches'];
   const rows = keys.map((key) => {
     const row = usage.get(key.id);
     if (!row) return [key.name, 'missing', ...header.slice(2).map(() => '-')];
@@ -272,7 +275,7 @@ async function run(options: Options, port: number) {
   const exact = keys.every((key) => matches(key, usage.get(key.id)));
   console.log(
     exact
-      ? 'Every count matches what this script received (each answer is one use, with its outcome).'
+      ? 'Every count matches what this script received (each answer to the right secret is one use, with its outcome; each wrong secret a failed attempt).'
       : 'Some counts do not match what this script received yet: is the collector running? (`npm start` runs it)',
   );
   console.log('The full response, with recent IPs and the 24 h / 7 d / 30 d windows:');
