@@ -1,10 +1,17 @@
 import t from 'tap';
-import { migrateLatest, MIGRATIONS_DIRECTORY } from '../shared/db';
+import { migrateLatest, MIGRATIONS_DIRECTORY, type Db } from '../shared/db';
 import { encodeUsageLine } from '../shared/usageWire';
 import { seedOrg, startTestApi } from './helpers/api';
 import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
 import { freshDatabase } from './helpers/database';
 import { wiredSystem } from './helpers/wiredSystem';
+
+// Rolls back, newest first, every migration applied after `last`.
+async function migrateDownTo(db: Db, last: string) {
+  const options = { directory: MIGRATIONS_DIRECTORY, loadExtensions: ['.ts'] };
+  const [completed] = (await db.migrate.list(options)) as [Array<{ name: string }>, unknown];
+  for (const { name } of completed.filter((m) => m.name > last).reverse()) await db.migrate.down({ ...options, name });
+}
 
 const BIGINT_MAX = '9223372036854775807';
 
@@ -175,7 +182,7 @@ t.test('the migration splits existing totals into proven uses and failed attempt
   const api = await startTestApi(t, db);
   const { org, adminKeyId } = await seedOrg(api, db);
   const other = (await api.services.apiKeys.create(org.id, { name: 'probed', scopes: ['keys:read'], expiresAt: null })).key.id;
-  await db.migrate.down({ directory: MIGRATIONS_DIRECTORY, loadExtensions: ['.ts'] });
+  await migrateDownTo(db, '20261125000002_api_key_usage.ts');
   const at = new Date('2026-11-30T10:00:00Z');
   await db('api_key_usage').insert([
     { key_id: adminKeyId, org_id: org.id, request_count: 10, ok_count: 7, bad_secret_count: 3, last_used_at: at, last_used_ip: '192.0.2.1' },
