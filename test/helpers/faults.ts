@@ -589,22 +589,31 @@ export class Ledger {
   }
 }
 
-/** Per-key totals, outcome counts, hourly and recent-IP sums as PostgreSQL holds them. */
+// Every outcome, proven or failed: the fault battery checks that each line sent is counted once,
+// whichever of the two kinds it is.
+const everyOutcome = OUTCOMES.map((outcome) => `${outcome}_count`).join(' + ');
+
+/** Per-key totals (every outcome), outcome counts, hourly and IP sums as PostgreSQL holds them. */
 export async function persistedUsage(db: Db, keyIds: readonly string[]) {
   const rows: Array<Record<string, number | string>> = await db('api_key_usage').whereIn('key_id', keyIds);
   const hourly: Array<{ key_id: string; total: number }> = await db('api_key_usage_hourly')
     .whereIn('key_id', keyIds)
     .groupBy('key_id')
-    .select('key_id', db.raw('sum(request_count)::bigint as total'));
-  const ips: Array<{ key_id: string; total: number; ips: number }> = await db('api_key_recent_ips')
+    .select('key_id', db.raw(`sum(${everyOutcome}) as total`));
+  const ips: Array<{ key_id: string; total: number; ips: number }> = await db
+    .from(
+      db('api_key_recent_ips').select('key_id', 'ip', 'request_count as n').unionAll(db('api_key_failed_ips').select('key_id', 'ip', 'attempt_count as n')).as('both'),
+    )
     .whereIn('key_id', keyIds)
     .groupBy('key_id')
-    .select('key_id', db.raw('sum(request_count)::bigint as total'), db.raw('count(*)::int as ips'));
+    .select('key_id', db.raw('sum(n) as total'), db.raw('count(distinct ip)::int as ips'));
   const byKey = new Map(rows.map((row) => [String(row.key_id), row]));
+  const outcomes = (keyId: string) => Object.fromEntries(OUTCOMES.map((o) => [o, Number(byKey.get(keyId)?.[`${o}_count`] ?? 0)])) as Record<Outcome, number>;
+  const count = (keyId: string) => Object.values(outcomes(keyId)).reduce((sum, n) => sum + n, 0);
   return {
-    total: rows.reduce((sum, row) => sum + Number(row.request_count), 0),
-    count: (keyId: string) => Number(byKey.get(keyId)?.request_count ?? 0),
-    outcomes: (keyId: string) => Object.fromEntries(OUTCOMES.map((o) => [o, Number(byKey.get(keyId)?.[`${o}_count`] ?? 0)])) as Record<Outcome, number>,
+    total: [...byKey.keys()].reduce((sum, keyId) => sum + count(keyId), 0),
+    count,
+    outcomes,
     hourly: new Map(hourly.map((row) => [row.key_id, Number(row.total)])),
     ips: new Map(ips.map((row) => [row.key_id, { total: Number(row.total), ips: row.ips }])),
     rows: rows.length,
