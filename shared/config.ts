@@ -74,6 +74,7 @@ const variables = {
   USAGE_RETENTION_DAYS: positiveInt(3650).default(90),
   USAGE_SIGNING_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   USAGE_SIGNING_PREVIOUS_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  COLLECTOR_REPLAY_CACHE_SIZE: positiveInt(10_000_000).default(100_000),
 };
 
 const DEV_PEPPER = 'keyusage-development-pepper-not-for-production-use';
@@ -161,6 +162,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       metricsPort: v.COLLECTOR_METRICS_PORT,
       retentionDays: v.USAGE_RETENTION_DAYS,
       signingSecrets: [v.USAGE_SIGNING_SECRET, v.USAGE_SIGNING_PREVIOUS_SECRET].filter((secret): secret is string => secret !== undefined),
+      replayCacheSize: v.COLLECTOR_REPLAY_CACHE_SIZE,
     },
   });
 }
