@@ -38,8 +38,10 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const SIGNATURE_WINDOW_MS = 30_000;
   const verify =
     config.collector.signingSecrets.length > 0
-      ? datagramVerifier({ secrets: config.collector.signingSecrets, windowMs: SIGNATURE_WINDOW_MS, maxRemembered: 100_000, now })
+      ? datagramVerifier({ secrets: config.collector.signingSecrets, windowMs: SIGNATURE_WINDOW_MS, maxRemembered: config.collector.replayCacheSize, now })
       : undefined;
+  // A full replay cache drops genuine datagrams: counted apart so it is not mistaken for forgery.
+  const replayCache = { capacity: config.collector.replayCacheSize, overflows: 0, entries: () => verify?.size() ?? 0 };
   const warn = rateLimitedWarn(logger, 10_000, now);
   // One clock read per datagram, not per line: the lines of a datagram arrived together.
   let packetTime = now();
@@ -56,7 +58,10 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       const verdict = verify(received);
       if (!verdict.ok) {
         ingest.rejectedPackets += 1;
-        warn(`rejected_${verdict.reason}`, { reason: verdict.reason, rejectedPackets: ingest.rejectedPackets }, 'dropped a datagram without a valid signature');
+        const full = verdict.reason === 'replay_cache_full';
+        if (full) replayCache.overflows += 1;
+        const message = full ? 'replay cache full: a signed datagram was dropped; raise COLLECTOR_REPLAY_CACHE_SIZE' : 'dropped a datagram without a valid signature';
+        warn(`rejected_${verdict.reason}`, { reason: verdict.reason, rejectedPackets: ingest.rejectedPackets }, message);
         return;
       }
       packet = verdict.body;
@@ -94,7 +99,10 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     const gauge = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_collector_${name}`, help, type: 'gauge', value });
     return [
       counter('packets_total', 'UDP datagrams received', ingest.packets),
-      counter('rejected_packets_total', 'Datagrams dropped for a missing, bad, stale or replayed signature', ingest.rejectedPackets),
+      counter('rejected_packets_total', 'Datagrams dropped for a missing, bad, stale or replayed signature, or a full replay cache', ingest.rejectedPackets),
+      counter('replay_cache_overflow_total', 'Signed datagrams dropped because the replay cache was full (COLLECTOR_REPLAY_CACHE_SIZE)', replayCache.overflows),
+      gauge('replay_cache_entries', 'Nonces held by the replay cache (expired ones leave on the next datagram)', replayCache.entries()),
+      gauge('replay_cache_capacity', 'COLLECTOR_REPLAY_CACHE_SIZE', replayCache.capacity),
       counter('lines_total', 'StatsD lines received', ingest.lines),
       counter('usage_lines_total', 'API key usage lines accepted', ingest.usageLines),
       counter('other_lines_total', 'Valid StatsD lines for other metrics, ignored', ingest.otherLines),
@@ -122,6 +130,8 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       healthy: flusher.stats.consecutiveFailures < 3,
       consecutiveFailedFlushes: flusher.stats.consecutiveFailures,
       pendingKeys: aggregator.pendingKeys + flusher.pendingKeys,
+      // Visible, not unhealthy: a restart would empty the cache and reopen the replay window.
+      replayCache: { entries: replayCache.entries(), capacity: replayCache.capacity, overflows: replayCache.overflows },
     }),
   });
   let metricsPort: number;

@@ -5,7 +5,7 @@ import { createApiKeysService, type ApiKeyView } from '../api/keys/apiKeys.servi
 import { SCOPES, type Scope } from '../api/keys/scopes';
 import { findOrganizationById, insertOrganization, listOrganizations, type Organization } from '../api/orgs/orgs.repository';
 import { uuid } from '../api/validation';
-import { loadConfig, type Config } from '../shared/config';
+import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, migrateLatest, type Db } from '../shared/db';
 import { postmasterPid, startLocalPostgres } from '../shared/localPostgres';
 
@@ -365,7 +365,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
   if (parsed.kind !== 'command') return reportParse(parsed, io);
   let database: CliDatabase | undefined;
   try {
-    const config = loadConfig(env);
+    const config = loadConfig(withDevelopmentDefault(env));
     database = await openDatabase(config, io.err);
     const applied = await migrateLatest(database.db);
     if (applied.length > 0) io.err(`Applied ${applied.length} migration(s): ${applied.join(', ')}`);

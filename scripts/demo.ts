@@ -46,6 +46,20 @@ export interface BannerContext {
 
 // What `npm start` prints once the API answers. The only place a plaintext key is ever printed
 // by the launcher; it goes to stdout and nowhere else.
+// With DATABASE_URL the launcher makes nothing in the database but the schema: it may be a real one.
+export function externalDatabaseBanner(context: BannerContext): string {
+  return [
+    '',
+    `Data lives in ${context.dataLocation}. No demo organization is made there; create one with:`,
+    '',
+    '    npm run cli -- org create <name>',
+    '',
+    `The API answers on ${context.baseUrl}.`,
+    'Stop with Ctrl-C (the API stops first, then the collector flushes).',
+    '',
+  ].join('\n');
+}
+
 export function demoBanner(demo: DemoOrg, context: BannerContext): string {
   const { baseUrl } = context;
   const orgId = demo.org.id;

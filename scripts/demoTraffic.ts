@@ -289,7 +289,8 @@ async function main() {
   let port: number;
   try {
     options = parseOptions(process.argv.slice(2), process.env);
-    port = loadConfig().api.port;
+    // It reads PORT only and holds no secret, so it needs no production settings.
+    port = loadConfig({ ...process.env, NODE_ENV: process.env.NODE_ENV || 'development' }).api.port;
     if (port === 0) throw new UsageError('PORT is 0; set PORT to the port `npm start` uses');
   } catch (error) {
     if (error instanceof UsageError || error instanceof ConfigError) {

@@ -5,18 +5,19 @@ import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
-import { ConfigError, loadConfig, type Config } from '../shared/config';
+import { ConfigError, loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
+import { ensureAppRole } from '../shared/appRole';
 import { createDb, migrateLatest } from '../shared/db';
 import { postmasterPid, startLocalPostgres, type LocalPostgres } from '../shared/localPostgres';
-import { demoBanner, ensureDemoOrg } from './demo';
+import { demoBanner, ensureDemoOrg, externalDatabaseBanner } from './demo';
 
 // `npm start`: one launcher for the whole system.
 //   1. check that every port it will need is free (before anything is started);
 //   2. start the embedded PostgreSQL unless DATABASE_URL is set, and run the migrations;
 //   3. start the Procfile's processes, `collector` first and `web` last, each line of their
 //      output prefixed with its name, waiting for each to be ready;
-//   4. make sure the demo organization exists and print how to try it (with its key on the
-//      first run only: the key is never stored or printed again);
+//   4. on the embedded database only, make sure the demo organization exists and print how to
+//      try it (with its key on the first run only: the key is never stored or printed again);
 //   5. run until a signal (stop web, then collector, then the database; exit 0) or until a process
 //      dies (say which and why, stop the rest, exit 1).
 // PROCFILE names another Procfile (the tests use it to stand in for a process).
@@ -352,39 +353,48 @@ export class Launcher {
       return;
     }
 
-    let databaseUrl = config.database.url;
-    let dataLocation: string;
-    let resetHint: string | undefined;
-    if (databaseUrl) {
-      dataLocation = `the database at ${redactUrl(databaseUrl)} (DATABASE_URL)`;
-    } else {
-      const dataDir = path.resolve(config.database.embeddedDir);
-      const relative = path.relative(process.cwd(), dataDir);
-      const shown = relative && !relative.startsWith('..') ? relative : dataDir;
-      say(`starting the embedded PostgreSQL in ${shown} on 127.0.0.1:${config.database.embeddedPort}`);
-      this.database = startLocalPostgres({ dataDir, port: config.database.embeddedPort });
-      say(`PostgreSQL is up (postmaster pid ${postmasterPid(dataDir) ?? 'unknown'})`);
-      databaseUrl = this.database.url;
-      dataLocation = `${shown} (embedded PostgreSQL on 127.0.0.1:${config.database.embeddedPort})`;
-      const isDefault = dataDir === path.resolve('.data/postgres');
-      resetHint = `To reset: stop with Ctrl-C, then \`rm -rf ${isDefault ? '.data' : `${shown} ${shown}.password ${shown}.log`}\` and \`npm start\` again.`;
-    }
+    const database = this.openDatabase();
     if (this.stopRequested) return;
 
-    const db = createDb(databaseUrl, { poolMax: 2, applicationName: 'keyusage-start' });
+    const db = createDb(database.ownerUrl, { poolMax: 2, applicationName: 'keyusage-start' });
     try {
       const applied = await migrateLatest(db);
       say(applied.length > 0 ? `applied ${applied.length} migration(s)` : 'migrations are up to date');
+      if (this.database) await ensureAppRole(db, this.database.app.role, this.database.app.password);
       if (this.stopRequested) return;
-      if (!(await this.startProcesses(entries, databaseUrl))) return;
+      if (!(await this.startProcesses(entries, database.processUrl))) return;
+      const context = { baseUrl: `http://${urlHost(config.api.host)}:${config.api.port}`, ...database };
+      // An external database may be a real one: no demo org or key is ever made there.
+      if (!this.database) return print(externalDatabaseBanner(context) + '\n');
       // Only once everything answers, so that a first-run key is never made and then not shown.
       const demo = await ensureDemoOrg(db, { pepper: config.api.keyPepper });
       if (this.stopRequested) return;
-      const baseUrl = `http://${urlHost(config.api.host)}:${config.api.port}`;
-      print(demoBanner(demo, { baseUrl, dataLocation, resetHint }) + '\n');
+      print(demoBanner(demo, context) + '\n');
     } finally {
       await db.destroy();
     }
+  }
+
+  // DATABASE_URL as given, or the embedded cluster: migrated as its owner, while the processes
+  // connect as the app role, which may only read and write rows (shared/appRole.ts).
+  private openDatabase(): { ownerUrl: string; processUrl: string; dataLocation: string; resetHint?: string } {
+    const { database } = this.config;
+    if (database.url) {
+      return { ownerUrl: database.url, processUrl: database.url, dataLocation: `the database at ${redactUrl(database.url)} (DATABASE_URL)` };
+    }
+    const dataDir = path.resolve(database.embeddedDir);
+    const relative = path.relative(process.cwd(), dataDir);
+    const shown = relative && !relative.startsWith('..') ? relative : dataDir;
+    say(`starting the embedded PostgreSQL in ${shown} on 127.0.0.1:${database.embeddedPort}`);
+    this.database = startLocalPostgres({ dataDir, port: database.embeddedPort });
+    say(`PostgreSQL is up (postmaster pid ${postmasterPid(dataDir) ?? 'unknown'}); the API and the collector connect as ${this.database.app.role}`);
+    const isDefault = dataDir === path.resolve('.data/postgres');
+    return {
+      ownerUrl: this.database.url,
+      processUrl: this.database.app.url,
+      dataLocation: `${shown} (embedded PostgreSQL on 127.0.0.1:${database.embeddedPort})`,
+      resetHint: `To reset: stop with Ctrl-C, then \`rm -rf ${isDefault ? '.data' : `${shown} ${shown}.password ${shown}.log`}\` and \`npm start\` again.`,
+    };
   }
 
   // Starts the Procfile's processes in order, each once the one before is ready; false when a
@@ -430,6 +440,8 @@ function main() {
   let config: Config;
   let entries: ProcfileEntry[];
   try {
+    // The processes inherit this environment, so they run under the NODE_ENV decided here.
+    Object.assign(process.env, withDevelopmentDefault(process.env));
     config = loadConfig();
     const procfile = process.env.PROCFILE || 'Procfile';
     entries = parseProcfile(fs.readFileSync(procfile, 'utf8'));

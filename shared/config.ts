@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
+import { isLoopbackAddress } from './loopback';
 
 // One config for every process (api, collector, cli, launcher), read once from the environment.
 // Each variable is validated on its own so a bad value fails fast with the variable's name.
@@ -47,7 +48,8 @@ const trustProxy = z
   });
 
 const variables = {
-  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  // Any name (production, staging, …); only development and test relax the guards below.
+  NODE_ENV: z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'must be a lower-case name such as production, development or test').optional(),
   DATABASE_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
   DATABASE_POOL_MAX: positiveInt(1000).default(10),
   EMBEDDED_PG_DIR: z.string().min(1).default('.data/postgres'),
@@ -72,6 +74,7 @@ const variables = {
   USAGE_RETENTION_DAYS: positiveInt(3650).default(90),
   USAGE_SIGNING_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   USAGE_SIGNING_PREVIOUS_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  COLLECTOR_REPLAY_CACHE_SIZE: positiveInt(10_000_000).default(100_000),
 };
 
 const DEV_PEPPER = 'keyusage-development-pepper-not-for-production-use';
@@ -104,16 +107,26 @@ function deepFreeze<T>(value: T): T {
   return value;
 }
 
+const RELAXED_ENVIRONMENTS = new Set(['development', 'test']);
+
+// The guards hold unless the environment says, explicitly, that it is a development or test one:
+// a deployment that forgets NODE_ENV (or calls itself "staging") must not run with the published
+// development pepper or an unsigned collector port.
+function productionGuards(v: ReturnType<typeof parseEnvironment>): string[] {
+  if (v.NODE_ENV !== undefined && RELAXED_ENVIRONMENTS.has(v.NODE_ENV)) return [];
+  const problems: string[] = [];
+  if (!v.KEY_PEPPER) problems.push('KEY_PEPPER: required unless NODE_ENV is development or test');
+  // Beyond loopback anyone who can reach the port could forge uses of a key whose ids they know.
+  if (!isLoopbackAddress(v.COLLECTOR_HOST) && !v.USAGE_SIGNING_SECRET) {
+    problems.push('USAGE_SIGNING_SECRET: required when COLLECTOR_HOST is not a loopback IP address, unless NODE_ENV is development or test');
+  }
+  return problems;
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   const v = parseEnvironment(env);
-  if (v.NODE_ENV === 'production' && !v.KEY_PEPPER) {
-    throw new ConfigError(['KEY_PEPPER: required when NODE_ENV=production']);
-  }
-  // Beyond loopback anyone who can reach the port could forge uses of a key whose ids they know.
-  const loopback = v.COLLECTOR_HOST === 'localhost' || v.COLLECTOR_HOST === '::1' || v.COLLECTOR_HOST.startsWith('127.');
-  if (v.NODE_ENV === 'production' && !loopback && !v.USAGE_SIGNING_SECRET) {
-    throw new ConfigError(['USAGE_SIGNING_SECRET: required when NODE_ENV=production and COLLECTOR_HOST is not a loopback address']);
-  }
+  const problems = productionGuards(v);
+  if (problems.length > 0) throw new ConfigError(problems);
   return deepFreeze({
     env: v.NODE_ENV,
     logLevel: v.LOG_LEVEL,
@@ -149,8 +162,19 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       metricsPort: v.COLLECTOR_METRICS_PORT,
       retentionDays: v.USAGE_RETENTION_DAYS,
       signingSecrets: [v.USAGE_SIGNING_SECRET, v.USAGE_SIGNING_PREVIOUS_SECRET].filter((secret): secret is string => secret !== undefined),
+      replayCacheSize: v.COLLECTOR_REPLAY_CACHE_SIZE,
     },
   });
 }
 
 export type Config = ReturnType<typeof loadConfig>;
+
+/**
+ * `npm start` and the CLI on the embedded database they run themselves: there an unset NODE_ENV
+ * means development, so a fresh checkout needs no settings. An external DATABASE_URL may hold
+ * real keys, so there the environment must say what it is (or give KEY_PEPPER) itself.
+ */
+export function withDevelopmentDefault(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  if (env.NODE_ENV || env.DATABASE_URL) return env;
+  return { ...env, NODE_ENV: 'development' };
+}

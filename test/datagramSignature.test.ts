@@ -8,7 +8,7 @@ import { SIGNATURE_LINE_BYTES, datagramVerifier, signDatagram } from '../shared/
 import { createLogger } from '../shared/logger';
 import { MAX_DATAGRAM_BYTES, encodeUsageLine } from '../shared/usageWire';
 import { seedOrg, startTestApi } from './helpers/api';
-import { startTestCollector, waitFor } from './helpers/collector';
+import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
 import { freshDatabase } from './helpers/database';
 
 const SECRET = 'a-shared-usage-signing-secret-of-32+chars';
@@ -80,4 +80,22 @@ t.test('a collector with a secret counts signed uses and drops forged, replayed 
   const metrics = await (await fetch(`http://127.0.0.1:${collector.metricsPort}/metrics`)).text();
   t.match(metrics, /^keyusage_collector_rejected_packets_total 3$/m);
   t.ok(collector.logLines.some((l) => l.includes('dropped a datagram without a valid signature')));
+});
+
+t.test('the replay cache size is configurable; its overflow is counted in /metrics and /healthz', async (t) => {
+  const { url } = await freshDatabase(t);
+  const collector = await startTestCollector(t, url, { USAGE_SIGNING_SECRET: SECRET, COLLECTOR_REPLAY_CACHE_SIZE: '2', COLLECTOR_FLUSH_INTERVAL_MS: '600000' });
+  t.equal(collector.config.collector.replayCacheSize, 2);
+  // Three genuine datagrams within one window: the third finds the cache full and is dropped.
+  await sendDatagrams(collector.receiver.port, [1, 2, 3].map(() => signDatagram(BODY, SECRET, Date.now())));
+  await waitFor('the three datagrams', () => (collector.ingest.packets === 3 ? true : undefined));
+  t.equal(collector.ingest.usesReceived, 6, 'two accepted (count 3 each)');
+  const metrics = await (await fetch(`http://127.0.0.1:${collector.metricsPort}/metrics`)).text();
+  t.match(metrics, /^keyusage_collector_replay_cache_overflow_total 1$/m);
+  t.match(metrics, /^keyusage_collector_replay_cache_entries 2$/m);
+  t.match(metrics, /^keyusage_collector_replay_cache_capacity 2$/m);
+  const health = (await (await fetch(`http://127.0.0.1:${collector.metricsPort}/healthz`)).json()) as { replayCache: unknown };
+  t.same(health.replayCache, { entries: 2, capacity: 2, overflows: 1 }, 'the health check shows it too');
+  t.ok(collector.logLines.some((l) => l.includes('raise COLLECTOR_REPLAY_CACHE_SIZE')), 'and the log says what to change');
+  t.throws(() => loadConfig({ NODE_ENV: 'test', COLLECTOR_REPLAY_CACHE_SIZE: '0' }), /COLLECTOR_REPLAY_CACHE_SIZE: must be at least 1/);
 });

@@ -34,7 +34,7 @@ async function stopped(child: ChildProcess): Promise<number | null> {
 
 t.test('api and collector as separate processes: a use is visible within the staleness bound', async (t) => {
   const { db, url } = await freshDatabase(t);
-  const defaults = loadConfig({});
+  const defaults = loadConfig({ NODE_ENV: 'test' });
   const org = await insertOrganization(db, 'e2e');
   const service = createApiKeysService({ db, pepper: defaults.api.keyPepper, defaultGraceSeconds: 60, verifier: { invalidate() {} }, now: Date.now });
   const { plaintext, key } = await service.create(org.id, { name: 'e2e', scopes: ['keys:read'], expiresAt: null });

@@ -40,7 +40,7 @@ async function launchEnv(t: Test, values: Record<string, string>) {
 }
 
 async function setup(t: Test, port?: number) {
-  const { url } = await freshDatabase(t);
+  const { db, url } = await freshDatabase(t);
   const config = await launchEnv(t, {
     DATABASE_URL: url,
     PORT: String(port ?? (await freeTcpPort())),
@@ -50,14 +50,16 @@ async function setup(t: Test, port?: number) {
   let resolveExit: (code: number) => void = () => {};
   const exited = new Promise<number>((resolve) => (resolveExit = resolve));
   const launcher = new Launcher(config, (code) => resolveExit(code));
-  return { config, launcher, exited };
+  return { config, launcher, exited, db };
 }
 
-t.test('starts the collector then the web process, creates the demo org, and stops cleanly', async (t) => {
-  const { config, launcher, exited } = await setup(t);
+t.test('starts the collector then the web process, and stops cleanly; an external database gets no demo org', async (t) => {
+  const { config, launcher, exited, db } = await setup(t);
   await launcher.run([stub('web', serveOn('PORT')), stub('collector', serveOn('COLLECTOR_METRICS_PORT'))]);
   const health = await fetch(`http://127.0.0.1:${config.api.port}/healthz`);
   t.equal(health.status, 200, 'the web stand-in answers, so the launcher waited for it');
+  t.same(await db('organizations').select('name'), [], 'DATABASE_URL may be a real database: no demo org or key is made in it');
+  t.same(await db('api_keys').select('id'), []);
   await launcher.shutdown();
   t.equal(await exited, 0, 'a requested stop exits 0');
   await t.rejects(fetch(`http://127.0.0.1:${config.api.port}/healthz`), 'the processes are stopped');

@@ -16,7 +16,7 @@ t.test('the api starts, serves, drains its usage and stops', async (t) => {
   sniffer.on('message', (m) => datagrams.push(m.toString()));
   await new Promise<void>((resolve) => sniffer.bind(0, '127.0.0.1', () => resolve()));
   t.teardown(() => sniffer.close());
-  const config = loadConfig({ PORT: '0', COLLECTOR_PORT: String(sniffer.address().port), USAGE_DRAIN_INTERVAL_MS: '60000' });
+  const config = loadConfig({ NODE_ENV: 'test', PORT: '0', COLLECTOR_PORT: String(sniffer.address().port), USAGE_DRAIN_INTERVAL_MS: '60000' });
   const api = await startApi(config, logger, url);
   const health = await fetch(`http://127.0.0.1:${api.port}/healthz`);
   t.equal(health.status, 200);
@@ -29,7 +29,7 @@ t.test('the api starts, serves, drains its usage and stops', async (t) => {
 
 t.test('with tracking off the api records nothing', async (t) => {
   const { url } = await freshDatabase(t);
-  const api = await startApi(loadConfig({ PORT: '0', USAGE_TRACKING: 'false' }), logger, url);
+  const api = await startApi(loadConfig({ NODE_ENV: 'test', PORT: '0', USAGE_TRACKING: 'false' }), logger, url);
   t.equal(api.recorder, undefined);
   await api.stop();
 });
@@ -40,24 +40,24 @@ t.test('a taken port is reported with its variable', async (t) => {
   await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', () => resolve()));
   t.teardown(() => blocker.close());
   const taken = (blocker.address() as { port: number }).port;
-  await t.rejects(startApi(loadConfig({ PORT: String(taken), USAGE_TRACKING: 'false' }), logger, url), {
+  await t.rejects(startApi(loadConfig({ NODE_ENV: 'test', PORT: String(taken), USAGE_TRACKING: 'false' }), logger, url), {
     message: `Port ${taken} on 127.0.0.1 is already in use; set PORT to a free port`,
   });
-  await t.rejects(startCollector(loadConfig({ COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: String(taken) }), logger, url), {
+  await t.rejects(startCollector(loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: String(taken) }), logger, url), {
     message: /set COLLECTOR_METRICS_PORT/,
   });
 
   const udpBlocker = dgram.createSocket('udp4');
   await new Promise<void>((resolve) => udpBlocker.bind(0, '127.0.0.1', () => resolve()));
   t.teardown(() => udpBlocker.close());
-  await t.rejects(startCollector(loadConfig({ COLLECTOR_PORT: String(udpBlocker.address().port), COLLECTOR_METRICS_PORT: '0' }), logger, url), {
+  await t.rejects(startCollector(loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: String(udpBlocker.address().port), COLLECTOR_METRICS_PORT: '0' }), logger, url), {
     message: /UDP port \d+ on 127.0.0.1 is already in use; set COLLECTOR_PORT/,
   });
 });
 
 t.test('the collector binds IPv6 loopback and reports its receive buffer', async (t) => {
   const { url } = await freshDatabase(t);
-  const collector = await startCollector(loadConfig({ COLLECTOR_HOST: '::1', COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0' }), logger, url);
+  const collector = await startCollector(loadConfig({ NODE_ENV: 'test', COLLECTOR_HOST: '::1', COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0' }), logger, url);
   t.equal(collector.receiver.host, '::1');
   t.ok(collector.receiver.recvBufferBytes > 0);
   const socket = dgram.createSocket('udp6');

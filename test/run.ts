@@ -1,10 +1,8 @@
 import { spawn } from 'node:child_process';
 import { freeTcpPort } from '../shared/freePort';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { createDb, migrateLatest } from '../shared/db';
-import { startLocalPostgres, type LocalPostgres } from '../shared/localPostgres';
+import { startThrowawayPostgres } from '../shared/localPostgres';
 import { TEMPLATE_DATABASE } from './helpers/database';
 
 // `npm test`: uses DATABASE_URL when set, else starts a throwaway PostgreSQL; migrates a template
@@ -23,28 +21,26 @@ async function prepareTemplate(adminUrl: string) {
 }
 
 async function main() {
-  let local: LocalPostgres | undefined;
-  let scratch: string | undefined;
+  let local: ReturnType<typeof startThrowawayPostgres> | undefined;
   let adminUrl = process.env.DATABASE_URL;
   if (!adminUrl) {
-    scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-test-'));
-    local = startLocalPostgres({ dataDir: path.join(scratch, 'pg'), port: await freeTcpPort() });
+    local = startThrowawayPostgres('keyusage-test-', await freeTcpPort());
     adminUrl = local.url;
-    console.log(`# throwaway PostgreSQL at 127.0.0.1:${new URL(adminUrl).port} (${scratch})`);
+    console.log(`# throwaway PostgreSQL at 127.0.0.1:${new URL(adminUrl).port} (${local.scratch})`);
   }
   let exitCode = 1;
   try {
     await prepareTemplate(adminUrl);
     const tap = spawn(process.execPath, [path.join(path.dirname(require.resolve('tap/package.json')), 'dist', 'esm', 'run.mjs'), ...process.argv.slice(2)], {
       stdio: 'inherit',
-      env: { ...process.env, TEST_ADMIN_DATABASE_URL: adminUrl },
+      // Tests say what they are, so the production guards of shared/config.ts stand aside.
+      env: { ...process.env, NODE_ENV: process.env.NODE_ENV || 'test', TEST_ADMIN_DATABASE_URL: adminUrl },
     });
     const forward = (signal: NodeJS.Signals) => tap.kill(signal);
     process.on('SIGINT', forward).on('SIGTERM', forward);
     exitCode = await new Promise<number>((resolve) => tap.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
   } finally {
     local?.stop();
-    if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
   }
   process.exit(exitCode);
 }

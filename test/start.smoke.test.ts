@@ -10,6 +10,7 @@ import { findApiKeyById } from '../api/keys/apiKeys.repository';
 import { parsePresentedKey, secretMatches } from '../api/keys/keyMaterial';
 import { demoBanner, ensureDemoOrg } from '../scripts/demo';
 import { parseProcfile, portProblems, startOrder } from '../scripts/start';
+import { createDb } from '../shared/db';
 import { freshDatabase } from './helpers/database';
 
 // The newcomer's path, run for real: `npm start` from the checkout with no DATABASE_URL (so the
@@ -23,6 +24,7 @@ const STALENESS_BOUND_MS = 2000;
 const STALENESS_POLL_LIMIT_MS = 2500;
 
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-start-'));
+fs.chmodSync(scratch, 0o711); // the launcher opens only folders it creates; this one is ours
 const pgDir = path.join(scratch, 'pg');
 t.teardown(() => fs.rmSync(scratch, { recursive: true, force: true }));
 
@@ -142,6 +144,18 @@ class Launch {
       if (this.leftovers().length === 0) return;
     }
     signalAll('SIGKILL');
+  }
+}
+
+// Who the API and the collector are connected as, asked as the superuser of the embedded cluster.
+async function connectedRoles(ports: Ports): Promise<string[]> {
+  const password = fs.readFileSync(`${pgDir}.password`, 'utf8').trim();
+  const owner = createDb(`postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${ports.EMBEDDED_PG_PORT}/postgres`, { poolMax: 1 });
+  try {
+    const { rows } = await owner.raw(`select distinct usename from pg_stat_activity where application_name in ('keyusage-api', 'keyusage-collector')`);
+    return rows.map((row: { usename: string }) => row.usename);
+  } finally {
+    await owner.destroy();
   }
 }
 
@@ -296,6 +310,7 @@ t.test('npm start: embedded database, demo key, usage within the staleness bound
   t.match(launch.output, /^collector \| \{/m, "the collector's lines are prefixed with its name");
   t.match(launch.output, /^web {7}\| \{/m, "the API's lines are prefixed with its name");
   t.ok(postmasterPid(pgDir), 'the embedded PostgreSQL runs from the temporary folder');
+  t.same(await connectedRoles(ports), ['keyusage_app'], 'the API and the collector connect as the app role, not the superuser');
 
   t.equal((await api(ports.PORT, '/healthz')).status, 200, '/healthz answers');
   const whoami = await api(ports.PORT, '/api/whoami', key);
@@ -388,8 +403,8 @@ process.on('SIGTERM', () => { console.log('stub collector got SIGTERM'); process
   await assertNothingLeft(t, launch, ports);
 });
 
-t.test('with DATABASE_URL, npm start uses that database and starts none of its own', async (t) => {
-  const { url } = await freshDatabase(t);
+t.test('with DATABASE_URL, npm start uses that database, starts none of its own and makes no demo org', async (t) => {
+  const { db, url } = await freshDatabase(t);
   const ports = await freePorts();
   const neverCreated = path.join(scratch, 'not-used');
   const launch = new Launch(t, launcherEnv(ports, { DATABASE_URL: url, EMBEDDED_PG_DIR: neverCreated }));
@@ -399,8 +414,10 @@ t.test('with DATABASE_URL, npm start uses that database and starts none of its o
   t.match(launch.output, new RegExp(`Data lives in the database at 127\\.0\\.0\\.1:\\d+${new URL(url).pathname} \\(DATABASE_URL\\)`), 'the banner names the database, without its password');
   t.notMatch(launch.output, new RegExp(new URL(url).password), 'the password is not printed');
   t.notMatch(launch.output, /rm -rf/, 'and offers no reset that would delete it');
-  const key = launch.output.match(KEY_PATTERN)?.[0];
-  t.equal((await api(ports.PORT, '/api/whoami', key)).status, 200, 'the demo key works');
+  t.notMatch(launch.output, KEY_PATTERN, 'no demo key is made in an external database');
+  t.match(launch.output, /No demo organization is made there/);
+  t.same(await db('organizations').select('id'), [], 'nor a demo org');
+  t.equal((await api(ports.PORT, '/healthz')).status, 200, 'the API runs on it');
   process.kill(launch.child.pid!, 'SIGTERM');
   t.same(await launch.waitForExit(45_000), { code: 0, signal: null }, 'npm start exits 0 after SIGTERM');
   t.notMatch(launch.output, /stopping PostgreSQL/, 'and leaves the external database alone');

@@ -1,13 +1,10 @@
 import { randomBytes } from 'node:crypto';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { insertApiKey } from '../../api/keys/apiKeys.repository';
 import { generateKeyMaterial } from '../../api/keys/keyMaterial';
 import type { Scope } from '../../api/keys/scopes';
 import { insertOrganization } from '../../api/orgs/orgs.repository';
 import { createDb, migrateLatest, type Db } from '../../shared/db';
-import { startLocalPostgres, type LocalPostgres } from '../../shared/localPostgres';
+import { startThrowawayPostgres } from '../../shared/localPostgres';
 import { freeTcpPort } from './procs';
 
 // The benchmarks write hundreds of thousands of rows, so they never touch an existing database:
@@ -24,14 +21,12 @@ export interface BenchDatabase {
 }
 
 export async function openBenchDatabase(log: (line: string) => void): Promise<BenchDatabase> {
-  let local: LocalPostgres | undefined;
-  let scratch: string | undefined;
+  let local: ReturnType<typeof startThrowawayPostgres> | undefined;
   let adminUrl = process.env.DATABASE_URL;
   if (!adminUrl) {
-    scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-bench-'));
-    local = startLocalPostgres({ dataDir: path.join(scratch, 'pg'), port: await freeTcpPort() });
+    local = startThrowawayPostgres('keyusage-bench-', await freeTcpPort());
     adminUrl = local.url;
-    log(`throwaway PostgreSQL at 127.0.0.1:${new URL(adminUrl).port} (${scratch})`);
+    log(`throwaway PostgreSQL at 127.0.0.1:${new URL(adminUrl).port} (${local.scratch})`);
   }
   const name = `keyusage_bench_${process.pid}_${randomBytes(3).toString('hex')}`;
   const admin = createDb(adminUrl, { poolMax: 1, applicationName: 'keyusage-bench-admin' });
@@ -47,7 +42,6 @@ export async function openBenchDatabase(log: (line: string) => void): Promise<Be
     if (removed) return;
     removed = true;
     local?.stop();
-    if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
   };
   const url = new URL(adminUrl);
   url.pathname = `/${name}`;

@@ -38,7 +38,7 @@ t.test('every secret comparison on the HTTP auth path is crypto.timingSafeEqual 
   };
   t.teardown(() => void (Buffer.prototype.equals = equals));
 
-  const config = loadConfig({ KEY_CACHE_TTL_MS: '0' });
+  const config = loadConfig({ NODE_ENV: 'test', KEY_CACHE_TTL_MS: '0' });
   const lines: string[] = [];
   const logger = createLogger({ level: 'info', name: 'spied', destination: new Writable({ write: (c, _e, done) => (lines.push(c.toString()), done()) }) });
   const { app, services } = createApp({ db, logger, config: config.api, recordUse: () => {} });

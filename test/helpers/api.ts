@@ -52,7 +52,7 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
       callback();
     },
   });
-  const config = loadConfig({ LOG_LEVEL: 'info', ...options.env });
+  const config = loadConfig({ NODE_ENV: 'test', LOG_LEVEL: 'info', ...options.env });
   const logger = createLogger({ level: config.logLevel, name: 'api-test', destination });
   const recordUse: RecordUse =
     options.recordUse ?? ((keyId, orgId, ip, outcome) => uses.push({ keyId, orgId, ip, outcome }));

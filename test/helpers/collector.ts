@@ -15,7 +15,7 @@ export async function startTestCollector(t: Test, databaseUrl: string, env: Reco
       callback();
     },
   });
-  const config = loadConfig({ COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0', COLLECTOR_FLUSH_INTERVAL_MS: '100', ...env });
+  const config = loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0', COLLECTOR_FLUSH_INTERVAL_MS: '100', ...env });
   const logger = createLogger({ level: 'info', name: 'collector-test', destination });
   const collector = await startCollector(config, logger, databaseUrl, overrides);
   let stopped = false;

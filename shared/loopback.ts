@@ -1,0 +1,15 @@
+import { BlockList, isIP } from 'node:net';
+
+// "Loopback" decides whether a guard applies, so it is decided on the address itself: a host
+// name such as `127.example.com` or `localhost` can resolve anywhere, and a prefix test would
+// take it for loopback. BlockList also matches IPv4-mapped IPv6 (::ffff:127.0.0.1).
+const LOOPBACK = new BlockList();
+LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
+LOOPBACK.addAddress('::1', 'ipv6');
+
+/** True only for an IP literal in 127.0.0.0/8, ::1, or ::ffff:127.x.x.x; false for any name. */
+export function isLoopbackAddress(host: string): boolean {
+  const family = isIP(host);
+  if (family === 0) return false;
+  return LOOPBACK.check(host, family === 6 ? 'ipv6' : 'ipv4');
+}
