@@ -1,12 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import express, { type RequestHandler } from 'express';
 import type { Config } from '../shared/config';
-import { databaseAnswers, type Db } from '../shared/db';
+import type { Db } from '../shared/db';
 import { redactKeyMaterial, type Logger } from '../shared/logger';
 import { authorizer, type RecordUse } from './auth/authorize';
 import { clientAddressResolver } from './auth/clientAddress';
 import { createKeyVerifier } from './auth/keyVerifier';
 import { errorMiddleware, routeNotFound } from './errors';
+import { healthHandler } from './health';
 import { apiKeysRouter } from './keys/apiKeys.routes';
 import { createApiKeysService } from './keys/apiKeys.service';
 import { orgUsageRouter } from './usage/usage.routes';
@@ -68,10 +69,7 @@ export function createApp(deps: AppDeps) {
   app.set('trust proxy', deps.config.trustProxy);
   app.use(requestContext(deps.logger));
 
-  app.get('/healthz', async (_req, res) => {
-    const up = await databaseAnswers(deps.db);
-    res.status(up ? 200 : 503).json({ status: up ? 'ok' : 'unavailable', database: up ? 'up' : 'down' });
-  });
+  app.get('/healthz', healthHandler(deps.db, now));
 
   app.get('/api/whoami', authorize(), (_req, res) => {
     const { key } = res.locals.auth!;
