@@ -1,12 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import express, { type RequestHandler } from 'express';
 import type { Config } from '../shared/config';
-import { databaseAnswers, type Db } from '../shared/db';
+import type { Db } from '../shared/db';
 import { redactKeyMaterial, type Logger } from '../shared/logger';
+import { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { authorizer, type RecordUse } from './auth/authorize';
 import { clientAddressResolver } from './auth/clientAddress';
+import { createAuthThrottle } from './auth/failureThrottle';
 import { createKeyVerifier } from './auth/keyVerifier';
 import { errorMiddleware, routeNotFound } from './errors';
+import { healthHandler } from './health';
 import { apiKeysRouter } from './keys/apiKeys.routes';
 import { createApiKeysService } from './keys/apiKeys.service';
 import { orgUsageRouter } from './usage/usage.routes';
@@ -19,6 +22,9 @@ export interface AppDeps {
   recordUse: RecordUse;
   now?: () => number;
 }
+
+// A lockout is worth a log line; a distributed attack locking thousands of addresses is worth one per interval.
+const THROTTLE_LOG_INTERVAL_MS = 10_000;
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/;
 
@@ -48,11 +54,22 @@ function requestContext(logger: Logger): RequestHandler {
 
 export function createApp(deps: AppDeps) {
   const now = deps.now ?? Date.now;
-  const verifier = createKeyVerifier({ db: deps.db, pepper: deps.config.keyPepper, cacheTtlMs: deps.config.keyCacheTtlMs, now });
+  const warn = rateLimitedWarn(deps.logger, THROTTLE_LOG_INTERVAL_MS, now);
+  const throttle = createAuthThrottle(deps.config.authThrottle, now, (scope, subject) =>
+    warn(`auth_throttle_${scope}`, { [scope === 'ip' ? 'ip' : 'keyId']: subject, stats: { ...throttle.stats } }, 'too many failed authentication attempts: throttled'),
+  );
+  const verifier = createKeyVerifier({
+    db: deps.db,
+    pepper: deps.config.keyPepper,
+    cacheTtlMs: deps.config.keyCacheTtlMs,
+    now,
+    mayReload: (keyId) => !throttle.keyLocked(keyId),
+  });
   const authorize = authorizer({
     verifier,
     recordUse: deps.recordUse,
     clientAddress: clientAddressResolver(deps.config.trustProxy),
+    throttle,
   });
   const apiKeys = createApiKeysService({
     db: deps.db,
@@ -68,10 +85,7 @@ export function createApp(deps: AppDeps) {
   app.set('trust proxy', deps.config.trustProxy);
   app.use(requestContext(deps.logger));
 
-  app.get('/healthz', async (_req, res) => {
-    const up = await databaseAnswers(deps.db);
-    res.status(up ? 200 : 503).json({ status: up ? 'ok' : 'unavailable', database: up ? 'up' : 'down' });
-  });
+  app.get('/healthz', healthHandler(deps.db, now));
 
   app.get('/api/whoami', authorize(), (_req, res) => {
     const { key } = res.locals.auth!;
@@ -84,5 +98,5 @@ export function createApp(deps: AppDeps) {
   app.use(routeNotFound);
   app.use(errorMiddleware(deps.logger));
 
-  return { app, services: { apiKeys, usage }, verifier };
+  return { app, services: { apiKeys, usage }, verifier, throttle };
 }

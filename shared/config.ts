@@ -61,6 +61,10 @@ const variables = {
   KEY_CACHE_TTL_MS: wholeNumber(0, 60_000).default(2000),
   ROTATION_GRACE_SECONDS: wholeNumber(0, 604_800).default(86_400),
   TRUST_PROXY: trustProxy.default(false),
+  AUTH_THROTTLE_MAX_FAILURES_PER_IP: wholeNumber(0, 1_000_000).default(100),
+  AUTH_THROTTLE_MAX_FAILURES_PER_KEY: wholeNumber(0, 1_000_000).default(20),
+  AUTH_THROTTLE_WINDOW_MS: positiveInt(86_400_000).default(60_000),
+  AUTH_THROTTLE_MAX_ENTRIES: positiveInt(10_000_000).default(50_000),
   USAGE_TRACKING: booleanFlag.default(true),
   USAGE_DRAIN_INTERVAL_MS: positiveInt(60_000).default(250),
   USAGE_MAX_ENTRIES: positiveInt().default(10_000),
@@ -143,6 +147,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       keyCacheTtlMs: v.KEY_CACHE_TTL_MS,
       rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
       trustProxy: v.TRUST_PROXY,
+      authThrottle: {
+        maxFailuresPerIp: v.AUTH_THROTTLE_MAX_FAILURES_PER_IP,
+        maxFailuresPerKey: v.AUTH_THROTTLE_MAX_FAILURES_PER_KEY,
+        windowMs: v.AUTH_THROTTLE_WINDOW_MS,
+        maxEntries: v.AUTH_THROTTLE_MAX_ENTRIES,
+      },
     },
     usage: {
       enabled: v.USAGE_TRACKING,

@@ -90,10 +90,29 @@ t.test('expiry', async (t) => {
 
 t.test('health reports whether the database answers', async (t) => {
   const { db } = await freshDatabase(t);
-  const api = await startTestApi(t, db);
+  let clock = Date.parse('2026-11-25T12:00:00Z');
+  const api = await startTestApi(t, db, { now: () => clock });
   const up = await api.request('GET', '/healthz');
   t.same([up.status, up.body], [200, { status: 'ok', database: 'up' }]);
   await db.destroy();
+  clock += 1000;
   const down = await api.request('GET', '/healthz');
   t.same([down.status, down.body], [503, { status: 'unavailable', database: 'down' }]);
+});
+
+t.test('health runs one query a second, however many probes arrive', async (t) => {
+  const { db } = await freshDatabase(t);
+  let clock = Date.parse('2026-11-25T12:00:00Z');
+  const api = await startTestApi(t, db, { now: () => clock });
+  let queries = 0;
+  db.on('query', () => (queries += 1));
+  const probe = async () => (await api.request('GET', '/healthz')).status;
+  t.same(await Promise.all(Array.from({ length: 20 }, probe)), Array(20).fill(200), '20 concurrent probes');
+  for (let i = 0; i < 20; i += 1) t.equal(await probe(), 200);
+  clock += 999;
+  t.equal(await probe(), 200);
+  t.equal(queries, 1, '41 probes within the second: one query');
+  clock += 1;
+  t.equal(await probe(), 200);
+  t.equal(queries, 2, 'a second later: one more');
 });

@@ -28,6 +28,7 @@ t.test('defaults', async (t) => {
     keyCacheTtlMs: 2000,
     rotationGraceSeconds: 86_400,
     trustProxy: false,
+    authThrottle: { maxFailuresPerIp: 100, maxFailuresPerKey: 20, windowMs: 60_000, maxEntries: 50_000 },
   });
   t.ok(config.api.keyPepper.length >= 32, 'a development pepper stands in when KEY_PEPPER is unset');
   t.match(config.usage, { enabled: true, drainIntervalMs: 250, maxEntries: 10_000, collectorHost: '127.0.0.1', collectorPort: 8125 });
@@ -52,6 +53,12 @@ t.test('values from the environment are parsed to their types', async (t) => {
   t.equal(config.usage.enabled, false);
   t.equal(config.logLevel, 'warn');
   t.equal(loadConfig({ ...DEV, PORT: '' }).api.port, 3000, 'an empty variable counts as unset');
+});
+
+t.test('the auth throttle is on by default; a limit of 0 turns that dimension off', async (t) => {
+  const throttle = loadConfig({ AUTH_THROTTLE_MAX_FAILURES_PER_IP: '0', AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '5', AUTH_THROTTLE_WINDOW_MS: '1000', AUTH_THROTTLE_MAX_ENTRIES: '10' }).api.authThrottle;
+  t.same(throttle, { maxFailuresPerIp: 0, maxFailuresPerKey: 5, windowMs: 1000, maxEntries: 10 });
+  t.ok(Object.isFrozen(throttle));
 });
 
 t.test('the config is deeply frozen', async (t) => {
@@ -102,6 +109,10 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['not a boolean', { USAGE_TRACKING: 'yes' }],
     ['pepper too short', { KEY_PEPPER: 'short' }],
     ['rotation grace above 7 days', { ROTATION_GRACE_SECONDS: '604801' }],
+    ['throttle limit not a number', { AUTH_THROTTLE_MAX_FAILURES_PER_IP: 'many' }],
+    ['throttle limit negative', { AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '-1' }],
+    ['throttle window of zero', { AUTH_THROTTLE_WINDOW_MS: '0' }],
+    ['throttle map of zero entries', { AUTH_THROTTLE_MAX_ENTRIES: '0' }],
   ];
   for (const [kind, env] of cases) {
     const [name] = Object.keys(env);

@@ -1,9 +1,10 @@
-import type { Request, RequestHandler } from 'express';
+import type { Request, RequestHandler, Response } from 'express';
 import type { Outcome } from '../../shared/usageWire';
 import { AppError, UNAUTHORIZED_MESSAGE, notFound } from '../errors';
 import type { ApiKeyRecord } from '../keys/apiKeys.repository';
 import { parsePresentedKey } from '../keys/keyMaterial';
 import type { Scope } from '../keys/scopes';
+import type { AuthThrottle } from './failureThrottle';
 import type { KeyVerifier } from './keyVerifier';
 
 export interface AuthContext {
@@ -23,6 +24,7 @@ export interface AuthorizeDeps {
   verifier: KeyVerifier;
   recordUse: RecordUse;
   clientAddress: (req: Request) => string;
+  throttle: AuthThrottle;
 }
 
 export interface Requirement {
@@ -41,17 +43,34 @@ function presentedKey(req: Request): string | undefined {
   return typeof apiKey === 'string' ? apiKey.trim() : undefined;
 }
 
+const TOO_MANY_FAILURES_MESSAGE = 'Too many failed authentication attempts; retry after the time in Retry-After';
+
+// A failed attempt (malformed key, unknown id, wrong secret) is counted by the throttle; once its
+// address or key id is over the limit the answer is 429 rather than 401.
+function failure(deps: AuthorizeDeps, res: Response, ip: string, keyId?: string): AppError {
+  const waitMs = deps.throttle.failed(ip, keyId);
+  return waitMs > 0 ? tooManyFailures(res, waitMs) : new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
+}
+
+function tooManyFailures(res: Response, waitMs: number): AppError {
+  res.setHeader('Retry-After', String(Math.ceil(waitMs / 1000)));
+  return new AppError('too_many_requests', TOO_MANY_FAILURES_MESSAGE);
+}
+
 // Every request that names an existing key id is a use and is recorded exactly once here, with
 // its outcome. Recording is an in-memory increment: no await, no I/O, nothing that can throw.
 export function authorizer(deps: AuthorizeDeps) {
   return (requirement: Requirement = {}): RequestHandler =>
     async (req, res, next) => {
+      const ip = deps.clientAddress(req);
+      const ipWaitMs = deps.throttle.refuseIp(ip);
+      if (ipWaitMs > 0) throw tooManyFailures(res, ipWaitMs);
       const raw = presentedKey(req);
       const presented = raw ? parsePresentedKey(raw) : undefined;
-      if (!presented) throw new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
+      if (!presented) throw raw ? failure(deps, res, ip) : new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
 
       const verdict = await deps.verifier.verify(presented);
-      if (verdict.outcome === 'unknown') throw new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
+      if (verdict.outcome === 'unknown') throw failure(deps, res, ip, presented.keyId);
 
       const { key } = verdict;
       const outcome: Outcome =
@@ -62,7 +81,7 @@ export function authorizer(deps: AuthorizeDeps) {
             : requirement.orgParam && String(req.params[requirement.orgParam]).toLowerCase() !== key.orgId
               ? 'cross_org'
               : 'ok';
-      deps.recordUse(key.id, key.orgId, deps.clientAddress(req), outcome);
+      deps.recordUse(key.id, key.orgId, ip, outcome);
 
       switch (outcome) {
         case 'ok':
@@ -72,6 +91,8 @@ export function authorizer(deps: AuthorizeDeps) {
           throw new AppError('forbidden', `This API key lacks the required scope "${requirement.scope}"`);
         case 'cross_org':
           throw notFound('Organization');
+        case 'bad_secret':
+          throw failure(deps, res, ip, key.id);
         default:
           throw new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
       }

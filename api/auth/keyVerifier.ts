@@ -1,6 +1,7 @@
 import type { Db } from '../../shared/db';
 import { findApiKeyById, type ApiKeyRecord } from '../keys/apiKeys.repository';
 import { secretMatches, type PresentedKey } from '../keys/keyMaterial';
+import { setBounded } from './boundedMap';
 
 export type Verification =
   | { outcome: 'ok' | 'bad_secret' | 'expired' | 'revoked'; key: ApiKeyRecord }
@@ -13,6 +14,7 @@ export interface KeyVerifier {
 }
 
 const MAX_CACHED_KEYS = 10_000;
+const MAX_UNKNOWN_KEYS = 10_000;
 
 function judge(key: ApiKeyRecord, secret: string, pepper: string, now: number): Verification {
   const currentMatches = secretMatches(secret, key.secretHash, pepper);
@@ -30,40 +32,69 @@ function judge(key: ApiKeyRecord, secret: string, pepper: string, now: number): 
 
 // Verified keys are cached for `cacheTtlMs` so the auth path does not query PostgreSQL on every
 // request. Revocation by another API instance therefore takes effect within cacheTtlMs; this
-// instance's own changes invalidate the entry immediately. A secret that does not match the
-// cached record is checked once more against the database, so a key rotated elsewhere works at once.
-export function createKeyVerifier(deps: { db: Db; pepper: string; cacheTtlMs: number; now: () => number }): KeyVerifier {
-  const cache = new Map<string, { record: Promise<ApiKeyRecord | undefined>; fetchedAt: number }>();
+// instance's own changes invalidate the entry immediately. Ids that do not exist are cached too, for
+// as long, in a map of their own: random well-formed keys then cost no query each, and cannot push
+// real keys out. Loads are single-flight per key, and a failed load never evicts a cached record.
+// A secret that does not match the cached record is checked once more against a fresh read, so a key
+// rotated elsewhere works at once; `mayReload` lets the caller refuse that read for a key whose
+// wrong secrets come too often (a flood then costs no query each).
+export function createKeyVerifier(deps: {
+  db: Db;
+  pepper: string;
+  cacheTtlMs: number;
+  now: () => number;
+  mayReload?: (keyId: string) => boolean;
+}): KeyVerifier {
+  const records = new Map<string, { record: ApiKeyRecord; fetchedAt: number }>();
+  const unknown = new Map<string, number>();
+  const loading = new Map<string, Promise<ApiKeyRecord | undefined>>();
+  const fresh = (fetchedAt: number | undefined, now: number) => fetchedAt !== undefined && now - fetchedAt < deps.cacheTtlMs;
 
-  function load(keyId: string, now: number): Promise<ApiKeyRecord | undefined> {
-    const record = findApiKeyById(deps.db, keyId);
-    if (deps.cacheTtlMs > 0) {
-      if (cache.size >= MAX_CACHED_KEYS) cache.delete(cache.keys().next().value as string);
-      cache.set(keyId, { record, fetchedAt: now });
-      record.then(
-        (found) => found === undefined && cache.delete(keyId),
-        () => cache.delete(keyId),
-      );
+  function remember(keyId: string, record: ApiKeyRecord | undefined, fetchedAt: number): void {
+    if (deps.cacheTtlMs === 0) return;
+    if (record) {
+      unknown.delete(keyId);
+      setBounded(records, keyId, { record, fetchedAt }, MAX_CACHED_KEYS);
+    } else {
+      records.delete(keyId);
+      setBounded(unknown, keyId, fetchedAt, MAX_UNKNOWN_KEYS);
     }
-    return record;
+  }
+
+  function load(keyId: string): Promise<ApiKeyRecord | undefined> {
+    const pending = loading.get(keyId);
+    if (pending) return pending;
+    const startedAt = deps.now();
+    // invalidate() drops the pending load, so a read that raced a revocation is not remembered.
+    const current = () => loading.get(keyId) === query;
+    const query: Promise<ApiKeyRecord | undefined> = findApiKeyById(deps.db, keyId).then((record) => {
+      if (current()) remember(keyId, record, startedAt);
+      return record;
+    });
+    loading.set(keyId, query);
+    const settle = () => current() && loading.delete(keyId);
+    query.then(settle, settle);
+    return query;
   }
 
   return {
     async verify({ keyId, secret }) {
       const now = deps.now();
-      const cached = cache.get(keyId);
-      const fresh = cached !== undefined && now - cached.fetchedAt < deps.cacheTtlMs;
-      let key = await (fresh ? cached.record : load(keyId, now));
+      if (fresh(unknown.get(keyId), now)) return { outcome: 'unknown' };
+      const cached = records.get(keyId);
+      const cachedFresh = cached !== undefined && fresh(cached.fetchedAt, now);
+      const key = cachedFresh ? cached.record : await load(keyId);
       if (!key) return { outcome: 'unknown' };
-      let verdict = judge(key, secret, deps.pepper, now);
-      if (verdict.outcome === 'bad_secret' && fresh) {
-        key = await load(keyId, now);
-        verdict = key ? judge(key, secret, deps.pepper, now) : { outcome: 'unknown' };
-      }
-      return verdict;
+      const verdict = judge(key, secret, deps.pepper, now);
+      if (verdict.outcome !== 'bad_secret' || !cachedFresh || deps.mayReload?.(keyId) === false) return verdict;
+      // The cached verdict stands if the fresh read fails: the database being down is no reason to 500.
+      const reloaded = await load(keyId).catch(() => undefined);
+      return reloaded ? judge(reloaded, secret, deps.pepper, now) : verdict;
     },
     invalidate(keyId) {
-      cache.delete(keyId);
+      records.delete(keyId);
+      unknown.delete(keyId);
+      loading.delete(keyId);
     },
   };
 }

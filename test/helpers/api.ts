@@ -52,11 +52,13 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
       callback();
     },
   });
-  const config = loadConfig({ NODE_ENV: 'test', LOG_LEVEL: 'info', ...options.env });
+  // Tests send many failures from 127.0.0.1 to count outcomes; the throttle (on by default) would
+  // answer some of them 429. test/authThrottle.test.ts turns it on.
+  const config = loadConfig({ NODE_ENV: 'test', LOG_LEVEL: 'info', AUTH_THROTTLE_MAX_FAILURES_PER_IP: '0', AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '0', ...options.env });
   const logger = createLogger({ level: config.logLevel, name: 'api-test', destination });
   const recordUse: RecordUse =
     options.recordUse ?? ((keyId, orgId, ip, outcome) => uses.push({ keyId, orgId, ip, outcome }));
-  const { app, services, verifier } = createApp({ db, logger, config: config.api, recordUse, now: options.now });
+  const { app, services, verifier, throttle } = createApp({ db, logger, config: config.api, recordUse, now: options.now });
   const server = http.createServer(app);
   const port = await listen(server, '127.0.0.1', 0, 'PORT');
   t.teardown(() => closeServer(server));
@@ -87,7 +89,7 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
     return { status: response.status, headers: response.headers, body, text };
   }
 
-  return { baseUrl, port, request, evidence, uses, services, verifier, config };
+  return { baseUrl, port, request, evidence, uses, services, verifier, throttle, config };
 }
 
 // An org and a key with every scope, created through the service as the CLI does.

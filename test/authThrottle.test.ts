@@ -1,0 +1,80 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import t, { type Test } from 'tap';
+import { seedOrg, startTestApi } from './helpers/api';
+import { freshDatabase } from './helpers/database';
+
+// Failed attempts throttled on the real HTTP path. TRUST_PROXY=loopback lets each request claim its
+// client address with X-Forwarded-For, so one test plays many clients.
+
+const THROTTLE = {
+  TRUST_PROXY: 'loopback',
+  AUTH_THROTTLE_MAX_FAILURES_PER_IP: '4',
+  AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '3',
+  AUTH_THROTTLE_WINDOW_MS: '60000',
+};
+
+async function world(t: Test) {
+  const { db } = await freshDatabase(t);
+  let clock = Date.parse('2026-11-25T12:00:00Z');
+  const api = await startTestApi(t, db, { now: () => clock, env: THROTTLE });
+  const { adminKey, adminKeyId } = await seedOrg(api, db);
+  const whoami = (ip: string, key?: string) => api.request('GET', '/api/whoami', { key, headers: { 'x-forwarded-for': ip } });
+  const wrongSecret = `${adminKey.slice(0, 36)}${randomBytes(32).toString('base64url')}`;
+  const unknownKey = () => `ku_${randomBytes(16).toString('hex')}_${randomBytes(32).toString('base64url')}`;
+  return { db, api, adminKey, adminKeyId, whoami, wrongSecret, unknownKey, advance: (ms: number) => (clock += ms) };
+}
+
+t.test('an address that fails too often gets 429 with Retry-After, whatever it presents; other addresses are served', async (t) => {
+  const { api, adminKey, whoami, wrongSecret, unknownKey, advance } = await world(t);
+  const attacker = '203.0.113.66';
+  const failures = [await whoami(attacker, 'not-a-key'), await whoami(attacker, unknownKey()), await whoami(attacker, wrongSecret), await whoami(attacker, unknownKey())];
+  t.same(failures.map((r) => r.status), [401, 401, 401, 401], 'malformed, unknown, wrong secret: each a 401, each counted');
+
+  const refused = await whoami(attacker, adminKey);
+  t.equal(refused.status, 429, 'the next request from that address is refused, even with a right key');
+  t.equal(refused.headers.get('retry-after'), '60', 'Retry-After: the rest of the window, in seconds');
+  t.same(Object.keys(refused.body.error).sort(), ['code', 'message', 'requestId']);
+  t.equal(refused.body.error.code, 'too_many_requests');
+
+  for (let i = 0; i < 10; i += 1) await whoami('192.0.2.10');
+  t.equal((await whoami('192.0.2.10', adminKey)).status, 200, 'another address is served; requests with no key are not failures');
+
+  advance(30_000);
+  t.equal((await whoami(attacker, adminKey)).headers.get('retry-after'), '30');
+  advance(30_000);
+  t.equal((await whoami(attacker, adminKey)).status, 200, 'served again when the window ends');
+
+  t.match(api.throttle.stats, { failures: 4, refusedByIp: 2, refusedByKey: 0, lockouts: 1 }, 'counted');
+  const logged = api.evidence.logLines.map((line) => JSON.parse(line)).filter((line) => line.kind === 'auth_throttle_ip');
+  t.match(logged, [{ ip: attacker, msg: 'too many failed authentication attempts: throttled' }], 'the lockout is logged once, with the address');
+});
+
+t.test('wrong secrets on one key from many addresses: 429 for failures only, the holder is served from anywhere, bounded queries', async (t) => {
+  const { db, api, adminKey, adminKeyId, whoami, wrongSecret } = await world(t);
+  t.equal((await whoami('192.0.2.1', adminKey)).status, 200, 'the holder warms the cache');
+  let queries = 0;
+  db.on('query', () => (queries += 1));
+
+  const statuses: number[] = [];
+  for (let i = 1; i <= 30; i += 1) {
+    const response = await whoami(`198.51.100.${i}`, wrongSecret);
+    statuses.push(response.status);
+    if (response.status === 429) t.equal(response.headers.get('retry-after'), '60');
+  }
+  t.same(statuses, [...Array(3).fill(401), ...Array(27).fill(429)], 'after 3 failures on the key, its failures answer 429');
+  t.ok(queries <= 3, `30 wrong secrets cost ${queries} queries (a reload each until the key locked, none after)`);
+
+  t.equal((await whoami('192.0.2.99', adminKey)).status, 200, 'the right secret from a new address is served');
+  t.equal((await whoami('198.51.100.30', adminKey)).status, 200, 'and from an address that failed once');
+  t.equal(api.uses.filter((use) => use.keyId === adminKeyId && use.outcome === 'bad_secret').length, 30, 'every failure is still recorded as bad_secret');
+  t.match(api.throttle.stats, { failures: 30, refusedByKey: 27, refusedByIp: 0, lockouts: 1 });
+});
+
+t.test('an unknown key id locks like a real one, so a 429 does not say a key exists', async (t) => {
+  const { whoami, unknownKey } = await world(t);
+  const stranger = unknownKey();
+  const statuses = [];
+  for (let i = 1; i <= 5; i += 1) statuses.push((await whoami(`198.51.100.${i}`, stranger)).status);
+  t.same(statuses, [401, 401, 401, 429, 429]);
+  t.equal((await whoami('198.51.100.9', `ku_${randomUUID().replace(/-/g, '')}_${'A'.repeat(43)}`)).status, 401, 'another unknown id: 401');
+});

@@ -1,0 +1,99 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import t, { type Test } from 'tap';
+import { createKeyVerifier } from '../api/auth/keyVerifier';
+import type { PresentedKey } from '../api/keys/keyMaterial';
+import { parsePresentedKey } from '../api/keys/keyMaterial';
+import { seedOrg, startTestApi } from './helpers/api';
+import { freshDatabase } from './helpers/database';
+
+// The verifier's cache against a real PostgreSQL: what matters under hostile traffic is how many
+// queries an attacker can make it run, so every test counts them.
+
+const TTL = 2000;
+
+async function world(t: Test, options: { mayReload?: (keyId: string) => boolean } = {}) {
+  const { db } = await freshDatabase(t);
+  let clock = Date.parse('2026-11-25T12:00:00Z');
+  const api = await startTestApi(t, db, { now: () => clock });
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const verifier = createKeyVerifier({ db, pepper: api.config.api.keyPepper, cacheTtlMs: TTL, now: () => clock, mayReload: options.mayReload });
+  const counter = { queries: 0 };
+  db.on('query', () => (counter.queries += 1));
+  const key = parsePresentedKey(adminKey)!;
+  return {
+    db,
+    api,
+    org,
+    adminKeyId,
+    verifier,
+    counter,
+    key,
+    wrong: (): PresentedKey => ({ keyId: key.keyId, secret: randomBytes(32).toString('base64url') }),
+    advance: (ms: number) => (clock += ms),
+  };
+}
+
+const times = <T>(n: number, fn: () => Promise<T>) => Promise.all(Array.from({ length: n }, fn));
+
+t.test('an unknown key id is cached negatively: random well-formed keys cost no query each', async (t) => {
+  const { verifier, counter, advance } = await world(t);
+  const stranger: PresentedKey = { keyId: randomUUID(), secret: randomBytes(32).toString('base64url') };
+  t.same(await times(20, () => verifier.verify(stranger)), Array(20).fill({ outcome: 'unknown' }), '20 concurrent');
+  for (let i = 0; i < 20; i += 1) t.same(await verifier.verify(stranger), { outcome: 'unknown' });
+  t.equal(counter.queries, 1, '40 attempts with one unknown id: one query');
+  advance(TTL);
+  await verifier.verify(stranger);
+  t.equal(counter.queries, 2, 'asked again once the entry is older than the TTL');
+});
+
+t.test('a flood of wrong secrets on a cached key: one reload at a time, the good record kept', async (t) => {
+  const { verifier, counter, key, wrong } = await world(t);
+  t.equal((await verifier.verify(key)).outcome, 'ok');
+  t.equal(counter.queries, 1, 'the first use loads the key');
+
+  const verdicts = await times(50, () => verifier.verify(wrong()));
+  t.same(new Set(verdicts.map((v) => v.outcome)), new Set(['bad_secret']));
+  t.equal(counter.queries, 2, '50 concurrent wrong secrets share one reload');
+
+  t.equal((await verifier.verify(key)).outcome, 'ok');
+  t.equal(counter.queries, 2, 'the right secret is served from the cache, no query');
+});
+
+t.test('mayReload refuses the reload: wrong secrets then cost no query', async (t) => {
+  const { verifier, counter, key, wrong } = await world(t, { mayReload: () => false });
+  await verifier.verify(key);
+  for (let i = 0; i < 20; i += 1) t.equal((await verifier.verify(wrong())).outcome, 'bad_secret');
+  t.equal(counter.queries, 1, 'only the first load');
+});
+
+t.test('a wrong secret while the database is down neither evicts the cached key nor throws', async (t) => {
+  const { db, verifier, key, wrong } = await world(t);
+  t.equal((await verifier.verify(key)).outcome, 'ok');
+  await db.destroy();
+  t.equal((await verifier.verify(wrong())).outcome, 'bad_secret', 'the cached verdict stands');
+  t.equal((await verifier.verify(key)).outcome, 'ok', 'the holder is still served from the cache');
+});
+
+t.test('a key rotated on another instance works at once with its new secret', async (t) => {
+  const { api, org, adminKeyId, verifier, counter, key } = await world(t);
+  t.equal((await verifier.verify(key)).outcome, 'ok');
+  const rotated = await api.services.apiKeys.rotate(org.id, adminKeyId, 60);
+  const before = counter.queries;
+  t.equal((await verifier.verify(parsePresentedKey(rotated.plaintext)!)).outcome, 'ok', 'the new secret');
+  t.equal(counter.queries, before + 1, 'after one reload');
+  t.equal((await verifier.verify(key)).outcome, 'ok', 'the old secret, in its grace period');
+});
+
+t.test('cold loads are single-flight, and a load raced by invalidate() is not remembered', async (t) => {
+  const { db, adminKeyId, verifier, counter, key } = await world(t);
+  t.same(new Set((await times(20, () => verifier.verify(key))).map((v) => v.outcome)), new Set(['ok']));
+  t.equal(counter.queries, 1, '20 concurrent first uses: one query');
+
+  // The read starts before the revocation and is invalidated while in flight, as the service does.
+  verifier.invalidate(adminKeyId);
+  const racing = verifier.verify(key);
+  verifier.invalidate(adminKeyId);
+  t.equal((await racing).outcome, 'ok', 'the racing read saw the key before its revocation');
+  await db('api_keys').where({ id: adminKeyId }).update({ revoked_at: new Date(Date.parse('2026-11-25T11:00:00Z')) });
+  t.equal((await verifier.verify(key)).outcome, 'revoked', 'that read was not remembered: the next use reads again');
+});
