@@ -56,7 +56,7 @@ t.test('values from the environment are parsed to their types', async (t) => {
 });
 
 t.test('the auth throttle is on by default; a limit of 0 turns that dimension off', async (t) => {
-  const throttle = loadConfig({ AUTH_THROTTLE_MAX_FAILURES_PER_IP: '0', AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '5', AUTH_THROTTLE_WINDOW_MS: '1000', AUTH_THROTTLE_MAX_ENTRIES: '10' }).api.authThrottle;
+  const throttle = loadConfig({ ...DEV, AUTH_THROTTLE_MAX_FAILURES_PER_IP: '0', AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '5', AUTH_THROTTLE_WINDOW_MS: '1000', AUTH_THROTTLE_MAX_ENTRIES: '10' }).api.authThrottle;
   t.same(throttle, { maxFailuresPerIp: 0, maxFailuresPerKey: 5, windowMs: 1000, maxEntries: 10 });
   t.ok(Object.isFrozen(throttle));
 });
