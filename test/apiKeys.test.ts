@@ -97,3 +97,43 @@ t.test('health reports whether the database answers', async (t) => {
   const down = await api.request('GET', '/healthz');
   t.same([down.status, down.body], [503, { status: 'unavailable', database: 'down' }]);
 });
+
+t.test('a previous secret still in its grace period cannot manage keys', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const base = `/api/orgs/${org.id}/api-keys`;
+  const other = await api.services.apiKeys.create(org.id, { name: 'other', scopes: ['keys:read'], expiresAt: null });
+  const rotated = await api.request('POST', `${base}/${adminKeyId}/rotate`, { key: adminKey, body: { gracePeriodSeconds: 3600 } });
+  t.equal(rotated.status, 200);
+  const currentKey = rotated.body.key as string;
+  const oldKey = adminKey;
+
+  t.equal((await api.request('GET', '/api/whoami', { key: oldKey })).status, 200, 'the old secret still authenticates');
+  t.equal((await api.request('GET', base, { key: oldKey })).status, 200, 'and may still read keys');
+
+  const usesBefore = api.uses.length;
+  const attempts = [
+    ['create', 'POST', base, { name: 'minted with a leaked secret', scopes: ['keys:read'] }],
+    ['rotate (the lock-out)', 'POST', `${base}/${adminKeyId}/rotate`, { gracePeriodSeconds: 0 }],
+    ['rotate another key', 'POST', `${base}/${other.key.id}/rotate`, {}],
+    ['revoke', 'POST', `${base}/${other.key.id}/revoke`, undefined],
+  ] as const;
+  for (const [label, method, path, body] of attempts) {
+    const refused = await api.request(method, path, { key: oldKey, body });
+    t.equal(refused.status, 403, `${label}: 403`);
+    t.equal(refused.body.error.code, 'stale_secret', `${label}: its own code`);
+    t.match(refused.body.error.message, /current secret/, `${label}: says to use the current secret`);
+  }
+  t.same(
+    api.uses.slice(usesBefore).map((use) => [use.keyId, use.outcome]),
+    attempts.map(() => [adminKeyId, 'forbidden']),
+    'each refusal is a proven use, recorded as forbidden',
+  );
+
+  t.equal((await api.request('GET', '/api/whoami', { key: currentKey })).status, 200, 'the owner is not locked out');
+  t.equal((await api.services.apiKeys.get(org.id, other.key.id)).status, 'active', 'nothing was revoked');
+  t.equal((await api.services.apiKeys.list(org.id, { limit: 10, offset: 0 })).page.total, 2, 'nothing was created');
+  const managed = await api.request('POST', `${base}/${other.key.id}/revoke`, { key: currentKey });
+  t.equal(managed.status, 200, 'the current secret manages keys');
+});

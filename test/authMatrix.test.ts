@@ -24,6 +24,8 @@ interface Route {
   method: 'GET' | 'POST';
   path: (orgId: string, keyId: string) => string;
   scope?: Scope;
+  /** Key management: refused to a key's previous secret during a rotation's grace period. */
+  managesKeys?: true;
   /** Which key the route acts on when it succeeds (mutating routes get their own). */
   target: 'reader' | 'rotateTarget' | 'revokeTarget';
   body?: unknown;
@@ -39,6 +41,7 @@ const ROUTES: Route[] = [
   {
     name: 'POST /api/orgs/:id/api-keys',
     method: 'POST',
+    managesKeys: true,
     path: (org) => `${KEYS}/${org}/api-keys`,
     scope: 'keys:write',
     target: 'reader',
@@ -79,6 +82,7 @@ const ROUTES: Route[] = [
   {
     name: 'POST /api/orgs/:id/api-keys/:keyId/rotate',
     method: 'POST',
+    managesKeys: true,
     path: (org, key) => `${KEYS}/${org}/api-keys/${key}/rotate`,
     scope: 'keys:write',
     target: 'rotateTarget',
@@ -94,6 +98,7 @@ const ROUTES: Route[] = [
   {
     name: 'POST /api/orgs/:id/api-keys/:keyId/revoke',
     method: 'POST',
+    managesKeys: true,
     path: (org, key) => `${KEYS}/${org}/api-keys/${key}/revoke`,
     scope: 'keys:write',
     target: 'revokeTarget',
@@ -162,18 +167,21 @@ async function buildWorld(t: Test) {
   await api.services.apiKeys.revoke(acme.org.id, revoked.id);
   const rotated = await createKey(api, acme.org.id, 'rotated', both);
   const rotation = await api.services.apiKeys.rotate(acme.org.id, rotated.id, 60);
+  // Its previous secret (the plaintext below) is still in its grace period an hour later.
+  const inGrace = await createKey(api, acme.org.id, 'in grace', both);
+  const graceRotation = await api.services.apiKeys.rotate(acme.org.id, inGrace.id, 7200);
   const rotateTarget = await createKey(api, acme.org.id, 'rotate target', ['keys:read']);
   const revokeTarget = await createKey(api, acme.org.id, 'revoke target', ['keys:read']);
   clock += 3_600_000;
 
-  const plaintexts = [admin, intruder, reader, writer, expiring, revoked, rotated, rotateTarget, revokeTarget].map((key) => key.plaintext);
-  plaintexts.push(rotation.plaintext);
+  const plaintexts = [admin, intruder, reader, writer, expiring, revoked, rotated, inGrace, rotateTarget, revokeTarget].map((key) => key.plaintext);
+  plaintexts.push(rotation.plaintext, graceRotation.plaintext);
   return {
     db,
     api,
     acme: acme.org,
     globex: globex.org,
-    keys: { admin, intruder, reader, writer, expiring, revoked, rotated, rotateTarget, revokeTarget },
+    keys: { admin, intruder, reader, writer, expiring, revoked, rotated, inGrace, rotateTarget, revokeTarget },
     plaintexts,
   };
 }
@@ -243,6 +251,17 @@ t.test('every route against every kind of refusal', async (t) => {
         assertErrorShape(t, response, 403, 'forbidden', 'missing scope');
         t.match(response.body.error.message, `"${route.scope}"`, 'missing scope: the message names the scope');
         t.same(uses, [use(lacking, 'forbidden')], 'missing scope: recorded forbidden');
+      }
+
+      if (route.managesKeys) {
+        const { response, uses } = await call(route, { key: keys.inGrace.plaintext, header });
+        assertErrorShape(t, response, 403, 'stale_secret', 'previous secret in its grace period');
+        t.match(response.body.error.message, /current secret/, 'previous secret: the message says to use the current secret');
+        t.same(uses, [use(keys.inGrace, 'forbidden')], 'previous secret: recorded forbidden');
+      } else {
+        const { response, uses } = await call(route, { key: keys.inGrace.plaintext, header });
+        t.equal(response.status, route.okStatus, 'previous secret in its grace period: everything but key management');
+        t.same(uses, [use(keys.inGrace, 'ok')], 'previous secret: recorded ok');
       }
 
       if (route.path('ORG', 'KEY').includes('ORG')) {

@@ -28,7 +28,7 @@ const rotateBody = z
 export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requirement: Requirement) => RequestHandler }) {
   const { service, authorize } = deps;
   const readKeys = authorize({ scope: 'keys:read', orgParam: 'id' });
-  const writeKeys = authorize({ scope: 'keys:write', orgParam: 'id' });
+  const writeKeys = authorize({ scope: 'keys:write', orgParam: 'id', currentSecret: true });
   // Bodies are parsed after authentication: an anonymous caller gets 401 without its body being
   // read, and a key that sends bad JSON is still counted as a use.
   const jsonBody = express.json({ limit: '16kb' });
