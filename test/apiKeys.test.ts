@@ -1,6 +1,7 @@
 import t from 'tap';
 import { freshDatabase } from './helpers/database';
 import { seedOrg, startTestApi } from './helpers/api';
+import { waitFor } from './helpers/collector';
 
 t.test('create, read, list, rotate and revoke keys through the HTTP API', async (t) => {
   const { db } = await freshDatabase(t);
@@ -136,4 +137,30 @@ t.test('a previous secret still in its grace period cannot manage keys', async (
   t.equal((await api.services.apiKeys.list(org.id, { limit: 10, offset: 0 })).page.total, 2, 'nothing was created');
   const managed = await api.request('POST', `${base}/${other.key.id}/revoke`, { key: currentKey });
   t.equal(managed.status, 200, 'the current secret manages keys');
+});
+
+t.test('two concurrent rotations of one key: one 200, one 409, and the plaintext returned is the one stored', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const target = await api.services.apiKeys.create(org.id, { name: 'target', scopes: ['keys:read'], expiresAt: null });
+  const path = `/api/orgs/${org.id}/api-keys/${target.key.id}/rotate`;
+
+  // Both rotations read the key, then queue behind this row lock: a true race, every time.
+  const lock = await db.transaction();
+  await lock('api_keys').where({ id: target.key.id }).forUpdate();
+  const racing = Promise.all([1, 2].map(() => api.request('POST', path, { key: adminKey, body: {} })));
+  await waitFor('both rotations to wait on the row lock', async () => {
+    const { rows } = await db.raw("select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'");
+    return rows[0].n === 2 || undefined;
+  });
+  await lock.commit();
+  const responses = await racing;
+
+  t.same(responses.map((r) => r.status).sort(), [200, 409], 'one rotation wins, the other conflicts');
+  const loser = responses.find((r) => r.status === 409)!;
+  t.equal(loser.body.error.code, 'conflict');
+  t.equal(loser.body.key, undefined, 'the loser reveals no plaintext');
+  const winner = responses.find((r) => r.status === 200)!;
+  t.equal((await api.request('GET', '/api/whoami', { key: winner.body.key })).status, 200, "the winner's plaintext works");
 });

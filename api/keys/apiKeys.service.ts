@@ -120,6 +120,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         previousSecretExpiresAt: new Date(now + graceSeconds * 1000),
         rotatedAt: new Date(now),
       });
+      if (!rotated) throw new AppError('conflict', 'The API key was rotated by another request at the same time; read it again before retrying');
       deps.verifier.invalidate(key.id);
       return { key: toApiKeyView(rotated, now), plaintext: material.plaintext };
     },
