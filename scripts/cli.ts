@@ -212,7 +212,7 @@ async function execute(command: Command, deps: CliDeps): Promise<void> {
       // One transaction: an organization never exists without the key that administers it.
       const { org, created } = await deps.db.transaction(async (trx) => {
         const org = await insertOrganization(trx, command.name);
-        const created = await keys.create(org.id, { name: 'admin', scopes: [...SCOPES], expiresAt: null }, trx);
+        const created = await keys.create(org.id, { name: 'admin', scopes: [...SCOPES], expiresAt: null }, { db: trx });
         return { org, created };
       });
       if (command.json) {

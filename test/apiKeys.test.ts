@@ -164,3 +164,37 @@ t.test('two concurrent rotations of one key: one 200, one 409, and the plaintext
   const winner = responses.find((r) => r.status === 200)!;
   t.equal((await api.request('GET', '/api/whoami', { key: winner.body.key })).status, 200, "the winner's plaintext works");
 });
+
+t.test('a key cannot create or rotate a key with more scopes or a longer life than its own', async (t) => {
+  const { db } = await freshDatabase(t);
+  const clock = Date.parse('2026-11-25T12:00:00Z');
+  const api = await startTestApi(t, db, { now: () => clock });
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const base = `/api/orgs/${org.id}/api-keys`;
+  const day = 86_400_000;
+  const writer = (await api.services.apiKeys.create(org.id, { name: 'writer', scopes: ['keys:write'], expiresAt: null })).plaintext;
+  const expiresAt = new Date(clock + day);
+  const expiring = (await api.services.apiKeys.create(org.id, { name: 'expiring', scopes: ['keys:read', 'keys:write'], expiresAt })).plaintext;
+  const create = (key: string, body: object) => api.request('POST', base, { key, body: { name: 'minted', ...body } });
+
+  const wider = await create(writer, { scopes: ['keys:read', 'keys:write'] });
+  t.same([wider.status, wider.body.error?.code], [403, 'forbidden'], 'a scope the caller lacks');
+  t.match(wider.body.error.message, /does not hold itself: keys:read$/, 'the message names the scope it lacks');
+  t.equal((await create(writer, { scopes: ['keys:write'] })).status, 201, 'its own scopes are fine');
+
+  const forever = await create(expiring, { scopes: ['keys:read'] });
+  t.same([forever.status, forever.body.error?.code], [403, 'forbidden'], 'an expiring caller cannot create a key that never expires');
+  t.match(forever.body.error.message, `expires at ${expiresAt.toISOString()}; it cannot create a key that never expires`);
+  const later = await create(expiring, { scopes: ['keys:read'], expiresAt: new Date(clock + 2 * day).toISOString() });
+  t.equal(later.status, 403, 'nor one that outlives it');
+  t.match(later.body.error.message, `expires at ${expiresAt.toISOString()}`, 'the message names its own expiry');
+  t.equal((await create(expiring, { scopes: ['keys:read'], expiresAt: expiresAt.toISOString() })).status, 201, 'the same expiry is fine');
+  t.equal((await create(expiring, { scopes: ['keys:read'], expiresAt: new Date(clock + 1000).toISOString() })).status, 201, 'an earlier one too');
+
+  // Rotation reveals the target's new secret, so the same limits apply to the key being rotated.
+  const takeover = await api.request('POST', `${base}/${adminKeyId}/rotate`, { key: writer, body: {} });
+  t.same([takeover.status, takeover.body.error?.code], [403, 'forbidden'], "a keys:write key cannot rotate (and so obtain) a wider key's secret");
+  t.match(takeover.body.error.message, /cannot rotate a key with scopes it does not hold itself: keys:read$/);
+  t.equal((await api.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'the admin key is untouched');
+  t.equal(api.evidence.leaksOf([writer, expiring, adminKey]).length, 0, 'no key material in bodies or logs');
+});

@@ -37,11 +37,11 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
   router.post('/', writeKeys, jsonBody, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(createBody, req.body, 'body');
-    const created = await service.create(id, {
-      name: body.name,
-      scopes: body.scopes,
-      expiresAt: body.expiresAt ? new Date(body.expiresAt) : null,
-    });
+    const created = await service.create(
+      id,
+      { name: body.name, scopes: body.scopes, expiresAt: body.expiresAt ? new Date(body.expiresAt) : null },
+      { actor: res.locals.auth!.key },
+    );
     res.status(201).json({ ...created.key, key: created.plaintext });
   });
 
@@ -59,7 +59,7 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
   router.post('/:keyId/rotate', writeKeys, jsonBody, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(rotateBody, req.body, 'body');
-    const rotated = await service.rotate(id, keyId, body.gracePeriodSeconds);
+    const rotated = await service.rotate(id, keyId, body.gracePeriodSeconds, res.locals.auth!.key);
     res.json({ ...rotated.key, key: rotated.plaintext });
   });
 
