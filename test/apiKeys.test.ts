@@ -198,3 +198,36 @@ t.test('a key cannot create or rotate a key with more scopes or a longer life th
   t.equal((await api.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'the admin key is untouched');
   t.equal(api.evidence.leaksOf([writer, expiring, adminKey]).length, 0, 'no key material in bodies or logs');
 });
+
+t.test('names with control characters are a 400, never a 500', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  for (const [label, name] of [
+    ['NUL', 'ci\u0000deploys'],
+    ['newline inside', 'ci\ndeploys'],
+    ['ESC (a terminal escape)', 'ci\u001b[2J'],
+    ['DEL', 'ci\u007f'],
+    ['C1 control', 'ci\u009b'],
+  ]) {
+    const response = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name, scopes: ['keys:read'] } });
+    t.same([response.status, response.body.error?.code], [400, 'invalid_request'], `${label}: 400`);
+    t.equal(response.body.error.message, 'Invalid body: name: must not contain control characters (such as NUL, tab, newline or ESC)', `${label}: a clear message`);
+  }
+  const fine = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name: '  CI – déploiements 🚀 ', scopes: ['keys:read'] } });
+  t.same([fine.status, fine.body.name], [201, 'CI – déploiements 🚀'], 'any printable Unicode is fine, surrounding space trimmed');
+  t.same(api.evidence.logLines.filter((line) => JSON.parse(line).level >= 50), [], 'nothing logged as an unhandled error');
+});
+
+t.test('responses that carry a plaintext key are never cached', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const base = `/api/orgs/${org.id}/api-keys`;
+  const created = await api.request('POST', base, { key: adminKey, body: { name: 'ci', scopes: ['keys:read'] } });
+  t.equal(created.status, 201);
+  t.equal(created.headers.get('cache-control'), 'no-store', 'create');
+  const rotated = await api.request('POST', `${base}/${created.body.id}/rotate`, { key: adminKey, body: {} });
+  t.equal(rotated.status, 200);
+  t.equal(rotated.headers.get('cache-control'), 'no-store', 'rotate');
+});

@@ -1,7 +1,7 @@
-import express, { Router, type RequestHandler } from 'express';
+import express, { Router, type RequestHandler, type Response } from 'express';
 import { z } from 'zod';
 import type { Requirement } from '../auth/authorize';
-import { pagination, parseInput, uuid } from '../validation';
+import { displayName, pagination, parseInput, uuid } from '../validation';
 import type { ApiKeysService } from './apiKeys.service';
 import { SCOPES } from './scopes';
 
@@ -10,7 +10,7 @@ const orgParams = z.object({ id: uuid });
 
 const createBody = z
   .object({
-    name: z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters'),
+    name: displayName,
     scopes: z
       .array(z.enum(SCOPES, { error: `must be one of ${SCOPES.join(', ')}` }))
       .min(1, 'must list at least one scope')
@@ -24,6 +24,9 @@ const rotateBody = z
     gracePeriodSeconds: z.number().int('must be a whole number').min(0).max(604_800, 'must be at most 604800 (7 days)').optional(),
   })
   .strict();
+
+// A response carrying a plaintext key must not be kept by a browser, proxy or CDN cache.
+const revealOnce = (res: Response) => res.setHeader('Cache-Control', 'no-store');
 
 export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requirement: Requirement) => RequestHandler }) {
   const { service, authorize } = deps;
@@ -42,7 +45,7 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
       { name: body.name, scopes: body.scopes, expiresAt: body.expiresAt ? new Date(body.expiresAt) : null },
       { actor: res.locals.auth!.key },
     );
-    res.status(201).json({ ...created.key, key: created.plaintext });
+    revealOnce(res).status(201).json({ ...created.key, key: created.plaintext });
   });
 
   router.get('/', readKeys, async (req, res) => {
@@ -60,7 +63,7 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(rotateBody, req.body, 'body');
     const rotated = await service.rotate(id, keyId, body.gracePeriodSeconds, res.locals.auth!.key);
-    res.json({ ...rotated.key, key: rotated.plaintext });
+    revealOnce(res).json({ ...rotated.key, key: rotated.plaintext });
   });
 
   router.post('/:keyId/revoke', writeKeys, async (req, res) => {
