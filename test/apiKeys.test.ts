@@ -1,4 +1,7 @@
+import { randomBytes, randomUUID } from 'node:crypto';
 import t from 'tap';
+import { insertApiKey } from '../api/keys/apiKeys.repository';
+import { checksumOf, displayPrefixFor, hashSecret } from '../api/keys/keyMaterial';
 import { freshDatabase } from './helpers/database';
 import { seedOrg, startTestApi } from './helpers/api';
 import { waitFor } from './helpers/collector';
@@ -17,7 +20,7 @@ t.test('create, read, list, rotate and revoke keys through the HTTP API', async 
 
   const created = await api.request('POST', base, { key: adminKey, body: { name: 'ci deploys', scopes: ['keys:read', 'keys:read'] } });
   t.equal(created.status, 201);
-  t.match(created.body.key, /^ku_[0-9a-f]{32}_[A-Za-z0-9_-]{43}$/);
+  t.match(created.body.key, /^ku_[0-9a-f]{32}_[0-9A-Za-z]{49}$/);
   t.same(created.body.scopes, ['keys:read'], 'duplicate scopes collapse');
   t.equal(created.body.status, 'active');
   t.equal(created.body.displayPrefix, created.body.key.slice(0, 11));
@@ -230,4 +233,57 @@ t.test('responses that carry a plaintext key are never cached', async (t) => {
   const rotated = await api.request('POST', `${base}/${created.body.id}/rotate`, { key: adminKey, body: {} });
   t.equal(rotated.status, 200);
   t.equal(rotated.headers.get('cache-control'), 'no-store', 'rotate');
+});
+
+t.test('a key whose checksum does not match is refused before any lookup and counted as nobody\'s use', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  t.equal((await api.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'the key as issued works');
+  t.equal(adminKey.slice(-6), checksumOf(adminKey.slice(0, -6)), 'it ends with its checksum');
+
+  const lookups: string[] = [];
+  const verify = api.verifier.verify.bind(api.verifier);
+  api.verifier.verify = (presented) => (lookups.push(presented.keyId), verify(presented));
+  const usesBefore = api.uses.length;
+  const flip = (c: string) => (c === 'a' ? 'b' : 'a');
+  const typo = adminKey.slice(0, 40) + flip(adminKey[40]) + adminKey.slice(41);
+  const badChecksum = adminKey.slice(0, -1) + flip(adminKey.slice(-1));
+  for (const [label, key] of [['a typo in the secret', typo], ['a wrong checksum', badChecksum]]) {
+    const response = await api.request('GET', `/api/orgs/${org.id}/api-keys`, { key });
+    t.same([response.status, response.body.error.code], [401, 'unauthorized'], `${label}: 401 like any other`);
+  }
+  t.same(lookups, [], 'no cache or database lookup');
+  t.same(api.uses.slice(usesBefore), [], 'not recorded as a use of the named key');
+
+  const wrongSecret = `${adminKey.slice(0, 36)}${'Z'.repeat(43)}`;
+  const wellFormed = wrongSecret + checksumOf(wrongSecret);
+  t.equal((await api.request('GET', '/api/whoami', { key: wellFormed })).status, 401);
+  t.same(api.uses.slice(usesBefore).map((use) => [use.keyId, use.outcome]), [[adminKeyId, 'bad_secret']], 'a well-formed wrong secret still is a failed attempt on the key');
+});
+
+t.test('a key issued before the checksum keeps working until it is rotated', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const id = randomUUID();
+  const secret = randomBytes(32).toString('base64url');
+  await insertApiKey(db, {
+    id,
+    orgId: org.id,
+    name: 'legacy',
+    displayPrefix: displayPrefixFor(id),
+    secretHash: hashSecret(secret, api.config.api.keyPepper),
+    scopes: ['keys:read'],
+    expiresAt: null,
+  });
+  const legacyKey = `ku_${id.replace(/-/g, '')}_${secret}`;
+  t.same((await api.request('GET', '/api/whoami', { key: legacyKey })).body.keyId, id, 'the legacy key authenticates');
+
+  const rotated = await api.request('POST', `/api/orgs/${org.id}/api-keys/${id}/rotate`, { key: adminKey, body: { gracePeriodSeconds: 0 } });
+  t.equal(rotated.status, 200);
+  t.match(rotated.body.key, new RegExp(`^ku_${id.replace(/-/g, '')}_[0-9A-Za-z]{49}$`), 'rotation issues the new format');
+  t.equal(rotated.body.key.slice(-6), checksumOf(rotated.body.key.slice(0, -6)));
+  t.equal((await api.request('GET', '/api/whoami', { key: rotated.body.key })).status, 200, 'the new key works');
+  t.equal((await api.request('GET', '/api/whoami', { key: legacyKey })).status, 401, 'the legacy one no longer does');
 });

@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import t, { type Test } from 'tap';
 import { UNAUTHORIZED_MESSAGE } from '../api/errors';
+import { formatKey, parsePresentedKey } from '../api/keys/keyMaterial';
 import type { Scope } from '../api/keys/scopes';
 import type { Db } from '../shared/db';
 import type { Outcome } from '../shared/usageWire';
@@ -238,9 +239,14 @@ t.test('every route against every kind of refusal', async (t) => {
       await unauthorized('malformed key', { key: 'not-a-key' }, []);
       await unauthorized('malformed: truncated secret', { key: keys.admin.plaintext.slice(0, -1) }, []);
       await unauthorized('unknown key id', { key: `ku_${randomBytes(16).toString('hex')}_${randomBytes(32).toString('base64url')}` }, []);
-      await unauthorized('wrong secret', { key: `${keys.admin.plaintext.slice(0, 36)}${randomBytes(32).toString('base64url')}` }, [
+      await unauthorized('wrong secret (legacy format)', { key: `${keys.admin.plaintext.slice(0, 36)}${randomBytes(32).toString('base64url')}` }, [
         use(keys.admin, 'bad_secret'),
       ]);
+      await unauthorized('wrong secret (checksum format)', { key: formatKey(keys.admin.id, randomBytes(32).toString('hex').slice(0, 43)) }, [
+        use(keys.admin, 'bad_secret'),
+      ]);
+      const flipped = keys.admin.plaintext.slice(-1) === 'a' ? 'b' : 'a';
+      await unauthorized('checksum mismatch', { key: keys.admin.plaintext.slice(0, -1) + flipped }, []);
       await unauthorized('expired', { key: keys.expiring.plaintext }, [use(keys.expiring, 'expired')]);
       await unauthorized('revoked', { key: keys.revoked.plaintext }, [use(keys.revoked, 'revoked')]);
       await unauthorized('rotated out (old secret after grace)', { key: keys.rotated.plaintext }, [use(keys.rotated, 'bad_secret')]);
@@ -327,7 +333,7 @@ t.test('every route against every kind of refusal', async (t) => {
     t.same(evidence.leaksOf([evidence.bodies[0]]), [evidence.bodies[0]], 'the scan finds what is there');
 
     const plaintexts = [...world.plaintexts, ...revealed];
-    const secrets = plaintexts.map((plaintext) => plaintext.slice(36));
+    const secrets = plaintexts.map((plaintext) => parsePresentedKey(plaintext)!.secret);
     t.same(evidence.leaksOf(plaintexts), [], 'no plaintext key');
     t.same(evidence.leaksOf(secrets), [], 'no secret part of a key');
     const hashes = await storedHashForms(world.db);
@@ -424,5 +430,5 @@ t.test('malformed requests and server errors keep the error shape', async (t) =>
     .filter((line) => line.level >= 50);
   t.equal(errors.length, 1, 'logged once, as an error');
   t.match(errors[0], { msg: 'unhandled error', requestId: crashed.body.error.requestId, method: 'GET', path: '/api/whoami', err: { message: /\S/ } });
-  t.same(api.evidence.leaksOf([uncached.plaintext, uncached.plaintext.slice(36)]), [], 'the key is not in the error log');
+  t.same(api.evidence.leaksOf([uncached.plaintext, parsePresentedKey(uncached.plaintext)!.secret]), [], 'the key is not in the error log');
 });

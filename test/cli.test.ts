@@ -15,7 +15,7 @@ import { startLocalPostgres } from '../shared/localPostgres';
 import { startTestApi } from './helpers/api';
 import { adminDatabaseUrl, freshDatabase } from './helpers/database';
 
-const KEY = /ku_[0-9a-f]{32}_[A-Za-z0-9_-]{43}/g;
+const KEY = /ku_[0-9a-f]{32}_[0-9A-Za-z]{49}/g;
 const ONCE = /shown only once/;
 
 // runCli in-process, with its output captured line by line.
@@ -88,7 +88,7 @@ t.test('org create --json', async (t) => {
     status: 'active',
     expiresAt: null,
     revokedAt: null,
-    key: /^ku_[0-9a-f]{32}_[A-Za-z0-9_-]{43}$/,
+    key: /^ku_[0-9a-f]{32}_[0-9A-Za-z]{49}$/,
   });
   t.equal(printed.key.displayPrefix, printed.key.key.slice(0, 11));
   t.notOk('secretHash' in printed.key, 'no hash field');
