@@ -6,6 +6,7 @@ export const ERROR_STATUS = {
   invalid_request: 400,
   unauthorized: 401,
   forbidden: 403,
+  stale_secret: 403,
   not_found: 404,
   conflict: 409,
   payload_too_large: 413,

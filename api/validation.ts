@@ -14,6 +14,15 @@ export function parseInput<T extends z.ZodType>(schema: T, input: unknown, where
 
 export const uuid = z.string().regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i, 'must be a UUID').transform((v) => v.toLowerCase());
 
+// A name an operator gave (an org's, a key's). Control characters are refused: PostgreSQL cannot
+// store NUL (a 500 before), and the others would reach terminals and log viewers as escapes.
+export const displayName = z
+  .string()
+  .trim()
+  .min(1, 'must not be empty')
+  .max(200, 'must be at most 200 characters')
+  .regex(/^\P{Cc}*$/u, 'must not contain control characters (such as NUL, tab, newline or ESC)');
+
 export const pagination = {
   limit: z.coerce.number().int().min(1).max(200).default(50),
   offset: z.coerce.number().int().min(0).default(0),

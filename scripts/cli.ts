@@ -4,7 +4,7 @@ import { AppError } from '../api/errors';
 import { createApiKeysService, type ApiKeyView } from '../api/keys/apiKeys.service';
 import { SCOPES, type Scope } from '../api/keys/scopes';
 import { findOrganizationById, insertOrganization, listOrganizations, type Organization } from '../api/orgs/orgs.repository';
-import { uuid } from '../api/validation';
+import { displayName, uuid } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, migrateLatest, type Db } from '../shared/db';
 import { postmasterPid, startLocalPostgres } from '../shared/localPostgres';
@@ -59,8 +59,6 @@ export interface CliDeps {
 
 class UsageError extends Error {}
 
-// The same rules the HTTP API applies to a key name.
-const displayName = z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters');
 const isoDateTime = z.iso.datetime({ offset: true });
 
 function check<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
@@ -212,7 +210,7 @@ async function execute(command: Command, deps: CliDeps): Promise<void> {
       // One transaction: an organization never exists without the key that administers it.
       const { org, created } = await deps.db.transaction(async (trx) => {
         const org = await insertOrganization(trx, command.name);
-        const created = await keys.create(org.id, { name: 'admin', scopes: [...SCOPES], expiresAt: null }, trx);
+        const created = await keys.create(org.id, { name: 'admin', scopes: [...SCOPES], expiresAt: null }, { db: trx });
         return { org, created };
       });
       if (command.json) {

@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import { formatKey, parsePresentedKey } from '../api/keys/keyMaterial';
 import { ConfigError, loadConfig } from '../shared/config';
 
 // `npm run demo-traffic`: bounded traffic against the system `npm start` runs, so that the usage
@@ -61,10 +62,11 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const noOutcomes = (): Record<Outcome, number> => ({ ok: 0, forbidden: 0, expired: 0, revoked: 0, bad_secret: 0 });
 
-// A secret of the right shape that is not the key's.
+// A key of the right shape and with a valid checksum, whose secret is not the key's: the server
+// must look it up and count a bad_secret (a bad checksum would be refused unread, uncounted).
 function wrongSecret(plaintext: string): string {
-  const last = plaintext.at(-1) === 'A' ? 'B' : 'A';
-  return plaintext.slice(0, -1) + last;
+  const { keyId, secret } = parsePresentedKey(plaintext)!;
+  return formatKey(keyId, secret.slice(0, -1) + (secret.endsWith('A') ? 'B' : 'A'));
 }
 
 class Client {

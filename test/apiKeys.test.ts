@@ -1,6 +1,10 @@
+import { randomBytes, randomUUID } from 'node:crypto';
 import t from 'tap';
+import { insertApiKey } from '../api/keys/apiKeys.repository';
+import { checksumOf, displayPrefixFor, hashSecret } from '../api/keys/keyMaterial';
 import { freshDatabase } from './helpers/database';
 import { seedOrg, startTestApi } from './helpers/api';
+import { waitFor } from './helpers/collector';
 
 t.test('create, read, list, rotate and revoke keys through the HTTP API', async (t) => {
   const { db } = await freshDatabase(t);
@@ -16,7 +20,7 @@ t.test('create, read, list, rotate and revoke keys through the HTTP API', async 
 
   const created = await api.request('POST', base, { key: adminKey, body: { name: 'ci deploys', scopes: ['keys:read', 'keys:read'] } });
   t.equal(created.status, 201);
-  t.match(created.body.key, /^ku_[0-9a-f]{32}_[A-Za-z0-9_-]{43}$/);
+  t.match(created.body.key, /^ku_[0-9a-f]{32}_[0-9A-Za-z]{49}$/);
   t.same(created.body.scopes, ['keys:read'], 'duplicate scopes collapse');
   t.equal(created.body.status, 'active');
   t.equal(created.body.displayPrefix, created.body.key.slice(0, 11));
@@ -115,4 +119,190 @@ t.test('health runs one query a second, however many probes arrive', async (t) =
   clock += 1;
   t.equal(await probe(), 200);
   t.equal(queries, 2, 'a second later: one more');
+});
+
+t.test('a previous secret still in its grace period cannot manage keys', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const base = `/api/orgs/${org.id}/api-keys`;
+  const other = await api.services.apiKeys.create(org.id, { name: 'other', scopes: ['keys:read'], expiresAt: null });
+  const rotated = await api.request('POST', `${base}/${adminKeyId}/rotate`, { key: adminKey, body: { gracePeriodSeconds: 3600 } });
+  t.equal(rotated.status, 200);
+  const currentKey = rotated.body.key as string;
+  const oldKey = adminKey;
+
+  t.equal((await api.request('GET', '/api/whoami', { key: oldKey })).status, 200, 'the old secret still authenticates');
+  t.equal((await api.request('GET', base, { key: oldKey })).status, 200, 'and may still read keys');
+
+  const usesBefore = api.uses.length;
+  const attempts = [
+    ['create', 'POST', base, { name: 'minted with a leaked secret', scopes: ['keys:read'] }],
+    ['rotate (the lock-out)', 'POST', `${base}/${adminKeyId}/rotate`, { gracePeriodSeconds: 0 }],
+    ['rotate another key', 'POST', `${base}/${other.key.id}/rotate`, {}],
+    ['revoke', 'POST', `${base}/${other.key.id}/revoke`, undefined],
+  ] as const;
+  for (const [label, method, path, body] of attempts) {
+    const refused = await api.request(method, path, { key: oldKey, body });
+    t.equal(refused.status, 403, `${label}: 403`);
+    t.equal(refused.body.error.code, 'stale_secret', `${label}: its own code`);
+    t.match(refused.body.error.message, /current secret/, `${label}: says to use the current secret`);
+  }
+  t.same(
+    api.uses.slice(usesBefore).map((use) => [use.keyId, use.outcome]),
+    attempts.map(() => [adminKeyId, 'forbidden']),
+    'each refusal is a proven use, recorded as forbidden',
+  );
+
+  t.equal((await api.request('GET', '/api/whoami', { key: currentKey })).status, 200, 'the owner is not locked out');
+  t.equal((await api.services.apiKeys.get(org.id, other.key.id)).status, 'active', 'nothing was revoked');
+  t.equal((await api.services.apiKeys.list(org.id, { limit: 10, offset: 0 })).page.total, 2, 'nothing was created');
+  const managed = await api.request('POST', `${base}/${other.key.id}/revoke`, { key: currentKey });
+  t.equal(managed.status, 200, 'the current secret manages keys');
+});
+
+t.test('two concurrent rotations of one key: one 200, one 409, and the plaintext returned is the one stored', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const target = await api.services.apiKeys.create(org.id, { name: 'target', scopes: ['keys:read'], expiresAt: null });
+  const path = `/api/orgs/${org.id}/api-keys/${target.key.id}/rotate`;
+
+  // Both rotations read the key, then queue behind this row lock: a true race, every time.
+  const lock = await db.transaction();
+  await lock('api_keys').where({ id: target.key.id }).forUpdate();
+  const racing = Promise.all([1, 2].map(() => api.request('POST', path, { key: adminKey, body: {} })));
+  await waitFor('both rotations to wait on the row lock', async () => {
+    const { rows } = await db.raw("select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'");
+    return rows[0].n === 2 || undefined;
+  });
+  await lock.commit();
+  const responses = await racing;
+
+  t.same(responses.map((r) => r.status).sort(), [200, 409], 'one rotation wins, the other conflicts');
+  const loser = responses.find((r) => r.status === 409)!;
+  t.equal(loser.body.error.code, 'conflict');
+  t.equal(loser.body.key, undefined, 'the loser reveals no plaintext');
+  const winner = responses.find((r) => r.status === 200)!;
+  t.equal((await api.request('GET', '/api/whoami', { key: winner.body.key })).status, 200, "the winner's plaintext works");
+});
+
+t.test('a key cannot create or rotate a key with more scopes or a longer life than its own', async (t) => {
+  const { db } = await freshDatabase(t);
+  const clock = Date.parse('2026-11-25T12:00:00Z');
+  const api = await startTestApi(t, db, { now: () => clock });
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const base = `/api/orgs/${org.id}/api-keys`;
+  const day = 86_400_000;
+  const writer = (await api.services.apiKeys.create(org.id, { name: 'writer', scopes: ['keys:write'], expiresAt: null })).plaintext;
+  const expiresAt = new Date(clock + day);
+  const expiring = (await api.services.apiKeys.create(org.id, { name: 'expiring', scopes: ['keys:read', 'keys:write'], expiresAt })).plaintext;
+  const create = (key: string, body: object) => api.request('POST', base, { key, body: { name: 'minted', ...body } });
+
+  const wider = await create(writer, { scopes: ['keys:read', 'keys:write'] });
+  t.same([wider.status, wider.body.error?.code], [403, 'forbidden'], 'a scope the caller lacks');
+  t.match(wider.body.error.message, /does not hold itself: keys:read$/, 'the message names the scope it lacks');
+  t.equal((await create(writer, { scopes: ['keys:write'] })).status, 201, 'its own scopes are fine');
+
+  const forever = await create(expiring, { scopes: ['keys:read'] });
+  t.same([forever.status, forever.body.error?.code], [403, 'forbidden'], 'an expiring caller cannot create a key that never expires');
+  t.match(forever.body.error.message, `expires at ${expiresAt.toISOString()}; it cannot create a key that never expires`);
+  const later = await create(expiring, { scopes: ['keys:read'], expiresAt: new Date(clock + 2 * day).toISOString() });
+  t.equal(later.status, 403, 'nor one that outlives it');
+  t.match(later.body.error.message, `expires at ${expiresAt.toISOString()}`, 'the message names its own expiry');
+  t.equal((await create(expiring, { scopes: ['keys:read'], expiresAt: expiresAt.toISOString() })).status, 201, 'the same expiry is fine');
+  t.equal((await create(expiring, { scopes: ['keys:read'], expiresAt: new Date(clock + 1000).toISOString() })).status, 201, 'an earlier one too');
+
+  // Rotation reveals the target's new secret, so the same limits apply to the key being rotated.
+  const takeover = await api.request('POST', `${base}/${adminKeyId}/rotate`, { key: writer, body: {} });
+  t.same([takeover.status, takeover.body.error?.code], [403, 'forbidden'], "a keys:write key cannot rotate (and so obtain) a wider key's secret");
+  t.match(takeover.body.error.message, /cannot rotate a key with scopes it does not hold itself: keys:read$/);
+  t.equal((await api.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'the admin key is untouched');
+  t.equal(api.evidence.leaksOf([writer, expiring, adminKey]).length, 0, 'no key material in bodies or logs');
+});
+
+t.test('names with control characters are a 400, never a 500', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  for (const [label, name] of [
+    ['NUL', 'ci\u0000deploys'],
+    ['newline inside', 'ci\ndeploys'],
+    ['ESC (a terminal escape)', 'ci\u001b[2J'],
+    ['DEL', 'ci\u007f'],
+    ['C1 control', 'ci\u009b'],
+  ]) {
+    const response = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name, scopes: ['keys:read'] } });
+    t.same([response.status, response.body.error?.code], [400, 'invalid_request'], `${label}: 400`);
+    t.equal(response.body.error.message, 'Invalid body: name: must not contain control characters (such as NUL, tab, newline or ESC)', `${label}: a clear message`);
+  }
+  const fine = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name: '  CI – déploiements 🚀 ', scopes: ['keys:read'] } });
+  t.same([fine.status, fine.body.name], [201, 'CI – déploiements 🚀'], 'any printable Unicode is fine, surrounding space trimmed');
+  t.same(api.evidence.logLines.filter((line) => JSON.parse(line).level >= 50), [], 'nothing logged as an unhandled error');
+});
+
+t.test('responses that carry a plaintext key are never cached', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const base = `/api/orgs/${org.id}/api-keys`;
+  const created = await api.request('POST', base, { key: adminKey, body: { name: 'ci', scopes: ['keys:read'] } });
+  t.equal(created.status, 201);
+  t.equal(created.headers.get('cache-control'), 'no-store', 'create');
+  const rotated = await api.request('POST', `${base}/${created.body.id}/rotate`, { key: adminKey, body: {} });
+  t.equal(rotated.status, 200);
+  t.equal(rotated.headers.get('cache-control'), 'no-store', 'rotate');
+});
+
+t.test('a key whose checksum does not match is refused before any lookup and counted as nobody\'s use', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  t.equal((await api.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'the key as issued works');
+  t.equal(adminKey.slice(-6), checksumOf(adminKey.slice(0, -6)), 'it ends with its checksum');
+
+  const lookups: string[] = [];
+  const verify = api.verifier.verify.bind(api.verifier);
+  api.verifier.verify = (presented) => (lookups.push(presented.keyId), verify(presented));
+  const usesBefore = api.uses.length;
+  const flip = (c: string) => (c === 'a' ? 'b' : 'a');
+  const typo = adminKey.slice(0, 40) + flip(adminKey[40]) + adminKey.slice(41);
+  const badChecksum = adminKey.slice(0, -1) + flip(adminKey.slice(-1));
+  for (const [label, key] of [['a typo in the secret', typo], ['a wrong checksum', badChecksum]]) {
+    const response = await api.request('GET', `/api/orgs/${org.id}/api-keys`, { key });
+    t.same([response.status, response.body.error.code], [401, 'unauthorized'], `${label}: 401 like any other`);
+  }
+  t.same(lookups, [], 'no cache or database lookup');
+  t.same(api.uses.slice(usesBefore), [], 'not recorded as a use of the named key');
+
+  const wrongSecret = `${adminKey.slice(0, 36)}${'Z'.repeat(43)}`;
+  const wellFormed = wrongSecret + checksumOf(wrongSecret);
+  t.equal((await api.request('GET', '/api/whoami', { key: wellFormed })).status, 401);
+  t.same(api.uses.slice(usesBefore).map((use) => [use.keyId, use.outcome]), [[adminKeyId, 'bad_secret']], 'a well-formed wrong secret still is a failed attempt on the key');
+});
+
+t.test('a key issued before the checksum keeps working until it is rotated', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const id = randomUUID();
+  const secret = randomBytes(32).toString('base64url');
+  await insertApiKey(db, {
+    id,
+    orgId: org.id,
+    name: 'legacy',
+    displayPrefix: displayPrefixFor(id),
+    secretHash: hashSecret(secret, api.config.api.keyPepper),
+    scopes: ['keys:read'],
+    expiresAt: null,
+  });
+  const legacyKey = `ku_${id.replace(/-/g, '')}_${secret}`;
+  t.same((await api.request('GET', '/api/whoami', { key: legacyKey })).body.keyId, id, 'the legacy key authenticates');
+
+  const rotated = await api.request('POST', `/api/orgs/${org.id}/api-keys/${id}/rotate`, { key: adminKey, body: { gracePeriodSeconds: 0 } });
+  t.equal(rotated.status, 200);
+  t.match(rotated.body.key, new RegExp(`^ku_${id.replace(/-/g, '')}_[0-9A-Za-z]{49}$`), 'rotation issues the new format');
+  t.equal(rotated.body.key.slice(-6), checksumOf(rotated.body.key.slice(0, -6)));
+  t.equal((await api.request('GET', '/api/whoami', { key: rotated.body.key })).status, 200, 'the new key works');
+  t.equal((await api.request('GET', '/api/whoami', { key: legacyKey })).status, 401, 'the legacy one no longer does');
 });

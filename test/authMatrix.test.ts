@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import t, { type Test } from 'tap';
 import { UNAUTHORIZED_MESSAGE } from '../api/errors';
+import { formatKey, parsePresentedKey } from '../api/keys/keyMaterial';
 import type { Scope } from '../api/keys/scopes';
 import type { Db } from '../shared/db';
 import type { Outcome } from '../shared/usageWire';
@@ -24,6 +25,8 @@ interface Route {
   method: 'GET' | 'POST';
   path: (orgId: string, keyId: string) => string;
   scope?: Scope;
+  /** Key management: refused to a key's previous secret during a rotation's grace period. */
+  managesKeys?: true;
   /** Which key the route acts on when it succeeds (mutating routes get their own). */
   target: 'reader' | 'rotateTarget' | 'revokeTarget';
   body?: unknown;
@@ -39,6 +42,7 @@ const ROUTES: Route[] = [
   {
     name: 'POST /api/orgs/:id/api-keys',
     method: 'POST',
+    managesKeys: true,
     path: (org) => `${KEYS}/${org}/api-keys`,
     scope: 'keys:write',
     target: 'reader',
@@ -79,6 +83,7 @@ const ROUTES: Route[] = [
   {
     name: 'POST /api/orgs/:id/api-keys/:keyId/rotate',
     method: 'POST',
+    managesKeys: true,
     path: (org, key) => `${KEYS}/${org}/api-keys/${key}/rotate`,
     scope: 'keys:write',
     target: 'rotateTarget',
@@ -94,6 +99,7 @@ const ROUTES: Route[] = [
   {
     name: 'POST /api/orgs/:id/api-keys/:keyId/revoke',
     method: 'POST',
+    managesKeys: true,
     path: (org, key) => `${KEYS}/${org}/api-keys/${key}/revoke`,
     scope: 'keys:write',
     target: 'revokeTarget',
@@ -162,18 +168,21 @@ async function buildWorld(t: Test) {
   await api.services.apiKeys.revoke(acme.org.id, revoked.id);
   const rotated = await createKey(api, acme.org.id, 'rotated', both);
   const rotation = await api.services.apiKeys.rotate(acme.org.id, rotated.id, 60);
+  // Its previous secret (the plaintext below) is still in its grace period an hour later.
+  const inGrace = await createKey(api, acme.org.id, 'in grace', both);
+  const graceRotation = await api.services.apiKeys.rotate(acme.org.id, inGrace.id, 7200);
   const rotateTarget = await createKey(api, acme.org.id, 'rotate target', ['keys:read']);
   const revokeTarget = await createKey(api, acme.org.id, 'revoke target', ['keys:read']);
   clock += 3_600_000;
 
-  const plaintexts = [admin, intruder, reader, writer, expiring, revoked, rotated, rotateTarget, revokeTarget].map((key) => key.plaintext);
-  plaintexts.push(rotation.plaintext);
+  const plaintexts = [admin, intruder, reader, writer, expiring, revoked, rotated, inGrace, rotateTarget, revokeTarget].map((key) => key.plaintext);
+  plaintexts.push(rotation.plaintext, graceRotation.plaintext);
   return {
     db,
     api,
     acme: acme.org,
     globex: globex.org,
-    keys: { admin, intruder, reader, writer, expiring, revoked, rotated, rotateTarget, revokeTarget },
+    keys: { admin, intruder, reader, writer, expiring, revoked, rotated, inGrace, rotateTarget, revokeTarget },
     plaintexts,
   };
 }
@@ -230,9 +239,14 @@ t.test('every route against every kind of refusal', async (t) => {
       await unauthorized('malformed key', { key: 'not-a-key' }, []);
       await unauthorized('malformed: truncated secret', { key: keys.admin.plaintext.slice(0, -1) }, []);
       await unauthorized('unknown key id', { key: `ku_${randomBytes(16).toString('hex')}_${randomBytes(32).toString('base64url')}` }, []);
-      await unauthorized('wrong secret', { key: `${keys.admin.plaintext.slice(0, 36)}${randomBytes(32).toString('base64url')}` }, [
+      await unauthorized('wrong secret (legacy format)', { key: `${keys.admin.plaintext.slice(0, 36)}${randomBytes(32).toString('base64url')}` }, [
         use(keys.admin, 'bad_secret'),
       ]);
+      await unauthorized('wrong secret (checksum format)', { key: formatKey(keys.admin.id, randomBytes(32).toString('hex').slice(0, 43)) }, [
+        use(keys.admin, 'bad_secret'),
+      ]);
+      const flipped = keys.admin.plaintext.slice(-1) === 'a' ? 'b' : 'a';
+      await unauthorized('checksum mismatch', { key: keys.admin.plaintext.slice(0, -1) + flipped }, []);
       await unauthorized('expired', { key: keys.expiring.plaintext }, [use(keys.expiring, 'expired')]);
       await unauthorized('revoked', { key: keys.revoked.plaintext }, [use(keys.revoked, 'revoked')]);
       await unauthorized('rotated out (old secret after grace)', { key: keys.rotated.plaintext }, [use(keys.rotated, 'bad_secret')]);
@@ -243,6 +257,17 @@ t.test('every route against every kind of refusal', async (t) => {
         assertErrorShape(t, response, 403, 'forbidden', 'missing scope');
         t.match(response.body.error.message, `"${route.scope}"`, 'missing scope: the message names the scope');
         t.same(uses, [use(lacking, 'forbidden')], 'missing scope: recorded forbidden');
+      }
+
+      if (route.managesKeys) {
+        const { response, uses } = await call(route, { key: keys.inGrace.plaintext, header });
+        assertErrorShape(t, response, 403, 'stale_secret', 'previous secret in its grace period');
+        t.match(response.body.error.message, /current secret/, 'previous secret: the message says to use the current secret');
+        t.same(uses, [use(keys.inGrace, 'forbidden')], 'previous secret: recorded forbidden');
+      } else {
+        const { response, uses } = await call(route, { key: keys.inGrace.plaintext, header });
+        t.equal(response.status, route.okStatus, 'previous secret in its grace period: everything but key management');
+        t.same(uses, [use(keys.inGrace, 'ok')], 'previous secret: recorded ok');
       }
 
       if (route.path('ORG', 'KEY').includes('ORG')) {
@@ -308,7 +333,7 @@ t.test('every route against every kind of refusal', async (t) => {
     t.same(evidence.leaksOf([evidence.bodies[0]]), [evidence.bodies[0]], 'the scan finds what is there');
 
     const plaintexts = [...world.plaintexts, ...revealed];
-    const secrets = plaintexts.map((plaintext) => plaintext.slice(36));
+    const secrets = plaintexts.map((plaintext) => parsePresentedKey(plaintext)!.secret);
     t.same(evidence.leaksOf(plaintexts), [], 'no plaintext key');
     t.same(evidence.leaksOf(secrets), [], 'no secret part of a key');
     const hashes = await storedHashForms(world.db);
@@ -405,5 +430,5 @@ t.test('malformed requests and server errors keep the error shape', async (t) =>
     .filter((line) => line.level >= 50);
   t.equal(errors.length, 1, 'logged once, as an error');
   t.match(errors[0], { msg: 'unhandled error', requestId: crashed.body.error.requestId, method: 'GET', path: '/api/whoami', err: { message: /\S/ } });
-  t.same(api.evidence.leaksOf([uncached.plaintext, uncached.plaintext.slice(36)]), [], 'the key is not in the error log');
+  t.same(api.evidence.leaksOf([uncached.plaintext, parsePresentedKey(uncached.plaintext)!.secret]), [], 'the key is not in the error log');
 });

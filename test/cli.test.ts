@@ -15,7 +15,7 @@ import { startLocalPostgres } from '../shared/localPostgres';
 import { startTestApi } from './helpers/api';
 import { adminDatabaseUrl, freshDatabase } from './helpers/database';
 
-const KEY = /ku_[0-9a-f]{32}_[A-Za-z0-9_-]{43}/g;
+const KEY = /ku_[0-9a-f]{32}_[0-9A-Za-z]{49}/g;
 const ONCE = /shown only once/;
 
 // runCli in-process, with its output captured line by line.
@@ -88,7 +88,7 @@ t.test('org create --json', async (t) => {
     status: 'active',
     expiresAt: null,
     revokedAt: null,
-    key: /^ku_[0-9a-f]{32}_[A-Za-z0-9_-]{43}$/,
+    key: /^ku_[0-9a-f]{32}_[0-9A-Za-z]{49}$/,
   });
   t.equal(printed.key.displayPrefix, printed.key.key.slice(0, 11));
   t.notOk('secretHash' in printed.key, 'no hash field');
@@ -294,13 +294,22 @@ t.test('bad usage prints the usage on stderr and exits 2 without touching the da
   for (const command of ['org create', 'org list', 'key list', 'key create', 'key revoke']) t.match(USAGE, command);
 });
 
-t.test('names cannot put control sequences on the terminal', async (t) => {
-  const { cli } = await setup(t);
-  await cli.run('org', 'create', 'acme\x1b[2J', '--json');
-  const { org } = cli.json();
-  t.equal(org.name, 'acme\x1b[2J', 'the name is stored as given');
+t.test('names with control characters are refused, and any already stored cannot reach the terminal', async (t) => {
+  const { db, cli } = await setup(t);
+  t.equal(await cli.run('org', 'create', 'acme\x1b[2J'), 2, 'an org name with ESC is refused');
+  t.match(cli.err.join('\n'), /<name>: must not contain control characters/);
   cli.reset();
-  await cli.run('key', 'create', org.id, '--name', 'evil\x1b]0;owned\x07', '--scopes', 'keys:read');
+  await cli.run('org', 'create', 'acme', '--json');
+  const { org } = cli.json();
+  cli.reset();
+  t.equal(await cli.run('key', 'create', org.id, '--name', 'evil\x1b]0;owned\x07', '--scopes', 'keys:read'), 2, 'a key name with OSC is refused');
+  t.match(cli.err.join('\n'), /--name: must not contain control characters/);
+  t.equal(await count(db, 'api_keys'), 1, 'nothing but the org\'s first key was stored');
+  cli.reset();
+
+  // Rows written before names were checked still print safely.
+  await db('organizations').where({ id: org.id }).update({ name: 'acme\x1b[2J' });
+  await db('api_keys').where({ org_id: org.id }).update({ name: 'evil\x1b]0;owned\x07' });
   await cli.run('org', 'list');
   await cli.run('key', 'list', org.id);
   const text = cli.out.join('\n');

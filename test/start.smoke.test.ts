@@ -19,7 +19,7 @@ import { freshDatabase } from './helpers/database';
 // SIGTERM and nothing left. Also: a taken port, a process that dies, an external DATABASE_URL.
 
 const ROOT = path.resolve(__dirname, '..');
-const KEY_PATTERN = /ku_[0-9a-f]{32}_[A-Za-z0-9_-]{43}/;
+const KEY_PATTERN = /ku_[0-9a-f]{32}_[0-9A-Za-z]{49}/;
 const STALENESS_BOUND_MS = 2000;
 const STALENESS_POLL_LIMIT_MS = 2500;
 

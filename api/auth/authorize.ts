@@ -5,10 +5,11 @@ import type { ApiKeyRecord } from '../keys/apiKeys.repository';
 import { parsePresentedKey } from '../keys/keyMaterial';
 import type { Scope } from '../keys/scopes';
 import type { AuthThrottle } from './failureThrottle';
-import type { KeyVerifier } from './keyVerifier';
+import type { KeyVerifier, MatchedSecret, Verification } from './keyVerifier';
 
 export interface AuthContext {
   key: ApiKeyRecord;
+  secret: MatchedSecret;
 }
 
 declare module 'express-serve-static-core' {
@@ -31,6 +32,11 @@ export interface Requirement {
   scope?: Scope;
   /** Route parameter holding the org id the request acts on; another org's id answers 404. */
   orgParam?: string;
+  /**
+   * Refuses a key's previous secret (still valid during a rotation's grace period): whoever holds a
+   * leaked old secret must not be able to rotate the key again and lock its owner out.
+   */
+  currentSecret?: boolean;
 }
 
 function presentedKey(req: Request): string | undefined {
@@ -57,6 +63,26 @@ function tooManyFailures(res: Response, waitMs: number): AppError {
   return new AppError('too_many_requests', TOO_MANY_FAILURES_MESSAGE);
 }
 
+type Proven = Exclude<Verification, { outcome: 'unknown' | 'bad_secret' }>;
+
+// What a request whose secret matched may do: the outcome to record and, unless it is ok, the
+// error to answer. A stale secret is recorded as forbidden: a proven use, refused by policy.
+function decide(verdict: Proven, requirement: Requirement, req: Request): { outcome: Outcome; refusal?: AppError } {
+  const { key } = verdict;
+  if (verdict.outcome !== 'ok') return { outcome: verdict.outcome, refusal: new AppError('unauthorized', UNAUTHORIZED_MESSAGE) };
+  if (requirement.scope && !key.scopes.includes(requirement.scope)) {
+    return { outcome: 'forbidden', refusal: new AppError('forbidden', `This API key lacks the required scope "${requirement.scope}"`) };
+  }
+  if (requirement.orgParam && String(req.params[requirement.orgParam]).toLowerCase() !== key.orgId) {
+    return { outcome: 'cross_org', refusal: notFound('Organization') };
+  }
+  if (requirement.currentSecret && verdict.secret !== 'current') {
+    const message = 'Key management requires the API key with its current secret; this is its previous secret, valid only for other calls until the rotation grace period ends';
+    return { outcome: 'forbidden', refusal: new AppError('stale_secret', message) };
+  }
+  return { outcome: 'ok' };
+}
+
 // Every request that names an existing key id is a use and is recorded exactly once here, with
 // its outcome. Recording is an in-memory increment: no await, no I/O, nothing that can throw.
 export function authorizer(deps: AuthorizeDeps) {
@@ -71,30 +97,15 @@ export function authorizer(deps: AuthorizeDeps) {
 
       const verdict = await deps.verifier.verify(presented);
       if (verdict.outcome === 'unknown') throw failure(deps, res, ip, presented.keyId);
-
-      const { key } = verdict;
-      const outcome: Outcome =
-        verdict.outcome !== 'ok'
-          ? verdict.outcome
-          : requirement.scope && !key.scopes.includes(requirement.scope)
-            ? 'forbidden'
-            : requirement.orgParam && String(req.params[requirement.orgParam]).toLowerCase() !== key.orgId
-              ? 'cross_org'
-              : 'ok';
-      deps.recordUse(key.id, key.orgId, ip, outcome);
-
-      switch (outcome) {
-        case 'ok':
-          res.locals.auth = { key };
-          return next();
-        case 'forbidden':
-          throw new AppError('forbidden', `This API key lacks the required scope "${requirement.scope}"`);
-        case 'cross_org':
-          throw notFound('Organization');
-        case 'bad_secret':
-          throw failure(deps, res, ip, key.id);
-        default:
-          throw new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
+      if (verdict.outcome === 'bad_secret') {
+        deps.recordUse(verdict.key.id, verdict.key.orgId, ip, 'bad_secret');
+        throw failure(deps, res, ip, verdict.key.id);
       }
+
+      const { outcome, refusal } = decide(verdict, requirement, req);
+      deps.recordUse(verdict.key.id, verdict.key.orgId, ip, outcome);
+      if (refusal) throw refusal;
+      res.locals.auth = { key: verdict.key, secret: verdict.secret };
+      next();
     };
 }

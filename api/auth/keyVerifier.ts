@@ -3,8 +3,12 @@ import { findApiKeyById, type ApiKeyRecord } from '../keys/apiKeys.repository';
 import { secretMatches, type PresentedKey } from '../keys/keyMaterial';
 import { setBounded } from './boundedMap';
 
+/** Which of the key's secrets the request proved: the previous one only during a rotation's grace period. */
+export type MatchedSecret = 'current' | 'previous';
+
 export type Verification =
-  | { outcome: 'ok' | 'bad_secret' | 'expired' | 'revoked'; key: ApiKeyRecord }
+  | { outcome: 'ok' | 'expired' | 'revoked'; key: ApiKeyRecord; secret: MatchedSecret }
+  | { outcome: 'bad_secret'; key: ApiKeyRecord }
   | { outcome: 'unknown' };
 
 export interface KeyVerifier {
@@ -24,10 +28,12 @@ function judge(key: ApiKeyRecord, secret: string, pepper: string, now: number): 
     key.previousSecretExpiresAt !== null &&
     key.previousSecretExpiresAt.getTime() > now &&
     secretMatches(secret, key.previousSecretHash, pepper);
+  // The secret is checked before the status, so only the key's holder learns it is revoked or expired.
   if (!currentMatches && !previousMatches) return { outcome: 'bad_secret', key };
-  if (key.revokedAt && key.revokedAt.getTime() <= now) return { outcome: 'revoked', key };
-  if (key.expiresAt && key.expiresAt.getTime() <= now) return { outcome: 'expired', key };
-  return { outcome: 'ok', key };
+  const matched: MatchedSecret = currentMatches ? 'current' : 'previous';
+  if (key.revokedAt && key.revokedAt.getTime() <= now) return { outcome: 'revoked', key, secret: matched };
+  if (key.expiresAt && key.expiresAt.getTime() <= now) return { outcome: 'expired', key, secret: matched };
+  return { outcome: 'ok', key, secret: matched };
 }
 
 // Verified keys are cached for `cacheTtlMs` so the auth path does not query PostgreSQL on every

@@ -93,13 +93,15 @@ export async function listApiKeysInOrg(
   return { keys: rows.map(toRecord), total: Number(count) };
 }
 
+// Compare-and-set on the secret the rotation read: of two concurrent rotations only the first
+// finds its hash still current; the other gets undefined, not a plaintext that was never stored.
 export async function replaceSecret(
   db: Db,
   id: string,
   change: { secretHash: Buffer; previousSecretHash: Buffer; previousSecretExpiresAt: Date; rotatedAt: Date },
-): Promise<ApiKeyRecord> {
+): Promise<ApiKeyRecord | undefined> {
   const [row] = await db<ApiKeyRow>('api_keys')
-    .where({ id })
+    .where({ id, secret_hash: change.previousSecretHash })
     .update({
       secret_hash: change.secretHash,
       previous_secret_hash: change.previousSecretHash,
@@ -107,7 +109,7 @@ export async function replaceSecret(
       rotated_at: change.rotatedAt,
     })
     .returning('*');
-  return toRecord(row);
+  return row && toRecord(row);
 }
 
 export async function markRevoked(db: Db, id: string, revokedAt: Date): Promise<ApiKeyRecord> {

@@ -1,7 +1,7 @@
-import express, { Router, type RequestHandler } from 'express';
+import express, { Router, type RequestHandler, type Response } from 'express';
 import { z } from 'zod';
 import type { Requirement } from '../auth/authorize';
-import { pagination, parseInput, uuid } from '../validation';
+import { displayName, pagination, parseInput, uuid } from '../validation';
 import type { ApiKeysService } from './apiKeys.service';
 import { SCOPES } from './scopes';
 
@@ -10,7 +10,7 @@ const orgParams = z.object({ id: uuid });
 
 const createBody = z
   .object({
-    name: z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters'),
+    name: displayName,
     scopes: z
       .array(z.enum(SCOPES, { error: `must be one of ${SCOPES.join(', ')}` }))
       .min(1, 'must list at least one scope')
@@ -25,10 +25,13 @@ const rotateBody = z
   })
   .strict();
 
+// A response carrying a plaintext key must not be kept by a browser, proxy or CDN cache.
+const revealOnce = (res: Response) => res.setHeader('Cache-Control', 'no-store');
+
 export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requirement: Requirement) => RequestHandler }) {
   const { service, authorize } = deps;
   const readKeys = authorize({ scope: 'keys:read', orgParam: 'id' });
-  const writeKeys = authorize({ scope: 'keys:write', orgParam: 'id' });
+  const writeKeys = authorize({ scope: 'keys:write', orgParam: 'id', currentSecret: true });
   // Bodies are parsed after authentication: an anonymous caller gets 401 without its body being
   // read, and a key that sends bad JSON is still counted as a use.
   const jsonBody = express.json({ limit: '16kb' });
@@ -37,12 +40,12 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
   router.post('/', writeKeys, jsonBody, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(createBody, req.body, 'body');
-    const created = await service.create(id, {
-      name: body.name,
-      scopes: body.scopes,
-      expiresAt: body.expiresAt ? new Date(body.expiresAt) : null,
-    });
-    res.status(201).json({ ...created.key, key: created.plaintext });
+    const created = await service.create(
+      id,
+      { name: body.name, scopes: body.scopes, expiresAt: body.expiresAt ? new Date(body.expiresAt) : null },
+      { actor: res.locals.auth!.key },
+    );
+    revealOnce(res).status(201).json({ ...created.key, key: created.plaintext });
   });
 
   router.get('/', readKeys, async (req, res) => {
@@ -59,8 +62,8 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
   router.post('/:keyId/rotate', writeKeys, jsonBody, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(rotateBody, req.body, 'body');
-    const rotated = await service.rotate(id, keyId, body.gracePeriodSeconds);
-    res.json({ ...rotated.key, key: rotated.plaintext });
+    const rotated = await service.rotate(id, keyId, body.gracePeriodSeconds, res.locals.auth!.key);
+    revealOnce(res).json({ ...rotated.key, key: rotated.plaintext });
   });
 
   router.post('/:keyId/revoke', writeKeys, async (req, res) => {

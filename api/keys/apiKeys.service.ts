@@ -60,6 +60,23 @@ export interface CreateKeyInput {
   expiresAt: Date | null;
 }
 
+/** The key a request acts with. The CLI acts with none: an operator at the database is not limited. */
+export type Actor = Pick<ApiKeyRecord, 'scopes' | 'expiresAt'>;
+
+// A key hands out no more than it holds: creating or rotating a key reveals that key's secret, so
+// a key with more scopes or a longer life than the actor's own would be an escalation.
+function assertWithinActor(actor: Actor | undefined, key: { scopes: Scope[]; expiresAt: Date | null }, verb: 'create' | 'rotate') {
+  if (!actor) return;
+  const lacking = key.scopes.filter((scope) => !actor.scopes.includes(scope));
+  if (lacking.length > 0) {
+    throw new AppError('forbidden', `This API key cannot ${verb} a key with scopes it does not hold itself: ${lacking.join(', ')}`);
+  }
+  if (actor.expiresAt && (key.expiresAt === null || key.expiresAt > actor.expiresAt)) {
+    const life = key.expiresAt === null ? 'never expires' : `expires at ${key.expiresAt.toISOString()}`;
+    throw new AppError('forbidden', `This API key expires at ${actor.expiresAt.toISOString()}; it cannot ${verb} a key that ${life}`);
+  }
+}
+
 export interface ApiKeysServiceDeps {
   db: Db;
   pepper: string;
@@ -78,10 +95,12 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
   }
 
   return {
-    async create(orgId: string, input: CreateKeyInput, db: Db = deps.db) {
+    async create(orgId: string, input: CreateKeyInput, context: { actor?: Actor; db?: Db } = {}) {
+      const { actor, db = deps.db } = context;
       if (input.expiresAt && input.expiresAt.getTime() <= deps.now()) {
         throw new AppError('invalid_request', 'Invalid body: expiresAt: must be in the future');
       }
+      assertWithinActor(actor, input, 'create');
       const material = generateKeyMaterial(deps.pepper);
       const key = await insertApiKey(db, {
         id: material.keyId,
@@ -107,8 +126,9 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
 
     // A new secret for the same key id, so usage history stays continuous; the old secret keeps
     // working until the grace period ends.
-    async rotate(orgId: string, keyId: string, graceSeconds: number = deps.defaultGraceSeconds) {
+    async rotate(orgId: string, keyId: string, graceSeconds: number = deps.defaultGraceSeconds, actor?: Actor) {
       const key = await requireKey(orgId, keyId);
+      assertWithinActor(actor, key, 'rotate');
       const now = deps.now();
       if (keyStatus(key, now) !== 'active') {
         throw new AppError('conflict', `Cannot rotate a ${keyStatus(key, now)} API key`);
@@ -120,6 +140,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         previousSecretExpiresAt: new Date(now + graceSeconds * 1000),
         rotatedAt: new Date(now),
       });
+      if (!rotated) throw new AppError('conflict', 'The API key was rotated by another request at the same time; read it again before retrying');
       deps.verifier.invalidate(key.id);
       return { key: toApiKeyView(rotated, now), plaintext: material.plaintext };
     },

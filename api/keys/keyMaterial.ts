@@ -1,10 +1,17 @@
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { crc32 } from 'node:zlib';
 
-// Key format: ku_<key id as 32 hex digits>_<secret: 32 random bytes, base64url>.
+// Key format (docs/api-keys.md): ku_<key id: 32 hex>_<secret: 43 base62><checksum: 6 base62>.
 // The prefix makes keys recognisable to secret scanners; the embedded id lets the server find
-// the key by primary key before comparing the secret.
+// the key by primary key before comparing the secret; the checksum (CRC32 of everything before
+// it) lets the server and scanners reject a mistyped or made-up key without any lookup.
+// Keys issued before the checksum (ku_<32 hex>_<43 base64url>) are accepted until rotated.
 export const KEY_PREFIX = 'ku_';
-const KEY_PATTERN = /^ku_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$/;
+const KEY_PATTERN = /^ku_([0-9a-f]{32})_([0-9A-Za-z]{43})([0-9A-Za-z]{6})$/;
+const LEGACY_KEY_PATTERN = /^ku_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$/;
+const BASE62 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
+const SECRET_CHARS = 43; // 62^43 > 2^256: room for 32 random bytes
+const CHECKSUM_CHARS = 6; // 62^6 > 2^32
 
 export interface PresentedKey {
   keyId: string;
@@ -36,13 +43,26 @@ export function secretMatches(secret: string, storedHash: Buffer, pepper: string
   return presented.length === storedHash.length && timingSafeEqual(presented, storedHash);
 }
 
+function base62(value: bigint, width: number): string {
+  let digits = '';
+  for (let rest = value; rest > 0n; rest /= 62n) digits = BASE62[Number(rest % 62n)] + digits;
+  return digits.padStart(width, '0');
+}
+
+/** CRC32 (zlib's, as in gzip and PNG) of the text, base62, zero-padded to 6 characters. */
+export function checksumOf(text: string): string {
+  return base62(BigInt(crc32(text)), CHECKSUM_CHARS);
+}
+
+/** The key a client presents: its id and secret, and the checksum over both. */
+export function formatKey(keyId: string, secret: string): string {
+  const body = `${KEY_PREFIX}${keyId.replace(/-/g, '')}_${secret}`;
+  return body + checksumOf(body);
+}
+
 export function newSecret(keyId: string, pepper: string): Omit<NewKeyMaterial, 'displayPrefix'> {
-  const secret = randomBytes(32).toString('base64url');
-  return {
-    keyId,
-    plaintext: `${KEY_PREFIX}${keyId.replace(/-/g, '')}_${secret}`,
-    secretHash: hashSecret(secret, pepper),
-  };
+  const secret = base62(BigInt(`0x${randomBytes(32).toString('hex')}`), SECRET_CHARS);
+  return { keyId, plaintext: formatKey(keyId, secret), secretHash: hashSecret(secret, pepper) };
 }
 
 export function generateKeyMaterial(pepper: string): NewKeyMaterial {
@@ -50,8 +70,12 @@ export function generateKeyMaterial(pepper: string): NewKeyMaterial {
   return { ...newSecret(keyId, pepper), displayPrefix: displayPrefixFor(keyId) };
 }
 
+// A key whose checksum does not match is refused here, before any cache or database lookup, and
+// names no key: a typo or a scanner's false positive costs nothing and is not counted as a use.
 export function parsePresentedKey(raw: string): PresentedKey | undefined {
-  const match = KEY_PATTERN.exec(raw);
+  const match = KEY_PATTERN.exec(raw) ?? LEGACY_KEY_PATTERN.exec(raw);
   if (!match) return undefined;
-  return { keyId: toUuid(match[1]), secret: match[2] };
+  const [, idHex, secret, checksum] = match;
+  if (checksum !== undefined && checksum !== checksumOf(raw.slice(0, -CHECKSUM_CHARS))) return undefined;
+  return { keyId: toUuid(idHex), secret };
 }

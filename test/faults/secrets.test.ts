@@ -7,7 +7,7 @@ import http from 'node:http';
 import { Writable } from 'node:stream';
 import t from 'tap';
 import type * as AppModule from '../../api/app';
-import { hashSecret, secretMatches } from '../../api/keys/keyMaterial';
+import { formatKey, hashSecret, secretMatches } from '../../api/keys/keyMaterial';
 import { insertOrganization } from '../../api/orgs/orgs.repository';
 import { loadConfig } from '../../shared/config';
 import { createLogger } from '../../shared/logger';
@@ -63,7 +63,8 @@ t.test('every secret comparison on the HTTP auth path is crypto.timingSafeEqual 
     ['the current secret', rotated, 200, 1],
     ['the previous secret, in its grace period', key, 200, 2],
     ['a wrong secret', wrong, 401, 2],
-    ['a secret differing in its last character', `${rotated.slice(0, -1)}${rotated.endsWith('A') ? 'B' : 'A'}`, 401, 2],
+    ['a secret differing in its last character', formatKey(created.key.id, `${rotated.slice(36, 78)}${rotated[78] === 'A' ? 'B' : 'A'}`), 401, 2],
+    ['a checksum that does not match (refused unread)', `${rotated.slice(0, -1)}${rotated.endsWith('A') ? 'B' : 'A'}`, 401, 0],
   ];
   const seen: Record<string, number> = {};
   for (const [what, presented, status, comparisons] of cases) {
@@ -127,7 +128,7 @@ t.test('key material put where it does not belong never reaches a log line or a 
   for (const [what, method, path, headers, body] of probes) {
     const response = await api.request(method, path, { headers, body });
     t.ok(response.status < 500, `${what}: ${response.status}`);
-    t.notOk(response.headers.get('x-request-id')?.includes(adminKey.slice(36)), `${what}: not echoed in X-Request-Id`);
+    t.notOk(response.headers.get('x-request-id')?.includes(adminKey.slice(36, 79)), `${what}: not echoed in X-Request-Id`);
   }
   t.same(leaks.scan().hits.filter((hit) => hit.source.includes('misplaced')), [], 'none of these reaches a log line or a body');
 
@@ -136,7 +137,7 @@ t.test('key material put where it does not belong never reaches a log line or a 
   const logBefore = api.evidence.logLines.length;
   t.equal((await api.request('GET', `/api/${adminKey}`, { headers: { authorization: `Bearer ${adminKey}` } })).status, 404, 'a key pasted into the URL path: 404');
   await new Promise((resolve) => setTimeout(resolve, 50));
-  const secret = adminKey.slice(36);
+  const secret = adminKey.slice(36, 79);
   t.notOk(api.evidence.bodies.slice(bodiesBefore).some((text) => text.includes(secret)), 'the 404 body does not echo it');
   t.notOk(api.evidence.logLines.slice(logBefore).some((text) => text.includes(secret)), 'the request log does not hold it');
   await leaks.hashesFrom(db);

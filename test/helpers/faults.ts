@@ -525,7 +525,7 @@ export class LeakScan {
     const secrets = new Set<string>(this.hashes);
     for (const key of this.plaintexts) {
       secrets.add(key);
-      secrets.add(key.slice(36)); // the secret alone, without ku_<id>_
+      secrets.add(key.slice(36, 79)); // the secret alone, without ku_<id>_ and the checksum
     }
     return [...secrets];
   }
