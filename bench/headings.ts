@@ -2,6 +2,7 @@
 export const HEADINGS = {
   auth: '1. Auth path: req/s and server CPU per request (tracking off / on / naive UPDATE / hot-shots per request)',
   hook: '2. Usage hook cost inside the running server',
+  keyCheck: '2b. Key checks on the auth path: checksum and failure throttle',
   ingest: '3. Collector ingest: our collector vs Etsy statsd 0.9.0',
   parse: '3b. Parse + aggregate in process (one core)',
   flush: '4. Flush: time and SQL statements per flush',
@@ -9,5 +10,5 @@ export const HEADINGS = {
   staleness: '6. Staleness: request to visible in the usage endpoint',
 } as const;
 
-export type BenchName = 'auth' | 'hook' | 'ingest' | 'flush' | 'endpoint' | 'staleness';
-export const BENCH_NAMES: readonly BenchName[] = ['auth', 'hook', 'ingest', 'flush', 'endpoint', 'staleness'];
+export type BenchName = 'auth' | 'hook' | 'keycheck' | 'ingest' | 'flush' | 'endpoint' | 'staleness';
+export const BENCH_NAMES: readonly BenchName[] = ['auth', 'hook', 'keycheck', 'ingest', 'flush', 'endpoint', 'staleness'];

@@ -4,6 +4,7 @@ import { BENCH_NAMES, type BenchName } from './headings';
 import { runEndpoint } from './endpoint';
 import { runFlush } from './flush';
 import { runIngest } from './ingest';
+import { runKeyCheck } from './keyCheck';
 import { BENCH_PEPPER, type BenchContext } from './lib/context';
 import { openBenchDatabase, type BenchDatabase } from './lib/database';
 import { killAllChildren } from './lib/procs';
@@ -13,6 +14,7 @@ import { machineInfo, renderResult, writeResults, type BenchResult } from './lib
 // `npm run bench [-- --quick] [-- --only=auth,ingest]`
 //   auth       1. auth-path req/s and server CPU per request: off / on / naive UPDATE / hot-shots
 //   hook       2. usage hook time inside the running server under load, and in a tight loop
+//   keycheck   2b. what the key checksum and the failure throttle add per request
 //   ingest     3. collector ingest vs Etsy statsd, plus parse + aggregate in process
 //   flush      4. flush time and SQL statements for 1 k and 100 k pending keys
 //   endpoint   5. usage endpoint latency (10 k keys, 30 days of buckets) and its query plan
@@ -74,6 +76,7 @@ async function main() {
     if (only.includes('auth') || only.includes('hook')) {
       for (const result of await runAuthPath(ctx, { auth: only.includes('auth'), hook: only.includes('hook') })) emit(result);
     }
+    if (only.includes('keycheck')) emit(await runKeyCheck(ctx));
     if (only.includes('ingest')) for (const result of await runIngest(ctx)) emit(result);
     if (only.includes('flush')) emit(await runFlush(ctx));
     if (only.includes('endpoint')) emit(await runEndpoint(ctx));
