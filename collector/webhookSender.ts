@@ -8,7 +8,7 @@ import { resolveTarget, TargetRefusedError, type ResolvedAddress } from '../shar
 // checked one; the whole exchange has one deadline; at most MAX_RESPONSE_BYTES are read; a
 // redirect is not followed (node:http never follows one) and counts as a failure.
 
-export const MAX_RESPONSE_BYTES = 64 * 1024;
+const MAX_RESPONSE_BYTES = 64 * 1024;
 
 export interface SendOptions {
   timeoutMs: number;

@@ -114,5 +114,3 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     },
   };
 }
-
-export type WebhookWorker = ReturnType<typeof createWebhookWorker>;

@@ -11,7 +11,5 @@ export const KEY_EVENT_TYPES = [
   'key.expiring',
 ] as const;
 
-export type KeyEventType = (typeof KEY_EVENT_TYPES)[number];
-
 /** Sent by `POST …/webhooks/:webhookId/test` only; no subscription needed. */
 export const PING_EVENT_TYPE = 'webhook.ping';
