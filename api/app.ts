@@ -14,11 +14,14 @@ import { apiKeysRouter } from './keys/apiKeys.routes';
 import { createApiKeysService } from './keys/apiKeys.service';
 import { orgUsageRouter } from './usage/usage.routes';
 import { createUsageService } from './usage/usage.service';
+import { webhooksRouter } from './webhooks/webhooks.routes';
+import { createWebhooksService } from './webhooks/webhooks.service';
 
 export interface AppDeps {
   db: Db;
   logger: Logger;
   config: Config['api'];
+  webhooks: Pick<Config['webhooks'], 'allowPrivateTargets'>;
   recordUse: RecordUse;
   now?: () => number;
 }
@@ -79,6 +82,12 @@ export function createApp(deps: AppDeps) {
     now,
   });
   const usage = createUsageService({ db: deps.db, now });
+  const webhooks = createWebhooksService({
+    db: deps.db,
+    pepper: deps.config.keyPepper,
+    allowPrivateTargets: deps.webhooks.allowPrivateTargets,
+    now,
+  });
 
   const app = express();
   app.disable('x-powered-by');
@@ -94,9 +103,10 @@ export function createApp(deps: AppDeps) {
 
   app.use('/api/orgs/:id/api-keys', orgUsageRouter({ service: usage, authorize }));
   app.use('/api/orgs/:id/api-keys', apiKeysRouter({ service: apiKeys, authorize }));
+  app.use('/api/orgs/:id/webhooks', webhooksRouter({ service: webhooks, authorize }));
 
   app.use(routeNotFound);
   app.use(errorMiddleware(deps.logger));
 
-  return { app, services: { apiKeys, usage }, verifier, throttle };
+  return { app, services: { apiKeys, usage, webhooks }, verifier, throttle };
 }

@@ -82,7 +82,7 @@ if (recorder) {
   };
 }
 
-const { app } = createApp({ db, logger, config: config.api, recordUse });
+const { app } = createApp({ db, logger, config: config.api, webhooks: config.webhooks, recordUse });
 
 // The naive variant holds each authenticated response until its UPDATE has committed.
 const NAIVE_UPDATE = 'update bench_key_usage set last_used_at = now(), request_count = request_count + 1 where key_id = ?';

@@ -10,9 +10,11 @@ import { Flusher } from './flusher';
 import { metricsServer, type MetricSample } from './metrics';
 import { startReceiver } from './receiver';
 import { createPgUsageStore, type UsageStore } from './usageStore';
+import { createWebhookWorker } from './webhookWorker';
 
 // receiver (UDP) → parser (shared/usageWire) → aggregator (per key, in memory) → flusher
 // (interval, one transaction per flush) → PostgreSQL. Self-metrics on a loopback HTTP port.
+// Beside it, the webhook worker delivers the outbox that key events fill (docs/webhooks.md).
 
 const HOUR_MS = 3_600_000;
 
@@ -23,7 +25,8 @@ export interface CollectorOverrides {
 
 export async function startCollector(config: Config, logger: Logger, databaseUrl: string, overrides: CollectorOverrides = {}) {
   const now = overrides.now ?? Date.now;
-  const db = createDb(databaseUrl, { poolMax: 2, applicationName: 'keyusage-collector' });
+  // One connection for the flusher, one for upkeep, one for the webhook worker's short statements.
+  const db = createDb(databaseUrl, { poolMax: 3, applicationName: 'keyusage-collector' });
   const store = overrides.store ?? createPgUsageStore(db);
   const aggregator = new Aggregator({ maxKeys: config.collector.maxPendingKeys, now });
   const flusher = new Flusher({
@@ -89,6 +92,8 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     logger,
   });
   flusher.start();
+  const webhooks = createWebhookWorker({ db, pepper: config.api.keyPepper, config: config.webhooks, logger, now });
+  webhooks.start();
   const retention = setInterval(() => {
     store.expireOldRows(config.collector.retentionDays).catch((error) => logger.warn({ err: { message: error.message } }, 'retention cleanup failed'));
   }, HOUR_MS).unref();
@@ -122,6 +127,10 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       gauge('last_flush_statements', 'SQL statements in the last successful flush', f.lastFlushStatements),
       gauge('pending_keys', 'Keys waiting to be flushed', aggregator.pendingKeys + flusher.pendingKeys),
       gauge('recv_buffer_bytes', 'UDP receive buffer granted by the kernel', receiver.recvBufferBytes),
+      counter('webhook_attempts_total', 'Webhook delivery attempts', webhooks.stats.attempts),
+      counter('webhook_failed_attempts_total', 'Webhook attempts that did not get a 2xx', webhooks.stats.failedAttempts),
+      counter('webhook_deliveries_succeeded_total', 'Webhook deliveries acknowledged with a 2xx', webhooks.stats.delivered),
+      counter('webhook_deliveries_failed_total', 'Webhook deliveries given up after their last attempt', webhooks.stats.gaveUp),
     ];
   };
   const metrics = metricsServer({
@@ -139,6 +148,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     metricsPort = await listen(metrics, config.collector.metricsHost, config.collector.metricsPort, 'COLLECTOR_METRICS_PORT');
   } catch (error) {
     await receiver.close();
+    await webhooks.stop();
     await db.destroy();
     throw error;
   }
@@ -155,11 +165,13 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     if (!flushed) {
       logger.error({ pendingUses: flusher.pendingUses, pendingKeys: flusher.pendingKeys + aggregator.pendingKeys }, 'final flush failed; these uses are lost');
     }
+    // Sends in flight are recorded; anything not yet sent stays in the outbox for the next start.
+    await webhooks.stop();
     await closeServer(metrics);
     await db.destroy();
     return flushed;
   };
-  return { receiver, metricsPort, stop, samples, flusher, aggregator, ingest, db };
+  return { receiver, metricsPort, stop, samples, flusher, aggregator, ingest, db, webhooks };
 }
 
 if (require.main === module) {

@@ -79,6 +79,11 @@ const variables = {
   USAGE_SIGNING_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   USAGE_SIGNING_PREVIOUS_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   COLLECTOR_REPLAY_CACHE_SIZE: positiveInt(10_000_000).default(100_000),
+  WEBHOOK_ALLOW_PRIVATE_TARGETS: booleanFlag.default(false),
+  WEBHOOK_TIMEOUT_MS: wholeNumber(100, 30_000).default(5000),
+  WEBHOOK_MAX_ATTEMPTS: wholeNumber(1, 12).default(8),
+  WEBHOOK_RETRY_BASE_MS: wholeNumber(1, 3_600_000).default(30_000),
+  WEBHOOK_POLL_INTERVAL_MS: wholeNumber(10, 60_000).default(1000),
 };
 
 const DEV_PEPPER = 'keyusage-development-pepper-not-for-production-use';
@@ -173,6 +178,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       retentionDays: v.USAGE_RETENTION_DAYS,
       signingSecrets: [v.USAGE_SIGNING_SECRET, v.USAGE_SIGNING_PREVIOUS_SECRET].filter((secret): secret is string => secret !== undefined),
       replayCacheSize: v.COLLECTOR_REPLAY_CACHE_SIZE,
+    },
+    webhooks: {
+      allowPrivateTargets: v.WEBHOOK_ALLOW_PRIVATE_TARGETS,
+      timeoutMs: v.WEBHOOK_TIMEOUT_MS,
+      maxAttempts: v.WEBHOOK_MAX_ATTEMPTS,
+      retryBaseMs: v.WEBHOOK_RETRY_BASE_MS,
+      pollIntervalMs: v.WEBHOOK_POLL_INTERVAL_MS,
     },
   });
 }

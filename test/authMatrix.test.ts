@@ -22,13 +22,15 @@ interface Key {
 
 interface Route {
   name: string;
-  method: 'GET' | 'POST';
+  method: 'GET' | 'POST' | 'DELETE';
   path: (orgId: string, keyId: string) => string;
   scope?: Scope;
   /** Key management: refused to a key's previous secret during a rotation's grace period. */
   managesKeys?: true;
-  /** Which key the route acts on when it succeeds (mutating routes get their own). */
-  target: 'reader' | 'rotateTarget' | 'revokeTarget';
+  /** Which key or webhook the route acts on when it succeeds (mutating routes get their own). */
+  target: 'reader' | 'rotateTarget' | 'revokeTarget' | 'webhook' | 'webhookToDelete';
+  /** What the second path parameter names (default: an API key). */
+  resource?: 'webhook';
   body?: unknown;
   okStatus: number;
   /** Requests by an authorised key that must fail validation, and the field the message must name. */
@@ -143,6 +145,75 @@ const ROUTES: Route[] = [
   },
 ];
 
+const HOOK = { url: 'https://203.0.113.10/hook', events: ['*'] };
+
+const WEBHOOK_ROUTES: Route[] = [
+  {
+    name: 'POST /api/orgs/:id/webhooks',
+    method: 'POST',
+    path: (org) => `${KEYS}/${org}/webhooks`,
+    scope: 'keys:write',
+    target: 'reader',
+    body: HOOK,
+    okStatus: 201,
+    invalid: [
+      { label: 'not a URL', body: { ...HOOK, url: 'hook' }, field: 'url' },
+      { label: 'private target', body: { ...HOOK, url: 'http://127.0.0.1/hook' }, field: 'url' },
+      { label: 'no events', body: { ...HOOK, events: [] }, field: 'events' },
+      { label: 'unknown event', body: { ...HOOK, events: ['key.gone'] }, field: 'events.0' },
+      { label: 'unknown field', body: { ...HOOK, secret: 'mine' }, field: 'secret' },
+      { label: 'missing body', field: 'url' },
+    ],
+  },
+  {
+    name: 'GET /api/orgs/:id/webhooks',
+    method: 'GET',
+    path: (org) => `${KEYS}/${org}/webhooks`,
+    scope: 'keys:read',
+    target: 'reader',
+    okStatus: 200,
+    invalid: [
+      { label: 'limit 0', query: 'limit=0', field: 'limit' },
+      { label: 'unknown parameter', query: 'url=x', field: 'url' },
+    ],
+  },
+  {
+    name: 'GET /api/orgs/:id/webhooks/:webhookId/deliveries',
+    method: 'GET',
+    path: (org, hook) => `${KEYS}/${org}/webhooks/${hook}/deliveries`,
+    scope: 'keys:read',
+    target: 'webhook',
+    resource: 'webhook',
+    okStatus: 200,
+    invalid: [
+      { label: 'webhookId not a UUID', path: (org) => `${KEYS}/${org}/webhooks/${BAD_ID}/deliveries`, field: 'webhookId' },
+      { label: 'unknown status', query: 'status=lost', field: 'status' },
+      { label: 'negative offset', query: 'offset=-1', field: 'offset' },
+    ],
+  },
+  {
+    name: 'POST /api/orgs/:id/webhooks/:webhookId/test',
+    method: 'POST',
+    path: (org, hook) => `${KEYS}/${org}/webhooks/${hook}/test`,
+    scope: 'keys:write',
+    target: 'webhook',
+    resource: 'webhook',
+    okStatus: 202,
+    invalid: [{ label: 'webhookId not a UUID', path: (org) => `${KEYS}/${org}/webhooks/${BAD_ID}/test`, field: 'webhookId' }],
+  },
+  {
+    name: 'DELETE /api/orgs/:id/webhooks/:webhookId',
+    method: 'DELETE',
+    path: (org, hook) => `${KEYS}/${org}/webhooks/${hook}`,
+    scope: 'keys:write',
+    target: 'webhookToDelete',
+    resource: 'webhook',
+    okStatus: 204,
+    invalid: [{ label: 'webhookId not a UUID', path: (org) => `${KEYS}/${org}/webhooks/${BAD_ID}`, field: 'webhookId' }],
+  },
+];
+ROUTES.push(...WEBHOOK_ROUTES);
+
 const START = Date.parse('2026-11-25T12:00:00Z');
 
 async function createKey(api: Api, orgId: string, name: string, scopes: Scope[], expiresAt: Date | null = null): Promise<Key> {
@@ -173,6 +244,8 @@ async function buildWorld(t: Test) {
   const graceRotation = await api.services.apiKeys.rotate(acme.org.id, inGrace.id, 7200);
   const rotateTarget = await createKey(api, acme.org.id, 'rotate target', ['keys:read']);
   const revokeTarget = await createKey(api, acme.org.id, 'revoke target', ['keys:read']);
+  const createWebhook = (orgId: string) => api.services.webhooks.create(orgId, HOOK);
+  const webhooks = [await createWebhook(acme.org.id), await createWebhook(acme.org.id), await createWebhook(globex.org.id)];
   clock += 3_600_000;
 
   const plaintexts = [admin, intruder, reader, writer, expiring, revoked, rotated, inGrace, rotateTarget, revokeTarget].map((key) => key.plaintext);
@@ -183,7 +256,16 @@ async function buildWorld(t: Test) {
     acme: acme.org,
     globex: globex.org,
     keys: { admin, intruder, reader, writer, expiring, revoked, rotated, inGrace, rotateTarget, revokeTarget },
+    targets: {
+      reader: reader.id,
+      rotateTarget: rotateTarget.id,
+      revokeTarget: revokeTarget.id,
+      webhook: webhooks[0].webhook.id,
+      webhookToDelete: webhooks[1].webhook.id,
+    },
+    foreignWebhook: webhooks[2].webhook.id,
     plaintexts,
+    webhookSecrets: webhooks.map((created) => created.secret),
   };
 }
 
@@ -206,13 +288,14 @@ async function storedHashForms(db: Db): Promise<string[]> {
 
 t.test('every route against every kind of refusal', async (t) => {
   const world = await buildWorld(t);
-  const { api, acme, globex, keys } = world;
+  const { api, acme, globex, keys, targets } = world;
   const revealed: string[] = [];
+  const revealedWebhookSecrets: string[] = [];
   const unauthorizedMessages = new Set<string>();
 
   // One request; returns the response and the uses it recorded.
   async function call(route: Route, init: { key?: string; header?: Header; path?: string; body?: unknown; query?: string; targetKey?: string }) {
-    const target = init.targetKey ?? keys[route.target].id;
+    const target = init.targetKey ?? targets[route.target];
     const path = (init.path ?? route.path(acme.id, target)) + (init.query ? `?${init.query}` : '');
     const before = api.uses.length;
     const body = 'body' in init ? init.body : route.body;
@@ -276,28 +359,29 @@ t.test('every route against every kind of refusal', async (t) => {
         assertErrorShape(t, other.response, 404, 'not_found', 'other org');
         t.equal(other.response.body.error.message, 'Organization not found', 'other org: a fixed message');
         t.notMatch(other.response.text, acme.id, 'other org: the body does not echo the org id');
-        t.notMatch(other.response.text, keys[route.target].id, 'other org: nor the key id');
+        t.notMatch(other.response.text, targets[route.target], 'other org: nor the key id');
         t.same(other.uses, [use(keys.intruder, 'cross_org')], 'other org: recorded cross_org');
 
         const missingOrg = randomUUID();
-        const nowhere = await call(route, { key: keys.intruder.plaintext, header, path: route.path(missingOrg, keys[route.target].id) });
+        const nowhere = await call(route, { key: keys.intruder.plaintext, header, path: route.path(missingOrg, targets[route.target]) });
         t.same(
           [nowhere.response.status, nowhere.response.body.error.code, nowhere.response.body.error.message],
           [other.response.status, other.response.body.error.code, other.response.body.error.message],
           'an org that does not exist answers exactly the same',
         );
 
-        const malformedOrg = await call(route, { key: keys.admin.plaintext, header, path: route.path(BAD_ID, keys[route.target].id) });
+        const malformedOrg = await call(route, { key: keys.admin.plaintext, header, path: route.path(BAD_ID, targets[route.target]) });
         assertErrorShape(t, malformedOrg.response, 404, 'not_found', 'malformed org id (not the caller\'s org)');
 
-        // The caller's own org, another org's key id: the key is not found there.
+        // The caller's own org, another org's key (or webhook) id: it is not found there.
         if (route.path('ORG', 'KEY').includes('KEY')) {
-          const foreignKey = await call(route, { key: keys.admin.plaintext, header, targetKey: keys.intruder.id });
-          assertErrorShape(t, foreignKey.response, 404, 'not_found', 'another org\'s key id');
-          t.equal(foreignKey.response.body.error.message, 'API key not found');
-          t.same(foreignKey.uses, [use(keys.admin, 'ok')], 'another org\'s key id: an authorised use');
+          const foreign = route.resource === 'webhook' ? { id: world.foreignWebhook, message: 'Webhook not found' } : { id: keys.intruder.id, message: 'API key not found' };
+          const foreignKey = await call(route, { key: keys.admin.plaintext, header, targetKey: foreign.id });
+          assertErrorShape(t, foreignKey.response, 404, 'not_found', 'another org\'s id');
+          t.equal(foreignKey.response.body.error.message, foreign.message);
+          t.same(foreignKey.uses, [use(keys.admin, 'ok')], 'another org\'s id: an authorised use');
           const unknownKey = await call(route, { key: keys.admin.plaintext, header, targetKey: randomUUID() });
-          t.same([unknownKey.response.status, unknownKey.response.body.error.message], [404, 'API key not found'], 'an unknown key id answers the same');
+          t.same([unknownKey.response.status, unknownKey.response.body.error.message], [404, foreign.message], 'an unknown id answers the same');
         }
       }
 
@@ -320,11 +404,13 @@ t.test('every route against every kind of refusal', async (t) => {
       t.equal(response.status, route.okStatus, `the right key: ${route.okStatus}`);
       t.same(uses, [use(keys.admin, 'ok')], 'the right key: recorded ok');
       if (typeof response.body?.key === 'string') revealed.push(response.body.key);
+      if (typeof response.body?.secret === 'string') revealedWebhookSecrets.push(response.body.secret);
     });
   }
 
   t.same([...unauthorizedMessages], [UNAUTHORIZED_MESSAGE], 'every 401 carries the same message');
   t.equal(revealed.length, 2, 'create and rotate each revealed one key');
+  t.equal(revealedWebhookSecrets.length, 1, 'creating a webhook revealed its secret');
 
   await t.test('no key material in any response body or log line', async (t) => {
     const { evidence } = api;
@@ -340,6 +426,7 @@ t.test('every route against every kind of refusal', async (t) => {
     t.ok(hashes.length >= 3 * 12, 'current and previous hashes of every key');
     t.same(evidence.leaksOf(hashes), [], 'no stored hash, hex or base64');
     t.same(evidence.leaksOf([api.config.api.keyPepper]), [], 'not the pepper either');
+    t.same(evidence.leaksOf([...world.webhookSecrets, ...revealedWebhookSecrets]), [], 'no webhook signing secret');
     t.same(
       evidence.logLines.filter((line) => JSON.parse(line).level >= 50),
       [],

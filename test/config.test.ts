@@ -33,6 +33,19 @@ t.test('defaults', async (t) => {
   t.ok(config.api.keyPepper.length >= 32, 'a development pepper stands in when KEY_PEPPER is unset');
   t.match(config.usage, { enabled: true, drainIntervalMs: 250, maxEntries: 10_000, collectorHost: '127.0.0.1', collectorPort: 8125 });
   t.match(config.collector, { host: '127.0.0.1', port: 8125, flushIntervalMs: 1000, retentionDays: 90 });
+  t.same(config.webhooks, { allowPrivateTargets: false, timeoutMs: 5000, maxAttempts: 8, retryBaseMs: 30_000, pollIntervalMs: 1000 }, 'private webhook targets refused by default');
+});
+
+t.test('webhook settings', async (t) => {
+  const config = loadConfig({
+    WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true',
+    WEBHOOK_TIMEOUT_MS: '800',
+    WEBHOOK_MAX_ATTEMPTS: '3',
+    WEBHOOK_RETRY_BASE_MS: '50',
+    WEBHOOK_POLL_INTERVAL_MS: '20',
+  });
+  t.same(config.webhooks, { allowPrivateTargets: true, timeoutMs: 800, maxAttempts: 3, retryBaseMs: 50, pollIntervalMs: 20 });
+  t.ok(Object.isFrozen(config.webhooks));
 });
 
 t.test('values from the environment are parsed to their types', async (t) => {
@@ -113,6 +126,11 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['throttle limit negative', { AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '-1' }],
     ['throttle window of zero', { AUTH_THROTTLE_WINDOW_MS: '0' }],
     ['throttle map of zero entries', { AUTH_THROTTLE_MAX_ENTRIES: '0' }],
+    ['webhook private targets not a boolean', { WEBHOOK_ALLOW_PRIVATE_TARGETS: 'yes' }],
+    ['webhook timeout too short', { WEBHOOK_TIMEOUT_MS: '99' }],
+    ['webhook attempts above 12', { WEBHOOK_MAX_ATTEMPTS: '13' }],
+    ['webhook attempts zero', { WEBHOOK_MAX_ATTEMPTS: '0' }],
+    ['webhook poll interval too short', { WEBHOOK_POLL_INTERVAL_MS: '5' }],
   ];
   for (const [kind, env] of cases) {
     const [name] = Object.keys(env);

@@ -41,7 +41,7 @@ t.test('every secret comparison on the HTTP auth path is crypto.timingSafeEqual 
   const config = loadConfig({ NODE_ENV: 'test', KEY_CACHE_TTL_MS: '0' });
   const lines: string[] = [];
   const logger = createLogger({ level: 'info', name: 'spied', destination: new Writable({ write: (c, _e, done) => (lines.push(c.toString()), done()) }) });
-  const { app, services } = createApp({ db, logger, config: config.api, recordUse: () => {} });
+  const { app, services } = createApp({ db, logger, config: config.api, webhooks: config.webhooks, recordUse: () => {} });
   const server = http.createServer(app);
   const port = await listen(server, '127.0.0.1', 0, 'PORT');
   t.teardown(() => closeServer(server));

@@ -58,7 +58,7 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
   const logger = createLogger({ level: config.logLevel, name: 'api-test', destination });
   const recordUse: RecordUse =
     options.recordUse ?? ((keyId, orgId, ip, outcome) => uses.push({ keyId, orgId, ip, outcome }));
-  const { app, services, verifier, throttle } = createApp({ db, logger, config: config.api, recordUse, now: options.now });
+  const { app, services, verifier, throttle } = createApp({ db, logger, config: config.api, webhooks: config.webhooks, recordUse, now: options.now });
   const server = http.createServer(app);
   const port = await listen(server, '127.0.0.1', 0, 'PORT');
   t.teardown(() => closeServer(server));
@@ -77,8 +77,9 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
       body: init.body === undefined ? undefined : typeof init.body === 'string' ? init.body : JSON.stringify(init.body),
     });
     const text = await response.text();
-    // The create and rotate responses are the one place a plaintext key may appear.
-    const reveal = method === 'POST' && response.ok && /\/api-keys(\/[^/]+\/rotate)?$/.test(path);
+    // The create and rotate responses are the one place a plaintext key may appear, and a
+    // webhook's create response the one place its signing secret may.
+    const reveal = method === 'POST' && response.ok && /\/(api-keys(\/[^/]+\/rotate)?|webhooks)$/.test(path);
     if (!reveal) evidence.bodies.push(text);
     let body: any;
     try {

@@ -1,0 +1,137 @@
+import type { Db } from '../../shared/db';
+
+export interface WebhookRecord {
+  id: string;
+  orgId: string;
+  url: string;
+  eventTypes: string[];
+  createdAt: Date;
+}
+
+interface WebhookRow {
+  id: string;
+  org_id: string;
+  url: string;
+  event_types: string[];
+  created_at: Date;
+}
+
+// The sealed secret is never selected here: the API writes it once and only the worker reads it.
+const WEBHOOK_COLUMNS = ['id', 'org_id', 'url', 'event_types', 'created_at'];
+
+const toWebhook = (row: WebhookRow): WebhookRecord => ({
+  id: row.id,
+  orgId: row.org_id,
+  url: row.url,
+  eventTypes: row.event_types,
+  createdAt: row.created_at,
+});
+
+export async function insertWebhook(
+  db: Db,
+  webhook: { id: string; orgId: string; url: string; eventTypes: string[]; secretBox: Buffer },
+): Promise<WebhookRecord> {
+  const [row] = await db('webhooks')
+    .insert({ id: webhook.id, org_id: webhook.orgId, url: webhook.url, event_types: webhook.eventTypes, secret_box: webhook.secretBox })
+    .returning<WebhookRow[]>(WEBHOOK_COLUMNS);
+  return toWebhook(row);
+}
+
+export async function findWebhookInOrg(db: Db, orgId: string, id: string): Promise<WebhookRecord | undefined> {
+  const row: WebhookRow | undefined = await db('webhooks').select(WEBHOOK_COLUMNS).where({ id, org_id: orgId }).first();
+  return row && toWebhook(row);
+}
+
+export async function listWebhooksInOrg(db: Db, orgId: string, page: { limit: number; offset: number }) {
+  const [rows, [{ count }]] = await Promise.all([
+    db('webhooks')
+      .select<WebhookRow[]>(WEBHOOK_COLUMNS)
+      .where({ org_id: orgId })
+      .orderBy([{ column: 'created_at' }, { column: 'id' }])
+      .limit(page.limit)
+      .offset(page.offset),
+    db('webhooks').where({ org_id: orgId }).count<{ count: number }[]>({ count: '*' }),
+  ]);
+  return { webhooks: rows.map(toWebhook), total: Number(count) };
+}
+
+/** Its deliveries and their attempts go with it (ON DELETE CASCADE). */
+export async function deleteWebhookInOrg(db: Db, orgId: string, id: string): Promise<boolean> {
+  return (await db('webhooks').where({ id, org_id: orgId }).delete()) > 0;
+}
+
+export async function insertDelivery(
+  db: Db,
+  delivery: { webhookId: string; orgId: string; eventId: string; eventType: string; payload: Record<string, unknown> },
+): Promise<string> {
+  const [row] = await db('webhook_deliveries')
+    .insert({
+      webhook_id: delivery.webhookId,
+      org_id: delivery.orgId,
+      event_id: delivery.eventId,
+      event_type: delivery.eventType,
+      payload: delivery.payload,
+    })
+    .returning('id');
+  return row.id;
+}
+
+export type DeliveryStatus = 'pending' | 'succeeded' | 'failed';
+
+export interface AttemptRecord {
+  attempt: number;
+  startedAt: Date;
+  durationMs: number;
+  statusCode: number | null;
+  error: string | null;
+  succeeded: boolean;
+}
+
+export interface DeliveryRecord {
+  id: string;
+  eventId: string;
+  eventType: string;
+  status: DeliveryStatus;
+  attemptCount: number;
+  nextAttemptAt: Date;
+  createdAt: Date;
+  completedAt: Date | null;
+  attempts: AttemptRecord[];
+}
+
+// One query for the page, one for the attempts of every delivery on it (never one per delivery).
+export async function listDeliveries(db: Db, webhookId: string, query: { limit: number; offset: number; status?: DeliveryStatus }) {
+  const filter = { webhook_id: webhookId, ...(query.status ? { status: query.status } : {}) };
+  const [rows, [{ count }]] = await Promise.all([
+    db('webhook_deliveries')
+      .where(filter)
+      .orderBy([{ column: 'created_at', order: 'desc' }, { column: 'id', order: 'desc' }])
+      .limit(query.limit)
+      .offset(query.offset),
+    db('webhook_deliveries').where(filter).count<{ count: number }[]>({ count: '*' }),
+  ]);
+  const attempts = await db('webhook_delivery_attempts')
+    .whereIn('delivery_id', rows.map((row) => row.id))
+    .orderBy([{ column: 'attempt', order: 'desc' }, { column: 'id', order: 'desc' }]);
+  const deliveries: DeliveryRecord[] = rows.map((row) => ({
+    id: row.id,
+    eventId: row.event_id,
+    eventType: row.event_type,
+    status: row.status,
+    attemptCount: row.attempts,
+    nextAttemptAt: row.next_attempt_at,
+    createdAt: row.created_at,
+    completedAt: row.completed_at,
+    attempts: attempts
+      .filter((attempt) => attempt.delivery_id === row.id)
+      .map((attempt) => ({
+        attempt: attempt.attempt,
+        startedAt: attempt.started_at,
+        durationMs: attempt.duration_ms,
+        statusCode: attempt.status_code,
+        error: attempt.error,
+        succeeded: attempt.succeeded,
+      })),
+  }));
+  return { deliveries, total: Number(count) };
+}

@@ -1,0 +1,90 @@
+import express, { Router, type RequestHandler } from 'express';
+import { z } from 'zod';
+import { KEY_EVENT_TYPES } from '../../shared/keyEventTypes';
+import { redactKeyMaterial } from '../../shared/logger';
+import type { Requirement } from '../auth/authorize';
+import { pagination, parseInput, uuid } from '../validation';
+import type { WebhooksService } from './webhooks.service';
+
+const orgParams = z.object({ id: uuid });
+const webhookParams = z.object({ id: uuid, webhookId: uuid });
+const EVENT_CHOICES = ['*', ...KEY_EVENT_TYPES] as const;
+
+// The URL is shown by GET and kept in the database: no credentials, no API key in it.
+function urlProblem(value: string): string | undefined {
+  if (!URL.canParse(value)) return 'must be an absolute URL';
+  const parsed = new URL(value);
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') return 'must be an http or https URL';
+  if (parsed.username !== '' || parsed.password !== '') return 'must not contain credentials';
+  if (redactKeyMaterial(value) !== value) return 'must not contain an API key';
+  return undefined;
+}
+
+const url = z
+  .string()
+  .max(2048, 'must be at most 2048 characters')
+  .superRefine((value, ctx) => {
+    const problem = urlProblem(value);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
+  });
+
+const createBody = z
+  .object({
+    url,
+    events: z
+      .array(z.enum(EVENT_CHOICES, { error: `must be one of ${EVENT_CHOICES.join(', ')}` }))
+      .min(1, 'must list at least one event type')
+      .transform((events) => (events.includes('*') ? ['*'] : [...new Set(events)])),
+  })
+  .strict();
+
+const deliveriesQuery = z
+  .object({
+    status: z.enum(['pending', 'succeeded', 'failed'], { error: 'must be pending, succeeded or failed' }).optional(),
+    ...pagination,
+  })
+  .strict();
+
+// Reading webhooks and their delivery log needs keys:read (no secret is ever shown there);
+// creating, deleting and pinging need keys:write.
+export function webhooksRouter(deps: { service: WebhooksService; authorize: (requirement: Requirement) => RequestHandler }) {
+  const { service, authorize } = deps;
+  const read = authorize({ scope: 'keys:read', orgParam: 'id' });
+  const write = authorize({ scope: 'keys:write', orgParam: 'id' });
+  const jsonBody = express.json({ limit: '16kb' });
+  const router = Router({ mergeParams: true });
+
+  router.post('/', write, jsonBody, async (req, res) => {
+    const { id } = parseInput(orgParams, req.params, 'params');
+    const body = parseInput(createBody, req.body, 'body');
+    const created = await service.create(id, body);
+    // The one response that carries the secret: no cache may keep it.
+    res.setHeader('Cache-Control', 'no-store');
+    res.status(201).json({ ...created.webhook, secret: created.secret });
+  });
+
+  router.get('/', read, async (req, res) => {
+    const { id } = parseInput(orgParams, req.params, 'params');
+    const page = parseInput(z.object(pagination).strict(), req.query, 'query');
+    res.json(await service.list(id, page));
+  });
+
+  router.delete('/:webhookId', write, async (req, res) => {
+    const { id, webhookId } = parseInput(webhookParams, req.params, 'params');
+    await service.remove(id, webhookId);
+    res.status(204).end();
+  });
+
+  router.get('/:webhookId/deliveries', read, async (req, res) => {
+    const { id, webhookId } = parseInput(webhookParams, req.params, 'params');
+    const query = parseInput(deliveriesQuery, req.query, 'query');
+    res.json(await service.deliveries(id, webhookId, query));
+  });
+
+  router.post('/:webhookId/test', write, async (req, res) => {
+    const { id, webhookId } = parseInput(webhookParams, req.params, 'params');
+    res.status(202).json(await service.ping(id, webhookId));
+  });
+
+  return router;
+}

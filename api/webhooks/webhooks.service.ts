@@ -1,0 +1,113 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import type { Db } from '../../shared/db';
+import { PING_EVENT_TYPE } from '../../shared/keyEventTypes';
+import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../../shared/secretBox';
+import { resolveTarget, TargetRefusedError } from '../../shared/webhookTarget';
+import { AppError, notFound } from '../errors';
+import {
+  deleteWebhookInOrg,
+  findWebhookInOrg,
+  insertDelivery,
+  insertWebhook,
+  listDeliveries,
+  listWebhooksInOrg,
+  type DeliveryRecord,
+  type DeliveryStatus,
+  type WebhookRecord,
+} from './webhooks.repository';
+
+// What a client may see of a webhook: never its signing secret.
+export interface WebhookView {
+  id: string;
+  orgId: string;
+  url: string;
+  events: string[];
+  createdAt: string;
+}
+
+const toView = (webhook: WebhookRecord): WebhookView => ({
+  id: webhook.id,
+  orgId: webhook.orgId,
+  url: webhook.url,
+  events: webhook.eventTypes,
+  createdAt: webhook.createdAt.toISOString(),
+});
+
+const iso = (date: Date | null) => (date ? date.toISOString() : null);
+
+const toDeliveryView = (delivery: DeliveryRecord) => ({
+  id: delivery.id,
+  eventId: delivery.eventId,
+  eventType: delivery.eventType,
+  status: delivery.status,
+  attemptCount: delivery.attemptCount,
+  nextAttemptAt: delivery.status === 'pending' ? delivery.nextAttemptAt.toISOString() : null,
+  createdAt: delivery.createdAt.toISOString(),
+  completedAt: iso(delivery.completedAt),
+  attempts: delivery.attempts.map((attempt) => ({ ...attempt, startedAt: attempt.startedAt.toISOString() })),
+});
+
+export interface WebhooksServiceDeps {
+  db: Db;
+  pepper: string;
+  allowPrivateTargets: boolean;
+  now: () => number;
+}
+
+export type WebhooksService = ReturnType<typeof createWebhooksService>;
+
+export function createWebhooksService(deps: WebhooksServiceDeps) {
+  const box = secretBox(deps.pepper, WEBHOOK_SECRET_PURPOSE);
+
+  async function requireWebhook(orgId: string, webhookId: string): Promise<WebhookRecord> {
+    const webhook = await findWebhookInOrg(deps.db, orgId, webhookId);
+    if (!webhook) throw notFound('Webhook');
+    return webhook;
+  }
+
+  return {
+    async create(orgId: string, input: { url: string; events: string[] }) {
+      try {
+        await resolveTarget(new URL(input.url), deps.allowPrivateTargets);
+      } catch (error) {
+        if (error instanceof TargetRefusedError) throw new AppError('invalid_request', `Invalid body: url: ${error.message}`);
+        throw error;
+      }
+      const id = randomUUID();
+      const secret = `whsec_${randomBytes(32).toString('base64url')}`;
+      const webhook = await insertWebhook(deps.db, { id, orgId, url: input.url, eventTypes: input.events, secretBox: box.seal(secret, id) });
+      return { webhook: toView(webhook), secret };
+    },
+
+    async list(orgId: string, page: { limit: number; offset: number }) {
+      const { webhooks, total } = await listWebhooksInOrg(deps.db, orgId, page);
+      return { data: webhooks.map(toView), page: { ...page, total } };
+    },
+
+    async remove(orgId: string, webhookId: string) {
+      if (!(await deleteWebhookInOrg(deps.db, orgId, webhookId))) throw notFound('Webhook');
+    },
+
+    async deliveries(orgId: string, webhookId: string, query: { limit: number; offset: number; status?: DeliveryStatus }) {
+      await requireWebhook(orgId, webhookId);
+      const { deliveries, total } = await listDeliveries(deps.db, webhookId, query);
+      return { data: deliveries.map(toDeliveryView), page: { limit: query.limit, offset: query.offset, total } };
+    },
+
+    // A ping goes through the same outbox, worker, signature and retries as a key event.
+    async ping(orgId: string, webhookId: string) {
+      await requireWebhook(orgId, webhookId);
+      const eventId = randomUUID();
+      const payload = {
+        id: eventId,
+        type: PING_EVENT_TYPE,
+        orgId,
+        keyId: null,
+        occurredAt: new Date(deps.now()).toISOString(),
+        details: { webhookId },
+      };
+      const deliveryId = await insertDelivery(deps.db, { webhookId, orgId, eventId, eventType: PING_EVENT_TYPE, payload });
+      return { deliveryId, eventId };
+    },
+  };
+}

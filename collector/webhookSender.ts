@@ -1,0 +1,81 @@
+import http from 'node:http';
+import https from 'node:https';
+import type { LookupFunction } from 'node:net';
+import { resolveTarget, TargetRefusedError, type ResolvedAddress } from '../shared/webhookTarget';
+
+// One POST to an untrusted receiver. The receiver chooses how long to take, what to answer and
+// where to point its DNS, so: every resolved address is checked and the socket connects to a
+// checked one; the whole exchange has one deadline; at most MAX_RESPONSE_BYTES are read; a
+// redirect is not followed (node:http never follows one) and counts as a failure.
+
+const MAX_RESPONSE_BYTES = 64 * 1024;
+
+export interface SendOptions {
+  timeoutMs: number;
+  allowPrivateTargets: boolean;
+}
+
+export interface SendResult {
+  ok: boolean;
+  statusCode: number | null;
+  /** Why the attempt failed, in words safe to show the webhook's owner; null when it succeeded. */
+  error: string | null;
+}
+
+// Answers Node's DNS step with the addresses already checked, so a second DNS answer (a rebinding
+// attack) is never used. Node asks for one address or, with autoSelectFamily, for all of them.
+function pinnedLookup(addresses: ResolvedAddress[]): LookupFunction {
+  return (_hostname, options, callback) => {
+    if (options.all) (callback as (error: null, all: ResolvedAddress[]) => void)(null, addresses);
+    else callback(null, addresses[0].address, addresses[0].family);
+  };
+}
+
+function describe(statusCode: number): string | null {
+  if (statusCode >= 200 && statusCode < 300) return null;
+  if (statusCode >= 300 && statusCode < 400) return `redirect not followed (HTTP ${statusCode})`;
+  return `HTTP ${statusCode}`;
+}
+
+function exchange(url: URL, addresses: ResolvedAddress[], headers: Record<string, string>, body: string, timeoutMs: number): Promise<SendResult> {
+  return new Promise((resolve) => {
+    const client = url.protocol === 'https:' ? https : http;
+    const request = client.request(url, { method: 'POST', headers, agent: false, lookup: pinnedLookup(addresses) });
+    let statusCode: number | null = null;
+    // The first outcome wins; destroying the request afterwards may emit more events, ignored.
+    const finish = (result: SendResult) => {
+      clearTimeout(deadline);
+      request.destroy();
+      resolve(result);
+    };
+    const answered = () => {
+      const error = describe(statusCode ?? 0);
+      finish({ ok: error === null, statusCode, error });
+    };
+    const deadline = setTimeout(() => finish({ ok: false, statusCode, error: `no complete response within ${timeoutMs} ms` }), timeoutMs);
+    request.on('error', (error) => finish({ ok: false, statusCode, error: error.message }));
+    request.on('response', (response) => {
+      statusCode = response.statusCode ?? 0;
+      let received = 0;
+      response.on('data', (chunk: Buffer) => {
+        received += chunk.length;
+        if (received >= MAX_RESPONSE_BYTES) answered();
+      });
+      response.on('end', answered);
+      response.on('error', (error) => finish({ ok: false, statusCode, error: error.message }));
+    });
+    request.end(body);
+  });
+}
+
+export async function postWebhook(url: string, headers: Record<string, string>, body: string, options: SendOptions): Promise<SendResult> {
+  const target = new URL(url);
+  let addresses: ResolvedAddress[];
+  try {
+    addresses = await resolveTarget(target, options.allowPrivateTargets);
+  } catch (error) {
+    if (error instanceof TargetRefusedError) return { ok: false, statusCode: null, error: `refused: ${error.message}` };
+    throw error;
+  }
+  return exchange(target, addresses, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers }, body, options.timeoutMs);
+}

@@ -1,0 +1,68 @@
+import dns from 'node:dns';
+import { BlockList, isIP } from 'node:net';
+
+// Webhook receivers are chosen by API clients, so a URL must not turn the collector into a proxy
+// to the internal network (SSRF). Every address a host resolves to is checked, at create time
+// and again at send time, and the request connects to the checked address only (no second DNS
+// answer to rebind to).
+
+const PRIVATE_RANGES: Array<[string, number, 'ipv4' | 'ipv6']> = [
+  ['0.0.0.0', 8, 'ipv4'], // "this network"
+  ['10.0.0.0', 8, 'ipv4'],
+  ['100.64.0.0', 10, 'ipv4'], // carrier-grade NAT
+  ['127.0.0.0', 8, 'ipv4'],
+  ['169.254.0.0', 16, 'ipv4'], // link-local, cloud metadata endpoints
+  ['172.16.0.0', 12, 'ipv4'],
+  ['192.0.0.0', 24, 'ipv4'],
+  ['192.168.0.0', 16, 'ipv4'],
+  ['198.18.0.0', 15, 'ipv4'],
+  ['224.0.0.0', 3, 'ipv4'], // multicast, reserved, broadcast
+  ['::', 128, 'ipv6'],
+  ['::1', 128, 'ipv6'],
+  ['fc00::', 7, 'ipv6'], // unique local
+  ['fe80::', 10, 'ipv6'], // link-local
+  ['ff00::', 8, 'ipv6'], // multicast
+];
+
+const privateAddresses = new BlockList();
+for (const [network, prefix, family] of PRIVATE_RANGES) privateAddresses.addSubnet(network, prefix, family);
+
+/** Loopback, private, link-local and other non-public addresses; IPv4-mapped IPv6 included. */
+export function isPrivateAddress(address: string): boolean {
+  const family = isIP(address);
+  if (family === 0) return true;
+  return privateAddresses.check(address, family === 4 ? 'ipv4' : 'ipv6');
+}
+
+export interface ResolvedAddress {
+  address: string;
+  family: number;
+}
+
+export class TargetRefusedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'TargetRefusedError';
+  }
+}
+
+export type Lookup = (hostname: string) => Promise<ResolvedAddress[]>;
+
+const systemLookup: Lookup = (hostname) => dns.promises.lookup(hostname, { all: true, verbatim: true });
+
+/** The addresses to connect to; refuses a host that does not resolve or has any non-public address. */
+export async function resolveTarget(url: URL, allowPrivate: boolean, lookup: Lookup = systemLookup): Promise<ResolvedAddress[]> {
+  const hostname = url.hostname.replace(/^\[(.*)\]$/, '$1');
+  let addresses: ResolvedAddress[];
+  try {
+    addresses = await lookup(hostname);
+  } catch {
+    throw new TargetRefusedError('host does not resolve');
+  }
+  if (addresses.length === 0) throw new TargetRefusedError('host does not resolve');
+  const refused = addresses.find((entry) => isPrivateAddress(entry.address));
+  if (refused && !allowPrivate) {
+    throw new TargetRefusedError(`resolves to a private, loopback or link-local address (${refused.address})`);
+  }
+  return addresses;
+}

@@ -1,0 +1,139 @@
+import { randomUUID } from 'node:crypto';
+import t, { type Test } from 'tap';
+import { seedOrg, startTestApi } from './helpers/api';
+import { freshDatabase } from './helpers/database';
+
+const ALLOW_PRIVATE = { WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true' };
+
+async function world(t: Test, env: Record<string, string> = ALLOW_PRIVATE) {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env });
+  const acme = await seedOrg(api, db, 'acme');
+  const globex = await seedOrg(api, db, 'globex');
+  const hooks = (org = acme.org.id) => `/api/orgs/${org}/webhooks`;
+  return { db, api, acme, globex, hooks };
+}
+
+t.test('create shows the secret once; list never shows it', async (t) => {
+  const { db, api, acme, hooks } = await world(t);
+  const created = await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'http://127.0.0.1:9/in', events: ['key.new_ip', 'key.spike', 'key.new_ip'] } });
+  t.equal(created.status, 201);
+  t.equal(created.headers.get('cache-control'), 'no-store', 'no cache keeps the secret');
+  t.match(created.body, { orgId: acme.org.id, url: 'http://127.0.0.1:9/in', events: ['key.new_ip', 'key.spike'], createdAt: String });
+  t.match(created.body.secret, /^whsec_[A-Za-z0-9_-]{43}$/);
+  const secret: string = created.body.secret;
+
+  const everything = await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'https://127.0.0.1/all', events: ['key.dormant', '*'] } });
+  t.same(everything.body.events, ['*'], "'*' subsumes the rest");
+
+  const listed = await api.request('GET', hooks(), { key: acme.adminKey });
+  t.equal(listed.status, 200);
+  t.same(listed.body.page, { limit: 50, offset: 0, total: 2 });
+  t.same(listed.body.data.map((hook: { id: string }) => hook.id), [created.body.id, everything.body.id]);
+  t.same(Object.keys(listed.body.data[0]).sort(), ['createdAt', 'events', 'id', 'orgId', 'url'], 'no secret field');
+  const second = await api.request('GET', `${hooks()}?limit=1&offset=1`, { key: acme.adminKey });
+  t.same(second.body.data.map((hook: { id: string }) => hook.id), [everything.body.id], 'paginated');
+
+  const [stored] = await db('webhooks').where({ id: created.body.id });
+  t.notOk(Buffer.from(stored.secret_box).includes(Buffer.from(secret)), 'stored encrypted, not in plaintext');
+  t.same(api.evidence.leaksOf([secret, secret.slice(6)]), [], 'the secret is in no other response body and no log line');
+});
+
+t.test('validation names the field', async (t) => {
+  const { api, acme, hooks } = await world(t);
+  const cases: Array<[string, unknown, RegExp]> = [
+    ['not a URL', { url: 'hooks', events: ['*'] }, /url: must be an absolute URL/],
+    ['ftp', { url: 'ftp://example.com/x', events: ['*'] }, /url: must be an http or https URL/],
+    ['credentials', { url: 'https://user:pw@example.com/x', events: ['*'] }, /url: must not contain credentials/],
+    ['API key in URL', { url: `https://example.com/x?k=ku_${'a'.repeat(32)}_${'b'.repeat(43)}`, events: ['*'] }, /url: must not contain an API key/],
+    ['too long', { url: `https://example.com/${'x'.repeat(2048)}`, events: ['*'] }, /url: must be at most 2048/],
+    ['no events', { url: 'https://127.0.0.1/', events: [] }, /events: must list at least one/],
+    ['unknown event', { url: 'https://127.0.0.1/', events: ['key.deleted'] }, /events\.0: must be one of \*, key\.first_use/],
+    ['unknown field', { url: 'https://127.0.0.1/', events: ['*'], secret: 'mine' }, /secret/],
+    ['host does not resolve', { url: 'https://no-such-host.invalid/', events: ['*'] }, /url: host does not resolve/],
+  ];
+  for (const [label, body, message] of cases) {
+    const response = await api.request('POST', hooks(), { key: acme.adminKey, body });
+    t.equal(response.status, 400, label);
+    t.match(response.body.error, { code: 'invalid_request', message }, label);
+  }
+  const badStatus = await api.request('GET', `${hooks()}/${randomUUID()}/deliveries?status=lost`, { key: acme.adminKey });
+  t.match(badStatus.body.error, { code: 'invalid_request', message: /status: must be pending, succeeded or failed/ });
+});
+
+t.test('private targets are refused by default', async (t) => {
+  const { db, api, acme, hooks } = await world(t, {});
+  for (const url of ['http://127.0.0.1:8080/in', 'http://localhost/in', 'http://[::1]/in', 'http://169.254.169.254/latest/meta-data', 'http://10.0.0.1/']) {
+    const response = await api.request('POST', hooks(), { key: acme.adminKey, body: { url, events: ['*'] } });
+    t.equal(response.status, 400, url);
+    t.match(response.body.error.message, /^Invalid body: url: resolves to a private, loopback or link-local address/, url);
+  }
+  t.equal((await db('webhooks').count<{ count: number }[]>({ count: '*' }))[0].count, 0, 'nothing stored');
+  const allowed = await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'https://203.0.113.10/in', events: ['*'] } });
+  t.equal(allowed.status, 201, 'a public address literal needs no DNS and is accepted');
+});
+
+t.test('another org cannot see, delete, ping or read the deliveries of a webhook', async (t) => {
+  const { api, acme, globex, hooks } = await world(t);
+  const created = await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'http://127.0.0.1:9/in', events: ['*'] } });
+  const id = created.body.id;
+  const listed = await api.request('GET', hooks(globex.org.id), { key: globex.adminKey });
+  t.same(listed.body.data, [], "globex's list is empty");
+  for (const [method, suffix] of [['DELETE', ''], ['POST', '/test'], ['GET', '/deliveries']] as const) {
+    const foreign = await api.request(method, `${hooks(globex.org.id)}/${id}${suffix}`, { key: globex.adminKey });
+    const missing = await api.request(method, `${hooks(globex.org.id)}/${randomUUID()}${suffix}`, { key: globex.adminKey });
+    t.same([foreign.status, foreign.body.error.message], [404, 'Webhook not found'], `${method} …${suffix}: 404 in another org`);
+    t.same([missing.status, missing.body.error.message], [404, 'Webhook not found'], `${method} …${suffix}: same as an unknown id`);
+  }
+  t.equal((await api.request('GET', hooks(), { key: acme.adminKey })).body.page.total, 1, 'still there');
+});
+
+t.test('ping queues a delivery; delete removes the webhook with its deliveries', async (t) => {
+  const { db, api, acme, hooks } = await world(t);
+  const created = await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'http://127.0.0.1:9/in', events: ['key.spike'] } });
+  const id = created.body.id;
+  const ping = await api.request('POST', `${hooks()}/${id}/test`, { key: acme.adminKey });
+  t.equal(ping.status, 202);
+  t.match(ping.body, { deliveryId: String, eventId: String });
+  const deliveries = await api.request('GET', `${hooks()}/${id}/deliveries`, { key: acme.adminKey });
+  t.match(deliveries.body, {
+    data: [{ id: ping.body.deliveryId, eventId: ping.body.eventId, eventType: 'webhook.ping', status: 'pending', attemptCount: 0, nextAttemptAt: String, completedAt: null, attempts: [] }],
+    page: { limit: 50, offset: 0, total: 1 },
+  });
+  const [row] = await db('webhook_deliveries').where({ id: ping.body.deliveryId });
+  t.same(row.payload, { id: ping.body.eventId, type: 'webhook.ping', orgId: acme.org.id, keyId: null, occurredAt: row.payload.occurredAt, details: { webhookId: id } });
+
+  t.equal((await api.request('DELETE', `${hooks()}/${id}`, { key: acme.adminKey })).status, 204);
+  t.equal((await api.request('DELETE', `${hooks()}/${id}`, { key: acme.adminKey })).status, 404, 'gone');
+  t.equal((await db('webhook_deliveries').where({ webhook_id: id })).length, 0, 'its deliveries went with it');
+});
+
+t.test('the trigger: one delivery per matching webhook, in the same transaction as the event', async (t) => {
+  const { db, api, acme, globex, hooks } = await world(t);
+  const make = async (org: typeof acme, events: string[]) =>
+    (await api.request('POST', hooks(org.org.id), { key: org.adminKey, body: { url: 'http://127.0.0.1:9/in', events } })).body.id as string;
+  const spikes = await make(acme, ['key.spike']);
+  const all = await make(acme, ['*']);
+  await make(acme, ['key.new_ip']);
+  await make(globex, ['*']);
+
+  const event = { org_id: acme.org.id, key_id: acme.adminKeyId, type: 'key.spike', occurred_at: new Date('2026-12-01T10:00:00.123Z'), details: { uses: 900, baseline: 12 } };
+  await db.transaction(async (trx) => {
+    await trx('key_events').insert({ ...event, dedupe_key: 'rolled-back' });
+    throw new Error('roll back');
+  }).catch(() => undefined);
+  t.equal((await db('webhook_deliveries')).length, 0, 'a rolled-back event leaves no delivery');
+
+  const [inserted] = await db('key_events').insert(event).returning('id');
+  const rows = await db('webhook_deliveries').orderBy('webhook_id');
+  t.same(rows.map((row) => row.webhook_id).sort(), [spikes, all].sort(), 'the spike subscriber and the * subscriber of the same org; not new_ip, not globex');
+  t.same(rows[0].payload, {
+    id: inserted.id,
+    type: 'key.spike',
+    orgId: acme.org.id,
+    keyId: acme.adminKeyId,
+    occurredAt: '2026-12-01T10:00:00.123Z',
+    details: { uses: 900, baseline: 12 },
+  });
+  t.ok(rows.every((row) => row.status === 'pending' && row.event_id === inserted.id));
+});

@@ -1,0 +1,246 @@
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { claimDueDeliveries } from '../collector/webhookStore';
+import type { Db } from '../shared/db';
+import { freeTcpPort } from '../shared/freePort';
+import { seedOrg, startTestApi } from './helpers/api';
+import { startTestCollector, waitFor } from './helpers/collector';
+import { freshDatabase } from './helpers/database';
+import { startWebhookReceiver, type ReceivedRequest } from './helpers/webhookReceiver';
+
+// Real PostgreSQL, the real collector (its webhook worker inside), real HTTP receivers on
+// 127.0.0.1. Events are inserted into key_events directly, as the events code does.
+
+const EXAMPLE = path.join(__dirname, '..', 'docs', 'examples', 'webhook-receiver.js');
+const { verifySignature } = require(EXAMPLE) as { verifySignature: (secret: string, header: unknown, body: string) => boolean };
+
+const FAST = {
+  WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true',
+  WEBHOOK_POLL_INTERVAL_MS: '20',
+  WEBHOOK_RETRY_BASE_MS: '60',
+  WEBHOOK_MAX_ATTEMPTS: '8',
+  WEBHOOK_TIMEOUT_MS: '1000',
+};
+
+async function setup(t: Test, url: string, events: string[] = ['*']) {
+  const { db, url: databaseUrl } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true' } });
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const created = await api.request('POST', `/api/orgs/${org.id}/webhooks`, { key: adminKey, body: { url, events } });
+  t.equal(created.status, 201, 'webhook created');
+  const webhookId: string = created.body.id;
+  const secret: string = created.body.secret;
+  let n = 0;
+  const insertEvent = async (type = 'key.new_ip', details: Record<string, unknown> = { ip: `203.0.113.${++n}` }) => {
+    const [row] = await db('key_events').insert({ org_id: org.id, key_id: adminKeyId, type, occurred_at: new Date(), details }).returning('*');
+    return row as { id: string; occurred_at: Date; details: Record<string, unknown> };
+  };
+  const deliveries = async (query = '') => (await api.request('GET', `/api/orgs/${org.id}/webhooks/${webhookId}/deliveries${query}`, { key: adminKey })).body;
+  return { db, databaseUrl, api, org, adminKey, adminKeyId, webhookId, secret, insertEvent, deliveries };
+}
+
+async function metrics(port: number): Promise<Record<string, number>> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  return Object.fromEntries([...text.matchAll(/^keyusage_collector_(webhook_\w+) (\S+)$/gm)].map((m) => [m[1], Number(m[2])]));
+}
+
+const settled = (db: Db, count: number) => async () => {
+  const rows = await db('webhook_deliveries').whereNot({ status: 'pending' });
+  return rows.length >= count ? rows : undefined;
+};
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function assertSigned(t: Test, request: ReceivedRequest, secret: string, eventId: string) {
+  t.ok(verifySignature(secret, request.headers['keyusage-signature'], request.body), 'the docs example verifies the signature');
+  t.equal(request.headers['keyusage-event-id'], eventId, 'Keyusage-Event-Id');
+  t.equal(request.headers['idempotency-key'], eventId, 'Idempotency-Key');
+  t.equal(request.headers['content-type'], 'application/json');
+}
+
+t.test('each event reaches the receiver once, signed, with the documented payload', async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const world = await setup(t, receiver.url);
+  const collector = await startTestCollector(t, world.databaseUrl, FAST);
+  const events = [await world.insertEvent('key.new_ip'), await world.insertEvent('key.spike', { uses: 900, baseline: 12 }), await world.insertEvent('key.revoked_used')];
+  await waitFor('three settled deliveries', settled(world.db, 3));
+  await sleep(200); // several more polls: nothing is sent twice
+
+  t.equal(receiver.requests.length, 3, 'three requests');
+  for (const event of events) {
+    const request = receiver.requests.find((r) => JSON.parse(r.body).id === event.id)!;
+    assertSigned(t, request, world.secret, event.id);
+    t.same(JSON.parse(request.body), {
+      id: event.id,
+      type: request.headers['keyusage-event-type'],
+      orgId: world.org.id,
+      keyId: world.adminKeyId,
+      occurredAt: event.occurred_at.toISOString(),
+      details: event.details,
+    });
+    t.same(Object.keys(JSON.parse(request.body)), ['id', 'type', 'orgId', 'keyId', 'occurredAt', 'details'], 'fields in the documented order');
+  }
+  const listed = await world.deliveries();
+  t.equal(listed.page.total, 3);
+  t.ok(listed.data.every((d: any) => d.status === 'succeeded' && d.attemptCount === 1 && d.attempts.length === 1 && d.attempts[0].statusCode === 200));
+  t.match(await metrics(collector.metricsPort), { webhook_attempts_total: 3, webhook_deliveries_succeeded_total: 3, webhook_deliveries_failed_total: 0 });
+  t.same(world.api.evidence.leaksOf([world.secret]), [], 'the secret is in no API body or log line');
+  t.notOk(collector.logLines.some((line) => line.includes(world.secret) || line.includes(receiver.url)), 'nor in a collector log line, which does not carry the URL either');
+});
+
+t.test('a receiver failing three times gets the event on the fourth attempt, after growing waits', async (t) => {
+  const receiver = await startWebhookReceiver(t, (index) => (index < 3 ? 503 : 200));
+  const world = await setup(t, receiver.url);
+  await startTestCollector(t, world.databaseUrl, FAST);
+  const event = await world.insertEvent();
+  await waitFor('a settled delivery', settled(world.db, 1));
+
+  t.equal(receiver.requests.length, 4);
+  for (const request of receiver.requests) assertSigned(t, request, world.secret, event.id);
+  const gaps = receiver.requests.slice(1).map((request, i) => request.at - receiver.requests[i].at);
+  [60, 120, 240].forEach((step, i) => t.ok(gaps[i] >= step / 2 - 5, `wait ${i + 1} (${gaps[i]} ms) is at least half of ${step} ms`));
+
+  const [delivery] = (await world.deliveries()).data;
+  t.match(delivery, { eventId: event.id, eventType: 'key.new_ip', status: 'succeeded', attemptCount: 4, nextAttemptAt: null, completedAt: String });
+  t.same(
+    delivery.attempts.map((a: any) => [a.attempt, a.statusCode, a.succeeded, a.error]),
+    [[4, 200, true, null], [3, 503, false, 'HTTP 503'], [2, 503, false, 'HTTP 503'], [1, 503, false, 'HTTP 503']],
+    'every attempt recorded, newest first',
+  );
+  t.ok(delivery.attempts.every((a: any) => Number.isInteger(a.durationMs) && a.durationMs >= 0 && !Number.isNaN(Date.parse(a.startedAt))));
+});
+
+t.test('a receiver down for the whole retry window leaves a failed delivery, in the API and the metrics', async (t) => {
+  const nobody = `http://127.0.0.1:${await freeTcpPort()}/hook`;
+  const world = await setup(t, nobody);
+  const collector = await startTestCollector(t, world.databaseUrl, { ...FAST, WEBHOOK_MAX_ATTEMPTS: '3', WEBHOOK_RETRY_BASE_MS: '20' });
+  const event = await world.insertEvent();
+  await waitFor('a settled delivery', settled(world.db, 1));
+
+  const failed = await world.deliveries('?status=failed');
+  t.equal(failed.page.total, 1, 'listed under ?status=failed');
+  t.match(failed.data[0], { eventId: event.id, status: 'failed', attemptCount: 3, nextAttemptAt: null, completedAt: String });
+  t.same(failed.data[0].attempts.map((a: any) => a.attempt), [3, 2, 1]);
+  t.ok(failed.data[0].attempts.every((a: any) => a.statusCode === null && /ECONNREFUSED/.test(a.error)), 'each attempt says why');
+  t.equal((await world.deliveries('?status=pending')).page.total, 0);
+  t.match(await metrics(collector.metricsPort), { webhook_attempts_total: 3, webhook_failed_attempts_total: 3, webhook_deliveries_failed_total: 1 });
+  const errors = collector.logLines.map((line) => JSON.parse(line)).filter((line) => line.level >= 50);
+  t.match(errors, [{ msg: 'webhook delivery failed after its last attempt', webhookId: world.webhookId, eventId: event.id, attempt: 3 }], 'one error line names it');
+});
+
+t.test('outbox: an event inserted while no worker runs is delivered by the next one', async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const world = await setup(t, receiver.url);
+  const first = await startTestCollector(t, world.databaseUrl, FAST);
+  await first.stop();
+  const event = await world.insertEvent();
+  await sleep(100);
+  t.equal(receiver.requests.length, 0, 'nothing sent while the collector is down');
+  t.match((await world.deliveries()).data, [{ eventId: event.id, status: 'pending', attemptCount: 0 }], 'the delivery waits in the outbox');
+
+  await startTestCollector(t, world.databaseUrl, FAST);
+  await waitFor('a settled delivery', settled(world.db, 1));
+  t.equal(receiver.requests.length, 1);
+  assertSigned(t, receiver.requests[0], world.secret, event.id);
+});
+
+t.test('a claim whose worker died mid-send is delivered by another worker once its lease ends', async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const world = await setup(t, receiver.url);
+  const event = await world.insertEvent();
+  // A worker claims the delivery and dies before sending or recording anything.
+  const claimedAt = Date.now();
+  const [claimed] = await claimDueDeliveries(world.db, { now: new Date(claimedAt), leaseUntil: new Date(claimedAt + 400), limit: 10 });
+  t.equal(claimed.eventId, event.id);
+  await startTestCollector(t, world.databaseUrl, FAST);
+  await waitFor('a settled delivery', settled(world.db, 1));
+  t.ok(receiver.requests[0].at >= claimedAt + 400, 'not before the lease ended');
+  t.equal(receiver.requests.length, 1);
+  const [delivery] = (await world.deliveries()).data;
+  t.match(delivery, { status: 'succeeded', attemptCount: 2 }, 'the interrupted attempt counts toward the limit');
+  t.same(delivery.attempts.map((a: any) => a.attempt), [2], 'only the attempt that happened is recorded');
+});
+
+t.test('two collectors never send the same delivery twice', async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const world = await setup(t, receiver.url);
+  for (let i = 0; i < 30; i += 1) await world.insertEvent();
+  await Promise.all([startTestCollector(t, world.databaseUrl, FAST), startTestCollector(t, world.databaseUrl, FAST)]);
+  await waitFor('thirty settled deliveries', settled(world.db, 30));
+  await sleep(200);
+  const ids = receiver.requests.map((request) => JSON.parse(request.body).id);
+  t.equal(ids.length, 30, 'thirty requests');
+  t.equal(new Set(ids).size, 30, 'each event once');
+});
+
+t.test('a private target is refused at send time by default', async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const world = await setup(t, receiver.url);
+  // The webhook was created while private targets were allowed; this collector does not allow them.
+  await startTestCollector(t, world.databaseUrl, { ...FAST, WEBHOOK_ALLOW_PRIVATE_TARGETS: 'false', WEBHOOK_MAX_ATTEMPTS: '1' });
+  await world.insertEvent();
+  await waitFor('a settled delivery', settled(world.db, 1));
+  t.equal(receiver.requests.length, 0, 'no request reached 127.0.0.1');
+  const [delivery] = (await world.deliveries()).data;
+  t.match(delivery, { status: 'failed', attempts: [{ statusCode: null, error: 'refused: resolves to a private, loopback or link-local address (127.0.0.1)' }] });
+});
+
+t.test('untrusted receivers: redirects, silence and endless bodies end the attempt', async (t) => {
+  const target = await startWebhookReceiver(t);
+  const receiver = await startWebhookReceiver(t, (index, res) => {
+    if (index === 0) res.writeHead(302, { location: target.url }).end();
+    else if (index === 1) return 'handled'; // never answers
+    else {
+      res.writeHead(200);
+      const chunk = Buffer.alloc(16 * 1024, 'x');
+      const pump = () => res.write(chunk) ? setImmediate(pump) : res.once('drain', pump);
+      pump(); // an endless body
+      res.on('close', () => res.removeAllListeners('drain'));
+    }
+    return 'handled';
+  });
+  const world = await setup(t, receiver.url);
+  await startTestCollector(t, world.databaseUrl, { ...FAST, WEBHOOK_MAX_ATTEMPTS: '3', WEBHOOK_RETRY_BASE_MS: '10', WEBHOOK_TIMEOUT_MS: '300' });
+  await world.insertEvent();
+  await waitFor('a settled delivery', settled(world.db, 1));
+
+  t.equal(target.requests.length, 0, 'the redirect was not followed');
+  const [delivery] = (await world.deliveries()).data;
+  t.equal(delivery.status, 'succeeded', 'a 2xx with an endless body is an answer; the body is cut at 64 KiB');
+  t.same(
+    delivery.attempts.map((a: any) => [a.attempt, a.statusCode, a.error]).reverse(),
+    [[1, 302, 'redirect not followed (HTTP 302)'], [2, null, 'no complete response within 300 ms'], [3, 200, null]],
+  );
+  t.ok(delivery.attempts[1].durationMs >= 290 && delivery.attempts[1].durationMs < 1000, 'the silent receiver was given the timeout, no more');
+  t.ok(delivery.attempts[0].durationMs < 1000, 'the endless body did not hold the worker');
+});
+
+t.test('ping: the docs example receiver, run as its own process, accepts it', async (t) => {
+  const port = await freeTcpPort();
+  const world = await setup(t, `http://127.0.0.1:${port}/`);
+  const child = spawn(process.execPath, [EXAMPLE], { env: { ...process.env, PORT: String(port), KEYUSAGE_WEBHOOK_SECRET: world.secret } });
+  t.teardown(() => void child.kill());
+  let stdout = '';
+  child.stdout.on('data', (chunk) => (stdout += chunk));
+  await startTestCollector(t, world.databaseUrl, FAST);
+
+  const ping = await world.api.request('POST', `/api/orgs/${world.org.id}/webhooks/${world.webhookId}/test`, { key: world.adminKey });
+  t.equal(ping.status, 202);
+  await waitFor('a settled delivery', settled(world.db, 1)); // retried until the child listens
+  const [delivery] = (await world.deliveries()).data;
+  t.match(delivery, { eventId: ping.body.eventId, eventType: 'webhook.ping', status: 'succeeded' });
+  t.equal(delivery.attempts[0].statusCode, 204, 'the example verified the signature and answered 204');
+  await waitFor('the example to log the event', () => (stdout.includes('webhook.ping') ? true : undefined));
+  t.match(stdout, `webhook.ping null { webhookId: '${world.webhookId}' }`);
+});
+
+t.test('a secret sealed under another KEY_PEPPER fails the attempt, visibly', async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const world = await setup(t, receiver.url);
+  await startTestCollector(t, world.databaseUrl, { ...FAST, WEBHOOK_MAX_ATTEMPTS: '1', KEY_PEPPER: 'another-pepper-of-at-least-32-characters' });
+  await world.insertEvent();
+  await waitFor('a settled delivery', settled(world.db, 1));
+  t.equal(receiver.requests.length, 0, 'nothing unsigned or mis-signed is sent');
+  t.match((await world.deliveries()).data, [{ status: 'failed', attempts: [{ error: 'the signing secret cannot be opened (was KEY_PEPPER changed?)' }] }]);
+});

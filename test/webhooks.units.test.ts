@@ -1,0 +1,84 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import t from 'tap';
+import { retryDelayMs } from '../collector/webhookRetry';
+import { secretBox } from '../shared/secretBox';
+import { signatureHeader } from '../shared/webhookSignature';
+import { isPrivateAddress, resolveTarget } from '../shared/webhookTarget';
+
+// The receiver example of docs/webhooks.md, loaded as a receiver would run it.
+const EXAMPLE = path.join(__dirname, '..', 'docs', 'examples', 'webhook-receiver.js');
+const { verifySignature } = require(EXAMPLE) as { verifySignature: (secret: string, header: unknown, body: string, nowSeconds?: number) => boolean };
+
+t.test('retry schedule: exponential, jittered within [step/2, step], bounded', async (t) => {
+  const policy = { maxAttempts: 8, baseDelayMs: 30_000 };
+  const lowest = [1, 2, 3, 4, 5, 6, 7].map((attempt) => retryDelayMs(attempt, policy, () => 0));
+  const highest = [1, 2, 3, 4, 5, 6, 7].map((attempt) => retryDelayMs(attempt, policy, () => 1));
+  t.same(highest, [30_000, 60_000, 120_000, 240_000, 480_000, 960_000, 1_920_000], 'doubling from the base');
+  t.same(lowest, highest.map((delay) => delay! / 2), 'never less than half the step');
+  t.equal(retryDelayMs(3, policy, () => 0.5), 90_000, 'jitter in between');
+  t.equal(retryDelayMs(8, policy), undefined, 'the last attempt gets no retry');
+  t.equal(retryDelayMs(1, { maxAttempts: 1, baseDelayMs: 10 }), undefined, 'one attempt: no retry');
+  const window = highest.reduce((sum, delay) => sum! + delay!, 0)!;
+  t.equal(window, 3_810_000, 'the default schedule gives up within 63.5 minutes of the first attempt (plus send times)');
+});
+
+t.test('private, loopback and link-local addresses', async (t) => {
+  const refused = ['127.0.0.1', '127.255.0.1', '10.1.2.3', '172.16.0.1', '172.31.255.255', '192.168.1.1', '169.254.169.254', '100.64.0.1',
+    '0.0.0.0', '224.0.0.1', '255.255.255.255', '::1', '::', 'fe80::1', 'fc00::1', 'fd12:3456::1', 'ff02::1', '::ffff:127.0.0.1', '::ffff:10.0.0.1', 'not-an-ip'];
+  const allowed = ['8.8.8.8', '1.1.1.1', '172.32.0.1', '192.169.0.1', '203.0.113.10', '2606:4700::1111', '::ffff:8.8.8.8'];
+  for (const address of refused) t.ok(isPrivateAddress(address), `${address} refused`);
+  for (const address of allowed) t.notOk(isPrivateAddress(address), `${address} allowed`);
+});
+
+t.test('resolveTarget checks every address a host resolves to', async (t) => {
+  const answers = (...addresses: string[]) => async () => addresses.map((address) => ({ address, family: address.includes(':') ? 6 : 4 }));
+  const url = new URL('https://hooks.example.com/in');
+  t.same(await resolveTarget(url, false, answers('8.8.8.8', '2606:4700::1111')), [
+    { address: '8.8.8.8', family: 4 },
+    { address: '2606:4700::1111', family: 6 },
+  ]);
+  await t.rejects(resolveTarget(url, false, answers('8.8.8.8', '10.0.0.7')), /private, loopback or link-local address \(10\.0\.0\.7\)/, 'one private answer among public ones is enough to refuse');
+  t.same(await resolveTarget(url, true, answers('10.0.0.7')), [{ address: '10.0.0.7', family: 4 }], 'allowed by the setting');
+  await t.rejects(resolveTarget(url, true, async () => { throw new Error('ENOTFOUND'); }), /host does not resolve/);
+  await t.rejects(resolveTarget(url, true, answers()), /host does not resolve/);
+  await t.rejects(resolveTarget(new URL('http://[::1]:8080/'), false), /\(::1\)/, 'a bracketed IPv6 literal is checked');
+  await t.rejects(resolveTarget(new URL('http://localhost/'), false), /\(127\.0\.0\.1|\(::1/, 'localhost through the system resolver');
+});
+
+t.test('secretBox: sealed secrets open only with the same pepper and row id', async (t) => {
+  const box = secretBox('p'.repeat(32), 'test');
+  const sealed = box.seal('whsec_abc', 'row-1');
+  t.notOk(sealed.includes(Buffer.from('whsec_abc')), 'the plaintext is not in the box');
+  t.equal(box.open(sealed, 'row-1'), 'whsec_abc');
+  t.not(box.seal('whsec_abc', 'row-1').toString('hex'), sealed.toString('hex'), 'a fresh IV every time');
+  t.throws(() => box.open(sealed, 'row-2'), 'moved to another row: refused');
+  t.throws(() => secretBox('q'.repeat(32), 'test').open(sealed, 'row-1'), 'another pepper: refused');
+  t.throws(() => secretBox('p'.repeat(32), 'other').open(sealed, 'row-1'), 'another purpose: refused');
+  const tampered = Buffer.from(sealed);
+  tampered[tampered.length - 1] ^= 1;
+  t.throws(() => box.open(tampered, 'row-1'), 'tampered: refused');
+});
+
+t.test('the signature header verifies with the docs example, and only as sent', async (t) => {
+  const secret = 'whsec_test';
+  const body = JSON.stringify({ id: 'e1', type: 'key.new_ip', details: { ip: '203.0.113.7' } });
+  const header = signatureHeader(secret, body, 1_800_000_000);
+  t.match(header, /^t=1800000000,v1=[0-9a-f]{64}$/);
+  t.ok(verifySignature(secret, header, body, 1_800_000_000), 'valid');
+  t.ok(verifySignature(secret, header, body, 1_800_000_300), 'valid at the edge of the 5-minute tolerance');
+  t.notOk(verifySignature(secret, header, body, 1_800_000_301), 'too old: a replay');
+  t.notOk(verifySignature(secret, header, body.replace('203', '204'), 1_800_000_000), 'body changed');
+  t.notOk(verifySignature('whsec_other', header, body, 1_800_000_000), 'another secret');
+  t.notOk(verifySignature(secret, header.replace('t=1800000000', 't=1800000001'), body, 1_800_000_000), 'timestamp changed');
+  t.notOk(verifySignature(secret, 't=1800000000,v1=abcd', body, 1_800_000_000), 'truncated signature');
+  t.notOk(verifySignature(secret, undefined, body, 1_800_000_000), 'no header');
+  t.notOk(verifySignature(secret, 'garbage', body, 1_800_000_000), 'garbage header');
+});
+
+t.test('docs/webhooks.md shows the example file verbatim', async (t) => {
+  const docs = fs.readFileSync(path.join(__dirname, '..', 'docs', 'webhooks.md'), 'utf8');
+  const example = fs.readFileSync(EXAMPLE, 'utf8');
+  t.ok(docs.includes('```js\n' + example + '```'), 'the example in the docs is the tested file');
+  t.ok(example.split('\n').length <= 40, 'about 30 lines');
+});
