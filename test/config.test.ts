@@ -38,6 +38,7 @@ t.test('defaults', async (t) => {
 
 t.test('webhook settings', async (t) => {
   const config = loadConfig({
+    ...DEV,
     WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true',
     WEBHOOK_TIMEOUT_MS: '800',
     WEBHOOK_MAX_ATTEMPTS: '3',

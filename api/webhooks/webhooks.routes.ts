@@ -50,7 +50,8 @@ const deliveriesQuery = z
 export function webhooksRouter(deps: { service: WebhooksService; authorize: (requirement: Requirement) => RequestHandler }) {
   const { service, authorize } = deps;
   const read = authorize({ scope: 'keys:read', orgParam: 'id' });
-  const write = authorize({ scope: 'keys:write', orgParam: 'id' });
+  // A leaked previous secret must not be able to point the org's events at its own receiver.
+  const write = authorize({ scope: 'keys:write', orgParam: 'id', currentSecret: true });
   const jsonBody = express.json({ limit: '16kb' });
   const router = Router({ mergeParams: true });
 
