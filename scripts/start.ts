@@ -371,7 +371,7 @@ export class Launcher {
     }
     if (this.stopRequested) return;
 
-    const db = createDb(databaseUrl, { poolMax: 2, applicationName: 'keyusage-start' });
+    const db = createDb(databaseUrl, { poolMax: 2, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-start' });
     try {
       const applied = await migrateLatest(db);
       say(applied.length > 0 ? `applied ${applied.length} migration(s)` : 'migrations are up to date');

@@ -46,10 +46,14 @@ const trustProxy = z
     return entries;
   });
 
+// Also createDb's default, for the callers (tests, benchmarks) that build no config.
+export const DEFAULT_DATABASE_CONNECT_TIMEOUT_MS = 5000;
+
 const variables = {
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   DATABASE_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
   DATABASE_POOL_MAX: positiveInt(1000).default(10),
+  DATABASE_CONNECT_TIMEOUT_MS: wholeNumber(100, 120_000).default(DEFAULT_DATABASE_CONNECT_TIMEOUT_MS),
   EMBEDDED_PG_DIR: z.string().min(1).default('.data/postgres'),
   EMBEDDED_PG_PORT: port.default(54329),
   HOST: host.default('127.0.0.1'),
@@ -120,6 +124,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     database: {
       url: v.DATABASE_URL,
       poolMax: v.DATABASE_POOL_MAX,
+      connectTimeoutMs: v.DATABASE_CONNECT_TIMEOUT_MS,
       embeddedDir: v.EMBEDDED_PG_DIR,
       embeddedPort: v.EMBEDDED_PG_PORT,
     },
