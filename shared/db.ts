@@ -72,8 +72,8 @@ const UNREACHABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', '
 // SQLSTATE class 08 (connection exception), 57P01-03 (shut down, crashed, starting up), 53300 (too
 // many connections).
 const UNREACHABLE_STATES = /^(08\w{3}|57P0[123]|53300)$/;
-// pg's own words for a connection that died or never answered.
-const UNREACHABLE_MESSAGES = /^(Connection terminated|timeout expired|Client has encountered a connection error)/;
+// pg's own words for a connection that died or never answered; knex puts the query before them.
+const UNREACHABLE_MESSAGES = /(^| - )(Connection terminated|timeout expired|Client has encountered a connection error)/;
 
 /** The database cannot be reached (or will not take a connection) now; worth retrying later. */
 export function databaseUnavailable(error: unknown): boolean {
