@@ -1,3 +1,4 @@
+import express, { type RequestHandler } from 'express';
 import { z } from 'zod';
 import { AppError } from './errors';
 
@@ -18,3 +19,15 @@ export const pagination = {
   limit: z.coerce.number().int().min(1).max(200).default(50),
   offset: z.coerce.number().int().min(0).default(0),
 };
+
+// express.json leaves a body of any other type unread, which would then be reported as missing
+// fields. A request without a body (or an empty one, as fetch sends) is left to the schema.
+export function jsonBody(limit: string): RequestHandler {
+  const parse = express.json({ limit });
+  return (req, res, next) => {
+    if (req.is('application/json') === false && req.headers['content-length'] !== '0') {
+      throw new AppError('unsupported_media_type', `Request body must be application/json (got ${req.headers['content-type'] ?? 'no Content-Type'})`);
+    }
+    parse(req, res, next);
+  };
+}
