@@ -4,6 +4,13 @@ import { AppError } from './errors';
 
 // Turns a zod failure into one 400 whose message names each bad field and why.
 export function parseInput<T extends z.ZodType>(schema: T, input: unknown, where: 'body' | 'query' | 'params'): z.output<T> {
+  // The query parser turns a repeated parameter into an array, which no schema here expects.
+  if (where === 'query') {
+    const repeated = Object.entries(input ?? {}).filter(([, value]) => Array.isArray(value));
+    if (repeated.length > 0) {
+      throw new AppError('invalid_request', `Invalid query: ${repeated.map(([name]) => `${name}: given more than once`).join('; ')}`);
+    }
+  }
   const result = schema.safeParse(input ?? {});
   if (result.success) return result.data;
   const problems = result.error.issues.map((issue) => {

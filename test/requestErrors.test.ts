@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import t, { type Test } from 'tap';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
@@ -33,4 +34,42 @@ t.test('a body that is not JSON answers 415 naming application/json', async (t) 
   t.equal(json.status, 201, 'application/json with a charset is accepted');
   const noBody = await fetch(`${create}/${adminKeyId}/rotate`, { method: 'POST', headers: auth });
   t.equal(noBody.status, 200, 'an empty body is left to the schema (rotate needs none)');
+});
+
+t.test('a query parameter given twice answers 400 naming it', async (t) => {
+  const { api, org, adminKey } = await setup(t);
+  for (const path of [`/api/orgs/${org.id}/api-keys?limit=1&limit=2`, `/api/orgs/${org.id}/api-keys/usage?sort=createdAt&limit=5&sort=requestCount`]) {
+    const response = await api.request('GET', path, { key: adminKey });
+    t.equal(response.status, 400, `${path}: 400`);
+    t.equal(response.body.error.code, 'invalid_request');
+    t.match(response.body.error.message, /^Invalid query: (limit|sort): given more than once$/, `${path}: names the parameter`);
+  }
+});
+
+t.test('a date-time whose "+" arrived as a space: the message suggests %2B or Z', async (t) => {
+  const { api, org, adminKey, adminKeyId } = await setup(t);
+  const series = `/api/orgs/${org.id}/api-keys/${adminKeyId}/usage`;
+  const raw = await api.request('GET', `${series}?from=2026-01-01T00:00:00+02:00`, { key: adminKey });
+  t.equal(raw.status, 400);
+  t.match(raw.body.error.message, /^Invalid query: from: .*%2B.*Z/, 'suggests %2B or Z');
+  const other = await api.request('GET', `${series}?from=yesterday`, { key: adminKey });
+  t.notMatch(other.body.error.message, /%2B/, 'only where a space stands for the "+"');
+  const encoded = await api.request('GET', `${series}?from=2026-01-01T00:00:00%2B02:00&to=2026-01-02T00:00:00Z`, { key: adminKey });
+  t.equal(encoded.status, 200, '%2B works');
+});
+
+t.test('a malformed id answers 400 naming it in every position; another org\'s id is still 404', async (t) => {
+  const { api, org, adminKey, adminKeyId } = await setup(t);
+  const cases: Array<[string, string, string]> = [
+    ['org id', `/api/orgs/not-a-uuid/api-keys/${adminKeyId}`, 'id'],
+    ['key id', `/api/orgs/${org.id}/api-keys/not-a-uuid`, 'keyId'],
+    ['org id, usage', `/api/orgs/not-a-uuid/api-keys/usage`, 'id'],
+  ];
+  for (const [label, path, field] of cases) {
+    const response = await api.request('GET', path, { key: adminKey });
+    t.same([response.status, response.body.error.code], [400, 'invalid_request'], `${label}: 400 invalid_request`);
+    t.match(response.body.error.message, new RegExp(`^Invalid params: (.*; )?${field}: must be a UUID`), `${label}: names ${field}`);
+  }
+  const other = await api.request('GET', `/api/orgs/${randomUUID()}/api-keys`, { key: adminKey });
+  t.same([other.status, other.body.error.message], [404, 'Organization not found'], 'a well-formed id of another org: 404');
 });

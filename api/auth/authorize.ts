@@ -4,6 +4,7 @@ import { AppError, UNAUTHORIZED_MESSAGE, notFound } from '../errors';
 import type { ApiKeyRecord } from '../keys/apiKeys.repository';
 import { parsePresentedKey } from '../keys/keyMaterial';
 import type { Scope } from '../keys/scopes';
+import { uuid } from '../validation';
 import type { KeyVerifier } from './keyVerifier';
 
 export interface AuthContext {
@@ -27,7 +28,11 @@ export interface AuthorizeDeps {
 
 export interface Requirement {
   scope?: Scope;
-  /** Route parameter holding the org id the request acts on; another org's id answers 404. */
+  /**
+   * Route parameter holding the org id the request acts on; another org's id answers 404. A
+   * malformed id names no org: it passes here, and the route's validation answers 400 naming it,
+   * as for any malformed id.
+   */
   orgParam?: string;
 }
 
@@ -39,6 +44,11 @@ function presentedKey(req: Request): string | undefined {
   }
   const apiKey = req.headers['x-api-key'];
   return typeof apiKey === 'string' ? apiKey.trim() : undefined;
+}
+
+function isOtherOrg(param: unknown, orgId: string): boolean {
+  const parsed = uuid.safeParse(param);
+  return parsed.success && parsed.data !== orgId;
 }
 
 // Every request that names an existing key id is a use and is recorded exactly once here, with
@@ -59,7 +69,7 @@ export function authorizer(deps: AuthorizeDeps) {
           ? verdict.outcome
           : requirement.scope && !key.scopes.includes(requirement.scope)
             ? 'forbidden'
-            : requirement.orgParam && String(req.params[requirement.orgParam]).toLowerCase() !== key.orgId
+            : requirement.orgParam && isOtherOrg(req.params[requirement.orgParam], key.orgId)
               ? 'cross_org'
               : 'ok';
       deps.recordUse(key.id, key.orgId, deps.clientAddress(req), outcome);
