@@ -1,4 +1,5 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
+import { databaseUnavailable } from '../shared/db';
 import { redactKeyMaterial, type Logger } from '../shared/logger';
 
 // The closed list of error codes a client can receive, each with its one HTTP status.
@@ -53,14 +54,25 @@ function fromBodyParser(error: { type?: string; status?: number }): AppError | u
   }
 }
 
+// An outage the client can wait out, not a bug. Seconds, for Retry-After.
+const DATABASE_RETRY_AFTER = '5';
+
+const fromDatabase = (error: unknown) =>
+  databaseUnavailable(error) ? new AppError('service_unavailable', 'The database is unavailable; retry shortly') : undefined;
+
 export const routeNotFound: RequestHandler = (req, _res, next) => {
   next(new AppError('not_found', `No route for ${req.method} ${redactKeyMaterial(req.path)}`));
 };
 
 export function errorMiddleware(logger: Logger): ErrorRequestHandler {
   return (error, req, res, _next) => {
-    const appError = error instanceof AppError ? error : fromBodyParser(error);
+    const appError = error instanceof AppError ? error : (fromBodyParser(error) ?? fromDatabase(error));
     const requestId = res.locals.requestId as string;
+    if (appError?.code === 'service_unavailable') {
+      // Message and code only: a knex error carries the query's bindings, which may hold a hash.
+      logger.warn({ err: { message: error.message, code: error.code }, requestId }, appError.message);
+      res.setHeader('Retry-After', DATABASE_RETRY_AFTER);
+    }
     if (appError) {
       res.status(appError.status).json({ error: { code: appError.code, message: appError.message, requestId } });
       return;

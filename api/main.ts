@@ -1,13 +1,13 @@
 import http from 'node:http';
 import { loadConfig, type Config } from '../shared/config';
-import { createDb } from '../shared/db';
+import { createCheckedDb } from '../shared/db';
 import { createLogger, type Logger } from '../shared/logger';
 import { closeServer, listen, onShutdownSignal } from '../shared/process';
 import { createApp } from './app';
 import { createUsageRecorder } from './usage/createUsageRecorder';
 
 export async function startApi(config: Config, logger: Logger, databaseUrl: string) {
-  const db = createDb(databaseUrl, { poolMax: config.database.poolMax, applicationName: 'keyusage-api' });
+  const db = await createCheckedDb(databaseUrl, { poolMax: config.database.poolMax, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-api' }, logger);
   const recorder = config.usage.enabled ? createUsageRecorder(config.usage, logger) : undefined;
   recorder?.start();
   const recordUse = recorder ? recorder.record.bind(recorder) : () => {};
@@ -41,7 +41,7 @@ if (require.main === module) {
   startApi(config, logger, config.database.url).then(
     (api) => onShutdownSignal(logger, api.stop),
     (error) => {
-      logger.fatal({ err: { message: error.message } }, 'api failed to start');
+      logger.fatal(`api failed to start: ${error.message}`);
       process.exit(1);
     },
   );

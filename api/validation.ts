@@ -1,8 +1,16 @@
+import express, { type RequestHandler } from 'express';
 import { z } from 'zod';
 import { AppError } from './errors';
 
 // Turns a zod failure into one 400 whose message names each bad field and why.
 export function parseInput<T extends z.ZodType>(schema: T, input: unknown, where: 'body' | 'query' | 'params'): z.output<T> {
+  // The query parser turns a repeated parameter into an array, which no schema here expects.
+  if (where === 'query') {
+    const repeated = Object.entries(input ?? {}).filter(([, value]) => Array.isArray(value));
+    if (repeated.length > 0) {
+      throw new AppError('invalid_request', `Invalid query: ${repeated.map(([name]) => `${name}: given more than once`).join('; ')}`);
+    }
+  }
   const result = schema.safeParse(input ?? {});
   if (result.success) return result.data;
   const problems = result.error.issues.map((issue) => {
@@ -27,3 +35,15 @@ export const pagination = {
   limit: z.coerce.number().int().min(1).max(200).default(50),
   offset: z.coerce.number().int().min(0).default(0),
 };
+
+// express.json leaves a body of any other type unread, which would then be reported as missing
+// fields. A request without a body (or an empty one, as fetch sends) is left to the schema.
+export function jsonBody(limit: string): RequestHandler {
+  const parse = express.json({ limit });
+  return (req, res, next) => {
+    if (req.is('application/json') === false && req.headers['content-length'] !== '0') {
+      throw new AppError('unsupported_media_type', `Request body must be application/json (got ${req.headers['content-type'] ?? 'no Content-Type'})`);
+    }
+    parse(req, res, next);
+  };
+}

@@ -1,5 +1,5 @@
 import { loadConfig, type Config } from '../shared/config';
-import { createDb } from '../shared/db';
+import { createCheckedDb } from '../shared/db';
 import { createLogger, redactKeyMaterial, type Logger } from '../shared/logger';
 import { closeServer, listen, onShutdownSignal } from '../shared/process';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
@@ -26,7 +26,7 @@ export interface CollectorOverrides {
 export async function startCollector(config: Config, logger: Logger, databaseUrl: string, overrides: CollectorOverrides = {}) {
   const now = overrides.now ?? Date.now;
   // One connection for the flusher, one for upkeep, one for the webhook worker's short statements.
-  const db = createDb(databaseUrl, { poolMax: 3, applicationName: 'keyusage-collector' });
+  const db = await createCheckedDb(databaseUrl, { poolMax: 3, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' }, logger);
   const store = overrides.store ?? createPgUsageStore(db);
   const aggregator = new Aggregator({ maxKeys: config.collector.maxPendingKeys, now });
   const flusher = new Flusher({
@@ -187,7 +187,7 @@ if (require.main === module) {
         if (!(await collector.stop())) throw new Error('final flush failed');
       }),
     (error) => {
-      logger.fatal({ err: { message: error.message } }, 'collector failed to start');
+      logger.fatal(`collector failed to start: ${error.message}`);
       process.exit(1);
     },
   );

@@ -322,7 +322,7 @@ export interface CliDatabase {
 // backend but our own.
 export async function openDatabase(config: Config, err: (text: string) => void): Promise<CliDatabase> {
   if (config.database.url) {
-    const db = createDb(config.database.url, { poolMax: 1, applicationName: APPLICATION_NAME });
+    const db = createDb(config.database.url, { poolMax: 1, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: APPLICATION_NAME });
     return { db, close: () => db.destroy() };
   }
   const { embeddedDir, embeddedPort } = config.database;

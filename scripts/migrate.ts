@@ -1,5 +1,5 @@
 import { loadConfig } from '../shared/config';
-import { createDb, migrateLatest } from '../shared/db';
+import { createDb, describeDatabaseError, migrateLatest } from '../shared/db';
 
 // `npm run migrate`: applies the pending knex migrations to DATABASE_URL. The embedded database
 // needs no separate step: `npm start` migrates it on every start.
@@ -31,14 +31,14 @@ export async function migrate(env: NodeJS.ProcessEnv, io: MigrateIo = stdio): Pr
     );
     return 1;
   }
-  const db = createDb(config.database.url, { poolMax: 1, applicationName: 'keyusage-migrate' });
+  const db = createDb(config.database.url, { poolMax: 1, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-migrate' });
   try {
     const applied = await migrateLatest(db);
     if (applied.length === 0) io.out('Database is already up to date.');
     else io.out(`Applied ${applied.length} migration(s):\n${applied.map((name) => `  ${name}`).join('\n')}`);
     return 0;
   } catch (error) {
-    io.err(`error: migration failed: ${(error as Error).message}`);
+    io.err(`error: migration failed: ${describeDatabaseError(error, config.database.url)}`);
     return 1;
   } finally {
     await db.destroy();

@@ -356,7 +356,7 @@ export class Launcher {
     const database = this.openDatabase();
     if (this.stopRequested) return;
 
-    const db = createDb(database.ownerUrl, { poolMax: 2, applicationName: 'keyusage-start' });
+    const db = createDb(database.ownerUrl, { poolMax: 2, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-start' });
     try {
       const applied = await migrateLatest(db);
       say(applied.length > 0 ? `applied ${applied.length} migration(s)` : 'migrations are up to date');

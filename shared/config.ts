@@ -47,11 +47,15 @@ const trustProxy = z
     return entries;
   });
 
+// Also createDb's default, for the callers (tests, benchmarks) that build no config.
+export const DEFAULT_DATABASE_CONNECT_TIMEOUT_MS = 5000;
+
 const variables = {
   // Any name (production, staging, …); only development and test relax the guards below.
   NODE_ENV: z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'must be a lower-case name such as production, development or test').optional(),
   DATABASE_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
   DATABASE_POOL_MAX: positiveInt(1000).default(10),
+  DATABASE_CONNECT_TIMEOUT_MS: wholeNumber(100, 120_000).default(DEFAULT_DATABASE_CONNECT_TIMEOUT_MS),
   EMBEDDED_PG_DIR: z.string().min(1).default('.data/postgres'),
   EMBEDDED_PG_PORT: port.default(54329),
   HOST: host.default('127.0.0.1'),
@@ -142,6 +146,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     database: {
       url: v.DATABASE_URL,
       poolMax: v.DATABASE_POOL_MAX,
+      connectTimeoutMs: v.DATABASE_CONNECT_TIMEOUT_MS,
       embeddedDir: v.EMBEDDED_PG_DIR,
       embeddedPort: v.EMBEDDED_PG_PORT,
     },

@@ -1,6 +1,8 @@
 import path from 'node:path';
 import knex, { type Knex } from 'knex';
 import pg from 'pg';
+import { DEFAULT_DATABASE_CONNECT_TIMEOUT_MS } from './config';
+import type { Logger } from './logger';
 
 export type Db = Knex;
 
@@ -17,12 +19,44 @@ pg.types.setTypeParser(pg.types.builtins.INT8, exactCount);
 
 export const MIGRATIONS_DIRECTORY = path.resolve(__dirname, '..', 'migrations');
 
-export function createDb(url: string, options: { poolMax?: number; applicationName?: string } = {}): Db {
+// pg leaves the socket of a failed connection attempt open. When the client gave up (no password
+// to answer the server's challenge) the server holds it until its authentication_timeout (60 s),
+// keeping a process that is done from exiting and the API from releasing it. knex calls connect()
+// without a callback.
+class ClosingPgClient extends pg.Client {
+  override async connect(): Promise<pg.Client> {
+    try {
+      return await super.connect();
+    } catch (error) {
+      this.end().catch(() => {});
+      throw error;
+    }
+  }
+}
+
+// knex's own pg dialect, handed the client above as its driver.
+const KnexPg: typeof Knex.Client = require('knex/lib/dialects/postgres');
+class PgDialect extends KnexPg {
+  _driver() {
+    return { Client: ClosingPgClient };
+  }
+}
+
+export interface DbOptions {
+  poolMax?: number;
+  applicationName?: string;
+  connectTimeoutMs?: number;
+}
+
+export function createDb(url: string, options: DbOptions = {}): Db {
+  const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_DATABASE_CONNECT_TIMEOUT_MS;
   return knex({
-    client: 'pg',
-    connection: { connectionString: url, application_name: options.applicationName ?? 'keyusage' },
+    client: PgDialect,
+    connection: { connectionString: url, application_name: options.applicationName ?? 'keyusage', connectionTimeoutMillis: connectTimeoutMs },
     pool: { min: 0, max: options.poolMax ?? 10 },
-    acquireConnectionTimeout: 10_000,
+    // Longer than pg's own limit, so a connection attempt that fails reports its cause rather than
+    // knex's "Timeout acquiring a connection".
+    acquireConnectionTimeout: connectTimeoutMs + 1000,
     // knex would print connection errors to stderr itself; callers log them once, structured.
     log: { warn() {}, error() {}, deprecate() {}, debug() {} },
   });
@@ -40,4 +74,62 @@ export async function databaseAnswers(db: Db): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+const UNREACHABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
+// SQLSTATE class 08 (connection exception), 57P01-03 (shut down, crashed, starting up), 53300 (too
+// many connections).
+const UNREACHABLE_STATES = /^(08\w{3}|57P0[123]|53300)$/;
+// pg's own words for a connection that died or never answered; knex puts the query before them.
+const UNREACHABLE_MESSAGES = /(^| - )(Connection terminated|timeout expired|Client has encountered a connection error)/;
+
+/** The database cannot be reached (or will not take a connection) now; worth retrying later. */
+export function databaseUnavailable(error: unknown): boolean {
+  const { code, name, message } = (error ?? {}) as { code?: unknown; name?: unknown; message?: unknown };
+  if (typeof code === 'string' && (UNREACHABLE_ERRNOS.has(code) || UNREACHABLE_STATES.test(code))) return true;
+  return name === 'KnexTimeoutError' || (typeof message === 'string' && UNREACHABLE_MESSAGES.test(message));
+}
+
+type CredentialsProblem = 'no_password' | 'refused';
+
+function credentialsProblem(error: unknown, url: string): CredentialsProblem | undefined {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  // 28P01: invalid_password; 28000: invalid_authorization_specification (no pg_hba entry, …).
+  const refused = code === '28P01' || code === '28000';
+  if (!refused && !(typeof message === 'string' && /client password must be a string/.test(message))) return undefined;
+  return new URL(url).password === '' ? 'no_password' : 'refused';
+}
+
+/** A database error in words an operator can act on, naming the variable that holds the URL. */
+export function describeDatabaseError(error: unknown, url: string, variable = 'DATABASE_URL'): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const { host } = new URL(url);
+  const problem = credentialsProblem(error, url);
+  if (problem === 'no_password') return `the server asked for a password; ${variable} has none (postgres://user:password@${host}/…)`;
+  if (problem === 'refused') return `the server refused ${variable}'s credentials: ${message}`;
+  if (databaseUnavailable(error)) {
+    const timedOut = /timeout/i.test(message) ? ` (no answer within DATABASE_CONNECT_TIMEOUT_MS)` : '';
+    return `cannot reach the database at ${host || 'localhost'} named by ${variable}: ${message}${timedOut}`;
+  }
+  return message;
+}
+
+/**
+ * createDb for the start of a long-running process. A database that does not answer may come back,
+ * so it is logged and the process starts (requests answer 503 meanwhile); anything else —
+ * credentials refused, no such database — will not mend by waiting, so it stops the start.
+ */
+export async function createCheckedDb(url: string, options: DbOptions, logger: Logger): Promise<Db> {
+  const db = createDb(url, options);
+  try {
+    await db.raw('select 1');
+  } catch (error) {
+    const description = describeDatabaseError(error, url);
+    if (!databaseUnavailable(error)) {
+      await db.destroy();
+      throw new Error(description);
+    }
+    logger.warn(`${description}; starting anyway, retrying on use`);
+  }
+  return db;
 }

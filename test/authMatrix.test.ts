@@ -373,8 +373,11 @@ t.test('every route against every kind of refusal', async (t) => {
           'an org that does not exist answers exactly the same',
         );
 
+        // A malformed id names no org: 400 naming the parameter, like a malformed key id.
         const malformedOrg = await call(route, { key: keys.admin.plaintext, header, path: route.path(BAD_ID, targets[route.target]) });
-        assertErrorShape(t, malformedOrg.response, 404, 'not_found', 'malformed org id (not the caller\'s org)');
+        assertErrorShape(t, malformedOrg.response, 400, 'invalid_request', 'malformed org id');
+        t.match(malformedOrg.response.body.error.message, /^Invalid params: (.*; )?id: must be a UUID/, 'malformed org id: names id');
+        t.same(malformedOrg.uses, [use(keys.admin, 'ok')], 'malformed org id: an authorised use');
 
         // The caller's own org, another org's key (or webhook) id: it is not found there.
         if (route.path('ORG', 'KEY').includes('KEY')) {

@@ -20,7 +20,7 @@ t.test('defaults', async (t) => {
   const config = loadConfig(DEV);
   t.equal(config.env, 'development');
   t.equal(config.logLevel, 'info');
-  t.same(config.database, { url: undefined, poolMax: 10, embeddedDir: '.data/postgres', embeddedPort: 54329 });
+  t.same(config.database, { url: undefined, poolMax: 10, connectTimeoutMs: 5000, embeddedDir: '.data/postgres', embeddedPort: 54329 });
   t.same(config.api, {
     host: '127.0.0.1',
     port: 3000,
@@ -56,6 +56,7 @@ t.test('values from the environment are parsed to their types', async (t) => {
     DATABASE_URL: 'postgresql://u:p@db.internal:5432/keyusage',
     PORT: '0',
     DATABASE_POOL_MAX: '25',
+    DATABASE_CONNECT_TIMEOUT_MS: '1500',
     USAGE_TRACKING: '0',
     LOG_LEVEL: 'warn',
   });
@@ -64,6 +65,7 @@ t.test('values from the environment are parsed to their types', async (t) => {
   t.equal(config.database.url, 'postgresql://u:p@db.internal:5432/keyusage');
   t.equal(config.api.port, 0, 'PORT=0 asks for any free port');
   t.equal(config.database.poolMax, 25);
+  t.equal(config.database.connectTimeoutMs, 1500);
   t.equal(config.usage.enabled, false);
   t.equal(config.logLevel, 'warn');
   t.equal(loadConfig({ ...DEV, PORT: '' }).api.port, 3000, 'an empty variable counts as unset');
@@ -132,6 +134,7 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['webhook attempts above 12', { WEBHOOK_MAX_ATTEMPTS: '13' }],
     ['webhook attempts zero', { WEBHOOK_MAX_ATTEMPTS: '0' }],
     ['webhook poll interval too short', { WEBHOOK_POLL_INTERVAL_MS: '5' }],
+    ['connect timeout below 100 ms', { DATABASE_CONNECT_TIMEOUT_MS: '50' }],
   ];
   for (const [kind, env] of cases) {
     const [name] = Object.keys(env);

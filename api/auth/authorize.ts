@@ -4,6 +4,7 @@ import { AppError, UNAUTHORIZED_MESSAGE, notFound } from '../errors';
 import type { ApiKeyRecord } from '../keys/apiKeys.repository';
 import { parsePresentedKey } from '../keys/keyMaterial';
 import type { Scope } from '../keys/scopes';
+import { uuid } from '../validation';
 import type { AuthThrottle } from './failureThrottle';
 import type { KeyVerifier, MatchedSecret, Verification } from './keyVerifier';
 
@@ -30,7 +31,11 @@ export interface AuthorizeDeps {
 
 export interface Requirement {
   scope?: Scope;
-  /** Route parameter holding the org id the request acts on; another org's id answers 404. */
+  /**
+   * Route parameter holding the org id the request acts on; another org's id answers 404. A
+   * malformed id names no org: it passes here, and the route's validation answers 400 naming it,
+   * as for any malformed id.
+   */
   orgParam?: string;
   /**
    * Refuses a key's previous secret (still valid during a rotation's grace period): whoever holds a
@@ -73,7 +78,7 @@ function decide(verdict: Proven, requirement: Requirement, req: Request): { outc
   if (requirement.scope && !key.scopes.includes(requirement.scope)) {
     return { outcome: 'forbidden', refusal: new AppError('forbidden', `This API key lacks the required scope "${requirement.scope}"`) };
   }
-  if (requirement.orgParam && String(req.params[requirement.orgParam]).toLowerCase() !== key.orgId) {
+  if (requirement.orgParam && isOtherOrg(req.params[requirement.orgParam], key.orgId)) {
     return { outcome: 'cross_org', refusal: notFound('Organization') };
   }
   if (requirement.currentSecret && verdict.secret !== 'current') {
@@ -81,6 +86,11 @@ function decide(verdict: Proven, requirement: Requirement, req: Request): { outc
     return { outcome: 'forbidden', refusal: new AppError('stale_secret', message) };
   }
   return { outcome: 'ok' };
+}
+
+function isOtherOrg(param: unknown, orgId: string): boolean {
+  const parsed = uuid.safeParse(param);
+  return parsed.success && parsed.data !== orgId;
 }
 
 // Every request that names an existing key id is a use and is recorded exactly once here, with

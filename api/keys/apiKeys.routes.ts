@@ -1,7 +1,7 @@
-import express, { Router, type RequestHandler, type Response } from 'express';
+import { Router, type RequestHandler, type Response } from 'express';
 import { z } from 'zod';
 import type { Requirement } from '../auth/authorize';
-import { displayName, pagination, parseInput, uuid } from '../validation';
+import { displayName, jsonBody, pagination, parseInput, uuid } from '../validation';
 import type { ApiKeysService } from './apiKeys.service';
 import { SCOPES } from './scopes';
 
@@ -34,10 +34,10 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
   const writeKeys = authorize({ scope: 'keys:write', orgParam: 'id', currentSecret: true });
   // Bodies are parsed after authentication: an anonymous caller gets 401 without its body being
   // read, and a key that sends bad JSON is still counted as a use.
-  const jsonBody = express.json({ limit: '16kb' });
+  const readJson = jsonBody('16kb');
   const router = Router({ mergeParams: true });
 
-  router.post('/', writeKeys, jsonBody, async (req, res) => {
+  router.post('/', writeKeys, readJson, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(createBody, req.body, 'body');
     const created = await service.create(
@@ -59,7 +59,7 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
     res.json(await service.get(id, keyId));
   });
 
-  router.post('/:keyId/rotate', writeKeys, jsonBody, async (req, res) => {
+  router.post('/:keyId/rotate', writeKeys, readJson, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(rotateBody, req.body, 'body');
     const rotated = await service.rotate(id, keyId, body.gracePeriodSeconds, res.locals.auth!.key);

@@ -5,7 +5,18 @@ import { pagination, parseInput, uuid } from '../validation';
 import type { UsageService } from './usage.service';
 
 const booleanParam = z.enum(['true', 'false'], { error: 'must be true or false' }).transform((v) => v === 'true');
-const dateParam = z.iso.datetime({ offset: true, error: 'must be an ISO 8601 date-time' }).transform((v) => new Date(v));
+// An unencoded "+" in a query string reads as a space: 2026-01-01T00:00:00+02:00 arrives as
+// "2026-01-01T00:00:00 02:00".
+const plusAsSpace = / \d{2}(:?\d{2})?$/;
+const dateParam = z.iso
+  .datetime({
+    offset: true,
+    error: (issue) =>
+      typeof issue.input === 'string' && plusAsSpace.test(issue.input)
+        ? 'must be an ISO 8601 date-time; its "+" arrived as a space: send it as %2B, or give the time in UTC with Z'
+        : 'must be an ISO 8601 date-time',
+  })
+  .transform((v) => new Date(v));
 
 const listQuery = z
   .object({

@@ -1,9 +1,9 @@
-import express, { Router, type RequestHandler } from 'express';
+import { Router, type RequestHandler } from 'express';
 import { z } from 'zod';
 import { KEY_EVENT_TYPES } from '../../shared/keyEventTypes';
 import { redactKeyMaterial } from '../../shared/logger';
 import type { Requirement } from '../auth/authorize';
-import { pagination, parseInput, uuid } from '../validation';
+import { jsonBody, pagination, parseInput, uuid } from '../validation';
 import type { WebhooksService } from './webhooks.service';
 
 const orgParams = z.object({ id: uuid });
@@ -52,10 +52,10 @@ export function webhooksRouter(deps: { service: WebhooksService; authorize: (req
   const read = authorize({ scope: 'keys:read', orgParam: 'id' });
   // A leaked previous secret must not be able to point the org's events at its own receiver.
   const write = authorize({ scope: 'keys:write', orgParam: 'id', currentSecret: true });
-  const jsonBody = express.json({ limit: '16kb' });
+  const readJson = jsonBody('16kb');
   const router = Router({ mergeParams: true });
 
-  router.post('/', write, jsonBody, async (req, res) => {
+  router.post('/', write, readJson, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(createBody, req.body, 'body');
     const created = await service.create(id, body);

@@ -1,0 +1,165 @@
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import net from 'node:net';
+import path from 'node:path';
+import t, { type Test } from 'tap';
+import { startApi } from '../api/main';
+import { startCollector } from '../collector/main';
+import { migrate } from '../scripts/migrate';
+import { loadConfig } from '../shared/config';
+import { createDb, databaseUnavailable } from '../shared/db';
+import { createLogger } from '../shared/logger';
+import { seedOrg, startTestApi, type TestResponse } from './helpers/api';
+import { adminDatabaseUrl, freshDatabase } from './helpers/database';
+import { PgProxy } from './helpers/faults';
+
+// What an operator sees when the database is unreachable or refuses DATABASE_URL, tried against
+// the real throwaway PostgreSQL (initdb --auth=scram-sha-256: every role must give a password).
+
+const logger = createLogger({ level: 'silent', name: 'test' });
+const NO_PASSWORD = /the server asked for a password; DATABASE_URL has none/;
+
+// A role with a password, and the URLs that name it without one, with a wrong one and the right one.
+async function roleWithPassword(t: Test) {
+  const { url } = await freshDatabase(t);
+  const role = `kt_role_${randomBytes(4).toString('hex')}`;
+  const password = randomBytes(12).toString('hex');
+  const admin = createDb(adminDatabaseUrl(), { poolMax: 1 });
+  await admin.raw(`create role ${role} login password '${password}'`);
+  t.teardown(async () => {
+    await admin.raw(`drop role if exists ${role}`);
+    await admin.destroy();
+  });
+  const as = (secret: string) => {
+    const withRole = new URL(url);
+    withRole.username = role;
+    withRole.password = secret;
+    return withRole.toString();
+  };
+  return { role, noPassword: as(''), wrongPassword: as('wrong'), rightPassword: as(password) };
+}
+
+function captured() {
+  const out: string[] = [];
+  const err: string[] = [];
+  return { out, err, io: { out: (line: string) => void out.push(line), err: (line: string) => void err.push(line) } };
+}
+
+// `npm run migrate` as a process: the whole run, exit included, is what the operator waits for.
+function migrateProcess(env: Record<string, string>) {
+  const tsx = path.resolve(__dirname, '..', 'node_modules', '.bin', 'tsx');
+  const started = Date.now();
+  return new Promise<{ code: number; stderr: string; elapsedMs: number }>((resolve) => {
+    execFile(
+      tsx,
+      [path.resolve(__dirname, '..', 'scripts', 'migrate.ts')],
+      // Opt out of tap's coverage in the tsx child (see test/cli.test.ts); killed after 30 s.
+      { env: { ...process.env, _TAPJS_PROCESSINFO_COVERAGE_: '0', ...env }, timeout: 30_000 },
+      (error, _stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stderr, elapsedMs: Date.now() - started }),
+    );
+  });
+}
+
+t.test('DATABASE_URL without a password: fails within seconds and says so', async (t) => {
+  const { role, noPassword, wrongPassword, rightPassword } = await roleWithPassword(t);
+
+  const run = await migrateProcess({ DATABASE_URL: noPassword });
+  t.equal(run.code, 1);
+  t.match(run.stderr, NO_PASSWORD);
+  t.ok(run.elapsedMs < 15_000, `npm run migrate ended in ${run.elapsedMs} ms (the server would hold the socket for 60 s)`);
+
+  const wrong = captured();
+  t.equal(await migrate({ DATABASE_URL: wrongPassword }, wrong.io), 1);
+  t.match(wrong.err.join('\n'), `error: migration failed: the server refused DATABASE_URL's credentials: password authentication failed for user "${role}"`);
+
+  await t.rejects(startApi(loadConfig({ PORT: '0', USAGE_TRACKING: 'false' }), logger, noPassword), { message: NO_PASSWORD });
+  await t.rejects(startCollector(loadConfig({ COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0' }), logger, wrongPassword), {
+    message: /the server refused DATABASE_URL's credentials/,
+  });
+
+  const right = createDb(rightPassword, { poolMax: 1 });
+  t.same((await right.raw('select current_user as who')).rows, [{ who: role }], 'the right password is accepted');
+  await right.destroy();
+});
+
+t.test('a server that never answers: the attempt ends after DATABASE_CONNECT_TIMEOUT_MS', async (t) => {
+  const accepted: net.Socket[] = [];
+  const silent = net.createServer((socket) => void accepted.push(socket));
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', () => resolve()));
+  t.teardown(() => {
+    for (const socket of accepted) socket.destroy();
+    silent.close();
+  });
+  const url = `postgres://u:p@127.0.0.1:${(silent.address() as net.AddressInfo).port}/db`;
+
+  const started = Date.now();
+  const result = captured();
+  t.equal(await migrate({ DATABASE_URL: url, DATABASE_CONNECT_TIMEOUT_MS: '500' }, result.io), 1);
+  t.match(result.err.join('\n'), /cannot reach the database at 127\.0\.0\.1:\d+ named by DATABASE_URL: .*no answer within DATABASE_CONNECT_TIMEOUT_MS/);
+  t.ok(Date.now() - started < 15_000, 'within seconds');
+});
+
+function assertUnavailable(t: Test, response: TestResponse, label: string) {
+  t.equal(response.status, 503, `${label}: 503`);
+  t.equal(response.headers.get('retry-after'), '5', `${label}: Retry-After`);
+  t.same(Object.keys(response.body?.error ?? {}).sort(), ['code', 'message', 'requestId'], `${label}: the one error shape`);
+  t.equal(response.body?.error?.code, 'service_unavailable', `${label}: service_unavailable`);
+}
+
+t.test('database unreachable: requests answer 503 service_unavailable with Retry-After, and recover', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const proxy = await PgProxy.start(url);
+  t.teardown(() => proxy.close());
+  const viaProxy = createDb(proxy.url, { poolMax: 2 });
+  t.teardown(() => viaProxy.destroy());
+  const api = await startTestApi(t, viaProxy);
+  const { org, adminKey } = await seedOrg(api, db);
+  const other = await api.services.apiKeys.create(org.id, { name: 'never used', scopes: ['keys:read'], expiresAt: null });
+  const list = `/api/orgs/${org.id}/api-keys`;
+  t.equal((await api.request('GET', list, { key: adminKey })).status, 200, 'up: 200');
+
+  const cut = proxy.cutAt(/api_keys/, 'before-forward');
+  assertUnavailable(t, await api.request('GET', list, { key: adminKey }), 'a connection cut during the query');
+  await cut;
+
+  await proxy.down();
+  assertUnavailable(t, await api.request('GET', list, { key: adminKey }), 'port closed, key verified from cache');
+  assertUnavailable(t, await api.request('GET', '/api/whoami', { key: other.plaintext }), 'port closed, key verification needs the database');
+  t.notOk(api.evidence.logLines.some((line) => line.includes('"level":50')), 'an outage is not logged as an unhandled error');
+  t.ok(api.evidence.logLines.some((line) => line.includes('ECONNREFUSED')), 'the cause is logged');
+
+  await proxy.up();
+  t.equal((await api.request('GET', list, { key: adminKey })).status, 200, 'back up: 200');
+});
+
+t.test('a database that was never reachable: 503, not 401 or 500', async (t) => {
+  const closed = createDb('postgres://u:p@127.0.0.1:1/none', { poolMax: 1 });
+  t.teardown(() => closed.destroy());
+  const api = await startTestApi(t, closed);
+  const key = `ku_${randomBytes(16).toString('hex')}_${randomBytes(32).toString('base64url')}`;
+  assertUnavailable(t, await api.request('GET', '/api/whoami', { key }), 'whoami');
+});
+
+t.test('which errors mean "the database is unavailable"', async (t) => {
+  const unavailable = [
+    ['ECONNREFUSED', Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' })],
+    ['ECONNRESET', Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' })],
+    ['ETIMEDOUT', Object.assign(new Error('connect ETIMEDOUT'), { code: 'ETIMEDOUT' })],
+    ['57P01 admin_shutdown', Object.assign(new Error('terminating connection due to administrator command'), { code: '57P01' })],
+    ['57P03 cannot_connect_now', Object.assign(new Error('the database system is starting up'), { code: '57P03' })],
+    ['53300 too_many_connections', Object.assign(new Error('sorry, too many clients already'), { code: '53300' })],
+    ['08006 connection_failure', Object.assign(new Error('connection failure'), { code: '08006' })],
+    ['knex acquire timeout', Object.assign(new Error('Knex: Timeout acquiring a connection.'), { name: 'KnexTimeoutError' })],
+    ['pg: Connection terminated unexpectedly', new Error('Connection terminated unexpectedly')],
+    ['the same, after knex put the query before it', new Error('select 1 - Connection terminated unexpectedly')],
+    ['pg: connect timeout', new Error('timeout expired')],
+  ] as const;
+  for (const [label, error] of unavailable) t.equal(databaseUnavailable(error), true, label);
+  const other = [
+    ['23505 unique_violation', Object.assign(new Error('duplicate key'), { code: '23505' })],
+    ['28P01 invalid_password (a configuration error, not an outage)', Object.assign(new Error('password authentication failed'), { code: '28P01' })],
+    ['a bug', new TypeError("Cannot read properties of undefined (reading 'id')")],
+    ['not an error', undefined],
+  ] as const;
+  for (const [label, error] of other) t.equal(databaseUnavailable(error), false, label);
+});

@@ -1,0 +1,75 @@
+import { randomUUID } from 'node:crypto';
+import t, { type Test } from 'tap';
+import { seedOrg, startTestApi } from './helpers/api';
+import { freshDatabase } from './helpers/database';
+
+// Requests that are wrong in form rather than in content: the answer says what to change.
+
+async function setup(t: Test) {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  return { api, org, adminKey, adminKeyId };
+}
+
+t.test('a body that is not JSON answers 415 naming application/json', async (t) => {
+  const { api, org, adminKey, adminKeyId } = await setup(t);
+  const auth = { authorization: `Bearer ${adminKey}` };
+  const create = `${api.baseUrl}/api/orgs/${org.id}/api-keys`;
+  const cases: Array<[string, string, RequestInit]> = [
+    ['a form (curl -d)', create, { headers: { ...auth, 'content-type': 'application/x-www-form-urlencoded' }, body: 'name=x&scopes=keys:read' }],
+    ['text/plain', create, { headers: { ...auth, 'content-type': 'text/plain' }, body: '{"name":"x","scopes":["keys:read"]}' }],
+    // A byte body: fetch adds no Content-Type.
+    ['no Content-Type', create, { headers: auth, body: new TextEncoder().encode('{"name":"x","scopes":["keys:read"]}') }],
+    ['rotate, a form', `${create}/${adminKeyId}/rotate`, { headers: { ...auth, 'content-type': 'application/x-www-form-urlencoded' }, body: 'gracePeriodSeconds=0' }],
+  ];
+  for (const [label, url, init] of cases) {
+    const response = await fetch(url, { method: 'POST', ...init });
+    const body = (await response.json()) as { error: { code: string; message: string } };
+    t.equal(response.status, 415, `${label}: 415`);
+    t.equal(body.error.code, 'unsupported_media_type', `${label}: unsupported_media_type`);
+    t.match(body.error.message, /application\/json/, `${label}: names application/json`);
+  }
+  const json = await fetch(create, { method: 'POST', headers: { ...auth, 'content-type': 'application/json; charset=utf-8' }, body: '{"name":"x","scopes":["keys:read"]}' });
+  t.equal(json.status, 201, 'application/json with a charset is accepted');
+  const noBody = await fetch(`${create}/${adminKeyId}/rotate`, { method: 'POST', headers: auth });
+  t.equal(noBody.status, 200, 'an empty body is left to the schema (rotate needs none)');
+});
+
+t.test('a query parameter given twice answers 400 naming it', async (t) => {
+  const { api, org, adminKey } = await setup(t);
+  for (const path of [`/api/orgs/${org.id}/api-keys?limit=1&limit=2`, `/api/orgs/${org.id}/api-keys/usage?sort=createdAt&limit=5&sort=requestCount`]) {
+    const response = await api.request('GET', path, { key: adminKey });
+    t.equal(response.status, 400, `${path}: 400`);
+    t.equal(response.body.error.code, 'invalid_request');
+    t.match(response.body.error.message, /^Invalid query: (limit|sort): given more than once$/, `${path}: names the parameter`);
+  }
+});
+
+t.test('a date-time whose "+" arrived as a space: the message suggests %2B or Z', async (t) => {
+  const { api, org, adminKey, adminKeyId } = await setup(t);
+  const series = `/api/orgs/${org.id}/api-keys/${adminKeyId}/usage`;
+  const raw = await api.request('GET', `${series}?from=2026-01-01T00:00:00+02:00`, { key: adminKey });
+  t.equal(raw.status, 400);
+  t.match(raw.body.error.message, /^Invalid query: from: .*%2B.*Z/, 'suggests %2B or Z');
+  const other = await api.request('GET', `${series}?from=yesterday`, { key: adminKey });
+  t.notMatch(other.body.error.message, /%2B/, 'only where a space stands for the "+"');
+  const encoded = await api.request('GET', `${series}?from=2026-01-01T00:00:00%2B02:00&to=2026-01-02T00:00:00Z`, { key: adminKey });
+  t.equal(encoded.status, 200, '%2B works');
+});
+
+t.test('a malformed id answers 400 naming it in every position; another org\'s id is still 404', async (t) => {
+  const { api, org, adminKey, adminKeyId } = await setup(t);
+  const cases: Array<[string, string, string]> = [
+    ['org id', `/api/orgs/not-a-uuid/api-keys/${adminKeyId}`, 'id'],
+    ['key id', `/api/orgs/${org.id}/api-keys/not-a-uuid`, 'keyId'],
+    ['org id, usage', `/api/orgs/not-a-uuid/api-keys/usage`, 'id'],
+  ];
+  for (const [label, path, field] of cases) {
+    const response = await api.request('GET', path, { key: adminKey });
+    t.same([response.status, response.body.error.code], [400, 'invalid_request'], `${label}: 400 invalid_request`);
+    t.match(response.body.error.message, new RegExp(`^Invalid params: (.*; )?${field}: must be a UUID`), `${label}: names ${field}`);
+  }
+  const other = await api.request('GET', `/api/orgs/${randomUUID()}/api-keys`, { key: adminKey });
+  t.same([other.status, other.body.error.message], [404, 'Organization not found'], 'a well-formed id of another org: 404');
+});
