@@ -69,11 +69,11 @@ t.test('DATABASE_URL without a password: fails within seconds and says so', asyn
   t.ok(run.elapsedMs < 15_000, `npm run migrate ended in ${run.elapsedMs} ms (the server would hold the socket for 60 s)`);
 
   const wrong = captured();
-  t.equal(await migrate({ DATABASE_URL: wrongPassword }, wrong.io), 1);
+  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: wrongPassword }, wrong.io), 1);
   t.match(wrong.err.join('\n'), `error: migration failed: the server refused DATABASE_URL's credentials: password authentication failed for user "${role}"`);
 
-  await t.rejects(startApi(loadConfig({ PORT: '0', USAGE_TRACKING: 'false' }), logger, noPassword), { message: NO_PASSWORD });
-  await t.rejects(startCollector(loadConfig({ COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0' }), logger, wrongPassword), {
+  await t.rejects(startApi(loadConfig({ NODE_ENV: 'test', PORT: '0', USAGE_TRACKING: 'false' }), logger, noPassword), { message: NO_PASSWORD });
+  await t.rejects(startCollector(loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0' }), logger, wrongPassword), {
     message: /the server refused DATABASE_URL's credentials/,
   });
 
@@ -94,7 +94,7 @@ t.test('a server that never answers: the attempt ends after DATABASE_CONNECT_TIM
 
   const started = Date.now();
   const result = captured();
-  t.equal(await migrate({ DATABASE_URL: url, DATABASE_CONNECT_TIMEOUT_MS: '500' }, result.io), 1);
+  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url, DATABASE_CONNECT_TIMEOUT_MS: '500' }, result.io), 1);
   t.match(result.err.join('\n'), /cannot reach the database at 127\.0\.0\.1:\d+ named by DATABASE_URL: .*no answer within DATABASE_CONNECT_TIMEOUT_MS/);
   t.ok(Date.now() - started < 15_000, 'within seconds');
 });
