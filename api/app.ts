@@ -7,6 +7,8 @@ import { authorizer, type RecordUse } from './auth/authorize';
 import { clientAddressResolver } from './auth/clientAddress';
 import { createKeyVerifier } from './auth/keyVerifier';
 import { errorMiddleware, routeNotFound } from './errors';
+import { securityHeaders } from './securityHeaders';
+import { dashboardRouter } from './ui/dashboard.routes';
 import { apiKeysRouter } from './keys/apiKeys.routes';
 import { createApiKeysService } from './keys/apiKeys.service';
 import { orgUsageRouter } from './usage/usage.routes';
@@ -61,12 +63,14 @@ export function createApp(deps: AppDeps) {
     verifier,
     now,
   });
-  const usage = createUsageService({ db: deps.db, now });
+  const usage = createUsageService({ db: deps.db, now, delay: deps.config.usageDelay });
 
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', deps.config.trustProxy);
   app.use(requestContext(deps.logger));
+  app.use(securityHeaders);
+  app.use(dashboardRouter());
 
   app.get('/healthz', async (_req, res) => {
     const up = await databaseAnswers(deps.db);

@@ -130,6 +130,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       keyCacheTtlMs: v.KEY_CACHE_TTL_MS,
       rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
       trustProxy: v.TRUST_PROXY,
+      // How far the usage endpoint can lag the requests it counts, told to its readers.
+      usageDelay: { drainIntervalMs: v.USAGE_DRAIN_INTERVAL_MS, flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS },
     },
     usage: {
       enabled: v.USAGE_TRACKING,
