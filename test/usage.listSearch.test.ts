@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
 
@@ -8,7 +8,7 @@ import { freshDatabase } from './helpers/database';
 const NOW = Date.parse('2026-11-25T15:30:00Z');
 const HOUR = 3_600_000;
 
-async function world(t: Parameters<Parameters<typeof t.test>[1]>[0]) {
+async function world(t: Test) {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db, { now: () => NOW });
   const { org, adminKey } = await seedOrg(api, db);
@@ -44,6 +44,15 @@ t.test('?q= matches names case-insensitively and takes %, _ and \\ literally', a
   const combined = await list('q=deploy&dormant=true&limit=1');
   t.equal(combined.body.page.total, 2, 'combines with the dormant filter and paging');
   t.equal(combined.body.data.length, 1);
+});
+
+t.test('?keyId= answers that key alone, and nothing for a key of another org', async (t) => {
+  const { list, ids, api, db } = await world(t);
+  const one = await list(`keyId=${ids['500 errors']}`);
+  t.strictSame(namesOf(one.body), ['500 errors']);
+  const other = await seedOrg(api, db, 'globex');
+  t.equal((await list(`keyId=${other.adminKeyId}`)).body.page.total, 0);
+  t.equal((await list('keyId=x')).status, 400);
 });
 
 t.test('?q= refuses an empty or oversized search with the field named', async (t) => {

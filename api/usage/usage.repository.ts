@@ -54,6 +54,8 @@ export interface UsageQuery {
   dormantBefore: Date | null;
   /** When set, only keys whose name contains it, case-insensitively (taken literally: no wildcards). */
   nameContains: string | null;
+  /** When set, only this key (the dashboard's key page). */
+  keyId: string | null;
   sort: UsageSort;
   order: 'asc' | 'desc';
   limit: number;
@@ -91,11 +93,13 @@ const recentIpsJson = (table: string, count: string) => `
 export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: KeyUsageRecord[]; total: number }> {
   const dormantFilter = query.dormantBefore ? 'and (u.last_used_at is null or u.last_used_at < :dormantBefore)' : '';
   const nameFilter = query.nameContains ? "and k.name ilike :namePattern escape '\\'" : '';
+  const keyFilter = query.keyId ? 'and k.id = :keyId' : '';
   const bindings = {
     orgId: query.orgId,
     now: query.now,
     dormantBefore: query.dormantBefore,
     namePattern: query.nameContains ? likePattern(query.nameContains) : null,
+    keyId: query.keyId,
     limit: query.limit,
     offset: query.offset,
   };
@@ -103,7 +107,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
   const sort = SORT_COLUMNS[query.sort];
   const keysOfOrg = `from api_keys k
          left join api_key_usage u on u.key_id = k.id and u.org_id = k.org_id
-        where k.org_id = :orgId ${dormantFilter} ${nameFilter}`;
+        where k.org_id = :orgId ${dormantFilter} ${nameFilter} ${keyFilter}`;
   const [rows, count] = await Promise.all([
     db.raw(
       `select p.*,

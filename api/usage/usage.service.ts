@@ -53,7 +53,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
   return {
     async list(
       orgId: string,
-      query: { dormantOnly: boolean; dormantDays: number; nameContains?: string; sort: UsageSort; order: 'asc' | 'desc'; limit: number; offset: number },
+      query: { dormantOnly: boolean; dormantDays: number; nameContains?: string; keyId?: string; sort: UsageSort; order: 'asc' | 'desc'; limit: number; offset: number },
     ) {
       const now = deps.now();
       const dormantAfterMs = query.dormantDays * DAY_MS;
@@ -62,6 +62,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
         now: new Date(now),
         dormantBefore: query.dormantOnly ? new Date(now - dormantAfterMs) : null,
         nameContains: query.nameContains ?? null,
+        keyId: query.keyId ?? null,
         sort: query.sort,
         order: query.order,
         limit: query.limit,
