@@ -19,14 +19,20 @@ const ARGS = [
   '--disable-sync',
 ];
 
-// A fresh profile per test, removed with the browser.
-export async function launchBrowser(t: Test, viewport = { width: 1280, height: 800 }): Promise<BrowserContext> {
+// A fresh profile each time, removed by close(). Also used by bench/dashboard.ts.
+export async function openChromium(viewport = { width: 1280, height: 800 }): Promise<{ context: BrowserContext; close: () => Promise<void> }> {
   if (!fs.existsSync(CHROMIUM_PATH)) throw new Error(`No Chromium at ${CHROMIUM_PATH}: apt-get install -y --no-install-recommends chromium (or set CHROMIUM_PATH)`);
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-chromium-'));
   const context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM_PATH, headless: true, args: ARGS, viewport });
-  t.teardown(async () => {
+  const close = async () => {
     await context.close();
     fs.rmSync(profile, { recursive: true, force: true });
-  });
+  };
+  return { context, close };
+}
+
+export async function launchBrowser(t: Test): Promise<BrowserContext> {
+  const { context, close } = await openChromium();
+  t.teardown(close);
   return context;
 }

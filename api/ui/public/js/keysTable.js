@@ -80,8 +80,7 @@ export function createKeysView({ who, eventCounts, onFresh }) {
   const refresh = async () => {
     const params = filters.query();
     params.set('offset', String(offset));
-    const body = await api('GET', orgPath(who, `/usage?${params}`));
-    const events = await eventCounts();
+    const [body, events] = await Promise.all([api('GET', orgPath(who, `/usage?${params}`)), eventCounts()]);
     render(body.data, events);
     const last = Math.min(body.page.total, offset + body.data.length);
     setText(status, body.page.total === 0 ? 'No keys match.' : `${count(offset + 1)}–${count(last)} of ${count(body.page.total)} keys`);
