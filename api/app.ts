@@ -10,6 +10,8 @@ import { createAuthThrottle } from './auth/failureThrottle';
 import { createKeyVerifier } from './auth/keyVerifier';
 import { errorMiddleware, routeNotFound } from './errors';
 import { healthHandler } from './health';
+import { securityHeaders } from './securityHeaders';
+import { dashboardRouter } from './ui/dashboard.routes';
 import { apiKeysRouter } from './keys/apiKeys.routes';
 import { createApiKeysService } from './keys/apiKeys.service';
 import { orgUsageRouter } from './usage/usage.routes';
@@ -81,7 +83,7 @@ export function createApp(deps: AppDeps) {
     verifier,
     now,
   });
-  const usage = createUsageService({ db: deps.db, now });
+  const usage = createUsageService({ db: deps.db, now, delay: deps.config.usageDelay });
   const webhooks = createWebhooksService({
     db: deps.db,
     pepper: deps.config.keyPepper,
@@ -93,6 +95,8 @@ export function createApp(deps: AppDeps) {
   app.disable('x-powered-by');
   app.set('trust proxy', deps.config.trustProxy);
   app.use(requestContext(deps.logger));
+  app.use(securityHeaders);
+  app.use(dashboardRouter());
 
   app.get('/healthz', healthHandler(deps.db, now));
 

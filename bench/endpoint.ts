@@ -43,7 +43,7 @@ export async function runEndpoint(ctx: BenchContext): Promise<BenchResult> {
   const admin = await createCallableKey(ctx.db, orgId, ctx.pepper, 'bench-endpoint-admin', ['keys:read', 'keys:write']);
   const seedStarted = performance.now();
   await insertKeys(ctx.db, orgId, plan.keys - 1, 'endpoint-');
-  const rows = await seed(ctx, orgId);
+  const rows = await seedUsage(ctx, orgId);
   ctx.log(`endpoint: ${fmt.int(plan.keys)} keys and ${fmt.int(rows.hourly)} hourly rows seeded in ${fmt.ms(performance.now() - seedStarted, 0)}`);
 
   const server = await startBenchServer('off', { DATABASE_URL: ctx.databaseUrl, KEY_PEPPER: ctx.pepper, KEY_CACHE_TTL_MS: '60000' });
@@ -101,8 +101,9 @@ export async function runEndpoint(ctx: BenchContext): Promise<BenchResult> {
   };
 }
 
-// Bulk seeding in a few set-based statements (generate_series), then ANALYZE.
-async function seed(ctx: BenchContext, orgId: string) {
+// Bulk seeding in a few set-based statements (generate_series), then ANALYZE. Also the data of
+// bench/dashboard.ts, so both measure the same org.
+export async function seedUsage(ctx: BenchContext, orgId: string) {
   // The temporary table lives on one pooled connection only: run everything on that one.
   return ctx.db.transaction(async (trx) => {
     await trx.raw(
@@ -157,7 +158,7 @@ async function explainPlans(ctx: BenchContext, orgId: string): Promise<Record<Qu
   const captured: Array<{ sql: string; bindings: unknown[] }> = [];
   db.on('query', (query: { sql: string; bindings: unknown[] }) => captured.push({ sql: query.sql, bindings: query.bindings }));
   const now = new Date();
-  const base: UsageQuery = { orgId, now, dormantBefore: null, sort: 'createdAt', order: 'desc', limit: 50, offset: 0 };
+  const base: UsageQuery = { orgId, now, dormantBefore: null, nameContains: null, keyId: null, sort: 'createdAt', order: 'desc', limit: 50, offset: 0 };
   const queries: Record<QueryName, UsageQuery> = {
     page: base,
     busiest: { ...base, sort: 'requestCount' },

@@ -8,7 +8,8 @@ export const HEADINGS = {
   flush: '4. Flush: time and SQL statements per flush',
   endpoint: '5. Usage endpoint: latency and query plan',
   staleness: '6. Staleness: request to visible in the usage endpoint',
+  dashboard: '7. Dashboard: time to the first table and page weight (10 k keys)',
 } as const;
 
-export type BenchName = 'auth' | 'hook' | 'keycheck' | 'ingest' | 'flush' | 'endpoint' | 'staleness';
-export const BENCH_NAMES: readonly BenchName[] = ['auth', 'hook', 'keycheck', 'ingest', 'flush', 'endpoint', 'staleness'];
+export type BenchName = 'auth' | 'hook' | 'keycheck' | 'ingest' | 'flush' | 'endpoint' | 'staleness' | 'dashboard';
+export const BENCH_NAMES: readonly BenchName[] = ['auth', 'hook', 'keycheck', 'ingest', 'flush', 'endpoint', 'staleness', 'dashboard'];

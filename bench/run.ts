@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { runAuthPath } from './authPath';
+import { runDashboard } from './dashboard';
 import { BENCH_NAMES, type BenchName } from './headings';
 import { runEndpoint } from './endpoint';
 import { runFlush } from './flush';
@@ -19,6 +20,7 @@ import { machineInfo, renderResult, writeResults, type BenchResult } from './lib
 //   flush      4. flush time and SQL statements for 1 k and 100 k pending keys
 //   endpoint   5. usage endpoint latency (10 k keys, 30 days of buckets) and its query plan
 //   staleness  6. time from a request to its use showing in the usage endpoint
+//   dashboard  7. time to the dashboard's first table (10 k keys) and its page weight, in Chromium
 // Tables go to stdout as markdown, progress to stderr, everything measured to bench/results/.
 // Load only ever targets 127.0.0.1; every phase is bounded in count and time.
 
@@ -81,6 +83,7 @@ async function main() {
     if (only.includes('flush')) emit(await runFlush(ctx));
     if (only.includes('endpoint')) emit(await runEndpoint(ctx));
     if (only.includes('staleness')) emit(await runStaleness(ctx));
+    if (only.includes('dashboard')) emit(await runDashboard(ctx));
   } finally {
     killAllChildren();
     await database?.close();

@@ -85,6 +85,8 @@ export function demoBanner(demo: DemoOrg, context: BannerContext): string {
     );
   }
   lines.push(
+    `Dashboard: open ${baseUrl}/ in a browser and paste the key (it stays in that tab).`,
+    '',
     'Try it:',
     '',
     `    curl -H "Authorization: Bearer ${key}" ${baseUrl}/api/whoami`,

@@ -163,6 +163,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
         windowMs: v.AUTH_THROTTLE_WINDOW_MS,
         maxEntries: v.AUTH_THROTTLE_MAX_ENTRIES,
       },
+      // How far the usage endpoint can lag the requests it counts, told to its readers.
+      usageDelay: { drainIntervalMs: v.USAGE_DRAIN_INTERVAL_MS, flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS },
     },
     usage: {
       enabled: v.USAGE_TRACKING,

@@ -29,6 +29,7 @@ t.test('defaults', async (t) => {
     rotationGraceSeconds: 86_400,
     trustProxy: false,
     authThrottle: { maxFailuresPerIp: 100, maxFailuresPerKey: 20, windowMs: 60_000, maxEntries: 50_000 },
+    usageDelay: { drainIntervalMs: 250, flushIntervalMs: 1000 },
   });
   t.ok(config.api.keyPepper.length >= 32, 'a development pepper stands in when KEY_PEPPER is unset');
   t.match(config.usage, { enabled: true, drainIntervalMs: 250, maxEntries: 10_000, collectorHost: '127.0.0.1', collectorPort: 8125 });

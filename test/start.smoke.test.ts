@@ -288,6 +288,7 @@ t.test('ensureDemoOrg creates the demo org and an every-scope key once, and find
   const firstBanner = demoBanner(created, context);
   t.match(firstBanner, `curl -H "Authorization: Bearer ${created.key.plaintext}" http://127.0.0.1:3000/api/whoami`);
   t.match(firstBanner, `curl -H "Authorization: Bearer ${created.key.plaintext}" http://127.0.0.1:3000/api/orgs/${created.org.id}/api-keys/usage`);
+  t.match(firstBanner, 'Dashboard: open http://127.0.0.1:3000/ in a browser');
   t.match(firstBanner, 'To reset: rm -rf .data');
   const laterBanner = demoBanner(later, { ...context, resetHint: undefined });
   t.notMatch(laterBanner, KEY_PATTERN, 'the later banner holds no key');

@@ -36,6 +36,8 @@ export interface KeyUsageRecord {
   last24h: Count;
   last7d: Count;
   last30d: Count;
+  /** Uses per UTC day over the last 7 days, oldest first; the last is today so far. */
+  last7Days: Count[];
   recentIps: RecentIp[];
   failedAttempts: Count;
   lastFailedAt: Date | null;
@@ -50,6 +52,10 @@ export interface UsageQuery {
   now: Date;
   /** When set, only keys never used or last used before this instant. */
   dormantBefore: Date | null;
+  /** When set, only keys whose name contains it, case-insensitively (taken literally: no wildcards). */
+  nameContains: string | null;
+  /** When set, only this key (the dashboard's key page). */
+  keyId: string | null;
   sort: UsageSort;
   order: 'asc' | 'desc';
   limit: number;
@@ -62,6 +68,14 @@ const SORT_COLUMNS: Record<UsageSort, { inner: string; outer: string }> = {
   lastUsedAt: { inner: 'u.last_used_at', outer: 'p.last_used_at' },
   requestCount: { inner: 'coalesce(u.request_count, 0)', outer: 'p.request_count' },
 };
+
+// ILIKE reads %, _ and \ as pattern syntax; a search for "50%" means those characters.
+export const likePattern = (text: string) => `%${text.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+
+// Day d (0 = today, UTC) of the sparkline, summed in the same LATERAL as the windows.
+const dailyColumns = [6, 5, 4, 3, 2, 1, 0]
+  .map((d) => `cast(coalesce(sum(h.request_count) filter (where h.hour >= day0 - interval '${d} days' and h.hour < day0 - interval '${d} days' + interval '1 day'), 0) as text)`)
+  .join(', ');
 
 const outcomeColumns = OUTCOMES.map((outcome) => `coalesce(u.${outcome}_count, 0) as ${outcome}_count`).join(', ');
 
@@ -78,16 +92,26 @@ const recentIpsJson = (table: string, count: string) => `
 // through LATERAL to those rows alone, so the cost follows the page size, not the org's key count.
 export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: KeyUsageRecord[]; total: number }> {
   const dormantFilter = query.dormantBefore ? 'and (u.last_used_at is null or u.last_used_at < :dormantBefore)' : '';
-  const bindings = { orgId: query.orgId, now: query.now, dormantBefore: query.dormantBefore, limit: query.limit, offset: query.offset };
+  const nameFilter = query.nameContains ? "and k.name ilike :namePattern escape '\\'" : '';
+  const keyFilter = query.keyId ? 'and k.id = :keyId' : '';
+  const bindings = {
+    orgId: query.orgId,
+    now: query.now,
+    dormantBefore: query.dormantBefore,
+    namePattern: query.nameContains ? likePattern(query.nameContains) : null,
+    keyId: query.keyId,
+    limit: query.limit,
+    offset: query.offset,
+  };
   const direction = query.order === 'asc' ? 'asc nulls first' : 'desc nulls last';
   const sort = SORT_COLUMNS[query.sort];
   const keysOfOrg = `from api_keys k
          left join api_key_usage u on u.key_id = k.id and u.org_id = k.org_id
-        where k.org_id = :orgId ${dormantFilter}`;
+        where k.org_id = :orgId ${dormantFilter} ${nameFilter} ${keyFilter}`;
   const [rows, count] = await Promise.all([
     db.raw(
       `select p.*,
-              coalesce(w.last_24h, 0) as last_24h, coalesce(w.last_7d, 0) as last_7d, coalesce(w.last_30d, 0) as last_30d,
+              coalesce(w.last_24h, 0) as last_24h, coalesce(w.last_7d, 0) as last_7d, coalesce(w.last_30d, 0) as last_30d, w.last_7_days,
               coalesce(api_key_recent_ips.ips, cast('[]' as json)) as recent_ips,
               coalesce(api_key_failed_ips.ips, cast('[]' as json)) as recent_failed_ips
          from (
@@ -101,8 +125,10 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
          left join lateral (
            select sum(h.request_count) filter (where h.hour > cast(:now as timestamptz) - interval '24 hours') as last_24h,
                   sum(h.request_count) filter (where h.hour > cast(:now as timestamptz) - interval '7 days') as last_7d,
-                  sum(h.request_count) as last_30d
+                  sum(h.request_count) as last_30d,
+                  array[${dailyColumns}] as last_7_days
              from api_key_usage_hourly h
+            cross join (select date_trunc('day', cast(:now as timestamptz), 'UTC') as day0) d
             where h.key_id = p.id and h.hour > cast(:now as timestamptz) - interval '30 days'
          ) w on true ${recentIpsJson('api_key_recent_ips', 'request_count')} ${recentIpsJson('api_key_failed_ips', 'attempt_count')}
         order by ${sort.outer} ${direction}, p.id`,
@@ -134,6 +160,7 @@ function toKeyUsage(row: Record<string, any>): KeyUsageRecord {
     last24h: exactCount(row.last_24h),
     last7d: exactCount(row.last_7d),
     last30d: exactCount(row.last_30d),
+    last7Days: (row.last_7_days as string[]).map(exactCount),
     recentIps: ipRows(row.recent_ips).map(({ count, ...ip }) => ({ ...ip, requestCount: count })),
     failedAttempts: row.bad_secret_count,
     lastFailedAt: row.last_failed_at,

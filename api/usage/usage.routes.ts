@@ -24,6 +24,8 @@ const listQuery = z
     dormantDays: z.coerce.number().int('must be a whole number').min(1).max(3650).default(30),
     sort: z.enum(['createdAt', 'lastUsedAt', 'requestCount'], { error: 'must be createdAt, lastUsedAt or requestCount' }).default('createdAt'),
     order: z.enum(['asc', 'desc'], { error: 'must be asc or desc' }).default('desc'),
+    keyId: uuid.optional(),
+    q: z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters').optional(),
     ...pagination,
   })
   .strict();
@@ -44,7 +46,7 @@ export function orgUsageRouter(deps: { service: UsageService; authorize: (requir
   router.get('/usage', readUsage, async (req, res) => {
     const { id } = parseInput(z.object({ id: uuid }), req.params, 'params');
     const query = parseInput(listQuery, req.query, 'query');
-    res.json(await deps.service.list(id, { ...query, dormantOnly: query.dormant }));
+    res.json(await deps.service.list(id, { ...query, dormantOnly: query.dormant, nameContains: query.q, keyId: query.keyId }));
   });
 
   router.get('/:keyId/usage', readUsage, async (req, res) => {

@@ -25,6 +25,7 @@ function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number) {
     requestCount: key.requestCount,
     outcomes: key.outcomes,
     requests: { last24h: key.last24h, last7d: key.last7d, last30d: key.last30d },
+    last7Days: key.last7Days,
     dormant: key.lastUsedAt === null || key.lastUsedAt.getTime() < now - dormantAfterMs,
     failedAttempts: key.failedAttempts,
     lastFailedAt: isoOrNull(key.lastFailedAt),
@@ -42,11 +43,17 @@ const sumCounts = (counts: Count[]) => exactCount(counts.reduce((sum: bigint, co
 
 export type UsageService = ReturnType<typeof createUsageService>;
 
-export function createUsageService(deps: { db: Db; now: () => number }) {
+/** The API's drain interval and the collector's flush interval: how far usage can lag. */
+export interface UsageDelay {
+  drainIntervalMs: number;
+  flushIntervalMs: number;
+}
+
+export function createUsageService(deps: { db: Db; now: () => number; delay: UsageDelay }) {
   return {
     async list(
       orgId: string,
-      query: { dormantOnly: boolean; dormantDays: number; sort: UsageSort; order: 'asc' | 'desc'; limit: number; offset: number },
+      query: { dormantOnly: boolean; dormantDays: number; nameContains?: string; keyId?: string; sort: UsageSort; order: 'asc' | 'desc'; limit: number; offset: number },
     ) {
       const now = deps.now();
       const dormantAfterMs = query.dormantDays * DAY_MS;
@@ -54,6 +61,8 @@ export function createUsageService(deps: { db: Db; now: () => number }) {
         orgId,
         now: new Date(now),
         dormantBefore: query.dormantOnly ? new Date(now - dormantAfterMs) : null,
+        nameContains: query.nameContains ?? null,
+        keyId: query.keyId ?? null,
         sort: query.sort,
         order: query.order,
         limit: query.limit,
@@ -63,6 +72,7 @@ export function createUsageService(deps: { db: Db; now: () => number }) {
         data: keys.map((key) => toUsageView(key, now, dormantAfterMs)),
         page: { limit: query.limit, offset: query.offset, total },
         generatedAt: new Date(now).toISOString(),
+        delay: deps.delay,
       };
     },
 

@@ -1,0 +1,34 @@
+import { sessionKey } from './session.js';
+
+// Every call to the API: the key as a Bearer header, JSON both ways, and the API's own error
+// (code and message) surfaced as an ApiError so the page can show it as is.
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export async function api(method, path, { body, key = sessionKey() } = {}) {
+  const headers = { accept: 'application/json' };
+  if (key) headers.authorization = `Bearer ${key}`;
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' });
+  } catch {
+    throw new ApiError(0, 'network', 'The API could not be reached');
+  }
+  const payload = await response.json().catch(() => undefined);
+  if (!response.ok) {
+    throw new ApiError(response.status, payload?.error?.code ?? 'unknown', payload?.error?.message ?? `HTTP ${response.status}`);
+  }
+  return payload;
+}
+
+// An endpoint this server does not have yet (the router's 404), as opposed to a missing key.
+export const routeMissing = (error) =>
+  error instanceof ApiError && error.status === 404 && error.code === 'not_found' && error.message.startsWith('No route for');
+
+export const orgPath = (who, rest) => `/api/orgs/${encodeURIComponent(who.orgId)}/api-keys${rest}`;

@@ -1,0 +1,22 @@
+import { el } from './dom.js';
+
+// A modal <dialog> (focus trapped, Esc cancels, no window.confirm) that resolves true when the
+// person presses the confirming button.
+export function confirmDialog({ title, message, confirmLabel }) {
+  return new Promise((resolve) => {
+    const confirm = el('button', { type: 'submit', value: 'yes', class: 'danger', text: confirmLabel });
+    const dialog = el('dialog', { class: 'dialog', 'aria-labelledby': 'confirm-title' }, [
+      el('form', { method: 'dialog' }, [
+        el('h2', { id: 'confirm-title', text: title }),
+        el('p', { text: message }),
+        el('div', { class: 'buttons' }, [el('button', { type: 'submit', value: 'no', text: 'Cancel' }), confirm]),
+      ]),
+    ]);
+    dialog.addEventListener('close', () => {
+      dialog.remove();
+      resolve(dialog.returnValue === 'yes');
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+  });
+}

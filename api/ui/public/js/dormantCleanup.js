@@ -1,0 +1,42 @@
+import { api, orgPath } from './api.js';
+import { el, setText } from './dom.js';
+import { relative } from './format.js';
+import { confirmDialog } from './confirmDialog.js';
+import { optionalSection } from './optionalSection.js';
+
+// Dormant keys (from the usage endpoint, available now) and their clean-up through
+// POST …/api-keys/revoke-dormant: a dry run first, then "apply" after a confirmation.
+export function dormantSection(who, canWrite) {
+  const days = el('input', { type: 'number', id: 'dormant-days', min: 1, max: 3650, value: 30, 'aria-label': 'Unused for at least (days)' });
+  const list = el('ul', { class: 'dormant-list' });
+  const outcome = el('p', { class: 'cleanup-result', 'aria-live': 'polite' });
+  const section = optionalSection({
+    id: 'dormant',
+    title: 'Dormant keys',
+    endpoint: 'dormant clean-up endpoint (POST …/api-keys/revoke-dormant)',
+    load: async (body) => {
+      const page = await api('GET', orgPath(who, `/usage?dormant=true&dormantDays=${Number(days.value) || 30}&sort=lastUsedAt&limit=50`));
+      list.replaceChildren(...page.data.map((key) => el('li', {}, [el('a', { href: `#/key/${key.id}`, text: key.name }), ` · ${key.status} · last use ${relative(key.lastUsedAt)}`])));
+      setText(summary, `${page.page.total} dormant key${page.page.total === 1 ? '' : 's'} (unused for ${days.value} days)${page.page.total > 50 ? '; the first 50 shown' : ''}`);
+      if (!body.contains(list)) body.append(el('label', {}, ['Unused for at least ', days, ' days']), summary, list, ...(canWrite ? [actions, outcome] : []));
+    },
+  });
+  const summary = el('p');
+  const run = (dryRun) => section.guard(async () => {
+    const result = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun } });
+    const keys = result.data;
+    setText(outcome, `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map((key) => key.name ?? key.id).join(', ') || 'none'}`);
+  });
+  const preview = el('button', { type: 'button', text: 'Preview clean-up (dry run)', onclick: () => run(true) });
+  const apply = el('button', {
+    type: 'button',
+    class: 'danger',
+    text: 'Apply clean-up…',
+    onclick: async () => {
+      if (await confirmDialog({ title: 'Revoke dormant keys', message: `Revoke every key unused for ${days.value} days? Their holders get 401 from now on.`, confirmLabel: 'Revoke them' })) await run(false);
+    },
+  });
+  const actions = el('div', { class: 'buttons' }, [preview, apply]);
+  days.addEventListener('change', () => void section.refresh());
+  return section;
+}

@@ -1,0 +1,54 @@
+import { ApiError, api, orgPath, routeMissing } from './api.js';
+import { el } from './dom.js';
+import { exact, relative } from './format.js';
+import { optionalSection } from './optionalSection.js';
+
+// GET …/api-keys/events: the org's events, newest first (optionally of one key).
+const eventsQuery = (params) => `/events?${new URLSearchParams(params)}`;
+
+// Until the events route exists, …/api-keys/events is taken by GET …/api-keys/:keyId, which
+// refuses "events" as a key id (400). Drop that clause once the events branch is merged.
+const eventsMissing = (error) =>
+  routeMissing(error) || (error instanceof ApiError && error.status === 400 && error.message.startsWith('Invalid params: keyId'));
+
+function eventItem(event) {
+  const details = event.details && Object.keys(event.details).length > 0 ? JSON.stringify(event.details) : '';
+  return el('li', { class: 'event' }, [
+    el('time', { datetime: event.occurredAt, title: exact(event.occurredAt), text: relative(event.occurredAt) }),
+    ' ',
+    el('strong', { text: event.type }),
+    event.keyId ? el('a', { href: `#/key/${event.keyId}`, class: 'event-key', text: ` key ${event.keyId.slice(0, 8)}` }) : null,
+    details ? el('code', { class: 'event-details', text: details }) : null,
+  ]);
+}
+
+export function eventsSection(who, { keyId } = {}) {
+  let shown = '';
+  return optionalSection({
+    id: keyId ? 'key-events' : 'events',
+    title: keyId ? 'Events of this key' : 'Events',
+    endpoint: 'events endpoint',
+    missing: eventsMissing,
+    load: async (body) => {
+      const page = await api('GET', orgPath(who, eventsQuery({ limit: '50', ...(keyId ? { keyId } : {}) })));
+      // Rebuilt only when something changed, so a refresh does not steal focus from a link.
+      if (JSON.stringify(page.data) === shown) return;
+      shown = JSON.stringify(page.data);
+      body.replaceChildren(page.data.length === 0 ? el('p', { text: 'No events.' }) : el('ol', { class: 'events' }, page.data.map(eventItem)));
+    },
+  });
+}
+
+// Events per key over the last day, for the table's badges; nothing while the endpoint is missing.
+export async function recentEventCounts(who) {
+  const since = new Date(Date.now() - 86_400_000).toISOString();
+  try {
+    const page = await api('GET', orgPath(who, eventsQuery({ since, limit: '200' })));
+    const counts = new Map();
+    for (const event of page.data) if (event.keyId) counts.set(event.keyId, (counts.get(event.keyId) ?? 0) + 1);
+    return counts;
+  } catch (error) {
+    if (eventsMissing(error)) return new Map();
+    throw error;
+  }
+}

@@ -1,0 +1,22 @@
+import { setText } from './dom.js';
+
+// How fresh the numbers are: when the server read them (generatedAt) and how far they can lag
+// the requests (the API's drain plus the collector's flush, plus one flush in flight).
+export function createFreshness(node) {
+  let latest;
+  const render = () => {
+    if (!latest) return;
+    const age = Math.max(0, Math.round((Date.now() - Date.parse(latest.generatedAt)) / 1000));
+    const { drainIntervalMs, flushIntervalMs } = latest.delay;
+    const lag = (drainIntervalMs + 2 * flushIntervalMs) / 1000;
+    setText(node, `Numbers read ${age} s ago (${latest.generatedAt}); a request shows up within about ${lag} s (drain ${drainIntervalMs} ms + flush ${flushIntervalMs} ms). Refreshing every 5 s.`);
+  };
+  setInterval(render, 1000);
+  return {
+    update(usageResponse) {
+      latest = usageResponse;
+      node.hidden = false;
+      render();
+    },
+  };
+}

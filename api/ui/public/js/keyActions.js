@@ -1,0 +1,80 @@
+import { api, orgPath } from './api.js';
+import { el, setText } from './dom.js';
+import { exact } from './format.js';
+import { confirmDialog } from './confirmDialog.js';
+import { keepSessionKey, sessionKey } from './session.js';
+
+// Rotate and revoke, for keys:write holders only (the page hides them otherwise; the API's 403
+// would refuse them anyway).
+const GRACE_CHOICES = [
+  [0, 'none: the old secret stops now'],
+  [3600, '1 hour'],
+  [86_400, '24 hours'],
+  [604_800, '7 days'],
+];
+
+// Shows the new secret once; closing the dialog removes it from the page.
+function showNewSecret(rotated) {
+  const secret = el('input', { type: 'text', readonly: true, value: rotated.key, id: 'new-secret', 'aria-label': 'New secret', spellcheck: 'false' });
+  const copied = el('span', { 'aria-live': 'polite' });
+  const copy = el('button', {
+    type: 'button',
+    text: 'Copy',
+    onclick: async () => {
+      secret.select();
+      await navigator.clipboard?.writeText(rotated.key).catch(() => undefined);
+      setText(copied, 'Copied');
+    },
+  });
+  const grace = rotated.previousSecretExpiresAt ? `The old secret keeps working until ${exact(rotated.previousSecretExpiresAt)}.` : 'The old secret no longer works.';
+  const dialog = el('dialog', { class: 'dialog', 'aria-labelledby': 'secret-title' }, [
+    el('form', { method: 'dialog' }, [
+      el('h2', { id: 'secret-title', text: `New secret for ${rotated.name}` }),
+      el('p', { text: 'Shown this once and stored nowhere: copy it now.' }),
+      el('div', { class: 'secret' }, [secret, copy, copied]),
+      el('p', { id: 'grace-note', text: grace }),
+      el('div', { class: 'buttons' }, [el('button', { type: 'submit', text: 'Done' })]),
+    ]),
+  ]);
+  dialog.addEventListener('close', () => dialog.remove());
+  document.body.append(dialog);
+  dialog.showModal();
+}
+
+export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
+  const grace = el('select', { id: 'grace', 'aria-label': 'Grace period of the old secret' }, GRACE_CHOICES.map(([seconds, label]) => el('option', { value: seconds, text: label, selected: seconds === 86_400 })));
+  const act = (task) => async () => {
+    try {
+      await task();
+      onChanged();
+    } catch (error) {
+      onError(error);
+    }
+  };
+  const own = key.id === who.keyId;
+  const rotate = el('button', {
+    type: 'button',
+    id: 'rotate',
+    text: 'Rotate secret',
+    onclick: act(async () => {
+      const rotated = await api('POST', orgPath(who, `/${key.id}/rotate`), { body: { gracePeriodSeconds: Number(grace.value) } });
+      // Rotating the key this page signed in with: carry on with its new secret.
+      if (own) keepSessionKey(rotated.key);
+      showNewSecret(rotated);
+    }),
+  });
+  const revoke = el('button', {
+    type: 'button',
+    id: 'revoke',
+    class: 'danger',
+    text: 'Revoke…',
+    onclick: act(async () => {
+      const message = `Every request with “${key.name}” (${key.displayPrefix}) will be refused with 401 from now on.${own ? ' It is the key you are signed in with: you will be signed out.' : ''}`;
+      if (!(await confirmDialog({ title: 'Revoke this key?', message, confirmLabel: 'Revoke' }))) return;
+      await api('POST', orgPath(who, `/${key.id}/revoke`));
+      if (own && sessionKey()) onSignedOut();
+    }),
+  });
+  const live = key.status === 'active';
+  return el('div', { class: 'actions', id: 'key-actions' }, live ? [el('label', {}, ['Grace period ', grace]), rotate, revoke] : [el('p', { text: `This key is ${key.status}: nothing to rotate or revoke.` })]);
+}

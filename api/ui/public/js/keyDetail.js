@@ -1,0 +1,108 @@
+import { api, orgPath } from './api.js';
+import { el, setAttr, setText } from './dom.js';
+import { count, exact, relative } from './format.js';
+import { eventsSection } from './eventsFeed.js';
+import { expectedNetworksSection } from './expectedNetworks.js';
+import { createIpTable } from './ipTable.js';
+import { keyActions } from './keyActions.js';
+import { stackedChart } from './stackedChart.js';
+
+// One key: its numbers, a chart stacked by outcome over a chosen range, recent and failing IPs,
+// its events and (for keys:write) its actions.
+const RANGES = {
+  '24h': { label: 'Last 24 hours, hourly', hours: 24, granularity: 'hour' },
+  '7d': { label: 'Last 7 days, hourly', hours: 24 * 7, granularity: 'hour' },
+  '30d': { label: 'Last 30 days, daily', hours: 24 * 30, granularity: 'day' },
+  '90d': { label: 'Last 90 days, daily', hours: 24 * 90, granularity: 'day' },
+};
+
+const FACTS = [
+  ['Status', (k) => k.status],
+  ['Scopes', (k) => k.scopes.join(', ')],
+  ['Last use', (k) => relative(k.lastUsedAt), (k) => exact(k.lastUsedAt)],
+  ['Last IP', (k) => k.lastUsedIp ?? '—'],
+  ['Uses 24 h / 7 d / 30 d', (k) => `${count(k.requests.last24h)} / ${count(k.requests.last7d)} / ${count(k.requests.last30d)}`],
+  ['Uses since creation', (k) => count(k.requestCount)],
+  ['Failed attempts', (k) => count(k.failedAttempts)],
+  ['Last failed attempt', (k) => (k.lastFailedAt ? `${relative(k.lastFailedAt)} from ${k.lastFailedIp}` : 'none'), (k) => exact(k.lastFailedAt)],
+  ['Used after revocation', (k) => relative(k.lastRevokedUseAt), (k) => exact(k.lastRevokedUseAt)],
+];
+
+function createFacts() {
+  const values = FACTS.map(() => el('dd'));
+  const element = el('dl', { class: 'facts' }, FACTS.flatMap(([label], i) => [el('dt', { text: label }), values[i]]));
+  const update = (key) => FACTS.forEach(([, value, title], i) => {
+    setText(values[i], value(key));
+    setAttr(values[i], 'title', title?.(key));
+  });
+  return { element, update };
+}
+
+function seriesQuery(rangeName) {
+  const range = RANGES[rangeName];
+  const to = new Date();
+  const from = new Date(to.getTime() - range.hours * 3_600_000);
+  return new URLSearchParams({ from: from.toISOString(), to: to.toISOString(), granularity: range.granularity, byOutcome: 'true' });
+}
+
+export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
+  const canWrite = who.scopes.includes('keys:write');
+  const title = el('h2', { id: 'key-title' });
+  const subtitle = el('p', { class: 'subtitle' });
+  const facts = createFacts();
+  const range = el('select', { id: 'range', 'aria-label': 'Chart range' }, Object.entries(RANGES).map(([value, r]) => el('option', { value, text: r.label, selected: value === '7d' })));
+  const chart = el('div', { id: 'chart', class: 'chart-box' });
+  const recent = createIpTable({ id: 'recent-ips', caption: 'Recent IPs (uses)', countLabel: 'Uses', countField: 'requestCount' });
+  const failing = createIpTable({ id: 'failed-ips', caption: 'Recent failing IPs (wrong secret)', countLabel: 'Attempts', countField: 'attemptCount' });
+  const actions = el('div');
+  const error = el('p', { class: 'error', role: 'alert' });
+  const events = eventsSection(who, { keyId });
+  const networks = expectedNetworksSection(who, keyId, canWrite);
+  let shownSeries = '';
+  let shownStatus = '';
+
+  async function refresh() {
+    const usage = await api('GET', orgPath(who, `/usage?keyId=${encodeURIComponent(keyId)}`));
+    const key = usage.data[0];
+    if (!key) {
+      setText(title, 'No such key in this organization');
+      return;
+    }
+    setText(title, key.name);
+    setText(subtitle, `${key.displayPrefix} · created ${key.createdAt.slice(0, 10)}${key.expiresAt ? ` · expires ${key.expiresAt}` : ''}`);
+    facts.update(key);
+    recent.update(key.recentIps);
+    failing.update(key.recentFailedIps);
+    if (canWrite && key.status !== shownStatus) {
+      shownStatus = key.status;
+      actions.replaceChildren(keyActions({ who, key, onChanged: refresh, onError: (e) => setText(error, e.message), onSignedOut }));
+    }
+    await Promise.all([refreshChart(), events.refresh(), networks.refresh()]);
+    onFresh(usage);
+  }
+
+  async function refreshChart() {
+    const series = await api('GET', orgPath(who, `/${keyId}/usage?${seriesQuery(range.value)}`));
+    // The range's edges move every refresh; redraw only when the counts did.
+    const signature = JSON.stringify([range.value, series.buckets[0]?.start, series.buckets.map((b) => b.outcomes)]);
+    if (signature === shownSeries) return;
+    shownSeries = signature;
+    chart.replaceChildren(stackedChart(series));
+  }
+  range.addEventListener('change', () => void refreshChart().catch((e) => setText(error, e.message)));
+
+  const element = el('section', { class: 'detail', 'aria-labelledby': 'key-title' }, [
+    el('a', { href: '#/keys', class: 'back', text: '← All keys' }),
+    title,
+    subtitle,
+    error,
+    canWrite ? actions : null,
+    facts.element,
+    el('div', { class: 'chart-head' }, [el('h3', { text: 'Requests by outcome' }), range]),
+    chart,
+    el('div', { class: 'ip-tables' }, [recent.element, failing.element]),
+    events.element,
+    networks.element,
+  ]);
+  return { element, refresh };
+}

@@ -1,0 +1,128 @@
+import { api, orgPath } from './api.js';
+import { el, setAttr, setText } from './dom.js';
+import { count, exact, relative } from './format.js';
+import { createSparkline } from './sparkline.js';
+
+// The keys table: one page of GET …/usage (sorted, filtered and paged by the server), rows kept
+// by key id and updated in place on every refresh, so focus, selection and scroll survive.
+const PAGE_SIZE = 50;
+
+const COLUMNS = [
+  ['name', 'Name'], ['prefix', 'Prefix'], ['status', 'Status'], ['scopes', 'Scopes'], ['lastUse', 'Last use'], ['lastIp', 'Last IP'],
+  ['day', 'Uses 24 h'], ['week', '7 d'], ['month', '30 d'], ['spark', 'Last 7 days'], ['failed', 'Failed attempts'], ['badges', 'Flags'],
+];
+
+function createRow(key) {
+  const cells = Object.fromEntries(COLUMNS.map(([name]) => [name, el('td', { class: `col-${name}` })]));
+  const link = el('a', { href: `#/key/${key.id}` });
+  cells.name.append(link);
+  const lastUse = el('time');
+  cells.lastUse.append(lastUse);
+  const spark = createSparkline();
+  cells.spark.append(spark.node);
+  const dormant = el('span', { class: 'badge badge-dormant', text: 'dormant', hidden: true });
+  const events = el('span', { class: 'badge badge-events', hidden: true });
+  cells.badges.append(dormant, events);
+  const tr = el('tr', { 'data-key-id': key.id }, Object.values(cells));
+  return { tr, cells, link, lastUse, spark, dormant, events };
+}
+
+function updateRow(row, key, eventCount) {
+  setText(row.link, key.name);
+  setText(row.cells.prefix, key.displayPrefix);
+  setText(row.cells.status, key.status);
+  setAttr(row.cells.status, 'data-status', key.status);
+  setText(row.cells.scopes, key.scopes.join(', '));
+  setText(row.lastUse, relative(key.lastUsedAt));
+  setAttr(row.lastUse, 'datetime', key.lastUsedAt);
+  setAttr(row.lastUse, 'title', exact(key.lastUsedAt));
+  setText(row.cells.lastIp, key.lastUsedIp ?? '—');
+  setText(row.cells.day, count(key.requests.last24h));
+  setText(row.cells.week, count(key.requests.last7d));
+  setText(row.cells.month, count(key.requests.last30d));
+  row.spark.update(key.last7Days);
+  setText(row.cells.failed, count(key.failedAttempts));
+  row.dormant.hidden = !key.dormant;
+  row.events.hidden = !eventCount;
+  setText(row.events, eventCount ? `${eventCount} event${eventCount === 1 ? '' : 's'}` : '');
+}
+
+function controls(onChange) {
+  const search = el('input', { type: 'search', id: 'key-search', placeholder: 'Search by name', 'aria-label': 'Search keys by name' });
+  const sort = el('select', { id: 'key-sort', 'aria-label': 'Sort keys' }, [
+    el('option', { value: 'lastUsedAt', text: 'Last use' }),
+    el('option', { value: 'requestCount', text: 'Traffic' }),
+    el('option', { value: 'createdAt', text: 'Newest' }),
+  ]);
+  const dormant = el('input', { type: 'checkbox', id: 'key-dormant' });
+  let timer;
+  search.addEventListener('input', () => {
+    clearTimeout(timer);
+    timer = setTimeout(onChange, 250);
+  });
+  sort.addEventListener('change', onChange);
+  dormant.addEventListener('change', onChange);
+  const element = el('div', { class: 'controls' }, [search, el('label', {}, ['Sort by ', sort]), el('label', {}, [dormant, ' Dormant only'])]);
+  const query = () => {
+    const params = new URLSearchParams({ sort: sort.value, limit: String(PAGE_SIZE) });
+    if (search.value.trim()) params.set('q', search.value.trim());
+    if (dormant.checked) params.set('dormant', 'true');
+    return params;
+  };
+  return { element, query };
+}
+
+export function createKeysView({ who, eventCounts, onFresh }) {
+  const rows = new Map();
+  let offset = 0;
+  const tbody = el('tbody');
+  const status = el('p', { class: 'page-status', 'aria-live': 'polite' });
+  const refresh = async () => {
+    const params = filters.query();
+    params.set('offset', String(offset));
+    const [body, events] = await Promise.all([api('GET', orgPath(who, `/usage?${params}`)), eventCounts()]);
+    render(body.data, events);
+    const last = Math.min(body.page.total, offset + body.data.length);
+    setText(status, body.page.total === 0 ? 'No keys match.' : `${count(offset + 1)}–${count(last)} of ${count(body.page.total)} keys`);
+    prev.disabled = offset === 0;
+    next.disabled = last >= body.page.total;
+    onFresh(body);
+  };
+  const go = (delta) => () => {
+    offset = Math.max(0, offset + delta);
+    void refresh();
+  };
+  const filters = controls(() => {
+    offset = 0;
+    void refresh();
+  });
+  const prev = el('button', { type: 'button', text: '← Previous', onclick: go(-PAGE_SIZE) });
+  const next = el('button', { type: 'button', text: 'Next →', onclick: go(PAGE_SIZE) });
+
+  function render(keys, events) {
+    const seen = new Set();
+    keys.forEach((key, index) => {
+      let row = rows.get(key.id);
+      if (!row) rows.set(key.id, (row = createRow(key)));
+      updateRow(row, key, events.get(key.id));
+      seen.add(key.id);
+      // Move a row only when it is out of place: moving the focused row would blur it.
+      if (tbody.children[index] !== row.tr) tbody.insertBefore(row.tr, tbody.children[index] ?? null);
+    });
+    for (const [id, row] of rows) {
+      if (!seen.has(id)) {
+        row.tr.remove();
+        rows.delete(id);
+      }
+    }
+  }
+
+  const table = el('table', { class: 'keys', id: 'keys-table' }, [el('thead', {}, [el('tr', {}, COLUMNS.map(([name, label]) => el('th', { scope: 'col', class: `col-${name}`, text: label })))]), tbody]);
+  const element = el('section', { 'aria-labelledby': 'keys-heading' }, [
+    el('h2', { id: 'keys-heading', text: 'API keys' }),
+    filters.element,
+    el('div', { class: 'table-wrap' }, [table]),
+    el('div', { class: 'pager' }, [prev, status, next]),
+  ]);
+  return { element, refresh };
+}

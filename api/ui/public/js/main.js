@@ -1,0 +1,84 @@
+import { api } from './api.js';
+import { el, setText } from './dom.js';
+import { recentEventCounts } from './eventsFeed.js';
+import { createFreshness } from './freshness.js';
+import { createKeyDetailView } from './keyDetail.js';
+import { createKeysView } from './keysTable.js';
+import { createOrgView } from './orgView.js';
+import { forgetSessionKey, keepSessionKey, sessionKey } from './session.js';
+
+// Sign-in, the three views (#/keys, #/key/<id>, #/org) and the refresh loop.
+const REFRESH_MS = 5000;
+const $ = (id) => document.getElementById(id);
+const freshness = createFreshness($('freshness'));
+let who;
+let current;
+
+function showSignIn(message = '') {
+  who = undefined;
+  current = undefined;
+  for (const id of ['nav', 'who', 'sign-out', 'view', 'freshness']) $(id).hidden = true;
+  $('sign-in').hidden = false;
+  setText($('sign-in-error'), message);
+  $('sign-in-key').focus();
+}
+
+function viewFor(hash) {
+  const detail = /^#\/key\/([0-9a-f-]{36})$/.exec(hash);
+  const common = { who, onFresh: (usage) => freshness.update(usage) };
+  if (detail) return createKeyDetailView({ ...common, keyId: detail[1], onSignedOut: () => signOut('The key you were signed in with was revoked.') });
+  if (hash === '#/org') return createOrgView(common);
+  return createKeysView({ ...common, eventCounts: () => recentEventCounts(who) });
+}
+
+async function refreshCurrent() {
+  const view = current;
+  try {
+    await view?.refresh();
+  } catch (error) {
+    // A key revoked or expired meanwhile: back to sign-in with the API's message.
+    if (error.status === 401) signOut(error.message);
+    else if (view === current) setText($('view-error'), error.message);
+  }
+}
+
+function route() {
+  if (!who) return;
+  current = viewFor(location.hash);
+  $('view').replaceChildren(current.element, el('p', { id: 'view-error', class: 'error', role: 'alert' }));
+  for (const link of $('nav').querySelectorAll('a')) link.toggleAttribute('aria-current', location.hash.startsWith(link.hash));
+  void refreshCurrent();
+}
+
+async function signIn(key) {
+  try {
+    who = await api('GET', '/api/whoami', { key });
+  } catch (error) {
+    showSignIn(error.message);
+    return;
+  }
+  keepSessionKey(key);
+  $('sign-in').hidden = true;
+  $('sign-in-key').value = '';
+  for (const id of ['nav', 'who', 'sign-out', 'view']) $(id).hidden = false;
+  setText($('who'), `Signed in as “${who.name}” (${who.scopes.join(', ')})`);
+  route();
+}
+
+function signOut(message) {
+  forgetSessionKey();
+  showSignIn(message);
+}
+
+$('sign-in').addEventListener('submit', (event) => {
+  event.preventDefault();
+  void signIn($('sign-in-key').value.trim());
+});
+$('sign-out').addEventListener('click', () => signOut(''));
+window.addEventListener('hashchange', route);
+setInterval(() => {
+  if (!document.hidden && !document.querySelector('dialog[open]')) void refreshCurrent();
+}, REFRESH_MS);
+
+if (sessionKey()) void signIn(sessionKey());
+else showSignIn();

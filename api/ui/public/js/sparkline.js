@@ -1,0 +1,24 @@
+import { setAttr, setText, svg } from './dom.js';
+
+// Seven days of uses as a line, updated in place on every refresh.
+const WIDTH = 70;
+const HEIGHT = 18;
+
+export function createSparkline() {
+  const title = svg('title');
+  const line = svg('polyline', { fill: 'none', stroke: 'currentColor', 'stroke-width': 1.5 });
+  const node = svg('svg', { class: 'spark', viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: 'img' }, [title, line]);
+  return {
+    node,
+    update(values) {
+      const numbers = values.map(Number);
+      const max = Math.max(1, ...numbers);
+      const step = WIDTH / Math.max(1, numbers.length - 1);
+      const points = numbers.map((n, i) => `${(i * step).toFixed(1)},${(HEIGHT - 1 - (n / max) * (HEIGHT - 2)).toFixed(1)}`).join(' ');
+      setAttr(line, 'points', points);
+      const text = `Uses per day, last 7 days (oldest first): ${values.join(', ')}`;
+      setText(title, text);
+      setAttr(node, 'aria-label', text);
+    },
+  };
+}

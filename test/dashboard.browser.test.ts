@@ -1,0 +1,165 @@
+import path from 'node:path';
+import t from 'tap';
+import type { Page } from 'playwright-core';
+import { UNAUTHORIZED_MESSAGE } from '../api/errors';
+import { CONTENT_SECURITY_POLICY } from '../api/securityHeaders';
+import { launchBrowser } from './helpers/browser';
+import { waitFor } from './helpers/collector';
+import { wiredSystem } from './helpers/wiredSystem';
+
+// The dashboard as a person uses it, in a real headless Chromium, against the real API and
+// collector: traffic first, then the page must show exactly what the API says. With
+// UPDATE_SCREENSHOTS=1 it also writes docs/img/dashboard-*.png.
+
+const XSS_NAME = '<img src=x onerror=alert(1)>';
+const SCREENSHOTS = process.env.UPDATE_SCREENSHOTS === '1' ? path.join(__dirname, '..', 'docs', 'img') : undefined;
+
+type System = Awaited<ReturnType<typeof wiredSystem>>;
+
+// Keys like `npm run demo-traffic` makes, with known traffic, persisted before the page opens.
+async function trafficWorld(system: System) {
+  const { api, org, adminKey } = system;
+  const create = async (name: string, scopes: string[]) => {
+    const response = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name, scopes } });
+    return { id: response.body.id as string, key: response.body.key as string };
+  };
+  const keys = {
+    ci: await create('demo-ci', ['keys:read']),
+    readonly: await create('demo-readonly', ['keys:read']),
+    wrongSecret: await create('demo-wrong-secret', ['keys:read']),
+    target: await create('demo-revoke-me', ['keys:read']),
+    xss: await create(XSS_NAME, ['keys:read']),
+    unused: await create('demo-unused', ['keys:read']),
+  };
+  const send = async (key: string, times: number, method = 'GET', path = '/api/whoami') => {
+    for (let i = 0; i < times; i++) await api.request(method, path, { key });
+  };
+  await send(keys.ci.key, 12);
+  await send(keys.readonly.key, 5);
+  await send(keys.readonly.key, 3, 'POST', `/api/orgs/${org.id}/api-keys/${keys.readonly.id}/revoke`);
+  await send(`${keys.wrongSecret.key.slice(0, 36)}${'A'.repeat(43)}`, 4);
+  await send(keys.xss.key, 2);
+  await send(keys.target.key, 1);
+  await waitFor('the traffic to be persisted', async () => {
+    const usage = await apiUsage(system);
+    const by = (id: string) => usage.find((k: { id: string }) => k.id === id);
+    return by(keys.ci.id)?.requestCount === 12 && by(keys.readonly.id)?.requestCount === 8 && by(keys.wrongSecret.id)?.failedAttempts === 4 && by(keys.target.id)?.requestCount === 1 ? true : undefined;
+  });
+  return keys;
+}
+
+async function apiUsage({ api, org, adminKey }: System, query = 'sort=lastUsedAt&limit=50') {
+  return (await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?${query}`, { key: adminKey })).body.data;
+}
+
+async function signIn(page: Page, key: string) {
+  await page.fill('#sign-in-key', key);
+  await page.click('#sign-in button[type=submit]');
+}
+
+// The page's CSP forbids eval, so waits poll from here rather than with waitForFunction.
+const rowsShown = (page: Page, accept: (rows: number) => boolean) =>
+  waitFor('the table rows', async () => (accept(await page.locator('#keys-table tbody tr').count()) ? true : undefined));
+
+const rowText = (page: Page, keyId: string, column: string) => page.locator(`tr[data-key-id="${keyId}"] td.col-${column}`).innerText();
+
+t.test('the dashboard, driven in Chromium, shows what the API says and acts through it', async (t) => {
+  const system = await wiredSystem(t);
+  const keys = await trafficWorld(system);
+  const context = await launchBrowser(t);
+  const page = await context.newPage();
+  const dialogs: string[] = [];
+  page.on('dialog', (dialog) => {
+    dialogs.push(dialog.message());
+    void dialog.dismiss();
+  });
+  const pageErrors: string[] = [];
+  page.on('pageerror', (error) => pageErrors.push(error.message));
+  const requestedUrls: string[] = [];
+  page.on('request', (request) => requestedUrls.push(request.url()));
+
+  const response = await page.goto(`${system.api.baseUrl}/`);
+  t.equal(response?.headers()['content-security-policy'], CONTENT_SECURITY_POLICY, 'the page has the CSP');
+  t.equal(response?.headers()['x-frame-options'], 'DENY');
+  const apiResponse = await system.api.request('GET', '/api/whoami', { key: system.adminKey });
+  t.equal(apiResponse.headers.get('content-security-policy'), CONTENT_SECURITY_POLICY, 'API responses carry it too');
+
+  await signIn(page, `ku_${'0'.repeat(32)}_${'B'.repeat(43)}`);
+  await page.locator('#sign-in-error:not(:empty)').waitFor();
+  t.equal(await page.textContent('#sign-in-error'), UNAUTHORIZED_MESSAGE, 'a wrong key shows the API message');
+
+  await signIn(page, system.adminKey);
+  await page.locator(`tr[data-key-id="${keys.unused.id}"]`).waitFor();
+  t.equal(await page.evaluate('sessionStorage.getItem("keyusage.apiKey")'), system.adminKey, 'the key is in sessionStorage');
+  t.notOk(requestedUrls.some((url) => url.includes(system.adminKey) || !url.startsWith(system.api.baseUrl)), 'never in a URL, nothing fetched elsewhere');
+
+  t.test('the table shows the API numbers for every key with traffic', async (t) => {
+    const usage = await apiUsage(system);
+    for (const key of usage.filter((k: { id: string }) => k.id !== system.adminKeyId)) {
+      t.equal(await rowText(page, key.id, 'day'), key.requests.last24h.toLocaleString('en-US'), `${key.name}: 24 h`);
+      t.equal(await rowText(page, key.id, 'month'), key.requests.last30d.toLocaleString('en-US'), `${key.name}: 30 d`);
+      t.equal(await rowText(page, key.id, 'failed'), String(key.failedAttempts), `${key.name}: failed attempts`);
+      t.equal(await rowText(page, key.id, 'lastIp'), key.lastUsedIp ?? '—', `${key.name}: last IP`);
+      t.equal(await page.locator(`tr[data-key-id="${key.id}"] .badge-dormant`).isVisible(), key.dormant, `${key.name}: dormant badge`);
+    }
+    t.equal(await rowText(page, keys.ci.id, 'day'), '12');
+    const order = await page.locator('#keys-table tbody tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-key-id')));
+    t.strictSame(order, usage.map((k: { id: string }) => k.id), 'rows in the API order (last use)');
+    t.equal(await page.locator(`tr[data-key-id="${keys.xss.id}"] td.col-name a`).textContent(), XSS_NAME, 'the XSS name is text');
+    t.equal(await page.locator('#keys-table img').count(), 0, 'no element was injected');
+    if (SCREENSHOTS) await page.screenshot({ path: path.join(SCREENSHOTS, 'dashboard-keys.png'), fullPage: true });
+  });
+
+  t.test('search asks the server and shows only matching keys', async (t) => {
+    await page.fill('#key-search', 'wrong');
+    await rowsShown(page, (n) => n === 1);
+    t.equal(await rowText(page, keys.wrongSecret.id, 'failed'), '4');
+    await page.fill('#key-search', '');
+    await rowsShown(page, (n) => n > 1);
+  });
+
+  t.test('a key page draws the chart stacked by outcome with the API totals', async (t) => {
+    await page.click(`tr[data-key-id="${keys.readonly.id}"] td.col-name a`);
+    await page.locator('#chart figure').waitFor();
+    t.equal(await page.getAttribute('#chart figure', 'data-total'), '8', 'uses in range');
+    t.equal(await page.textContent('#chart [data-outcome="ok"] .legend-count'), '5');
+    t.equal(await page.textContent('#chart [data-outcome="forbidden"] .legend-count'), '3');
+    t.ok((await page.locator('#chart rect[data-outcome="forbidden"]').count()) >= 1, 'a forbidden bar is drawn');
+    t.equal(await page.locator('#recent-ips tbody td').first().textContent(), '127.0.0.1');
+    t.match(await page.locator('#key-events .note').innerText(), /Not available yet/, 'the events part says it is missing');
+    if (SCREENSHOTS) await page.screenshot({ path: path.join(SCREENSHOTS, 'dashboard-key-detail.png'), fullPage: true });
+  });
+
+  t.test('revoking through the page makes the API refuse the key', async (t) => {
+    await page.goto(`${system.api.baseUrl}/#/key/${keys.target.id}`);
+    await page.click('#revoke');
+    await page.click('dialog[open] button[value=yes]');
+    await page.locator('#key-actions', { hasText: 'This key is revoked' }).waitFor();
+    t.equal((await system.api.request('GET', '/api/whoami', { key: keys.target.key })).status, 401);
+  });
+
+  t.test('rotating shows the new secret once, and it works', async (t) => {
+    await page.goto(`${system.api.baseUrl}/#/key/${keys.ci.id}`);
+    await page.click('#rotate');
+    const secret = await page.locator('#new-secret').inputValue();
+    t.match(await page.textContent('#grace-note'), /keeps working until/);
+    t.equal((await system.api.request('GET', '/api/whoami', { key: secret })).status, 200);
+    await page.click('dialog[open] button[type=submit]');
+    t.equal(await page.locator('#new-secret').count(), 0, 'gone from the page once closed');
+  });
+
+  t.test('a read-only key sees the numbers but no actions', async (t) => {
+    await page.click('#sign-out');
+    await signIn(page, keys.readonly.key);
+    await page.goto(`${system.api.baseUrl}/#/key/${keys.ci.id}`);
+    await page.locator('#chart figure').waitFor();
+    t.equal(await page.locator('#rotate, #revoke, #key-actions').count(), 0);
+    await page.goto(`${system.api.baseUrl}/#/org`);
+    await page.locator('#dormant li').first().waitFor();
+    t.equal(await page.locator('#dormant button').count(), 0, 'no clean-up buttons');
+    t.match(await page.textContent('#webhooks'), /Not available yet/);
+  });
+
+  t.strictSame(dialogs, [], 'no alert, confirm or prompt ever fired');
+  t.strictSame(pageErrors, [], 'no uncaught error in the page');
+});
