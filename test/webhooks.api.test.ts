@@ -30,7 +30,7 @@ t.test('create shows the secret once; list never shows it', async (t) => {
   t.equal(listed.status, 200);
   t.same(listed.body.page, { limit: 50, offset: 0, total: 2 });
   t.same(listed.body.data.map((hook: { id: string }) => hook.id), [created.body.id, everything.body.id]);
-  t.same(Object.keys(listed.body.data[0]).sort(), ['createdAt', 'events', 'id', 'orgId', 'url'], 'no secret field');
+  t.same(Object.keys(listed.body.data[0]).sort(), ['createdAt', 'events', 'id', 'lastDelivery', 'orgId', 'url'], 'no secret field');
   const second = await api.request('GET', `${hooks()}?limit=1&offset=1`, { key: acme.adminKey });
   t.same(second.body.data.map((hook: { id: string }) => hook.id), [everything.body.id], 'paginated');
 

@@ -124,6 +124,8 @@ t.test('a receiver down for the whole retry window leaves a failed delivery, in 
   t.same(failed.data[0].attempts.map((a: any) => a.attempt), [3, 2, 1]);
   t.ok(failed.data[0].attempts.every((a: any) => a.statusCode === null && /ECONNREFUSED/.test(a.error)), 'each attempt says why');
   t.equal((await world.deliveries('?status=pending')).page.total, 0);
+  const listed = await world.api.request('GET', `/api/orgs/${world.org.id}/webhooks`, { key: world.adminKey });
+  t.match(listed.body.data, [{ id: world.webhookId, lastDelivery: { status: 'failed', eventType: 'key.new_ip', at: failed.data[0].completedAt } }], 'the webhook list shows its last delivery failed');
   t.match(await metrics(collector.metricsPort), { webhook_attempts_total: 3, webhook_failed_attempts_total: 3, webhook_deliveries_failed_total: 1 });
   const errors = collector.logLines.map((line) => JSON.parse(line)).filter((line) => line.level >= 50);
   t.match(errors, [{ msg: 'webhook delivery failed after its last attempt', webhookId: world.webhookId, eventId: event.id, attempt: 3 }], 'one error line names it');

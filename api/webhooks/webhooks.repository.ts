@@ -8,6 +8,14 @@ export interface WebhookRecord {
   createdAt: Date;
 }
 
+/** The newest delivery of a webhook: what a list shows to say whether its receiver is healthy. */
+export interface LastDelivery {
+  status: DeliveryStatus;
+  eventType: string;
+  /** When it completed (succeeded or gave up), or was enqueued while still pending. */
+  at: Date;
+}
+
 interface WebhookRow {
   id: string;
   org_id: string;
@@ -44,15 +52,30 @@ export async function findWebhookInOrg(db: Db, orgId: string, id: string): Promi
 
 export async function listWebhooksInOrg(db: Db, orgId: string, page: { limit: number; offset: number }) {
   const [rows, [{ count }]] = await Promise.all([
-    db('webhooks')
-      .select<WebhookRow[]>(WEBHOOK_COLUMNS)
-      .where({ org_id: orgId })
-      .orderBy([{ column: 'created_at' }, { column: 'id' }])
+    db('webhooks as w')
+      .select<Array<WebhookRow & { last_status: DeliveryStatus | null; last_event_type: string | null; last_at: Date | null }>>(
+        ...WEBHOOK_COLUMNS.map((column) => `w.${column}`),
+        'd.status as last_status',
+        'd.event_type as last_event_type',
+        db.raw('coalesce(d.completed_at, d.created_at) as last_at'),
+      )
+      .joinRaw(
+        `left join lateral (select status, event_type, completed_at, created_at from webhook_deliveries
+            where webhook_id = w.id order by created_at desc, id desc limit 1) d on true`,
+      )
+      .where('w.org_id', orgId)
+      .orderBy([{ column: 'w.created_at' }, { column: 'w.id' }])
       .limit(page.limit)
       .offset(page.offset),
     db('webhooks').where({ org_id: orgId }).count<{ count: number }[]>({ count: '*' }),
   ]);
-  return { webhooks: rows.map(toWebhook), total: Number(count) };
+  return {
+    webhooks: rows.map((row) => ({
+      ...toWebhook(row),
+      lastDelivery: row.last_status && row.last_event_type && row.last_at ? { status: row.last_status, eventType: row.last_event_type, at: row.last_at } : null,
+    })),
+    total: Number(count),
+  };
 }
 
 /** Its deliveries and their attempts go with it (ON DELETE CASCADE). */

@@ -81,7 +81,13 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
 
     async list(orgId: string, page: { limit: number; offset: number }) {
       const { webhooks, total } = await listWebhooksInOrg(deps.db, orgId, page);
-      return { data: webhooks.map(toView), page: { ...page, total } };
+      return {
+        data: webhooks.map((webhook) => ({
+          ...toView(webhook),
+          lastDelivery: webhook.lastDelivery && { ...webhook.lastDelivery, at: webhook.lastDelivery.at.toISOString() },
+        })),
+        page: { ...page, total },
+      };
     },
 
     async remove(orgId: string, webhookId: string) {

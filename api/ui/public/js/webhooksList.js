@@ -3,15 +3,14 @@ import { el } from './dom.js';
 import { exact, relative } from './format.js';
 import { optionalSection } from './optionalSection.js';
 
-// GET /api/orgs/:id/webhooks: each endpoint with its last delivery. The shape
-// ({ url, events, lastDelivery: { status, attemptedAt } }) is to be checked against the
-// webhooks branch when it lands.
+// GET /api/orgs/:id/webhooks: each endpoint with its newest delivery
+// ({ url, events, lastDelivery: { status, eventType, at } | null }).
 function webhookItem(hook) {
   const last = hook.lastDelivery;
   return el('li', {}, [
     el('code', { text: hook.url }),
     ` · ${hook.events?.join(', ') || 'all events'} · `,
-    last ? el('span', { title: exact(last.attemptedAt), text: `last delivery ${last.status} ${relative(last.attemptedAt)}` }) : el('span', { text: 'no delivery yet' }),
+    last ? el('span', { title: exact(last.at), text: `last delivery (${last.eventType}) ${last.status} ${relative(last.at)}` }) : el('span', { text: 'no delivery yet' }),
   ]);
 }
 
