@@ -113,6 +113,7 @@ t.test('web and collector from dist/ serve, and a use flows through to PostgreSQ
   const env = productionEnv({
     DATABASE_URL: url,
     PORT: String(await freeTcpPort()),
+    API_METRICS_PORT: String(await freeTcpPort()),
     COLLECTOR_PORT: String(await freeUdpPort()),
     COLLECTOR_METRICS_PORT: String(await freeTcpPort()),
   });
@@ -127,6 +128,8 @@ t.test('web and collector from dist/ serve, and a use flows through to PostgreSQ
   t.equal(whoami.status, 200, 'the key authenticates');
   const row = await waitFor('the use in PostgreSQL', async () => (await db('api_key_usage').where({ key_id: key.id }).first()) ?? undefined, 10_000, 100);
   t.equal(Number(row.request_count), 1, 'one use, recorded by the API, sent over UDP, flushed by the collector');
+  const apiMetrics = await (await fetch(`http://127.0.0.1:${env.API_METRICS_PORT}/metrics`)).text();
+  t.match(apiMetrics, /^keyusage_api_uses_sent_total 1$/m, 'the API metrics port serves from dist/ too');
 
   t.equal(await stopped(api.child), 0, 'web exits 0 on SIGTERM');
   t.equal(await stopped(collector.child), 0, 'collector exits 0 on SIGTERM');
@@ -136,7 +139,7 @@ t.test('web and collector from dist/ serve, and a use flows through to PostgreSQ
 
 t.test('the launcher without DATABASE_URL names what to install for the embedded database', async (t) => {
   const dataDir = path.join(release, 'never-created');
-  const env = productionEnv({ PORT: String(await freeTcpPort()), COLLECTOR_PORT: String(await freeUdpPort()), COLLECTOR_METRICS_PORT: String(await freeTcpPort()), EMBEDDED_PG_PORT: String(await freeTcpPort()), EMBEDDED_PG_DIR: dataDir });
+  const env = productionEnv({ PORT: String(await freeTcpPort()), API_METRICS_PORT: String(await freeTcpPort()), COLLECTOR_PORT: String(await freeUdpPort()), COLLECTOR_METRICS_PORT: String(await freeTcpPort()), EMBEDDED_PG_PORT: String(await freeTcpPort()), EMBEDDED_PG_DIR: dataDir });
   delete env.NODE_ENV;
   delete env.KEY_PEPPER;
   const launch = await run(process.execPath, ['dist/scripts/start.js'], env);
