@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import express, { type RequestHandler } from 'express';
+import express, { type Request, type RequestHandler, type Response } from 'express';
 import type { Config } from '../shared/config';
 import type { Db } from '../shared/db';
 import { redactKeyMaterial, type Logger } from '../shared/logger';
@@ -12,6 +12,7 @@ import { errorMiddleware, routeNotFound } from './errors';
 import { healthHandler } from './health';
 import { securityHeaders } from './securityHeaders';
 import { dashboardRouter } from './ui/dashboard.routes';
+import type { RequestObservation } from './metrics';
 import { apiKeysRouter } from './keys/apiKeys.routes';
 import { createApiKeysService } from './keys/apiKeys.service';
 import { orgUsageRouter } from './usage/usage.routes';
@@ -25,6 +26,8 @@ export interface AppDeps {
   config: Config['api'];
   webhooks: Pick<Config['webhooks'], 'allowPrivateTargets'>;
   recordUse: RecordUse;
+  /** Each finished request, for the metrics (api/metrics.ts). */
+  onRequest?: (request: RequestObservation) => void;
   now?: () => number;
 }
 
@@ -33,7 +36,22 @@ const THROTTLE_LOG_INTERVAL_MS = 10_000;
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,64}$/;
 
-function requestContext(logger: Logger): RequestHandler {
+// A router mounted on a pattern sees its own URL as req.baseUrl (`/api/orgs/<uuid>/api-keys`);
+// the label must be the pattern, or every org would be a series of its own.
+const routePrefix =
+  (pattern: string): RequestHandler =>
+  (_req, res, next) => {
+    res.locals.routePrefix = pattern;
+    next();
+  };
+
+function routeLabel(req: Request, res: Response): string {
+  if (!req.route) return 'unmatched';
+  const prefix: string = res.locals.routePrefix ?? '';
+  return req.route.path === '/' && prefix ? prefix : prefix + req.route.path;
+}
+
+function requestContext(logger: Logger, onRequest: AppDeps['onRequest']): RequestHandler {
   return (req, res, next) => {
     const incoming = req.headers['x-request-id'];
     const requestId = typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID();
@@ -41,17 +59,19 @@ function requestContext(logger: Logger): RequestHandler {
     res.setHeader('X-Request-Id', requestId);
     const started = process.hrtime.bigint();
     res.on('finish', () => {
+      const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
       logger.info(
         {
           requestId,
           method: req.method,
           path: redactKeyMaterial(req.baseUrl + req.path),
           status: res.statusCode,
-          durationMs: Number(process.hrtime.bigint() - started) / 1e6,
+          durationMs,
           keyId: res.locals.auth?.key.id,
         },
         'request',
       );
+      onRequest?.({ method: req.method, route: routeLabel(req, res), status: res.statusCode, seconds: durationMs / 1000 });
     });
     next();
   };
@@ -94,7 +114,7 @@ export function createApp(deps: AppDeps) {
   const app = express();
   app.disable('x-powered-by');
   app.set('trust proxy', deps.config.trustProxy);
-  app.use(requestContext(deps.logger));
+  app.use(requestContext(deps.logger, deps.onRequest));
   app.use(securityHeaders);
   app.use(dashboardRouter());
 
@@ -105,9 +125,13 @@ export function createApp(deps: AppDeps) {
     res.json({ keyId: key.id, orgId: key.orgId, name: key.name, scopes: key.scopes });
   });
 
-  app.use('/api/orgs/:id/api-keys', orgUsageRouter({ service: usage, authorize }));
-  app.use('/api/orgs/:id/api-keys', apiKeysRouter({ service: apiKeys, authorize }));
-  app.use('/api/orgs/:id/webhooks', webhooksRouter({ service: webhooks, authorize }));
+  const orgKeys = '/api/orgs/:id/api-keys';
+  app.use(orgKeys, routePrefix(orgKeys));
+  app.use(orgKeys, orgUsageRouter({ service: usage, authorize }));
+  app.use(orgKeys, apiKeysRouter({ service: apiKeys, authorize }));
+  const orgWebhooks = '/api/orgs/:id/webhooks';
+  app.use(orgWebhooks, routePrefix(orgWebhooks));
+  app.use(orgWebhooks, webhooksRouter({ service: webhooks, authorize }));
 
   app.use(routeNotFound);
   app.use(errorMiddleware(deps.logger));

@@ -2,8 +2,10 @@ import http from 'node:http';
 import { loadConfig, type Config } from '../shared/config';
 import { createCheckedDb } from '../shared/db';
 import { createLogger, type Logger } from '../shared/logger';
+import { metricsServer } from '../shared/metrics';
 import { closeServer, listen, onShutdownSignal } from '../shared/process';
 import { createApp } from './app';
+import { createApiMetrics } from './metrics';
 import { createUsageRecorder } from './usage/createUsageRecorder';
 
 export async function startApi(config: Config, logger: Logger, databaseUrl: string) {
@@ -11,24 +13,31 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
   const recorder = config.usage.enabled ? createUsageRecorder(config.usage, logger) : undefined;
   recorder?.start();
   const recordUse = recorder ? recorder.record.bind(recorder) : () => {};
-  const { app } = createApp({ db, logger, config: config.api, webhooks: config.webhooks, recordUse });
+  const apiMetrics = createApiMetrics();
+  const { app, verifier, throttle } = createApp({ db, logger, config: config.api, webhooks: config.webhooks, recordUse, onRequest: apiMetrics.observeRequest });
   const server = http.createServer(app);
+  // On its own port, loopback by default: the public port never serves /metrics.
+  const metrics = metricsServer({ exposition: () => apiMetrics.exposition({ recorder, keyCache: verifier.stats, throttle: throttle.stats }) });
   let port: number;
+  let metricsPort: number;
   try {
+    metricsPort = await listen(metrics, config.api.metricsHost, config.api.metricsPort, 'API_METRICS_PORT');
     port = await listen(server, config.api.host, config.api.port, 'PORT');
   } catch (error) {
-    await Promise.all([recorder?.stop(), db.destroy()]);
+    await Promise.all([closeServer(metrics), recorder?.stop(), db.destroy()]);
     throw error;
   }
-  logger.info({ host: config.api.host, port, usageTracking: config.usage.enabled }, 'api listening');
+  logger.info({ host: config.api.host, port, metrics: `${config.api.metricsHost}:${metricsPort}`, usageTracking: config.usage.enabled }, 'api listening');
 
-  // Mirror of start: stop taking requests, send the uses they produced, then release the pool.
+  // Mirror of start: stop taking requests, send the uses they produced, close the metrics port,
+  // then release the pool.
   const stop = async () => {
     await closeServer(server);
     await recorder?.stop();
+    await closeServer(metrics);
     await db.destroy();
   };
-  return { server, port, recorder, stop };
+  return { server, port, metricsPort, recorder, stop };
 }
 
 if (require.main === module) {

@@ -36,6 +36,7 @@ export async function runStaleness(ctx: BenchContext): Promise<BenchResult> {
       DATABASE_URL: ctx.databaseUrl,
       HOST: '127.0.0.1',
       PORT: String(port),
+      API_METRICS_PORT: '0',
       COLLECTOR_HOST: '127.0.0.1',
       COLLECTOR_PORT: String(collector.udpPort),
       KEY_PEPPER: ctx.pepper,

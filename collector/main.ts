@@ -1,13 +1,13 @@
 import { loadConfig, type Config } from '../shared/config';
 import { createCheckedDb } from '../shared/db';
 import { createLogger, redactKeyMaterial, type Logger } from '../shared/logger';
+import { metricsServer, renderPrometheus, type MetricSample } from '../shared/metrics';
 import { closeServer, listen, onShutdownSignal } from '../shared/process';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { datagramVerifier } from '../shared/datagramSignature';
 import { parsePacket, type UsageSample } from '../shared/usageWire';
 import { Aggregator } from './aggregator';
 import { Flusher } from './flusher';
-import { metricsServer, type MetricSample } from './metrics';
 import { startReceiver } from './receiver';
 import { createPgUsageStore, type UsageStore } from './usageStore';
 import { createWebhookWorker } from './webhookWorker';
@@ -134,7 +134,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     ];
   };
   const metrics = metricsServer({
-    samples,
+    exposition: () => renderPrometheus(samples()),
     health: () => ({
       healthy: flusher.stats.consecutiveFailures < 3,
       consecutiveFailedFlushes: flusher.stats.consecutiveFailures,

@@ -335,6 +335,7 @@ export class Launcher {
     const { api, collector, database } = this.config;
     const needs: PortNeed[] = [
       { variable: 'PORT', host: api.host, port: api.port, protocol: 'tcp' },
+      { variable: 'API_METRICS_PORT', host: api.metricsHost, port: api.metricsPort, protocol: 'tcp' },
       { variable: 'COLLECTOR_PORT', host: collector.host, port: collector.port, protocol: 'udp' },
       { variable: 'COLLECTOR_METRICS_PORT', host: collector.metricsHost, port: collector.metricsPort, protocol: 'tcp' },
     ];

@@ -60,6 +60,8 @@ const variables = {
   EMBEDDED_PG_PORT: port.default(54329),
   HOST: host.default('127.0.0.1'),
   PORT: portOrZero.default(3000),
+  API_METRICS_HOST: host.default('127.0.0.1'),
+  API_METRICS_PORT: portOrZero.default(9103),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   KEY_PEPPER: z.string().min(32, 'must be at least 32 characters').optional(),
   KEY_CACHE_TTL_MS: wholeNumber(0, 60_000).default(2000),
@@ -153,6 +155,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     api: {
       host: v.HOST,
       port: v.PORT,
+      metricsHost: v.API_METRICS_HOST,
+      metricsPort: v.API_METRICS_PORT,
       keyPepper: v.KEY_PEPPER ?? DEV_PEPPER,
       keyCacheTtlMs: v.KEY_CACHE_TTL_MS,
       rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import path from 'node:path';
 import knex, { type Knex } from 'knex';
 import pg from 'pg';
@@ -42,6 +43,19 @@ class PgDialect extends KnexPg {
   }
 }
 
+// From source (tsx) the migrations are the .ts files; from dist/ the compiled .js files beside
+// this module's own compiled copy. knex_migrations records each migration by name, so both name it
+// by its source file: a database migrated from a checkout stays up to date for the build.
+const LOADED_EXTENSION = path.extname(__filename);
+
+export const MIGRATION_CONFIG: Knex.MigratorConfig = {
+  migrationSource: {
+    getMigrations: async () => (await fs.promises.readdir(MIGRATIONS_DIRECTORY)).filter((file) => path.extname(file) === LOADED_EXTENSION).sort(),
+    getMigrationName: (file: string) => `${path.basename(file, LOADED_EXTENSION)}.ts`,
+    getMigration: async (file: string) => require(path.join(MIGRATIONS_DIRECTORY, file)),
+  },
+};
+
 export interface DbOptions {
   poolMax?: number;
   applicationName?: string;
@@ -63,7 +77,7 @@ export function createDb(url: string, options: DbOptions = {}): Db {
 }
 
 export async function migrateLatest(db: Db): Promise<string[]> {
-  const [, applied] = await db.migrate.latest({ directory: MIGRATIONS_DIRECTORY, loadExtensions: ['.ts'] });
+  const [, applied] = await db.migrate.latest(MIGRATION_CONFIG);
   return applied as string[];
 }
 

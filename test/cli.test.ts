@@ -455,7 +455,8 @@ t.test('embeddedClusterRunning reads postmaster.pid as pg_ctl does', async (t) =
   t.equal(embeddedClusterRunning(dir), false, 'an unreadable pid');
 });
 
-// The real commands, as `npm run cli` and `npm run migrate` run them.
+// The real commands from their sources (`npm run cli` and `npm run migrate` run the compiled copies,
+// test/productionInstall.test.ts runs those).
 function runScript(script: string, args: string[], env: Record<string, string | undefined>) {
   const tsx = path.resolve(__dirname, '..', 'node_modules', '.bin', 'tsx');
   // tap records coverage in every child it can see; the child's tsx-transpiled code does not map

@@ -24,6 +24,8 @@ t.test('defaults', async (t) => {
   t.same(config.api, {
     host: '127.0.0.1',
     port: 3000,
+    metricsHost: '127.0.0.1',
+    metricsPort: 9103,
     keyPepper: config.api.keyPepper,
     keyCacheTtlMs: 2000,
     rotationGraceSeconds: 86_400,
@@ -115,6 +117,7 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
   const cases: Array<[string, Record<string, string>]> = [
     ['not a number', { PORT: 'abc' }],
     ['port out of range', { PORT: '70000' }],
+    ['metrics port out of range', { API_METRICS_PORT: '65536' }],
     ['not an integer', { PORT: '3000.5' }],
     ['negative', { DATABASE_POOL_MAX: '-1' }],
     ['zero where positive is required', { USAGE_MAX_ENTRIES: '0' }],

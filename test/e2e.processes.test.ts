@@ -13,7 +13,8 @@ const ROOT = path.resolve(__dirname, '..');
 
 // Started as the Procfile starts them, as separate processes configured by env only. They run
 // with this test's own TypeScript loader (process.execArgv) rather than tsx, so their coverage
-// merges with the in-process coverage; the Procfile's tsx form is exercised by the launcher test.
+// merges with the in-process coverage; the Procfile's compiled form runs in start.smoke and
+// productionInstall.
 function startProcess(t: Test, entry: string, env: Record<string, string>) {
   const child = spawn(process.execPath, [...process.execArgv, entry], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const output: string[] = [];
@@ -42,6 +43,7 @@ t.test('api and collector as separate processes: a use is visible within the sta
   const env = {
     DATABASE_URL: url,
     PORT: String(await freeTcpPort()),
+    API_METRICS_PORT: String(await freeTcpPort()),
     COLLECTOR_PORT: String(await freeUdpPort()),
     COLLECTOR_METRICS_PORT: String(await freeTcpPort()),
     LOG_LEVEL: 'info',
@@ -71,6 +73,11 @@ t.test('api and collector as separate processes: a use is visible within the sta
   // A functional bound, not a benchmark: drain (250 ms) + flush (1 s) + one flush's duration
   // stays under the documented 2 s; the slack absorbs a busy 2-core CI machine.
   t.ok(staleness <= 3_000, `visible within the documented bound plus scheduling slack (measured ${staleness} ms)`);
+
+  const metrics = await (await fetch(`http://127.0.0.1:${env.API_METRICS_PORT}/metrics`)).text();
+  t.match(metrics, /^keyusage_api_uses_recorded_total [1-9]/m, 'the API counts the uses it recorded');
+  t.match(metrics, /^keyusage_api_request_duration_seconds_count\{method="GET",route="\/api\/whoami",status="200"\} 1$/m, 'and times the whoami by route and status');
+  t.equal((await fetch(`${base}/metrics`)).status, 404, 'the public port serves no metrics');
 
   t.equal(await stopped(api.child), 0, 'the api exits 0 on SIGTERM');
   t.equal(await stopped(collector.child), 0, 'the collector exits 0 on SIGTERM after its final flush');

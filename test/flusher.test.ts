@@ -2,7 +2,7 @@ import t from 'tap';
 import { Aggregator } from '../collector/aggregator';
 import { Flusher } from '../collector/flusher';
 import { CommitInDoubtError, type PendingBatch, type UsageStore } from '../collector/usageStore';
-import { renderPrometheus } from '../collector/metrics';
+import { renderPrometheus } from '../shared/metrics';
 import { createLogger } from '../shared/logger';
 
 const logger = createLogger({ level: 'silent', name: 'test' });

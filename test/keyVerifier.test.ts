@@ -44,6 +44,7 @@ t.test('an unknown key id is cached negatively: random well-formed keys cost no 
   advance(TTL);
   await verifier.verify(stranger);
   t.equal(counter.queries, 2, 'asked again once the entry is older than the TTL');
+  t.same(verifier.stats, { hits: 20, misses: 21, reloads: 0 }, 'the 20 concurrent and the expired one missed the cache (they joined or ran a read)');
 });
 
 t.test('a flood of wrong secrets on a cached key: one reload at a time, the good record kept', async (t) => {
@@ -57,6 +58,7 @@ t.test('a flood of wrong secrets on a cached key: one reload at a time, the good
 
   t.equal((await verifier.verify(key)).outcome, 'ok');
   t.equal(counter.queries, 2, 'the right secret is served from the cache, no query');
+  t.same(verifier.stats, { hits: 51, misses: 1, reloads: 50 }, 'every wrong secret on the cached key asked for the shared reload');
 });
 
 t.test('mayReload refuses the reload: wrong secrets then cost no query', async (t) => {

@@ -44,6 +44,7 @@ async function setup(t: Test, port?: number) {
   const config = await launchEnv(t, {
     DATABASE_URL: url,
     PORT: String(port ?? (await freeTcpPort())),
+    API_METRICS_PORT: String(await freeTcpPort()),
     COLLECTOR_PORT: String(await freeUdpPort()),
     COLLECTOR_METRICS_PORT: String(await freeTcpPort()),
   });

@@ -16,7 +16,7 @@ t.test('the api starts, serves, drains its usage and stops', async (t) => {
   sniffer.on('message', (m) => datagrams.push(m.toString()));
   await new Promise<void>((resolve) => sniffer.bind(0, '127.0.0.1', () => resolve()));
   t.teardown(() => sniffer.close());
-  const config = loadConfig({ NODE_ENV: 'test', PORT: '0', COLLECTOR_PORT: String(sniffer.address().port), USAGE_DRAIN_INTERVAL_MS: '60000' });
+  const config = loadConfig({ NODE_ENV: 'test', PORT: '0', API_METRICS_PORT: '0', COLLECTOR_PORT: String(sniffer.address().port), USAGE_DRAIN_INTERVAL_MS: '60000' });
   const api = await startApi(config, logger, url);
   const health = await fetch(`http://127.0.0.1:${api.port}/healthz`);
   t.equal(health.status, 200);
@@ -29,7 +29,7 @@ t.test('the api starts, serves, drains its usage and stops', async (t) => {
 
 t.test('with tracking off the api records nothing', async (t) => {
   const { url } = await freshDatabase(t);
-  const api = await startApi(loadConfig({ NODE_ENV: 'test', PORT: '0', USAGE_TRACKING: 'false' }), logger, url);
+  const api = await startApi(loadConfig({ NODE_ENV: 'test', PORT: '0', API_METRICS_PORT: '0', USAGE_TRACKING: 'false' }), logger, url);
   t.equal(api.recorder, undefined);
   await api.stop();
 });
@@ -40,8 +40,11 @@ t.test('a taken port is reported with its variable', async (t) => {
   await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', () => resolve()));
   t.teardown(() => blocker.close());
   const taken = (blocker.address() as { port: number }).port;
-  await t.rejects(startApi(loadConfig({ NODE_ENV: 'test', PORT: String(taken), USAGE_TRACKING: 'false' }), logger, url), {
+  await t.rejects(startApi(loadConfig({ NODE_ENV: 'test', PORT: String(taken), API_METRICS_PORT: '0', USAGE_TRACKING: 'false' }), logger, url), {
     message: `Port ${taken} on 127.0.0.1 is already in use; set PORT to a free port`,
+  });
+  await t.rejects(startApi(loadConfig({ NODE_ENV: 'test', PORT: '0', API_METRICS_PORT: String(taken), USAGE_TRACKING: 'false' }), logger, url), {
+    message: `Port ${taken} on 127.0.0.1 is already in use; set API_METRICS_PORT to a free port`,
   });
   await t.rejects(startCollector(loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: String(taken) }), logger, url), {
     message: /set COLLECTOR_METRICS_PORT/,

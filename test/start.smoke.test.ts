@@ -40,6 +40,7 @@ async function freePorts() {
   };
   return {
     PORT: await take(freeTcpPort),
+    API_METRICS_PORT: await take(freeTcpPort),
     EMBEDDED_PG_PORT: await take(freeTcpPort),
     COLLECTOR_PORT: await take(freeUdpPort),
     COLLECTOR_METRICS_PORT: await take(freeTcpPort),

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { migrateLatest, MIGRATIONS_DIRECTORY, type Db } from '../shared/db';
+import { migrateLatest, MIGRATION_CONFIG, type Db } from '../shared/db';
 import { encodeUsageLine } from '../shared/usageWire';
 import { seedOrg, startTestApi } from './helpers/api';
 import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
@@ -8,9 +8,8 @@ import { wiredSystem } from './helpers/wiredSystem';
 
 // Rolls back, newest first, every migration applied after `last`.
 async function migrateDownTo(db: Db, last: string) {
-  const options = { directory: MIGRATIONS_DIRECTORY, loadExtensions: ['.ts'] };
-  const [completed] = (await db.migrate.list(options)) as [Array<{ name: string }>, unknown];
-  for (const { name } of completed.filter((m) => m.name > last).reverse()) await db.migrate.down({ ...options, name });
+  const [completed] = (await db.migrate.list(MIGRATION_CONFIG)) as [Array<{ name: string }>, unknown];
+  for (const { name } of completed.filter((m) => m.name > last).reverse()) await db.migrate.down({ ...MIGRATION_CONFIG, name });
 }
 
 const BIGINT_MAX = '9223372036854775807';

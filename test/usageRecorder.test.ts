@@ -51,7 +51,7 @@ t.test('uses coalesce per key, ip and outcome; the sum of sent counts equals the
   t.ok(sent.every((d) => Buffer.byteLength(d) <= 1432), 'datagrams fit 1432 bytes');
   const longestLine = Math.max(...sent.flatMap((d) => d.split('\n')).map((l) => l.length));
   t.ok(sent.slice(0, -1).every((d) => d.length > 1432 - longestLine - 1), 'datagrams are packed full');
-  t.same(recorder.stats, { recordedUses: 5000, sentUses: 5000, failedUses: 0, datagrams: sent.length, earlyDrains: 0 });
+  t.same(recorder.stats, { recordedUses: 5000, sentUses: 5000, failedUses: 0, datagrams: sent.length, failedDatagrams: 0, earlyDrains: 0 });
   const before = sent.length;
   recorder.drain();
   t.equal(sent.length, before, 'an empty drain sends nothing');
@@ -67,6 +67,7 @@ t.test('send failures are counted and logged once per interval, never thrown', a
   }
   complete();
   t.equal(recorder.stats.failedUses, 3);
+  t.equal(recorder.stats.failedDatagrams, 3);
   t.equal(recorder.stats.sentUses, 0);
   t.equal(lines.filter((l) => l.includes('could not send usage datagram')).length, 1, 'rate-limited to one line');
 

@@ -11,7 +11,17 @@ export type Verification =
   | { outcome: 'bad_secret'; key: ApiKeyRecord }
   | { outcome: 'unknown' };
 
+export interface KeyCacheStats {
+  /** Verifications answered from the cache (a known key, or an id known not to exist). */
+  hits: number;
+  /** Verifications that read the key from PostgreSQL (or joined a read in flight). */
+  misses: number;
+  /** Wrong secrets on a cached key, read again in case it was rotated elsewhere. */
+  reloads: number;
+}
+
 export interface KeyVerifier {
+  readonly stats: Readonly<KeyCacheStats>;
   verify(presented: PresentedKey): Promise<Verification>;
   /** Drops a key from this process's cache, so its own revocations and rotations apply at once. */
   invalidate(keyId: string): void;
@@ -55,6 +65,7 @@ export function createKeyVerifier(deps: {
   const unknown = new Map<string, number>();
   const loading = new Map<string, Promise<ApiKeyRecord | undefined>>();
   const fresh = (fetchedAt: number | undefined, now: number) => fetchedAt !== undefined && now - fetchedAt < deps.cacheTtlMs;
+  const stats: KeyCacheStats = { hits: 0, misses: 0, reloads: 0 };
 
   function remember(keyId: string, record: ApiKeyRecord | undefined, fetchedAt: number): void {
     if (deps.cacheTtlMs === 0) return;
@@ -84,15 +95,21 @@ export function createKeyVerifier(deps: {
   }
 
   return {
+    stats,
     async verify({ keyId, secret }) {
       const now = deps.now();
-      if (fresh(unknown.get(keyId), now)) return { outcome: 'unknown' };
+      if (fresh(unknown.get(keyId), now)) {
+        stats.hits += 1;
+        return { outcome: 'unknown' };
+      }
       const cached = records.get(keyId);
       const cachedFresh = cached !== undefined && fresh(cached.fetchedAt, now);
+      stats[cachedFresh ? 'hits' : 'misses'] += 1;
       const key = cachedFresh ? cached.record : await load(keyId);
       if (!key) return { outcome: 'unknown' };
       const verdict = judge(key, secret, deps.pepper, now);
       if (verdict.outcome !== 'bad_secret' || !cachedFresh || deps.mayReload?.(keyId) === false) return verdict;
+      stats.reloads += 1;
       // The cached verdict stands if the fresh read fails: the database being down is no reason to 500.
       const reloaded = await load(keyId).catch(() => undefined);
       return reloaded ? judge(reloaded, secret, deps.pepper, now) : verdict;

@@ -13,6 +13,7 @@ export interface UsageRecorderStats {
   sentUses: number;
   failedUses: number;
   datagrams: number;
+  failedDatagrams: number;
   earlyDrains: number;
 }
 
@@ -26,7 +27,7 @@ export class UsageRecorder {
   private inFlight = 0;
   private idle: (() => void) | undefined;
   private readonly warn: ReturnType<typeof rateLimitedWarn>;
-  readonly stats: UsageRecorderStats = { recordedUses: 0, sentUses: 0, failedUses: 0, datagrams: 0, earlyDrains: 0 };
+  readonly stats: UsageRecorderStats = { recordedUses: 0, sentUses: 0, failedUses: 0, datagrams: 0, failedDatagrams: 0, earlyDrains: 0 };
 
   constructor(
     private readonly options: { sink: DatagramSink; maxEntries: number; drainIntervalMs: number; logger: Logger; maxDatagramBytes?: number },
@@ -45,6 +46,11 @@ export class UsageRecorder {
     }
     this.pending.set(id, { keyId, orgId, ip, outcome, count: 1 });
     if (this.pending.size >= this.options.maxEntries) this.drainEarly();
+  }
+
+  /** (key, ip, outcome) entries waiting for the next drain. */
+  get pendingEntries(): number {
+    return this.pending.size;
   }
 
   private drainEarly(): void {
@@ -84,6 +90,7 @@ export class UsageRecorder {
     const done = (error?: Error | null) => {
       this.inFlight -= 1;
       if (error) {
+        this.stats.failedDatagrams += 1;
         this.stats.failedUses += uses;
         this.warn('usage_send_failed', { err: { message: error.message, code: (error as NodeJS.ErrnoException).code }, uses, failedUses: this.stats.failedUses }, 'could not send usage datagram');
       } else {

@@ -1,6 +1,7 @@
 import { freeTcpPort, freeUdpPort, spawnTsx, waitForMessage, waitUntil, type Child } from './procs';
 
-// The project's own processes, started the way the Procfile starts them, plus the bench server.
+// The project's own processes, started from their sources as the Procfile starts their compiled
+// copies, plus the bench server.
 
 export interface CollectorProcess {
   child: Child;

@@ -39,7 +39,7 @@ export function spawnProcess(
   return { proc, name, output: () => tail.join('\n') };
 }
 
-/** `node --import tsx <entry>`, the way the Procfile runs the project's processes. */
+/** `node --import tsx <entry>`: a process of the Procfile from its source (the Procfile runs the compiled dist/ copy). */
 export function spawnTsx(name: string, entry: string, options: { env?: NodeJS.ProcessEnv; ipc?: boolean; nodeArgs?: string[] } = {}): Child {
   return spawnProcess(name, [...(options.nodeArgs ?? []), '--import', 'tsx', entry], options);
 }

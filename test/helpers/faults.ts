@@ -1,6 +1,6 @@
 // Fault injection for the reliability battery (test/faults/): a TCP proxy in front of PostgreSQL that
 // can refuse connections or cut one at a chosen protocol message, the collector as a real process
-// (`node --import tsx collector/main.ts`, as the Procfile runs it) with its memory read from /proc,
+// (`node --import tsx collector/main.ts`: the Procfile's process, from its source) with its memory read from /proc,
 // a paced UDP load generator that remembers when it sent what, and a leak scan over everything a
 // test produced. Loopback only; every loop is bounded.
 import { spawn, type ChildProcess } from 'node:child_process';

@@ -1,0 +1,61 @@
+import { Histogram, renderPrometheus, type MetricSample } from '../shared/metrics';
+import type { ThrottleStats } from './auth/failureThrottle';
+import type { KeyCacheStats } from './auth/keyVerifier';
+import type { UsageRecorder } from './usage/usageRecorder';
+
+// The API's Prometheus metrics: the counters that already live in the recorder, the key cache and
+// the auth throttle, read at scrape time, and one histogram filled by the request logger. Served by
+// api/main.ts on API_METRICS_HOST:API_METRICS_PORT, never on the public port.
+
+export interface RequestObservation {
+  method: string;
+  /** The route pattern (`/api/orgs/:id/api-keys`), or `unmatched`: never the raw path. */
+  route: string;
+  status: number;
+  seconds: number;
+}
+
+// From a cached key (well under a millisecond) to a stuck database (the pool waits 10 s).
+const DURATION_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+export interface ApiMetricSources {
+  recorder: UsageRecorder | undefined;
+  keyCache: Readonly<KeyCacheStats>;
+  throttle: Readonly<ThrottleStats>;
+}
+
+function statSamples({ recorder, keyCache, throttle }: ApiMetricSources): MetricSample[] {
+  const counter = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_api_${name}`, help, type: 'counter', value });
+  const gauge = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_api_${name}`, help, type: 'gauge', value });
+  const usage = recorder?.stats;
+  return [
+    gauge('usage_tracking_enabled', 'USAGE_TRACKING: 1 when the API records uses', recorder ? 1 : 0),
+    counter('uses_recorded_total', 'Uses, and wrong secrets on known keys, recorded on the auth path', usage?.recordedUses ?? 0),
+    counter('uses_sent_total', 'Of those, sent in datagrams the socket accepted', usage?.sentUses ?? 0),
+    counter('uses_send_failed_total', 'Of those, lost in datagrams whose send failed', usage?.failedUses ?? 0),
+    counter('datagrams_total', 'Usage datagrams handed to the socket', usage?.datagrams ?? 0),
+    counter('send_errors_total', 'Usage datagrams whose send failed', usage?.failedDatagrams ?? 0),
+    counter('early_drains_total', 'Drains before the interval because the coalescing map was full (USAGE_MAX_ENTRIES) or a count reached its line maximum', usage?.earlyDrains ?? 0),
+    gauge('usage_pending_entries', '(key, ip, outcome) entries waiting for the next drain', recorder?.pendingEntries ?? 0),
+    counter('key_cache_hits_total', 'Key verifications answered from the in-process cache', keyCache.hits),
+    counter('key_cache_misses_total', 'Key verifications that read the key from PostgreSQL', keyCache.misses),
+    counter('key_cache_reloads_total', 'Wrong secrets on a cached key, read again in case of a rotation elsewhere', keyCache.reloads),
+    counter('auth_failures_total', 'Failed authentications (malformed key, unknown id, wrong secret)', throttle.failures),
+    counter('auth_refused_by_ip_total', 'Requests refused with 429 because their address failed too often', throttle.refusedByIp),
+    counter('auth_refused_by_key_total', 'Failed authentications answered 429 because their key id failed too often', throttle.refusedByKey),
+    counter('auth_lockouts_total', 'Times an address or a key id reached its failure limit', throttle.lockouts),
+    counter('auth_throttle_evictions_total', 'Failure windows forgotten early because AUTH_THROTTLE_MAX_ENTRIES was reached', throttle.evicted),
+  ];
+}
+
+export function createApiMetrics() {
+  const durations = new Histogram('keyusage_api_request_duration_seconds', 'HTTP request duration by method, route pattern and status', DURATION_BUCKETS);
+  return {
+    observeRequest(request: RequestObservation): void {
+      durations.observe({ method: request.method, route: request.route, status: String(request.status) }, request.seconds);
+    },
+    exposition: (sources: ApiMetricSources): string => renderPrometheus(statSamples(sources)) + durations.render(),
+  };
+}
+
+export type ApiMetrics = ReturnType<typeof createApiMetrics>;

@@ -1,0 +1,88 @@
+import http from 'node:http';
+
+// Prometheus text exposition, written by hand for both processes: their numbers already live in
+// plain stats objects read at scrape time, and the one labelled series (the API's request
+// durations) is a fixed-bucket histogram; neither justifies a registry library on a hot path.
+
+export interface MetricSample {
+  name: string;
+  help: string;
+  type: 'counter' | 'gauge';
+  value: number;
+}
+
+const header = (name: string, help: string, type: string) => `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n`;
+
+export function renderPrometheus(samples: readonly MetricSample[]): string {
+  return samples.map((s) => `${header(s.name, s.help, s.type)}${s.name} ${Number.isFinite(s.value) ? s.value : 0}\n`).join('');
+}
+
+export type Labels = Readonly<Record<string, string>>;
+
+const escapeLabel = (value: string) => value.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+const renderLabels = (labels: Labels, extra = '') =>
+  `{${[...Object.entries(labels).map(([name, value]) => `${name}="${escapeLabel(value)}"`), ...(extra ? [extra] : [])].join(',')}}`;
+
+interface Series {
+  labels: Labels;
+  /** Observations per bucket, not cumulative; the last one is +Inf. */
+  counts: number[];
+  sum: number;
+}
+
+// One series per label set, created on its first observation. Callers keep the label values
+// bounded (route patterns, never raw paths), so the map stays small.
+export class Histogram {
+  private readonly series = new Map<string, Series>();
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly buckets: readonly number[],
+  ) {}
+
+  observe(labels: Labels, value: number): void {
+    const key = Object.values(labels).join('\u0000');
+    let series = this.series.get(key);
+    if (!series) {
+      series = { labels, counts: new Array<number>(this.buckets.length + 1).fill(0), sum: 0 };
+      this.series.set(key, series);
+    }
+    const bucket = this.buckets.findIndex((bound) => value <= bound);
+    series.counts[bucket === -1 ? this.buckets.length : bucket] += 1;
+    series.sum += value;
+  }
+
+  render(): string {
+    let text = header(this.name, this.help, 'histogram');
+    for (const { labels, counts, sum } of this.series.values()) {
+      let cumulative = 0;
+      counts.forEach((count, i) => {
+        cumulative += count;
+        const le = i < this.buckets.length ? String(this.buckets[i]) : '+Inf';
+        text += `${this.name}_bucket${renderLabels(labels, `le="${le}"`)} ${cumulative}\n`;
+      });
+      text += `${this.name}_sum${renderLabels(labels)} ${sum}\n${this.name}_count${renderLabels(labels)} ${cumulative}\n`;
+    }
+    return text;
+  }
+}
+
+export interface MetricsServerOptions {
+  exposition: () => string;
+  /** Answers /healthz (503 when not healthy); without it /healthz is 404. */
+  health?: () => { healthy: boolean; [field: string]: unknown };
+}
+
+export function metricsServer(options: MetricsServerOptions) {
+  return http.createServer((req, res) => {
+    if (req.method === 'GET' && req.url === '/metrics') {
+      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(options.exposition());
+    } else if (req.method === 'GET' && req.url === '/healthz' && options.health) {
+      const health = options.health();
+      res.writeHead(health.healthy ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(health));
+    } else {
+      res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `not found; try /metrics${options.health ? ' or /healthz' : ''}` }));
+    }
+  });
+}
