@@ -6,6 +6,8 @@ import { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { datagramVerifier } from '../shared/datagramSignature';
 import { parsePacket, type UsageSample } from '../shared/usageWire';
 import { Aggregator } from './aggregator';
+import { EventSweep } from './eventSweep';
+import { expireOldEvents } from './eventStore';
 import { Flusher } from './flusher';
 import { metricsServer, type MetricSample } from './metrics';
 import { startReceiver } from './receiver';
@@ -24,7 +26,9 @@ export interface CollectorOverrides {
 export async function startCollector(config: Config, logger: Logger, databaseUrl: string, overrides: CollectorOverrides = {}) {
   const now = overrides.now ?? Date.now;
   const db = createDb(databaseUrl, { poolMax: 2, applicationName: 'keyusage-collector' });
-  const store = overrides.store ?? createPgUsageStore(db);
+  const events = config.collector.events;
+  const store = overrides.store ?? createPgUsageStore(db, { events: events.enabled ? events : undefined });
+  const sweep = new EventSweep({ db, intervalMs: events.sweepIntervalMs, expiringDays: events.expiringDays, logger, now });
   const aggregator = new Aggregator({ maxKeys: config.collector.maxPendingKeys, now });
   const flusher = new Flusher({
     aggregator,
@@ -84,8 +88,11 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     logger,
   });
   flusher.start();
+  if (events.enabled) sweep.start();
   const retention = setInterval(() => {
-    store.expireOldRows(config.collector.retentionDays).catch((error) => logger.warn({ err: { message: error.message } }, 'retention cleanup failed'));
+    Promise.all([store.expireOldRows(config.collector.retentionDays), expireOldEvents(db, new Date(now()), events.retentionDays)]).catch((error) =>
+      logger.warn({ err: { message: error.message } }, 'retention cleanup failed'),
+    );
   }, HOUR_MS).unref();
 
   const samples = (): MetricSample[] => {
@@ -109,6 +116,8 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       counter('flushes_total', 'Successful flushes', f.flushes),
       counter('failed_flushes_total', 'Failed flush attempts (retried)', f.failedFlushes),
       counter('duplicate_batches_skipped_total', 'Retried batches found already committed', f.duplicateBatchesSkipped),
+      counter('event_sweeps_total', 'Sweeps for dormant and expiring keys', sweep.stats.sweeps),
+      counter('failed_event_sweeps_total', 'Failed sweeps (retried at the next interval)', sweep.stats.failedSweeps),
       gauge('last_flush_duration_seconds', 'Duration of the last successful flush', f.lastFlushDurationMs / 1000),
       gauge('last_flush_keys', 'Keys written by the last successful flush', f.lastFlushKeys),
       gauge('last_flush_statements', 'SQL statements in the last successful flush', f.lastFlushStatements),
@@ -129,6 +138,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     metricsPort = await listen(metrics, config.collector.metricsHost, config.collector.metricsPort, 'COLLECTOR_METRICS_PORT');
   } catch (error) {
     await receiver.close();
+    await sweep.stop();
     await db.destroy();
     throw error;
   }
@@ -141,6 +151,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const stop = async (): Promise<boolean> => {
     await receiver.close();
     clearInterval(retention);
+    await sweep.stop();
     const flushed = await flusher.stop();
     if (!flushed) {
       logger.error({ pendingUses: flusher.pendingUses, pendingKeys: flusher.pendingKeys + aggregator.pendingKeys }, 'final flush failed; these uses are lost');
@@ -149,7 +160,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     await db.destroy();
     return flushed;
   };
-  return { receiver, metricsPort, stop, samples, flusher, aggregator, ingest, db };
+  return { receiver, metricsPort, stop, samples, flusher, aggregator, ingest, db, sweep };
 }
 
 if (require.main === module) {

@@ -16,6 +16,12 @@ const portOrZero = wholeNumber(0, 65535);
 const positiveInt = (max = Number.MAX_SAFE_INTEGER) => wholeNumber(1, max);
 const booleanFlag = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 const host = z.string().min(1);
+// A comma-separated list of whole numbers, e.g. "7,1", sorted descending and deduplicated.
+const dayList = z
+  .string()
+  .regex(/^\s*\d+(\s*,\s*\d+)*\s*$/, 'must be comma-separated whole numbers')
+  .transform((value) => [...new Set(value.split(',').map((part) => Number(part.trim())))].sort((a, b) => b - a))
+  .pipe(z.array(z.number().min(1, 'each must be at least 1').max(365, 'each must be at most 365')));
 
 const PROXY_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal']);
 
@@ -72,6 +78,15 @@ const variables = {
   USAGE_RETENTION_DAYS: positiveInt(3650).default(90),
   USAGE_SIGNING_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   USAGE_SIGNING_PREVIOUS_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  EVENTS_ENABLED: booleanFlag.default(true),
+  EVENTS_RETENTION_DAYS: positiveInt(3650).default(90),
+  EVENTS_SWEEP_INTERVAL_MS: positiveInt(86_400_000).default(60_000),
+  EVENTS_IP_HISTORY_PER_KEY: positiveInt(100_000).default(1000),
+  EVENTS_SPIKE_FACTOR: positiveInt(1000).default(5),
+  EVENTS_SPIKE_MIN_USES: positiveInt().default(100),
+  EVENTS_FAILED_ATTEMPTS_PER_HOUR: positiveInt().default(20),
+  EVENTS_EXPIRING_DAYS: dayList.default([7, 1]),
+  EVENTS_SUMMARY_DAYS: positiveInt(3650).default(7),
 };
 
 const DEV_PEPPER = 'keyusage-development-pepper-not-for-production-use';
@@ -130,6 +145,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       keyCacheTtlMs: v.KEY_CACHE_TTL_MS,
       rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
       trustProxy: v.TRUST_PROXY,
+      eventSummaryDays: v.EVENTS_SUMMARY_DAYS,
     },
     usage: {
       enabled: v.USAGE_TRACKING,
@@ -149,6 +165,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       metricsPort: v.COLLECTOR_METRICS_PORT,
       retentionDays: v.USAGE_RETENTION_DAYS,
       signingSecrets: [v.USAGE_SIGNING_SECRET, v.USAGE_SIGNING_PREVIOUS_SECRET].filter((secret): secret is string => secret !== undefined),
+      events: {
+        enabled: v.EVENTS_ENABLED,
+        retentionDays: v.EVENTS_RETENTION_DAYS,
+        sweepIntervalMs: v.EVENTS_SWEEP_INTERVAL_MS,
+        ipHistoryPerKey: v.EVENTS_IP_HISTORY_PER_KEY,
+        spikeFactor: v.EVENTS_SPIKE_FACTOR,
+        spikeMinUses: v.EVENTS_SPIKE_MIN_USES,
+        failedAttemptsPerHour: v.EVENTS_FAILED_ATTEMPTS_PER_HOUR,
+        expiringDays: v.EVENTS_EXPIRING_DAYS,
+      },
     },
   });
 }

@@ -27,10 +27,28 @@ t.test('defaults', async (t) => {
     keyCacheTtlMs: 2000,
     rotationGraceSeconds: 86_400,
     trustProxy: false,
+    eventSummaryDays: 7,
   });
   t.ok(config.api.keyPepper.length >= 32, 'a development pepper stands in when KEY_PEPPER is unset');
   t.match(config.usage, { enabled: true, drainIntervalMs: 250, maxEntries: 10_000, collectorHost: '127.0.0.1', collectorPort: 8125 });
   t.match(config.collector, { host: '127.0.0.1', port: 8125, flushIntervalMs: 1000, retentionDays: 90 });
+  t.same(config.collector.events, {
+    enabled: true,
+    retentionDays: 90,
+    sweepIntervalMs: 60_000,
+    ipHistoryPerKey: 1000,
+    spikeFactor: 5,
+    spikeMinUses: 100,
+    failedAttemptsPerHour: 20,
+    expiringDays: [7, 1],
+  });
+});
+
+t.test('EVENTS_EXPIRING_DAYS is a list of days, largest first', async (t) => {
+  t.same(loadConfig({ EVENTS_EXPIRING_DAYS: '1, 14,7,7' }).collector.events.expiringDays, [14, 7, 1]);
+  for (const bad of ['seven', '7,,1', '0', '7,400']) {
+    t.throws(() => loadConfig({ EVENTS_EXPIRING_DAYS: bad }), /EVENTS_EXPIRING_DAYS/, `"${bad}" is refused`);
+  }
 });
 
 t.test('values from the environment are parsed to their types', async (t) => {
