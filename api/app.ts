@@ -7,6 +7,8 @@ import { authorizer, type RecordUse } from './auth/authorize';
 import { clientAddressResolver } from './auth/clientAddress';
 import { createKeyVerifier } from './auth/keyVerifier';
 import { errorMiddleware, routeNotFound } from './errors';
+import { orgEventsRouter } from './events/events.routes';
+import { createEventsService } from './events/events.service';
 import { apiKeysRouter } from './keys/apiKeys.routes';
 import { createApiKeysService } from './keys/apiKeys.service';
 import { orgUsageRouter } from './usage/usage.routes';
@@ -61,7 +63,8 @@ export function createApp(deps: AppDeps) {
     verifier,
     now,
   });
-  const usage = createUsageService({ db: deps.db, now });
+  const usage = createUsageService({ db: deps.db, now, eventSummaryDays: deps.config.eventSummaryDays });
+  const events = createEventsService({ db: deps.db });
 
   const app = express();
   app.disable('x-powered-by');
@@ -79,10 +82,11 @@ export function createApp(deps: AppDeps) {
   });
 
   app.use('/api/orgs/:id/api-keys', orgUsageRouter({ service: usage, authorize }));
+  app.use('/api/orgs/:id/api-keys', orgEventsRouter({ service: events, authorize }));
   app.use('/api/orgs/:id/api-keys', apiKeysRouter({ service: apiKeys, authorize }));
 
   app.use(routeNotFound);
   app.use(errorMiddleware(deps.logger));
 
-  return { app, services: { apiKeys, usage }, verifier };
+  return { app, services: { apiKeys, usage, events }, verifier };
 }

@@ -2,21 +2,10 @@
 // its keys (collector/eventStore.ts gathers them and inserts the result). Pure: no clock, no I/O,
 // so every rule is tested with plain values.
 import { BlockList, isIPv4 } from 'node:net';
+import type { EventType } from '../shared/keyEvents';
 import { provenCount } from '../shared/usageWire';
 import type { KeyUsageDelta } from './aggregator';
 
-export const EVENT_TYPES = [
-  'key.first_use',
-  'key.new_ip',
-  'key.outside_networks',
-  'key.spike',
-  'key.revoked_used',
-  'key.expired_used',
-  'key.failed_attempts',
-  'key.dormant',
-  'key.expiring',
-] as const;
-export type EventType = (typeof EVENT_TYPES)[number];
 
 export interface KeyEvent {
   orgId: string;

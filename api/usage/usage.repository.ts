@@ -1,4 +1,5 @@
 import { exactCount, type Count, type Db } from '../../shared/db';
+import type { EventType } from '../../shared/keyEvents';
 import { OUTCOMES, type Outcome } from '../../shared/usageWire';
 import type { Scope } from '../keys/scopes';
 
@@ -43,6 +44,9 @@ export interface KeyUsageRecord {
   recentFailedIps: FailedIp[];
   lastRevokedUseAt: Date | null;
   lastExpiredUseAt: Date | null;
+  /** Events since UsageQuery.eventsSince, by type (types without one are absent). */
+  eventCounts: Partial<Record<EventType, number>>;
+  latestEventAt: Date | null;
 }
 
 export interface UsageQuery {
@@ -50,6 +54,8 @@ export interface UsageQuery {
   now: Date;
   /** When set, only keys never used or last used before this instant. */
   dormantBefore: Date | null;
+  /** Events counted per key are those since this instant. */
+  eventsSince: Date;
   sort: UsageSort;
   order: 'asc' | 'desc';
   limit: number;
@@ -78,7 +84,7 @@ const recentIpsJson = (table: string, count: string) => `
 // through LATERAL to those rows alone, so the cost follows the page size, not the org's key count.
 export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: KeyUsageRecord[]; total: number }> {
   const dormantFilter = query.dormantBefore ? 'and (u.last_used_at is null or u.last_used_at < :dormantBefore)' : '';
-  const bindings = { orgId: query.orgId, now: query.now, dormantBefore: query.dormantBefore, limit: query.limit, offset: query.offset };
+  const bindings = { orgId: query.orgId, now: query.now, dormantBefore: query.dormantBefore, eventsSince: query.eventsSince, limit: query.limit, offset: query.offset };
   const direction = query.order === 'asc' ? 'asc nulls first' : 'desc nulls last';
   const sort = SORT_COLUMNS[query.sort];
   const keysOfOrg = `from api_keys k
@@ -89,7 +95,8 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
       `select p.*,
               coalesce(w.last_24h, 0) as last_24h, coalesce(w.last_7d, 0) as last_7d, coalesce(w.last_30d, 0) as last_30d,
               coalesce(api_key_recent_ips.ips, cast('[]' as json)) as recent_ips,
-              coalesce(api_key_failed_ips.ips, cast('[]' as json)) as recent_failed_ips
+              coalesce(api_key_failed_ips.ips, cast('[]' as json)) as recent_failed_ips,
+              coalesce(ev.by_type, cast('{}' as json)) as event_counts, ev.latest_at as latest_event_at
          from (
            select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
                   u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
@@ -105,6 +112,13 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
              from api_key_usage_hourly h
             where h.key_id = p.id and h.hour > cast(:now as timestamptz) - interval '30 days'
          ) w on true ${recentIpsJson('api_key_recent_ips', 'request_count')} ${recentIpsJson('api_key_failed_ips', 'attempt_count')}
+         left join lateral (
+           select json_object_agg(s.type, s.n) as by_type, max(s.latest) as latest_at
+             from (select e.type, count(*) as n, max(e.occurred_at) as latest
+                     from key_events e
+                    where e.key_id = p.id and e.occurred_at > :eventsSince
+                    group by e.type) s
+         ) ev on true
         order by ${sort.outer} ${direction}, p.id`,
       bindings,
     ),
@@ -141,6 +155,8 @@ function toKeyUsage(row: Record<string, any>): KeyUsageRecord {
     recentFailedIps: ipRows(row.recent_failed_ips).map(({ count, ...ip }) => ({ ...ip, attemptCount: count })),
     lastRevokedUseAt: row.last_revoked_use_at,
     lastExpiredUseAt: row.last_expired_use_at,
+    eventCounts: row.event_counts,
+    latestEventAt: row.latest_event_at ? new Date(row.latest_event_at) : null,
   };
 }
 

@@ -9,7 +9,7 @@ const MAX_SERIES_POINTS = 24 * 93;
 
 const isoOrNull = (date: Date | null) => (date ? date.toISOString() : null);
 
-function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number) {
+function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number, eventSummaryDays: number) {
   return {
     id: key.keyId,
     name: key.name,
@@ -32,6 +32,7 @@ function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number) {
     recentFailedIps: key.recentFailedIps.map(isoSeen),
     lastRevokedUseAt: isoOrNull(key.lastRevokedUseAt),
     lastExpiredUseAt: isoOrNull(key.lastExpiredUseAt),
+    events: { days: eventSummaryDays, counts: key.eventCounts, latestAt: isoOrNull(key.latestEventAt) },
   };
 }
 
@@ -42,7 +43,7 @@ const sumCounts = (counts: Count[]) => exactCount(counts.reduce((sum: bigint, co
 
 export type UsageService = ReturnType<typeof createUsageService>;
 
-export function createUsageService(deps: { db: Db; now: () => number }) {
+export function createUsageService(deps: { db: Db; now: () => number; eventSummaryDays: number }) {
   return {
     async list(
       orgId: string,
@@ -54,13 +55,14 @@ export function createUsageService(deps: { db: Db; now: () => number }) {
         orgId,
         now: new Date(now),
         dormantBefore: query.dormantOnly ? new Date(now - dormantAfterMs) : null,
+        eventsSince: new Date(now - deps.eventSummaryDays * DAY_MS),
         sort: query.sort,
         order: query.order,
         limit: query.limit,
         offset: query.offset,
       });
       return {
-        data: keys.map((key) => toUsageView(key, now, dormantAfterMs)),
+        data: keys.map((key) => toUsageView(key, now, dormantAfterMs, deps.eventSummaryDays)),
         page: { limit: query.limit, offset: query.offset, total },
         generatedAt: new Date(now).toISOString(),
       };
