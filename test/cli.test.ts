@@ -10,11 +10,12 @@ import { SCOPES } from '../api/keys/scopes';
 import { embeddedClusterRunning, main, openDatabase, runCli, stdio as cliStdio, USAGE } from '../scripts/cli';
 import { migrate, stdio as migrateStdio } from '../scripts/migrate';
 import { loadConfig } from '../shared/config';
-import { createDb, type Db } from '../shared/db';
+import { createDb, MIGRATIONS_DIRECTORY, type Db } from '../shared/db';
 import { startLocalPostgres } from '../shared/localPostgres';
 import { startTestApi } from './helpers/api';
 import { adminDatabaseUrl, freshDatabase } from './helpers/database';
 
+const MIGRATION_FILES = fs.readdirSync(MIGRATIONS_DIRECTORY).filter((name) => name.endsWith('.ts')).sort();
 const KEY = /ku_[0-9a-f]{32}_[A-Za-z0-9_-]{43}/g;
 const ONCE = /shown only once/;
 
@@ -186,6 +187,37 @@ t.test('key create, list and revoke', async (t) => {
 
   const allOutput = [...cli.out, ...cli.err].join('\n');
   for (const form of await storedHashForms(db)) t.notMatch(allOutput, form, 'no stored hash is printed');
+});
+
+t.test('key revoke-dormant: a dry run, then --apply revokes exactly what it listed', async (t) => {
+  const { db, api, cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  const { org } = cli.json();
+  const old = new Date(Date.now() - 100 * 86_400_000);
+  const unused = (await api.services.apiKeys.create(org.id, { name: 'unused', scopes: ['keys:read'], expiresAt: null })).key.id;
+  const fresh = (await api.services.apiKeys.create(org.id, { name: 'fresh', scopes: ['keys:read'], expiresAt: null })).key.id;
+  await db('api_keys').where({ org_id: org.id }).whereNot({ id: fresh }).update({ created_at: old });
+  cli.reset();
+
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90'), 0);
+  const text = cli.out.join('\n');
+  t.match(text, /^Would revoke \(dry run; add --apply to revoke\) 2 key\(s\)/);
+  t.match(text, new RegExp(`${unused}\\s+\\S+\\s+unused\\s+\\S+\\s+never`));
+  t.notMatch(text, fresh);
+  t.equal(Number((await db('api_keys').whereNotNull('revoked_at').count({ n: '*' }))[0].n), 0, 'the dry run revoked nothing');
+  cli.reset();
+
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply', '--json'), 0);
+  const result = cli.json();
+  t.equal(result.dryRun, false);
+  t.strictSame(result.keys.map((k: { name: string }) => k.name).sort(), ['admin', 'unused'], 'the CLI has no calling key to spare');
+  t.ok(result.keys.every((k: { status: string }) => k.status === 'revoked'));
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id), 2, '--days is required');
+  t.match(cli.err.join('\n'), /--days is required/);
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '0'), 2);
+  t.match(cli.err.join('\n'), /--days: must be at least 1/);
 });
 
 t.test('key list of an org without keys, and a long list', async (t) => {
@@ -369,7 +401,7 @@ t.test('main: the embedded PostgreSQL, started and stopped only when the CLI sta
   const first = captured();
   t.equal(await main(['org', 'create', 'acme', '--json'], env, first.io), 0, 'creates the cluster on first use');
   t.match(first.err.join('\n'), /Started the embedded PostgreSQL/);
-  t.match(first.err.join('\n'), /Applied 2 migration\(s\)/, 'and migrates it');
+  t.match(first.err.join('\n'), `Applied ${MIGRATION_FILES.length} migration(s)`, 'and migrates it');
   const { org } = JSON.parse(first.out.join('\n'));
   t.equal(embeddedClusterRunning(env.EMBEDDED_PG_DIR), false, 'stopped again afterwards');
 
@@ -417,7 +449,7 @@ t.test('npm run migrate', async (t) => {
 
   const first = captured();
   t.equal(await migrate({ DATABASE_URL: url.toString() }, first.io), 0);
-  t.match(first.out.join('\n'), /Applied 2 migration\(s\):\n  20261125000001_organizations_and_api_keys\.ts\n  20261125000002_api_key_usage\.ts/);
+  t.match(first.out.join('\n'), `Applied ${MIGRATION_FILES.length} migration(s):\n${MIGRATION_FILES.map((name) => `  ${name}`).join('\n')}`);
   const second = captured();
   t.equal(await migrate({ DATABASE_URL: url.toString() }, second.io), 0);
   t.same(second.out, ['Database is already up to date.']);
