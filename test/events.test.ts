@@ -99,7 +99,7 @@ t.test('a use from outside the expected networks: an event, not a refusal', asyn
   t.strictSame(countByType(await eventsOf(system.db, inside.id)), { 'key.first_use': 1 });
 });
 
-t.test('the right secret on a revoked key, and a burst of wrong secrets', async (t) => {
+t.test('the right secret on a revoked or an expired key, and a burst of wrong secrets', async (t) => {
   const system = await wiredSystem(t, { EVENTS_FAILED_ATTEMPTS_PER_HOUR: '20' });
   const { api, org, adminKey, db } = system;
   const leaked = await createKey(system, 'leaked');
@@ -110,6 +110,15 @@ t.test('the right secret on a revoked key, and a burst of wrong secrets', async 
   await settle(system);
   const revoked = await eventsOf(db, leaked.id);
   t.strictSame(countByType(revoked), { 'key.first_use': 1, 'key.revoked_used': 1 });
+
+  const expiresAt = Date.now() + 1500;
+  const lapsed = await createKey(system, 'lapsed', { expiresAt: new Date(expiresAt).toISOString() });
+  await new Promise((resolve) => setTimeout(resolve, expiresAt + 100 - Date.now()));
+  await whoami(system, lapsed.key, 2);
+  await settle(system);
+  await whoami(system, lapsed.key, 2);
+  await settle(system);
+  t.strictSame(countByType(await eventsOf(db, lapsed.id)), { 'key.first_use': 1, 'key.expired_used': 1 });
 
   const probed = await createKey(system, 'probed');
   await whoami(system, withWrongSecret(probed.key), 19);
