@@ -98,8 +98,9 @@ async function readFacts(trx: Knex.Transaction, keys: KeyUsageDelta[], minUses: 
   return facts;
 }
 
-async function insertEvents(trx: Knex.Transaction, events: KeyEvent[]): Promise<void> {
-  await trx.raw(INSERT_EVENTS, [
+/** Returns how many were new (the others were already recorded within their window). */
+async function insertEvents(trx: Knex.Transaction, events: KeyEvent[]): Promise<number> {
+  const result = await trx.raw(INSERT_EVENTS, [
     events.map((e) => e.orgId),
     events.map((e) => e.keyId),
     events.map((e) => e.type),
@@ -107,19 +108,19 @@ async function insertEvents(trx: Knex.Transaction, events: KeyEvent[]): Promise<
     events.map((e) => JSON.stringify(e.details)),
     events.map((e) => e.dedupeKey),
   ]);
+  return result.rowCount ?? 0;
 }
 
-/** Detects and records the events of `keys` (rows already written by this transaction); returns the statements run. */
-export async function recordFlushEvents(trx: Knex.Transaction, keys: KeyUsageDelta[], detection: EventDetection): Promise<number> {
-  if (keys.length === 0) return 0;
+/** Detects and records the events of `keys` (rows already written by this transaction). */
+export async function recordFlushEvents(trx: Knex.Transaction, keys: KeyUsageDelta[], detection: EventDetection): Promise<{ statements: number; events: number }> {
+  if (keys.length === 0) return { statements: 0, events: 0 };
   const facts = await readFacts(trx, keys, detection.spikeMinUses);
   const events = keys.flatMap((k) => {
     const keyFacts = facts.get(k.keyId);
     return keyFacts ? detectKeyEvents(k, keyFacts, detection) : [];
   });
-  if (events.length === 0) return 1;
-  await insertEvents(trx, events);
-  return 2;
+  if (events.length === 0) return { statements: 1, events: 0 };
+  return { statements: 2, events: await insertEvents(trx, events) };
 }
 
 const DAY = `interval '1 day'`;

@@ -116,6 +116,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       counter('flushes_total', 'Successful flushes', f.flushes),
       counter('failed_flushes_total', 'Failed flush attempts (retried)', f.failedFlushes),
       counter('duplicate_batches_skipped_total', 'Retried batches found already committed', f.duplicateBatchesSkipped),
+      counter('events_recorded_total', 'Key events recorded, by flushes and sweeps', f.eventsRecorded + sweep.stats.eventsRecorded),
       counter('event_sweeps_total', 'Sweeps for dormant and expiring keys', sweep.stats.sweeps),
       counter('failed_event_sweeps_total', 'Failed sweeps (retried at the next interval)', sweep.stats.failedSweeps),
       gauge('last_flush_duration_seconds', 'Duration of the last successful flush', f.lastFlushDurationMs / 1000),

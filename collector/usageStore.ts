@@ -22,6 +22,8 @@ export interface WriteResult {
   /** Keys whose rows PostgreSQL refused (a data error); their uses are set aside, not retried. */
   quarantined: Array<{ keyId: string; orgId: string; uses: number }>;
   statements: number;
+  /** Key events this write recorded (0 with detection off). */
+  eventsRecorded: number;
 }
 
 export interface UsageStore {
@@ -185,8 +187,15 @@ async function applyBatch(trx: Knex.Transaction, keys: KeyUsageDelta[], { chunkS
     (await upsertHours(trx, accepted, chunkSize)) +
     (await upsertIpRows(trx, accepted, chunkSize, IP_TABLES.proven)) +
     (await upsertIpRows(trx, accepted, chunkSize, IP_TABLES.failed));
-  if (events) for (const chunk of chunks(accepted, chunkSize)) more += await recordFlushEvents(trx, chunk, events);
-  return { statements: statements + more, accepted, quarantined: [] as KeyUsageDelta[] };
+  let recorded = 0;
+  if (events) {
+    for (const chunk of chunks(accepted, chunkSize)) {
+      const detected = await recordFlushEvents(trx, chunk, events);
+      more += detected.statements;
+      recorded += detected.events;
+    }
+  }
+  return { statements: statements + more, accepted, quarantined: [] as KeyUsageDelta[], events: recorded };
 }
 
 // SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation): the rows were
@@ -210,7 +219,7 @@ async function applyIsolating(trx: Knex.Transaction, keys: KeyUsageDelta[], opti
   } catch (error) {
     if (!isDataError(error)) throw error;
     await trx.raw('rollback to savepoint usage_apply');
-    if (keys.length === 1) return { statements: 2, accepted: [], quarantined: keys };
+    if (keys.length === 1) return { statements: 2, accepted: [], quarantined: keys, events: 0 };
     const middle = Math.ceil(keys.length / 2);
     const first = await applyIsolating(trx, keys.slice(0, middle), options);
     const second = await applyIsolating(trx, keys.slice(middle), options);
@@ -218,6 +227,7 @@ async function applyIsolating(trx: Knex.Transaction, keys: KeyUsageDelta[], opti
       statements: first.statements + second.statements + 2,
       accepted: [...first.accepted, ...second.accepted],
       quarantined: [...first.quarantined, ...second.quarantined],
+      events: first.events + second.events,
     };
   }
 }
@@ -256,7 +266,7 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number; events
         const toApply = batches.filter((b) => fresh.has(b.id));
         const merged = mergeBatches(toApply.map((b) => b.batch));
         const keys = merged.keys.sort(byKeyId);
-        const { statements, accepted, quarantined } = await applyIsolating(trx, keys, apply);
+        const { statements, accepted, quarantined, events } = await applyIsolating(trx, keys, apply);
         const acceptedUses = accepted.reduce((sum, k) => sum + k.total, 0);
         const quarantinedUses = quarantined.reduce((sum, k) => sum + k.total, 0);
         result = {
@@ -269,6 +279,7 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number; events
           unknownUses: merged.uses - acceptedUses - quarantinedUses,
           quarantined: quarantined.map((k) => ({ keyId: k.keyId, orgId: k.orgId, uses: k.total })),
           statements: statements + 1,
+          eventsRecorded: events,
         };
       } catch (error) {
         await trx.rollback().catch(() => undefined);

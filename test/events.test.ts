@@ -70,6 +70,9 @@ t.test('first use, then a new network once, and the same /24 is not new', async 
   const history = await db('api_key_ip_history').where({ key_id: key.id }).orderBy('prefix').select(db.raw('cast(prefix as text) as prefix'));
   t.strictSame(history.map((row) => row.prefix), ['127.0.0.0/24', '127.0.1.0/24']);
 
+  const metrics = await (await fetch(`http://127.0.0.1:${system.collector.metricsPort}/metrics`)).text();
+  t.match(metrics, /^keyusage_collector_events_recorded_total [3-9]$/m, 'the collector counts what it recorded (these two and the admin key\'s first use)');
+
   const usage = await system.api.request('GET', `/api/orgs/${system.org.id}/api-keys/usage?limit=100`, { key: system.adminKey });
   const row = usage.body.data.find((k: { id: string }) => k.id === key.id);
   t.strictSame(row.events.counts, { 'key.first_use': 1, 'key.new_ip': 1 }, 'the usage list counts them per key');
