@@ -48,7 +48,7 @@ const QUICK: Plan = {
     { keys: 1_000, uses: 20_000 },
     { keys: 5_000, uses: 5_000 },
   ]),
-  reps: 5,
+  reps: 1,
 };
 
 const DETECTION = loadConfig({}).collector.events;
