@@ -18,7 +18,7 @@ import type { DatagramSink } from '../../api/usage/usageRecorder';
 import { loadConfig } from '../../shared/config';
 import { freeTcpPort, freeUdpPort } from '../../shared/freePort';
 import type { Db } from '../../shared/db';
-import { OUTCOMES, encodeUsageLine, packDatagrams, parsePacket, type Outcome, type UsageSample } from '../../shared/usageWire';
+import { OUTCOMES, encodeUsageLine, isProvenOutcome, packDatagrams, parsePacket, type Outcome, type UsageSample } from '../../shared/usageWire';
 import { waitFor } from './collector';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -574,12 +574,18 @@ export function shipmentsOf(samples: readonly UsageSample[]): Shipment[] {
 /** Expected per-key totals, kept beside the traffic that produces them. */
 export class Ledger {
   readonly byKey = new Map<string, number>();
+  /** Uses (proven outcomes) only: what request_count, the hourly buckets and the recent IPs count. */
+  readonly provenByKey = new Map<string, number>();
   readonly byKeyOutcome = new Map<string, Record<Outcome, number>>();
   total = 0;
+  provenTotal = 0;
 
   add(samples: readonly UsageSample[]): readonly UsageSample[] {
     for (const s of samples) {
       this.byKey.set(s.keyId, (this.byKey.get(s.keyId) ?? 0) + s.count);
+      const proven = isProvenOutcome(s.outcome) ? s.count : 0;
+      this.provenByKey.set(s.keyId, (this.provenByKey.get(s.keyId) ?? 0) + proven);
+      this.provenTotal += proven;
       const outcomes = this.byKeyOutcome.get(s.keyId) ?? (Object.fromEntries(OUTCOMES.map((o) => [o, 0])) as Record<Outcome, number>);
       outcomes[s.outcome] += s.count;
       this.byKeyOutcome.set(s.keyId, outcomes);
@@ -611,11 +617,11 @@ export async function persistedUsage(db: Db, keyIds: readonly string[]) {
   };
 }
 
-/** Keys whose persisted count differs from the ledger, as `id: persisted≠expected`. */
+/** Keys whose persisted use count differs from the ledger's proven uses, as `id: persisted≠expected`. */
 export async function countMismatches(db: Db, ledger: Ledger): Promise<string[]> {
   const persisted = await persistedUsage(db, [...ledger.byKey.keys()]);
   const wrong: string[] = [];
-  for (const [keyId, expected] of ledger.byKey) {
+  for (const [keyId, expected] of ledger.provenByKey) {
     if (persisted.count(keyId) !== expected) wrong.push(`${keyId}: ${persisted.count(keyId)}≠${expected}`);
   }
   return wrong;
