@@ -13,6 +13,8 @@ import { healthHandler } from './health';
 import { securityHeaders } from './securityHeaders';
 import { dashboardRouter } from './ui/dashboard.routes';
 import type { RequestObservation } from './metrics';
+import { orgEventsRouter } from './events/events.routes';
+import { createEventsService } from './events/events.service';
 import { apiKeysRouter } from './keys/apiKeys.routes';
 import { createApiKeysService } from './keys/apiKeys.service';
 import { orgUsageRouter } from './usage/usage.routes';
@@ -103,7 +105,8 @@ export function createApp(deps: AppDeps) {
     verifier,
     now,
   });
-  const usage = createUsageService({ db: deps.db, now, delay: deps.config.usageDelay });
+  const usage = createUsageService({ db: deps.db, now, delay: deps.config.usageDelay, eventSummaryDays: deps.config.eventSummaryDays });
+  const events = createEventsService({ db: deps.db });;
   const webhooks = createWebhooksService({
     db: deps.db,
     pepper: deps.config.keyPepper,
@@ -128,6 +131,7 @@ export function createApp(deps: AppDeps) {
   const orgKeys = '/api/orgs/:id/api-keys';
   app.use(orgKeys, routePrefix(orgKeys));
   app.use(orgKeys, orgUsageRouter({ service: usage, authorize }));
+  app.use(orgKeys, orgEventsRouter({ service: events, authorize }));
   app.use(orgKeys, apiKeysRouter({ service: apiKeys, authorize }));
   const orgWebhooks = '/api/orgs/:id/webhooks';
   app.use(orgWebhooks, routePrefix(orgWebhooks));
@@ -136,5 +140,5 @@ export function createApp(deps: AppDeps) {
   app.use(routeNotFound);
   app.use(errorMiddleware(deps.logger));
 
-  return { app, services: { apiKeys, usage, webhooks }, verifier, throttle };
+  return { app, services: { apiKeys, usage, events, webhooks }, verifier, throttle };
 }

@@ -16,6 +16,7 @@ export interface FlushStats {
   lastFlushKeys: number;
   lastFlushStatements: number;
   consecutiveFailures: number;
+  eventsRecorded: number;
 }
 
 export interface FlusherOptions {
@@ -53,6 +54,7 @@ export class Flusher {
     lastFlushKeys: 0,
     lastFlushStatements: 0,
     consecutiveFailures: 0,
+    eventsRecorded: 0,
   };
 
   constructor(private readonly options: FlusherOptions) {
@@ -134,6 +136,7 @@ export class Flusher {
     s.lastFlushDurationMs = durationMs;
     s.lastFlushKeys = result.keysWritten;
     s.lastFlushStatements = result.statements;
+    s.eventsRecorded += result.eventsRecorded;
     if (result.unknownKeys > 0) {
       this.options.logger.warn({ unknownKeys: result.unknownKeys, unknownUses: result.unknownUses }, 'dropped uses of keys that do not exist in the org they named');
     }

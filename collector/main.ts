@@ -7,6 +7,8 @@ import { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { datagramVerifier } from '../shared/datagramSignature';
 import { parsePacket, type UsageSample } from '../shared/usageWire';
 import { Aggregator } from './aggregator';
+import { EventSweep } from './eventSweep';
+import { expireOldEvents } from './eventStore';
 import { Flusher } from './flusher';
 import { startReceiver } from './receiver';
 import { createPgUsageStore, type UsageStore } from './usageStore';
@@ -27,7 +29,9 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const now = overrides.now ?? Date.now;
   // One connection for the flusher, one for upkeep, one for the webhook worker's short statements.
   const db = await createCheckedDb(databaseUrl, { poolMax: 3, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' }, logger);
-  const store = overrides.store ?? createPgUsageStore(db);
+  const events = config.collector.events;
+  const store = overrides.store ?? createPgUsageStore(db, { events: events.enabled ? events : undefined });
+  const sweep = new EventSweep({ db, intervalMs: events.sweepIntervalMs, expiringDays: events.expiringDays, logger, now });
   const aggregator = new Aggregator({ maxKeys: config.collector.maxPendingKeys, now });
   const flusher = new Flusher({
     aggregator,
@@ -94,8 +98,11 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   flusher.start();
   const webhooks = createWebhookWorker({ db, pepper: config.api.keyPepper, config: config.webhooks, logger, now });
   webhooks.start();
+  if (events.enabled) sweep.start();
   const retention = setInterval(() => {
-    store.expireOldRows(config.collector.retentionDays).catch((error) => logger.warn({ err: { message: error.message } }, 'retention cleanup failed'));
+    Promise.all([store.expireOldRows(config.collector.retentionDays), expireOldEvents(db, new Date(now()), events.retentionDays)]).catch((error) =>
+      logger.warn({ err: { message: error.message } }, 'retention cleanup failed'),
+    );
   }, HOUR_MS).unref();
 
   const samples = (): MetricSample[] => {
@@ -122,6 +129,9 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       counter('flushes_total', 'Successful flushes', f.flushes),
       counter('failed_flushes_total', 'Failed flush attempts (retried)', f.failedFlushes),
       counter('duplicate_batches_skipped_total', 'Retried batches found already committed', f.duplicateBatchesSkipped),
+      counter('events_recorded_total', 'Key events recorded, by flushes and sweeps', f.eventsRecorded + sweep.stats.eventsRecorded),
+      counter('event_sweeps_total', 'Sweeps for dormant and expiring keys', sweep.stats.sweeps),
+      counter('failed_event_sweeps_total', 'Failed sweeps (retried at the next interval)', sweep.stats.failedSweeps),
       gauge('last_flush_duration_seconds', 'Duration of the last successful flush', f.lastFlushDurationMs / 1000),
       gauge('last_flush_keys', 'Keys written by the last successful flush', f.lastFlushKeys),
       gauge('last_flush_statements', 'SQL statements in the last successful flush', f.lastFlushStatements),
@@ -148,6 +158,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     metricsPort = await listen(metrics, config.collector.metricsHost, config.collector.metricsPort, 'COLLECTOR_METRICS_PORT');
   } catch (error) {
     await receiver.close();
+    await sweep.stop();
     await webhooks.stop();
     await db.destroy();
     throw error;
@@ -161,6 +172,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const stop = async (): Promise<boolean> => {
     await receiver.close();
     clearInterval(retention);
+    await sweep.stop();
     const flushed = await flusher.stop();
     if (!flushed) {
       logger.error({ pendingUses: flusher.pendingUses, pendingKeys: flusher.pendingKeys + aggregator.pendingKeys }, 'final flush failed; these uses are lost');
@@ -171,7 +183,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     await db.destroy();
     return flushed;
   };
-  return { receiver, metricsPort, stop, samples, flusher, aggregator, ingest, db, webhooks };
+  return { receiver, metricsPort, stop, samples, flusher, aggregator, ingest, db, webhooks, sweep };
 }
 
 if (require.main === module) {

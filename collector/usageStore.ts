@@ -1,7 +1,8 @@
 import type { Knex } from 'knex';
 import type { Db } from '../shared/db';
-import { OUTCOMES, PROVEN_OUTCOMES, type Outcome } from '../shared/usageWire';
+import { OUTCOMES, provenCount } from '../shared/usageWire';
 import { mergeBatches, type KeyUsageDelta, type UsageBatch } from './aggregator';
+import { recordFlushEvents, type EventDetection } from './eventStore';
 
 export interface PendingBatch {
   /** Recorded in usage_flushes in the same transaction, so a retried batch is applied once. */
@@ -21,11 +22,13 @@ export interface WriteResult {
   /** Keys whose rows PostgreSQL refused (a data error); their uses are set aside, not retried. */
   quarantined: Array<{ keyId: string; orgId: string; uses: number }>;
   statements: number;
+  /** Key events this write recorded (0 with detection off). */
+  eventsRecorded: number;
 }
 
 export interface UsageStore {
   write(batches: readonly PendingBatch[]): Promise<WriteResult>;
-  /** Best-effort upkeep outside the flush transaction: trims recent IPs and expired rows. */
+  /** Best-effort upkeep outside the flush transaction: trims recent IPs (and the IP-prefix history) and expired rows. */
   prune(keyIds: readonly string[]): Promise<void>;
   expireOldRows(retentionDays: number): Promise<void>;
 }
@@ -114,7 +117,6 @@ on conflict (key_id, ip) do update set
 
 // -Infinity marks "no such use in this batch": PostgreSQL gets null, which never wins greatest().
 const timeOrNull = (ms: number) => (ms === -Infinity ? null : new Date(ms));
-const provenCount = (counts: Record<Outcome, number>) => PROVEN_OUTCOMES.reduce((sum, outcome) => sum + counts[outcome], 0);
 
 async function upsertTotals(trx: Knex.Transaction, keys: KeyUsageDelta[], chunkSize: number) {
   const written = new Set<string>();
@@ -171,13 +173,29 @@ async function upsertIpRows(trx: Knex.Transaction, keys: KeyUsageDelta[], chunkS
   return batches.length;
 }
 
-async function applyBatch(trx: Knex.Transaction, keys: KeyUsageDelta[], chunkSize: number) {
+interface ApplyOptions {
+  chunkSize: number;
+  /** Unset: no event detection (EVENTS_ENABLED=false). */
+  events?: EventDetection;
+}
+
+// Events are detected after the key's rows are written, inside the same savepoint, so an event
+// commits exactly when its usage does and a key whose events fail is isolated like any data error.
+async function applyBatch(trx: Knex.Transaction, keys: KeyUsageDelta[], { chunkSize, events }: ApplyOptions) {
   const { statements, accepted } = await upsertTotals(trx, keys, chunkSize);
-  const more =
+  let more =
     (await upsertHours(trx, accepted, chunkSize)) +
     (await upsertIpRows(trx, accepted, chunkSize, IP_TABLES.proven)) +
     (await upsertIpRows(trx, accepted, chunkSize, IP_TABLES.failed));
-  return { statements: statements + more, accepted, quarantined: [] as KeyUsageDelta[] };
+  let recorded = 0;
+  if (events) {
+    for (const chunk of chunks(accepted, chunkSize)) {
+      const detected = await recordFlushEvents(trx, chunk, events);
+      more += detected.statements;
+      recorded += detected.events;
+    }
+  }
+  return { statements: statements + more, accepted, quarantined: [] as KeyUsageDelta[], events: recorded };
 }
 
 // SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation): the rows were
@@ -192,29 +210,50 @@ type Applied = Awaited<ReturnType<typeof applyBatch>>;
 // Applies `keys` inside a savepoint. A data error rolls back only the savepoint and bisects the
 // keys until the offending ones are alone; those are set aside (quarantined) so one bad row
 // cannot hold back every org's usage. The happy path costs two extra round trips per flush.
-async function applyIsolating(trx: Knex.Transaction, keys: KeyUsageDelta[], chunkSize: number): Promise<Applied> {
+async function applyIsolating(trx: Knex.Transaction, keys: KeyUsageDelta[], options: ApplyOptions): Promise<Applied> {
   await trx.raw('savepoint usage_apply');
   try {
-    const applied = await applyBatch(trx, keys, chunkSize);
+    const applied = await applyBatch(trx, keys, options);
     await trx.raw('release savepoint usage_apply');
     return { ...applied, statements: applied.statements + 2 };
   } catch (error) {
     if (!isDataError(error)) throw error;
     await trx.raw('rollback to savepoint usage_apply');
-    if (keys.length === 1) return { statements: 2, accepted: [], quarantined: keys };
+    if (keys.length === 1) return { statements: 2, accepted: [], quarantined: keys, events: 0 };
     const middle = Math.ceil(keys.length / 2);
-    const first = await applyIsolating(trx, keys.slice(0, middle), chunkSize);
-    const second = await applyIsolating(trx, keys.slice(middle), chunkSize);
+    const first = await applyIsolating(trx, keys.slice(0, middle), options);
+    const second = await applyIsolating(trx, keys.slice(middle), options);
     return {
       statements: first.statements + second.statements + 2,
       accepted: [...first.accepted, ...second.accepted],
       quarantined: [...first.quarantined, ...second.quarantined],
+      events: first.events + second.events,
     };
   }
 }
 
-export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {}): UsageStore {
-  const chunkSize = options.chunkSize ?? 5000;
+// Keeps the `keep` most recently seen rows of each key in `table` (keyed by key_id and `column`).
+// Best effort, outside the flush: rows are locked in (key_id, column) order, as flushes lock them,
+// and rows another transaction holds are skipped (trimmed after a later flush), so a trim never
+// waits for a lock and cannot deadlock with a flush or with another collector's trim.
+async function trimPerKey(db: Db, keyIds: readonly string[], table: string, column: string, keep: number): Promise<void> {
+  await db.raw(
+    `with doomed as materialized (
+       select r.key_id, r.${column}
+         from ${table} r
+         join (select key_id, ${column}, row_number() over (partition by key_id order by last_seen desc, ${column}) as rank
+                 from ${table} where key_id = any(cast(? as uuid[]))) ranked
+           on ranked.key_id = r.key_id and ranked.${column} = r.${column}
+        where ranked.rank > ?
+        order by r.key_id, r.${column}
+          for update of r skip locked)
+     delete from ${table} r using doomed d where r.key_id = d.key_id and r.${column} = d.${column}`,
+    [[...keyIds], keep],
+  );
+}
+
+export function createPgUsageStore(db: Db, options: { chunkSize?: number; events?: EventDetection } = {}): UsageStore {
+  const apply: ApplyOptions = { chunkSize: options.chunkSize ?? 5000, events: options.events };
   return {
     async write(batches) {
       const trx = await db.transaction();
@@ -227,7 +266,7 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {})
         const toApply = batches.filter((b) => fresh.has(b.id));
         const merged = mergeBatches(toApply.map((b) => b.batch));
         const keys = merged.keys.sort(byKeyId);
-        const { statements, accepted, quarantined } = await applyIsolating(trx, keys, chunkSize);
+        const { statements, accepted, quarantined, events } = await applyIsolating(trx, keys, apply);
         const acceptedUses = accepted.reduce((sum, k) => sum + k.total, 0);
         const quarantinedUses = quarantined.reduce((sum, k) => sum + k.total, 0);
         result = {
@@ -240,6 +279,7 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {})
           unknownUses: merged.uses - acceptedUses - quarantinedUses,
           quarantined: quarantined.map((k) => ({ keyId: k.keyId, orgId: k.orgId, uses: k.total })),
           statements: statements + 1,
+          eventsRecorded: events,
         };
       } catch (error) {
         await trx.rollback().catch(() => undefined);
@@ -257,24 +297,9 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {})
 
     async prune(keyIds) {
       if (keyIds.length === 0) return;
-      // Best effort, outside the flush: rows are locked in (key_id, ip) order, as flushes lock them,
-      // and rows another transaction holds are skipped (trimmed after a later flush), so a prune
-      // never waits for a lock and cannot deadlock with a flush or with another collector's prune.
-      for (const { table } of Object.values(IP_TABLES)) {
-        await db.raw(
-          `with doomed as materialized (
-             select r.key_id, r.ip
-               from ${table} r
-               join (select key_id, ip, row_number() over (partition by key_id order by last_seen desc, ip) as rank
-                       from ${table} where key_id = any(cast(? as uuid[]))) ranked
-                 on ranked.key_id = r.key_id and ranked.ip = r.ip
-              where ranked.rank > ?
-              order by r.key_id, r.ip
-                for update of r skip locked)
-           delete from ${table} r using doomed d where r.key_id = d.key_id and r.ip = d.ip`,
-          [[...keyIds], RECENT_IPS_PER_KEY],
-        );
-      }
+      for (const { table } of Object.values(IP_TABLES)) await trimPerKey(db, keyIds, table, 'ip', RECENT_IPS_PER_KEY);
+      // Beyond the bound the least recently seen network is forgotten: a use from it later is new again.
+      if (options.events) await trimPerKey(db, keyIds, 'api_key_ip_history', 'prefix', options.events.ipHistoryPerKey);
     },
 
     async expireOldRows(retentionDays) {

@@ -22,6 +22,9 @@ Commands:
   key create <orgId> --name <name> --scopes <scope,...> [--expires-at <ISO 8601>]
                                      Create an API key (scopes: ${SCOPES.join(', ')})
   key revoke <orgId> <keyId>         Revoke an API key at once
+  key revoke-dormant <orgId> --days <n> [--apply]
+                                     List the active keys unused for n days (never used: created
+                                     n days ago); with --apply, revoke exactly those
   help                               Show this help
 
 Options:
@@ -35,6 +38,8 @@ const OPTIONS = {
   name: { type: 'string' },
   scopes: { type: 'string' },
   'expires-at': { type: 'string' },
+  days: { type: 'string' },
+  apply: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -45,7 +50,8 @@ export type Command =
   | { kind: 'org list'; json: boolean }
   | { kind: 'key list'; orgId: string; json: boolean }
   | { kind: 'key create'; orgId: string; name: string; scopes: Scope[]; expiresAt: Date | null; json: boolean }
-  | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean };
+  | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean }
+  | { kind: 'key revoke-dormant'; orgId: string; dormantDays: number; apply: boolean; json: boolean };
 
 export type ParsedCli = { kind: 'help' } | { kind: 'usage'; problem: string } | { kind: 'command'; command: Command };
 
@@ -95,7 +101,11 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
   'key list': { args: ['orgId'], options: [] },
   'key create': { args: ['orgId'], options: ['name', 'scopes', 'expires-at'] },
   'key revoke': { args: ['orgId', 'keyId'], options: [] },
+  'key revoke-dormant': { args: ['orgId'], options: ['days', 'apply'] },
 };
+
+// The same bounds as the HTTP API's dormantDays.
+const dormantDays = z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().min(1, 'must be at least 1').max(3650, 'must be at most 3650'));
 
 function isCommandKind(value: string): value is Command['kind'] {
   return Object.hasOwn(SIGNATURES, value);
@@ -151,6 +161,12 @@ export function parseCli(argv: string[], now: number): ParsedCli {
         };
       case 'key revoke':
         return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), keyId: checkId(args[1], '<keyId>'), json } };
+      case 'key revoke-dormant':
+        if (values.days === undefined) throw new UsageError('key revoke-dormant: --days is required');
+        return {
+          kind: 'command',
+          command: { kind, orgId: checkId(args[0], '<orgId>'), dormantDays: check(dormantDays, values.days, '--days'), apply: values.apply ?? false, json },
+        };
     }
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
@@ -270,6 +286,17 @@ async function execute(command: Command, deps: CliDeps): Promise<void> {
       if (command.json) return printJson(deps, revoked);
       deps.out(`Revoked API key ${revoked.id} ("${printable(revoked.name)}") at ${revoked.revokedAt}.`);
       deps.out('Running API servers refuse it within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).');
+      return;
+    }
+
+    case 'key revoke-dormant': {
+      await requireOrganization(deps.db, command.orgId);
+      const result = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: !command.apply, callerKeyId: null });
+      if (command.json) return printJson(deps, result);
+      const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
+      deps.out(`${verb} ${result.keys.length} key(s) of organization ${command.orgId} unused for ${command.dormantDays} days.`);
+      if (result.keys.length === 0) return;
+      deps.out(table([['ID', 'PREFIX', 'NAME', 'CREATED', 'LAST USED'], ...result.keys.map((key) => [key.id, key.displayPrefix, printable(key.name), key.createdAt, key.lastUsedAt ?? 'never'])]));
       return;
     }
   }

@@ -1,3 +1,4 @@
+import http from 'node:http';
 import { parseArgs } from 'node:util';
 import { formatKey, parsePresentedKey } from '../api/keys/keyMaterial';
 import { ConfigError, loadConfig } from '../shared/config';
@@ -14,6 +15,10 @@ const CONCURRENCY = 8;
 const EXPIRES_AFTER_MS = 2000;
 const SETTLE_MS = 2000;
 const SETTLE_RETRY_MS = 3000;
+// A second client network on this machine: all of 127.0.0.0/8 is loopback on Linux. Not 127.0.0.2:
+// a key's networks are /24s, and 127.0.0.2 shares 127.0.0.1's.
+const SECOND_ADDRESS = '127.0.1.1';
+const NEW_IP_REQUESTS = 3;
 
 type Outcome = 'ok' | 'forbidden' | 'expired' | 'revoked' | 'bad_secret';
 type Role = 'ci' | 'readonly' | 'revoked' | 'expiring' | 'wrong-secret' | 'unused';
@@ -99,6 +104,18 @@ class Client {
       parsed = undefined;
     }
     return { status: response.status, body: parsed };
+  }
+
+  /** A GET sent from another local address, so the API sees a second client network without a proxy. */
+  getFrom(localAddress: string, path: string, key: string): Promise<number> {
+    this.requestsSent += 1;
+    const url = new URL(this.baseUrl + path);
+    return new Promise((resolve, reject) => {
+      const request = http.get({ host: url.hostname, port: url.port, path, localAddress, headers: { authorization: `Bearer ${key}` }, timeout: 5000 }, (response) => {
+        response.resume().on('end', () => resolve(response.statusCode ?? 0));
+      });
+      request.on('timeout', () => request.destroy(new Error('timed out'))).on('error', reject);
+    });
   }
 
   async expect(method: string, path: string, key: string, status: number, body?: unknown) {
@@ -196,6 +213,29 @@ function table(rows: string[][]): string {
   return rows.map((row) => row.map((cell, column) => (column === 0 ? cell.padEnd(widths[column]) : cell.padStart(widths[column]))).join('  ')).join('\n');
 }
 
+interface EventRow {
+  keyId: string;
+  type: string;
+  occurredAt: string;
+  details: Record<string, unknown>;
+}
+
+// The events the demo keys raised (first uses, the new network, the revoked key's use, the burst
+// of wrong secrets), newest first, once the collector has recorded the two this demo is about.
+async function showEvents(client: Client, orgId: string, adminKey: string, keys: DemoKey[]) {
+  const names = new Map(keys.map((key) => [key.id, key.name]));
+  const path = `/api/orgs/${orgId}/api-keys/events?limit=100`;
+  let events: EventRow[] = [];
+  for (const until = Date.now() + SETTLE_RETRY_MS; ; await sleep(500)) {
+    events = ((await client.expect('GET', path, adminKey, 200)).data as EventRow[]).filter((event) => names.has(event.keyId));
+    const seen = new Set(events.map((event) => event.type));
+    if ((seen.has('key.new_ip') && seen.has('key.revoked_used')) || Date.now() > until) break;
+  }
+  console.log(`Events of these keys (GET ${path.split('?')[0]}):`);
+  console.log(table([['occurredAt', 'key', 'type', 'details'], ...events.map((e) => [e.occurredAt, names.get(e.keyId)!, e.type, JSON.stringify(e.details)])]));
+  console.log('');
+}
+
 async function run(options: Options, port: number) {
   const started = Date.now();
   const baseUrl = `http://127.0.0.1:${port}`;
@@ -237,7 +277,14 @@ async function run(options: Options, port: number) {
   // Revoke one key, let the other expire, then phase 2: the same keys, now failing.
   if (!client.exhausted) await client.expect('POST', `${keysPath}/${revoked.id}/revoke`, admin, 200);
   if (Date.now() < expiresAt + 200) await sleep(expiresAt + 200 - Date.now());
-  await sendTraffic(client, orgId, [ci, readonly, revoked, expiring, wrong], options.requests - client.requestsSent, Infinity);
+  await sendTraffic(client, orgId, [ci, readonly, revoked, expiring, wrong], options.requests - client.requestsSent - NEW_IP_REQUESTS, Infinity);
+
+  // Phase 3: the ci key, first used from 127.0.0.1 well over a flush ago, now from another network.
+  for (let i = 0; i < NEW_IP_REQUESTS && !client.exhausted; i += 1) {
+    const status = await client.getFrom(SECOND_ADDRESS, '/api/whoami', ci.plaintext).catch(() => 0);
+    if (status === 200) ci.seen.ok += 1;
+    else client.failures += 1;
+  }
 
   const elapsed = ((Date.now() - started) / 1000).toFixed(1);
   console.log(`Sent ${client.requestsSent} requests in ${elapsed} s${client.failures > 0 ? ` (${client.failures} unexpected answers or errors)` : ''}; waiting for the collector to flush...`);
@@ -280,6 +327,7 @@ async function run(options: Options, port: number) {
       ? 'Every count matches what this script received (each answer to the right secret is one use, with its outcome; each wrong secret a failed attempt).'
       : 'Some counts do not match what this script received yet: is the collector running? (`npm start` runs it)',
   );
+  await showEvents(client, orgId, admin, keys);
   console.log('The full response, with recent IPs and the 24 h / 7 d / 30 d windows:');
   console.log(`    curl -H "Authorization: Bearer $DEMO_KEY" "${baseUrl}${keysPath}/usage?sort=requestCount"`);
   console.log(`Dormant keys only:  curl -H "Authorization: Bearer $DEMO_KEY" "${baseUrl}${keysPath}/usage?dormant=true"`);

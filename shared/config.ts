@@ -17,6 +17,12 @@ const portOrZero = wholeNumber(0, 65535);
 const positiveInt = (max = Number.MAX_SAFE_INTEGER) => wholeNumber(1, max);
 const booleanFlag = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 const host = z.string().min(1);
+// A comma-separated list of whole numbers, e.g. "7,1", sorted descending and deduplicated.
+const dayList = z
+  .string()
+  .regex(/^\s*\d+(\s*,\s*\d+)*\s*$/, 'must be comma-separated whole numbers')
+  .transform((value) => [...new Set(value.split(',').map((part) => Number(part.trim())))].sort((a, b) => b - a))
+  .pipe(z.array(z.number().min(1, 'each must be at least 1').max(365, 'each must be at most 365')));
 
 const PROXY_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal']);
 
@@ -90,6 +96,15 @@ const variables = {
   WEBHOOK_MAX_ATTEMPTS: wholeNumber(1, 12).default(8),
   WEBHOOK_RETRY_BASE_MS: wholeNumber(1, 3_600_000).default(30_000),
   WEBHOOK_POLL_INTERVAL_MS: wholeNumber(10, 60_000).default(1000),
+  EVENTS_ENABLED: booleanFlag.default(true),
+  EVENTS_RETENTION_DAYS: positiveInt(3650).default(90),
+  EVENTS_SWEEP_INTERVAL_MS: positiveInt(86_400_000).default(60_000),
+  EVENTS_IP_HISTORY_PER_KEY: positiveInt(100_000).default(1000),
+  EVENTS_SPIKE_FACTOR: positiveInt(1000).default(5),
+  EVENTS_SPIKE_MIN_USES: positiveInt().default(100),
+  EVENTS_FAILED_ATTEMPTS_PER_HOUR: positiveInt().default(20),
+  EVENTS_EXPIRING_DAYS: dayList.default([7, 1]),
+  EVENTS_SUMMARY_DAYS: positiveInt(3650).default(7),
 };
 
 const DEV_PEPPER = 'keyusage-development-pepper-not-for-production-use';
@@ -169,6 +184,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       },
       // How far the usage endpoint can lag the requests it counts, told to its readers.
       usageDelay: { drainIntervalMs: v.USAGE_DRAIN_INTERVAL_MS, flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS },
+      eventSummaryDays: v.EVENTS_SUMMARY_DAYS,
     },
     usage: {
       enabled: v.USAGE_TRACKING,
@@ -189,6 +205,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       retentionDays: v.USAGE_RETENTION_DAYS,
       signingSecrets: [v.USAGE_SIGNING_SECRET, v.USAGE_SIGNING_PREVIOUS_SECRET].filter((secret): secret is string => secret !== undefined),
       replayCacheSize: v.COLLECTOR_REPLAY_CACHE_SIZE,
+      events: {
+        enabled: v.EVENTS_ENABLED,
+        retentionDays: v.EVENTS_RETENTION_DAYS,
+        sweepIntervalMs: v.EVENTS_SWEEP_INTERVAL_MS,
+        ipHistoryPerKey: v.EVENTS_IP_HISTORY_PER_KEY,
+        spikeFactor: v.EVENTS_SPIKE_FACTOR,
+        spikeMinUses: v.EVENTS_SPIKE_MIN_USES,
+        failedAttemptsPerHour: v.EVENTS_FAILED_ATTEMPTS_PER_HOUR,
+        expiringDays: v.EVENTS_EXPIRING_DAYS,
+      },
     },
     webhooks: {
       allowPrivateTargets: v.WEBHOOK_ALLOW_PRIVATE_TARGETS,

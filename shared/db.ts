@@ -17,6 +17,11 @@ export function exactCount(value: string | number): Count {
 }
 
 pg.types.setTypeParser(pg.types.builtins.INT8, exactCount);
+// cidr[] (api_keys.expected_networks) as an array of strings, like text[].
+type TypeId = Parameters<typeof pg.types.setTypeParser>[0];
+const CIDR_ARRAY_OID = 651 as TypeId;
+const TEXT_ARRAY_OID = 1009 as TypeId;
+pg.types.setTypeParser(CIDR_ARRAY_OID, pg.types.getTypeParser(TEXT_ARRAY_OID));
 
 export const MIGRATIONS_DIRECTORY = path.resolve(__dirname, '..', 'migrations');
 

@@ -14,6 +14,9 @@ export function isProvenOutcome(outcome: Outcome): boolean {
   return outcome !== 'bad_secret';
 }
 
+/** The uses (proven outcomes) among per-outcome counts. */
+export const provenCount = (counts: Record<Outcome, number>) => PROVEN_OUTCOMES.reduce((sum, outcome) => sum + counts[outcome], 0);
+
 export const USAGE_METRIC = 'apikey.used';
 
 // Datadog's recommended UDP payload: fits a 1500-byte MTU after IPv6 + UDP

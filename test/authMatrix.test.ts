@@ -22,7 +22,7 @@ interface Key {
 
 interface Route {
   name: string;
-  method: 'GET' | 'POST' | 'DELETE';
+  method: 'GET' | 'POST' | 'PATCH' | 'DELETE';
   path: (orgId: string, keyId: string) => string;
   scope?: Scope;
   /** Key management: refused to a key's previous secret during a rotation's grace period. */
@@ -141,6 +141,52 @@ const ROUTES: Route[] = [
       { label: 'keyId not a UUID', path: (org) => `${KEYS}/${org}/api-keys/${BAD_ID}/usage`, field: 'keyId' },
       { label: 'unknown granularity', query: 'granularity=week', field: 'granularity' },
       { label: 'from not a date', query: 'from=yesterday', field: 'from' },
+    ],
+  },
+  {
+    name: 'GET /api/orgs/:id/api-keys/events',
+    method: 'GET',
+    path: (org) => `${KEYS}/${org}/api-keys/events`,
+    scope: 'keys:read',
+    target: 'reader',
+    okStatus: 200,
+    invalid: [
+      { label: 'unknown type', query: 'type=key.bogus', field: 'type' },
+      { label: 'keyId not a UUID', query: 'keyId=x', field: 'keyId' },
+      { label: 'since not a date', query: 'since=yesterday', field: 'since' },
+      { label: 'a cursor it never returned', query: 'cursor=bm90LWEtY3Vyc29y', field: 'cursor' },
+      { label: 'limit 0', query: 'limit=0', field: 'limit' },
+      { label: 'unknown parameter', query: 'offset=5', field: 'offset' },
+    ],
+  },
+  {
+    name: 'PATCH /api/orgs/:id/api-keys/:keyId',
+    method: 'PATCH',
+    path: (org, key) => `${KEYS}/${org}/api-keys/${key}`,
+    scope: 'keys:write',
+    target: 'reader',
+    body: { expectedNetworks: ['10.0.0.0/8', '2001:db8::/32'] },
+    okStatus: 200,
+    invalid: [
+      { label: 'keyId not a UUID', path: (org) => `${KEYS}/${org}/api-keys/${BAD_ID}`, body: { expectedNetworks: null }, field: 'keyId' },
+      { label: 'prefix too long', body: { expectedNetworks: ['10.0.0.0/33'] }, field: 'expectedNetworks.0' },
+      { label: 'not an address', body: { expectedNetworks: ['intranet'] }, field: 'expectedNetworks.0' },
+      { label: 'unknown field', body: { expectedNetworks: null, name: 'x' }, field: 'name' },
+      { label: 'missing body', field: 'expectedNetworks' },
+    ],
+  },
+  {
+    name: 'POST /api/orgs/:id/api-keys/revoke-dormant',
+    method: 'POST',
+    path: (org) => `${KEYS}/${org}/api-keys/revoke-dormant`,
+    scope: 'keys:write',
+    target: 'reader',
+    body: { dormantDays: 90 },
+    okStatus: 200,
+    invalid: [
+      { label: 'dormantDays 0', body: { dormantDays: 0 }, field: 'dormantDays' },
+      { label: 'dryRun not a boolean', body: { dormantDays: 90, dryRun: 'yes' }, field: 'dryRun' },
+      { label: 'missing body', field: 'dormantDays' },
     ],
   },
 ];

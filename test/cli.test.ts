@@ -191,6 +191,37 @@ t.test('key create, list and revoke', async (t) => {
   for (const form of await storedHashForms(db)) t.notMatch(allOutput, form, 'no stored hash is printed');
 });
 
+t.test('key revoke-dormant: a dry run, then --apply revokes exactly what it listed', async (t) => {
+  const { db, api, cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  const { org } = cli.json();
+  const old = new Date(Date.now() - 100 * 86_400_000);
+  const unused = (await api.services.apiKeys.create(org.id, { name: 'unused', scopes: ['keys:read'], expiresAt: null })).key.id;
+  const fresh = (await api.services.apiKeys.create(org.id, { name: 'fresh', scopes: ['keys:read'], expiresAt: null })).key.id;
+  await db('api_keys').where({ org_id: org.id }).whereNot({ id: fresh }).update({ created_at: old });
+  cli.reset();
+
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90'), 0);
+  const text = cli.out.join('\n');
+  t.match(text, /^Would revoke \(dry run; add --apply to revoke\) 2 key\(s\)/);
+  t.match(text, new RegExp(`${unused}\\s+\\S+\\s+unused\\s+\\S+\\s+never`));
+  t.notMatch(text, fresh);
+  t.equal(Number((await db('api_keys').whereNotNull('revoked_at').count({ n: '*' }))[0].n), 0, 'the dry run revoked nothing');
+  cli.reset();
+
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply', '--json'), 0);
+  const result = cli.json();
+  t.equal(result.dryRun, false);
+  t.strictSame(result.keys.map((k: { name: string }) => k.name).sort(), ['admin', 'unused'], 'the CLI has no calling key to spare');
+  t.ok(result.keys.every((k: { status: string }) => k.status === 'revoked'));
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id), 2, '--days is required');
+  t.match(cli.err.join('\n'), /--days is required/);
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '0'), 2);
+  t.match(cli.err.join('\n'), /--days: must be at least 1/);
+});
+
 t.test('key list of an org without keys, and a long list', async (t) => {
   const { db, cli } = await setup(t);
   const [org] = await db('organizations').insert({ name: 'empty' }).returning('*');

@@ -32,6 +32,7 @@ t.test('defaults', async (t) => {
     trustProxy: false,
     authThrottle: { maxFailuresPerIp: 100, maxFailuresPerKey: 20, windowMs: 60_000, maxEntries: 50_000 },
     usageDelay: { drainIntervalMs: 250, flushIntervalMs: 1000 },
+    eventSummaryDays: 7,
   });
   t.ok(config.api.keyPepper.length >= 32, 'a development pepper stands in when KEY_PEPPER is unset');
   t.match(config.usage, { enabled: true, drainIntervalMs: 250, maxEntries: 10_000, collectorHost: '127.0.0.1', collectorPort: 8125 });
@@ -50,6 +51,27 @@ t.test('webhook settings', async (t) => {
   });
   t.same(config.webhooks, { allowPrivateTargets: true, timeoutMs: 800, maxAttempts: 3, retryBaseMs: 50, pollIntervalMs: 20 });
   t.ok(Object.isFrozen(config.webhooks));
+});
+
+t.test('event settings', async (t) => {
+  const config = loadConfig(DEV);
+  t.same(config.collector.events, {
+    enabled: true,
+    retentionDays: 90,
+    sweepIntervalMs: 60_000,
+    ipHistoryPerKey: 1000,
+    spikeFactor: 5,
+    spikeMinUses: 100,
+    failedAttemptsPerHour: 20,
+    expiringDays: [7, 1],
+  });
+});
+
+t.test('EVENTS_EXPIRING_DAYS is a list of days, largest first', async (t) => {
+  t.same(loadConfig({ ...DEV, EVENTS_EXPIRING_DAYS: '1, 14,7,7' }).collector.events.expiringDays, [14, 7, 1]);
+  for (const bad of ['seven', '7,,1', '0', '7,400']) {
+    t.throws(() => loadConfig({ ...DEV, EVENTS_EXPIRING_DAYS: bad }), /EVENTS_EXPIRING_DAYS/, `"${bad}" is refused`);
+  }
 });
 
 t.test('values from the environment are parsed to their types', async (t) => {

@@ -28,7 +28,7 @@ function fakeStore() {
       fresh.forEach((b) => applied.add(b.id));
       const uses = fresh.reduce((s, b) => s + b.batch.uses, 0);
       const duplicateUses = batches.filter((b) => !fresh.includes(b)).reduce((s, b) => s + b.batch.uses, 0);
-      return { appliedBatches: fresh.length, duplicateBatches: batches.length - fresh.length, duplicateUses, keysWritten: 0, usesWritten: uses, unknownKeys: 0, unknownUses: 0, quarantined: [], statements: 4 };
+      return { appliedBatches: fresh.length, duplicateBatches: batches.length - fresh.length, duplicateUses, keysWritten: 0, usesWritten: uses, unknownKeys: 0, unknownUses: 0, quarantined: [], statements: 4, eventsRecorded: 0 };
     },
     prune: async () => {},
     expireOldRows: async () => {},

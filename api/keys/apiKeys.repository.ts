@@ -14,6 +14,8 @@ export interface ApiKeyRecord {
   expiresAt: Date | null;
   revokedAt: Date | null;
   rotatedAt: Date | null;
+  /** CIDRs the key is expected to be used from; null: anywhere. */
+  expectedNetworks: string[] | null;
 }
 
 interface ApiKeyRow {
@@ -29,6 +31,7 @@ interface ApiKeyRow {
   expires_at: Date | null;
   revoked_at: Date | null;
   rotated_at: Date | null;
+  expected_networks: string[] | null;
 }
 
 const toRecord = (row: ApiKeyRow): ApiKeyRecord => ({
@@ -44,7 +47,12 @@ const toRecord = (row: ApiKeyRow): ApiKeyRecord => ({
   expiresAt: row.expires_at,
   revokedAt: row.revoked_at,
   rotatedAt: row.rotated_at,
+  expectedNetworks: row.expected_networks,
 });
+
+// PostgreSQL normalises each CIDR to its network (10.1.2.3/8 becomes 10.0.0.0/8).
+const networksValue = (db: Db, networks: readonly string[] | null) =>
+  networks === null ? null : (db.raw('cast(array(select network(n) from unnest(cast(? as inet[])) as n) as cidr[])', [[...networks]]) as unknown as string[]);
 
 export interface NewApiKey {
   id: string;
@@ -54,6 +62,7 @@ export interface NewApiKey {
   secretHash: Buffer;
   scopes: Scope[];
   expiresAt: Date | null;
+  expectedNetworks?: string[] | null;
 }
 
 export async function insertApiKey(db: Db, key: NewApiKey): Promise<ApiKeyRecord> {
@@ -66,6 +75,7 @@ export async function insertApiKey(db: Db, key: NewApiKey): Promise<ApiKeyRecord
       secret_hash: key.secretHash,
       scopes: key.scopes,
       expires_at: key.expiresAt,
+      expected_networks: networksValue(db, key.expectedNetworks ?? null),
     })
     .returning('*');
   return toRecord(row);
@@ -118,4 +128,47 @@ export async function markRevoked(db: Db, id: string, revokedAt: Date): Promise<
     .update({ revoked_at: db.raw('coalesce(revoked_at, ?)', [revokedAt]) as unknown as Date })
     .returning('*');
   return toRecord(row);
+}
+
+export async function setExpectedNetworks(db: Db, id: string, networks: string[] | null): Promise<ApiKeyRecord> {
+  const [row] = await db<ApiKeyRow>('api_keys').where({ id }).update({ expected_networks: networksValue(db, networks) }).returning('*');
+  return toRecord(row);
+}
+
+export interface DormantQuery {
+  orgId: string;
+  /** Dormant: last proven use (or creation, if never used) before this instant. */
+  idleSince: Date;
+  now: Date;
+  /** Never selected: the key making the request. */
+  exceptKeyId: string | null;
+}
+
+export type DormantKey = ApiKeyRecord & { lastUsedAt: Date | null };
+
+// Active keys only: revoked and expired keys are not "dormant", they are already off.
+const DORMANT_KEYS = `
+select k.*, u.last_used_at
+  from api_keys k
+  left join api_key_usage u on u.key_id = k.id
+ where k.org_id = :orgId and k.id is distinct from :exceptKeyId
+   and k.revoked_at is null and (k.expires_at is null or k.expires_at > :now)
+   and coalesce(u.last_used_at, k.created_at) < :idleSince`;
+
+const toDormant = (row: ApiKeyRow & { last_used_at: Date | null }): DormantKey => ({ ...toRecord(row), lastUsedAt: row.last_used_at });
+
+export async function findDormantKeys(db: Db, query: DormantQuery): Promise<DormantKey[]> {
+  const result = await db.raw(`${DORMANT_KEYS} order by k.created_at, k.id`, { ...query });
+  return result.rows.map(toDormant);
+}
+
+/** Revokes exactly the keys findDormantKeys would list, in one statement; returns them. */
+export async function revokeDormantKeys(db: Db, query: DormantQuery): Promise<DormantKey[]> {
+  const result = await db.raw(
+    `with dormant as (${DORMANT_KEYS} order by k.id for update of k)
+     update api_keys k set revoked_at = :now from dormant d where k.id = d.id
+     returning k.*, d.last_used_at`,
+    { ...query },
+  );
+  return (result.rows as Array<ApiKeyRow & { last_used_at: Date | null }>).map(toDormant).sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : 1));
 }

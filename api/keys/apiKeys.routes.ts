@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { Router, type RequestHandler, type Response } from 'express';
 import { z } from 'zod';
 import type { Requirement } from '../auth/authorize';
@@ -8,6 +9,15 @@ import { SCOPES } from './scopes';
 const keyParams = z.object({ id: uuid, keyId: uuid });
 const orgParams = z.object({ id: uuid });
 
+// An IPv4 or IPv6 address with an optional prefix length; PostgreSQL stores its network.
+const cidr = z.string().refine((value) => {
+  const [address, bits, ...rest] = value.split('/');
+  const family = isIP(address);
+  if (family === 0 || rest.length > 0) return false;
+  return bits === undefined || (/^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128));
+}, 'must be an IPv4 or IPv6 CIDR such as 203.0.113.0/24');
+const expectedNetworks = z.array(cidr).max(100, 'must list at most 100 networks').nullable();
+
 const createBody = z
   .object({
     name: displayName,
@@ -16,6 +26,16 @@ const createBody = z
       .min(1, 'must list at least one scope')
       .transform((scopes) => [...new Set(scopes)]),
     expiresAt: z.iso.datetime({ offset: true, error: 'must be an ISO 8601 date-time' }).nullish(),
+    expectedNetworks: expectedNetworks.optional(),
+  })
+  .strict();
+
+const patchBody = z.object({ expectedNetworks }).strict();
+
+const revokeDormantBody = z
+  .object({
+    dormantDays: z.number().int('must be a whole number').min(1).max(3650),
+    dryRun: z.boolean().default(true),
   })
   .strict();
 
@@ -42,7 +62,7 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
     const body = parseInput(createBody, req.body, 'body');
     const created = await service.create(
       id,
-      { name: body.name, scopes: body.scopes, expiresAt: body.expiresAt ? new Date(body.expiresAt) : null },
+      { name: body.name, scopes: body.scopes, expiresAt: body.expiresAt ? new Date(body.expiresAt) : null, expectedNetworks: body.expectedNetworks },
       { actor: res.locals.auth!.key },
     );
     revealOnce(res).status(201).json({ ...created.key, key: created.plaintext });
@@ -52,6 +72,18 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
     const { id } = parseInput(orgParams, req.params, 'params');
     const page = parseInput(z.object(pagination).strict(), req.query, 'query');
     res.json(await service.list(id, page));
+  });
+
+  router.post('/revoke-dormant', writeKeys, readJson, async (req, res) => {
+    const { id } = parseInput(orgParams, req.params, 'params');
+    const body = parseInput(revokeDormantBody, req.body, 'body');
+    res.json(await service.revokeDormant(id, { ...body, callerKeyId: res.locals.auth!.key.id }));
+  });
+
+  router.patch('/:keyId', writeKeys, readJson, async (req, res) => {
+    const { id, keyId } = parseInput(keyParams, req.params, 'params');
+    const body = parseInput(patchBody, req.body, 'body');
+    res.json(await service.setExpectedNetworks(id, keyId, body.expectedNetworks));
   });
 
   router.get('/:keyId', readKeys, async (req, res) => {

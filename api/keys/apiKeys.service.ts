@@ -3,10 +3,13 @@ import type { KeyVerifier } from '../auth/keyVerifier';
 import { AppError, notFound } from '../errors';
 import {
   findApiKeyInOrg,
+  findDormantKeys,
   insertApiKey,
   listApiKeysInOrg,
   markRevoked,
   replaceSecret,
+  revokeDormantKeys,
+  setExpectedNetworks,
   type ApiKeyRecord,
 } from './apiKeys.repository';
 import { generateKeyMaterial, newSecret } from './keyMaterial';
@@ -27,6 +30,7 @@ export interface ApiKeyView {
   revokedAt: string | null;
   rotatedAt: string | null;
   previousSecretExpiresAt: string | null;
+  expectedNetworks: string[] | null;
 }
 
 const iso = (date: Date | null) => (date ? date.toISOString() : null);
@@ -51,13 +55,20 @@ export function toApiKeyView(key: ApiKeyRecord, now: number): ApiKeyView {
     revokedAt: iso(key.revokedAt),
     rotatedAt: iso(key.rotatedAt),
     previousSecretExpiresAt: graceOpen ? iso(key.previousSecretExpiresAt) : null,
+    expectedNetworks: key.expectedNetworks,
   };
 }
+
+const DAY_MS = 86_400_000;
+
+// An empty list would mean "expected nowhere", which no one means: it is stored as no list.
+const networksOrNull = (networks: string[] | null | undefined) => (networks && networks.length > 0 ? networks : null);
 
 export interface CreateKeyInput {
   name: string;
   scopes: Scope[];
   expiresAt: Date | null;
+  expectedNetworks?: string[] | null;
 }
 
 /** The key a request acts with. The CLI acts with none: an operator at the database is not limited. */
@@ -110,6 +121,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         secretHash: material.secretHash,
         scopes: input.scopes,
         expiresAt: input.expiresAt,
+        expectedNetworks: networksOrNull(input.expectedNetworks),
       });
       return { key: toApiKeyView(key, deps.now()), plaintext: material.plaintext };
     },
@@ -143,6 +155,27 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       if (!rotated) throw new AppError('conflict', 'The API key was rotated by another request at the same time; read it again before retrying');
       deps.verifier.invalidate(key.id);
       return { key: toApiKeyView(rotated, now), plaintext: material.plaintext };
+    },
+
+    /** Expected networks do not block a request: a use from outside them raises key.outside_networks. */
+    async setExpectedNetworks(orgId: string, keyId: string, networks: string[] | null) {
+      const key = await requireKey(orgId, keyId);
+      return toApiKeyView(await setExpectedNetworks(deps.db, key.id, networksOrNull(networks)), deps.now());
+    },
+
+    // Active keys whose last proven use (or creation, if never used) is older than dormantDays.
+    // A dry run lists them; otherwise the same selection is revoked in one statement. The caller's
+    // own key is never among them, so a clean-up cannot lock out the one running it.
+    async revokeDormant(orgId: string, input: { dormantDays: number; dryRun: boolean; callerKeyId: string | null }) {
+      const now = deps.now();
+      const query = { orgId, idleSince: new Date(now - input.dormantDays * DAY_MS), now: new Date(now), exceptKeyId: input.callerKeyId };
+      const keys = input.dryRun ? await findDormantKeys(deps.db, query) : await revokeDormantKeys(deps.db, query);
+      if (!input.dryRun) for (const key of keys) deps.verifier.invalidate(key.id);
+      return {
+        dryRun: input.dryRun,
+        dormantDays: input.dormantDays,
+        keys: keys.map((key) => ({ ...toApiKeyView(key, now), lastUsedAt: iso(key.lastUsedAt) })),
+      };
     },
 
     async revoke(orgId: string, keyId: string) {

@@ -1,4 +1,5 @@
 import { exactCount, type Count, type Db } from '../../shared/db';
+import type { EventType } from '../../shared/keyEvents';
 import { OUTCOMES, type Outcome } from '../../shared/usageWire';
 import type { Scope } from '../keys/scopes';
 
@@ -45,6 +46,9 @@ export interface KeyUsageRecord {
   recentFailedIps: FailedIp[];
   lastRevokedUseAt: Date | null;
   lastExpiredUseAt: Date | null;
+  /** Events since UsageQuery.eventsSince, by type (types without one are absent). */
+  eventCounts: Partial<Record<EventType, number>>;
+  latestEventAt: Date | null;
 }
 
 export interface UsageQuery {
@@ -56,6 +60,8 @@ export interface UsageQuery {
   nameContains: string | null;
   /** When set, only this key (the dashboard's key page). */
   keyId: string | null;
+  /** Events counted per key are those since this instant. */
+  eventsSince: Date;
   sort: UsageSort;
   order: 'asc' | 'desc';
   limit: number;
@@ -100,6 +106,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
     dormantBefore: query.dormantBefore,
     namePattern: query.nameContains ? likePattern(query.nameContains) : null,
     keyId: query.keyId,
+    eventsSince: query.eventsSince,
     limit: query.limit,
     offset: query.offset,
   };
@@ -113,7 +120,8 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
       `select p.*,
               coalesce(w.last_24h, 0) as last_24h, coalesce(w.last_7d, 0) as last_7d, coalesce(w.last_30d, 0) as last_30d, w.last_7_days,
               coalesce(api_key_recent_ips.ips, cast('[]' as json)) as recent_ips,
-              coalesce(api_key_failed_ips.ips, cast('[]' as json)) as recent_failed_ips
+              coalesce(api_key_failed_ips.ips, cast('[]' as json)) as recent_failed_ips,
+              coalesce(ev.by_type, cast('{}' as json)) as event_counts, ev.latest_at as latest_event_at
          from (
            select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
                   u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
@@ -131,6 +139,13 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
             cross join (select date_trunc('day', cast(:now as timestamptz), 'UTC') as day0) d
             where h.key_id = p.id and h.hour > cast(:now as timestamptz) - interval '30 days'
          ) w on true ${recentIpsJson('api_key_recent_ips', 'request_count')} ${recentIpsJson('api_key_failed_ips', 'attempt_count')}
+         left join lateral (
+           select json_object_agg(s.type, s.n) as by_type, max(s.latest) as latest_at
+             from (select e.type, count(*) as n, max(e.occurred_at) as latest
+                     from key_events e
+                    where e.key_id = p.id and e.occurred_at > :eventsSince
+                    group by e.type) s
+         ) ev on true
         order by ${sort.outer} ${direction}, p.id`,
       bindings,
     ),
@@ -168,6 +183,8 @@ function toKeyUsage(row: Record<string, any>): KeyUsageRecord {
     recentFailedIps: ipRows(row.recent_failed_ips).map(({ count, ...ip }) => ({ ...ip, attemptCount: count })),
     lastRevokedUseAt: row.last_revoked_use_at,
     lastExpiredUseAt: row.last_expired_use_at,
+    eventCounts: row.event_counts,
+    latestEventAt: row.latest_event_at ? new Date(row.latest_event_at) : null,
   };
 }
 

@@ -9,7 +9,7 @@ const MAX_SERIES_POINTS = 24 * 93;
 
 const isoOrNull = (date: Date | null) => (date ? date.toISOString() : null);
 
-function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number) {
+function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number, eventSummaryDays: number) {
   return {
     id: key.keyId,
     name: key.name,
@@ -33,6 +33,7 @@ function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number) {
     recentFailedIps: key.recentFailedIps.map(isoSeen),
     lastRevokedUseAt: isoOrNull(key.lastRevokedUseAt),
     lastExpiredUseAt: isoOrNull(key.lastExpiredUseAt),
+    events: { days: eventSummaryDays, counts: key.eventCounts, latestAt: isoOrNull(key.latestEventAt) },
   };
 }
 
@@ -49,7 +50,7 @@ export interface UsageDelay {
   flushIntervalMs: number;
 }
 
-export function createUsageService(deps: { db: Db; now: () => number; delay: UsageDelay }) {
+export function createUsageService(deps: { db: Db; now: () => number; delay: UsageDelay; eventSummaryDays: number }) {
   return {
     async list(
       orgId: string,
@@ -63,13 +64,14 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
         dormantBefore: query.dormantOnly ? new Date(now - dormantAfterMs) : null,
         nameContains: query.nameContains ?? null,
         keyId: query.keyId ?? null,
+        eventsSince: new Date(now - deps.eventSummaryDays * DAY_MS),
         sort: query.sort,
         order: query.order,
         limit: query.limit,
         offset: query.offset,
       });
       return {
-        data: keys.map((key) => toUsageView(key, now, dormantAfterMs)),
+        data: keys.map((key) => toUsageView(key, now, dormantAfterMs, deps.eventSummaryDays)),
         page: { limit: query.limit, offset: query.offset, total },
         generatedAt: new Date(now).toISOString(),
         delay: deps.delay,

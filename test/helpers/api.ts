@@ -90,7 +90,23 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
     return { status: response.status, headers: response.headers, body, text };
   }
 
-  return { baseUrl, port, request, evidence, uses, services, verifier, throttle, config };
+  // GET from another local address (the whole of 127.0.0.0/8 is loopback on Linux), so the API
+  // sees a second client address without TRUST_PROXY.
+  function getFrom(localAddress: string, path: string, key: string): Promise<{ status: number; text: string }> {
+    return new Promise((resolve, reject) => {
+      const req = http.get({ host: '127.0.0.1', port, path, localAddress, headers: { authorization: `Bearer ${key}` } }, (response) => {
+        let text = '';
+        response.setEncoding('utf8').on('data', (chunk) => (text += chunk));
+        response.on('end', () => {
+          evidence.bodies.push(text);
+          resolve({ status: response.statusCode ?? 0, text });
+        });
+      });
+      req.on('error', reject);
+    });
+  }
+
+  return { baseUrl, port, request, getFrom, evidence, uses, services, verifier, throttle, config };
 }
 
 // An org and a key with every scope, created through the service as the CLI does.

@@ -1,0 +1,41 @@
+import type { Db } from '../../shared/db';
+import type { EventType } from '../../shared/keyEvents';
+import { AppError } from '../errors';
+import { listEvents, type KeyEventRecord } from './events.repository';
+
+// The cursor is opaque to clients: base64url of the last event's time (milliseconds, as every
+// event time is stored) and id.
+export function encodeCursor(event: Pick<KeyEventRecord, 'occurredAt' | 'id'>): string {
+  return Buffer.from(`${event.occurredAt.getTime()}.${event.id}`).toString('base64url');
+}
+
+const CURSOR = /^(\d{1,15})\.([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/;
+
+export function decodeCursor(cursor: string): { occurredAt: Date; id: string } {
+  const match = CURSOR.exec(Buffer.from(cursor, 'base64url').toString());
+  if (!match) throw new AppError('invalid_request', 'Invalid query: cursor: is not a cursor this endpoint returned');
+  return { occurredAt: new Date(Number(match[1])), id: match[2] };
+}
+
+const toView = (event: KeyEventRecord) => ({
+  id: event.id,
+  keyId: event.keyId,
+  type: event.type,
+  occurredAt: event.occurredAt.toISOString(),
+  details: event.details,
+});
+
+export type EventsService = ReturnType<typeof createEventsService>;
+
+export function createEventsService(deps: { db: Db }) {
+  return {
+    async list(orgId: string, query: { type?: EventType; keyId?: string; since?: Date; cursor?: string; limit: number }) {
+      const after = query.cursor === undefined ? undefined : decodeCursor(query.cursor);
+      // One more than asked tells whether a next page exists without a count.
+      const events = await listEvents(deps.db, { orgId, type: query.type, keyId: query.keyId, since: query.since, after, limit: query.limit + 1 });
+      const page = events.slice(0, query.limit);
+      const last = page[page.length - 1];
+      return { data: page.map(toView), page: { limit: query.limit, nextCursor: events.length > query.limit ? encodeCursor(last) : null } };
+    },
+  };
+}

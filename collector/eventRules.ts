@@ -1,0 +1,125 @@
+// Which key events a flush raises, decided from the batch and the facts PostgreSQL returned for
+// its keys (collector/eventStore.ts gathers them and inserts the result). Pure: no clock, no I/O,
+// so every rule is tested with plain values.
+import { BlockList, isIPv4 } from 'node:net';
+import type { EventType } from '../shared/keyEvents';
+import { provenCount } from '../shared/usageWire';
+import type { KeyUsageDelta } from './aggregator';
+
+
+export interface KeyEvent {
+  orgId: string;
+  keyId: string;
+  type: EventType;
+  occurredAt: number;
+  /** Addresses, counts and thresholds; never key material. */
+  details: Record<string, unknown>;
+  /** Unique in key_events: the same key can raise the same event at most once per this value. */
+  dedupeKey: string;
+}
+
+export interface DetectionThresholds {
+  /** key.spike: uses in an hour > spikeFactor × the median of the same hour on the 7 days before… */
+  spikeFactor: number;
+  /** …and at least this many uses. */
+  spikeMinUses: number;
+  /** key.failed_attempts: this many failed attempts in one clock hour. */
+  failedAttemptsPerHour: number;
+}
+
+/** One hour the batch touched, as persisted after this flush's write. */
+export interface HourFacts {
+  hour: number;
+  uses: number;
+  failed: number;
+  /** Uses in the same hour on each of the 7 days before, 0 when none; null when not fetched (uses below spikeMinUses). */
+  baseline: number[] | null;
+}
+
+export interface KeyFacts {
+  /** Proven uses since the key was created, this flush included. */
+  requestCount: number;
+  createdAt: number;
+  expectedNetworks: readonly string[] | null;
+  hours: HourFacts[];
+  /** Networks (/24, /64) this flush added to the key's history: never seen before, or forgotten. */
+  newPrefixes: Array<{ prefix: string; ip: string; firstSeen: number }>;
+}
+
+export const HOUR_MS = 3_600_000;
+export const BASELINE_DAYS = 7;
+const DAY_MS = 86_400_000;
+
+const hourOf = (ms: number) => ms - (ms % HOUR_MS);
+const hourIso = (ms: number) => new Date(hourOf(ms)).toISOString();
+// A time inside `hour`, as close to `at` as the hour allows.
+const within = (hour: number, at: number) => Math.min(Math.max(at, hour), hour + HOUR_MS - 1);
+
+export function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+/** A spike needs a full baseline: a key younger than 7 days has no "usual" to exceed yet. */
+export function isSpike(hour: HourFacts, createdAt: number, t: DetectionThresholds): boolean {
+  if (hour.baseline === null || createdAt > hour.hour - BASELINE_DAYS * DAY_MS) return false;
+  return hour.uses >= t.spikeMinUses && hour.uses > t.spikeFactor * median(hour.baseline);
+}
+
+/** Addresses outside every expected network; none when the key expects none (null or empty). */
+export function outsideNetworks(ips: Iterable<string>, networks: readonly string[] | null): string[] {
+  if (!networks || networks.length === 0) return [];
+  const allowed = new BlockList();
+  for (const network of networks) {
+    const [address, bits] = network.split('/');
+    const type = isIPv4(address) ? 'ipv4' : 'ipv6';
+    allowed.addSubnet(address, Number(bits ?? (type === 'ipv4' ? 32 : 128)), type);
+  }
+  return [...ips].filter((ip) => !allowed.check(ip, isIPv4(ip) ? 'ipv4' : 'ipv6'));
+}
+
+type Emit = (type: EventType, occurredAt: number, details: Record<string, unknown>, dedupe: string) => void;
+
+function useEvents(delta: KeyUsageDelta, facts: KeyFacts, emit: Emit): void {
+  const proven = provenCount(delta.byOutcome);
+  if (proven === 0) return;
+  if (facts.requestCount <= proven) {
+    // The first use: every address it came from is new, so no key.new_ip beside it.
+    const [ip, first] = [...delta.ips].sort(([, a], [, b]) => a.firstSeen - b.firstSeen)[0] ?? [delta.lastIp, { firstSeen: delta.lastUsedAt }];
+    emit('key.first_use', first.firstSeen, { ip }, '');
+  } else {
+    for (const { prefix, ip, firstSeen } of facts.newPrefixes) emit('key.new_ip', firstSeen, { ip, prefix }, `${prefix}:${firstSeen}`);
+  }
+  const outside = outsideNetworks(delta.ips.keys(), facts.expectedNetworks);
+  if (outside.length > 0) {
+    emit('key.outside_networks', delta.lastUsedAt, { ips: outside, expectedNetworks: facts.expectedNetworks }, hourIso(delta.lastUsedAt));
+  }
+  if (delta.lastRevokedUseAt > -Infinity) emit('key.revoked_used', delta.lastRevokedUseAt, { ip: delta.lastIp }, hourIso(delta.lastRevokedUseAt));
+  if (delta.lastExpiredUseAt > -Infinity) emit('key.expired_used', delta.lastExpiredUseAt, { ip: delta.lastIp }, hourIso(delta.lastExpiredUseAt));
+}
+
+function hourEvents(delta: KeyUsageDelta, facts: KeyFacts, t: DetectionThresholds, emit: Emit): void {
+  for (const hour of facts.hours) {
+    const inBatch = delta.hours.get(hour.hour);
+    if (inBatch === undefined) continue;
+    const at = hourIso(hour.hour);
+    if (provenCount(inBatch) > 0 && isSpike(hour, facts.createdAt, t)) {
+      const baselineMedian = median(hour.baseline!);
+      emit('key.spike', within(hour.hour, delta.lastUsedAt), { hour: at, uses: hour.uses, baselineMedian, factor: t.spikeFactor, minUses: t.spikeMinUses }, at);
+    }
+    if (inBatch.bad_secret > 0 && hour.failed >= t.failedAttemptsPerHour) {
+      emit('key.failed_attempts', within(hour.hour, delta.lastFailedAt), { hour: at, attempts: hour.failed, threshold: t.failedAttemptsPerHour, lastIp: delta.lastFailedIp }, at);
+    }
+  }
+}
+
+/** The events one key's part of a flush raises. */
+export function detectKeyEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionThresholds): KeyEvent[] {
+  const events: KeyEvent[] = [];
+  const emit: Emit = (type, occurredAt, details, dedupe) =>
+    events.push({ orgId: delta.orgId, keyId: delta.keyId, type, occurredAt, details, dedupeKey: [type, delta.keyId, dedupe].filter(Boolean).join(':') });
+  useEvents(delta, facts, emit);
+  hourEvents(delta, facts, thresholds, emit);
+  return events;
+}

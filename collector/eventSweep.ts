@@ -1,0 +1,49 @@
+import type { Db } from '../shared/db';
+import type { Logger } from '../shared/logger';
+import { sweepTimeEvents } from './eventStore';
+
+export interface EventSweepOptions {
+  db: Db;
+  intervalMs: number;
+  expiringDays: readonly number[];
+  logger: Logger;
+  now: () => number;
+}
+
+// The time-based events (key.dormant, key.expiring) need no traffic to happen, so no flush sees
+// them: a periodic sweep looks for them. Each is deduplicated in the database, so a sweep that
+// runs twice, or on two collectors, records each event once.
+export class EventSweep {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  readonly stats = { sweeps: 0, failedSweeps: 0, eventsRecorded: 0 };
+
+  constructor(private readonly options: EventSweepOptions) {}
+
+  start(): void {
+    this.timer ??= setInterval(() => void this.sweep(), this.options.intervalMs).unref();
+  }
+
+  /** One sweep; a caller arriving during a sweep shares it. Failures are logged and retried next interval. */
+  sweep(): Promise<void> {
+    this.running ??= this.sweepOnce().finally(() => (this.running = undefined));
+    return this.running;
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    await this.running;
+  }
+
+  private async sweepOnce(): Promise<void> {
+    try {
+      const found = await sweepTimeEvents(this.options.db, new Date(this.options.now()), this.options.expiringDays);
+      this.stats.sweeps += 1;
+      this.stats.eventsRecorded += found.dormant + found.expiring;
+    } catch (error) {
+      this.stats.failedSweeps += 1;
+      this.options.logger.warn({ err: { message: (error as Error).message } }, 'event sweep failed; retried at the next interval');
+    }
+  }
+}

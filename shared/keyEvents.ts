@@ -1,0 +1,14 @@
+// The closed list of key event types, shared by the collector (which detects them) and the API
+// (which lists them). docs/events.md defines each.
+export const EVENT_TYPES = [
+  'key.first_use',
+  'key.new_ip',
+  'key.outside_networks',
+  'key.spike',
+  'key.revoked_used',
+  'key.expired_used',
+  'key.failed_attempts',
+  'key.dormant',
+  'key.expiring',
+] as const;
+export type EventType = (typeof EVENT_TYPES)[number];

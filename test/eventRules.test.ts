@@ -1,0 +1,134 @@
+import t from 'tap';
+import { Aggregator } from '../collector/aggregator';
+import { detectKeyEvents, isSpike, median, outsideNetworks, type DetectionThresholds, type KeyFacts } from '../collector/eventRules';
+import type { UsageSample } from '../shared/usageWire';
+
+const KEY = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
+const ORG = '9b2d4f6a-1c3e-4a5b-8d7f-6e5d4c3b2a19';
+const HOUR = Date.UTC(2026, 11, 1, 10);
+const DAY = 86_400_000;
+const OLD = HOUR - 30 * DAY;
+const RULES: DetectionThresholds = { spikeFactor: 5, spikeMinUses: 100, failedAttemptsPerHour: 20 };
+
+// A delta built by the real aggregator on a fake clock.
+function delta(samples: Array<Partial<UsageSample> & { at?: number }>) {
+  let clock = HOUR + 60_000;
+  const aggregator = new Aggregator({ maxKeys: 10, now: () => clock });
+  for (const { at, ...sample } of samples) {
+    clock = at ?? clock;
+    aggregator.add({ keyId: KEY, orgId: ORG, ip: '198.51.100.7', outcome: 'ok', count: 1, ...sample });
+  }
+  return aggregator.drain().keys[0];
+}
+
+const facts = (over: Partial<KeyFacts> = {}): KeyFacts => ({
+  requestCount: 1000,
+  createdAt: OLD,
+  expectedNetworks: null,
+  hours: [{ hour: HOUR, uses: 1, failed: 0, baseline: null }],
+  newPrefixes: [],
+  ...over,
+});
+
+const types = (events: { type: string }[]) => events.map((e) => e.type);
+
+t.test('median', async (t) => {
+  t.equal(median([3, 1, 2]), 2);
+  t.equal(median([4, 1, 3, 2]), 2.5);
+  t.equal(median([0, 0, 0, 0, 0, 0, 9]), 0);
+});
+
+t.test('key.first_use: when every persisted use is in this batch, once, without key.new_ip', async (t) => {
+  const d = delta([{ count: 3, ip: '203.0.113.9' }]);
+  const events = detectKeyEvents(d, facts({ requestCount: 3, newPrefixes: [{ prefix: '203.0.113.0/24', ip: '203.0.113.9', firstSeen: HOUR }] }), RULES);
+  t.strictSame(events, [
+    { orgId: ORG, keyId: KEY, type: 'key.first_use', occurredAt: HOUR + 60_000, details: { ip: '203.0.113.9' }, dedupeKey: `key.first_use:${KEY}` },
+  ]);
+  t.strictSame(detectKeyEvents(d, facts({ requestCount: 4 }), RULES), [], 'a key used before: not a first use');
+});
+
+t.test('failed attempts alone are no use at all', async (t) => {
+  const d = delta([{ outcome: 'bad_secret', count: 3 }]);
+  t.strictSame(detectKeyEvents(d, facts({ requestCount: 0, hours: [{ hour: HOUR, uses: 0, failed: 3, baseline: null }] }), RULES), []);
+});
+
+t.test('key.new_ip: one per new prefix, its dedupe key names the prefix and when it was first seen', async (t) => {
+  const d = delta([{ ip: '192.0.2.10' }, { ip: '2001:db8:1:2::5' }]);
+  const events = detectKeyEvents(
+    d,
+    facts({
+      newPrefixes: [
+        { prefix: '192.0.2.0/24', ip: '192.0.2.10', firstSeen: HOUR + 1 },
+        { prefix: '2001:db8:1:2::/64', ip: '2001:db8:1:2::5', firstSeen: HOUR + 2 },
+      ],
+    }),
+    RULES,
+  );
+  t.strictSame(
+    events.map((e) => [e.type, e.details, e.dedupeKey]),
+    [
+      ['key.new_ip', { ip: '192.0.2.10', prefix: '192.0.2.0/24' }, `key.new_ip:${KEY}:192.0.2.0/24:${HOUR + 1}`],
+      ['key.new_ip', { ip: '2001:db8:1:2::5', prefix: '2001:db8:1:2::/64' }, `key.new_ip:${KEY}:2001:db8:1:2::/64:${HOUR + 2}`],
+    ],
+  );
+});
+
+t.test('outsideNetworks: IPv4 and IPv6 CIDRs, no list means anywhere', async (t) => {
+  const ips = ['10.1.2.3', '192.0.2.1', '2001:db8::1', 'fd00::1'];
+  t.strictSame(outsideNetworks(ips, ['10.0.0.0/8', '2001:db8::/32']), ['192.0.2.1', 'fd00::1']);
+  t.strictSame(outsideNetworks(ips, ['192.0.2.1/32']), ['10.1.2.3', '2001:db8::1', 'fd00::1']);
+  t.strictSame(outsideNetworks(ips, null), []);
+  t.strictSame(outsideNetworks(ips, []), []);
+});
+
+t.test('key.outside_networks: at most one per key per hour, listing the addresses', async (t) => {
+  const d = delta([{ ip: '10.0.0.5' }, { ip: '192.0.2.1' }]);
+  const events = detectKeyEvents(d, facts({ expectedNetworks: ['10.0.0.0/8'] }), RULES);
+  t.strictSame(types(events), ['key.outside_networks']);
+  t.strictSame(events[0].details, { ips: ['192.0.2.1'], expectedNetworks: ['10.0.0.0/8'] });
+  t.equal(events[0].dedupeKey, `key.outside_networks:${KEY}:${new Date(HOUR).toISOString()}`);
+  t.strictSame(detectKeyEvents(delta([{ ip: '10.9.9.9' }]), facts({ expectedNetworks: ['10.0.0.0/8'] }), RULES), [], 'inside: nothing');
+});
+
+t.test('isSpike: more than k × the median of the same hour on the previous 7 days, and at least M uses', async (t) => {
+  const hour = (uses: number, baseline: number[] | null) => ({ hour: HOUR, uses, failed: 0, baseline });
+  const week = [10, 12, 9, 11, 10, 30, 8]; // median 10
+  t.equal(isSpike(hour(51, week), OLD, RULES), false, '51 < 100 uses');
+  t.equal(isSpike(hour(100, week), OLD, RULES), true, '100 > 5 × 10');
+  t.equal(isSpike(hour(150, [40, 40, 40, 40, 0, 0, 0]), OLD, RULES), false, '150 is not > 5 × 40');
+  t.equal(isSpike(hour(150, [0, 0, 0, 0, 0, 0, 0]), OLD, RULES), true, 'a silent hour that wakes up with ≥ M uses');
+  t.equal(isSpike(hour(500, null), OLD, RULES), false, 'no baseline fetched');
+  t.equal(isSpike(hour(500, week), HOUR - 6 * DAY, RULES), false, 'a key younger than the baseline window');
+});
+
+t.test('key.spike: once per key per hour with its baseline in details', async (t) => {
+  const d = delta([{ count: 120, at: HOUR + 5000 }]);
+  const events = detectKeyEvents(d, facts({ hours: [{ hour: HOUR, uses: 130, failed: 0, baseline: [1, 2, 3, 4, 5, 6, 7] }] }), RULES);
+  t.strictSame(types(events), ['key.spike']);
+  t.strictSame(events[0].details, { hour: new Date(HOUR).toISOString(), uses: 130, baselineMedian: 4, factor: 5, minUses: 100 });
+  t.equal(events[0].occurredAt, HOUR + 5000);
+  t.equal(events[0].dedupeKey, `key.spike:${KEY}:${new Date(HOUR).toISOString()}`);
+});
+
+t.test('key.failed_attempts: when the hour reaches the threshold and this batch added to it', async (t) => {
+  const d = delta([{ outcome: 'bad_secret', count: 5, ip: '203.0.113.66' }]);
+  const at = (failed: number) => facts({ hours: [{ hour: HOUR, uses: 0, failed, baseline: null }] });
+  t.strictSame(detectKeyEvents(d, at(19), RULES), []);
+  const events = detectKeyEvents(d, at(20), RULES);
+  t.strictSame(types(events), ['key.failed_attempts']);
+  t.strictSame(events[0].details, { hour: new Date(HOUR).toISOString(), attempts: 20, threshold: 20, lastIp: '203.0.113.66' });
+  t.strictSame(detectKeyEvents(delta([{ count: 1 }]), at(25), RULES), [], 'a batch with no failed attempt in that hour');
+});
+
+t.test('key.revoked_used and key.expired_used: one per key per hour of the use', async (t) => {
+  const d = delta([{ outcome: 'revoked', ip: '198.51.100.1' }, { outcome: 'expired', ip: '198.51.100.1', at: HOUR + 3_700_000 }]);
+  const events = detectKeyEvents(d, facts({ hours: [] }), RULES);
+  t.strictSame(
+    events.map((e) => [e.type, e.dedupeKey]),
+    [
+      ['key.revoked_used', `key.revoked_used:${KEY}:${new Date(HOUR).toISOString()}`],
+      ['key.expired_used', `key.expired_used:${KEY}:${new Date(HOUR + 3_600_000).toISOString()}`],
+    ],
+  );
+  t.strictSame(events[0].details, { ip: '198.51.100.1' });
+});

@@ -1,0 +1,334 @@
+// Key events end to end: real requests through the API, real datagrams to the collector, real
+// flushes into PostgreSQL; each event type appears exactly once however often the trigger repeats.
+import t, { type Test } from 'tap';
+import type { Db } from '../shared/db';
+import { encodeUsageLine } from '../shared/usageWire';
+import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
+import { freshDatabase } from './helpers/database';
+import { seedOrg, startTestApi } from './helpers/api';
+import { wiredSystem } from './helpers/wiredSystem';
+
+type System = Awaited<ReturnType<typeof wiredSystem>>;
+
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+// Another /24 of the loopback network: a second client network without a proxy.
+const SECOND_NETWORK = '127.0.1.1';
+const withWrongSecret = (key: string) => `${key.slice(0, 36)}${'A'.repeat(43)}`;
+
+/** Sends what the API recorded, waits until the collector has it, and flushes. */
+async function settle(system: System) {
+  const { recorder, collector } = system;
+  recorder.drain();
+  await waitFor('the uses to be sent', () => (recorder.stats.sentUses === recorder.stats.recordedUses ? true : undefined));
+  await waitFor('the collector to receive them', () => (collector.ingest.usesReceived >= recorder.stats.sentUses ? true : undefined));
+  // The first may join a flush that drained before the last datagram arrived; the second drains after.
+  await collector.flusher.flush();
+  await collector.flusher.flush();
+}
+
+async function eventsOf(db: Db, keyId: string) {
+  return db('key_events').where({ key_id: keyId }).orderBy([{ column: 'occurred_at' }, { column: 'type' }]).select('type', 'details', 'occurred_at');
+}
+
+const countByType = (events: Array<{ type: string }>) =>
+  events.reduce<Record<string, number>>((counts, e) => ({ ...counts, [e.type]: (counts[e.type] ?? 0) + 1 }), {});
+
+async function createKey(system: System, name: string, extra: Record<string, unknown> = {}) {
+  const { api, org, adminKey } = system;
+  const response = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name, scopes: ['keys:read'], ...extra } });
+  return { id: response.body.id as string, key: response.body.key as string };
+}
+
+async function whoami(system: System, key: string, times: number, from?: string) {
+  for (let i = 0; i < times; i += 1) {
+    if (from) await system.api.getFrom(from, '/api/whoami', key);
+    else await system.api.request('GET', '/api/whoami', { key });
+  }
+}
+
+t.test('first use, then a new network once, and the same /24 is not new', async (t) => {
+  const system = await wiredSystem(t);
+  const { db } = system;
+  const key = await createKey(system, 'ci');
+  await whoami(system, key.key, 3);
+  await settle(system);
+  t.strictSame(countByType(await eventsOf(db, key.id)), { 'key.first_use': 1 }, 'the first use; its network is not reported as new');
+
+  await whoami(system, key.key, 2, '127.0.0.2');
+  await settle(system);
+  t.strictSame(countByType(await eventsOf(db, key.id)), { 'key.first_use': 1 }, '127.0.0.2 is in the /24 the key already used');
+
+  await whoami(system, key.key, 2, SECOND_NETWORK);
+  await settle(system);
+  await whoami(system, key.key, 2, SECOND_NETWORK);
+  await settle(system);
+  const events = await eventsOf(db, key.id);
+  t.strictSame(countByType(events), { 'key.first_use': 1, 'key.new_ip': 1 });
+  t.strictSame(events.find((e) => e.type === 'key.new_ip')!.details, { ip: SECOND_NETWORK, prefix: '127.0.1.0/24' });
+  t.match(events.find((e) => e.type === 'key.first_use')!.details, { ip: '127.0.0.1' });
+  const history = await db('api_key_ip_history').where({ key_id: key.id }).orderBy('prefix').select(db.raw('cast(prefix as text) as prefix'));
+  t.strictSame(history.map((row) => row.prefix), ['127.0.0.0/24', '127.0.1.0/24']);
+
+  const metrics = await (await fetch(`http://127.0.0.1:${system.collector.metricsPort}/metrics`)).text();
+  t.match(metrics, /^keyusage_collector_events_recorded_total [3-9]$/m, 'the collector counts what it recorded (these two and the admin key\'s first use)');
+
+  const usage = await system.api.request('GET', `/api/orgs/${system.org.id}/api-keys/usage?limit=100`, { key: system.adminKey });
+  const row = usage.body.data.find((k: { id: string }) => k.id === key.id);
+  t.strictSame(row.events.counts, { 'key.first_use': 1, 'key.new_ip': 1 }, 'the usage list counts them per key');
+  t.equal(row.events.days, 7);
+  t.equal(row.events.latestAt, new Date(events[events.length - 1].occurred_at).toISOString());
+});
+
+t.test('a use from outside the expected networks: an event, not a refusal', async (t) => {
+  const system = await wiredSystem(t);
+  const key = await createKey(system, 'office only', { expectedNetworks: ['10.0.0.0/8'] });
+  const patched = await system.api.request('PATCH', `/api/orgs/${system.org.id}/api-keys/${key.id}`, {
+    key: system.adminKey,
+    body: { expectedNetworks: ['10.1.2.3/8', '2001:db8::/32'] },
+  });
+  t.strictSame(patched.body.expectedNetworks, ['10.0.0.0/8', '2001:db8::/32'], 'stored as networks');
+  await whoami(system, key.key, 2);
+  await settle(system);
+  await whoami(system, key.key, 2);
+  await settle(system);
+  const events = await eventsOf(system.db, key.id);
+  t.strictSame(countByType(events), { 'key.first_use': 1, 'key.outside_networks': 1 }, 'once per key per hour');
+  t.strictSame(events.find((e) => e.type === 'key.outside_networks')!.details, { ips: ['127.0.0.1'], expectedNetworks: ['10.0.0.0/8', '2001:db8::/32'] });
+
+  const inside = await createKey(system, 'loopback', { expectedNetworks: ['127.0.0.0/8'] });
+  await whoami(system, inside.key, 2);
+  await settle(system);
+  t.strictSame(countByType(await eventsOf(system.db, inside.id)), { 'key.first_use': 1 });
+});
+
+t.test('the right secret on a revoked or an expired key, and a burst of wrong secrets', async (t) => {
+  const system = await wiredSystem(t, { EVENTS_FAILED_ATTEMPTS_PER_HOUR: '20' });
+  const { api, org, adminKey, db } = system;
+  const leaked = await createKey(system, 'leaked');
+  await api.request('POST', `/api/orgs/${org.id}/api-keys/${leaked.id}/revoke`, { key: adminKey });
+  await whoami(system, leaked.key, 3);
+  await settle(system);
+  await whoami(system, leaked.key, 3);
+  await settle(system);
+  const revoked = await eventsOf(db, leaked.id);
+  t.strictSame(countByType(revoked), { 'key.first_use': 1, 'key.revoked_used': 1 });
+
+  const expiresAt = Date.now() + 1500;
+  const lapsed = await createKey(system, 'lapsed', { expiresAt: new Date(expiresAt).toISOString() });
+  await new Promise((resolve) => setTimeout(resolve, expiresAt + 100 - Date.now()));
+  await whoami(system, lapsed.key, 2);
+  await settle(system);
+  await whoami(system, lapsed.key, 2);
+  await settle(system);
+  t.strictSame(countByType(await eventsOf(db, lapsed.id)), { 'key.first_use': 1, 'key.expired_used': 1 });
+
+  const probed = await createKey(system, 'probed');
+  await whoami(system, withWrongSecret(probed.key), 19);
+  await settle(system);
+  t.strictSame(await eventsOf(db, probed.id), [], '19 failed attempts: under the threshold');
+  await whoami(system, withWrongSecret(probed.key), 1);
+  await settle(system);
+  await whoami(system, withWrongSecret(probed.key), 10);
+  await settle(system);
+  const failed = await eventsOf(db, probed.id);
+  t.strictSame(countByType(failed), { 'key.failed_attempts': 1 }, 'the 20th raised it, the next 10 did not again');
+  t.match(failed[0].details, { attempts: 20, threshold: 20, lastIp: '127.0.0.1' });
+});
+
+t.test('a spike against a seeded baseline, on the collector\'s injected clock', async (t) => {
+  const hour = Math.floor(Date.now() / HOUR) * HOUR - DAY;
+  const clock = hour + 30 * 60_000;
+  // Flushes only in settle(), so the hour's count at detection is exactly what was sent.
+  const system = await wiredSystem(t, { EVENTS_SPIKE_MIN_USES: '20', EVENTS_SPIKE_FACTOR: '5', COLLECTOR_FLUSH_INTERVAL_MS: '600000' }, { now: () => clock });
+  const { db } = system;
+  const quiet = await createKey(system, 'quiet');
+  const busy = await createKey(system, 'busy');
+  await db('api_keys').whereIn('id', [quiet.id, busy.id]).update({ created_at: new Date(hour - 30 * DAY) });
+  const baseline = (keyId: string, uses: number) =>
+    Array.from({ length: 7 }, (_, i) => ({ key_id: keyId, hour: new Date(hour - (i + 1) * DAY), request_count: uses, ok_count: uses }));
+  await db('api_key_usage_hourly').insert([...baseline(quiet.id, 2), ...baseline(busy.id, 10)]);
+  // Both keys have been used from here for a week (so no first use, no new network).
+  await db('api_key_usage').insert([quiet.id, busy.id].map((id) => ({ key_id: id, org_id: system.org.id, request_count: 70, ok_count: 70, last_used_at: new Date(hour - DAY) })));
+  await db('api_key_ip_history').insert(
+    [quiet.id, busy.id].map((id) => ({ key_id: id, prefix: '127.0.0.0/24', first_ip: '127.0.0.1', first_seen: new Date(hour - 7 * DAY), last_seen: new Date(hour - DAY) })),
+  );
+
+  await whoami(system, quiet.key, 15);
+  await whoami(system, busy.key, 30);
+  await settle(system);
+  t.strictSame(await eventsOf(db, quiet.id), [], '15 uses: below the minimum of 20');
+  await whoami(system, quiet.key, 10);
+  await whoami(system, busy.key, 20);
+  await settle(system);
+  await whoami(system, quiet.key, 5);
+  await settle(system);
+  const spikes = await eventsOf(db, quiet.id);
+  t.strictSame(countByType(spikes), { 'key.spike': 1 }, '25 > 5 × median 2, once for the hour');
+  t.strictSame(spikes[0].details, { hour: new Date(hour).toISOString(), uses: 25, baselineMedian: 2, factor: 5, minUses: 20 });
+  t.strictSame(await eventsOf(db, busy.id), [], '50 uses are not more than 5 × median 10');
+});
+
+t.test('dormant and expiring keys come from the sweep, once per threshold', async (t) => {
+  let clock = Date.now();
+  const system = await wiredSystem(t, {}, { now: () => clock });
+  const { db, collector, org } = system;
+  await db('organizations').where({ id: org.id }).update({ dormancy_days: 10 });
+  const expiring = await createKey(system, 'expiring', { expiresAt: new Date(clock + 6 * DAY).toISOString() });
+  const idle = await createKey(system, 'idle');
+  const sweepTwice = async () => {
+    await collector.sweep.sweep();
+    await collector.sweep.sweep();
+  };
+
+  await sweepTwice();
+  t.strictSame((await eventsOf(db, expiring.id)).map((e) => [e.type, e.details.daysBefore]), [['key.expiring', 7]]);
+  clock += 5.5 * DAY;
+  await sweepTwice();
+  t.strictSame((await eventsOf(db, expiring.id)).map((e) => [e.type, e.details.daysBefore]), [['key.expiring', 7], ['key.expiring', 1]]);
+  t.strictSame(await eventsOf(db, idle.id), [], 'not dormant after 5.5 days');
+
+  clock += 5 * DAY;
+  await sweepTwice();
+  const dormant = await eventsOf(db, idle.id);
+  t.strictSame(countByType(dormant), { 'key.dormant': 1 }, 'the org\'s 10 days crossed');
+  t.strictSame(dormant[0].details, { lastUsedAt: null, dormantDays: 10 });
+  t.strictSame(countByType(await eventsOf(db, expiring.id)), { 'key.expiring': 2 }, 'an expired key is not dormant');
+  t.equal(collector.sweep.stats.failedSweeps, 0);
+});
+
+t.test('the events endpoint: newest first, filters, an opaque cursor, one org only', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const acme = await seedOrg(api, db, 'acme');
+  const globex = await seedOrg(api, db, 'globex');
+  const base = Date.parse('2026-11-20T00:00:00Z');
+  const row = (i: number, type: string, keyId = acme.adminKeyId, orgId = acme.org.id) => ({
+    org_id: orgId,
+    key_id: keyId,
+    type,
+    occurred_at: new Date(base + (i % 4) * HOUR), // ties on time: the id breaks them
+    details: { i },
+    dedupe_key: `test:${i}`,
+  });
+  await db('key_events').insert([
+    ...Array.from({ length: 7 }, (_, i) => row(i, i % 2 ? 'key.new_ip' : 'key.spike')),
+    row(99, 'key.new_ip', globex.adminKeyId, globex.org.id),
+  ]);
+  const path = `/api/orgs/${acme.org.id}/api-keys/events`;
+  const seen: Array<{ id: string; occurredAt: string }> = [];
+  let cursor: string | null = null;
+  for (let page = 0; page < 10; page += 1) {
+    const response: { body: any } = await api.request('GET', `${path}?limit=3${cursor ? `&cursor=${cursor}` : ''}`, { key: acme.adminKey });
+    seen.push(...response.body.data);
+    cursor = response.body.page.nextCursor;
+    if (!cursor) break;
+  }
+  t.equal(seen.length, 7, 'every event of the org once, none of the other org');
+  t.equal(new Set(seen.map((e) => e.id)).size, 7);
+  const sorted = [...seen].sort((a, b) => b.occurredAt.localeCompare(a.occurredAt) || (a.id < b.id ? 1 : -1));
+  t.strictSame(seen, sorted, 'newest first, then id');
+
+  const spikes = await api.request('GET', `${path}?type=key.spike&since=${new Date(base + 2 * HOUR).toISOString()}`, { key: acme.adminKey });
+  t.strictSame(spikes.body.data.map((e: { details: { i: number } }) => e.details.i).sort(), [2, 6], 'type and since');
+  t.match(spikes.body.data[0], { keyId: acme.adminKeyId, type: 'key.spike' });
+  const other = await api.request('GET', `${path}?keyId=${globex.adminKeyId}`, { key: acme.adminKey });
+  t.strictSame(other.body.data, [], 'another org\'s key id finds nothing');
+  const theirs = await api.request('GET', `/api/orgs/${globex.org.id}/api-keys/events`, { key: acme.adminKey });
+  t.equal(theirs.status, 404);
+});
+
+t.test('dormant clean-up: a dry run lists exactly what applying revokes, never the caller', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { KEY_CACHE_TTL_MS: '60000' } });
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const create = async (name: string, expiresAt: Date | null = null) =>
+    (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt })).key.id;
+  const [unused, usedLongAgo, usedRecently, revoked, expired, young] = [
+    await create('unused'),
+    await create('used long ago'),
+    await create('used recently'),
+    await create('revoked'),
+    await create('expired', new Date(Date.now() + 60_000)),
+    await create('young'),
+  ];
+  const idle = await api.services.apiKeys.create(org.id, { name: 'idle but cached', scopes: ['keys:read'], expiresAt: null });
+  const old = new Date(Date.now() - 200 * DAY);
+  await db('api_keys').whereIn('id', [adminKeyId, unused, usedLongAgo, usedRecently, revoked, expired, idle.key.id]).update({ created_at: old });
+  await db('api_keys').where({ id: expired }).update({ expires_at: new Date(Date.now() - DAY) });
+  await db('api_keys').where({ id: revoked }).update({ revoked_at: new Date(Date.now() - DAY) });
+  const lastUse = new Date(Date.now() - 120 * DAY);
+  await db('api_key_usage').insert([
+    { key_id: usedLongAgo, org_id: org.id, request_count: 1, ok_count: 1, last_used_at: lastUse, last_used_ip: '192.0.2.1' },
+    { key_id: usedRecently, org_id: org.id, request_count: 1, ok_count: 1, last_used_at: new Date(Date.now() - 10 * DAY), last_used_ip: '192.0.2.1' },
+  ]);
+  t.equal((await api.request('GET', '/api/whoami', { key: idle.plaintext })).status, 200, 'the idle key is in the verifier cache');
+
+  const path = `/api/orgs/${org.id}/api-keys/revoke-dormant`;
+  const dry = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90 } });
+  t.equal(dry.status, 200);
+  t.equal(dry.body.dryRun, true, 'a dry run unless asked otherwise');
+  const listed = (body: any) => body.keys.map((k: { id: string; lastUsedAt: string | null }) => [k.id, k.lastUsedAt]).sort();
+  const expected = [
+    [unused, null],
+    [usedLongAgo, lastUse.toISOString()],
+    [idle.key.id, null],
+  ].sort();
+  t.strictSame(listed(dry.body), expected, 'old and unused, or last used more than 90 days ago; not the caller, revoked, expired or young keys');
+  t.equal((await db('api_keys').whereNotNull('revoked_at').count({ n: '*' }))[0].n, 1, 'nothing revoked by the dry run');
+
+  const applied = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false } });
+  t.strictSame(listed(applied.body), expected, 'applying revokes exactly the dry run\'s list');
+  t.ok(applied.body.keys.every((k: { status: string }) => k.status === 'revoked'));
+  t.equal((await api.request('GET', '/api/whoami', { key: idle.plaintext })).status, 401, 'refused at once: the cache was invalidated');
+  t.equal((await api.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'the caller still works');
+  const again = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false } });
+  t.strictSame(again.body.keys, [], 'nothing left to revoke');
+  t.ok(young);
+});
+
+t.test('EVENTS_ENABLED=false: usage is written, no event, no history', async (t) => {
+  const system = await wiredSystem(t, { EVENTS_ENABLED: 'false' });
+  const key = await createKey(system, 'quiet');
+  await whoami(system, key.key, 2, SECOND_NETWORK);
+  await settle(system);
+  t.equal((await system.db('api_key_usage').where({ key_id: key.id }).first()).request_count, 2);
+  t.strictSame(await system.db('key_events').select(), []);
+  t.strictSame(await system.db('api_key_ip_history').select(), []);
+});
+
+t.test('the prefix history is bounded per key; a forgotten network is new again', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId } = await seedOrg(api, db);
+  const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000', EVENTS_IP_HISTORY_PER_KEY: '2' });
+  let lines = 0;
+  const useFrom = async (ip: string) => {
+    await sendDatagrams(collector.receiver.port, [encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip, outcome: 'ok', count: 1 })]);
+    lines += 1;
+    await waitFor('the line', () => (collector.ingest.usageLines === lines ? true : undefined));
+    await collector.flusher.flush();
+    await new Promise((resolve) => setTimeout(resolve, 50)); // the best-effort trim runs after the flush
+  };
+  for (const ip of ['192.0.2.1', '198.51.100.1', '203.0.113.1']) await useFrom(ip);
+  await waitFor('the trim', async () => ((await db('api_key_ip_history').where({ key_id: adminKeyId })).length === 2 ? true : undefined));
+  const history = await db('api_key_ip_history').where({ key_id: adminKeyId }).select(db.raw('cast(prefix as text) as prefix'));
+  t.strictSame(history.map((r) => r.prefix).sort(), ['198.51.100.0/24', '203.0.113.0/24'], 'the least recently seen was forgotten');
+  await useFrom('192.0.2.77');
+  const newIps = (await eventsOf(db, adminKeyId)).filter((e) => e.type === 'key.new_ip').map((e) => e.details.prefix);
+  t.strictSame(newIps, ['198.51.100.0/24', '203.0.113.0/24', '192.0.2.0/24'], 'forgotten, then new again');
+});
+
+t.test('retention deletes old events only', async (t: Test) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId } = await seedOrg(api, db);
+  const now = Date.parse('2026-12-01T00:00:00Z');
+  await db('key_events').insert([
+    { org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(now - 91 * DAY), details: {}, dedupe_key: 'old' },
+    { org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(now - 89 * DAY), details: {}, dedupe_key: 'kept' },
+  ]);
+  const { expireOldEvents } = await import('../collector/eventStore');
+  await expireOldEvents(db, new Date(now), 90);
+  t.strictSame((await db('key_events').select('dedupe_key')).map((r) => r.dedupe_key), ['kept']);
+});
