@@ -126,7 +126,8 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     t.equal(await page.textContent('#chart [data-outcome="forbidden"] .legend-count'), '3');
     t.ok((await page.locator('#chart rect[data-outcome="forbidden"]').count()) >= 1, 'a forbidden bar is drawn');
     t.equal(await page.locator('#recent-ips tbody td').first().textContent(), '127.0.0.1');
-    t.match(await page.locator('#key-events .note').innerText(), /Not available yet/, 'the events part says it is missing');
+    await page.locator('#key-events li.event').first().waitFor();
+    t.match(await page.locator('#key-events').innerText(), /key\.first_use/, "the key's events: its first use");
     if (SCREENSHOTS) await page.screenshot({ path: path.join(SCREENSHOTS, 'dashboard-key-detail.png'), fullPage: true });
   });
 

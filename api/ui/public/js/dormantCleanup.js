@@ -24,7 +24,7 @@ export function dormantSection(who, canWrite) {
   const summary = el('p');
   const run = (dryRun) => section.guard(async () => {
     const result = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun } });
-    const keys = result.data;
+    const keys = result.keys;
     setText(outcome, `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map((key) => key.name ?? key.id).join(', ') || 'none'}`);
   });
   const preview = el('button', { type: 'button', text: 'Preview clean-up (dry run)', onclick: () => run(true) });

@@ -1,15 +1,10 @@
-import { ApiError, api, orgPath, routeMissing } from './api.js';
+import { api, orgPath, routeMissing } from './api.js';
 import { el } from './dom.js';
 import { exact, relative } from './format.js';
 import { optionalSection } from './optionalSection.js';
 
 // GET …/api-keys/events: the org's events, newest first (optionally of one key).
 const eventsQuery = (params) => `/events?${new URLSearchParams(params)}`;
-
-// Until the events route exists, …/api-keys/events is taken by GET …/api-keys/:keyId, which
-// refuses "events" as a key id (400). Drop that clause once the events branch is merged.
-const eventsMissing = (error) =>
-  routeMissing(error) || (error instanceof ApiError && error.status === 400 && error.message.startsWith('Invalid params: keyId'));
 
 function eventItem(event) {
   const details = event.details && Object.keys(event.details).length > 0 ? JSON.stringify(event.details) : '';
@@ -28,7 +23,7 @@ export function eventsSection(who, { keyId } = {}) {
     id: keyId ? 'key-events' : 'events',
     title: keyId ? 'Events of this key' : 'Events',
     endpoint: 'events endpoint',
-    missing: eventsMissing,
+    missing: routeMissing,
     load: async (body) => {
       const page = await api('GET', orgPath(who, eventsQuery({ limit: '50', ...(keyId ? { keyId } : {}) })));
       // Rebuilt only when something changed, so a refresh does not steal focus from a link.
@@ -48,7 +43,7 @@ export async function recentEventCounts(who) {
     for (const event of page.data) if (event.keyId) counts.set(event.keyId, (counts.get(event.keyId) ?? 0) + 1);
     return counts;
   } catch (error) {
-    if (eventsMissing(error)) return new Map();
+    if (routeMissing(error)) return new Map();
     throw error;
   }
 }
