@@ -4,6 +4,8 @@ import type { Config } from '../shared/config';
 import type { Db } from '../shared/db';
 import { redactKeyMaterial, type Logger } from '../shared/logger';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
+import { auditRouter } from './audit/audit.routes';
+import { createAuditService } from './audit/audit.service';
 import { authorizer, type RecordUse } from './auth/authorize';
 import { clientAddressResolver } from './auth/clientAddress';
 import { createAuthThrottle } from './auth/failureThrottle';
@@ -79,6 +81,7 @@ export function createApp(deps: AppDeps) {
     now,
   });
   const usage = createUsageService({ db: deps.db, now });
+  const audit = createAuditService({ db: deps.db });
 
   const app = express();
   app.disable('x-powered-by');
@@ -94,9 +97,10 @@ export function createApp(deps: AppDeps) {
 
   app.use('/api/orgs/:id/api-keys', orgUsageRouter({ service: usage, authorize }));
   app.use('/api/orgs/:id/api-keys', apiKeysRouter({ service: apiKeys, authorize }));
+  app.use('/api/orgs/:id/audit-log', auditRouter({ service: audit, authorize }));
 
   app.use(routeNotFound);
   app.use(errorMiddleware(deps.logger));
 
-  return { app, services: { apiKeys, usage }, verifier, throttle };
+  return { app, services: { apiKeys, usage, audit }, verifier, throttle };
 }

@@ -145,12 +145,12 @@ t.test('dormant=true|false and status=: dormant means still usable and unused; e
     (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt })).key.id;
   const used = async (keyId: string, daysAgo: number) =>
     db('api_key_usage').insert({ key_id: keyId, org_id: org.id, request_count: 1, ok_count: 1, last_used_at: new Date(now - daysAgo * 86_400_000), last_used_ip: '192.0.2.1' });
-  const unused = await create('unused');
+  await create('unused');
   const stale = await create('stale');
   const fresh = await create('fresh');
   const revokedUnused = await create('revoked unused');
   const revokedUsed = await create('revoked used');
-  const expiredUnused = await create('expired unused', new Date(now + 60_000));
+  await create('expired unused', new Date(now + 60_000));
   await Promise.all([used(stale, 40), used(fresh, 1), used(revokedUsed, 1), used(adminKeyId, 0)]);
   await api.services.apiKeys.revoke(org.id, revokedUnused);
   await api.services.apiKeys.revoke(org.id, revokedUsed);

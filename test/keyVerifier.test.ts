@@ -77,7 +77,7 @@ t.test('a wrong secret while the database is down neither evicts the cached key 
 t.test('a key rotated on another instance works at once with its new secret', async (t) => {
   const { api, org, adminKeyId, verifier, counter, key } = await world(t);
   t.equal((await verifier.verify(key)).outcome, 'ok');
-  const rotated = await api.services.apiKeys.rotate(org.id, adminKeyId, 60);
+  const rotated = await api.services.apiKeys.rotate(org.id, adminKeyId, { graceSeconds: 60 });
   const before = counter.queries;
   t.equal((await verifier.verify(parsePresentedKey(rotated.plaintext)!)).outcome, 'ok', 'the new secret');
   t.equal(counter.queries, before + 1, 'after one reload');

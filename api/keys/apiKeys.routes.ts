@@ -25,6 +25,9 @@ const rotateBody = z
   })
   .strict();
 
+// The acting key and the client address, for the key-hands-out-no-more rule and the audit log.
+const changeContext = (res: Response) => ({ actor: res.locals.auth!.key, ip: res.locals.auth!.ip });
+
 // A response carrying a plaintext key must not be kept by a browser, proxy or CDN cache.
 const revealOnce = (res: Response) => res.setHeader('Cache-Control', 'no-store');
 
@@ -43,7 +46,7 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
     const created = await service.create(
       id,
       { name: body.name, scopes: body.scopes, expiresAt: body.expiresAt ? new Date(body.expiresAt) : null },
-      { actor: res.locals.auth!.key },
+      changeContext(res),
     );
     revealOnce(res).status(201).json({ ...created.key, key: created.plaintext });
   });
@@ -62,13 +65,13 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
   router.post('/:keyId/rotate', writeKeys, jsonBody, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(rotateBody, req.body, 'body');
-    const rotated = await service.rotate(id, keyId, body.gracePeriodSeconds, res.locals.auth!.key);
+    const rotated = await service.rotate(id, keyId, { ...changeContext(res), graceSeconds: body.gracePeriodSeconds });
     revealOnce(res).json({ ...rotated.key, key: rotated.plaintext });
   });
 
   router.post('/:keyId/revoke', writeKeys, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
-    res.json(await service.revoke(id, keyId));
+    res.json(await service.revoke(id, keyId, changeContext(res)));
   });
 
   return router;
