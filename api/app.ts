@@ -62,10 +62,11 @@ export function createApp(deps: AppDeps) {
   );
   const verifier = createKeyVerifier({
     db: deps.db,
-    pepper: deps.config.keyPepper,
+    peppers: [deps.config.keyPepper, ...deps.config.previousKeyPeppers],
     cacheTtlMs: deps.config.keyCacheTtlMs,
     now,
     mayReload: (keyId) => !throttle.keyLocked(keyId),
+    onRehashError: (error) => warn('pepper_rehash', { err: { message: error.message } }, 'rehashing a key with the current KEY_PEPPER failed; retried on its next use'),
   });
   const authorize = authorizer({
     verifier,

@@ -1,7 +1,9 @@
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { AppError } from '../api/errors';
+import { countKeysByPepper } from '../api/keys/apiKeys.repository';
 import { createApiKeysService, type ApiKeyView } from '../api/keys/apiKeys.service';
+import { pepperId } from '../api/keys/keyMaterial';
 import { SCOPES, type Scope } from '../api/keys/scopes';
 import { findOrganizationById, insertOrganization, listOrganizations, type Organization } from '../api/orgs/orgs.repository';
 import { displayName, uuid } from '../api/validation';
@@ -22,6 +24,7 @@ Commands:
   key create <orgId> --name <name> --scopes <scope,...> [--expires-at <ISO 8601>]
                                      Create an API key (scopes: ${SCOPES.join(', ')})
   key revoke <orgId> <keyId>         Revoke an API key at once
+  pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS)
   help                               Show this help
 
 Options:
@@ -45,7 +48,8 @@ export type Command =
   | { kind: 'org list'; json: boolean }
   | { kind: 'key list'; orgId: string; json: boolean }
   | { kind: 'key create'; orgId: string; name: string; scopes: Scope[]; expiresAt: Date | null; json: boolean }
-  | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean };
+  | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean }
+  | { kind: 'pepper status'; json: boolean };
 
 export type ParsedCli = { kind: 'help' } | { kind: 'usage'; problem: string } | { kind: 'command'; command: Command };
 
@@ -54,6 +58,8 @@ export interface CliDeps {
   out: (text: string) => void;
   err: (text: string) => void;
   pepper: string;
+  /** KEY_PEPPER_PREVIOUS, newest first. */
+  previousPeppers?: readonly string[];
   now: () => number;
 }
 
@@ -95,6 +101,7 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
   'key list': { args: ['orgId'], options: [] },
   'key create': { args: ['orgId'], options: ['name', 'scopes', 'expires-at'] },
   'key revoke': { args: ['orgId', 'keyId'], options: [] },
+  'pepper status': { args: [], options: [] },
 };
 
 function isCommandKind(value: string): value is Command['kind'] {
@@ -151,6 +158,8 @@ export function parseCli(argv: string[], now: number): ParsedCli {
         };
       case 'key revoke':
         return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), keyId: checkId(args[1], '<keyId>'), json } };
+      case 'pepper status':
+        return { kind: 'command', command: { kind, json } };
     }
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
@@ -264,6 +273,9 @@ async function execute(command: Command, deps: CliDeps): Promise<void> {
       return;
     }
 
+    case 'pepper status':
+      return pepperStatus(command.json, deps);
+
     case 'key revoke': {
       await requireOrganization(deps.db, command.orgId);
       const revoked = await keys.revoke(command.orgId, command.keyId);
@@ -273,6 +285,29 @@ async function execute(command: Command, deps: CliDeps): Promise<void> {
       return;
     }
   }
+}
+
+// Which configured pepper each id is, and its place in the report: current, previous ones in
+// order, hashes from before ids were recorded, then ids no configured pepper has (keys that no
+// longer verify).
+function pepperSource(id: string | null, deps: CliDeps): { rank: number; source: string } {
+  const configured = [deps.pepper, ...(deps.previousPeppers ?? [])].map(pepperId);
+  const index = id === null ? -1 : configured.indexOf(id);
+  if (index === 0) return { rank: 0, source: 'KEY_PEPPER (current)' };
+  if (index > 0) return { rank: index, source: `KEY_PEPPER_PREVIOUS #${index}` };
+  if (id === null) return { rank: configured.length, source: 'not recorded (made before 0.2.0; rehashed on use)' };
+  return { rank: configured.length + 1, source: 'not configured: these keys no longer verify' };
+}
+
+async function pepperStatus(json: boolean, deps: CliDeps): Promise<void> {
+  const rows = (await countKeysByPepper(deps.db, new Date(deps.now())))
+    .map((row) => ({ ...row, ...pepperSource(row.pepperId, deps) }))
+    .sort((a, b) => a.rank - b.rank)
+    .map(({ rank, ...row }) => row);
+  if (json) return printJson(deps, rows);
+  if (rows.length === 0) return deps.out('No usable API keys.');
+  deps.out(table([['PEPPER', 'KEYS', 'PREVIOUS SECRETS IN GRACE', 'SOURCE'], ...rows.map((row) => [row.pepperId ?? '-', String(row.secrets), String(row.previousSecrets), row.source])]));
+  deps.out('\nA previous pepper can be removed from KEY_PEPPER_PREVIOUS once no row names it (keys move to KEY_PEPPER on their next use).');
 }
 
 function reportParse(parsed: Exclude<ParsedCli, { kind: 'command' }>, io: Pick<CliDeps, 'out' | 'err'>): number {
@@ -367,7 +402,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
     database = await openDatabase(config, io.err);
     const applied = await migrateLatest(database.db);
     if (applied.length > 0) io.err(`Applied ${applied.length} migration(s): ${applied.join(', ')}`);
-    return await runCommand(parsed.command, { db: database.db, out: io.out, err: io.err, pepper: config.api.keyPepper, now });
+    return await runCommand(parsed.command, { db: database.db, out: io.out, err: io.err, pepper: config.api.keyPepper, previousPeppers: config.api.previousKeyPeppers, now });
   } catch (error) {
     io.err(`error: ${(error as Error).message}`);
     return 1;

@@ -58,6 +58,12 @@ const variables = {
   PORT: portOrZero.default(3000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   KEY_PEPPER: z.string().min(32, 'must be at least 32 characters').optional(),
+  // Older peppers, newest first: hashes they made still verify and are rehashed with KEY_PEPPER.
+  KEY_PEPPER_PREVIOUS: z
+    .string()
+    .transform((value) => value.split(',').map((pepper) => pepper.trim()).filter(Boolean))
+    .pipe(z.array(z.string().min(32, 'each pepper must be at least 32 characters')))
+    .optional(),
   KEY_CACHE_TTL_MS: wholeNumber(0, 60_000).default(2000),
   ROTATION_GRACE_SECONDS: wholeNumber(0, 604_800).default(86_400),
   TRUST_PROXY: trustProxy.default(false),
@@ -127,9 +133,19 @@ function productionGuards(v: ReturnType<typeof parseEnvironment>): string[] {
   return problems;
 }
 
+// A previous pepper equal to the current one would be tried twice for nothing, and hides a
+// rotation that was not made.
+function pepperProblems(v: ReturnType<typeof parseEnvironment>): string[] {
+  const previous = v.KEY_PEPPER_PREVIOUS ?? [];
+  const current = v.KEY_PEPPER ?? DEV_PEPPER;
+  if (previous.includes(current)) return ['KEY_PEPPER_PREVIOUS: must not repeat KEY_PEPPER'];
+  if (new Set(previous).size !== previous.length) return ['KEY_PEPPER_PREVIOUS: lists a pepper twice'];
+  return [];
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   const v = parseEnvironment(env);
-  const problems = productionGuards(v);
+  const problems = [...pepperProblems(v), ...productionGuards(v)];
   if (problems.length > 0) throw new ConfigError(problems);
   return deepFreeze({
     env: v.NODE_ENV,
@@ -144,6 +160,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       host: v.HOST,
       port: v.PORT,
       keyPepper: v.KEY_PEPPER ?? DEV_PEPPER,
+      previousKeyPeppers: v.KEY_PEPPER_PREVIOUS ?? [],
       keyCacheTtlMs: v.KEY_CACHE_TTL_MS,
       rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
       trustProxy: v.TRUST_PROXY,

@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { recordAudit } from '../api/audit/audit.repository';
 import { parsePresentedKey } from '../api/keys/keyMaterial';
 import { main as cliMain } from '../scripts/cli';
@@ -8,7 +8,7 @@ import { freshDatabase } from './helpers/database';
 // The audit log: every create, rotate and revoke records who, what, when and from where, in the
 // change's transaction; GET /api/orgs/:id/audit-log pages it newest first; nothing can change it.
 
-async function setup(t: Parameters<Parameters<typeof t.test>[1]>[0]) {
+async function setup(t: Test) {
   const { db, url } = await freshDatabase(t);
   const api = await startTestApi(t, db);
   const acme = await seedOrg(api, db, 'acme');

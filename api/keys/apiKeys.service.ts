@@ -133,6 +133,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         name: input.name,
         displayPrefix: material.displayPrefix,
         secretHash: material.secretHash,
+        secretPepperId: material.pepperId,
         scopes: input.scopes,
         expiresAt: input.expiresAt,
       };
@@ -168,7 +169,9 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       const material = newSecret(key.id, deps.pepper);
       const change = {
         secretHash: material.secretHash,
+        secretPepperId: material.pepperId,
         previousSecretHash: key.secretHash,
+        previousSecretPepperId: key.secretPepperId,
         previousSecretExpiresAt: new Date(now + graceSeconds * 1000),
         rotatedAt: new Date(now),
       };
