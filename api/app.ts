@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import express, { type RequestHandler } from 'express';
 import type { Config } from '../shared/config';
 import type { Db } from '../shared/db';
+import { truncateIp } from '../shared/ipTruncation';
 import { redactKeyMaterial, type Logger } from '../shared/logger';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { auditRouter } from './audit/audit.routes';
@@ -21,6 +22,8 @@ export interface AppDeps {
   db: Db;
   logger: Logger;
   config: Config['api'];
+  /** IP_TRUNCATE also applies to the addresses the audit log keeps; off when not given. */
+  privacy?: Pick<Config['privacy'], 'truncateIps'>;
   recordUse: RecordUse;
   now?: () => number;
 }
@@ -97,7 +100,8 @@ export function createApp(deps: AppDeps) {
   });
 
   app.use('/api/orgs/:id/api-keys', orgUsageRouter({ service: usage, authorize }));
-  app.use('/api/orgs/:id/api-keys', apiKeysRouter({ service: apiKeys, authorize }));
+  const auditIp = deps.privacy?.truncateIps ? truncateIp : (ip: string) => ip;
+  app.use('/api/orgs/:id/api-keys', apiKeysRouter({ service: apiKeys, authorize, auditIp }));
   app.use('/api/orgs/:id/audit-log', auditRouter({ service: audit, authorize }));
 
   app.use(routeNotFound);

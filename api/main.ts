@@ -11,7 +11,7 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
   const recorder = config.usage.enabled ? createUsageRecorder(config.usage, logger) : undefined;
   recorder?.start();
   const recordUse = recorder ? recorder.record.bind(recorder) : () => {};
-  const { app } = createApp({ db, logger, config: config.api, recordUse });
+  const { app } = createApp({ db, logger, config: config.api, privacy: config.privacy, recordUse });
   const server = http.createServer(app);
   let port: number;
   try {

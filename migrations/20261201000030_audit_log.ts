@@ -2,10 +2,11 @@ import type { Knex } from 'knex';
 
 // Who changed which key, when, from where (api/audit/audit.repository.ts). Append-only: the
 // application has no update or delete path, and these triggers refuse both to anyone, the app role
-// included. The one exception is deleting an organization: its rows go with it (ON DELETE CASCADE),
-// which the delete trigger tells apart by the organization being gone already. No foreign key to
-// api_keys: the entries outlive nothing but their organization, and `details` never holds key
-// material (names, scopes, expiry, grace period).
+// included. Two exceptions: deleting an organization takes its rows (ON DELETE CASCADE), which the
+// delete trigger tells apart by the organization being gone already; and erasing an entry's IP
+// address (IP_RETENTION_DAYS, `cli key erase-ips`), the one update allowed: ip to null, nothing
+// else. No foreign key to api_keys: the entries outlive nothing but their organization, and
+// `details` never holds key material (names, scopes, expiry, grace period).
 export async function up(knex: Knex): Promise<void> {
   await knex.schema.createTable('audit_log', (table) => {
     table.bigIncrements('id').primary();
@@ -25,6 +26,9 @@ export async function up(knex: Knex): Promise<void> {
     begin
       if tg_op = 'DELETE' and not exists (select 1 from organizations where id = old.org_id) then
         return old;
+      end if;
+      if tg_op = 'UPDATE' and new.ip is null and to_jsonb(new) - 'ip' = to_jsonb(old) - 'ip' then
+        return new;
       end if;
       raise exception 'audit_log is append-only: % refused', tg_op using errcode = 'insufficient_privilege';
     end $$`);

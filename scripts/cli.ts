@@ -1,7 +1,8 @@
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { AppError } from '../api/errors';
-import { countKeysByPepper } from '../api/keys/apiKeys.repository';
+import { recordAudit } from '../api/audit/audit.repository';
+import { countKeysByPepper, findApiKeyInOrg } from '../api/keys/apiKeys.repository';
 import { createApiKeysService, type ApiKeyView } from '../api/keys/apiKeys.service';
 import { pepperId } from '../api/keys/keyMaterial';
 import { SCOPES, type Scope } from '../api/keys/scopes';
@@ -9,6 +10,7 @@ import { findOrganizationById, insertOrganization, listOrganizations, type Organ
 import { displayName, uuid } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, migrateLatest, type Db } from '../shared/db';
+import { eraseKeyIps } from '../shared/ipRetention';
 import { postmasterPid, startLocalPostgres } from '../shared/localPostgres';
 
 // `npm run cli -- <command>`: the operator's bootstrap tool. runCli() holds the command logic and
@@ -24,6 +26,7 @@ Commands:
   key create <orgId> --name <name> --scopes <scope,...> [--expires-at <ISO 8601>]
                                      Create an API key (scopes: ${SCOPES.join(', ')})
   key revoke <orgId> <keyId>         Revoke an API key at once
+  key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, recent IPs, audit log)
   pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS)
   help                               Show this help
 
@@ -49,6 +52,7 @@ export type Command =
   | { kind: 'key list'; orgId: string; json: boolean }
   | { kind: 'key create'; orgId: string; name: string; scopes: Scope[]; expiresAt: Date | null; json: boolean }
   | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean }
+  | { kind: 'key erase-ips'; orgId: string; keyId: string; json: boolean }
   | { kind: 'pepper status'; json: boolean };
 
 export type ParsedCli = { kind: 'help' } | { kind: 'usage'; problem: string } | { kind: 'command'; command: Command };
@@ -101,6 +105,7 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
   'key list': { args: ['orgId'], options: [] },
   'key create': { args: ['orgId'], options: ['name', 'scopes', 'expires-at'] },
   'key revoke': { args: ['orgId', 'keyId'], options: [] },
+  'key erase-ips': { args: ['orgId', 'keyId'], options: [] },
   'pepper status': { args: [], options: [] },
 };
 
@@ -157,6 +162,7 @@ export function parseCli(argv: string[], now: number): ParsedCli {
           },
         };
       case 'key revoke':
+      case 'key erase-ips':
         return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), keyId: checkId(args[1], '<keyId>'), json } };
       case 'pepper status':
         return { kind: 'command', command: { kind, json } };
@@ -276,6 +282,9 @@ async function execute(command: Command, deps: CliDeps): Promise<void> {
     case 'pepper status':
       return pepperStatus(command.json, deps);
 
+    case 'key erase-ips':
+      return eraseIps(command, deps);
+
     case 'key revoke': {
       await requireOrganization(deps.db, command.orgId);
       const revoked = await keys.revoke(command.orgId, command.keyId);
@@ -297,6 +306,21 @@ function pepperSource(id: string | null, deps: CliDeps): { rank: number; source:
   if (index > 0) return { rank: index, source: `KEY_PEPPER_PREVIOUS #${index}` };
   if (id === null) return { rank: configured.length, source: 'not recorded (made before 0.2.0; rehashed on use)' };
   return { rank: configured.length + 1, source: 'not configured: these keys no longer verify' };
+}
+
+// A data subject's erasure request: every address kept for the key, and an audit entry saying so.
+async function eraseIps(command: { orgId: string; keyId: string; json: boolean }, deps: CliDeps): Promise<void> {
+  await requireOrganization(deps.db, command.orgId);
+  if (!(await findApiKeyInOrg(deps.db, command.orgId, command.keyId))) throw new AppError('not_found', `API key ${command.keyId} not found in organization ${command.orgId}`);
+  const erased = await deps.db.transaction(async (trx) => {
+    const counts = await eraseKeyIps(trx, command.keyId);
+    await recordAudit(trx, { orgId: command.orgId, actor: { type: 'cli' }, action: 'key.erase_ips', targetKeyId: command.keyId, details: { erased: counts }, ip: null });
+    return counts;
+  });
+  if (command.json) return printJson(deps, erased);
+  deps.out(`Erased the IP addresses of API key ${command.keyId}:`);
+  deps.out(table([['TABLE', 'ERASED'], ...Object.entries(erased).map(([name, count]) => [name, String(count)])]));
+  deps.out('Uses still in flight (up to one collector flush) may record an address again.');
 }
 
 async function pepperStatus(json: boolean, deps: CliDeps): Promise<void> {

@@ -82,6 +82,8 @@ const variables = {
   COLLECTOR_METRICS_HOST: host.default('127.0.0.1'),
   COLLECTOR_METRICS_PORT: portOrZero.default(9102),
   USAGE_RETENTION_DAYS: positiveInt(3650).default(90),
+  IP_RETENTION_DAYS: positiveInt(3650).default(90),
+  IP_TRUNCATE: booleanFlag.default(false),
   USAGE_SIGNING_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   USAGE_SIGNING_PREVIOUS_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   COLLECTOR_REPLAY_CACHE_SIZE: positiveInt(10_000_000).default(100_000),
@@ -170,6 +172,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
         windowMs: v.AUTH_THROTTLE_WINDOW_MS,
         maxEntries: v.AUTH_THROTTLE_MAX_ENTRIES,
       },
+    },
+    // Client IP addresses are personal data: how long they are kept, and whether only their network is.
+    privacy: {
+      ipRetentionDays: v.IP_RETENTION_DAYS,
+      truncateIps: v.IP_TRUNCATE,
     },
     usage: {
       enabled: v.USAGE_TRACKING,

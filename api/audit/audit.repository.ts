@@ -9,7 +9,7 @@ import type { Db } from '../../shared/db';
  * `keys.revoke_dormant` (POST /api-keys/revoke-dormant, one entry per key) belong to routes
  * added on other branches; they call recordAudit the same way.
  */
-export const AUDIT_ACTIONS = ['key.create', 'key.rotate', 'key.revoke', 'key.update', 'keys.revoke_dormant'] as const;
+export const AUDIT_ACTIONS = ['key.create', 'key.rotate', 'key.revoke', 'key.update', 'keys.revoke_dormant', 'key.erase_ips'] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 
 /** Who acted: an API key (by id and display prefix, never its secret), or an operator at the CLI. */

@@ -25,14 +25,13 @@ const rotateBody = z
   })
   .strict();
 
-// The acting key and the client address, for the key-hands-out-no-more rule and the audit log.
-const changeContext = (res: Response) => ({ actor: res.locals.auth!.key, ip: res.locals.auth!.ip });
-
 // A response carrying a plaintext key must not be kept by a browser, proxy or CDN cache.
 const revealOnce = (res: Response) => res.setHeader('Cache-Control', 'no-store');
 
-export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requirement: Requirement) => RequestHandler }) {
+export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requirement: Requirement) => RequestHandler; auditIp: (ip: string) => string }) {
   const { service, authorize } = deps;
+  // The acting key and the client address, for the key-hands-out-no-more rule and the audit log.
+  const changeContext = (res: Response) => ({ actor: res.locals.auth!.key, ip: deps.auditIp(res.locals.auth!.ip) });
   const readKeys = authorize({ scope: 'keys:read', orgParam: 'id' });
   const writeKeys = authorize({ scope: 'keys:write', orgParam: 'id', currentSecret: true });
   // Bodies are parsed after authentication: an anonymous caller gets 401 without its body being
