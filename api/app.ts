@@ -2,8 +2,11 @@ import { randomUUID } from 'node:crypto';
 import express, { type Request, type RequestHandler, type Response } from 'express';
 import type { Config } from '../shared/config';
 import type { Db } from '../shared/db';
+import { truncateIp } from '../shared/ipTruncation';
 import { redactKeyMaterial, type Logger } from '../shared/logger';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
+import { auditRouter } from './audit/audit.routes';
+import { createAuditService } from './audit/audit.service';
 import { authorizer, type RecordUse } from './auth/authorize';
 import { clientAddressResolver } from './auth/clientAddress';
 import { createAuthThrottle } from './auth/failureThrottle';
@@ -27,6 +30,8 @@ export interface AppDeps {
   logger: Logger;
   config: Config['api'];
   webhooks: Pick<Config['webhooks'], 'allowPrivateTargets'>;
+  /** IP_TRUNCATE also applies to the addresses the audit log keeps; off when not given. */
+  privacy?: Pick<Config['privacy'], 'truncateIps'>;
   recordUse: RecordUse;
   /** Each finished request, for the metrics (api/metrics.ts). */
   onRequest?: (request: RequestObservation) => void;
@@ -87,10 +92,11 @@ export function createApp(deps: AppDeps) {
   );
   const verifier = createKeyVerifier({
     db: deps.db,
-    pepper: deps.config.keyPepper,
+    peppers: [deps.config.keyPepper, ...deps.config.previousKeyPeppers],
     cacheTtlMs: deps.config.keyCacheTtlMs,
     now,
     mayReload: (keyId) => !throttle.keyLocked(keyId),
+    onRehashError: (error) => warn('pepper_rehash', { err: { message: error.message } }, 'rehashing a key with the current KEY_PEPPER failed; retried on its next use'),
   });
   const authorize = authorizer({
     verifier,
@@ -106,13 +112,14 @@ export function createApp(deps: AppDeps) {
     now,
   });
   const usage = createUsageService({ db: deps.db, now, delay: deps.config.usageDelay, eventSummaryDays: deps.config.eventSummaryDays });
-  const events = createEventsService({ db: deps.db });;
+  const events = createEventsService({ db: deps.db });
   const webhooks = createWebhooksService({
     db: deps.db,
     pepper: deps.config.keyPepper,
     allowPrivateTargets: deps.webhooks.allowPrivateTargets,
     now,
   });
+  const audit = createAuditService({ db: deps.db });
 
   const app = express();
   app.disable('x-powered-by');
@@ -132,13 +139,17 @@ export function createApp(deps: AppDeps) {
   app.use(orgKeys, routePrefix(orgKeys));
   app.use(orgKeys, orgUsageRouter({ service: usage, authorize }));
   app.use(orgKeys, orgEventsRouter({ service: events, authorize }));
-  app.use(orgKeys, apiKeysRouter({ service: apiKeys, authorize }));
+  const auditIp = deps.privacy?.truncateIps ? truncateIp : (ip: string) => ip;
+  app.use(orgKeys, apiKeysRouter({ service: apiKeys, authorize, auditIp }));
   const orgWebhooks = '/api/orgs/:id/webhooks';
   app.use(orgWebhooks, routePrefix(orgWebhooks));
   app.use(orgWebhooks, webhooksRouter({ service: webhooks, authorize }));
+  const orgAudit = '/api/orgs/:id/audit-log';
+  app.use(orgAudit, routePrefix(orgAudit));
+  app.use(orgAudit, auditRouter({ service: audit, authorize }));
 
   app.use(routeNotFound);
   app.use(errorMiddleware(deps.logger));
 
-  return { app, services: { apiKeys, usage, events, webhooks }, verifier, throttle };
+  return { app, services: { apiKeys, usage, events, webhooks, audit }, verifier, throttle };
 }

@@ -14,7 +14,7 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
   recorder?.start();
   const recordUse = recorder ? recorder.record.bind(recorder) : () => {};
   const apiMetrics = createApiMetrics();
-  const { app, verifier, throttle } = createApp({ db, logger, config: config.api, webhooks: config.webhooks, recordUse, onRequest: apiMetrics.observeRequest });
+  const { app, verifier, throttle } = createApp({ db, logger, config: config.api, webhooks: config.webhooks, privacy: config.privacy, recordUse, onRequest: apiMetrics.observeRequest });
   const server = http.createServer(app);
   // On its own port, loopback by default: the public port never serves /metrics.
   const metrics = metricsServer({ exposition: () => apiMetrics.exposition({ recorder, keyCache: verifier.stats, throttle: throttle.stats }) });

@@ -5,6 +5,8 @@ import { metricsServer, renderPrometheus, type MetricSample } from '../shared/me
 import { closeServer, listen, onShutdownSignal } from '../shared/process';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { datagramVerifier } from '../shared/datagramSignature';
+import { expireIpData } from '../shared/ipRetention';
+import { truncateIp } from '../shared/ipTruncation';
 import { parsePacket, type UsageSample } from '../shared/usageWire';
 import { Aggregator } from './aggregator';
 import { EventSweep } from './eventSweep';
@@ -52,9 +54,11 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const warn = rateLimitedWarn(logger, 10_000, now);
   // One clock read per datagram, not per line: the lines of a datagram arrived together.
   let packetTime = now();
+  // IP_TRUNCATE: cut before aggregation, so a full address is never held, merged or written.
+  const { truncateIps, ipRetentionDays } = config.privacy;
   const addSample = (sample: UsageSample) => {
     ingest.usesReceived += sample.count;
-    aggregator.add(sample, packetTime);
+    aggregator.add(truncateIps ? { ...sample, ip: truncateIp(sample.ip) } : sample, packetTime);
   };
   let overflowLogged = 0;
 
@@ -103,6 +107,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     Promise.all([store.expireOldRows(config.collector.retentionDays), expireOldEvents(db, new Date(now()), events.retentionDays)]).catch((error) =>
       logger.warn({ err: { message: error.message } }, 'retention cleanup failed'),
     );
+    expireIpData(db, ipRetentionDays).catch((error) => logger.warn({ err: { message: error.message } }, 'IP retention cleanup failed'));
   }, HOUR_MS).unref();
 
   const samples = (): MetricSample[] => {

@@ -1,12 +1,16 @@
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { AppError } from '../api/errors';
+import { recordAudit } from '../api/audit/audit.repository';
+import { countKeysByPepper, findApiKeyInOrg } from '../api/keys/apiKeys.repository';
 import { createApiKeysService, type ApiKeyView } from '../api/keys/apiKeys.service';
+import { pepperId } from '../api/keys/keyMaterial';
 import { SCOPES, type Scope } from '../api/keys/scopes';
 import { findOrganizationById, insertOrganization, listOrganizations, type Organization } from '../api/orgs/orgs.repository';
 import { displayName, uuid } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, migrateLatest, type Db } from '../shared/db';
+import { eraseKeyIps } from '../shared/ipRetention';
 import { postmasterPid, startLocalPostgres } from '../shared/localPostgres';
 
 // `npm run cli -- <command>`: the operator's bootstrap tool. runCli() holds the command logic and
@@ -25,6 +29,8 @@ Commands:
   key revoke-dormant <orgId> --days <n> [--apply]
                                      List the active keys unused for n days (never used: created
                                      n days ago); with --apply, revoke exactly those
+  key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, recent IPs, audit log)
+  pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS)
   help                               Show this help
 
 Options:
@@ -51,7 +57,9 @@ export type Command =
   | { kind: 'key list'; orgId: string; json: boolean }
   | { kind: 'key create'; orgId: string; name: string; scopes: Scope[]; expiresAt: Date | null; json: boolean }
   | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean }
-  | { kind: 'key revoke-dormant'; orgId: string; dormantDays: number; apply: boolean; json: boolean };
+  | { kind: 'key revoke-dormant'; orgId: string; dormantDays: number; apply: boolean; json: boolean }
+  | { kind: 'key erase-ips'; orgId: string; keyId: string; json: boolean }
+  | { kind: 'pepper status'; json: boolean };
 
 export type ParsedCli = { kind: 'help' } | { kind: 'usage'; problem: string } | { kind: 'command'; command: Command };
 
@@ -60,6 +68,8 @@ export interface CliDeps {
   out: (text: string) => void;
   err: (text: string) => void;
   pepper: string;
+  /** KEY_PEPPER_PREVIOUS, newest first. */
+  previousPeppers?: readonly string[];
   now: () => number;
 }
 
@@ -102,6 +112,8 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
   'key create': { args: ['orgId'], options: ['name', 'scopes', 'expires-at'] },
   'key revoke': { args: ['orgId', 'keyId'], options: [] },
   'key revoke-dormant': { args: ['orgId'], options: ['days', 'apply'] },
+  'key erase-ips': { args: ['orgId', 'keyId'], options: [] },
+  'pepper status': { args: [], options: [] },
 };
 
 // The same bounds as the HTTP API's dormantDays.
@@ -160,6 +172,7 @@ export function parseCli(argv: string[], now: number): ParsedCli {
           },
         };
       case 'key revoke':
+      case 'key erase-ips':
         return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), keyId: checkId(args[1], '<keyId>'), json } };
       case 'key revoke-dormant':
         if (values.days === undefined) throw new UsageError('key revoke-dormant: --days is required');
@@ -167,6 +180,8 @@ export function parseCli(argv: string[], now: number): ParsedCli {
           kind: 'command',
           command: { kind, orgId: checkId(args[0], '<orgId>'), dormantDays: check(dormantDays, values.days, '--days'), apply: values.apply ?? false, json },
         };
+      case 'pepper status':
+        return { kind: 'command', command: { kind, json } };
     }
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
@@ -280,6 +295,12 @@ async function execute(command: Command, deps: CliDeps): Promise<void> {
       return;
     }
 
+    case 'pepper status':
+      return pepperStatus(command.json, deps);
+
+    case 'key erase-ips':
+      return eraseIps(command, deps);
+
     case 'key revoke': {
       await requireOrganization(deps.db, command.orgId);
       const revoked = await keys.revoke(command.orgId, command.keyId);
@@ -291,7 +312,7 @@ async function execute(command: Command, deps: CliDeps): Promise<void> {
 
     case 'key revoke-dormant': {
       await requireOrganization(deps.db, command.orgId);
-      const result = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: !command.apply, callerKeyId: null });
+      const result = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: !command.apply });
       if (command.json) return printJson(deps, result);
       const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
       deps.out(`${verb} ${result.keys.length} key(s) of organization ${command.orgId} unused for ${command.dormantDays} days.`);
@@ -300,6 +321,44 @@ async function execute(command: Command, deps: CliDeps): Promise<void> {
       return;
     }
   }
+}
+
+// Which configured pepper each id is, and its place in the report: current, previous ones in
+// order, hashes from before ids were recorded, then ids no configured pepper has (keys that no
+// longer verify).
+function pepperSource(id: string | null, deps: CliDeps): { rank: number; source: string } {
+  const configured = [deps.pepper, ...(deps.previousPeppers ?? [])].map(pepperId);
+  const index = id === null ? -1 : configured.indexOf(id);
+  if (index === 0) return { rank: 0, source: 'KEY_PEPPER (current)' };
+  if (index > 0) return { rank: index, source: `KEY_PEPPER_PREVIOUS #${index}` };
+  if (id === null) return { rank: configured.length, source: 'not recorded (made before 0.2.0; rehashed on use)' };
+  return { rank: configured.length + 1, source: 'not configured: these keys no longer verify' };
+}
+
+// A data subject's erasure request: every address kept for the key, and an audit entry saying so.
+async function eraseIps(command: { orgId: string; keyId: string; json: boolean }, deps: CliDeps): Promise<void> {
+  await requireOrganization(deps.db, command.orgId);
+  if (!(await findApiKeyInOrg(deps.db, command.orgId, command.keyId))) throw new AppError('not_found', `API key ${command.keyId} not found in organization ${command.orgId}`);
+  const erased = await deps.db.transaction(async (trx) => {
+    const counts = await eraseKeyIps(trx, command.keyId);
+    await recordAudit(trx, { orgId: command.orgId, actor: { type: 'cli' }, action: 'key.erase_ips', targetKeyId: command.keyId, details: { erased: counts }, ip: null });
+    return counts;
+  });
+  if (command.json) return printJson(deps, erased);
+  deps.out(`Erased the IP addresses of API key ${command.keyId}:`);
+  deps.out(table([['TABLE', 'ERASED'], ...Object.entries(erased).map(([name, count]) => [name, String(count)])]));
+  deps.out('Uses still in flight (up to one collector flush) may record an address again.');
+}
+
+async function pepperStatus(json: boolean, deps: CliDeps): Promise<void> {
+  const rows = (await countKeysByPepper(deps.db, new Date(deps.now())))
+    .map((row) => ({ ...row, ...pepperSource(row.pepperId, deps) }))
+    .sort((a, b) => a.rank - b.rank)
+    .map(({ rank, ...row }) => row);
+  if (json) return printJson(deps, rows);
+  if (rows.length === 0) return deps.out('No usable API keys.');
+  deps.out(table([['PEPPER', 'KEYS', 'PREVIOUS SECRETS IN GRACE', 'SOURCE'], ...rows.map((row) => [row.pepperId ?? '-', String(row.secrets), String(row.previousSecrets), row.source])]));
+  deps.out('\nA previous pepper can be removed from KEY_PEPPER_PREVIOUS once no row names it (keys move to KEY_PEPPER on their next use).');
 }
 
 function reportParse(parsed: Exclude<ParsedCli, { kind: 'command' }>, io: Pick<CliDeps, 'out' | 'err'>): number {
@@ -394,7 +453,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
     database = await openDatabase(config, io.err);
     const applied = await migrateLatest(database.db);
     if (applied.length > 0) io.err(`Applied ${applied.length} migration(s): ${applied.join(', ')}`);
-    return await runCommand(parsed.command, { db: database.db, out: io.out, err: io.err, pepper: config.api.keyPepper, now });
+    return await runCommand(parsed.command, { db: database.db, out: io.out, err: io.err, pepper: config.api.keyPepper, previousPeppers: config.api.previousKeyPeppers, now });
   } catch (error) {
     io.err(`error: ${(error as Error).message}`);
     return 1;

@@ -1,6 +1,7 @@
 import { createApiKeysService } from '../api/keys/apiKeys.service';
 import { SCOPES } from '../api/keys/scopes';
 import { findOrganizationByName, insertOrganization, type Organization } from '../api/orgs/orgs.repository';
+import { loadConfig, type Config } from '../shared/config';
 import type { Db } from '../shared/db';
 
 // The first-run demo of `npm start`: one organization named "demo" and one key with every scope.
@@ -36,8 +37,32 @@ export async function ensureDemoOrg(db: Db, options: { pepper: string; now?: () 
   });
 }
 
+const shellWord = (value: string) => (/^[A-Za-z0-9_/.:,@%+=-]+$/.test(value) ? value : `'${value.replace(/'/g, `'\\''`)}'`);
+
+/**
+ * What a second terminal needs to reach this system with `npm run cli` and `npm run demo-traffic`:
+ * every setting that differs from its default, as `NAME=value ` words to paste before the command,
+ * and the names of the secret ones that must be exported there too (never printed).
+ */
+export function commandSettings(config: Config, env: NodeJS.ProcessEnv = process.env): { prefix: string; secrets: string[] } {
+  const defaults = loadConfig({ NODE_ENV: 'development' });
+  const settings: Array<[string, string | number | undefined, string | number | undefined]> = [
+    ['NODE_ENV', config.env, defaults.env],
+    ['PORT', config.api.port, defaults.api.port],
+    ['EMBEDDED_PG_DIR', config.database.embeddedDir, defaults.database.embeddedDir],
+    ['EMBEDDED_PG_PORT', config.database.embeddedPort, defaults.database.embeddedPort],
+  ];
+  const prefix = settings
+    .filter(([, value, fallback]) => value !== undefined && value !== fallback)
+    .map(([name, value]) => `${name}=${shellWord(String(value))} `)
+    .join('');
+  return { prefix, secrets: ['DATABASE_URL', 'KEY_PEPPER', 'KEY_PEPPER_PREVIOUS'].filter((name) => env[name]) };
+}
+
 export interface BannerContext {
   baseUrl: string;
+  /** commandSettings(): pasted before every npm command the banner prints. */
+  settings: { prefix: string; secrets: string[] };
   /** Where the data lives, for people: a folder for the embedded database, else host:port/db. */
   dataLocation: string;
   /** How to start from scratch, when the launcher owns the data; undefined for an external database. */
@@ -47,13 +72,20 @@ export interface BannerContext {
 // What `npm start` prints once the API answers. The only place a plaintext key is ever printed
 // by the launcher; it goes to stdout and nowhere else.
 // With DATABASE_URL the launcher makes nothing in the database but the schema: it may be a real one.
+function secretsNote(context: BannerContext): string[] {
+  const { secrets } = context.settings;
+  if (secrets.length === 0) return [];
+  return [`In another terminal, export the same ${secrets.join(', ')} as this one first (not printed here).`, ''];
+}
+
 export function externalDatabaseBanner(context: BannerContext): string {
   return [
     '',
     `Data lives in ${context.dataLocation}. No demo organization is made there; create one with:`,
     '',
-    '    npm run cli -- org create <name>',
+    `    ${context.settings.prefix}npm run cli -- org create <name>`,
     '',
+    ...secretsNote(context),
     `The API answers on ${context.baseUrl}.`,
     'Stop with Ctrl-C (the API stops first, then the collector flushes).',
     '',
@@ -80,7 +112,7 @@ export function demoBanner(demo: DemoOrg, context: BannerContext): string {
       '',
       'Its key was printed on the first run only. To mint a fresh demo key:',
       '',
-      `    npm run cli -- key create ${orgId} --name demo --scopes keys:read,keys:write`,
+      `    ${context.settings.prefix}npm run cli -- key create ${orgId} --name demo --scopes keys:read,keys:write`,
       '',
     );
   }
@@ -94,8 +126,9 @@ export function demoBanner(demo: DemoOrg, context: BannerContext): string {
     '',
     'Generate traffic from several keys (allowed, forbidden, revoked, never used), then read the usage:',
     '',
-    `    DEMO_KEY=${key} npm run demo-traffic`,
+    `    DEMO_KEY=${key} ${context.settings.prefix}npm run demo-traffic`,
     '',
+    ...secretsNote(context),
     `Data lives in ${context.dataLocation}.`,
   );
   if (context.resetHint) lines.push(context.resetHint);

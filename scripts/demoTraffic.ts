@@ -19,6 +19,10 @@ const SETTLE_RETRY_MS = 3000;
 // a key's networks are /24s, and 127.0.0.2 shares 127.0.0.1's.
 const SECOND_ADDRESS = '127.0.1.1';
 const NEW_IP_REQUESTS = 3;
+// The API throttles failed authentications (AUTH_THROTTLE_MAX_FAILURES_PER_KEY, 20, and _PER_IP,
+// 100, a minute by default): past them it answers 429, and past the per-address one it refuses
+// every key from this address. The wrong-secret key stays well below both.
+const WRONG_SECRET_ATTEMPTS = 10;
 
 type Outcome = 'ok' | 'forbidden' | 'expired' | 'revoked' | 'bad_secret';
 type Role = 'ci' | 'readonly' | 'revoked' | 'expiring' | 'wrong-secret' | 'unused';
@@ -29,6 +33,8 @@ interface DemoKey {
   name: string;
   plaintext: string;
   seen: Record<Outcome, number>;
+  /** Requests this key may still send; unlimited when undefined. */
+  budget?: number;
 }
 
 interface Options {
@@ -160,7 +166,9 @@ async function sendTraffic(client: Client, orgId: string, senders: DemoKey[], co
   const worker = async () => {
     while (next < count && !client.exhausted && Date.now() < until) {
       const turn = next++;
-      const sender = senders[turn % senders.length];
+      // A key whose budget is spent passes its turn to the next one that has some left.
+      const sender = [...senders.slice(turn % senders.length), ...senders].find((key) => key.budget === undefined || key.budget > 0)!;
+      if (sender.budget !== undefined) sender.budget -= 1;
       const request = requestFor(sender, orgId, Math.floor(turn / senders.length));
       try {
         const response = await client.call(request.method, request.path, request.key, request.body);
@@ -266,7 +274,7 @@ async function run(options: Options, port: number) {
   const revoked = await create('revoked', ['keys:read']);
   const expiresAt = Date.now() + EXPIRES_AFTER_MS;
   const expiring = await create('expiring', ['keys:read'], new Date(expiresAt).toISOString());
-  const wrong = await create('wrong-secret', ['keys:read']);
+  const wrong = { ...(await create('wrong-secret', ['keys:read'])), budget: WRONG_SECRET_ATTEMPTS };
   const unused = await create('unused', ['keys:read']);
   const keys = [ci, readonly, revoked, expiring, wrong, unused];
 

@@ -8,8 +8,9 @@ import readline from 'node:readline';
 import { ConfigError, loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { ensureAppRole } from '../shared/appRole';
 import { createDb, migrateLatest } from '../shared/db';
-import { postmasterPid, startLocalPostgres, type LocalPostgres } from '../shared/localPostgres';
-import { demoBanner, ensureDemoOrg, externalDatabaseBanner } from './demo';
+import { acquireDataFolderLock, DataFolderBusyError, type DataFolderLock } from '../shared/dataFolderLock';
+import { postmasterPid, runningPort, startLocalPostgres, type LocalPostgres } from '../shared/localPostgres';
+import { commandSettings, demoBanner, ensureDemoOrg, externalDatabaseBanner } from './demo';
 
 // `npm start`: one launcher for the whole system.
 //   1. check that every port it will need is free (before anything is started);
@@ -19,13 +20,16 @@ import { demoBanner, ensureDemoOrg, externalDatabaseBanner } from './demo';
 //   4. on the embedded database only, make sure the demo organization exists and print how to
 //      try it (with its key on the first run only: the key is never stored or printed again);
 //   5. run until a signal (stop web, then collector, then the database; exit 0) or until a process
-//      dies (say which and why, stop the rest, exit 1).
+//      or the embedded database dies (say which and why, stop the rest, exit 1).
+// One launcher owns an embedded data folder at a time (shared/dataFolderLock.ts): a second one on
+// the same folder names the first one's pid and exits 1 before touching anything.
 // PROCFILE names another Procfile (the tests use it to stand in for a process).
 
 const STOP_TIMEOUT_MS = 15_000;
 const READY_TIMEOUT_MS = 30_000;
 const READY_POLL_MS = 100;
 const LABEL_WIDTH = 9;
+const DATABASE_WATCH_MS = 500;
 
 // ---------------------------------------------------------------------------------------------
 // Procfile
@@ -258,6 +262,8 @@ function redactUrl(url: string): string {
 export class Launcher {
   private readonly processes: Managed[] = [];
   private database: LocalPostgres | undefined;
+  private lock: DataFolderLock | undefined;
+  private databaseWatch: NodeJS.Timeout | undefined;
   private stopping: Promise<void> | undefined;
   private stopRequestedFlag = false;
 
@@ -269,6 +275,7 @@ export class Launcher {
     process.on('exit', () => {
       for (const managed of this.processes) managed.signal('SIGKILL');
       this.stopDatabase();
+      this.lock?.release();
     });
   }
 
@@ -294,6 +301,7 @@ export class Launcher {
   }
 
   private stopDatabase() {
+    clearInterval(this.databaseWatch);
     const database = this.database;
     if (!database) return;
     this.database = undefined;
@@ -325,6 +333,7 @@ export class Launcher {
       }
       await Promise.all(this.processes.map((managed) => managed.flushOutput()));
       this.stopDatabase();
+      this.lock?.release();
       say(clean ? 'stopped' : 'stopped after a failure');
       this.exit(clean ? 0 : 1);
     })();
@@ -347,9 +356,11 @@ export class Launcher {
 
   async run(entries: ProcfileEntry[]) {
     const { config } = this;
+    if (!config.database.url && !this.lockDataFolder()) return this.exit(1);
     const problems = await portProblems(this.portNeeds(!config.database.url));
     if (problems.length > 0) {
       for (const problem of problems) say(problem);
+      this.lock?.release();
       this.exit(1);
       return;
     }
@@ -364,7 +375,7 @@ export class Launcher {
       if (this.database) await ensureAppRole(db, this.database.app.role, this.database.app.password);
       if (this.stopRequested) return;
       if (!(await this.startProcesses(entries, database.processUrl))) return;
-      const context = { baseUrl: `http://${urlHost(config.api.host)}:${config.api.port}`, ...database };
+      const context = { baseUrl: `http://${urlHost(config.api.host)}:${config.api.port}`, settings: commandSettings(config), ...database };
       // An external database may be a real one: no demo org or key is ever made there.
       if (!this.database) return print(externalDatabaseBanner(context) + '\n');
       // Only once everything answers, so that a first-run key is never made and then not shown.
@@ -374,6 +385,32 @@ export class Launcher {
     } finally {
       await db.destroy();
     }
+  }
+
+  // False (having said why) when another launcher holds the folder: it is left untouched.
+  private lockDataFolder(): boolean {
+    const dataDir = path.resolve(this.config.database.embeddedDir);
+    try {
+      this.lock = acquireDataFolderLock(dataDir);
+      return true;
+    } catch (error) {
+      if (!(error instanceof DataFolderBusyError)) throw error;
+      const holder = error.pid > 0 ? `another npm start (pid ${error.pid})` : 'another npm start that is starting';
+      say(`${dataDir} is in use by ${holder}. Stop that one first, or give this one its own folder: EMBEDDED_PG_DIR=<another folder> npm start`);
+      if (error.pid > 0) say(`(If no launcher runs as pid ${error.pid}, remove ${error.lockFile}.)`);
+      return false;
+    }
+  }
+
+  // pg_ctl daemonises the server, so its death reaches no handler of ours: poll its pid file.
+  private watchDatabase(dataDir: string) {
+    const pid = postmasterPid(dataDir);
+    this.databaseWatch = setInterval(() => {
+      if (this.stopRequested || postmasterPid(dataDir) !== undefined) return;
+      this.database = undefined; // nothing left to stop
+      void this.shutdown(`PostgreSQL (postmaster pid ${pid ?? 'unknown'}) stopped underneath the launcher; see ${dataDir}.log. Stopping the rest`);
+    }, DATABASE_WATCH_MS);
+    this.databaseWatch.unref();
   }
 
   // DATABASE_URL as given, or the embedded cluster: migrated as its owner, while the processes
@@ -386,14 +423,16 @@ export class Launcher {
     const dataDir = path.resolve(database.embeddedDir);
     const relative = path.relative(process.cwd(), dataDir);
     const shown = relative && !relative.startsWith('..') ? relative : dataDir;
-    say(`starting the embedded PostgreSQL in ${shown} on 127.0.0.1:${database.embeddedPort}`);
+    const leftOver = runningPort(dataDir);
+    say(leftOver ? `reusing the PostgreSQL left running in ${shown} on 127.0.0.1:${leftOver}` : `starting the embedded PostgreSQL in ${shown} on 127.0.0.1:${database.embeddedPort}`);
     this.database = startLocalPostgres({ dataDir, port: database.embeddedPort });
     say(`PostgreSQL is up (postmaster pid ${postmasterPid(dataDir) ?? 'unknown'}); the API and the collector connect as ${this.database.app.role}`);
+    this.watchDatabase(dataDir);
     const isDefault = dataDir === path.resolve('.data/postgres');
     return {
       ownerUrl: this.database.url,
       processUrl: this.database.app.url,
-      dataLocation: `${shown} (embedded PostgreSQL on 127.0.0.1:${database.embeddedPort})`,
+      dataLocation: `${shown} (embedded PostgreSQL on 127.0.0.1:${this.database.port})`,
       resetHint: `To reset: stop with Ctrl-C, then \`rm -rf ${isDefault ? '.data' : `${shown} ${shown}.password ${shown}.log`}\` and \`npm start\` again.`,
     };
   }

@@ -70,6 +70,12 @@ const variables = {
   API_METRICS_PORT: portOrZero.default(9103),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   KEY_PEPPER: z.string().min(32, 'must be at least 32 characters').optional(),
+  // Older peppers, newest first: hashes they made still verify and are rehashed with KEY_PEPPER.
+  KEY_PEPPER_PREVIOUS: z
+    .string()
+    .transform((value) => value.split(',').map((pepper) => pepper.trim()).filter(Boolean))
+    .pipe(z.array(z.string().min(32, 'each pepper must be at least 32 characters')))
+    .optional(),
   KEY_CACHE_TTL_MS: wholeNumber(0, 60_000).default(2000),
   ROTATION_GRACE_SECONDS: wholeNumber(0, 604_800).default(86_400),
   TRUST_PROXY: trustProxy.default(false),
@@ -88,6 +94,8 @@ const variables = {
   COLLECTOR_METRICS_HOST: host.default('127.0.0.1'),
   COLLECTOR_METRICS_PORT: portOrZero.default(9102),
   USAGE_RETENTION_DAYS: positiveInt(3650).default(90),
+  IP_RETENTION_DAYS: positiveInt(3650).default(90),
+  IP_TRUNCATE: booleanFlag.default(false),
   USAGE_SIGNING_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   USAGE_SIGNING_PREVIOUS_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   COLLECTOR_REPLAY_CACHE_SIZE: positiveInt(10_000_000).default(100_000),
@@ -153,9 +161,19 @@ function productionGuards(v: ReturnType<typeof parseEnvironment>): string[] {
   return problems;
 }
 
+// A previous pepper equal to the current one would be tried twice for nothing, and hides a
+// rotation that was not made.
+function pepperProblems(v: ReturnType<typeof parseEnvironment>): string[] {
+  const previous = v.KEY_PEPPER_PREVIOUS ?? [];
+  const current = v.KEY_PEPPER ?? DEV_PEPPER;
+  if (previous.includes(current)) return ['KEY_PEPPER_PREVIOUS: must not repeat KEY_PEPPER'];
+  if (new Set(previous).size !== previous.length) return ['KEY_PEPPER_PREVIOUS: lists a pepper twice'];
+  return [];
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   const v = parseEnvironment(env);
-  const problems = productionGuards(v);
+  const problems = [...pepperProblems(v), ...productionGuards(v)];
   if (problems.length > 0) throw new ConfigError(problems);
   return deepFreeze({
     env: v.NODE_ENV,
@@ -173,6 +191,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       metricsHost: v.API_METRICS_HOST,
       metricsPort: v.API_METRICS_PORT,
       keyPepper: v.KEY_PEPPER ?? DEV_PEPPER,
+      previousKeyPeppers: v.KEY_PEPPER_PREVIOUS ?? [],
       keyCacheTtlMs: v.KEY_CACHE_TTL_MS,
       rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
       trustProxy: v.TRUST_PROXY,
@@ -185,6 +204,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       // How far the usage endpoint can lag the requests it counts, told to its readers.
       usageDelay: { drainIntervalMs: v.USAGE_DRAIN_INTERVAL_MS, flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS },
       eventSummaryDays: v.EVENTS_SUMMARY_DAYS,
+    },
+    // Client IP addresses are personal data: how long they are kept, and whether only their network is.
+    privacy: {
+      ipRetentionDays: v.IP_RETENTION_DAYS,
+      truncateIps: v.IP_TRUNCATE,
     },
     usage: {
       enabled: v.USAGE_TRACKING,

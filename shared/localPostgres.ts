@@ -15,6 +15,8 @@ export interface LocalPostgres {
   /** The non-superuser role the API and the collector use (shared/appRole.ts grants it). */
   readonly app: { role: string; password: string; url: string };
   readonly dataDir: string;
+  /** The port it listens on: the one asked for, or the one a cluster already running was started on. */
+  readonly port: number;
   stop(): void;
 }
 
@@ -127,6 +129,20 @@ export function postmasterPid(dataDir: string): number | undefined {
   }
 }
 
+/**
+ * The port of the server running on this data directory (line 4 of postmaster.pid), so a second
+ * terminal finds it whatever EMBEDDED_PG_PORT it has; undefined when none runs.
+ */
+export function runningPort(dataDir: string): number | undefined {
+  if (postmasterPid(dataDir) === undefined) return undefined;
+  try {
+    const port = Number(fs.readFileSync(path.join(path.resolve(dataDir), 'postmaster.pid'), 'utf8').split('\n')[3]);
+    return Number.isInteger(port) && port > 0 ? port : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function startLocalPostgres(options: { dataDir: string; port: number }): LocalPostgres {
   const dataDir = path.resolve(options.dataDir);
   const passwordFile = path.join(path.dirname(dataDir), `${path.basename(dataDir)}.password`);
@@ -150,12 +166,15 @@ export function startLocalPostgres(options: { dataDir: string; port: number }): 
   if (status.status !== 0) {
     run('pg_ctl', ['start', '-D', dataDir, '-w', '-t', '60', '-l', logFile, '-o', serverOptions], ids, logFile);
   }
-  const url = (role: string, password: string) => `postgres://${role}:${encodeURIComponent(password)}@127.0.0.1:${options.port}/postgres`;
+  // A cluster that was already running keeps the port it was started on.
+  const port = runningPort(dataDir) ?? options.port;
+  const url = (role: string, password: string) => `postgres://${role}:${encodeURIComponent(password)}@127.0.0.1:${port}/postgres`;
   const appPassword = secretFile(path.join(dataDir, APP_PASSWORD_FILE));
   return {
     url: url(SUPERUSER, fs.readFileSync(passwordFile, 'utf8').trim()),
     app: { role: APP_ROLE, password: appPassword, url: url(APP_ROLE, appPassword) },
     dataDir,
+    port,
     stop: () => run('pg_ctl', ['stop', '-D', dataDir, '-m', 'fast', '-w', '-t', '60'], ids, logFile),
   };
 }

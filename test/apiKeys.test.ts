@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import t from 'tap';
 import { insertApiKey } from '../api/keys/apiKeys.repository';
-import { checksumOf, displayPrefixFor, hashSecret } from '../api/keys/keyMaterial';
+import { checksumOf, displayPrefixFor, hashSecret, pepperId } from '../api/keys/keyMaterial';
 import { freshDatabase } from './helpers/database';
 import { seedOrg, startTestApi } from './helpers/api';
 import { waitFor } from './helpers/collector';
@@ -293,6 +293,7 @@ t.test('a key issued before the checksum keeps working until it is rotated', asy
     name: 'legacy',
     displayPrefix: displayPrefixFor(id),
     secretHash: hashSecret(secret, api.config.api.keyPepper),
+    secretPepperId: pepperId(api.config.api.keyPepper),
     scopes: ['keys:read'],
     expiresAt: null,
   });

@@ -138,6 +138,54 @@ t.test('dormant keys: never used, or not used within dormantDays', async (t) => 
   t.match(tooLong.body.error.message, /at most/);
 });
 
+t.test('dormant=true|false and status=: dormant means still usable and unused; each filter is exact', async (t) => {
+  const { db } = await freshDatabase(t);
+  let now = Date.parse('2026-11-25T12:00:00Z');
+  const api = await startTestApi(t, db, { now: () => now });
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const create = async (name: string, expiresAt: Date | null = null) =>
+    (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt })).key.id;
+  const used = async (keyId: string, daysAgo: number) =>
+    db('api_key_usage').insert({ key_id: keyId, org_id: org.id, request_count: 1, ok_count: 1, last_used_at: new Date(now - daysAgo * 86_400_000), last_used_ip: '192.0.2.1' });
+  await create('unused');
+  const stale = await create('stale');
+  const fresh = await create('fresh');
+  const revokedUnused = await create('revoked unused');
+  const revokedUsed = await create('revoked used');
+  await create('expired unused', new Date(now + 60_000));
+  await Promise.all([used(stale, 40), used(fresh, 1), used(revokedUsed, 1), used(adminKeyId, 0)]);
+  await api.services.apiKeys.revoke(org.id, revokedUnused);
+  await api.services.apiKeys.revoke(org.id, revokedUsed);
+  now += 120_000;
+
+  const names = async (query: string) => {
+    const response = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?${query}&sort=createdAt&order=asc`, { key: adminKey });
+    t.equal(response.status, 200, query);
+    t.equal(response.body.page.total, response.body.data.length, `${query}: the total counts the same filter`);
+    return response.body.data.map((k: { name: string; dormant: boolean; status: string }) => `${k.name}:${k.status}:${k.dormant}`);
+  };
+  const everyKey = [
+    'admin:active:false',
+    'unused:active:true',
+    'stale:active:true',
+    'fresh:active:false',
+    'revoked unused:revoked:false',
+    'revoked used:revoked:false',
+    'expired unused:expired:false',
+  ];
+  t.same(await names('limit=50'), everyKey, 'no dormant parameter: every key (a revoked or expired key is never dormant)');
+  t.same(await names('dormant=true'), ['unused:active:true', 'stale:active:true'], 'dormant=true: usable keys unused for dormantDays only');
+  t.same(await names('dormant=false'), everyKey.filter((k) => !k.endsWith(':true')), 'dormant=false: every key that is not dormant');
+  t.same(await names('status=active'), everyKey.filter((k) => k.includes(':active:')));
+  t.same(await names('status=revoked'), ['revoked unused:revoked:false', 'revoked used:revoked:false']);
+  t.same(await names('status=expired'), ['expired unused:expired:false']);
+  t.same(await names('status=revoked&dormant=true'), [], 'the filters combine');
+  t.same(await names('status=active&dormant=false'), ['admin:active:false', 'fresh:active:false']);
+  const bad = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?status=dormant`, { key: adminKey });
+  t.equal(bad.status, 400);
+  t.match(bad.body.error.message, /status: must be active, revoked or expired/);
+});
+
 t.test('org isolation: another org is a 404, and a forged datagram cannot move its counters', async (t) => {
   const { api, collector, db, org, adminKey, adminKeyId } = await wiredSystem(t);
   const other = await seedOrg(api, db, 'globex');

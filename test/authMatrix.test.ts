@@ -191,6 +191,19 @@ const ROUTES: Route[] = [
       { label: 'missing body', field: 'dormantDays' },
     ],
   },
+  {
+    name: 'GET /api/orgs/:id/audit-log',
+    method: 'GET',
+    path: (org) => `${KEYS}/${org}/audit-log`,
+    scope: 'keys:read',
+    target: 'reader',
+    okStatus: 200,
+    invalid: [
+      { label: 'limit 0', query: 'limit=0', field: 'limit' },
+      { label: 'cursor not one of ours', query: 'cursor=MTIzYQ', field: 'cursor' },
+      { label: 'unknown parameter', query: 'offset=10', field: 'offset' },
+    ],
+  },
 ];
 
 const HOOK = { url: 'https://203.0.113.10/hook', events: ['*'] };
@@ -289,10 +302,10 @@ async function buildWorld(t: Test) {
   const revoked = await createKey(api, acme.org.id, 'revoked', both);
   await api.services.apiKeys.revoke(acme.org.id, revoked.id);
   const rotated = await createKey(api, acme.org.id, 'rotated', both);
-  const rotation = await api.services.apiKeys.rotate(acme.org.id, rotated.id, 60);
+  const rotation = await api.services.apiKeys.rotate(acme.org.id, rotated.id, { graceSeconds: 60 });
   // Its previous secret (the plaintext below) is still in its grace period an hour later.
   const inGrace = await createKey(api, acme.org.id, 'in grace', both);
-  const graceRotation = await api.services.apiKeys.rotate(acme.org.id, inGrace.id, 7200);
+  const graceRotation = await api.services.apiKeys.rotate(acme.org.id, inGrace.id, { graceSeconds: 7200 });
   const rotateTarget = await createKey(api, acme.org.id, 'rotate target', ['keys:read']);
   const revokeTarget = await createKey(api, acme.org.id, 'revoke target', ['keys:read']);
   const createWebhook = (orgId: string) => api.services.webhooks.create(orgId, HOOK);

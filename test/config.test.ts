@@ -27,6 +27,7 @@ t.test('defaults', async (t) => {
     metricsHost: '127.0.0.1',
     metricsPort: 9103,
     keyPepper: config.api.keyPepper,
+    previousKeyPeppers: [],
     keyCacheTtlMs: 2000,
     rotationGraceSeconds: 86_400,
     trustProxy: false,
@@ -94,6 +95,16 @@ t.test('values from the environment are parsed to their types', async (t) => {
   t.equal(config.usage.enabled, false);
   t.equal(config.logLevel, 'warn');
   t.equal(loadConfig({ ...DEV, PORT: '' }).api.port, 3000, 'an empty variable counts as unset');
+});
+
+t.test('KEY_PEPPER_PREVIOUS: older peppers, newest first, each checked and never the current one again', async (t) => {
+  const older = 'o'.repeat(32);
+  const oldest = 'q'.repeat(40);
+  t.same(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: ` ${older} , ${oldest}` }).api.previousKeyPeppers, [older, oldest]);
+  t.same(configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: `${older},short` }).problems, ['KEY_PEPPER_PREVIOUS: each pepper must be at least 32 characters']);
+  t.same(configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: `${older},${PEPPER}` }).problems, ['KEY_PEPPER_PREVIOUS: must not repeat KEY_PEPPER']);
+  t.same(configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: `${older},${older}` }).problems, ['KEY_PEPPER_PREVIOUS: lists a pepper twice']);
+  t.ok(Object.isFrozen(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: older }).api.previousKeyPeppers), 'frozen like the rest');
 });
 
 t.test('the auth throttle is on by default; a limit of 0 turns that dimension off', async (t) => {

@@ -16,7 +16,7 @@ async function world(t: Test, options: { mayReload?: (keyId: string) => boolean 
   let clock = Date.parse('2026-11-25T12:00:00Z');
   const api = await startTestApi(t, db, { now: () => clock });
   const { org, adminKey, adminKeyId } = await seedOrg(api, db);
-  const verifier = createKeyVerifier({ db, pepper: api.config.api.keyPepper, cacheTtlMs: TTL, now: () => clock, mayReload: options.mayReload });
+  const verifier = createKeyVerifier({ db, peppers: [api.config.api.keyPepper], cacheTtlMs: TTL, now: () => clock, mayReload: options.mayReload });
   const counter = { queries: 0 };
   db.on('query', () => (counter.queries += 1));
   const key = parsePresentedKey(adminKey)!;
@@ -79,7 +79,7 @@ t.test('a wrong secret while the database is down neither evicts the cached key 
 t.test('a key rotated on another instance works at once with its new secret', async (t) => {
   const { api, org, adminKeyId, verifier, counter, key } = await world(t);
   t.equal((await verifier.verify(key)).outcome, 'ok');
-  const rotated = await api.services.apiKeys.rotate(org.id, adminKeyId, 60);
+  const rotated = await api.services.apiKeys.rotate(org.id, adminKeyId, { graceSeconds: 60 });
   const before = counter.queries;
   t.equal((await verifier.verify(parsePresentedKey(rotated.plaintext)!)).outcome, 'ok', 'the new secret');
   t.equal(counter.queries, before + 1, 'after one reload');

@@ -8,8 +8,9 @@ import { freeTcpPort, freeUdpPort } from '../shared/freePort';
 import t, { type Test } from 'tap';
 import { findApiKeyById } from '../api/keys/apiKeys.repository';
 import { parsePresentedKey, secretMatches } from '../api/keys/keyMaterial';
-import { demoBanner, ensureDemoOrg } from '../scripts/demo';
+import { commandSettings, demoBanner, ensureDemoOrg } from '../scripts/demo';
 import { parseProcfile, portProblems, startOrder } from '../scripts/start';
+import { loadConfig } from '../shared/config';
 import { createDb } from '../shared/db';
 import { freshDatabase } from './helpers/database';
 
@@ -285,7 +286,7 @@ t.test('ensureDemoOrg creates the demo org and an every-scope key once, and find
   t.same(later, { created: false, org: created.org }, 'a later run reuses the org and has no key to show');
   t.equal((await db('api_keys').where({ org_id: created.org.id }).count<{ count: number }[]>({ count: '*' }))[0].count, 1);
 
-  const context = { baseUrl: 'http://127.0.0.1:3000', dataLocation: '.data/postgres', resetHint: 'To reset: rm -rf .data' };
+  const context = { baseUrl: 'http://127.0.0.1:3000', dataLocation: '.data/postgres', resetHint: 'To reset: rm -rf .data', settings: { prefix: '', secrets: [] } };
   const firstBanner = demoBanner(created, context);
   t.match(firstBanner, `curl -H "Authorization: Bearer ${created.key.plaintext}" http://127.0.0.1:3000/api/whoami`);
   t.match(firstBanner, `curl -H "Authorization: Bearer ${created.key.plaintext}" http://127.0.0.1:3000/api/orgs/${created.org.id}/api-keys/usage`);
@@ -296,6 +297,13 @@ t.test('ensureDemoOrg creates the demo org and an every-scope key once, and find
   t.match(laterBanner, `npm run cli -- key create ${created.org.id} --name demo --scopes keys:read,keys:write`);
   t.match(laterBanner, 'Bearer <your-key>');
   t.notMatch(laterBanner, 'To reset');
+
+  const settings = commandSettings(loadConfig({ NODE_ENV: 'development', PORT: '3100', EMBEDDED_PG_DIR: "/tmp/it's here", EMBEDDED_PG_PORT: '54329' }), { KEY_PEPPER: 'x' });
+  t.same(settings, { prefix: `PORT=3100 EMBEDDED_PG_DIR='/tmp/it'\\''s here' `, secrets: ['KEY_PEPPER'] }, 'only non-default settings, shell-quoted; secrets by name only');
+  const pasted = demoBanner(created, { ...context, settings });
+  t.match(pasted, `DEMO_KEY=${created.key.plaintext} PORT=3100 EMBEDDED_PG_DIR='/tmp/it'\\''s here' npm run demo-traffic`);
+  t.match(pasted, 'export the same KEY_PEPPER as this one');
+  t.same(commandSettings(loadConfig({ NODE_ENV: 'development' }), {}), { prefix: '', secrets: [] }, 'defaults need no prefix');
 });
 
 // --- The whole system, as a newcomer runs it -------------------------------------------------
@@ -335,12 +343,12 @@ t.test('npm start: embedded database, demo key, usage within the staleness bound
   t.ok(seenAfterMs !== undefined, `the use is visible in the usage endpoint within ${STALENESS_POLL_LIMIT_MS} ms`);
   t.comment(`use visible after ${seenAfterMs ?? 'more than ' + STALENESS_POLL_LIMIT_MS} ms (documented bound ${STALENESS_BOUND_MS} ms)`);
 
-  const traffic = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/demoTraffic.ts', '--requests', '200', '--seconds', '15'], {
-    cwd: ROOT,
-    env: { ...launcherEnv(ports), DEMO_KEY: key },
-    encoding: 'utf8',
-    timeout: 40_000,
-  });
+  // The demo-traffic line exactly as printed, in a terminal that has none of npm start's settings.
+  const printed = launch.output.match(/^ {4}(DEMO_KEY=\S+ .*npm run demo-traffic)$/m)?.[1];
+  t.match(printed, new RegExp(`PORT=${ports.PORT} EMBEDDED_PG_DIR=${pgDir} EMBEDDED_PG_PORT=${ports.EMBEDDED_PG_PORT} npm run demo-traffic$`), 'the printed line carries every non-default setting');
+  const bareEnv = launcherEnv(ports);
+  for (const name of [...Object.keys(ports), 'EMBEDDED_PG_DIR']) delete bareEnv[name];
+  const traffic = spawnSync('/bin/sh', ['-c', `${printed} -- --requests 200 --seconds 15`], { cwd: ROOT, env: bareEnv, encoding: 'utf8', timeout: 40_000 });
   t.equal(traffic.status, 0, 'demo-traffic succeeds', { stdout: traffic.stdout, stderr: traffic.stderr });
   t.match(traffic.stdout, /Every count matches/, 'the usage endpoint counts exactly what demo-traffic received');
   t.match(traffic.stdout, /demo-traffic-unused +active +0 /, 'the never-used key shows no requests');
@@ -365,6 +373,43 @@ t.test('npm start: embedded database, demo key, usage within the staleness bound
   t.match(again.output, new RegExp(`npm run cli -- key create ${orgId} --name demo`), 'and says how to mint a fresh key');
   process.kill(again.child.pid!, 'SIGTERM');
   t.same(await again.waitForExit(45_000), { code: 0, signal: null });
+});
+
+t.test('one launcher per data folder; the CLI finds its database from the folder; a database that dies stops the launcher', async (t) => {
+  const folder = path.join(scratch, 'pg-owned');
+  const ports = await freePorts();
+  const first = new Launch(t, launcherEnv(ports, { EMBEDDED_PG_DIR: folder }));
+  await first.waitFor(/Stop with Ctrl-C/, 60_000);
+  const key = first.output.match(KEY_PATTERN)![0];
+  const holder = Number(fs.readFileSync(`${folder}.lock`, 'utf8'));
+  const postgres = postmasterPid(folder);
+
+  // Other ports, the same folder and EMBEDDED_PG_PORT.
+  const otherPorts = { ...(await freePorts()), EMBEDDED_PG_PORT: ports.EMBEDDED_PG_PORT };
+  const second = new Launch(t, launcherEnv(otherPorts, { EMBEDDED_PG_DIR: folder }));
+  const exit = await second.waitForExit(30_000);
+  t.ok(exit && exit.code !== 0, `the second npm start exits non-zero (${JSON.stringify(exit)})`);
+  t.match(second.output, `${folder} is in use by another npm start (pid ${holder})`, 'it names the pid that holds the folder');
+  t.notMatch(second.output, /stopping PostgreSQL|starting the embedded/, 'and touches no database');
+  t.equal(postmasterPid(folder), postgres, "the first one's PostgreSQL runs on");
+  t.equal((await api(ports.PORT, '/api/whoami', key)).status, 200, 'the first one keeps serving');
+  t.equal(Number(fs.readFileSync(`${folder}.lock`, 'utf8')), holder, 'and keeps its lock');
+
+  // A second terminal that knows only the folder: the port comes from postmaster.pid.
+  const cliEnv = launcherEnv(ports, { EMBEDDED_PG_DIR: folder, EMBEDDED_PG_PORT: String(await freeTcpPort()) });
+  const cli = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/cli.ts', 'org', 'list', '--json'], { cwd: ROOT, env: cliEnv, encoding: 'utf8', timeout: 30_000 });
+  t.equal(cli.status, 0, 'npm run cli reaches the running database', { stderr: cli.stderr });
+  t.match(JSON.parse(cli.stdout), [{ name: 'demo' }]);
+  t.equal(postmasterPid(folder), postgres, 'and leaves it running');
+
+  process.kill(postgres!, 'SIGKILL');
+  const died = await first.waitForExit(30_000);
+  t.ok(died && died.code !== 0, `a launcher whose database dies exits non-zero (${JSON.stringify(died)})`);
+  t.match(first.output, `PostgreSQL (postmaster pid ${postgres}) stopped underneath the launcher`, 'and says so');
+  t.match(first.output, /stopping web[\s\S]*stopping collector/, 'after stopping its processes');
+  t.notOk(fs.existsSync(`${folder}.lock`), 'its lock is released');
+  for (let i = 0; i < 50 && first.leftovers().length > 0; i += 1) await sleep(100);
+  t.same(first.leftovers(), [], 'nothing is left running');
 });
 
 t.test('a taken PORT stops npm start before anything starts, naming the port and PORT', async (t) => {

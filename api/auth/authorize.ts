@@ -11,6 +11,8 @@ import type { KeyVerifier, MatchedSecret, Verification } from './keyVerifier';
 export interface AuthContext {
   key: ApiKeyRecord;
   secret: MatchedSecret;
+  /** The client address, as recorded with the use (and in the audit log). */
+  ip: string;
 }
 
 declare module 'express-serve-static-core' {
@@ -115,7 +117,7 @@ export function authorizer(deps: AuthorizeDeps) {
       const { outcome, refusal } = decide(verdict, requirement, req);
       deps.recordUse(verdict.key.id, verdict.key.orgId, ip, outcome);
       if (refusal) throw refusal;
-      res.locals.auth = { key: verdict.key, secret: verdict.secret };
+      res.locals.auth = { key: verdict.key, secret: verdict.secret, ip };
       next();
     };
 }

@@ -1,7 +1,8 @@
 import type { Db } from '../../shared/db';
 import { findApiKeyById, type ApiKeyRecord } from '../keys/apiKeys.repository';
-import { secretMatches, type PresentedKey } from '../keys/keyMaterial';
+import { secretMatches, toPepper, type Pepper, type PresentedKey } from '../keys/keyMaterial';
 import { setBounded } from './boundedMap';
+import { pepperUpgrader } from './pepperUpgrade';
 
 /** Which of the key's secrets the request proved: the previous one only during a rotation's grace period. */
 export type MatchedSecret = 'current' | 'previous';
@@ -30,20 +31,35 @@ export interface KeyVerifier {
 const MAX_CACHED_KEYS = 10_000;
 const MAX_UNKNOWN_KEYS = 10_000;
 
-function judge(key: ApiKeyRecord, secret: string, pepper: string, now: number): Verification {
-  const currentMatches = secretMatches(secret, key.secretHash, pepper);
-  const previousMatches =
-    !currentMatches &&
+// A recorded pepper id names the one pepper to try (one comparison, as before pepper rotation); a
+// hash from before ids were recorded may have been made with any configured pepper, current first.
+function matchingPepper(secret: string, hash: Buffer, storedId: string | null, peppers: readonly Pepper[]): Pepper | undefined {
+  for (const pepper of peppers) {
+    if (storedId !== null && pepper.id !== storedId) continue;
+    if (secretMatches(secret, hash, pepper.secret)) return pepper;
+  }
+  return undefined;
+}
+
+/** The verdict, and whether the matched hash should be remade with the current pepper. */
+function judge(key: ApiKeyRecord, secret: string, peppers: readonly Pepper[], now: number): { verdict: Verification; stalePepper: boolean } {
+  const current = matchingPepper(secret, key.secretHash, key.secretPepperId, peppers);
+  const previous =
+    current === undefined &&
     key.previousSecretHash !== null &&
     key.previousSecretExpiresAt !== null &&
-    key.previousSecretExpiresAt.getTime() > now &&
-    secretMatches(secret, key.previousSecretHash, pepper);
+    key.previousSecretExpiresAt.getTime() > now
+      ? matchingPepper(secret, key.previousSecretHash, key.previousSecretPepperId, peppers)
+      : undefined;
   // The secret is checked before the status, so only the key's holder learns it is revoked or expired.
-  if (!currentMatches && !previousMatches) return { outcome: 'bad_secret', key };
-  const matched: MatchedSecret = currentMatches ? 'current' : 'previous';
-  if (key.revokedAt && key.revokedAt.getTime() <= now) return { outcome: 'revoked', key, secret: matched };
-  if (key.expiresAt && key.expiresAt.getTime() <= now) return { outcome: 'expired', key, secret: matched };
-  return { outcome: 'ok', key, secret: matched };
+  const pepper = current ?? previous;
+  if (!pepper) return { verdict: { outcome: 'bad_secret', key }, stalePepper: false };
+  const matched: MatchedSecret = current ? 'current' : 'previous';
+  const storedId = current ? key.secretPepperId : key.previousSecretPepperId;
+  const stalePepper = pepper !== peppers[0] || storedId === null;
+  if (key.revokedAt && key.revokedAt.getTime() <= now) return { verdict: { outcome: 'revoked', key, secret: matched }, stalePepper };
+  if (key.expiresAt && key.expiresAt.getTime() <= now) return { verdict: { outcome: 'expired', key, secret: matched }, stalePepper };
+  return { verdict: { outcome: 'ok', key, secret: matched }, stalePepper };
 }
 
 // Verified keys are cached for `cacheTtlMs` so the auth path does not query PostgreSQL on every
@@ -53,14 +69,19 @@ function judge(key: ApiKeyRecord, secret: string, pepper: string, now: number): 
 // real keys out. Loads are single-flight per key, and a failed load never evicts a cached record.
 // A secret that does not match the cached record is checked once more against a fresh read, so a key
 // rotated elsewhere works at once; `mayReload` lets the caller refuse that read for a key whose
-// wrong secrets come too often (a flood then costs no query each).
+// wrong secrets come too often (a flood then costs no query each). A secret proven with an older
+// pepper is rehashed with the current one after the request (api/auth/pepperUpgrade.ts); the
+// entry is then dropped so the next use reads the new hash.
 export function createKeyVerifier(deps: {
   db: Db;
-  pepper: string;
+  /** KEY_PEPPER, then KEY_PEPPER_PREVIOUS, current first. */
+  peppers: readonly string[];
   cacheTtlMs: number;
   now: () => number;
   mayReload?: (keyId: string) => boolean;
+  onRehashError?: (error: Error) => void;
 }): KeyVerifier {
+  const peppers = deps.peppers.map(toPepper);
   const records = new Map<string, { record: ApiKeyRecord; fetchedAt: number }>();
   const unknown = new Map<string, number>();
   const loading = new Map<string, Promise<ApiKeyRecord | undefined>>();
@@ -94,6 +115,19 @@ export function createKeyVerifier(deps: {
     return query;
   }
 
+  const upgrade = pepperUpgrader({ db: deps.db, current: peppers[0], onUpgraded: (keyId) => invalidate(keyId), onError: deps.onRehashError ?? (() => {}) });
+  function decided(key: ApiKeyRecord, secret: string, now: number): Verification {
+    const { verdict, stalePepper } = judge(key, secret, peppers, now);
+    if (stalePepper && verdict.outcome !== 'bad_secret' && verdict.outcome !== 'unknown') upgrade(key, verdict.secret, secret);
+    return verdict;
+  }
+
+  function invalidate(keyId: string): void {
+    records.delete(keyId);
+    unknown.delete(keyId);
+    loading.delete(keyId);
+  }
+
   return {
     stats,
     async verify({ keyId, secret }) {
@@ -107,17 +141,13 @@ export function createKeyVerifier(deps: {
       stats[cachedFresh ? 'hits' : 'misses'] += 1;
       const key = cachedFresh ? cached.record : await load(keyId);
       if (!key) return { outcome: 'unknown' };
-      const verdict = judge(key, secret, deps.pepper, now);
+      const verdict = decided(key, secret, now);
       if (verdict.outcome !== 'bad_secret' || !cachedFresh || deps.mayReload?.(keyId) === false) return verdict;
       stats.reloads += 1;
       // The cached verdict stands if the fresh read fails: the database being down is no reason to 500.
       const reloaded = await load(keyId).catch(() => undefined);
-      return reloaded ? judge(reloaded, secret, deps.pepper, now) : verdict;
+      return reloaded ? decided(reloaded, secret, now) : verdict;
     },
-    invalidate(keyId) {
-      records.delete(keyId);
-      unknown.delete(keyId);
-      loading.delete(keyId);
-    },
+    invalidate,
   };
 }

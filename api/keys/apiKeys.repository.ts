@@ -7,7 +7,10 @@ export interface ApiKeyRecord {
   name: string;
   displayPrefix: string;
   secretHash: Buffer;
+  /** pepperId() of the pepper that made secretHash; null for hashes made before it was recorded. */
+  secretPepperId: string | null;
   previousSecretHash: Buffer | null;
+  previousSecretPepperId: string | null;
   previousSecretExpiresAt: Date | null;
   scopes: Scope[];
   createdAt: Date;
@@ -24,7 +27,9 @@ interface ApiKeyRow {
   name: string;
   display_prefix: string;
   secret_hash: Buffer;
+  secret_pepper_id: string | null;
   previous_secret_hash: Buffer | null;
+  previous_secret_pepper_id: string | null;
   previous_secret_expires_at: Date | null;
   scopes: Scope[];
   created_at: Date;
@@ -40,7 +45,9 @@ const toRecord = (row: ApiKeyRow): ApiKeyRecord => ({
   name: row.name,
   displayPrefix: row.display_prefix,
   secretHash: row.secret_hash,
+  secretPepperId: row.secret_pepper_id,
   previousSecretHash: row.previous_secret_hash,
+  previousSecretPepperId: row.previous_secret_pepper_id,
   previousSecretExpiresAt: row.previous_secret_expires_at,
   scopes: row.scopes,
   createdAt: row.created_at,
@@ -60,6 +67,7 @@ export interface NewApiKey {
   name: string;
   displayPrefix: string;
   secretHash: Buffer;
+  secretPepperId: string;
   scopes: Scope[];
   expiresAt: Date | null;
   expectedNetworks?: string[] | null;
@@ -73,6 +81,7 @@ export async function insertApiKey(db: Db, key: NewApiKey): Promise<ApiKeyRecord
       name: key.name,
       display_prefix: key.displayPrefix,
       secret_hash: key.secretHash,
+      secret_pepper_id: key.secretPepperId,
       scopes: key.scopes,
       expires_at: key.expiresAt,
       expected_networks: networksValue(db, key.expectedNetworks ?? null),
@@ -108,13 +117,22 @@ export async function listApiKeysInOrg(
 export async function replaceSecret(
   db: Db,
   id: string,
-  change: { secretHash: Buffer; previousSecretHash: Buffer; previousSecretExpiresAt: Date; rotatedAt: Date },
+  change: {
+    secretHash: Buffer;
+    secretPepperId: string;
+    previousSecretHash: Buffer;
+    previousSecretPepperId: string | null;
+    previousSecretExpiresAt: Date;
+    rotatedAt: Date;
+  },
 ): Promise<ApiKeyRecord | undefined> {
   const [row] = await db<ApiKeyRow>('api_keys')
     .where({ id, secret_hash: change.previousSecretHash })
     .update({
       secret_hash: change.secretHash,
+      secret_pepper_id: change.secretPepperId,
       previous_secret_hash: change.previousSecretHash,
+      previous_secret_pepper_id: change.previousSecretPepperId,
       previous_secret_expires_at: change.previousSecretExpiresAt,
       rotated_at: change.rotatedAt,
     })
@@ -171,4 +189,37 @@ export async function revokeDormantKeys(db: Db, query: DormantQuery): Promise<Do
     { ...query },
   );
   return (result.rows as Array<ApiKeyRow & { last_used_at: Date | null }>).map(toDormant).sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : 1));
+}
+
+// A hash made with an older pepper, remade with the current one. Compare-and-set on the old hash:
+// a rotation (or another instance's rehash) that got there first wins, and this changes nothing.
+export async function rehashSecret(
+  db: Db,
+  id: string,
+  which: 'current' | 'previous',
+  change: { from: Buffer; to: Buffer; pepperId: string },
+): Promise<boolean> {
+  const [hash, pepper] = which === 'current' ? ['secret_hash', 'secret_pepper_id'] : ['previous_secret_hash', 'previous_secret_pepper_id'];
+  const updated = await db('api_keys').where({ id, [hash]: change.from }).update({ [hash]: change.to, [pepper]: change.pepperId });
+  return updated > 0;
+}
+
+/** Usable keys (neither revoked nor expired) per pepper id of their current secret, and of their previous secret still in grace. */
+export async function countKeysByPepper(db: Db, now: Date): Promise<Array<{ pepperId: string | null; secrets: number; previousSecrets: number }>> {
+  const { rows } = await db.raw(
+    `with usable as (
+       select * from api_keys where (revoked_at is null or revoked_at > :now) and (expires_at is null or expires_at > :now)
+     ), ids as (
+       select secret_pepper_id as pepper_id, 1 as secret, 0 as previous from usable
+       union all
+       select previous_secret_pepper_id, 0, 1 from usable where previous_secret_hash is not null and previous_secret_expires_at > :now
+     )
+     select pepper_id, sum(secret) as secrets, sum(previous) as previous_secrets from ids group by pepper_id order by pepper_id nulls last`,
+    { now },
+  );
+  return rows.map((row: { pepper_id: string | null; secrets: string; previous_secrets: string }) => ({
+    pepperId: row.pepper_id,
+    secrets: Number(row.secrets),
+    previousSecrets: Number(row.previous_secrets),
+  }));
 }

@@ -48,8 +48,10 @@ const rotateBody = z
 // A response carrying a plaintext key must not be kept by a browser, proxy or CDN cache.
 const revealOnce = (res: Response) => res.setHeader('Cache-Control', 'no-store');
 
-export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requirement: Requirement) => RequestHandler }) {
+export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requirement: Requirement) => RequestHandler; auditIp: (ip: string) => string }) {
   const { service, authorize } = deps;
+  // The acting key and the client address, for the key-hands-out-no-more rule and the audit log.
+  const changeContext = (res: Response) => ({ actor: res.locals.auth!.key, ip: deps.auditIp(res.locals.auth!.ip) });
   const readKeys = authorize({ scope: 'keys:read', orgParam: 'id' });
   const writeKeys = authorize({ scope: 'keys:write', orgParam: 'id', currentSecret: true });
   // Bodies are parsed after authentication: an anonymous caller gets 401 without its body being
@@ -63,7 +65,7 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
     const created = await service.create(
       id,
       { name: body.name, scopes: body.scopes, expiresAt: body.expiresAt ? new Date(body.expiresAt) : null, expectedNetworks: body.expectedNetworks },
-      { actor: res.locals.auth!.key },
+      changeContext(res),
     );
     revealOnce(res).status(201).json({ ...created.key, key: created.plaintext });
   });
@@ -77,13 +79,13 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
   router.post('/revoke-dormant', writeKeys, readJson, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(revokeDormantBody, req.body, 'body');
-    res.json(await service.revokeDormant(id, { ...body, callerKeyId: res.locals.auth!.key.id }));
+    res.json(await service.revokeDormant(id, body, changeContext(res)));
   });
 
   router.patch('/:keyId', writeKeys, readJson, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(patchBody, req.body, 'body');
-    res.json(await service.setExpectedNetworks(id, keyId, body.expectedNetworks));
+    res.json(await service.setExpectedNetworks(id, keyId, body.expectedNetworks, changeContext(res)));
   });
 
   router.get('/:keyId', readKeys, async (req, res) => {
@@ -94,13 +96,13 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
   router.post('/:keyId/rotate', writeKeys, readJson, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(rotateBody, req.body, 'body');
-    const rotated = await service.rotate(id, keyId, body.gracePeriodSeconds, res.locals.auth!.key);
+    const rotated = await service.rotate(id, keyId, { ...changeContext(res), graceSeconds: body.gracePeriodSeconds });
     revealOnce(res).json({ ...rotated.key, key: rotated.plaintext });
   });
 
   router.post('/:keyId/revoke', writeKeys, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
-    res.json(await service.revoke(id, keyId));
+    res.json(await service.revoke(id, keyId, changeContext(res)));
   });
 
   return router;

@@ -1,4 +1,5 @@
 import type { Db } from '../../shared/db';
+import { recordAudit, type AuditActor, type AuditEntry } from '../audit/audit.repository';
 import type { KeyVerifier } from '../auth/keyVerifier';
 import { AppError, notFound } from '../errors';
 import {
@@ -11,6 +12,7 @@ import {
   revokeDormantKeys,
   setExpectedNetworks,
   type ApiKeyRecord,
+  type DormantQuery,
 } from './apiKeys.repository';
 import { generateKeyMaterial, newSecret } from './keyMaterial';
 import type { Scope } from './scopes';
@@ -72,7 +74,20 @@ export interface CreateKeyInput {
 }
 
 /** The key a request acts with. The CLI acts with none: an operator at the database is not limited. */
-export type Actor = Pick<ApiKeyRecord, 'scopes' | 'expiresAt'>;
+export type Actor = Pick<ApiKeyRecord, 'id' | 'displayPrefix' | 'scopes' | 'expiresAt'>;
+
+/**
+ * Who makes a change and through what: the acting key (none from the CLI), the client address
+ * (for the audit log), and a transaction to join (the CLI's `org create`).
+ */
+export interface ChangeContext {
+  actor?: Actor;
+  ip?: string;
+  db?: Db;
+}
+
+const auditActor = (actor: Actor | undefined): AuditActor =>
+  actor ? { type: 'key', keyId: actor.id, displayPrefix: actor.displayPrefix } : { type: 'cli' };
 
 // A key hands out no more than it holds: creating or rotating a key reveals that key's secret, so
 // a key with more scopes or a longer life than the actor's own would be an escalation.
@@ -105,24 +120,60 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     return key;
   }
 
+  // The change and its audit entry in one transaction (a savepoint inside the caller's).
+  // `entry` may answer undefined when the change changed nothing.
+  function audited<T>(context: ChangeContext, change: (trx: Db) => Promise<T>, entry: (result: T) => Omit<AuditEntry, 'actor' | 'ip'> | undefined) {
+    return (context.db ?? deps.db).transaction(async (trx) => {
+      const result = await change(trx);
+      const fields = entry(result);
+      if (fields) await recordAudit(trx, { ...fields, actor: auditActor(context.actor), ip: context.ip ?? null });
+      return result;
+    });
+  }
+
+  // The revocations and one audit entry per revoked key, in one transaction.
+  function revokeDormantApplied(orgId: string, query: DormantQuery, dormantDays: number, context: ChangeContext) {
+    return (context.db ?? deps.db).transaction(async (trx) => {
+      const keys = await revokeDormantKeys(trx, query);
+      for (const key of keys) {
+        await recordAudit(trx, {
+          orgId,
+          action: 'keys.revoke_dormant',
+          targetKeyId: key.id,
+          details: { name: key.name, dormantDays, lastUsedAt: iso(key.lastUsedAt) },
+          actor: auditActor(context.actor),
+          ip: context.ip ?? null,
+        });
+      }
+      return keys;
+    });
+  }
+
   return {
-    async create(orgId: string, input: CreateKeyInput, context: { actor?: Actor; db?: Db } = {}) {
-      const { actor, db = deps.db } = context;
+    async create(orgId: string, input: CreateKeyInput, context: ChangeContext = {}) {
+      const { actor } = context;
       if (input.expiresAt && input.expiresAt.getTime() <= deps.now()) {
         throw new AppError('invalid_request', 'Invalid body: expiresAt: must be in the future');
       }
       assertWithinActor(actor, input, 'create');
       const material = generateKeyMaterial(deps.pepper);
-      const key = await insertApiKey(db, {
+      const newKey = {
         id: material.keyId,
         orgId,
         name: input.name,
         displayPrefix: material.displayPrefix,
         secretHash: material.secretHash,
+        secretPepperId: material.pepperId,
         scopes: input.scopes,
         expiresAt: input.expiresAt,
         expectedNetworks: networksOrNull(input.expectedNetworks),
-      });
+      };
+      const key = await audited(context, (trx) => insertApiKey(trx, newKey), (created) => ({
+        orgId,
+        action: 'key.create',
+        targetKeyId: created.id,
+        details: { name: created.name, scopes: created.scopes, expiresAt: iso(created.expiresAt), expectedNetworks: created.expectedNetworks },
+      }));
       return { key: toApiKeyView(key, deps.now()), plaintext: material.plaintext };
     },
 
@@ -138,38 +189,50 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
 
     // A new secret for the same key id, so usage history stays continuous; the old secret keeps
     // working until the grace period ends.
-    async rotate(orgId: string, keyId: string, graceSeconds: number = deps.defaultGraceSeconds, actor?: Actor) {
+    async rotate(orgId: string, keyId: string, options: ChangeContext & { graceSeconds?: number } = {}) {
+      const { graceSeconds = deps.defaultGraceSeconds } = options;
       const key = await requireKey(orgId, keyId);
-      assertWithinActor(actor, key, 'rotate');
+      assertWithinActor(options.actor, key, 'rotate');
       const now = deps.now();
       if (keyStatus(key, now) !== 'active') {
         throw new AppError('conflict', `Cannot rotate a ${keyStatus(key, now)} API key`);
       }
       const material = newSecret(key.id, deps.pepper);
-      const rotated = await replaceSecret(deps.db, key.id, {
+      const change = {
         secretHash: material.secretHash,
+        secretPepperId: material.pepperId,
         previousSecretHash: key.secretHash,
+        previousSecretPepperId: key.secretPepperId,
         previousSecretExpiresAt: new Date(now + graceSeconds * 1000),
         rotatedAt: new Date(now),
-      });
+      };
+      const rotated = await audited(options, (trx) => replaceSecret(trx, key.id, change), (result) =>
+        result && { orgId, action: 'key.rotate', targetKeyId: key.id, details: { gracePeriodSeconds: graceSeconds, previousSecretExpiresAt: iso(change.previousSecretExpiresAt) } },
+      );
       if (!rotated) throw new AppError('conflict', 'The API key was rotated by another request at the same time; read it again before retrying');
       deps.verifier.invalidate(key.id);
       return { key: toApiKeyView(rotated, now), plaintext: material.plaintext };
     },
 
     /** Expected networks do not block a request: a use from outside them raises key.outside_networks. */
-    async setExpectedNetworks(orgId: string, keyId: string, networks: string[] | null) {
+    async setExpectedNetworks(orgId: string, keyId: string, networks: string[] | null, context: ChangeContext = {}) {
       const key = await requireKey(orgId, keyId);
-      return toApiKeyView(await setExpectedNetworks(deps.db, key.id, networksOrNull(networks)), deps.now());
+      const updated = await audited(context, (trx) => setExpectedNetworks(trx, key.id, networksOrNull(networks)), (changed) => ({
+        orgId,
+        action: 'key.update',
+        targetKeyId: changed.id,
+        details: { expectedNetworks: { from: key.expectedNetworks, to: changed.expectedNetworks } },
+      }));
+      return toApiKeyView(updated, deps.now());
     },
 
     // Active keys whose last proven use (or creation, if never used) is older than dormantDays.
     // A dry run lists them; otherwise the same selection is revoked in one statement. The caller's
     // own key is never among them, so a clean-up cannot lock out the one running it.
-    async revokeDormant(orgId: string, input: { dormantDays: number; dryRun: boolean; callerKeyId: string | null }) {
+    async revokeDormant(orgId: string, input: { dormantDays: number; dryRun: boolean }, context: ChangeContext = {}) {
       const now = deps.now();
-      const query = { orgId, idleSince: new Date(now - input.dormantDays * DAY_MS), now: new Date(now), exceptKeyId: input.callerKeyId };
-      const keys = input.dryRun ? await findDormantKeys(deps.db, query) : await revokeDormantKeys(deps.db, query);
+      const query = { orgId, idleSince: new Date(now - input.dormantDays * DAY_MS), now: new Date(now), exceptKeyId: context.actor?.id ?? null };
+      const keys = input.dryRun ? await findDormantKeys(deps.db, query) : await revokeDormantApplied(orgId, query, input.dormantDays, context);
       if (!input.dryRun) for (const key of keys) deps.verifier.invalidate(key.id);
       return {
         dryRun: input.dryRun,
@@ -178,9 +241,12 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       };
     },
 
-    async revoke(orgId: string, keyId: string) {
+    // Revoking a revoked key changes nothing and records nothing.
+    async revoke(orgId: string, keyId: string, context: ChangeContext = {}) {
       const key = await requireKey(orgId, keyId);
-      const revoked = await markRevoked(deps.db, key.id, new Date(deps.now()));
+      const revoked = await audited(context, (trx) => markRevoked(trx, key.id, new Date(deps.now())), (result) =>
+        key.revokedAt === null ? { orgId, action: 'key.revoke', targetKeyId: key.id, details: { name: key.name, revokedAt: iso(result.revokedAt) } } : undefined,
+      );
       deps.verifier.invalidate(key.id);
       return toApiKeyView(revoked, deps.now());
     },

@@ -22,7 +22,15 @@ export interface NewKeyMaterial {
   keyId: string;
   plaintext: string;
   secretHash: Buffer;
+  /** Which pepper made secretHash: pepperId(pepper). */
+  pepperId: string;
   displayPrefix: string;
+}
+
+/** A pepper and its id, as the verifier holds them (current first). */
+export interface Pepper {
+  id: string;
+  secret: string;
 }
 
 const toUuid = (hex: string) =>
@@ -37,6 +45,15 @@ export function displayPrefixFor(keyId: string): string {
 export function hashSecret(secret: string, pepper: string): Buffer {
   return createHmac('sha256', pepper).update(secret).digest();
 }
+
+// A pepper's id is stored with each hash it makes. It is a fingerprint (an HMAC keyed by the
+// pepper over a fixed label), so it names the pepper without revealing anything of it, and an
+// operator can compute it for the peppers they hold; 8 hex digits tell a handful of peppers apart.
+export function pepperId(pepper: string): string {
+  return createHmac('sha256', pepper).update('keyusage pepper id').digest('hex').slice(0, 8);
+}
+
+export const toPepper = (secret: string): Pepper => ({ id: pepperId(secret), secret });
 
 export function secretMatches(secret: string, storedHash: Buffer, pepper: string): boolean {
   const presented = hashSecret(secret, pepper);
@@ -68,7 +85,7 @@ export function formatKey(keyId: string, secret: string): string {
 
 export function newSecret(keyId: string, pepper: string): Omit<NewKeyMaterial, 'displayPrefix'> {
   const secret = base62(BigInt(`0x${randomBytes(32).toString('hex')}`), SECRET_CHARS);
-  return { keyId, plaintext: formatKey(keyId, secret), secretHash: hashSecret(secret, pepper) };
+  return { keyId, plaintext: formatKey(keyId, secret), secretHash: hashSecret(secret, pepper), pepperId: pepperId(pepper) };
 }
 
 export function generateKeyMaterial(pepper: string): NewKeyMaterial {

@@ -1,6 +1,7 @@
 import { exactCount, type Count, type Db } from '../../shared/db';
 import type { EventType } from '../../shared/keyEvents';
 import { OUTCOMES, type Outcome } from '../../shared/usageWire';
+import type { KeyStatus } from '../keys/apiKeys.service';
 import type { Scope } from '../keys/scopes';
 
 // The collector trims older addresses after each flush; the query caps them too in between.
@@ -54,8 +55,13 @@ export interface KeyUsageRecord {
 export interface UsageQuery {
   orgId: string;
   now: Date;
-  /** When set, only keys never used or last used before this instant. */
-  dormantBefore: Date | null;
+  /** Keys with this status only; null for every status. */
+  status: KeyStatus | null;
+  /**
+   * Keys unused since `before` (never used, or last used before it) that can still be used
+   * (`dormant: true`), or every other key (`dormant: false`); null for no filter.
+   */
+  dormancy: { dormant: boolean; before: Date } | null;
   /** When set, only keys whose name contains it, case-insensitively (taken literally: no wildcards). */
   nameContains: string | null;
   /** When set, only this key (the dashboard's key page). */
@@ -93,17 +99,30 @@ const recentIpsJson = (table: string, count: string) => `
              from (select * from ${table} where key_id = p.id order by last_seen desc limit ${RECENT_IPS_SHOWN}) r
          ) ${table} on true`;
 
+// A key's status as SQL, in keyStatus()'s order: revoked wins over expired.
+const REVOKED = 'k.revoked_at <= cast(:now as timestamptz)';
+const EXPIRED = `(not coalesce(${REVOKED}, false) and k.expires_at <= cast(:now as timestamptz))`;
+const ACTIVE = `(not coalesce(${REVOKED}, false) and not coalesce(k.expires_at <= cast(:now as timestamptz), false))`;
+const STATUS_SQL: Record<KeyStatus, string> = { active: ACTIVE, revoked: REVOKED, expired: EXPIRED };
+const DORMANT = `(${ACTIVE} and (u.last_used_at is null or u.last_used_at < :dormantBefore))`;
+
+function filters(query: UsageQuery): string {
+  const conditions: string[] = [];
+  if (query.status) conditions.push(STATUS_SQL[query.status]);
+  if (query.dormancy) conditions.push(query.dormancy.dormant ? DORMANT : `not ${DORMANT}`);
+  if (query.nameContains) conditions.push("k.name ilike :namePattern escape '\\'");
+  if (query.keyId) conditions.push('k.id = :keyId');
+  return conditions.map((condition) => `and ${condition}`).join(' ');
+}
+
 // One statement per page. The page is chosen first (filter, sort, limit over api_keys and
 // api_key_usage only); the windows from the hourly buckets and the recent IPs are then joined
 // through LATERAL to those rows alone, so the cost follows the page size, not the org's key count.
 export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: KeyUsageRecord[]; total: number }> {
-  const dormantFilter = query.dormantBefore ? 'and (u.last_used_at is null or u.last_used_at < :dormantBefore)' : '';
-  const nameFilter = query.nameContains ? "and k.name ilike :namePattern escape '\\'" : '';
-  const keyFilter = query.keyId ? 'and k.id = :keyId' : '';
   const bindings = {
     orgId: query.orgId,
     now: query.now,
-    dormantBefore: query.dormantBefore,
+    dormantBefore: query.dormancy?.before ?? null,
     namePattern: query.nameContains ? likePattern(query.nameContains) : null,
     keyId: query.keyId,
     eventsSince: query.eventsSince,
@@ -114,7 +133,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
   const sort = SORT_COLUMNS[query.sort];
   const keysOfOrg = `from api_keys k
          left join api_key_usage u on u.key_id = k.id and u.org_id = k.org_id
-        where k.org_id = :orgId ${dormantFilter} ${nameFilter} ${keyFilter}`;
+        where k.org_id = :orgId ${filters(query)}`;
   const [rows, count] = await Promise.all([
     db.raw(
       `select p.*,

@@ -20,7 +20,9 @@ const dateParam = z.iso
 
 const listQuery = z
   .object({
-    dormant: booleanParam.default(false),
+    // Absent: every key; true: only dormant keys; false: only keys that are not dormant.
+    dormant: booleanParam.optional(),
+    status: z.enum(['active', 'revoked', 'expired'], { error: 'must be active, revoked or expired' }).optional(),
     dormantDays: z.coerce.number().int('must be a whole number').min(1).max(3650).default(30),
     sort: z.enum(['createdAt', 'lastUsedAt', 'requestCount'], { error: 'must be createdAt, lastUsedAt or requestCount' }).default('createdAt'),
     order: z.enum(['asc', 'desc'], { error: 'must be asc or desc' }).default('desc'),
@@ -46,7 +48,7 @@ export function orgUsageRouter(deps: { service: UsageService; authorize: (requir
   router.get('/usage', readUsage, async (req, res) => {
     const { id } = parseInput(z.object({ id: uuid }), req.params, 'params');
     const query = parseInput(listQuery, req.query, 'query');
-    res.json(await deps.service.list(id, { ...query, dormantOnly: query.dormant, nameContains: query.q, keyId: query.keyId }));
+    res.json(await deps.service.list(id, { ...query, nameContains: query.q }));
   });
 
   router.get('/:keyId/usage', readUsage, async (req, res) => {

@@ -1,13 +1,19 @@
 import { exactCount, type Count, type Db } from '../../shared/db';
 import { notFound, AppError } from '../errors';
 import { findApiKeyInOrg } from '../keys/apiKeys.repository';
-import { keyStatus } from '../keys/apiKeys.service';
+import { keyStatus, type KeyStatus } from '../keys/apiKeys.service';
 import { keyTimeSeries, listKeyUsage, type Granularity, type KeyUsageRecord, type UsageSort } from './usage.repository';
 
 const DAY_MS = 86_400_000;
 const MAX_SERIES_POINTS = 24 * 93;
 
 const isoOrNull = (date: Date | null) => (date ? date.toISOString() : null);
+
+// Dormant: can still be used, yet unused for dormantAfterMs. A revoked or expired key is not
+// dormant (nothing is left to clean up), the same rule as the repository's `dormant` filter.
+function isDormant(key: KeyUsageRecord, now: number, dormantAfterMs: number): boolean {
+  return keyStatus(key, now) === 'active' && (key.lastUsedAt === null || key.lastUsedAt.getTime() < now - dormantAfterMs);
+}
 
 function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number, eventSummaryDays: number) {
   return {
@@ -26,7 +32,7 @@ function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number, e
     outcomes: key.outcomes,
     requests: { last24h: key.last24h, last7d: key.last7d, last30d: key.last30d },
     last7Days: key.last7Days,
-    dormant: key.lastUsedAt === null || key.lastUsedAt.getTime() < now - dormantAfterMs,
+    dormant: isDormant(key, now, dormantAfterMs),
     failedAttempts: key.failedAttempts,
     lastFailedAt: isoOrNull(key.lastFailedAt),
     lastFailedIp: key.lastFailedIp,
@@ -54,14 +60,15 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
   return {
     async list(
       orgId: string,
-      query: { dormantOnly: boolean; dormantDays: number; nameContains?: string; keyId?: string; sort: UsageSort; order: 'asc' | 'desc'; limit: number; offset: number },
+      query: { dormant?: boolean; status?: KeyStatus; dormantDays: number; nameContains?: string; keyId?: string; sort: UsageSort; order: 'asc' | 'desc'; limit: number; offset: number },
     ) {
       const now = deps.now();
       const dormantAfterMs = query.dormantDays * DAY_MS;
       const { keys, total } = await listKeyUsage(deps.db, {
         orgId,
         now: new Date(now),
-        dormantBefore: query.dormantOnly ? new Date(now - dormantAfterMs) : null,
+        status: query.status ?? null,
+        dormancy: query.dormant === undefined ? null : { dormant: query.dormant, before: new Date(now - dormantAfterMs) },
         nameContains: query.nameContains ?? null,
         keyId: query.keyId ?? null,
         eventsSince: new Date(now - deps.eventSummaryDays * DAY_MS),

@@ -100,6 +100,7 @@ export async function createCallableKey(db: Db, orgId: string, pepper: string, n
     orgId,
     name,
     displayPrefix: material.displayPrefix,
+    secretPepperId: material.pepperId,
     secretHash: material.secretHash,
     scopes,
     expiresAt: null,

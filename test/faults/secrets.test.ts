@@ -50,7 +50,7 @@ t.test('every secret comparison on the HTTP auth path is crypto.timingSafeEqual 
   const org = await insertOrganization(db, 'spied');
   const created = await services.apiKeys.create(org.id, { name: 'k', scopes: ['keys:read', 'keys:write'], expiresAt: null });
   const key = created.plaintext;
-  const rotated = (await services.apiKeys.rotate(org.id, created.key.id, 60)).plaintext;
+  const rotated = (await services.apiKeys.rotate(org.id, created.key.id, { graceSeconds: 60 })).plaintext;
   leaks.plaintext(key);
   leaks.plaintext(rotated);
   const get = async (presented: string) => (await fetch(`http://127.0.0.1:${port}/api/whoami`, { headers: { authorization: `Bearer ${presented}` } })).status;

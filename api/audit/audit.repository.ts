@@ -1,0 +1,76 @@
+import type { Db } from '../../shared/db';
+
+// The audit log: one row per change to an org's keys, written in the change's own transaction
+// (pass the transaction as `db`), so a change and its entry commit or roll back together.
+// Append-only: nothing here updates or deletes, and the table's triggers refuse both.
+
+/**
+ * The changes audited. `key.update` (PATCH /api-keys/:keyId: scopes, networks) and
+ * `keys.revoke_dormant` (POST /api-keys/revoke-dormant, one entry per key) belong to routes
+ * added on other branches; they call recordAudit the same way.
+ */
+export const AUDIT_ACTIONS = ['key.create', 'key.rotate', 'key.revoke', 'key.update', 'keys.revoke_dormant', 'key.erase_ips'] as const;
+export type AuditAction = (typeof AUDIT_ACTIONS)[number];
+
+/** Who acted: an API key (by id and display prefix, never its secret), or an operator at the CLI. */
+export type AuditActor = { type: 'key'; keyId: string; displayPrefix: string } | { type: 'cli' };
+
+export interface AuditEntry {
+  orgId: string;
+  actor: AuditActor;
+  action: AuditAction;
+  targetKeyId: string | null;
+  /** Names, scopes, dates, counts: never a key, a secret or a hash. */
+  details: Record<string, unknown>;
+  /** The client address of the request; null from the CLI. */
+  ip: string | null;
+}
+
+export interface AuditRecord extends AuditEntry {
+  id: string;
+  occurredAt: Date;
+}
+
+interface AuditRow {
+  id: string;
+  org_id: string;
+  occurred_at: Date;
+  actor_type: 'key' | 'cli';
+  actor_key_id: string | null;
+  actor_display_prefix: string | null;
+  action: AuditAction;
+  target_key_id: string | null;
+  details: Record<string, unknown>;
+  ip: string | null;
+}
+
+export async function recordAudit(db: Db, entry: AuditEntry): Promise<void> {
+  await db<AuditRow>('audit_log').insert({
+    org_id: entry.orgId,
+    actor_type: entry.actor.type,
+    actor_key_id: entry.actor.type === 'key' ? entry.actor.keyId : null,
+    actor_display_prefix: entry.actor.type === 'key' ? entry.actor.displayPrefix : null,
+    action: entry.action,
+    target_key_id: entry.targetKeyId,
+    details: entry.details,
+    ip: entry.ip,
+  });
+}
+
+const toRecord = (row: AuditRow): AuditRecord => ({
+  id: String(row.id),
+  orgId: row.org_id,
+  occurredAt: row.occurred_at,
+  actor: row.actor_type === 'key' ? { type: 'key', keyId: row.actor_key_id!, displayPrefix: row.actor_display_prefix! } : { type: 'cli' },
+  action: row.action,
+  targetKeyId: row.target_key_id,
+  details: row.details,
+  ip: row.ip,
+});
+
+/** Newest first; `beforeId` continues after the last entry of the previous page. */
+export async function listAudit(db: Db, orgId: string, page: { limit: number; beforeId: string | null }): Promise<AuditRecord[]> {
+  const query = db<AuditRow>('audit_log').where({ org_id: orgId }).orderBy('id', 'desc').limit(page.limit);
+  if (page.beforeId !== null) query.where('id', '<', page.beforeId);
+  return (await query).map(toRecord);
+}

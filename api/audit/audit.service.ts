@@ -1,0 +1,36 @@
+import type { Db } from '../../shared/db';
+import { listAudit, type AuditRecord } from './audit.repository';
+
+// The cursor is opaque to clients (base64url of the last entry's id), so the paging scheme can
+// change without breaking them.
+export const encodeCursor = (id: string) => Buffer.from(id, 'utf8').toString('base64url');
+
+/** The id a cursor stands for, or undefined if it is not one this service made. */
+export function decodeCursor(cursor: string): string | undefined {
+  const id = Buffer.from(cursor, 'base64url').toString('utf8');
+  return /^[1-9]\d{0,18}$/.test(id) && encodeCursor(id) === cursor ? id : undefined;
+}
+
+const toView = (entry: AuditRecord) => ({
+  id: entry.id,
+  occurredAt: entry.occurredAt.toISOString(),
+  actor: entry.actor,
+  action: entry.action,
+  targetKeyId: entry.targetKeyId,
+  details: entry.details,
+  ip: entry.ip,
+});
+
+export type AuditService = ReturnType<typeof createAuditService>;
+
+export function createAuditService(deps: { db: Db }) {
+  return {
+    /** Newest first. One row more than asked tells whether there is a next page. */
+    async list(orgId: string, page: { limit: number; beforeId: string | null }) {
+      const rows = await listAudit(deps.db, orgId, { limit: page.limit + 1, beforeId: page.beforeId });
+      const data = rows.slice(0, page.limit);
+      const nextCursor = rows.length > page.limit ? encodeCursor(data[data.length - 1].id) : null;
+      return { data: data.map(toView), page: { limit: page.limit, nextCursor } };
+    },
+  };
+}

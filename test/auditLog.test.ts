@@ -1,0 +1,93 @@
+import t, { type Test } from 'tap';
+import { recordAudit } from '../api/audit/audit.repository';
+import { parsePresentedKey } from '../api/keys/keyMaterial';
+import { main as cliMain } from '../scripts/cli';
+import { seedOrg, startTestApi } from './helpers/api';
+import { freshDatabase } from './helpers/database';
+
+// The audit log: every create, rotate and revoke records who, what, when and from where, in the
+// change's transaction; GET /api/orgs/:id/audit-log pages it newest first; nothing can change it.
+
+async function setup(t: Test) {
+  const { db, url } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const acme = await seedOrg(api, db, 'acme');
+  return { db, url, api, acme };
+}
+
+t.test('create, rotate and revoke through the API are recorded with the acting key, the IP and no key material', async (t) => {
+  const { db, api, acme } = await setup(t);
+  const keys = `/api/orgs/${acme.org.id}/api-keys`;
+  const auth = { key: acme.adminKey };
+  const created = await api.request('POST', keys, { ...auth, body: { name: 'ci', scopes: ['keys:read'], expiresAt: '2999-01-01T00:00:00Z' } });
+  const rotated = await api.request('POST', `${keys}/${created.body.id}/rotate`, { ...auth, body: { gracePeriodSeconds: 60 } });
+  t.equal((await api.request('POST', `${keys}/${created.body.id}/revoke`, auth)).status, 200);
+  t.equal((await api.request('POST', `${keys}/${created.body.id}/revoke`, auth)).status, 200, 'a second revoke changes nothing');
+  t.equal((await api.request('POST', `${keys}/${created.body.id}/rotate`, { ...auth, body: {} })).status, 409, 'a refused rotation');
+
+  const log = await api.request('GET', `/api/orgs/${acme.org.id}/audit-log`, auth);
+  t.equal(log.status, 200);
+  const actor = { type: 'key', keyId: acme.adminKeyId, displayPrefix: `ku_${acme.adminKeyId.replace(/-/g, '').slice(0, 8)}` };
+  t.match(log.body.data, [
+    { action: 'key.revoke', actor, targetKeyId: created.body.id, ip: '127.0.0.1', details: { name: 'ci', revokedAt: String } },
+    { action: 'key.rotate', actor, targetKeyId: created.body.id, ip: '127.0.0.1', details: { gracePeriodSeconds: 60, previousSecretExpiresAt: String } },
+    { action: 'key.create', actor, targetKeyId: created.body.id, ip: '127.0.0.1', details: { name: 'ci', scopes: ['keys:read'], expiresAt: '2999-01-01T00:00:00.000Z' } },
+    { action: 'key.create', actor: { type: 'cli' }, targetKeyId: acme.adminKeyId, ip: null, details: { name: 'admin' } },
+  ]);
+  t.equal(log.body.data.length, 4, 'the no-op revoke and the refused rotation record nothing');
+  t.ok(log.body.data.every((entry: { occurredAt: string }) => !Number.isNaN(Date.parse(entry.occurredAt))), 'when');
+  t.same(log.body.page, { limit: 50, nextCursor: null });
+
+  const secrets = [acme.adminKey, created.body.key, rotated.body.key].flatMap((key) => [key, parsePresentedKey(key)!.secret]);
+  const hashes = (await db('api_keys').select('secret_hash', 'previous_secret_hash')).flatMap((row) => [row.secret_hash, row.previous_secret_hash]).filter(Boolean);
+  const stored = JSON.stringify(await db('audit_log').select());
+  for (const secret of [...secrets, ...hashes.map((hash: Buffer) => hash.toString('hex')), ...hashes.map((hash: Buffer) => hash.toString('base64'))]) {
+    t.notOk(log.text.includes(secret) || stored.includes(secret), 'no key, secret or hash in the audit log');
+  }
+});
+
+t.test('cursor pagination, newest first, and org isolation', async (t) => {
+  const { db, api, acme } = await setup(t);
+  const globex = await seedOrg(api, db, 'globex');
+  for (let i = 0; i < 4; i += 1) await api.services.apiKeys.create(acme.org.id, { name: `k${i}`, scopes: ['keys:read'], expiresAt: null });
+  const seen: string[] = [];
+  let path = `/api/orgs/${acme.org.id}/audit-log?limit=2`;
+  for (let page = 0; page < 5; page += 1) {
+    const response = await api.request('GET', path, { key: acme.adminKey });
+    t.equal(response.status, 200);
+    seen.push(...response.body.data.map((entry: { details: { name: string } }) => entry.details.name));
+    if (!response.body.page.nextCursor) break;
+    path = `/api/orgs/${acme.org.id}/audit-log?limit=2&cursor=${response.body.page.nextCursor}`;
+  }
+  t.same(seen, ['k3', 'k2', 'k1', 'k0', 'admin'], 'every entry once, newest first, in three pages');
+
+  const other = await api.request('GET', `/api/orgs/${acme.org.id}/audit-log`, { key: globex.adminKey });
+  t.equal(other.status, 404, "another org's log answers 404");
+  const own = await api.request('GET', `/api/orgs/${globex.org.id}/audit-log`, { key: globex.adminKey });
+  t.same(own.body.data.map((entry: { details: { name: string } }) => entry.details.name), ['admin'], "an org sees only its own entries");
+  const forged = Buffer.from('abc').toString('base64url');
+  const bad = await api.request('GET', `/api/orgs/${acme.org.id}/audit-log?cursor=${forged}`, { key: acme.adminKey });
+  t.equal(bad.status, 400);
+  t.match(bad.body.error.message, /cursor: must be a nextCursor/);
+});
+
+t.test('the CLI is recorded as "cli"', async (t) => {
+  const { db, url, acme } = await setup(t);
+  const out: string[] = [];
+  const io = { out: (text: string) => out.push(text), err: () => {} };
+  t.equal(await cliMain(['key', 'revoke', acme.org.id, acme.adminKeyId], { NODE_ENV: 'test', DATABASE_URL: url }, io), 0);
+  const entry = await db('audit_log').where({ action: 'key.revoke' }).first();
+  t.match(entry, { actor_type: 'cli', actor_key_id: null, actor_display_prefix: null, target_key_id: acme.adminKeyId, ip: null });
+});
+
+t.test('append-only: UPDATE, DELETE and TRUNCATE are refused; deleting the organization takes its entries', async (t) => {
+  const { db, acme } = await setup(t);
+  await recordAudit(db, { orgId: acme.org.id, actor: { type: 'cli' }, action: 'key.update', targetKeyId: acme.adminKeyId, details: { scopes: ['keys:read'] }, ip: null });
+  t.equal((await db('audit_log').where({ org_id: acme.org.id })).length, 2);
+  await t.rejects(db('audit_log').update({ action: 'key.create' }), /append-only: UPDATE refused/);
+  await t.rejects(db('audit_log').where({ org_id: acme.org.id }).del(), /append-only: DELETE refused/);
+  await t.rejects(db.raw('truncate audit_log'), /append-only: TRUNCATE refused/);
+  t.equal((await db('audit_log').where({ org_id: acme.org.id })).length, 2, 'still there');
+  await db('organizations').where({ id: acme.org.id }).del();
+  t.equal((await db('audit_log').where({ org_id: acme.org.id })).length, 0, 'ON DELETE CASCADE from organizations still works');
+});

@@ -1,0 +1,55 @@
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import t from 'tap';
+import { acquireDataFolderLock, DataFolderBusyError, lockFileFor } from '../shared/dataFolderLock';
+
+// One launcher per data folder: the lock file's atomic create, a live holder named, a stale lock
+// (its process gone) taken over, a lock being written respected.
+
+const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-lock-'));
+t.teardown(() => fs.rmSync(scratch, { recursive: true, force: true }));
+let folders = 0;
+const folder = () => path.join(scratch, `pg${(folders += 1)}`);
+
+// A pid that belonged to a process that has exited.
+function deadPid(): number {
+  const child = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+  return Number(child.stdout);
+}
+
+t.test('the first taker holds it; a second, live, is refused with the holder pid; release frees it', async (t) => {
+  const dir = folder();
+  const lock = acquireDataFolderLock(dir);
+  t.equal(fs.readFileSync(lockFileFor(dir), 'utf8'), `${process.pid}\n`, 'the lock file holds the pid');
+  t.equal(lock.file, `${dir}.lock`, 'beside the data folder, which initdb needs empty');
+  const other = process.ppid;
+  t.throws(() => acquireDataFolderLock(dir, other), new DataFolderBusyError(process.pid, lockFileFor(dir)));
+  t.equal(fs.readFileSync(lockFileFor(dir), 'utf8'), `${process.pid}\n`, 'the holder is untouched');
+  lock.release();
+  t.notOk(fs.existsSync(lockFileFor(dir)), 'released');
+  const second = acquireDataFolderLock(dir, other);
+  lock.release();
+  t.ok(fs.existsSync(lockFileFor(dir)), "release removes only the releaser's own lock");
+  second.release();
+});
+
+t.test('a lock left by a process that is gone is taken over', async (t) => {
+  const dir = folder();
+  fs.writeFileSync(lockFileFor(dir), `${deadPid()}\n`);
+  const lock = acquireDataFolderLock(dir);
+  t.equal(fs.readFileSync(lockFileFor(dir), 'utf8'), `${process.pid}\n`);
+  lock.release();
+  fs.writeFileSync(lockFileFor(dir), 'garbage');
+  t.equal(fs.readFileSync(acquireDataFolderLock(dir).file, 'utf8'), `${process.pid}\n`, 'an unreadable pid is stale too');
+});
+
+t.test('an empty lock is being written: refused while young, stale when old', async (t) => {
+  const dir = folder();
+  fs.writeFileSync(lockFileFor(dir), '');
+  t.throws(() => acquireDataFolderLock(dir), { name: 'DataFolderBusyError', pid: 0 });
+  const past = new Date(Date.now() - 60_000);
+  fs.utimesSync(lockFileFor(dir), past, past);
+  t.equal(fs.readFileSync(acquireDataFolderLock(dir).file, 'utf8'), `${process.pid}\n`);
+});

@@ -1,0 +1,113 @@
+import { isIP } from 'node:net';
+import t, { type Test } from 'tap';
+import { runCli } from '../scripts/cli';
+import type { Db } from '../shared/db';
+import { eraseKeyIps, expireIpData } from '../shared/ipRetention';
+import { truncateIp } from '../shared/ipTruncation';
+import { encodeUsageLine, packDatagrams } from '../shared/usageWire';
+import { seedOrg, startTestApi } from './helpers/api';
+import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
+import { freshDatabase } from './helpers/database';
+
+// Client IPs are personal data: IP_TRUNCATE keeps only the network, IP_RETENTION_DAYS bounds how
+// long any address is kept (every table that holds one), and `key erase-ips` erases one key's.
+
+const DAY_MS = 86_400_000;
+
+t.test('truncateIp: IPv4 to its /24, IPv6 to its /48, anything else untouched', async (t) => {
+  const cases: Array<[string, string]> = [
+    ['203.0.113.77', '203.0.113.0'],
+    ['10.0.0.0', '10.0.0.0'],
+    ['2001:db8:abcd:12::1', '2001:db8:abcd::'],
+    ['2001:0db8:0001:0002:0003:0004:0005:0006', '2001:db8:1::'],
+    ['2001:db8::7', '2001:db8::'],
+    ['fe80::1', 'fe80::'],
+    ['::1', '::'],
+    ['::ffff:192.0.2.1', '::'],
+    ['64:ff9b:1::192.0.2.1', '64:ff9b:1::'],
+    ['not-an-ip', 'not-an-ip'],
+  ];
+  for (const [ip, expected] of cases) {
+    t.equal(truncateIp(ip), expected, ip);
+    if (isIP(ip)) t.equal(isIP(truncateIp(ip)), isIP(ip), `${ip}: still an address of its family`);
+  }
+});
+
+async function world(t: Test) {
+  const { db, url } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const acme = await seedOrg(api, db);
+  const other = await api.services.apiKeys.create(acme.org.id, { name: 'other', scopes: ['keys:read'], expiresAt: null });
+  return { db, url, api, acme, otherKeyId: other.key.id };
+}
+
+// Addresses for a key in every table that holds one, seen `daysAgo`.
+async function seedIps(db: Db, orgId: string, keyId: string, ip: string, daysAgo: number) {
+  const at = new Date(Date.now() - daysAgo * DAY_MS);
+  await db('api_key_usage')
+    .insert({ key_id: keyId, org_id: orgId, request_count: 1, ok_count: 1, bad_secret_count: 1, last_used_at: at, last_used_ip: ip, last_failed_at: at, last_failed_ip: ip })
+    .onConflict('key_id')
+    .merge();
+  await db('api_key_recent_ips').insert({ key_id: keyId, ip, first_seen: at, last_seen: at, request_count: 1 });
+  await db('api_key_failed_ips').insert({ key_id: keyId, ip, first_seen: at, last_seen: at, attempt_count: 1 });
+  await db.raw(`insert into audit_log (org_id, occurred_at, actor_type, actor_key_id, actor_display_prefix, action, target_key_id, ip)
+                values (?, ?, 'key', ?, 'ku_x', 'key.rotate', ?, ?)`, [orgId, at, keyId, keyId, ip]);
+}
+
+const ipsOf = async (db: Db, keyId: string) => ({
+  usage: await db('api_key_usage').where({ key_id: keyId }).first('last_used_ip', 'last_failed_ip'),
+  recent: (await db('api_key_recent_ips').where({ key_id: keyId }).pluck('ip')).sort(),
+  failed: (await db('api_key_failed_ips').where({ key_id: keyId }).pluck('ip')).sort(),
+  audit: (await db('audit_log').where({ actor_key_id: keyId }).orderBy('id').pluck('ip')),
+});
+
+t.test('IP_TRUNCATE: the collector aggregates and stores networks only, and the audit log keeps the same', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const collector = await startTestCollector(t, url, { IP_TRUNCATE: 'true' });
+  const api = await startTestApi(t, db, { env: { IP_TRUNCATE: 'true' } });
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const line = (ip: string, outcome: 'ok' | 'bad_secret') => encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip, outcome, count: 1 });
+  await sendDatagrams(collector.receiver.port, packDatagrams([line('203.0.113.7', 'ok'), line('203.0.113.99', 'ok'), line('2001:db8:1:2::3', 'ok'), line('198.51.100.23', 'bad_secret')]));
+  await waitFor('the uses to be written', async () => ((await db('api_key_usage').where({ key_id: adminKeyId }).first())?.request_count === 3 ? true : undefined));
+  const ips = await ipsOf(db, adminKeyId);
+  t.same(ips.recent, ['2001:db8:1::', '203.0.113.0']);
+  t.equal((await db('api_key_recent_ips').where({ key_id: adminKeyId, ip: '203.0.113.0' }).first()).request_count, 2, 'two addresses of one /24 count as one network');
+  t.same(ips.failed, ['198.51.100.0']);
+  t.same(ips.usage, { last_used_ip: '2001:db8:1::', last_failed_ip: '198.51.100.0' });
+
+  t.equal((await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name: 'x', scopes: ['keys:read'] } })).status, 201);
+  t.same(await db('audit_log').where({ actor_key_id: adminKeyId }).pluck('ip'), ['127.0.0.0'], 'the audit log stores the network too');
+});
+
+t.test('IP_RETENTION_DAYS: every table loses addresses older than the setting, and keeps the rest', async (t) => {
+  const { db, acme, otherKeyId } = await world(t);
+  await seedIps(db, acme.org.id, acme.adminKeyId, '192.0.2.1', 100);
+  await seedIps(db, acme.org.id, otherKeyId, '192.0.2.2', 10);
+  const erased = await expireIpData(db, 90);
+  t.same(erased, { api_key_recent_ips: 1, api_key_failed_ips: 1, api_key_usage: 2, audit_log: 1 });
+  t.same(await ipsOf(db, acme.adminKeyId), { usage: { last_used_ip: null, last_failed_ip: null }, recent: [], failed: [], audit: [null] }, 'older than 90 days: gone');
+  t.same(await ipsOf(db, otherKeyId), { usage: { last_used_ip: '192.0.2.2', last_failed_ip: '192.0.2.2' }, recent: ['192.0.2.2'], failed: ['192.0.2.2'], audit: ['192.0.2.2'] }, '10 days: kept');
+  t.ok((await db('api_key_usage').where({ key_id: acme.adminKeyId }).first()).last_used_at, 'the times and counts stay; only the address goes');
+  t.same(await expireIpData(db, 5), { api_key_recent_ips: 1, api_key_failed_ips: 1, api_key_usage: 2, audit_log: 1 }, 'a shorter setting takes the rest');
+  await t.rejects(db('audit_log').update({ ip: '203.0.113.1' }), /append-only/, 'the audit log allows erasing an address, nothing else');
+});
+
+t.test('key erase-ips: one key, every table, recorded in the audit log; another org\'s key is not found', async (t) => {
+  const { db, acme, otherKeyId } = await world(t);
+  await seedIps(db, acme.org.id, acme.adminKeyId, '192.0.2.1', 1);
+  await seedIps(db, acme.org.id, otherKeyId, '192.0.2.2', 1);
+  const out: string[] = [];
+  const err: string[] = [];
+  const cli = (...argv: string[]) => runCli(argv, { db, pepper: 'p'.repeat(32), now: Date.now, out: (text) => out.push(text), err: (text) => err.push(text) });
+  t.equal(await cli('key', 'erase-ips', acme.org.id, acme.adminKeyId), 0);
+  t.match(out.join('\n'), /api_key_recent_ips\s+1[\s\S]*audit_log\s+1/);
+  t.same(await ipsOf(db, acme.adminKeyId), { usage: { last_used_ip: null, last_failed_ip: null }, recent: [], failed: [], audit: [null] });
+  t.same((await ipsOf(db, otherKeyId)).recent, ['192.0.2.2'], 'other keys keep theirs');
+  t.match(await db('audit_log').where({ action: 'key.erase_ips' }).first(), { actor_type: 'cli', target_key_id: acme.adminKeyId, ip: null, details: { erased: { api_key_recent_ips: 1 } } });
+
+  t.equal(await cli('key', 'erase-ips', '00000000-0000-4000-8000-000000000000', acme.adminKeyId), 1, 'an unknown org');
+  const globex = await db('organizations').insert({ name: 'globex' }).returning('id');
+  t.equal(await cli('key', 'erase-ips', globex[0].id, acme.adminKeyId), 1, "a key of another org");
+  t.match(err.join('\n'), /not found/);
+  t.same(await eraseKeyIps(db, acme.adminKeyId), { api_key_recent_ips: 0, api_key_failed_ips: 0, api_key_usage: 0, audit_log: 0 }, 'nothing left');
+});
