@@ -12,3 +12,6 @@ export const EVENT_TYPES = [
   'key.expiring',
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
+
+/** Sent by `POST …/webhooks/:webhookId/test` only; no subscription needed. */
+export const PING_EVENT_TYPE = 'webhook.ping';

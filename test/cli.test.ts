@@ -13,7 +13,7 @@ import { loadConfig } from '../shared/config';
 import { createDb, MIGRATIONS_DIRECTORY, type Db } from '../shared/db';
 import { startLocalPostgres } from '../shared/localPostgres';
 import { startTestApi } from './helpers/api';
-import { adminDatabaseUrl, freshDatabase } from './helpers/database';
+import { emptyDatabase, freshDatabase } from './helpers/database';
 
 // Every migration the repository holds, in the order knex applies them.
 const MIGRATIONS = fs.readdirSync(MIGRATIONS_DIRECTORY).filter((name) => name.endsWith('.ts')).sort();
@@ -444,15 +444,7 @@ t.test('main: the embedded PostgreSQL, started and stopped only when the CLI sta
 });
 
 t.test('npm run migrate', async (t) => {
-  const admin = createDb(adminDatabaseUrl(), { poolMax: 1 });
-  const name = `kt_migrate_${randomBytes(4).toString('hex')}`;
-  await admin.raw(`create database ${name}`);
-  t.teardown(async () => {
-    await admin.raw(`drop database if exists ${name} with (force)`);
-    await admin.destroy();
-  });
-  const url = new URL(adminDatabaseUrl());
-  url.pathname = `/${name}`;
+  const url = await emptyDatabase(t);
 
   const unset = captured();
   t.equal(await migrate({ NODE_ENV: 'test' }, unset.io), 1, 'DATABASE_URL is required');
@@ -460,10 +452,10 @@ t.test('npm run migrate', async (t) => {
   t.match(unset.err.join('\n'), /npm start/, 'and the message points at the embedded database');
 
   const first = captured();
-  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url.toString() }, first.io), 0);
+  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url }, first.io), 0);
   t.match(first.out.join('\n'), `Applied ${MIGRATIONS.length} migration(s):\n${MIGRATIONS.map((name) => `  ${name}`).join('\n')}`);
   const second = captured();
-  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url.toString() }, second.io), 0);
+  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url }, second.io), 0);
   t.same(second.out, ['Database is already up to date.']);
 
   const unreachable = captured();

@@ -6,9 +6,8 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { createApiKeysService } from '../api/keys/apiKeys.service';
 import { insertOrganization } from '../api/orgs/orgs.repository';
-import { createDb } from '../shared/db';
 import { freeTcpPort, freeUdpPort } from '../shared/freePort';
-import { adminDatabaseUrl, freshDatabase } from './helpers/database';
+import { emptyDatabase, freshDatabase } from './helpers/database';
 import { waitFor } from './helpers/collector';
 
 // scripts/build.js is plain JavaScript (it runs before anything is compiled): its step for the
@@ -64,19 +63,6 @@ async function stopped(child: ChildProcess): Promise<number | null> {
 
 const answers = (url: string) => () => fetch(url).then((r) => (r.ok ? r : undefined), () => undefined);
 
-// An empty database of the test cluster, for migrate to fill.
-async function emptyDatabase(t: Test): Promise<string> {
-  const name = `kt_release_${process.pid}`;
-  const admin = createDb(adminDatabaseUrl(), { poolMax: 1 });
-  await admin.raw(`create database ${name}`);
-  t.teardown(async () => {
-    await admin.raw(`drop database if exists ${name} with (force)`);
-    await admin.destroy();
-  });
-  const url = new URL(adminDatabaseUrl());
-  url.pathname = `/${name}`;
-  return url.toString();
-}
 
 t.test('build, then a production install of package.json, the lockfile, the Procfile and dist/', async (t) => {
   const tsc = require.resolve('typescript/bin/tsc', { paths: [ROOT] });

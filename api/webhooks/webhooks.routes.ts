@@ -1,6 +1,6 @@
 import { Router, type RequestHandler } from 'express';
 import { z } from 'zod';
-import { KEY_EVENT_TYPES } from '../../shared/keyEventTypes';
+import { EVENT_TYPES } from '../../shared/keyEvents';
 import { redactKeyMaterial } from '../../shared/logger';
 import type { Requirement } from '../auth/authorize';
 import { jsonBody, pagination, parseInput, uuid } from '../validation';
@@ -8,7 +8,7 @@ import type { WebhooksService } from './webhooks.service';
 
 const orgParams = z.object({ id: uuid });
 const webhookParams = z.object({ id: uuid, webhookId: uuid });
-const EVENT_CHOICES = ['*', ...KEY_EVENT_TYPES] as const;
+const EVENT_CHOICES = ['*', ...EVENT_TYPES] as const;
 
 // The URL is shown by GET and kept in the database: no credentials, no API key in it.
 function urlProblem(value: string): string | undefined {

@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { Db } from '../../shared/db';
-import { PING_EVENT_TYPE } from '../../shared/keyEventTypes';
+import { PING_EVENT_TYPE } from '../../shared/keyEvents';
 import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../../shared/secretBox';
 import { resolveTarget, TargetRefusedError } from '../../shared/webhookTarget';
 import { AppError, notFound } from '../errors';

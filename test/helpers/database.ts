@@ -26,3 +26,17 @@ export async function freshDatabase(t: Test, options: { poolMax?: number } = {})
   });
   return { db, url: url.toString() };
 }
+
+// A database with nothing in it (no migrations), dropped at the end: for tests of migrate itself.
+export async function emptyDatabase(t: Test): Promise<string> {
+  const name = `kt_empty_${process.pid}_${randomBytes(4).toString('hex')}`;
+  const admin = createDb(adminDatabaseUrl(), { poolMax: 1 });
+  await admin.raw(`create database ${name}`);
+  t.teardown(async () => {
+    await admin.raw(`drop database if exists ${name} with (force)`);
+    await admin.destroy();
+  });
+  const url = new URL(adminDatabaseUrl());
+  url.pathname = `/${name}`;
+  return url.toString();
+}
