@@ -50,6 +50,7 @@ async function seedIps(db: Db, orgId: string, keyId: string, ip: string, daysAgo
     .merge();
   await db('api_key_recent_ips').insert({ key_id: keyId, ip, first_seen: at, last_seen: at, request_count: 1 });
   await db('api_key_failed_ips').insert({ key_id: keyId, ip, first_seen: at, last_seen: at, attempt_count: 1 });
+  await db.raw('insert into api_key_ip_history (key_id, prefix, first_ip, first_seen, last_seen) values (?, network(cast(? as inet)), ?, ?, ?)', [keyId, `${ip}/24`, ip, at, at]);
   await db.raw(`insert into audit_log (org_id, occurred_at, actor_type, actor_key_id, actor_display_prefix, action, target_key_id, ip)
                 values (?, ?, 'key', ?, 'ku_x', 'key.rotate', ?, ?)`, [orgId, at, keyId, keyId, ip]);
 }
@@ -58,6 +59,7 @@ const ipsOf = async (db: Db, keyId: string) => ({
   usage: await db('api_key_usage').where({ key_id: keyId }).first('last_used_ip', 'last_failed_ip'),
   recent: (await db('api_key_recent_ips').where({ key_id: keyId }).pluck('ip')).sort(),
   failed: (await db('api_key_failed_ips').where({ key_id: keyId }).pluck('ip')).sort(),
+  history: (await db('api_key_ip_history').where({ key_id: keyId }).pluck('first_ip')).sort(),
   audit: (await db('audit_log').where({ actor_key_id: keyId }).orderBy('id').pluck('ip')),
 });
 
@@ -84,11 +86,11 @@ t.test('IP_RETENTION_DAYS: every table loses addresses older than the setting, a
   await seedIps(db, acme.org.id, acme.adminKeyId, '192.0.2.1', 100);
   await seedIps(db, acme.org.id, otherKeyId, '192.0.2.2', 10);
   const erased = await expireIpData(db, 90);
-  t.same(erased, { api_key_recent_ips: 1, api_key_failed_ips: 1, api_key_usage: 2, audit_log: 1 });
-  t.same(await ipsOf(db, acme.adminKeyId), { usage: { last_used_ip: null, last_failed_ip: null }, recent: [], failed: [], audit: [null] }, 'older than 90 days: gone');
-  t.same(await ipsOf(db, otherKeyId), { usage: { last_used_ip: '192.0.2.2', last_failed_ip: '192.0.2.2' }, recent: ['192.0.2.2'], failed: ['192.0.2.2'], audit: ['192.0.2.2'] }, '10 days: kept');
+  t.same(erased, { api_key_recent_ips: 1, api_key_failed_ips: 1, api_key_ip_history: 1, api_key_usage: 2, audit_log: 1 });
+  t.same(await ipsOf(db, acme.adminKeyId), { usage: { last_used_ip: null, last_failed_ip: null }, recent: [], failed: [], history: [], audit: [null] }, 'older than 90 days: gone');
+  t.same(await ipsOf(db, otherKeyId), { usage: { last_used_ip: '192.0.2.2', last_failed_ip: '192.0.2.2' }, recent: ['192.0.2.2'], failed: ['192.0.2.2'], history: ['192.0.2.2'], audit: ['192.0.2.2'] }, '10 days: kept');
   t.ok((await db('api_key_usage').where({ key_id: acme.adminKeyId }).first()).last_used_at, 'the times and counts stay; only the address goes');
-  t.same(await expireIpData(db, 5), { api_key_recent_ips: 1, api_key_failed_ips: 1, api_key_usage: 2, audit_log: 1 }, 'a shorter setting takes the rest');
+  t.same(await expireIpData(db, 5), { api_key_recent_ips: 1, api_key_failed_ips: 1, api_key_ip_history: 1, api_key_usage: 2, audit_log: 1 }, 'a shorter setting takes the rest');
   await t.rejects(db('audit_log').update({ ip: '203.0.113.1' }), /append-only/, 'the audit log allows erasing an address, nothing else');
 });
 
@@ -101,7 +103,7 @@ t.test('key erase-ips: one key, every table, recorded in the audit log; another 
   const cli = (...argv: string[]) => runCli(argv, { db, pepper: 'p'.repeat(32), now: Date.now, out: (text) => out.push(text), err: (text) => err.push(text) });
   t.equal(await cli('key', 'erase-ips', acme.org.id, acme.adminKeyId), 0);
   t.match(out.join('\n'), /api_key_recent_ips\s+1[\s\S]*audit_log\s+1/);
-  t.same(await ipsOf(db, acme.adminKeyId), { usage: { last_used_ip: null, last_failed_ip: null }, recent: [], failed: [], audit: [null] });
+  t.same(await ipsOf(db, acme.adminKeyId), { usage: { last_used_ip: null, last_failed_ip: null }, recent: [], failed: [], history: [], audit: [null] });
   t.same((await ipsOf(db, otherKeyId)).recent, ['192.0.2.2'], 'other keys keep theirs');
   t.match(await db('audit_log').where({ action: 'key.erase_ips' }).first(), { actor_type: 'cli', target_key_id: acme.adminKeyId, ip: null, details: { erased: { api_key_recent_ips: 1 } } });
 
@@ -109,5 +111,5 @@ t.test('key erase-ips: one key, every table, recorded in the audit log; another 
   const globex = await db('organizations').insert({ name: 'globex' }).returning('id');
   t.equal(await cli('key', 'erase-ips', globex[0].id, acme.adminKeyId), 1, "a key of another org");
   t.match(err.join('\n'), /not found/);
-  t.same(await eraseKeyIps(db, acme.adminKeyId), { api_key_recent_ips: 0, api_key_failed_ips: 0, api_key_usage: 0, audit_log: 0 }, 'nothing left');
+  t.same(await eraseKeyIps(db, acme.adminKeyId), { api_key_recent_ips: 0, api_key_failed_ips: 0, api_key_ip_history: 0, api_key_usage: 0, audit_log: 0 }, 'nothing left');
 });
