@@ -4,7 +4,7 @@ import { OUTCOMES, PROVEN_OUTCOMES, type Outcome } from '../shared/usageWire';
 import { mergeBatches, type KeyUsageDelta, type UsageBatch } from './aggregator';
 
 export interface PendingBatch {
-  /** Recorded in usage_flushes in the same transaction, so a retried batch is applied once. */
+  /** Recorded in usage_flushes, once per org of the batch, in the same transaction, so a retried batch is applied once. */
   readonly id: string;
   batch: UsageBatch;
 }
@@ -26,7 +26,7 @@ export interface WriteResult {
 export interface UsageStore {
   write(batches: readonly PendingBatch[]): Promise<WriteResult>;
   /** Best-effort upkeep outside the flush transaction: trims recent IPs and expired rows. */
-  prune(keyIds: readonly string[]): Promise<void>;
+  prune(keys: readonly KeyRef[]): Promise<void>;
   expireOldRows(retentionDays: number): Promise<void>;
 }
 
@@ -37,6 +37,8 @@ export class CommitInDoubtError extends Error {
     this.name = 'CommitInDoubtError';
   }
 }
+
+export type KeyRef = Pick<KeyUsageDelta, 'orgId' | 'keyId'>;
 
 export const RECENT_IPS_PER_KEY = 5;
 const FLUSH_ID_RETENTION = '1 day';
@@ -60,6 +62,8 @@ const latest = (table: string, at: string) => `${at} = greatest(${table}.${at}, 
 // shared rows in the same order and cannot deadlock each other. The join on api_keys keeps
 // only keys that exist in the org the datagram named: a forged line creates nothing.
 // Counters go through keyusage_add, which saturates instead of failing the flush.
+// Every conflict target starts with org_id, the distribution column on Citus, so each row's
+// upsert runs on the one shard that holds its org (docs/scaling.md).
 const UPSERT_TOTALS = `
 insert into api_key_usage (key_id, org_id, request_count, ${outcomeColumns.join(', ')}, last_used_at, last_used_ip,
                            last_failed_at, last_failed_ip, last_revoked_use_at, last_expired_use_at, updated_at)
@@ -71,7 +75,7 @@ select u.key_id, u.org_id, u.request_count, ${outcomeColumns.map((c) => `u.${c}`
             last_failed_at, last_failed_ip, last_revoked_use_at, last_expired_use_at)
   join api_keys k on k.id = u.key_id and k.org_id = u.org_id
  order by u.key_id
-on conflict (key_id) do update set
+on conflict (org_id, key_id) do update set
   ${['request_count', ...outcomeColumns].map(addTo('api_key_usage')).join(',\n  ')},
   ${newerIp('api_key_usage', 'last_used_ip', 'last_used_at')},
   ${latest('api_key_usage', 'last_used_at')},
@@ -84,13 +88,13 @@ returning key_id, org_id`;
 
 // request_count of an hour counts proven uses; the outcome columns count every outcome.
 const UPSERT_HOURS = `
-insert into api_key_usage_hourly (key_id, hour, request_count, ${outcomeColumns.join(', ')})
-select h.key_id, h.hour, h.request_count, ${outcomeColumns.map((c) => `h.${c}`).join(', ')}
+insert into api_key_usage_hourly (org_id, key_id, hour, request_count, ${outcomeColumns.join(', ')})
+select h.org_id, h.key_id, h.hour, h.request_count, ${outcomeColumns.map((c) => `h.${c}`).join(', ')}
   from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as timestamptz[]), cast(? as bigint[]), ${outcomeColumns.map(() => 'cast(? as bigint[])').join(', ')})
        as h(key_id, org_id, hour, request_count, ${outcomeColumns.join(', ')})
   join api_keys k on k.id = h.key_id and k.org_id = h.org_id
  order by h.key_id, h.hour
-on conflict (key_id, hour) do update set
+on conflict (org_id, key_id, hour) do update set
   ${['request_count', ...outcomeColumns].map(addTo('api_key_usage_hourly')).join(',\n  ')}`;
 
 // Proven uses go to api_key_recent_ips, failed attempts to api_key_failed_ips: one shape.
@@ -101,13 +105,13 @@ const IP_TABLES = {
 type IpTable = (typeof IP_TABLES)[keyof typeof IP_TABLES];
 
 const upsertIps = ({ table, count }: IpTable) => `
-insert into ${table} (key_id, ip, first_seen, last_seen, ${count})
-select r.key_id, r.ip, r.first_seen, r.last_seen, r.n
+insert into ${table} (org_id, key_id, ip, first_seen, last_seen, ${count})
+select r.org_id, r.key_id, r.ip, r.first_seen, r.last_seen, r.n
   from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as text[]), cast(? as timestamptz[]), cast(? as timestamptz[]), cast(? as bigint[]))
        as r(key_id, org_id, ip, first_seen, last_seen, n)
   join api_keys k on k.id = r.key_id and k.org_id = r.org_id
  order by r.key_id, r.ip
-on conflict (key_id, ip) do update set
+on conflict (org_id, key_id, ip) do update set
   first_seen = least(${table}.first_seen, excluded.first_seen),
   last_seen = greatest(${table}.last_seen, excluded.last_seen),
   ${addTo(table)(count)}`;
@@ -189,6 +193,27 @@ function isDataError(error: unknown): boolean {
 
 type Applied = Awaited<ReturnType<typeof applyBatch>>;
 
+const totalUses = (keys: readonly KeyUsageDelta[]) => keys.reduce((sum, k) => sum + k.total, 0);
+
+// Claims every (batch, org) pair in the flush ledger. A pair already there was committed by an
+// earlier attempt whose COMMIT was in doubt, so that org's keys of that batch are skipped. On
+// Citus the ledger row lives on the org's shard beside the org's usage rows: each shard's part
+// of a flush carries its own proof of having been applied.
+async function claimBatches(trx: Knex.Transaction, batches: readonly PendingBatch[]) {
+  const pairs = batches.flatMap((b) => [...new Set(b.batch.keys.map((k) => k.orgId))].map((orgId) => ({ id: b.id, orgId })));
+  const inserted = await trx.raw(
+    'insert into usage_flushes (org_id, id) select * from unnest(cast(? as uuid[]), cast(? as uuid[])) on conflict do nothing returning org_id, id',
+    [pairs.map((p) => p.orgId), pairs.map((p) => p.id)],
+  );
+  const claimed = new Set((inserted.rows as { id: string; org_id: string }[]).map((row) => `${row.id}/${row.org_id}`));
+  const fresh = batches.map((b) => b.batch.keys.filter((k) => claimed.has(`${b.id}/${k.orgId}`)));
+  return {
+    fresh: fresh.map((keys) => ({ keys, uses: totalUses(keys) })),
+    duplicateBatches: batches.filter((b, i) => b.batch.keys.length > 0 && fresh[i].length === 0).length,
+    duplicateUses: batches.reduce((sum, b, i) => sum + b.batch.uses - totalUses(fresh[i]), 0),
+  };
+}
+
 // Applies `keys` inside a savepoint. A data error rolls back only the savepoint and bisects the
 // keys until the offending ones are alone; those are set aside (quarantined) so one bad row
 // cannot hold back every org's usage. The happy path costs two extra round trips per flush.
@@ -220,20 +245,16 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {})
       const trx = await db.transaction();
       let result: WriteResult;
       try {
-        const inserted = await trx.raw('insert into usage_flushes (id) select unnest(cast(? as uuid[])) on conflict do nothing returning id', [
-          batches.map((b) => b.id),
-        ]);
-        const fresh = new Set((inserted.rows as { id: string }[]).map((row) => row.id));
-        const toApply = batches.filter((b) => fresh.has(b.id));
-        const merged = mergeBatches(toApply.map((b) => b.batch));
+        const { fresh, duplicateBatches, duplicateUses } = await claimBatches(trx, batches);
+        const merged = mergeBatches(fresh);
         const keys = merged.keys.sort(byKeyId);
         const { statements, accepted, quarantined } = await applyIsolating(trx, keys, chunkSize);
-        const acceptedUses = accepted.reduce((sum, k) => sum + k.total, 0);
-        const quarantinedUses = quarantined.reduce((sum, k) => sum + k.total, 0);
+        const acceptedUses = totalUses(accepted);
+        const quarantinedUses = totalUses(quarantined);
         result = {
-          appliedBatches: toApply.length,
-          duplicateBatches: batches.length - toApply.length,
-          duplicateUses: batches.filter((b) => !fresh.has(b.id)).reduce((sum, b) => sum + b.batch.uses, 0),
+          appliedBatches: batches.length - duplicateBatches,
+          duplicateBatches,
+          duplicateUses,
           keysWritten: accepted.length,
           usesWritten: acceptedUses,
           unknownKeys: keys.length - accepted.length - quarantined.length,
@@ -255,24 +276,25 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {})
       return result;
     },
 
-    async prune(keyIds) {
-      if (keyIds.length === 0) return;
+    async prune(keys) {
+      if (keys.length === 0) return;
       // Best effort, outside the flush: rows are locked in (key_id, ip) order, as flushes lock them,
       // and rows another transaction holds are skipped (trimmed after a later flush), so a prune
       // never waits for a lock and cannot deadlock with a flush or with another collector's prune.
       for (const { table } of Object.values(IP_TABLES)) {
         await db.raw(
           `with doomed as materialized (
-             select r.key_id, r.ip
+             select r.org_id, r.key_id, r.ip
                from ${table} r
-               join (select key_id, ip, row_number() over (partition by key_id order by last_seen desc, ip) as rank
-                       from ${table} where key_id = any(cast(? as uuid[]))) ranked
-                 on ranked.key_id = r.key_id and ranked.ip = r.ip
+               join (select t.org_id, t.key_id, t.ip, row_number() over (partition by t.org_id, t.key_id order by t.last_seen desc, t.ip) as rank
+                       from ${table} t
+                       join unnest(cast(? as uuid[]), cast(? as uuid[])) as k(org_id, key_id) on t.org_id = k.org_id and t.key_id = k.key_id) ranked
+                 on ranked.org_id = r.org_id and ranked.key_id = r.key_id and ranked.ip = r.ip
               where ranked.rank > ?
               order by r.key_id, r.ip
                 for update of r skip locked)
-           delete from ${table} r using doomed d where r.key_id = d.key_id and r.ip = d.ip`,
-          [[...keyIds], RECENT_IPS_PER_KEY],
+           delete from ${table} r using doomed d where r.org_id = d.org_id and r.key_id = d.key_id and r.ip = d.ip`,
+          [keys.map((k) => k.orgId), keys.map((k) => k.keyId), RECENT_IPS_PER_KEY],
         );
       }
     },
