@@ -61,7 +61,8 @@ const latest = (table: string, at: string) => `${at} = greatest(${table}.${at}, 
 // Rows enter every statement sorted by key id (then hour / ip), so concurrent collectors lock
 // shared rows in the same order and cannot deadlock each other. The join on api_keys keeps
 // only keys that exist in the org the datagram named: a forged line creates nothing.
-// Counters go through keyusage_add, which saturates instead of failing the flush.
+// Counters go through keyusage_add, which saturates instead of failing the flush. DO UPDATE
+// takes only immutable functions on Citus (it runs on the workers), so the time comes from excluded.
 // Every conflict target starts with org_id, the distribution column on Citus, so each row's
 // upsert runs on the one shard that holds its org (docs/scaling.md).
 const UPSERT_TOTALS = `
@@ -83,7 +84,7 @@ on conflict (org_id, key_id) do update set
   ${latest('api_key_usage', 'last_failed_at')},
   ${latest('api_key_usage', 'last_revoked_use_at')},
   ${latest('api_key_usage', 'last_expired_use_at')},
-  updated_at = now()
+  updated_at = excluded.updated_at
 returning key_id, org_id`;
 
 // request_count of an hour counts proven uses; the outcome columns count every outcome.
@@ -238,6 +239,39 @@ async function applyIsolating(trx: Knex.Transaction, keys: KeyUsageDelta[], chun
   }
 }
 
+// Keys of `keys` holding more addresses than are kept. A plain read: on Citus it runs on every
+// shard at once, and most flushes find no key over the cap, so they delete nothing.
+const OVER_CAP = (table: string) => `
+select t.org_id, t.key_id
+  from ${table} t
+  join unnest(cast(? as uuid[]), cast(? as uuid[])) as k(org_id, key_id) on t.org_id = k.org_id and t.key_id = k.key_id
+ group by t.org_id, t.key_id
+having count(*) > ?`;
+
+// The older addresses of one org's keys. Rows are locked in (key_id, ip) order, as flushes lock
+// them, and rows another transaction holds are skipped (trimmed after a later flush), so a prune
+// never waits for a lock and cannot deadlock with a flush or with another collector's prune. One
+// org per statement because Citus locks rows (FOR UPDATE) only in a statement on one shard.
+const TRIM_ORG = (table: string) => `
+with doomed as materialized (
+  select r.key_id, r.ip
+    from ${table} r
+    join (select key_id, ip, row_number() over (partition by key_id order by last_seen desc, ip) as rank
+            from ${table} where org_id = :orgId and key_id = any(cast(:keyIds as uuid[]))) ranked
+      on ranked.key_id = r.key_id and ranked.ip = r.ip
+   where r.org_id = :orgId and ranked.rank > :kept
+   order by r.key_id, r.ip
+     for update of r skip locked)
+delete from ${table} r using doomed d where r.org_id = :orgId and r.key_id = d.key_id and r.ip = d.ip`;
+
+// Best effort, outside the flush.
+async function pruneTable(db: Db, table: string, keys: readonly KeyRef[]) {
+  const over = await db.raw(OVER_CAP(table), [keys.map((k) => k.orgId), keys.map((k) => k.keyId), RECENT_IPS_PER_KEY]);
+  const byOrg = new Map<string, string[]>();
+  for (const row of over.rows as Array<{ org_id: string; key_id: string }>) byOrg.set(row.org_id, [...(byOrg.get(row.org_id) ?? []), row.key_id]);
+  for (const [orgId, keyIds] of byOrg) await db.raw(TRIM_ORG(table), { orgId, keyIds, kept: RECENT_IPS_PER_KEY });
+}
+
 export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {}): UsageStore {
   const chunkSize = options.chunkSize ?? 5000;
   return {
@@ -278,25 +312,7 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number } = {})
 
     async prune(keys) {
       if (keys.length === 0) return;
-      // Best effort, outside the flush: rows are locked in (key_id, ip) order, as flushes lock them,
-      // and rows another transaction holds are skipped (trimmed after a later flush), so a prune
-      // never waits for a lock and cannot deadlock with a flush or with another collector's prune.
-      for (const { table } of Object.values(IP_TABLES)) {
-        await db.raw(
-          `with doomed as materialized (
-             select r.org_id, r.key_id, r.ip
-               from ${table} r
-               join (select t.org_id, t.key_id, t.ip, row_number() over (partition by t.org_id, t.key_id order by t.last_seen desc, t.ip) as rank
-                       from ${table} t
-                       join unnest(cast(? as uuid[]), cast(? as uuid[])) as k(org_id, key_id) on t.org_id = k.org_id and t.key_id = k.key_id) ranked
-                 on ranked.org_id = r.org_id and ranked.key_id = r.key_id and ranked.ip = r.ip
-              where ranked.rank > ?
-              order by r.key_id, r.ip
-                for update of r skip locked)
-           delete from ${table} r using doomed d where r.org_id = d.org_id and r.key_id = d.key_id and r.ip = d.ip`,
-          [keys.map((k) => k.orgId), keys.map((k) => k.keyId), RECENT_IPS_PER_KEY],
-        );
-      }
+      for (const { table } of Object.values(IP_TABLES)) await pruneTable(db, table, keys);
     },
 
     async expireOldRows(retentionDays) {

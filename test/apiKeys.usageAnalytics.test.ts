@@ -50,7 +50,9 @@ t.test('thousands of concurrent requests are counted exactly, by outcome, and sh
   t.notOk(JSON.stringify(usage).includes('secret_hash') || JSON.stringify(usage).includes(readerKey));
 
   const adminRow = usage.data.find((k: { id: string }) => k.id === adminKeyId);
-  t.ok(adminRow.requestCount >= 2, 'the admin key counts its own calls too');
+  // Its create call was sent before every reader call, so it is persisted by now; its usage
+  // calls may still be on their way (on a fast flush the first poll already answers).
+  t.ok(adminRow.requestCount >= 1, 'the admin key counts its own calls too');
 
   recorder.drain();
   await waitFor('the last drain to be sent', () => (recorder.stats.sentUses === recorder.stats.recordedUses ? true : undefined));

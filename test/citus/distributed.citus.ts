@@ -15,7 +15,7 @@ const DISTRIBUTED = ['api_key_usage', 'api_key_usage_hourly', 'api_key_recent_ip
 async function workerOf(db: Db, orgId: string): Promise<number> {
   const { rows } = await db.raw(
     `select n.nodeport from pg_dist_placement p join pg_dist_node n on n.groupid = p.groupid
-      where p.shardid = get_shard_id_for_distribution_column('api_key_usage', ?)`,
+      where p.shardid = get_shard_id_for_distribution_column('api_key_usage', cast(? as uuid))`,
     [orgId],
   );
   return rows[0].nodeport;
