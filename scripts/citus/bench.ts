@@ -14,12 +14,15 @@ import { distributeTables } from './distribute';
 
 // The figures of docs/scaling.md: one flush of 100 k keys spread over 100 orgs (so over both
 // workers), through the collector's real Flusher and store, on Citus and on one PostgreSQL;
-// then the usage queries of one org. `tsx scripts/citus/bench.ts [--orgs=100] [--keys=1000] [--runs=5]`
+// then the usage queries of one org.
+// `npx tsx scripts/citus/bench.ts [--orgs=100] [--keys=1000] [--runs=5] [--shards=32] [--citus-only]`
 
 const arg = (name: string, fallback: number) => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1] ?? fallback);
 const ORGS = arg('orgs', 100);
 const KEYS_PER_ORG = arg('keys', 1000);
 const RUNS = arg('runs', 5);
+// Citus's default; fewer shards mean fewer tasks per statement on a small cluster.
+const SHARDS = arg('shards', 32);
 const QUERIES = 50;
 const silent = createLogger({ level: 'silent', name: 'citus-bench' });
 
@@ -82,12 +85,15 @@ async function main() {
     const url = await cluster.createDatabase('keyusage_citus_bench');
     const db = createDb(url, { poolMax: 1 });
     await migrateLatest(db);
+    // One pooled connection, so the setting holds for the distribution that follows.
+    await db.raw(`set citus.shard_count = ${SHARDS}`);
     await distributeTables(db);
     await db.destroy();
-    await measure('Citus, coordinator + 2 workers', url);
+    await measure(`Citus, coordinator + 2 workers, ${SHARDS} shards`, url);
   } finally {
     cluster.stop();
   }
+  if (process.argv.includes('--citus-only')) return;
   const local = startThrowawayPostgres('keyusage-citus-bench-', await freeTcpPort());
   try {
     const db = createDb(local.url, { poolMax: 1 });
