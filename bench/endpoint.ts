@@ -113,11 +113,12 @@ export async function seedUsage(ctx: BenchContext, orgId: string) {
     );
     // 70 % active (n % 10 < 7), 10 % long dormant (n % 10 = 7), 20 % never used.
     await trx.raw(
-      `insert into api_key_usage_hourly (key_id, hour, request_count)
-       select k.id, date_trunc('hour', now()) - make_interval(hours => h), 1 + ((k.n * 7 + h) % 50)
+      `insert into api_key_usage_hourly (org_id, key_id, hour, request_count)
+       select ?, k.id, date_trunc('hour', now()) - make_interval(hours => h), 1 + ((k.n * 7 + h) % 50)
          from bench_endpoint_keys k
          cross join generate_series(0, 719) as h
         where k.n % 10 < 7 and (h + k.n) % 6 = 0`,
+      [orgId],
     );
     await trx.raw(
       `insert into api_key_usage (key_id, org_id, request_count, ok_count, last_used_at, last_used_ip)
@@ -125,15 +126,16 @@ export async function seedUsage(ctx: BenchContext, orgId: string) {
               case when k.n % 10 < 7 then coalesce(s.newest, now()) else now() - make_interval(days => 45 + cast(k.n % 30 as int)) end,
               '10.1.' || (k.n % 250) || '.' || (k.n % 200)
          from bench_endpoint_keys k
-         left join lateral (select sum(request_count) as total, max(hour) as newest from api_key_usage_hourly where key_id = k.id) s on true
+         left join lateral (select sum(request_count) as total, max(hour) as newest from api_key_usage_hourly where org_id = ? and key_id = k.id) s on true
         where k.n % 10 < 8`,
-      [orgId],
+      [orgId, orgId],
     );
     await trx.raw(
-      `insert into api_key_recent_ips (key_id, ip, first_seen, last_seen, request_count)
-       select k.id, '10.2.' || (k.n % 250) || '.' || i, now() - interval '20 days', now() - make_interval(hours => i), 5 * i
+      `insert into api_key_recent_ips (org_id, key_id, ip, first_seen, last_seen, request_count)
+       select ?, k.id, '10.2.' || (k.n % 250) || '.' || i, now() - interval '20 days', now() - make_interval(hours => i), 5 * i
          from bench_endpoint_keys k cross join generate_series(1, 3) as i
         where k.n % 10 < 7`,
+      [orgId],
     );
     await trx.raw('analyze api_keys');
     await trx.raw('analyze api_key_usage');

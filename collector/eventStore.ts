@@ -63,7 +63,7 @@ select e.org_id, e.key_id, e.type, e.occurred_at, e.details, e.dedupe_key
   from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as text[]), cast(? as timestamptz[]), cast(? as jsonb[]), cast(? as text[]))
        as e(org_id, key_id, type, occurred_at, details, dedupe_key)
  order by e.dedupe_key
-on conflict (dedupe_key) do nothing`;
+on conflict (org_id, dedupe_key) do nothing`;
 
 type PrefixJson = { prefix: string; ip: string; firstSeen: string };
 
@@ -142,7 +142,7 @@ select k.org_id, k.id, 'key.dormant',
  where k.revoked_at is null and (k.expires_at is null or k.expires_at > :now)
    and coalesce(u.last_used_at, k.created_at) + o.dormancy_days * ${DAY} <= :now
  order by k.id
-on conflict (dedupe_key) do nothing`;
+on conflict (org_id, dedupe_key) do nothing`;
 
 // For each active key, the smallest threshold it has crossed (a key created 12 hours before its
 // expiry gets the 1-day warning only, not a late 7-day one too).
@@ -155,7 +155,7 @@ select k.org_id, k.id, 'key.expiring', date_trunc('milliseconds', k.expires_at -
   cross join lateral (select min(d) as days from unnest(cast(:days as int[])) as d where k.expires_at - d * ${DAY} <= :now) t
  where k.revoked_at is null and k.expires_at > :now and t.days is not null
  order by k.id
-on conflict (dedupe_key) do nothing`;
+on conflict (org_id, dedupe_key) do nothing`;
 
 /** The time-based events; returns how many were new. */
 export async function sweepTimeEvents(db: Db, now: Date, expiringDays: readonly number[]): Promise<{ dormant: number; expiring: number }> {

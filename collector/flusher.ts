@@ -112,7 +112,7 @@ export class Flusher {
       const result = await this.options.store.write(batches);
       this.pending = this.pending.filter((p) => !batches.includes(p));
       this.recordSuccess(result, this.now() - started);
-      void this.options.store.prune(batches.flatMap((b) => b.batch.keys.map((k) => k.keyId))).catch((error) => {
+      void this.options.store.prune(batches.flatMap((b) => b.batch.keys)).catch((error) => {
         this.options.logger.warn({ err: { message: (error as Error).message } }, 'trimming recent IPs failed; retried after the next flush');
       });
       return this.pending.length === 0 && this.options.aggregator.pendingKeys === 0;

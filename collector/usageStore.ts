@@ -5,7 +5,7 @@ import { mergeBatches, type KeyUsageDelta, type UsageBatch } from './aggregator'
 import { recordFlushEvents, type EventDetection } from './eventStore';
 
 export interface PendingBatch {
-  /** Recorded in usage_flushes in the same transaction, so a retried batch is applied once. */
+  /** Recorded in usage_flushes, once per org of the batch, in the same transaction, so a retried batch is applied once. */
   readonly id: string;
   batch: UsageBatch;
 }
@@ -29,7 +29,7 @@ export interface WriteResult {
 export interface UsageStore {
   write(batches: readonly PendingBatch[]): Promise<WriteResult>;
   /** Best-effort upkeep outside the flush transaction: trims recent IPs (and the IP-prefix history) and expired rows. */
-  prune(keyIds: readonly string[]): Promise<void>;
+  prune(keys: readonly KeyRef[]): Promise<void>;
   expireOldRows(retentionDays: number): Promise<void>;
 }
 
@@ -40,6 +40,8 @@ export class CommitInDoubtError extends Error {
     this.name = 'CommitInDoubtError';
   }
 }
+
+export type KeyRef = Pick<KeyUsageDelta, 'orgId' | 'keyId'>;
 
 export const RECENT_IPS_PER_KEY = 5;
 const FLUSH_ID_RETENTION = '1 day';
@@ -62,7 +64,10 @@ const latest = (table: string, at: string) => `${at} = greatest(${table}.${at}, 
 // Rows enter every statement sorted by key id (then hour / ip), so concurrent collectors lock
 // shared rows in the same order and cannot deadlock each other. The join on api_keys keeps
 // only keys that exist in the org the datagram named: a forged line creates nothing.
-// Counters go through keyusage_add, which saturates instead of failing the flush.
+// Counters go through keyusage_add, which saturates instead of failing the flush. DO UPDATE
+// takes only immutable functions on Citus (it runs on the workers), so the time comes from excluded.
+// Every conflict target starts with org_id, the distribution column on Citus, so each row's
+// upsert runs on the one shard that holds its org (docs/scaling.md).
 const UPSERT_TOTALS = `
 insert into api_key_usage (key_id, org_id, request_count, ${outcomeColumns.join(', ')}, last_used_at, last_used_ip,
                            last_failed_at, last_failed_ip, last_revoked_use_at, last_expired_use_at, updated_at)
@@ -74,7 +79,7 @@ select u.key_id, u.org_id, u.request_count, ${outcomeColumns.map((c) => `u.${c}`
             last_failed_at, last_failed_ip, last_revoked_use_at, last_expired_use_at)
   join api_keys k on k.id = u.key_id and k.org_id = u.org_id
  order by u.key_id
-on conflict (key_id) do update set
+on conflict (org_id, key_id) do update set
   ${['request_count', ...outcomeColumns].map(addTo('api_key_usage')).join(',\n  ')},
   ${newerIp('api_key_usage', 'last_used_ip', 'last_used_at')},
   ${latest('api_key_usage', 'last_used_at')},
@@ -82,18 +87,18 @@ on conflict (key_id) do update set
   ${latest('api_key_usage', 'last_failed_at')},
   ${latest('api_key_usage', 'last_revoked_use_at')},
   ${latest('api_key_usage', 'last_expired_use_at')},
-  updated_at = now()
+  updated_at = excluded.updated_at
 returning key_id, org_id`;
 
 // request_count of an hour counts proven uses; the outcome columns count every outcome.
 const UPSERT_HOURS = `
-insert into api_key_usage_hourly (key_id, hour, request_count, ${outcomeColumns.join(', ')})
-select h.key_id, h.hour, h.request_count, ${outcomeColumns.map((c) => `h.${c}`).join(', ')}
+insert into api_key_usage_hourly (org_id, key_id, hour, request_count, ${outcomeColumns.join(', ')})
+select h.org_id, h.key_id, h.hour, h.request_count, ${outcomeColumns.map((c) => `h.${c}`).join(', ')}
   from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as timestamptz[]), cast(? as bigint[]), ${outcomeColumns.map(() => 'cast(? as bigint[])').join(', ')})
        as h(key_id, org_id, hour, request_count, ${outcomeColumns.join(', ')})
   join api_keys k on k.id = h.key_id and k.org_id = h.org_id
  order by h.key_id, h.hour
-on conflict (key_id, hour) do update set
+on conflict (org_id, key_id, hour) do update set
   ${['request_count', ...outcomeColumns].map(addTo('api_key_usage_hourly')).join(',\n  ')}`;
 
 // Proven uses go to api_key_recent_ips, failed attempts to api_key_failed_ips: one shape.
@@ -104,13 +109,13 @@ const IP_TABLES = {
 type IpTable = (typeof IP_TABLES)[keyof typeof IP_TABLES];
 
 const upsertIps = ({ table, count }: IpTable) => `
-insert into ${table} (key_id, ip, first_seen, last_seen, ${count})
-select r.key_id, r.ip, r.first_seen, r.last_seen, r.n
+insert into ${table} (org_id, key_id, ip, first_seen, last_seen, ${count})
+select r.org_id, r.key_id, r.ip, r.first_seen, r.last_seen, r.n
   from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as text[]), cast(? as timestamptz[]), cast(? as timestamptz[]), cast(? as bigint[]))
        as r(key_id, org_id, ip, first_seen, last_seen, n)
   join api_keys k on k.id = r.key_id and k.org_id = r.org_id
  order by r.key_id, r.ip
-on conflict (key_id, ip) do update set
+on conflict (org_id, key_id, ip) do update set
   first_seen = least(${table}.first_seen, excluded.first_seen),
   last_seen = greatest(${table}.last_seen, excluded.last_seen),
   ${addTo(table)(count)}`;
@@ -207,6 +212,27 @@ function isDataError(error: unknown): boolean {
 
 type Applied = Awaited<ReturnType<typeof applyBatch>>;
 
+const totalUses = (keys: readonly KeyUsageDelta[]) => keys.reduce((sum, k) => sum + k.total, 0);
+
+// Claims every (batch, org) pair in the flush ledger. A pair already there was committed by an
+// earlier attempt whose COMMIT was in doubt, so that org's keys of that batch are skipped. On
+// Citus the ledger row lives on the org's shard beside the org's usage rows: each shard's part
+// of a flush carries its own proof of having been applied.
+async function claimBatches(trx: Knex.Transaction, batches: readonly PendingBatch[]) {
+  const pairs = batches.flatMap((b) => [...new Set(b.batch.keys.map((k) => k.orgId))].map((orgId) => ({ id: b.id, orgId })));
+  const inserted = await trx.raw(
+    'insert into usage_flushes (org_id, id) select * from unnest(cast(? as uuid[]), cast(? as uuid[])) on conflict do nothing returning org_id, id',
+    [pairs.map((p) => p.orgId), pairs.map((p) => p.id)],
+  );
+  const claimed = new Set((inserted.rows as { id: string; org_id: string }[]).map((row) => `${row.id}/${row.org_id}`));
+  const fresh = batches.map((b) => b.batch.keys.filter((k) => claimed.has(`${b.id}/${k.orgId}`)));
+  return {
+    fresh: fresh.map((keys) => ({ keys, uses: totalUses(keys) })),
+    duplicateBatches: batches.filter((b, i) => b.batch.keys.length > 0 && fresh[i].length === 0).length,
+    duplicateUses: batches.reduce((sum, b, i) => sum + b.batch.uses - totalUses(fresh[i]), 0),
+  };
+}
+
 // Applies `keys` inside a savepoint. A data error rolls back only the savepoint and bisects the
 // keys until the offending ones are alone; those are set aside (quarantined) so one bad row
 // cannot hold back every org's usage. The happy path costs two extra round trips per flush.
@@ -232,11 +258,47 @@ async function applyIsolating(trx: Knex.Transaction, keys: KeyUsageDelta[], opti
   }
 }
 
-// Keeps the `keep` most recently seen rows of each key in `table` (keyed by key_id and `column`).
+// Keys of `keys` holding more addresses than are kept. A plain read: on Citus it runs on every
+// shard at once, and most flushes find no key over the cap, so they delete nothing.
+const OVER_CAP = (table: string) => `
+select t.org_id, t.key_id
+  from ${table} t
+  join unnest(cast(? as uuid[]), cast(? as uuid[])) as k(org_id, key_id) on t.org_id = k.org_id and t.key_id = k.key_id
+ group by t.org_id, t.key_id
+having count(*) > ?`;
+
+// The older addresses of one org's keys. Rows are locked in (key_id, ip) order, as flushes lock
+// them, and rows another transaction holds are skipped (trimmed after a later flush), so a prune
+// never waits for a lock and cannot deadlock with a flush or with another collector's prune. One
+// org per statement because Citus locks rows (FOR UPDATE) only in a statement on one shard.
+const TRIM_ORG = (table: string) => `
+with doomed as materialized (
+  select r.key_id, r.ip
+    from ${table} r
+    join (select key_id, ip, row_number() over (partition by key_id order by last_seen desc, ip) as rank
+            from ${table} where org_id = :orgId and key_id = any(cast(:keyIds as uuid[]))) ranked
+      on ranked.key_id = r.key_id and ranked.ip = r.ip
+   where r.org_id = :orgId and ranked.rank > :kept
+   order by r.key_id, r.ip
+     for update of r skip locked)
+delete from ${table} r using doomed d where r.org_id = :orgId and r.key_id = d.key_id and r.ip = d.ip`;
+
+// Best effort, outside the flush.
+async function pruneTable(db: Db, table: string, keys: readonly KeyRef[]) {
+  const over = await db.raw(OVER_CAP(table), [keys.map((k) => k.orgId), keys.map((k) => k.keyId), RECENT_IPS_PER_KEY]);
+  const byOrg = new Map<string, string[]>();
+  for (const row of over.rows as Array<{ org_id: string; key_id: string }>) byOrg.set(row.org_id, [...(byOrg.get(row.org_id) ?? []), row.key_id]);
+  for (const [orgId, keyIds] of byOrg) await db.raw(TRIM_ORG(table), { orgId, keyIds, kept: RECENT_IPS_PER_KEY });
+}
+
+// Keeps the `keep` most recently seen networks of each key in api_key_ip_history, which is keyed by
+// (key_id, prefix) and not yet distributed on Citus (docs/scaling.md), so unlike pruneTable it
+// needs no org.
 // Best effort, outside the flush: rows are locked in (key_id, column) order, as flushes lock them,
 // and rows another transaction holds are skipped (trimmed after a later flush), so a trim never
 // waits for a lock and cannot deadlock with a flush or with another collector's trim.
-async function trimPerKey(db: Db, keyIds: readonly string[], table: string, column: string, keep: number): Promise<void> {
+async function trimIpHistory(db: Db, keyIds: readonly string[], keep: number): Promise<void> {
+  const [table, column] = ['api_key_ip_history', 'prefix'];
   await db.raw(
     `with doomed as materialized (
        select r.key_id, r.${column}
@@ -259,20 +321,16 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number; events
       const trx = await db.transaction();
       let result: WriteResult;
       try {
-        const inserted = await trx.raw('insert into usage_flushes (id) select unnest(cast(? as uuid[])) on conflict do nothing returning id', [
-          batches.map((b) => b.id),
-        ]);
-        const fresh = new Set((inserted.rows as { id: string }[]).map((row) => row.id));
-        const toApply = batches.filter((b) => fresh.has(b.id));
-        const merged = mergeBatches(toApply.map((b) => b.batch));
+        const { fresh, duplicateBatches, duplicateUses } = await claimBatches(trx, batches);
+        const merged = mergeBatches(fresh);
         const keys = merged.keys.sort(byKeyId);
         const { statements, accepted, quarantined, events } = await applyIsolating(trx, keys, apply);
-        const acceptedUses = accepted.reduce((sum, k) => sum + k.total, 0);
-        const quarantinedUses = quarantined.reduce((sum, k) => sum + k.total, 0);
+        const acceptedUses = totalUses(accepted);
+        const quarantinedUses = totalUses(quarantined);
         result = {
-          appliedBatches: toApply.length,
-          duplicateBatches: batches.length - toApply.length,
-          duplicateUses: batches.filter((b) => !fresh.has(b.id)).reduce((sum, b) => sum + b.batch.uses, 0),
+          appliedBatches: batches.length - duplicateBatches,
+          duplicateBatches,
+          duplicateUses,
           keysWritten: accepted.length,
           usesWritten: acceptedUses,
           unknownKeys: keys.length - accepted.length - quarantined.length,
@@ -295,11 +353,11 @@ export function createPgUsageStore(db: Db, options: { chunkSize?: number; events
       return result;
     },
 
-    async prune(keyIds) {
-      if (keyIds.length === 0) return;
-      for (const { table } of Object.values(IP_TABLES)) await trimPerKey(db, keyIds, table, 'ip', RECENT_IPS_PER_KEY);
+    async prune(keys) {
+      if (keys.length === 0) return;
+      for (const { table } of Object.values(IP_TABLES)) await pruneTable(db, table, keys);
       // Beyond the bound the least recently seen network is forgotten: a use from it later is new again.
-      if (options.events) await trimPerKey(db, keyIds, 'api_key_ip_history', 'prefix', options.events.ipHistoryPerKey);
+      if (options.events) await trimIpHistory(db, keys.map((k) => k.keyId), options.events.ipHistoryPerKey);
     },
 
     async expireOldRows(retentionDays) {

@@ -54,7 +54,7 @@ function binDir(): string {
 }
 
 // PostgreSQL refuses to run as root; as root we run its binaries as the `postgres` OS user.
-function runAsIds(): Ids {
+export function runAsIds(): Ids {
   if (process.getuid?.() !== 0) return undefined;
   const lookup = () => spawnSync('id', ['-u', SUPERUSER], { encoding: 'utf8' });
   if (lookup().status !== 0) {

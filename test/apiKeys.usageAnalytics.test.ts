@@ -52,7 +52,9 @@ t.test('thousands of concurrent requests are counted exactly, by outcome, and sh
   t.notOk(JSON.stringify(usage).includes('secret_hash') || JSON.stringify(usage).includes(readerKey));
 
   const adminRow = usage.data.find((k: { id: string }) => k.id === adminKeyId);
-  t.ok(adminRow.requestCount >= 2, 'the admin key counts its own calls too');
+  // Its create call was sent before every reader call, so it is persisted by now; its usage
+  // calls may still be on their way (on a fast flush the first poll already answers).
+  t.ok(adminRow.requestCount >= 1, 'the admin key counts its own calls too');
 
   recorder.drain();
   await waitFor('the last drain to be sent', () => (recorder.stats.sentUses === recorder.stats.recordedUses ? true : undefined));
@@ -269,7 +271,8 @@ t.test('a failed flush is retried with nothing lost, and an in-doubt commit is n
   const row = await db('api_key_usage').where({ key_id: adminKeyId }).first();
   t.equal(row.request_count, expected, 'every use counted exactly once');
   t.ok(collector.logLines.some((line) => line.includes('flush failed; usage kept in memory and retried')), 'the failure is logged');
-  t.equal(await db('usage_flushes').count({ n: '*' }).then((r) => Number(r[0].n)), 2, 'two applied batches: the in-doubt one and the merged rest');
+  const ledger = await db('usage_flushes').where({ org_id: org.id }).count({ n: '*' });
+  t.equal(Number(ledger[0].n), 2, 'two applied batches: the in-doubt one and the merged rest');
 });
 
 t.test('malformed datagrams are counted and dropped, never fatal', async (t) => {

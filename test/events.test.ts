@@ -146,7 +146,7 @@ t.test('a spike against a seeded baseline, on the collector\'s injected clock', 
   const busy = await createKey(system, 'busy');
   await db('api_keys').whereIn('id', [quiet.id, busy.id]).update({ created_at: new Date(hour - 30 * DAY) });
   const baseline = (keyId: string, uses: number) =>
-    Array.from({ length: 7 }, (_, i) => ({ key_id: keyId, hour: new Date(hour - (i + 1) * DAY), request_count: uses, ok_count: uses }));
+    Array.from({ length: 7 }, (_, i) => ({ org_id: system.org.id, key_id: keyId, hour: new Date(hour - (i + 1) * DAY), request_count: uses, ok_count: uses }));
   await db('api_key_usage_hourly').insert([...baseline(quiet.id, 2), ...baseline(busy.id, 10)]);
   // Both keys have been used from here for a week (so no first use, no new network).
   await db('api_key_usage').insert([quiet.id, busy.id].map((id) => ({ key_id: id, org_id: system.org.id, request_count: 70, ok_count: 70, last_used_at: new Date(hour - DAY) })));

@@ -46,10 +46,10 @@ async function seedIps(db: Db, orgId: string, keyId: string, ip: string, daysAgo
   const at = new Date(Date.now() - daysAgo * DAY_MS);
   await db('api_key_usage')
     .insert({ key_id: keyId, org_id: orgId, request_count: 1, ok_count: 1, bad_secret_count: 1, last_used_at: at, last_used_ip: ip, last_failed_at: at, last_failed_ip: ip })
-    .onConflict('key_id')
+    .onConflict(['org_id', 'key_id'])
     .merge();
-  await db('api_key_recent_ips').insert({ key_id: keyId, ip, first_seen: at, last_seen: at, request_count: 1 });
-  await db('api_key_failed_ips').insert({ key_id: keyId, ip, first_seen: at, last_seen: at, attempt_count: 1 });
+  await db('api_key_recent_ips').insert({ org_id: orgId, key_id: keyId, ip, first_seen: at, last_seen: at, request_count: 1 });
+  await db('api_key_failed_ips').insert({ org_id: orgId, key_id: keyId, ip, first_seen: at, last_seen: at, attempt_count: 1 });
   await db.raw('insert into api_key_ip_history (key_id, prefix, first_ip, first_seen, last_seen) values (?, network(cast(? as inet)), ?, ?, ?)', [keyId, `${ip}/24`, ip, at, at]);
   await db.raw(`insert into audit_log (org_id, occurred_at, actor_type, actor_key_id, actor_display_prefix, action, target_key_id, ip)
                 values (?, ?, 'key', ?, 'ku_x', 'key.rotate', ?, ?)`, [orgId, at, keyId, keyId, ip]);

@@ -1,9 +1,8 @@
-import { spawn } from 'node:child_process';
 import { freeTcpPort } from '../shared/freePort';
-import path from 'node:path';
 import { createDb, migrateLatest } from '../shared/db';
 import { startThrowawayPostgres } from '../shared/localPostgres';
 import { TEMPLATE_DATABASE } from './helpers/database';
+import { runTap } from './runTap';
 
 // `npm test`: uses DATABASE_URL when set, else starts a throwaway PostgreSQL; migrates a template
 // database once; runs tap with the given arguments; stops the server it started.
@@ -31,14 +30,7 @@ async function main() {
   let exitCode = 1;
   try {
     await prepareTemplate(adminUrl);
-    const tap = spawn(process.execPath, [path.join(path.dirname(require.resolve('tap/package.json')), 'dist', 'esm', 'run.mjs'), ...process.argv.slice(2)], {
-      stdio: 'inherit',
-      // Tests say what they are, so the production guards of shared/config.ts stand aside.
-      env: { ...process.env, NODE_ENV: process.env.NODE_ENV || 'test', TEST_ADMIN_DATABASE_URL: adminUrl },
-    });
-    const forward = (signal: NodeJS.Signals) => tap.kill(signal);
-    process.on('SIGINT', forward).on('SIGTERM', forward);
-    exitCode = await new Promise<number>((resolve) => tap.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+    exitCode = await runTap(process.argv.slice(2), { TEST_ADMIN_DATABASE_URL: adminUrl });
   } finally {
     local?.stop();
   }

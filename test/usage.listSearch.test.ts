@@ -65,7 +65,7 @@ t.test('?q= refuses an empty or oversized search with the field named', async (t
 });
 
 t.test('last7Days holds uses per UTC day, oldest first, and delay says how stale the numbers can be', async (t) => {
-  const { db, list, ids } = await world(t);
+  const { db, list, ids, org } = await world(t);
   const today = Date.parse('2026-11-25T00:00:00Z');
   const rows = [
     { hour: new Date(today + 15 * HOUR), request_count: 4 }, // today
@@ -74,7 +74,7 @@ t.test('last7Days holds uses per UTC day, oldest first, and delay says how stale
     { hour: new Date(today - 6 * 24 * HOUR), request_count: 8 }, // the oldest day shown
     { hour: new Date(today - 7 * 24 * HOUR), request_count: 16 }, // one day too old
   ];
-  await db('api_key_usage_hourly').insert(rows.map((row) => ({ key_id: ids['Deploy bot'], ...row })));
+  await db('api_key_usage_hourly').insert(rows.map((row) => ({ org_id: org.id, key_id: ids['Deploy bot'], ...row })));
   const response = await list('q=deploy%20bot');
   t.strictSame(response.body.data[0].last7Days, [8, 0, 0, 0, 0, 2, 5]);
   t.strictSame(response.body.delay, { drainIntervalMs: 250, flushIntervalMs: 1000 });

@@ -112,8 +112,8 @@ t.test('a counter at the bigint maximum saturates instead of stalling every org 
   // Where forged lines (or years of traffic) could push a counter.
   await db('api_key_usage').insert({ key_id: acme.adminKeyId, org_id: acme.org.id, request_count: BIGINT_MAX, ok_count: BIGINT_MAX, last_used_at: new Date(), last_used_ip: '192.0.2.1' });
   await db('api_key_usage_hourly').insert([
-    { key_id: acme.adminKeyId, hour, request_count: BIGINT_MAX, ok_count: BIGINT_MAX },
-    { key_id: acme.adminKeyId, hour: new Date(hour.getTime() - 3_600_000), request_count: BIGINT_MAX, ok_count: BIGINT_MAX },
+    { org_id: acme.org.id, key_id: acme.adminKeyId, hour, request_count: BIGINT_MAX, ok_count: BIGINT_MAX },
+    { org_id: acme.org.id, key_id: acme.adminKeyId, hour: new Date(hour.getTime() - 3_600_000), request_count: BIGINT_MAX, ok_count: BIGINT_MAX },
   ]);
   const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000' });
   await sendDatagrams(collector.receiver.port, [

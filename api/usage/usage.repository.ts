@@ -96,7 +96,7 @@ const recentIpsJson = (table: string, count: string) => `
          left join lateral (
            select json_agg(json_build_object('ip', r.ip, 'firstSeen', r.first_seen, 'lastSeen', r.last_seen, 'count', cast(r.${count} as text))
                            order by r.last_seen desc) as ips
-             from (select * from ${table} where key_id = p.id order by last_seen desc limit ${RECENT_IPS_SHOWN}) r
+             from (select * from ${table} where org_id = :orgId and key_id = p.id order by last_seen desc limit ${RECENT_IPS_SHOWN}) r
          ) ${table} on true`;
 
 // A key's status as SQL, in keyStatus()'s order: revoked wins over expired.
@@ -118,6 +118,8 @@ function filters(query: UsageQuery): string {
 // One statement per page. The page is chosen first (filter, sort, limit over api_keys and
 // api_key_usage only); the windows from the hourly buckets and the recent IPs are then joined
 // through LATERAL to those rows alone, so the cost follows the page size, not the org's key count.
+// Every usage table is named with org_id = :orgId, so on Citus the whole statement runs on the
+// one worker that holds the org's shards (api_keys is a reference table, present there too).
 export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: KeyUsageRecord[]; total: number }> {
   const bindings = {
     orgId: query.orgId,
@@ -132,7 +134,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
   const direction = query.order === 'asc' ? 'asc nulls first' : 'desc nulls last';
   const sort = SORT_COLUMNS[query.sort];
   const keysOfOrg = `from api_keys k
-         left join api_key_usage u on u.key_id = k.id and u.org_id = k.org_id
+         left join api_key_usage u on u.org_id = :orgId and u.key_id = k.id
         where k.org_id = :orgId ${filters(query)}`;
   const [rows, count] = await Promise.all([
     db.raw(
@@ -156,7 +158,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
                   array[${dailyColumns}] as last_7_days
              from api_key_usage_hourly h
             cross join (select date_trunc('day', cast(:now as timestamptz), 'UTC') as day0) d
-            where h.key_id = p.id and h.hour > cast(:now as timestamptz) - interval '30 days'
+            where h.org_id = :orgId and h.key_id = p.id and h.hour > cast(:now as timestamptz) - interval '30 days'
          ) w on true ${recentIpsJson('api_key_recent_ips', 'request_count')} ${recentIpsJson('api_key_failed_ips', 'attempt_count')}
          left join lateral (
            select json_object_agg(s.type, s.n) as by_type, max(s.latest) as latest_at
@@ -217,7 +219,7 @@ export interface SeriesBucket {
 
 // Sums stay numeric (PostgreSQL's exact decimal) and are read as exact counts: saturated
 // buckets would overflow a bigint sum.
-export async function keyTimeSeries(db: Db, query: { keyId: string; from: Date; to: Date; granularity: Granularity }): Promise<SeriesBucket[]> {
+export async function keyTimeSeries(db: Db, query: { orgId: string; keyId: string; from: Date; to: Date; granularity: Granularity }): Promise<SeriesBucket[]> {
   const step = query.granularity === 'hour' ? '1 hour' : '1 day';
   const sums = ['request_count', ...OUTCOMES.map((outcome) => `${outcome}_count`)]
     .map((column) => `coalesce(sum(h.${column}), 0) as ${column}`)
@@ -226,10 +228,10 @@ export async function keyTimeSeries(db: Db, query: { keyId: string; from: Date; 
     `select s.bucket as start, ${sums}
        from generate_series(date_trunc(:granularity, cast(:from as timestamptz), 'UTC'), cast(:to as timestamptz), cast(:step as interval)) as s(bucket)
        left join api_key_usage_hourly h
-         on h.key_id = :keyId and h.hour >= s.bucket and h.hour < s.bucket + cast(:step as interval)
+         on h.org_id = :orgId and h.key_id = :keyId and h.hour >= s.bucket and h.hour < s.bucket + cast(:step as interval)
       group by s.bucket
       order by s.bucket`,
-    { granularity: query.granularity, from: query.from, to: query.to, step, keyId: query.keyId },
+    { granularity: query.granularity, from: query.from, to: query.to, step, orgId: query.orgId, keyId: query.keyId },
   );
   return result.rows.map((row: Record<string, any>) => ({
     start: row.start,

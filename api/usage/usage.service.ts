@@ -94,7 +94,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
         throw new AppError('invalid_request', `Invalid query: the range holds ${Math.ceil(points)} ${query.granularity}s; at most ${MAX_SERIES_POINTS} per request`);
       }
       if (!(await findApiKeyInOrg(deps.db, orgId, keyId))) throw notFound('API key');
-      const buckets = await keyTimeSeries(deps.db, { keyId, from, to, granularity: query.granularity });
+      const buckets = await keyTimeSeries(deps.db, { orgId, keyId, from, to, granularity: query.granularity });
       return {
         keyId,
         granularity: query.granularity,

@@ -1,0 +1,85 @@
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createDb } from '../../shared/db';
+import { freeTcpPort } from '../../shared/freePort';
+import { runAsIds } from '../../shared/localPostgres';
+
+// A throwaway Citus cluster on 127.0.0.1: a coordinator and two workers, each a Debian
+// PostgreSQL 15 with citus preloaded (scripts/citus/build.sh installs it), in a temporary folder,
+// trusting local TCP connections (the nodes talk to each other as postgres, without passwords).
+
+const BIN = '/usr/lib/postgresql/15/bin';
+const REPO = path.resolve(__dirname, '..', '..');
+
+export interface CitusCluster {
+  /** The coordinator, database `postgres`. */
+  readonly adminUrl: string;
+  /** Creates `name` on every node, with the citus extension, and registers the workers in it. */
+  createDatabase(name: string): Promise<string>;
+  stop(): void;
+}
+
+export function buildCitus(): void {
+  const result = spawnSync('bash', [path.join(__dirname, 'build.sh')], { stdio: 'inherit', cwd: REPO });
+  if (result.status !== 0) throw new Error(`building Citus failed (exit ${result.status}); see .citus/build.log`);
+}
+
+function run(binary: string, args: string[], ids: ReturnType<typeof runAsIds>) {
+  const result = spawnSync(path.join(BIN, binary), args, { ...ids, encoding: 'utf8', env: { PATH: process.env.PATH, LC_ALL: 'C' } });
+  if (result.status !== 0) throw new Error(`${binary} ${args.join(' ')} failed: ${result.stderr || result.stdout}`);
+}
+
+function startNode(dataDir: string, port: number, ids: ReturnType<typeof runAsIds>) {
+  fs.mkdirSync(dataDir, { mode: 0o700 });
+  if (ids) fs.chownSync(dataDir, ids.uid, ids.gid);
+  run('initdb', ['-D', dataDir, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-instructions'], ids);
+  fs.appendFileSync(
+    path.join(dataDir, 'postgresql.conf'),
+    [`shared_preload_libraries = 'citus'`, `listen_addresses = '127.0.0.1'`, `port = ${port}`, `unix_socket_directories = ''`, 'max_connections = 300', ''].join('\n'),
+  );
+  run('pg_ctl', ['start', '-D', dataDir, '-w', '-t', '60', '-l', `${dataDir}.log`], ids);
+}
+
+export async function startCitusCluster(): Promise<CitusCluster> {
+  const ids = runAsIds();
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-citus-'));
+  fs.chmodSync(scratch, 0o711);
+  if (ids) fs.chownSync(scratch, ids.uid, ids.gid);
+  const ports = [await freeTcpPort(), await freeTcpPort(), await freeTcpPort()];
+  const dataDirs = ports.map((_, i) => path.join(scratch, i === 0 ? 'coordinator' : `worker${i}`));
+  const stop = () => {
+    for (const dataDir of dataDirs.filter((dir) => fs.existsSync(path.join(dir, 'postmaster.pid')))) {
+      run('pg_ctl', ['stop', '-D', dataDir, '-m', 'fast', '-w', '-t', '60'], ids);
+    }
+    fs.rmSync(scratch, { recursive: true, force: true });
+  };
+  try {
+    dataDirs.forEach((dataDir, i) => startNode(dataDir, ports[i], ids));
+  } catch (error) {
+    stop();
+    throw error;
+  }
+  const url = (port: number, database: string) => `postgres://postgres@127.0.0.1:${port}/${database}`;
+  return {
+    adminUrl: url(ports[0], 'postgres'),
+    async createDatabase(name) {
+      for (const port of ports) {
+        const admin = createDb(url(port, 'postgres'), { poolMax: 1 });
+        await admin.raw(`create database ${name}`).finally(() => admin.destroy());
+        const db = createDb(url(port, name), { poolMax: 1 });
+        await db.raw('create extension citus').finally(() => db.destroy());
+      }
+      const coordinator = createDb(url(ports[0], name), { poolMax: 1 });
+      try {
+        await coordinator.raw('select citus_set_coordinator_host(?, ?)', ['127.0.0.1', ports[0]]);
+        for (const port of ports.slice(1)) await coordinator.raw('select citus_add_node(?, ?)', ['127.0.0.1', port]);
+      } finally {
+        await coordinator.destroy();
+      }
+      return url(ports[0], name);
+    },
+    stop,
+  };
+}

@@ -1,0 +1,68 @@
+import { createDb, type Db } from '../../shared/db';
+
+// Lays keyusage's tables out on a Citus cluster (docs/scaling.md), after `npm run migrate`.
+// Idempotent: tables already laid out are skipped, so it runs again after every migration.
+//
+//   DATABASE_URL=postgres://…coordinator…/keyusage npm run citus:distribute
+
+// Small, read on every request, written rarely: a copy on every node lets the auth path find a
+// key by id alone without asking every shard, and lets each worker join its shards with them.
+export const REFERENCE_TABLES = ['organizations', 'api_keys'];
+// Every other table with an org_id is distributed by it, co-located with this one, so one org's
+// totals, buckets, IPs, events and ledger rows live on the same worker. A table whose primary key
+// or unique constraints lack org_id is refused by Citus here, loudly: that is the check.
+const COLOCATION_ANCHOR = 'api_key_usage';
+// Called by the flush's upserts, which run on the workers.
+const FUNCTIONS = ['keyusage_add(bigint, bigint)'];
+
+async function laidOut(db: Db): Promise<Set<string>> {
+  const { rows } = await db.raw(`select logicalrelid::regclass::text as name from pg_dist_partition`);
+  return new Set(rows.map((row: { name: string }) => row.name));
+}
+
+async function tablesWithOrgId(db: Db): Promise<string[]> {
+  const { rows } = await db.raw(
+    `select c.table_name as name
+       from information_schema.columns c
+       join information_schema.tables t on t.table_schema = c.table_schema and t.table_name = c.table_name
+      where c.table_schema = current_schema() and c.column_name = 'org_id' and t.table_type = 'BASE TABLE'
+      order by c.table_name <> ?, c.table_name`,
+    [COLOCATION_ANCHOR],
+  );
+  return rows.map((row: { name: string }) => row.name).filter((name: string) => !REFERENCE_TABLES.includes(name));
+}
+
+/** Returns the tables it laid out now. Each call is its own statement: Citus refuses this DDL inside a transaction that already wrote. */
+export async function distributeTables(db: Db): Promise<string[]> {
+  const done = await laidOut(db);
+  const changed: string[] = [];
+  for (const table of REFERENCE_TABLES.filter((name) => !done.has(name))) {
+    await db.raw('select create_reference_table(?)', [table]);
+    changed.push(table);
+  }
+  for (const table of (await tablesWithOrgId(db)).filter((name) => !done.has(name))) {
+    const colocateWith = table === COLOCATION_ANCHOR ? 'default' : COLOCATION_ANCHOR;
+    await db.raw(`select create_distributed_table(?, 'org_id', colocate_with => ?)`, [table, colocateWith]);
+    changed.push(table);
+  }
+  for (const signature of FUNCTIONS) await db.raw('select create_distributed_function(?)', [signature]);
+  // Rows that existed before are now copied into the shards; the coordinator's originals go.
+  for (const table of changed) await db.raw('select truncate_local_data_after_distributing_table(?)', [table]);
+  return changed;
+}
+
+if (require.main === module) {
+  const url = process.env.DATABASE_URL;
+  if (!url) {
+    console.error('DATABASE_URL must name the Citus coordinator database (its owner, as for npm run migrate)');
+    process.exit(2);
+  }
+  const db = createDb(url, { poolMax: 1, applicationName: 'keyusage-citus-distribute' });
+  distributeTables(db)
+    .then((changed) => console.log(changed.length ? `laid out: ${changed.join(', ')}` : 'every table was already laid out'))
+    .catch((error) => {
+      console.error(error.message);
+      process.exitCode = 1;
+    })
+    .finally(() => db.destroy());
+}

@@ -1,0 +1,110 @@
+// Runs only under `npm run test:citus` (its name is outside `npm test`'s include pattern): the
+// layout on a real coordinator and two workers, and the end-to-end path across orgs whose shards
+// sit on different workers.
+import t from 'tap';
+import type { Db } from '../../shared/db';
+import { encodeUsageLine, packDatagrams } from '../../shared/usageWire';
+import { seedOrg, startTestApi } from '../helpers/api';
+import { sendDatagrams, startTestCollector, waitFor } from '../helpers/collector';
+import { freshDatabase } from '../helpers/database';
+import { wiredSystem } from '../helpers/wiredSystem';
+
+const DISTRIBUTED = ['api_key_usage', 'api_key_usage_hourly', 'api_key_recent_ips', 'api_key_failed_ips', 'usage_flushes', 'key_events'];
+
+// The worker (port) holding an org's shard of the co-located usage tables.
+async function workerOf(db: Db, orgId: string): Promise<number> {
+  const { rows } = await db.raw(
+    `select n.nodeport from pg_dist_placement p join pg_dist_node n on n.groupid = p.groupid
+      where p.shardid = get_shard_id_for_distribution_column('api_key_usage', cast(? as uuid))`,
+    [orgId],
+  );
+  return rows[0].nodeport;
+}
+
+t.test('the tables are laid out as docs/scaling.md says: reference tables, and usage co-located by org_id', async (t) => {
+  const { db } = await freshDatabase(t);
+  const { rows } = await db.raw(
+    `select logicalrelid::regclass::text as name, partmethod, column_to_column_name(logicalrelid, partkey) as column, colocationid
+       from pg_dist_partition`,
+  );
+  const byName = new Map(rows.map((row: { name: string }) => [row.name, row]));
+  for (const name of ['organizations', 'api_keys']) t.match(byName.get(name), { partmethod: 'n' }, `${name} is a reference table`);
+  const anchor = byName.get('api_key_usage') as { colocationid: number };
+  for (const name of DISTRIBUTED) {
+    t.match(byName.get(name), { partmethod: 'h', column: 'org_id', colocationid: anchor.colocationid }, `${name}: by org_id, co-located`);
+  }
+  const workers = await db.raw(`select count(distinct groupid) as n from pg_dist_placement p join pg_dist_shard s using (shardid) where s.logicalrelid = 'api_key_usage'::regclass`);
+  t.equal(Number(workers.rows[0].n), 2, 'the shards are spread over both workers');
+});
+
+t.test('requests through the real API, UDP and the collector are counted exactly for each org', async (t) => {
+  const { api, db, org, adminKey } = await wiredSystem(t);
+  const other = await seedOrg(api, db, 'globex');
+  const callers = [
+    { orgId: org.id, adminKey, n: 70 },
+    { orgId: other.org.id, adminKey: other.adminKey, n: 45 },
+  ];
+  for (const caller of callers) {
+    const created = await api.services.apiKeys.create(caller.orgId, { name: 'caller', scopes: ['keys:read'], expiresAt: null });
+    const statuses = await Promise.all(Array.from({ length: caller.n }, async () => (await api.request('GET', '/api/whoami', { key: created.plaintext })).status));
+    t.ok(statuses.every((status) => status === 200), `${caller.n} calls answered`);
+    const row = await waitFor('the uses to be persisted', async () => {
+      const response = await api.request('GET', `/api/orgs/${caller.orgId}/api-keys/usage`, { key: caller.adminKey });
+      const found = response.body.data.find((k: { id: string }) => k.id === created.key.id);
+      return found?.requestCount === caller.n ? { found, listed: response.body.data } : undefined;
+    });
+    t.equal(row.found.lastUsedIp, '127.0.0.1');
+    t.equal(row.found.requests.last24h, caller.n, 'the hourly buckets agree');
+    t.equal(row.listed.length, 2, 'an org sees only its own keys: its admin and its caller');
+  }
+});
+
+t.test('two collectors flushing the same keys of orgs on both workers sum exactly', async (t) => {
+  const { db, url } = await freshDatabase(t, { poolMax: 2 });
+  const api = await startTestApi(t, db);
+  const orgs: Array<Awaited<ReturnType<typeof seedOrg>> & { keys: string[] }> = [];
+  const workers = new Set<number>();
+  // Enough orgs that both workers hold some (the hash of a random id decides); stop at 2 workers.
+  for (let i = 0; i < 12 && (orgs.length < 4 || workers.size < 2); i += 1) {
+    const seeded = await seedOrg(api, db, `org${i}`);
+    const keys = [seeded.adminKeyId];
+    for (let k = 0; k < 9; k += 1) keys.push((await api.services.apiKeys.create(seeded.org.id, { name: `k${k}`, scopes: ['keys:read'], expiresAt: null })).key.id);
+    orgs.push({ ...seeded, keys });
+    workers.add(await workerOf(db, seeded.org.id));
+  }
+  t.equal(workers.size, 2, `${orgs.length} orgs on both workers`);
+
+  const slow = { COLLECTOR_FLUSH_INTERVAL_MS: '600000' };
+  const collectors = [await startTestCollector(t, url, slow), await startTestCollector(t, url, slow)];
+  const lines = orgs.flatMap(({ org, keys }) =>
+    keys.map((keyId, i) => encodeUsageLine({ keyId, orgId: org.id, ip: `10.2.0.${i % 3}`, outcome: i % 4 === 0 ? 'bad_secret' : 'ok', count: i + 1 })),
+  );
+  const ROUNDS = 3;
+  for (let round = 0; round < ROUNDS; round += 1) {
+    await Promise.all([
+      sendDatagrams(collectors[0].receiver.port, packDatagrams(lines)),
+      sendDatagrams(collectors[1].receiver.port, packDatagrams([...lines].reverse())),
+    ]);
+    await waitFor('both collectors to receive the round', () => (collectors.every((c) => c.ingest.usageLines === (round + 1) * lines.length) ? true : undefined));
+    t.same(await Promise.all(collectors.map((c) => c.flusher.flush())), [true, true], `round ${round} flushed on both`);
+  }
+
+  for (const { org, adminKey, keys } of orgs) {
+    const usage = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?limit=100`, { key: adminKey });
+    const byId = new Map(usage.body.data.map((k: { id: string }) => [k.id, k]));
+    const expected = keys.map((_, i) => ({ proven: i % 4 === 0 ? 0 : 2 * ROUNDS * (i + 1), failed: i % 4 === 0 ? 2 * ROUNDS * (i + 1) : 0 }));
+    t.same(
+      keys.map((keyId) => {
+        const row = byId.get(keyId) as { requestCount: number; failedAttempts: number };
+        return { proven: row.requestCount, failed: row.failedAttempts };
+      }),
+      expected,
+      `org ${org.id.slice(0, 8)}: every key exact, proven and failed apart`,
+    );
+    const series = await api.request('GET', `/api/orgs/${org.id}/api-keys/${keys[1]}/usage?granularity=hour&byOutcome=true`, { key: adminKey });
+    t.equal(series.body.total, 2 * ROUNDS * 2, 'the time series of a key sums to its total');
+  }
+  const ledger = await db('usage_flushes').whereIn('org_id', orgs.map((o) => o.org.id)).count({ n: '*' });
+  t.equal(Number(ledger[0].n), 2 * ROUNDS * orgs.length, 'one ledger row per flush and org, on the org\'s shard');
+  t.equal(collectors[0].flusher.stats.failedFlushes + collectors[1].flusher.stats.failedFlushes, 0, 'no failed flush');
+});

@@ -1,0 +1,19 @@
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+
+// Runs tap with the given arguments and extra environment; resolves with its exit code.
+// Signals sent to this process are forwarded, so Ctrl-C stops the tests before the database.
+export async function runTap(args: readonly string[], env: Record<string, string>): Promise<number> {
+  const tap = spawn(process.execPath, [path.join(path.dirname(require.resolve('tap/package.json')), 'dist', 'esm', 'run.mjs'), ...args], {
+    stdio: 'inherit',
+    // Tests say what they are, so the production guards of shared/config.ts stand aside.
+    env: { ...process.env, NODE_ENV: process.env.NODE_ENV || 'test', ...env },
+  });
+  const forward = (signal: NodeJS.Signals) => tap.kill(signal);
+  process.on('SIGINT', forward).on('SIGTERM', forward);
+  try {
+    return await new Promise<number>((resolve) => tap.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
+  } finally {
+    process.off('SIGINT', forward).off('SIGTERM', forward);
+  }
+}
