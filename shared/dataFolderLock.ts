@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import path from 'node:path';
 
 // One launcher per embedded data folder. The lock is a file holding the launcher's pid, created
 // atomically (O_CREAT|O_EXCL: of two launchers exactly one creates it). A lock whose pid is no
@@ -62,6 +63,9 @@ function tryCreate(file: string, pid: number): boolean {
 
 export function acquireDataFolderLock(dataDir: string, pid: number = process.pid): DataFolderLock {
   const file = lockFileFor(dataDir);
+  // On a fresh clone `.data/` does not exist yet. Folders made here are searchable by others
+  // (o+x), as the launcher makes them, so the postgres OS user can still reach the data folder.
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o711 });
   const lock: DataFolderLock = {
     file,
     release: () => {

@@ -53,3 +53,11 @@ t.test('an empty lock is being written: refused while young, stale when old', as
   fs.utimesSync(lockFileFor(dir), past, past);
   t.equal(fs.readFileSync(acquireDataFolderLock(dir).file, 'utf8'), `${process.pid}\n`);
 });
+
+t.test('on a fresh clone the folder holding the data folder does not exist yet: it is created, searchable (fails without the fix)', async (t) => {
+  const parent = path.join(scratch, 'fresh-clone', '.data');
+  const lock = acquireDataFolderLock(path.join(parent, 'postgres'));
+  t.ok(fs.existsSync(lock.file), 'the lock is taken');
+  t.equal(fs.statSync(parent).mode & 0o001, 0o001, 'others may pass through it, as the postgres OS user must');
+  lock.release();
+});
