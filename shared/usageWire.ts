@@ -26,6 +26,11 @@ export interface UsageSample {
   ip: string;
   outcome: Outcome;
   count: number;
+  /**
+   * When the client said the uses happened (DogStatsD v1.3 `|T<unix seconds>`), in milliseconds.
+   * Absent on lines without one; the aggregator bounds it to a window around its clock.
+   */
+  timestamp?: number;
 }
 
 export interface PacketResult {
@@ -78,6 +83,8 @@ const OUTCOME_BY_NAME: ReadonlyMap<string, Outcome> = new Map(OUTCOMES.map((outc
 export const MAX_LINE_COUNT = 1_000_000;
 const UUID_LENGTH = 36;
 const MAX_QUOTED_CHARS = 60;
+// Unix seconds up to the year 5138: any more digits is not a clock, and the product stays exact.
+const MAX_TIMESTAMP_DIGITS = 11;
 
 const CR = 13;
 const SPACE = 32;
@@ -100,7 +107,11 @@ const LOWER_O = 111;
 const PIPE = 124;
 const DEL = 127;
 
-export function parsePacket(packet: string, onSample: (sample: UsageSample) => void): PacketResult {
+/**
+ * Parses every line of a datagram: usage lines go to `onSample`, other valid StatsD lines to
+ * `onOther` (the relay) if given — sliced only then — and malformed lines are counted.
+ */
+export function parsePacket(packet: string, onSample: (sample: UsageSample) => void, onOther?: (line: string) => void): PacketResult {
   const result: PacketResult = { lines: 0, usage: 0, other: 0, invalid: 0 };
   const length = packet.length;
   let start = 0;
@@ -113,6 +124,7 @@ export function parsePacket(packet: string, onSample: (sample: UsageSample) => v
       const parsed = parseLine(packet, start, end);
       if (parsed === null) {
         result.other++;
+        if (onOther !== undefined) onOther(packet.slice(start, end));
       } else if (typeof parsed === 'string') {
         result.invalid++;
         result.firstError ??= parsed;
@@ -163,7 +175,8 @@ function parseLine(s: string, start: number, end: number): UsageSample | string 
   if (firstColon < 0) return `missing ':' in ${quote(s, start, end)}`;
 
   // Influx tags in the name may hold IPv6 colons, so then the value follows
-  // the last colon; otherwise the first, so set members like `::1` survive.
+  // the last colon; otherwise the first, and the colons after it separate
+  // DogStatsD v1.1 packed values (`name:1:2:3|c`).
   const influxTags = firstComma >= 0 && firstComma < firstColon;
   const valueStart = (influxTags ? lastColon : firstColon) + 1;
   const nameEnd = influxTags ? firstComma : firstColon;
@@ -174,8 +187,9 @@ function parseLine(s: string, start: number, end: number): UsageSample | string 
   const type = metricType(s, pipe + 1, typeEnd);
   if (type === undefined) return `unknown type ${quote(s, pipe + 1, typeEnd)}`;
   if (valueStart === pipe) return `empty value in ${quote(s, start, end)}`;
-  // Set members are arbitrary strings (`users:alice|s`); every other type is a number.
-  const value = type === 's' ? NaN : parseDecimal(s, valueStart, pipe);
+  // Set members are arbitrary strings (`users:alice|s`, `clients:::1|s`); every other type is numbers.
+  const packed = lastColon >= valueStart;
+  const value = type === 's' ? NaN : packed ? parseValues(s, valueStart, pipe, isUsage) : parseDecimal(s, valueStart, pipe);
   if (type !== 's' && Number.isNaN(value)) return `bad value ${quote(s, valueStart, pipe)}`;
 
   const tags: UsageTags | undefined = isUsage
@@ -183,6 +197,7 @@ function parseLine(s: string, start: number, end: number): UsageSample | string 
     : undefined;
   let rate = 1;
   let sawRate = false;
+  let timestamp: number | undefined;
   for (let bar = typeEnd; bar < end; ) {
     const from = bar + 1;
     const to = fieldEnd(s, from, end);
@@ -196,7 +211,8 @@ function parseLine(s: string, start: number, end: number): UsageSample | string 
       const error = tags && readTags(s, from + 1, to, COLON, tags);
       if (error) return error;
     } else if (c === UPPER_T) {
-      if (!isDigits(s, from + 1, to)) return `bad timestamp ${quote(s, from, to)}`;
+      if (timestamp !== undefined || to - from - 1 > MAX_TIMESTAMP_DIGITS || !isDigits(s, from + 1, to)) return `bad timestamp ${quote(s, from, to)}`;
+      timestamp = Number(s.slice(from + 1, to)) * 1000;
     } else if (!isLetter(c)) {
       // DogStatsD keeps adding letter-keyed fields (c:, e:, card:); anything else is garbage.
       return `unknown field ${quote(s, from, to)}`;
@@ -213,10 +229,10 @@ function parseLine(s: string, start: number, end: number): UsageSample | string 
     const error = readTags(s, firstComma + 1, valueStart - 1, EQUALS, tags);
     if (error) return error;
   }
-  return usageSample(tags, count);
+  return usageSample(tags, count, timestamp);
 }
 
-function usageSample(tags: UsageTags, count: number): UsageSample | string {
+function usageSample(tags: UsageTags, count: number, timestamp: number | undefined): UsageSample | string {
   const { key, org, ip, outcome } = tags;
   if (key === undefined) return 'missing tag "key"';
   if (org === undefined) return 'missing tag "org"';
@@ -227,7 +243,10 @@ function usageSample(tags: UsageTags, count: number): UsageSample | string {
   const knownOutcome = OUTCOME_BY_NAME.get(outcome);
   if (knownOutcome === undefined) return `unknown outcome ${quote(outcome)}`;
   if (!isIpAddress(ip)) return `bad ip ${quote(ip)}`;
-  return { keyId: key, orgId: org, ip, outcome: knownOutcome, count };
+  // Two literals rather than an optional property added later: one object shape per kind of line.
+  return timestamp === undefined
+    ? { keyId: key, orgId: org, ip, outcome: knownOutcome, count }
+    : { keyId: key, orgId: org, ip, outcome: knownOutcome, count, timestamp };
 }
 
 // Reads comma-separated `k<sep>v` tags in s[start, end) into `tags`. Each is
@@ -244,21 +263,33 @@ function readTags(s: string, start: number, end: number, separator: number, tags
     }
     const valueStart = at + name.length + 1;
     let valueEnd: number;
+    let value: string;
     if (name === 'key' || name === 'org') {
       valueEnd = valueStart + UUID_LENGTH;
-      if (valueEnd > end || !isUuidAt(s, valueStart) || (valueEnd < end && s.charCodeAt(valueEnd) !== COMMA)) {
-        return `bad ${name} ${quote(s, valueStart, tagEnd(s, valueStart, end))}`;
-      }
+      const form = valueEnd <= end && (valueEnd === end || s.charCodeAt(valueEnd) === COMMA) ? uuidForm(s, valueStart) : 0;
+      if (form === 0) return `bad ${name} ${quote(s, valueStart, tagEnd(s, valueStart, end))}`;
+      value = s.slice(valueStart, valueEnd);
+      // UUIDs are case-insensitive; the lower-case form is the one PostgreSQL prints and the
+      // aggregator keys by, so KEY and key are the same key.
+      if (form & HEX_UPPER) value = value.toLowerCase();
     } else {
       valueEnd = tagEnd(s, valueStart, end);
+      // The known outcomes are matched in place: no slice to allocate and hash.
+      value = (name === 'outcome' && outcomeAt(s, valueStart, valueEnd)) || s.slice(valueStart, valueEnd);
     }
-    const value = s.slice(valueStart, valueEnd);
     const seen = tags[name];
     // Last-one-wins would let a value that smuggled in `,key:<other>`
     // re-attribute the use, so two different values void the line.
     if (seen !== undefined && seen !== value) return `conflicting "${name}" tags`;
     tags[name] = value;
     at = valueEnd + 1;
+  }
+  return undefined;
+}
+
+function outcomeAt(s: string, start: number, end: number): Outcome | undefined {
+  for (const outcome of OUTCOMES) {
+    if (outcome.length === end - start && s.startsWith(outcome, start)) return outcome;
   }
   return undefined;
 }
@@ -300,6 +331,23 @@ function metricType(s: string, start: number, end: number): string | undefined {
   if (end - start !== 1) return undefined;
   const type = s[start];
   return type === 'c' || type === 'g' || type === 'h' || type === 's' || type === 'd' ? type : undefined;
+}
+
+// DogStatsD v1.1 packs several values into one line (`name:1:2:3|c`). Returns their sum, or NaN
+// if one is not a finite decimal. With `positive` (usage lines) it returns 0 as soon as one value
+// is not above zero, so the caller refuses the line: a use cannot be taken back.
+function parseValues(s: string, start: number, end: number, positive: boolean): number {
+  let sum = 0;
+  for (let from = start; ; ) {
+    let to = s.indexOf(':', from);
+    if (to < 0 || to > end) to = end;
+    const value = parseDecimal(s, from, to);
+    if (Number.isNaN(value)) return NaN;
+    if (positive && !(value > 0)) return 0;
+    sum += value;
+    if (to === end) return sum;
+    from = to + 1;
+  }
 }
 
 // Plain decimal only: Number() alone would also take '', ' 1', '0x10' and
@@ -346,28 +394,35 @@ function isLetter(c: number): boolean {
   return lower >= 97 && lower <= 122; // a-z
 }
 
-// Canonical lowercase 8-4-4-4-12: the form Postgres prints, so equal ids are
-// equal strings. The caller guarantees 36 characters from `at`.
-function isUuidAt(s: string, at: number): boolean {
-  return (
-    isHexRun(s, at, at + 8) &&
-    s.charCodeAt(at + 8) === MINUS &&
-    isHexRun(s, at + 9, at + 13) &&
-    s.charCodeAt(at + 13) === MINUS &&
-    isHexRun(s, at + 14, at + 18) &&
-    s.charCodeAt(at + 18) === MINUS &&
-    isHexRun(s, at + 19, at + 23) &&
-    s.charCodeAt(at + 23) === MINUS &&
-    isHexRun(s, at + 24, at + UUID_LENGTH)
-  );
+// 8-4-4-4-12 hex digits. Returns 0 if s holds no UUID at `at`, else HEX_LOWER, with HEX_UPPER
+// set if a digit is upper case. The caller guarantees 36 characters from `at`.
+function uuidForm(s: string, at: number): number {
+  if (s.charCodeAt(at + 8) !== MINUS || s.charCodeAt(at + 13) !== MINUS || s.charCodeAt(at + 18) !== MINUS || s.charCodeAt(at + 23) !== MINUS) return 0;
+  const a = hexRun(s, at, at + 8);
+  const b = a && hexRun(s, at + 9, at + 13);
+  const c = b && hexRun(s, at + 14, at + 18);
+  const d = c && hexRun(s, at + 19, at + 23);
+  const e = d && hexRun(s, at + 24, at + UUID_LENGTH);
+  return e && a | b | c | d | e;
 }
 
-function isHexRun(s: string, start: number, end: number): boolean {
+const HEX_LOWER = 1;
+const HEX_UPPER = 2;
+// 0-9 and a-f → HEX_LOWER, A-F → HEX_UPPER, anything else 0: one load per character.
+const HEX_CLASS = new Uint8Array(128);
+for (let c = ZERO; c <= NINE; c++) HEX_CLASS[c] = HEX_LOWER;
+for (let c = 97; c <= 102; c++) HEX_CLASS[c] = HEX_LOWER;
+for (let c = 65; c <= 70; c++) HEX_CLASS[c] = HEX_UPPER;
+
+function hexRun(s: string, start: number, end: number): number {
+  let form = HEX_LOWER;
   for (let i = start; i < end; i++) {
     const c = s.charCodeAt(i);
-    if (!isDigit(c) && !(c >= 97 && c <= 102)) return false; // 0-9, a-f
+    const hex = c < 128 ? HEX_CLASS[c] : 0;
+    if (hex === 0) return 0;
+    form |= hex;
   }
-  return true;
+  return form;
 }
 
 // Zone ids (fe80::1%eth0) are meaningless off-host and Postgres inet rejects
