@@ -42,15 +42,19 @@ export interface UsageBatch {
 export interface AggregatorOptions {
   maxKeys: number;
   maxIpsPerKey?: number;
+  /** How far a sample's own timestamp (`|T`) may lie from the clock and still be believed. */
+  timestampWindowMs?: number;
   now: () => number;
 }
 
 const HOUR_MS = 3_600_000;
 const DEFAULT_MAX_IPS_PER_KEY = 16;
+export const DEFAULT_TIMESTAMP_WINDOW_MS = HOUR_MS;
 
 export class Aggregator {
   readonly #maxKeys: number;
   readonly #maxIpsPerKey: number;
+  readonly #timestampWindowMs: number;
   readonly #now: () => number;
   // Keyed by key id alone: the org nearly always matches, and hashing one id costs less than
   // building and hashing a composite string per line. The same id claimed under another org
@@ -60,15 +64,21 @@ export class Aggregator {
   #uses = 0;
   #overflowSamples = 0;
   #overflowUses = 0;
+  #outOfWindowSamples = 0;
 
   constructor(options: AggregatorOptions) {
     this.#maxKeys = positiveInteger('maxKeys', options.maxKeys);
     this.#maxIpsPerKey = positiveInteger('maxIpsPerKey', options.maxIpsPerKey ?? DEFAULT_MAX_IPS_PER_KEY);
+    this.#timestampWindowMs = nonNegativeInteger('timestampWindowMs', options.timestampWindowMs ?? DEFAULT_TIMESTAMP_WINDOW_MS);
     this.#now = options.now;
   }
 
-  /** `now` may be passed by a caller that stamps a whole packet once; it defaults to the clock. */
-  add(sample: UsageSample, now: number = this.#now()): boolean {
+  /**
+   * `received` may be passed by a caller that stamps a whole packet once; it defaults to the
+   * clock. The uses count at the sample's own timestamp if it has one within the window.
+   */
+  add(sample: UsageSample, received: number = this.#now()): boolean {
+    const now = sample.timestamp === undefined ? received : this.#believable(sample.timestamp, received);
     const entry = this.#entryFor(sample);
     if (entry === undefined) {
       this.#overflowSamples++;
@@ -101,6 +111,15 @@ export class Aggregator {
     }
     this.#uses += count;
     return true;
+  }
+
+  // A client clock may be off, or a sender hostile: a timestamp beyond the window around our
+  // clock would write the far past (a key looks dormant) or the future (it looks used for days).
+  // Such uses still count, exactly, at the time they were received, and are counted apart.
+  #believable(timestamp: number, received: number): number {
+    if (Math.abs(timestamp - received) <= this.#timestampWindowMs) return timestamp;
+    this.#outOfWindowSamples++;
+    return received;
   }
 
   // Bounds memory when a flood of distinct (forged) keys arrives faster than we flush: beyond
@@ -141,6 +160,11 @@ export class Aggregator {
 
   get overflowUses(): number {
     return this.#overflowUses;
+  }
+
+  /** Samples whose own timestamp lay outside the window, counted at their receipt time instead. */
+  get outOfWindowSamples(): number {
+    return this.#outOfWindowSamples;
   }
 }
 
@@ -224,7 +248,9 @@ function touchIp(ips: Map<string, IpStat>, ip: string, count: number, now: numbe
   const stat = ips.get(ip);
   if (stat !== undefined) {
     stat.count += count;
-    stat.lastSeen = Math.max(stat.lastSeen, now);
+    // Timestamped samples (|T) may arrive out of order.
+    if (now > stat.lastSeen) stat.lastSeen = now;
+    else if (now < stat.firstSeen) stat.firstSeen = now;
     if (!alreadyNewest) {
       ips.delete(ip);
       ips.set(ip, stat);
@@ -267,6 +293,11 @@ function emptyDelta(keyId: string, orgId: string): KeyUsageDelta {
 // whatever characters the ids hold.
 function entryId(orgId: string, keyId: string): string {
   return `${orgId.length}:${orgId}${keyId}`;
+}
+
+function nonNegativeInteger(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 0) throw new RangeError(`${name} must be a non-negative integer, got ${value}`);
+  return value;
 }
 
 function positiveInteger(name: string, value: number): number {
