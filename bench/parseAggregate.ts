@@ -7,6 +7,6 @@ import type { IngestMode } from './lib/usageLines';
 // Usage: tsx bench/parseAggregate.ts [lines per pass] [passes] [packed|single] [aggregate|parse]
 const [lines = '1000000', passes = '5', mode = 'packed', stage = 'aggregate'] = process.argv.slice(2);
 const orgId = randomUUID();
-const keys = Array.from({ length: 1000 }, () => ({ keyId: randomUUID(), orgId }));
+const keys = Array.from({ length: Number(process.env.BENCH_KEYS ?? 1000) }, () => ({ keyId: randomUUID(), orgId }));
 const rates = measureParseAggregate(keys, mode as IngestMode, (stage === 'parse' ? 'parse only' : 'parse + aggregate') as ParseStage, Number(lines), Number(passes));
 console.log(JSON.stringify({ mode, stage, wall: rates.wall.map(Math.round), cpu: rates.cpu.map(Math.round) }));

@@ -181,7 +181,7 @@ function parseLine(s: string, start: number, end: number): UsageSample | string 
   const valueStart = (influxTags ? lastColon : firstColon) + 1;
   const nameEnd = influxTags ? firstComma : firstColon;
   if (nameEnd === start) return `empty name in ${quote(s, start, end)}`;
-  const isUsage = nameEnd - start === USAGE_METRIC.length && s.startsWith(USAGE_METRIC, start);
+  const isUsage = nameEnd - start === USAGE_METRIC.length && matchesAt(s, start, USAGE_METRIC);
 
   const typeEnd = fieldEnd(s, pipe + 1, end);
   const type = metricType(s, pipe + 1, typeEnd);
@@ -264,7 +264,10 @@ function readTags(s: string, start: number, end: number, separator: number, tags
     const valueStart = at + name.length + 1;
     let valueEnd: number;
     let value: string;
-    if (name === 'key' || name === 'org') {
+    if (name === 'org' && isLastOrg(s, valueStart, end)) {
+      valueEnd = valueStart + UUID_LENGTH;
+      value = lastOrg;
+    } else if (name === 'key' || name === 'org') {
       valueEnd = valueStart + UUID_LENGTH;
       const form = valueEnd <= end && (valueEnd === end || s.charCodeAt(valueEnd) === COMMA) ? uuidForm(s, valueStart) : 0;
       if (form === 0) return `bad ${name} ${quote(s, valueStart, tagEnd(s, valueStart, end))}`;
@@ -272,6 +275,7 @@ function readTags(s: string, start: number, end: number, separator: number, tags
       // UUIDs are case-insensitive; the lower-case form is the one PostgreSQL prints and the
       // aggregator keys by, so KEY and key are the same key.
       if (form & HEX_UPPER) value = value.toLowerCase();
+      if (name === 'org') rememberOrg(value);
     } else {
       valueEnd = tagEnd(s, valueStart, end);
       // The known outcomes are matched in place: no slice to allocate and hash.
@@ -287,9 +291,29 @@ function readTags(s: string, start: number, end: number, separator: number, tags
   return undefined;
 }
 
+// Nearly every line of a datagram, and of the next, names the same org. The last org id read is
+// kept, and a line naming it again (in the same case) reuses that string: no validation, no
+// slice, and the aggregator's org check on the key's entry becomes an identity comparison.
+// Its characters are also kept in a typed array: comparing against those was cheaper than
+// against the string.
+let lastOrg = '';
+const lastOrgCodes = new Uint8Array(UUID_LENGTH); // zeros: a line never holds NUL, no match until set
+
+function rememberOrg(org: string): void {
+  lastOrg = org;
+  for (let i = 0; i < UUID_LENGTH; i++) lastOrgCodes[i] = org.charCodeAt(i);
+}
+
+function isLastOrg(s: string, at: number, end: number): boolean {
+  const idEnd = at + UUID_LENGTH;
+  if (idEnd > end || (idEnd !== end && s.charCodeAt(idEnd) !== COMMA)) return false;
+  for (let i = 0; i < UUID_LENGTH; i++) if (s.charCodeAt(at + i) !== lastOrgCodes[i]) return false;
+  return true;
+}
+
 function outcomeAt(s: string, start: number, end: number): Outcome | undefined {
   for (const outcome of OUTCOMES) {
-    if (outcome.length === end - start && s.startsWith(outcome, start)) return outcome;
+    if (outcome.length === end - start && matchesAt(s, start, outcome)) return outcome;
   }
   return undefined;
 }
@@ -309,7 +333,15 @@ function tagName(s: string, at: number, end: number, separator: number): keyof U
 }
 
 function isTag(s: string, at: number, end: number, name: string, separator: number): boolean {
-  return at + name.length < end && s.charCodeAt(at + name.length) === separator && s.startsWith(name, at);
+  return at + name.length < end && s.charCodeAt(at + name.length) === separator && matchesAt(s, at, name);
+}
+
+// s.startsWith(text, at) without its cost: the builtin with a position took an eighth of the
+// parse time in a profile, this loop a fraction of that. The caller guarantees s is long enough
+// or accepts a mismatch past its end (charCodeAt gives NaN there).
+function matchesAt(s: string, at: number, text: string): boolean {
+  for (let i = 0; i < text.length; i++) if (s.charCodeAt(at + i) !== text.charCodeAt(i)) return false;
+  return true;
 }
 
 function tagEnd(s: string, from: number, end: number): number {
@@ -327,7 +359,7 @@ function fieldEnd(s: string, from: number, end: number): number {
 }
 
 function metricType(s: string, start: number, end: number): string | undefined {
-  if (end - start === 2) return s.startsWith('ms', start) ? 'ms' : undefined;
+  if (end - start === 2) return matchesAt(s, start, 'ms') ? 'ms' : undefined;
   if (end - start !== 1) return undefined;
   const type = s[start];
   return type === 'c' || type === 'g' || type === 'h' || type === 's' || type === 'd' ? type : undefined;
@@ -395,35 +427,33 @@ function isLetter(c: number): boolean {
 }
 
 // 8-4-4-4-12 hex digits. Returns 0 if s holds no UUID at `at`, else HEX_LOWER, with HEX_UPPER
-// set if a digit is upper case. The caller guarantees 36 characters from `at`.
+// set if a digit is upper case. The caller guarantees 36 characters from `at`. One loop with one
+// table load per character: two of these run for every usage line.
 function uuidForm(s: string, at: number): number {
-  if (s.charCodeAt(at + 8) !== MINUS || s.charCodeAt(at + 13) !== MINUS || s.charCodeAt(at + 18) !== MINUS || s.charCodeAt(at + 23) !== MINUS) return 0;
-  const a = hexRun(s, at, at + 8);
-  const b = a && hexRun(s, at + 9, at + 13);
-  const c = b && hexRun(s, at + 14, at + 18);
-  const d = c && hexRun(s, at + 19, at + 23);
-  const e = d && hexRun(s, at + 24, at + UUID_LENGTH);
-  return e && a | b | c | d | e;
+  let form = 0;
+  let dashes = 0;
+  for (let i = 0; i < UUID_LENGTH; i++) {
+    const c = s.charCodeAt(at + i);
+    const hex = c < 128 ? HEX_CLASS[c] : 0;
+    if (hex !== 0) {
+      form |= hex;
+    } else if (c === MINUS && (i === 8 || i === 13 || i === 18 || i === 23)) {
+      dashes++;
+    } else {
+      return 0;
+    }
+  }
+  // Dashes only where they belong, and all four there: no hex digit stood in for one.
+  return dashes === 4 ? form : 0;
 }
 
 const HEX_LOWER = 1;
 const HEX_UPPER = 2;
-// 0-9 and a-f → HEX_LOWER, A-F → HEX_UPPER, anything else 0: one load per character.
+// 0-9 and a-f → HEX_LOWER, A-F → HEX_UPPER, anything else 0.
 const HEX_CLASS = new Uint8Array(128);
 for (let c = ZERO; c <= NINE; c++) HEX_CLASS[c] = HEX_LOWER;
 for (let c = 97; c <= 102; c++) HEX_CLASS[c] = HEX_LOWER;
 for (let c = 65; c <= 70; c++) HEX_CLASS[c] = HEX_UPPER;
-
-function hexRun(s: string, start: number, end: number): number {
-  let form = HEX_LOWER;
-  for (let i = start; i < end; i++) {
-    const c = s.charCodeAt(i);
-    const hex = c < 128 ? HEX_CLASS[c] : 0;
-    if (hex === 0) return 0;
-    form |= hex;
-  }
-  return form;
-}
 
 // Zone ids (fe80::1%eth0) are meaningless off-host and Postgres inet rejects
 // them. IPv4 is checked by hand because node's isIP regex cost a fifth of the
