@@ -93,21 +93,19 @@ export class Aggregator {
     if (hourCounts === undefined) entry.hours.set(hour, { ...emptyOutcomes(), [outcome]: count });
     else hourCounts[outcome] += count;
     if (isProvenOutcome(outcome)) {
-      const wasNewestIp = ip === entry.lastIp;
       if (now >= entry.lastUsedAt) {
         entry.lastUsedAt = now;
         entry.lastIp = ip;
       }
-      touchIp(entry.ips, ip, count, now, this.#maxIpsPerKey, wasNewestIp);
+      touchIp(entry.ips, ip, count, now, this.#maxIpsPerKey);
       if (outcome === 'revoked') entry.lastRevokedUseAt = Math.max(entry.lastRevokedUseAt, now);
       else if (outcome === 'expired') entry.lastExpiredUseAt = Math.max(entry.lastExpiredUseAt, now);
     } else {
-      const wasNewestIp = ip === entry.lastFailedIp;
       if (now >= entry.lastFailedAt) {
         entry.lastFailedAt = now;
         entry.lastFailedIp = ip;
       }
-      touchIp(entry.failedIps, ip, count, now, this.#maxIpsPerKey, wasNewestIp);
+      touchIp(entry.failedIps, ip, count, now, this.#maxIpsPerKey);
     }
     this.#uses += count;
     return true;
@@ -235,35 +233,39 @@ function saturatingAdd(a: number, b: number): number {
   return Math.min(a + b, Number.MAX_SAFE_INTEGER);
 }
 
-// Keeps the `max` most recently seen, ordered least recent first like the
-// maps the Aggregator builds.
+// Keeps the `max` most recently seen, ordered least recent first.
 function newestIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
   const byLastSeen = [...ips].sort(([, a], [, b]) => a.lastSeen - b.lastSeen);
   return new Map(byLastSeen.slice(Math.max(0, byLastSeen.length - max)));
 }
 
-// The map's insertion order is recency order: a touched address moves to the end, unless it is
-// already there (the key's previous use came from it), which saves a delete and re-insert.
-function touchIp(ips: Map<string, IpStat>, ip: string, count: number, now: number, max: number, alreadyNewest: boolean): void {
+// Recency is lastSeen, not the map's order: an address seen again is updated in place (moving it
+// to the end of the map cost a delete and a re-insert on most lines), and only a new address
+// arriving at a full map pays for finding the least recently seen, the first of equals.
+function touchIp(ips: Map<string, IpStat>, ip: string, count: number, now: number, max: number): void {
   const stat = ips.get(ip);
   if (stat !== undefined) {
     stat.count += count;
     // Timestamped samples (|T) may arrive out of order.
     if (now > stat.lastSeen) stat.lastSeen = now;
     else if (now < stat.firstSeen) stat.firstSeen = now;
-    if (!alreadyNewest) {
-      ips.delete(ip);
-      ips.set(ip, stat);
-    }
     return;
   }
-  if (ips.size >= max) {
-    for (const oldest of ips.keys()) {
-      ips.delete(oldest);
-      break;
+  if (ips.size >= max) ips.delete(leastRecentlySeen(ips));
+  ips.set(ip, { count, firstSeen: now, lastSeen: now });
+}
+
+// Called on a full, so non-empty, map.
+function leastRecentlySeen(ips: Map<string, IpStat>): string {
+  let oldest = '';
+  let oldestSeen = Infinity;
+  for (const [ip, stat] of ips) {
+    if (stat.lastSeen < oldestSeen) {
+      oldest = ip;
+      oldestSeen = stat.lastSeen;
     }
   }
-  ips.set(ip, { count, firstSeen: now, lastSeen: now });
+  return oldest;
 }
 
 function emptyOutcomes(): Record<Outcome, number> {
