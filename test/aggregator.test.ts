@@ -467,3 +467,31 @@ t.test('a timestamp outside the window counts at receipt time, exactly, and is c
   }
   t.throws(() => fakeAggregator({ timestampWindowMs: -1 }), RangeError);
 });
+
+t.test('keys whose ids end alike are still counted apart, before and after a drain', async (t) => {
+  // The aggregator indexes keys by their last 7 hex digits first; these three share them.
+  const twins = ['00000000-0000-4000-8000-000009abcdef', '11111111-1111-4111-8111-111119abcdef', '22222222-2222-4222-8222-222229abcdef'];
+  const { aggregator } = fakeAggregator();
+  for (let round = 0; round < 2; round++) {
+    twins.forEach((keyId, i) => aggregator.add(use({ keyId, count: i + 1 })));
+    twins.forEach((keyId, i) => aggregator.add(use({ keyId, count: 10 * (i + 1) })));
+    const batch = aggregator.drain();
+    t.strictSame(
+      batch.keys.map((k) => [k.keyId, k.total]),
+      twins.map((keyId, i) => [keyId, 11 * (i + 1)]),
+      `round ${round}: each key its own total`,
+    );
+  }
+  aggregator.add(use({ keyId: twins[1], orgId: ORG_2 }));
+  aggregator.add(use({ keyId: twins[1] }));
+  t.strictSame(aggregator.drain().keys.map((k) => [k.keyId, k.orgId]), [[twins[1], ORG_2], [twins[1], ORG_1]], 'the org check still applies');
+});
+
+t.test('a full ip map evicts the least recently seen, by timestamp, not by arrival', async (t) => {
+  const { clock, aggregator } = fakeAggregator({ maxIpsPerKey: 2 });
+  clock.now = T0 + 100;
+  aggregator.add(use({ ip: '10.0.0.1' }));
+  aggregator.add(use({ ip: '10.0.0.2', timestamp: T0 + 50 })); // arrives later, but seen earlier
+  aggregator.add(use({ ip: '10.0.0.3' }));
+  t.strictSame([...aggregator.drain().keys[0].ips.keys()], ['10.0.0.1', '10.0.0.3']);
+});
