@@ -145,6 +145,12 @@ interface UsageTags {
   outcome: string | undefined;
 }
 
+interface LineFields extends UsageTags {
+  rate: number;
+  /** From `|T`, in milliseconds. */
+  timestamp: number | undefined;
+}
+
 // Parses s[start, end), one line without its terminator. Returns the sample
 // of a usage line, null for any other valid StatsD line, or why it is invalid.
 // It scans offsets into the packet rather than splitting it, so a valid line
@@ -192,48 +198,53 @@ function parseLine(s: string, start: number, end: number): UsageSample | string 
   const value = type === 's' ? NaN : packed ? parseValues(s, valueStart, pipe, isUsage) : parseDecimal(s, valueStart, pipe);
   if (type !== 's' && Number.isNaN(value)) return `bad value ${quote(s, valueStart, pipe)}`;
 
-  const tags: UsageTags | undefined = isUsage
-    ? { key: undefined, org: undefined, ip: undefined, outcome: undefined }
-    : undefined;
-  let rate = 1;
+  const fields: LineFields = { rate: 1, timestamp: undefined, key: undefined, org: undefined, ip: undefined, outcome: undefined };
+  const error = readFields(s, start, typeEnd, end, isUsage, fields);
+  if (error) return error;
+  if (!isUsage) return null;
+
+  if (type !== 'c') return `${USAGE_METRIC} must be a counter, got type "${type}"`;
+  if (!(value > 0)) return `bad value ${quote(s, valueStart, pipe)}`;
+  const count = Math.round(value / fields.rate);
+  if (!(count >= 1 && count <= MAX_LINE_COUNT)) return `count ${count} out of range`;
+  if (influxTags) {
+    const error = readTags(s, firstComma + 1, valueStart - 1, EQUALS, fields);
+    if (error) return error;
+  }
+  return usageSample(fields, count);
+}
+
+// The `|`-separated fields after the type, s[typeEnd, end) of the line starting at `start`: a
+// sample rate, DogStatsD tags (read only on usage lines), a timestamp, and letter-keyed
+// extensions, which are tolerated. Returns why the line is invalid, if it is.
+function readFields(s: string, start: number, typeEnd: number, end: number, isUsage: boolean, fields: LineFields): string | undefined {
   let sawRate = false;
-  let timestamp: number | undefined;
   for (let bar = typeEnd; bar < end; ) {
     const from = bar + 1;
     const to = fieldEnd(s, from, end);
     if (to === from) return `empty field in ${quote(s, start, end)}`;
     const c = s.charCodeAt(from);
     if (c === AT) {
-      rate = parseDecimal(s, from + 1, to);
-      if (sawRate || !(rate > 0 && rate <= 1)) return `bad rate ${quote(s, from, to)}`;
+      fields.rate = parseDecimal(s, from + 1, to);
+      if (sawRate || !(fields.rate > 0 && fields.rate <= 1)) return `bad rate ${quote(s, from, to)}`;
       sawRate = true;
     } else if (c === HASH) {
-      const error = tags && readTags(s, from + 1, to, COLON, tags);
+      const error = isUsage ? readTags(s, from + 1, to, COLON, fields) : undefined;
       if (error) return error;
     } else if (c === UPPER_T) {
-      if (timestamp !== undefined || to - from - 1 > MAX_TIMESTAMP_DIGITS || !isDigits(s, from + 1, to)) return `bad timestamp ${quote(s, from, to)}`;
-      timestamp = Number(s.slice(from + 1, to)) * 1000;
+      if (fields.timestamp !== undefined || to - from - 1 > MAX_TIMESTAMP_DIGITS || !isDigits(s, from + 1, to)) return `bad timestamp ${quote(s, from, to)}`;
+      fields.timestamp = Number(s.slice(from + 1, to)) * 1000;
     } else if (!isLetter(c)) {
       // DogStatsD keeps adding letter-keyed fields (c:, e:, card:); anything else is garbage.
       return `unknown field ${quote(s, from, to)}`;
     }
     bar = to;
   }
-  if (tags === undefined) return null;
-
-  if (type !== 'c') return `${USAGE_METRIC} must be a counter, got type "${type}"`;
-  if (!(value > 0)) return `bad value ${quote(s, valueStart, pipe)}`;
-  const count = Math.round(value / rate);
-  if (!(count >= 1 && count <= MAX_LINE_COUNT)) return `count ${count} out of range`;
-  if (influxTags) {
-    const error = readTags(s, firstComma + 1, valueStart - 1, EQUALS, tags);
-    if (error) return error;
-  }
-  return usageSample(tags, count, timestamp);
+  return undefined;
 }
 
-function usageSample(tags: UsageTags, count: number, timestamp: number | undefined): UsageSample | string {
-  const { key, org, ip, outcome } = tags;
+function usageSample(fields: LineFields, count: number): UsageSample | string {
+  const { key, org, ip, outcome, timestamp } = fields;
   if (key === undefined) return 'missing tag "key"';
   if (org === undefined) return 'missing tag "org"';
   if (ip === undefined) return 'missing tag "ip"';
