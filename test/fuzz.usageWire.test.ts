@@ -67,6 +67,28 @@ t.test('any string or byte sequence: never throws, every line accounted for, eve
   t.pass(`${RUNS * 5} generated packets`);
 });
 
+const otherLine = fc.constantFrom('requests:1|c\n', 'cpu,host=a:0.5|g', 'users:alice|s\r\n', 'latency:1:2|ms|@0.5|#route:/x\n', 'q:-1|g|T1700000000');
+
+t.test('relayed lines: onOther gets exactly the other lines, each one whole valid line that is not usage', async (t) => {
+  let reached = 0;
+  fc.assert(
+    fc.property(fc.array(fc.oneof(fragment, otherLine), { maxLength: 40 }), (parts) => {
+      const relayed: string[] = [];
+      const result = parsePacket(parts.join(''), () => {}, (line) => relayed.push(line));
+      reached += relayed.length;
+      return (
+        relayed.length === result.other &&
+        relayed.every((line) => {
+          const alone = parse(line).result;
+          return !line.includes('\n') && !line.endsWith('\r') && alone.lines === 1 && alone.other === 1;
+        })
+      );
+    }),
+    { numRuns: RUNS * 2 },
+  );
+  t.ok(reached > RUNS / 20, `the generator reaches other lines (${reached})`);
+});
+
 t.test('oversized packets up to 64 KiB: linear, consistent', async (t) => {
   const big = fc
     .tuple(fc.array(fragment, { minLength: 1, maxLength: 20 }), fc.integer({ min: 1024, max: 65_536 }))
