@@ -178,8 +178,11 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
 async function startRelay(config: Config, warn: ReturnType<typeof rateLimitedWarn>): Promise<Relay | undefined> {
   const target = config.collector.relayTo;
   if (target === undefined) return undefined;
+  const sink = await udpSink(target.host, target.port).catch((error: Error) => {
+    throw new Error(`COLLECTOR_RELAY_TO: cannot reach ${target.host}:${target.port}: ${error.message}`);
+  });
   const relay = new Relay({
-    sink: await udpSink(target.host, target.port),
+    sink,
     onError: (error, stats) => warn('relay_error', { err: { message: error.message }, droppedLines: stats.droppedLines }, 'could not relay StatsD lines to COLLECTOR_RELAY_TO'),
   });
   relay.start();

@@ -114,3 +114,8 @@ t.test('without COLLECTOR_RELAY_TO other lines are counted and dropped', async (
   const metrics = Object.fromEntries(collector.samples().map((s) => [s.name.replace('keyusage_collector_', ''), s.value]));
   t.match(metrics, { other_lines_total: 2, relay_sent_lines_total: 0, relay_dropped_lines_total: 0 });
 });
+
+t.test('a relay target whose name does not resolve stops the start, naming the variable', async (t) => {
+  const { url } = await freshDatabase(t);
+  await t.rejects(startTestCollector(t, url, { COLLECTOR_RELAY_TO: 'no-such-host.invalid:8125' }), /^COLLECTOR_RELAY_TO: cannot reach no-such-host\.invalid:8125/);
+});
