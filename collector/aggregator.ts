@@ -42,33 +42,48 @@ export interface UsageBatch {
 export interface AggregatorOptions {
   maxKeys: number;
   maxIpsPerKey?: number;
+  /** How far a sample's own timestamp (`|T`) may lie from the clock and still be believed. */
+  timestampWindowMs?: number;
   now: () => number;
 }
 
 const HOUR_MS = 3_600_000;
 const DEFAULT_MAX_IPS_PER_KEY = 16;
+export const DEFAULT_TIMESTAMP_WINDOW_MS = HOUR_MS;
 
 export class Aggregator {
   readonly #maxKeys: number;
   readonly #maxIpsPerKey: number;
+  readonly #timestampWindowMs: number;
   readonly #now: () => number;
   // Keyed by key id alone: the org nearly always matches, and hashing one id costs less than
   // building and hashing a composite string per line. The same id claimed under another org
   // (forged, or a bug) goes to #otherOrgs under a composite key.
   #entries = new Map<string, KeyUsageDelta>();
+  // A fast path in front of #entries: finding a string key in a Map hashes a string fresh from
+  // the packet, which profiled at about half the cost of parsing a line; a small integer hashes
+  // for free. The first key with each tail number is here, any other with the same number is
+  // found in #entries, so colliding ids (chosen by a sender, or not random) cost what they did.
+  #byTail = new Map<number, KeyUsageDelta>();
   #otherOrgs = new Map<string, KeyUsageDelta>();
   #uses = 0;
   #overflowSamples = 0;
   #overflowUses = 0;
+  #outOfWindowSamples = 0;
 
   constructor(options: AggregatorOptions) {
     this.#maxKeys = positiveInteger('maxKeys', options.maxKeys);
     this.#maxIpsPerKey = positiveInteger('maxIpsPerKey', options.maxIpsPerKey ?? DEFAULT_MAX_IPS_PER_KEY);
+    this.#timestampWindowMs = nonNegativeInteger('timestampWindowMs', options.timestampWindowMs ?? DEFAULT_TIMESTAMP_WINDOW_MS);
     this.#now = options.now;
   }
 
-  /** `now` may be passed by a caller that stamps a whole packet once; it defaults to the clock. */
-  add(sample: UsageSample, now: number = this.#now()): boolean {
+  /**
+   * `received` may be passed by a caller that stamps a whole packet once; it defaults to the
+   * clock. The uses count at the sample's own timestamp if it has one within the window.
+   */
+  add(sample: UsageSample, received: number = this.#now()): boolean {
+    const now = sample.timestamp === undefined ? received : this.#believable(sample.timestamp, received);
     const entry = this.#entryFor(sample);
     if (entry === undefined) {
       this.#overflowSamples++;
@@ -83,36 +98,46 @@ export class Aggregator {
     if (hourCounts === undefined) entry.hours.set(hour, { ...emptyOutcomes(), [outcome]: count });
     else hourCounts[outcome] += count;
     if (isProvenOutcome(outcome)) {
-      const wasNewestIp = ip === entry.lastIp;
       if (now >= entry.lastUsedAt) {
         entry.lastUsedAt = now;
         entry.lastIp = ip;
       }
-      touchIp(entry.ips, ip, count, now, this.#maxIpsPerKey, wasNewestIp);
+      touchIp(entry.ips, ip, count, now, this.#maxIpsPerKey);
       if (outcome === 'revoked') entry.lastRevokedUseAt = Math.max(entry.lastRevokedUseAt, now);
       else if (outcome === 'expired') entry.lastExpiredUseAt = Math.max(entry.lastExpiredUseAt, now);
     } else {
-      const wasNewestIp = ip === entry.lastFailedIp;
       if (now >= entry.lastFailedAt) {
         entry.lastFailedAt = now;
         entry.lastFailedIp = ip;
       }
-      touchIp(entry.failedIps, ip, count, now, this.#maxIpsPerKey, wasNewestIp);
+      touchIp(entry.failedIps, ip, count, now, this.#maxIpsPerKey);
     }
     this.#uses += count;
     return true;
   }
 
+  // A client clock may be off, or a sender hostile: a timestamp beyond the window around our
+  // clock would write the far past (a key looks dormant) or the future (it looks used for days).
+  // Such uses still count, exactly, at the time they were received, and are counted apart.
+  #believable(timestamp: number, received: number): number {
+    if (Math.abs(timestamp - received) <= this.#timestampWindowMs) return timestamp;
+    this.#outOfWindowSamples++;
+    return received;
+  }
+
   // Bounds memory when a flood of distinct (forged) keys arrives faster than we flush: beyond
   // maxKeys a new key is refused (undefined); keys already pending keep counting exactly.
   #entryFor(sample: UsageSample): KeyUsageDelta | undefined {
-    const entry = this.#entries.get(sample.keyId);
+    const tail = idTail(sample.keyId);
+    const fast = this.#byTail.get(tail);
+    const entry = fast !== undefined && fast.keyId === sample.keyId ? fast : this.#entries.get(sample.keyId);
     if (entry !== undefined && entry.orgId === sample.orgId) return entry;
     const full = this.pendingKeys >= this.#maxKeys;
     if (entry === undefined) {
       if (full) return undefined;
       const created = emptyDelta(sample.keyId, sample.orgId);
       this.#entries.set(sample.keyId, created);
+      if (fast === undefined) this.#byTail.set(tail, created);
       return created;
     }
     const id = entryId(sample.orgId, sample.keyId);
@@ -126,6 +151,7 @@ export class Aggregator {
   drain(): UsageBatch {
     const batch = { keys: [...this.#entries.values(), ...this.#otherOrgs.values()], uses: this.#uses };
     this.#entries = new Map();
+    this.#byTail = new Map();
     this.#otherOrgs = new Map();
     this.#uses = 0;
     return batch;
@@ -141,6 +167,11 @@ export class Aggregator {
 
   get overflowUses(): number {
     return this.#overflowUses;
+  }
+
+  /** Samples whose own timestamp lay outside the window, counted at their receipt time instead. */
+  get outOfWindowSamples(): number {
+    return this.#outOfWindowSamples;
   }
 }
 
@@ -211,33 +242,39 @@ function saturatingAdd(a: number, b: number): number {
   return Math.min(a + b, Number.MAX_SAFE_INTEGER);
 }
 
-// Keeps the `max` most recently seen, ordered least recent first like the
-// maps the Aggregator builds.
+// Keeps the `max` most recently seen, ordered least recent first.
 function newestIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
   const byLastSeen = [...ips].sort(([, a], [, b]) => a.lastSeen - b.lastSeen);
   return new Map(byLastSeen.slice(Math.max(0, byLastSeen.length - max)));
 }
 
-// The map's insertion order is recency order: a touched address moves to the end, unless it is
-// already there (the key's previous use came from it), which saves a delete and re-insert.
-function touchIp(ips: Map<string, IpStat>, ip: string, count: number, now: number, max: number, alreadyNewest: boolean): void {
+// Recency is lastSeen, not the map's order: an address seen again is updated in place (moving it
+// to the end of the map cost a delete and a re-insert on most lines), and only a new address
+// arriving at a full map pays for finding the least recently seen, the first of equals.
+function touchIp(ips: Map<string, IpStat>, ip: string, count: number, now: number, max: number): void {
   const stat = ips.get(ip);
   if (stat !== undefined) {
     stat.count += count;
-    stat.lastSeen = Math.max(stat.lastSeen, now);
-    if (!alreadyNewest) {
-      ips.delete(ip);
-      ips.set(ip, stat);
-    }
+    // Timestamped samples (|T) may arrive out of order.
+    if (now > stat.lastSeen) stat.lastSeen = now;
+    else if (now < stat.firstSeen) stat.firstSeen = now;
     return;
   }
-  if (ips.size >= max) {
-    for (const oldest of ips.keys()) {
-      ips.delete(oldest);
-      break;
+  if (ips.size >= max) ips.delete(leastRecentlySeen(ips));
+  ips.set(ip, { count, firstSeen: now, lastSeen: now });
+}
+
+// Called on a full, so non-empty, map.
+function leastRecentlySeen(ips: Map<string, IpStat>): string {
+  let oldest = '';
+  let oldestSeen = Infinity;
+  for (const [ip, stat] of ips) {
+    if (stat.lastSeen < oldestSeen) {
+      oldest = ip;
+      oldestSeen = stat.lastSeen;
     }
   }
-  ips.set(ip, { count, firstSeen: now, lastSeen: now });
+  return oldest;
 }
 
 function emptyOutcomes(): Record<Outcome, number> {
@@ -263,10 +300,26 @@ function emptyDelta(keyId: string, orgId: string): KeyUsageDelta {
   };
 }
 
+// The last 7 hex digits as a 28-bit integer (a small integer in V8): of a key id, digits that are
+// random in UUID v4 and v7 alike. Any string gives some number; it is only an index.
+function idTail(id: string): number {
+  let tail = 0;
+  for (let i = Math.max(0, id.length - 7); i < id.length; i++) {
+    const c = id.charCodeAt(i);
+    tail = (tail << 4) + (c & 0xf) + (c >> 6) * 9; // '0'-'9' → 0-9, 'a'-'f' → 10-15
+  }
+  return tail & 0xfffffff;
+}
+
 // Length-prefixed so no (orgId, keyId) pair can collide with another,
 // whatever characters the ids hold.
 function entryId(orgId: string, keyId: string): string {
   return `${orgId.length}:${orgId}${keyId}`;
+}
+
+function nonNegativeInteger(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 0) throw new RangeError(`${name} must be a non-negative integer, got ${value}`);
+  return value;
 }
 
 function positiveInteger(name: string, value: number): number {

@@ -13,11 +13,13 @@ import { EventSweep } from './eventSweep';
 import { expireOldEvents } from './eventStore';
 import { Flusher } from './flusher';
 import { startReceiver } from './receiver';
+import { Relay, udpSink } from './relay';
 import { createPgUsageStore, type UsageStore } from './usageStore';
 import { createWebhookWorker } from './webhookWorker';
 
 // receiver (UDP) → parser (shared/usageWire) → aggregator (per key, in memory) → flusher
-// (interval, one transaction per flush) → PostgreSQL. Self-metrics on a loopback HTTP port.
+// (interval, one transaction per flush) → PostgreSQL. Other StatsD lines → relay (UDP upstream,
+// if COLLECTOR_RELAY_TO is set). Self-metrics on a loopback HTTP port.
 // Beside it, the webhook worker delivers the outbox that key events fill (docs/webhooks.md).
 
 const HOUR_MS = 3_600_000;
@@ -34,7 +36,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const events = config.collector.events;
   const store = overrides.store ?? createPgUsageStore(db, { events: events.enabled ? events : undefined });
   const sweep = new EventSweep({ db, intervalMs: events.sweepIntervalMs, expiringDays: events.expiringDays, logger, now });
-  const aggregator = new Aggregator({ maxKeys: config.collector.maxPendingKeys, now });
+  const aggregator = new Aggregator({ maxKeys: config.collector.maxPendingKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
   const flusher = new Flusher({
     aggregator,
     store,
@@ -52,6 +54,8 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   // A full replay cache drops genuine datagrams: counted apart so it is not mistaken for forgery.
   const replayCache = { capacity: config.collector.replayCacheSize, overflows: 0, entries: () => verify?.size() ?? 0 };
   const warn = rateLimitedWarn(logger, 10_000, now);
+  const relay = await startRelay(config, warn);
+  const relayLine = relay && ((line: string) => relay.relay(line));
   // One clock read per datagram, not per line: the lines of a datagram arrived together.
   let packetTime = now();
   // IP_TRUNCATE: cut before aggregation, so a full address is never held, merged or written.
@@ -78,7 +82,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       packet = verdict.body;
     }
     packetTime = now();
-    const result = parsePacket(packet, addSample);
+    const result = parsePacket(packet, addSample, relayLine);
     ingest.lines += result.lines;
     ingest.usageLines += result.usage;
     ingest.otherLines += result.other;
@@ -98,6 +102,9 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     recvBufferBytes: config.collector.recvBufferBytes,
     onPacket,
     logger,
+  }).catch(async (error) => {
+    await relay?.stop();
+    throw error;
   });
   flusher.start();
   const webhooks = createWebhookWorker({ db, pepper: config.api.keyPepper, config: config.webhooks, logger, now });
@@ -122,9 +129,12 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       gauge('replay_cache_capacity', 'COLLECTOR_REPLAY_CACHE_SIZE', replayCache.capacity),
       counter('lines_total', 'StatsD lines received', ingest.lines),
       counter('usage_lines_total', 'API key usage lines accepted', ingest.usageLines),
-      counter('other_lines_total', 'Valid StatsD lines for other metrics, ignored', ingest.otherLines),
+      counter('other_lines_total', 'Valid StatsD lines for other metrics (relayed if COLLECTOR_RELAY_TO is set, else dropped)', ingest.otherLines),
+      counter('relay_sent_lines_total', 'Other lines sent to COLLECTOR_RELAY_TO', relay?.stats.sentLines ?? 0),
+      counter('relay_dropped_lines_total', 'Other lines that failed to send to COLLECTOR_RELAY_TO, or met too many datagrams in flight', relay?.stats.droppedLines ?? 0),
       counter('bad_lines_total', 'Malformed lines dropped', ingest.badLines),
       counter('uses_received_total', 'API key uses received', ingest.usesReceived),
+      counter('out_of_window_timestamps_total', 'Usage lines whose |T timestamp lay outside COLLECTOR_TIMESTAMP_WINDOW_SECONDS; counted at receipt time', aggregator.outOfWindowSamples),
       counter('uses_persisted_total', 'API key uses written to PostgreSQL', f.usesPersisted),
       counter('overflow_uses_total', 'Uses dropped because the pending-key cap was reached', aggregator.overflowUses),
       counter('unknown_keys_total', 'Keys dropped at flush because they do not exist in the named org', f.unknownKeys),
@@ -165,6 +175,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     await receiver.close();
     await sweep.stop();
     await webhooks.stop();
+    await relay?.stop();
     await db.destroy();
     throw error;
   }
@@ -176,6 +187,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   // Mirror of start: stop receiving, write everything received, then release the pool.
   const stop = async (): Promise<boolean> => {
     await receiver.close();
+    await relay?.stop();
     clearInterval(retention);
     await sweep.stop();
     const flushed = await flusher.stop();
@@ -188,7 +200,22 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     await db.destroy();
     return flushed;
   };
-  return { receiver, metricsPort, stop, samples, flusher, aggregator, ingest, db, webhooks, sweep };
+  return { receiver, metricsPort, stop, samples, flusher, aggregator, ingest, db, webhooks, sweep, relay };
+}
+
+// Undefined without COLLECTOR_RELAY_TO: other lines are then only counted.
+async function startRelay(config: Config, warn: ReturnType<typeof rateLimitedWarn>): Promise<Relay | undefined> {
+  const target = config.collector.relayTo;
+  if (target === undefined) return undefined;
+  const sink = await udpSink(target.host, target.port).catch((error: Error) => {
+    throw new Error(`COLLECTOR_RELAY_TO: cannot reach ${target.host}:${target.port}: ${error.message}`);
+  });
+  const relay = new Relay({
+    sink,
+    onError: (error, stats) => warn('relay_error', { err: { message: error.message }, droppedLines: stats.droppedLines }, 'could not relay StatsD lines to COLLECTOR_RELAY_TO'),
+  });
+  relay.start();
+  return relay;
 }
 
 if (require.main === module) {

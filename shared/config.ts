@@ -24,6 +24,24 @@ const dayList = z
   .transform((value) => [...new Set(value.split(',').map((part) => Number(part.trim())))].sort((a, b) => b - a))
   .pipe(z.array(z.number().min(1, 'each must be at least 1').max(365, 'each must be at most 365')));
 
+// `host:port` of a UDP upstream; an IPv6 address goes in brackets (`[::1]:8125`), as in a URL.
+const hostPort = z
+  .string()
+  .transform((value, ctx) => {
+    const match = /^(?:\[([^\]]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(value);
+    const host = match?.[1] ?? match?.[2];
+    const port = Number(match?.[3]);
+    if (match?.[1] !== undefined && isIP(match[1]) !== 6) {
+      ctx.addIssue({ code: 'custom', message: 'an address in brackets must be IPv6' });
+      return z.NEVER;
+    }
+    if (host === undefined || !(port >= 1 && port <= 65535)) {
+      ctx.addIssue({ code: 'custom', message: 'must be host:port (a name or an IPv4 address, or [IPv6]:port), port 1-65535' });
+      return z.NEVER;
+    }
+    return { host, port };
+  });
+
 const PROXY_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal']);
 
 function isProxyEntry(entry: string): boolean {
@@ -113,6 +131,8 @@ const variables = {
   EVENTS_FAILED_ATTEMPTS_PER_HOUR: positiveInt().default(20),
   EVENTS_EXPIRING_DAYS: dayList.default([7, 1]),
   EVENTS_SUMMARY_DAYS: positiveInt(3650).default(7),
+  COLLECTOR_RELAY_TO: hostPort.optional(),
+  COLLECTOR_TIMESTAMP_WINDOW_SECONDS: wholeNumber(0, 86_400).default(3600),
 };
 
 const DEV_PEPPER = 'keyusage-development-pepper-not-for-production-use';
@@ -171,9 +191,18 @@ function pepperProblems(v: ReturnType<typeof parseEnvironment>): string[] {
   return [];
 }
 
+// The relay must not point at the collector's own port: every relayed line would come back and
+// be relayed again, for ever. Only literal equality is caught; a name resolving to it is not.
+function relayProblems(v: ReturnType<typeof parseEnvironment>): string[] {
+  const relay = v.COLLECTOR_RELAY_TO;
+  if (relay === undefined || relay.port !== v.COLLECTOR_PORT) return [];
+  const own = new Set([v.COLLECTOR_HOST, ...(isLoopbackAddress(v.COLLECTOR_HOST) ? ['localhost', '127.0.0.1', '::1'] : [])]);
+  return own.has(relay.host) ? ["COLLECTOR_RELAY_TO: is the collector's own address (COLLECTOR_HOST:COLLECTOR_PORT); relayed lines would come back for ever"] : [];
+}
+
 export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   const v = parseEnvironment(env);
-  const problems = [...pepperProblems(v), ...productionGuards(v)];
+  const problems = [...pepperProblems(v), ...productionGuards(v), ...relayProblems(v)];
   if (problems.length > 0) throw new ConfigError(problems);
   return deepFreeze({
     env: v.NODE_ENV,
@@ -229,6 +258,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       retentionDays: v.USAGE_RETENTION_DAYS,
       signingSecrets: [v.USAGE_SIGNING_SECRET, v.USAGE_SIGNING_PREVIOUS_SECRET].filter((secret): secret is string => secret !== undefined),
       replayCacheSize: v.COLLECTOR_REPLAY_CACHE_SIZE,
+      /** Where lines that are not usage lines go; undefined: counted and dropped. */
+      relayTo: v.COLLECTOR_RELAY_TO,
+      timestampWindowMs: v.COLLECTOR_TIMESTAMP_WINDOW_SECONDS * 1000,
       events: {
         enabled: v.EVENTS_ENABLED,
         retentionDays: v.EVENTS_RETENTION_DAYS,

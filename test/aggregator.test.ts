@@ -425,3 +425,73 @@ t.test('mergeBatches of successive drains equals one drain', async (t) => {
   );
   t.pass('equal for every generated sequence');
 });
+
+t.test('a sample timestamp (|T) within the window puts the uses in its hour and sets the times', async (t) => {
+  const { clock, aggregator } = fakeAggregator();
+  clock.now = HOUR_11 + 30 * 60_000; // 11:30
+  const at = HOUR_10 + 45 * 60_000; // 10:45, within the default hour
+  aggregator.add(use({ count: 3, timestamp: at }));
+  aggregator.add(use({ count: 2, ip: '10.0.0.2', outcome: 'bad_secret', timestamp: at + 1 }));
+  aggregator.add(use({ count: 1, outcome: 'revoked', timestamp: at - 1 })); // older, arriving later
+  const [delta] = aggregator.drain().keys;
+  t.equal(delta.lastUsedAt, at, 'the newest use is the newest timestamp, not the arrival');
+  t.equal(delta.lastRevokedUseAt, at - 1);
+  t.equal(delta.lastFailedAt, at + 1);
+  t.equal(delta.lastFailedIp, '10.0.0.2');
+  t.strictSame(delta.ips.get('10.0.0.1'), { count: 4, firstSeen: at - 1, lastSeen: at }, 'first seen moves back for a late, older sample');
+  t.strictSame([...delta.hours], [[HOUR_10, outcomes({ ok: 3, bad_secret: 2, revoked: 1 })]]);
+  t.equal(aggregator.outOfWindowSamples, 0);
+});
+
+t.test('a timestamp outside the window counts at receipt time, exactly, and is counted apart', async (t) => {
+  const cases: Array<{ name: string; offsetMs: number; window?: number; believed: boolean }> = [
+    { name: 'one hour ago, the edge', offsetMs: -3_600_000, believed: true },
+    { name: 'one hour ahead, the edge', offsetMs: 3_600_000, believed: true },
+    { name: 'a millisecond beyond the past edge', offsetMs: -3_600_001, believed: false },
+    { name: 'a millisecond beyond the future edge', offsetMs: 3_600_001, believed: false },
+    { name: 'the epoch', offsetMs: -T0, believed: false },
+    { name: 'a year ahead', offsetMs: 365 * 86_400_000, believed: false },
+    { name: 'window 0: only the same millisecond', offsetMs: 0, window: 0, believed: true },
+    { name: 'window 0: a second off', offsetMs: -1000, window: 0, believed: false },
+    { name: 'window of a day', offsetMs: -86_400_000, window: 86_400_000, believed: true },
+  ];
+  for (const c of cases) {
+    const { aggregator } = fakeAggregator(c.window === undefined ? {} : { timestampWindowMs: c.window });
+    aggregator.add(use({ count: 5, timestamp: T0 + c.offsetMs }));
+    const at = c.believed ? T0 + c.offsetMs : T0;
+    const [delta] = aggregator.drain().keys;
+    t.equal(delta.total, 5, `${c.name}: every use counted`);
+    t.equal(delta.lastUsedAt, at, `${c.name}: last used at`);
+    t.strictSame([...delta.hours.keys()], [at - (at % 3_600_000)], `${c.name}: hour bucket`);
+    t.equal(aggregator.outOfWindowSamples, c.believed ? 0 : 1, `${c.name}: counted apart`);
+  }
+  t.throws(() => fakeAggregator({ timestampWindowMs: -1 }), RangeError);
+});
+
+t.test('keys whose ids end alike are still counted apart, before and after a drain', async (t) => {
+  // The aggregator indexes keys by their last 7 hex digits first; these three share them.
+  const twins = ['00000000-0000-4000-8000-000009abcdef', '11111111-1111-4111-8111-111119abcdef', '22222222-2222-4222-8222-222229abcdef'];
+  const { aggregator } = fakeAggregator();
+  for (let round = 0; round < 2; round++) {
+    twins.forEach((keyId, i) => aggregator.add(use({ keyId, count: i + 1 })));
+    twins.forEach((keyId, i) => aggregator.add(use({ keyId, count: 10 * (i + 1) })));
+    const batch = aggregator.drain();
+    t.strictSame(
+      batch.keys.map((k) => [k.keyId, k.total]),
+      twins.map((keyId, i) => [keyId, 11 * (i + 1)]),
+      `round ${round}: each key its own total`,
+    );
+  }
+  aggregator.add(use({ keyId: twins[1], orgId: ORG_2 }));
+  aggregator.add(use({ keyId: twins[1] }));
+  t.strictSame(aggregator.drain().keys.map((k) => [k.keyId, k.orgId]), [[twins[1], ORG_2], [twins[1], ORG_1]], 'the org check still applies');
+});
+
+t.test('a full ip map evicts the least recently seen, by timestamp, not by arrival', async (t) => {
+  const { clock, aggregator } = fakeAggregator({ maxIpsPerKey: 2 });
+  clock.now = T0 + 100;
+  aggregator.add(use({ ip: '10.0.0.1' }));
+  aggregator.add(use({ ip: '10.0.0.2', timestamp: T0 + 50 })); // arrives later, but seen earlier
+  aggregator.add(use({ ip: '10.0.0.3' }));
+  t.strictSame([...aggregator.drain().keys[0].ips.keys()], ['10.0.0.1', '10.0.0.3']);
+});

@@ -172,6 +172,15 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['webhook attempts zero', { WEBHOOK_MAX_ATTEMPTS: '0' }],
     ['webhook poll interval too short', { WEBHOOK_POLL_INTERVAL_MS: '5' }],
     ['connect timeout below 100 ms', { DATABASE_CONNECT_TIMEOUT_MS: '50' }],
+    ['relay without a port', { COLLECTOR_RELAY_TO: 'statsd.internal' }],
+    ['relay port out of range', { COLLECTOR_RELAY_TO: '127.0.0.1:65536' }],
+    ['relay port 0', { COLLECTOR_RELAY_TO: '127.0.0.1:0' }],
+    ['relay IPv6 without brackets', { COLLECTOR_RELAY_TO: '::1:8125' }],
+    ['relay IPv4 in brackets', { COLLECTOR_RELAY_TO: '[127.0.0.1]:8125' }],
+    ['relay with a scheme', { COLLECTOR_RELAY_TO: 'udp://127.0.0.1:8125' }],
+    ['relay with a space', { COLLECTOR_RELAY_TO: 'stats d:8125' }],
+    ['timestamp window above a day', { COLLECTOR_TIMESTAMP_WINDOW_SECONDS: '86401' }],
+    ['timestamp window negative', { COLLECTOR_TIMESTAMP_WINDOW_SECONDS: '-1' }],
   ];
   for (const [kind, env] of cases) {
     const [name] = Object.keys(env);
@@ -222,4 +231,29 @@ t.test('"loopback" is an IP address in 127.0.0.0/8 or ::1, never a name that sta
   }
   t.match(configError(t, { KEY_PEPPER: PEPPER, COLLECTOR_HOST: '10.0.0.5' }).message, /USAGE_SIGNING_SECRET/, 'an unset NODE_ENV is not development');
   t.equal(loadConfig({ NODE_ENV: 'test', COLLECTOR_HOST: '10.0.0.5' }).collector.host, '10.0.0.5');
+});
+
+t.test('COLLECTOR_RELAY_TO: host:port, IPv6 in brackets; unset means no relay', async (t) => {
+  const env = { ...DEV, NODE_ENV: 'test' };
+  t.equal(loadConfig(env).collector.relayTo, undefined);
+  const cases: Array<[string, { host: string; port: number }]> = [
+    ['127.0.0.1:9125', { host: '127.0.0.1', port: 9125 }],
+    ['statsd.internal:8125', { host: 'statsd.internal', port: 8125 }],
+    ['localhost:1', { host: 'localhost', port: 1 }],
+    ['[::1]:9125', { host: '::1', port: 9125 }],
+    ['[2001:db8::7]:65535', { host: '2001:db8::7', port: 65535 }],
+  ];
+  for (const [value, expected] of cases) t.strictSame(loadConfig({ ...env, COLLECTOR_RELAY_TO: value }).collector.relayTo, expected, value);
+  t.ok(Object.isFrozen(loadConfig({ ...env, COLLECTOR_RELAY_TO: '127.0.0.1:9125' }).collector.relayTo), 'frozen like the rest');
+  for (const own of ['127.0.0.1:8125', 'localhost:8125', '[::1]:8125']) {
+    t.match(configError(t, { ...env, COLLECTOR_RELAY_TO: own }).message, /COLLECTOR_RELAY_TO: .* the collector's own address/, `${own} would relay to itself`);
+  }
+  t.equal(loadConfig({ ...env, COLLECTOR_RELAY_TO: '127.0.0.1:8125', COLLECTOR_PORT: '8126' }).collector.relayTo?.port, 8125, 'the default port of a collector on another port is fine');
+});
+
+t.test('COLLECTOR_TIMESTAMP_WINDOW_SECONDS: an hour by default, 0 to ignore client timestamps', async (t) => {
+  const env = { NODE_ENV: 'test' };
+  t.equal(loadConfig(env).collector.timestampWindowMs, 3_600_000);
+  t.equal(loadConfig({ ...env, COLLECTOR_TIMESTAMP_WINDOW_SECONDS: '0' }).collector.timestampWindowMs, 0);
+  t.equal(loadConfig({ ...env, COLLECTOR_TIMESTAMP_WINDOW_SECONDS: '86400' }).collector.timestampWindowMs, 86_400_000);
 });

@@ -67,6 +67,28 @@ t.test('any string or byte sequence: never throws, every line accounted for, eve
   t.pass(`${RUNS * 5} generated packets`);
 });
 
+const otherLine = fc.constantFrom('requests:1|c\n', 'cpu,host=a:0.5|g', 'users:alice|s\r\n', 'latency:1:2|ms|@0.5|#route:/x\n', 'q:-1|g|T1700000000');
+
+t.test('relayed lines: onOther gets exactly the other lines, each one whole valid line that is not usage', async (t) => {
+  let reached = 0;
+  fc.assert(
+    fc.property(fc.array(fc.oneof(fragment, otherLine), { maxLength: 40 }), (parts) => {
+      const relayed: string[] = [];
+      const result = parsePacket(parts.join(''), () => {}, (line) => relayed.push(line));
+      reached += relayed.length;
+      return (
+        relayed.length === result.other &&
+        relayed.every((line) => {
+          const alone = parse(line).result;
+          return !line.includes('\n') && !line.endsWith('\r') && alone.lines === 1 && alone.other === 1;
+        })
+      );
+    }),
+    { numRuns: RUNS * 2 },
+  );
+  t.ok(reached > RUNS / 20, `the generator reaches other lines (${reached})`);
+});
+
 t.test('oversized packets up to 64 KiB: linear, consistent', async (t) => {
   const big = fc
     .tuple(fc.array(fragment, { minLength: 1, maxLength: 20 }), fc.integer({ min: 1024, max: 65_536 }))
@@ -117,10 +139,11 @@ t.test('counts: huge, negative, NaN, Infinity values and rates give exactly roun
   t.ok(accepted > RUNS / 20, `the generator reaches accepted counts (${accepted})`);
 });
 
-t.test('ids: only canonical lowercase UUIDs are accepted, forged forms never', async (t) => {
+t.test('ids: UUIDs in any case are accepted as lower case, forged forms never', async (t) => {
   const id = fc.oneof(
     fc.uuid(),
     fc.uuid().map((u) => u.toUpperCase()),
+    fc.uuid().map((u) => u.replace(/[a-f]/g, (c) => (c > 'c' ? c.toUpperCase() : c))),
     fc.uuid().map((u) => u.replace(/-/g, '')),
     fc.uuid().map((u) => `{${u}}`),
     fc.uuid().map((u) => u.slice(1)),
@@ -132,12 +155,52 @@ t.test('ids: only canonical lowercase UUIDs are accepted, forged forms never', a
   fc.assert(
     fc.property(id, id, (key, org) => {
       const { samples } = parse(`${USAGE_METRIC}:1|c|#key:${key},org:${org},ip:10.0.0.1,outcome:ok`);
-      const ok = CANONICAL_UUID.test(key) && CANONICAL_UUID.test(org);
-      return ok ? samples.length === 1 && samples[0].keyId === key && samples[0].orgId === org : samples.length === 0;
+      const ok = CANONICAL_UUID.test(key.toLowerCase()) && CANONICAL_UUID.test(org.toLowerCase());
+      return ok ? samples.length === 1 && samples[0].keyId === key.toLowerCase() && samples[0].orgId === org.toLowerCase() : samples.length === 0;
     }),
     { numRuns: RUNS * 5 },
   );
-  t.pass('accepted iff both ids are canonical');
+  t.pass('accepted iff both ids are UUIDs, whatever their case');
+});
+
+t.test('packed values: a usage line counts round(sum / rate) iff every value is a positive decimal', async (t) => {
+  const valueText = fc.oneof(
+    fc.integer({ min: -3, max: 400_000 }).map(String),
+    fc.double({ min: -1, max: 1e6, noNaN: true }).map(String),
+    fc.constantFrom('', 'NaN', '1e3', '.5', '0', '-0', 'x'),
+  );
+  const rateText = fc.option(fc.constantFrom('1', '0.5', '0.25', '0', '2'), { nil: undefined });
+  let accepted = 0;
+  fc.assert(
+    fc.property(fc.array(valueText, { minLength: 1, maxLength: 6 }), rateText, (values, rate) => {
+      const { result, samples } = parse(`${USAGE_METRIC}:${values.join(':')}|c${rate === undefined ? '' : `|@${rate}`}|#key:${KEY},org:${ORG},ip:10.0.0.1,outcome:ok`);
+      const decimal = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+      const r = rate === undefined ? 1 : Number(rate);
+      const count = Math.round(values.reduce((sum, v) => sum + Number(v), 0) / r);
+      const ok = values.every((v) => decimal.test(v) && Number(v) > 0) && r > 0 && r <= 1 && count >= 1 && count <= MAX_LINE_COUNT;
+      if (ok) accepted += 1;
+      return ok ? samples.length === 1 && samples[0].count === count : samples.length === 0 && result.invalid === 1;
+    }),
+    { numRuns: RUNS * 5 },
+  );
+  t.ok(accepted > RUNS / 20, `the generator reaches accepted counts (${accepted})`);
+});
+
+t.test('timestamps: |T digits become milliseconds on the sample, anything else voids the line', async (t) => {
+  const field = fc.oneof(
+    fc.integer({ min: 0, max: 99_999_999_999 }).map(String),
+    fc.string({ maxLength: 14, unit: fc.constantFrom('0', '1', '9', '.', '-', '+', 'e', ' ', 'x') }),
+  );
+  fc.assert(
+    fc.property(field, (digits) => {
+      const { samples } = parse(`${USAGE_METRIC}:1|c|#key:${KEY},org:${ORG},ip:10.0.0.1,outcome:ok|T${digits}`);
+      const ok = /^\d{1,11}$/.test(digits);
+      return ok ? samples.length === 1 && samples[0].timestamp === Number(digits) * 1000 : samples.length === 0;
+    }),
+    { numRuns: RUNS * 5 },
+  );
+  const { samples } = parse(`${USAGE_METRIC}:1|c|#key:${KEY},org:${ORG},ip:10.0.0.1,outcome:ok`);
+  t.equal(samples[0].timestamp, undefined, 'no |T, no timestamp');
 });
 
 t.test('ip fields: accepted iff an IP address without a zone, recorded verbatim', async (t) => {

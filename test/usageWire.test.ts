@@ -91,7 +91,38 @@ const cases: Case[] = [
     packet: `apikey.used,key=${KEY}:1|c|#${TAGS},key:${KEY}`,
     samples: [sample()],
   },
-  { name: 'timestamp field', packet: `apikey.used:1|c|#${TAGS}|T1700000000`, samples: [sample()] },
+  { name: 'timestamp field (DogStatsD v1.3)', packet: `apikey.used:1|c|#${TAGS}|T1700000000`, samples: [sample({ timestamp: 1_700_000_000_000 })] },
+  { name: 'timestamp before the tags', packet: `apikey.used:2|c|T1700000000|#${TAGS}`, samples: [sample({ count: 2, timestamp: 1_700_000_000_000 })] },
+  { name: 'timestamp 0', packet: `apikey.used:1|c|#${TAGS}|T0`, samples: [sample({ timestamp: 0 })] },
+  { name: 'packed values (DogStatsD v1.1)', packet: `apikey.used:1:2:3|c|#${TAGS}`, samples: [sample({ count: 6 })] },
+  { name: 'packed values with a rate', packet: `apikey.used:1:2|c|@0.5|#${TAGS}`, samples: [sample({ count: 6 })] },
+  { name: 'packed values and a timestamp', packet: `apikey.used:1:1|c|#${TAGS}|T1700000000`, samples: [sample({ count: 2, timestamp: 1_700_000_000_000 })] },
+  { name: 'packed fractional values are summed, then rounded', packet: `apikey.used:0.5:0.5:0.6|c|#${TAGS}`, samples: [sample({ count: 2 })] },
+  {
+    name: 'upper-case ids are read as lower case',
+    packet: `apikey.used:1|c|#key:${KEY.toUpperCase()},org:${ORG.toUpperCase()},ip:10.0.0.1,outcome:ok`,
+    samples: [sample()],
+  },
+  { name: 'mixed-case key id', packet: `apikey.used:1|c|#key:${KEY.replace('f0c', 'F0C')},org:${ORG},ip:10.0.0.1,outcome:ok`, samples: [sample()] },
+  { name: 'upper-case ids in Influx tags', packet: `apikey.used,key=${KEY.toUpperCase()},org=${ORG}:1|c|#ip:10.0.0.1,outcome:ok`, samples: [sample()] },
+  {
+    name: 'the same id twice in different case',
+    packet: `apikey.used,key=${KEY.toUpperCase()}:1|c|#${TAGS}`,
+    samples: [sample()],
+  },
+  {
+    name: 'Telegraf statsd output (Influx tags, no DogStatsD tags)',
+    packet: `apikey.used,ip=10.0.0.1,key=${KEY},org=${ORG},outcome=ok:3|c\nhttp_requests,host=a:1|c`,
+    samples: [sample({ count: 3 })],
+    other: 1,
+  },
+  {
+    name: 'DogStatsD with container, cardinality and timestamp fields',
+    packet: `apikey.used:1|c|@1|#${TAGS},env:prod|c:ci-1234|card:low|T1700000000`,
+    samples: [sample({ timestamp: 1_700_000_000_000 })],
+  },
+  { name: 'packed counter of another metric', packet: 'requests:1:2:3|c', other: 1 },
+  { name: 'packed timer and gauge', packet: 'latency:1.5:2:30|ms|@0.5\nqueue.depth:3:-1|g', other: 2 },
   { name: 'container field', packet: `apikey.used:1|c|#${TAGS}|c:83c0a99c0a54c0c187f4`, samples: [sample()] },
   { name: 'rate after tags', packet: `apikey.used:1|c|#${TAGS}|@0.25`, samples: [sample({ count: 4 })] },
   { name: 'unknown letter-keyed fields', packet: `apikey.used:1|c|e:it-false,abc|card:high|#${TAGS}`, samples: [sample()] },
@@ -175,7 +206,18 @@ const rejects: Array<{ name: string; packet: string; reason: RegExp }> = [
   { name: 'missing outcome', packet: `apikey.used:1|c|#key:${KEY},org:${ORG},ip:10.0.0.1`, reason: /^missing tag "outcome"/ },
   { name: 'no tags at all', packet: 'apikey.used:1|c', reason: /^missing tag "key"/ },
   { name: 'non-uuid key', packet: `apikey.used:1|c|#key:abc,org:${ORG},ip:10.0.0.1,outcome:ok`, reason: /^bad key "abc"/ },
-  { name: 'uppercase uuid key', packet: `apikey.used:1|c|#key:${KEY.toUpperCase()},org:${ORG},ip:10.0.0.1,outcome:ok`, reason: /^bad key/ },
+  { name: 'upper-case key with a non-hex letter', packet: `apikey.used:1|c|#key:${KEY.toUpperCase().replace('F', 'G')},org:${ORG},ip:10.0.0.1,outcome:ok`, reason: /^bad key/ },
+  { name: 'upper-case ids that differ', packet: `apikey.used,key=${OTHER_KEY.toUpperCase()}:1|c|#${TAGS}`, reason: /^conflicting "key" tags/ },
+  { name: 'packed value 0', packet: `apikey.used:1:0|c|#${TAGS}`, reason: /^bad value "1:0"/ },
+  { name: 'packed negative value', packet: `apikey.used:3:-1|c|#${TAGS}`, reason: /^bad value "3:-1"/ },
+  { name: 'empty packed value', packet: `apikey.used:1::2|c|#${TAGS}`, reason: /^bad value "1::2"/ },
+  { name: 'trailing packed separator', packet: `apikey.used:1:|c|#${TAGS}`, reason: /^bad value "1:"/ },
+  { name: 'packed values above MAX_LINE_COUNT together', packet: `apikey.used:600000:600000|c|#${TAGS}`, reason: /^count 1200000 out of range/ },
+  { name: 'packed non-number in another metric', packet: 'requests:1:x|c', reason: /^bad value "1:x"/ },
+  { name: 'two timestamps', packet: `apikey.used:1|c|#${TAGS}|T1700000000|T1700000001`, reason: /^bad timestamp "T1700000001"/ },
+  { name: 'empty timestamp', packet: `apikey.used:1|c|#${TAGS}|T`, reason: /^bad timestamp "T"/ },
+  { name: 'timestamp with 12 digits', packet: `apikey.used:1|c|#${TAGS}|T170000000000`, reason: /^bad timestamp/ },
+  { name: 'timestamp in milliseconds with a fraction', packet: `apikey.used:1|c|#${TAGS}|T1700000000.5`, reason: /^bad timestamp/ },
   { name: 'uuid without hyphens', packet: `apikey.used:1|c|#key:${KEY.replace(/-/g, '')},org:${ORG},ip:10.0.0.1,outcome:ok`, reason: /^bad key/ },
   { name: 'braced uuid', packet: `apikey.used:1|c|#key:{${KEY}},org:${ORG},ip:10.0.0.1,outcome:ok`, reason: /^bad key/ },
   { name: 'uuid with a trailing character', packet: `apikey.used:1|c|#key:${KEY}a,org:${ORG},ip:10.0.0.1,outcome:ok`, reason: /^bad key "3f0c6b7e-.*a"/ },
@@ -244,6 +286,16 @@ t.test('parsePacket: rejected lines', async (t) => {
     t.ok(result.lines >= 1 && result.invalid === result.lines, `${r.name}: every line invalid (${JSON.stringify(result)})`);
     t.match(result.firstError, r.reason, `${r.name}: reason`);
   }
+});
+
+t.test('parsePacket: onOther receives exactly the other valid lines, for the relay', async (t) => {
+  const others: string[] = [];
+  const samples: UsageSample[] = [];
+  const packet = `requests:1|c\r\napikey.used:1|c|#${TAGS}\nnot a line\nlatency:1:2|ms|#route:/x\n\nusers:alice|s`;
+  const result = parsePacket(packet, (s) => samples.push(s), (line) => others.push(line));
+  t.strictSame(others, ['requests:1|c', 'latency:1:2|ms|#route:/x', 'users:alice|s'], 'in order, without line terminators');
+  t.strictSame(samples, [sample()]);
+  t.match(result, { lines: 5, usage: 1, other: 3, invalid: 1 });
 });
 
 t.test('parsePacket: firstError is the first reason and echoes at most ~60 chars', async (t) => {

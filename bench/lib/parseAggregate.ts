@@ -1,0 +1,51 @@
+import { performance } from 'node:perf_hooks';
+import { Aggregator } from '../../collector/aggregator';
+import { parsePacket, type UsageSample } from '../../shared/usageWire';
+import { buildDatagrams, type IngestKey, type IngestMode } from './usageLines';
+
+export type ParseStage = 'parse + aggregate' | 'parse only';
+
+// Benchmark 3b: the collector's per-datagram work alone, on pre-built datagrams: Buffer → latin1
+// string (what the receiver does), parsePacket, and the same addSample the collector wires up
+// (one clock read per datagram). Returns lines/s of each pass after a warm-up pass, over wall time
+// and over the process's CPU time: on a machine shared with other work the CPU figure is the one
+// that says what one core does (it includes V8's GC helper threads, so it errs low).
+export interface ParseRates {
+  wall: number[];
+  cpu: number[];
+}
+
+export function measureParseAggregate(keys: readonly IngestKey[], mode: IngestMode, stage: ParseStage, lines: number, passes: number): ParseRates {
+  const { datagrams } = buildDatagrams(keys, mode);
+  const rates: ParseRates = { wall: [], cpu: [] };
+  for (let pass = 0; pass < passes + 1; pass++) {
+    const aggregator = new Aggregator({ maxKeys: 100_000, now: Date.now });
+    let usesReceived = 0;
+    let packetTime = Date.now();
+    const addSample =
+      stage === 'parse only'
+        ? (sample: UsageSample) => {
+            usesReceived += sample.count;
+          }
+        : (sample: UsageSample) => {
+            usesReceived += sample.count;
+            aggregator.add(sample, packetTime);
+          };
+    let done = 0;
+    let i = 0;
+    const started = performance.now();
+    const cpuStarted = process.cpuUsage();
+    while (done < lines) {
+      packetTime = Date.now();
+      done += parsePacket(datagrams[i].toString('latin1'), addSample).lines;
+      i = (i + 1) % datagrams.length;
+    }
+    const seconds = (performance.now() - started) / 1000;
+    const cpu = process.cpuUsage(cpuStarted);
+    if (usesReceived !== done) throw new Error(`parse benchmark lost uses: ${usesReceived} of ${done}`);
+    if (pass === 0) continue; // the first pass warms the JIT up
+    rates.wall.push(done / seconds);
+    rates.cpu.push(done / ((cpu.user + cpu.system) / 1e6));
+  }
+  return rates;
+}

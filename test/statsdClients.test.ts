@@ -1,0 +1,121 @@
+// The collector as a drop-in StatsD sidecar: what real clients send reaches PostgreSQL exactly,
+// over real UDP on 127.0.0.1 into the real collector — hot-shots (DogStatsD and Telegraf modes),
+// a second, independent client library (statsd-client), and raw lines as Telegraf and DogStatsD
+// write them (packed values, upper-case ids, |T timestamps) — and every line that is not a usage
+// line is relayed, exactly once and whole, to the COLLECTOR_RELAY_TO upstream.
+import dgram from 'node:dgram';
+import { StatsD } from 'hot-shots';
+import StatsdClient from 'statsd-client';
+import t, { type Test } from 'tap';
+import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
+import { freshDatabase } from './helpers/database';
+import { seedKeys } from './helpers/faults';
+
+const HOUR_MS = 3_600_000;
+
+async function loopbackUpstream(t: Test) {
+  const socket = dgram.createSocket('udp4');
+  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+  const lines: string[] = [];
+  socket.on('message', (message) => lines.push(...message.toString('latin1').split('\n')));
+  t.teardown(() => new Promise<void>((resolve) => socket.close(() => resolve())));
+  return { port: socket.address().port, lines };
+}
+
+t.test('usage lines from real clients are persisted exactly; every other line is relayed', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const { orgId, keys } = await seedKeys(db, 'clients', 6);
+  const [hotShots, telegrafMode, secondClient, telegrafRaw, dogstatsdRaw, outOfWindow] = keys.map((k) => k.id);
+  const upstream = await loopbackUpstream(t);
+  const collector = await startTestCollector(t, url, { COLLECTOR_RELAY_TO: `127.0.0.1:${upstream.port}` });
+  const port = collector.receiver.port;
+  const tags = (key: string, outcome = 'ok', ip = '10.1.0.1') => ({ key, org: orgId, ip, outcome });
+
+  // hot-shots, the client the API itself uses, through its public API this time.
+  const dog = new StatsD({ host: '127.0.0.1', port, protocol: 'udp', maxBufferSize: 0, errorHandler: (error) => t.fail(error.message) });
+  dog.increment('apikey.used', 3, tags(hotShots));
+  dog.increment('apikey.used', 1, tags(hotShots, 'forbidden'));
+  dog.increment('http.requests', 1, { route: '/v1/things' });
+  const influx = new StatsD({ host: '127.0.0.1', port, protocol: 'udp', maxBufferSize: 0, telegraf: true, errorHandler: (error) => t.fail(error.message) });
+  influx.increment('apikey.used', 2, tags(telegrafMode, 'expired'));
+
+  // statsd-client: another implementation, which batches lines into multi-line datagrams. Its
+  // ids go upper case (UUIDs are case-insensitive).
+  const sdc = new StatsdClient({ host: '127.0.0.1', port, socketTimeout: 50 });
+  sdc.increment('apikey.used', 4, { ...tags(secondClient.toUpperCase(), 'ok', '2001:db8::7'), org: orgId.toUpperCase() });
+  sdc.increment('apikey.used', 1, tags(secondClient, 'bad_secret', '198.51.100.9'));
+  sdc.gauge('queue.depth', 7);
+  sdc.timing('db.query', 12, { table: 'keys' });
+
+  // Raw lines as Telegraf's statsd output and a DogStatsD v1.3 agent write them.
+  const now = Date.now();
+  const earlier = Math.floor((now - 30 * 60_000) / 1000) * 1000; // 30 min ago, whole seconds
+  const farPast = Math.floor((now - 3 * HOUR_MS) / 1000) * 1000;
+  await sendDatagrams(port, [
+    `apikey.used,key=${telegrafRaw},org=${orgId},ip=10.1.0.5,outcome=revoked:5|c\ncpu,host=web-1,core=0:0.5|g`,
+    `apikey.used:1:2:3|c|#key:${dogstatsdRaw},org:${orgId},ip:10.1.0.6,outcome:ok|T${earlier / 1000}|c:ci-1234\n` +
+      `apikey.used:2|c|@0.5|#key:${outOfWindow},org:${orgId},ip:10.1.0.7,outcome:ok|T${farPast / 1000}\n` +
+      'page.views:1:1|c|#env:prod\nnot a statsd line',
+  ]);
+
+  const expected = new Map([
+    [hotShots, { uses: 4, ok: 3, forbidden: 1 }],
+    [telegrafMode, { uses: 2, expired: 2 }],
+    [secondClient, { uses: 4, ok: 4, bad_secret: 1 }],
+    [telegrafRaw, { uses: 5, revoked: 5 }],
+    [dogstatsdRaw, { uses: 6, ok: 6 }],
+    [outOfWindow, { uses: 4, ok: 4 }],
+  ]);
+  const rows = await waitFor('every use persisted', async () => {
+    const found = await db('api_key_usage').whereIn('key_id', [...expected.keys()]);
+    const total = found.reduce((sum, row) => sum + Number(row.request_count), 0);
+    return total === 25 ? found : undefined;
+  });
+  for (const row of rows) {
+    const want = expected.get(row.key_id)!;
+    t.equal(Number(row.request_count), want.uses, `${row.key_id}: uses`);
+    for (const outcome of ['ok', 'forbidden', 'expired', 'revoked', 'bad_secret'] as const) {
+      t.equal(Number(row[`${outcome}_count`]), want[outcome as keyof typeof want] ?? 0, `${row.key_id}: ${outcome}`);
+    }
+  }
+  const byKey = new Map(rows.map((row) => [row.key_id, row]));
+  t.equal(byKey.get(secondClient).last_used_ip, '2001:db8::7', 'upper-case ids reached the lower-case key');
+  t.equal(byKey.get(secondClient).last_failed_ip, '198.51.100.9');
+  t.equal(new Date(byKey.get(dogstatsdRaw).last_used_at).getTime(), earlier, '|T sets last_used_at');
+  const hours = await db('api_key_usage_hourly').where({ key_id: dogstatsdRaw });
+  t.strictSame(hours.map((h) => new Date(h.hour).getTime()), [earlier - (earlier % HOUR_MS)], '|T picks the hour bucket');
+  const late = new Date(byKey.get(outOfWindow).last_used_at).getTime();
+  t.ok(late >= now - 60_000, 'a |T beyond the window counts at receipt time');
+  t.equal(collector.aggregator.outOfWindowSamples, 1);
+
+  const otherLines = [
+    'http.requests:1|c|#route:/v1/things',
+    'queue.depth:7|g',
+    'db.query:12|ms|#table:keys',
+    'cpu,host=web-1,core=0:0.5|g',
+    'page.views:1:1|c|#env:prod',
+  ];
+  await waitFor('the other lines relayed', () => (upstream.lines.length >= otherLines.length ? true : undefined));
+  t.strictSame([...upstream.lines].sort(), [...otherLines].sort(), 'exactly the other lines, whole, once; no usage line, no bad line');
+  const metrics = Object.fromEntries(collector.samples().map((s) => [s.name.replace('keyusage_collector_', ''), s.value]));
+  t.match(metrics, { other_lines_total: 5, relay_sent_lines_total: 5, relay_dropped_lines_total: 0, bad_lines_total: 1, usage_lines_total: 8, out_of_window_timestamps_total: 1 });
+
+  dog.close();
+  influx.close();
+  sdc.close();
+});
+
+t.test('without COLLECTOR_RELAY_TO other lines are counted and dropped', async (t) => {
+  const { url } = await freshDatabase(t);
+  const collector = await startTestCollector(t, url);
+  t.equal(collector.relay, undefined);
+  await sendDatagrams(collector.receiver.port, ['requests:1|c\nqueue.depth:3|g']);
+  await waitFor('the lines counted', () => (collector.ingest.otherLines === 2 ? true : undefined));
+  const metrics = Object.fromEntries(collector.samples().map((s) => [s.name.replace('keyusage_collector_', ''), s.value]));
+  t.match(metrics, { other_lines_total: 2, relay_sent_lines_total: 0, relay_dropped_lines_total: 0 });
+});
+
+t.test('a relay target whose name does not resolve stops the start, naming the variable', async (t) => {
+  const { url } = await freshDatabase(t);
+  await t.rejects(startTestCollector(t, url, { COLLECTOR_RELAY_TO: 'no-such-host.invalid:8125' }), /^COLLECTOR_RELAY_TO: cannot reach no-such-host\.invalid:8125/);
+});
