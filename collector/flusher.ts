@@ -95,8 +95,12 @@ export class Flusher {
     }
   }
 
+  // A drain is taken only while the retry batches stay within maxPendingKeys after it, so what is
+  // held in memory is at most the aggregator's cap plus this one: twice the cap, never three times.
   private takeDrain(): void {
-    if (this.options.aggregator.pendingKeys === 0 || this.pendingKeys >= this.options.maxPendingKeys) return;
+    const { aggregator, maxPendingKeys } = this.options;
+    if (aggregator.pendingKeys === 0) return;
+    if (this.pendingKeys > 0 && this.pendingKeys + aggregator.pendingKeys > maxPendingKeys) return;
     const drained = this.options.aggregator.drain();
     const last = this.pending[this.pending.length - 1];
     if (last && !last.inDoubt) last.batch = mergeBatches([last.batch, drained]);
