@@ -171,7 +171,8 @@ async function explainPlans(ctx: BenchContext, orgId: string): Promise<Record<Qu
     for (const name of Object.keys(queries) as QueryName[]) {
       captured.length = 0;
       await listKeyUsage(db, queries[name]);
-      const page = captured.find((q) => /limit/i.test(q.sql) && !/count\(\*\)/i.test(q.sql));
+      // The count query starts with its count; the page query has its own count(*)s inside (events).
+      const page = captured.find((q) => /limit/i.test(q.sql) && !/^\s*select count\(\*\) as total/i.test(q.sql));
       if (!page) throw new Error('could not capture the usage page query');
       captured.length = 0;
       // The event carries the driver's SQL ($1, $2, …): back to knex placeholders, in order.
