@@ -2,7 +2,7 @@ import { freeTcpPort } from '../shared/freePort';
 import { createDb, migrateLatest } from '../shared/db';
 import { startThrowawayPostgres } from '../shared/localPostgres';
 import { TEMPLATE_DATABASE } from './helpers/database';
-import { runTap } from './runTap';
+import { runTap, tapArguments } from './runTap';
 
 // `npm test`: uses DATABASE_URL when set, else starts a throwaway PostgreSQL; migrates a template
 // database once; runs tap with the given arguments; stops the server it started.
@@ -30,7 +30,7 @@ async function main() {
   let exitCode = 1;
   try {
     await prepareTemplate(adminUrl);
-    exitCode = await runTap(process.argv.slice(2), { TEST_ADMIN_DATABASE_URL: adminUrl });
+    exitCode = await runTap(tapArguments(process.argv.slice(2)), { TEST_ADMIN_DATABASE_URL: adminUrl });
   } finally {
     local?.stop();
   }
