@@ -229,10 +229,9 @@ async function execute(command: Command, deps: CliDeps): Promise<void> {
   const keys = createApiKeysService({
     db: deps.db,
     pepper: deps.pepper,
-    // The CLI does not rotate keys, and a running API server's cache forgets a revoked key
-    // within KEY_CACHE_TTL_MS: there is no in-process cache here to invalidate.
+    // No key cache to tell of revocations: a running API server's cache forgets a revoked key
+    // within KEY_CACHE_TTL_MS.
     defaultGraceSeconds: 0,
-    verifier: { invalidate: () => {} },
     now: deps.now,
   });
 

@@ -29,7 +29,6 @@ export async function ensureDemoOrg(db: Db, options: { pepper: string; now?: () 
       db: trx,
       pepper: options.pepper,
       defaultGraceSeconds: 0,
-      verifier: { invalidate: () => {} },
       now: options.now ?? Date.now,
     });
     const created = await keys.create(org.id, { name: DEMO_KEY_NAME, scopes: [...SCOPES], expiresAt: null });

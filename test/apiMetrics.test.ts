@@ -94,7 +94,7 @@ t.test('the API serves its metrics on their own loopback port, over real HTTP', 
   const api = await startApi(config, logger, url);
   t.teardown(() => api.stop());
   const org = await insertOrganization(db, 'metrics');
-  const keys = createApiKeysService({ db, pepper: config.api.keyPepper, defaultGraceSeconds: 60, now: Date.now, verifier: { invalidate() {} } });
+  const keys = createApiKeysService({ db, pepper: config.api.keyPepper, defaultGraceSeconds: 60, now: Date.now });
   const { plaintext } = await keys.create(org.id, { name: 'metrics', scopes: ['keys:read'], expiresAt: null });
   const wrong = `${plaintext.slice(0, 36)}${'A'.repeat(43)}`;
   const get = (path: string, key?: string) => fetch(`http://127.0.0.1:${api.port}${path}`, { headers: key ? { authorization: `Bearer ${key}` } : {} });

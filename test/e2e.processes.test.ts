@@ -37,7 +37,7 @@ t.test('api and collector as separate processes: a use is visible within the sta
   const { db, url } = await freshDatabase(t);
   const defaults = loadConfig({ NODE_ENV: 'test' });
   const org = await insertOrganization(db, 'e2e');
-  const service = createApiKeysService({ db, pepper: defaults.api.keyPepper, defaultGraceSeconds: 60, verifier: { invalidate() {} }, now: Date.now });
+  const service = createApiKeysService({ db, pepper: defaults.api.keyPepper, defaultGraceSeconds: 60, now: Date.now });
   const { plaintext, key } = await service.create(org.id, { name: 'e2e', scopes: ['keys:read'], expiresAt: null });
 
   const env = {

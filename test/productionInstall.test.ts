@@ -99,7 +99,7 @@ t.test('npm run migrate: an empty database, then again, then one migrated from t
 t.test('web and collector from dist/ serve, and a use flows through to PostgreSQL', async (t) => {
   const { db, url } = await freshDatabase(t);
   const org = await insertOrganization(db, 'release');
-  const keys = createApiKeysService({ db, pepper: PEPPER, defaultGraceSeconds: 60, now: Date.now, verifier: { invalidate() {} } });
+  const keys = createApiKeysService({ db, pepper: PEPPER, defaultGraceSeconds: 60, now: Date.now });
   const { plaintext, key } = await keys.create(org.id, { name: 'release', scopes: ['keys:read'], expiresAt: null });
   const env = productionEnv({
     DATABASE_URL: url,

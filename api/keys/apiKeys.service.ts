@@ -107,7 +107,12 @@ export interface ApiKeysServiceDeps {
   db: Db;
   pepper: string;
   defaultGraceSeconds: number;
-  verifier: Pick<KeyVerifier, 'invalidate'>;
+  /**
+   * The API's own key cache, told of each revocation and rotation so they apply at once in this
+   * process. Callers without one (the CLI) leave it out: other processes' caches expire within
+   * KEY_CACHE_TTL_MS.
+   */
+  verifier?: Pick<KeyVerifier, 'invalidate'>;
   now: () => number;
 }
 
@@ -210,7 +215,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         result && { orgId, action: 'key.rotate', targetKeyId: key.id, details: { gracePeriodSeconds: graceSeconds, previousSecretExpiresAt: iso(change.previousSecretExpiresAt) } },
       );
       if (!rotated) throw new AppError('conflict', 'The API key was rotated by another request at the same time; read it again before retrying');
-      deps.verifier.invalidate(key.id);
+      deps.verifier?.invalidate(key.id);
       return { key: toApiKeyView(rotated, now), plaintext: material.plaintext };
     },
 
@@ -233,7 +238,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       const now = deps.now();
       const query = { orgId, idleSince: new Date(now - input.dormantDays * DAY_MS), now: new Date(now), exceptKeyId: context.actor?.id ?? null };
       const keys = input.dryRun ? await findDormantKeys(deps.db, query) : await revokeDormantApplied(orgId, query, input.dormantDays, context);
-      if (!input.dryRun) for (const key of keys) deps.verifier.invalidate(key.id);
+      if (!input.dryRun) for (const key of keys) deps.verifier?.invalidate(key.id);
       return {
         dryRun: input.dryRun,
         dormantDays: input.dormantDays,
@@ -247,7 +252,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       const revoked = await audited(context, (trx) => markRevoked(trx, key.id, new Date(deps.now())), (result) =>
         key.revokedAt === null ? { orgId, action: 'key.revoke', targetKeyId: key.id, details: { name: key.name, revokedAt: iso(result.revokedAt) } } : undefined,
       );
-      deps.verifier.invalidate(key.id);
+      deps.verifier?.invalidate(key.id);
       return toApiKeyView(revoked, deps.now());
     },
   };

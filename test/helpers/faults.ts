@@ -557,7 +557,7 @@ export interface SeededKey {
 /** An org with `count` keys, created through the service as the API and the CLI do. */
 export async function seedKeys(db: Db, name: string, count: number): Promise<{ orgId: string; keys: SeededKey[] }> {
   const org = await insertOrganization(db, name);
-  const service = createApiKeysService({ db, pepper: loadConfig({ NODE_ENV: 'test' }).api.keyPepper, defaultGraceSeconds: 60, verifier: { invalidate() {} }, now: Date.now });
+  const service = createApiKeysService({ db, pepper: loadConfig({ NODE_ENV: 'test' }).api.keyPepper, defaultGraceSeconds: 60, now: Date.now });
   const keys: SeededKey[] = [];
   for (let i = 0; i < count; i += 1) {
     const created = await service.create(org.id, { name: `${name}-${i}`, scopes: ['keys:read'], expiresAt: null });
