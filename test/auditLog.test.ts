@@ -69,6 +69,10 @@ t.test('cursor pagination, newest first, and org isolation', async (t) => {
   const bad = await api.request('GET', `/api/orgs/${acme.org.id}/audit-log?cursor=${forged}`, { key: acme.adminKey });
   t.equal(bad.status, 400);
   t.match(bad.body.error.message, /cursor: must be a nextCursor/);
+  // Shaped like ours but past the bigint range: PostgreSQL would refuse the comparison (a 500 before).
+  const huge = Buffer.from('9999999999999999999').toString('base64url');
+  const tooBig = await api.request('GET', `/api/orgs/${acme.org.id}/audit-log?cursor=${huge}`, { key: acme.adminKey });
+  t.equal(tooBig.status, 400, 'a cursor beyond the id range is refused');
 });
 
 t.test('the CLI is recorded as "cli"', async (t) => {

@@ -46,6 +46,7 @@ t.test('validation names the field', async (t) => {
     ['ftp', { url: 'ftp://example.com/x', events: ['*'] }, /url: must be an http or https URL/],
     ['credentials', { url: 'https://user:pw@example.com/x', events: ['*'] }, /url: must not contain credentials/],
     ['API key in URL', { url: `https://example.com/x?k=ku_${'a'.repeat(32)}_${'b'.repeat(43)}`, events: ['*'] }, /url: must not contain an API key/],
+    ['NUL in the URL (a 500 before: PostgreSQL cannot store it)', { url: 'https://example.com/a\u0000b', events: ['*'] }, /url: must not contain control characters/],
     ['too long', { url: `https://example.com/${'x'.repeat(2048)}`, events: ['*'] }, /url: must be at most 2048/],
     ['no events', { url: 'https://127.0.0.1/', events: [] }, /events: must list at least one/],
     ['unknown event', { url: 'https://127.0.0.1/', events: ['key.deleted'] }, /events\.0: must be one of \*, key\.first_use/],

@@ -1,6 +1,8 @@
 import type { Db } from '../../shared/db';
 import { listAudit, type AuditRecord } from './audit.repository';
 
+const MAX_BIGINT = 9_223_372_036_854_775_807n;
+
 // The cursor is opaque to clients (base64url of the last entry's id), so the paging scheme can
 // change without breaking them.
 export const encodeCursor = (id: string) => Buffer.from(id, 'utf8').toString('base64url');
@@ -8,7 +10,8 @@ export const encodeCursor = (id: string) => Buffer.from(id, 'utf8').toString('ba
 /** The id a cursor stands for, or undefined if it is not one this service made. */
 export function decodeCursor(cursor: string): string | undefined {
   const id = Buffer.from(cursor, 'base64url').toString('utf8');
-  return /^[1-9]\d{0,18}$/.test(id) && encodeCursor(id) === cursor ? id : undefined;
+  // Within bigint: a larger id would make PostgreSQL fail the comparison (a 500, not a 400).
+  return /^[1-9]\d{0,18}$/.test(id) && BigInt(id) <= MAX_BIGINT && encodeCursor(id) === cursor ? id : undefined;
 }
 
 const toView = (entry: AuditRecord) => ({

@@ -118,7 +118,8 @@ export function createKeyVerifier(deps: {
   const upgrade = pepperUpgrader({ db: deps.db, current: peppers[0], onUpgraded: (keyId) => invalidate(keyId), onError: deps.onRehashError ?? (() => {}) });
   function decided(key: ApiKeyRecord, secret: string, now: number): Verification {
     const { verdict, stalePepper } = judge(key, secret, peppers, now);
-    if (stalePepper && verdict.outcome !== 'bad_secret' && verdict.outcome !== 'unknown') upgrade(key, verdict.secret, secret);
+    // Only a key that can still be used is worth a write: a revoked or expired one never succeeds again.
+    if (stalePepper && verdict.outcome === 'ok') upgrade(key, verdict.secret, secret);
     return verdict;
   }
 

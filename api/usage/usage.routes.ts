@@ -1,7 +1,7 @@
 import { Router, type RequestHandler } from 'express';
 import { z } from 'zod';
 import type { Requirement } from '../auth/authorize';
-import { pagination, parseInput, uuid } from '../validation';
+import { displayName, pagination, parseInput, uuid } from '../validation';
 import type { UsageService } from './usage.service';
 
 const booleanParam = z.enum(['true', 'false'], { error: 'must be true or false' }).transform((v) => v === 'true');
@@ -27,7 +27,7 @@ const listQuery = z
     sort: z.enum(['createdAt', 'lastUsedAt', 'requestCount'], { error: 'must be createdAt, lastUsedAt or requestCount' }).default('createdAt'),
     order: z.enum(['asc', 'desc'], { error: 'must be asc or desc' }).default('desc'),
     keyId: uuid.optional(),
-    q: z.string().trim().min(1, 'must not be empty').max(200, 'must be at most 200 characters').optional(),
+    q: displayName.optional(),
     ...pagination,
   })
   .strict();

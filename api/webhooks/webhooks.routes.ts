@@ -12,6 +12,8 @@ const EVENT_CHOICES = ['*', ...EVENT_TYPES] as const;
 
 // The URL is shown by GET and kept in the database: no credentials, no API key in it.
 function urlProblem(value: string): string | undefined {
+  // URL parsing would percent-encode them, but the string stored is the one given.
+  if (/\p{Cc}/u.test(value)) return 'must not contain control characters';
   if (!URL.canParse(value)) return 'must be an absolute URL';
   const parsed = new URL(value);
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') return 'must be an http or https URL';
