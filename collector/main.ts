@@ -107,7 +107,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     throw error;
   });
   flusher.start();
-  const webhooks = createWebhookWorker({ db, pepper: config.api.keyPepper, config: config.webhooks, logger, now });
+  const webhooks = createWebhookWorker({ db, peppers: [config.api.keyPepper, ...config.api.previousKeyPeppers], config: config.webhooks, logger, now });
   webhooks.start();
   if (events.enabled) sweep.start();
   const retention = setInterval(() => {

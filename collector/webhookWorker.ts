@@ -22,7 +22,8 @@ export interface WebhookWorkerStats {
 
 export interface WebhookWorkerOptions {
   db: Db;
-  pepper: string;
+  /** KEY_PEPPER first, then KEY_PEPPER_PREVIOUS: secrets sealed before a pepper rotation still open. */
+  peppers: readonly string[];
   config: Config['webhooks'];
   logger: Logger;
   now?: () => number;
@@ -38,7 +39,7 @@ function payloadBody(payload: Record<string, unknown>): string {
 export function createWebhookWorker(options: WebhookWorkerOptions) {
   const { db, config, logger } = options;
   const now = options.now ?? Date.now;
-  const box = secretBox(options.pepper, WEBHOOK_SECRET_PURPOSE);
+  const box = secretBox(options.peppers, WEBHOOK_SECRET_PURPOSE);
   const warn = rateLimitedWarn(logger, 10_000, now);
   // A claimed delivery is due again after this long: a send always ends within the timeout.
   const leaseMs = 2 * config.timeoutMs + 1000;

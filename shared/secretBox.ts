@@ -14,8 +14,16 @@ export interface SecretBox {
   open(box: Buffer, rowId: string): string;
 }
 
-export function secretBox(pepper: string, purpose: string): SecretBox {
-  const key = Buffer.from(hkdfSync('sha256', pepper, Buffer.alloc(0), `keyusage:${purpose}`, 32));
+// Sealed with the first pepper; opened with any of them (current first), so a KEY_PEPPER moved to
+// KEY_PEPPER_PREVIOUS keeps what it sealed readable through a rotation.
+export function secretBox(peppers: string | readonly string[], purpose: string): SecretBox {
+  const keys = (typeof peppers === 'string' ? [peppers] : peppers).map((pepper) => Buffer.from(hkdfSync('sha256', pepper, Buffer.alloc(0), `keyusage:${purpose}`, 32)));
+  const open = (key: Buffer, box: Buffer, rowId: string) => {
+    const decipher = createDecipheriv('aes-256-gcm', key, box.subarray(0, IV_BYTES)).setAAD(Buffer.from(rowId));
+    decipher.setAuthTag(box.subarray(IV_BYTES, IV_BYTES + TAG_BYTES));
+    return Buffer.concat([decipher.update(box.subarray(IV_BYTES + TAG_BYTES)), decipher.final()]).toString('utf8');
+  };
+  const [key] = keys;
   return {
     seal(plaintext, rowId) {
       const iv = randomBytes(IV_BYTES);
@@ -24,9 +32,14 @@ export function secretBox(pepper: string, purpose: string): SecretBox {
       return Buffer.concat([iv, cipher.getAuthTag(), ciphertext]);
     },
     open(box, rowId) {
-      const decipher = createDecipheriv('aes-256-gcm', key, box.subarray(0, IV_BYTES)).setAAD(Buffer.from(rowId));
-      decipher.setAuthTag(box.subarray(IV_BYTES, IV_BYTES + TAG_BYTES));
-      return Buffer.concat([decipher.update(box.subarray(IV_BYTES + TAG_BYTES)), decipher.final()]).toString('utf8');
+      for (const candidate of keys.slice(0, -1)) {
+        try {
+          return open(candidate, box, rowId);
+        } catch {
+          // Sealed under an older pepper: try the next one.
+        }
+      }
+      return open(keys[keys.length - 1], box, rowId);
     },
   };
 }

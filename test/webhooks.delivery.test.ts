@@ -237,6 +237,16 @@ t.test('ping: the docs example receiver, run as its own process, accepts it', as
   t.match(stdout, `webhook.ping null { webhookId: '${world.webhookId}' }`);
 });
 
+t.test('after a pepper rotation (the old one in KEY_PEPPER_PREVIOUS) webhook secrets still open and sign (fails without the fix)', async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const world = await setup(t, receiver.url);
+  const rotated = 'the-next-pepper-of-at-least-32-characters';
+  await startTestCollector(t, world.databaseUrl, { ...FAST, KEY_PEPPER: rotated, KEY_PEPPER_PREVIOUS: world.api.config.api.keyPepper });
+  const event = await world.insertEvent();
+  await waitFor('the delivery', () => (receiver.requests.length >= 1 ? true : undefined));
+  assertSigned(t, receiver.requests[0], world.secret, event.id);
+});
+
 t.test('a secret sealed under another KEY_PEPPER fails the attempt, visibly', async (t) => {
   const receiver = await startWebhookReceiver(t);
   const world = await setup(t, receiver.url);
