@@ -32,9 +32,14 @@ export function dormantSection(who, canWrite) {
     type: 'button',
     class: 'danger',
     text: 'Apply clean-up…',
-    onclick: async () => {
-      if (await confirmDialog({ title: 'Revoke dormant keys', message: `Revoke every key unused for ${days.value} days? Their holders get 401 from now on.`, confirmLabel: 'Revoke them' })) await run(false);
-    },
+    // The clean-up spares keys created within the period and the key signed in here, which the
+    // list above (the usage endpoint's dormant filter) includes: the dialog names the exact set.
+    onclick: () => section.guard(async () => {
+      const { keys } = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun: true } });
+      const names = keys.map((key) => key.name ?? key.id).join(', ') || 'none';
+      const message = `Revoke these ${keys.length} key${keys.length === 1 ? '' : 's'}, unused for ${days.value} days: ${names}? Their holders get 401 from now on.`;
+      if (await confirmDialog({ title: 'Revoke dormant keys', message, confirmLabel: 'Revoke them' })) await run(false);
+    }),
   });
   const actions = el('div', { class: 'buttons' }, [preview, apply]);
   days.addEventListener('change', () => void section.refresh());
