@@ -146,6 +146,8 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     t.match(await page.textContent('#grace-note'), /keeps working until/);
     t.equal((await system.api.request('GET', '/api/whoami', { key: secret })).status, 200);
     await page.click('dialog[open] button[type=submit]');
+    // Closing is asynchronous (the dialog's close event removes it): wait, bounded, then assert.
+    await page.locator('#new-secret').waitFor({ state: 'detached', timeout: 5000 }).catch(() => undefined);
     t.equal(await page.locator('#new-secret').count(), 0, 'gone from the page once closed');
   });
 
