@@ -4,8 +4,9 @@ import type { Knex } from 'knex';
 // recent IPs. An update is HOT (no index entry written, the old version pruned in place) only
 // when no indexed column changes and the page has room for the new version:
 // - api_key_usage_org_last_used_idx indexed last_used_at, which every flush moves, so every
-//   totals update wrote every index of the table. No query reads through it: the usage endpoint
-//   and the dormant sweep reach api_key_usage from api_keys by (org_id, key_id), the primary key.
+//   totals update wrote every index of the table. The usage endpoint reaches api_key_usage from
+//   api_keys by (org_id, key_id), the primary key, and filters (dormant) and sorts (lastUsedAt)
+//   over that join, which this index cannot serve; the dormant sweep joins every key.
 // - Pages filled to 100 % leave no room for the new version. fillfactor keeps room on pages
 //   written from now on; existing pages get it when the table is rewritten (VACUUM FULL).
 //   A flush updates every row of an active key's page, so a page needs room for about as many new
