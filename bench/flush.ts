@@ -185,8 +185,8 @@ export async function runFlush(ctx: BenchContext): Promise<BenchResult> {
     bigWarm.length > 0
       ? `Target 100 k keys per flush ≤ 1 s: ${fmt.verdict(median(bigWarm) <= 1000)} (median ${fmt.ms(median(bigWarm), 0)}, worst ${fmt.ms(Math.max(...bigWarm), 0)}; the cold flush that creates the rows: ${fmt.ms(bigCold[0], 0)}).`
       : 'Target 100 k keys per flush ≤ 1 s: not measured in --quick (5 k keys stand in).',
-    'Statements = the Flusher\'s lastFlushStatements (flush-id insert + chunked multi-row upserts of totals, hourly buckets and recent IPs, 5,000 rows per chunk); round trips = every query the pool sent during the flush, BEGIN and COMMIT included. Neither moves with the number of uses.',
-    `Event detection on / off, ratio of flush medians: ${ratios.join('; ')}. Detection adds, per 5,000-key chunk, one statement (prefix-history upsert and the facts of the chunk's keys) and, when any event is raised, one insert.`,
+    'Statements = the Flusher\'s lastFlushStatements (flush-id insert, SET LOCAL work_mem, savepoint and its release, and one multi-row upsert each for totals, hourly buckets and recent IPs, whatever the number of keys); round trips = every query the pool sent during the flush, BEGIN and COMMIT included. Neither moves with the number of uses.',
+    `Event detection on / off, ratio of flush medians: ${ratios.join('; ')}. Detection adds one statement per flush (prefix-history upsert and the facts of the flush's keys) and, when any event is raised, one insert.`,
     'Flush time is the wall time of Flusher.flush() (drain, merge, one transaction, commit). Trimming recent IPs runs after the commit, outside the transaction, and is shown apart; so is the time to feed the aggregator (count-1 lines).',
   ];
   return {
