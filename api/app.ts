@@ -135,15 +135,16 @@ export function createApp(deps: AppDeps) {
     res.json({ keyId: key.id, orgId: key.orgId, name: key.name, scopes: key.scopes });
   });
 
+  // IP_TRUNCATE applies to the addresses the audit log keeps, as to usage.
+  const auditIp = deps.privacy?.truncateIps ? truncateIp : (ip: string) => ip;
   const orgKeys = '/api/orgs/:id/api-keys';
   app.use(orgKeys, routePrefix(orgKeys));
   app.use(orgKeys, orgUsageRouter({ service: usage, authorize }));
   app.use(orgKeys, orgEventsRouter({ service: events, authorize }));
-  const auditIp = deps.privacy?.truncateIps ? truncateIp : (ip: string) => ip;
   app.use(orgKeys, apiKeysRouter({ service: apiKeys, authorize, auditIp }));
   const orgWebhooks = '/api/orgs/:id/webhooks';
   app.use(orgWebhooks, routePrefix(orgWebhooks));
-  app.use(orgWebhooks, webhooksRouter({ service: webhooks, authorize }));
+  app.use(orgWebhooks, webhooksRouter({ service: webhooks, authorize, auditIp }));
   const orgAudit = '/api/orgs/:id/audit-log';
   app.use(orgAudit, routePrefix(orgAudit));
   app.use(orgAudit, auditRouter({ service: audit, authorize }));

@@ -15,6 +15,23 @@ async function setup(t: Test) {
   return { db, url, api, acme };
 }
 
+t.test('creating and deleting a webhook is recorded, with the URL and never the signing secret (fails without the fix)', async (t) => {
+  const { db, api, acme } = await setup(t);
+  const hooks = `/api/orgs/${acme.org.id}/webhooks`;
+  const auth = { key: acme.adminKey };
+  const created = await api.request('POST', hooks, { ...auth, body: { url: 'https://203.0.113.10/hook', events: ['key.new_ip'] } });
+  t.equal(created.status, 201);
+  t.equal((await api.request('DELETE', `${hooks}/${created.body.id}`, auth)).status, 204);
+  const log = await api.request('GET', `/api/orgs/${acme.org.id}/audit-log`, auth);
+  const actor = { type: 'key', keyId: acme.adminKeyId };
+  const details = { webhookId: created.body.id, url: 'https://203.0.113.10/hook', events: ['key.new_ip'] };
+  t.match(log.body.data.slice(0, 2), [
+    { action: 'webhook.delete', actor, targetKeyId: null, ip: '127.0.0.1', details },
+    { action: 'webhook.create', actor, targetKeyId: null, ip: '127.0.0.1', details },
+  ]);
+  t.notOk(log.text.includes(created.body.secret) || JSON.stringify(await db('audit_log').select()).includes(created.body.secret), 'no signing secret');
+});
+
 t.test('create, rotate and revoke through the API are recorded with the acting key, the IP and no key material', async (t) => {
   const { db, api, acme } = await setup(t);
   const keys = `/api/orgs/${acme.org.id}/api-keys`;

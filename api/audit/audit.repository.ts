@@ -9,11 +9,15 @@ import type { Db } from '../../shared/db';
  * `keys.revoke_dormant` (POST /api-keys/revoke-dormant, one entry per key) belong to routes
  * added on other branches; they call recordAudit the same way.
  */
-export const AUDIT_ACTIONS = ['key.create', 'key.rotate', 'key.revoke', 'key.update', 'keys.revoke_dormant', 'key.erase_ips'] as const;
+export const AUDIT_ACTIONS = ['key.create', 'key.rotate', 'key.revoke', 'key.update', 'keys.revoke_dormant', 'key.erase_ips', 'webhook.create', 'webhook.delete'] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 
 /** Who acted: an API key (by id and display prefix, never its secret), or an operator at the CLI. */
 export type AuditActor = { type: 'key'; keyId: string; displayPrefix: string } | { type: 'cli' };
+
+/** The acting key as the audit log names it; none: the CLI. */
+export const auditActor = (actor: { id: string; displayPrefix: string } | undefined): AuditActor =>
+  actor ? { type: 'key', keyId: actor.id, displayPrefix: actor.displayPrefix } : { type: 'cli' };
 
 export interface AuditEntry {
   orgId: string;

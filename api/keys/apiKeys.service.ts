@@ -1,5 +1,5 @@
 import type { Db } from '../../shared/db';
-import { recordAudit, type AuditActor, type AuditEntry } from '../audit/audit.repository';
+import { auditActor, recordAudit, type AuditEntry } from '../audit/audit.repository';
 import type { KeyVerifier } from '../auth/keyVerifier';
 import { AppError, notFound } from '../errors';
 import {
@@ -85,9 +85,6 @@ export interface ChangeContext {
   ip?: string;
   db?: Db;
 }
-
-const auditActor = (actor: Actor | undefined): AuditActor =>
-  actor ? { type: 'key', keyId: actor.id, displayPrefix: actor.displayPrefix } : { type: 'cli' };
 
 // A key hands out no more than it holds: creating or rotating a key reveals that key's secret, so
 // a key with more scopes or a longer life than the actor's own would be an escalation.

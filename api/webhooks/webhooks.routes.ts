@@ -1,4 +1,4 @@
-import { Router, type RequestHandler } from 'express';
+import { Router, type RequestHandler, type Response } from 'express';
 import { z } from 'zod';
 import { EVENT_TYPES } from '../../shared/keyEvents';
 import { redactKeyMaterial } from '../../shared/logger';
@@ -49,8 +49,9 @@ const deliveriesQuery = z
 
 // Reading webhooks and their delivery log needs keys:read (no secret is ever shown there);
 // creating, deleting and pinging need keys:write.
-export function webhooksRouter(deps: { service: WebhooksService; authorize: (requirement: Requirement) => RequestHandler }) {
+export function webhooksRouter(deps: { service: WebhooksService; authorize: (requirement: Requirement) => RequestHandler; auditIp: (ip: string) => string }) {
   const { service, authorize } = deps;
+  const changeContext = (res: Response) => ({ actor: res.locals.auth!.key, ip: deps.auditIp(res.locals.auth!.ip) });
   const read = authorize({ scope: 'keys:read', orgParam: 'id' });
   // A leaked previous secret must not be able to point the org's events at its own receiver.
   const write = authorize({ scope: 'keys:write', orgParam: 'id', currentSecret: true });
@@ -60,7 +61,7 @@ export function webhooksRouter(deps: { service: WebhooksService; authorize: (req
   router.post('/', write, readJson, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(createBody, req.body, 'body');
-    const created = await service.create(id, body);
+    const created = await service.create(id, body, changeContext(res));
     // The one response that carries the secret: no cache may keep it.
     res.setHeader('Cache-Control', 'no-store');
     res.status(201).json({ ...created.webhook, secret: created.secret });
@@ -74,7 +75,7 @@ export function webhooksRouter(deps: { service: WebhooksService; authorize: (req
 
   router.delete('/:webhookId', write, async (req, res) => {
     const { id, webhookId } = parseInput(webhookParams, req.params, 'params');
-    await service.remove(id, webhookId);
+    await service.remove(id, webhookId, changeContext(res));
     res.status(204).end();
   });
 

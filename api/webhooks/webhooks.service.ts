@@ -1,4 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import { auditActor, recordAudit } from '../audit/audit.repository';
 import type { Db } from '../../shared/db';
 import { PING_EVENT_TYPE } from '../../shared/keyEvents';
 import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../../shared/secretBox';
@@ -47,6 +48,21 @@ const toDeliveryView = (delivery: DeliveryRecord) => ({
   attempts: delivery.attempts.map((attempt) => ({ ...attempt, startedAt: attempt.startedAt.toISOString() })),
 });
 
+/** Who changes a webhook, for the audit log: the acting key (none: the CLI) and its address. */
+export interface WebhookChangeContext {
+  actor?: { id: string; displayPrefix: string };
+  ip?: string;
+}
+
+const webhookAudit = (orgId: string, action: 'webhook.create' | 'webhook.delete', webhook: WebhookRecord, context: WebhookChangeContext) => ({
+  orgId,
+  action,
+  targetKeyId: null,
+  details: { webhookId: webhook.id, url: webhook.url, events: webhook.eventTypes },
+  actor: auditActor(context.actor),
+  ip: context.ip ?? null,
+});
+
 export interface WebhooksServiceDeps {
   db: Db;
   pepper: string;
@@ -66,7 +82,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
   }
 
   return {
-    async create(orgId: string, input: { url: string; events: string[] }) {
+    async create(orgId: string, input: { url: string; events: string[] }, context: WebhookChangeContext = {}) {
       try {
         await resolveTarget(new URL(input.url), deps.allowPrivateTargets);
       } catch (error) {
@@ -75,7 +91,12 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       }
       const id = randomUUID();
       const secret = `whsec_${randomBytes(32).toString('base64url')}`;
-      const webhook = await insertWebhook(deps.db, { id, orgId, url: input.url, eventTypes: input.events, secretBox: box.seal(secret, id) });
+      // Where an org's events go is as sensitive as its keys: recorded in the same transaction.
+      const webhook = await deps.db.transaction(async (trx) => {
+        const inserted = await insertWebhook(trx, { id, orgId, url: input.url, eventTypes: input.events, secretBox: box.seal(secret, id) });
+        await recordAudit(trx, webhookAudit(orgId, 'webhook.create', inserted, context));
+        return inserted;
+      });
       return { webhook: toView(webhook), secret };
     },
 
@@ -90,8 +111,12 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       };
     },
 
-    async remove(orgId: string, webhookId: string) {
-      if (!(await deleteWebhookInOrg(deps.db, orgId, webhookId))) throw notFound('Webhook');
+    async remove(orgId: string, webhookId: string, context: WebhookChangeContext = {}) {
+      await deps.db.transaction(async (trx) => {
+        const webhook = await findWebhookInOrg(trx, orgId, webhookId);
+        if (!webhook || !(await deleteWebhookInOrg(trx, orgId, webhookId))) throw notFound('Webhook');
+        await recordAudit(trx, webhookAudit(orgId, 'webhook.delete', webhook, context));
+      });
     },
 
     async deliveries(orgId: string, webhookId: string, query: { limit: number; offset: number; status?: DeliveryStatus }) {
