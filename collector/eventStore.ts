@@ -164,6 +164,11 @@ export async function sweepTimeEvents(db: Db, now: Date, expiringDays: readonly 
   return { dormant: dormant.rowCount ?? 0, expiring: expiring.rowCount ?? 0 };
 }
 
+// Events, and the webhook deliveries made of them once they are done (a delivery still pending
+// stays until it succeeds or gives up): their payloads copy the events' details, IPs included, so
+// they must not outlive them. Attempts go with their delivery (ON DELETE CASCADE).
 export async function expireOldEvents(db: Db, now: Date, retentionDays: number): Promise<void> {
-  await db.raw(`delete from key_events where occurred_at < cast(? as timestamptz) - make_interval(days => ?)`, [now, retentionDays]);
+  const bindings = [now, retentionDays];
+  await db.raw(`delete from key_events where occurred_at < cast(? as timestamptz) - make_interval(days => ?)`, bindings);
+  await db.raw(`delete from webhook_deliveries where status <> 'pending' and created_at < cast(? as timestamptz) - make_interval(days => ?)`, bindings);
 }

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 // Key events end to end: real requests through the API, real datagrams to the collector, real
 // flushes into PostgreSQL; each event type appears exactly once however often the trigger repeats.
 import t, { type Test } from 'tap';
@@ -328,7 +329,19 @@ t.test('retention deletes old events only', async (t: Test) => {
     { org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(now - 91 * DAY), details: {}, dedupe_key: 'old' },
     { org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(now - 89 * DAY), details: {}, dedupe_key: 'kept' },
   ]);
+  const [hook] = await db('webhooks').insert({ org_id: org.id, url: 'https://203.0.113.10/hook', event_types: ['*'], secret_box: Buffer.alloc(32) }).returning('id');
+  const delivery = (status: string, daysAgo: number) => ({
+    webhook_id: hook.id, org_id: org.id, event_id: randomUUID(), event_type: 'key.new_ip', payload: { details: { ip: '203.0.113.7' } }, status, created_at: new Date(now - daysAgo * DAY),
+  });
+  // The trigger has queued deliveries of the two events above; these are the ones that matter here.
+  await db('webhook_deliveries').del();
+  await db('webhook_deliveries').insert([delivery('succeeded', 91), delivery('failed', 91), delivery('pending', 91), delivery('succeeded', 89)]);
   const { expireOldEvents } = await import('../collector/eventStore');
   await expireOldEvents(db, new Date(now), 90);
   t.strictSame((await db('key_events').select('dedupe_key')).map((r) => r.dedupe_key), ['kept']);
+  t.strictSame(
+    (await db('webhook_deliveries').orderBy('created_at').select('status')).map((r) => r.status),
+    ['pending', 'succeeded'],
+    'finished deliveries, with the IPs their payloads copy, go with the events; a pending one stays (fails without the fix)',
+  );
 });
