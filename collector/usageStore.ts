@@ -311,22 +311,21 @@ async function pruneTable(db: Db, table: string, keys: readonly KeyRef[]) {
 // Keeps the `keep` most recently seen networks of each key in api_key_ip_history, which is keyed by
 // (key_id, prefix) and not yet distributed on Citus (docs/scaling.md), so unlike pruneTable it
 // needs no org.
-// Best effort, outside the flush: rows are locked in (key_id, column) order, as flushes lock them,
+// Best effort, outside the flush: rows are locked in (key_id, prefix) order, as flushes lock them,
 // and rows another transaction holds are skipped (trimmed after a later flush), so a trim never
 // waits for a lock and cannot deadlock with a flush or with another collector's trim.
 async function trimIpHistory(db: Db, keyIds: readonly string[], keep: number): Promise<void> {
-  const [table, column] = ['api_key_ip_history', 'prefix'];
   await db.raw(
     `with doomed as materialized (
-       select r.key_id, r.${column}
-         from ${table} r
-         join (select key_id, ${column}, row_number() over (partition by key_id order by last_seen desc, ${column}) as rank
-                 from ${table} where key_id = any(cast(? as uuid[]))) ranked
-           on ranked.key_id = r.key_id and ranked.${column} = r.${column}
+       select r.key_id, r.prefix
+         from api_key_ip_history r
+         join (select key_id, prefix, row_number() over (partition by key_id order by last_seen desc, prefix) as rank
+                 from api_key_ip_history where key_id = any(cast(? as uuid[]))) ranked
+           on ranked.key_id = r.key_id and ranked.prefix = r.prefix
         where ranked.rank > ?
-        order by r.key_id, r.${column}
+        order by r.key_id, r.prefix
           for update of r skip locked)
-     delete from ${table} r using doomed d where r.key_id = d.key_id and r.${column} = d.${column}`,
+     delete from api_key_ip_history r using doomed d where r.key_id = d.key_id and r.prefix = d.prefix`,
     [[...keyIds], keep],
   );
 }

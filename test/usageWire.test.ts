@@ -6,8 +6,10 @@ import {
   MAX_DATAGRAM_BYTES,
   MAX_LINE_COUNT,
   OUTCOMES,
+  PROVEN_OUTCOMES,
   USAGE_METRIC,
   encodeUsageLine,
+  isProvenOutcome,
   packDatagrams,
   parsePacket,
   type PacketResult,
@@ -485,4 +487,8 @@ t.test('ip validation agrees with node:net isIP', async (t) => {
     { numRuns: 20000 },
   );
   t.pass('agrees on generated ip-like strings');
+});
+
+t.test('isProvenOutcome, the hot-path test, agrees with PROVEN_OUTCOMES, the documented list', async (t) => {
+  for (const outcome of OUTCOMES) t.equal(isProvenOutcome(outcome), (PROVEN_OUTCOMES as readonly string[]).includes(outcome), outcome);
 });

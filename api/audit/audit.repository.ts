@@ -4,11 +4,7 @@ import type { Db } from '../../shared/db';
 // (pass the transaction as `db`), so a change and its entry commit or roll back together.
 // Append-only: nothing here updates or deletes, and the table's triggers refuse both.
 
-/**
- * The changes audited. `key.update` (PATCH /api-keys/:keyId: scopes, networks) and
- * `keys.revoke_dormant` (POST /api-keys/revoke-dormant, one entry per key) belong to routes
- * added on other branches; they call recordAudit the same way.
- */
+/** The changes audited (docs/api-keys.md, "Audit log", says what each entry's details hold). */
 export const AUDIT_ACTIONS = ['key.create', 'key.rotate', 'key.revoke', 'key.update', 'keys.revoke_dormant', 'key.erase_ips', 'webhook.create', 'webhook.delete'] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 
