@@ -1,6 +1,6 @@
 // Coalesces usage samples per (orgId, keyId) between flushes. Pure: the clock
 // is injected and the flusher decides when to drain, so nothing here sleeps.
-import { OUTCOMES, isProvenOutcome, type Outcome, type UsageSample } from '../shared/usageWire';
+import { OUTCOMES, isProvenOutcome, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
 
 export interface IpStat {
   count: number;
@@ -95,7 +95,7 @@ export class Aggregator {
     entry.byOutcome[outcome] += count;
     const hour = now - (now % HOUR_MS);
     const hourCounts = entry.hours.get(hour);
-    if (hourCounts === undefined) entry.hours.set(hour, { ...emptyOutcomes(), [outcome]: count });
+    if (hourCounts === undefined) entry.hours.set(hour, { ...zeroOutcomes(), [outcome]: count });
     else hourCounts[outcome] += count;
     if (isProvenOutcome(outcome)) {
       if (now >= entry.lastUsedAt) {
@@ -277,17 +277,13 @@ function leastRecentlySeen(ips: Map<string, IpStat>): string {
   return oldest;
 }
 
-function emptyOutcomes(): Record<Outcome, number> {
-  return { ok: 0, forbidden: 0, expired: 0, revoked: 0, bad_secret: 0, cross_org: 0 };
-}
-
 function emptyDelta(keyId: string, orgId: string): KeyUsageDelta {
   // -Infinity so the first add or merge always sets the last-seen times and addresses.
   return {
     keyId,
     orgId,
     total: 0,
-    byOutcome: emptyOutcomes(),
+    byOutcome: zeroOutcomes(),
     lastUsedAt: -Infinity,
     lastIp: '',
     ips: new Map(),

@@ -10,6 +10,11 @@ export type Outcome = (typeof OUTCOMES)[number];
 // by someone who may know no more than the key's id.
 export const PROVEN_OUTCOMES = ['ok', 'forbidden', 'expired', 'revoked', 'cross_org'] as const satisfies readonly Outcome[];
 
+/** A count of 0 for every outcome: the start of every per-outcome tally. */
+export function zeroOutcomes(): Record<Outcome, number> {
+  return { ok: 0, forbidden: 0, expired: 0, revoked: 0, bad_secret: 0, cross_org: 0 };
+}
+
 export function isProvenOutcome(outcome: Outcome): boolean {
   return outcome !== 'bad_secret';
 }

@@ -2,7 +2,7 @@ import { deepStrictEqual } from 'node:assert';
 import fc from 'fast-check';
 import t from 'tap';
 import { Aggregator, mergeBatches, type AggregatorOptions, type IpStat, type KeyUsageDelta, type UsageBatch } from '../collector/aggregator';
-import { OUTCOMES, type Outcome, type UsageSample } from '../shared/usageWire';
+import { OUTCOMES, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
 
 const KEY_A = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
 const KEY_B = 'c8e1a7d2-5b34-4f60-a9de-17b2c3d4e5f6';
@@ -18,7 +18,7 @@ function use(fields: Partial<UsageSample> = {}): UsageSample {
 }
 
 function outcomes(counts: Partial<Record<Outcome, number>> = {}): Record<Outcome, number> {
-  return { ok: 0, forbidden: 0, expired: 0, revoked: 0, bad_secret: 0, cross_org: 0, ...counts };
+  return { ...zeroOutcomes(), ...counts };
 }
 
 // A fake clock: tests set `clock.now` instead of sleeping.

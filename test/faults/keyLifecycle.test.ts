@@ -7,7 +7,7 @@ import { createStatsdSink } from '../../api/usage/statsdSink';
 import { UsageRecorder } from '../../api/usage/usageRecorder';
 import type { Db } from '../../shared/db';
 import { createLogger } from '../../shared/logger';
-import { OUTCOMES, type Outcome } from '../../shared/usageWire';
+import { zeroOutcomes, type Outcome } from '../../shared/usageWire';
 import { seedOrg, startTestApi } from '../helpers/api';
 import { startTestCollector, waitFor } from '../helpers/collector';
 import { freshDatabase } from '../helpers/database';
@@ -46,7 +46,7 @@ async function flushAll(t: Test, collector: Collector, recorders: UsageRecorder[
   t.ok(await collector.flusher.flush(), 'flushed');
 }
 
-const zero = () => Object.fromEntries(OUTCOMES.map((o) => [o, 0])) as Record<Outcome, number>;
+const zero = zeroOutcomes;
 
 t.test('rotated and revoked while uses are in flight: every use counted against the key it named, with the outcome it got', async (t) => {
   const { db, url } = await freshDatabase(t);

@@ -18,7 +18,7 @@ import type { DatagramSink } from '../../api/usage/usageRecorder';
 import { loadConfig } from '../../shared/config';
 import { freeTcpPort, freeUdpPort } from '../../shared/freePort';
 import type { Db } from '../../shared/db';
-import { OUTCOMES, encodeUsageLine, packDatagrams, parsePacket, type Outcome, type UsageSample } from '../../shared/usageWire';
+import { OUTCOMES, encodeUsageLine, packDatagrams, parsePacket, zeroOutcomes, type Outcome, type UsageSample } from '../../shared/usageWire';
 import { waitFor } from './collector';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -580,7 +580,7 @@ export class Ledger {
   add(samples: readonly UsageSample[]): readonly UsageSample[] {
     for (const s of samples) {
       this.byKey.set(s.keyId, (this.byKey.get(s.keyId) ?? 0) + s.count);
-      const outcomes = this.byKeyOutcome.get(s.keyId) ?? (Object.fromEntries(OUTCOMES.map((o) => [o, 0])) as Record<Outcome, number>);
+      const outcomes = this.byKeyOutcome.get(s.keyId) ?? zeroOutcomes();
       outcomes[s.outcome] += s.count;
       this.byKeyOutcome.set(s.keyId, outcomes);
       this.total += s.count;
