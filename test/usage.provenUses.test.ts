@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { migrateLatest, MIGRATION_CONFIG, type Db } from '../shared/db';
 import { encodeUsageLine } from '../shared/usageWire';
@@ -176,7 +177,7 @@ t.test('a data error on one key is isolated: that key is set aside, every other 
   t.equal((await db('api_key_usage').where({ key_id: poisoned }).first()).request_count, 2, 'the key is not stuck: later uses land');
 });
 
-t.test('the migration splits existing totals into proven uses and failed attempts', async (t) => {
+t.test('the migrations run on a database holding 0.1.0 usage, and split its totals into proven uses and failed attempts', async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
   const { org, adminKeyId } = await seedOrg(api, db);
@@ -187,8 +188,25 @@ t.test('the migration splits existing totals into proven uses and failed attempt
     { key_id: adminKeyId, org_id: org.id, request_count: 10, ok_count: 7, bad_secret_count: 3, last_used_at: at, last_used_ip: '192.0.2.1' },
     { key_id: other, org_id: org.id, request_count: 4, bad_secret_count: 4, last_used_at: at, last_used_ip: '203.0.113.5' },
   ]);
+  // The rest of what a 0.1.0 collector wrote, in its shape (no org_id, no per-outcome columns).
+  await db('api_key_usage_hourly').insert({ key_id: adminKeyId, hour: at, request_count: 10 });
+  await db('api_key_recent_ips').insert({ key_id: adminKeyId, ip: '192.0.2.1', first_seen: at, last_seen: at, request_count: 10 });
   await migrateLatest(db);
+  t.match(await db('api_key_usage_hourly').where({ key_id: adminKeyId }).first(), { org_id: org.id, request_count: 10 }, 'hourly rows gain their org');
+  t.match(await db('api_key_recent_ips').where({ key_id: adminKeyId }).first(), { org_id: org.id, ip: '192.0.2.1' }, 'recent IPs too');
+  t.equal(
+    (await db('api_key_ip_history').where({ key_id: adminKeyId }).pluck('first_ip'))[0],
+    '192.0.2.1',
+    'a key already in use knows its network: no key.new_ip flood after the deploy',
+  );
   const rows = new Map((await db('api_key_usage').select()).map((row: { key_id: string }) => [row.key_id, row]));
   t.match(rows.get(adminKeyId), { request_count: 7, bad_secret_count: 3, last_used_ip: '192.0.2.1' });
   t.match(rows.get(other), { request_count: 0, bad_secret_count: 4, last_used_at: null, last_used_ip: null }, 'a key only ever probed is unused');
+  // Then the new collector writes onto the migrated rows.
+  const { Aggregator } = await import('../collector/aggregator');
+  const { createPgUsageStore } = await import('../collector/usageStore');
+  const aggregator = new Aggregator({ maxKeys: 10, now: () => at.getTime() + 60_000 });
+  aggregator.add({ keyId: adminKeyId, orgId: org.id, ip: '192.0.2.1', outcome: 'ok', count: 2 });
+  await createPgUsageStore(db).write([{ id: randomUUID(), batch: aggregator.drain() }]);
+  t.match(await db('api_key_usage_hourly').where({ key_id: adminKeyId }).first(), { request_count: 12, ok_count: 2 }, 'the old bucket keeps counting');
 });
