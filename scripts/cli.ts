@@ -11,7 +11,7 @@ import { displayName, uuid } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, migrateLatest, type Db } from '../shared/db';
 import { eraseKeyIps } from '../shared/ipRetention';
-import { postmasterPid, startLocalPostgres } from '../shared/localPostgres';
+import { postmasterPid, startLocalPostgres } from './lib/localPostgres';
 
 // `npm run cli -- <command>`: the operator's bootstrap tool. runCli() holds the command logic and
 // takes its database, output streams, pepper and clock as arguments so tests run it in-process;

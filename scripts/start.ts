@@ -6,10 +6,10 @@ import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
 import { ConfigError, loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
-import { ensureAppRole } from '../shared/appRole';
+import { ensureAppRole } from './lib/appRole';
 import { createDb, migrateLatest } from '../shared/db';
-import { acquireDataFolderLock, DataFolderBusyError, type DataFolderLock } from '../shared/dataFolderLock';
-import { postmasterPid, runningPort, startLocalPostgres, type LocalPostgres } from '../shared/localPostgres';
+import { acquireDataFolderLock, DataFolderBusyError, type DataFolderLock } from './lib/dataFolderLock';
+import { postmasterPid, runningPort, startLocalPostgres, type LocalPostgres } from './lib/localPostgres';
 import { commandSettings, demoBanner, ensureDemoOrg, externalDatabaseBanner } from './demo';
 
 // `npm start`: one launcher for the whole system.
@@ -21,7 +21,7 @@ import { commandSettings, demoBanner, ensureDemoOrg, externalDatabaseBanner } fr
 //      try it (with its key on the first run only: the key is never stored or printed again);
 //   5. run until a signal (stop web, then collector, then the database; exit 0) or until a process
 //      or the embedded database dies (say which and why, stop the rest, exit 1).
-// One launcher owns an embedded data folder at a time (shared/dataFolderLock.ts): a second one on
+// One launcher owns an embedded data folder at a time (scripts/lib/dataFolderLock.ts): a second one on
 // the same folder names the first one's pid and exits 1 before touching anything.
 // PROCFILE names another Procfile (the tests use it to stand in for a process).
 
@@ -414,7 +414,7 @@ export class Launcher {
   }
 
   // DATABASE_URL as given, or the embedded cluster: migrated as its owner, while the processes
-  // connect as the app role, which may only read and write rows (shared/appRole.ts).
+  // connect as the app role, which may only read and write rows (scripts/lib/appRole.ts).
   private openDatabase(): { ownerUrl: string; processUrl: string; dataLocation: string; resetHint?: string } {
     const { database } = this.config;
     if (database.url) {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import { createPgUsageStore } from '../collector/usageStore';
-import { ensureAppRole } from '../shared/appRole';
+import { ensureAppRole } from '../scripts/lib/appRole';
 import { createDb } from '../shared/db';
 import { seedOrg, startTestApi } from './helpers/api';
 import { startTestCollector, sendDatagrams, waitFor } from './helpers/collector';

@@ -1,5 +1,5 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { freeTcpPort } from '../shared/freePort';
+import { freeTcpPort } from '../scripts/lib/freePort';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -11,7 +11,7 @@ import { embeddedClusterRunning, main, openDatabase, runCli, stdio as cliStdio, 
 import { migrate, stdio as migrateStdio } from '../scripts/migrate';
 import { loadConfig } from '../shared/config';
 import { createDb, MIGRATIONS_DIRECTORY, type Db } from '../shared/db';
-import { startLocalPostgres } from '../shared/localPostgres';
+import { startLocalPostgres } from '../scripts/lib/localPostgres';
 import { startTestApi } from './helpers/api';
 import { emptyDatabase, freshDatabase } from './helpers/database';
 

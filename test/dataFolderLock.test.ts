@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
-import { acquireDataFolderLock, DataFolderBusyError, lockFileFor } from '../shared/dataFolderLock';
+import { acquireDataFolderLock, DataFolderBusyError, lockFileFor } from '../scripts/lib/dataFolderLock';
 
 // One launcher per data folder: the lock file's atomic create, a live holder named, a stale lock
 // (its process gone) taken over, a lock being written respected.

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import path from 'node:path';
-import { freeTcpPort, freeUdpPort } from '../shared/freePort';
+import { freeTcpPort, freeUdpPort } from '../scripts/lib/freePort';
 import t, { type Test } from 'tap';
 import { insertOrganization } from '../api/orgs/orgs.repository';
 import { createApiKeysService } from '../api/keys/apiKeys.service';

@@ -5,7 +5,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { Launcher, type ProcfileEntry } from '../scripts/start';
 import { loadConfig } from '../shared/config';
-import { freeTcpPort, freeUdpPort } from '../shared/freePort';
+import { freeTcpPort, freeUdpPort } from '../scripts/lib/freePort';
 import { freshDatabase } from './helpers/database';
 
 // The launcher in process, with stand-in processes, so its orchestration is measured by coverage;

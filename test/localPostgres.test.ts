@@ -2,8 +2,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
-import { freeTcpPort } from '../shared/freePort';
-import { postmasterPid, startLocalPostgres } from '../shared/localPostgres';
+import { freeTcpPort } from '../scripts/lib/freePort';
+import { postmasterPid, startLocalPostgres } from '../scripts/lib/localPostgres';
 
 // The launcher's PostgreSQL, started for real: what it may touch on disk, and what the server
 // process is given. As root the server runs as the `postgres` OS user, which is when folder

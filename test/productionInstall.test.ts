@@ -6,7 +6,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { createApiKeysService } from '../api/keys/apiKeys.service';
 import { insertOrganization } from '../api/orgs/orgs.repository';
-import { freeTcpPort, freeUdpPort } from '../shared/freePort';
+import { freeTcpPort, freeUdpPort } from '../scripts/lib/freePort';
 import { emptyDatabase, freshDatabase } from './helpers/database';
 import { waitFor } from './helpers/collector';
 

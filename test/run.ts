@@ -1,6 +1,6 @@
-import { freeTcpPort } from '../shared/freePort';
+import { freeTcpPort } from '../scripts/lib/freePort';
 import { createDb, migrateLatest } from '../shared/db';
-import { startThrowawayPostgres } from '../shared/localPostgres';
+import { startThrowawayPostgres } from '../scripts/lib/localPostgres';
 import { TEMPLATE_DATABASE } from './helpers/database';
 import { runTap, tapArguments } from './runTap';
 

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { freeTcpPort, freeUdpPort } from '../shared/freePort';
+import { freeTcpPort, freeUdpPort } from '../scripts/lib/freePort';
 import t, { type Test } from 'tap';
 import { findApiKeyById } from '../api/keys/apiKeys.repository';
 import { parsePresentedKey, secretMatches } from '../api/keys/keyMaterial';

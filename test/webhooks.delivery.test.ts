@@ -3,7 +3,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { claimDueDeliveries } from '../collector/webhookStore';
 import type { Db } from '../shared/db';
-import { freeTcpPort } from '../shared/freePort';
+import { freeTcpPort } from '../scripts/lib/freePort';
 import { seedOrg, startTestApi } from './helpers/api';
 import { startTestCollector, waitFor } from './helpers/collector';
 import { freshDatabase } from './helpers/database';

@@ -4,7 +4,7 @@ import { generateKeyMaterial } from '../../api/keys/keyMaterial';
 import type { Scope } from '../../api/keys/scopes';
 import { insertOrganization } from '../../api/orgs/orgs.repository';
 import { createDb, migrateLatest, type Db } from '../../shared/db';
-import { startThrowawayPostgres } from '../../shared/localPostgres';
+import { startThrowawayPostgres } from '../../scripts/lib/localPostgres';
 import { freeTcpPort } from './procs';
 
 // The benchmarks write hundreds of thousands of rows, so they never touch an existing database:

@@ -133,7 +133,7 @@ export async function waitUntil<T>(what: string, probe: () => Promise<T | undefi
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-export { freeTcpPort, freeUdpPort } from '../../shared/freePort';
+export { freeTcpPort, freeUdpPort } from '../../scripts/lib/freePort';
 
 // ---------------------------------------------------------------------------------------------
 // /proc readers (Linux only; the benchmarks are documented as such)

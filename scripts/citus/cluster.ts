@@ -3,8 +3,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createDb } from '../../shared/db';
-import { freeTcpPort } from '../../shared/freePort';
-import { runAsIds } from '../../shared/localPostgres';
+import { freeTcpPort } from '../lib/freePort';
+import { runAsIds } from '../lib/localPostgres';
 
 // A throwaway Citus cluster on 127.0.0.1: a coordinator and two workers, each a Debian
 // PostgreSQL 15 with citus preloaded (scripts/citus/build.sh installs it), in a temporary folder,

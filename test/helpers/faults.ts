@@ -16,7 +16,7 @@ import { createApiKeysService } from '../../api/keys/apiKeys.service';
 import { insertOrganization } from '../../api/orgs/orgs.repository';
 import type { DatagramSink } from '../../api/usage/usageRecorder';
 import { loadConfig } from '../../shared/config';
-import { freeTcpPort, freeUdpPort } from '../../shared/freePort';
+import { freeTcpPort, freeUdpPort } from '../../scripts/lib/freePort';
 import type { Db } from '../../shared/db';
 import { OUTCOMES, encodeUsageLine, packDatagrams, parsePacket, zeroOutcomes, type Outcome, type UsageSample } from '../../shared/usageWire';
 import { waitFor } from './collector';

@@ -1,4 +1,4 @@
-import type { Db } from './db';
+import type { Db } from '../../shared/db';
 
 // The API and the collector read and write rows; they never need DDL, other databases or a
 // superuser, so a flaw in either cannot drop a table or read pg_authid. Migrations keep running

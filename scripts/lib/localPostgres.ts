@@ -12,7 +12,7 @@ import path from 'node:path';
 export interface LocalPostgres {
   /** The superuser, which owns the schema: migrations and administration. */
   readonly url: string;
-  /** The non-superuser role the API and the collector use (shared/appRole.ts grants it). */
+  /** The non-superuser role the API and the collector use (scripts/lib/appRole.ts grants it). */
   readonly app: { role: string; password: string; url: string };
   readonly dataDir: string;
   /** The port it listens on: the one asked for, or the one a cluster already running was started on. */
