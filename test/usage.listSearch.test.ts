@@ -22,7 +22,7 @@ async function world(t: Test) {
 const namesOf = (body: { data: Array<{ name: string }> }) => body.data.map((key) => key.name).sort();
 
 t.test('?q= matches names case-insensitively and takes %, _ and \\ literally', async (t) => {
-  const { list } = await world(t);
+  const { db, list } = await world(t);
   const cases: Array<[string, string[]]> = [
     ['deploy', ['Deploy bot', 'deploy-staging']],
     ['DEPLOY-', ['deploy-staging']],
@@ -41,6 +41,8 @@ t.test('?q= matches names case-insensitively and takes %, _ and \\ literally', a
   }
   const trimmed = await list('q=%20%20deploy%20');
   t.strictSame(namesOf(trimmed.body), ['Deploy bot', 'deploy-staging'], 'surrounding spaces are ignored');
+  // Never used and created long before NOW: dormant.
+  await db('api_keys').update({ created_at: new Date(NOW - 60 * 24 * HOUR) });
   const combined = await list('q=deploy&dormant=true&limit=1');
   t.equal(combined.body.page.total, 2, 'combines with the dormant filter and paging');
   t.equal(combined.body.data.length, 1);

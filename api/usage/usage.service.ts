@@ -9,13 +9,7 @@ const MAX_SERIES_POINTS = 24 * 93;
 
 const isoOrNull = (date: Date | null) => (date ? date.toISOString() : null);
 
-// Dormant: can still be used, yet unused for dormantAfterMs. A revoked or expired key is not
-// dormant (nothing is left to clean up), the same rule as the repository's `dormant` filter.
-function isDormant(key: KeyUsageRecord, now: number, dormantAfterMs: number): boolean {
-  return keyStatus(key, now) === 'active' && (key.lastUsedAt === null || key.lastUsedAt.getTime() < now - dormantAfterMs);
-}
-
-function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number, eventSummaryDays: number) {
+function toUsageView(key: KeyUsageRecord, now: number, eventSummaryDays: number) {
   return {
     id: key.keyId,
     name: key.name,
@@ -32,7 +26,7 @@ function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number, e
     outcomes: key.outcomes,
     requests: { last24h: key.last24h, last7d: key.last7d, last30d: key.last30d },
     last7Days: key.last7Days,
-    dormant: isDormant(key, now, dormantAfterMs),
+    dormant: key.dormant,
     failedAttempts: key.failedAttempts,
     lastFailedAt: isoOrNull(key.lastFailedAt),
     lastFailedIp: key.lastFailedIp,
@@ -63,12 +57,12 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       query: { dormant?: boolean; status?: KeyStatus; dormantDays: number; nameContains?: string; keyId?: string; sort: UsageSort; order: 'asc' | 'desc'; limit: number; offset: number },
     ) {
       const now = deps.now();
-      const dormantAfterMs = query.dormantDays * DAY_MS;
       const { keys, total } = await listKeyUsage(deps.db, {
         orgId,
         now: new Date(now),
         status: query.status ?? null,
-        dormancy: query.dormant === undefined ? null : { dormant: query.dormant, before: new Date(now - dormantAfterMs) },
+        dormantBefore: new Date(now - query.dormantDays * DAY_MS),
+        dormant: query.dormant ?? null,
         nameContains: query.nameContains ?? null,
         keyId: query.keyId ?? null,
         eventsSince: new Date(now - deps.eventSummaryDays * DAY_MS),
@@ -78,7 +72,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
         offset: query.offset,
       });
       return {
-        data: keys.map((key) => toUsageView(key, now, dormantAfterMs, deps.eventSummaryDays)),
+        data: keys.map((key) => toUsageView(key, now, deps.eventSummaryDays)),
         page: { limit: query.limit, offset: query.offset, total },
         generatedAt: new Date(now).toISOString(),
         delay: deps.delay,
