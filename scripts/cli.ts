@@ -29,7 +29,7 @@ Commands:
   key revoke-dormant <orgId> --days <n> [--apply]
                                      List the active keys unused for n days (never used: created
                                      n days ago); with --apply, revoke exactly those
-  key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, recent IPs, audit log)
+  key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log)
   pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS)
   help                               Show this help
 
