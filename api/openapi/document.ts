@@ -31,12 +31,22 @@ const ERROR_MEANING: Record<ErrorCode, string> = {
   service_unavailable: 'the database does not answer; retry after Retry-After seconds',
 };
 
+// zod writes an ISO date-time as `format: date-time` plus a 500-character pattern that says the
+// same; the format is what OpenAPI tools read.
+const JSON_SCHEMA_OPTIONS = {
+  target: 'draft-2020-12',
+  unrepresentable: 'throw',
+  override: ({ jsonSchema }) => {
+    if (jsonSchema.format === 'date-time') delete jsonSchema.pattern;
+  },
+} as const satisfies Parameters<typeof z.toJSONSchema>[1];
+
 const RETRY_AFTER = { 'Retry-After': { description: 'Seconds to wait before retrying', schema: { type: 'integer', minimum: 0 } } };
 
 // The request schemas describe what a client sends (io: 'input'): a query's `limit` is a number
 // with a default, an id a string, before the route's coercions and transforms.
 function inputSchema(schema: z.ZodType): JsonSchema {
-  const { $schema: _dialect, ...json } = z.toJSONSchema(schema, { target: 'draft-2020-12', io: 'input', unrepresentable: 'throw' }) as JsonSchema;
+  const { $schema: _dialect, ...json } = z.toJSONSchema(schema, { ...JSON_SCHEMA_OPTIONS, io: 'input' }) as JsonSchema;
   if ('$defs' in json) throw new Error('A request schema must not contain a named (.meta({ id })) schema');
   return json;
 }
@@ -80,19 +90,28 @@ export function errorCodes(route: RouteContract): ErrorCode[] {
   return (Object.keys(ERROR_STATUS) as ErrorCode[]).filter((code) => codes.has(code));
 }
 
-function errorResponses(route: RouteContract): Record<number, JsonSchema> {
+// One response component per set of codes a status carries (403 is forbidden, stale_secret or
+// either), so each is written once and every route refers to it.
+const responseName = (codes: ErrorCode[]) => codes.map((code) => code.replace(/(^|_)(\w)/g, (_m, _sep, c: string) => c.toUpperCase())).join('Or');
+
+function errorResponse(status: number, codes: ErrorCode[]): JsonSchema {
+  return {
+    description: codes.map((code) => `${code}: ${ERROR_MEANING[code]}`).join('; '),
+    ...(status === 429 || status === 503 ? { headers: RETRY_AFTER } : {}),
+    // The one error shape, with the codes this status can carry.
+    content: { 'application/json': { schema: { allOf: [ref(namedId(errorBody)), { properties: { error: { properties: { code: { enum: codes } } } } }] } } },
+  };
+}
+
+function errorResponses(route: RouteContract, components: Record<string, JsonSchema>): Record<number, JsonSchema> {
   const byStatus = new Map<number, ErrorCode[]>();
   for (const code of errorCodes(route)) byStatus.set(ERROR_STATUS[code], [...(byStatus.get(ERROR_STATUS[code]) ?? []), code]);
   return Object.fromEntries(
-    [...byStatus].map(([status, codes]) => [
-      status,
-      {
-        description: codes.map((code) => `${code}: ${ERROR_MEANING[code]}`).join('; '),
-        ...(status === 429 || status === 503 ? { headers: RETRY_AFTER } : {}),
-        // The one error shape, with the codes this status can carry.
-        content: { 'application/json': { schema: { allOf: [ref(namedId(errorBody)), { properties: { error: { properties: { code: { enum: codes } } } } }] } } },
-      },
-    ]),
+    [...byStatus].map(([status, codes]) => {
+      const name = responseName(codes);
+      components[name] ??= errorResponse(status, codes);
+      return [status, { $ref: `#/components/responses/${name}` }];
+    }),
   );
 }
 
@@ -111,7 +130,7 @@ function successResponses(route: RouteContract): Record<number, JsonSchema> {
   );
 }
 
-function operation(route: RouteContract, tag: string): JsonSchema {
+function operation(route: RouteContract, tag: string, responses: Record<string, JsonSchema>): JsonSchema {
   const scope = route.auth?.scope ? ` Requires a key with the ${route.auth.scope} scope.` : '';
   const description = `${route.description ?? ''}${scope}`.trim();
   const params = parameters(route);
@@ -123,7 +142,7 @@ function operation(route: RouteContract, tag: string): JsonSchema {
     security: route.auth ? SECURITY : [],
     ...(params.length > 0 ? { parameters: params } : {}),
     ...(route.body ? { requestBody: requestBody(route.body) } : {}),
-    responses: { ...successResponses(route), ...errorResponses(route) },
+    responses: { ...successResponses(route), ...errorResponses(route, responses) },
   };
 }
 
@@ -133,13 +152,13 @@ export function openApiPath(mount: string, path: string): string {
   return joined.replace(/:(\w+)/g, '{$1}');
 }
 
-function paths(mounted: readonly MountedRoutes[]): Record<string, Record<string, JsonSchema>> {
+function paths(mounted: readonly MountedRoutes[], responses: Record<string, JsonSchema>): Record<string, Record<string, JsonSchema>> {
   const result: Record<string, Record<string, JsonSchema>> = {};
   for (const { mount, tag, routes } of mounted) {
     for (const route of routes) {
       const path = openApiPath(mount, route.path);
       if (result[path]?.[route.method]) throw new Error(`Two contracts for ${route.method.toUpperCase()} ${path}`);
-      result[path] = { ...result[path], [route.method]: operation(route, tag) };
+      result[path] = { ...result[path], [route.method]: operation(route, tag, responses) };
     }
   }
   return result;
@@ -148,7 +167,7 @@ function paths(mounted: readonly MountedRoutes[]): Record<string, Record<string,
 // Every named response schema, each once; the others refer to it by $ref. Sorted, so the file
 // does not change with import order.
 function componentSchemas(): Record<string, JsonSchema> {
-  const { schemas } = z.toJSONSchema(z.globalRegistry, { target: 'draft-2020-12', io: 'output', unrepresentable: 'throw', uri: (id) => SCHEMAS + id });
+  const { schemas } = z.toJSONSchema(z.globalRegistry, { ...JSON_SCHEMA_OPTIONS, io: 'output', uri: (id) => SCHEMAS + id });
   return Object.fromEntries(
     Object.keys(schemas)
       .sort()
@@ -160,7 +179,8 @@ function componentSchemas(): Record<string, JsonSchema> {
 }
 
 export function buildOpenApiDocument() {
-  const builtPaths = paths(API_ROUTES);
+  const responses: Record<string, JsonSchema> = {};
+  const builtPaths = paths(API_ROUTES, responses);
   return {
     openapi: '3.1.1',
     info: {
@@ -174,6 +194,7 @@ export function buildOpenApiDocument() {
     paths: builtPaths,
     components: {
       schemas: componentSchemas(),
+      responses: Object.fromEntries(Object.keys(responses).sort().map((name) => [name, responses[name]])),
       securitySchemes: {
         bearerKey: { type: 'http', scheme: 'bearer', description: 'Authorization: Bearer <key>' },
         apiKeyHeader: { type: 'apiKey', in: 'header', name: 'X-API-Key' },
@@ -192,3 +213,6 @@ export function serveOpenApiDocument(): RequestHandler {
     res.json(document);
   };
 }
+
+/** The document as docs/openapi.json holds it: two-space indent, a trailing newline. */
+export const renderOpenApiDocument = () => `${JSON.stringify(buildOpenApiDocument(), null, 2)}\n`;
