@@ -293,6 +293,7 @@ t.test('every response of every route matches the document', async (t) => {
       });
       t.equal(response.status, Number(Object.keys(contract.responses)[0]), 'succeeds');
       check(t, template, contract.method, response, 'success');
+      if (operationId === 'openApiDocument') t.same(response.body, document, 'GET /openapi.json serves the document');
     });
   }
 
