@@ -70,7 +70,7 @@ function parameters(route: RouteContract): JsonSchema[] {
 
 function requestBody(body: z.ZodObject) {
   const schema = inputSchema(body);
-  // Every body field optional: the body itself may be left out.
+  // A body whose every field is optional may be left out.
   const required = Array.isArray(schema.required) && schema.required.length > 0;
   return { required, content: { 'application/json': { schema } } };
 }
@@ -164,8 +164,9 @@ function paths(mounted: readonly MountedRoutes[], responses: Record<string, Json
   return result;
 }
 
-// Every named response schema, each once; the others refer to it by $ref. Sorted, so the file
-// does not change with import order.
+// Every named schema, each once; the others refer to it by $ref. Only response shapes are named
+// (inputSchema refuses a named request schema), so all of them describe output. Sorted, so the
+// file does not change with import order.
 function componentSchemas(): Record<string, JsonSchema> {
   const { schemas } = z.toJSONSchema(z.globalRegistry, { ...JSON_SCHEMA_OPTIONS, io: 'output', uri: (id) => SCHEMAS + id });
   return Object.fromEntries(
