@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import type { Db } from '../../shared/db';
 import { cursorPage, details, idString, isoTime, listOf } from '../responses';
-import { AUDIT_ACTIONS, listAudit, type AuditRecord } from './audit.repository';
+import { AUDIT_ACTIONS, auditActorShape, listAudit, type AuditRecord } from './audit.repository';
 
 const MAX_BIGINT = 9_223_372_036_854_775_807n;
 
@@ -20,7 +20,7 @@ const auditEntry = z
   .object({
     id: z.string().regex(/^\d+$/),
     occurredAt: isoTime,
-    actor: z.discriminatedUnion('type', [z.object({ type: z.literal('key'), keyId: idString, displayPrefix: z.string() }), z.object({ type: z.literal('cli') })]),
+    actor: auditActorShape,
     action: z.enum(AUDIT_ACTIONS),
     targetKeyId: idString.nullable(),
     details: details.meta({ description: 'What docs/api-keys.md ("Audit log") lists for the action' }),
