@@ -1,4 +1,5 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
+import { z } from 'zod';
 import { databaseUnavailable } from '../shared/db';
 import { redactKeyMaterial, type Logger } from '../shared/logger';
 
@@ -18,6 +19,17 @@ export const ERROR_STATUS = {
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
+
+/** The one body of every error response. */
+export const errorBody = z
+  .object({
+    error: z.object({
+      code: z.enum(Object.keys(ERROR_STATUS) as [ErrorCode, ...ErrorCode[]]),
+      message: z.string(),
+      requestId: z.string().meta({ description: 'The X-Request-Id response header' }),
+    }),
+  })
+  .meta({ id: 'Error' });
 
 export class AppError extends Error {
   constructor(

@@ -46,6 +46,11 @@ export interface Requirement {
   currentSecret?: boolean;
 }
 
+/** Reading an org's keys, usage, events, webhooks and audit log. */
+export const READ_ORG: Requirement = Object.freeze({ scope: 'keys:read', orgParam: 'id' });
+/** Changing an org's keys and webhooks. */
+export const MANAGE_ORG: Requirement = Object.freeze({ scope: 'keys:write', orgParam: 'id', currentSecret: true });
+
 function presentedKey(req: Request): string | undefined {
   const header = req.headers.authorization;
   if (header !== undefined) {

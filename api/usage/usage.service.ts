@@ -1,7 +1,12 @@
+import { z } from 'zod';
 import { exactCount, type Count, type Db } from '../../shared/db';
+import { EVENT_TYPES } from '../../shared/keyEvents';
+import { OUTCOMES } from '../../shared/usageWire';
 import { notFound, AppError } from '../errors';
 import { findApiKeyInOrg } from '../keys/apiKeys.repository';
-import { keyStatus, type KeyStatus } from '../keys/apiKeys.service';
+import { KEY_STATUSES, keyStatus, type KeyStatus } from '../keys/apiKeys.service';
+import { SCOPES } from '../keys/scopes';
+import { count, idString, isoTime, offsetPage } from '../responses';
 import { keyTimeSeries, listKeyUsage, type Granularity, type KeyUsageRecord, type UsageSort } from './usage.repository';
 
 const DAY_MS = 86_400_000;
@@ -9,7 +14,58 @@ const MAX_SERIES_POINTS = 24 * 93;
 
 const isoOrNull = (date: Date | null) => (date ? date.toISOString() : null);
 
-function toUsageView(key: KeyUsageRecord, now: number, eventSummaryDays: number) {
+const outcomeCounts = z.record(z.enum(OUTCOMES), count).meta({ id: 'OutcomeCounts', description: 'Uses by outcome' });
+const seenIp = z.object({ ip: z.string(), firstSeen: isoTime, lastSeen: isoTime });
+
+const keyUsage = z
+  .object({
+    id: idString,
+    name: z.string(),
+    displayPrefix: z.string(),
+    scopes: z.array(z.enum(SCOPES)),
+    status: z.enum(KEY_STATUSES),
+    createdAt: isoTime,
+    expiresAt: isoTime.nullable(),
+    revokedAt: isoTime.nullable(),
+    lastUsedAt: isoTime.nullable(),
+    lastUsedIp: z.string().nullable(),
+    recentIps: z.array(seenIp.extend({ requestCount: count })),
+    requestCount: count,
+    outcomes: outcomeCounts,
+    requests: z.object({ last24h: count, last7d: count, last30d: count }),
+    last7Days: z.array(count).meta({ description: 'Uses per UTC day over the last 7 days, oldest first; the last is today so far' }),
+    dormant: z.boolean(),
+    failedAttempts: count,
+    lastFailedAt: isoTime.nullable(),
+    lastFailedIp: z.string().nullable(),
+    recentFailedIps: z.array(seenIp.extend({ attemptCount: count })),
+    lastRevokedUseAt: isoTime.nullable(),
+    lastExpiredUseAt: isoTime.nullable(),
+    events: z.object({ days: z.number().int(), counts: z.partialRecord(z.enum(EVENT_TYPES), z.number().int()), latestAt: isoTime.nullable() }),
+  })
+  .meta({ id: 'KeyUsage' });
+
+export const usageList = z
+  .object({
+    data: z.array(keyUsage),
+    page: offsetPage,
+    generatedAt: isoTime,
+    delay: z.object({ drainIntervalMs: z.number(), flushIntervalMs: z.number() }).meta({ description: 'How far usage can lag behind requests' }),
+  })
+  .meta({ id: 'UsageList' });
+
+export const usageSeries = z
+  .object({
+    keyId: idString,
+    granularity: z.enum(['hour', 'day']),
+    from: isoTime,
+    to: isoTime,
+    total: count,
+    buckets: z.array(z.object({ start: isoTime, requestCount: count, outcomes: outcomeCounts.optional().meta({ description: 'With byOutcome=true' }) })),
+  })
+  .meta({ id: 'UsageSeries' });
+
+function toUsageView(key: KeyUsageRecord, now: number, eventSummaryDays: number): z.output<typeof keyUsage> {
   return {
     id: key.keyId,
     name: key.name,
@@ -55,7 +111,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
     async list(
       orgId: string,
       query: { dormant?: boolean; status?: KeyStatus; dormantDays: number; nameContains?: string; keyId?: string; sort: UsageSort; order: 'asc' | 'desc'; limit: number; offset: number },
-    ) {
+    ): Promise<z.output<typeof usageList>> {
       const now = deps.now();
       const { keys, total } = await listKeyUsage(deps.db, {
         orgId,
@@ -79,7 +135,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       };
     },
 
-    async timeSeries(orgId: string, keyId: string, query: { from?: Date; to?: Date; granularity: Granularity; byOutcome: boolean }) {
+    async timeSeries(orgId: string, keyId: string, query: { from?: Date; to?: Date; granularity: Granularity; byOutcome: boolean }): Promise<z.output<typeof usageSeries>> {
       const to = query.to ?? new Date(deps.now());
       const from = query.from ?? new Date(to.getTime() - 7 * DAY_MS);
       if (from.getTime() > to.getTime()) throw new AppError('invalid_request', 'Invalid query: from: must not be after to');

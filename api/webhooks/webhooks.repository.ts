@@ -99,7 +99,8 @@ export async function insertDelivery(
   return row.id;
 }
 
-export type DeliveryStatus = 'pending' | 'succeeded' | 'failed';
+export const DELIVERY_STATUSES = ['pending', 'succeeded', 'failed'] as const;
+export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
 
 export interface AttemptRecord {
   attempt: number;
