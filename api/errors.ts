@@ -79,7 +79,7 @@ export const routeNotFound: RequestHandler = (req, _res, next) => {
 export function errorMiddleware(logger: Logger): ErrorRequestHandler {
   return (error, req, res, _next) => {
     const appError = error instanceof AppError ? error : (fromBodyParser(error) ?? fromDatabase(error));
-    const requestId = res.locals.requestId as string;
+    const requestId = res.locals.requestId;
     if (appError?.code === 'service_unavailable') {
       // Message and code only: a knex error carries the query's bindings, which may hold a hash.
       logger.warn({ err: { message: error.message, code: error.code }, requestId }, appError.message);

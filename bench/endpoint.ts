@@ -78,7 +78,7 @@ export async function runEndpoint(ctx: BenchContext): Promise<BenchResult> {
   const plans = await explainPlans(ctx, orgId);
   const tableRows = (Object.keys(QUERIES) as QueryName[]).map((name) => {
     const s = summarize(latencies[name]);
-    return [QUERIES[name].label, s.n, fmt.int(counts[name]), fmt.ms(s.p50, 1), fmt.ms(s.p95, 1), fmt.ms(s.p99, 1), fmt.ms(s.max, 1), plans[name].executionMs === null ? 'n/a' : fmt.ms(plans[name].executionMs!, 1), plans[name].indexes.join(', ') || 'none'];
+    return [QUERIES[name].label, s.n, fmt.int(counts[name]), fmt.ms(s.p50, 1), fmt.ms(s.p95, 1), fmt.ms(s.p99, 1), fmt.ms(s.max, 1), plans[name].executionMs === null ? 'n/a' : fmt.ms(plans[name].executionMs, 1), plans[name].indexes.join(', ') || 'none'];
   });
   const pageP50 = summarize(latencies.page).p50;
   const dormantP50 = summarize(latencies.dormant).p50;

@@ -64,25 +64,20 @@ function detailsSql(holder: Extract<IpHolder, { kind: 'details' }>) {
 }
 
 // One statement per table (and column). Hourly, each run finds about an hour's worth of newly
-// expired addresses.
-async function erase(db: Db, where: (query: Query, keyColumn: string, seenColumn: string) => void): Promise<ErasedIps> {
+// expired addresses. `where` narrows the query it is given and returns it.
+async function erase(db: Db, where: (query: Query, keyColumn: string, seenColumn: string) => Query): Promise<ErasedIps> {
   const erased: ErasedIps = {};
   for (const holder of IP_HOLDERS) {
     if (holder.kind === 'rows') {
-      const query = db(holder.table);
-      where(query, holder.keyColumn, holder.seenColumn);
-      erased[holder.table] = await query.del();
+      erased[holder.table] = await where(db(holder.table), holder.keyColumn, holder.seenColumn).del();
     } else if (holder.kind === 'details') {
       const sql = detailsSql(holder);
-      const query = db(holder.table).whereRaw(sql.holdsIp);
-      where(query, holder.keyColumn, holder.seenColumn);
+      const query = where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn);
       erased[holder.table] = await query.update({ [holder.column]: db.raw(sql.erased) });
     } else {
       erased[holder.table] = 0;
       for (const column of holder.columns) {
-        const query = db(holder.table).whereNotNull(column.ip);
-        where(query, holder.keyColumn, column.seenColumn);
-        erased[holder.table] += await query.update({ [column.ip]: null });
+        erased[holder.table] += await where(db(holder.table).whereNotNull(column.ip), holder.keyColumn, column.seenColumn).update({ [column.ip]: null });
       }
     }
   }

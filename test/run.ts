@@ -27,7 +27,7 @@ async function main() {
     adminUrl = local.url;
     console.log(`# throwaway PostgreSQL at 127.0.0.1:${new URL(adminUrl).port} (${local.scratch})`);
   }
-  let exitCode = 1;
+  let exitCode: number;
   try {
     await prepareTemplate(adminUrl);
     exitCode = await runTap(tapArguments(process.argv.slice(2)), { TEST_ADMIN_DATABASE_URL: adminUrl });

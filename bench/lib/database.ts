@@ -35,7 +35,7 @@ export async function openBenchDatabase(log: (line: string) => void): Promise<Be
   } catch (error) {
     await admin.destroy();
     local?.stop();
-    throw new Error(`could not create the benchmark database ${name} (the DATABASE_URL role needs CREATEDB): ${(error as Error).message}`);
+    throw new Error(`could not create the benchmark database ${name} (the DATABASE_URL role needs CREATEDB): ${(error as Error).message}`, { cause: error });
   }
   let removed = false;
   const removeLocal = () => {

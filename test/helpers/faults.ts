@@ -308,8 +308,8 @@ export async function spawnCollector(t: Test, options: CollectorProcessOptions):
     });
     stream.on('end', () => partial && output.push(partial));
   };
-  collect(child.stdout!);
-  collect(child.stderr!);
+  collect(child.stdout);
+  collect(child.stderr);
   const exited = once(child, 'exit').then(([code, signal]) => ({ code: code as number | null, signal: signal as NodeJS.Signals | null }));
   t.teardown(async () => {
     if (child.exitCode === null && child.signalCode === null) {
