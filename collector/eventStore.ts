@@ -7,6 +7,7 @@ import type { Db } from '../shared/db';
 import { dormantKeySql } from '../shared/dormancy';
 import type { KeyUsageDelta } from './aggregator';
 import { BASELINE_DAYS, detectKeyEvents, type DetectionThresholds, type HourFacts, type KeyEvent, type KeyFacts } from './eventRules';
+import { TABLE } from '../shared/tables';
 
 export interface EventDetection extends DetectionThresholds {
   ipHistoryPerKey: number;
@@ -33,10 +34,10 @@ with r as (
   select key_id, prefix, (array_agg(ip order by first_seen))[1] as first_ip, min(first_seen) as first_seen, max(last_seen) as last_seen
     from r group by key_id, prefix
 ), upserted as (
-  insert into api_key_ip_history (key_id, prefix, first_ip, first_seen, last_seen)
+  insert into ${TABLE.ipHistory} (key_id, prefix, first_ip, first_seen, last_seen)
   select key_id, prefix, first_ip, first_seen, last_seen from grouped order by key_id, prefix
   on conflict (key_id, prefix) do update set last_seen = excluded.last_seen
-     where api_key_ip_history.last_seen < excluded.last_seen - interval '1 hour'
+     where ${TABLE.ipHistory}.last_seen < excluded.last_seen - interval '1 hour'
   returning key_id, cast(prefix as text) as prefix, first_ip, first_seen, (xmax = 0) as inserted
 ), fresh as (
   select key_id, json_agg(json_build_object('prefix', prefix, 'ip', first_ip, 'firstSeen', first_seen)) as prefixes
@@ -47,19 +48,19 @@ select x.key_id, x.hour, coalesce(h.request_count, 0) as uses, coalesce(h.bad_se
        case when coalesce(h.request_count, 0) >= :minUses then
          array(select coalesce(b.request_count, 0)
                  from generate_series(1, ${BASELINE_DAYS}) as d(n)
-                 left join api_key_usage_hourly b on b.key_id = x.key_id and b.hour = x.hour - make_interval(days => d.n)
+                 left join ${TABLE.usageHourly} b on b.key_id = x.key_id and b.hour = x.hour - make_interval(days => d.n)
                 order by d.n)
        end as baseline,
        fresh.prefixes
   from unnest(cast(:hourKeys as uuid[]), cast(:hours as timestamptz[])) as x(key_id, hour)
-  join api_keys k on k.id = x.key_id
-  left join api_key_usage u on u.key_id = x.key_id
-  left join api_key_usage_hourly h on h.key_id = x.key_id and h.hour = x.hour
+  join ${TABLE.apiKeys} k on k.id = x.key_id
+  left join ${TABLE.usage} u on u.key_id = x.key_id
+  left join ${TABLE.usageHourly} h on h.key_id = x.key_id and h.hour = x.hour
   left join fresh on fresh.key_id = x.key_id`;
 
 // Sorted by dedupe_key so two collectors inserting the same events lock them in the same order.
 const INSERT_EVENTS = `
-insert into key_events (org_id, key_id, type, occurred_at, details, dedupe_key)
+insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
 select e.org_id, e.key_id, e.type, e.occurred_at, e.details, e.dedupe_key
   from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as text[]), cast(? as timestamptz[]), cast(? as jsonb[]), cast(? as text[]))
        as e(org_id, key_id, type, occurred_at, details, dedupe_key)
@@ -132,14 +133,14 @@ const DAY = `interval '1 day'`;
 // it crossed; the dedupe key names the use it followed, so a key used again and left idle again
 // raises a new event.
 const SWEEP_DORMANT = `
-insert into key_events (org_id, key_id, type, occurred_at, details, dedupe_key)
+insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
 select k.org_id, k.id, 'key.dormant',
        date_trunc('milliseconds', coalesce(u.last_used_at, k.created_at) + o.dormancy_days * ${DAY}),
        jsonb_build_object('lastUsedAt', u.last_used_at, 'dormantDays', o.dormancy_days),
        'key.dormant:' || k.id || ':' || coalesce(cast(extract(epoch from u.last_used_at) * 1000 as bigint)::text, 'never')
-  from api_keys k
-  join organizations o on o.id = k.org_id
-  left join api_key_usage u on u.key_id = k.id
+  from ${TABLE.apiKeys} k
+  join ${TABLE.organizations} o on o.id = k.org_id
+  left join ${TABLE.usage} u on u.key_id = k.id
  where ${dormantKeySql('cast(:now as timestamptz)', `cast(:now as timestamptz) - o.dormancy_days * ${DAY}`)}
  order by k.id
 on conflict (org_id, dedupe_key) do nothing`;
@@ -147,11 +148,11 @@ on conflict (org_id, dedupe_key) do nothing`;
 // For each active key, the smallest threshold it has crossed (a key created 12 hours before its
 // expiry gets the 1-day warning only, not a late 7-day one too).
 const SWEEP_EXPIRING = `
-insert into key_events (org_id, key_id, type, occurred_at, details, dedupe_key)
+insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
 select k.org_id, k.id, 'key.expiring', date_trunc('milliseconds', k.expires_at - t.days * ${DAY}),
        jsonb_build_object('expiresAt', k.expires_at, 'daysBefore', t.days),
        'key.expiring:' || k.id || ':' || t.days || 'd:' || cast(extract(epoch from k.expires_at) * 1000 as bigint)
-  from api_keys k
+  from ${TABLE.apiKeys} k
   cross join lateral (select min(d) as days from unnest(cast(:days as int[])) as d where k.expires_at - d * ${DAY} <= :now) t
  where k.revoked_at is null and k.expires_at > :now and t.days is not null
  order by k.id
@@ -169,6 +170,6 @@ export async function sweepTimeEvents(db: Db, now: Date, expiringDays: readonly 
 // they must not outlive them. Attempts go with their delivery (ON DELETE CASCADE).
 export async function expireOldEvents(db: Db, now: Date, retentionDays: number): Promise<void> {
   const bindings = [now, retentionDays];
-  await db.raw(`delete from key_events where occurred_at < cast(? as timestamptz) - make_interval(days => ?)`, bindings);
-  await db.raw(`delete from webhook_deliveries where status <> 'pending' and created_at < cast(? as timestamptz) - make_interval(days => ?)`, bindings);
+  await db.raw(`delete from ${TABLE.keyEvents} where occurred_at < cast(? as timestamptz) - make_interval(days => ?)`, bindings);
+  await db.raw(`delete from ${TABLE.webhookDeliveries} where status <> 'pending' and created_at < cast(? as timestamptz) - make_interval(days => ?)`, bindings);
 }

@@ -3,6 +3,7 @@ import type { Db } from '../shared/db';
 import { OUTCOMES, provenCount } from '../shared/usageWire';
 import { mergeBatches, type KeyUsageDelta, type UsageBatch } from './aggregator';
 import { recordFlushEvents, type EventDetection } from './eventStore';
+import { IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../shared/tables';
 
 export interface PendingBatch {
   /** Recorded in usage_flushes, once per org of the batch, in the same transaction, so a retried batch is applied once. */
@@ -43,7 +44,6 @@ export class CommitInDoubtError extends Error {
 
 export type KeyRef = Pick<KeyUsageDelta, 'orgId' | 'keyId'>;
 
-export const RECENT_IPS_PER_KEY = 5;
 const FLUSH_ID_RETENTION = '1 day';
 const FLUSH_WORK_MEM = '64MB';
 
@@ -77,7 +77,7 @@ const latest = (table: string, at: string) => `${at} = greatest(${table}.${at}, 
 // org check once per table, not once per 5,000-row chunk (at 100 k keys that hash was half of
 // each chunk's server time), and the statement count no longer grows with the keys.
 const UPSERT_TOTALS = `
-insert into api_key_usage (key_id, org_id, request_count, ${outcomeColumns.join(', ')}, last_used_at, last_used_ip,
+insert into ${TABLE.usage} (key_id, org_id, request_count, ${outcomeColumns.join(', ')}, last_used_at, last_used_ip,
                            last_failed_at, last_failed_ip, last_revoked_use_at, last_expired_use_at, updated_at)
 select u.key_id, u.org_id, u.request_count, ${outcomeColumns.map((c) => `u.${c}`).join(', ')}, ${msToTime('u.last_used_ms')}, u.last_ip,
        ${msToTime('u.last_failed_ms')}, u.last_failed_ip, ${msToTime('u.last_revoked_use_ms')}, ${msToTime('u.last_expired_use_ms')}, now()
@@ -85,43 +85,43 @@ select u.key_id, u.org_id, u.request_count, ${outcomeColumns.map((c) => `u.${c}`
               cast(? as float8[]), cast(? as text[]), cast(? as float8[]), cast(? as text[]), cast(? as float8[]), cast(? as float8[]))
        as u(key_id, org_id, request_count, ${outcomeColumns.join(', ')}, last_used_ms, last_ip,
             last_failed_ms, last_failed_ip, last_revoked_use_ms, last_expired_use_ms)
-  join api_keys k on k.id = u.key_id and k.org_id = u.org_id
+  join ${TABLE.apiKeys} k on k.id = u.key_id and k.org_id = u.org_id
  order by u.key_id
 on conflict (org_id, key_id) do update set
-  ${['request_count', ...outcomeColumns].map(addTo('api_key_usage')).join(',\n  ')},
-  ${newerIp('api_key_usage', 'last_used_ip', 'last_used_at')},
-  ${latest('api_key_usage', 'last_used_at')},
-  ${newerIp('api_key_usage', 'last_failed_ip', 'last_failed_at')},
-  ${latest('api_key_usage', 'last_failed_at')},
-  ${latest('api_key_usage', 'last_revoked_use_at')},
-  ${latest('api_key_usage', 'last_expired_use_at')},
+  ${['request_count', ...outcomeColumns].map(addTo(TABLE.usage)).join(',\n  ')},
+  ${newerIp(TABLE.usage, 'last_used_ip', 'last_used_at')},
+  ${latest(TABLE.usage, 'last_used_at')},
+  ${newerIp(TABLE.usage, 'last_failed_ip', 'last_failed_at')},
+  ${latest(TABLE.usage, 'last_failed_at')},
+  ${latest(TABLE.usage, 'last_revoked_use_at')},
+  ${latest(TABLE.usage, 'last_expired_use_at')},
   updated_at = excluded.updated_at
 returning key_id, org_id`;
 
 // request_count of an hour counts proven uses; the outcome columns count every outcome.
 const UPSERT_HOURS = `
-insert into api_key_usage_hourly (org_id, key_id, hour, request_count, ${outcomeColumns.join(', ')})
+insert into ${TABLE.usageHourly} (org_id, key_id, hour, request_count, ${outcomeColumns.join(', ')})
 select h.org_id, h.key_id, ${msToTime('h.hour_ms')}, h.request_count, ${outcomeColumns.map((c) => `h.${c}`).join(', ')}
   from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as float8[]), cast(? as bigint[]), ${outcomeColumns.map(() => 'cast(? as bigint[])').join(', ')})
        as h(key_id, org_id, hour_ms, request_count, ${outcomeColumns.join(', ')})
-  join api_keys k on k.id = h.key_id and k.org_id = h.org_id
+  join ${TABLE.apiKeys} k on k.id = h.key_id and k.org_id = h.org_id
  order by h.key_id, h.hour_ms
 on conflict (org_id, key_id, hour) do update set
-  ${['request_count', ...outcomeColumns].map(addTo('api_key_usage_hourly')).join(',\n  ')}`;
+  ${['request_count', ...outcomeColumns].map(addTo(TABLE.usageHourly)).join(',\n  ')}`;
 
 // Proven uses go to api_key_recent_ips, failed attempts to api_key_failed_ips: one shape.
-const IP_TABLES = {
-  proven: { table: 'api_key_recent_ips', count: 'request_count', ips: (k: KeyUsageDelta) => k.ips },
-  failed: { table: 'api_key_failed_ips', count: 'attempt_count', ips: (k: KeyUsageDelta) => k.failedIps },
+const IP_TARGETS = {
+  proven: { ...IP_TABLES.proven, ips: (k: KeyUsageDelta) => k.ips },
+  failed: { ...IP_TABLES.failed, ips: (k: KeyUsageDelta) => k.failedIps },
 } as const;
-type IpTable = (typeof IP_TABLES)[keyof typeof IP_TABLES];
+type IpTable = (typeof IP_TARGETS)[keyof typeof IP_TARGETS];
 
 const upsertIps = ({ table, count }: IpTable) => `
 insert into ${table} (org_id, key_id, ip, first_seen, last_seen, ${count})
 select r.org_id, r.key_id, r.ip, ${msToTime('r.first_seen_ms')}, ${msToTime('r.last_seen_ms')}, r.n
   from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as text[]), cast(? as float8[]), cast(? as float8[]), cast(? as bigint[]))
        as r(key_id, org_id, ip, first_seen_ms, last_seen_ms, n)
-  join api_keys k on k.id = r.key_id and k.org_id = r.org_id
+  join ${TABLE.apiKeys} k on k.id = r.key_id and k.org_id = r.org_id
  order by r.key_id, r.ip
 on conflict (org_id, key_id, ip) do update set
   first_seen = least(${table}.first_seen, excluded.first_seen),
@@ -193,8 +193,8 @@ async function applyBatch(trx: Knex.Transaction, keys: KeyUsageDelta[], { events
   const { statements, accepted } = await upsertTotals(trx, keys);
   let more =
     (await upsertHours(trx, accepted)) +
-    (await upsertIpRows(trx, accepted, IP_TABLES.proven)) +
-    (await upsertIpRows(trx, accepted, IP_TABLES.failed));
+    (await upsertIpRows(trx, accepted, IP_TARGETS.proven)) +
+    (await upsertIpRows(trx, accepted, IP_TARGETS.failed));
   let recorded = 0;
   if (events) {
     const detected = await recordFlushEvents(trx, accepted, events);
@@ -318,14 +318,14 @@ async function trimIpHistory(db: Db, keyIds: readonly string[], keep: number): P
   await db.raw(
     `with doomed as materialized (
        select r.key_id, r.prefix
-         from api_key_ip_history r
+         from ${TABLE.ipHistory} r
          join (select key_id, prefix, row_number() over (partition by key_id order by last_seen desc, prefix) as rank
-                 from api_key_ip_history where key_id = any(cast(? as uuid[]))) ranked
+                 from ${TABLE.ipHistory} where key_id = any(cast(? as uuid[]))) ranked
            on ranked.key_id = r.key_id and ranked.prefix = r.prefix
         where ranked.rank > ?
         order by r.key_id, r.prefix
           for update of r skip locked)
-     delete from api_key_ip_history r using doomed d where r.key_id = d.key_id and r.prefix = d.prefix`,
+     delete from ${TABLE.ipHistory} r using doomed d where r.key_id = d.key_id and r.prefix = d.prefix`,
     [[...keyIds], keep],
   );
 }
@@ -380,7 +380,7 @@ export function createPgUsageStore(db: Db, options: { events?: EventDetection } 
     },
 
     async expireOldRows(retentionDays) {
-      await db.raw(`delete from api_key_usage_hourly where hour < now() - make_interval(days => ?)`, [retentionDays]);
+      await db.raw(`delete from ${TABLE.usageHourly} where hour < now() - make_interval(days => ?)`, [retentionDays]);
       await db.raw(`delete from usage_flushes where applied_at < now() - interval '${FLUSH_ID_RETENTION}'`);
     },
   };

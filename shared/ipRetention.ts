@@ -1,5 +1,6 @@
 import type { Db } from './db';
 import { IP_DETAIL_FIELDS } from './keyEvents';
+import { TABLE } from './tables';
 
 // Every place the database keeps a client IP address, so that the retention job (the collector,
 // hourly) and `npm run cli -- key erase-ips` cover all of them. A new table or column holding IPs
@@ -17,14 +18,14 @@ export type IpHolder =
   | { kind: 'details'; table: string; keyColumn: string; seenColumn: string; column: string; path: string | null };
 
 export const IP_HOLDERS: readonly IpHolder[] = [
-  { kind: 'rows', table: 'api_key_recent_ips', keyColumn: 'key_id', seenColumn: 'last_seen' },
-  { kind: 'rows', table: 'api_key_failed_ips', keyColumn: 'key_id', seenColumn: 'last_seen' },
+  { kind: 'rows', table: TABLE.recentIps, keyColumn: 'key_id', seenColumn: 'last_seen' },
+  { kind: 'rows', table: TABLE.failedIps, keyColumn: 'key_id', seenColumn: 'last_seen' },
   // The networks key.new_ip remembers, with the first address seen in each: forgetting one means
   // a later use from it is reported as new again.
-  { kind: 'rows', table: 'api_key_ip_history', keyColumn: 'key_id', seenColumn: 'last_seen' },
+  { kind: 'rows', table: TABLE.ipHistory, keyColumn: 'key_id', seenColumn: 'last_seen' },
   {
     kind: 'columns',
-    table: 'api_key_usage',
+    table: TABLE.usage,
     keyColumn: 'key_id',
     columns: [
       { ip: 'last_used_ip', seenColumn: 'last_used_at' },
@@ -33,13 +34,13 @@ export const IP_HOLDERS: readonly IpHolder[] = [
   },
   // The acting key's address; the audit log's triggers allow this one change (ip to null). Its
   // details hold no client address (names, scopes, dates, counts, configured networks).
-  { kind: 'columns', table: 'audit_log', keyColumn: 'actor_key_id', columns: [{ ip: 'ip', seenColumn: 'occurred_at' }] },
-  { kind: 'details', table: 'key_events', keyColumn: 'key_id', seenColumn: 'occurred_at', column: 'details', path: null },
+  { kind: 'columns', table: TABLE.auditLog, keyColumn: 'actor_key_id', columns: [{ ip: 'ip', seenColumn: 'occurred_at' }] },
+  { kind: 'details', table: TABLE.keyEvents, keyColumn: 'key_id', seenColumn: 'occurred_at', column: 'details', path: null },
   // The payload is a snapshot of the event (a ping's details hold no address). Deliveries outlive
   // their event while pending, and a finished one is kept for EVENTS_RETENTION_DAYS.
   {
     kind: 'details',
-    table: 'webhook_deliveries',
+    table: TABLE.webhookDeliveries,
     keyColumn: "payload->>'keyId'",
     seenColumn: "cast(payload->>'occurredAt' as timestamptz)",
     column: 'payload',

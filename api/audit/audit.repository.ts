@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { Db } from '../../shared/db';
 import { idString } from '../responses';
+import { TABLE } from '../../shared/tables';
 
 // The audit log: one row per change to an org's keys, written in the change's own transaction
 // (pass the transaction as `db`), so a change and its entry commit or roll back together.
@@ -48,7 +49,7 @@ interface AuditRow {
 }
 
 export async function recordAudit(db: Db, entry: AuditEntry): Promise<void> {
-  await db<AuditRow>('audit_log').insert({
+  await db<AuditRow>(TABLE.auditLog).insert({
     org_id: entry.orgId,
     actor_type: entry.actor.type,
     actor_key_id: entry.actor.type === 'key' ? entry.actor.keyId : null,
@@ -73,7 +74,7 @@ const toRecord = (row: AuditRow): AuditRecord => ({
 
 /** Newest first; `beforeId` continues after the last entry of the previous page. */
 export async function listAudit(db: Db, orgId: string, page: { limit: number; beforeId: string | null }): Promise<AuditRecord[]> {
-  const query = db<AuditRow>('audit_log').where({ org_id: orgId }).orderBy('id', 'desc').limit(page.limit);
+  const query = db<AuditRow>(TABLE.auditLog).where({ org_id: orgId }).orderBy('id', 'desc').limit(page.limit);
   if (page.beforeId !== null) query.where('id', '<', page.beforeId);
   return (await query).map(toRecord);
 }

@@ -4,9 +4,8 @@ import type { EventType } from '../../shared/keyEvents';
 import { OUTCOMES, type Outcome } from '../../shared/usageWire';
 import type { KeyStatus } from '../keys/apiKeys.service';
 import type { Scope } from '../keys/scopes';
+import { IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../../shared/tables';
 
-// The collector trims older addresses after each flush; the query caps them too in between.
-const RECENT_IPS_SHOWN = 5;
 
 export type UsageSort = 'createdAt' | 'lastUsedAt' | 'requestCount';
 
@@ -94,11 +93,12 @@ const dailyColumns = [6, 5, 4, 3, 2, 1, 0]
 const outcomeColumns = OUTCOMES.map((outcome) => `coalesce(u.${outcome}_count, 0) as ${outcome}_count`).join(', ');
 
 // The newest rows of an IP table as JSON; counts as text, which JSON.parse would otherwise round.
-const recentIpsJson = (table: string, count: string) => `
+// The collector trims older addresses after each flush; the limit caps them too in between.
+const recentIpsJson = ({ table, count }: (typeof IP_TABLES)[keyof typeof IP_TABLES]) => `
          left join lateral (
            select json_agg(json_build_object('ip', r.ip, 'firstSeen', r.first_seen, 'lastSeen', r.last_seen, 'count', cast(r.${count} as text))
                            order by r.last_seen desc) as ips
-             from (select * from ${table} where org_id = :orgId and key_id = p.id order by last_seen desc limit ${RECENT_IPS_SHOWN}) r
+             from (select * from ${table} where org_id = :orgId and key_id = p.id order by last_seen desc limit ${RECENT_IPS_PER_KEY}) r
          ) ${table} on true`;
 
 // A key's status as SQL, in keyStatus()'s order: revoked wins over expired.
@@ -135,15 +135,15 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
   };
   const direction = query.order === 'asc' ? 'asc nulls first' : 'desc nulls last';
   const sort = SORT_COLUMNS[query.sort];
-  const keysOfOrg = `from api_keys k
-         left join api_key_usage u on u.org_id = :orgId and u.key_id = k.id
+  const keysOfOrg = `from ${TABLE.apiKeys} k
+         left join ${TABLE.usage} u on u.org_id = :orgId and u.key_id = k.id
         where k.org_id = :orgId ${filters(query)}`;
   const [rows, count] = await Promise.all([
     db.raw(
       `select p.*,
               coalesce(w.last_24h, 0) as last_24h, coalesce(w.last_7d, 0) as last_7d, coalesce(w.last_30d, 0) as last_30d, w.last_7_days,
-              coalesce(api_key_recent_ips.ips, cast('[]' as json)) as recent_ips,
-              coalesce(api_key_failed_ips.ips, cast('[]' as json)) as recent_failed_ips,
+              coalesce(${TABLE.recentIps}.ips, cast('[]' as json)) as recent_ips,
+              coalesce(${TABLE.failedIps}.ips, cast('[]' as json)) as recent_failed_ips,
               coalesce(ev.by_type, cast('{}' as json)) as event_counts, ev.latest_at as latest_event_at
          from (
            select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
@@ -158,14 +158,14 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
                   sum(h.request_count) filter (where h.hour > cast(:now as timestamptz) - interval '7 days') as last_7d,
                   sum(h.request_count) as last_30d,
                   array[${dailyColumns}] as last_7_days
-             from api_key_usage_hourly h
+             from ${TABLE.usageHourly} h
             cross join (select date_trunc('day', cast(:now as timestamptz), 'UTC') as day0) d
             where h.org_id = :orgId and h.key_id = p.id and h.hour > cast(:now as timestamptz) - interval '30 days'
-         ) w on true ${recentIpsJson('api_key_recent_ips', 'request_count')} ${recentIpsJson('api_key_failed_ips', 'attempt_count')}
+         ) w on true ${recentIpsJson(IP_TABLES.proven)} ${recentIpsJson(IP_TABLES.failed)}
          left join lateral (
            select json_object_agg(s.type, s.n) as by_type, max(s.latest) as latest_at
              from (select e.type, count(*) as n, max(e.occurred_at) as latest
-                     from key_events e
+                     from ${TABLE.keyEvents} e
                     where e.org_id = :orgId and e.key_id = p.id and e.occurred_at > :eventsSince
                     group by e.type) s
          ) ev on true
@@ -230,7 +230,7 @@ export async function keyTimeSeries(db: Db, query: { orgId: string; keyId: strin
   const result = await db.raw(
     `select s.bucket as start, ${sums}
        from generate_series(date_trunc(:granularity, cast(:from as timestamptz), 'UTC'), cast(:to as timestamptz), cast(:step as interval)) as s(bucket)
-       left join api_key_usage_hourly h
+       left join ${TABLE.usageHourly} h
          on h.org_id = :orgId and h.key_id = :keyId and h.hour >= s.bucket and h.hour < s.bucket + cast(:step as interval)
       group by s.bucket
       order by s.bucket`,
