@@ -226,8 +226,9 @@ async function requireOrganization(db: Db, orgId: string): Promise<Organization>
   return org;
 }
 
-async function execute(command: Command, deps: CliDeps): Promise<void> {
-  const keys = createApiKeysService({
+/** The keys service as the operator's tools use it, outside any API process. */
+export function cliKeysService(deps: Pick<CliDeps, 'db' | 'pepper' | 'now'>) {
+  return createApiKeysService({
     db: deps.db,
     pepper: deps.pepper,
     // No key cache to tell of revocations: a running API server's cache forgets a revoked key
@@ -235,6 +236,10 @@ async function execute(command: Command, deps: CliDeps): Promise<void> {
     defaultGraceSeconds: 0,
     now: deps.now,
   });
+}
+
+async function execute(command: Command, deps: CliDeps): Promise<void> {
+  const keys = cliKeysService(deps);
 
   switch (command.kind) {
     case 'org create': {

@@ -1,13 +1,16 @@
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 import { formatKey, parsePresentedKey } from '../api/keys/keyMaterial';
-import { ConfigError, loadConfig } from '../shared/config';
+import { ConfigError, loadConfig, type Config } from '../shared/config';
+import { DEMO_TRAFFIC_ADMIN, mintDemoTrafficKey } from './lib/demoTrafficKey';
 
 // `npm run demo-traffic`: bounded traffic against the system `npm start` runs, so that the usage
 // endpoint has something to show in every field. With the demo key (DEMO_KEY or --key) it creates
 // a few keys named demo-traffic-*, each playing one part, sends requests from them, waits for the
 // collector to flush, and prints what GET /api/orgs/:id/api-keys/usage says next to what this
-// script saw. Only http://127.0.0.1:$PORT is ever contacted; no key is printed.
+// script saw. Only http://127.0.0.1:$PORT is ever contacted; no key is printed. Without a key it
+// mints a short-lived one in the demo organization of the `npm start` that owns the embedded data
+// folder (scripts/lib/demoTrafficKey.ts).
 
 const MAX_REQUESTS = 2000;
 const MAX_SECONDS = 30;
@@ -38,7 +41,8 @@ interface DemoKey {
 }
 
 interface Options {
-  key: string;
+  /** DEMO_KEY or --key; undefined to mint one. */
+  key: string | undefined;
   requests: number;
   seconds: number;
 }
@@ -56,8 +60,7 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
     throw new UsageError((error as Error).message);
   }
   if (values.help) throw new UsageError('');
-  const key = values.key ?? env.DEMO_KEY;
-  if (!key) throw new UsageError('No key: set DEMO_KEY to the key `npm start` printed (or pass --key <key>)');
+  const key = values.key ?? (env.DEMO_KEY || undefined);
   const bounded = (raw: string | undefined, fallback: number, max: number, what: string) => {
     const value = raw === undefined ? fallback : Number(raw);
     if (!Number.isInteger(value) || value < 1 || value > max) throw new UsageError(`--${what} must be a whole number from 1 to ${max}`);
@@ -244,7 +247,9 @@ async function showEvents(client: Client, orgId: string, adminKey: string, keys:
   console.log('');
 }
 
-async function run(options: Options, port: number) {
+// How the closing curl lines name the key: the variable it came from, or a placeholder for one
+// minted here (never shown).
+async function run(options: Options & { key: string }, port: number, keyShown: string) {
   const started = Date.now();
   const baseUrl = `http://127.0.0.1:${port}`;
   const client = new Client(baseUrl, options.requests, started + options.seconds * 1000);
@@ -337,42 +342,74 @@ async function run(options: Options, port: number) {
   );
   await showEvents(client, orgId, admin, keys);
   console.log('The full response, with recent IPs and the 24 h / 7 d / 30 d windows:');
-  console.log(`    curl -H "Authorization: Bearer $DEMO_KEY" "${baseUrl}${keysPath}/usage?sort=requestCount"`);
-  console.log(`Dormant keys only:  curl -H "Authorization: Bearer $DEMO_KEY" "${baseUrl}${keysPath}/usage?dormant=true"`);
+  console.log(`    curl -H "Authorization: Bearer ${keyShown}" "${baseUrl}${keysPath}/usage?sort=requestCount"`);
+  console.log(`Dormant keys only:  curl -H "Authorization: Bearer ${keyShown}" "${baseUrl}${keysPath}/usage?dormant=true"`);
   return exact;
 }
 
-async function main() {
-  let options: Options;
-  let port: number;
+const USAGE = `Usage: npm run demo-traffic [-- --key <key> --requests N (≤ ${MAX_REQUESTS}, default 600) --seconds S (≤ ${MAX_SECONDS}, default 20)]
+Without DEMO_KEY or --key, it mints a short-lived key in the demo organization of the running \`npm start\`.`;
+
+// Options and settings, or the exit code after saying what is wrong (0 for --help).
+function settings(): { options: Options; config: Config } | number {
   try {
-    options = parseOptions(process.argv.slice(2), process.env);
-    // It reads PORT only and holds no secret, so it needs no production settings.
-    port = loadConfig({ ...process.env, NODE_ENV: process.env.NODE_ENV || 'development' }).api.port;
-    if (port === 0) throw new UsageError('PORT is 0; set PORT to the port `npm start` uses');
+    const options = parseOptions(process.argv.slice(2), process.env);
+    // No production settings needed: it reads PORT and, to mint a key, the embedded data folder.
+    const config = loadConfig({ ...process.env, NODE_ENV: process.env.NODE_ENV || 'development' });
+    if (config.api.port === 0) throw new UsageError('PORT is 0; set PORT to the port `npm start` uses');
+    return { options, config };
   } catch (error) {
-    if (error instanceof UsageError || error instanceof ConfigError) {
-      const usage = `Usage: DEMO_KEY=<key> npm run demo-traffic [-- --key <key> --requests N (≤ ${MAX_REQUESTS}, default 600) --seconds S (≤ ${MAX_SECONDS}, default 20)]`;
-      if (!error.message) {
-        console.log(usage);
-        process.exit(0);
-      }
-      console.error(`${error.message}\n${usage}`);
-      process.exit(2);
+    if (!(error instanceof UsageError || error instanceof ConfigError)) throw error;
+    if (!error.message) {
+      console.log(USAGE);
+      return 0;
     }
-    throw error;
+    console.error(`${error.message}\n${USAGE}`);
+    return 2;
   }
+}
+
+interface RunKey {
+  key: string;
+  /** How the closing curl lines name it. */
+  shown: string;
+  /** Revokes a key minted for this run; nothing for a key given. */
+  release(baseUrl: string): Promise<void>;
+}
+
+// The key given, or one minted for this run and revoked by release().
+async function keyFor(options: Options, config: Config): Promise<RunKey> {
+  if (options.key) return { key: options.key, shown: '$DEMO_KEY', release: async () => {} };
+  const minted = await mintDemoTrafficKey(config);
+  if ('problem' in minted) throw new UsageError(minted.problem);
+  console.log(`Minted a key for this run (${DEMO_TRAFFIC_ADMIN}, id ${minted.keyId}; not shown, revoked at the end)`);
+  const release = async (baseUrl: string) => {
+    const client = new Client(baseUrl, 2, Infinity);
+    const { orgId } = await client.expect('GET', '/api/whoami', minted.plaintext, 200);
+    await client.expect('POST', `/api/orgs/${orgId}/api-keys/${minted.keyId}/revoke`, minted.plaintext, 200);
+  };
+  return { key: minted.plaintext, shown: '<a key: npm run cli -- key create <orgId> --name demo --scopes keys:read,keys:write>', release };
+}
+
+async function main() {
+  const parsed = settings();
+  if (typeof parsed === 'number') process.exit(parsed);
+  const { options, config } = parsed;
   // A hard stop, whatever the server does.
   setTimeout(() => {
     console.error('demo-traffic: giving up after the time limit');
     process.exit(1);
   }, (options.seconds + 15) * 1000).unref();
+  let runKey: RunKey | undefined;
+  let code = 1;
   try {
-    process.exit((await run(options, port)) ? 0 : 1);
+    runKey = await keyFor(options, config);
+    code = (await run({ ...options, key: runKey.key }, config.api.port, runKey.shown)) ? 0 : 1;
   } catch (error) {
     console.error(error instanceof UsageError ? error.message : `demo-traffic failed: ${(error as Error).message}`);
-    process.exit(1);
   }
+  await runKey?.release(`http://127.0.0.1:${config.api.port}`).catch((error: Error) => console.error(`demo-traffic: the minted key could not be revoked: ${error.message}`));
+  process.exit(code);
 }
 
 if (require.main === module) void main();

@@ -155,16 +155,22 @@ class Launch {
 }
 
 // Who the API and the collector are connected as, asked as the superuser of the embedded cluster.
-async function connectedRoles(ports: Ports): Promise<string[]> {
+// A query on the launched system's embedded database, as its owner.
+async function asOwner<T>(ports: Ports, query: (owner: ReturnType<typeof createDb>) => Promise<T>): Promise<T> {
   const password = fs.readFileSync(`${pgDir}.password`, 'utf8').trim();
   const owner = createDb(`postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${ports.EMBEDDED_PG_PORT}/postgres`, { poolMax: 1 });
   try {
-    const { rows } = await owner.raw(`select distinct usename from pg_stat_activity where application_name in ('keyusage-api', 'keyusage-collector')`);
-    return rows.map((row: { usename: string }) => row.usename);
+    return await query(owner);
   } finally {
     await owner.destroy();
   }
 }
+
+const connectedRoles = (ports: Ports): Promise<string[]> =>
+  asOwner(ports, async (owner) => {
+    const { rows } = await owner.raw(`select distinct usename from pg_stat_activity where application_name in ('keyusage-api', 'keyusage-collector')`);
+    return rows.map((row: { usename: string }) => row.usename);
+  });
 
 async function api(port: number, pathname: string, key?: string) {
   const response = await fetch(`http://127.0.0.1:${port}${pathname}`, {
@@ -306,7 +312,7 @@ t.test('ensureDemoOrg creates the demo org and an every-scope key once, and find
   const settings = commandSettings(loadConfig({ NODE_ENV: 'development', PORT: '3100', EMBEDDED_PG_DIR: "/tmp/it's here", EMBEDDED_PG_PORT: '54329' }), { KEY_PEPPER: 'x' });
   t.same(settings, { prefix: `PORT=3100 EMBEDDED_PG_DIR='/tmp/it'\\''s here' `, secrets: ['KEY_PEPPER'] }, 'only non-default settings, shell-quoted; secrets by name only');
   const pasted = demoBanner(created, { ...context, settings });
-  t.match(pasted, `DEMO_KEY=${created.key.plaintext} PORT=3100 EMBEDDED_PG_DIR='/tmp/it'\\''s here' npm run demo-traffic`);
+  t.match(pasted, `\n    PORT=3100 EMBEDDED_PG_DIR='/tmp/it'\\''s here' npm run demo-traffic\n`);
   t.match(pasted, 'export the same KEY_PEPPER as this one');
   t.same(commandSettings(loadConfig({ NODE_ENV: 'development' }), {}), { prefix: '', secrets: [] }, 'defaults need no prefix');
 });
@@ -348,8 +354,9 @@ t.test('npm start: embedded database, demo key, usage within the staleness bound
   t.ok(seenAfterMs !== undefined, `the use is visible in the usage endpoint within ${STALENESS_POLL_LIMIT_MS} ms`);
   t.comment(`use visible after ${seenAfterMs ?? 'more than ' + STALENESS_POLL_LIMIT_MS} ms (documented bound ${STALENESS_BOUND_MS} ms)`);
 
-  // The demo-traffic line exactly as printed, in a terminal that has none of npm start's settings.
-  const printed = launch.output.match(/^ {4}(DEMO_KEY=\S+ .*npm run demo-traffic)$/m)?.[1];
+  // The demo-traffic line exactly as printed, in a terminal that has none of npm start's settings
+  // and no key: it finds the database from the data folder and mints its own key there.
+  const printed = launch.output.match(/^ {4}(\S.*npm run demo-traffic)$/m)?.[1];
   t.match(printed, new RegExp(`PORT=${ports.PORT} EMBEDDED_PG_DIR=${pgDir} EMBEDDED_PG_PORT=${ports.EMBEDDED_PG_PORT} npm run demo-traffic$`), 'the printed line carries every non-default setting');
   const bareEnv = launcherEnv(ports);
   for (const name of [...Object.keys(ports), 'EMBEDDED_PG_DIR']) delete bareEnv[name];
@@ -358,6 +365,14 @@ t.test('npm start: embedded database, demo key, usage within the staleness bound
   t.match(traffic.stdout, /Every count matches/, 'the usage endpoint counts exactly what demo-traffic received');
   t.match(traffic.stdout, /demo-traffic-unused +active +0 /, 'the never-used key shows no requests');
   t.notMatch(traffic.stdout, KEY_PATTERN, 'demo-traffic prints no key');
+  const mintedId = /Minted a key for this run \(demo-traffic-admin, id ([0-9a-f-]{36})/.exec(traffic.stdout)?.[1];
+  t.ok(mintedId, 'without DEMO_KEY it minted its own');
+  const minted = await asOwner(ports, (owner) => owner('api_keys').where({ id: mintedId }).first());
+  t.ok(minted?.revoked_at, 'and revoked it at the end');
+  // With the printed key instead, as before: DEMO_KEY wins over minting.
+  const withKey = spawnSync('/bin/sh', ['-c', `DEMO_KEY=${key} ${printed} -- --requests 60 --seconds 10`], { cwd: ROOT, env: bareEnv, encoding: 'utf8', timeout: 40_000 });
+  t.equal(withKey.status, 0, 'demo-traffic with DEMO_KEY succeeds', { stdout: withKey.stdout, stderr: withKey.stderr });
+  t.notMatch(withKey.stdout, /Minted/, 'and mints nothing');
 
   process.kill(launch.child.pid!, 'SIGTERM');
   const exit = await launch.waitForExit(45_000);
