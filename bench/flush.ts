@@ -105,7 +105,7 @@ export async function runFlush(ctx: BenchContext): Promise<BenchResult> {
         },
         expireOldRows: (days) => inner.expireOldRows(days),
       };
-      const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxPendingKeys: 200_000, logger: silent });
+      const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 200_000, logger: silent });
 
       const fillStarted = performance.now();
       for (let u = 0; u < scenario.uses; u++) {

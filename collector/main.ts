@@ -36,12 +36,12 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const events = config.collector.events;
   const store = overrides.store ?? createPgUsageStore(db, { events: events.enabled ? events : undefined });
   const sweep = new EventSweep({ db, intervalMs: events.sweepIntervalMs, expiringDays: events.expiringDays, logger, now });
-  const aggregator = new Aggregator({ maxKeys: config.collector.maxPendingKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
+  const aggregator = new Aggregator({ maxKeys: config.collector.aggregatorMaxKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
   const flusher = new Flusher({
     aggregator,
     store,
     intervalMs: config.collector.flushIntervalMs,
-    maxPendingKeys: config.collector.maxPendingKeys,
+    maxRetryKeys: config.collector.retryMaxKeys,
     logger,
     now,
   });
@@ -92,7 +92,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     }
     if (aggregator.overflowUses > overflowLogged) {
       overflowLogged = aggregator.overflowUses;
-      warn('overflow', { overflowUses: aggregator.overflowUses, maxPendingKeys: config.collector.maxPendingKeys }, 'pending-key cap reached; uses of new keys dropped');
+      warn('overflow', { overflowUses: aggregator.overflowUses, maxPendingKeys: config.collector.aggregatorMaxKeys }, 'pending-key cap reached; uses of new keys dropped');
     }
   };
 

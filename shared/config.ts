@@ -108,6 +108,8 @@ const variables = {
   COLLECTOR_PORT: portOrZero.default(8125),
   COLLECTOR_FLUSH_INTERVAL_MS: positiveInt(600_000).default(1000),
   COLLECTOR_MAX_PENDING_KEYS: positiveInt().default(100_000),
+  // Defaults to COLLECTOR_MAX_PENDING_KEYS (below), as when one setting bounded both.
+  COLLECTOR_MAX_RETRY_KEYS: positiveInt().optional(),
   COLLECTOR_RECV_BUFFER_BYTES: positiveInt().default(8 * 1024 * 1024),
   COLLECTOR_METRICS_HOST: host.default('127.0.0.1'),
   COLLECTOR_METRICS_PORT: portOrZero.default(9102),
@@ -251,7 +253,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       host: v.COLLECTOR_HOST,
       port: v.COLLECTOR_PORT,
       flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS,
-      maxPendingKeys: v.COLLECTOR_MAX_PENDING_KEYS,
+      /** The aggregator's bound: distinct keys coalesced between flushes; uses of further new keys are dropped and counted. */
+      aggregatorMaxKeys: v.COLLECTOR_MAX_PENDING_KEYS,
+      /**
+       * The flusher's bound: keys held in unwritten batches while a write is retried; past it no
+       * new drain is taken (the aggregator holds the rest). Memory holds at most
+       * aggregatorMaxKeys + max(aggregatorMaxKeys, retryMaxKeys) keys (README, "Memory").
+       */
+      retryMaxKeys: v.COLLECTOR_MAX_RETRY_KEYS ?? v.COLLECTOR_MAX_PENDING_KEYS,
       recvBufferBytes: v.COLLECTOR_RECV_BUFFER_BYTES,
       metricsHost: v.COLLECTOR_METRICS_HOST,
       metricsPort: v.COLLECTOR_METRICS_PORT,

@@ -32,7 +32,7 @@ async function flushOnce(db: Db, orgs: Array<{ orgId: string; keyIds: string[] }
   orgs.forEach(({ orgId, keyIds }, o) =>
     keyIds.forEach((keyId, k) => aggregator.add({ keyId, orgId, ip: `10.${o & 255}.${(k >> 8) & 255}.${k & 255}`, outcome: 'ok', count: 1 })),
   );
-  const flusher = new Flusher({ aggregator, store: createPgUsageStore(db), intervalMs: 1000, maxPendingKeys: 200_000, logger: silent });
+  const flusher = new Flusher({ aggregator, store: createPgUsageStore(db), intervalMs: 1000, maxRetryKeys: 200_000, logger: silent });
   const started = performance.now();
   if (!(await flusher.flush())) throw new Error('flush failed');
   return performance.now() - started;
