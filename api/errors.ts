@@ -45,6 +45,21 @@ export class AppError extends Error {
   }
 }
 
+/**
+ * A service's refusal of the input it was given (`field: why`). Services know fields, not requests:
+ * the HTTP layer says where the input came from (query of a GET, else body); the CLI prints it as is.
+ */
+export class InvalidInputError extends AppError {
+  constructor(problem: string) {
+    super('invalid_request', problem);
+    this.name = 'InvalidInputError';
+  }
+}
+
+// What a client reads for an error: an input refused by a service is named as the request's part.
+const clientMessage = (error: AppError, method: string) =>
+  error instanceof InvalidInputError ? `Invalid ${method === 'GET' ? 'query' : 'body'}: ${error.message}` : error.message;
+
 // One message for every authentication failure, so a caller cannot tell a wrong secret from a
 // revoked or expired key.
 export const UNAUTHORIZED_MESSAGE = 'A valid API key is required (Authorization: Bearer <key> or X-API-Key: <key>)';
@@ -86,7 +101,7 @@ export function errorMiddleware(logger: Logger): ErrorRequestHandler {
       res.setHeader('Retry-After', DATABASE_RETRY_AFTER);
     }
     if (appError) {
-      res.status(appError.status).json({ error: { code: appError.code, message: appError.message, requestId } });
+      res.status(appError.status).json({ error: { code: appError.code, message: clientMessage(appError, req.method), requestId } });
       return;
     }
     logger.error({ err: error, requestId, method: req.method, path: redactKeyMaterial(req.path) }, 'unhandled error');

@@ -7,6 +7,15 @@ import type { Logger } from './logger';
 
 export type Db = Knex;
 
+/**
+ * The rows of a raw statement, typed as the caller maps them. knex types every raw result as any;
+ * repositories name the row shape here, at their boundary, instead of reading fields of `any`.
+ */
+export async function rawRows<Row>(db: Db, sql: string, bindings: Knex.RawBinding[] | Knex.ValueDict = []): Promise<Row[]> {
+  const result = await db.raw(sql, bindings);
+  return result.rows as Row[];
+}
+
 // An exact integer count: a number while it is a safe integer, its decimal string beyond
 // (counters saturate at the bigint maximum, which a double would round).
 export type Count = number | string;

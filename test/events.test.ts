@@ -237,6 +237,8 @@ t.test('the events endpoint: newest first, filters, an opaque cursor, one org on
   t.strictSame(other.body.data, [], 'another org\'s key id finds nothing');
   const theirs = await api.request('GET', `/api/orgs/${globex.org.id}/api-keys/events`, { key: acme.adminKey });
   t.equal(theirs.status, 404);
+  const forged = await api.request('GET', `${path}?cursor=bm90LWEtY3Vyc29y`, { key: acme.adminKey });
+  t.match(forged, { status: 400, body: { error: { code: 'invalid_request', message: 'Invalid query: cursor: is not a cursor this endpoint returned' } } }, 'the service refuses the cursor, the HTTP layer names the query');
 });
 
 t.test('dormant clean-up: a dry run lists exactly what applying revokes, never the caller', async (t) => {

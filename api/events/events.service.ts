@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import type { Db } from '../../shared/db';
 import { EVENT_TYPES, type EventType } from '../../shared/keyEvents';
-import { AppError } from '../errors';
+import { InvalidInputError } from '../errors';
 import { cursorPage, details, idString, isoTime, listOf } from '../responses';
 import { listEvents, type KeyEventRecord } from './events.repository';
 
@@ -15,7 +15,7 @@ const CURSOR = /^(\d{1,15})\.([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0
 
 export function decodeCursor(cursor: string): { occurredAt: Date; id: string } {
   const match = CURSOR.exec(Buffer.from(cursor, 'base64url').toString());
-  if (!match) throw new AppError('invalid_request', 'Invalid query: cursor: is not a cursor this endpoint returned');
+  if (!match) throw new InvalidInputError('cursor: is not a cursor this endpoint returned');
   return { occurredAt: new Date(Number(match[1])), id: match[2] };
 }
 

@@ -1,4 +1,4 @@
-import type { Db } from '../../shared/db';
+import { rawRows, type Db } from '../../shared/db';
 import { dormantKeySql } from '../../shared/dormancy';
 import type { Scope } from './scopes';
 import { TABLE } from '../../shared/tables';
@@ -173,22 +173,25 @@ select k.*, u.last_used_at
  where k.org_id = :orgId and k.id is distinct from :exceptKeyId
    and ${dormantKeySql('cast(:now as timestamptz)', 'cast(:idleSince as timestamptz)')}`;
 
-const toDormant = (row: ApiKeyRow & { last_used_at: Date | null }): DormantKey => ({ ...toRecord(row), lastUsedAt: row.last_used_at });
+type DormantRow = ApiKeyRow & { last_used_at: Date | null };
+
+const toDormant = (row: DormantRow): DormantKey => ({ ...toRecord(row), lastUsedAt: row.last_used_at });
 
 export async function findDormantKeys(db: Db, query: DormantQuery): Promise<DormantKey[]> {
-  const result = await db.raw(`${DORMANT_KEYS} order by k.created_at, k.id`, { ...query });
-  return result.rows.map(toDormant);
+  const rows = await rawRows<DormantRow>(db, `${DORMANT_KEYS} order by k.created_at, k.id`, { ...query });
+  return rows.map(toDormant);
 }
 
 /** Revokes exactly the keys findDormantKeys would list, in one statement; returns them. */
 export async function revokeDormantKeys(db: Db, query: DormantQuery): Promise<DormantKey[]> {
-  const result = await db.raw(
+  const rows = await rawRows<DormantRow>(
+    db,
     `with dormant as (${DORMANT_KEYS} order by k.id for update of k)
      update ${TABLE.apiKeys} k set revoked_at = :now from dormant d where k.id = d.id
      returning k.*, d.last_used_at`,
     { ...query },
   );
-  return (result.rows as Array<ApiKeyRow & { last_used_at: Date | null }>).map(toDormant).sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : 1));
+  return rows.map(toDormant).sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : 1));
 }
 
 // A hash made with an older pepper, remade with the current one. Compare-and-set on the old hash:
@@ -206,7 +209,8 @@ export async function rehashSecret(
 
 /** Usable keys (neither revoked nor expired) per pepper id of their current secret, and of their previous secret still in grace. */
 export async function countKeysByPepper(db: Db, now: Date): Promise<Array<{ pepperId: string | null; secrets: number; previousSecrets: number }>> {
-  const { rows } = await db.raw(
+  const rows = await rawRows<{ pepper_id: string | null; secrets: string; previous_secrets: string }>(
+    db,
     `with usable as (
        select * from ${TABLE.apiKeys} where (revoked_at is null or revoked_at > :now) and (expires_at is null or expires_at > :now)
      ), ids as (
@@ -217,7 +221,7 @@ export async function countKeysByPepper(db: Db, now: Date): Promise<Array<{ pepp
      select pepper_id, sum(secret) as secrets, sum(previous) as previous_secrets from ids group by pepper_id order by pepper_id nulls last`,
     { now },
   );
-  return rows.map((row: { pepper_id: string | null; secrets: string; previous_secrets: string }) => ({
+  return rows.map((row) => ({
     pepperId: row.pepper_id,
     secrets: Number(row.secrets),
     previousSecrets: Number(row.previous_secrets),

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import type { Db } from '../../shared/db';
 import { auditActor, recordAudit, type AuditEntry } from '../audit/audit.repository';
 import type { KeyVerifier } from '../auth/keyVerifier';
-import { AppError, notFound } from '../errors';
+import { AppError, InvalidInputError, notFound } from '../errors';
 import {
   findApiKeyInOrg,
   findDormantKeys,
@@ -170,7 +170,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     async create(orgId: string, input: CreateKeyInput, context: ChangeContext = {}) {
       const { actor } = context;
       if (input.expiresAt && input.expiresAt.getTime() <= deps.now()) {
-        throw new AppError('invalid_request', 'Invalid body: expiresAt: must be in the future');
+        throw new InvalidInputError('expiresAt: must be in the future');
       }
       assertWithinActor(actor, input, 'create');
       const material = generateKeyMaterial(deps.pepper);

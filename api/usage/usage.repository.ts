@@ -1,4 +1,4 @@
-import { exactCount, type Count, type Db } from '../../shared/db';
+import { exactCount, rawRows, type Count, type Db } from '../../shared/db';
 import { dormantKeySql } from '../../shared/dormancy';
 import type { EventType } from '../../shared/keyEvents';
 import { OUTCOMES, type Outcome } from '../../shared/usageWire';
@@ -139,7 +139,8 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
          left join ${TABLE.usage} u on u.org_id = :orgId and u.key_id = k.id
         where k.org_id = :orgId ${filters(query)}`;
   const [rows, count] = await Promise.all([
-    db.raw(
+    rawRows<KeyUsageRow>(
+      db,
       `select p.*,
               coalesce(w.last_24h, 0) as last_24h, coalesce(w.last_7d, 0) as last_7d, coalesce(w.last_30d, 0) as last_30d, w.last_7_days,
               coalesce(${TABLE.recentIps}.ips, cast('[]' as json)) as recent_ips,
@@ -172,17 +173,44 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
         order by ${sort.outer} ${direction}, p.id`,
       bindings,
     ),
-    db.raw(`select count(*) as total ${keysOfOrg}`, bindings),
+    rawRows<{ total: string }>(db, `select count(*) as total ${keysOfOrg}`, bindings),
   ]);
-  return { keys: rows.rows.map(toKeyUsage), total: Number(count.rows[0].total) };
+  return { keys: rows.map(toKeyUsage), total: Number(count[0].total) };
 }
 
 type IpJson = { ip: string; firstSeen: string; lastSeen: string; count: string };
 
-const ipRows = (json: unknown) =>
-  (json as IpJson[]).map((row) => ({ ip: row.ip, firstSeen: new Date(row.firstSeen), lastSeen: new Date(row.lastSeen), count: exactCount(row.count) }));
+// A row of listKeyUsage's page as PostgreSQL returns it (windows and IP counts as text: exact).
+type KeyUsageRow = {
+  id: string;
+  name: string;
+  display_prefix: string;
+  scopes: Scope[];
+  created_at: Date;
+  expires_at: Date | null;
+  revoked_at: Date | null;
+  last_used_at: Date | null;
+  last_used_ip: string | null;
+  request_count: Count;
+  last_failed_at: Date | null;
+  last_failed_ip: string | null;
+  last_revoked_use_at: Date | null;
+  last_expired_use_at: Date | null;
+  last_24h: string;
+  last_7d: string;
+  last_30d: string;
+  last_7_days: string[];
+  recent_ips: IpJson[];
+  recent_failed_ips: IpJson[];
+  event_counts: Partial<Record<EventType, number>>;
+  latest_event_at: string | null;
+  dormant: boolean;
+} & Record<`${Outcome}_count`, Count>;
 
-function toKeyUsage(row: Record<string, any>): KeyUsageRecord {
+const ipRows = (json: IpJson[]) =>
+  json.map((row) => ({ ip: row.ip, firstSeen: new Date(row.firstSeen), lastSeen: new Date(row.lastSeen), count: exactCount(row.count) }));
+
+function toKeyUsage(row: KeyUsageRow): KeyUsageRecord {
   return {
     keyId: row.id,
     name: row.name,
@@ -198,7 +226,7 @@ function toKeyUsage(row: Record<string, any>): KeyUsageRecord {
     last24h: exactCount(row.last_24h),
     last7d: exactCount(row.last_7d),
     last30d: exactCount(row.last_30d),
-    last7Days: (row.last_7_days as string[]).map(exactCount),
+    last7Days: row.last_7_days.map(exactCount),
     recentIps: ipRows(row.recent_ips).map(({ count, ...ip }) => ({ ...ip, requestCount: count })),
     failedAttempts: row.bad_secret_count,
     lastFailedAt: row.last_failed_at,
@@ -227,7 +255,8 @@ export async function keyTimeSeries(db: Db, query: { orgId: string; keyId: strin
   const sums = ['request_count', ...OUTCOMES.map((outcome) => `${outcome}_count`)]
     .map((column) => `coalesce(sum(h.${column}), 0) as ${column}`)
     .join(', ');
-  const result = await db.raw(
+  const rows = await rawRows<{ start: Date } & Record<'request_count' | `${Outcome}_count`, string>>(
+    db,
     `select s.bucket as start, ${sums}
        from generate_series(date_trunc(:granularity, cast(:from as timestamptz), 'UTC'), cast(:to as timestamptz), cast(:step as interval)) as s(bucket)
        left join ${TABLE.usageHourly} h
@@ -236,7 +265,7 @@ export async function keyTimeSeries(db: Db, query: { orgId: string; keyId: strin
       order by s.bucket`,
     { granularity: query.granularity, from: query.from, to: query.to, step, orgId: query.orgId, keyId: query.keyId },
   );
-  return result.rows.map((row: Record<string, any>) => ({
+  return rows.map((row) => ({
     start: row.start,
     requestCount: exactCount(row.request_count),
     outcomes: Object.fromEntries(OUTCOMES.map((outcome) => [outcome, exactCount(row[`${outcome}_count`])])) as Record<Outcome, Count>,

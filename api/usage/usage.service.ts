@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { exactCount, type Count, type Db } from '../../shared/db';
 import { EVENT_TYPES } from '../../shared/keyEvents';
 import { OUTCOMES } from '../../shared/usageWire';
-import { notFound, AppError } from '../errors';
+import { InvalidInputError, notFound } from '../errors';
 import { findApiKeyInOrg } from '../keys/apiKeys.repository';
 import { KEY_STATUSES, keyStatus, type KeyStatus } from '../keys/apiKeys.service';
 import { SCOPES } from '../keys/scopes';
@@ -138,10 +138,10 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
     async timeSeries(orgId: string, keyId: string, query: { from?: Date; to?: Date; granularity: Granularity; byOutcome: boolean }): Promise<z.output<typeof usageSeries>> {
       const to = query.to ?? new Date(deps.now());
       const from = query.from ?? new Date(to.getTime() - 7 * DAY_MS);
-      if (from.getTime() > to.getTime()) throw new AppError('invalid_request', 'Invalid query: from: must not be after to');
+      if (from.getTime() > to.getTime()) throw new InvalidInputError('from: must not be after to');
       const points = (to.getTime() - from.getTime()) / (query.granularity === 'hour' ? 3_600_000 : DAY_MS);
       if (points > MAX_SERIES_POINTS) {
-        throw new AppError('invalid_request', `Invalid query: the range holds ${Math.ceil(points)} ${query.granularity}s; at most ${MAX_SERIES_POINTS} per request`);
+        throw new InvalidInputError(`the range holds ${Math.ceil(points)} ${query.granularity}s; at most ${MAX_SERIES_POINTS} per request`);
       }
       if (!(await findApiKeyInOrg(deps.db, orgId, keyId))) throw notFound('API key');
       const buckets = await keyTimeSeries(deps.db, { orgId, keyId, from, to, granularity: query.granularity });

@@ -5,7 +5,7 @@ import type { Db } from '../../shared/db';
 import { PING_EVENT_TYPE } from '../../shared/keyEvents';
 import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../../shared/secretBox';
 import { resolveTarget, TargetRefusedError } from '../../shared/webhookTarget';
-import { AppError, notFound } from '../errors';
+import { InvalidInputError, notFound } from '../errors';
 import { idString, isoTime, listOf, offsetPage } from '../responses';
 import {
   deleteWebhookInOrg,
@@ -110,7 +110,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       try {
         await resolveTarget(new URL(input.url), deps.allowPrivateTargets);
       } catch (error) {
-        if (error instanceof TargetRefusedError) throw new AppError('invalid_request', `Invalid body: url: ${error.message}`);
+        if (error instanceof TargetRefusedError) throw new InvalidInputError(`url: ${error.message}`);
         throw error;
       }
       const id = randomUUID();
