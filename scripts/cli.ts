@@ -238,95 +238,80 @@ export function cliKeysService(deps: Pick<CliDeps, 'db' | 'pepper' | 'now'>) {
   });
 }
 
-async function execute(command: Command, deps: CliDeps): Promise<void> {
-  const keys = cliKeysService(deps);
+// The command, the CLI's deps and the keys service every key command uses.
+type Handler<K extends Command['kind']> = (command: Extract<Command, { kind: K }>, deps: CliDeps, keys: ReturnType<typeof cliKeysService>) => Promise<void>;
 
-  switch (command.kind) {
-    case 'org create': {
-      // One transaction: an organization never exists without the key that administers it.
-      const { org, created } = await deps.db.transaction(async (trx) => {
-        const org = await insertOrganization(trx, command.name);
-        const created = await keys.create(org.id, { name: 'admin', scopes: [...SCOPES], expiresAt: null }, { db: trx });
-        return { org, created };
-      });
-      if (command.json) {
-        printJson(deps, { org: orgJson(org), key: { ...created.key, key: created.plaintext } });
-        deps.err(`warning: ${ONCE_WARNING}`);
-        return;
-      }
-      deps.out(`Created organization "${printable(org.name)}"\n  id:         ${org.id}\n`);
-      deps.out(`Created API key\n${describeKey(created.key)}`);
-      revealKey(deps, created.plaintext);
-      return;
-    }
-
-    case 'org list': {
-      const orgs = await listOrganizations(deps.db);
-      if (command.json) return printJson(deps, orgs.map(orgJson));
-      if (orgs.length === 0) return deps.out('No organizations yet: create one with `npm run cli -- org create <name>`.');
-      deps.out(table([['ID', 'NAME', 'CREATED'], ...orgs.map((org) => [org.id, printable(org.name), org.createdAt.toISOString()])]));
-      return;
-    }
-
-    case 'key list': {
-      await requireOrganization(deps.db, command.orgId);
-      const views: ApiKeyView[] = [];
-      for (let offset = 0; ; offset += 200) {
-        const page = await keys.list(command.orgId, { limit: 200, offset });
-        views.push(...page.data);
-        if (page.data.length === 0 || views.length >= page.page.total) break;
-      }
-      if (command.json) return printJson(deps, views);
-      if (views.length === 0) return deps.out(`Organization ${command.orgId} has no API keys.`);
-      deps.out(
-        table([
-          ['ID', 'PREFIX', 'NAME', 'SCOPES', 'STATUS', 'CREATED', 'EXPIRES'],
-          ...views.map((key) => [key.id, key.displayPrefix, printable(key.name), key.scopes.join(','), key.status, key.createdAt, key.expiresAt ?? '-']),
-        ]),
-      );
-      return;
-    }
-
-    case 'key create': {
-      await requireOrganization(deps.db, command.orgId);
-      const created = await keys.create(command.orgId, { name: command.name, scopes: command.scopes, expiresAt: command.expiresAt });
-      if (command.json) {
-        printJson(deps, { ...created.key, key: created.plaintext });
-        deps.err(`warning: ${ONCE_WARNING}`);
-        return;
-      }
-      deps.out(`Created API key\n${describeKey(created.key)}`);
-      revealKey(deps, created.plaintext);
-      return;
-    }
-
-    case 'pepper status':
-      return pepperStatus(command.json, deps);
-
-    case 'key erase-ips':
-      return eraseIps(command, deps);
-
-    case 'key revoke': {
-      await requireOrganization(deps.db, command.orgId);
-      const revoked = await keys.revoke(command.orgId, command.keyId);
-      if (command.json) return printJson(deps, revoked);
-      deps.out(`Revoked API key ${revoked.id} ("${printable(revoked.name)}") at ${revoked.revokedAt}.`);
-      deps.out('Running API servers refuse it within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).');
-      return;
-    }
-
-    case 'key revoke-dormant': {
-      await requireOrganization(deps.db, command.orgId);
-      const result = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: !command.apply });
-      if (command.json) return printJson(deps, result);
-      const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
-      deps.out(`${verb} ${result.keys.length} key(s) of organization ${command.orgId} unused for ${command.dormantDays} days.`);
-      if (result.keys.length === 0) return;
-      deps.out(table([['ID', 'PREFIX', 'NAME', 'CREATED', 'LAST USED'], ...result.keys.map((key) => [key.id, key.displayPrefix, printable(key.name), key.createdAt, key.lastUsedAt ?? 'never'])]));
-      return;
-    }
+// One transaction: an organization never exists without the key that administers it.
+const createOrg: Handler<'org create'> = async (command, deps, keys) => {
+  const { org, created } = await deps.db.transaction(async (trx) => {
+    const org = await insertOrganization(trx, command.name);
+    const created = await keys.create(org.id, { name: 'admin', scopes: [...SCOPES], expiresAt: null }, { db: trx });
+    return { org, created };
+  });
+  if (command.json) {
+    printJson(deps, { org: orgJson(org), key: { ...created.key, key: created.plaintext } });
+    deps.err(`warning: ${ONCE_WARNING}`);
+    return;
   }
-}
+  deps.out(`Created organization "${printable(org.name)}"\n  id:         ${org.id}\n`);
+  deps.out(`Created API key\n${describeKey(created.key)}`);
+  revealKey(deps, created.plaintext);
+};
+
+const listOrgs: Handler<'org list'> = async (command, deps) => {
+  const orgs = await listOrganizations(deps.db);
+  if (command.json) return printJson(deps, orgs.map(orgJson));
+  if (orgs.length === 0) return deps.out('No organizations yet: create one with `npm run cli -- org create <name>`.');
+  deps.out(table([['ID', 'NAME', 'CREATED'], ...orgs.map((org) => [org.id, printable(org.name), org.createdAt.toISOString()])]));
+};
+
+const listKeys: Handler<'key list'> = async (command, deps, keys) => {
+  await requireOrganization(deps.db, command.orgId);
+  const views: ApiKeyView[] = [];
+  for (let offset = 0; ; offset += 200) {
+    const page = await keys.list(command.orgId, { limit: 200, offset });
+    views.push(...page.data);
+    if (page.data.length === 0 || views.length >= page.page.total) break;
+  }
+  if (command.json) return printJson(deps, views);
+  if (views.length === 0) return deps.out(`Organization ${command.orgId} has no API keys.`);
+  deps.out(
+    table([
+      ['ID', 'PREFIX', 'NAME', 'SCOPES', 'STATUS', 'CREATED', 'EXPIRES'],
+      ...views.map((key) => [key.id, key.displayPrefix, printable(key.name), key.scopes.join(','), key.status, key.createdAt, key.expiresAt ?? '-']),
+    ]),
+  );
+};
+
+const createKey: Handler<'key create'> = async (command, deps, keys) => {
+  await requireOrganization(deps.db, command.orgId);
+  const created = await keys.create(command.orgId, { name: command.name, scopes: command.scopes, expiresAt: command.expiresAt });
+  if (command.json) {
+    printJson(deps, { ...created.key, key: created.plaintext });
+    deps.err(`warning: ${ONCE_WARNING}`);
+    return;
+  }
+  deps.out(`Created API key\n${describeKey(created.key)}`);
+  revealKey(deps, created.plaintext);
+};
+
+const revokeKey: Handler<'key revoke'> = async (command, deps, keys) => {
+  await requireOrganization(deps.db, command.orgId);
+  const revoked = await keys.revoke(command.orgId, command.keyId);
+  if (command.json) return printJson(deps, revoked);
+  deps.out(`Revoked API key ${revoked.id} ("${printable(revoked.name)}") at ${revoked.revokedAt}.`);
+  deps.out('Running API servers refuse it within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).');
+};
+
+const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys) => {
+  await requireOrganization(deps.db, command.orgId);
+  const result = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: !command.apply });
+  if (command.json) return printJson(deps, result);
+  const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
+  deps.out(`${verb} ${result.keys.length} key(s) of organization ${command.orgId} unused for ${command.dormantDays} days.`);
+  if (result.keys.length === 0) return;
+  deps.out(table([['ID', 'PREFIX', 'NAME', 'CREATED', 'LAST USED'], ...result.keys.map((key) => [key.id, key.displayPrefix, printable(key.name), key.createdAt, key.lastUsedAt ?? 'never'])]));
+};
 
 // Which configured pepper each id is, and its place in the report: current, previous ones in
 // order, hashes from before ids were recorded, then ids no configured pepper has (keys that no
@@ -364,6 +349,21 @@ async function pepperStatus(json: boolean, deps: CliDeps): Promise<void> {
   if (rows.length === 0) return deps.out('No usable API keys.');
   deps.out(table([['PEPPER', 'KEYS', 'PREVIOUS SECRETS IN GRACE', 'SOURCE'], ...rows.map((row) => [row.pepperId ?? '-', String(row.secrets), String(row.previousSecrets), row.source])]));
   deps.out('\nA previous pepper can be removed from KEY_PEPPER_PREVIOUS once no row names it (keys move to KEY_PEPPER on their next use).');
+}
+
+const HANDLERS: { [K in Command['kind']]: Handler<K> } = {
+  'org create': createOrg,
+  'org list': listOrgs,
+  'key list': listKeys,
+  'key create': createKey,
+  'key revoke': revokeKey,
+  'key revoke-dormant': revokeDormant,
+  'key erase-ips': (command, deps) => eraseIps(command, deps),
+  'pepper status': (command, deps) => pepperStatus(command.json, deps),
+};
+
+function execute<K extends Command['kind']>(command: Extract<Command, { kind: K }>, deps: CliDeps): Promise<void> {
+  return (HANDLERS[command.kind] as Handler<K>)(command, deps, cliKeysService(deps));
 }
 
 function reportParse(parsed: Exclude<ParsedCli, { kind: 'command' }>, io: Pick<CliDeps, 'out' | 'err'>): number {

@@ -247,14 +247,8 @@ async function showEvents(client: Client, orgId: string, adminKey: string, keys:
   console.log('');
 }
 
-// How the closing curl lines name the key: the variable it came from, or a placeholder for one
-// minted here (never shown).
-async function run(options: Options & { key: string }, port: number, keyShown: string) {
-  const started = Date.now();
-  const baseUrl = `http://127.0.0.1:${port}`;
-  const client = new Client(baseUrl, options.requests, started + options.seconds * 1000);
-  const admin = options.key;
-
+// The org the key administers; a clear word when nothing answers or the key will not do.
+async function adminOrg(client: Client, baseUrl: string, admin: string): Promise<string> {
   let whoami: { orgId: string; scopes: string[]; name: string };
   try {
     whoami = await client.expect('GET', '/api/whoami', admin, 200);
@@ -266,10 +260,11 @@ async function run(options: Options & { key: string }, port: number, keyShown: s
   for (const scope of ['keys:read', 'keys:write']) {
     if (!whoami.scopes.includes(scope)) throw new UsageError(`The key lacks the ${scope} scope; use a key with keys:read and keys:write`);
   }
-  const { orgId } = whoami;
-  const keysPath = `/api/orgs/${orgId}/api-keys`;
-  console.log(`Organization ${orgId}; sending at most ${options.requests} requests in at most ${options.seconds} s to ${baseUrl}`);
+  return whoami.orgId;
+}
 
+// One key per role; the expiring one expires EXPIRES_AFTER_MS from now.
+async function createDemoKeys(client: Client, keysPath: string, admin: string) {
   const create = async (role: Role, scopes: string[], expiresAt?: string): Promise<DemoKey> => {
     const body = await client.expect('POST', keysPath, admin, 201, { name: `demo-traffic-${role}`, scopes, expiresAt });
     return { role, id: body.id, name: body.name, plaintext: body.key, seen: noOutcomes() };
@@ -281,28 +276,33 @@ async function run(options: Options & { key: string }, port: number, keyShown: s
   const expiring = await create('expiring', ['keys:read'], new Date(expiresAt).toISOString());
   const wrong = { ...(await create('wrong-secret', ['keys:read'])), budget: WRONG_SECRET_ATTEMPTS };
   const unused = await create('unused', ['keys:read']);
-  const keys = [ci, readonly, revoked, expiring, wrong, unused];
+  return { ci, readonly, revoked, expiring, wrong, unused, expiresAt };
+}
 
-  // Phase 1, while the expiring key still works: everyone but `unused`.
+type DemoKeys = Awaited<ReturnType<typeof createDemoKeys>>;
+
+// Phase 1 while the expiring key still works, everyone but `unused`; then one key revoked and one
+// expired, the same keys again, now failing; last, the ci key from another network.
+async function sendPhases(client: Client, orgId: string, keys: DemoKeys, options: Options, admin: string) {
+  const { ci, readonly, revoked, expiring, wrong, expiresAt } = keys;
+  const senders = [ci, readonly, revoked, expiring, wrong];
   const half = Math.max(1, Math.floor((options.requests - client.requestsSent) / 2));
-  await sendTraffic(client, orgId, [ci, readonly, revoked, expiring, wrong], half, expiresAt - 300);
+  await sendTraffic(client, orgId, senders, half, expiresAt - 300);
 
-  // Revoke one key, let the other expire, then phase 2: the same keys, now failing.
-  if (!client.exhausted) await client.expect('POST', `${keysPath}/${revoked.id}/revoke`, admin, 200);
+  if (!client.exhausted) await client.expect('POST', `/api/orgs/${orgId}/api-keys/${revoked.id}/revoke`, admin, 200);
   if (Date.now() < expiresAt + 200) await sleep(expiresAt + 200 - Date.now());
-  await sendTraffic(client, orgId, [ci, readonly, revoked, expiring, wrong], options.requests - client.requestsSent - NEW_IP_REQUESTS, Infinity);
+  await sendTraffic(client, orgId, senders, options.requests - client.requestsSent - NEW_IP_REQUESTS, Infinity);
 
-  // Phase 3: the ci key, first used from 127.0.0.1 well over a flush ago, now from another network.
+  // First used from 127.0.0.1 well over a flush ago, now from another network.
   for (let i = 0; i < NEW_IP_REQUESTS && !client.exhausted; i += 1) {
     const status = await client.getFrom(SECOND_ADDRESS, '/api/whoami', ci.plaintext).catch(() => 0);
     if (status === 200) ci.seen.ok += 1;
     else client.failures += 1;
   }
+}
 
-  const elapsed = ((Date.now() - started) / 1000).toFixed(1);
-  console.log(`Sent ${client.requestsSent} requests in ${elapsed} s${client.failures > 0 ? ` (${client.failures} unexpected answers or errors)` : ''}; waiting for the collector to flush...`);
-
-  // The staleness bound is about 2 s; give it that, then a little more if the counts lag.
+// The staleness bound is about 2 s; give it that, then a little more if the counts lag.
+async function settledUsage(client: Client, orgId: string, admin: string, keys: DemoKey[]): Promise<Map<string, UsageRow>> {
   await sleep(SETTLE_MS);
   const wanted = new Set(keys.map((key) => key.id));
   let usage = await readUsage(client, orgId, admin, wanted);
@@ -310,30 +310,46 @@ async function run(options: Options & { key: string }, port: number, keyShown: s
     await sleep(500);
     usage = await readUsage(client, orgId, admin, wanted);
   }
+  return usage;
+}
 
-  const header = ['key', 'status', 'uses', 'ok', 'forbidden', 'revoked', 'expired', 'bad_secret', 'last24h', 'lastUsedAt', 'lastUsedIp', 'dormant', 'matches'];
-  const rows = keys.map((key) => {
-    const row = usage.get(key.id);
-    if (!row) return [key.name, 'missing', ...header.slice(2).map(() => '-')];
-    return [
-      key.name,
-      row.status,
-      String(row.requestCount),
-      String(row.outcomes.ok),
-      String(row.outcomes.forbidden),
-      String(row.outcomes.revoked),
-      String(row.outcomes.expired),
-      String(row.outcomes.bad_secret),
-      String(Number(row.requests.last24h)),
-      row.lastUsedAt ?? 'never',
-      row.lastUsedIp ?? '-',
-      String(row.dormant),
-      matches(key, row) ? 'yes' : 'NO',
-    ];
-  });
-  console.log('');
-  console.log(table([header, ...rows]));
-  console.log('');
+const USAGE_HEADER = ['key', 'status', 'uses', 'ok', 'forbidden', 'revoked', 'expired', 'bad_secret', 'last24h', 'lastUsedAt', 'lastUsedIp', 'dormant', 'matches'];
+
+function usageRow(key: DemoKey, row: UsageRow | undefined): string[] {
+  if (!row) return [key.name, 'missing', ...USAGE_HEADER.slice(2).map(() => '-')];
+  const { outcomes } = row;
+  return [
+    key.name,
+    row.status,
+    String(row.requestCount),
+    ...[outcomes.ok, outcomes.forbidden, outcomes.revoked, outcomes.expired, outcomes.bad_secret].map(String),
+    String(Number(row.requests.last24h)),
+    row.lastUsedAt ?? 'never',
+    row.lastUsedIp ?? '-',
+    String(row.dormant),
+    matches(key, row) ? 'yes' : 'NO',
+  ];
+}
+
+// How the closing curl lines name the key: the variable it came from, or a placeholder for one
+// minted here (never shown).
+async function run(options: Options & { key: string }, port: number, keyShown: string) {
+  const started = Date.now();
+  const baseUrl = `http://127.0.0.1:${port}`;
+  const client = new Client(baseUrl, options.requests, started + options.seconds * 1000);
+  const admin = options.key;
+  const orgId = await adminOrg(client, baseUrl, admin);
+  const keysPath = `/api/orgs/${orgId}/api-keys`;
+  console.log(`Organization ${orgId}; sending at most ${options.requests} requests in at most ${options.seconds} s to ${baseUrl}`);
+
+  const demoKeys = await createDemoKeys(client, keysPath, admin);
+  await sendPhases(client, orgId, demoKeys, options, admin);
+  const elapsed = ((Date.now() - started) / 1000).toFixed(1);
+  console.log(`Sent ${client.requestsSent} requests in ${elapsed} s${client.failures > 0 ? ` (${client.failures} unexpected answers or errors)` : ''}; waiting for the collector to flush...`);
+
+  const keys = [demoKeys.ci, demoKeys.readonly, demoKeys.revoked, demoKeys.expiring, demoKeys.wrong, demoKeys.unused];
+  const usage = await settledUsage(client, orgId, admin, keys);
+  console.log(`\n${table([USAGE_HEADER, ...keys.map((key) => usageRow(key, usage.get(key.id)))])}\n`);
   const exact = keys.every((key) => matches(key, usage.get(key.id)));
   console.log(
     exact
