@@ -8,20 +8,11 @@ import { createStatsdSink } from '../../api/usage/statsdSink';
 import { UsageRecorder } from '../../api/usage/usageRecorder';
 import { createLogger } from '../../shared/logger';
 import { seedOrg, startTestApi } from '../helpers/api';
-import { waitFor } from '../helpers/collector';
+import { mib } from '../../harness/processMemory';
+import { sleep, waitFor } from '../../harness/wait';
+import { freeUdpPort } from '../../scripts/lib/freePort';
 import { freshDatabase } from '../helpers/database';
-import {
-  LONG,
-  LeakScan,
-  collectGarbage,
-  freeUdpPort,
-  mib,
-  persistedUsage,
-  recordingSink,
-  reportFigures,
-  sleep,
-  spawnCollector,
-} from '../helpers/faults';
+import { LONG, LeakScan, collectGarbage, persistedUsage, recordingSink, reportFigures, spawnCollector } from '../helpers/faults';
 
 const leaks = new LeakScan();
 

@@ -3,8 +3,8 @@
 // forwarded (the commit lands, the collector never hears back) and instead of COMMIT (it never lands).
 import t, { type Test } from 'tap';
 import { OUTCOMES, type UsageSample } from '../../shared/usageWire';
-import { waitFor } from '../helpers/collector';
-import { freshDatabase } from '../helpers/database';
+import { mib } from '../../harness/processMemory';
+import { sleep, waitFor } from '../../harness/wait';
 import {
   LONG,
   Ledger,
@@ -12,25 +12,20 @@ import {
   PgProxy,
   UdpSender,
   countMismatches,
-  mib,
+  databaseWithKeys,
   persistedUsage,
   reportFigures,
-  seedKeys,
   shipmentsOf,
-  sleep,
   spawnCollector,
-  type CollectorProcess,
   type CutMode,
+  type FaultCollector,
 } from '../helpers/faults';
 
 const leaks = new LeakScan();
 const IPS = ['192.0.2.10', '198.51.100.20', '2001:db8::30'];
 
 async function setup(t: Test, keyCount: number, flushIntervalMs: number) {
-  const { db, url } = await freshDatabase(t);
-  const { orgId, keys } = await seedKeys(db, 'pgfaults', keyCount);
-  await leaks.hashesFrom(db);
-  for (const key of keys) leaks.plaintext(key.plaintext);
+  const { db, url, orgId, keys } = await databaseWithKeys(t, leaks, 'pgfaults', keyCount);
   const proxy = await PgProxy.start(url);
   t.teardown(() => proxy.close());
   const collector = await spawnCollector(t, { databaseUrl: proxy.url, flushIntervalMs, maxPendingKeys: 1000 });
@@ -47,7 +42,7 @@ async function setup(t: Test, keyCount: number, flushIntervalMs: number) {
  * (or, for the bug below, believed written). uses_persisted_total is not the signal: a batch whose
  * COMMIT landed unseen is skipped on retry and never credited to it.
  */
-async function settled(collector: CollectorProcess, sentUses: number, timeoutMs: number) {
+async function settled(collector: FaultCollector, sentUses: number, timeoutMs: number) {
   return waitFor(
     'the collector to persist everything it received',
     async () => {
@@ -134,7 +129,7 @@ t.test('PostgreSQL unavailable during traffic: the collector keeps aggregating, 
   );
   t.ok(failures.every((line) => line.level === 50 && typeof (line.err as { message?: string })?.message === 'string'), 'logged at error level with the cause');
   t.ok(failures.length <= 2 + Math.log2(outageMs / 200) + outageMs / 30_000, 'backoff keeps the log quiet: no line per interval');
-  t.equal(collector.child.exitCode, null, 'the collector never crashed');
+  t.equal(collector.child.proc.exitCode, null, 'the collector never crashed');
   t.equal((await collector.sigterm()).code, 0, 'and exits 0 on SIGTERM');
 
   reportFigures(t, 'postgres-outage', {
@@ -219,7 +214,7 @@ t.test('connections cut mid-flush (one collector, one proxy, one cut per flush)'
     t.same(await countMismatches(db, ledger), [], `exactly ${ledger.total} uses after ${points.length} more cuts`);
     const failed = m.failed_flushes_total - failedBefore;
     t.ok(failed >= points.length - 1, `each cut before COMMIT failed a flush that was retried (${failed})`);
-    t.equal(collector.child.exitCode, null, 'no crash');
+    t.equal(collector.child.proc.exitCode, null, 'no crash');
     reportFigures(t, 'connection-cuts', { cuts: points.length, usesSent: ledger.total - sentBefore, usesPersisted: ledger.total - sentBefore, failedFlushes: failed });
   });
 
