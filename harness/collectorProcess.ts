@@ -37,8 +37,8 @@ export interface CollectorProcessOptions {
   udpPort?: number;
   /** Added to (and overriding) the parent's environment; LOG_LEVEL is warn unless given. */
   env?: Record<string, string>;
-  /** Arguments before `--import tsx`, such as a preloaded probe. */
-  nodeArgs?: string[];
+  /** TypeScript modules loaded before the collector, such as a probe. */
+  preload?: string[];
   /** Keep every output line (see spawnProcess). */
   keepOutput?: boolean;
 }
@@ -47,7 +47,7 @@ export async function startCollectorProcess(databaseUrl: string, options: Collec
   const udpPort = options.udpPort ?? (await freeUdpPort());
   const metricsPort = await freeTcpPort();
   const child = spawnTsx('collector', 'collector/main.ts', {
-    nodeArgs: options.nodeArgs,
+    preload: options.preload,
     keepOutput: options.keepOutput,
     env: {
       ...process.env,

@@ -69,9 +69,17 @@ function collectLines(stream: NodeJS.ReadableStream, keep: (line: string) => voi
   stream.on('end', () => partial && keep(partial));
 }
 
+export interface TsxOptions extends SpawnOptions {
+  /** Node options, such as --max-old-space-size. */
+  nodeArgs?: string[];
+  /** TypeScript modules loaded before the entry (after tsx, which compiles them). */
+  preload?: string[];
+}
+
 /** `node --import tsx <entry>`: a process of the Procfile from its source (the Procfile runs the compiled dist/ copy). */
-export function spawnTsx(name: string, entry: string, options: SpawnOptions & { nodeArgs?: string[] } = {}): Child {
-  return spawnProcess(name, [...(options.nodeArgs ?? []), '--import', 'tsx', entry], options);
+export function spawnTsx(name: string, entry: string, options: TsxOptions = {}): Child {
+  const preload = (options.preload ?? []).flatMap((module) => ['--import', module]);
+  return spawnProcess(name, [...(options.nodeArgs ?? []), '--import', 'tsx', ...preload, entry], options);
 }
 
 export function isRunning(child: Child): boolean {

@@ -240,7 +240,7 @@ export interface FaultCollectorOptions {
 export async function spawnCollector(t: Test, options: FaultCollectorOptions): Promise<FaultCollector> {
   const collector = await startCollectorProcess(options.databaseUrl, {
     udpPort: options.udpPort,
-    nodeArgs: ['--import', PROBE],
+    preload: [PROBE],
     keepOutput: true,
     env: {
       COLLECTOR_FLUSH_INTERVAL_MS: String(options.flushIntervalMs),
