@@ -536,6 +536,7 @@ t.test('malformed requests and server errors keep the error shape', async (t) =>
 
   // The helper always sends `application/json`; this one needs its own content type.
   const latin1Response = await fetch(api.baseUrl + base, {
+    method: 'POST',
     headers: { authorization: `Bearer ${adminKey}`, 'content-type': 'application/json; charset=latin1' },
     body: '{"name":"x","scopes":["keys:read"]}',
   });
