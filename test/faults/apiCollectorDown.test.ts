@@ -116,6 +116,25 @@ async function whileDown(recorder: UsageRecorder, keys: PhaseKey[], use: ReturnT
   };
 }
 
+// Uses made while a collector listened are persisted exactly, by outcome; those of the outage
+// never more than were made. Returns what was persisted of the outage's.
+async function assertCountedExactly(t: Test, db: Db, phases: Record<'before' | 'during' | 'after', PhaseKey[]>, perKey: number, requestsWhileDown: number) {
+  const { before, during, after } = phases;
+  const persistedBefore = await persistedUsage(db, before.map((k) => k.id));
+  const persistedAfter = await persistedUsage(db, after.map((k) => k.id));
+  const persistedDuring = await persistedUsage(db, during.map((k) => k.id));
+  t.equal(persistedBefore.total, before.length * perKey, 'uses made before the kill: exact');
+  t.equal(persistedAfter.total, after.length * perKey, 'uses made after the restart: exact');
+  const third = perKey / 3;
+  t.same(
+    [...before.map((k) => persistedBefore.outcomes(k.id)), ...after.map((k) => persistedAfter.outcomes(k.id))],
+    Array.from({ length: before.length + after.length }, () => ({ ok: third, forbidden: third, expired: 0, revoked: 0, bad_secret: third, cross_org: 0 })),
+    'and by outcome',
+  );
+  t.ok(persistedDuring.total <= requestsWhileDown, 'uses made while no collector listened are never over-counted');
+  return persistedDuring;
+}
+
 t.test('collector killed, absent and restarted: the API serves every request and stays bounded', async (t) => {
   const { db, url } = await freshDatabase(t);
   const udpPort = await freeUdpPort();
@@ -165,18 +184,7 @@ t.test('collector killed, absent and restarted: the API serves every request and
   t.ok(recorder.stats.earlyDrains > earlyDrainsBefore, 'a full map drained early instead of growing');
   t.ok(heapGrowthMiB < 32, `heap retained across the outage: ${heapGrowthMiB} MiB (the evidence kept for the leak scan included)`);
 
-  const persistedBefore = await persistedUsage(db, before.map((k) => k.id));
-  const persistedAfter = await persistedUsage(db, after.map((k) => k.id));
-  const persistedDuring = await persistedUsage(db, during.map((k) => k.id));
-  t.equal(persistedBefore.total, before.length * PER_KEY, 'uses made before the kill: exact');
-  t.equal(persistedAfter.total, after.length * PER_KEY, 'uses made after the restart: exact');
-  const third = PER_KEY / 3;
-  t.same(
-    [...before.map((k) => persistedBefore.outcomes(k.id)), ...after.map((k) => persistedAfter.outcomes(k.id))],
-    Array.from({ length: before.length + after.length }, () => ({ ok: third, forbidden: third, expired: 0, revoked: 0, bad_secret: third, cross_org: 0 })),
-    'and by outcome',
-  );
-  t.ok(persistedDuring.total <= requestsWhileDown, 'uses made while no collector listened are never over-counted');
+  const persistedDuring = await assertCountedExactly(t, db, { before, during, after }, PER_KEY, requestsWhileDown);
   await recorder.stop();
   t.equal(recorder.stats.recordedUses, recorder.stats.sentUses + recorder.stats.failedUses, 'the recorder accounts for every use: sent or failed');
   // UDP is connectionless: a datagram to a closed port is "sent" as far as the API can tell. The
