@@ -1,8 +1,8 @@
 // Fault injection for the reliability battery (test/faults/): a TCP proxy in front of PostgreSQL that
 // can refuse connections or cut one at a chosen protocol message, the collector as a real process
-// (`node --import tsx collector/main.ts`: the Procfile's process, from its source) with its memory read from /proc,
-// a paced UDP load generator that remembers when it sent what, and a leak scan over everything a
-// test produced. Loopback only; every loop is bounded.
+// (harness/collectorProcess.ts: the Procfile's process, from its source) with a probe preloaded and
+// its memory sampled, a paced UDP load generator that remembers when it sent what, and a leak scan
+// over everything a test produced. Loopback only; every loop is bounded.
 import dgram from 'node:dgram';
 import fs from 'node:fs';
 import net from 'node:net';
