@@ -38,6 +38,9 @@ interface Route {
 
 const BAD_ID = 'not-a-uuid';
 
+/** A query parameter the route refuses: the message names the parameter. */
+const badQuery = (label: string, query: string) => ({ label, query, field: query.split('=')[0] });
+
 /** Most routes read the org's keys: a GET with the keys:read scope, answering 200. */
 const read = (name: string, invalid: Route['invalid'], more: Partial<Route> = {}): Route => ({ name, scope: 'keys:read', target: 'reader', okStatus: 200, invalid, ...more });
 
@@ -59,10 +62,10 @@ const ROUTES: Route[] = [
     ],
   },
   read('GET /api/orgs/:id/api-keys', [
-    { label: 'limit 0', query: 'limit=0', field: 'limit' },
-    { label: 'limit not a number', query: 'limit=ten', field: 'limit' },
-    { label: 'negative offset', query: 'offset=-1', field: 'offset' },
-    { label: 'unknown parameter', query: 'status=active', field: 'status' },
+    badQuery('limit 0', 'limit=0'),
+    badQuery('limit not a number', 'limit=ten'),
+    badQuery('negative offset', 'offset=-1'),
+    badQuery('unknown parameter', 'status=active'),
   ]),
   read('GET /api/orgs/:id/api-keys/:keyId', [{ label: 'keyId not a UUID', params: { keyId: BAD_ID }, field: 'keyId' }]),
   {
@@ -94,23 +97,23 @@ const ROUTES: Route[] = [
     invalid: [],
   },
   read('GET /api/orgs/:id/api-keys/usage', [
-    { label: 'unknown sort', query: 'sort=name', field: 'sort' },
-    { label: 'dormant not a boolean', query: 'dormant=yes', field: 'dormant' },
-    { label: 'dormantDays 0', query: 'dormantDays=0', field: 'dormantDays' },
-    { label: 'unknown parameter', query: 'keyId=x', field: 'keyId' },
+    badQuery('unknown sort', 'sort=name'),
+    badQuery('dormant not a boolean', 'dormant=yes'),
+    badQuery('dormantDays 0', 'dormantDays=0'),
+    badQuery('unknown parameter', 'keyId=x'),
   ]),
   read('GET /api/orgs/:id/api-keys/:keyId/usage', [
     { label: 'keyId not a UUID', params: { keyId: BAD_ID }, field: 'keyId' },
-    { label: 'unknown granularity', query: 'granularity=week', field: 'granularity' },
-    { label: 'from not a date', query: 'from=yesterday', field: 'from' },
+    badQuery('unknown granularity', 'granularity=week'),
+    badQuery('from not a date', 'from=yesterday'),
   ]),
   read('GET /api/orgs/:id/api-keys/events', [
-    { label: 'unknown type', query: 'type=key.bogus', field: 'type' },
-    { label: 'keyId not a UUID', query: 'keyId=x', field: 'keyId' },
-    { label: 'since not a date', query: 'since=yesterday', field: 'since' },
-    { label: 'a cursor it never returned', query: 'cursor=bm90LWEtY3Vyc29y', field: 'cursor' },
-    { label: 'limit 0', query: 'limit=0', field: 'limit' },
-    { label: 'unknown parameter', query: 'offset=5', field: 'offset' },
+    badQuery('unknown type', 'type=key.bogus'),
+    badQuery('keyId not a UUID', 'keyId=x'),
+    badQuery('since not a date', 'since=yesterday'),
+    badQuery('a cursor it never returned', 'cursor=bm90LWEtY3Vyc29y'),
+    badQuery('limit 0', 'limit=0'),
+    badQuery('unknown parameter', 'offset=5'),
   ]),
   {
     name: 'PATCH /api/orgs/:id/api-keys/:keyId',
@@ -141,9 +144,9 @@ const ROUTES: Route[] = [
     ],
   },
   read('GET /api/orgs/:id/audit-log', [
-    { label: 'limit 0', query: 'limit=0', field: 'limit' },
-    { label: 'cursor not one of ours', query: 'cursor=MTIzYQ', field: 'cursor' },
-    { label: 'unknown parameter', query: 'offset=10', field: 'offset' },
+    badQuery('limit 0', 'limit=0'),
+    badQuery('cursor not one of ours', 'cursor=MTIzYQ'),
+    badQuery('unknown parameter', 'offset=10'),
   ]),
 ];
 
@@ -167,13 +170,13 @@ const WEBHOOK_ROUTES: Route[] = [
     ],
   },
   read('GET /api/orgs/:id/webhooks', [
-    { label: 'limit 0', query: 'limit=0', field: 'limit' },
-    { label: 'unknown parameter', query: 'url=x', field: 'url' },
+    badQuery('limit 0', 'limit=0'),
+    badQuery('unknown parameter', 'url=x'),
   ]),
   read('GET /api/orgs/:id/webhooks/:webhookId/deliveries', [
     { label: 'webhookId not a UUID', params: { webhookId: BAD_ID }, field: 'webhookId' },
-    { label: 'unknown status', query: 'status=lost', field: 'status' },
-    { label: 'negative offset', query: 'offset=-1', field: 'offset' },
+    badQuery('unknown status', 'status=lost'),
+    badQuery('negative offset', 'offset=-1'),
   ], { target: 'webhook', resource: 'webhook' }),
   {
     name: 'POST /api/orgs/:id/webhooks/:webhookId/test',
