@@ -11,8 +11,10 @@ import { authorizer, type RecordUse } from './auth/authorize';
 import { clientAddressResolver } from './auth/clientAddress';
 import { createAuthThrottle } from './auth/failureThrottle';
 import { createKeyVerifier } from './auth/keyVerifier';
+import { whoami } from './auth/whoami';
 import { errorMiddleware, routeNotFound } from './errors';
 import { healthHandler } from './health';
+import { serveOpenApiDocument } from './openapi/document';
 import { securityHeaders } from './securityHeaders';
 import { dashboardRouter } from './ui/dashboard.routes';
 import type { RequestObservation } from './metrics';
@@ -130,10 +132,9 @@ export function createApp(deps: AppDeps) {
 
   app.get('/healthz', healthHandler(deps.db, now));
 
-  app.get('/api/whoami', authorize(), (_req, res) => {
-    const { key } = res.locals.auth!;
-    res.json({ keyId: key.id, orgId: key.orgId, name: key.name, scopes: key.scopes });
-  });
+  app.get('/openapi.json', serveOpenApiDocument());
+
+  app.get('/api/whoami', authorize(), whoami);
 
   // IP_TRUNCATE applies to the addresses the audit log keeps, as to usage.
   const auditIp = deps.privacy?.truncateIps ? truncateIp : (ip: string) => ip;

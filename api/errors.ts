@@ -1,4 +1,5 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
+import { z } from 'zod';
 import { databaseUnavailable } from '../shared/db';
 import { redactKeyMaterial, type Logger } from '../shared/logger';
 
@@ -18,6 +19,17 @@ export const ERROR_STATUS = {
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
+
+/** The one body of every error response. */
+export const errorBody = z
+  .object({
+    error: z.object({
+      code: z.enum(Object.keys(ERROR_STATUS) as [ErrorCode, ...ErrorCode[]]),
+      message: z.string(),
+      requestId: z.string().meta({ description: 'The X-Request-Id response header' }),
+    }),
+  })
+  .meta({ id: 'Error' });
 
 export class AppError extends Error {
   constructor(
@@ -67,7 +79,7 @@ export const routeNotFound: RequestHandler = (req, _res, next) => {
 export function errorMiddleware(logger: Logger): ErrorRequestHandler {
   return (error, req, res, _next) => {
     const appError = error instanceof AppError ? error : (fromBodyParser(error) ?? fromDatabase(error));
-    const requestId = res.locals.requestId as string;
+    const requestId = res.locals.requestId;
     if (appError?.code === 'service_unavailable') {
       // Message and code only: a knex error carries the query's bindings, which may hold a hash.
       logger.warn({ err: { message: error.message, code: error.code }, requestId }, appError.message);

@@ -4,6 +4,7 @@
 // and trimming the history.
 import type { Knex } from 'knex';
 import type { Db } from '../shared/db';
+import { dormantKeySql } from '../shared/dormancy';
 import type { KeyUsageDelta } from './aggregator';
 import { BASELINE_DAYS, detectKeyEvents, type DetectionThresholds, type HourFacts, type KeyEvent, type KeyFacts } from './eventRules';
 
@@ -127,9 +128,9 @@ const DAY = `interval '1 day'`;
 
 // occurred_at is kept to the millisecond (as the flush's times are) so the events cursor, which
 // carries milliseconds, pages exactly.
-// A key is dormant when its last use (or its creation, if never used) is older than its org's
-// threshold. occurred_at is the moment it crossed; the dedupe key names the use it followed, so a
-// key used again and left idle again raises a new event.
+// Dormant by the rule of shared/dormancy.ts, with its org's threshold. occurred_at is the moment
+// it crossed; the dedupe key names the use it followed, so a key used again and left idle again
+// raises a new event.
 const SWEEP_DORMANT = `
 insert into key_events (org_id, key_id, type, occurred_at, details, dedupe_key)
 select k.org_id, k.id, 'key.dormant',
@@ -139,8 +140,7 @@ select k.org_id, k.id, 'key.dormant',
   from api_keys k
   join organizations o on o.id = k.org_id
   left join api_key_usage u on u.key_id = k.id
- where k.revoked_at is null and (k.expires_at is null or k.expires_at > :now)
-   and coalesce(u.last_used_at, k.created_at) + o.dormancy_days * ${DAY} <= :now
+ where ${dormantKeySql('cast(:now as timestamptz)', `cast(:now as timestamptz) - o.dormancy_days * ${DAY}`)}
  order by k.id
 on conflict (org_id, dedupe_key) do nothing`;
 

@@ -11,6 +11,7 @@ import { displayName, uuid } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, migrateLatest, type Db } from '../shared/db';
 import { eraseKeyIps } from '../shared/ipRetention';
+import { exitWhenDone } from './lib/commandExit';
 import { postmasterPid, startLocalPostgres } from './lib/localPostgres';
 
 // `npm run cli -- <command>`: the operator's bootstrap tool. runCli() holds the command logic and
@@ -29,7 +30,7 @@ Commands:
   key revoke-dormant <orgId> --days <n> [--apply]
                                      List the active keys unused for n days (never used: created
                                      n days ago); with --apply, revoke exactly those
-  key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, recent IPs, audit log)
+  key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log)
   pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS)
   help                               Show this help
 
@@ -405,7 +406,7 @@ export interface CliDatabase {
 // then stopped again, unless someone else (an `npm start` or another CLI begun meanwhile) is
 // connected to it. One connection is plenty for a command, and lets "someone else" be any
 // backend but our own.
-export async function openDatabase(config: Config, err: (text: string) => void): Promise<CliDatabase> {
+export function openDatabase(config: Config, err: (text: string) => void): CliDatabase {
   if (config.database.url) {
     const db = createDb(config.database.url, { poolMax: 1, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: APPLICATION_NAME });
     return { db, close: () => db.destroy() };
@@ -449,7 +450,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
   let database: CliDatabase | undefined;
   try {
     const config = loadConfig(withDevelopmentDefault(env));
-    database = await openDatabase(config, io.err);
+    database = openDatabase(config, io.err);
     const applied = await migrateLatest(database.db);
     if (applied.length > 0) io.err(`Applied ${applied.length} migration(s): ${applied.join(', ')}`);
     return await runCommand(parsed.command, { db: database.db, out: io.out, err: io.err, pepper: config.api.keyPepper, previousPeppers: config.api.previousKeyPeppers, now });
@@ -461,4 +462,4 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
   }
 }
 
-if (require.main === module) main(process.argv.slice(2), process.env).then((code) => (process.exitCode = code));
+if (require.main === module) exitWhenDone(main(process.argv.slice(2), process.env), stdio.err);

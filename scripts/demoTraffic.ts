@@ -103,7 +103,7 @@ class Client {
       signal: AbortSignal.timeout(5000),
     });
     const text = await response.text();
-    let parsed: any;
+    let parsed: unknown;
     try {
       parsed = JSON.parse(text);
     } catch {
@@ -233,7 +233,7 @@ interface EventRow {
 async function showEvents(client: Client, orgId: string, adminKey: string, keys: DemoKey[]) {
   const names = new Map(keys.map((key) => [key.id, key.name]));
   const path = `/api/orgs/${orgId}/api-keys/events?limit=100`;
-  let events: EventRow[] = [];
+  let events: EventRow[];
   for (const until = Date.now() + SETTLE_RETRY_MS; ; await sleep(500)) {
     events = ((await client.expect('GET', path, adminKey, 200)).data as EventRow[]).filter((event) => names.has(event.keyId));
     const seen = new Set(events.map((event) => event.type));

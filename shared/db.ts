@@ -57,7 +57,7 @@ export const MIGRATION_CONFIG: Knex.MigratorConfig = {
   migrationSource: {
     getMigrations: async () => (await fs.promises.readdir(MIGRATIONS_DIRECTORY)).filter((file) => path.extname(file) === LOADED_EXTENSION).sort(),
     getMigrationName: (file: string) => `${path.basename(file, LOADED_EXTENSION)}.ts`,
-    getMigration: async (file: string) => require(path.join(MIGRATIONS_DIRECTORY, file)),
+    getMigration: (file: string) => Promise.resolve(require(path.join(MIGRATIONS_DIRECTORY, file))),
   },
 };
 
@@ -146,7 +146,7 @@ export async function createCheckedDb(url: string, options: DbOptions, logger: L
     const description = describeDatabaseError(error, url);
     if (!databaseUnavailable(error)) {
       await db.destroy();
-      throw new Error(description);
+      throw new Error(description, { cause: error });
     }
     logger.warn(`${description}; starting anyway, retrying on use`);
   }

@@ -107,6 +107,8 @@ t.test('dormant keys: never used, or not used within dormantDays', async (t) => 
     db('api_key_usage').insert({ key_id: keyId, org_id: org.id, request_count: count, ok_count: count, last_used_at: new Date(now - daysAgo * 86_400_000), last_used_ip: '192.0.2.1' });
   await backdate(old, 40, 5);
   await backdate(adminKeyId, 0, 9);
+  // A never-used key is dormant once it has existed for dormantDays (shared/dormancy.ts).
+  await db('api_keys').where({ org_id: org.id }).update({ created_at: db.raw("created_at - interval '100 days'") });
 
   const dormant = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?dormant=true&sort=lastUsedAt&order=asc`, { key: adminKey });
   t.equal(dormant.status, 200);
@@ -159,6 +161,8 @@ t.test('dormant=true|false and status=: dormant means still usable and unused; e
   await Promise.all([used(stale, 40), used(fresh, 1), used(revokedUsed, 1), used(adminKeyId, 0)]);
   await api.services.apiKeys.revoke(org.id, revokedUnused);
   await api.services.apiKeys.revoke(org.id, revokedUsed);
+  // Created long ago, so never used means dormant (shared/dormancy.ts counts from creation).
+  await db('api_keys').where({ org_id: org.id }).update({ created_at: db.raw("created_at - interval '100 days'") });
   now += 120_000;
 
   const names = async (query: string) => {

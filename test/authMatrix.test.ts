@@ -6,6 +6,7 @@ import type { Scope } from '../api/keys/scopes';
 import type { Db } from '../shared/db';
 import type { Outcome } from '../shared/usageWire';
 import { seedOrg, startTestApi, type RecordedUse, type TestResponse } from './helpers/api';
+import { registeredRoutes } from './helpers/appRoutes';
 import { freshDatabase } from './helpers/database';
 
 // The shared security test: every route against every way a request can be refused, asserting the
@@ -21,7 +22,7 @@ interface Key {
 }
 
 interface Route {
-  /** `METHOD /pattern` exactly as the app's router lists it (see routesServed). */
+  /** `METHOD /pattern` exactly as the app's router lists it (test/helpers/appRoutes.ts). */
   name: string;
   scope?: Scope;
   /** Key management: refused to a key's previous secret during a rotation's grace period. */
@@ -272,32 +273,8 @@ async function storedHashForms(db: Db): Promise<string[]> {
 }
 
 // Routes the app serves to anyone, outside the matrix: the dashboard page (it holds no data; the
-// browser calls the API with a key) and the health check.
-const PUBLIC_ROUTES = ['GET /', 'GET /healthz'];
-
-interface ListedRoute {
-  path: string | RegExp;
-  methods?: string[];
-  router?: RouterLike;
-}
-interface RouterLike {
-  listRoutes?: () => ListedRoute[];
-}
-
-/**
- * Every `METHOD /pattern` the app's router answers, nested routers resolved, from the router's own
- * listing (router 2.3's `listRoutes()`, Express 5's router): a route added to the app is here
- * whether or not anyone remembered the matrix. The automatic HEAD of a GET is not a route of its own.
- */
-function routesServed(router: RouterLike, prefix = ''): string[] {
-  if (typeof router.listRoutes !== 'function') throw new Error('the router cannot list its routes (router ≥ 2.3, as Express 5 installs it, can)');
-  return router.listRoutes().flatMap((entry) => {
-    const path = String(entry.path);
-    const full = path === '/' && prefix ? prefix : prefix + path;
-    if (entry.router) return routesServed(entry.router, full);
-    return (entry.methods ?? []).filter((method) => method !== 'HEAD').map((method) => `${method} ${full}`);
-  });
-}
+// browser calls the API with a key), the health check and the OpenAPI contract.
+const PUBLIC_ROUTES = ['GET /', 'GET /healthz', 'GET /openapi.json'];
 
 const methodOf = (route: Route) => route.name.split(' ')[0];
 
@@ -311,7 +288,8 @@ const namesTarget = (route: Route) => /\/:id\/.*\/:\w+/.test(route.name);
 t.test('the matrix covers every route the app serves', async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
-  const served = routesServed(api.app.router as RouterLike);
+  // Read from the app's router, so a route added to the app is here whether or not anyone remembered the matrix.
+  const served = registeredRoutes(api.app);
   t.ok(served.length > ROUTES.length / 2, `the router listed ${served.length} routes`);
   const inMatrix = new Set([...ROUTES.map((route) => route.name), ...PUBLIC_ROUTES]);
   t.same(served.filter((name) => !inMatrix.has(name)), [], 'every route the app serves has a matrix entry (or is a listed public route)');

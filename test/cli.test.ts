@@ -429,7 +429,7 @@ t.test('main: the embedded PostgreSQL, started and stopped only when the CLI sta
   // An `npm start` that connects while the CLI runs keeps its database.
   const notes: string[] = [];
   const config = loadConfig({ ...env, NODE_ENV: 'test' });
-  const database = await openDatabase(config, (text) => notes.push(text));
+  const database = openDatabase(config, (text) => notes.push(text));
   const bystander = createDb(`${startLocalPostgres({ dataDir: env.EMBEDDED_PG_DIR, port: config.database.embeddedPort }).url}`, {
     poolMax: 1,
     applicationName: 'keyusage-api',

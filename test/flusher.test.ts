@@ -37,7 +37,7 @@ function fakeStore() {
 }
 
 t.test('backoff grows after each failure and resets after a success', async (t) => {
-  let now = 0;
+  const now = 0;
   const aggregator = new Aggregator({ maxKeys: 100, now: () => now });
   const { store, fail } = fakeStore();
   const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxPendingKeys: 100, logger, now: () => now, backoff: { initialMs: 100, maxMs: 250 } });

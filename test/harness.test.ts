@@ -17,11 +17,18 @@ const nodeEval = (source: string) => spawnProcess('node -e', ['-e', source], { k
 t.test('waitFor: the value once the probe answers, a timeout naming what it waited for, a probe error at once', async (t) => {
   let calls = 0;
   t.equal(await waitFor('the third call', () => (++calls === 3 ? 'three' : undefined), 1000, 1), 'three');
-  await t.rejects(waitFor('nothing', () => undefined, 30, 5), /timed out after 30 ms waiting for nothing/);
   await t.rejects(
-    waitFor('a dead process', () => {
-      throw new Error('it exited');
-    }, 10_000),
+    waitFor('nothing', () => undefined, 30, 5),
+    /timed out after 30 ms waiting for nothing/,
+  );
+  await t.rejects(
+    waitFor(
+      'a dead process',
+      () => {
+        throw new Error('it exited');
+      },
+      10_000,
+    ),
     /it exited/,
     'a throwing probe ends the wait with its error, not a timeout',
   );
@@ -76,7 +83,8 @@ t.test('processMemory reads the resident set of a live process and throws for a 
 });
 
 t.test('collector metrics: the keyusage_collector_ samples, by name without the prefix', async (t) => {
-  const text = '# HELP keyusage_collector_packets_total x\n# TYPE keyusage_collector_packets_total counter\nkeyusage_collector_packets_total 12\nkeyusage_collector_last_flush_duration_seconds 0.25\nother_metric 3\n';
+  const text =
+    '# HELP keyusage_collector_packets_total x\n# TYPE keyusage_collector_packets_total counter\nkeyusage_collector_packets_total 12\nkeyusage_collector_last_flush_duration_seconds 0.25\nother_metric 3\n';
   t.same(parseCollectorMetrics(text), { packets_total: 12, last_flush_duration_seconds: 0.25 });
   const server = http.createServer((_req, res) => res.end(text));
   const port = await listen(server, '127.0.0.1', 0, 'test');
@@ -99,10 +107,17 @@ t.test('seeded randomness: the same seed gives the same sequence and the same or
   const a = seededRandom(7);
   const b = seededRandom(7);
   const values = Array.from({ length: 5 }, () => a());
-  t.same(values, Array.from({ length: 5 }, () => b()));
+  t.same(
+    values,
+    Array.from({ length: 5 }, () => b()),
+  );
   t.ok(values.every((v) => v >= 0 && v < 1));
   const items = Array.from({ length: 20 }, (_, i) => i);
   t.same(shuffled(items, 3), shuffled(items, 3));
   t.not(shuffled(items, 3).join(), items.join(), 'an order, not the identity');
-  t.same([...shuffled(items, 3)].sort((x, y) => x - y), items, 'a permutation');
+  t.same(
+    [...shuffled(items, 3)].sort((x, y) => x - y),
+    items,
+    'a permutation',
+  );
 });

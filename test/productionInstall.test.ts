@@ -46,8 +46,8 @@ function run(command: string, args: string[], env: NodeJS.ProcessEnv, cwd = rele
 function start(t: Test, entry: string, env: NodeJS.ProcessEnv) {
   const child = spawn(process.execPath, [entry], { cwd: release, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
-  child.stdout!.on('data', (chunk) => (output += chunk));
-  child.stderr!.on('data', (chunk) => (output += chunk));
+  child.stdout.on('data', (chunk) => (output += chunk));
+  child.stderr.on('data', (chunk) => (output += chunk));
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL');
   });

@@ -18,7 +18,7 @@ async function prepareTemplate(adminUrl: string) {
 
 async function main() {
   const server = await openPostgresServer('keyusage-test-', (line) => console.log(`# ${line}`));
-  let exitCode = 1;
+  let exitCode: number;
   try {
     await prepareTemplate(server.adminUrl);
     exitCode = await runTap(tapArguments(process.argv.slice(2)), { TEST_ADMIN_DATABASE_URL: server.adminUrl });

@@ -134,13 +134,17 @@ class Launch {
       for (const pid of [-this.child.pid!, ...this.printedPids()]) {
         try {
           process.kill(pid, signal);
-        } catch {}
+        } catch {
+          // already gone
+        }
       }
     };
     if (this.leftovers().length === 0) return;
     try {
       process.kill(-this.child.pid!, 'SIGTERM');
-    } catch {}
+    } catch {
+      // already gone
+    }
     for (const deadline = Date.now() + 20_000; Date.now() < deadline; await sleep(200)) {
       if (this.leftovers().length === 0) return;
     }

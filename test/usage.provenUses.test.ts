@@ -26,8 +26,10 @@ async function usageOf(api: Awaited<ReturnType<typeof startTestApi>>, orgId: str
 }
 
 t.test('a stranger who knows only a key id cannot make the key look used (fails on the previous main)', async (t) => {
-  const { api, collector, org, adminKey } = await wiredSystem(t);
+  const { db, api, collector, org, adminKey } = await wiredSystem(t);
   const victim = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name: 'victim', scopes: ['keys:read'] } });
+  // Never used and older than dormantDays (30): dormant, which the stranger must not change.
+  await db('api_keys').where({ id: victim.body.id }).update({ created_at: db.raw("created_at - interval '60 days'") });
   const ATTEMPTS = 5;
   for (let i = 0; i < ATTEMPTS; i += 1) {
     t.equal((await api.request('GET', '/api/whoami', { key: withWrongSecret(victim.body.key) })).status, 401);

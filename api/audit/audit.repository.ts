@@ -1,4 +1,6 @@
+import { z } from 'zod';
 import type { Db } from '../../shared/db';
+import { idString } from '../responses';
 
 // The audit log: one row per change to an org's keys, written in the change's own transaction
 // (pass the transaction as `db`), so a change and its entry commit or roll back together.
@@ -9,7 +11,8 @@ export const AUDIT_ACTIONS = ['key.create', 'key.rotate', 'key.revoke', 'key.upd
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 
 /** Who acted: an API key (by id and display prefix, never its secret), or an operator at the CLI. */
-export type AuditActor = { type: 'key'; keyId: string; displayPrefix: string } | { type: 'cli' };
+export const auditActorShape = z.discriminatedUnion('type', [z.object({ type: z.literal('key'), keyId: idString, displayPrefix: z.string() }), z.object({ type: z.literal('cli') })]);
+export type AuditActor = z.output<typeof auditActorShape>;
 
 /** The acting key as the audit log names it; none: the CLI. */
 export const auditActor = (actor: { id: string; displayPrefix: string } | undefined): AuditActor =>

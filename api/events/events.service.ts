@@ -1,6 +1,8 @@
+import { z } from 'zod';
 import type { Db } from '../../shared/db';
-import type { EventType } from '../../shared/keyEvents';
+import { EVENT_TYPES, type EventType } from '../../shared/keyEvents';
 import { AppError } from '../errors';
+import { cursorPage, details, idString, isoTime, listOf } from '../responses';
 import { listEvents, type KeyEventRecord } from './events.repository';
 
 // The cursor is opaque to clients: base64url of the last event's time (milliseconds, as every
@@ -17,7 +19,12 @@ export function decodeCursor(cursor: string): { occurredAt: Date; id: string } {
   return { occurredAt: new Date(Number(match[1])), id: match[2] };
 }
 
-const toView = (event: KeyEventRecord) => ({
+const keyEvent = z
+  .object({ id: idString, keyId: idString, type: z.enum(EVENT_TYPES), occurredAt: isoTime, details: details.meta({ description: 'What docs/events.md lists for the type' }) })
+  .meta({ id: 'KeyEvent' });
+export const eventList = listOf(keyEvent, cursorPage).meta({ id: 'KeyEventList' });
+
+const toView = (event: KeyEventRecord): z.output<typeof keyEvent> => ({
   id: event.id,
   keyId: event.keyId,
   type: event.type,
@@ -29,7 +36,7 @@ export type EventsService = ReturnType<typeof createEventsService>;
 
 export function createEventsService(deps: { db: Db }) {
   return {
-    async list(orgId: string, query: { type?: EventType; keyId?: string; since?: Date; cursor?: string; limit: number }) {
+    async list(orgId: string, query: { type?: EventType; keyId?: string; since?: Date; cursor?: string; limit: number }): Promise<z.output<typeof eventList>> {
       const after = query.cursor === undefined ? undefined : decodeCursor(query.cursor);
       // One more than asked tells whether a next page exists without a count.
       const events = await listEvents(deps.db, { orgId, type: query.type, keyId: query.keyId, since: query.since, after, limit: query.limit + 1 });

@@ -1,4 +1,5 @@
 import type { Db } from '../../shared/db';
+import { dormantKeySql } from '../../shared/dormancy';
 import type { Scope } from './scopes';
 
 export interface ApiKeyRecord {
@@ -155,7 +156,7 @@ export async function setExpectedNetworks(db: Db, id: string, networks: string[]
 
 export interface DormantQuery {
   orgId: string;
-  /** Dormant: last proven use (or creation, if never used) before this instant. */
+  /** Dormant (shared/dormancy.ts): last proven use, or creation if never used, before this instant. */
   idleSince: Date;
   now: Date;
   /** Never selected: the key making the request. */
@@ -164,14 +165,12 @@ export interface DormantQuery {
 
 export type DormantKey = ApiKeyRecord & { lastUsedAt: Date | null };
 
-// Active keys only: revoked and expired keys are not "dormant", they are already off.
 const DORMANT_KEYS = `
 select k.*, u.last_used_at
   from api_keys k
-  left join api_key_usage u on u.key_id = k.id
+  left join api_key_usage u on u.org_id = k.org_id and u.key_id = k.id
  where k.org_id = :orgId and k.id is distinct from :exceptKeyId
-   and k.revoked_at is null and (k.expires_at is null or k.expires_at > :now)
-   and coalesce(u.last_used_at, k.created_at) < :idleSince`;
+   and ${dormantKeySql('cast(:now as timestamptz)', 'cast(:idleSince as timestamptz)')}`;
 
 const toDormant = (row: ApiKeyRow & { last_used_at: Date | null }): DormantKey => ({ ...toRecord(row), lastUsedAt: row.last_used_at });
 

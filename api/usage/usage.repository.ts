@@ -1,4 +1,5 @@
 import { exactCount, type Count, type Db } from '../../shared/db';
+import { dormantKeySql } from '../../shared/dormancy';
 import type { EventType } from '../../shared/keyEvents';
 import { OUTCOMES, type Outcome } from '../../shared/usageWire';
 import type { KeyStatus } from '../keys/apiKeys.service';
@@ -47,6 +48,8 @@ export interface KeyUsageRecord {
   recentFailedIps: FailedIp[];
   lastRevokedUseAt: Date | null;
   lastExpiredUseAt: Date | null;
+  /** By the rule of shared/dormancy.ts, at UsageQuery.now with UsageQuery.dormantBefore. */
+  dormant: boolean;
   /** Events since UsageQuery.eventsSince, by type (types without one are absent). */
   eventCounts: Partial<Record<EventType, number>>;
   latestEventAt: Date | null;
@@ -57,11 +60,10 @@ export interface UsageQuery {
   now: Date;
   /** Keys with this status only; null for every status. */
   status: KeyStatus | null;
-  /**
-   * Keys unused since `before` (never used, or last used before it) that can still be used
-   * (`dormant: true`), or every other key (`dormant: false`); null for no filter.
-   */
-  dormancy: { dormant: boolean; before: Date } | null;
+  /** A key not used since this instant (counted from its creation if never used) is dormant (shared/dormancy.ts). */
+  dormantBefore: Date;
+  /** Only dormant keys (true), only the others (false), or no filter (null). */
+  dormant: boolean | null;
   /** When set, only keys whose name contains it, case-insensitively (taken literally: no wildcards). */
   nameContains: string | null;
   /** When set, only this key (the dashboard's key page). */
@@ -104,12 +106,12 @@ const REVOKED = 'k.revoked_at <= cast(:now as timestamptz)';
 const EXPIRED = `(not coalesce(${REVOKED}, false) and k.expires_at <= cast(:now as timestamptz))`;
 const ACTIVE = `(not coalesce(${REVOKED}, false) and not coalesce(k.expires_at <= cast(:now as timestamptz), false))`;
 const STATUS_SQL: Record<KeyStatus, string> = { active: ACTIVE, revoked: REVOKED, expired: EXPIRED };
-const DORMANT = `(${ACTIVE} and (u.last_used_at is null or u.last_used_at < :dormantBefore))`;
+const DORMANT = dormantKeySql('cast(:now as timestamptz)', 'cast(:dormantBefore as timestamptz)');
 
 function filters(query: UsageQuery): string {
   const conditions: string[] = [];
   if (query.status) conditions.push(STATUS_SQL[query.status]);
-  if (query.dormancy) conditions.push(query.dormancy.dormant ? DORMANT : `not ${DORMANT}`);
+  if (query.dormant !== null) conditions.push(query.dormant ? DORMANT : `not ${DORMANT}`);
   if (query.nameContains) conditions.push("k.name ilike :namePattern escape '\\'");
   if (query.keyId) conditions.push('k.id = :keyId');
   return conditions.map((condition) => `and ${condition}`).join(' ');
@@ -124,7 +126,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
   const bindings = {
     orgId: query.orgId,
     now: query.now,
-    dormantBefore: query.dormancy?.before ?? null,
+    dormantBefore: query.dormantBefore,
     namePattern: query.nameContains ? likePattern(query.nameContains) : null,
     keyId: query.keyId,
     eventsSince: query.eventsSince,
@@ -146,7 +148,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
          from (
            select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
                   u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
-                  u.last_failed_at, u.last_failed_ip, u.last_revoked_use_at, u.last_expired_use_at
+                  u.last_failed_at, u.last_failed_ip, u.last_revoked_use_at, u.last_expired_use_at, ${DORMANT} as dormant
              ${keysOfOrg}
             order by ${sort.inner} ${direction}, k.id
             limit :limit offset :offset
@@ -164,7 +166,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
            select json_object_agg(s.type, s.n) as by_type, max(s.latest) as latest_at
              from (select e.type, count(*) as n, max(e.occurred_at) as latest
                      from key_events e
-                    where e.key_id = p.id and e.occurred_at > :eventsSince
+                    where e.org_id = :orgId and e.key_id = p.id and e.occurred_at > :eventsSince
                     group by e.type) s
          ) ev on true
         order by ${sort.outer} ${direction}, p.id`,
@@ -204,6 +206,7 @@ function toKeyUsage(row: Record<string, any>): KeyUsageRecord {
     recentFailedIps: ipRows(row.recent_failed_ips).map(({ count, ...ip }) => ({ ...ip, attemptCount: count })),
     lastRevokedUseAt: row.last_revoked_use_at,
     lastExpiredUseAt: row.last_expired_use_at,
+    dormant: row.dormant,
     eventCounts: row.event_counts,
     latestEventAt: row.latest_event_at ? new Date(row.latest_event_at) : null,
   };

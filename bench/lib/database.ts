@@ -24,7 +24,7 @@ export async function openBenchDatabase(log: (line: string) => void): Promise<Be
   const name = `keyusage_bench_${process.pid}_${randomBytes(3).toString('hex')}`;
   const scratch = await createScratchDatabase(server.adminUrl, name).catch((error: Error) => {
     server.stop();
-    throw new Error(`could not create the benchmark database ${name} (the DATABASE_URL role needs CREATEDB): ${error.message}`);
+    throw new Error(`could not create the benchmark database ${name} (the DATABASE_URL role needs CREATEDB): ${error.message}`, { cause: error });
   });
   const db = createDb(scratch.url, { poolMax: 4, applicationName: 'keyusage-bench' });
   await migrateLatest(db);

@@ -18,7 +18,7 @@ export async function ipcRequest<T>(child: Child, message: Record<string, unknow
 }
 
 /** The child side of ipcRequest: `handle` answers each command. */
-export function serveIpc(handle: (message: { cmd: string; [field: string]: unknown }) => unknown | Promise<unknown>): void {
+export function serveIpc(handle: (message: { cmd: string; [field: string]: unknown }) => unknown): void {
   process.on('message', (message: { id: number; cmd: string }) => {
     Promise.resolve()
       .then(() => handle(message))
@@ -31,16 +31,19 @@ export function serveIpc(handle: (message: { cmd: string; [field: string]: unkno
   process.on('disconnect', () => process.exit(0));
 }
 
-export function waitForMessage<T>(child: Child, predicate: (message: any) => boolean, timeoutMs = 30_000, what = 'its ready message'): Promise<T> {
+/** A child's IPC message as the predicate sees it; `T` is what the caller knows the matching one to be. */
+type IpcMessage = { ready?: boolean; id?: number } | undefined;
+
+export function waitForMessage<T>(child: Child, predicate: (message: IpcMessage) => boolean, timeoutMs = 30_000, what = 'its ready message'): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const timer = setTimeout(() => {
       cleanup();
       reject(new Error(`${child.name}: no ${what} within ${timeoutMs} ms\n${child.output()}`));
     }, timeoutMs);
-    const onMessage = (message: T) => {
+    const onMessage = (message: IpcMessage) => {
       if (!predicate(message)) return;
       cleanup();
-      resolve(message);
+      resolve(message as T);
     };
     const onExit = (code: number | null) => {
       cleanup();
