@@ -4,8 +4,8 @@ import { createDb, type Db } from '../shared/db';
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
 import { createCallableKey, createOrg, insertKeys } from './lib/database';
-import { startBenchServer } from './lib/processes';
-import { stopChild } from './lib/procs';
+import { startBenchServer } from './lib/benchServer';
+import { stopChild } from '../harness/processes';
 import { fmt, type BenchResult } from './lib/report';
 import { interleavedSchedule, summarize } from './lib/stats';
 

@@ -1,8 +1,11 @@
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
 import { createOrg, insertKeys } from './lib/database';
-import { startCollectorProcess } from './lib/processes';
-import { ipcRequest, processCpuSeconds, processMemory, sleep, spawnTsx, stopChild, udpCounters, waitForMessage, type Child } from './lib/procs';
+import { startCollectorProcess } from '../harness/collectorProcess';
+import { processMemory } from '../harness/processMemory';
+import { spawnTsx, stopChild, type Child } from '../harness/processes';
+import { sleep } from '../harness/wait';
+import { ipcRequest, processCpuSeconds, udpCounters, waitForMessage } from './lib/procs';
 import { measureParseAggregate } from './lib/parseAggregate';
 import { fmt, type BenchResult } from './lib/report';
 import { startStatsd, statsdVersion } from './lib/statsd';

@@ -8,7 +8,7 @@ import { runIngest } from './ingest';
 import { runKeyCheck } from './keyCheck';
 import { BENCH_PEPPER, type BenchContext } from './lib/context';
 import { openBenchDatabase, type BenchDatabase } from './lib/database';
-import { killAllChildren } from './lib/procs';
+import { killAllChildren } from '../harness/processes';
 import { runStaleness } from './staleness';
 import { machineInfo, renderResult, writeResults, type BenchResult } from './lib/report';
 

@@ -4,7 +4,7 @@ import { insertApiKey } from '../api/keys/apiKeys.repository';
 import { checksumOf, displayPrefixFor, hashSecret, pepperId } from '../api/keys/keyMaterial';
 import { freshDatabase } from './helpers/database';
 import { seedOrg, startTestApi } from './helpers/api';
-import { waitFor } from './helpers/collector';
+import { waitFor } from '../harness/wait';
 
 t.test('create, read, list, rotate and revoke keys through the HTTP API', async (t) => {
   const { db } = await freshDatabase(t);

@@ -6,7 +6,8 @@ import { UsageRecorder } from '../api/usage/usageRecorder';
 import { createLogger } from '../shared/logger';
 import { encodeUsageLine, packDatagrams } from '../shared/usageWire';
 import { seedOrg, startTestApi } from './helpers/api';
-import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
+import { sendDatagrams, startTestCollector } from './helpers/collector';
+import { waitFor } from '../harness/wait';
 import { wiredSystem } from './helpers/wiredSystem';
 import { freshDatabase } from './helpers/database';
 

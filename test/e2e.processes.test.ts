@@ -7,7 +7,7 @@ import { insertOrganization } from '../api/orgs/orgs.repository';
 import { createApiKeysService } from '../api/keys/apiKeys.service';
 import { loadConfig } from '../shared/config';
 import { freshDatabase } from './helpers/database';
-import { waitFor } from './helpers/collector';
+import { waitFor } from '../harness/wait';
 
 const ROOT = path.resolve(__dirname, '..');
 

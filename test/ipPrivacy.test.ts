@@ -6,7 +6,8 @@ import { eraseKeyIps, expireIpData } from '../shared/ipRetention';
 import { truncateIp } from '../shared/ipTruncation';
 import { encodeUsageLine, packDatagrams } from '../shared/usageWire';
 import { seedOrg, startTestApi } from './helpers/api';
-import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
+import { sendDatagrams, startTestCollector } from './helpers/collector';
+import { waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
 
 // Client IPs are personal data: IP_TRUNCATE keeps only the network, IP_RETENTION_DAYS bounds how

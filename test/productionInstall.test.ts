@@ -8,7 +8,7 @@ import { createApiKeysService } from '../api/keys/apiKeys.service';
 import { insertOrganization } from '../api/orgs/orgs.repository';
 import { freeTcpPort, freeUdpPort } from '../scripts/lib/freePort';
 import { emptyDatabase, freshDatabase } from './helpers/database';
-import { waitFor } from './helpers/collector';
+import { waitFor } from '../harness/wait';
 
 // scripts/build.js is plain JavaScript (it runs before anything is compiled): its step for the
 // dashboard's static files.

@@ -14,6 +14,7 @@ import { parseProcfile, startOrder } from '../scripts/lib/procfile';
 import { loadConfig } from '../shared/config';
 import { createDb } from '../shared/db';
 import { freshDatabase } from './helpers/database';
+import { sleep } from '../harness/wait';
 
 // The newcomer's path, run for real: `npm start` from the checkout with no DATABASE_URL (so the
 // embedded PostgreSQL, in a temporary folder), the printed demo key, its use visible in the usage
@@ -29,8 +30,6 @@ const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-start-'));
 fs.chmodSync(scratch, 0o711); // the launcher opens only folders it creates; this one is ours
 const pgDir = path.join(scratch, 'pg');
 t.teardown(() => fs.rmSync(scratch, { recursive: true, force: true }));
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 async function freePorts() {
   const ports = new Set<number>();
