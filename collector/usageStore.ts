@@ -152,6 +152,7 @@ function ipRows(keys: readonly KeyUsageDelta[]): CopyValue[][] {
 // Stages the keys' rows, then writes every usage table in one round trip. Returns the keys
 // that exist in their org.
 async function applyUsage(connection: PoolClient, keys: KeyUsageDelta[]) {
+  if (keys.length === 0) return { statements: 0, accepted: [] };
   await prepareStaging(connection);
   const copies =
     (await copyRows(connection, 'flush_keys', keys.map(keyRow))) +
