@@ -38,7 +38,10 @@ interface Plan {
 // Every same-address scenario with detection on and off, interleaved, so the ratio compares like
 // with like; the new-address shape with detection on (the default), at each size.
 const bothWays = (scenarios: Array<Pick<Scenario, 'keys' | 'uses'>>): Scenario[] =>
-  scenarios.flatMap((s) => [{ ...s, events: true, newIps: false }, { ...s, events: false, newIps: false }]);
+  scenarios.flatMap((s) => [
+    { ...s, events: true, newIps: false },
+    { ...s, events: false, newIps: false },
+  ]);
 const newAddresses = (sizes: number[]): Scenario[] => sizes.map((keys) => ({ keys, uses: keys, events: true, newIps: true }));
 
 const FULL: Plan = {
@@ -99,7 +102,9 @@ const walSince = async (db: Db, from: string): Promise<number> =>
 const HOT_TABLES = ['api_key_usage', 'api_key_usage_hourly'];
 async function updateCounts(db: Db): Promise<Map<string, { updates: number; hot: number }>> {
   const rows = (await db.raw('select relname, n_tup_upd, n_tup_hot_upd from pg_stat_user_tables where relname = any(?)', [HOT_TABLES])).rows;
-  return new Map(rows.map((r: { relname: string; n_tup_upd: string; n_tup_hot_upd: string }) => [r.relname, { updates: Number(r.n_tup_upd), hot: Number(r.n_tup_hot_upd) }]));
+  return new Map(
+    rows.map((r: { relname: string; n_tup_upd: string; n_tup_hot_upd: string }) => [r.relname, { updates: Number(r.n_tup_upd), hot: Number(r.n_tup_hot_upd) }]),
+  );
 }
 
 const silent = createLogger({ level: 'silent', name: 'bench-flush' });
@@ -124,7 +129,7 @@ export async function runFlush(ctx: BenchContext): Promise<BenchResult> {
   db.on('query', () => roundTrips++);
   const samples: FlushSample[] = [];
   let generation = 0;
-  let hot: string[] = [];
+  const hot: string[] = [];
   try {
     const flushOnce = async (scenario: Scenario, cold: boolean) => {
       const { orgId, keyIds } = keySets.get(keySetOf(scenario))!;
@@ -180,7 +185,11 @@ export async function runFlush(ctx: BenchContext): Promise<BenchResult> {
 
     // Cold: the first flush of each key set inserts its rows (with detection on, its first-use
     // events and prefix history too), so the timed flushes see a steady state.
-    for (const set of keySets.keys()) await flushOnce(plan.scenarios.find((s) => keySetOf(s) === set)!, true);
+    for (const set of keySets.keys())
+      await flushOnce(
+        plan.scenarios.find((s) => keySetOf(s) === set)!,
+        true,
+      );
     const countsBefore = await updateCounts(ctx.db);
     for (const [round, order] of interleavedSchedule(plan.scenarios, plan.reps).entries()) {
       for (const scenario of order) await flushOnce(scenario, false);
@@ -189,11 +198,13 @@ export async function runFlush(ctx: BenchContext): Promise<BenchResult> {
     // The flushing connections report their statistics within a second of going idle.
     await new Promise((resolve) => setTimeout(resolve, 1500));
     const countsAfter = await updateCounts(ctx.db);
-    hot = HOT_TABLES.map((table) => {
-      const updates = (countsAfter.get(table)?.updates ?? 0) - (countsBefore.get(table)?.updates ?? 0);
-      const hotUpdates = (countsAfter.get(table)?.hot ?? 0) - (countsBefore.get(table)?.hot ?? 0);
-      return `${table} ${updates > 0 ? ((100 * hotUpdates) / updates).toFixed(1) : '–'} % of ${fmt.int(updates)}`;
-    });
+    hot.push(
+      ...HOT_TABLES.map((table) => {
+        const updates = (countsAfter.get(table)?.updates ?? 0) - (countsBefore.get(table)?.updates ?? 0);
+        const hotUpdates = (countsAfter.get(table)?.hot ?? 0) - (countsBefore.get(table)?.hot ?? 0);
+        return `${table} ${updates > 0 ? ((100 * hotUpdates) / updates).toFixed(1) : '–'} % of ${fmt.int(updates)}`;
+      }),
+    );
 
     // Nothing lost or doubled: each org's total is the sum of what its flushes persisted.
     for (const [set, { orgId }] of keySets) {
@@ -249,7 +260,19 @@ export async function runFlush(ctx: BenchContext): Promise<BenchResult> {
     tables: [
       {
         title: `Real Flusher + PostgreSQL store, pool of 2; ${plan.reps} interleaved timed flushes per scenario after one cold flush per key set`,
-        columns: ['pending keys / uses', 'flushes timed', 'flush p50', 'flush max', 'cold flush (rows created)', 'statements per flush', 'round trips per flush', 'keys written', 'WAL per flush (p50)', 'IP trim after commit (p50)', 'aggregator fill (p50)'],
+        columns: [
+          'pending keys / uses',
+          'flushes timed',
+          'flush p50',
+          'flush max',
+          'cold flush (rows created)',
+          'statements per flush',
+          'round trips per flush',
+          'keys written',
+          'WAL per flush (p50)',
+          'IP trim after commit (p50)',
+          'aggregator fill (p50)',
+        ],
         rows,
       },
     ],

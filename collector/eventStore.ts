@@ -102,7 +102,11 @@ async function insertEvents(connection: PoolClient, events: KeyEvent[]): Promise
 }
 
 /** Detects and records the events of `keys`, whose rows this transaction has staged and written. */
-export async function recordFlushEvents(connection: PoolClient, keys: KeyUsageDelta[], detection: EventDetection): Promise<{ statements: number; events: number }> {
+export async function recordFlushEvents(
+  connection: PoolClient,
+  keys: KeyUsageDelta[],
+  detection: EventDetection,
+): Promise<{ statements: number; events: number }> {
   if (keys.length === 0) return { statements: 0, events: 0 };
   const facts = await readFacts(connection, detection.spikeMinUses);
   const events = keys.flatMap((k) => {

@@ -359,7 +359,12 @@ export function createPgUsageStore(db: Db, options: { events?: EventDetection } 
       if (keys.length === 0) return;
       for (const { table } of Object.values(IP_TABLES)) await pruneTable(db, table, keys);
       // Beyond the bound the least recently seen network is forgotten: a use from it later is new again.
-      if (options.events) await trimIpHistory(db, keys.map((k) => k.keyId), options.events.ipHistoryPerKey);
+      if (options.events)
+        await trimIpHistory(
+          db,
+          keys.map((k) => k.keyId),
+          options.events.ipHistoryPerKey,
+        );
     },
 
     async expireOldRows(retentionDays) {
