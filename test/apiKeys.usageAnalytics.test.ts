@@ -81,7 +81,11 @@ t.test('many uses in one interval coalesce into one flush with the newest last u
   await waitFor('all lines received', () => (collector.ingest.usageLines === 1000 ? true : undefined));
   t.ok(await collector.flusher.flush());
   t.equal(collector.flusher.stats.flushes, 1, 'one flush');
-  t.equal(collector.flusher.stats.lastFlushStatements, 9, 'flush id, work_mem for the transaction, savepoint, totals, hours, ips, prefix history with event facts, events, release: nine statements');
+  t.equal(
+    collector.flusher.stats.lastFlushStatements,
+    12,
+    'flush id, work_mem, savepoint, staging tables, COPY of keys, hours and ips, every usage table in one query, prefix history with event facts, COPY of events, events, release: twelve round trips',
+  );
   const usage = await db('api_key_usage').where({ key_id: adminKeyId }).first();
   t.equal(usage.request_count, 1000);
   t.equal(usage.last_used_ip, '2001:db8::7', 'IPv6 arrives intact and the newest use wins');
