@@ -1,9 +1,8 @@
 import type { Db } from '../../shared/db';
 import { auditActor, recordAudit, type AuditEntry } from '../audit/audit.repository';
 import type { KeyVerifier } from '../auth/keyVerifier';
-import { AppError, notFound } from '../errors';
+import { AppError } from '../errors';
 import {
-  findApiKeyInOrg,
   findDormantKeys,
   insertApiKey,
   listApiKeysInOrg,
@@ -15,6 +14,7 @@ import {
   type DormantQuery,
 } from './apiKeys.repository';
 import { generateKeyMaterial, newSecret } from './keyMaterial';
+import { requireKeyInOrg } from './requireKeyInOrg';
 import type { Scope } from './scopes';
 
 export type KeyStatus = 'active' | 'expired' | 'revoked';
@@ -116,11 +116,7 @@ export interface ApiKeysServiceDeps {
 export type ApiKeysService = ReturnType<typeof createApiKeysService>;
 
 export function createApiKeysService(deps: ApiKeysServiceDeps) {
-  async function requireKey(orgId: string, keyId: string): Promise<ApiKeyRecord> {
-    const key = await findApiKeyInOrg(deps.db, orgId, keyId);
-    if (!key) throw notFound('API key');
-    return key;
-  }
+  const requireKey = (orgId: string, keyId: string) => requireKeyInOrg(deps.db, orgId, keyId);
 
   // The change and its audit entry in one transaction (a savepoint inside the caller's).
   // `entry` may answer undefined when the change changed nothing.

@@ -1,7 +1,7 @@
 import { exactCount, type Count, type Db } from '../../shared/db';
-import { notFound, AppError } from '../errors';
-import { findApiKeyInOrg } from '../keys/apiKeys.repository';
+import { AppError } from '../errors';
 import { keyStatus, type KeyStatus } from '../keys/apiKeys.service';
+import { requireKeyInOrg } from '../keys/requireKeyInOrg';
 import { keyTimeSeries, listKeyUsage, type Granularity, type KeyUsageRecord, type UsageSort } from './usage.repository';
 
 const DAY_MS = 86_400_000;
@@ -64,6 +64,8 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
     ) {
       const now = deps.now();
       const dormantAfterMs = query.dormantDays * DAY_MS;
+      // A key of another org (or none) is not_found, not an empty page.
+      if (query.keyId) await requireKeyInOrg(deps.db, orgId, query.keyId);
       const { keys, total } = await listKeyUsage(deps.db, {
         orgId,
         now: new Date(now),
@@ -93,7 +95,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       if (points > MAX_SERIES_POINTS) {
         throw new AppError('invalid_request', `Invalid query: the range holds ${Math.ceil(points)} ${query.granularity}s; at most ${MAX_SERIES_POINTS} per request`);
       }
-      if (!(await findApiKeyInOrg(deps.db, orgId, keyId))) throw notFound('API key');
+      await requireKeyInOrg(deps.db, orgId, keyId);
       const buckets = await keyTimeSeries(deps.db, { orgId, keyId, from, to, granularity: query.granularity });
       return {
         keyId,
