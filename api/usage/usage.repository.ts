@@ -164,7 +164,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
            select json_object_agg(s.type, s.n) as by_type, max(s.latest) as latest_at
              from (select e.type, count(*) as n, max(e.occurred_at) as latest
                      from key_events e
-                    where e.key_id = p.id and e.occurred_at > :eventsSince
+                    where e.org_id = :orgId and e.key_id = p.id and e.occurred_at > :eventsSince
                     group by e.type) s
          ) ev on true
         order by ${sort.outer} ${direction}, p.id`,
