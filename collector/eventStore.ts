@@ -24,17 +24,17 @@ export interface EventDetection extends DetectionThresholds {
 //    keys never pay for it.
 const FACTS = `
 with r as (
-  select key_id, ip, first_seen, last_seen,
+  select org_id, key_id, ip, first_seen, last_seen,
          network(set_masklen(cast(ip as inet), case family(cast(ip as inet)) when 4 then 24 else 64 end)) as prefix
-    from unnest(cast(:ipKeys as uuid[]), cast(:ips as text[]), cast(:firstSeen as timestamptz[]), cast(:lastSeen as timestamptz[]))
-         as r(key_id, ip, first_seen, last_seen)
+    from unnest(cast(:ipOrgs as uuid[]), cast(:ipKeys as uuid[]), cast(:ips as text[]), cast(:firstSeen as timestamptz[]), cast(:lastSeen as timestamptz[]))
+         as r(org_id, key_id, ip, first_seen, last_seen)
 ), grouped as (
-  select key_id, prefix, (array_agg(ip order by first_seen))[1] as first_ip, min(first_seen) as first_seen, max(last_seen) as last_seen
-    from r group by key_id, prefix
+  select org_id, key_id, prefix, (array_agg(ip order by first_seen))[1] as first_ip, min(first_seen) as first_seen, max(last_seen) as last_seen
+    from r group by org_id, key_id, prefix
 ), upserted as (
-  insert into api_key_ip_history (key_id, prefix, first_ip, first_seen, last_seen)
-  select key_id, prefix, first_ip, first_seen, last_seen from grouped order by key_id, prefix
-  on conflict (key_id, prefix) do update set last_seen = excluded.last_seen
+  insert into api_key_ip_history (org_id, key_id, prefix, first_ip, first_seen, last_seen)
+  select org_id, key_id, prefix, first_ip, first_seen, last_seen from grouped order by key_id, prefix
+  on conflict (org_id, key_id, prefix) do update set last_seen = excluded.last_seen
      where api_key_ip_history.last_seen < excluded.last_seen - interval '1 hour'
   returning key_id, cast(prefix as text) as prefix, first_ip, first_seen, (xmax = 0) as inserted
 ), fresh as (
@@ -46,14 +46,14 @@ select x.key_id, x.hour, coalesce(h.request_count, 0) as uses, coalesce(h.bad_se
        case when coalesce(h.request_count, 0) >= :minUses then
          array(select coalesce(b.request_count, 0)
                  from generate_series(1, ${BASELINE_DAYS}) as d(n)
-                 left join api_key_usage_hourly b on b.key_id = x.key_id and b.hour = x.hour - make_interval(days => d.n)
+                 left join api_key_usage_hourly b on b.org_id = x.org_id and b.key_id = x.key_id and b.hour = x.hour - make_interval(days => d.n)
                 order by d.n)
        end as baseline,
        fresh.prefixes
-  from unnest(cast(:hourKeys as uuid[]), cast(:hours as timestamptz[])) as x(key_id, hour)
-  join api_keys k on k.id = x.key_id
-  left join api_key_usage u on u.key_id = x.key_id
-  left join api_key_usage_hourly h on h.key_id = x.key_id and h.hour = x.hour
+  from unnest(cast(:hourOrgs as uuid[]), cast(:hourKeys as uuid[]), cast(:hours as timestamptz[])) as x(org_id, key_id, hour)
+  join api_keys k on k.org_id = x.org_id and k.id = x.key_id
+  left join api_key_usage u on u.org_id = x.org_id and u.key_id = x.key_id
+  left join api_key_usage_hourly h on h.org_id = x.org_id and h.key_id = x.key_id and h.hour = x.hour
   left join fresh on fresh.key_id = x.key_id`;
 
 // Sorted by dedupe_key so two collectors inserting the same events lock them in the same order.
@@ -68,14 +68,16 @@ on conflict (org_id, dedupe_key) do nothing`;
 type PrefixJson = { prefix: string; ip: string; firstSeen: string };
 
 async function readFacts(trx: Knex.Transaction, keys: KeyUsageDelta[], minUses: number): Promise<Map<string, KeyFacts>> {
-  const hours = keys.flatMap((k) => [...k.hours.keys()].map((hour) => ({ keyId: k.keyId, hour })));
-  const ips = keys.flatMap((k) => [...k.ips].map(([ip, stat]) => ({ keyId: k.keyId, ip, stat })));
+  const hours = keys.flatMap((k) => [...k.hours.keys()].map((hour) => ({ orgId: k.orgId, keyId: k.keyId, hour })));
+  const ips = keys.flatMap((k) => [...k.ips].map(([ip, stat]) => ({ orgId: k.orgId, keyId: k.keyId, ip, stat })));
   const result = await trx.raw(FACTS, {
+    ipOrgs: ips.map((r) => r.orgId),
     ipKeys: ips.map((r) => r.keyId),
     ips: ips.map((r) => r.ip),
     firstSeen: ips.map((r) => new Date(r.stat.firstSeen)),
     lastSeen: ips.map((r) => new Date(r.stat.lastSeen)),
     minUses,
+    hourOrgs: hours.map((h) => h.orgId),
     hourKeys: hours.map((h) => h.keyId),
     hours: hours.map((h) => new Date(h.hour)),
   });

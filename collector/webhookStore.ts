@@ -29,7 +29,7 @@ with due as (
 update webhook_deliveries d
    set attempts = d.attempts + 1, next_attempt_at = ?
   from due, webhooks w
- where d.id = due.id and w.id = d.webhook_id
+ where d.id = due.id and w.org_id = d.org_id and w.id = d.webhook_id
 returning d.id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret_box`;
 
 export async function claimDueDeliveries(db: Db, options: { now: Date; leaseUntil: Date; limit: number }): Promise<ClaimedDelivery[]> {
@@ -65,8 +65,8 @@ export async function recordAttempt(db: Db, delivery: ClaimedDelivery, outcome: 
   const state: DeliveryState = outcome.succeeded ? 'succeeded' : outcome.retryAt ? 'pending' : 'failed';
   await db.transaction(async (trx) => {
     await trx.raw(
-      `insert into webhook_delivery_attempts (delivery_id, attempt, started_at, duration_ms, status_code, error, succeeded)
-       select id, ?, ?, ?, ?, ?, ? from webhook_deliveries where id = ?`,
+      `insert into webhook_delivery_attempts (org_id, delivery_id, attempt, started_at, duration_ms, status_code, error, succeeded)
+       select org_id, id, ?, ?, ?, ?, ?, ? from webhook_deliveries where id = ?`,
       [delivery.attempt, outcome.startedAt, Math.round(outcome.durationMs), outcome.statusCode, outcome.error, outcome.succeeded, delivery.id],
     );
     await trx('webhook_deliveries')

@@ -61,7 +61,7 @@ export async function listWebhooksInOrg(db: Db, orgId: string, page: { limit: nu
       )
       .joinRaw(
         `left join lateral (select status, event_type, completed_at, created_at from webhook_deliveries
-            where webhook_id = w.id order by created_at desc, id desc limit 1) d on true`,
+            where org_id = w.org_id and webhook_id = w.id order by created_at desc, id desc limit 1) d on true`,
       )
       .where('w.org_id', orgId)
       .orderBy([{ column: 'w.created_at' }, { column: 'w.id' }])
@@ -123,8 +123,9 @@ export interface DeliveryRecord {
 }
 
 // One query for the page, one for the attempts of every delivery on it (never one per delivery).
-export async function listDeliveries(db: Db, webhookId: string, query: { limit: number; offset: number; status?: DeliveryStatus }) {
-  const filter = { webhook_id: webhookId, ...(query.status ? { status: query.status } : {}) };
+// Every table named with the org, so on Citus each statement runs on the org's shard.
+export async function listDeliveries(db: Db, orgId: string, webhookId: string, query: { limit: number; offset: number; status?: DeliveryStatus }) {
+  const filter = { org_id: orgId, webhook_id: webhookId, ...(query.status ? { status: query.status } : {}) };
   const [rows, [{ count }]] = await Promise.all([
     db('webhook_deliveries')
       .where(filter)
@@ -134,6 +135,7 @@ export async function listDeliveries(db: Db, webhookId: string, query: { limit: 
     db('webhook_deliveries').where(filter).count<{ count: number }[]>({ count: '*' }),
   ]);
   const attempts = await db('webhook_delivery_attempts')
+    .where({ org_id: orgId })
     .whereIn('delivery_id', rows.map((row) => row.id))
     .orderBy([{ column: 'attempt', order: 'desc' }, { column: 'id', order: 'desc' }]);
   const deliveries: DeliveryRecord[] = rows.map((row) => ({

@@ -121,7 +121,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
 
     async deliveries(orgId: string, webhookId: string, query: { limit: number; offset: number; status?: DeliveryStatus }) {
       await requireWebhook(orgId, webhookId);
-      const { deliveries, total } = await listDeliveries(deps.db, webhookId, query);
+      const { deliveries, total } = await listDeliveries(deps.db, orgId, webhookId, query);
       return { data: deliveries.map(toDeliveryView), page: { limit: query.limit, offset: query.offset, total } };
     },
 
