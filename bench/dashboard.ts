@@ -1,13 +1,13 @@
 import { performance } from 'node:perf_hooks';
 import { openChromium } from '../harness/browser';
 import { HEADINGS } from './headings';
-import { seedUsage } from './endpoint';
 import type { BenchContext } from './lib/context';
-import { createCallableKey, createOrg, insertKeys } from './lib/database';
+import { createCallableKey, createOrg } from './lib/database';
 import { startBenchServer } from './lib/benchServer';
 import { stopChild } from '../harness/processes';
 import { fmt, type BenchResult } from './lib/report';
 import { summarize } from './lib/stats';
+import { seedTenants } from './lib/usageSeed';
 
 // Benchmark 7. The dashboard opened by a signed-in person (the key already in the tab's
 // sessionStorage) on an org of 10 k keys with the endpoint benchmark's density, in headless
@@ -21,8 +21,7 @@ export async function runDashboard(ctx: BenchContext): Promise<BenchResult> {
   const plan = ctx.quick ? QUICK : FULL;
   const orgId = await createOrg(ctx.db, 'bench-dashboard');
   const admin = await createCallableKey(ctx.db, orgId, ctx.pepper, 'bench-dashboard-admin', ['keys:read', 'keys:write']);
-  await insertKeys(ctx.db, orgId, plan.keys - 1, 'endpoint-');
-  await seedUsage(ctx, orgId);
+  await seedTenants(ctx.db, [orgId], plan.keys - 1, { prefix: 'endpoint-', budgetMs: 300_000, log: ctx.log });
   const server = await startBenchServer('off', { DATABASE_URL: ctx.databaseUrl, KEY_PEPPER: ctx.pepper, KEY_CACHE_TTL_MS: '60000' });
   const times: number[] = [];
   const weights: number[] = [];

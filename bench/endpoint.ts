@@ -1,150 +1,187 @@
+import os from 'node:os';
 import { performance } from 'node:perf_hooks';
-import { listKeyUsage, type UsageQuery } from '../api/usage/usage.repository';
+import { keyTimeSeries, listKeyUsage, type UsageQuery } from '../api/usage/usage.repository';
+import { PRIMARY_KEY, setPrimaryKey } from '../migrations/20261201000070_usage_windows_index_only';
 import { createDb, type Db } from '../shared/db';
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
-import { createCallableKey, createOrg, insertKeys } from './lib/database';
+import { createCallableKey, createOrg } from './lib/database';
 import { startBenchServer } from './lib/benchServer';
 import { stopChild } from '../harness/processes';
 import { fmt, type BenchResult } from './lib/report';
-import { interleavedSchedule, summarize } from './lib/stats';
+import { interleavedSchedule, median, summarize } from './lib/stats';
+import { SEED_SHAPE, seedTenants } from './lib/usageSeed';
 
-// Benchmark 5. One org with 10 k keys and 30 days of hourly buckets, served by the real app (a
-// bench/server.ts process with tracking off) and read over HTTP one request at a time; then the
-// query plans, captured from the repository's own SQL (knex's query event) and run under
+// Benchmark 5. Many orgs of many keys with 30 days of hourly buckets (bench/lib/usageSeed.ts),
+// served by the real app (a bench/server.ts process with tracking off) and read over HTTP one
+// request at a time, each round on the next org; several runs, each summarized on its own. Then
+// the query plans, captured from the repository's own SQL (knex's query event) and run under
 // EXPLAIN (ANALYZE, BUFFERS).
-//
-// Density (stated in the doc): 70 % of keys active, each in one hour out of six over the last 30
-// days (120 buckets a key, 840 k rows for 10 k keys); 10 % last used 45–75 days ago (usage row, no
-// bucket in the window); 20 % never used. Active keys have 3 recent IPs. The other benchmarks'
-// orgs share the tables.
 
 interface Plan {
-  keys: number;
-  /** Rounds of one request per query, stopped early when the time budget is spent. */
-  requests: number;
-  budgetMs: number;
-  warmup: number;
+  orgs: number;
+  keysPerOrg: number;
+  runs: number;
+  /** Rounds of one request per query in a run, stopped early when the run's budget is spent. */
+  rounds: number;
+  runBudgetMs: number;
+  seedBudgetMs: number;
 }
 
-const FULL: Plan = { keys: 10_000, requests: 200, budgetMs: 90_000, warmup: 2 };
-const QUICK: Plan = { keys: 500, requests: 10, budgetMs: 10_000, warmup: 1 };
+const FULL: Plan = { orgs: 100, keysPerOrg: 10_000, runs: 3, rounds: 100, runBudgetMs: 60_000, seedBudgetMs: 50 * 60_000 };
+const QUICK: Plan = { orgs: 3, keysPerOrg: 300, runs: 2, rounds: 5, runBudgetMs: 10_000, seedBudgetMs: 60_000 };
+const PREFIX = 'endpoint-';
+// Key 100 of each org is one of its hot keys (usageSeed.ts): 720 buckets in the 30-day series.
+const SERIES_KEY = 100;
+const DAY_MS = 86_400_000;
 
-const QUERIES = {
-  page: { label: 'first page (limit 50, newest keys first)', query: 'limit=50' },
-  busiest: { label: 'busiest first (sort=requestCount, limit 50)', query: 'limit=50&sort=requestCount' },
-  dormant: { label: 'dormant filter (dormant=true, limit 50)', query: 'limit=50&dormant=true' },
-} as const;
-type QueryName = keyof typeof QUERIES;
+interface Tenant {
+  orgId: string;
+  token: string;
+  hotKeyId: string;
+}
+
+const QUERY_NAMES = ['page', 'busiest', 'dormant', 'deep', 'series'] as const;
+type QueryName = (typeof QUERY_NAMES)[number];
+
+function queries(plan: Plan): Record<QueryName, { label: string; path: (t: Tenant, now: Date) => string }> {
+  const list = (query: string) => (t: Tenant) => `/api/orgs/${t.orgId}/api-keys/usage?${query}`;
+  const deepOffset = plan.keysPerOrg - 50;
+  return {
+    page: { label: 'first page (limit 50, newest keys first)', path: list('limit=50') },
+    busiest: { label: 'busiest first (sort=requestCount, limit 50)', path: list('limit=50&sort=requestCount') },
+    dormant: { label: 'dormant filter (dormant=true, limit 50)', path: list('limit=50&dormant=true') },
+    deep: { label: `deep page (offset ${fmt.int(deepOffset)}, limit 50: the last)`, path: list(`limit=50&offset=${deepOffset}`) },
+    series: {
+      label: "one hot key's 30-day hourly series (720 buckets)",
+      path: (t, now) => `/api/orgs/${t.orgId}/api-keys/${t.hotKeyId}/usage?granularity=hour&from=${new Date(now.getTime() - 30 * DAY_MS).toISOString()}&to=${now.toISOString()}`,
+    },
+  };
+}
+
+async function createTenants(ctx: BenchContext, plan: Plan): Promise<Tenant[]> {
+  const tenants: Array<Omit<Tenant, 'hotKeyId'>> = [];
+  for (let i = 0; i < plan.orgs; i++) {
+    const orgId = await createOrg(ctx.db, `bench-endpoint-${i}`);
+    const admin = await createCallableKey(ctx.db, orgId, ctx.pepper, 'bench-endpoint-admin', ['keys:read', 'keys:write']);
+    tenants.push({ orgId, token: admin.plaintext });
+  }
+  const seed = await seedTenants(ctx.db, tenants.map((t) => t.orgId), plan.keysPerOrg, { prefix: PREFIX, budgetMs: plan.seedBudgetMs, log: ctx.log });
+  ctx.log(`endpoint: ${fmt.int(seed.keys)} keys, ${fmt.int(seed.usage)} usage rows, ${fmt.int(seed.hourly)} hourly rows seeded in ${seed.seconds.toFixed(0)} s`);
+  const hot = await ctx.db('api_keys').select('org_id', 'id').where({ name: `${PREFIX}${SERIES_KEY}` });
+  const hotOf = new Map(hot.map((row: { org_id: string; id: string }) => [row.org_id, row.id]));
+  return tenants.map((t) => ({ ...t, hotKeyId: hotOf.get(t.orgId)! }));
+}
+
+interface Run {
+  latencies: Record<QueryName, number[]>;
+  loadBefore: number;
+  loadAfter: number;
+}
+
+// The same seeded data read with the primary key as 20261201000070 makes it (request_count in its
+// leaf entries, index-only window sums) and as it was before; the new schema first, as migrated.
+const VARIANTS = [
+  { name: 'with 20261201000070 (index-only window sums)', primaryKey: PRIMARY_KEY.covering },
+  { name: 'before 20261201000070', primaryKey: PRIMARY_KEY.plain },
+];
+
+interface VariantResult {
+  name: string;
+  runs: Run[];
+  matching: Record<QueryName, number>;
+  plans: Record<QueryName, PlanInfo>;
+}
 
 export async function runEndpoint(ctx: BenchContext): Promise<BenchResult> {
   const plan = ctx.quick ? QUICK : FULL;
-  const orgId = await createOrg(ctx.db, 'bench-endpoint');
-  const admin = await createCallableKey(ctx.db, orgId, ctx.pepper, 'bench-endpoint-admin', ['keys:read', 'keys:write']);
-  const seedStarted = performance.now();
-  await insertKeys(ctx.db, orgId, plan.keys - 1, 'endpoint-');
-  const rows = await seedUsage(ctx, orgId);
-  ctx.log(`endpoint: ${fmt.int(plan.keys)} keys and ${fmt.int(rows.hourly)} hourly rows seeded in ${fmt.ms(performance.now() - seedStarted, 0)}`);
-
-  const server = await startBenchServer('off', { DATABASE_URL: ctx.databaseUrl, KEY_PEPPER: ctx.pepper, KEY_CACHE_TTL_MS: '60000' });
-  const latencies: Record<QueryName, number[]> = { page: [], busiest: [], dormant: [] };
-  let counts: Record<QueryName, number> = { page: 0, busiest: 0, dormant: 0 };
-  try {
-    const get = async (name: QueryName) => {
+  const tenants = await createTenants(ctx, plan);
+  const seed = await ctx.db.raw(`select (select count(*) from api_key_usage_hourly) as hourly, (select count(*) from api_keys) as keys`);
+  const results: VariantResult[] = [];
+  for (const [i, variant] of VARIANTS.entries()) {
+    if (i > 0) {
       const started = performance.now();
-      const response = await fetch(`${server.url}/api/orgs/${orgId}/api-keys/usage?${QUERIES[name].query}`, {
-        headers: { authorization: `Bearer ${admin.plaintext}` },
-      });
-      const body = (await response.json()) as { data: unknown[]; page: { total: number } };
+      await setPrimaryKey(ctx.db, variant.primaryKey);
+      await ctx.db.raw('vacuum analyze api_key_usage_hourly');
+      ctx.log(`endpoint: ${variant.name}: primary key rebuilt in ${fmt.ms(performance.now() - started, 0)}`);
+    }
+    const { runs, matching } = await measure(ctx, plan, tenants, variant.name);
+    results.push({ name: variant.name, runs, matching, plans: await explainPlans(ctx, tenants[Math.floor(tenants.length / 2)], plan) });
+  }
+  return report(plan, results, { hourly: Number(seed.rows[0].hourly), keys: Number(seed.rows[0].keys) });
+}
+
+async function measure(ctx: BenchContext, plan: Plan, tenants: Tenant[], variant: string) {
+  const defs = queries(plan);
+  const server = await startBenchServer('off', { DATABASE_URL: ctx.databaseUrl, KEY_PEPPER: ctx.pepper, KEY_CACHE_TTL_MS: '60000' });
+  const runs: Run[] = [];
+  const matching = {} as Record<QueryName, number>;
+  try {
+    const get = async (name: QueryName, tenant: Tenant) => {
+      const started = performance.now();
+      const response = await fetch(`${server.url}${defs[name].path(tenant, new Date())}`, { headers: { authorization: `Bearer ${tenant.token}` } });
+      const body = (await response.json()) as { page?: { total: number }; buckets?: unknown[] };
       const ms = performance.now() - started;
-      if (response.status !== 200) throw new Error(`usage endpoint answered ${response.status}: ${JSON.stringify(body)}`);
-      return { ms, body };
+      if (response.status !== 200) throw new Error(`${name} answered ${response.status}: ${JSON.stringify(body)}`);
+      matching[name] = body.page?.total ?? body.buckets?.length ?? 0;
+      return ms;
     };
-    const names = Object.keys(QUERIES) as QueryName[];
-    for (let i = 0; i < plan.warmup; i++) for (const name of names) await get(name);
-    const deadline = performance.now() + plan.budgetMs;
-    for (const order of interleavedSchedule(names, plan.requests)) {
-      if (performance.now() > deadline) break;
-      for (const name of order) {
-        const { ms, body } = await get(name);
-        latencies[name].push(ms);
-        counts = { ...counts, [name]: body.page.total };
+    // Warm-up: every org's key into the server's cache, every query once.
+    for (const tenant of tenants) await get('page', tenant);
+    for (const name of QUERY_NAMES) await get(name, tenants[0]);
+    for (let r = 0; r < plan.runs; r++) {
+      const run: Run = { latencies: { page: [], busiest: [], dormant: [], deep: [], series: [] }, loadBefore: os.loadavg()[0], loadAfter: NaN };
+      const deadline = performance.now() + plan.runBudgetMs;
+      for (const [round, order] of interleavedSchedule(QUERY_NAMES, plan.rounds).entries()) {
+        if (performance.now() > deadline) break;
+        const tenant = tenants[(r * plan.rounds + round) % tenants.length];
+        for (const name of order) run.latencies[name].push(await get(name, tenant));
       }
+      run.loadAfter = os.loadavg()[0];
+      runs.push(run);
+      ctx.log(`endpoint: ${variant}, run ${r + 1}: ${QUERY_NAMES.map((name) => `${name} p50 ${fmt.ms(summarize(run.latencies[name]).p50)}`).join(', ')}`);
     }
   } finally {
     await stopChild(server.child);
   }
+  return { runs, matching };
+}
 
-  const plans = await explainPlans(ctx, orgId);
-  const tableRows = (Object.keys(QUERIES) as QueryName[]).map((name) => {
-    const s = summarize(latencies[name]);
-    return [QUERIES[name].label, s.n, fmt.int(counts[name]), fmt.ms(s.p50, 1), fmt.ms(s.p95, 1), fmt.ms(s.p99, 1), fmt.ms(s.max, 1), plans[name].executionMs === null ? 'n/a' : fmt.ms(plans[name].executionMs, 1), plans[name].indexes.join(', ') || 'none'];
+function variantTable(plan: Plan, variant: VariantResult, table: { hourly: number; keys: number }) {
+  const defs = queries(plan);
+  const rows = QUERY_NAMES.map((name) => {
+    const s = variant.runs.map((run) => summarize(run.latencies[name]));
+    const p50s = s.map((x) => x.p50);
+    const p95s = s.map((x) => x.p95);
+    const explained = variant.plans[name];
+    return [defs[name].label, s.reduce((n, x) => n + x.n, 0), fmt.int(variant.matching[name]), fmt.ms(median(p50s)), fmt.ms(Math.max(...p50s)), fmt.ms(median(p95s)), fmt.ms(Math.max(...p95s)), fmt.ms(Math.max(...s.map((x) => x.max))), explained.executionMs === null ? 'n/a' : fmt.ms(explained.executionMs, 1), explained.indexes.join(', ') || 'none'];
   });
-  const pageP50 = summarize(latencies.page).p50;
-  const dormantP50 = summarize(latencies.dormant).p50;
   return {
-    heading: HEADINGS.endpoint,
-    tables: [
-      {
-        title: `GET /api/orgs/:id/api-keys/usage over HTTP, one request at a time, queries interleaved (up to ${plan.requests} rounds or ${plan.budgetMs / 1000} s) after ${plan.warmup} warm-up rounds; org of ${fmt.int(plan.keys)} keys, ${fmt.int(rows.hourly)} hourly rows in the org (${fmt.int(rows.hourlyTotal)} in the table)`,
-        columns: ['query', 'requests', 'keys matching', 'p50', 'p95', 'p99', 'max', 'EXPLAIN ANALYZE execution', 'indexes in the plan'],
-        rows: tableRows,
-      },
-    ],
-    notes: [
-      `Target p50 ≤ 50 ms: page ${fmt.verdict(pageP50 <= 50)} (${fmt.ms(pageP50, 1)}), dormant filter ${fmt.verdict(dormantP50 <= 50)} (${fmt.ms(dormantP50, 1)}).`,
-      'Density: 70 % of keys active in one hour out of six over the last 30 days (120 hourly buckets each), 10 % last used 45–75 days ago, 20 % never used; active keys have 3 recent IPs. Latency is end to end (client fetch → auth → both queries → JSON), the plan columns come from EXPLAIN (ANALYZE, BUFFERS) of the page query itself.',
-      `EXPLAIN (ANALYZE, BUFFERS) of the first-page query:\n\n\`\`\`\n${plans.page.text}\n\`\`\``,
-      `EXPLAIN (ANALYZE, BUFFERS) of the dormant-filter query:\n\n\`\`\`\n${plans.dormant.text}\n\`\`\``,
-    ],
-    raw: { plan, latencies, counts, rows, plans },
+    title: `${variant.name}: GET /api/orgs/:id/api-keys/usage (and /:keyId/usage) over HTTP, one request at a time, queries interleaved, each round on the next org; ${plan.runs} runs of up to ${plan.rounds} rounds or ${plan.runBudgetMs / 1000} s; ${fmt.int(plan.orgs)} orgs × ${fmt.int(plan.keysPerOrg)} keys (${fmt.int(table.keys)} in api_keys, ${fmt.int(table.hourly)} hourly rows)`,
+    columns: ['query', 'requests', 'keys (buckets) matching', 'p50 median of runs', 'p50 worst run', 'p95 median of runs', 'p95 worst run', 'max', 'EXPLAIN ANALYZE execution', 'indexes in the plan'],
+    rows,
   };
 }
 
-// Bulk seeding in a few set-based statements (generate_series), then ANALYZE. Also the data of
-// bench/dashboard.ts, so both measure the same org.
-export async function seedUsage(ctx: BenchContext, orgId: string) {
-  // The temporary table lives on one pooled connection only: run everything on that one.
-  return ctx.db.transaction(async (trx) => {
-    await trx.raw(
-      `create temporary table bench_endpoint_keys on commit drop as
-         select id, row_number() over (order by created_at, id) as n from api_keys where org_id = ? and name like 'endpoint-%'`,
-      [orgId],
-    );
-    // 70 % active (n % 10 < 7), 10 % long dormant (n % 10 = 7), 20 % never used.
-    await trx.raw(
-      `insert into api_key_usage_hourly (org_id, key_id, hour, request_count)
-       select ?, k.id, date_trunc('hour', now()) - make_interval(hours => h), 1 + ((k.n * 7 + h) % 50)
-         from bench_endpoint_keys k
-         cross join generate_series(0, 719) as h
-        where k.n % 10 < 7 and (h + k.n) % 6 = 0`,
-      [orgId],
-    );
-    await trx.raw(
-      `insert into api_key_usage (key_id, org_id, request_count, ok_count, last_used_at, last_used_ip)
-       select k.id, ?, coalesce(s.total, 10 + k.n % 90), coalesce(s.total, 10 + k.n % 90),
-              case when k.n % 10 < 7 then coalesce(s.newest, now()) else now() - make_interval(days => 45 + cast(k.n % 30 as int)) end,
-              '10.1.' || (k.n % 250) || '.' || (k.n % 200)
-         from bench_endpoint_keys k
-         left join lateral (select sum(request_count) as total, max(hour) as newest from api_key_usage_hourly where org_id = ? and key_id = k.id) s on true
-        where k.n % 10 < 8`,
-      [orgId, orgId],
-    );
-    await trx.raw(
-      `insert into api_key_recent_ips (org_id, key_id, ip, first_seen, last_seen, request_count)
-       select ?, k.id, '10.2.' || (k.n % 250) || '.' || i, now() - interval '20 days', now() - make_interval(hours => i), 5 * i
-         from bench_endpoint_keys k cross join generate_series(1, 3) as i
-        where k.n % 10 < 7`,
-      [orgId],
-    );
-    await trx.raw('analyze api_keys');
-    await trx.raw('analyze api_key_usage');
-    await trx.raw('analyze api_key_usage_hourly');
-    await trx.raw('analyze api_key_recent_ips');
-    const inOrg = await trx.raw(`select count(*) as n from api_key_usage_hourly h join api_keys k on k.id = h.key_id where k.org_id = ?`, [orgId]);
-    const total = await trx.raw(`select count(*) as n from api_key_usage_hourly`);
-    return { hourly: Number(inOrg.rows[0].n), hourlyTotal: Number(total.rows[0].n) };
-  });
+function report(plan: Plan, variants: VariantResult[], table: { hourly: number; keys: number }): BenchResult {
+  const defs = queries(plan);
+  const verdicts = (variant: VariantResult) => {
+    const worstP50 = (name: QueryName) => Math.max(...variant.runs.map((run) => summarize(run.latencies[name]).p50));
+    const loads = variant.runs.map((run) => `${run.loadBefore.toFixed(2)}→${run.loadAfter.toFixed(2)}`).join(', ');
+    return `${variant.name}: target p50 ≤ 50 ms (worst run): ${(['page', 'dormant', 'busiest'] as const).map((name) => `${name} ${fmt.verdict(worstP50(name) <= 50)} (${fmt.ms(worstP50(name))})`).join(', ')}; load average (1 min) before→after each run: ${loads}.`;
+  };
+  return {
+    heading: HEADINGS.endpoint,
+    tables: variants.map((variant) => variantTable(plan, variant, table)),
+    notes: [
+      ...variants.map(verdicts),
+      `Seed: ${SEED_SHAPE}. Latency is end to end (client fetch → auth → queries → JSON); the plan columns come from EXPLAIN (ANALYZE, BUFFERS) of each query's main statement, on one org, after the runs.`,
+      ...variants.flatMap((variant) =>
+        (['busiest', 'dormant'] as const).map((name) => `${variant.name}: EXPLAIN (ANALYZE, BUFFERS), ${defs[name].label}:\n\n\`\`\`\n${variant.plans[name].text}\n\`\`\``),
+      ),
+    ],
+    raw: { plan, variants, table },
+  };
 }
 
 interface PlanInfo {
@@ -153,35 +190,30 @@ interface PlanInfo {
   text: string;
 }
 
-// Captures the SQL listKeyUsage sends (the page query; the count query runs beside it) and runs it
-// under EXPLAIN (ANALYZE, BUFFERS).
-async function explainPlans(ctx: BenchContext, orgId: string): Promise<Record<QueryName, PlanInfo>> {
+// Captures the SQL each repository call sends and runs its main statement (the page query, not
+// the count beside it) under EXPLAIN (ANALYZE, BUFFERS).
+async function explainPlans(ctx: BenchContext, tenant: Tenant, plan: Plan): Promise<Record<QueryName, PlanInfo>> {
   const db = createDb(ctx.databaseUrl, { poolMax: 1, applicationName: 'keyusage-bench-explain' });
   const captured: Array<{ sql: string; bindings: unknown[] }> = [];
   db.on('query', (query: { sql: string; bindings: unknown[] }) => captured.push({ sql: query.sql, bindings: query.bindings }));
   const now = new Date();
-  const base: UsageQuery = { orgId, now, status: null, dormantBefore: new Date(now.getTime() - 30 * 86_400_000), dormant: null, nameContains: null, keyId: null, eventsSince: new Date(now.getTime() - 7 * 86_400_000), sort: 'createdAt', order: 'desc', limit: 50, offset: 0 };
-  const queries: Record<QueryName, UsageQuery> = {
-    page: base,
-    busiest: { ...base, sort: 'requestCount' },
-    dormant: { ...base, dormant: true },
+  const base: UsageQuery = { orgId: tenant.orgId, now, status: null, dormantBefore: new Date(now.getTime() - 30 * DAY_MS), dormant: null, nameContains: null, keyId: null, eventsSince: new Date(now.getTime() - 7 * DAY_MS), sort: 'createdAt', order: 'desc', limit: 50, offset: 0 };
+  const calls: Record<QueryName, () => Promise<unknown>> = {
+    page: () => listKeyUsage(db, base),
+    busiest: () => listKeyUsage(db, { ...base, sort: 'requestCount' }),
+    dormant: () => listKeyUsage(db, { ...base, dormant: true }),
+    deep: () => listKeyUsage(db, { ...base, offset: plan.keysPerOrg - 50 }),
+    series: () => keyTimeSeries(db, { orgId: tenant.orgId, keyId: tenant.hotKeyId, from: new Date(now.getTime() - 30 * DAY_MS), to: now, granularity: 'hour' }),
   };
   const out = {} as Record<QueryName, PlanInfo>;
   try {
-    for (const name of Object.keys(queries) as QueryName[]) {
+    for (const name of QUERY_NAMES) {
       captured.length = 0;
-      await listKeyUsage(db, queries[name]);
-      // The count query starts with its count; the page query has its own count(*)s inside (events).
-      const page = captured.find((q) => /limit/i.test(q.sql) && !/^\s*select count\(\*\) as total/i.test(q.sql));
-      if (!page) throw new Error('could not capture the usage page query');
+      await calls[name]();
+      const main = captured.find((q) => !/^\s*select count\(\*\) as total/i.test(q.sql));
+      if (!main) throw new Error(`could not capture the ${name} query`);
       captured.length = 0;
-      // The event carries the driver's SQL ($1, $2, …): back to knex placeholders, in order.
-      const bindings: unknown[] = [];
-      const sql = page.sql.replace(/\$(\d+)/g, (_, n: string) => {
-        bindings.push(page.bindings[Number(n) - 1]);
-        return '?';
-      });
-      out[name] = await explain(db, sql, bindings);
+      out[name] = await explain(db, main);
     }
   } finally {
     await db.destroy();
@@ -189,7 +221,13 @@ async function explainPlans(ctx: BenchContext, orgId: string): Promise<Record<Qu
   return out;
 }
 
-async function explain(db: Db, sql: string, bindings: Record<string, unknown> | unknown[]): Promise<PlanInfo> {
+async function explain(db: Db, query: { sql: string; bindings: unknown[] }): Promise<PlanInfo> {
+  // The event carries the driver's SQL ($1, $2, …): back to knex placeholders, in order.
+  const bindings: unknown[] = [];
+  const sql = query.sql.replace(/\$(\d+)/g, (_, n: string) => {
+    bindings.push(query.bindings[Number(n) - 1]);
+    return '?';
+  });
   const result = await db.raw(`explain (analyze, buffers) ${sql}`, bindings as never);
   const text = (result.rows as Array<Record<string, string>>).map((row) => row['QUERY PLAN']).join('\n');
   const indexes = [...new Set([...text.matchAll(/Index(?: Only)? Scan(?: Backward)?(?: using| on) (\w+)/g)].map((m) => m[1]))];

@@ -18,7 +18,7 @@ import { machineInfo, renderResult, writeResults, type BenchResult } from './lib
 //   keycheck   2b. what the key checksum and the failure throttle add per request
 //   ingest     3. collector ingest vs Etsy statsd, plus parse + aggregate in process
 //   flush      4. flush time and SQL statements for 1 k and 100 k pending keys
-//   endpoint   5. usage endpoint latency (10 k keys, 30 days of buckets) and its query plan
+//   endpoint   5. usage endpoint latency (100 orgs × 10 k keys, 30 days of buckets) and its query plans
 //   staleness  6. time from a request to its use showing in the usage endpoint
 //   dashboard  7. time to the dashboard's first table (10 k keys) and its page weight, in Chromium
 // Tables go to stdout as markdown, progress to stderr, everything measured to bench/results/.

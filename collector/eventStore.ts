@@ -28,17 +28,17 @@ export interface EventDetection extends DetectionThresholds {
 //    most keys never pay for it.
 const FACTS = `
 with r as (
-  select r.key_id, r.ip, ${msToTime('r.first_seen_ms')} as first_seen, ${msToTime('r.last_seen_ms')} as last_seen,
+  select r.org_id, r.key_id, r.ip, ${msToTime('r.first_seen_ms')} as first_seen, ${msToTime('r.last_seen_ms')} as last_seen,
          network(set_masklen(cast(r.ip as inet), case family(cast(r.ip as inet)) when 4 then 24 else 64 end)) as prefix
     from flush_ips r ${STAGED_KEY('r')}
    where r.proven
 ), grouped as (
-  select key_id, prefix, (array_agg(ip order by first_seen))[1] as first_ip, min(first_seen) as first_seen, max(last_seen) as last_seen
-    from r group by key_id, prefix
+  select org_id, key_id, prefix, (array_agg(ip order by first_seen))[1] as first_ip, min(first_seen) as first_seen, max(last_seen) as last_seen
+    from r group by org_id, key_id, prefix
 ), upserted as (
-  insert into ${TABLE.ipHistory} (key_id, prefix, first_ip, first_seen, last_seen)
-  select key_id, prefix, first_ip, first_seen, last_seen from grouped order by key_id, prefix
-  on conflict (key_id, prefix) do update set last_seen = excluded.last_seen
+  insert into ${TABLE.ipHistory} (org_id, key_id, prefix, first_ip, first_seen, last_seen)
+  select org_id, key_id, prefix, first_ip, first_seen, last_seen from grouped order by key_id, prefix
+  on conflict (org_id, key_id, prefix) do update set last_seen = excluded.last_seen
      where ${TABLE.ipHistory}.last_seen < excluded.last_seen - interval '1 hour'
   returning key_id, cast(prefix as text) as prefix, first_ip, first_seen, (xmax = 0) as inserted
 ), fresh as (
@@ -56,7 +56,7 @@ select x.key_id, x.hour, coalesce(h.request_count, 0) as uses, coalesce(h.bad_se
        end as baseline,
        fresh.prefixes
   from (select f.org_id, f.key_id, ${msToTime('f.hour_ms')} as hour from flush_hours f ${STAGED_KEY('f')}) x
-  join ${TABLE.apiKeys} k on k.id = x.key_id
+  join ${TABLE.apiKeys} k on k.org_id = x.org_id and k.id = x.key_id
   left join ${TABLE.usage} u on u.org_id = x.org_id and u.key_id = x.key_id
   left join ${TABLE.usageHourly} h on h.org_id = x.org_id and h.key_id = x.key_id and h.hour = x.hour
   left join fresh on fresh.key_id = x.key_id`;

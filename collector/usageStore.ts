@@ -267,50 +267,29 @@ select t.org_id, t.key_id
  group by t.org_id, t.key_id
 having count(*) > ?`;
 
-// The older addresses of one org's keys. Rows are locked in (key_id, ip) order, as flushes lock
-// them, and rows another transaction holds are skipped (trimmed after a later flush), so a prune
-// never waits for a lock and cannot deadlock with a flush or with another collector's prune. One
-// org per statement because Citus locks rows (FOR UPDATE) only in a statement on one shard.
-const TRIM_ORG = (table: string) => `
+// The older addresses (or networks, `column`) of one org's keys. Rows are locked in (key_id,
+// column) order, as flushes lock them, and rows another transaction holds are skipped (trimmed
+// after a later flush), so a prune never waits for a lock and cannot deadlock with a flush or with
+// another collector's prune. One org per statement because Citus locks rows (FOR UPDATE) only in
+// a statement on one shard.
+const TRIM_ORG = (table: string, column: string) => `
 with doomed as materialized (
-  select r.key_id, r.ip
+  select r.key_id, r.${column}
     from ${table} r
-    join (select key_id, ip, row_number() over (partition by key_id order by last_seen desc, ip) as rank
+    join (select key_id, ${column}, row_number() over (partition by key_id order by last_seen desc, ${column}) as rank
             from ${table} where org_id = :orgId and key_id = any(cast(:keyIds as uuid[]))) ranked
-      on ranked.key_id = r.key_id and ranked.ip = r.ip
+      on ranked.key_id = r.key_id and ranked.${column} = r.${column}
    where r.org_id = :orgId and ranked.rank > :kept
-   order by r.key_id, r.ip
+   order by r.key_id, r.${column}
      for update of r skip locked)
-delete from ${table} r using doomed d where r.org_id = :orgId and r.key_id = d.key_id and r.ip = d.ip`;
+delete from ${table} r using doomed d where r.org_id = :orgId and r.key_id = d.key_id and r.${column} = d.${column}`;
 
-// Best effort, outside the flush.
-async function pruneTable(db: Db, table: string, keys: readonly KeyRef[]) {
-  const over = await db.raw(OVER_CAP(table), [keys.map((k) => k.orgId), keys.map((k) => k.keyId), RECENT_IPS_PER_KEY]);
+// Best effort, outside the flush: keeps the `kept` most recently seen rows of each key.
+async function pruneTable(db: Db, table: string, column: string, keys: readonly KeyRef[], kept: number) {
+  const over = await db.raw(OVER_CAP(table), [keys.map((k) => k.orgId), keys.map((k) => k.keyId), kept]);
   const byOrg = new Map<string, string[]>();
   for (const row of over.rows as Array<{ org_id: string; key_id: string }>) byOrg.set(row.org_id, [...(byOrg.get(row.org_id) ?? []), row.key_id]);
-  for (const [orgId, keyIds] of byOrg) await db.raw(TRIM_ORG(table), { orgId, keyIds, kept: RECENT_IPS_PER_KEY });
-}
-
-// Keeps the `keep` most recently seen networks of each key in api_key_ip_history, which is keyed by
-// (key_id, prefix) and not yet distributed on Citus (docs/scaling.md), so unlike pruneTable it
-// needs no org.
-// Best effort, outside the flush: rows are locked in (key_id, prefix) order, as flushes lock them,
-// and rows another transaction holds are skipped (trimmed after a later flush), so a trim never
-// waits for a lock and cannot deadlock with a flush or with another collector's trim.
-async function trimIpHistory(db: Db, keyIds: readonly string[], keep: number): Promise<void> {
-  await db.raw(
-    `with doomed as materialized (
-       select r.key_id, r.prefix
-         from ${TABLE.ipHistory} r
-         join (select key_id, prefix, row_number() over (partition by key_id order by last_seen desc, prefix) as rank
-                 from ${TABLE.ipHistory} where key_id = any(cast(? as uuid[]))) ranked
-           on ranked.key_id = r.key_id and ranked.prefix = r.prefix
-        where ranked.rank > ?
-        order by r.key_id, r.prefix
-          for update of r skip locked)
-     delete from ${TABLE.ipHistory} r using doomed d where r.key_id = d.key_id and r.prefix = d.prefix`,
-    [[...keyIds], keep],
-  );
+  for (const [orgId, keyIds] of byOrg) await db.raw(TRIM_ORG(table, column), { orgId, keyIds, kept });
 }
 
 export function createPgUsageStore(db: Db, options: { events?: EventDetection } = {}): UsageStore {
@@ -357,14 +336,9 @@ export function createPgUsageStore(db: Db, options: { events?: EventDetection } 
 
     async prune(keys) {
       if (keys.length === 0) return;
-      for (const { table } of Object.values(IP_TABLES)) await pruneTable(db, table, keys);
+      for (const { table } of Object.values(IP_TABLES)) await pruneTable(db, table, 'ip', keys, RECENT_IPS_PER_KEY);
       // Beyond the bound the least recently seen network is forgotten: a use from it later is new again.
-      if (options.events)
-        await trimIpHistory(
-          db,
-          keys.map((k) => k.keyId),
-          options.events.ipHistoryPerKey,
-        );
+      if (options.events) await pruneTable(db, TABLE.ipHistory, 'prefix', keys, options.events.ipHistoryPerKey);
     },
 
     async expireOldRows(retentionDays) {

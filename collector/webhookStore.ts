@@ -30,7 +30,7 @@ with due as (
 update ${TABLE.webhookDeliveries} d
    set attempts = d.attempts + 1, next_attempt_at = ?
   from due, ${TABLE.webhooks} w
- where d.id = due.id and w.id = d.webhook_id
+ where d.id = due.id and w.org_id = d.org_id and w.id = d.webhook_id
 returning d.id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret_box`;
 
 export async function claimDueDeliveries(db: Db, options: { now: Date; leaseUntil: Date; limit: number }): Promise<ClaimedDelivery[]> {
@@ -66,8 +66,8 @@ export async function recordAttempt(db: Db, delivery: ClaimedDelivery, outcome: 
   const state: DeliveryState = outcome.succeeded ? 'succeeded' : outcome.retryAt ? 'pending' : 'failed';
   await db.transaction(async (trx) => {
     await trx.raw(
-      `insert into ${TABLE.webhookDeliveryAttempts} (delivery_id, attempt, started_at, duration_ms, status_code, error, succeeded)
-       select id, ?, ?, ?, ?, ?, ? from ${TABLE.webhookDeliveries} where id = ?`,
+      `insert into ${TABLE.webhookDeliveryAttempts} (org_id, delivery_id, attempt, started_at, duration_ms, status_code, error, succeeded)
+       select org_id, id, ?, ?, ?, ?, ?, ? from ${TABLE.webhookDeliveries} where id = ?`,
       [delivery.attempt, outcome.startedAt, Math.round(outcome.durationMs), outcome.statusCode, outcome.error, outcome.succeeded, delivery.id],
     );
     await trx(TABLE.webhookDeliveries)

@@ -234,8 +234,13 @@ t.test('the events endpoint: newest first, filters, an opaque cursor, one org on
   const spikes = await api.request('GET', `${path}?type=key.spike&since=${new Date(base + 2 * HOUR).toISOString()}`, { key: acme.adminKey });
   t.strictSame(spikes.body.data.map((e: { details: { i: number } }) => e.details.i).sort(), [2, 6], 'type and since');
   t.match(spikes.body.data[0], { keyId: acme.adminKeyId, type: 'key.spike' });
-  const other = await api.request('GET', `${path}?keyId=${globex.adminKeyId}`, { key: acme.adminKey });
-  t.strictSame(other.body.data, [], 'another org\'s key id finds nothing');
+  for (const keyId of [globex.adminKeyId, '00000000-0000-4000-8000-000000000000']) {
+    const other = await api.request('GET', `${path}?keyId=${keyId}`, { key: acme.adminKey });
+    t.equal(other.status, 404, `?keyId= of another org's key, or of none, is not_found (${keyId})`);
+    t.match(other.body, { error: { code: 'not_found', message: 'API key not found', requestId: String } });
+  }
+  const own = await api.request('GET', `${path}?keyId=${acme.adminKeyId}&type=key.spike`, { key: acme.adminKey });
+  t.equal(own.body.data.length, 4, 'the org\'s own key still filters');
   const theirs = await api.request('GET', `/api/orgs/${globex.org.id}/api-keys/events`, { key: acme.adminKey });
   t.equal(theirs.status, 404);
   const forged = await api.request('GET', `${path}?cursor=bm90LWEtY3Vyc29y`, { key: acme.adminKey });

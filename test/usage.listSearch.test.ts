@@ -48,12 +48,16 @@ t.test('?q= matches names case-insensitively and takes %, _ and \\ literally', a
   t.equal(combined.body.data.length, 1);
 });
 
-t.test('?keyId= answers that key alone, and nothing for a key of another org', async (t) => {
+t.test('?keyId= answers that key alone; a key of another org, or none, is not_found', async (t) => {
   const { list, ids, api, db } = await world(t);
   const one = await list(`keyId=${ids['500 errors']}`);
   t.strictSame(namesOf(one.body), ['500 errors']);
   const other = await seedOrg(api, db, 'globex');
-  t.equal((await list(`keyId=${other.adminKeyId}`)).body.page.total, 0);
+  for (const keyId of [other.adminKeyId, '00000000-0000-4000-8000-000000000000']) {
+    const response = await list(`keyId=${keyId}`);
+    t.equal(response.status, 404, keyId);
+    t.match(response.body, { error: { code: 'not_found', message: 'API key not found', requestId: String } });
+  }
   t.equal((await list('keyId=x')).status, 400);
 });
 

@@ -3,6 +3,7 @@ import type { Db } from '../../shared/db';
 import { EVENT_TYPES, type EventType } from '../../shared/keyEvents';
 import { InvalidInputError } from '../errors';
 import { cursorPage, details, idString, isoTime, listOf } from '../responses';
+import { requireKeyInOrg } from '../keys/requireKeyInOrg';
 import { listEvents, type KeyEventRecord } from './events.repository';
 
 // The cursor is opaque to clients: base64url of the last event's time (milliseconds, as every
@@ -38,6 +39,8 @@ export function createEventsService(deps: { db: Db }) {
   return {
     async list(orgId: string, query: { type?: EventType; keyId?: string; since?: Date; cursor?: string; limit: number }): Promise<z.output<typeof eventList>> {
       const after = query.cursor === undefined ? undefined : decodeCursor(query.cursor);
+      // A key of another org (or none) is not_found, not an empty page.
+      if (query.keyId) await requireKeyInOrg(deps.db, orgId, query.keyId);
       // One more than asked tells whether a next page exists without a count.
       const events = await listEvents(deps.db, { orgId, type: query.type, keyId: query.keyId, since: query.since, after, limit: query.limit + 1 });
       const page = events.slice(0, query.limit);

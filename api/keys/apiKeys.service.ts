@@ -2,9 +2,8 @@ import { z } from 'zod';
 import type { Db } from '../../shared/db';
 import { auditActor, recordAudit, type AuditEntry } from '../audit/audit.repository';
 import type { KeyVerifier } from '../auth/keyVerifier';
-import { AppError, InvalidInputError, notFound } from '../errors';
+import { AppError, InvalidInputError } from '../errors';
 import {
-  findApiKeyInOrg,
   findDormantKeys,
   insertApiKey,
   listApiKeysInOrg,
@@ -18,6 +17,7 @@ import {
 import { generateKeyMaterial, newSecret } from './keyMaterial';
 import { idString, isoTime, listOf, offsetPage } from '../responses';
 import { SCOPES, type Scope } from './scopes';
+import { requireKeyInOrg } from './requireKeyInOrg';
 
 export const KEY_STATUSES = ['active', 'expired', 'revoked'] as const;
 export type KeyStatus = (typeof KEY_STATUSES)[number];
@@ -131,11 +131,7 @@ export interface ApiKeysServiceDeps {
 export type ApiKeysService = ReturnType<typeof createApiKeysService>;
 
 export function createApiKeysService(deps: ApiKeysServiceDeps) {
-  async function requireKey(orgId: string, keyId: string): Promise<ApiKeyRecord> {
-    const key = await findApiKeyInOrg(deps.db, orgId, keyId);
-    if (!key) throw notFound('API key');
-    return key;
-  }
+  const requireKey = (orgId: string, keyId: string) => requireKeyInOrg(deps.db, orgId, keyId);
 
   // The change and its audit entry in one transaction (a savepoint inside the caller's).
   // `entry` may answer undefined when the change changed nothing.

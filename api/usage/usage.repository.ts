@@ -85,10 +85,29 @@ const SORT_COLUMNS: Record<UsageSort, { inner: string; outer: string }> = {
 // ILIKE reads %, _ and \ as pattern syntax; a search for "50%" means those characters.
 export const likePattern = (text: string) => `%${text.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
 
-// Day d (0 = today, UTC) of the sparkline, summed in the same LATERAL as the windows.
-const dailyColumns = [6, 5, 4, 3, 2, 1, 0]
-  .map((d) => `cast(coalesce(sum(h.request_count) filter (where h.hour >= day0 - interval '${d} days' and h.hour < day0 - interval '${d} days' + interval '1 day'), 0) as text)`)
-  .join(', ');
+// The 7 UTC days of the sparkline (oldest first, the last is today), summed in the same LATERAL as
+// the windows: day i runs from :day<i> to :day<i+1>.
+const SPARKLINE_DAYS = 7;
+const dailyColumns = Array.from({ length: SPARKLINE_DAYS }, (_, i) => `cast(coalesce(sum(h.request_count) filter (where h.hour >= :day${i} and h.hour < :day${i + 1}), 0) as text)`).join(', ');
+
+const HOUR_MS = 3_600_000;
+const DAY_MS = 24 * HOUR_MS;
+
+// Every bound of the windows as a value, computed here once: written in SQL as
+// `cast(:now as timestamptz) - interval '7 days'`, each is a timezone-aware function call that
+// PostgreSQL cannot fold (timestamptz arithmetic is only stable) and evaluates for every bucket
+// row: 30 days of a busy key are 720 rows × 17 bounds, which made busiest-first CPU-bound
+// (docs/benchmarks.md §5).
+function windowBounds(now: Date): Record<string, Date> {
+  const today = Math.floor(now.getTime() / DAY_MS) * DAY_MS;
+  const days = Array.from({ length: SPARKLINE_DAYS + 1 }, (_, i) => [`day${i}`, new Date(today - (SPARKLINE_DAYS - 1 - i) * DAY_MS)]);
+  return {
+    since24h: new Date(now.getTime() - DAY_MS),
+    since7d: new Date(now.getTime() - 7 * DAY_MS),
+    since30d: new Date(now.getTime() - 30 * DAY_MS),
+    ...Object.fromEntries(days),
+  };
+}
 
 const outcomeColumns = OUTCOMES.map((outcome) => `coalesce(u.${outcome}_count, 0) as ${outcome}_count`).join(', ');
 
@@ -132,6 +151,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
     eventsSince: query.eventsSince,
     limit: query.limit,
     offset: query.offset,
+    ...windowBounds(query.now),
   };
   const direction = query.order === 'asc' ? 'asc nulls first' : 'desc nulls last';
   const sort = SORT_COLUMNS[query.sort];
@@ -155,13 +175,12 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
             limit :limit offset :offset
          ) p
          left join lateral (
-           select sum(h.request_count) filter (where h.hour > cast(:now as timestamptz) - interval '24 hours') as last_24h,
-                  sum(h.request_count) filter (where h.hour > cast(:now as timestamptz) - interval '7 days') as last_7d,
+           select sum(h.request_count) filter (where h.hour > :since24h) as last_24h,
+                  sum(h.request_count) filter (where h.hour > :since7d) as last_7d,
                   sum(h.request_count) as last_30d,
                   array[${dailyColumns}] as last_7_days
              from ${TABLE.usageHourly} h
-            cross join (select date_trunc('day', cast(:now as timestamptz), 'UTC') as day0) d
-            where h.org_id = :orgId and h.key_id = p.id and h.hour > cast(:now as timestamptz) - interval '30 days'
+            where h.org_id = :orgId and h.key_id = p.id and h.hour > :since30d
          ) w on true ${recentIpsJson(IP_TABLES.proven)} ${recentIpsJson(IP_TABLES.failed)}
          left join lateral (
            select json_object_agg(s.type, s.n) as by_type, max(s.latest) as latest_at

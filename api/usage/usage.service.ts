@@ -2,11 +2,11 @@ import { z } from 'zod';
 import { exactCount, type Count, type Db } from '../../shared/db';
 import { EVENT_TYPES } from '../../shared/keyEvents';
 import { OUTCOMES } from '../../shared/usageWire';
-import { InvalidInputError, notFound } from '../errors';
-import { findApiKeyInOrg } from '../keys/apiKeys.repository';
+import { InvalidInputError } from '../errors';
 import { KEY_STATUSES, keyStatus, type KeyStatus } from '../keys/apiKeys.service';
 import { SCOPES } from '../keys/scopes';
 import { count, idString, isoTime, offsetPage } from '../responses';
+import { requireKeyInOrg } from '../keys/requireKeyInOrg';
 import { keyTimeSeries, listKeyUsage, type Granularity, type KeyUsageRecord, type UsageSort } from './usage.repository';
 
 const DAY_MS = 86_400_000;
@@ -113,6 +113,8 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       query: { dormant?: boolean; status?: KeyStatus; dormantDays: number; nameContains?: string; keyId?: string; sort: UsageSort; order: 'asc' | 'desc'; limit: number; offset: number },
     ): Promise<z.output<typeof usageList>> {
       const now = deps.now();
+      // A key of another org (or none) is not_found, not an empty page.
+      if (query.keyId) await requireKeyInOrg(deps.db, orgId, query.keyId);
       const { keys, total } = await listKeyUsage(deps.db, {
         orgId,
         now: new Date(now),
@@ -143,7 +145,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       if (points > MAX_SERIES_POINTS) {
         throw new InvalidInputError(`the range holds ${Math.ceil(points)} ${query.granularity}s; at most ${MAX_SERIES_POINTS} per request`);
       }
-      if (!(await findApiKeyInOrg(deps.db, orgId, keyId))) throw notFound('API key');
+      await requireKeyInOrg(deps.db, orgId, keyId);
       const buckets = await keyTimeSeries(deps.db, { orgId, keyId, from, to, granularity: query.granularity });
       return {
         keyId,

@@ -138,6 +138,7 @@ export async function listDeliveries(db: Db, orgId: string, webhookId: string, q
     db(TABLE.webhookDeliveries).where(filter).count<{ count: number }[]>({ count: '*' }),
   ]);
   const attempts = await db(TABLE.webhookDeliveryAttempts)
+    .where({ org_id: orgId })
     .whereIn('delivery_id', rows.map((row) => row.id))
     .orderBy([{ column: 'attempt', order: 'desc' }, { column: 'id', order: 'desc' }]);
   const deliveries: DeliveryRecord[] = rows.map((row) => ({

@@ -14,6 +14,19 @@ export const REFERENCE_TABLES = ['organizations', 'api_keys'];
 const COLOCATION_ANCHOR = 'api_key_usage';
 // Called by the flush's upserts, which run on the workers.
 const FUNCTIONS = ['keyusage_add(bigint, bigint)'];
+// Kept by 20261201000060 only for processes of the previous version during a rolling deploy (they
+// insert without org_id and upsert ON CONFLICT (key_id, prefix)). Moving to Citus stops the
+// collectors, and Citus refuses a unique index without org_id: they go here.
+const LEGACY_FOR_ROLLING_DEPLOY = [
+  'drop index if exists api_key_ip_history_key_prefix_legacy',
+  'drop trigger if exists api_key_ip_history_fill_org_id on api_key_ip_history',
+  'drop trigger if exists webhook_delivery_attempts_fill_org_id on webhook_delivery_attempts',
+];
+// key_events keeps its outbox trigger (it inserts the event's deliveries, on the same org's
+// shards) and audit_log its append-only triggers (they read organizations, a reference table on
+// every node). Citus distributes a table with triggers only with this setting on, and the
+// triggers then run on the shards; it is set for the database so later DDL on them works too.
+const ALLOW_TRIGGERS = 'citus.enable_unsafe_triggers';
 
 async function laidOut(db: Db): Promise<Set<string>> {
   const { rows } = await db.raw(`select logicalrelid::regclass::text as name from pg_dist_partition`);
@@ -36,13 +49,17 @@ async function tablesWithOrgId(db: Db): Promise<string[]> {
 export async function distributeTables(db: Db): Promise<string[]> {
   const done = await laidOut(db);
   const changed: string[] = [];
+  for (const sql of LEGACY_FOR_ROLLING_DEPLOY) await db.raw(sql);
+  const { rows } = await db.raw('select current_database() as name');
+  await db.raw(`alter database ?? set ${ALLOW_TRIGGERS} = on`, [rows[0].name]);
   for (const table of REFERENCE_TABLES.filter((name) => !done.has(name))) {
     await db.raw('select create_reference_table(?)', [table]);
     changed.push(table);
   }
   for (const table of (await tablesWithOrgId(db)).filter((name) => !done.has(name))) {
     const colocateWith = table === COLOCATION_ANCHOR ? 'default' : COLOCATION_ANCHOR;
-    await db.raw(`select create_distributed_table(?, 'org_id', colocate_with => ?)`, [table, colocateWith]);
+    // set_config in the same statement: the pool may hand each statement another connection.
+    await db.raw(`select set_config('${ALLOW_TRIGGERS}', 'on', false), create_distributed_table(?, 'org_id', colocate_with => ?)`, [table, colocateWith]);
     changed.push(table);
   }
   for (const signature of FUNCTIONS) await db.raw('select create_distributed_function(?)', [signature]);
