@@ -456,7 +456,7 @@ async function demoTrafficMintsItsKey(t: Test, config: ReturnType<typeof loadCon
     t.fail(`no key minted: ${minted.problem}`);
     return;
   }
-  const database = await openDatabase(config, () => {});
+  const database = openDatabase(config, () => {});
   const stored = await database.db('api_keys').where({ id: minted.keyId }).first();
   t.same(stored.scopes, ['keys:read', 'keys:write'], 'the minted key can create and read keys');
   t.equal(stored.name, 'demo-traffic-admin');

@@ -21,7 +21,7 @@ export async function mintDemoTrafficKey(config: Config, now: () => number = Dat
   if (!embeddedClusterRunning(config.database.embeddedDir)) {
     return { problem: `No key and no embedded PostgreSQL running in ${config.database.embeddedDir}: start the system with \`npm start\` first (or set DEMO_KEY)` };
   }
-  const database = await openDatabase(config, () => {});
+  const database = openDatabase(config, () => {});
   try {
     const org = await findOrganizationByName(database.db, DEMO_ORG_NAME);
     if (!org) return { problem: `No key and no "${DEMO_ORG_NAME}" organization in ${config.database.embeddedDir}: start the system with \`npm start\` first (or set DEMO_KEY)` };
