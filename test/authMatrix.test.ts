@@ -5,7 +5,7 @@ import { formatKey, parsePresentedKey } from '../api/keys/keyMaterial';
 import type { Scope } from '../api/keys/scopes';
 import type { Db } from '../shared/db';
 import type { Outcome } from '../shared/usageWire';
-import { seedOrg, startTestApi, type RecordedUse, type TestResponse } from './helpers/api';
+import { seedOrg, startTestApi, twoOrgWorld, type RecordedUse, type TestResponse } from './helpers/api';
 import { registeredRoutes } from './helpers/appRoutes';
 import { freshDatabase } from './helpers/database';
 
@@ -210,11 +210,7 @@ async function createKey(api: Api, orgId: string, name: string, scopes: Scope[],
 // Two orgs and a key in every state the matrix needs, then an hour later: the expiring key has
 // expired and the rotated key's old secret is past its grace period.
 async function buildWorld(t: Test) {
-  const { db } = await freshDatabase(t);
-  let clock = START;
-  const api = await startTestApi(t, db, { now: () => clock });
-  const acme = await seedOrg(api, db, 'acme');
-  const globex = await seedOrg(api, db, 'globex');
+  const { db, api, clock, acme, globex } = await twoOrgWorld(t, START);
   const both: Scope[] = ['keys:read', 'keys:write'];
   const admin: Key = { id: acme.adminKeyId, orgId: acme.org.id, plaintext: acme.adminKey };
   const intruder: Key = { id: globex.adminKeyId, orgId: globex.org.id, plaintext: globex.adminKey };
@@ -232,7 +228,7 @@ async function buildWorld(t: Test) {
   const revokeTarget = await createKey(api, acme.org.id, 'revoke target', ['keys:read']);
   const createWebhook = (orgId: string) => api.services.webhooks.create(orgId, HOOK);
   const webhooks = [await createWebhook(acme.org.id), await createWebhook(acme.org.id), await createWebhook(globex.org.id)];
-  clock += 3_600_000;
+  clock.now += 3_600_000;
 
   const plaintexts = [admin, intruder, reader, writer, expiring, revoked, rotated, inGrace, rotateTarget, revokeTarget].map((key) => key.plaintext);
   plaintexts.push(rotation.plaintext, graceRotation.plaintext);

@@ -10,7 +10,7 @@ import { API_ROUTES } from '../api/openapi/routes';
 import { loadConfig } from '../shared/config';
 import { createDb } from '../shared/db';
 import { createLogger } from '../shared/logger';
-import { seedOrg, startTestApi, type TestResponse } from './helpers/api';
+import { seedOrg, startTestApi, twoOrgWorld, type TestResponse } from './helpers/api';
 import { registeredRoutes } from './helpers/appRoutes';
 import { freshDatabase } from './helpers/database';
 
@@ -165,11 +165,7 @@ const DAY = 86_400_000;
 const START = Date.parse('2026-11-20T12:00:00Z');
 
 async function buildWorld(t: Test) {
-  const { db } = await freshDatabase(t);
-  let clock = START;
-  const api = await startTestApi(t, db, { now: () => clock });
-  const acme = await seedOrg(api, db, 'acme');
-  const globex = await seedOrg(api, db, 'globex');
+  const { db, api, clock, acme, globex } = await twoOrgWorld(t, START);
   const keys = api.services.apiKeys;
   const create = (name: string, scopes: Array<'keys:read' | 'keys:write'>) => keys.create(acme.org.id, { name, scopes, expiresAt: null });
   const reader = await create('reader', ['keys:read']);
@@ -191,7 +187,7 @@ async function buildWorld(t: Test) {
   await db('api_key_usage_hourly').insert({ org_id, key_id, hour: new Date(START - 3_600_000), request_count: 3, ok_count: 2, forbidden_count: 1 });
   await db('key_events').insert({ org_id, key_id, type: 'key.new_ip', occurred_at: new Date(START), details: { ip: '192.0.2.1' }, dedupe_key: 'contract-test' });
   // Two days on, every key but the admin's is dormant for revoke-dormant's dry run.
-  clock += 2 * DAY;
+  clock.now += 2 * DAY;
   return {
     db,
     api,

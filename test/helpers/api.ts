@@ -8,6 +8,7 @@ import { loadConfig } from '../../shared/config';
 import type { Db } from '../../shared/db';
 import { createLogger } from '../../shared/logger';
 import { closeServer, listen } from '../../shared/process';
+import { freshDatabase } from './database';
 import type { Outcome } from '../../shared/usageWire';
 
 export interface RecordedUse {
@@ -114,4 +115,14 @@ export async function seedOrg(api: Awaited<ReturnType<typeof startTestApi>>, db:
   const org = await insertOrganization(db, name);
   const admin = await api.services.apiKeys.create(org.id, { name: 'admin', scopes: ['keys:read', 'keys:write'], expiresAt: null });
   return { org, adminKey: admin.plaintext, adminKeyId: admin.key.id };
+}
+
+/** A fresh database and API on a clock the test moves (`clock.now`), with two orgs, acme and globex, each with an admin key. */
+export async function twoOrgWorld(t: Test, start: number) {
+  const { db } = await freshDatabase(t);
+  const clock = { now: start };
+  const api = await startTestApi(t, db, { now: () => clock.now });
+  const acme = await seedOrg(api, db, 'acme');
+  const globex = await seedOrg(api, db, 'globex');
+  return { db, api, clock, acme, globex };
 }
