@@ -71,7 +71,8 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   }
   logger.info(
     { udp: `${receiver.host}:${receiver.port}`, recvBufferBytes: receiver.recvBufferBytes, metrics: metricsPort && `${config.collector.metricsHost}:${metricsPort}`, flushIntervalMs: config.collector.flushIntervalMs },
-    'collector listening',
+    // In a cluster the primary says 'collector listening' once every receiver is.
+    inCluster ? 'receiver listening' : 'collector listening',
   );
 
   // Mirror of start: stop receiving, write everything received, then release the pool.

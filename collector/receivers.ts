@@ -13,6 +13,7 @@ import { closeServer, listen, onShutdownSignal } from '../shared/process';
 // flushes. Its exit code is 0 only if every worker flushed.
 
 interface Collector {
+  receiver: { host: string; port: number };
   stop(): Promise<boolean>;
 }
 
@@ -59,7 +60,7 @@ function runWorker(logger: Logger, collector: Collector): void {
   process.on('message', (message: { cmd?: string }) => {
     if (message?.cmd === 'stop') stop();
   });
-  process.send?.({ cmd: 'ready' });
+  process.send?.({ cmd: 'ready', udp: `${collector.receiver.host}:${collector.receiver.port}` });
 }
 
 /** In a worker: answers the primary's requests for this process's metrics and health. */
@@ -75,8 +76,16 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
   const exits = workers.map((worker) => new Promise<number>((resolve) => worker.once('exit', (code) => resolve(code ?? 1))));
   // A worker that dies on its own takes its pending uses with it; stop the rest and exit non-zero
   // so a supervisor restarts the whole collector.
-  for (const worker of workers) worker.once('exit', (code) => !stopping && shutDown(`receiver ${worker.id} exited (${code})`));
-  await Promise.all(workers.map((worker) => new Promise((resolve) => worker.on('message', (m: { cmd?: string }) => m?.cmd === 'ready' && resolve(undefined)))));
+  for (const worker of workers) {
+    worker.once('exit', (code) => {
+      if (stopping) return;
+      logger.error({ receiver: worker.id, code }, 'a receiver exited on its own; stopping the others');
+      shutDown(false);
+    });
+  }
+  const ready = await Promise.all(
+    workers.map((worker) => new Promise<{ udp: string }>((resolve) => worker.on('message', (m: { cmd?: string; udp: string }) => m?.cmd === 'ready' && resolve(m)))),
+  );
   const ask = askWorkers(workers);
   const metrics = metricsServer({
     exposition: async () => renderPrometheus(sumSamples((await ask()).map((answer) => answer.samples))),
@@ -86,19 +95,23 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
     },
   });
   const metricsPort = await listen(metrics, config.collector.metricsHost, config.collector.metricsPort, 'COLLECTOR_METRICS_PORT');
-  logger.info({ receivers: workers.length, metrics: `${config.collector.metricsHost}:${metricsPort}` }, 'collector receivers running');
+  logger.info({ udp: ready[0].udp, receivers: workers.length, metrics: `${config.collector.metricsHost}:${metricsPort}` }, 'collector listening');
 
-  function shutDown(reason: string): void {
+  // `asked`: by a signal, so a clean stop of every worker is a clean exit.
+  function shutDown(asked: boolean): void {
     if (stopping) return;
     stopping = true;
-    logger.info({ reason }, 'stopping receivers');
     for (const worker of workers) if (worker.isConnected()) worker.send({ cmd: 'stop' });
     Promise.all(exits).then(async (codes) => {
       await closeServer(metrics);
-      process.exit(codes.every((code) => code === 0) && reason.startsWith('SIG') ? 0 : 1);
+      process.exit(asked && codes.every((code) => code === 0) ? 0 : 1);
     });
   }
-  process.on('SIGTERM', () => shutDown('SIGTERM')).on('SIGINT', () => shutDown('SIGINT'));
+  const onSignal = (signal: NodeJS.Signals) => {
+    logger.info({ signal, receivers: workers.length }, 'shutting down');
+    shutDown(true);
+  };
+  process.on('SIGTERM', onSignal).on('SIGINT', onSignal);
 }
 
 interface Answer {

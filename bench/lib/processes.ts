@@ -41,7 +41,8 @@ export async function startCollectorProcess(databaseUrl: string, env: Record<str
   );
   exited.catch(() => undefined);
   await Promise.race([
-    waitUntil('the collector health check', async () => ((await fetch(`http://127.0.0.1:${metricsPort}/healthz`)).ok ? true : undefined), 30_000, 50),
+    // 60 s: on a loaded machine a collector with several receivers compiles its sources in each.
+    waitUntil('the collector health check', async () => ((await fetch(`http://127.0.0.1:${metricsPort}/healthz`)).ok ? true : undefined), 60_000, 50),
     exited,
   ]);
   return { child, udpPort, metricsPort, metrics: () => fetchMetrics(metricsPort) };

@@ -365,11 +365,12 @@ export async function spawnCollector(t: Test, options: CollectorProcessOptions):
       return peak;
     },
     exited,
+    // One line per process: with COLLECTOR_RECEIVERS > 1 the workers' counts add up (the
+    // primary's are 0), and any non-zero exit code is the one reported.
     probe: () => {
-      for (const line of output) {
-        if (line.startsWith('{"collectorProbe"')) return (JSON.parse(line) as { collectorProbe: ProbeCounts }).collectorProbe;
-      }
-      return undefined;
+      const probes = output.filter((line) => line.startsWith('{"collectorProbe"')).map((line) => (JSON.parse(line) as { collectorProbe: ProbeCounts }).collectorProbe);
+      if (probes.length === 0) return undefined;
+      return probes.reduce((sum, p) => ({ ...sum, packets: sum.packets + p.packets, usageLines: sum.usageLines + p.usageLines, uses: sum.uses + p.uses, exitCode: sum.exitCode || p.exitCode }));
     },
     sigterm: async () => {
       sample();
