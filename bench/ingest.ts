@@ -266,7 +266,7 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
     const lost = firstLoss(target);
     return [
       TARGET_LABELS[target],
-      lossless(target) > 0 ? fmt.int(lossless(target)) : 'none tried',
+      lossless(target) > 0 ? fmt.int(lossless(target)) : 'none: lost at the lowest step',
       lost ? `${fmt.int(lost.offeredRate)}: ${fmt.int(lost.sentLines - lost.received)} lost (${fmt.pct((lost.sentLines - lost.received) / lost.sentLines)}), RcvbufErrors +${fmt.int(lost.rcvbufErrors)}` : 'none up to the top rate',
       lossless('statsd') > 0 && target !== 'statsd' ? `${fmt.fixed(lossless(target) / lossless('statsd'), 1)} ×` : '–',
     ];
