@@ -276,7 +276,8 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
   for (const target of ['collector', 'collector-2'] as const) {
     const at400 = packed(target).find((r) => r.offeredRate === 400_000);
     if (!at400) {
-      notes.push(`Target 0 lines lost at 400,000 lines/s for ${plan.durationSec} s, ${TARGET_LABELS[target]}: ${fmt.verdict(false)} — not tried (it lost lines at a lower rate).`);
+      const why = plan.rates.packed.includes(400_000) ? 'not tried (it lost lines at a lower rate)' : "not in this run's ladder";
+      notes.push(`Target 0 lines lost at 400,000 lines/s for ${plan.durationSec} s, ${TARGET_LABELS[target]}: ${fmt.verdict(false)} — ${why}.`);
       continue;
     }
     const lost = at400.sentLines - at400.received;
