@@ -11,8 +11,10 @@ import { authorizer, type RecordUse } from './auth/authorize';
 import { clientAddressResolver } from './auth/clientAddress';
 import { createAuthThrottle } from './auth/failureThrottle';
 import { createKeyVerifier } from './auth/keyVerifier';
+import { whoami } from './auth/whoami';
 import { errorMiddleware, routeNotFound } from './errors';
 import { healthHandler } from './health';
+import { serveOpenApiDocument } from './openapi/document';
 import { securityHeaders } from './securityHeaders';
 import { dashboardRouter } from './ui/dashboard.routes';
 import type { RequestObservation } from './metrics';
@@ -84,8 +86,9 @@ function requestContext(logger: Logger, onRequest: AppDeps['onRequest']): Reques
   };
 }
 
-export function createApp(deps: AppDeps) {
-  const now = deps.now ?? Date.now;
+// Who is calling: the failed-authentication throttle, the key verifier (its cache told of every
+// revocation by the keys service) and the per-route authorizer built on both.
+function createAuthentication(deps: AppDeps, now: () => number) {
   const warn = rateLimitedWarn(deps.logger, THROTTLE_LOG_INTERVAL_MS, now);
   const throttle = createAuthThrottle(deps.config.authThrottle, now, (scope, subject) =>
     warn(`auth_throttle_${scope}`, { [scope === 'ip' ? 'ip' : 'keyId']: subject, stats: { ...throttle.stats } }, 'too many failed authentication attempts: throttled'),
@@ -104,22 +107,35 @@ export function createApp(deps: AppDeps) {
     clientAddress: clientAddressResolver(deps.config.trustProxy),
     throttle,
   });
-  const apiKeys = createApiKeysService({
-    db: deps.db,
-    pepper: deps.config.keyPepper,
-    defaultGraceSeconds: deps.config.rotationGraceSeconds,
-    verifier,
-    now,
-  });
-  const usage = createUsageService({ db: deps.db, now, delay: deps.config.usageDelay, eventSummaryDays: deps.config.eventSummaryDays });
-  const events = createEventsService({ db: deps.db });
-  const webhooks = createWebhooksService({
-    db: deps.db,
-    pepper: deps.config.keyPepper,
-    allowPrivateTargets: deps.webhooks.allowPrivateTargets,
-    now,
-  });
-  const audit = createAuditService({ db: deps.db });
+  return { throttle, verifier, authorize };
+}
+
+function createServices(deps: AppDeps, verifier: ReturnType<typeof createKeyVerifier>, now: () => number) {
+  return {
+    apiKeys: createApiKeysService({
+      db: deps.db,
+      pepper: deps.config.keyPepper,
+      defaultGraceSeconds: deps.config.rotationGraceSeconds,
+      verifier,
+      now,
+    }),
+    usage: createUsageService({ db: deps.db, now, delay: deps.config.usageDelay, eventSummaryDays: deps.config.eventSummaryDays }),
+    events: createEventsService({ db: deps.db }),
+    webhooks: createWebhooksService({
+      db: deps.db,
+      pepper: deps.config.keyPepper,
+      allowPrivateTargets: deps.webhooks.allowPrivateTargets,
+      now,
+    }),
+    audit: createAuditService({ db: deps.db }),
+  };
+}
+
+export function createApp(deps: AppDeps) {
+  const now = deps.now ?? Date.now;
+  const { throttle, verifier, authorize } = createAuthentication(deps, now);
+  const services = createServices(deps, verifier, now);
+  const { apiKeys, usage, events, webhooks, audit } = services;
 
   const app = express();
   app.disable('x-powered-by');
@@ -130,10 +146,9 @@ export function createApp(deps: AppDeps) {
 
   app.get('/healthz', healthHandler(deps.db, now));
 
-  app.get('/api/whoami', authorize(), (_req, res) => {
-    const { key } = res.locals.auth!;
-    res.json({ keyId: key.id, orgId: key.orgId, name: key.name, scopes: key.scopes });
-  });
+  app.get('/openapi.json', serveOpenApiDocument());
+
+  app.get('/api/whoami', authorize(), whoami);
 
   // IP_TRUNCATE applies to the addresses the audit log keeps, as to usage.
   const auditIp = deps.privacy?.truncateIps ? truncateIp : (ip: string) => ip;
@@ -152,5 +167,5 @@ export function createApp(deps: AppDeps) {
   app.use(routeNotFound);
   app.use(errorMiddleware(deps.logger));
 
-  return { app, services: { apiKeys, usage, events, webhooks, audit }, verifier, throttle };
+  return { app, services, verifier, throttle };
 }

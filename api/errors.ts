@@ -1,4 +1,5 @@
 import type { ErrorRequestHandler, RequestHandler } from 'express';
+import { z } from 'zod';
 import { databaseUnavailable } from '../shared/db';
 import { redactKeyMaterial, type Logger } from '../shared/logger';
 
@@ -19,6 +20,17 @@ export const ERROR_STATUS = {
 
 export type ErrorCode = keyof typeof ERROR_STATUS;
 
+/** The one body of every error response. */
+export const errorBody = z
+  .object({
+    error: z.object({
+      code: z.enum(Object.keys(ERROR_STATUS) as [ErrorCode, ...ErrorCode[]]),
+      message: z.string(),
+      requestId: z.string().meta({ description: 'The X-Request-Id response header' }),
+    }),
+  })
+  .meta({ id: 'Error' });
+
 export class AppError extends Error {
   constructor(
     readonly code: ErrorCode,
@@ -32,6 +44,21 @@ export class AppError extends Error {
     return ERROR_STATUS[this.code];
   }
 }
+
+/**
+ * A service's refusal of the input it was given (`field: why`). Services know fields, not requests:
+ * the HTTP layer says where the input came from (query of a GET, else body); the CLI prints it as is.
+ */
+export class InvalidInputError extends AppError {
+  constructor(problem: string) {
+    super('invalid_request', problem);
+    this.name = 'InvalidInputError';
+  }
+}
+
+// What a client reads for an error: an input refused by a service is named as the request's part.
+const clientMessage = (error: AppError, method: string) =>
+  error instanceof InvalidInputError ? `Invalid ${method === 'GET' ? 'query' : 'body'}: ${error.message}` : error.message;
 
 // One message for every authentication failure, so a caller cannot tell a wrong secret from a
 // revoked or expired key.
@@ -67,14 +94,14 @@ export const routeNotFound: RequestHandler = (req, _res, next) => {
 export function errorMiddleware(logger: Logger): ErrorRequestHandler {
   return (error, req, res, _next) => {
     const appError = error instanceof AppError ? error : (fromBodyParser(error) ?? fromDatabase(error));
-    const requestId = res.locals.requestId as string;
+    const requestId = res.locals.requestId;
     if (appError?.code === 'service_unavailable') {
       // Message and code only: a knex error carries the query's bindings, which may hold a hash.
       logger.warn({ err: { message: error.message, code: error.code }, requestId }, appError.message);
       res.setHeader('Retry-After', DATABASE_RETRY_AFTER);
     }
     if (appError) {
-      res.status(appError.status).json({ error: { code: appError.code, message: appError.message, requestId } });
+      res.status(appError.status).json({ error: { code: appError.code, message: clientMessage(appError, req.method), requestId } });
       return;
     }
     logger.error({ err: error, requestId, method: req.method, path: redactKeyMaterial(req.path) }, 'unhandled error');

@@ -1,4 +1,5 @@
 import type { RequestHandler } from 'express';
+import { z } from 'zod';
 import { databaseAnswers, type Db } from '../shared/db';
 
 // Load balancers and probes may ask every instance many times a second, and /healthz needs no key:
@@ -6,12 +7,16 @@ import { databaseAnswers, type Db } from '../shared/db';
 // this long, and probes arriving while the query runs share it.
 export const HEALTH_CACHE_MS = 1000;
 
+// 503 answers the same shape: a probe reads the status code, a person the body.
+export const healthBody = z.object({ status: z.enum(['ok', 'unavailable']), database: z.enum(['up', 'down']) }).meta({ id: 'Health' });
+
 export function healthHandler(db: Db, now: () => number): RequestHandler {
   let last: { at: number; up: Promise<boolean> } | undefined;
   return async (_req, res) => {
     const at = now();
     if (last === undefined || at - last.at >= HEALTH_CACHE_MS) last = { at, up: databaseAnswers(db) };
     const up = await last.up;
-    res.status(up ? 200 : 503).json({ status: up ? 'ok' : 'unavailable', database: up ? 'up' : 'down' });
+    const body: z.output<typeof healthBody> = up ? { status: 'ok', database: 'up' } : { status: 'unavailable', database: 'down' };
+    res.status(up ? 200 : 503).json(body);
   };
 }

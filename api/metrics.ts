@@ -51,7 +51,8 @@ function statSamples({ recorder, keyCache, throttle }: ApiMetricSources): Metric
 export function createApiMetrics() {
   const durations = new Histogram('keyusage_api_request_duration_seconds', 'HTTP request duration by method, route pattern and status', DURATION_BUCKETS);
   return {
-    observeRequest(request: RequestObservation): void {
+    // An arrow: passed on unbound as createApp's onRequest.
+    observeRequest: (request: RequestObservation): void => {
       durations.observe({ method: request.method, route: request.route, status: String(request.status) }, request.seconds);
     },
     exposition: (sources: ApiMetricSources): string => renderPrometheus(statSamples(sources)) + durations.render(),

@@ -1,8 +1,11 @@
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
 import { createCallableKey, createOrg } from './lib/database';
-import { startBenchServer, startCollectorProcess, type BenchServer, type CollectorProcess } from './lib/processes';
-import { ipcRequest, sleep, spawnTsx, stopChild, waitForMessage, waitUntil, type Child } from './lib/procs';
+import { startCollectorProcess, type CollectorProcess } from '../harness/collectorProcess';
+import { spawnTsx, stopChild, type Child } from '../harness/processes';
+import { sleep, waitFor } from '../harness/wait';
+import { startBenchServer, type BenchServer } from './lib/benchServer';
+import { ipcRequest, waitForMessage } from './lib/procs';
 import { fmt, type BenchResult } from './lib/report';
 import { interleavedSchedule, median, medianRatio } from './lib/stats';
 
@@ -197,7 +200,7 @@ async function checkExactness(
   keyId: string,
 ): Promise<Exactness> {
   await ipcRequest(servers.on.child, { cmd: 'flushUsage' });
-  const onStats = await waitUntil('the on server to send its last datagram', async () => {
+  const onStats = await waitFor('the on server to send its last datagram', async () => {
     const s = await ipcRequest<ServerStats>(servers.on.child, { cmd: 'stats' });
     return s.recorder && s.recorder.sentUses + s.recorder.failedUses === s.recorder.recordedUses ? s : undefined;
   });
@@ -205,7 +208,7 @@ async function checkExactness(
   const settled = async (collector: CollectorProcess, expected: number) => {
     let last: Record<string, number> = {};
     try {
-      await waitUntil('the collector to persist what it received', async () => {
+      await waitFor('the collector to persist what it received', async () => {
         last = await collector.metrics();
         return last.uses_received_total >= expected && last.uses_persisted_total === last.uses_received_total ? true : undefined;
       }, 10_000, 100);

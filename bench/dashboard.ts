@@ -1,11 +1,11 @@
 import { performance } from 'node:perf_hooks';
-import { openChromium } from '../test/helpers/browser';
+import { openChromium } from '../harness/browser';
 import { HEADINGS } from './headings';
 import { seedUsage } from './endpoint';
 import type { BenchContext } from './lib/context';
 import { createCallableKey, createOrg, insertKeys } from './lib/database';
-import { startBenchServer } from './lib/processes';
-import { stopChild } from './lib/procs';
+import { startBenchServer } from './lib/benchServer';
+import { stopChild } from '../harness/processes';
 import { fmt, type BenchResult } from './lib/report';
 import { summarize } from './lib/stats';
 

@@ -4,8 +4,8 @@ import { createDb, type Db } from '../shared/db';
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
 import { createCallableKey, createOrg, insertKeys } from './lib/database';
-import { startBenchServer } from './lib/processes';
-import { stopChild } from './lib/procs';
+import { startBenchServer } from './lib/benchServer';
+import { stopChild } from '../harness/processes';
 import { fmt, type BenchResult } from './lib/report';
 import { interleavedSchedule, summarize } from './lib/stats';
 
@@ -78,7 +78,7 @@ export async function runEndpoint(ctx: BenchContext): Promise<BenchResult> {
   const plans = await explainPlans(ctx, orgId);
   const tableRows = (Object.keys(QUERIES) as QueryName[]).map((name) => {
     const s = summarize(latencies[name]);
-    return [QUERIES[name].label, s.n, fmt.int(counts[name]), fmt.ms(s.p50, 1), fmt.ms(s.p95, 1), fmt.ms(s.p99, 1), fmt.ms(s.max, 1), plans[name].executionMs === null ? 'n/a' : fmt.ms(plans[name].executionMs!, 1), plans[name].indexes.join(', ') || 'none'];
+    return [QUERIES[name].label, s.n, fmt.int(counts[name]), fmt.ms(s.p50, 1), fmt.ms(s.p95, 1), fmt.ms(s.p99, 1), fmt.ms(s.max, 1), plans[name].executionMs === null ? 'n/a' : fmt.ms(plans[name].executionMs, 1), plans[name].indexes.join(', ') || 'none'];
   });
   const pageP50 = summarize(latencies.page).p50;
   const dormantP50 = summarize(latencies.dormant).p50;
@@ -160,11 +160,11 @@ async function explainPlans(ctx: BenchContext, orgId: string): Promise<Record<Qu
   const captured: Array<{ sql: string; bindings: unknown[] }> = [];
   db.on('query', (query: { sql: string; bindings: unknown[] }) => captured.push({ sql: query.sql, bindings: query.bindings }));
   const now = new Date();
-  const base: UsageQuery = { orgId, now, status: null, dormancy: null, nameContains: null, keyId: null, eventsSince: new Date(now.getTime() - 7 * 86_400_000), sort: 'createdAt', order: 'desc', limit: 50, offset: 0 };
+  const base: UsageQuery = { orgId, now, status: null, dormantBefore: new Date(now.getTime() - 30 * 86_400_000), dormant: null, nameContains: null, keyId: null, eventsSince: new Date(now.getTime() - 7 * 86_400_000), sort: 'createdAt', order: 'desc', limit: 50, offset: 0 };
   const queries: Record<QueryName, UsageQuery> = {
     page: base,
     busiest: { ...base, sort: 'requestCount' },
-    dormant: { ...base, dormancy: { dormant: true, before: new Date(now.getTime() - 30 * 86_400_000) } },
+    dormant: { ...base, dormant: true },
   };
   const out = {} as Record<QueryName, PlanInfo>;
   try {

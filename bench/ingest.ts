@@ -2,8 +2,11 @@ import { loadavg } from 'node:os';
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
 import { createOrg, insertKeys } from './lib/database';
-import { startCollectorProcess } from './lib/processes';
-import { ipcRequest, processCpuSeconds, processMemory, sleep, spawnTsx, stopChild, udpCounters, waitForMessage, type Child } from './lib/procs';
+import { startCollectorProcess } from '../harness/collectorProcess';
+import { processMemory } from '../harness/processMemory';
+import { spawnTsx, stopChild, type Child } from '../harness/processes';
+import { sleep } from '../harness/wait';
+import { ipcRequest, processCpuSeconds, udpCounters, waitForMessage } from './lib/procs';
 import { measureParseAggregate } from './lib/parseAggregate';
 import { fmt, type BenchResult } from './lib/report';
 import { startStatsd, statsdVersion } from './lib/statsd';
@@ -96,7 +99,7 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
   const startTarget = async (name: TargetName): Promise<Target> => {
     const receivers = COLLECTOR_RECEIVERS[name];
     if (receivers !== undefined) {
-      const collector = await startCollectorProcess(ctx.databaseUrl, { COLLECTOR_RECEIVERS: receivers });
+      const collector = await startCollectorProcess(ctx.databaseUrl, { env: { COLLECTOR_RECEIVERS: receivers } });
       const metrics = await collector.metrics();
       return {
         name,

@@ -38,7 +38,7 @@ function nsPerCall(run: () => unknown, iterations: number): number {
   return elapsed / iterations;
 }
 
-export async function runKeyCheck(ctx: BenchContext): Promise<BenchResult> {
+export function runKeyCheck(ctx: BenchContext): BenchResult {
   const rounds = ctx.quick ? 3 : 15;
   const iterations = ctx.quick ? 20_000 : 200_000;
   const run = subjects(ctx.pepper);

@@ -8,7 +8,7 @@ import { runIngest } from './ingest';
 import { runKeyCheck } from './keyCheck';
 import { BENCH_PEPPER, type BenchContext } from './lib/context';
 import { openBenchDatabase, type BenchDatabase } from './lib/database';
-import { killAllChildren } from './lib/procs';
+import { killAllChildren } from '../harness/processes';
 import { runStaleness } from './staleness';
 import { machineInfo, renderResult, writeResults, type BenchResult } from './lib/report';
 
@@ -78,7 +78,7 @@ async function main() {
     if (only.includes('auth') || only.includes('hook')) {
       for (const result of await runAuthPath(ctx, { auth: only.includes('auth'), hook: only.includes('hook') })) emit(result);
     }
-    if (only.includes('keycheck')) emit(await runKeyCheck(ctx));
+    if (only.includes('keycheck')) emit(runKeyCheck(ctx));
     if (only.includes('ingest')) for (const result of await runIngest(ctx)) emit(result);
     if (only.includes('flush')) emit(await runFlush(ctx));
     if (only.includes('endpoint')) emit(await runEndpoint(ctx));

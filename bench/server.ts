@@ -89,15 +89,15 @@ const NAIVE_UPDATE = 'update bench_key_usage set last_used_at = now(), request_c
 const handler: http.RequestListener =
   variant === 'naive'
     ? (req, res) => {
-        const end = res.end;
+        const end = res.end.bind(res);
         res.end = function naiveEnd(this: http.ServerResponse, ...args: unknown[]) {
           const auth = (res as unknown as { locals?: { auth?: { key: { id: string } } } }).locals?.auth;
-          if (!auth) return end.apply(this, args as Parameters<typeof end>);
+          if (!auth) return end(...(args as Parameters<typeof end>));
           db.raw(NAIVE_UPDATE, [auth.key.id]).then(
-            () => end.apply(this, args as Parameters<typeof end>),
+            () => end(...(args as Parameters<typeof end>)),
             (error: Error) => {
               logger.error({ err: { message: error.message } }, 'naive usage update failed');
-              end.apply(this, args as Parameters<typeof end>);
+              end(...(args as Parameters<typeof end>));
             },
           );
           return this;
@@ -163,4 +163,10 @@ serveIpc((message) => {
   }
 });
 
-listen(server, '127.0.0.1', 0, 'PORT').then((port) => process.send?.({ ready: true, port }));
+listen(server, '127.0.0.1', 0, 'PORT').then(
+  (port) => process.send?.({ ready: true, port }),
+  (error) => {
+    console.error(error);
+    process.exit(1);
+  },
+);

@@ -2,10 +2,13 @@ import { performance } from 'node:perf_hooks';
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
 import { createCallableKey, createOrg } from './lib/database';
-import { startCollectorProcess } from './lib/processes';
-import { freeTcpPort, sleep, spawnTsx, stopChild, waitUntil } from './lib/procs';
+import { startCollectorProcess } from '../harness/collectorProcess';
+import { spawnTsx, stopChild } from '../harness/processes';
+import { seededRandom } from '../harness/random';
+import { httpStatus, sleep, waitFor } from '../harness/wait';
+import { freeTcpPort } from '../scripts/lib/freePort';
 import { fmt, type BenchResult } from './lib/report';
-import { seededRandom, summarize } from './lib/stats';
+import { summarize } from './lib/stats';
 
 // Benchmark 6. The API (api/main.ts) and the collector (collector/main.ts) as separate processes,
 // the way the Procfile runs them, with default settings (API drain 250 ms, collector flush
@@ -47,7 +50,7 @@ export async function runStaleness(ctx: BenchContext): Promise<BenchResult> {
   const samples: Array<{ stalenessMs: number; responseMs: number; polls: number }> = [];
   const random = seededRandom(6);
   try {
-    await waitUntil('the API health check', async () => ((await fetch(`${base}/healthz`)).ok ? true : undefined), 30_000, 100);
+    await waitFor('the API health check', async () => ((await httpStatus(`${base}/healthz`)) === 200 ? true : undefined), 30_000, 100);
     const probeCount = async () => {
       const response = await fetch(`${base}/api/orgs/${orgId}/api-keys/usage?limit=50`, { headers: { authorization: `Bearer ${admin.plaintext}` } });
       const body = (await response.json()) as { data: Array<{ id: string; requestCount: number }> };

@@ -277,7 +277,7 @@ function leastRecentlySeen(ips: Map<string, IpStat>): string {
   return oldest;
 }
 
-function emptyDelta(keyId: string, orgId: string): KeyUsageDelta {
+export function emptyDelta(keyId: string, orgId: string): KeyUsageDelta {
   // -Infinity so the first add or merge always sets the last-seen times and addresses.
   return {
     keyId,

@@ -1,17 +1,21 @@
 // The SQL of key events. In the flush: the IP-prefix history with the facts for the batch's keys,
-// then the events themselves, each one set-based statement per chunk inside the flush's transaction (so an
+// then the events themselves, each one set-based statement inside the flush's transaction (so an
 // event is recorded exactly when its usage is). Beside the flush: the time-based sweep, retention,
 // and trimming the history.
-import type { Knex } from 'knex';
+import type { PoolClient } from 'pg';
 import type { Db } from '../shared/db';
+import { dormantKeySql } from '../shared/dormancy';
 import type { KeyUsageDelta } from './aggregator';
 import { BASELINE_DAYS, detectKeyEvents, type DetectionThresholds, type HourFacts, type KeyEvent, type KeyFacts } from './eventRules';
+import { TABLE } from '../shared/tables';
+import { copyRows, msToTime, STAGED_KEY } from './flushStaging';
 
 export interface EventDetection extends DetectionThresholds {
   ipHistoryPerKey: number;
 }
 
-// One statement, so detection costs one round trip before its insert:
+// One statement over the flush's staging tables (collector/flushStaging.ts), which hold only
+// keys that exist by now, so detection costs one round trip before its insert:
 // 1. The batch's proven addresses fold into their /24 (IPv4) or /64 (IPv6) and are upserted into
 //    the key's history. One household or cloud subnet is one network, so a client on DHCP or a
 //    rotating IPv6 privacy address does not look new every day. Rows this statement inserted
@@ -20,22 +24,22 @@ export interface EventDetection extends DetectionThresholds {
 //    is plenty, and a key used every second no longer costs a row write (and two index writes)
 //    per flush.
 // 2. One row per (key, hour) the batch touched, with the key's totals repeated and its new
-//    networks as JSON. The 7-day baseline is read only for hours that reached spikeMinUses: most
-//    keys never pay for it.
+//    networks as JSON. The 7-day baseline is read only for hours that reached spikeMinUses ($1):
+//    most keys never pay for it.
 const FACTS = `
 with r as (
-  select key_id, ip, first_seen, last_seen,
-         network(set_masklen(cast(ip as inet), case family(cast(ip as inet)) when 4 then 24 else 64 end)) as prefix
-    from unnest(cast(:ipKeys as uuid[]), cast(:ips as text[]), cast(:firstSeen as timestamptz[]), cast(:lastSeen as timestamptz[]))
-         as r(key_id, ip, first_seen, last_seen)
+  select r.key_id, r.ip, ${msToTime('r.first_seen_ms')} as first_seen, ${msToTime('r.last_seen_ms')} as last_seen,
+         network(set_masklen(cast(r.ip as inet), case family(cast(r.ip as inet)) when 4 then 24 else 64 end)) as prefix
+    from flush_ips r ${STAGED_KEY('r')}
+   where r.proven
 ), grouped as (
   select key_id, prefix, (array_agg(ip order by first_seen))[1] as first_ip, min(first_seen) as first_seen, max(last_seen) as last_seen
     from r group by key_id, prefix
 ), upserted as (
-  insert into api_key_ip_history (key_id, prefix, first_ip, first_seen, last_seen)
+  insert into ${TABLE.ipHistory} (key_id, prefix, first_ip, first_seen, last_seen)
   select key_id, prefix, first_ip, first_seen, last_seen from grouped order by key_id, prefix
   on conflict (key_id, prefix) do update set last_seen = excluded.last_seen
-     where api_key_ip_history.last_seen < excluded.last_seen - interval '1 hour'
+     where ${TABLE.ipHistory}.last_seen < excluded.last_seen - interval '1 hour'
   returning key_id, cast(prefix as text) as prefix, first_ip, first_seen, (xmax = 0) as inserted
 ), fresh as (
   select key_id, json_agg(json_build_object('prefix', prefix, 'ip', first_ip, 'firstSeen', first_seen)) as prefixes
@@ -43,42 +47,32 @@ with r as (
 )
 select x.key_id, x.hour, coalesce(h.request_count, 0) as uses, coalesce(h.bad_secret_count, 0) as failed,
        coalesce(u.request_count, 0) as request_count, k.created_at, cast(k.expected_networks as text[]) as expected_networks,
-       case when coalesce(h.request_count, 0) >= :minUses then
+       case when coalesce(h.request_count, 0) >= $1 then
          array(select coalesce(b.request_count, 0)
                  from generate_series(1, ${BASELINE_DAYS}) as d(n)
-                 left join api_key_usage_hourly b on b.key_id = x.key_id and b.hour = x.hour - make_interval(days => d.n)
+                 left join ${TABLE.usageHourly} b
+                   on b.org_id = x.org_id and b.key_id = x.key_id and b.hour = x.hour - make_interval(days => d.n)
                 order by d.n)
        end as baseline,
        fresh.prefixes
-  from unnest(cast(:hourKeys as uuid[]), cast(:hours as timestamptz[])) as x(key_id, hour)
-  join api_keys k on k.id = x.key_id
-  left join api_key_usage u on u.key_id = x.key_id
-  left join api_key_usage_hourly h on h.key_id = x.key_id and h.hour = x.hour
+  from (select f.org_id, f.key_id, ${msToTime('f.hour_ms')} as hour from flush_hours f ${STAGED_KEY('f')}) x
+  join ${TABLE.apiKeys} k on k.id = x.key_id
+  left join ${TABLE.usage} u on u.org_id = x.org_id and u.key_id = x.key_id
+  left join ${TABLE.usageHourly} h on h.org_id = x.org_id and h.key_id = x.key_id and h.hour = x.hour
   left join fresh on fresh.key_id = x.key_id`;
 
 // Sorted by dedupe_key so two collectors inserting the same events lock them in the same order.
 const INSERT_EVENTS = `
-insert into key_events (org_id, key_id, type, occurred_at, details, dedupe_key)
-select e.org_id, e.key_id, e.type, e.occurred_at, e.details, e.dedupe_key
-  from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as text[]), cast(? as timestamptz[]), cast(? as jsonb[]), cast(? as text[]))
-       as e(org_id, key_id, type, occurred_at, details, dedupe_key)
+insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
+select e.org_id, e.key_id, e.type, ${msToTime('e.occurred_ms')}, e.details, e.dedupe_key
+  from flush_events e
  order by e.dedupe_key
 on conflict (org_id, dedupe_key) do nothing`;
 
 type PrefixJson = { prefix: string; ip: string; firstSeen: string };
 
-async function readFacts(trx: Knex.Transaction, keys: KeyUsageDelta[], minUses: number): Promise<Map<string, KeyFacts>> {
-  const hours = keys.flatMap((k) => [...k.hours.keys()].map((hour) => ({ keyId: k.keyId, hour })));
-  const ips = keys.flatMap((k) => [...k.ips].map(([ip, stat]) => ({ keyId: k.keyId, ip, stat })));
-  const result = await trx.raw(FACTS, {
-    ipKeys: ips.map((r) => r.keyId),
-    ips: ips.map((r) => r.ip),
-    firstSeen: ips.map((r) => new Date(r.stat.firstSeen)),
-    lastSeen: ips.map((r) => new Date(r.stat.lastSeen)),
-    minUses,
-    hourKeys: hours.map((h) => h.keyId),
-    hours: hours.map((h) => new Date(h.hour)),
-  });
+async function readFacts(connection: PoolClient, minUses: number): Promise<Map<string, KeyFacts>> {
+  const result = await connection.query(FACTS, [minUses]);
   const facts = new Map<string, KeyFacts>();
   for (const row of result.rows as Array<Record<string, any>>) {
     let key = facts.get(row.key_id);
@@ -99,59 +93,59 @@ async function readFacts(trx: Knex.Transaction, keys: KeyUsageDelta[], minUses: 
 }
 
 /** Returns how many were new (the others were already recorded within their window). */
-async function insertEvents(trx: Knex.Transaction, events: KeyEvent[]): Promise<number> {
-  const result = await trx.raw(INSERT_EVENTS, [
-    events.map((e) => e.orgId),
-    events.map((e) => e.keyId),
-    events.map((e) => e.type),
-    events.map((e) => new Date(e.occurredAt)),
-    events.map((e) => JSON.stringify(e.details)),
-    events.map((e) => e.dedupeKey),
-  ]);
-  return result.rowCount ?? 0;
+async function insertEvents(connection: PoolClient, events: KeyEvent[]): Promise<number> {
+  await copyRows(
+    connection,
+    'flush_events',
+    events.map((e) => [e.orgId, e.keyId, e.type, e.occurredAt, JSON.stringify(e.details), e.dedupeKey]),
+  );
+  return (await connection.query(INSERT_EVENTS)).rowCount ?? 0;
 }
 
-/** Detects and records the events of `keys` (rows already written by this transaction). */
-export async function recordFlushEvents(trx: Knex.Transaction, keys: KeyUsageDelta[], detection: EventDetection): Promise<{ statements: number; events: number }> {
+/** Detects and records the events of `keys`, whose rows this transaction has staged and written. */
+export async function recordFlushEvents(
+  connection: PoolClient,
+  keys: KeyUsageDelta[],
+  detection: EventDetection,
+): Promise<{ statements: number; events: number }> {
   if (keys.length === 0) return { statements: 0, events: 0 };
-  const facts = await readFacts(trx, keys, detection.spikeMinUses);
+  const facts = await readFacts(connection, detection.spikeMinUses);
   const events = keys.flatMap((k) => {
     const keyFacts = facts.get(k.keyId);
     return keyFacts ? detectKeyEvents(k, keyFacts, detection) : [];
   });
   if (events.length === 0) return { statements: 1, events: 0 };
-  return { statements: 2, events: await insertEvents(trx, events) };
+  return { statements: 3, events: await insertEvents(connection, events) };
 }
 
 const DAY = `interval '1 day'`;
 
 // occurred_at is kept to the millisecond (as the flush's times are) so the events cursor, which
 // carries milliseconds, pages exactly.
-// A key is dormant when its last use (or its creation, if never used) is older than its org's
-// threshold. occurred_at is the moment it crossed; the dedupe key names the use it followed, so a
-// key used again and left idle again raises a new event.
+// Dormant by the rule of shared/dormancy.ts, with its org's threshold. occurred_at is the moment
+// it crossed; the dedupe key names the use it followed, so a key used again and left idle again
+// raises a new event.
 const SWEEP_DORMANT = `
-insert into key_events (org_id, key_id, type, occurred_at, details, dedupe_key)
+insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
 select k.org_id, k.id, 'key.dormant',
        date_trunc('milliseconds', coalesce(u.last_used_at, k.created_at) + o.dormancy_days * ${DAY}),
        jsonb_build_object('lastUsedAt', u.last_used_at, 'dormantDays', o.dormancy_days),
        'key.dormant:' || k.id || ':' || coalesce(cast(extract(epoch from u.last_used_at) * 1000 as bigint)::text, 'never')
-  from api_keys k
-  join organizations o on o.id = k.org_id
-  left join api_key_usage u on u.key_id = k.id
- where k.revoked_at is null and (k.expires_at is null or k.expires_at > :now)
-   and coalesce(u.last_used_at, k.created_at) + o.dormancy_days * ${DAY} <= :now
+  from ${TABLE.apiKeys} k
+  join ${TABLE.organizations} o on o.id = k.org_id
+  left join ${TABLE.usage} u on u.key_id = k.id
+ where ${dormantKeySql('cast(:now as timestamptz)', `cast(:now as timestamptz) - o.dormancy_days * ${DAY}`)}
  order by k.id
 on conflict (org_id, dedupe_key) do nothing`;
 
 // For each active key, the smallest threshold it has crossed (a key created 12 hours before its
 // expiry gets the 1-day warning only, not a late 7-day one too).
 const SWEEP_EXPIRING = `
-insert into key_events (org_id, key_id, type, occurred_at, details, dedupe_key)
+insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
 select k.org_id, k.id, 'key.expiring', date_trunc('milliseconds', k.expires_at - t.days * ${DAY}),
        jsonb_build_object('expiresAt', k.expires_at, 'daysBefore', t.days),
        'key.expiring:' || k.id || ':' || t.days || 'd:' || cast(extract(epoch from k.expires_at) * 1000 as bigint)
-  from api_keys k
+  from ${TABLE.apiKeys} k
   cross join lateral (select min(d) as days from unnest(cast(:days as int[])) as d where k.expires_at - d * ${DAY} <= :now) t
  where k.revoked_at is null and k.expires_at > :now and t.days is not null
  order by k.id
@@ -169,6 +163,6 @@ export async function sweepTimeEvents(db: Db, now: Date, expiringDays: readonly 
 // they must not outlive them. Attempts go with their delivery (ON DELETE CASCADE).
 export async function expireOldEvents(db: Db, now: Date, retentionDays: number): Promise<void> {
   const bindings = [now, retentionDays];
-  await db.raw(`delete from key_events where occurred_at < cast(? as timestamptz) - make_interval(days => ?)`, bindings);
-  await db.raw(`delete from webhook_deliveries where status <> 'pending' and created_at < cast(? as timestamptz) - make_interval(days => ?)`, bindings);
+  await db.raw(`delete from ${TABLE.keyEvents} where occurred_at < cast(? as timestamptz) - make_interval(days => ?)`, bindings);
+  await db.raw(`delete from ${TABLE.webhookDeliveries} where status <> 'pending' and created_at < cast(? as timestamptz) - make_interval(days => ?)`, bindings);
 }

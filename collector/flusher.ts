@@ -23,8 +23,8 @@ export interface FlusherOptions {
   aggregator: Aggregator;
   store: UsageStore;
   intervalMs: number;
-  /** Pending batches stop taking new drains at this many keys; the aggregator's own cap holds the rest. */
-  maxPendingKeys: number;
+  /** Batches awaiting a retry stop taking new drains at this many keys; the aggregator's own cap holds the rest. */
+  maxRetryKeys: number;
   logger: Logger;
   now?: () => number;
   backoff?: { initialMs: number; maxMs: number };
@@ -95,12 +95,13 @@ export class Flusher {
     }
   }
 
-  // A drain is taken only while the retry batches stay within maxPendingKeys after it, so what is
-  // held in memory is at most the aggregator's cap plus this one: twice the cap, never three times.
+  // A drain is taken only while the retry batches stay within maxRetryKeys after it (or when none
+  // wait: then the drain is at most the aggregator's cap), so what is held in memory is at most the
+  // aggregator's cap plus the larger of the two caps: twice the cap when they are equal.
   private takeDrain(): void {
-    const { aggregator, maxPendingKeys } = this.options;
+    const { aggregator, maxRetryKeys } = this.options;
     if (aggregator.pendingKeys === 0) return;
-    if (this.pendingKeys > 0 && this.pendingKeys + aggregator.pendingKeys > maxPendingKeys) return;
+    if (this.pendingKeys > 0 && this.pendingKeys + aggregator.pendingKeys > maxRetryKeys) return;
     const drained = this.options.aggregator.drain();
     const last = this.pending[this.pending.length - 1];
     if (last && !last.inDoubt) last.batch = mergeBatches([last.batch, drained]);

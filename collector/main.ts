@@ -36,8 +36,8 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const db = await createCheckedDb(databaseUrl, { poolMax: 3, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' }, logger);
   const events = config.collector.events;
   const store = overrides.store ?? createPgUsageStore(db, { events: events.enabled ? events : undefined });
-  const aggregator = new Aggregator({ maxKeys: config.collector.maxPendingKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
-  const flusher = new Flusher({ aggregator, store, intervalMs: config.collector.flushIntervalMs, maxPendingKeys: config.collector.maxPendingKeys, logger, now });
+  const aggregator = new Aggregator({ maxKeys: config.collector.aggregatorMaxKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
+  const flusher = new Flusher({ aggregator, store, intervalMs: config.collector.flushIntervalMs, maxRetryKeys: config.collector.retryMaxKeys, logger, now });
   const warn = rateLimitedWarn(logger, 10_000, now);
   const relay = await startRelay(config, warn);
   const { onPacket, ingest, replayCache } = createPacketHandler({ config, aggregator, relay, warn, now });

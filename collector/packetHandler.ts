@@ -37,7 +37,7 @@ export function createPacketHandler(options: {
   now: () => number;
 }) {
   const { config, aggregator, relay, warn, now } = options;
-  const { signingSecrets, replayCacheSize, maxPendingKeys } = config.collector;
+  const { signingSecrets, replayCacheSize, aggregatorMaxKeys } = config.collector;
   const ingest: IngestCounters = { packets: 0, rejectedPackets: 0, lines: 0, usageLines: 0, otherLines: 0, badLines: 0, usesReceived: 0 };
   const verify =
     signingSecrets.length > 0 ? datagramVerifier({ secrets: signingSecrets, windowMs: SIGNATURE_WINDOW_MS, maxRemembered: replayCacheSize, now }) : undefined;
@@ -82,7 +82,7 @@ export function createPacketHandler(options: {
     }
     if (aggregator.overflowUses > overflowLogged) {
       overflowLogged = aggregator.overflowUses;
-      warn('overflow', { overflowUses: aggregator.overflowUses, maxPendingKeys }, 'pending-key cap reached; uses of new keys dropped');
+      warn('overflow', { overflowUses: aggregator.overflowUses, maxPendingKeys: aggregatorMaxKeys }, 'pending-key cap reached; uses of new keys dropped');
     }
   };
   return { onPacket, ingest, replayCache };

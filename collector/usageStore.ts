@@ -1,8 +1,11 @@
 import type { Knex } from 'knex';
+import type { PoolClient } from 'pg';
 import type { Db } from '../shared/db';
 import { OUTCOMES, provenCount } from '../shared/usageWire';
 import { mergeBatches, type KeyUsageDelta, type UsageBatch } from './aggregator';
 import { recordFlushEvents, type EventDetection } from './eventStore';
+import { IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../shared/tables';
+import { connectionOf, copyRows, msToTime, prepareStaging, STAGED_KEY, type CopyValue } from './flushStaging';
 
 export interface PendingBatch {
   /** Recorded in usage_flushes, once per org of the batch, in the same transaction, so a retried batch is applied once. */
@@ -43,21 +46,10 @@ export class CommitInDoubtError extends Error {
 
 export type KeyRef = Pick<KeyUsageDelta, 'orgId' | 'keyId'>;
 
-export const RECENT_IPS_PER_KEY = 5;
 const FLUSH_ID_RETENTION = '1 day';
 const FLUSH_WORK_MEM = '64MB';
 
 const byKeyId = (a: KeyUsageDelta, b: KeyUsageDelta) => (a.keyId < b.keyId ? -1 : a.keyId > b.keyId ? 1 : a.orgId < b.orgId ? -1 : 1);
-
-// Each column goes to PostgreSQL as one array literal built here. pg's generic array encoder
-// checks, escapes and converts every element (a Date costs a formatted string each), which at
-// 100 k rows per column was most of the client's time in a flush; these build the same literal
-// with one join. Times travel as epoch milliseconds (float8[], exact for whole milliseconds) and
-// become timestamptz in SQL.
-const numberArray = (values: ReadonlyArray<number | null>) => `{${values.map((v) => (v === null ? 'NULL' : String(v))).join(',')}}`;
-const textArray = (values: ReadonlyArray<string | null>) =>
-  `{${values.map((v) => (v === null ? 'NULL' : `"${v.replace(/[\\"]/g, '\\$&')}"`)).join(',')}}`;
-const msToTime = (column: string) => `timestamptz 'epoch' + ${column} * interval '1 millisecond'`;
 
 const outcomeColumns = OUTCOMES.map((outcome) => `${outcome}_count`);
 const addTo = (table: string) => (column: string) => `${column} = keyusage_add(${table}.${column}, excluded.${column})`;
@@ -66,120 +58,113 @@ const newerIp = (table: string, ip: string, at: string) =>
   `${ip} = case when excluded.${at} >= coalesce(${table}.${at}, '-infinity') then excluded.${ip} else ${table}.${ip} end`;
 const latest = (table: string, at: string) => `${at} = greatest(${table}.${at}, excluded.${at})`;
 
+// The flush's rows are staged first (collector/flushStaging.ts); these statements go to
+// PostgreSQL as one multi-statement query, one round trip for every table of the flush.
+// Keys that do not exist in the org their datagram named leave the staging table first, in one
+// anti-join against api_keys (a forged line creates nothing); the upserts then read only staged
+// keys, so api_keys is read once per flush, not once per table.
+const DROP_UNKNOWN_KEYS = `
+delete from flush_keys s
+ where not exists (select 1 from ${TABLE.apiKeys} k where k.id = s.key_id and k.org_id = s.org_id)
+returning s.key_id, s.org_id`;
+
 // Rows enter every statement sorted by key id (then hour / ip), so concurrent collectors lock
-// shared rows in the same order and cannot deadlock each other. The join on api_keys keeps
-// only keys that exist in the org the datagram named: a forged line creates nothing.
-// Counters go through keyusage_add, which saturates instead of failing the flush. DO UPDATE
-// takes only immutable functions on Citus (it runs on the workers), so the time comes from excluded.
-// Every conflict target starts with org_id, the distribution column on Citus, so each row's
-// upsert runs on the one shard that holds its org (docs/scaling.md).
-// One statement per table for the whole flush: PostgreSQL builds the hash of api_keys for the
-// org check once per table, not once per 5,000-row chunk (at 100 k keys that hash was half of
-// each chunk's server time), and the statement count no longer grows with the keys.
+// shared rows in the same order and cannot deadlock each other. Counters go through
+// keyusage_add, which saturates instead of failing the flush. DO UPDATE takes only immutable
+// functions on Citus (it runs on the workers), so the time comes from excluded. Every conflict
+// target starts with org_id, the distribution column on Citus, so each row's upsert runs on the
+// one shard that holds its org (docs/scaling.md).
 const UPSERT_TOTALS = `
-insert into api_key_usage (key_id, org_id, request_count, ${outcomeColumns.join(', ')}, last_used_at, last_used_ip,
+insert into ${TABLE.usage} (key_id, org_id, request_count, ${outcomeColumns.join(', ')}, last_used_at, last_used_ip,
                            last_failed_at, last_failed_ip, last_revoked_use_at, last_expired_use_at, updated_at)
 select u.key_id, u.org_id, u.request_count, ${outcomeColumns.map((c) => `u.${c}`).join(', ')}, ${msToTime('u.last_used_ms')}, u.last_ip,
        ${msToTime('u.last_failed_ms')}, u.last_failed_ip, ${msToTime('u.last_revoked_use_ms')}, ${msToTime('u.last_expired_use_ms')}, now()
-  from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as bigint[]), ${outcomeColumns.map(() => 'cast(? as bigint[])').join(', ')},
-              cast(? as float8[]), cast(? as text[]), cast(? as float8[]), cast(? as text[]), cast(? as float8[]), cast(? as float8[]))
-       as u(key_id, org_id, request_count, ${outcomeColumns.join(', ')}, last_used_ms, last_ip,
-            last_failed_ms, last_failed_ip, last_revoked_use_ms, last_expired_use_ms)
-  join api_keys k on k.id = u.key_id and k.org_id = u.org_id
- order by u.key_id
+  from flush_keys u
+ order by u.key_id, u.org_id
 on conflict (org_id, key_id) do update set
-  ${['request_count', ...outcomeColumns].map(addTo('api_key_usage')).join(',\n  ')},
-  ${newerIp('api_key_usage', 'last_used_ip', 'last_used_at')},
-  ${latest('api_key_usage', 'last_used_at')},
-  ${newerIp('api_key_usage', 'last_failed_ip', 'last_failed_at')},
-  ${latest('api_key_usage', 'last_failed_at')},
-  ${latest('api_key_usage', 'last_revoked_use_at')},
-  ${latest('api_key_usage', 'last_expired_use_at')},
-  updated_at = excluded.updated_at
-returning key_id, org_id`;
+  ${['request_count', ...outcomeColumns].map(addTo(TABLE.usage)).join(',\n  ')},
+  ${newerIp(TABLE.usage, 'last_used_ip', 'last_used_at')},
+  ${latest(TABLE.usage, 'last_used_at')},
+  ${newerIp(TABLE.usage, 'last_failed_ip', 'last_failed_at')},
+  ${latest(TABLE.usage, 'last_failed_at')},
+  ${latest(TABLE.usage, 'last_revoked_use_at')},
+  ${latest(TABLE.usage, 'last_expired_use_at')},
+  updated_at = excluded.updated_at`;
 
 // request_count of an hour counts proven uses; the outcome columns count every outcome.
 const UPSERT_HOURS = `
-insert into api_key_usage_hourly (org_id, key_id, hour, request_count, ${outcomeColumns.join(', ')})
+insert into ${TABLE.usageHourly} (org_id, key_id, hour, request_count, ${outcomeColumns.join(', ')})
 select h.org_id, h.key_id, ${msToTime('h.hour_ms')}, h.request_count, ${outcomeColumns.map((c) => `h.${c}`).join(', ')}
-  from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as float8[]), cast(? as bigint[]), ${outcomeColumns.map(() => 'cast(? as bigint[])').join(', ')})
-       as h(key_id, org_id, hour_ms, request_count, ${outcomeColumns.join(', ')})
-  join api_keys k on k.id = h.key_id and k.org_id = h.org_id
- order by h.key_id, h.hour_ms
+  from flush_hours h ${STAGED_KEY('h')}
+ order by h.key_id, h.org_id, h.hour_ms
 on conflict (org_id, key_id, hour) do update set
-  ${['request_count', ...outcomeColumns].map(addTo('api_key_usage_hourly')).join(',\n  ')}`;
+  ${['request_count', ...outcomeColumns].map(addTo(TABLE.usageHourly)).join(',\n  ')}`;
 
 // Proven uses go to api_key_recent_ips, failed attempts to api_key_failed_ips: one shape.
-const IP_TABLES = {
-  proven: { table: 'api_key_recent_ips', count: 'request_count', ips: (k: KeyUsageDelta) => k.ips },
-  failed: { table: 'api_key_failed_ips', count: 'attempt_count', ips: (k: KeyUsageDelta) => k.failedIps },
+const STORE_IP_TABLES = {
+  proven: { ...IP_TABLES.proven, proven: true, ips: (k: KeyUsageDelta) => k.ips },
+  failed: { ...IP_TABLES.failed, proven: false, ips: (k: KeyUsageDelta) => k.failedIps },
 } as const;
-type IpTable = (typeof IP_TABLES)[keyof typeof IP_TABLES];
+type IpTable = (typeof STORE_IP_TABLES)[keyof typeof STORE_IP_TABLES];
 
-const upsertIps = ({ table, count }: IpTable) => `
+const upsertIps = ({ table, count, proven }: IpTable) => `
 insert into ${table} (org_id, key_id, ip, first_seen, last_seen, ${count})
 select r.org_id, r.key_id, r.ip, ${msToTime('r.first_seen_ms')}, ${msToTime('r.last_seen_ms')}, r.n
-  from unnest(cast(? as uuid[]), cast(? as uuid[]), cast(? as text[]), cast(? as float8[]), cast(? as float8[]), cast(? as bigint[]))
-       as r(key_id, org_id, ip, first_seen_ms, last_seen_ms, n)
-  join api_keys k on k.id = r.key_id and k.org_id = r.org_id
- order by r.key_id, r.ip
+  from flush_ips r ${STAGED_KEY('r')}
+ where ${proven ? '' : 'not '}r.proven
+ order by r.key_id, r.org_id, r.ip
 on conflict (org_id, key_id, ip) do update set
   first_seen = least(${table}.first_seen, excluded.first_seen),
   last_seen = greatest(${table}.last_seen, excluded.last_seen),
   ${addTo(table)(count)}`;
 
-// -Infinity marks "no such use in this batch": PostgreSQL gets null, which never wins greatest().
-const msOrNull = (ms: number) => (ms === -Infinity ? null : ms);
+const APPLY_STAGED = [DROP_UNKNOWN_KEYS, UPSERT_TOTALS, UPSERT_HOURS, upsertIps(STORE_IP_TABLES.proven), upsertIps(STORE_IP_TABLES.failed)].join(';\n');
 
-async function upsertTotals(trx: Knex.Transaction, keys: KeyUsageDelta[]) {
-  if (keys.length === 0) return { statements: 0, accepted: [] };
-  const result = await trx.raw(UPSERT_TOTALS, [
-    textArray(keys.map((k) => k.keyId)),
-    textArray(keys.map((k) => k.orgId)),
-    numberArray(keys.map((k) => provenCount(k.byOutcome))),
-    ...OUTCOMES.map((outcome) => numberArray(keys.map((k) => k.byOutcome[outcome]))),
-    numberArray(keys.map((k) => msOrNull(k.lastUsedAt))),
-    textArray(keys.map((k) => k.lastIp || null)),
-    numberArray(keys.map((k) => msOrNull(k.lastFailedAt))),
-    textArray(keys.map((k) => k.lastFailedIp || null)),
-    numberArray(keys.map((k) => msOrNull(k.lastRevokedUseAt))),
-    numberArray(keys.map((k) => msOrNull(k.lastExpiredUseAt))),
-  ]);
-  // Per org, the key ids written: no string built per row (100 k of them cost 0.3 s).
-  const written = new Map<string, Set<string>>();
-  for (const row of result.rows as { key_id: string; org_id: string }[]) {
-    let ids = written.get(row.org_id);
-    if (ids === undefined) written.set(row.org_id, (ids = new Set()));
-    ids.add(row.key_id);
+const keyRow = (k: KeyUsageDelta): CopyValue[] => [
+  k.orgId,
+  k.keyId,
+  provenCount(k.byOutcome),
+  ...OUTCOMES.map((outcome) => k.byOutcome[outcome]),
+  k.lastUsedAt,
+  k.lastIp || null,
+  k.lastFailedAt,
+  k.lastFailedIp || null,
+  k.lastRevokedUseAt,
+  k.lastExpiredUseAt,
+];
+
+function hourRows(keys: readonly KeyUsageDelta[]): CopyValue[][] {
+  const rows: CopyValue[][] = [];
+  for (const k of keys) {
+    for (const [hour, counts] of k.hours) rows.push([k.orgId, k.keyId, hour, provenCount(counts), ...OUTCOMES.map((outcome) => counts[outcome])]);
   }
-  return { statements: 1, accepted: keys.filter((k) => written.get(k.orgId)?.has(k.keyId) === true) };
+  return rows;
 }
 
-async function upsertHours(trx: Knex.Transaction, keys: KeyUsageDelta[]): Promise<number> {
-  const hours = keys.flatMap((k) => [...k.hours].sort(([a], [b]) => a - b).map(([hour, counts]) => ({ k, hour, counts })));
-  if (hours.length === 0) return 0;
-  await trx.raw(UPSERT_HOURS, [
-    textArray(hours.map((h) => h.k.keyId)),
-    textArray(hours.map((h) => h.k.orgId)),
-    numberArray(hours.map((h) => h.hour)),
-    numberArray(hours.map((h) => provenCount(h.counts))),
-    ...OUTCOMES.map((outcome) => numberArray(hours.map((h) => h.counts[outcome]))),
-  ]);
-  return 1;
+function ipRows(keys: readonly KeyUsageDelta[]): CopyValue[][] {
+  const rows: CopyValue[][] = [];
+  for (const { proven, ips } of Object.values(STORE_IP_TABLES)) {
+    for (const k of keys) for (const [ip, stat] of ips(k)) rows.push([proven, k.orgId, k.keyId, ip, stat.firstSeen, stat.lastSeen, stat.count]);
+  }
+  return rows;
 }
 
-async function upsertIpRows(trx: Knex.Transaction, keys: KeyUsageDelta[], target: IpTable): Promise<number> {
-  const rows = keys.flatMap((k) => [...target.ips(k)].sort(([a], [b]) => (a < b ? -1 : 1)).map(([ip, stat]) => ({ k, ip, stat })));
-  if (rows.length === 0) return 0;
-  await trx.raw(upsertIps(target), [
-    textArray(rows.map((r) => r.k.keyId)),
-    textArray(rows.map((r) => r.k.orgId)),
-    textArray(rows.map((r) => r.ip)),
-    numberArray(rows.map((r) => r.stat.firstSeen)),
-    numberArray(rows.map((r) => r.stat.lastSeen)),
-    numberArray(rows.map((r) => r.stat.count)),
-  ]);
-  return 1;
+// Stages the keys' rows, then writes every usage table in one round trip. Returns the keys
+// that exist in their org.
+async function applyUsage(connection: PoolClient, keys: KeyUsageDelta[]) {
+  if (keys.length === 0) return { statements: 0, accepted: [] };
+  await prepareStaging(connection);
+  const copies =
+    (await copyRows(connection, 'flush_keys', keys.map(keyRow))) +
+    (await copyRows(connection, 'flush_hours', hourRows(keys))) +
+    (await copyRows(connection, 'flush_ips', ipRows(keys)));
+  const results = (await connection.query(APPLY_STAGED)) as unknown as Array<{ rows: Array<{ key_id: string; org_id: string }> }>;
+  const unknown = results[0].rows;
+  // Per org, the unknown key ids: usually none, and no string is built per accepted key.
+  const dropped = new Map<string, Set<string>>();
+  for (const row of unknown) dropped.set(row.org_id, (dropped.get(row.org_id) ?? new Set()).add(row.key_id));
+  const accepted = unknown.length === 0 ? keys : keys.filter((k) => dropped.get(k.orgId)?.has(k.keyId) !== true);
+  return { statements: 2 + copies, accepted };
 }
 
 interface ApplyOptions {
@@ -190,14 +175,12 @@ interface ApplyOptions {
 // Events are detected after the key's rows are written, inside the same savepoint, so an event
 // commits exactly when its usage does and a key whose events fail is isolated like any data error.
 async function applyBatch(trx: Knex.Transaction, keys: KeyUsageDelta[], { events }: ApplyOptions) {
-  const { statements, accepted } = await upsertTotals(trx, keys);
-  let more =
-    (await upsertHours(trx, accepted)) +
-    (await upsertIpRows(trx, accepted, IP_TABLES.proven)) +
-    (await upsertIpRows(trx, accepted, IP_TABLES.failed));
+  const connection = await connectionOf(trx);
+  const { statements, accepted } = await applyUsage(connection, keys);
+  let more = 0;
   let recorded = 0;
   if (events) {
-    const detected = await recordFlushEvents(trx, accepted, events);
+    const detected = await recordFlushEvents(connection, accepted, events);
     more += detected.statements;
     recorded += detected.events;
   }
@@ -318,14 +301,14 @@ async function trimIpHistory(db: Db, keyIds: readonly string[], keep: number): P
   await db.raw(
     `with doomed as materialized (
        select r.key_id, r.prefix
-         from api_key_ip_history r
+         from ${TABLE.ipHistory} r
          join (select key_id, prefix, row_number() over (partition by key_id order by last_seen desc, prefix) as rank
-                 from api_key_ip_history where key_id = any(cast(? as uuid[]))) ranked
+                 from ${TABLE.ipHistory} where key_id = any(cast(? as uuid[]))) ranked
            on ranked.key_id = r.key_id and ranked.prefix = r.prefix
         where ranked.rank > ?
         order by r.key_id, r.prefix
           for update of r skip locked)
-     delete from api_key_ip_history r using doomed d where r.key_id = d.key_id and r.prefix = d.prefix`,
+     delete from ${TABLE.ipHistory} r using doomed d where r.key_id = d.key_id and r.prefix = d.prefix`,
     [[...keyIds], keep],
   );
 }
@@ -376,11 +359,16 @@ export function createPgUsageStore(db: Db, options: { events?: EventDetection } 
       if (keys.length === 0) return;
       for (const { table } of Object.values(IP_TABLES)) await pruneTable(db, table, keys);
       // Beyond the bound the least recently seen network is forgotten: a use from it later is new again.
-      if (options.events) await trimIpHistory(db, keys.map((k) => k.keyId), options.events.ipHistoryPerKey);
+      if (options.events)
+        await trimIpHistory(
+          db,
+          keys.map((k) => k.keyId),
+          options.events.ipHistoryPerKey,
+        );
     },
 
     async expireOldRows(retentionDays) {
-      await db.raw(`delete from api_key_usage_hourly where hour < now() - make_interval(days => ?)`, [retentionDays]);
+      await db.raw(`delete from ${TABLE.usageHourly} where hour < now() - make_interval(days => ?)`, [retentionDays]);
       await db.raw(`delete from usage_flushes where applied_at < now() - interval '${FLUSH_ID_RETENTION}'`);
     },
   };

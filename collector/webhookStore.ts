@@ -1,4 +1,5 @@
 import type { Db } from '../shared/db';
+import { TABLE } from '../shared/tables';
 
 // The outbox side of webhooks: claim due deliveries, record each attempt's outcome.
 
@@ -20,15 +21,15 @@ export interface ClaimedDelivery {
 // again when the lease ends and another worker delivers it (at least once).
 const CLAIM = `
 with due as (
-  select id from webhook_deliveries
+  select id from ${TABLE.webhookDeliveries}
    where status = 'pending' and next_attempt_at <= ?
    order by next_attempt_at
    limit ?
    for update skip locked
 )
-update webhook_deliveries d
+update ${TABLE.webhookDeliveries} d
    set attempts = d.attempts + 1, next_attempt_at = ?
-  from due, webhooks w
+  from due, ${TABLE.webhooks} w
  where d.id = due.id and w.id = d.webhook_id
 returning d.id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret_box`;
 
@@ -65,11 +66,11 @@ export async function recordAttempt(db: Db, delivery: ClaimedDelivery, outcome: 
   const state: DeliveryState = outcome.succeeded ? 'succeeded' : outcome.retryAt ? 'pending' : 'failed';
   await db.transaction(async (trx) => {
     await trx.raw(
-      `insert into webhook_delivery_attempts (delivery_id, attempt, started_at, duration_ms, status_code, error, succeeded)
-       select id, ?, ?, ?, ?, ?, ? from webhook_deliveries where id = ?`,
+      `insert into ${TABLE.webhookDeliveryAttempts} (delivery_id, attempt, started_at, duration_ms, status_code, error, succeeded)
+       select id, ?, ?, ?, ?, ?, ? from ${TABLE.webhookDeliveries} where id = ?`,
       [delivery.attempt, outcome.startedAt, Math.round(outcome.durationMs), outcome.statusCode, outcome.error, outcome.succeeded, delivery.id],
     );
-    await trx('webhook_deliveries')
+    await trx(TABLE.webhookDeliveries)
       .where({ id: delivery.id, attempts: delivery.attempt, status: 'pending' })
       .update({
         status: state,

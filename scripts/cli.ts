@@ -11,6 +11,7 @@ import { displayName, uuid } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, migrateLatest, type Db } from '../shared/db';
 import { eraseKeyIps } from '../shared/ipRetention';
+import { exitWhenDone } from './lib/commandExit';
 import { postmasterPid, startLocalPostgres } from './lib/localPostgres';
 
 // `npm run cli -- <command>`: the operator's bootstrap tool. runCli() holds the command logic and
@@ -29,7 +30,7 @@ Commands:
   key revoke-dormant <orgId> --days <n> [--apply]
                                      List the active keys unused for n days (never used: created
                                      n days ago); with --apply, revoke exactly those
-  key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, recent IPs, audit log)
+  key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log)
   pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS)
   help                               Show this help
 
@@ -225,8 +226,9 @@ async function requireOrganization(db: Db, orgId: string): Promise<Organization>
   return org;
 }
 
-async function execute(command: Command, deps: CliDeps): Promise<void> {
-  const keys = createApiKeysService({
+/** The keys service as the operator's tools use it, outside any API process. */
+export function cliKeysService(deps: Pick<CliDeps, 'db' | 'pepper' | 'now'>) {
+  return createApiKeysService({
     db: deps.db,
     pepper: deps.pepper,
     // No key cache to tell of revocations: a running API server's cache forgets a revoked key
@@ -234,93 +236,82 @@ async function execute(command: Command, deps: CliDeps): Promise<void> {
     defaultGraceSeconds: 0,
     now: deps.now,
   });
-
-  switch (command.kind) {
-    case 'org create': {
-      // One transaction: an organization never exists without the key that administers it.
-      const { org, created } = await deps.db.transaction(async (trx) => {
-        const org = await insertOrganization(trx, command.name);
-        const created = await keys.create(org.id, { name: 'admin', scopes: [...SCOPES], expiresAt: null }, { db: trx });
-        return { org, created };
-      });
-      if (command.json) {
-        printJson(deps, { org: orgJson(org), key: { ...created.key, key: created.plaintext } });
-        deps.err(`warning: ${ONCE_WARNING}`);
-        return;
-      }
-      deps.out(`Created organization "${printable(org.name)}"\n  id:         ${org.id}\n`);
-      deps.out(`Created API key\n${describeKey(created.key)}`);
-      revealKey(deps, created.plaintext);
-      return;
-    }
-
-    case 'org list': {
-      const orgs = await listOrganizations(deps.db);
-      if (command.json) return printJson(deps, orgs.map(orgJson));
-      if (orgs.length === 0) return deps.out('No organizations yet: create one with `npm run cli -- org create <name>`.');
-      deps.out(table([['ID', 'NAME', 'CREATED'], ...orgs.map((org) => [org.id, printable(org.name), org.createdAt.toISOString()])]));
-      return;
-    }
-
-    case 'key list': {
-      await requireOrganization(deps.db, command.orgId);
-      const views: ApiKeyView[] = [];
-      for (let offset = 0; ; offset += 200) {
-        const page = await keys.list(command.orgId, { limit: 200, offset });
-        views.push(...page.data);
-        if (page.data.length === 0 || views.length >= page.page.total) break;
-      }
-      if (command.json) return printJson(deps, views);
-      if (views.length === 0) return deps.out(`Organization ${command.orgId} has no API keys.`);
-      deps.out(
-        table([
-          ['ID', 'PREFIX', 'NAME', 'SCOPES', 'STATUS', 'CREATED', 'EXPIRES'],
-          ...views.map((key) => [key.id, key.displayPrefix, printable(key.name), key.scopes.join(','), key.status, key.createdAt, key.expiresAt ?? '-']),
-        ]),
-      );
-      return;
-    }
-
-    case 'key create': {
-      await requireOrganization(deps.db, command.orgId);
-      const created = await keys.create(command.orgId, { name: command.name, scopes: command.scopes, expiresAt: command.expiresAt });
-      if (command.json) {
-        printJson(deps, { ...created.key, key: created.plaintext });
-        deps.err(`warning: ${ONCE_WARNING}`);
-        return;
-      }
-      deps.out(`Created API key\n${describeKey(created.key)}`);
-      revealKey(deps, created.plaintext);
-      return;
-    }
-
-    case 'pepper status':
-      return pepperStatus(command.json, deps);
-
-    case 'key erase-ips':
-      return eraseIps(command, deps);
-
-    case 'key revoke': {
-      await requireOrganization(deps.db, command.orgId);
-      const revoked = await keys.revoke(command.orgId, command.keyId);
-      if (command.json) return printJson(deps, revoked);
-      deps.out(`Revoked API key ${revoked.id} ("${printable(revoked.name)}") at ${revoked.revokedAt}.`);
-      deps.out('Running API servers refuse it within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).');
-      return;
-    }
-
-    case 'key revoke-dormant': {
-      await requireOrganization(deps.db, command.orgId);
-      const result = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: !command.apply });
-      if (command.json) return printJson(deps, result);
-      const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
-      deps.out(`${verb} ${result.keys.length} key(s) of organization ${command.orgId} unused for ${command.dormantDays} days.`);
-      if (result.keys.length === 0) return;
-      deps.out(table([['ID', 'PREFIX', 'NAME', 'CREATED', 'LAST USED'], ...result.keys.map((key) => [key.id, key.displayPrefix, printable(key.name), key.createdAt, key.lastUsedAt ?? 'never'])]));
-      return;
-    }
-  }
 }
+
+// The command, the CLI's deps and the keys service every key command uses.
+type Handler<K extends Command['kind']> = (command: Extract<Command, { kind: K }>, deps: CliDeps, keys: ReturnType<typeof cliKeysService>) => Promise<void>;
+
+// One transaction: an organization never exists without the key that administers it.
+const createOrg: Handler<'org create'> = async (command, deps, keys) => {
+  const { org, created } = await deps.db.transaction(async (trx) => {
+    const org = await insertOrganization(trx, command.name);
+    const created = await keys.create(org.id, { name: 'admin', scopes: [...SCOPES], expiresAt: null }, { db: trx });
+    return { org, created };
+  });
+  if (command.json) {
+    printJson(deps, { org: orgJson(org), key: { ...created.key, key: created.plaintext } });
+    deps.err(`warning: ${ONCE_WARNING}`);
+    return;
+  }
+  deps.out(`Created organization "${printable(org.name)}"\n  id:         ${org.id}\n`);
+  deps.out(`Created API key\n${describeKey(created.key)}`);
+  revealKey(deps, created.plaintext);
+};
+
+const listOrgs: Handler<'org list'> = async (command, deps) => {
+  const orgs = await listOrganizations(deps.db);
+  if (command.json) return printJson(deps, orgs.map(orgJson));
+  if (orgs.length === 0) return deps.out('No organizations yet: create one with `npm run cli -- org create <name>`.');
+  deps.out(table([['ID', 'NAME', 'CREATED'], ...orgs.map((org) => [org.id, printable(org.name), org.createdAt.toISOString()])]));
+};
+
+const listKeys: Handler<'key list'> = async (command, deps, keys) => {
+  await requireOrganization(deps.db, command.orgId);
+  const views: ApiKeyView[] = [];
+  for (let offset = 0; ; offset += 200) {
+    const page = await keys.list(command.orgId, { limit: 200, offset });
+    views.push(...page.data);
+    if (page.data.length === 0 || views.length >= page.page.total) break;
+  }
+  if (command.json) return printJson(deps, views);
+  if (views.length === 0) return deps.out(`Organization ${command.orgId} has no API keys.`);
+  deps.out(
+    table([
+      ['ID', 'PREFIX', 'NAME', 'SCOPES', 'STATUS', 'CREATED', 'EXPIRES'],
+      ...views.map((key) => [key.id, key.displayPrefix, printable(key.name), key.scopes.join(','), key.status, key.createdAt, key.expiresAt ?? '-']),
+    ]),
+  );
+};
+
+const createKey: Handler<'key create'> = async (command, deps, keys) => {
+  await requireOrganization(deps.db, command.orgId);
+  const created = await keys.create(command.orgId, { name: command.name, scopes: command.scopes, expiresAt: command.expiresAt });
+  if (command.json) {
+    printJson(deps, { ...created.key, key: created.plaintext });
+    deps.err(`warning: ${ONCE_WARNING}`);
+    return;
+  }
+  deps.out(`Created API key\n${describeKey(created.key)}`);
+  revealKey(deps, created.plaintext);
+};
+
+const revokeKey: Handler<'key revoke'> = async (command, deps, keys) => {
+  await requireOrganization(deps.db, command.orgId);
+  const revoked = await keys.revoke(command.orgId, command.keyId);
+  if (command.json) return printJson(deps, revoked);
+  deps.out(`Revoked API key ${revoked.id} ("${printable(revoked.name)}") at ${revoked.revokedAt}.`);
+  deps.out('Running API servers refuse it within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).');
+};
+
+const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys) => {
+  await requireOrganization(deps.db, command.orgId);
+  const result = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: !command.apply });
+  if (command.json) return printJson(deps, result);
+  const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
+  deps.out(`${verb} ${result.keys.length} key(s) of organization ${command.orgId} unused for ${command.dormantDays} days.`);
+  if (result.keys.length === 0) return;
+  deps.out(table([['ID', 'PREFIX', 'NAME', 'CREATED', 'LAST USED'], ...result.keys.map((key) => [key.id, key.displayPrefix, printable(key.name), key.createdAt, key.lastUsedAt ?? 'never'])]));
+};
 
 // Which configured pepper each id is, and its place in the report: current, previous ones in
 // order, hashes from before ids were recorded, then ids no configured pepper has (keys that no
@@ -358,6 +349,21 @@ async function pepperStatus(json: boolean, deps: CliDeps): Promise<void> {
   if (rows.length === 0) return deps.out('No usable API keys.');
   deps.out(table([['PEPPER', 'KEYS', 'PREVIOUS SECRETS IN GRACE', 'SOURCE'], ...rows.map((row) => [row.pepperId ?? '-', String(row.secrets), String(row.previousSecrets), row.source])]));
   deps.out('\nA previous pepper can be removed from KEY_PEPPER_PREVIOUS once no row names it (keys move to KEY_PEPPER on their next use).');
+}
+
+const HANDLERS: { [K in Command['kind']]: Handler<K> } = {
+  'org create': createOrg,
+  'org list': listOrgs,
+  'key list': listKeys,
+  'key create': createKey,
+  'key revoke': revokeKey,
+  'key revoke-dormant': revokeDormant,
+  'key erase-ips': (command, deps) => eraseIps(command, deps),
+  'pepper status': (command, deps) => pepperStatus(command.json, deps),
+};
+
+function execute<K extends Command['kind']>(command: Extract<Command, { kind: K }>, deps: CliDeps): Promise<void> {
+  return (HANDLERS[command.kind] as Handler<K>)(command, deps, cliKeysService(deps));
 }
 
 function reportParse(parsed: Exclude<ParsedCli, { kind: 'command' }>, io: Pick<CliDeps, 'out' | 'err'>): number {
@@ -405,7 +411,7 @@ export interface CliDatabase {
 // then stopped again, unless someone else (an `npm start` or another CLI begun meanwhile) is
 // connected to it. One connection is plenty for a command, and lets "someone else" be any
 // backend but our own.
-export async function openDatabase(config: Config, err: (text: string) => void): Promise<CliDatabase> {
+export function openDatabase(config: Config, err: (text: string) => void): CliDatabase {
   if (config.database.url) {
     const db = createDb(config.database.url, { poolMax: 1, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: APPLICATION_NAME });
     return { db, close: () => db.destroy() };
@@ -449,7 +455,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
   let database: CliDatabase | undefined;
   try {
     const config = loadConfig(withDevelopmentDefault(env));
-    database = await openDatabase(config, io.err);
+    database = openDatabase(config, io.err);
     const applied = await migrateLatest(database.db);
     if (applied.length > 0) io.err(`Applied ${applied.length} migration(s): ${applied.join(', ')}`);
     return await runCommand(parsed.command, { db: database.db, out: io.out, err: io.err, pepper: config.api.keyPepper, previousPeppers: config.api.previousKeyPeppers, now });
@@ -461,4 +467,4 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
   }
 }
 
-if (require.main === module) main(process.argv.slice(2), process.env).then((code) => (process.exitCode = code));
+if (require.main === module) exitWhenDone(main(process.argv.slice(2), process.env), stdio.err);

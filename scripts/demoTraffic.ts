@@ -1,13 +1,16 @@
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 import { formatKey, parsePresentedKey } from '../api/keys/keyMaterial';
-import { ConfigError, loadConfig } from '../shared/config';
+import { ConfigError, loadConfig, type Config } from '../shared/config';
+import { DEMO_TRAFFIC_ADMIN, mintDemoTrafficKey } from './lib/demoTrafficKey';
 
 // `npm run demo-traffic`: bounded traffic against the system `npm start` runs, so that the usage
 // endpoint has something to show in every field. With the demo key (DEMO_KEY or --key) it creates
 // a few keys named demo-traffic-*, each playing one part, sends requests from them, waits for the
 // collector to flush, and prints what GET /api/orgs/:id/api-keys/usage says next to what this
-// script saw. Only http://127.0.0.1:$PORT is ever contacted; no key is printed.
+// script saw. Only http://127.0.0.1:$PORT is ever contacted; no key is printed. Without a key it
+// mints a short-lived one in the demo organization of the `npm start` that owns the embedded data
+// folder (scripts/lib/demoTrafficKey.ts).
 
 const MAX_REQUESTS = 2000;
 const MAX_SECONDS = 30;
@@ -38,7 +41,8 @@ interface DemoKey {
 }
 
 interface Options {
-  key: string;
+  /** DEMO_KEY or --key; undefined to mint one. */
+  key: string | undefined;
   requests: number;
   seconds: number;
 }
@@ -56,8 +60,7 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
     throw new UsageError((error as Error).message);
   }
   if (values.help) throw new UsageError('');
-  const key = values.key ?? env.DEMO_KEY;
-  if (!key) throw new UsageError('No key: set DEMO_KEY to the key `npm start` printed (or pass --key <key>)');
+  const key = values.key ?? (env.DEMO_KEY || undefined);
   const bounded = (raw: string | undefined, fallback: number, max: number, what: string) => {
     const value = raw === undefined ? fallback : Number(raw);
     if (!Number.isInteger(value) || value < 1 || value > max) throw new UsageError(`--${what} must be a whole number from 1 to ${max}`);
@@ -103,7 +106,7 @@ class Client {
       signal: AbortSignal.timeout(5000),
     });
     const text = await response.text();
-    let parsed: any;
+    let parsed: unknown;
     try {
       parsed = JSON.parse(text);
     } catch {
@@ -233,7 +236,7 @@ interface EventRow {
 async function showEvents(client: Client, orgId: string, adminKey: string, keys: DemoKey[]) {
   const names = new Map(keys.map((key) => [key.id, key.name]));
   const path = `/api/orgs/${orgId}/api-keys/events?limit=100`;
-  let events: EventRow[] = [];
+  let events: EventRow[];
   for (const until = Date.now() + SETTLE_RETRY_MS; ; await sleep(500)) {
     events = ((await client.expect('GET', path, adminKey, 200)).data as EventRow[]).filter((event) => names.has(event.keyId));
     const seen = new Set(events.map((event) => event.type));
@@ -244,12 +247,8 @@ async function showEvents(client: Client, orgId: string, adminKey: string, keys:
   console.log('');
 }
 
-async function run(options: Options, port: number) {
-  const started = Date.now();
-  const baseUrl = `http://127.0.0.1:${port}`;
-  const client = new Client(baseUrl, options.requests, started + options.seconds * 1000);
-  const admin = options.key;
-
+// The org the key administers; a clear word when nothing answers or the key will not do.
+async function adminOrg(client: Client, baseUrl: string, admin: string): Promise<string> {
   let whoami: { orgId: string; scopes: string[]; name: string };
   try {
     whoami = await client.expect('GET', '/api/whoami', admin, 200);
@@ -261,10 +260,11 @@ async function run(options: Options, port: number) {
   for (const scope of ['keys:read', 'keys:write']) {
     if (!whoami.scopes.includes(scope)) throw new UsageError(`The key lacks the ${scope} scope; use a key with keys:read and keys:write`);
   }
-  const { orgId } = whoami;
-  const keysPath = `/api/orgs/${orgId}/api-keys`;
-  console.log(`Organization ${orgId}; sending at most ${options.requests} requests in at most ${options.seconds} s to ${baseUrl}`);
+  return whoami.orgId;
+}
 
+// One key per role; the expiring one expires EXPIRES_AFTER_MS from now.
+async function createDemoKeys(client: Client, keysPath: string, admin: string) {
   const create = async (role: Role, scopes: string[], expiresAt?: string): Promise<DemoKey> => {
     const body = await client.expect('POST', keysPath, admin, 201, { name: `demo-traffic-${role}`, scopes, expiresAt });
     return { role, id: body.id, name: body.name, plaintext: body.key, seen: noOutcomes() };
@@ -276,28 +276,33 @@ async function run(options: Options, port: number) {
   const expiring = await create('expiring', ['keys:read'], new Date(expiresAt).toISOString());
   const wrong = { ...(await create('wrong-secret', ['keys:read'])), budget: WRONG_SECRET_ATTEMPTS };
   const unused = await create('unused', ['keys:read']);
-  const keys = [ci, readonly, revoked, expiring, wrong, unused];
+  return { ci, readonly, revoked, expiring, wrong, unused, expiresAt };
+}
 
-  // Phase 1, while the expiring key still works: everyone but `unused`.
+type DemoKeys = Awaited<ReturnType<typeof createDemoKeys>>;
+
+// Phase 1 while the expiring key still works, everyone but `unused`; then one key revoked and one
+// expired, the same keys again, now failing; last, the ci key from another network.
+async function sendPhases(client: Client, orgId: string, keys: DemoKeys, options: Options, admin: string) {
+  const { ci, readonly, revoked, expiring, wrong, expiresAt } = keys;
+  const senders = [ci, readonly, revoked, expiring, wrong];
   const half = Math.max(1, Math.floor((options.requests - client.requestsSent) / 2));
-  await sendTraffic(client, orgId, [ci, readonly, revoked, expiring, wrong], half, expiresAt - 300);
+  await sendTraffic(client, orgId, senders, half, expiresAt - 300);
 
-  // Revoke one key, let the other expire, then phase 2: the same keys, now failing.
-  if (!client.exhausted) await client.expect('POST', `${keysPath}/${revoked.id}/revoke`, admin, 200);
+  if (!client.exhausted) await client.expect('POST', `/api/orgs/${orgId}/api-keys/${revoked.id}/revoke`, admin, 200);
   if (Date.now() < expiresAt + 200) await sleep(expiresAt + 200 - Date.now());
-  await sendTraffic(client, orgId, [ci, readonly, revoked, expiring, wrong], options.requests - client.requestsSent - NEW_IP_REQUESTS, Infinity);
+  await sendTraffic(client, orgId, senders, options.requests - client.requestsSent - NEW_IP_REQUESTS, Infinity);
 
-  // Phase 3: the ci key, first used from 127.0.0.1 well over a flush ago, now from another network.
+  // First used from 127.0.0.1 well over a flush ago, now from another network.
   for (let i = 0; i < NEW_IP_REQUESTS && !client.exhausted; i += 1) {
     const status = await client.getFrom(SECOND_ADDRESS, '/api/whoami', ci.plaintext).catch(() => 0);
     if (status === 200) ci.seen.ok += 1;
     else client.failures += 1;
   }
+}
 
-  const elapsed = ((Date.now() - started) / 1000).toFixed(1);
-  console.log(`Sent ${client.requestsSent} requests in ${elapsed} s${client.failures > 0 ? ` (${client.failures} unexpected answers or errors)` : ''}; waiting for the collector to flush...`);
-
-  // The staleness bound is about 2 s; give it that, then a little more if the counts lag.
+// The staleness bound is about 2 s; give it that, then a little more if the counts lag.
+async function settledUsage(client: Client, orgId: string, admin: string, keys: DemoKey[]): Promise<Map<string, UsageRow>> {
   await sleep(SETTLE_MS);
   const wanted = new Set(keys.map((key) => key.id));
   let usage = await readUsage(client, orgId, admin, wanted);
@@ -305,30 +310,46 @@ async function run(options: Options, port: number) {
     await sleep(500);
     usage = await readUsage(client, orgId, admin, wanted);
   }
+  return usage;
+}
 
-  const header = ['key', 'status', 'uses', 'ok', 'forbidden', 'revoked', 'expired', 'bad_secret', 'last24h', 'lastUsedAt', 'lastUsedIp', 'dormant', 'matches'];
-  const rows = keys.map((key) => {
-    const row = usage.get(key.id);
-    if (!row) return [key.name, 'missing', ...header.slice(2).map(() => '-')];
-    return [
-      key.name,
-      row.status,
-      String(row.requestCount),
-      String(row.outcomes.ok),
-      String(row.outcomes.forbidden),
-      String(row.outcomes.revoked),
-      String(row.outcomes.expired),
-      String(row.outcomes.bad_secret),
-      String(Number(row.requests.last24h)),
-      row.lastUsedAt ?? 'never',
-      row.lastUsedIp ?? '-',
-      String(row.dormant),
-      matches(key, row) ? 'yes' : 'NO',
-    ];
-  });
-  console.log('');
-  console.log(table([header, ...rows]));
-  console.log('');
+const USAGE_HEADER = ['key', 'status', 'uses', 'ok', 'forbidden', 'revoked', 'expired', 'bad_secret', 'last24h', 'lastUsedAt', 'lastUsedIp', 'dormant', 'matches'];
+
+function usageRow(key: DemoKey, row: UsageRow | undefined): string[] {
+  if (!row) return [key.name, 'missing', ...USAGE_HEADER.slice(2).map(() => '-')];
+  const { outcomes } = row;
+  return [
+    key.name,
+    row.status,
+    String(row.requestCount),
+    ...[outcomes.ok, outcomes.forbidden, outcomes.revoked, outcomes.expired, outcomes.bad_secret].map(String),
+    String(Number(row.requests.last24h)),
+    row.lastUsedAt ?? 'never',
+    row.lastUsedIp ?? '-',
+    String(row.dormant),
+    matches(key, row) ? 'yes' : 'NO',
+  ];
+}
+
+// How the closing curl lines name the key: the variable it came from, or a placeholder for one
+// minted here (never shown).
+async function run(options: Options & { key: string }, port: number, keyShown: string) {
+  const started = Date.now();
+  const baseUrl = `http://127.0.0.1:${port}`;
+  const client = new Client(baseUrl, options.requests, started + options.seconds * 1000);
+  const admin = options.key;
+  const orgId = await adminOrg(client, baseUrl, admin);
+  const keysPath = `/api/orgs/${orgId}/api-keys`;
+  console.log(`Organization ${orgId}; sending at most ${options.requests} requests in at most ${options.seconds} s to ${baseUrl}`);
+
+  const demoKeys = await createDemoKeys(client, keysPath, admin);
+  await sendPhases(client, orgId, demoKeys, options, admin);
+  const elapsed = ((Date.now() - started) / 1000).toFixed(1);
+  console.log(`Sent ${client.requestsSent} requests in ${elapsed} s${client.failures > 0 ? ` (${client.failures} unexpected answers or errors)` : ''}; waiting for the collector to flush...`);
+
+  const keys = [demoKeys.ci, demoKeys.readonly, demoKeys.revoked, demoKeys.expiring, demoKeys.wrong, demoKeys.unused];
+  const usage = await settledUsage(client, orgId, admin, keys);
+  console.log(`\n${table([USAGE_HEADER, ...keys.map((key) => usageRow(key, usage.get(key.id)))])}\n`);
   const exact = keys.every((key) => matches(key, usage.get(key.id)));
   console.log(
     exact
@@ -337,42 +358,74 @@ async function run(options: Options, port: number) {
   );
   await showEvents(client, orgId, admin, keys);
   console.log('The full response, with recent IPs and the 24 h / 7 d / 30 d windows:');
-  console.log(`    curl -H "Authorization: Bearer $DEMO_KEY" "${baseUrl}${keysPath}/usage?sort=requestCount"`);
-  console.log(`Dormant keys only:  curl -H "Authorization: Bearer $DEMO_KEY" "${baseUrl}${keysPath}/usage?dormant=true"`);
+  console.log(`    curl -H "Authorization: Bearer ${keyShown}" "${baseUrl}${keysPath}/usage?sort=requestCount"`);
+  console.log(`Dormant keys only:  curl -H "Authorization: Bearer ${keyShown}" "${baseUrl}${keysPath}/usage?dormant=true"`);
   return exact;
 }
 
-async function main() {
-  let options: Options;
-  let port: number;
+const USAGE = `Usage: npm run demo-traffic [-- --key <key> --requests N (≤ ${MAX_REQUESTS}, default 600) --seconds S (≤ ${MAX_SECONDS}, default 20)]
+Without DEMO_KEY or --key, it mints a short-lived key in the demo organization of the running \`npm start\`.`;
+
+// Options and settings, or the exit code after saying what is wrong (0 for --help).
+function settings(): { options: Options; config: Config } | number {
   try {
-    options = parseOptions(process.argv.slice(2), process.env);
-    // It reads PORT only and holds no secret, so it needs no production settings.
-    port = loadConfig({ ...process.env, NODE_ENV: process.env.NODE_ENV || 'development' }).api.port;
-    if (port === 0) throw new UsageError('PORT is 0; set PORT to the port `npm start` uses');
+    const options = parseOptions(process.argv.slice(2), process.env);
+    // No production settings needed: it reads PORT and, to mint a key, the embedded data folder.
+    const config = loadConfig({ ...process.env, NODE_ENV: process.env.NODE_ENV || 'development' });
+    if (config.api.port === 0) throw new UsageError('PORT is 0; set PORT to the port `npm start` uses');
+    return { options, config };
   } catch (error) {
-    if (error instanceof UsageError || error instanceof ConfigError) {
-      const usage = `Usage: DEMO_KEY=<key> npm run demo-traffic [-- --key <key> --requests N (≤ ${MAX_REQUESTS}, default 600) --seconds S (≤ ${MAX_SECONDS}, default 20)]`;
-      if (!error.message) {
-        console.log(usage);
-        process.exit(0);
-      }
-      console.error(`${error.message}\n${usage}`);
-      process.exit(2);
+    if (!(error instanceof UsageError || error instanceof ConfigError)) throw error;
+    if (!error.message) {
+      console.log(USAGE);
+      return 0;
     }
-    throw error;
+    console.error(`${error.message}\n${USAGE}`);
+    return 2;
   }
+}
+
+interface RunKey {
+  key: string;
+  /** How the closing curl lines name it. */
+  shown: string;
+  /** Revokes a key minted for this run; nothing for a key given. */
+  release(baseUrl: string): Promise<void>;
+}
+
+// The key given, or one minted for this run and revoked by release().
+async function keyFor(options: Options, config: Config): Promise<RunKey> {
+  if (options.key) return { key: options.key, shown: '$DEMO_KEY', release: async () => {} };
+  const minted = await mintDemoTrafficKey(config);
+  if ('problem' in minted) throw new UsageError(minted.problem);
+  console.log(`Minted a key for this run (${DEMO_TRAFFIC_ADMIN}, id ${minted.keyId}; not shown, revoked at the end)`);
+  const release = async (baseUrl: string) => {
+    const client = new Client(baseUrl, 2, Infinity);
+    const { orgId } = await client.expect('GET', '/api/whoami', minted.plaintext, 200);
+    await client.expect('POST', `/api/orgs/${orgId}/api-keys/${minted.keyId}/revoke`, minted.plaintext, 200);
+  };
+  return { key: minted.plaintext, shown: '<a key: npm run cli -- key create <orgId> --name demo --scopes keys:read,keys:write>', release };
+}
+
+async function main() {
+  const parsed = settings();
+  if (typeof parsed === 'number') process.exit(parsed);
+  const { options, config } = parsed;
   // A hard stop, whatever the server does.
   setTimeout(() => {
     console.error('demo-traffic: giving up after the time limit');
     process.exit(1);
   }, (options.seconds + 15) * 1000).unref();
+  let runKey: RunKey | undefined;
+  let code = 1;
   try {
-    process.exit((await run(options, port)) ? 0 : 1);
+    runKey = await keyFor(options, config);
+    code = (await run({ ...options, key: runKey.key }, config.api.port, runKey.shown)) ? 0 : 1;
   } catch (error) {
     console.error(error instanceof UsageError ? error.message : `demo-traffic failed: ${(error as Error).message}`);
-    process.exit(1);
   }
+  await runKey?.release(`http://127.0.0.1:${config.api.port}`).catch((error: Error) => console.error(`demo-traffic: the minted key could not be revoked: ${error.message}`));
+  process.exit(code);
 }
 
 if (require.main === module) void main();

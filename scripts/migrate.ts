@@ -1,5 +1,6 @@
 import { loadConfig } from '../shared/config';
 import { createDb, describeDatabaseError, migrateLatest } from '../shared/db';
+import { exitWhenDone } from './lib/commandExit';
 
 // `npm run migrate`: applies the pending knex migrations to DATABASE_URL. The embedded database
 // needs no separate step: `npm start` migrates it on every start.
@@ -45,4 +46,4 @@ export async function migrate(env: NodeJS.ProcessEnv, io: MigrateIo = stdio): Pr
   }
 }
 
-if (require.main === module) migrate(process.env).then((code) => (process.exitCode = code));
+if (require.main === module) exitWhenDone(migrate(process.env), stdio.err);

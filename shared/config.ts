@@ -108,6 +108,8 @@ const variables = {
   COLLECTOR_PORT: portOrZero.default(8125),
   COLLECTOR_FLUSH_INTERVAL_MS: positiveInt(600_000).default(1000),
   COLLECTOR_MAX_PENDING_KEYS: positiveInt().default(100_000),
+  // Defaults to COLLECTOR_MAX_PENDING_KEYS (below), as when one setting bounded both.
+  COLLECTOR_MAX_RETRY_KEYS: positiveInt().optional(),
   COLLECTOR_RECV_BUFFER_BYTES: positiveInt().default(8 * 1024 * 1024),
   // Processes reading the one UDP socket (Node's cluster module); each aggregates and flushes on
   // its own. 1 keeps a single process; see docs/benchmarks.md §3 for when more helps.
@@ -170,10 +172,12 @@ function deepFreeze<T>(value: T): T {
 
 const RELAXED_ENVIRONMENTS = new Set(['development', 'test']);
 
+type Variables = ReturnType<typeof parseEnvironment>;
+
 // The guards hold unless the environment says, explicitly, that it is a development or test one:
 // a deployment that forgets NODE_ENV (or calls itself "staging") must not run with the published
 // development pepper or an unsigned collector port.
-function productionGuards(v: ReturnType<typeof parseEnvironment>): string[] {
+function productionGuards(v: Variables): string[] {
   if (v.NODE_ENV !== undefined && RELAXED_ENVIRONMENTS.has(v.NODE_ENV)) return [];
   const problems: string[] = [];
   if (!v.KEY_PEPPER) problems.push('KEY_PEPPER: required unless NODE_ENV is development or test');
@@ -186,7 +190,7 @@ function productionGuards(v: ReturnType<typeof parseEnvironment>): string[] {
 
 // A previous pepper equal to the current one would be tried twice for nothing, and hides a
 // rotation that was not made.
-function pepperProblems(v: ReturnType<typeof parseEnvironment>): string[] {
+function pepperProblems(v: Variables): string[] {
   const previous = v.KEY_PEPPER_PREVIOUS ?? [];
   const current = v.KEY_PEPPER ?? DEV_PEPPER;
   if (previous.includes(current)) return ['KEY_PEPPER_PREVIOUS: must not repeat KEY_PEPPER'];
@@ -196,7 +200,7 @@ function pepperProblems(v: ReturnType<typeof parseEnvironment>): string[] {
 
 // The relay must not point at the collector's own port: every relayed line would come back and
 // be relayed again, for ever. Only literal equality is caught; a name resolving to it is not.
-function relayProblems(v: ReturnType<typeof parseEnvironment>): string[] {
+function relayProblems(v: Variables): string[] {
   const relay = v.COLLECTOR_RELAY_TO;
   if (relay === undefined || relay.port !== v.COLLECTOR_PORT) return [];
   const own = new Set([v.COLLECTOR_HOST, ...(isLoopbackAddress(v.COLLECTOR_HOST) ? ['localhost', '127.0.0.1', '::1'] : [])]);
@@ -205,10 +209,100 @@ function relayProblems(v: ReturnType<typeof parseEnvironment>): string[] {
 
 // Each receiving process keeps its own replay cache, and the kernel hands a datagram to whichever
 // process reads first: a replayed copy could reach a process that never saw the original.
-function receiverProblems(v: ReturnType<typeof parseEnvironment>): string[] {
+function receiverProblems(v: Variables): string[] {
   if (v.COLLECTOR_RECEIVERS === 1 || !v.USAGE_SIGNING_SECRET) return [];
   return ['COLLECTOR_RECEIVERS: must be 1 when USAGE_SIGNING_SECRET is set (each receiver has its own replay cache, so a replay could reach one that never saw the original)'];
 }
+
+// One parser per section of the config, each reading only the variables of its section.
+
+const databaseSection = (v: Variables) => ({
+  url: v.DATABASE_URL,
+  poolMax: v.DATABASE_POOL_MAX,
+  connectTimeoutMs: v.DATABASE_CONNECT_TIMEOUT_MS,
+  embeddedDir: v.EMBEDDED_PG_DIR,
+  embeddedPort: v.EMBEDDED_PG_PORT,
+});
+
+const apiSection = (v: Variables) => ({
+  host: v.HOST,
+  port: v.PORT,
+  metricsHost: v.API_METRICS_HOST,
+  metricsPort: v.API_METRICS_PORT,
+  keyPepper: v.KEY_PEPPER ?? DEV_PEPPER,
+  previousKeyPeppers: v.KEY_PEPPER_PREVIOUS ?? [],
+  keyCacheTtlMs: v.KEY_CACHE_TTL_MS,
+  rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
+  trustProxy: v.TRUST_PROXY,
+  authThrottle: {
+    maxFailuresPerIp: v.AUTH_THROTTLE_MAX_FAILURES_PER_IP,
+    maxFailuresPerKey: v.AUTH_THROTTLE_MAX_FAILURES_PER_KEY,
+    windowMs: v.AUTH_THROTTLE_WINDOW_MS,
+    maxEntries: v.AUTH_THROTTLE_MAX_ENTRIES,
+  },
+  // How far the usage endpoint can lag the requests it counts, told to its readers.
+  usageDelay: { drainIntervalMs: v.USAGE_DRAIN_INTERVAL_MS, flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS },
+  eventSummaryDays: v.EVENTS_SUMMARY_DAYS,
+});
+
+// Client IP addresses are personal data: how long they are kept, and whether only their network is.
+const privacySection = (v: Variables) => ({
+  ipRetentionDays: v.IP_RETENTION_DAYS,
+  truncateIps: v.IP_TRUNCATE,
+});
+
+const usageSection = (v: Variables) => ({
+  enabled: v.USAGE_TRACKING,
+  drainIntervalMs: v.USAGE_DRAIN_INTERVAL_MS,
+  maxEntries: v.USAGE_MAX_ENTRIES,
+  collectorHost: v.COLLECTOR_HOST,
+  collectorPort: v.COLLECTOR_PORT,
+  signingSecret: v.USAGE_SIGNING_SECRET,
+});
+
+const eventsSection = (v: Variables) => ({
+  enabled: v.EVENTS_ENABLED,
+  retentionDays: v.EVENTS_RETENTION_DAYS,
+  sweepIntervalMs: v.EVENTS_SWEEP_INTERVAL_MS,
+  ipHistoryPerKey: v.EVENTS_IP_HISTORY_PER_KEY,
+  spikeFactor: v.EVENTS_SPIKE_FACTOR,
+  spikeMinUses: v.EVENTS_SPIKE_MIN_USES,
+  failedAttemptsPerHour: v.EVENTS_FAILED_ATTEMPTS_PER_HOUR,
+  expiringDays: v.EVENTS_EXPIRING_DAYS,
+});
+
+const collectorSection = (v: Variables) => ({
+  host: v.COLLECTOR_HOST,
+  port: v.COLLECTOR_PORT,
+  flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS,
+  /** The aggregator's bound: distinct keys coalesced between flushes; uses of further new keys are dropped and counted. */
+  aggregatorMaxKeys: v.COLLECTOR_MAX_PENDING_KEYS,
+  /**
+   * The flusher's bound: keys held in unwritten batches while a write is retried; past it no
+   * new drain is taken (the aggregator holds the rest). Memory holds at most
+   * aggregatorMaxKeys + max(aggregatorMaxKeys, retryMaxKeys) keys (README, "Collector memory").
+   */
+  retryMaxKeys: v.COLLECTOR_MAX_RETRY_KEYS ?? v.COLLECTOR_MAX_PENDING_KEYS,
+  recvBufferBytes: v.COLLECTOR_RECV_BUFFER_BYTES,
+  receivers: v.COLLECTOR_RECEIVERS,
+  metricsHost: v.COLLECTOR_METRICS_HOST,
+  metricsPort: v.COLLECTOR_METRICS_PORT,
+  retentionDays: v.USAGE_RETENTION_DAYS,
+  signingSecrets: [v.USAGE_SIGNING_SECRET, v.USAGE_SIGNING_PREVIOUS_SECRET].filter((secret): secret is string => secret !== undefined),
+  replayCacheSize: v.COLLECTOR_REPLAY_CACHE_SIZE,
+  /** Where lines that are not usage lines go; undefined: counted and dropped. */
+  relayTo: v.COLLECTOR_RELAY_TO,
+  timestampWindowMs: v.COLLECTOR_TIMESTAMP_WINDOW_SECONDS * 1000,
+  events: eventsSection(v),
+});
+
+const webhooksSection = (v: Variables) => ({
+  allowPrivateTargets: v.WEBHOOK_ALLOW_PRIVATE_TARGETS,
+  timeoutMs: v.WEBHOOK_TIMEOUT_MS,
+  maxAttempts: v.WEBHOOK_MAX_ATTEMPTS,
+  retryBaseMs: v.WEBHOOK_RETRY_BASE_MS,
+  pollIntervalMs: v.WEBHOOK_POLL_INTERVAL_MS,
+});
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   const v = parseEnvironment(env);
@@ -217,79 +311,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   return deepFreeze({
     env: v.NODE_ENV,
     logLevel: v.LOG_LEVEL,
-    database: {
-      url: v.DATABASE_URL,
-      poolMax: v.DATABASE_POOL_MAX,
-      connectTimeoutMs: v.DATABASE_CONNECT_TIMEOUT_MS,
-      embeddedDir: v.EMBEDDED_PG_DIR,
-      embeddedPort: v.EMBEDDED_PG_PORT,
-    },
-    api: {
-      host: v.HOST,
-      port: v.PORT,
-      metricsHost: v.API_METRICS_HOST,
-      metricsPort: v.API_METRICS_PORT,
-      keyPepper: v.KEY_PEPPER ?? DEV_PEPPER,
-      previousKeyPeppers: v.KEY_PEPPER_PREVIOUS ?? [],
-      keyCacheTtlMs: v.KEY_CACHE_TTL_MS,
-      rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
-      trustProxy: v.TRUST_PROXY,
-      authThrottle: {
-        maxFailuresPerIp: v.AUTH_THROTTLE_MAX_FAILURES_PER_IP,
-        maxFailuresPerKey: v.AUTH_THROTTLE_MAX_FAILURES_PER_KEY,
-        windowMs: v.AUTH_THROTTLE_WINDOW_MS,
-        maxEntries: v.AUTH_THROTTLE_MAX_ENTRIES,
-      },
-      // How far the usage endpoint can lag the requests it counts, told to its readers.
-      usageDelay: { drainIntervalMs: v.USAGE_DRAIN_INTERVAL_MS, flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS },
-      eventSummaryDays: v.EVENTS_SUMMARY_DAYS,
-    },
-    // Client IP addresses are personal data: how long they are kept, and whether only their network is.
-    privacy: {
-      ipRetentionDays: v.IP_RETENTION_DAYS,
-      truncateIps: v.IP_TRUNCATE,
-    },
-    usage: {
-      enabled: v.USAGE_TRACKING,
-      drainIntervalMs: v.USAGE_DRAIN_INTERVAL_MS,
-      maxEntries: v.USAGE_MAX_ENTRIES,
-      collectorHost: v.COLLECTOR_HOST,
-      collectorPort: v.COLLECTOR_PORT,
-      signingSecret: v.USAGE_SIGNING_SECRET,
-    },
-    collector: {
-      host: v.COLLECTOR_HOST,
-      port: v.COLLECTOR_PORT,
-      flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS,
-      maxPendingKeys: v.COLLECTOR_MAX_PENDING_KEYS,
-      recvBufferBytes: v.COLLECTOR_RECV_BUFFER_BYTES,
-      receivers: v.COLLECTOR_RECEIVERS,
-      metricsHost: v.COLLECTOR_METRICS_HOST,
-      metricsPort: v.COLLECTOR_METRICS_PORT,
-      retentionDays: v.USAGE_RETENTION_DAYS,
-      signingSecrets: [v.USAGE_SIGNING_SECRET, v.USAGE_SIGNING_PREVIOUS_SECRET].filter((secret): secret is string => secret !== undefined),
-      replayCacheSize: v.COLLECTOR_REPLAY_CACHE_SIZE,
-      /** Where lines that are not usage lines go; undefined: counted and dropped. */
-      relayTo: v.COLLECTOR_RELAY_TO,
-      timestampWindowMs: v.COLLECTOR_TIMESTAMP_WINDOW_SECONDS * 1000,
-      events: {
-        enabled: v.EVENTS_ENABLED,
-        retentionDays: v.EVENTS_RETENTION_DAYS,
-        sweepIntervalMs: v.EVENTS_SWEEP_INTERVAL_MS,
-        ipHistoryPerKey: v.EVENTS_IP_HISTORY_PER_KEY,
-        spikeFactor: v.EVENTS_SPIKE_FACTOR,
-        spikeMinUses: v.EVENTS_SPIKE_MIN_USES,
-        failedAttemptsPerHour: v.EVENTS_FAILED_ATTEMPTS_PER_HOUR,
-        expiringDays: v.EVENTS_EXPIRING_DAYS,
-      },
-    },
-    webhooks: {
-      allowPrivateTargets: v.WEBHOOK_ALLOW_PRIVATE_TARGETS,
-      timeoutMs: v.WEBHOOK_TIMEOUT_MS,
-      maxAttempts: v.WEBHOOK_MAX_ATTEMPTS,
-      retryBaseMs: v.WEBHOOK_RETRY_BASE_MS,
-      pollIntervalMs: v.WEBHOOK_POLL_INTERVAL_MS,
-    },
+    database: databaseSection(v),
+    api: apiSection(v),
+    privacy: privacySection(v),
+    usage: usageSection(v),
+    collector: collectorSection(v),
+    webhooks: webhooksSection(v),
   });
 }
 

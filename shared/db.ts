@@ -7,6 +7,15 @@ import type { Logger } from './logger';
 
 export type Db = Knex;
 
+/**
+ * The rows of a raw statement, typed as the caller maps them. knex types every raw result as any;
+ * repositories name the row shape here, at their boundary, instead of reading fields of `any`.
+ */
+export async function rawRows<Row>(db: Db, sql: string, bindings: Knex.RawBinding[] | Knex.ValueDict = []): Promise<Row[]> {
+  const result = await db.raw(sql, bindings);
+  return result.rows as Row[];
+}
+
 // An exact integer count: a number while it is a safe integer, its decimal string beyond
 // (counters saturate at the bigint maximum, which a double would round).
 export type Count = number | string;
@@ -57,7 +66,7 @@ export const MIGRATION_CONFIG: Knex.MigratorConfig = {
   migrationSource: {
     getMigrations: async () => (await fs.promises.readdir(MIGRATIONS_DIRECTORY)).filter((file) => path.extname(file) === LOADED_EXTENSION).sort(),
     getMigrationName: (file: string) => `${path.basename(file, LOADED_EXTENSION)}.ts`,
-    getMigration: async (file: string) => require(path.join(MIGRATIONS_DIRECTORY, file)),
+    getMigration: (file: string) => Promise.resolve(require(path.join(MIGRATIONS_DIRECTORY, file))),
   },
 };
 
@@ -146,7 +155,7 @@ export async function createCheckedDb(url: string, options: DbOptions, logger: L
     const description = describeDatabaseError(error, url);
     if (!databaseUnavailable(error)) {
       await db.destroy();
-      throw new Error(description);
+      throw new Error(description, { cause: error });
     }
     logger.warn(`${description}; starting anyway, retrying on use`);
   }

@@ -1,54 +1,85 @@
 import type { Db } from './db';
+import { IP_DETAIL_FIELDS } from './keyEvents';
+import { TABLE } from './tables';
 
 // Every place the database keeps a client IP address, so that the retention job (the collector,
 // hourly) and `npm run cli -- key erase-ips` cover all of them. A new table or column holding IPs
-// joins this list, and both follow. Addresses in key_events details go with the events
-// themselves (EVENTS_RETENTION_DAYS; deleted with the key).
+// joins this list, and both follow.
 //   rows:    the row exists only for its address: deleted.
 //   columns: the address is one field of a row that stays: set to null.
+//   details: key events and the webhook deliveries made of them keep the event and its other
+//            details; the fields in IP_DETAIL_FIELDS become JSON null.
+// keyColumn and seenColumn are SQL expressions (a column name, or a path into a payload): the
+// key whose addresses they are, and when the address was seen.
 
 export type IpHolder =
   | { kind: 'rows'; table: string; keyColumn: string; seenColumn: string }
-  | { kind: 'columns'; table: string; keyColumn: string; columns: Array<{ ip: string; seenColumn: string }> };
+  | { kind: 'columns'; table: string; keyColumn: string; columns: Array<{ ip: string; seenColumn: string }> }
+  | { kind: 'details'; table: string; keyColumn: string; seenColumn: string; column: string; path: string | null };
 
 export const IP_HOLDERS: readonly IpHolder[] = [
-  { kind: 'rows', table: 'api_key_recent_ips', keyColumn: 'key_id', seenColumn: 'last_seen' },
-  { kind: 'rows', table: 'api_key_failed_ips', keyColumn: 'key_id', seenColumn: 'last_seen' },
+  { kind: 'rows', table: TABLE.recentIps, keyColumn: 'key_id', seenColumn: 'last_seen' },
+  { kind: 'rows', table: TABLE.failedIps, keyColumn: 'key_id', seenColumn: 'last_seen' },
   // The networks key.new_ip remembers, with the first address seen in each: forgetting one means
   // a later use from it is reported as new again.
-  { kind: 'rows', table: 'api_key_ip_history', keyColumn: 'key_id', seenColumn: 'last_seen' },
+  { kind: 'rows', table: TABLE.ipHistory, keyColumn: 'key_id', seenColumn: 'last_seen' },
   {
     kind: 'columns',
-    table: 'api_key_usage',
+    table: TABLE.usage,
     keyColumn: 'key_id',
     columns: [
       { ip: 'last_used_ip', seenColumn: 'last_used_at' },
       { ip: 'last_failed_ip', seenColumn: 'last_failed_at' },
     ],
   },
-  // The acting key's address; the audit log's triggers allow this one change (ip to null).
-  { kind: 'columns', table: 'audit_log', keyColumn: 'actor_key_id', columns: [{ ip: 'ip', seenColumn: 'occurred_at' }] },
+  // The acting key's address; the audit log's triggers allow this one change (ip to null). Its
+  // details hold no client address (names, scopes, dates, counts, configured networks).
+  { kind: 'columns', table: TABLE.auditLog, keyColumn: 'actor_key_id', columns: [{ ip: 'ip', seenColumn: 'occurred_at' }] },
+  { kind: 'details', table: TABLE.keyEvents, keyColumn: 'key_id', seenColumn: 'occurred_at', column: 'details', path: null },
+  // The payload is a snapshot of the event (a ping's details hold no address). Deliveries outlive
+  // their event while pending, and a finished one is kept for EVENTS_RETENTION_DAYS.
+  {
+    kind: 'details',
+    table: TABLE.webhookDeliveries,
+    keyColumn: "payload->>'keyId'",
+    seenColumn: "cast(payload->>'occurredAt' as timestamptz)",
+    column: 'payload',
+    path: 'details',
+  },
 ];
 
 /** Rows deleted and fields cleared per table. */
 export type ErasedIps = Record<string, number>;
 
+type Query = ReturnType<Db>;
+
+// The details object with every address field set to JSON null, and whether it has one to erase.
+function detailsSql(holder: Extract<IpHolder, { kind: 'details' }>) {
+  const details = holder.path === null ? holder.column : `${holder.column} -> '${holder.path}'`;
+  const fields = `array[${IP_DETAIL_FIELDS.map((field) => `'${field}'`).join(', ')}]`;
+  const redacted = `(select jsonb_object_agg(f.key, case when f.key = any(${fields}) then 'null'::jsonb else f.value end) from jsonb_each(${details}) f)`;
+  return {
+    holdsIp: `jsonb_typeof(${details}) = 'object' and exists (select 1 from jsonb_each(${details}) f where f.key = any(${fields}) and f.value <> 'null'::jsonb)`,
+    erased: holder.path === null ? redacted : `jsonb_set(${holder.column}, '{${holder.path}}', ${redacted})`,
+  };
+}
+
 // One statement per table (and column). Hourly, each run finds about an hour's worth of newly
-// expired addresses.
-async function erase(db: Db, where: (query: ReturnType<Db>, holder: IpHolder, seenColumn: string) => void): Promise<ErasedIps> {
+// expired addresses. `where` narrows the query it is given and returns it.
+async function erase(db: Db, where: (query: Query, keyColumn: string, seenColumn: string) => Query): Promise<ErasedIps> {
   const erased: ErasedIps = {};
   for (const holder of IP_HOLDERS) {
     if (holder.kind === 'rows') {
-      const query = db(holder.table);
-      where(query, holder, holder.seenColumn);
-      erased[holder.table] = await query.del();
-      continue;
-    }
-    erased[holder.table] = 0;
-    for (const column of holder.columns) {
-      const query = db(holder.table).whereNotNull(column.ip);
-      where(query, holder, column.seenColumn);
-      erased[holder.table] += await query.update({ [column.ip]: null });
+      erased[holder.table] = await where(db(holder.table), holder.keyColumn, holder.seenColumn).del();
+    } else if (holder.kind === 'details') {
+      const sql = detailsSql(holder);
+      const query = where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn);
+      erased[holder.table] = await query.update({ [holder.column]: db.raw(sql.erased) });
+    } else {
+      erased[holder.table] = 0;
+      for (const column of holder.columns) {
+        erased[holder.table] += await where(db(holder.table).whereNotNull(column.ip), holder.keyColumn, column.seenColumn).update({ [column.ip]: null });
+      }
     }
   }
   return erased;
@@ -56,10 +87,10 @@ async function erase(db: Db, where: (query: ReturnType<Db>, holder: IpHolder, se
 
 /** IP_RETENTION_DAYS: every address last seen longer ago than this. */
 export function expireIpData(db: Db, retentionDays: number): Promise<ErasedIps> {
-  return erase(db, (query, _holder, seenColumn) => query.where(seenColumn, '<', db.raw('now() - make_interval(days => ?)', [retentionDays])));
+  return erase(db, (query, _keyColumn, seenColumn) => query.whereRaw(`${seenColumn} < now() - make_interval(days => ?)`, [retentionDays]));
 }
 
 /** One key's IP history, whatever its age (a data subject's erasure request). */
 export function eraseKeyIps(db: Db, keyId: string): Promise<ErasedIps> {
-  return erase(db, (query, holder) => query.where(holder.keyColumn, keyId));
+  return erase(db, (query, keyColumn) => query.whereRaw(`${keyColumn} = ?`, [keyId]));
 }

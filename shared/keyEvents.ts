@@ -13,5 +13,12 @@ export const EVENT_TYPES = [
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 
+/**
+ * The fields of an event's details that hold client addresses or their networks (docs/events.md):
+ * erased with the key's other addresses (shared/ipRetention.ts). A new event field holding one
+ * joins this list.
+ */
+export const IP_DETAIL_FIELDS = ['ip', 'ips', 'lastIp', 'prefix'] as const;
+
 /** Sent by `POST …/webhooks/:webhookId/test` only; no subscription needed. */
 export const PING_EVENT_TYPE = 'webhook.ping';

@@ -1,7 +1,7 @@
 import { deepStrictEqual } from 'node:assert';
 import fc from 'fast-check';
 import t from 'tap';
-import { Aggregator, mergeBatches, type AggregatorOptions, type IpStat, type KeyUsageDelta, type UsageBatch } from '../collector/aggregator';
+import { Aggregator, emptyDelta, mergeBatches, type AggregatorOptions, type IpStat, type KeyUsageDelta, type UsageBatch } from '../collector/aggregator';
 import { OUTCOMES, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
 
 const KEY_A = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
@@ -273,23 +273,14 @@ t.test('options are validated', async (t) => {
   t.throws(() => mergeBatches([], 0), RangeError);
 });
 
+// A key's delta as the aggregator starts it, last used at T0 from 10.0.0.1, with `fields` on top.
 function delta(fields: Partial<KeyUsageDelta>): KeyUsageDelta {
-  return {
-    keyId: KEY_A,
-    orgId: ORG_1,
-    total: 0,
-    byOutcome: outcomes(),
-    lastUsedAt: T0,
-    lastIp: '10.0.0.1',
-    ips: new Map(),
-    lastFailedAt: -Infinity,
-    lastFailedIp: '',
-    failedIps: new Map(),
-    lastRevokedUseAt: -Infinity,
-    lastExpiredUseAt: -Infinity,
-    hours: new Map(),
-    ...fields,
-  };
+  return { ...emptyDelta(KEY_A, ORG_1), lastUsedAt: T0, lastIp: '10.0.0.1', ...fields };
+}
+
+/** An ip map from `[ip, count, firstSeen, lastSeen]` rows, least recently seen first. */
+function ipsOf(...rows: Array<[string, number, number, number]>): Map<string, IpStat> {
+  return new Map(rows.map(([ip, count, firstSeen, lastSeen]) => [ip, { count, firstSeen, lastSeen }]));
 }
 
 t.test('mergeBatches', async (t) => {
@@ -301,14 +292,11 @@ t.test('mergeBatches', async (t) => {
         byOutcome: outcomes({ ok: 5, revoked: 2 }),
         lastUsedAt: T0 + 100,
         lastIp: '10.0.0.1',
-        ips: new Map([
-          ['10.0.0.1', { count: 4, firstSeen: T0, lastSeen: T0 + 100 }],
-          ['10.0.0.2', { count: 3, firstSeen: T0 + 10, lastSeen: T0 + 20 }],
-        ]),
+        ips: ipsOf(['10.0.0.1', 4, T0, T0 + 100], ['10.0.0.2', 3, T0 + 10, T0 + 20]),
         hours: new Map([[HOUR_10, outcomes({ ok: 5, revoked: 2 })]]),
         lastRevokedUseAt: T0 + 50,
       }),
-      delta({ keyId: KEY_B, total: 3, byOutcome: outcomes({ expired: 3 }), ips: new Map([['::1', { count: 3, firstSeen: T0, lastSeen: T0 }]]), hours: new Map([[HOUR_10, outcomes({ expired: 3 })]]) }),
+      delta({ keyId: KEY_B, total: 3, byOutcome: outcomes({ expired: 3 }), ips: ipsOf(['::1', 3, T0, T0]), hours: new Map([[HOUR_10, outcomes({ expired: 3 })]]) }),
     ],
   };
   const newer: UsageBatch = {
@@ -319,17 +307,14 @@ t.test('mergeBatches', async (t) => {
         byOutcome: outcomes({ ok: 1, cross_org: 5 }),
         lastUsedAt: T0 + 5000,
         lastIp: '10.0.0.3',
-        ips: new Map([
-          ['10.0.0.1', { count: 1, firstSeen: T0 + 2000, lastSeen: T0 + 2000 }],
-          ['10.0.0.3', { count: 5, firstSeen: T0 + 3000, lastSeen: T0 + 5000 }],
-        ]),
+        ips: ipsOf(['10.0.0.1', 1, T0 + 2000, T0 + 2000], ['10.0.0.3', 5, T0 + 3000, T0 + 5000]),
         hours: new Map([
           [HOUR_10, outcomes({ ok: 1 })],
           [HOUR_11, outcomes({ cross_org: 5 })],
         ]),
         lastFailedAt: T0 + 4000,
         lastFailedIp: '192.0.2.9',
-        failedIps: new Map([['192.0.2.9', { count: 2, firstSeen: T0 + 4000, lastSeen: T0 + 4000 }]]),
+        failedIps: ipsOf(['192.0.2.9', 2, T0 + 4000, T0 + 4000]),
       }),
     ],
   };
@@ -339,11 +324,7 @@ t.test('mergeBatches', async (t) => {
     byOutcome: outcomes({ ok: 6, revoked: 2, cross_org: 5 }),
     lastUsedAt: T0 + 5000,
     lastIp: '10.0.0.3',
-    ips: new Map([
-      ['10.0.0.2', { count: 3, firstSeen: T0 + 10, lastSeen: T0 + 20 }],
-      ['10.0.0.1', { count: 5, firstSeen: T0, lastSeen: T0 + 2000 }],
-      ['10.0.0.3', { count: 5, firstSeen: T0 + 3000, lastSeen: T0 + 5000 }],
-    ]),
+    ips: ipsOf(['10.0.0.2', 3, T0 + 10, T0 + 20], ['10.0.0.1', 5, T0, T0 + 2000], ['10.0.0.3', 5, T0 + 3000, T0 + 5000]),
     hours: new Map([
       [HOUR_10, outcomes({ ok: 6, revoked: 2 })],
       [HOUR_11, outcomes({ cross_org: 5 })],
@@ -351,7 +332,7 @@ t.test('mergeBatches', async (t) => {
     lastRevokedUseAt: T0 + 50,
     lastFailedAt: T0 + 4000,
     lastFailedIp: '192.0.2.9',
-    failedIps: new Map([['192.0.2.9', { count: 2, firstSeen: T0 + 4000, lastSeen: T0 + 4000 }]]),
+    failedIps: ipsOf(['192.0.2.9', 2, T0 + 4000, T0 + 4000]),
   });
 
   t.test('sums totals, outcomes, hours and ip stats', async (t) => {

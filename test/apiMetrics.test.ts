@@ -10,7 +10,7 @@ import { createLogger } from '../shared/logger';
 import { Histogram } from '../shared/metrics';
 import { parsePacket } from '../shared/usageWire';
 import { freshDatabase } from './helpers/database';
-import { waitFor } from './helpers/collector';
+import { waitFor } from '../harness/wait';
 
 const logger = createLogger({ level: 'silent', name: 'test' });
 

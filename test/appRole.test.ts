@@ -4,7 +4,8 @@ import { createPgUsageStore } from '../collector/usageStore';
 import { ensureAppRole } from '../scripts/lib/appRole';
 import { createDb } from '../shared/db';
 import { seedOrg, startTestApi } from './helpers/api';
-import { startTestCollector, sendDatagrams, waitFor } from './helpers/collector';
+import { startTestCollector, sendDatagrams } from './helpers/collector';
+import { waitFor } from '../harness/wait';
 import { adminDatabaseUrl, freshDatabase } from './helpers/database';
 import { encodeUsageLine } from '../shared/usageWire';
 

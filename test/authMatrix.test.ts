@@ -6,6 +6,7 @@ import type { Scope } from '../api/keys/scopes';
 import type { Db } from '../shared/db';
 import type { Outcome } from '../shared/usageWire';
 import { seedOrg, startTestApi, type RecordedUse, type TestResponse } from './helpers/api';
+import { registeredRoutes } from './helpers/appRoutes';
 import { freshDatabase } from './helpers/database';
 
 // The shared security test: every route against every way a request can be refused, asserting the
@@ -21,9 +22,8 @@ interface Key {
 }
 
 interface Route {
+  /** `METHOD /pattern` exactly as the app's router lists it (test/helpers/appRoutes.ts). */
   name: string;
-  method: 'GET' | 'POST' | 'PATCH' | 'DELETE';
-  path: (orgId: string, keyId: string) => string;
   scope?: Scope;
   /** Key management: refused to a key's previous secret during a rotation's grace period. */
   managesKeys?: true;
@@ -34,18 +34,21 @@ interface Route {
   body?: unknown;
   okStatus: number;
   /** Requests by an authorised key that must fail validation, and the field the message must name. */
-  invalid: Array<{ label: string; path?: (orgId: string) => string; query?: string; body?: unknown; field: string }>;
+  invalid: Array<{ label: string; params?: Record<string, string>; query?: string; body?: unknown; field: string }>;
 }
 
-const KEYS = '/api/orgs';
 const BAD_ID = 'not-a-uuid';
+
+/** A query parameter the route refuses: the message names the parameter. */
+const badQuery = (label: string, query: string) => ({ label, query, field: query.split('=')[0] });
+
+/** Most routes read the org's keys: a GET with the keys:read scope, answering 200. */
+const read = (name: string, invalid: Route['invalid'], more: Partial<Route> = {}): Route => ({ name, scope: 'keys:read', target: 'reader', okStatus: 200, invalid, ...more });
 
 const ROUTES: Route[] = [
   {
     name: 'POST /api/orgs/:id/api-keys',
-    method: 'POST',
     managesKeys: true,
-    path: (org) => `${KEYS}/${org}/api-keys`,
     scope: 'keys:write',
     target: 'reader',
     body: { name: 'made by the matrix', scopes: ['keys:read'] },
@@ -59,40 +62,22 @@ const ROUTES: Route[] = [
       { label: 'missing body', field: 'name' },
     ],
   },
-  {
-    name: 'GET /api/orgs/:id/api-keys',
-    method: 'GET',
-    path: (org) => `${KEYS}/${org}/api-keys`,
-    scope: 'keys:read',
-    target: 'reader',
-    okStatus: 200,
-    invalid: [
-      { label: 'limit 0', query: 'limit=0', field: 'limit' },
-      { label: 'limit not a number', query: 'limit=ten', field: 'limit' },
-      { label: 'negative offset', query: 'offset=-1', field: 'offset' },
-      { label: 'unknown parameter', query: 'status=active', field: 'status' },
-    ],
-  },
-  {
-    name: 'GET /api/orgs/:id/api-keys/:keyId',
-    method: 'GET',
-    path: (org, key) => `${KEYS}/${org}/api-keys/${key}`,
-    scope: 'keys:read',
-    target: 'reader',
-    okStatus: 200,
-    invalid: [{ label: 'keyId not a UUID', path: (org) => `${KEYS}/${org}/api-keys/${BAD_ID}`, field: 'keyId' }],
-  },
+  read('GET /api/orgs/:id/api-keys', [
+    badQuery('limit 0', 'limit=0'),
+    badQuery('limit not a number', 'limit=ten'),
+    badQuery('negative offset', 'offset=-1'),
+    badQuery('unknown parameter', 'status=active'),
+  ]),
+  read('GET /api/orgs/:id/api-keys/:keyId', [{ label: 'keyId not a UUID', params: { keyId: BAD_ID }, field: 'keyId' }]),
   {
     name: 'POST /api/orgs/:id/api-keys/:keyId/rotate',
-    method: 'POST',
     managesKeys: true,
-    path: (org, key) => `${KEYS}/${org}/api-keys/${key}/rotate`,
     scope: 'keys:write',
     target: 'rotateTarget',
     body: { gracePeriodSeconds: 0 },
     okStatus: 200,
     invalid: [
-      { label: 'keyId not a UUID', path: (org) => `${KEYS}/${org}/api-keys/${BAD_ID}/rotate`, body: {}, field: 'keyId' },
+      { label: 'keyId not a UUID', params: { keyId: BAD_ID }, body: {}, field: 'keyId' },
       { label: 'negative grace', body: { gracePeriodSeconds: -1 }, field: 'gracePeriodSeconds' },
       { label: 'fractional grace', body: { gracePeriodSeconds: 1.5 }, field: 'gracePeriodSeconds' },
       { label: 'grace over 7 days', body: { gracePeriodSeconds: 604_801 }, field: 'gracePeriodSeconds' },
@@ -100,76 +85,46 @@ const ROUTES: Route[] = [
   },
   {
     name: 'POST /api/orgs/:id/api-keys/:keyId/revoke',
-    method: 'POST',
     managesKeys: true,
-    path: (org, key) => `${KEYS}/${org}/api-keys/${key}/revoke`,
     scope: 'keys:write',
     target: 'revokeTarget',
     okStatus: 200,
-    invalid: [{ label: 'keyId not a UUID', path: (org) => `${KEYS}/${org}/api-keys/${BAD_ID}/revoke`, field: 'keyId' }],
+    invalid: [{ label: 'keyId not a UUID', params: { keyId: BAD_ID }, field: 'keyId' }],
   },
   {
     name: 'GET /api/whoami',
-    method: 'GET',
-    path: () => '/api/whoami',
     target: 'reader',
     okStatus: 200,
     invalid: [],
   },
-  {
-    name: 'GET /api/orgs/:id/api-keys/usage',
-    method: 'GET',
-    path: (org) => `${KEYS}/${org}/api-keys/usage`,
-    scope: 'keys:read',
-    target: 'reader',
-    okStatus: 200,
-    invalid: [
-      { label: 'unknown sort', query: 'sort=name', field: 'sort' },
-      { label: 'dormant not a boolean', query: 'dormant=yes', field: 'dormant' },
-      { label: 'dormantDays 0', query: 'dormantDays=0', field: 'dormantDays' },
-      { label: 'unknown parameter', query: 'keyId=x', field: 'keyId' },
-    ],
-  },
-  {
-    name: 'GET /api/orgs/:id/api-keys/:keyId/usage',
-    method: 'GET',
-    path: (org, key) => `${KEYS}/${org}/api-keys/${key}/usage`,
-    scope: 'keys:read',
-    target: 'reader',
-    okStatus: 200,
-    invalid: [
-      { label: 'keyId not a UUID', path: (org) => `${KEYS}/${org}/api-keys/${BAD_ID}/usage`, field: 'keyId' },
-      { label: 'unknown granularity', query: 'granularity=week', field: 'granularity' },
-      { label: 'from not a date', query: 'from=yesterday', field: 'from' },
-    ],
-  },
-  {
-    name: 'GET /api/orgs/:id/api-keys/events',
-    method: 'GET',
-    path: (org) => `${KEYS}/${org}/api-keys/events`,
-    scope: 'keys:read',
-    target: 'reader',
-    okStatus: 200,
-    invalid: [
-      { label: 'unknown type', query: 'type=key.bogus', field: 'type' },
-      { label: 'keyId not a UUID', query: 'keyId=x', field: 'keyId' },
-      { label: 'since not a date', query: 'since=yesterday', field: 'since' },
-      { label: 'a cursor it never returned', query: 'cursor=bm90LWEtY3Vyc29y', field: 'cursor' },
-      { label: 'limit 0', query: 'limit=0', field: 'limit' },
-      { label: 'unknown parameter', query: 'offset=5', field: 'offset' },
-    ],
-  },
+  read('GET /api/orgs/:id/api-keys/usage', [
+    badQuery('unknown sort', 'sort=name'),
+    badQuery('dormant not a boolean', 'dormant=yes'),
+    badQuery('dormantDays 0', 'dormantDays=0'),
+    badQuery('unknown parameter', 'keyId=x'),
+  ]),
+  read('GET /api/orgs/:id/api-keys/:keyId/usage', [
+    { label: 'keyId not a UUID', params: { keyId: BAD_ID }, field: 'keyId' },
+    badQuery('unknown granularity', 'granularity=week'),
+    badQuery('from not a date', 'from=yesterday'),
+  ]),
+  read('GET /api/orgs/:id/api-keys/events', [
+    badQuery('unknown type', 'type=key.bogus'),
+    badQuery('keyId not a UUID', 'keyId=x'),
+    badQuery('since not a date', 'since=yesterday'),
+    badQuery('a cursor it never returned', 'cursor=bm90LWEtY3Vyc29y'),
+    badQuery('limit 0', 'limit=0'),
+    badQuery('unknown parameter', 'offset=5'),
+  ]),
   {
     name: 'PATCH /api/orgs/:id/api-keys/:keyId',
-    method: 'PATCH',
-    path: (org, key) => `${KEYS}/${org}/api-keys/${key}`,
     scope: 'keys:write',
     managesKeys: true,
     target: 'reader',
     body: { expectedNetworks: ['10.0.0.0/8', '2001:db8::/32'] },
     okStatus: 200,
     invalid: [
-      { label: 'keyId not a UUID', path: (org) => `${KEYS}/${org}/api-keys/${BAD_ID}`, body: { expectedNetworks: null }, field: 'keyId' },
+      { label: 'keyId not a UUID', params: { keyId: BAD_ID }, body: { expectedNetworks: null }, field: 'keyId' },
       { label: 'prefix too long', body: { expectedNetworks: ['10.0.0.0/33'] }, field: 'expectedNetworks.0' },
       { label: 'not an address', body: { expectedNetworks: ['intranet'] }, field: 'expectedNetworks.0' },
       { label: 'unknown field', body: { expectedNetworks: null, name: 'x' }, field: 'name' },
@@ -178,8 +133,6 @@ const ROUTES: Route[] = [
   },
   {
     name: 'POST /api/orgs/:id/api-keys/revoke-dormant',
-    method: 'POST',
-    path: (org) => `${KEYS}/${org}/api-keys/revoke-dormant`,
     scope: 'keys:write',
     managesKeys: true,
     target: 'reader',
@@ -191,19 +144,11 @@ const ROUTES: Route[] = [
       { label: 'missing body', field: 'dormantDays' },
     ],
   },
-  {
-    name: 'GET /api/orgs/:id/audit-log',
-    method: 'GET',
-    path: (org) => `${KEYS}/${org}/audit-log`,
-    scope: 'keys:read',
-    target: 'reader',
-    okStatus: 200,
-    invalid: [
-      { label: 'limit 0', query: 'limit=0', field: 'limit' },
-      { label: 'cursor not one of ours', query: 'cursor=MTIzYQ', field: 'cursor' },
-      { label: 'unknown parameter', query: 'offset=10', field: 'offset' },
-    ],
-  },
+  read('GET /api/orgs/:id/audit-log', [
+    badQuery('limit 0', 'limit=0'),
+    badQuery('cursor not one of ours', 'cursor=MTIzYQ'),
+    badQuery('unknown parameter', 'offset=10'),
+  ]),
 ];
 
 const HOOK = { url: 'https://203.0.113.10/hook', events: ['*'] };
@@ -211,8 +156,6 @@ const HOOK = { url: 'https://203.0.113.10/hook', events: ['*'] };
 const WEBHOOK_ROUTES: Route[] = [
   {
     name: 'POST /api/orgs/:id/webhooks',
-    method: 'POST',
-    path: (org) => `${KEYS}/${org}/webhooks`,
     scope: 'keys:write',
     managesKeys: true,
     target: 'reader',
@@ -227,53 +170,32 @@ const WEBHOOK_ROUTES: Route[] = [
       { label: 'missing body', field: 'url' },
     ],
   },
-  {
-    name: 'GET /api/orgs/:id/webhooks',
-    method: 'GET',
-    path: (org) => `${KEYS}/${org}/webhooks`,
-    scope: 'keys:read',
-    target: 'reader',
-    okStatus: 200,
-    invalid: [
-      { label: 'limit 0', query: 'limit=0', field: 'limit' },
-      { label: 'unknown parameter', query: 'url=x', field: 'url' },
-    ],
-  },
-  {
-    name: 'GET /api/orgs/:id/webhooks/:webhookId/deliveries',
-    method: 'GET',
-    path: (org, hook) => `${KEYS}/${org}/webhooks/${hook}/deliveries`,
-    scope: 'keys:read',
-    target: 'webhook',
-    resource: 'webhook',
-    okStatus: 200,
-    invalid: [
-      { label: 'webhookId not a UUID', path: (org) => `${KEYS}/${org}/webhooks/${BAD_ID}/deliveries`, field: 'webhookId' },
-      { label: 'unknown status', query: 'status=lost', field: 'status' },
-      { label: 'negative offset', query: 'offset=-1', field: 'offset' },
-    ],
-  },
+  read('GET /api/orgs/:id/webhooks', [
+    badQuery('limit 0', 'limit=0'),
+    badQuery('unknown parameter', 'url=x'),
+  ]),
+  read('GET /api/orgs/:id/webhooks/:webhookId/deliveries', [
+    { label: 'webhookId not a UUID', params: { webhookId: BAD_ID }, field: 'webhookId' },
+    badQuery('unknown status', 'status=lost'),
+    badQuery('negative offset', 'offset=-1'),
+  ], { target: 'webhook', resource: 'webhook' }),
   {
     name: 'POST /api/orgs/:id/webhooks/:webhookId/test',
-    method: 'POST',
-    path: (org, hook) => `${KEYS}/${org}/webhooks/${hook}/test`,
     scope: 'keys:write',
     managesKeys: true,
     target: 'webhook',
     resource: 'webhook',
     okStatus: 202,
-    invalid: [{ label: 'webhookId not a UUID', path: (org) => `${KEYS}/${org}/webhooks/${BAD_ID}/test`, field: 'webhookId' }],
+    invalid: [{ label: 'webhookId not a UUID', params: { webhookId: BAD_ID }, field: 'webhookId' }],
   },
   {
     name: 'DELETE /api/orgs/:id/webhooks/:webhookId',
-    method: 'DELETE',
-    path: (org, hook) => `${KEYS}/${org}/webhooks/${hook}`,
     scope: 'keys:write',
     managesKeys: true,
     target: 'webhookToDelete',
     resource: 'webhook',
     okStatus: 204,
-    invalid: [{ label: 'webhookId not a UUID', path: (org) => `${KEYS}/${org}/webhooks/${BAD_ID}`, field: 'webhookId' }],
+    invalid: [{ label: 'webhookId not a UUID', params: { webhookId: BAD_ID }, field: 'webhookId' }],
   },
 ];
 ROUTES.push(...WEBHOOK_ROUTES);
@@ -350,158 +272,209 @@ async function storedHashForms(db: Db): Promise<string[]> {
   return hashes.flatMap((hash) => [hash.toString('hex'), hash.toString('base64'), hash.toString('base64url')]);
 }
 
-t.test('every route against every kind of refusal', async (t) => {
-  const world = await buildWorld(t);
-  const { api, acme, globex, keys, targets } = world;
-  const revealed: string[] = [];
-  const revealedWebhookSecrets: string[] = [];
-  const unauthorizedMessages = new Set<string>();
+// Routes the app serves to anyone, outside the matrix: the dashboard page (it holds no data; the
+// browser calls the API with a key), the health check and the OpenAPI contract.
+const PUBLIC_ROUTES = ['GET /', 'GET /healthz', 'GET /openapi.json'];
 
-  // One request; returns the response and the uses it recorded.
-  async function call(route: Route, init: { key?: string; header?: Header; path?: string; body?: unknown; query?: string; targetKey?: string }) {
+const methodOf = (route: Route) => route.name.split(' ')[0];
+
+/** The route's path with `:id` the org, its second parameter the target, and any parameter overridden. */
+function pathOf(route: Route, orgId: string, targetId: string, params: Record<string, string> = {}): string {
+  return route.name.split(' ')[1].replace(/:(\w+)/g, (_, name: string) => params[name] ?? (name === 'id' ? orgId : targetId));
+}
+const namesOrg = (route: Route) => route.name.includes('/:id');
+const namesTarget = (route: Route) => /\/:id\/.*\/:\w+/.test(route.name);
+
+t.test('the matrix covers every route the app serves', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  // Read from the app's router, so a route added to the app is here whether or not anyone remembered the matrix.
+  const served = registeredRoutes(api.app);
+  t.ok(served.length > ROUTES.length / 2, `the router listed ${served.length} routes`);
+  const inMatrix = new Set([...ROUTES.map((route) => route.name), ...PUBLIC_ROUTES]);
+  t.same(served.filter((name) => !inMatrix.has(name)), [], 'every route the app serves has a matrix entry (or is a listed public route)');
+  t.same([...inMatrix].filter((name) => !served.includes(name)), [], 'every matrix entry is a route the app serves');
+  t.equal(new Set(ROUTES.map((route) => route.name)).size, ROUTES.length, 'no route listed twice');
+});
+
+type World = Awaited<ReturnType<typeof buildWorld>>;
+type Call = ReturnType<typeof caller>;
+
+// One request as `route`, by default on the target the route acts on; returns the response and the uses it recorded.
+function caller(world: World) {
+  const { api, acme, targets } = world;
+  return async (route: Route, init: { key?: string; header?: Header; path?: string; body?: unknown; query?: string; targetKey?: string }) => {
     const target = init.targetKey ?? targets[route.target];
-    const path = (init.path ?? route.path(acme.id, target)) + (init.query ? `?${init.query}` : '');
+    const path = (init.path ?? pathOf(route, acme.id, target)) + (init.query ? `?${init.query}` : '');
     const before = api.uses.length;
     const body = 'body' in init ? init.body : route.body;
-    const response = await api.request(route.method, path, { key: init.key, header: init.header, body });
+    const response = await api.request(methodOf(route), path, { key: init.key, header: init.header, body });
     return { response, uses: api.uses.slice(before) };
-  }
+  };
+}
 
-  const use = (key: Key, outcome: Outcome): RecordedUse => ({ keyId: key.id, orgId: key.orgId, ip: '127.0.0.1', outcome });
+const use = (key: Key, outcome: Outcome): RecordedUse => ({ keyId: key.id, orgId: key.orgId, ip: '127.0.0.1', outcome });
+
+/** What one route's run hands back to the whole matrix. */
+interface Seen {
+  unauthorizedMessages: Set<string>;
+  revealed: string[];
+  revealedWebhookSecrets: string[];
+}
+
+// Every way a key can fail to authenticate: 401 with the one message, and the use recorded only when the key is known.
+async function assertUnauthenticated(t: Test, world: World, call: Call, route: Route, header: Header, seen: Seen) {
+  const { keys } = world;
+  const unauthorized = async (label: string, init: Parameters<Call>[1], expectedUses: RecordedUse[]) => {
+    const { response, uses } = await call(route, { header, ...init });
+    assertErrorShape(t, response, 401, 'unauthorized', label);
+    t.equal(response.body.error.message, UNAUTHORIZED_MESSAGE, `${label}: the one 401 message`);
+    seen.unauthorizedMessages.add(response.body.error.message);
+    t.same(uses, expectedUses, `${label}: recorded ${expectedUses.map((u) => u.outcome).join(', ') || 'nothing'}`);
+  };
+  await unauthorized('no key', {}, []);
+  await unauthorized('malformed key', { key: 'not-a-key' }, []);
+  await unauthorized('malformed: truncated secret', { key: keys.admin.plaintext.slice(0, -1) }, []);
+  await unauthorized('unknown key id', { key: `ku_${randomBytes(16).toString('hex')}_${randomBytes(32).toString('base64url')}` }, []);
+  await unauthorized('wrong secret (legacy format)', { key: `${keys.admin.plaintext.slice(0, 36)}${randomBytes(32).toString('base64url')}` }, [use(keys.admin, 'bad_secret')]);
+  await unauthorized('wrong secret (checksum format)', { key: formatKey(keys.admin.id, randomBytes(32).toString('hex').slice(0, 43)) }, [use(keys.admin, 'bad_secret')]);
+  const flipped = keys.admin.plaintext.slice(-1) === 'a' ? 'b' : 'a';
+  await unauthorized('checksum mismatch', { key: keys.admin.plaintext.slice(0, -1) + flipped }, []);
+  await unauthorized('expired', { key: keys.expiring.plaintext }, [use(keys.expiring, 'expired')]);
+  await unauthorized('revoked', { key: keys.revoked.plaintext }, [use(keys.revoked, 'revoked')]);
+  await unauthorized('rotated out (old secret after grace)', { key: keys.rotated.plaintext }, [use(keys.rotated, 'bad_secret')]);
+}
+
+// A key without the route's scope is refused 403 naming it; a previous secret in its grace period
+// may do everything but manage keys.
+async function assertScopeAndGrace(t: Test, world: World, call: Call, route: Route, header: Header) {
+  const { keys } = world;
+  if (route.scope) {
+    const lacking = route.scope === 'keys:write' ? keys.reader : keys.writer;
+    const { response, uses } = await call(route, { key: lacking.plaintext, header });
+    assertErrorShape(t, response, 403, 'forbidden', 'missing scope');
+    t.match(response.body.error.message, `"${route.scope}"`, 'missing scope: the message names the scope');
+    t.same(uses, [use(lacking, 'forbidden')], 'missing scope: recorded forbidden');
+  }
+  const { response, uses } = await call(route, { key: keys.inGrace.plaintext, header });
+  if (route.managesKeys) {
+    assertErrorShape(t, response, 403, 'stale_secret', 'previous secret in its grace period');
+    t.match(response.body.error.message, /current secret/, 'previous secret: the message says to use the current secret');
+    t.same(uses, [use(keys.inGrace, 'forbidden')], 'previous secret: recorded forbidden');
+  } else {
+    t.equal(response.status, route.okStatus, 'previous secret in its grace period: everything but key management');
+    t.same(uses, [use(keys.inGrace, 'ok')], 'previous secret: recorded ok');
+  }
+}
+
+// Another org's key, an org that does not exist and a malformed org id.
+async function assertOrgIsolation(t: Test, world: World, call: Call, route: Route, header: Header) {
+  const { keys, acme, targets } = world;
+  // A key of another org: 404, indistinguishable from an org that does not exist.
+  const other = await call(route, { key: keys.intruder.plaintext, header });
+  assertErrorShape(t, other.response, 404, 'not_found', 'other org');
+  t.equal(other.response.body.error.message, 'Organization not found', 'other org: a fixed message');
+  t.notMatch(other.response.text, acme.id, 'other org: the body does not echo the org id');
+  t.notMatch(other.response.text, targets[route.target], 'other org: nor the key id');
+  t.same(other.uses, [use(keys.intruder, 'cross_org')], 'other org: recorded cross_org');
+
+  const nowhere = await call(route, { key: keys.intruder.plaintext, header, path: pathOf(route, randomUUID(), targets[route.target]) });
+  t.same(
+    [nowhere.response.status, nowhere.response.body.error.code, nowhere.response.body.error.message],
+    [other.response.status, other.response.body.error.code, other.response.body.error.message],
+    'an org that does not exist answers exactly the same',
+  );
+
+  // A malformed id names no org: 400 naming the parameter, like a malformed key id.
+  const malformedOrg = await call(route, { key: keys.admin.plaintext, header, path: pathOf(route, BAD_ID, targets[route.target]) });
+  assertErrorShape(t, malformedOrg.response, 400, 'invalid_request', 'malformed org id');
+  t.match(malformedOrg.response.body.error.message, /^Invalid params: (.*; )?id: must be a UUID/, 'malformed org id: names id');
+  t.same(malformedOrg.uses, [use(keys.admin, 'ok')], 'malformed org id: an authorised use');
+}
+
+// The caller's own org, another org's key (or webhook) id: it is not found there.
+async function assertForeignTarget(t: Test, world: World, call: Call, route: Route, header: Header) {
+  const { keys } = world;
+  const foreign = route.resource === 'webhook' ? { id: world.foreignWebhook, message: 'Webhook not found' } : { id: keys.intruder.id, message: 'API key not found' };
+  const foreignKey = await call(route, { key: keys.admin.plaintext, header, targetKey: foreign.id });
+  assertErrorShape(t, foreignKey.response, 404, 'not_found', 'another org\'s id');
+  t.equal(foreignKey.response.body.error.message, foreign.message);
+  t.same(foreignKey.uses, [use(keys.admin, 'ok')], 'another org\'s id: an authorised use');
+  const unknownKey = await call(route, { key: keys.admin.plaintext, header, targetKey: randomUUID() });
+  t.same([unknownKey.response.status, unknownKey.response.body.error.message], [404, foreign.message], 'an unknown id answers the same');
+}
+
+async function assertInvalidInputs(t: Test, world: World, call: Call, route: Route, header: Header) {
+  const { keys, acme, targets } = world;
+  for (const invalid of route.invalid) {
+    const label = `invalid: ${invalid.label}`;
+    const { response, uses } = await call(route, {
+      key: keys.admin.plaintext,
+      header,
+      path: invalid.params ? pathOf(route, acme.id, targets[route.target], invalid.params) : undefined,
+      query: invalid.query,
+      body: invalid.body,
+    });
+    assertErrorShape(t, response, 400, 'invalid_request', label);
+    t.match(response.body.error.message, new RegExp(`^Invalid (body|query|params): .*${invalid.field.replace('.', '\\.')}`), `${label}: names ${invalid.field}`);
+    t.same(uses, [use(keys.admin, 'ok')], `${label}: an authorised use`);
+  }
+}
+
+// Last, the control: the right key succeeds, so the refusals before it are not an accident.
+async function assertRightKeySucceeds(t: Test, world: World, call: Call, route: Route, header: Header, seen: Seen) {
+  const { response, uses } = await call(route, { key: world.keys.admin.plaintext, header });
+  t.equal(response.status, route.okStatus, `the right key: ${route.okStatus}`);
+  t.same(uses, [use(world.keys.admin, 'ok')], 'the right key: recorded ok');
+  if (typeof response.body?.key === 'string') seen.revealed.push(response.body.key);
+  if (typeof response.body?.secret === 'string') seen.revealedWebhookSecrets.push(response.body.secret);
+}
+
+async function assertNoKeyMaterial(t: Test, world: World, seen: Seen) {
+  const { evidence } = world.api;
+  t.ok(evidence.bodies.length > 100, `${evidence.bodies.length} response bodies captured`);
+  t.ok(evidence.logLines.length > 100, `${evidence.logLines.length} log lines captured`);
+  t.same(evidence.leaksOf([evidence.bodies[0]]), [evidence.bodies[0]], 'the scan finds what is there');
+
+  const plaintexts = [...world.plaintexts, ...seen.revealed];
+  const secrets = plaintexts.map((plaintext) => parsePresentedKey(plaintext)!.secret);
+  t.same(evidence.leaksOf(plaintexts), [], 'no plaintext key');
+  t.same(evidence.leaksOf(secrets), [], 'no secret part of a key');
+  const hashes = await storedHashForms(world.db);
+  t.ok(hashes.length >= 3 * 12, 'current and previous hashes of every key');
+  t.same(evidence.leaksOf(hashes), [], 'no stored hash, hex or base64');
+  t.same(evidence.leaksOf([world.api.config.api.keyPepper]), [], 'not the pepper either');
+  t.same(evidence.leaksOf([...world.webhookSecrets, ...seen.revealedWebhookSecrets]), [], 'no webhook signing secret');
+  t.same(
+    evidence.logLines.filter((line) => JSON.parse(line).level >= 50),
+    [],
+    'client errors are not logged as errors',
+  );
+}
+
+t.test('every route against every kind of refusal', async (t) => {
+  const world = await buildWorld(t);
+  const call = caller(world);
+  const seen: Seen = { unauthorizedMessages: new Set(), revealed: [], revealedWebhookSecrets: [] };
 
   for (const [index, route] of ROUTES.entries()) {
     await t.test(route.name, async (t) => {
       // Alternate the header style so both are exercised on every kind of refusal.
       const header: Header = index % 2 === 0 ? 'bearer' : 'x-api-key';
-
-      const unauthorized = async (label: string, init: Parameters<typeof call>[1], expectedUses: RecordedUse[]) => {
-        const { response, uses } = await call(route, { header, ...init });
-        assertErrorShape(t, response, 401, 'unauthorized', label);
-        t.equal(response.body.error.message, UNAUTHORIZED_MESSAGE, `${label}: the one 401 message`);
-        unauthorizedMessages.add(response.body.error.message);
-        t.same(uses, expectedUses, `${label}: recorded ${expectedUses.map((u) => u.outcome).join(', ') || 'nothing'}`);
-      };
-
-      await unauthorized('no key', {}, []);
-      await unauthorized('malformed key', { key: 'not-a-key' }, []);
-      await unauthorized('malformed: truncated secret', { key: keys.admin.plaintext.slice(0, -1) }, []);
-      await unauthorized('unknown key id', { key: `ku_${randomBytes(16).toString('hex')}_${randomBytes(32).toString('base64url')}` }, []);
-      await unauthorized('wrong secret (legacy format)', { key: `${keys.admin.plaintext.slice(0, 36)}${randomBytes(32).toString('base64url')}` }, [
-        use(keys.admin, 'bad_secret'),
-      ]);
-      await unauthorized('wrong secret (checksum format)', { key: formatKey(keys.admin.id, randomBytes(32).toString('hex').slice(0, 43)) }, [
-        use(keys.admin, 'bad_secret'),
-      ]);
-      const flipped = keys.admin.plaintext.slice(-1) === 'a' ? 'b' : 'a';
-      await unauthorized('checksum mismatch', { key: keys.admin.plaintext.slice(0, -1) + flipped }, []);
-      await unauthorized('expired', { key: keys.expiring.plaintext }, [use(keys.expiring, 'expired')]);
-      await unauthorized('revoked', { key: keys.revoked.plaintext }, [use(keys.revoked, 'revoked')]);
-      await unauthorized('rotated out (old secret after grace)', { key: keys.rotated.plaintext }, [use(keys.rotated, 'bad_secret')]);
-
-      if (route.scope) {
-        const lacking = route.scope === 'keys:write' ? keys.reader : keys.writer;
-        const { response, uses } = await call(route, { key: lacking.plaintext, header });
-        assertErrorShape(t, response, 403, 'forbidden', 'missing scope');
-        t.match(response.body.error.message, `"${route.scope}"`, 'missing scope: the message names the scope');
-        t.same(uses, [use(lacking, 'forbidden')], 'missing scope: recorded forbidden');
-      }
-
-      if (route.managesKeys) {
-        const { response, uses } = await call(route, { key: keys.inGrace.plaintext, header });
-        assertErrorShape(t, response, 403, 'stale_secret', 'previous secret in its grace period');
-        t.match(response.body.error.message, /current secret/, 'previous secret: the message says to use the current secret');
-        t.same(uses, [use(keys.inGrace, 'forbidden')], 'previous secret: recorded forbidden');
-      } else {
-        const { response, uses } = await call(route, { key: keys.inGrace.plaintext, header });
-        t.equal(response.status, route.okStatus, 'previous secret in its grace period: everything but key management');
-        t.same(uses, [use(keys.inGrace, 'ok')], 'previous secret: recorded ok');
-      }
-
-      if (route.path('ORG', 'KEY').includes('ORG')) {
-        // A key of another org: 404, indistinguishable from an org that does not exist.
-        const other = await call(route, { key: keys.intruder.plaintext, header });
-        assertErrorShape(t, other.response, 404, 'not_found', 'other org');
-        t.equal(other.response.body.error.message, 'Organization not found', 'other org: a fixed message');
-        t.notMatch(other.response.text, acme.id, 'other org: the body does not echo the org id');
-        t.notMatch(other.response.text, targets[route.target], 'other org: nor the key id');
-        t.same(other.uses, [use(keys.intruder, 'cross_org')], 'other org: recorded cross_org');
-
-        const missingOrg = randomUUID();
-        const nowhere = await call(route, { key: keys.intruder.plaintext, header, path: route.path(missingOrg, targets[route.target]) });
-        t.same(
-          [nowhere.response.status, nowhere.response.body.error.code, nowhere.response.body.error.message],
-          [other.response.status, other.response.body.error.code, other.response.body.error.message],
-          'an org that does not exist answers exactly the same',
-        );
-
-        // A malformed id names no org: 400 naming the parameter, like a malformed key id.
-        const malformedOrg = await call(route, { key: keys.admin.plaintext, header, path: route.path(BAD_ID, targets[route.target]) });
-        assertErrorShape(t, malformedOrg.response, 400, 'invalid_request', 'malformed org id');
-        t.match(malformedOrg.response.body.error.message, /^Invalid params: (.*; )?id: must be a UUID/, 'malformed org id: names id');
-        t.same(malformedOrg.uses, [use(keys.admin, 'ok')], 'malformed org id: an authorised use');
-
-        // The caller's own org, another org's key (or webhook) id: it is not found there.
-        if (route.path('ORG', 'KEY').includes('KEY')) {
-          const foreign = route.resource === 'webhook' ? { id: world.foreignWebhook, message: 'Webhook not found' } : { id: keys.intruder.id, message: 'API key not found' };
-          const foreignKey = await call(route, { key: keys.admin.plaintext, header, targetKey: foreign.id });
-          assertErrorShape(t, foreignKey.response, 404, 'not_found', 'another org\'s id');
-          t.equal(foreignKey.response.body.error.message, foreign.message);
-          t.same(foreignKey.uses, [use(keys.admin, 'ok')], 'another org\'s id: an authorised use');
-          const unknownKey = await call(route, { key: keys.admin.plaintext, header, targetKey: randomUUID() });
-          t.same([unknownKey.response.status, unknownKey.response.body.error.message], [404, foreign.message], 'an unknown id answers the same');
-        }
-      }
-
-      for (const invalid of route.invalid) {
-        const label = `invalid: ${invalid.label}`;
-        const { response, uses } = await call(route, {
-          key: keys.admin.plaintext,
-          header,
-          path: invalid.path?.(acme.id),
-          query: invalid.query,
-          body: invalid.body,
-        });
-        assertErrorShape(t, response, 400, 'invalid_request', label);
-        t.match(response.body.error.message, new RegExp(`^Invalid (body|query|params): .*${invalid.field.replace('.', '\\.')}`), `${label}: names ${invalid.field}`);
-        t.same(uses, [use(keys.admin, 'ok')], `${label}: an authorised use`);
-      }
-
-      // Last, the control: the right key succeeds, so the refusals above are not an accident.
-      const { response, uses } = await call(route, { key: keys.admin.plaintext, header });
-      t.equal(response.status, route.okStatus, `the right key: ${route.okStatus}`);
-      t.same(uses, [use(keys.admin, 'ok')], 'the right key: recorded ok');
-      if (typeof response.body?.key === 'string') revealed.push(response.body.key);
-      if (typeof response.body?.secret === 'string') revealedWebhookSecrets.push(response.body.secret);
+      await assertUnauthenticated(t, world, call, route, header, seen);
+      await assertScopeAndGrace(t, world, call, route, header);
+      if (namesOrg(route)) await assertOrgIsolation(t, world, call, route, header);
+      if (namesTarget(route)) await assertForeignTarget(t, world, call, route, header);
+      await assertInvalidInputs(t, world, call, route, header);
+      await assertRightKeySucceeds(t, world, call, route, header, seen);
     });
   }
 
-  t.same([...unauthorizedMessages], [UNAUTHORIZED_MESSAGE], 'every 401 carries the same message');
-  t.equal(revealed.length, 2, 'create and rotate each revealed one key');
-  t.equal(revealedWebhookSecrets.length, 1, 'creating a webhook revealed its secret');
-
-  await t.test('no key material in any response body or log line', async (t) => {
-    const { evidence } = api;
-    t.ok(evidence.bodies.length > 100, `${evidence.bodies.length} response bodies captured`);
-    t.ok(evidence.logLines.length > 100, `${evidence.logLines.length} log lines captured`);
-    t.same(evidence.leaksOf([evidence.bodies[0]]), [evidence.bodies[0]], 'the scan finds what is there');
-
-    const plaintexts = [...world.plaintexts, ...revealed];
-    const secrets = plaintexts.map((plaintext) => parsePresentedKey(plaintext)!.secret);
-    t.same(evidence.leaksOf(plaintexts), [], 'no plaintext key');
-    t.same(evidence.leaksOf(secrets), [], 'no secret part of a key');
-    const hashes = await storedHashForms(world.db);
-    t.ok(hashes.length >= 3 * 12, 'current and previous hashes of every key');
-    t.same(evidence.leaksOf(hashes), [], 'no stored hash, hex or base64');
-    t.same(evidence.leaksOf([api.config.api.keyPepper]), [], 'not the pepper either');
-    t.same(evidence.leaksOf([...world.webhookSecrets, ...revealedWebhookSecrets]), [], 'no webhook signing secret');
-    t.same(
-      evidence.logLines.filter((line) => JSON.parse(line).level >= 50),
-      [],
-      'client errors are not logged as errors',
-    );
-  });
-
-  t.notMatch(globex.id, acme.id);
+  t.same([...seen.unauthorizedMessages], [UNAUTHORIZED_MESSAGE], 'every 401 carries the same message');
+  t.equal(seen.revealed.length, 2, 'create and rotate each revealed one key');
+  t.equal(seen.revealedWebhookSecrets.length, 1, 'creating a webhook revealed its secret');
+  await t.test('no key material in any response body or log line', (t) => assertNoKeyMaterial(t, world, seen));
+  t.notMatch(world.globex.id, world.acme.id);
 });
 
 t.test('X-Forwarded-For is believed only from a trusted proxy', async (t) => {

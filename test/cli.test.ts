@@ -12,6 +12,8 @@ import { migrate, stdio as migrateStdio } from '../scripts/migrate';
 import { loadConfig } from '../shared/config';
 import { createDb, MIGRATIONS_DIRECTORY, type Db } from '../shared/db';
 import { startLocalPostgres } from '../scripts/lib/localPostgres';
+import { mintDemoTrafficKey } from '../scripts/lib/demoTrafficKey';
+import { parsePresentedKey } from '../api/keys/keyMaterial';
 import { startTestApi } from './helpers/api';
 import { emptyDatabase, freshDatabase } from './helpers/database';
 
@@ -362,7 +364,7 @@ t.test('service errors print `error: <message>` and exit 1', async (t) => {
   const ticking = cli(db, api.config.api.keyPepper, () => (clock += 60_000));
   const expiresAt = new Date(clock + 90_000).toISOString();
   t.equal(await ticking.run('key', 'create', org.id, '--name', 'x', '--scopes', 'keys:read', '--expires-at', expiresAt), 1);
-  t.same(ticking.err, ['error: Invalid body: expiresAt: must be in the future']);
+  t.same(ticking.err, ['error: expiresAt: must be in the future'], 'a service error, without the HTTP wording');
   t.same(ticking.out, []);
 });
 
@@ -424,12 +426,14 @@ t.test('main: the embedded PostgreSQL, started and stopped only when the CLI sta
   t.same(JSON.parse(second.out.join('\n')), [org], 'the data persists in the data folder');
   t.same(second.err, [], 'a running cluster is reused silently');
   t.equal(embeddedClusterRunning(env.EMBEDDED_PG_DIR), true, 'and left running: someone else started it');
+  await demoTrafficMintsItsKey(t, loadConfig({ ...env, NODE_ENV: 'test' }));
   cluster.stop();
+  t.match(await mintDemoTrafficKey(loadConfig({ ...env, NODE_ENV: 'test' })), { problem: /no embedded PostgreSQL running.*npm start/ }, 'demo-traffic mints nothing when no npm start runs');
 
   // An `npm start` that connects while the CLI runs keeps its database.
   const notes: string[] = [];
   const config = loadConfig({ ...env, NODE_ENV: 'test' });
-  const database = await openDatabase(config, (text) => notes.push(text));
+  const database = openDatabase(config, (text) => notes.push(text));
   const bystander = createDb(`${startLocalPostgres({ dataDir: env.EMBEDDED_PG_DIR, port: config.database.embeddedPort }).url}`, {
     poolMax: 1,
     applicationName: 'keyusage-api',
@@ -442,6 +446,25 @@ t.test('main: the embedded PostgreSQL, started and stopped only when the CLI sta
   cluster.stop();
   t.equal(embeddedClusterRunning(env.EMBEDDED_PG_DIR), false);
 });
+
+// `npm run demo-traffic` without DEMO_KEY, against the running embedded cluster that `config` names.
+async function demoTrafficMintsItsKey(t: Test, config: ReturnType<typeof loadConfig>) {
+  t.match(await mintDemoTrafficKey(config), { problem: /no "demo" organization/ }, 'no demo org: demo-traffic says to run npm start');
+  t.equal(await main(['org', 'create', 'demo'], { EMBEDDED_PG_DIR: config.database.embeddedDir, EMBEDDED_PG_PORT: String(config.database.embeddedPort) }, captured().io), 0);
+  const minted = await mintDemoTrafficKey(config);
+  if (!('plaintext' in minted)) {
+    t.fail(`no key minted: ${minted.problem}`);
+    return;
+  }
+  const database = await openDatabase(config, () => {});
+  const stored = await database.db('api_keys').where({ id: minted.keyId }).first();
+  t.same(stored.scopes, ['keys:read', 'keys:write'], 'the minted key can create and read keys');
+  t.equal(stored.name, 'demo-traffic-admin');
+  t.equal(parsePresentedKey(minted.plaintext)?.keyId, minted.keyId, 'the plaintext is that key');
+  await database.close();
+  const external = loadConfig({ NODE_ENV: 'test', DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none' });
+  t.match(await mintDemoTrafficKey(external), { problem: /DATABASE_URL.*DEMO_KEY/ }, 'with DATABASE_URL it asks for DEMO_KEY');
+}
 
 t.test('npm run migrate', async (t) => {
   const url = await emptyDatabase(t);

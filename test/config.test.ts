@@ -173,6 +173,7 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['webhook poll interval too short', { WEBHOOK_POLL_INTERVAL_MS: '5' }],
     ['connect timeout below 100 ms', { DATABASE_CONNECT_TIMEOUT_MS: '50' }],
     ['relay without a port', { COLLECTOR_RELAY_TO: 'statsd.internal' }],
+    ['retry cap of zero keys', { COLLECTOR_MAX_RETRY_KEYS: '0' }],
     ['relay port out of range', { COLLECTOR_RELAY_TO: '127.0.0.1:65536' }],
     ['relay port 0', { COLLECTOR_RELAY_TO: '127.0.0.1:0' }],
     ['relay IPv6 without brackets', { COLLECTOR_RELAY_TO: '::1:8125' }],
@@ -266,4 +267,10 @@ t.test('COLLECTOR_TIMESTAMP_WINDOW_SECONDS: an hour by default, 0 to ignore clie
   t.equal(loadConfig(env).collector.timestampWindowMs, 3_600_000);
   t.equal(loadConfig({ ...env, COLLECTOR_TIMESTAMP_WINDOW_SECONDS: '0' }).collector.timestampWindowMs, 0);
   t.equal(loadConfig({ ...env, COLLECTOR_TIMESTAMP_WINDOW_SECONDS: '86400' }).collector.timestampWindowMs, 86_400_000);
+});
+
+t.test("the aggregator's and the flusher's key caps: one setting each, the flusher's defaulting to the aggregator's", async (t) => {
+  t.match(loadConfig(DEV).collector, { aggregatorMaxKeys: 100_000, retryMaxKeys: 100_000 });
+  t.match(loadConfig({ ...DEV, COLLECTOR_MAX_PENDING_KEYS: '5000' }).collector, { aggregatorMaxKeys: 5000, retryMaxKeys: 5000 }, 'one setting still bounds both');
+  t.match(loadConfig({ ...DEV, COLLECTOR_MAX_PENDING_KEYS: '5000', COLLECTOR_MAX_RETRY_KEYS: '20000' }).collector, { aggregatorMaxKeys: 5000, retryMaxKeys: 20000 });
 });

@@ -3,8 +3,8 @@ import t from 'tap';
 import type { Page } from 'playwright-core';
 import { UNAUTHORIZED_MESSAGE } from '../api/errors';
 import { CONTENT_SECURITY_POLICY } from '../api/securityHeaders';
-import { launchBrowser } from './helpers/browser';
-import { waitFor } from './helpers/collector';
+import { launchBrowser } from '../harness/browser';
+import { waitFor } from '../harness/wait';
 import { wiredSystem } from './helpers/wiredSystem';
 
 // The dashboard as a person uses it, in a real headless Chromium, against the real API and

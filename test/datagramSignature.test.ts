@@ -8,7 +8,8 @@ import { SIGNATURE_LINE_BYTES, datagramVerifier, signDatagram } from '../shared/
 import { createLogger } from '../shared/logger';
 import { MAX_DATAGRAM_BYTES, encodeUsageLine } from '../shared/usageWire';
 import { seedOrg, startTestApi } from './helpers/api';
-import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
+import { sendDatagrams, startTestCollector } from './helpers/collector';
+import { waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
 
 const SECRET = 'a-shared-usage-signing-secret-of-32+chars';

@@ -7,7 +7,7 @@ import { insertOrganization } from '../api/orgs/orgs.repository';
 import { createApiKeysService } from '../api/keys/apiKeys.service';
 import { loadConfig } from '../shared/config';
 import { freshDatabase } from './helpers/database';
-import { waitFor } from './helpers/collector';
+import { waitFor } from '../harness/wait';
 
 const ROOT = path.resolve(__dirname, '..');
 
@@ -18,8 +18,8 @@ const ROOT = path.resolve(__dirname, '..');
 function startProcess(t: Test, entry: string, env: Record<string, string>) {
   const child = spawn(process.execPath, [...process.execArgv, entry], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const output: string[] = [];
-  child.stdout!.on('data', (chunk) => output.push(chunk.toString()));
-  child.stderr!.on('data', (chunk) => output.push(chunk.toString()));
+  child.stdout.on('data', (chunk) => output.push(chunk.toString()));
+  child.stderr.on('data', (chunk) => output.push(chunk.toString()));
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL');
   });

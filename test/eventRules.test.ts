@@ -1,6 +1,8 @@
+import { isIP } from 'node:net';
 import t from 'tap';
 import { Aggregator } from '../collector/aggregator';
 import { detectKeyEvents, isSpike, median, outsideNetworks, type DetectionThresholds, type KeyFacts } from '../collector/eventRules';
+import { IP_DETAIL_FIELDS } from '../shared/keyEvents';
 import type { UsageSample } from '../shared/usageWire';
 
 const KEY = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
@@ -131,4 +133,24 @@ t.test('key.revoked_used and key.expired_used: one per key per hour of the use',
     ],
   );
   t.strictSame(events[0].details, { ip: '198.51.100.1' });
+});
+
+// IP erasure (shared/ipRetention.ts) clears the detail fields it is told about; an address under
+// any other name would outlive IP_RETENTION_DAYS and `key erase-ips`.
+t.test('every detail field that holds a client address is one IP erasure clears', async (t) => {
+  const isAddress = (value: unknown): boolean => (Array.isArray(value) ? value.some(isAddress) : typeof value === 'string' && isIP(value.split('/')[0]) !== 0);
+  const events = [
+    detectKeyEvents(delta([{ count: 3, ip: '203.0.113.9' }]), facts({ requestCount: 3 }), RULES),
+    detectKeyEvents(delta([{ ip: '192.0.2.10' }]), facts({ newPrefixes: [{ prefix: '192.0.2.0/24', ip: '192.0.2.10', firstSeen: HOUR }], expectedNetworks: ['10.0.0.0/8'] }), RULES),
+    detectKeyEvents(delta([{ outcome: 'bad_secret', count: 5 }]), facts({ hours: [{ hour: HOUR, uses: 0, failed: 20, baseline: null }] }), RULES),
+    detectKeyEvents(delta([{ outcome: 'revoked' }, { outcome: 'expired' }]), facts({ hours: [] }), RULES),
+  ].flat();
+  t.strictSame(new Set(types(events)), new Set(['key.first_use', 'key.new_ip', 'key.outside_networks', 'key.failed_attempts', 'key.revoked_used', 'key.expired_used']));
+  for (const event of events) {
+    for (const [field, value] of Object.entries(event.details)) {
+      // The key's configured networks, set by an operator: not a client's address.
+      if (field === 'expectedNetworks' || !isAddress(value)) continue;
+      t.ok((IP_DETAIL_FIELDS as readonly string[]).includes(field), `${event.type}: ${field} is erased`);
+    }
+  }
 });

@@ -4,7 +4,8 @@ import { randomUUID } from 'node:crypto';
 import t, { type Test } from 'tap';
 import type { Db } from '../shared/db';
 import { encodeUsageLine } from '../shared/usageWire';
-import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
+import { sendDatagrams, startTestCollector } from './helpers/collector';
+import { sleep, waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
 import { seedOrg, startTestApi } from './helpers/api';
 import { wiredSystem } from './helpers/wiredSystem';
@@ -117,7 +118,7 @@ t.test('the right secret on a revoked or an expired key, and a burst of wrong se
 
   const expiresAt = Date.now() + 1500;
   const lapsed = await createKey(system, 'lapsed', { expiresAt: new Date(expiresAt).toISOString() });
-  await new Promise((resolve) => setTimeout(resolve, expiresAt + 100 - Date.now()));
+  await sleep(expiresAt + 100 - Date.now());
   await whoami(system, lapsed.key, 2);
   await settle(system);
   await whoami(system, lapsed.key, 2);
@@ -237,6 +238,8 @@ t.test('the events endpoint: newest first, filters, an opaque cursor, one org on
   t.strictSame(other.body.data, [], 'another org\'s key id finds nothing');
   const theirs = await api.request('GET', `/api/orgs/${globex.org.id}/api-keys/events`, { key: acme.adminKey });
   t.equal(theirs.status, 404);
+  const forged = await api.request('GET', `${path}?cursor=bm90LWEtY3Vyc29y`, { key: acme.adminKey });
+  t.match(forged, { status: 400, body: { error: { code: 'invalid_request', message: 'Invalid query: cursor: is not a cursor this endpoint returned' } } }, 'the service refuses the cursor, the HTTP layer names the query');
 });
 
 t.test('dormant clean-up: a dry run lists exactly what applying revokes, never the caller', async (t) => {
@@ -309,7 +312,7 @@ t.test('the prefix history is bounded per key; a forgotten network is new again'
     lines += 1;
     await waitFor('the line', () => (collector.ingest.usageLines === lines ? true : undefined));
     await collector.flusher.flush();
-    await new Promise((resolve) => setTimeout(resolve, 50)); // the best-effort trim runs after the flush
+    await sleep(50); // the best-effort trim runs after the flush
   };
   for (const ip of ['192.0.2.1', '198.51.100.1', '203.0.113.1']) await useFrom(ip);
   await waitFor('the trim', async () => ((await db('api_key_ip_history').where({ key_id: adminKeyId })).length === 2 ? true : undefined));

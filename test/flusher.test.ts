@@ -37,10 +37,10 @@ function fakeStore() {
 }
 
 t.test('backoff grows after each failure and resets after a success', async (t) => {
-  let now = 0;
+  const now = 0;
   const aggregator = new Aggregator({ maxKeys: 100, now: () => now });
   const { store, fail } = fakeStore();
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxPendingKeys: 100, logger, now: () => now, backoff: { initialMs: 100, maxMs: 250 } });
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => now, backoff: { initialMs: 100, maxMs: 250 } });
   aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 2 });
   const retryAts: number[] = [];
   for (let i = 0; i < 3; i += 1) {
@@ -58,7 +58,7 @@ t.test('backoff grows after each failure and resets after a success', async (t) 
 t.test('an in-doubt batch is never merged with newer data and is skipped when it did land', async (t) => {
   const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
   const { store, written, fail } = fakeStore();
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxPendingKeys: 100, logger });
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger });
   aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 5 });
   fail(new CommitInDoubtError(new Error('connection lost')));
   await flusher.flush();
@@ -73,7 +73,7 @@ t.test('an in-doubt batch is never merged with newer data and is skipped when it
 t.test('pending batches stop absorbing drains at the cap; the aggregator holds the rest', async (t) => {
   const aggregator = new Aggregator({ maxKeys: 3, now: () => 0 });
   const { store, fail } = fakeStore();
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxPendingKeys: 3, logger });
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 3, logger });
   for (let i = 0; i < 3; i += 1) aggregator.add({ keyId: key(i), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   fail(new Error('down'));
   await flusher.flush();
@@ -91,7 +91,7 @@ t.test('pending batches stop absorbing drains at the cap; the aggregator holds t
 t.test('a part-full retry batch never absorbs a drain that would take it past the cap: pending keys stay within twice the cap (fails without the fix)', async (t) => {
   const aggregator = new Aggregator({ maxKeys: 3, now: () => 0 });
   const { store, fail } = fakeStore();
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxPendingKeys: 3, logger });
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 3, logger });
   aggregator.add({ keyId: key(0), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   fail(new Error('down'));
   await flusher.flush();
@@ -109,7 +109,7 @@ t.test('a part-full retry batch never absorbs a drain that would take it past th
 t.test('stop gives up after its deadline when the store stays down', async (t) => {
   const aggregator = new Aggregator({ maxKeys: 3, now: () => 0 });
   const store: UsageStore = { write: async () => Promise.reject(new Error('down')), prune: async () => {}, expireOldRows: async () => {} };
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxPendingKeys: 3, logger });
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 3, logger });
   aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   t.equal(await flusher.stop(300), false);
   t.equal(flusher.pendingUses, 1, 'what could not be written is reported, not hidden');

@@ -6,7 +6,8 @@ import { eraseKeyIps, expireIpData } from '../shared/ipRetention';
 import { truncateIp } from '../shared/ipTruncation';
 import { encodeUsageLine, packDatagrams } from '../shared/usageWire';
 import { seedOrg, startTestApi } from './helpers/api';
-import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
+import { sendDatagrams, startTestCollector } from './helpers/collector';
+import { waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
 
 // Client IPs are personal data: IP_TRUNCATE keeps only the network, IP_RETENTION_DAYS bounds how
@@ -38,8 +39,19 @@ async function world(t: Test) {
   const api = await startTestApi(t, db);
   const acme = await seedOrg(api, db);
   const other = await api.services.apiKeys.create(acme.org.id, { name: 'other', scopes: ['keys:read'], expiresAt: null });
+  // Every event then also makes a webhook delivery, whose payload copies the event's details.
+  await db('webhooks').insert({ org_id: acme.org.id, url: 'https://203.0.113.10/in', event_types: ['*'], secret_box: Buffer.alloc(44) });
   return { db, url, api, acme, otherKeyId: other.key.id };
 }
+
+// The details of each event type that carries an address (docs/events.md), and one that carries none.
+const eventDetails = (ip: string | null): Record<string, Record<string, unknown>> => ({
+  'key.dormant': { lastUsedAt: null, dormantDays: 30 },
+  'key.failed_attempts': { hour: '2026-11-25T12:00:00.000Z', attempts: 20, threshold: 20, lastIp: ip },
+  'key.first_use': { ip },
+  'key.new_ip': { ip, prefix: ip && `${ip.replace(/\.\d+$/, '.0')}/24` },
+  'key.outside_networks': { ips: ip && [ip], expectedNetworks: ['10.0.0.0/8'] },
+});
 
 // Addresses for a key in every table that holds one, seen `daysAgo`.
 async function seedIps(db: Db, orgId: string, keyId: string, ip: string, daysAgo: number) {
@@ -53,7 +65,12 @@ async function seedIps(db: Db, orgId: string, keyId: string, ip: string, daysAgo
   await db.raw('insert into api_key_ip_history (key_id, prefix, first_ip, first_seen, last_seen) values (?, network(cast(? as inet)), ?, ?, ?)', [keyId, `${ip}/24`, ip, at, at]);
   await db.raw(`insert into audit_log (org_id, occurred_at, actor_type, actor_key_id, actor_display_prefix, action, target_key_id, ip)
                 values (?, ?, 'key', ?, 'ku_x', 'key.rotate', ?, ?)`, [orgId, at, keyId, keyId, ip]);
+  const events = Object.entries(eventDetails(ip)).map(([type, details]) => ({ org_id: orgId, key_id: keyId, type, occurred_at: at, details }));
+  await db('key_events').insert(events);
 }
+
+// Erased: the events and deliveries stay, each address field reads null.
+const ERASED_DETAILS = Object.values(eventDetails(null));
 
 const ipsOf = async (db: Db, keyId: string) => ({
   usage: await db('api_key_usage').where({ key_id: keyId }).first('last_used_ip', 'last_failed_ip'),
@@ -61,7 +78,22 @@ const ipsOf = async (db: Db, keyId: string) => ({
   failed: (await db('api_key_failed_ips').where({ key_id: keyId }).pluck('ip')).sort(),
   history: (await db('api_key_ip_history').where({ key_id: keyId }).pluck('first_ip')).sort(),
   audit: (await db('audit_log').where({ actor_key_id: keyId }).orderBy('id').pluck('ip')),
+  events: await db('key_events').where({ key_id: keyId }).orderBy('type').pluck('details'),
+  deliveries: (await db('webhook_deliveries').whereRaw(`payload->>'keyId' = ?`, [keyId]).orderBy('event_type').select('payload')).map((row) => row.payload.details),
 });
+const ipsKept = (ip: string) => ({
+  usage: { last_used_ip: ip, last_failed_ip: ip },
+  recent: [ip],
+  failed: [ip],
+  history: [ip],
+  audit: [ip],
+  events: Object.values(eventDetails(ip)),
+  deliveries: Object.values(eventDetails(ip)),
+});
+const IPS_ERASED = { usage: { last_used_ip: null, last_failed_ip: null }, recent: [], failed: [], history: [], audit: [null], events: ERASED_DETAILS, deliveries: ERASED_DETAILS };
+// Per table: rows deleted or fields cleared. Four of the five events (and their deliveries) hold an address.
+const ONE_KEY_ERASED = { api_key_recent_ips: 1, api_key_failed_ips: 1, api_key_ip_history: 1, api_key_usage: 2, audit_log: 1, key_events: 4, webhook_deliveries: 4 };
+const NOTHING_ERASED = Object.fromEntries(Object.keys(ONE_KEY_ERASED).map((table) => [table, 0]));
 
 t.test('IP_TRUNCATE: the collector aggregates and stores networks only, and the audit log keeps the same', async (t) => {
   const { db, url } = await freshDatabase(t);
@@ -86,11 +118,12 @@ t.test('IP_RETENTION_DAYS: every table loses addresses older than the setting, a
   await seedIps(db, acme.org.id, acme.adminKeyId, '192.0.2.1', 100);
   await seedIps(db, acme.org.id, otherKeyId, '192.0.2.2', 10);
   const erased = await expireIpData(db, 90);
-  t.same(erased, { api_key_recent_ips: 1, api_key_failed_ips: 1, api_key_ip_history: 1, api_key_usage: 2, audit_log: 1 });
-  t.same(await ipsOf(db, acme.adminKeyId), { usage: { last_used_ip: null, last_failed_ip: null }, recent: [], failed: [], history: [], audit: [null] }, 'older than 90 days: gone');
-  t.same(await ipsOf(db, otherKeyId), { usage: { last_used_ip: '192.0.2.2', last_failed_ip: '192.0.2.2' }, recent: ['192.0.2.2'], failed: ['192.0.2.2'], history: ['192.0.2.2'], audit: ['192.0.2.2'] }, '10 days: kept');
+  t.same(erased, ONE_KEY_ERASED);
+  t.same(await ipsOf(db, acme.adminKeyId), IPS_ERASED, 'older than 90 days: gone, from event details and webhook payloads too');
+  t.same(await ipsOf(db, otherKeyId), ipsKept('192.0.2.2'), '10 days: kept');
   t.ok((await db('api_key_usage').where({ key_id: acme.adminKeyId }).first()).last_used_at, 'the times and counts stay; only the address goes');
-  t.same(await expireIpData(db, 5), { api_key_recent_ips: 1, api_key_failed_ips: 1, api_key_ip_history: 1, api_key_usage: 2, audit_log: 1 }, 'a shorter setting takes the rest');
+  t.same(await expireIpData(db, 90), NOTHING_ERASED, 'erased once: a second run finds nothing');
+  t.same(await expireIpData(db, 5), ONE_KEY_ERASED, 'a shorter setting takes the rest');
   await t.rejects(db('audit_log').update({ ip: '203.0.113.1' }), /append-only/, 'the audit log allows erasing an address, nothing else');
 });
 
@@ -103,13 +136,13 @@ t.test('key erase-ips: one key, every table, recorded in the audit log; another 
   const cli = (...argv: string[]) => runCli(argv, { db, pepper: 'p'.repeat(32), now: Date.now, out: (text) => out.push(text), err: (text) => err.push(text) });
   t.equal(await cli('key', 'erase-ips', acme.org.id, acme.adminKeyId), 0);
   t.match(out.join('\n'), /api_key_recent_ips\s+1[\s\S]*audit_log\s+1/);
-  t.same(await ipsOf(db, acme.adminKeyId), { usage: { last_used_ip: null, last_failed_ip: null }, recent: [], failed: [], history: [], audit: [null] });
-  t.same((await ipsOf(db, otherKeyId)).recent, ['192.0.2.2'], 'other keys keep theirs');
+  t.same(await ipsOf(db, acme.adminKeyId), IPS_ERASED);
+  t.same(await ipsOf(db, otherKeyId), ipsKept('192.0.2.2'), 'other keys keep theirs');
   t.match(await db('audit_log').where({ action: 'key.erase_ips' }).first(), { actor_type: 'cli', target_key_id: acme.adminKeyId, ip: null, details: { erased: { api_key_recent_ips: 1 } } });
 
   t.equal(await cli('key', 'erase-ips', '00000000-0000-4000-8000-000000000000', acme.adminKeyId), 1, 'an unknown org');
   const globex = await db('organizations').insert({ name: 'globex' }).returning('id');
   t.equal(await cli('key', 'erase-ips', globex[0].id, acme.adminKeyId), 1, "a key of another org");
   t.match(err.join('\n'), /not found/);
-  t.same(await eraseKeyIps(db, acme.adminKeyId), { api_key_recent_ips: 0, api_key_failed_ips: 0, api_key_ip_history: 0, api_key_usage: 0, audit_log: 0 }, 'nothing left');
+  t.same(await eraseKeyIps(db, acme.adminKeyId), NOTHING_ERASED, 'nothing left');
 });

@@ -6,20 +6,13 @@ import { runCli } from '../scripts/cli';
 import type { Db } from '../shared/db';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
+import { waitFor } from '../harness/wait';
 
 // Rotating KEY_PEPPER: keys hashed with the old pepper keep working through KEY_PEPPER_PREVIOUS,
 // move to the new pepper on their first use (after the request), and the CLI says how many are left.
 
 const OLD = 'old-pepper-'.padEnd(40, 'o');
 const NEW = 'new-pepper-'.padEnd(40, 'n');
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>): Promise<T> {
-  for (const deadline = Date.now() + 5000; Date.now() < deadline; await new Promise((resolve) => setTimeout(resolve, 20))) {
-    const value = await probe();
-    if (value !== undefined) return value;
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
 
 const stored = (db: Db, id: string) => db('api_keys').where({ id }).first();
 

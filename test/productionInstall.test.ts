@@ -8,7 +8,7 @@ import { createApiKeysService } from '../api/keys/apiKeys.service';
 import { insertOrganization } from '../api/orgs/orgs.repository';
 import { freeTcpPort, freeUdpPort } from '../scripts/lib/freePort';
 import { emptyDatabase, freshDatabase } from './helpers/database';
-import { waitFor } from './helpers/collector';
+import { waitFor } from '../harness/wait';
 
 // scripts/build.js is plain JavaScript (it runs before anything is compiled): its step for the
 // dashboard's static files.
@@ -46,8 +46,8 @@ function run(command: string, args: string[], env: NodeJS.ProcessEnv, cwd = rele
 function start(t: Test, entry: string, env: NodeJS.ProcessEnv) {
   const child = spawn(process.execPath, [entry], { cwd: release, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
-  child.stdout!.on('data', (chunk) => (output += chunk));
-  child.stderr!.on('data', (chunk) => (output += chunk));
+  child.stdout.on('data', (chunk) => (output += chunk));
+  child.stderr.on('data', (chunk) => (output += chunk));
   t.teardown(() => {
     if (child.exitCode === null) child.kill('SIGKILL');
   });

@@ -1,6 +1,5 @@
-import { freeTcpPort } from '../scripts/lib/freePort';
+import { databaseUrl, openPostgresServer } from '../harness/postgres';
 import { createDb, migrateLatest } from '../shared/db';
-import { startThrowawayPostgres } from '../scripts/lib/localPostgres';
 import { TEMPLATE_DATABASE } from './helpers/database';
 import { runTap, tapArguments } from './runTap';
 
@@ -12,27 +11,19 @@ async function prepareTemplate(adminUrl: string) {
   await admin.raw(`drop database if exists ${TEMPLATE_DATABASE} with (force)`);
   await admin.raw(`create database ${TEMPLATE_DATABASE}`);
   await admin.destroy();
-  const templateUrl = new URL(adminUrl);
-  templateUrl.pathname = `/${TEMPLATE_DATABASE}`;
-  const template = createDb(templateUrl.toString(), { poolMax: 1 });
+  const template = createDb(databaseUrl(adminUrl, TEMPLATE_DATABASE), { poolMax: 1 });
   await migrateLatest(template);
   await template.destroy();
 }
 
 async function main() {
-  let local: ReturnType<typeof startThrowawayPostgres> | undefined;
-  let adminUrl = process.env.DATABASE_URL;
-  if (!adminUrl) {
-    local = startThrowawayPostgres('keyusage-test-', await freeTcpPort());
-    adminUrl = local.url;
-    console.log(`# throwaway PostgreSQL at 127.0.0.1:${new URL(adminUrl).port} (${local.scratch})`);
-  }
-  let exitCode = 1;
+  const server = await openPostgresServer('keyusage-test-', (line) => console.log(`# ${line}`));
+  let exitCode: number;
   try {
-    await prepareTemplate(adminUrl);
-    exitCode = await runTap(tapArguments(process.argv.slice(2)), { TEST_ADMIN_DATABASE_URL: adminUrl });
+    await prepareTemplate(server.adminUrl);
+    exitCode = await runTap(tapArguments(process.argv.slice(2)), { TEST_ADMIN_DATABASE_URL: server.adminUrl });
   } finally {
-    local?.stop();
+    server.stop();
   }
   process.exit(exitCode);
 }

@@ -8,11 +8,13 @@ import { freeTcpPort, freeUdpPort } from '../scripts/lib/freePort';
 import t, { type Test } from 'tap';
 import { findApiKeyById } from '../api/keys/apiKeys.repository';
 import { parsePresentedKey, secretMatches } from '../api/keys/keyMaterial';
-import { commandSettings, demoBanner, ensureDemoOrg } from '../scripts/demo';
-import { parseProcfile, portProblems, startOrder } from '../scripts/start';
+import { commandSettings, demoBanner, ensureDemoOrg } from '../scripts/lib/firstRunDemo';
+import { portProblems } from '../scripts/lib/ports';
+import { parseProcfile, startOrder } from '../scripts/lib/procfile';
 import { loadConfig } from '../shared/config';
 import { createDb } from '../shared/db';
 import { freshDatabase } from './helpers/database';
+import { sleep } from '../harness/wait';
 
 // The newcomer's path, run for real: `npm start` from the checkout with no DATABASE_URL (so the
 // embedded PostgreSQL, in a temporary folder), the printed demo key, its use visible in the usage
@@ -28,8 +30,6 @@ const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-start-'));
 fs.chmodSync(scratch, 0o711); // the launcher opens only folders it creates; this one is ours
 const pgDir = path.join(scratch, 'pg');
 t.teardown(() => fs.rmSync(scratch, { recursive: true, force: true }));
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 async function freePorts() {
   const ports = new Set<number>();
@@ -135,13 +135,17 @@ class Launch {
       for (const pid of [-this.child.pid!, ...this.printedPids()]) {
         try {
           process.kill(pid, signal);
-        } catch {}
+        } catch {
+          // already gone
+        }
       }
     };
     if (this.leftovers().length === 0) return;
     try {
       process.kill(-this.child.pid!, 'SIGTERM');
-    } catch {}
+    } catch {
+      // already gone
+    }
     for (const deadline = Date.now() + 20_000; Date.now() < deadline; await sleep(200)) {
       if (this.leftovers().length === 0) return;
     }
@@ -150,16 +154,22 @@ class Launch {
 }
 
 // Who the API and the collector are connected as, asked as the superuser of the embedded cluster.
-async function connectedRoles(ports: Ports): Promise<string[]> {
+// A query on the launched system's embedded database, as its owner.
+async function asOwner<T>(ports: Ports, query: (owner: ReturnType<typeof createDb>) => Promise<T>): Promise<T> {
   const password = fs.readFileSync(`${pgDir}.password`, 'utf8').trim();
   const owner = createDb(`postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${ports.EMBEDDED_PG_PORT}/postgres`, { poolMax: 1 });
   try {
-    const { rows } = await owner.raw(`select distinct usename from pg_stat_activity where application_name in ('keyusage-api', 'keyusage-collector')`);
-    return rows.map((row: { usename: string }) => row.usename);
+    return await query(owner);
   } finally {
     await owner.destroy();
   }
 }
+
+const connectedRoles = (ports: Ports): Promise<string[]> =>
+  asOwner(ports, async (owner) => {
+    const { rows } = await owner.raw(`select distinct usename from pg_stat_activity where application_name in ('keyusage-api', 'keyusage-collector')`);
+    return rows.map((row: { usename: string }) => row.usename);
+  });
 
 async function api(port: number, pathname: string, key?: string) {
   const response = await fetch(`http://127.0.0.1:${port}${pathname}`, {
@@ -301,7 +311,7 @@ t.test('ensureDemoOrg creates the demo org and an every-scope key once, and find
   const settings = commandSettings(loadConfig({ NODE_ENV: 'development', PORT: '3100', EMBEDDED_PG_DIR: "/tmp/it's here", EMBEDDED_PG_PORT: '54329' }), { KEY_PEPPER: 'x' });
   t.same(settings, { prefix: `PORT=3100 EMBEDDED_PG_DIR='/tmp/it'\\''s here' `, secrets: ['KEY_PEPPER'] }, 'only non-default settings, shell-quoted; secrets by name only');
   const pasted = demoBanner(created, { ...context, settings });
-  t.match(pasted, `DEMO_KEY=${created.key.plaintext} PORT=3100 EMBEDDED_PG_DIR='/tmp/it'\\''s here' npm run demo-traffic`);
+  t.match(pasted, `\n    PORT=3100 EMBEDDED_PG_DIR='/tmp/it'\\''s here' npm run demo-traffic\n`);
   t.match(pasted, 'export the same KEY_PEPPER as this one');
   t.same(commandSettings(loadConfig({ NODE_ENV: 'development' }), {}), { prefix: '', secrets: [] }, 'defaults need no prefix');
 });
@@ -343,8 +353,9 @@ t.test('npm start: embedded database, demo key, usage within the staleness bound
   t.ok(seenAfterMs !== undefined, `the use is visible in the usage endpoint within ${STALENESS_POLL_LIMIT_MS} ms`);
   t.comment(`use visible after ${seenAfterMs ?? 'more than ' + STALENESS_POLL_LIMIT_MS} ms (documented bound ${STALENESS_BOUND_MS} ms)`);
 
-  // The demo-traffic line exactly as printed, in a terminal that has none of npm start's settings.
-  const printed = launch.output.match(/^ {4}(DEMO_KEY=\S+ .*npm run demo-traffic)$/m)?.[1];
+  // The demo-traffic line exactly as printed, in a terminal that has none of npm start's settings
+  // and no key: it finds the database from the data folder and mints its own key there.
+  const printed = launch.output.match(/^ {4}(\S.*npm run demo-traffic)$/m)?.[1];
   t.match(printed, new RegExp(`PORT=${ports.PORT} EMBEDDED_PG_DIR=${pgDir} EMBEDDED_PG_PORT=${ports.EMBEDDED_PG_PORT} npm run demo-traffic$`), 'the printed line carries every non-default setting');
   const bareEnv = launcherEnv(ports);
   for (const name of [...Object.keys(ports), 'EMBEDDED_PG_DIR']) delete bareEnv[name];
@@ -353,6 +364,14 @@ t.test('npm start: embedded database, demo key, usage within the staleness bound
   t.match(traffic.stdout, /Every count matches/, 'the usage endpoint counts exactly what demo-traffic received');
   t.match(traffic.stdout, /demo-traffic-unused +active +0 /, 'the never-used key shows no requests');
   t.notMatch(traffic.stdout, KEY_PATTERN, 'demo-traffic prints no key');
+  const mintedId = /Minted a key for this run \(demo-traffic-admin, id ([0-9a-f-]{36})/.exec(traffic.stdout)?.[1];
+  t.ok(mintedId, 'without DEMO_KEY it minted its own');
+  const minted = await asOwner(ports, (owner) => owner('api_keys').where({ id: mintedId }).first());
+  t.ok(minted?.revoked_at, 'and revoked it at the end');
+  // With the printed key instead, as before: DEMO_KEY wins over minting.
+  const withKey = spawnSync('/bin/sh', ['-c', `DEMO_KEY=${key} ${printed} -- --requests 60 --seconds 10`], { cwd: ROOT, env: bareEnv, encoding: 'utf8', timeout: 40_000 });
+  t.equal(withKey.status, 0, 'demo-traffic with DEMO_KEY succeeds', { stdout: withKey.stdout, stderr: withKey.stderr });
+  t.notMatch(withKey.stdout, /Minted/, 'and mints nothing');
 
   process.kill(launch.child.pid!, 'SIGTERM');
   const exit = await launch.waitForExit(45_000);

@@ -7,7 +7,8 @@ import dgram from 'node:dgram';
 import { StatsD } from 'hot-shots';
 import StatsdClient from 'statsd-client';
 import t, { type Test } from 'tap';
-import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
+import { sendDatagrams, startTestCollector } from './helpers/collector';
+import { waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
 import { seedKeys } from './helpers/faults';
 

@@ -3,7 +3,8 @@ import t from 'tap';
 import { migrateLatest, MIGRATION_CONFIG, type Db } from '../shared/db';
 import { encodeUsageLine } from '../shared/usageWire';
 import { seedOrg, startTestApi } from './helpers/api';
-import { sendDatagrams, startTestCollector, waitFor } from './helpers/collector';
+import { sendDatagrams, startTestCollector } from './helpers/collector';
+import { waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
 import { wiredSystem } from './helpers/wiredSystem';
 
@@ -25,8 +26,10 @@ async function usageOf(api: Awaited<ReturnType<typeof startTestApi>>, orgId: str
 }
 
 t.test('a stranger who knows only a key id cannot make the key look used (fails on the previous main)', async (t) => {
-  const { api, collector, org, adminKey } = await wiredSystem(t);
+  const { db, api, collector, org, adminKey } = await wiredSystem(t);
   const victim = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name: 'victim', scopes: ['keys:read'] } });
+  // Never used and older than dormantDays (30): dormant, which the stranger must not change.
+  await db('api_keys').where({ id: victim.body.id }).update({ created_at: db.raw("created_at - interval '60 days'") });
   const ATTEMPTS = 5;
   for (let i = 0; i < ATTEMPTS; i += 1) {
     t.equal((await api.request('GET', '/api/whoami', { key: withWrongSecret(victim.body.key) })).status, 401);

@@ -89,6 +89,18 @@ t.test('another org cannot see, delete, ping or read the deliveries of a webhook
   t.equal((await api.request('GET', hooks(), { key: acme.adminKey })).body.page.total, 1, 'still there');
 });
 
+// webhook_deliveries has no foreign key tying its org_id to its webhook's, so only the queries keep
+// a row filed under another org out of this org's lists.
+t.test("a webhook's last delivery and its deliveries are read within the org only", async (t) => {
+  const { db, api, acme, globex, hooks } = await world(t);
+  const id = (await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'http://127.0.0.1:9/in', events: ['*'] } })).body.id;
+  await db('webhook_deliveries').insert({ webhook_id: id, org_id: globex.org.id, event_id: randomUUID(), event_type: 'key.spike', payload: {} });
+  const listed = await api.request('GET', hooks(), { key: acme.adminKey });
+  t.equal(listed.body.data[0].lastDelivery, null, 'the list shows no last delivery');
+  const deliveries = await api.request('GET', `${hooks()}/${id}/deliveries`, { key: acme.adminKey });
+  t.same([deliveries.body.data, deliveries.body.page.total], [[], 0], 'the deliveries list is empty');
+});
+
 t.test('ping queues a delivery; delete removes the webhook with its deliveries', async (t) => {
   const { db, api, acme, hooks } = await world(t);
   const created = await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'http://127.0.0.1:9/in', events: ['key.spike'] } });

@@ -5,7 +5,9 @@ import { claimDueDeliveries } from '../collector/webhookStore';
 import type { Db } from '../shared/db';
 import { freeTcpPort } from '../scripts/lib/freePort';
 import { seedOrg, startTestApi } from './helpers/api';
-import { startTestCollector, waitFor } from './helpers/collector';
+import { startTestCollector } from './helpers/collector';
+import { fetchCollectorMetrics } from '../harness/collectorProcess';
+import { sleep, waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
 import { startWebhookReceiver, type ReceivedRequest } from './helpers/webhookReceiver';
 
@@ -40,17 +42,10 @@ async function setup(t: Test, url: string, events: string[] = ['*']) {
   return { db, databaseUrl, api, org, adminKey, adminKeyId, webhookId, secret, insertEvent, deliveries };
 }
 
-async function metrics(port: number): Promise<Record<string, number>> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  return Object.fromEntries([...text.matchAll(/^keyusage_collector_(webhook_\w+) (\S+)$/gm)].map((m) => [m[1], Number(m[2])]));
-}
-
 const settled = (db: Db, count: number) => async () => {
   const rows = await db('webhook_deliveries').whereNot({ status: 'pending' });
   return rows.length >= count ? rows : undefined;
 };
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function assertSigned(t: Test, request: ReceivedRequest, secret: string, eventId: string) {
   t.ok(verifySignature(secret, request.headers['keyusage-signature'], request.body), 'the docs example verifies the signature');
@@ -84,7 +79,7 @@ t.test('each event reaches the receiver once, signed, with the documented payloa
   const listed = await world.deliveries();
   t.equal(listed.page.total, 3);
   t.ok(listed.data.every((d: any) => d.status === 'succeeded' && d.attemptCount === 1 && d.attempts.length === 1 && d.attempts[0].statusCode === 200));
-  t.match(await metrics(collector.metricsPort), { webhook_attempts_total: 3, webhook_deliveries_succeeded_total: 3, webhook_deliveries_failed_total: 0 });
+  t.match(await fetchCollectorMetrics(collector.metricsPort), { webhook_attempts_total: 3, webhook_deliveries_succeeded_total: 3, webhook_deliveries_failed_total: 0 });
   t.same(world.api.evidence.leaksOf([world.secret]), [], 'the secret is in no API body or log line');
   t.notOk(collector.logLines.some((line) => line.includes(world.secret) || line.includes(receiver.url)), 'nor in a collector log line, which does not carry the URL either');
 });
@@ -126,7 +121,7 @@ t.test('a receiver down for the whole retry window leaves a failed delivery, in 
   t.equal((await world.deliveries('?status=pending')).page.total, 0);
   const listed = await world.api.request('GET', `/api/orgs/${world.org.id}/webhooks`, { key: world.adminKey });
   t.match(listed.body.data, [{ id: world.webhookId, lastDelivery: { status: 'failed', eventType: 'key.new_ip', at: failed.data[0].completedAt } }], 'the webhook list shows its last delivery failed');
-  t.match(await metrics(collector.metricsPort), { webhook_attempts_total: 3, webhook_failed_attempts_total: 3, webhook_deliveries_failed_total: 1 });
+  t.match(await fetchCollectorMetrics(collector.metricsPort), { webhook_attempts_total: 3, webhook_failed_attempts_total: 3, webhook_deliveries_failed_total: 1 });
   const errors = collector.logLines.map((line) => JSON.parse(line)).filter((line) => line.level >= 50);
   t.match(errors, [{ msg: 'webhook delivery failed after its last attempt', webhookId: world.webhookId, eventId: event.id, attempt: 3 }], 'one error line names it');
 });

@@ -1,4 +1,7 @@
+import { z } from 'zod';
 import type { Db } from '../../shared/db';
+import { idString } from '../responses';
+import { TABLE } from '../../shared/tables';
 
 // The audit log: one row per change to an org's keys, written in the change's own transaction
 // (pass the transaction as `db`), so a change and its entry commit or roll back together.
@@ -9,7 +12,8 @@ export const AUDIT_ACTIONS = ['key.create', 'key.rotate', 'key.revoke', 'key.upd
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 
 /** Who acted: an API key (by id and display prefix, never its secret), or an operator at the CLI. */
-export type AuditActor = { type: 'key'; keyId: string; displayPrefix: string } | { type: 'cli' };
+export const auditActorShape = z.discriminatedUnion('type', [z.object({ type: z.literal('key'), keyId: idString, displayPrefix: z.string() }), z.object({ type: z.literal('cli') })]);
+export type AuditActor = z.output<typeof auditActorShape>;
 
 /** The acting key as the audit log names it; none: the CLI. */
 export const auditActor = (actor: { id: string; displayPrefix: string } | undefined): AuditActor =>
@@ -45,7 +49,7 @@ interface AuditRow {
 }
 
 export async function recordAudit(db: Db, entry: AuditEntry): Promise<void> {
-  await db<AuditRow>('audit_log').insert({
+  await db<AuditRow>(TABLE.auditLog).insert({
     org_id: entry.orgId,
     actor_type: entry.actor.type,
     actor_key_id: entry.actor.type === 'key' ? entry.actor.keyId : null,
@@ -70,7 +74,7 @@ const toRecord = (row: AuditRow): AuditRecord => ({
 
 /** Newest first; `beforeId` continues after the last entry of the previous page. */
 export async function listAudit(db: Db, orgId: string, page: { limit: number; beforeId: string | null }): Promise<AuditRecord[]> {
-  const query = db<AuditRow>('audit_log').where({ org_id: orgId }).orderBy('id', 'desc').limit(page.limit);
+  const query = db<AuditRow>(TABLE.auditLog).where({ org_id: orgId }).orderBy('id', 'desc').limit(page.limit);
   if (page.beforeId !== null) query.where('id', '<', page.beforeId);
   return (await query).map(toRecord);
 }

@@ -1,8 +1,9 @@
 import { Router, type RequestHandler } from 'express';
 import { z } from 'zod';
-import type { Requirement } from '../auth/authorize';
+import { READ_ORG, type Requirement } from '../auth/authorize';
+import type { RouteContract } from '../openapi/contract';
 import { pagination, parseInput, uuid } from '../validation';
-import { decodeCursor, type AuditService } from './audit.service';
+import { auditList, decodeCursor, type AuditService } from './audit.service';
 
 const auditQuery = z
   .object({
@@ -14,11 +15,26 @@ const auditQuery = z
   })
   .strict();
 
+const orgParams = z.object({ id: uuid });
+
+export const auditRoutes: RouteContract[] = [
+  {
+    method: 'get',
+    path: '/',
+    operationId: 'listAuditLog',
+    summary: "The org's audit log: every change to its keys and webhooks, newest first",
+    auth: READ_ORG,
+    params: orgParams,
+    query: auditQuery,
+    responses: { 200: { description: 'A page of entries', body: auditList } },
+  },
+];
+
 export function auditRouter(deps: { service: AuditService; authorize: (requirement: Requirement) => RequestHandler }) {
   const router = Router({ mergeParams: true });
 
-  router.get('/', deps.authorize({ scope: 'keys:read', orgParam: 'id' }), async (req, res) => {
-    const { id } = parseInput(z.object({ id: uuid }), req.params, 'params');
+  router.get('/', deps.authorize(READ_ORG), async (req, res) => {
+    const { id } = parseInput(orgParams, req.params, 'params');
     const query = parseInput(auditQuery, req.query, 'query');
     res.json(await deps.service.list(id, { limit: query.limit, beforeId: query.cursor ?? null }));
   });

@@ -1,5 +1,7 @@
+import { z } from 'zod';
 import type { Db } from '../../shared/db';
-import { listAudit, type AuditRecord } from './audit.repository';
+import { cursorPage, details, idString, isoTime, listOf } from '../responses';
+import { AUDIT_ACTIONS, auditActorShape, listAudit, type AuditRecord } from './audit.repository';
 
 const MAX_BIGINT = 9_223_372_036_854_775_807n;
 
@@ -14,7 +16,20 @@ export function decodeCursor(cursor: string): string | undefined {
   return /^[1-9]\d{0,18}$/.test(id) && BigInt(id) <= MAX_BIGINT && encodeCursor(id) === cursor ? id : undefined;
 }
 
-const toView = (entry: AuditRecord) => ({
+const auditEntry = z
+  .object({
+    id: z.string().regex(/^\d+$/),
+    occurredAt: isoTime,
+    actor: auditActorShape,
+    action: z.enum(AUDIT_ACTIONS),
+    targetKeyId: idString.nullable(),
+    details: details.meta({ description: 'What docs/api-keys.md ("Audit log") lists for the action' }),
+    ip: z.string().nullable(),
+  })
+  .meta({ id: 'AuditEntry' });
+export const auditList = listOf(auditEntry, cursorPage).meta({ id: 'AuditLog' });
+
+const toView = (entry: AuditRecord): z.output<typeof auditEntry> => ({
   id: entry.id,
   occurredAt: entry.occurredAt.toISOString(),
   actor: entry.actor,
@@ -29,7 +44,7 @@ export type AuditService = ReturnType<typeof createAuditService>;
 export function createAuditService(deps: { db: Db }) {
   return {
     /** Newest first. One row more than asked tells whether there is a next page. */
-    async list(orgId: string, page: { limit: number; beforeId: string | null }) {
+    async list(orgId: string, page: { limit: number; beforeId: string | null }): Promise<z.output<typeof auditList>> {
       const rows = await listAudit(deps.db, orgId, { limit: page.limit + 1, beforeId: page.beforeId });
       const data = rows.slice(0, page.limit);
       const nextCursor = rows.length > page.limit ? encodeCursor(data[data.length - 1].id) : null;

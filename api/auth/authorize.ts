@@ -46,6 +46,11 @@ export interface Requirement {
   currentSecret?: boolean;
 }
 
+/** Reading an org's keys, usage, events, webhooks and audit log. */
+export const READ_ORG: Requirement = Object.freeze({ scope: 'keys:read', orgParam: 'id' });
+/** Changing an org's keys and webhooks. */
+export const MANAGE_ORG: Requirement = Object.freeze({ scope: 'keys:write', orgParam: 'id', currentSecret: true });
+
 function presentedKey(req: Request): string | undefined {
   const header = req.headers.authorization;
   if (header !== undefined) {
@@ -59,7 +64,9 @@ function presentedKey(req: Request): string | undefined {
 const TOO_MANY_FAILURES_MESSAGE = 'Too many failed authentication attempts; retry after the time in Retry-After';
 
 // A failed attempt (malformed key, unknown id, wrong secret) is counted by the throttle; once its
-// address or key id is over the limit the answer is 429 rather than 401.
+// address or key id is over the limit the answer is 429 rather than 401. Only a key that exists
+// is counted by id: ids that name no key would otherwise take the slots of real keys' windows
+// (and push them out), and anyone can mint those by the million.
 function failure(deps: AuthorizeDeps, res: Response, ip: string, keyId?: string): AppError {
   const waitMs = deps.throttle.failed(ip, keyId);
   return waitMs > 0 ? tooManyFailures(res, waitMs) : new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
@@ -108,7 +115,7 @@ export function authorizer(deps: AuthorizeDeps) {
       if (!presented) throw raw ? failure(deps, res, ip) : new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
 
       const verdict = await deps.verifier.verify(presented);
-      if (verdict.outcome === 'unknown') throw failure(deps, res, ip, presented.keyId);
+      if (verdict.outcome === 'unknown') throw failure(deps, res, ip);
       if (verdict.outcome === 'bad_secret') {
         deps.recordUse(verdict.key.id, verdict.key.orgId, ip, 'bad_secret');
         throw failure(deps, res, ip, verdict.key.id);

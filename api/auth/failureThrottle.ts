@@ -10,7 +10,7 @@ export interface ThrottleLimits {
   /** Failures naming one key id within a window before further failures on it answer 429; 0 disables. */
   maxFailuresPerKey: number;
   windowMs: number;
-  /** Addresses (and, apart, key ids) tracked at once; the oldest window is forgotten first. */
+  /** Addresses (and, apart, ids of existing keys) tracked at once; the oldest window is forgotten first. */
   maxEntries: number;
 }
 
@@ -33,7 +33,8 @@ export interface AuthThrottle {
   /** Whether failures naming this key id reached the limit: the verifier then skips its reload. */
   keyLocked(keyId: string): boolean;
   /**
-   * A failed attempt from `ip`, naming `keyId` unless the key was malformed. Returns the ms the key id
+   * A failed attempt from `ip`, naming `keyId` when it is an existing key's (not for a malformed key
+   * or an id that names no key: those count against the address only). Returns the ms the key id
    * is locked for (the caller answers 429 instead of 401, counted as refused), or 0.
    */
   failed(ip: string, keyId?: string): number;

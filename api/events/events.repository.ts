@@ -1,5 +1,6 @@
 import type { Db } from '../../shared/db';
 import type { EventType } from '../../shared/keyEvents';
+import { TABLE } from '../../shared/tables';
 
 export interface KeyEventRecord {
   id: string;
@@ -40,7 +41,7 @@ export interface EventQuery {
 
 // Newest first over (occurred_at, id), which key_events_org_time_idx serves for one org.
 export async function listEvents(db: Db, query: EventQuery): Promise<KeyEventRecord[]> {
-  const rows = await db<KeyEventRow>('key_events')
+  const rows = await db<KeyEventRow>(TABLE.keyEvents)
     .select('id', 'org_id', 'key_id', 'type', 'occurred_at', 'details')
     .where({ org_id: query.orgId })
     .modify((q) => {

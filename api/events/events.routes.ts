@@ -1,9 +1,10 @@
 import { Router, type RequestHandler } from 'express';
 import { z } from 'zod';
 import { EVENT_TYPES } from '../../shared/keyEvents';
-import type { Requirement } from '../auth/authorize';
+import { READ_ORG, type Requirement } from '../auth/authorize';
+import type { RouteContract } from '../openapi/contract';
 import { pagination, parseInput, uuid } from '../validation';
-import type { EventsService } from './events.service';
+import { eventList, type EventsService } from './events.service';
 
 const listQuery = z
   .object({
@@ -15,10 +16,25 @@ const listQuery = z
   })
   .strict();
 
+const orgParams = z.object({ id: uuid });
+
+export const eventsRoutes: RouteContract[] = [
+  {
+    method: 'get',
+    path: '/events',
+    operationId: 'listKeyEvents',
+    summary: "The org's key events (docs/events.md), newest first",
+    auth: READ_ORG,
+    params: orgParams,
+    query: listQuery,
+    responses: { 200: { description: 'A page of events', body: eventList } },
+  },
+];
+
 export function orgEventsRouter(deps: { service: EventsService; authorize: (requirement: Requirement) => RequestHandler }) {
   const router = Router({ mergeParams: true });
-  router.get('/events', deps.authorize({ scope: 'keys:read', orgParam: 'id' }), async (req, res) => {
-    const { id } = parseInput(z.object({ id: uuid }), req.params, 'params');
+  router.get('/events', deps.authorize(READ_ORG), async (req, res) => {
+    const { id } = parseInput(orgParams, req.params, 'params');
     const query = parseInput(listQuery, req.query, 'query');
     res.json(await deps.service.list(id, query));
   });

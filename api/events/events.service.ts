@@ -1,6 +1,8 @@
+import { z } from 'zod';
 import type { Db } from '../../shared/db';
-import type { EventType } from '../../shared/keyEvents';
-import { AppError } from '../errors';
+import { EVENT_TYPES, type EventType } from '../../shared/keyEvents';
+import { InvalidInputError } from '../errors';
+import { cursorPage, details, idString, isoTime, listOf } from '../responses';
 import { listEvents, type KeyEventRecord } from './events.repository';
 
 // The cursor is opaque to clients: base64url of the last event's time (milliseconds, as every
@@ -13,11 +15,16 @@ const CURSOR = /^(\d{1,15})\.([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0
 
 export function decodeCursor(cursor: string): { occurredAt: Date; id: string } {
   const match = CURSOR.exec(Buffer.from(cursor, 'base64url').toString());
-  if (!match) throw new AppError('invalid_request', 'Invalid query: cursor: is not a cursor this endpoint returned');
+  if (!match) throw new InvalidInputError('cursor: is not a cursor this endpoint returned');
   return { occurredAt: new Date(Number(match[1])), id: match[2] };
 }
 
-const toView = (event: KeyEventRecord) => ({
+const keyEvent = z
+  .object({ id: idString, keyId: idString, type: z.enum(EVENT_TYPES), occurredAt: isoTime, details: details.meta({ description: 'What docs/events.md lists for the type' }) })
+  .meta({ id: 'KeyEvent' });
+export const eventList = listOf(keyEvent, cursorPage).meta({ id: 'KeyEventList' });
+
+const toView = (event: KeyEventRecord): z.output<typeof keyEvent> => ({
   id: event.id,
   keyId: event.keyId,
   type: event.type,
@@ -29,7 +36,7 @@ export type EventsService = ReturnType<typeof createEventsService>;
 
 export function createEventsService(deps: { db: Db }) {
   return {
-    async list(orgId: string, query: { type?: EventType; keyId?: string; since?: Date; cursor?: string; limit: number }) {
+    async list(orgId: string, query: { type?: EventType; keyId?: string; since?: Date; cursor?: string; limit: number }): Promise<z.output<typeof eventList>> {
       const after = query.cursor === undefined ? undefined : decodeCursor(query.cursor);
       // One more than asked tells whether a next page exists without a count.
       const events = await listEvents(deps.db, { orgId, type: query.type, keyId: query.keyId, since: query.since, after, limit: query.limit + 1 });

@@ -1,5 +1,7 @@
-import type { Db } from '../../shared/db';
+import { rawRows, type Db } from '../../shared/db';
+import { dormantKeySql } from '../../shared/dormancy';
 import type { Scope } from './scopes';
+import { TABLE } from '../../shared/tables';
 
 export interface ApiKeyRecord {
   id: string;
@@ -74,7 +76,7 @@ export interface NewApiKey {
 }
 
 export async function insertApiKey(db: Db, key: NewApiKey): Promise<ApiKeyRecord> {
-  const [row] = await db<ApiKeyRow>('api_keys')
+  const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
     .insert({
       id: key.id,
       org_id: key.orgId,
@@ -91,12 +93,12 @@ export async function insertApiKey(db: Db, key: NewApiKey): Promise<ApiKeyRecord
 }
 
 export async function findApiKeyById(db: Db, id: string): Promise<ApiKeyRecord | undefined> {
-  const row = await db<ApiKeyRow>('api_keys').where({ id }).first();
+  const row = await db<ApiKeyRow>(TABLE.apiKeys).where({ id }).first();
   return row && toRecord(row);
 }
 
 export async function findApiKeyInOrg(db: Db, orgId: string, id: string): Promise<ApiKeyRecord | undefined> {
-  const row = await db<ApiKeyRow>('api_keys').where({ id, org_id: orgId }).first();
+  const row = await db<ApiKeyRow>(TABLE.apiKeys).where({ id, org_id: orgId }).first();
   return row && toRecord(row);
 }
 
@@ -106,8 +108,8 @@ export async function listApiKeysInOrg(
   page: { limit: number; offset: number },
 ): Promise<{ keys: ApiKeyRecord[]; total: number }> {
   const [rows, [{ count }]] = await Promise.all([
-    db<ApiKeyRow>('api_keys').where({ org_id: orgId }).orderBy([{ column: 'created_at' }, { column: 'id' }]).limit(page.limit).offset(page.offset),
-    db('api_keys').where({ org_id: orgId }).count<{ count: number }[]>({ count: '*' }),
+    db<ApiKeyRow>(TABLE.apiKeys).where({ org_id: orgId }).orderBy([{ column: 'created_at' }, { column: 'id' }]).limit(page.limit).offset(page.offset),
+    db(TABLE.apiKeys).where({ org_id: orgId }).count<{ count: number }[]>({ count: '*' }),
   ]);
   return { keys: rows.map(toRecord), total: Number(count) };
 }
@@ -126,7 +128,7 @@ export async function replaceSecret(
     rotatedAt: Date;
   },
 ): Promise<ApiKeyRecord | undefined> {
-  const [row] = await db<ApiKeyRow>('api_keys')
+  const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
     .where({ id, secret_hash: change.previousSecretHash })
     .update({
       secret_hash: change.secretHash,
@@ -141,7 +143,7 @@ export async function replaceSecret(
 }
 
 export async function markRevoked(db: Db, id: string, revokedAt: Date): Promise<ApiKeyRecord> {
-  const [row] = await db<ApiKeyRow>('api_keys')
+  const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
     .where({ id })
     .update({ revoked_at: db.raw('coalesce(revoked_at, ?)', [revokedAt]) as unknown as Date })
     .returning('*');
@@ -149,13 +151,13 @@ export async function markRevoked(db: Db, id: string, revokedAt: Date): Promise<
 }
 
 export async function setExpectedNetworks(db: Db, id: string, networks: string[] | null): Promise<ApiKeyRecord> {
-  const [row] = await db<ApiKeyRow>('api_keys').where({ id }).update({ expected_networks: networksValue(db, networks) }).returning('*');
+  const [row] = await db<ApiKeyRow>(TABLE.apiKeys).where({ id }).update({ expected_networks: networksValue(db, networks) }).returning('*');
   return toRecord(row);
 }
 
 export interface DormantQuery {
   orgId: string;
-  /** Dormant: last proven use (or creation, if never used) before this instant. */
+  /** Dormant (shared/dormancy.ts): last proven use, or creation if never used, before this instant. */
   idleSince: Date;
   now: Date;
   /** Never selected: the key making the request. */
@@ -164,31 +166,32 @@ export interface DormantQuery {
 
 export type DormantKey = ApiKeyRecord & { lastUsedAt: Date | null };
 
-// Active keys only: revoked and expired keys are not "dormant", they are already off.
 const DORMANT_KEYS = `
 select k.*, u.last_used_at
-  from api_keys k
-  left join api_key_usage u on u.key_id = k.id
+  from ${TABLE.apiKeys} k
+  left join ${TABLE.usage} u on u.org_id = k.org_id and u.key_id = k.id
  where k.org_id = :orgId and k.id is distinct from :exceptKeyId
-   and k.revoked_at is null and (k.expires_at is null or k.expires_at > :now)
-   and coalesce(u.last_used_at, k.created_at) < :idleSince`;
+   and ${dormantKeySql('cast(:now as timestamptz)', 'cast(:idleSince as timestamptz)')}`;
 
-const toDormant = (row: ApiKeyRow & { last_used_at: Date | null }): DormantKey => ({ ...toRecord(row), lastUsedAt: row.last_used_at });
+type DormantRow = ApiKeyRow & { last_used_at: Date | null };
+
+const toDormant = (row: DormantRow): DormantKey => ({ ...toRecord(row), lastUsedAt: row.last_used_at });
 
 export async function findDormantKeys(db: Db, query: DormantQuery): Promise<DormantKey[]> {
-  const result = await db.raw(`${DORMANT_KEYS} order by k.created_at, k.id`, { ...query });
-  return result.rows.map(toDormant);
+  const rows = await rawRows<DormantRow>(db, `${DORMANT_KEYS} order by k.created_at, k.id`, { ...query });
+  return rows.map(toDormant);
 }
 
 /** Revokes exactly the keys findDormantKeys would list, in one statement; returns them. */
 export async function revokeDormantKeys(db: Db, query: DormantQuery): Promise<DormantKey[]> {
-  const result = await db.raw(
+  const rows = await rawRows<DormantRow>(
+    db,
     `with dormant as (${DORMANT_KEYS} order by k.id for update of k)
-     update api_keys k set revoked_at = :now from dormant d where k.id = d.id
+     update ${TABLE.apiKeys} k set revoked_at = :now from dormant d where k.id = d.id
      returning k.*, d.last_used_at`,
     { ...query },
   );
-  return (result.rows as Array<ApiKeyRow & { last_used_at: Date | null }>).map(toDormant).sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : 1));
+  return rows.map(toDormant).sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : 1));
 }
 
 // A hash made with an older pepper, remade with the current one. Compare-and-set on the old hash:
@@ -200,15 +203,16 @@ export async function rehashSecret(
   change: { from: Buffer; to: Buffer; pepperId: string },
 ): Promise<boolean> {
   const [hash, pepper] = which === 'current' ? ['secret_hash', 'secret_pepper_id'] : ['previous_secret_hash', 'previous_secret_pepper_id'];
-  const updated = await db('api_keys').where({ id, [hash]: change.from }).update({ [hash]: change.to, [pepper]: change.pepperId });
+  const updated = await db(TABLE.apiKeys).where({ id, [hash]: change.from }).update({ [hash]: change.to, [pepper]: change.pepperId });
   return updated > 0;
 }
 
 /** Usable keys (neither revoked nor expired) per pepper id of their current secret, and of their previous secret still in grace. */
 export async function countKeysByPepper(db: Db, now: Date): Promise<Array<{ pepperId: string | null; secrets: number; previousSecrets: number }>> {
-  const { rows } = await db.raw(
+  const rows = await rawRows<{ pepper_id: string | null; secrets: string; previous_secrets: string }>(
+    db,
     `with usable as (
-       select * from api_keys where (revoked_at is null or revoked_at > :now) and (expires_at is null or expires_at > :now)
+       select * from ${TABLE.apiKeys} where (revoked_at is null or revoked_at > :now) and (expires_at is null or expires_at > :now)
      ), ids as (
        select secret_pepper_id as pepper_id, 1 as secret, 0 as previous from usable
        union all
@@ -217,7 +221,7 @@ export async function countKeysByPepper(db: Db, now: Date): Promise<Array<{ pepp
      select pepper_id, sum(secret) as secrets, sum(previous) as previous_secrets from ids group by pepper_id order by pepper_id nulls last`,
     { now },
   );
-  return rows.map((row: { pepper_id: string | null; secrets: string; previous_secrets: string }) => ({
+  return rows.map((row) => ({
     pepperId: row.pepper_id,
     secrets: Number(row.secrets),
     previousSecrets: Number(row.previous_secrets),

@@ -1,9 +1,10 @@
 import { isIP } from 'node:net';
 import { Router, type RequestHandler, type Response } from 'express';
 import { z } from 'zod';
-import type { Requirement } from '../auth/authorize';
+import { MANAGE_ORG, READ_ORG, type Requirement } from '../auth/authorize';
+import type { RouteContract } from '../openapi/contract';
 import { displayName, jsonBody, pagination, parseInput, uuid } from '../validation';
-import type { ApiKeysService } from './apiKeys.service';
+import { apiKeyList, apiKeyView, revealedApiKey, revokeDormantResult, type ApiKeysService } from './apiKeys.service';
 import { SCOPES } from './scopes';
 
 const keyParams = z.object({ id: uuid, keyId: uuid });
@@ -45,6 +46,84 @@ const rotateBody = z
   })
   .strict();
 
+const listQuery = z.object(pagination).strict();
+
+export const apiKeysRoutes: RouteContract[] = [
+  {
+    method: 'post',
+    path: '/',
+    operationId: 'createApiKey',
+    summary: 'Create an API key',
+    description: 'The plaintext key is in this response only (Cache-Control: no-store). A key cannot create a key with a scope it lacks or a longer life than its own (403).',
+    auth: MANAGE_ORG,
+    params: orgParams,
+    body: createBody,
+    responses: { 201: { description: 'The new key, with its plaintext', body: revealedApiKey } },
+  },
+  {
+    method: 'get',
+    path: '/',
+    operationId: 'listApiKeys',
+    summary: "List the org's API keys, oldest first",
+    auth: READ_ORG,
+    params: orgParams,
+    query: listQuery,
+    responses: { 200: { description: 'A page of keys', body: apiKeyList } },
+  },
+  {
+    method: 'post',
+    path: '/revoke-dormant',
+    operationId: 'revokeDormantApiKeys',
+    summary: 'List (dryRun, the default) or revoke the keys unused for dormantDays',
+    description: "The calling key is never among them.",
+    auth: MANAGE_ORG,
+    params: orgParams,
+    body: revokeDormantBody,
+    responses: { 200: { description: 'The dormant keys, revoked unless dryRun', body: revokeDormantResult } },
+  },
+  {
+    method: 'patch',
+    path: '/:keyId',
+    operationId: 'updateApiKey',
+    summary: 'Set the networks a key is expected to be used from',
+    description: 'A use from elsewhere is not refused; it raises a key.outside_networks event.',
+    auth: MANAGE_ORG,
+    params: keyParams,
+    body: patchBody,
+    responses: { 200: { description: 'The key', body: apiKeyView } },
+  },
+  {
+    method: 'get',
+    path: '/:keyId',
+    operationId: 'getApiKey',
+    summary: 'Get an API key',
+    auth: READ_ORG,
+    params: keyParams,
+    responses: { 200: { description: 'The key', body: apiKeyView } },
+  },
+  {
+    method: 'post',
+    path: '/:keyId/rotate',
+    operationId: 'rotateApiKey',
+    summary: 'Give a key a new secret; the previous one works until the grace period ends',
+    description: 'The plaintext key is in this response only (Cache-Control: no-store). 409 when the key is revoked or expired, or another rotation won.',
+    auth: MANAGE_ORG,
+    params: keyParams,
+    body: rotateBody,
+    responses: { 200: { description: 'The key, with its new plaintext', body: revealedApiKey } },
+    errors: ['conflict'],
+  },
+  {
+    method: 'post',
+    path: '/:keyId/revoke',
+    operationId: 'revokeApiKey',
+    summary: 'Revoke an API key (revoking it again changes nothing)',
+    auth: MANAGE_ORG,
+    params: keyParams,
+    responses: { 200: { description: 'The revoked key', body: apiKeyView } },
+  },
+];
+
 // A response carrying a plaintext key must not be kept by a browser, proxy or CDN cache.
 const revealOnce = (res: Response) => res.setHeader('Cache-Control', 'no-store');
 
@@ -52,8 +131,8 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
   const { service, authorize } = deps;
   // The acting key and the client address, for the key-hands-out-no-more rule and the audit log.
   const changeContext = (res: Response) => ({ actor: res.locals.auth!.key, ip: deps.auditIp(res.locals.auth!.ip) });
-  const readKeys = authorize({ scope: 'keys:read', orgParam: 'id' });
-  const writeKeys = authorize({ scope: 'keys:write', orgParam: 'id', currentSecret: true });
+  const readKeys = authorize(READ_ORG);
+  const writeKeys = authorize(MANAGE_ORG);
   // Bodies are parsed after authentication: an anonymous caller gets 401 without its body being
   // read, and a key that sends bad JSON is still counted as a use.
   const readJson = jsonBody('16kb');
@@ -67,12 +146,12 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
       { name: body.name, scopes: body.scopes, expiresAt: body.expiresAt ? new Date(body.expiresAt) : null, expectedNetworks: body.expectedNetworks },
       changeContext(res),
     );
-    revealOnce(res).status(201).json({ ...created.key, key: created.plaintext });
+    revealOnce(res).status(201).json({ ...created.key, key: created.plaintext } satisfies z.output<typeof revealedApiKey>);
   });
 
   router.get('/', readKeys, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
-    const page = parseInput(z.object(pagination).strict(), req.query, 'query');
+    const page = parseInput(listQuery, req.query, 'query');
     res.json(await service.list(id, page));
   });
 
@@ -97,7 +176,7 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(rotateBody, req.body, 'body');
     const rotated = await service.rotate(id, keyId, { ...changeContext(res), graceSeconds: body.gracePeriodSeconds });
-    revealOnce(res).json({ ...rotated.key, key: rotated.plaintext });
+    revealOnce(res).json({ ...rotated.key, key: rotated.plaintext } satisfies z.output<typeof revealedApiKey>);
   });
 
   router.post('/:keyId/revoke', writeKeys, async (req, res) => {

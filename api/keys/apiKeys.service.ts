@@ -1,7 +1,8 @@
+import { z } from 'zod';
 import type { Db } from '../../shared/db';
 import { auditActor, recordAudit, type AuditEntry } from '../audit/audit.repository';
 import type { KeyVerifier } from '../auth/keyVerifier';
-import { AppError, notFound } from '../errors';
+import { AppError, InvalidInputError, notFound } from '../errors';
 import {
   findApiKeyInOrg,
   findDormantKeys,
@@ -15,25 +16,39 @@ import {
   type DormantQuery,
 } from './apiKeys.repository';
 import { generateKeyMaterial, newSecret } from './keyMaterial';
-import type { Scope } from './scopes';
+import { idString, isoTime, listOf, offsetPage } from '../responses';
+import { SCOPES, type Scope } from './scopes';
 
-export type KeyStatus = 'active' | 'expired' | 'revoked';
+export const KEY_STATUSES = ['active', 'expired', 'revoked'] as const;
+export type KeyStatus = (typeof KEY_STATUSES)[number];
 
 // What a client may see of a key: never the hash, never the secret.
-export interface ApiKeyView {
-  id: string;
-  orgId: string;
-  name: string;
-  displayPrefix: string;
-  scopes: Scope[];
-  status: KeyStatus;
-  createdAt: string;
-  expiresAt: string | null;
-  revokedAt: string | null;
-  rotatedAt: string | null;
-  previousSecretExpiresAt: string | null;
-  expectedNetworks: string[] | null;
-}
+export const apiKeyView = z
+  .object({
+    id: idString,
+    orgId: idString,
+    name: z.string(),
+    displayPrefix: z.string().meta({ description: 'The start of the key, to recognise it; not a secret' }),
+    scopes: z.array(z.enum(SCOPES)),
+    status: z.enum(KEY_STATUSES),
+    createdAt: isoTime,
+    expiresAt: isoTime.nullable(),
+    revokedAt: isoTime.nullable(),
+    rotatedAt: isoTime.nullable(),
+    previousSecretExpiresAt: isoTime.nullable().meta({ description: 'While a rotation grace period is open: when the previous secret stops working' }),
+    expectedNetworks: z.array(z.string()).nullable(),
+  })
+  .meta({ id: 'ApiKey' });
+export type ApiKeyView = z.output<typeof apiKeyView>;
+
+// The one place a plaintext key appears: the answer to create and rotate.
+export const revealedApiKey = apiKeyView
+  .extend({ key: z.string().meta({ description: 'The plaintext key, shown this once; only its hash is kept' }) })
+  .meta({ id: 'ApiKeyWithPlaintext' });
+export const apiKeyList = listOf(apiKeyView, offsetPage).meta({ id: 'ApiKeyList' });
+export const revokeDormantResult = z
+  .object({ dryRun: z.boolean(), dormantDays: z.number().int(), keys: z.array(apiKeyView.extend({ lastUsedAt: isoTime.nullable() })) })
+  .meta({ id: 'RevokeDormantResult' });
 
 const iso = (date: Date | null) => (date ? date.toISOString() : null);
 
@@ -155,7 +170,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     async create(orgId: string, input: CreateKeyInput, context: ChangeContext = {}) {
       const { actor } = context;
       if (input.expiresAt && input.expiresAt.getTime() <= deps.now()) {
-        throw new AppError('invalid_request', 'Invalid body: expiresAt: must be in the future');
+        throw new InvalidInputError('expiresAt: must be in the future');
       }
       assertWithinActor(actor, input, 'create');
       const material = generateKeyMaterial(deps.pepper);
@@ -179,7 +194,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       return { key: toApiKeyView(key, deps.now()), plaintext: material.plaintext };
     },
 
-    async list(orgId: string, page: { limit: number; offset: number }) {
+    async list(orgId: string, page: { limit: number; offset: number }): Promise<z.output<typeof apiKeyList>> {
       const { keys, total } = await listApiKeysInOrg(deps.db, orgId, page);
       const now = deps.now();
       return { data: keys.map((key) => toApiKeyView(key, now)), page: { ...page, total } };
@@ -231,7 +246,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     // Active keys whose last proven use (or creation, if never used) is older than dormantDays.
     // A dry run lists them; otherwise the same selection is revoked in one statement. The caller's
     // own key is never among them, so a clean-up cannot lock out the one running it.
-    async revokeDormant(orgId: string, input: { dormantDays: number; dryRun: boolean }, context: ChangeContext = {}) {
+    async revokeDormant(orgId: string, input: { dormantDays: number; dryRun: boolean }, context: ChangeContext = {}): Promise<z.output<typeof revokeDormantResult>> {
       const now = deps.now();
       const query = { orgId, idleSince: new Date(now - input.dormantDays * DAY_MS), now: new Date(now), exceptKeyId: context.actor?.id ?? null };
       const keys = input.dryRun ? await findDormantKeys(deps.db, query) : await revokeDormantApplied(orgId, query, input.dormantDays, context);

@@ -1,4 +1,5 @@
 import type { Db } from '../../shared/db';
+import { TABLE } from '../../shared/tables';
 
 export interface Organization {
   id: string;
@@ -15,21 +16,21 @@ interface OrganizationRow {
 const toOrganization = (row: OrganizationRow): Organization => ({ id: row.id, name: row.name, createdAt: row.created_at });
 
 export async function insertOrganization(db: Db, name: string): Promise<Organization> {
-  const [row] = await db<OrganizationRow>('organizations').insert({ name }).returning('*');
+  const [row] = await db<OrganizationRow>(TABLE.organizations).insert({ name }).returning('*');
   return toOrganization(row);
 }
 
 export async function findOrganizationById(db: Db, id: string): Promise<Organization | undefined> {
-  const row = await db<OrganizationRow>('organizations').where({ id }).first();
+  const row = await db<OrganizationRow>(TABLE.organizations).where({ id }).first();
   return row && toOrganization(row);
 }
 
 export async function findOrganizationByName(db: Db, name: string): Promise<Organization | undefined> {
-  const row = await db<OrganizationRow>('organizations').where({ name }).orderBy('created_at').first();
+  const row = await db<OrganizationRow>(TABLE.organizations).where({ name }).orderBy('created_at').first();
   return row && toOrganization(row);
 }
 
 export async function listOrganizations(db: Db): Promise<Organization[]> {
-  const rows = await db<OrganizationRow>('organizations').orderBy([{ column: 'created_at' }, { column: 'id' }]);
+  const rows = await db<OrganizationRow>(TABLE.organizations).orderBy([{ column: 'created_at' }, { column: 'id' }]);
   return rows.map(toOrganization);
 }

@@ -1,11 +1,11 @@
-import { exactCount, type Count, type Db } from '../../shared/db';
+import { exactCount, rawRows, type Count, type Db } from '../../shared/db';
+import { dormantKeySql } from '../../shared/dormancy';
 import type { EventType } from '../../shared/keyEvents';
 import { OUTCOMES, type Outcome } from '../../shared/usageWire';
 import type { KeyStatus } from '../keys/apiKeys.service';
 import type { Scope } from '../keys/scopes';
+import { IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../../shared/tables';
 
-// The collector trims older addresses after each flush; the query caps them too in between.
-const RECENT_IPS_SHOWN = 5;
 
 export type UsageSort = 'createdAt' | 'lastUsedAt' | 'requestCount';
 
@@ -47,6 +47,8 @@ export interface KeyUsageRecord {
   recentFailedIps: FailedIp[];
   lastRevokedUseAt: Date | null;
   lastExpiredUseAt: Date | null;
+  /** By the rule of shared/dormancy.ts, at UsageQuery.now with UsageQuery.dormantBefore. */
+  dormant: boolean;
   /** Events since UsageQuery.eventsSince, by type (types without one are absent). */
   eventCounts: Partial<Record<EventType, number>>;
   latestEventAt: Date | null;
@@ -57,11 +59,10 @@ export interface UsageQuery {
   now: Date;
   /** Keys with this status only; null for every status. */
   status: KeyStatus | null;
-  /**
-   * Keys unused since `before` (never used, or last used before it) that can still be used
-   * (`dormant: true`), or every other key (`dormant: false`); null for no filter.
-   */
-  dormancy: { dormant: boolean; before: Date } | null;
+  /** A key not used since this instant (counted from its creation if never used) is dormant (shared/dormancy.ts). */
+  dormantBefore: Date;
+  /** Only dormant keys (true), only the others (false), or no filter (null). */
+  dormant: boolean | null;
   /** When set, only keys whose name contains it, case-insensitively (taken literally: no wildcards). */
   nameContains: string | null;
   /** When set, only this key (the dashboard's key page). */
@@ -92,11 +93,12 @@ const dailyColumns = [6, 5, 4, 3, 2, 1, 0]
 const outcomeColumns = OUTCOMES.map((outcome) => `coalesce(u.${outcome}_count, 0) as ${outcome}_count`).join(', ');
 
 // The newest rows of an IP table as JSON; counts as text, which JSON.parse would otherwise round.
-const recentIpsJson = (table: string, count: string) => `
+// The collector trims older addresses after each flush; the limit caps them too in between.
+const recentIpsJson = ({ table, count }: (typeof IP_TABLES)[keyof typeof IP_TABLES]) => `
          left join lateral (
            select json_agg(json_build_object('ip', r.ip, 'firstSeen', r.first_seen, 'lastSeen', r.last_seen, 'count', cast(r.${count} as text))
                            order by r.last_seen desc) as ips
-             from (select * from ${table} where org_id = :orgId and key_id = p.id order by last_seen desc limit ${RECENT_IPS_SHOWN}) r
+             from (select * from ${table} where org_id = :orgId and key_id = p.id order by last_seen desc limit ${RECENT_IPS_PER_KEY}) r
          ) ${table} on true`;
 
 // A key's status as SQL, in keyStatus()'s order: revoked wins over expired.
@@ -104,12 +106,12 @@ const REVOKED = 'k.revoked_at <= cast(:now as timestamptz)';
 const EXPIRED = `(not coalesce(${REVOKED}, false) and k.expires_at <= cast(:now as timestamptz))`;
 const ACTIVE = `(not coalesce(${REVOKED}, false) and not coalesce(k.expires_at <= cast(:now as timestamptz), false))`;
 const STATUS_SQL: Record<KeyStatus, string> = { active: ACTIVE, revoked: REVOKED, expired: EXPIRED };
-const DORMANT = `(${ACTIVE} and (u.last_used_at is null or u.last_used_at < :dormantBefore))`;
+const DORMANT = dormantKeySql('cast(:now as timestamptz)', 'cast(:dormantBefore as timestamptz)');
 
 function filters(query: UsageQuery): string {
   const conditions: string[] = [];
   if (query.status) conditions.push(STATUS_SQL[query.status]);
-  if (query.dormancy) conditions.push(query.dormancy.dormant ? DORMANT : `not ${DORMANT}`);
+  if (query.dormant !== null) conditions.push(query.dormant ? DORMANT : `not ${DORMANT}`);
   if (query.nameContains) conditions.push("k.name ilike :namePattern escape '\\'");
   if (query.keyId) conditions.push('k.id = :keyId');
   return conditions.map((condition) => `and ${condition}`).join(' ');
@@ -124,7 +126,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
   const bindings = {
     orgId: query.orgId,
     now: query.now,
-    dormantBefore: query.dormancy?.before ?? null,
+    dormantBefore: query.dormantBefore,
     namePattern: query.nameContains ? likePattern(query.nameContains) : null,
     keyId: query.keyId,
     eventsSince: query.eventsSince,
@@ -133,20 +135,21 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
   };
   const direction = query.order === 'asc' ? 'asc nulls first' : 'desc nulls last';
   const sort = SORT_COLUMNS[query.sort];
-  const keysOfOrg = `from api_keys k
-         left join api_key_usage u on u.org_id = :orgId and u.key_id = k.id
+  const keysOfOrg = `from ${TABLE.apiKeys} k
+         left join ${TABLE.usage} u on u.org_id = :orgId and u.key_id = k.id
         where k.org_id = :orgId ${filters(query)}`;
   const [rows, count] = await Promise.all([
-    db.raw(
+    rawRows<KeyUsageRow>(
+      db,
       `select p.*,
               coalesce(w.last_24h, 0) as last_24h, coalesce(w.last_7d, 0) as last_7d, coalesce(w.last_30d, 0) as last_30d, w.last_7_days,
-              coalesce(api_key_recent_ips.ips, cast('[]' as json)) as recent_ips,
-              coalesce(api_key_failed_ips.ips, cast('[]' as json)) as recent_failed_ips,
+              coalesce(${TABLE.recentIps}.ips, cast('[]' as json)) as recent_ips,
+              coalesce(${TABLE.failedIps}.ips, cast('[]' as json)) as recent_failed_ips,
               coalesce(ev.by_type, cast('{}' as json)) as event_counts, ev.latest_at as latest_event_at
          from (
            select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
                   u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
-                  u.last_failed_at, u.last_failed_ip, u.last_revoked_use_at, u.last_expired_use_at
+                  u.last_failed_at, u.last_failed_ip, u.last_revoked_use_at, u.last_expired_use_at, ${DORMANT} as dormant
              ${keysOfOrg}
             order by ${sort.inner} ${direction}, k.id
             limit :limit offset :offset
@@ -156,31 +159,58 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
                   sum(h.request_count) filter (where h.hour > cast(:now as timestamptz) - interval '7 days') as last_7d,
                   sum(h.request_count) as last_30d,
                   array[${dailyColumns}] as last_7_days
-             from api_key_usage_hourly h
+             from ${TABLE.usageHourly} h
             cross join (select date_trunc('day', cast(:now as timestamptz), 'UTC') as day0) d
             where h.org_id = :orgId and h.key_id = p.id and h.hour > cast(:now as timestamptz) - interval '30 days'
-         ) w on true ${recentIpsJson('api_key_recent_ips', 'request_count')} ${recentIpsJson('api_key_failed_ips', 'attempt_count')}
+         ) w on true ${recentIpsJson(IP_TABLES.proven)} ${recentIpsJson(IP_TABLES.failed)}
          left join lateral (
            select json_object_agg(s.type, s.n) as by_type, max(s.latest) as latest_at
              from (select e.type, count(*) as n, max(e.occurred_at) as latest
-                     from key_events e
-                    where e.key_id = p.id and e.occurred_at > :eventsSince
+                     from ${TABLE.keyEvents} e
+                    where e.org_id = :orgId and e.key_id = p.id and e.occurred_at > :eventsSince
                     group by e.type) s
          ) ev on true
         order by ${sort.outer} ${direction}, p.id`,
       bindings,
     ),
-    db.raw(`select count(*) as total ${keysOfOrg}`, bindings),
+    rawRows<{ total: string }>(db, `select count(*) as total ${keysOfOrg}`, bindings),
   ]);
-  return { keys: rows.rows.map(toKeyUsage), total: Number(count.rows[0].total) };
+  return { keys: rows.map(toKeyUsage), total: Number(count[0].total) };
 }
 
 type IpJson = { ip: string; firstSeen: string; lastSeen: string; count: string };
 
-const ipRows = (json: unknown) =>
-  (json as IpJson[]).map((row) => ({ ip: row.ip, firstSeen: new Date(row.firstSeen), lastSeen: new Date(row.lastSeen), count: exactCount(row.count) }));
+// A row of listKeyUsage's page as PostgreSQL returns it (windows and IP counts as text: exact).
+type KeyUsageRow = {
+  id: string;
+  name: string;
+  display_prefix: string;
+  scopes: Scope[];
+  created_at: Date;
+  expires_at: Date | null;
+  revoked_at: Date | null;
+  last_used_at: Date | null;
+  last_used_ip: string | null;
+  request_count: Count;
+  last_failed_at: Date | null;
+  last_failed_ip: string | null;
+  last_revoked_use_at: Date | null;
+  last_expired_use_at: Date | null;
+  last_24h: string;
+  last_7d: string;
+  last_30d: string;
+  last_7_days: string[];
+  recent_ips: IpJson[];
+  recent_failed_ips: IpJson[];
+  event_counts: Partial<Record<EventType, number>>;
+  latest_event_at: string | null;
+  dormant: boolean;
+} & Record<`${Outcome}_count`, Count>;
 
-function toKeyUsage(row: Record<string, any>): KeyUsageRecord {
+const ipRows = (json: IpJson[]) =>
+  json.map((row) => ({ ip: row.ip, firstSeen: new Date(row.firstSeen), lastSeen: new Date(row.lastSeen), count: exactCount(row.count) }));
+
+function toKeyUsage(row: KeyUsageRow): KeyUsageRecord {
   return {
     keyId: row.id,
     name: row.name,
@@ -196,7 +226,7 @@ function toKeyUsage(row: Record<string, any>): KeyUsageRecord {
     last24h: exactCount(row.last_24h),
     last7d: exactCount(row.last_7d),
     last30d: exactCount(row.last_30d),
-    last7Days: (row.last_7_days as string[]).map(exactCount),
+    last7Days: row.last_7_days.map(exactCount),
     recentIps: ipRows(row.recent_ips).map(({ count, ...ip }) => ({ ...ip, requestCount: count })),
     failedAttempts: row.bad_secret_count,
     lastFailedAt: row.last_failed_at,
@@ -204,6 +234,7 @@ function toKeyUsage(row: Record<string, any>): KeyUsageRecord {
     recentFailedIps: ipRows(row.recent_failed_ips).map(({ count, ...ip }) => ({ ...ip, attemptCount: count })),
     lastRevokedUseAt: row.last_revoked_use_at,
     lastExpiredUseAt: row.last_expired_use_at,
+    dormant: row.dormant,
     eventCounts: row.event_counts,
     latestEventAt: row.latest_event_at ? new Date(row.latest_event_at) : null,
   };
@@ -224,16 +255,17 @@ export async function keyTimeSeries(db: Db, query: { orgId: string; keyId: strin
   const sums = ['request_count', ...OUTCOMES.map((outcome) => `${outcome}_count`)]
     .map((column) => `coalesce(sum(h.${column}), 0) as ${column}`)
     .join(', ');
-  const result = await db.raw(
+  const rows = await rawRows<{ start: Date } & Record<'request_count' | `${Outcome}_count`, string>>(
+    db,
     `select s.bucket as start, ${sums}
        from generate_series(date_trunc(:granularity, cast(:from as timestamptz), 'UTC'), cast(:to as timestamptz), cast(:step as interval)) as s(bucket)
-       left join api_key_usage_hourly h
+       left join ${TABLE.usageHourly} h
          on h.org_id = :orgId and h.key_id = :keyId and h.hour >= s.bucket and h.hour < s.bucket + cast(:step as interval)
       group by s.bucket
       order by s.bucket`,
     { granularity: query.granularity, from: query.from, to: query.to, step, orgId: query.orgId, keyId: query.keyId },
   );
-  return result.rows.map((row: Record<string, any>) => ({
+  return rows.map((row) => ({
     start: row.start,
     requestCount: exactCount(row.request_count),
     outcomes: Object.fromEntries(OUTCOMES.map((outcome) => [outcome, exactCount(row[`${outcome}_count`])])) as Record<Outcome, Count>,

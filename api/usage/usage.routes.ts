@@ -1,8 +1,9 @@
 import { Router, type RequestHandler } from 'express';
 import { z } from 'zod';
-import type { Requirement } from '../auth/authorize';
+import { READ_ORG, type Requirement } from '../auth/authorize';
+import type { RouteContract } from '../openapi/contract';
 import { displayName, pagination, parseInput, uuid } from '../validation';
-import type { UsageService } from './usage.service';
+import { usageList, usageSeries, type UsageService } from './usage.service';
 
 const booleanParam = z.enum(['true', 'false'], { error: 'must be true or false' }).transform((v) => v === 'true');
 // An unencoded "+" in a query string reads as a space: 2026-01-01T00:00:00+02:00 arrives as
@@ -41,18 +42,44 @@ const seriesQuery = z
   })
   .strict();
 
+const orgParams = z.object({ id: uuid });
+const keyParams = z.object({ id: uuid, keyId: uuid });
+
+export const usageRoutes: RouteContract[] = [
+  {
+    method: 'get',
+    path: '/usage',
+    operationId: 'listKeyUsage',
+    summary: "The org's keys with their usage: counts by outcome and window, recent addresses, failures, events",
+    auth: READ_ORG,
+    params: orgParams,
+    query: listQuery,
+    responses: { 200: { description: 'A page of keys with their usage', body: usageList } },
+  },
+  {
+    method: 'get',
+    path: '/:keyId/usage',
+    operationId: 'keyUsageSeries',
+    summary: "A key's uses per hour or day (at most 2232 buckets; default: the last 7 days)",
+    auth: READ_ORG,
+    params: keyParams,
+    query: seriesQuery,
+    responses: { 200: { description: 'The time series', body: usageSeries } },
+  },
+];
+
 export function orgUsageRouter(deps: { service: UsageService; authorize: (requirement: Requirement) => RequestHandler }) {
   const router = Router({ mergeParams: true });
-  const readUsage = deps.authorize({ scope: 'keys:read', orgParam: 'id' });
+  const readUsage = deps.authorize(READ_ORG);
 
   router.get('/usage', readUsage, async (req, res) => {
-    const { id } = parseInput(z.object({ id: uuid }), req.params, 'params');
+    const { id } = parseInput(orgParams, req.params, 'params');
     const query = parseInput(listQuery, req.query, 'query');
     res.json(await deps.service.list(id, { ...query, nameContains: query.q }));
   });
 
   router.get('/:keyId/usage', readUsage, async (req, res) => {
-    const { id, keyId } = parseInput(z.object({ id: uuid, keyId: uuid }), req.params, 'params');
+    const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const query = parseInput(seriesQuery, req.query, 'query');
     res.json(await deps.service.timeSeries(id, keyId, query));
   });

@@ -1,7 +1,12 @@
+import { z } from 'zod';
 import { exactCount, type Count, type Db } from '../../shared/db';
-import { notFound, AppError } from '../errors';
+import { EVENT_TYPES } from '../../shared/keyEvents';
+import { OUTCOMES } from '../../shared/usageWire';
+import { InvalidInputError, notFound } from '../errors';
 import { findApiKeyInOrg } from '../keys/apiKeys.repository';
-import { keyStatus, type KeyStatus } from '../keys/apiKeys.service';
+import { KEY_STATUSES, keyStatus, type KeyStatus } from '../keys/apiKeys.service';
+import { SCOPES } from '../keys/scopes';
+import { count, idString, isoTime, offsetPage } from '../responses';
 import { keyTimeSeries, listKeyUsage, type Granularity, type KeyUsageRecord, type UsageSort } from './usage.repository';
 
 const DAY_MS = 86_400_000;
@@ -9,13 +14,58 @@ const MAX_SERIES_POINTS = 24 * 93;
 
 const isoOrNull = (date: Date | null) => (date ? date.toISOString() : null);
 
-// Dormant: can still be used, yet unused for dormantAfterMs. A revoked or expired key is not
-// dormant (nothing is left to clean up), the same rule as the repository's `dormant` filter.
-function isDormant(key: KeyUsageRecord, now: number, dormantAfterMs: number): boolean {
-  return keyStatus(key, now) === 'active' && (key.lastUsedAt === null || key.lastUsedAt.getTime() < now - dormantAfterMs);
-}
+const outcomeCounts = z.record(z.enum(OUTCOMES), count).meta({ id: 'OutcomeCounts', description: 'Uses by outcome' });
+const seenIp = z.object({ ip: z.string(), firstSeen: isoTime, lastSeen: isoTime });
 
-function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number, eventSummaryDays: number) {
+const keyUsage = z
+  .object({
+    id: idString,
+    name: z.string(),
+    displayPrefix: z.string(),
+    scopes: z.array(z.enum(SCOPES)),
+    status: z.enum(KEY_STATUSES),
+    createdAt: isoTime,
+    expiresAt: isoTime.nullable(),
+    revokedAt: isoTime.nullable(),
+    lastUsedAt: isoTime.nullable(),
+    lastUsedIp: z.string().nullable(),
+    recentIps: z.array(seenIp.extend({ requestCount: count })),
+    requestCount: count,
+    outcomes: outcomeCounts,
+    requests: z.object({ last24h: count, last7d: count, last30d: count }),
+    last7Days: z.array(count).meta({ description: 'Uses per UTC day over the last 7 days, oldest first; the last is today so far' }),
+    dormant: z.boolean(),
+    failedAttempts: count,
+    lastFailedAt: isoTime.nullable(),
+    lastFailedIp: z.string().nullable(),
+    recentFailedIps: z.array(seenIp.extend({ attemptCount: count })),
+    lastRevokedUseAt: isoTime.nullable(),
+    lastExpiredUseAt: isoTime.nullable(),
+    events: z.object({ days: z.number().int(), counts: z.partialRecord(z.enum(EVENT_TYPES), z.number().int()), latestAt: isoTime.nullable() }),
+  })
+  .meta({ id: 'KeyUsage' });
+
+export const usageList = z
+  .object({
+    data: z.array(keyUsage),
+    page: offsetPage,
+    generatedAt: isoTime,
+    delay: z.object({ drainIntervalMs: z.number(), flushIntervalMs: z.number() }).meta({ description: 'How far usage can lag behind requests' }),
+  })
+  .meta({ id: 'UsageList' });
+
+export const usageSeries = z
+  .object({
+    keyId: idString,
+    granularity: z.enum(['hour', 'day']),
+    from: isoTime,
+    to: isoTime,
+    total: count,
+    buckets: z.array(z.object({ start: isoTime, requestCount: count, outcomes: outcomeCounts.optional().meta({ description: 'With byOutcome=true' }) })),
+  })
+  .meta({ id: 'UsageSeries' });
+
+function toUsageView(key: KeyUsageRecord, now: number, eventSummaryDays: number): z.output<typeof keyUsage> {
   return {
     id: key.keyId,
     name: key.name,
@@ -32,7 +82,7 @@ function toUsageView(key: KeyUsageRecord, now: number, dormantAfterMs: number, e
     outcomes: key.outcomes,
     requests: { last24h: key.last24h, last7d: key.last7d, last30d: key.last30d },
     last7Days: key.last7Days,
-    dormant: isDormant(key, now, dormantAfterMs),
+    dormant: key.dormant,
     failedAttempts: key.failedAttempts,
     lastFailedAt: isoOrNull(key.lastFailedAt),
     lastFailedIp: key.lastFailedIp,
@@ -61,14 +111,14 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
     async list(
       orgId: string,
       query: { dormant?: boolean; status?: KeyStatus; dormantDays: number; nameContains?: string; keyId?: string; sort: UsageSort; order: 'asc' | 'desc'; limit: number; offset: number },
-    ) {
+    ): Promise<z.output<typeof usageList>> {
       const now = deps.now();
-      const dormantAfterMs = query.dormantDays * DAY_MS;
       const { keys, total } = await listKeyUsage(deps.db, {
         orgId,
         now: new Date(now),
         status: query.status ?? null,
-        dormancy: query.dormant === undefined ? null : { dormant: query.dormant, before: new Date(now - dormantAfterMs) },
+        dormantBefore: new Date(now - query.dormantDays * DAY_MS),
+        dormant: query.dormant ?? null,
         nameContains: query.nameContains ?? null,
         keyId: query.keyId ?? null,
         eventsSince: new Date(now - deps.eventSummaryDays * DAY_MS),
@@ -78,20 +128,20 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
         offset: query.offset,
       });
       return {
-        data: keys.map((key) => toUsageView(key, now, dormantAfterMs, deps.eventSummaryDays)),
+        data: keys.map((key) => toUsageView(key, now, deps.eventSummaryDays)),
         page: { limit: query.limit, offset: query.offset, total },
         generatedAt: new Date(now).toISOString(),
         delay: deps.delay,
       };
     },
 
-    async timeSeries(orgId: string, keyId: string, query: { from?: Date; to?: Date; granularity: Granularity; byOutcome: boolean }) {
+    async timeSeries(orgId: string, keyId: string, query: { from?: Date; to?: Date; granularity: Granularity; byOutcome: boolean }): Promise<z.output<typeof usageSeries>> {
       const to = query.to ?? new Date(deps.now());
       const from = query.from ?? new Date(to.getTime() - 7 * DAY_MS);
-      if (from.getTime() > to.getTime()) throw new AppError('invalid_request', 'Invalid query: from: must not be after to');
+      if (from.getTime() > to.getTime()) throw new InvalidInputError('from: must not be after to');
       const points = (to.getTime() - from.getTime()) / (query.granularity === 'hour' ? 3_600_000 : DAY_MS);
       if (points > MAX_SERIES_POINTS) {
-        throw new AppError('invalid_request', `Invalid query: the range holds ${Math.ceil(points)} ${query.granularity}s; at most ${MAX_SERIES_POINTS} per request`);
+        throw new InvalidInputError(`the range holds ${Math.ceil(points)} ${query.granularity}s; at most ${MAX_SERIES_POINTS} per request`);
       }
       if (!(await findApiKeyInOrg(deps.db, orgId, keyId))) throw notFound('API key');
       const buckets = await keyTimeSeries(deps.db, { orgId, keyId, from, to, granularity: query.granularity });

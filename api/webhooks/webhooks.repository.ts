@@ -1,4 +1,5 @@
 import type { Db } from '../../shared/db';
+import { TABLE } from '../../shared/tables';
 
 export interface WebhookRecord {
   id: string;
@@ -39,20 +40,20 @@ export async function insertWebhook(
   db: Db,
   webhook: { id: string; orgId: string; url: string; eventTypes: string[]; secretBox: Buffer },
 ): Promise<WebhookRecord> {
-  const [row] = await db('webhooks')
+  const [row] = await db(TABLE.webhooks)
     .insert({ id: webhook.id, org_id: webhook.orgId, url: webhook.url, event_types: webhook.eventTypes, secret_box: webhook.secretBox })
     .returning<WebhookRow[]>(WEBHOOK_COLUMNS);
   return toWebhook(row);
 }
 
 export async function findWebhookInOrg(db: Db, orgId: string, id: string): Promise<WebhookRecord | undefined> {
-  const row: WebhookRow | undefined = await db('webhooks').select(WEBHOOK_COLUMNS).where({ id, org_id: orgId }).first();
+  const row: WebhookRow | undefined = await db(TABLE.webhooks).select(WEBHOOK_COLUMNS).where({ id, org_id: orgId }).first();
   return row && toWebhook(row);
 }
 
 export async function listWebhooksInOrg(db: Db, orgId: string, page: { limit: number; offset: number }) {
   const [rows, [{ count }]] = await Promise.all([
-    db('webhooks as w')
+    db(`${TABLE.webhooks} as w`)
       .select<Array<WebhookRow & { last_status: DeliveryStatus | null; last_event_type: string | null; last_at: Date | null }>>(
         ...WEBHOOK_COLUMNS.map((column) => `w.${column}`),
         'd.status as last_status',
@@ -60,14 +61,14 @@ export async function listWebhooksInOrg(db: Db, orgId: string, page: { limit: nu
         db.raw('coalesce(d.completed_at, d.created_at) as last_at'),
       )
       .joinRaw(
-        `left join lateral (select status, event_type, completed_at, created_at from webhook_deliveries
-            where webhook_id = w.id order by created_at desc, id desc limit 1) d on true`,
+        `left join lateral (select status, event_type, completed_at, created_at from ${TABLE.webhookDeliveries}
+            where org_id = w.org_id and webhook_id = w.id order by created_at desc, id desc limit 1) d on true`,
       )
       .where('w.org_id', orgId)
       .orderBy([{ column: 'w.created_at' }, { column: 'w.id' }])
       .limit(page.limit)
       .offset(page.offset),
-    db('webhooks').where({ org_id: orgId }).count<{ count: number }[]>({ count: '*' }),
+    db(TABLE.webhooks).where({ org_id: orgId }).count<{ count: number }[]>({ count: '*' }),
   ]);
   return {
     webhooks: rows.map((row) => ({
@@ -80,14 +81,14 @@ export async function listWebhooksInOrg(db: Db, orgId: string, page: { limit: nu
 
 /** Its deliveries and their attempts go with it (ON DELETE CASCADE). */
 export async function deleteWebhookInOrg(db: Db, orgId: string, id: string): Promise<boolean> {
-  return (await db('webhooks').where({ id, org_id: orgId }).delete()) > 0;
+  return (await db(TABLE.webhooks).where({ id, org_id: orgId }).delete()) > 0;
 }
 
 export async function insertDelivery(
   db: Db,
   delivery: { webhookId: string; orgId: string; eventId: string; eventType: string; payload: Record<string, unknown> },
 ): Promise<string> {
-  const [row] = await db('webhook_deliveries')
+  const [row] = await db(TABLE.webhookDeliveries)
     .insert({
       webhook_id: delivery.webhookId,
       org_id: delivery.orgId,
@@ -99,7 +100,8 @@ export async function insertDelivery(
   return row.id;
 }
 
-export type DeliveryStatus = 'pending' | 'succeeded' | 'failed';
+export const DELIVERY_STATUSES = ['pending', 'succeeded', 'failed'] as const;
+export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
 
 export interface AttemptRecord {
   attempt: number;
@@ -123,17 +125,19 @@ export interface DeliveryRecord {
 }
 
 // One query for the page, one for the attempts of every delivery on it (never one per delivery).
-export async function listDeliveries(db: Db, webhookId: string, query: { limit: number; offset: number; status?: DeliveryStatus }) {
-  const filter = { webhook_id: webhookId, ...(query.status ? { status: query.status } : {}) };
+// The org is named too, as in every org-scoped query: on Citus that routes the query to the org's
+// shard instead of every shard, and a row filed under another org is never read.
+export async function listDeliveries(db: Db, orgId: string, webhookId: string, query: { limit: number; offset: number; status?: DeliveryStatus }) {
+  const filter = { org_id: orgId, webhook_id: webhookId, ...(query.status ? { status: query.status } : {}) };
   const [rows, [{ count }]] = await Promise.all([
-    db('webhook_deliveries')
+    db(TABLE.webhookDeliveries)
       .where(filter)
       .orderBy([{ column: 'created_at', order: 'desc' }, { column: 'id', order: 'desc' }])
       .limit(query.limit)
       .offset(query.offset),
-    db('webhook_deliveries').where(filter).count<{ count: number }[]>({ count: '*' }),
+    db(TABLE.webhookDeliveries).where(filter).count<{ count: number }[]>({ count: '*' }),
   ]);
-  const attempts = await db('webhook_delivery_attempts')
+  const attempts = await db(TABLE.webhookDeliveryAttempts)
     .whereIn('delivery_id', rows.map((row) => row.id))
     .orderBy([{ column: 'attempt', order: 'desc' }, { column: 'id', order: 'desc' }]);
   const deliveries: DeliveryRecord[] = rows.map((row) => ({

@@ -2,9 +2,11 @@ import { Router, type RequestHandler, type Response } from 'express';
 import { z } from 'zod';
 import { EVENT_TYPES } from '../../shared/keyEvents';
 import { redactKeyMaterial } from '../../shared/logger';
-import type { Requirement } from '../auth/authorize';
+import { MANAGE_ORG, READ_ORG, type Requirement } from '../auth/authorize';
+import type { RouteContract } from '../openapi/contract';
 import { jsonBody, pagination, parseInput, uuid } from '../validation';
-import type { WebhooksService } from './webhooks.service';
+import { DELIVERY_STATUSES } from './webhooks.repository';
+import { createdWebhook, deliveryList, pingResult, webhookList, type WebhooksService } from './webhooks.service';
 
 const orgParams = z.object({ id: uuid });
 const webhookParams = z.object({ id: uuid, webhookId: uuid });
@@ -42,19 +44,73 @@ const createBody = z
 
 const deliveriesQuery = z
   .object({
-    status: z.enum(['pending', 'succeeded', 'failed'], { error: 'must be pending, succeeded or failed' }).optional(),
+    status: z.enum(DELIVERY_STATUSES, { error: 'must be pending, succeeded or failed' }).optional(),
     ...pagination,
   })
   .strict();
+
+const listQuery = z.object(pagination).strict();
+
+export const webhooksRoutes: RouteContract[] = [
+  {
+    method: 'post',
+    path: '/',
+    operationId: 'createWebhook',
+    summary: "Send the org's key events to a URL, signed (docs/webhooks.md)",
+    description: 'The signing secret is in this response only (Cache-Control: no-store). A URL that resolves to a private address is refused (400) unless the deployment allows it.',
+    auth: MANAGE_ORG,
+    params: orgParams,
+    body: createBody,
+    responses: { 201: { description: 'The webhook, with its signing secret', body: createdWebhook } },
+  },
+  {
+    method: 'get',
+    path: '/',
+    operationId: 'listWebhooks',
+    summary: "The org's webhooks, each with its latest delivery",
+    auth: READ_ORG,
+    params: orgParams,
+    query: listQuery,
+    responses: { 200: { description: 'A page of webhooks', body: webhookList } },
+  },
+  {
+    method: 'delete',
+    path: '/:webhookId',
+    operationId: 'deleteWebhook',
+    summary: 'Delete a webhook and its delivery log',
+    auth: MANAGE_ORG,
+    params: webhookParams,
+    responses: { 204: { description: 'Deleted' } },
+  },
+  {
+    method: 'get',
+    path: '/:webhookId/deliveries',
+    operationId: 'listWebhookDeliveries',
+    summary: "A webhook's deliveries, newest first, each with every attempt",
+    auth: READ_ORG,
+    params: webhookParams,
+    query: deliveriesQuery,
+    responses: { 200: { description: 'A page of deliveries', body: deliveryList } },
+  },
+  {
+    method: 'post',
+    path: '/:webhookId/test',
+    operationId: 'pingWebhook',
+    summary: 'Queue a webhook.ping delivery to the webhook',
+    auth: MANAGE_ORG,
+    params: webhookParams,
+    responses: { 202: { description: 'The delivery is queued', body: pingResult } },
+  },
+];
 
 // Reading webhooks and their delivery log needs keys:read (no secret is ever shown there);
 // creating, deleting and pinging need keys:write.
 export function webhooksRouter(deps: { service: WebhooksService; authorize: (requirement: Requirement) => RequestHandler; auditIp: (ip: string) => string }) {
   const { service, authorize } = deps;
   const changeContext = (res: Response) => ({ actor: res.locals.auth!.key, ip: deps.auditIp(res.locals.auth!.ip) });
-  const read = authorize({ scope: 'keys:read', orgParam: 'id' });
+  const read = authorize(READ_ORG);
   // A leaked previous secret must not be able to point the org's events at its own receiver.
-  const write = authorize({ scope: 'keys:write', orgParam: 'id', currentSecret: true });
+  const write = authorize(MANAGE_ORG);
   const readJson = jsonBody('16kb');
   const router = Router({ mergeParams: true });
 
@@ -64,12 +120,12 @@ export function webhooksRouter(deps: { service: WebhooksService; authorize: (req
     const created = await service.create(id, body, changeContext(res));
     // The one response that carries the secret: no cache may keep it.
     res.setHeader('Cache-Control', 'no-store');
-    res.status(201).json({ ...created.webhook, secret: created.secret });
+    res.status(201).json({ ...created.webhook, secret: created.secret } satisfies z.output<typeof createdWebhook>);
   });
 
   router.get('/', read, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
-    const page = parseInput(z.object(pagination).strict(), req.query, 'query');
+    const page = parseInput(listQuery, req.query, 'query');
     res.json(await service.list(id, page));
   });
 

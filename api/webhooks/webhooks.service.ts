@@ -1,10 +1,12 @@
 import { randomBytes, randomUUID } from 'node:crypto';
+import { z } from 'zod';
 import { auditActor, recordAudit } from '../audit/audit.repository';
 import type { Db } from '../../shared/db';
 import { PING_EVENT_TYPE } from '../../shared/keyEvents';
 import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../../shared/secretBox';
 import { resolveTarget, TargetRefusedError } from '../../shared/webhookTarget';
-import { AppError, notFound } from '../errors';
+import { InvalidInputError, notFound } from '../errors';
+import { idString, isoTime, listOf, offsetPage } from '../responses';
 import {
   deleteWebhookInOrg,
   findWebhookInOrg,
@@ -12,19 +14,41 @@ import {
   insertWebhook,
   listDeliveries,
   listWebhooksInOrg,
+  DELIVERY_STATUSES,
   type DeliveryRecord,
   type DeliveryStatus,
   type WebhookRecord,
 } from './webhooks.repository';
 
 // What a client may see of a webhook: never its signing secret.
-export interface WebhookView {
-  id: string;
-  orgId: string;
-  url: string;
-  events: string[];
-  createdAt: string;
-}
+const webhookView = z
+  .object({ id: idString, orgId: idString, url: z.string(), events: z.array(z.string()).meta({ description: 'Event types it receives; ["*"] for every type' }), createdAt: isoTime })
+  .meta({ id: 'Webhook' });
+export type WebhookView = z.output<typeof webhookView>;
+
+// The one place a signing secret appears: the answer to create.
+export const createdWebhook = webhookView
+  .extend({ secret: z.string().meta({ description: 'The signing secret (whsec_…), shown this once' }) })
+  .meta({ id: 'WebhookWithSecret' });
+
+const lastDelivery = z.object({ status: z.enum(DELIVERY_STATUSES), eventType: z.string(), at: isoTime });
+export const webhookList = listOf(webhookView.extend({ lastDelivery: lastDelivery.nullable() }), offsetPage).meta({ id: 'WebhookList' });
+
+const deliveryView = z.object({
+  id: idString,
+  eventId: idString,
+  eventType: z.string(),
+  status: z.enum(DELIVERY_STATUSES),
+  attemptCount: z.number().int(),
+  nextAttemptAt: isoTime.nullable(),
+  createdAt: isoTime,
+  completedAt: isoTime.nullable(),
+  attempts: z.array(
+    z.object({ attempt: z.number().int(), startedAt: isoTime, durationMs: z.number(), statusCode: z.number().int().nullable(), error: z.string().nullable(), succeeded: z.boolean() }),
+  ),
+});
+export const deliveryList = listOf(deliveryView, offsetPage).meta({ id: 'WebhookDeliveryList' });
+export const pingResult = z.object({ deliveryId: idString, eventId: idString }).meta({ id: 'WebhookPing' });
 
 const toView = (webhook: WebhookRecord): WebhookView => ({
   id: webhook.id,
@@ -36,7 +60,7 @@ const toView = (webhook: WebhookRecord): WebhookView => ({
 
 const iso = (date: Date | null) => (date ? date.toISOString() : null);
 
-const toDeliveryView = (delivery: DeliveryRecord) => ({
+const toDeliveryView = (delivery: DeliveryRecord): z.output<typeof deliveryView> => ({
   id: delivery.id,
   eventId: delivery.eventId,
   eventType: delivery.eventType,
@@ -86,7 +110,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       try {
         await resolveTarget(new URL(input.url), deps.allowPrivateTargets);
       } catch (error) {
-        if (error instanceof TargetRefusedError) throw new AppError('invalid_request', `Invalid body: url: ${error.message}`);
+        if (error instanceof TargetRefusedError) throw new InvalidInputError(`url: ${error.message}`);
         throw error;
       }
       const id = randomUUID();
@@ -100,7 +124,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       return { webhook: toView(webhook), secret };
     },
 
-    async list(orgId: string, page: { limit: number; offset: number }) {
+    async list(orgId: string, page: { limit: number; offset: number }): Promise<z.output<typeof webhookList>> {
       const { webhooks, total } = await listWebhooksInOrg(deps.db, orgId, page);
       return {
         data: webhooks.map((webhook) => ({
@@ -119,14 +143,14 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       });
     },
 
-    async deliveries(orgId: string, webhookId: string, query: { limit: number; offset: number; status?: DeliveryStatus }) {
+    async deliveries(orgId: string, webhookId: string, query: { limit: number; offset: number; status?: DeliveryStatus }): Promise<z.output<typeof deliveryList>> {
       await requireWebhook(orgId, webhookId);
-      const { deliveries, total } = await listDeliveries(deps.db, webhookId, query);
+      const { deliveries, total } = await listDeliveries(deps.db, orgId, webhookId, query);
       return { data: deliveries.map(toDeliveryView), page: { limit: query.limit, offset: query.offset, total } };
     },
 
     // A ping goes through the same outbox, worker, signature and retries as a key event.
-    async ping(orgId: string, webhookId: string) {
+    async ping(orgId: string, webhookId: string): Promise<z.output<typeof pingResult>> {
       await requireWebhook(orgId, webhookId);
       const eventId = randomUUID();
       const payload = {

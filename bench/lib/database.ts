@@ -4,8 +4,7 @@ import { generateKeyMaterial } from '../../api/keys/keyMaterial';
 import type { Scope } from '../../api/keys/scopes';
 import { insertOrganization } from '../../api/orgs/orgs.repository';
 import { createDb, migrateLatest, type Db } from '../../shared/db';
-import { startThrowawayPostgres } from '../../scripts/lib/localPostgres';
-import { freeTcpPort } from './procs';
+import { createScratchDatabase, openPostgresServer } from '../../harness/postgres';
 
 // The benchmarks write hundreds of thousands of rows, so they never touch an existing database:
 // a fresh one is created (from DATABASE_URL, or in a throwaway local cluster), migrated, and
@@ -21,46 +20,27 @@ export interface BenchDatabase {
 }
 
 export async function openBenchDatabase(log: (line: string) => void): Promise<BenchDatabase> {
-  let local: ReturnType<typeof startThrowawayPostgres> | undefined;
-  let adminUrl = process.env.DATABASE_URL;
-  if (!adminUrl) {
-    local = startThrowawayPostgres('keyusage-bench-', await freeTcpPort());
-    adminUrl = local.url;
-    log(`throwaway PostgreSQL at 127.0.0.1:${new URL(adminUrl).port} (${local.scratch})`);
-  }
+  const server = await openPostgresServer('keyusage-bench-', log);
   const name = `keyusage_bench_${process.pid}_${randomBytes(3).toString('hex')}`;
-  const admin = createDb(adminUrl, { poolMax: 1, applicationName: 'keyusage-bench-admin' });
-  try {
-    await admin.raw(`create database ${name}`);
-  } catch (error) {
-    await admin.destroy();
-    local?.stop();
-    throw new Error(`could not create the benchmark database ${name} (the DATABASE_URL role needs CREATEDB): ${(error as Error).message}`);
-  }
-  let removed = false;
-  const removeLocal = () => {
-    if (removed) return;
-    removed = true;
-    local?.stop();
-  };
-  const url = new URL(adminUrl);
-  url.pathname = `/${name}`;
-  const db = createDb(url.toString(), { poolMax: 4, applicationName: 'keyusage-bench' });
+  const scratch = await createScratchDatabase(server.adminUrl, name).catch((error: Error) => {
+    server.stop();
+    throw new Error(`could not create the benchmark database ${name} (the DATABASE_URL role needs CREATEDB): ${error.message}`, { cause: error });
+  });
+  const db = createDb(scratch.url, { poolMax: 4, applicationName: 'keyusage-bench' });
   await migrateLatest(db);
   log(`benchmark database ${name}`);
   return {
-    url: url.toString(),
+    url: scratch.url,
     db,
-    local: local !== undefined,
+    local: server.local,
     async close() {
       await db.destroy();
-      await admin.raw(`drop database if exists ${name} with (force)`).catch(() => undefined);
-      await admin.destroy();
-      removeLocal();
+      await scratch.drop().catch(() => undefined);
+      server.stop();
     },
     abandon() {
       try {
-        removeLocal();
+        server.stop();
       } catch {
         // Best effort on the way out.
       }

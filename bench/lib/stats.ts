@@ -1,6 +1,8 @@
+import { seededRandom } from '../../harness/random';
+
 // Small, dependency-free statistics for benchmarks on noisy machines: order statistics, a
-// seeded PRNG (so a run's bootstrap intervals are reproducible), a paired bootstrap of the
-// median ratio, and an interleaved block schedule.
+// paired bootstrap of the median ratio (seeded, so a run's intervals are reproducible), and an
+// interleaved block schedule.
 
 export function sorted(values: readonly number[]): number[] {
   return [...values].sort((a, b) => a - b);
@@ -28,18 +30,6 @@ export function median(values: readonly number[]): number {
 
 export function mean(values: readonly number[]): number {
   return values.length === 0 ? NaN : values.reduce((sum, v) => sum + v, 0) / values.length;
-}
-
-/** mulberry32: tiny, fast, good enough to pick bootstrap indices and schedule jitter. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export interface RatioEstimate {

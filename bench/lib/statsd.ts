@@ -2,7 +2,9 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { freeTcpPort, freeUdpPort, spawnProcess, waitUntil, type Child } from './procs';
+import { freeTcpPort, freeUdpPort } from '../../scripts/lib/freePort';
+import { spawnProcess, type Child } from '../../harness/processes';
+import { waitFor } from '../../harness/wait';
 
 // Etsy's statsd daemon (npm `statsd`, pinned by the lockfile), run as shipped: `node stats.js
 // <config>`. Bound to 127.0.0.1 with no backends and a one-hour flush interval, so its
@@ -60,7 +62,12 @@ export async function startStatsd(): Promise<StatsdProcess> {
     `{ address: "127.0.0.1", port: ${udpPort}, mgmt_address: "127.0.0.1", mgmt_port: ${mgmtPort}, backends: [], flushInterval: 3600000 }\n`,
   );
   const child = spawnProcess('statsd', [statsdScript(), configFile]);
-  await waitUntil('statsd to answer on its management port', async () => ((await mgmtCommand(mgmtPort, 'health', 1000)).includes('up') ? true : undefined), 20_000, 50);
+  await waitFor(
+    'statsd to answer on its management port',
+    () => mgmtCommand(mgmtPort, 'health', 1000).then((text) => (text.includes('up') ? true : undefined), () => undefined),
+    20_000,
+    50,
+  );
   return {
     child,
     udpPort,

@@ -32,7 +32,7 @@ async function flushOnce(db: Db, orgs: Array<{ orgId: string; keyIds: string[] }
   orgs.forEach(({ orgId, keyIds }, o) =>
     keyIds.forEach((keyId, k) => aggregator.add({ keyId, orgId, ip: `10.${o & 255}.${(k >> 8) & 255}.${k & 255}`, outcome: 'ok', count: 1 })),
   );
-  const flusher = new Flusher({ aggregator, store: createPgUsageStore(db), intervalMs: 1000, maxPendingKeys: 200_000, logger: silent });
+  const flusher = new Flusher({ aggregator, store: createPgUsageStore(db), intervalMs: 1000, maxRetryKeys: 200_000, logger: silent });
   const started = performance.now();
   if (!(await flusher.flush())) throw new Error('flush failed');
   return performance.now() - started;
@@ -43,7 +43,7 @@ async function timeQueries(db: Db, orgId: string, keyId: string) {
   const series = [];
   for (let i = 0; i < QUERIES; i += 1) {
     let started = performance.now();
-    await listKeyUsage(db, { orgId, now: new Date(), status: null, dormancy: null, nameContains: null, keyId: null, eventsSince: new Date(Date.now() - 7 * 86_400_000), sort: 'requestCount', order: 'desc', limit: 50, offset: 0 });
+    await listKeyUsage(db, { orgId, now: new Date(), status: null, dormantBefore: new Date(Date.now() - 30 * 86_400_000), dormant: null, nameContains: null, keyId: null, eventsSince: new Date(Date.now() - 7 * 86_400_000), sort: 'requestCount', order: 'desc', limit: 50, offset: 0 });
     page.push(performance.now() - started);
     started = performance.now();
     await keyTimeSeries(db, { orgId, keyId, from: new Date(Date.now() - 7 * 86_400_000), to: new Date(), granularity: 'day' });

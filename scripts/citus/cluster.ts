@@ -62,14 +62,21 @@ export async function startCitusCluster(): Promise<CitusCluster> {
     throw error;
   }
   const url = (port: number, database: string) => `postgres://postgres@127.0.0.1:${port}/${database}`;
+  // One statement on a connection of its own, closed whatever the outcome.
+  const runOnce = async (port: number, database: string, sql: string) => {
+    const db = createDb(url(port, database), { poolMax: 1 });
+    try {
+      await db.raw(sql);
+    } finally {
+      await db.destroy();
+    }
+  };
   return {
     adminUrl: url(ports[0], 'postgres'),
     async createDatabase(name) {
       for (const port of ports) {
-        const admin = createDb(url(port, 'postgres'), { poolMax: 1 });
-        await admin.raw(`create database ${name}`).finally(() => admin.destroy());
-        const db = createDb(url(port, name), { poolMax: 1 });
-        await db.raw('create extension citus').finally(() => db.destroy());
+        await runOnce(port, 'postgres', `create database ${name}`);
+        await runOnce(port, name, 'create extension citus');
       }
       const coordinator = createDb(url(ports[0], name), { poolMax: 1 });
       try {

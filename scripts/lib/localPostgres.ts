@@ -70,7 +70,7 @@ function run(binary: string, args: string[], ids: Ids, logFile?: string) {
   const result = spawnSync(path.join(binDir(), binary), args, options);
   if (result.status !== 0) {
     const log = logFile && fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8').split('\n').slice(-15).join('\n') : '';
-    throw new Error(`${binary} ${args[0]} failed (exit ${result.status}): ${result.stderr || result.stdout}\n${log}`.trim());
+    throw new Error(`${binary} ${args[0]} failed (exit ${result.status}): ${String(result.stderr || result.stdout)}\n${log}`.trim());
   }
 }
 

@@ -5,7 +5,8 @@ import t from 'tap';
 import type { Db } from '../../shared/db';
 import { encodeUsageLine, packDatagrams } from '../../shared/usageWire';
 import { seedOrg, startTestApi } from '../helpers/api';
-import { sendDatagrams, startTestCollector, waitFor } from '../helpers/collector';
+import { sendDatagrams, startTestCollector } from '../helpers/collector';
+import { waitFor } from '../../harness/wait';
 import { freshDatabase } from '../helpers/database';
 import { wiredSystem } from '../helpers/wiredSystem';
 

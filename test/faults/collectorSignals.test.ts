@@ -4,32 +4,15 @@
 // (test/helpers/collectorProbe.ts) and printed at exit.
 import t, { type Test } from 'tap';
 import { OUTCOMES, type UsageSample } from '../../shared/usageWire';
-import { waitFor } from '../helpers/collector';
-import { freshDatabase } from '../helpers/database';
-import {
-  LONG,
-  Ledger,
-  LeakScan,
-  UdpSender,
-  freeUdpPort,
-  mib,
-  persistedUsage,
-  reportFigures,
-  seedKeys,
-  shipmentsOf,
-  sleep,
-  spawnCollector,
-  type SeededKey,
-} from '../helpers/faults';
+import { mib } from '../../harness/processMemory';
+import { sleep, waitFor } from '../../harness/wait';
+import { freeUdpPort } from '../../scripts/lib/freePort';
+import { LONG, Ledger, LeakScan, UdpSender, databaseWithKeys, persistedUsage, reportFigures, shipmentsOf, spawnCollector, type SeededKey } from '../helpers/faults';
 
 const leaks = new LeakScan();
 
 async function setup(t: Test, keyCount: number) {
-  const { db, url } = await freshDatabase(t);
-  const { orgId, keys } = await seedKeys(db, 'signals', keyCount);
-  await leaks.hashesFrom(db);
-  for (const key of keys) leaks.plaintext(key.plaintext);
-  return { db, url, orgId, keys, ledger: new Ledger() };
+  return { ...(await databaseWithKeys(t, leaks, 'signals', keyCount)), ledger: new Ledger() };
 }
 
 // ~20 samples per tick: with 5 ms ticks about 4,000 lines and 12,000 uses a second.

@@ -4,41 +4,12 @@
 import t, { type Test } from 'tap';
 import { OUTCOMES, type UsageSample } from '../../shared/usageWire';
 import type { Db } from '../../shared/db';
-import { sendDatagrams, startTestCollector, waitFor } from '../helpers/collector';
-import { freshDatabase } from '../helpers/database';
-import {
-  LONG,
-  Ledger,
-  LeakScan,
-  UdpSender,
-  countMismatches,
-  persistedUsage,
-  reportFigures,
-  seedKeys,
-  shipmentsOf,
-  sleep,
-  spawnCollector,
-  type SeededKey,
-} from '../helpers/faults';
+import { sendDatagrams, startTestCollector } from '../helpers/collector';
+import { shuffled } from '../../harness/random';
+import { sleep, waitFor } from '../../harness/wait';
+import { LONG, Ledger, LeakScan, UdpSender, countMismatches, databaseWithKeys, persistedUsage, reportFigures, shipmentsOf, spawnCollector, type SeededKey } from '../helpers/faults';
 
 const leaks = new LeakScan();
-
-function shuffled<T>(items: readonly T[], seed: number): T[] {
-  let state = seed >>> 0;
-  const random = () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let x = state;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-  const out = [...items];
-  for (let i = out.length - 1; i > 0; i -= 1) {
-    const j = Math.floor(random() * (i + 1));
-    [out[i], out[j]] = [out[j], out[i]];
-  }
-  return out;
-}
 
 // Eight IPs per key: more than the five kept, so each flush's prune deletes rows the other
 // collectors' flushes are upserting.
@@ -58,9 +29,7 @@ async function deadlocks(db: Db): Promise<number> {
 }
 
 async function forcedOverlap(t: Test, collectorCount: number) {
-  const { db, url } = await freshDatabase(t, { poolMax: 2 });
-  const { orgId, keys } = await seedKeys(db, `overlap${collectorCount}`, LONG ? 400 : 80);
-  await leaks.hashesFrom(db);
+  const { db, url, orgId, keys } = await databaseWithKeys(t, leaks, `overlap${collectorCount}`, LONG ? 400 : 80, { poolMax: 2 });
   const deadlocksBefore = await deadlocks(db);
   const collectors: Array<Awaited<ReturnType<typeof startTestCollector>>> = [];
   for (let c = 0; c < collectorCount; c += 1) collectors.push(await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000' }));
@@ -120,9 +89,7 @@ t.test('2 collectors flushing the same keys at the same moment: exact sums, no d
 t.test('4 collectors flushing the same keys at the same moment: exact sums, no deadlock', (t) => forcedOverlap(t, 4));
 
 t.test('4 collector processes on their own 50 ms timers under sustained load: exact sums, no deadlock', async (t) => {
-  const { db, url } = await freshDatabase(t);
-  const { orgId, keys } = await seedKeys(db, 'free4', 40);
-  await leaks.hashesFrom(db);
+  const { db, url, orgId, keys } = await databaseWithKeys(t, leaks, 'free4', 40);
   const deadlocksBefore = await deadlocks(db);
   const collectors = await Promise.all(Array.from({ length: 4 }, () => spawnCollector(t, { databaseUrl: url, flushIntervalMs: 50 })));
   for (const [c, collector] of collectors.entries()) leaks.watch(`collector process ${c} log`, () => collector.output);

@@ -10,25 +10,29 @@ import fc from 'fast-check';
 import t, { type Test } from 'tap';
 import { OUTCOMES, encodeUsageLine, packDatagrams, parsePacket, type UsageSample } from '../../shared/usageWire';
 import dgram from 'node:dgram';
-import { waitFor } from '../helpers/collector';
+import type { CollectorMetrics } from '../../harness/collectorProcess';
+import { mib } from '../../harness/processMemory';
+import { waitFor } from '../../harness/wait';
+import type { Db } from '../../shared/db';
 import { freshDatabase } from '../helpers/database';
 import {
   LONG,
   LeakScan,
   PgProxy,
-  mib,
+  databaseWithKeys,
   persistedUsage,
   reportFigures,
   seedKeys,
   spawnCollector,
-  type CollectorProcess,
+  type FaultCollector,
+  type SeededKey,
 } from '../helpers/faults';
 
 const leaks = new LeakScan();
 const MAX_UDP_PAYLOAD = 65_507;
 
 /** Sends raw datagrams, pausing every `window` until the collector has taken them in (so the kernel drops none). */
-async function sendPaced(collector: CollectorProcess, datagrams: readonly Buffer[], window = 200): Promise<void> {
+async function sendPaced(collector: FaultCollector, datagrams: readonly Buffer[], window = 200): Promise<void> {
   const socket = dgram.createSocket('udp4');
   const already = (await collector.metrics()).packets_total;
   try {
@@ -44,15 +48,15 @@ async function sendPaced(collector: CollectorProcess, datagrams: readonly Buffer
   }
 }
 
-t.test('fuzzed datagrams against the live collector: no crash, counters match the parser, no cross-org count', async (t) => {
-  const { db, url } = await freshDatabase(t);
-  const a = await seedKeys(db, 'victim', 2);
-  const b = await seedKeys(db, 'attacker', 2);
-  await leaks.hashesFrom(db);
-  for (const key of [...a.keys, ...b.keys]) leaks.plaintext(key.plaintext);
-  const collector = await spawnCollector(t, { databaseUrl: url, flushIntervalMs: 100, maxPendingKeys: 10_000 });
-  leaks.watch('collector log (fuzz)', () => collector.output);
+interface SeededOrg {
+  orgId: string;
+  keys: SeededKey[];
+}
 
+// Datagrams a hostile or broken client could send, built around two real orgs' ids: forged and
+// mangled ids, absurd counts and rates, IP fields that are not IPs, tag injection, key material,
+// other StatsD metrics and raw bytes.
+function hostileDatagram(a: SeededOrg, b: SeededOrg): fc.Arbitrary<Buffer> {
   const [a1, a2] = a.keys;
   const [b1] = b.keys;
   const uuid = fc.oneof(
@@ -93,39 +97,33 @@ t.test('fuzzed datagrams against the live collector: no crash, counters match th
   const separator = fc.constantFrom('\n', '\n', '\r\n', '\0', '\n\n', '\n\0\n');
   const textDatagram = fc.array(fc.tuple(line, separator), { minLength: 1, maxLength: 12 }).map((parts) => Buffer.from(parts.map(([l, s]) => l + s).join(''), 'utf8'));
   const bytesDatagram = fc.uint8Array({ minLength: 1, maxLength: 3000 }).map((bytes) => Buffer.from(bytes));
-  const datagram = fc.oneof({ arbitrary: textDatagram, weight: 6 }, { arbitrary: bytesDatagram, weight: 2 });
+  return fc.oneof({ arbitrary: textDatagram, weight: 6 }, { arbitrary: bytesDatagram, weight: 2 });
+}
 
-  const seed = Number(process.env.FUZZ_SEED ?? Date.now() % 2 ** 31);
-  t.comment(`fast-check seed ${seed} (FUZZ_SEED=${seed} reproduces this run)`);
-  const datagrams = fc.sample(datagram, { numRuns: LONG ? 20_000 : 1_500, seed });
-  // Oversized: up to the UDP maximum, full of valid lines, of garbage, of newlines and NULs.
+// Oversized: up to the UDP maximum, full of valid lines, of garbage, of newlines and NULs.
+function oversizedDatagrams(a: SeededOrg, b: SeededOrg): Buffer[] {
+  const [a1] = a.keys;
   const fill = (unit: string) => Buffer.from(unit.repeat(Math.ceil(MAX_UDP_PAYLOAD / unit.length)).slice(0, MAX_UDP_PAYLOAD), 'latin1');
   const validForA1 = `${encodeUsageLine({ keyId: a1.id, orgId: a.orgId, ip: '2001:db8::9', outcome: 'ok', count: 3 })}\n`;
-  datagrams.push(fill(validForA1), fill('\n'), fill('\0'), fill('x'), fill('|'), fill(`apikey.used:1|c|#key:${b1.id},org:${a.orgId},ip:10.0.0.1,outcome:ok\n`), fill(`${a1.plaintext}\n`));
+  return [fill(validForA1), fill('\n'), fill('\0'), fill('x'), fill('|'), fill(`apikey.used:1|c|#key:${b.keys[0].id},org:${a.orgId},ip:10.0.0.1,outcome:ok\n`), fill(`${a1.plaintext}\n`)];
+}
 
-  // The oracle: the same parser over the same bytes, decoded as the receiver decodes them (latin1).
-  const oracle = { lines: 0, usage: 0, other: 0, invalid: 0 };
-  const expected = new Map<string, number>(); // `${orgId}/${keyId}` → uses
+// The oracle: the same parser over the same bytes, decoded as the receiver decodes them (latin1).
+function parseLocally(datagrams: readonly Buffer[]) {
+  const counts = { lines: 0, usage: 0, other: 0, invalid: 0 };
+  const uses = new Map<string, number>(); // `${orgId}/${keyId}` → uses
   for (const d of datagrams) {
-    const result = parsePacket(d.toString('latin1'), (s: UsageSample) => expected.set(`${s.orgId}/${s.keyId}`, (expected.get(`${s.orgId}/${s.keyId}`) ?? 0) + s.count));
-    oracle.lines += result.lines;
-    oracle.usage += result.usage;
-    oracle.other += result.other;
-    oracle.invalid += result.invalid;
+    const result = parsePacket(d.toString('latin1'), (s: UsageSample) => uses.set(`${s.orgId}/${s.keyId}`, (uses.get(`${s.orgId}/${s.keyId}`) ?? 0) + s.count));
+    counts.lines += result.lines;
+    counts.usage += result.usage;
+    counts.other += result.other;
+    counts.invalid += result.invalid;
   }
-  await sendPaced(collector, datagrams);
-  const m = await waitFor('everything flushed', async () => {
-    const metrics = await collector.metrics();
-    return metrics.packets_total === datagrams.length && metrics.pending_keys === 0 ? metrics : undefined;
-  });
+  return { counts, uses };
+}
 
-  t.equal(collector.child.exitCode, null, 'the collector is still running');
-  t.equal(await collector.health(), 200, 'and healthy');
-  t.same(
-    { lines: m.lines_total, usage: m.usage_lines_total, other: m.other_lines_total, invalid: m.bad_lines_total },
-    oracle,
-    `its counters equal the parser's over the same bytes (${datagrams.length} datagrams, ${oracle.lines} lines, ${oracle.invalid} bad)`,
-  );
+// Only a line naming a real key with its own org counts; a forged id creates no row.
+async function assertNoCrossOrgCount(t: Test, db: Db, a: SeededOrg, b: SeededOrg, expected: Map<string, number>) {
   const persisted = await persistedUsage(db, [...a.keys, ...b.keys].map((k) => k.id));
   for (const [owner, keys] of [[a.orgId, a.keys], [b.orgId, b.keys]] as const) {
     for (const key of keys) {
@@ -138,21 +136,50 @@ t.test('fuzzed datagrams against the live collector: no crash, counters match th
   t.ok(forgedCrossOrg.length > 0, `the fuzz did send well-formed lines naming a real key under the wrong org (${forgedCrossOrg.length} distinct)`);
   const rows = Number((await db('api_key_usage').count({ n: '*' }))[0].n);
   t.ok(rows <= 4, `no row created for an unknown or forged id (${rows} rows, all real keys)`);
-  const usesAccepted = [...expected.values()].reduce((x, y) => x + y, 0);
+}
+
+t.test('fuzzed datagrams against the live collector: no crash, counters match the parser, no cross-org count', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const a = await seedKeys(db, 'victim', 2);
+  const b = await seedKeys(db, 'attacker', 2);
+  await leaks.hashesFrom(db);
+  for (const key of [...a.keys, ...b.keys]) leaks.plaintext(key.plaintext);
+  const collector = await spawnCollector(t, { databaseUrl: url, flushIntervalMs: 100, maxPendingKeys: 10_000 });
+  leaks.watch('collector log (fuzz)', () => collector.output);
+
+  const seed = Number(process.env.FUZZ_SEED ?? Date.now() % 2 ** 31);
+  t.comment(`fast-check seed ${seed} (FUZZ_SEED=${seed} reproduces this run)`);
+  const datagrams = [...fc.sample(hostileDatagram(a, b), { numRuns: LONG ? 20_000 : 1_500, seed }), ...oversizedDatagrams(a, b)];
+  const oracle = parseLocally(datagrams);
+  await sendPaced(collector, datagrams);
+  const m = await waitFor('everything flushed', async () => {
+    const metrics = await collector.metrics();
+    return metrics.packets_total === datagrams.length && metrics.pending_keys === 0 ? metrics : undefined;
+  });
+
+  t.equal(collector.child.proc.exitCode, null, 'the collector is still running');
+  t.equal(await collector.health(), 200, 'and healthy');
+  t.same(
+    { lines: m.lines_total, usage: m.usage_lines_total, other: m.other_lines_total, invalid: m.bad_lines_total },
+    oracle.counts,
+    `its counters equal the parser's over the same bytes (${datagrams.length} datagrams, ${oracle.counts.lines} lines, ${oracle.counts.invalid} bad)`,
+  );
+  await assertNoCrossOrgCount(t, db, a, b, oracle.uses);
+  const usesAccepted = [...oracle.uses.values()].reduce((x, y) => x + y, 0);
   t.equal(m.uses_received_total, usesAccepted, 'uses received = the sum of accepted samples');
   t.equal(m.uses_persisted_total + m.unknown_uses_total + m.overflow_uses_total, m.uses_received_total, 'every received use is persisted, dropped as unknown, or overflowed');
   t.notOk(collector.output.some((line) => /at .+\.ts:\d+/.test(line) || /uncaught|unhandled/i.test(line)), 'no stack trace or unhandled error in its output');
   const badLineLogs = collector.logs().filter((l) => l.msg === 'dropped malformed StatsD lines');
-  t.ok(badLineLogs.length >= 1 && badLineLogs.length <= 3, `bad lines logged, rate-limited (${badLineLogs.length} lines for ${oracle.invalid} bad lines)`);
+  t.ok(badLineLogs.length >= 1 && badLineLogs.length <= 3, `bad lines logged, rate-limited (${badLineLogs.length} lines for ${oracle.counts.invalid} bad lines)`);
   t.equal((await collector.sigterm()).code, 0, 'exits 0 on SIGTERM afterwards');
   reportFigures(t, 'fuzz-live-socket', {
     seed,
     datagrams: datagrams.length,
     bytes: datagrams.reduce((sum, d) => sum + d.length, 0),
-    lines: oracle.lines,
-    badLines: oracle.invalid,
-    otherLines: oracle.other,
-    usageLines: oracle.usage,
+    lines: oracle.counts.lines,
+    badLines: oracle.counts.invalid,
+    otherLines: oracle.counts.other,
+    usageLines: oracle.counts.usage,
     usesPersisted: m.uses_persisted_total,
     unknownUses: m.unknown_uses_total,
     crashes: 0,
@@ -160,30 +187,34 @@ t.test('fuzzed datagrams against the live collector: no crash, counters match th
   });
 });
 
-async function flood(t: Test, databaseDown: boolean) {
-  const keys = LONG ? 1_000_000 : 100_000;
-  const cap = 10_000;
-  const { db, url } = await freshDatabase(t);
-  const real = await seedKeys(db, 'flooded', 2);
-  await leaks.hashesFrom(db);
-  for (const key of real.keys) leaks.plaintext(key.plaintext);
+const FLOOD_KEYS = LONG ? 1_000_000 : 100_000;
+const FLOOD_CAP = 10_000;
+const FLOOD_BATCH = 20_000;
+// A real key first used after the flood, while the aggregator is full of forged keys.
+const LATE_USES = 100;
+
+// A collector behind a PostgreSQL proxy (so the database can go away), with a pending-key cap far
+// below the flood, and two real keys.
+async function floodTarget(t: Test, databaseDown: boolean) {
+  const { db, url, orgId, keys } = await databaseWithKeys(t, leaks, 'flooded', 2);
   const proxy = await PgProxy.start(url);
   t.teardown(() => proxy.close());
-  const collector = await spawnCollector(t, { databaseUrl: proxy.url, flushIntervalMs: 500, maxPendingKeys: cap });
+  const collector = await spawnCollector(t, { databaseUrl: proxy.url, flushIntervalMs: 500, maxPendingKeys: FLOOD_CAP });
   leaks.watch(`collector log (flood${databaseDown ? ', database down' : ''})`, () => collector.output);
-  const baseline = collector.baselineRssBytes;
   if (databaseDown) await proxy.down();
+  return { db, proxy, collector, real: { orgId, keys } };
+}
 
-  // Random key ids (forged: none exists), one use each; a real key's line rides in every 50th
-  // datagram, so it competes for a slot in the aggregator like any key that was not pending yet.
+// Random key ids (forged: none exists), one use each; a real key's line rides in every 50th
+// datagram, so it competes for a slot in the aggregator like any key that was not pending yet.
+async function sendFlood(collector: FaultCollector, real: SeededOrg) {
   let realUses = 0;
   let maxPending = 0;
   const started = Date.now();
-  const batch = 20_000;
-  const rssTimeline: number[] = []; // peak RSS (MiB) after each 20,000 keys
-  for (let sent = 0; sent < keys; sent += batch) {
+  const rssTimeline: number[] = []; // peak RSS (MiB) after each batch of keys
+  for (let sent = 0; sent < FLOOD_KEYS; sent += FLOOD_BATCH) {
     const lines: string[] = [];
-    for (let i = 0; i < batch; i += 1) {
+    for (let i = 0; i < FLOOD_BATCH; i += 1) {
       lines.push(encodeUsageLine({ keyId: randomUUID(), orgId: real.orgId, ip: `10.${i % 256}.0.1`, outcome: 'ok', count: 1 }));
     }
     const datagrams = packDatagrams(lines).map((d, i) => {
@@ -196,65 +227,85 @@ async function flood(t: Test, databaseDown: boolean) {
     rssTimeline.push(mib(collector.peakRssBytes()));
   }
   const floodMs = Date.now() - started;
-  // A real key first used now, while the aggregator is full of forged keys.
-  const LATE_USES = 100;
   await sendPaced(collector, [Buffer.from(encodeUsageLine({ keyId: real.keys[1].id, orgId: real.orgId, ip: '192.0.2.2', outcome: 'ok', count: LATE_USES }), 'latin1')]);
-  const during = await collector.metrics();
-  const peakDuringFlood = collector.peakRssBytes();
-  if (databaseDown) await proxy.up();
-  const m = await waitFor(
+  return { realUses, maxPending, floodMs, rssTimeline, during: await collector.metrics(), peakDuringFlood: collector.peakRssBytes() };
+}
+
+type FloodRun = Awaited<ReturnType<typeof sendFlood>>;
+
+async function drained(collector: FaultCollector, run: FloodRun) {
+  return waitFor(
     'the collector to drain',
     async () => {
       const metrics = await collector.metrics();
-      maxPending = Math.max(maxPending, metrics.pending_keys);
-      return metrics.pending_keys === 0 && metrics.uses_received_total === keys + realUses + LATE_USES ? metrics : undefined;
+      run.maxPending = Math.max(run.maxPending, metrics.pending_keys);
+      return metrics.pending_keys === 0 && metrics.uses_received_total === FLOOD_KEYS + run.realUses + LATE_USES ? metrics : undefined;
     },
     LONG ? 180_000 : 60_000,
     100,
   );
-  const growthMiB = mib(peakDuringFlood - baseline);
-  t.ok(maxPending <= 2 * cap, `pending keys never above twice the cap (${maxPending} ≤ ${2 * cap}): the aggregator's cap and the retained batch`);
-  t.ok(m.overflow_uses_total > 0, `overflow counted in /metrics (${m.overflow_uses_total} uses)`);
-  t.equal(m.uses_persisted_total + m.unknown_uses_total + m.overflow_uses_total, m.uses_received_total, 'every received use is persisted, dropped as unknown, or overflowed');
-  t.ok(collector.logs().some((l) => l.msg === 'pending-key cap reached; uses of new keys dropped' && l.maxPendingKeys === cap), 'the overflow is logged');
-  t.ok(collector.logs().filter((l) => l.msg === 'pending-key cap reached; uses of new keys dropped').length <= 2 + floodMs / 10_000, 'rate-limited');
-  // Bounded by the cap, not by the flood: at most 2 × cap entries pending whatever the number of
-  // keys sent. RSS climbs while V8 sizes its heap for the flush work (20,000-row statements), then
-  // stays flat: the second half of the flood adds nothing.
-  t.ok(growthMiB < 256, `peak RSS ${mib(peakDuringFlood)} MiB, ${growthMiB} MiB above the idle collector`);
+}
+
+// Bounded by the cap, not by the flood: at most 2 × cap entries pending whatever the number of
+// keys sent. RSS climbs while V8 sizes its heap for the flush work (20,000-row statements), then
+// stays flat: the second half of the flood adds nothing.
+function assertMemoryBounded(t: Test, run: FloodRun, baseline: number) {
+  const growthMiB = mib(run.peakDuringFlood - baseline);
+  t.ok(run.maxPending <= 2 * FLOOD_CAP, `pending keys never above twice the cap (${run.maxPending} ≤ ${2 * FLOOD_CAP}): the aggregator's cap and the retained batch`);
+  t.ok(growthMiB < 256, `peak RSS ${mib(run.peakDuringFlood)} MiB, ${growthMiB} MiB above the idle collector`);
+  const { rssTimeline } = run;
   if (rssTimeline.length >= 20) {
     // Only the long flood (1,000,000 keys) runs long enough to see the plateau.
     const half = rssTimeline[Math.floor(rssTimeline.length / 2) - 1];
     t.ok(rssTimeline[rssTimeline.length - 1] - half <= 32, `flat in the second half of the flood (${half} → ${rssTimeline[rssTimeline.length - 1]} MiB)`);
   }
+  return growthMiB;
+}
+
+function assertOverflowCounted(t: Test, collector: FaultCollector, m: CollectorMetrics, floodMs: number) {
+  t.ok(m.overflow_uses_total > 0, `overflow counted in /metrics (${m.overflow_uses_total} uses)`);
+  t.equal(m.uses_persisted_total + m.unknown_uses_total + m.overflow_uses_total, m.uses_received_total, 'every received use is persisted, dropped as unknown, or overflowed');
+  const capLines = collector.logs().filter((l) => l.msg === 'pending-key cap reached; uses of new keys dropped');
+  t.ok(capLines.some((l) => l.maxPendingKeys === FLOOD_CAP), 'the overflow is logged');
+  t.ok(capLines.length <= 2 + floodMs / 10_000, 'rate-limited');
+}
+
+async function flood(t: Test, databaseDown: boolean) {
+  const { db, proxy, collector, real } = await floodTarget(t, databaseDown);
+  const baseline = collector.baselineRssBytes;
+  const run = await sendFlood(collector, real);
+  if (databaseDown) await proxy.up();
+  const m = await drained(collector, run);
+  assertOverflowCounted(t, collector, m, run.floodMs);
+  const growthMiB = assertMemoryBounded(t, run, baseline);
   const rows = Number((await db('api_key_usage').count({ n: '*' }))[0].n);
   t.ok(rows <= 2, 'no row created for any of the random ids');
   const persistedReal = await persistedUsage(db, real.keys.map((k) => k.id));
   const realPersisted = persistedReal.count(real.keys[0].id);
   const latePersisted = persistedReal.count(real.keys[1].id);
   t.ok(latePersisted === 0 || latePersisted === LATE_USES, 'a line is taken or overflowed whole');
-  t.ok(realPersisted <= realUses, 'the real key is never over-counted');
-  t.equal(collector.child.exitCode, null, 'no crash');
+  t.ok(realPersisted <= run.realUses, 'the real key is never over-counted');
+  t.equal(collector.child.proc.exitCode, null, 'no crash');
   t.equal((await collector.sigterm()).code, 0, 'exits 0 on SIGTERM');
   reportFigures(t, databaseDown ? 'flood-database-down' : 'flood', {
-    distinctKeys: keys,
-    maxPendingKeysSetting: cap,
-    floodMs,
+    distinctKeys: FLOOD_KEYS,
+    maxPendingKeysSetting: FLOOD_CAP,
+    floodMs: run.floodMs,
     datagrams: m.packets_total,
     usesReceived: m.uses_received_total,
     overflowUses: m.overflow_uses_total,
     unknownUses: m.unknown_uses_total,
     usesPersisted: m.uses_persisted_total,
-    maxPendingKeys: maxPending,
-    pendingKeysAtFloodEnd: during.pending_keys,
+    maxPendingKeys: run.maxPending,
+    pendingKeysAtFloodEnd: run.during.pending_keys,
     idleRssMiB: mib(baseline),
-    peakRssMiB: mib(peakDuringFlood),
+    peakRssMiB: mib(run.peakDuringFlood),
     rssGrowthMiB: growthMiB,
-    peakRssAfterEach20kKeysMiB: rssTimeline,
+    peakRssAfterEach20kKeysMiB: run.rssTimeline,
     // A forged flood crowds real keys out of the aggregator once it is full: their uses overflow too.
-    realKeyUsesSent: realUses,
+    realKeyUsesSent: run.realUses,
     realKeyUsesPersisted: realPersisted,
-    realKeyUsesLost: realUses - realPersisted,
+    realKeyUsesLost: run.realUses - realPersisted,
     lateRealKeyUsesSent: LATE_USES,
     lateRealKeyUsesLost: LATE_USES - latePersisted,
   });

@@ -9,7 +9,8 @@ import type { Db } from '../../shared/db';
 import { createLogger } from '../../shared/logger';
 import { zeroOutcomes, type Outcome } from '../../shared/usageWire';
 import { seedOrg, startTestApi } from '../helpers/api';
-import { startTestCollector, waitFor } from '../helpers/collector';
+import { startTestCollector } from '../helpers/collector';
+import { waitFor } from '../../harness/wait';
 import { freshDatabase } from '../helpers/database';
 import { LeakScan, persistedUsage, recordingSink, reportFigures } from '../helpers/faults';
 

@@ -3,8 +3,9 @@
 // forwarded (the commit lands, the collector never hears back) and instead of COMMIT (it never lands).
 import t, { type Test } from 'tap';
 import { OUTCOMES, type UsageSample } from '../../shared/usageWire';
-import { waitFor } from '../helpers/collector';
-import { freshDatabase } from '../helpers/database';
+import { mib } from '../../harness/processMemory';
+import type { Db } from '../../shared/db';
+import { sleep, waitFor } from '../../harness/wait';
 import {
   LONG,
   Ledger,
@@ -12,25 +13,21 @@ import {
   PgProxy,
   UdpSender,
   countMismatches,
-  mib,
+  databaseWithKeys,
   persistedUsage,
   reportFigures,
-  seedKeys,
   shipmentsOf,
-  sleep,
   spawnCollector,
-  type CollectorProcess,
   type CutMode,
+  type FaultCollector,
+  type SeededKey,
 } from '../helpers/faults';
 
 const leaks = new LeakScan();
 const IPS = ['192.0.2.10', '198.51.100.20', '2001:db8::30'];
 
 async function setup(t: Test, keyCount: number, flushIntervalMs: number) {
-  const { db, url } = await freshDatabase(t);
-  const { orgId, keys } = await seedKeys(db, 'pgfaults', keyCount);
-  await leaks.hashesFrom(db);
-  for (const key of keys) leaks.plaintext(key.plaintext);
+  const { db, url, orgId, keys } = await databaseWithKeys(t, leaks, 'pgfaults', keyCount);
   const proxy = await PgProxy.start(url);
   t.teardown(() => proxy.close());
   const collector = await spawnCollector(t, { databaseUrl: proxy.url, flushIntervalMs, maxPendingKeys: 1000 });
@@ -47,7 +44,7 @@ async function setup(t: Test, keyCount: number, flushIntervalMs: number) {
  * (or, for the bug below, believed written). uses_persisted_total is not the signal: a batch whose
  * COMMIT landed unseen is skipped on retry and never credited to it.
  */
-async function settled(collector: CollectorProcess, sentUses: number, timeoutMs: number) {
+async function settled(collector: FaultCollector, sentUses: number, timeoutMs: number) {
   return waitFor(
     'the collector to persist everything it received',
     async () => {
@@ -59,30 +56,23 @@ async function settled(collector: CollectorProcess, sentUses: number, timeoutMs:
   );
 }
 
-t.test('PostgreSQL unavailable during traffic: the collector keeps aggregating, retries with backoff, and counts every use once', async (t) => {
-  const outageMs = LONG ? 20_000 : 2_500;
-  const { db, orgId, keys, proxy, collector, sender, ledger } = await setup(t, 20, 200);
+// 8 samples per tick over the keys, every address and outcome in turn.
+function steadyTraffic(orgId: string, keys: readonly SeededKey[], ledger: Ledger) {
+  return (tick: number) => {
+    const samples: UsageSample[] = Array.from({ length: 8 }, (_, j) => ({
+      keyId: keys[(tick * 7 + j) % keys.length].id,
+      orgId,
+      ip: IPS[(tick + j) % IPS.length],
+      outcome: OUTCOMES[(tick + j) % OUTCOMES.length],
+      count: 1 + ((tick + j) % 5),
+    }));
+    return shipmentsOf(ledger.add(samples));
+  };
+}
 
-  let stop = false;
-  const traffic = sender.stream(
-    (tick) => {
-      const samples: UsageSample[] = Array.from({ length: 8 }, (_, j) => ({
-        keyId: keys[(tick * 7 + j) % keys.length].id,
-        orgId,
-        ip: IPS[(tick + j) % IPS.length],
-        outcome: OUTCOMES[(tick + j) % OUTCOMES.length],
-        count: 1 + ((tick + j) % 5),
-      }));
-      return shipmentsOf(ledger.add(samples));
-    },
-    { tickMs: 10, maxMs: outageMs + 10_000, stop: () => stop },
-  );
-
-  // A precondition, not a timing claim: on a loaded machine the first (cold) flush of a fresh
-  // process, which also records each key's first-use events, can take longer than 600 ms.
-  await sleep(600);
-  const before = await waitFor('a flush before the outage', async () => ((await collector.metrics()).flushes_total >= 1 ? true : undefined), 10_000);
-  t.ok(before, 'flushing before the outage');
+// PostgreSQL away for `outageMs`: the collector's pending keys, failed flushes and health, every
+// 200 ms, and the uses sent meanwhile.
+async function outage(proxy: PgProxy, collector: FaultCollector, sender: UdpSender, outageMs: number) {
   const downAt = Date.now();
   await proxy.down();
   const during: Array<{ pending: number; failed: number; health: number }> = [];
@@ -93,6 +83,54 @@ t.test('PostgreSQL unavailable during traffic: the collector keeps aggregating, 
   }
   const sentDuringOutage = sender.sentUses - sender.usesSentBy(downAt);
   await proxy.up();
+  return { during, sentDuringOutage };
+}
+
+// Each failed flush is logged at error level with its cause and the retry delay, which grows.
+function assertBackoffLogged(t: Test, collector: FaultCollector, outageMs: number): number[] {
+  const failures = collector.logs().filter((line) => line.msg === 'flush failed; usage kept in memory and retried');
+  t.ok(failures.length >= 2, `each failed flush is logged (${failures.length} lines)`);
+  const delays = failures.map((line) => Number(line.retryInMs));
+  t.ok(
+    delays.every((delay, i) => i === 0 || delay >= delays[i - 1]),
+    `retries back off: ${delays.join(', ')} ms`,
+  );
+  t.ok(failures.every((line) => line.level === 50 && typeof (line.err as { message?: string })?.message === 'string'), 'logged at error level with the cause');
+  t.ok(failures.length <= 2 + Math.log2(outageMs / 200) + outageMs / 30_000, 'backoff keeps the log quiet: no line per interval');
+  return delays;
+}
+
+// Every key's total, outcomes, hourly buckets and recent-IP counts equal what the ledger sent.
+async function assertEveryKeyExact(t: Test, db: Db, keys: readonly SeededKey[], ledger: Ledger) {
+  t.same(await countMismatches(db, ledger), [], 'every key counted exactly once');
+  const persisted = await persistedUsage(db, keys.map((k) => k.id));
+  t.equal(persisted.total, ledger.total, 'the totals sum to the uses sent');
+  for (const key of keys) {
+    if (persisted.outcomes(key.id).ok !== ledger.byKeyOutcome.get(key.id)?.ok) t.fail(`outcome counts of ${key.id}`);
+    if (persisted.hourly.get(key.id) !== ledger.byKey.get(key.id)) t.fail(`hourly buckets of ${key.id}`);
+    if (persisted.ips.get(key.id)?.total !== ledger.byKey.get(key.id)) t.fail(`recent IPs of ${key.id}`);
+  }
+  t.same(
+    keys.map((k) => persisted.outcomes(k.id)),
+    keys.map((k) => ledger.byKeyOutcome.get(k.id)),
+    'counts by outcome, hourly buckets and recent-IP counts all agree',
+  );
+  return persisted;
+}
+
+t.test('PostgreSQL unavailable during traffic: the collector keeps aggregating, retries with backoff, and counts every use once', async (t) => {
+  const outageMs = LONG ? 20_000 : 2_500;
+  const { db, orgId, keys, proxy, collector, sender, ledger } = await setup(t, 20, 200);
+
+  let stop = false;
+  const traffic = sender.stream(steadyTraffic(orgId, keys, ledger), { tickMs: 10, maxMs: outageMs + 10_000, stop: () => stop });
+
+  // A precondition, not a timing claim: on a loaded machine the first (cold) flush of a fresh
+  // process, which also records each key's first-use events, can take longer than 600 ms.
+  await sleep(600);
+  const before = await waitFor('a flush before the outage', async () => ((await collector.metrics()).flushes_total >= 1 ? true : undefined), 10_000);
+  t.ok(before, 'flushing before the outage');
+  const { during, sentDuringOutage } = await outage(proxy, collector, sender, outageMs);
   const upAt = Date.now();
   await sleep(600);
   stop = true;
@@ -111,30 +149,10 @@ t.test('PostgreSQL unavailable during traffic: the collector keeps aggregating, 
   t.ok(peakPending <= 2 * keys.length, `pending keys stay within twice the keys in use (${peakPending}; the cap is 1000)`);
   if (outageMs >= 1500) t.ok(during.some((d) => d.health === 503), 'the health check turns 503 after repeated failed flushes');
 
-  t.same(await countMismatches(db, ledger), [], 'every key counted exactly once');
-  const persisted = await persistedUsage(db, keys.map((k) => k.id));
-  t.equal(persisted.total, ledger.total, 'the totals sum to the uses sent');
-  for (const key of keys) {
-    if (persisted.outcomes(key.id).ok !== ledger.byKeyOutcome.get(key.id)?.ok) t.fail(`outcome counts of ${key.id}`);
-    if (persisted.hourly.get(key.id) !== ledger.byKey.get(key.id)) t.fail(`hourly buckets of ${key.id}`);
-    if (persisted.ips.get(key.id)?.total !== ledger.byKey.get(key.id)) t.fail(`recent IPs of ${key.id}`);
-  }
-  t.same(
-    keys.map((k) => persisted.outcomes(k.id)),
-    keys.map((k) => ledger.byKeyOutcome.get(k.id)),
-    'counts by outcome, hourly buckets and recent-IP counts all agree',
-  );
+  const persisted = await assertEveryKeyExact(t, db, keys, ledger);
 
-  const failures = collector.logs().filter((line) => line.msg === 'flush failed; usage kept in memory and retried');
-  t.ok(failures.length >= 2, `each failed flush is logged (${failures.length} lines)`);
-  const delays = failures.map((line) => Number(line.retryInMs));
-  t.ok(
-    delays.every((delay, i) => i === 0 || delay >= delays[i - 1]),
-    `retries back off: ${delays.join(', ')} ms`,
-  );
-  t.ok(failures.every((line) => line.level === 50 && typeof (line.err as { message?: string })?.message === 'string'), 'logged at error level with the cause');
-  t.ok(failures.length <= 2 + Math.log2(outageMs / 200) + outageMs / 30_000, 'backoff keeps the log quiet: no line per interval');
-  t.equal(collector.child.exitCode, null, 'the collector never crashed');
+  const delays = assertBackoffLogged(t, collector, outageMs);
+  t.equal(collector.child.proc.exitCode, null, 'the collector never crashed');
   t.equal((await collector.sigterm()).code, 0, 'and exits 0 on SIGTERM');
 
   reportFigures(t, 'postgres-outage', {
@@ -219,7 +237,7 @@ t.test('connections cut mid-flush (one collector, one proxy, one cut per flush)'
     t.same(await countMismatches(db, ledger), [], `exactly ${ledger.total} uses after ${points.length} more cuts`);
     const failed = m.failed_flushes_total - failedBefore;
     t.ok(failed >= points.length - 1, `each cut before COMMIT failed a flush that was retried (${failed})`);
-    t.equal(collector.child.exitCode, null, 'no crash');
+    t.equal(collector.child.proc.exitCode, null, 'no crash');
     reportFigures(t, 'connection-cuts', { cuts: points.length, usesSent: ledger.total - sentBefore, usesPersisted: ledger.total - sentBefore, failedFlushes: failed });
   });
 

@@ -106,7 +106,7 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
     });
   }
 
-  return { baseUrl, port, request, getFrom, evidence, uses, services, verifier, throttle, config };
+  return { app, baseUrl, port, request, getFrom, evidence, uses, services, verifier, throttle, config };
 }
 
 // An org and a key with every scope, created through the service as the CLI does.

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { Test } from 'tap';
+import { createScratchDatabase } from '../../harness/postgres';
 import { createDb, type Db } from '../../shared/db';
 
 export const TEMPLATE_DATABASE = 'keyusage_test_template';
@@ -21,30 +22,18 @@ export async function freshDatabase(t: Test, options: { poolMax?: number } = {})
     t.teardown(() => db.destroy());
     return { db, url: shared };
   }
-  const name = `kt_${process.pid}_${randomBytes(4).toString('hex')}`;
-  const admin = createDb(adminDatabaseUrl(), { poolMax: 1 });
-  await admin.raw(`create database ${name} template ${TEMPLATE_DATABASE}`);
-  const url = new URL(adminDatabaseUrl());
-  url.pathname = `/${name}`;
-  const db = createDb(url.toString(), { poolMax: options.poolMax ?? 5 });
+  const scratch = await createScratchDatabase(adminDatabaseUrl(), `kt_${process.pid}_${randomBytes(4).toString('hex')}`, { template: TEMPLATE_DATABASE });
+  const db = createDb(scratch.url, { poolMax: options.poolMax ?? 5 });
   t.teardown(async () => {
     await db.destroy();
-    await admin.raw(`drop database if exists ${name} with (force)`);
-    await admin.destroy();
+    await scratch.drop();
   });
-  return { db, url: url.toString() };
+  return { db, url: scratch.url };
 }
 
 // A database with nothing in it (no migrations), dropped at the end: for tests of migrate itself.
 export async function emptyDatabase(t: Test): Promise<string> {
-  const name = `kt_empty_${process.pid}_${randomBytes(4).toString('hex')}`;
-  const admin = createDb(adminDatabaseUrl(), { poolMax: 1 });
-  await admin.raw(`create database ${name}`);
-  t.teardown(async () => {
-    await admin.raw(`drop database if exists ${name} with (force)`);
-    await admin.destroy();
-  });
-  const url = new URL(adminDatabaseUrl());
-  url.pathname = `/${name}`;
-  return url.toString();
+  const scratch = await createScratchDatabase(adminDatabaseUrl(), `kt_empty_${process.pid}_${randomBytes(4).toString('hex')}`);
+  t.teardown(() => scratch.drop());
+  return scratch.url;
 }

@@ -1,11 +1,9 @@
 // Fault injection for the reliability battery (test/faults/): a TCP proxy in front of PostgreSQL that
 // can refuse connections or cut one at a chosen protocol message, the collector as a real process
-// (`node --import tsx collector/main.ts`: the Procfile's process, from its source) with its memory read from /proc,
-// a paced UDP load generator that remembers when it sent what, and a leak scan over everything a
-// test produced. Loopback only; every loop is bounded.
-import { spawn, type ChildProcess } from 'node:child_process';
+// (harness/collectorProcess.ts: the Procfile's process, from its source) with a probe preloaded and
+// its memory sampled, a paced UDP load generator that remembers when it sent what, and a leak scan
+// over everything a test produced. Loopback only; every loop is bounded.
 import dgram from 'node:dgram';
-import { once } from 'node:events';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -15,21 +13,20 @@ import type { Test } from 'tap';
 import { createApiKeysService } from '../../api/keys/apiKeys.service';
 import { insertOrganization } from '../../api/orgs/orgs.repository';
 import type { DatagramSink } from '../../api/usage/usageRecorder';
+import { startCollectorProcess, type CollectorProcess } from '../../harness/collectorProcess';
+import { processMemory } from '../../harness/processMemory';
+import type { Child, ExitStatus } from '../../harness/processes';
+import { sleep } from '../../harness/wait';
+import { freeTcpPort } from '../../scripts/lib/freePort';
 import { loadConfig } from '../../shared/config';
-import { freeTcpPort, freeUdpPort } from '../../scripts/lib/freePort';
 import type { Db } from '../../shared/db';
 import { OUTCOMES, encodeUsageLine, packDatagrams, parsePacket, zeroOutcomes, type Outcome, type UsageSample } from '../../shared/usageWire';
-import { waitFor } from './collector';
+import { freshDatabase } from './database';
 
-const ROOT = path.resolve(__dirname, '..', '..');
 const PROBE = path.join(__dirname, 'collectorProbe.ts');
 
 /** The long variants (PostgreSQL down 10–30 s, a 1,000,000-key flood, sustained load) run with FAULTS_LONG=1. */
 export const LONG = process.env.FAULTS_LONG === '1';
-
-export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-export { freeTcpPort, freeUdpPort };
 
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL through a proxy
@@ -210,38 +207,6 @@ function sqlOf(message: Buffer): string | undefined {
 // ---------------------------------------------------------------------------------------------
 // The collector as a real process
 
-export interface Metrics {
-  [name: string]: number;
-}
-
-export function parseMetrics(text: string): Metrics {
-  const metrics: Metrics = {};
-  for (const line of text.split('\n')) {
-    const match = /^keyusage_collector_(\w+) (\S+)$/.exec(line);
-    if (match) metrics[match[1]] = Number(match[2]);
-  }
-  return metrics;
-}
-
-export interface ProcessMemory {
-  rssBytes: number;
-  /** VmHWM: the peak resident set since the process started. */
-  peakRssBytes: number;
-}
-
-export function processMemory(pid: number): ProcessMemory | undefined {
-  try {
-    const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-    const kb = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(status)?.[1] ?? NaN) * 1024;
-    return { rssBytes: kb('VmRSS'), peakRssBytes: kb('VmHWM') };
-  } catch {
-    return undefined;
-  }
-}
-
-export const MiB = 1024 * 1024;
-export const mib = (bytes: number) => Math.round((bytes / MiB) * 10) / 10;
-
 /** What the collector's UDP socket handed to the application, counted by a preloaded probe. */
 export interface ProbeCounts {
   packets: number;
@@ -250,139 +215,113 @@ export interface ProbeCounts {
   exitCode: number;
 }
 
-export interface CollectorProcess {
-  readonly child: ChildProcess;
-  readonly udpPort: number;
-  readonly metricsPort: number;
+export interface FaultCollector extends CollectorProcess {
   /** Every stdout/stderr line, for assertions and the leak scan. */
   readonly output: string[];
   /** The pino lines of stdout, parsed. */
   logs(): Array<Record<string, unknown>>;
-  metrics(): Promise<Metrics>;
-  health(): Promise<number>;
   /** Peak RSS seen so far (sampled every 50 ms, and VmHWM is itself a high-water mark). */
   peakRssBytes(): number;
   baselineRssBytes: number;
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  readonly exited: Promise<ExitStatus>;
   probe(): ProbeCounts | undefined;
-  sigterm(): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  sigterm(): Promise<ExitStatus>;
   sigkill(): Promise<void>;
 }
 
-export interface CollectorProcessOptions {
+export interface FaultCollectorOptions {
   databaseUrl: string;
   udpPort?: number;
   flushIntervalMs: number;
   maxPendingKeys?: number;
+  /** More variables for the collector, e.g. COLLECTOR_RECEIVERS. */
   env?: Record<string, string>;
 }
 
-export async function spawnCollector(t: Test, options: CollectorProcessOptions): Promise<CollectorProcess> {
-  const env = {
-    ...process.env,
-    DATABASE_URL: options.databaseUrl,
-    COLLECTOR_HOST: '127.0.0.1',
-    COLLECTOR_PORT: String(options.udpPort ?? 0),
-    COLLECTOR_METRICS_HOST: '127.0.0.1',
-    COLLECTOR_METRICS_PORT: '0',
-    COLLECTOR_FLUSH_INTERVAL_MS: String(options.flushIntervalMs),
-    COLLECTOR_MAX_PENDING_KEYS: String(options.maxPendingKeys ?? 100_000),
-    LOG_LEVEL: 'info',
-    // The child runs under tsx, whose transpiled code does not map onto tap's coverage of the
-    // same files; recording it would corrupt the merged report.
-    _TAPJS_PROCESSINFO_COVERAGE_: '0',
-    ...options.env,
-  };
-  const child = spawn(process.execPath, ['--import', 'tsx', '--import', PROBE, 'collector/main.ts'], {
-    cwd: ROOT,
-    env,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const output: string[] = [];
-  const collect = (stream: NodeJS.ReadableStream) => {
-    let partial = '';
-    stream.on('data', (chunk: Buffer) => {
-      const lines = (partial + chunk.toString('utf8')).split('\n');
-      partial = lines.pop() ?? '';
-      output.push(...lines.filter(Boolean));
-    });
-    stream.on('end', () => partial && output.push(partial));
-  };
-  collect(child.stdout!);
-  collect(child.stderr!);
-  const exited = once(child, 'exit').then(([code, signal]) => ({ code: code as number | null, signal: signal as NodeJS.Signals | null }));
-  t.teardown(async () => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGKILL');
-      await exited;
-    }
-  });
-
-  const logs = () =>
-    output.flatMap((line) => {
-      if (!line.startsWith('{')) return [];
-      try {
-        return [JSON.parse(line) as Record<string, unknown>];
-      } catch {
-        return [];
-      }
-    });
-  const listening = await waitFor(
-    'the collector process to listen',
-    () => {
-      if (child.exitCode !== null) throw new Error(`collector exited ${child.exitCode} before listening:\n${output.join('\n')}`);
-      return logs().find((line) => line.msg === 'collector listening');
+/** The collector process of harness/collectorProcess.ts with the probe preloaded, logging at info, killed at teardown. */
+export async function spawnCollector(t: Test, options: FaultCollectorOptions): Promise<FaultCollector> {
+  const collector = await startCollectorProcess(options.databaseUrl, {
+    udpPort: options.udpPort,
+    preload: [PROBE],
+    keepOutput: true,
+    env: {
+      COLLECTOR_FLUSH_INTERVAL_MS: String(options.flushIntervalMs),
+      COLLECTOR_MAX_PENDING_KEYS: String(options.maxPendingKeys ?? 100_000),
+      LOG_LEVEL: 'info',
+      // The child runs under tsx, whose transpiled code does not map onto tap's coverage of the
+      // same files; recording it would corrupt the merged report.
+      _TAPJS_PROCESSINFO_COVERAGE_: '0',
+      ...options.env,
     },
-    30_000,
-    20,
-  );
-  const udpPort = Number(String(listening.udp).split(':').pop());
-  const metricsPort = Number(String(listening.metrics).split(':').pop());
-
-  let peak = 0;
-  const sample = () => {
-    const memory = processMemory(child.pid!);
-    // A process that is exiting has no Vm* lines any more: keep what was seen.
-    for (const value of [memory?.peakRssBytes, memory?.rssBytes]) if (value !== undefined && Number.isFinite(value)) peak = Math.max(peak, value);
+  });
+  const { child } = collector;
+  const memory = memorySampler(child);
+  const sigkill = async () => {
+    memory.sample();
+    child.proc.kill('SIGKILL');
+    await child.exited;
   };
-  sample();
-  const baselineRssBytes = processMemory(child.pid!)?.rssBytes ?? 0;
-  const sampler = setInterval(sample, 50).unref();
-  void exited.then(() => clearInterval(sampler));
-
-  const base = `http://127.0.0.1:${metricsPort}`;
+  t.teardown(sigkill);
   return {
-    child,
-    udpPort,
-    metricsPort,
-    output,
-    logs,
-    baselineRssBytes,
-    metrics: async () => parseMetrics(await (await fetch(`${base}/metrics`)).text()),
-    health: async () => (await fetch(`${base}/healthz`)).status,
-    peakRssBytes: () => {
-      sample();
-      return peak;
-    },
-    exited,
-    // One line per process: with COLLECTOR_RECEIVERS > 1 the workers' counts add up (the
-    // primary's are 0), and any non-zero exit code is the one reported.
-    probe: () => {
-      const probes = output.filter((line) => line.startsWith('{"collectorProbe"')).map((line) => (JSON.parse(line) as { collectorProbe: ProbeCounts }).collectorProbe);
-      if (probes.length === 0) return undefined;
-      return probes.reduce((sum, p) => ({ ...sum, packets: sum.packets + p.packets, usageLines: sum.usageLines + p.usageLines, uses: sum.uses + p.uses, exitCode: sum.exitCode || p.exitCode }));
-    },
+    ...collector,
+    output: child.lines,
+    logs: () => jsonLines(child.lines),
+    baselineRssBytes: memory.baseline,
+    peakRssBytes: memory.peak,
+    exited: child.exited,
+    probe: () => probeCounts(child.lines),
     sigterm: async () => {
-      sample();
-      child.kill('SIGTERM');
-      const result = await exited;
+      memory.sample();
+      child.proc.kill('SIGTERM');
+      const result = await child.exited;
       await sleep(20); // the stderr line the probe wrote at exit
       return result;
     },
-    sigkill: async () => {
+    sigkill,
+  };
+}
+
+function jsonLines(lines: readonly string[]): Array<Record<string, unknown>> {
+  return lines.flatMap((line) => {
+    if (!line.startsWith('{')) return [];
+    try {
+      return [JSON.parse(line) as Record<string, unknown>];
+    } catch {
+      return [];
+    }
+  });
+}
+
+// One line per process: with COLLECTOR_RECEIVERS > 1 the workers' counts add up (the primary's
+// are 0), and any non-zero exit code is the one reported.
+function probeCounts(lines: readonly string[]): ProbeCounts | undefined {
+  const probes = lines.filter((l) => l.startsWith('{"collectorProbe"')).map((l) => (JSON.parse(l) as { collectorProbe: ProbeCounts }).collectorProbe);
+  if (probes.length === 0) return undefined;
+  return probes.reduce((sum, p) => ({ packets: sum.packets + p.packets, usageLines: sum.usageLines + p.usageLines, uses: sum.uses + p.uses, exitCode: sum.exitCode || p.exitCode }));
+}
+
+// The peak resident set of a child, sampled every 50 ms until it exits and on demand.
+function memorySampler(child: Child) {
+  let peak = 0;
+  const sample = () => {
+    try {
+      const memory = processMemory(child.proc.pid!);
+      // A process that is exiting has no Vm* lines any more (NaN): keep what was seen.
+      for (const value of [memory.peakRss, memory.rss]) if (Number.isFinite(value)) peak = Math.max(peak, value);
+    } catch {
+      // Gone: keep what was seen.
+    }
+  };
+  sample();
+  const baseline = peak === 0 ? 0 : processMemory(child.proc.pid!).rss;
+  const sampler = setInterval(sample, 50).unref();
+  void child.exited.then(() => clearInterval(sampler));
+  return {
+    sample,
+    baseline,
+    peak: () => {
       sample();
-      child.kill('SIGKILL');
-      await exited;
+      return peak;
     },
   };
 }
@@ -565,6 +504,18 @@ export async function seedKeys(db: Db, name: string, count: number): Promise<{ o
     keys.push({ id: created.key.id, plaintext: created.plaintext });
   }
   return { orgId: org.id, keys };
+}
+
+/**
+ * A fresh database holding an org of `count` keys made through the service, every key's plaintext
+ * and stored hash known to `leaks`: the setup of every fault test that drives a collector.
+ */
+export async function databaseWithKeys(t: Test, leaks: LeakScan, name: string, count: number, options: { poolMax?: number } = {}) {
+  const { db, url } = await freshDatabase(t, options);
+  const { orgId, keys } = await seedKeys(db, name, count);
+  await leaks.hashesFrom(db);
+  for (const key of keys) leaks.plaintext(key.plaintext);
+  return { db, url, orgId, keys };
 }
 
 /** Encodes samples the way the API does and packs them into ≤ 1432-byte datagrams. */

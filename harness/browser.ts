@@ -19,9 +19,10 @@ const ARGS = [
   '--disable-sync',
 ];
 
-// A fresh profile each time, removed by close(). Also used by bench/dashboard.ts.
+// A fresh profile each time, removed by close(): for bench/dashboard.ts and, through launchBrowser, the tests.
 export async function openChromium(viewport = { width: 1280, height: 800 }): Promise<{ context: BrowserContext; close: () => Promise<void> }> {
-  if (!fs.existsSync(CHROMIUM_PATH)) throw new Error(`No Chromium at ${CHROMIUM_PATH}: apt-get install -y --no-install-recommends chromium (or set CHROMIUM_PATH)`);
+  if (!fs.existsSync(CHROMIUM_PATH))
+    throw new Error(`No Chromium at ${CHROMIUM_PATH}: apt-get install -y --no-install-recommends chromium (or set CHROMIUM_PATH)`);
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-chromium-'));
   const context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM_PATH, headless: true, args: ARGS, viewport });
   const close = async () => {

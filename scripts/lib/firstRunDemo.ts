@@ -1,8 +1,10 @@
-import { createApiKeysService } from '../api/keys/apiKeys.service';
-import { SCOPES } from '../api/keys/scopes';
-import { findOrganizationByName, insertOrganization, type Organization } from '../api/orgs/orgs.repository';
-import { loadConfig, type Config } from '../shared/config';
-import type { Db } from '../shared/db';
+import { createApiKeysService } from '../../api/keys/apiKeys.service';
+import { SCOPES } from '../../api/keys/scopes';
+import { findOrganizationByName, insertOrganization, type Organization } from '../../api/orgs/orgs.repository';
+import { loadConfig, type Config } from '../../shared/config';
+import type { Db } from '../../shared/db';
+import type { DatabaseTarget } from './embeddedDatabase';
+import { urlHost } from './ports';
 
 // The first-run demo of `npm start`: one organization named "demo" and one key with every scope.
 // Nothing about it is stored outside the database: a later run finds the org by name, and the
@@ -123,9 +125,10 @@ export function demoBanner(demo: DemoOrg, context: BannerContext): string {
     `    curl -H "Authorization: Bearer ${key}" ${baseUrl}/api/whoami`,
     `    curl -H "Authorization: Bearer ${key}" ${baseUrl}/api/orgs/${orgId}/api-keys/usage`,
     '',
-    'Generate traffic from several keys (allowed, forbidden, revoked, never used), then read the usage:',
+    'Generate traffic from several keys (allowed, forbidden, revoked, never used), then read the usage',
+    '(it mints its own short-lived key in this organization):',
     '',
-    `    DEMO_KEY=${key} ${context.settings.prefix}npm run demo-traffic`,
+    `    ${context.settings.prefix}npm run demo-traffic`,
     '',
     ...secretsNote(context),
     `Data lives in ${context.dataLocation}.`,
@@ -133,4 +136,27 @@ export function demoBanner(demo: DemoOrg, context: BannerContext): string {
   if (context.resetHint) lines.push(context.resetHint);
   lines.push('Stop with Ctrl-C (the API stops first, then the collector flushes, then the database).', '');
   return lines.join('\n');
+}
+
+/**
+ * The banner `npm start` prints once everything answers (so that a first-run key is never made
+ * and then not shown): on the embedded database the demo organization, made on the first run;
+ * an external database may be a real one, so nothing is made there. Undefined when a stop was
+ * asked for meanwhile.
+ */
+export async function firstRunBanner(
+  db: Db,
+  config: Config,
+  target: DatabaseTarget & { embedded: boolean },
+  stopRequested: () => boolean,
+): Promise<string | undefined> {
+  const context: BannerContext = {
+    baseUrl: `http://${urlHost(config.api.host)}:${config.api.port}`,
+    settings: commandSettings(config),
+    dataLocation: target.dataLocation,
+    resetHint: target.resetHint,
+  };
+  if (!target.embedded) return externalDatabaseBanner(context);
+  const demo = await ensureDemoOrg(db, { pepper: config.api.keyPepper });
+  return stopRequested() ? undefined : demoBanner(demo, context);
 }

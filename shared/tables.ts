@@ -1,0 +1,25 @@
+// Tables the API and the collector both name in SQL (migrations/ creates them). One spelling here,
+// so a rename is one edit and a typo is a compile error instead of a failing query at run time.
+export const TABLE = {
+  organizations: 'organizations',
+  apiKeys: 'api_keys',
+  usage: 'api_key_usage',
+  usageHourly: 'api_key_usage_hourly',
+  recentIps: 'api_key_recent_ips',
+  failedIps: 'api_key_failed_ips',
+  ipHistory: 'api_key_ip_history',
+  keyEvents: 'key_events',
+  webhooks: 'webhooks',
+  webhookDeliveries: 'webhook_deliveries',
+  webhookDeliveryAttempts: 'webhook_delivery_attempts',
+  auditLog: 'audit_log',
+} as const;
+
+/** A key's addresses: those of proven uses and those of failed attempts, each with its own count column. */
+export const IP_TABLES = {
+  proven: { table: TABLE.recentIps, count: 'request_count' },
+  failed: { table: TABLE.failedIps, count: 'attempt_count' },
+} as const;
+
+/** Addresses kept per key and IP table: the collector trims to this after each flush, the API reads no more. */
+export const RECENT_IPS_PER_KEY = 5;

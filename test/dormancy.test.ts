@@ -1,0 +1,52 @@
+import t from 'tap';
+import { sweepTimeEvents } from '../collector/eventStore';
+import { seedOrg, startTestApi } from './helpers/api';
+import { freshDatabase } from './helpers/database';
+
+// "Dormant" is one rule (shared/dormancy.ts) read in three places: the usage list's filter and
+// field, the revoke-dormant clean-up, and the collector's key.dormant sweep. On the same keys at
+// the same moment the three must pick the same set.
+
+const DAY = 86_400_000;
+
+t.test('the usage filter, the clean-up and the sweep select the same keys', async (t) => {
+  const { db } = await freshDatabase(t);
+  const now = Date.now();
+  const api = await startTestApi(t, db, { now: () => now });
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  await db('organizations').where({ id: org.id }).update({ dormancy_days: 30 });
+  const daysAgo = (days: number) => new Date(now - days * DAY);
+  const key = async (name: string, createdDaysAgo: number, usedDaysAgo: number | null, expiresAt: Date | null = null) => {
+    const { id } = (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null })).key;
+    await db('api_keys').where({ id }).update({ created_at: daysAgo(createdDaysAgo), expires_at: expiresAt });
+    if (usedDaysAgo !== null) {
+      await db('api_key_usage').insert({ org_id: org.id, key_id: id, request_count: 1, ok_count: 1, last_used_at: daysAgo(usedDaysAgo), last_used_ip: '192.0.2.1' });
+    }
+    return id;
+  };
+  await db('api_keys').where({ id: adminKeyId }).update({ created_at: daysAgo(100) });
+  await db('api_key_usage').insert({ org_id: org.id, key_id: adminKeyId, request_count: 1, ok_count: 1, last_used_at: daysAgo(0), last_used_ip: '192.0.2.1' });
+  const expected = [await key('never used, created 40 days ago', 40, null), await key('used 31 days ago', 90, 31)];
+  await key('never used, created yesterday', 1, null);
+  await key('used yesterday', 90, 1);
+  await key('expired, never used', 40, null, daysAgo(1));
+  const revoked = await key('revoked, never used', 40, null);
+  await api.services.apiKeys.revoke(org.id, revoked);
+  const sorted = (ids: string[]) => [...ids].sort();
+
+  const listed = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?dormant=true&dormantDays=30`, { key: adminKey });
+  t.equal(listed.status, 200);
+  t.strictSame(sorted(listed.body.data.map((k: { id: string }) => k.id)), sorted(expected), 'the usage filter');
+  const all = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?dormantDays=30`, { key: adminKey });
+  const flagged = all.body.data.filter((k: { dormant: boolean }) => k.dormant).map((k: { id: string }) => k.id);
+  t.strictSame(sorted(flagged), sorted(expected), "the usage list's dormant field");
+  const notDormant = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?dormant=false&dormantDays=30`, { key: adminKey });
+  t.equal(notDormant.body.page.total, 7 - expected.length, 'dormant=false: every other key');
+
+  const cleanUp = await api.request('POST', `/api/orgs/${org.id}/api-keys/revoke-dormant`, { key: adminKey, body: { dormantDays: 30, dryRun: true } });
+  t.equal(cleanUp.status, 200);
+  t.strictSame(sorted(cleanUp.body.keys.map((k: { id: string }) => k.id)), sorted(expected), 'the clean-up');
+
+  await sweepTimeEvents(db, new Date(now), []);
+  t.strictSame(sorted(await db('key_events').where({ type: 'key.dormant' }).pluck('key_id')), sorted(expected), 'the sweep');
+});

@@ -1,0 +1,123 @@
+import http from 'node:http';
+import t from 'tap';
+import { fetchCollectorMetrics, parseCollectorMetrics } from '../harness/collectorProcess';
+import { databaseUrl, openPostgresServer } from '../harness/postgres';
+import { processMemory } from '../harness/processMemory';
+import { isRunning, killAllChildren, spawnProcess, stopChild } from '../harness/processes';
+import { seededRandom, shuffled } from '../harness/random';
+import { httpStatus, waitFor } from '../harness/wait';
+import { freeTcpPort } from '../scripts/lib/freePort';
+import { closeServer, listen } from '../shared/process';
+
+// The harness the tests and the benchmarks share: the parts the other tests do not reach on their
+// own (failure paths, the benchmark side), on real processes and sockets.
+
+const nodeEval = (source: string) => spawnProcess('node -e', ['-e', source], { keepOutput: true });
+
+t.test('waitFor: the value once the probe answers, a timeout naming what it waited for, a probe error at once', async (t) => {
+  let calls = 0;
+  t.equal(await waitFor('the third call', () => (++calls === 3 ? 'three' : undefined), 1000, 1), 'three');
+  await t.rejects(
+    waitFor('nothing', () => undefined, 30, 5),
+    /timed out after 30 ms waiting for nothing/,
+  );
+  await t.rejects(
+    waitFor(
+      'a dead process',
+      () => {
+        throw new Error('it exited');
+      },
+      10_000,
+    ),
+    /it exited/,
+    'a throwing probe ends the wait with its error, not a timeout',
+  );
+});
+
+t.test('httpStatus: undefined while nothing listens, then the status whatever it is', async (t) => {
+  const port = await freeTcpPort();
+  t.equal(await httpStatus(`http://127.0.0.1:${port}/healthz`), undefined);
+  const server = http.createServer((_req, res) => res.writeHead(503).end('{}'));
+  await listen(server, '127.0.0.1', port, 'test');
+  t.teardown(() => closeServer(server));
+  t.equal(await httpStatus(`http://127.0.0.1:${port}/healthz`), 503);
+});
+
+t.test('child processes: whole output lines, stopChild by SIGTERM, SIGKILL for one that ignores it, killAllChildren', async (t) => {
+  // Written in two chunks with a pause between: the line is still read whole.
+  const writer = nodeEval("process.stdout.write('{\"half\":'); setTimeout(() => console.log('1}'), 50)");
+  const { code } = await writer.exited;
+  t.equal(code, 0);
+  t.same(writer.lines, ['{"half":1}'], 'a line split across chunks is one line');
+
+  const polite = nodeEval("console.log('up'); setInterval(() => {}, 1000)");
+  await waitFor('the child to start', () => (polite.lines.length > 0 ? true : undefined), 10_000);
+  t.equal(await stopChild(polite), null, 'stopped by SIGTERM (no exit code)');
+  t.equal((await polite.exited).signal, 'SIGTERM');
+
+  const stubborn = nodeEval("process.on('SIGTERM', () => {}); console.log('up'); setInterval(() => {}, 1000)");
+  await waitFor('the child to start', () => (stubborn.lines.length > 0 ? true : undefined), 10_000);
+  await stopChild(stubborn, 100);
+  t.equal((await stubborn.exited).signal, 'SIGKILL', 'SIGKILL after the timeout');
+
+  const forgotten = nodeEval('setInterval(() => {}, 1000)');
+  t.ok(isRunning(forgotten));
+  killAllChildren();
+  t.equal((await forgotten.exited).signal, 'SIGKILL', 'killAllChildren stops what is still running');
+});
+
+t.test('the output kept is the last 40 lines unless keepOutput', async (t) => {
+  const child = spawnProcess('counter', ['-e', 'for (let i = 0; i < 100; i++) console.log(i)']);
+  await child.exited;
+  t.equal(child.lines.length, 40);
+  t.equal(child.lines[39], '99');
+  t.match(child.output(), /^60\n61\n/);
+});
+
+t.test('processMemory reads the resident set of a live process and throws for a gone one', async (t) => {
+  const memory = processMemory(process.pid);
+  t.ok(memory.rss > 0 && memory.peakRss >= memory.rss, `rss ${memory.rss}, peak ${memory.peakRss}`);
+  const child = nodeEval('');
+  await child.exited;
+  t.throws(() => processMemory(child.proc.pid!));
+});
+
+t.test('collector metrics: the keyusage_collector_ samples, by name without the prefix', async (t) => {
+  const text =
+    '# HELP keyusage_collector_packets_total x\n# TYPE keyusage_collector_packets_total counter\nkeyusage_collector_packets_total 12\nkeyusage_collector_last_flush_duration_seconds 0.25\nother_metric 3\n';
+  t.same(parseCollectorMetrics(text), { packets_total: 12, last_flush_duration_seconds: 0.25 });
+  const server = http.createServer((_req, res) => res.end(text));
+  const port = await listen(server, '127.0.0.1', 0, 'test');
+  t.teardown(() => closeServer(server));
+  t.same(await fetchCollectorMetrics(port), { packets_total: 12, last_flush_duration_seconds: 0.25 });
+});
+
+t.test('PostgreSQL: DATABASE_URL when given (nothing started, nothing to stop); database URLs on the same server', async (t) => {
+  const saved = process.env.DATABASE_URL;
+  process.env.DATABASE_URL = 'postgres://someone:secret@127.0.0.1:5999/postgres';
+  t.teardown(() => (saved === undefined ? delete process.env.DATABASE_URL : (process.env.DATABASE_URL = saved)));
+  const lines: string[] = [];
+  const server = await openPostgresServer('unused-', (line) => lines.push(line));
+  t.same([server.adminUrl, server.local, lines], [process.env.DATABASE_URL, false, []]);
+  server.stop();
+  t.equal(databaseUrl(server.adminUrl, 'kt_1'), 'postgres://someone:secret@127.0.0.1:5999/kt_1');
+});
+
+t.test('seeded randomness: the same seed gives the same sequence and the same order', async (t) => {
+  const a = seededRandom(7);
+  const b = seededRandom(7);
+  const values = Array.from({ length: 5 }, () => a());
+  t.same(
+    values,
+    Array.from({ length: 5 }, () => b()),
+  );
+  t.ok(values.every((v) => v >= 0 && v < 1));
+  const items = Array.from({ length: 20 }, (_, i) => i);
+  t.same(shuffled(items, 3), shuffled(items, 3));
+  t.not(shuffled(items, 3).join(), items.join(), 'an order, not the identity');
+  t.same(
+    [...shuffled(items, 3)].sort((x, y) => x - y),
+    items,
+    'a permutation',
+  );
+});
