@@ -62,7 +62,9 @@ export function createPacketHandler(options: {
     ingest.rejectedPackets += 1;
     const full = verdict.reason === 'replay_cache_full';
     if (full) replayCache.overflows += 1;
-    const message = full ? 'replay cache full: a signed datagram was dropped; raise COLLECTOR_REPLAY_CACHE_SIZE' : 'dropped a datagram without a valid signature';
+    const message = full
+      ? 'replay cache full: a signed datagram was dropped; raise COLLECTOR_REPLAY_CACHE_SIZE'
+      : 'dropped a datagram without a valid signature';
     warn(`rejected_${verdict.reason}`, { reason: verdict.reason, rejectedPackets: ingest.rejectedPackets }, message);
     return undefined;
   };

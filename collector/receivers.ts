@@ -1,4 +1,5 @@
 import cluster, { type Worker } from 'node:cluster';
+import type { Server } from 'node:http';
 import type { Config } from '../shared/config';
 import type { Logger } from '../shared/logger';
 import { metricsServer, renderPrometheus, type Health, type MetricSample } from '../shared/metrics';
@@ -20,7 +21,9 @@ interface Collector {
 const RECEIVER_INDEX = 'KEYUSAGE_RECEIVER_INDEX';
 const ASK_TIMEOUT_MS = 5000;
 // Gauges that say the same in every worker, or a worst case: the largest, not the sum.
-const LARGEST = new Set(['recv_buffer_bytes', 'replay_cache_capacity', 'last_flush_duration_seconds', 'last_flush_statements'].map((n) => `keyusage_collector_${n}`));
+const LARGEST = new Set(
+  ['recv_buffer_bytes', 'replay_cache_capacity', 'last_flush_duration_seconds', 'last_flush_statements'].map((n) => `keyusage_collector_${n}`),
+);
 
 export function runReceivers(config: Config, logger: Logger, start: (receiverIndex: number | undefined) => Promise<Collector>): void {
   if (config.collector.receivers === 1) {
@@ -73,6 +76,8 @@ export function serveSamplesToPrimary(samples: () => MetricSample[], health: () 
 async function runPrimary(config: Config, logger: Logger): Promise<void> {
   const workers = Array.from({ length: config.collector.receivers }, (_, i) => cluster.fork({ [RECEIVER_INDEX]: String(i) }));
   let stopping = false;
+  // Filled once every receiver is ready; a worker may die before that.
+  const served: { metrics?: Server } = {};
   const exits = workers.map((worker) => new Promise<number>((resolve) => worker.once('exit', (code) => resolve(code ?? 1))));
   // A worker that dies on its own takes its pending uses with it; stop the rest and exit non-zero
   // so a supervisor restarts the whole collector.
@@ -83,8 +88,16 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
       shutDown(false);
     });
   }
+  // From the start: a signal while the receivers start still stops them.
+  const onSignal = (signal: NodeJS.Signals) => {
+    logger.info({ signal, receivers: workers.length }, 'shutting down');
+    shutDown(true);
+  };
+  process.on('SIGTERM', onSignal).on('SIGINT', onSignal);
   const ready = await Promise.all(
-    workers.map((worker) => new Promise<{ udp: string }>((resolve) => worker.on('message', (m: { cmd?: string; udp: string }) => m?.cmd === 'ready' && resolve(m)))),
+    workers.map(
+      (worker) => new Promise<{ udp: string }>((resolve) => worker.on('message', (m: { cmd?: string; udp: string }) => m?.cmd === 'ready' && resolve(m))),
+    ),
   );
   const ask = askWorkers(workers);
   const metrics = metricsServer({
@@ -94,6 +107,7 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
       return { healthy: answers.every((answer) => answer.health.healthy), receivers: answers.map((answer) => answer.health) };
     },
   });
+  served.metrics = metrics;
   const metricsPort = await listen(metrics, config.collector.metricsHost, config.collector.metricsPort, 'COLLECTOR_METRICS_PORT');
   logger.info({ udp: ready[0].udp, receivers: workers.length, metrics: `${config.collector.metricsHost}:${metricsPort}` }, 'collector listening');
 
@@ -102,16 +116,13 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
     if (stopping) return;
     stopping = true;
     for (const worker of workers) if (worker.isConnected()) worker.send({ cmd: 'stop' });
-    Promise.all(exits).then(async (codes) => {
-      await closeServer(metrics);
-      process.exit(asked && codes.every((code) => code === 0) ? 0 : 1);
-    });
+    void Promise.all(exits)
+      .then(async (codes) => {
+        if (served.metrics) await closeServer(served.metrics);
+        process.exit(asked && codes.every((code) => code === 0) ? 0 : 1);
+      })
+      .catch(() => process.exit(1));
   }
-  const onSignal = (signal: NodeJS.Signals) => {
-    logger.info({ signal, receivers: workers.length }, 'shutting down');
-    shutDown(true);
-  };
-  process.on('SIGTERM', onSignal).on('SIGINT', onSignal);
 }
 
 interface Answer {
