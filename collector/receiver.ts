@@ -16,6 +16,12 @@ export function startReceiver(options: {
   host: string;
   port: number;
   recvBufferBytes: number;
+  /**
+   * In a cluster worker: the primary opens the socket once and every worker reads the same one
+   * (Node's cluster module with `exclusive: false`), so the kernel hands each datagram to
+   * whichever worker reads first.
+   */
+  shared?: boolean;
   onPacket: (packet: string) => void;
   logger: Logger;
 }): Promise<Receiver> {
@@ -30,7 +36,7 @@ export function startReceiver(options: {
           : error,
       );
     });
-    socket.bind(options.port, options.host, () => {
+    socket.bind({ port: options.port, address: options.host, exclusive: options.shared !== true }, () => {
       socket.removeAllListeners('error');
       socket.on('error', (error) => options.logger.error({ err: { message: error.message } }, 'udp socket error'));
       try {

@@ -81,7 +81,8 @@ async function untilListening(child: Child, metricsPort: number): Promise<void> 
         if (!isRunning(child)) throw new Error(`collector exited (${child.proc.exitCode}) before listening:\n${child.output()}`);
         return httpStatus(`http://127.0.0.1:${metricsPort}/healthz`);
       },
-      30_000,
+      // On a loaded machine a collector with several receivers compiles its sources in each.
+      60_000,
       20,
     );
   } catch (error) {

@@ -111,6 +111,9 @@ const variables = {
   // Defaults to COLLECTOR_MAX_PENDING_KEYS (below), as when one setting bounded both.
   COLLECTOR_MAX_RETRY_KEYS: positiveInt().optional(),
   COLLECTOR_RECV_BUFFER_BYTES: positiveInt().default(8 * 1024 * 1024),
+  // Processes reading the one UDP socket (Node's cluster module); each aggregates and flushes on
+  // its own. 1 keeps a single process; see docs/benchmarks.md §3 for when more helps.
+  COLLECTOR_RECEIVERS: positiveInt(16).default(1),
   COLLECTOR_METRICS_HOST: host.default('127.0.0.1'),
   COLLECTOR_METRICS_PORT: portOrZero.default(9102),
   USAGE_RETENTION_DAYS: positiveInt(3650).default(90),
@@ -204,6 +207,13 @@ function relayProblems(v: Variables): string[] {
   return own.has(relay.host) ? ["COLLECTOR_RELAY_TO: is the collector's own address (COLLECTOR_HOST:COLLECTOR_PORT); relayed lines would come back for ever"] : [];
 }
 
+// Each receiving process keeps its own replay cache, and the kernel hands a datagram to whichever
+// process reads first: a replayed copy could reach a process that never saw the original.
+function receiverProblems(v: Variables): string[] {
+  if (v.COLLECTOR_RECEIVERS === 1 || !v.USAGE_SIGNING_SECRET) return [];
+  return ['COLLECTOR_RECEIVERS: must be 1 when USAGE_SIGNING_SECRET is set (each receiver has its own replay cache, so a replay could reach one that never saw the original)'];
+}
+
 // One parser per section of the config, each reading only the variables of its section.
 
 const databaseSection = (v: Variables) => ({
@@ -274,6 +284,7 @@ const collectorSection = (v: Variables) => ({
    */
   retryMaxKeys: v.COLLECTOR_MAX_RETRY_KEYS ?? v.COLLECTOR_MAX_PENDING_KEYS,
   recvBufferBytes: v.COLLECTOR_RECV_BUFFER_BYTES,
+  receivers: v.COLLECTOR_RECEIVERS,
   metricsHost: v.COLLECTOR_METRICS_HOST,
   metricsPort: v.COLLECTOR_METRICS_PORT,
   retentionDays: v.USAGE_RETENTION_DAYS,
@@ -295,7 +306,7 @@ const webhooksSection = (v: Variables) => ({
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   const v = parseEnvironment(env);
-  const problems = [...pepperProblems(v), ...productionGuards(v), ...relayProblems(v)];
+  const problems = [...pepperProblems(v), ...productionGuards(v), ...relayProblems(v), ...receiverProblems(v)];
   if (problems.length > 0) throw new ConfigError(problems);
   return deepFreeze({
     env: v.NODE_ENV,

@@ -68,19 +68,23 @@ export class Histogram {
   }
 }
 
+export type Health = { healthy: boolean; [field: string]: unknown };
+
+// Either may be asynchronous: a collector with several receiving processes asks them first.
 export interface MetricsServerOptions {
-  exposition: () => string;
+  exposition: () => string | Promise<string>;
   /** Answers /healthz (503 when not healthy); without it /healthz is 404. */
-  health?: () => { healthy: boolean; [field: string]: unknown };
+  health?: () => Health | Promise<Health>;
 }
 
 export function metricsServer(options: MetricsServerOptions) {
   return http.createServer((req, res) => {
+    const failed = (error: Error) => res.writeHead(500, { 'content-type': 'application/json' }).end(JSON.stringify({ error: error.message }));
     if (req.method === 'GET' && req.url === '/metrics') {
-      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(options.exposition());
+      Promise.resolve(options.exposition()).then((text) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(text), failed);
     } else if (req.method === 'GET' && req.url === '/healthz' && options.health) {
-      const health = options.health();
-      res.writeHead(health.healthy ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(health));
+      const { health } = options;
+      Promise.resolve(health()).then((h) => res.writeHead(h.healthy ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(h)), failed);
     } else {
       res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `not found; try /metrics${options.health ? ' or /healthz' : ''}` }));
     }

@@ -182,6 +182,8 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['relay with a space', { COLLECTOR_RELAY_TO: 'stats d:8125' }],
     ['timestamp window above a day', { COLLECTOR_TIMESTAMP_WINDOW_SECONDS: '86401' }],
     ['timestamp window negative', { COLLECTOR_TIMESTAMP_WINDOW_SECONDS: '-1' }],
+    ['no receivers', { COLLECTOR_RECEIVERS: '0' }],
+    ['more receivers than the limit', { COLLECTOR_RECEIVERS: '17' }],
   ];
   for (const [kind, env] of cases) {
     const [name] = Object.keys(env);
@@ -189,6 +191,14 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     t.match(error.message, new RegExp(`\\b${name}: `), `${kind}: the message names ${name}`);
     t.same(error.problems.length, 1, `${kind}: only ${name} is reported`);
   }
+});
+
+t.test('several receivers refuse datagram signing: each would keep its own replay cache', async (t) => {
+  const secret = 's'.repeat(32);
+  const error = configError(t, { NODE_ENV: 'test', COLLECTOR_RECEIVERS: '2', USAGE_SIGNING_SECRET: secret });
+  t.match(error.message, /\bCOLLECTOR_RECEIVERS: must be 1 when USAGE_SIGNING_SECRET is set/);
+  t.equal(loadConfig({ NODE_ENV: 'test', COLLECTOR_RECEIVERS: '1', USAGE_SIGNING_SECRET: secret }).collector.receivers, 1);
+  t.equal(loadConfig({ NODE_ENV: 'test', COLLECTOR_RECEIVERS: '2' }).collector.receivers, 2);
 });
 
 t.test('every bad variable is reported at once', async (t) => {

@@ -29,52 +29,57 @@ function traffic(orgId: string, keys: readonly SeededKey[], ledger: Ledger) {
   };
 }
 
-t.test('SIGTERM under load: the final flush writes everything the collector received, and it exits 0', async (t) => {
-  const { db, url, orgId, keys, ledger } = await setup(t, 10);
-  const flushIntervalMs = 1000;
-  const collector = await spawnCollector(t, { databaseUrl: url, flushIntervalMs });
-  leaks.watch('collector log (sigterm)', () => collector.output);
-  const sender = new UdpSender(collector.udpPort, true);
-  t.teardown(() => sender.close());
-  leaks.watch('datagrams (sigterm)', () => sender.sentDatagrams);
+// With COLLECTOR_RECEIVERS=2 two processes read the one socket, each flushing its own share; the
+// primary stops both and exits 0 only if both final flushes wrote everything they received.
+for (const receivers of [1, 2]) {
+  t.test(`SIGTERM under load, ${receivers} receiver(s): the final flush writes everything the collector received, and it exits 0`, async (t) => {
+    const { db, url, orgId, keys, ledger } = await setup(t, 10);
+    const flushIntervalMs = 1000;
+    const collector = await spawnCollector(t, { databaseUrl: url, flushIntervalMs, env: { COLLECTOR_RECEIVERS: String(receivers) } });
+    leaks.watch('collector log (sigterm)', () => collector.output);
+    const sender = new UdpSender(collector.udpPort, true);
+    t.teardown(() => sender.close());
+    leaks.watch('datagrams (sigterm)', () => sender.sentDatagrams);
 
-  let exitedAt = 0;
-  void collector.exited.then(() => (exitedAt = Date.now()));
-  // The load goes on until 200 ms after the process is gone.
-  const load = sender.stream(traffic(orgId, keys, ledger), { tickMs: 5, maxMs: 30_000, stop: () => exitedAt > 0 && Date.now() - exitedAt > 200 });
-  await sleep(LONG ? 10_500 : 1_200); // mid-interval: most of a second of uses is pending
-  const signalledAt = Date.now();
-  const sentBeforeSignal = sender.usesSentBy(signalledAt);
-  const { code, signal } = await collector.sigterm();
-  const stoppedInMs = Date.now() - signalledAt;
-  await load;
+    let exitedAt = 0;
+    void collector.exited.then(() => (exitedAt = Date.now()));
+    // The load goes on until 200 ms after the process is gone.
+    const load = sender.stream(traffic(orgId, keys, ledger), { tickMs: 5, maxMs: 30_000, stop: () => exitedAt > 0 && Date.now() - exitedAt > 200 });
+    await sleep(LONG ? 10_500 : 1_200); // mid-interval: most of a second of uses is pending
+    const signalledAt = Date.now();
+    const sentBeforeSignal = sender.usesSentBy(signalledAt);
+    const { code, signal } = await collector.sigterm();
+    const stoppedInMs = Date.now() - signalledAt;
+    await load;
 
-  t.equal(code, 0, 'exit 0');
-  t.equal(signal, null, 'not killed by the signal: it handled it');
-  const probe = collector.probe();
-  t.ok(probe, 'the probe reported what the socket delivered');
-  const persisted = await persistedUsage(db, keys.map((k) => k.id));
-  t.equal(persisted.total, probe!.uses, `everything received is persisted (${probe!.uses} uses)`);
-  t.ok(probe!.uses <= ledger.total, 'nothing persisted that was not sent');
-  t.ok(ledger.total > probe!.uses, 'load went on after the signal (those uses reached a closed socket)');
-  t.ok(persisted.hourly.size === keys.length && [...persisted.hourly.values()].reduce((a, b) => a + b, 0) === persisted.total, 'hourly buckets agree');
-  t.ok(collector.logs().some((line) => line.msg === 'shutting down' && line.signal === 'SIGTERM'), 'the shutdown is logged');
-  t.notOk(collector.logs().some((line) => line.msg === 'final flush failed; these uses are lost'), 'no loss logged');
+    t.equal(code, 0, 'exit 0');
+    t.equal(collector.probe()?.exitCode, 0, 'every process exited 0');
+    t.equal(signal, null, 'not killed by the signal: it handled it');
+    const probe = collector.probe();
+    t.ok(probe, 'the probe reported what the socket delivered');
+    const persisted = await persistedUsage(db, keys.map((k) => k.id));
+    t.equal(persisted.total, probe!.uses, `everything received is persisted (${probe!.uses} uses)`);
+    t.ok(probe!.uses <= ledger.total, 'nothing persisted that was not sent');
+    t.ok(ledger.total > probe!.uses, 'load went on after the signal (those uses reached a closed socket)');
+    t.ok(persisted.hourly.size === keys.length && [...persisted.hourly.values()].reduce((a, b) => a + b, 0) === persisted.total, 'hourly buckets agree');
+    t.ok(collector.logs().some((line) => line.msg === 'shutting down' && line.signal === 'SIGTERM'), 'the shutdown is logged');
+    t.notOk(collector.logs().some((line) => line.msg === 'final flush failed; these uses are lost'), 'no loss logged');
 
-  reportFigures(t, 'collector-sigterm', {
-    flushIntervalMs,
-    usesSent: ledger.total,
-    usesSentBeforeSignal: sentBeforeSignal,
-    usesReceived: probe!.uses,
-    usesPersisted: persisted.total,
-    lostOfReceived: probe!.uses - persisted.total,
-    // Sent before the signal but still in the kernel's socket buffer when the socket closed.
-    droppedInSocketBufferAtClose: Math.max(0, sentBeforeSignal - probe!.uses),
-    stoppedInMs,
-    exitCode: code,
-    peakRssMiB: mib(collector.peakRssBytes()),
+    reportFigures(t, receivers === 1 ? 'collector-sigterm' : `collector-sigterm-${receivers}-receivers`, {
+      flushIntervalMs,
+      usesSent: ledger.total,
+      usesSentBeforeSignal: sentBeforeSignal,
+      usesReceived: probe!.uses,
+      usesPersisted: persisted.total,
+      lostOfReceived: probe!.uses - persisted.total,
+      // Sent before the signal but still in the kernel's socket buffer when the socket closed.
+      droppedInSocketBufferAtClose: Math.max(0, sentBeforeSignal - probe!.uses),
+      stoppedInMs,
+      exitCode: code,
+      peakRssMiB: mib(collector.peakRssBytes()),
+    });
   });
-});
+}
 
 t.test('SIGKILL under load loses at most one flush interval; a collector restarted on the same port resumes', async (t) => {
   const { db, url, orgId, keys, ledger } = await setup(t, 10);

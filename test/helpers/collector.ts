@@ -18,6 +18,8 @@ export async function startTestCollector(t: Test, databaseUrl: string, env: Reco
   const config = loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0', COLLECTOR_FLUSH_INTERVAL_MS: '100', ...env });
   const logger = createLogger({ level: 'info', name: 'collector-test', destination });
   const collector = await startCollector(config, logger, databaseUrl, overrides);
+  // Only a cluster worker (receiverIndex set) serves no metrics port of its own.
+  const metricsPort = collector.metricsPort ?? NaN;
   let stopped = false;
   const stop = async () => {
     if (stopped) return true;
@@ -25,7 +27,7 @@ export async function startTestCollector(t: Test, databaseUrl: string, env: Reco
     return collector.stop();
   };
   t.teardown(stop);
-  return { ...collector, stop, logLines, config };
+  return { ...collector, metricsPort, stop, logLines, config };
 }
 
 export async function sendDatagrams(port: number, datagrams: readonly string[]): Promise<void> {

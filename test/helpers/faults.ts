@@ -234,6 +234,8 @@ export interface FaultCollectorOptions {
   udpPort?: number;
   flushIntervalMs: number;
   maxPendingKeys?: number;
+  /** More variables for the collector, e.g. COLLECTOR_RECEIVERS. */
+  env?: Record<string, string>;
 }
 
 /** The collector process of harness/collectorProcess.ts with the probe preloaded, logging at info, killed at teardown. */
@@ -249,6 +251,7 @@ export async function spawnCollector(t: Test, options: FaultCollectorOptions): P
       // The child runs under tsx, whose transpiled code does not map onto tap's coverage of the
       // same files; recording it would corrupt the merged report.
       _TAPJS_PROCESSINFO_COVERAGE_: '0',
+      ...options.env,
     },
   });
   const { child } = collector;
@@ -289,9 +292,12 @@ function jsonLines(lines: readonly string[]): Array<Record<string, unknown>> {
   });
 }
 
+// One line per process: with COLLECTOR_RECEIVERS > 1 the workers' counts add up (the primary's
+// are 0), and any non-zero exit code is the one reported.
 function probeCounts(lines: readonly string[]): ProbeCounts | undefined {
-  const line = lines.find((l) => l.startsWith('{"collectorProbe"'));
-  return line === undefined ? undefined : (JSON.parse(line) as { collectorProbe: ProbeCounts }).collectorProbe;
+  const probes = lines.filter((l) => l.startsWith('{"collectorProbe"')).map((l) => (JSON.parse(l) as { collectorProbe: ProbeCounts }).collectorProbe);
+  if (probes.length === 0) return undefined;
+  return probes.reduce((sum, p) => ({ packets: sum.packets + p.packets, usageLines: sum.usageLines + p.usageLines, uses: sum.uses + p.uses, exitCode: sum.exitCode || p.exitCode }));
 }
 
 // The peak resident set of a child, sampled every 50 ms until it exits and on demand.

@@ -1,0 +1,72 @@
+import type { MetricSample } from '../shared/metrics';
+import type { Aggregator } from './aggregator';
+import type { Flusher } from './flusher';
+import type { IngestCounters, ReplayCacheState } from './packetHandler';
+import type { Relay } from './relay';
+import type { Upkeep } from './upkeep';
+
+// What the collector's /metrics reports, read from the stages' own counters at scrape time.
+
+export interface CollectorParts {
+  ingest: IngestCounters;
+  replayCache: ReplayCacheState;
+  aggregator: Aggregator;
+  flusher: Flusher;
+  relay: Relay | undefined;
+  upkeep: Upkeep;
+  recvBufferBytes: number;
+}
+
+const counter = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_collector_${name}`, help, type: 'counter', value });
+const gauge = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_collector_${name}`, help, type: 'gauge', value });
+
+export function collectorSamples(parts: CollectorParts): MetricSample[] {
+  const { ingest, replayCache, aggregator, flusher, relay, upkeep } = parts;
+  const f = flusher.stats;
+  const sweep = upkeep.sweep.stats;
+  const webhooks = upkeep.webhooks.stats;
+  return [
+    counter('packets_total', 'UDP datagrams received', ingest.packets),
+    counter('rejected_packets_total', 'Datagrams dropped for a missing, bad, stale or replayed signature, or a full replay cache', ingest.rejectedPackets),
+    counter('replay_cache_overflow_total', 'Signed datagrams dropped because the replay cache was full (COLLECTOR_REPLAY_CACHE_SIZE)', replayCache.overflows),
+    gauge('replay_cache_entries', 'Nonces held by the replay cache (expired ones leave on the next datagram)', replayCache.entries()),
+    gauge('replay_cache_capacity', 'COLLECTOR_REPLAY_CACHE_SIZE', replayCache.capacity),
+    counter('lines_total', 'StatsD lines received', ingest.lines),
+    counter('usage_lines_total', 'API key usage lines accepted', ingest.usageLines),
+    counter('other_lines_total', 'Valid StatsD lines for other metrics (relayed if COLLECTOR_RELAY_TO is set, else dropped)', ingest.otherLines),
+    counter('relay_sent_lines_total', 'Other lines sent to COLLECTOR_RELAY_TO', relay?.stats.sentLines ?? 0),
+    counter(
+      'relay_dropped_lines_total',
+      'Other lines that failed to send to COLLECTOR_RELAY_TO, or met too many datagrams in flight',
+      relay?.stats.droppedLines ?? 0,
+    ),
+    counter('bad_lines_total', 'Malformed lines dropped', ingest.badLines),
+    counter('uses_received_total', 'API key uses received', ingest.usesReceived),
+    counter(
+      'out_of_window_timestamps_total',
+      'Usage lines whose |T timestamp lay outside COLLECTOR_TIMESTAMP_WINDOW_SECONDS; counted at receipt time',
+      aggregator.outOfWindowSamples,
+    ),
+    counter('uses_persisted_total', 'API key uses written to PostgreSQL', f.usesPersisted),
+    counter('overflow_uses_total', 'Uses dropped because the pending-key cap was reached', aggregator.overflowUses),
+    counter('unknown_keys_total', 'Keys dropped at flush because they do not exist in the named org', f.unknownKeys),
+    counter('unknown_uses_total', 'Uses dropped with those keys', f.unknownUses),
+    counter('quarantined_keys_total', 'Keys whose rows PostgreSQL refused with a data error; their uses were set aside', f.quarantinedKeys),
+    counter('quarantined_uses_total', 'Uses set aside with those keys', f.quarantinedUses),
+    counter('flushes_total', 'Successful flushes', f.flushes),
+    counter('failed_flushes_total', 'Failed flush attempts (retried)', f.failedFlushes),
+    counter('duplicate_batches_skipped_total', 'Retried batches found already committed', f.duplicateBatchesSkipped),
+    counter('events_recorded_total', 'Key events recorded, by flushes and sweeps', f.eventsRecorded + sweep.eventsRecorded),
+    counter('event_sweeps_total', 'Sweeps for dormant and expiring keys', sweep.sweeps),
+    counter('failed_event_sweeps_total', 'Failed sweeps (retried at the next interval)', sweep.failedSweeps),
+    gauge('last_flush_duration_seconds', 'Duration of the last successful flush', f.lastFlushDurationMs / 1000),
+    gauge('last_flush_keys', 'Keys written by the last successful flush', f.lastFlushKeys),
+    gauge('last_flush_statements', 'SQL statements in the last successful flush', f.lastFlushStatements),
+    gauge('pending_keys', 'Keys waiting to be flushed', aggregator.pendingKeys + flusher.pendingKeys),
+    gauge('recv_buffer_bytes', 'UDP receive buffer granted by the kernel', parts.recvBufferBytes),
+    counter('webhook_attempts_total', 'Webhook delivery attempts', webhooks.attempts),
+    counter('webhook_failed_attempts_total', 'Webhook attempts that did not get a 2xx', webhooks.failedAttempts),
+    counter('webhook_deliveries_succeeded_total', 'Webhook deliveries acknowledged with a 2xx', webhooks.delivered),
+    counter('webhook_deliveries_failed_total', 'Webhook deliveries given up after their last attempt', webhooks.gaveUp),
+  ];
+}

@@ -1,0 +1,91 @@
+import type { Config } from '../shared/config';
+import { datagramVerifier } from '../shared/datagramSignature';
+import { redactKeyMaterial } from '../shared/logger';
+import type { rateLimitedWarn } from '../shared/rateLimitedLog';
+import { truncateIp } from '../shared/ipTruncation';
+import { parsePacket, type UsageSample } from '../shared/usageWire';
+import type { Aggregator } from './aggregator';
+import type { Relay } from './relay';
+
+// The parser stage: a datagram's text from the receiver → signature check (if signing is on) →
+// parsePacket → the aggregator, other StatsD lines to the relay, and the counters the metrics
+// report. Everything here runs once per datagram on the receive loop.
+
+export interface IngestCounters {
+  packets: number;
+  rejectedPackets: number;
+  lines: number;
+  usageLines: number;
+  otherLines: number;
+  badLines: number;
+  usesReceived: number;
+}
+
+export interface ReplayCacheState {
+  capacity: number;
+  overflows: number;
+  entries(): number;
+}
+
+const SIGNATURE_WINDOW_MS = 30_000;
+
+export function createPacketHandler(options: {
+  config: Config;
+  aggregator: Aggregator;
+  relay: Relay | undefined;
+  warn: ReturnType<typeof rateLimitedWarn>;
+  now: () => number;
+}) {
+  const { config, aggregator, relay, warn, now } = options;
+  const { signingSecrets, replayCacheSize, aggregatorMaxKeys } = config.collector;
+  const ingest: IngestCounters = { packets: 0, rejectedPackets: 0, lines: 0, usageLines: 0, otherLines: 0, badLines: 0, usesReceived: 0 };
+  const verify =
+    signingSecrets.length > 0 ? datagramVerifier({ secrets: signingSecrets, windowMs: SIGNATURE_WINDOW_MS, maxRemembered: replayCacheSize, now }) : undefined;
+  // A full replay cache drops genuine datagrams: counted apart so it is not mistaken for forgery.
+  const replayCache: ReplayCacheState = { capacity: replayCacheSize, overflows: 0, entries: () => verify?.size() ?? 0 };
+  const relayLine = relay && ((line: string) => relay.relay(line));
+  // One clock read per datagram, not per line: the lines of a datagram arrived together.
+  let packetTime = now();
+  // IP_TRUNCATE: cut before aggregation, so a full address is never held, merged or written.
+  const truncateIps = config.privacy.truncateIps;
+  const addSample = (sample: UsageSample) => {
+    ingest.usesReceived += sample.count;
+    aggregator.add(truncateIps ? { ...sample, ip: truncateIp(sample.ip) } : sample, packetTime);
+  };
+  let overflowLogged = 0;
+
+  // The datagram's body, or undefined when its signature fails (counted and logged here).
+  const verified = (received: string): string | undefined => {
+    if (!verify) return received;
+    const verdict = verify(received);
+    if (verdict.ok) return verdict.body;
+    ingest.rejectedPackets += 1;
+    const full = verdict.reason === 'replay_cache_full';
+    if (full) replayCache.overflows += 1;
+    const message = full
+      ? 'replay cache full: a signed datagram was dropped; raise COLLECTOR_REPLAY_CACHE_SIZE'
+      : 'dropped a datagram without a valid signature';
+    warn(`rejected_${verdict.reason}`, { reason: verdict.reason, rejectedPackets: ingest.rejectedPackets }, message);
+    return undefined;
+  };
+
+  const onPacket = (received: string) => {
+    ingest.packets += 1;
+    const packet = verified(received);
+    if (packet === undefined) return;
+    packetTime = now();
+    const result = parsePacket(packet, addSample, relayLine);
+    ingest.lines += result.lines;
+    ingest.usageLines += result.usage;
+    ingest.otherLines += result.other;
+    ingest.badLines += result.invalid;
+    if (result.invalid > 0) {
+      warn('bad_line', { badLines: ingest.badLines, reason: redactKeyMaterial(result.firstError ?? '') }, 'dropped malformed StatsD lines');
+    }
+    if (aggregator.overflowUses > overflowLogged) {
+      overflowLogged = aggregator.overflowUses;
+      warn('overflow', { overflowUses: aggregator.overflowUses, maxPendingKeys: aggregatorMaxKeys }, 'pending-key cap reached; uses of new keys dropped');
+    }
+  };
+  return { onPacket, ingest, replayCache };
+}

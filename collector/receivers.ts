@@ -1,0 +1,162 @@
+import cluster, { type Worker } from 'node:cluster';
+import type { Server } from 'node:http';
+import type { Config } from '../shared/config';
+import type { Logger } from '../shared/logger';
+import { metricsServer, renderPrometheus, type Health, type MetricSample } from '../shared/metrics';
+import { closeServer, listen, onShutdownSignal } from '../shared/process';
+
+// COLLECTOR_RECEIVERS > 1: Node's cluster module forks that many collector processes, which
+// share one UDP socket (the primary opens it, `exclusive: false`); the kernel hands each datagram
+// to whichever process reads first, so a flush or a GC pause in one leaves the others reading.
+// Each aggregates and flushes on its own (the concurrent-collector guarantees hold, see
+// docs/reliability.md). The primary holds no data: it serves /metrics and /healthz summed over
+// the workers, asked over IPC, and on SIGTERM/SIGINT stops them all and waits for their final
+// flushes. Its exit code is 0 only if every worker flushed.
+
+interface Collector {
+  receiver: { host: string; port: number };
+  stop(): Promise<boolean>;
+}
+
+const RECEIVER_INDEX = 'KEYUSAGE_RECEIVER_INDEX';
+const ASK_TIMEOUT_MS = 5000;
+// Gauges that say the same in every worker, or a worst case: the largest, not the sum.
+const LARGEST = new Set(
+  ['recv_buffer_bytes', 'replay_cache_capacity', 'last_flush_duration_seconds', 'last_flush_statements'].map((n) => `keyusage_collector_${n}`),
+);
+
+export function runReceivers(config: Config, logger: Logger, start: (receiverIndex: number | undefined) => Promise<Collector>): void {
+  if (config.collector.receivers === 1) {
+    start(undefined).then((collector) => onShutdownSignal(logger, () => stopOrThrow(collector)), failedToStart(logger));
+  } else if (cluster.isPrimary) {
+    runPrimary(config, logger).catch(failedToStart(logger));
+  } else {
+    start(Number(process.env[RECEIVER_INDEX])).then((collector) => runWorker(logger, collector), failedToStart(logger));
+  }
+}
+
+async function stopOrThrow(collector: Collector): Promise<void> {
+  if (!(await collector.stop())) throw new Error('final flush failed');
+}
+
+const failedToStart = (logger: Logger) => (error: Error) => {
+  logger.fatal(`collector failed to start: ${error.message}`);
+  process.exit(1);
+};
+
+// A worker stops once, on a signal of its own (Ctrl-C reaches the whole group) or on the
+// primary's word, whichever comes first; the other is then not a reason to exit early.
+function runWorker(logger: Logger, collector: Collector): void {
+  let stopping = false;
+  const stop = () => {
+    if (stopping) return;
+    stopping = true;
+    stopOrThrow(collector).then(
+      () => process.exit(0),
+      (error) => {
+        logger.error({ err: error }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', stop).on('SIGINT', stop);
+  process.on('message', (message: { cmd?: string }) => {
+    if (message?.cmd === 'stop') stop();
+  });
+  process.send?.({ cmd: 'ready', udp: `${collector.receiver.host}:${collector.receiver.port}` });
+}
+
+/** In a worker: answers the primary's requests for this process's metrics and health. */
+export function serveSamplesToPrimary(samples: () => MetricSample[], health: () => Health): void {
+  process.on('message', (message: { cmd?: string; id?: number }) => {
+    if (message?.cmd === 'samples') process.send?.({ cmd: 'samples', id: message.id, samples: samples(), health: health() });
+  });
+}
+
+async function runPrimary(config: Config, logger: Logger): Promise<void> {
+  const workers = Array.from({ length: config.collector.receivers }, (_, i) => cluster.fork({ [RECEIVER_INDEX]: String(i) }));
+  let stopping = false;
+  // Filled once every receiver is ready; a worker may die before that.
+  const served: { metrics?: Server } = {};
+  const exits = workers.map((worker) => new Promise<number>((resolve) => worker.once('exit', (code) => resolve(code ?? 1))));
+  // A worker that dies on its own takes its pending uses with it; stop the rest and exit non-zero
+  // so a supervisor restarts the whole collector.
+  for (const worker of workers) {
+    worker.once('exit', (code) => {
+      if (stopping) return;
+      logger.error({ receiver: worker.id, code }, 'a receiver exited on its own; stopping the others');
+      shutDown(false);
+    });
+  }
+  // From the start: a signal while the receivers start still stops them.
+  const onSignal = (signal: NodeJS.Signals) => {
+    logger.info({ signal, receivers: workers.length }, 'shutting down');
+    shutDown(true);
+  };
+  process.on('SIGTERM', onSignal).on('SIGINT', onSignal);
+  const ready = await Promise.all(
+    workers.map(
+      (worker) => new Promise<{ udp: string }>((resolve) => worker.on('message', (m: { cmd?: string; udp: string }) => m?.cmd === 'ready' && resolve(m))),
+    ),
+  );
+  const ask = askWorkers(workers);
+  const metrics = metricsServer({
+    exposition: async () => renderPrometheus(sumSamples((await ask()).map((answer) => answer.samples))),
+    health: async () => {
+      const answers = await ask();
+      return { healthy: answers.every((answer) => answer.health.healthy), receivers: answers.map((answer) => answer.health) };
+    },
+  });
+  served.metrics = metrics;
+  const metricsPort = await listen(metrics, config.collector.metricsHost, config.collector.metricsPort, 'COLLECTOR_METRICS_PORT');
+  logger.info({ udp: ready[0].udp, receivers: workers.length, metrics: `${config.collector.metricsHost}:${metricsPort}` }, 'collector listening');
+
+  // `asked`: by a signal, so a clean stop of every worker is a clean exit.
+  function shutDown(asked: boolean): void {
+    if (stopping) return;
+    stopping = true;
+    for (const worker of workers) if (worker.isConnected()) worker.send({ cmd: 'stop' });
+    void Promise.all(exits)
+      .then(async (codes) => {
+        if (served.metrics) await closeServer(served.metrics);
+        process.exit(asked && codes.every((code) => code === 0) ? 0 : 1);
+      })
+      .catch(() => process.exit(1));
+  }
+}
+
+interface Answer {
+  samples: MetricSample[];
+  health: Health;
+}
+
+function askWorkers(workers: Worker[]): () => Promise<Answer[]> {
+  let nextId = 0;
+  const askOne = (worker: Worker) =>
+    new Promise<Answer>((resolve, reject) => {
+      const id = nextId++;
+      const timer = setTimeout(() => {
+        worker.off('message', onMessage);
+        reject(new Error(`receiver ${worker.id} did not answer within ${ASK_TIMEOUT_MS} ms`));
+      }, ASK_TIMEOUT_MS);
+      const onMessage = (message: { cmd?: string; id?: number } & Answer) => {
+        if (message?.cmd !== 'samples' || message.id !== id) return;
+        clearTimeout(timer);
+        worker.off('message', onMessage);
+        resolve(message);
+      };
+      worker.on('message', onMessage);
+      worker.send({ cmd: 'samples', id });
+    });
+  return () => Promise.all(workers.map(askOne));
+}
+
+// Counters and most gauges add up over the workers; LARGEST ones take the largest.
+function sumSamples(perWorker: MetricSample[][]): MetricSample[] {
+  const [first, ...rest] = perWorker;
+  return first.map((sample, i) => {
+    const values = [sample.value, ...rest.map((samples) => samples[i].value)];
+    const value = LARGEST.has(sample.name) ? Math.max(...values) : values.reduce((a, b) => a + b, 0);
+    return { ...sample, value };
+  });
+}

@@ -1,0 +1,45 @@
+import type { Knex } from 'knex';
+import type { Config } from '../shared/config';
+import { expireIpData } from '../shared/ipRetention';
+import type { Logger } from '../shared/logger';
+import { EventSweep } from './eventSweep';
+import { expireOldEvents } from './eventStore';
+import type { UsageStore } from './usageStore';
+import { createWebhookWorker } from './webhookWorker';
+
+// The collector's work beside ingest: the webhook worker that delivers the outbox key events
+// fill (docs/webhooks.md), the sweep for dormant and expiring keys, and the hourly retention
+// cleanup. With several receiving processes only one of them runs it.
+
+const HOUR_MS = 3_600_000;
+
+export function createUpkeep(options: { db: Knex; store: UsageStore; config: Config; logger: Logger; now: () => number }) {
+  const { db, store, config, logger, now } = options;
+  const events = config.collector.events;
+  const sweep = new EventSweep({ db, intervalMs: events.sweepIntervalMs, expiringDays: events.expiringDays, logger, now });
+  const webhooks = createWebhookWorker({ db, peppers: [config.api.keyPepper, ...config.api.previousKeyPeppers], config: config.webhooks, logger, now });
+  let retention: NodeJS.Timeout | undefined;
+  const cleanUp = () => {
+    Promise.all([store.expireOldRows(config.collector.retentionDays), expireOldEvents(db, new Date(now()), events.retentionDays)]).catch((error) =>
+      logger.warn({ err: { message: error.message } }, 'retention cleanup failed'),
+    );
+    expireIpData(db, config.privacy.ipRetentionDays).catch((error) => logger.warn({ err: { message: error.message } }, 'IP retention cleanup failed'));
+  };
+  return {
+    sweep,
+    webhooks,
+    start(): void {
+      webhooks.start();
+      if (events.enabled) sweep.start();
+      retention = setInterval(cleanUp, HOUR_MS).unref();
+    },
+    /** Sends in flight are recorded; anything not yet sent stays in the outbox for the next start. */
+    async stop(): Promise<void> {
+      clearInterval(retention);
+      await sweep.stop();
+      await webhooks.stop();
+    },
+  };
+}
+
+export type Upkeep = ReturnType<typeof createUpkeep>;
