@@ -42,7 +42,30 @@ async function tablesWithOrgId(db: Db): Promise<string[]> {
       order by c.table_name <> ?, c.table_name`,
     [COLOCATION_ANCHOR],
   );
-  return rows.map((row: { name: string }) => row.name).filter((name: string) => !REFERENCE_TABLES.includes(name));
+  const tables = rows.map((row: { name: string }) => row.name).filter((name: string) => !REFERENCE_TABLES.includes(name));
+  return referencedFirst(tables, await foreignKeys(db));
+}
+
+// Citus accepts a foreign key between distributed tables only once the referenced table is
+// distributed and co-located (webhook_deliveries → webhooks, attempts → deliveries).
+async function foreignKeys(db: Db): Promise<Array<{ from: string; to: string }>> {
+  const { rows } = await db.raw(
+    `select conrelid::regclass::text as "from", confrelid::regclass::text as "to"
+       from pg_constraint where contype = 'f' and connamespace = cast(current_schema() as regnamespace)`,
+  );
+  return rows;
+}
+
+/** The tables in their given order, except that each comes after every table it references. */
+export function referencedFirst(tables: readonly string[], references: ReadonlyArray<{ from: string; to: string }>): string[] {
+  const ordered: string[] = [];
+  const visit = (table: string, path: ReadonlySet<string>) => {
+    if (ordered.includes(table) || path.has(table)) return;
+    for (const { to } of references.filter((r) => r.from === table && r.to !== table && tables.includes(r.to))) visit(to, new Set([...path, table]));
+    ordered.push(table);
+  };
+  for (const table of tables) visit(table, new Set());
+  return ordered;
 }
 
 /** Returns the tables it laid out now. Each call is its own statement: Citus refuses this DDL inside a transaction that already wrote. */
