@@ -91,7 +91,11 @@ function requestContext(logger: Logger, onRequest: AppDeps['onRequest']): Reques
 function createAuthentication(deps: AppDeps, now: () => number) {
   const warn = rateLimitedWarn(deps.logger, THROTTLE_LOG_INTERVAL_MS, now);
   const throttle = createAuthThrottle(deps.config.authThrottle, now, (scope, subject) =>
-    warn(`auth_throttle_${scope}`, { [scope === 'ip' ? 'ip' : 'keyId']: subject, stats: { ...throttle.stats } }, 'too many failed authentication attempts: throttled'),
+    warn(
+      `auth_throttle_${scope}`,
+      { [scope === 'ip' ? 'ip' : 'keyId']: subject, stats: { ...throttle.stats } },
+      'too many failed authentication attempts: throttled',
+    ),
   );
   const verifier = createKeyVerifier({
     db: deps.db,
@@ -99,7 +103,8 @@ function createAuthentication(deps: AppDeps, now: () => number) {
     cacheTtlMs: deps.config.keyCacheTtlMs,
     now,
     mayReload: (keyId) => !throttle.keyLocked(keyId),
-    onRehashError: (error) => warn('pepper_rehash', { err: { message: error.message } }, 'rehashing a key with the current KEY_PEPPER failed; retried on its next use'),
+    onRehashError: (error) =>
+      warn('pepper_rehash', { err: { message: error.message } }, 'rehashing a key with the current KEY_PEPPER failed; retried on its next use'),
   });
   const authorize = authorizer({
     verifier,

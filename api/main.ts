@@ -9,12 +9,24 @@ import { createApiMetrics } from './metrics';
 import { createUsageRecorder } from './usage/createUsageRecorder';
 
 export async function startApi(config: Config, logger: Logger, databaseUrl: string) {
-  const db = await createCheckedDb(databaseUrl, { poolMax: config.database.poolMax, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-api' }, logger);
+  const db = await createCheckedDb(
+    databaseUrl,
+    { poolMax: config.database.poolMax, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-api' },
+    logger,
+  );
   const recorder = config.usage.enabled ? createUsageRecorder(config.usage, logger) : undefined;
   recorder?.start();
   const recordUse = recorder ? recorder.record.bind(recorder) : () => {};
   const apiMetrics = createApiMetrics();
-  const { app, verifier, throttle } = createApp({ db, logger, config: config.api, webhooks: config.webhooks, privacy: config.privacy, recordUse, onRequest: apiMetrics.observeRequest });
+  const { app, verifier, throttle } = createApp({
+    db,
+    logger,
+    config: config.api,
+    webhooks: config.webhooks,
+    privacy: config.privacy,
+    recordUse,
+    onRequest: apiMetrics.observeRequest,
+  });
   const server = http.createServer(app);
   // On its own port, loopback by default: the public port never serves /metrics.
   const metrics = metricsServer({ exposition: () => apiMetrics.exposition({ recorder, keyCache: verifier.stats, throttle: throttle.stats }) });

@@ -35,7 +35,11 @@ function statSamples({ recorder, keyCache, throttle }: ApiMetricSources): Metric
     counter('uses_send_failed_total', 'Of those, lost in datagrams whose send failed', usage?.failedUses ?? 0),
     counter('datagrams_total', 'Usage datagrams handed to the socket', usage?.datagrams ?? 0),
     counter('send_errors_total', 'Usage datagrams whose send failed', usage?.failedDatagrams ?? 0),
-    counter('early_drains_total', 'Drains before the interval because the coalescing map was full (USAGE_MAX_ENTRIES) or a count reached its line maximum', usage?.earlyDrains ?? 0),
+    counter(
+      'early_drains_total',
+      'Drains before the interval because the coalescing map was full (USAGE_MAX_ENTRIES) or a count reached its line maximum',
+      usage?.earlyDrains ?? 0,
+    ),
     gauge('usage_pending_entries', '(key, ip, outcome) entries waiting for the next drain', recorder?.pendingEntries ?? 0),
     counter('key_cache_hits_total', 'Key verifications answered from the in-process cache', keyCache.hits),
     counter('key_cache_misses_total', 'Key verifications that read the key from PostgreSQL', keyCache.misses),

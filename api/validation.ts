@@ -21,7 +21,10 @@ export function parseInput<T extends z.ZodType>(schema: T, input: unknown, where
 }
 
 // No i flag: the pattern is also the OpenAPI document's, and JSON Schema patterns take no flags.
-export const uuid = z.string().regex(/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/, 'must be a UUID').transform((v) => v.toLowerCase());
+export const uuid = z
+  .string()
+  .regex(/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/, 'must be a UUID')
+  .transform((v) => v.toLowerCase());
 
 // A name an operator gave (an org's, a key's). Control characters are refused: PostgreSQL cannot
 // store NUL (a 500 before), and the others would reach terminals and log viewers as escapes.

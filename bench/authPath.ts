@@ -87,9 +87,7 @@ export async function runAuthPath(ctx: BenchContext, which: { auth: boolean; hoo
   const orgId = await createOrg(ctx.db, 'bench-auth');
   const key = await createCallableKey(ctx.db, orgId, ctx.pepper, 'bench-auth', ['keys:read']);
   // The naive variant's counters. Bench-only: the product keeps usage out of api_keys on purpose.
-  await ctx.db.raw(
-    `create table if not exists bench_key_usage (key_id uuid primary key, last_used_at timestamptz, request_count bigint not null default 0)`,
-  );
+  await ctx.db.raw(`create table if not exists bench_key_usage (key_id uuid primary key, last_used_at timestamptz, request_count bigint not null default 0)`);
   await ctx.db.raw('insert into bench_key_usage (key_id, request_count) values (?, 0) on conflict do nothing', [key.keyId]);
 
   const started: Array<{ child: Child }> = [];
@@ -208,10 +206,15 @@ async function checkExactness(
   const settled = async (collector: CollectorProcess, expected: number) => {
     let last: Record<string, number> = {};
     try {
-      await waitFor('the collector to persist what it received', async () => {
-        last = await collector.metrics();
-        return last.uses_received_total >= expected && last.uses_persisted_total === last.uses_received_total ? true : undefined;
-      }, 10_000, 100);
+      await waitFor(
+        'the collector to persist what it received',
+        async () => {
+          last = await collector.metrics();
+          return last.uses_received_total >= expected && last.uses_persisted_total === last.uses_received_total ? true : undefined;
+        },
+        10_000,
+        100,
+      );
     } catch {
       // Reported below as a shortfall rather than thrown: hot-shots may legitimately lose datagrams.
     }
@@ -269,7 +272,14 @@ function authTable(blocks: Block[], plan: Plan, exactness: Exactness): BenchResu
     columns: ['variant', 'uses recorded by the server', 'sent', 'received by its collector', 'persisted', 'lost'],
     rows: [
       ['on', fmt.int(e.onRecorded), fmt.int(e.onSent), fmt.int(e.onReceived), fmt.int(e.onPersisted), fmt.int(e.onRecorded - e.onPersisted)],
-      ['hot-shots per request', fmt.int(e.hotshotsCalls), '(one datagram each)', fmt.int(e.hotshotsReceived), fmt.int(e.hotshotsPersisted), fmt.int(e.hotshotsCalls - e.hotshotsPersisted)],
+      [
+        'hot-shots per request',
+        fmt.int(e.hotshotsCalls),
+        '(one datagram each)',
+        fmt.int(e.hotshotsReceived),
+        fmt.int(e.hotshotsPersisted),
+        fmt.int(e.hotshotsCalls - e.hotshotsPersisted),
+      ],
     ],
   };
   return {
@@ -277,7 +287,17 @@ function authTable(blocks: Block[], plan: Plan, exactness: Exactness): BenchResu
     tables: [
       {
         title: `GET /api/whoami with a valid key, autocannon ${plan.connections} connections; ${plan.rounds} interleaved rounds × ${plan.blockSec} s blocks per variant`,
-        columns: ['variant', 'blocks', 'req/s (median)', 'req/s ratio vs off [95 % CI]', 'server CPU / req (median)', 'CPU / req ratio vs off [95 % CI]', 'p50 latency', 'p99 latency', 'failed requests'],
+        columns: [
+          'variant',
+          'blocks',
+          'req/s (median)',
+          'req/s ratio vs off [95 % CI]',
+          'server CPU / req (median)',
+          'CPU / req ratio vs off [95 % CI]',
+          'p50 latency',
+          'p99 latency',
+          'failed requests',
+        ],
         rows,
       },
       counts,
@@ -287,7 +307,7 @@ function authTable(blocks: Block[], plan: Plan, exactness: Exactness): BenchResu
       `Target on/off req/s ≥ 0.98: ${fmt.verdict(rpsMet)} (${fmt.ratio(on.rps.median)}, 95 % CI ${fmt.interval(on.rps.low, on.rps.high)}).`,
       `A/A control, two identical \`off\` processes: req/s ratio ${fmt.ratio(aa.rps.median)} ${fmt.interval(aa.rps.low, aa.rps.high)}, CPU / req ratio ${fmt.ratio(aa.cpu.median)} ${fmt.interval(aa.cpu.low, aa.cpu.high)}. A variant's deviation from 1 smaller than this one's is indistinguishable from moving the same code to another process.`,
       `PostgreSQL holds ${fmt.int(e.databaseCount)} uses for the key: the sum of both collectors' writes (${fmt.int(e.onPersisted + e.hotshotsPersisted)}).`,
-      'Ratios are medians of per-round ratios (each round runs every variant back to back); intervals are percentile bootstraps over rounds (10,000 resamples). Server CPU is the server process\'s own user + system time (process.cpuUsage) over the block, divided by the requests it served; the load generator runs in another process.',
+      "Ratios are medians of per-round ratios (each round runs every variant back to back); intervals are percentile bootstraps over rounds (10,000 resamples). Server CPU is the server process's own user + system time (process.cpuUsage) over the block, divided by the requests it served; the load generator runs in another process.",
     ],
     raw: { plan, blocks, estimates, exactness },
   };
@@ -339,7 +359,20 @@ async function hookCost(
         },
       ];
     }),
-  ) as Record<(typeof variants)[number], { calls: number; p50Ns: number; p99Ns: number; p999Ns: number; meanNs: number; drainNsPerUse: number; drains: number; totalNsPerUse: number; loopNs: number }>;
+  ) as Record<
+    (typeof variants)[number],
+    {
+      calls: number;
+      p50Ns: number;
+      p99Ns: number;
+      p999Ns: number;
+      meanNs: number;
+      drainNsPerUse: number;
+      drains: number;
+      totalNsPerUse: number;
+      loopNs: number;
+    }
+  >;
   const labels = { off: 'off: no-op hook (timer floor)', on: 'on: UsageRecorder.record', hotshots: 'hot-shots increment per request' };
   const rows = variants.map((variant) => {
     const s = summary[variant];
@@ -363,7 +396,18 @@ async function hookCost(
     tables: [
       {
         title: `process.hrtime.bigint() around each recordUse call while autocannon loads the server (${plan.timingRounds} interleaved ${plan.blockSec} s blocks per variant)`,
-        columns: ['hook', 'calls timed', 'p50', 'p99', 'p99.9', 'mean', 'drain per use (off the request path)', 'total per use (mean + drain)', 'total minus timer floor', 'tight loop (same process, idle)'],
+        columns: [
+          'hook',
+          'calls timed',
+          'p50',
+          'p99',
+          'p99.9',
+          'mean',
+          'drain per use (off the request path)',
+          'total per use (mean + drain)',
+          'total minus timer floor',
+          'tight loop (same process, idle)',
+        ],
         rows,
       },
     ],

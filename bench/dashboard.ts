@@ -33,7 +33,14 @@ export async function runDashboard(ctx: BenchContext): Promise<BenchResult> {
         await context.addInitScript({ content: `sessionStorage.setItem('keyusage.apiKey', ${JSON.stringify(admin.plaintext)})` });
         const page = await context.newPage();
         const sizes: Array<Promise<number>> = [];
-        page.on('response', (response) => sizes.push(response.body().then((body) => body.length, () => 0)));
+        page.on('response', (response) =>
+          sizes.push(
+            response.body().then(
+              (body) => body.length,
+              () => 0,
+            ),
+          ),
+        );
         const started = performance.now();
         await page.goto(`${server.url}/`);
         await page.locator('#keys-table tbody tr').nth(49).waitFor();

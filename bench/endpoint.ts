@@ -54,7 +54,8 @@ function queries(plan: Plan): Record<QueryName, { label: string; path: (t: Tenan
     deep: { label: `deep page (offset ${fmt.int(deepOffset)}, limit 50: the last)`, path: list(`limit=50&offset=${deepOffset}`) },
     series: {
       label: "one hot key's 30-day hourly series (720 buckets)",
-      path: (t, now) => `/api/orgs/${t.orgId}/api-keys/${t.hotKeyId}/usage?granularity=hour&from=${new Date(now.getTime() - 30 * DAY_MS).toISOString()}&to=${now.toISOString()}`,
+      path: (t, now) =>
+        `/api/orgs/${t.orgId}/api-keys/${t.hotKeyId}/usage?granularity=hour&from=${new Date(now.getTime() - 30 * DAY_MS).toISOString()}&to=${now.toISOString()}`,
     },
   };
 }
@@ -66,9 +67,19 @@ async function createTenants(ctx: BenchContext, plan: Plan): Promise<Tenant[]> {
     const admin = await createCallableKey(ctx.db, orgId, ctx.pepper, 'bench-endpoint-admin', ['keys:read', 'keys:write']);
     tenants.push({ orgId, token: admin.plaintext });
   }
-  const seed = await seedTenants(ctx.db, tenants.map((t) => t.orgId), plan.keysPerOrg, { prefix: PREFIX, budgetMs: plan.seedBudgetMs, log: ctx.log });
-  ctx.log(`endpoint: ${fmt.int(seed.keys)} keys, ${fmt.int(seed.usage)} usage rows, ${fmt.int(seed.hourly)} hourly rows seeded in ${seed.seconds.toFixed(0)} s`);
-  const hot = await ctx.db('api_keys').select('org_id', 'id').where({ name: `${PREFIX}${SERIES_KEY}` });
+  const seed = await seedTenants(
+    ctx.db,
+    tenants.map((t) => t.orgId),
+    plan.keysPerOrg,
+    { prefix: PREFIX, budgetMs: plan.seedBudgetMs, log: ctx.log },
+  );
+  ctx.log(
+    `endpoint: ${fmt.int(seed.keys)} keys, ${fmt.int(seed.usage)} usage rows, ${fmt.int(seed.hourly)} hourly rows seeded in ${seed.seconds.toFixed(0)} s`,
+  );
+  const hot = await ctx
+    .db('api_keys')
+    .select('org_id', 'id')
+    .where({ name: `${PREFIX}${SERIES_KEY}` });
   const hotOf = new Map(hot.map((row: { org_id: string; id: string }) => [row.org_id, row.id]));
   return tenants.map((t) => ({ ...t, hotKeyId: hotOf.get(t.orgId)! }));
 }
@@ -154,11 +165,33 @@ function variantTable(plan: Plan, variant: VariantResult, table: { hourly: numbe
     const p50s = s.map((x) => x.p50);
     const p95s = s.map((x) => x.p95);
     const explained = variant.plans[name];
-    return [defs[name].label, s.reduce((n, x) => n + x.n, 0), fmt.int(variant.matching[name]), fmt.ms(median(p50s)), fmt.ms(Math.max(...p50s)), fmt.ms(median(p95s)), fmt.ms(Math.max(...p95s)), fmt.ms(Math.max(...s.map((x) => x.max))), explained.executionMs === null ? 'n/a' : fmt.ms(explained.executionMs, 1), explained.indexes.join(', ') || 'none'];
+    return [
+      defs[name].label,
+      s.reduce((n, x) => n + x.n, 0),
+      fmt.int(variant.matching[name]),
+      fmt.ms(median(p50s)),
+      fmt.ms(Math.max(...p50s)),
+      fmt.ms(median(p95s)),
+      fmt.ms(Math.max(...p95s)),
+      fmt.ms(Math.max(...s.map((x) => x.max))),
+      explained.executionMs === null ? 'n/a' : fmt.ms(explained.executionMs, 1),
+      explained.indexes.join(', ') || 'none',
+    ];
   });
   return {
     title: `${variant.name}: GET /api/orgs/:id/api-keys/usage (and /:keyId/usage) over HTTP, one request at a time, queries interleaved, each round on the next org; ${plan.runs} runs of up to ${plan.rounds} rounds or ${plan.runBudgetMs / 1000} s; ${fmt.int(plan.orgs)} orgs × ${fmt.int(plan.keysPerOrg)} keys (${fmt.int(table.keys)} in api_keys, ${fmt.int(table.hourly)} hourly rows)`,
-    columns: ['query', 'requests', 'keys (buckets) matching', 'p50 median of runs', 'p50 worst run', 'p95 median of runs', 'p95 worst run', 'max', 'EXPLAIN ANALYZE execution', 'indexes in the plan'],
+    columns: [
+      'query',
+      'requests',
+      'keys (buckets) matching',
+      'p50 median of runs',
+      'p50 worst run',
+      'p95 median of runs',
+      'p95 worst run',
+      'max',
+      'EXPLAIN ANALYZE execution',
+      'indexes in the plan',
+    ],
     rows,
   };
 }
@@ -177,7 +210,9 @@ function report(plan: Plan, variants: VariantResult[], table: { hourly: number; 
       ...variants.map(verdicts),
       `Seed: ${SEED_SHAPE}. Latency is end to end (client fetch → auth → queries → JSON); the plan columns come from EXPLAIN (ANALYZE, BUFFERS) of each query's main statement, on one org, after the runs.`,
       ...variants.flatMap((variant) =>
-        (['busiest', 'dormant'] as const).map((name) => `${variant.name}: EXPLAIN (ANALYZE, BUFFERS), ${defs[name].label}:\n\n\`\`\`\n${variant.plans[name].text}\n\`\`\``),
+        (['busiest', 'dormant'] as const).map(
+          (name) => `${variant.name}: EXPLAIN (ANALYZE, BUFFERS), ${defs[name].label}:\n\n\`\`\`\n${variant.plans[name].text}\n\`\`\``,
+        ),
       ),
     ],
     raw: { plan, variants, table },
@@ -197,7 +232,20 @@ async function explainPlans(ctx: BenchContext, tenant: Tenant, plan: Plan): Prom
   const captured: Array<{ sql: string; bindings: unknown[] }> = [];
   db.on('query', (query: { sql: string; bindings: unknown[] }) => captured.push({ sql: query.sql, bindings: query.bindings }));
   const now = new Date();
-  const base: UsageQuery = { orgId: tenant.orgId, now, status: null, dormantBefore: new Date(now.getTime() - 30 * DAY_MS), dormant: null, nameContains: null, keyId: null, eventsSince: new Date(now.getTime() - 7 * DAY_MS), sort: 'createdAt', order: 'desc', limit: 50, offset: 0 };
+  const base: UsageQuery = {
+    orgId: tenant.orgId,
+    now,
+    status: null,
+    dormantBefore: new Date(now.getTime() - 30 * DAY_MS),
+    dormant: null,
+    nameContains: null,
+    keyId: null,
+    eventsSince: new Date(now.getTime() - 7 * DAY_MS),
+    sort: 'createdAt',
+    order: 'desc',
+    limit: 50,
+    offset: 0,
+  };
   const calls: Record<QueryName, () => Promise<unknown>> = {
     page: () => listKeyUsage(db, base),
     busiest: () => listKeyUsage(db, { ...base, sort: 'requestCount' }),

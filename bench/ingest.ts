@@ -152,7 +152,9 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
     await waitForMessage(sender, (m) => m?.ready === true);
     for (const mode of ['packed', 'single'] as const) {
       const prepared = await ipcRequest<{ datagrams: number; lines: number; bytes: number }>(sender, { cmd: 'prepare', keys, mode });
-      ctx.log(`ingest: ${mode}: ${prepared.lines} distinct lines in ${prepared.datagrams} datagrams (${(prepared.lines / prepared.datagrams).toFixed(1)} lines each)`);
+      ctx.log(
+        `ingest: ${mode}: ${prepared.lines} distinct lines in ${prepared.datagrams} datagrams (${(prepared.lines / prepared.datagrams).toFixed(1)} lines each)`,
+      );
       // One unmeasured send first: the sender's first run (its send path not yet compiled) went
       // out in late catch-up bursts, and the receiver that happened to be first lost lines for it.
       const warmUp = await startTarget('node-loop');
@@ -221,7 +223,9 @@ async function oneRun(ctx: BenchContext, sender: Child, target: Target, mode: In
   const snmpAfter = udpCounters();
   ctx.log(
     `ingest: ${TARGET_LABELS[target.name]}, ${mode}, ${fmt.int(rate)} lines/s offered: sent ${fmt.int(sent.sentLines)} at ${fmt.int(sent.achievedLinesPerSec)}/s, received ${fmt.int(received)}, ` +
-      `lost ${fmt.int(sent.sentLines - received)}, kernel RcvbufErrors +${fmt.int(snmpAfter.RcvbufErrors - snmpBefore.RcvbufErrors)}, load ${loadavg().map((l) => l.toFixed(2)).join(' ')}`,
+      `lost ${fmt.int(sent.sentLines - received)}, kernel RcvbufErrors +${fmt.int(snmpAfter.RcvbufErrors - snmpBefore.RcvbufErrors)}, load ${loadavg()
+        .map((l) => l.toFixed(2))
+        .join(' ')}`,
   );
   return {
     target: target.name,
@@ -263,14 +267,22 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
 
   const packed = (target: TargetName) => runs.filter((r) => r.target === target && r.mode === 'packed');
   // The highest offered rate a receiver took without losing a line, and the first it lost at.
-  const lossless = (target: TargetName) => Math.max(0, ...packed(target).filter((r) => r.received >= r.sentLines).map((r) => r.offeredRate));
+  const lossless = (target: TargetName) =>
+    Math.max(
+      0,
+      ...packed(target)
+        .filter((r) => r.received >= r.sentLines)
+        .map((r) => r.offeredRate),
+    );
   const firstLoss = (target: TargetName) => packed(target).find((r) => r.received < r.sentLines);
   const search = TARGETS.map((target) => {
     const lost = firstLoss(target);
     return [
       TARGET_LABELS[target],
       lossless(target) > 0 ? fmt.int(lossless(target)) : 'none: lost at the lowest step',
-      lost ? `${fmt.int(lost.offeredRate)}: ${fmt.int(lost.sentLines - lost.received)} lost (${fmt.pct((lost.sentLines - lost.received) / lost.sentLines)}), RcvbufErrors +${fmt.int(lost.rcvbufErrors)}` : 'none up to the top rate',
+      lost
+        ? `${fmt.int(lost.offeredRate)}: ${fmt.int(lost.sentLines - lost.received)} lost (${fmt.pct((lost.sentLines - lost.received) / lost.sentLines)}), RcvbufErrors +${fmt.int(lost.rcvbufErrors)}`
+        : 'none up to the top rate',
       lossless('statsd') > 0 && target !== 'statsd' ? `${fmt.fixed(lossless(target) / lossless('statsd'), 1)} ×` : '–',
     ];
   });
@@ -303,14 +315,30 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
   const recv = runs.find((r) => r.target === 'collector')?.recvBufferBytes;
   notes.push(
     `Receive buffers: our collector asks for 8 MiB and the kernel granted ${fmt.mib(recv ?? NaN)} (SO_RCVBUF is capped at net.core.rmem_max and reported doubled); statsd ${statsdVersion()} does not set one, so it gets rmem_default. Kernel drops are the system-wide /proc/net/snmp Udp RcvbufErrors delta over the run.`,
-    'Sender and receiver share this machine\'s cores (and the collector\'s PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. "accepted lines/s" = received lines / send duration. CPU is the receiver process\'s user + system time from /proc over the send and drain; RSS is VmRSS before the run and VmHWM (peak) after.',
+    "Sender and receiver share this machine's cores (and the collector's PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. \"accepted lines/s\" = received lines / send duration. CPU is the receiver process's user + system time from /proc over the send and drain; RSS is VmRSS before the run and VmHWM (peak) after.",
   );
   return {
     heading: HEADINGS.ingest,
     tables: [
       {
-        title: `${fmt.int(plan.durationSec * 1000)} ms per run, ${plan.keys} keys × 3 client IPs, one use per line; a fresh receiver process per run${plan.freshProcessPerRun ? '' : ' (quick mode: one per format)'}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} at the end`,
-        columns: ['receiver', 'format', 'offered lines/s', 'sent lines/s', 'sender CPU', 'sent', 'received', 'lost', 'persisted', 'kernel RcvbufErrors (datagrams)', 'accepted lines/s', 'receiver CPU', 'RSS before → peak'],
+        title: `${fmt.int(plan.durationSec * 1000)} ms per run, ${plan.keys} keys × 3 client IPs, one use per line; a fresh receiver process per run${plan.freshProcessPerRun ? '' : ' (quick mode: one per format)'}; load average ${loadavg()
+          .map((l) => l.toFixed(2))
+          .join(' ')} at the end`,
+        columns: [
+          'receiver',
+          'format',
+          'offered lines/s',
+          'sent lines/s',
+          'sender CPU',
+          'sent',
+          'received',
+          'lost',
+          'persisted',
+          'kernel RcvbufErrors (datagrams)',
+          'accepted lines/s',
+          'receiver CPU',
+          'RSS before → peak',
+        ],
         rows,
       },
       {
@@ -355,7 +383,7 @@ function parseAggregate(keys: IngestKey[], plan: Plan): BenchResult {
     ],
     notes: [
       `Target ≥ 1,000,000 lines/s on one core for parse + aggregate: ${fmt.verdict(headline >= 1_000_000)} (${fmt.int(headline)} lines per CPU second on the packed stream).`,
-      'Lines per CPU second divide by the process\'s user + system time (V8\'s GC helper threads included, so it errs low): on a machine shared with other work it is what one core does; the wall rate also counts time the process waited for a core.',
+      "Lines per CPU second divide by the process's user + system time (V8's GC helper threads included, so it errs low): on a machine shared with other work it is what one core does; the wall rate also counts time the process waited for a core.",
     ],
     raw: { plan: { parseLines: plan.parseLines, parseReps: plan.parseReps }, results },
   };

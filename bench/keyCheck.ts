@@ -49,13 +49,25 @@ export function runKeyCheck(ctx: BenchContext): BenchResult {
   }
   const rows = CHECKS.map((check) => {
     const values = samples[check];
-    return [check, rounds, `${median(values).toFixed(0)} ns`, `${Math.min(...values).toFixed(0)}–${Math.max(...values).toFixed(0)} ns`, `${Math.max(...values).toFixed(0)} ns`];
+    return [
+      check,
+      rounds,
+      `${median(values).toFixed(0)} ns`,
+      `${Math.min(...values).toFixed(0)}–${Math.max(...values).toFixed(0)} ns`,
+      `${Math.max(...values).toFixed(0)} ns`,
+    ];
   });
   const added = median(samples['checksummed parse']) - median(samples['legacy parse']) + median(samples['throttle, clean address']);
   ctx.log(`key checks: the checksum and the throttle add ${added.toFixed(0)} ns per request (median)`);
   return {
     heading: HEADINGS.keyCheck,
-    tables: [{ title: `Tight loops, ${iterations.toLocaleString('en')} calls per round, ${rounds} interleaved rounds`, columns: ['check', 'rounds', 'median per call', 'range', 'worst round'], rows }],
+    tables: [
+      {
+        title: `Tight loops, ${iterations.toLocaleString('en')} calls per round, ${rounds} interleaved rounds`,
+        columns: ['check', 'rounds', 'median per call', 'range', 'worst round'],
+        rows,
+      },
+    ],
     notes: [
       `The checksum (CRC32 over 79 characters) and the throttle's address check add ${added.toFixed(0)} ns per request at the median: ${((added / 170_000) * 100).toFixed(2)} % of the ≈ 170 µs a request costs (benchmark 1).`,
     ],

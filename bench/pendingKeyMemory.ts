@@ -13,7 +13,13 @@ if (!gc) throw new Error('run with node --expose-gc');
 const mode = process.argv[2] === 'worst' ? 'worst' : 'typical';
 const keys = Number(process.argv[3] ?? (mode === 'worst' ? 20_000 : 100_000));
 const now = Date.UTC(2026, 11, 1, 12, 30);
-const WORST_SAMPLES = [[-1, 'ok'], [0, 'bad_secret'], [1, 'forbidden'], [0, 'revoked'], [0, 'expired']] as const;
+const WORST_SAMPLES = [
+  [-1, 'ok'],
+  [0, 'bad_secret'],
+  [1, 'forbidden'],
+  [0, 'revoked'],
+  [0, 'expired'],
+] as const;
 
 function fill(aggregator: Aggregator, k: number) {
   const keyId = randomUUID();

@@ -35,7 +35,14 @@ function send(port: number, rate: number, durationSec: number) {
         const elapsedMs = performance.now() - started;
         const cpu = process.cpuUsage(cpuBefore);
         socket.close(() =>
-          resolve({ sentLines, sentDatagrams, failedLines, elapsedMs, achievedLinesPerSec: sentLines / (elapsedMs / 1000), senderCpuSec: (cpu.user + cpu.system) / 1e6 }),
+          resolve({
+            sentLines,
+            sentDatagrams,
+            failedLines,
+            elapsedMs,
+            achievedLinesPerSec: sentLines / (elapsedMs / 1000),
+            senderCpuSec: (cpu.user + cpu.system) / 1e6,
+          }),
         );
       };
       // Bounded in time as well as count: a sender that cannot keep up stops at the deadline and

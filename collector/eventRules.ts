@@ -6,7 +6,6 @@ import type { EventType } from '../shared/keyEvents';
 import { provenCount } from '../shared/usageWire';
 import type { KeyUsageDelta } from './aggregator';
 
-
 export interface KeyEvent {
   orgId: string;
   keyId: string;
@@ -109,7 +108,12 @@ function hourEvents(delta: KeyUsageDelta, facts: KeyFacts, t: DetectionThreshold
       emit('key.spike', within(hour.hour, delta.lastUsedAt), { hour: at, uses: hour.uses, baselineMedian, factor: t.spikeFactor, minUses: t.spikeMinUses }, at);
     }
     if (inBatch.bad_secret > 0 && hour.failed >= t.failedAttemptsPerHour) {
-      emit('key.failed_attempts', within(hour.hour, delta.lastFailedAt), { hour: at, attempts: hour.failed, threshold: t.failedAttemptsPerHour, lastIp: delta.lastFailedIp }, at);
+      emit(
+        'key.failed_attempts',
+        within(hour.hour, delta.lastFailedAt),
+        { hour: at, attempts: hour.failed, threshold: t.failedAttemptsPerHour, lastIp: delta.lastFailedIp },
+        at,
+      );
     }
   }
 }

@@ -143,12 +143,18 @@ export class Flusher {
     s.lastFlushStatements = result.statements;
     s.eventsRecorded += result.eventsRecorded;
     if (result.unknownKeys > 0) {
-      this.options.logger.warn({ unknownKeys: result.unknownKeys, unknownUses: result.unknownUses }, 'dropped uses of keys that do not exist in the org they named');
+      this.options.logger.warn(
+        { unknownKeys: result.unknownKeys, unknownUses: result.unknownUses },
+        'dropped uses of keys that do not exist in the org they named',
+      );
     }
     for (const { keyId, orgId, uses } of result.quarantined) {
       s.quarantinedKeys += 1;
       s.quarantinedUses += uses;
-      this.options.logger.error({ keyId, orgId, uses }, 'PostgreSQL refused this key\'s usage rows (data error); its uses were set aside so every other key is written');
+      this.options.logger.error(
+        { keyId, orgId, uses },
+        "PostgreSQL refused this key's usage rows (data error); its uses were set aside so every other key is written",
+      );
     }
     if (result.duplicateBatches > 0) {
       this.options.logger.info({ duplicateBatches: result.duplicateBatches }, 'skipped batches already committed by an earlier attempt');

@@ -33,7 +33,11 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const now = overrides.now ?? Date.now;
   const inCluster = overrides.receiverIndex !== undefined;
   // One connection for the flusher, one for upkeep, one for the webhook worker's short statements.
-  const db = await createCheckedDb(databaseUrl, { poolMax: 3, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' }, logger);
+  const db = await createCheckedDb(
+    databaseUrl,
+    { poolMax: 3, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' },
+    logger,
+  );
   const events = config.collector.events;
   const store = overrides.store ?? createPgUsageStore(db, { events: events.enabled ? events : undefined });
   const aggregator = new Aggregator({ maxKeys: config.collector.aggregatorMaxKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
@@ -70,7 +74,12 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     });
   }
   logger.info(
-    { udp: `${receiver.host}:${receiver.port}`, recvBufferBytes: receiver.recvBufferBytes, metrics: metricsPort && `${config.collector.metricsHost}:${metricsPort}`, flushIntervalMs: config.collector.flushIntervalMs },
+    {
+      udp: `${receiver.host}:${receiver.port}`,
+      recvBufferBytes: receiver.recvBufferBytes,
+      metrics: metricsPort && `${config.collector.metricsHost}:${metricsPort}`,
+      flushIntervalMs: config.collector.flushIntervalMs,
+    },
     // In a cluster the primary says 'collector listening' once every receiver is.
     inCluster ? 'receiver listening' : 'collector listening',
   );
@@ -100,7 +109,8 @@ async function startRelay(config: Config, warn: ReturnType<typeof rateLimitedWar
   });
   const relay = new Relay({
     sink,
-    onError: (error, stats) => warn('relay_error', { err: { message: error.message }, droppedLines: stats.droppedLines }, 'could not relay StatsD lines to COLLECTOR_RELAY_TO'),
+    onError: (error, stats) =>
+      warn('relay_error', { err: { message: error.message }, droppedLines: stats.droppedLines }, 'could not relay StatsD lines to COLLECTOR_RELAY_TO'),
   });
   relay.start();
   return relay;

@@ -31,9 +31,7 @@ export function startReceiver(options: {
   return new Promise((resolve, reject) => {
     socket.once('error', (error: NodeJS.ErrnoException) => {
       reject(
-        error.code === 'EADDRINUSE'
-          ? new Error(`UDP port ${options.port} on ${options.host} is already in use; set COLLECTOR_PORT to a free port`)
-          : error,
+        error.code === 'EADDRINUSE' ? new Error(`UDP port ${options.port} on ${options.host} is already in use; set COLLECTOR_PORT to a free port`) : error,
       );
     });
     socket.bind({ port: options.port, address: options.host, exclusive: options.shared !== true }, () => {

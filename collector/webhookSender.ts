@@ -77,5 +77,11 @@ export async function postWebhook(url: string, headers: Record<string, string>, 
     if (error instanceof TargetRefusedError) return { ok: false, statusCode: null, error: `refused: ${error.message}` };
     throw error;
   }
-  return exchange(target, addresses, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers }, body, options.timeoutMs);
+  return exchange(
+    target,
+    addresses,
+    { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers },
+    body,
+    options.timeoutMs,
+  );
 }

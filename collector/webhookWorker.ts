@@ -76,7 +76,8 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     const context = { webhookId: delivery.webhookId, deliveryId: delivery.id, eventId: delivery.eventId, attempt: delivery.attempt };
     if (state === 'succeeded') stats.delivered += 1;
     else stats.failedAttempts += 1;
-    if (state === 'pending') warn(`webhook_${delivery.webhookId}`, { ...context, statusCode: result.statusCode, error: result.error }, 'webhook attempt failed; will retry');
+    if (state === 'pending')
+      warn(`webhook_${delivery.webhookId}`, { ...context, statusCode: result.statusCode, error: result.error }, 'webhook attempt failed; will retry');
     if (state === 'failed') {
       stats.gaveUp += 1;
       logger.error({ ...context, statusCode: result.statusCode, error: result.error }, 'webhook delivery failed after its last attempt');

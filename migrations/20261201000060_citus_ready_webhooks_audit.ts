@@ -50,7 +50,9 @@ async function addOrgId(knex: Knex, table: string, parent: string, via: string) 
       select org_id into new.org_id from ${parent} where id = new.${via};
       return new;
     end $$`);
-  await knex.raw(`create trigger ${table}_fill_org_id before insert on ${table} for each row when (new.org_id is null) execute function ${table}_fill_org_id()`);
+  await knex.raw(
+    `create trigger ${table}_fill_org_id before insert on ${table} for each row when (new.org_id is null) execute function ${table}_fill_org_id()`,
+  );
 }
 
 async function dropOrgId(knex: Knex, table: string) {

@@ -88,7 +88,10 @@ const checkId = (value: string, what: string) => check(uuid, value, what);
 
 function parseScopes(raw: string | undefined): Scope[] {
   if (raw === undefined) throw new UsageError('--scopes is required');
-  const scopes = raw.split(',').map((scope) => scope.trim()).filter(Boolean);
+  const scopes = raw
+    .split(',')
+    .map((scope) => scope.trim())
+    .filter(Boolean);
   if (scopes.length === 0) throw new UsageError('--scopes: must list at least one scope');
   for (const scope of scopes) {
     if (!(SCOPES as readonly string[]).includes(scope)) {
@@ -118,7 +121,11 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
 };
 
 // The same bounds as the HTTP API's dormantDays.
-const dormantDays = z.string().regex(/^\d+$/, 'must be a whole number').transform(Number).pipe(z.number().min(1, 'must be at least 1').max(3650, 'must be at most 3650'));
+const dormantDays = z
+  .string()
+  .regex(/^\d+$/, 'must be a whole number')
+  .transform(Number)
+  .pipe(z.number().min(1, 'must be at least 1').max(3650, 'must be at most 3650'));
 
 function isCommandKind(value: string): value is Command['kind'] {
   return Object.hasOwn(SIGNATURES, value);
@@ -195,14 +202,20 @@ const printable = (text: string) => text.replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
 
 function table(rows: string[][]): string {
   const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));
-  return rows.map((row) => row.map((cell, column) => cell.padEnd(widths[column])).join('  ').trimEnd()).join('\n');
+  return rows
+    .map((row) =>
+      row
+        .map((cell, column) => cell.padEnd(widths[column]))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 const orgJson = (org: Organization) => ({ id: org.id, name: org.name, createdAt: org.createdAt.toISOString() });
 
 const ONCE_WARNING =
-  'This key is shown only once and cannot be recovered: store it now (e.g. in a secret manager). ' +
-  'If it is lost, create a new key and revoke this one.';
+  'This key is shown only once and cannot be recovered: store it now (e.g. in a secret manager). ' + 'If it is lost, create a new key and revoke this one.';
 
 function describeKey(key: ApiKeyView): string {
   return [
@@ -310,7 +323,12 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
   const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
   deps.out(`${verb} ${result.keys.length} key(s) of organization ${command.orgId} unused for ${command.dormantDays} days.`);
   if (result.keys.length === 0) return;
-  deps.out(table([['ID', 'PREFIX', 'NAME', 'CREATED', 'LAST USED'], ...result.keys.map((key) => [key.id, key.displayPrefix, printable(key.name), key.createdAt, key.lastUsedAt ?? 'never'])]));
+  deps.out(
+    table([
+      ['ID', 'PREFIX', 'NAME', 'CREATED', 'LAST USED'],
+      ...result.keys.map((key) => [key.id, key.displayPrefix, printable(key.name), key.createdAt, key.lastUsedAt ?? 'never']),
+    ]),
+  );
 };
 
 // Which configured pepper each id is, and its place in the report: current, previous ones in
@@ -328,10 +346,18 @@ function pepperSource(id: string | null, deps: CliDeps): { rank: number; source:
 // A data subject's erasure request: every address kept for the key, and an audit entry saying so.
 async function eraseIps(command: { orgId: string; keyId: string; json: boolean }, deps: CliDeps): Promise<void> {
   await requireOrganization(deps.db, command.orgId);
-  if (!(await findApiKeyInOrg(deps.db, command.orgId, command.keyId))) throw new AppError('not_found', `API key ${command.keyId} not found in organization ${command.orgId}`);
+  if (!(await findApiKeyInOrg(deps.db, command.orgId, command.keyId)))
+    throw new AppError('not_found', `API key ${command.keyId} not found in organization ${command.orgId}`);
   const erased = await deps.db.transaction(async (trx) => {
     const counts = await eraseKeyIps(trx, command.keyId);
-    await recordAudit(trx, { orgId: command.orgId, actor: { type: 'cli' }, action: 'key.erase_ips', targetKeyId: command.keyId, details: { erased: counts }, ip: null });
+    await recordAudit(trx, {
+      orgId: command.orgId,
+      actor: { type: 'cli' },
+      action: 'key.erase_ips',
+      targetKeyId: command.keyId,
+      details: { erased: counts },
+      ip: null,
+    });
     return counts;
   });
   if (command.json) return printJson(deps, erased);
@@ -347,7 +373,12 @@ async function pepperStatus(json: boolean, deps: CliDeps): Promise<void> {
     .map(({ rank, ...row }) => row);
   if (json) return printJson(deps, rows);
   if (rows.length === 0) return deps.out('No usable API keys.');
-  deps.out(table([['PEPPER', 'KEYS', 'PREVIOUS SECRETS IN GRACE', 'SOURCE'], ...rows.map((row) => [row.pepperId ?? '-', String(row.secrets), String(row.previousSecrets), row.source])]));
+  deps.out(
+    table([
+      ['PEPPER', 'KEYS', 'PREVIOUS SECRETS IN GRACE', 'SOURCE'],
+      ...rows.map((row) => [row.pepperId ?? '-', String(row.secrets), String(row.previousSecrets), row.source]),
+    ]),
+  );
   deps.out('\nA previous pepper can be removed from KEY_PEPPER_PREVIOUS once no row names it (keys move to KEY_PEPPER on their next use).');
 }
 
@@ -427,9 +458,7 @@ export function openDatabase(config: Config, err: (text: string) => void): CliDa
       let othersConnected = false;
       if (!wasRunning) {
         const result = await db
-          .raw(
-            `select count(*) as others from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()`,
-          )
+          .raw(`select count(*) as others from pg_stat_activity where backend_type = 'client backend' and pid <> pg_backend_pid()`)
           .catch(() => undefined);
         othersConnected = Number(result?.rows[0]?.others ?? 0) > 0;
       }
@@ -458,7 +487,14 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
     database = openDatabase(config, io.err);
     const applied = await migrateLatest(database.db);
     if (applied.length > 0) io.err(`Applied ${applied.length} migration(s): ${applied.join(', ')}`);
-    return await runCommand(parsed.command, { db: database.db, out: io.out, err: io.err, pepper: config.api.keyPepper, previousPeppers: config.api.previousKeyPeppers, now });
+    return await runCommand(parsed.command, {
+      db: database.db,
+      out: io.out,
+      err: io.err,
+      pepper: config.api.keyPepper,
+      previousPeppers: config.api.previousKeyPeppers,
+      now,
+    });
   } catch (error) {
     io.err(`error: ${(error as Error).message}`);
     return 1;

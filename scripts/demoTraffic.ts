@@ -120,9 +120,12 @@ class Client {
     this.requestsSent += 1;
     const url = new URL(this.baseUrl + path);
     return new Promise((resolve, reject) => {
-      const request = http.get({ host: url.hostname, port: url.port, path, localAddress, headers: { authorization: `Bearer ${key}` }, timeout: 5000 }, (response) => {
-        response.resume().on('end', () => resolve(response.statusCode ?? 0));
-      });
+      const request = http.get(
+        { host: url.hostname, port: url.port, path, localAddress, headers: { authorization: `Bearer ${key}` }, timeout: 5000 },
+        (response) => {
+          response.resume().on('end', () => resolve(response.statusCode ?? 0));
+        },
+      );
       request.on('timeout', () => request.destroy(new Error('timed out'))).on('error', reject);
     });
   }
@@ -138,7 +141,11 @@ class Client {
 }
 
 // What each role sends, and the outcome the API records for each answer.
-function requestFor(key: DemoKey, orgId: string, turn: number): { method: string; path: string; key: string; body?: unknown; outcomeOf: (status: number) => Outcome | undefined } {
+function requestFor(
+  key: DemoKey,
+  orgId: string,
+  turn: number,
+): { method: string; path: string; key: string; body?: unknown; outcomeOf: (status: number) => Outcome | undefined } {
   const keys = `/api/orgs/${orgId}/api-keys`;
   const okOr = (failure: Outcome) => (status: number) => (status < 300 ? 'ok' : status === 401 ? failure : undefined);
   switch (key.role) {
@@ -149,7 +156,13 @@ function requestFor(key: DemoKey, orgId: string, turn: number): { method: string
     case 'readonly':
       // Every third request tries to create a key, which needs keys:write.
       return turn % 3 === 2
-        ? { method: 'POST', path: keys, key: key.plaintext, body: { name: 'demo-traffic-never-created', scopes: ['keys:read'] }, outcomeOf: (s) => (s === 403 ? 'forbidden' : undefined) }
+        ? {
+            method: 'POST',
+            path: keys,
+            key: key.plaintext,
+            body: { name: 'demo-traffic-never-created', scopes: ['keys:read'] },
+            outcomeOf: (s) => (s === 403 ? 'forbidden' : undefined),
+          }
         : { method: 'GET', path: keys, key: key.plaintext, outcomeOf: okOr('bad_secret') };
     case 'revoked':
       return { method: 'GET', path: '/api/whoami', key: key.plaintext, outcomeOf: okOr('revoked') };
@@ -255,7 +268,9 @@ async function adminOrg(client: Client, baseUrl: string, admin: string): Promise
   } catch (error) {
     const cause = (error as { cause?: { code?: string } }).cause?.code;
     if (cause === 'ECONNREFUSED') throw new UsageError(`Nothing answers on ${baseUrl}: start the system with \`npm start\` (or set PORT to its port)`);
-    throw new UsageError(`The key was refused (${(error as Error).message}); use the key \`npm start\` printed, or mint one with \`npm run cli -- key create <orgId> --name demo --scopes keys:read,keys:write\``);
+    throw new UsageError(
+      `The key was refused (${(error as Error).message}); use the key \`npm start\` printed, or mint one with \`npm run cli -- key create <orgId> --name demo --scopes keys:read,keys:write\``,
+    );
   }
   for (const scope of ['keys:read', 'keys:write']) {
     if (!whoami.scopes.includes(scope)) throw new UsageError(`The key lacks the ${scope} scope; use a key with keys:read and keys:write`);
@@ -306,14 +321,28 @@ async function settledUsage(client: Client, orgId: string, admin: string, keys: 
   await sleep(SETTLE_MS);
   const wanted = new Set(keys.map((key) => key.id));
   let usage = await readUsage(client, orgId, admin, wanted);
-  for (const retryUntil = Date.now() + SETTLE_RETRY_MS; !keys.every((key) => matches(key, usage.get(key.id))) && Date.now() < retryUntil; ) {
+  for (const retryUntil = Date.now() + SETTLE_RETRY_MS; !keys.every((key) => matches(key, usage.get(key.id))) && Date.now() < retryUntil;) {
     await sleep(500);
     usage = await readUsage(client, orgId, admin, wanted);
   }
   return usage;
 }
 
-const USAGE_HEADER = ['key', 'status', 'uses', 'ok', 'forbidden', 'revoked', 'expired', 'bad_secret', 'last24h', 'lastUsedAt', 'lastUsedIp', 'dormant', 'matches'];
+const USAGE_HEADER = [
+  'key',
+  'status',
+  'uses',
+  'ok',
+  'forbidden',
+  'revoked',
+  'expired',
+  'bad_secret',
+  'last24h',
+  'lastUsedAt',
+  'lastUsedIp',
+  'dormant',
+  'matches',
+];
 
 function usageRow(key: DemoKey, row: UsageRow | undefined): string[] {
   if (!row) return [key.name, 'missing', ...USAGE_HEADER.slice(2).map(() => '-')];
@@ -345,7 +374,9 @@ async function run(options: Options & { key: string }, port: number, keyShown: s
   const demoKeys = await createDemoKeys(client, keysPath, admin);
   await sendPhases(client, orgId, demoKeys, options, admin);
   const elapsed = ((Date.now() - started) / 1000).toFixed(1);
-  console.log(`Sent ${client.requestsSent} requests in ${elapsed} s${client.failures > 0 ? ` (${client.failures} unexpected answers or errors)` : ''}; waiting for the collector to flush...`);
+  console.log(
+    `Sent ${client.requestsSent} requests in ${elapsed} s${client.failures > 0 ? ` (${client.failures} unexpected answers or errors)` : ''}; waiting for the collector to flush...`,
+  );
 
   const keys = [demoKeys.ci, demoKeys.readonly, demoKeys.revoked, demoKeys.expiring, demoKeys.wrong, demoKeys.unused];
   const usage = await settledUsage(client, orgId, admin, keys);
@@ -412,10 +443,13 @@ async function main() {
   if (typeof parsed === 'number') process.exit(parsed);
   const { options, config } = parsed;
   // A hard stop, whatever the server does.
-  setTimeout(() => {
-    console.error('demo-traffic: giving up after the time limit');
-    process.exit(1);
-  }, (options.seconds + 15) * 1000).unref();
+  setTimeout(
+    () => {
+      console.error('demo-traffic: giving up after the time limit');
+      process.exit(1);
+    },
+    (options.seconds + 15) * 1000,
+  ).unref();
   let runKey: RunKey | undefined;
   let code = 1;
   try {
@@ -424,7 +458,9 @@ async function main() {
   } catch (error) {
     console.error(error instanceof UsageError ? error.message : `demo-traffic failed: ${(error as Error).message}`);
   }
-  await runKey?.release(`http://127.0.0.1:${config.api.port}`).catch((error: Error) => console.error(`demo-traffic: the minted key could not be revoked: ${error.message}`));
+  await runKey
+    ?.release(`http://127.0.0.1:${config.api.port}`)
+    .catch((error: Error) => console.error(`demo-traffic: the minted key could not be revoked: ${error.message}`));
   process.exit(code);
 }
 

@@ -26,10 +26,7 @@ export async function migrate(env: NodeJS.ProcessEnv, io: MigrateIo = stdio): Pr
     return 1;
   }
   if (!config.database.url) {
-    io.err(
-      'error: DATABASE_URL is not set. Set it to the PostgreSQL to migrate ' +
-        '(npm start runs the migrations itself on its embedded database).',
-    );
+    io.err('error: DATABASE_URL is not set. Set it to the PostgreSQL to migrate ' + '(npm start runs the migrations itself on its embedded database).');
     return 1;
   }
   const db = createDb(config.database.url, { poolMax: 1, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-migrate' });

@@ -25,22 +25,20 @@ const dayList = z
   .pipe(z.array(z.number().min(1, 'each must be at least 1').max(365, 'each must be at most 365')));
 
 // `host:port` of a UDP upstream; an IPv6 address goes in brackets (`[::1]:8125`), as in a URL.
-const hostPort = z
-  .string()
-  .transform((value, ctx) => {
-    const match = /^(?:\[([^\]]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(value);
-    const host = match?.[1] ?? match?.[2];
-    const port = Number(match?.[3]);
-    if (match?.[1] !== undefined && isIP(match[1]) !== 6) {
-      ctx.addIssue({ code: 'custom', message: 'an address in brackets must be IPv6' });
-      return z.NEVER;
-    }
-    if (host === undefined || !(port >= 1 && port <= 65535)) {
-      ctx.addIssue({ code: 'custom', message: 'must be host:port (a name or an IPv4 address, or [IPv6]:port), port 1-65535' });
-      return z.NEVER;
-    }
-    return { host, port };
-  });
+const hostPort = z.string().transform((value, ctx) => {
+  const match = /^(?:\[([^\]]+)\]|([^:[\]\s]+)):(\d{1,5})$/.exec(value);
+  const host = match?.[1] ?? match?.[2];
+  const port = Number(match?.[3]);
+  if (match?.[1] !== undefined && isIP(match[1]) !== 6) {
+    ctx.addIssue({ code: 'custom', message: 'an address in brackets must be IPv6' });
+    return z.NEVER;
+  }
+  if (host === undefined || !(port >= 1 && port <= 65535)) {
+    ctx.addIssue({ code: 'custom', message: 'must be host:port (a name or an IPv4 address, or [IPv6]:port), port 1-65535' });
+    return z.NEVER;
+  }
+  return { host, port };
+});
 
 const PROXY_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal']);
 
@@ -62,7 +60,10 @@ const trustProxy = z
     if (value === 'false') return false;
     if (value === 'true') return true;
     if (/^\d+$/.test(value)) return Number(value);
-    const entries = value.split(',').map((part) => part.trim()).filter(Boolean);
+    const entries = value
+      .split(',')
+      .map((part) => part.trim())
+      .filter(Boolean);
     const bad = entries.find((entry) => !isProxyEntry(entry));
     if (bad !== undefined) {
       ctx.addIssue({ code: 'custom', message: `"${bad}" is not an IP, CIDR, loopback, linklocal or uniquelocal` });
@@ -76,8 +77,14 @@ export const DEFAULT_DATABASE_CONNECT_TIMEOUT_MS = 5000;
 
 const variables = {
   // Any name (production, staging, …); only development and test relax the guards below.
-  NODE_ENV: z.string().regex(/^[a-z][a-z0-9_-]{0,31}$/, 'must be a lower-case name such as production, development or test').optional(),
-  DATABASE_URL: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL').optional(),
+  NODE_ENV: z
+    .string()
+    .regex(/^[a-z][a-z0-9_-]{0,31}$/, 'must be a lower-case name such as production, development or test')
+    .optional(),
+  DATABASE_URL: z
+    .string()
+    .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL')
+    .optional(),
   DATABASE_POOL_MAX: positiveInt(1000).default(10),
   DATABASE_CONNECT_TIMEOUT_MS: wholeNumber(100, 120_000).default(DEFAULT_DATABASE_CONNECT_TIMEOUT_MS),
   EMBEDDED_PG_DIR: z.string().min(1).default('.data/postgres'),
@@ -91,7 +98,12 @@ const variables = {
   // Older peppers, newest first: hashes they made still verify and are rehashed with KEY_PEPPER.
   KEY_PEPPER_PREVIOUS: z
     .string()
-    .transform((value) => value.split(',').map((pepper) => pepper.trim()).filter(Boolean))
+    .transform((value) =>
+      value
+        .split(',')
+        .map((pepper) => pepper.trim())
+        .filter(Boolean),
+    )
     .pipe(z.array(z.string().min(32, 'each pepper must be at least 32 characters')))
     .optional(),
   KEY_CACHE_TTL_MS: wholeNumber(0, 60_000).default(2000),
@@ -204,14 +216,18 @@ function relayProblems(v: Variables): string[] {
   const relay = v.COLLECTOR_RELAY_TO;
   if (relay === undefined || relay.port !== v.COLLECTOR_PORT) return [];
   const own = new Set([v.COLLECTOR_HOST, ...(isLoopbackAddress(v.COLLECTOR_HOST) ? ['localhost', '127.0.0.1', '::1'] : [])]);
-  return own.has(relay.host) ? ["COLLECTOR_RELAY_TO: is the collector's own address (COLLECTOR_HOST:COLLECTOR_PORT); relayed lines would come back for ever"] : [];
+  return own.has(relay.host)
+    ? ["COLLECTOR_RELAY_TO: is the collector's own address (COLLECTOR_HOST:COLLECTOR_PORT); relayed lines would come back for ever"]
+    : [];
 }
 
 // Each receiving process keeps its own replay cache, and the kernel hands a datagram to whichever
 // process reads first: a replayed copy could reach a process that never saw the original.
 function receiverProblems(v: Variables): string[] {
   if (v.COLLECTOR_RECEIVERS === 1 || !v.USAGE_SIGNING_SECRET) return [];
-  return ['COLLECTOR_RECEIVERS: must be 1 when USAGE_SIGNING_SECRET is set (each receiver has its own replay cache, so a replay could reach one that never saw the original)'];
+  return [
+    'COLLECTOR_RECEIVERS: must be 1 when USAGE_SIGNING_SECRET is set (each receiver has its own replay cache, so a replay could reach one that never saw the original)',
+  ];
 }
 
 // One parser per section of the config, each reading only the variables of its section.

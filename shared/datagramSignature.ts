@@ -27,9 +27,7 @@ export function signDatagram(body: string, secret: string, now: number, nonce = 
   return `${body}\n${SIGNATURE_METRIC}:1|c|#v:1,ts:${ts},n:${nonce},mac:${mac}`;
 }
 
-export type SignatureVerdict =
-  | { ok: true; body: string }
-  | { ok: false; reason: 'unsigned' | 'bad_signature' | 'stale' | 'replayed' | 'replay_cache_full' };
+export type SignatureVerdict = { ok: true; body: string } | { ok: false; reason: 'unsigned' | 'bad_signature' | 'stale' | 'replayed' | 'replay_cache_full' };
 
 /**
  * Returns a checker for packets as the receiver decodes them (latin1: one char per byte). Several

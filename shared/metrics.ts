@@ -86,7 +86,9 @@ export function metricsServer(options: MetricsServerOptions) {
       const { health } = options;
       Promise.resolve(health()).then((h) => res.writeHead(h.healthy ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(h)), failed);
     } else {
-      res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `not found; try /metrics${options.health ? ' or /healthz' : ''}` }));
+      res
+        .writeHead(404, { 'content-type': 'application/json' })
+        .end(JSON.stringify({ error: `not found; try /metrics${options.health ? ' or /healthz' : ''}` }));
     }
   });
 }

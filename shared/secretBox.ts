@@ -17,7 +17,9 @@ export interface SecretBox {
 // Sealed with the first pepper; opened with any of them (current first), so a KEY_PEPPER moved to
 // KEY_PEPPER_PREVIOUS keeps what it sealed readable through a rotation.
 export function secretBox(peppers: string | readonly string[], purpose: string): SecretBox {
-  const keys = (typeof peppers === 'string' ? [peppers] : peppers).map((pepper) => Buffer.from(hkdfSync('sha256', pepper, Buffer.alloc(0), `keyusage:${purpose}`, 32)));
+  const keys = (typeof peppers === 'string' ? [peppers] : peppers).map((pepper) =>
+    Buffer.from(hkdfSync('sha256', pepper, Buffer.alloc(0), `keyusage:${purpose}`, 32)),
+  );
   const open = (key: Buffer, box: Buffer, rowId: string) => {
     const decipher = createDecipheriv('aes-256-gcm', key, box.subarray(0, IV_BYTES)).setAAD(Buffer.from(rowId));
     decipher.setAuthTag(box.subarray(IV_BYTES, IV_BYTES + TAG_BYTES));

@@ -227,7 +227,7 @@ function parseLine(s: string, start: number, end: number): UsageSample | string 
 // extensions, which are tolerated. Returns why the line is invalid, if it is.
 function readFields(s: string, start: number, typeEnd: number, end: number, isUsage: boolean, fields: LineFields): string | undefined {
   let sawRate = false;
-  for (let bar = typeEnd; bar < end; ) {
+  for (let bar = typeEnd; bar < end;) {
     const from = bar + 1;
     const to = fieldEnd(s, from, end);
     if (to === from) return `empty field in ${quote(s, start, end)}`;
@@ -389,7 +389,7 @@ function metricType(s: string, start: number, end: number): string | undefined {
 // is not above zero, so the caller refuses the line: a use cannot be taken back.
 function parseValues(s: string, start: number, end: number, positive: boolean): number {
   let sum = 0;
-  for (let from = start; ; ) {
+  for (let from = start; ;) {
     let to = s.indexOf(':', from);
     if (to < 0 || to > end) to = end;
     const value = parseDecimal(s, from, to);

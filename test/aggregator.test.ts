@@ -96,10 +96,13 @@ t.test('only a proven secret makes a key look used; a wrong one is a failed atte
   t.strictSame([...delta.ips.keys()], ['10.0.0.1'], 'nor the recent IPs');
   t.equal(delta.lastFailedAt, T0 + 20);
   t.equal(delta.lastFailedIp, '203.0.113.8');
-  t.strictSame([...delta.failedIps], [
-    ['203.0.113.7', { count: 3, firstSeen: T0 + 10, lastSeen: T0 + 10 }],
-    ['203.0.113.8', { count: 1, firstSeen: T0 + 20, lastSeen: T0 + 20 }],
-  ]);
+  t.strictSame(
+    [...delta.failedIps],
+    [
+      ['203.0.113.7', { count: 3, firstSeen: T0 + 10, lastSeen: T0 + 10 }],
+      ['203.0.113.8', { count: 1, firstSeen: T0 + 20, lastSeen: T0 + 20 }],
+    ],
+  );
   t.strictSame(delta.hours.get(HOUR_10), outcomes({ ok: 1, bad_secret: 4 }), 'the hour keeps both, apart');
   t.equal(delta.total, 5, 'every outcome still counts in the total');
 });
@@ -146,11 +149,14 @@ t.test('hourly buckets split at the hour boundary', async (t) => {
     aggregator.add(use({ count }));
   }
   const [delta] = aggregator.drain().keys;
-  t.strictSame([...delta.hours], [
-    [HOUR_10, outcomes({ ok: 3 })],
-    [HOUR_11, outcomes({ ok: 12 })],
-    [HOUR_11 + 3_600_000, outcomes({ ok: 11 })],
-  ]);
+  t.strictSame(
+    [...delta.hours],
+    [
+      [HOUR_10, outcomes({ ok: 3 })],
+      [HOUR_11, outcomes({ ok: 12 })],
+      [HOUR_11 + 3_600_000, outcomes({ ok: 11 })],
+    ],
+  );
   t.equal(delta.total, 26);
 });
 
@@ -268,7 +274,14 @@ t.test('drain hands everything over and starts fresh', async (t) => {
 });
 
 t.test('options are validated', async (t) => {
-  const bad: Array<Partial<AggregatorOptions>> = [{ maxKeys: 0 }, { maxKeys: -1 }, { maxKeys: 1.5 }, { maxKeys: NaN }, { maxIpsPerKey: 0 }, { maxIpsPerKey: 2.5 }];
+  const bad: Array<Partial<AggregatorOptions>> = [
+    { maxKeys: 0 },
+    { maxKeys: -1 },
+    { maxKeys: 1.5 },
+    { maxKeys: NaN },
+    { maxIpsPerKey: 0 },
+    { maxIpsPerKey: 2.5 },
+  ];
   for (const options of bad) t.throws(() => fakeAggregator(options), RangeError, JSON.stringify(options));
   t.throws(() => mergeBatches([], 0), RangeError);
 });
@@ -296,7 +309,13 @@ t.test('mergeBatches', async (t) => {
         hours: new Map([[HOUR_10, outcomes({ ok: 5, revoked: 2 })]]),
         lastRevokedUseAt: T0 + 50,
       }),
-      delta({ keyId: KEY_B, total: 3, byOutcome: outcomes({ expired: 3 }), ips: ipsOf(['::1', 3, T0, T0]), hours: new Map([[HOUR_10, outcomes({ expired: 3 })]]) }),
+      delta({
+        keyId: KEY_B,
+        total: 3,
+        byOutcome: outcomes({ expired: 3 }),
+        ips: ipsOf(['::1', 3, T0, T0]),
+        hours: new Map([[HOUR_10, outcomes({ expired: 3 })]]),
+      }),
     ],
   };
   const newer: UsageBatch = {
@@ -338,7 +357,10 @@ t.test('mergeBatches', async (t) => {
   t.test('sums totals, outcomes, hours and ip stats', async (t) => {
     const merged = mergeBatches([older, newer]);
     t.equal(merged.uses, 16);
-    t.strictSame(merged.keys.map((k) => k.keyId), [KEY_A, KEY_B]);
+    t.strictSame(
+      merged.keys.map((k) => k.keyId),
+      [KEY_A, KEY_B],
+    );
     t.strictSame(merged.keys[0], expectedA);
     t.strictSame([...merged.keys[0].ips.keys()], [...expectedA.ips.keys()], 'ips ordered least recently seen first');
     t.strictSame(merged.keys[1], older.keys[1]);
@@ -465,7 +487,14 @@ t.test('keys whose ids end alike are still counted apart, before and after a dra
   }
   aggregator.add(use({ keyId: twins[1], orgId: ORG_2 }));
   aggregator.add(use({ keyId: twins[1] }));
-  t.strictSame(aggregator.drain().keys.map((k) => [k.keyId, k.orgId]), [[twins[1], ORG_2], [twins[1], ORG_1]], 'the org check still applies');
+  t.strictSame(
+    aggregator.drain().keys.map((k) => [k.keyId, k.orgId]),
+    [
+      [twins[1], ORG_2],
+      [twins[1], ORG_1],
+    ],
+    'the org check still applies',
+  );
 });
 
 t.test('a full ip map evicts the least recently seen, by timestamp, not by arrival', async (t) => {

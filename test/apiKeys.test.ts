@@ -82,7 +82,10 @@ t.test('expiry', async (t) => {
   t.equal((await api.request('GET', '/api/whoami', { key: expiring.body.key })).status, 401);
   const view = await api.request('GET', `/api/orgs/${org.id}/api-keys/${expiring.body.id}`, { key: adminKey });
   t.equal(view.body.status, 'expired');
-  t.same(api.uses.map((use) => use.outcome), ['ok', 'ok', 'expired', 'ok']);
+  t.same(
+    api.uses.map((use) => use.outcome),
+    ['ok', 'ok', 'expired', 'ok'],
+  );
 
   const past = await api.request('POST', `/api/orgs/${org.id}/api-keys`, {
     key: adminKey,
@@ -234,11 +237,19 @@ t.test('names with control characters are a 400, never a 500', async (t) => {
   ]) {
     const response = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name, scopes: ['keys:read'] } });
     t.same([response.status, response.body.error?.code], [400, 'invalid_request'], `${label}: 400`);
-    t.equal(response.body.error.message, 'Invalid body: name: must not contain control characters (such as NUL, tab, newline or ESC)', `${label}: a clear message`);
+    t.equal(
+      response.body.error.message,
+      'Invalid body: name: must not contain control characters (such as NUL, tab, newline or ESC)',
+      `${label}: a clear message`,
+    );
   }
   const fine = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name: '  CI – déploiements 🚀 ', scopes: ['keys:read'] } });
   t.same([fine.status, fine.body.name], [201, 'CI – déploiements 🚀'], 'any printable Unicode is fine, surrounding space trimmed');
-  t.same(api.evidence.logLines.filter((line) => JSON.parse(line).level >= 50), [], 'nothing logged as an unhandled error');
+  t.same(
+    api.evidence.logLines.filter((line) => JSON.parse(line).level >= 50),
+    [],
+    'nothing logged as an unhandled error',
+  );
 });
 
 t.test('responses that carry a plaintext key are never cached', async (t) => {
@@ -254,7 +265,7 @@ t.test('responses that carry a plaintext key are never cached', async (t) => {
   t.equal(rotated.headers.get('cache-control'), 'no-store', 'rotate');
 });
 
-t.test('a key whose checksum does not match is refused before any lookup and counted as nobody\'s use', async (t) => {
+t.test("a key whose checksum does not match is refused before any lookup and counted as nobody's use", async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
   const { org, adminKey, adminKeyId } = await seedOrg(api, db);
@@ -268,7 +279,10 @@ t.test('a key whose checksum does not match is refused before any lookup and cou
   const flip = (c: string) => (c === 'a' ? 'b' : 'a');
   const typo = adminKey.slice(0, 40) + flip(adminKey[40]) + adminKey.slice(41);
   const badChecksum = adminKey.slice(0, -1) + flip(adminKey.slice(-1));
-  for (const [label, key] of [['a typo in the secret', typo], ['a wrong checksum', badChecksum]]) {
+  for (const [label, key] of [
+    ['a typo in the secret', typo],
+    ['a wrong checksum', badChecksum],
+  ]) {
     const response = await api.request('GET', `/api/orgs/${org.id}/api-keys`, { key });
     t.same([response.status, response.body.error.code], [401, 'unauthorized'], `${label}: 401 like any other`);
   }
@@ -278,7 +292,11 @@ t.test('a key whose checksum does not match is refused before any lookup and cou
   const wrongSecret = `${adminKey.slice(0, 36)}${'Z'.repeat(43)}`;
   const wellFormed = wrongSecret + checksumOf(wrongSecret);
   t.equal((await api.request('GET', '/api/whoami', { key: wellFormed })).status, 401);
-  t.same(api.uses.slice(usesBefore).map((use) => [use.keyId, use.outcome]), [[adminKeyId, 'bad_secret']], 'a well-formed wrong secret still is a failed attempt on the key');
+  t.same(
+    api.uses.slice(usesBefore).map((use) => [use.keyId, use.outcome]),
+    [[adminKeyId, 'bad_secret']],
+    'a well-formed wrong secret still is a failed attempt on the key',
+  );
 });
 
 t.test('a key issued before the checksum keeps working until it is rotated', async (t) => {

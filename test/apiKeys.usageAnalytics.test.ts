@@ -29,7 +29,11 @@ t.test('thousands of concurrent requests are counted exactly, by outcome, and sh
   const FORBIDDEN = 60;
   const BAD_SECRET = 40;
   await inBatches(OK, 100, async () => t.equal((await api.request('GET', '/api/whoami', { key: readerKey })).status, 200) || undefined);
-  await inBatches(FORBIDDEN, 30, async () => (await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: readerKey, body: { name: 'x', scopes: ['keys:read'] } })).status);
+  await inBatches(
+    FORBIDDEN,
+    30,
+    async () => (await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: readerKey, body: { name: 'x', scopes: ['keys:read'] } })).status,
+  );
   await inBatches(BAD_SECRET, 20, async () => (await api.request('GET', '/api/whoami', { key: wrongSecret })).status);
 
   const usage = await waitFor('every use to be persisted', async () => {
@@ -90,12 +94,15 @@ t.test('many uses in one interval coalesce into one flush with the newest last u
   t.equal(usage.request_count, 1000);
   t.equal(usage.last_used_ip, '2001:db8::7', 'IPv6 arrives intact and the newest use wins');
   const ips = await db('api_key_recent_ips').where({ key_id: adminKeyId }).orderBy('ip');
-  t.same(ips.map((r: { ip: string; request_count: number }) => [r.ip, r.request_count]), [
-    ['10.0.0.0', 333],
-    ['10.0.0.1', 333],
-    ['10.0.0.2', 333],
-    ['2001:db8::7', 1],
-  ]);
+  t.same(
+    ips.map((r: { ip: string; request_count: number }) => [r.ip, r.request_count]),
+    [
+      ['10.0.0.0', 333],
+      ['10.0.0.1', 333],
+      ['10.0.0.2', 333],
+      ['2001:db8::7', 1],
+    ],
+  );
 });
 
 t.test('dormant keys: never used, or not used within dormantDays', async (t) => {
@@ -108,23 +115,42 @@ t.test('dormant keys: never used, or not used within dormantDays', async (t) => 
   const old = await create('old');
   const never = await create('never');
   const backdate = (keyId: string, daysAgo: number, count: number) =>
-    db('api_key_usage').insert({ key_id: keyId, org_id: org.id, request_count: count, ok_count: count, last_used_at: new Date(now - daysAgo * 86_400_000), last_used_ip: '192.0.2.1' });
+    db('api_key_usage').insert({
+      key_id: keyId,
+      org_id: org.id,
+      request_count: count,
+      ok_count: count,
+      last_used_at: new Date(now - daysAgo * 86_400_000),
+      last_used_ip: '192.0.2.1',
+    });
   await backdate(old, 40, 5);
   await backdate(adminKeyId, 0, 9);
   // A never-used key is dormant once it has existed for dormantDays (shared/dormancy.ts).
-  await db('api_keys').where({ org_id: org.id }).update({ created_at: db.raw("created_at - interval '100 days'") });
+  await db('api_keys')
+    .where({ org_id: org.id })
+    .update({ created_at: db.raw("created_at - interval '100 days'") });
 
   const dormant = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?dormant=true&sort=lastUsedAt&order=asc`, { key: adminKey });
   t.equal(dormant.status, 200);
-  t.same(dormant.body.data.map((k: { name: string }) => k.name), ['never', 'old'], 'never-used first, then the oldest');
+  t.same(
+    dormant.body.data.map((k: { name: string }) => k.name),
+    ['never', 'old'],
+    'never-used first, then the oldest',
+  );
   t.ok(dormant.body.data.every((k: { dormant: boolean }) => k.dormant));
   t.equal(dormant.body.page.total, 2);
 
   const lenient = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?dormant=true&dormantDays=60`, { key: adminKey });
-  t.same(lenient.body.data.map((k: { id: string }) => k.id), [never]);
+  t.same(
+    lenient.body.data.map((k: { id: string }) => k.id),
+    [never],
+  );
 
   const all = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?sort=requestCount&limit=2`, { key: adminKey });
-  t.same(all.body.data.map((k: { name: string }) => k.name), ['admin', 'old']);
+  t.same(
+    all.body.data.map((k: { name: string }) => k.name),
+    ['admin', 'old'],
+  );
   t.equal(all.body.page.total, 3);
   t.equal(all.body.data[0].dormant, false);
   t.strictSame(all.body.data[1].requests, { last24h: 0, last7d: 0, last30d: 0 }, 'windows come from hourly buckets, none here');
@@ -155,7 +181,14 @@ t.test('dormant=true|false and status=: dormant means still usable and unused; e
   const create = async (name: string, expiresAt: Date | null = null) =>
     (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt })).key.id;
   const used = async (keyId: string, daysAgo: number) =>
-    db('api_key_usage').insert({ key_id: keyId, org_id: org.id, request_count: 1, ok_count: 1, last_used_at: new Date(now - daysAgo * 86_400_000), last_used_ip: '192.0.2.1' });
+    db('api_key_usage').insert({
+      key_id: keyId,
+      org_id: org.id,
+      request_count: 1,
+      ok_count: 1,
+      last_used_at: new Date(now - daysAgo * 86_400_000),
+      last_used_ip: '192.0.2.1',
+    });
   await create('unused');
   const stale = await create('stale');
   const fresh = await create('fresh');
@@ -166,7 +199,9 @@ t.test('dormant=true|false and status=: dormant means still usable and unused; e
   await api.services.apiKeys.revoke(org.id, revokedUnused);
   await api.services.apiKeys.revoke(org.id, revokedUsed);
   // Created long ago, so never used means dormant (shared/dormancy.ts counts from creation).
-  await db('api_keys').where({ org_id: org.id }).update({ created_at: db.raw("created_at - interval '100 days'") });
+  await db('api_keys')
+    .where({ org_id: org.id })
+    .update({ created_at: db.raw("created_at - interval '100 days'") });
   now += 120_000;
 
   const names = async (query: string) => {
@@ -186,8 +221,15 @@ t.test('dormant=true|false and status=: dormant means still usable and unused; e
   ];
   t.same(await names('limit=50'), everyKey, 'no dormant parameter: every key (a revoked or expired key is never dormant)');
   t.same(await names('dormant=true'), ['unused:active:true', 'stale:active:true'], 'dormant=true: usable keys unused for dormantDays only');
-  t.same(await names('dormant=false'), everyKey.filter((k) => !k.endsWith(':true')), 'dormant=false: every key that is not dormant');
-  t.same(await names('status=active'), everyKey.filter((k) => k.includes(':active:')));
+  t.same(
+    await names('dormant=false'),
+    everyKey.filter((k) => !k.endsWith(':true')),
+    'dormant=false: every key that is not dormant',
+  );
+  t.same(
+    await names('status=active'),
+    everyKey.filter((k) => k.includes(':active:')),
+  );
   t.same(await names('status=revoked'), ['revoked unused:revoked:false', 'revoked used:revoked:false']);
   t.same(await names('status=expired'), ['expired unused:expired:false']);
   t.same(await names('status=revoked&dormant=true'), [], 'the filters combine');
@@ -202,7 +244,11 @@ t.test('org isolation: another org is a 404, and a forged datagram cannot move i
   const other = await seedOrg(api, db, 'globex');
   t.equal((await api.request('GET', `/api/orgs/${org.id}/api-keys/usage`, { key: other.adminKey })).status, 404);
   t.equal((await api.request('GET', `/api/orgs/${org.id}/api-keys/${adminKeyId}/usage`, { key: other.adminKey })).status, 404);
-  t.equal((await api.request('GET', `/api/orgs/${other.org.id}/api-keys/${adminKeyId}/usage`, { key: other.adminKey })).status, 404, 'a key of another org is not found');
+  t.equal(
+    (await api.request('GET', `/api/orgs/${other.org.id}/api-keys/${adminKeyId}/usage`, { key: other.adminKey })).status,
+    404,
+    'a key of another org is not found',
+  );
 
   await sendDatagrams(collector.receiver.port, [
     encodeUsageLine({ keyId: other.adminKeyId, orgId: org.id, ip: '203.0.113.9', outcome: 'ok', count: 1000 }),
@@ -213,7 +259,11 @@ t.test('org isolation: another org is a 404, and a forged datagram cannot move i
   t.ok(!globexUsage || globexUsage.request_count < 1000, 'the forged count did not land on the other org');
   t.equal((await db('api_key_usage').where({ org_id: org.id }).whereNot({ key_id: adminKeyId })).length, 0, 'no row was created');
   const listed = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage`, { key: adminKey });
-  t.same(listed.body.data.map((k: { id: string }) => k.id), [adminKeyId], 'only the own org keys are listed');
+  t.same(
+    listed.body.data.map((k: { id: string }) => k.id),
+    [adminKeyId],
+    'only the own org keys are listed',
+  );
 });
 
 t.test('two collectors flushing the same keys at once sum exactly', async (t) => {
@@ -242,9 +292,16 @@ t.test('two collectors flushing the same keys at once sum exactly', async (t) =>
   const rows = await db('api_key_usage').whereIn('key_id', keys);
   const expected = new Map(keys.map((keyId, i) => [keyId, 2 * ROUNDS * (i + 1)]));
   t.equal(rows.length, keys.length);
-  t.ok(rows.every((r: { key_id: string; request_count: number }) => r.request_count === expected.get(r.key_id)), 'every key sums exactly');
+  t.ok(
+    rows.every((r: { key_id: string; request_count: number }) => r.request_count === expected.get(r.key_id)),
+    'every key sums exactly',
+  );
   const hourly = await db('api_key_usage_hourly').whereIn('key_id', keys).sum({ total: 'request_count' });
-  t.equal(Number(hourly[0].total), [...expected.values()].reduce((a, b) => a + b, 0), 'hourly buckets sum exactly');
+  t.equal(
+    Number(hourly[0].total),
+    [...expected.values()].reduce((a, b) => a + b, 0),
+    'hourly buckets sum exactly',
+  );
   t.equal(collectors[0].flusher.stats.failedFlushes + collectors[1].flusher.stats.failedFlushes, 0, 'no deadlock, no failed flush');
 });
 
@@ -279,7 +336,10 @@ t.test('a failed flush is retried with nothing lost, and an in-doubt commit is n
   t.equal(collector.flusher.stats.duplicateBatchesSkipped, 1, 'the batch whose commit landed was recognised on retry');
   const row = await db('api_key_usage').where({ key_id: adminKeyId }).first();
   t.equal(row.request_count, expected, 'every use counted exactly once');
-  t.ok(collector.logLines.some((line) => line.includes('flush failed; usage kept in memory and retried')), 'the failure is logged');
+  t.ok(
+    collector.logLines.some((line) => line.includes('flush failed; usage kept in memory and retried')),
+    'the failure is logged',
+  );
   const ledger = await db('usage_flushes').where({ org_id: org.id }).count({ n: '*' });
   t.equal(Number(ledger[0].n), 2, 'two applied batches: the in-doubt one and the merged rest');
 });
@@ -314,7 +374,10 @@ t.test('malformed datagrams are counted and dropped, never fatal', async (t) => 
   t.equal((await fetch(`http://127.0.0.1:${collector.metricsPort}/nope`)).status, 404);
   const warning = collector.logLines.find((line) => line.includes('dropped malformed StatsD lines'));
   t.ok(warning, 'bad lines are logged (rate-limited)');
-  t.notOk(collector.logLines.some((line) => line.includes('secretsecret')), 'a key-shaped token in a bad line is redacted');
+  t.notOk(
+    collector.logLines.some((line) => line.includes('secretsecret')),
+    'a key-shaped token in a bad line is redacted',
+  );
 });
 
 t.test('datagrams carry ids, ip and outcome, never key material', async (t) => {
@@ -342,6 +405,9 @@ t.test('datagrams carry ids, ip and outcome, never key material', async (t) => {
   t.same(datagrams.join('\n').split('\n').sort(), [line('bad_secret'), line('ok'), line('ok')]);
   const [{ secret_hash: hash }] = await db('api_keys').where({ id: adminKeyId }).select('secret_hash');
   for (const secret of [adminKey, adminKey.slice(36), hash.toString('hex'), hash.toString('base64')]) {
-    t.notOk(datagrams.some((d) => d.includes(secret)), 'no secret or hash in a datagram');
+    t.notOk(
+      datagrams.some((d) => d.includes(secret)),
+      'no secret or hash in a datagram',
+    );
   }
 });

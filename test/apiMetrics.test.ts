@@ -62,7 +62,11 @@ t.test("the recorder's send errors and pending entries reach the exposition", as
     drainIntervalMs: 1000,
     logger,
   });
-  const sources = { recorder, keyCache: { hits: 0, misses: 0, reloads: 0 }, throttle: { failures: 0, refusedByIp: 0, refusedByKey: 0, lockouts: 0, evicted: 0 } };
+  const sources = {
+    recorder,
+    keyCache: { hits: 0, misses: 0, reloads: 0 },
+    throttle: { failures: 0, refusedByIp: 0, refusedByKey: 0, lockouts: 0, evicted: 0 },
+  };
   const metrics = createApiMetrics();
   recorder.record('0b7c6a39-2f11-4c55-9d7e-2f0c8e7a1b01', '5d1f0f5e-8a47-4b53-8a0e-9c1d2e3f4a5b', '192.0.2.1', 'ok');
   recorder.record('0b7c6a39-2f11-4c55-9d7e-2f0c8e7a1b01', '5d1f0f5e-8a47-4b53-8a0e-9c1d2e3f4a5b', '192.0.2.2', 'ok');
@@ -70,7 +74,9 @@ t.test("the recorder's send errors and pending entries reach the exposition", as
   recorder.drain();
   const after = series(metrics.exposition(sources));
   t.same(
-    ['uses_recorded_total', 'uses_sent_total', 'uses_send_failed_total', 'datagrams_total', 'send_errors_total', 'usage_pending_entries'].map((name) => after.get(`keyusage_api_${name}`)),
+    ['uses_recorded_total', 'uses_sent_total', 'uses_send_failed_total', 'datagrams_total', 'send_errors_total', 'usage_pending_entries'].map((name) =>
+      after.get(`keyusage_api_${name}`),
+    ),
     [2, 0, 2, 1, 1, 0],
   );
   t.equal(series(metrics.exposition({ ...sources, recorder: undefined })).get('keyusage_api_usage_tracking_enabled'), 0, 'USAGE_TRACKING=false shows');

@@ -48,15 +48,26 @@ t.test('create, rotate and revoke through the API are recorded with the acting k
   t.match(log.body.data, [
     { action: 'key.revoke', actor, targetKeyId: created.body.id, ip: '127.0.0.1', details: { name: 'ci', revokedAt: String } },
     { action: 'key.rotate', actor, targetKeyId: created.body.id, ip: '127.0.0.1', details: { gracePeriodSeconds: 60, previousSecretExpiresAt: String } },
-    { action: 'key.create', actor, targetKeyId: created.body.id, ip: '127.0.0.1', details: { name: 'ci', scopes: ['keys:read'], expiresAt: '2999-01-01T00:00:00.000Z' } },
+    {
+      action: 'key.create',
+      actor,
+      targetKeyId: created.body.id,
+      ip: '127.0.0.1',
+      details: { name: 'ci', scopes: ['keys:read'], expiresAt: '2999-01-01T00:00:00.000Z' },
+    },
     { action: 'key.create', actor: { type: 'cli' }, targetKeyId: acme.adminKeyId, ip: null, details: { name: 'admin' } },
   ]);
   t.equal(log.body.data.length, 4, 'the no-op revoke and the refused rotation record nothing');
-  t.ok(log.body.data.every((entry: { occurredAt: string }) => !Number.isNaN(Date.parse(entry.occurredAt))), 'when');
+  t.ok(
+    log.body.data.every((entry: { occurredAt: string }) => !Number.isNaN(Date.parse(entry.occurredAt))),
+    'when',
+  );
   t.same(log.body.page, { limit: 50, nextCursor: null });
 
   const secrets = [acme.adminKey, created.body.key, rotated.body.key].flatMap((key) => [key, parsePresentedKey(key)!.secret]);
-  const hashes = (await db('api_keys').select('secret_hash', 'previous_secret_hash')).flatMap((row) => [row.secret_hash, row.previous_secret_hash]).filter(Boolean);
+  const hashes = (await db('api_keys').select('secret_hash', 'previous_secret_hash'))
+    .flatMap((row) => [row.secret_hash, row.previous_secret_hash])
+    .filter(Boolean);
   const stored = JSON.stringify(await db('audit_log').select());
   for (const secret of [...secrets, ...hashes.map((hash: Buffer) => hash.toString('hex')), ...hashes.map((hash: Buffer) => hash.toString('base64'))]) {
     t.notOk(log.text.includes(secret) || stored.includes(secret), 'no key, secret or hash in the audit log');
@@ -81,7 +92,11 @@ t.test('cursor pagination, newest first, and org isolation', async (t) => {
   const other = await api.request('GET', `/api/orgs/${acme.org.id}/audit-log`, { key: globex.adminKey });
   t.equal(other.status, 404, "another org's log answers 404");
   const own = await api.request('GET', `/api/orgs/${globex.org.id}/audit-log`, { key: globex.adminKey });
-  t.same(own.body.data.map((entry: { details: { name: string } }) => entry.details.name), ['admin'], "an org sees only its own entries");
+  t.same(
+    own.body.data.map((entry: { details: { name: string } }) => entry.details.name),
+    ['admin'],
+    'an org sees only its own entries',
+  );
   const forged = Buffer.from('abc').toString('base64url');
   const bad = await api.request('GET', `/api/orgs/${acme.org.id}/audit-log?cursor=${forged}`, { key: acme.adminKey });
   t.equal(bad.status, 400);
@@ -103,7 +118,14 @@ t.test('the CLI is recorded as "cli"', async (t) => {
 
 t.test('append-only: UPDATE, DELETE and TRUNCATE are refused; deleting the organization takes its entries', async (t) => {
   const { db, acme } = await setup(t);
-  await recordAudit(db, { orgId: acme.org.id, actor: { type: 'cli' }, action: 'key.update', targetKeyId: acme.adminKeyId, details: { scopes: ['keys:read'] }, ip: null });
+  await recordAudit(db, {
+    orgId: acme.org.id,
+    actor: { type: 'cli' },
+    action: 'key.update',
+    targetKeyId: acme.adminKeyId,
+    details: { scopes: ['keys:read'] },
+    ip: null,
+  });
   t.equal((await db('audit_log').where({ org_id: acme.org.id })).length, 2);
   await t.rejects(db('audit_log').update({ action: 'key.create' }), /append-only: UPDATE refused/);
   await t.rejects(db('audit_log').where({ org_id: acme.org.id }).del(), /append-only: DELETE refused/);

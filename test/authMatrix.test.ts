@@ -43,7 +43,14 @@ const BAD_ID = 'not-a-uuid';
 const badQuery = (label: string, query: string) => ({ label, query, field: query.split('=')[0] });
 
 /** Most routes read the org's keys: a GET with the keys:read scope, answering 200. */
-const read = (name: string, invalid: Route['invalid'], more: Partial<Route> = {}): Route => ({ name, scope: 'keys:read', target: 'reader', okStatus: 200, invalid, ...more });
+const read = (name: string, invalid: Route['invalid'], more: Partial<Route> = {}): Route => ({
+  name,
+  scope: 'keys:read',
+  target: 'reader',
+  okStatus: 200,
+  invalid,
+  ...more,
+});
 
 const ROUTES: Route[] = [
   {
@@ -170,15 +177,16 @@ const WEBHOOK_ROUTES: Route[] = [
       { label: 'missing body', field: 'url' },
     ],
   },
-  read('GET /api/orgs/:id/webhooks', [
-    badQuery('limit 0', 'limit=0'),
-    badQuery('unknown parameter', 'url=x'),
-  ]),
-  read('GET /api/orgs/:id/webhooks/:webhookId/deliveries', [
-    { label: 'webhookId not a UUID', params: { webhookId: BAD_ID }, field: 'webhookId' },
-    badQuery('unknown status', 'status=lost'),
-    badQuery('negative offset', 'offset=-1'),
-  ], { target: 'webhook', resource: 'webhook' }),
+  read('GET /api/orgs/:id/webhooks', [badQuery('limit 0', 'limit=0'), badQuery('unknown parameter', 'url=x')]),
+  read(
+    'GET /api/orgs/:id/webhooks/:webhookId/deliveries',
+    [
+      { label: 'webhookId not a UUID', params: { webhookId: BAD_ID }, field: 'webhookId' },
+      badQuery('unknown status', 'status=lost'),
+      badQuery('negative offset', 'offset=-1'),
+    ],
+    { target: 'webhook', resource: 'webhook' },
+  ),
   {
     name: 'POST /api/orgs/:id/webhooks/:webhookId/test',
     scope: 'keys:write',
@@ -288,8 +296,16 @@ t.test('the matrix covers every route the app serves', async (t) => {
   const served = registeredRoutes(api.app);
   t.ok(served.length > ROUTES.length / 2, `the router listed ${served.length} routes`);
   const inMatrix = new Set([...ROUTES.map((route) => route.name), ...PUBLIC_ROUTES]);
-  t.same(served.filter((name) => !inMatrix.has(name)), [], 'every route the app serves has a matrix entry (or is a listed public route)');
-  t.same([...inMatrix].filter((name) => !served.includes(name)), [], 'every matrix entry is a route the app serves');
+  t.same(
+    served.filter((name) => !inMatrix.has(name)),
+    [],
+    'every route the app serves has a matrix entry (or is a listed public route)',
+  );
+  t.same(
+    [...inMatrix].filter((name) => !served.includes(name)),
+    [],
+    'every matrix entry is a route the app serves',
+  );
   t.equal(new Set(ROUTES.map((route) => route.name)).size, ROUTES.length, 'no route listed twice');
 });
 
@@ -332,8 +348,12 @@ async function assertUnauthenticated(t: Test, world: World, call: Call, route: R
   await unauthorized('malformed key', { key: 'not-a-key' }, []);
   await unauthorized('malformed: truncated secret', { key: keys.admin.plaintext.slice(0, -1) }, []);
   await unauthorized('unknown key id', { key: `ku_${randomBytes(16).toString('hex')}_${randomBytes(32).toString('base64url')}` }, []);
-  await unauthorized('wrong secret (legacy format)', { key: `${keys.admin.plaintext.slice(0, 36)}${randomBytes(32).toString('base64url')}` }, [use(keys.admin, 'bad_secret')]);
-  await unauthorized('wrong secret (checksum format)', { key: formatKey(keys.admin.id, randomBytes(32).toString('hex').slice(0, 43)) }, [use(keys.admin, 'bad_secret')]);
+  await unauthorized('wrong secret (legacy format)', { key: `${keys.admin.plaintext.slice(0, 36)}${randomBytes(32).toString('base64url')}` }, [
+    use(keys.admin, 'bad_secret'),
+  ]);
+  await unauthorized('wrong secret (checksum format)', { key: formatKey(keys.admin.id, randomBytes(32).toString('hex').slice(0, 43)) }, [
+    use(keys.admin, 'bad_secret'),
+  ]);
   const flipped = keys.admin.plaintext.slice(-1) === 'a' ? 'b' : 'a';
   await unauthorized('checksum mismatch', { key: keys.admin.plaintext.slice(0, -1) + flipped }, []);
   await unauthorized('expired', { key: keys.expiring.plaintext }, [use(keys.expiring, 'expired')]);
@@ -391,11 +411,12 @@ async function assertOrgIsolation(t: Test, world: World, call: Call, route: Rout
 // The caller's own org, another org's key (or webhook) id: it is not found there.
 async function assertForeignTarget(t: Test, world: World, call: Call, route: Route, header: Header) {
   const { keys } = world;
-  const foreign = route.resource === 'webhook' ? { id: world.foreignWebhook, message: 'Webhook not found' } : { id: keys.intruder.id, message: 'API key not found' };
+  const foreign =
+    route.resource === 'webhook' ? { id: world.foreignWebhook, message: 'Webhook not found' } : { id: keys.intruder.id, message: 'API key not found' };
   const foreignKey = await call(route, { key: keys.admin.plaintext, header, targetKey: foreign.id });
-  assertErrorShape(t, foreignKey.response, 404, 'not_found', 'another org\'s id');
+  assertErrorShape(t, foreignKey.response, 404, 'not_found', "another org's id");
   t.equal(foreignKey.response.body.error.message, foreign.message);
-  t.same(foreignKey.uses, [use(keys.admin, 'ok')], 'another org\'s id: an authorised use');
+  t.same(foreignKey.uses, [use(keys.admin, 'ok')], "another org's id: an authorised use");
   const unknownKey = await call(route, { key: keys.admin.plaintext, header, targetKey: randomUUID() });
   t.same([unknownKey.response.status, unknownKey.response.body.error.message], [404, foreign.message], 'an unknown id answers the same');
 }
@@ -412,7 +433,11 @@ async function assertInvalidInputs(t: Test, world: World, call: Call, route: Rou
       body: invalid.body,
     });
     assertErrorShape(t, response, 400, 'invalid_request', label);
-    t.match(response.body.error.message, new RegExp(`^Invalid (body|query|params): .*${invalid.field.replace('.', '\\.')}`), `${label}: names ${invalid.field}`);
+    t.match(
+      response.body.error.message,
+      new RegExp(`^Invalid (body|query|params): .*${invalid.field.replace('.', '\\.')}`),
+      `${label}: names ${invalid.field}`,
+    );
     t.same(uses, [use(keys.admin, 'ok')], `${label}: an authorised use`);
   }
 }

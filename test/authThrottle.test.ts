@@ -27,8 +27,17 @@ async function world(t: Test) {
 t.test('an address that fails too often gets 429 with Retry-After, whatever it presents; other addresses are served', async (t) => {
   const { api, adminKey, whoami, wrongSecret, unknownKey, advance } = await world(t);
   const attacker = '203.0.113.66';
-  const failures = [await whoami(attacker, 'not-a-key'), await whoami(attacker, unknownKey()), await whoami(attacker, wrongSecret), await whoami(attacker, unknownKey())];
-  t.same(failures.map((r) => r.status), [401, 401, 401, 401], 'malformed, unknown, wrong secret: each a 401, each counted');
+  const failures = [
+    await whoami(attacker, 'not-a-key'),
+    await whoami(attacker, unknownKey()),
+    await whoami(attacker, wrongSecret),
+    await whoami(attacker, unknownKey()),
+  ];
+  t.same(
+    failures.map((r) => r.status),
+    [401, 401, 401, 401],
+    'malformed, unknown, wrong secret: each a 401, each counted',
+  );
 
   const refused = await whoami(attacker, adminKey);
   t.equal(refused.status, 429, 'the next request from that address is refused, even with a right key');
@@ -70,7 +79,7 @@ t.test('wrong secrets on one key from many addresses: 429 for failures only, the
   t.match(api.throttle.stats, { failures: 30, refusedByKey: 27, refusedByIp: 0, lockouts: 1 });
 });
 
-t.test('an id that names no key counts against the address only: it never locks, and cannot push a real key\'s window out', async (t) => {
+t.test("an id that names no key counts against the address only: it never locks, and cannot push a real key's window out", async (t) => {
   const { db } = await freshDatabase(t);
   // Room for 3 windows per map: without the fix, a few unknown ids evict the real key's window.
   const env = { ...THROTTLE, AUTH_THROTTLE_MAX_FAILURES_PER_IP: '100', AUTH_THROTTLE_MAX_ENTRIES: '3' };
@@ -86,6 +95,10 @@ t.test('an id that names no key counts against the address only: it never locks,
   for (let i = 0; i < 5; i += 1) statuses.push((await whoami('203.0.113.9', stranger)).status);
   for (let i = 0; i < 10; i += 1) statuses.push((await whoami('203.0.113.9', unknownKey())).status);
   t.same(statuses, Array(15).fill(401), 'unknown ids, the same one or random ones: 401 each, never a key lockout');
-  t.same([(await whoami('198.51.100.1', wrongSecret)).status, (await whoami('198.51.100.1', wrongSecret)).status], [401, 429], "the real key's window survived: its 4th failure answers 429");
+  t.same(
+    [(await whoami('198.51.100.1', wrongSecret)).status, (await whoami('198.51.100.1', wrongSecret)).status],
+    [401, 429],
+    "the real key's window survived: its 4th failure answers 429",
+  );
   t.match(api.throttle.stats, { failures: 19, refusedByKey: 1, lockouts: 1, evicted: 0 });
 });

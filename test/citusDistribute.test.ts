@@ -12,5 +12,15 @@ t.test('a table is laid out after every table it references, otherwise in the gi
     { from: 'webhooks', to: 'webhooks' },
   ];
   t.same(referencedFirst(tables, references), ['api_key_usage', 'key_events', 'webhooks', 'webhook_deliveries', 'webhook_delivery_attempts']);
-  t.same(referencedFirst(['a', 'b'], [{ from: 'a', to: 'b' }, { from: 'b', to: 'a' }]), ['b', 'a'], 'a cycle still lists each table once');
+  t.same(
+    referencedFirst(
+      ['a', 'b'],
+      [
+        { from: 'a', to: 'b' },
+        { from: 'b', to: 'a' },
+      ],
+    ),
+    ['b', 'a'],
+    'a cycle still lists each table once',
+  );
 });

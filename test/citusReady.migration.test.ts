@@ -15,7 +15,9 @@ async function world(db: Db) {
   const [org] = await db('organizations').insert({ name: 'acme' }).returning('id');
   const keyId = randomUUID();
   await db('api_keys').insert({ id: keyId, org_id: org.id, name: 'k', display_prefix: 'ku_test', secret_hash: Buffer.alloc(32), scopes: ['keys:read'] });
-  const [webhook] = await db('webhooks').insert({ org_id: org.id, url: 'https://example.test/hook', event_types: ['*'], secret_box: Buffer.alloc(8) }).returning('id');
+  const [webhook] = await db('webhooks')
+    .insert({ org_id: org.id, url: 'https://example.test/hook', event_types: ['*'], secret_box: Buffer.alloc(8) })
+    .returning('id');
   return { orgId: org.id as string, keyId, webhookId: webhook.id as string };
 }
 
@@ -56,7 +58,7 @@ t.test('every unique key of the five tables includes org_id; the previous versio
   await previousVersionWrites(db, w);
   const history = await db('api_key_ip_history').select('org_id', 'last_seen');
   t.strictSame(history, [{ org_id: w.orgId, last_seen: new Date(AT.getTime() + 7_200_000) }], 'one row, upserted, org filled in');
-  t.strictSame(await db('webhook_delivery_attempts').pluck('org_id'), [w.orgId], 'the attempt got its delivery\'s org');
+  t.strictSame(await db('webhook_delivery_attempts').pluck('org_id'), [w.orgId], "the attempt got its delivery's org");
   t.strictSame(await db('webhook_deliveries').pluck('org_id'), [w.orgId], 'the outbox trigger enqueued one delivery');
 });
 
@@ -66,7 +68,10 @@ t.test('down to 20261201000050 and up again keeps the rows', async (t) => {
   await previousVersionWrites(db, w);
   await db.raw(`insert into audit_log (org_id, actor_type, action) values (?, 'cli', 'key.revoke')`, [w.orgId]);
   await db.migrate.down({ ...MIGRATION_CONFIG, name: '20261201000060_citus_ready_webhooks_audit.ts' });
-  t.notOk((await db.raw(`select 1 from information_schema.columns where table_name = 'api_key_ip_history' and column_name = 'org_id'`)).rows.length, 'org_id gone');
+  t.notOk(
+    (await db.raw(`select 1 from information_schema.columns where table_name = 'api_key_ip_history' and column_name = 'org_id'`)).rows.length,
+    'org_id gone',
+  );
   await migrateLatest(db);
   t.strictSame(await uniqueWithoutOrg(db), [LEGACY]);
   t.equal((await db('api_key_ip_history').where({ org_id: w.orgId })).length, 1);

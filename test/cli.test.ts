@@ -18,7 +18,10 @@ import { startTestApi } from './helpers/api';
 import { emptyDatabase, freshDatabase } from './helpers/database';
 
 // Every migration the repository holds, in the order knex applies them.
-const MIGRATIONS = fs.readdirSync(MIGRATIONS_DIRECTORY).filter((name) => name.endsWith('.ts')).sort();
+const MIGRATIONS = fs
+  .readdirSync(MIGRATIONS_DIRECTORY)
+  .filter((name) => name.endsWith('.ts'))
+  .sort();
 
 const KEY = /ku_[0-9a-f]{32}_[0-9A-Za-z]{49}/g;
 const ONCE = /shown only once/;
@@ -74,7 +77,10 @@ t.test('org create prints the org and a working key with every scope, once', asy
     t.same(whoami.body.scopes, [...SCOPES]);
     t.equal(whoami.body.orgId, org.id);
   }
-  t.same(api.uses.map((use) => use.outcome), ['ok', 'ok']);
+  t.same(
+    api.uses.map((use) => use.outcome),
+    ['ok', 'ok'],
+  );
   for (const form of await storedHashForms(db)) t.notMatch(text, form, 'no stored hash is printed');
 });
 
@@ -164,10 +170,16 @@ t.test('key create, list and revoke', async (t) => {
 
   t.equal(await cli.run('key', 'list', org.id, '--json'), 0);
   const listed = cli.json();
-  t.same(listed.map((key: { name: string }) => key.name), ['admin', 'ci deploys', 'writer']);
+  t.same(
+    listed.map((key: { name: string }) => key.name),
+    ['admin', 'ci deploys', 'writer'],
+  );
   const { key: writerKey, ...writerView } = writer;
   t.same(listed[2], writerView, 'the same view as at creation, without the plaintext');
-  t.notOk(listed.some((key: object) => 'key' in key || 'secretHash' in key), 'neither plaintext nor hash is listed');
+  t.notOk(
+    listed.some((key: object) => 'key' in key || 'secretHash' in key),
+    'neither plaintext nor hash is listed',
+  );
   cli.reset();
 
   t.equal(await cli.run('key', 'revoke', org.id, writer.id), 0);
@@ -271,7 +283,7 @@ t.test('unknown organizations and keys give a clear error and exit 1', async (t)
   t.equal(await cli.run('key', 'revoke', acme.org.id, randomUUID()), 1);
   t.same(cli.err, ['error: API key not found']);
   cli.reset();
-  t.equal(await cli.run('key', 'revoke', acme.org.id, globex.key.id), 1, 'another org\'s key is not found through this org');
+  t.equal(await cli.run('key', 'revoke', acme.org.id, globex.key.id), 1, "another org's key is not found through this org");
   t.same(cli.err, ['error: API key not found']);
   const untouched = await db('api_keys').where({ id: globex.key.id }).first();
   t.equal(untouched.revoked_at, null, 'and stays active');
@@ -340,7 +352,7 @@ t.test('names with control characters are refused, and any already stored cannot
   cli.reset();
   t.equal(await cli.run('key', 'create', org.id, '--name', 'evil\x1b]0;owned\x07', '--scopes', 'keys:read'), 2, 'a key name with OSC is refused');
   t.match(cli.err.join('\n'), /--name: must not contain control characters/);
-  t.equal(await count(db, 'api_keys'), 1, 'nothing but the org\'s first key was stored');
+  t.equal(await count(db, 'api_keys'), 1, "nothing but the org's first key was stored");
   cli.reset();
 
   // Rows written before names were checked still print safely.
@@ -408,7 +420,8 @@ t.test('main: the embedded PostgreSQL, started and stopped only when the CLI sta
   const env = { EMBEDDED_PG_DIR: path.join(scratch, 'pg'), EMBEDDED_PG_PORT: String(await freeTcpPort()) };
   let cluster: ReturnType<typeof startLocalPostgres> | undefined;
   t.teardown(() => {
-    if (embeddedClusterRunning(env.EMBEDDED_PG_DIR)) (cluster ?? startLocalPostgres({ dataDir: env.EMBEDDED_PG_DIR, port: Number(env.EMBEDDED_PG_PORT) })).stop();
+    if (embeddedClusterRunning(env.EMBEDDED_PG_DIR))
+      (cluster ?? startLocalPostgres({ dataDir: env.EMBEDDED_PG_DIR, port: Number(env.EMBEDDED_PG_PORT) })).stop();
     fs.rmSync(scratch, { recursive: true, force: true });
   });
 
@@ -428,7 +441,11 @@ t.test('main: the embedded PostgreSQL, started and stopped only when the CLI sta
   t.equal(embeddedClusterRunning(env.EMBEDDED_PG_DIR), true, 'and left running: someone else started it');
   await demoTrafficMintsItsKey(t, loadConfig({ ...env, NODE_ENV: 'test' }));
   cluster.stop();
-  t.match(await mintDemoTrafficKey(loadConfig({ ...env, NODE_ENV: 'test' })), { problem: /no embedded PostgreSQL running.*npm start/ }, 'demo-traffic mints nothing when no npm start runs');
+  t.match(
+    await mintDemoTrafficKey(loadConfig({ ...env, NODE_ENV: 'test' })),
+    { problem: /no embedded PostgreSQL running.*npm start/ },
+    'demo-traffic mints nothing when no npm start runs',
+  );
 
   // An `npm start` that connects while the CLI runs keeps its database.
   const notes: string[] = [];
@@ -450,7 +467,14 @@ t.test('main: the embedded PostgreSQL, started and stopped only when the CLI sta
 // `npm run demo-traffic` without DEMO_KEY, against the running embedded cluster that `config` names.
 async function demoTrafficMintsItsKey(t: Test, config: ReturnType<typeof loadConfig>) {
   t.match(await mintDemoTrafficKey(config), { problem: /no "demo" organization/ }, 'no demo org: demo-traffic says to run npm start');
-  t.equal(await main(['org', 'create', 'demo'], { EMBEDDED_PG_DIR: config.database.embeddedDir, EMBEDDED_PG_PORT: String(config.database.embeddedPort) }, captured().io), 0);
+  t.equal(
+    await main(
+      ['org', 'create', 'demo'],
+      { EMBEDDED_PG_DIR: config.database.embeddedDir, EMBEDDED_PG_PORT: String(config.database.embeddedPort) },
+      captured().io,
+    ),
+    0,
+  );
   const minted = await mintDemoTrafficKey(config);
   if (!('plaintext' in minted)) {
     t.fail(`no key minted: ${minted.problem}`);

@@ -38,7 +38,11 @@ t.test('defaults', async (t) => {
   t.ok(config.api.keyPepper.length >= 32, 'a development pepper stands in when KEY_PEPPER is unset');
   t.match(config.usage, { enabled: true, drainIntervalMs: 250, maxEntries: 10_000, collectorHost: '127.0.0.1', collectorPort: 8125 });
   t.match(config.collector, { host: '127.0.0.1', port: 8125, flushIntervalMs: 1000, retentionDays: 90 });
-  t.same(config.webhooks, { allowPrivateTargets: false, timeoutMs: 5000, maxAttempts: 8, retryBaseMs: 30_000, pollIntervalMs: 1000 }, 'private webhook targets refused by default');
+  t.same(
+    config.webhooks,
+    { allowPrivateTargets: false, timeoutMs: 5000, maxAttempts: 8, retryBaseMs: 30_000, pollIntervalMs: 1000 },
+    'private webhook targets refused by default',
+  );
 });
 
 t.test('webhook settings', async (t) => {
@@ -101,14 +105,22 @@ t.test('KEY_PEPPER_PREVIOUS: older peppers, newest first, each checked and never
   const older = 'o'.repeat(32);
   const oldest = 'q'.repeat(40);
   t.same(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: ` ${older} , ${oldest}` }).api.previousKeyPeppers, [older, oldest]);
-  t.same(configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: `${older},short` }).problems, ['KEY_PEPPER_PREVIOUS: each pepper must be at least 32 characters']);
+  t.same(configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: `${older},short` }).problems, [
+    'KEY_PEPPER_PREVIOUS: each pepper must be at least 32 characters',
+  ]);
   t.same(configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: `${older},${PEPPER}` }).problems, ['KEY_PEPPER_PREVIOUS: must not repeat KEY_PEPPER']);
   t.same(configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: `${older},${older}` }).problems, ['KEY_PEPPER_PREVIOUS: lists a pepper twice']);
   t.ok(Object.isFrozen(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: older }).api.previousKeyPeppers), 'frozen like the rest');
 });
 
 t.test('the auth throttle is on by default; a limit of 0 turns that dimension off', async (t) => {
-  const throttle = loadConfig({ ...DEV, AUTH_THROTTLE_MAX_FAILURES_PER_IP: '0', AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '5', AUTH_THROTTLE_WINDOW_MS: '1000', AUTH_THROTTLE_MAX_ENTRIES: '10' }).api.authThrottle;
+  const throttle = loadConfig({
+    ...DEV,
+    AUTH_THROTTLE_MAX_FAILURES_PER_IP: '0',
+    AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '5',
+    AUTH_THROTTLE_WINDOW_MS: '1000',
+    AUTH_THROTTLE_MAX_ENTRIES: '10',
+  }).api.authThrottle;
   t.same(throttle, { maxFailuresPerIp: 0, maxFailuresPerKey: 5, windowMs: 1000, maxEntries: 10 });
   t.ok(Object.isFrozen(throttle));
 });
@@ -259,7 +271,11 @@ t.test('COLLECTOR_RELAY_TO: host:port, IPv6 in brackets; unset means no relay', 
   for (const own of ['127.0.0.1:8125', 'localhost:8125', '[::1]:8125']) {
     t.match(configError(t, { ...env, COLLECTOR_RELAY_TO: own }).message, /COLLECTOR_RELAY_TO: .* the collector's own address/, `${own} would relay to itself`);
   }
-  t.equal(loadConfig({ ...env, COLLECTOR_RELAY_TO: '127.0.0.1:8125', COLLECTOR_PORT: '8126' }).collector.relayTo?.port, 8125, 'the default port of a collector on another port is fine');
+  t.equal(
+    loadConfig({ ...env, COLLECTOR_RELAY_TO: '127.0.0.1:8125', COLLECTOR_PORT: '8126' }).collector.relayTo?.port,
+    8125,
+    'the default port of a collector on another port is fine',
+  );
 });
 
 t.test('COLLECTOR_TIMESTAMP_WINDOW_SECONDS: an hour by default, 0 to ignore client timestamps', async (t) => {
@@ -271,6 +287,13 @@ t.test('COLLECTOR_TIMESTAMP_WINDOW_SECONDS: an hour by default, 0 to ignore clie
 
 t.test("the aggregator's and the flusher's key caps: one setting each, the flusher's defaulting to the aggregator's", async (t) => {
   t.match(loadConfig(DEV).collector, { aggregatorMaxKeys: 100_000, retryMaxKeys: 100_000 });
-  t.match(loadConfig({ ...DEV, COLLECTOR_MAX_PENDING_KEYS: '5000' }).collector, { aggregatorMaxKeys: 5000, retryMaxKeys: 5000 }, 'one setting still bounds both');
-  t.match(loadConfig({ ...DEV, COLLECTOR_MAX_PENDING_KEYS: '5000', COLLECTOR_MAX_RETRY_KEYS: '20000' }).collector, { aggregatorMaxKeys: 5000, retryMaxKeys: 20000 });
+  t.match(
+    loadConfig({ ...DEV, COLLECTOR_MAX_PENDING_KEYS: '5000' }).collector,
+    { aggregatorMaxKeys: 5000, retryMaxKeys: 5000 },
+    'one setting still bounds both',
+  );
+  t.match(loadConfig({ ...DEV, COLLECTOR_MAX_PENDING_KEYS: '5000', COLLECTOR_MAX_RETRY_KEYS: '20000' }).collector, {
+    aggregatorMaxKeys: 5000,
+    retryMaxKeys: 20000,
+  });
 });

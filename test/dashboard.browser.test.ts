@@ -43,7 +43,12 @@ async function trafficWorld(system: System) {
   await waitFor('the traffic to be persisted', async () => {
     const usage = await apiUsage(system);
     const by = (id: string) => usage.find((k: { id: string }) => k.id === id);
-    return by(keys.ci.id)?.requestCount === 12 && by(keys.readonly.id)?.requestCount === 8 && by(keys.wrongSecret.id)?.failedAttempts === 4 && by(keys.target.id)?.requestCount === 1 ? true : undefined;
+    return by(keys.ci.id)?.requestCount === 12 &&
+      by(keys.readonly.id)?.requestCount === 8 &&
+      by(keys.wrongSecret.id)?.failedAttempts === 4 &&
+      by(keys.target.id)?.requestCount === 1
+      ? true
+      : undefined;
   });
   return keys;
 }
@@ -91,7 +96,10 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
   await signIn(page, system.adminKey);
   await page.locator(`tr[data-key-id="${keys.unused.id}"]`).waitFor();
   t.equal(await page.evaluate('sessionStorage.getItem("keyusage.apiKey")'), system.adminKey, 'the key is in sessionStorage');
-  t.notOk(requestedUrls.some((url) => url.includes(system.adminKey) || !url.startsWith(system.api.baseUrl)), 'never in a URL, nothing fetched elsewhere');
+  t.notOk(
+    requestedUrls.some((url) => url.includes(system.adminKey) || !url.startsWith(system.api.baseUrl)),
+    'never in a URL, nothing fetched elsewhere',
+  );
 
   t.test('the table shows the API numbers for every key with traffic', async (t) => {
     const usage = await apiUsage(system);
@@ -104,7 +112,11 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     }
     t.equal(await rowText(page, keys.ci.id, 'day'), '12');
     const order = await page.locator('#keys-table tbody tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-key-id')));
-    t.strictSame(order, usage.map((k: { id: string }) => k.id), 'rows in the API order (last use)');
+    t.strictSame(
+      order,
+      usage.map((k: { id: string }) => k.id),
+      'rows in the API order (last use)',
+    );
     t.equal(await page.locator(`tr[data-key-id="${keys.xss.id}"] td.col-name a`).textContent(), XSS_NAME, 'the XSS name is text');
     t.equal(await page.locator('#keys-table img').count(), 0, 'no element was injected');
     if (SCREENSHOTS) await page.screenshot({ path: path.join(SCREENSHOTS, 'dashboard-keys.png'), fullPage: true });
@@ -147,7 +159,10 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     t.equal((await system.api.request('GET', '/api/whoami', { key: secret })).status, 200);
     await page.click('dialog[open] button[type=submit]');
     // Closing is asynchronous (the dialog's close event removes it): wait, bounded, then assert.
-    await page.locator('#new-secret').waitFor({ state: 'detached', timeout: 5000 }).catch(() => undefined);
+    await page
+      .locator('#new-secret')
+      .waitFor({ state: 'detached', timeout: 5000 })
+      .catch(() => undefined);
     t.equal(await page.locator('#new-secret').count(), 0, 'gone from the page once closed');
   });
 

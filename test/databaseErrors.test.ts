@@ -125,8 +125,14 @@ t.test('database unreachable: requests answer 503 service_unavailable with Retry
   await proxy.down();
   assertUnavailable(t, await api.request('GET', list, { key: adminKey }), 'port closed, key verified from cache');
   assertUnavailable(t, await api.request('GET', '/api/whoami', { key: other.plaintext }), 'port closed, key verification needs the database');
-  t.notOk(api.evidence.logLines.some((line) => line.includes('"level":50')), 'an outage is not logged as an unhandled error');
-  t.ok(api.evidence.logLines.some((line) => line.includes('ECONNREFUSED')), 'the cause is logged');
+  t.notOk(
+    api.evidence.logLines.some((line) => line.includes('"level":50')),
+    'an outage is not logged as an unhandled error',
+  );
+  t.ok(
+    api.evidence.logLines.some((line) => line.includes('ECONNREFUSED')),
+    'the cause is logged',
+  );
 
   await proxy.up();
   t.equal((await api.request('GET', list, { key: adminKey })).status, 200, 'back up: 200');

@@ -14,7 +14,13 @@ import { freshDatabase } from './helpers/database';
 
 const SECRET = 'a-shared-usage-signing-secret-of-32+chars';
 const PREVIOUS = 'the-previous-usage-signing-secret-32+chars';
-const BODY = encodeUsageLine({ keyId: '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f', orgId: '9b2d4f6a-1c3e-4a5b-8d7f-6e5d4c3b2a19', ip: '2001:db8::1', outcome: 'ok', count: 3 });
+const BODY = encodeUsageLine({
+  keyId: '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f',
+  orgId: '9b2d4f6a-1c3e-4a5b-8d7f-6e5d4c3b2a19',
+  ip: '2001:db8::1',
+  outcome: 'ok',
+  count: 3,
+});
 
 t.test('sign and verify', async (t) => {
   let now = 1_800_000_000_000;
@@ -67,7 +73,10 @@ t.test('a collector with a secret counts signed uses and drops forged, replayed 
   for (let i = 0; i < 20; i += 1) await api.request('GET', '/api/whoami', { key: adminKey });
   recorder.drain();
   await waitFor('the signed datagrams', () => (collector.ingest.usesReceived === 20 ? true : undefined));
-  t.ok(captured.every((d) => Buffer.byteLength(d) <= MAX_DATAGRAM_BYTES), 'signed datagrams still fit 1,432 bytes');
+  t.ok(
+    captured.every((d) => Buffer.byteLength(d) <= MAX_DATAGRAM_BYTES),
+    'signed datagrams still fit 1,432 bytes',
+  );
 
   const socket = dgram.createSocket('udp4');
   const send = (text: string) => new Promise<void>((resolve) => socket.send(text, collector.receiver.port, '127.0.0.1', () => resolve()));
@@ -88,7 +97,10 @@ t.test('the replay cache size is configurable; its overflow is counted in /metri
   const collector = await startTestCollector(t, url, { USAGE_SIGNING_SECRET: SECRET, COLLECTOR_REPLAY_CACHE_SIZE: '2', COLLECTOR_FLUSH_INTERVAL_MS: '600000' });
   t.equal(collector.config.collector.replayCacheSize, 2);
   // Three genuine datagrams within one window: the third finds the cache full and is dropped.
-  await sendDatagrams(collector.receiver.port, [1, 2, 3].map(() => signDatagram(BODY, SECRET, Date.now())));
+  await sendDatagrams(
+    collector.receiver.port,
+    [1, 2, 3].map(() => signDatagram(BODY, SECRET, Date.now())),
+  );
   await waitFor('the three datagrams', () => (collector.ingest.packets === 3 ? true : undefined));
   t.equal(collector.ingest.usesReceived, 6, 'two accepted (count 3 each)');
   const metrics = await (await fetch(`http://127.0.0.1:${collector.metricsPort}/metrics`)).text();
@@ -97,6 +109,9 @@ t.test('the replay cache size is configurable; its overflow is counted in /metri
   t.match(metrics, /^keyusage_collector_replay_cache_capacity 2$/m);
   const health = (await (await fetch(`http://127.0.0.1:${collector.metricsPort}/healthz`)).json()) as { replayCache: unknown };
   t.same(health.replayCache, { entries: 2, capacity: 2, overflows: 1 }, 'the health check shows it too');
-  t.ok(collector.logLines.some((l) => l.includes('raise COLLECTOR_REPLAY_CACHE_SIZE')), 'and the log says what to change');
+  t.ok(
+    collector.logLines.some((l) => l.includes('raise COLLECTOR_REPLAY_CACHE_SIZE')),
+    'and the log says what to change',
+  );
   t.throws(() => loadConfig({ NODE_ENV: 'test', COLLECTOR_REPLAY_CACHE_SIZE: '0' }), /COLLECTOR_REPLAY_CACHE_SIZE: must be at least 1/);
 });

@@ -18,13 +18,24 @@ t.test('the usage filter, the clean-up and the sweep select the same keys', asyn
   const daysAgo = (days: number) => new Date(now - days * DAY);
   const key = async (name: string, createdDaysAgo: number, usedDaysAgo: number | null, expiresAt: Date | null = null) => {
     const { id } = (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null })).key;
-    await db('api_keys').where({ id }).update({ created_at: daysAgo(createdDaysAgo), expires_at: expiresAt });
+    await db('api_keys')
+      .where({ id })
+      .update({ created_at: daysAgo(createdDaysAgo), expires_at: expiresAt });
     if (usedDaysAgo !== null) {
-      await db('api_key_usage').insert({ org_id: org.id, key_id: id, request_count: 1, ok_count: 1, last_used_at: daysAgo(usedDaysAgo), last_used_ip: '192.0.2.1' });
+      await db('api_key_usage').insert({
+        org_id: org.id,
+        key_id: id,
+        request_count: 1,
+        ok_count: 1,
+        last_used_at: daysAgo(usedDaysAgo),
+        last_used_ip: '192.0.2.1',
+      });
     }
     return id;
   };
-  await db('api_keys').where({ id: adminKeyId }).update({ created_at: daysAgo(100) });
+  await db('api_keys')
+    .where({ id: adminKeyId })
+    .update({ created_at: daysAgo(100) });
   await db('api_key_usage').insert({ org_id: org.id, key_id: adminKeyId, request_count: 1, ok_count: 1, last_used_at: daysAgo(0), last_used_ip: '192.0.2.1' });
   const expected = [await key('never used, created 40 days ago', 40, null), await key('used 31 days ago', 90, 31)];
   await key('never used, created yesterday', 1, null);

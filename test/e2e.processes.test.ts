@@ -51,8 +51,26 @@ t.test('api and collector as separate processes: a use is visible within the sta
   const collector = startProcess(t, 'collector/main.ts', env);
   const api = startProcess(t, 'api/main.ts', env);
   const base = `http://127.0.0.1:${env.PORT}`;
-  await waitFor('the api to answer', () => fetch(`${base}/healthz`).then((r) => (r.ok ? true : undefined), () => undefined), 30_000, 100);
-  await waitFor('the collector to answer', () => fetch(`http://127.0.0.1:${env.COLLECTOR_METRICS_PORT}/healthz`).then((r) => (r.ok ? true : undefined), () => undefined), 30_000, 100);
+  await waitFor(
+    'the api to answer',
+    () =>
+      fetch(`${base}/healthz`).then(
+        (r) => (r.ok ? true : undefined),
+        () => undefined,
+      ),
+    30_000,
+    100,
+  );
+  await waitFor(
+    'the collector to answer',
+    () =>
+      fetch(`http://127.0.0.1:${env.COLLECTOR_METRICS_PORT}/healthz`).then(
+        (r) => (r.ok ? true : undefined),
+        () => undefined,
+      ),
+    30_000,
+    100,
+  );
 
   const usedAt = Date.now();
   const whoami = await fetch(`${base}/api/whoami`, { headers: { authorization: `Bearer ${plaintext}` } });
@@ -60,7 +78,9 @@ t.test('api and collector as separate processes: a use is visible within the sta
   const seen = await waitFor(
     'the use in the usage endpoint',
     async () => {
-      const body = (await (await fetch(`${base}/api/orgs/${org.id}/api-keys/usage`, { headers: { "x-api-key": plaintext } })).json()) as { data: Array<{ id: string; outcomes: { ok: number }; lastUsedAt: string | null }> };
+      const body = (await (await fetch(`${base}/api/orgs/${org.id}/api-keys/usage`, { headers: { 'x-api-key': plaintext } })).json()) as {
+        data: Array<{ id: string; outcomes: { ok: number }; lastUsedAt: string | null }>;
+      };
       const row = body.data.find((k: { id: string }) => k.id === key.id);
       // The usage call itself is a use too; the whoami call is the one we time.
       return row && row.outcomes.ok >= 1 && row.lastUsedAt ? Date.now() : undefined;
@@ -76,7 +96,11 @@ t.test('api and collector as separate processes: a use is visible within the sta
 
   const metrics = await (await fetch(`http://127.0.0.1:${env.API_METRICS_PORT}/metrics`)).text();
   t.match(metrics, /^keyusage_api_uses_recorded_total [1-9]/m, 'the API counts the uses it recorded');
-  t.match(metrics, /^keyusage_api_request_duration_seconds_count\{method="GET",route="\/api\/whoami",status="200"\} 1$/m, 'and times the whoami by route and status');
+  t.match(
+    metrics,
+    /^keyusage_api_request_duration_seconds_count\{method="GET",route="\/api\/whoami",status="200"\} 1$/m,
+    'and times the whoami by route and status',
+  );
   t.equal((await fetch(`${base}/metrics`)).status, 404, 'the public port serves no metrics');
 
   t.equal(await stopped(api.child), 0, 'the api exits 0 on SIGTERM');

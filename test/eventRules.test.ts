@@ -123,7 +123,10 @@ t.test('key.failed_attempts: when the hour reaches the threshold and this batch 
 });
 
 t.test('key.revoked_used and key.expired_used: one per key per hour of the use', async (t) => {
-  const d = delta([{ outcome: 'revoked', ip: '198.51.100.1' }, { outcome: 'expired', ip: '198.51.100.1', at: HOUR + 3_700_000 }]);
+  const d = delta([
+    { outcome: 'revoked', ip: '198.51.100.1' },
+    { outcome: 'expired', ip: '198.51.100.1', at: HOUR + 3_700_000 },
+  ]);
   const events = detectKeyEvents(d, facts({ hours: [] }), RULES);
   t.strictSame(
     events.map((e) => [e.type, e.dedupeKey]),
@@ -141,11 +144,18 @@ t.test('every detail field that holds a client address is one IP erasure clears'
   const isAddress = (value: unknown): boolean => (Array.isArray(value) ? value.some(isAddress) : typeof value === 'string' && isIP(value.split('/')[0]) !== 0);
   const events = [
     detectKeyEvents(delta([{ count: 3, ip: '203.0.113.9' }]), facts({ requestCount: 3 }), RULES),
-    detectKeyEvents(delta([{ ip: '192.0.2.10' }]), facts({ newPrefixes: [{ prefix: '192.0.2.0/24', ip: '192.0.2.10', firstSeen: HOUR }], expectedNetworks: ['10.0.0.0/8'] }), RULES),
+    detectKeyEvents(
+      delta([{ ip: '192.0.2.10' }]),
+      facts({ newPrefixes: [{ prefix: '192.0.2.0/24', ip: '192.0.2.10', firstSeen: HOUR }], expectedNetworks: ['10.0.0.0/8'] }),
+      RULES,
+    ),
     detectKeyEvents(delta([{ outcome: 'bad_secret', count: 5 }]), facts({ hours: [{ hour: HOUR, uses: 0, failed: 20, baseline: null }] }), RULES),
     detectKeyEvents(delta([{ outcome: 'revoked' }, { outcome: 'expired' }]), facts({ hours: [] }), RULES),
   ].flat();
-  t.strictSame(new Set(types(events)), new Set(['key.first_use', 'key.new_ip', 'key.outside_networks', 'key.failed_attempts', 'key.revoked_used', 'key.expired_used']));
+  t.strictSame(
+    new Set(types(events)),
+    new Set(['key.first_use', 'key.new_ip', 'key.outside_networks', 'key.failed_attempts', 'key.revoked_used', 'key.expired_used']),
+  );
   for (const event of events) {
     for (const [field, value] of Object.entries(event.details)) {
       // The key's configured networks, set by an operator: not a client's address.

@@ -30,7 +30,10 @@ async function settle(system: System) {
 }
 
 async function eventsOf(db: Db, keyId: string) {
-  return db('key_events').where({ key_id: keyId }).orderBy([{ column: 'occurred_at' }, { column: 'type' }]).select('type', 'details', 'occurred_at');
+  return db('key_events')
+    .where({ key_id: keyId })
+    .orderBy([{ column: 'occurred_at' }, { column: 'type' }])
+    .select('type', 'details', 'occurred_at');
 }
 
 const countByType = (events: Array<{ type: string }>) =>
@@ -70,10 +73,13 @@ t.test('first use, then a new network once, and the same /24 is not new', async 
   t.strictSame(events.find((e) => e.type === 'key.new_ip')!.details, { ip: SECOND_NETWORK, prefix: '127.0.1.0/24' });
   t.match(events.find((e) => e.type === 'key.first_use')!.details, { ip: '127.0.0.1' });
   const history = await db('api_key_ip_history').where({ key_id: key.id }).orderBy('prefix').select(db.raw('cast(prefix as text) as prefix'));
-  t.strictSame(history.map((row) => row.prefix), ['127.0.0.0/24', '127.0.1.0/24']);
+  t.strictSame(
+    history.map((row) => row.prefix),
+    ['127.0.0.0/24', '127.0.1.0/24'],
+  );
 
   const metrics = await (await fetch(`http://127.0.0.1:${system.collector.metricsPort}/metrics`)).text();
-  t.match(metrics, /^keyusage_collector_events_recorded_total [3-9]$/m, 'the collector counts what it recorded (these two and the admin key\'s first use)');
+  t.match(metrics, /^keyusage_collector_events_recorded_total [3-9]$/m, "the collector counts what it recorded (these two and the admin key's first use)");
 
   const usage = await system.api.request('GET', `/api/orgs/${system.org.id}/api-keys/usage?limit=100`, { key: system.adminKey });
   const row = usage.body.data.find((k: { id: string }) => k.id === key.id);
@@ -138,7 +144,7 @@ t.test('the right secret on a revoked or an expired key, and a burst of wrong se
   t.match(failed[0].details, { attempts: 20, threshold: 20, lastIp: '127.0.0.1' });
 });
 
-t.test('a spike against a seeded baseline, on the collector\'s injected clock', async (t) => {
+t.test("a spike against a seeded baseline, on the collector's injected clock", async (t) => {
   const hour = Math.floor(Date.now() / HOUR) * HOUR - DAY;
   const clock = hour + 30 * 60_000;
   // Flushes only in settle(), so the hour's count at detection is exactly what was sent.
@@ -146,14 +152,24 @@ t.test('a spike against a seeded baseline, on the collector\'s injected clock', 
   const { db } = system;
   const quiet = await createKey(system, 'quiet');
   const busy = await createKey(system, 'busy');
-  await db('api_keys').whereIn('id', [quiet.id, busy.id]).update({ created_at: new Date(hour - 30 * DAY) });
+  await db('api_keys')
+    .whereIn('id', [quiet.id, busy.id])
+    .update({ created_at: new Date(hour - 30 * DAY) });
   const baseline = (keyId: string, uses: number) =>
     Array.from({ length: 7 }, (_, i) => ({ org_id: system.org.id, key_id: keyId, hour: new Date(hour - (i + 1) * DAY), request_count: uses, ok_count: uses }));
   await db('api_key_usage_hourly').insert([...baseline(quiet.id, 2), ...baseline(busy.id, 10)]);
   // Both keys have been used from here for a week (so no first use, no new network).
-  await db('api_key_usage').insert([quiet.id, busy.id].map((id) => ({ key_id: id, org_id: system.org.id, request_count: 70, ok_count: 70, last_used_at: new Date(hour - DAY) })));
+  await db('api_key_usage').insert(
+    [quiet.id, busy.id].map((id) => ({ key_id: id, org_id: system.org.id, request_count: 70, ok_count: 70, last_used_at: new Date(hour - DAY) })),
+  );
   await db('api_key_ip_history').insert(
-    [quiet.id, busy.id].map((id) => ({ key_id: id, prefix: '127.0.0.0/24', first_ip: '127.0.0.1', first_seen: new Date(hour - 7 * DAY), last_seen: new Date(hour - DAY) })),
+    [quiet.id, busy.id].map((id) => ({
+      key_id: id,
+      prefix: '127.0.0.0/24',
+      first_ip: '127.0.0.1',
+      first_seen: new Date(hour - 7 * DAY),
+      last_seen: new Date(hour - DAY),
+    })),
   );
 
   await whoami(system, quiet.key, 15);
@@ -184,16 +200,25 @@ t.test('dormant and expiring keys come from the sweep, once per threshold', asyn
   };
 
   await sweepTwice();
-  t.strictSame((await eventsOf(db, expiring.id)).map((e) => [e.type, e.details.daysBefore]), [['key.expiring', 7]]);
+  t.strictSame(
+    (await eventsOf(db, expiring.id)).map((e) => [e.type, e.details.daysBefore]),
+    [['key.expiring', 7]],
+  );
   clock += 5.5 * DAY;
   await sweepTwice();
-  t.strictSame((await eventsOf(db, expiring.id)).map((e) => [e.type, e.details.daysBefore]), [['key.expiring', 7], ['key.expiring', 1]]);
+  t.strictSame(
+    (await eventsOf(db, expiring.id)).map((e) => [e.type, e.details.daysBefore]),
+    [
+      ['key.expiring', 7],
+      ['key.expiring', 1],
+    ],
+  );
   t.strictSame(await eventsOf(db, idle.id), [], 'not dormant after 5.5 days');
 
   clock += 5 * DAY;
   await sweepTwice();
   const dormant = await eventsOf(db, idle.id);
-  t.strictSame(countByType(dormant), { 'key.dormant': 1 }, 'the org\'s 10 days crossed');
+  t.strictSame(countByType(dormant), { 'key.dormant': 1 }, "the org's 10 days crossed");
   t.strictSame(dormant[0].details, { lastUsedAt: null, dormantDays: 10 });
   t.strictSame(countByType(await eventsOf(db, expiring.id)), { 'key.expiring': 2 }, 'an expired key is not dormant');
   t.equal(collector.sweep.stats.failedSweeps, 0);
@@ -240,11 +265,15 @@ t.test('the events endpoint: newest first, filters, an opaque cursor, one org on
     t.match(other.body, { error: { code: 'not_found', message: 'API key not found', requestId: String } });
   }
   const own = await api.request('GET', `${path}?keyId=${acme.adminKeyId}&type=key.spike`, { key: acme.adminKey });
-  t.equal(own.body.data.length, 4, 'the org\'s own key still filters');
+  t.equal(own.body.data.length, 4, "the org's own key still filters");
   const theirs = await api.request('GET', `/api/orgs/${globex.org.id}/api-keys/events`, { key: acme.adminKey });
   t.equal(theirs.status, 404);
   const forged = await api.request('GET', `${path}?cursor=bm90LWEtY3Vyc29y`, { key: acme.adminKey });
-  t.match(forged, { status: 400, body: { error: { code: 'invalid_request', message: 'Invalid query: cursor: is not a cursor this endpoint returned' } } }, 'the service refuses the cursor, the HTTP layer names the query');
+  t.match(
+    forged,
+    { status: 400, body: { error: { code: 'invalid_request', message: 'Invalid query: cursor: is not a cursor this endpoint returned' } } },
+    'the service refuses the cursor, the HTTP layer names the query',
+  );
 });
 
 t.test('dormant clean-up: a dry run lists exactly what applying revokes, never the caller', async (t) => {
@@ -264,8 +293,12 @@ t.test('dormant clean-up: a dry run lists exactly what applying revokes, never t
   const idle = await api.services.apiKeys.create(org.id, { name: 'idle but cached', scopes: ['keys:read'], expiresAt: null });
   const old = new Date(Date.now() - 200 * DAY);
   await db('api_keys').whereIn('id', [adminKeyId, unused, usedLongAgo, usedRecently, revoked, expired, idle.key.id]).update({ created_at: old });
-  await db('api_keys').where({ id: expired }).update({ expires_at: new Date(Date.now() - DAY) });
-  await db('api_keys').where({ id: revoked }).update({ revoked_at: new Date(Date.now() - DAY) });
+  await db('api_keys')
+    .where({ id: expired })
+    .update({ expires_at: new Date(Date.now() - DAY) });
+  await db('api_keys')
+    .where({ id: revoked })
+    .update({ revoked_at: new Date(Date.now() - DAY) });
   const lastUse = new Date(Date.now() - 120 * DAY);
   await db('api_key_usage').insert([
     { key_id: usedLongAgo, org_id: org.id, request_count: 1, ok_count: 1, last_used_at: lastUse, last_used_ip: '192.0.2.1' },
@@ -287,7 +320,7 @@ t.test('dormant clean-up: a dry run lists exactly what applying revokes, never t
   t.equal((await db('api_keys').whereNotNull('revoked_at').count({ n: '*' }))[0].n, 1, 'nothing revoked by the dry run');
 
   const applied = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false } });
-  t.strictSame(listed(applied.body), expected, 'applying revokes exactly the dry run\'s list');
+  t.strictSame(listed(applied.body), expected, "applying revokes exactly the dry run's list");
   t.ok(applied.body.keys.every((k: { status: string }) => k.status === 'revoked'));
   t.equal((await api.request('GET', '/api/whoami', { key: idle.plaintext })).status, 401, 'refused at once: the cache was invalidated');
   t.equal((await api.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'the caller still works');
@@ -337,16 +370,27 @@ t.test('retention deletes old events only', async (t: Test) => {
     { org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(now - 91 * DAY), details: {}, dedupe_key: 'old' },
     { org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(now - 89 * DAY), details: {}, dedupe_key: 'kept' },
   ]);
-  const [hook] = await db('webhooks').insert({ org_id: org.id, url: 'https://203.0.113.10/hook', event_types: ['*'], secret_box: Buffer.alloc(32) }).returning('id');
+  const [hook] = await db('webhooks')
+    .insert({ org_id: org.id, url: 'https://203.0.113.10/hook', event_types: ['*'], secret_box: Buffer.alloc(32) })
+    .returning('id');
   const delivery = (status: string, daysAgo: number) => ({
-    webhook_id: hook.id, org_id: org.id, event_id: randomUUID(), event_type: 'key.new_ip', payload: { details: { ip: '203.0.113.7' } }, status, created_at: new Date(now - daysAgo * DAY),
+    webhook_id: hook.id,
+    org_id: org.id,
+    event_id: randomUUID(),
+    event_type: 'key.new_ip',
+    payload: { details: { ip: '203.0.113.7' } },
+    status,
+    created_at: new Date(now - daysAgo * DAY),
   });
   // The trigger has queued deliveries of the two events above; these are the ones that matter here.
   await db('webhook_deliveries').del();
   await db('webhook_deliveries').insert([delivery('succeeded', 91), delivery('failed', 91), delivery('pending', 91), delivery('succeeded', 89)]);
   const { expireOldEvents } = await import('../collector/eventStore');
   await expireOldEvents(db, new Date(now), 90);
-  t.strictSame((await db('key_events').select('dedupe_key')).map((r) => r.dedupe_key), ['kept']);
+  t.strictSame(
+    (await db('key_events').select('dedupe_key')).map((r) => r.dedupe_key),
+    ['kept'],
+  );
   t.strictSame(
     (await db('webhook_deliveries').orderBy('created_at').select('status')).map((r) => r.status),
     ['pending', 'succeeded'],

@@ -8,7 +8,11 @@ const LIMITS: ThrottleLimits = { maxFailuresPerIp: 5, maxFailuresPerKey: 3, wind
 function setup(limits: Partial<ThrottleLimits> = {}) {
   const clock = { now: 1_000_000 };
   const lockouts: string[] = [];
-  const throttle = createAuthThrottle({ ...LIMITS, ...limits }, () => clock.now, (scope, subject) => lockouts.push(`${scope}:${subject}`));
+  const throttle = createAuthThrottle(
+    { ...LIMITS, ...limits },
+    () => clock.now,
+    (scope, subject) => lockouts.push(`${scope}:${subject}`),
+  );
   return { throttle, clock, lockouts };
 }
 
@@ -33,7 +37,11 @@ t.test('an address is refused after maxFailuresPerIp failures, until its window 
 t.test('a key id locks for failures only, from any address, and reports the wait on the failure after the limit', async (t) => {
   const { throttle, clock, lockouts } = setup();
   const key = '6f1c2b1e-0000-4000-8000-000000000001';
-  t.same(['198.51.100.1', '198.51.100.2', '198.51.100.3'].map((ip) => throttle.failed(ip, key)), [0, 0, 0], 'the first three failures answer 401');
+  t.same(
+    ['198.51.100.1', '198.51.100.2', '198.51.100.3'].map((ip) => throttle.failed(ip, key)),
+    [0, 0, 0],
+    'the first three failures answer 401',
+  );
   t.equal(throttle.keyLocked(key), true, 'locked after the third');
   t.equal(throttle.failed('198.51.100.4', key), 60_000, 'a fourth failure, from a new address: 429 for the window');
   t.equal(throttle.refuseIp('198.51.100.4'), 0, 'the address itself is not refused: one failure');
@@ -54,7 +62,10 @@ t.test('a malformed key counts against the address only', async (t) => {
 t.test('a limit of 0 disables that throttle', async (t) => {
   const { throttle } = setup({ maxFailuresPerIp: 0, maxFailuresPerKey: 0 });
   const waits = Array.from({ length: 1000 }, () => throttle.failed('192.0.2.9', 'k'));
-  t.ok(waits.every((wait) => wait === 0), '1000 failures, never a wait');
+  t.ok(
+    waits.every((wait) => wait === 0),
+    '1000 failures, never a wait',
+  );
   t.equal(throttle.refuseIp('192.0.2.9'), 0);
   t.equal(throttle.keyLocked('k'), false);
   t.match(throttle.stats, { failures: 1000, lockouts: 0 });

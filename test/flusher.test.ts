@@ -28,7 +28,18 @@ function fakeStore() {
       fresh.forEach((b) => applied.add(b.id));
       const uses = fresh.reduce((s, b) => s + b.batch.uses, 0);
       const duplicateUses = batches.filter((b) => !fresh.includes(b)).reduce((s, b) => s + b.batch.uses, 0);
-      return { appliedBatches: fresh.length, duplicateBatches: batches.length - fresh.length, duplicateUses, keysWritten: 0, usesWritten: uses, unknownKeys: 0, unknownUses: 0, quarantined: [], statements: 4, eventsRecorded: 0 };
+      return {
+        appliedBatches: fresh.length,
+        duplicateBatches: batches.length - fresh.length,
+        duplicateUses,
+        keysWritten: 0,
+        usesWritten: uses,
+        unknownKeys: 0,
+        unknownUses: 0,
+        quarantined: [],
+        statements: 4,
+        eventsRecorded: 0,
+      };
     },
     prune: async () => {},
     expireOldRows: async () => {},
@@ -88,23 +99,26 @@ t.test('pending batches stop absorbing drains at the cap; the aggregator holds t
   t.equal(flusher.stats.usesPersisted, 6);
 });
 
-t.test('a part-full retry batch never absorbs a drain that would take it past the cap: pending keys stay within twice the cap (fails without the fix)', async (t) => {
-  const aggregator = new Aggregator({ maxKeys: 3, now: () => 0 });
-  const { store, fail } = fakeStore();
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 3, logger });
-  aggregator.add({ keyId: key(0), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
-  fail(new Error('down'));
-  await flusher.flush();
-  t.equal(flusher.pendingKeys, 1, 'one key waits for a retry');
-  for (let i = 1; i < 4; i += 1) aggregator.add({ keyId: key(i), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
-  fail(new Error('down'));
-  await flusher.flush();
-  t.ok(flusher.pendingKeys <= 3, `the retry batch stays within the cap (${flusher.pendingKeys})`);
-  for (let i = 4; i < 8; i += 1) aggregator.add({ keyId: key(i), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
-  t.ok(flusher.pendingKeys + aggregator.pendingKeys <= 6, `pending keys ${flusher.pendingKeys + aggregator.pendingKeys} ≤ twice the cap`);
-  t.ok(await flusher.stop(1000), 'stop writes everything still pending');
-  t.equal(flusher.stats.usesPersisted + aggregator.overflowUses, 8, 'every use is persisted or counted as overflow');
-});
+t.test(
+  'a part-full retry batch never absorbs a drain that would take it past the cap: pending keys stay within twice the cap (fails without the fix)',
+  async (t) => {
+    const aggregator = new Aggregator({ maxKeys: 3, now: () => 0 });
+    const { store, fail } = fakeStore();
+    const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 3, logger });
+    aggregator.add({ keyId: key(0), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+    fail(new Error('down'));
+    await flusher.flush();
+    t.equal(flusher.pendingKeys, 1, 'one key waits for a retry');
+    for (let i = 1; i < 4; i += 1) aggregator.add({ keyId: key(i), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+    fail(new Error('down'));
+    await flusher.flush();
+    t.ok(flusher.pendingKeys <= 3, `the retry batch stays within the cap (${flusher.pendingKeys})`);
+    for (let i = 4; i < 8; i += 1) aggregator.add({ keyId: key(i), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+    t.ok(flusher.pendingKeys + aggregator.pendingKeys <= 6, `pending keys ${flusher.pendingKeys + aggregator.pendingKeys} ≤ twice the cap`);
+    t.ok(await flusher.stop(1000), 'stop writes everything still pending');
+    t.equal(flusher.stats.usesPersisted + aggregator.overflowUses, 8, 'every use is persisted or counted as overflow');
+  },
+);
 
 t.test('stop gives up after its deadline when the store stays down', async (t) => {
   const aggregator = new Aggregator({ maxKeys: 3, now: () => 0 });
@@ -117,7 +131,10 @@ t.test('stop gives up after its deadline when the store stays down', async (t) =
 
 t.test('prometheus text', async (t) => {
   t.equal(
-    renderPrometheus([{ name: 'x_total', help: 'Things', type: 'counter', value: 3 }, { name: 'y', help: 'Gauge', type: 'gauge', value: NaN }]),
+    renderPrometheus([
+      { name: 'x_total', help: 'Things', type: 'counter', value: 3 },
+      { name: 'y', help: 'Gauge', type: 'gauge', value: NaN },
+    ]),
     '# HELP x_total Things\n# TYPE x_total counter\nx_total 3\n# HELP y Gauge\n# TYPE y gauge\ny 0\n',
   );
 });

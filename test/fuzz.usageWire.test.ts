@@ -5,7 +5,17 @@
 import { isIP } from 'node:net';
 import fc from 'fast-check';
 import t from 'tap';
-import { MAX_DATAGRAM_BYTES, MAX_LINE_COUNT, OUTCOMES, USAGE_METRIC, encodeUsageLine, packDatagrams, parsePacket, type PacketResult, type UsageSample } from '../shared/usageWire';
+import {
+  MAX_DATAGRAM_BYTES,
+  MAX_LINE_COUNT,
+  OUTCOMES,
+  USAGE_METRIC,
+  encodeUsageLine,
+  packDatagrams,
+  parsePacket,
+  type PacketResult,
+  type UsageSample,
+} from '../shared/usageWire';
 import { LONG } from './helpers/faults';
 
 const KEY = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
@@ -45,7 +55,7 @@ function holds(packet: string): boolean {
     result.lines === expectedLines(packet) &&
     result.lines === result.usage + result.other + result.invalid &&
     result.usage === samples.length &&
-    (result.invalid > 0) === (result.firstError !== undefined) &&
+    result.invalid > 0 === (result.firstError !== undefined) &&
     // The echoed input is capped at 60 characters, ≤ 6 each once JSON-escaped: a bad line cannot flood a log.
     (result.firstError === undefined || result.firstError.length < 500) &&
     samples.every(validSample)
@@ -62,8 +72,14 @@ const fragment = fc.oneof(
 t.test('any string or byte sequence: never throws, every line accounted for, every sample valid', async (t) => {
   fc.assert(fc.property(fc.string({ maxLength: 400, unit: 'binary' }), holds), { numRuns: RUNS });
   fc.assert(fc.property(fc.string({ maxLength: 400, unit: 'grapheme' }), holds), { numRuns: RUNS });
-  fc.assert(fc.property(fc.uint8Array({ maxLength: 2000 }), (bytes) => holds(Buffer.from(bytes).toString('latin1'))), { numRuns: RUNS });
-  fc.assert(fc.property(fc.array(fragment, { maxLength: 40 }), (parts) => holds(parts.join(''))), { numRuns: RUNS * 2 });
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 2000 }), (bytes) => holds(Buffer.from(bytes).toString('latin1'))),
+    { numRuns: RUNS },
+  );
+  fc.assert(
+    fc.property(fc.array(fragment, { maxLength: 40 }), (parts) => holds(parts.join(''))),
+    { numRuns: RUNS * 2 },
+  );
   t.pass(`${RUNS * 5} generated packets`);
 });
 
@@ -74,7 +90,11 @@ t.test('relayed lines: onOther gets exactly the other lines, each one whole vali
   fc.assert(
     fc.property(fc.array(fc.oneof(fragment, otherLine), { maxLength: 40 }), (parts) => {
       const relayed: string[] = [];
-      const result = parsePacket(parts.join(''), () => {}, (line) => relayed.push(line));
+      const result = parsePacket(
+        parts.join(''),
+        () => {},
+        (line) => relayed.push(line),
+      );
       reached += relayed.length;
       return (
         relayed.length === result.other &&
@@ -90,12 +110,10 @@ t.test('relayed lines: onOther gets exactly the other lines, each one whole vali
 });
 
 t.test('oversized packets up to 64 KiB: linear, consistent', async (t) => {
-  const big = fc
-    .tuple(fc.array(fragment, { minLength: 1, maxLength: 20 }), fc.integer({ min: 1024, max: 65_536 }))
-    .map(([parts, size]) => {
-      const unit = parts.join('') || 'x';
-      return unit.repeat(Math.ceil(size / unit.length)).slice(0, size);
-    });
+  const big = fc.tuple(fc.array(fragment, { minLength: 1, maxLength: 20 }), fc.integer({ min: 1024, max: 65_536 })).map(([parts, size]) => {
+    const unit = parts.join('') || 'x';
+    return unit.repeat(Math.ceil(size / unit.length)).slice(0, size);
+  });
   let slowest = 0;
   fc.assert(
     fc.property(big, (packet) => {
@@ -130,7 +148,13 @@ t.test('counts: huge, negative, NaN, Infinity values and rates give exactly roun
       // The oracle: a finite positive decimal value, a rate in (0, 1], a scaled count in [1, MAX_LINE_COUNT].
       const decimal = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
       const count = Math.round(v / r);
-      const ok = decimal.test(value) && Number.isFinite(v) && v > 0 && (rate === undefined || (decimal.test(rate) && r > 0 && r <= 1)) && count >= 1 && count <= MAX_LINE_COUNT;
+      const ok =
+        decimal.test(value) &&
+        Number.isFinite(v) &&
+        v > 0 &&
+        (rate === undefined || (decimal.test(rate) && r > 0 && r <= 1)) &&
+        count >= 1 &&
+        count <= MAX_LINE_COUNT;
       if (ok) accepted += 1;
       return ok ? samples.length === 1 && samples[0].count === count && result.invalid === 0 : samples.length === 0 && result.invalid === 1;
     }),
@@ -173,7 +197,9 @@ t.test('packed values: a usage line counts round(sum / rate) iff every value is 
   let accepted = 0;
   fc.assert(
     fc.property(fc.array(valueText, { minLength: 1, maxLength: 6 }), rateText, (values, rate) => {
-      const { result, samples } = parse(`${USAGE_METRIC}:${values.join(':')}|c${rate === undefined ? '' : `|@${rate}`}|#key:${KEY},org:${ORG},ip:10.0.0.1,outcome:ok`);
+      const { result, samples } = parse(
+        `${USAGE_METRIC}:${values.join(':')}|c${rate === undefined ? '' : `|@${rate}`}|#key:${KEY},org:${ORG},ip:10.0.0.1,outcome:ok`,
+      );
       const decimal = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
       const r = rate === undefined ? 1 : Number(rate);
       const count = Math.round(values.reduce((sum, v) => sum + Number(v), 0) / r);
@@ -230,7 +256,14 @@ t.test('ip fields: accepted iff an IP address without a zone, recorded verbatim'
 t.test('tag injection: encodeUsageLine always writes one line that parses back to the same key or to nothing', async (t) => {
   const hostile = fc.oneof(
     fc.string({ maxLength: 60, unit: 'binary' }),
-    fc.constantFrom(`10.0.0.1,key:${OTHER}`, `10.0.0.1|#key:${OTHER}`, `10.0.0.1\n${USAGE_METRIC}:1000|c|#key:${OTHER},org:${ORG},ip:10.0.0.1,outcome:ok`, 'ok,org:x', '1.2.3.4 #x', '\0'),
+    fc.constantFrom(
+      `10.0.0.1,key:${OTHER}`,
+      `10.0.0.1|#key:${OTHER}`,
+      `10.0.0.1\n${USAGE_METRIC}:1000|c|#key:${OTHER},org:${ORG},ip:10.0.0.1,outcome:ok`,
+      'ok,org:x',
+      '1.2.3.4 #x',
+      '\0',
+    ),
     fc.ipV4(),
     fc.ipV6(),
   );
@@ -251,7 +284,13 @@ t.test('tag injection: encodeUsageLine always writes one line that parses back t
       if (samples.length === 0) return result.invalid === 1;
       roundTrips += 1;
       // Accepted only when nothing had to be neutralised: the very sample that was encoded.
-      return samples[0].keyId === s.keyId && samples[0].orgId === s.orgId && samples[0].ip === s.ip && samples[0].outcome === s.outcome && samples[0].count === s.count;
+      return (
+        samples[0].keyId === s.keyId &&
+        samples[0].orgId === s.orgId &&
+        samples[0].ip === s.ip &&
+        samples[0].outcome === s.outcome &&
+        samples[0].count === s.count
+      );
     }),
     { numRuns: RUNS * 5 },
   );

@@ -57,14 +57,33 @@ const eventDetails = (ip: string | null): Record<string, Record<string, unknown>
 async function seedIps(db: Db, orgId: string, keyId: string, ip: string, daysAgo: number) {
   const at = new Date(Date.now() - daysAgo * DAY_MS);
   await db('api_key_usage')
-    .insert({ key_id: keyId, org_id: orgId, request_count: 1, ok_count: 1, bad_secret_count: 1, last_used_at: at, last_used_ip: ip, last_failed_at: at, last_failed_ip: ip })
+    .insert({
+      key_id: keyId,
+      org_id: orgId,
+      request_count: 1,
+      ok_count: 1,
+      bad_secret_count: 1,
+      last_used_at: at,
+      last_used_ip: ip,
+      last_failed_at: at,
+      last_failed_ip: ip,
+    })
     .onConflict(['org_id', 'key_id'])
     .merge();
   await db('api_key_recent_ips').insert({ org_id: orgId, key_id: keyId, ip, first_seen: at, last_seen: at, request_count: 1 });
   await db('api_key_failed_ips').insert({ org_id: orgId, key_id: keyId, ip, first_seen: at, last_seen: at, attempt_count: 1 });
-  await db.raw('insert into api_key_ip_history (key_id, prefix, first_ip, first_seen, last_seen) values (?, network(cast(? as inet)), ?, ?, ?)', [keyId, `${ip}/24`, ip, at, at]);
-  await db.raw(`insert into audit_log (org_id, occurred_at, actor_type, actor_key_id, actor_display_prefix, action, target_key_id, ip)
-                values (?, ?, 'key', ?, 'ku_x', 'key.rotate', ?, ?)`, [orgId, at, keyId, keyId, ip]);
+  await db.raw('insert into api_key_ip_history (key_id, prefix, first_ip, first_seen, last_seen) values (?, network(cast(? as inet)), ?, ?, ?)', [
+    keyId,
+    `${ip}/24`,
+    ip,
+    at,
+    at,
+  ]);
+  await db.raw(
+    `insert into audit_log (org_id, occurred_at, actor_type, actor_key_id, actor_display_prefix, action, target_key_id, ip)
+                values (?, ?, 'key', ?, 'ku_x', 'key.rotate', ?, ?)`,
+    [orgId, at, keyId, keyId, ip],
+  );
   const events = Object.entries(eventDetails(ip)).map(([type, details]) => ({ org_id: orgId, key_id: keyId, type, occurred_at: at, details }));
   await db('key_events').insert(events);
 }
@@ -77,9 +96,11 @@ const ipsOf = async (db: Db, keyId: string) => ({
   recent: (await db('api_key_recent_ips').where({ key_id: keyId }).pluck('ip')).sort(),
   failed: (await db('api_key_failed_ips').where({ key_id: keyId }).pluck('ip')).sort(),
   history: (await db('api_key_ip_history').where({ key_id: keyId }).pluck('first_ip')).sort(),
-  audit: (await db('audit_log').where({ actor_key_id: keyId }).orderBy('id').pluck('ip')),
+  audit: await db('audit_log').where({ actor_key_id: keyId }).orderBy('id').pluck('ip'),
   events: await db('key_events').where({ key_id: keyId }).orderBy('type').pluck('details'),
-  deliveries: (await db('webhook_deliveries').whereRaw(`payload->>'keyId' = ?`, [keyId]).orderBy('event_type').select('payload')).map((row) => row.payload.details),
+  deliveries: (await db('webhook_deliveries').whereRaw(`payload->>'keyId' = ?`, [keyId]).orderBy('event_type').select('payload')).map(
+    (row) => row.payload.details,
+  ),
 });
 const ipsKept = (ip: string) => ({
   usage: { last_used_ip: ip, last_failed_ip: ip },
@@ -90,9 +111,25 @@ const ipsKept = (ip: string) => ({
   events: Object.values(eventDetails(ip)),
   deliveries: Object.values(eventDetails(ip)),
 });
-const IPS_ERASED = { usage: { last_used_ip: null, last_failed_ip: null }, recent: [], failed: [], history: [], audit: [null], events: ERASED_DETAILS, deliveries: ERASED_DETAILS };
+const IPS_ERASED = {
+  usage: { last_used_ip: null, last_failed_ip: null },
+  recent: [],
+  failed: [],
+  history: [],
+  audit: [null],
+  events: ERASED_DETAILS,
+  deliveries: ERASED_DETAILS,
+};
 // Per table: rows deleted or fields cleared. Four of the five events (and their deliveries) hold an address.
-const ONE_KEY_ERASED = { api_key_recent_ips: 1, api_key_failed_ips: 1, api_key_ip_history: 1, api_key_usage: 2, audit_log: 1, key_events: 4, webhook_deliveries: 4 };
+const ONE_KEY_ERASED = {
+  api_key_recent_ips: 1,
+  api_key_failed_ips: 1,
+  api_key_ip_history: 1,
+  api_key_usage: 2,
+  audit_log: 1,
+  key_events: 4,
+  webhook_deliveries: 4,
+};
 const NOTHING_ERASED = Object.fromEntries(Object.keys(ONE_KEY_ERASED).map((table) => [table, 0]));
 
 t.test('IP_TRUNCATE: the collector aggregates and stores networks only, and the audit log keeps the same', async (t) => {
@@ -101,11 +138,20 @@ t.test('IP_TRUNCATE: the collector aggregates and stores networks only, and the 
   const api = await startTestApi(t, db, { env: { IP_TRUNCATE: 'true' } });
   const { org, adminKey, adminKeyId } = await seedOrg(api, db);
   const line = (ip: string, outcome: 'ok' | 'bad_secret') => encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip, outcome, count: 1 });
-  await sendDatagrams(collector.receiver.port, packDatagrams([line('203.0.113.7', 'ok'), line('203.0.113.99', 'ok'), line('2001:db8:1:2::3', 'ok'), line('198.51.100.23', 'bad_secret')]));
-  await waitFor('the uses to be written', async () => ((await db('api_key_usage').where({ key_id: adminKeyId }).first())?.request_count === 3 ? true : undefined));
+  await sendDatagrams(
+    collector.receiver.port,
+    packDatagrams([line('203.0.113.7', 'ok'), line('203.0.113.99', 'ok'), line('2001:db8:1:2::3', 'ok'), line('198.51.100.23', 'bad_secret')]),
+  );
+  await waitFor('the uses to be written', async () =>
+    (await db('api_key_usage').where({ key_id: adminKeyId }).first())?.request_count === 3 ? true : undefined,
+  );
   const ips = await ipsOf(db, adminKeyId);
   t.same(ips.recent, ['2001:db8:1::', '203.0.113.0']);
-  t.equal((await db('api_key_recent_ips').where({ key_id: adminKeyId, ip: '203.0.113.0' }).first()).request_count, 2, 'two addresses of one /24 count as one network');
+  t.equal(
+    (await db('api_key_recent_ips').where({ key_id: adminKeyId, ip: '203.0.113.0' }).first()).request_count,
+    2,
+    'two addresses of one /24 count as one network',
+  );
   t.same(ips.failed, ['198.51.100.0']);
   t.same(ips.usage, { last_used_ip: '2001:db8:1::', last_failed_ip: '198.51.100.0' });
 
@@ -127,7 +173,7 @@ t.test('IP_RETENTION_DAYS: every table loses addresses older than the setting, a
   await t.rejects(db('audit_log').update({ ip: '203.0.113.1' }), /append-only/, 'the audit log allows erasing an address, nothing else');
 });
 
-t.test('key erase-ips: one key, every table, recorded in the audit log; another org\'s key is not found', async (t) => {
+t.test("key erase-ips: one key, every table, recorded in the audit log; another org's key is not found", async (t) => {
   const { db, acme, otherKeyId } = await world(t);
   await seedIps(db, acme.org.id, acme.adminKeyId, '192.0.2.1', 1);
   await seedIps(db, acme.org.id, otherKeyId, '192.0.2.2', 1);
@@ -138,11 +184,16 @@ t.test('key erase-ips: one key, every table, recorded in the audit log; another 
   t.match(out.join('\n'), /api_key_recent_ips\s+1[\s\S]*audit_log\s+1/);
   t.same(await ipsOf(db, acme.adminKeyId), IPS_ERASED);
   t.same(await ipsOf(db, otherKeyId), ipsKept('192.0.2.2'), 'other keys keep theirs');
-  t.match(await db('audit_log').where({ action: 'key.erase_ips' }).first(), { actor_type: 'cli', target_key_id: acme.adminKeyId, ip: null, details: { erased: { api_key_recent_ips: 1 } } });
+  t.match(await db('audit_log').where({ action: 'key.erase_ips' }).first(), {
+    actor_type: 'cli',
+    target_key_id: acme.adminKeyId,
+    ip: null,
+    details: { erased: { api_key_recent_ips: 1 } },
+  });
 
   t.equal(await cli('key', 'erase-ips', '00000000-0000-4000-8000-000000000000', acme.adminKeyId), 1, 'an unknown org');
   const globex = await db('organizations').insert({ name: 'globex' }).returning('id');
-  t.equal(await cli('key', 'erase-ips', globex[0].id, acme.adminKeyId), 1, "a key of another org");
+  t.equal(await cli('key', 'erase-ips', globex[0].id, acme.adminKeyId), 1, 'a key of another org');
   t.match(err.join('\n'), /not found/);
   t.same(await eraseKeyIps(db, acme.adminKeyId), NOTHING_ERASED, 'nothing left');
 });

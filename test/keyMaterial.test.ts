@@ -45,7 +45,10 @@ t.test('a generated key has the documented format', async (t) => {
   const many = Array.from({ length: 200 }, () => generateKeyMaterial(PEPPER));
   t.equal(new Set(many.map((m) => m.keyId)).size, 200, 'ids do not repeat');
   t.equal(new Set(many.map((m) => secretOf(m.plaintext))).size, 200, 'secrets do not repeat');
-  t.ok(many.some((m) => secretOf(m.plaintext).startsWith('0')), 'short values are zero-padded to 43 characters');
+  t.ok(
+    many.some((m) => secretOf(m.plaintext).startsWith('0')),
+    'short values are zero-padded to 43 characters',
+  );
 });
 
 t.test('a new secret keeps the key id and changes the secret', async (t) => {
@@ -69,7 +72,11 @@ t.test('parse accepts exactly the key format', async (t) => {
     keyId: '01234567-89ab-cdef-0123-456789abcdef',
     secret: SECRET,
   });
-  t.same(parsePresentedKey(`ku_${ID_HEX}_${LEGACY_SECRET}`), { keyId: '01234567-89ab-cdef-0123-456789abcdef', secret: LEGACY_SECRET }, 'a key issued before the checksum');
+  t.same(
+    parsePresentedKey(`ku_${ID_HEX}_${LEGACY_SECRET}`),
+    { keyId: '01234567-89ab-cdef-0123-456789abcdef', secret: LEGACY_SECRET },
+    'a key issued before the checksum',
+  );
   const generated = generateKeyMaterial(PEPPER);
   t.equal(parsePresentedKey(generated.plaintext)?.keyId, generated.keyId, 'round trip');
   t.equal(KEY_PREFIX, 'ku_');
@@ -123,7 +130,10 @@ t.test('the checksum catches every one-character typo and every swap of neighbou
     if (parsePresentedKey(key.slice(0, i) + key[i + 1] + key[i] + key.slice(i + 2)) !== undefined) t.fail(`accepted a swap at ${i}`);
   }
   t.ok(typos > 5000 && swaps > 40, `${typos} typos and ${swaps} swaps, all refused`);
-  const random = Array.from({ length: 2000 }, () => `ku_${randomBytes(16).toString('hex')}_${randomBytes(37).toString('base64url').replace(/[-_]/g, 'x').slice(0, 49)}`);
+  const random = Array.from(
+    { length: 2000 },
+    () => `ku_${randomBytes(16).toString('hex')}_${randomBytes(37).toString('base64url').replace(/[-_]/g, 'x').slice(0, 49)}`,
+  );
   t.ok(random.filter((raw) => parsePresentedKey(raw)).length <= 1, 'random well-formed strings almost never pass (1 in 2^32)');
 });
 

@@ -96,6 +96,8 @@ t.test('cold loads are single-flight, and a load raced by invalidate() is not re
   const racing = verifier.verify(key);
   verifier.invalidate(adminKeyId);
   t.equal((await racing).outcome, 'ok', 'the racing read saw the key before its revocation');
-  await db('api_keys').where({ id: adminKeyId }).update({ revoked_at: new Date(Date.parse('2026-11-25T11:00:00Z')) });
+  await db('api_keys')
+    .where({ id: adminKeyId })
+    .update({ revoked_at: new Date(Date.parse('2026-11-25T11:00:00Z')) });
   t.equal((await verifier.verify(key)).outcome, 'revoked', 'that read was not remembered: the next use reads again');
 });

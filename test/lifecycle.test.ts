@@ -16,7 +16,13 @@ t.test('the api starts, serves, drains its usage and stops', async (t) => {
   sniffer.on('message', (m) => datagrams.push(m.toString()));
   await new Promise<void>((resolve) => sniffer.bind(0, '127.0.0.1', () => resolve()));
   t.teardown(() => sniffer.close());
-  const config = loadConfig({ NODE_ENV: 'test', PORT: '0', API_METRICS_PORT: '0', COLLECTOR_PORT: String(sniffer.address().port), USAGE_DRAIN_INTERVAL_MS: '60000' });
+  const config = loadConfig({
+    NODE_ENV: 'test',
+    PORT: '0',
+    API_METRICS_PORT: '0',
+    COLLECTOR_PORT: String(sniffer.address().port),
+    USAGE_DRAIN_INTERVAL_MS: '60000',
+  });
   const api = await startApi(config, logger, url);
   const health = await fetch(`http://127.0.0.1:${api.port}/healthz`);
   t.equal(health.status, 200);
@@ -53,14 +59,21 @@ t.test('a taken port is reported with its variable', async (t) => {
   const udpBlocker = dgram.createSocket('udp4');
   await new Promise<void>((resolve) => udpBlocker.bind(0, '127.0.0.1', () => resolve()));
   t.teardown(() => udpBlocker.close());
-  await t.rejects(startCollector(loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: String(udpBlocker.address().port), COLLECTOR_METRICS_PORT: '0' }), logger, url), {
-    message: /UDP port \d+ on 127.0.0.1 is already in use; set COLLECTOR_PORT/,
-  });
+  await t.rejects(
+    startCollector(loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: String(udpBlocker.address().port), COLLECTOR_METRICS_PORT: '0' }), logger, url),
+    {
+      message: /UDP port \d+ on 127.0.0.1 is already in use; set COLLECTOR_PORT/,
+    },
+  );
 });
 
 t.test('the collector binds IPv6 loopback and reports its receive buffer', async (t) => {
   const { url } = await freshDatabase(t);
-  const collector = await startCollector(loadConfig({ NODE_ENV: 'test', COLLECTOR_HOST: '::1', COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0' }), logger, url);
+  const collector = await startCollector(
+    loadConfig({ NODE_ENV: 'test', COLLECTOR_HOST: '::1', COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0' }),
+    logger,
+    url,
+  );
   t.equal(collector.receiver.host, '::1');
   t.ok(collector.receiver.recvBufferBytes > 0);
   const socket = dgram.createSocket('udp6');

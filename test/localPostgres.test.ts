@@ -21,7 +21,9 @@ t.test('never opens a folder it did not create; names the one in the way instead
   fs.mkdirSync(privateDir, { mode: 0o700 });
   fs.chmodSync(privateDir, 0o700);
   const dataDir = path.join(privateDir, 'made-here', 'pg');
-  t.throws(() => startLocalPostgres({ dataDir, port: 1 }), { message: new RegExp(`postgres OS user cannot reach .*: ${privateDir} is not searchable.*EMBEDDED_PG_DIR`) });
+  t.throws(() => startLocalPostgres({ dataDir, port: 1 }), {
+    message: new RegExp(`postgres OS user cannot reach .*: ${privateDir} is not searchable.*EMBEDDED_PG_DIR`),
+  });
   t.equal(mode(privateDir), 0o700, 'the existing folder keeps its mode (it was opened to others before)');
   t.equal(mode(base), 0o711, 'and so does every folder above it');
   t.notOk(fs.existsSync(path.join(dataDir, 'PG_VERSION')), 'no cluster was made');
@@ -44,8 +46,16 @@ t.test('a server with a private log and none of the project secrets in its envir
   // tap's process hooks add their own variables (and NODE_OPTIONS) to every child of a test.
   const names = environ.map((entry) => entry.split('=')[0]).filter((name) => !name.startsWith('_TAPJS_') && name !== 'NODE_OPTIONS');
   const allowed = ['PATH', 'HOME', 'TZ', 'TMPDIR', 'LC_ALL', 'PWD', 'PGDATA', 'PG_GRANDPARENT_PID', 'PGSYSCONFDIR', 'PGLOCALEDIR'];
-  t.same(names.filter((name) => !allowed.includes(name)), [], 'only an allow-listed environment');
-  for (const value of [...Object.values(secrets), 'hunter2']) t.notOk(environ.some((entry) => entry.includes(value)), 'no secret reaches the server');
+  t.same(
+    names.filter((name) => !allowed.includes(name)),
+    [],
+    'only an allow-listed environment',
+  );
+  for (const value of [...Object.values(secrets), 'hunter2'])
+    t.notOk(
+      environ.some((entry) => entry.includes(value)),
+      'no secret reaches the server',
+    );
 
   if (asRoot) t.equal(mode(path.join(base, 'created')) & 0o001, 0o001, 'folders it created are opened to the postgres OS user');
   t.equal(mode(`${dataDir}.log`), 0o600, 'the server log is readable by its owner only');

@@ -89,7 +89,10 @@ t.test('the document is a sound OpenAPI 3.1 document', async (t) => {
     const inPath = [...template.matchAll(/\{(\w+)\}/g)].map((match) => match[1]);
     const declared = (operation.parameters ?? []).filter((parameter: Json) => parameter.in === 'path');
     t.same(declared.map((parameter: Json) => parameter.name).sort(), [...inPath].sort(), `${label}: each path parameter declared, none more`);
-    t.ok(declared.every((parameter: Json) => parameter.required === true), `${label}: path parameters are required`);
+    t.ok(
+      declared.every((parameter: Json) => parameter.required === true),
+      `${label}: path parameters are required`,
+    );
     t.ok(Object.keys(operation.responses).length > 0, `${label}: responses`);
     for (const [status, response] of Object.entries<Json>(operation.responses)) {
       t.ok(/^[1-5]\d\d$/.test(status) && (response.$ref || response.description), `${label} ${status}: a status with a description`);
@@ -103,7 +106,13 @@ t.test('the document lists exactly the routes the app registers', async (t) => {
   // Never connected: listing routes runs no query.
   const db = createDb('postgres://nobody@127.0.0.1:1/none');
   t.teardown(() => db.destroy());
-  const { app } = createApp({ db, logger: createLogger({ level: 'silent', name: 'routes' }), config: config.api, webhooks: config.webhooks, recordUse: () => {} });
+  const { app } = createApp({
+    db,
+    logger: createLogger({ level: 'silent', name: 'routes' }),
+    config: config.api,
+    webhooks: config.webhooks,
+    recordUse: () => {},
+  });
   // The dashboard's page is a static file, not part of the API contract.
   const registered = registeredRoutes(app)
     .filter((route) => route !== 'GET /')
@@ -112,7 +121,11 @@ t.test('the document lists exactly the routes the app registers', async (t) => {
       return `${method} ${openApiPath('', expressPath)}`;
     });
   const documented = [...operations(document)].map(({ template, method }) => `${method.toUpperCase()} ${template}`);
-  t.same([...registered].sort(), [...documented].sort(), 'a route without a contract (or a contract without a route) fails here: add it to api/openapi/routes.ts');
+  t.same(
+    [...registered].sort(),
+    [...documented].sort(),
+    'a route without a contract (or a contract without a route) fails here: add it to api/openapi/routes.ts',
+  );
 });
 
 t.test('the document never offers key material outside create and rotate', async (t) => {
@@ -135,7 +148,9 @@ t.test('the document never offers key material outside create and rotate', async
 // ---- Real responses against the document ----
 
 const contracts = new Map<string, { template: string; contract: RouteContract }>(
-  API_ROUTES.flatMap(({ mount, routes }) => routes.map((contract) => [contract.operationId, { template: openApiPath(mount, contract.path), contract }] as const)),
+  API_ROUTES.flatMap(({ mount, routes }) =>
+    routes.map((contract) => [contract.operationId, { template: openApiPath(mount, contract.path), contract }] as const),
+  ),
 );
 
 /** How each operation succeeds: its path ids (default: the org, the reader key, the webhook), query and body. */
@@ -182,10 +197,25 @@ async function buildWorld(t: Test) {
   // Usage, addresses and an event as the collector would write them, so list items are not empty.
   const org_id = acme.org.id;
   const key_id = reader.key.id;
-  await db('api_key_usage').insert({ org_id, key_id, request_count: 3, ok_count: 2, forbidden_count: 1, last_used_at: new Date(START), last_used_ip: '192.0.2.1' });
+  await db('api_key_usage').insert({
+    org_id,
+    key_id,
+    request_count: 3,
+    ok_count: 2,
+    forbidden_count: 1,
+    last_used_at: new Date(START),
+    last_used_ip: '192.0.2.1',
+  });
   await db('api_key_recent_ips').insert({ org_id, key_id, ip: '192.0.2.1', first_seen: new Date(START - DAY), last_seen: new Date(START), request_count: 3 });
   await db('api_key_usage_hourly').insert({ org_id, key_id, hour: new Date(START - 3_600_000), request_count: 3, ok_count: 2, forbidden_count: 1 });
-  await db('key_events').insert({ org_id, key_id, type: 'key.new_ip', occurred_at: new Date(START), details: { ip: '192.0.2.1' }, dedupe_key: 'contract-test' });
+  await db('key_events').insert({
+    org_id,
+    key_id,
+    type: 'key.new_ip',
+    occurred_at: new Date(START),
+    details: { ip: '192.0.2.1' },
+    dedupe_key: 'contract-test',
+  });
   // Two days on, every key but the admin's is dormant for revoke-dormant's dry run.
   clock.now += 2 * DAY;
   return {
@@ -264,7 +294,11 @@ async function refusals(t: Test, world: World, operationId: string, check: Retur
     await call('a body too large', { key: plaintexts.admin, body: { padding: 'x'.repeat(20_000) } });
     // The helper sends JSON; a plain-text body needs fetch.
     const url = api.baseUrl + urlOf(world, template, resolveIds(world, success.ids));
-    const plain = await fetch(url, { method: method.toUpperCase(), headers: { authorization: `Bearer ${plaintexts.admin}`, 'content-type': 'text/plain' }, body: 'hello' });
+    const plain = await fetch(url, {
+      method: method.toUpperCase(),
+      headers: { authorization: `Bearer ${plaintexts.admin}`, 'content-type': 'text/plain' },
+      body: 'hello',
+    });
     const text = await plain.text();
     check(t, template, method, { status: plain.status, headers: plain.headers, text, body: JSON.parse(text) }, 'a text/plain body');
   }

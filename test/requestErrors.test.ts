@@ -21,7 +21,11 @@ t.test('a body that is not JSON answers 415 naming application/json', async (t) 
     ['text/plain', create, { headers: { ...auth, 'content-type': 'text/plain' }, body: '{"name":"x","scopes":["keys:read"]}' }],
     // A byte body: fetch adds no Content-Type.
     ['no Content-Type', create, { headers: auth, body: new TextEncoder().encode('{"name":"x","scopes":["keys:read"]}') }],
-    ['rotate, a form', `${create}/${adminKeyId}/rotate`, { headers: { ...auth, 'content-type': 'application/x-www-form-urlencoded' }, body: 'gracePeriodSeconds=0' }],
+    [
+      'rotate, a form',
+      `${create}/${adminKeyId}/rotate`,
+      { headers: { ...auth, 'content-type': 'application/x-www-form-urlencoded' }, body: 'gracePeriodSeconds=0' },
+    ],
   ];
   for (const [label, url, init] of cases) {
     const response = await fetch(url, { method: 'POST', ...init });
@@ -30,7 +34,11 @@ t.test('a body that is not JSON answers 415 naming application/json', async (t) 
     t.equal(body.error.code, 'unsupported_media_type', `${label}: unsupported_media_type`);
     t.match(body.error.message, /application\/json/, `${label}: names application/json`);
   }
-  const json = await fetch(create, { method: 'POST', headers: { ...auth, 'content-type': 'application/json; charset=utf-8' }, body: '{"name":"x","scopes":["keys:read"]}' });
+  const json = await fetch(create, {
+    method: 'POST',
+    headers: { ...auth, 'content-type': 'application/json; charset=utf-8' },
+    body: '{"name":"x","scopes":["keys:read"]}',
+  });
   t.equal(json.status, 201, 'application/json with a charset is accepted');
   const noBody = await fetch(`${create}/${adminKeyId}/rotate`, { method: 'POST', headers: auth });
   t.equal(noBody.status, 200, 'an empty body is left to the schema (rotate needs none)');
@@ -58,7 +66,7 @@ t.test('a date-time whose "+" arrived as a space: the message suggests %2B or Z'
   t.equal(encoded.status, 200, '%2B works');
 });
 
-t.test('a malformed id answers 400 naming it in every position; another org\'s id is still 404', async (t) => {
+t.test("a malformed id answers 400 naming it in every position; another org's id is still 404", async (t) => {
   const { api, org, adminKey, adminKeyId } = await setup(t);
   const cases: Array<[string, string, string]> = [
     ['org id', `/api/orgs/not-a-uuid/api-keys/${adminKeyId}`, 'id'],

@@ -36,7 +36,7 @@ async function freePorts() {
   const take = async (next: () => Promise<number>) => {
     for (;;) {
       const port = await next();
-      if (!ports.has(port)) return ports.add(port), port;
+      if (!ports.has(port)) return (ports.add(port), port);
     }
   };
   return {
@@ -91,7 +91,9 @@ class Launch {
       const match = pattern.exec(this.output);
       if (match) return match;
       if (this.exit || Date.now() > deadline) {
-        throw new Error(`${this.exit ? `npm start exited (${JSON.stringify(this.exit)})` : `timed out after ${timeoutMs} ms`} before printing ${pattern}; output:\n${this.output.slice(-4000)}`);
+        throw new Error(
+          `${this.exit ? `npm start exited (${JSON.stringify(this.exit)})` : `timed out after ${timeoutMs} ms`} before printing ${pattern}; output:\n${this.output.slice(-4000)}`,
+        );
       }
       await sleep(50);
     }
@@ -215,10 +217,14 @@ t.test('parseProcfile reads `name: command` lines and rejects anything else', as
     { name: 'web', command: 'node --import tsx api/main.ts' },
     { name: 'collector', command: 'node --import tsx collector/main.ts' },
   ]);
-  t.same(parseProcfile('# comment\r\n\r\n  \nweb:   node a.js  \r\nworker_2: node "b c.js" $PORT\n'), [
-    { name: 'web', command: 'node a.js' },
-    { name: 'worker_2', command: 'node "b c.js" $PORT' },
-  ], 'comments, blank lines, CRLF and surrounding spaces');
+  t.same(
+    parseProcfile('# comment\r\n\r\n  \nweb:   node a.js  \r\nworker_2: node "b c.js" $PORT\n'),
+    [
+      { name: 'web', command: 'node a.js' },
+      { name: 'worker_2', command: 'node "b c.js" $PORT' },
+    ],
+    'comments, blank lines, CRLF and surrounding spaces',
+  );
   const invalid: Array<[string, RegExp]> = [
     ['web node a.js', /line 1 is not "name: command"/],
     ['web:', /line 1 is not "name: command"/],
@@ -232,7 +238,10 @@ t.test('parseProcfile reads `name: command` lines and rejects anything else', as
 
 t.test('startOrder: collector first, web last, both required', async (t) => {
   const entries = parseProcfile('web: w\nclock: c\ncollector: k\n');
-  t.same(startOrder(entries).map((entry) => entry.name), ['collector', 'clock', 'web']);
+  t.same(
+    startOrder(entries).map((entry) => entry.name),
+    ['collector', 'clock', 'web'],
+  );
   t.throws(() => startOrder(parseProcfile('web: w\n')), { message: 'The Procfile has no "collector:" line' });
   t.throws(() => startOrder(parseProcfile('collector: k\n')), { message: 'The Procfile has no "web:" line' });
 });
@@ -296,7 +305,12 @@ t.test('ensureDemoOrg creates the demo org and an every-scope key once, and find
   t.same(later, { created: false, org: created.org }, 'a later run reuses the org and has no key to show');
   t.equal((await db('api_keys').where({ org_id: created.org.id }).count<{ count: number }[]>({ count: '*' }))[0].count, 1);
 
-  const context = { baseUrl: 'http://127.0.0.1:3000', dataLocation: '.data/postgres', resetHint: 'To reset: rm -rf .data', settings: { prefix: '', secrets: [] } };
+  const context = {
+    baseUrl: 'http://127.0.0.1:3000',
+    dataLocation: '.data/postgres',
+    resetHint: 'To reset: rm -rf .data',
+    settings: { prefix: '', secrets: [] },
+  };
   const firstBanner = demoBanner(created, context);
   t.match(firstBanner, `curl -H "Authorization: Bearer ${created.key.plaintext}" http://127.0.0.1:3000/api/whoami`);
   t.match(firstBanner, `curl -H "Authorization: Bearer ${created.key.plaintext}" http://127.0.0.1:3000/api/orgs/${created.org.id}/api-keys/usage`);
@@ -308,8 +322,14 @@ t.test('ensureDemoOrg creates the demo org and an every-scope key once, and find
   t.match(laterBanner, 'Bearer <your-key>');
   t.notMatch(laterBanner, 'To reset');
 
-  const settings = commandSettings(loadConfig({ NODE_ENV: 'development', PORT: '3100', EMBEDDED_PG_DIR: "/tmp/it's here", EMBEDDED_PG_PORT: '54329' }), { KEY_PEPPER: 'x' });
-  t.same(settings, { prefix: `PORT=3100 EMBEDDED_PG_DIR='/tmp/it'\\''s here' `, secrets: ['KEY_PEPPER'] }, 'only non-default settings, shell-quoted; secrets by name only');
+  const settings = commandSettings(loadConfig({ NODE_ENV: 'development', PORT: '3100', EMBEDDED_PG_DIR: "/tmp/it's here", EMBEDDED_PG_PORT: '54329' }), {
+    KEY_PEPPER: 'x',
+  });
+  t.same(
+    settings,
+    { prefix: `PORT=3100 EMBEDDED_PG_DIR='/tmp/it'\\''s here' `, secrets: ['KEY_PEPPER'] },
+    'only non-default settings, shell-quoted; secrets by name only',
+  );
   const pasted = demoBanner(created, { ...context, settings });
   t.match(pasted, `\n    PORT=3100 EMBEDDED_PG_DIR='/tmp/it'\\''s here' npm run demo-traffic\n`);
   t.match(pasted, 'export the same KEY_PEPPER as this one');
@@ -356,7 +376,11 @@ t.test('npm start: embedded database, demo key, usage within the staleness bound
   // The demo-traffic line exactly as printed, in a terminal that has none of npm start's settings
   // and no key: it finds the database from the data folder and mints its own key there.
   const printed = launch.output.match(/^ {4}(\S.*npm run demo-traffic)$/m)?.[1];
-  t.match(printed, new RegExp(`PORT=${ports.PORT} EMBEDDED_PG_DIR=${pgDir} EMBEDDED_PG_PORT=${ports.EMBEDDED_PG_PORT} npm run demo-traffic$`), 'the printed line carries every non-default setting');
+  t.match(
+    printed,
+    new RegExp(`PORT=${ports.PORT} EMBEDDED_PG_DIR=${pgDir} EMBEDDED_PG_PORT=${ports.EMBEDDED_PG_PORT} npm run demo-traffic$`),
+    'the printed line carries every non-default setting',
+  );
   const bareEnv = launcherEnv(ports);
   for (const name of [...Object.keys(ports), 'EMBEDDED_PG_DIR']) delete bareEnv[name];
   const traffic = spawnSync('/bin/sh', ['-c', `${printed} -- --requests 200 --seconds 15`], { cwd: ROOT, env: bareEnv, encoding: 'utf8', timeout: 40_000 });
@@ -369,7 +393,12 @@ t.test('npm start: embedded database, demo key, usage within the staleness bound
   const minted = await asOwner(ports, (owner) => owner('api_keys').where({ id: mintedId }).first());
   t.ok(minted?.revoked_at, 'and revoked it at the end');
   // With the printed key instead, as before: DEMO_KEY wins over minting.
-  const withKey = spawnSync('/bin/sh', ['-c', `DEMO_KEY=${key} ${printed} -- --requests 60 --seconds 10`], { cwd: ROOT, env: bareEnv, encoding: 'utf8', timeout: 40_000 });
+  const withKey = spawnSync('/bin/sh', ['-c', `DEMO_KEY=${key} ${printed} -- --requests 60 --seconds 10`], {
+    cwd: ROOT,
+    env: bareEnv,
+    encoding: 'utf8',
+    timeout: 40_000,
+  });
   t.equal(withKey.status, 0, 'demo-traffic with DEMO_KEY succeeds', { stdout: withKey.stdout, stderr: withKey.stderr });
   t.notMatch(withKey.stdout, /Minted/, 'and mints nothing');
 
@@ -379,7 +408,10 @@ t.test('npm start: embedded database, demo key, usage within the staleness bound
   // dies at once, npm re-raises SIGTERM on itself, and the launcher never hears of it.
   t.same(exit, { code: 0, signal: null }, 'npm start exits 0 after SIGTERM (package.json "start" must exec the launcher)');
   const order = ['stopping web', 'stopping collector', 'stopping PostgreSQL'].map((line) => launch.output.indexOf(line));
-  t.ok(order.every((index, i) => index >= 0 && (i === 0 || index > order[i - 1])), 'stops the API, then the collector, then PostgreSQL');
+  t.ok(
+    order.every((index, i) => index >= 0 && (i === 0 || index > order[i - 1])),
+    'stops the API, then the collector, then PostgreSQL',
+  );
   const banner = /\nDemo organization[\s\S]*?Stop with Ctrl-C/.exec(launch.output)![0];
   t.ok(banner.includes(key!) && !launch.output.replace(banner, '').includes(key!), 'the key appears in the banner and nowhere else');
   await assertNothingLeft(t, launch, ports);
@@ -416,7 +448,12 @@ t.test('one launcher per data folder; the CLI finds its database from the folder
 
   // A second terminal that knows only the folder: the port comes from postmaster.pid.
   const cliEnv = launcherEnv(ports, { EMBEDDED_PG_DIR: folder, EMBEDDED_PG_PORT: String(await freeTcpPort()) });
-  const cli = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/cli.ts', 'org', 'list', '--json'], { cwd: ROOT, env: cliEnv, encoding: 'utf8', timeout: 30_000 });
+  const cli = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/cli.ts', 'org', 'list', '--json'], {
+    cwd: ROOT,
+    env: cliEnv,
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
   t.equal(cli.status, 0, 'npm run cli reaches the running database', { stderr: cli.stderr });
   t.match(JSON.parse(cli.stdout), [{ name: 'demo' }]);
   t.equal(postmasterPid(folder), postgres, 'and leaves it running');
@@ -477,7 +514,11 @@ t.test('with DATABASE_URL, npm start uses that database, starts none of its own 
   await launch.waitFor(/Stop with Ctrl-C/, 60_000);
   t.notMatch(launch.output, /embedded PostgreSQL/, 'no embedded database is started');
   t.notOk(fs.existsSync(neverCreated), 'the embedded data folder is not created');
-  t.match(launch.output, new RegExp(`Data lives in the database at 127\\.0\\.0\\.1:\\d+${new URL(url).pathname} \\(DATABASE_URL\\)`), 'the banner names the database, without its password');
+  t.match(
+    launch.output,
+    new RegExp(`Data lives in the database at 127\\.0\\.0\\.1:\\d+${new URL(url).pathname} \\(DATABASE_URL\\)`),
+    'the banner names the database, without its password',
+  );
   t.notMatch(launch.output, new RegExp(new URL(url).password), 'the password is not printed');
   t.notMatch(launch.output, /rm -rf/, 'and offers no reset that would delete it');
   t.notMatch(launch.output, KEY_PATTERN, 'no demo key is made in an external database');

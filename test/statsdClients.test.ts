@@ -84,7 +84,11 @@ t.test('usage lines from real clients are persisted exactly; every other line is
   t.equal(byKey.get(secondClient).last_failed_ip, '198.51.100.9');
   t.equal(new Date(byKey.get(dogstatsdRaw).last_used_at).getTime(), earlier, '|T sets last_used_at');
   const hours = await db('api_key_usage_hourly').where({ key_id: dogstatsdRaw });
-  t.strictSame(hours.map((h) => new Date(h.hour).getTime()), [earlier - (earlier % HOUR_MS)], '|T picks the hour bucket');
+  t.strictSame(
+    hours.map((h) => new Date(h.hour).getTime()),
+    [earlier - (earlier % HOUR_MS)],
+    '|T picks the hour bucket',
+  );
   const late = new Date(byKey.get(outOfWindow).last_used_at).getTime();
   t.ok(late >= now - 60_000, 'a |T beyond the window counts at receipt time');
   t.equal(collector.aggregator.outOfWindowSamples, 1);
@@ -99,7 +103,14 @@ t.test('usage lines from real clients are persisted exactly; every other line is
   await waitFor('the other lines relayed', () => (upstream.lines.length >= otherLines.length ? true : undefined));
   t.strictSame([...upstream.lines].sort(), [...otherLines].sort(), 'exactly the other lines, whole, once; no usage line, no bad line');
   const metrics = Object.fromEntries(collector.samples().map((s) => [s.name.replace('keyusage_collector_', ''), s.value]));
-  t.match(metrics, { other_lines_total: 5, relay_sent_lines_total: 5, relay_dropped_lines_total: 0, bad_lines_total: 1, usage_lines_total: 8, out_of_window_timestamps_total: 1 });
+  t.match(metrics, {
+    other_lines_total: 5,
+    relay_sent_lines_total: 5,
+    relay_dropped_lines_total: 0,
+    bad_lines_total: 1,
+    usage_lines_total: 8,
+    out_of_window_timestamps_total: 1,
+  });
 
   dog.close();
   influx.close();
@@ -118,5 +129,8 @@ t.test('without COLLECTOR_RELAY_TO other lines are counted and dropped', async (
 
 t.test('a relay target whose name does not resolve stops the start, naming the variable', async (t) => {
   const { url } = await freshDatabase(t);
-  await t.rejects(startTestCollector(t, url, { COLLECTOR_RELAY_TO: 'no-such-host.invalid:8125' }), /^COLLECTOR_RELAY_TO: cannot reach no-such-host\.invalid:8125/);
+  await t.rejects(
+    startTestCollector(t, url, { COLLECTOR_RELAY_TO: 'no-such-host.invalid:8125' }),
+    /^COLLECTOR_RELAY_TO: cannot reach no-such-host\.invalid:8125/,
+  );
 });

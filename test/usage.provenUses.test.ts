@@ -29,7 +29,9 @@ t.test('a stranger who knows only a key id cannot make the key look used (fails 
   const { db, api, collector, org, adminKey } = await wiredSystem(t);
   const victim = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name: 'victim', scopes: ['keys:read'] } });
   // Never used and older than dormantDays (30): dormant, which the stranger must not change.
-  await db('api_keys').where({ id: victim.body.id }).update({ created_at: db.raw("created_at - interval '60 days'") });
+  await db('api_keys')
+    .where({ id: victim.body.id })
+    .update({ created_at: db.raw("created_at - interval '60 days'") });
   const ATTEMPTS = 5;
   for (let i = 0; i < ATTEMPTS; i += 1) {
     t.equal((await api.request('GET', '/api/whoami', { key: withWrongSecret(victim.body.key) })).status, 401);
@@ -49,7 +51,10 @@ t.test('a stranger who knows only a key id cannot make the key look used (fails 
   t.ok(Date.now() - Date.parse(row.lastFailedAt) < 10_000);
   t.match(row.recentFailedIps, [{ ip: '127.0.0.1', attemptCount: ATTEMPTS }]);
   const dormant = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?dormant=true`, { key: adminKey });
-  t.ok(dormant.body.data.some((k: { id: string }) => k.id === victim.body.id), 'still on the dormant list');
+  t.ok(
+    dormant.body.data.some((k: { id: string }) => k.id === victim.body.id),
+    'still on the dormant list',
+  );
 
   t.equal((await api.request('GET', '/api/whoami', { key: victim.body.key })).status, 200);
   const used = await waitFor('the proven use', async () => {
@@ -114,7 +119,14 @@ t.test('a counter at the bigint maximum saturates instead of stalling every org 
   const globex = await seedOrg(api, db, 'globex');
   const hour = new Date(Math.floor(Date.now() / 3_600_000) * 3_600_000);
   // Where forged lines (or years of traffic) could push a counter.
-  await db('api_key_usage').insert({ key_id: acme.adminKeyId, org_id: acme.org.id, request_count: BIGINT_MAX, ok_count: BIGINT_MAX, last_used_at: new Date(), last_used_ip: '192.0.2.1' });
+  await db('api_key_usage').insert({
+    key_id: acme.adminKeyId,
+    org_id: acme.org.id,
+    request_count: BIGINT_MAX,
+    ok_count: BIGINT_MAX,
+    last_used_at: new Date(),
+    last_used_ip: '192.0.2.1',
+  });
   await db('api_key_usage_hourly').insert([
     { org_id: acme.org.id, key_id: acme.adminKeyId, hour, request_count: BIGINT_MAX, ok_count: BIGINT_MAX },
     { org_id: acme.org.id, key_id: acme.adminKeyId, hour: new Date(hour.getTime() - 3_600_000), request_count: BIGINT_MAX, ok_count: BIGINT_MAX },
@@ -157,7 +169,10 @@ t.test('a data error on one key is isolated: that key is set aside, every other 
     end $$`);
   await db.raw('create trigger refuse_poisoned before insert or update on api_key_usage_hourly for each row execute function refuse_poisoned()');
   const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000' });
-  await sendDatagrams(collector.receiver.port, keys.map((keyId, i) => encodeUsageLine({ keyId, orgId: org.id, ip: '10.0.0.1', outcome: 'ok', count: i + 1 })));
+  await sendDatagrams(
+    collector.receiver.port,
+    keys.map((keyId, i) => encodeUsageLine({ keyId, orgId: org.id, ip: '10.0.0.1', outcome: 'ok', count: i + 1 })),
+  );
   await waitFor('the lines', () => (collector.ingest.usageLines === keys.length ? true : undefined));
   t.ok(await collector.flusher.flush(), 'the flush completes');
   const rows = await db('api_key_usage').whereIn('key_id', keys).select('key_id', 'request_count');
@@ -166,10 +181,19 @@ t.test('a data error on one key is isolated: that key is set aside, every other 
     keys.filter((k) => k !== poisoned).sort(),
     'every key but the poisoned one is written, totals and hours alike',
   );
-  t.equal(await db('api_key_usage_hourly').whereIn('key_id', keys).count({ n: '*' }).then((r) => Number(r[0].n)), keys.length - 1);
+  t.equal(
+    await db('api_key_usage_hourly')
+      .whereIn('key_id', keys)
+      .count({ n: '*' })
+      .then((r) => Number(r[0].n)),
+    keys.length - 1,
+  );
   t.equal(collector.flusher.stats.quarantinedKeys, 1);
   t.equal(collector.flusher.stats.quarantinedUses, 5);
-  t.ok(collector.logLines.some((line) => line.includes(poisoned) && line.includes('data error')), 'the log names the key id');
+  t.ok(
+    collector.logLines.some((line) => line.includes(poisoned) && line.includes('data error')),
+    'the log names the key id',
+  );
   const metrics = await (await fetch(`http://127.0.0.1:${collector.metricsPort}/metrics`)).text();
   t.match(metrics, /^keyusage_collector_quarantined_keys_total 1$/m);
 

@@ -47,10 +47,19 @@ t.test('uses coalesce per key, ip and outcome; the sum of sent counts equals the
   complete();
   const samples = samplesOf(sent);
   t.equal(samples.length, 100, '50 ips × 2 outcomes');
-  t.equal(samples.reduce((sum, s) => sum + s.count, 0), 5000);
-  t.ok(sent.every((d) => Buffer.byteLength(d) <= 1432), 'datagrams fit 1432 bytes');
+  t.equal(
+    samples.reduce((sum, s) => sum + s.count, 0),
+    5000,
+  );
+  t.ok(
+    sent.every((d) => Buffer.byteLength(d) <= 1432),
+    'datagrams fit 1432 bytes',
+  );
   const longestLine = Math.max(...sent.flatMap((d) => d.split('\n')).map((l) => l.length));
-  t.ok(sent.slice(0, -1).every((d) => d.length > 1432 - longestLine - 1), 'datagrams are packed full');
+  t.ok(
+    sent.slice(0, -1).every((d) => d.length > 1432 - longestLine - 1),
+    'datagrams are packed full',
+  );
   t.same(recorder.stats, { recordedUses: 5000, sentUses: 5000, failedUses: 0, datagrams: sent.length, failedDatagrams: 0, earlyDrains: 0 });
   const before = sent.length;
   recorder.drain();
@@ -72,7 +81,12 @@ t.test('send failures are counted and logged once per interval, never thrown', a
   t.equal(lines.filter((l) => l.includes('could not send usage datagram')).length, 1, 'rate-limited to one line');
 
   const throwing = new UsageRecorder({
-    sink: { send: () => { throw new Error('socket closed'); }, close: async () => {} },
+    sink: {
+      send: () => {
+        throw new Error('socket closed');
+      },
+      close: async () => {},
+    },
     maxEntries: 10,
     drainIntervalMs: 1000,
     logger,
@@ -115,7 +129,14 @@ t.test('a line never carries more than the collector accepts: a busy entry drain
   recorder.drain();
   complete();
   const results = sent.map((d) => parsePacket(d, () => {}));
-  t.equal(results.reduce((sum, r) => sum + r.invalid, 0), 0, 'every line is within the per-line cap');
-  t.strictSame(samplesOf(sent).map((s) => s.count), [MAX_LINE_COUNT, 5]);
+  t.equal(
+    results.reduce((sum, r) => sum + r.invalid, 0),
+    0,
+    'every line is within the per-line cap',
+  );
+  t.strictSame(
+    samplesOf(sent).map((s) => s.count),
+    [MAX_LINE_COUNT, 5],
+  );
   t.equal(recorder.stats.earlyDrains, 1);
 });

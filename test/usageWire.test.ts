@@ -208,7 +208,11 @@ const rejects: Array<{ name: string; packet: string; reason: RegExp }> = [
   { name: 'missing outcome', packet: `apikey.used:1|c|#key:${KEY},org:${ORG},ip:10.0.0.1`, reason: /^missing tag "outcome"/ },
   { name: 'no tags at all', packet: 'apikey.used:1|c', reason: /^missing tag "key"/ },
   { name: 'non-uuid key', packet: `apikey.used:1|c|#key:abc,org:${ORG},ip:10.0.0.1,outcome:ok`, reason: /^bad key "abc"/ },
-  { name: 'upper-case key with a non-hex letter', packet: `apikey.used:1|c|#key:${KEY.toUpperCase().replace('F', 'G')},org:${ORG},ip:10.0.0.1,outcome:ok`, reason: /^bad key/ },
+  {
+    name: 'upper-case key with a non-hex letter',
+    packet: `apikey.used:1|c|#key:${KEY.toUpperCase().replace('F', 'G')},org:${ORG},ip:10.0.0.1,outcome:ok`,
+    reason: /^bad key/,
+  },
   { name: 'upper-case ids that differ', packet: `apikey.used,key=${OTHER_KEY.toUpperCase()}:1|c|#${TAGS}`, reason: /^conflicting "key" tags/ },
   { name: 'packed value 0', packet: `apikey.used:1:0|c|#${TAGS}`, reason: /^bad value "1:0"/ },
   { name: 'packed negative value', packet: `apikey.used:3:-1|c|#${TAGS}`, reason: /^bad value "3:-1"/ },
@@ -294,7 +298,11 @@ t.test('parsePacket: onOther receives exactly the other valid lines, for the rel
   const others: string[] = [];
   const samples: UsageSample[] = [];
   const packet = `requests:1|c\r\napikey.used:1|c|#${TAGS}\nnot a line\nlatency:1:2|ms|#route:/x\n\nusers:alice|s`;
-  const result = parsePacket(packet, (s) => samples.push(s), (line) => others.push(line));
+  const result = parsePacket(
+    packet,
+    (s) => samples.push(s),
+    (line) => others.push(line),
+  );
   t.strictSame(others, ['requests:1|c', 'latency:1:2|ms|#route:/x', 'users:alice|s'], 'in order, without line terminators');
   t.strictSame(samples, [sample()]);
   t.match(result, { lines: 5, usage: 1, other: 3, invalid: 1 });
@@ -381,9 +389,7 @@ t.test('packDatagrams', async (t) => {
 // The accounting the collector's metrics rely on, whatever the input.
 function consistent(result: PacketResult, samples: UsageSample[]): boolean {
   return (
-    result.lines === result.usage + result.other + result.invalid &&
-    result.usage === samples.length &&
-    (result.invalid > 0) === (result.firstError !== undefined)
+    result.lines === result.usage + result.other + result.invalid && result.usage === samples.length && result.invalid > 0 === (result.firstError !== undefined)
   );
 }
 
@@ -417,19 +423,24 @@ t.test('parsePacket never throws', async (t) => {
   // Near-valid lines, some with a fragment spliced in, reach far deeper than
   // random bytes; whatever comes out as a sample must be a valid one.
   const fragments = ['\n', '\r', '\0', ' ', ':', '|', ',', '#', '=', '@', 'key:', `key:${OTHER_KEY}`, 'ip:::1', '|#', '|c'];
-  const sometimes = <T>(arbitrary: fc.Arbitrary<T>) =>
-    fc.oneof({ arbitrary: fc.constant(null), weight: 3 }, { arbitrary, weight: 1 });
+  const sometimes = <T>(arbitrary: fc.Arbitrary<T>) => fc.oneof({ arbitrary: fc.constant(null), weight: 3 }, { arbitrary, weight: 1 });
   const noiseTag = fc.constantFrom(
-    `key:${OTHER_KEY}`, `key:${KEY.toUpperCase()}`, 'key:', 'key', 'org:acme', 'ip:999.1.1.1', 'ip:', 'outcome:nope', 'env:prod',
+    `key:${OTHER_KEY}`,
+    `key:${KEY.toUpperCase()}`,
+    'key:',
+    'key',
+    'org:acme',
+    'ip:999.1.1.1',
+    'ip:',
+    'outcome:nope',
+    'env:prod',
   );
   const usageTags = fc.tuple(fc.constantFrom('ip:10.0.0.1', 'ip:::1', 'ip:2001:db8::1'), fc.constantFrom(...OUTCOMES));
   // All four usage tags plus some noise, shuffled, with at most one left out.
-  const tagList = fc
-    .tuple(usageTags, fc.array(noiseTag, { maxLength: 2 }))
-    .chain(([[ip, outcome], noise]) => {
-      const all = [`key:${KEY}`, `org:${ORG}`, ip, `outcome:${outcome}`, ...noise];
-      return fc.shuffledSubarray(all, { minLength: all.length - 1 });
-    });
+  const tagList = fc.tuple(usageTags, fc.array(noiseTag, { maxLength: 2 })).chain(([[ip, outcome], noise]) => {
+    const all = [`key:${KEY}`, `org:${ORG}`, ip, `outcome:${outcome}`, ...noise];
+    return fc.shuffledSubarray(all, { minLength: all.length - 1 });
+  });
   const line = fc
     .record({
       name: fc.constantFrom(USAGE_METRIC, `${USAGE_METRIC},key=${KEY}`, `${USAGE_METRIC},ip=::1`, 'requests', '', 'api key'),

@@ -16,7 +16,10 @@ async function world(t: Test, env: Record<string, string> = ALLOW_PRIVATE) {
 
 t.test('create shows the secret once; list never shows it', async (t) => {
   const { db, api, acme, hooks } = await world(t);
-  const created = await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'http://127.0.0.1:9/in', events: ['key.new_ip', 'key.spike', 'key.new_ip'] } });
+  const created = await api.request('POST', hooks(), {
+    key: acme.adminKey,
+    body: { url: 'http://127.0.0.1:9/in', events: ['key.new_ip', 'key.spike', 'key.new_ip'] },
+  });
   t.equal(created.status, 201);
   t.equal(created.headers.get('cache-control'), 'no-store', 'no cache keeps the secret');
   t.match(created.body, { orgId: acme.org.id, url: 'http://127.0.0.1:9/in', events: ['key.new_ip', 'key.spike'], createdAt: String });
@@ -29,10 +32,17 @@ t.test('create shows the secret once; list never shows it', async (t) => {
   const listed = await api.request('GET', hooks(), { key: acme.adminKey });
   t.equal(listed.status, 200);
   t.same(listed.body.page, { limit: 50, offset: 0, total: 2 });
-  t.same(listed.body.data.map((hook: { id: string }) => hook.id), [created.body.id, everything.body.id]);
+  t.same(
+    listed.body.data.map((hook: { id: string }) => hook.id),
+    [created.body.id, everything.body.id],
+  );
   t.same(Object.keys(listed.body.data[0]).sort(), ['createdAt', 'events', 'id', 'lastDelivery', 'orgId', 'url'], 'no secret field');
   const second = await api.request('GET', `${hooks()}?limit=1&offset=1`, { key: acme.adminKey });
-  t.same(second.body.data.map((hook: { id: string }) => hook.id), [everything.body.id], 'paginated');
+  t.same(
+    second.body.data.map((hook: { id: string }) => hook.id),
+    [everything.body.id],
+    'paginated',
+  );
 
   const [stored] = await db('webhooks').where({ id: created.body.id });
   t.notOk(Buffer.from(stored.secret_box).includes(Buffer.from(secret)), 'stored encrypted, not in plaintext');
@@ -46,7 +56,11 @@ t.test('validation names the field', async (t) => {
     ['ftp', { url: 'ftp://example.com/x', events: ['*'] }, /url: must be an http or https URL/],
     ['credentials', { url: 'https://user:pw@example.com/x', events: ['*'] }, /url: must not contain credentials/],
     ['API key in URL', { url: `https://example.com/x?k=ku_${'a'.repeat(32)}_${'b'.repeat(43)}`, events: ['*'] }, /url: must not contain an API key/],
-    ['NUL in the URL (a 500 before: PostgreSQL cannot store it)', { url: 'https://example.com/a\u0000b', events: ['*'] }, /url: must not contain control characters/],
+    [
+      'NUL in the URL (a 500 before: PostgreSQL cannot store it)',
+      { url: 'https://example.com/a\u0000b', events: ['*'] },
+      /url: must not contain control characters/,
+    ],
     ['too long', { url: `https://example.com/${'x'.repeat(2048)}`, events: ['*'] }, /url: must be at most 2048/],
     ['no events', { url: 'https://127.0.0.1/', events: [] }, /events: must list at least one/],
     ['unknown event', { url: 'https://127.0.0.1/', events: ['key.deleted'] }, /events\.0: must be one of \*, key\.first_use/],
@@ -80,7 +94,11 @@ t.test('another org cannot see, delete, ping or read the deliveries of a webhook
   const id = created.body.id;
   const listed = await api.request('GET', hooks(globex.org.id), { key: globex.adminKey });
   t.same(listed.body.data, [], "globex's list is empty");
-  for (const [method, suffix] of [['DELETE', ''], ['POST', '/test'], ['GET', '/deliveries']] as const) {
+  for (const [method, suffix] of [
+    ['DELETE', ''],
+    ['POST', '/test'],
+    ['GET', '/deliveries'],
+  ] as const) {
     const foreign = await api.request(method, `${hooks(globex.org.id)}/${id}${suffix}`, { key: globex.adminKey });
     const missing = await api.request(method, `${hooks(globex.org.id)}/${randomUUID()}${suffix}`, { key: globex.adminKey });
     t.same([foreign.status, foreign.body.error.message], [404, 'Webhook not found'], `${method} …${suffix}: 404 in another org`);
@@ -116,11 +134,29 @@ t.test('ping queues a delivery; delete removes the webhook with its deliveries',
   t.match(ping.body, { deliveryId: String, eventId: String });
   const deliveries = await api.request('GET', `${hooks()}/${id}/deliveries`, { key: acme.adminKey });
   t.match(deliveries.body, {
-    data: [{ id: ping.body.deliveryId, eventId: ping.body.eventId, eventType: 'webhook.ping', status: 'pending', attemptCount: 0, nextAttemptAt: String, completedAt: null, attempts: [] }],
+    data: [
+      {
+        id: ping.body.deliveryId,
+        eventId: ping.body.eventId,
+        eventType: 'webhook.ping',
+        status: 'pending',
+        attemptCount: 0,
+        nextAttemptAt: String,
+        completedAt: null,
+        attempts: [],
+      },
+    ],
     page: { limit: 50, offset: 0, total: 1 },
   });
   const [row] = await db('webhook_deliveries').where({ id: ping.body.deliveryId });
-  t.same(row.payload, { id: ping.body.eventId, type: 'webhook.ping', orgId: acme.org.id, keyId: null, occurredAt: row.payload.occurredAt, details: { webhookId: id } });
+  t.same(row.payload, {
+    id: ping.body.eventId,
+    type: 'webhook.ping',
+    orgId: acme.org.id,
+    keyId: null,
+    occurredAt: row.payload.occurredAt,
+    details: { webhookId: id },
+  });
 
   t.equal((await api.request('DELETE', `${hooks()}/${id}`, { key: acme.adminKey })).status, 204);
   t.equal((await api.request('DELETE', `${hooks()}/${id}`, { key: acme.adminKey })).status, 404, 'gone');
@@ -136,11 +172,19 @@ t.test('the trigger: one delivery per matching webhook, in the same transaction 
   await make(acme, ['key.new_ip']);
   await make(globex, ['*']);
 
-  const event = { org_id: acme.org.id, key_id: acme.adminKeyId, type: 'key.spike', occurred_at: new Date('2026-12-01T10:00:00.123Z'), details: { uses: 900, baseline: 12 } };
-  await db.transaction(async (trx) => {
-    await trx('key_events').insert({ ...event, dedupe_key: 'rolled-back' });
-    throw new Error('roll back');
-  }).catch(() => undefined);
+  const event = {
+    org_id: acme.org.id,
+    key_id: acme.adminKeyId,
+    type: 'key.spike',
+    occurred_at: new Date('2026-12-01T10:00:00.123Z'),
+    details: { uses: 900, baseline: 12 },
+  };
+  await db
+    .transaction(async (trx) => {
+      await trx('key_events').insert({ ...event, dedupe_key: 'rolled-back' });
+      throw new Error('roll back');
+    })
+    .catch(() => undefined);
   t.equal((await db('webhook_deliveries')).length, 0, 'a rolled-back event leaves no delivery');
 
   const [inserted] = await db('key_events').insert(event).returning('id');

@@ -58,7 +58,11 @@ t.test('each event reaches the receiver once, signed, with the documented payloa
   const receiver = await startWebhookReceiver(t);
   const world = await setup(t, receiver.url);
   const collector = await startTestCollector(t, world.databaseUrl, FAST);
-  const events = [await world.insertEvent('key.new_ip'), await world.insertEvent('key.spike', { uses: 900, baseline: 12 }), await world.insertEvent('key.revoked_used')];
+  const events = [
+    await world.insertEvent('key.new_ip'),
+    await world.insertEvent('key.spike', { uses: 900, baseline: 12 }),
+    await world.insertEvent('key.revoked_used'),
+  ];
   await waitFor('three settled deliveries', settled(world.db, 3));
   await sleep(200); // several more polls: nothing is sent twice
 
@@ -79,9 +83,16 @@ t.test('each event reaches the receiver once, signed, with the documented payloa
   const listed = await world.deliveries();
   t.equal(listed.page.total, 3);
   t.ok(listed.data.every((d: any) => d.status === 'succeeded' && d.attemptCount === 1 && d.attempts.length === 1 && d.attempts[0].statusCode === 200));
-  t.match(await fetchCollectorMetrics(collector.metricsPort), { webhook_attempts_total: 3, webhook_deliveries_succeeded_total: 3, webhook_deliveries_failed_total: 0 });
+  t.match(await fetchCollectorMetrics(collector.metricsPort), {
+    webhook_attempts_total: 3,
+    webhook_deliveries_succeeded_total: 3,
+    webhook_deliveries_failed_total: 0,
+  });
   t.same(world.api.evidence.leaksOf([world.secret]), [], 'the secret is in no API body or log line');
-  t.notOk(collector.logLines.some((line) => line.includes(world.secret) || line.includes(receiver.url)), 'nor in a collector log line, which does not carry the URL either');
+  t.notOk(
+    collector.logLines.some((line) => line.includes(world.secret) || line.includes(receiver.url)),
+    'nor in a collector log line, which does not carry the URL either',
+  );
 });
 
 t.test('a receiver failing three times gets the event on the fourth attempt, after growing waits', async (t) => {
@@ -100,7 +111,12 @@ t.test('a receiver failing three times gets the event on the fourth attempt, aft
   t.match(delivery, { eventId: event.id, eventType: 'key.new_ip', status: 'succeeded', attemptCount: 4, nextAttemptAt: null, completedAt: String });
   t.same(
     delivery.attempts.map((a: any) => [a.attempt, a.statusCode, a.succeeded, a.error]),
-    [[4, 200, true, null], [3, 503, false, 'HTTP 503'], [2, 503, false, 'HTTP 503'], [1, 503, false, 'HTTP 503']],
+    [
+      [4, 200, true, null],
+      [3, 503, false, 'HTTP 503'],
+      [2, 503, false, 'HTTP 503'],
+      [1, 503, false, 'HTTP 503'],
+    ],
     'every attempt recorded, newest first',
   );
   t.ok(delivery.attempts.every((a: any) => Number.isInteger(a.durationMs) && a.durationMs >= 0 && !Number.isNaN(Date.parse(a.startedAt))));
@@ -116,14 +132,32 @@ t.test('a receiver down for the whole retry window leaves a failed delivery, in 
   const failed = await world.deliveries('?status=failed');
   t.equal(failed.page.total, 1, 'listed under ?status=failed');
   t.match(failed.data[0], { eventId: event.id, status: 'failed', attemptCount: 3, nextAttemptAt: null, completedAt: String });
-  t.same(failed.data[0].attempts.map((a: any) => a.attempt), [3, 2, 1]);
-  t.ok(failed.data[0].attempts.every((a: any) => a.statusCode === null && /ECONNREFUSED/.test(a.error)), 'each attempt says why');
+  t.same(
+    failed.data[0].attempts.map((a: any) => a.attempt),
+    [3, 2, 1],
+  );
+  t.ok(
+    failed.data[0].attempts.every((a: any) => a.statusCode === null && /ECONNREFUSED/.test(a.error)),
+    'each attempt says why',
+  );
   t.equal((await world.deliveries('?status=pending')).page.total, 0);
   const listed = await world.api.request('GET', `/api/orgs/${world.org.id}/webhooks`, { key: world.adminKey });
-  t.match(listed.body.data, [{ id: world.webhookId, lastDelivery: { status: 'failed', eventType: 'key.new_ip', at: failed.data[0].completedAt } }], 'the webhook list shows its last delivery failed');
-  t.match(await fetchCollectorMetrics(collector.metricsPort), { webhook_attempts_total: 3, webhook_failed_attempts_total: 3, webhook_deliveries_failed_total: 1 });
+  t.match(
+    listed.body.data,
+    [{ id: world.webhookId, lastDelivery: { status: 'failed', eventType: 'key.new_ip', at: failed.data[0].completedAt } }],
+    'the webhook list shows its last delivery failed',
+  );
+  t.match(await fetchCollectorMetrics(collector.metricsPort), {
+    webhook_attempts_total: 3,
+    webhook_failed_attempts_total: 3,
+    webhook_deliveries_failed_total: 1,
+  });
   const errors = collector.logLines.map((line) => JSON.parse(line)).filter((line) => line.level >= 50);
-  t.match(errors, [{ msg: 'webhook delivery failed after its last attempt', webhookId: world.webhookId, eventId: event.id, attempt: 3 }], 'one error line names it');
+  t.match(
+    errors,
+    [{ msg: 'webhook delivery failed after its last attempt', webhookId: world.webhookId, eventId: event.id, attempt: 3 }],
+    'one error line names it',
+  );
 });
 
 t.test('outbox: an event inserted while no worker runs is delivered by the next one', async (t) => {
@@ -156,7 +190,11 @@ t.test('a claim whose worker died mid-send is delivered by another worker once i
   t.equal(receiver.requests.length, 1);
   const [delivery] = (await world.deliveries()).data;
   t.match(delivery, { status: 'succeeded', attemptCount: 2 }, 'the interrupted attempt counts toward the limit');
-  t.same(delivery.attempts.map((a: any) => a.attempt), [2], 'only the attempt that happened is recorded');
+  t.same(
+    delivery.attempts.map((a: any) => a.attempt),
+    [2],
+    'only the attempt that happened is recorded',
+  );
 });
 
 t.test('two collectors never send the same delivery twice', async (t) => {
@@ -180,18 +218,22 @@ t.test('a private target is refused at send time by default', async (t) => {
   await waitFor('a settled delivery', settled(world.db, 1));
   t.equal(receiver.requests.length, 0, 'no request reached 127.0.0.1');
   const [delivery] = (await world.deliveries()).data;
-  t.match(delivery, { status: 'failed', attempts: [{ statusCode: null, error: 'refused: resolves to a private, loopback or link-local address (127.0.0.1)' }] });
+  t.match(delivery, {
+    status: 'failed',
+    attempts: [{ statusCode: null, error: 'refused: resolves to a private, loopback or link-local address (127.0.0.1)' }],
+  });
 });
 
 t.test('untrusted receivers: redirects, silence and endless bodies end the attempt', async (t) => {
   const target = await startWebhookReceiver(t);
   const receiver = await startWebhookReceiver(t, (index, res) => {
     if (index === 0) res.writeHead(302, { location: target.url }).end();
-    else if (index === 1) return 'handled'; // never answers
+    else if (index === 1)
+      return 'handled'; // never answers
     else {
       res.writeHead(200);
       const chunk = Buffer.alloc(16 * 1024, 'x');
-      const pump = () => res.write(chunk) ? setImmediate(pump) : res.once('drain', pump);
+      const pump = () => (res.write(chunk) ? setImmediate(pump) : res.once('drain', pump));
       pump(); // an endless body
       res.on('close', () => res.removeAllListeners('drain'));
     }
@@ -205,10 +247,11 @@ t.test('untrusted receivers: redirects, silence and endless bodies end the attem
   t.equal(target.requests.length, 0, 'the redirect was not followed');
   const [delivery] = (await world.deliveries()).data;
   t.equal(delivery.status, 'succeeded', 'a 2xx with an endless body is an answer; the body is cut at 64 KiB');
-  t.same(
-    delivery.attempts.map((a: any) => [a.attempt, a.statusCode, a.error]).reverse(),
-    [[1, 302, 'redirect not followed (HTTP 302)'], [2, null, 'no complete response within 300 ms'], [3, 200, null]],
-  );
+  t.same(delivery.attempts.map((a: any) => [a.attempt, a.statusCode, a.error]).reverse(), [
+    [1, 302, 'redirect not followed (HTTP 302)'],
+    [2, null, 'no complete response within 300 ms'],
+    [3, 200, null],
+  ]);
   t.ok(delivery.attempts[1].durationMs >= 290 && delivery.attempts[1].durationMs < 1000, 'the silent receiver was given the timeout, no more');
   t.ok(delivery.attempts[0].durationMs < 1000, 'the endless body did not hold the worker');
 });

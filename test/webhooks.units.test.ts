@@ -15,8 +15,16 @@ t.test('retry schedule: exponential, jittered within [step/2, step], bounded', a
   const lowest = [1, 2, 3, 4, 5, 6, 7].map((attempt) => retryDelayMs(attempt, policy, () => 0));
   const highest = [1, 2, 3, 4, 5, 6, 7].map((attempt) => retryDelayMs(attempt, policy, () => 1));
   t.same(highest, [30_000, 60_000, 120_000, 240_000, 480_000, 960_000, 1_920_000], 'doubling from the base');
-  t.same(lowest, highest.map((delay) => delay! / 2), 'never less than half the step');
-  t.equal(retryDelayMs(3, policy, () => 0.5), 90_000, 'jitter in between');
+  t.same(
+    lowest,
+    highest.map((delay) => delay! / 2),
+    'never less than half the step',
+  );
+  t.equal(
+    retryDelayMs(3, policy, () => 0.5),
+    90_000,
+    'jitter in between',
+  );
   t.equal(retryDelayMs(8, policy), undefined, 'the last attempt gets no retry');
   t.equal(retryDelayMs(1, { maxAttempts: 1, baseDelayMs: 10 }), undefined, 'one attempt: no retry');
   const window = highest.reduce((sum, delay) => sum! + delay!, 0)!;
@@ -24,23 +32,55 @@ t.test('retry schedule: exponential, jittered within [step/2, step], bounded', a
 });
 
 t.test('private, loopback and link-local addresses', async (t) => {
-  const refused = ['127.0.0.1', '127.255.0.1', '10.1.2.3', '172.16.0.1', '172.31.255.255', '192.168.1.1', '169.254.169.254', '100.64.0.1',
-    '0.0.0.0', '224.0.0.1', '255.255.255.255', '::1', '::', 'fe80::1', 'fc00::1', 'fd12:3456::1', 'ff02::1', '::ffff:127.0.0.1', '::ffff:10.0.0.1', 'not-an-ip'];
+  const refused = [
+    '127.0.0.1',
+    '127.255.0.1',
+    '10.1.2.3',
+    '172.16.0.1',
+    '172.31.255.255',
+    '192.168.1.1',
+    '169.254.169.254',
+    '100.64.0.1',
+    '0.0.0.0',
+    '224.0.0.1',
+    '255.255.255.255',
+    '::1',
+    '::',
+    'fe80::1',
+    'fc00::1',
+    'fd12:3456::1',
+    'ff02::1',
+    '::ffff:127.0.0.1',
+    '::ffff:10.0.0.1',
+    'not-an-ip',
+  ];
   const allowed = ['8.8.8.8', '1.1.1.1', '172.32.0.1', '192.169.0.1', '203.0.113.10', '2606:4700::1111', '::ffff:8.8.8.8'];
   for (const address of refused) t.ok(isPrivateAddress(address), `${address} refused`);
   for (const address of allowed) t.notOk(isPrivateAddress(address), `${address} allowed`);
 });
 
 t.test('resolveTarget checks every address a host resolves to', async (t) => {
-  const answers = (...addresses: string[]) => async () => addresses.map((address) => ({ address, family: address.includes(':') ? 6 : 4 }));
+  const answers =
+    (...addresses: string[]) =>
+    async () =>
+      addresses.map((address) => ({ address, family: address.includes(':') ? 6 : 4 }));
   const url = new URL('https://hooks.example.com/in');
   t.same(await resolveTarget(url, false, answers('8.8.8.8', '2606:4700::1111')), [
     { address: '8.8.8.8', family: 4 },
     { address: '2606:4700::1111', family: 6 },
   ]);
-  await t.rejects(resolveTarget(url, false, answers('8.8.8.8', '10.0.0.7')), /private, loopback or link-local address \(10\.0\.0\.7\)/, 'one private answer among public ones is enough to refuse');
+  await t.rejects(
+    resolveTarget(url, false, answers('8.8.8.8', '10.0.0.7')),
+    /private, loopback or link-local address \(10\.0\.0\.7\)/,
+    'one private answer among public ones is enough to refuse',
+  );
   t.same(await resolveTarget(url, true, answers('10.0.0.7')), [{ address: '10.0.0.7', family: 4 }], 'allowed by the setting');
-  await t.rejects(resolveTarget(url, true, async () => { throw new Error('ENOTFOUND'); }), /host does not resolve/);
+  await t.rejects(
+    resolveTarget(url, true, async () => {
+      throw new Error('ENOTFOUND');
+    }),
+    /host does not resolve/,
+  );
   await t.rejects(resolveTarget(url, true, answers()), /host does not resolve/);
   await t.rejects(resolveTarget(new URL('http://[::1]:8080/'), false), /\(::1\)/, 'a bracketed IPv6 literal is checked');
   await t.rejects(resolveTarget(new URL('http://localhost/'), false), /\(127\.0\.0\.1|\(::1/, 'localhost through the system resolver');

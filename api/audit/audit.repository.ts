@@ -8,11 +8,23 @@ import { TABLE } from '../../shared/tables';
 // Append-only: nothing here updates or deletes, and the table's triggers refuse both.
 
 /** The changes audited (docs/api-keys.md, "Audit log", says what each entry's details hold). */
-export const AUDIT_ACTIONS = ['key.create', 'key.rotate', 'key.revoke', 'key.update', 'keys.revoke_dormant', 'key.erase_ips', 'webhook.create', 'webhook.delete'] as const;
+export const AUDIT_ACTIONS = [
+  'key.create',
+  'key.rotate',
+  'key.revoke',
+  'key.update',
+  'keys.revoke_dormant',
+  'key.erase_ips',
+  'webhook.create',
+  'webhook.delete',
+] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 
 /** Who acted: an API key (by id and display prefix, never its secret), or an operator at the CLI. */
-export const auditActorShape = z.discriminatedUnion('type', [z.object({ type: z.literal('key'), keyId: idString, displayPrefix: z.string() }), z.object({ type: z.literal('cli') })]);
+export const auditActorShape = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('key'), keyId: idString, displayPrefix: z.string() }),
+  z.object({ type: z.literal('cli') }),
+]);
 export type AuditActor = z.output<typeof auditActorShape>;
 
 /** The acting key as the audit log names it; none: the CLI. */

@@ -91,7 +91,8 @@ function decide(verdict: Proven, requirement: Requirement, req: Request): { outc
     return { outcome: 'cross_org', refusal: notFound('Organization') };
   }
   if (requirement.currentSecret && verdict.secret !== 'current') {
-    const message = 'Managing keys and webhooks requires the API key with its current secret; this is its previous secret, valid only for other calls until the rotation grace period ends';
+    const message =
+      'Managing keys and webhooks requires the API key with its current secret; this is its previous secret, valid only for other calls until the rotation grace period ends';
     return { outcome: 'forbidden', refusal: new AppError('stale_secret', message) };
   }
   return { outcome: 'ok' };

@@ -8,9 +8,7 @@ import { pepperUpgrader } from './pepperUpgrade';
 export type MatchedSecret = 'current' | 'previous';
 
 export type Verification =
-  | { outcome: 'ok' | 'expired' | 'revoked'; key: ApiKeyRecord; secret: MatchedSecret }
-  | { outcome: 'bad_secret'; key: ApiKeyRecord }
-  | { outcome: 'unknown' };
+  { outcome: 'ok' | 'expired' | 'revoked'; key: ApiKeyRecord; secret: MatchedSecret } | { outcome: 'bad_secret'; key: ApiKeyRecord } | { outcome: 'unknown' };
 
 export interface KeyCacheStats {
   /** Verifications answered from the cache (a known key, or an id known not to exist). */
@@ -45,10 +43,7 @@ function matchingPepper(secret: string, hash: Buffer, storedId: string | null, p
 function judge(key: ApiKeyRecord, secret: string, peppers: readonly Pepper[], now: number): { verdict: Verification; stalePepper: boolean } {
   const current = matchingPepper(secret, key.secretHash, key.secretPepperId, peppers);
   const previous =
-    current === undefined &&
-    key.previousSecretHash !== null &&
-    key.previousSecretExpiresAt !== null &&
-    key.previousSecretExpiresAt.getTime() > now
+    current === undefined && key.previousSecretHash !== null && key.previousSecretExpiresAt !== null && key.previousSecretExpiresAt.getTime() > now
       ? matchingPepper(secret, key.previousSecretHash, key.previousSecretPepperId, peppers)
       : undefined;
   // The secret is checked before the status, so only the key's holder learns it is revoked or expired.

@@ -10,7 +10,10 @@ const listQuery = z
   .object({
     type: z.enum(EVENT_TYPES, { error: `must be one of ${EVENT_TYPES.join(', ')}` }).optional(),
     keyId: uuid.optional(),
-    since: z.iso.datetime({ offset: true, error: 'must be an ISO 8601 date-time' }).transform((v) => new Date(v)).optional(),
+    since: z.iso
+      .datetime({ offset: true, error: 'must be an ISO 8601 date-time' })
+      .transform((v) => new Date(v))
+      .optional(),
     cursor: z.string().min(1).max(200).optional(),
     limit: pagination.limit,
   })

@@ -21,7 +21,13 @@ export function decodeCursor(cursor: string): { occurredAt: Date; id: string } {
 }
 
 const keyEvent = z
-  .object({ id: idString, keyId: idString, type: z.enum(EVENT_TYPES), occurredAt: isoTime, details: details.meta({ description: 'What docs/events.md lists for the type' }) })
+  .object({
+    id: idString,
+    keyId: idString,
+    type: z.enum(EVENT_TYPES),
+    occurredAt: isoTime,
+    details: details.meta({ description: 'What docs/events.md lists for the type' }),
+  })
   .meta({ id: 'KeyEvent' });
 export const eventList = listOf(keyEvent, cursorPage).meta({ id: 'KeyEventList' });
 

@@ -102,13 +102,13 @@ export async function findApiKeyInOrg(db: Db, orgId: string, id: string): Promis
   return row && toRecord(row);
 }
 
-export async function listApiKeysInOrg(
-  db: Db,
-  orgId: string,
-  page: { limit: number; offset: number },
-): Promise<{ keys: ApiKeyRecord[]; total: number }> {
+export async function listApiKeysInOrg(db: Db, orgId: string, page: { limit: number; offset: number }): Promise<{ keys: ApiKeyRecord[]; total: number }> {
   const [rows, [{ count }]] = await Promise.all([
-    db<ApiKeyRow>(TABLE.apiKeys).where({ org_id: orgId }).orderBy([{ column: 'created_at' }, { column: 'id' }]).limit(page.limit).offset(page.offset),
+    db<ApiKeyRow>(TABLE.apiKeys)
+      .where({ org_id: orgId })
+      .orderBy([{ column: 'created_at' }, { column: 'id' }])
+      .limit(page.limit)
+      .offset(page.offset),
     db(TABLE.apiKeys).where({ org_id: orgId }).count<{ count: number }[]>({ count: '*' }),
   ]);
   return { keys: rows.map(toRecord), total: Number(count) };
@@ -151,7 +151,10 @@ export async function markRevoked(db: Db, id: string, revokedAt: Date): Promise<
 }
 
 export async function setExpectedNetworks(db: Db, id: string, networks: string[] | null): Promise<ApiKeyRecord> {
-  const [row] = await db<ApiKeyRow>(TABLE.apiKeys).where({ id }).update({ expected_networks: networksValue(db, networks) }).returning('*');
+  const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
+    .where({ id })
+    .update({ expected_networks: networksValue(db, networks) })
+    .returning('*');
   return toRecord(row);
 }
 
@@ -203,7 +206,9 @@ export async function rehashSecret(
   change: { from: Buffer; to: Buffer; pepperId: string },
 ): Promise<boolean> {
   const [hash, pepper] = which === 'current' ? ['secret_hash', 'secret_pepper_id'] : ['previous_secret_hash', 'previous_secret_pepper_id'];
-  const updated = await db(TABLE.apiKeys).where({ id, [hash]: change.from }).update({ [hash]: change.to, [pepper]: change.pepperId });
+  const updated = await db(TABLE.apiKeys)
+    .where({ id, [hash]: change.from })
+    .update({ [hash]: change.to, [pepper]: change.pepperId });
   return updated > 0;
 }
 

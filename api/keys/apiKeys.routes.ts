@@ -54,7 +54,8 @@ export const apiKeysRoutes: RouteContract[] = [
     path: '/',
     operationId: 'createApiKey',
     summary: 'Create an API key',
-    description: 'The plaintext key is in this response only (Cache-Control: no-store). A key cannot create a key with a scope it lacks or a longer life than its own (403).',
+    description:
+      'The plaintext key is in this response only (Cache-Control: no-store). A key cannot create a key with a scope it lacks or a longer life than its own (403).',
     auth: MANAGE_ORG,
     params: orgParams,
     body: createBody,
@@ -75,7 +76,7 @@ export const apiKeysRoutes: RouteContract[] = [
     path: '/revoke-dormant',
     operationId: 'revokeDormantApiKeys',
     summary: 'List (dryRun, the default) or revoke the keys unused for dormantDays',
-    description: "The calling key is never among them.",
+    description: 'The calling key is never among them.',
     auth: MANAGE_ORG,
     params: orgParams,
     body: revokeDormantBody,
@@ -146,7 +147,9 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
       { name: body.name, scopes: body.scopes, expiresAt: body.expiresAt ? new Date(body.expiresAt) : null, expectedNetworks: body.expectedNetworks },
       changeContext(res),
     );
-    revealOnce(res).status(201).json({ ...created.key, key: created.plaintext } satisfies z.output<typeof revealedApiKey>);
+    revealOnce(res)
+      .status(201)
+      .json({ ...created.key, key: created.plaintext } satisfies z.output<typeof revealedApiKey>);
   });
 
   router.get('/', readKeys, async (req, res) => {

@@ -181,12 +181,16 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         expiresAt: input.expiresAt,
         expectedNetworks: networksOrNull(input.expectedNetworks),
       };
-      const key = await audited(context, (trx) => insertApiKey(trx, newKey), (created) => ({
-        orgId,
-        action: 'key.create',
-        targetKeyId: created.id,
-        details: { name: created.name, scopes: created.scopes, expiresAt: iso(created.expiresAt), expectedNetworks: created.expectedNetworks },
-      }));
+      const key = await audited(
+        context,
+        (trx) => insertApiKey(trx, newKey),
+        (created) => ({
+          orgId,
+          action: 'key.create',
+          targetKeyId: created.id,
+          details: { name: created.name, scopes: created.scopes, expiresAt: iso(created.expiresAt), expectedNetworks: created.expectedNetworks },
+        }),
+      );
       return { key: toApiKeyView(key, deps.now()), plaintext: material.plaintext };
     },
 
@@ -219,8 +223,16 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         previousSecretExpiresAt: new Date(now + graceSeconds * 1000),
         rotatedAt: new Date(now),
       };
-      const rotated = await audited(options, (trx) => replaceSecret(trx, key.id, change), (result) =>
-        result && { orgId, action: 'key.rotate', targetKeyId: key.id, details: { gracePeriodSeconds: graceSeconds, previousSecretExpiresAt: iso(change.previousSecretExpiresAt) } },
+      const rotated = await audited(
+        options,
+        (trx) => replaceSecret(trx, key.id, change),
+        (result) =>
+          result && {
+            orgId,
+            action: 'key.rotate',
+            targetKeyId: key.id,
+            details: { gracePeriodSeconds: graceSeconds, previousSecretExpiresAt: iso(change.previousSecretExpiresAt) },
+          },
       );
       if (!rotated) throw new AppError('conflict', 'The API key was rotated by another request at the same time; read it again before retrying');
       deps.verifier?.invalidate(key.id);
@@ -230,19 +242,27 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     /** Expected networks do not block a request: a use from outside them raises key.outside_networks. */
     async setExpectedNetworks(orgId: string, keyId: string, networks: string[] | null, context: ChangeContext = {}) {
       const key = await requireKey(orgId, keyId);
-      const updated = await audited(context, (trx) => setExpectedNetworks(trx, key.id, networksOrNull(networks)), (changed) => ({
-        orgId,
-        action: 'key.update',
-        targetKeyId: changed.id,
-        details: { expectedNetworks: { from: key.expectedNetworks, to: changed.expectedNetworks } },
-      }));
+      const updated = await audited(
+        context,
+        (trx) => setExpectedNetworks(trx, key.id, networksOrNull(networks)),
+        (changed) => ({
+          orgId,
+          action: 'key.update',
+          targetKeyId: changed.id,
+          details: { expectedNetworks: { from: key.expectedNetworks, to: changed.expectedNetworks } },
+        }),
+      );
       return toApiKeyView(updated, deps.now());
     },
 
     // Active keys whose last proven use (or creation, if never used) is older than dormantDays.
     // A dry run lists them; otherwise the same selection is revoked in one statement. The caller's
     // own key is never among them, so a clean-up cannot lock out the one running it.
-    async revokeDormant(orgId: string, input: { dormantDays: number; dryRun: boolean }, context: ChangeContext = {}): Promise<z.output<typeof revokeDormantResult>> {
+    async revokeDormant(
+      orgId: string,
+      input: { dormantDays: number; dryRun: boolean },
+      context: ChangeContext = {},
+    ): Promise<z.output<typeof revokeDormantResult>> {
       const now = deps.now();
       const query = { orgId, idleSince: new Date(now - input.dormantDays * DAY_MS), now: new Date(now), exceptKeyId: context.actor?.id ?? null };
       const keys = input.dryRun ? await findDormantKeys(deps.db, query) : await revokeDormantApplied(orgId, query, input.dormantDays, context);
@@ -257,8 +277,13 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     // Revoking a revoked key changes nothing and records nothing.
     async revoke(orgId: string, keyId: string, context: ChangeContext = {}) {
       const key = await requireKey(orgId, keyId);
-      const revoked = await audited(context, (trx) => markRevoked(trx, key.id, new Date(deps.now())), (result) =>
-        key.revokedAt === null ? { orgId, action: 'key.revoke', targetKeyId: key.id, details: { name: key.name, revokedAt: iso(result.revokedAt) } } : undefined,
+      const revoked = await audited(
+        context,
+        (trx) => markRevoked(trx, key.id, new Date(deps.now())),
+        (result) =>
+          key.revokedAt === null
+            ? { orgId, action: 'key.revoke', targetKeyId: key.id, details: { name: key.name, revokedAt: iso(result.revokedAt) } }
+            : undefined,
       );
       deps.verifier?.invalidate(key.id);
       return toApiKeyView(revoked, deps.now());

@@ -33,8 +33,7 @@ export interface Pepper {
   secret: string;
 }
 
-const toUuid = (hex: string) =>
-  `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+const toUuid = (hex: string) => `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 
 export function displayPrefixFor(keyId: string): string {
   return `${KEY_PREFIX}${keyId.replace(/-/g, '').slice(0, 8)}`;

@@ -195,7 +195,11 @@ export function buildOpenApiDocument() {
     paths: builtPaths,
     components: {
       schemas: componentSchemas(),
-      responses: Object.fromEntries(Object.keys(responses).sort().map((name) => [name, responses[name]])),
+      responses: Object.fromEntries(
+        Object.keys(responses)
+          .sort()
+          .map((name) => [name, responses[name]]),
+      ),
       securitySchemes: {
         bearerKey: { type: 'http', scheme: 'bearer', description: 'Authorization: Bearer <key>' },
         apiKeyHeader: { type: 'apiKey', in: 'header', name: 'X-API-Key' },

@@ -8,7 +8,9 @@ import { usageRoutes } from '../usage/usage.routes';
 import { webhooksRoutes } from '../webhooks/webhooks.routes';
 import type { MountedRoutes, RouteContract } from './contract';
 
-const openApiBody = z.looseObject({ openapi: z.string(), paths: z.record(z.string(), z.unknown()) }).meta({ id: 'OpenApiDocument', description: 'This document' });
+const openApiBody = z
+  .looseObject({ openapi: z.string(), paths: z.record(z.string(), z.unknown()) })
+  .meta({ id: 'OpenApiDocument', description: 'This document' });
 
 // The routes app.ts registers itself.
 const serviceRoutes: RouteContract[] = [

@@ -6,7 +6,6 @@ import type { KeyStatus } from '../keys/apiKeys.service';
 import type { Scope } from '../keys/scopes';
 import { IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../../shared/tables';
 
-
 export type UsageSort = 'createdAt' | 'lastUsedAt' | 'requestCount';
 
 export interface RecentIp {
@@ -88,7 +87,10 @@ export const likePattern = (text: string) => `%${text.replace(/[\\%_]/g, (c) => 
 // The 7 UTC days of the sparkline (oldest first, the last is today), summed in the same LATERAL as
 // the windows: day i runs from :day<i> to :day<i+1>.
 const SPARKLINE_DAYS = 7;
-const dailyColumns = Array.from({ length: SPARKLINE_DAYS }, (_, i) => `cast(coalesce(sum(h.request_count) filter (where h.hour >= :day${i} and h.hour < :day${i + 1}), 0) as text)`).join(', ');
+const dailyColumns = Array.from(
+  { length: SPARKLINE_DAYS },
+  (_, i) => `cast(coalesce(sum(h.request_count) filter (where h.hour >= :day${i} and h.hour < :day${i + 1}), 0) as text)`,
+).join(', ');
 
 const HOUR_MS = 3_600_000;
 const DAY_MS = 24 * HOUR_MS;
@@ -271,9 +273,7 @@ export interface SeriesBucket {
 // buckets would overflow a bigint sum.
 export async function keyTimeSeries(db: Db, query: { orgId: string; keyId: string; from: Date; to: Date; granularity: Granularity }): Promise<SeriesBucket[]> {
   const step = query.granularity === 'hour' ? '1 hour' : '1 day';
-  const sums = ['request_count', ...OUTCOMES.map((outcome) => `${outcome}_count`)]
-    .map((column) => `coalesce(sum(h.${column}), 0) as ${column}`)
-    .join(', ');
+  const sums = ['request_count', ...OUTCOMES.map((outcome) => `${outcome}_count`)].map((column) => `coalesce(sum(h.${column}), 0) as ${column}`).join(', ');
   const rows = await rawRows<{ start: Date } & Record<'request_count' | `${Outcome}_count`, string>>(
     db,
     `select s.bucket as start, ${sums}

@@ -93,7 +93,11 @@ function toUsageView(key: KeyUsageRecord, now: number, eventSummaryDays: number)
   };
 }
 
-const isoSeen = <T extends { firstSeen: Date; lastSeen: Date }>(ip: T) => ({ ...ip, firstSeen: ip.firstSeen.toISOString(), lastSeen: ip.lastSeen.toISOString() });
+const isoSeen = <T extends { firstSeen: Date; lastSeen: Date }>(ip: T) => ({
+  ...ip,
+  firstSeen: ip.firstSeen.toISOString(),
+  lastSeen: ip.lastSeen.toISOString(),
+});
 
 // Exact whatever the size: bucket counts may be saturated bigints.
 const sumCounts = (counts: Count[]) => exactCount(counts.reduce((sum: bigint, count) => sum + BigInt(count), 0n).toString());
@@ -110,7 +114,17 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
   return {
     async list(
       orgId: string,
-      query: { dormant?: boolean; status?: KeyStatus; dormantDays: number; nameContains?: string; keyId?: string; sort: UsageSort; order: 'asc' | 'desc'; limit: number; offset: number },
+      query: {
+        dormant?: boolean;
+        status?: KeyStatus;
+        dormantDays: number;
+        nameContains?: string;
+        keyId?: string;
+        sort: UsageSort;
+        order: 'asc' | 'desc';
+        limit: number;
+        offset: number;
+      },
     ): Promise<z.output<typeof usageList>> {
       const now = deps.now();
       // A key of another org (or none) is not_found, not an empty page.
@@ -137,7 +151,11 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       };
     },
 
-    async timeSeries(orgId: string, keyId: string, query: { from?: Date; to?: Date; granularity: Granularity; byOutcome: boolean }): Promise<z.output<typeof usageSeries>> {
+    async timeSeries(
+      orgId: string,
+      keyId: string,
+      query: { from?: Date; to?: Date; granularity: Granularity; byOutcome: boolean },
+    ): Promise<z.output<typeof usageSeries>> {
       const to = query.to ?? new Date(deps.now());
       const from = query.from ?? new Date(to.getTime() - 7 * DAY_MS);
       if (from.getTime() > to.getTime()) throw new InvalidInputError('from: must not be after to');

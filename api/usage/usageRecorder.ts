@@ -29,9 +29,7 @@ export class UsageRecorder {
   private readonly warn: ReturnType<typeof rateLimitedWarn>;
   readonly stats: UsageRecorderStats = { recordedUses: 0, sentUses: 0, failedUses: 0, datagrams: 0, failedDatagrams: 0, earlyDrains: 0 };
 
-  constructor(
-    private readonly options: { sink: DatagramSink; maxEntries: number; drainIntervalMs: number; logger: Logger; maxDatagramBytes?: number },
-  ) {
+  constructor(private readonly options: { sink: DatagramSink; maxEntries: number; drainIntervalMs: number; logger: Logger; maxDatagramBytes?: number }) {
     this.warn = rateLimitedWarn(options.logger, 10_000);
   }
 
@@ -92,7 +90,11 @@ export class UsageRecorder {
       if (error) {
         this.stats.failedDatagrams += 1;
         this.stats.failedUses += uses;
-        this.warn('usage_send_failed', { err: { message: error.message, code: (error as NodeJS.ErrnoException).code }, uses, failedUses: this.stats.failedUses }, 'could not send usage datagram');
+        this.warn(
+          'usage_send_failed',
+          { err: { message: error.message, code: (error as NodeJS.ErrnoException).code }, uses, failedUses: this.stats.failedUses },
+          'could not send usage datagram',
+        );
       } else {
         this.stats.sentUses += uses;
       }

@@ -132,15 +132,24 @@ export async function listDeliveries(db: Db, orgId: string, webhookId: string, q
   const [rows, [{ count }]] = await Promise.all([
     db(TABLE.webhookDeliveries)
       .where(filter)
-      .orderBy([{ column: 'created_at', order: 'desc' }, { column: 'id', order: 'desc' }])
+      .orderBy([
+        { column: 'created_at', order: 'desc' },
+        { column: 'id', order: 'desc' },
+      ])
       .limit(query.limit)
       .offset(query.offset),
     db(TABLE.webhookDeliveries).where(filter).count<{ count: number }[]>({ count: '*' }),
   ]);
   const attempts = await db(TABLE.webhookDeliveryAttempts)
     .where({ org_id: orgId })
-    .whereIn('delivery_id', rows.map((row) => row.id))
-    .orderBy([{ column: 'attempt', order: 'desc' }, { column: 'id', order: 'desc' }]);
+    .whereIn(
+      'delivery_id',
+      rows.map((row) => row.id),
+    )
+    .orderBy([
+      { column: 'attempt', order: 'desc' },
+      { column: 'id', order: 'desc' },
+    ]);
   const deliveries: DeliveryRecord[] = rows.map((row) => ({
     id: row.id,
     eventId: row.event_id,

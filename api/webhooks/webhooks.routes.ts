@@ -57,7 +57,8 @@ export const webhooksRoutes: RouteContract[] = [
     path: '/',
     operationId: 'createWebhook',
     summary: "Send the org's key events to a URL, signed (docs/webhooks.md)",
-    description: 'The signing secret is in this response only (Cache-Control: no-store). A URL that resolves to a private address is refused (400) unless the deployment allows it.',
+    description:
+      'The signing secret is in this response only (Cache-Control: no-store). A URL that resolves to a private address is refused (400) unless the deployment allows it.',
     auth: MANAGE_ORG,
     params: orgParams,
     body: createBody,

@@ -22,7 +22,13 @@ import {
 
 // What a client may see of a webhook: never its signing secret.
 const webhookView = z
-  .object({ id: idString, orgId: idString, url: z.string(), events: z.array(z.string()).meta({ description: 'Event types it receives; ["*"] for every type' }), createdAt: isoTime })
+  .object({
+    id: idString,
+    orgId: idString,
+    url: z.string(),
+    events: z.array(z.string()).meta({ description: 'Event types it receives; ["*"] for every type' }),
+    createdAt: isoTime,
+  })
   .meta({ id: 'Webhook' });
 export type WebhookView = z.output<typeof webhookView>;
 
@@ -44,7 +50,14 @@ const deliveryView = z.object({
   createdAt: isoTime,
   completedAt: isoTime.nullable(),
   attempts: z.array(
-    z.object({ attempt: z.number().int(), startedAt: isoTime, durationMs: z.number(), statusCode: z.number().int().nullable(), error: z.string().nullable(), succeeded: z.boolean() }),
+    z.object({
+      attempt: z.number().int(),
+      startedAt: isoTime,
+      durationMs: z.number(),
+      statusCode: z.number().int().nullable(),
+      error: z.string().nullable(),
+      succeeded: z.boolean(),
+    }),
   ),
 });
 export const deliveryList = listOf(deliveryView, offsetPage).meta({ id: 'WebhookDeliveryList' });
@@ -143,7 +156,11 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       });
     },
 
-    async deliveries(orgId: string, webhookId: string, query: { limit: number; offset: number; status?: DeliveryStatus }): Promise<z.output<typeof deliveryList>> {
+    async deliveries(
+      orgId: string,
+      webhookId: string,
+      query: { limit: number; offset: number; status?: DeliveryStatus },
+    ): Promise<z.output<typeof deliveryList>> {
       await requireWebhook(orgId, webhookId);
       const { deliveries, total } = await listDeliveries(deps.db, orgId, webhookId, query);
       return { data: deliveries.map(toDeliveryView), page: { limit: query.limit, offset: query.offset, total } };

@@ -67,9 +67,7 @@ export async function insertKeys(db: Db, orgId: string, count: number, namePrefi
      returning id, created_at`,
     { orgId, prefix: namePrefix, count },
   );
-  return (result.rows as Array<{ id: string; created_at: Date }>)
-    .sort((a, b) => a.created_at.getTime() - b.created_at.getTime())
-    .map((row) => row.id);
+  return (result.rows as Array<{ id: string; created_at: Date }>).sort((a, b) => a.created_at.getTime() - b.created_at.getTime()).map((row) => row.id);
 }
 
 /** A key whose plaintext we hold, made the way the service makes them, for calling the API. */

@@ -10,7 +10,12 @@ import type { Child } from '../../harness/processes';
 let nextRequestId = 1;
 export async function ipcRequest<T>(child: Child, message: Record<string, unknown>, timeoutMs = 120_000): Promise<T> {
   const id = nextRequestId++;
-  const answered = waitForMessage<{ id?: number; error?: string; result?: T }>(child, (reply) => reply?.id === id, timeoutMs, `an answer to ${String(message.cmd)}`);
+  const answered = waitForMessage<{ id?: number; error?: string; result?: T }>(
+    child,
+    (reply) => reply?.id === id,
+    timeoutMs,
+    `an answer to ${String(message.cmd)}`,
+  );
   child.proc.send({ ...message, id });
   const reply = await answered;
   if (reply.error) throw new Error(`${child.name}: ${reply.error}`);
@@ -86,7 +91,10 @@ export function processCpuSeconds(pid: number): number {
 
 /** The kernel's UDP counters (system-wide) from /proc/net/snmp. */
 export function udpCounters(): Record<string, number> {
-  const lines = fs.readFileSync('/proc/net/snmp', 'utf8').split('\n').filter((line) => line.startsWith('Udp:'));
+  const lines = fs
+    .readFileSync('/proc/net/snmp', 'utf8')
+    .split('\n')
+    .filter((line) => line.startsWith('Udp:'));
   const [names, values] = lines.map((line) => line.split(/\s+/).slice(1));
   return Object.fromEntries(names.map((name, i) => [name, Number(values[i])]));
 }

@@ -54,7 +54,10 @@ export function machineInfo(): MachineInfo {
 }
 
 export function machineLine(m: MachineInfo): string {
-  const load = os.loadavg().map((l) => l.toFixed(2)).join(' ');
+  const load = os
+    .loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ');
   return (
     `Machine: ${m.cores} cores × ${m.cpuModel}, ${m.memoryGiB} GiB, Node ${m.node}, ${m.platform} ${m.kernel}, ` +
     `net.core.rmem_max ${m.rmemMax ?? 'n/a'} B (rmem_default ${m.rmemDefault ?? 'n/a'} B)` +

@@ -64,7 +64,11 @@ export async function startStatsd(): Promise<StatsdProcess> {
   const child = spawnProcess('statsd', [statsdScript(), configFile]);
   await waitFor(
     'statsd to answer on its management port',
-    () => mgmtCommand(mgmtPort, 'health', 1000).then((text) => (text.includes('up') ? true : undefined), () => undefined),
+    () =>
+      mgmtCommand(mgmtPort, 'health', 1000).then(
+        (text) => (text.includes('up') ? true : undefined),
+        () => undefined,
+      ),
     20_000,
     50,
   );

@@ -33,7 +33,12 @@ const STALE = 'k.n % 100 between 20 and 49';
  * Seeds `keysPerOrg` keys named `${prefix}${n}` in each org, with usage of the shape above.
  * Stops with an error once `budgetMs` is spent (checked between statements).
  */
-export async function seedTenants(db: Db, orgIds: string[], keysPerOrg: number, options: { prefix: string; budgetMs: number; log: (line: string) => void }): Promise<SeedCounts> {
+export async function seedTenants(
+  db: Db,
+  orgIds: string[],
+  keysPerOrg: number,
+  options: { prefix: string; budgetMs: number; log: (line: string) => void },
+): Promise<SeedCounts> {
   const started = performance.now();
   const step = async (label: string, sql: string, bindings: Record<string, unknown> = {}) => {
     if (performance.now() - started > options.budgetMs) throw new Error(`seed budget of ${options.budgetMs / 1000} s spent before "${label}"`);

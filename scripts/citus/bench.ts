@@ -43,7 +43,20 @@ async function timeQueries(db: Db, orgId: string, keyId: string) {
   const series = [];
   for (let i = 0; i < QUERIES; i += 1) {
     let started = performance.now();
-    await listKeyUsage(db, { orgId, now: new Date(), status: null, dormantBefore: new Date(Date.now() - 30 * 86_400_000), dormant: null, nameContains: null, keyId: null, eventsSince: new Date(Date.now() - 7 * 86_400_000), sort: 'requestCount', order: 'desc', limit: 50, offset: 0 });
+    await listKeyUsage(db, {
+      orgId,
+      now: new Date(),
+      status: null,
+      dormantBefore: new Date(Date.now() - 30 * 86_400_000),
+      dormant: null,
+      nameContains: null,
+      keyId: null,
+      eventsSince: new Date(Date.now() - 7 * 86_400_000),
+      sort: 'requestCount',
+      order: 'desc',
+      limit: 50,
+      offset: 0,
+    });
     page.push(performance.now() - started);
     started = performance.now();
     await keyTimeSeries(db, { orgId, keyId, from: new Date(Date.now() - 7 * 86_400_000), to: new Date(), granularity: 'day' });

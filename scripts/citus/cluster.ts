@@ -37,7 +37,14 @@ function startNode(dataDir: string, port: number, ids: ReturnType<typeof runAsId
   run('initdb', ['-D', dataDir, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-instructions'], ids);
   fs.appendFileSync(
     path.join(dataDir, 'postgresql.conf'),
-    [`shared_preload_libraries = 'citus'`, `listen_addresses = '127.0.0.1'`, `port = ${port}`, `unix_socket_directories = ''`, 'max_connections = 300', ''].join('\n'),
+    [
+      `shared_preload_libraries = 'citus'`,
+      `listen_addresses = '127.0.0.1'`,
+      `port = ${port}`,
+      `unix_socket_directories = ''`,
+      'max_connections = 300',
+      '',
+    ].join('\n'),
   );
   run('pg_ctl', ['start', '-D', dataDir, '-w', '-t', '60', '-l', `${dataDir}.log`], ids);
 }

@@ -12,7 +12,10 @@ const IDENTIFIER = /^[a-z_][a-z0-9_]{0,62}$/;
 async function setRolePassword(db: Db, role: string, password: string) {
   const { rows: existing } = await db.raw('select 1 from pg_roles where rolname = ?', [role]);
   const verb = existing.length > 0 ? 'alter' : 'create';
-  const { rows } = await db.raw(`select format('${verb} role %I with login nosuperuser nocreatedb nocreaterole noinherit password %L', ?::text, ?::text) as sql`, [role, password]);
+  const { rows } = await db.raw(
+    `select format('${verb} role %I with login nosuperuser nocreatedb nocreaterole noinherit password %L', ?::text, ?::text) as sql`,
+    [role, password],
+  );
   await db.raw(rows[0].sql);
 }
 

@@ -19,12 +19,17 @@ export async function mintDemoTrafficKey(config: Config, now: () => number = Dat
     return { problem: 'No key: with DATABASE_URL set there is no demo organization; set DEMO_KEY (or pass --key) to a key with keys:read and keys:write' };
   }
   if (!embeddedClusterRunning(config.database.embeddedDir)) {
-    return { problem: `No key and no embedded PostgreSQL running in ${config.database.embeddedDir}: start the system with \`npm start\` first (or set DEMO_KEY)` };
+    return {
+      problem: `No key and no embedded PostgreSQL running in ${config.database.embeddedDir}: start the system with \`npm start\` first (or set DEMO_KEY)`,
+    };
   }
   const database = openDatabase(config, () => {});
   try {
     const org = await findOrganizationByName(database.db, DEMO_ORG_NAME);
-    if (!org) return { problem: `No key and no "${DEMO_ORG_NAME}" organization in ${config.database.embeddedDir}: start the system with \`npm start\` first (or set DEMO_KEY)` };
+    if (!org)
+      return {
+        problem: `No key and no "${DEMO_ORG_NAME}" organization in ${config.database.embeddedDir}: start the system with \`npm start\` first (or set DEMO_KEY)`,
+      };
     const keys = cliKeysService({ db: database.db, pepper: config.api.keyPepper, now });
     const created = await keys.create(org.id, { name: DEMO_TRAFFIC_ADMIN, scopes: [...MINT_SCOPES], expiresAt: null });
     return { plaintext: created.plaintext, keyId: created.key.id };

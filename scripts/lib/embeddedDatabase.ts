@@ -31,7 +31,11 @@ function redactUrl(url: string): string {
   }
 }
 
-export const externalDatabase = (url: string): DatabaseTarget => ({ ownerUrl: url, processUrl: url, dataLocation: `the database at ${redactUrl(url)} (DATABASE_URL)` });
+export const externalDatabase = (url: string): DatabaseTarget => ({
+  ownerUrl: url,
+  processUrl: url,
+  dataLocation: `the database at ${redactUrl(url)} (DATABASE_URL)`,
+});
 
 export class EmbeddedDatabase {
   readonly dataDir: string;
@@ -73,7 +77,11 @@ export class EmbeddedDatabase {
     const relative = path.relative(process.cwd(), dataDir);
     const shown = relative && !relative.startsWith('..') ? relative : dataDir;
     const leftOver = runningPort(dataDir);
-    say(leftOver ? `reusing the PostgreSQL left running in ${shown} on 127.0.0.1:${leftOver}` : `starting the embedded PostgreSQL in ${shown} on 127.0.0.1:${this.settings.embeddedPort}`);
+    say(
+      leftOver
+        ? `reusing the PostgreSQL left running in ${shown} on 127.0.0.1:${leftOver}`
+        : `starting the embedded PostgreSQL in ${shown} on 127.0.0.1:${this.settings.embeddedPort}`,
+    );
     const cluster = startLocalPostgres({ dataDir, port: this.settings.embeddedPort });
     this.cluster = cluster;
     say(`PostgreSQL is up (postmaster pid ${postmasterPid(dataDir) ?? 'unknown'}); the API and the collector connect as ${cluster.app.role}`);

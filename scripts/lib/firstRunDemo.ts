@@ -16,9 +16,7 @@ export const DEMO_KEY_NAME = 'demo';
 // Serialises concurrent launchers on one database, so two first runs cannot make two demo orgs.
 const DEMO_LOCK_ID = 0x6b75_646d; // "kudm"
 
-export type DemoOrg =
-  | { created: true; org: Organization; key: { id: string; plaintext: string } }
-  | { created: false; org: Organization };
+export type DemoOrg = { created: true; org: Organization; key: { id: string; plaintext: string } } | { created: false; org: Organization };
 
 export async function ensureDemoOrg(db: Db, options: { pepper: string; now?: () => number }): Promise<DemoOrg> {
   return db.transaction(async (trx) => {

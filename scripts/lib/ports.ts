@@ -49,8 +49,11 @@ export async function portProblems(needs: PortNeed[]): Promise<string[]> {
   for (const need of needs) {
     const error = await probe(need);
     if (!error) continue;
-    const why = error.code === 'EADDRINUSE' ? 'is already in use' : error.code === 'EACCES' ? 'needs privileges' : `cannot be bound (${error.code ?? error.message})`;
-    problems.push(`Port ${need.port} (${need.protocol.toUpperCase()} on ${need.host}) ${why}; set ${need.variable} to a free port, e.g. ${need.variable}=${need.port + 1} npm start`);
+    const why =
+      error.code === 'EADDRINUSE' ? 'is already in use' : error.code === 'EACCES' ? 'needs privileges' : `cannot be bound (${error.code ?? error.message})`;
+    problems.push(
+      `Port ${need.port} (${need.protocol.toUpperCase()} on ${need.host}) ${why}; set ${need.variable} to a free port, e.g. ${need.variable}=${need.port + 1} npm start`,
+    );
   }
   return problems;
 }

@@ -34,7 +34,9 @@ t.test('the tables are laid out as docs/scaling.md says: reference tables, and u
   for (const name of DISTRIBUTED) {
     t.match(byName.get(name), { partmethod: 'h', column: 'org_id', colocationid: anchor.colocationid }, `${name}: by org_id, co-located`);
   }
-  const workers = await db.raw(`select count(distinct groupid) as n from pg_dist_placement p join pg_dist_shard s using (shardid) where s.logicalrelid = 'api_key_usage'::regclass`);
+  const workers = await db.raw(
+    `select count(distinct groupid) as n from pg_dist_placement p join pg_dist_shard s using (shardid) where s.logicalrelid = 'api_key_usage'::regclass`,
+  );
   t.equal(Number(workers.rows[0].n), 2, 'the shards are spread over both workers');
 });
 
@@ -47,8 +49,13 @@ t.test('requests through the real API, UDP and the collector are counted exactly
   ];
   for (const caller of callers) {
     const created = await api.services.apiKeys.create(caller.orgId, { name: 'caller', scopes: ['keys:read'], expiresAt: null });
-    const statuses = await Promise.all(Array.from({ length: caller.n }, async () => (await api.request('GET', '/api/whoami', { key: created.plaintext })).status));
-    t.ok(statuses.every((status) => status === 200), `${caller.n} calls answered`);
+    const statuses = await Promise.all(
+      Array.from({ length: caller.n }, async () => (await api.request('GET', '/api/whoami', { key: created.plaintext })).status),
+    );
+    t.ok(
+      statuses.every((status) => status === 200),
+      `${caller.n} calls answered`,
+    );
     const row = await waitFor('the uses to be persisted', async () => {
       const response = await api.request('GET', `/api/orgs/${caller.orgId}/api-keys/usage`, { key: caller.adminKey });
       const found = response.body.data.find((k: { id: string }) => k.id === created.key.id);
@@ -69,7 +76,8 @@ t.test('two collectors flushing the same keys of orgs on both workers sum exactl
   for (let i = 0; i < 12 && (orgs.length < 4 || workers.size < 2); i += 1) {
     const seeded = await seedOrg(api, db, `org${i}`);
     const keys = [seeded.adminKeyId];
-    for (let k = 0; k < 9; k += 1) keys.push((await api.services.apiKeys.create(seeded.org.id, { name: `k${k}`, scopes: ['keys:read'], expiresAt: null })).key.id);
+    for (let k = 0; k < 9; k += 1)
+      keys.push((await api.services.apiKeys.create(seeded.org.id, { name: `k${k}`, scopes: ['keys:read'], expiresAt: null })).key.id);
     orgs.push({ ...seeded, keys });
     workers.add(await workerOf(db, seeded.org.id));
   }
@@ -86,7 +94,9 @@ t.test('two collectors flushing the same keys of orgs on both workers sum exactl
       sendDatagrams(collectors[0].receiver.port, packDatagrams(lines)),
       sendDatagrams(collectors[1].receiver.port, packDatagrams([...lines].reverse())),
     ]);
-    await waitFor('both collectors to receive the round', () => (collectors.every((c) => c.ingest.usageLines === (round + 1) * lines.length) ? true : undefined));
+    await waitFor('both collectors to receive the round', () =>
+      collectors.every((c) => c.ingest.usageLines === (round + 1) * lines.length) ? true : undefined,
+    );
     t.same(await Promise.all(collectors.map((c) => c.flusher.flush())), [true, true], `round ${round} flushed on both`);
   }
 
@@ -105,7 +115,12 @@ t.test('two collectors flushing the same keys of orgs on both workers sum exactl
     const series = await api.request('GET', `/api/orgs/${org.id}/api-keys/${keys[1]}/usage?granularity=hour&byOutcome=true`, { key: adminKey });
     t.equal(series.body.total, 2 * ROUNDS * 2, 'the time series of a key sums to its total');
   }
-  const ledger = await db('usage_flushes').whereIn('org_id', orgs.map((o) => o.org.id)).count({ n: '*' });
-  t.equal(Number(ledger[0].n), 2 * ROUNDS * orgs.length, 'one ledger row per flush and org, on the org\'s shard');
+  const ledger = await db('usage_flushes')
+    .whereIn(
+      'org_id',
+      orgs.map((o) => o.org.id),
+    )
+    .count({ n: '*' });
+  t.equal(Number(ledger[0].n), 2 * ROUNDS * orgs.length, "one ledger row per flush and org, on the org's shard");
   t.equal(collectors[0].flusher.stats.failedFlushes + collectors[1].flusher.stats.failedFlushes, 0, 'no failed flush');
 });

@@ -29,7 +29,10 @@ async function apiRecordingTo(t: Test, db: Db, udpPort: number, maxEntries: numb
   const recorderLog: string[] = [];
   const datagrams: string[] = [];
   const recorder = new UsageRecorder({
-    sink: recordingSink(createStatsdSink({ host: '127.0.0.1', port: udpPort, onError: (error) => recorderLog.push(`socket error ${error.message}`) }), datagrams),
+    sink: recordingSink(
+      createStatsdSink({ host: '127.0.0.1', port: udpPort, onError: (error) => recorderLog.push(`socket error ${error.message}`) }),
+      datagrams,
+    ),
     maxEntries,
     // Long enough that one drain interval of traffic holds more (key, ip, outcome) entries than maxEntries.
     drainIntervalMs: 500,
@@ -120,9 +123,18 @@ async function whileDown(recorder: UsageRecorder, keys: PhaseKey[], use: ReturnT
 // never more than were made. Returns what was persisted of the outage's.
 async function assertCountedExactly(t: Test, db: Db, phases: Record<'before' | 'during' | 'after', PhaseKey[]>, perKey: number, requestsWhileDown: number) {
   const { before, during, after } = phases;
-  const persistedBefore = await persistedUsage(db, before.map((k) => k.id));
-  const persistedAfter = await persistedUsage(db, after.map((k) => k.id));
-  const persistedDuring = await persistedUsage(db, during.map((k) => k.id));
+  const persistedBefore = await persistedUsage(
+    db,
+    before.map((k) => k.id),
+  );
+  const persistedAfter = await persistedUsage(
+    db,
+    after.map((k) => k.id),
+  );
+  const persistedDuring = await persistedUsage(
+    db,
+    during.map((k) => k.id),
+  );
   t.equal(persistedBefore.total, before.length * perKey, 'uses made before the kill: exact');
   t.equal(persistedAfter.total, after.length * perKey, 'uses made after the restart: exact');
   const third = perKey / 3;
@@ -161,7 +173,17 @@ t.test('collector killed, absent and restarted: the API serves every request and
   // Phase 1: collector up.
   const PER_KEY = 30;
   await inBatches(before.length * PER_KEY, 20, (i) => use(before[i % before.length], Math.floor(i / before.length)));
-  await waitFor('the first phase persisted', async () => ((await persistedUsage(db, before.map((k) => k.id))).total === before.length * PER_KEY ? true : undefined));
+  await waitFor('the first phase persisted', async () =>
+    (
+      await persistedUsage(
+        db,
+        before.map((k) => k.id),
+      )
+    ).total ===
+    before.length * PER_KEY
+      ? true
+      : undefined,
+  );
 
   // Phase 2: collector killed; its port stays closed.
   await collector.sigkill();
@@ -174,12 +196,25 @@ t.test('collector killed, absent and restarted: the API serves every request and
   leaks.watch('collector log (after)', () => restarted.output);
   await inBatches(after.length * PER_KEY, 20, (i) => use(after[i % after.length], Math.floor(i / after.length)));
   recorder.drain();
-  await waitFor('the third phase persisted', async () => ((await persistedUsage(db, after.map((k) => k.id))).total === after.length * PER_KEY ? true : undefined));
+  await waitFor('the third phase persisted', async () =>
+    (
+      await persistedUsage(
+        db,
+        after.map((k) => k.id),
+      )
+    ).total ===
+    after.length * PER_KEY
+      ? true
+      : undefined,
+  );
   await sleep(2 * flushIntervalMs);
 
   t.same(failures, [], `0 failed requests out of ${before.length * PER_KEY + requestsWhileDown + after.length * PER_KEY}`);
   t.same(unhandled, [], 'no unhandled rejection');
-  t.notOk(api.evidence.logLines.some((line) => line.includes('unhandled error')), 'no unhandled error logged by the API');
+  t.notOk(
+    api.evidence.logLines.some((line) => line.includes('unhandled error')),
+    'no unhandled error logged by the API',
+  );
   t.ok(maxPending <= maxEntries, `the coalescing map never held more than maxEntries (${maxPending} ≤ ${maxEntries})`);
   t.ok(recorder.stats.earlyDrains > earlyDrainsBefore, 'a full map drained early instead of growing');
   t.ok(heapGrowthMiB < 32, `heap retained across the outage: ${heapGrowthMiB} MiB (the evidence kept for the leak scan included)`);

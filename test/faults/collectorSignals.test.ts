@@ -7,7 +7,18 @@ import { OUTCOMES, type UsageSample } from '../../shared/usageWire';
 import { mib } from '../../harness/processMemory';
 import { sleep, waitFor } from '../../harness/wait';
 import { freeUdpPort } from '../../scripts/lib/freePort';
-import { LONG, Ledger, LeakScan, UdpSender, databaseWithKeys, persistedUsage, reportFigures, shipmentsOf, spawnCollector, type SeededKey } from '../helpers/faults';
+import {
+  LONG,
+  Ledger,
+  LeakScan,
+  UdpSender,
+  databaseWithKeys,
+  persistedUsage,
+  reportFigures,
+  shipmentsOf,
+  spawnCollector,
+  type SeededKey,
+} from '../helpers/faults';
 
 const leaks = new LeakScan();
 
@@ -57,13 +68,22 @@ for (const receivers of [1, 2]) {
     t.equal(signal, null, 'not killed by the signal: it handled it');
     const probe = collector.probe();
     t.ok(probe, 'the probe reported what the socket delivered');
-    const persisted = await persistedUsage(db, keys.map((k) => k.id));
+    const persisted = await persistedUsage(
+      db,
+      keys.map((k) => k.id),
+    );
     t.equal(persisted.total, probe!.uses, `everything received is persisted (${probe!.uses} uses)`);
     t.ok(probe!.uses <= ledger.total, 'nothing persisted that was not sent');
     t.ok(ledger.total > probe!.uses, 'load went on after the signal (those uses reached a closed socket)');
     t.ok(persisted.hourly.size === keys.length && [...persisted.hourly.values()].reduce((a, b) => a + b, 0) === persisted.total, 'hourly buckets agree');
-    t.ok(collector.logs().some((line) => line.msg === 'shutting down' && line.signal === 'SIGTERM'), 'the shutdown is logged');
-    t.notOk(collector.logs().some((line) => line.msg === 'final flush failed; these uses are lost'), 'no loss logged');
+    t.ok(
+      collector.logs().some((line) => line.msg === 'shutting down' && line.signal === 'SIGTERM'),
+      'the shutdown is logged',
+    );
+    t.notOk(
+      collector.logs().some((line) => line.msg === 'final flush failed; these uses are lost'),
+      'no loss logged',
+    );
 
     reportFigures(t, receivers === 1 ? 'collector-sigterm' : `collector-sigterm-${receivers}-receivers`, {
       flushIntervalMs,
@@ -106,12 +126,21 @@ t.test('SIGKILL under load loses at most one flush interval; a collector restart
     await sleep(1_200 + ((cycle * 137) % flushIntervalMs));
     const killedAt = Date.now();
     await collector.sigkill();
-    const persisted = (await persistedUsage(db, keys.map((k) => k.id))).total - persistedBefore;
+    const persisted =
+      (
+        await persistedUsage(
+          db,
+          keys.map((k) => k.id),
+        )
+      ).total - persistedBefore;
     const sentThisLife = sender.usesSentBy(killedAt) - lifeStartUses;
     const sentInLastInterval = sender.usesSentBy(killedAt) - sender.usesSentBy(killedAt - flushIntervalMs);
     const mustHave = sender.usesSentBy(killedAt - flushIntervalMs - slackMs) - lifeStartUses;
     t.ok(persisted <= sentThisLife, `kill ${cycle}: nothing persisted twice or invented (${persisted} ≤ ${sentThisLife})`);
-    t.ok(persisted >= mustHave, `kill ${cycle}: everything sent more than one interval (+${slackMs} ms) before the kill was persisted (${persisted} ≥ ${mustHave})`);
+    t.ok(
+      persisted >= mustHave,
+      `kill ${cycle}: everything sent more than one interval (+${slackMs} ms) before the kill was persisted (${persisted} ≥ ${mustHave})`,
+    );
     await sleep(300); // the port is closed: what the load sends now is lost, and an API would not know
     collector = await spawnCollector(t, { databaseUrl: url, udpPort, flushIntervalMs });
     const restartedAt = Date.now();
@@ -137,7 +166,12 @@ t.test('SIGKILL under load loses at most one flush interval; a collector restart
   const { code } = await collector.sigterm();
   t.equal(code, 0, 'the restarted collector exits 0 on SIGTERM');
   const probe = collector.probe()!;
-  const total = (await persistedUsage(db, keys.map((k) => k.id))).total;
+  const total = (
+    await persistedUsage(
+      db,
+      keys.map((k) => k.id),
+    )
+  ).total;
   t.equal(total - persistedBefore, probe.uses, 'the last collector persisted exactly what it received: it resumed, applying nothing twice');
   t.ok(total <= ledger.total, 'no use counted twice across kills and restarts');
   t.ok(probe.uses >= ledger.total - lifeStartUses, 'the restarted collector received everything sent once it listened');
@@ -154,23 +188,32 @@ t.test('SIGKILL under load loses at most one flush interval; a collector restart
   });
 });
 
-t.test('SIGTERM while PostgreSQL is unreachable: exits 1 after its deadline and logs what it lost', { skip: !LONG && 'takes the 10 s stop deadline; runs with FAULTS_LONG=1' }, async (t) => {
-  const { orgId, keys, ledger } = await setup(t, 3);
-  // A database URL on a closed port: every flush fails.
-  const collector = await spawnCollector(t, { databaseUrl: `postgres://nobody:nothing@127.0.0.1:${await freeUdpPort()}/none`, flushIntervalMs: 200 });
-  leaks.watch('collector log (unreachable)', () => collector.output);
-  const sender = new UdpSender(collector.udpPort);
-  t.teardown(() => sender.close());
-  await sender.send(shipmentsOf(ledger.add(keys.map((k) => ({ keyId: k.id, orgId, ip: '192.0.2.1', outcome: 'ok' as const, count: 7 })))));
-  await waitFor('the uses', async () => ((await collector.metrics()).uses_received_total === ledger.total ? true : undefined));
-  const started = Date.now();
-  const { code } = await collector.sigterm();
-  t.equal(code, 1, 'exit 1: the final flush failed');
-  const lost = collector.logs().find((line) => line.msg === 'final flush failed; these uses are lost');
-  t.ok(lost, 'the loss is logged');
-  t.equal(lost?.pendingUses, ledger.total, 'with the number of uses lost');
-  reportFigures(t, 'collector-sigterm-db-down', { usesReceived: ledger.total, usesLost: lost?.pendingUses, stoppedInMs: Date.now() - started, exitCode: code });
-});
+t.test(
+  'SIGTERM while PostgreSQL is unreachable: exits 1 after its deadline and logs what it lost',
+  { skip: !LONG && 'takes the 10 s stop deadline; runs with FAULTS_LONG=1' },
+  async (t) => {
+    const { orgId, keys, ledger } = await setup(t, 3);
+    // A database URL on a closed port: every flush fails.
+    const collector = await spawnCollector(t, { databaseUrl: `postgres://nobody:nothing@127.0.0.1:${await freeUdpPort()}/none`, flushIntervalMs: 200 });
+    leaks.watch('collector log (unreachable)', () => collector.output);
+    const sender = new UdpSender(collector.udpPort);
+    t.teardown(() => sender.close());
+    await sender.send(shipmentsOf(ledger.add(keys.map((k) => ({ keyId: k.id, orgId, ip: '192.0.2.1', outcome: 'ok' as const, count: 7 })))));
+    await waitFor('the uses', async () => ((await collector.metrics()).uses_received_total === ledger.total ? true : undefined));
+    const started = Date.now();
+    const { code } = await collector.sigterm();
+    t.equal(code, 1, 'exit 1: the final flush failed');
+    const lost = collector.logs().find((line) => line.msg === 'final flush failed; these uses are lost');
+    t.ok(lost, 'the loss is logged');
+    t.equal(lost?.pendingUses, ledger.total, 'with the number of uses lost');
+    reportFigures(t, 'collector-sigterm-db-down', {
+      usesReceived: ledger.total,
+      usesLost: lost?.pendingUses,
+      stoppedInMs: Date.now() - started,
+      exitCode: code,
+    });
+  },
+);
 
 t.test('leak scan: no key or hash in any datagram or collector log line of this file', async (t) => {
   const result = leaks.scan();

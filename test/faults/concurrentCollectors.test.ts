@@ -7,7 +7,19 @@ import type { Db } from '../../shared/db';
 import { sendDatagrams, startTestCollector } from '../helpers/collector';
 import { shuffled } from '../../harness/random';
 import { sleep, waitFor } from '../../harness/wait';
-import { LONG, Ledger, LeakScan, UdpSender, countMismatches, databaseWithKeys, persistedUsage, reportFigures, shipmentsOf, spawnCollector, type SeededKey } from '../helpers/faults';
+import {
+  LONG,
+  Ledger,
+  LeakScan,
+  UdpSender,
+  countMismatches,
+  databaseWithKeys,
+  persistedUsage,
+  reportFigures,
+  shipmentsOf,
+  spawnCollector,
+  type SeededKey,
+} from '../helpers/faults';
 
 const leaks = new LeakScan();
 
@@ -20,7 +32,6 @@ function round(orgId: string, keys: readonly SeededKey[], r: number, c: number):
     IPS.map((ip, j) => ({ keyId: key.id, orgId, ip, outcome: OUTCOMES[(i + j + r) % OUTCOMES.length], count: 1 + ((r + c + i + j) % 5) })),
   );
 }
-
 
 async function deadlocks(db: Db): Promise<number> {
   await db.raw('select pg_stat_clear_snapshot()');
@@ -41,7 +52,10 @@ async function forcedOverlap(t: Test, collectorCount: number) {
     // The same keys, each collector in its own order, so the transactions meet on shared rows.
     await Promise.all(
       collectors.map((collector, c) =>
-        sendDatagrams(collector.receiver.port, shipmentsOf(ledger.add(shuffled(round(orgId, keys, r, c), r * 31 + c))).map((s) => s.datagram)),
+        sendDatagrams(
+          collector.receiver.port,
+          shipmentsOf(ledger.add(shuffled(round(orgId, keys, r, c), r * 31 + c))).map((s) => s.datagram),
+        ),
       ),
     );
     await waitFor('every collector to receive the round', () =>
@@ -57,15 +71,25 @@ async function forcedOverlap(t: Test, collectorCount: number) {
   const deadlockLines = collectors.flatMap((c) => c.logLines.filter((line) => /deadlock/i.test(line)));
   t.equal(failed, 0, `no failed flush (a deadlock would abort one) in ${rounds} rounds of ${collectorCount} overlapping flushes`);
   t.same(await countMismatches(db, ledger), [], `${keys.length} keys, every sum exact (${ledger.total} uses)`);
-  const persisted = await persistedUsage(db, keys.map((k) => k.id));
-  t.equal([...persisted.hourly.values()].reduce((a, b) => a + b, 0), ledger.total, 'hourly buckets sum exactly');
+  const persisted = await persistedUsage(
+    db,
+    keys.map((k) => k.id),
+  );
+  t.equal(
+    [...persisted.hourly.values()].reduce((a, b) => a + b, 0),
+    ledger.total,
+    'hourly buckets sum exactly',
+  );
   t.same(
     keys.map((k) => persisted.outcomes(k.id)),
     keys.map((k) => ledger.byKeyOutcome.get(k.id)),
     'counts by outcome exact',
   );
   const ipRows: Array<{ n: number }> = (await db.raw('select count(*)::int as n from api_key_recent_ips group by key_id')).rows;
-  t.ok(ipRows.every((row) => row.n <= 8), 'recent IPs per key stay bounded');
+  t.ok(
+    ipRows.every((row) => row.n <= 8),
+    'recent IPs per key stay bounded',
+  );
   t.same(deadlockLines, [], 'no deadlock in any log, prunes included');
   for (const collector of collectors) await collector.stop();
   await sleep(600); // backends report their statistics when they exit
@@ -122,7 +146,10 @@ t.test('4 collector processes on their own 50 ms timers under sustained load: ex
   await sleep(600);
   const deadlocksSeen = (await deadlocks(db)) - deadlocksBefore;
   t.equal(deadlocksSeen, 0, 'pg_stat_database counts no deadlock');
-  const persisted = await persistedUsage(db, keys.map((k) => k.id));
+  const persisted = await persistedUsage(
+    db,
+    keys.map((k) => k.id),
+  );
   reportFigures(t, 'collectors-free-running-4', {
     loadMs,
     flushes,

@@ -40,7 +40,12 @@ async function sendPaced(collector: FaultCollector, datagrams: readonly Buffer[]
       await new Promise<void>((resolve, reject) => socket.send(datagrams[i], collector.udpPort, '127.0.0.1', (error) => (error ? reject(error) : resolve())));
       if ((i + 1) % window === 0 || i === datagrams.length - 1) {
         const target = already + i + 1;
-        await waitFor('the collector to take the datagrams in', async () => ((await collector.metrics()).packets_total >= target ? true : undefined), 30_000, 10);
+        await waitFor(
+          'the collector to take the datagrams in',
+          async () => ((await collector.metrics()).packets_total >= target ? true : undefined),
+          30_000,
+          10,
+        );
       }
     }
   } finally {
@@ -65,11 +70,37 @@ function hostileDatagram(a: SeededOrg, b: SeededOrg): fc.Arbitrary<Buffer> {
     fc.constantFrom(a1.id.toUpperCase(), `{${a1.id}}`, a1.id.replace(/-/g, ''), a1.id.slice(0, 35), `${a1.id}0`, a1.plaintext, ''),
   );
   const value = fc.oneof(
-    fc.constantFrom('1', '2', '7', '1e9', '1000000001', '1e10', '0', '-1', '-0', 'NaN', 'Infinity', '-Infinity', '1e999', '0x10', '9'.repeat(400), '.5', '1.5e2', '', '+3'),
+    fc.constantFrom(
+      '1',
+      '2',
+      '7',
+      '1e9',
+      '1000000001',
+      '1e10',
+      '0',
+      '-1',
+      '-0',
+      'NaN',
+      'Infinity',
+      '-Infinity',
+      '1e999',
+      '0x10',
+      '9'.repeat(400),
+      '.5',
+      '1.5e2',
+      '',
+      '+3',
+    ),
     fc.double().map(String),
     fc.integer().map(String),
   );
-  const rate = fc.option(fc.oneof(fc.constantFrom('@0', '@1', '@0.5', '@-1', '@NaN', '@Infinity', '@1e-300', '@2', '@', '@0.001'), fc.double().map((d) => `@${d}`)), { nil: undefined });
+  const rate = fc.option(
+    fc.oneof(
+      fc.constantFrom('@0', '@1', '@0.5', '@-1', '@NaN', '@Infinity', '@1e-300', '@2', '@', '@0.001'),
+      fc.double().map((d) => `@${d}`),
+    ),
+    { nil: undefined },
+  );
   const ip = fc.oneof(
     fc.ipV4(),
     fc.ipV6(),
@@ -78,11 +109,21 @@ function hostileDatagram(a: SeededOrg, b: SeededOrg): fc.Arbitrary<Buffer> {
   );
   const outcome = fc.oneof(fc.constantFrom(...OUTCOMES), fc.constantFrom('OK', 'maybe', 'ok\0', ''));
   const usageLine = fc
-    .record({ value, rate, key: uuid, org: uuid, ip, outcome, extraTag: fc.option(fc.constantFrom(`key:${b1.id}`, `org:${b.orgId}`, `key:${a1.id}`, 'env:prod', 'key', '#'), { nil: undefined }) })
+    .record({
+      value,
+      rate,
+      key: uuid,
+      org: uuid,
+      ip,
+      outcome,
+      extraTag: fc.option(fc.constantFrom(`key:${b1.id}`, `org:${b.orgId}`, `key:${a1.id}`, 'env:prod', 'key', '#'), { nil: undefined }),
+    })
     .map(({ value, rate, key, org, ip, outcome, extraTag }) =>
       [`apikey.used:${value}|c`, rate, `#key:${key},org:${org},ip:${ip},outcome:${outcome}${extraTag ? `,${extraTag}` : ''}`].filter(Boolean).join('|'),
     );
-  const influxLine = fc.record({ key: uuid, org: uuid, ip, value }).map(({ key, org, ip, value }) => `apikey.used,key=${key},org=${org},ip=${ip},outcome=ok:${value}|c`);
+  const influxLine = fc
+    .record({ key: uuid, org: uuid, ip, value })
+    .map(({ key, org, ip, value }) => `apikey.used,key=${key},org=${org},ip=${ip},outcome=ok:${value}|c`);
   const validLine = fc
     .record({ key: fc.constantFrom(a1, a2, b.keys[0], b.keys[1]), count: fc.integer({ min: 1, max: 1000 }) })
     .map(({ key, count }) => encodeUsageLine({ keyId: key.id, orgId: [...a.keys].includes(key) ? a.orgId : b.orgId, ip: '192.0.2.7', outcome: 'ok', count }));
@@ -95,7 +136,9 @@ function hostileDatagram(a: SeededOrg, b: SeededOrg): fc.Arbitrary<Buffer> {
     { arbitrary: fc.string({ maxLength: 200, unit: 'binary' }), weight: 1 },
   );
   const separator = fc.constantFrom('\n', '\n', '\r\n', '\0', '\n\n', '\n\0\n');
-  const textDatagram = fc.array(fc.tuple(line, separator), { minLength: 1, maxLength: 12 }).map((parts) => Buffer.from(parts.map(([l, s]) => l + s).join(''), 'utf8'));
+  const textDatagram = fc
+    .array(fc.tuple(line, separator), { minLength: 1, maxLength: 12 })
+    .map((parts) => Buffer.from(parts.map(([l, s]) => l + s).join(''), 'utf8'));
   const bytesDatagram = fc.uint8Array({ minLength: 1, maxLength: 3000 }).map((bytes) => Buffer.from(bytes));
   return fc.oneof({ arbitrary: textDatagram, weight: 6 }, { arbitrary: bytesDatagram, weight: 2 });
 }
@@ -105,7 +148,15 @@ function oversizedDatagrams(a: SeededOrg, b: SeededOrg): Buffer[] {
   const [a1] = a.keys;
   const fill = (unit: string) => Buffer.from(unit.repeat(Math.ceil(MAX_UDP_PAYLOAD / unit.length)).slice(0, MAX_UDP_PAYLOAD), 'latin1');
   const validForA1 = `${encodeUsageLine({ keyId: a1.id, orgId: a.orgId, ip: '2001:db8::9', outcome: 'ok', count: 3 })}\n`;
-  return [fill(validForA1), fill('\n'), fill('\0'), fill('x'), fill('|'), fill(`apikey.used:1|c|#key:${b.keys[0].id},org:${a.orgId},ip:10.0.0.1,outcome:ok\n`), fill(`${a1.plaintext}\n`)];
+  return [
+    fill(validForA1),
+    fill('\n'),
+    fill('\0'),
+    fill('x'),
+    fill('|'),
+    fill(`apikey.used:1|c|#key:${b.keys[0].id},org:${a.orgId},ip:10.0.0.1,outcome:ok\n`),
+    fill(`${a1.plaintext}\n`),
+  ];
 }
 
 // The oracle: the same parser over the same bytes, decoded as the receiver decodes them (latin1).
@@ -124,10 +175,20 @@ function parseLocally(datagrams: readonly Buffer[]) {
 
 // Only a line naming a real key with its own org counts; a forged id creates no row.
 async function assertNoCrossOrgCount(t: Test, db: Db, a: SeededOrg, b: SeededOrg, expected: Map<string, number>) {
-  const persisted = await persistedUsage(db, [...a.keys, ...b.keys].map((k) => k.id));
-  for (const [owner, keys] of [[a.orgId, a.keys], [b.orgId, b.keys]] as const) {
+  const persisted = await persistedUsage(
+    db,
+    [...a.keys, ...b.keys].map((k) => k.id),
+  );
+  for (const [owner, keys] of [
+    [a.orgId, a.keys],
+    [b.orgId, b.keys],
+  ] as const) {
     for (const key of keys) {
-      t.equal(persisted.count(key.id), expected.get(`${owner}/${key.id}`) ?? 0, `${owner === a.orgId ? 'victim' : 'attacker'} key: only lines naming it with its own org count`);
+      t.equal(
+        persisted.count(key.id),
+        expected.get(`${owner}/${key.id}`) ?? 0,
+        `${owner === a.orgId ? 'victim' : 'attacker'} key: only lines naming it with its own org count`,
+      );
     }
   }
   const genuine = new Set([...a.keys.map((k) => `${a.orgId}/${k.id}`), ...b.keys.map((k) => `${b.orgId}/${k.id}`)]);
@@ -167,10 +228,20 @@ t.test('fuzzed datagrams against the live collector: no crash, counters match th
   await assertNoCrossOrgCount(t, db, a, b, oracle.uses);
   const usesAccepted = [...oracle.uses.values()].reduce((x, y) => x + y, 0);
   t.equal(m.uses_received_total, usesAccepted, 'uses received = the sum of accepted samples');
-  t.equal(m.uses_persisted_total + m.unknown_uses_total + m.overflow_uses_total, m.uses_received_total, 'every received use is persisted, dropped as unknown, or overflowed');
-  t.notOk(collector.output.some((line) => /at .+\.ts:\d+/.test(line) || /uncaught|unhandled/i.test(line)), 'no stack trace or unhandled error in its output');
+  t.equal(
+    m.uses_persisted_total + m.unknown_uses_total + m.overflow_uses_total,
+    m.uses_received_total,
+    'every received use is persisted, dropped as unknown, or overflowed',
+  );
+  t.notOk(
+    collector.output.some((line) => /at .+\.ts:\d+/.test(line) || /uncaught|unhandled/i.test(line)),
+    'no stack trace or unhandled error in its output',
+  );
   const badLineLogs = collector.logs().filter((l) => l.msg === 'dropped malformed StatsD lines');
-  t.ok(badLineLogs.length >= 1 && badLineLogs.length <= 3, `bad lines logged, rate-limited (${badLineLogs.length} lines for ${oracle.counts.invalid} bad lines)`);
+  t.ok(
+    badLineLogs.length >= 1 && badLineLogs.length <= 3,
+    `bad lines logged, rate-limited (${badLineLogs.length} lines for ${oracle.counts.invalid} bad lines)`,
+  );
   t.equal((await collector.sigterm()).code, 0, 'exits 0 on SIGTERM afterwards');
   reportFigures(t, 'fuzz-live-socket', {
     seed,
@@ -227,7 +298,9 @@ async function sendFlood(collector: FaultCollector, real: SeededOrg) {
     rssTimeline.push(mib(collector.peakRssBytes()));
   }
   const floodMs = Date.now() - started;
-  await sendPaced(collector, [Buffer.from(encodeUsageLine({ keyId: real.keys[1].id, orgId: real.orgId, ip: '192.0.2.2', outcome: 'ok', count: LATE_USES }), 'latin1')]);
+  await sendPaced(collector, [
+    Buffer.from(encodeUsageLine({ keyId: real.keys[1].id, orgId: real.orgId, ip: '192.0.2.2', outcome: 'ok', count: LATE_USES }), 'latin1'),
+  ]);
   return { realUses, maxPending, floodMs, rssTimeline, during: await collector.metrics(), peakDuringFlood: collector.peakRssBytes() };
 }
 
@@ -251,7 +324,10 @@ async function drained(collector: FaultCollector, run: FloodRun) {
 // stays flat: the second half of the flood adds nothing.
 function assertMemoryBounded(t: Test, run: FloodRun, baseline: number) {
   const growthMiB = mib(run.peakDuringFlood - baseline);
-  t.ok(run.maxPending <= 2 * FLOOD_CAP, `pending keys never above twice the cap (${run.maxPending} ≤ ${2 * FLOOD_CAP}): the aggregator's cap and the retained batch`);
+  t.ok(
+    run.maxPending <= 2 * FLOOD_CAP,
+    `pending keys never above twice the cap (${run.maxPending} ≤ ${2 * FLOOD_CAP}): the aggregator's cap and the retained batch`,
+  );
   t.ok(growthMiB < 256, `peak RSS ${mib(run.peakDuringFlood)} MiB, ${growthMiB} MiB above the idle collector`);
   const { rssTimeline } = run;
   if (rssTimeline.length >= 20) {
@@ -264,9 +340,16 @@ function assertMemoryBounded(t: Test, run: FloodRun, baseline: number) {
 
 function assertOverflowCounted(t: Test, collector: FaultCollector, m: CollectorMetrics, floodMs: number) {
   t.ok(m.overflow_uses_total > 0, `overflow counted in /metrics (${m.overflow_uses_total} uses)`);
-  t.equal(m.uses_persisted_total + m.unknown_uses_total + m.overflow_uses_total, m.uses_received_total, 'every received use is persisted, dropped as unknown, or overflowed');
+  t.equal(
+    m.uses_persisted_total + m.unknown_uses_total + m.overflow_uses_total,
+    m.uses_received_total,
+    'every received use is persisted, dropped as unknown, or overflowed',
+  );
   const capLines = collector.logs().filter((l) => l.msg === 'pending-key cap reached; uses of new keys dropped');
-  t.ok(capLines.some((l) => l.maxPendingKeys === FLOOD_CAP), 'the overflow is logged');
+  t.ok(
+    capLines.some((l) => l.maxPendingKeys === FLOOD_CAP),
+    'the overflow is logged',
+  );
   t.ok(capLines.length <= 2 + floodMs / 10_000, 'rate-limited');
 }
 
@@ -280,7 +363,10 @@ async function flood(t: Test, databaseDown: boolean) {
   const growthMiB = assertMemoryBounded(t, run, baseline);
   const rows = Number((await db('api_key_usage').count({ n: '*' }))[0].n);
   t.ok(rows <= 2, 'no row created for any of the random ids');
-  const persistedReal = await persistedUsage(db, real.keys.map((k) => k.id));
+  const persistedReal = await persistedUsage(
+    db,
+    real.keys.map((k) => k.id),
+  );
   const realPersisted = persistedReal.count(real.keys[0].id);
   const latePersisted = persistedReal.count(real.keys[1].id);
   t.ok(latePersisted === 0 || latePersisted === LATE_USES, 'a line is taken or overflowed whole');

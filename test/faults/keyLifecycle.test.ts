@@ -100,7 +100,8 @@ t.test('rotated and revoked while uses are in flight: every use counted against 
   await burst(60, (i) => call(i % 2 ? one.api : two.api, target.id, i % 3 ? rotated : target.key, badSecret));
 
   // A second rotation without grace: the first two secrets stop working at once.
-  const rerotated = (await one.api.request('POST', `/api/orgs/${org.id}/api-keys/${target.id}/rotate`, { key: adminKey, body: { gracePeriodSeconds: 0 } })).body.key as string;
+  const rerotated = (await one.api.request('POST', `/api/orgs/${org.id}/api-keys/${target.id}/rotate`, { key: adminKey, body: { gracePeriodSeconds: 0 } })).body
+    .key as string;
   adminUses += 1;
   leaks.plaintext(rerotated);
   await burst(30, (i) => call(i % 2 ? one.api : two.api, target.id, [target.key, rotated, rerotated][i % 3], badSecret));
@@ -167,10 +168,19 @@ t.test('X-Forwarded-For from a client does not change the recorded IP unless a p
     await proxied.api.request('GET', '/api/whoami', { key: trusted.key, headers: { 'x-forwarded-for': `192.0.2.99, 203.0.113.${10 + i}` } });
   }
   await flushAll(t, collector, [direct.recorder, proxied.recorder]);
-  const ips = async (keyId: string) => (await db('api_key_recent_ips').where({ key_id: keyId }).orderBy('ip')).map((r: { ip: string; request_count: number }) => [r.ip, r.request_count]);
+  const ips = async (keyId: string) =>
+    (await db('api_key_recent_ips').where({ key_id: keyId }).orderBy('ip')).map((r: { ip: string; request_count: number }) => [r.ip, r.request_count]);
   t.same(await ips(untrusted.id), [['127.0.0.1', forged.length]], 'untrusted X-Forwarded-For is ignored: the socket address is recorded');
   t.equal((await db('api_key_usage').where({ key_id: untrusted.id }).first()).last_used_ip, '127.0.0.1');
-  t.same(await ips(trusted.id), [['203.0.113.10', 1], ['203.0.113.11', 1], ['203.0.113.12', 1]], 'with TRUST_PROXY=loopback the rightmost untrusted hop is recorded, never the leftmost forged one');
+  t.same(
+    await ips(trusted.id),
+    [
+      ['203.0.113.10', 1],
+      ['203.0.113.11', 1],
+      ['203.0.113.12', 1],
+    ],
+    'with TRUST_PROXY=loopback the rightmost untrusted hop is recorded, never the leftmost forged one',
+  );
   await leaks.hashesFrom(db);
 });
 
@@ -183,12 +193,25 @@ t.test('a use behind a trusting proxy is counted even when X-Forwarded-For is no
   const { adminKeyId, adminKey } = await seedOrg(api, db);
   leaks.plaintext(adminKey);
   const junk = ['not-an-ip', `1.2.3.4|#key:${adminKeyId}`, 'fe80::1%eth0', '999.1.1.1', 'unknown'];
-  for (const xff of junk) t.equal((await api.request('GET', '/api/whoami', { key: adminKey, headers: { 'x-forwarded-for': xff } })).status, 200, `served with X-Forwarded-For: ${xff}`);
+  for (const xff of junk)
+    t.equal(
+      (await api.request('GET', '/api/whoami', { key: adminKey, headers: { 'x-forwarded-for': xff } })).status,
+      200,
+      `served with X-Forwarded-For: ${xff}`,
+    );
   await flushAll(t, collector, [recorder]);
   const row = await db('api_key_usage').where({ key_id: adminKeyId }).first();
   const recorded = (await db('api_key_recent_ips').where({ key_id: adminKeyId }).orderBy('ip')).map((r: { ip: string }) => r.ip);
-  reportFigures(t, 'xff-junk-trust-all', { requests: junk.length, usesPersisted: row?.request_count ?? 0, badLinesAtCollector: collector.ingest.badLines, recordedIps: recorded });
-  t.ok(recorded.every((ip: string) => ip === '127.0.0.1' || ip === 'fe80::1'), `only addresses recorded: ${recorded.join(', ')}`);
+  reportFigures(t, 'xff-junk-trust-all', {
+    requests: junk.length,
+    usesPersisted: row?.request_count ?? 0,
+    badLinesAtCollector: collector.ingest.badLines,
+    recordedIps: recorded,
+  });
+  t.ok(
+    recorded.every((ip: string) => ip === '127.0.0.1' || ip === 'fe80::1'),
+    `only addresses recorded: ${recorded.join(', ')}`,
+  );
   // isIP('fe80::1%eth0') is 6, so a zone id passes the resolver's check; the collector refuses it.
   t.equal(collector.ingest.badLines, 0, 'no usage line was dropped as malformed');
   t.equal(row?.request_count ?? 0, junk.length, 'every use counted');

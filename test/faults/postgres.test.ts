@@ -95,7 +95,10 @@ function assertBackoffLogged(t: Test, collector: FaultCollector, outageMs: numbe
     delays.every((delay, i) => i === 0 || delay >= delays[i - 1]),
     `retries back off: ${delays.join(', ')} ms`,
   );
-  t.ok(failures.every((line) => line.level === 50 && typeof (line.err as { message?: string })?.message === 'string'), 'logged at error level with the cause');
+  t.ok(
+    failures.every((line) => line.level === 50 && typeof (line.err as { message?: string })?.message === 'string'),
+    'logged at error level with the cause',
+  );
   t.ok(failures.length <= 2 + Math.log2(outageMs / 200) + outageMs / 30_000, 'backoff keeps the log quiet: no line per interval');
   return delays;
 }
@@ -103,7 +106,10 @@ function assertBackoffLogged(t: Test, collector: FaultCollector, outageMs: numbe
 // Every key's total, outcomes, hourly buckets and recent-IP counts equal what the ledger sent.
 async function assertEveryKeyExact(t: Test, db: Db, keys: readonly SeededKey[], ledger: Ledger) {
   t.same(await countMismatches(db, ledger), [], 'every key counted exactly once');
-  const persisted = await persistedUsage(db, keys.map((k) => k.id));
+  const persisted = await persistedUsage(
+    db,
+    keys.map((k) => k.id),
+  );
   t.equal(persisted.total, ledger.total, 'the totals sum to the uses sent');
   for (const key of keys) {
     if (persisted.outcomes(key.id).ok !== ledger.byKeyOutcome.get(key.id)?.ok) t.fail(`outcome counts of ${key.id}`);
@@ -143,11 +149,18 @@ t.test('PostgreSQL unavailable during traffic: the collector keeps aggregating, 
   t.equal(final.uses_persisted_total, ledger.total, 'and persisted, per its own metrics');
   t.ok(final.failed_flushes_total >= 2, `flushes failed while PostgreSQL was away (${final.failed_flushes_total})`);
   t.equal(await collector.health(), 200, 'healthy again after recovery');
-  t.ok(during.some((d) => d.failed > 0), 'failures were visible in /metrics during the outage');
+  t.ok(
+    during.some((d) => d.failed > 0),
+    'failures were visible in /metrics during the outage',
+  );
   const peakPending = Math.max(...during.map((d) => d.pending));
   // A key is pending at most twice: in the batch kept for retry and again in the aggregator.
   t.ok(peakPending <= 2 * keys.length, `pending keys stay within twice the keys in use (${peakPending}; the cap is 1000)`);
-  if (outageMs >= 1500) t.ok(during.some((d) => d.health === 503), 'the health check turns 503 after repeated failed flushes');
+  if (outageMs >= 1500)
+    t.ok(
+      during.some((d) => d.health === 503),
+      'the health check turns 503 after repeated failed flushes',
+    );
 
   const persisted = await assertEveryKeyExact(t, db, keys, ledger);
 
@@ -201,7 +214,10 @@ t.test('connections cut mid-flush (one collector, one proxy, one cut per flush)'
     // The flusher's in-doubt path (CommitInDoubtError → keep the batch id → skip it on retry) runs
     // because the store awaits trx.executionPromise: knex 3's trx.commit() alone resolves even when
     // the COMMIT query fails.
-    t.ok(m.failed_flushes_total >= 1 && m.duplicate_batches_skipped_total >= 1, `the lost reply is noticed and the retry skipped as a duplicate (failed ${m.failed_flushes_total}, skipped ${m.duplicate_batches_skipped_total})`);
+    t.ok(
+      m.failed_flushes_total >= 1 && m.duplicate_batches_skipped_total >= 1,
+      `the lost reply is noticed and the retry skipped as a duplicate (failed ${m.failed_flushes_total}, skipped ${m.duplicate_batches_skipped_total})`,
+    );
     reportFigures(t, 'commit-reply-lost', {
       usesSent: ledger.total - sentBefore,
       usesPersisted: persisted,
@@ -238,7 +254,12 @@ t.test('connections cut mid-flush (one collector, one proxy, one cut per flush)'
     const failed = m.failed_flushes_total - failedBefore;
     t.ok(failed >= points.length - 1, `each cut before COMMIT failed a flush that was retried (${failed})`);
     t.equal(collector.child.proc.exitCode, null, 'no crash');
-    reportFigures(t, 'connection-cuts', { cuts: points.length, usesSent: ledger.total - sentBefore, usesPersisted: ledger.total - sentBefore, failedFlushes: failed });
+    reportFigures(t, 'connection-cuts', {
+      cuts: points.length,
+      usesSent: ledger.total - sentBefore,
+      usesPersisted: ledger.total - sentBefore,
+      failedFlushes: failed,
+    });
   });
 
   await t.test('the connection drops before COMMIT reaches PostgreSQL: the batch is retried, not lost', async (t) => {
@@ -249,7 +270,12 @@ t.test('connections cut mid-flush (one collector, one proxy, one cut per flush)'
     await sleep(500);
     const persisted = (await persistedNow()) - persistedBefore;
     const claimed = (await collector.metrics()).uses_persisted_total - claimedBefore;
-    reportFigures(t, 'commit-never-sent', { usesSent: ledger.total - sentBefore, usesPersisted: persisted, usesClaimedPersisted: claimed, failedFlushes: m.failed_flushes_total - failedBefore });
+    reportFigures(t, 'commit-never-sent', {
+      usesSent: ledger.total - sentBefore,
+      usesPersisted: persisted,
+      usesClaimedPersisted: claimed,
+      failedFlushes: m.failed_flushes_total - failedBefore,
+    });
     t.equal(persisted, ledger.total - sentBefore, 'the rolled-back batch was written by a retry');
     t.equal(claimed, persisted, 'uses_persisted_total matches PostgreSQL');
   });

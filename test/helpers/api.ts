@@ -55,17 +55,34 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
   });
   // Tests send many failures from 127.0.0.1 to count outcomes; the throttle (on by default) would
   // answer some of them 429. test/authThrottle.test.ts turns it on.
-  const config = loadConfig({ NODE_ENV: 'test', LOG_LEVEL: 'info', AUTH_THROTTLE_MAX_FAILURES_PER_IP: '0', AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '0', ...options.env });
+  const config = loadConfig({
+    NODE_ENV: 'test',
+    LOG_LEVEL: 'info',
+    AUTH_THROTTLE_MAX_FAILURES_PER_IP: '0',
+    AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '0',
+    ...options.env,
+  });
   const logger = createLogger({ level: config.logLevel, name: 'api-test', destination });
-  const recordUse: RecordUse =
-    options.recordUse ?? ((keyId, orgId, ip, outcome) => uses.push({ keyId, orgId, ip, outcome }));
-  const { app, services, verifier, throttle } = createApp({ db, logger, config: config.api, webhooks: config.webhooks, privacy: config.privacy, recordUse, now: options.now });
+  const recordUse: RecordUse = options.recordUse ?? ((keyId, orgId, ip, outcome) => uses.push({ keyId, orgId, ip, outcome }));
+  const { app, services, verifier, throttle } = createApp({
+    db,
+    logger,
+    config: config.api,
+    webhooks: config.webhooks,
+    privacy: config.privacy,
+    recordUse,
+    now: options.now,
+  });
   const server = http.createServer(app);
   const port = await listen(server, '127.0.0.1', 0, 'PORT');
   t.teardown(() => closeServer(server));
   const baseUrl = `http://127.0.0.1:${port}`;
 
-  async function request(method: string, path: string, init: { key?: string; header?: 'bearer' | 'x-api-key'; body?: unknown; headers?: Record<string, string> } = {}): Promise<TestResponse> {
+  async function request(
+    method: string,
+    path: string,
+    init: { key?: string; header?: 'bearer' | 'x-api-key'; body?: unknown; headers?: Record<string, string> } = {},
+  ): Promise<TestResponse> {
     const headers: Record<string, string> = { ...init.headers };
     if (init.key !== undefined) {
       if (init.header === 'x-api-key') headers['x-api-key'] = init.key;

@@ -297,7 +297,12 @@ function jsonLines(lines: readonly string[]): Array<Record<string, unknown>> {
 function probeCounts(lines: readonly string[]): ProbeCounts | undefined {
   const probes = lines.filter((l) => l.startsWith('{"collectorProbe"')).map((l) => (JSON.parse(l) as { collectorProbe: ProbeCounts }).collectorProbe);
   if (probes.length === 0) return undefined;
-  return probes.reduce((sum, p) => ({ packets: sum.packets + p.packets, usageLines: sum.usageLines + p.usageLines, uses: sum.uses + p.uses, exitCode: sum.exitCode || p.exitCode }));
+  return probes.reduce((sum, p) => ({
+    packets: sum.packets + p.packets,
+    usageLines: sum.usageLines + p.usageLines,
+    uses: sum.uses + p.uses,
+    exitCode: sum.exitCode || p.exitCode,
+  }));
 }
 
 // The peak resident set of a child, sampled every 50 ms until it exits and on demand.
@@ -554,7 +559,10 @@ export async function persistedUsage(db: Db, keyIds: readonly string[]) {
     .select('key_id', db.raw(`sum(${everyOutcome}) as total`));
   const ips: Array<{ key_id: string; total: number; ips: number }> = await db
     .from(
-      db('api_key_recent_ips').select('key_id', 'ip', 'request_count as n').unionAll(db('api_key_failed_ips').select('key_id', 'ip', 'attempt_count as n')).as('both'),
+      db('api_key_recent_ips')
+        .select('key_id', 'ip', 'request_count as n')
+        .unionAll(db('api_key_failed_ips').select('key_id', 'ip', 'attempt_count as n'))
+        .as('both'),
     )
     .whereIn('key_id', keyIds)
     .groupBy('key_id')

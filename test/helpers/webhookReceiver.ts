@@ -10,10 +10,7 @@ export interface ReceivedRequest {
 
 // A webhook receiver on 127.0.0.1 that records every request and answers as `respond` says
 // (by the request's index, from 0); `respond` may also take over the response itself.
-export async function startWebhookReceiver(
-  t: Test,
-  respond: (index: number, res: http.ServerResponse) => number | 'handled' = () => 200,
-) {
+export async function startWebhookReceiver(t: Test, respond: (index: number, res: http.ServerResponse) => number | 'handled' = () => 200) {
   const requests: ReceivedRequest[] = [];
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = [];

@@ -16,17 +16,28 @@ export function dormantSection(who, canWrite) {
     endpoint: 'dormant clean-up endpoint (POST …/api-keys/revoke-dormant)',
     load: async (body) => {
       const page = await api('GET', orgPath(who, `/usage?dormant=true&dormantDays=${Number(days.value) || 30}&sort=lastUsedAt&limit=50`));
-      list.replaceChildren(...page.data.map((key) => el('li', {}, [el('a', { href: `#/key/${key.id}`, text: key.name }), ` · ${key.status} · last use ${relative(key.lastUsedAt)}`])));
-      setText(summary, `${page.page.total} dormant key${page.page.total === 1 ? '' : 's'} (unused for ${days.value} days)${page.page.total > 50 ? '; the first 50 shown' : ''}`);
+      list.replaceChildren(
+        ...page.data.map((key) =>
+          el('li', {}, [el('a', { href: `#/key/${key.id}`, text: key.name }), ` · ${key.status} · last use ${relative(key.lastUsedAt)}`]),
+        ),
+      );
+      setText(
+        summary,
+        `${page.page.total} dormant key${page.page.total === 1 ? '' : 's'} (unused for ${days.value} days)${page.page.total > 50 ? '; the first 50 shown' : ''}`,
+      );
       if (!body.contains(list)) body.append(el('label', {}, ['Unused for at least ', days, ' days']), summary, list, ...(canWrite ? [actions, outcome] : []));
     },
   });
   const summary = el('p');
-  const run = (dryRun) => section.guard(async () => {
-    const result = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun } });
-    const keys = result.keys;
-    setText(outcome, `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map((key) => key.name ?? key.id).join(', ') || 'none'}`);
-  });
+  const run = (dryRun) =>
+    section.guard(async () => {
+      const result = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun } });
+      const keys = result.keys;
+      setText(
+        outcome,
+        `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map((key) => key.name ?? key.id).join(', ') || 'none'}`,
+      );
+    });
   const preview = el('button', { type: 'button', text: 'Preview clean-up (dry run)', onclick: () => run(true) });
   const apply = el('button', {
     type: 'button',
@@ -34,12 +45,13 @@ export function dormantSection(who, canWrite) {
     text: 'Apply clean-up…',
     // The clean-up spares keys created within the period and the key signed in here, which the
     // list above (the usage endpoint's dormant filter) includes: the dialog names the exact set.
-    onclick: () => section.guard(async () => {
-      const { keys } = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun: true } });
-      const names = keys.map((key) => key.name ?? key.id).join(', ') || 'none';
-      const message = `Revoke these ${keys.length} key${keys.length === 1 ? '' : 's'}, unused for ${days.value} days: ${names}? Their holders get 401 from now on.`;
-      if (await confirmDialog({ title: 'Revoke dormant keys', message, confirmLabel: 'Revoke them' })) await run(false);
-    }),
+    onclick: () =>
+      section.guard(async () => {
+        const { keys } = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun: true } });
+        const names = keys.map((key) => key.name ?? key.id).join(', ') || 'none';
+        const message = `Revoke these ${keys.length} key${keys.length === 1 ? '' : 's'}, unused for ${days.value} days: ${names}? Their holders get 401 from now on.`;
+        if (await confirmDialog({ title: 'Revoke dormant keys', message, confirmLabel: 'Revoke them' })) await run(false);
+      }),
   });
   const actions = el('div', { class: 'buttons' }, [preview, apply]);
   days.addEventListener('change', () => void section.refresh());

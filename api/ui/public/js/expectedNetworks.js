@@ -12,7 +12,10 @@ export function expectedNetworksSection(who, keyId, canWrite) {
     text: 'Save networks',
     onclick: () =>
       section.guard(async () => {
-        const expectedNetworks = text.value.split('\n').map((line) => line.trim()).filter(Boolean);
+        const expectedNetworks = text.value
+          .split('\n')
+          .map((line) => line.trim())
+          .filter(Boolean);
         await api('PATCH', orgPath(who, `/${keyId}`), { body: { expectedNetworks } });
         setText(saved, 'Saved');
       }),

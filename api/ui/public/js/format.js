@@ -17,4 +17,3 @@ export function relative(iso, now = Date.now()) {
 }
 
 export const exact = (iso) => (iso ? `${iso} (${new Date(iso).toLocaleString()})` : null);
-

@@ -9,7 +9,10 @@ export function createFreshness(node) {
     const age = Math.max(0, Math.round((Date.now() - Date.parse(latest.generatedAt)) / 1000));
     const { drainIntervalMs, flushIntervalMs } = latest.delay;
     const lag = (drainIntervalMs + 2 * flushIntervalMs) / 1000;
-    setText(node, `Numbers read ${age} s ago (${latest.generatedAt}); a request shows up within about ${lag} s (drain ${drainIntervalMs} ms + flush ${flushIntervalMs} ms). Refreshing every 5 s.`);
+    setText(
+      node,
+      `Numbers read ${age} s ago (${latest.generatedAt}); a request shows up within about ${lag} s (drain ${drainIntervalMs} ms + flush ${flushIntervalMs} ms). Refreshing every 5 s.`,
+    );
   };
   setInterval(render, 1000);
   return {

@@ -6,7 +6,13 @@ export function createIpTable({ id, caption, countLabel, countField }) {
   const tbody = el('tbody');
   const table = el('table', { id, class: 'ips' }, [
     el('caption', { text: caption }),
-    el('thead', {}, [el('tr', {}, ['IP', 'First seen', 'Last seen', countLabel].map((text) => el('th', { scope: 'col', text })))]),
+    el('thead', {}, [
+      el(
+        'tr',
+        {},
+        ['IP', 'First seen', 'Last seen', countLabel].map((text) => el('th', { scope: 'col', text })),
+      ),
+    ]),
     tbody,
   ]);
   let shown;
@@ -20,7 +26,9 @@ export function createIpTable({ id, caption, countLabel, countField }) {
       tbody.replaceChildren(
         ...(ips.length === 0
           ? [el('tr', {}, [el('td', { colspan: 4, text: 'None.' })])]
-          : ips.map((ip) => el('tr', {}, [el('td', { text: ip.ip }), when(ip.firstSeen), when(ip.lastSeen), el('td', { class: 'num', text: count(ip[countField]) })]))),
+          : ips.map((ip) =>
+              el('tr', {}, [el('td', { text: ip.ip }), when(ip.firstSeen), when(ip.lastSeen), el('td', { class: 'num', text: count(ip[countField]) })]),
+            )),
       );
     },
   };

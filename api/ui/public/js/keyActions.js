@@ -26,7 +26,9 @@ function showNewSecret(rotated) {
       setText(copied, 'Copied');
     },
   });
-  const grace = rotated.previousSecretExpiresAt ? `The old secret keeps working until ${exact(rotated.previousSecretExpiresAt)}.` : 'The old secret no longer works.';
+  const grace = rotated.previousSecretExpiresAt
+    ? `The old secret keeps working until ${exact(rotated.previousSecretExpiresAt)}.`
+    : 'The old secret no longer works.';
   const dialog = el('dialog', { class: 'dialog', 'aria-labelledby': 'secret-title' }, [
     el('form', { method: 'dialog' }, [
       el('h2', { id: 'secret-title', text: `New secret for ${rotated.name}` }),
@@ -42,7 +44,11 @@ function showNewSecret(rotated) {
 }
 
 export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
-  const grace = el('select', { id: 'grace', 'aria-label': 'Grace period of the old secret' }, GRACE_CHOICES.map(([seconds, label]) => el('option', { value: seconds, text: label, selected: seconds === 86_400 })));
+  const grace = el(
+    'select',
+    { id: 'grace', 'aria-label': 'Grace period of the old secret' },
+    GRACE_CHOICES.map(([seconds, label]) => el('option', { value: seconds, text: label, selected: seconds === 86_400 })),
+  );
   const act = (task) => async () => {
     try {
       await task();
@@ -76,5 +82,9 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
     }),
   });
   const live = key.status === 'active';
-  return el('div', { class: 'actions', id: 'key-actions' }, live ? [el('label', {}, ['Grace period ', grace]), rotate, revoke] : [el('p', { text: `This key is ${key.status}: nothing to rotate or revoke.` })]);
+  return el(
+    'div',
+    { class: 'actions', id: 'key-actions' },
+    live ? [el('label', {}, ['Grace period ', grace]), rotate, revoke] : [el('p', { text: `This key is ${key.status}: nothing to rotate or revoke.` })],
+  );
 }

@@ -30,11 +30,16 @@ const FACTS = [
 
 function createFacts() {
   const values = FACTS.map(() => el('dd'));
-  const element = el('dl', { class: 'facts' }, FACTS.flatMap(([label], i) => [el('dt', { text: label }), values[i]]));
-  const update = (key) => FACTS.forEach(([, value, title], i) => {
-    setText(values[i], value(key));
-    setAttr(values[i], 'title', title?.(key));
-  });
+  const element = el(
+    'dl',
+    { class: 'facts' },
+    FACTS.flatMap(([label], i) => [el('dt', { text: label }), values[i]]),
+  );
+  const update = (key) =>
+    FACTS.forEach(([, value, title], i) => {
+      setText(values[i], value(key));
+      setAttr(values[i], 'title', title?.(key));
+    });
   return { element, update };
 }
 
@@ -50,7 +55,11 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
   const title = el('h2', { id: 'key-title' });
   const subtitle = el('p', { class: 'subtitle' });
   const facts = createFacts();
-  const range = el('select', { id: 'range', 'aria-label': 'Chart range' }, Object.entries(RANGES).map(([value, r]) => el('option', { value, text: r.label, selected: value === '7d' })));
+  const range = el(
+    'select',
+    { id: 'range', 'aria-label': 'Chart range' },
+    Object.entries(RANGES).map(([value, r]) => el('option', { value, text: r.label, selected: value === '7d' })),
+  );
   const chart = el('div', { id: 'chart', class: 'chart-box' });
   const recent = createIpTable({ id: 'recent-ips', caption: 'Recent IPs (uses)', countLabel: 'Uses', countField: 'requestCount' });
   const failing = createIpTable({ id: 'failed-ips', caption: 'Recent failing IPs (wrong secret)', countLabel: 'Attempts', countField: 'attemptCount' });

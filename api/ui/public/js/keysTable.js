@@ -8,8 +8,18 @@ import { createSparkline } from './sparkline.js';
 const PAGE_SIZE = 50;
 
 const COLUMNS = [
-  ['name', 'Name'], ['prefix', 'Prefix'], ['status', 'Status'], ['scopes', 'Scopes'], ['lastUse', 'Last use'], ['lastIp', 'Last IP'],
-  ['day', 'Uses 24 h'], ['week', '7 d'], ['month', '30 d'], ['spark', 'Last 7 days'], ['failed', 'Failed attempts'], ['badges', 'Flags'],
+  ['name', 'Name'],
+  ['prefix', 'Prefix'],
+  ['status', 'Status'],
+  ['scopes', 'Scopes'],
+  ['lastUse', 'Last use'],
+  ['lastIp', 'Last IP'],
+  ['day', 'Uses 24 h'],
+  ['week', '7 d'],
+  ['month', '30 d'],
+  ['spark', 'Last 7 days'],
+  ['failed', 'Failed attempts'],
+  ['badges', 'Flags'],
 ];
 
 function createRow(key) {
@@ -117,7 +127,16 @@ export function createKeysView({ who, eventCounts, onFresh }) {
     }
   }
 
-  const table = el('table', { class: 'keys', id: 'keys-table' }, [el('thead', {}, [el('tr', {}, COLUMNS.map(([name, label]) => el('th', { scope: 'col', class: `col-${name}`, text: label })))]), tbody]);
+  const table = el('table', { class: 'keys', id: 'keys-table' }, [
+    el('thead', {}, [
+      el(
+        'tr',
+        {},
+        COLUMNS.map(([name, label]) => el('th', { scope: 'col', class: `col-${name}`, text: label })),
+      ),
+    ]),
+    tbody,
+  ]);
   const element = el('section', { 'aria-labelledby': 'keys-heading' }, [
     el('h2', { id: 'keys-heading', text: 'API keys' }),
     filters.element,

@@ -19,9 +19,18 @@ function bars(buckets, max) {
       const n = Number(bucket.outcomes[o.name]);
       const h = Math.max(1, (n / max) * plotHeight);
       y -= h;
-      return svg('rect', { x: (PAD.left + i * slot + slot * 0.1).toFixed(2), y: y.toFixed(2), width: Math.max(1, slot * 0.8).toFixed(2), height: h.toFixed(2), fill: o.colour, 'data-outcome': o.name }, [
-        svg('title', { text: `${bucket.start}: ${count(bucket.outcomes[o.name])} ${o.label}` }),
-      ]);
+      return svg(
+        'rect',
+        {
+          x: (PAD.left + i * slot + slot * 0.1).toFixed(2),
+          y: y.toFixed(2),
+          width: Math.max(1, slot * 0.8).toFixed(2),
+          height: h.toFixed(2),
+          fill: o.colour,
+          'data-outcome': o.name,
+        },
+        [svg('title', { text: `${bucket.start}: ${count(bucket.outcomes[o.name])} ${o.label}` })],
+      );
     });
   });
 }
@@ -41,18 +50,30 @@ function axes(buckets, max) {
 
 // The legend is the chart's numbers as text: each outcome's total over the range.
 function legend(buckets) {
-  return el('ul', { class: 'legend' }, OUTCOMES.map((o) => {
-    const total = buckets.reduce((sum, bucket) => sum + Number(bucket.outcomes[o.name]), 0);
-    return el('li', { 'data-outcome': o.name }, [svg('svg', { class: 'swatch', viewBox: '0 0 10 10', 'aria-hidden': 'true' }, [svg('rect', { width: 10, height: 10, fill: o.colour })]), el('span', { text: `${o.label}: ` }), el('strong', { class: 'legend-count', text: count(total) })]);
-  }));
+  return el(
+    'ul',
+    { class: 'legend' },
+    OUTCOMES.map((o) => {
+      const total = buckets.reduce((sum, bucket) => sum + Number(bucket.outcomes[o.name]), 0);
+      return el('li', { 'data-outcome': o.name }, [
+        svg('svg', { class: 'swatch', viewBox: '0 0 10 10', 'aria-hidden': 'true' }, [svg('rect', { width: 10, height: 10, fill: o.colour })]),
+        el('span', { text: `${o.label}: ` }),
+        el('strong', { class: 'legend-count', text: count(total) }),
+      ]);
+    }),
+  );
 }
 
 export function stackedChart(series) {
   const max = Math.max(1, ...series.buckets.map(bucketTotal));
   const uses = `${count(series.total)} uses`;
-  const chart = svg('svg', { class: 'chart', viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: 'img', 'aria-label': `Requests per ${series.granularity} by outcome: ${uses}` }, [
-    ...axes(series.buckets, max),
-    ...bars(series.buckets, max),
+  const chart = svg(
+    'svg',
+    { class: 'chart', viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: 'img', 'aria-label': `Requests per ${series.granularity} by outcome: ${uses}` },
+    [...axes(series.buckets, max), ...bars(series.buckets, max)],
+  );
+  return el('figure', { class: 'chart-figure', 'data-total': series.total }, [
+    chart,
+    el('figcaption', {}, [el('p', { class: 'chart-total', text: `${uses} in range (proven secrets; failed attempts listed apart)` }), legend(series.buckets)]),
   ]);
-  return el('figure', { class: 'chart-figure', 'data-total': series.total }, [chart, el('figcaption', {}, [el('p', { class: 'chart-total', text: `${uses} in range (proven secrets; failed attempts listed apart)` }), legend(series.buckets)])]);
 }

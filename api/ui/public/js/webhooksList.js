@@ -10,7 +10,9 @@ function webhookItem(hook) {
   return el('li', {}, [
     el('code', { text: hook.url }),
     ` · ${hook.events?.join(', ') || 'all events'} · `,
-    last ? el('span', { title: exact(last.at), text: `last delivery (${last.eventType}) ${last.status} ${relative(last.at)}` }) : el('span', { text: 'no delivery yet' }),
+    last
+      ? el('span', { title: exact(last.at), text: `last delivery (${last.eventType}) ${last.status} ${relative(last.at)}` })
+      : el('span', { text: 'no delivery yet' }),
   ]);
 }
 
