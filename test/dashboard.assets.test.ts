@@ -8,7 +8,7 @@ const PUBLIC = path.join(__dirname, '..', 'api', 'ui', 'public');
 
 t.test('index.html preloads every dashboard module, and only those', async (t) => {
   const html = fs.readFileSync(path.join(PUBLIC, 'index.html'), 'utf8');
-  const preloaded = [...html.matchAll(/<link rel="modulepreload" href="\/ui\/js\/([\w.]+)">/g)].map((m) => m[1]).sort();
+  const preloaded = [...html.matchAll(/<link rel="modulepreload" href="\/ui\/js\/([\w.]+)" ?\/?>/g)].map((m) => m[1]).sort();
   const modules = fs
     .readdirSync(path.join(PUBLIC, 'js'))
     .filter((name) => name.endsWith('.js') && name !== 'main.js')

@@ -42,30 +42,28 @@ async function tablesWithOrgId(db: Db): Promise<string[]> {
       order by c.table_name <> ?, c.table_name`,
     [COLOCATION_ANCHOR],
   );
-  const tables = rows.map((row: { name: string }) => row.name).filter((name: string) => !REFERENCE_TABLES.includes(name));
-  return referencedFirst(tables, await foreignKeys(db));
+  return rows.map((row: { name: string }) => row.name).filter((name: string) => !REFERENCE_TABLES.includes(name));
 }
 
-// Citus accepts a foreign key between distributed tables only once the referenced table is
-// distributed and co-located (webhook_deliveries → webhooks, attempts → deliveries).
-async function foreignKeys(db: Db): Promise<Array<{ from: string; to: string }>> {
+interface ForeignKey {
+  table: string;
+  name: string;
+  definition: string;
+}
+
+// Citus refuses to distribute a table that a still-local table references, and a table that
+// references a still-local one, so a foreign key between two tables it is about to distribute
+// (webhook_deliveries → webhooks, attempts → deliveries) is dropped first and added back once
+// both are distributed and co-located, as the Citus documentation advises.
+async function foreignKeysAmong(db: Db, tables: readonly string[]): Promise<ForeignKey[]> {
   const { rows } = await db.raw(
-    `select conrelid::regclass::text as "from", confrelid::regclass::text as "to"
-       from pg_constraint where contype = 'f' and connamespace = cast(current_schema() as regnamespace)`,
+    `select conrelid::regclass::text as "table", conname as name, pg_get_constraintdef(oid) as definition
+       from pg_constraint
+      where contype = 'f' and conrelid::regclass::text = any(?) and confrelid::regclass::text = any(?)
+      order by 1, 2`,
+    [[...tables], [...tables]],
   );
   return rows;
-}
-
-/** The tables in their given order, except that each comes after every table it references. */
-export function referencedFirst(tables: readonly string[], references: ReadonlyArray<{ from: string; to: string }>): string[] {
-  const ordered: string[] = [];
-  const visit = (table: string, path: ReadonlySet<string>) => {
-    if (ordered.includes(table) || path.has(table)) return;
-    for (const { to } of references.filter((r) => r.from === table && r.to !== table && tables.includes(r.to))) visit(to, new Set([...path, table]));
-    ordered.push(table);
-  };
-  for (const table of tables) visit(table, new Set());
-  return ordered;
 }
 
 /** Returns the tables it laid out now. Each call is its own statement: Citus refuses this DDL inside a transaction that already wrote. */
@@ -79,12 +77,16 @@ export async function distributeTables(db: Db): Promise<string[]> {
     await db.raw('select create_reference_table(?)', [table]);
     changed.push(table);
   }
-  for (const table of (await tablesWithOrgId(db)).filter((name) => !done.has(name))) {
+  const pending = (await tablesWithOrgId(db)).filter((name) => !done.has(name));
+  const foreignKeys = await foreignKeysAmong(db, pending);
+  for (const key of foreignKeys) await db.raw('alter table ?? drop constraint ??', [key.table, key.name]);
+  for (const table of pending) {
     const colocateWith = table === COLOCATION_ANCHOR ? 'default' : COLOCATION_ANCHOR;
     // set_config in the same statement: the pool may hand each statement another connection.
     await db.raw(`select set_config('${ALLOW_TRIGGERS}', 'on', false), create_distributed_table(?, 'org_id', colocate_with => ?)`, [table, colocateWith]);
     changed.push(table);
   }
+  for (const key of foreignKeys) await db.raw(`alter table ?? add constraint ?? ${key.definition}`, [key.table, key.name]);
   for (const signature of FUNCTIONS) await db.raw('select create_distributed_function(?)', [signature]);
   // Rows that existed before are now copied into the shards; the coordinator's originals go.
   for (const table of changed) await db.raw('select truncate_local_data_after_distributing_table(?)', [table]);
