@@ -61,7 +61,7 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('failed_event_sweeps_total', 'Failed sweeps (retried at the next interval)', sweep.failedSweeps),
     gauge('last_flush_duration_seconds', 'Duration of the last successful flush', f.lastFlushDurationMs / 1000),
     gauge('last_flush_keys', 'Keys written by the last successful flush', f.lastFlushKeys),
-    gauge('last_flush_statements', 'SQL statements in the last successful flush', f.lastFlushStatements),
+    gauge('last_flush_statements', 'Round trips to PostgreSQL in the last successful flush (a fixed number whatever the key count)', f.lastFlushStatements),
     gauge('pending_keys', 'Keys waiting to be flushed', aggregator.pendingKeys + flusher.pendingKeys),
     gauge('recv_buffer_bytes', 'UDP receive buffer granted by the kernel', parts.recvBufferBytes),
     counter('webhook_attempts_total', 'Webhook delivery attempts', webhooks.attempts),
