@@ -27,6 +27,11 @@ const LEGACY_FOR_ROLLING_DEPLOY = [
 // every node). Citus distributes a table with triggers only with this setting on, and the
 // triggers then run on the shards; it is set for the database so later DDL on them works too.
 const ALLOW_TRIGGERS = 'citus.enable_unsafe_triggers';
+// audit_log refuses TRUNCATE to everyone (migration 20261201000030), the coordinator's copy left
+// behind by distributing included, and lifting that trigger did not take here: its rows from
+// before the move stay on the coordinator as the original of the trail, unread by queries, which
+// go to the shards (docs/scaling.md).
+const APPEND_ONLY = ['audit_log'];
 
 async function laidOut(db: Db): Promise<Set<string>> {
   const { rows } = await db.raw(`select logicalrelid::regclass::text as name from pg_dist_partition`);
@@ -89,22 +94,10 @@ export async function distributeTables(db: Db): Promise<string[]> {
   for (const key of foreignKeys) await db.raw(`alter table ?? add constraint ?? ${key.definition}`, [key.table, key.name]);
   for (const signature of FUNCTIONS) await db.raw('select create_distributed_function(?)', [signature]);
   // Rows that existed before are now copied into the shards; the coordinator's originals go.
-  for (const table of changed) await truncateLocalCopy(db, table);
-  return changed;
-}
-
-// audit_log refuses TRUNCATE (migration 20261201000030) and that trigger fires on the
-// coordinator's local copy too; its owner lifts it for this one statement only.
-const TRUNCATE_GUARDS: Record<string, string> = { audit_log: 'audit_log_no_truncate' };
-
-async function truncateLocalCopy(db: Db, table: string): Promise<void> {
-  const guard = TRUNCATE_GUARDS[table];
-  if (guard) await db.raw('alter table ?? disable trigger ??', [table, guard]);
-  try {
+  for (const table of changed.filter((name) => !APPEND_ONLY.includes(name))) {
     await db.raw('select truncate_local_data_after_distributing_table(?)', [table]);
-  } finally {
-    if (guard) await db.raw('alter table ?? enable trigger ??', [table, guard]);
   }
+  return changed;
 }
 
 if (require.main === module) {
