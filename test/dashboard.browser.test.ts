@@ -31,6 +31,12 @@ async function trafficWorld(system: System) {
     xss: await create(XSS_NAME, ['keys:read']),
     unused: await create('demo-unused', ['keys:read']),
   };
+  // Created long ago and never used: dormant (a key created today and never used is not,
+  // shared/dormancy.ts), so the org view's clean-up lists it.
+  await system
+    .db('api_keys')
+    .where({ id: keys.unused.id })
+    .update({ created_at: new Date(Date.now() - 60 * 86_400_000) });
   const send = async (key: string, times: number, method = 'GET', path = '/api/whoami') => {
     for (let i = 0; i < times; i++) await api.request(method, path, { key });
   };
