@@ -60,13 +60,18 @@ const latest = (table: string, at: string) => `${at} = greatest(${table}.${at}, 
 
 // The flush's rows are staged first (collector/flushStaging.ts); these statements go to
 // PostgreSQL as one multi-statement query, one round trip for every table of the flush.
-// Keys that do not exist in the org their datagram named leave the staging table first, in one
-// anti-join against api_keys (a forged line creates nothing); the upserts then read only staged
-// keys, so api_keys is read once per flush, not once per table.
-const DROP_UNKNOWN_KEYS = `
-delete from flush_keys s
- where not exists (select 1 from ${TABLE.apiKeys} k where k.id = s.key_id and k.org_id = s.org_id)
-returning s.key_id, s.org_id`;
+// Keys that do not exist in the org their datagram named are dropped before staging (a forged
+// line creates nothing); the upserts then read only staged keys, so api_keys is read once per
+// flush, not once per table. A read of api_keys alone rather than an anti-join that deletes from
+// the staging table: Citus refuses to modify a local table in a statement that reads a reference
+// table ("relation flush_keys is not distributed").
+const EXISTING_KEYS = `select id, org_id from ${TABLE.apiKeys} where id = any(cast($1 as uuid[]))`;
+
+async function existingKeys(connection: PoolClient, keys: KeyUsageDelta[]): Promise<KeyUsageDelta[]> {
+  const { rows } = await connection.query<{ id: string; org_id: string }>(EXISTING_KEYS, [keys.map((k) => k.keyId)]);
+  const orgOf = new Map(rows.map((row) => [row.id, row.org_id]));
+  return keys.filter((k) => orgOf.get(k.keyId) === k.orgId);
+}
 
 // Rows enter every statement sorted by key id (then hour / ip), so concurrent collectors lock
 // shared rows in the same order and cannot deadlock each other. Counters go through
@@ -118,7 +123,7 @@ on conflict (org_id, key_id, ip) do update set
   last_seen = greatest(${table}.last_seen, excluded.last_seen),
   ${addTo(table)(count)}`;
 
-const APPLY_STAGED = [DROP_UNKNOWN_KEYS, UPSERT_TOTALS, UPSERT_HOURS, upsertIps(STORE_IP_TABLES.proven), upsertIps(STORE_IP_TABLES.failed)].join(';\n');
+const APPLY_STAGED = [UPSERT_TOTALS, UPSERT_HOURS, upsertIps(STORE_IP_TABLES.proven), upsertIps(STORE_IP_TABLES.failed)].join(';\n');
 
 const keyRow = (k: KeyUsageDelta): CopyValue[] => [
   k.orgId,
@@ -149,22 +154,19 @@ function ipRows(keys: readonly KeyUsageDelta[]): CopyValue[][] {
   return rows;
 }
 
-// Stages the keys' rows, then writes every usage table in one round trip. Returns the keys
-// that exist in their org.
+// Stages the rows of the keys that exist in their org, then writes every usage table in one
+// round trip. Returns those keys.
 async function applyUsage(connection: PoolClient, keys: KeyUsageDelta[]) {
   if (keys.length === 0) return { statements: 0, accepted: [] };
+  const accepted = await existingKeys(connection, keys);
+  if (accepted.length === 0) return { statements: 1, accepted };
   await prepareStaging(connection);
   const copies =
-    (await copyRows(connection, 'flush_keys', keys.map(keyRow))) +
-    (await copyRows(connection, 'flush_hours', hourRows(keys))) +
-    (await copyRows(connection, 'flush_ips', ipRows(keys)));
-  const results = (await connection.query(APPLY_STAGED)) as unknown as Array<{ rows: Array<{ key_id: string; org_id: string }> }>;
-  const unknown = results[0].rows;
-  // Per org, the unknown key ids: usually none, and no string is built per accepted key.
-  const dropped = new Map<string, Set<string>>();
-  for (const row of unknown) dropped.set(row.org_id, (dropped.get(row.org_id) ?? new Set()).add(row.key_id));
-  const accepted = unknown.length === 0 ? keys : keys.filter((k) => dropped.get(k.orgId)?.has(k.keyId) !== true);
-  return { statements: 2 + copies, accepted };
+    (await copyRows(connection, 'flush_keys', accepted.map(keyRow))) +
+    (await copyRows(connection, 'flush_hours', hourRows(accepted))) +
+    (await copyRows(connection, 'flush_ips', ipRows(accepted)));
+  await connection.query(APPLY_STAGED);
+  return { statements: 3 + copies, accepted };
 }
 
 interface ApplyOptions {
