@@ -22,7 +22,8 @@ export interface EventDetection extends DetectionThresholds {
 //    (xmax = 0) are the networks the key never had, or forgot. last_seen moves only when it is an
 //    hour behind: the bound forgets the least recently seen network, for which an hour's precision
 //    is plenty, and a key used every second no longer costs a row write (and two index writes)
-//    per flush.
+//    per flush. The test subtracts the two times: timestamptz minus an interval is only stable,
+//    and Citus takes only immutable functions in ON CONFLICT … WHERE.
 // 2. One row per (key, hour) the batch touched, with the key's totals repeated and its new
 //    networks as JSON. The 7-day baseline is read only for hours that reached spikeMinUses ($1):
 //    most keys never pay for it.
@@ -39,7 +40,7 @@ with r as (
   insert into ${TABLE.ipHistory} (org_id, key_id, prefix, first_ip, first_seen, last_seen)
   select org_id, key_id, prefix, first_ip, first_seen, last_seen from grouped order by key_id, prefix
   on conflict (org_id, key_id, prefix) do update set last_seen = excluded.last_seen
-     where ${TABLE.ipHistory}.last_seen < excluded.last_seen - interval '1 hour'
+     where excluded.last_seen - ${TABLE.ipHistory}.last_seen > interval '1 hour'
   returning key_id, cast(prefix as text) as prefix, first_ip, first_seen, (xmax = 0) as inserted
 ), fresh as (
   select key_id, json_agg(json_build_object('prefix', prefix, 'ip', first_ip, 'firstSeen', first_seen)) as prefixes
