@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import { createDb, migrateLatest } from '../../shared/db';
-import { runTap } from '../../test/runTap';
+import { runTap, tapArguments } from '../../test/runTap';
 import { buildCitus, startCitusCluster } from './cluster';
 import { distributeTables } from './distribute';
 
@@ -25,7 +25,10 @@ async function main(): Promise<number> {
       await db.destroy();
     }
     const args = process.argv.length > 2 ? process.argv.slice(2) : FILES;
-    return await runTap([...args, '--disable-coverage', '--jobs=1'], { TEST_ADMIN_DATABASE_URL: cluster.adminUrl, TEST_SHARED_DATABASE_URL: url });
+    return await runTap(tapArguments([...args, '--disable-coverage', '--jobs=1']), {
+      TEST_ADMIN_DATABASE_URL: cluster.adminUrl,
+      TEST_SHARED_DATABASE_URL: url,
+    });
   } finally {
     cluster.stop();
     console.log(`# test:citus wall time ${((performance.now() - started) / 1000).toFixed(1)} s`);
