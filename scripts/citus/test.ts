@@ -25,7 +25,7 @@ async function main(): Promise<number> {
       await db.destroy();
     }
     const args = process.argv.length > 2 ? process.argv.slice(2) : FILES;
-    return await runTap(tapArguments([...args, '--disable-coverage', '--jobs=1']), {
+    return await runTap(tapArguments([...args, '--jobs=1']), {
       TEST_ADMIN_DATABASE_URL: cluster.adminUrl,
       TEST_SHARED_DATABASE_URL: url,
     });
