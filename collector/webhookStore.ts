@@ -19,33 +19,63 @@ export interface ClaimedDelivery {
 // other's rows. Claiming moves next_attempt_at to the end of a lease instead of holding a
 // transaction open across the HTTP request: if this process dies mid-send, the row becomes due
 // again when the lease ends and another worker delivers it (at least once).
+// One org per claim: Citus runs FOR UPDATE only in a statement that stays on one shard, and an
+// org's deliveries and webhooks share one (docs/scaling.md). The orgs with due deliveries are
+// found first by a plain read, which may span shards.
+const DUE_ORGS = `
+select org_id from ${TABLE.webhookDeliveries}
+ where status = 'pending' and next_attempt_at <= ?
+ group by org_id order by min(next_attempt_at)
+ limit ?`;
+
 const CLAIM = `
 with due as (
   select id from ${TABLE.webhookDeliveries}
-   where status = 'pending' and next_attempt_at <= ?
+   where org_id = :orgId and status = 'pending' and next_attempt_at <= :now
    order by next_attempt_at
-   limit ?
+   limit :limit
    for update skip locked
 )
 update ${TABLE.webhookDeliveries} d
-   set attempts = d.attempts + 1, next_attempt_at = ?
+   set attempts = d.attempts + 1, next_attempt_at = :leaseUntil
   from due, ${TABLE.webhooks} w
- where d.id = due.id and w.org_id = d.org_id and w.id = d.webhook_id
+ where d.org_id = :orgId and d.id = due.id and w.org_id = :orgId and w.id = d.webhook_id
 returning d.id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret_box`;
 
-export async function claimDueDeliveries(db: Db, options: { now: Date; leaseUntil: Date; limit: number }): Promise<ClaimedDelivery[]> {
-  const { rows } = await db.raw(CLAIM, [options.now, options.limit, options.leaseUntil]);
-  return rows.map((row: Record<string, any>) => ({
-    id: row.id,
-    webhookId: row.webhook_id,
-    eventId: row.event_id,
-    eventType: row.event_type,
-    payload: row.payload,
-    attempt: row.attempts,
-    url: row.url,
-    secretBox: row.secret_box,
-  }));
+interface ClaimRow {
+  id: string;
+  webhook_id: string;
+  event_id: string;
+  event_type: string;
+  payload: Record<string, unknown>;
+  attempts: number;
+  url: string;
+  secret_box: Buffer;
 }
+
+/** Up to `limit` due deliveries, oldest org first; each org's in one statement. */
+export async function claimDueDeliveries(db: Db, options: { now: Date; leaseUntil: Date; limit: number }): Promise<ClaimedDelivery[]> {
+  const orgs = await db.raw<{ rows: Array<{ org_id: string }> }>(DUE_ORGS, [options.now, options.limit]);
+  const claimed: ClaimedDelivery[] = [];
+  for (const { org_id: orgId } of orgs.rows) {
+    const limit = options.limit - claimed.length;
+    if (limit <= 0) break;
+    const { rows } = await db.raw<{ rows: ClaimRow[] }>(CLAIM, { orgId, now: options.now, limit, leaseUntil: options.leaseUntil });
+    claimed.push(...rows.map(toClaimedDelivery));
+  }
+  return claimed;
+}
+
+const toClaimedDelivery = (row: ClaimRow): ClaimedDelivery => ({
+  id: row.id,
+  webhookId: row.webhook_id,
+  eventId: row.event_id,
+  eventType: row.event_type,
+  payload: row.payload,
+  attempt: row.attempts,
+  url: row.url,
+  secretBox: row.secret_box,
+});
 
 export interface AttemptOutcome {
   startedAt: Date;

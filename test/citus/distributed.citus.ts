@@ -7,10 +7,23 @@ import { encodeUsageLine, packDatagrams } from '../../shared/usageWire';
 import { seedOrg, startTestApi } from '../helpers/api';
 import { sendDatagrams, startTestCollector } from '../helpers/collector';
 import { waitFor } from '../../harness/wait';
+import { claimDueDeliveries } from '../../collector/webhookStore';
 import { freshDatabase } from '../helpers/database';
 import { wiredSystem } from '../helpers/wiredSystem';
 
-const DISTRIBUTED = ['api_key_usage', 'api_key_usage_hourly', 'api_key_recent_ips', 'api_key_failed_ips', 'usage_flushes', 'key_events'];
+const DISTRIBUTED = [
+  'api_key_usage',
+  'api_key_usage_hourly',
+  'api_key_recent_ips',
+  'api_key_failed_ips',
+  'api_key_ip_history',
+  'usage_flushes',
+  'key_events',
+  'webhooks',
+  'webhook_deliveries',
+  'webhook_delivery_attempts',
+  'audit_log',
+];
 
 // The worker (port) holding an org's shard of the co-located usage tables.
 async function workerOf(db: Db, orgId: string): Promise<number> {
@@ -123,4 +136,25 @@ t.test('two collectors flushing the same keys of orgs on both workers sum exactl
     .count({ n: '*' });
   t.equal(Number(ledger[0].n), 2 * ROUNDS * orgs.length, "one ledger row per flush and org, on the org's shard");
   t.equal(collectors[0].flusher.stats.failedFlushes + collectors[1].flusher.stats.failedFlushes, 0, 'no failed flush');
+});
+
+// FOR UPDATE runs on Citus only in a statement that stays on one shard: the claim goes one org at
+// a time (collector/webhookStore.ts); a cross-org claim was refused and nothing was delivered.
+t.test('the webhook worker claims due deliveries of orgs on both workers', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const orgs = [await seedOrg(api, db, 'acme'), await seedOrg(api, db, 'globex'), await seedOrg(api, db, 'initech')];
+  t.equal(new Set(await Promise.all(orgs.map((o) => workerOf(db, o.org.id)))).size, 2, 'the orgs sit on both workers');
+  const pinged: string[] = [];
+  for (const { org, adminKey } of orgs) {
+    const hooks = `/api/orgs/${org.id}/webhooks`;
+    const created = await api.request('POST', hooks, { key: adminKey, body: { url: 'https://203.0.113.10/hook', events: ['*'] } });
+    const ping = await api.request('POST', `${hooks}/${created.body.id}/test`, { key: adminKey });
+    t.equal(ping.status, 202);
+    pinged.push(ping.body.deliveryId);
+  }
+  const now = new Date(Date.now() + 60_000);
+  const claimed = await claimDueDeliveries(db, { now, leaseUntil: new Date(now.getTime() + 60_000), limit: 10 });
+  t.same(claimed.map((d) => d.id).sort(), [...pinged].sort(), "every org's ping is claimed once");
+  t.same(await claimDueDeliveries(db, { now, leaseUntil: now, limit: 10 }), [], 'leased deliveries are not claimed again');
 });
