@@ -138,11 +138,64 @@ function filters(query: UsageQuery): string {
   return conditions.map((condition) => `and ${condition}`).join(' ');
 }
 
-// One statement per page. The page is chosen first (filter, sort, limit over api_keys and
-// api_key_usage only); the windows from the hourly buckets and the recent IPs are then joined
-// through LATERAL to those rows alone, so the cost follows the page size, not the org's key count.
-// Every usage table is named with org_id = :orgId, so on Citus the whole statement runs on the
-// one worker that holds the org's shards (api_keys is a reference table, present there too).
+// The page's keys in order: filter, sort, limit over api_keys and api_key_usage only.
+function pageKeys(query: UsageQuery, direction: string): string {
+  if (query.sort === 'requestCount' && query.order === 'desc') return busiestKeys(query);
+  return `${PAGE_COLUMNS} ${keysOfOrg(query)}
+            order by ${SORT_COLUMNS[query.sort].inner} ${direction}, k.id
+            limit :limit offset :offset`;
+}
+
+const PAGE_COLUMNS = `select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
+                  u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
+                  u.last_failed_at, u.last_failed_ip, u.last_revoked_use_at, u.last_expired_use_at, ${DORMANT} as dormant`;
+
+const keysOfOrg = (query: UsageQuery) => `from ${TABLE.apiKeys} k
+         left join ${TABLE.usage} u on u.org_id = :orgId and u.key_id = k.id
+        where k.org_id = :orgId ${filters(query)}`;
+
+// Busiest first, in the order of every sort here (count descending, then key id), without
+// joining and sorting every key of the org. A key with uses has an api_key_usage row, so the
+// page's first keys are the top of the org's usage rows alone: a top-N sort over one row per
+// used key (busy), joined to api_keys only when a filter needs its columns (a usage
+// row exists only for a key of its own org: the flush writes none for a key another org's
+// line named, and it goes with its key). The keys without uses come after them, by id; that
+// part (idle) is read only when the page reaches past the used keys: its LIMIT is then above
+// zero, and a LIMIT of zero never reads its input. The page's keys are then read one by one
+// (LIMIT 1 keeps the LATERAL a per-row lookup, never a join with every key of the org).
+// request_count has no index on purpose: the flush updates it, and with an index those updates
+// would no longer be HOT (migrations/20261201000050_hot_usage_updates.ts).
+function busiestKeys(query: UsageQuery): string {
+  const filtered = filters(query);
+  const keysOfBusy = filtered ? `join ${TABLE.apiKeys} k on k.org_id = :orgId and k.id = u.key_id` : '';
+  return `with busy as materialized (
+             select u.key_id, u.request_count
+               from ${TABLE.usage} u ${keysOfBusy}
+              where u.org_id = :orgId and u.request_count > 0 ${filtered}
+              order by u.request_count desc, u.key_id
+              limit :pageEnd
+           ), idle as materialized (
+             select k.id as key_id, 0 as request_count ${keysOfOrg(query)} and coalesce(u.request_count, 0) = 0
+           )
+           ${PAGE_COLUMNS}
+             from (select ranked.key_id
+                     from ((select key_id, request_count from busy)
+                           union all
+                           (select key_id, request_count from idle order by key_id limit greatest(0, :pageEnd - (select count(*) from busy)))) ranked
+                    order by ranked.request_count desc, ranked.key_id
+                    limit :limit offset :offset) b
+            cross join lateral (
+              select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at
+                from ${TABLE.apiKeys} k where k.org_id = :orgId and k.id = b.key_id limit 1
+            ) k
+             left join ${TABLE.usage} u on u.org_id = :orgId and u.key_id = k.id`;
+}
+
+// One statement per page. The page is chosen first (pageKeys); the windows from the hourly
+// buckets and the recent IPs are then joined through LATERAL to those rows alone, so the cost
+// follows the page size, not the org's key count. Every usage table is named with
+// org_id = :orgId, so on Citus the whole statement runs on the one worker that holds the org's
+// shards (api_keys is a reference table, present there too).
 export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: KeyUsageRecord[]; total: number }> {
   const bindings = {
     orgId: query.orgId,
@@ -153,13 +206,10 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
     eventsSince: query.eventsSince,
     limit: query.limit,
     offset: query.offset,
+    pageEnd: query.limit + query.offset,
     ...windowBounds(query.now),
   };
   const direction = query.order === 'asc' ? 'asc nulls first' : 'desc nulls last';
-  const sort = SORT_COLUMNS[query.sort];
-  const keysOfOrg = `from ${TABLE.apiKeys} k
-         left join ${TABLE.usage} u on u.org_id = :orgId and u.key_id = k.id
-        where k.org_id = :orgId ${filters(query)}`;
   const [rows, count] = await Promise.all([
     rawRows<KeyUsageRow>(
       db,
@@ -168,14 +218,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
               coalesce(${TABLE.recentIps}.ips, cast('[]' as json)) as recent_ips,
               coalesce(${TABLE.failedIps}.ips, cast('[]' as json)) as recent_failed_ips,
               coalesce(ev.by_type, cast('{}' as json)) as event_counts, ev.latest_at as latest_event_at
-         from (
-           select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
-                  u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
-                  u.last_failed_at, u.last_failed_ip, u.last_revoked_use_at, u.last_expired_use_at, ${DORMANT} as dormant
-             ${keysOfOrg}
-            order by ${sort.inner} ${direction}, k.id
-            limit :limit offset :offset
-         ) p
+         from (${pageKeys(query, direction)}) p
          left join lateral (
            select sum(h.request_count) filter (where h.hour > :since24h) as last_24h,
                   sum(h.request_count) filter (where h.hour > :since7d) as last_7d,
@@ -191,10 +234,10 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
                     where e.org_id = :orgId and e.key_id = p.id and e.occurred_at > :eventsSince
                     group by e.type) s
          ) ev on true
-        order by ${sort.outer} ${direction}, p.id`,
+        order by ${SORT_COLUMNS[query.sort].outer} ${direction}, p.id`,
       bindings,
     ),
-    rawRows<{ total: string }>(db, `select count(*) as total ${keysOfOrg}`, bindings),
+    rawRows<{ total: string }>(db, `select count(*) as total ${keysOfOrg(query)}`, bindings),
   ]);
   return { keys: rows.map(toKeyUsage), total: Number(count[0].total) };
 }
