@@ -134,7 +134,7 @@ select k.org_id, k.id, 'key.dormant',
        'key.dormant:' || k.id || ':' || coalesce(cast(extract(epoch from u.last_used_at) * 1000 as bigint)::text, 'never')
   from ${TABLE.apiKeys} k
   join ${TABLE.organizations} o on o.id = k.org_id
-  left join ${TABLE.usage} u on u.key_id = k.id
+  left join ${TABLE.usage} u on u.org_id = k.org_id and u.key_id = k.id
  where ${dormantKeySql('cast(:now as timestamptz)', `cast(:now as timestamptz) - o.dormancy_days * ${DAY}`)}
  order by k.id
 on conflict (org_id, dedupe_key) do nothing`;
