@@ -5,7 +5,7 @@
 //   apikey.used:<count>|c|#key:<uuid>,org:<uuid>,ip:<address>,outcome:<outcome>
 //
 // Such a line is read here straight from the bytes: the fixed parts compared four bytes at a time,
-// and the ids looked up in a table of ids already validated, so a key or org seen before costs nine
+// and the ids looked up in tables of ids already validated, so a key or org seen before costs nine
 // comparisons, no validation and no new string (the aggregator then finds it by a string whose
 // hash is already known). Every other line — other metrics, other tag orders, a rate, a timestamp,
 // upper-case ids, anything malformed — goes to parsePacket's line parser on the latin1 text,
@@ -64,13 +64,14 @@ export type DatagramParser = (packet: Buffer, onSample: (sample: UsageSample) =>
  * It keeps the ids it has validated (a bounded table), so the collector makes one and keeps it.
  */
 export function createDatagramParser(): DatagramParser {
-  const uuids = new UuidTable();
+  // Apart, so that keys (many) never push out the orgs (few, on every line).
+  const ids: IdTables = { keys: new UuidTable(KEY_SLOT_BITS), orgs: new UuidTable(ORG_SLOT_BITS) };
   return (packet, onSample, onOther) => {
     const result: PacketResult = { lines: 0, usage: 0, other: 0, invalid: 0 };
     const view = new DataView(packet.buffer, packet.byteOffset, packet.byteLength);
     const text: Text = { packet, decoded: undefined };
     for (let start = 0; start < packet.length;) {
-      const next = scanUsageLine(packet, view, start, uuids, text, onSample);
+      const next = scanUsageLine(packet, view, start, ids, text, onSample);
       if (next > start) {
         result.lines++;
         result.usage++;
@@ -81,6 +82,11 @@ export function createDatagramParser(): DatagramParser {
     }
     return result;
   };
+}
+
+interface IdTables {
+  keys: UuidTable;
+  orgs: UuidTable;
 }
 
 interface Text {
@@ -96,7 +102,7 @@ function latin1(text: Text): string {
 // Reads the line at `start` if it has encodeUsageLine's layout and is valid: hands its sample to
 // onSample and returns where the next line starts. Otherwise returns -1 and has handed nothing:
 // the line parser then decides what the line is, error message included.
-function scanUsageLine(b: Buffer, v: DataView, start: number, uuids: UuidTable, text: Text, onSample: (sample: UsageSample) => void): number {
+function scanUsageLine(b: Buffer, v: DataView, start: number, ids: IdTables, text: Text, onSample: (sample: UsageSample) => void): number {
   const length = b.length;
   if (
     start + PREFIX.length > length ||
@@ -112,10 +118,10 @@ function scanUsageLine(b: Buffer, v: DataView, start: number, uuids: UuidTable, 
   for (; at < digitsEnd && b[at] >= ZERO && b[at] <= NINE; at++) count = count * 10 + (b[at] - ZERO);
   if (count < 1 || count > MAX_LINE_COUNT || at + TO_IP + FROM_IP_END > length) return -1;
   if (v.getInt32(at, true) !== TYPE_TAGS || v.getInt32(at + 4, true) !== KEY_TAG) return -1;
-  const keyId = uuids.intern(b, v, at + 8);
+  const keyId = ids.keys.intern(b, v, at + 8, text);
   at += 8 + UUID_LENGTH;
   if (keyId === undefined || v.getInt32(at, true) !== ORG_TAG || b[at + 4] !== COLON) return -1;
-  const orgId = uuids.intern(b, v, at + 5);
+  const orgId = ids.orgs.intern(b, v, at + 5, text);
   at += 5 + UUID_LENGTH;
   if (orgId === undefined || v.getInt32(at, true) !== IP_TAG) return -1;
   at += 4;
@@ -158,28 +164,42 @@ function lineEnd(b: Buffer, at: number): number {
 }
 
 // Ids already validated, by a hash of their bytes: direct-mapped, so a slot holds the last id that
-// hashed to it and memory stays bounded (≈ 6 MiB) whatever ids a sender invents. Only canonical
-// (lower-case) ids are kept; an upper-case one is left to the line parser, which lower-cases it.
+// hashed to it and memory stays bounded (≈ 6 MiB for keys) whatever ids a sender invents. Only
+// canonical (lower-case) ids are kept; an upper-case one is left to the line parser, which
+// lower-cases it. An id gets a string of its own (a call into C++) when it is seen again in its
+// slot; the first time it is a slice of the datagram's text, which a table must not keep alive.
+// So ids seen once (100 k keys cycling through 64 k slots) cost what the line parser costs.
 const UUID_WORDS = UUID_LENGTH / 4;
-const UUID_SLOT_BITS = 16;
+const KEY_SLOT_BITS = 16;
+const ORG_SLOT_BITS = 8;
 
 class UuidTable {
-  readonly #words = new Int32Array((1 << UUID_SLOT_BITS) * UUID_WORDS);
-  readonly #ids = new Array<string | undefined>(1 << UUID_SLOT_BITS).fill(undefined);
+  readonly #shift: number;
+  readonly #words: Int32Array;
+  readonly #filled: Uint8Array;
+  readonly #ids: Array<string | undefined>;
+
+  constructor(slotBits: number) {
+    this.#shift = 32 - slotBits;
+    this.#words = new Int32Array((1 << slotBits) * UUID_WORDS);
+    this.#filled = new Uint8Array(1 << slotBits);
+    this.#ids = new Array<string | undefined>(1 << slotBits).fill(undefined);
+  }
 
   /** The id at b[at, at + 36) if it is a canonical UUID, else undefined. The caller checked the bounds. */
-  intern(b: Buffer, v: DataView, at: number): string | undefined {
+  intern(b: Buffer, v: DataView, at: number, text: Text): string | undefined {
     // From the last eight hex digits: random in UUID v4 and v7 alike.
-    const slot = Math.imul(v.getInt32(at + 32, true) ^ v.getInt32(at + 28, true), 0x9e3779b1) >>> (32 - UUID_SLOT_BITS);
+    const slot = Math.imul(v.getInt32(at + 32, true) ^ v.getInt32(at + 28, true), 0x9e3779b1) >>> this.#shift;
     const base = slot * UUID_WORDS;
-    const known = this.#ids[slot];
-    if (known !== undefined && this.#holds(v, at, base)) return known;
-    // A string of its own, not a slice of the datagram's text, which it would keep alive.
-    const id = b.toString('latin1', at, at + UUID_LENGTH);
-    if (uuidForm(id, 0) !== HEX_LOWER) return undefined;
+    if (this.#filled[slot] === 1 && this.#holds(v, at, base)) {
+      return (this.#ids[slot] ??= b.toString('latin1', at, at + UUID_LENGTH));
+    }
+    const decoded = latin1(text);
+    if (uuidForm(decoded, at) !== HEX_LOWER) return undefined;
     for (let i = 0; i < UUID_WORDS; i++) this.#words[base + i] = v.getInt32(at + 4 * i, true);
-    this.#ids[slot] = id;
-    return id;
+    this.#filled[slot] = 1;
+    this.#ids[slot] = undefined;
+    return decoded.slice(at, at + UUID_LENGTH);
   }
 
   #holds(v: DataView, at: number, base: number): boolean {
