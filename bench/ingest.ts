@@ -358,7 +358,7 @@ function parseAggregate(keys: IngestKey[], plan: Plan): BenchResult {
   const rows: Array<Array<string | number>> = [];
   for (const mode of ['packed', 'single'] as const) {
     for (const stage of ['parse + aggregate', 'parse only'] as const) {
-      const { wall, cpu } = measureParseAggregate(keys, mode, stage, plan.parseLines, plan.parseReps);
+      const { wall, cpu } = measureParseAggregate(keys, { mode }, stage, plan.parseLines, plan.parseReps);
       results[`${mode}/${stage}`] = cpu;
       results[`${mode}/${stage}/wall`] = wall;
       rows.push([

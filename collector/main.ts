@@ -14,7 +14,7 @@ import { Relay, udpSink } from './relay';
 import { createPgUsageStore, type UsageStore } from './usageStore';
 import { createUpkeep } from './upkeep';
 
-// receiver (collector/receiver.ts, UDP) → parser (collector/packetHandler.ts, shared/usageWire)
+// receiver (collector/receiver.ts, UDP) → parser (collector/packetHandler.ts, shared/usageDatagram)
 // → aggregator (per key, in memory) → flusher (interval, one transaction per flush) → PostgreSQL.
 // Other StatsD lines → relay (UDP upstream, if COLLECTOR_RELAY_TO is set). Self-metrics on a
 // loopback HTTP port. Beside it, upkeep (collector/upkeep.ts): the webhook worker, the event

@@ -3,12 +3,13 @@ import { datagramVerifier } from '../shared/datagramSignature';
 import { redactKeyMaterial } from '../shared/logger';
 import type { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { truncateIp } from '../shared/ipTruncation';
-import { parsePacket, type UsageSample } from '../shared/usageWire';
+import { createDatagramParser } from '../shared/usageDatagram';
+import type { UsageSample } from '../shared/usageWire';
 import type { Aggregator } from './aggregator';
 import type { Relay } from './relay';
 
-// The parser stage: a datagram's text from the receiver → signature check (if signing is on) →
-// parsePacket → the aggregator, other StatsD lines to the relay, and the counters the metrics
+// The parser stage: a datagram's bytes from the receiver → signature check (if signing is on) →
+// parseDatagram → the aggregator, other StatsD lines to the relay, and the counters the metrics
 // report. Everything here runs once per datagram on the receive loop.
 
 export interface IngestCounters {
@@ -44,6 +45,7 @@ export function createPacketHandler(options: {
   // A full replay cache drops genuine datagrams: counted apart so it is not mistaken for forgery.
   const replayCache: ReplayCacheState = { capacity: replayCacheSize, overflows: 0, entries: () => verify?.size() ?? 0 };
   const relayLine = relay && ((line: string) => relay.relay(line));
+  const parseDatagram = createDatagramParser();
   // One clock read per datagram, not per line: the lines of a datagram arrived together.
   let packetTime = now();
   // IP_TRUNCATE: cut before aggregation, so a full address is never held, merged or written.
@@ -55,10 +57,11 @@ export function createPacketHandler(options: {
   let overflowLogged = 0;
 
   // The datagram's body, or undefined when its signature fails (counted and logged here).
-  const verified = (received: string): string | undefined => {
+  const verified = (received: Buffer): Buffer | undefined => {
     if (!verify) return received;
-    const verdict = verify(received);
-    if (verdict.ok) return verdict.body;
+    // The verifier reads latin1 text, one character per byte: the body is that many bytes.
+    const verdict = verify(received.toString('latin1'));
+    if (verdict.ok) return received.subarray(0, verdict.body.length);
     ingest.rejectedPackets += 1;
     const full = verdict.reason === 'replay_cache_full';
     if (full) replayCache.overflows += 1;
@@ -69,12 +72,12 @@ export function createPacketHandler(options: {
     return undefined;
   };
 
-  const onPacket = (received: string) => {
+  const onPacket = (received: Buffer) => {
     ingest.packets += 1;
     const packet = verified(received);
     if (packet === undefined) return;
     packetTime = now();
-    const result = parsePacket(packet, addSample, relayLine);
+    const result = parseDatagram(packet, addSample, relayLine);
     ingest.lines += result.lines;
     ingest.usageLines += result.usage;
     ingest.otherLines += result.other;

@@ -10,7 +10,7 @@ export interface Receiver {
   close(): Promise<void>;
 }
 
-// Binds one UDP socket and hands every datagram's text to `onPacket`. Socket errors are logged,
+// Binds one UDP socket and hands every datagram's bytes to `onPacket`. Socket errors are logged,
 // never thrown: a bad packet or a transient error must not take the collector down.
 export function startReceiver(options: {
   host: string;
@@ -22,12 +22,11 @@ export function startReceiver(options: {
    * whichever worker reads first.
    */
   shared?: boolean;
-  onPacket: (packet: string) => void;
+  onPacket: (packet: Buffer) => void;
   logger: Logger;
 }): Promise<Receiver> {
   const socket = dgram.createSocket({ type: isIP(options.host) === 6 ? 'udp6' : 'udp4' });
-  // Usage lines are ASCII; latin1 decoding is a byte copy and cannot fail on arbitrary bytes.
-  socket.on('message', (message) => options.onPacket(message.toString('latin1')));
+  socket.on('message', (message) => options.onPacket(message));
   return new Promise((resolve, reject) => {
     socket.once('error', (error: NodeJS.ErrnoException) => {
       reject(

@@ -118,32 +118,41 @@ const DEL = 127;
 /**
  * Parses every line of a datagram: usage lines go to `onSample`, other valid StatsD lines to
  * `onOther` (the relay) if given — sliced only then — and malformed lines are counted.
+ * The collector parses the received bytes with parseDatagram (shared/usageDatagram.ts), which
+ * gives the same result; this is the definition it is tested against.
  */
 export function parsePacket(packet: string, onSample: (sample: UsageSample) => void, onOther?: (line: string) => void): PacketResult {
   const result: PacketResult = { lines: 0, usage: 0, other: 0, invalid: 0 };
-  const length = packet.length;
-  let start = 0;
-  while (start < length) {
-    let next = packet.indexOf('\n', start);
-    if (next < 0) next = length;
-    const end = next > start && packet.charCodeAt(next - 1) === CR ? next - 1 : next;
-    if (end > start) {
-      result.lines++;
-      const parsed = parseLine(packet, start, end);
-      if (parsed === null) {
-        result.other++;
-        if (onOther !== undefined) onOther(packet.slice(start, end));
-      } else if (typeof parsed === 'string') {
-        result.invalid++;
-        result.firstError ??= parsed;
-      } else {
-        result.usage++;
-        onSample(parsed);
-      }
-    }
-    start = next + 1;
-  }
+  for (let start = 0; start < packet.length;) start = parseTextLine(packet, start, result, onSample, onOther);
   return result;
+}
+
+/** Parses the line of `packet` starting at `start` into `result`; returns where the next line starts. */
+export function parseTextLine(
+  packet: string,
+  start: number,
+  result: PacketResult,
+  onSample: (sample: UsageSample) => void,
+  onOther: ((line: string) => void) | undefined,
+): number {
+  let next = packet.indexOf('\n', start);
+  if (next < 0) next = packet.length;
+  const end = next > start && packet.charCodeAt(next - 1) === CR ? next - 1 : next;
+  if (end > start) {
+    result.lines++;
+    const parsed = parseLine(packet, start, end);
+    if (parsed === null) {
+      result.other++;
+      if (onOther !== undefined) onOther(packet.slice(start, end));
+    } else if (typeof parsed === 'string') {
+      result.invalid++;
+      result.firstError ??= parsed;
+    } else {
+      result.usage++;
+      onSample(parsed);
+    }
+  }
+  return next + 1;
 }
 
 interface UsageTags {
@@ -448,7 +457,7 @@ function isLetter(c: number): boolean {
 // 8-4-4-4-12 hex digits. Returns 0 if s holds no UUID at `at`, else HEX_LOWER, with HEX_UPPER
 // set if a digit is upper case. The caller guarantees 36 characters from `at`. One loop with one
 // table load per character: two of these run for every usage line.
-function uuidForm(s: string, at: number): number {
+export function uuidForm(s: string, at: number): number {
   let form = 0;
   let dashes = 0;
   for (let i = 0; i < UUID_LENGTH; i++) {
@@ -466,7 +475,7 @@ function uuidForm(s: string, at: number): number {
   return dashes === 4 ? form : 0;
 }
 
-const HEX_LOWER = 1;
+export const HEX_LOWER = 1;
 const HEX_UPPER = 2;
 // 0-9 and a-f → HEX_LOWER, A-F → HEX_UPPER, anything else 0.
 const HEX_CLASS = new Uint8Array(128);
@@ -477,7 +486,7 @@ for (let c = 65; c <= 70; c++) HEX_CLASS[c] = HEX_UPPER;
 // Zone ids (fe80::1%eth0) are meaningless off-host and Postgres inet rejects
 // them. IPv4 is checked by hand because node's isIP regex cost a fifth of the
 // parse time.
-function isIpAddress(v: string): boolean {
+export function isIpAddress(v: string): boolean {
   return v.includes(':') ? isIP(v) === 6 && !v.includes('%') : isIPv4(v);
 }
 

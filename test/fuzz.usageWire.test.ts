@@ -16,6 +16,7 @@ import {
   type PacketResult,
   type UsageSample,
 } from '../shared/usageWire';
+import { parseWithParity } from './helpers/parseParity';
 import { LONG } from './helpers/faults';
 
 const KEY = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
@@ -24,11 +25,8 @@ const OTHER = 'c8e1a7d2-5b34-4f60-a9de-17b2c3d4e5f6';
 const CANONICAL_UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const RUNS = LONG ? 50_000 : 2_000;
 
-function parse(packet: string): { result: PacketResult; samples: UsageSample[] } {
-  const samples: UsageSample[] = [];
-  const result = parsePacket(packet, (s) => samples.push(s));
-  return { result, samples };
-}
+// Every packet parsed here is also parsed from its bytes by the collector's parser, which must agree.
+const parse = parseWithParity;
 
 /** The invariants every accepted sample must meet, whatever the input. */
 function validSample(s: UsageSample): boolean {

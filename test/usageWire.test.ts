@@ -15,6 +15,7 @@ import {
   type PacketResult,
   type UsageSample,
 } from '../shared/usageWire';
+import { parseWithParity } from './helpers/parseParity';
 
 const KEY = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
 const ORG = '9b2d4f6a-1c3e-4a5b-8d7f-6e5d4c3b2a19';
@@ -26,11 +27,8 @@ function sample(fields: Partial<UsageSample> = {}): UsageSample {
   return { keyId: KEY, orgId: ORG, ip: '10.0.0.1', outcome: 'ok', count: 1, ...fields };
 }
 
-function parse(packet: string): { result: PacketResult; samples: UsageSample[] } {
-  const samples: UsageSample[] = [];
-  const result = parsePacket(packet, (s) => samples.push(s));
-  return { result, samples };
-}
+// Every packet parsed here is also parsed from its bytes by the collector's parser, which must agree.
+const parse = parseWithParity;
 
 interface Case {
   name: string;

@@ -1,0 +1,156 @@
+// The collector's byte parser (shared/usageDatagram.ts) against parsePacket, the definition: the
+// edge cases its fast path introduces (reading bytes, four at a time, ids from a table, the line end
+// found by the scanner) and a seeded differential over mutated usage lines. Every table in
+// usageWire.test.ts and fuzz.usageWire.test.ts runs through both parsers too (helpers/parseParity).
+import t from 'tap';
+import { seededRandom } from '../harness/random';
+import { createDatagramParser } from '../shared/usageDatagram';
+import { MAX_LINE_COUNT, OUTCOMES, encodeUsageLine, packDatagrams, type UsageSample } from '../shared/usageWire';
+import { parseWithParity } from './helpers/parseParity';
+
+const KEY = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
+const ORG = '9b2d4f6a-1c3e-4a5b-8d7f-6e5d4c3b2a19';
+const LINE = `apikey.used:1|c|#key:${KEY},org:${ORG},ip:10.0.0.1,outcome:ok`;
+
+function sample(fields: Partial<UsageSample> = {}): UsageSample {
+  return { keyId: KEY, orgId: ORG, ip: '10.0.0.1', outcome: 'ok', count: 1, ...fields };
+}
+
+const edgeCases: Record<string, string> = {
+  'trailing newline': `${LINE}\n`,
+  'CRLF between and after lines': `${LINE}\r\n${LINE}\r\n`,
+  'lone CR at the end of the datagram': `${LINE}\r`,
+  'CR not before LF': `${LINE}\r${LINE}`,
+  'two CRs before LF': `${LINE}\r\r\n${LINE}`,
+  'empty lines around': `\n\n${LINE}\n\r\n\n${LINE}\n\n`,
+  'a line split inside a two-byte character': `${LINE.replace('outcome:ok', 'outcome:\xc3')}\n\xa9${LINE}`,
+  'a UTF-8 character in the address': LINE.replace('10.0.0.1', '10.0.0.1é'),
+  'a UTF-8 character after the outcome': `${LINE}é`,
+  'count 0': LINE.replace(':1|', ':0|'),
+  'count with leading zeros': LINE.replace(':1|', ':0000001|'),
+  'count of eight digits with leading zeros': LINE.replace(':1|', ':00000001|'),
+  'count MAX_LINE_COUNT': LINE.replace(':1|', `:${MAX_LINE_COUNT}|`),
+  'count MAX_LINE_COUNT + 1': LINE.replace(':1|', `:${MAX_LINE_COUNT + 1}|`),
+  'count of seven nines': LINE.replace(':1|', ':9999999|'),
+  'count of 20 digits': LINE.replace(':1|', `:${'9'.repeat(20)}|`),
+  'count of 400 digits': LINE.replace(':1|', `:${'1'.repeat(400)}|`),
+  'packed values': LINE.replace(':1|', ':1:2|'),
+  'fractional count': LINE.replace(':1|', ':1.0|'),
+  'signed count': LINE.replace(':1|', ':+1|'),
+  'sample rate': LINE.replace('|c|', '|c|@0.5|'),
+  'timestamp after the tags': `${LINE}|T1700000000`,
+  'another tag after the outcome': `${LINE},env:prod`,
+  'upper-case key': LINE.replace(KEY, KEY.toUpperCase()),
+  'upper-case org': LINE.replace(ORG, ORG.toUpperCase()),
+  'key one character short': LINE.replace(KEY, KEY.slice(1)),
+  'key one character long': LINE.replace(KEY, `${KEY}0`),
+  'key with a dash moved': LINE.replace(KEY, KEY.replace('-8a1d', '8-a1d')),
+  IPv6: LINE.replace('10.0.0.1', '2001:db8::1'),
+  'short IPv6': LINE.replace('10.0.0.1', '::1'),
+  'longest IPv6 text (45 characters)': LINE.replace('10.0.0.1', 'ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255'),
+  'address of 46 characters': LINE.replace('10.0.0.1', `${'1'.repeat(46)}`),
+  'empty address': LINE.replace('10.0.0.1', ''),
+  'IPv4 with a leading zero': LINE.replace('10.0.0.1', '10.0.0.01'),
+  'outcome prefix': LINE.replace('outcome:ok', 'outcome:o'),
+  'outcome with a suffix': LINE.replace('outcome:ok', 'outcome:okay'),
+  'every outcome': OUTCOMES.map((outcome) => LINE.replace('outcome:ok', `outcome:${outcome}`)).join('\n'),
+  'metric name prefix only': 'apikey.used:',
+  'another metric': 'apikey.usedx:1|c',
+  'NUL bytes': `${LINE}\0\n\0${LINE}`,
+};
+
+t.test('edge cases of the byte scanner: the same result as parsePacket', async (t) => {
+  for (const [name, packet] of Object.entries(edgeCases)) {
+    t.doesNotThrow(() => parseWithParity(packet), name);
+  }
+  t.strictSame(parseWithParity(edgeCases['CRLF between and after lines']).samples, [sample(), sample()], 'CRLF lines are usage lines');
+  t.strictSame(parseWithParity(edgeCases['count with leading zeros']).samples, [sample()], 'leading zeros');
+  t.strictSame(parseWithParity(edgeCases['upper-case key']).samples, [sample()], 'an upper-case key is the same key');
+});
+
+t.test('every truncation of a datagram of usage lines', async (t) => {
+  const packet = [LINE, LINE.replace('10.0.0.1', '2001:db8::1'), LINE.replace(':1|', ':25|')].join('\n');
+  for (let end = 0; end <= packet.length; end++) parseWithParity(packet.slice(0, end));
+  t.pass(`${packet.length + 1} prefixes agree`);
+});
+
+t.test('a datagram that is part of a larger buffer is read only within its bounds', async (t) => {
+  // The collector parses the body of a signed datagram as a view of the received bytes.
+  const parse = createDatagramParser();
+  const whole = Buffer.from(`${LINE}\n${LINE}\n${LINE}`, 'latin1');
+  for (let end = 0; end <= whole.length; end++) {
+    for (const start of [0, 1, LINE.length + 1]) {
+      if (start > end) continue;
+      const view = whole.subarray(start, end);
+      const text = view.toString('latin1');
+      const fromBytes: UsageSample[] = [];
+      const result = parse(view, (s) => fromBytes.push(s));
+      const expected = parseWithParity(text);
+      if (JSON.stringify([result, fromBytes]) !== JSON.stringify([expected.result, expected.samples])) {
+        t.fail(`bytes [${start}, ${end}) differ`);
+        return;
+      }
+    }
+  }
+  t.pass('every view agrees with its own text');
+});
+
+t.test('ids that share a slot of the table are told apart', async (t) => {
+  const parse = createDatagramParser();
+  // The table hashes an id's last eight hex digits: these two differ only before them.
+  const first = '00000000-0000-4000-8000-0000aaaaaaaa';
+  const second = '11111111-1111-4111-8111-1111aaaaaaaa';
+  const lines = [first, second, first, second.toUpperCase(), first].map((keyId) => encodeUsageLine(sample({ keyId })));
+  const samples: UsageSample[] = [];
+  parse(Buffer.from(lines.join('\n'), 'latin1'), (s) => samples.push(s));
+  t.strictSame(
+    samples.map((s) => s.keyId),
+    [first, second, first, second, first],
+  );
+});
+
+// Mutations of valid lines are what reach the fast path's every branch: a byte changed, dropped
+// or doubled anywhere, from an alphabet of the characters that matter to the layout.
+const ALPHABET = ['\n', '\r', '\0', '|', ':', ',', '#', '@', '-', '.', '0', '9', 'a', 'F', 'g', ' ', '\xc3', '\xff'];
+
+function mutated(random: () => number, line: string): string {
+  const at = Math.floor(random() * line.length);
+  const char = ALPHABET[Math.floor(random() * ALPHABET.length)];
+  switch (Math.floor(random() * 3)) {
+    case 0:
+      return line.slice(0, at) + char + line.slice(at + 1);
+    case 1:
+      return line.slice(0, at) + line.slice(at + 1);
+    default:
+      return line.slice(0, at) + char + line.slice(at);
+  }
+}
+
+t.test('seeded differential: datagrams of valid and mutated usage lines', async (t) => {
+  const random = seededRandom(20261201);
+  const keys = Array.from({ length: 40 }, (_, i) => `${String(i).padStart(8, '0')}-1c3e-4a5b-8d7f-6e5d4c3b${String(i * 7).padStart(4, '0')}`);
+  const ips = ['10.0.0.1', '192.168.100.200', '::1', '2001:db8::1', '255.255.255.255', '0.0.0.0'];
+  let usage = 0;
+  let invalid = 0;
+  for (let round = 0; round < 3000; round++) {
+    const lines = Array.from({ length: 1 + Math.floor(random() * 30) }, () => {
+      const line = encodeUsageLine(
+        sample({
+          keyId: keys[Math.floor(random() * keys.length)],
+          ip: ips[Math.floor(random() * ips.length)],
+          outcome: OUTCOMES[Math.floor(random() * OUTCOMES.length)],
+          count: 1 + Math.floor(random() * 20),
+        }),
+      );
+      let out = line;
+      while (random() < 0.3) out = mutated(random, out);
+      return out;
+    });
+    for (const datagram of packDatagrams(lines)) {
+      const { result } = parseWithParity(datagram);
+      usage += result.usage;
+      invalid += result.invalid;
+    }
+  }
+  t.ok(usage > 10_000 && invalid > 1_000, `both valid and invalid lines reached (${usage} usage, ${invalid} invalid)`);
+});
