@@ -5,7 +5,7 @@
 import t from 'tap';
 import { seededRandom } from '../harness/random';
 import { createDatagramParser } from '../shared/usageDatagram';
-import { MAX_LINE_COUNT, OUTCOMES, encodeUsageLine, packDatagrams, type UsageSample } from '../shared/usageWire';
+import { MAX_LINE_COUNT, OUTCOMES, USAGE_METRIC, encodeUsageLine, packDatagrams, type UsageSample } from '../shared/usageWire';
 import { parseWithParity } from './helpers/parseParity';
 
 const KEY = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
@@ -15,6 +15,8 @@ const LINE = `apikey.used:1|c|#key:${KEY},org:${ORG},ip:10.0.0.1,outcome:ok`;
 function sample(fields: Partial<UsageSample> = {}): UsageSample {
   return { keyId: KEY, orgId: ORG, ip: '10.0.0.1', outcome: 'ok', count: 1, ...fields };
 }
+
+t.equal(`${USAGE_METRIC}:`.length, 12, 'the fast path compares the metric name and its colon as three 4-byte words');
 
 const edgeCases: Record<string, string> = {
   'trailing newline': `${LINE}\n`,
