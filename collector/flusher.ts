@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '../shared/logger';
 import { mergeBatches, type Aggregator } from './aggregator';
-import { CommitInDoubtError, type PendingBatch, type UsageStore, type WriteResult } from './usageStore';
+import { CommitInDoubtError, type KeyRef, type PendingBatch, type UsageStore, type WriteResult } from './usageStore';
 
 export interface FlushStats {
   flushes: number;
@@ -38,6 +38,11 @@ export class Flusher {
   private pending: Array<PendingBatch & { inDoubt: boolean }> = [];
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<boolean> | undefined;
+  // One trim at a time: on Citus a trim of 100 k keys took 22-36 s, longer than a flush, and
+  // trims started after every flush piled up on the pool until flushes timed out waiting for a
+  // connection. Keys flushed meanwhile wait here (each once) for the next trim.
+  private pruning: Promise<void> | undefined;
+  private pruneBacklog = new Map<string, KeyRef>();
   private retryAt = 0;
   private readonly now: () => number;
   private readonly backoff: { initialMs: number; maxMs: number };
@@ -89,9 +94,38 @@ export class Flusher {
     const giveUpAt = this.now() + deadlineMs;
     await this.running;
     for (let attempt = 0; ; attempt += 1) {
-      if (await this.flush()) return true;
+      if (await this.flush()) break;
       if (this.now() >= giveUpAt) return false;
       await new Promise((resolve) => setTimeout(resolve, Math.min(200 * 2 ** attempt, 2000)));
+    }
+    // Trimming is best effort: what is not trimmed now is trimmed after the key's next flush.
+    this.pruneBacklog.clear();
+    await this.pruning;
+    return true;
+  }
+
+  // Keys beyond maxRetryKeys wait for their next flush to be trimmed: the backlog is bounded.
+  private queuePrune(keys: readonly KeyRef[]): void {
+    for (const { orgId, keyId } of keys) {
+      if (this.pruneBacklog.size >= this.options.maxRetryKeys) break;
+      this.pruneBacklog.set(`${orgId}/${keyId}`, { orgId, keyId });
+    }
+    if (this.pruning === undefined && this.pruneBacklog.size > 0) this.pruning = this.pruneBacklogged();
+  }
+
+  // Called with a backlog, so the loop awaits before `finally` clears `pruning`; the loop ends and
+  // `pruning` clears in one step, so no key is queued in between and left waiting.
+  private async pruneBacklogged(): Promise<void> {
+    try {
+      while (this.pruneBacklog.size > 0) {
+        const keys = [...this.pruneBacklog.values()];
+        this.pruneBacklog = new Map();
+        await this.options.store.prune(keys).catch((error) => {
+          this.options.logger.warn({ err: { message: (error as Error).message } }, 'trimming recent IPs failed; the keys are trimmed after their next flush');
+        });
+      }
+    } finally {
+      this.pruning = undefined;
     }
   }
 
@@ -117,9 +151,7 @@ export class Flusher {
       const result = await this.options.store.write(batches);
       this.pending = this.pending.filter((p) => !batches.includes(p));
       this.recordSuccess(result, this.now() - started);
-      void this.options.store.prune(batches.flatMap((b) => b.batch.keys)).catch((error) => {
-        this.options.logger.warn({ err: { message: (error as Error).message } }, 'trimming recent IPs failed; retried after the next flush');
-      });
+      this.queuePrune(batches.flatMap((b) => b.batch.keys));
       return this.pending.length === 0 && this.options.aggregator.pendingKeys === 0;
     } catch (error) {
       this.recordFailure(error, batches);

@@ -138,3 +138,34 @@ t.test('prometheus text', async (t) => {
     '# HELP x_total Things\n# TYPE x_total counter\nx_total 3\n# HELP y Gauge\n# TYPE y gauge\ny 0\n',
   );
 });
+
+// On Citus a trim of 100 k keys outlasted several flushes; trims started after every flush took
+// every pooled connection and the flushes then failed waiting for one.
+t.test('one trim of recent IPs at a time; keys flushed meanwhile are trimmed next, each once', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
+  const { store } = fakeStore();
+  const trims: string[][] = [];
+  let running = 0;
+  let mostAtOnce = 0;
+  let release: () => void = () => undefined;
+  store.prune = async (keys) => {
+    trims.push(keys.map((k) => k.keyId).sort());
+    mostAtOnce = Math.max(mostAtOnce, ++running);
+    await new Promise<void>((resolve) => (release = resolve));
+    running -= 1;
+  };
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger });
+  for (const keys of [[1], [2, 3], [3]]) {
+    for (const i of keys) aggregator.add({ keyId: key(i), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+    await flusher.flush();
+  }
+  t.same(trims, [[key(1)]], 'the later flushes wait for the trim in progress');
+  release();
+  await new Promise((resolve) => setImmediate(resolve));
+  t.same(trims, [[key(1)], [key(2), key(3)]], 'then one trim of the keys flushed meanwhile, each once');
+  const stopped = flusher.stop(1000);
+  release();
+  t.equal(await stopped, true, 'stop waits for the trim in progress');
+  t.equal(mostAtOnce, 1);
+  t.equal(running, 0);
+});
