@@ -30,6 +30,13 @@ export const SCHEMA_VARIANTS: readonly SchemaVariant[] = [
     change: 'recent and failed IP tables at fillfactor 50 (migrated: 85)',
     statements: ['alter table api_key_recent_ips set (fillfactor = 50)', 'alter table api_key_failed_ips set (fillfactor = 50)'],
   },
+  {
+    // A superuser setting (the throwaway cluster's role is one), taken by every new connection to
+    // the variant's database: the flushes that write full-page images compressed, beside the rest.
+    name: 'wal-compression',
+    change: 'wal_compression = pglz for the connections to this database (server default: off)',
+    statements: [`do $$ begin execute format('alter database %I set wal_compression = pglz', current_database()); end $$`],
+  },
 ];
 
 export interface VariantDatabase {
