@@ -8,7 +8,7 @@ import { dormantKeySql } from '../shared/dormancy';
 import type { KeyUsageDelta } from './aggregator';
 import { BASELINE_DAYS, detectKeyEvents, type DetectionThresholds, type HourFacts, type KeyEvent, type KeyFacts } from './eventRules';
 import { TABLE } from '../shared/tables';
-import { copyLines, copyText, msToTime, STAGED_KEY } from './flushStaging';
+import { copyLine, copyLines, copyText, msToTime, STAGED_KEY } from './flushStaging';
 
 export interface EventDetection extends DetectionThresholds {
   ipHistoryPerKey: number;
@@ -97,8 +97,7 @@ async function readFacts(connection: PoolClient, minUses: number): Promise<Map<s
 
 /** Returns how many were new (the others were already recorded within their window). */
 async function insertEvents(connection: PoolClient, events: KeyEvent[]): Promise<number> {
-  const line = (e: KeyEvent) =>
-    `${e.orgId}\t${e.keyId}\t${copyText(e.type)}\t${e.occurredAt}\t${copyText(JSON.stringify(e.details))}\t${copyText(e.dedupeKey)}\n`;
+  const line = (e: KeyEvent) => copyLine([e.orgId, e.keyId, copyText(e.type), e.occurredAt, copyText(JSON.stringify(e.details)), copyText(e.dedupeKey)]);
   await copyLines(connection, 'flush_events', events.map(line));
   return (await connection.query(INSERT_EVENTS)).rowCount ?? 0;
 }

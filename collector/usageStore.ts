@@ -5,7 +5,7 @@ import { OUTCOMES, provenCount } from '../shared/usageWire';
 import { mergeBatches, type KeyUsageDelta, type UsageBatch } from './aggregator';
 import { recordFlushEvents, type EventDetection } from './eventStore';
 import { IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../shared/tables';
-import { connectionOf, copyLines, copyNumber, copyText, msToTime, prepareStaging, STAGED_KEY } from './flushStaging';
+import { connectionOf, copyLine, copyLines, copyNumber, copyText, msToTime, prepareStaging, STAGED_KEY } from './flushStaging';
 
 export interface PendingBatch {
   /** Recorded in usage_flushes, once per org of the batch, in the same transaction, so a retried batch is applied once. */
@@ -135,18 +135,26 @@ function countFields(counts: Counts): string {
 }
 
 const keyLine = (k: KeyUsageDelta) =>
-  `${k.orgId}\t${k.keyId}\t${countFields(k.byOutcome)}\t${copyNumber(k.lastUsedAt)}\t${copyText(k.lastIp || null)}\t${copyNumber(k.lastFailedAt)}\t` +
-  `${copyText(k.lastFailedIp || null)}\t${copyNumber(k.lastRevokedUseAt)}\t${copyNumber(k.lastExpiredUseAt)}\n`;
+  copyLine([
+    k.orgId,
+    k.keyId,
+    countFields(k.byOutcome),
+    copyNumber(k.lastUsedAt),
+    copyText(k.lastIp || null),
+    copyNumber(k.lastFailedAt),
+    copyText(k.lastFailedIp || null),
+    copyNumber(k.lastRevokedUseAt),
+    copyNumber(k.lastExpiredUseAt),
+  ]);
 
 function* hourLines(keys: readonly KeyUsageDelta[]) {
-  for (const k of keys) for (const [hour, counts] of k.hours) yield `${k.orgId}\t${k.keyId}\t${hour}\t${countFields(counts)}\n`;
+  for (const k of keys) for (const [hour, counts] of k.hours) yield copyLine([k.orgId, k.keyId, hour, countFields(counts)]);
 }
 
 function* ipLines(keys: readonly KeyUsageDelta[]) {
   for (const { proven, ips } of Object.values(STORE_IP_TABLES)) {
     const flag = proven ? 't' : 'f';
-    for (const k of keys)
-      for (const [ip, stat] of ips(k)) yield `${flag}\t${k.orgId}\t${k.keyId}\t${copyText(ip)}\t${stat.firstSeen}\t${stat.lastSeen}\t${stat.count}\n`;
+    for (const k of keys) for (const [ip, stat] of ips(k)) yield copyLine([flag, k.orgId, k.keyId, copyText(ip), stat.firstSeen, stat.lastSeen, stat.count]);
   }
 }
 

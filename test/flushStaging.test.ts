@@ -1,8 +1,8 @@
 import t from 'tap';
-import { connectionOf, copyLines, copyNumber, copyText, prepareStaging } from '../collector/flushStaging';
+import { connectionOf, copyLine, copyLines, copyNumber, copyText, prepareStaging } from '../collector/flushStaging';
 import { freshDatabase } from './helpers/database';
 
-// The flush writes COPY's text format by hand (one template string per line): whatever a text
+// The flush writes COPY's text format by hand (one join of its fields per line): whatever a text
 // field holds must come back from the staging table exactly, and the aggregator's "no such use"
 // (-Infinity) and a missing value must arrive as null.
 
@@ -16,8 +16,8 @@ t.test('COPY lines round-trip tabs, newlines, backslashes and nulls through a st
   const orgId = '00000000-0000-4000-8000-000000000001';
   const keyId = '00000000-0000-4000-8000-000000000002';
   const lines = [
-    `${orgId}\t${keyId}\t${copyText('a\tb\\c\nd')}\t${copyNumber(1_700_000_000_123)}\t${copyText(details)}\t${copyText(null)}\n`,
-    `${orgId}\t${keyId}\t${copyText('plain')}\t${copyNumber(-Infinity)}\t${copyText('{}')}\t${copyText('x')}\n`,
+    copyLine([orgId, keyId, copyText('a\tb\\c\nd'), copyNumber(1_700_000_000_123), copyText(details), copyText(null)]),
+    copyLine([orgId, keyId, copyText('plain'), copyNumber(-Infinity), copyText('{}'), copyText('x')]),
   ];
   t.equal(await copyLines(connection, 'flush_events', lines), 1, 'one COPY');
   t.equal(await copyLines(connection, 'flush_events', []), 0, 'nothing sent for no lines');
