@@ -46,7 +46,7 @@ const ESCAPES: Record<string, string> = { '\\': '\\\\', '\t': '\\t', '\n': '\\n'
 
 // Fields of COPY's text format (tab-separated, \N for null, backslash escapes). Callers make each
 // line with one join of its fields and copyLines joins 4096 lines at a time: measured on 100 k
-// keys (docs/benchmarks.md §4), that builds the flush's COPY text in about 0.6 × the CPU of
+// keys (docs/benchmarks.md §4), that builds the flush's COPY text in about 0.55 × the CPU of
 // mapping every row's array through a field function, and a line written as one template string
 // of ~15 parts took 1.8 × (V8 keeps such a string as a tree of parts until it is flattened).
 /** A text field; null is \N. */
