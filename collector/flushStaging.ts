@@ -1,6 +1,6 @@
 // A flush's rows reach PostgreSQL through COPY into temporary staging tables, and every target
 // table is then written by one set-based statement that reads them (collector/usageStore.ts,
-// collector/eventStore.ts). COPY's text format costs the client one join per row and the server
+// collector/eventStore.ts). COPY's text format costs the client one string per row and the server
 // one parse per field; the bind arrays it replaces made pg escape every element and the server
 // parse each array once per statement that used it, and every statement joined api_keys again.
 import { Readable } from 'node:stream';
@@ -40,30 +40,37 @@ export async function prepareStaging(connection: PoolClient): Promise<void> {
   await connection.query(PREPARE_STAGING);
 }
 
-export type CopyValue = string | number | boolean | null;
-
 const SPECIAL = /[\\\t\n\r]/;
+const SPECIALS = /[\\\t\n\r]/g;
 const ESCAPES: Record<string, string> = { '\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r' };
 
-// COPY's text format: tab-separated, \N for null, backslash escapes. -Infinity is the
-// aggregator's "no such use in this batch" and goes in as null, which never wins greatest().
-function field(value: CopyValue): string {
-  if (value === null || value === -Infinity) return '\\N';
-  if (typeof value !== 'string') return String(value);
-  return SPECIAL.test(value) ? value.replace(/[\\\t\n\r]/g, (c) => ESCAPES[c]) : value;
-}
+// Fields of COPY's text format (tab-separated, \N for null, backslash escapes). Callers make each
+// line with one join of its fields and copyLines joins 4096 lines at a time: measured on 100 k
+// keys (docs/benchmarks.md §4), that builds the flush's COPY text in about 0.55 × the CPU of
+// mapping every row's array through a field function, and a line written as one template string
+// of ~15 parts took 1.8 × (V8 keeps such a string as a tree of parts until it is flattened).
+/** A text field; null is \N. */
+export const copyText = (value: string | null): string => (value === null ? '\\N' : SPECIAL.test(value) ? value.replace(SPECIALS, (c) => ESCAPES[c]) : value);
+/** A number; -Infinity, the aggregator's "no such use in this batch", is \N, which never wins greatest(). */
+export const copyNumber = (value: number): string => (value === -Infinity ? '\\N' : String(value));
+/** One COPY line of `fields`, already encoded (copyText, copyNumber) or plain numbers. */
+export const copyLine = (fields: ReadonlyArray<string | number>): string => `${fields.join('\t')}\n`;
 
-const ROWS_PER_CHUNK = 4096;
+const LINES_PER_CHUNK = 4096;
 
-/** COPYs `rows` (each in the table's column order) into a staging table; one round trip, nothing for no rows. */
-export async function copyRows(connection: PoolClient, table: StagingTable, rows: ReadonlyArray<readonly CopyValue[]>): Promise<number> {
-  if (rows.length === 0) return 0;
+/** COPYs `lines` (copyLine, in the table's column order) into a staging table; one round trip, nothing for no lines. */
+export async function copyLines(connection: PoolClient, table: StagingTable, lines: Iterable<string>): Promise<number> {
   const chunks: string[] = [];
-  for (let start = 0; start < rows.length; start += ROWS_PER_CHUNK) {
-    let chunk = '';
-    for (const row of rows.slice(start, start + ROWS_PER_CHUNK)) chunk += `${row.map(field).join('\t')}\n`;
-    chunks.push(chunk);
+  let part: string[] = [];
+  for (const line of lines) {
+    part.push(line);
+    if (part.length === LINES_PER_CHUNK) {
+      chunks.push(part.join(''));
+      part = [];
+    }
   }
+  if (part.length > 0) chunks.push(part.join(''));
+  if (chunks.length === 0) return 0;
   await pipeline(Readable.from(chunks), connection.query(copyFrom(`copy ${table} from stdin`)));
   return 1;
 }

@@ -5,7 +5,7 @@ import { OUTCOMES, provenCount } from '../shared/usageWire';
 import { mergeBatches, type KeyUsageDelta, type UsageBatch } from './aggregator';
 import { recordFlushEvents, type EventDetection } from './eventStore';
 import { IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../shared/tables';
-import { connectionOf, copyRows, msToTime, prepareStaging, STAGED_KEY, type CopyValue } from './flushStaging';
+import { connectionOf, copyLine, copyLines, copyNumber, copyText, msToTime, prepareStaging, STAGED_KEY } from './flushStaging';
 
 export interface PendingBatch {
   /** Recorded in usage_flushes, once per org of the batch, in the same transaction, so a retried batch is applied once. */
@@ -125,33 +125,37 @@ on conflict (org_id, key_id, ip) do update set
 
 const APPLY_STAGED = [UPSERT_TOTALS, UPSERT_HOURS, upsertIps(STORE_IP_TABLES.proven), upsertIps(STORE_IP_TABLES.failed)].join(';\n');
 
-const keyRow = (k: KeyUsageDelta): CopyValue[] => [
-  k.orgId,
-  k.keyId,
-  provenCount(k.byOutcome),
-  ...OUTCOMES.map((outcome) => k.byOutcome[outcome]),
-  k.lastUsedAt,
-  k.lastIp || null,
-  k.lastFailedAt,
-  k.lastFailedIp || null,
-  k.lastRevokedUseAt,
-  k.lastExpiredUseAt,
-];
-
-function hourRows(keys: readonly KeyUsageDelta[]): CopyValue[][] {
-  const rows: CopyValue[][] = [];
-  for (const k of keys) {
-    for (const [hour, counts] of k.hours) rows.push([k.orgId, k.keyId, hour, provenCount(counts), ...OUTCOMES.map((outcome) => counts[outcome])]);
-  }
-  return rows;
+// COPY lines of the staging tables (collector/flushStaging.ts), in their column order. Key and
+// org ids need no escaping: only keys found in api_keys (uuids) are staged.
+type Counts = KeyUsageDelta['byOutcome'];
+function countFields(counts: Counts): string {
+  let fields = String(provenCount(counts));
+  for (const outcome of OUTCOMES) fields += `\t${counts[outcome]}`;
+  return fields;
 }
 
-function ipRows(keys: readonly KeyUsageDelta[]): CopyValue[][] {
-  const rows: CopyValue[][] = [];
+const keyLine = (k: KeyUsageDelta) =>
+  copyLine([
+    k.orgId,
+    k.keyId,
+    countFields(k.byOutcome),
+    copyNumber(k.lastUsedAt),
+    copyText(k.lastIp || null),
+    copyNumber(k.lastFailedAt),
+    copyText(k.lastFailedIp || null),
+    copyNumber(k.lastRevokedUseAt),
+    copyNumber(k.lastExpiredUseAt),
+  ]);
+
+function* hourLines(keys: readonly KeyUsageDelta[]) {
+  for (const k of keys) for (const [hour, counts] of k.hours) yield copyLine([k.orgId, k.keyId, hour, countFields(counts)]);
+}
+
+function* ipLines(keys: readonly KeyUsageDelta[]) {
   for (const { proven, ips } of Object.values(STORE_IP_TABLES)) {
-    for (const k of keys) for (const [ip, stat] of ips(k)) rows.push([proven, k.orgId, k.keyId, ip, stat.firstSeen, stat.lastSeen, stat.count]);
+    const flag = proven ? 't' : 'f';
+    for (const k of keys) for (const [ip, stat] of ips(k)) yield copyLine([flag, k.orgId, k.keyId, copyText(ip), stat.firstSeen, stat.lastSeen, stat.count]);
   }
-  return rows;
 }
 
 // Stages the rows of the keys that exist in their org, then writes every usage table in one
@@ -162,9 +166,9 @@ async function applyUsage(connection: PoolClient, keys: KeyUsageDelta[]) {
   if (accepted.length === 0) return { statements: 1, accepted };
   await prepareStaging(connection);
   const copies =
-    (await copyRows(connection, 'flush_keys', accepted.map(keyRow))) +
-    (await copyRows(connection, 'flush_hours', hourRows(accepted))) +
-    (await copyRows(connection, 'flush_ips', ipRows(accepted)));
+    (await copyLines(connection, 'flush_keys', accepted.map(keyLine))) +
+    (await copyLines(connection, 'flush_hours', hourLines(accepted))) +
+    (await copyLines(connection, 'flush_ips', ipLines(accepted)));
   await connection.query(APPLY_STAGED);
   return { statements: 3 + copies, accepted };
 }

@@ -1,0 +1,76 @@
+import { migrateLatest, createDb, type Db } from '../shared/db';
+import { createScratchDatabase, type ScratchDatabase } from '../harness/postgres';
+import { PRIMARY_KEY } from '../migrations/20261201000070_usage_windows_index_only';
+
+// Schema variants for A/B work on the flush (benchmark 4): each is the migrated schema plus a few
+// statements, in a database of its own on the same server, so its tables reach their own steady
+// state while its flushes are interleaved with the migrated schema's. Selected with
+// BENCH_FLUSH_VARIANTS=<name>,<name>; the default run has none.
+
+export interface SchemaVariant {
+  name: string;
+  /** What the variant changes, for the report. */
+  change: string;
+  statements: readonly string[];
+}
+
+export const MIGRATED = 'migrated';
+
+export const SCHEMA_VARIANTS: readonly SchemaVariant[] = [
+  {
+    name: 'hourly-plain-pk',
+    change: 'migration 20261201000070 undone: the hourly primary key without INCLUDE (request_count), so an hourly update can be HOT',
+    statements: [
+      'alter table api_key_usage_hourly drop constraint api_key_usage_hourly_pkey',
+      `alter table api_key_usage_hourly add constraint api_key_usage_hourly_pkey ${PRIMARY_KEY.plain}`,
+    ],
+  },
+  {
+    name: 'ip-fillfactor-50',
+    change: 'recent and failed IP tables at fillfactor 50 (migrated: 85)',
+    statements: ['alter table api_key_recent_ips set (fillfactor = 50)', 'alter table api_key_failed_ips set (fillfactor = 50)'],
+  },
+  {
+    // A superuser setting (the throwaway cluster's role is one), taken by every new connection to
+    // the variant's database: the flushes that write full-page images compressed, beside the rest.
+    name: 'wal-compression',
+    change: 'wal_compression = pglz for the connections to this database (server default: off)',
+    statements: [`do $$ begin execute format('alter database %I set wal_compression = pglz', current_database()); end $$`],
+  },
+];
+
+export interface VariantDatabase {
+  name: string;
+  /** Setup, statistics and checks. */
+  db: Db;
+  url: string;
+  drop(): Promise<void>;
+}
+
+/** Names from BENCH_FLUSH_VARIANTS, checked against the catalog. */
+export function selectedVariants(value: string | undefined): SchemaVariant[] {
+  const names = (value ?? '').split(',').filter(Boolean);
+  return names.map((name) => {
+    const variant = SCHEMA_VARIANTS.find((v) => v.name === name);
+    if (!variant) throw new Error(`BENCH_FLUSH_VARIANTS: unknown variant "${name}"; known: ${SCHEMA_VARIANTS.map((v) => v.name).join(', ')}`);
+    return variant;
+  });
+}
+
+/** A migrated database beside the benchmark's, changed by `variant`; dropped by drop(). */
+export async function openVariantDatabase(benchUrl: string, variant: SchemaVariant): Promise<VariantDatabase> {
+  const benchName = new URL(benchUrl).pathname.slice(1);
+  const scratch: ScratchDatabase = await createScratchDatabase(benchUrl, `${benchName}_${variant.name.replace(/\W/g, '_')}`);
+  const db = createDb(scratch.url, { poolMax: 2, applicationName: 'keyusage-bench-variant' });
+  await migrateLatest(db);
+  for (const statement of variant.statements) await db.raw(statement);
+  return {
+    name: variant.name,
+    db,
+    url: scratch.url,
+    async drop() {
+      await db.destroy();
+      await scratch.drop();
+    },
+  };
+}

@@ -1,0 +1,29 @@
+import t from 'tap';
+import { connectionOf, copyLine, copyLines, copyNumber, copyText, prepareStaging } from '../collector/flushStaging';
+import { freshDatabase } from './helpers/database';
+
+// The flush writes COPY's text format by hand (one join of its fields per line): whatever a text
+// field holds must come back from the staging table exactly, and the aggregator's "no such use"
+// (-Infinity) and a missing value must arrive as null.
+
+t.test('COPY lines round-trip tabs, newlines, backslashes and nulls through a staging table', async (t) => {
+  const { db } = await freshDatabase(t);
+  const trx = await db.transaction();
+  t.teardown(() => trx.rollback().catch(() => undefined));
+  const connection = await connectionOf(trx);
+  await prepareStaging(connection);
+  const details = JSON.stringify({ note: 'tab\there, line\nbreak, back\\slash, cr\r' });
+  const orgId = '00000000-0000-4000-8000-000000000001';
+  const keyId = '00000000-0000-4000-8000-000000000002';
+  const lines = [
+    copyLine([orgId, keyId, copyText('a\tb\\c\nd'), copyNumber(1_700_000_000_123), copyText(details), copyText(null)]),
+    copyLine([orgId, keyId, copyText('plain'), copyNumber(-Infinity), copyText('{}'), copyText('x')]),
+  ];
+  t.equal(await copyLines(connection, 'flush_events', lines), 1, 'one COPY');
+  t.equal(await copyLines(connection, 'flush_events', []), 0, 'nothing sent for no lines');
+  const { rows } = await connection.query('select type, occurred_ms, details, dedupe_key from flush_events order by type');
+  t.same(rows, [
+    { type: 'a\tb\\c\nd', occurred_ms: 1_700_000_000_123, details: JSON.parse(details), dedupe_key: null },
+    { type: 'plain', occurred_ms: null, details: {}, dedupe_key: 'x' },
+  ]);
+});
