@@ -26,8 +26,8 @@ export interface EventDetection extends DetectionThresholds {
 //    and Citus takes only immutable functions in ON CONFLICT … WHERE.
 // 2. One row per (key, hour) the batch touched, with the key's totals repeated and its new
 //    networks as JSON. Times go back as epoch milliseconds (float8): pg parsing two timestamps
-//    per row cost the 100 k-key flush ≈ 0.2 s of client CPU. The 7-day baseline is read only for hours that reached spikeMinUses ($1):
-//    most keys never pay for it.
+//    per row cost the 100 k-key flush ≈ 0.2 s of client CPU. The 7-day baseline is read only
+//    for hours that reached spikeMinUses ($1): most keys never pay for it.
 const FACTS = `
 with r as (
   select r.org_id, r.key_id, r.ip, ${msToTime('r.first_seen_ms')} as first_seen, ${msToTime('r.last_seen_ms')} as last_seen,

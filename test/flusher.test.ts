@@ -163,9 +163,15 @@ t.test('one trim of recent IPs at a time; keys flushed meanwhile are trimmed nex
   release();
   await new Promise((resolve) => setImmediate(resolve));
   t.same(trims, [[key(1)], [key(2), key(3)]], 'then one trim of the keys flushed meanwhile, each once');
-  const stopped = flusher.stop(1000);
+  let stopDone = false;
+  const stopped = flusher.stop(1000).then((drained) => {
+    stopDone = true;
+    return drained;
+  });
+  await new Promise((resolve) => setImmediate(resolve));
+  t.equal(stopDone, false, 'stop waits for the trim in progress');
   release();
-  t.equal(await stopped, true, 'stop waits for the trim in progress');
+  t.equal(await stopped, true);
   t.equal(mostAtOnce, 1);
   t.equal(running, 0);
 });
