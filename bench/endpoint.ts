@@ -8,6 +8,7 @@ import type { BenchContext } from './lib/context';
 import { createCallableKey, createOrg } from './lib/database';
 import { startBenchServer } from './lib/benchServer';
 import { stopChild } from '../harness/processes';
+import { captureMainStatement, explainStatement, type CapturedStatement } from '../harness/explain';
 import { fmt, type BenchResult } from './lib/report';
 import { interleavedSchedule, median, summarize } from './lib/stats';
 import { SEED_SHAPE, seedTenants } from './lib/usageSeed';
@@ -229,8 +230,6 @@ interface PlanInfo {
 // the count beside it) under EXPLAIN (ANALYZE, BUFFERS).
 async function explainPlans(ctx: BenchContext, tenant: Tenant, plan: Plan): Promise<Record<QueryName, PlanInfo>> {
   const db = createDb(ctx.databaseUrl, { poolMax: 1, applicationName: 'keyusage-bench-explain' });
-  const captured: Array<{ sql: string; bindings: unknown[] }> = [];
-  db.on('query', (query: { sql: string; bindings: unknown[] }) => captured.push({ sql: query.sql, bindings: query.bindings }));
   const now = new Date();
   const base: UsageQuery = {
     orgId: tenant.orgId,
@@ -256,12 +255,7 @@ async function explainPlans(ctx: BenchContext, tenant: Tenant, plan: Plan): Prom
   const out = {} as Record<QueryName, PlanInfo>;
   try {
     for (const name of QUERY_NAMES) {
-      captured.length = 0;
-      await calls[name]();
-      const main = captured.find((q) => !/^\s*select count\(\*\) as total/i.test(q.sql));
-      if (!main) throw new Error(`could not capture the ${name} query`);
-      captured.length = 0;
-      out[name] = await explain(db, main);
+      out[name] = await explain(db, await captureMainStatement(db, calls[name]));
     }
   } finally {
     await db.destroy();
@@ -269,15 +263,9 @@ async function explainPlans(ctx: BenchContext, tenant: Tenant, plan: Plan): Prom
   return out;
 }
 
-async function explain(db: Db, query: { sql: string; bindings: unknown[] }): Promise<PlanInfo> {
-  // The event carries the driver's SQL ($1, $2, …): back to knex placeholders, in order.
-  const bindings: unknown[] = [];
-  const sql = query.sql.replace(/\$(\d+)/g, (_, n: string) => {
-    bindings.push(query.bindings[Number(n) - 1]);
-    return '?';
-  });
-  const result = await db.raw(`explain (analyze, buffers) ${sql}`, bindings as never);
-  const text = (result.rows as Array<Record<string, string>>).map((row) => row['QUERY PLAN']).join('\n');
+async function explain(db: Db, statement: CapturedStatement): Promise<PlanInfo> {
+  const rows = await explainStatement(db, statement, 'analyze, buffers');
+  const text = rows.map((row) => row['QUERY PLAN']).join('\n');
   const indexes = [...new Set([...text.matchAll(/Index(?: Only)? Scan(?: Backward)?(?: using| on) (\w+)/g)].map((m) => m[1]))];
   const execution = /Execution Time: ([\d.]+) ms/.exec(text);
   return { executionMs: execution ? Number(execution[1]) : null, indexes, text };

@@ -3,6 +3,7 @@ import { listKeyUsage, type UsageQuery } from '../api/usage/usage.repository';
 import type { Db } from '../shared/db';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
+import { captureMainStatement, explainStatement } from '../harness/explain';
 
 // Busiest first (sort=requestCount, order=desc) chooses its page from the org's usage rows
 // before it touches the org's keys (api/usage/usage.repository.ts, busiestKeys): the used keys
@@ -159,22 +160,12 @@ async function seedMany(db: Db, orgIds: string[], count: number, used: number) {
 // Runs the page statement listKeyUsage sends under EXPLAIN (ANALYZE, FORMAT JSON) and returns
 // how many api_keys rows its plan read.
 async function apiKeysRowsRead(db: Db, query: UsageQuery): Promise<number> {
-  const captured: Array<{ sql: string; bindings: unknown[] }> = [];
-  const capture = (q: { sql: string; bindings: unknown[] }) => captured.push(q);
-  db.on('query', capture);
-  await listKeyUsage(db, query);
-  db.off('query', capture);
-  const page = captured.find((q) => !/^\s*select count\(\*\)/i.test(q.sql))!;
-  const bindings: unknown[] = [];
-  const sql = page.sql.replace(/\$(\d+)/g, (_, n: string) => {
-    bindings.push(page.bindings[Number(n) - 1]);
-    return '?';
-  });
-  const result = await db.raw(`explain (analyze, format json) ${sql}`, bindings as never);
+  const page = await captureMainStatement(db, () => listKeyUsage(db, query));
+  const [row] = await explainStatement(db, page, 'analyze, format json');
   type Node = { 'Relation Name'?: string; 'Actual Rows': number; 'Actual Loops': number; Plans?: Node[] };
   const read = (node: Node): number =>
     (node['Relation Name'] === 'api_keys' ? node['Actual Rows'] * node['Actual Loops'] : 0) + (node.Plans ?? []).reduce((sum, child) => sum + read(child), 0);
-  return read(result.rows[0]['QUERY PLAN'][0].Plan);
+  return read((row['QUERY PLAN'] as Array<{ Plan: Node }>)[0].Plan);
 }
 
 t.test("busiest first reads the org's keys for its page only, not every key of the org", async (t) => {
