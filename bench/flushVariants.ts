@@ -2,6 +2,7 @@ import { migrateLatest, createDb, type Db } from '../shared/db';
 import { createScratchDatabase, type ScratchDatabase } from '../harness/postgres';
 import { PRIMARY_KEY } from '../migrations/20261201000070_usage_windows_index_only';
 import { RESTORE_FOREIGN_KEYS } from '../migrations/20261201000080_key_rows_cascade_from_totals';
+import { ENQUEUE_ALWAYS } from '../migrations/20261201000090_outbox_trigger_skips_orgs_without_webhooks';
 
 // Schema variants for A/B work on the flush (benchmark 4): each is the migrated schema plus a few
 // statements, in a database of its own on the same server, so its tables reach their own steady
@@ -30,6 +31,11 @@ export const SCHEMA_VARIANTS: readonly SchemaVariant[] = [
     name: 'fk-checks',
     change: 'migration 20261201000080 undone: the hourly, IP, IP-history and event tables keep their foreign keys (a check per inserted row)',
     statements: RESTORE_FOREIGN_KEYS,
+  },
+  {
+    name: 'outbox-insert-always',
+    change: 'migration 20261201000090 undone: the outbox trigger runs its INSERT … SELECT for every event, webhook or not',
+    statements: [ENQUEUE_ALWAYS],
   },
   {
     name: 'ip-fillfactor-50',
