@@ -38,6 +38,11 @@ export const SCHEMA_VARIANTS: readonly SchemaVariant[] = [
     statements: [ENQUEUE_ALWAYS],
   },
   {
+    name: 'before-080',
+    change: 'migrations 20261201000080 and 090 undone: the schema of before (foreign key checks per row, the outbox insert for every event)',
+    statements: [...RESTORE_FOREIGN_KEYS, ENQUEUE_ALWAYS],
+  },
+  {
     name: 'ip-fillfactor-50',
     change: 'recent and failed IP tables at fillfactor 50 (migrated: 85)',
     statements: ['alter table api_key_recent_ips set (fillfactor = 50)', 'alter table api_key_failed_ips set (fillfactor = 50)'],
