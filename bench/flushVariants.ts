@@ -1,6 +1,8 @@
 import { migrateLatest, createDb, type Db } from '../shared/db';
 import { createScratchDatabase, type ScratchDatabase } from '../harness/postgres';
 import { PRIMARY_KEY } from '../migrations/20261201000070_usage_windows_index_only';
+import { RESTORE_FOREIGN_KEYS } from '../migrations/20261201000080_key_rows_cascade_from_totals';
+import { ENQUEUE_ALWAYS } from '../migrations/20261201000090_outbox_trigger_skips_orgs_without_webhooks';
 
 // Schema variants for A/B work on the flush (benchmark 4): each is the migrated schema plus a few
 // statements, in a database of its own on the same server, so its tables reach their own steady
@@ -24,6 +26,21 @@ export const SCHEMA_VARIANTS: readonly SchemaVariant[] = [
       'alter table api_key_usage_hourly drop constraint api_key_usage_hourly_pkey',
       `alter table api_key_usage_hourly add constraint api_key_usage_hourly_pkey ${PRIMARY_KEY.plain}`,
     ],
+  },
+  {
+    name: 'fk-checks',
+    change: 'migration 20261201000080 undone: the hourly, IP, IP-history and event tables keep their foreign keys (a check per inserted row)',
+    statements: RESTORE_FOREIGN_KEYS,
+  },
+  {
+    name: 'outbox-insert-always',
+    change: 'migration 20261201000090 undone: the outbox trigger runs its INSERT … SELECT for every event, webhook or not',
+    statements: [ENQUEUE_ALWAYS],
+  },
+  {
+    name: 'before-080',
+    change: 'migrations 20261201000080 and 090 undone: the schema of before (foreign key checks per row, the outbox insert for every event)',
+    statements: [...RESTORE_FOREIGN_KEYS, ENQUEUE_ALWAYS],
   },
   {
     name: 'ip-fillfactor-50',

@@ -136,7 +136,8 @@ select k.org_id, k.id, 'key.dormant',
   left join ${TABLE.usage} u on u.org_id = k.org_id and u.key_id = k.id
  where ${dormantKeySql('cast(:now as timestamptz)', `cast(:now as timestamptz) - o.dormancy_days * ${DAY}`)}
  order by k.id
-on conflict (org_id, dedupe_key) do nothing`;
+on conflict (org_id, dedupe_key) do nothing
+returning org_id, key_id`;
 
 // For each active key, the smallest threshold it has crossed (a key created 12 hours before its
 // expiry gets the 1-day warning only, not a late 7-day one too).
@@ -149,13 +150,31 @@ select k.org_id, k.id, 'key.expiring', date_trunc('milliseconds', k.expires_at -
   cross join lateral (select min(d) as days from unnest(cast(:days as int[])) as d where k.expires_at - d * ${DAY} <= :now) t
  where k.revoked_at is null and k.expires_at > :now and t.days is not null
  order by k.id
-on conflict (org_id, dedupe_key) do nothing`;
+on conflict (org_id, dedupe_key) do nothing
+returning org_id, key_id`;
+
+// A key's rows in key_events go with its api_key_usage row (migrations/20261201000080): a key
+// never used has none, so the sweep writes a zero one for each key it recorded an event for, in
+// the same transaction. Its no-op update locks an existing row, as the insert's foreign-key check
+// locks the key: an operator's DELETE of the key meanwhile waits for this commit and then takes
+// the events too, or commits first and makes this transaction fail (retried at the next sweep).
+const ANCHOR_TOTALS = `
+insert into ${TABLE.usage} (org_id, key_id)
+select * from unnest(cast(? as uuid[]), cast(? as uuid[])) as k(org_id, key_id)
+ order by key_id
+on conflict (org_id, key_id) do update set updated_at = ${TABLE.usage}.updated_at`;
+
+type SweptKey = { org_id: string; key_id: string };
 
 /** The time-based events; returns how many were new. */
 export async function sweepTimeEvents(db: Db, now: Date, expiringDays: readonly number[]): Promise<{ dormant: number; expiring: number }> {
-  const dormant = await db.raw(SWEEP_DORMANT, { now });
-  const expiring = await db.raw(SWEEP_EXPIRING, { now, days: [...expiringDays] });
-  return { dormant: dormant.rowCount ?? 0, expiring: expiring.rowCount ?? 0 };
+  return db.transaction(async (trx) => {
+    const dormant: SweptKey[] = (await trx.raw(SWEEP_DORMANT, { now })).rows;
+    const expiring: SweptKey[] = (await trx.raw(SWEEP_EXPIRING, { now, days: [...expiringDays] })).rows;
+    const keys = [...new Map([...dormant, ...expiring].map((k) => [`${k.org_id}/${k.key_id}`, k])).values()];
+    if (keys.length > 0) await trx.raw(ANCHOR_TOTALS, [keys.map((k) => k.org_id), keys.map((k) => k.key_id)]);
+    return { dormant: dormant.length, expiring: expiring.length };
+  });
 }
 
 // Events, and the webhook deliveries made of them once they are done (a delivery still pending

@@ -123,6 +123,11 @@ on conflict (org_id, key_id, ip) do update set
   last_seen = greatest(${table}.last_seen, excluded.last_seen),
   ${addTo(table)(count)}`;
 
+// The totals first, and for every staged key: the other tables have no foreign key to api_keys;
+// their rows go with the key's totals row (migrations/20261201000080). Upserting it either locks
+// the existing row or checks the key (the one foreign key left), so an operator's DELETE of the
+// key waits for this flush's commit and then takes every row it wrote, or commits first and
+// fails this key's insert (a data error: the key is set aside, its other rows rolled back).
 const APPLY_STAGED = [UPSERT_TOTALS, UPSERT_HOURS, upsertIps(STORE_IP_TABLES.proven), upsertIps(STORE_IP_TABLES.failed)].join(';\n');
 
 // COPY lines of the staging tables (collector/flushStaging.ts), in their column order. Key and

@@ -24,7 +24,7 @@ async function replacePrimaryKey(knex: Knex, table: string, columns: string[]) {
 }
 
 // The outbox trigger of 20261201000020 with the new conflict target.
-const enqueueDeliveries = (conflictTarget: string) => `
+export const enqueueDeliveries = (conflictTarget: string) => `
   create or replace function keyusage_enqueue_webhook_deliveries() returns trigger language plpgsql as $$
   begin
     insert into webhook_deliveries (webhook_id, org_id, event_id, event_type, payload)

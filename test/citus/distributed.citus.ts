@@ -158,3 +158,29 @@ t.test('the webhook worker claims due deliveries of orgs on both workers', async
   t.same(claimed.map((d) => d.id).sort(), [...pinged].sort(), "every org's ping is claimed once");
   t.same(await claimDueDeliveries(db, { now, leaseUntil: now, limit: 10 }), [], 'leased deliveries are not claimed again');
 });
+
+t.test('an event gets a delivery per matching webhook of its org, on its shard, and none without one', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const orgs = [await seedOrg(api, db, 'acme'), await seedOrg(api, db, 'globex'), await seedOrg(api, db, 'initech')];
+  const [subscribed, other, silent] = orgs;
+  for (const { org, adminKey } of [subscribed, other]) {
+    await api.request('POST', `/api/orgs/${org.id}/webhooks`, { key: adminKey, body: { url: 'https://203.0.113.10/hook', events: ['key.new_ip'] } });
+  }
+  const event = (o: (typeof orgs)[number], type: string) => ({ org_id: o.org.id, key_id: o.adminKeyId, type, occurred_at: new Date(), details: {} });
+  const inserted = await db('key_events')
+    .insert([event(subscribed, 'key.new_ip'), event(subscribed, 'key.spike'), event(other, 'key.new_ip'), event(silent, 'key.new_ip')])
+    .returning(['id', 'org_id', 'type']);
+  const deliveries = await db('webhook_deliveries')
+    .whereIn(
+      'org_id',
+      orgs.map((o) => o.org.id),
+    )
+    .select('org_id', 'event_id', 'event_type');
+  // On Citus RETURNING comes back shard by shard, not in the order of the rows.
+  const expected = inserted
+    .filter((e) => e.type === 'key.new_ip' && e.org_id !== silent.org.id)
+    .map((e) => ({ org_id: e.org_id, event_id: e.id, event_type: e.type }));
+  const byEvent = (a: { event_id: string }, b: { event_id: string }) => (a.event_id < b.event_id ? -1 : 1);
+  t.same(deliveries.sort(byEvent), expected.sort(byEvent), 'the key.new_ip events of the two subscribed orgs; not the spike, not the org without a webhook');
+});
