@@ -22,8 +22,11 @@ export interface EventDetection extends DetectionThresholds {
 //    (xmax = 0) are the networks the key never had, or forgot. last_seen moves only when it is an
 //    hour behind: the bound forgets the least recently seen network, for which an hour's precision
 //    is plenty, and a key used every second no longer costs a row write (and two index writes)
-//    per flush. The test subtracts the two times: timestamptz minus an interval is only stable,
-//    and Citus takes only immutable functions in ON CONFLICT … WHERE.
+//    per flush. The networks that are not due are left out before the upsert (`due`), not only by
+//    its WHERE: ON CONFLICT DO UPDATE locks the conflicting row even when the WHERE refuses the
+//    update, and that lock is itself a write (the row's xmax, a WAL record) per network per flush.
+//    Both tests subtract the two times: timestamptz minus an interval is only stable, and Citus
+//    takes only immutable functions in ON CONFLICT … WHERE.
 // 2. One row per (key, hour) the batch touched, with the key's totals repeated and its new
 //    networks as JSON. Times go back as epoch milliseconds (float8): pg parsing two timestamps
 //    per row cost the 100 k-key flush ≈ 0.2 s of client CPU. The 7-day baseline is read only
@@ -37,9 +40,14 @@ with r as (
 ), grouped as (
   select org_id, key_id, prefix, (array_agg(ip order by first_seen))[1] as first_ip, min(first_seen) as first_seen, max(last_seen) as last_seen
     from r group by org_id, key_id, prefix
+), due as (
+  select g.org_id, g.key_id, g.prefix, g.first_ip, g.first_seen, g.last_seen
+    from grouped g
+    left join ${TABLE.ipHistory} seen on seen.org_id = g.org_id and seen.key_id = g.key_id and seen.prefix = g.prefix
+   where seen.key_id is null or g.last_seen - seen.last_seen > interval '1 hour'
 ), upserted as (
   insert into ${TABLE.ipHistory} (org_id, key_id, prefix, first_ip, first_seen, last_seen)
-  select org_id, key_id, prefix, first_ip, first_seen, last_seen from grouped order by key_id, prefix
+  select org_id, key_id, prefix, first_ip, first_seen, last_seen from due order by key_id, prefix
   on conflict (org_id, key_id, prefix) do update set last_seen = excluded.last_seen
      where excluded.last_seen - ${TABLE.ipHistory}.last_seen > interval '1 hour'
   returning key_id, cast(prefix as text) as prefix, first_ip, first_seen, (xmax = 0) as inserted

@@ -63,6 +63,8 @@ t.test('first use, then a new network once, and the same /24 is not new', async 
   await whoami(system, key.key, 2, '127.0.0.2');
   await settle(system);
   t.strictSame(countByType(await eventsOf(db, key.id)), { 'key.first_use': 1 }, '127.0.0.2 is in the /24 the key already used');
+  const [known] = (await db.raw(`select cast(xmax as text) as xmax from api_key_ip_history where key_id = ? and prefix = '127.0.0.0/24'`, [key.id])).rows;
+  t.equal(known.xmax, '0', 'a network seen again within the hour is not even locked (ON CONFLICT … WHERE would lock it: a write per network per flush)');
 
   await whoami(system, key.key, 2, SECOND_NETWORK);
   await settle(system);
