@@ -70,6 +70,8 @@ export class Aggregator {
   #overflowSamples = 0;
   #overflowUses = 0;
   #outOfWindowSamples = 0;
+  #hourFor = NaN;
+  #hour = NaN;
 
   constructor(options: AggregatorOptions) {
     this.#maxKeys = positiveInteger('maxKeys', options.maxKeys);
@@ -92,11 +94,11 @@ export class Aggregator {
     }
     const { ip, count, outcome } = sample;
     entry.total += count;
-    entry.byOutcome[outcome] += count;
-    const hour = now - (now % HOUR_MS);
-    const hourCounts = entry.hours.get(hour);
-    if (hourCounts === undefined) entry.hours.set(hour, { ...zeroOutcomes(), [outcome]: count });
-    else hourCounts[outcome] += count;
+    addTo(entry.byOutcome, outcome, count);
+    const hour = this.#hourOf(now);
+    let hourCounts = entry.hours.get(hour);
+    if (hourCounts === undefined) entry.hours.set(hour, (hourCounts = zeroOutcomes()));
+    addTo(hourCounts, outcome, count);
     if (isProvenOutcome(outcome)) {
       if (now >= entry.lastUsedAt) {
         entry.lastUsedAt = now;
@@ -114,6 +116,16 @@ export class Aggregator {
     }
     this.#uses += count;
     return true;
+  }
+
+  // The lines of a datagram share one receipt time: its hour is worked out once (a `%` on a
+  // double), not per line.
+  #hourOf(now: number): number {
+    if (now !== this.#hourFor) {
+      this.#hourFor = now;
+      this.#hour = now - (now % HOUR_MS);
+    }
+    return this.#hour;
   }
 
   // A client clock may be off, or a sender hostile: a timestamp beyond the window around our
@@ -246,6 +258,31 @@ function saturatingAdd(a: number, b: number): number {
 function newestIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
   const byLastSeen = [...ips].sort(([, a], [, b]) => a.lastSeen - b.lastSeen);
   return new Map(byLastSeen.slice(Math.max(0, byLastSeen.length - max)));
+}
+
+// A switch onto named fields: indexing the counts by the outcome string is a keyed access that
+// profiled at ≈ 5 % of a line.
+function addTo(counts: Record<Outcome, number>, outcome: Outcome, count: number): void {
+  switch (outcome) {
+    case 'ok':
+      counts.ok += count;
+      break;
+    case 'forbidden':
+      counts.forbidden += count;
+      break;
+    case 'expired':
+      counts.expired += count;
+      break;
+    case 'revoked':
+      counts.revoked += count;
+      break;
+    case 'bad_secret':
+      counts.bad_secret += count;
+      break;
+    case 'cross_org':
+      counts.cross_org += count;
+      break;
+  }
 }
 
 // Recency is lastSeen, not the map's order: an address seen again is updated in place (moving it
