@@ -94,7 +94,7 @@ interface Tables {
   ips: InternTable;
 }
 
-interface Text {
+export interface Text {
   packet: Buffer;
   decoded: string | undefined;
 }
@@ -169,7 +169,7 @@ function lineEnd(b: Buffer, at: number): number {
 }
 
 // Strings already validated (ids, addresses), by a hash of their bytes: direct-mapped, so a slot
-// holds the last string that hashed to it and memory stays bounded (≈ 6 MiB for keys, ≈ 2 MiB for
+// holds the last string that hashed to it and memory stays bounded (≈ 6 MiB for keys, as much for
 // addresses) whatever a sender invents; a string pushed out is only validated again when it comes
 // back. Only canonical (lower-case) ids are kept; an upper-case one is left to the line parser,
 // which lower-cases it. A string gets its own copy (a call into C++) when it is seen again in its
@@ -178,12 +178,12 @@ function lineEnd(b: Buffer, at: number): number {
 // what the line parser costs, and a line whose strings are all found needs no decoded text at all.
 const KEY_SLOT_BITS = 16;
 const ORG_SLOT_BITS = 8;
-const IP_SLOT_BITS = 14;
+const IP_SLOT_BITS = 16;
 // The bits of a word's first 1, 2 or 3 bytes (little-endian): the last word of a string whose
 // length is not a multiple of four is compared without the bytes after it.
 const TAIL_MASKS = [0, 0xff, 0xffff, 0xffffff];
 
-type Accept = (text: string, at: number, end: number) => string | undefined;
+export type Accept = (text: string, at: number, end: number) => string | undefined;
 
 const canonicalUuid: Accept = (text, at, end) => (uuidForm(text, at) === HEX_LOWER ? text.slice(at, end) : undefined);
 
@@ -192,7 +192,7 @@ const ipAddress: Accept = (text, at, end) => {
   return isIpAddress(ip) ? ip : undefined;
 };
 
-class InternTable {
+export class InternTable {
   readonly #shift: number;
   readonly #slotWords: number;
   readonly #words: Int32Array;
