@@ -7,10 +7,11 @@
 // Such a line is read here straight from the bytes: the fixed parts compared four bytes at a time,
 // and the ids and the address looked up in tables of strings already validated, so a key, org or
 // address seen before costs a few word comparisons, no validation and no new string (the
-// aggregator then finds it by a string whose hash is already known). Every other line — other metrics, other tag orders, a rate, a timestamp,
-// upper-case ids, anything malformed — goes to parsePacket's line parser on the latin1 text,
-// decoded once per datagram and only when needed. The result is parsePacket's for every input
-// (test/usageDatagram.test.ts compares the two on generated packets).
+// aggregator then finds it by a string whose hash is already known). Every other line — other
+// metrics, other tag orders, a rate, a timestamp, upper-case ids, anything malformed — goes to
+// parsePacket's line parser on the latin1 text, decoded once per datagram and only when needed.
+// The result is parsePacket's for every input (test/usageDatagram.test.ts compares the two on
+// generated packets).
 import {
   HEX_LOWER,
   MAX_LINE_COUNT,
@@ -61,7 +62,8 @@ export type DatagramParser = (packet: Buffer, onSample: (sample: UsageSample) =>
 
 /**
  * Returns a parser of received datagrams that gives what parsePacket gives for their latin1 text.
- * It keeps the ids and addresses it has validated (bounded tables), so the collector makes one and keeps it.
+ * It keeps the ids and addresses it has validated (bounded tables), so the collector makes one
+ * and keeps it.
  */
 export function createDatagramParser(): DatagramParser {
   // Apart, so that keys (many) never push out the orgs (few, on every line).
@@ -211,7 +213,7 @@ export class InternTable {
 
   /**
    * The string b[at, end) if `accept` takes it, else undefined. The caller checked that
-   * 1 ≤ end - at ≤ maxLength, that b holds 3 bytes after `end` (the last word is read whole) and 8
+   * end - at ≤ maxLength, that b holds 3 bytes after `end` (the last word is read whole) and 8
    * before it (the hash reads the last two words, for a short string some of the fixed text before).
    */
   intern(b: Buffer, v: DataView, at: number, end: number, text: Text): string | undefined {
@@ -220,7 +222,8 @@ export class InternTable {
     // digits (3,000 addresses went to 950 slots of 16 k that way).
     const slot = Math.imul(Math.imul(v.getInt32(end - 4, true), 0x9e3779b1) ^ v.getInt32(end - 8, true) ^ length, 0x85ebca6b) >>> this.#shift;
     const base = slot * this.#slotWords;
-    if (this.#lengths[slot] === length && this.#holds(v, at, length, base)) {
+    // An empty string would match an empty slot: it is always handed to `accept`.
+    if (length !== 0 && this.#lengths[slot] === length && this.#holds(v, at, length, base)) {
       return (this.#strings[slot] ??= b.toString('latin1', at, end));
     }
     const accepted = this.#accept(latin1(text), at, end);

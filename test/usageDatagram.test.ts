@@ -218,9 +218,11 @@ t.test('an intern table stays bounded: a flood of distinct strings is validated,
 });
 
 t.test('an intern table does not remember what it refused', async (t) => {
-  const { calls, fn } = countingAccept((value) => value !== 'bad');
+  const { calls, fn } = countingAccept((value) => value !== 'bad' && value !== '');
   const table = new InternTable(4, 45, fn);
   t.equal(internIn(table, 'bad'), undefined);
   t.equal(internIn(table, 'bad'), undefined);
   t.equal(calls.count, 2, 'validated each time');
+  t.equal(internIn(table, ''), undefined, 'an empty string is not found in an empty slot');
+  t.equal(calls.count, 3);
 });
