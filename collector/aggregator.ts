@@ -1,6 +1,7 @@
 // Coalesces usage samples per (orgId, keyId) between flushes. Pure: the clock
 // is injected and the flusher decides when to drain, so nothing here sleeps.
-import { OUTCOMES, isProvenOutcome, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
+import { OUTCOMES, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
+import { PendingKey } from './pendingKey';
 
 export interface IpStat {
   count: number;
@@ -59,17 +60,19 @@ export class Aggregator {
   // Keyed by key id alone: the org nearly always matches, and hashing one id costs less than
   // building and hashing a composite string per line. The same id claimed under another org
   // (forged, or a bug) goes to #otherOrgs under a composite key.
-  #entries = new Map<string, KeyUsageDelta>();
+  #entries = new Map<string, PendingKey>();
   // A fast path in front of #entries: finding a string key in a Map hashes a string fresh from
   // the packet, which profiled at about half the cost of parsing a line; a small integer hashes
   // for free. The first key with each tail number is here, any other with the same number is
   // found in #entries, so colliding ids (chosen by a sender, or not random) cost what they did.
-  #byTail = new Map<number, KeyUsageDelta>();
-  #otherOrgs = new Map<string, KeyUsageDelta>();
+  #byTail = new Map<number, PendingKey>();
+  #otherOrgs = new Map<string, PendingKey>();
   #uses = 0;
   #overflowSamples = 0;
   #overflowUses = 0;
   #outOfWindowSamples = 0;
+  #hourFor = NaN;
+  #hour = NaN;
 
   constructor(options: AggregatorOptions) {
     this.#maxKeys = positiveInteger('maxKeys', options.maxKeys);
@@ -84,36 +87,26 @@ export class Aggregator {
    */
   add(sample: UsageSample, received: number = this.#now()): boolean {
     const now = sample.timestamp === undefined ? received : this.#believable(sample.timestamp, received);
-    const entry = this.#entryFor(sample);
+    const hour = this.#hourOf(now);
+    const entry = this.#entryFor(sample, hour);
     if (entry === undefined) {
       this.#overflowSamples++;
       this.#overflowUses += sample.count;
       return false;
     }
-    const { ip, count, outcome } = sample;
-    entry.total += count;
-    entry.byOutcome[outcome] += count;
-    const hour = now - (now % HOUR_MS);
-    const hourCounts = entry.hours.get(hour);
-    if (hourCounts === undefined) entry.hours.set(hour, { ...zeroOutcomes(), [outcome]: count });
-    else hourCounts[outcome] += count;
-    if (isProvenOutcome(outcome)) {
-      if (now >= entry.lastUsedAt) {
-        entry.lastUsedAt = now;
-        entry.lastIp = ip;
-      }
-      touchIp(entry.ips, ip, count, now, this.#maxIpsPerKey);
-      if (outcome === 'revoked') entry.lastRevokedUseAt = Math.max(entry.lastRevokedUseAt, now);
-      else if (outcome === 'expired') entry.lastExpiredUseAt = Math.max(entry.lastExpiredUseAt, now);
-    } else {
-      if (now >= entry.lastFailedAt) {
-        entry.lastFailedAt = now;
-        entry.lastFailedIp = ip;
-      }
-      touchIp(entry.failedIps, ip, count, now, this.#maxIpsPerKey);
-    }
-    this.#uses += count;
+    entry.add(now, hour, sample.ip, sample.outcome, sample.count, this.#maxIpsPerKey);
+    this.#uses += sample.count;
     return true;
+  }
+
+  // The lines of a datagram share one receipt time: its hour is worked out once (a `%` on a
+  // double), not per line.
+  #hourOf(now: number): number {
+    if (now !== this.#hourFor) {
+      this.#hourFor = now;
+      this.#hour = now - (now % HOUR_MS);
+    }
+    return this.#hour;
   }
 
   // A client clock may be off, or a sender hostile: a timestamp beyond the window around our
@@ -127,7 +120,7 @@ export class Aggregator {
 
   // Bounds memory when a flood of distinct (forged) keys arrives faster than we flush: beyond
   // maxKeys a new key is refused (undefined); keys already pending keep counting exactly.
-  #entryFor(sample: UsageSample): KeyUsageDelta | undefined {
+  #entryFor(sample: UsageSample, hour: number): PendingKey | undefined {
     const tail = idTail(sample.keyId);
     const fast = this.#byTail.get(tail);
     const entry = fast !== undefined && fast.keyId === sample.keyId ? fast : this.#entries.get(sample.keyId);
@@ -135,7 +128,7 @@ export class Aggregator {
     const full = this.pendingKeys >= this.#maxKeys;
     if (entry === undefined) {
       if (full) return undefined;
-      const created = emptyDelta(sample.keyId, sample.orgId);
+      const created = new PendingKey(sample.keyId, sample.orgId, hour);
       this.#entries.set(sample.keyId, created);
       if (fast === undefined) this.#byTail.set(tail, created);
       return created;
@@ -143,13 +136,16 @@ export class Aggregator {
     const id = entryId(sample.orgId, sample.keyId);
     const other = this.#otherOrgs.get(id);
     if (other !== undefined || full) return other;
-    const created = emptyDelta(sample.keyId, sample.orgId);
+    const created = new PendingKey(sample.keyId, sample.orgId, hour);
     this.#otherOrgs.set(id, created);
     return created;
   }
 
   drain(): UsageBatch {
-    const batch = { keys: [...this.#entries.values(), ...this.#otherOrgs.values()], uses: this.#uses };
+    const keys: KeyUsageDelta[] = [];
+    for (const entry of this.#entries.values()) keys.push(entry.drained());
+    for (const entry of this.#otherOrgs.values()) keys.push(entry.drained());
+    const batch = { keys, uses: this.#uses };
     this.#entries = new Map();
     this.#byTail = new Map();
     this.#otherOrgs = new Map();
@@ -246,35 +242,6 @@ function saturatingAdd(a: number, b: number): number {
 function newestIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
   const byLastSeen = [...ips].sort(([, a], [, b]) => a.lastSeen - b.lastSeen);
   return new Map(byLastSeen.slice(Math.max(0, byLastSeen.length - max)));
-}
-
-// Recency is lastSeen, not the map's order: an address seen again is updated in place (moving it
-// to the end of the map cost a delete and a re-insert on most lines), and only a new address
-// arriving at a full map pays for finding the least recently seen, the first of equals.
-function touchIp(ips: Map<string, IpStat>, ip: string, count: number, now: number, max: number): void {
-  const stat = ips.get(ip);
-  if (stat !== undefined) {
-    stat.count += count;
-    // Timestamped samples (|T) may arrive out of order.
-    if (now > stat.lastSeen) stat.lastSeen = now;
-    else if (now < stat.firstSeen) stat.firstSeen = now;
-    return;
-  }
-  if (ips.size >= max) ips.delete(leastRecentlySeen(ips));
-  ips.set(ip, { count, firstSeen: now, lastSeen: now });
-}
-
-// Called on a full, so non-empty, map.
-function leastRecentlySeen(ips: Map<string, IpStat>): string {
-  let oldest = '';
-  let oldestSeen = Infinity;
-  for (const [ip, stat] of ips) {
-    if (stat.lastSeen < oldestSeen) {
-      oldest = ip;
-      oldestSeen = stat.lastSeen;
-    }
-  }
-  return oldest;
 }
 
 export function emptyDelta(keyId: string, orgId: string): KeyUsageDelta {

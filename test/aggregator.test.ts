@@ -505,3 +505,116 @@ t.test('a full ip map evicts the least recently seen, by timestamp, not by arriv
   aggregator.add(use({ ip: '10.0.0.3' }));
   t.strictSame([...aggregator.drain().keys[0].ips.keys()], ['10.0.0.1', '10.0.0.3']);
 });
+
+// What Aggregator.add did before a key's pending uses moved into collector/pendingKey.ts (Maps
+// updated on every line, the outcome counters indexed by name): the model the new code must equal,
+// field by field and in the order of every Map, including address eviction and timestamped
+// samples out of order.
+function modelAdd(entries: Map<string, KeyUsageDelta>, sample: UsageSample, now: number, maxIps: number): void {
+  const id = `${sample.orgId}/${sample.keyId}`;
+  const entry = entries.get(id) ?? emptyDelta(sample.keyId, sample.orgId);
+  entries.set(id, entry);
+  const { ip, count, outcome } = sample;
+  entry.total += count;
+  entry.byOutcome[outcome] += count;
+  const hour = now - (now % 3_600_000);
+  const counts = entry.hours.get(hour) ?? zeroOutcomes();
+  entry.hours.set(hour, counts);
+  counts[outcome] += count;
+  const proven = outcome !== 'bad_secret';
+  if (proven && now >= entry.lastUsedAt) [entry.lastUsedAt, entry.lastIp] = [now, ip];
+  if (!proven && now >= entry.lastFailedAt) [entry.lastFailedAt, entry.lastFailedIp] = [now, ip];
+  if (outcome === 'revoked') entry.lastRevokedUseAt = Math.max(entry.lastRevokedUseAt, now);
+  if (outcome === 'expired') entry.lastExpiredUseAt = Math.max(entry.lastExpiredUseAt, now);
+  const ips = proven ? entry.ips : entry.failedIps;
+  const stat = ips.get(ip);
+  if (stat !== undefined) {
+    stat.count += count;
+    if (now > stat.lastSeen) stat.lastSeen = now;
+    else if (now < stat.firstSeen) stat.firstSeen = now;
+    return;
+  }
+  if (ips.size >= maxIps) {
+    const [oldest] = [...ips].reduce((a, b) => (b[1].lastSeen < a[1].lastSeen ? b : a));
+    ips.delete(oldest);
+  }
+  ips.set(ip, { count, firstSeen: now, lastSeen: now });
+}
+
+// The order of keys in a batch carries no meaning (the store sorts them).
+const byKey = (keys: KeyUsageDelta[]) => [...keys].sort((a, b) => `${a.orgId}${a.keyId}`.localeCompare(`${b.orgId}${b.keyId}`));
+
+t.test('property: the aggregator equals the Map-based model, drain after drain', async (t) => {
+  const step = fc.record({
+    // Few keys and few drains: a key's lines then cross hours and come back, and fill its addresses.
+    key: fc.constantFrom(KEY_A, KEY_A, KEY_B),
+    org: fc.constantFrom(ORG_1, ORG_1, ORG_1, ORG_2),
+    ip: fc.integer({ min: 0, max: 5 }).map((i) => (i < 4 ? `10.0.0.${i}` : `2001:db8::${i}`)),
+    outcome: fc.constantFrom(...OUTCOMES),
+    count: fc.integer({ min: 1, max: 1000 }),
+    // Mostly 0: addresses seen at the same time, so the eviction of the first of equals is tried.
+    advanceMs: fc.constantFrom(0, 0, 0, 1, 1000, 1_800_000),
+    // Within the window (another hour, out of order) or beyond it (counted at receipt).
+    offsetMs: fc.option(fc.constantFrom(-3_000_000, -1, 1, 2_000_000, 90_000_000), { freq: 1 }),
+    drainAfter: fc.integer({ min: 0, max: 9 }).map((n) => n === 0),
+  });
+  fc.assert(
+    // Long sequences (fast-check's default size makes arrays of about ten).
+    fc.property(fc.array(step, { minLength: 20, maxLength: 80, size: 'max' }), (steps) => {
+      const { clock, aggregator } = fakeAggregator({ maxIpsPerKey: 2 });
+      let model = new Map<string, KeyUsageDelta>();
+      for (const s of steps) {
+        clock.now += s.advanceMs;
+        const timestamp = s.offsetMs === null ? undefined : clock.now + s.offsetMs;
+        const sample = { ...use({ keyId: s.key, orgId: s.org, ip: s.ip, outcome: s.outcome, count: s.count }), ...(timestamp && { timestamp }) };
+        aggregator.add(sample);
+        const believed = timestamp !== undefined && Math.abs(timestamp - clock.now) <= 3_600_000 ? timestamp : clock.now;
+        modelAdd(model, sample, believed, 2);
+        if (s.drainAfter) {
+          deepStrictEqual(byKey(aggregator.drain().keys), byKey([...model.values()]));
+          model = new Map();
+        }
+      }
+      deepStrictEqual(byKey(aggregator.drain().keys), byKey([...model.values()]));
+    }),
+    { numRuns: 500 },
+  );
+  t.pass('equal for every generated sequence');
+});
+
+t.test('a new address on every line of a full list: the least recent goes, in the order a Map keeps', async (t) => {
+  const { clock, aggregator } = fakeAggregator({ maxIpsPerKey: 4 });
+  const model = new Map<string, KeyUsageDelta>();
+  for (let i = 0; i < 200; i++) {
+    clock.now = T0 + (i % 7) * 10 + Math.floor(i / 7); // recency not in arrival order
+    const sample = use({ ip: `10.0.${i % 13}.${i}`, count: 1 + (i % 5), outcome: i % 3 === 0 ? 'bad_secret' : 'ok' });
+    aggregator.add(sample);
+    modelAdd(model, sample, clock.now, 4);
+  }
+  const [delta] = aggregator.drain().keys;
+  t.strictSame(delta, [...model.values()][0]);
+  t.strictSame([...delta.ips.keys()], [...[...model.values()][0].ips.keys()], 'same order');
+  t.equal(delta.ips.size, 4);
+});
+
+t.test('of addresses last seen at the same time, the first seen goes first', async (t) => {
+  const { aggregator } = fakeAggregator({ maxIpsPerKey: 3 });
+  for (const ip of ['10.0.0.1', '10.0.0.2', '10.0.0.3', '10.0.0.4', '10.0.0.5']) aggregator.add(use({ ip }));
+  t.strictSame([...aggregator.drain().keys[0].ips.keys()], ['10.0.0.3', '10.0.0.4', '10.0.0.5']);
+});
+
+t.test('a line of an earlier hour after a later one counts in its own hour', async (t) => {
+  const { clock, aggregator } = fakeAggregator();
+  aggregator.add(use({ count: 1 })); // 10:59:59
+  clock.now = HOUR_11 + 10;
+  aggregator.add(use({ count: 2 }));
+  aggregator.add(use({ count: 4, timestamp: T0 })); // back in 10:00
+  aggregator.add(use({ count: 8 }));
+  t.strictSame(
+    [...aggregator.drain().keys[0].hours],
+    [
+      [HOUR_10, outcomes({ ok: 5 })],
+      [HOUR_11, outcomes({ ok: 10 })],
+    ],
+  );
+});

@@ -4,7 +4,7 @@
 // usageWire.test.ts and fuzz.usageWire.test.ts runs through both parsers too (helpers/parseParity).
 import t from 'tap';
 import { seededRandom } from '../harness/random';
-import { createDatagramParser } from '../shared/usageDatagram';
+import { InternTable, createDatagramParser, type Accept } from '../shared/usageDatagram';
 import { MAX_LINE_COUNT, OUTCOMES, USAGE_METRIC, encodeUsageLine, packDatagrams, type UsageSample } from '../shared/usageWire';
 import { parseWithParity } from './helpers/parseParity';
 
@@ -53,6 +53,9 @@ const edgeCases: Record<string, string> = {
   'address of 46 characters': LINE.replace('10.0.0.1', `${'1'.repeat(46)}`),
   'empty address': LINE.replace('10.0.0.1', ''),
   'IPv4 with a leading zero': LINE.replace('10.0.0.1', '10.0.0.01'),
+  'an address seen again, then one that differs in its last byte only': [LINE, LINE, LINE.replace('10.0.0.1', '10.0.0.2'), LINE].join('\n'),
+  'an address, then the same with a byte more': [LINE, LINE.replace('10.0.0.1', '10.0.0.10'), LINE, LINE.replace('10.0.0.1', '10.0.0.10')].join('\n'),
+  'an address seen again in upper case': [1, 2].map(() => LINE.replace('10.0.0.1', '2001:DB8::A')).join('\n'),
   'outcome prefix': LINE.replace('outcome:ok', 'outcome:o'),
   'outcome with a suffix': LINE.replace('outcome:ok', 'outcome:okay'),
   'every outcome': OUTCOMES.map((outcome) => LINE.replace('outcome:ok', `outcome:${outcome}`)).join('\n'),
@@ -155,4 +158,71 @@ t.test('seeded differential: datagrams of valid and mutated usage lines', async 
     }
   }
   t.ok(usage > 10_000 && invalid > 1_000, `both valid and invalid lines reached (${usage} usage, ${invalid} invalid)`);
+});
+
+// The tables of strings already validated: InternTable directly, on small tables so that strings
+// share slots and push each other out. `accept` counts its calls: a string found needs none.
+function internIn(table: InternTable, value: string, before = 'xxxxxxxx,ip:', after = ',outcome:ok') {
+  const packet = Buffer.from(`${before}${value}${after}`, 'latin1');
+  const view = new DataView(packet.buffer, packet.byteOffset, packet.byteLength);
+  return table.intern(packet, view, before.length, before.length + value.length, { packet, decoded: undefined });
+}
+
+function countingAccept(accept: (value: string) => boolean = () => true) {
+  const calls = { count: 0 };
+  const fn: Accept = (text, at, end) => {
+    calls.count++;
+    const value = text.slice(at, end);
+    return accept(value) ? value : undefined;
+  };
+  return { calls, fn };
+}
+
+t.test('an intern table: a string seen again is found, not validated again', async (t) => {
+  const { calls, fn } = countingAccept();
+  const table = new InternTable(16, 45, fn);
+  for (let length = 1; length <= 45; length++) {
+    const value = 'abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJ'.slice(0, length);
+    t.equal(internIn(table, value), value);
+    // Other bytes after the end: the last word is compared without them.
+    t.equal(internIn(table, value, 'xxxxxxxx,ip:', ',outcome:forbidden'), value);
+    t.equal(internIn(table, value), value);
+  }
+  t.equal(calls.count, 45, 'one validation per string');
+});
+
+t.test('an intern table tells apart strings that share a slot or differ in one byte', async (t) => {
+  const { fn } = countingAccept();
+  const table = new InternTable(1, 45, fn); // two slots: most strings share one
+  const values = ['10.0.0.1', '10.0.0.2', '10.0.0.12', '10.0.0.13', '10.0.0.1', '::1', '::2', '2001:db8::1', '2001:db8::1'];
+  for (let round = 0; round < 3; round++) {
+    t.strictSame(
+      values.map((value) => internIn(table, value)),
+      values,
+    );
+  }
+});
+
+t.test('an intern table stays bounded: a flood of distinct strings is validated, never wrong', async (t) => {
+  const { calls, fn } = countingAccept();
+  const table = new InternTable(2, 45, fn); // four slots
+  const random = seededRandom(13);
+  const flood = Array.from({ length: 1000 }, () => `10.${Math.floor(random() * 256)}.${Math.floor(random() * 256)}.${Math.floor(random() * 256)}`);
+  const distinct = [...new Set(flood)];
+  for (const value of flood) if (internIn(table, value) !== value) t.fail(`${value} came back wrong`);
+  calls.count = 0;
+  for (const value of distinct) if (internIn(table, value) !== value) t.fail(`${value} came back wrong`);
+  // At most four strings are held, so at most four of the distinct ones are found without validation.
+  t.ok(calls.count >= distinct.length - 4, `${calls.count} of ${distinct.length} validated again`);
+  t.equal(internIn(table, '10.0.0.1'), '10.0.0.1', 'a genuine address after the flood');
+});
+
+t.test('an intern table does not remember what it refused', async (t) => {
+  const { calls, fn } = countingAccept((value) => value !== 'bad' && value !== '');
+  const table = new InternTable(4, 45, fn);
+  t.equal(internIn(table, 'bad'), undefined);
+  t.equal(internIn(table, 'bad'), undefined);
+  t.equal(calls.count, 2, 'validated each time');
+  t.equal(internIn(table, ''), undefined, 'an empty string is not found in an empty slot');
+  t.equal(calls.count, 3);
 });
