@@ -2,11 +2,11 @@ import { loadavg } from 'node:os';
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
 import { createOrg, insertKeys } from './lib/database';
-import { startCollectorProcess } from '../harness/collectorProcess';
 import { processMemory } from '../harness/processMemory';
 import { spawnTsx, stopChild, type Child } from '../harness/processes';
+import { startSystem } from '../harness/systemProcess';
 import { sleep } from '../harness/wait';
-import { ipcRequest, processCpuSeconds, udpCounters, waitForMessage } from './lib/procs';
+import { ipcRequest, processTreeCpuSeconds, udpCounters, waitForMessage } from './lib/procs';
 import { measureParseAggregate } from './lib/parseAggregate';
 import { fmt, type BenchResult } from './lib/report';
 import { startStatsd, statsdVersion } from './lib/statsd';
@@ -14,8 +14,10 @@ import { median } from './lib/stats';
 import type { IngestKey, IngestMode } from './lib/usageLines';
 
 // Benchmark 3. A sender process offers a fixed number of usage lines over K keys at a paced rate
-// to one receiver at a time: our collector (collector/main.ts, real PostgreSQL behind it) with one
-// receiving process and with two sharing the port (COLLECTOR_RECEIVERS=2), Etsy's statsd 0.9.0,
+// to one receiver at a time: our collector as part of the whole system `npm start` runs
+// (harness/systemProcess.ts: the launcher, the API process and the collector from the Procfile,
+// real PostgreSQL behind them) with one receiving process and with two sharing the port
+// (COLLECTOR_RECEIVERS=2), Etsy's statsd 0.9.0,
 // and a bare Node receive loop (bench/udpReceiver.ts) that marks what one Node socket can take at
 // all. The rates are a ladder climbed by all receivers in turn (rotated order): a receiver that
 // loses a line at one rate is not tried at the higher ones, so each one's lossless rate (the
@@ -99,23 +101,23 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
   const startTarget = async (name: TargetName): Promise<Target> => {
     const receivers = COLLECTOR_RECEIVERS[name];
     if (receivers !== undefined) {
-      const collector = await startCollectorProcess(ctx.databaseUrl, { env: { COLLECTOR_RECEIVERS: receivers } });
-      const metrics = await collector.metrics();
+      const system = await startSystem(ctx.databaseUrl, { env: { COLLECTOR_RECEIVERS: receivers, KEY_PEPPER: ctx.pepper } });
+      const metrics = await system.metrics();
       return {
         name,
-        pid: collector.child.proc.pid!,
-        port: collector.udpPort,
+        pid: system.collectorPid,
+        port: system.udpPort,
         recvBufferBytes: metrics.recv_buffer_bytes,
-        received: async () => (await collector.metrics()).lines_total,
+        received: async () => (await system.metrics()).lines_total,
         waitPersisted: async () => {
           const deadline = Date.now() + 30_000;
           for (;;) {
-            const m = await collector.metrics();
+            const m = await system.metrics();
             if (m.uses_persisted_total + m.unknown_uses_total + m.overflow_uses_total >= m.uses_received_total || Date.now() > deadline) return;
             await sleep(100);
           }
         },
-        stop: () => stopChild(collector.child),
+        stop: () => system.stop(),
       };
     }
     if (name === 'statsd') {
@@ -177,7 +179,8 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
           runs.push(run);
           if (run.received < run.sentLines) lossy.add(name);
           if (plan.freshProcessPerRun) {
-            // SIGTERM: the collector stops receiving, flushes what it holds and exits.
+            // SIGTERM: the launcher stops the API, then the collector, which stops receiving,
+            // flushes what it holds and exits; the launcher exits 0 only if both stopped cleanly.
             run.exitCode = await target.stop();
             live.delete(target);
           } else {
@@ -203,7 +206,7 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
 async function oneRun(ctx: BenchContext, sender: Child, target: Target, mode: IngestMode, rate: number, durationSec: number): Promise<Run> {
   const receivedBefore = await target.received();
   const snmpBefore = udpCounters();
-  const cpuBefore = processCpuSeconds(target.pid);
+  const cpuBefore = processTreeCpuSeconds(target.pid);
   const rssBefore = processMemory(target.pid).rss;
   const sent = await ipcRequest<{ sentLines: number; failedLines: number; achievedLinesPerSec: number; elapsedMs: number; senderCpuSec: number }>(
     sender,
@@ -218,7 +221,7 @@ async function oneRun(ctx: BenchContext, sender: Child, target: Target, mode: In
     stable = now === received ? stable + 1 : 0;
     received = now;
   }
-  const cpuSec = processCpuSeconds(target.pid) - cpuBefore;
+  const cpuSec = processTreeCpuSeconds(target.pid) - cpuBefore;
   const { peakRss } = processMemory(target.pid);
   const snmpAfter = udpCounters();
   ctx.log(
@@ -310,12 +313,14 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
   );
   const exits = runs.filter((r) => COLLECTOR_RECEIVERS[r.target] !== undefined && r.exitCode !== null);
   if (exits.length > 0) {
-    notes.push(`Collector SIGTERM exits (final flush): ${exits.every((r) => r.exitCode === 0) ? 'all 0' : exits.map((r) => r.exitCode).join(', ')}.`);
+    notes.push(
+      `npm start SIGTERM exits (API stop, collector final flush): ${exits.every((r) => r.exitCode === 0) ? 'all 0' : exits.map((r) => r.exitCode).join(', ')}.`,
+    );
   }
   const recv = runs.find((r) => r.target === 'collector')?.recvBufferBytes;
   notes.push(
     `Receive buffers: our collector asks for 8 MiB and the kernel granted ${fmt.mib(recv ?? NaN)} (SO_RCVBUF is capped at net.core.rmem_max and reported doubled); statsd ${statsdVersion()} does not set one, so it gets rmem_default. Kernel drops are the system-wide /proc/net/snmp Udp RcvbufErrors delta over the run.`,
-    "Sender and receiver share this machine's cores (and the collector's PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. \"accepted lines/s\" = received lines / send duration. CPU is the receiver process's user + system time from /proc over the send and drain; RSS is VmRSS before the run and VmHWM (peak) after.",
+    "Our collector runs inside the whole system as `npm start` runs it (launcher, API process idle, collector, PostgreSQL), from source under tsx. Sender and receiver share this machine's cores (and the collector's PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. \"accepted lines/s\" = received lines / send duration. CPU is the receiver process's user + system time (with its cluster workers) from /proc over the send and drain; RSS is VmRSS before the run and VmHWM (peak) after.",
   );
   return {
     heading: HEADINGS.ingest,

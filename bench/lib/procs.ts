@@ -98,3 +98,21 @@ export function udpCounters(): Record<string, number> {
   const [names, values] = lines.map((line) => line.split(/\s+/).slice(1));
   return Object.fromEntries(names.map((name, i) => [name, Number(values[i])]));
 }
+
+/** processCpuSeconds of `pid` and of its descendants alive now (a cluster's workers with their primary). */
+export function processTreeCpuSeconds(pid: number): number {
+  let children: number[] = [];
+  try {
+    children = fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
+  } catch {
+    // a kernel without the children file: the process's own time only
+  }
+  const descendants = children.map((child) => {
+    try {
+      return processTreeCpuSeconds(child);
+    } catch {
+      return 0; // exited since it was listed
+    }
+  });
+  return processCpuSeconds(pid) + descendants.reduce((a, b) => a + b, 0);
+}
