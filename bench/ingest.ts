@@ -6,7 +6,7 @@ import { processMemory } from '../harness/processMemory';
 import { spawnTsx, stopChild, type Child } from '../harness/processes';
 import { startSystem } from '../harness/systemProcess';
 import { sleep } from '../harness/wait';
-import { ipcRequest, processTreeCpuSeconds, udpCounters, waitForMessage } from './lib/procs';
+import { ipcRequest, mainThreadSchedMs, processTreeCpuSeconds, receivingPids, udpCounters, waitForMessage } from './lib/procs';
 import { measureParseAggregate } from './lib/parseAggregate';
 import { fmt, type BenchResult } from './lib/report';
 import { startStatsd, statsdVersion } from './lib/statsd';
@@ -86,6 +86,8 @@ interface Run {
   rcvbufErrors: number;
   inErrors: number;
   cpuSec: number;
+  /** Time the receiving main thread(s) were runnable but waited for a CPU, during the send. */
+  loopWaitMs: number;
   rssBefore: number;
   peakRss: number;
   exitCode: number | null;
@@ -208,11 +210,14 @@ async function oneRun(ctx: BenchContext, sender: Child, target: Target, mode: In
   const snmpBefore = udpCounters();
   const cpuBefore = processTreeCpuSeconds(target.pid);
   const rssBefore = processMemory(target.pid).rss;
+  const loops = receivingPids(target.pid);
+  const schedBefore = mainThreadSchedMs(loops);
   const sent = await ipcRequest<{ sentLines: number; failedLines: number; achievedLinesPerSec: number; elapsedMs: number; senderCpuSec: number }>(
     sender,
     { cmd: 'send', port: target.port, rate, durationSec },
     durationSec * 1000 * 10 + 60_000,
   );
+  const loopWaitMs = mainThreadSchedMs(loops).waitMs - schedBefore.waitMs;
   // The receiver may still be working through its socket buffer: wait until its count stops moving.
   let received = (await target.received()) - receivedBefore;
   for (let stable = 0, polls = 0; stable < 3 && received < sent.sentLines && polls < 200; polls++) {
@@ -244,6 +249,7 @@ async function oneRun(ctx: BenchContext, sender: Child, target: Target, mode: In
     rcvbufErrors: snmpAfter.RcvbufErrors - snmpBefore.RcvbufErrors,
     inErrors: snmpAfter.InErrors - snmpBefore.InErrors,
     cpuSec,
+    loopWaitMs,
     rssBefore,
     peakRss,
     exitCode: null,
@@ -265,6 +271,7 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
     fmt.int(r.rcvbufErrors),
     fmt.int(r.received / (r.sendElapsedMs / 1000)),
     `${fmt.fixed(r.cpuSec, 2)} s (${fmt.fixed((r.cpuSec / r.received) * 1e6, 2)} µs/line)`,
+    `${fmt.int(r.loopWaitMs)} ms (${fmt.pct(r.loopWaitMs / r.sendElapsedMs, 0)})`,
     `${fmt.mib(r.rssBefore)} → ${fmt.mib(r.peakRss)}`,
   ]);
 
@@ -320,7 +327,7 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
   const recv = runs.find((r) => r.target === 'collector')?.recvBufferBytes;
   notes.push(
     `Receive buffers: our collector asks for 8 MiB and the kernel granted ${fmt.mib(recv ?? NaN)} (SO_RCVBUF is capped at net.core.rmem_max and reported doubled); statsd ${statsdVersion()} does not set one, so it gets rmem_default. Kernel drops are the system-wide /proc/net/snmp Udp RcvbufErrors delta over the run.`,
-    "Our collector runs inside the whole system as `npm start` runs it (launcher, API process idle, collector, PostgreSQL), from source under tsx. Sender and receiver share this machine's cores (and the collector's PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. \"accepted lines/s\" = received lines / send duration. CPU is the receiver process's user + system time (with its cluster workers) from /proc over the send and drain; RSS is VmRSS before the run and VmHWM (peak) after.",
+    'Our collector runs inside the whole system as `npm start` runs it (launcher, API process idle, collector, PostgreSQL), from source under tsx. Sender and receiver share this machine\'s cores (and the collector\'s PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. "accepted lines/s" = received lines / send duration. CPU is the receiver process\'s user + system time (with its cluster workers) from /proc over the send and drain; "waiting for a CPU" is the time its receiving main thread(s) were runnable but not running during the send (/proc/<pid>/schedstat, summed over receivers, as a share of the send time): time in which the receiver could not read because the cores were taken; RSS is VmRSS before the run and VmHWM (peak) after.',
   );
   return {
     heading: HEADINGS.ingest,
@@ -342,6 +349,7 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
           'kernel RcvbufErrors (datagrams)',
           'accepted lines/s',
           'receiver CPU',
+          'receive loop waiting for a CPU',
           'RSS before → peak',
         ],
         rows,

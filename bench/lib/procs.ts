@@ -99,15 +99,17 @@ export function udpCounters(): Record<string, number> {
   return Object.fromEntries(names.map((name, i) => [name, Number(values[i])]));
 }
 
+const childPids = (pid: number): number[] => {
+  try {
+    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
+  } catch {
+    return []; // a kernel without the children file
+  }
+};
+
 /** processCpuSeconds of `pid` and of its descendants alive now (a cluster's workers with their primary). */
 export function processTreeCpuSeconds(pid: number): number {
-  let children: number[] = [];
-  try {
-    children = fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
-  } catch {
-    // a kernel without the children file: the process's own time only
-  }
-  const descendants = children.map((child) => {
+  const descendants = childPids(pid).map((child) => {
     try {
       return processTreeCpuSeconds(child);
     } catch {
@@ -115,4 +117,26 @@ export function processTreeCpuSeconds(pid: number): number {
     }
   });
   return processCpuSeconds(pid) + descendants.reduce((a, b) => a + b, 0);
+}
+
+/** The processes whose main thread receives: a cluster primary's workers, else the process itself. */
+export function receivingPids(pid: number): number[] {
+  const children = childPids(pid);
+  return children.length > 0 ? children : [pid];
+}
+
+/**
+ * Milliseconds the main threads of `pids` spent on a CPU and runnable but waiting for one (the
+ * scheduler's run queue), summed, from /proc/<pid>/schedstat: a receive loop that waits for a CPU
+ * is not reading its socket.
+ */
+export function mainThreadSchedMs(pids: number[]): { runMs: number; waitMs: number } {
+  let runMs = 0;
+  let waitMs = 0;
+  for (const pid of pids) {
+    const [run, wait] = fs.readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ').map(Number);
+    runMs += run / 1e6;
+    waitMs += wait / 1e6;
+  }
+  return { runMs, waitMs };
 }
