@@ -6,7 +6,16 @@ import { processMemory } from '../harness/processMemory';
 import { spawnTsx, stopChild, type Child } from '../harness/processes';
 import { startSystem } from '../harness/systemProcess';
 import { sleep } from '../harness/wait';
-import { ipcRequest, mainThreadSchedMs, processTreeCpuSeconds, receivingPids, udpCounters, waitForMessage } from './lib/procs';
+import {
+  backendsCpuDelta,
+  collectorBackendsCpu,
+  ipcRequest,
+  mainThreadSchedMs,
+  processTreeCpuSeconds,
+  receivingPids,
+  udpCounters,
+  waitForMessage,
+} from './lib/procs';
 import { measureParseAggregate } from './lib/parseAggregate';
 import { fmt, type BenchResult } from './lib/report';
 import { startStatsd, statsdVersion } from './lib/statsd';
@@ -25,17 +34,26 @@ import type { IngestKey, IngestMode } from './lib/usageLines';
 // process (in --quick one per format), so CPU and peak RSS are its own. Then 3b: the collector's
 // parse + aggregate code alone, in process.
 
-const TARGETS = ['collector', 'collector-2', 'statsd', 'node-loop'] as const;
+const TARGETS = ['collector', 'collector-2', 'collector-flush-2s', 'statsd', 'node-loop'] as const;
 type TargetName = (typeof TARGETS)[number];
 const TARGET_LABELS: Record<TargetName, string> = {
   collector: 'our collector',
   'collector-2': 'our collector, 2 receivers',
+  'collector-flush-2s': 'our collector, flush every 2 s',
   statsd: 'Etsy statsd 0.9.0',
   'node-loop': 'bare Node receive loop (bench)',
 };
-const COLLECTOR_RECEIVERS: Partial<Record<TargetName, string>> = { collector: '1', 'collector-2': '2' };
+// The whole system's settings for each arm of our collector. Flushing every 2 s (default 1 s)
+// halves the flushes' CPU, the collector's and PostgreSQL's, on the cores the receive loop needs.
+const COLLECTOR_ENV: Partial<Record<TargetName, Record<string, string>>> = {
+  collector: { COLLECTOR_RECEIVERS: '1' },
+  'collector-2': { COLLECTOR_RECEIVERS: '2' },
+  'collector-flush-2s': { COLLECTOR_RECEIVERS: '1', COLLECTOR_FLUSH_INTERVAL_MS: '2000' },
+};
+const COLLECTOR_TARGETS = TARGETS.filter((name) => COLLECTOR_ENV[name] !== undefined);
 
 interface Plan {
+  targets: readonly TargetName[];
   keys: number;
   durationSec: number;
   rates: Record<IngestMode, number[]>;
@@ -45,6 +63,7 @@ interface Plan {
 }
 
 const FULL: Plan = {
+  targets: TARGETS,
   keys: 1000,
   durationSec: 10,
   rates: { packed: [25_000, 50_000, 100_000, 200_000, 300_000, 400_000, 500_000, 600_000, 800_000], single: [25_000, 50_000, 100_000, 200_000] },
@@ -52,7 +71,9 @@ const FULL: Plan = {
   parseLines: 1_000_000,
   parseReps: 5,
 };
+// The variant arm runs the same code as `collector`: the quick smoke run leaves it out.
 const QUICK: Plan = {
+  targets: TARGETS.filter((name) => name !== 'collector-flush-2s'),
   keys: 1000,
   durationSec: 0.3,
   rates: { packed: [50_000], single: [20_000] },
@@ -88,6 +109,8 @@ interface Run {
   cpuSec: number;
   /** Time the receiving main thread(s) were runnable but waited for a CPU, during the send. */
   loopWaitMs: number;
+  /** Our collector: CPU of the PostgreSQL backends serving it, during the send (its flushes). */
+  postgresCpuSec: number | null;
   rssBefore: number;
   peakRss: number;
   exitCode: number | null;
@@ -101,9 +124,9 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
   const persistedInDb = async () => Number((await ctx.db('api_key_usage').where({ org_id: orgId }).sum({ n: 'request_count' }))[0].n ?? 0);
 
   const startTarget = async (name: TargetName): Promise<Target> => {
-    const receivers = COLLECTOR_RECEIVERS[name];
-    if (receivers !== undefined) {
-      const system = await startSystem(ctx.databaseUrl, { env: { COLLECTOR_RECEIVERS: receivers, KEY_PEPPER: ctx.pepper } });
+    const settings = COLLECTOR_ENV[name];
+    if (settings !== undefined) {
+      const system = await startSystem(ctx.databaseUrl, { env: { ...settings, KEY_PEPPER: ctx.pepper } });
       const metrics = await system.metrics();
       return {
         name,
@@ -168,7 +191,7 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
       const lossy = new Set<TargetName>();
       for (const [i, rate] of plan.rates[mode].entries()) {
         // Rotate the order so no receiver always runs right after the same one.
-        const order = TARGETS.map((_, j) => TARGETS[(i + j) % TARGETS.length]).filter((name) => !lossy.has(name));
+        const order = plan.targets.map((_, j) => plan.targets[(i + j) % plan.targets.length]).filter((name) => !lossy.has(name));
         for (const name of order) {
           let target = reused.get(name);
           if (!target) {
@@ -188,7 +211,7 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
           } else {
             await target.waitPersisted?.();
           }
-          if (COLLECTOR_RECEIVERS[target.name] !== undefined) run.persisted = (await persistedInDb()) - dbBefore;
+          if (COLLECTOR_ENV[target.name] !== undefined) run.persisted = (await persistedInDb()) - dbBefore;
         }
       }
       for (const target of reused.values()) {
@@ -212,12 +235,15 @@ async function oneRun(ctx: BenchContext, sender: Child, target: Target, mode: In
   const rssBefore = processMemory(target.pid).rss;
   const loops = receivingPids(target.pid);
   const schedBefore = mainThreadSchedMs(loops);
+  const ours = COLLECTOR_ENV[target.name] !== undefined;
+  const pgBefore = ours ? await collectorBackendsCpu(ctx.db) : undefined;
   const sent = await ipcRequest<{ sentLines: number; failedLines: number; achievedLinesPerSec: number; elapsedMs: number; senderCpuSec: number }>(
     sender,
     { cmd: 'send', port: target.port, rate, durationSec },
     durationSec * 1000 * 10 + 60_000,
   );
   const loopWaitMs = mainThreadSchedMs(loops).waitMs - schedBefore.waitMs;
+  const postgresCpuSec = pgBefore ? backendsCpuDelta(pgBefore, await collectorBackendsCpu(ctx.db)) : null;
   // The receiver may still be working through its socket buffer: wait until its count stops moving.
   let received = (await target.received()) - receivedBefore;
   for (let stable = 0, polls = 0; stable < 3 && received < sent.sentLines && polls < 200; polls++) {
@@ -250,6 +276,7 @@ async function oneRun(ctx: BenchContext, sender: Child, target: Target, mode: In
     inErrors: snmpAfter.InErrors - snmpBefore.InErrors,
     cpuSec,
     loopWaitMs,
+    postgresCpuSec,
     rssBefore,
     peakRss,
     exitCode: null,
@@ -272,6 +299,7 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
     fmt.int(r.received / (r.sendElapsedMs / 1000)),
     `${fmt.fixed(r.cpuSec, 2)} s (${fmt.fixed((r.cpuSec / r.received) * 1e6, 2)} µs/line)`,
     `${fmt.int(r.loopWaitMs)} ms (${fmt.pct(r.loopWaitMs / r.sendElapsedMs, 0)})`,
+    r.postgresCpuSec === null ? '–' : `${fmt.fixed(r.postgresCpuSec, 2)} s`,
     `${fmt.mib(r.rssBefore)} → ${fmt.mib(r.peakRss)}`,
   ]);
 
@@ -285,7 +313,7 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
         .map((r) => r.offeredRate),
     );
   const firstLoss = (target: TargetName) => packed(target).find((r) => r.received < r.sentLines);
-  const search = TARGETS.map((target) => {
+  const search = plan.targets.map((target) => {
     const lost = firstLoss(target);
     return [
       TARGET_LABELS[target],
@@ -298,7 +326,8 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
   });
 
   const notes: string[] = [];
-  for (const target of ['collector', 'collector-2'] as const) {
+  const ourTargets = COLLECTOR_TARGETS.filter((name) => plan.targets.includes(name));
+  for (const target of ourTargets) {
     const at400 = packed(target).find((r) => r.offeredRate === 400_000);
     if (!at400) {
       const why = plan.rates.packed.includes(400_000) ? 'not tried (it lost lines at a lower rate)' : "not in this run's ladder";
@@ -310,15 +339,15 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
       `Target 0 lines lost at 400,000 lines/s for ${plan.durationSec} s, ${TARGET_LABELS[target]}: ${fmt.verdict(lost === 0 && at400.achievedRate >= 0.97 * 400_000)} — ${fmt.int(lost)} lost of ${fmt.int(at400.sentLines)} sent at ${fmt.int(at400.achievedRate)} lines/s; ${fmt.int(at400.persisted ?? NaN)} persisted.`,
     );
   }
-  const ours = Math.max(lossless('collector'), lossless('collector-2'));
+  const ours = Math.max(...ourTargets.map(lossless));
   const theirs = lossless('statsd');
-  const ladder = `ours ${fmt.int(lossless('collector'))} (1 receiver) and ${fmt.int(lossless('collector-2'))} (2 receivers), statsd ${fmt.int(theirs)} lines/s`;
+  const ladder = `ours ${ourTargets.map((target) => `${fmt.int(lossless(target))} (${TARGET_LABELS[target]})`).join(', ')}, statsd ${fmt.int(theirs)} lines/s`;
   notes.push(
     theirs > 0
       ? `Target lossless rate ≥ 4 × Etsy statsd's on the same stream: ${fmt.verdict(ours / theirs >= 4)} — ${ladder} (${fmt.fixed(ours / theirs, 1)} ×). The steps bound the answer: each true lossless rate lies between its last clean step and its first lossy one.`
       : `Target lossless rate ≥ 4 × Etsy statsd's on the same stream: not determined — statsd lost lines at the lowest rate tried (${fmt.int(plan.rates.packed[0])} lines/s); ${ladder}.`,
   );
-  const exits = runs.filter((r) => COLLECTOR_RECEIVERS[r.target] !== undefined && r.exitCode !== null);
+  const exits = runs.filter((r) => COLLECTOR_ENV[r.target] !== undefined && r.exitCode !== null);
   if (exits.length > 0) {
     notes.push(
       `npm start SIGTERM exits (API stop, collector final flush): ${exits.every((r) => r.exitCode === 0) ? 'all 0' : exits.map((r) => r.exitCode).join(', ')}.`,
@@ -327,7 +356,7 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
   const recv = runs.find((r) => r.target === 'collector')?.recvBufferBytes;
   notes.push(
     `Receive buffers: our collector asks for 8 MiB and the kernel granted ${fmt.mib(recv ?? NaN)} (SO_RCVBUF is capped at net.core.rmem_max and reported doubled); statsd ${statsdVersion()} does not set one, so it gets rmem_default. Kernel drops are the system-wide /proc/net/snmp Udp RcvbufErrors delta over the run.`,
-    'Our collector runs inside the whole system as `npm start` runs it (launcher, API process idle, collector, PostgreSQL), from source under tsx. Sender and receiver share this machine\'s cores (and the collector\'s PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. "accepted lines/s" = received lines / send duration. CPU is the receiver process\'s user + system time (with its cluster workers) from /proc over the send and drain; "waiting for a CPU" is the time its receiving main thread(s) were runnable but not running during the send (/proc/<pid>/schedstat, summed over receivers, as a share of the send time): time in which the receiver could not read because the cores were taken; RSS is VmRSS before the run and VmHWM (peak) after.',
+    'Our collector runs inside the whole system as `npm start` runs it (launcher, API process idle, collector, PostgreSQL), from source under tsx. Sender and receiver share this machine\'s cores (and the collector\'s PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. "accepted lines/s" = received lines / send duration. CPU is the receiver process\'s user + system time (with its cluster workers) from /proc over the send and drain; "waiting for a CPU" is the time its receiving main thread(s) were runnable but not running during the send (/proc/<pid>/schedstat, summed over receivers, as a share of the send time): time in which the receiver could not read because the cores were taken; PostgreSQL CPU is that of the backends serving our collector\'s connections over the send (the database runs on this machine); RSS is VmRSS before the run and VmHWM (peak) after.',
   );
   return {
     heading: HEADINGS.ingest,
@@ -350,6 +379,7 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
           'accepted lines/s',
           'receiver CPU',
           'receive loop waiting for a CPU',
+          "PostgreSQL CPU (the collector's flushes)",
           'RSS before → peak',
         ],
         rows,

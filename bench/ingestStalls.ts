@@ -6,8 +6,8 @@ import { spawnTsx, stopChild, killAllChildren, type Child } from '../harness/pro
 import { startSystem } from '../harness/systemProcess';
 import { sleep } from '../harness/wait';
 import { BENCH_PEPPER } from './lib/context';
-import { createOrg, insertKeys, openBenchDatabase } from './lib/database';
-import { ipcRequest, mainThreadSchedMs, receivingPids, udpCounters, waitForMessage } from './lib/procs';
+import { createOrg, insertKeys, openBenchDatabase, type BenchDatabase } from './lib/database';
+import { backendsCpuDelta, collectorBackendsCpu, ipcRequest, mainThreadSchedMs, receivingPids, udpCounters, waitForMessage } from './lib/procs';
 import { fmt, writeResults } from './lib/report';
 import { interleavedSchedule, median } from './lib/stats';
 
@@ -66,7 +66,8 @@ function sampleDrops(): { stop(): number[][] } {
   return { stop: () => (clearInterval(timer), samples) };
 }
 
-async function oneRun(sender: Child, databaseUrl: string, variant: Variant, rate: number, seconds: number) {
+async function oneRun(sender: Child, database: BenchDatabase, variant: Variant, rate: number, seconds: number) {
+  const databaseUrl = database.url;
   const probeFile = path.join(tmpdir(), `keyusage-probe-${process.pid}-${Date.now()}.json`);
   const system = await startSystem(databaseUrl, {
     env: { KEY_PEPPER: BENCH_PEPPER, LOOP_PROBE_FILE: probeFile, ...variant.env },
@@ -76,10 +77,16 @@ async function oneRun(sender: Child, databaseUrl: string, variant: Variant, rate
     const before = (await system.metrics()).lines_total;
     const loops = receivingPids(system.collectorPid);
     const schedBefore = mainThreadSchedMs(loops);
+    const pgBefore = await collectorBackendsCpu(database.db);
     const drops = sampleDrops();
     const sendStart = Date.now();
-    const sent = await ipcRequest<{ sentLines: number; elapsedMs: number }>(sender, { cmd: 'send', port: system.udpPort, rate, durationSec: seconds }, 120_000);
+    const sent = await ipcRequest<{ sentLines: number; elapsedMs: number; senderCpuSec: number }>(
+      sender,
+      { cmd: 'send', port: system.udpPort, rate, durationSec: seconds },
+      120_000,
+    );
     const schedAfter = mainThreadSchedMs(loops);
+    const pgAfter = await collectorBackendsCpu(database.db);
     await sleep(1000);
     const timeline = drops.stop();
     const received = (await system.metrics()).lines_total - before;
@@ -89,10 +96,12 @@ async function oneRun(sender: Child, databaseUrl: string, variant: Variant, rate
       variant: variant.name,
       sent: sent.sentLines,
       received,
+      senderCpuMs: sent.senderCpuSec * 1000,
       exitCode,
       load: loadavg()[0],
       loopRunMs: schedAfter.runMs - schedBefore.runMs,
       loopWaitMs: schedAfter.waitMs - schedBefore.waitMs,
+      postgresCpuMs: backendsCpuDelta(pgBefore, pgAfter) * 1000,
       ...analyse(probe, timeline, sendStart, sendStart + sent.elapsedMs),
     };
   } finally {
@@ -193,7 +202,7 @@ async function main() {
     await warmUpSender(sender, options.rate);
     for (const round of interleavedSchedule(options.variants, options.runs)) {
       for (const variant of round) {
-        const run = await oneRun(sender, database.url, variant, options.rate, options.seconds);
+        const run = await oneRun(sender, database, variant, options.rate, options.seconds);
         runs.push(run);
         log(describe(run));
       }
@@ -224,7 +233,7 @@ function describe(run: Awaited<ReturnType<typeof oneRun>>): string {
       .join(', ');
   return (
     `${run.variant}: lost ${fmt.int(lost)} of ${fmt.int(run.sent)} (${fmt.pct(lost / run.sent)}), RcvbufErrors +${fmt.int(run.rcvbufErrors)} ` +
-    `(by the stall before them: ${JSON.stringify(run.dropsBy)}); loop threads on CPU ${fmt.ms(run.loopRunMs, 0)}, waiting for a CPU ${fmt.ms(run.loopWaitMs, 0)}; ` +
+    `(by the stall before them: ${JSON.stringify(run.dropsBy)}); loop threads on CPU ${fmt.ms(run.loopRunMs, 0)}, waiting for a CPU ${fmt.ms(run.loopWaitMs, 0)}; sender CPU ${fmt.ms(run.senderCpuMs, 0)}; PostgreSQL CPU for the collector ${fmt.ms(run.postgresCpuMs, 0)}; ` +
     `stalls ≥ ${STALL_MS} ms: ${list(run.stalls)}; GC: ${list(run.gc)}; flushes: ${list({ flush: run.flushMs })}; loop busy ${fmt.pct(run.busy, 0)}; load ${run.load.toFixed(2)}; exit ${run.exitCode}`
   );
 }

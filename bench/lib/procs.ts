@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import type { Child } from '../../harness/processes';
+import type { Db } from '../../shared/db';
 
 // What only the benchmarks need of their child processes (harness/processes.ts spawns and stops
 // them): IPC requests to the servers, senders and load generators, and CPU and kernel UDP
@@ -140,3 +141,13 @@ export function mainThreadSchedMs(pids: number[]): { runMs: number; waitMs: numb
   }
   return { runMs, waitMs };
 }
+
+/** CPU seconds of the PostgreSQL backends serving the collector now, by pid (the database runs on this machine). */
+export async function collectorBackendsCpu(db: Db): Promise<Map<number, number>> {
+  const rows = (await db.raw(`select pid from pg_stat_activity where application_name = 'keyusage-collector'`)).rows as Array<{ pid: number }>;
+  return new Map(rows.flatMap(({ pid }) => (fs.existsSync(`/proc/${pid}/stat`) ? [[pid, processCpuSeconds(pid)]] : [])));
+}
+
+/** CPU seconds the backends of `before` and `after` used in between (one that opened meanwhile counts from 0). */
+export const backendsCpuDelta = (before: Map<number, number>, after: Map<number, number>) =>
+  [...after].reduce((sum, [pid, cpu]) => sum + cpu - (before.get(pid) ?? 0), 0);
