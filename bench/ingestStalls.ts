@@ -7,7 +7,7 @@ import { startSystem } from '../harness/systemProcess';
 import { sleep } from '../harness/wait';
 import { BENCH_PEPPER } from './lib/context';
 import { createOrg, insertKeys, openBenchDatabase, type BenchDatabase } from './lib/database';
-import { backendsCpuDelta, collectorBackendsCpu, ipcRequest, mainThreadSchedMs, receivingPids, udpCounters, waitForMessage } from './lib/procs';
+import { backendsCpuDelta, collectorBackendsCpu, exitWhenDone, ipcRequest, mainThreadSchedMs, receivingPids, udpCounters, waitForMessage } from './lib/procs';
 import { fmt, writeResults } from './lib/report';
 import { interleavedSchedule, median } from './lib/stats';
 
@@ -238,11 +238,4 @@ function describe(run: Awaited<ReturnType<typeof oneRun>>): string {
   );
 }
 
-main().then(
-  () => process.exit(0),
-  (error) => {
-    console.error(error);
-    killAllChildren();
-    process.exit(1);
-  },
-);
+exitWhenDone(main());

@@ -1,11 +1,23 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import type { Child } from '../../harness/processes';
+import { killAllChildren, type Child } from '../../harness/processes';
 import type { Db } from '../../shared/db';
 
 // What only the benchmarks need of their child processes (harness/processes.ts spawns and stops
 // them): IPC requests to the servers, senders and load generators, and CPU and kernel UDP
 // counters from /proc.
+
+/** A benchmark entry point: exit 0 when `done` resolves; else say why, stop every child and exit 1. */
+export function exitWhenDone(done: Promise<void>): void {
+  done.then(
+    () => process.exit(0),
+    (error) => {
+      console.error(error);
+      killAllChildren();
+      process.exit(1);
+    },
+  );
+}
 
 // IPC request/response: every request carries an id, the child answers with the same id.
 let nextRequestId = 1;
