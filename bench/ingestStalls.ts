@@ -11,13 +11,15 @@ import { backendsCpuDelta, collectorBackendsCpu, exitWhenDone, ipcRequest, mainT
 import { fmt, writeResults } from './lib/report';
 import { interleavedSchedule, median } from './lib/stats';
 
-// `npx tsx bench/ingestStalls.ts [--rate=400000] [--seconds=10] [--runs=3] [--variant=name:node-args]...`
+// `npx tsx bench/ingestStalls.ts [--rate=400000] [--seconds=10] [--runs=3] [--variant='name:ENV=value --node-option']...`
 // Not part of `npm run bench`: the diagnosis behind the ingest ladder (docs/benchmarks.md §3).
 // Each run starts the whole system (harness/systemProcess.ts) with bench/lib/loopProbe.ts in the
 // collector, sends the packed stream at one rate from the sender process, samples the kernel's
 // RcvbufErrors every 5 ms meanwhile, and lines the drops up with what the collector's loop did:
-// stalls (late timers), GC pauses and flush transactions. Variants (collector node options) run
-// interleaved, rotated per round. Results: stdout and bench/results/stalls-*.json.
+// stalls (late timers: off the CPU, GC, a flush or other work), GC pauses and flush transactions,
+// with the loop's time on and waiting for a CPU and PostgreSQL's CPU for the collector. Variants
+// (collector environment and node options) run interleaved, rotated per round. Results: stderr as
+// the runs go, stdout as JSON lines, and bench/results/stalls-*.json.
 
 interface Variant {
   name: string;
@@ -36,8 +38,8 @@ const PROBE = './bench/lib/loopProbe.ts';
 const SAMPLE_MS = 5;
 // The shortest stall the probe records (its STALL_MS).
 const STALL_MS = 10;
-// A drop is blamed on what happened up to this long before it: the socket buffer (8 MiB of
-// skbs, ~200 ms of the 400 k stream) fills during a stall and overflows near its end.
+// A drop is blamed on what happened up to this long before it: the socket buffer (8 MiB of kernel
+// truesize, ≈ 80 ms of the 400 k packed stream) fills during a stall and overflows near its end.
 const BLAME_MS = 300;
 // V8's GC kinds as perf_hooks reports them (NODE_PERFORMANCE_GC_*).
 const GC_KINDS: Record<number, string> = { 1: 'scavenge', 2: 'mark-compact', 4: 'incremental', 8: 'weak callbacks' };
