@@ -2,11 +2,20 @@ import { loadavg } from 'node:os';
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
 import { createOrg, insertKeys } from './lib/database';
-import { startCollectorProcess } from '../harness/collectorProcess';
 import { processMemory } from '../harness/processMemory';
 import { spawnTsx, stopChild, type Child } from '../harness/processes';
+import { startSystem } from '../harness/systemProcess';
 import { sleep } from '../harness/wait';
-import { ipcRequest, processCpuSeconds, udpCounters, waitForMessage } from './lib/procs';
+import {
+  backendsCpuDelta,
+  collectorBackendsCpu,
+  ipcRequest,
+  mainThreadSchedMs,
+  processTreeCpuSeconds,
+  receivingPids,
+  udpCounters,
+  waitForMessage,
+} from './lib/procs';
 import { measureParseAggregate } from './lib/parseAggregate';
 import { fmt, type BenchResult } from './lib/report';
 import { startStatsd, statsdVersion } from './lib/statsd';
@@ -14,8 +23,10 @@ import { median } from './lib/stats';
 import type { IngestKey, IngestMode } from './lib/usageLines';
 
 // Benchmark 3. A sender process offers a fixed number of usage lines over K keys at a paced rate
-// to one receiver at a time: our collector (collector/main.ts, real PostgreSQL behind it) with one
-// receiving process and with two sharing the port (COLLECTOR_RECEIVERS=2), Etsy's statsd 0.9.0,
+// to one receiver at a time: our collector as part of the whole system `npm start` runs
+// (harness/systemProcess.ts: the launcher, the API process and the collector from the Procfile,
+// real PostgreSQL behind them) with one receiving process and with two sharing the port
+// (COLLECTOR_RECEIVERS=2), Etsy's statsd 0.9.0,
 // and a bare Node receive loop (bench/udpReceiver.ts) that marks what one Node socket can take at
 // all. The rates are a ladder climbed by all receivers in turn (rotated order): a receiver that
 // loses a line at one rate is not tried at the higher ones, so each one's lossless rate (the
@@ -23,17 +34,26 @@ import type { IngestKey, IngestMode } from './lib/usageLines';
 // process (in --quick one per format), so CPU and peak RSS are its own. Then 3b: the collector's
 // parse + aggregate code alone, in process.
 
-const TARGETS = ['collector', 'collector-2', 'statsd', 'node-loop'] as const;
+const TARGETS = ['collector', 'collector-2', 'collector-flush-2s', 'statsd', 'node-loop'] as const;
 type TargetName = (typeof TARGETS)[number];
 const TARGET_LABELS: Record<TargetName, string> = {
   collector: 'our collector',
   'collector-2': 'our collector, 2 receivers',
+  'collector-flush-2s': 'our collector, flush every 2 s',
   statsd: 'Etsy statsd 0.9.0',
   'node-loop': 'bare Node receive loop (bench)',
 };
-const COLLECTOR_RECEIVERS: Partial<Record<TargetName, string>> = { collector: '1', 'collector-2': '2' };
+// The whole system's settings for each arm of our collector. Flushing every 2 s (default 1 s)
+// halves the flushes' CPU, the collector's and PostgreSQL's, on the cores the receive loop needs.
+const COLLECTOR_ENV: Partial<Record<TargetName, Record<string, string>>> = {
+  collector: { COLLECTOR_RECEIVERS: '1' },
+  'collector-2': { COLLECTOR_RECEIVERS: '2' },
+  'collector-flush-2s': { COLLECTOR_RECEIVERS: '1', COLLECTOR_FLUSH_INTERVAL_MS: '2000' },
+};
+const COLLECTOR_TARGETS = TARGETS.filter((name) => COLLECTOR_ENV[name] !== undefined);
 
 interface Plan {
+  targets: readonly TargetName[];
   keys: number;
   durationSec: number;
   rates: Record<IngestMode, number[]>;
@@ -43,6 +63,7 @@ interface Plan {
 }
 
 const FULL: Plan = {
+  targets: TARGETS,
   keys: 1000,
   durationSec: 10,
   rates: { packed: [25_000, 50_000, 100_000, 200_000, 300_000, 400_000, 500_000, 600_000, 800_000], single: [25_000, 50_000, 100_000, 200_000] },
@@ -50,7 +71,9 @@ const FULL: Plan = {
   parseLines: 1_000_000,
   parseReps: 5,
 };
+// The variant arm runs the same code as `collector`: the quick smoke run leaves it out.
 const QUICK: Plan = {
+  targets: TARGETS.filter((name) => name !== 'collector-flush-2s'),
   keys: 1000,
   durationSec: 0.3,
   rates: { packed: [50_000], single: [20_000] },
@@ -84,6 +107,10 @@ interface Run {
   rcvbufErrors: number;
   inErrors: number;
   cpuSec: number;
+  /** Time the receiving main thread(s) were runnable but waited for a CPU, during the send. */
+  loopWaitMs: number;
+  /** Our collector: CPU of the PostgreSQL backends serving it, during the send (its flushes). */
+  postgresCpuSec: number | null;
   rssBefore: number;
   peakRss: number;
   exitCode: number | null;
@@ -97,25 +124,25 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
   const persistedInDb = async () => Number((await ctx.db('api_key_usage').where({ org_id: orgId }).sum({ n: 'request_count' }))[0].n ?? 0);
 
   const startTarget = async (name: TargetName): Promise<Target> => {
-    const receivers = COLLECTOR_RECEIVERS[name];
-    if (receivers !== undefined) {
-      const collector = await startCollectorProcess(ctx.databaseUrl, { env: { COLLECTOR_RECEIVERS: receivers } });
-      const metrics = await collector.metrics();
+    const settings = COLLECTOR_ENV[name];
+    if (settings !== undefined) {
+      const system = await startSystem(ctx.databaseUrl, { env: { ...settings, KEY_PEPPER: ctx.pepper } });
+      const metrics = await system.metrics();
       return {
         name,
-        pid: collector.child.proc.pid!,
-        port: collector.udpPort,
+        pid: system.collectorPid,
+        port: system.udpPort,
         recvBufferBytes: metrics.recv_buffer_bytes,
-        received: async () => (await collector.metrics()).lines_total,
+        received: async () => (await system.metrics()).lines_total,
         waitPersisted: async () => {
           const deadline = Date.now() + 30_000;
           for (;;) {
-            const m = await collector.metrics();
+            const m = await system.metrics();
             if (m.uses_persisted_total + m.unknown_uses_total + m.overflow_uses_total >= m.uses_received_total || Date.now() > deadline) return;
             await sleep(100);
           }
         },
-        stop: () => stopChild(collector.child),
+        stop: () => system.stop(),
       };
     }
     if (name === 'statsd') {
@@ -164,7 +191,7 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
       const lossy = new Set<TargetName>();
       for (const [i, rate] of plan.rates[mode].entries()) {
         // Rotate the order so no receiver always runs right after the same one.
-        const order = TARGETS.map((_, j) => TARGETS[(i + j) % TARGETS.length]).filter((name) => !lossy.has(name));
+        const order = plan.targets.map((_, j) => plan.targets[(i + j) % plan.targets.length]).filter((name) => !lossy.has(name));
         for (const name of order) {
           let target = reused.get(name);
           if (!target) {
@@ -177,13 +204,14 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
           runs.push(run);
           if (run.received < run.sentLines) lossy.add(name);
           if (plan.freshProcessPerRun) {
-            // SIGTERM: the collector stops receiving, flushes what it holds and exits.
+            // SIGTERM: the launcher stops the API, then the collector, which stops receiving,
+            // flushes what it holds and exits; the launcher exits 0 only if both stopped cleanly.
             run.exitCode = await target.stop();
             live.delete(target);
           } else {
             await target.waitPersisted?.();
           }
-          if (COLLECTOR_RECEIVERS[target.name] !== undefined) run.persisted = (await persistedInDb()) - dbBefore;
+          if (COLLECTOR_ENV[target.name] !== undefined) run.persisted = (await persistedInDb()) - dbBefore;
         }
       }
       for (const target of reused.values()) {
@@ -203,13 +231,19 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
 async function oneRun(ctx: BenchContext, sender: Child, target: Target, mode: IngestMode, rate: number, durationSec: number): Promise<Run> {
   const receivedBefore = await target.received();
   const snmpBefore = udpCounters();
-  const cpuBefore = processCpuSeconds(target.pid);
+  const cpuBefore = processTreeCpuSeconds(target.pid);
   const rssBefore = processMemory(target.pid).rss;
+  const loops = receivingPids(target.pid);
+  const schedBefore = mainThreadSchedMs(loops);
+  const ours = COLLECTOR_ENV[target.name] !== undefined;
+  const pgBefore = ours ? await collectorBackendsCpu(ctx.db) : undefined;
   const sent = await ipcRequest<{ sentLines: number; failedLines: number; achievedLinesPerSec: number; elapsedMs: number; senderCpuSec: number }>(
     sender,
     { cmd: 'send', port: target.port, rate, durationSec },
     durationSec * 1000 * 10 + 60_000,
   );
+  const loopWaitMs = mainThreadSchedMs(loops).waitMs - schedBefore.waitMs;
+  const postgresCpuSec = pgBefore ? backendsCpuDelta(pgBefore, await collectorBackendsCpu(ctx.db)) : null;
   // The receiver may still be working through its socket buffer: wait until its count stops moving.
   let received = (await target.received()) - receivedBefore;
   for (let stable = 0, polls = 0; stable < 3 && received < sent.sentLines && polls < 200; polls++) {
@@ -218,7 +252,7 @@ async function oneRun(ctx: BenchContext, sender: Child, target: Target, mode: In
     stable = now === received ? stable + 1 : 0;
     received = now;
   }
-  const cpuSec = processCpuSeconds(target.pid) - cpuBefore;
+  const cpuSec = processTreeCpuSeconds(target.pid) - cpuBefore;
   const { peakRss } = processMemory(target.pid);
   const snmpAfter = udpCounters();
   ctx.log(
@@ -241,6 +275,8 @@ async function oneRun(ctx: BenchContext, sender: Child, target: Target, mode: In
     rcvbufErrors: snmpAfter.RcvbufErrors - snmpBefore.RcvbufErrors,
     inErrors: snmpAfter.InErrors - snmpBefore.InErrors,
     cpuSec,
+    loopWaitMs,
+    postgresCpuSec,
     rssBefore,
     peakRss,
     exitCode: null,
@@ -262,6 +298,8 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
     fmt.int(r.rcvbufErrors),
     fmt.int(r.received / (r.sendElapsedMs / 1000)),
     `${fmt.fixed(r.cpuSec, 2)} s (${fmt.fixed((r.cpuSec / r.received) * 1e6, 2)} µs/line)`,
+    `${fmt.int(r.loopWaitMs)} ms (${fmt.pct(r.loopWaitMs / r.sendElapsedMs, 0)})`,
+    r.postgresCpuSec === null ? '–' : `${fmt.fixed(r.postgresCpuSec, 2)} s`,
     `${fmt.mib(r.rssBefore)} → ${fmt.mib(r.peakRss)}`,
   ]);
 
@@ -275,7 +313,7 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
         .map((r) => r.offeredRate),
     );
   const firstLoss = (target: TargetName) => packed(target).find((r) => r.received < r.sentLines);
-  const search = TARGETS.map((target) => {
+  const search = plan.targets.map((target) => {
     const lost = firstLoss(target);
     return [
       TARGET_LABELS[target],
@@ -288,7 +326,8 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
   });
 
   const notes: string[] = [];
-  for (const target of ['collector', 'collector-2'] as const) {
+  const ourTargets = COLLECTOR_TARGETS.filter((name) => plan.targets.includes(name));
+  for (const target of ourTargets) {
     const at400 = packed(target).find((r) => r.offeredRate === 400_000);
     if (!at400) {
       const why = plan.rates.packed.includes(400_000) ? 'not tried (it lost lines at a lower rate)' : "not in this run's ladder";
@@ -300,22 +339,24 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
       `Target 0 lines lost at 400,000 lines/s for ${plan.durationSec} s, ${TARGET_LABELS[target]}: ${fmt.verdict(lost === 0 && at400.achievedRate >= 0.97 * 400_000)} — ${fmt.int(lost)} lost of ${fmt.int(at400.sentLines)} sent at ${fmt.int(at400.achievedRate)} lines/s; ${fmt.int(at400.persisted ?? NaN)} persisted.`,
     );
   }
-  const ours = Math.max(lossless('collector'), lossless('collector-2'));
+  const ours = Math.max(...ourTargets.map(lossless));
   const theirs = lossless('statsd');
-  const ladder = `ours ${fmt.int(lossless('collector'))} (1 receiver) and ${fmt.int(lossless('collector-2'))} (2 receivers), statsd ${fmt.int(theirs)} lines/s`;
+  const ladder = `ours ${ourTargets.map((target) => `${fmt.int(lossless(target))} (${TARGET_LABELS[target]})`).join(', ')}, statsd ${fmt.int(theirs)} lines/s`;
   notes.push(
     theirs > 0
       ? `Target lossless rate ≥ 4 × Etsy statsd's on the same stream: ${fmt.verdict(ours / theirs >= 4)} — ${ladder} (${fmt.fixed(ours / theirs, 1)} ×). The steps bound the answer: each true lossless rate lies between its last clean step and its first lossy one.`
       : `Target lossless rate ≥ 4 × Etsy statsd's on the same stream: not determined — statsd lost lines at the lowest rate tried (${fmt.int(plan.rates.packed[0])} lines/s); ${ladder}.`,
   );
-  const exits = runs.filter((r) => COLLECTOR_RECEIVERS[r.target] !== undefined && r.exitCode !== null);
+  const exits = runs.filter((r) => COLLECTOR_ENV[r.target] !== undefined && r.exitCode !== null);
   if (exits.length > 0) {
-    notes.push(`Collector SIGTERM exits (final flush): ${exits.every((r) => r.exitCode === 0) ? 'all 0' : exits.map((r) => r.exitCode).join(', ')}.`);
+    notes.push(
+      `npm start SIGTERM exits (API stop, collector final flush): ${exits.every((r) => r.exitCode === 0) ? 'all 0' : exits.map((r) => r.exitCode).join(', ')}.`,
+    );
   }
   const recv = runs.find((r) => r.target === 'collector')?.recvBufferBytes;
   notes.push(
     `Receive buffers: our collector asks for 8 MiB and the kernel granted ${fmt.mib(recv ?? NaN)} (SO_RCVBUF is capped at net.core.rmem_max and reported doubled); statsd ${statsdVersion()} does not set one, so it gets rmem_default. Kernel drops are the system-wide /proc/net/snmp Udp RcvbufErrors delta over the run.`,
-    "Sender and receiver share this machine's cores (and the collector's PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. \"accepted lines/s\" = received lines / send duration. CPU is the receiver process's user + system time from /proc over the send and drain; RSS is VmRSS before the run and VmHWM (peak) after.",
+    'Our collector runs inside the whole system as `npm start` runs it (launcher, API process idle, collector, PostgreSQL), from source under tsx. Sender and receiver share this machine\'s cores (and the collector\'s PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. "accepted lines/s" = received lines / send duration. CPU is the receiver process\'s user + system time (with its cluster workers) from /proc over the send and drain; "waiting for a CPU" is the time its receiving main thread(s) were runnable but not running during the send (/proc/<pid>/schedstat, summed over receivers, as a share of the send time): time in which the receiver could not read because the cores were taken; PostgreSQL CPU is that of the backends serving our collector\'s connections over the send (the database runs on this machine); RSS is VmRSS before the run and VmHWM (peak) after.',
   );
   return {
     heading: HEADINGS.ingest,
@@ -337,6 +378,8 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
           'kernel RcvbufErrors (datagrams)',
           'accepted lines/s',
           'receiver CPU',
+          'receive loop waiting for a CPU',
+          "PostgreSQL CPU (the collector's flushes)",
           'RSS before → peak',
         ],
         rows,

@@ -10,6 +10,7 @@ import { BENCH_PEPPER, type BenchContext } from './lib/context';
 import { openBenchDatabase, type BenchDatabase } from './lib/database';
 import { killAllChildren } from '../harness/processes';
 import { runStaleness } from './staleness';
+import { exitWhenDone } from './lib/procs';
 import { machineInfo, renderResult, writeResults, type BenchResult } from './lib/report';
 
 // `npm run bench [-- --quick] [-- --only=auth,ingest]`
@@ -94,11 +95,4 @@ async function main() {
   log(`done in ${((Date.now() - startedAt) / 1000).toFixed(1)} s; results in ${path.relative(process.cwd(), file)}`);
 }
 
-main().then(
-  () => process.exit(0),
-  (error) => {
-    console.error(error);
-    killAllChildren();
-    process.exit(1);
-  },
-);
+exitWhenDone(main());

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import http from 'node:http';
 import t from 'tap';
 import { fetchCollectorMetrics, parseCollectorMetrics } from '../harness/collectorProcess';
@@ -5,6 +6,8 @@ import { databaseUrl, openPostgresServer } from '../harness/postgres';
 import { processMemory } from '../harness/processMemory';
 import { isRunning, killAllChildren, spawnProcess, stopChild } from '../harness/processes';
 import { seededRandom, shuffled } from '../harness/random';
+import { fromSource } from '../harness/systemProcess';
+import { parseProcfile } from '../scripts/lib/procfile';
 import { httpStatus, waitFor } from '../harness/wait';
 import { freeTcpPort } from '../scripts/lib/freePort';
 import { closeServer, listen } from '../shared/process';
@@ -120,4 +123,17 @@ t.test('seeded randomness: the same seed gives the same sequence and the same or
     items,
     'a permutation',
   );
+});
+
+t.test('the whole system from source: each Procfile command runs its TypeScript under tsx, its node options kept', async (t) => {
+  t.same(fromSource({ name: 'web', command: 'node dist/api/main.js' }), { name: 'web', command: 'node --import tsx api/main.ts' });
+  t.same(fromSource({ name: 'collector', command: 'node --max-semi-space-size=32 dist/collector/main.js' }, ['--import', './probe.ts']), {
+    name: 'collector',
+    command: 'node --import tsx --import ./probe.ts --max-semi-space-size=32 collector/main.ts',
+  });
+  t.throws(() => fromSource({ name: 'web', command: 'npm run serve' }), /Procfile "web" is not "node \[options\] dist\/<file>.js"/);
+  for (const entry of parseProcfile(fs.readFileSync('Procfile', 'utf8'))) {
+    const file = /(\S+\.ts)$/.exec(fromSource(entry).command)?.[1] ?? '';
+    t.ok(fs.existsSync(file), `the Procfile's ${entry.name} maps to a source file (${file})`);
+  }
 });

@@ -1,10 +1,23 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import type { Child } from '../../harness/processes';
+import { killAllChildren, type Child } from '../../harness/processes';
+import type { Db } from '../../shared/db';
 
 // What only the benchmarks need of their child processes (harness/processes.ts spawns and stops
 // them): IPC requests to the servers, senders and load generators, and CPU and kernel UDP
 // counters from /proc.
+
+/** A benchmark entry point: exit 0 when `done` resolves; else say why, stop every child and exit 1. */
+export function exitWhenDone(done: Promise<void>): void {
+  done.then(
+    () => process.exit(0),
+    (error) => {
+      console.error(error);
+      killAllChildren();
+      process.exit(1);
+    },
+  );
+}
 
 // IPC request/response: every request carries an id, the child answers with the same id.
 let nextRequestId = 1;
@@ -98,3 +111,55 @@ export function udpCounters(): Record<string, number> {
   const [names, values] = lines.map((line) => line.split(/\s+/).slice(1));
   return Object.fromEntries(names.map((name, i) => [name, Number(values[i])]));
 }
+
+const childPids = (pid: number): number[] => {
+  try {
+    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').split(' ').filter(Boolean).map(Number);
+  } catch {
+    return []; // a kernel without the children file
+  }
+};
+
+/** processCpuSeconds of `pid` and of its descendants alive now (a cluster's workers with their primary). */
+export function processTreeCpuSeconds(pid: number): number {
+  const descendants = childPids(pid).map((child) => {
+    try {
+      return processTreeCpuSeconds(child);
+    } catch {
+      return 0; // exited since it was listed
+    }
+  });
+  return processCpuSeconds(pid) + descendants.reduce((a, b) => a + b, 0);
+}
+
+/** The processes whose main thread receives: a cluster primary's workers, else the process itself. */
+export function receivingPids(pid: number): number[] {
+  const children = childPids(pid);
+  return children.length > 0 ? children : [pid];
+}
+
+/**
+ * Milliseconds the main threads of `pids` spent on a CPU and runnable but waiting for one (the
+ * scheduler's run queue), summed, from /proc/<pid>/schedstat: a receive loop that waits for a CPU
+ * is not reading its socket.
+ */
+export function mainThreadSchedMs(pids: number[]): { runMs: number; waitMs: number } {
+  let runMs = 0;
+  let waitMs = 0;
+  for (const pid of pids) {
+    const [run, wait] = fs.readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ').map(Number);
+    runMs += run / 1e6;
+    waitMs += wait / 1e6;
+  }
+  return { runMs, waitMs };
+}
+
+/** CPU seconds of the PostgreSQL backends serving the collector now, by pid (the database runs on this machine). */
+export async function collectorBackendsCpu(db: Db): Promise<Map<number, number>> {
+  const rows = (await db.raw(`select pid from pg_stat_activity where application_name = 'keyusage-collector'`)).rows as Array<{ pid: number }>;
+  return new Map(rows.flatMap(({ pid }) => (fs.existsSync(`/proc/${pid}/stat`) ? [[pid, processCpuSeconds(pid)]] : [])));
+}
+
+/** CPU seconds the backends of `before` and `after` used in between (one that opened meanwhile counts from 0). */
+export const backendsCpuDelta = (before: Map<number, number>, after: Map<number, number>) =>
+  [...after].reduce((sum, [pid, cpu]) => sum + cpu - (before.get(pid) ?? 0), 0);

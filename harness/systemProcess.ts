@@ -1,0 +1,108 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { freeTcpPort, freeUdpPort } from '../scripts/lib/freePort';
+import { parseProcfile, type ProcfileEntry } from '../scripts/lib/procfile';
+import { fetchCollectorMetrics, type CollectorMetrics } from './collectorProcess';
+import { isRunning, REPO_ROOT, spawnTsx, stopChild, type Child } from './processes';
+import { httpStatus, waitFor } from './wait';
+
+// The whole system as `npm start` runs it, for the benchmarks: the launcher (scripts/start.ts)
+// with the repository's Procfile, so the API and the collector run as the separate processes, with
+// the node options, that production gets. Only two things differ: each Procfile command runs its
+// source through tsx instead of the compiled dist/ copy (the benchmarks never build), and
+// PostgreSQL is the one at `databaseUrl` (the launcher's DATABASE_URL path) rather than the
+// embedded one. Everything listens on free ports on 127.0.0.1.
+
+export interface SystemProcess {
+  /** The launcher; stopping it stops web, then the collector (final flush), as Ctrl-C does. */
+  launcher: Child;
+  /** The collector process the launcher started (with COLLECTOR_RECEIVERS > 1, the cluster primary). */
+  collectorPid: number;
+  udpPort: number;
+  metricsPort: number;
+  apiPort: number;
+  metrics(): Promise<CollectorMetrics>;
+  /** SIGTERM to the launcher; resolves with its exit code (0: every process stopped cleanly). */
+  stop(): Promise<number | null>;
+}
+
+export interface SystemOptions {
+  /** Added to (and overriding) the parent's environment of every process; LOG_LEVEL is warn unless given. */
+  env?: Record<string, string>;
+  /** Node options added to the collector's command, such as a probe (`--import`) or heap flags. */
+  collectorNodeArgs?: string[];
+}
+
+/** A Procfile command as run from source: `node [opts] dist/x.js` → `node --import tsx [opts] x.ts`. */
+export function fromSource(entry: ProcfileEntry, extraNodeArgs: string[] = []): ProcfileEntry {
+  const match = /^node\s+(.*?)\s*dist\/(\S+)\.js(.*)$/.exec(entry.command);
+  if (!match) throw new Error(`Procfile "${entry.name}" is not "node [options] dist/<file>.js": ${entry.command}`);
+  const [, options, file, rest] = match;
+  const args = ['--import', 'tsx', ...extraNodeArgs, options].filter(Boolean).join(' ');
+  return { name: entry.name, command: `node ${args} ${file}.ts${rest}` };
+}
+
+export async function startSystem(databaseUrl: string, options: SystemOptions = {}): Promise<SystemProcess> {
+  const entries = parseProcfile(fs.readFileSync(path.join(REPO_ROOT, 'Procfile'), 'utf8')).map((entry) =>
+    fromSource(entry, entry.name === 'collector' ? options.collectorNodeArgs : []),
+  );
+  const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-system-'));
+  const procfile = path.join(folder, 'Procfile');
+  fs.writeFileSync(procfile, entries.map((entry) => `${entry.name}: ${entry.command}\n`).join(''));
+  const ports = {
+    PORT: await freeTcpPort(),
+    API_METRICS_PORT: await freeTcpPort(),
+    COLLECTOR_PORT: await freeUdpPort(),
+    COLLECTOR_METRICS_PORT: await freeTcpPort(),
+  };
+  const launcher = spawnTsx('npm-start', 'scripts/start.ts', {
+    keepOutput: true,
+    env: {
+      ...process.env,
+      DATABASE_URL: databaseUrl,
+      PROCFILE: procfile,
+      HOST: '127.0.0.1',
+      COLLECTOR_HOST: '127.0.0.1',
+      COLLECTOR_METRICS_HOST: '127.0.0.1',
+      API_METRICS_HOST: '127.0.0.1',
+      LOG_LEVEL: 'warn',
+      ...Object.fromEntries(Object.entries(ports).map(([name, port]) => [name, String(port)])),
+      ...options.env,
+    },
+  });
+  void launcher.exited.then(() => fs.rmSync(folder, { recursive: true, force: true }));
+  try {
+    const collectorPid = await untilServing(launcher, ports.PORT);
+    return {
+      launcher,
+      collectorPid,
+      udpPort: ports.COLLECTOR_PORT,
+      metricsPort: ports.COLLECTOR_METRICS_PORT,
+      apiPort: ports.PORT,
+      metrics: () => fetchCollectorMetrics(ports.COLLECTOR_METRICS_PORT),
+      stop: () => stopChild(launcher, 30_000),
+    };
+  } catch (error) {
+    await stopChild(launcher, 5000);
+    throw error;
+  }
+}
+
+// The launcher starts the API last, once the collector answers, so a healthy API means both run;
+// the collector's pid is in the launcher's "collector started (pid N)" line.
+async function untilServing(launcher: Child, apiPort: number): Promise<number> {
+  await waitFor(
+    'npm start to serve',
+    async () => {
+      if (!isRunning(launcher)) throw new Error(`npm start exited (${launcher.proc.exitCode}) before serving:\n${launcher.output()}`);
+      return (await httpStatus(`http://127.0.0.1:${apiPort}/healthz`)) === 200 ? true : undefined;
+    },
+    // Two processes compile their sources under tsx, on a machine that may be busy.
+    90_000,
+    100,
+  );
+  const started = launcher.lines.map((line) => /\| collector started \(pid (\d+)\)/.exec(line)).find(Boolean);
+  if (!started) throw new Error(`npm start did not say the collector's pid:\n${launcher.output()}`);
+  return Number(started[1]);
+}
