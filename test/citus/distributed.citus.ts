@@ -1,7 +1,7 @@
 // Runs only under `npm run test:citus` (its name is outside `npm test`'s include pattern): the
 // layout on a real coordinator and two workers, and the end-to-end path across orgs whose shards
 // sit on different workers.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import type { Db } from '../../shared/db';
 import { encodeUsageLine, packDatagrams } from '../../shared/usageWire';
 import { seedOrg, startTestApi } from '../helpers/api';
@@ -33,6 +33,20 @@ async function workerOf(db: Db, orgId: string): Promise<number> {
     [orgId],
   );
   return rows[0].nodeport;
+}
+
+// At least `min` orgs, seeded until both workers hold one: the hash of a random org id decides,
+// so three orgs all land on one worker a quarter of the time. Twelve leave 1 chance in 2,048.
+async function orgsOnBothWorkers(t: Test, api: Awaited<ReturnType<typeof startTestApi>>, db: Db, min: number) {
+  const orgs: Array<Awaited<ReturnType<typeof seedOrg>>> = [];
+  const workers = new Set<number>();
+  for (let i = 0; i < 12 && (orgs.length < min || workers.size < 2); i += 1) {
+    const seeded = await seedOrg(api, db, `org${i}`);
+    orgs.push(seeded);
+    workers.add(await workerOf(db, seeded.org.id));
+  }
+  t.equal(workers.size, 2, `${orgs.length} orgs on both workers`);
+  return orgs;
 }
 
 t.test('the tables are laid out as docs/scaling.md says: reference tables, and usage co-located by org_id', async (t) => {
@@ -84,17 +98,12 @@ t.test('two collectors flushing the same keys of orgs on both workers sum exactl
   const { db, url } = await freshDatabase(t, { poolMax: 2 });
   const api = await startTestApi(t, db);
   const orgs: Array<Awaited<ReturnType<typeof seedOrg>> & { keys: string[] }> = [];
-  const workers = new Set<number>();
-  // Enough orgs that both workers hold some (the hash of a random id decides); stop at 2 workers.
-  for (let i = 0; i < 12 && (orgs.length < 4 || workers.size < 2); i += 1) {
-    const seeded = await seedOrg(api, db, `org${i}`);
+  for (const seeded of await orgsOnBothWorkers(t, api, db, 4)) {
     const keys = [seeded.adminKeyId];
     for (let k = 0; k < 9; k += 1)
       keys.push((await api.services.apiKeys.create(seeded.org.id, { name: `k${k}`, scopes: ['keys:read'], expiresAt: null })).key.id);
     orgs.push({ ...seeded, keys });
-    workers.add(await workerOf(db, seeded.org.id));
   }
-  t.equal(workers.size, 2, `${orgs.length} orgs on both workers`);
 
   const slow = { COLLECTOR_FLUSH_INTERVAL_MS: '600000' };
   const collectors = [await startTestCollector(t, url, slow), await startTestCollector(t, url, slow)];
@@ -143,8 +152,7 @@ t.test('two collectors flushing the same keys of orgs on both workers sum exactl
 t.test('the webhook worker claims due deliveries of orgs on both workers', async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
-  const orgs = [await seedOrg(api, db, 'acme'), await seedOrg(api, db, 'globex'), await seedOrg(api, db, 'initech')];
-  t.equal(new Set(await Promise.all(orgs.map((o) => workerOf(db, o.org.id)))).size, 2, 'the orgs sit on both workers');
+  const orgs = await orgsOnBothWorkers(t, api, db, 3);
   const pinged: string[] = [];
   for (const { org, adminKey } of orgs) {
     const hooks = `/api/orgs/${org.id}/webhooks`;
