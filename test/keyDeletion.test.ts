@@ -10,9 +10,9 @@ import { sweepTimeEvents } from '../collector/eventStore';
 import { createPgUsageStore } from '../collector/usageStore';
 import { waitFor } from '../harness/wait';
 import { loadConfig } from '../shared/config';
-import type { Db } from '../shared/db';
+import { migrateLatest, type Db } from '../shared/db';
 import { TABLE } from '../shared/tables';
-import { freshDatabase } from './helpers/database';
+import { freshDatabase, migrateDownTo } from './helpers/database';
 
 const DAY = 86_400_000;
 const ROW_TABLES = [TABLE.usage, TABLE.usageHourly, TABLE.recentIps, TABLE.failedIps, TABLE.ipHistory, TABLE.keyEvents] as const;
@@ -126,3 +126,28 @@ t.test('a key deleted while a flush is writing it leaves no row behind', { skip:
   );
   t.strictSame(await rowsOf(db, key), none, 'no row of the deleted key is left');
 });
+
+// A rolling deploy: the previous version's data, then migration 080. A key that was never used but
+// has an event (the sweep's key.dormant) had no totals row for the delete trigger to hang on; the
+// migration gives it one, so its rows still go with it.
+t.test(
+  'migration 080 on the previous version’s data: every key with rows gets a totals row to carry them',
+  { skip: onCitus && 'the runner distributes the migrated tables; a rollback would undo that' },
+  async (t) => {
+    const { db } = await freshDatabase(t);
+    await migrateDownTo(db, '20261201000070_usage_windows_index_only.ts');
+    const acme = await createOrg(db, 'acme');
+    const used: Key = { orgId: acme, keyId: await createKey(db, acme) };
+    const idle: Key = { orgId: acme, keyId: await createKey(db, acme, new Date(Date.now() - 100 * DAY)) };
+    await flushUses(db, [used]);
+    await db(TABLE.keyEvents).insert({ org_id: acme, key_id: idle.keyId, type: 'key.dormant', occurred_at: new Date(), details: {} });
+    t.match(await rowsOf(db, idle), { [TABLE.usage]: 0, [TABLE.keyEvents]: 1 }, 'before: an event and no totals row');
+
+    await migrateLatest(db);
+    const [anchor] = await db(TABLE.usage).where({ org_id: acme, key_id: idle.keyId }).select('request_count', 'last_used_at');
+    t.strictSame(anchor, { request_count: 0, last_used_at: null }, 'a zero totals row: still never used');
+    await db(TABLE.apiKeys).whereIn('id', [used.keyId, idle.keyId]).delete();
+    t.strictSame(await rowsOf(db, used), none, 'the used key has no row left');
+    t.strictSame(await rowsOf(db, idle), none, 'nor the idle one');
+  },
+);

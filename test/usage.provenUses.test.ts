@@ -1,18 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
-import { migrateLatest, MIGRATION_CONFIG, type Db } from '../shared/db';
+import { migrateLatest } from '../shared/db';
 import { encodeUsageLine } from '../shared/usageWire';
 import { seedOrg, startTestApi } from './helpers/api';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
 import { waitFor } from '../harness/wait';
-import { freshDatabase } from './helpers/database';
+import { freshDatabase, migrateDownTo } from './helpers/database';
 import { wiredSystem } from './helpers/wiredSystem';
-
-// Rolls back, newest first, every migration applied after `last`.
-async function migrateDownTo(db: Db, last: string) {
-  const [completed] = (await db.migrate.list(MIGRATION_CONFIG)) as [Array<{ name: string }>, unknown];
-  for (const { name } of completed.filter((m) => m.name > last).reverse()) await db.migrate.down({ ...MIGRATION_CONFIG, name });
-}
 
 const BIGINT_MAX = '9223372036854775807';
 

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Test } from 'tap';
 import { createScratchDatabase } from '../../harness/postgres';
-import { createDb, type Db } from '../../shared/db';
+import { createDb, MIGRATION_CONFIG, type Db } from '../../shared/db';
 
 export const TEMPLATE_DATABASE = 'keyusage_test_template';
 
@@ -36,4 +36,10 @@ export async function emptyDatabase(t: Test): Promise<string> {
   const scratch = await createScratchDatabase(adminDatabaseUrl(), `kt_empty_${process.pid}_${randomBytes(4).toString('hex')}`);
   t.teardown(() => scratch.drop());
   return scratch.url;
+}
+
+/** Rolls back, newest first, every migration applied after `last`: the schema a previous version ran on. */
+export async function migrateDownTo(db: Db, last: string): Promise<void> {
+  const [completed] = (await db.migrate.list(MIGRATION_CONFIG)) as [Array<{ name: string }>, unknown];
+  for (const { name } of completed.filter((m) => m.name > last).reverse()) await db.migrate.down({ ...MIGRATION_CONFIG, name });
 }
