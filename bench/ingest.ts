@@ -2,7 +2,6 @@ import { loadavg } from 'node:os';
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
 import { createOrg, insertKeys } from './lib/database';
-import { processMemory } from '../harness/processMemory';
 import { spawnTsx, stopChild, type Child } from '../harness/processes';
 import { startSystem } from '../harness/systemProcess';
 import { sleep } from '../harness/wait';
@@ -12,6 +11,7 @@ import {
   ipcRequest,
   mainThreadSchedMs,
   processTreeCpuSeconds,
+  processTreeMemory,
   receivingPids,
   udpCounters,
   waitForMessage,
@@ -232,7 +232,7 @@ async function oneRun(ctx: BenchContext, sender: Child, target: Target, mode: In
   const receivedBefore = await target.received();
   const snmpBefore = udpCounters();
   const cpuBefore = processTreeCpuSeconds(target.pid);
-  const rssBefore = processMemory(target.pid).rss;
+  const rssBefore = processTreeMemory(target.pid).rss;
   const loops = receivingPids(target.pid);
   const schedBefore = mainThreadSchedMs(loops);
   const ours = COLLECTOR_ENV[target.name] !== undefined;
@@ -253,7 +253,7 @@ async function oneRun(ctx: BenchContext, sender: Child, target: Target, mode: In
     received = now;
   }
   const cpuSec = processTreeCpuSeconds(target.pid) - cpuBefore;
-  const { peakRss } = processMemory(target.pid);
+  const { peakRss } = processTreeMemory(target.pid);
   const snmpAfter = udpCounters();
   ctx.log(
     `ingest: ${TARGET_LABELS[target.name]}, ${mode}, ${fmt.int(rate)} lines/s offered: sent ${fmt.int(sent.sentLines)} at ${fmt.int(sent.achievedLinesPerSec)}/s, received ${fmt.int(received)}, ` +
@@ -356,7 +356,7 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
   const recv = runs.find((r) => r.target === 'collector')?.recvBufferBytes;
   notes.push(
     `Receive buffers: our collector asks for 8 MiB and the kernel granted ${fmt.mib(recv ?? NaN)} (SO_RCVBUF is capped at net.core.rmem_max and reported doubled); statsd ${statsdVersion()} does not set one, so it gets rmem_default. Kernel drops are the system-wide /proc/net/snmp Udp RcvbufErrors delta over the run.`,
-    'Our collector runs inside the whole system as `npm start` runs it (launcher, API process idle, collector, PostgreSQL), from source under tsx. Sender and receiver share this machine\'s cores (and the collector\'s PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. "accepted lines/s" = received lines / send duration. CPU is the receiver process\'s user + system time (with its cluster workers) from /proc over the send and drain; "waiting for a CPU" is the time its receiving main thread(s) were runnable but not running during the send (/proc/<pid>/schedstat, summed over receivers, as a share of the send time): time in which the receiver could not read because the cores were taken; PostgreSQL CPU is that of the backends serving our collector\'s connections over the send (the database runs on this machine); RSS is VmRSS before the run and VmHWM (peak) after.',
+    'Our collector runs inside the whole system as `npm start` runs it (launcher, API process idle, collector, PostgreSQL), from source under tsx. Sender and receiver share this machine\'s cores (and the collector\'s PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. "accepted lines/s" = received lines / send duration. CPU is the receiver process\'s user + system time (with its cluster workers) from /proc over the send and drain; "waiting for a CPU" is the time its receiving main thread(s) were runnable but not running during the send (/proc/<pid>/schedstat, summed over receivers, as a share of the send time): time in which the receiver could not read because the cores were taken; PostgreSQL CPU is that of the backends serving our collector\'s connections over the send (the database runs on this machine); RSS is VmRSS before the run and VmHWM (peak) after, each summed over the receiver and its cluster workers.',
   );
   return {
     heading: HEADINGS.ingest,

@@ -3,6 +3,7 @@ import http from 'node:http';
 import t from 'tap';
 import { fetchCollectorMetrics, parseCollectorMetrics } from '../harness/collectorProcess';
 import { databaseUrl, openPostgresServer } from '../harness/postgres';
+import { processTreeMemory } from '../bench/lib/procs';
 import { processMemory } from '../harness/processMemory';
 import { isRunning, killAllChildren, spawnProcess, stopChild } from '../harness/processes';
 import { seededRandom, shuffled } from '../harness/random';
@@ -83,6 +84,21 @@ t.test('processMemory reads the resident set of a live process and throws for a 
   const child = nodeEval('');
   await child.exited;
   t.throws(() => processMemory(child.proc.pid!));
+});
+
+// A cluster's workers hold the receivers' memory: the ingest benchmark sums the process tree.
+t.test('processTreeMemory adds the memory of the descendants', async (t) => {
+  const holder = "globalThis.held = Buffer.alloc(64 << 20, 1); console.log('up'); setInterval(() => {}, 1000)";
+  const parent = nodeEval(
+    `const c = require('node:child_process').spawn(process.execPath, ['-e', ${JSON.stringify(holder)}], { stdio: 'inherit' });` +
+      "process.on('SIGTERM', () => { c.kill(); process.exit(0); }); setInterval(() => {}, 1000)",
+  );
+  t.teardown(() => stopChild(parent));
+  await waitFor('the child holding 64 MiB', () => (parent.lines.includes('up') ? true : undefined));
+  const own = processMemory(parent.proc.pid!);
+  const tree = processTreeMemory(parent.proc.pid!);
+  t.ok(tree.rss >= own.rss + (60 << 20), `tree ${tree.rss} B, parent alone ${own.rss} B`);
+  t.ok(tree.peakRss >= own.peakRss + (60 << 20), `tree peak ${tree.peakRss} B, parent alone ${own.peakRss} B`);
 });
 
 t.test('collector metrics: the keyusage_collector_ samples, by name without the prefix', async (t) => {

@@ -1,11 +1,12 @@
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import { processMemory, type ProcessMemory } from '../../harness/processMemory';
 import { killAllChildren, type Child } from '../../harness/processes';
 import type { Db } from '../../shared/db';
 
 // What only the benchmarks need of their child processes (harness/processes.ts spawns and stops
 // them): IPC requests to the servers, senders and load generators, and CPU and kernel UDP
-// counters from /proc.
+// counters and memory from /proc.
 
 /** A benchmark entry point: exit 0 when `done` resolves; else say why, stop every child and exit 1. */
 export function exitWhenDone(done: Promise<void>): void {
@@ -120,17 +121,30 @@ const childPids = (pid: number): number[] => {
   }
 };
 
-/** processCpuSeconds of `pid` and of its descendants alive now (a cluster's workers with their primary). */
-export function processTreeCpuSeconds(pid: number): number {
+/** `read` of `pid` plus that of each of its descendants alive now (a cluster's workers with their primary). */
+function overProcessTree(pid: number, read: (pid: number) => number): number {
   const descendants = childPids(pid).map((child) => {
     try {
-      return processTreeCpuSeconds(child);
+      return overProcessTree(child, read);
     } catch {
       return 0; // exited since it was listed
     }
   });
-  return processCpuSeconds(pid) + descendants.reduce((a, b) => a + b, 0);
+  return read(pid) + descendants.reduce((a, b) => a + b, 0);
 }
+
+/** processCpuSeconds of `pid` and of its descendants alive now. */
+export const processTreeCpuSeconds = (pid: number): number => overProcessTree(pid, processCpuSeconds);
+
+/**
+ * processMemory of `pid` and of its descendants alive now, summed: a cluster's workers hold the
+ * receivers' memory, not the primary. The peak is the sum of each process's own peak, an upper
+ * bound of their peak together.
+ */
+export const processTreeMemory = (pid: number): ProcessMemory => ({
+  rss: overProcessTree(pid, (p) => processMemory(p).rss),
+  peakRss: overProcessTree(pid, (p) => processMemory(p).peakRss),
+});
 
 /** The processes whose main thread receives: a cluster primary's workers, else the process itself. */
 export function receivingPids(pid: number): number[] {
