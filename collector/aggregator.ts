@@ -244,7 +244,8 @@ function newestIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
   return new Map(byLastSeen.slice(Math.max(0, byLastSeen.length - max)));
 }
 
-export function emptyDelta(keyId: string, orgId: string): KeyUsageDelta {
+/** The Maps may be given: a pending key passes placeholders, which its drain replaces. */
+export function emptyDelta(keyId: string, orgId: string, ips = new Map<string, IpStat>(), failedIps = new Map<string, IpStat>(), hours = new Map<number, HourCounts>()): KeyUsageDelta {
   // -Infinity so the first add or merge always sets the last-seen times and addresses.
   return {
     keyId,
@@ -253,13 +254,13 @@ export function emptyDelta(keyId: string, orgId: string): KeyUsageDelta {
     byOutcome: zeroOutcomes(),
     lastUsedAt: -Infinity,
     lastIp: '',
-    ips: new Map(),
+    ips,
     lastFailedAt: -Infinity,
     lastFailedIp: '',
-    failedIps: new Map(),
+    failedIps,
     lastRevokedUseAt: -Infinity,
     lastExpiredUseAt: -Infinity,
-    hours: new Map(),
+    hours,
   };
 }
 
