@@ -245,7 +245,13 @@ function newestIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
 }
 
 /** The Maps may be given: a pending key passes placeholders, which its drain replaces. */
-export function emptyDelta(keyId: string, orgId: string, ips = new Map<string, IpStat>(), failedIps = new Map<string, IpStat>(), hours = new Map<number, HourCounts>()): KeyUsageDelta {
+export function emptyDelta(
+  keyId: string,
+  orgId: string,
+  ips = new Map<string, IpStat>(),
+  failedIps = new Map<string, IpStat>(),
+  hours = new Map<number, HourCounts>(),
+): KeyUsageDelta {
   // -Infinity so the first add or merge always sets the last-seen times and addresses.
   return {
     keyId,

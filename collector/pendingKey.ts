@@ -16,9 +16,11 @@ export class PendingKey {
   // addresses into new IpStats) doubled what each key allocated, and GC took 28 % of the time.
   // Only its three Maps are made at the drain; until then they are placeholders.
   readonly #delta: KeyUsageDelta;
-  // The hour of the last line and its counts; every hour in a Map once a second one comes.
+  // The hour of the last line and its counts; every hour in a Map once a second one comes. While
+  // all lines were of one hour, that hour's counts are the key's byOutcome: nothing to count twice
+  // or allocate for most keys (the hour's own counts are copied at the drain).
   #hour: number;
-  #hourCounts = zeroOutcomes();
+  #hourCounts: HourCounts | undefined;
   #hours: Map<number, HourCounts> | undefined;
   #ips: RecentIps | undefined;
   #failedIps: RecentIps | undefined;
@@ -33,9 +35,10 @@ export class PendingKey {
 
   add(now: number, hour: number, ip: string, outcome: Outcome, count: number, maxIps: number): void {
     const delta = this.#delta;
+    if (hour !== this.#hour) addTo(this.#countsOf(hour), outcome, count);
+    else if (this.#hourCounts !== undefined) addTo(this.#hourCounts, outcome, count);
     delta.total += count;
     addTo(delta.byOutcome, outcome, count);
-    addTo(hour === this.#hour ? this.#hourCounts : this.#countsOf(hour), outcome, count);
     if (isProvenOutcome(outcome)) {
       if (now >= delta.lastUsedAt) {
         delta.lastUsedAt = now;
@@ -58,13 +61,14 @@ export class PendingKey {
     const delta = this.#delta;
     delta.ips = ipMap(this.#ips);
     delta.failedIps = ipMap(this.#failedIps);
-    delta.hours = this.#hours ?? new Map<number, HourCounts>().set(this.#hour, this.#hourCounts);
+    delta.hours = this.#hours ?? new Map<number, HourCounts>().set(this.#hour, { ...delta.byOutcome });
     return delta;
   }
 
-  // A line of another hour than the last (a new hour began, or a timestamped sample).
+  // A line of another hour than the last (a new hour began, or a timestamped sample); called
+  // before the line is counted in byOutcome.
   #countsOf(hour: number): HourCounts {
-    this.#hours ??= new Map<number, HourCounts>().set(this.#hour, this.#hourCounts);
+    this.#hours ??= new Map<number, HourCounts>().set(this.#hour, { ...this.#delta.byOutcome });
     let counts = this.#hours.get(hour);
     if (counts === undefined) this.#hours.set(hour, (counts = zeroOutcomes()));
     this.#hour = hour;
