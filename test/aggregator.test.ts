@@ -498,6 +498,13 @@ t.test('keys whose ids end alike are still counted apart, before and after a dra
       `round ${round}: each key its own total`,
     );
   }
+  const capped = fakeAggregator({ maxKeys: 2 }).aggregator;
+  t.strictSame(
+    twins.map((keyId) => capped.add(use({ keyId }))),
+    [true, true, false],
+    'keys sharing their last digits count toward maxKeys',
+  );
+  t.equal(capped.pendingKeys, 2);
   aggregator.add(use({ keyId: twins[1], orgId: ORG_2 }));
   aggregator.add(use({ keyId: twins[1] }));
   t.strictSame(
