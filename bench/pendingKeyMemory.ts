@@ -43,8 +43,8 @@ for (let k = 0; k < keys; k++) fill(aggregator, k);
 gc();
 const after = process.memoryUsage();
 const pendingKeys = aggregator.pendingKeys;
-// A drained batch (what the flusher holds while PostgreSQL is unreachable) is built from the
-// pending keys at the drain, in another form: measured apart, the aggregator emptied.
+// A drained batch (what the flusher holds while PostgreSQL is unreachable) is the pending keys'
+// entries with the Maps the drain builds: measured apart, the aggregator emptied.
 const batch = aggregator.drain();
 gc();
 const drained = process.memoryUsage();

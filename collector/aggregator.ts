@@ -57,15 +57,16 @@ export class Aggregator {
   readonly #maxIpsPerKey: number;
   readonly #timestampWindowMs: number;
   readonly #now: () => number;
-  // Keyed by key id alone: the org nearly always matches, and hashing one id costs less than
-  // building and hashing a composite string per line. The same id claimed under another org
-  // (forged, or a bug) goes to #otherOrgs under a composite key.
-  #entries = new Map<string, PendingKey>();
-  // A fast path in front of #entries: finding a string key in a Map hashes a string fresh from
-  // the packet, which profiled at about half the cost of parsing a line; a small integer hashes
-  // for free. The first key with each tail number is here, any other with the same number is
-  // found in #entries, so colliding ids (chosen by a sender, or not random) cost what they did.
+  // Keyed by the last hex digits of the key id: finding a string key in a Map hashes a string
+  // fresh from the packet, which profiled at about half the cost of parsing a line; a small
+  // integer hashes for free. The first key with each tail number is here, any other with the
+  // same number in #sharedTails by its id, so colliding ids (chosen by a sender, or not random)
+  // cost what a Map of ids does. Only the first key of a tail being here (a key is never in
+  // both) spares a new key one insert into a Map of 100 k: a tail no key holds yet needs no look
+  // in #sharedTails either. The org nearly always matches, and is checked on the entry found: the
+  // same id claimed under another org (forged, or a bug) goes to #otherOrgs under a composite key.
   #byTail = new Map<number, PendingKey>();
+  #sharedTails = new Map<string, PendingKey>();
   #otherOrgs = new Map<string, PendingKey>();
   #uses = 0;
   #overflowSamples = 0;
@@ -123,14 +124,14 @@ export class Aggregator {
   #entryFor(sample: UsageSample, hour: number): PendingKey | undefined {
     const tail = idTail(sample.keyId);
     const fast = this.#byTail.get(tail);
-    const entry = fast !== undefined && fast.keyId === sample.keyId ? fast : this.#entries.get(sample.keyId);
+    const entry = fast === undefined || fast.keyId === sample.keyId ? fast : this.#sharedTails.get(sample.keyId);
     if (entry !== undefined && entry.orgId === sample.orgId) return entry;
     const full = this.pendingKeys >= this.#maxKeys;
     if (entry === undefined) {
       if (full) return undefined;
       const created = new PendingKey(sample.keyId, sample.orgId, hour);
-      this.#entries.set(sample.keyId, created);
       if (fast === undefined) this.#byTail.set(tail, created);
+      else this.#sharedTails.set(sample.keyId, created);
       return created;
     }
     const id = entryId(sample.orgId, sample.keyId);
@@ -143,18 +144,19 @@ export class Aggregator {
 
   drain(): UsageBatch {
     const keys: KeyUsageDelta[] = [];
-    for (const entry of this.#entries.values()) keys.push(entry.drained());
+    for (const entry of this.#byTail.values()) keys.push(entry.drained());
+    for (const entry of this.#sharedTails.values()) keys.push(entry.drained());
     for (const entry of this.#otherOrgs.values()) keys.push(entry.drained());
     const batch = { keys, uses: this.#uses };
-    this.#entries = new Map();
     this.#byTail = new Map();
+    this.#sharedTails = new Map();
     this.#otherOrgs = new Map();
     this.#uses = 0;
     return batch;
   }
 
   get pendingKeys(): number {
-    return this.#entries.size + this.#otherOrgs.size;
+    return this.#byTail.size + this.#sharedTails.size + this.#otherOrgs.size;
   }
 
   get overflowSamples(): number {
@@ -244,7 +246,14 @@ function newestIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
   return new Map(byLastSeen.slice(Math.max(0, byLastSeen.length - max)));
 }
 
-export function emptyDelta(keyId: string, orgId: string): KeyUsageDelta {
+/** The Maps may be given: a pending key passes placeholders, which its drain replaces. */
+export function emptyDelta(
+  keyId: string,
+  orgId: string,
+  ips = new Map<string, IpStat>(),
+  failedIps = new Map<string, IpStat>(),
+  hours = new Map<number, HourCounts>(),
+): KeyUsageDelta {
   // -Infinity so the first add or merge always sets the last-seen times and addresses.
   return {
     keyId,
@@ -253,13 +262,13 @@ export function emptyDelta(keyId: string, orgId: string): KeyUsageDelta {
     byOutcome: zeroOutcomes(),
     lastUsedAt: -Infinity,
     lastIp: '',
-    ips: new Map(),
+    ips,
     lastFailedAt: -Infinity,
     lastFailedIp: '',
-    failedIps: new Map(),
+    failedIps,
     lastRevokedUseAt: -Infinity,
     lastExpiredUseAt: -Infinity,
-    hours: new Map(),
+    hours,
   };
 }
 

@@ -56,6 +56,19 @@ t.test('coalesces the samples of one key', async (t) => {
   });
 });
 
+// A consumer may change what it is handed (mergeBatches does to its own copies): a pending key
+// counts one hour's lines in byOutcome alone and holds placeholder Maps until the drain.
+t.test('a drained key shares no Map or counters with another key or another of its fields', async (t) => {
+  const { aggregator } = fakeAggregator();
+  aggregator.add(use());
+  aggregator.add(use({ keyId: KEY_B, outcome: 'bad_secret' }));
+  aggregator.add(use({ keyId: KEY_C }));
+  const keys = aggregator.drain().keys;
+  t.equal(keys.length, 3);
+  const objects = keys.flatMap((k) => [k.byOutcome, k.ips, k.failedIps, k.hours, ...k.hours.values(), ...k.ips.values(), ...k.failedIps.values()]);
+  t.equal(new Set(objects).size, objects.length, 'every one its own object');
+});
+
 t.test('every outcome is counted under its own name', async (t) => {
   const { aggregator } = fakeAggregator();
   OUTCOMES.forEach((outcome, i) => aggregator.add(use({ outcome, count: i + 1 })));
@@ -485,6 +498,13 @@ t.test('keys whose ids end alike are still counted apart, before and after a dra
       `round ${round}: each key its own total`,
     );
   }
+  const capped = fakeAggregator({ maxKeys: 2 }).aggregator;
+  t.strictSame(
+    twins.map((keyId) => capped.add(use({ keyId }))),
+    [true, true, false],
+    'keys sharing their last digits count toward maxKeys',
+  );
+  t.equal(capped.pendingKeys, 2);
   aggregator.add(use({ keyId: twins[1], orgId: ORG_2 }));
   aggregator.add(use({ keyId: twins[1] }));
   t.strictSame(
