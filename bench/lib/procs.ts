@@ -92,14 +92,23 @@ function ticksPerSecond(): number {
   return clockTicks;
 }
 
-/** User + system CPU seconds of a process (all its threads), from /proc/<pid>/stat; 10 ms resolution. */
-export function processCpuSeconds(pid: number): number {
+export interface CpuSplit {
+  user: number;
+  system: number;
+}
+
+/** User and system CPU seconds of a process (all its threads), from /proc/<pid>/stat; 10 ms resolution. */
+export function processCpu(pid: number): CpuSplit {
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   // The command name (field 2) may hold spaces; everything after its closing parenthesis is fixed.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const utime = Number(fields[11]);
-  const stime = Number(fields[12]);
-  return (utime + stime) / ticksPerSecond();
+  return { user: Number(fields[11]) / ticksPerSecond(), system: Number(fields[12]) / ticksPerSecond() };
+}
+
+/** User + system CPU seconds of a process (all its threads). */
+export function processCpuSeconds(pid: number): number {
+  const { user, system } = processCpu(pid);
+  return user + system;
 }
 
 /** The kernel's UDP counters (system-wide) from /proc/net/snmp. */
@@ -120,16 +129,25 @@ const childPids = (pid: number): number[] => {
   }
 };
 
-/** processCpuSeconds of `pid` and of its descendants alive now (a cluster's workers with their primary). */
-export function processTreeCpuSeconds(pid: number): number {
-  const descendants = childPids(pid).map((child) => {
+/** processCpu of `pid` and of its descendants alive now (a cluster's workers with their primary). */
+export function processTreeCpu(pid: number): CpuSplit {
+  const total = processCpu(pid);
+  for (const child of childPids(pid)) {
     try {
-      return processTreeCpuSeconds(child);
+      const { user, system } = processTreeCpu(child);
+      total.user += user;
+      total.system += system;
     } catch {
-      return 0; // exited since it was listed
+      // exited since it was listed
     }
-  });
-  return processCpuSeconds(pid) + descendants.reduce((a, b) => a + b, 0);
+  }
+  return total;
+}
+
+/** processTreeCpu, user + system. */
+export function processTreeCpuSeconds(pid: number): number {
+  const { user, system } = processTreeCpu(pid);
+  return user + system;
 }
 
 /** The processes whose main thread receives: a cluster primary's workers, else the process itself. */
