@@ -37,7 +37,7 @@ const UUID_LENGTH = 36;
 const MAX_IP_CHARS = 45;
 const MAX_COUNT_DIGITS = String(MAX_LINE_COUNT).length;
 // Copied once, for the per-line code: run from source under tsx (the benchmarks, the tests), an
-// imported binding is two getter calls at every use, 4–6 % of a line's time in the profiles of
+// imported binding is two getter calls at every use, about 6 % of a line's time in the profiles of
 // docs/benchmarks.md §3 (2026-12-02 03:00); compiled by tsc it is a property load.
 const MAX_COUNT = MAX_LINE_COUNT;
 const OUTCOME_LIST: readonly Outcome[] = OUTCOMES;
