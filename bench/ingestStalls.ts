@@ -23,7 +23,7 @@ import { fmt, writeResults } from './lib/report';
 import { interleavedSchedule, median, summarize } from './lib/stats';
 
 // `npx tsx bench/ingestStalls.ts [--rate=400000[,300000…]] [--seconds=10] [--runs=3] [--probe=off]
-//    [--variant='name:ENV=value --node-option']...`
+//    [--variant='name:ENV=value --node-option [compiled]']...`
 // Not part of `npm run bench`: the diagnosis behind the ingest ladder (docs/benchmarks.md §3).
 // Each run starts the whole system (harness/systemProcess.ts) with bench/lib/loopProbe.ts in the
 // collector, sends the packed stream at one rate from the sender process, samples the kernel's
@@ -42,6 +42,8 @@ interface Variant {
   name: string;
   nodeArgs: string[];
   env: Record<string, string>;
+  /** The system from dist/ (`npm run build` first), as production runs it, not from source under tsx. */
+  compiled: boolean;
 }
 
 interface Probe {
@@ -69,14 +71,19 @@ function parseArgs(argv: string[]) {
     else if (name === 'rate') options.rates = value.split(',').map(Number);
     else if (name === 'probe') options.probe = value !== 'off';
     else if (name === 'variant') {
-      // `name:NAME=value --node-option …`: environment settings and collector node options.
+      // `name:NAME=value --node-option … [compiled]`: environment settings, collector node options,
+      // and `compiled` for the system from dist/.
       const [label, args = ''] = value.split(/:(.*)/s);
       const words = args.split(' ').filter(Boolean);
-      const env = Object.fromEntries(words.filter((w) => /^[A-Z_]+=/.test(w)).map((w) => w.split(/=(.*)/s).slice(0, 2)));
-      options.variants.push({ name: label, nodeArgs: words.filter((w) => !/^[A-Z_]+=/.test(w)), env });
+      const isEnv = (w: string) => /^[A-Z_]+=/.test(w);
+      const env = Object.fromEntries(words.filter(isEnv).map((w) => w.split(/=(.*)/s).slice(0, 2)));
+      const nodeArgs = words.filter((w) => !isEnv(w) && w !== 'compiled');
+      options.variants.push({ name: label, nodeArgs, env, compiled: words.includes('compiled') });
     } else throw new Error(`unknown argument ${arg}`);
   }
-  if (options.variants.length === 0) options.variants.push({ name: 'default', nodeArgs: [], env: {} });
+  if (options.variants.length === 0) options.variants.push({ name: 'default', nodeArgs: [], env: {}, compiled: false });
+  // The probe is TypeScript: a compiled collector has no tsx to load it with.
+  if (options.probe && options.variants.some((v) => v.compiled)) throw new Error('a compiled variant needs --probe=off');
   return options;
 }
 
@@ -93,6 +100,7 @@ async function oneRun(sender: Child, database: BenchDatabase, variant: Variant, 
   const system = await startSystem(databaseUrl, {
     env: { KEY_PEPPER: BENCH_PEPPER, ...(withProbe ? { LOOP_PROBE_FILE: probeFile } : {}), ...variant.env },
     collectorNodeArgs: [...(withProbe ? ['--import', PROBE] : []), ...variant.nodeArgs],
+    compiled: variant.compiled,
   });
   try {
     const before = (await system.metrics()).lines_total;
