@@ -7,24 +7,43 @@ import { startSystem } from '../harness/systemProcess';
 import { sleep } from '../harness/wait';
 import { BENCH_PEPPER } from './lib/context';
 import { createOrg, insertKeys, openBenchDatabase, type BenchDatabase } from './lib/database';
-import { backendsCpuDelta, collectorBackendsCpu, exitWhenDone, ipcRequest, mainThreadSchedMs, receivingPids, udpCounters, waitForMessage } from './lib/procs';
+import {
+  backendsCpuDelta,
+  collectorBackendsCpu,
+  exitWhenDone,
+  ipcRequest,
+  mainThreadSchedMs,
+  processTreeCpu,
+  receivingPids,
+  udpCounters,
+  waitForMessage,
+  type CpuSplit,
+} from './lib/procs';
 import { fmt, writeResults } from './lib/report';
-import { interleavedSchedule, median } from './lib/stats';
+import { interleavedSchedule, median, summarize } from './lib/stats';
 
-// `npx tsx bench/ingestStalls.ts [--rate=400000] [--seconds=10] [--runs=3] [--variant='name:ENV=value --node-option']...`
+// `npx tsx bench/ingestStalls.ts [--rate=400000[,300000…]] [--seconds=10] [--runs=3] [--probe=off]
+//    [--variant='name:ENV=value --node-option [compiled]']...`
 // Not part of `npm run bench`: the diagnosis behind the ingest ladder (docs/benchmarks.md §3).
 // Each run starts the whole system (harness/systemProcess.ts) with bench/lib/loopProbe.ts in the
 // collector, sends the packed stream at one rate from the sender process, samples the kernel's
 // RcvbufErrors every 5 ms meanwhile, and lines the drops up with what the collector's loop did:
 // stalls (late timers: off the CPU, GC, a flush or other work), GC pauses and flush transactions,
-// with the loop's time on and waiting for a CPU and PostgreSQL's CPU for the collector. Variants
-// (collector environment and node options) run interleaved, rotated per round. Results: stderr as
-// the runs go, stdout as JSON lines, and bench/results/stalls-*.json.
+// with the loop's time on and waiting for a CPU and PostgreSQL's CPU for the collector. It also
+// gives the collector's CPU (user and system, every thread) per line received during the send: the
+// receive path's cost with datagrams from a real socket, which bench/parseAggregate.ts does not
+// see. `--probe=off` leaves the probe out (its timer and pg hooks then cost nothing, and a
+// `--cpu-prof` profile is the collector's alone); drops are then only counted. Variants
+// (collector environment and node options) and rates run interleaved, rotated per round. Results:
+// stderr as the runs go, a summary per variant and rate (median and worst) at the end, stdout as
+// JSON lines, and bench/results/stalls-*.json.
 
 interface Variant {
   name: string;
   nodeArgs: string[];
   env: Record<string, string>;
+  /** The system from dist/ (`npm run build` first), as production runs it, not from source under tsx. */
+  compiled: boolean;
 }
 
 interface Probe {
@@ -45,19 +64,26 @@ const BLAME_MS = 300;
 const GC_KINDS: Record<number, string> = { 1: 'scavenge', 2: 'mark-compact', 4: 'incremental', 8: 'weak callbacks' };
 
 function parseArgs(argv: string[]) {
-  const options = { rate: 400_000, seconds: 10, runs: 3, variants: [] as Variant[] };
+  const options = { rates: [400_000], seconds: 10, runs: 3, probe: true, variants: [] as Variant[] };
   for (const arg of argv) {
     const [name, value = ''] = arg.replace(/^--/, '').split(/=(.*)/s);
-    if (name === 'rate' || name === 'seconds' || name === 'runs') options[name] = Number(value);
+    if (name === 'seconds' || name === 'runs') options[name] = Number(value);
+    else if (name === 'rate') options.rates = value.split(',').map(Number);
+    else if (name === 'probe') options.probe = value !== 'off';
     else if (name === 'variant') {
-      // `name:NAME=value --node-option …`: environment settings and collector node options.
+      // `name:NAME=value --node-option … [compiled]`: environment settings, collector node options,
+      // and `compiled` for the system from dist/.
       const [label, args = ''] = value.split(/:(.*)/s);
       const words = args.split(' ').filter(Boolean);
-      const env = Object.fromEntries(words.filter((w) => /^[A-Z_]+=/.test(w)).map((w) => w.split(/=(.*)/s).slice(0, 2)));
-      options.variants.push({ name: label, nodeArgs: words.filter((w) => !/^[A-Z_]+=/.test(w)), env });
+      const isEnv = (w: string) => /^[A-Z_]+=/.test(w);
+      const env = Object.fromEntries(words.filter(isEnv).map((w) => w.split(/=(.*)/s).slice(0, 2)));
+      const nodeArgs = words.filter((w) => !isEnv(w) && w !== 'compiled');
+      options.variants.push({ name: label, nodeArgs, env, compiled: words.includes('compiled') });
     } else throw new Error(`unknown argument ${arg}`);
   }
-  if (options.variants.length === 0) options.variants.push({ name: 'default', nodeArgs: [], env: {} });
+  if (options.variants.length === 0) options.variants.push({ name: 'default', nodeArgs: [], env: {}, compiled: false });
+  // The probe is TypeScript: a compiled collector has no tsx to load it with.
+  if (options.probe && options.variants.some((v) => v.compiled)) throw new Error('a compiled variant needs --probe=off');
   return options;
 }
 
@@ -68,18 +94,20 @@ function sampleDrops(): { stop(): number[][] } {
   return { stop: () => (clearInterval(timer), samples) };
 }
 
-async function oneRun(sender: Child, database: BenchDatabase, variant: Variant, rate: number, seconds: number) {
+async function oneRun(sender: Child, database: BenchDatabase, variant: Variant, rate: number, seconds: number, withProbe: boolean) {
   const databaseUrl = database.url;
   const probeFile = path.join(tmpdir(), `keyusage-probe-${process.pid}-${Date.now()}.json`);
   const system = await startSystem(databaseUrl, {
-    env: { KEY_PEPPER: BENCH_PEPPER, LOOP_PROBE_FILE: probeFile, ...variant.env },
-    collectorNodeArgs: ['--import', PROBE, ...variant.nodeArgs],
+    env: { KEY_PEPPER: BENCH_PEPPER, ...(withProbe ? { LOOP_PROBE_FILE: probeFile } : {}), ...variant.env },
+    collectorNodeArgs: [...(withProbe ? ['--import', PROBE] : []), ...variant.nodeArgs],
+    compiled: variant.compiled,
   });
   try {
     const before = (await system.metrics()).lines_total;
     const loops = receivingPids(system.collectorPid);
     const schedBefore = mainThreadSchedMs(loops);
     const pgBefore = await collectorBackendsCpu(database.db);
+    const cpuBefore = processTreeCpu(system.collectorPid);
     const drops = sampleDrops();
     const sendStart = Date.now();
     const sent = await ipcRequest<{ sentLines: number; elapsedMs: number; senderCpuSec: number }>(
@@ -87,30 +115,39 @@ async function oneRun(sender: Child, database: BenchDatabase, variant: Variant, 
       { cmd: 'send', port: system.udpPort, rate, durationSec: seconds },
       120_000,
     );
+    // CPU per line over the send alone: what the collector spent while lines arrived, over the
+    // lines it had counted by then (the few still in its socket buffer are not in either).
+    const cpu = cpuDelta(cpuBefore, processTreeCpu(system.collectorPid));
+    const receivedBySendEnd = (await system.metrics()).lines_total - before;
     const schedAfter = mainThreadSchedMs(loops);
     const pgAfter = await collectorBackendsCpu(database.db);
     await sleep(1000);
     const timeline = drops.stop();
     const received = (await system.metrics()).lines_total - before;
     const exitCode = await system.stop();
-    const probe = readProbes(probeFile);
     return {
       variant: variant.name,
+      rate,
       sent: sent.sentLines,
       received,
+      collectorCpuMs: { user: cpu.user * 1000, system: cpu.system * 1000 },
+      cpuUsPerLine: ((cpu.user + cpu.system) / receivedBySendEnd) * 1e6,
       senderCpuMs: sent.senderCpuSec * 1000,
       exitCode,
       load: loadavg()[0],
       loopRunMs: schedAfter.runMs - schedBefore.runMs,
       loopWaitMs: schedAfter.waitMs - schedBefore.waitMs,
       postgresCpuMs: backendsCpuDelta(pgBefore, pgAfter) * 1000,
-      ...analyse(probe, timeline, sendStart, sendStart + sent.elapsedMs),
+      rcvbufErrors: timeline.length > 0 ? timeline[timeline.length - 1][1] - timeline[0][1] : 0,
+      ...(withProbe ? analyse(readProbes(probeFile), timeline, sendStart, sendStart + sent.elapsedMs) : {}),
     };
   } finally {
     await system.stop();
     for (const file of probeFiles(probeFile)) fs.rmSync(file, { force: true });
   }
 }
+
+const cpuDelta = (before: CpuSplit, after: CpuSplit): CpuSplit => ({ user: after.user - before.user, system: after.system - before.system });
 
 const probeFiles = (prefix: string) =>
   fs
@@ -159,7 +196,6 @@ function analyse(probe: Probe, drops: number[][], from: number, to: number) {
   }
   const gcBy = (kind: number) => gc.filter(([, , k]) => k === kind).map(([, ms]) => ms);
   return {
-    rcvbufErrors: drops.length > 0 ? drops[drops.length - 1][1] - drops[0][1] : 0,
     stalls: Object.fromEntries(causes),
     dropsBy,
     gc: Object.fromEntries(Object.entries(GC_KINDS).map(([kind, name]) => [name, summary(gcBy(Number(kind)))])),
@@ -201,14 +237,16 @@ async function main() {
     const keys = (await insertKeys(database.db, orgId, 1000, 'stalls-')).map((keyId) => ({ keyId, orgId }));
     await waitForMessage(sender, (m) => m?.ready === true);
     await ipcRequest(sender, { cmd: 'prepare', keys, mode: 'packed' });
-    await warmUpSender(sender, options.rate);
-    for (const round of interleavedSchedule(options.variants, options.runs)) {
-      for (const variant of round) {
-        const run = await oneRun(sender, database, variant, options.rate, options.seconds);
+    await warmUpSender(sender, Math.max(...options.rates));
+    const arms = options.rates.flatMap((rate) => options.variants.map((variant) => ({ rate, variant })));
+    for (const round of interleavedSchedule(arms, options.runs)) {
+      for (const { rate, variant } of round) {
+        const run = await oneRun(sender, database, variant, rate, options.seconds, options.probe);
         runs.push(run);
         log(describe(run));
       }
     }
+    for (const line of summaryLines(runs)) log(line);
   } finally {
     await stopChild(sender, 5000);
     killAllChildren();
@@ -227,17 +265,43 @@ async function warmUpSender(sender: Child, rate: number) {
   sink.close();
 }
 
-function describe(run: Awaited<ReturnType<typeof oneRun>>): string {
+type Run = Awaited<ReturnType<typeof oneRun>>;
+
+function describe(run: Run): string {
   const lost = run.sent - run.received;
   const list = (entries: Record<string, { n: number; totalMs: number; maxMs: number }>) =>
     Object.entries(entries)
       .map(([k, s]) => `${k} ${s.n}× ${fmt.ms(s.totalMs, 0)} (max ${fmt.ms(s.maxMs, 0)})`)
       .join(', ');
+  const probe =
+    run.stalls && run.gc && run.flushMs && run.busy !== undefined
+      ? ` (by the stall before them: ${JSON.stringify(run.dropsBy)}); stalls ≥ ${STALL_MS} ms: ${list(run.stalls)}; GC: ${list(run.gc)}; ` +
+        `flushes: ${list({ flush: run.flushMs })}; loop busy ${fmt.pct(run.busy, 0)}`
+      : '';
   return (
-    `${run.variant}: lost ${fmt.int(lost)} of ${fmt.int(run.sent)} (${fmt.pct(lost / run.sent)}), RcvbufErrors +${fmt.int(run.rcvbufErrors)} ` +
-    `(by the stall before them: ${JSON.stringify(run.dropsBy)}); loop threads on CPU ${fmt.ms(run.loopRunMs, 0)}, waiting for a CPU ${fmt.ms(run.loopWaitMs, 0)}; sender CPU ${fmt.ms(run.senderCpuMs, 0)}; PostgreSQL CPU for the collector ${fmt.ms(run.postgresCpuMs, 0)}; ` +
-    `stalls ≥ ${STALL_MS} ms: ${list(run.stalls)}; GC: ${list(run.gc)}; flushes: ${list({ flush: run.flushMs })}; loop busy ${fmt.pct(run.busy, 0)}; load ${run.load.toFixed(2)}; exit ${run.exitCode}`
+    `${run.variant} at ${fmt.int(run.rate)}/s: lost ${fmt.int(lost)} of ${fmt.int(run.sent)} (${fmt.pct(lost / run.sent)}), RcvbufErrors +${fmt.int(run.rcvbufErrors)}${probe}; ` +
+    `collector CPU ${fmt.ms(run.collectorCpuMs.user, 0)} user + ${fmt.ms(run.collectorCpuMs.system, 0)} system (${run.cpuUsPerLine.toFixed(2)} µs/line); ` +
+    `loop threads on CPU ${fmt.ms(run.loopRunMs, 0)}, waiting for a CPU ${fmt.ms(run.loopWaitMs, 0)}; sender CPU ${fmt.ms(run.senderCpuMs, 0)}; ` +
+    `PostgreSQL CPU for the collector ${fmt.ms(run.postgresCpuMs, 0)}; load ${run.load.toFixed(2)}; exit ${run.exitCode}`
   );
+}
+
+/** Per variant and rate: median and worst (highest) of CPU per line and of the share lost. */
+function summaryLines(runs: Run[]): string[] {
+  const groups = new Map<string, Run[]>();
+  for (const run of runs) {
+    const arm = `${run.variant} at ${fmt.int(run.rate)}/s`;
+    groups.set(arm, [...(groups.get(arm) ?? []), run]);
+  }
+  return [...groups].map(([arm, of]) => {
+    const cpu = summarize(of.map((run) => run.cpuUsPerLine));
+    const lost = summarize(of.map((run) => (run.sent - run.received) / run.sent));
+    const loads = of.map((run) => run.load);
+    return (
+      `summary ${arm}, ${of.length} runs: CPU ${cpu.p50.toFixed(2)} µs/line median, ${cpu.max.toFixed(2)} worst; ` +
+      `lost ${fmt.pct(lost.p50)} median, ${fmt.pct(lost.max)} worst; load ${Math.min(...loads).toFixed(2)}–${Math.max(...loads).toFixed(2)}`
+    );
+  });
 }
 
 exitWhenDone(main());

@@ -32,20 +32,37 @@ export interface SystemOptions {
   env?: Record<string, string>;
   /** Node options added to the collector's command, such as a probe (`--import`) or heap flags. */
   collectorNodeArgs?: string[];
+  /**
+   * Run the compiled dist/ as production does (`npm run build` first) rather than the sources
+   * under tsx. Node options such as a probe still reach the collector.
+   */
+  compiled?: boolean;
+}
+
+function procfileNodeCommand(entry: ProcfileEntry): { options: string; file: string; rest: string } {
+  const match = /^node\s+(.*?)\s*dist\/(\S+)\.js(.*)$/.exec(entry.command);
+  if (!match) throw new Error(`Procfile "${entry.name}" is not "node [options] dist/<file>.js": ${entry.command}`);
+  const [, options, file, rest] = match;
+  return { options, file, rest };
 }
 
 /** A Procfile command as run from source: `node [opts] dist/x.js` → `node --import tsx [opts] x.ts`. */
 export function fromSource(entry: ProcfileEntry, extraNodeArgs: string[] = []): ProcfileEntry {
-  const match = /^node\s+(.*?)\s*dist\/(\S+)\.js(.*)$/.exec(entry.command);
-  if (!match) throw new Error(`Procfile "${entry.name}" is not "node [options] dist/<file>.js": ${entry.command}`);
-  const [, options, file, rest] = match;
+  const { options, file, rest } = procfileNodeCommand(entry);
   const args = ['--import', 'tsx', ...extraNodeArgs, options].filter(Boolean).join(' ');
   return { name: entry.name, command: `node ${args} ${file}.ts${rest}` };
 }
 
+/** A Procfile command as it is, compiled, with node options added: `node [extra] [opts] dist/x.js`. */
+export function compiledWith(entry: ProcfileEntry, extraNodeArgs: string[] = []): ProcfileEntry {
+  const { options, file, rest } = procfileNodeCommand(entry);
+  return { name: entry.name, command: ['node', ...extraNodeArgs, options, `dist/${file}.js${rest}`].filter(Boolean).join(' ') };
+}
+
 export async function startSystem(databaseUrl: string, options: SystemOptions = {}): Promise<SystemProcess> {
+  const command = options.compiled ? compiledWith : fromSource;
   const entries = parseProcfile(fs.readFileSync(path.join(REPO_ROOT, 'Procfile'), 'utf8')).map((entry) =>
-    fromSource(entry, entry.name === 'collector' ? options.collectorNodeArgs : []),
+    command(entry, entry.name === 'collector' ? options.collectorNodeArgs : []),
   );
   const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-system-'));
   const procfile = path.join(folder, 'Procfile');

@@ -7,7 +7,7 @@ import { processTreeMemory } from '../bench/lib/procs';
 import { processMemory } from '../harness/processMemory';
 import { isRunning, killAllChildren, spawnProcess, stopChild } from '../harness/processes';
 import { seededRandom, shuffled } from '../harness/random';
-import { fromSource } from '../harness/systemProcess';
+import { compiledWith, fromSource } from '../harness/systemProcess';
 import { parseProcfile } from '../scripts/lib/procfile';
 import { httpStatus, waitFor } from '../harness/wait';
 import { freeTcpPort } from '../scripts/lib/freePort';
@@ -152,4 +152,13 @@ t.test('the whole system from source: each Procfile command runs its TypeScript 
     const file = /(\S+\.ts)$/.exec(fromSource(entry).command)?.[1] ?? '';
     t.ok(fs.existsSync(file), `the Procfile's ${entry.name} maps to a source file (${file})`);
   }
+});
+
+t.test('the whole system compiled: each Procfile command as it is, the added node options first', async (t) => {
+  t.same(compiledWith({ name: 'web', command: 'node dist/api/main.js' }), { name: 'web', command: 'node dist/api/main.js' });
+  t.same(compiledWith({ name: 'collector', command: 'node --max-semi-space-size=32 dist/collector/main.js' }, ['--cpu-prof']), {
+    name: 'collector',
+    command: 'node --cpu-prof --max-semi-space-size=32 dist/collector/main.js',
+  });
+  t.throws(() => compiledWith({ name: 'web', command: 'npm run serve' }), /Procfile "web" is not "node \[options\] dist\/<file>.js"/);
 });

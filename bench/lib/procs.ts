@@ -93,14 +93,23 @@ function ticksPerSecond(): number {
   return clockTicks;
 }
 
-/** User + system CPU seconds of a process (all its threads), from /proc/<pid>/stat; 10 ms resolution. */
-export function processCpuSeconds(pid: number): number {
+export interface CpuSplit {
+  user: number;
+  system: number;
+}
+
+/** User and system CPU seconds of a process (all its threads), from /proc/<pid>/stat; 10 ms resolution. */
+export function processCpu(pid: number): CpuSplit {
   const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
   // The command name (field 2) may hold spaces; everything after its closing parenthesis is fixed.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const utime = Number(fields[11]);
-  const stime = Number(fields[12]);
-  return (utime + stime) / ticksPerSecond();
+  return { user: Number(fields[11]) / ticksPerSecond(), system: Number(fields[12]) / ticksPerSecond() };
+}
+
+/** User + system CPU seconds of a process (all its threads). */
+export function processCpuSeconds(pid: number): number {
+  const { user, system } = processCpu(pid);
+  return user + system;
 }
 
 /** The kernel's UDP counters (system-wide) from /proc/net/snmp. */
@@ -132,6 +141,12 @@ function overProcessTree(pid: number, read: (pid: number) => number): number {
   });
   return read(pid) + descendants.reduce((a, b) => a + b, 0);
 }
+
+/** processCpu of `pid` and of its descendants alive now. */
+export const processTreeCpu = (pid: number): CpuSplit => ({
+  user: overProcessTree(pid, (p) => processCpu(p).user),
+  system: overProcessTree(pid, (p) => processCpu(p).system),
+});
 
 /** processCpuSeconds of `pid` and of its descendants alive now. */
 export const processTreeCpuSeconds = (pid: number): number => overProcessTree(pid, processCpuSeconds);
