@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { freeTcpPort, freeUdpPort } from '../scripts/lib/freePort';
+import { freeTcpPorts, freeUdpPort } from '../scripts/lib/freePort';
 import { parseProcfile, type ProcfileEntry } from '../scripts/lib/procfile';
 import { fetchCollectorMetrics, type CollectorMetrics } from './collectorProcess';
 import { isRunning, REPO_ROOT, spawnTsx, stopChild, type Child } from './processes';
@@ -67,11 +67,12 @@ export async function startSystem(databaseUrl: string, options: SystemOptions = 
   const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-system-'));
   const procfile = path.join(folder, 'Procfile');
   fs.writeFileSync(procfile, entries.map((entry) => `${entry.name}: ${entry.command}\n`).join(''));
+  const [apiPort, apiMetricsPort, collectorMetricsPort] = await freeTcpPorts(3);
   const ports = {
-    PORT: await freeTcpPort(),
-    API_METRICS_PORT: await freeTcpPort(),
+    PORT: apiPort,
+    API_METRICS_PORT: apiMetricsPort,
     COLLECTOR_PORT: await freeUdpPort(),
-    COLLECTOR_METRICS_PORT: await freeTcpPort(),
+    COLLECTOR_METRICS_PORT: collectorMetricsPort,
   };
   const launcher = spawnTsx('npm-start', 'scripts/start.ts', {
     keepOutput: true,

@@ -10,7 +10,7 @@ import { seededRandom, shuffled } from '../harness/random';
 import { compiledWith, fromSource } from '../harness/systemProcess';
 import { parseProcfile } from '../scripts/lib/procfile';
 import { httpStatus, waitFor } from '../harness/wait';
-import { freeTcpPort } from '../scripts/lib/freePort';
+import { freeTcpPort, freeTcpPorts } from '../scripts/lib/freePort';
 import { closeServer, listen } from '../shared/process';
 
 // The harness the tests and the benchmarks share: the parts the other tests do not reach on their
@@ -84,6 +84,16 @@ t.test('processMemory reads the resident set of a live process and throws for a 
   const child = nodeEval('');
   await child.exited;
   t.throws(() => processMemory(child.proc.pid!));
+});
+
+// The whole system's harness passes three TCP ports to its processes at once; one port given
+// twice made the launcher refuse to start in a benchmark run.
+t.test('freeTcpPorts gives different ports, each free again once returned', async (t) => {
+  const ports = await freeTcpPorts(50);
+  t.equal(new Set(ports).size, 50);
+  const servers = ports.map(() => http.createServer());
+  t.teardown(() => Promise.all(servers.map((server) => closeServer(server))));
+  for (const [i, server] of servers.entries()) t.equal(await listen(server, '127.0.0.1', ports[i], 'test'), ports[i]);
 });
 
 // A cluster's workers hold the receivers' memory: the ingest benchmark sums the process tree.

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createDb } from '../../shared/db';
-import { freeTcpPort } from '../lib/freePort';
+import { freeTcpPorts } from '../lib/freePort';
 import { runAsIds } from '../lib/localPostgres';
 
 // A throwaway Citus cluster on 127.0.0.1: a coordinator and two workers, each a Debian
@@ -54,7 +54,7 @@ export async function startCitusCluster(): Promise<CitusCluster> {
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-citus-'));
   fs.chmodSync(scratch, 0o711);
   if (ids) fs.chownSync(scratch, ids.uid, ids.gid);
-  const ports = [await freeTcpPort(), await freeTcpPort(), await freeTcpPort()];
+  const ports = await freeTcpPorts(3);
   const dataDirs = ports.map((_, i) => path.join(scratch, i === 0 ? 'coordinator' : `worker${i}`));
   const stop = () => {
     for (const dataDir of dataDirs.filter((dir) => fs.existsSync(path.join(dir, 'postmaster.pid')))) {
