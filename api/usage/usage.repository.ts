@@ -315,7 +315,8 @@ const FIRST_BUCKET = "date_trunc(:granularity, cast(:from as timestamptz), 'UTC'
 
 // Sums stay numeric (PostgreSQL's exact decimal) and are read as exact counts: saturated
 // buckets would overflow a bigint sum. The key's hours of the range are read from both bucket
-// tables once, then spread over the series.
+// tables once, then matched to their bucket by equality (a hash join: with the range alone the
+// 720 hours of a 30-day hourly series were compared with each of its 721 buckets).
 export async function keyTimeSeries(db: Db, query: { orgId: string; keyId: string; from: Date; to: Date; granularity: Granularity }): Promise<SeriesBucket[]> {
   const step = query.granularity === 'hour' ? '1 hour' : '1 day';
   const columns = ['request_count', ...OUTCOMES.map((outcome) => `${outcome}_count`)];
@@ -326,7 +327,7 @@ export async function keyTimeSeries(db: Db, query: { orgId: string; keyId: strin
     `select s.bucket as start, ${sums}
        from generate_series(${FIRST_BUCKET}, cast(:to as timestamptz), cast(:step as interval)) as s(bucket)
        left join ${hourBuckets(`hour, ${counts}`, `org_id = :orgId and key_id = :keyId and hour >= ${FIRST_BUCKET} and hour < cast(:to as timestamptz) + cast(:step as interval)`)} h
-         on h.hour >= s.bucket and h.hour < s.bucket + cast(:step as interval)
+         on date_trunc(:granularity, h.hour, 'UTC') = s.bucket and h.hour >= s.bucket and h.hour < s.bucket + cast(:step as interval)
       group by s.bucket
       order by s.bucket`,
     { granularity: query.granularity, from: query.from, to: query.to, step, orgId: query.orgId, keyId: query.keyId },
