@@ -118,7 +118,7 @@ const walSince = async (db: Db, from: string): Promise<number> =>
   Number((await db.raw('select pg_wal_lsn_diff(pg_current_wal_lsn(), ?) as bytes', [from])).rows[0].bytes);
 
 // Updates and HOT updates of the tables every flush updates, from PostgreSQL's statistics.
-const HOT_TABLES = ['api_key_usage', 'api_key_usage_hourly', 'api_key_recent_ips'];
+const HOT_TABLES = ['api_key_usage', 'api_key_usage_hourly', 'api_key_usage_current_hours', 'api_key_recent_ips'];
 type UpdateCounts = Map<string, { updates: number; hot: number }>;
 async function updateCounts(db: Db): Promise<UpdateCounts> {
   const rows = (await db.raw('select relname, n_tup_upd, n_tup_hot_upd from pg_stat_user_tables where relname = any(?)', [HOT_TABLES])).rows;

@@ -28,6 +28,17 @@ export const SCHEMA_VARIANTS: readonly SchemaVariant[] = [
     ],
   },
   {
+    name: 'current-hours-not-hot',
+    change:
+      "migration 20261202000100's HOT made undone: the current hours' table indexed as api_key_usage_hourly (covering primary key, an index on hour, fillfactor 70), so the flush's bucket updates write index entries, as before it",
+    statements: [
+      'alter table api_key_usage_current_hours drop constraint api_key_usage_current_hours_pkey',
+      `alter table api_key_usage_current_hours add constraint api_key_usage_current_hours_pkey ${PRIMARY_KEY.covering}`,
+      'create index api_key_usage_current_hours_hour_idx on api_key_usage_current_hours (hour)',
+      'alter table api_key_usage_current_hours set (fillfactor = 70)',
+    ],
+  },
+  {
     name: 'fk-checks',
     change: 'migration 20261201000080 undone: the hourly, IP, IP-history and event tables keep their foreign keys (a check per inserted row)',
     statements: RESTORE_FOREIGN_KEYS,

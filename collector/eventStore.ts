@@ -7,7 +7,7 @@ import type { Db } from '../shared/db';
 import { dormantKeySql } from '../shared/dormancy';
 import type { KeyUsageDelta } from './aggregator';
 import { BASELINE_DAYS, detectKeyEvents, type DetectionThresholds, type HourFacts, type KeyEvent, type KeyFacts } from './eventRules';
-import { TABLE } from '../shared/tables';
+import { HOUR_TABLES, TABLE } from '../shared/tables';
 import { copyLine, copyLines, copyText, msToTime, STAGED_KEY } from './flushStaging';
 
 export interface EventDetection extends DetectionThresholds {
@@ -30,7 +30,19 @@ export interface EventDetection extends DetectionThresholds {
 // 2. One row per (key, hour) the batch touched, with the key's totals repeated and its new
 //    networks as JSON. Times go back as epoch milliseconds (float8): pg parsing two timestamps
 //    per row cost the 100 k-key flush ≈ 0.2 s of client CPU. The 7-day baseline is read only
-//    for hours that reached spikeMinUses ($1): most keys never pay for it.
+//    for hours that reached spikeMinUses ($1): most keys never pay for it. An hour's
+//    counts are summed over both bucket tables: a late use of an hour the upkeep already moved
+//    has a current row beside the moved one.
+// The key's bucket of `hour` in each of the two bucket tables (shared/tables.ts): at most
+// one row in each, so plain joins on the primary keys, which Citus pushes down to the org's shards
+// as it does every other join here (a UNION ALL under LATERAL it refuses).
+const joinHours = (moved: string, current: string, hour: string) =>
+  HOUR_TABLES.map((table, i) => {
+    const alias = [moved, current][i];
+    return `left join ${table} ${alias} on ${alias}.org_id = x.org_id and ${alias}.key_id = x.key_id and ${alias}.hour = ${hour}`;
+  }).join('\n  ');
+const bothHours = (column: string, moved: string, current: string) => `keyusage_add(coalesce(${moved}.${column}, 0), coalesce(${current}.${column}, 0))`;
+
 const FACTS = `
 with r as (
   select r.org_id, r.key_id, r.ip, ${msToTime('r.first_seen_ms')} as first_seen, ${msToTime('r.last_seen_ms')} as last_seen,
@@ -55,21 +67,20 @@ with r as (
   select key_id, json_agg(json_build_object('prefix', prefix, 'ip', first_ip, 'firstSeen', first_seen)) as prefixes
     from upserted where inserted group by key_id
 )
-select x.key_id, x.hour_ms, coalesce(h.request_count, 0) as uses, coalesce(h.bad_secret_count, 0) as failed,
+select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${bothHours('bad_secret_count', 'h', 'c')} as failed,
        coalesce(u.request_count, 0) as request_count, cast(floor(extract(epoch from k.created_at) * 1000) as float8) as created_ms,
        cast(k.expected_networks as text[]) as expected_networks,
-       case when coalesce(h.request_count, 0) >= $1 then
-         array(select coalesce(b.request_count, 0)
+       case when ${bothHours('request_count', 'h', 'c')} >= $1 then
+         array(select ${bothHours('request_count', 'b', 'bc')}
                  from generate_series(1, ${BASELINE_DAYS}) as d(n)
-                 left join ${TABLE.usageHourly} b
-                   on b.org_id = x.org_id and b.key_id = x.key_id and b.hour = x.hour - make_interval(days => d.n)
+                 ${joinHours('b', 'bc', 'x.hour - make_interval(days => d.n)')}
                 order by d.n)
        end as baseline,
        fresh.prefixes
   from (select f.org_id, f.key_id, f.hour_ms, ${msToTime('f.hour_ms')} as hour from flush_hours f ${STAGED_KEY('f')}) x
   join ${TABLE.apiKeys} k on k.org_id = x.org_id and k.id = x.key_id
   left join ${TABLE.usage} u on u.org_id = x.org_id and u.key_id = x.key_id
-  left join ${TABLE.usageHourly} h on h.org_id = x.org_id and h.key_id = x.key_id and h.hour = x.hour
+  ${joinHours('h', 'c', 'x.hour')}
   left join fresh on fresh.key_id = x.key_id`;
 
 // Sorted by dedupe_key so two collectors inserting the same events lock them in the same order.

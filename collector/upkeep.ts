@@ -4,12 +4,14 @@ import { expireIpData } from '../shared/ipRetention';
 import type { Logger } from '../shared/logger';
 import { EventSweep } from './eventSweep';
 import { expireOldEvents } from './eventStore';
+import { closedBefore, HOUR_MOVE, moveClosedHours } from './hourMove';
 import type { UsageStore } from './usageStore';
 import { createWebhookWorker } from './webhookWorker';
 
 // The collector's work beside ingest: the webhook worker that delivers the outbox key events
-// fill (docs/webhooks.md), the sweep for dormant and expiring keys, and the hourly retention
-// cleanup. With several receiving processes only one of them runs it.
+// fill (docs/webhooks.md), the sweep for dormant and expiring keys, the move of closed hours into
+// the hourly buckets, and the hourly retention cleanup. With several receiving processes only one
+// of them runs it.
 
 const HOUR_MS = 3_600_000;
 
@@ -19,6 +21,17 @@ export function createUpkeep(options: { db: Knex; store: UsageStore; config: Con
   const sweep = new EventSweep({ db, intervalMs: events.sweepIntervalMs, expiringDays: events.expiringDays, logger, now });
   const webhooks = createWebhookWorker({ db, peppers: [config.api.keyPepper, ...config.api.previousKeyPeppers], config: config.webhooks, logger, now });
   let retention: NodeJS.Timeout | undefined;
+  let mover: NodeJS.Timeout | undefined;
+  // One move at a time: a tick that finds one still running skips, and stop() waits for it.
+  let moving: Promise<void> | undefined;
+  const moveHours = () => {
+    moving ??= moveClosedHours(db, closedBefore(now()))
+      .then(
+        () => undefined,
+        (error) => logger.warn({ err: { message: error.message } }, 'moving closed hours failed'),
+      )
+      .finally(() => (moving = undefined));
+  };
   const cleanUp = () => {
     Promise.all([store.expireOldRows(config.collector.retentionDays), expireOldEvents(db, new Date(now()), events.retentionDays)]).catch((error) =>
       logger.warn({ err: { message: error.message } }, 'retention cleanup failed'),
@@ -32,10 +45,13 @@ export function createUpkeep(options: { db: Knex; store: UsageStore; config: Con
       webhooks.start();
       if (events.enabled) sweep.start();
       retention = setInterval(cleanUp, HOUR_MS).unref();
+      mover = setInterval(moveHours, HOUR_MOVE.intervalMs).unref();
     },
     /** Sends in flight are recorded; anything not yet sent stays in the outbox for the next start. */
     async stop(): Promise<void> {
       clearInterval(retention);
+      clearInterval(mover);
+      await moving;
       await sweep.stop();
       await webhooks.stop();
     },

@@ -4,7 +4,7 @@ import type { Db } from '../shared/db';
 import { OUTCOMES, provenCount } from '../shared/usageWire';
 import { mergeBatches, type KeyUsageDelta, type UsageBatch } from './aggregator';
 import { recordFlushEvents, type EventDetection } from './eventStore';
-import { IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../shared/tables';
+import { HOUR_TABLES, IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../shared/tables';
 import { connectionOf, copyLine, copyLines, copyNumber, copyText, msToTime, prepareStaging, STAGED_KEY } from './flushStaging';
 
 export interface PendingBatch {
@@ -96,14 +96,16 @@ on conflict (org_id, key_id) do update set
   ${latest(TABLE.usage, 'last_expired_use_at')},
   updated_at = excluded.updated_at`;
 
-// request_count of an hour counts proven uses; the outcome columns count every outcome.
+// request_count of an hour counts proven uses; the outcome columns count every outcome. Into the
+// current hours' table, whose only index is its plain primary key, so every update of a bucket is
+// HOT; the upkeep moves closed hours into the hourly table (collector/hourMove.ts).
 const UPSERT_HOURS = `
-insert into ${TABLE.usageHourly} (org_id, key_id, hour, request_count, ${outcomeColumns.join(', ')})
+insert into ${TABLE.usageCurrentHours} (org_id, key_id, hour, request_count, ${outcomeColumns.join(', ')})
 select h.org_id, h.key_id, ${msToTime('h.hour_ms')}, h.request_count, ${outcomeColumns.map((c) => `h.${c}`).join(', ')}
   from flush_hours h ${STAGED_KEY('h')}
  order by h.key_id, h.org_id, h.hour_ms
 on conflict (org_id, key_id, hour) do update set
-  ${['request_count', ...outcomeColumns].map(addTo(TABLE.usageHourly)).join(',\n  ')}`;
+  ${['request_count', ...outcomeColumns].map(addTo(TABLE.usageCurrentHours)).join(',\n  ')}`;
 
 // Proven uses go to api_key_recent_ips, failed attempts to api_key_failed_ips: one shape.
 const STORE_IP_TABLES = {
@@ -353,7 +355,7 @@ export function createPgUsageStore(db: Db, options: { events?: EventDetection } 
     },
 
     async expireOldRows(retentionDays) {
-      await db.raw(`delete from ${TABLE.usageHourly} where hour < now() - make_interval(days => ?)`, [retentionDays]);
+      for (const table of HOUR_TABLES) await db.raw(`delete from ${table} where hour < now() - make_interval(days => ?)`, [retentionDays]);
       await db.raw(`delete from usage_flushes where applied_at < now() - interval '${FLUSH_ID_RETENTION}'`);
     },
   };

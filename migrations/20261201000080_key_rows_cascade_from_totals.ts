@@ -27,10 +27,11 @@ export const KEY_ROW_TABLES = ['api_key_usage_hourly', 'api_key_recent_ips', 'ap
 const FUNCTION = 'keyusage_delete_key_rows';
 const TRIGGER = 'api_key_usage_delete_key_rows';
 
-const DELETE_KEY_ROWS = `
-  create function ${FUNCTION}() returns trigger language plpgsql as $$
+/** The trigger's function, deleting the key's rows from `tables` (20261202000100 adds a table). */
+export const deleteKeyRowsFunction = (tables: readonly string[]) => `
+  create or replace function ${FUNCTION}() returns trigger language plpgsql as $$
   begin
-    ${KEY_ROW_TABLES.map((table) => `delete from ${table} where org_id = old.org_id and key_id = old.key_id;`).join('\n    ')}
+    ${tables.map((table) => `delete from ${table} where org_id = old.org_id and key_id = old.key_id;`).join('\n    ')}
     return null;
   end $$`;
 
@@ -53,7 +54,7 @@ export async function up(knex: Knex): Promise<void> {
       from (${KEY_ROW_TABLES.map((table) => `select org_id, key_id from ${table}`).join(' union ')}) r
       join api_keys k on k.id = r.key_id and k.org_id = r.org_id
     on conflict (org_id, key_id) do nothing`);
-  await knex.raw(DELETE_KEY_ROWS);
+  await knex.raw(deleteKeyRowsFunction(KEY_ROW_TABLES));
   await knex.raw(`create trigger ${TRIGGER} after delete on api_key_usage for each row execute function ${FUNCTION}()`);
 }
 

@@ -5,6 +5,7 @@ export const TABLE = {
   apiKeys: 'api_keys',
   usage: 'api_key_usage',
   usageHourly: 'api_key_usage_hourly',
+  usageCurrentHours: 'api_key_usage_current_hours',
   recentIps: 'api_key_recent_ips',
   failedIps: 'api_key_failed_ips',
   ipHistory: 'api_key_ip_history',
@@ -23,3 +24,18 @@ export const IP_TABLES = {
 
 /** Addresses kept per key and IP table: the collector trims to this after each flush, the API reads no more. */
 export const RECENT_IPS_PER_KEY = 5;
+
+/**
+ * A key's hourly buckets live in two tables: the hours the flush still adds to (plain primary key,
+ * HOT updates) and the closed hours the collector's upkeep moved out of it (collector/hourMove.ts;
+ * covering primary key, index-only window sums). Each count is in exactly one of them at any
+ * instant, and an hour may have a row in both (a late use after its move): readers sum both.
+ */
+export const HOUR_TABLES = [TABLE.usageHourly, TABLE.usageCurrentHours] as const;
+
+/**
+ * Both tables' buckets as one relation, for a FROM clause: `columns` of the rows matching `filter`,
+ * which is applied in each branch so that each reads its own primary key.
+ */
+export const hourBuckets = (columns: string, filter: string) =>
+  `(${HOUR_TABLES.map((table) => `select ${columns} from ${table} where ${filter}`).join(' union all ')})`;

@@ -7,6 +7,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import t from 'tap';
 import { Aggregator } from '../collector/aggregator';
 import { sweepTimeEvents } from '../collector/eventStore';
+import { moveClosedHours } from '../collector/hourMove';
 import { createPgUsageStore } from '../collector/usageStore';
 import { waitFor } from '../harness/wait';
 import { loadConfig } from '../shared/config';
@@ -14,8 +15,9 @@ import { migrateLatest, type Db } from '../shared/db';
 import { TABLE } from '../shared/tables';
 import { freshDatabase, migrateDownTo } from './helpers/database';
 
-const DAY = 86_400_000;
-const ROW_TABLES = [TABLE.usage, TABLE.usageHourly, TABLE.recentIps, TABLE.failedIps, TABLE.ipHistory, TABLE.keyEvents] as const;
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+const ROW_TABLES = [TABLE.usage, TABLE.usageHourly, TABLE.usageCurrentHours, TABLE.recentIps, TABLE.failedIps, TABLE.ipHistory, TABLE.keyEvents] as const;
 const detection = () => loadConfig({ NODE_ENV: 'development' }).collector.events;
 const onCitus = Boolean(process.env.TEST_SHARED_DATABASE_URL);
 
@@ -41,9 +43,9 @@ async function createKey(db: Db, orgId: string, createdAt = new Date()): Promise
 type Key = { orgId: string; keyId: string };
 
 /** Row counts of `key` in every table that holds rows of a key, by table. */
-async function rowsOf(db: Db, { orgId, keyId }: Key): Promise<Record<string, number>> {
+async function rowsOf(db: Db, { orgId, keyId }: Key, tables: readonly string[] = ROW_TABLES): Promise<Record<string, number>> {
   const counts: Record<string, number> = {};
-  for (const table of ROW_TABLES) {
+  for (const table of tables) {
     const [row] = await db(table).where({ org_id: orgId, key_id: keyId }).count({ n: '*' });
     counts[table] = Number(row.n);
   }
@@ -77,6 +79,9 @@ t.test('deleting a key, then its organization, by SQL removes every row of their
   const written = await flushUses(db, [deleted, sibling, other, forged]);
   t.equal(written.unknownKeys, 1, 'a line naming a key under another org is dropped');
   t.strictSame(await rowsOf(db, forged), none, 'and writes nothing under that org');
+  // The first flush's hour moved to the hourly table, the next flush's uses back in the current one.
+  await moveClosedHours(db, new Date(Date.now() + 2 * HOUR));
+  await flushUses(db, [deleted, sibling, other]);
   await sweepTimeEvents(db, new Date(), []);
   for (const key of [deleted, sibling, other]) {
     const rows = await rowsOf(db, key);
@@ -135,13 +140,14 @@ t.test(
   { skip: onCitus && 'the runner distributes the migrated tables; a rollback would undo that' },
   async (t) => {
     const { db } = await freshDatabase(t);
-    await migrateDownTo(db, '20261201000070_usage_windows_index_only.ts');
     const acme = await createOrg(db, 'acme');
     const used: Key = { orgId: acme, keyId: await createKey(db, acme) };
     const idle: Key = { orgId: acme, keyId: await createKey(db, acme, new Date(Date.now() - 100 * DAY)) };
     await flushUses(db, [used]);
+    await migrateDownTo(db, '20261201000070_usage_windows_index_only.ts');
+    t.equal((await db(TABLE.usageHourly).where({ key_id: used.keyId })).length, 1, 'undoing 100 moved the current hour into the hourly table');
     await db(TABLE.keyEvents).insert({ org_id: acme, key_id: idle.keyId, type: 'key.dormant', occurred_at: new Date(), details: {} });
-    t.match(await rowsOf(db, idle), { [TABLE.usage]: 0, [TABLE.keyEvents]: 1 }, 'before: an event and no totals row');
+    t.strictSame(await rowsOf(db, idle, [TABLE.usage, TABLE.keyEvents]), { [TABLE.usage]: 0, [TABLE.keyEvents]: 1 }, 'before: an event and no totals row');
 
     await migrateLatest(db);
     const [anchor] = await db(TABLE.usage).where({ org_id: acme, key_id: idle.keyId }).select('request_count', 'last_used_at');

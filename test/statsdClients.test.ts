@@ -9,7 +9,7 @@ import StatsdClient from 'statsd-client';
 import t, { type Test } from 'tap';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
 import { waitFor } from '../harness/wait';
-import { freshDatabase } from './helpers/database';
+import { freshDatabase, hourRows } from './helpers/database';
 import { seedKeys } from './helpers/faults';
 
 const HOUR_MS = 3_600_000;
@@ -83,7 +83,7 @@ t.test('usage lines from real clients are persisted exactly; every other line is
   t.equal(byKey.get(secondClient).last_used_ip, '2001:db8::7', 'upper-case ids reached the lower-case key');
   t.equal(byKey.get(secondClient).last_failed_ip, '198.51.100.9');
   t.equal(new Date(byKey.get(dogstatsdRaw).last_used_at).getTime(), earlier, '|T sets last_used_at');
-  const hours = await db('api_key_usage_hourly').where({ key_id: dogstatsdRaw });
+  const hours = await hourRows(db, [dogstatsdRaw]);
   t.strictSame(
     hours.map((h) => new Date(h.hour).getTime()),
     [earlier - (earlier % HOUR_MS)],

@@ -240,7 +240,7 @@ t.test('connections cut mid-flush (one collector, one proxy, one cut per flush)'
       [/insert into usage_flushes/i, 'after-forward'],
       [/insert into api_key_usage \(/i, 'before-forward'],
       [/insert into api_key_usage \(/i, 'after-forward'],
-      [/insert into api_key_usage_hourly/i, 'after-forward'],
+      [/insert into api_key_usage_current_hours/i, 'after-forward'],
       [/insert into api_key_recent_ips/i, 'before-forward'],
       [/^COMMIT/i, 'after-forward'],
     ];

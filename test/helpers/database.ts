@@ -2,6 +2,8 @@ import { randomBytes } from 'node:crypto';
 import type { Test } from 'tap';
 import { createScratchDatabase } from '../../harness/postgres';
 import { createDb, MIGRATION_CONFIG, type Db } from '../../shared/db';
+import { HOUR_TABLES, hourBuckets } from '../../shared/tables';
+import { OUTCOMES } from '../../shared/usageWire';
 
 export const TEMPLATE_DATABASE = 'keyusage_test_template';
 
@@ -42,4 +44,17 @@ export async function emptyDatabase(t: Test): Promise<string> {
 export async function migrateDownTo(db: Db, last: string): Promise<void> {
   const [completed] = (await db.migrate.list(MIGRATION_CONFIG)) as [Array<{ name: string }>, unknown];
   for (const { name } of completed.filter((m) => m.name > last).reverse()) await db.migrate.down({ ...MIGRATION_CONFIG, name });
+}
+
+const HOUR_COLUMNS = ['org_id', 'key_id', 'hour', 'request_count', ...OUTCOMES.map((outcome) => `${outcome}_count`)].join(', ');
+
+/** The hourly buckets of `keyIds` in both bucket tables (shared/tables.ts), counts as numbers: an hour may have a row in each. */
+export async function hourRows(db: Db, keyIds: readonly string[]): Promise<Array<{ org_id: string; key_id: string; hour: Date } & Record<string, number>>> {
+  const { rows } = await db.raw(
+    `select ${HOUR_COLUMNS} from ${hourBuckets(HOUR_COLUMNS, 'key_id = any(cast(? as uuid[]))')} h order by key_id, hour`,
+    HOUR_TABLES.map(() => [...keyIds]),
+  );
+  return rows.map((row: Record<string, unknown>) =>
+    Object.fromEntries(Object.entries(row).map(([column, value]) => [column, column.endsWith('_count') ? Number(value) : value])),
+  );
 }

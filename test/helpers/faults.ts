@@ -21,7 +21,7 @@ import { freeTcpPort } from '../../scripts/lib/freePort';
 import { loadConfig } from '../../shared/config';
 import type { Db } from '../../shared/db';
 import { OUTCOMES, encodeUsageLine, packDatagrams, parsePacket, zeroOutcomes, type Outcome, type UsageSample } from '../../shared/usageWire';
-import { freshDatabase } from './database';
+import { freshDatabase, hourRows } from './database';
 
 const PROBE = path.join(__dirname, 'collectorProbe.ts');
 
@@ -548,15 +548,13 @@ export class Ledger {
 
 // Every outcome, proven or failed: the fault battery checks that each line sent is counted once,
 // whichever of the two kinds it is.
-const everyOutcome = OUTCOMES.map((outcome) => `${outcome}_count`).join(' + ');
+const everyOutcome = (row: Record<string, unknown>) => OUTCOMES.reduce((sum, outcome) => sum + Number(row[`${outcome}_count`]), 0);
 
 /** Per-key totals (every outcome), outcome counts, hourly and IP sums as PostgreSQL holds them. */
 export async function persistedUsage(db: Db, keyIds: readonly string[]) {
   const rows: Array<Record<string, number | string>> = await db('api_key_usage').whereIn('key_id', keyIds);
-  const hourly: Array<{ key_id: string; total: number }> = await db('api_key_usage_hourly')
-    .whereIn('key_id', keyIds)
-    .groupBy('key_id')
-    .select('key_id', db.raw(`sum(${everyOutcome}) as total`));
+  const hourly = new Map<string, number>();
+  for (const row of await hourRows(db, keyIds)) hourly.set(row.key_id, (hourly.get(row.key_id) ?? 0) + everyOutcome(row));
   const ips: Array<{ key_id: string; total: number; ips: number }> = await db
     .from(
       db('api_key_recent_ips')
@@ -574,7 +572,7 @@ export async function persistedUsage(db: Db, keyIds: readonly string[]) {
     total: [...byKey.keys()].reduce((sum, keyId) => sum + count(keyId), 0),
     count,
     outcomes,
-    hourly: new Map(hourly.map((row) => [row.key_id, Number(row.total)])),
+    hourly,
     ips: new Map(ips.map((row) => [row.key_id, { total: Number(row.total), ips: row.ips }])),
     rows: rows.length,
   };

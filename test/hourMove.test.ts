@@ -1,0 +1,201 @@
+// The current hours' table (migrations/20261202000100): the flush adds to it with HOT updates, the
+// upkeep moves closed hours into api_key_usage_hourly exactly once, and every reader sums both.
+import { randomUUID } from 'node:crypto';
+import t, { type Test } from 'tap';
+import { Aggregator } from '../collector/aggregator';
+import { closedBefore, moveClosedHours } from '../collector/hourMove';
+import { createPgUsageStore } from '../collector/usageStore';
+import { waitFor } from '../harness/wait';
+import { loadConfig } from '../shared/config';
+import type { Db } from '../shared/db';
+import { TABLE } from '../shared/tables';
+import { seedOrg, startTestApi } from './helpers/api';
+import { freshDatabase, hourRows } from './helpers/database';
+
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+const onCitus = Boolean(process.env.TEST_SHARED_DATABASE_URL);
+const thisHour = () => Math.floor(Date.now() / HOUR) * HOUR;
+
+type Key = { orgId: string; keyId: string };
+
+/** Flushes `count` proven uses of `key` received at `at` (its hour is the bucket). */
+async function flushUses(db: Db, key: Key, count: number, at: number, events?: ReturnType<typeof spikeDetection>) {
+  const aggregator = new Aggregator({ maxKeys: 10, now: () => at });
+  aggregator.add({ ...key, ip: '127.0.0.1', outcome: 'ok', count }, at);
+  return createPgUsageStore(db, { events }).write([{ id: randomUUID(), batch: aggregator.drain() }]);
+}
+
+/** (hour, request_count) of the key's rows in one bucket table. */
+async function bucketsIn(db: Db, table: string, key: Key) {
+  const rows = await db(table).where({ org_id: key.orgId, key_id: key.keyId }).orderBy('hour').select('hour', 'request_count');
+  return rows.map((row: { hour: Date; request_count: string }) => [row.hour.getTime(), Number(row.request_count)]);
+}
+
+async function setUp(t: Test) {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  return { db, api, adminKey, key: { orgId: org.id, keyId: adminKeyId } };
+}
+
+t.test('the flush adds to the current hours’ table, and its updates of a bucket are HOT', { skip: onCitus && 'statistics live on the workers' }, async (t) => {
+  const { db, key } = await setUp(t);
+  for (const count of [1, 2, 3]) await flushUses(db, key, count, Date.now());
+  t.strictSame(await bucketsIn(db, TABLE.usageCurrentHours, key), [[thisHour(), 6]], 'one bucket of the hour, counting every flush');
+  t.strictSame(await bucketsIn(db, TABLE.usageHourly, key), [], 'nothing in the hourly table before the hour is moved');
+  // Statistics reach the shared view when the flush's backend reports them (within seconds).
+  const stats = await waitFor(
+    'the updates in the statistics',
+    async () => {
+      const { rows } = await db.raw('select n_tup_upd, n_tup_hot_upd from pg_stat_user_tables where relname = ?', [TABLE.usageCurrentHours]);
+      return Number(rows[0]?.n_tup_upd) >= 2 ? rows[0] : undefined;
+    },
+    20_000,
+  );
+  t.equal(Number(stats.n_tup_hot_upd), Number(stats.n_tup_upd), `every update was HOT (${stats.n_tup_hot_upd} of ${stats.n_tup_upd})`);
+});
+
+t.test('a closed hour moves exactly once; a late use of it is moved later into the same bucket; the endpoint sums both tables', async (t) => {
+  const { db, api, adminKey, key } = await setUp(t);
+  const closed = thisHour() - 2 * HOUR;
+  const usage = async () => {
+    const list = await api.request('GET', `/api/orgs/${key.orgId}/api-keys/usage?limit=100`, { key: adminKey });
+    const row = list.body.data.find((k: { id: string }) => k.id === key.keyId);
+    const from = new Date(closed - HOUR).toISOString();
+    const series = await api.request('GET', `/api/orgs/${key.orgId}/api-keys/${key.keyId}/usage?granularity=hour&from=${from}`, { key: adminKey });
+    const hours = series.body.buckets
+      .filter((b: { requestCount: number }) => b.requestCount > 0)
+      .map((b: { start: string; requestCount: number }) => [Date.parse(b.start), b.requestCount]);
+    return { last24h: row.requests.last24h, last7Days: row.last7Days.reduce((a: number, b: number) => a + b, 0), hours };
+  };
+  await flushUses(db, key, 3, closed + 60_000);
+  await flushUses(db, key, 5, Date.now());
+  const before = await usage();
+  t.strictSame(
+    before,
+    {
+      last24h: 8,
+      last7Days: 8,
+      hours: [
+        [closed, 3],
+        [thisHour(), 5],
+      ],
+    },
+    'before the move',
+  );
+
+  t.equal(await moveClosedHours(db, closedBefore(Date.now())), 1, 'the closed hour moves; the current one stays');
+  t.strictSame(await bucketsIn(db, TABLE.usageHourly, key), [[closed, 3]]);
+  t.strictSame(await bucketsIn(db, TABLE.usageCurrentHours, key), [[thisHour(), 5]]);
+  t.strictSame(await usage(), before, 'the endpoint reads the same counts after the move');
+  t.equal(await moveClosedHours(db, closedBefore(Date.now())), 0, 'a second move finds nothing');
+
+  await flushUses(db, key, 2, closed + 120_000);
+  t.strictSame(
+    await bucketsIn(db, TABLE.usageCurrentHours, key),
+    [
+      [closed, 2],
+      [thisHour(), 5],
+    ],
+    'a late use of the moved hour is a new current row',
+  );
+  t.strictSame(
+    await usage(),
+    {
+      last24h: 10,
+      last7Days: 10,
+      hours: [
+        [closed, 5],
+        [thisHour(), 5],
+      ],
+    },
+    'the endpoint sums the hour across both tables',
+  );
+  t.equal(await moveClosedHours(db, closedBefore(Date.now())), 1);
+  t.strictSame(await bucketsIn(db, TABLE.usageHourly, key), [[closed, 5]], 'added to the moved bucket');
+  t.strictSame(
+    await usage(),
+    {
+      last24h: 10,
+      last7Days: 10,
+      hours: [
+        [closed, 5],
+        [thisHour(), 5],
+      ],
+    },
+    'and read the same',
+  );
+});
+
+// A flush holds a row of a closed hour (a late use) while the move runs: the move skips it rather
+// than wait, and takes it, with the flush's count, at its next run.
+t.test('a move skips the rows a flush holds, and moves them with their new count later', { skip: onCitus && 'the lock wait is on a worker' }, async (t) => {
+  const { db, key } = await setUp(t);
+  const closed = thisHour() - 2 * HOUR;
+  await flushUses(db, key, 3, closed);
+  const flush = await db.transaction();
+  t.teardown(() => flush.rollback().catch(() => undefined));
+  await flush(TABLE.usageCurrentHours).where({ org_id: key.orgId, key_id: key.keyId }).increment('request_count', 4);
+  t.equal(await moveClosedHours(db, closedBefore(Date.now())), 0, 'the held row is left, without waiting');
+  await flush.commit();
+  t.equal(await moveClosedHours(db, closedBefore(Date.now())), 1);
+  t.strictSame(await bucketsIn(db, TABLE.usageHourly, key), [[closed, 7]], 'moved once, with the flush’s uses');
+  t.strictSame(await bucketsIn(db, TABLE.usageCurrentHours, key), []);
+});
+
+// The move has deleted the row (not committed yet) when a flush of the same key and hour arrives:
+// the flush waits for the move, then inserts a new current row. Nothing is lost or counted twice.
+t.test('a flush of an hour the move is taking waits for it and starts a new row', { skip: onCitus && 'the lock wait is on a worker' }, async (t) => {
+  const { db, key } = await setUp(t);
+  const closed = thisHour() - 2 * HOUR;
+  await flushUses(db, key, 3, closed);
+  const move = await db.transaction();
+  t.teardown(() => move.rollback().catch(() => undefined));
+  t.equal(await moveClosedHours(move, closedBefore(Date.now())), 1);
+  const flushing = flushUses(db, key, 4, closed);
+  await waitFor('the flush to wait for the move', async () => {
+    const { rows } = await db.raw(`select 1 from pg_locks where not granted and pid <> pg_backend_pid()`);
+    return rows.length > 0 ? true : undefined;
+  });
+  await move.commit();
+  t.equal((await flushing).usesWritten, 4);
+  t.strictSame(await bucketsIn(db, TABLE.usageHourly, key), [[closed, 3]]);
+  t.strictSame(await bucketsIn(db, TABLE.usageCurrentHours, key), [[closed, 4]]);
+  t.equal(
+    (await hourRows(db, [key.keyId])).reduce((sum, row) => sum + row.request_count, 0),
+    7,
+    'every use in exactly one table',
+  );
+});
+
+const spikeDetection = () => ({ ...loadConfig({ NODE_ENV: 'development' }).collector.events, spikeMinUses: 20, spikeFactor: 5 });
+
+// The spike rule reads the hour's count: with part of the hour moved, it is the sum of both rows.
+t.test('spike detection counts an hour across both tables', async (t) => {
+  const { db, key } = await setUp(t);
+  const closed = thisHour() - 2 * HOUR;
+  // A key used 2 times in this hour of each of the last 7 days, from the network it uses now.
+  await db(TABLE.apiKeys)
+    .where({ id: key.keyId })
+    .update({ created_at: new Date(closed - 30 * DAY) });
+  await db(TABLE.usageHourly).insert(
+    Array.from({ length: 7 }, (_, i) => ({ org_id: key.orgId, key_id: key.keyId, hour: new Date(closed - (i + 1) * DAY), request_count: 2, ok_count: 2 })),
+  );
+  await db(TABLE.usage).insert({ org_id: key.orgId, key_id: key.keyId, request_count: 14, ok_count: 14, last_used_at: new Date(closed - DAY) });
+  await db(TABLE.ipHistory).insert({
+    org_id: key.orgId,
+    key_id: key.keyId,
+    prefix: '127.0.0.0/24',
+    first_ip: '127.0.0.1',
+    first_seen: new Date(closed - 7 * DAY),
+    last_seen: new Date(closed),
+  });
+  const spikes = async () => (await db(TABLE.keyEvents).where({ key_id: key.keyId, type: 'key.spike' })).map((e: { details: object }) => e.details);
+
+  await flushUses(db, key, 15, closed + 60_000, spikeDetection());
+  t.strictSame(await spikes(), [], '15 uses: below the minimum of 20');
+  await moveClosedHours(db, closedBefore(Date.now()));
+  await flushUses(db, key, 10, closed + 120_000, spikeDetection());
+  t.match(await spikes(), [{ hour: new Date(closed).toISOString(), uses: 25, baselineMedian: 2 }], '15 moved + 10 late = 25 > 5 × 2');
+});
