@@ -15,8 +15,19 @@ import { createWebhookWorker } from './webhookWorker';
 
 const HOUR_MS = 3_600_000;
 
-export function createUpkeep(options: { db: Knex; store: UsageStore; config: Config; logger: Logger; now: () => number }) {
+export interface UpkeepOptions {
+  db: Knex;
+  store: UsageStore;
+  config: Config;
+  logger: Logger;
+  now: () => number;
+  /** How often closed hours are moved and retention runs; tests shorten them. */
+  intervals?: { moveHoursMs: number; retentionMs: number };
+}
+
+export function createUpkeep(options: UpkeepOptions) {
   const { db, store, config, logger, now } = options;
+  const intervals = options.intervals ?? { moveHoursMs: HOUR_MOVE.intervalMs, retentionMs: HOUR_MS };
   const events = config.collector.events;
   const sweep = new EventSweep({ db, intervalMs: events.sweepIntervalMs, expiringDays: events.expiringDays, logger, now });
   const webhooks = createWebhookWorker({ db, peppers: [config.api.keyPepper, ...config.api.previousKeyPeppers], config: config.webhooks, logger, now });
@@ -44,8 +55,8 @@ export function createUpkeep(options: { db: Knex; store: UsageStore; config: Con
     start(): void {
       webhooks.start();
       if (events.enabled) sweep.start();
-      retention = setInterval(cleanUp, HOUR_MS).unref();
-      mover = setInterval(moveHours, HOUR_MOVE.intervalMs).unref();
+      retention = setInterval(cleanUp, intervals.retentionMs).unref();
+      mover = setInterval(moveHours, intervals.moveHoursMs).unref();
     },
     /** Sends in flight are recorded; anything not yet sent stays in the outbox for the next start. */
     async stop(): Promise<void> {

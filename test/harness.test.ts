@@ -1,9 +1,18 @@
 import fs from 'node:fs';
 import http from 'node:http';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { fetchCollectorMetrics, parseCollectorMetrics } from '../harness/collectorProcess';
 import { databaseUrl, openPostgresServer } from '../harness/postgres';
-import { processTreeMemory } from '../bench/lib/procs';
+import {
+  mainThreadSchedMs,
+  processCpu,
+  processCpuSeconds,
+  processTreeCpu,
+  processTreeCpuSeconds,
+  processTreeMemory,
+  receivingPids,
+  udpCounters,
+} from '../bench/lib/procs';
 import { processMemory } from '../harness/processMemory';
 import { isRunning, killAllChildren, spawnProcess, stopChild } from '../harness/processes';
 import { seededRandom, shuffled } from '../harness/random';
@@ -96,19 +105,38 @@ t.test('freeTcpPorts gives different ports, each free again once returned', asyn
   for (const [i, server] of servers.entries()) t.equal(await listen(server, '127.0.0.1', ports[i], 'test'), ports[i]);
 });
 
-// A cluster's workers hold the receivers' memory: the ingest benchmark sums the process tree.
-t.test('processTreeMemory adds the memory of the descendants', async (t) => {
-  const holder = "globalThis.held = Buffer.alloc(64 << 20, 1); console.log('up'); setInterval(() => {}, 1000)";
+/** A node process that starts one child running `childSource`, which prints 'up' when ready; SIGTERM stops both. */
+async function parentOf(t: Test, childSource: string) {
   const parent = nodeEval(
-    `const c = require('node:child_process').spawn(process.execPath, ['-e', ${JSON.stringify(holder)}], { stdio: 'inherit' });` +
+    `const c = require('node:child_process').spawn(process.execPath, ['-e', ${JSON.stringify(childSource)}], { stdio: 'inherit' });` +
       "process.on('SIGTERM', () => { c.kill(); process.exit(0); }); setInterval(() => {}, 1000)",
   );
   t.teardown(() => stopChild(parent));
-  await waitFor('the child holding 64 MiB', () => (parent.lines.includes('up') ? true : undefined));
-  const own = processMemory(parent.proc.pid!);
-  const tree = processTreeMemory(parent.proc.pid!);
+  await waitFor('the child to be up', () => (parent.lines.includes('up') ? true : undefined));
+  return parent.proc.pid!;
+}
+
+// A cluster's workers hold the receivers' memory: the ingest benchmark sums the process tree.
+t.test('processTreeMemory adds the memory of the descendants', async (t) => {
+  const pid = await parentOf(t, "globalThis.held = Buffer.alloc(64 << 20, 1); console.log('up'); setInterval(() => {}, 1000)");
+  const own = processMemory(pid);
+  const tree = processTreeMemory(pid);
   t.ok(tree.rss >= own.rss + (60 << 20), `tree ${tree.rss} B, parent alone ${own.rss} B`);
   t.ok(tree.peakRss >= own.peakRss + (60 << 20), `tree peak ${tree.peakRss} B, parent alone ${own.peakRss} B`);
+});
+
+// The ingest benchmark's CPU columns: a receiver's tree (cluster workers) and its receiving loops.
+t.test('CPU and scheduler time from /proc, for a process, its tree and its receiving children', async (t) => {
+  const pid = await parentOf(t, "while (process.cpuUsage().user < 400_000); console.log('up'); setInterval(() => {}, 1000)");
+  const [child] = receivingPids(pid);
+  t.not(child, pid, 'a parent with a child: the child receives');
+  t.strictSame(receivingPids(child), [child], 'a process without children receives itself');
+  t.ok(processCpu(child).user >= 0.35, `the child's user CPU ${processCpu(child).user} s`);
+  t.ok(processTreeCpu(pid).user >= processCpu(pid).user + 0.35, 'the tree adds the child');
+  t.ok(processTreeCpuSeconds(pid) >= processCpuSeconds(pid) + 0.35, 'in seconds too');
+  t.ok(mainThreadSchedMs([child]).runMs >= 350, `the child's main thread ran ${mainThreadSchedMs([child]).runMs} ms`);
+  const udp = udpCounters();
+  t.ok(Number.isInteger(udp.InDatagrams) && Number.isInteger(udp.RcvbufErrors), 'the kernel UDP counters');
 });
 
 t.test('collector metrics: the keyusage_collector_ samples, by name without the prefix', async (t) => {

@@ -4,10 +4,12 @@ import { randomUUID } from 'node:crypto';
 import t, { type Test } from 'tap';
 import { Aggregator } from '../collector/aggregator';
 import { closedBefore, moveClosedHours } from '../collector/hourMove';
+import { createUpkeep } from '../collector/upkeep';
 import { createPgUsageStore } from '../collector/usageStore';
 import { waitFor } from '../harness/wait';
 import { loadConfig } from '../shared/config';
 import type { Db } from '../shared/db';
+import { createLogger } from '../shared/logger';
 import { TABLE } from '../shared/tables';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase, hourRows } from './helpers/database';
@@ -184,4 +186,22 @@ t.test('spike detection counts an hour across both tables', async (t) => {
   await moveClosedHours(db, closedBefore(Date.now()));
   await flushUses(db, key, 10, closed + 120_000, spikeDetection());
   t.match(await spikes(), [{ hour: new Date(closed).toISOString(), uses: 25, baselineMedian: 2 }], '15 moved + 10 late = 25 > 5 × 2');
+});
+
+// The collector's upkeep runs the move on its timer (and retention beside it): a closed hour
+// reaches the hourly buckets, the current hour stays, and stop() waits for a move in progress.
+t.test('the running upkeep moves closed hours on its timer', async (t) => {
+  const { db, key } = await setUp(t);
+  const closed = thisHour() - 2 * HOUR;
+  await flushUses(db, key, 3, closed);
+  await flushUses(db, key, 4, Date.now());
+  const config = loadConfig({ NODE_ENV: 'test' });
+  const logger = createLogger({ level: 'silent', name: 'upkeep-test' });
+  const upkeep = createUpkeep({ db, store: createPgUsageStore(db), config, logger, now: Date.now, intervals: { moveHoursMs: 20, retentionMs: 20 } });
+  upkeep.start();
+  t.teardown(() => upkeep.stop());
+  await waitFor('the closed hour in the hourly buckets', async () => ((await bucketsIn(db, TABLE.usageHourly, key)).length > 0 ? true : undefined));
+  await upkeep.stop();
+  t.strictSame(await bucketsIn(db, TABLE.usageHourly, key), [[closed, 3]]);
+  t.strictSame(await bucketsIn(db, TABLE.usageCurrentHours, key), [[thisHour(), 4]], 'the current hour stays where the flush adds to it');
 });
