@@ -16,11 +16,12 @@ import {
 import { processMemory } from '../harness/processMemory';
 import { isRunning, killAllChildren, spawnProcess, stopChild } from '../harness/processes';
 import { seededRandom, shuffled } from '../harness/random';
-import { compiledWith, fromSource } from '../harness/systemProcess';
+import { compiledWith, fromSource, startSystem } from '../harness/systemProcess';
 import { parseProcfile } from '../scripts/lib/procfile';
 import { httpStatus, waitFor } from '../harness/wait';
 import { freeTcpPort, freeTcpPorts } from '../scripts/lib/freePort';
 import { closeServer, listen } from '../shared/process';
+import { freshDatabase } from './helpers/database';
 
 // The harness the tests and the benchmarks share: the parts the other tests do not reach on their
 // own (failure paths, the benchmark side), on real processes and sockets.
@@ -199,4 +200,17 @@ t.test('the whole system compiled: each Procfile command as it is, the added nod
     command: 'node --cpu-prof --max-semi-space-size=32 dist/collector/main.js',
   });
   t.throws(() => compiledWith({ name: 'web', command: 'npm run serve' }), /Procfile "web" is not "node \[options\] dist\/<file>.js"/);
+});
+
+// What the ingest benchmark starts: the launcher with the Procfile, the API and the collector as
+// their own processes, on the ports it chose; SIGTERM stops them all cleanly.
+t.test('startSystem runs npm start with the Procfile: API and collector serving, stopped with exit 0', async (t) => {
+  const { url } = await freshDatabase(t);
+  const system = await startSystem(url);
+  t.teardown(() => system.stop());
+  t.equal(await httpStatus(`http://127.0.0.1:${system.apiPort}/healthz`), 200, 'the API serves');
+  t.not(system.collectorPid, system.launcher.proc.pid, 'the collector is a process of its own');
+  t.ok(processMemory(system.collectorPid).rss > 0, 'and it runs');
+  t.type((await system.metrics()).packets_total, 'number', "the collector's metrics answer");
+  t.equal(await system.stop(), 0);
 });
