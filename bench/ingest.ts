@@ -126,7 +126,7 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
   const startTarget = async (name: TargetName): Promise<Target> => {
     const settings = COLLECTOR_ENV[name];
     if (settings !== undefined) {
-      const system = await startSystem(ctx.databaseUrl, { env: { ...settings, KEY_PEPPER: ctx.pepper } });
+      const system = await startSystem(ctx.databaseUrl, { env: { ...settings, KEY_PEPPER: ctx.pepper }, compiled: true });
       const metrics = await system.metrics();
       return {
         name,
@@ -356,7 +356,7 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
   const recv = runs.find((r) => r.target === 'collector')?.recvBufferBytes;
   notes.push(
     `Receive buffers: our collector asks for 8 MiB and the kernel granted ${fmt.mib(recv ?? NaN)} (SO_RCVBUF is capped at net.core.rmem_max and reported doubled); statsd ${statsdVersion()} does not set one, so it gets rmem_default. Kernel drops are the system-wide /proc/net/snmp Udp RcvbufErrors delta over the run.`,
-    'Our collector runs inside the whole system as `npm start` runs it (launcher, API process idle, collector, PostgreSQL), from source under tsx. Sender and receiver share this machine\'s cores (and the collector\'s PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. "accepted lines/s" = received lines / send duration. CPU is the receiver process\'s user + system time (with its cluster workers) from /proc over the send and drain; "waiting for a CPU" is the time its receiving main thread(s) were runnable but not running during the send (/proc/<pid>/schedstat, summed over receivers, as a share of the send time): time in which the receiver could not read because the cores were taken; PostgreSQL CPU is that of the backends serving our collector\'s connections over the send (the database runs on this machine); RSS is VmRSS before the run and VmHWM (peak) after, each summed over the receiver and its cluster workers.',
+    "Our collector runs inside the whole system as `npm start` runs it (launcher, API process idle, collector, PostgreSQL), compiled: from dist/, brought up to date first with `npm run build`'s incremental compile. Sender and receiver share this machine's cores (and the collector's PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. \"accepted lines/s\" = received lines / send duration. CPU is the receiver process's user + system time (with its cluster workers) from /proc over the send and drain; \"waiting for a CPU\" is the time its receiving main thread(s) were runnable but not running during the send (/proc/<pid>/schedstat, summed over receivers, as a share of the send time): time in which the receiver could not read because the cores were taken; PostgreSQL CPU is that of the backends serving our collector's connections over the send (the database runs on this machine); RSS is VmRSS before the run and VmHWM (peak) after, each summed over the receiver and its cluster workers.",
   );
   return {
     heading: HEADINGS.ingest,

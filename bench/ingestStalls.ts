@@ -42,7 +42,7 @@ interface Variant {
   name: string;
   nodeArgs: string[];
   env: Record<string, string>;
-  /** The system from dist/ (`npm run build` first), as production runs it, not from source under tsx. */
+  /** The system from dist/ (brought up to date first), as production runs it, not from source under tsx. */
   compiled: boolean;
 }
 

@@ -203,14 +203,16 @@ t.test('the whole system compiled: each Procfile command as it is, the added nod
 });
 
 // What the ingest benchmark starts: the launcher with the Procfile, the API and the collector as
-// their own processes, on the ports it chose; SIGTERM stops them all cleanly.
-t.test('startSystem runs npm start with the Procfile: API and collector serving, stopped with exit 0', async (t) => {
+// their own processes, compiled, on the ports it chose; SIGTERM stops them all cleanly.
+t.test('startSystem runs npm start with the Procfile: API and collector serving from dist/, stopped with exit 0', async (t) => {
   const { url } = await freshDatabase(t);
-  // Its processes run their sources under tsx, which tap's coverage cannot merge: not recorded.
-  const system = await startSystem(url, { env: { _TAPJS_PROCESSINFO_COVERAGE_: '0' } });
+  // Its processes' coverage (of dist/, or of sources under tsx) cannot be merged into tap's: not recorded.
+  const system = await startSystem(url, { env: { _TAPJS_PROCESSINFO_COVERAGE_: '0' }, compiled: true });
   t.teardown(() => system.stop());
   t.equal(await httpStatus(`http://127.0.0.1:${system.apiPort}/healthz`), 200, 'the API serves');
   t.not(system.collectorPid, system.launcher.proc.pid, 'the collector is a process of its own');
+  const collectorArgs = fs.readFileSync(`/proc/${system.collectorPid}/cmdline`, 'utf8').split('\0');
+  t.ok(collectorArgs.includes('dist/collector/main.js'), 'it runs the compiled collector, built first', { collectorArgs });
   t.ok(processMemory(system.collectorPid).rss > 0, 'and it runs');
   t.type((await system.metrics()).packets_total, 'number', "the collector's metrics answer");
   t.equal(await system.stop(), 0);
