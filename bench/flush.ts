@@ -7,7 +7,7 @@ import { createDb, type Db } from '../shared/db';
 import { createLogger } from '../shared/logger';
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
-import { createOrg, insertKeys } from './lib/database';
+import { createOrg, insertKeys, walPosition, walSince } from './lib/database';
 import { fmt, type BenchResult } from './lib/report';
 import { interleavedSchedule, median } from './lib/stats';
 import { MIGRATED, openVariantDatabase, selectedVariants, type VariantDatabase } from './flushVariants';
@@ -112,10 +112,6 @@ function addressOf(k: number, newIps: boolean, generation: number): string {
   const high = newIps ? `${10 + (k >> 16)}.${generation & 255}` : `10.${(k >> 16) & 255}`;
   return `${high}.${(k >> 8) & 255}.${k & 255}`;
 }
-
-const walPosition = async (db: Db): Promise<string> => (await db.raw('select pg_current_wal_lsn() as lsn')).rows[0].lsn;
-const walSince = async (db: Db, from: string): Promise<number> =>
-  Number((await db.raw('select pg_wal_lsn_diff(pg_current_wal_lsn(), ?) as bytes', [from])).rows[0].bytes);
 
 // Updates and HOT updates of the tables every flush updates, from PostgreSQL's statistics.
 const HOT_TABLES = ['api_key_usage', 'api_key_usage_hourly', 'api_key_usage_current_hours', 'api_key_recent_ips'];

@@ -6,10 +6,11 @@ export const HEADINGS = {
   ingest: '3. Collector ingest: our collector vs Etsy statsd 0.9.0',
   parse: '3b. Parse + aggregate in process (one core)',
   flush: '4. Flush: time and SQL statements per flush',
+  rowCost: '4b. Row cost: one statement over every key, the floor under a flush',
   endpoint: '5. Usage endpoint: latency and query plan',
   staleness: '6. Staleness: request to visible in the usage endpoint',
   dashboard: '7. Dashboard: time to the first table and page weight (10 k keys)',
 } as const;
 
-export type BenchName = 'auth' | 'hook' | 'keycheck' | 'ingest' | 'flush' | 'endpoint' | 'staleness' | 'dashboard';
-export const BENCH_NAMES: readonly BenchName[] = ['auth', 'hook', 'keycheck', 'ingest', 'flush', 'endpoint', 'staleness', 'dashboard'];
+export type BenchName = 'auth' | 'hook' | 'keycheck' | 'ingest' | 'flush' | 'rowcost' | 'endpoint' | 'staleness' | 'dashboard';
+export const BENCH_NAMES: readonly BenchName[] = ['auth', 'hook', 'keycheck', 'ingest', 'flush', 'rowcost', 'endpoint', 'staleness', 'dashboard'];

@@ -27,3 +27,27 @@ t.test('COPY lines round-trip tabs, newlines, backslashes and nulls through a st
     { type: 'plain', occurred_ms: null, details: {}, dedupe_key: 'x' },
   ]);
 });
+
+// copyLines builds its chunks of 4,096 lines as the stream asks for them: every line of every
+// chunk arrives, in order, and a line source that fails mid-way fails the COPY, not the process.
+t.test('COPY lines from a generator: several chunks arrive whole and in order; a failing source fails the COPY', async (t) => {
+  const { db } = await freshDatabase(t);
+  const trx = await db.transaction();
+  t.teardown(() => trx.rollback().catch(() => undefined));
+  const connection = await connectionOf(trx);
+  await prepareStaging(connection);
+  const orgId = '00000000-0000-4000-8000-000000000001';
+  const count = 4096 * 2 + 7;
+  function* lines(failAt?: number) {
+    for (let i = 0; i < count; i++) {
+      if (i === failAt) throw new Error('line source failed');
+      yield copyLine([orgId, orgId, i, copyNumber(i), copyNumber(i), copyNumber(i), copyNumber(i), copyNumber(i), copyNumber(i), copyNumber(i)]);
+    }
+  }
+  t.equal(await copyLines(connection, 'flush_hours', lines()), 1, 'one COPY');
+  const { rows } = await connection.query<{ n: string; ordered: boolean }>(
+    'select count(*) as n, bool_and(hour_ms = position - 1) as ordered from (select hour_ms, row_number() over () as position from flush_hours) r',
+  );
+  t.same(rows[0], { n: String(count), ordered: true }, 'every line, in the order sent');
+  await t.rejects(copyLines(connection, 'flush_hours', lines(5000)), /line source failed/);
+});

@@ -85,3 +85,9 @@ export async function createCallableKey(db: Db, orgId: string, pepper: string, n
   });
   return { keyId: material.keyId, plaintext: material.plaintext };
 }
+
+/** The WAL insert position now (it is the server's, whichever connection asks): pass it to walSince. */
+export const walPosition = async (db: Db): Promise<string> => (await db.raw('select pg_current_wal_lsn() as lsn')).rows[0].lsn;
+/** Bytes of WAL the server wrote since `from` (walPosition). */
+export const walSince = async (db: Db, from: string): Promise<number> =>
+  Number((await db.raw('select pg_wal_lsn_diff(pg_current_wal_lsn(), ?) as bytes', [from])).rows[0].bytes);
