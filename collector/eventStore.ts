@@ -126,15 +126,17 @@ export async function recordFlushEvents(
   connection: PoolClient,
   keys: KeyUsageDelta[],
   detection: EventDetection,
-): Promise<{ statements: number; events: number }> {
-  if (keys.length === 0) return { statements: 0, events: 0 };
+): Promise<{ statements: number; events: number; newNetworks: Array<Pick<KeyUsageDelta, 'orgId' | 'keyId'>> }> {
+  if (keys.length === 0) return { statements: 0, events: 0, newNetworks: [] };
   const facts = await readFacts(connection, detection.spikeMinUses);
   const events = keys.flatMap((k) => {
     const keyFacts = facts.get(k.keyId);
     return keyFacts ? detectKeyEvents(k, keyFacts, detection) : [];
   });
-  if (events.length === 0) return { statements: 1, events: 0 };
-  return { statements: 3, events: await insertEvents(connection, events) };
+  // Keys whose network history gained a row: the only ones its trim needs.
+  const newNetworks = keys.filter((k) => (facts.get(k.keyId)?.newPrefixes.length ?? 0) > 0).map(({ orgId, keyId }) => ({ orgId, keyId }));
+  if (events.length === 0) return { statements: 1, events: 0, newNetworks };
+  return { statements: 3, events: await insertEvents(connection, events), newNetworks };
 }
 
 const DAY = `interval '1 day'`;

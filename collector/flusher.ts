@@ -98,13 +98,15 @@ export class Flusher {
       if (this.now() >= giveUpAt) return false;
       await new Promise((resolve) => setTimeout(resolve, Math.min(200 * 2 ** attempt, 2000)));
     }
-    // Trimming is best effort: what is not trimmed now is trimmed after the key's next flush.
+    // Trimming is best effort: what is not trimmed now is trimmed after the key's next flush that
+    // brings it a new address.
     this.pruneBacklog.clear();
     await this.pruning;
     return true;
   }
 
-  // Keys beyond maxRetryKeys wait for their next flush to be trimmed: the backlog is bounded.
+  // Only keys that gained an address are given (WriteResult.keysToTrim); keys beyond maxRetryKeys
+  // wait for their next new address to be trimmed: the backlog is bounded.
   private queuePrune(keys: readonly KeyRef[]): void {
     for (const { orgId, keyId } of keys) {
       if (this.pruneBacklog.size >= this.options.maxRetryKeys) break;
@@ -121,7 +123,10 @@ export class Flusher {
         const keys = [...this.pruneBacklog.values()];
         this.pruneBacklog = new Map();
         await this.options.store.prune(keys).catch((error) => {
-          this.options.logger.warn({ err: { message: (error as Error).message } }, 'trimming recent IPs failed; the keys are trimmed after their next flush');
+          this.options.logger.warn(
+            { err: { message: (error as Error).message } },
+            'trimming recent IPs failed; the keys are trimmed after their next new address',
+          );
         });
       }
     } finally {
@@ -151,7 +156,7 @@ export class Flusher {
       const result = await this.options.store.write(batches);
       this.pending = this.pending.filter((p) => !batches.includes(p));
       this.recordSuccess(result, this.now() - started);
-      this.queuePrune(batches.flatMap((b) => b.batch.keys));
+      this.queuePrune(result.keysToTrim);
       return this.pending.length === 0 && this.options.aggregator.pendingKeys === 0;
     } catch (error) {
       this.recordFailure(error, batches);

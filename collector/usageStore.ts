@@ -27,6 +27,11 @@ export interface WriteResult {
   statements: number;
   /** Key events this write recorded (0 with detection off). */
   eventsRecorded: number;
+  /**
+   * Keys that gained a recent or failed address, or a network of the history, in this write: the
+   * only ones it can have put over their caps, so the only ones prune() needs.
+   */
+  keysToTrim: KeyRef[];
 }
 
 export interface UsageStore {
@@ -107,7 +112,9 @@ select h.org_id, h.key_id, ${msToTime('h.hour_ms')}, h.request_count, ${outcomeC
 on conflict (org_id, key_id, hour) do update set
   ${['request_count', ...outcomeColumns].map(addTo(TABLE.usageCurrentHours)).join(',\n  ')}`;
 
-// Proven uses go to api_key_recent_ips, failed attempts to api_key_failed_ips: one shape.
+// Proven uses go to api_key_recent_ips, failed attempts to api_key_failed_ips: one shape. Each
+// returns the keys that gained an address (an inserted row: xmax 0), the only ones its trim needs;
+// a flush of keys seen from known addresses returns none, and nothing is trimmed after it.
 const STORE_IP_TABLES = {
   proven: { ...IP_TABLES.proven, proven: true, ips: (k: KeyUsageDelta) => k.ips },
   failed: { ...IP_TABLES.failed, proven: false, ips: (k: KeyUsageDelta) => k.failedIps },
@@ -115,6 +122,7 @@ const STORE_IP_TABLES = {
 type IpTable = (typeof STORE_IP_TABLES)[keyof typeof STORE_IP_TABLES];
 
 const upsertIps = ({ table, count, proven }: IpTable) => `
+with written as (
 insert into ${table} (org_id, key_id, ip, first_seen, last_seen, ${count})
 select r.org_id, r.key_id, r.ip, ${msToTime('r.first_seen_ms')}, ${msToTime('r.last_seen_ms')}, r.n
   from flush_ips r ${STAGED_KEY('r')}
@@ -123,7 +131,9 @@ select r.org_id, r.key_id, r.ip, ${msToTime('r.first_seen_ms')}, ${msToTime('r.l
 on conflict (org_id, key_id, ip) do update set
   first_seen = least(${table}.first_seen, excluded.first_seen),
   last_seen = greatest(${table}.last_seen, excluded.last_seen),
-  ${addTo(table)(count)}`;
+  ${addTo(table)(count)}
+returning org_id, key_id, (xmax = 0) as inserted)
+select distinct org_id, key_id from written where inserted`;
 
 // The totals first, and for every staged key: the other tables have no foreign key to api_keys;
 // their rows go with the key's totals row (migrations/20261201000080). Upserting it either locks
@@ -131,6 +141,7 @@ on conflict (org_id, key_id, ip) do update set
 // key waits for this flush's commit and then takes every row it wrote, or commits first and
 // fails this key's insert (a data error: the key is set aside, its other rows rolled back).
 const APPLY_STAGED = [UPSERT_TOTALS, UPSERT_HOURS, upsertIps(STORE_IP_TABLES.proven), upsertIps(STORE_IP_TABLES.failed)].join(';\n');
+const IP_RESULTS = [2, 3];
 
 // COPY lines of the staging tables (collector/flushStaging.ts), in their column order. Key and
 // org ids need no escaping: only keys found in api_keys (uuids) are staged.
@@ -166,18 +177,19 @@ function* ipLines(keys: readonly KeyUsageDelta[]) {
 }
 
 // Stages the rows of the keys that exist in their org, then writes every usage table in one
-// round trip. Returns those keys.
-async function applyUsage(connection: PoolClient, keys: KeyUsageDelta[]) {
-  if (keys.length === 0) return { statements: 0, accepted: [] };
+// round trip. Returns those keys, and the ones that gained an address.
+async function applyUsage(connection: PoolClient, keys: KeyUsageDelta[]): Promise<{ statements: number; accepted: KeyUsageDelta[]; grew: KeyRef[] }> {
+  if (keys.length === 0) return { statements: 0, accepted: [], grew: [] };
   const accepted = await existingKeys(connection, keys);
-  if (accepted.length === 0) return { statements: 1, accepted };
+  if (accepted.length === 0) return { statements: 1, accepted, grew: [] };
   await prepareStaging(connection);
   const copies =
     (await copyLines(connection, 'flush_keys', accepted.map(keyLine))) +
     (await copyLines(connection, 'flush_hours', hourLines(accepted))) +
     (await copyLines(connection, 'flush_ips', ipLines(accepted)));
-  await connection.query(APPLY_STAGED);
-  return { statements: 3 + copies, accepted };
+  const results = (await connection.query(APPLY_STAGED)) as unknown as Array<{ rows: Array<{ org_id: string; key_id: string }> }>;
+  const grew = IP_RESULTS.flatMap((i) => results[i].rows.map((row) => ({ orgId: row.org_id, keyId: row.key_id })));
+  return { statements: 3 + copies, accepted, grew };
 }
 
 interface ApplyOptions {
@@ -189,15 +201,16 @@ interface ApplyOptions {
 // commits exactly when its usage does and a key whose events fail is isolated like any data error.
 async function applyBatch(trx: Knex.Transaction, keys: KeyUsageDelta[], { events }: ApplyOptions) {
   const connection = await connectionOf(trx);
-  const { statements, accepted } = await applyUsage(connection, keys);
+  const { statements, accepted, grew } = await applyUsage(connection, keys);
   let more = 0;
   let recorded = 0;
   if (events) {
     const detected = await recordFlushEvents(connection, accepted, events);
     more += detected.statements;
     recorded += detected.events;
+    grew.push(...detected.newNetworks);
   }
-  return { statements: statements + more, accepted, quarantined: [] as KeyUsageDelta[], events: recorded };
+  return { statements: statements + more, accepted, quarantined: [] as KeyUsageDelta[], events: recorded, grew };
 }
 
 // SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation): the rows were
@@ -258,7 +271,7 @@ async function applyIsolating(trx: Knex.Transaction, keys: KeyUsageDelta[], opti
   } catch (error) {
     if (!isDataError(error)) throw error;
     await trx.raw('rollback to savepoint usage_apply');
-    if (keys.length === 1) return { statements: 2, accepted: [], quarantined: keys, events: 0 };
+    if (keys.length === 1) return { statements: 2, accepted: [], quarantined: keys, events: 0, grew: [] };
     const middle = Math.ceil(keys.length / 2);
     const first = await applyIsolating(trx, keys.slice(0, middle), options);
     const second = await applyIsolating(trx, keys.slice(middle), options);
@@ -267,6 +280,7 @@ async function applyIsolating(trx: Knex.Transaction, keys: KeyUsageDelta[], opti
       accepted: [...first.accepted, ...second.accepted],
       quarantined: [...first.quarantined, ...second.quarantined],
       events: first.events + second.events,
+      grew: [...first.grew, ...second.grew],
     };
   }
 }
@@ -318,7 +332,7 @@ export function createPgUsageStore(db: Db, options: { events?: EventDetection } 
         await trx.raw(`set local work_mem = '${FLUSH_WORK_MEM}'`);
         const merged = mergeFresh(fresh);
         const keys = merged.keys;
-        const { statements, accepted, quarantined, events } = await applyIsolating(trx, keys, apply);
+        const { statements, accepted, quarantined, events, grew } = await applyIsolating(trx, keys, apply);
         const acceptedUses = totalUses(accepted);
         const quarantinedUses = totalUses(quarantined);
         result = {
@@ -332,6 +346,7 @@ export function createPgUsageStore(db: Db, options: { events?: EventDetection } 
           quarantined: quarantined.map((k) => ({ keyId: k.keyId, orgId: k.orgId, uses: k.total })),
           statements: statements + 2,
           eventsRecorded: events,
+          keysToTrim: [...new Map(grew.map((k) => [`${k.orgId}/${k.keyId}`, k])).values()],
         };
       } catch (error) {
         await trx.rollback().catch(() => undefined);

@@ -39,6 +39,8 @@ function fakeStore() {
         quarantined: [],
         statements: 4,
         eventsRecorded: 0,
+        // As if every key of the applied batches gained an address.
+        keysToTrim: fresh.flatMap((b) => b.batch.keys.map(({ orgId, keyId }) => ({ orgId, keyId }))),
       };
     },
     prune: async () => {},
@@ -137,6 +139,21 @@ t.test('prometheus text', async (t) => {
     ]),
     '# HELP x_total Things\n# TYPE x_total counter\nx_total 3\n# HELP y Gauge\n# TYPE y gauge\ny 0\n',
   );
+});
+
+// Trimming reads every key it is given: only the keys the store says gained an address are.
+t.test('a flush trims only the keys the write names', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
+  const { store } = fakeStore();
+  const write = store.write;
+  store.write = async (batches) => ({ ...(await write(batches)), keysToTrim: [{ orgId: ORG, keyId: key(2) }] });
+  const trims: string[][] = [];
+  store.prune = async (keys) => void trims.push(keys.map((k) => k.keyId));
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger });
+  for (const i of [1, 2, 3]) aggregator.add({ keyId: key(i), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  t.equal(await flusher.flush(), true);
+  t.equal(await flusher.stop(1000), true);
+  t.same(trims, [[key(2)]]);
 });
 
 // On Citus a trim of 100 k keys outlasted several flushes; trims started after every flush took
