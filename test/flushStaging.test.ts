@@ -1,17 +1,23 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { connectionOf, copyLine, copyLines, copyNumber, copyText, prepareStaging } from '../collector/flushStaging';
 import { freshDatabase } from './helpers/database';
+
+/** A connection in a transaction (rolled back at the end) with the staging tables ready. */
+async function stagingConnection(t: Test) {
+  const { db } = await freshDatabase(t);
+  const trx = await db.transaction();
+  t.teardown(() => trx.rollback().catch(() => undefined));
+  const connection = await connectionOf(trx);
+  await prepareStaging(connection);
+  return connection;
+}
 
 // The flush writes COPY's text format by hand (one join of its fields per line): whatever a text
 // field holds must come back from the staging table exactly, and the aggregator's "no such use"
 // (-Infinity) and a missing value must arrive as null.
 
 t.test('COPY lines round-trip tabs, newlines, backslashes and nulls through a staging table', async (t) => {
-  const { db } = await freshDatabase(t);
-  const trx = await db.transaction();
-  t.teardown(() => trx.rollback().catch(() => undefined));
-  const connection = await connectionOf(trx);
-  await prepareStaging(connection);
+  const connection = await stagingConnection(t);
   const details = JSON.stringify({ note: 'tab\there, line\nbreak, back\\slash, cr\r' });
   const orgId = '00000000-0000-4000-8000-000000000001';
   const keyId = '00000000-0000-4000-8000-000000000002';
@@ -31,11 +37,7 @@ t.test('COPY lines round-trip tabs, newlines, backslashes and nulls through a st
 // copyLines builds its chunks of 4,096 lines as the stream asks for them: every line of every
 // chunk arrives, in order, and a line source that fails mid-way fails the COPY, not the process.
 t.test('COPY lines from a generator: several chunks arrive whole and in order; a failing source fails the COPY', async (t) => {
-  const { db } = await freshDatabase(t);
-  const trx = await db.transaction();
-  t.teardown(() => trx.rollback().catch(() => undefined));
-  const connection = await connectionOf(trx);
-  await prepareStaging(connection);
+  const connection = await stagingConnection(t);
   const orgId = '00000000-0000-4000-8000-000000000001';
   const count = 4096 * 2 + 7;
   function* lines(failAt?: number) {
