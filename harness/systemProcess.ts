@@ -1,7 +1,9 @@
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { acquireDataFolderLock, DataFolderBusyError, type DataFolderLock } from '../scripts/lib/dataFolderLock';
 import { freeTcpPorts, freeUdpPort } from '../scripts/lib/freePort';
 import { parseProcfile, type ProcfileEntry } from '../scripts/lib/procfile';
 import { fetchCollectorMetrics, type CollectorMetrics } from './collectorProcess';
@@ -61,14 +63,35 @@ export function compiledWith(entry: ProcfileEntry, extraNodeArgs: string[] = [])
   return { name: entry.name, command: ['node', ...extraNodeArgs, options, `dist/${file}.js${rest}`].filter(Boolean).join(' ') };
 }
 
-/** `npm run build`: dist/ brought up to date with the sources (incremental, ≈ 0.5 s when nothing changed). */
-export function buildDist(): void {
-  const build = spawnSync(process.execPath, [path.join(REPO_ROOT, 'scripts', 'build.js')], { cwd: REPO_ROOT, encoding: 'utf8' });
-  if (build.status !== 0) throw new Error(`npm run build failed (${build.status ?? build.signal}):\n${build.stdout}${build.stderr}`);
+// Beside the system's temporary folders, named for this checkout: one build of its dist/ at a time.
+export const BUILD_LOCK = path.join(os.tmpdir(), `keyusage-build-${createHash('sha256').update(REPO_ROOT).digest('hex').slice(0, 12)}`);
+
+function tryBuildLock(): DataFolderLock | undefined {
+  try {
+    return acquireDataFolderLock(BUILD_LOCK);
+  } catch (error) {
+    if (error instanceof DataFolderBusyError) return undefined;
+    throw error;
+  }
+}
+
+/**
+ * `npm run build`: dist/ brought up to date with the sources (incremental, ≈ 0.5 s when nothing
+ * changed). Two test files, or a benchmark beside the tests, may build at once: tsc rewrites files
+ * another process is about to run, so builds take turns.
+ */
+export async function buildDist(): Promise<void> {
+  const lock = await waitFor('another build of dist/ to finish', tryBuildLock, 180_000, 100);
+  try {
+    const build = spawnSync(process.execPath, [path.join(REPO_ROOT, 'scripts', 'build.js')], { cwd: REPO_ROOT, encoding: 'utf8' });
+    if (build.status !== 0) throw new Error(`npm run build failed (${build.status ?? build.signal}):\n${build.stdout}${build.stderr}`);
+  } finally {
+    lock.release();
+  }
 }
 
 export async function startSystem(databaseUrl: string, options: SystemOptions = {}): Promise<SystemProcess> {
-  if (options.compiled) buildDist();
+  if (options.compiled) await buildDist();
   const command = options.compiled ? compiledWith : fromSource;
   const entries = parseProcfile(fs.readFileSync(path.join(REPO_ROOT, 'Procfile'), 'utf8')).map((entry) =>
     command(entry, entry.name === 'collector' ? options.collectorNodeArgs : []),

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import http from 'node:http';
+import path from 'node:path';
 import t, { type Test } from 'tap';
 import { fetchCollectorMetrics, parseCollectorMetrics } from '../harness/collectorProcess';
 import { databaseUrl, openPostgresServer } from '../harness/postgres';
@@ -14,11 +15,12 @@ import {
   udpCounters,
 } from '../bench/lib/procs';
 import { processMemory } from '../harness/processMemory';
-import { isRunning, killAllChildren, spawnProcess, stopChild } from '../harness/processes';
+import { isRunning, killAllChildren, REPO_ROOT, spawnProcess, stopChild } from '../harness/processes';
 import { seededRandom, shuffled } from '../harness/random';
-import { compiledWith, fromSource, startSystem } from '../harness/systemProcess';
+import { BUILD_LOCK, buildDist, compiledWith, fromSource, startSystem } from '../harness/systemProcess';
+import { acquireDataFolderLock, lockFileFor } from '../scripts/lib/dataFolderLock';
 import { parseProcfile } from '../scripts/lib/procfile';
-import { httpStatus, waitFor } from '../harness/wait';
+import { httpStatus, sleep, waitFor } from '../harness/wait';
 import { freeTcpPort, freeTcpPorts } from '../scripts/lib/freePort';
 import { closeServer, listen } from '../shared/process';
 import { freshDatabase } from './helpers/database';
@@ -200,6 +202,21 @@ t.test('the whole system compiled: each Procfile command as it is, the added nod
     command: 'node --cpu-prof --max-semi-space-size=32 dist/collector/main.js',
   });
   t.throws(() => compiledWith({ name: 'web', command: 'npm run serve' }), /Procfile "web" is not "node \[options\] dist\/<file>.js"/);
+});
+
+// Two test files, or a benchmark beside the tests, may build dist/ at once; a process holding the
+// build lock (another pid, alive) makes buildDist wait, and its release lets the build run.
+t.test('buildDist waits for a build another process holds, then builds', async (t) => {
+  const held = acquireDataFolderLock(BUILD_LOCK, process.ppid);
+  t.teardown(() => held.release());
+  let built = false;
+  const building = buildDist().then(() => (built = true));
+  await sleep(300);
+  t.equal(built, false, 'waits while the lock is held');
+  held.release();
+  await building;
+  t.ok(fs.existsSync(path.join(REPO_ROOT, 'dist', 'collector', 'main.js')), 'then builds dist/');
+  t.notOk(fs.existsSync(lockFileFor(BUILD_LOCK)), 'and releases the lock');
 });
 
 // What the ingest benchmark starts: the launcher with the Procfile, the API and the collector as
