@@ -59,6 +59,11 @@ export const SCHEMA_VARIANTS: readonly SchemaVariant[] = [
     statements: ['alter table api_key_recent_ips set (fillfactor = 50)', 'alter table api_key_failed_ips set (fillfactor = 50)'],
   },
   {
+    name: 'current-hours-fillfactor-70',
+    change: "the current hours' table at fillfactor 70 (migrated: 50)",
+    statements: ['alter table api_key_usage_current_hours set (fillfactor = 70)'],
+  },
+  {
     // A superuser setting (the throwaway cluster's role is one), taken by every new connection to
     // the variant's database: the flushes that write full-page images compressed, beside the rest.
     name: 'wal-compression',
