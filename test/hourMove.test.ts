@@ -116,14 +116,20 @@ t.test('a closed hour moves exactly once; a late use of it is moved later into t
   t.strictSame(await usage(), summed, 'and read the same');
 });
 
-// A flush holds a row of a closed hour (a late use) while the move runs: the move skips it rather
-// than wait, and takes it, with the flush's count, at its next run.
-t.test('a move skips the rows a flush holds, and moves them with their new count later', { skip: onCitus && 'the lock wait is on a worker' }, async (t) => {
+/** 3 uses flushed into an hour closed two hours ago, and an open transaction (rolled back at the end). */
+async function closedHourAndTransaction(t: Test) {
   const { db, key } = await setUp(t);
   const closed = thisHour() - 2 * HOUR;
   await flushUses(db, key, 3, closed);
-  const flush = await db.transaction();
-  t.teardown(() => flush.rollback().catch(() => undefined));
+  const trx = await db.transaction();
+  t.teardown(() => trx.rollback().catch(() => undefined));
+  return { db, key, closed, trx };
+}
+
+// A flush holds a row of a closed hour (a late use) while the move runs: the move skips it rather
+// than wait, and takes it, with the flush's count, at its next run.
+t.test('a move skips the rows a flush holds, and moves them with their new count later', { skip: onCitus && 'the lock wait is on a worker' }, async (t) => {
+  const { db, key, closed, trx: flush } = await closedHourAndTransaction(t);
   await flush(TABLE.usageCurrentHours).where({ org_id: key.orgId, key_id: key.keyId }).increment('request_count', 4);
   t.equal(await moveClosedHours(db, closedBefore(Date.now())), 0, 'the held row is left, without waiting');
   await flush.commit();
@@ -135,11 +141,7 @@ t.test('a move skips the rows a flush holds, and moves them with their new count
 // The move has deleted the row (not committed yet) when a flush of the same key and hour arrives:
 // the flush waits for the move, then inserts a new current row. Nothing is lost or counted twice.
 t.test('a flush of an hour the move is taking waits for it and starts a new row', { skip: onCitus && 'the lock wait is on a worker' }, async (t) => {
-  const { db, key } = await setUp(t);
-  const closed = thisHour() - 2 * HOUR;
-  await flushUses(db, key, 3, closed);
-  const move = await db.transaction();
-  t.teardown(() => move.rollback().catch(() => undefined));
+  const { db, key, closed, trx: move } = await closedHourAndTransaction(t);
   t.equal(await moveClosedHours(move, closedBefore(Date.now())), 1);
   const flushing = flushUses(db, key, 4, closed);
   await waitFor('the flush to wait for the move', async () => {
