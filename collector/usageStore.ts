@@ -141,7 +141,6 @@ select distinct org_id, key_id from written where inserted`;
 // key waits for this flush's commit and then takes every row it wrote, or commits first and
 // fails this key's insert (a data error: the key is set aside, its other rows rolled back).
 const APPLY_STAGED = [UPSERT_TOTALS, UPSERT_HOURS, upsertIps(STORE_IP_TABLES.proven), upsertIps(STORE_IP_TABLES.failed)].join(';\n');
-const IP_RESULTS = [2, 3];
 
 // COPY lines of the staging tables (collector/flushStaging.ts), in their column order. Key and
 // org ids need no escaping: only keys found in api_keys (uuids) are staged.
@@ -187,8 +186,9 @@ async function applyUsage(connection: PoolClient, keys: KeyUsageDelta[]): Promis
     (await copyLines(connection, 'flush_keys', accepted.map(keyLine))) +
     (await copyLines(connection, 'flush_hours', hourLines(accepted))) +
     (await copyLines(connection, 'flush_ips', ipLines(accepted)));
+  // One result per statement; only the address upserts return rows: the keys that gained one.
   const results = (await connection.query(APPLY_STAGED)) as unknown as Array<{ rows: Array<{ org_id: string; key_id: string }> }>;
-  const grew = IP_RESULTS.flatMap((i) => results[i].rows.map((row) => ({ orgId: row.org_id, keyId: row.key_id })));
+  const grew = results.flatMap((result) => result.rows.map((row) => ({ orgId: row.org_id, keyId: row.key_id })));
   return { statements: 3 + copies, accepted, grew };
 }
 
