@@ -56,7 +56,7 @@ const OPERATIONS: Operation[] = [
         from rowcost_staged s where t.org_id = s.org_id and t.key_id = s.key_id`),
   },
   {
-    name: "INSERT … ON CONFLICT DO UPDATE from the staged rows, key order (the flush's upsert)",
+    name: "INSERT … ON CONFLICT DO UPDATE from the staged rows, key order (the flush's upsert's shape)",
     run: (client) =>
       client.query(`insert into rowcost_totals as t (org_id, key_id, ${counters.join(', ')}, last_used_at, last_used_ip, updated_at)
         select s.org_id, s.key_id, ${counters.map((c) => `s.${c}`).join(', ')}, ${usedAt}, s.last_ip, now()

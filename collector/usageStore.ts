@@ -29,7 +29,8 @@ export interface WriteResult {
   eventsRecorded: number;
   /**
    * Keys that gained a recent or failed address, or a network of the history, in this write: the
-   * only ones it can have put over their caps, so the only ones prune() needs.
+   * only ones it can have put over their caps, so the only ones prune() needs. A key is named once
+   * per table it gained a row in; the flusher queues each key once.
    */
   keysToTrim: KeyRef[];
 }
@@ -346,7 +347,7 @@ export function createPgUsageStore(db: Db, options: { events?: EventDetection } 
           quarantined: quarantined.map((k) => ({ keyId: k.keyId, orgId: k.orgId, uses: k.total })),
           statements: statements + 2,
           eventsRecorded: events,
-          keysToTrim: [...new Map(grew.map((k) => [`${k.orgId}/${k.keyId}`, k])).values()],
+          keysToTrim: grew,
         };
       } catch (error) {
         await trx.rollback().catch(() => undefined);

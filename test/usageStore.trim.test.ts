@@ -16,7 +16,7 @@ async function write(store: UsageStore, uses: Array<Key & { ip: string; outcome:
   const aggregator = new Aggregator({ maxKeys: 10, now: () => Date.now() });
   for (const use of uses) aggregator.add({ ...use, count: 1 });
   const result = await store.write([{ id: randomUUID(), batch: aggregator.drain() }]);
-  return result.keysToTrim.map((k) => k.keyId).sort();
+  return [...new Set(result.keysToTrim.map((k) => k.keyId))].sort();
 }
 
 t.test('a write names the keys that gained an address or a network, and only those', async (t) => {
