@@ -181,6 +181,11 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await page.goto(`${system.api.baseUrl}/#/org`);
     await page.locator('#dormant li').first().waitFor();
     t.equal(await page.locator('#dormant button').count(), 0, 'no clean-up buttons');
+    // The webhooks section loads on its own request, after the dormant list may have appeared.
+    await page
+      .locator('#webhooks', { hasText: 'No webhooks.' })
+      .waitFor({ timeout: 5000 })
+      .catch(() => undefined);
     t.match(await page.textContent('#webhooks'), /No webhooks\./, 'webhooks are listed (a read-only key may read them)');
   });
 
