@@ -27,12 +27,12 @@ export interface EventDetection extends DetectionThresholds {
 //    update, and that lock is itself a write (the row's xmax, a WAL record) per network per flush.
 //    Both tests subtract the two times: timestamptz minus an interval is only stable, and Citus
 //    takes only immutable functions in ON CONFLICT … WHERE.
-// 2. One row per (key, hour) the batch touched, with the key's totals repeated and its new
-//    networks as JSON. Times go back as epoch milliseconds (float8): pg parsing two timestamps
-//    per row cost the 100 k-key flush ≈ 0.2 s of client CPU. The 7-day baseline is read only
-//    for hours that reached spikeMinUses ($1): most keys never pay for it. An hour's
-//    counts are summed over both bucket tables: a late use of an hour the upkeep already moved
-//    has a current row beside the moved one.
+// 2. One row per (key, hour) the batch touched that may raise an event (MAY_RAISE), with the
+//    key's totals repeated and its new networks as JSON. Times go back as epoch milliseconds
+//    (float8): pg parsing two timestamps per row cost the 100 k-key flush ≈ 0.2 s of client CPU.
+//    The 7-day baseline is read only for hours that reached spikeMinUses ($1): most keys never
+//    pay for it. An hour's counts are summed over both bucket tables: a late use of an hour the
+//    upkeep already moved has a current row beside the moved one.
 // The key's bucket of `hour` in each of the two bucket tables (shared/tables.ts): at most
 // one row in each, so plain joins on the primary keys, which Citus pushes down to the org's shards
 // as it does every other join here (a UNION ALL under LATERAL it refuses).
@@ -42,6 +42,20 @@ const joinHours = (moved: string, current: string, hour: string) =>
     return `left join ${table} ${alias} on ${alias}.org_id = x.org_id and ${alias}.key_id = x.key_id and ${alias}.hour = ${hour}`;
   }).join('\n  ');
 const bothHours = (column: string, moved: string, current: string) => `keyusage_add(coalesce(${moved}.${column}, 0), coalesce(${current}.${column}, 0))`;
+
+// The rows detectKeyEvents (collector/eventRules.ts) can raise an event from; every other row is
+// left in PostgreSQL. A key used from known networks, below every threshold, is nearly every key
+// of a busy flush, and returning its facts only for them to raise nothing cost the 100 k-key flush
+// the rows' transfer, pg's parsing of them and the rules' pass over each. Key-level tests hold for
+// every hour row of the key; an hour-level test keeps only that hour, the only one it can fire in.
+// u.request_count already includes this flush, so "no use before it" is u ≤ the batch's uses.
+const MAY_RAISE = `(fresh.prefixes is not null
+    or coalesce(u.request_count, 0) <= x.batch_uses
+    or cardinality(k.expected_networks) > 0
+    or x.last_revoked_use_ms is not null
+    or x.last_expired_use_ms is not null
+    or ${bothHours('request_count', 'h', 'c')} >= $1
+    or (x.batch_failed > 0 and ${bothHours('bad_secret_count', 'h', 'c')} >= $2))`;
 
 const FACTS = `
 with r as (
@@ -77,11 +91,14 @@ select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${b
                 order by d.n)
        end as baseline,
        fresh.prefixes
-  from (select f.org_id, f.key_id, f.hour_ms, ${msToTime('f.hour_ms')} as hour from flush_hours f ${STAGED_KEY('f')}) x
+  from (select f.org_id, f.key_id, f.hour_ms, ${msToTime('f.hour_ms')} as hour, f.bad_secret_count as batch_failed,
+               s.request_count as batch_uses, s.last_revoked_use_ms, s.last_expired_use_ms
+          from flush_hours f ${STAGED_KEY('f')}) x
   join ${TABLE.apiKeys} k on k.org_id = x.org_id and k.id = x.key_id
   left join ${TABLE.usage} u on u.org_id = x.org_id and u.key_id = x.key_id
   ${joinHours('h', 'c', 'x.hour')}
-  left join fresh on fresh.key_id = x.key_id`;
+  left join fresh on fresh.key_id = x.key_id
+ where ${MAY_RAISE}`;
 
 // Sorted by dedupe_key so two collectors inserting the same events lock them in the same order.
 const INSERT_EVENTS = `
@@ -93,8 +110,8 @@ on conflict (org_id, dedupe_key) do nothing`;
 
 type PrefixJson = { prefix: string; ip: string; firstSeen: string };
 
-async function readFacts(connection: PoolClient, minUses: number): Promise<Map<string, KeyFacts>> {
-  const result = await connection.query(FACTS, [minUses]);
+async function readFacts(connection: PoolClient, { spikeMinUses, failedAttemptsPerHour }: DetectionThresholds): Promise<Map<string, KeyFacts>> {
+  const result = await connection.query(FACTS, [spikeMinUses, failedAttemptsPerHour]);
   const facts = new Map<string, KeyFacts>();
   for (const row of result.rows as Array<Record<string, any>>) {
     let key = facts.get(row.key_id);
@@ -126,17 +143,18 @@ export async function recordFlushEvents(
   connection: PoolClient,
   keys: KeyUsageDelta[],
   detection: EventDetection,
-): Promise<{ statements: number; events: number; newNetworks: Array<Pick<KeyUsageDelta, 'orgId' | 'keyId'>> }> {
-  if (keys.length === 0) return { statements: 0, events: 0, newNetworks: [] };
-  const facts = await readFacts(connection, detection.spikeMinUses);
+): Promise<{ statements: number; events: number; candidates: number; newNetworks: Array<Pick<KeyUsageDelta, 'orgId' | 'keyId'>> }> {
+  if (keys.length === 0) return { statements: 0, events: 0, candidates: 0, newNetworks: [] };
+  const facts = await readFacts(connection, detection);
   const events = keys.flatMap((k) => {
     const keyFacts = facts.get(k.keyId);
     return keyFacts ? detectKeyEvents(k, keyFacts, detection) : [];
   });
   // Keys whose network history gained a row: the only ones its trim needs.
   const newNetworks = keys.filter((k) => (facts.get(k.keyId)?.newPrefixes.length ?? 0) > 0).map(({ orgId, keyId }) => ({ orgId, keyId }));
-  if (events.length === 0) return { statements: 1, events: 0, newNetworks };
-  return { statements: 3, events: await insertEvents(connection, events), newNetworks };
+  const candidates = facts.size;
+  if (events.length === 0) return { statements: 1, events: 0, candidates, newNetworks };
+  return { statements: 3, events: await insertEvents(connection, events), candidates, newNetworks };
 }
 
 const DAY = `interval '1 day'`;

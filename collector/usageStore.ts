@@ -27,6 +27,8 @@ export interface WriteResult {
   statements: number;
   /** Key events this write recorded (0 with detection off). */
   eventsRecorded: number;
+  /** Keys whose facts detection read: those that could raise an event (0 with detection off). */
+  eventCandidates: number;
   /**
    * Keys that gained a recent or failed address, or a network of the history, in this write: the
    * only ones it can have put over their caps, so the only ones prune() needs. A key is named once
@@ -205,13 +207,15 @@ async function applyBatch(trx: Knex.Transaction, keys: KeyUsageDelta[], { events
   const { statements, accepted, grew } = await applyUsage(connection, keys);
   let more = 0;
   let recorded = 0;
+  let candidates = 0;
   if (events) {
     const detected = await recordFlushEvents(connection, accepted, events);
     more += detected.statements;
     recorded += detected.events;
+    candidates += detected.candidates;
     grew.push(...detected.newNetworks);
   }
-  return { statements: statements + more, accepted, quarantined: [] as KeyUsageDelta[], events: recorded, grew };
+  return { statements: statements + more, accepted, quarantined: [] as KeyUsageDelta[], events: recorded, candidates, grew };
 }
 
 // SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation): the rows were
@@ -272,7 +276,7 @@ async function applyIsolating(trx: Knex.Transaction, keys: KeyUsageDelta[], opti
   } catch (error) {
     if (!isDataError(error)) throw error;
     await trx.raw('rollback to savepoint usage_apply');
-    if (keys.length === 1) return { statements: 2, accepted: [], quarantined: keys, events: 0, grew: [] };
+    if (keys.length === 1) return { statements: 2, accepted: [], quarantined: keys, events: 0, candidates: 0, grew: [] };
     const middle = Math.ceil(keys.length / 2);
     const first = await applyIsolating(trx, keys.slice(0, middle), options);
     const second = await applyIsolating(trx, keys.slice(middle), options);
@@ -281,6 +285,7 @@ async function applyIsolating(trx: Knex.Transaction, keys: KeyUsageDelta[], opti
       accepted: [...first.accepted, ...second.accepted],
       quarantined: [...first.quarantined, ...second.quarantined],
       events: first.events + second.events,
+      candidates: first.candidates + second.candidates,
       grew: [...first.grew, ...second.grew],
     };
   }
@@ -333,7 +338,7 @@ export function createPgUsageStore(db: Db, options: { events?: EventDetection } 
         await trx.raw(`set local work_mem = '${FLUSH_WORK_MEM}'`);
         const merged = mergeFresh(fresh);
         const keys = merged.keys;
-        const { statements, accepted, quarantined, events, grew } = await applyIsolating(trx, keys, apply);
+        const { statements, accepted, quarantined, events, candidates, grew } = await applyIsolating(trx, keys, apply);
         const acceptedUses = totalUses(accepted);
         const quarantinedUses = totalUses(quarantined);
         result = {
@@ -347,6 +352,7 @@ export function createPgUsageStore(db: Db, options: { events?: EventDetection } 
           quarantined: quarantined.map((k) => ({ keyId: k.keyId, orgId: k.orgId, uses: k.total })),
           statements: statements + 2,
           eventsRecorded: events,
+          eventCandidates: candidates,
           keysToTrim: grew,
         };
       } catch (error) {

@@ -39,6 +39,7 @@ function fakeStore() {
         quarantined: [],
         statements: 4,
         eventsRecorded: 0,
+        eventCandidates: 0,
         // As if every key of the applied batches gained an address.
         keysToTrim: fresh.flatMap((b) => b.batch.keys.map(({ orgId, keyId }) => ({ orgId, keyId }))),
       };
