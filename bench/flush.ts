@@ -19,8 +19,9 @@ import { MIGRATED, openVariantDatabase, selectedVariants, type VariantDatabase }
 // of request volume" means. Two shapes: every key from the same address in every flush (the
 // timed flushes update existing rows), and every key from a new address in a new /24 in every
 // flush (issue 13: totals and hours are updated while recent IPs, the network history and the
-// key.new_ip events grow by one row per key per flush). The first flush of a key set creates its
-// rows (reported apart as "cold").
+// key.new_ip events grow by one row per key per flush). The keys are one org's, and at 100 k also
+// 100 orgs' (a flush's rows then reach each index in 100 runs, not one). The first flush of a key
+// set creates its rows (reported apart as "cold").
 
 interface Scenario {
   keys: number;
@@ -29,6 +30,8 @@ interface Scenario {
   events: boolean;
   /** Every key arrives from an address (and /24) it never used before, in every flush. */
   newIps: boolean;
+  /** The keys are spread evenly over this many organizations (a flush's rows, sorted, then span as many parts of each index). */
+  orgs: number;
 }
 
 interface Plan {
@@ -38,12 +41,12 @@ interface Plan {
 
 // Every same-address scenario with detection on and off, interleaved, so the ratio compares like
 // with like; the new-address shape with detection on (the default), at each size.
-const bothWays = (scenarios: Array<Pick<Scenario, 'keys' | 'uses'>>): Scenario[] =>
+const bothWays = (scenarios: Array<Pick<Scenario, 'keys' | 'uses'>>, orgs = 1): Scenario[] =>
   scenarios.flatMap((s) => [
-    { ...s, events: true, newIps: false },
-    { ...s, events: false, newIps: false },
+    { ...s, events: true, newIps: false, orgs },
+    { ...s, events: false, newIps: false, orgs },
   ]);
-const newAddresses = (sizes: number[]): Scenario[] => sizes.map((keys) => ({ keys, uses: keys, events: true, newIps: true }));
+const newAddresses = (sizes: number[], orgs = 1): Scenario[] => sizes.map((keys) => ({ keys, uses: keys, events: true, newIps: true, orgs }));
 
 const FULL: Plan = {
   scenarios: [
@@ -54,6 +57,8 @@ const FULL: Plan = {
       { keys: 100_000, uses: 1_000_000 },
     ]),
     ...newAddresses([1_000, 10_000, 100_000]),
+    ...bothWays([{ keys: 100_000, uses: 100_000 }], 100),
+    ...newAddresses([100_000], 100),
   ],
   reps: 3,
 };
@@ -65,6 +70,7 @@ const QUICK: Plan = {
       { keys: 5_000, uses: 5_000 },
     ]),
     ...newAddresses([1_000, 5_000]),
+    ...bothWays([{ keys: 5_000, uses: 5_000 }], 10),
   ],
   reps: 1,
 };
@@ -73,7 +79,8 @@ const QUICK: Plan = {
 // keeps the scenarios of the given ids (e.g. 100k-100k-same-off,100k-100k-newip-on) and
 // BENCH_FLUSH_REPS sets the timed flushes of each; the default run takes the whole plan.
 const thousands = (n: number) => (n % 1000 === 0 ? `${n / 1000}k` : String(n));
-const scenarioId = (s: Scenario) => `${thousands(s.keys)}-${thousands(s.uses)}-${s.newIps ? 'newip' : 'same'}-${s.events ? 'on' : 'off'}`;
+const scenarioId = (s: Scenario) =>
+  `${thousands(s.keys)}-${thousands(s.uses)}-${s.newIps ? 'newip' : 'same'}-${s.events ? 'on' : 'off'}${s.orgs > 1 ? `-${s.orgs}orgs` : ''}`;
 
 function selectedPlan(plan: Plan, env: NodeJS.ProcessEnv): Plan {
   const ids = (env.BENCH_FLUSH_SCENARIOS ?? '').split(',').filter(Boolean);
@@ -105,7 +112,7 @@ interface FlushSample {
 }
 
 // A key set per size and shape: the new-address shape grows its keys' rows, the other does not.
-const keySetOf = (s: Scenario) => `${s.keys}${s.newIps ? ' new-ip' : ''}`;
+const keySetOf = (s: Scenario) => `${s.keys}${s.newIps ? ' new-ip' : ''}${s.orgs > 1 ? ` ${s.orgs} orgs` : ''}`;
 
 // Address of key `k` in flush `generation`: the same for every flush, or a new /24 each time.
 function addressOf(k: number, newIps: boolean, generation: number): string {
@@ -140,20 +147,28 @@ interface Target {
   db: Db;
   /** The collector's own pool size; query events count every round trip, BEGIN and COMMIT included. */
   pool: Db;
-  keySets: Map<string, { orgId: string; keyIds: string[] }>;
+  /** Each key set's keys, and the org of each. */
+  keySets: Map<string, { orgIds: string[]; keyIds: string[] }>;
   roundTrips: number;
 }
 
 async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, url: string): Promise<Target> {
-  const keySets = new Map<string, { orgId: string; keyIds: string[] }>();
+  const keySets = new Map<string, { orgIds: string[]; keyIds: string[] }>();
   for (const scenario of plan.scenarios) {
     const set = keySetOf(scenario);
     if (keySets.has(set)) continue;
-    const orgId = await createOrg(db, `bench-flush-${set}`);
     const started = performance.now();
-    const keyIds = await insertKeys(db, orgId, scenario.keys, `flush-${set}-`);
-    ctx.log(`flush: ${fmt.int(scenario.keys)} keys (${set}, ${name}) created in ${fmt.ms(performance.now() - started, 0)}`);
-    keySets.set(set, { orgId, keyIds });
+    const orgIds: string[] = [];
+    const keyIds: string[] = [];
+    for (let o = 0; o < scenario.orgs; o++) {
+      const orgId = await createOrg(db, `bench-flush-${set}-${o}`);
+      for (const keyId of await insertKeys(db, orgId, Math.ceil(scenario.keys / scenario.orgs), `flush-${set}-`)) {
+        orgIds.push(orgId);
+        keyIds.push(keyId);
+      }
+    }
+    ctx.log(`flush: ${fmt.int(keyIds.length)} keys in ${scenario.orgs} org(s) (${set}, ${name}) created in ${fmt.ms(performance.now() - started, 0)}`);
+    keySets.set(set, { orgIds, keyIds });
   }
   await db.raw('analyze api_keys');
   const pool = createDb(url, { poolMax: 2, applicationName: 'keyusage-bench-flush' });
@@ -165,7 +180,7 @@ async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, u
 // One flush of `scenario` on `target`: the aggregator filled with count-1 lines, then the real
 // Flusher and store, timed; trimming (after the commit) timed apart.
 async function flushOnce(ctx: BenchContext, target: Target, scenario: Scenario, generation: number, cold: boolean): Promise<FlushSample> {
-  const { orgId, keyIds } = target.keySets.get(keySetOf(scenario))!;
+  const { orgIds, keyIds } = target.keySets.get(keySetOf(scenario))!;
   const clock = Date.now();
   const aggregator = new Aggregator({ maxKeys: 200_000, now: () => clock });
   let pruning: Promise<void> = Promise.resolve();
@@ -187,7 +202,7 @@ async function flushOnce(ctx: BenchContext, target: Target, scenario: Scenario, 
   const fillStarted = performance.now();
   for (let u = 0; u < scenario.uses; u++) {
     const k = u % keyIds.length;
-    aggregator.add({ keyId: keyIds[k], orgId, ip: addressOf(k, scenario.newIps, generation), outcome: 'ok', count: 1 });
+    aggregator.add({ keyId: keyIds[k], orgId: orgIds[k], ip: addressOf(k, scenario.newIps, generation), outcome: 'ok', count: 1 });
   }
   const fillMs = performance.now() - fillStarted;
 
@@ -219,12 +234,16 @@ async function flushOnce(ctx: BenchContext, target: Target, scenario: Scenario, 
   };
 }
 
-// Nothing lost or doubled: each org's total is the sum of what its flushes persisted.
+// Nothing lost or doubled: each key set's total is the sum of what its flushes persisted.
 async function checkTotals(target: Target, plan: Plan, samples: readonly FlushSample[]) {
-  for (const [set, { orgId }] of target.keySets) {
+  for (const [set, { orgIds }] of target.keySets) {
     const ofSet = plan.scenarios.filter((s) => keySetOf(s) === set).map(label);
     const expected = samples.filter((s) => s.variant === target.name && ofSet.includes(s.scenario)).reduce((sum, s) => sum + s.usesPersisted, 0);
-    const row = await target.db('api_key_usage').where({ org_id: orgId }).sum({ n: 'request_count' }).first();
+    const row = await target
+      .db('api_key_usage')
+      .whereIn('org_id', [...new Set(orgIds)])
+      .sum({ n: 'request_count' })
+      .first();
     if (Number(row?.n) !== expected) throw new Error(`flush benchmark: key set ${set} (${target.name}) holds ${row?.n} uses, expected ${expected}`);
   }
 }
@@ -316,8 +335,8 @@ function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: 
   const migrated = samples.filter((s) => s.variant === MIGRATED);
   const wallOf = (scenario: Scenario) => migrated.filter((s) => s.scenario === label(scenario) && !s.cold).map((s) => s.wallMs);
   const ratios = plan.scenarios
-    .filter((s) => s.events && !s.newIps && plan.scenarios.some((o) => !o.events && !o.newIps && o.keys === s.keys && o.uses === s.uses))
-    .map((on) => `${fmt.int(on.keys)} keys / ${fmt.int(on.uses)} uses: ${(median(wallOf(on)) / median(wallOf({ ...on, events: false }))).toFixed(2)}×`);
+    .filter((s) => s.events && !s.newIps && plan.scenarios.some((o) => !o.events && !o.newIps && o.keys === s.keys && o.uses === s.uses && o.orgs === s.orgs))
+    .map((on) => `${label(on).replace(/, events on$/, '')}: ${(median(wallOf(on)) / median(wallOf({ ...on, events: false }))).toFixed(2)}×`);
   const big = plan.scenarios.filter((s) => s.keys >= 100_000 && s.uses === s.keys).map(label);
   const bigWarm = migrated.filter((s) => big.includes(s.scenario) && !s.cold).map((s) => s.wallMs);
   const bigCold = migrated.filter((s) => big.includes(s.scenario) && s.cold).map((s) => s.wallMs);
@@ -361,5 +380,5 @@ function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: 
 }
 
 function label(s: Scenario): string {
-  return `${fmt.int(s.keys)} keys / ${fmt.int(s.uses)} uses${s.newIps ? ', new IP per key' : ''}, events ${s.events ? 'on' : 'off'}`;
+  return `${fmt.int(s.keys)} keys${s.orgs > 1 ? ` in ${s.orgs} orgs` : ''} / ${fmt.int(s.uses)} uses${s.newIps ? ', new IP per key' : ''}, events ${s.events ? 'on' : 'off'}`;
 }
