@@ -73,7 +73,7 @@ with r as (
    where seen.key_id is null or g.last_seen - seen.last_seen > interval '1 hour'
 ), upserted as (
   insert into ${TABLE.ipHistory} (org_id, key_id, prefix, first_ip, first_seen, last_seen)
-  select org_id, key_id, prefix, first_ip, first_seen, last_seen from due order by org_id, key_id, prefix
+  select org_id, key_id, prefix, first_ip, first_seen, last_seen from due order by key_id, prefix
   on conflict (org_id, key_id, prefix) do update set last_seen = excluded.last_seen
      where excluded.last_seen - ${TABLE.ipHistory}.last_seen > interval '1 hour'
   returning key_id, cast(prefix as text) as prefix, first_ip, first_seen, (xmax = 0) as inserted
@@ -200,7 +200,7 @@ returning org_id, key_id`;
 const ANCHOR_TOTALS = `
 insert into ${TABLE.usage} (org_id, key_id)
 select * from unnest(cast(? as uuid[]), cast(? as uuid[])) as k(org_id, key_id)
- order by org_id, key_id
+ order by key_id
 on conflict (org_id, key_id) do update set updated_at = ${TABLE.usage}.updated_at`;
 
 type SweptKey = { org_id: string; key_id: string };

@@ -57,9 +57,7 @@ export type KeyRef = Pick<KeyUsageDelta, 'orgId' | 'keyId'>;
 const FLUSH_ID_RETENTION = '1 day';
 const FLUSH_WORK_MEM = '64MB';
 
-// The primary keys' order, (org, key): the flush's rows reach each index in one run per org, not scattered.
-const byOrgAndKey = (a: KeyUsageDelta, b: KeyUsageDelta) =>
-  a.orgId < b.orgId ? -1 : a.orgId > b.orgId ? 1 : a.keyId < b.keyId ? -1 : a.keyId > b.keyId ? 1 : 0;
+const byKeyId = (a: KeyUsageDelta, b: KeyUsageDelta) => (a.keyId < b.keyId ? -1 : a.keyId > b.keyId ? 1 : a.orgId < b.orgId ? -1 : 1);
 
 const outcomeColumns = OUTCOMES.map((outcome) => `${outcome}_count`);
 const addTo = (table: string) => (column: string) => `${column} = keyusage_add(${table}.${column}, excluded.${column})`;
@@ -83,10 +81,8 @@ async function existingKeys(connection: PoolClient, keys: KeyUsageDelta[]): Prom
   return keys.filter((k) => orgOf.get(k.keyId) === k.orgId);
 }
 
-// Rows enter every statement sorted by org, then key (then hour / ip), so concurrent collectors
-// lock shared rows in the same order and cannot deadlock each other. That is the primary keys'
-// order: a flush of many orgs reads each index in one run per org (by key id alone, its rows were
-// scattered over every org's part of the index, 20-40 % slower at 100 k keys in 100 orgs). Counters go through
+// Rows enter every statement sorted by key id (then hour / ip), so concurrent collectors lock
+// shared rows in the same order and cannot deadlock each other. Counters go through
 // keyusage_add, which saturates instead of failing the flush. DO UPDATE takes only immutable
 // functions on Citus (it runs on the workers), so the time comes from excluded. Every conflict
 // target starts with org_id, the distribution column on Citus, so each row's upsert runs on the
@@ -97,7 +93,7 @@ insert into ${TABLE.usage} (key_id, org_id, request_count, ${outcomeColumns.join
 select u.key_id, u.org_id, u.request_count, ${outcomeColumns.map((c) => `u.${c}`).join(', ')}, ${msToTime('u.last_used_ms')}, u.last_ip,
        ${msToTime('u.last_failed_ms')}, u.last_failed_ip, ${msToTime('u.last_revoked_use_ms')}, ${msToTime('u.last_expired_use_ms')}, now()
   from flush_keys u
- order by u.org_id, u.key_id
+ order by u.key_id, u.org_id
 on conflict (org_id, key_id) do update set
   ${['request_count', ...outcomeColumns].map(addTo(TABLE.usage)).join(',\n  ')},
   ${newerIp(TABLE.usage, 'last_used_ip', 'last_used_at')},
@@ -115,7 +111,7 @@ const UPSERT_HOURS = `
 insert into ${TABLE.usageCurrentHours} (org_id, key_id, hour, request_count, ${outcomeColumns.join(', ')})
 select h.org_id, h.key_id, ${msToTime('h.hour_ms')}, h.request_count, ${outcomeColumns.map((c) => `h.${c}`).join(', ')}
   from flush_hours h ${STAGED_KEY('h')}
- order by h.org_id, h.key_id, h.hour_ms
+ order by h.key_id, h.org_id, h.hour_ms
 on conflict (org_id, key_id, hour) do update set
   ${['request_count', ...outcomeColumns].map(addTo(TABLE.usageCurrentHours)).join(',\n  ')}`;
 
@@ -134,7 +130,7 @@ insert into ${table} (org_id, key_id, ip, first_seen, last_seen, ${count})
 select r.org_id, r.key_id, r.ip, ${msToTime('r.first_seen_ms')}, ${msToTime('r.last_seen_ms')}, r.n
   from flush_ips r ${STAGED_KEY('r')}
  where ${proven ? '' : 'not '}r.proven
- order by r.org_id, r.key_id, r.ip
+ order by r.key_id, r.org_id, r.ip
 on conflict (org_id, key_id, ip) do update set
   first_seen = least(${table}.first_seen, excluded.first_seen),
   last_seen = greatest(${table}.last_seen, excluded.last_seen),
@@ -234,17 +230,17 @@ type Applied = Awaited<ReturnType<typeof applyBatch>>;
 // mergeBatches' default cap on addresses per key (collector/aggregator.ts; the aggregator's too).
 const MERGED_IPS_PER_KEY = 16;
 
-// The keys of the flush, sorted by org and key, each (org, key) once. mergeBatches copies every delta,
+// The keys of the flush, sorted by key id, each (org, key) once. mergeBatches copies every delta,
 // which at 100 k keys cost 0.6-0.9 s of the flush; the usual flush holds one batch straight from
 // the aggregator (each key once, addresses already capped), which only needs sorting.
 function mergeFresh(fresh: UsageBatch[]): UsageBatch {
   if (fresh.length === 1) {
-    const keys = [...fresh[0].keys].sort(byOrgAndKey);
+    const keys = [...fresh[0].keys].sort(byKeyId);
     const distinct = keys.every((k, i) => i === 0 || k.keyId !== keys[i - 1].keyId || k.orgId !== keys[i - 1].orgId);
     if (distinct && keys.every((k) => k.ips.size <= MERGED_IPS_PER_KEY && k.failedIps.size <= MERGED_IPS_PER_KEY)) return { keys, uses: fresh[0].uses };
   }
   const merged = mergeBatches(fresh);
-  return { keys: merged.keys.sort(byOrgAndKey), uses: merged.uses };
+  return { keys: merged.keys.sort(byKeyId), uses: merged.uses };
 }
 
 const totalUses = (keys: readonly KeyUsageDelta[]) => keys.reduce((sum, k) => sum + k.total, 0);
@@ -337,7 +333,7 @@ export function createPgUsageStore(db: Db, options: { events?: EventDetection } 
       let result: WriteResult;
       try {
         const { fresh, duplicateBatches, duplicateUses } = await claimBatches(trx, batches);
-        // Each upsert sorts its whole input ((org, key) order, for lock order); at 100 k rows the default
+        // Each upsert sorts its whole input (key order, for lock order); at 100 k rows the default
         // 4 MB spilled the input and the sort to temporary files. For this transaction only.
         await trx.raw(`set local work_mem = '${FLUSH_WORK_MEM}'`);
         const merged = mergeFresh(fresh);
