@@ -13,7 +13,7 @@ import { interleavedSchedule, median } from './lib/stats';
 import { MIGRATED, openVariantDatabase, selectedVariants, type VariantDatabase } from './flushVariants';
 
 // Benchmark 4. The collector's real Flusher and PostgreSQL store (collector/flusher.ts,
-// collector/usageStore.ts) on a pool of 2 connections like the collector's, with N pending keys
+// collector/usageStore.ts) on the collector's pool (its flush parts and trim), with N pending keys
 // that exist in api_keys. Uses arrive as count-1 lines (as hot-shots would send them), all in one
 // hour, so the rows a flush writes depend on the keys alone: that is what "statements independent
 // of request volume" means. Two shapes: every key from the same address in every flush (the
@@ -91,8 +91,13 @@ function selectedPlan(plan: Plan, env: NodeJS.ProcessEnv): Plan {
   return { scenarios: ids.length > 0 ? plan.scenarios.filter((s) => ids.includes(scenarioId(s))) : plan.scenarios, reps };
 }
 
-// The collector's default detection thresholds, read when a flush is measured (no import-time work).
-const defaultDetection = () => loadConfig({ NODE_ENV: 'development' }).collector.events;
+// The collector's defaults, read when a flush is measured (no import-time work), with
+// COLLECTOR_FLUSH_PARALLELISM from the environment: its values are compared run against run.
+const collectorConfig = () =>
+  loadConfig({
+    NODE_ENV: 'development',
+    ...(process.env.COLLECTOR_FLUSH_PARALLELISM ? { COLLECTOR_FLUSH_PARALLELISM: process.env.COLLECTOR_FLUSH_PARALLELISM } : {}),
+  }).collector;
 
 interface FlushSample {
   scenario: string;
@@ -171,7 +176,8 @@ async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, u
     keySets.set(set, { orgIds, keyIds });
   }
   await db.raw('analyze api_keys');
-  const pool = createDb(url, { poolMax: 2, applicationName: 'keyusage-bench-flush' });
+  // The collector's pool, less the webhook worker's connection: the flush's parts and the trim.
+  const pool = createDb(url, { poolMax: collectorConfig().flushParallelism + 1, applicationName: 'keyusage-bench-flush' });
   const target: Target = { name, db, pool, keySets, roundTrips: 0 };
   pool.on('query', () => target.roundTrips++);
   return target;
@@ -185,7 +191,8 @@ async function flushOnce(ctx: BenchContext, target: Target, scenario: Scenario, 
   const aggregator = new Aggregator({ maxKeys: 200_000, now: () => clock });
   let pruning: Promise<void> = Promise.resolve();
   let pruneMs = 0;
-  const inner = createPgUsageStore(target.pool, scenario.events ? { events: defaultDetection() } : {});
+  const { events, flushParallelism } = collectorConfig();
+  const inner = createPgUsageStore(target.pool, { events: scenario.events ? events : undefined, parallelism: flushParallelism });
   const store: UsageStore = {
     write: (batches) => inner.write(batches),
     prune: (ids) => {
@@ -356,7 +363,7 @@ function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: 
     heading: HEADINGS.flush,
     tables: [
       {
-        title: `Real Flusher + PostgreSQL store, pool of 2; ${plan.reps} interleaved timed flushes per scenario after one cold flush per key set`,
+        title: `Real Flusher + PostgreSQL store, COLLECTOR_FLUSH_PARALLELISM=${collectorConfig().flushParallelism} (a pool of as many connections + 1); ${plan.reps} interleaved timed flushes per scenario after one cold flush per key set`,
         columns: [
           'pending keys / uses',
           'flushes timed',

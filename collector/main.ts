@@ -32,14 +32,15 @@ export interface CollectorOverrides {
 export async function startCollector(config: Config, logger: Logger, databaseUrl: string, overrides: CollectorOverrides = {}) {
   const now = overrides.now ?? Date.now;
   const inCluster = overrides.receiverIndex !== undefined;
-  // One connection for the flusher, one for upkeep, one for the webhook worker's short statements.
+  // One connection for each of the flush's parts (one for a flush that is not split), one for
+  // upkeep, one for the webhook worker's short statements.
   const db = await createCheckedDb(
     databaseUrl,
-    { poolMax: 3, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' },
+    { poolMax: config.collector.flushParallelism + 2, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' },
     logger,
   );
   const events = config.collector.events;
-  const store = overrides.store ?? createPgUsageStore(db, { events: events.enabled ? events : undefined });
+  const store = overrides.store ?? createPgUsageStore(db, { events: events.enabled ? events : undefined, parallelism: config.collector.flushParallelism });
   const aggregator = new Aggregator({ maxKeys: config.collector.aggregatorMaxKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
   const flusher = new Flusher({ aggregator, store, intervalMs: config.collector.flushIntervalMs, maxRetryKeys: config.collector.retryMaxKeys, logger, now });
   const warn = rateLimitedWarn(logger, 10_000, now);

@@ -44,10 +44,14 @@ export interface UsageStore {
   expireOldRows(retentionDays: number): Promise<void>;
 }
 
-// The write failed at or after COMMIT: PostgreSQL may or may not have applied it.
+// The write failed at or after COMMIT, PostgreSQL may or may not have applied it; or a part of
+// a split write failed after another part committed. Either way the batches keep their ids.
 export class CommitInDoubtError extends Error {
-  constructor(readonly cause: unknown) {
-    super(`commit outcome unknown: ${(cause as Error)?.message ?? cause}`);
+  constructor(
+    readonly cause: unknown,
+    message = `commit outcome unknown: ${(cause as Error)?.message ?? cause}`,
+  ) {
+    super(message);
     this.name = 'CommitInDoubtError';
   }
 }
@@ -259,7 +263,7 @@ async function claimBatches(trx: Knex.Transaction, batches: readonly PendingBatc
   const fresh = batches.map((b) => b.batch.keys.filter((k) => claimed.has(`${b.id}/${k.orgId}`)));
   return {
     fresh: fresh.map((keys) => ({ keys, uses: totalUses(keys) })),
-    duplicateBatches: batches.filter((b, i) => b.batch.keys.length > 0 && fresh[i].length === 0).length,
+    freshIds: batches.filter((_, i) => fresh[i].length > 0).map((b) => b.id),
     duplicateUses: batches.reduce((sum, b, i) => sum + b.batch.uses - totalUses(fresh[i]), 0),
   };
 }
@@ -325,48 +329,127 @@ async function pruneTable(db: Db, table: string, column: string, keys: readonly 
   for (const [orgId, keyIds] of byOrg) await db.raw(TRIM_ORG(table, column), { orgId, keyIds, kept });
 }
 
-export function createPgUsageStore(db: Db, options: { events?: EventDetection } = {}): UsageStore {
+/** A write's transaction: what it wrote, and the batches it found keys of not yet written. */
+type PartResult = Omit<WriteResult, 'appliedBatches' | 'duplicateBatches'> & { freshIds: string[] };
+
+// One transaction: claims the batches' (batch, org) pairs, applies the fresh keys, commits.
+async function writeInOne(db: Db, batches: readonly PendingBatch[], apply: ApplyOptions): Promise<PartResult> {
+  const trx = await db.transaction();
+  let result: PartResult;
+  try {
+    const { fresh, freshIds, duplicateUses } = await claimBatches(trx, batches);
+    // Each upsert sorts its whole input (key order, for lock order); at 100 k rows the default
+    // 4 MB spilled the input and the sort to temporary files. For this transaction only.
+    await trx.raw(`set local work_mem = '${FLUSH_WORK_MEM}'`);
+    const merged = mergeFresh(fresh);
+    const keys = merged.keys;
+    const { statements, accepted, quarantined, events, candidates, grew } = await applyIsolating(trx, keys, apply);
+    const acceptedUses = totalUses(accepted);
+    const quarantinedUses = totalUses(quarantined);
+    result = {
+      freshIds,
+      duplicateUses,
+      keysWritten: accepted.length,
+      usesWritten: acceptedUses,
+      unknownKeys: keys.length - accepted.length - quarantined.length,
+      unknownUses: merged.uses - acceptedUses - quarantinedUses,
+      quarantined: quarantined.map((k) => ({ keyId: k.keyId, orgId: k.orgId, uses: k.total })),
+      statements: statements + 2,
+      eventsRecorded: events,
+      eventCandidates: candidates,
+      keysToTrim: grew,
+    };
+  } catch (error) {
+    await trx.rollback().catch(() => undefined);
+    throw error;
+  }
+  try {
+    await trx.commit();
+    // knex resolves commit() even when the COMMIT query fails; only executionPromise rejects.
+    await trx.executionPromise;
+  } catch (error) {
+    throw new CommitInDoubtError(error);
+  }
+  return result;
+}
+
+/** Below this many keys a write stays one transaction: a split costs each part its own round trips and commit. */
+export const SPLIT_MIN_KEYS = 10_000;
+
+// The batches' keys in `parts` groups of whole orgs, the largest org first into the smallest
+// group, so the groups are near equal. Whole orgs because the flush ledger claims (batch, org)
+// pairs: each part's transaction carries the proof of its own orgs' writes.
+function splitByOrg(batches: readonly PendingBatch[], parts: number): PendingBatch[][] {
+  const keysOfOrg = new Map<string, number>();
+  for (const { batch } of batches) for (const k of batch.keys) keysOfOrg.set(k.orgId, (keysOfOrg.get(k.orgId) ?? 0) + 1);
+  const keys = [...keysOfOrg.values()].reduce((sum, n) => sum + n, 0);
+  if (parts < 2 || keysOfOrg.size < 2 || keys < SPLIT_MIN_KEYS) return [[...batches]];
+  const load: number[] = Array.from({ length: Math.min(parts, keysOfOrg.size) }, () => 0);
+  const groupOf = new Map<string, number>();
+  for (const [orgId, n] of [...keysOfOrg].sort((a, b) => b[1] - a[1])) {
+    const group = load.indexOf(Math.min(...load));
+    groupOf.set(orgId, group);
+    load[group] += n;
+  }
+  return load.map((_, group) =>
+    batches.map(({ id, batch }) => {
+      const mine = batch.keys.filter((k) => groupOf.get(k.orgId) === group);
+      return { id, batch: { keys: mine, uses: totalUses(mine) } };
+    }),
+  );
+}
+
+// Every part's outcome, or the error the flusher must act on. A part that failed beside one that
+// committed leaves the batches partly written: they must keep their ids and never absorb newer
+// uses (CommitInDoubtError), and their retry's claims skip the orgs already written.
+async function settleParts(parts: Array<Promise<PartResult>>): Promise<PartResult[]> {
+  const settled = await Promise.allSettled(parts);
+  const failures = settled.flatMap((outcome) => (outcome.status === 'rejected' ? [outcome.reason as unknown] : []));
+  if (failures.length === 0) return settled.map((outcome) => (outcome as PromiseFulfilledResult<PartResult>).value);
+  const inDoubt = failures.find((error) => error instanceof CommitInDoubtError);
+  if (inDoubt) throw inDoubt;
+  if (failures.length === settled.length) throw failures[0];
+  throw new CommitInDoubtError(failures[0], `another part of the flush committed; this part failed: ${(failures[0] as Error)?.message ?? failures[0]}`);
+}
+
+function combineParts(batches: readonly PendingBatch[], parts: readonly PartResult[]): WriteResult {
+  const fresh = new Set(parts.flatMap((part) => part.freshIds));
+  const duplicateBatches = batches.filter((b) => b.batch.keys.length > 0 && !fresh.has(b.id)).length;
+  const sum = (field: 'duplicateUses' | 'keysWritten' | 'usesWritten' | 'unknownKeys' | 'unknownUses' | 'statements' | 'eventsRecorded' | 'eventCandidates') =>
+    parts.reduce((total, part) => total + part[field], 0);
+  return {
+    appliedBatches: batches.length - duplicateBatches,
+    duplicateBatches,
+    duplicateUses: sum('duplicateUses'),
+    keysWritten: sum('keysWritten'),
+    usesWritten: sum('usesWritten'),
+    unknownKeys: sum('unknownKeys'),
+    unknownUses: sum('unknownUses'),
+    quarantined: parts.flatMap((part) => part.quarantined),
+    statements: sum('statements'),
+    eventsRecorded: sum('eventsRecorded'),
+    eventCandidates: sum('eventCandidates'),
+    keysToTrim: parts.flatMap((part) => part.keysToTrim),
+  };
+}
+
+export interface PgUsageStoreOptions {
+  /** Unset: no event detection (EVENTS_ENABLED=false). */
+  events?: EventDetection;
+  /**
+   * Transactions a write of SPLIT_MIN_KEYS keys or more, of several orgs, is split into, each on
+   * its own connection at once (COLLECTOR_FLUSH_PARALLELISM): PostgreSQL runs a statement on one
+   * core. 1: always one transaction.
+   */
+  parallelism?: number;
+}
+
+export function createPgUsageStore(db: Db, options: PgUsageStoreOptions = {}): UsageStore {
   const apply: ApplyOptions = { events: options.events };
   return {
     async write(batches) {
-      const trx = await db.transaction();
-      let result: WriteResult;
-      try {
-        const { fresh, duplicateBatches, duplicateUses } = await claimBatches(trx, batches);
-        // Each upsert sorts its whole input (key order, for lock order); at 100 k rows the default
-        // 4 MB spilled the input and the sort to temporary files. For this transaction only.
-        await trx.raw(`set local work_mem = '${FLUSH_WORK_MEM}'`);
-        const merged = mergeFresh(fresh);
-        const keys = merged.keys;
-        const { statements, accepted, quarantined, events, candidates, grew } = await applyIsolating(trx, keys, apply);
-        const acceptedUses = totalUses(accepted);
-        const quarantinedUses = totalUses(quarantined);
-        result = {
-          appliedBatches: batches.length - duplicateBatches,
-          duplicateBatches,
-          duplicateUses,
-          keysWritten: accepted.length,
-          usesWritten: acceptedUses,
-          unknownKeys: keys.length - accepted.length - quarantined.length,
-          unknownUses: merged.uses - acceptedUses - quarantinedUses,
-          quarantined: quarantined.map((k) => ({ keyId: k.keyId, orgId: k.orgId, uses: k.total })),
-          statements: statements + 2,
-          eventsRecorded: events,
-          eventCandidates: candidates,
-          keysToTrim: grew,
-        };
-      } catch (error) {
-        await trx.rollback().catch(() => undefined);
-        throw error;
-      }
-      try {
-        await trx.commit();
-        // knex resolves commit() even when the COMMIT query fails; only executionPromise rejects.
-        await trx.executionPromise;
-      } catch (error) {
-        throw new CommitInDoubtError(error);
-      }
-      return result;
+      const parts = splitByOrg(batches, options.parallelism ?? 1);
+      return combineParts(batches, await settleParts(parts.map((part) => writeInOne(db, part, apply))));
     },
 
     async prune(keys) {

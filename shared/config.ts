@@ -123,6 +123,9 @@ const variables = {
   // Defaults to COLLECTOR_MAX_PENDING_KEYS (below), as when one setting bounded both.
   COLLECTOR_MAX_RETRY_KEYS: positiveInt().optional(),
   COLLECTOR_RECV_BUFFER_BYTES: positiveInt().default(8 * 1024 * 1024),
+  // Transactions a flush of 10,000 keys or more, of several orgs, is split into, run at once, each
+  // on a connection of the pool (DATABASE_POOL_MAX); see docs/operations.md.
+  COLLECTOR_FLUSH_PARALLELISM: positiveInt(16).default(2),
   // Processes reading the one UDP socket (Node's cluster module); each aggregates and flushes on
   // its own. 1 keeps a single process; see docs/benchmarks.md §3 for when more helps.
   COLLECTOR_RECEIVERS: positiveInt(16).default(1),
@@ -300,6 +303,7 @@ const collectorSection = (v: Variables) => ({
    */
   retryMaxKeys: v.COLLECTOR_MAX_RETRY_KEYS ?? v.COLLECTOR_MAX_PENDING_KEYS,
   recvBufferBytes: v.COLLECTOR_RECV_BUFFER_BYTES,
+  flushParallelism: v.COLLECTOR_FLUSH_PARALLELISM,
   receivers: v.COLLECTOR_RECEIVERS,
   metricsHost: v.COLLECTOR_METRICS_HOST,
   metricsPort: v.COLLECTOR_METRICS_PORT,

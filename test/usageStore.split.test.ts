@@ -1,0 +1,108 @@
+// A large flush of several orgs is split by org into parallel transactions (PostgreSQL runs each
+// statement on one core). Each part claims its own orgs' (batch, org) pairs in the flush ledger,
+// so a part that failed beside one that committed is retried under the same batch id, and only
+// the orgs not yet written are written.
+import { randomUUID } from 'node:crypto';
+import t from 'tap';
+import { Aggregator } from '../collector/aggregator';
+import { CommitInDoubtError, createPgUsageStore, SPLIT_MIN_KEYS, type PendingBatch } from '../collector/usageStore';
+import { createDb, type Db } from '../shared/db';
+import { waitFor } from '../harness/wait';
+import { createOrg, insertKeys } from '../bench/lib/database';
+import { freshDatabase } from './helpers/database';
+
+type Org = { orgId: string; keyIds: string[] };
+
+// Two orgs of half the threshold each (and one key more): split in two parts of one org each.
+async function twoOrgs(db: Db): Promise<[Org, Org]> {
+  const orgs: Org[] = [];
+  for (const name of ['first', 'second']) {
+    const orgId = await createOrg(db, name);
+    orgs.push({ orgId, keyIds: await insertKeys(db, orgId, SPLIT_MIN_KEYS / 2 + 1, `${name}-`) });
+  }
+  return orgs as [Org, Org];
+}
+
+function batchOf(orgs: readonly Org[]): PendingBatch {
+  const aggregator = new Aggregator({ maxKeys: 2 * SPLIT_MIN_KEYS, now: () => Date.now() });
+  for (const { orgId, keyIds } of orgs) for (const keyId of keyIds) aggregator.add({ orgId, keyId, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  return { id: randomUUID(), batch: aggregator.drain() };
+}
+
+const usesOf = async (db: Db, org: Org) => Number((await db('api_key_usage').where({ org_id: org.orgId }).sum({ n: 'request_count' }).first())?.n ?? 0);
+
+t.test('each org group commits on its own transaction, at once', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const [first, second] = await twoOrgs(db);
+  const store = createPgUsageStore(db, { parallelism: 2 });
+  await store.write([batchOf([first, second])]);
+
+  const holder = createDb(url, { poolMax: 1 });
+  t.teardown(() => holder.destroy());
+  const held = await holder.transaction();
+  await held.raw('select 1 from api_key_usage where org_id = ? and key_id = ? for update', [first.orgId, first.keyIds[0]]);
+  const writing = store.write([batchOf([first, second])]);
+  // The second org's part commits while the first org's waits for the held row.
+  await waitFor('the second org to be written', async () => ((await usesOf(db, second)) === 2 * second.keyIds.length ? true : undefined));
+  t.equal(await usesOf(db, first), first.keyIds.length, "the first org's part is still waiting");
+  await held.commit();
+  const result = await writing;
+  t.match(result, { appliedBatches: 1, duplicateBatches: 0, keysWritten: first.keyIds.length + second.keyIds.length, unknownKeys: 0 });
+  t.equal(await usesOf(db, first), 2 * first.keyIds.length, 'then the first org too');
+});
+
+t.test('a part that fails beside one that commits leaves the batch in doubt; its retry writes the rest once', async (t) => {
+  const { db } = await freshDatabase(t);
+  const [first, second] = await twoOrgs(db);
+  await db.raw(`create function refuse_first_org() returns trigger language plpgsql as $$
+    begin
+      if new.org_id = '${first.orgId}' then raise exception 'refused for the test'; end if;
+      return new;
+    end $$`);
+  await db.raw('create trigger refuse_first_org before insert or update on api_key_usage for each row execute function refuse_first_org()');
+  const store = createPgUsageStore(db, { parallelism: 2 });
+  const batch = batchOf([first, second]);
+
+  const error = await store.write([batch]).catch((e: unknown) => e);
+  t.type(error, CommitInDoubtError, 'in doubt: the flusher keeps the batch apart, under its id');
+  t.match((error as Error).message, /another part of the flush committed; this part failed: refused for the test/);
+  t.same([await usesOf(db, first), await usesOf(db, second)], [0, second.keyIds.length], 'the second org was written');
+
+  await db.raw('drop trigger refuse_first_org on api_key_usage');
+  const retried = await store.write([batch]);
+  t.match(retried, { appliedBatches: 1, duplicateBatches: 0, duplicateUses: second.keyIds.length, usesWritten: first.keyIds.length });
+  t.same([await usesOf(db, first), await usesOf(db, second)], [first.keyIds.length, second.keyIds.length], 'each org once');
+  t.match(await store.write([batch]), { appliedBatches: 0, duplicateBatches: 1, usesWritten: 0 }, 'a third attempt writes nothing');
+});
+
+t.test('when every part fails, nothing committed: a plain error, the batch may absorb newer uses', async (t) => {
+  const { db } = await freshDatabase(t);
+  const orgs = await twoOrgs(db);
+  await db.raw(`create function refuse_all() returns trigger language plpgsql as $$ begin raise exception 'refused for the test'; end $$`);
+  await db.raw('create trigger refuse_all before insert or update on api_key_usage for each row execute function refuse_all()');
+  const error = await createPgUsageStore(db, { parallelism: 2 })
+    .write([batchOf(orgs)])
+    .catch((e: unknown) => e);
+  t.match(error, { message: 'refused for the test' });
+  t.notOk(error instanceof CommitInDoubtError, 'not in doubt');
+});
+
+t.test('below the threshold, or of one org, a write stays one transaction', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const [first, second] = await twoOrgs(db);
+  const small: Org = { orgId: second.orgId, keyIds: second.keyIds.slice(0, 10) };
+  const store = createPgUsageStore(db, { parallelism: 2 });
+  await store.write([batchOf([first, second])]);
+  const holder = createDb(url, { poolMax: 1 });
+  t.teardown(() => holder.destroy());
+  const held = await holder.transaction();
+  await held.raw('select 1 from api_key_usage where org_id = ? and key_id = ? for update', [first.orgId, first.keyIds[0]]);
+  const writing = store.write([batchOf([{ orgId: first.orgId, keyIds: first.keyIds.slice(0, 10) }, small])]);
+  await waitFor('the write to wait for the held row', async () =>
+    (await db.raw("select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")).rows.length > 0 ? true : undefined,
+  );
+  t.equal(await usesOf(db, second), second.keyIds.length, "the other org's keys wait with it: one transaction");
+  await held.commit();
+  await writing;
+  t.equal(await usesOf(db, second), second.keyIds.length + small.keyIds.length);
+});
