@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '../shared/logger';
 import { mergeBatches, type Aggregator } from './aggregator';
-import { CommitInDoubtError, type KeyRef, type PendingBatch, type UsageStore, type WriteResult } from './usageStore';
+import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch, type UsageStore, type WriteResult } from './usageStore';
 
 export interface FlushStats {
   flushes: number;
@@ -156,7 +156,6 @@ export class Flusher {
       const result = await this.options.store.write(batches);
       this.pending = this.pending.filter((p) => !batches.includes(p));
       this.recordSuccess(result, this.now() - started);
-      this.queuePrune(result.keysToTrim);
       return this.pending.length === 0 && this.options.aggregator.pendingKeys === 0;
     } catch (error) {
       this.recordFailure(error, batches);
@@ -170,15 +169,25 @@ export class Flusher {
     s.consecutiveFailures = 0;
     this.retryAt = 0;
     s.duplicateBatchesSkipped += result.duplicateBatches;
-    s.unknownKeys += result.unknownKeys;
-    s.unknownUses += result.unknownUses;
     // An in-doubt batch found committed was persisted by the earlier attempt (less the uses of any
     // unknown keys it carried, which can no longer be told apart).
     s.usesPersisted += result.usesWritten + result.duplicateUses;
     s.lastFlushDurationMs = durationMs;
     s.lastFlushKeys = result.keysWritten;
     s.lastFlushStatements = result.statements;
+    this.recordWritten(result);
+    if (result.duplicateBatches > 0) {
+      this.options.logger.info({ duplicateBatches: result.duplicateBatches }, 'skipped batches already committed by an earlier attempt');
+    }
+  }
+
+  // What a committed write, or the committed parts of a split one, did beside the uses: the
+  // retry of a partly written flush finds those orgs claimed and reports none of it again.
+  private recordWritten(result: WriteResult) {
+    const s = this.stats;
     s.eventsRecorded += result.eventsRecorded;
+    s.unknownKeys += result.unknownKeys;
+    s.unknownUses += result.unknownUses;
     if (result.unknownKeys > 0) {
       this.options.logger.warn(
         { unknownKeys: result.unknownKeys, unknownUses: result.unknownUses },
@@ -193,9 +202,7 @@ export class Flusher {
         "PostgreSQL refused this key's usage rows (data error); its uses were set aside so every other key is written",
       );
     }
-    if (result.duplicateBatches > 0) {
-      this.options.logger.info({ duplicateBatches: result.duplicateBatches }, 'skipped batches already committed by an earlier attempt');
-    }
+    this.queuePrune(result.keysToTrim);
   }
 
   private recordFailure(error: unknown, batches: Array<PendingBatch & { inDoubt: boolean }>) {
@@ -204,6 +211,7 @@ export class Flusher {
     s.consecutiveFailures += 1;
     const inDoubt = error instanceof CommitInDoubtError;
     if (inDoubt) for (const batch of batches) batch.inDoubt = true;
+    if (error instanceof PartlyWrittenError) this.recordWritten(error.written);
     const delay = Math.min(this.backoff.initialMs * 2 ** (s.consecutiveFailures - 1), this.backoff.maxMs);
     this.retryAt = this.now() + delay;
     this.options.logger.error(

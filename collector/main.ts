@@ -32,11 +32,12 @@ export interface CollectorOverrides {
 export async function startCollector(config: Config, logger: Logger, databaseUrl: string, overrides: CollectorOverrides = {}) {
   const now = overrides.now ?? Date.now;
   const inCluster = overrides.receiverIndex !== undefined;
-  // One connection for each of the flush's parts (one for a flush that is not split), one for
-  // upkeep, one for the webhook worker's short statements.
+  // One connection for each of the flush's parts (one for a flush that is not split), one for the
+  // trim that runs beside the next flush, one for upkeep, one for the webhook worker's short
+  // statements: a part that waited past the acquire timeout would fail the whole flush.
   const db = await createCheckedDb(
     databaseUrl,
-    { poolMax: config.collector.flushParallelism + 2, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' },
+    { poolMax: config.collector.flushParallelism + 3, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' },
     logger,
   );
   const events = config.collector.events;

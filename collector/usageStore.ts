@@ -44,8 +44,7 @@ export interface UsageStore {
   expireOldRows(retentionDays: number): Promise<void>;
 }
 
-// The write failed at or after COMMIT, PostgreSQL may or may not have applied it; or a part of
-// a split write failed after another part committed. Either way the batches keep their ids.
+// The write failed at or after COMMIT: PostgreSQL may or may not have applied it.
 export class CommitInDoubtError extends Error {
   constructor(
     readonly cause: unknown,
@@ -53,6 +52,21 @@ export class CommitInDoubtError extends Error {
   ) {
     super(message);
     this.name = 'CommitInDoubtError';
+  }
+}
+
+/**
+ * A part of a split write failed after another part committed. The batches keep their ids, as
+ * for a commit in doubt; `written` is what the committed parts wrote (their quarantined and
+ * unknown keys, events and keys to trim), which the retry will find already claimed.
+ */
+export class PartlyWrittenError extends CommitInDoubtError {
+  constructor(
+    cause: unknown,
+    readonly written: WriteResult,
+  ) {
+    super(cause, `another part of the flush committed; this part failed: ${(cause as Error)?.message ?? cause}`);
+    this.name = 'PartlyWrittenError';
   }
 }
 
@@ -392,24 +406,28 @@ function splitByOrg(batches: readonly PendingBatch[], parts: number): PendingBat
     load[group] += n;
   }
   return load.map((_, group) =>
-    batches.map(({ id, batch }) => {
-      const mine = batch.keys.filter((k) => groupOf.get(k.orgId) === group);
-      return { id, batch: { keys: mine, uses: totalUses(mine) } };
-    }),
+    batches
+      .map(({ id, batch }) => {
+        const mine = batch.keys.filter((k) => groupOf.get(k.orgId) === group);
+        return { id, batch: { keys: mine, uses: totalUses(mine) } };
+      })
+      .filter(({ batch }) => batch.keys.length > 0),
   );
 }
 
 // Every part's outcome, or the error the flusher must act on. A part that failed beside one that
 // committed leaves the batches partly written: they must keep their ids and never absorb newer
-// uses (CommitInDoubtError), and their retry's claims skip the orgs already written.
-async function settleParts(parts: Array<Promise<PartResult>>): Promise<PartResult[]> {
+// uses (PartlyWrittenError, a CommitInDoubtError), and their retry's claims skip the orgs already
+// written. An in-doubt part beside others is reported as such: nothing is known to be written.
+async function settleParts(batches: readonly PendingBatch[], parts: Array<Promise<PartResult>>): Promise<WriteResult> {
   const settled = await Promise.allSettled(parts);
+  const written = settled.flatMap((outcome) => (outcome.status === 'fulfilled' ? [outcome.value] : []));
   const failures = settled.flatMap((outcome) => (outcome.status === 'rejected' ? [outcome.reason as unknown] : []));
-  if (failures.length === 0) return settled.map((outcome) => (outcome as PromiseFulfilledResult<PartResult>).value);
+  if (failures.length === 0) return combineParts(batches, written);
   const inDoubt = failures.find((error) => error instanceof CommitInDoubtError);
   if (inDoubt) throw inDoubt;
-  if (failures.length === settled.length) throw failures[0];
-  throw new CommitInDoubtError(failures[0], `another part of the flush committed; this part failed: ${(failures[0] as Error)?.message ?? failures[0]}`);
+  if (written.length === 0) throw failures[0];
+  throw new PartlyWrittenError(failures[0], combineParts(batches, written));
 }
 
 function combineParts(batches: readonly PendingBatch[], parts: readonly PartResult[]): WriteResult {
@@ -449,7 +467,10 @@ export function createPgUsageStore(db: Db, options: PgUsageStoreOptions = {}): U
   return {
     async write(batches) {
       const parts = splitByOrg(batches, options.parallelism ?? 1);
-      return combineParts(batches, await settleParts(parts.map((part) => writeInOne(db, part, apply))));
+      return settleParts(
+        batches,
+        parts.map((part) => writeInOne(db, part, apply)),
+      );
     },
 
     async prune(keys) {

@@ -124,7 +124,7 @@ const variables = {
   COLLECTOR_MAX_RETRY_KEYS: positiveInt().optional(),
   COLLECTOR_RECV_BUFFER_BYTES: positiveInt().default(8 * 1024 * 1024),
   // Transactions a flush of 10,000 keys or more, of several orgs, is split into, run at once, each
-  // on a connection of the pool (DATABASE_POOL_MAX); see docs/operations.md.
+  // on its own connection (the collector's pool holds this many + 3); see docs/operations.md.
   COLLECTOR_FLUSH_PARALLELISM: positiveInt(16).default(2),
   // Processes reading the one UDP socket (Node's cluster module); each aggregates and flushes on
   // its own. 1 keeps a single process; see docs/benchmarks.md §3 for when more helps.

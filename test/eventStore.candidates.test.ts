@@ -12,8 +12,11 @@ import { freshDatabase } from './helpers/database';
 
 type Use = { keyId: string; ip: string; outcome: Outcome; count: number };
 
+// One clock for every flush: the busy key's hour must not end between two of them.
+const NOW = Date.now();
+
 async function flush(store: UsageStore, orgId: string, uses: readonly Use[]) {
-  const aggregator = new Aggregator({ maxKeys: 10, now: () => Date.now() });
+  const aggregator = new Aggregator({ maxKeys: 10, now: () => NOW });
   for (const use of uses) aggregator.add({ ...use, orgId });
   const result = await store.write([{ id: randomUUID(), batch: aggregator.drain() }]);
   return { candidates: result.eventCandidates, events: result.eventsRecorded };
@@ -25,9 +28,10 @@ t.test('detection reads the keys that may raise an event, and only those', async
   const { org } = await seedOrg(api, db);
   const create = async (name: string, expectedNetworks: string[] | null = null) =>
     (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null, expectedNetworks })).key.id;
-  const [quiet, revoked, fenced, roaming, busy, guessed] = [
+  const [quiet, revoked, lapsed, fenced, roaming, busy, guessed] = [
     await create('quiet'),
     await create('revoked'),
+    await create('lapsed'),
     await create('fenced', ['192.0.2.0/24']),
     await create('roaming'),
     await create('busy'),
@@ -36,21 +40,22 @@ t.test('detection reads the keys that may raise an event, and only those', async
   const events = { ...loadConfig({ NODE_ENV: 'development' }).collector.events, spikeMinUses: 5, failedAttemptsPerHour: 3 };
   const store = createPgUsageStore(db, { events });
   const once = (keyId: string, ip = '192.0.2.1'): Use => ({ keyId, ip, outcome: 'ok', count: 1 });
-  const everyKey = [quiet, revoked, fenced, roaming, busy, guessed].map((keyId) => once(keyId));
+  const everyKey = [quiet, revoked, lapsed, fenced, roaming, busy, guessed].map((keyId) => once(keyId));
 
-  t.same(await flush(store, org.id, everyKey), { candidates: 6, events: 6 }, 'a first use: every key');
+  t.same(await flush(store, org.id, everyKey), { candidates: 7, events: 7 }, 'a first use: every key');
   t.same(await flush(store, org.id, everyKey), { candidates: 1, events: 0 }, 'used again alike: only the key with expected networks');
   t.same(
     await flush(store, org.id, [
       once(quiet),
       { ...once(revoked), outcome: 'revoked' },
+      { ...once(lapsed), outcome: 'expired' },
       once(fenced),
       once(roaming, '198.51.100.1'),
       { ...once(busy), count: 5 },
       { ...once(guessed), outcome: 'bad_secret', count: 3 },
     ]),
-    { candidates: 5, events: 3 },
-    'a revoked use, a new network, a busy hour and failed attempts: those keys and the fenced one',
+    { candidates: 6, events: 4 },
+    'a revoked and an expired use, a new network, a busy hour and failed attempts: those keys and the fenced one',
   );
   t.same(
     await flush(store, org.id, everyKey),
@@ -58,5 +63,5 @@ t.test('detection reads the keys that may raise an event, and only those', async
     "the busy key's hour stays over the spike floor; the failed attempts do not repeat",
   );
   const types = await db('key_events').whereNot({ type: 'key.first_use' }).orderBy('type').pluck('type');
-  t.same(types, ['key.failed_attempts', 'key.new_ip', 'key.revoked_used'], 'the events the candidates raised');
+  t.same(types, ['key.expired_used', 'key.failed_attempts', 'key.new_ip', 'key.revoked_used'], 'the events the candidates raised');
 });

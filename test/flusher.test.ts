@@ -1,7 +1,7 @@
 import t from 'tap';
 import { Aggregator } from '../collector/aggregator';
 import { Flusher } from '../collector/flusher';
-import { CommitInDoubtError, type PendingBatch, type UsageStore } from '../collector/usageStore';
+import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch, type UsageStore, type WriteResult } from '../collector/usageStore';
 import { renderPrometheus } from '../shared/metrics';
 import { createLogger } from '../shared/logger';
 
@@ -13,6 +13,7 @@ const key = (i: number) => `00000000-0000-4000-8000-${String(i).padStart(12, '0'
 // tests against a real database.
 function fakeStore() {
   const written: PendingBatch[][] = [];
+  const pruned: KeyRef[][] = [];
   const applied = new Set<string>();
   let failNext: Error | undefined;
   const store: UsageStore = {
@@ -44,10 +45,12 @@ function fakeStore() {
         keysToTrim: fresh.flatMap((b) => b.batch.keys.map(({ orgId, keyId }) => ({ orgId, keyId }))),
       };
     },
-    prune: async () => {},
+    prune: async (keys) => {
+      pruned.push([...keys]);
+    },
     expireOldRows: async () => {},
   };
-  return { store, written, fail: (error: Error) => (failNext = error) };
+  return { store, written, pruned, fail: (error: Error) => (failNext = error) };
 }
 
 t.test('backoff grows after each failure and resets after a success', async (t) => {
@@ -82,6 +85,37 @@ t.test('an in-doubt batch is never merged with newer data and is skipped when it
   t.equal(written[0][0].batch.uses, 5);
   t.equal(flusher.stats.duplicateBatchesSkipped, 1);
   t.equal(flusher.stats.usesPersisted, 12, 'the 5 persisted by the in-doubt attempt count once, with the 7 of this one');
+});
+
+t.test('a partly written flush is kept in doubt, and what its committed part wrote is reported once', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
+  const { store, written, pruned, fail } = fakeStore();
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger });
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 5 });
+  const committedPart: WriteResult = {
+    appliedBatches: 1,
+    duplicateBatches: 0,
+    duplicateUses: 0,
+    keysWritten: 1,
+    usesWritten: 3,
+    unknownKeys: 1,
+    unknownUses: 1,
+    quarantined: [{ keyId: key(9), orgId: ORG, uses: 1 }],
+    statements: 8,
+    eventsRecorded: 2,
+    eventCandidates: 2,
+    keysToTrim: [{ orgId: ORG, keyId: key(1) }],
+  };
+  fail(new PartlyWrittenError(new Error('the other part failed'), committedPart));
+  t.equal(await flusher.flush(), false);
+  t.match(flusher.stats, { failedFlushes: 1, usesPersisted: 0, eventsRecorded: 2, unknownKeys: 1, quarantinedKeys: 1, quarantinedUses: 1 });
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 7 });
+  t.equal(await flusher.flush(), true);
+  t.equal(written[0].length, 2, 'the partly written batch travels apart from the newer drain, under its id');
+  t.equal(written[0][0].batch.uses, 5);
+  t.equal(flusher.stats.usesPersisted, 12);
+  t.ok(await flusher.stop(1000));
+  t.same(pruned[0], [{ orgId: ORG, keyId: key(1) }], "the committed part's keys are trimmed");
 });
 
 t.test('pending batches stop absorbing drains at the cap; the aggregator holds the rest', async (t) => {

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { Aggregator } from '../collector/aggregator';
-import { CommitInDoubtError, createPgUsageStore, SPLIT_MIN_KEYS, type PendingBatch } from '../collector/usageStore';
+import { CommitInDoubtError, createPgUsageStore, PartlyWrittenError, SPLIT_MIN_KEYS, type PendingBatch } from '../collector/usageStore';
 import { createDb, type Db } from '../shared/db';
 import { waitFor } from '../harness/wait';
 import { createOrg, insertKeys } from '../bench/lib/database';
@@ -42,10 +42,14 @@ t.test('each org group commits on its own transaction, at once', async (t) => {
   const held = await holder.transaction();
   await held.raw('select 1 from api_key_usage where org_id = ? and key_id = ? for update', [first.orgId, first.keyIds[0]]);
   const writing = store.write([batchOf([first, second])]);
-  // The second org's part commits while the first org's waits for the held row.
-  await waitFor('the second org to be written', async () => ((await usesOf(db, second)) === 2 * second.keyIds.length ? true : undefined));
-  t.equal(await usesOf(db, first), first.keyIds.length, "the first org's part is still waiting");
-  await held.commit();
+  try {
+    // The second org's part commits while the first org's waits for the held row.
+    await waitFor('the second org to be written', async () => ((await usesOf(db, second)) === 2 * second.keyIds.length ? true : undefined), 60_000);
+    t.equal(await usesOf(db, first), first.keyIds.length, "the first org's part is still waiting");
+  } finally {
+    // Released however the wait ended, so the write (and the test's teardown) can finish.
+    await held.commit();
+  }
   const result = await writing;
   t.match(result, { appliedBatches: 1, duplicateBatches: 0, keysWritten: first.keyIds.length + second.keyIds.length, unknownKeys: 0 });
   t.equal(await usesOf(db, first), 2 * first.keyIds.length, 'then the first org too');
@@ -65,7 +69,9 @@ t.test('a part that fails beside one that commits leaves the batch in doubt; its
 
   const error = await store.write([batch]).catch((e: unknown) => e);
   t.type(error, CommitInDoubtError, 'in doubt: the flusher keeps the batch apart, under its id');
+  t.type(error, PartlyWrittenError);
   t.match((error as Error).message, /another part of the flush committed; this part failed: refused for the test/);
+  t.match((error as PartlyWrittenError).written, { keysWritten: second.keyIds.length, usesWritten: second.keyIds.length }, 'what the committed part wrote');
   t.same([await usesOf(db, first), await usesOf(db, second)], [0, second.keyIds.length], 'the second org was written');
 
   await db.raw('drop trigger refuse_first_org on api_key_usage');
