@@ -3,7 +3,7 @@
 // so a part that failed beside one that committed is retried under the same batch id, and only
 // the orgs not yet written are written.
 import { randomUUID } from 'node:crypto';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { Aggregator } from '../collector/aggregator';
 import { CommitInDoubtError, createPgUsageStore, PartlyWrittenError, SPLIT_MIN_KEYS, type PendingBatch } from '../collector/usageStore';
 import { createDb, type Db } from '../shared/db';
@@ -29,18 +29,29 @@ function batchOf(orgs: readonly Org[]): PendingBatch {
   return { id: randomUUID(), batch: aggregator.drain() };
 }
 
-const usesOf = async (db: Db, org: Org) => Number((await db('api_key_usage').where({ org_id: org.orgId }).sum({ n: 'request_count' }).first())?.n ?? 0);
-
-t.test('each org group commits on its own transaction, at once', async (t) => {
+// Two orgs whose rows exist (a first write), and a store that splits.
+async function written(t: Test) {
   const { db, url } = await freshDatabase(t);
   const [first, second] = await twoOrgs(db);
   const store = createPgUsageStore(db, { parallelism: 2 });
   await store.write([batchOf([first, second])]);
+  return { db, url, first, second, store };
+}
 
+// The org's first key's totals row, locked from another connection as a slow writer would.
+async function holdRow(t: Test, url: string, org: Org) {
   const holder = createDb(url, { poolMax: 1 });
   t.teardown(() => holder.destroy());
   const held = await holder.transaction();
-  await held.raw('select 1 from api_key_usage where org_id = ? and key_id = ? for update', [first.orgId, first.keyIds[0]]);
+  await held.raw('select 1 from api_key_usage where org_id = ? and key_id = ? for update', [org.orgId, org.keyIds[0]]);
+  return held;
+}
+
+const usesOf = async (db: Db, org: Org) => Number((await db('api_key_usage').where({ org_id: org.orgId }).sum({ n: 'request_count' }).first())?.n ?? 0);
+
+t.test('each org group commits on its own transaction, at once', async (t) => {
+  const { db, url, first, second, store } = await written(t);
+  const held = await holdRow(t, url, first);
   const writing = store.write([batchOf([first, second])]);
   try {
     // The second org's part commits while the first org's waits for the held row.
@@ -94,21 +105,18 @@ t.test('when every part fails, nothing committed: a plain error, the batch may a
 });
 
 t.test('below the threshold, or of one org, a write stays one transaction', async (t) => {
-  const { db, url } = await freshDatabase(t);
-  const [first, second] = await twoOrgs(db);
+  const { db, url, first, second, store } = await written(t);
   const small: Org = { orgId: second.orgId, keyIds: second.keyIds.slice(0, 10) };
-  const store = createPgUsageStore(db, { parallelism: 2 });
-  await store.write([batchOf([first, second])]);
-  const holder = createDb(url, { poolMax: 1 });
-  t.teardown(() => holder.destroy());
-  const held = await holder.transaction();
-  await held.raw('select 1 from api_key_usage where org_id = ? and key_id = ? for update', [first.orgId, first.keyIds[0]]);
+  const held = await holdRow(t, url, first);
   const writing = store.write([batchOf([{ orgId: first.orgId, keyIds: first.keyIds.slice(0, 10) }, small])]);
-  await waitFor('the write to wait for the held row', async () =>
-    (await db.raw("select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")).rows.length > 0 ? true : undefined,
-  );
-  t.equal(await usesOf(db, second), second.keyIds.length, "the other org's keys wait with it: one transaction");
-  await held.commit();
+  try {
+    await waitFor('the write to wait for the held row', async () =>
+      (await db.raw("select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")).rows.length > 0 ? true : undefined,
+    );
+    t.equal(await usesOf(db, second), second.keyIds.length, "the other org's keys wait with it: one transaction");
+  } finally {
+    await held.commit();
+  }
   await writing;
   t.equal(await usesOf(db, second), second.keyIds.length + small.keyIds.length);
 });
