@@ -415,19 +415,19 @@ function splitByOrg(batches: readonly PendingBatch[], parts: number): PendingBat
   );
 }
 
-// Every part's outcome, or the error the flusher must act on. A part that failed beside one that
+// Every part's outcome, or the error the flusher must act on: a commit in doubt before any other
+// failure, since the batches must then keep their ids. A part that failed beside one that
 // committed leaves the batches partly written: they must keep their ids and never absorb newer
 // uses (PartlyWrittenError, a CommitInDoubtError), and their retry's claims skip the orgs already
-// written. An in-doubt part beside others is reported as such: nothing is known to be written.
+// written.
 async function settleParts(batches: readonly PendingBatch[], parts: Array<Promise<PartResult>>): Promise<WriteResult> {
   const settled = await Promise.allSettled(parts);
   const written = settled.flatMap((outcome) => (outcome.status === 'fulfilled' ? [outcome.value] : []));
   const failures = settled.flatMap((outcome) => (outcome.status === 'rejected' ? [outcome.reason as unknown] : []));
   if (failures.length === 0) return combineParts(batches, written);
-  const inDoubt = failures.find((error) => error instanceof CommitInDoubtError);
-  if (inDoubt) throw inDoubt;
-  if (written.length === 0) throw failures[0];
-  throw new PartlyWrittenError(failures[0], combineParts(batches, written));
+  const failure = failures.find((error) => error instanceof CommitInDoubtError) ?? failures[0];
+  if (written.length === 0) throw failure;
+  throw new PartlyWrittenError(failure, combineParts(batches, written));
 }
 
 function combineParts(batches: readonly PendingBatch[], parts: readonly PartResult[]): WriteResult {
