@@ -20,8 +20,8 @@ import { MIGRATED, openVariantDatabase, selectedVariants, type VariantDatabase }
 // timed flushes update existing rows), and every key from a new address in a new /24 in every
 // flush (issue 13: totals and hours are updated while recent IPs, the network history and the
 // key.new_ip events grow by one row per key per flush). The keys are one org's, and at 100 k also
-// 100 orgs' (a flush's rows then reach each index in 100 runs, not one). The first flush of a key
-// set creates its rows (reported apart as "cold").
+// 100 orgs' (a flush the store can split by org, COLLECTOR_FLUSH_PARALLELISM; one org's it cannot).
+// The first flush of a key set creates its rows (reported apart as "cold").
 
 interface Scenario {
   keys: number;
@@ -30,7 +30,7 @@ interface Scenario {
   events: boolean;
   /** Every key arrives from an address (and /24) it never used before, in every flush. */
   newIps: boolean;
-  /** The keys are spread evenly over this many organizations (a flush's rows, sorted, then span as many parts of each index). */
+  /** The keys are spread evenly over this many organizations. */
   orgs: number;
 }
 

@@ -104,7 +104,7 @@ t.test('when every part fails, nothing committed: a plain error, the batch may a
   t.notOk(error instanceof CommitInDoubtError, 'not in doubt');
 });
 
-t.test('below the threshold, or of one org, a write stays one transaction', async (t) => {
+t.test('below the threshold a write of two orgs stays one transaction', async (t) => {
   const { db, url, first, second, store } = await written(t);
   const small: Org = { orgId: second.orgId, keyIds: second.keyIds.slice(0, 10) };
   const held = await holdRow(t, url, first);
