@@ -1,4 +1,5 @@
 import { loadavg } from 'node:os';
+import { loadConfig } from '../shared/config';
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
 import { createOrg, insertKeys } from './lib/database';
@@ -21,6 +22,9 @@ import { fmt, type BenchResult } from './lib/report';
 import { startStatsd, statsdVersion } from './lib/statsd';
 import { median } from './lib/stats';
 import type { IngestKey, IngestMode } from './lib/usageLines';
+
+// What the collector under test asks the kernel for (its config, from this environment); the bare loop asks for the same.
+const requestedRecvBuffer = () => loadConfig().collector.recvBufferBytes;
 
 // Benchmark 3. A sender process offers a fixed number of usage lines over K keys at a paced rate
 // to one receiver at a time: our collector as part of the whole system `npm start` runs
@@ -160,7 +164,7 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
         },
       };
     }
-    const child = spawnTsx('node-loop', 'bench/udpReceiver.ts', { ipc: true });
+    const child = spawnTsx('node-loop', 'bench/udpReceiver.ts', { ipc: true, env: { ...process.env, RECV_BUFFER_BYTES: String(requestedRecvBuffer()) } });
     const ready = await waitForMessage<{ port: number; recvBufferBytes: number }>(child, (m) => m?.ready === true);
     return {
       name,
@@ -355,7 +359,7 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
   }
   const recv = runs.find((r) => r.target === 'collector')?.recvBufferBytes;
   notes.push(
-    `Receive buffers: our collector asks for 8 MiB and the kernel granted ${fmt.mib(recv ?? NaN)} (SO_RCVBUF is capped at net.core.rmem_max and reported doubled); statsd ${statsdVersion()} does not set one, so it gets rmem_default. Kernel drops are the system-wide /proc/net/snmp Udp RcvbufErrors delta over the run.`,
+    `Receive buffers: our collector asks for ${fmt.mib(requestedRecvBuffer())} and the kernel granted ${fmt.mib(recv ?? NaN)} (SO_RCVBUF is capped at net.core.rmem_max, given with the machine, and reported doubled); the bare loop asks for the same; statsd ${statsdVersion()} does not set one, so it gets rmem_default. Kernel drops are the system-wide /proc/net/snmp Udp RcvbufErrors delta over the run.`,
     "Our collector runs inside the whole system as `npm start` runs it (launcher, API process idle, collector, PostgreSQL), compiled: from dist/, brought up to date first with `npm run build`'s incremental compile. Sender and receiver share this machine's cores (and the collector's PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. \"accepted lines/s\" = received lines / send duration. CPU is the receiver process's user + system time (with its cluster workers) from /proc over the send and drain; \"waiting for a CPU\" is the time its receiving main thread(s) were runnable but not running during the send (/proc/<pid>/schedstat, summed over receivers, as a share of the send time): time in which the receiver could not read because the cores were taken; PostgreSQL CPU is that of the backends serving our collector's connections over the send (the database runs on this machine); RSS is VmRSS before the run and VmHWM (peak) after, each summed over the receiver and its cluster workers.",
   );
   return {

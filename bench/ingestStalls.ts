@@ -57,8 +57,8 @@ const PROBE = './bench/lib/loopProbe.ts';
 const SAMPLE_MS = 5;
 // The shortest stall the probe records (its STALL_MS).
 const STALL_MS = 10;
-// A drop is blamed on what happened up to this long before it: the socket buffer (8 MiB of kernel
-// truesize, ≈ 80 ms of the 400 k packed stream) fills during a stall and overflows near its end.
+// A drop is blamed on what happened up to this long before it: the socket buffer (≈ 80 ms of the
+// 400 k packed stream per 8 MiB of kernel truesize) fills during a stall and overflows near its end.
 const BLAME_MS = 300;
 // V8's GC kinds as perf_hooks reports them (NODE_PERFORMANCE_GC_*).
 const GC_KINDS: Record<number, string> = { 1: 'scavenge', 2: 'mark-compact', 4: 'incremental', 8: 'weak callbacks' };

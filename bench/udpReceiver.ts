@@ -21,6 +21,6 @@ serveIpc((message) => {
 });
 
 socket.bind(0, '127.0.0.1', () => {
-  socket.setRecvBufferSize(Number(process.env.RECV_BUFFER_BYTES ?? 8 * 1024 * 1024));
+  socket.setRecvBufferSize(Number(process.env.RECV_BUFFER_BYTES));
   process.send?.({ ready: true, port: socket.address().port, recvBufferBytes: socket.getRecvBufferSize() });
 });

@@ -41,13 +41,29 @@ export function startReceiver(options: {
       } catch (error) {
         options.logger.warn({ err: { message: (error as Error).message } }, 'could not enlarge the UDP receive buffer');
       }
+      const recvBufferBytes = socket.getRecvBufferSize();
+      warnIfCapped(options.recvBufferBytes, recvBufferBytes, options.logger);
       const address = socket.address();
       resolve({
         host: address.address,
         port: address.port,
-        recvBufferBytes: socket.getRecvBufferSize(),
+        recvBufferBytes,
         close: () => new Promise<void>((done) => socket.close(() => done())),
       });
     });
   });
+}
+
+// Linux grants at most net.core.rmem_max and reports twice what it granted (the other half is its
+// bookkeeping). A capped buffer is the usual cause of datagrams dropped in bursts (a GC pause, a
+// busy core) at rates the collector keeps up with on average (docs/benchmarks.md §3), and nothing
+// else would tell the operator: the kernel only counts the drops.
+function warnIfCapped(requested: number, reported: number, logger: Logger): void {
+  const granted = process.platform === 'linux' ? reported / 2 : reported;
+  if (granted >= requested) return;
+  logger.warn(
+    { requestedBytes: requested, grantedBytes: granted },
+    `the kernel granted a UDP receive buffer of ${granted} bytes of the ${requested} that COLLECTOR_RECV_BUFFER_BYTES asks for; ` +
+      `raise net.core.rmem_max (sysctl -w net.core.rmem_max=${requested}) or bursts of datagrams will be dropped`,
+  );
 }

@@ -122,7 +122,7 @@ const variables = {
   COLLECTOR_MAX_PENDING_KEYS: positiveInt().default(100_000),
   // Defaults to COLLECTOR_MAX_PENDING_KEYS (below), as when one setting bounded both.
   COLLECTOR_MAX_RETRY_KEYS: positiveInt().optional(),
-  COLLECTOR_RECV_BUFFER_BYTES: positiveInt().default(8 * 1024 * 1024),
+  COLLECTOR_RECV_BUFFER_BYTES: positiveInt().default(32 * 1024 * 1024),
   // Transactions a flush of 10,000 keys or more, of several orgs, is split into, run at once, each
   // on its own connection (the collector's pool holds this many + 3); see docs/operations.md.
   COLLECTOR_FLUSH_PARALLELISM: positiveInt(16).default(2),
