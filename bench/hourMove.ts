@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { moveClosedHours } from '../collector/hourMove';
+import { HOUR_MOVE, moveClosedHours } from '../collector/hourMove';
 import { TABLE } from '../shared/tables';
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
@@ -25,6 +25,8 @@ interface Sample {
   moved: number;
   wallMs: number;
   walBytes: number;
+  /** The longest of the move's statements, each its own transaction: how long it holds its rows. */
+  longestStatementMs: number;
 }
 
 const HOUR_MS = 3_600_000;
@@ -52,6 +54,24 @@ async function seedHour(ctx: BenchContext, hour: Date): Promise<void> {
   await ctx.db.raw(`analyze ${TABLE.usageCurrentHours}`);
 }
 
+// The wall time of each statement the move sends, from knex's query events.
+function timeStatements(ctx: BenchContext) {
+  const startedAt = new Map<string, number>();
+  const durations: number[] = [];
+  const onQuery = (query: { __knexQueryUid: string }) => void startedAt.set(query.__knexQueryUid, performance.now());
+  const onResponse = (_response: unknown, query: { __knexQueryUid: string }) => {
+    const started = startedAt.get(query.__knexQueryUid);
+    if (started !== undefined) durations.push(performance.now() - started);
+  };
+  ctx.db.on('query', onQuery);
+  ctx.db.on('query-response', onResponse);
+  const stop = () => {
+    ctx.db.off('query', onQuery);
+    ctx.db.off('query-response', onResponse);
+  };
+  return { durations, stop };
+}
+
 async function measureShape(ctx: BenchContext, shape: Shape, rounds: number, firstHour: number): Promise<Sample[]> {
   await seedKeys(ctx, shape);
   const samples: Sample[] = [];
@@ -60,11 +80,13 @@ async function measureShape(ctx: BenchContext, shape: Shape, rounds: number, fir
     ctx.log(`hour move: ${shapeName(shape)}, round ${round + 1}/${rounds}`);
     await seedHour(ctx, hour);
     const walBefore = await walPosition(ctx.db);
+    const statements = timeStatements(ctx);
     const started = performance.now();
-    const moved = await moveClosedHours(ctx.db, new Date(hour.getTime() + HOUR_MS));
+    const moved = await moveClosedHours(ctx.db, new Date(hour.getTime() + HOUR_MS)).finally(statements.stop);
     const wallMs = performance.now() - started;
     if (moved !== shape.keys) throw new Error(`the hour move moved ${moved} rows of ${shape.keys}`);
-    samples.push({ shape: shapeName(shape), round, moved, wallMs, walBytes: await walSince(ctx.db, walBefore) });
+    const longestStatementMs = Math.max(...statements.durations);
+    samples.push({ shape: shapeName(shape), round, moved, wallMs, walBytes: await walSince(ctx.db, walBefore), longestStatementMs });
   }
   return samples;
 }
@@ -98,6 +120,7 @@ function report(shapes: Shape[], rounds: number, samples: Sample[]): BenchResult
       fmt.ms(median(walls), 0),
       fmt.ms(Math.max(...walls), 0),
       fmt.us((median(walls) * 1000) / shape.keys, 2),
+      fmt.ms(Math.max(...mine.map((s) => s.longestStatementMs)), 0),
       `${(median(mine.map((s) => s.walBytes)) / 1e6).toFixed(1)} MB`,
     ];
   });
@@ -106,12 +129,12 @@ function report(shapes: Shape[], rounds: number, samples: Sample[]): BenchResult
     tables: [
       {
         title: `every key used in the closed hour; ${rounds} round${rounds === 1 ? '' : 's'} per shape, each a later hour, so each row moved is a new hourly bucket`,
-        columns: ['closed hour', 'wall p50', 'wall max', 'per row (p50)', 'WAL (p50)'],
+        columns: ['closed hour', 'wall p50', 'wall max', 'per row (p50)', 'longest statement (max)', 'WAL (p50)'],
         rows,
       },
     ],
     notes: [
-      'moveClosedHours as the upkeep calls it: one statement per org, each its own transaction with its COMMIT (fsync on). A flush never waits for it: the move skips rows a flush holds, and the current hour is not moved.',
+      `moveClosedHours as the upkeep calls it: one statement per org and chunk of at most ${fmt.int(HOUR_MOVE.chunkRows)} rows, each its own transaction with its COMMIT (fsync on). The longest statement is how long the move holds the rows it takes: a flush that carries a late use of one of them waits that long. No other flush waits for it: the current hour is not moved, and rows a flush holds are skipped.`,
     ],
     raw: { shapes, rounds, samples },
   };

@@ -7,7 +7,7 @@ import type { Db } from '../shared/db';
 import { dormantKeySql } from '../shared/dormancy';
 import type { KeyUsageDelta } from './aggregator';
 import { BASELINE_DAYS, detectKeyEvents, type DetectionThresholds, type HourFacts, type KeyEvent, type KeyFacts } from './eventRules';
-import { HOUR_TABLES, TABLE } from '../shared/tables';
+import { TABLE } from '../shared/tables';
 import { copyLine, copyLines, copyText, msToTime, STAGED_KEY } from './flushStaging';
 
 export interface EventDetection extends DetectionThresholds {
@@ -37,10 +37,12 @@ export interface EventDetection extends DetectionThresholds {
 // one row in each, so plain joins on the primary keys, which Citus pushes down to the org's shards
 // as it does every other join here (a UNION ALL under LATERAL it refuses).
 const joinHours = (moved: string, current: string, hour: string) =>
-  HOUR_TABLES.map((table, i) => {
-    const alias = [moved, current][i];
-    return `left join ${table} ${alias} on ${alias}.org_id = x.org_id and ${alias}.key_id = x.key_id and ${alias}.hour = ${hour}`;
-  }).join('\n  ');
+  [
+    [TABLE.usageHourly, moved],
+    [TABLE.usageCurrentHours, current],
+  ]
+    .map(([table, alias]) => `left join ${table} ${alias} on ${alias}.org_id = x.org_id and ${alias}.key_id = x.key_id and ${alias}.hour = ${hour}`)
+    .join('\n  ');
 const bothHours = (column: string, moved: string, current: string) => `keyusage_add(coalesce(${moved}.${column}, 0), coalesce(${current}.${column}, 0))`;
 
 // The rows detectKeyEvents (collector/eventRules.ts) can raise an event from; every other row is

@@ -116,6 +116,73 @@ t.test('a closed hour moves exactly once; a late use of it is moved later into t
   t.strictSame(await usage(), summed, 'and read the same');
 });
 
+/** Five keys of one org with uses in two closed hours and the current one: 10 closed rows, 5 open. */
+async function fiveKeysThreeHours(db: Db) {
+  const orgId = randomUUID();
+  const keyIds: string[] = Array.from({ length: 5 }, () => randomUUID()).sort();
+  const hours = [thisHour() - 3 * HOUR, thisHour() - 2 * HOUR, thisHour()];
+  await db(TABLE.usageCurrentHours).insert(
+    keyIds.flatMap((keyId, k) => hours.map((hour, h) => ({ org_id: orgId, key_id: keyId, hour: new Date(hour), request_count: 10 * k + h + 1 }))),
+  );
+  const rowsIn = async (table: string) =>
+    (await db(table).where({ org_id: orgId }).orderBy(['key_id', 'hour']).select('key_id', 'hour', 'request_count')).map(
+      (row: { key_id: string; hour: Date; request_count: string }) => [
+        keyIds.indexOf(row.key_id),
+        hours.indexOf(row.hour.getTime()),
+        Number(row.request_count),
+      ],
+    );
+  return { orgId, keyIds, hours, rowsIn };
+}
+
+/** Counts the move's statements as they are sent. */
+function countMoves(t: Test, db: Db) {
+  let statements = 0;
+  const onQuery = (query: { sql: string }) => {
+    if (query.sql.includes('with doomed as')) statements += 1;
+  };
+  db.on('query', onQuery);
+  t.teardown(() => void db.off('query', onQuery));
+  return () => statements;
+}
+
+t.test('an org’s closed hours move in chunks of at most HOUR_MOVE.chunkRows rows, each row once', async (t) => {
+  const { db } = await freshDatabase(t);
+  const { rowsIn } = await fiveKeysThreeHours(db);
+  const statements = countMoves(t, db);
+  t.equal(await moveClosedHours(db, closedBefore(Date.now()), 3), 10, 'every closed row');
+  t.equal(statements(), 4, 'in chunks of 3, 3, 3 and 1 row');
+  const closedRows = [0, 1, 2, 3, 4].flatMap((k) => [0, 1].map((h) => [k, h, 10 * k + h + 1]));
+  t.strictSame(await rowsIn(TABLE.usageHourly), closedRows, 'each closed row in the hourly buckets once, a key’s hours across chunk ends included');
+  t.strictSame(
+    await rowsIn(TABLE.usageCurrentHours),
+    [0, 1, 2, 3, 4].map((k) => [k, 2, 10 * k + 3]),
+    'the current hour stays',
+  );
+  t.equal(await moveClosedHours(db, closedBefore(Date.now()), 3), 0, 'a second move finds nothing');
+});
+
+t.test('a row a flush holds is skipped without ending the chunks early', { skip: onCitus && 'the lock wait is on a worker' }, async (t) => {
+  const { db } = await freshDatabase(t);
+  const { orgId, keyIds, hours, rowsIn } = await fiveKeysThreeHours(db);
+  const flush = await db.transaction();
+  t.teardown(() => flush.rollback().catch(() => undefined));
+  await flush(TABLE.usageCurrentHours)
+    .where({ org_id: orgId, key_id: keyIds[1], hour: new Date(hours[0]) })
+    .increment('request_count', 100);
+  t.equal(await moveClosedHours(db, closedBefore(Date.now()), 3), 9, 'every closed row but the held one, in one run');
+  await flush.commit();
+  t.equal(await moveClosedHours(db, closedBefore(Date.now()), 3), 1, 'the held row at the next run');
+  t.strictSame(
+    (await rowsIn(TABLE.usageHourly)).filter(([k]) => k === 1),
+    [
+      [1, 0, 111],
+      [1, 1, 12],
+    ],
+    'with the flush’s uses',
+  );
+});
+
 /** 3 uses flushed into an hour closed two hours ago, and an open transaction (rolled back at the end). */
 async function closedHourAndTransaction(t: Test) {
   const { db, key } = await setUp(t);

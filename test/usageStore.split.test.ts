@@ -10,6 +10,7 @@ import { createDb, type Db } from '../shared/db';
 import { waitFor } from '../harness/wait';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { freshDatabase } from './helpers/database';
+import { PgProxy } from './helpers/faults';
 
 type Org = { orgId: string; keyIds: string[] };
 
@@ -119,4 +120,28 @@ t.test('below the threshold a write of two orgs stays one transaction', async (t
   }
   await writing;
   t.equal(await usesOf(db, second), second.keyIds.length + small.keyIds.length);
+});
+
+t.test('a commit in doubt beside a committed part is reported with what that part wrote; the retry writes nothing twice', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const [first, second] = await twoOrgs(db);
+  const proxy = await PgProxy.start(url);
+  t.teardown(() => proxy.close());
+  const proxied = createDb(proxy.url, { poolMax: 4 });
+  t.teardown(() => proxied.destroy());
+  const store = createPgUsageStore(proxied, { parallelism: 2 });
+  const batch = batchOf([first, second]);
+
+  // The first part to commit reaches PostgreSQL, then its connection drops before the reply.
+  const cut = proxy.cutAt(/^COMMIT/i, 'after-forward');
+  const error = await store.write([batch]).catch((e: unknown) => e);
+  await cut;
+  t.type(error, PartlyWrittenError, 'the other part committed');
+  t.type((error as PartlyWrittenError).cause, CommitInDoubtError, 'the cut part is in doubt, not failed');
+  const oneOrg = SPLIT_MIN_KEYS / 2 + 1;
+  t.match((error as PartlyWrittenError).written, { keysWritten: oneOrg, usesWritten: oneOrg }, 'what the committed part wrote');
+  t.same([await usesOf(db, first), await usesOf(db, second)], [oneOrg, oneOrg], 'both parts landed');
+
+  t.match(await store.write([batch]), { appliedBatches: 0, duplicateBatches: 1, usesWritten: 0 }, 'the retry finds both orgs claimed');
+  t.same([await usesOf(db, first), await usesOf(db, second)], [oneOrg, oneOrg], 'each org once');
 });
