@@ -25,7 +25,7 @@ interface Sample {
   moved: number;
   wallMs: number;
   walBytes: number;
-  /** The longest of the move's statements, each its own transaction: how long it holds its rows. */
+  /** The longest statement the move sent (its list of orgs included): a chunk holds its rows that long at most. */
   longestStatementMs: number;
 }
 
@@ -54,7 +54,7 @@ async function seedHour(ctx: BenchContext, hour: Date): Promise<void> {
   await ctx.db.raw(`analyze ${TABLE.usageCurrentHours}`);
 }
 
-// The wall time of each statement the move sends, from knex's query events.
+// The wall time of each statement the move sends (the list of orgs, then the chunks), from knex's query events.
 function timeStatements(ctx: BenchContext) {
   const startedAt = new Map<string, number>();
   const durations: number[] = [];
@@ -134,7 +134,7 @@ function report(shapes: Shape[], rounds: number, samples: Sample[]): BenchResult
       },
     ],
     notes: [
-      `moveClosedHours as the upkeep calls it: one statement per org and chunk of at most ${fmt.int(HOUR_MOVE.chunkRows)} rows, each its own transaction with its COMMIT (fsync on). The longest statement is how long the move holds the rows it takes: a flush that carries a late use of one of them waits that long. No other flush waits for it: the current hour is not moved, and rows a flush holds are skipped.`,
+      `moveClosedHours as the upkeep calls it: one statement per org and chunk of at most ${fmt.int(HOUR_MOVE.chunkRows)} rows, each its own transaction with its COMMIT (fsync on). The longest statement (the list of orgs counted too) bounds how long the move holds the rows it takes: a flush that carries a late use of one of them waits that long. No other flush waits for it: the current hour is not moved, and rows a flush holds are skipped.`,
     ],
     raw: { shapes, rounds, samples },
   };

@@ -32,9 +32,12 @@ const ORGS_WITH_CLOSED_HOURS = `select distinct org_id from ${TABLE.usageCurrent
 
 // One chunk of an org's closed hours, after a (key, hour) cursor, in key order. A closed hour of
 // 1 M keys of one org moved in one statement was one transaction of 20-22 s, and a flush carrying
-// a late use of one of its rows waited for all of it (docs/benchmarks.md §4c); a chunk's longest
-// was 1.5 s. Each chunk is exactly once on its own. Returns the rows it moved and the last (key, hour)
-// it took, where the next chunk starts.
+// a late use of one of its rows waited for all of it (docs/benchmarks.md §4c); chunked, its longest
+// statement was 1.5 s. Each chunk is exactly once on its own. Returns the rows it moved and the last
+// (key, hour) it took, where the next chunk starts. `moved` equals `taken` (every locked row is
+// deleted and added), but the final select must read `added`: with `added` unread (no RETURNING,
+// the count from `doomed`), the upkeep's move stalled on Citus (`npm run test:citus`, the timer test in
+// test/hourMove.test.ts), where plain PostgreSQL was fine.
 const MOVE_CHUNK = `
 with doomed as materialized (
   select key_id, hour from ${TABLE.usageCurrentHours}
