@@ -25,6 +25,8 @@ const STAGING_TABLES = {
   flush_events: `org_id uuid, key_id uuid, type text, occurred_ms float8, details jsonb, dedupe_key text`,
 } as const;
 export type StagingTable = keyof typeof STAGING_TABLES;
+/** Where copyLines can COPY to: a staging table, or a table with its columns named, `table (a, b)`. */
+export type CopyTarget = StagingTable | `${string} (${string})`;
 
 const PREPARE_STAGING = Object.entries(STAGING_TABLES)
   .map(([table, columns]) => `create temporary table if not exists ${table} (${columns}) on commit delete rows; delete from ${table};`)
@@ -76,15 +78,15 @@ function* startingWith(first: string, rest: Iterator<string>): Generator<string>
 }
 
 /**
- * COPYs `lines` (copyLine, in the table's column order) into a staging table; one round trip,
+ * COPYs `lines` (copyLine, in the target's column order) into `target`; one round trip,
  * nothing for no lines. Chunks are built as the stream asks for them, so PostgreSQL parses the
  * first ones while the client builds the rest: the two run on different cores.
  */
-export async function copyLines(connection: PoolClient, table: StagingTable, lines: Iterable<string>): Promise<number> {
+export async function copyLines(connection: PoolClient, target: CopyTarget, lines: Iterable<string>): Promise<number> {
   const chunks = chunksOf(lines);
   const first = chunks.next();
   if (first.done) return 0;
-  await pipeline(Readable.from(startingWith(first.value, chunks)), connection.query(copyFrom(`copy ${table} from stdin`)));
+  await pipeline(Readable.from(startingWith(first.value, chunks)), connection.query(copyFrom(`copy ${target} from stdin`)));
   return 1;
 }
 

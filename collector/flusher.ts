@@ -17,6 +17,12 @@ export interface FlushStats {
   lastFlushStatements: number;
   consecutiveFailures: number;
   eventsRecorded: number;
+  /** The usage log's folds (collector/usageLog.ts): uses they applied, and their outcomes. */
+  usesFolded: number;
+  folds: number;
+  failedFolds: number;
+  lastFoldDurationMs: number;
+  lastFoldKeys: number;
 }
 
 export interface FlusherOptions {
@@ -29,6 +35,9 @@ export interface FlusherOptions {
   now?: () => number;
   backoff?: { initialMs: number; maxMs: number };
 }
+
+/** How often a collector folds the usage log even when none of its own flushes appended to it. */
+export const FOLD_SWEEP_MS = 60_000;
 
 // Drains the aggregator on an interval and writes what it drained in one transaction.
 // A failed write keeps its batches and retries them with exponential backoff. A batch whose
@@ -60,7 +69,19 @@ export class Flusher {
     lastFlushStatements: 0,
     consecutiveFailures: 0,
     eventsRecorded: 0,
+    usesFolded: 0,
+    folds: 0,
+    failedFolds: 0,
+    lastFoldDurationMs: 0,
+    lastFoldKeys: 0,
   };
+  // The usage log, when the store keeps one: one fold at a time, started by the interval after a
+  // flush appended to it or may have (a commit in doubt), again while a fold finds rows, after a
+  // failed one, and at least every FOLD_SWEEP_MS (at start too) for rows another collector left.
+  // What a fold does not apply stays in the log.
+  private folding: Promise<void> | undefined;
+  private foldDue = true;
+  private lastFoldAt = -Infinity;
 
   constructor(private readonly options: FlusherOptions) {
     this.now = options.now ?? Date.now;
@@ -77,7 +98,8 @@ export class Flusher {
 
   start(): void {
     this.timer ??= setInterval(() => {
-      if (this.now() >= this.retryAt) void this.flush();
+      if (this.now() >= this.retryAt) void this.flush().then(() => this.startFold());
+      else this.startFold();
     }, this.options.intervalMs).unref();
   }
 
@@ -98,11 +120,63 @@ export class Flusher {
       if (this.now() >= giveUpAt) return false;
       await new Promise((resolve) => setTimeout(resolve, Math.min(200 * 2 ** attempt, 2000)));
     }
+    await this.foldUntilEmpty(giveUpAt);
     // Trimming is best effort: what is not trimmed now is trimmed after the key's next flush that
     // brings it a new address.
     this.pruneBacklog.clear();
     await this.pruning;
     return true;
+  }
+
+  /** Starts a fold of the usage log if one is due and none is running; resolves when it ends. */
+  fold(): Promise<void> {
+    this.startFold();
+    return this.folding ?? Promise.resolve();
+  }
+
+  private startFold(): void {
+    const { store } = this.options;
+    if (store.fold === undefined || this.folding !== undefined) return;
+    const started = this.now();
+    if (!this.foldDue && started - this.lastFoldAt < FOLD_SWEEP_MS) return;
+    this.foldDue = false;
+    this.lastFoldAt = started;
+    this.folding = store
+      .fold()
+      .then(
+        (result) => this.recordFold(result, this.now() - started),
+        (error) => this.recordFoldFailure(error),
+      )
+      .finally(() => (this.folding = undefined));
+  }
+
+  // At stop, the log is folded while folds find rows, until the deadline: what is left is
+  // applied by the next collector that starts (nothing is lost, it is only late).
+  private async foldUntilEmpty(giveUpAt: number): Promise<void> {
+    await this.folding;
+    while (this.foldDue && this.now() < giveUpAt) await this.fold();
+  }
+
+  private recordFold(result: WriteResult, durationMs: number) {
+    const s = this.stats;
+    const found = result.keysWritten + result.unknownKeys + result.quarantined.length;
+    this.foldDue ||= found > 0;
+    if (found === 0) return;
+    s.folds += 1;
+    s.usesFolded += result.usesWritten;
+    s.lastFoldDurationMs = durationMs;
+    s.lastFoldKeys = result.keysWritten;
+    this.recordWritten(result);
+  }
+
+  private recordFoldFailure(error: unknown) {
+    this.stats.failedFolds += 1;
+    this.foldDue = true;
+    if (error instanceof PartlyWrittenError) this.recordWritten(error.written);
+    this.options.logger.error(
+      { err: { message: (error as Error).message, code: (error as NodeJS.ErrnoException).code } },
+      'folding the usage log failed; its rows stay in the log and are folded again',
+    );
   }
 
   // Only keys that gained an address are given (WriteResult.keysToTrim); keys beyond maxRetryKeys
@@ -175,6 +249,7 @@ export class Flusher {
     s.lastFlushDurationMs = durationMs;
     s.lastFlushKeys = result.keysWritten;
     s.lastFlushStatements = result.statements;
+    this.foldDue ||= result.keysLogged > 0;
     this.recordWritten(result);
     if (result.duplicateBatches > 0) {
       this.options.logger.info({ duplicateBatches: result.duplicateBatches }, 'skipped batches already committed by an earlier attempt');
@@ -211,6 +286,8 @@ export class Flusher {
     s.consecutiveFailures += 1;
     const inDoubt = error instanceof CommitInDoubtError;
     if (inDoubt) for (const batch of batches) batch.inDoubt = true;
+    // An append whose commit landed unseen left rows in the usage log; its retry logs nothing.
+    this.foldDue ||= inDoubt;
     if (error instanceof PartlyWrittenError) this.recordWritten(error.written);
     const delay = Math.min(this.backoff.initialMs * 2 ** (s.consecutiveFailures - 1), this.backoff.maxMs);
     this.retryAt = this.now() + delay;

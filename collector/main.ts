@@ -11,7 +11,8 @@ import { createPacketHandler } from './packetHandler';
 import { startReceiver } from './receiver';
 import { runReceivers, serveSamplesToPrimary } from './receivers';
 import { Relay, udpSink } from './relay';
-import { createPgUsageStore, type UsageStore } from './usageStore';
+import { createUsageStore } from './usageLog';
+import type { UsageStore } from './usageStore';
 import { createUpkeep } from './upkeep';
 
 // receiver (collector/receiver.ts, UDP) → parser (collector/packetHandler.ts, shared/usageDatagram)
@@ -41,7 +42,13 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     logger,
   );
   const events = config.collector.events;
-  const store = overrides.store ?? createPgUsageStore(db, { events: events.enabled ? events : undefined, parallelism: config.collector.flushParallelism });
+  const store =
+    overrides.store ??
+    createUsageStore(db, {
+      events: events.enabled ? events : undefined,
+      parallelism: config.collector.flushParallelism,
+      logFlushes: config.collector.usageLog,
+    });
   const aggregator = new Aggregator({ maxKeys: config.collector.aggregatorMaxKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
   const flusher = new Flusher({ aggregator, store, intervalMs: config.collector.flushIntervalMs, maxRetryKeys: config.collector.retryMaxKeys, logger, now });
   const warn = rateLimitedWarn(logger, 10_000, now);
@@ -81,6 +88,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       recvBufferBytes: receiver.recvBufferBytes,
       metrics: metricsPort && `${config.collector.metricsHost}:${metricsPort}`,
       flushIntervalMs: config.collector.flushIntervalMs,
+      usageLog: config.collector.usageLog,
     },
     // In a cluster the primary says 'collector listening' once every receiver is.
     inCluster ? 'receiver listening' : 'collector listening',

@@ -19,6 +19,8 @@ export interface WriteResult {
   /** Uses of the batches found already committed by an earlier, in-doubt attempt. */
   duplicateUses: number;
   keysWritten: number;
+  /** Of keysWritten, those appended to the usage log, not yet applied (collector/usageLog.ts). */
+  keysLogged: number;
   usesWritten: number;
   unknownKeys: number;
   unknownUses: number;
@@ -42,6 +44,8 @@ export interface UsageStore {
   /** Best-effort upkeep outside the flush transaction: trims recent IPs (and the IP-prefix history) and expired rows. */
   prune(keys: readonly KeyRef[]): Promise<void>;
   expireOldRows(retentionDays: number): Promise<void>;
+  /** Applies (part of) the usage log to the usage tables (collector/usageLog.ts); absent: the store keeps no log. */
+  fold?(): Promise<WriteResult>;
 }
 
 // The write failed at or after COMMIT: PostgreSQL may or may not have applied it.
@@ -213,7 +217,7 @@ async function applyUsage(connection: PoolClient, keys: KeyUsageDelta[]): Promis
   return { statements: 3 + copies, accepted, grew };
 }
 
-interface ApplyOptions {
+export interface ApplyOptions {
   /** Unset: no event detection (EVENTS_ENABLED=false). */
   events?: EventDetection;
 }
@@ -267,7 +271,7 @@ const totalUses = (keys: readonly KeyUsageDelta[]) => keys.reduce((sum, k) => su
 // earlier attempt whose COMMIT was in doubt, so that org's keys of that batch are skipped. On
 // Citus the ledger row lives on the org's shard beside the org's usage rows: each shard's part
 // of a flush carries its own proof of having been applied.
-async function claimBatches(trx: Knex.Transaction, batches: readonly PendingBatch[]) {
+export async function claimBatches(trx: Knex.Transaction, batches: readonly PendingBatch[]): Promise<Claimed> {
   const pairs = batches.flatMap((b) => [...new Set(b.batch.keys.map((k) => k.orgId))].map((orgId) => ({ id: b.id, orgId })));
   const inserted = await trx.raw(
     'insert into usage_flushes (org_id, id) select * from unnest(cast(? as uuid[]), cast(? as uuid[])) on conflict do nothing returning org_id, id',
@@ -344,14 +348,33 @@ async function pruneTable(db: Db, table: string, column: string, keys: readonly 
 }
 
 /** A write's transaction: what it wrote, and the batches it found keys of not yet written. */
-type PartResult = Omit<WriteResult, 'appliedBatches' | 'duplicateBatches'> & { freshIds: string[] };
+export type PartResult = Omit<WriteResult, 'appliedBatches' | 'duplicateBatches'> & { freshIds: string[] };
 
-// One transaction: claims the batches' (batch, org) pairs, applies the fresh keys, commits.
-async function writeInOne(db: Db, batches: readonly PendingBatch[], apply: ApplyOptions): Promise<PartResult> {
+/** What a write claims inside its transaction: the deltas no earlier transaction applied. */
+export interface Claimed {
+  fresh: UsageBatch[];
+  freshIds: string[];
+  duplicateUses: number;
+}
+
+/** Commits `trx`; a failure of the COMMIT itself leaves the outcome unknown (CommitInDoubtError). */
+export async function commitOrDoubt(trx: Knex.Transaction): Promise<void> {
+  try {
+    await trx.commit();
+    // knex resolves commit() even when the COMMIT query fails; only executionPromise rejects.
+    await trx.executionPromise;
+  } catch (error) {
+    throw new CommitInDoubtError(error);
+  }
+}
+
+// One transaction: claims its deltas (the batches' (batch, org) pairs in the ledger, or the rows
+// of the usage log a fold takes), applies the fresh keys, commits.
+export async function writeInOne(db: Db, claim: (trx: Knex.Transaction) => Promise<Claimed>, apply: ApplyOptions): Promise<PartResult> {
   const trx = await db.transaction();
   let result: PartResult;
   try {
-    const { fresh, freshIds, duplicateUses } = await claimBatches(trx, batches);
+    const { fresh, freshIds, duplicateUses } = await claim(trx);
     // Each upsert sorts its whole input (key order, for lock order); at 100 k rows the default
     // 4 MB spilled the input and the sort to temporary files. For this transaction only.
     await trx.raw(`set local work_mem = '${FLUSH_WORK_MEM}'`);
@@ -364,6 +387,7 @@ async function writeInOne(db: Db, batches: readonly PendingBatch[], apply: Apply
       freshIds,
       duplicateUses,
       keysWritten: accepted.length,
+      keysLogged: 0,
       usesWritten: acceptedUses,
       unknownKeys: keys.length - accepted.length - quarantined.length,
       unknownUses: merged.uses - acceptedUses - quarantinedUses,
@@ -377,35 +401,34 @@ async function writeInOne(db: Db, batches: readonly PendingBatch[], apply: Apply
     await trx.rollback().catch(() => undefined);
     throw error;
   }
-  try {
-    await trx.commit();
-    // knex resolves commit() even when the COMMIT query fails; only executionPromise rejects.
-    await trx.executionPromise;
-  } catch (error) {
-    throw new CommitInDoubtError(error);
-  }
+  await commitOrDoubt(trx);
   return result;
 }
 
 /** Below this many keys a write stays one transaction: a split costs each part its own round trips and commit. */
 export const SPLIT_MIN_KEYS = 10_000;
 
-// The batches' keys in `parts` groups of whole orgs, the largest org first into the smallest
-// group, so the groups are near equal. Whole orgs because the flush ledger claims (batch, org)
+/** Each org's group (0 … parts - 1) by its weight, the heaviest org first into the lightest group, so the groups are near equal. */
+export function balanceOrgs(weightOf: ReadonlyMap<string, number>, parts: number): Map<string, number> {
+  const load: number[] = Array.from({ length: Math.min(parts, weightOf.size) }, () => 0);
+  const groupOf = new Map<string, number>();
+  for (const [orgId, weight] of [...weightOf].sort((a, b) => b[1] - a[1])) {
+    const group = load.indexOf(Math.min(...load));
+    groupOf.set(orgId, group);
+    load[group] += weight;
+  }
+  return groupOf;
+}
+
+// The batches' keys in `parts` groups of whole orgs (balanceOrgs). Whole orgs because the flush ledger claims (batch, org)
 // pairs: each part's transaction carries the proof of its own orgs' writes.
 function splitByOrg(batches: readonly PendingBatch[], parts: number): PendingBatch[][] {
   const keysOfOrg = new Map<string, number>();
   for (const { batch } of batches) for (const k of batch.keys) keysOfOrg.set(k.orgId, (keysOfOrg.get(k.orgId) ?? 0) + 1);
   const keys = [...keysOfOrg.values()].reduce((sum, n) => sum + n, 0);
   if (parts < 2 || keysOfOrg.size < 2 || keys < SPLIT_MIN_KEYS) return [[...batches]];
-  const load: number[] = Array.from({ length: Math.min(parts, keysOfOrg.size) }, () => 0);
-  const groupOf = new Map<string, number>();
-  for (const [orgId, n] of [...keysOfOrg].sort((a, b) => b[1] - a[1])) {
-    const group = load.indexOf(Math.min(...load));
-    groupOf.set(orgId, group);
-    load[group] += n;
-  }
-  return load.map((_, group) =>
+  const groupOf = balanceOrgs(keysOfOrg, parts);
+  return Array.from({ length: Math.min(parts, keysOfOrg.size) }, (_, group) =>
     batches
       .map(({ id, batch }) => {
         const mine = batch.keys.filter((k) => groupOf.get(k.orgId) === group);
@@ -420,7 +443,7 @@ function splitByOrg(batches: readonly PendingBatch[], parts: number): PendingBat
 // committed leaves the batches partly written: they must keep their ids and never absorb newer
 // uses (PartlyWrittenError, a CommitInDoubtError), and their retry's claims skip the orgs already
 // written.
-async function settleParts(batches: readonly PendingBatch[], parts: Array<Promise<PartResult>>): Promise<WriteResult> {
+export async function settleParts(batches: readonly PendingBatch[], parts: Array<Promise<PartResult>>): Promise<WriteResult> {
   const settled = await Promise.allSettled(parts);
   const written = settled.flatMap((outcome) => (outcome.status === 'fulfilled' ? [outcome.value] : []));
   const failures = settled.flatMap((outcome) => (outcome.status === 'rejected' ? [outcome.reason as unknown] : []));
@@ -433,13 +456,15 @@ async function settleParts(batches: readonly PendingBatch[], parts: Array<Promis
 function combineParts(batches: readonly PendingBatch[], parts: readonly PartResult[]): WriteResult {
   const fresh = new Set(parts.flatMap((part) => part.freshIds));
   const duplicateBatches = batches.filter((b) => b.batch.keys.length > 0 && !fresh.has(b.id)).length;
-  const sum = (field: 'duplicateUses' | 'keysWritten' | 'usesWritten' | 'unknownKeys' | 'unknownUses' | 'statements' | 'eventsRecorded' | 'eventCandidates') =>
-    parts.reduce((total, part) => total + part[field], 0);
+  const sum = (
+    field: 'duplicateUses' | 'keysWritten' | 'keysLogged' | 'usesWritten' | 'unknownKeys' | 'unknownUses' | 'statements' | 'eventsRecorded' | 'eventCandidates',
+  ) => parts.reduce((total, part) => total + part[field], 0);
   return {
     appliedBatches: batches.length - duplicateBatches,
     duplicateBatches,
     duplicateUses: sum('duplicateUses'),
     keysWritten: sum('keysWritten'),
+    keysLogged: sum('keysLogged'),
     usesWritten: sum('usesWritten'),
     unknownKeys: sum('unknownKeys'),
     unknownUses: sum('unknownUses'),
@@ -469,7 +494,7 @@ export function createPgUsageStore(db: Db, options: PgUsageStoreOptions = {}): U
       const parts = splitByOrg(batches, options.parallelism ?? 1);
       return settleParts(
         batches,
-        parts.map((part) => writeInOne(db, part, apply)),
+        parts.map((part) => writeInOne(db, (trx) => claimBatches(trx, part), apply)),
       );
     },
 

@@ -126,6 +126,9 @@ const variables = {
   // Transactions a flush of 10,000 keys or more, of several orgs, is split into, run at once, each
   // on its own connection (the collector's pool holds this many + 3); see docs/operations.md.
   COLLECTOR_FLUSH_PARALLELISM: positiveInt(16).default(2),
+  // A flush appends each key's delta to the usage log and a fold applies it (collector/usageLog.ts,
+  // docs/scaling.md); false writes the usage tables in the flush.
+  COLLECTOR_USAGE_LOG: booleanFlag.default(false),
   // Processes reading the one UDP socket (Node's cluster module); each aggregates and flushes on
   // its own. 1 keeps a single process; see docs/benchmarks.md §3 for when more helps.
   COLLECTOR_RECEIVERS: positiveInt(16).default(1),
@@ -304,6 +307,8 @@ const collectorSection = (v: Variables) => ({
   retryMaxKeys: v.COLLECTOR_MAX_RETRY_KEYS ?? v.COLLECTOR_MAX_PENDING_KEYS,
   recvBufferBytes: v.COLLECTOR_RECV_BUFFER_BYTES,
   flushParallelism: v.COLLECTOR_FLUSH_PARALLELISM,
+  /** Flushes append to the usage log, which folds apply (collector/usageLog.ts). */
+  usageLog: v.COLLECTOR_USAGE_LOG,
   receivers: v.COLLECTOR_RECEIVERS,
   metricsHost: v.COLLECTOR_METRICS_HOST,
   metricsPort: v.COLLECTOR_METRICS_PORT,

@@ -1,6 +1,6 @@
 import t from 'tap';
 import { Aggregator } from '../collector/aggregator';
-import { Flusher } from '../collector/flusher';
+import { FOLD_SWEEP_MS, Flusher } from '../collector/flusher';
 import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch, type UsageStore, type WriteResult } from '../collector/usageStore';
 import { renderPrometheus } from '../shared/metrics';
 import { createLogger } from '../shared/logger';
@@ -34,6 +34,7 @@ function fakeStore() {
         duplicateBatches: batches.length - fresh.length,
         duplicateUses,
         keysWritten: 0,
+        keysLogged: 0,
         usesWritten: uses,
         unknownKeys: 0,
         unknownUses: 0,
@@ -97,6 +98,7 @@ t.test('a partly written flush is kept in doubt, and what its committed part wro
     duplicateBatches: 0,
     duplicateUses: 0,
     keysWritten: 1,
+    keysLogged: 0,
     usesWritten: 3,
     unknownKeys: 1,
     unknownUses: 1,
@@ -226,4 +228,62 @@ t.test('one trim of recent IPs at a time; keys flushed meanwhile are trimmed nex
   t.equal(await stopped, true);
   t.equal(mostAtOnce, 1);
   t.equal(running, 0);
+});
+
+// A store that keeps the usage log: its writes report their keys as logged, its folds are counted.
+function loggingStore() {
+  const fake = fakeStore();
+  const folds = { calls: 0, fail: false, keys: 0 };
+  const store: UsageStore = {
+    ...fake.store,
+    write: async (batches) => {
+      const result = await fake.store.write(batches);
+      return { ...result, keysLogged: batches.reduce((n, b) => n + b.batch.keys.length, 0) };
+    },
+    fold: async () => {
+      folds.calls += 1;
+      if (folds.fail) throw new Error('fold failed');
+      const keys = folds.keys;
+      folds.keys = 0;
+      return { ...(await fake.store.write([])), keysWritten: keys, usesWritten: keys };
+    },
+  };
+  return { ...fake, store, folds };
+}
+
+t.test('the usage log is folded at start, after an append, while folds find rows, after a failure or a commit in doubt, and every FOLD_SWEEP_MS', async (t) => {
+  let now = 0;
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => now });
+  const { store, folds, fail } = loggingStore();
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => now });
+  const calls = async () => {
+    await flusher.fold();
+    return folds.calls;
+  };
+  t.equal(await calls(), 1, 'at start, for rows an earlier collector left');
+  t.equal(await calls(), 1, 'not again while nothing was appended');
+
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 2 });
+  await flusher.flush();
+  folds.keys = 1;
+  t.equal(await calls(), 2, 'after an append');
+  t.equal(await calls(), 3, 'again after a fold that found rows');
+  t.equal(await calls(), 3, 'not after one that found none');
+  t.match(flusher.stats, { folds: 1, usesFolded: 1, lastFoldKeys: 1 });
+
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 2 });
+  await flusher.flush();
+  folds.fail = true;
+  t.equal(await calls(), 4);
+  t.equal(flusher.stats.failedFolds, 1);
+  folds.fail = false;
+  t.equal(await calls(), 5, 'a failed fold is retried');
+
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 2 });
+  fail(new CommitInDoubtError(new Error('connection lost')));
+  await flusher.flush();
+  t.equal(await calls(), 6, 'an append in doubt may have logged rows its retry will not log again');
+
+  now += FOLD_SWEEP_MS;
+  t.equal(await calls(), 7, 'and every FOLD_SWEEP_MS, for rows another collector left');
 });

@@ -4,6 +4,7 @@
 import t, { type Test } from 'tap';
 import { OUTCOMES, type UsageSample } from '../../shared/usageWire';
 import type { Db } from '../../shared/db';
+import { TABLE } from '../../shared/tables';
 import { sendDatagrams, startTestCollector } from '../helpers/collector';
 import { shuffled } from '../../harness/random';
 import { sleep, waitFor } from '../../harness/wait';
@@ -112,10 +113,12 @@ async function forcedOverlap(t: Test, collectorCount: number) {
 t.test('2 collectors flushing the same keys at the same moment: exact sums, no deadlock', (t) => forcedOverlap(t, 2));
 t.test('4 collectors flushing the same keys at the same moment: exact sums, no deadlock', (t) => forcedOverlap(t, 4));
 
-t.test('4 collector processes on their own 50 ms timers under sustained load: exact sums, no deadlock', async (t) => {
-  const { db, url, orgId, keys } = await databaseWithKeys(t, leaks, 'free4', 40);
+// With COLLECTOR_USAGE_LOG each flush appends to the log and the four fold it, each org by one
+// fold at a time; the last folds run as the collectors stop.
+async function freeRunning(t: Test, name: string, env: Record<string, string> = {}) {
+  const { db, url, orgId, keys } = await databaseWithKeys(t, leaks, name, 40);
   const deadlocksBefore = await deadlocks(db);
-  const collectors = await Promise.all(Array.from({ length: 4 }, () => spawnCollector(t, { databaseUrl: url, flushIntervalMs: 50 })));
+  const collectors = await Promise.all(Array.from({ length: 4 }, () => spawnCollector(t, { databaseUrl: url, flushIntervalMs: 50, env })));
   for (const [c, collector] of collectors.entries()) leaks.watch(`collector process ${c} log`, () => collector.output);
   const ledger = new Ledger();
   const senders = collectors.map((collector) => new UdpSender(collector.udpPort));
@@ -141,6 +144,7 @@ t.test('4 collector processes on their own 50 ms timers under sustained load: ex
   const deadlockLines = collectors.flatMap((c) => c.output.filter((line) => /deadlock/i.test(line)));
   t.same(codes, [0, 0, 0, 0], 'all four exit 0');
   t.equal(failed, 0, `no failed flush in ${flushes} flushes`);
+  t.equal(Number((await db(TABLE.usageLog).count({ n: '*' }))[0].n), 0, 'nothing left in the usage log');
   t.same(await countMismatches(db, ledger), [], `every sum exact (${ledger.total} uses)`);
   t.same(deadlockLines, [], 'no deadlock in any log, prunes included');
   await sleep(600);
@@ -150,7 +154,7 @@ t.test('4 collector processes on their own 50 ms timers under sustained load: ex
     db,
     keys.map((k) => k.id),
   );
-  reportFigures(t, 'collectors-free-running-4', {
+  reportFigures(t, `collectors-free-running-4${env.COLLECTOR_USAGE_LOG ? '-usage-log' : ''}`, {
     loadMs,
     flushes,
     // Longer than the 50 ms interval on two cores: flushes of different collectors overlap all the time.
@@ -161,7 +165,12 @@ t.test('4 collector processes on their own 50 ms timers under sustained load: ex
     failedFlushes: failed,
     deadlocks: deadlocksSeen,
   });
-});
+}
+
+t.test('4 collector processes on their own 50 ms timers under sustained load: exact sums, no deadlock', (t) => freeRunning(t, 'free4'));
+t.test('the same with COLLECTOR_USAGE_LOG: appends and folds of 4 processes, exact sums, no deadlock', (t) =>
+  freeRunning(t, 'free4log', { COLLECTOR_USAGE_LOG: 'true' }),
+);
 
 t.test('leak scan: no key or hash in any collector log line of this file', async (t) => {
   const result = leaks.scan();

@@ -5,6 +5,7 @@ import t, { type Test } from 'tap';
 import { OUTCOMES, type UsageSample } from '../../shared/usageWire';
 import { mib } from '../../harness/processMemory';
 import type { Db } from '../../shared/db';
+import { TABLE } from '../../shared/tables';
 import { sleep, waitFor } from '../../harness/wait';
 import {
   LONG,
@@ -26,11 +27,11 @@ import {
 const leaks = new LeakScan();
 const IPS = ['192.0.2.10', '198.51.100.20', '2001:db8::30'];
 
-async function setup(t: Test, keyCount: number, flushIntervalMs: number) {
+async function setup(t: Test, keyCount: number, flushIntervalMs: number, env: Record<string, string> = {}) {
   const { db, url, orgId, keys } = await databaseWithKeys(t, leaks, 'pgfaults', keyCount);
   const proxy = await PgProxy.start(url);
   t.teardown(() => proxy.close());
-  const collector = await spawnCollector(t, { databaseUrl: proxy.url, flushIntervalMs, maxPendingKeys: 1000 });
+  const collector = await spawnCollector(t, { databaseUrl: proxy.url, flushIntervalMs, maxPendingKeys: 1000, env });
   leaks.watch('collector log', () => collector.output);
   const sender = new UdpSender(collector.udpPort, true);
   t.teardown(() => sender.close());
@@ -44,12 +45,14 @@ async function setup(t: Test, keyCount: number, flushIntervalMs: number) {
  * (or, for the bug below, believed written). uses_persisted_total is not the signal: a batch whose
  * COMMIT landed unseen is skipped on retry and never credited to it.
  */
-async function settled(collector: FaultCollector, sentUses: number, timeoutMs: number) {
+async function settled(collector: FaultCollector, sentUses: number, timeoutMs: number, db?: Db) {
   return waitFor(
     'the collector to persist everything it received',
     async () => {
       const m = await collector.metrics();
-      return m.uses_received_total === sentUses && m.pending_keys === 0 ? m : undefined;
+      // With the usage log, its rows are not counted until a fold applied them.
+      const folded = db === undefined || Number((await db(TABLE.usageLog).count({ n: '*' }))[0].n) === 0;
+      return m.uses_received_total === sentUses && m.pending_keys === 0 && folded ? m : undefined;
     },
     timeoutMs,
     50,
@@ -184,13 +187,13 @@ t.test('PostgreSQL unavailable during traffic: the collector keeps aggregating, 
 
 // One use batch per cut, so each cut hits exactly the flush that carries it; then waits for the
 // retry to go through (a success resets the backoff, so every cut starts from the same state).
-async function cutOnce(t: Test, env: Awaited<ReturnType<typeof setup>>, pattern: RegExp, mode: CutMode, count: number) {
+async function cutOnce(t: Test, env: Awaited<ReturnType<typeof setup>>, pattern: RegExp, mode: CutMode, count: number, logged = false) {
   const { orgId, keys, proxy, sender, ledger, collector } = env;
   const cut = proxy.cutAt(pattern, mode);
   await sender.send(shipmentsOf(ledger.add([{ keyId: keys[0].id, orgId, ip: IPS[0], outcome: 'ok', count }])));
   await waitFor(`the cut at ${pattern} (${mode})`, () => Promise.race([cut.then(() => true), sleep(25).then(() => undefined)]), 10_000);
   t.pass(`cut the connection at ${pattern} (${mode})`);
-  return settled(collector, ledger.total, 10_000);
+  return settled(collector, ledger.total, 10_000, logged ? env.db : undefined);
 }
 
 t.test('connections cut mid-flush (one collector, one proxy, one cut per flush)', async (t) => {
@@ -279,6 +282,39 @@ t.test('connections cut mid-flush (one collector, one proxy, one cut per flush)'
     t.equal(persisted, ledger.total - sentBefore, 'the rolled-back batch was written by a retry');
     t.equal(claimed, persisted, 'uses_persisted_total matches PostgreSQL');
   });
+});
+
+// The same cuts with COLLECTOR_USAGE_LOG: a flush appends to the log (ledger claim, COPY, commit)
+// and a fold applies it (org locks, the log's delete, the upserts, commit). A COMMIT cut may hit
+// either; both are exactly once.
+t.test('connections cut in the appends and folds of the usage log: retried, nothing lost, nothing doubled', async (t) => {
+  const env = await setup(t, 2, 100, { COLLECTOR_USAGE_LOG: 'true' });
+  const { db, collector, ledger } = env;
+  const points: Array<[RegExp, CutMode]> = [
+    [/insert into usage_flushes/i, 'before-forward'],
+    [/insert into usage_flushes/i, 'after-forward'],
+    [/^copy api_key_usage_log/i, 'before-forward'],
+    [/^copy api_key_usage_log/i, 'after-forward'],
+    [/^COMMIT/i, 'after-forward'],
+    [/^COMMIT/i, 'before-forward'],
+    [/pg_try_advisory_xact_lock/i, 'before-forward'],
+    [/^delete from api_key_usage_log/i, 'before-forward'],
+    [/^delete from api_key_usage_log/i, 'after-forward'],
+    [/insert into api_key_usage \(/i, 'after-forward'],
+    [/^COMMIT/i, 'after-forward'],
+  ];
+  for (const [i, [pattern, mode]] of points.entries()) {
+    await cutOnce(t, env, pattern, mode, 10 + i, true);
+    t.same(await countMismatches(db, ledger), [], `${ledger.total} uses, exactly, after the cut`);
+  }
+  await sleep(300);
+  t.same(await countMismatches(db, ledger), [], `exactly ${ledger.total} uses after ${points.length} cuts`);
+  const m = await collector.metrics();
+  t.ok(
+    m.failed_flushes_total >= 1 && m.failed_folds_total >= 1,
+    `appends and folds failed and were retried (${m.failed_flushes_total}, ${m.failed_folds_total})`,
+  );
+  t.equal(collector.child.proc.exitCode, null, 'no crash');
 });
 
 t.test('leak scan: no key or hash in any datagram or collector log line of this file', async (t) => {

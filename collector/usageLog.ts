@@ -1,0 +1,231 @@
+// The usage log (COLLECTOR_USAGE_LOG=on): a flush appends one row per key, the key's whole delta,
+// and commits; the fold applies the log to the usage tables later, all of a key's rows since the
+// last fold, from every flush and every collector, in one upsert per table.
+//
+// Why: one upsert of 100 k rows costs 0.84-0.93 s on the measured server, and a flush upserts at
+// least three tables per key, while a COPY of 100 k rows into a table without an index takes
+// 0.25-0.31 s (docs/benchmarks.md §4b). With the log a flush is that COPY: the collector's memory
+// is released and its uses are durable within the second, whatever the key count, and the fold
+// pays the upserts once per key and fold instead of once per key, flush and collector.
+import type { Knex } from 'knex';
+import type { Db } from '../shared/db';
+import { OUTCOMES, type Outcome } from '../shared/usageWire';
+import { TABLE } from '../shared/tables';
+import { emptyDelta, type HourCounts, type IpStat, type KeyUsageDelta } from './aggregator';
+import { connectionOf, copyLine, copyLines, copyText } from './flushStaging';
+import {
+  balanceOrgs,
+  claimBatches,
+  commitOrDoubt,
+  createPgUsageStore,
+  settleParts,
+  writeInOne,
+  type ApplyOptions,
+  type Claimed,
+  type PartResult,
+  type PgUsageStoreOptions,
+  type UsageStore,
+  type WriteResult,
+} from './usageStore';
+
+const LOG_COLUMNS = `${TABLE.usageLog} (org_id, key_id, delta)` as const;
+
+// A delta as one JSON array: times are epoch ms, and -Infinity ("no such use") becomes null, which
+// JSON.stringify writes for it by itself. Hours and addresses are arrays, not objects: shorter
+// rows, and no key names to repeat 100 k times.
+type LoggedIps = Array<[ip: string, count: number, firstSeen: number, lastSeen: number]>;
+type LoggedDelta = [
+  total: number,
+  byOutcome: number[],
+  lastUsedAt: number | null,
+  lastIp: string,
+  lastFailedAt: number | null,
+  lastFailedIp: string,
+  lastRevokedUseAt: number | null,
+  lastExpiredUseAt: number | null,
+  hours: Array<[hour: number, ...counts: number[]]>,
+  ips: LoggedIps,
+  failedIps: LoggedIps,
+];
+
+const countsOf = (counts: Record<Outcome, number>) => OUTCOMES.map((outcome) => counts[outcome]);
+const loggedIps = (ips: Map<string, IpStat>): LoggedIps => [...ips].map(([ip, s]) => [ip, s.count, s.firstSeen, s.lastSeen]);
+
+export function encodeDelta(k: KeyUsageDelta): string {
+  const delta: LoggedDelta = [
+    k.total,
+    countsOf(k.byOutcome),
+    k.lastUsedAt,
+    k.lastIp,
+    k.lastFailedAt,
+    k.lastFailedIp,
+    k.lastRevokedUseAt,
+    k.lastExpiredUseAt,
+    [...k.hours].map(([hour, counts]) => [hour, ...countsOf(counts)]),
+    loggedIps(k.ips),
+    loggedIps(k.failedIps),
+  ];
+  return JSON.stringify(delta);
+}
+
+const time = (value: number | null) => value ?? -Infinity;
+const outcomes = (values: number[]) => Object.fromEntries(OUTCOMES.map((outcome, i) => [outcome, values[i]])) as HourCounts;
+const ipMap = (ips: LoggedIps) => new Map(ips.map(([ip, count, firstSeen, lastSeen]) => [ip, { count, firstSeen, lastSeen }]));
+
+/** The delta of one log row; throws on a row this version did not write. */
+export function decodeDelta(keyId: string, orgId: string, text: string): KeyUsageDelta {
+  const [total, byOutcome, lastUsedAt, lastIp, lastFailedAt, lastFailedIp, lastRevokedUseAt, lastExpiredUseAt, hours, ips, failedIps] = JSON.parse(
+    text,
+  ) as LoggedDelta;
+  if (!Array.isArray(byOutcome) || byOutcome.length !== OUTCOMES.length || !Array.isArray(hours) || !Array.isArray(ips) || !Array.isArray(failedIps)) {
+    throw new Error('not a usage log delta');
+  }
+  const hourMap = new Map(hours.map(([hour, ...counts]) => [hour, outcomes(counts)]));
+  return {
+    ...emptyDelta(keyId, orgId, ipMap(ips), ipMap(failedIps), hourMap),
+    total,
+    byOutcome: outcomes(byOutcome),
+    lastUsedAt: time(lastUsedAt),
+    lastIp,
+    lastFailedAt: time(lastFailedAt),
+    lastFailedIp,
+    lastRevokedUseAt: time(lastRevokedUseAt),
+    lastExpiredUseAt: time(lastExpiredUseAt),
+  };
+}
+
+const totalUses = (keys: readonly KeyUsageDelta[]) => keys.reduce((sum, k) => sum + k.total, 0);
+
+// The append: the batches' (batch, org) pairs claimed in the flush ledger, as a direct write
+// claims them, and the fresh keys' deltas COPYed into the log, in one transaction. A retry of a
+// batch whose COMMIT was in doubt finds its pairs claimed and appends nothing again.
+async function append(db: Db, batches: Parameters<UsageStore['write']>[0]): Promise<WriteResult> {
+  const trx = await db.transaction();
+  let claimed: Claimed;
+  let statements = 1;
+  try {
+    claimed = await claimBatches(trx, batches);
+    const keys = claimed.fresh.flatMap((batch) => batch.keys);
+    statements += await copyLines(
+      await connectionOf(trx),
+      LOG_COLUMNS,
+      keys.map((k) => copyLine([k.orgId, k.keyId, copyText(encodeDelta(k))])),
+    );
+  } catch (error) {
+    await trx.rollback().catch(() => undefined);
+    throw error;
+  }
+  await commitOrDoubt(trx);
+  const keys = claimed.fresh.reduce((sum, batch) => sum + batch.keys.length, 0);
+  const uses = claimed.fresh.reduce((sum, batch) => sum + batch.uses, 0);
+  return settleParts(batches, [
+    Promise.resolve({
+      ...NOTHING_APPLIED,
+      freshIds: claimed.freshIds,
+      duplicateUses: claimed.duplicateUses,
+      keysWritten: keys,
+      keysLogged: keys,
+      usesWritten: uses,
+      statements: statements + 1,
+    }),
+  ]);
+}
+
+const NOTHING_APPLIED = {
+  keysWritten: 0,
+  keysLogged: 0,
+  usesWritten: 0,
+  unknownKeys: 0,
+  unknownUses: 0,
+  quarantined: [],
+  statements: 0,
+  eventsRecorded: 0,
+  eventCandidates: 0,
+  keysToTrim: [],
+};
+
+// Every fold of an org holds this transaction-level lock (class, hash of the org id), so two
+// collectors never fold one org at once: the second skips it (its rows are left for its next
+// fold, or taken by the first if they were there when its delete began), so folds never wait for
+// each other and cannot deadlock. Advisory locks live where the collectors connect: the one
+// server, or the Citus coordinator.
+const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
+
+const LOCK_ORGS = `select o as org_id from unnest(cast(? as uuid[])) as o where pg_try_advisory_xact_lock(${FOLD_LOCK_CLASS}, hashtext(cast(o as text)))`;
+const TAKE_LOG = `delete from ${TABLE.usageLog} where org_id = any(cast(? as uuid[])) returning org_id, key_id, delta`;
+
+// The fold's claim: the rows of `orgs` (those this fold could lock), deleted in the transaction
+// that applies them, so a row is applied exactly when it leaves the log. A row that cannot be
+// decoded is dropped with a key of its own in `unreadable`, reported as quarantined.
+async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadable: KeyUsageDelta[]): Promise<Claimed> {
+  const locked: Array<{ org_id: string }> = (await trx.raw(LOCK_ORGS, [[...orgs]])).rows;
+  if (locked.length === 0) return { fresh: [], freshIds: [], duplicateUses: 0 };
+  const rows: Array<{ org_id: string; key_id: string; delta: string }> = (await trx.raw(TAKE_LOG, [locked.map((row) => row.org_id)])).rows;
+  const keys: KeyUsageDelta[] = [];
+  for (const row of rows) {
+    try {
+      keys.push(decodeDelta(row.key_id, row.org_id, row.delta));
+    } catch {
+      unreadable.push(emptyDelta(row.key_id, row.org_id));
+    }
+  }
+  return { fresh: [{ keys, uses: totalUses(keys) }], freshIds: [], duplicateUses: 0 };
+}
+
+/** Log rows a fold takes at most (whole orgs: one org larger than this is folded alone, whole). */
+export const FOLD_MAX_ROWS = 200_000;
+
+const ROWS_BY_ORG = `select org_id, count(*)::int as n from ${TABLE.usageLog} group by org_id order by min(logged_at)`;
+
+// The orgs of the next fold, oldest rows first, up to FOLD_MAX_ROWS rows, split into `parts`
+// groups near equal in rows.
+async function nextFold(db: Db, parts: number): Promise<string[][]> {
+  const { rows } = await db.raw(ROWS_BY_ORG);
+  const rowsOf = new Map<string, number>();
+  let taken = 0;
+  for (const { org_id: orgId, n } of rows as Array<{ org_id: string; n: number }>) {
+    if (taken > 0 && taken + n > FOLD_MAX_ROWS) break;
+    rowsOf.set(orgId, n);
+    taken += n;
+  }
+  if (rowsOf.size === 0) return [];
+  const groupOf = balanceOrgs(rowsOf, taken < FOLD_MAX_ROWS / 20 ? 1 : parts);
+  const groups: string[][] = [];
+  for (const [orgId, group] of groupOf) (groups[group] ??= []).push(orgId);
+  return groups;
+}
+
+// One transaction per group of orgs; a row that cannot be decoded counts only once its part
+// committed (its delete with it).
+async function foldPart(db: Db, orgs: readonly string[], apply: ApplyOptions): Promise<PartResult> {
+  const unreadable: KeyUsageDelta[] = [];
+  const part = await writeInOne(db, (trx) => takeLog(trx, orgs, unreadable), apply);
+  return { ...part, quarantined: [...part.quarantined, ...unreadable.map(({ keyId, orgId }) => ({ keyId, orgId, uses: 0 }))] };
+}
+
+export interface UsageLogOptions extends PgUsageStoreOptions {
+  /** COLLECTOR_USAGE_LOG: flushes append to the log (on) or write the usage tables (off). */
+  logFlushes: boolean;
+}
+
+/**
+ * The collector's store. write() appends to the usage log (logFlushes) or writes the usage tables
+ * directly. fold() applies the log in either mode (a collector started without the log folds what
+ * one with it left), at most FOLD_MAX_ROWS rows of whole orgs per call, in up to `parallelism`
+ * transactions at once, exactly once: a row leaves the log in the transaction that applies it, so
+ * a failed or in-doubt fold either applied its rows or left them.
+ */
+export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore & Required<Pick<UsageStore, 'fold'>> {
+  const direct = createPgUsageStore(db, options);
+  const apply: ApplyOptions = { events: options.events };
+  return {
+    write: options.logFlushes ? (batches) => append(db, batches) : (batches) => direct.write(batches),
+    fold: async () =>
+      settleParts(
+        [],
+        (await nextFold(db, options.parallelism ?? 1)).map((orgs) => foldPart(db, orgs, apply)),
+      ),
+    prune: (keys) => direct.prune(keys),
+    expireOldRows: (retentionDays) => direct.expireOldRows(retentionDays),
+  };
+}

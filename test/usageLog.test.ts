@@ -1,0 +1,242 @@
+// The usage log (COLLECTOR_USAGE_LOG=on, collector/usageLog.ts): a flush appends one row per key
+// and a fold applies the log to the usage tables, exactly once, coalescing every flush of a key.
+import { randomUUID } from 'node:crypto';
+import t from 'tap';
+import { Aggregator, type KeyUsageDelta } from '../collector/aggregator';
+import { decodeDelta, encodeDelta, createUsageStore, FOLD_MAX_ROWS } from '../collector/usageLog';
+import { CommitInDoubtError, type PendingBatch } from '../collector/usageStore';
+import { loadConfig } from '../shared/config';
+import { createDb, type Db } from '../shared/db';
+import { encodeUsageLine, OUTCOMES, provenCount } from '../shared/usageWire';
+import { waitFor } from '../harness/wait';
+import { TABLE } from '../shared/tables';
+import { createOrg, insertKeys } from '../bench/lib/database';
+import { freshDatabase } from './helpers/database';
+import { PgProxy } from './helpers/faults';
+import { sendDatagrams, startTestCollector } from './helpers/collector';
+
+const HOUR = 3_600_000;
+const NOW = Math.floor(Date.now() / HOUR) * HOUR + 1_000;
+const events = () => ({ ...loadConfig({ NODE_ENV: 'development' }).collector.events, spikeMinUses: 20, spikeFactor: 5 });
+
+type Keys = { orgId: string; keyIds: string[] };
+
+// Every outcome, proven and failed addresses, two hours, revoked and expired uses: every field
+// of a delta is set for some key.
+function batchOf({ orgId, keyIds }: Keys, round = 0): PendingBatch {
+  const aggregator = new Aggregator({ maxKeys: keyIds.length + 10, now: () => NOW });
+  keyIds.forEach((keyId, i) => {
+    OUTCOMES.forEach((outcome, j) => {
+      const ip = j % 2 === 0 ? `192.0.2.${(i + j + round) % 7}` : `2001:db8::${(i * j + round) % 5}`;
+      // Every use at its own time, later rounds later: the first address of a network is then
+      // the same however flushes are merged.
+      const at = NOW + 1000 * round + j;
+      aggregator.add({ keyId, orgId, ip, outcome, count: 1 + ((i + j + round) % 4) }, at);
+      aggregator.add({ keyId, orgId, ip, outcome, count: 1, timestamp: NOW - HOUR + 1000 * round + 10 * i + j }, at);
+    });
+  });
+  return { id: randomUUID(), batch: aggregator.drain() };
+}
+
+async function orgWithKeys(db: Db, count: number, name = 'logged'): Promise<Keys> {
+  const orgId = await createOrg(db, name);
+  return { orgId, keyIds: await insertKeys(db, orgId, count, `${name}-`) };
+}
+
+const logRows = async (db: Db) => Number((await db(TABLE.usageLog).count({ n: '*' }))[0].n);
+const provenIn = (batches: readonly PendingBatch[]) => batches.reduce((sum, b) => sum + b.batch.keys.reduce((n, k) => n + provenCount(k.byOutcome), 0), 0);
+const usesOf = async (db: Db, orgId: string) => Number((await db(TABLE.usage).where({ org_id: orgId }).sum({ n: 'request_count' }).first())?.n ?? 0);
+
+// Every row of the usage tables a flush writes, in one comparable form (updated_at and event ids
+// say when, not what).
+async function usageTables(db: Db) {
+  const rows = async (table: string, order: string[], omit: string[] = []) =>
+    (await db(table).orderBy(order)).map((row: Record<string, unknown>) =>
+      Object.fromEntries(Object.entries(row).filter(([column]) => !omit.includes(column))),
+    );
+  return {
+    totals: await rows(TABLE.usage, ['key_id'], ['updated_at']),
+    hours: await rows(TABLE.usageCurrentHours, ['key_id', 'hour']),
+    recentIps: await rows(TABLE.recentIps, ['key_id', 'ip']),
+    failedIps: await rows(TABLE.failedIps, ['key_id', 'ip']),
+    history: await rows(TABLE.ipHistory, ['key_id', 'prefix']),
+    events: await rows(TABLE.keyEvents, ['key_id', 'dedupe_key'], ['id', 'created_at']),
+  };
+}
+
+// A network's last_seen moves only when it is an hour behind (collector/eventStore.ts), so it is
+// the first flush's after direct flushes and the last one's after a fold. An event raised for the
+// hour of a revoked or expired key's use carries that use's time and address: the first flush's
+// latest after direct flushes (later ones find it recorded), the latest of all after a fold.
+const LATEST_OF_FOLD = ['key.expired_used', 'key.revoked_used'];
+function alike(tables: Awaited<ReturnType<typeof usageTables>>) {
+  return {
+    ...tables,
+    history: tables.history.map(({ last_seen: _, ...row }) => row),
+    events: tables.events.map(({ occurred_at: _, details: __, ...row }) =>
+      LATEST_OF_FOLD.includes(String(row.type)) ? row : { ...row, occurred_at: _, details: __ },
+    ),
+  };
+}
+
+// The same org and keys (same ids) in a second database.
+async function copyOrg(from: Db, to: Db, orgId: string) {
+  await to(TABLE.organizations).insert(await from(TABLE.organizations).where({ id: orgId }));
+  await to(TABLE.apiKeys).insert(await from(TABLE.apiKeys).where({ org_id: orgId }));
+}
+
+t.test('a delta survives its log row: every field, -Infinity included', async (t) => {
+  const { keys } = batchOf({ orgId: randomUUID(), keyIds: [randomUUID(), randomUUID()] }).batch;
+  const never = { ...keys[0], lastFailedAt: -Infinity, lastFailedIp: '', lastRevokedUseAt: -Infinity, failedIps: new Map() } satisfies KeyUsageDelta;
+  for (const delta of [...keys, never]) t.same(decodeDelta(delta.keyId, delta.orgId, encodeDelta(delta)), delta);
+  t.throws(() => decodeDelta(keys[0].keyId, keys[0].orgId, '[1, [1, 2]]'), /not a usage log delta/);
+});
+
+t.test('append then fold writes exactly the rows a direct flush writes', async (t) => {
+  const direct = await freshDatabase(t);
+  const logged = await freshDatabase(t);
+  const keys = await orgWithKeys(direct.db, 30);
+  await copyOrg(direct.db, logged.db, keys.orgId);
+  const batches = [batchOf(keys, 0), batchOf(keys, 1), batchOf(keys, 2)];
+
+  const directStore = createUsageStore(direct.db, { events: events(), logFlushes: false });
+  for (const batch of batches) await directStore.write([batch]);
+  const store = createUsageStore(logged.db, { events: events(), logFlushes: true });
+  for (const batch of batches) t.match(await store.write([batch]), { appliedBatches: 1, keysWritten: 30, keysLogged: 30, usesWritten: batch.batch.uses });
+
+  t.equal(await logRows(logged.db), 90, 'one log row per key and flush');
+  t.equal(await usesOf(logged.db, keys.orgId), 0, 'nothing in the usage tables before the fold');
+  const folded = await store.fold();
+  t.match(
+    folded,
+    { keysWritten: 30, keysLogged: 0, unknownKeys: 0, usesWritten: batches.reduce((sum, b) => sum + b.batch.uses, 0) },
+    'the three flushes of a key in one upsert',
+  );
+  t.ok(folded.eventsRecorded > 0, `events detected at the fold (${folded.eventsRecorded})`);
+  t.equal(await logRows(logged.db), 0, 'the fold emptied the log');
+  const [afterFold, written] = [await usageTables(logged.db), await usageTables(direct.db)];
+  t.same(alike(afterFold), alike(written), 'totals, hours, addresses, networks and events alike');
+  const latest = (tables: typeof written) => tables.events.filter((e) => LATEST_OF_FOLD.includes(String(e.type))).map((e) => (e.occurred_at as Date).getTime());
+  t.ok(
+    latest(afterFold).every((at, i) => at >= latest(written)[i]) && latest(afterFold).length > 0,
+    'a revoked or expired use is reported with the latest such use of the fold',
+  );
+  t.match(await store.fold(), { keysWritten: 0, usesWritten: 0, statements: 0 }, 'a fold of an empty log writes nothing');
+});
+
+t.test('a retried append whose commit landed is logged once', async (t) => {
+  const { db } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 5);
+  const store = createUsageStore(db, { logFlushes: true });
+  const batch = batchOf(keys);
+  await store.write([batch]);
+  t.match(await store.write([batch]), { appliedBatches: 0, duplicateBatches: 1, duplicateUses: batch.batch.uses, keysLogged: 0 });
+  t.equal(await logRows(db), 5);
+  await store.fold();
+  t.equal(await usesOf(db, keys.orgId), provenIn([batch]), 'proven uses, once');
+});
+
+t.test('keys that do not exist in the org they named are dropped at the fold', async (t) => {
+  const { db } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 3);
+  const other = await orgWithKeys(db, 1, 'other');
+  const store = createUsageStore(db, { logFlushes: true });
+  const forged = batchOf({ orgId: keys.orgId, keyIds: [randomUUID(), other.keyIds[0]] });
+  await store.write([batchOf(keys), forged]);
+  const folded = await store.fold();
+  t.match(folded, { keysWritten: 3, unknownKeys: 2, unknownUses: forged.batch.uses });
+  t.equal(await usesOf(db, other.orgId), 0, "the other org's key gained nothing");
+  t.equal(await logRows(db), 0, 'their rows left the log too');
+});
+
+t.test('a log row that cannot be read is set aside; the rest of its org is applied', async (t) => {
+  const { db } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 3);
+  const store = createUsageStore(db, { logFlushes: true });
+  await store.write([batchOf(keys)]);
+  await db(TABLE.usageLog).where({ key_id: keys.keyIds[0] }).update({ delta: '{"not": "a delta"}' });
+  const folded = await store.fold();
+  t.match(folded, { keysWritten: 2, quarantined: [{ keyId: keys.keyIds[0], orgId: keys.orgId, uses: 0 }] });
+  t.equal(await logRows(db), 0);
+});
+
+t.test('two folds at once: each org is folded by one of them, every use once', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const orgs = [await orgWithKeys(db, 200, 'a'), await orgWithKeys(db, 200, 'b'), await orgWithKeys(db, 200, 'c')];
+  const writer = createUsageStore(db, { logFlushes: true });
+  const batches = orgs.flatMap((org) => [batchOf(org, 0), batchOf(org, 1)]);
+  for (const batch of batches) await writer.write([batch]);
+  const second = createDb(url, { poolMax: 3 });
+  t.teardown(() => second.destroy());
+  const folds = await Promise.all([writer.fold(), createUsageStore(second, { logFlushes: true, parallelism: 2 }).fold()]);
+  const again = await writer.fold();
+  for (const org of orgs) t.equal(await usesOf(db, org.orgId), provenIn(batches.filter((b) => b.batch.keys[0].orgId === org.orgId)), 'each org once');
+  t.equal(
+    [...folds, again].reduce((sum, fold) => sum + fold.keysWritten, 0),
+    600,
+    `every key folded once between them (${folds.map((f) => f.keysWritten).join(' + ')} + ${again.keysWritten})`,
+  );
+  t.equal(await logRows(db), 0);
+});
+
+t.test('a fold whose COMMIT reply is lost is in doubt, and applied exactly once', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 10);
+  const batch = batchOf(keys);
+  await createUsageStore(db, { logFlushes: true }).write([batch]);
+  const proxy = await PgProxy.start(url);
+  t.teardown(() => proxy.close());
+  const proxied = createDb(proxy.url, { poolMax: 3 });
+  t.teardown(() => proxied.destroy());
+  const store = createUsageStore(proxied, { logFlushes: true });
+  const cut = proxy.cutAt(/^COMMIT/i, 'after-forward');
+  const error = await store.fold().catch((e: unknown) => e);
+  await cut;
+  t.type(error, CommitInDoubtError);
+  const proven = provenIn([batch]);
+  t.equal(await usesOf(db, keys.orgId), proven, 'it landed');
+  t.equal(await logRows(db), 0, 'with its delete: nothing to fold twice');
+  t.match(await store.fold(), { keysWritten: 0 });
+  t.equal(await usesOf(db, keys.orgId), proven, 'once');
+});
+
+t.test('a fold takes whole orgs up to its bound, oldest first', async (t) => {
+  const { db } = await freshDatabase(t);
+  const first = await orgWithKeys(db, 2, 'first');
+  const second = await orgWithKeys(db, 2, 'second');
+  const store = createUsageStore(db, { logFlushes: true });
+  await store.write([batchOf(first)]);
+  await store.write([batchOf(second)]);
+  // As if the first org had FOLD_MAX_ROWS rows: the fold stops before the second.
+  await db.raw(`update ${TABLE.usageLog} set logged_at = logged_at - interval '1 minute' where org_id = ?`, [first.orgId]);
+  await db.raw(
+    `insert into ${TABLE.usageLog} (org_id, key_id, logged_at, delta)
+     select org_id, key_id, logged_at, delta from ${TABLE.usageLog} cross join generate_series(2, ?) where org_id = ?`,
+    [FOLD_MAX_ROWS / 2, first.orgId],
+  );
+  t.match(await store.fold(), { keysWritten: 2 }, 'the first org alone');
+  t.ok((await usesOf(db, first.orgId)) > 0);
+  t.equal(await usesOf(db, second.orgId), 0, 'the second waits for the next fold');
+  t.match(await store.fold(), { keysWritten: 2 });
+  t.ok((await usesOf(db, second.orgId)) > 0);
+});
+
+t.test('a collector with COLLECTOR_USAGE_LOG=true folds after its flushes, and at stop', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 4);
+  const collector = await startTestCollector(t, url, { COLLECTOR_USAGE_LOG: 'true' });
+  const lines = keys.keyIds.map((keyId) => encodeUsageLine({ keyId, orgId: keys.orgId, ip: '192.0.2.1', outcome: 'ok', count: 3 }));
+  await sendDatagrams(collector.receiver.port, lines);
+  await waitFor('the fold', async () => ((await usesOf(db, keys.orgId)) === 12 ? true : undefined), 10_000);
+  t.match(collector.flusher.stats, { usesPersisted: 12, usesFolded: 12 });
+  t.ok(collector.flusher.stats.folds >= 1);
+  t.match(
+    collector.samples().find((s) => s.name === 'keyusage_collector_uses_folded_total'),
+    { value: 12 },
+  );
+  await sendDatagrams(collector.receiver.port, lines.slice(0, 1));
+  await waitFor('the last datagram', () => (collector.ingest.usesReceived === 15 ? true : undefined));
+  await collector.stop();
+  t.equal(await usesOf(db, keys.orgId), 15, 'the last flush was folded before the collector stopped');
+  t.equal(await logRows(db), 0);
+});
