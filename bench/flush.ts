@@ -1,7 +1,8 @@
 import { performance } from 'node:perf_hooks';
 import { Aggregator } from '../collector/aggregator';
 import { Flusher } from '../collector/flusher';
-import { createPgUsageStore, type UsageStore } from '../collector/usageStore';
+import { createUsageStore } from '../collector/usageLog';
+import type { UsageStore } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
 import { createDb, type Db } from '../shared/db';
 import { createLogger } from '../shared/logger';
@@ -114,6 +115,8 @@ interface FlushSample {
   pruneMs: number;
   fillMs: number;
   walBytes: number;
+  /** COLLECTOR_USAGE_LOG: the fold that applied this flush's rows, after it (0 without the log). */
+  fold: { wallMs: number; clientCpuMs: number; walBytes: number; keys: number } | undefined;
 }
 
 // A key set per size and shape: the new-address shape grows its keys' rows, the other does not.
@@ -155,9 +158,10 @@ interface Target {
   /** Each key set's keys, and the org of each. */
   keySets: Map<string, { orgIds: string[]; keyIds: string[] }>;
   roundTrips: number;
+  usageLog: boolean;
 }
 
-async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, url: string): Promise<Target> {
+async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, url: string, usageLog = false): Promise<Target> {
   const keySets = new Map<string, { orgIds: string[]; keyIds: string[] }>();
   for (const scenario of plan.scenarios) {
     const set = keySetOf(scenario);
@@ -178,7 +182,7 @@ async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, u
   await db.raw('analyze api_keys');
   // The collector's pool, less the webhook worker's connection: the flush's parts and the trim.
   const pool = createDb(url, { poolMax: collectorConfig().flushParallelism + 1, applicationName: 'keyusage-bench-flush' });
-  const target: Target = { name, db, pool, keySets, roundTrips: 0 };
+  const target: Target = { name, db, pool, keySets, roundTrips: 0, usageLog };
   pool.on('query', () => target.roundTrips++);
   return target;
 }
@@ -192,7 +196,7 @@ async function flushOnce(ctx: BenchContext, target: Target, scenario: Scenario, 
   let pruning: Promise<void> = Promise.resolve();
   let pruneMs = 0;
   const { events, flushParallelism } = collectorConfig();
-  const inner = createPgUsageStore(target.pool, { events: scenario.events ? events : undefined, parallelism: flushParallelism });
+  const inner = createUsageStore(target.pool, { events: scenario.events ? events : undefined, parallelism: flushParallelism, logFlushes: target.usageLog });
   const store: UsageStore = {
     write: (batches) => inner.write(batches),
     prune: (ids) => {
@@ -224,6 +228,7 @@ async function flushOnce(ctx: BenchContext, target: Target, scenario: Scenario, 
   const walBytes = await walSince(ctx.db, walBefore);
   await pruning;
   if (!done || flusher.stats.failedFlushes > 0) throw new Error(`flush of ${scenario.keys} keys failed`);
+  const fold = target.usageLog ? await timedFold(ctx, inner, store) : undefined;
   return {
     scenario: label(scenario),
     variant: target.name,
@@ -238,7 +243,23 @@ async function flushOnce(ctx: BenchContext, target: Target, scenario: Scenario, 
     pruneMs,
     fillMs,
     walBytes,
+    fold,
   };
+}
+
+// The fold that follows a flush in a collector with the usage log, on the same pool, then the
+// trim its keys need (as the Flusher queues it), timed apart like the flush's.
+async function timedFold(ctx: BenchContext, inner: ReturnType<typeof createUsageStore>, store: UsageStore) {
+  const walBefore = await walPosition(ctx.db);
+  const cpuBefore = process.cpuUsage();
+  const started = performance.now();
+  const result = await inner.fold();
+  const wallMs = performance.now() - started;
+  const cpu = process.cpuUsage(cpuBefore);
+  const walBytes = await walSince(ctx.db, walBefore);
+  await store.prune(result.keysToTrim);
+  if ((await inner.fold()).keysWritten > 0) throw new Error('the fold left rows in the usage log');
+  return { wallMs, clientCpuMs: (cpu.user + cpu.system) / 1000, walBytes, keys: result.keysWritten };
 }
 
 // Nothing lost or doubled: each key set's total is the sum of what its flushes persisted.
@@ -267,7 +288,7 @@ export async function runFlush(ctx: BenchContext, env: NodeJS.ProcessEnv = proce
     for (const variant of variants) {
       const database = await openVariantDatabase(ctx.databaseUrl, variant);
       opened.push(database);
-      targets.push(await openTarget(ctx, plan, variant.name, database.db, database.url));
+      targets.push(await openTarget(ctx, plan, variant.name, database.db, database.url, database.usageLog));
     }
     let generation = 0;
     // Cold: the first flush of each key set inserts its rows (with detection on, its first-use
@@ -307,7 +328,20 @@ export async function runFlush(ctx: BenchContext, env: NodeJS.ProcessEnv = proce
     samples,
     hot,
     variants.map((v) => `${v.name}: ${v.change}`),
+    targets.filter((t) => t.usageLog).map((t) => t.name),
   );
+}
+
+function foldColumns(warm: FlushSample[]) {
+  const folds = warm.flatMap((s) => (s.fold ? [s.fold] : []));
+  if (folds.length === 0) return ['–', '–', '–', '–'];
+  const both = warm.map((s) => s.wallMs + (s.fold?.wallMs ?? 0));
+  return [
+    fmt.ms(median(folds.map((f) => f.wallMs)), 0),
+    fmt.ms(Math.max(...folds.map((f) => f.wallMs)), 0),
+    `${fmt.ms(median(both), 0)} / ${fmt.ms(Math.max(...both), 0)}`,
+    `${(median(folds.map((f) => f.walBytes)) / 1e6).toFixed(1)} MB`,
+  ];
 }
 
 function summaryRow(name: string, warm: FlushSample[], cold: FlushSample | undefined) {
@@ -324,10 +358,24 @@ function summaryRow(name: string, warm: FlushSample[], cold: FlushSample | undef
     `${(median(warm.map((s) => s.walBytes)) / 1e6).toFixed(1)} MB`,
     fmt.ms(median(warm.map((s) => s.pruneMs)), 0),
     fmt.ms(median(warm.map((s) => s.fillMs)), 0),
+    ...foldColumns(warm),
   ];
 }
 
-function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: string[], variantNotes: string[]): BenchResult {
+// The 1 s target read on the usage log's flushes (the appends), with what their folds took.
+function loggedVerdicts(plan: Plan, samples: FlushSample[], logged: string[]): string[] {
+  const big = plan.scenarios.filter((s) => s.keys >= 100_000 && s.uses === s.keys).map(label);
+  return logged.flatMap((variant) => {
+    const warm = samples.filter((s) => s.variant === variant && big.includes(s.scenario) && !s.cold);
+    if (warm.length === 0) return [];
+    const folds = warm.map((s) => s.fold?.wallMs ?? NaN);
+    return [
+      `Target 100 k keys per flush ≤ 1 s with the usage log [${variant}]: ${fmt.verdict(median(warm.map((s) => s.wallMs)) <= 1000)} (the same scenarios: flush median ${fmt.ms(median(warm.map((s) => s.wallMs)), 0)}, worst ${fmt.ms(Math.max(...warm.map((s) => s.wallMs)), 0)}; the fold of each flush's rows, after it: median ${fmt.ms(median(folds), 0)}, worst ${fmt.ms(Math.max(...folds), 0)}). Each fold here applies one flush: the fold's cost per key and fold is a direct flush's, and it is paid once for every flush of a key since the last fold (none coalesced here).`,
+    ];
+  });
+}
+
+function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: string[], variantNotes: string[], logged: string[]): BenchResult {
   const named = (scenario: Scenario, variant: string) => `${label(scenario)}${targetNames.length > 1 ? ` [${variant}]` : ''}`;
   const rows = plan.scenarios.flatMap((scenario) =>
     targetNames.map((variant) => {
@@ -351,6 +399,7 @@ function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: 
     bigWarm.length > 0
       ? `Target 100 k keys per flush ≤ 1 s: ${fmt.verdict(median(bigWarm) <= 1000)} (every 100 k-key / 100 k-use scenario run, both shapes, events on and off: median ${fmt.ms(median(bigWarm), 0)}, worst ${fmt.ms(Math.max(...bigWarm), 0)}; the slowest cold flush that creates the rows: ${fmt.ms(Math.max(...bigCold), 0)}).`
       : 'Target 100 k keys per flush ≤ 1 s: not measured in this run (--quick: 5 k keys stand in).',
+    ...loggedVerdicts(plan, samples, logged),
     "Statements = the Flusher's lastFlushStatements, the store's round trips (flush-id insert, SET LOCAL work_mem, savepoint and its release, staging tables prepared, one COPY each for keys, hours and addresses, one multi-statement query that writes every usage table; detection: one facts query and, when any event is raised, a COPY and an insert); round trips = the queries knex saw (BEGIN and COMMIT included; COPYs and the store's own multi-statement queries are not among them). Neither moves with the number of keys or uses; a flush split by org (10,000 keys or more of several orgs, COLLECTOR_FLUSH_PARALLELISM) has each part's own.",
     ...(ratios.length > 0 ? [`Event detection on / off (same address every flush), ratio of flush medians: ${ratios.join('; ')}.`] : []),
     `WAL = pg_current_wal_lsn() moved during the flush. HOT updates over the timed flushes: ${hot.join(' | ')}.`,
@@ -377,6 +426,10 @@ function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: 
           'WAL per flush (p50)',
           'IP trim after commit (p50)',
           'aggregator fill (p50)',
+          'fold p50 (usage log)',
+          'fold max',
+          'flush + fold p50 / max',
+          'WAL per fold (p50)',
         ],
         rows,
       },

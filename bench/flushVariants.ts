@@ -14,11 +14,20 @@ export interface SchemaVariant {
   /** What the variant changes, for the report. */
   change: string;
   statements: readonly string[];
+  /** The collector's store with COLLECTOR_USAGE_LOG on: each flush appends, and a fold follows it (timed apart). */
+  usageLog?: boolean;
 }
 
 export const MIGRATED = 'migrated';
 
 export const SCHEMA_VARIANTS: readonly SchemaVariant[] = [
+  {
+    name: 'usage-log',
+    change:
+      'the schema as migrated, the store with COLLECTOR_USAGE_LOG=true: a flush appends one row per key to api_key_usage_log, then one fold applies it (fold timed apart, after the flush)',
+    statements: [],
+    usageLog: true,
+  },
   {
     name: 'hourly-plain-pk',
     change: 'migration 20261201000070 undone: the hourly primary key without INCLUDE (request_count), so an hourly update can be HOT',
@@ -74,6 +83,7 @@ export const SCHEMA_VARIANTS: readonly SchemaVariant[] = [
 
 export interface VariantDatabase {
   name: string;
+  usageLog: boolean;
   /** Setup, statistics and checks. */
   db: Db;
   url: string;
@@ -99,6 +109,7 @@ export async function openVariantDatabase(benchUrl: string, variant: SchemaVaria
   for (const statement of variant.statements) await db.raw(statement);
   return {
     name: variant.name,
+    usageLog: variant.usageLog ?? false,
     db,
     url: scratch.url,
     async drop() {
