@@ -33,6 +33,8 @@ interface Scenario {
   newIps: boolean;
   /** The keys are spread evenly over this many organizations. */
   orgs: number;
+  /** Collectors that each saw every key (one beside each API instance), flushing at once. */
+  collectors: number;
 }
 
 interface Plan {
@@ -44,10 +46,13 @@ interface Plan {
 // with like; the new-address shape with detection on (the default), at each size.
 const bothWays = (scenarios: Array<Pick<Scenario, 'keys' | 'uses'>>, orgs = 1): Scenario[] =>
   scenarios.flatMap((s) => [
-    { ...s, events: true, newIps: false, orgs },
-    { ...s, events: false, newIps: false, orgs },
+    { ...s, events: true, newIps: false, orgs, collectors: 1 },
+    { ...s, events: false, newIps: false, orgs, collectors: 1 },
   ]);
-const newAddresses = (sizes: number[], orgs = 1): Scenario[] => sizes.map((keys) => ({ keys, uses: keys, events: true, newIps: true, orgs }));
+const newAddresses = (sizes: number[], orgs = 1): Scenario[] => sizes.map((keys) => ({ keys, uses: keys, events: true, newIps: true, orgs, collectors: 1 }));
+// Three collectors that each saw every key of 100 orgs, flushing at once (detection on): what the
+// usage log's fold coalesces, three flushes of a key into one upsert.
+const threeCollectors = (keys: number, orgs: number): Scenario => ({ keys, uses: keys, events: true, newIps: false, orgs, collectors: 3 });
 
 const FULL: Plan = {
   scenarios: [
@@ -60,6 +65,7 @@ const FULL: Plan = {
     ...newAddresses([1_000, 10_000, 100_000]),
     ...bothWays([{ keys: 100_000, uses: 100_000 }], 100),
     ...newAddresses([100_000], 100),
+    threeCollectors(100_000, 100),
   ],
   reps: 3,
 };
@@ -72,6 +78,7 @@ const QUICK: Plan = {
     ]),
     ...newAddresses([1_000, 5_000]),
     ...bothWays([{ keys: 5_000, uses: 5_000 }], 10),
+    threeCollectors(5_000, 10),
   ],
   reps: 1,
 };
@@ -81,7 +88,7 @@ const QUICK: Plan = {
 // BENCH_FLUSH_REPS sets the timed flushes of each; the default run takes the whole plan.
 const thousands = (n: number) => (n % 1000 === 0 ? `${n / 1000}k` : String(n));
 const scenarioId = (s: Scenario) =>
-  `${thousands(s.keys)}-${thousands(s.uses)}-${s.newIps ? 'newip' : 'same'}-${s.events ? 'on' : 'off'}${s.orgs > 1 ? `-${s.orgs}orgs` : ''}`;
+  `${thousands(s.keys)}-${thousands(s.uses)}-${s.newIps ? 'newip' : 'same'}-${s.events ? 'on' : 'off'}${s.orgs > 1 ? `-${s.orgs}orgs` : ''}${s.collectors > 1 ? `-${s.collectors}collectors` : ''}`;
 
 function selectedPlan(plan: Plan, env: NodeJS.ProcessEnv): Plan {
   const ids = (env.BENCH_FLUSH_SCENARIOS ?? '').split(',').filter(Boolean);
@@ -153,8 +160,8 @@ interface Target {
   name: string;
   /** Setup, statistics, checks. */
   db: Db;
-  /** The collector's own pool size; query events count every round trip, BEGIN and COMMIT included. */
-  pool: Db;
+  /** One pool per collector, each of the collector's own size; the first counts every round trip (query events, BEGIN and COMMIT included). */
+  pools: Db[];
   /** Each key set's keys, and the org of each. */
   keySets: Map<string, { orgIds: string[]; keyIds: string[] }>;
   roundTrips: number;
@@ -181,67 +188,75 @@ async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, u
   }
   await db.raw('analyze api_keys');
   // The collector's pool, less the webhook worker's connection: the flush's parts and the trim.
-  const pool = createDb(url, { poolMax: collectorConfig().flushParallelism + 1, applicationName: 'keyusage-bench-flush' });
-  const target: Target = { name, db, pool, keySets, roundTrips: 0, usageLog };
-  pool.on('query', () => target.roundTrips++);
+  const collectors = Math.max(...plan.scenarios.map((s) => s.collectors));
+  const pools = Array.from({ length: collectors }, () =>
+    createDb(url, { poolMax: collectorConfig().flushParallelism + 1, applicationName: 'keyusage-bench-flush' }),
+  );
+  const target: Target = { name, db, pools, keySets, roundTrips: 0, usageLog };
+  pools[0].on('query', () => target.roundTrips++);
   return target;
 }
 
-// One flush of `scenario` on `target`: the aggregator filled with count-1 lines, then the real
-// Flusher and store, timed; trimming (after the commit) timed apart.
-async function flushOnce(ctx: BenchContext, target: Target, scenario: Scenario, generation: number, cold: boolean): Promise<FlushSample> {
+// One collector of `scenario` on `pool`: its aggregator filled with count-1 lines, and the real
+// Flusher and store; trimming (after the commit) timed apart.
+function collectorOf(target: Target, pool: Db, scenario: Scenario, generation: number) {
   const { orgIds, keyIds } = target.keySets.get(keySetOf(scenario))!;
   const clock = Date.now();
   const aggregator = new Aggregator({ maxKeys: 200_000, now: () => clock });
-  let pruning: Promise<void> = Promise.resolve();
-  let pruneMs = 0;
+  const trim = { done: Promise.resolve(), ms: 0 };
   const { events, flushParallelism } = collectorConfig();
-  const inner = createUsageStore(target.pool, { events: scenario.events ? events : undefined, parallelism: flushParallelism, logFlushes: target.usageLog });
+  const inner = createUsageStore(pool, { events: scenario.events ? events : undefined, parallelism: flushParallelism, logFlushes: target.usageLog });
   const store: UsageStore = {
     write: (batches) => inner.write(batches),
     prune: (ids) => {
       const started = performance.now();
-      pruning = inner.prune(ids).then(() => {
-        pruneMs = performance.now() - started;
+      trim.done = inner.prune(ids).then(() => {
+        trim.ms = performance.now() - started;
       });
-      return pruning;
+      return trim.done;
     },
     expireOldRows: (days) => inner.expireOldRows(days),
   };
   const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 200_000, logger: silent });
-
   const fillStarted = performance.now();
   for (let u = 0; u < scenario.uses; u++) {
     const k = u % keyIds.length;
     aggregator.add({ keyId: keyIds[k], orgId: orgIds[k], ip: addressOf(k, scenario.newIps, generation), outcome: 'ok', count: 1 });
   }
-  const fillMs = performance.now() - fillStarted;
+  return { flusher, inner, store, trim, fillMs: performance.now() - fillStarted };
+}
 
+// One flush of `scenario` on `target`, by each of its collectors at once (each on its own pool,
+// the same keys), timed until the last commits; with the usage log, the fold after it.
+async function flushOnce(ctx: BenchContext, target: Target, scenario: Scenario, generation: number, cold: boolean): Promise<FlushSample> {
+  const collectors = target.pools.slice(0, scenario.collectors).map((pool) => collectorOf(target, pool, scenario, generation));
   const tripsBefore = target.roundTrips;
   const walBefore = await walPosition(ctx.db);
   const cpuBefore = process.cpuUsage();
   const started = performance.now();
-  const done = await flusher.flush();
+  const done = await Promise.all(collectors.map(({ flusher }) => flusher.flush()));
   const wallMs = performance.now() - started;
   const cpu = process.cpuUsage(cpuBefore);
   const trips = target.roundTrips - tripsBefore;
   const walBytes = await walSince(ctx.db, walBefore);
-  await pruning;
-  if (!done || flusher.stats.failedFlushes > 0) throw new Error(`flush of ${scenario.keys} keys failed`);
-  const fold = target.usageLog ? await timedFold(ctx, inner, store) : undefined;
+  await Promise.all(collectors.map(({ trim }) => trim.done));
+  const failed = collectors.some(({ flusher }) => flusher.stats.failedFlushes > 0);
+  if (!done.every(Boolean) || failed) throw new Error(`flush of ${scenario.keys} keys failed`);
+  const [first] = collectors;
+  const fold = target.usageLog ? await timedFold(ctx, first.inner, first.store) : undefined;
   return {
     scenario: label(scenario),
     variant: target.name,
     cold,
     wallMs,
     clientCpuMs: (cpu.user + cpu.system) / 1000,
-    flusherMs: flusher.stats.lastFlushDurationMs,
-    statements: flusher.stats.lastFlushStatements,
+    flusherMs: first.flusher.stats.lastFlushDurationMs,
+    statements: first.flusher.stats.lastFlushStatements,
     roundTrips: trips,
-    keysWritten: flusher.stats.lastFlushKeys,
-    usesPersisted: flusher.stats.usesPersisted,
-    pruneMs,
-    fillMs,
+    keysWritten: first.flusher.stats.lastFlushKeys,
+    usesPersisted: collectors.reduce((sum, { flusher }) => sum + flusher.stats.usesPersisted, 0),
+    pruneMs: Math.max(...collectors.map(({ trim }) => trim.ms)),
+    fillMs: collectors.reduce((sum, c) => sum + c.fillMs, 0),
     walBytes,
     fold,
   };
@@ -253,13 +268,16 @@ async function timedFold(ctx: BenchContext, inner: ReturnType<typeof createUsage
   const walBefore = await walPosition(ctx.db);
   const cpuBefore = process.cpuUsage();
   const started = performance.now();
-  const result = await inner.fold();
+  let keys = 0;
+  // One fold takes at most FOLD_MAX_ROWS rows (whole orgs): several collectors' rows may need more.
+  for (let result = await inner.fold(); result.keysWritten > 0; result = await inner.fold()) {
+    keys += result.keysWritten;
+    await store.prune(result.keysToTrim);
+  }
   const wallMs = performance.now() - started;
   const cpu = process.cpuUsage(cpuBefore);
   const walBytes = await walSince(ctx.db, walBefore);
-  await store.prune(result.keysToTrim);
-  if ((await inner.fold()).keysWritten > 0) throw new Error('the fold left rows in the usage log');
-  return { wallMs, clientCpuMs: (cpu.user + cpu.system) / 1000, walBytes, keys: result.keysWritten };
+  return { wallMs, clientCpuMs: (cpu.user + cpu.system) / 1000, walBytes, keys };
 }
 
 // Nothing lost or doubled: each key set's total is the sum of what its flushes persisted.
@@ -319,7 +337,7 @@ export async function runFlush(ctx: BenchContext, env: NodeJS.ProcessEnv = proce
       await checkTotals(target, plan, samples);
     }
   } finally {
-    for (const target of targets) await target.pool.destroy();
+    for (const target of targets) for (const pool of target.pools) await pool.destroy();
     for (const database of opened) await database.drop().catch(() => undefined);
   }
   return report(
@@ -364,7 +382,7 @@ function summaryRow(name: string, warm: FlushSample[], cold: FlushSample | undef
 
 // The 1 s target read on the usage log's flushes (the appends), with what their folds took.
 function loggedVerdicts(plan: Plan, samples: FlushSample[], logged: string[]): string[] {
-  const big = plan.scenarios.filter((s) => s.keys >= 100_000 && s.uses === s.keys).map(label);
+  const big = plan.scenarios.filter((s) => s.keys >= 100_000 && s.uses === s.keys && s.collectors === 1).map(label);
   return logged.flatMap((variant) => {
     const warm = samples.filter((s) => s.variant === variant && big.includes(s.scenario) && !s.cold);
     if (warm.length === 0) return [];
@@ -390,9 +408,14 @@ function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: 
   const migrated = samples.filter((s) => s.variant === MIGRATED);
   const wallOf = (scenario: Scenario) => migrated.filter((s) => s.scenario === label(scenario) && !s.cold).map((s) => s.wallMs);
   const ratios = plan.scenarios
-    .filter((s) => s.events && !s.newIps && plan.scenarios.some((o) => !o.events && !o.newIps && o.keys === s.keys && o.uses === s.uses && o.orgs === s.orgs))
+    .filter(
+      (s) =>
+        s.events &&
+        !s.newIps &&
+        plan.scenarios.some((o) => !o.events && !o.newIps && o.keys === s.keys && o.uses === s.uses && o.orgs === s.orgs && o.collectors === s.collectors),
+    )
     .map((on) => `${label(on).replace(/, events on$/, '')}: ${(median(wallOf(on)) / median(wallOf({ ...on, events: false }))).toFixed(2)}×`);
-  const big = plan.scenarios.filter((s) => s.keys >= 100_000 && s.uses === s.keys).map(label);
+  const big = plan.scenarios.filter((s) => s.keys >= 100_000 && s.uses === s.keys && s.collectors === 1).map(label);
   const bigWarm = migrated.filter((s) => big.includes(s.scenario) && !s.cold).map((s) => s.wallMs);
   const bigCold = migrated.filter((s) => big.includes(s.scenario) && s.cold).map((s) => s.wallMs);
   const notes = [
@@ -403,7 +426,7 @@ function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: 
     "Statements = the Flusher's lastFlushStatements, the store's round trips (flush-id insert, SET LOCAL work_mem, savepoint and its release, staging tables prepared, one COPY each for keys, hours and addresses, one multi-statement query that writes every usage table; detection: one facts query and, when any event is raised, a COPY and an insert); round trips = the queries knex saw (BEGIN and COMMIT included; COPYs and the store's own multi-statement queries are not among them). Neither moves with the number of keys or uses; a flush split by org (10,000 keys or more of several orgs, COLLECTOR_FLUSH_PARALLELISM) has each part's own.",
     ...(ratios.length > 0 ? [`Event detection on / off (same address every flush), ratio of flush medians: ${ratios.join('; ')}.`] : []),
     `WAL = pg_current_wal_lsn() moved during the flush. HOT updates over the timed flushes: ${hot.join(' | ')}.`,
-    "Flush time is the wall time of Flusher.flush() (drain, merge, one transaction, commit); client CPU is this process's user + system CPU over the same span. Trimming recent IPs runs after the commit, outside the transaction, and is shown apart; so is the time to feed the aggregator (count-1 lines).",
+    "Flush time is the wall time of Flusher.flush() (drain, merge, one transaction, commit); client CPU is this process's user + system CPU over the same span. Trimming recent IPs runs after the commit, outside the transaction, and is shown apart; so is the time to feed the aggregator (count-1 lines). \"N collectors at once\": N collectors (each its own pool) that all saw every key flush at the same moment, timed until the last commits; with the usage log the fold that follows applies the N flushes' rows, each key's in one upsert per table.",
     ...(variantNotes.length > 0
       ? [`Schema variants (BENCH_FLUSH_VARIANTS), each in its own database on the same server, interleaved with "${MIGRATED}": ${variantNotes.join('; ')}.`]
       : []),
@@ -440,5 +463,6 @@ function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: 
 }
 
 function label(s: Scenario): string {
-  return `${fmt.int(s.keys)} keys${s.orgs > 1 ? ` in ${s.orgs} orgs` : ''} / ${fmt.int(s.uses)} uses${s.newIps ? ', new IP per key' : ''}, events ${s.events ? 'on' : 'off'}`;
+  const collectors = s.collectors > 1 ? `, ${s.collectors} collectors at once` : '';
+  return `${fmt.int(s.keys)} keys${s.orgs > 1 ? ` in ${s.orgs} orgs` : ''} / ${fmt.int(s.uses)} uses${s.newIps ? ', new IP per key' : ''}, events ${s.events ? 'on' : 'off'}${collectors}`;
 }
