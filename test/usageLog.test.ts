@@ -214,7 +214,9 @@ t.test('a fold takes whole orgs up to its bound, oldest first', async (t) => {
   await store.write([batchOf(second)]);
   // As if the first org had FOLD_MAX_ROWS rows: the fold stops before the second.
   // A literal time: Citus refuses a stable function of a column in an UPDATE.
-  await db(TABLE.usageLog).where({ org_id: first.orgId }).update({ logged_at: new Date(Date.now() - 3_600_000) });
+  await db(TABLE.usageLog)
+    .where({ org_id: first.orgId })
+    .update({ logged_at: new Date(Date.now() - 3_600_000) });
   await db.raw(
     `insert into ${TABLE.usageLog} (org_id, key_id, logged_at, delta)
      select org_id, key_id, logged_at, delta from ${TABLE.usageLog} cross join generate_series(2, ?) where org_id = ?`,

@@ -8,7 +8,13 @@ import { distributeTables } from './distribute';
 // migrates and distributes one database, and runs the usage suite's end-to-end cases against it.
 // Every test shares that database (test/helpers/database.ts) and keeps to its own orgs.
 
-const FILES = ['test/apiKeys.usageAnalytics.test.ts', 'test/keyDeletion.test.ts', 'test/hourMove.test.ts', 'test/usageLog.test.ts', 'test/citus/distributed.citus.ts'];
+const FILES = [
+  'test/apiKeys.usageAnalytics.test.ts',
+  'test/keyDeletion.test.ts',
+  'test/hourMove.test.ts',
+  'test/usageLog.test.ts',
+  'test/citus/distributed.citus.ts',
+];
 const DATABASE = 'keyusage_citus_test';
 
 async function main(): Promise<number> {
