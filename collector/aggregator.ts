@@ -199,6 +199,27 @@ export function mergeBatches(batches: readonly UsageBatch[], maxIpsPerKey = DEFA
   return { keys, uses };
 }
 
+/**
+ * Each key's deltas merged into the first of them, in place: for deltas nobody else holds (the
+ * usage log's, decoded for a fold), which mergeBatches would copy first. Addresses are capped as
+ * mergeBatches caps them.
+ */
+export function coalesceDeltas(deltas: readonly KeyUsageDelta[], maxIpsPerKey = DEFAULT_MAX_IPS_PER_KEY): KeyUsageDelta[] {
+  const byKey = new Map<string, KeyUsageDelta>();
+  for (const delta of deltas) {
+    const id = entryId(delta.orgId, delta.keyId);
+    const into = byKey.get(id);
+    if (into === undefined) byKey.set(id, delta);
+    else mergeInto(into, delta);
+  }
+  const keys = [...byKey.values()];
+  for (const delta of keys) {
+    if (delta.ips.size > maxIpsPerKey) delta.ips = newestIps(delta.ips, maxIpsPerKey);
+    if (delta.failedIps.size > maxIpsPerKey) delta.failedIps = newestIps(delta.failedIps, maxIpsPerKey);
+  }
+  return keys;
+}
+
 function mergeInto(into: KeyUsageDelta, from: KeyUsageDelta): void {
   into.total = saturatingAdd(into.total, from.total);
   for (const outcome of OUTCOMES) into.byOutcome[outcome] = saturatingAdd(into.byOutcome[outcome], from.byOutcome[outcome]);

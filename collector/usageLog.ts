@@ -11,7 +11,7 @@ import type { Knex } from 'knex';
 import type { Db } from '../shared/db';
 import { OUTCOMES } from '../shared/usageWire';
 import { TABLE } from '../shared/tables';
-import { emptyDelta, type HourCounts, type IpStat, type KeyUsageDelta } from './aggregator';
+import { coalesceDeltas, emptyDelta, type HourCounts, type IpStat, type KeyUsageDelta } from './aggregator';
 import { connectionOf, copyLine, copyLines, copyText } from './flushStaging';
 import {
   balanceOrgs,
@@ -75,7 +75,9 @@ class DeltaReader {
     return value;
   }
   counts(): HourCounts {
-    return Object.fromEntries(OUTCOMES.map((outcome) => [outcome, this.number()])) as HourCounts;
+    const counts = {} as HourCounts;
+    for (const outcome of OUTCOMES) counts[outcome] = this.number();
+    return counts;
   }
   ips(): Map<string, IpStat> {
     const ips = new Map<string, IpStat>();
@@ -180,15 +182,16 @@ async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadabl
   const locked: Array<{ org_id: string }> = (await trx.raw(LOCK_ORGS, [[...orgs]])).rows;
   if (locked.length === 0) return { fresh: [], freshIds: [], duplicateUses: 0 };
   const rows: Array<{ org_id: string; key_id: string; delta: string }> = (await trx.raw(TAKE_LOG, [locked.map((row) => row.org_id)])).rows;
-  const keys: KeyUsageDelta[] = [];
+  const decoded: KeyUsageDelta[] = [];
   for (const row of rows) {
     try {
-      keys.push(decodeDelta(row.key_id, row.org_id, row.delta));
+      decoded.push(decodeDelta(row.key_id, row.org_id, row.delta));
     } catch {
       unreadable.push(emptyDelta(row.key_id, row.org_id));
     }
   }
-  return { fresh: [{ keys, uses: totalUses(keys) }], freshIds: [], duplicateUses: 0 };
+  const uses = totalUses(decoded);
+  return { fresh: [{ keys: coalesceDeltas(decoded), uses }], freshIds: [], duplicateUses: 0 };
 }
 
 /** Log rows a fold takes at most (whole orgs: one org larger than this is folded alone, whole). */

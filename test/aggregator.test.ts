@@ -1,7 +1,16 @@
 import { deepStrictEqual } from 'node:assert';
 import fc from 'fast-check';
 import t from 'tap';
-import { Aggregator, emptyDelta, mergeBatches, type AggregatorOptions, type IpStat, type KeyUsageDelta, type UsageBatch } from '../collector/aggregator';
+import {
+  Aggregator,
+  coalesceDeltas,
+  emptyDelta,
+  mergeBatches,
+  type AggregatorOptions,
+  type IpStat,
+  type KeyUsageDelta,
+  type UsageBatch,
+} from '../collector/aggregator';
 import { OUTCOMES, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
 
 const KEY_A = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
@@ -436,6 +445,37 @@ t.test('mergeBatches of successive drains equals one drain', async (t) => {
       // The order of keys in a batch carries no meaning (the store sorts them).
       const byKey = (batch: UsageBatch) => ({ ...batch, keys: [...batch.keys].sort((a, b) => `${a.orgId}${a.keyId}`.localeCompare(`${b.orgId}${b.keyId}`)) });
       deepStrictEqual(byKey(mergeBatches(batches)), byKey(whole.aggregator.drain()));
+    }),
+    { numRuns: 300 },
+  );
+  t.pass('equal for every generated sequence');
+});
+
+t.test('coalesceDeltas of successive drains equals mergeBatches of them, addresses capped alike', async (t) => {
+  // 24 addresses: a key's three drains can hold more than the 16 kept.
+  const ips = Array.from({ length: 24 }, (_, i) => `10.0.0.${i}`);
+  const step = fc.record({
+    key: fc.constantFrom(KEY_A, KEY_B),
+    ip: fc.constantFrom(...ips),
+    outcome: fc.constantFrom(...OUTCOMES),
+    count: fc.integer({ min: 1, max: 1000 }),
+    advanceMs: fc.integer({ min: 1, max: 600_000 }),
+    drainAfter: fc.boolean(),
+  });
+  const byKey = (keys: KeyUsageDelta[]) => [...keys].sort((a, b) => a.keyId.localeCompare(b.keyId));
+  fc.assert(
+    fc.property(fc.array(step, { minLength: 40, maxLength: 80 }), (steps) => {
+      const { clock, aggregator } = fakeAggregator();
+      const batches: UsageBatch[] = [];
+      for (const s of steps) {
+        clock.now += s.advanceMs;
+        aggregator.add(use({ keyId: s.key, ip: s.ip, outcome: s.outcome, count: s.count }));
+        if (s.drainAfter) batches.push(aggregator.drain());
+      }
+      batches.push(aggregator.drain());
+      const expected = byKey(mergeBatches(batches).keys);
+      // In place: each drain's deltas are its own, as the usage log's decoded rows are.
+      deepStrictEqual(byKey(coalesceDeltas(batches.flatMap((batch) => batch.keys))), expected);
     }),
     { numRuns: 300 },
   );
