@@ -19,6 +19,7 @@ import {
   commitOrDoubt,
   createPgUsageStore,
   settleParts,
+  SPLIT_MIN_KEYS,
   writeInOne,
   type ApplyOptions,
   type Claimed,
@@ -211,7 +212,8 @@ async function nextFold(db: Db, parts: number): Promise<string[][]> {
     taken += n;
   }
   if (rowsOf.size === 0) return [];
-  const groupOf = balanceOrgs(rowsOf, taken < FOLD_MAX_ROWS / 20 ? 1 : parts);
+  // Below SPLIT_MIN_KEYS rows one transaction, as for a direct write.
+  const groupOf = balanceOrgs(rowsOf, taken < SPLIT_MIN_KEYS ? 1 : parts);
   const groups: string[][] = [];
   for (const [orgId, group] of groupOf) (groups[group] ??= []).push(orgId);
   return groups;
