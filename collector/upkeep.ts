@@ -43,11 +43,20 @@ export function createUpkeep(options: UpkeepOptions) {
       )
       .finally(() => (moving = undefined));
   };
+  // One cleanup at a time too: on Citus each of its deletes runs on every shard, and cleanups
+  // started while earlier ones ran piled up on the pool until other statements timed out
+  // waiting for a connection (test/hourMove.test.ts, under npm run test:citus).
+  let cleaning: Promise<void> | undefined;
   const cleanUp = () => {
-    Promise.all([store.expireOldRows(config.collector.retentionDays), expireOldEvents(db, new Date(now()), events.retentionDays)]).catch((error) =>
-      logger.warn({ err: { message: error.message } }, 'retention cleanup failed'),
-    );
-    expireIpData(db, config.privacy.ipRetentionDays).catch((error) => logger.warn({ err: { message: error.message } }, 'IP retention cleanup failed'));
+    cleaning ??= Promise.all([
+      Promise.all([store.expireOldRows(config.collector.retentionDays), expireOldEvents(db, new Date(now()), events.retentionDays)]).catch((error) =>
+        logger.warn({ err: { message: error.message } }, 'retention cleanup failed'),
+      ),
+      expireIpData(db, config.privacy.ipRetentionDays).catch((error) => logger.warn({ err: { message: error.message } }, 'IP retention cleanup failed')),
+    ])
+      // Each part logs and swallows its own failure.
+      .then(() => undefined)
+      .finally(() => (cleaning = undefined));
   };
   return {
     sweep,
@@ -63,6 +72,7 @@ export function createUpkeep(options: UpkeepOptions) {
       clearInterval(retention);
       clearInterval(mover);
       await moving;
+      await cleaning;
       await sweep.stop();
       await webhooks.stop();
     },

@@ -257,6 +257,30 @@ t.test('spike detection counts an hour across both tables', async (t) => {
   t.match(await spikes(), [{ hour: new Date(closed).toISOString(), uses: 25, baselineMedian: 2 }], '15 moved + 10 late = 25 > 5 × 2');
 });
 
+// Retention runs one cleanup at a time: cleanups started on every tick while an earlier one still
+// ran piled up on the pool (on Citus every one of their deletes goes to every shard).
+t.test('the upkeep runs one retention cleanup at a time', async (t) => {
+  const { db } = await freshDatabase(t);
+  const running = { now: 0, most: 0, calls: 0 };
+  const store = {
+    ...createPgUsageStore(db),
+    async expireOldRows() {
+      running.calls += 1;
+      running.most = Math.max(running.most, ++running.now);
+      await new Promise((resolve) => setTimeout(resolve, 60));
+      running.now -= 1;
+    },
+  };
+  const config = loadConfig({ NODE_ENV: 'test' });
+  const logger = createLogger({ level: 'silent', name: 'upkeep-test' });
+  const upkeep = createUpkeep({ db, store, config, logger, now: Date.now, intervals: { moveHoursMs: 60_000, retentionMs: 5 } });
+  upkeep.start();
+  await waitFor('three cleanups', () => (running.calls >= 3 ? true : undefined));
+  await upkeep.stop();
+  t.equal(running.most, 1, `one at a time over ${running.calls} cleanups, ticks every 5 ms`);
+  t.equal(running.now, 0, 'stop() waited for the cleanup in progress');
+});
+
 // The collector's upkeep runs the move on its timer (and retention beside it): a closed hour
 // reaches the hourly buckets, the current hour stays, and stop() waits for a move in progress.
 t.test('the running upkeep moves closed hours on its timer', async (t) => {

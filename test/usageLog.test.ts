@@ -236,6 +236,8 @@ t.test('a collector with COLLECTOR_USAGE_LOG=true folds after its flushes, and a
   const lines = keys.keyIds.map((keyId) => encodeUsageLine({ keyId, orgId: keys.orgId, ip: '192.0.2.1', outcome: 'ok', count: 3 }));
   await sendDatagrams(collector.receiver.port, lines);
   await waitFor('the fold', async () => ((await usesOf(db, keys.orgId)) === 12 ? true : undefined), 10_000);
+  // The fold's statistics follow its commit (on Citus, by a coordinator's two-phase commit).
+  await waitFor('the fold to be counted', () => (collector.flusher.stats.usesFolded === 12 ? true : undefined));
   t.match(collector.flusher.stats, { usesPersisted: 12, usesFolded: 12 });
   t.ok(collector.flusher.stats.folds >= 1);
   t.match(
