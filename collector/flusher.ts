@@ -77,11 +77,14 @@ export class Flusher {
   };
   // The usage log, when the store keeps one: one fold at a time, started by the interval after a
   // flush appended to it or may have (a commit in doubt), again while a fold finds rows, after a
-  // failed one, and at least every FOLD_SWEEP_MS (at start too) for rows another collector left.
-  // What a fold does not apply stays in the log.
+  // failed one (after the flush's backoff: a database that is down gets one attempt, and one log
+  // line, per backoff step, not per interval), and at least every FOLD_SWEEP_MS (at start too) for
+  // rows another collector left. What a fold does not apply stays in the log.
   private folding: Promise<void> | undefined;
   private foldDue = true;
   private lastFoldAt = -Infinity;
+  private foldRetryAt = 0;
+  private consecutiveFoldFailures = 0;
 
   constructor(private readonly options: FlusherOptions) {
     this.now = options.now ?? Date.now;
@@ -138,7 +141,7 @@ export class Flusher {
     const { store } = this.options;
     if (store.fold === undefined || this.folding !== undefined) return;
     const started = this.now();
-    if (!this.foldDue && started - this.lastFoldAt < FOLD_SWEEP_MS) return;
+    if (started < this.foldRetryAt || (!this.foldDue && started - this.lastFoldAt < FOLD_SWEEP_MS)) return;
     this.foldDue = false;
     this.lastFoldAt = started;
     this.folding = store
@@ -150,15 +153,17 @@ export class Flusher {
       .finally(() => (this.folding = undefined));
   }
 
-  // At stop, the log is folded while folds find rows, until the deadline: what is left is
-  // applied by the next collector that starts (nothing is lost, it is only late).
+  // At stop, the log is folded while folds find rows, until the deadline or a failed fold: what is
+  // left is applied by the next collector that starts (nothing is lost, it is only late).
   private async foldUntilEmpty(giveUpAt: number): Promise<void> {
     await this.folding;
-    while (this.foldDue && this.now() < giveUpAt) await this.fold();
+    while (this.foldDue && this.now() < giveUpAt && this.now() >= this.foldRetryAt) await this.fold();
   }
 
   private recordFold(result: WriteResult, durationMs: number) {
     const s = this.stats;
+    this.consecutiveFoldFailures = 0;
+    this.foldRetryAt = 0;
     const found = result.keysWritten + result.unknownKeys + result.quarantined.length;
     this.foldDue ||= found > 0;
     if (found === 0) return;
@@ -172,9 +177,12 @@ export class Flusher {
   private recordFoldFailure(error: unknown) {
     this.stats.failedFolds += 1;
     this.foldDue = true;
+    this.consecutiveFoldFailures += 1;
+    const delay = Math.min(this.backoff.initialMs * 2 ** (this.consecutiveFoldFailures - 1), this.backoff.maxMs);
+    this.foldRetryAt = this.now() + delay;
     if (error instanceof PartlyWrittenError) this.recordWritten(error.written);
     this.options.logger.error(
-      { err: { message: (error as Error).message, code: (error as NodeJS.ErrnoException).code } },
+      { err: { message: (error as Error).message, code: (error as NodeJS.ErrnoException).code }, retryInMs: delay },
       'folding the usage log failed; its rows stay in the log and are folded again',
     );
   }

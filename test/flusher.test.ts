@@ -275,15 +275,22 @@ t.test('the usage log is folded at start, after an append, while folds find rows
   await flusher.flush();
   folds.fail = true;
   t.equal(await calls(), 4);
-  t.equal(flusher.stats.failedFolds, 1);
+  t.equal(await calls(), 4, 'not before the backoff');
+  now += 1000;
+  t.equal(await calls(), 5, 'then retried');
+  t.equal(await calls(), 5, 'and the next wait is longer');
+  now += 1000;
+  t.equal(await calls(), 5);
+  now += 1000;
   folds.fail = false;
-  t.equal(await calls(), 5, 'a failed fold is retried');
+  t.equal(await calls(), 6, 'a failed fold is retried until it succeeds');
+  t.equal(flusher.stats.failedFolds, 2);
 
   aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 2 });
   fail(new CommitInDoubtError(new Error('connection lost')));
   await flusher.flush();
-  t.equal(await calls(), 6, 'an append in doubt may have logged rows its retry will not log again');
+  t.equal(await calls(), 7, 'an append in doubt may have logged rows its retry will not log again');
 
   now += FOLD_SWEEP_MS;
-  t.equal(await calls(), 7, 'and every FOLD_SWEEP_MS, for rows another collector left');
+  t.equal(await calls(), 8, 'and every FOLD_SWEEP_MS, for rows another collector left');
 });
