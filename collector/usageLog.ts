@@ -16,6 +16,7 @@ import { connectionOf, copyLine, copyLines, copyText } from './flushStaging';
 import {
   balanceOrgs,
   claimBatches,
+  combineParts,
   commitOrDoubt,
   createPgUsageStore,
   settleParts,
@@ -140,8 +141,8 @@ async function append(db: Db, batches: Parameters<UsageStore['write']>[0]): Prom
   await commitOrDoubt(trx);
   const keys = claimed.fresh.reduce((sum, batch) => sum + batch.keys.length, 0);
   const uses = claimed.fresh.reduce((sum, batch) => sum + batch.uses, 0);
-  return settleParts(batches, [
-    Promise.resolve({
+  return combineParts(batches, [
+    {
       ...NOTHING_APPLIED,
       freshIds: claimed.freshIds,
       duplicateUses: claimed.duplicateUses,
@@ -149,7 +150,7 @@ async function append(db: Db, batches: Parameters<UsageStore['write']>[0]): Prom
       keysLogged: keys,
       usesWritten: uses,
       statements: statements + 1,
-    }),
+    },
   ]);
 }
 

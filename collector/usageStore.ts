@@ -420,8 +420,9 @@ export function balanceOrgs(weightOf: ReadonlyMap<string, number>, parts: number
   return groupOf;
 }
 
-// The batches' keys in `parts` groups of whole orgs (balanceOrgs). Whole orgs because the flush ledger claims (batch, org)
-// pairs: each part's transaction carries the proof of its own orgs' writes.
+// The batches' keys in `parts` groups of whole orgs (balanceOrgs). Whole orgs because the flush
+// ledger claims (batch, org) pairs: each part's transaction carries the proof of its own orgs'
+// writes.
 function splitByOrg(batches: readonly PendingBatch[], parts: number): PendingBatch[][] {
   const keysOfOrg = new Map<string, number>();
   for (const { batch } of batches) for (const k of batch.keys) keysOfOrg.set(k.orgId, (keysOfOrg.get(k.orgId) ?? 0) + 1);
@@ -453,7 +454,7 @@ export async function settleParts(batches: readonly PendingBatch[], parts: Array
   throw new PartlyWrittenError(failure, combineParts(batches, written));
 }
 
-function combineParts(batches: readonly PendingBatch[], parts: readonly PartResult[]): WriteResult {
+export function combineParts(batches: readonly PendingBatch[], parts: readonly PartResult[]): WriteResult {
   const fresh = new Set(parts.flatMap((part) => part.freshIds));
   const duplicateBatches = batches.filter((b) => b.batch.keys.length > 0 && !fresh.has(b.id)).length;
   const sum = (
