@@ -1,6 +1,7 @@
 import type { Db } from './db';
 import { IP_DETAIL_FIELDS } from './keyEvents';
 import { TABLE } from './tables';
+import { deltaIpsSql } from './usageLogDelta';
 
 // Every place the database keeps a client IP address, so that the retention job (the collector,
 // hourly) and `npm run cli -- key erase-ips` cover all of them. A new table or column holding IPs
@@ -9,13 +10,15 @@ import { TABLE } from './tables';
 //   columns: the address is one field of a row that stays: set to null.
 //   details: key events and the webhook deliveries made of them keep the event and its other
 //            details; the fields in IP_DETAIL_FIELDS become JSON null.
+//   log:     a usage log row not yet folded keeps its counts; its addresses go (usageLogDelta).
 // keyColumn and seenColumn are SQL expressions (a column name, or a path into a payload): the
 // key whose addresses they are, and when the address was seen.
 
 export type IpHolder =
   | { kind: 'rows'; table: string; keyColumn: string; seenColumn: string }
   | { kind: 'columns'; table: string; keyColumn: string; columns: Array<{ ip: string; seenColumn: string }> }
-  | { kind: 'details'; table: string; keyColumn: string; seenColumn: string; column: string; path: string | null };
+  | { kind: 'details'; table: string; keyColumn: string; seenColumn: string; column: string; path: string | null }
+  | { kind: 'log'; table: string; keyColumn: string; seenColumn: string; column: string };
 
 export const IP_HOLDERS: readonly IpHolder[] = [
   { kind: 'rows', table: TABLE.recentIps, keyColumn: 'key_id', seenColumn: 'last_seen' },
@@ -46,6 +49,9 @@ export const IP_HOLDERS: readonly IpHolder[] = [
     column: 'payload',
     path: 'details',
   },
+  // Uses appended by a collector with COLLECTOR_USAGE_LOG and not yet folded: without this, a
+  // fold after an erasure would write the erased addresses back.
+  { kind: 'log', table: TABLE.usageLog, keyColumn: 'key_id', seenColumn: 'logged_at', column: 'delta' },
 ];
 
 /** Rows deleted and fields cleared per table. */
@@ -71,6 +77,11 @@ async function erase(db: Db, where: (query: Query, keyColumn: string, seenColumn
   for (const holder of IP_HOLDERS) {
     if (holder.kind === 'rows') {
       erased[holder.table] = await where(db(holder.table), holder.keyColumn, holder.seenColumn).del();
+    } else if (holder.kind === 'log') {
+      const sql = deltaIpsSql(holder.column);
+      erased[holder.table] = await where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn).update({
+        [holder.column]: db.raw(sql.erased),
+      });
     } else if (holder.kind === 'details') {
       const sql = detailsSql(holder);
       const query = where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn);

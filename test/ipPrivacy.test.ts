@@ -129,6 +129,7 @@ const ONE_KEY_ERASED = {
   audit_log: 1,
   key_events: 4,
   webhook_deliveries: 4,
+  api_key_usage_log: 0,
 };
 const NOTHING_ERASED = Object.fromEntries(Object.keys(ONE_KEY_ERASED).map((table) => [table, 0]));
 

@@ -9,7 +9,9 @@ import { loadConfig } from '../shared/config';
 import { createDb, type Db } from '../shared/db';
 import { encodeUsageLine, OUTCOMES, provenCount } from '../shared/usageWire';
 import { waitFor } from '../harness/wait';
+import { eraseKeyIps } from '../shared/ipRetention';
 import { TABLE } from '../shared/tables';
+import { LOG_DELTA } from '../shared/usageLogDelta';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { freshDatabase } from './helpers/database';
 import { PgProxy } from './helpers/faults';
@@ -227,6 +229,40 @@ t.test('a fold takes whole orgs up to its bound, oldest first', async (t) => {
   t.equal(await usesOf(db, second.orgId), 0, 'the second waits for the next fold');
   t.match(await store.fold(), { keysWritten: 2 });
   t.ok((await usesOf(db, second.orgId)) > 0);
+});
+
+t.test('the delta keeps its addresses where shared/usageLogDelta.ts says, for erasure', async (t) => {
+  const [key] = batchOf({ orgId: randomUUID(), keyIds: [randomUUID()] }).batch.keys;
+  const fields = JSON.parse(encodeDelta(key)) as unknown[];
+  t.equal(fields[LOG_DELTA.lastIp], key.lastIp);
+  t.equal(fields[LOG_DELTA.lastFailedIp], key.lastFailedIp);
+  t.equal(fields[LOG_DELTA.hourCount], key.hours.size);
+  const ips = LOG_DELTA.hourCount + 1 + LOG_DELTA.hourWidth * key.hours.size;
+  t.equal(fields[ips], key.ips.size, 'the proven addresses follow the hours');
+  t.equal(fields[ips + 1], [...key.ips.keys()][0]);
+});
+
+t.test("an erasure of a key's addresses reaches its rows in the usage log: the fold writes its uses without them", async (t) => {
+  const { db } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 2);
+  const [erased, kept] = keys.keyIds;
+  const store = createUsageStore(db, { logFlushes: true, events: events() });
+  const batch = batchOf(keys);
+  await store.write([batch]);
+  t.match(await eraseKeyIps(db, erased), { [TABLE.usageLog]: 1 });
+  t.match(await eraseKeyIps(db, erased), { [TABLE.usageLog]: 0 }, 'erased once');
+  await store.fold();
+  const addresses = async (keyId: string) => ({
+    recent: Number((await db(TABLE.recentIps).where({ key_id: keyId }).count({ n: '*' }))[0].n),
+    failed: Number((await db(TABLE.failedIps).where({ key_id: keyId }).count({ n: '*' }))[0].n),
+    history: Number((await db(TABLE.ipHistory).where({ key_id: keyId }).count({ n: '*' }))[0].n),
+    totals: await db(TABLE.usage).where({ key_id: keyId }).first('last_used_ip', 'last_failed_ip', 'request_count'),
+  });
+  const provenOf = (keyId: string) => provenCount(batch.batch.keys.find((k) => k.keyId === keyId)!.byOutcome);
+  t.match(await addresses(erased), { recent: 0, failed: 0, history: 0, totals: { last_used_ip: null, last_failed_ip: null, request_count: provenOf(erased) } });
+  const other = await addresses(kept);
+  t.ok(other.recent > 0 && other.failed > 0 && other.history > 0 && other.totals.last_used_ip, 'the other key keeps its addresses');
+  t.equal(Number(other.totals.request_count), provenOf(kept), 'and its uses');
 });
 
 t.test('a collector with COLLECTOR_USAGE_LOG=true folds after its flushes, and at stop', async (t) => {

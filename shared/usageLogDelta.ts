@@ -1,0 +1,33 @@
+import { OUTCOMES } from './usageWire';
+
+// Where a usage log row's delta keeps its addresses (collector/usageLog.ts writes and reads the
+// delta; shared/ipRetention.ts erases its addresses). The delta is a flat JSON array: total, a
+// count per outcome, last used (time, address), last failed (time, address), last revoked use,
+// last expired use, the number of hours, each hour (its time and a count per outcome), then the
+// addresses: the proven ones and the failed ones, each list its length and four fields an address.
+const HEAD = 1 + OUTCOMES.length;
+export const LOG_DELTA = {
+  lastIp: HEAD + 1,
+  lastFailedIp: HEAD + 3,
+  hourCount: HEAD + 6,
+  hourWidth: 1 + OUTCOMES.length,
+} as const;
+
+// Elements before the address lists, in SQL, of the jsonb `delta`.
+const beforeAddresses = (delta: string) => `${LOG_DELTA.hourCount + 1} + ${LOG_DELTA.hourWidth} * cast(${delta} ->> ${LOG_DELTA.hourCount} as int)`;
+
+/**
+ * SQL over a text column holding deltas: `holdsIp`, whether the delta keeps an address; `erased`,
+ * the delta without any (its last addresses empty, both address lists empty). Counts, hours and
+ * times stay: a fold of an erased row writes its uses without an address.
+ */
+export function deltaIpsSql(column: string) {
+  const delta = `cast(${column} as jsonb)`;
+  const empty = `'""'::jsonb`;
+  return {
+    holdsIp: `(${delta} ->> ${LOG_DELTA.lastIp} <> '' or ${delta} ->> ${LOG_DELTA.lastFailedIp} <> '' or jsonb_array_length(${delta}) > ${beforeAddresses(delta)} + 2)`,
+    erased: `cast((select jsonb_agg(case when e.n - 1 in (${LOG_DELTA.lastIp}, ${LOG_DELTA.lastFailedIp}) then ${empty} else e.v end order by e.n)
+                     from jsonb_array_elements(${delta}) with ordinality as e(v, n)
+                    where e.n <= ${beforeAddresses(delta)}) || '[0, 0]'::jsonb as text)`,
+  };
+}
