@@ -21,6 +21,7 @@ import {
   createPgUsageStore,
   settleParts,
   SPLIT_MIN_KEYS,
+  totalUses,
   writeInOne,
   type ApplyOptions,
   type Claimed,
@@ -117,18 +118,17 @@ export function decodeDelta(keyId: string, orgId: string, text: string): KeyUsag
   };
 }
 
-const totalUses = (keys: readonly KeyUsageDelta[]) => keys.reduce((sum, k) => sum + k.total, 0);
-
 // The append: the batches' (batch, org) pairs claimed in the flush ledger, as a direct write
 // claims them, and the fresh keys' deltas COPYed into the log, in one transaction. A retry of a
 // batch whose COMMIT was in doubt finds its pairs claimed and appends nothing again.
 async function append(db: Db, batches: Parameters<UsageStore['write']>[0]): Promise<WriteResult> {
   const trx = await db.transaction();
   let claimed: Claimed;
+  let keys: KeyUsageDelta[];
   let statements = 1;
   try {
     claimed = await claimBatches(trx, batches);
-    const keys = claimed.fresh.flatMap((batch) => batch.keys);
+    keys = claimed.fresh.flatMap((batch) => batch.keys);
     statements += await copyLines(
       await connectionOf(trx),
       LOG_COLUMNS,
@@ -139,16 +139,14 @@ async function append(db: Db, batches: Parameters<UsageStore['write']>[0]): Prom
     throw error;
   }
   await commitOrDoubt(trx);
-  const keys = claimed.fresh.reduce((sum, batch) => sum + batch.keys.length, 0);
-  const uses = claimed.fresh.reduce((sum, batch) => sum + batch.uses, 0);
   return combineParts(batches, [
     {
       ...NOTHING_APPLIED,
       freshIds: claimed.freshIds,
       duplicateUses: claimed.duplicateUses,
-      keysWritten: keys,
-      keysLogged: keys,
-      usesWritten: uses,
+      keysWritten: keys.length,
+      keysLogged: keys.length,
+      usesWritten: totalUses(keys),
       statements: statements + 1,
     },
   ]);

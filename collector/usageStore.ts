@@ -265,7 +265,8 @@ function mergeFresh(fresh: UsageBatch[]): UsageBatch {
   return { keys: merged.keys.sort(byKeyId), uses: merged.uses };
 }
 
-const totalUses = (keys: readonly KeyUsageDelta[]) => keys.reduce((sum, k) => sum + k.total, 0);
+/** Every outcome's uses of `keys`. */
+export const totalUses = (keys: readonly KeyUsageDelta[]) => keys.reduce((sum, k) => sum + k.total, 0);
 
 // Claims every (batch, org) pair in the flush ledger. A pair already there was committed by an
 // earlier attempt whose COMMIT was in doubt, so that org's keys of that batch are skipped. On
