@@ -8,7 +8,7 @@ import { dormantKeySql } from '../shared/dormancy';
 import type { KeyUsageDelta } from './aggregator';
 import { BASELINE_DAYS, detectKeyEvents, type DetectionThresholds, type HourFacts, type KeyEvent, type KeyFacts } from './eventRules';
 import { TABLE } from '../shared/tables';
-import { copyLine, copyLines, copyText, msToTime, STAGED_KEY } from './flushStaging';
+import { copyLine, copyLines, copyText, linesOf, msToTime, STAGED_KEY } from './flushStaging';
 
 export interface EventDetection extends DetectionThresholds {
   ipHistoryPerKey: number;
@@ -136,7 +136,7 @@ async function readFacts(connection: PoolClient, { spikeMinUses, failedAttemptsP
 /** Returns how many were new (the others were already recorded within their window). */
 async function insertEvents(connection: PoolClient, events: KeyEvent[]): Promise<number> {
   const line = (e: KeyEvent) => copyLine([e.orgId, e.keyId, copyText(e.type), e.occurredAt, copyText(JSON.stringify(e.details)), copyText(e.dedupeKey)]);
-  await copyLines(connection, 'flush_events', events.map(line));
+  await copyLines(connection, 'flush_events', linesOf(events, line));
   return (await connection.query(INSERT_EVENTS)).rowCount ?? 0;
 }
 

@@ -58,6 +58,11 @@ export const copyNumber = (value: number): string => (value === -Infinity ? '\\N
 /** One COPY line of `fields`, already encoded (copyText, copyNumber) or plain numbers. */
 export const copyLine = (fields: ReadonlyArray<string | number>): string => `${fields.join('\t')}\n`;
 
+/** `line` of each item, made only when the COPY stream asks for it (see copyLines). */
+export function* linesOf<T>(items: Iterable<T>, line: (item: T) => string): Generator<string> {
+  for (const item of items) yield line(item);
+}
+
 const LINES_PER_CHUNK = 4096;
 
 function* chunksOf(lines: Iterable<string>): Generator<string> {
@@ -80,7 +85,8 @@ function* startingWith(first: string, rest: Iterator<string>): Generator<string>
 /**
  * COPYs `lines` (copyLine, in the target's column order) into `target`; one round trip,
  * nothing for no lines. Chunks are built as the stream asks for them, so PostgreSQL parses the
- * first ones while the client builds the rest: the two run on different cores.
+ * first ones while the client builds the rest: the two run on different cores. Only if `lines`
+ * is lazy (linesOf): the lines of an array are all built before the COPY starts.
  */
 export async function copyLines(connection: PoolClient, target: CopyTarget, lines: Iterable<string>): Promise<number> {
   const chunks = chunksOf(lines);

@@ -12,7 +12,7 @@ import type { Db } from '../shared/db';
 import { OUTCOMES } from '../shared/usageWire';
 import { TABLE } from '../shared/tables';
 import { coalesceDeltas, emptyDelta, type HourCounts, type IpStat, type KeyUsageDelta } from './aggregator';
-import { connectionOf, copyLine, copyLines, copyText } from './flushStaging';
+import { connectionOf, copyLine, copyLines, copyText, linesOf } from './flushStaging';
 import {
   balanceOrgs,
   claimBatches,
@@ -132,7 +132,7 @@ async function append(db: Db, batches: Parameters<UsageStore['write']>[0]): Prom
     statements += await copyLines(
       await connectionOf(trx),
       LOG_COLUMNS,
-      keys.map((k) => copyLine([k.orgId, k.keyId, copyText(encodeDelta(k))])),
+      linesOf(keys, (k) => copyLine([k.orgId, k.keyId, copyText(encodeDelta(k))])),
     );
   } catch (error) {
     await trx.rollback().catch(() => undefined);

@@ -5,7 +5,7 @@ import { OUTCOMES, provenCount } from '../shared/usageWire';
 import { mergeBatches, type KeyUsageDelta, type UsageBatch } from './aggregator';
 import { recordFlushEvents, type EventDetection } from './eventStore';
 import { HOUR_TABLES, IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../shared/tables';
-import { connectionOf, copyLine, copyLines, copyNumber, copyText, msToTime, prepareStaging, STAGED_KEY } from './flushStaging';
+import { connectionOf, copyLine, copyLines, copyNumber, copyText, linesOf, msToTime, prepareStaging, STAGED_KEY } from './flushStaging';
 
 export interface PendingBatch {
   /** Recorded in usage_flushes, once per org of the batch, in the same transaction, so a retried batch is applied once. */
@@ -208,7 +208,7 @@ async function applyUsage(connection: PoolClient, keys: KeyUsageDelta[]): Promis
   if (accepted.length === 0) return { statements: 1, accepted, grew: [] };
   await prepareStaging(connection);
   const copies =
-    (await copyLines(connection, 'flush_keys', accepted.map(keyLine))) +
+    (await copyLines(connection, 'flush_keys', linesOf(accepted, keyLine))) +
     (await copyLines(connection, 'flush_hours', hourLines(accepted))) +
     (await copyLines(connection, 'flush_ips', ipLines(accepted)));
   // One result per statement; only the address upserts return rows: the keys that gained one.

@@ -1,5 +1,5 @@
 import t, { type Test } from 'tap';
-import { connectionOf, copyLine, copyLines, copyNumber, copyText, prepareStaging } from '../collector/flushStaging';
+import { connectionOf, copyLine, copyLines, copyNumber, copyText, linesOf, prepareStaging } from '../collector/flushStaging';
 import { freshDatabase } from './helpers/database';
 
 /** A connection in a transaction (rolled back at the end) with the staging tables ready. */
@@ -52,4 +52,16 @@ t.test('COPY lines from a generator: several chunks arrive whole and in order; a
   );
   t.same(rows[0], { n: String(count), ordered: true }, 'every line, in the order sent');
   await t.rejects(copyLines(connection, 'flush_hours', lines(5000)), /line source failed/);
+});
+
+// The flush's callers hand copyLines linesOf(keys, line), not keys.map(line): with an array every
+// line is built before the COPY starts, and PostgreSQL waits for the client instead of parsing the
+// first chunks while the client builds the rest.
+t.test('linesOf makes a line only when it is asked for', async (t) => {
+  const made: number[] = [];
+  const lines = linesOf([1, 2, 3], (n) => (made.push(n), `${n}\n`));
+  t.same(made, [], 'nothing made before the first line is asked for');
+  t.same(lines.next(), { value: '1\n', done: false });
+  t.same(made, [1], 'one line asked for, one made');
+  t.same([...lines], ['2\n', '3\n']);
 });
