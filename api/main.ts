@@ -1,6 +1,6 @@
 import http from 'node:http';
 import { loadConfig, type Config } from '../shared/config';
-import { createCheckedDb } from '../shared/db';
+import { createCheckedDb, warnIfServerAllowsFewer } from '../shared/db';
 import { createLogger, type Logger } from '../shared/logger';
 import { metricsServer } from '../shared/metrics';
 import { closeServer, listen, onShutdownSignal } from '../shared/process';
@@ -14,6 +14,7 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
     { poolMax: config.database.poolMax, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-api' },
     logger,
   );
+  await warnIfServerAllowsFewer(db, { connections: config.database.poolMax, from: `DATABASE_POOL_MAX (${config.database.poolMax})` }, logger);
   const recorder = config.usage.enabled ? createUsageRecorder(config.usage, logger) : undefined;
   recorder?.start();
   const recordUse = recorder ? recorder.record.bind(recorder) : () => {};

@@ -1,5 +1,5 @@
 import { loadConfig, type Config } from '../shared/config';
-import { createCheckedDb } from '../shared/db';
+import { createCheckedDb, warnIfServerAllowsFewer } from '../shared/db';
 import { createLogger, type Logger } from '../shared/logger';
 import { metricsServer, renderPrometheus } from '../shared/metrics';
 import { closeServer, listen } from '../shared/process';
@@ -33,14 +33,18 @@ export interface CollectorOverrides {
 export async function startCollector(config: Config, logger: Logger, databaseUrl: string, overrides: CollectorOverrides = {}) {
   const now = overrides.now ?? Date.now;
   const inCluster = overrides.receiverIndex !== undefined;
+  // What concerns every receiver of a cluster (upkeep, start-up warnings) is done by the first.
+  const speaksForAll = !inCluster || overrides.receiverIndex === 0;
+  const { receivers, flushParallelism } = config.collector;
   // One connection for each of the flush's parts (one for a flush that is not split), one for the
   // trim that runs beside the next flush, one for upkeep, one for the webhook worker's short
   // statements: a part that waited past the acquire timeout would fail the whole flush.
-  const db = await createCheckedDb(
-    databaseUrl,
-    { poolMax: config.collector.flushParallelism + 3, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' },
-    logger,
-  );
+  const poolMax = flushParallelism + 3;
+  const db = await createCheckedDb(databaseUrl, { poolMax, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' }, logger);
+  if (speaksForAll) {
+    const from = `COLLECTOR_RECEIVERS (${receivers}) × (COLLECTOR_FLUSH_PARALLELISM (${flushParallelism}) + 3)`;
+    await warnIfServerAllowsFewer(db, { connections: receivers * poolMax, from }, logger);
+  }
   const events = config.collector.events;
   const store =
     overrides.store ??
@@ -55,13 +59,15 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const relay = await startRelay(config, warn);
   const { onPacket, ingest, replayCache } = createPacketHandler({ config, aggregator, relay, warn, now });
   const { host, port, recvBufferBytes } = config.collector;
-  const receiver = await startReceiver({ host, port, recvBufferBytes, shared: inCluster, onPacket, logger }).catch(async (error) => {
-    await relay?.stop();
-    throw error;
-  });
+  const receiver = await startReceiver({ host, port, recvBufferBytes, shared: inCluster, reportCappedBuffer: speaksForAll, onPacket, logger }).catch(
+    async (error) => {
+      await relay?.stop();
+      throw error;
+    },
+  );
   flusher.start();
   const upkeep = createUpkeep({ db, store, config, logger, now });
-  if (!inCluster || overrides.receiverIndex === 0) upkeep.start();
+  if (speaksForAll) upkeep.start();
   const samples = () => collectorSamples({ ingest, replayCache, aggregator, flusher, relay, upkeep, recvBufferBytes: receiver.recvBufferBytes });
   const health = () => ({
     healthy: flusher.stats.consecutiveFailures < 3,

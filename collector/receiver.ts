@@ -22,6 +22,8 @@ export function startReceiver(options: {
    * whichever worker reads first.
    */
   shared?: boolean;
+  /** Warn when the kernel grants a smaller buffer than asked (default true; one receiver of a cluster warns for the socket they share). */
+  reportCappedBuffer?: boolean;
   onPacket: (packet: Buffer) => void;
   logger: Logger;
 }): Promise<Receiver> {
@@ -42,7 +44,7 @@ export function startReceiver(options: {
         options.logger.warn({ err: { message: (error as Error).message } }, 'could not enlarge the UDP receive buffer');
       }
       const recvBufferBytes = socket.getRecvBufferSize();
-      warnIfCapped(options.recvBufferBytes, recvBufferBytes, options.logger);
+      if (options.reportCappedBuffer !== false) warnIfCapped(options.recvBufferBytes, recvBufferBytes, options.logger);
       const address = socket.address();
       resolve({
         host: address.address,

@@ -142,6 +142,33 @@ export function describeDatabaseError(error: unknown, url: string, variable = 'D
   return message;
 }
 
+// Connections the server lets ordinary roles open (PostgreSQL 16 adds reserved_connections; 15
+// has no such setting, hence the missing_ok), and how many client connections are open now.
+const CONNECTION_ROOM = `select current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int
+                              - coalesce(current_setting('reserved_connections', true), '0')::int as allowed,
+                              (select count(*)::int from pg_stat_activity where backend_type = 'client backend') as open`;
+
+/**
+ * Says at the start when `need` connections (pools fill under load, not at start) exceed what the
+ * server allows at all: otherwise the shortfall shows only under load, as "Timeout acquiring a
+ * connection" or "too many clients", long after the setting that caused it. `need` names the
+ * variables it comes from. Silent if the server does not answer (createCheckedDb said so).
+ */
+export async function warnIfServerAllowsFewer(db: Db, need: { connections: number; from: string }, logger: Logger): Promise<void> {
+  let room: { allowed: number; open: number };
+  try {
+    room = (await db.raw(CONNECTION_ROOM)).rows[0];
+  } catch {
+    return;
+  }
+  if (need.connections <= room.allowed) return;
+  logger.warn(
+    { connectionsNeeded: need.connections, serverAllows: room.allowed, openNow: room.open },
+    `${need.from} = ${need.connections} connections under load, but the server allows ${room.allowed} ` +
+      `(max_connections less superuser_reserved_connections, ${room.open} open now): lower them or raise max_connections`,
+  );
+}
+
 /**
  * createDb for the start of a long-running process. A database that does not answer may come back,
  * so it is logged and the process starts (requests answer 503 meanwhile); anything else —

@@ -37,3 +37,16 @@ t.test(
     await granted.stop();
   },
 );
+
+// The receivers of a cluster share one socket, so one of them reports its buffer.
+t.test('a capped receive buffer is reported by the first receiver of a cluster only', { skip: !fs.existsSync(RMEM_MAX) && 'not Linux' }, async (t) => {
+  const { url } = await freshDatabase(t);
+  const env = { COLLECTOR_RECV_BUFFER_BYTES: String(Number(fs.readFileSync(RMEM_MAX, 'utf8')) * 2) };
+  const reports = (lines: string[]) => lines.filter((line) => WARNING.test(line)).length;
+  const first = await startTestCollector(t, url, env, { receiverIndex: 0 });
+  t.equal(reports(first.logLines), 1, 'the first receiver reports it');
+  await first.stop();
+  const second = await startTestCollector(t, url, env, { receiverIndex: 1 });
+  t.equal(reports(second.logLines), 0, 'the others do not');
+  await second.stop();
+});

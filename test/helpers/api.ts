@@ -1,14 +1,13 @@
 import http from 'node:http';
-import { Writable } from 'node:stream';
 import type { Test } from 'tap';
 import { createApp } from '../../api/app';
 import type { RecordUse } from '../../api/auth/authorize';
 import { insertOrganization } from '../../api/orgs/orgs.repository';
 import { loadConfig } from '../../shared/config';
 import type { Db } from '../../shared/db';
-import { createLogger } from '../../shared/logger';
 import { closeServer, listen } from '../../shared/process';
 import { freshDatabase } from './database';
+import { capturingLogger } from './logLines';
 import type { Outcome } from '../../shared/usageWire';
 
 export interface RecordedUse {
@@ -47,12 +46,6 @@ export interface TestApiOptions {
 export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}) {
   const evidence = new Evidence();
   const uses: RecordedUse[] = [];
-  const destination = new Writable({
-    write(chunk, _encoding, callback) {
-      evidence.logLines.push(...chunk.toString().split('\n').filter(Boolean));
-      callback();
-    },
-  });
   // Tests send many failures from 127.0.0.1 to count outcomes; the throttle (on by default) would
   // answer some of them 429. test/authThrottle.test.ts turns it on.
   const config = loadConfig({
@@ -62,7 +55,7 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
     AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '0',
     ...options.env,
   });
-  const logger = createLogger({ level: config.logLevel, name: 'api-test', destination });
+  const logger = capturingLogger(evidence.logLines, 'api-test', config.logLevel);
   const recordUse: RecordUse = options.recordUse ?? ((keyId, orgId, ip, outcome) => uses.push({ keyId, orgId, ip, outcome }));
   const { app, services, verifier, throttle } = createApp({
     db,

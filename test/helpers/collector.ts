@@ -1,22 +1,15 @@
 import dgram from 'node:dgram';
-import { Writable } from 'node:stream';
 import type { Test } from 'tap';
 import { startCollector, type CollectorOverrides } from '../../collector/main';
 import { loadConfig } from '../../shared/config';
-import { createLogger } from '../../shared/logger';
+import { capturingLogger } from './logLines';
 
 // An in-process collector on 127.0.0.1 with an OS-chosen UDP and metrics port, its log lines
 // captured for assertions.
 export async function startTestCollector(t: Test, databaseUrl: string, env: Record<string, string> = {}, overrides: CollectorOverrides = {}) {
   const logLines: string[] = [];
-  const destination = new Writable({
-    write(chunk, _encoding, callback) {
-      logLines.push(...chunk.toString().split('\n').filter(Boolean));
-      callback();
-    },
-  });
   const config = loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0', COLLECTOR_FLUSH_INTERVAL_MS: '100', ...env });
-  const logger = createLogger({ level: 'info', name: 'collector-test', destination });
+  const logger = capturingLogger(logLines, 'collector-test');
   const collector = await startCollector(config, logger, databaseUrl, overrides);
   // Only a cluster worker (receiverIndex set) serves no metrics port of its own.
   const metricsPort = collector.metricsPort ?? NaN;
