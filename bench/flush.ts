@@ -123,7 +123,7 @@ interface FlushSample {
   fillMs: number;
   walBytes: number;
   /** COLLECTOR_USAGE_LOG: the fold that applied this flush's rows, after it (0 without the log). */
-  fold: { wallMs: number; clientCpuMs: number; walBytes: number; keys: number } | undefined;
+  fold: { wallMs: number; clientCpuMs: number; walBytes: number; keys: number; heapPeakBytes: number } | undefined;
 }
 
 // A key set per size and shape: the new-address shape grows its keys' rows, the other does not.
@@ -266,6 +266,7 @@ async function flushOnce(ctx: BenchContext, target: Target, scenario: Scenario, 
 // trim its keys need (as the Flusher queues it), timed apart like the flush's.
 async function timedFold(ctx: BenchContext, inner: ReturnType<typeof createUsageStore>, store: UsageStore) {
   const walBefore = await walPosition(ctx.db);
+  const heap = heapPeakSampler();
   const cpuBefore = process.cpuUsage();
   const started = performance.now();
   let keys = 0;
@@ -276,8 +277,23 @@ async function timedFold(ctx: BenchContext, inner: ReturnType<typeof createUsage
   }
   const wallMs = performance.now() - started;
   const cpu = process.cpuUsage(cpuBefore);
+  const heapPeakBytes = heap.stop();
   const walBytes = await walSince(ctx.db, walBefore);
-  return { wallMs, clientCpuMs: (cpu.user + cpu.system) / 1000, walBytes, keys };
+  return { wallMs, clientCpuMs: (cpu.user + cpu.system) / 1000, walBytes, keys, heapPeakBytes };
+}
+
+// The most heap in use above the start, sampled every 10 ms between the fold's awaits: garbage not
+// yet collected counts, so it is an upper bound on what the fold holds, for A/B, not a size.
+function heapPeakSampler() {
+  const base = process.memoryUsage().heapUsed;
+  let peak = base;
+  const timer = setInterval(() => (peak = Math.max(peak, process.memoryUsage().heapUsed)), 10);
+  return {
+    stop: () => {
+      clearInterval(timer);
+      return Math.max(peak, process.memoryUsage().heapUsed) - base;
+    },
+  };
 }
 
 // Nothing lost or doubled: each key set's total is the sum of what its flushes persisted.
@@ -352,13 +368,14 @@ export async function runFlush(ctx: BenchContext, env: NodeJS.ProcessEnv = proce
 
 function foldColumns(warm: FlushSample[]) {
   const folds = warm.flatMap((s) => (s.fold ? [s.fold] : []));
-  if (folds.length === 0) return ['–', '–', '–', '–'];
+  if (folds.length === 0) return ['–', '–', '–', '–', '–'];
   const both = warm.map((s) => s.wallMs + (s.fold?.wallMs ?? 0));
   return [
     fmt.ms(median(folds.map((f) => f.wallMs)), 0),
     fmt.ms(Math.max(...folds.map((f) => f.wallMs)), 0),
     `${fmt.ms(median(both), 0)} / ${fmt.ms(Math.max(...both), 0)}`,
     `${(median(folds.map((f) => f.walBytes)) / 1e6).toFixed(1)} MB`,
+    `${(median(folds.map((f) => f.heapPeakBytes)) / 1e6).toFixed(0)} / ${(Math.max(...folds.map((f) => f.heapPeakBytes)) / 1e6).toFixed(0)} MB`,
   ];
 }
 
@@ -426,7 +443,7 @@ function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: 
     "Statements = the Flusher's lastFlushStatements, the store's round trips (flush-id insert, SET LOCAL work_mem, savepoint and its release, staging tables prepared, one COPY each for keys, hours and addresses, one multi-statement query that writes every usage table; detection: one facts query and, when any event is raised, a COPY and an insert); round trips = the queries knex saw (BEGIN and COMMIT included; COPYs and the store's own multi-statement queries are not among them). Neither moves with the number of keys or uses; a flush split by org (10,000 keys or more of several orgs, COLLECTOR_FLUSH_PARALLELISM) has each part's own.",
     ...(ratios.length > 0 ? [`Event detection on / off (same address every flush), ratio of flush medians: ${ratios.join('; ')}.`] : []),
     `WAL = pg_current_wal_lsn() moved during the flush. HOT updates over the timed flushes: ${hot.join(' | ')}.`,
-    "Flush time is the wall time of Flusher.flush() (drain, merge, one transaction, commit); client CPU is this process's user + system CPU over the same span. Trimming recent IPs runs after the commit, outside the transaction, and is shown apart; so is the time to feed the aggregator (count-1 lines). \"N collectors at once\": N collectors (each its own pool) that all saw every key flush at the same moment, timed until the last commits; with the usage log the fold that follows applies the N flushes' rows, each key's in one upsert per table.",
+    "Flush time is the wall time of Flusher.flush() (drain, merge, one transaction, commit); client CPU is this process's user + system CPU over the same span. Trimming recent IPs runs after the commit, outside the transaction, and is shown apart; so is the time to feed the aggregator (count-1 lines). \"N collectors at once\": N collectors (each its own pool) that all saw every key flush at the same moment, timed until the last commits; with the usage log the fold that follows applies the N flushes' rows, each key's in one upsert per table. Heap peak during the fold: the most heap in use above the fold's start, sampled every 10 ms between its awaits, garbage not yet collected included (an A/B figure, not a size).",
     ...(variantNotes.length > 0
       ? [`Schema variants (BENCH_FLUSH_VARIANTS), each in its own database on the same server, interleaved with "${MIGRATED}": ${variantNotes.join('; ')}.`]
       : []),
@@ -453,6 +470,7 @@ function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: 
           'fold max',
           'flush + fold p50 / max',
           'WAL per fold (p50)',
+          'heap peak during the fold (p50 / max)',
         ],
         rows,
       },
