@@ -200,24 +200,30 @@ export function mergeBatches(batches: readonly UsageBatch[], maxIpsPerKey = DEFA
 }
 
 /**
- * Each key's deltas merged into the first of them, in place: for deltas nobody else holds (the
- * usage log's, decoded for a fold), which mergeBatches would copy first. Addresses are capped as
- * mergeBatches caps them.
+ * Each key's deltas merged into the first of them, in place, as they are added: for deltas nobody
+ * else holds (the usage log's, decoded for a fold), which mergeBatches would copy first. A fold
+ * adds each row as it reads it, so it holds one delta per key, not one per row. Addresses are
+ * capped as mergeBatches caps them, once every delta is in.
  */
-export function coalesceDeltas(deltas: readonly KeyUsageDelta[], maxIpsPerKey = DEFAULT_MAX_IPS_PER_KEY): KeyUsageDelta[] {
-  const byKey = new Map<string, KeyUsageDelta>();
-  for (const delta of deltas) {
+export class DeltaCoalescer {
+  private readonly byKey = new Map<string, KeyUsageDelta>();
+  constructor(private readonly maxIpsPerKey = DEFAULT_MAX_IPS_PER_KEY) {}
+
+  add(delta: KeyUsageDelta): void {
     const id = entryId(delta.orgId, delta.keyId);
-    const into = byKey.get(id);
-    if (into === undefined) byKey.set(id, delta);
+    const into = this.byKey.get(id);
+    if (into === undefined) this.byKey.set(id, delta);
     else mergeInto(into, delta);
   }
-  const keys = [...byKey.values()];
-  for (const delta of keys) {
-    if (delta.ips.size > maxIpsPerKey) delta.ips = newestIps(delta.ips, maxIpsPerKey);
-    if (delta.failedIps.size > maxIpsPerKey) delta.failedIps = newestIps(delta.failedIps, maxIpsPerKey);
+
+  keys(): KeyUsageDelta[] {
+    const keys = [...this.byKey.values()];
+    for (const delta of keys) {
+      if (delta.ips.size > this.maxIpsPerKey) delta.ips = newestIps(delta.ips, this.maxIpsPerKey);
+      if (delta.failedIps.size > this.maxIpsPerKey) delta.failedIps = newestIps(delta.failedIps, this.maxIpsPerKey);
+    }
+    return keys;
   }
-  return keys;
 }
 
 function mergeInto(into: KeyUsageDelta, from: KeyUsageDelta): void {

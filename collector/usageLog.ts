@@ -8,10 +8,11 @@
 // is released and its uses are durable within the second, whatever the key count, and the fold
 // pays the upserts once per key and fold instead of once per key, flush and collector.
 import type { Knex } from 'knex';
+import Cursor from 'pg-cursor';
 import type { Db } from '../shared/db';
 import { OUTCOMES } from '../shared/usageWire';
 import { TABLE } from '../shared/tables';
-import { coalesceDeltas, emptyDelta, type HourCounts, type IpStat, type KeyUsageDelta } from './aggregator';
+import { DeltaCoalescer, emptyDelta, type HourCounts, type IpStat, type KeyUsageDelta } from './aggregator';
 import { connectionOf, copyLine, copyLines, copyText, linesOf } from './flushStaging';
 import {
   balanceOrgs,
@@ -173,7 +174,11 @@ const NOTHING_APPLIED = {
 const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
 
 const LOCK_ORGS = `select o as org_id from unnest(cast(? as uuid[])) as o where pg_try_advisory_xact_lock(${FOLD_LOCK_CLASS}, hashtext(cast(o as text)))`;
-const TAKE_LOG = `delete from ${TABLE.usageLog} where org_id = any(cast(? as uuid[])) returning org_id, key_id, delta`;
+const TAKE_LOG = `delete from ${TABLE.usageLog} where org_id = any($1::uuid[]) returning org_id, key_id, delta`;
+// Rows read from the delete at a time: PostgreSQL runs a DELETE ... RETURNING to its end and keeps
+// the rows it returns on its side (spilled to disk past work_mem), and the cursor fetches them in
+// batches, so the fold holds one batch of rows and one coalesced delta per key, not every row.
+export const TAKE_BATCH_ROWS = 5000;
 
 // The fold's claim: the rows of `orgs` (those this fold could lock), deleted in the transaction
 // that applies them, so a row is applied exactly when it leaves the log. A row that cannot be
@@ -181,20 +186,33 @@ const TAKE_LOG = `delete from ${TABLE.usageLog} where org_id = any(cast(? as uui
 async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadable: KeyUsageDelta[]): Promise<Claimed> {
   const locked: Array<{ org_id: string }> = (await trx.raw(LOCK_ORGS, [[...orgs]])).rows;
   if (locked.length === 0) return { fresh: [], freshIds: [], duplicateUses: 0 };
-  const rows: Array<{ org_id: string; key_id: string; delta: string }> = (await trx.raw(TAKE_LOG, [locked.map((row) => row.org_id)])).rows;
-  const decoded: KeyUsageDelta[] = [];
-  for (const row of rows) {
-    try {
-      decoded.push(decodeDelta(row.key_id, row.org_id, row.delta));
-    } catch {
-      unreadable.push(emptyDelta(row.key_id, row.org_id));
+  type LogRow = { org_id: string; key_id: string; delta: string };
+  const cursor = (await connectionOf(trx)).query(new Cursor<LogRow>(TAKE_LOG, [locked.map((row) => row.org_id)]));
+  const coalescer = new DeltaCoalescer();
+  let uses = 0;
+  try {
+    for (let rows = await cursor.read(TAKE_BATCH_ROWS); rows.length > 0; rows = await cursor.read(TAKE_BATCH_ROWS)) {
+      for (const row of rows) {
+        try {
+          const delta = decodeDelta(row.key_id, row.org_id, row.delta);
+          uses += delta.total;
+          coalescer.add(delta);
+        } catch {
+          unreadable.push(emptyDelta(row.key_id, row.org_id));
+        }
+      }
     }
+  } finally {
+    await cursor.close();
   }
-  const uses = totalUses(decoded);
-  return { fresh: [{ keys: coalesceDeltas(decoded), uses }], freshIds: [], duplicateUses: 0 };
+  return { fresh: [{ keys: coalescer.keys(), uses }], freshIds: [], duplicateUses: 0 };
 }
 
-/** Log rows a fold takes at most (whole orgs: one org larger than this is folded alone, whole). */
+/**
+ * Log rows a fold takes at most (whole orgs: one org larger than this is folded alone, whole). It
+ * bounds how long a fold's transaction holds the usage rows it writes; the collector's memory
+ * holds one delta per key of the fold, whatever the rows (takeLog reads them in batches).
+ */
 export const FOLD_MAX_ROWS = 200_000;
 
 const ROWS_BY_ORG = `select org_id, count(*)::int as n from ${TABLE.usageLog} group by org_id order by min(logged_at)`;

@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { Aggregator, type KeyUsageDelta } from '../collector/aggregator';
-import { decodeDelta, encodeDelta, createUsageStore, FOLD_MAX_ROWS } from '../collector/usageLog';
+import { decodeDelta, encodeDelta, createUsageStore, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
 import { CommitInDoubtError, type PendingBatch } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
 import { createDb, type Db } from '../shared/db';
@@ -152,6 +152,20 @@ t.test('keys that do not exist in the org they named are dropped at the fold', a
   t.match(folded, { keysWritten: 3, unknownKeys: 2, unknownUses: forged.batch.uses });
   t.equal(await usesOf(db, other.orgId), 0, "the other org's key gained nothing");
   t.equal(await logRows(db), 0, 'their rows left the log too');
+});
+
+// The fold reads the rows it deletes in batches of TAKE_BATCH_ROWS: a row of a later batch, or a
+// key whose rows span two, is applied like any other.
+t.test('a fold of more rows than it reads at once applies every one, each key once', async (t) => {
+  const { db } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, Math.ceil(TAKE_BATCH_ROWS / 3) + 7);
+  const store = createUsageStore(db, { logFlushes: true });
+  const batches = [0, 1, 2].map((round) => batchOf(keys, round));
+  for (const batch of batches) await store.write([batch]);
+  t.ok((await logRows(db)) > TAKE_BATCH_ROWS, `${await logRows(db)} rows, more than one read`);
+  t.match(await store.fold(), { keysWritten: keys.keyIds.length, usesWritten: batches.reduce((sum, b) => sum + b.batch.uses, 0) });
+  t.equal(await logRows(db), 0, 'every row left the log');
+  t.equal(await usesOf(db, keys.orgId), provenIn(batches), 'and every proven use reached the totals');
 });
 
 t.test('a log row that cannot be read is set aside; the rest of its org is applied', async (t) => {
