@@ -190,20 +190,19 @@ async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadabl
   const cursor = (await connectionOf(trx)).query(new Cursor<LogRow>(TAKE_LOG, [locked.map((row) => row.org_id)]));
   const coalescer = new DeltaCoalescer();
   let uses = 0;
-  try {
-    for (let rows = await cursor.read(TAKE_BATCH_ROWS); rows.length > 0; rows = await cursor.read(TAKE_BATCH_ROWS)) {
-      for (const row of rows) {
-        try {
-          const delta = decodeDelta(row.key_id, row.org_id, row.delta);
-          uses += delta.total;
-          coalescer.add(delta);
-        } catch {
-          unreadable.push(emptyDelta(row.key_id, row.org_id));
-        }
+  // Read to its end, the cursor has closed its portal itself. No close() on a failed read: the
+  // failure already ended the cursor, and close() would wait for a ReadyForQuery that a cut
+  // connection never sends, holding the fold forever.
+  for (let rows = await cursor.read(TAKE_BATCH_ROWS); rows.length > 0; rows = await cursor.read(TAKE_BATCH_ROWS)) {
+    for (const row of rows) {
+      try {
+        const delta = decodeDelta(row.key_id, row.org_id, row.delta);
+        uses += delta.total;
+        coalescer.add(delta);
+      } catch {
+        unreadable.push(emptyDelta(row.key_id, row.org_id));
       }
     }
-  } finally {
-    await cursor.close();
   }
   return { fresh: [{ keys: coalescer.keys(), uses }], freshIds: [], duplicateUses: 0 };
 }
