@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '../shared/logger';
 import { mergeBatches, type Aggregator } from './aggregator';
-import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch, type UsageStore, type WriteResult } from './usageStore';
+import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch, type FoldResult, type UsageStore, type WriteResult } from './usageStore';
 
 export interface FlushStats {
   flushes: number;
@@ -23,6 +23,10 @@ export interface FlushStats {
   failedFolds: number;
   lastFoldDurationMs: number;
   lastFoldKeys: number;
+  /** Rows the last fold found in the usage log and left for a later fold. */
+  logBacklogRows: number;
+  /** Intervals that appended nothing because the usage log was behind (see Flusher.tick). */
+  appendsHeldBack: number;
 }
 
 export interface FlusherOptions {
@@ -74,6 +78,8 @@ export class Flusher {
     failedFolds: 0,
     lastFoldDurationMs: 0,
     lastFoldKeys: 0,
+    logBacklogRows: 0,
+    appendsHeldBack: 0,
   };
   // The usage log, when the store keeps one: one fold at a time, started by the interval after a
   // flush appended to it or may have (a commit in doubt), again while a fold finds rows, after a
@@ -100,10 +106,21 @@ export class Flusher {
   }
 
   start(): void {
-    this.timer ??= setInterval(() => {
-      if (this.now() >= this.retryAt) void this.flush().then(() => this.startFold());
-      else this.startFold();
-    }, this.options.intervalMs).unref();
+    this.timer ??= setInterval(() => void this.tick(), this.options.intervalMs).unref();
+  }
+
+  /**
+   * What each interval does: a flush, unless a failed one waits for its retry or the usage log is
+   * behind (the last fold left rows it could not take), then a fold if one is due. Appends that
+   * outrun the folds would grow the log without bound: with 100 k keys used every second, one
+   * collector's log grew by 16 k rows a second, to 1.3-1.6 M rows after a minute
+   * (bench/sustainedLoad.ts, docs/benchmarks.md §4). Held back, the uses coalesce in memory, as they do while a direct write
+   * runs, and the next append carries each key once.
+   */
+  async tick(): Promise<void> {
+    if (this.stats.logBacklogRows > 0) this.stats.appendsHeldBack += 1;
+    else if (this.now() >= this.retryAt) await this.flush();
+    this.startFold();
   }
 
   /** One flush; concurrent callers share the flush in progress. Resolves true when nothing is left pending. */
@@ -160,12 +177,13 @@ export class Flusher {
     while (this.foldDue && this.now() < giveUpAt && this.now() >= this.foldRetryAt) await this.fold();
   }
 
-  private recordFold(result: WriteResult, durationMs: number) {
+  private recordFold(result: FoldResult, durationMs: number) {
     const s = this.stats;
     this.consecutiveFoldFailures = 0;
     this.foldRetryAt = 0;
+    s.logBacklogRows = result.logRowsLeft;
     const found = result.keysWritten + result.unknownKeys + result.quarantined.length;
-    this.foldDue ||= found > 0;
+    this.foldDue ||= found > 0 || result.logRowsLeft > 0;
     if (found === 0) return;
     s.folds += 1;
     s.usesFolded += result.usesWritten;
@@ -174,8 +192,10 @@ export class Flusher {
     this.recordWritten(result);
   }
 
+  // Appends go on while folds fail: what they log is durable, and failed_folds_total tells.
   private recordFoldFailure(error: unknown) {
     this.stats.failedFolds += 1;
+    this.stats.logBacklogRows = 0;
     this.foldDue = true;
     this.consecutiveFoldFailures += 1;
     const delay = Math.min(this.backoff.initialMs * 2 ** (this.consecutiveFoldFailures - 1), this.backoff.maxMs);

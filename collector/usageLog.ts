@@ -26,6 +26,7 @@ import {
   writeInOne,
   type ApplyOptions,
   type Claimed,
+  type FoldResult,
   type PartResult,
   type PgUsageStoreOptions,
   type UsageStore,
@@ -216,23 +217,25 @@ export const FOLD_MAX_ROWS = 200_000;
 
 const ROWS_BY_ORG = `select org_id, count(*)::int as n from ${TABLE.usageLog} group by org_id order by min(logged_at)`;
 
-// The orgs of the next fold, oldest rows first, up to FOLD_MAX_ROWS rows, split into `parts`
-// groups near equal in rows.
-async function nextFold(db: Db, parts: number): Promise<string[][]> {
+// The orgs of the next fold, oldest rows first, up to `maxRows` rows, split into `parts` groups
+// near equal in rows; and the rows of the orgs it leaves.
+async function nextFold(db: Db, parts: number, maxRows: number): Promise<{ groups: string[][]; rowsLeft: number }> {
   const { rows } = await db.raw(ROWS_BY_ORG);
   const rowsOf = new Map<string, number>();
   let taken = 0;
+  let rowsLeft = 0;
   for (const { org_id: orgId, n } of rows as Array<{ org_id: string; n: number }>) {
-    if (taken > 0 && taken + n > FOLD_MAX_ROWS) break;
-    rowsOf.set(orgId, n);
-    taken += n;
+    if (rowsLeft > 0 || (taken > 0 && taken + n > maxRows)) rowsLeft += n;
+    else {
+      rowsOf.set(orgId, n);
+      taken += n;
+    }
   }
-  if (rowsOf.size === 0) return [];
   // Below SPLIT_MIN_KEYS rows one transaction, as for a direct write.
   const groupOf = balanceOrgs(rowsOf, taken < SPLIT_MIN_KEYS ? 1 : parts);
   const groups: string[][] = [];
   for (const [orgId, group] of groupOf) (groups[group] ??= []).push(orgId);
-  return groups;
+  return { groups, rowsLeft };
 }
 
 // One transaction per group of orgs; a row that cannot be decoded counts only once its part
@@ -246,6 +249,8 @@ async function foldPart(db: Db, orgs: readonly string[], apply: ApplyOptions): P
 export interface UsageLogOptions extends PgUsageStoreOptions {
   /** COLLECTOR_USAGE_LOG: flushes append to the log (on) or write the usage tables (off). */
   logFlushes: boolean;
+  /** Log rows a fold takes at most: FOLD_MAX_ROWS unless given. */
+  foldMaxRows?: number;
 }
 
 /**
@@ -255,16 +260,19 @@ export interface UsageLogOptions extends PgUsageStoreOptions {
  * transactions at once, exactly once: a row leaves the log in the transaction that applies it, so
  * a failed or in-doubt fold either applied its rows or left them.
  */
-export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore & Required<Pick<UsageStore, 'fold'>> {
+export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore & { fold(): Promise<FoldResult> } {
   const direct = createPgUsageStore(db, options);
   const apply: ApplyOptions = { events: options.events };
   return {
     write: options.logFlushes ? (batches) => append(db, batches) : (batches) => direct.write(batches),
-    fold: async () =>
-      settleParts(
+    fold: async () => {
+      const { groups, rowsLeft } = await nextFold(db, options.parallelism ?? 1, options.foldMaxRows ?? FOLD_MAX_ROWS);
+      const result = await settleParts(
         [],
-        (await nextFold(db, options.parallelism ?? 1)).map((orgs) => foldPart(db, orgs, apply)),
-      ),
+        groups.map((orgs) => foldPart(db, orgs, apply)),
+      );
+      return { ...result, logRowsLeft: rowsLeft };
+    },
     prune: (keys) => direct.prune(keys),
     expireOldRows: (retentionDays) => direct.expireOldRows(retentionDays),
   };

@@ -45,7 +45,12 @@ export interface UsageStore {
   prune(keys: readonly KeyRef[]): Promise<void>;
   expireOldRows(retentionDays: number): Promise<void>;
   /** Applies (part of) the usage log to the usage tables (collector/usageLog.ts); absent: the store keeps no log. */
-  fold?(): Promise<WriteResult>;
+  fold?(): Promise<FoldResult>;
+}
+
+export interface FoldResult extends WriteResult {
+  /** Rows the fold found in the usage log and left for a later fold: the log's backlog. */
+  logRowsLeft: number;
 }
 
 // The write failed at or after COMMIT: PostgreSQL may or may not have applied it.

@@ -233,7 +233,7 @@ t.test('one trim of recent IPs at a time; keys flushed meanwhile are trimmed nex
 // A store that keeps the usage log: its writes report their keys as logged, its folds are counted.
 function loggingStore() {
   const fake = fakeStore();
-  const folds = { calls: 0, fail: false, keys: 0 };
+  const folds = { calls: 0, fail: false, keys: 0, left: 0 };
   const store: UsageStore = {
     ...fake.store,
     write: async (batches) => {
@@ -245,7 +245,7 @@ function loggingStore() {
       if (folds.fail) throw new Error('fold failed');
       const keys = folds.keys;
       folds.keys = 0;
-      return { ...(await fake.store.write([])), keysWritten: keys, usesWritten: keys };
+      return { ...(await fake.store.write([])), keysWritten: keys, usesWritten: keys, logRowsLeft: folds.left };
     },
   };
   return { ...fake, store, folds };
@@ -293,4 +293,52 @@ t.test('the usage log is folded at start, after an append, while folds find rows
 
   now += FOLD_SWEEP_MS;
   t.equal(await calls(), 8, 'and every FOLD_SWEEP_MS, for rows another collector left');
+});
+
+t.test('an interval appends nothing while the usage log is behind, and folds until a fold takes all it found', async (t) => {
+  let now = 0;
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => now });
+  const { store, folds, written } = loggingStore();
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => now });
+  // The fake's folds call its write with no batch.
+  const appends = () => written.filter((batches) => batches.length > 0);
+  const use = () => aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  const tick = async () => {
+    await flusher.tick();
+    await flusher.fold();
+  };
+  use();
+  folds.left = 500;
+  await tick();
+  t.equal(appends().length, 1, 'appended while the log was not known to be behind');
+  t.equal(flusher.stats.logBacklogRows, 500, 'the fold left rows');
+
+  use();
+  folds.left = 200;
+  await tick();
+  t.equal(appends().length, 1, 'no append while the log is behind');
+  t.equal(aggregator.pendingKeys, 1, 'the uses wait in memory');
+  t.equal(folds.calls, 2, 'a log that is behind is folded again though the fold found no rows of its own');
+  t.match(flusher.stats, { appendsHeldBack: 1, logBacklogRows: 200 });
+
+  use();
+  folds.left = 0;
+  await tick();
+  t.equal(appends().length, 1);
+  t.equal(flusher.stats.logBacklogRows, 0);
+  await tick();
+  t.equal(appends().length, 2, 'appends resume once a fold took all it found');
+  t.equal(appends()[1][0].batch.uses, 2, 'with the uses held back, coalesced into one append');
+  t.equal(flusher.stats.appendsHeldBack, 2);
+
+  use();
+  folds.left = 300;
+  await tick();
+  folds.fail = true;
+  now += 1000;
+  await tick();
+  t.equal(flusher.stats.failedFolds, 1);
+  now += 1000;
+  await tick();
+  t.equal(appends().length, 3, 'appends go on while folds fail: the log keeps the uses durable');
 });

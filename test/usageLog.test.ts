@@ -238,10 +238,10 @@ t.test('a fold takes whole orgs up to its bound, oldest first', async (t) => {
      select org_id, key_id, logged_at, delta from ${TABLE.usageLog} cross join generate_series(2, ?) where org_id = ?`,
     [FOLD_MAX_ROWS / 2, first.orgId],
   );
-  t.match(await store.fold(), { keysWritten: 2 }, 'the first org alone');
+  t.match(await store.fold(), { keysWritten: 2, logRowsLeft: 2 }, "the first org alone; the second's rows left");
   t.ok((await usesOf(db, first.orgId)) > 0);
   t.equal(await usesOf(db, second.orgId), 0, 'the second waits for the next fold');
-  t.match(await store.fold(), { keysWritten: 2 });
+  t.match(await store.fold(), { keysWritten: 2, logRowsLeft: 0 });
   t.ok((await usesOf(db, second.orgId)) > 0);
 });
 
