@@ -18,7 +18,7 @@ import { interleavedSchedule, median } from './lib/stats';
 // and a feeder adds one use of every key each second, in ten slices, for --seconds; then the
 // feeder stops and the flusher's stop() writes (and folds) what is left. Every 2 s it samples the
 // usage log's rows, the keys waiting in memory and the flusher's counters. Reports per run: the
-// log's rows at the end of the load and their slope over its second half (rows per second: > 0 is
+// log's most rows, its rows at the end of the load and their slope over its second half (rows per second: > 0 is
 // a log that grows without bound), the uses fed against those due (a loop too busy to take them
 // would have lost them in the socket's buffer), the catch-up time after the load, and checks that every use
 // fed was persisted exactly once. Variants run interleaved: `direct` (COLLECTOR_USAGE_LOG off),
@@ -148,6 +148,7 @@ function shape(samples: readonly Sample[]) {
   const last = samples[samples.length - 1];
   return {
     logRowsAtEnd: last?.logRows ?? 0,
+    logRowsMax: Math.max(0, ...samples.map((s) => s.logRows)),
     logRowsPerS: den > 0 ? num / den : 0,
     pendingKeysMax: Math.max(0, ...samples.map((s) => s.pendingKeys)),
     flushes: last?.flushes ?? 0,
@@ -180,8 +181,9 @@ async function main() {
       const slopes = of.map((r) => r.logRowsPerS);
       const catchUps = of.map((r) => r.catchUpMs);
       const fedShares = of.map((r) => r.fed / r.offered);
+      const peaks = of.map((r) => r.logRowsMax);
       process.stderr.write(
-        `${variant.name}: log slope ${fmt.int(median(slopes))} rows/s (worst ${fmt.int(Math.max(...slopes))}), catch-up ${fmt.ms(median(catchUps), 0)} (worst ${fmt.ms(Math.max(...catchUps), 0)}), fed ${fmt.pct(median(fedShares), 1)} of the uses due (worst ${fmt.pct(Math.min(...fedShares), 1)})\n`,
+        `${variant.name}: log peak ${fmt.int(median(peaks))} rows (worst ${fmt.int(Math.max(...peaks))}), slope ${fmt.int(median(slopes))} rows/s (worst ${fmt.int(Math.max(...slopes))}), catch-up ${fmt.ms(median(catchUps), 0)} (worst ${fmt.ms(Math.max(...catchUps), 0)}), fed ${fmt.pct(median(fedShares), 1)} of the uses due (worst ${fmt.pct(Math.min(...fedShares), 1)})\n`,
       );
     }
     writeResults(`bench/results/sustained-${new Date().toISOString().replace(/[:.]/g, '-')}.json`, { keys, orgs, seconds, results });

@@ -87,6 +87,7 @@ export class Flusher {
   // line, per backoff step, not per interval), and at least every FOLD_SWEEP_MS (at start too) for
   // rows another collector left. What a fold does not apply stays in the log.
   private folding: Promise<void> | undefined;
+  private appendedDuringFold = false;
   private foldDue = true;
   private lastFoldAt = -Infinity;
   private foldRetryAt = 0;
@@ -110,15 +111,17 @@ export class Flusher {
   }
 
   /**
-   * What each interval does: a flush, unless a failed one waits for its retry or the usage log is
-   * behind (the last fold left rows it could not take), then a fold if one is due. Appends that
-   * outrun the folds would grow the log without bound: with 100 k keys used every second, one
-   * collector's log grew by 16 k rows a second, to 1.3-1.6 M rows after a minute
-   * (bench/sustainedLoad.ts, docs/benchmarks.md §4). Held back, the uses coalesce in memory, as they do while a direct write
-   * runs, and the next append carries each key once.
+   * What each interval does: a flush, unless a failed one waits for its retry or an append would
+   * outrun the folds, then a fold if one is due. An append waits while the usage log is behind
+   * (the last fold left rows it could not take), and while a fold runs once one append went in
+   * since it began: with 100 k keys used every second, appends every second grew one collector's
+   * log by 16 k rows a second, to 1.3-1.6 M rows after a minute (bench/sustainedLoad.ts,
+   * docs/benchmarks.md §4). Held back, the uses coalesce in memory, as they do while a direct
+   * write runs, and the next append carries each key once, so the log holds at most about two
+   * appends beside what a fold is taking.
    */
   async tick(): Promise<void> {
-    if (this.stats.logBacklogRows > 0) this.stats.appendsHeldBack += 1;
+    if (this.stats.logBacklogRows > 0 || (this.folding !== undefined && this.appendedDuringFold)) this.stats.appendsHeldBack += 1;
     else if (this.now() >= this.retryAt) await this.flush();
     this.startFold();
   }
@@ -161,6 +164,7 @@ export class Flusher {
     if (started < this.foldRetryAt || (!this.foldDue && started - this.lastFoldAt < FOLD_SWEEP_MS)) return;
     this.foldDue = false;
     this.lastFoldAt = started;
+    this.appendedDuringFold = false;
     this.folding = store
       .fold()
       .then(
@@ -278,6 +282,7 @@ export class Flusher {
     s.lastFlushKeys = result.keysWritten;
     s.lastFlushStatements = result.statements;
     this.foldDue ||= result.keysLogged > 0;
+    this.appendedDuringFold ||= result.keysLogged > 0 && this.folding !== undefined;
     this.recordWritten(result);
     if (result.duplicateBatches > 0) {
       this.options.logger.info({ duplicateBatches: result.duplicateBatches }, 'skipped batches already committed by an earlier attempt');

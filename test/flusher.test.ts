@@ -233,7 +233,7 @@ t.test('one trim of recent IPs at a time; keys flushed meanwhile are trimmed nex
 // A store that keeps the usage log: its writes report their keys as logged, its folds are counted.
 function loggingStore() {
   const fake = fakeStore();
-  const folds = { calls: 0, fail: false, keys: 0, left: 0 };
+  const folds = { calls: 0, fail: false, keys: 0, left: 0, running: Promise.resolve() };
   const store: UsageStore = {
     ...fake.store,
     write: async (batches) => {
@@ -242,6 +242,7 @@ function loggingStore() {
     },
     fold: async () => {
       folds.calls += 1;
+      await folds.running;
       if (folds.fail) throw new Error('fold failed');
       const keys = folds.keys;
       folds.keys = 0;
@@ -341,4 +342,32 @@ t.test('an interval appends nothing while the usage log is behind, and folds unt
   now += 1000;
   await tick();
   t.equal(appends().length, 3, 'appends go on while folds fail: the log keeps the uses durable');
+});
+
+t.test('while a fold runs, an interval appends once, then holds the uses until it ends', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
+  const { store, folds, written } = loggingStore();
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
+  const appended = () => written.filter((batches) => batches.length > 0);
+  const appends = () => appended().length;
+  const use = () => aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  let endFold = () => {};
+  folds.running = new Promise((resolve) => (endFold = resolve));
+  use();
+  await flusher.tick();
+  t.equal(appends(), 1, 'the append before the fold');
+  use();
+  await flusher.tick();
+  t.equal(appends(), 2, 'one append while the fold runs');
+  use();
+  await flusher.tick();
+  use();
+  await flusher.tick();
+  t.equal(appends(), 2, 'no second one while it runs');
+  t.equal(flusher.stats.appendsHeldBack, 2);
+  endFold();
+  await flusher.fold();
+  await flusher.tick();
+  t.equal(appends(), 3, 'the held uses go once the fold ended');
+  t.equal(appended()[2][0].batch.uses, 2, 'coalesced into that append');
 });
