@@ -12,17 +12,17 @@ import { fmt, writeResults } from './lib/report';
 import { interleavedSchedule, median } from './lib/stats';
 
 // `npx tsx bench/sustainedLoad.ts [--keys=100000] [--orgs=100] [--seconds=60] [--runs=2]
-//    [--variants=direct,log,log-1m]`
-// Not part of `npm run bench`: does a collector keep up when every key is used in every interval?
-// One process holds the real Aggregator, Flusher and store (the collector's defaults otherwise),
-// and a feeder adds one use of every key each second, in ten slices, for --seconds; then the
-// feeder stops and the flusher's stop() writes (and folds) what is left. Every 2 s it samples the
-// usage log's rows, the keys waiting in memory and the flusher's counters. Reports per run: the
-// log's most rows, its rows at the end of the load and their slope over its second half (rows per second: > 0 is
-// a log that grows without bound), the uses fed against those due (a loop too busy to take them
-// would have lost them in the socket's buffer), the catch-up time after the load, and checks that every use
-// fed was persisted exactly once. Variants run interleaved: `direct` (COLLECTOR_USAGE_LOG off),
-// `log` (on), `log-<n>` or `log-<n>k`/`-<n>m` (on, a fold taking at most n rows).
+//    [--collectors=1] [--variants=direct,log,log-1m]`
+// Not part of `npm run bench`: do the collectors keep up when every key is used every second?
+// One process holds each collector's real Aggregator, Flusher and store (the defaults otherwise);
+// a feeder adds one use of every key each second, in ten slices, for --seconds; then the feeder
+// stops and each flusher's stop() writes (and folds) what is left. Every 2 s it samples the usage
+// log's rows, the keys waiting in memory and the flushers' counters. Reports per run: the log's
+// most rows, its rows at the end of the load and their slope over its second half (rows a second:
+// above 0 is a log that grows), the uses fed against those due (a loop too busy to take them would
+// have lost them in the socket's buffer), the catch-up time after the load, and checks that every
+// use fed was persisted exactly once. Variants run interleaved: `direct` (COLLECTOR_USAGE_LOG
+// off), `log` (on), `log-<n>` or `log-<n>k`/`-<n>m` (on, a fold taking at most n rows).
 
 interface Variant {
   name: string;
@@ -81,61 +81,77 @@ async function createKeys(db: Db, keys: number, orgs: number) {
   return { orgIds, keyIds };
 }
 
-async function runOnce(bench: BenchDatabase, keySet: { orgIds: string[]; keyIds: string[] }, variant: Variant, seconds: number) {
-  const collector = loadConfig({ NODE_ENV: 'development' }).collector;
-  const pool = createDb(bench.url, { poolMax: collector.flushParallelism + 3, applicationName: 'keyusage-bench-sustained' });
-  const { orgIds, keyIds } = keySet;
-  const before = await persistedUses(bench.db, orgIds);
-  const aggregator = new Aggregator({ maxKeys: Math.max(collector.aggregatorMaxKeys, keyIds.length), now: Date.now });
+type KeySet = { orgIds: string[]; keyIds: string[] };
+
+// One collector: its own pool, aggregator, store and flusher, the collector's defaults otherwise.
+function collectorOf(bench: BenchDatabase, variant: Variant, keys: number) {
+  const config = loadConfig({ NODE_ENV: 'development' }).collector;
+  const pool = createDb(bench.url, { poolMax: config.flushParallelism + 3, applicationName: 'keyusage-bench-sustained' });
+  const aggregator = new Aggregator({ maxKeys: Math.max(config.aggregatorMaxKeys, keys), now: Date.now });
   const store = createUsageStore(pool, {
-    events: collector.events.enabled ? collector.events : undefined,
-    parallelism: collector.flushParallelism,
+    events: config.events.enabled ? config.events : undefined,
+    parallelism: config.flushParallelism,
     logFlushes: variant.logFlushes,
     foldMaxRows: variant.foldMaxRows,
   });
-  const flusher = new Flusher({ aggregator, store, intervalMs: collector.flushIntervalMs, maxRetryKeys: keyIds.length, logger: silent });
-  // Paced by the clock, not by the timer's firings: a tick that comes late (the loop busy with a
-  // flush or a fold) feeds what was due, up to one second's keys, as a socket's buffer would hold
-  // datagrams; what is beyond is not fed, and shows as `fed` below `offered`.
-  let fed = 0;
-  let offered = 0;
+  const flusher = new Flusher({ aggregator, store, intervalMs: config.flushIntervalMs, maxRetryKeys: keys, logger: silent });
+  return { pool, aggregator, flusher };
+}
+
+// Paced by the clock, not by the timer's firings: a tick that comes late (the loop busy with a
+// flush or a fold) feeds what was due, up to one second's keys, as a socket's buffer would hold
+// datagrams; what is beyond is not fed, and shows as `fed` below `offered`. With several
+// collectors, each second's uses of a key go to the next one, as datagrams spread over receivers.
+function startFeeder({ orgIds, keyIds }: KeySet, aggregators: readonly Aggregator[]) {
+  const feed = { fed: 0, offered: 0, stop: () => clearInterval(timer) };
+  const started = performance.now();
   let next = 0;
-  const feedStarted = performance.now();
-  const feeder = setInterval(() => {
-    const due = Math.floor(((performance.now() - feedStarted) / 1000) * keyIds.length);
-    const slice = Math.min(due - offered, keyIds.length);
+  const timer = setInterval(() => {
+    const due = Math.floor(((performance.now() - started) / 1000) * keyIds.length);
+    const slice = Math.min(due - feed.offered, keyIds.length);
     for (let i = 0; i < slice; i++, next = (next + 1) % keyIds.length) {
+      const aggregator = aggregators[(next + Math.floor((feed.offered + i) / keyIds.length)) % aggregators.length];
       aggregator.add({ keyId: keyIds[next], orgId: orgIds[next], ip: `10.${(next >> 16) & 255}.${(next >> 8) & 255}.${next & 255}`, outcome: 'ok', count: 1 });
     }
-    fed += slice;
-    offered = due;
+    feed.fed += slice;
+    feed.offered = due;
   }, 1000 / FEED_SLICES);
-  flusher.start();
+  return feed;
+}
+
+async function runOnce(bench: BenchDatabase, keySet: KeySet, variant: Variant, seconds: number, collectorCount: number) {
+  const before = await persistedUses(bench.db, keySet.orgIds);
+  const collectors = Array.from({ length: collectorCount }, () => collectorOf(bench, variant, keySet.keyIds.length));
+  const feed = startFeeder(
+    keySet,
+    collectors.map((c) => c.aggregator),
+  );
+  for (const { flusher } of collectors) flusher.start();
   const samples: Sample[] = [];
   const started = performance.now();
+  const sum = (of: (c: (typeof collectors)[number]) => number) => collectors.reduce((total, c) => total + of(c), 0);
   while (performance.now() - started < seconds * 1000) {
     await sleep(SAMPLE_MS);
     const logRows = Number((await bench.db.raw(`select count(*) as n from ${TABLE.usageLog}`)).rows[0].n);
-    const s = flusher.stats;
     samples.push({
       atS: (performance.now() - started) / 1000,
       logRows,
-      pendingKeys: aggregator.pendingKeys + flusher.pendingKeys,
-      flushes: s.flushes,
-      folds: s.folds,
-      lastFlushMs: s.lastFlushDurationMs,
-      lastFoldMs: s.lastFoldDurationMs,
+      pendingKeys: sum((c) => c.aggregator.pendingKeys + c.flusher.pendingKeys),
+      flushes: sum((c) => c.flusher.stats.flushes),
+      folds: sum((c) => c.flusher.stats.folds),
+      lastFlushMs: Math.max(...collectors.map((c) => c.flusher.stats.lastFlushDurationMs)),
+      lastFoldMs: Math.max(...collectors.map((c) => c.flusher.stats.lastFoldDurationMs)),
     });
     process.stderr.write(`  ${variant.name} ${JSON.stringify(samples[samples.length - 1])}\n`);
   }
-  clearInterval(feeder);
+  feed.stop();
   const stopStarted = performance.now();
-  const caughtUp = await flusher.stop(900_000);
+  const caughtUp = (await Promise.all(collectors.map((c) => c.flusher.stop(900_000)))).every(Boolean);
   const catchUpMs = performance.now() - stopStarted;
-  await pool.destroy();
-  const persisted = (await persistedUses(bench.db, orgIds)) - before;
-  if (persisted !== fed) throw new Error(`sustained load (${variant.name}): ${persisted} uses persisted of ${fed} fed`);
-  return { variant: variant.name, fed, offered, caughtUp, catchUpMs, samples, ...shape(samples) };
+  await Promise.all(collectors.map((c) => c.pool.destroy()));
+  const persisted = (await persistedUses(bench.db, keySet.orgIds)) - before;
+  if (persisted !== feed.fed) throw new Error(`sustained load (${variant.name}): ${persisted} uses persisted of ${feed.fed} fed`);
+  return { variant: variant.name, fed: feed.fed, offered: feed.offered, caughtUp, catchUpMs, samples, ...shape(samples) };
 }
 
 // The log at the end of the load, and its least-squares slope over the load's second half.
@@ -161,16 +177,17 @@ async function main() {
   const orgs = Number(flag('orgs', '100'));
   const seconds = Number(flag('seconds', '60'));
   const runs = Number(flag('runs', '2'));
+  const collectorCount = Number(flag('collectors', '1'));
   const variants = flag('variants', 'direct,log,log-1m').split(',').map(parseVariant);
   const bench = await openBenchDatabase((line) => process.stderr.write(`${line}\n`));
   try {
     const keySet = await createKeys(bench.db, keys, orgs);
     // The rows every later flush updates, created first: the load measures the steady state.
-    await runOnce(bench, keySet, parseVariant('direct'), SAMPLE_MS / 1000);
+    await runOnce(bench, keySet, parseVariant('direct'), SAMPLE_MS / 1000, 1);
     const results = [];
     for (const round of interleavedSchedule(variants, runs)) {
       for (const variant of round) {
-        const result = await runOnce(bench, keySet, variant, seconds);
+        const result = await runOnce(bench, keySet, variant, seconds, collectorCount);
         const { samples, ...summary } = result;
         console.log(JSON.stringify(summary));
         results.push(result);
@@ -186,7 +203,13 @@ async function main() {
         `${variant.name}: log peak ${fmt.int(median(peaks))} rows (worst ${fmt.int(Math.max(...peaks))}), slope ${fmt.int(median(slopes))} rows/s (worst ${fmt.int(Math.max(...slopes))}), catch-up ${fmt.ms(median(catchUps), 0)} (worst ${fmt.ms(Math.max(...catchUps), 0)}), fed ${fmt.pct(median(fedShares), 1)} of the uses due (worst ${fmt.pct(Math.min(...fedShares), 1)})\n`,
       );
     }
-    writeResults(`bench/results/sustained-${new Date().toISOString().replace(/[:.]/g, '-')}.json`, { keys, orgs, seconds, results });
+    writeResults(`bench/results/sustained-${new Date().toISOString().replace(/[:.]/g, '-')}.json`, {
+      keys,
+      orgs,
+      seconds,
+      collectors: collectorCount,
+      results,
+    });
   } finally {
     await bench.close();
   }
