@@ -172,7 +172,7 @@ const NOTHING_APPLIED = {
 // fold, or taken by the first if they were there when its delete began), so folds never wait for
 // each other and cannot deadlock. Advisory locks live where the collectors connect: the one
 // server, or the Citus coordinator.
-export const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
+const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
 
 const LOCK_ORGS = `select o as org_id from unnest(cast(? as uuid[])) as o where pg_try_advisory_xact_lock(${FOLD_LOCK_CLASS}, hashtext(cast(o as text)))`;
 const TAKE_LOG = `delete from ${TABLE.usageLog} where org_id = any($1::uuid[]) returning org_id, key_id, delta`;
@@ -215,29 +215,16 @@ async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadabl
  */
 export const FOLD_MAX_ROWS = 200_000;
 
-// The log's rows by org, oldest first, with the key of each org's fold lock: a fold passes over
-// the orgs another fold holds. Otherwise a second collector that chose the same oldest orgs as the
-// first would lock none of them and fold nothing, and collectors added to drain a backlog would
-// not fold it any faster. A two-int4 advisory lock shows in pg_locks as classid and objid (oids:
-// the hash's 32 bits unsigned), objsubid 2; read apart, on the server the collectors lock on (on
-// Citus the coordinator; the log's own query may run on the workers). A snapshot: an org locked
-// just after it is read is still skipped by its lock, as before.
-const ROWS_BY_ORG = `select org_id, count(*)::int as n, hashtext(cast(org_id as text))::bigint & 4294967295 as lock_key
-  from ${TABLE.usageLog} group by org_id order by min(logged_at)`;
-const HELD_FOLD_LOCKS = `select objid::bigint as lock_key from pg_locks
-  where locktype = 'advisory' and granted and objsubid = 2 and classid = ${FOLD_LOCK_CLASS}
-    and database = (select oid from pg_database where datname = current_database())`;
+const ROWS_BY_ORG = `select org_id, count(*)::int as n from ${TABLE.usageLog} group by org_id order by min(logged_at)`;
 
 // The orgs of the next fold, oldest rows first, up to `maxRows` rows, split into `parts` groups
 // near equal in rows; and the rows of the orgs it leaves.
 async function nextFold(db: Db, parts: number, maxRows: number): Promise<{ groups: string[][]; rowsLeft: number }> {
   const { rows } = await db.raw(ROWS_BY_ORG);
-  const held = new Set(((await db.raw(HELD_FOLD_LOCKS)).rows as Array<{ lock_key: string }>).map((row) => row.lock_key));
   const rowsOf = new Map<string, number>();
   let taken = 0;
   let rowsLeft = 0;
-  for (const { org_id: orgId, n, lock_key: lockKey } of rows as Array<{ org_id: string; n: number; lock_key: string }>) {
-    if (held.has(lockKey)) continue;
+  for (const { org_id: orgId, n } of rows as Array<{ org_id: string; n: number }>) {
     if (rowsLeft > 0 || (taken > 0 && taken + n > maxRows)) rowsLeft += n;
     else {
       rowsOf.set(orgId, n);

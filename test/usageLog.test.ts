@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { Aggregator, type KeyUsageDelta } from '../collector/aggregator';
-import { decodeDelta, encodeDelta, createUsageStore, FOLD_LOCK_CLASS, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
+import { decodeDelta, encodeDelta, createUsageStore, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
 import { CommitInDoubtError, type PendingBatch } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
 import { createDb, type Db } from '../shared/db';
@@ -195,25 +195,6 @@ t.test('two folds at once: each org is folded by one of them, every use once', a
     600,
     `every key folded once between them (${folds.map((f) => f.keysWritten).join(' + ')} + ${again.keysWritten})`,
   );
-  t.equal(await logRows(db), 0);
-});
-
-t.test('a fold passes over the orgs another fold holds and takes the next ones, up to its bound', async (t) => {
-  const { db, url } = await freshDatabase(t);
-  const [first, second] = [await orgWithKeys(db, 2, 'first'), await orgWithKeys(db, 2, 'second')];
-  const store = createUsageStore(db, { logFlushes: true, foldMaxRows: 2 });
-  await store.write([batchOf(first)]);
-  await store.write([batchOf(second)]);
-  // Another collector's fold of the first (oldest) org, holding its lock in an open transaction.
-  const other = createDb(url, { poolMax: 1 });
-  t.teardown(() => other.destroy());
-  const holder = await other.transaction();
-  await holder.raw('select pg_advisory_xact_lock(?, hashtext(?))', [FOLD_LOCK_CLASS, first.orgId]);
-  t.match(await store.fold(), { keysWritten: 2, logRowsLeft: 0 }, 'the second org, not nothing');
-  t.ok((await usesOf(db, second.orgId)) > 0);
-  t.equal(await usesOf(db, first.orgId), 0, 'the first is left to the fold that holds it');
-  await holder.rollback();
-  t.match(await store.fold(), { keysWritten: 2, logRowsLeft: 0 }, 'then the first');
   t.equal(await logRows(db), 0);
 });
 
