@@ -12,7 +12,7 @@ import { fmt, writeResults } from './lib/report';
 import { interleavedSchedule, median } from './lib/stats';
 
 // `npx tsx bench/sustainedLoad.ts [--keys=100000] [--orgs=100] [--seconds=60] [--runs=2]
-//    [--collectors=1] [--variants=direct,log,log-1m]`
+//    [--collectors=1] [--pending-keys=100000] [--variants=direct,log,log-1m]`
 // Not part of `npm run bench`: do the collectors keep up when every key is used every second?
 // One process holds each collector's real Aggregator, Flusher and store (the defaults otherwise);
 // a feeder adds one use of every key each second, in ten slices, for --seconds; then the feeder
@@ -84,10 +84,10 @@ async function createKeys(db: Db, keys: number, orgs: number) {
 type KeySet = { orgIds: string[]; keyIds: string[] };
 
 // One collector: its own pool, aggregator, store and flusher, the collector's defaults otherwise.
-function collectorOf(bench: BenchDatabase, variant: Variant, keys: number) {
+function collectorOf(bench: BenchDatabase, variant: Variant, keys: number, maxPendingKeys: number) {
   const config = loadConfig({ NODE_ENV: 'development' }).collector;
   const pool = createDb(bench.url, { poolMax: config.flushParallelism + 3, applicationName: 'keyusage-bench-sustained' });
-  const aggregator = new Aggregator({ maxKeys: Math.max(config.aggregatorMaxKeys, keys), now: Date.now });
+  const aggregator = new Aggregator({ maxKeys: maxPendingKeys, now: Date.now });
   const store = createUsageStore(pool, {
     events: config.events.enabled ? config.events : undefined,
     parallelism: config.flushParallelism,
@@ -119,9 +119,16 @@ function startFeeder({ orgIds, keyIds }: KeySet, aggregators: readonly Aggregato
   return feed;
 }
 
-async function runOnce(bench: BenchDatabase, keySet: KeySet, variant: Variant, seconds: number, collectorCount: number) {
+interface Load {
+  seconds: number;
+  collectors: number;
+  /** Each collector's COLLECTOR_MAX_PENDING_KEYS. */
+  maxPendingKeys: number;
+}
+
+async function runOnce(bench: BenchDatabase, keySet: KeySet, variant: Variant, load: Load) {
   const before = await persistedUses(bench.db, keySet.orgIds);
-  const collectors = Array.from({ length: collectorCount }, () => collectorOf(bench, variant, keySet.keyIds.length));
+  const collectors = Array.from({ length: load.collectors }, () => collectorOf(bench, variant, keySet.keyIds.length, load.maxPendingKeys));
   const feed = startFeeder(
     keySet,
     collectors.map((c) => c.aggregator),
@@ -130,7 +137,7 @@ async function runOnce(bench: BenchDatabase, keySet: KeySet, variant: Variant, s
   const samples: Sample[] = [];
   const started = performance.now();
   const sum = (of: (c: (typeof collectors)[number]) => number) => collectors.reduce((total, c) => total + of(c), 0);
-  while (performance.now() - started < seconds * 1000) {
+  while (performance.now() - started < load.seconds * 1000) {
     await sleep(SAMPLE_MS);
     const logRows = Number((await bench.db.raw(`select count(*) as n from ${TABLE.usageLog}`)).rows[0].n);
     samples.push({
@@ -150,8 +157,10 @@ async function runOnce(bench: BenchDatabase, keySet: KeySet, variant: Variant, s
   const catchUpMs = performance.now() - stopStarted;
   await Promise.all(collectors.map((c) => c.pool.destroy()));
   const persisted = (await persistedUses(bench.db, keySet.orgIds)) - before;
-  if (persisted !== feed.fed) throw new Error(`sustained load (${variant.name}): ${persisted} uses persisted of ${feed.fed} fed`);
-  return { variant: variant.name, fed: feed.fed, offered: feed.offered, caughtUp, catchUpMs, samples, ...shape(samples) };
+  // Uses refused at a full aggregator are counted, not lost unseen: every other one is persisted.
+  const refused = sum((c) => c.aggregator.overflowUses);
+  if (persisted !== feed.fed - refused) throw new Error(`sustained load (${variant.name}): ${persisted} uses persisted of ${feed.fed} fed, ${refused} refused`);
+  return { variant: variant.name, fed: feed.fed, offered: feed.offered, refused, caughtUp, catchUpMs, samples, ...shape(samples) };
 }
 
 // The log at the end of the load, and its least-squares slope over the load's second half.
@@ -175,19 +184,22 @@ function shape(samples: readonly Sample[]) {
 async function main() {
   const keys = Number(flag('keys', '100000'));
   const orgs = Number(flag('orgs', '100'));
-  const seconds = Number(flag('seconds', '60'));
   const runs = Number(flag('runs', '2'));
-  const collectorCount = Number(flag('collectors', '1'));
+  const load: Load = {
+    seconds: Number(flag('seconds', '60')),
+    collectors: Number(flag('collectors', '1')),
+    maxPendingKeys: Number(flag('pending-keys', String(loadConfig({ NODE_ENV: 'development' }).collector.aggregatorMaxKeys))),
+  };
   const variants = flag('variants', 'direct,log,log-1m').split(',').map(parseVariant);
   const bench = await openBenchDatabase((line) => process.stderr.write(`${line}\n`));
   try {
     const keySet = await createKeys(bench.db, keys, orgs);
     // The rows every later flush updates, created first: the load measures the steady state.
-    await runOnce(bench, keySet, parseVariant('direct'), SAMPLE_MS / 1000, 1);
+    await runOnce(bench, keySet, parseVariant('direct'), { seconds: SAMPLE_MS / 1000, collectors: 1, maxPendingKeys: keys });
     const results = [];
     for (const round of interleavedSchedule(variants, runs)) {
       for (const variant of round) {
-        const result = await runOnce(bench, keySet, variant, seconds, collectorCount);
+        const result = await runOnce(bench, keySet, variant, load);
         const { samples, ...summary } = result;
         console.log(JSON.stringify(summary));
         results.push(result);
@@ -206,8 +218,7 @@ async function main() {
     writeResults(`bench/results/sustained-${new Date().toISOString().replace(/[:.]/g, '-')}.json`, {
       keys,
       orgs,
-      seconds,
-      collectors: collectorCount,
+      ...load,
       results,
     });
   } finally {

@@ -155,6 +155,11 @@ export class Aggregator {
     return batch;
   }
 
+  /** The most keys it holds: a new key beyond them is refused. */
+  get maxKeys(): number {
+    return this.#maxKeys;
+  }
+
   get pendingKeys(): number {
     return this.#byTail.size + this.#sharedTails.size + this.#otherOrgs.size;
   }

@@ -40,6 +40,9 @@ export interface FlusherOptions {
   backoff?: { initialMs: number; maxMs: number };
 }
 
+// The share of the aggregator's cap from which an append no longer waits for the folds (Flusher.tick).
+const NEAR_FULL = 0.9;
+
 /** How often a collector folds the usage log even when none of its own flushes appended to it. */
 export const FOLD_SWEEP_MS = 60_000;
 
@@ -115,15 +118,24 @@ export class Flusher {
    * outrun the folds, then a fold if one is due. An append waits while the usage log is behind
    * (the last fold left rows it could not take), and while a fold runs once one append went in
    * since it began: with 100 k keys used every second, appends every second grew one collector's
-   * log by 16 k rows a second, to 1.3-1.6 M rows after a minute (bench/sustainedLoad.ts,
+   * log by 28 k rows a second, to 1.8 M rows after a minute (bench/sustainedLoad.ts,
    * docs/benchmarks.md §4). Held back, the uses coalesce in memory, as they do while a direct
    * write runs, and the next append carries each key once, so the log holds at most about two
-   * appends beside what a fold is taking.
+   * appends beside what a fold is taking. But only while the keys held fill less than NEAR_FULL of
+   * the aggregator: past its cap new keys are refused, and no use may be lost to keep the log
+   * short. So the log stays short when COLLECTOR_MAX_PENDING_KEYS has room for the keys of a fold's
+   * duration; when it has not, the log grows instead, as it did before.
    */
   async tick(): Promise<void> {
-    if (this.stats.logBacklogRows > 0 || (this.folding !== undefined && this.appendedDuringFold)) this.stats.appendsHeldBack += 1;
+    if (this.appendWaits()) this.stats.appendsHeldBack += 1;
     else if (this.now() >= this.retryAt) await this.flush();
     this.startFold();
+  }
+
+  private appendWaits(): boolean {
+    const { aggregator } = this.options;
+    const behind = this.stats.logBacklogRows > 0 || (this.folding !== undefined && this.appendedDuringFold);
+    return behind && aggregator.pendingKeys < NEAR_FULL * aggregator.maxKeys;
   }
 
   /** One flush; concurrent callers share the flush in progress. Resolves true when nothing is left pending. */

@@ -371,3 +371,26 @@ t.test('while a fold runs, an interval appends once, then holds the uses until i
   t.equal(appends(), 3, 'the held uses go once the fold ended');
   t.equal(appended()[2][0].batch.uses, 2, 'coalesced into that append');
 });
+
+t.test('appends wait for the folds only while the keys held fill less than 90 % of the aggregator', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 10, now: () => 0 });
+  const { store, folds, written } = loggingStore();
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 10, logger, now: () => 0 });
+  const appends = () => written.filter((batches) => batches.length > 0).length;
+  const use = (keys: number) => {
+    for (let k = 0; k < keys; k++) aggregator.add({ keyId: key(k), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  };
+  use(1);
+  folds.left = 100;
+  await flusher.tick();
+  await flusher.fold();
+  t.equal(appends(), 1);
+  use(8);
+  await flusher.tick();
+  await flusher.fold();
+  t.equal(appends(), 1, 'eight keys of ten: held back');
+  use(9);
+  await flusher.tick();
+  t.equal(appends(), 2, 'nine of ten: appended though the log is behind, before new keys are refused');
+  t.equal(aggregator.overflowUses, 0);
+});
