@@ -59,7 +59,11 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('failed_folds_total', 'Failed folds of the usage log (their rows stay in the log and are folded again)', f.failedFolds),
     gauge('last_fold_duration_seconds', 'Duration of the last fold of the usage log that applied rows', f.lastFoldDurationMs / 1000),
     gauge('last_fold_keys', 'Keys the last fold of the usage log applied', f.lastFoldKeys),
-    gauge('usage_log_backlog_rows', 'Rows the last fold found in the usage log and left for a later one; appends wait while above 0', f.logBacklogRows),
+    gauge(
+      'usage_log_backlog_rows',
+      'Rows the last fold found in the usage log and left for a later one; while above 0, appends wait (under 90 % of the pending-key cap)',
+      f.logBacklogRows,
+    ),
     counter('appends_held_back_total', 'Intervals that appended nothing because the usage log was behind (the uses wait in memory)', f.appendsHeldBack),
     counter('failed_flushes_total', 'Failed flush attempts (retried)', f.failedFlushes),
     counter('duplicate_batches_skipped_total', 'Retried batches found already committed', f.duplicateBatchesSkipped),
