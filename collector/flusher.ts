@@ -42,6 +42,10 @@ export interface FlusherOptions {
 
 // The share of the aggregator's cap from which an append no longer waits for the folds (Flusher.tick).
 const NEAR_FULL = 0.9;
+// How long appends wait for one fold at most. A fold that hangs (on a lock some other transaction
+// holds, on a connection that stopped answering) must not stop the appends that make uses
+// durable; the folds measured took up to 22 s for a million rows.
+export const APPEND_WAIT_MAX_MS = 30_000;
 
 /** How often a collector folds the usage log even when none of its own flushes appended to it. */
 export const FOLD_SWEEP_MS = 60_000;
@@ -124,7 +128,8 @@ export class Flusher {
    * appends beside what a fold is taking. But only while the keys held fill less than NEAR_FULL of
    * the aggregator: past its cap new keys are refused, and no use may be lost to keep the log
    * short. So the log stays short when COLLECTOR_MAX_PENDING_KEYS has room for the keys of a fold's
-   * duration; when it has not, the log grows instead, as it did before.
+   * duration; when it has not, the log grows instead, as it did before. Nor for a fold that has run
+   * APPEND_WAIT_MAX_MS.
    */
   async tick(): Promise<void> {
     if (this.appendWaits()) this.stats.appendsHeldBack += 1;
@@ -134,7 +139,9 @@ export class Flusher {
 
   private appendWaits(): boolean {
     const { aggregator } = this.options;
-    const behind = this.stats.logBacklogRows > 0 || (this.folding !== undefined && this.appendedDuringFold);
+    const folding = this.folding !== undefined;
+    if (folding && this.now() - this.lastFoldAt >= APPEND_WAIT_MAX_MS) return false;
+    const behind = this.stats.logBacklogRows > 0 || (folding && this.appendedDuringFold);
     return behind && aggregator.pendingKeys < NEAR_FULL * aggregator.maxKeys;
   }
 

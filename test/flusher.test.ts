@@ -1,6 +1,6 @@
 import t from 'tap';
 import { Aggregator } from '../collector/aggregator';
-import { FOLD_SWEEP_MS, Flusher } from '../collector/flusher';
+import { APPEND_WAIT_MAX_MS, FOLD_SWEEP_MS, Flusher } from '../collector/flusher';
 import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch, type UsageStore, type WriteResult } from '../collector/usageStore';
 import { renderPrometheus } from '../shared/metrics';
 import { createLogger } from '../shared/logger';
@@ -393,4 +393,28 @@ t.test('appends wait for the folds only while the keys held fill less than 90 % 
   await flusher.tick();
   t.equal(appends(), 2, 'nine of ten: appended though the log is behind, before new keys are refused');
   t.equal(aggregator.overflowUses, 0);
+});
+
+t.test('appends wait for a running fold at most APPEND_WAIT_MAX_MS: a fold that hangs does not stop them', async (t) => {
+  let now = 0;
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => now });
+  const { store, folds, written } = loggingStore();
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => now });
+  const appends = () => written.filter((batches) => batches.length > 0).length;
+  const use = () => aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  let endFold = () => {};
+  folds.running = new Promise((resolve) => (endFold = resolve));
+  for (let tick = 0; tick < 3; tick++) {
+    use();
+    await flusher.tick();
+  }
+  t.equal(appends(), 2, 'one append before the fold, one beside it, then held');
+  now += APPEND_WAIT_MAX_MS - 1;
+  await flusher.tick();
+  t.equal(appends(), 2, 'still held just before the bound');
+  now += 1;
+  await flusher.tick();
+  t.equal(appends(), 3, 'appended once the fold has run for the bound');
+  endFold();
+  await flusher.fold();
 });
