@@ -1,4 +1,6 @@
 import dgram from 'node:dgram';
+import fs from 'node:fs';
+import path from 'node:path';
 import t from 'tap';
 import { CommitInDoubtError, createPgUsageStore, type UsageStore } from '../collector/usageStore';
 import { createStatsdSink } from '../api/usage/statsdSink';
@@ -378,6 +380,15 @@ t.test('malformed datagrams are counted and dropped, never fatal', async (t) => 
   t.match(metrics, /^keyusage_collector_bad_lines_total 4$/m);
   t.match(metrics, /^keyusage_collector_other_lines_total 2$/m);
   t.match(metrics, /^keyusage_collector_flushes_total 1$/m);
+  // Every metric the collector serves has its row in the operators' table.
+  const runbook = fs.readFileSync(path.join(__dirname, '..', 'docs', 'operations.md'), 'utf8');
+  const served = [...metrics.matchAll(/^# TYPE keyusage_collector_([a-z_]+) /gm)].map((m) => m[1]);
+  t.ok(served.length >= 40, `the collector serves its metrics (${served.length})`);
+  t.same(
+    served.filter((name) => !runbook.includes(`\`${name}\``)),
+    [],
+    'each in docs/operations.md',
+  );
   const health = await fetch(`http://127.0.0.1:${collector.metricsPort}/healthz`);
   t.equal(health.status, 200);
   t.equal((await fetch(`http://127.0.0.1:${collector.metricsPort}/nope`)).status, 404);
