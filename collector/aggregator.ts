@@ -74,6 +74,7 @@ export class Aggregator {
   #outOfWindowSamples = 0;
   #hourFor = NaN;
   #hour = NaN;
+  #nearFull: { keys: number; observer: () => void } | undefined;
 
   constructor(options: AggregatorOptions) {
     this.#maxKeys = positiveInteger('maxKeys', options.maxKeys);
@@ -132,14 +133,28 @@ export class Aggregator {
       const created = new PendingKey(sample.keyId, sample.orgId, hour);
       if (fast === undefined) this.#byTail.set(tail, created);
       else this.#sharedTails.set(sample.keyId, created);
-      return created;
+      return this.#added(created);
     }
     const id = entryId(sample.orgId, sample.keyId);
     const other = this.#otherOrgs.get(id);
     if (other !== undefined || full) return other;
     const created = new PendingKey(sample.keyId, sample.orgId, hour);
     this.#otherOrgs.set(id, created);
-    return created;
+    return this.#added(created);
+  }
+
+  // The one place a new key is counted in: the observer hears when the keys reach its mark.
+  #added(entry: PendingKey): PendingKey {
+    if (this.#nearFull !== undefined && this.pendingKeys === this.#nearFull.keys) this.#nearFull.observer();
+    return entry;
+  }
+
+  /**
+   * Calls `observer` when a new key brings the pending keys to `fraction` of the cap, once each time
+   * they reach it (a drain empties them). It runs inside add(): it must not drain, only arrange to.
+   */
+  onNearFull(fraction: number, observer: () => void): void {
+    this.#nearFull = { keys: Math.max(1, Math.ceil(fraction * this.#maxKeys)), observer };
   }
 
   drain(): UsageBatch {
@@ -153,11 +168,6 @@ export class Aggregator {
     this.#otherOrgs = new Map();
     this.#uses = 0;
     return batch;
-  }
-
-  /** The most keys it holds: a new key beyond them is refused. */
-  get maxKeys(): number {
-    return this.#maxKeys;
   }
 
   get pendingKeys(): number {

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '../shared/logger';
 import { mergeBatches, type Aggregator } from './aggregator';
+import { AppendGate } from './appendGate';
 import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch, type FoldResult, type UsageStore, type WriteResult } from './usageStore';
 
 export interface FlushStats {
@@ -40,12 +41,8 @@ export interface FlusherOptions {
   backoff?: { initialMs: number; maxMs: number };
 }
 
-// The share of the aggregator's cap from which an append no longer waits for the folds (Flusher.tick).
+// The share of the aggregator's cap at which a held-back append goes at once (Flusher's constructor).
 const NEAR_FULL = 0.9;
-// How long appends wait for one fold at most. A fold that hangs (on a lock some other transaction
-// holds, on a connection that stopped answering) must not stop the appends that make uses
-// durable; the folds measured took up to 22 s for a million rows.
-export const APPEND_WAIT_MAX_MS = 30_000;
 
 /** How often a collector folds the usage log even when none of its own flushes appended to it. */
 export const FOLD_SWEEP_MS = 60_000;
@@ -94,8 +91,10 @@ export class Flusher {
   // line, per backoff step, not per interval), and at least every FOLD_SWEEP_MS (at start too) for
   // rows another collector left. What a fold does not apply stays in the log.
   private folding: Promise<void> | undefined;
-  private appendedDuringFold = false;
+  private lastFoldFound = 0;
   private foldDue = true;
+  // With the usage log: whether appends wait for the folds (collector/appendGate.ts).
+  private readonly gate: AppendGate | undefined;
   private lastFoldAt = -Infinity;
   private foldRetryAt = 0;
   private consecutiveFoldFailures = 0;
@@ -103,6 +102,14 @@ export class Flusher {
   constructor(private readonly options: FlusherOptions) {
     this.now = options.now ?? Date.now;
     this.backoff = options.backoff ?? { initialMs: options.intervalMs, maxMs: 30_000 };
+    if (options.store.appendsToLog) {
+      this.gate = new AppendGate(this.now);
+      // Held back, the keys may fill the aggregator between two intervals: the append goes as soon
+      // as they reach NEAR_FULL of its cap (after the datagram being read), before any is refused.
+      options.aggregator.onNearFull(NEAR_FULL, () => {
+        if (this.appendHeld()) queueMicrotask(() => void this.flush());
+      });
+    }
   }
 
   get pendingKeys(): number {
@@ -118,31 +125,18 @@ export class Flusher {
   }
 
   /**
-   * What each interval does: a flush, unless a failed one waits for its retry or an append would
-   * outrun the folds, then a fold if one is due. An append waits while the usage log is behind
-   * (the last fold left rows it could not take), and while a fold runs once one append went in
-   * since it began: with 100 k keys used every second, appends every second grew one collector's
-   * log by 28 k rows a second, to 1.8 M rows after a minute (bench/sustainedLoad.ts,
-   * docs/benchmarks.md §4). Held back, the uses coalesce in memory, as they do while a direct
-   * write runs, and the next append carries each key once, so the log holds at most about two
-   * appends beside what a fold is taking. But only while the keys held fill less than NEAR_FULL of
-   * the aggregator: past its cap new keys are refused, and no use may be lost to keep the log
-   * short. So the log stays short when COLLECTOR_MAX_PENDING_KEYS has room for the keys of a fold's
-   * duration; when it has not, the log grows instead, as it did before. Nor for a fold that has run
-   * APPEND_WAIT_MAX_MS.
+   * What each interval does: a flush, unless a failed one waits for its retry or, with the usage
+   * log, the append waits for the folds (collector/appendGate.ts), then a fold if one is due.
    */
   async tick(): Promise<void> {
-    if (this.appendWaits()) this.stats.appendsHeldBack += 1;
+    if (this.appendHeld()) this.stats.appendsHeldBack += 1;
     else if (this.now() >= this.retryAt) await this.flush();
     this.startFold();
   }
 
-  private appendWaits(): boolean {
-    const { aggregator } = this.options;
-    const folding = this.folding !== undefined;
-    if (folding && this.now() - this.lastFoldAt >= APPEND_WAIT_MAX_MS) return false;
-    const behind = this.stats.logBacklogRows > 0 || (folding && this.appendedDuringFold);
-    return behind && aggregator.pendingKeys < NEAR_FULL * aggregator.maxKeys;
+  // A batch whose write failed is retried at its time, held or not: it was drained already.
+  private appendHeld(): boolean {
+    return this.gate !== undefined && this.pending.length === 0 && this.gate.holds();
   }
 
   /** One flush; concurrent callers share the flush in progress. Resolves true when nothing is left pending. */
@@ -183,7 +177,7 @@ export class Flusher {
     if (started < this.foldRetryAt || (!this.foldDue && started - this.lastFoldAt < FOLD_SWEEP_MS)) return;
     this.foldDue = false;
     this.lastFoldAt = started;
-    this.appendedDuringFold = false;
+    this.gate?.foldStarted();
     this.folding = store
       .fold()
       .then(
@@ -194,18 +188,25 @@ export class Flusher {
   }
 
   // At stop, the log is folded while folds find rows, until the deadline or a failed fold: what is
-  // left is applied by the next collector that starts (nothing is lost, it is only late).
+  // left is applied by the next collector that starts (nothing is lost, it is only late). A fold
+  // that found nothing ends it even with rows left: those are other folds' (their orgs' locks).
   private async foldUntilEmpty(giveUpAt: number): Promise<void> {
     await this.folding;
-    while (this.foldDue && this.now() < giveUpAt && this.now() >= this.foldRetryAt) await this.fold();
+    while (this.foldDue && this.now() < giveUpAt && this.now() >= this.foldRetryAt) {
+      await this.fold();
+      if (this.lastFoldFound === 0) break;
+    }
   }
 
   private recordFold(result: FoldResult, durationMs: number) {
     const s = this.stats;
     this.consecutiveFoldFailures = 0;
     this.foldRetryAt = 0;
+    this.gate?.foldEnded(result.logRowsLeft);
     s.logBacklogRows = result.logRowsLeft;
     const found = result.keysWritten + result.unknownKeys + result.quarantined.length;
+    this.lastFoldFound = found;
+    // While rows are left, the next interval folds again: appends wait for the log to catch up.
     this.foldDue ||= found > 0 || result.logRowsLeft > 0;
     if (found === 0) return;
     s.folds += 1;
@@ -215,10 +216,10 @@ export class Flusher {
     this.recordWritten(result);
   }
 
-  // Appends go on while folds fail: what they log is durable, and failed_folds_total tells.
   private recordFoldFailure(error: unknown) {
     this.stats.failedFolds += 1;
     this.stats.logBacklogRows = 0;
+    this.gate?.foldFailed();
     this.foldDue = true;
     this.consecutiveFoldFailures += 1;
     const delay = Math.min(this.backoff.initialMs * 2 ** (this.consecutiveFoldFailures - 1), this.backoff.maxMs);
@@ -301,7 +302,7 @@ export class Flusher {
     s.lastFlushKeys = result.keysWritten;
     s.lastFlushStatements = result.statements;
     this.foldDue ||= result.keysLogged > 0;
-    this.appendedDuringFold ||= result.keysLogged > 0 && this.folding !== undefined;
+    if (result.keysLogged > 0) this.gate?.appended();
     this.recordWritten(result);
     if (result.duplicateBatches > 0) {
       this.options.logger.info({ duplicateBatches: result.duplicateBatches }, 'skipped batches already committed by an earlier attempt');

@@ -265,6 +265,7 @@ export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore &
   const apply: ApplyOptions = { events: options.events };
   return {
     write: options.logFlushes ? (batches) => append(db, batches) : (batches) => direct.write(batches),
+    appendsToLog: options.logFlushes,
     fold: async () => {
       const { groups, rowsLeft } = await nextFold(db, options.parallelism ?? 1, options.foldMaxRows ?? FOLD_MAX_ROWS);
       const result = await settleParts(

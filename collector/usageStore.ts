@@ -46,6 +46,8 @@ export interface UsageStore {
   expireOldRows(retentionDays: number): Promise<void>;
   /** Applies (part of) the usage log to the usage tables (collector/usageLog.ts); absent: the store keeps no log. */
   fold?(): Promise<FoldResult>;
+  /** write() appends to the usage log (COLLECTOR_USAGE_LOG), so its appends may wait for the folds. */
+  readonly appendsToLog?: boolean;
 }
 
 export interface FoldResult extends WriteResult {

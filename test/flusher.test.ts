@@ -1,6 +1,7 @@
 import t from 'tap';
 import { Aggregator } from '../collector/aggregator';
-import { APPEND_WAIT_MAX_MS, FOLD_SWEEP_MS, Flusher } from '../collector/flusher';
+import { APPEND_WAIT_MAX_MS } from '../collector/appendGate';
+import { FOLD_SWEEP_MS, Flusher } from '../collector/flusher';
 import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch, type UsageStore, type WriteResult } from '../collector/usageStore';
 import { renderPrometheus } from '../shared/metrics';
 import { createLogger } from '../shared/logger';
@@ -236,6 +237,7 @@ function loggingStore() {
   const folds = { calls: 0, fail: false, keys: 0, left: 0, running: Promise.resolve() };
   const store: UsageStore = {
     ...fake.store,
+    appendsToLog: true,
     write: async (batches) => {
       const result = await fake.store.write(batches);
       return { ...result, keysLogged: batches.reduce((n, b) => n + b.batch.keys.length, 0) };
@@ -249,7 +251,9 @@ function loggingStore() {
       return { ...(await fake.store.write([])), keysWritten: keys, usesWritten: keys, logRowsLeft: folds.left };
     },
   };
-  return { ...fake, store, folds };
+  // The fake's folds call its write with no batch.
+  const appends = () => fake.written.filter((batches) => batches.length > 0);
+  return { ...fake, store, folds, appends };
 }
 
 t.test('the usage log is folded at start, after an append, while folds find rows, after a failure or a commit in doubt, and every FOLD_SWEEP_MS', async (t) => {
@@ -299,10 +303,8 @@ t.test('the usage log is folded at start, after an append, while folds find rows
 t.test('an interval appends nothing while the usage log is behind, and folds until a fold takes all it found', async (t) => {
   let now = 0;
   const aggregator = new Aggregator({ maxKeys: 100, now: () => now });
-  const { store, folds, written } = loggingStore();
+  const { store, folds, appends } = loggingStore();
   const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => now });
-  // The fake's folds call its write with no batch.
-  const appends = () => written.filter((batches) => batches.length > 0);
   const use = () => aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   const tick = async () => {
     await flusher.tick();
@@ -335,72 +337,78 @@ t.test('an interval appends nothing while the usage log is behind, and folds unt
   use();
   folds.left = 300;
   await tick();
+  use();
   folds.fail = true;
   now += 1000;
   await tick();
   t.equal(flusher.stats.failedFolds, 1);
+  t.equal(appends().length, 3, 'held after the fold that left rows');
   now += 1000;
   await tick();
-  t.equal(appends().length, 3, 'appends go on while folds fail: the log keeps the uses durable');
+  t.equal(appends().length, 4, 'appends go on once a fold failed: the log keeps the uses durable');
 });
 
 t.test('while a fold runs, an interval appends once, then holds the uses until it ends', async (t) => {
   const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
-  const { store, folds, written } = loggingStore();
+  const { store, folds, appends } = loggingStore();
   const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
-  const appended = () => written.filter((batches) => batches.length > 0);
-  const appends = () => appended().length;
   const use = () => aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   let endFold = () => {};
   folds.running = new Promise((resolve) => (endFold = resolve));
   use();
   await flusher.tick();
-  t.equal(appends(), 1, 'the append before the fold');
+  t.equal(appends().length, 1, 'the append before the fold');
   use();
   await flusher.tick();
-  t.equal(appends(), 2, 'one append while the fold runs');
+  t.equal(appends().length, 2, 'one append while the fold runs');
   use();
   await flusher.tick();
   use();
   await flusher.tick();
-  t.equal(appends(), 2, 'no second one while it runs');
+  t.equal(appends().length, 2, 'no second one while it runs');
   t.equal(flusher.stats.appendsHeldBack, 2);
   endFold();
   await flusher.fold();
   await flusher.tick();
-  t.equal(appends(), 3, 'the held uses go once the fold ended');
-  t.equal(appended()[2][0].batch.uses, 2, 'coalesced into that append');
+  t.equal(appends().length, 3, 'the held uses go once the fold ended');
+  t.equal(appends()[2][0].batch.uses, 2, 'coalesced into that append');
 });
 
-t.test('appends wait for the folds only while the keys held fill less than 90 % of the aggregator', async (t) => {
+t.test('a held-back append goes as soon as new keys reach 90 % of the aggregator, before any is refused', async (t) => {
   const aggregator = new Aggregator({ maxKeys: 10, now: () => 0 });
-  const { store, folds, written } = loggingStore();
+  const { store, folds, appends } = loggingStore();
   const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 10, logger, now: () => 0 });
-  const appends = () => written.filter((batches) => batches.length > 0).length;
-  const use = (keys: number) => {
-    for (let k = 0; k < keys; k++) aggregator.add({ keyId: key(k), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  const use = (from: number, to: number) => {
+    for (let k = from; k < to; k++) aggregator.add({ keyId: key(k), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   };
-  use(1);
+  use(0, 1);
   folds.left = 100;
   await flusher.tick();
   await flusher.fold();
-  t.equal(appends(), 1);
-  use(8);
+  t.equal(appends().length, 1);
+  use(1, 9);
   await flusher.tick();
-  await flusher.fold();
-  t.equal(appends(), 1, 'eight keys of ten: held back');
-  use(9);
-  await flusher.tick();
-  t.equal(appends(), 2, 'nine of ten: appended though the log is behind, before new keys are refused');
-  t.equal(aggregator.overflowUses, 0);
+  t.equal(appends().length, 1, 'eight keys of ten: held back');
+  // The append the ninth key sets off runs after the current task (the datagram being read).
+  const afterTask = () => new Promise((resolve) => setImmediate(resolve));
+  use(9, 10);
+  t.equal(appends().length, 1, 'not inside add()');
+  await afterTask();
+  t.equal(appends().length, 2, 'the ninth key set the append off, between two intervals');
+  use(10, 19);
+  await afterTask();
+  use(19, 28);
+  await afterTask();
+  t.equal(aggregator.overflowUses, 0, 'twenty-seven new keys in what would be one interval: none refused');
+  t.equal(appends().length, 4);
+  t.equal(appends().reduce((sum, batches) => sum + batches[0].batch.uses, 0) + aggregator.pendingKeys, 28, 'every use appended or waiting');
 });
 
-t.test('appends wait for a running fold at most APPEND_WAIT_MAX_MS: a fold that hangs does not stop them', async (t) => {
+t.test('appends wait at most APPEND_WAIT_MAX_MS since the last one: a fold that hangs does not stop them', async (t) => {
   let now = 0;
   const aggregator = new Aggregator({ maxKeys: 100, now: () => now });
-  const { store, folds, written } = loggingStore();
+  const { store, folds, appends } = loggingStore();
   const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => now });
-  const appends = () => written.filter((batches) => batches.length > 0).length;
   const use = () => aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   let endFold = () => {};
   folds.running = new Promise((resolve) => (endFold = resolve));
@@ -408,13 +416,56 @@ t.test('appends wait for a running fold at most APPEND_WAIT_MAX_MS: a fold that 
     use();
     await flusher.tick();
   }
-  t.equal(appends(), 2, 'one append before the fold, one beside it, then held');
+  t.equal(appends().length, 2, 'one append before the fold, one beside it, then held');
   now += APPEND_WAIT_MAX_MS - 1;
   await flusher.tick();
-  t.equal(appends(), 2, 'still held just before the bound');
+  t.equal(appends().length, 2, 'still held just before the bound');
   now += 1;
   await flusher.tick();
-  t.equal(appends(), 3, 'appended once the fold has run for the bound');
+  t.equal(appends().length, 3, 'appended once the bound passed since the last append');
   endFold();
   await flusher.fold();
+});
+
+t.test('a failed append is retried at its time though the log is behind', async (t) => {
+  let now = 0;
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => now });
+  const { store, folds, fail, appends } = loggingStore();
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => now });
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  fail(new Error('connection refused'));
+  folds.left = 100;
+  await flusher.tick();
+  await flusher.fold();
+  t.equal(flusher.stats.failedFlushes, 1);
+  t.equal(flusher.stats.logBacklogRows, 100, 'the log is behind');
+  now += 1000;
+  await flusher.tick();
+  t.equal(appends().length, 1, 'the drained batch was written at its retry');
+  t.equal(flusher.pendingKeys, 0);
+});
+
+t.test('a store that does not append to the log never waits for its folds', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
+  const { store, folds, appends } = loggingStore();
+  const flusher = new Flusher({ aggregator, store: { ...store, appendsToLog: false }, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
+  folds.left = 100;
+  for (let tick = 0; tick < 3; tick++) {
+    aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+    await flusher.tick();
+    await flusher.fold();
+  }
+  t.equal(flusher.stats.logBacklogRows, 100, "another collector's log is behind");
+  t.equal(appends().length, 3, 'a direct write adds nothing to it: every interval writes');
+});
+
+t.test('stop folds while folds find rows, and not on when one found none of the rows left', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
+  const { store, folds } = loggingStore();
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger });
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  folds.keys = 1;
+  folds.left = 100;
+  t.equal(await flusher.stop(5000), true);
+  t.equal(folds.calls, 2, 'one fold that found rows, one that found none of the rows left (other folds hold them)');
 });
