@@ -61,7 +61,7 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     gauge('last_fold_keys', 'Keys the last fold of the usage log applied', f.lastFoldKeys),
     gauge(
       'usage_log_backlog_rows',
-      'Rows the last fold found in the usage log and left for a later one; while above 0, appends wait (under 90 % of the pending-key cap)',
+      'Rows the last fold found in the usage log and left for a later one; while above 0, appends wait (until 90 % of the pending-key cap, or 30 s)',
       f.logBacklogRows,
     ),
     counter('appends_held_back_total', 'Intervals that appended nothing because the usage log was behind (the uses wait in memory)', f.appendsHeldBack),
