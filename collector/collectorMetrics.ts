@@ -7,8 +7,15 @@ import type { Upkeep } from './upkeep';
 
 // What the collector's /metrics reports, read from the stages' own counters at scrape time.
 
+/** The collector's connection pool, as tarn counts it. */
+export interface PoolState {
+  used(): number;
+  pendingAcquires(): number;
+}
+
 export interface CollectorParts {
   ingest: IngestCounters;
+  pool: PoolState;
   replayCache: ReplayCacheState;
   aggregator: Aggregator;
   flusher: Flusher;
@@ -59,6 +66,13 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('failed_folds_total', 'Failed folds of the usage log (their rows stay in the log and are folded again)', f.failedFolds),
     gauge('last_fold_duration_seconds', 'Duration of the last fold of the usage log that applied rows', f.lastFoldDurationMs / 1000),
     gauge('last_fold_keys', 'Keys the last fold of the usage log applied', f.lastFoldKeys),
+    gauge(
+      'fold_running_seconds',
+      'How long the fold of the usage log in progress has run (0: none); one that keeps growing has hung',
+      flusher.foldRunningMs / 1000,
+    ),
+    gauge('db_pool_used_connections', "Connections of the collector's pool in use", parts.pool.used()),
+    gauge('db_pool_pending_acquires', "Queries waiting for a connection of the collector's pool", parts.pool.pendingAcquires()),
     gauge(
       'usage_log_backlog_rows',
       'Rows the last fold found in the usage log and left for a later one; while above 0, appends wait (until 90 % of the pending-key cap, or 30 s)',

@@ -120,6 +120,11 @@ export class Flusher {
     return this.pending.reduce((sum, p) => sum + p.batch.uses, 0);
   }
 
+  /** How long the fold in progress has run; 0 when none runs. */
+  get foldRunningMs(): number {
+    return this.folding === undefined ? 0 : this.now() - this.lastFoldAt;
+  }
+
   start(): void {
     this.timer ??= setInterval(() => void this.tick(), this.options.intervalMs).unref();
   }
@@ -301,7 +306,10 @@ export class Flusher {
     s.lastFlushDurationMs = durationMs;
     s.lastFlushKeys = result.keysWritten;
     s.lastFlushStatements = result.statements;
-    this.foldDue ||= result.keysLogged > 0;
+    // A batch found committed by an earlier, in-doubt attempt left its rows in the log too. The
+    // failure made a fold due, but that fold may have run before the lost COMMIT was visible and
+    // found nothing; without this the rows waited for the next sweep (FOLD_SWEEP_MS).
+    this.foldDue ||= result.keysLogged > 0 || result.duplicateBatches > 0;
     if (result.keysLogged > 0) this.gate?.appended();
     this.recordWritten(result);
     if (result.duplicateBatches > 0) {

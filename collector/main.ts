@@ -1,5 +1,5 @@
 import { loadConfig, type Config } from '../shared/config';
-import { createCheckedDb, warnIfServerAllowsFewer } from '../shared/db';
+import { createCheckedDb, poolState, warnIfServerAllowsFewer } from '../shared/db';
 import { createLogger, type Logger } from '../shared/logger';
 import { metricsServer, renderPrometheus } from '../shared/metrics';
 import { closeServer, listen } from '../shared/process';
@@ -68,7 +68,8 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   flusher.start();
   const upkeep = createUpkeep({ db, store, config, logger, now });
   if (speaksForAll) upkeep.start();
-  const samples = () => collectorSamples({ ingest, replayCache, aggregator, flusher, relay, upkeep, recvBufferBytes: receiver.recvBufferBytes });
+  const pool = poolState(db);
+  const samples = () => collectorSamples({ ingest, pool, replayCache, aggregator, flusher, relay, upkeep, recvBufferBytes: receiver.recvBufferBytes });
   const health = () => ({
     healthy: flusher.stats.consecutiveFailures < 3,
     consecutiveFailedFlushes: flusher.stats.consecutiveFailures,

@@ -90,6 +90,12 @@ export function createDb(url: string, options: DbOptions = {}): Db {
   });
 }
 
+/** The pool's connections in use and the queries waiting for one (knex's pool is tarn's), read when asked. */
+export function poolState(db: Db): { used(): number; pendingAcquires(): number } {
+  const pool = () => (db.client as { pool?: { numUsed(): number; numPendingAcquires(): number } }).pool;
+  return { used: () => pool()?.numUsed() ?? 0, pendingAcquires: () => pool()?.numPendingAcquires() ?? 0 };
+}
+
 export async function migrateLatest(db: Db): Promise<string[]> {
   const [, applied] = await db.migrate.latest(MIGRATION_CONFIG);
   return applied as string[];

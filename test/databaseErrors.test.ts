@@ -7,7 +7,7 @@ import { startApi } from '../api/main';
 import { startCollector } from '../collector/main';
 import { migrate } from '../scripts/migrate';
 import { loadConfig } from '../shared/config';
-import { createDb, databaseUnavailable } from '../shared/db';
+import { createDb, databaseUnavailable, poolState } from '../shared/db';
 import { createLogger } from '../shared/logger';
 import { seedOrg, startTestApi, type TestResponse } from './helpers/api';
 import { adminDatabaseUrl, freshDatabase } from './helpers/database';
@@ -168,4 +168,20 @@ t.test('which errors mean "the database is unavailable"', async (t) => {
     ['not an error', undefined],
   ] as const;
   for (const [label, error] of other) t.equal(databaseUnavailable(error), false, label);
+});
+
+t.test("poolState counts the pool's connections in use and the queries waiting for one", async (t) => {
+  const { url } = await freshDatabase(t);
+  const db = createDb(url, { poolMax: 1 });
+  t.teardown(() => db.destroy());
+  const pool = poolState(db);
+  t.same([pool.used(), pool.pendingAcquires()], [0, 0]);
+  const trx = await db.transaction();
+  // A knex query starts when it is awaited or then'd.
+  const waiting = db.raw('select 1').then(() => undefined);
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  t.same([pool.used(), pool.pendingAcquires()], [1, 1], 'the transaction holds the one connection; the query waits');
+  await trx.commit();
+  await waiting;
+  t.same([pool.used(), pool.pendingAcquires()], [0, 0]);
 });
