@@ -301,12 +301,18 @@ t.test('the usage log is folded at start, after an append, while folds find rows
   t.equal(await calls(), 8, 'and every FOLD_SWEEP_MS, for rows another collector left');
 });
 
+// A flusher over loggingStore(), with a clock the test moves and one use of key k at a time.
+function loggingFlusher(maxKeys = 100) {
+  const clock = { now: 0 };
+  const aggregator = new Aggregator({ maxKeys, now: () => clock.now });
+  const logging = loggingStore();
+  const flusher = new Flusher({ aggregator, store: logging.store, intervalMs: 1000, maxRetryKeys: maxKeys, logger, now: () => clock.now });
+  const use = (k = 1) => aggregator.add({ keyId: key(k), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  return { ...logging, clock, aggregator, flusher, use };
+}
+
 t.test('an interval appends nothing while the usage log is behind, and folds until a fold takes all it found', async (t) => {
-  let now = 0;
-  const aggregator = new Aggregator({ maxKeys: 100, now: () => now });
-  const { store, folds, appends } = loggingStore();
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => now });
-  const use = () => aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  const { clock, aggregator, flusher, folds, appends, use } = loggingFlusher();
   const tick = async () => {
     await flusher.tick();
     await flusher.fold();
@@ -340,20 +346,17 @@ t.test('an interval appends nothing while the usage log is behind, and folds unt
   await tick();
   use();
   folds.fail = true;
-  now += 1000;
+  clock.now += 1000;
   await tick();
   t.equal(flusher.stats.failedFolds, 1);
   t.equal(appends().length, 3, 'held after the fold that left rows');
-  now += 1000;
+  clock.now += 1000;
   await tick();
   t.equal(appends().length, 4, 'appends go on once a fold failed: the log keeps the uses durable');
 });
 
 t.test('while a fold runs, an interval appends once, then holds the uses until it ends', async (t) => {
-  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
-  const { store, folds, appends } = loggingStore();
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
-  const use = () => aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  const { flusher, folds, appends, use } = loggingFlusher();
   let endFold = () => {};
   folds.running = new Promise((resolve) => (endFold = resolve));
   use();
@@ -376,9 +379,7 @@ t.test('while a fold runs, an interval appends once, then holds the uses until i
 });
 
 t.test('a held-back append goes as soon as new keys reach 90 % of the aggregator, before any is refused', async (t) => {
-  const aggregator = new Aggregator({ maxKeys: 10, now: () => 0 });
-  const { store, folds, appends } = loggingStore();
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 10, logger, now: () => 0 });
+  const { aggregator, flusher, folds, appends } = loggingFlusher(10);
   const use = (from: number, to: number) => {
     for (let k = from; k < to; k++) aggregator.add({ keyId: key(k), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   };
@@ -406,11 +407,7 @@ t.test('a held-back append goes as soon as new keys reach 90 % of the aggregator
 });
 
 t.test('appends wait at most APPEND_WAIT_MAX_MS since the last one: a fold that hangs does not stop them', async (t) => {
-  let now = 0;
-  const aggregator = new Aggregator({ maxKeys: 100, now: () => now });
-  const { store, folds, appends } = loggingStore();
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => now });
-  const use = () => aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  const { clock, flusher, folds, appends, use } = loggingFlusher();
   let endFold = () => {};
   folds.running = new Promise((resolve) => (endFold = resolve));
   for (let tick = 0; tick < 3; tick++) {
@@ -418,10 +415,10 @@ t.test('appends wait at most APPEND_WAIT_MAX_MS since the last one: a fold that 
     await flusher.tick();
   }
   t.equal(appends().length, 2, 'one append before the fold, one beside it, then held');
-  now += APPEND_WAIT_MAX_MS - 1;
+  clock.now += APPEND_WAIT_MAX_MS - 1;
   await flusher.tick();
   t.equal(appends().length, 2, 'still held just before the bound');
-  now += 1;
+  clock.now += 1;
   await flusher.tick();
   t.equal(appends().length, 3, 'appended once the bound passed since the last append');
   endFold();
@@ -429,10 +426,7 @@ t.test('appends wait at most APPEND_WAIT_MAX_MS since the last one: a fold that 
 });
 
 t.test('a failed append is retried at its time though the log is behind', async (t) => {
-  let now = 0;
-  const aggregator = new Aggregator({ maxKeys: 100, now: () => now });
-  const { store, folds, fail, appends } = loggingStore();
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => now });
+  const { clock, aggregator, flusher, folds, fail, appends } = loggingFlusher();
   aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   fail(new Error('connection refused'));
   folds.left = 100;
@@ -440,7 +434,7 @@ t.test('a failed append is retried at its time though the log is behind', async 
   await flusher.fold();
   t.equal(flusher.stats.failedFlushes, 1);
   t.equal(flusher.stats.logBacklogRows, 100, 'the log is behind');
-  now += 1000;
+  clock.now += 1000;
   await flusher.tick();
   t.equal(appends().length, 1, 'the drained batch was written at its retry');
   t.equal(flusher.pendingKeys, 0);
@@ -461,9 +455,7 @@ t.test('a store that does not append to the log never waits for its folds', asyn
 });
 
 t.test('stop folds while folds find rows, and not on when one found none of the rows left', async (t) => {
-  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
-  const { store, folds } = loggingStore();
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger });
+  const { aggregator, flusher, folds } = loggingFlusher();
   aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   folds.keys = 1;
   folds.left = 100;
@@ -472,15 +464,12 @@ t.test('stop folds while folds find rows, and not on when one found none of the 
 });
 
 t.test('foldRunningMs: how long the fold in progress has run, 0 when none runs', async (t) => {
-  let now = 0;
-  const aggregator = new Aggregator({ maxKeys: 100, now: () => now });
-  const { store, folds } = loggingStore();
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => now });
+  const { clock, flusher, folds } = loggingFlusher();
   let endFold = () => {};
   folds.running = new Promise((resolve) => (endFold = resolve));
   t.equal(flusher.foldRunningMs, 0);
   const fold = flusher.fold();
-  now += 1500;
+  clock.now += 1500;
   t.equal(flusher.foldRunningMs, 1500);
   endFold();
   await fold;
@@ -489,10 +478,9 @@ t.test('foldRunningMs: how long the fold in progress has run, 0 when none runs',
 
 // Seen in CI's fault battery ('cut at COMMIT after-forward', 1 run in about 50): the fold made due
 // by the in-doubt append ran before the lost COMMIT was visible, and the row waited a minute.
+
 t.test('an append found committed by its retry is folded, though the fold its doubt started found nothing', async (t) => {
-  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
-  const { store, folds, fail } = loggingStore();
-  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
+  const { aggregator, flusher, folds, fail } = loggingFlusher();
   await flusher.fold();
   aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   fail(new CommitInDoubtError(new Error('connection lost')));
