@@ -8,8 +8,8 @@
 export const APPEND_WAIT_MAX_MS = 30_000;
 
 export class AppendGate {
-  /** Rows the last fold found in the log and left for a later one. */
-  backlogRows = 0;
+  // Rows the last fold found in the log and left for a later one.
+  #backlogRows = 0;
   #folding = false;
   #appendedDuringFold = false;
   #lastAppendAt: number;
@@ -25,13 +25,13 @@ export class AppendGate {
 
   foldEnded(rowsLeft: number): void {
     this.#folding = false;
-    this.backlogRows = rowsLeft;
+    this.#backlogRows = rowsLeft;
   }
 
   // Appends go on while folds fail: what they log is durable, and failed_folds_total tells.
   foldFailed(): void {
     this.#folding = false;
-    this.backlogRows = 0;
+    this.#backlogRows = 0;
   }
 
   appended(): void {
@@ -46,7 +46,7 @@ export class AppendGate {
    * connection that stopped answering) or a backlog that lasts does not keep uses from the log.
    */
   holds(): boolean {
-    const behind = this.backlogRows > 0 || (this.#folding && this.#appendedDuringFold);
+    const behind = this.#backlogRows > 0 || (this.#folding && this.#appendedDuringFold);
     return behind && this.now() - this.#lastAppendAt < APPEND_WAIT_MAX_MS;
   }
 }
