@@ -1,4 +1,5 @@
 import { performance } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
 import { Aggregator } from '../collector/aggregator';
 import { Flusher } from '../collector/flusher';
 import { createUsageStore } from '../collector/usageLog';
@@ -52,9 +53,26 @@ function parseVariant(name: string): Variant {
   return { name, logFlushes: true, foldMaxRows: cap[1] === undefined ? undefined : Number(cap[1]) * scale };
 }
 
-function flag(name: string, fallback: string): string {
-  const arg = process.argv.find((a) => a.startsWith(`--${name}=`));
-  return arg === undefined ? fallback : arg.slice(name.length + 3);
+// node:util's parser, strict: a misspelled flag stops the run instead of being ignored.
+function flags() {
+  const text = (fallback: string) => ({ type: 'string' as const, default: fallback });
+  const { values } = parseArgs({
+    options: {
+      keys: text('100000'),
+      orgs: text('100'),
+      runs: text('2'),
+      seconds: text('60'),
+      collectors: text('1'),
+      'pending-keys': text(String(loadConfig({ NODE_ENV: 'development' }).collector.aggregatorMaxKeys)),
+      variants: text('direct,log,log-1m'),
+    },
+  });
+  const number = (name: keyof typeof values) => {
+    const value = Number(values[name]);
+    if (!Number.isInteger(value) || value < 1) throw new Error(`--${name} must be a positive integer, got ${values[name]}`);
+    return value;
+  };
+  return { number, variants: values.variants.split(',').map(parseVariant) };
 }
 
 const persistedUses = async (db: Db, orgIds: readonly string[]) =>
@@ -182,15 +200,15 @@ function shape(samples: readonly Sample[]) {
 }
 
 async function main() {
-  const keys = Number(flag('keys', '100000'));
-  const orgs = Number(flag('orgs', '100'));
-  const runs = Number(flag('runs', '2'));
+  const { number, variants } = flags();
+  const keys = number('keys');
+  const orgs = number('orgs');
+  const runs = number('runs');
   const load: Load = {
-    seconds: Number(flag('seconds', '60')),
-    collectors: Number(flag('collectors', '1')),
-    maxPendingKeys: Number(flag('pending-keys', String(loadConfig({ NODE_ENV: 'development' }).collector.aggregatorMaxKeys))),
+    seconds: number('seconds'),
+    collectors: number('collectors'),
+    maxPendingKeys: number('pending-keys'),
   };
-  const variants = flag('variants', 'direct,log,log-1m').split(',').map(parseVariant);
   const bench = await openBenchDatabase((line) => process.stderr.write(`${line}\n`));
   try {
     const keySet = await createKeys(bench.db, keys, orgs);

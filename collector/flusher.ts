@@ -86,9 +86,10 @@ export class Flusher {
     appendsHeldBack: 0,
   };
   // The usage log, when the store keeps one: one fold at a time, started by the interval after a
-  // flush appended to it or may have (a commit in doubt), again while a fold finds rows, after a
-  // failed one (after the flush's backoff: a database that is down gets one attempt, and one log
-  // line, per backoff step, not per interval), and at least every FOLD_SWEEP_MS (at start too) for
+  // flush appended to it or may have (a commit in doubt, or a retry that found its batch
+  // committed), again while a fold finds rows or leaves some (the log is behind), after a failed
+  // one (after the flush's backoff: a database that is down gets one attempt, and one log line,
+  // per backoff step, not per interval), and at least every FOLD_SWEEP_MS (at start too) for
   // rows another collector left. What a fold does not apply stays in the log.
   private folding: Promise<void> | undefined;
   private lastFoldFound = 0;

@@ -61,9 +61,9 @@ async function settled(collector: FaultCollector, sentUses: number, timeoutMs: n
       50,
     );
   } catch (error) {
-    // A rare timeout here (1 run in about 50): the failure says which condition held out, what the
-    // collector said last, and what the server's other sessions were doing. Seen once with these
-    // (2026-12-03): one log row left unfolded, no fold failure logged, no fold after it.
+    // The failure says which condition held out, what the collector said last, and what the
+    // server's other sessions were doing: with these a rare timeout here (1 run in about 50) was
+    // traced to a fold not made due after an in-doubt append (fixed in collector/flusher.ts).
     const server = db === undefined ? '' : `; the server's sessions: ${JSON.stringify(await serverSessions(db).catch((e: Error) => e.message))}`;
     throw new Error(
       `${(error as Error).message}; last seen ${JSON.stringify(lastSeen)}${server}; the collector's last lines:\n${collector.output.slice(-30).join('\n')}`,
