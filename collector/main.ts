@@ -40,7 +40,11 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   // trim that runs beside the next flush, one for upkeep, one for the webhook worker's short
   // statements: a part that waited past the acquire timeout would fail the whole flush.
   const poolMax = flushParallelism + 3;
-  const db = await createCheckedDb(databaseUrl, { poolMax, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' }, logger);
+  const db = await createCheckedDb(
+    databaseUrl,
+    { poolMax, connectTimeoutMs: config.database.connectTimeoutMs, lockTimeoutMs: config.collector.lockTimeoutMs, applicationName: 'keyusage-collector' },
+    logger,
+  );
   if (speaksForAll) {
     const from = `COLLECTOR_RECEIVERS (${receivers}) × (COLLECTOR_FLUSH_PARALLELISM (${flushParallelism}) + 3)`;
     await warnIfServerAllowsFewer(db, { connections: receivers * poolMax, from }, logger);

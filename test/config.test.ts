@@ -101,6 +101,11 @@ t.test('values from the environment are parsed to their types', async (t) => {
   t.equal(loadConfig({ ...DEV, PORT: '' }).api.port, 3000, 'an empty variable counts as unset');
 });
 
+t.test("COLLECTOR_LOCK_TIMEOUT_MS: a minute by default; 0 leaves the server's setting", async (t) => {
+  t.equal(loadConfig(DEV).collector.lockTimeoutMs, 60_000);
+  t.equal(loadConfig({ ...DEV, COLLECTOR_LOCK_TIMEOUT_MS: '0' }).collector.lockTimeoutMs, 0);
+});
+
 t.test('KEY_PEPPER_PREVIOUS: older peppers, newest first, each checked and never the current one again', async (t) => {
   const older = 'o'.repeat(32);
   const oldest = 'q'.repeat(40);
@@ -196,6 +201,8 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['timestamp window negative', { COLLECTOR_TIMESTAMP_WINDOW_SECONDS: '-1' }],
     ['no receivers', { COLLECTOR_RECEIVERS: '0' }],
     ['more receivers than the limit', { COLLECTOR_RECEIVERS: '17' }],
+    ['lock timeout above an hour', { COLLECTOR_LOCK_TIMEOUT_MS: '3600001' }],
+    ['lock timeout negative', { COLLECTOR_LOCK_TIMEOUT_MS: '-1' }],
   ];
   for (const [kind, env] of cases) {
     const [name] = Object.keys(env);

@@ -1,0 +1,51 @@
+// A session that holds a usage row and never ends its transaction (an operator's psql left open, a
+// stuck job) made the collector's flush, or its fold of the usage log, wait for ever: nothing was
+// written for any key, and nothing said why. With COLLECTOR_LOCK_TIMEOUT_MS the statement gives
+// up, the write fails like any other (retried, counted, logged with PostgreSQL's reason), and its
+// uses are written once when the row is free.
+import t from 'tap';
+import { waitFor } from '../harness/wait';
+import { createOrg, insertKeys } from '../bench/lib/database';
+import { createDb, type Db } from '../shared/db';
+import { encodeUsageLine } from '../shared/usageWire';
+import { freshDatabase } from './helpers/database';
+import { sendDatagrams, startTestCollector } from './helpers/collector';
+
+const LOCK_TIMEOUT_MS = 300;
+
+const usesOf = async (db: Db, keyId: string) => Number((await db('api_key_usage').where({ key_id: keyId }).first())?.request_count ?? 0);
+
+for (const usageLog of [false, true]) {
+  t.test(`usage log ${usageLog ? 'on' : 'off'}: a write blocked by a held row fails after the lock timeout and is written once the row is free`, async (t) => {
+    const { db, url } = await freshDatabase(t);
+    const orgId = await createOrg(db, 'held');
+    const [keyId] = await insertKeys(db, orgId, 1, 'held-');
+    const collector = await startTestCollector(t, url, { COLLECTOR_LOCK_TIMEOUT_MS: String(LOCK_TIMEOUT_MS), COLLECTOR_USAGE_LOG: String(usageLog) });
+    const [{ lock_timeout: setting }] = (await collector.db.raw('show lock_timeout')).rows;
+    t.equal(setting, `${LOCK_TIMEOUT_MS}ms`, "the collector's connections carry the timeout");
+
+    const use = (count: number) => sendDatagrams(collector.receiver.port, [encodeUsageLine({ orgId, keyId, ip: '192.0.2.1', outcome: 'ok', count })]);
+    await use(1);
+    await waitFor('the first use to be written', async () => ((await usesOf(db, keyId)) === 1 ? true : undefined));
+
+    const holder = createDb(url, { poolMax: 1 });
+    t.teardown(() => holder.destroy());
+    const held = await holder.transaction();
+    await held.raw('select 1 from api_key_usage where key_id = ? for update', [keyId]);
+    const failures = () => (usageLog ? collector.flusher.stats.failedFolds : collector.flusher.stats.failedFlushes);
+    try {
+      await use(5);
+      await waitFor('the blocked write to give up', () => (failures() >= 2 ? true : undefined));
+      t.equal(await usesOf(db, keyId), 1, 'nothing written while the row is held');
+      t.ok(
+        collector.logLines.some((line) => line.includes('lock timeout') && line.includes('55P03')),
+        "the failure is logged with PostgreSQL's reason and code",
+      );
+    } finally {
+      await held.rollback();
+    }
+    await waitFor('the uses to be written once the row is free', async () => ((await usesOf(db, keyId)) === 6 ? true : undefined));
+    t.ok(await collector.stop(), 'the collector stops with nothing pending');
+    t.equal(await usesOf(db, keyId), 6, 'every use once');
+  });
+}
