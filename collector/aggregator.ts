@@ -158,10 +158,7 @@ export class Aggregator {
   }
 
   drain(): UsageBatch {
-    const keys: KeyUsageDelta[] = [];
-    for (const entry of this.#byTail.values()) keys.push(entry.drained());
-    for (const entry of this.#sharedTails.values()) keys.push(entry.drained());
-    for (const entry of this.#otherOrgs.values()) keys.push(entry.drained());
+    const keys: KeyUsageDelta[] = [...this.#byTail.values(), ...this.#sharedTails.values(), ...this.#otherOrgs.values()];
     const batch = { keys, uses: this.#uses };
     this.#byTail = new Map();
     this.#sharedTails = new Map();
@@ -242,6 +239,13 @@ export class DeltaCoalescer {
 }
 
 function mergeInto(into: KeyUsageDelta, from: KeyUsageDelta): void {
+  // The hours before byOutcome: a drained pending key's one hour is its byOutcome until its hours
+  // are first read (PendingKey), so they must be read before byOutcome changes.
+  for (const [hour, counts] of from.hours) {
+    const seen = into.hours.get(hour);
+    if (seen === undefined) into.hours.set(hour, { ...counts });
+    else for (const outcome of OUTCOMES) seen[outcome] = saturatingAdd(seen[outcome], counts[outcome]);
+  }
   into.total = saturatingAdd(into.total, from.total);
   for (const outcome of OUTCOMES) into.byOutcome[outcome] = saturatingAdd(into.byOutcome[outcome], from.byOutcome[outcome]);
   if (from.lastUsedAt >= into.lastUsedAt) {
@@ -254,11 +258,6 @@ function mergeInto(into: KeyUsageDelta, from: KeyUsageDelta): void {
   }
   into.lastRevokedUseAt = Math.max(into.lastRevokedUseAt, from.lastRevokedUseAt);
   into.lastExpiredUseAt = Math.max(into.lastExpiredUseAt, from.lastExpiredUseAt);
-  for (const [hour, counts] of from.hours) {
-    const seen = into.hours.get(hour);
-    if (seen === undefined) into.hours.set(hour, { ...counts });
-    else for (const outcome of OUTCOMES) seen[outcome] = saturatingAdd(seen[outcome], counts[outcome]);
-  }
   mergeIps(into.ips, from.ips);
   mergeIps(into.failedIps, from.failedIps);
 }

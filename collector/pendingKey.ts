@@ -1,74 +1,119 @@
-// One key's uses while the aggregator adds them, kept so that a line is cheap to add; the
-// KeyUsageDelta the flusher reads gets its Maps when the aggregator drains. Per line the profile found
+// One key's uses while the aggregator adds them, kept so that a line is cheap to add; drained,
+// the key is the KeyUsageDelta the flusher reads, its Maps made when first read. Per line the profile found
 // the hour bucket's Map lookup, the outcome counters indexed by a string, and the address Map:
 // with a new address on a full map of 16, V8 rebuilt the map's table on every line (a delete
 // leaves a hole, the insert finds no room), and garbage collection took a third of the time. So
 // the last hour's counts are kept at hand, outcomes go through a switch, addresses live in one
-// small array updated in place, and a key's Maps are made once, at the drain.
+// small array updated in place, and a key's Maps are made once, when a consumer first reads them.
 import { isProvenOutcome, zeroOutcomes, type Outcome } from '../shared/usageWire';
-import { emptyDelta, type HourCounts, type IpStat, type KeyUsageDelta } from './aggregator';
+import type { HourCounts, IpStat, KeyUsageDelta } from './aggregator';
 
-export class PendingKey {
+export class PendingKey implements KeyUsageDelta {
   readonly keyId: string;
   readonly orgId: string;
-  // The delta the drain hands over, its counters and last-seen fields updated in place from the
-  // first line: at 100 k distinct keys, copying every key into a new delta at the drain (and its
-  // addresses into new IpStats) doubled what each key allocated, and GC took 28 % of the time.
-  // Only its three Maps are made at the drain; until then they are placeholders.
-  readonly #delta: KeyUsageDelta;
+  // The delta's counters and last-seen fields, updated in place from the first line: the key is
+  // the delta the drain hands over (at 100 k distinct keys, a copy of each key made at the drain
+  // doubled what each key allocated, and GC took 28 % of the time).
+  total = 0;
+  byOutcome = zeroOutcomes();
+  lastUsedAt = -Infinity;
+  lastIp = '';
+  lastFailedAt = -Infinity;
+  lastFailedIp = '';
+  lastRevokedUseAt = -Infinity;
+  lastExpiredUseAt = -Infinity;
   // The hour of the last line and its counts; every hour in a Map once a second one comes. While
   // all lines were of one hour, that hour's counts are the key's byOutcome: nothing to count twice
-  // or allocate for most keys (the hour's own counts are copied at the drain).
+  // or allocate for most keys.
   #hour: number;
   #hourCounts: HourCounts | undefined;
   #hours: Map<number, HourCounts> | undefined;
   #ips: RecentIps | undefined;
   #failedIps: RecentIps | undefined;
+  // The drained key's address Maps, made when a consumer first reads them, not at the drain: the
+  // usage log's append reads none (forEachIp), and three Maps per key made at the drain were
+  // two thirds of the client's CPU in a 100 k-key append (docs/benchmarks.md §4).
+  #ipMap: Map<string, IpStat> | undefined;
+  #failedIpMap: Map<string, IpStat> | undefined;
 
   /** A key is created for its first line, and with the hour of that line. */
   constructor(keyId: string, orgId: string, hour: number) {
     this.keyId = keyId;
     this.orgId = orgId;
-    this.#delta = emptyDelta(keyId, orgId, UNTIL_DRAINED.ips, UNTIL_DRAINED.ips, UNTIL_DRAINED.hours);
     this.#hour = hour;
   }
 
   add(now: number, hour: number, ip: string, outcome: Outcome, count: number, maxIps: number): void {
-    const delta = this.#delta;
     if (hour !== this.#hour) addTo(this.#countsOf(hour), outcome, count);
     else if (this.#hourCounts !== undefined) addTo(this.#hourCounts, outcome, count);
-    delta.total += count;
-    addTo(delta.byOutcome, outcome, count);
+    this.total += count;
+    addTo(this.byOutcome, outcome, count);
     if (isProvenOutcome(outcome)) {
-      if (now >= delta.lastUsedAt) {
-        delta.lastUsedAt = now;
-        delta.lastIp = ip;
+      if (now >= this.lastUsedAt) {
+        this.lastUsedAt = now;
+        this.lastIp = ip;
       }
       this.#ips = touchIp(this.#ips, ip, count, now, maxIps);
-      if (outcome === 'revoked') delta.lastRevokedUseAt = Math.max(delta.lastRevokedUseAt, now);
-      else if (outcome === 'expired') delta.lastExpiredUseAt = Math.max(delta.lastExpiredUseAt, now);
+      if (outcome === 'revoked') this.lastRevokedUseAt = Math.max(this.lastRevokedUseAt, now);
+      else if (outcome === 'expired') this.lastExpiredUseAt = Math.max(this.lastExpiredUseAt, now);
     } else {
-      if (now >= delta.lastFailedAt) {
-        delta.lastFailedAt = now;
-        delta.lastFailedIp = ip;
+      if (now >= this.lastFailedAt) {
+        this.lastFailedAt = now;
+        this.lastFailedIp = ip;
       }
       this.#failedIps = touchIp(this.#failedIps, ip, count, now, maxIps);
     }
   }
 
-  /** What the aggregator drains, once: the key is not added to after. */
-  drained(): KeyUsageDelta {
-    const delta = this.#delta;
-    delta.ips = ipMap(this.#ips);
-    delta.failedIps = ipMap(this.#failedIps);
-    delta.hours = this.#hours ?? new Map<number, HourCounts>().set(this.#hour, { ...delta.byOutcome });
-    return delta;
+  // Read only once drained (the aggregator hands a key out only then, and adds nothing after):
+  // the first read makes the Map from the key's own list, which it then replaces.
+  get ips(): Map<string, IpStat> {
+    if (this.#ipMap === undefined) {
+      this.#ipMap = ipMap(this.#ips);
+      this.#ips = undefined;
+    }
+    return this.#ipMap;
+  }
+  set ips(ips: Map<string, IpStat>) {
+    this.#ipMap = ips;
+    this.#ips = undefined;
+  }
+  get failedIps(): Map<string, IpStat> {
+    if (this.#failedIpMap === undefined) {
+      this.#failedIpMap = ipMap(this.#failedIps);
+      this.#failedIps = undefined;
+    }
+    return this.#failedIpMap;
+  }
+  set failedIps(ips: Map<string, IpStat>) {
+    this.#failedIpMap = ips;
+    this.#failedIps = undefined;
+  }
+  get hours(): Map<number, HourCounts> {
+    return (this.#hours ??= new Map<number, HourCounts>().set(this.#hour, { ...this.byOutcome }));
+  }
+  set hours(hours: Map<number, HourCounts>) {
+    this.#hours = hours;
+  }
+
+  /** The proven (or failed) addresses in the order of the ips (failedIps) Map, without making it. */
+  forEachIp(proven: boolean, each: (ip: string, stat: IpStat) => void): void {
+    const map = proven ? this.#ipMap : this.#failedIpMap;
+    const recent = proven ? this.#ips : this.#failedIps;
+    if (map !== undefined) map.forEach((stat, ip) => each(ip, stat));
+    else if (recent !== undefined) for (let i = 0; i < recent.length; i += 2) each(recent[i] as string, recent[i + 1] as IpStat);
+  }
+
+  /** The hours and their counts in the order of the hours Map, without making it. */
+  forEachHour(each: (hour: number, counts: HourCounts) => void): void {
+    if (this.#hours === undefined) each(this.#hour, this.byOutcome);
+    else this.#hours.forEach((counts, hour) => each(hour, counts));
   }
 
   // A line of another hour than the last (a new hour began, or a timestamped sample); called
   // before the line is counted in byOutcome.
   #countsOf(hour: number): HourCounts {
-    this.#hours ??= new Map<number, HourCounts>().set(this.#hour, { ...this.#delta.byOutcome });
+    this.#hours ??= new Map<number, HourCounts>().set(this.#hour, { ...this.byOutcome });
     let counts = this.#hours.get(hour);
     if (counts === undefined) this.#hours.set(hour, (counts = zeroOutcomes()));
     this.#hour = hour;
@@ -77,8 +122,17 @@ export class PendingKey {
   }
 }
 
-// Never handed out: drained() puts a key's own Maps in their place.
-const UNTIL_DRAINED = { ips: new Map<string, IpStat>(), hours: new Map<number, HourCounts>() };
+/** Any delta's proven (or failed) addresses, in its Map's order; a drained pending key's without making the Map. */
+export function forEachIp(k: KeyUsageDelta, proven: boolean, each: (ip: string, stat: IpStat) => void): void {
+  if (k instanceof PendingKey) k.forEachIp(proven, each);
+  else (proven ? k.ips : k.failedIps).forEach((stat, ip) => each(ip, stat));
+}
+
+/** Any delta's hours and their counts, in its Map's order; a drained pending key's without making the Map. */
+export function forEachHour(k: KeyUsageDelta, each: (hour: number, counts: HourCounts) => void): void {
+  if (k instanceof PendingKey) k.forEachHour(each);
+  else k.hours.forEach((counts, hour) => each(hour, counts));
+}
 
 // A switch onto named fields: indexing the counts by the outcome string is a keyed access that
 // profiled at ≈ 5 % of a line.

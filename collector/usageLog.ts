@@ -14,6 +14,7 @@ import { OUTCOMES } from '../shared/usageWire';
 import { TABLE } from '../shared/tables';
 import { DeltaCoalescer, emptyDelta, type HourCounts, type IpStat, type KeyUsageDelta } from './aggregator';
 import { connectionOf, copyLine, copyLines, copyText, linesOf } from './flushStaging';
+import { forEachHour, forEachIp } from './pendingKey';
 import {
   balanceOrgs,
   claimBatches,
@@ -44,21 +45,25 @@ const LOG_COLUMNS = `${TABLE.usageLog} (org_id, key_id, delta)` as const;
 // to build.
 type Field = number | string | null;
 
-function pushIps(out: Field[], ips: Map<string, IpStat>) {
-  out.push(ips.size);
-  for (const [ip, stat] of ips) out.push(ip, stat.count, stat.firstSeen, stat.lastSeen);
+// Each list is preceded by its length, written in its place once the list is out.
+function pushIps(out: Field[], k: KeyUsageDelta, proven: boolean) {
+  const at = out.push(0) - 1;
+  forEachIp(k, proven, (ip, stat) => out.push(ip, stat.count, stat.firstSeen, stat.lastSeen));
+  out[at] = (out.length - at - 1) / 4;
 }
 
 export function encodeDelta(k: KeyUsageDelta): string {
   const out: Field[] = [k.total];
   for (const outcome of OUTCOMES) out.push(k.byOutcome[outcome]);
-  out.push(k.lastUsedAt, k.lastIp, k.lastFailedAt, k.lastFailedIp, k.lastRevokedUseAt, k.lastExpiredUseAt, k.hours.size);
-  for (const [hour, counts] of k.hours) {
+  out.push(k.lastUsedAt, k.lastIp, k.lastFailedAt, k.lastFailedIp, k.lastRevokedUseAt, k.lastExpiredUseAt);
+  const hoursAt = out.push(0) - 1;
+  forEachHour(k, (hour, counts) => {
     out.push(hour);
     for (const outcome of OUTCOMES) out.push(counts[outcome]);
-  }
-  pushIps(out, k.ips);
-  pushIps(out, k.failedIps);
+  });
+  out[hoursAt] = (out.length - hoursAt - 1) / (1 + OUTCOMES.length);
+  pushIps(out, k, true);
+  pushIps(out, k, false);
   return JSON.stringify(out);
 }
 
