@@ -15,6 +15,8 @@ export type HourCounts = Record<Outcome, number>;
 // One key's uses since the last drain. "Used" means the secret was proven: lastUsedAt, lastIp
 // and ips move only for outcomes in PROVEN_OUTCOMES; a wrong secret is a failed attempt and
 // moves only the failed* fields, so a stranger who knows a key's id cannot make it look used.
+// A drained key is a PendingKey, whose Maps are getters made on first read: copy a delta field by
+// field (as mergeBatches does), never with a spread, JSON or structuredClone, which leave them out.
 export interface KeyUsageDelta {
   keyId: string;
   orgId: string;
@@ -239,11 +241,12 @@ export class DeltaCoalescer {
 }
 
 function mergeInto(into: KeyUsageDelta, from: KeyUsageDelta): void {
-  // The hours before byOutcome: a drained pending key's one hour is its byOutcome until its hours
-  // are first read (PendingKey), so they must be read before byOutcome changes.
+  // Read before byOutcome changes, whatever `from` holds: a drained pending key's one hour is its
+  // byOutcome until its hours are first read (PendingKey).
+  const hours = into.hours;
   for (const [hour, counts] of from.hours) {
-    const seen = into.hours.get(hour);
-    if (seen === undefined) into.hours.set(hour, { ...counts });
+    const seen = hours.get(hour);
+    if (seen === undefined) hours.set(hour, { ...counts });
     else for (const outcome of OUTCOMES) seen[outcome] = saturatingAdd(seen[outcome], counts[outcome]);
   }
   into.total = saturatingAdd(into.total, from.total);
@@ -287,7 +290,7 @@ function newestIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
   return new Map(byLastSeen.slice(Math.max(0, byLastSeen.length - max)));
 }
 
-/** The Maps may be given: a pending key passes placeholders, which its drain replaces. */
+/** The Maps may be given: a decoded usage log row's are. */
 export function emptyDelta(
   keyId: string,
   orgId: string,

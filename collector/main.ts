@@ -40,11 +40,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   // trim that runs beside the next flush, one for upkeep, one for the webhook worker's short
   // statements: a part that waited past the acquire timeout would fail the whole flush.
   const poolMax = flushParallelism + 3;
-  const db = await createCheckedDb(
-    databaseUrl,
-    { poolMax, connectTimeoutMs: config.database.connectTimeoutMs, lockTimeoutMs: config.collector.lockTimeoutMs, applicationName: 'keyusage-collector' },
-    logger,
-  );
+  const db = await createCheckedDb(databaseUrl, { poolMax, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' }, logger);
   if (speaksForAll) {
     const from = `COLLECTOR_RECEIVERS (${receivers}) × (COLLECTOR_FLUSH_PARALLELISM (${flushParallelism}) + 3)`;
     await warnIfServerAllowsFewer(db, { connections: receivers * poolMax, from }, logger);
@@ -56,6 +52,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       events: events.enabled ? events : undefined,
       parallelism: config.collector.flushParallelism,
       logFlushes: config.collector.usageLog,
+      lockTimeoutMs: config.collector.lockTimeoutMs,
     });
   const aggregator = new Aggregator({ maxKeys: config.collector.aggregatorMaxKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
   const flusher = new Flusher({ aggregator, store, intervalMs: config.collector.flushIntervalMs, maxRetryKeys: config.collector.retryMaxKeys, logger, now });

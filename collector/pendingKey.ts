@@ -31,8 +31,8 @@ export class PendingKey implements KeyUsageDelta {
   #ips: RecentIps | undefined;
   #failedIps: RecentIps | undefined;
   // The drained key's address Maps, made when a consumer first reads them, not at the drain: the
-  // usage log's append reads none (forEachIp), and three Maps per key made at the drain were
-  // two thirds of the client's CPU in a 100 k-key append (docs/benchmarks.md §4).
+  // usage log's append reads none (forEachIp), and with three Maps per key made at the drain, the
+  // drain and encoding of a 100 k-key append took 1.6-2.6 × the CPU (docs/benchmarks.md §4).
   #ipMap: Map<string, IpStat> | undefined;
   #failedIpMap: Map<string, IpStat> | undefined;
 

@@ -267,7 +267,7 @@ export interface UsageLogOptions extends PgUsageStoreOptions {
  */
 export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore & { fold(): Promise<FoldResult> } {
   const direct = createPgUsageStore(db, options);
-  const apply: ApplyOptions = { events: options.events };
+  const apply: ApplyOptions = { events: options.events, lockTimeoutMs: options.lockTimeoutMs };
   return {
     write: options.logFlushes ? (batches) => append(db, batches) : (batches) => direct.write(batches),
     appendsToLog: options.logFlushes,

@@ -227,6 +227,8 @@ async function applyUsage(connection: PoolClient, keys: KeyUsageDelta[]): Promis
 export interface ApplyOptions {
   /** Unset: no event detection (EVENTS_ENABLED=false). */
   events?: EventDetection;
+  /** COLLECTOR_LOCK_TIMEOUT_MS: the write transaction's lock_timeout; 0 or unset: the server's own. */
+  lockTimeoutMs?: number;
 }
 
 // Events are detected after the key's rows are written, inside the same savepoint, so an event
@@ -376,16 +378,26 @@ export async function commitOrDoubt(trx: Knex.Transaction): Promise<void> {
   }
 }
 
+// For the write's transaction only, in one round trip. work_mem: each upsert sorts its whole input
+// (key order, for lock order); at 100 k rows the default 4 MB spilled the input and the sort to
+// temporary files. lock_timeout: a row held by a transaction left open elsewhere (psql, a stuck
+// job) made the write wait for ever, and no key was written; set per transaction, not at connect,
+// so connection poolers (which refuse unknown startup parameters) and the collector's other
+// statements keep the server's setting.
+async function setLocals(trx: Knex.Transaction, { lockTimeoutMs }: ApplyOptions): Promise<void> {
+  const settings: Array<[string, string]> = [['work_mem', FLUSH_WORK_MEM]];
+  if (lockTimeoutMs) settings.push(['lock_timeout', String(lockTimeoutMs)]);
+  await trx.raw(`select ${settings.map(() => 'set_config(?, ?, true)').join(', ')}`, settings.flat());
+}
+
 // One transaction: claims its deltas (the batches' (batch, org) pairs in the ledger, or the rows
 // of the usage log a fold takes), applies the fresh keys, commits.
 export async function writeInOne(db: Db, claim: (trx: Knex.Transaction) => Promise<Claimed>, apply: ApplyOptions): Promise<PartResult> {
   const trx = await db.transaction();
   let result: PartResult;
   try {
+    await setLocals(trx, apply);
     const { fresh, freshIds, duplicateUses } = await claim(trx);
-    // Each upsert sorts its whole input (key order, for lock order); at 100 k rows the default
-    // 4 MB spilled the input and the sort to temporary files. For this transaction only.
-    await trx.raw(`set local work_mem = '${FLUSH_WORK_MEM}'`);
     const merged = mergeFresh(fresh);
     const keys = merged.keys;
     const { statements, accepted, quarantined, events, candidates, grew } = await applyIsolating(trx, keys, apply);
@@ -494,10 +506,12 @@ export interface PgUsageStoreOptions {
    * core. 1: always one transaction.
    */
   parallelism?: number;
+  /** COLLECTOR_LOCK_TIMEOUT_MS: each write's (and fold's) lock_timeout; 0 or unset: the server's own. */
+  lockTimeoutMs?: number;
 }
 
 export function createPgUsageStore(db: Db, options: PgUsageStoreOptions = {}): UsageStore {
-  const apply: ApplyOptions = { events: options.events };
+  const apply: ApplyOptions = { events: options.events, lockTimeoutMs: options.lockTimeoutMs };
   return {
     async write(batches) {
       const parts = splitByOrg(batches, options.parallelism ?? 1);

@@ -74,23 +74,13 @@ export interface DbOptions {
   poolMax?: number;
   applicationName?: string;
   connectTimeoutMs?: number;
-  /** PostgreSQL's lock_timeout for every statement on the pool's connections; 0 or unset: the server's. */
-  lockTimeoutMs?: number;
 }
 
 export function createDb(url: string, options: DbOptions = {}): Db {
   const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_DATABASE_CONNECT_TIMEOUT_MS;
-  // knex's type of the connection leaves out lock_timeout, which it hands on to pg as it is.
-  const connection: Knex.PgConnectionConfig & Pick<pg.ClientConfig, 'lock_timeout'> = {
-    connectionString: url,
-    application_name: options.applicationName ?? 'keyusage',
-    connectionTimeoutMillis: connectTimeoutMs,
-    // pg sends it at connect, so no statement runs without it; it leaves out 0 itself.
-    lock_timeout: options.lockTimeoutMs,
-  };
   return knex({
     client: PgDialect,
-    connection,
+    connection: { connectionString: url, application_name: options.applicationName ?? 'keyusage', connectionTimeoutMillis: connectTimeoutMs },
     pool: { min: 0, max: options.poolMax ?? 10 },
     // Longer than pg's own limit, so a connection attempt that fails reports its cause rather than
     // knex's "Timeout acquiring a connection".

@@ -67,7 +67,7 @@ t.test('coalesces the samples of one key', async (t) => {
 });
 
 // A consumer may change what it is handed (mergeBatches does to its own copies): a pending key
-// counts one hour's lines in byOutcome alone and holds placeholder Maps until the drain.
+// counts one hour's lines in byOutcome alone and makes its Maps when they are first read.
 t.test('a drained key shares no Map or counters with another key or another of its fields', async (t) => {
   const { aggregator } = fakeAggregator();
   aggregator.add(use());

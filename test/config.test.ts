@@ -101,8 +101,8 @@ t.test('values from the environment are parsed to their types', async (t) => {
   t.equal(loadConfig({ ...DEV, PORT: '' }).api.port, 3000, 'an empty variable counts as unset');
 });
 
-t.test("COLLECTOR_LOCK_TIMEOUT_MS: a minute by default; 0 leaves the server's setting", async (t) => {
-  t.equal(loadConfig(DEV).collector.lockTimeoutMs, 60_000);
+t.test("COLLECTOR_LOCK_TIMEOUT_MS: two minutes by default; 0 leaves the server's setting", async (t) => {
+  t.equal(loadConfig(DEV).collector.lockTimeoutMs, 120_000);
   t.equal(loadConfig({ ...DEV, COLLECTOR_LOCK_TIMEOUT_MS: '0' }).collector.lockTimeoutMs, 0);
 });
 
