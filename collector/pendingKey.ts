@@ -28,13 +28,12 @@ export class PendingKey implements KeyUsageDelta {
   #hour: number;
   #hourCounts: HourCounts | undefined;
   #hours: Map<number, HourCounts> | undefined;
-  #ips: RecentIps | undefined;
-  #failedIps: RecentIps | undefined;
-  // The drained key's address Maps, made when a consumer first reads them, not at the drain: the
-  // usage log's append reads none (forEachIp), and with three Maps per key made at the drain, the
-  // drain and encoding of a 100 k-key append took 1.6-2.6 × the CPU (docs/benchmarks.md §4).
-  #ipMap: Map<string, IpStat> | undefined;
-  #failedIpMap: Map<string, IpStat> | undefined;
+  // The addresses: a list while lines are added; the drained key's Map once a consumer reads it,
+  // made then and not at the drain: the usage log's append reads none (forEachIp), and with three
+  // Maps per key made at the drain, the drain and encoding of a 100 k-key append took 1.6-2.6 ×
+  // the CPU (docs/benchmarks.md §4). No line is added once a Map is made (see the getters).
+  #ips: Addresses;
+  #failedIps: Addresses;
 
   /** A key is created for its first line, and with the hour of that line. */
   constructor(keyId: string, orgId: string, hour: number) {
@@ -53,7 +52,7 @@ export class PendingKey implements KeyUsageDelta {
         this.lastUsedAt = now;
         this.lastIp = ip;
       }
-      this.#ips = touchIp(this.#ips, ip, count, now, maxIps);
+      this.#ips = touchIp(this.#ips as RecentIps | undefined, ip, count, now, maxIps);
       if (outcome === 'revoked') this.lastRevokedUseAt = Math.max(this.lastRevokedUseAt, now);
       else if (outcome === 'expired') this.lastExpiredUseAt = Math.max(this.lastExpiredUseAt, now);
     } else {
@@ -61,33 +60,23 @@ export class PendingKey implements KeyUsageDelta {
         this.lastFailedAt = now;
         this.lastFailedIp = ip;
       }
-      this.#failedIps = touchIp(this.#failedIps, ip, count, now, maxIps);
+      this.#failedIps = touchIp(this.#failedIps as RecentIps | undefined, ip, count, now, maxIps);
     }
   }
 
   // Read only once drained (the aggregator hands a key out only then, and adds nothing after):
   // the first read makes the Map from the key's own list, which it then replaces.
   get ips(): Map<string, IpStat> {
-    if (this.#ipMap === undefined) {
-      this.#ipMap = ipMap(this.#ips);
-      this.#ips = undefined;
-    }
-    return this.#ipMap;
+    return (this.#ips = ipMap(this.#ips));
   }
   set ips(ips: Map<string, IpStat>) {
-    this.#ipMap = ips;
-    this.#ips = undefined;
+    this.#ips = ips;
   }
   get failedIps(): Map<string, IpStat> {
-    if (this.#failedIpMap === undefined) {
-      this.#failedIpMap = ipMap(this.#failedIps);
-      this.#failedIps = undefined;
-    }
-    return this.#failedIpMap;
+    return (this.#failedIps = ipMap(this.#failedIps));
   }
   set failedIps(ips: Map<string, IpStat>) {
-    this.#failedIpMap = ips;
-    this.#failedIps = undefined;
+    this.#failedIps = ips;
   }
   get hours(): Map<number, HourCounts> {
     return (this.#hours ??= new Map<number, HourCounts>().set(this.#hour, { ...this.byOutcome }));
@@ -98,10 +87,9 @@ export class PendingKey implements KeyUsageDelta {
 
   /** The proven (or failed) addresses in the order of the ips (failedIps) Map, without making it. */
   forEachIp(proven: boolean, each: (ip: string, stat: IpStat) => void): void {
-    const map = proven ? this.#ipMap : this.#failedIpMap;
-    const recent = proven ? this.#ips : this.#failedIps;
-    if (map !== undefined) map.forEach((stat, ip) => each(ip, stat));
-    else if (recent !== undefined) for (let i = 0; i < recent.length; i += 2) each(recent[i] as string, recent[i + 1] as IpStat);
+    const addresses = proven ? this.#ips : this.#failedIps;
+    if (addresses instanceof Map) addresses.forEach((stat, ip) => each(ip, stat));
+    else if (addresses !== undefined) for (let i = 0; i < addresses.length; i += 2) each(addresses[i] as string, addresses[i + 1] as IpStat);
   }
 
   /** The hours and their counts in the order of the hours Map, without making it. */
@@ -200,8 +188,12 @@ function leastRecentlySeen(recent: RecentIps): number {
   return oldest;
 }
 
-function ipMap(recent: RecentIps | undefined): Map<string, IpStat> {
+type Addresses = RecentIps | Map<string, IpStat> | undefined;
+
+// The Map of a key's addresses, made from its list the first time.
+function ipMap(addresses: Addresses): Map<string, IpStat> {
+  if (addresses instanceof Map) return addresses;
   const map = new Map<string, IpStat>();
-  if (recent !== undefined) for (let i = 0; i < recent.length; i += 2) map.set(recent[i] as string, recent[i + 1] as IpStat);
+  if (addresses !== undefined) for (let i = 0; i < addresses.length; i += 2) map.set(addresses[i] as string, addresses[i + 1] as IpStat);
   return map;
 }
