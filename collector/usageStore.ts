@@ -383,12 +383,17 @@ export async function commitOrDoubt(trx: Knex.Transaction): Promise<void> {
 // temporary files. lock_timeout: a row held by a transaction left open elsewhere (psql, a stuck
 // job) made the write wait for ever, and no key was written; set per transaction, not at connect,
 // so connection poolers (which refuse unknown startup parameters) and the collector's other
-// statements keep the server's setting.
-async function setLocals(trx: Knex.Transaction, { lockTimeoutMs }: ApplyOptions): Promise<void> {
-  const settings: Array<[string, string]> = [['work_mem', FLUSH_WORK_MEM]];
-  if (lockTimeoutMs) settings.push(['lock_timeout', String(lockTimeoutMs)]);
-  await trx.raw(`select ${settings.map(() => 'set_config(?, ?, true)').join(', ')}`, settings.flat());
-}
+// statements keep the server's setting. SET LOCAL statements, not set_config(): Citus passes SET
+// LOCAL on to the workers' side of the transaction, where the usage rows are, once
+// citus.propagate_set_commands says so (on plain PostgreSQL that name is an inert placeholder).
+const setLocals = (trx: Knex.Transaction, { lockTimeoutMs }: ApplyOptions) =>
+  trx.raw(
+    [
+      `set local citus.propagate_set_commands = 'local'`,
+      `set local work_mem = '${FLUSH_WORK_MEM}'`,
+      ...(lockTimeoutMs ? [`set local lock_timeout = ${Math.trunc(lockTimeoutMs)}`] : []),
+    ].join('; '),
+  );
 
 // One transaction: claims its deltas (the batches' (batch, org) pairs in the ledger, or the rows
 // of the usage log a fold takes), applies the fresh keys, commits.

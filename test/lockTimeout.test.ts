@@ -32,7 +32,8 @@ for (const usageLog of [false, true]) {
     const holder = createDb(url, { poolMax: 1 });
     t.teardown(() => holder.destroy());
     const held = await holder.transaction();
-    await held.raw('select 1 from api_key_usage where key_id = ? for update', [keyId]);
+    // By org and key: Citus runs FOR UPDATE only on a query it can route to one shard.
+    await held.raw('select 1 from api_key_usage where org_id = ? and key_id = ? for update', [orgId, keyId]);
     const failures = () => (usageLog ? collector.flusher.stats.failedFolds : collector.flusher.stats.failedFlushes);
     try {
       await use(5);

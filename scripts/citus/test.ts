@@ -13,6 +13,7 @@ const FILES = [
   'test/keyDeletion.test.ts',
   'test/hourMove.test.ts',
   'test/usageLog.test.ts',
+  'test/lockTimeout.test.ts',
   'test/citus/distributed.citus.ts',
 ];
 const DATABASE = 'keyusage_citus_test';
