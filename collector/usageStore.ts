@@ -386,6 +386,8 @@ export async function commitOrDoubt(trx: Knex.Transaction): Promise<void> {
 // statements keep the server's setting. SET LOCAL statements, not set_config(): Citus passes SET
 // LOCAL on to the workers' side of the transaction, where the usage rows are, once
 // citus.propagate_set_commands says so (on plain PostgreSQL that name is an inert placeholder).
+// Citus sends this whole text to each worker connection for each SET it passes on: only SET LOCAL
+// statements belong in it.
 const setLocals = (trx: Knex.Transaction, { lockTimeoutMs }: ApplyOptions) =>
   trx.raw(
     [
