@@ -129,7 +129,7 @@ const variables = {
   // A flush appends each key's delta to the usage log and a fold applies it (collector/usageLog.ts,
   // docs/scaling.md); false writes the usage tables in the flush.
   COLLECTOR_USAGE_LOG: booleanFlag.default(false),
-  // PostgreSQL's lock_timeout in each flush's and fold's transaction: one that waits this long for
+  // PostgreSQL's lock_timeout in each direct flush's and fold's transaction: one that waits this long for
   // a row another session holds fails and is retried, instead of hanging; 0 leaves the server's
   // own setting. Twice the longest flush measured under load (docs/operations.md).
   COLLECTOR_LOCK_TIMEOUT_MS: wholeNumber(0, 3_600_000).default(120_000),
