@@ -129,9 +129,9 @@ const variables = {
   // A flush appends each key's delta to the usage log and a fold applies it (collector/usageLog.ts,
   // docs/scaling.md); false writes the usage tables in the flush.
   COLLECTOR_USAGE_LOG: booleanFlag.default(false),
-  // PostgreSQL's lock_timeout in each direct flush's and fold's transaction: one that waits this long for
-  // a row another session holds fails and is retried, instead of hanging; 0 leaves the server's
-  // own setting. Twice the longest flush measured under load (docs/operations.md).
+  // PostgreSQL's lock_timeout in each direct flush's and fold's transaction: one that waits this
+  // long for a row another session holds fails and is retried, instead of hanging; 0 leaves the
+  // server's own setting. Twice the longest flush measured under load (docs/operations.md).
   COLLECTOR_LOCK_TIMEOUT_MS: wholeNumber(0, 3_600_000).default(120_000),
   // Processes reading the one UDP socket (Node's cluster module); each aggregates and flushes on
   // its own. 1 keeps a single process; see docs/benchmarks.md §3 for when more helps.
