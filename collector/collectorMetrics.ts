@@ -1,3 +1,4 @@
+import type { PoolState } from '../shared/db';
 import type { MetricSample } from '../shared/metrics';
 import type { Aggregator } from './aggregator';
 import type { Flusher } from './flusher';
@@ -6,12 +7,6 @@ import type { Relay } from './relay';
 import type { Upkeep } from './upkeep';
 
 // What the collector's /metrics reports, read from the stages' own counters at scrape time.
-
-/** The collector's connection pool, as tarn counts it. */
-export interface PoolState {
-  used(): number;
-  pendingAcquires(): number;
-}
 
 export interface CollectorParts {
   ingest: IngestCounters;

@@ -31,7 +31,8 @@ export class PendingKey implements KeyUsageDelta {
   // The addresses: a list while lines are added; the drained key's Map once a consumer reads it,
   // made then and not at the drain: the usage log's append reads none (forEachIp), and with three
   // Maps per key made at the drain, the drain and encoding of a 100 k-key append took about twice
-  // the CPU (560-970 ms against 300-370, docs/benchmarks.md §4). No line is added once a Map is made (see the getters).
+  // the CPU (bench/appendEncode.ts: medians 786-857 ms against 363-488, docs/benchmarks.md §4).
+  // No line is added once a Map is made (see the getters).
   #ips: Addresses;
   #failedIps: Addresses;
 

@@ -267,7 +267,6 @@ export interface UsageLogOptions extends PgUsageStoreOptions {
  */
 export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore & { fold(): Promise<FoldResult> } {
   const direct = createPgUsageStore(db, options);
-  const apply: ApplyOptions = { events: options.events, lockTimeoutMs: options.lockTimeoutMs };
   return {
     write: options.logFlushes ? (batches) => append(db, batches) : (batches) => direct.write(batches),
     appendsToLog: options.logFlushes,
@@ -275,7 +274,7 @@ export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore &
       const { groups, rowsLeft } = await nextFold(db, options.parallelism ?? 1, options.foldMaxRows ?? FOLD_MAX_ROWS);
       const result = await settleParts(
         [],
-        groups.map((orgs) => foldPart(db, orgs, apply)),
+        groups.map((orgs) => foldPart(db, orgs, options)),
       );
       return { ...result, logRowsLeft: rowsLeft };
     },

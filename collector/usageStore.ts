@@ -227,7 +227,7 @@ async function applyUsage(connection: PoolClient, keys: KeyUsageDelta[]): Promis
 export interface ApplyOptions {
   /** Unset: no event detection (EVENTS_ENABLED=false). */
   events?: EventDetection;
-  /** COLLECTOR_LOCK_TIMEOUT_MS: the write transaction's lock_timeout; 0 or unset: the server's own. */
+  /** COLLECTOR_LOCK_TIMEOUT_MS: each write's (and fold's) lock_timeout; 0 or unset: the server's own. */
   lockTimeoutMs?: number;
 }
 
@@ -504,27 +504,23 @@ export function combineParts(batches: readonly PendingBatch[], parts: readonly P
   };
 }
 
-export interface PgUsageStoreOptions {
-  /** Unset: no event detection (EVENTS_ENABLED=false). */
-  events?: EventDetection;
+export interface PgUsageStoreOptions extends ApplyOptions {
   /**
    * Transactions a write of SPLIT_MIN_KEYS keys or more, of several orgs, is split into, each on
    * its own connection at once (COLLECTOR_FLUSH_PARALLELISM): PostgreSQL runs a statement on one
    * core. 1: always one transaction.
    */
   parallelism?: number;
-  /** COLLECTOR_LOCK_TIMEOUT_MS: each write's (and fold's) lock_timeout; 0 or unset: the server's own. */
-  lockTimeoutMs?: number;
 }
 
+// The options are the writes' ApplyOptions too.
 export function createPgUsageStore(db: Db, options: PgUsageStoreOptions = {}): UsageStore {
-  const apply: ApplyOptions = { events: options.events, lockTimeoutMs: options.lockTimeoutMs };
   return {
     async write(batches) {
       const parts = splitByOrg(batches, options.parallelism ?? 1);
       return settleParts(
         batches,
-        parts.map((part) => writeInOne(db, (trx) => claimBatches(trx, part), apply)),
+        parts.map((part) => writeInOne(db, (trx) => claimBatches(trx, part), options)),
       );
     },
 

@@ -90,8 +90,14 @@ export function createDb(url: string, options: DbOptions = {}): Db {
   });
 }
 
-/** The pool's connections in use and the queries waiting for one (knex's pool is tarn's), read when asked. */
-export function poolState(db: Db): { used(): number; pendingAcquires(): number } {
+/** A pool's connections in use and the queries waiting for one, read when asked. */
+export interface PoolState {
+  used(): number;
+  pendingAcquires(): number;
+}
+
+/** The PoolState of `db` (knex's pool is tarn's). */
+export function poolState(db: Db): PoolState {
   const pool = () => (db.client as { pool?: { numUsed(): number; numPendingAcquires(): number } }).pool;
   return { used: () => pool()?.numUsed() ?? 0, pendingAcquires: () => pool()?.numPendingAcquires() ?? 0 };
 }
