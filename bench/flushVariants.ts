@@ -14,11 +14,16 @@ export interface SchemaVariant {
   /** What the variant changes, for the report. */
   change: string;
   statements: readonly string[];
-  /** The collector's store with COLLECTOR_USAGE_LOG on: each flush appends, and a fold follows it (timed apart). */
-  usageLog?: boolean;
+  /**
+   * COLLECTOR_USAGE_LOG for this variant's store; unset: the collector's default, as for the
+   * migrated schema. A flush that appends is followed by the fold of its rows (timed apart).
+   */
+  usageLog?: UsageLogSetting;
 }
 
 export const MIGRATED = 'migrated';
+
+export type UsageLogSetting = 'true' | 'false';
 
 export const SCHEMA_VARIANTS: readonly SchemaVariant[] = [
   {
@@ -26,7 +31,14 @@ export const SCHEMA_VARIANTS: readonly SchemaVariant[] = [
     change:
       'the schema as migrated, the store with COLLECTOR_USAGE_LOG=true: a flush appends one row per key to api_key_usage_log, then one fold applies it (fold timed apart, after the flush)',
     statements: [],
-    usageLog: true,
+    usageLog: 'true',
+  },
+  {
+    name: 'direct',
+    change:
+      'the schema as migrated, the store with COLLECTOR_USAGE_LOG=false: every flush writes the usage tables (the default writes so only below COLLECTOR_USAGE_LOG_MIN_KEYS keys)',
+    statements: [],
+    usageLog: 'false',
   },
   {
     name: 'hourly-plain-pk',
@@ -83,7 +95,7 @@ export const SCHEMA_VARIANTS: readonly SchemaVariant[] = [
 
 export interface VariantDatabase {
   name: string;
-  usageLog: boolean;
+  usageLog: UsageLogSetting | undefined;
   /** Setup, statistics and checks. */
   db: Db;
   url: string;
@@ -109,7 +121,7 @@ export async function openVariantDatabase(benchUrl: string, variant: SchemaVaria
   for (const statement of variant.statements) await db.raw(statement);
   return {
     name: variant.name,
-    usageLog: variant.usageLog ?? false,
+    usageLog: variant.usageLog,
     db,
     url: scratch.url,
     async drop() {

@@ -27,7 +27,8 @@ import { interleavedSchedule, median } from './lib/stats';
 
 interface Variant {
   name: string;
-  logFlushes: boolean;
+  /** The store's logMinKeys: 1 appends every flush, undefined none. */
+  logMinKeys: number | undefined;
   foldMaxRows?: number;
 }
 
@@ -46,11 +47,11 @@ const SAMPLE_MS = 2000;
 const FEED_SLICES = 10;
 
 function parseVariant(name: string): Variant {
-  if (name === 'direct') return { name, logFlushes: false };
+  if (name === 'direct') return { name, logMinKeys: undefined };
   const cap = /^log(?:-(\d+)([km]?))?$/.exec(name);
   if (cap === null) throw new Error(`unknown variant ${name}: direct, log or log-<rows>[k|m]`);
   const scale = cap[2] === 'k' ? 1e3 : cap[2] === 'm' ? 1e6 : 1;
-  return { name, logFlushes: true, foldMaxRows: cap[1] === undefined ? undefined : Number(cap[1]) * scale };
+  return { name, logMinKeys: 1, foldMaxRows: cap[1] === undefined ? undefined : Number(cap[1]) * scale };
 }
 
 // node:util's parser, strict: a misspelled flag stops the run instead of being ignored.
@@ -109,7 +110,7 @@ function collectorOf(bench: BenchDatabase, variant: Variant, keys: number, maxPe
   const store = createUsageStore(pool, {
     events: config.events.enabled ? config.events : undefined,
     parallelism: config.flushParallelism,
-    logFlushes: variant.logFlushes,
+    logMinKeys: variant.logMinKeys,
     foldMaxRows: variant.foldMaxRows,
   });
   const flusher = new Flusher({ aggregator, store, intervalMs: config.flushIntervalMs, maxRetryKeys: keys, logger: silent });

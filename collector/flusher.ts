@@ -6,6 +6,8 @@ import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch,
 
 export interface FlushStats {
   flushes: number;
+  /** Of flushes, those that appended to the usage log rather than writing the usage tables. */
+  appendedFlushes: number;
   failedFlushes: number;
   duplicateBatchesSkipped: number;
   usesPersisted: number;
@@ -65,6 +67,7 @@ export class Flusher {
   private readonly backoff: { initialMs: number; maxMs: number };
   readonly stats: FlushStats = {
     flushes: 0,
+    appendedFlushes: 0,
     failedFlushes: 0,
     duplicateBatchesSkipped: 0,
     usesPersisted: 0,
@@ -103,7 +106,7 @@ export class Flusher {
   constructor(private readonly options: FlusherOptions) {
     this.now = options.now ?? Date.now;
     this.backoff = options.backoff ?? { initialMs: options.intervalMs, maxMs: 30_000 };
-    if (options.store.appendsToLog) {
+    if (options.store.logMinKeys !== undefined) {
       this.gate = new AppendGate(this.now);
       // Held back, the keys may fill the aggregator between two intervals: the append goes as soon
       // as they reach NEAR_FULL of its cap (after the datagram being read), before any is refused.
@@ -140,9 +143,11 @@ export class Flusher {
     this.startFold();
   }
 
-  // A batch whose write failed is retried at its time, held or not: it was drained already.
+  // A batch whose write failed is retried at its time, held or not: it was drained already. Fewer
+  // keys than the store appends from are written directly, never held: that write is small.
   private appendHeld(): boolean {
-    return this.gate !== undefined && this.pending.length === 0 && this.gate.holds();
+    const { aggregator, store } = this.options;
+    return this.gate !== undefined && this.pending.length === 0 && aggregator.pendingKeys >= (store.logMinKeys ?? 0) && this.gate.holds();
   }
 
   /** One flush; concurrent callers share the flush in progress. Resolves true when nothing is left pending. */
@@ -311,7 +316,10 @@ export class Flusher {
     // failure made a fold due, but that fold may have run before the lost COMMIT was visible and
     // found nothing; without this the rows waited for the next sweep (FOLD_SWEEP_MS).
     this.foldDue ||= result.keysLogged > 0 || result.duplicateBatches > 0;
-    if (result.keysLogged > 0) this.gate?.appended();
+    if (result.keysLogged > 0) {
+      s.appendedFlushes += 1;
+      this.gate?.appended();
+    }
     this.recordWritten(result);
     if (result.duplicateBatches > 0) {
       this.options.logger.info({ duplicateBatches: result.duplicateBatches }, 'skipped batches already committed by an earlier attempt');

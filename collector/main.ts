@@ -51,7 +51,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     createUsageStore(db, {
       events: events.enabled ? events : undefined,
       parallelism: config.collector.flushParallelism,
-      logFlushes: config.collector.usageLog,
+      logMinKeys: config.collector.usageLogMinKeys,
       lockTimeoutMs: config.collector.lockTimeoutMs,
     });
   const aggregator = new Aggregator({ maxKeys: config.collector.aggregatorMaxKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
@@ -96,7 +96,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       recvBufferBytes: receiver.recvBufferBytes,
       metrics: metricsPort && `${config.collector.metricsHost}:${metricsPort}`,
       flushIntervalMs: config.collector.flushIntervalMs,
-      usageLog: config.collector.usageLog,
+      usageLogMinKeys: config.collector.usageLogMinKeys,
     },
     // In a cluster the primary says 'collector listening' once every receiver is.
     inCluster ? 'receiver listening' : 'collector listening',

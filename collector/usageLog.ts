@@ -29,6 +29,7 @@ import {
   type Claimed,
   type FoldResult,
   type PartResult,
+  type PendingBatch,
   type PgUsageStoreOptions,
   type UsageStore,
   type WriteResult,
@@ -128,7 +129,7 @@ export function decodeDelta(keyId: string, orgId: string, text: string): KeyUsag
 // The append: the batches' (batch, org) pairs claimed in the flush ledger, as a direct write
 // claims them, and the fresh keys' deltas COPYed into the log, in one transaction. A retry of a
 // batch whose COMMIT was in doubt finds its pairs claimed and appends nothing again.
-async function append(db: Db, batches: Parameters<UsageStore['write']>[0]): Promise<WriteResult> {
+async function append(db: Db, batches: readonly PendingBatch[]): Promise<WriteResult> {
   const trx = await db.transaction();
   let claimed: Claimed;
   let keys: KeyUsageDelta[];
@@ -252,24 +253,31 @@ async function foldPart(db: Db, orgs: readonly string[], apply: ApplyOptions): P
 }
 
 export interface UsageLogOptions extends PgUsageStoreOptions {
-  /** COLLECTOR_USAGE_LOG: flushes append to the log (on) or write the usage tables (off). */
-  logFlushes: boolean;
+  /**
+   * COLLECTOR_USAGE_LOG: a write of this many keys or more appends to the log, a smaller one
+   * writes the usage tables; undefined: every write does.
+   */
+  logMinKeys: number | undefined;
   /** Log rows a fold takes at most: FOLD_MAX_ROWS unless given. */
   foldMaxRows?: number;
 }
 
+const keysOf = (batches: readonly PendingBatch[]) => batches.reduce((sum, { batch }) => sum + batch.keys.length, 0);
+
 /**
- * The collector's store. write() appends to the usage log (logFlushes) or writes the usage tables
- * directly. fold() applies the log in either mode (a collector started without the log folds what
+ * The collector's store. write() appends to the usage log (from logMinKeys keys) or writes the
+ * usage tables directly: either way it claims the batches' (batch, org) pairs in the flush ledger,
+ * so a retry that goes the other way (its batch grew or shrank) still applies each use once. fold() applies the log in either mode (a collector started without the log folds what
  * one with it left), at most FOLD_MAX_ROWS rows of whole orgs per call, in up to `parallelism`
  * transactions at once, exactly once: a row leaves the log in the transaction that applies it, so
  * a failed or in-doubt fold either applied its rows or left them.
  */
 export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore & { fold(): Promise<FoldResult> } {
   const direct = createPgUsageStore(db, options);
+  const { logMinKeys } = options;
   return {
-    write: options.logFlushes ? (batches) => append(db, batches) : (batches) => direct.write(batches),
-    appendsToLog: options.logFlushes,
+    write: (batches) => (logMinKeys !== undefined && keysOf(batches) >= logMinKeys ? append(db, batches) : direct.write(batches)),
+    logMinKeys,
     fold: async () => {
       const { groups, rowsLeft } = await nextFold(db, options.parallelism ?? 1, options.foldMaxRows ?? FOLD_MAX_ROWS);
       const result = await settleParts(

@@ -46,8 +46,11 @@ export interface UsageStore {
   expireOldRows(retentionDays: number): Promise<void>;
   /** Applies (part of) the usage log to the usage tables (collector/usageLog.ts); absent: the store keeps no log. */
   fold?(): Promise<FoldResult>;
-  /** write() appends to the usage log (COLLECTOR_USAGE_LOG), so its appends may wait for the folds. */
-  readonly appendsToLog?: boolean;
+  /**
+   * write() appends to the usage log when its batches hold this many keys or more
+   * (COLLECTOR_USAGE_LOG), and such appends may wait for the folds; absent: it never appends.
+   */
+  readonly logMinKeys?: number;
 }
 
 export interface FoldResult extends WriteResult {

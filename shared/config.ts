@@ -127,8 +127,13 @@ const variables = {
   // on its own connection (the collector's pool holds this many + 3); see docs/operations.md.
   COLLECTOR_FLUSH_PARALLELISM: positiveInt(16).default(2),
   // A flush appends each key's delta to the usage log and a fold applies it (collector/usageLog.ts,
-  // docs/scaling.md); false writes the usage tables in the flush.
-  COLLECTOR_USAGE_LOG: booleanFlag.default(false),
+  // docs/scaling.md); false writes the usage tables in the flush; auto appends a flush of
+  // COLLECTOR_USAGE_LOG_MIN_KEYS keys or more and writes a smaller one directly, so a small flush
+  // is visible at its commit and a large one takes about a second instead of many.
+  COLLECTOR_USAGE_LOG: z.enum(['true', 'false', '1', '0', 'auto']).default('auto'),
+  // Below it a direct flush took at most about half a second here, whatever the keys' addresses;
+  // at 10,000 keys each from a new address it took 1.3-1.5 s (docs/scaling.md).
+  COLLECTOR_USAGE_LOG_MIN_KEYS: positiveInt().default(5_000),
   // PostgreSQL's lock_timeout in each direct flush's and fold's transaction: one that waits this
   // long for a row another session holds fails and is retried, instead of hanging; 0 leaves the
   // server's own setting. Twice the longest flush measured under load (docs/operations.md).
@@ -297,6 +302,11 @@ const eventsSection = (v: Variables) => ({
   expiringDays: v.EVENTS_EXPIRING_DAYS,
 });
 
+function usageLogMinKeys(v: Variables): number | undefined {
+  if (v.COLLECTOR_USAGE_LOG === 'auto') return v.COLLECTOR_USAGE_LOG_MIN_KEYS;
+  return v.COLLECTOR_USAGE_LOG === 'true' || v.COLLECTOR_USAGE_LOG === '1' ? 1 : undefined;
+}
+
 const collectorSection = (v: Variables) => ({
   host: v.COLLECTOR_HOST,
   port: v.COLLECTOR_PORT,
@@ -311,8 +321,11 @@ const collectorSection = (v: Variables) => ({
   retryMaxKeys: v.COLLECTOR_MAX_RETRY_KEYS ?? v.COLLECTOR_MAX_PENDING_KEYS,
   recvBufferBytes: v.COLLECTOR_RECV_BUFFER_BYTES,
   flushParallelism: v.COLLECTOR_FLUSH_PARALLELISM,
-  /** Flushes append to the usage log, which folds apply (collector/usageLog.ts). */
-  usageLog: v.COLLECTOR_USAGE_LOG,
+  /**
+   * A flush of this many keys or more appends to the usage log, which folds apply
+   * (collector/usageLog.ts); a smaller one writes the usage tables. Undefined: no flush appends.
+   */
+  usageLogMinKeys: usageLogMinKeys(v),
   lockTimeoutMs: v.COLLECTOR_LOCK_TIMEOUT_MS,
   receivers: v.COLLECTOR_RECEIVERS,
   metricsHost: v.COLLECTOR_METRICS_HOST,

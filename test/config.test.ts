@@ -106,6 +106,14 @@ t.test("COLLECTOR_LOCK_TIMEOUT_MS: two minutes by default; 0 leaves the server's
   t.equal(loadConfig({ ...DEV, COLLECTOR_LOCK_TIMEOUT_MS: '0' }).collector.lockTimeoutMs, 0);
 });
 
+t.test('COLLECTOR_USAGE_LOG: auto by default, appending flushes of COLLECTOR_USAGE_LOG_MIN_KEYS keys or more', async (t) => {
+  const minKeys = (env: Record<string, string>) => loadConfig({ ...DEV, ...env }).collector.usageLogMinKeys;
+  t.equal(minKeys({}), 5_000);
+  t.equal(minKeys({ COLLECTOR_USAGE_LOG: 'auto', COLLECTOR_USAGE_LOG_MIN_KEYS: '500' }), 500);
+  for (const on of ['true', '1']) t.equal(minKeys({ COLLECTOR_USAGE_LOG: on, COLLECTOR_USAGE_LOG_MIN_KEYS: '500' }), 1, `${on}: every flush`);
+  for (const off of ['false', '0']) t.equal(minKeys({ COLLECTOR_USAGE_LOG: off }), undefined, `${off}: none`);
+});
+
 t.test('KEY_PEPPER_PREVIOUS: older peppers, newest first, each checked and never the current one again', async (t) => {
   const older = 'o'.repeat(32);
   const oldest = 'q'.repeat(40);
@@ -203,6 +211,8 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['more receivers than the limit', { COLLECTOR_RECEIVERS: '17' }],
     ['lock timeout above an hour', { COLLECTOR_LOCK_TIMEOUT_MS: '3600001' }],
     ['lock timeout negative', { COLLECTOR_LOCK_TIMEOUT_MS: '-1' }],
+    ['usage log neither a flag nor auto', { COLLECTOR_USAGE_LOG: 'sometimes' }],
+    ['usage log from zero keys', { COLLECTOR_USAGE_LOG_MIN_KEYS: '0' }],
   ];
   for (const [kind, env] of cases) {
     const [name] = Object.keys(env);

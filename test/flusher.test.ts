@@ -237,7 +237,7 @@ function loggingStore() {
   const folds = { calls: 0, fail: false, keys: 0, left: 0, running: Promise.resolve() };
   const store: UsageStore = {
     ...fake.store,
-    appendsToLog: true,
+    logMinKeys: 1,
     write: async (batches) => {
       const result = await fake.store.write(batches);
       // Keys of the batches this write applied: none when it found them committed already.
@@ -443,7 +443,7 @@ t.test('a failed append is retried at its time though the log is behind', async 
 t.test('a store that does not append to the log never waits for its folds', async (t) => {
   const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
   const { store, folds, appends } = loggingStore();
-  const flusher = new Flusher({ aggregator, store: { ...store, appendsToLog: false }, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
+  const flusher = new Flusher({ aggregator, store: { ...store, logMinKeys: undefined }, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
   folds.left = 100;
   for (let tick = 0; tick < 3; tick++) {
     aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
@@ -452,6 +452,21 @@ t.test('a store that does not append to the log never waits for its folds', asyn
   }
   t.equal(flusher.stats.logBacklogRows, 100, "another collector's log is behind");
   t.equal(appends().length, 3, 'a direct write adds nothing to it: every interval writes');
+});
+
+t.test('with the log behind, fewer keys than the store appends from are written, not held', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
+  const { store, folds, appends } = loggingStore();
+  const flusher = new Flusher({ aggregator, store: { ...store, logMinKeys: 2 }, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
+  folds.left = 100;
+  await flusher.fold();
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  await flusher.tick();
+  t.equal(appends().length, 1, 'one key: written at its interval');
+  for (const n of [2, 3]) aggregator.add({ keyId: key(n), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  await flusher.tick();
+  t.equal(appends().length, 1, 'two keys would append: held while the log is behind');
+  t.equal(flusher.stats.appendsHeldBack, 1);
 });
 
 t.test('stop folds while folds find rows, and not on when one found none of the rows left', async (t) => {

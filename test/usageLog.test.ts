@@ -111,9 +111,9 @@ t.test('append then fold writes exactly the rows a direct flush writes', { skip:
   await copyOrg(direct.db, logged.db, keys.orgId);
   const batches = [batchOf(keys, 0), batchOf(keys, 1), batchOf(keys, 2)];
 
-  const directStore = createUsageStore(direct.db, { events: events(), logFlushes: false });
+  const directStore = createUsageStore(direct.db, { events: events(), logMinKeys: undefined });
   for (const batch of batches) await directStore.write([batch]);
-  const store = createUsageStore(logged.db, { events: events(), logFlushes: true });
+  const store = createUsageStore(logged.db, { events: events(), logMinKeys: 1 });
   for (const batch of batches) t.match(await store.write([batch]), { appliedBatches: 1, keysWritten: 30, keysLogged: 30, usesWritten: batch.batch.uses });
 
   t.equal(await logRows(logged.db), 90, 'one log row per key and flush');
@@ -139,7 +139,7 @@ t.test('append then fold writes exactly the rows a direct flush writes', { skip:
 t.test('a retried append whose commit landed is logged once', async (t) => {
   const { db } = await freshDatabase(t);
   const keys = await orgWithKeys(db, 5);
-  const store = createUsageStore(db, { logFlushes: true });
+  const store = createUsageStore(db, { logMinKeys: 1 });
   const batch = batchOf(keys);
   await store.write([batch]);
   t.match(await store.write([batch]), { appliedBatches: 0, duplicateBatches: 1, duplicateUses: batch.batch.uses, keysLogged: 0 });
@@ -148,11 +148,30 @@ t.test('a retried append whose commit landed is logged once', async (t) => {
   t.equal(await usesOf(db, keys.orgId), provenIn([batch]), 'proven uses, once');
 });
 
+t.test('from logMinKeys keys a write appends, below it writes the usage tables; a retry that goes the other way applies once', async (t) => {
+  const { db } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 3);
+  const small = batchOf({ orgId: keys.orgId, keyIds: keys.keyIds.slice(0, 2) });
+  const auto = createUsageStore(db, { logMinKeys: 3 });
+  t.match(await auto.write([small]), { appliedBatches: 1, keysWritten: 2, keysLogged: 0 }, 'two keys: written directly');
+  t.equal(await logRows(db), 0);
+  t.equal(await usesOf(db, keys.orgId), provenIn([small]), 'visible at the write');
+
+  const large = batchOf(keys, 1);
+  t.match(await auto.write([large]), { appliedBatches: 1, keysWritten: 3, keysLogged: 3 }, 'three keys: appended');
+  t.equal(await logRows(db), 3);
+  const direct = createUsageStore(db, { logMinKeys: undefined });
+  t.match(await direct.write([large]), { appliedBatches: 0, duplicateBatches: 1, keysWritten: 0 }, 'the retry of an append, written directly, finds its claims');
+  t.match(await auto.write([small]), { appliedBatches: 0, duplicateBatches: 1, keysLogged: 0 }, 'and the other way round');
+  await auto.fold();
+  t.equal(await usesOf(db, keys.orgId), provenIn([small, large]), 'each batch once');
+});
+
 t.test('keys that do not exist in the org they named are dropped at the fold', async (t) => {
   const { db } = await freshDatabase(t);
   const keys = await orgWithKeys(db, 3);
   const other = await orgWithKeys(db, 1, 'other');
-  const store = createUsageStore(db, { logFlushes: true });
+  const store = createUsageStore(db, { logMinKeys: 1 });
   const forged = batchOf({ orgId: keys.orgId, keyIds: [randomUUID(), other.keyIds[0]] });
   await store.write([batchOf(keys), forged]);
   const folded = await store.fold();
@@ -166,7 +185,7 @@ t.test('keys that do not exist in the org they named are dropped at the fold', a
 t.test('a fold of more rows than it reads at once applies every one, each key once', async (t) => {
   const { db } = await freshDatabase(t);
   const keys = await orgWithKeys(db, Math.ceil(TAKE_BATCH_ROWS / 3) + 7);
-  const store = createUsageStore(db, { logFlushes: true });
+  const store = createUsageStore(db, { logMinKeys: 1 });
   const batches = [0, 1, 2].map((round) => batchOf(keys, round));
   for (const batch of batches) await store.write([batch]);
   t.ok((await logRows(db)) > TAKE_BATCH_ROWS, `${await logRows(db)} rows, more than one read`);
@@ -178,7 +197,7 @@ t.test('a fold of more rows than it reads at once applies every one, each key on
 t.test('a log row that cannot be read is set aside; the rest of its org is applied', async (t) => {
   const { db } = await freshDatabase(t);
   const keys = await orgWithKeys(db, 3);
-  const store = createUsageStore(db, { logFlushes: true });
+  const store = createUsageStore(db, { logMinKeys: 1 });
   await store.write([batchOf(keys)]);
   await db(TABLE.usageLog).where({ key_id: keys.keyIds[0] }).update({ delta: '{"not": "a delta"}' });
   const folded = await store.fold();
@@ -189,12 +208,12 @@ t.test('a log row that cannot be read is set aside; the rest of its org is appli
 t.test('two folds at once: each org is folded by one of them, every use once', async (t) => {
   const { db, url } = await freshDatabase(t);
   const orgs = [await orgWithKeys(db, 200, 'a'), await orgWithKeys(db, 200, 'b'), await orgWithKeys(db, 200, 'c')];
-  const writer = createUsageStore(db, { logFlushes: true });
+  const writer = createUsageStore(db, { logMinKeys: 1 });
   const batches = orgs.flatMap((org) => [batchOf(org, 0), batchOf(org, 1)]);
   for (const batch of batches) await writer.write([batch]);
   const second = createDb(url, { poolMax: 3 });
   t.teardown(() => second.destroy());
-  const folds = await Promise.all([writer.fold(), createUsageStore(second, { logFlushes: true, parallelism: 2 }).fold()]);
+  const folds = await Promise.all([writer.fold(), createUsageStore(second, { logMinKeys: 1, parallelism: 2 }).fold()]);
   const again = await writer.fold();
   for (const org of orgs) t.equal(await usesOf(db, org.orgId), provenIn(batches.filter((b) => b.batch.keys[0].orgId === org.orgId)), 'each org once');
   t.equal(
@@ -209,12 +228,12 @@ t.test('a fold whose COMMIT reply is lost is in doubt, and applied exactly once'
   const { db, url } = await freshDatabase(t);
   const keys = await orgWithKeys(db, 10);
   const batch = batchOf(keys);
-  await createUsageStore(db, { logFlushes: true }).write([batch]);
+  await createUsageStore(db, { logMinKeys: 1 }).write([batch]);
   const proxy = await PgProxy.start(url);
   t.teardown(() => proxy.close());
   const proxied = createDb(proxy.url, { poolMax: 3 });
   t.teardown(() => proxied.destroy());
-  const store = createUsageStore(proxied, { logFlushes: true });
+  const store = createUsageStore(proxied, { logMinKeys: 1 });
   const cut = proxy.cutAt(/^COMMIT/i, 'after-forward');
   const error = await store.fold().catch((e: unknown) => e);
   await cut;
@@ -232,7 +251,7 @@ t.test('a fold takes whole orgs up to its bound, oldest first', async (t) => {
   const { db } = await freshDatabase(t);
   const first = await orgWithKeys(db, 2, 'first');
   const second = await orgWithKeys(db, 2, 'second');
-  const store = createUsageStore(db, { logFlushes: true });
+  const store = createUsageStore(db, { logMinKeys: 1 });
   await store.write([batchOf(first)]);
   await store.write([batchOf(second)]);
   // As if the first org had FOLD_MAX_ROWS rows: the fold stops before the second.
@@ -267,7 +286,7 @@ t.test("an erasure of a key's addresses reaches its rows in the usage log: the f
   const { db } = await freshDatabase(t);
   const keys = await orgWithKeys(db, 2);
   const [erased, kept] = keys.keyIds;
-  const store = createUsageStore(db, { logFlushes: true, events: events() });
+  const store = createUsageStore(db, { logMinKeys: 1, events: events() });
   const batch = batchOf(keys);
   await store.write([batch]);
   t.match(await eraseKeyIps(db, erased), { [TABLE.usageLog]: 1 });

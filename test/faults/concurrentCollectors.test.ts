@@ -115,10 +115,10 @@ t.test('4 collectors flushing the same keys at the same moment: exact sums, no d
 
 // With COLLECTOR_USAGE_LOG each flush appends to the log and the four fold it, each org by one
 // fold at a time; the last folds run as the collectors stop.
-async function freeRunning(t: Test, name: string, env: Record<string, string> = {}) {
+async function freeRunning(t: Test, name: string, expectAppends: 'all' | 'some' | 'none', envOf: (collector: number) => Record<string, string>) {
   const { db, url, orgId, keys } = await databaseWithKeys(t, leaks, name, 40);
   const deadlocksBefore = await deadlocks(db);
-  const collectors = await Promise.all(Array.from({ length: 4 }, () => spawnCollector(t, { databaseUrl: url, flushIntervalMs: 50, env })));
+  const collectors = await Promise.all(Array.from({ length: 4 }, (_, c) => spawnCollector(t, { databaseUrl: url, flushIntervalMs: 50, env: envOf(c) })));
   for (const [c, collector] of collectors.entries()) leaks.watch(`collector process ${c} log`, () => collector.output);
   const ledger = new Ledger();
   const senders = collectors.map((collector) => new UdpSender(collector.udpPort));
@@ -139,11 +139,14 @@ async function freeRunning(t: Test, name: string, env: Record<string, string> = 
   );
   const failed = metrics.reduce((sum, m) => sum + m.failed_flushes_total, 0);
   const flushes = metrics.reduce((sum, m) => sum + m.flushes_total, 0);
+  const appended = metrics.reduce((sum, m) => sum + m.appended_flushes_total, 0);
   const codes = [];
   for (const collector of collectors) codes.push((await collector.sigterm()).code);
   const deadlockLines = collectors.flatMap((c) => c.output.filter((line) => /deadlock/i.test(line)));
   t.same(codes, [0, 0, 0, 0], 'all four exit 0');
   t.equal(failed, 0, `no failed flush in ${flushes} flushes`);
+  if (expectAppends === 'some') t.ok(appended > 0 && appended < flushes, `some flushes appended, others wrote directly (${appended} of ${flushes})`);
+  else t.equal(appended, expectAppends === 'all' ? flushes : 0, `${expectAppends === 'all' ? 'every' : 'no'} flush appended`);
   t.equal(Number((await db(TABLE.usageLog).count({ n: '*' }))[0].n), 0, 'nothing left in the usage log');
   t.same(await countMismatches(db, ledger), [], `every sum exact (${ledger.total} uses)`);
   t.same(deadlockLines, [], 'no deadlock in any log, prunes included');
@@ -154,9 +157,10 @@ async function freeRunning(t: Test, name: string, env: Record<string, string> = 
     db,
     keys.map((k) => k.id),
   );
-  reportFigures(t, `collectors-free-running-4${env.COLLECTOR_USAGE_LOG ? '-usage-log' : ''}`, {
+  reportFigures(t, `collectors-free-running-4-${name}`, {
     loadMs,
     flushes,
+    appendedFlushes: appended,
     // Longer than the 50 ms interval on two cores: flushes of different collectors overlap all the time.
     lastFlushDurationsMs: metrics.map((m) => Math.round(m.last_flush_duration_seconds * 1000)),
     usesSent: ledger.total,
@@ -167,9 +171,17 @@ async function freeRunning(t: Test, name: string, env: Record<string, string> = 
   });
 }
 
-t.test('4 collector processes on their own 50 ms timers under sustained load: exact sums, no deadlock', (t) => freeRunning(t, 'free4'));
+t.test('4 collector processes on their own 50 ms timers under sustained load: exact sums, no deadlock', (t) =>
+  freeRunning(t, 'free4', 'none', () => ({ COLLECTOR_USAGE_LOG: 'false' })),
+);
 t.test('the same with COLLECTOR_USAGE_LOG: appends and folds of 4 processes, exact sums, no deadlock', (t) =>
-  freeRunning(t, 'free4log', { COLLECTOR_USAGE_LOG: 'true' }),
+  freeRunning(t, 'free4log', 'all', () => ({ COLLECTOR_USAGE_LOG: 'true' })),
+);
+// Flushes of up to 40 keys: the first collector appends every one, the second none, the other two
+// those of all 40 keys (most), switching from one interval to the next; a retry may go either way.
+const MIN_KEYS_BY_COLLECTOR = ['1', '1000000', '40', '40'];
+t.test('the same with COLLECTOR_USAGE_LOG=auto: some flushes append and some write directly, exact sums, no deadlock', (t) =>
+  freeRunning(t, 'free4auto', 'some', (c) => ({ COLLECTOR_USAGE_LOG: 'auto', COLLECTOR_USAGE_LOG_MIN_KEYS: MIN_KEYS_BY_COLLECTOR[c] })),
 );
 
 t.test('leak scan: no key or hash in any collector log line of this file', async (t) => {
