@@ -56,7 +56,11 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('quarantined_keys_total', 'Keys whose rows PostgreSQL refused with a data error; their uses were set aside', f.quarantinedKeys),
     counter('quarantined_uses_total', 'Uses set aside with those keys', f.quarantinedUses),
     counter('flushes_total', 'Successful flushes', f.flushes),
-    counter('appended_flushes_total', 'Of those, flushes that appended to the usage log (COLLECTOR_USAGE_LOG) instead of writing the usage tables', f.appendedFlushes),
+    counter(
+      'appended_flushes_total',
+      'Of those, flushes that appended to the usage log (COLLECTOR_USAGE_LOG) instead of writing the usage tables',
+      f.appendedFlushes,
+    ),
     counter('uses_folded_total', 'API key uses the folds of the usage log applied to the usage tables (COLLECTOR_USAGE_LOG)', f.usesFolded),
     counter('folds_total', 'Folds of the usage log that applied rows', f.folds),
     counter('failed_folds_total', 'Failed folds of the usage log (their rows stay in the log and are folded again)', f.failedFolds),

@@ -132,7 +132,7 @@ const variables = {
   // is visible at its commit and a large one takes about a second instead of many.
   COLLECTOR_USAGE_LOG: z.enum(['true', 'false', '1', '0', 'auto']).default('auto'),
   // Below it a direct flush took at most about half a second here, whatever the keys' addresses;
-  // at 10,000 keys each from a new address it took 1.3-1.5 s (docs/scaling.md).
+  // at 10,000 keys each from a new address it took 1.1-1.5 s (docs/scaling.md).
   COLLECTOR_USAGE_LOG_MIN_KEYS: positiveInt().default(5_000),
   // PostgreSQL's lock_timeout in each direct flush's and fold's transaction: one that waits this
   // long for a row another session holds fails and is retried, instead of hanging; 0 leaves the

@@ -161,7 +161,11 @@ t.test('from logMinKeys keys a write appends, below it writes the usage tables; 
   t.match(await auto.write([large]), { appliedBatches: 1, keysWritten: 3, keysLogged: 3 }, 'three keys: appended');
   t.equal(await logRows(db), 3);
   const direct = createUsageStore(db, { logMinKeys: undefined });
-  t.match(await direct.write([large]), { appliedBatches: 0, duplicateBatches: 1, keysWritten: 0 }, 'the retry of an append, written directly, finds its claims');
+  t.match(
+    await direct.write([large]),
+    { appliedBatches: 0, duplicateBatches: 1, keysWritten: 0 },
+    'the retry of an append, written directly, finds its claims',
+  );
   t.match(await auto.write([small]), { appliedBatches: 0, duplicateBatches: 1, keysLogged: 0 }, 'and the other way round');
   await auto.fold();
   t.equal(await usesOf(db, keys.orgId), provenIn([small, large]), 'each batch once');
