@@ -178,7 +178,7 @@ const NOTHING_APPLIED = {
 // fold, or taken by the first if they were there when its delete began), so folds never wait for
 // each other and cannot deadlock. Advisory locks live where the collectors connect: the one
 // server, or the Citus coordinator.
-const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
+export const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
 
 const LOCK_ORGS = `select o as org_id from unnest(cast(? as uuid[])) as o where pg_try_advisory_xact_lock(${FOLD_LOCK_CLASS}, hashtext(cast(o as text)))`;
 const TAKE_LOG = `delete from ${TABLE.usageLog} where org_id = any($1::uuid[]) returning org_id, key_id, delta`;
@@ -221,16 +221,25 @@ async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadabl
  */
 export const FOLD_MAX_ROWS = 200_000;
 
-const ROWS_BY_ORG = `select org_id, count(*)::int as n from ${TABLE.usageLog} group by org_id order by min(logged_at)`;
+const ROWS_BY_ORG = `select org_id, count(*)::int as n, hashtext(cast(org_id as text)) as lock_key from ${TABLE.usageLog} group by org_id order by min(logged_at)`;
+// The fold locks other sessions hold: as pg_locks shows a two-key advisory lock, its second key as
+// an unsigned oid. Read apart from the log, not joined to it, so that on Citus the log's query stays
+// a plain aggregate over one distributed table, and pg_locks is read where the locks are taken.
+const FOLDING_ELSEWHERE = `select objid::bigint as lock_key from pg_locks where locktype = 'advisory' and classid = ${FOLD_LOCK_CLASS} and objsubid = 2 and granted and pid <> pg_backend_pid()`;
 
 // The orgs of the next fold, oldest rows first, up to `maxRows` rows, split into `parts` groups
-// near equal in rows; and the rows of the orgs it leaves.
+// near equal in rows; and the rows of the orgs it leaves. Orgs another collector is folding are
+// passed over, not taken and then found locked: with several collectors, the second's fold takes
+// the next orgs instead of none.
 async function nextFold(db: Db, parts: number, maxRows: number): Promise<{ groups: string[][]; rowsLeft: number }> {
   const { rows } = await db.raw(ROWS_BY_ORG);
+  const folding = new Set(((await db.raw(FOLDING_ELSEWHERE)).rows as Array<{ lock_key: string }>).map((row) => Number(row.lock_key)));
   const rowsOf = new Map<string, number>();
   let taken = 0;
   let rowsLeft = 0;
-  for (const { org_id: orgId, n } of rows as Array<{ org_id: string; n: number }>) {
+  for (const { org_id: orgId, n, lock_key: lockKey } of rows as Array<{ org_id: string; n: number; lock_key: number }>) {
+    // hashtext is a signed int4; the oid in pg_locks the same 32 bits unsigned.
+    if (folding.has(lockKey >>> 0)) continue;
     if (rowsLeft > 0 || (taken > 0 && taken + n > maxRows)) rowsLeft += n;
     else {
       rowsOf.set(orgId, n);

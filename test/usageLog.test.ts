@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { Aggregator, type KeyUsageDelta } from '../collector/aggregator';
-import { decodeDelta, encodeDelta, createUsageStore, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
+import { decodeDelta, encodeDelta, createUsageStore, FOLD_LOCK_CLASS, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
 import { CommitInDoubtError, type PendingBatch } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
 import { createDb, type Db } from '../shared/db';
@@ -196,6 +196,26 @@ t.test('a fold of more rows than it reads at once applies every one, each key on
   t.match(await store.fold(), { keysWritten: keys.keyIds.length, usesWritten: batches.reduce((sum, b) => sum + b.batch.uses, 0) });
   t.equal(await logRows(db), 0, 'every row left the log');
   t.equal(await usesOf(db, keys.orgId), provenIn(batches), 'and every proven use reached the totals');
+});
+
+t.test('a fold passes over the orgs another fold holds and takes the next ones', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const [held, next] = [await orgWithKeys(db, 3, 'held'), await orgWithKeys(db, 3, 'next')];
+  const writer = createUsageStore(db, { logMinKeys: 1 });
+  await writer.write([batchOf(held)]);
+  await writer.write([batchOf(next)]);
+  // Another collector's fold of the older org, still running: its lock, taken as a fold takes it.
+  const other = createDb(url, { poolMax: 1 });
+  t.teardown(() => other.destroy());
+  const otherFold = await other.transaction();
+  await otherFold.raw('select pg_advisory_xact_lock(?, hashtext(cast(? as text)))', [FOLD_LOCK_CLASS, held.orgId]);
+  // Room for one org's rows a fold: the older org would be the one taken.
+  const store = createUsageStore(db, { logMinKeys: 1, foldMaxRows: 3 });
+  t.match(await store.fold(), { keysWritten: 3, logRowsLeft: 0 }, 'the next org folded');
+  t.equal(await usesOf(db, next.orgId), provenIn([batchOf(next)]));
+  await otherFold.rollback();
+  t.match(await store.fold(), { keysWritten: 3 }, 'the older org once its lock is free');
+  t.equal(await logRows(db), 0);
 });
 
 t.test('a log row that cannot be read is set aside; the rest of its org is applied', async (t) => {
