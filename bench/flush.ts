@@ -90,6 +90,16 @@ const thousands = (n: number) => (n % 1000 === 0 ? `${n / 1000}k` : String(n));
 const scenarioId = (s: Scenario) =>
   `${thousands(s.keys)}-${thousands(s.uses)}-${s.newIps ? 'newip' : 'same'}-${s.events ? 'on' : 'off'}${s.orgs > 1 ? `-${s.orgs}orgs` : ''}${s.collectors > 1 ? `-${s.collectors}collectors` : ''}`;
 
+// BENCH_FLUSH_USAGE_LOG: the migrated target's COLLECTOR_USAGE_LOG (and the schema variants'); unset,
+// the collector's default. A schema variant changes the usage tables, which only a direct write
+// touches in the flush: compare them with BENCH_FLUSH_USAGE_LOG=false.
+function usageLogSetting(env: NodeJS.ProcessEnv): UsageLogSetting | undefined {
+  const value = env.BENCH_FLUSH_USAGE_LOG;
+  if (value === undefined || value === '') return undefined;
+  if (value === 'true' || value === 'false' || value === 'auto') return value;
+  throw new Error(`BENCH_FLUSH_USAGE_LOG must be true, false or auto; got ${value}`);
+}
+
 function selectedPlan(plan: Plan, env: NodeJS.ProcessEnv): Plan {
   const ids = (env.BENCH_FLUSH_SCENARIOS ?? '').split(',').filter(Boolean);
   const unknown = ids.filter((id) => !plan.scenarios.some((s) => scenarioId(s) === id));
@@ -276,7 +286,8 @@ async function timedFold(ctx: BenchContext, inner: ReturnType<typeof createUsage
   // One fold takes at most FOLD_MAX_ROWS rows (whole orgs): several collectors' rows may need more.
   for (let result = await inner.fold(); result.keysWritten > 0; result = await inner.fold()) {
     keys += result.keysWritten;
-    await store.prune(result.keysToTrim);
+    // Each key once, as the Flusher queues it: a key is named once per table it gained a row in.
+    await store.prune([...new Map(result.keysToTrim.map((k) => [`${k.orgId}/${k.keyId}`, k])).values()]);
   }
   const wallMs = performance.now() - started;
   const cpu = process.cpuUsage(cpuBefore);
@@ -321,11 +332,13 @@ export async function runFlush(ctx: BenchContext, env: NodeJS.ProcessEnv = proce
   const samples: FlushSample[] = [];
   const hot: string[] = [];
   try {
-    targets.push(await openTarget(ctx, plan, MIGRATED, ctx.db, ctx.databaseUrl));
+    const usageLog = usageLogSetting(env);
+    targets.push(await openTarget(ctx, plan, MIGRATED, ctx.db, ctx.databaseUrl, usageLog));
     for (const variant of variants) {
       const database = await openVariantDatabase(ctx.databaseUrl, variant);
       opened.push(database);
-      targets.push(await openTarget(ctx, plan, variant.name, database.db, database.url, database.usageLog));
+      // A schema variant's flushes take the way the migrated target's do, so the two compare.
+      targets.push(await openTarget(ctx, plan, variant.name, database.db, database.url, database.usageLog ?? usageLog));
     }
     let generation = 0;
     // Cold: the first flush of each key set inserts its rows (with detection on, its first-use
@@ -365,6 +378,7 @@ export async function runFlush(ctx: BenchContext, env: NodeJS.ProcessEnv = proce
     samples,
     hot,
     variants.map((v) => `${v.name}: ${v.change}`),
+    usageLogSetting(env),
   );
 }
 
@@ -414,12 +428,25 @@ function flushVerdicts(plan: Plan, samples: FlushSample[], targetNames: string[]
         ? 'written directly'
         : `${folds.length} of ${warm.length} appended to the usage log; the fold of each one's rows, after it: median ${fmt.ms(median(folds), 0)}, worst ${fmt.ms(Math.max(...folds), 0)}. Each fold applies one flush here: it is paid once for every flush of a key since the last fold (none coalesced here)`;
     return [
-      `Target 100 k keys per flush ≤ 1 s [${variant}]: ${fmt.verdict(median(warm) <= 1000)} (every 100 k-key / 100 k-use scenario run: median ${fmt.ms(median(warm), 0)}, worst ${fmt.ms(Math.max(...warm), 0)}; the slowest cold flush that creates the rows: ${fmt.ms(Math.max(...cold), 0)}; ${appended}).`,
+      `Target 100 k keys per flush ≤ 1 s [${variant}]: ${fmt.verdict(median(warm) <= 1000)} (every 100 k-key / 100 k-use scenario run: median ${fmt.ms(median(warm), 0)}, worst ${fmt.ms(Math.max(...warm), 0)}; the slowest cold flush: ${cold.length > 0 ? fmt.ms(Math.max(...cold), 0) : 'none in this run'}; ${appended}).`,
     ];
   });
 }
 
-function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: string[], variantNotes: string[]): BenchResult {
+function migratedWay(usageLog: UsageLogSetting | undefined): string {
+  if (usageLog === 'true') return 'every flush appends to the usage log';
+  if (usageLog === 'false') return 'every flush writes the usage tables';
+  return `a flush of ${fmt.int(collectorConfig(usageLog).usageLogMinKeys ?? 0)} keys or more appends to the usage log, a smaller one writes the usage tables`;
+}
+
+function report(
+  plan: Plan,
+  targetNames: string[],
+  samples: FlushSample[],
+  hot: string[],
+  variantNotes: string[],
+  usageLog: UsageLogSetting | undefined,
+): BenchResult {
   const named = (scenario: Scenario, variant: string) => `${label(scenario)}${targetNames.length > 1 ? ` [${variant}]` : ''}`;
   const rows = plan.scenarios.flatMap((scenario) =>
     targetNames.map((variant) => {
@@ -451,7 +478,7 @@ function report(plan: Plan, targetNames: string[], samples: FlushSample[], hot: 
     ...(ratios.length > 0 ? [`Event detection on / off (same address every flush), ratio of flush medians: ${ratios.join('; ')}.`] : []),
     `WAL = pg_current_wal_lsn() moved during the flush. HOT updates over the timed flushes: ${hot.join(' | ')}.`,
     "Flush time is the wall time of Flusher.flush() (drain, merge, one transaction, commit); client CPU is this process's user + system CPU over the same span. Trimming recent IPs runs after the commit, outside the transaction, and is shown apart; so is the time to feed the aggregator (count-1 lines). \"N collectors at once\": N collectors (each its own pool) that all saw every key flush at the same moment, timed until the last commits; with the usage log the fold that follows applies the N flushes' rows, each key's in one upsert per table. Heap peak during the fold: the most heap in use above the fold's start, sampled every 10 ms between its awaits, garbage not yet collected included (an A/B figure, not a size).",
-    `"${MIGRATED}": the schema as migrated and the collector's default store (COLLECTOR_USAGE_LOG=auto: a flush of ${fmt.int(collectorConfig().usageLogMinKeys ?? 0)} keys or more appends to the usage log, a smaller one writes the usage tables); a flush that appended is followed by the fold of its rows, timed apart.`,
+    `"${MIGRATED}": the schema as migrated and the collector's store as configured (COLLECTOR_USAGE_LOG=${usageLog ?? 'auto, the default'}: ${migratedWay(usageLog)}); a flush that appended is followed by the fold of its rows, timed apart. Schema variants take the same setting unless they name their own.`,
     ...(variantNotes.length > 0
       ? [`Schema variants (BENCH_FLUSH_VARIANTS), each in its own database on the same server, interleaved with "${MIGRATED}": ${variantNotes.join('; ')}.`]
       : []),

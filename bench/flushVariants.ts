@@ -15,15 +15,15 @@ export interface SchemaVariant {
   change: string;
   statements: readonly string[];
   /**
-   * COLLECTOR_USAGE_LOG for this variant's store; unset: the collector's default, as for the
-   * migrated schema. A flush that appends is followed by the fold of its rows (timed apart).
+   * COLLECTOR_USAGE_LOG for this variant's store; unset: the migrated target's (BENCH_FLUSH_USAGE_LOG,
+   * bench/flush.ts). A flush that appends is followed by the fold of its rows (timed apart).
    */
   usageLog?: UsageLogSetting;
 }
 
 export const MIGRATED = 'migrated';
 
-export type UsageLogSetting = 'true' | 'false';
+export type UsageLogSetting = 'true' | 'false' | 'auto';
 
 export const SCHEMA_VARIANTS: readonly SchemaVariant[] = [
   {

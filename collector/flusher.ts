@@ -99,6 +99,13 @@ export class Flusher {
   private foldDue = true;
   // With the usage log: whether appends wait for the folds (collector/appendGate.ts).
   private readonly gate: AppendGate | undefined;
+  // Whether rows this collector appended may still be in the log: until a fold that began after
+  // the last append leaves the log empty, every flush appends, however few its keys. A small flush
+  // written directly beside them would reach the usage tables before their fold, and detection
+  // would see its uses first: a key's first use reported with a later use, then a new address
+  // dated before it. Appends are numbered so a fold knows whether one came after it began.
+  private logMayHoldAppends = false;
+  private appends = 0;
   private lastFoldAt = -Infinity;
   private foldRetryAt = 0;
   private consecutiveFoldFailures = 0;
@@ -110,8 +117,9 @@ export class Flusher {
       this.gate = new AppendGate(this.now);
       // Held back, the keys may fill the aggregator between two intervals: the append goes as soon
       // as they reach NEAR_FULL of its cap (after the datagram being read), before any is refused.
+      // Whatever the flush's way: one that would be written directly goes now too, harmlessly.
       options.aggregator.onNearFull(NEAR_FULL, () => {
-        if (this.appendHeld()) queueMicrotask(() => void this.flush());
+        if (this.pending.length === 0 && this.gate?.holds()) queueMicrotask(() => void this.flush());
       });
     }
   }
@@ -143,11 +151,17 @@ export class Flusher {
     this.startFold();
   }
 
-  // A batch whose write failed is retried at its time, held or not: it was drained already. Fewer
-  // keys than the store appends from are written directly, never held: that write is small.
+  // A batch whose write failed is retried at its time, held or not: it was drained already. A
+  // flush written directly is never held: it adds nothing to the log.
   private appendHeld(): boolean {
-    const { aggregator, store } = this.options;
-    return this.gate !== undefined && this.pending.length === 0 && aggregator.pendingKeys >= (store.logMinKeys ?? 0) && this.gate.holds();
+    return this.gate !== undefined && this.pending.length === 0 && this.toLog(this.options.aggregator.pendingKeys) && this.gate.holds();
+  }
+
+  // The store's way for a write of `keys` keys: the log from its threshold on, or while it may
+  // hold this collector's appends.
+  private toLog(keys: number): boolean {
+    const { logMinKeys } = this.options.store;
+    return logMinKeys !== undefined && (this.logMayHoldAppends || keys >= logMinKeys);
   }
 
   /** One flush; concurrent callers share the flush in progress. Resolves true when nothing is left pending. */
@@ -189,10 +203,11 @@ export class Flusher {
     this.foldDue = false;
     this.lastFoldAt = started;
     this.gate?.foldStarted();
+    const appendsBefore = this.appends;
     this.folding = store
       .fold()
       .then(
-        (result) => this.recordFold(result, this.now() - started),
+        (result) => this.recordFold(result, this.now() - started, appendsBefore),
         (error) => this.recordFoldFailure(error),
       )
       .finally(() => (this.folding = undefined));
@@ -209,8 +224,9 @@ export class Flusher {
     }
   }
 
-  private recordFold(result: FoldResult, durationMs: number) {
+  private recordFold(result: FoldResult, durationMs: number, appendsBefore: number) {
     const s = this.stats;
+    if (result.logRowsLeft === 0 && appendsBefore === this.appends) this.logMayHoldAppends = false;
     this.consecutiveFoldFailures = 0;
     this.foldRetryAt = 0;
     this.gate?.foldEnded(result.logRowsLeft);
@@ -289,13 +305,14 @@ export class Flusher {
     if (this.pending.length === 0) return true;
     const started = this.now();
     const batches = [...this.pending];
+    const toLog = this.toLog(this.pendingKeys);
     try {
-      const result = await this.options.store.write(batches);
+      const result = await this.options.store.write(batches, toLog);
       this.pending = this.pending.filter((p) => !batches.includes(p));
       this.recordSuccess(result, this.now() - started);
       return this.pending.length === 0 && this.options.aggregator.pendingKeys === 0;
     } catch (error) {
-      this.recordFailure(error, batches);
+      this.recordFailure(error, batches, toLog);
       return false;
     }
   }
@@ -320,6 +337,7 @@ export class Flusher {
       s.appendedFlushes += 1;
       this.gate?.appended();
     }
+    if (result.keysLogged > 0 || result.duplicateBatches > 0) this.mayHoldAppends();
     this.recordWritten(result);
     if (result.duplicateBatches > 0) {
       this.options.logger.info({ duplicateBatches: result.duplicateBatches }, 'skipped batches already committed by an earlier attempt');
@@ -350,7 +368,12 @@ export class Flusher {
     this.queuePrune(result.keysToTrim);
   }
 
-  private recordFailure(error: unknown, batches: Array<PendingBatch & { inDoubt: boolean }>) {
+  private mayHoldAppends(): void {
+    this.appends += 1;
+    this.logMayHoldAppends = true;
+  }
+
+  private recordFailure(error: unknown, batches: Array<PendingBatch & { inDoubt: boolean }>, toLog: boolean) {
     const s = this.stats;
     s.failedFlushes += 1;
     s.consecutiveFailures += 1;
@@ -358,6 +381,7 @@ export class Flusher {
     if (inDoubt) for (const batch of batches) batch.inDoubt = true;
     // An append whose commit landed unseen left rows in the usage log; its retry logs nothing.
     this.foldDue ||= inDoubt;
+    if (inDoubt && toLog) this.mayHoldAppends();
     if (error instanceof PartlyWrittenError) this.recordWritten(error.written);
     const delay = Math.min(this.backoff.initialMs * 2 ** (s.consecutiveFailures - 1), this.backoff.maxMs);
     this.retryAt = this.now() + delay;

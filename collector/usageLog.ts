@@ -21,6 +21,7 @@ import {
   combineParts,
   commitOrDoubt,
   createPgUsageStore,
+  existingKeys,
   settleParts,
   SPLIT_MIN_KEYS,
   totalUses,
@@ -128,33 +129,42 @@ export function decodeDelta(keyId: string, orgId: string, text: string): KeyUsag
 
 // The append: the batches' (batch, org) pairs claimed in the flush ledger, as a direct write
 // claims them, and the fresh keys' deltas COPYed into the log, in one transaction. A retry of a
-// batch whose COMMIT was in doubt finds its pairs claimed and appends nothing again.
+// batch whose COMMIT was in doubt finds its pairs claimed and appends nothing again. Keys that do
+// not exist in the org they named are dropped here, as a direct write drops them: a flood of
+// forged ids fills no log, and a use is counted persisted or unknown once, at its flush (the fold
+// checks again, for keys deleted since).
 async function append(db: Db, batches: readonly PendingBatch[]): Promise<WriteResult> {
   const trx = await db.transaction();
   let claimed: Claimed;
   let keys: KeyUsageDelta[];
-  let statements = 1;
+  let accepted: KeyUsageDelta[];
+  let statements = 2;
   try {
     claimed = await claimBatches(trx, batches);
     keys = claimed.fresh.flatMap((batch) => batch.keys);
+    const connection = await connectionOf(trx);
+    accepted = keys.length === 0 ? keys : await existingKeys(connection, keys);
     statements += await copyLines(
-      await connectionOf(trx),
+      connection,
       LOG_COLUMNS,
-      linesOf(keys, (k) => copyLine([k.orgId, k.keyId, copyText(encodeDelta(k))])),
+      linesOf(accepted, (k) => copyLine([k.orgId, k.keyId, copyText(encodeDelta(k))])),
     );
   } catch (error) {
     await trx.rollback().catch(() => undefined);
     throw error;
   }
   await commitOrDoubt(trx);
+  const acceptedUses = totalUses(accepted);
   return combineParts(batches, [
     {
       ...NOTHING_APPLIED,
       freshIds: claimed.freshIds,
       duplicateUses: claimed.duplicateUses,
-      keysWritten: keys.length,
-      keysLogged: keys.length,
-      usesWritten: totalUses(keys),
+      keysWritten: accepted.length,
+      keysLogged: accepted.length,
+      usesWritten: acceptedUses,
+      unknownKeys: keys.length - accepted.length,
+      unknownUses: totalUses(keys) - acceptedUses,
       statements: statements + 1,
     },
   ]);
@@ -178,7 +188,7 @@ const NOTHING_APPLIED = {
 // fold, or taken by the first if they were there when its delete began), so folds never wait for
 // each other and cannot deadlock. Advisory locks live where the collectors connect: the one
 // server, or the Citus coordinator.
-export const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
+const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
 
 const LOCK_ORGS = `select o as org_id from unnest(cast(? as uuid[])) as o where pg_try_advisory_xact_lock(${FOLD_LOCK_CLASS}, hashtext(cast(o as text)))`;
 const TAKE_LOG = `delete from ${TABLE.usageLog} where org_id = any($1::uuid[]) returning org_id, key_id, delta`;
@@ -221,25 +231,16 @@ async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadabl
  */
 export const FOLD_MAX_ROWS = 200_000;
 
-const ROWS_BY_ORG = `select org_id, count(*)::int as n, hashtext(cast(org_id as text)) as lock_key from ${TABLE.usageLog} group by org_id order by min(logged_at)`;
-// The fold locks other sessions hold: as pg_locks shows a two-key advisory lock, its second key as
-// an unsigned oid. Read apart from the log, not joined to it, so that on Citus the log's query stays
-// a plain aggregate over one distributed table, and pg_locks is read where the locks are taken.
-const FOLDING_ELSEWHERE = `select objid::bigint as lock_key from pg_locks where locktype = 'advisory' and classid = ${FOLD_LOCK_CLASS} and objsubid = 2 and granted and pid <> pg_backend_pid()`;
+const ROWS_BY_ORG = `select org_id, count(*)::int as n from ${TABLE.usageLog} group by org_id order by min(logged_at)`;
 
 // The orgs of the next fold, oldest rows first, up to `maxRows` rows, split into `parts` groups
-// near equal in rows; and the rows of the orgs it leaves. Orgs another collector is folding are
-// passed over, not taken and then found locked: with several collectors, the second's fold takes
-// the next orgs instead of none.
+// near equal in rows; and the rows of the orgs it leaves.
 async function nextFold(db: Db, parts: number, maxRows: number): Promise<{ groups: string[][]; rowsLeft: number }> {
   const { rows } = await db.raw(ROWS_BY_ORG);
-  const folding = new Set(((await db.raw(FOLDING_ELSEWHERE)).rows as Array<{ lock_key: string }>).map((row) => Number(row.lock_key)));
   const rowsOf = new Map<string, number>();
   let taken = 0;
   let rowsLeft = 0;
-  for (const { org_id: orgId, n, lock_key: lockKey } of rows as Array<{ org_id: string; n: number; lock_key: number }>) {
-    // hashtext is a signed int4; the oid in pg_locks the same 32 bits unsigned.
-    if (folding.has(lockKey >>> 0)) continue;
+  for (const { org_id: orgId, n } of rows as Array<{ org_id: string; n: number }>) {
     if (rowsLeft > 0 || (taken > 0 && taken + n > maxRows)) rowsLeft += n;
     else {
       rowsOf.set(orgId, n);
@@ -284,8 +285,9 @@ const keysOf = (batches: readonly PendingBatch[]) => batches.reduce((sum, { batc
 export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore & { fold(): Promise<FoldResult> } {
   const direct = createPgUsageStore(db, options);
   const { logMinKeys } = options;
+  const toLogByKeys = (batches: readonly PendingBatch[]) => logMinKeys !== undefined && keysOf(batches) >= logMinKeys;
   return {
-    write: (batches) => (logMinKeys !== undefined && keysOf(batches) >= logMinKeys ? append(db, batches) : direct.write(batches)),
+    write: (batches, toLog = toLogByKeys(batches)) => (toLog ? append(db, batches) : direct.write(batches)),
     logMinKeys,
     fold: async () => {
       const { groups, rowsLeft } = await nextFold(db, options.parallelism ?? 1, options.foldMaxRows ?? FOLD_MAX_ROWS);

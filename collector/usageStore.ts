@@ -40,7 +40,11 @@ export interface WriteResult {
 }
 
 export interface UsageStore {
-  write(batches: readonly PendingBatch[]): Promise<WriteResult>;
+  /**
+   * `toLog`: append to the usage log (true) or write the usage tables (false); unset, the store
+   * decides by the batches' keys (logMinKeys). A store without a log writes the tables.
+   */
+  write(batches: readonly PendingBatch[], toLog?: boolean): Promise<WriteResult>;
   /** Best-effort upkeep outside the flush transaction: trims recent IPs (and the IP-prefix history) and expired rows. */
   prune(keys: readonly KeyRef[]): Promise<void>;
   expireOldRows(retentionDays: number): Promise<void>;
@@ -48,7 +52,8 @@ export interface UsageStore {
   fold?(): Promise<FoldResult>;
   /**
    * write() appends to the usage log when its batches hold this many keys or more
-   * (COLLECTOR_USAGE_LOG), and such appends may wait for the folds; absent: it never appends.
+   * (COLLECTOR_USAGE_LOG), and such appends may wait for the folds; absent: the store keeps no
+   * log of its own writes (it may still fold one).
    */
   readonly logMinKeys?: number;
 }
@@ -107,7 +112,7 @@ const latest = (table: string, at: string) => `${at} = greatest(${table}.${at}, 
 // table ("relation flush_keys is not distributed").
 const EXISTING_KEYS = `select id, org_id from ${TABLE.apiKeys} where id = any(cast($1 as uuid[]))`;
 
-async function existingKeys(connection: PoolClient, keys: KeyUsageDelta[]): Promise<KeyUsageDelta[]> {
+export async function existingKeys(connection: PoolClient, keys: KeyUsageDelta[]): Promise<KeyUsageDelta[]> {
   const { rows } = await connection.query<{ id: string; org_id: string }>(EXISTING_KEYS, [keys.map((k) => k.keyId)]);
   const orgOf = new Map(rows.map((row) => [row.id, row.org_id]));
   return keys.filter((k) => orgOf.get(k.keyId) === k.orgId);

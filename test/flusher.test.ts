@@ -231,17 +231,21 @@ t.test('one trim of recent IPs at a time; keys flushed meanwhile are trimmed nex
   t.equal(running, 0);
 });
 
-// A store that keeps the usage log: its writes report their keys as logged, its folds are counted.
+// A store that keeps the usage log: its writes report their keys as logged when the flusher sends
+// them to the log (a write of it, or of fewer keys than logMinKeys, would be direct), its folds
+// are counted, and each write's way is recorded.
 function loggingStore() {
   const fake = fakeStore();
+  const ways: Array<'log' | 'tables'> = [];
   const folds = { calls: 0, fail: false, keys: 0, left: 0, running: Promise.resolve() };
   const store: UsageStore = {
     ...fake.store,
     logMinKeys: 1,
-    write: async (batches) => {
+    write: async (batches, toLog = true) => {
+      ways.push(toLog ? 'log' : 'tables');
       const result = await fake.store.write(batches);
       // Keys of the batches this write applied: none when it found them committed already.
-      return { ...result, keysLogged: result.appliedBatches > 0 ? batches.reduce((n, b) => n + b.batch.keys.length, 0) : 0 };
+      return { ...result, keysLogged: toLog && result.appliedBatches > 0 ? batches.reduce((n, b) => n + b.batch.keys.length, 0) : 0 };
     },
     fold: async () => {
       folds.calls += 1;
@@ -254,7 +258,7 @@ function loggingStore() {
   };
   // The fake's folds call its write with no batch.
   const appends = () => fake.written.filter((batches) => batches.length > 0);
-  return { ...fake, store, folds, appends };
+  return { ...fake, store, folds, appends, ways };
 }
 
 t.test('the usage log is folded at start, after an append, while folds find rows, after a failure or a commit in doubt, and every FOLD_SWEEP_MS', async (t) => {
@@ -454,19 +458,63 @@ t.test('a store that does not append to the log never waits for its folds', asyn
   t.equal(appends().length, 3, 'a direct write adds nothing to it: every interval writes');
 });
 
-t.test('with the log behind, fewer keys than the store appends from are written, not held', async (t) => {
+t.test('with the log behind, fewer keys than the store appends from are written directly, not held', async (t) => {
   const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
-  const { store, folds, appends } = loggingStore();
+  const { store, folds, ways } = loggingStore();
   const flusher = new Flusher({ aggregator, store: { ...store, logMinKeys: 2 }, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
   folds.left = 100;
   await flusher.fold();
   aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   await flusher.tick();
-  t.equal(appends().length, 1, 'one key: written at its interval');
+  t.same(ways, ['tables'], "one key: written directly at its interval, though another collector's log is behind");
   for (const n of [2, 3]) aggregator.add({ keyId: key(n), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   await flusher.tick();
-  t.equal(appends().length, 1, 'two keys would append: held while the log is behind');
+  t.same(ways, ['tables'], 'two keys would append: held while the log is behind');
   t.equal(flusher.stats.appendsHeldBack, 1);
+});
+
+t.test('after an append every flush appends until a fold begun after it leaves the log empty', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
+  const { store, folds, ways } = loggingStore();
+  const flusher = new Flusher({ aggregator, store: { ...store, logMinKeys: 2 }, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
+  await flusher.fold();
+  const flushKeys = async (...ids: number[]) => {
+    for (const n of ids) aggregator.add({ keyId: key(n), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+    await flusher.flush();
+  };
+  await flushKeys(1);
+  await flushKeys(1, 2);
+  await flushKeys(1);
+  t.same(ways, ['tables', 'log', 'log'], 'a key of the append, flushed alone: to the log, so its fold applies it after the append');
+  let release = () => undefined as void;
+  folds.running = new Promise<void>((resolve) => (release = resolve));
+  const folding = flusher.fold();
+  await flushKeys(1);
+  release();
+  await folding;
+  await flushKeys(1);
+  t.same(ways.slice(3), ['log', 'log'], 'a fold that began before the last append does not end it');
+  folds.left = 5;
+  await flusher.fold();
+  await flushKeys(1);
+  t.equal(ways[5], 'log', 'nor one that left rows');
+  folds.left = 0;
+  await flusher.fold();
+  await flushKeys(1);
+  t.equal(ways[6], 'tables', 'a fold that found the log empty does');
+});
+
+t.test('near the key cap a held flush goes at once, even one below the threshold: no key is refused', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 10, now: () => 0 });
+  const { store, folds, ways } = loggingStore();
+  const flusher = new Flusher({ aggregator, store: { ...store, logMinKeys: 10 }, intervalMs: 1000, maxRetryKeys: 10, logger, now: () => 0 });
+  folds.left = 100;
+  await flusher.fold();
+  for (let n = 1; n <= 9; n++) aggregator.add({ keyId: key(n), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  await new Promise((resolve) => setImmediate(resolve));
+  t.same(ways, ['tables'], 'the ninth key of ten: written, with no interval');
+  for (let n = 10; n <= 12; n++) aggregator.add({ keyId: key(n), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  t.equal(aggregator.overflowUses, 0);
 });
 
 t.test('stop folds while folds find rows, and not on when one found none of the rows left', async (t) => {
