@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import { Aggregator } from '../collector/aggregator';
 import { Flusher } from '../collector/flusher';
-import { createUsageStore } from '../collector/usageLog';
+import { createUsageStore, KnownKeys } from '../collector/usageLog';
 import type { UsageStore } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
 import { createDb, type Db } from '../shared/db';
@@ -179,6 +179,8 @@ interface Target {
   roundTrips: number;
   /** The store's: flushes of this many keys or more append to the usage log. */
   logMinKeys: number | undefined;
+  /** Kept across the target's flushes, as a collector's store keeps it: a warm append reads no api_keys. */
+  knownKeys: KnownKeys;
 }
 
 async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, url: string, usageLog?: UsageLogSetting): Promise<Target> {
@@ -205,7 +207,7 @@ async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, u
   const pools = Array.from({ length: collectors }, () =>
     createDb(url, { poolMax: collectorConfig().flushParallelism + 1, applicationName: 'keyusage-bench-flush' }),
   );
-  const target: Target = { name, db, pools, keySets, roundTrips: 0, logMinKeys: collectorConfig(usageLog).usageLogMinKeys };
+  const target: Target = { name, db, pools, keySets, roundTrips: 0, logMinKeys: collectorConfig(usageLog).usageLogMinKeys, knownKeys: new KnownKeys() };
   pools[0].on('query', () => target.roundTrips++);
   return target;
 }
@@ -218,7 +220,12 @@ function collectorOf(target: Target, pool: Db, scenario: Scenario, generation: n
   const aggregator = new Aggregator({ maxKeys: 200_000, now: () => clock });
   const trim = { done: Promise.resolve(), ms: 0 };
   const { events, flushParallelism } = collectorConfig();
-  const inner = createUsageStore(pool, { events: scenario.events ? events : undefined, parallelism: flushParallelism, logMinKeys: target.logMinKeys });
+  const inner = createUsageStore(pool, {
+    events: scenario.events ? events : undefined,
+    parallelism: flushParallelism,
+    logMinKeys: target.logMinKeys,
+    knownKeys: target.knownKeys,
+  });
   const store: UsageStore = {
     write: (batches) => inner.write(batches),
     prune: (ids) => {

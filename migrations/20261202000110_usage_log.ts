@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 
-// The usage log: what a collector flushes when COLLECTOR_USAGE_LOG is on (collector/usageLog.ts).
+// The usage log: what a collector's flush appends when COLLECTOR_USAGE_LOG sends it there (collector/usageLog.ts).
 //
 // A flush then appends one row per key (the key's whole delta) and commits; the fold upserts the
 // log into the usage tables later, every flush of a key since the last fold in one upsert. No

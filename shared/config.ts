@@ -126,10 +126,10 @@ const variables = {
   // Transactions a flush of 10,000 keys or more, of several orgs, is split into, run at once, each
   // on its own connection (the collector's pool holds this many + 3); see docs/operations.md.
   COLLECTOR_FLUSH_PARALLELISM: positiveInt(16).default(2),
-  // A flush appends each key's delta to the usage log and a fold applies it (collector/usageLog.ts,
-  // docs/scaling.md); false writes the usage tables in the flush; auto appends a flush of
-  // COLLECTOR_USAGE_LOG_MIN_KEYS keys or more and writes a smaller one directly, so a small flush
-  // is visible at its commit and a large one takes about a second instead of many.
+  // true: a flush appends each key's delta to the usage log and a fold applies it
+  // (collector/usageLog.ts, docs/scaling.md); false: it writes the usage tables; auto: a flush of
+  // COLLECTOR_USAGE_LOG_MIN_KEYS keys or more appends and a smaller one writes directly, so a small
+  // flush is visible at its commit and a large one takes about a second instead of many.
   COLLECTOR_USAGE_LOG: z.enum(['true', 'false', '1', '0', 'auto']).default('auto'),
   // Below it a direct flush took at most about half a second here, whatever the keys' addresses;
   // at 10,000 keys each from a new address it took 1.1-1.5 s (docs/scaling.md).

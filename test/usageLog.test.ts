@@ -1,9 +1,9 @@
-// The usage log (COLLECTOR_USAGE_LOG=on, collector/usageLog.ts): a flush appends one row per key
+// The usage log (COLLECTOR_USAGE_LOG, collector/usageLog.ts): a flush appends one row per key
 // and a fold applies the log to the usage tables, exactly once, coalescing every flush of a key.
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { Aggregator, type KeyUsageDelta } from '../collector/aggregator';
-import { decodeDelta, encodeDelta, createUsageStore, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
+import { decodeDelta, encodeDelta, createUsageStore, FOLD_MAX_ROWS, KnownKeys, TAKE_BATCH_ROWS } from '../collector/usageLog';
 import { CommitInDoubtError, type PendingBatch } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
 import { createDb, type Db } from '../shared/db';
@@ -185,6 +185,38 @@ t.test('keys that do not exist in the org they named are dropped at the append, 
   t.match(folded, { keysWritten: 2, unknownKeys: 1 }, 'a key deleted after its append');
   t.equal(await usesOf(db, other.orgId), 0, "the other org's key gained nothing");
   t.equal(await logRows(db), 0, 'every row left the log');
+});
+
+t.test('an append reads api_keys only for keys no earlier append found there', async (t) => {
+  const { db } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 3);
+  const forged = { orgId: keys.orgId, keyIds: [randomUUID()] };
+  const store = createUsageStore(db, { logMinKeys: 1 });
+  const first = await store.write([batchOf(keys, 0), batchOf(forged, 0)]);
+  t.match(await store.write([batchOf(keys, 1)]), { keysLogged: 3, statements: first.statements - 1 }, 'the same keys again: no read');
+  t.match(
+    await store.write([batchOf(keys, 2), batchOf(forged, 1)]),
+    { keysLogged: 3, unknownKeys: 1, statements: first.statements },
+    'a forged key is never taken as known: read again, dropped again',
+  );
+});
+
+t.test('KnownKeys: a key is known with its own org only, and the record is emptied when full', async (t) => {
+  const [a, b, c] = [randomUUID(), randomUUID(), randomUUID()];
+  const org = randomUUID();
+  const known = new KnownKeys(2);
+  known.add([
+    { keyId: a, orgId: org },
+    { keyId: b, orgId: org },
+  ]);
+  t.ok(known.has({ keyId: a, orgId: org }));
+  t.notOk(known.has({ keyId: a, orgId: randomUUID() }), 'the same id under another org');
+  known.add([{ keyId: c, orgId: org }]);
+  t.same(
+    [a, b, c].map((keyId) => known.has({ keyId, orgId: org })),
+    [false, false, true],
+    'full: emptied, then the new key recorded',
+  );
 });
 
 // The fold reads the rows it deletes in batches of TAKE_BATCH_ROWS: a row of a later batch, or a
