@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import { Aggregator } from '../collector/aggregator';
 import { Flusher } from '../collector/flusher';
-import { createUsageStore, KnownKeys } from '../collector/usageLog';
+import { createUsageStore } from '../collector/usageLog';
 import type { UsageStore } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
 import { createDb, type Db } from '../shared/db';
@@ -179,8 +179,6 @@ interface Target {
   roundTrips: number;
   /** The store's: flushes of this many keys or more append to the usage log. */
   logMinKeys: number | undefined;
-  /** Kept across the target's flushes, as a collector's store keeps it: a warm append reads no api_keys. */
-  knownKeys: KnownKeys;
 }
 
 async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, url: string, usageLog?: UsageLogSetting): Promise<Target> {
@@ -207,7 +205,7 @@ async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, u
   const pools = Array.from({ length: collectors }, () =>
     createDb(url, { poolMax: collectorConfig().flushParallelism + 1, applicationName: 'keyusage-bench-flush' }),
   );
-  const target: Target = { name, db, pools, keySets, roundTrips: 0, logMinKeys: collectorConfig(usageLog).usageLogMinKeys, knownKeys: new KnownKeys() };
+  const target: Target = { name, db, pools, keySets, roundTrips: 0, logMinKeys: collectorConfig(usageLog).usageLogMinKeys };
   pools[0].on('query', () => target.roundTrips++);
   return target;
 }
@@ -224,10 +222,9 @@ function collectorOf(target: Target, pool: Db, scenario: Scenario, generation: n
     events: scenario.events ? events : undefined,
     parallelism: flushParallelism,
     logMinKeys: target.logMinKeys,
-    knownKeys: target.knownKeys,
   });
   const store: UsageStore = {
-    write: (batches) => inner.write(batches),
+    write: (batches, toLog) => inner.write(batches, toLog),
     prune: (ids) => {
       const started = performance.now();
       trim.done = inner.prune(ids).then(() => {
