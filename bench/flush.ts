@@ -225,6 +225,8 @@ function collectorOf(target: Target, pool: Db, scenario: Scenario, generation: n
   });
   const store: UsageStore = {
     write: (batches, toLog) => inner.write(batches, toLog),
+    // The flusher decides a write's way from it.
+    logMinKeys: inner.logMinKeys,
     prune: (ids) => {
       const started = performance.now();
       trim.done = inner.prune(ids).then(() => {
