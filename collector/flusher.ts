@@ -151,10 +151,11 @@ export class Flusher {
     this.startFold();
   }
 
-  // A batch whose write failed is retried at its time, held or not: it was drained already. A
-  // flush written directly is never held: it adds nothing to the log.
+  // A batch whose write failed is retried at its time, held or not: it was drained already. Fewer
+  // keys than the threshold are never held, appended (after an append) or not: few rows.
   private appendHeld(): boolean {
-    return this.gate !== undefined && this.pending.length === 0 && this.toLog(this.options.aggregator.pendingKeys) && this.gate.holds();
+    const { aggregator, store } = this.options;
+    return this.gate !== undefined && this.pending.length === 0 && aggregator.pendingKeys >= (store.logMinKeys ?? 0) && this.gate.holds();
   }
 
   // The store's way for a write of `keys` keys: the log from its threshold on, or while it may
@@ -226,7 +227,9 @@ export class Flusher {
 
   private recordFold(result: FoldResult, durationMs: number, appendsBefore: number) {
     const s = this.stats;
-    if (result.logRowsLeft === 0 && appendsBefore === this.appends) this.logMayHoldAppends = false;
+    // Not while an append's COMMIT is in doubt: it may land after this fold looked.
+    const inDoubt = this.pending.some((p) => p.inDoubt);
+    if (result.logRowsLeft === 0 && result.orgsSkipped === 0 && appendsBefore === this.appends && !inDoubt) this.logMayHoldAppends = false;
     this.consecutiveFoldFailures = 0;
     this.foldRetryAt = 0;
     this.gate?.foldEnded(result.logRowsLeft);

@@ -205,7 +205,7 @@ const NOTHING_APPLIED = {
 // fold, or taken by the first if they were there when its delete began), so folds never wait for
 // each other and cannot deadlock. Advisory locks live where the collectors connect: the one
 // server, or the Citus coordinator.
-const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
+export const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
 
 const LOCK_ORGS = `select o as org_id from unnest(cast(? as uuid[])) as o where pg_try_advisory_xact_lock(${FOLD_LOCK_CLASS}, hashtext(cast(o as text)))`;
 const TAKE_LOG = `delete from ${TABLE.usageLog} where org_id = any($1::uuid[]) returning org_id, key_id, delta`;
@@ -217,8 +217,10 @@ export const TAKE_BATCH_ROWS = 5000;
 // The fold's claim: the rows of `orgs` (those this fold could lock), deleted in the transaction
 // that applies them, so a row is applied exactly when it leaves the log. A row that cannot be
 // decoded is dropped with a key of its own in `unreadable`, reported as quarantined.
-async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadable: KeyUsageDelta[]): Promise<Claimed> {
+async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadable: KeyUsageDelta[], skipped: Set<string>): Promise<Claimed> {
   const locked: Array<{ org_id: string }> = (await trx.raw(LOCK_ORGS, [[...orgs]])).rows;
+  for (const orgId of orgs) skipped.add(orgId);
+  for (const { org_id: orgId } of locked) skipped.delete(orgId);
   if (locked.length === 0) return { fresh: [], freshIds: [], duplicateUses: 0 };
   type LogRow = { org_id: string; key_id: string; delta: string };
   const cursor = (await connectionOf(trx)).query(new Cursor<LogRow>(TAKE_LOG, [locked.map((row) => row.org_id)]));
@@ -273,9 +275,9 @@ async function nextFold(db: Db, parts: number, maxRows: number): Promise<{ group
 
 // One transaction per group of orgs; a row that cannot be decoded counts only once its part
 // committed (its delete with it).
-async function foldPart(db: Db, orgs: readonly string[], apply: ApplyOptions): Promise<PartResult> {
+async function foldPart(db: Db, orgs: readonly string[], apply: ApplyOptions, skipped: Set<string>): Promise<PartResult> {
   const unreadable: KeyUsageDelta[] = [];
-  const part = await writeInOne(db, (trx) => takeLog(trx, orgs, unreadable), apply);
+  const part = await writeInOne(db, (trx) => takeLog(trx, orgs, unreadable, skipped), apply);
   return { ...part, quarantined: [...part.quarantined, ...unreadable.map(({ keyId, orgId }) => ({ keyId, orgId, uses: 0 }))] };
 }
 
@@ -308,11 +310,12 @@ export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore &
     logMinKeys,
     fold: async () => {
       const { groups, rowsLeft } = await nextFold(db, options.parallelism ?? 1, options.foldMaxRows ?? FOLD_MAX_ROWS);
+      const skipped = new Set<string>();
       const result = await settleParts(
         [],
-        groups.map((orgs) => foldPart(db, orgs, options)),
+        groups.map((orgs) => foldPart(db, orgs, options, skipped)),
       );
-      return { ...result, logRowsLeft: rowsLeft };
+      return { ...result, logRowsLeft: rowsLeft, orgsSkipped: skipped.size };
     },
     prune: (keys) => direct.prune(keys),
     expireOldRows: (retentionDays) => direct.expireOldRows(retentionDays),

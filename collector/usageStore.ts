@@ -61,6 +61,8 @@ export interface UsageStore {
 export interface FoldResult extends WriteResult {
   /** Rows the fold found in the usage log and left for a later fold: the log's backlog. */
   logRowsLeft: number;
+  /** Orgs the fold chose but another collector's fold held: their rows were in the log, or in that fold. */
+  orgsSkipped: number;
 }
 
 // The write failed at or after COMMIT: PostgreSQL may or may not have applied it.

@@ -128,8 +128,9 @@ const variables = {
   COLLECTOR_FLUSH_PARALLELISM: positiveInt(16).default(2),
   // true: a flush appends each key's delta to the usage log and a fold applies it
   // (collector/usageLog.ts, docs/scaling.md); false: it writes the usage tables; auto: a flush of
-  // COLLECTOR_USAGE_LOG_MIN_KEYS keys or more appends and a smaller one writes directly, so a small
-  // flush is visible at its commit and a large one takes about a second instead of many.
+  // COLLECTOR_USAGE_LOG_MIN_KEYS keys or more appends and a smaller one writes directly (unless
+  // rows the collector appended may still be in the log), so a small flush is visible at its commit
+  // and a large one takes about a second instead of many.
   COLLECTOR_USAGE_LOG: z.enum(['true', 'false', '1', '0', 'auto']).default('auto'),
   // Below it a direct flush took at most about half a second here, whatever the keys' addresses;
   // at 10,000 keys each from a new address it took 1.1-1.5 s (docs/scaling.md).

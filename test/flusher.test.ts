@@ -237,7 +237,7 @@ t.test('one trim of recent IPs at a time; keys flushed meanwhile are trimmed nex
 function loggingStore() {
   const fake = fakeStore();
   const ways: Array<'log' | 'tables'> = [];
-  const folds = { calls: 0, fail: false, keys: 0, left: 0, running: Promise.resolve() };
+  const folds = { calls: 0, fail: false, keys: 0, left: 0, skipped: 0, running: Promise.resolve() };
   const store: UsageStore = {
     ...fake.store,
     logMinKeys: 1,
@@ -253,7 +253,7 @@ function loggingStore() {
       if (folds.fail) throw new Error('fold failed');
       const keys = folds.keys;
       folds.keys = 0;
-      return { ...(await fake.store.write([])), keysWritten: keys, usesWritten: keys, logRowsLeft: folds.left };
+      return { ...(await fake.store.write([])), keysWritten: keys, usesWritten: keys, logRowsLeft: folds.left, orgsSkipped: folds.skipped };
     },
   };
   // The fake's folds call its write with no batch.
@@ -499,9 +499,30 @@ t.test('after an append every flush appends until a fold begun after it leaves t
   await flushKeys(1);
   t.equal(ways[5], 'log', 'nor one that left rows');
   folds.left = 0;
+  folds.skipped = 1;
   await flusher.fold();
   await flushKeys(1);
-  t.equal(ways[6], 'tables', 'a fold that found the log empty does');
+  t.equal(ways[6], 'log', "nor one that found an org held by another collector's fold");
+  folds.skipped = 0;
+  await flusher.fold();
+  await flushKeys(1);
+  t.equal(ways[7], 'tables', 'a fold that found the log empty does');
+});
+
+t.test('an append whose COMMIT is in doubt keeps the flushes appending, though a fold found the log empty', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
+  const { store, ways, fail } = loggingStore();
+  const flusher = new Flusher({ aggregator, store: { ...store, logMinKeys: 2 }, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
+  await flusher.fold();
+  for (const n of [1, 2]) aggregator.add({ keyId: key(n), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  await flusher.flush();
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  fail(new CommitInDoubtError(new Error('connection lost at COMMIT')));
+  await flusher.flush();
+  // Its COMMIT lands after this fold looked.
+  await flusher.fold();
+  await flusher.flush();
+  t.same(ways, ['log', 'log', 'log'], 'the retry, with its one key, appends');
 });
 
 t.test('near the key cap a held flush goes at once, even one below the threshold: no key is refused', async (t) => {

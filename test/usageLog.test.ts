@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { Aggregator, type KeyUsageDelta } from '../collector/aggregator';
-import { decodeDelta, encodeDelta, createUsageStore, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
+import { decodeDelta, encodeDelta, createUsageStore, FOLD_LOCK_CLASS, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
 import { CommitInDoubtError, type PendingBatch } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
 import { createDb, type Db } from '../shared/db';
@@ -219,6 +219,21 @@ t.test('a fold of more rows than it reads at once applies every one, each key on
   t.match(await store.fold(), { keysWritten: keys.keyIds.length, usesWritten: batches.reduce((sum, b) => sum + b.batch.uses, 0) });
   t.equal(await logRows(db), 0, 'every row left the log');
   t.equal(await usesOf(db, keys.orgId), provenIn(batches), 'and every proven use reached the totals');
+});
+
+t.test("a fold counts the orgs another collector's fold held, whose rows it left", async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 3);
+  const store = createUsageStore(db, { logMinKeys: 1 });
+  await store.write([batchOf(keys)]);
+  const other = createDb(url, { poolMax: 1 });
+  t.teardown(() => other.destroy());
+  const otherFold = await other.transaction();
+  await otherFold.raw('select pg_advisory_xact_lock(?, hashtext(cast(? as text)))', [FOLD_LOCK_CLASS, keys.orgId]);
+  t.match(await store.fold(), { keysWritten: 0, logRowsLeft: 0, orgsSkipped: 1 });
+  await otherFold.rollback();
+  t.match(await store.fold(), { keysWritten: 3, orgsSkipped: 0 }, 'folded once the lock is free');
+  t.equal(await logRows(db), 0);
 });
 
 t.test('a log row that cannot be read is set aside; the rest of its org is applied', async (t) => {
