@@ -305,12 +305,14 @@ t.test('the usage log is folded at start, after an append, while folds find rows
   t.equal(await calls(), 8, 'and every FOLD_SWEEP_MS, for rows another collector left');
 });
 
-// A flusher over loggingStore(), with a clock the test moves and one use of key k at a time.
-function loggingFlusher(maxKeys = 100) {
+// A flusher over loggingStore(), with a clock the test moves and one use of key k at a time; its
+// store appends from logMinKeys keys.
+function loggingFlusher(maxKeys = 100, logMinKeys = 1) {
   const clock = { now: 0 };
   const aggregator = new Aggregator({ maxKeys, now: () => clock.now });
   const logging = loggingStore();
-  const flusher = new Flusher({ aggregator, store: logging.store, intervalMs: 1000, maxRetryKeys: maxKeys, logger, now: () => clock.now });
+  const store = { ...logging.store, logMinKeys };
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: maxKeys, logger, now: () => clock.now });
   const use = (k = 1) => aggregator.add({ keyId: key(k), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   return { ...logging, clock, aggregator, flusher, use };
 }
@@ -459,27 +461,24 @@ t.test('a store that does not append to the log never waits for its folds', asyn
 });
 
 t.test('with the log behind, fewer keys than the store appends from are written directly, not held', async (t) => {
-  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
-  const { store, folds, ways } = loggingStore();
-  const flusher = new Flusher({ aggregator, store: { ...store, logMinKeys: 2 }, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
+  const { flusher, folds, ways, use } = loggingFlusher(100, 2);
   folds.left = 100;
   await flusher.fold();
-  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  use(1);
   await flusher.tick();
   t.same(ways, ['tables'], "one key: written directly at its interval, though another collector's log is behind");
-  for (const n of [2, 3]) aggregator.add({ keyId: key(n), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  use(2);
+  use(3);
   await flusher.tick();
   t.same(ways, ['tables'], 'two keys would append: held while the log is behind');
   t.equal(flusher.stats.appendsHeldBack, 1);
 });
 
 t.test('after an append every flush appends until a fold begun after it leaves the log empty', async (t) => {
-  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
-  const { store, folds, ways } = loggingStore();
-  const flusher = new Flusher({ aggregator, store: { ...store, logMinKeys: 2 }, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
+  const { flusher, folds, ways, use } = loggingFlusher(100, 2);
   await flusher.fold();
   const flushKeys = async (...ids: number[]) => {
-    for (const n of ids) aggregator.add({ keyId: key(n), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+    for (const n of ids) use(n);
     await flusher.flush();
   };
   await flushKeys(1);
@@ -510,13 +509,12 @@ t.test('after an append every flush appends until a fold begun after it leaves t
 });
 
 t.test('an append whose COMMIT is in doubt keeps the flushes appending, though a fold found the log empty', async (t) => {
-  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
-  const { store, ways, fail } = loggingStore();
-  const flusher = new Flusher({ aggregator, store: { ...store, logMinKeys: 2 }, intervalMs: 1000, maxRetryKeys: 100, logger, now: () => 0 });
+  const { flusher, ways, fail, use } = loggingFlusher(100, 2);
   await flusher.fold();
-  for (const n of [1, 2]) aggregator.add({ keyId: key(n), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  use(1);
+  use(2);
   await flusher.flush();
-  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  use(1);
   fail(new CommitInDoubtError(new Error('connection lost at COMMIT')));
   await flusher.flush();
   // Its COMMIT lands after this fold looked.
@@ -526,15 +524,13 @@ t.test('an append whose COMMIT is in doubt keeps the flushes appending, though a
 });
 
 t.test('near the key cap a held flush goes at once, even one below the threshold: no key is refused', async (t) => {
-  const aggregator = new Aggregator({ maxKeys: 10, now: () => 0 });
-  const { store, folds, ways } = loggingStore();
-  const flusher = new Flusher({ aggregator, store: { ...store, logMinKeys: 10 }, intervalMs: 1000, maxRetryKeys: 10, logger, now: () => 0 });
+  const { aggregator, flusher, folds, ways, use } = loggingFlusher(10, 10);
   folds.left = 100;
   await flusher.fold();
-  for (let n = 1; n <= 9; n++) aggregator.add({ keyId: key(n), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  for (let n = 1; n <= 9; n++) use(n);
   await new Promise((resolve) => setImmediate(resolve));
   t.same(ways, ['tables'], 'the ninth key of ten: written, with no interval');
-  for (let n = 10; n <= 12; n++) aggregator.add({ keyId: key(n), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  for (let n = 10; n <= 12; n++) use(n);
   t.equal(aggregator.overflowUses, 0);
 });
 
