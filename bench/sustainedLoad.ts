@@ -8,7 +8,7 @@ import { createDb, type Db } from '../shared/db';
 import { createLogger } from '../shared/logger';
 import { TABLE } from '../shared/tables';
 import { sleep } from '../harness/wait';
-import { createOrg, insertKeys, openBenchDatabase, type BenchDatabase } from './lib/database';
+import { createKeysInOrgs, openBenchDatabase, type BenchDatabase } from './lib/database';
 import { fmt, writeResults } from './lib/report';
 import { interleavedSchedule, median } from './lib/stats';
 
@@ -85,20 +85,6 @@ const persistedUses = async (db: Db, orgIds: readonly string[]) =>
         .first()
     )?.n ?? 0,
   );
-
-async function createKeys(db: Db, keys: number, orgs: number) {
-  const orgIds: string[] = [];
-  const keyIds: string[] = [];
-  for (let o = 0; o < orgs; o++) {
-    const orgId = await createOrg(db, `bench-sustained-${o}`);
-    for (const keyId of await insertKeys(db, orgId, Math.ceil(keys / orgs), 'sustained-')) {
-      orgIds.push(orgId);
-      keyIds.push(keyId);
-    }
-  }
-  await db.raw('analyze api_keys');
-  return { orgIds, keyIds };
-}
 
 type KeySet = { orgIds: string[]; keyIds: string[] };
 
@@ -212,7 +198,7 @@ async function main() {
   };
   const bench = await openBenchDatabase((line) => process.stderr.write(`${line}\n`));
   try {
-    const keySet = await createKeys(bench.db, keys, orgs);
+    const keySet = await createKeysInOrgs(bench.db, keys, orgs, 'sustained');
     // The rows every later flush updates, created first: the load measures the steady state.
     await runOnce(bench, keySet, parseVariant('direct'), { seconds: SAMPLE_MS / 1000, collectors: 1, maxPendingKeys: keys });
     const results = [];

@@ -71,6 +71,21 @@ export async function insertKeys(db: Db, orgId: string, count: number, namePrefi
 }
 
 /** A key whose plaintext we hold, made the way the service makes them, for calling the API. */
+/** `keys` keys spread evenly over `orgs` new orgs, each key beside its org's id; api_keys analyzed. */
+export async function createKeysInOrgs(db: Db, keys: number, orgs: number, name: string): Promise<{ orgIds: string[]; keyIds: string[] }> {
+  const orgIds: string[] = [];
+  const keyIds: string[] = [];
+  for (let o = 0; o < orgs; o++) {
+    const orgId = await createOrg(db, `bench-${name}-${o}`);
+    for (const keyId of await insertKeys(db, orgId, Math.ceil(keys / orgs), `${name}-`)) {
+      orgIds.push(orgId);
+      keyIds.push(keyId);
+    }
+  }
+  await db.raw('analyze api_keys');
+  return { orgIds, keyIds };
+}
+
 export async function createCallableKey(db: Db, orgId: string, pepper: string, name: string, scopes: Scope[]) {
   const material = generateKeyMaterial(pepper);
   await insertApiKey(db, {
