@@ -4,7 +4,7 @@ import type { PoolClient } from 'pg';
 import Cursor from 'pg-cursor';
 import { Aggregator, DeltaCoalescer } from '../collector/aggregator';
 import { connectionOf } from '../collector/flushStaging';
-import { createUsageStore, decodeDelta, TAKE_BATCH_ROWS } from '../collector/usageLog';
+import { createUsageStore, decodeDelta, TAKE_BATCH_ROWS, TAKE_LOG } from '../collector/usageLog';
 import { loadConfig } from '../shared/config';
 import type { Db } from '../shared/db';
 import { TABLE } from '../shared/tables';
@@ -62,12 +62,7 @@ async function checkForms(db: Db, keyIds: string[], orgIds: string[]) {
 async function takeOnly(db: Db, orgIds: string[]) {
   const trx = await db.transaction();
   try {
-    const cursor = (await connectionOf(trx)).query(
-      new Cursor<{ org_id: string; key_id: string; delta: string }>(
-        `delete from ${TABLE.usageLog} where org_id = any($1::uuid[]) returning org_id, key_id, delta`,
-        [[...new Set(orgIds)]],
-      ),
-    );
+    const cursor = (await connectionOf(trx)).query(new Cursor<{ org_id: string; key_id: string; delta: string }>(TAKE_LOG, [[...new Set(orgIds)]]));
     const coalescer = new DeltaCoalescer();
     let [readMs, decodeMs] = [0, 0];
     for (;;) {

@@ -211,7 +211,7 @@ const NOTHING_APPLIED = {
 export const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
 
 const LOCK_ORGS = `select o as org_id from unnest(cast(? as uuid[])) as o where pg_try_advisory_xact_lock(${FOLD_LOCK_CLASS}, hashtext(cast(o as text)))`;
-const TAKE_LOG = `delete from ${TABLE.usageLog} where org_id = any($1::uuid[]) returning org_id, key_id, delta`;
+export const TAKE_LOG = `delete from ${TABLE.usageLog} where org_id = any($1::uuid[]) returning org_id, key_id, delta`;
 // Rows read from the delete at a time: PostgreSQL runs a DELETE ... RETURNING to its end and keeps
 // the rows it returns on its side (spilled to disk past work_mem), and the cursor fetches them in
 // batches, so the fold holds one batch of rows and one coalesced delta per key, not every row.
@@ -297,12 +297,13 @@ export interface UsageLogOptions extends PgUsageStoreOptions {
 const keysOf = (batches: readonly PendingBatch[]) => batches.reduce((sum, { batch }) => sum + batch.keys.length, 0);
 
 /**
- * The collector's store. write() appends to the usage log (from logMinKeys keys) or writes the
- * usage tables directly: either way it claims the batches' (batch, org) pairs in the flush ledger,
- * so a retry that goes the other way (its batch grew or shrank) still applies each use once. fold() applies the log in either mode (a collector started without the log folds what
- * one with it left), at most FOLD_MAX_ROWS rows of whole orgs per call, in up to `parallelism`
- * transactions at once, exactly once: a row leaves the log in the transaction that applies it, so
- * a failed or in-doubt fold either applied its rows or left them.
+ * The collector's store. write() appends to the usage log (from logMinKeys keys, or as the caller
+ * says) or writes the usage tables directly: either way it claims the batches' (batch, org) pairs
+ * in the flush ledger, so a retry sent the other way still applies each use once. fold() applies
+ * the log in either mode (a collector started without the log folds what one with it left), at
+ * most FOLD_MAX_ROWS rows of whole orgs per call, in up to `parallelism` transactions at once,
+ * exactly once: a row leaves the log in the transaction that applies it, so a failed or in-doubt
+ * fold either applied its rows or left them.
  */
 export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore & { fold(): Promise<FoldResult> } {
   const direct = createPgUsageStore(db, options);
