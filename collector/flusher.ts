@@ -103,8 +103,10 @@ export class Flusher {
   // the last append leaves the log empty, every flush appends, however few its keys. A small flush
   // written directly beside them would reach the usage tables before their fold, and detection
   // would see its uses first: a key's first use reported with a later use, then a new address
-  // dated before it. Appends are numbered so a fold knows whether one came after it began.
-  private logMayHoldAppends = false;
+  // dated before it. Appends are numbered so a fold knows whether one came after it began. True
+  // at start: the log may hold what this collector appended before it restarted (a crash, a
+  // deploy), older than anything it receives now; start() begins the fold that can end it.
+  private logMayHoldAppends: boolean;
   private appends = 0;
   private lastFoldAt = -Infinity;
   private foldRetryAt = 0;
@@ -113,6 +115,7 @@ export class Flusher {
   constructor(private readonly options: FlusherOptions) {
     this.now = options.now ?? Date.now;
     this.backoff = options.backoff ?? { initialMs: options.intervalMs, maxMs: 30_000 };
+    this.logMayHoldAppends = options.store.logMinKeys !== undefined;
     if (options.store.logMinKeys !== undefined) {
       this.gate = new AppendGate(this.now);
       // Held back, the keys may fill the aggregator between two intervals: the append goes as soon
@@ -137,8 +140,10 @@ export class Flusher {
     return this.folding === undefined ? 0 : this.now() - this.lastFoldAt;
   }
 
+  /** Starts the interval, and the first fold at once: its end lets small flushes go direct. */
   start(): void {
     this.timer ??= setInterval(() => void this.tick(), this.options.intervalMs).unref();
+    this.startFold();
   }
 
   /**

@@ -24,6 +24,7 @@ import {
   commitOrDoubt,
   createPgUsageStore,
   existingKeys,
+  setLocals,
   settleParts,
   SPLIT_MIN_KEYS,
   totalUses,
@@ -150,14 +151,16 @@ async function keysThatExist(connection: PoolClient, keys: KeyUsageDelta[]): Pro
 // batch whose COMMIT was in doubt finds its pairs claimed and appends nothing again. Keys that do
 // not exist in the org they named are dropped here, as a direct write drops them: a flood of
 // forged ids fills no log, and a use is counted persisted or unknown once, at its flush (the fold
-// checks again, for keys deleted since).
-async function append(db: Db, batches: readonly PendingBatch[]): Promise<WriteResult> {
+// checks again, for keys deleted since). It takes the write's lock_timeout: a lock on the log (an
+// index being built, an operator's LOCK TABLE) made every append wait for ever.
+async function append(db: Db, batches: readonly PendingBatch[], options: ApplyOptions): Promise<WriteResult> {
   const trx = await db.transaction();
   let claimed: Claimed;
   let keys: KeyUsageDelta[];
   let accepted: KeyUsageDelta[];
-  let statements = 1;
+  let statements = 2;
   try {
+    await setLocals(trx, options);
     claimed = await claimBatches(trx, batches);
     keys = claimed.fresh.flatMap((batch) => batch.keys);
     const connection = await connectionOf(trx);
@@ -310,7 +313,7 @@ export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore &
   const { logMinKeys } = options;
   const toLogByKeys = (batches: readonly PendingBatch[]) => logMinKeys !== undefined && keysOf(batches) >= logMinKeys;
   return {
-    write: (batches, toLog = toLogByKeys(batches)) => (toLog ? append(db, batches) : direct.write(batches)),
+    write: (batches, toLog = toLogByKeys(batches)) => (toLog ? append(db, batches, options) : direct.write(batches)),
     logMinKeys,
     fold: async () => {
       const { groups, rowsLeft } = await nextFold(db, options.parallelism ?? 1, options.foldMaxRows ?? FOLD_MAX_ROWS);

@@ -398,7 +398,7 @@ export async function commitOrDoubt(trx: Knex.Transaction): Promise<void> {
 // citus.propagate_set_commands says so (on plain PostgreSQL that name is an inert placeholder).
 // Citus sends this whole text to each worker connection for each SET it passes on: only SET LOCAL
 // statements belong in it.
-const setLocals = (trx: Knex.Transaction, { lockTimeoutMs }: ApplyOptions) =>
+export const setLocals = (trx: Knex.Transaction, { lockTimeoutMs }: Pick<ApplyOptions, 'lockTimeoutMs'>) =>
   trx.raw(
     [
       `set local citus.propagate_set_commands = 'local'`,

@@ -460,10 +460,19 @@ t.test('a store that does not append to the log never waits for its folds', asyn
   t.equal(appends().length, 3, 'a direct write adds nothing to it: every interval writes');
 });
 
+// A flusher whose first fold took every row in the log (so its small flushes go direct), and whose
+// next found the log filled by another collector.
+async function behindLogFlusher(maxKeys: number, logMinKeys: number) {
+  const flusher = loggingFlusher(maxKeys, logMinKeys);
+  flusher.folds.keys = 1;
+  await flusher.flusher.fold();
+  flusher.folds.left = 100;
+  await flusher.flusher.fold();
+  return flusher;
+}
+
 t.test('with the log behind, fewer keys than the store appends from are written directly, not held', async (t) => {
-  const { flusher, folds, ways, use } = loggingFlusher(100, 2);
-  folds.left = 100;
-  await flusher.fold();
+  const { flusher, ways, use } = await behindLogFlusher(100, 2);
   use(1);
   await flusher.tick();
   t.same(ways, ['tables'], "one key: written directly at its interval, though another collector's log is behind");
@@ -508,6 +517,29 @@ t.test('after an append every flush appends until a fold begun after it leaves t
   t.equal(ways[7], 'tables', 'a fold that found the log empty does');
 });
 
+t.test('after a restart every flush appends until its first fold that leaves the log empty: the log may hold what it appended before', async (t) => {
+  const { flusher, folds, ways, use } = loggingFlusher(100, 2);
+  use(1);
+  await flusher.flush();
+  folds.left = 3;
+  await flusher.fold();
+  use(1);
+  await flusher.flush();
+  t.same(ways, ['log', 'log'], 'one key, before any fold, and after one that left rows: to the log');
+  folds.left = 0;
+  await flusher.fold();
+  use(1);
+  await flusher.flush();
+  t.equal(ways[2], 'tables', 'after one that left the log empty: written directly');
+});
+
+t.test('start begins a fold at once, so the first interval need not wait for one to write directly', async (t) => {
+  const { flusher, folds } = loggingFlusher(100, 2);
+  flusher.start();
+  t.equal(folds.calls, 1);
+  t.ok(await flusher.stop(1000));
+});
+
 t.test('an append whose COMMIT is in doubt keeps the flushes appending, though a fold found the log empty', async (t) => {
   const { flusher, ways, fail, use } = loggingFlusher(100, 2);
   await flusher.fold();
@@ -524,9 +556,7 @@ t.test('an append whose COMMIT is in doubt keeps the flushes appending, though a
 });
 
 t.test('near the key cap a held flush goes at once, even one below the threshold: no key is refused', async (t) => {
-  const { aggregator, flusher, folds, ways, use } = loggingFlusher(10, 10);
-  folds.left = 100;
-  await flusher.fold();
+  const { aggregator, ways, use } = await behindLogFlusher(10, 10);
   for (let n = 1; n <= 9; n++) use(n);
   await new Promise((resolve) => setImmediate(resolve));
   t.same(ways, ['tables'], 'the ninth key of ten: written, with no interval');

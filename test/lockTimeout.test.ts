@@ -3,11 +3,13 @@
 // written for any key, and nothing said why. With COLLECTOR_LOCK_TIMEOUT_MS (the write's own
 // lock_timeout, set in its transaction) the statement gives up, the write fails like any other
 // (retried, counted, logged with PostgreSQL's reason), and its uses are written once when the row
-// is free.
+// is free. The usage log's append takes the same timeout: a lock on the log held the same way
+// blocked every flush of a collector that appends.
 import t from 'tap';
 import { waitFor } from '../harness/wait';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { createDb, type Db } from '../shared/db';
+import { TABLE } from '../shared/tables';
 import { encodeUsageLine } from '../shared/usageWire';
 import { freshDatabase } from './helpers/database';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
@@ -16,8 +18,18 @@ const LOCK_TIMEOUT_MS = 300;
 
 const usesOf = async (db: Db, keyId: string) => Number((await db('api_key_usage').where({ key_id: keyId }).first())?.request_count ?? 0);
 
-for (const usageLog of [false, true]) {
-  t.test(`usage log ${usageLog ? 'on' : 'off'}: a write blocked by a held row fails after the lock timeout and is written once the row is free`, async (t) => {
+// What each case holds, and which of the collector's writes it blocks: the usage row blocks a
+// direct flush, or with the usage log the fold; a lock on the log (an index built on it, an
+// operator's LOCK TABLE) blocks the append.
+const HELD_ROW = 'select 1 from api_key_usage where org_id = ? and key_id = ? for update';
+const cases = [
+  { usageLog: false, what: 'a held row', hold: HELD_ROW, blocked: 'failedFlushes' },
+  { usageLog: true, what: 'a held row', hold: HELD_ROW, blocked: 'failedFolds' },
+  { usageLog: true, what: 'a lock on the log', hold: `lock table ${TABLE.usageLog} in share mode`, blocked: 'failedFlushes' },
+] as const;
+
+for (const { usageLog, what, hold, blocked } of cases) {
+  t.test(`usage log ${usageLog ? 'on' : 'off'}: a write blocked by ${what} fails after the lock timeout and is written once it is free`, async (t) => {
     const { db, url } = await freshDatabase(t);
     const orgId = await createOrg(db, 'held');
     const [keyId] = await insertKeys(db, orgId, 1, 'held-');
@@ -33,12 +45,12 @@ for (const usageLog of [false, true]) {
     t.teardown(() => holder.destroy());
     const held = await holder.transaction();
     // By org and key: Citus runs FOR UPDATE only on a query it can route to one shard.
-    await held.raw('select 1 from api_key_usage where org_id = ? and key_id = ? for update', [orgId, keyId]);
-    const failures = () => (usageLog ? collector.flusher.stats.failedFolds : collector.flusher.stats.failedFlushes);
+    await held.raw(hold, hold === HELD_ROW ? [orgId, keyId] : []);
+    const failures = () => collector.flusher.stats[blocked];
     try {
       await use(5);
       await waitFor('the blocked write to give up', () => (failures() >= 2 ? true : undefined));
-      t.equal(await usesOf(db, keyId), 1, 'nothing written while the row is held');
+      t.equal(await usesOf(db, keyId), 1, 'nothing written while it is held');
       t.ok(
         collector.logLines.some((line) => line.includes('lock timeout') && line.includes('55P03')),
         "the failure is logged with PostgreSQL's reason and code",
@@ -46,7 +58,7 @@ for (const usageLog of [false, true]) {
     } finally {
       await held.rollback();
     }
-    await waitFor('the uses to be written once the row is free', async () => ((await usesOf(db, keyId)) === 6 ? true : undefined));
+    await waitFor('the uses to be written once it is free', async () => ((await usesOf(db, keyId)) === 6 ? true : undefined));
     t.ok(await collector.stop(), 'the collector stops with nothing pending');
     t.equal(await usesOf(db, keyId), 6, 'every use once');
   });
