@@ -53,6 +53,12 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('overflow_uses_total', 'Uses dropped because the pending-key cap was reached', aggregator.overflowUses),
     counter('unknown_keys_total', 'Keys dropped at flush because they do not exist in the named org', f.unknownKeys),
     counter('unknown_uses_total', 'Uses dropped with those keys', f.unknownUses),
+    counter(
+      'unknown_keys_at_fold_total',
+      'Keys a fold of the usage log dropped because they were deleted after their append (COLLECTOR_USAGE_LOG)',
+      f.unknownKeysAtFold,
+    ),
+    counter('unknown_uses_at_fold_total', 'Uses dropped with those keys (counted in uses_persisted_total at their append)', f.unknownUsesAtFold),
     counter('quarantined_keys_total', 'Keys whose rows PostgreSQL refused with a data error; their uses were set aside', f.quarantinedKeys),
     counter('quarantined_uses_total', 'Uses set aside with those keys', f.quarantinedUses),
     counter('flushes_total', 'Successful flushes', f.flushes),

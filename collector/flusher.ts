@@ -13,6 +13,13 @@ export interface FlushStats {
   usesPersisted: number;
   unknownKeys: number;
   unknownUses: number;
+  /**
+   * Keys (and uses) a fold of the usage log dropped because they no longer exist in the org they
+   * name: deleted after their append, which counted the uses in usesPersisted. Apart from
+   * unknownKeys, so a use is counted once there and a deletion does not look like forged ids.
+   */
+  unknownKeysAtFold: number;
+  unknownUsesAtFold: number;
   quarantinedKeys: number;
   quarantinedUses: number;
   lastFlushDurationMs: number;
@@ -73,6 +80,8 @@ export class Flusher {
     usesPersisted: 0,
     unknownKeys: 0,
     unknownUses: 0,
+    unknownKeysAtFold: 0,
+    unknownUsesAtFold: 0,
     quarantinedKeys: 0,
     quarantinedUses: 0,
     lastFlushDurationMs: 0,
@@ -248,7 +257,7 @@ export class Flusher {
     s.usesFolded += result.usesWritten;
     s.lastFoldDurationMs = durationMs;
     s.lastFoldKeys = result.keysWritten;
-    this.recordWritten(result);
+    this.recordWritten(result, 'fold');
   }
 
   private recordFoldFailure(error: unknown) {
@@ -259,7 +268,7 @@ export class Flusher {
     this.consecutiveFoldFailures += 1;
     const delay = Math.min(this.backoff.initialMs * 2 ** (this.consecutiveFoldFailures - 1), this.backoff.maxMs);
     this.foldRetryAt = this.now() + delay;
-    if (error instanceof PartlyWrittenError) this.recordWritten(error.written);
+    if (error instanceof PartlyWrittenError) this.recordWritten(error.written, 'fold');
     this.options.logger.error(
       { err: { message: (error as Error).message, code: (error as NodeJS.ErrnoException).code }, retryInMs: delay },
       'folding the usage log failed; its rows stay in the log and are folded again',
@@ -346,7 +355,7 @@ export class Flusher {
       this.gate?.appended();
     }
     if (result.keysLogged > 0 || result.duplicateBatches > 0) this.mayHoldAppends();
-    this.recordWritten(result);
+    this.recordWritten(result, 'flush');
     if (result.duplicateBatches > 0) {
       this.options.logger.info({ duplicateBatches: result.duplicateBatches }, 'skipped batches already committed by an earlier attempt');
     }
@@ -354,17 +363,10 @@ export class Flusher {
 
   // What a committed write, or the committed parts of a split one, did beside the uses: the
   // retry of a partly written flush finds those orgs claimed and reports none of it again.
-  private recordWritten(result: WriteResult) {
+  private recordWritten(result: WriteResult, by: 'flush' | 'fold') {
     const s = this.stats;
     s.eventsRecorded += result.eventsRecorded;
-    s.unknownKeys += result.unknownKeys;
-    s.unknownUses += result.unknownUses;
-    if (result.unknownKeys > 0) {
-      this.options.logger.warn(
-        { unknownKeys: result.unknownKeys, unknownUses: result.unknownUses },
-        'dropped uses of keys that do not exist in the org they named',
-      );
-    }
+    if (result.unknownKeys > 0) this.recordUnknown(result, by);
     for (const { keyId, orgId, uses } of result.quarantined) {
       s.quarantinedKeys += 1;
       s.quarantinedUses += uses;
@@ -374,6 +376,19 @@ export class Flusher {
       );
     }
     this.queuePrune(result.keysToTrim);
+  }
+
+  private recordUnknown({ unknownKeys, unknownUses }: WriteResult, by: 'flush' | 'fold') {
+    const s = this.stats;
+    if (by === 'fold') {
+      s.unknownKeysAtFold += unknownKeys;
+      s.unknownUsesAtFold += unknownUses;
+      this.options.logger.info({ unknownKeys, unknownUses }, 'dropped logged uses of keys deleted since their append');
+      return;
+    }
+    s.unknownKeys += unknownKeys;
+    s.unknownUses += unknownUses;
+    this.options.logger.warn({ unknownKeys, unknownUses }, 'dropped uses of keys that do not exist in the org they named');
   }
 
   private mayHoldAppends(): void {
@@ -390,7 +405,7 @@ export class Flusher {
     // An append whose commit landed unseen left rows in the usage log; its retry logs nothing.
     this.foldDue ||= inDoubt;
     if (inDoubt && toLog) this.mayHoldAppends();
-    if (error instanceof PartlyWrittenError) this.recordWritten(error.written);
+    if (error instanceof PartlyWrittenError) this.recordWritten(error.written, 'flush');
     const delay = Math.min(this.backoff.initialMs * 2 ** (s.consecutiveFailures - 1), this.backoff.maxMs);
     this.retryAt = this.now() + delay;
     this.options.logger.error(

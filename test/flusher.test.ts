@@ -237,7 +237,7 @@ t.test('one trim of recent IPs at a time; keys flushed meanwhile are trimmed nex
 function loggingStore() {
   const fake = fakeStore();
   const ways: Array<'log' | 'tables'> = [];
-  const folds = { calls: 0, fail: false, keys: 0, left: 0, skipped: 0, running: Promise.resolve() };
+  const folds = { calls: 0, fail: false, keys: 0, left: 0, skipped: 0, unknown: { keys: 0, uses: 0 }, running: Promise.resolve() };
   const store: UsageStore = {
     ...fake.store,
     logMinKeys: 1,
@@ -253,7 +253,16 @@ function loggingStore() {
       if (folds.fail) throw new Error('fold failed');
       const keys = folds.keys;
       folds.keys = 0;
-      return { ...(await fake.store.write([])), keysWritten: keys, usesWritten: keys, logRowsLeft: folds.left, orgsSkipped: folds.skipped };
+      const { unknown } = folds;
+      return {
+        ...(await fake.store.write([])),
+        keysWritten: keys,
+        usesWritten: keys,
+        unknownKeys: unknown.keys,
+        unknownUses: unknown.uses,
+        logRowsLeft: folds.left,
+        orgsSkipped: folds.skipped,
+      };
     },
   };
   // The fake's folds call its write with no batch.
@@ -531,6 +540,17 @@ t.test('after a restart every flush appends until its first fold that leaves the
   use(1);
   await flusher.flush();
   t.equal(ways[2], 'tables', 'after one that left the log empty: written directly');
+});
+
+t.test('keys a fold drops as deleted since their append are counted apart: their uses were counted persisted at the append', async (t) => {
+  const { flusher, folds, use } = loggingFlusher();
+  use(1);
+  use(1);
+  await flusher.flush();
+  t.match(flusher.stats, { usesPersisted: 2, unknownUses: 0 });
+  folds.unknown = { keys: 1, uses: 2 };
+  await flusher.fold();
+  t.match(flusher.stats, { usesPersisted: 2, unknownKeys: 0, unknownUses: 0, unknownKeysAtFold: 1, unknownUsesAtFold: 2 }, 'each use counted once as received');
 });
 
 t.test('start begins a fold at once, so the first interval need not wait for one to write directly', async (t) => {
