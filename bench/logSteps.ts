@@ -5,6 +5,7 @@ import Cursor from 'pg-cursor';
 import { Aggregator, DeltaCoalescer } from '../collector/aggregator';
 import { connectionOf } from '../collector/flushStaging';
 import { createUsageStore, decodeDelta, TAKE_BATCH_ROWS, TAKE_LOG } from '../collector/usageLog';
+import { uuidArrayLiteral } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
 import type { Db } from '../shared/db';
 import { TABLE } from '../shared/tables';
@@ -46,10 +47,7 @@ async function checkForms(db: Db, keyIds: string[], orgIds: string[]) {
       const params = sql.includes('$2') ? [keyIds, orgIds] : [keyIds];
       forms[name] = await time(params, sql);
       // The same arrays sent as one array literal each, built by a join instead of pg's per-element serializer.
-      forms[`${name}Literal`] = await time(
-        params.map((ids) => `{${ids.join(',')}}`),
-        sql,
-      );
+      forms[`${name}Literal`] = await time(params.map(uuidArrayLiteral), sql);
     }
     return forms;
   } finally {

@@ -28,6 +28,7 @@ import {
   settleParts,
   SPLIT_MIN_KEYS,
   totalUses,
+  uuidArrayLiteral,
   writeInOne,
   type ApplyOptions,
   type Claimed,
@@ -140,8 +141,10 @@ const EXISTING_COUNT = `select count(*)::int as n from ${TABLE.apiKeys} a
 
 async function keysThatExist(connection: PoolClient, keys: KeyUsageDelta[]): Promise<{ accepted: KeyUsageDelta[]; statements: number }> {
   if (keys.length === 0) return { accepted: keys, statements: 0 };
-  const literal = (ids: string[]) => `{${ids.join(',')}}`;
-  const { rows } = await connection.query<{ n: number }>(EXISTING_COUNT, [literal(keys.map((k) => k.orgId)), literal(keys.map((k) => k.keyId))]);
+  const { rows } = await connection.query<{ n: number }>(EXISTING_COUNT, [
+    uuidArrayLiteral(keys.map((k) => k.orgId)),
+    uuidArrayLiteral(keys.map((k) => k.keyId)),
+  ]);
   if (rows[0].n === keys.length) return { accepted: keys, statements: 1 };
   return { accepted: await existingKeys(connection, keys), statements: 2 };
 }
