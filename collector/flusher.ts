@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '../shared/logger';
+import { within } from '../shared/within';
 import { mergeBatches, type Aggregator } from './aggregator';
 import { AppendGate } from './appendGate';
 import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch, type FoldResult, type UsageStore, type WriteResult } from './usageStore';
@@ -70,6 +71,10 @@ export class Flusher {
   private pruning: Promise<void> | undefined;
   private pruneBacklog = new Map<string, KeyRef>();
   private retryAt = 0;
+  // Uses the committed parts of partly written flushes did not persist (unknown keys, quarantined
+  // ones), counted at the failure. The retry finds those parts' (batch, org) pairs claimed and
+  // reports all their uses as duplicates, which count as persisted less these.
+  private usesCountedAside = 0;
   private readonly now: () => number;
   private readonly backoff: { initialMs: number; maxMs: number };
   readonly stats: FlushStats = {
@@ -185,22 +190,28 @@ export class Flusher {
     return this.running;
   }
 
-  /** Stops the interval and flushes until everything is written or `deadlineMs` passes. */
+  /**
+   * Stops the interval and flushes until everything is written or `deadlineMs` passes, then folds
+   * while there is time. A write or fold that waits (on a lock, up to COLLECTOR_LOCK_TIMEOUT_MS)
+   * is waited for only until the deadline: it goes on, and what it has not written is kept (in
+   * memory, lost at exit, as with any write past the deadline) or left in the log.
+   */
   async stop(deadlineMs = 10_000): Promise<boolean> {
     clearInterval(this.timer);
     this.timer = undefined;
     const giveUpAt = this.now() + deadlineMs;
-    await this.running;
+    const untilDeadline = <T>(work: Promise<T>) => within(work, giveUpAt - this.now());
+    if ((await untilDeadline(this.running ?? Promise.resolve(true))) === undefined) return false;
     for (let attempt = 0; ; attempt += 1) {
-      if (await this.flush()) break;
+      if (await untilDeadline(this.flush())) break;
       if (this.now() >= giveUpAt) return false;
       await new Promise((resolve) => setTimeout(resolve, Math.min(200 * 2 ** attempt, 2000)));
     }
-    await this.foldUntilEmpty(giveUpAt);
+    await this.foldUntilEmpty(giveUpAt, untilDeadline);
     // Trimming is best effort: what is not trimmed now is trimmed after the key's next flush that
     // brings it a new address.
     this.pruneBacklog.clear();
-    await this.pruning;
+    await untilDeadline(this.pruning ?? Promise.resolve());
     return true;
   }
 
@@ -231,10 +242,10 @@ export class Flusher {
   // At stop, the log is folded while folds find rows, until the deadline or a failed fold: what is
   // left is applied by the next collector that starts (nothing is lost, it is only late). A fold
   // that found nothing ends it even with rows left: those are other folds' (their orgs' locks).
-  private async foldUntilEmpty(giveUpAt: number): Promise<void> {
-    await this.folding;
+  private async foldUntilEmpty(giveUpAt: number, untilDeadline: <T>(work: Promise<T>) => Promise<T | undefined>): Promise<void> {
+    if ((await untilDeadline((this.folding ?? Promise.resolve()).then(() => true))) === undefined) return;
     while (this.foldDue && this.now() < giveUpAt && this.now() >= this.foldRetryAt) {
-      await this.fold();
+      if ((await untilDeadline(this.fold().then(() => true))) === undefined) return;
       if (this.lastFoldFound === 0) break;
     }
   }
@@ -341,8 +352,10 @@ export class Flusher {
     this.retryAt = 0;
     s.duplicateBatchesSkipped += result.duplicateBatches;
     // An in-doubt batch found committed was persisted by the earlier attempt (less the uses of any
-    // unknown keys it carried, which can no longer be told apart).
-    s.usesPersisted += result.usesWritten + result.duplicateUses;
+    // unknown keys it carried, which can no longer be told apart, unless a partly written flush
+    // reported them). Every pending batch was in this write: nothing is left aside.
+    s.usesPersisted += result.usesWritten + result.duplicateUses - Math.min(this.usesCountedAside, result.duplicateUses);
+    this.usesCountedAside = 0;
     s.lastFlushDurationMs = durationMs;
     s.lastFlushKeys = result.keysWritten;
     s.lastFlushStatements = result.statements;
@@ -405,7 +418,10 @@ export class Flusher {
     // An append whose commit landed unseen left rows in the usage log; its retry logs nothing.
     this.foldDue ||= inDoubt;
     if (inDoubt && toLog) this.mayHoldAppends();
-    if (error instanceof PartlyWrittenError) this.recordWritten(error.written, 'flush');
+    if (error instanceof PartlyWrittenError) {
+      this.recordWritten(error.written, 'flush');
+      this.usesCountedAside += error.written.unknownUses + error.written.quarantined.reduce((sum, q) => sum + q.uses, 0);
+    }
     const delay = Math.min(this.backoff.initialMs * 2 ** (s.consecutiveFailures - 1), this.backoff.maxMs);
     this.retryAt = this.now() + delay;
     this.options.logger.error(

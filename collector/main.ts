@@ -4,6 +4,7 @@ import { createLogger, type Logger } from '../shared/logger';
 import { metricsServer, renderPrometheus } from '../shared/metrics';
 import { closeServer, listen } from '../shared/process';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
+import { within } from '../shared/within';
 import { Aggregator } from './aggregator';
 import { collectorSamples } from './collectorMetrics';
 import { Flusher } from './flusher';
@@ -29,6 +30,10 @@ export interface CollectorOverrides {
   /** Set in a cluster worker: the socket is shared, metrics go to the primary, upkeep only in worker 0. */
   receiverIndex?: number;
 }
+
+// How long stop waits for the pool's connections in use once everything was flushed (or the
+// flusher's deadline passed).
+const POOL_CLOSE_WAIT_MS = 5_000;
 
 export async function startCollector(config: Config, logger: Logger, databaseUrl: string, overrides: CollectorOverrides = {}) {
   const now = overrides.now ?? Date.now;
@@ -102,17 +107,28 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     inCluster ? 'receiver listening' : 'collector listening',
   );
 
-  // Mirror of start: stop receiving, write everything received, then release the pool.
-  const stop = async (): Promise<boolean> => {
+  // Mirror of start: stop receiving, write everything received (within `deadlineMs`, the
+  // flusher's default unless given), then release the pool.
+  const stop = async (deadlineMs?: number): Promise<boolean> => {
     await receiver.close();
     await relay?.stop();
-    const flushed = await flusher.stop();
+    const flushed = await flusher.stop(deadlineMs);
     if (!flushed) {
       logger.error({ pendingUses: flusher.pendingUses, pendingKeys: flusher.pendingKeys + aggregator.pendingKeys }, 'final flush failed; these uses are lost');
     }
     await upkeep.stop();
     if (metrics) await closeServer(metrics);
-    await db.destroy();
+    // destroy() waits for every connection in use: a fold past the flusher's deadline, waiting on a
+    // lock, holds one up to COLLECTOR_LOCK_TIMEOUT_MS. The process need not: at its exit the fold's
+    // transaction rolls back, and its rows stay in the log for the next fold.
+    if (
+      (await within(
+        db.destroy().then(() => true),
+        POOL_CLOSE_WAIT_MS,
+      )) === undefined
+    ) {
+      logger.warn({ foldRunningMs: flusher.foldRunningMs }, 'a fold of the usage log is still running at stop; its rows stay in the log');
+    }
     return flushed;
   };
   return { receiver, metricsPort, stop, samples, flusher, aggregator, ingest, db, webhooks: upkeep.webhooks, sweep: upkeep.sweep, relay };

@@ -261,10 +261,25 @@ export const FOLD_MAX_ROWS = 200_000;
 
 const ROWS_BY_ORG = `select org_id, count(*)::int as n from ${TABLE.usageLog} group by org_id order by min(logged_at)`;
 
+// A read in a transaction of its own, for the write's SET LOCALs; rolled back, it wrote nothing.
+async function readUnderLockTimeout(db: Db, options: ApplyOptions, sql: string): Promise<unknown[]> {
+  const trx = await db.transaction();
+  try {
+    await setLocals(trx, options);
+    return (await trx.raw(sql)).rows;
+  } finally {
+    await trx.rollback();
+  }
+}
+
 // The orgs of the next fold, oldest rows first, up to `maxRows` rows, split into `parts` groups
-// near equal in rows; and the rows of the orgs it leaves.
-async function nextFold(db: Db, parts: number, maxRows: number): Promise<{ groups: string[][]; rowsLeft: number }> {
-  const { rows } = await db.raw(ROWS_BY_ORG);
+// near equal in rows; and the rows of the orgs it leaves. Read under the write's lock_timeout: an
+// exclusive lock on the log (LOCK TABLE's default mode, DDL) made this read, and so every fold
+// and the collector's stop, wait for ever.
+async function nextFold(db: Db, options: UsageLogOptions): Promise<{ groups: string[][]; rowsLeft: number }> {
+  const parts = options.parallelism ?? 1;
+  const maxRows = options.foldMaxRows ?? FOLD_MAX_ROWS;
+  const rows = await readUnderLockTimeout(db, options, ROWS_BY_ORG);
   const rowsOf = new Map<string, number>();
   let taken = 0;
   let rowsLeft = 0;
@@ -319,7 +334,7 @@ export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore &
     write: (batches, toLog = toLogByKeys(batches)) => (toLog ? append(db, batches, options) : direct.write(batches)),
     logMinKeys,
     fold: async () => {
-      const { groups, rowsLeft } = await nextFold(db, options.parallelism ?? 1, options.foldMaxRows ?? FOLD_MAX_ROWS);
+      const { groups, rowsLeft } = await nextFold(db, options);
       const skipped = new Set<string>();
       const result = await settleParts(
         [],

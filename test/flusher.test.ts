@@ -116,7 +116,7 @@ t.test('a partly written flush is kept in doubt, and what its committed part wro
   t.equal(await flusher.flush(), true);
   t.equal(written[0].length, 2, 'the partly written batch travels apart from the newer drain, under its id');
   t.equal(written[0][0].batch.uses, 5);
-  t.equal(flusher.stats.usesPersisted, 12);
+  t.equal(flusher.stats.usesPersisted, 10, 'of the 5, the unknown and the quarantined use are not counted persisted again: 3 + 7');
   t.ok(await flusher.stop(1000));
   t.same(pruned[0], [{ orgId: ORG, keyId: key(1) }], "the committed part's keys are trimmed");
 });

@@ -5,11 +5,12 @@
 // (retried, counted, logged with PostgreSQL's reason), and its uses are written once when the row
 // is free. The usage log's append takes the same timeout: a lock on the log held the same way
 // blocked every flush of a collector that appends.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { waitFor } from '../harness/wait';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { createDb, type Db } from '../shared/db';
 import { TABLE } from '../shared/tables';
+import { within } from '../shared/within';
 import { encodeUsageLine } from '../shared/usageWire';
 import { freshDatabase } from './helpers/database';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
@@ -63,3 +64,38 @@ for (const { usageLog, what, hold, blocked } of cases) {
     t.equal(await usesOf(db, keyId), 6, 'every use once');
   });
 }
+
+// LOCK TABLE's default mode, as DDL takes: reads of the log wait too, so the fold waits at its
+// first statement, the count of the log's rows by org.
+async function holdLogExclusively(t: Test, url: string) {
+  const holder = createDb(url, { poolMax: 1 });
+  t.teardown(() => holder.destroy());
+  const held = await holder.transaction();
+  await held.raw(`lock table ${TABLE.usageLog}`);
+  return held;
+}
+
+t.test('a fold that finds the log locked exclusively gives up after the lock timeout', async (t) => {
+  const { url } = await freshDatabase(t);
+  const held = await holdLogExclusively(t, url);
+  try {
+    const collector = await startTestCollector(t, url, { COLLECTOR_LOCK_TIMEOUT_MS: String(LOCK_TIMEOUT_MS) });
+    await waitFor('the fold begun at start to give up', () => (collector.flusher.stats.failedFolds >= 1 ? true : undefined));
+  } finally {
+    await held.rollback();
+  }
+});
+
+t.test('stop keeps its deadline while a fold waits on a lock with no timeout, and leaves the log to the next fold', async (t) => {
+  const { url } = await freshDatabase(t);
+  const held = await holdLogExclusively(t, url);
+  const collector = await startTestCollector(t, url, { COLLECTOR_LOCK_TIMEOUT_MS: '0' });
+  try {
+    await waitFor('the fold begun at start to wait', () => (collector.flusher.foldRunningMs > 0 ? true : undefined));
+    t.equal(await within(collector.stop(1000), 30_000), true, 'stop returns, with nothing pending');
+    t.ok(collector.logLines.some((line) => line.includes('a fold of the usage log is still running at stop')));
+  } finally {
+    await held.rollback();
+  }
+  await waitFor('the fold to end once the lock is gone', () => (collector.flusher.foldRunningMs === 0 ? true : undefined));
+});

@@ -14,12 +14,12 @@ export async function startTestCollector(t: Test, databaseUrl: string, env: Reco
   // Only a cluster worker (receiverIndex set) serves no metrics port of its own.
   const metricsPort = collector.metricsPort ?? NaN;
   let stopped = false;
-  const stop = async () => {
+  const stop = async (deadlineMs?: number) => {
     if (stopped) return true;
     stopped = true;
-    return collector.stop();
+    return collector.stop(deadlineMs);
   };
-  t.teardown(stop);
+  t.teardown(() => stop());
   return { ...collector, metricsPort, stop, logLines, config };
 }
 
