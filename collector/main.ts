@@ -71,7 +71,6 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       throw error;
     },
   );
-  flusher.start();
   const upkeep = createUpkeep({ db, store, config, logger, now });
   if (speaksForAll) upkeep.start();
   const pool = poolState(db);
@@ -95,6 +94,9 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       throw error;
     });
   }
+  // Last, once nothing can fail: the flusher's interval and the fold it begins at start would
+  // otherwise outlive a failed start (a received use waits in the aggregator until then).
+  flusher.start();
   logger.info(
     {
       udp: `${receiver.host}:${receiver.port}`,

@@ -3,6 +3,7 @@ import http from 'node:http';
 import t from 'tap';
 import { startApi } from '../api/main';
 import { startCollector } from '../collector/main';
+import { createUsageStore } from '../collector/usageLog';
 import { loadConfig } from '../shared/config';
 import { createLogger } from '../shared/logger';
 import { freshDatabase } from './helpers/database';
@@ -65,6 +66,27 @@ t.test('a taken port is reported with its variable', async (t) => {
       message: /UDP port \d+ on 127.0.0.1 is already in use; set COLLECTOR_PORT/,
     },
   );
+});
+
+t.test('a collector that fails to start leaves no flusher running', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const blocker = http.createServer();
+  await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', () => resolve()));
+  t.teardown(() => blocker.close());
+  // A store whose every fold reports rows left: a running flusher folds again at each interval.
+  const real = createUsageStore(db, { logMinKeys: 1 });
+  let folds = 0;
+  const store = { ...real, fold: async () => ({ ...(await real.fold()), logRowsLeft: (folds += 1) }) };
+  const config = loadConfig({
+    NODE_ENV: 'test',
+    COLLECTOR_PORT: '0',
+    COLLECTOR_METRICS_PORT: String((blocker.address() as { port: number }).port),
+    COLLECTOR_FLUSH_INTERVAL_MS: '20',
+  });
+  await t.rejects(startCollector(config, logger, url, { store }), { message: /set COLLECTOR_METRICS_PORT/ });
+  const foldsAtFailure = folds;
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.equal(folds, foldsAtFailure, 'no fold after the failed start');
 });
 
 t.test('the collector binds IPv6 loopback and reports its receive buffer', async (t) => {
