@@ -2,7 +2,10 @@ import dgram from 'node:dgram';
 import type { Test } from 'tap';
 import { startCollector, type CollectorOverrides } from '../../collector/main';
 import { loadConfig } from '../../shared/config';
+import { within } from '../../shared/within';
 import { capturingLogger } from './logLines';
+
+const FIRST_FOLD_WAIT_MS = 5_000;
 
 // An in-process collector on 127.0.0.1 with an OS-chosen UDP and metrics port, its log lines
 // captured for assertions.
@@ -11,6 +14,11 @@ export async function startTestCollector(t: Test, databaseUrl: string, env: Reco
   const config = loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0', COLLECTOR_FLUSH_INTERVAL_MS: '100', ...env });
   const logger = capturingLogger(logLines, 'collector-test');
   const collector = await startCollector(config, logger, databaseUrl, overrides);
+  // A collector appends, however few its keys, until its first fold (begun at start) empties the
+  // log: tests that flush and read the tables at once wait for it. On Citus the tests share one
+  // database, and a second collector started while the first one's fold holds an org skips it,
+  // and would append. Bounded: a test may hold the log locked with no lock timeout.
+  await within(collector.flusher.fold(), FIRST_FOLD_WAIT_MS);
   // Only a cluster worker (receiverIndex set) serves no metrics port of its own.
   const metricsPort = collector.metricsPort ?? NaN;
   let stopped = false;
