@@ -61,6 +61,11 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('unknown_uses_at_fold_total', 'Uses dropped with those keys (counted in uses_persisted_total at their append)', f.unknownUsesAtFold),
     counter('quarantined_keys_total', 'Keys whose rows PostgreSQL refused with a data error; their uses were set aside', f.quarantinedKeys),
     counter('quarantined_uses_total', 'Uses set aside with those keys', f.quarantinedUses),
+    counter(
+      'quarantined_uses_at_fold_total',
+      'Of quarantined_uses_total, the uses folds of the usage log set aside (counted in uses_persisted_total at their append)',
+      f.quarantinedUsesAtFold,
+    ),
     counter('flushes_total', 'Successful flushes', f.flushes),
     counter(
       'appended_flushes_total',

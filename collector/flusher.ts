@@ -23,6 +23,8 @@ export interface FlushStats {
   unknownUsesAtFold: number;
   quarantinedKeys: number;
   quarantinedUses: number;
+  /** Of quarantinedUses, those a fold set aside: counted in usesPersisted at their append. */
+  quarantinedUsesAtFold: number;
   lastFlushDurationMs: number;
   lastFlushKeys: number;
   lastFlushStatements: number;
@@ -89,6 +91,7 @@ export class Flusher {
     unknownUsesAtFold: 0,
     quarantinedKeys: 0,
     quarantinedUses: 0,
+    quarantinedUsesAtFold: 0,
     lastFlushDurationMs: 0,
     lastFlushKeys: 0,
     lastFlushStatements: 0,
@@ -383,6 +386,7 @@ export class Flusher {
     for (const { keyId, orgId, uses } of result.quarantined) {
       s.quarantinedKeys += 1;
       s.quarantinedUses += uses;
+      if (by === 'fold') s.quarantinedUsesAtFold += uses;
       this.options.logger.error(
         { keyId, orgId, uses },
         "PostgreSQL refused this key's usage rows (data error); its uses were set aside so every other key is written",

@@ -237,7 +237,16 @@ t.test('one trim of recent IPs at a time; keys flushed meanwhile are trimmed nex
 function loggingStore() {
   const fake = fakeStore();
   const ways: Array<'log' | 'tables'> = [];
-  const folds = { calls: 0, fail: false, keys: 0, left: 0, skipped: 0, unknown: { keys: 0, uses: 0 }, running: Promise.resolve() };
+  const folds = {
+    calls: 0,
+    fail: false,
+    keys: 0,
+    left: 0,
+    skipped: 0,
+    unknown: { keys: 0, uses: 0 },
+    quarantined: [] as WriteResult['quarantined'],
+    running: Promise.resolve(),
+  };
   const store: UsageStore = {
     ...fake.store,
     logMinKeys: 1,
@@ -260,6 +269,7 @@ function loggingStore() {
         usesWritten: keys,
         unknownKeys: unknown.keys,
         unknownUses: unknown.uses,
+        quarantined: folds.quarantined,
         logRowsLeft: folds.left,
         orgsSkipped: folds.skipped,
       };
@@ -542,7 +552,7 @@ t.test('after a restart every flush appends until its first fold that leaves the
   t.equal(ways[2], 'tables', 'after one that left the log empty: written directly');
 });
 
-t.test('keys a fold drops as deleted since their append are counted apart: their uses were counted persisted at the append', async (t) => {
+t.test('keys a fold drops as deleted since their append, or sets aside, are counted apart: their uses were counted persisted at the append', async (t) => {
   const { flusher, folds, use } = loggingFlusher();
   use(1);
   use(1);
@@ -551,6 +561,15 @@ t.test('keys a fold drops as deleted since their append are counted apart: their
   folds.unknown = { keys: 1, uses: 2 };
   await flusher.fold();
   t.match(flusher.stats, { usesPersisted: 2, unknownKeys: 0, unknownUses: 0, unknownKeysAtFold: 1, unknownUsesAtFold: 2 }, 'each use counted once as received');
+  use(2);
+  await flusher.flush();
+  folds.quarantined = [{ keyId: key(2), orgId: ORG, uses: 1 }];
+  await flusher.fold();
+  t.match(
+    flusher.stats,
+    { usesPersisted: 3, quarantinedKeys: 1, quarantinedUses: 1, quarantinedUsesAtFold: 1 },
+    "a fold's quarantined uses: counted quarantined, and apart as the fold's, to be told from the flushes'",
+  );
 });
 
 t.test('start begins a fold at once, so the first interval need not wait for one to write directly', async (t) => {
