@@ -53,6 +53,9 @@ export interface FlusherOptions {
   backoff?: { initialMs: number; maxMs: number };
 }
 
+// Below this much time left before stop()'s deadline, a failed final flush is not tried again.
+const STOP_RETRY_MIN_MS = 10;
+
 // The share of the aggregator's cap at which a held-back append goes at once (Flusher's constructor).
 const NEAR_FULL = 0.9;
 
@@ -67,6 +70,7 @@ export class Flusher {
   private pending: Array<PendingBatch & { inDoubt: boolean }> = [];
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<boolean> | undefined;
+  private stopping = false;
   // One trim at a time: on Citus a trim of 100 k keys took 22-36 s, longer than a flush, and
   // trims started after every flush piled up on the pool until flushes timed out waiting for a
   // connection. Keys flushed meanwhile wait here (each once) for the next trim.
@@ -170,7 +174,8 @@ export class Flusher {
   async tick(): Promise<void> {
     if (this.appendHeld()) this.stats.appendsHeldBack += 1;
     else if (this.now() >= this.retryAt) await this.flush();
-    this.startFold();
+    // A flush that outlived stop()'s deadline ends here after it: the pool may be gone.
+    if (!this.stopping) this.startFold();
   }
 
   // A batch whose write failed is retried at its time, held or not: it was drained already. Fewer
@@ -202,13 +207,17 @@ export class Flusher {
   async stop(deadlineMs = 10_000): Promise<boolean> {
     clearInterval(this.timer);
     this.timer = undefined;
+    this.stopping = true;
     const giveUpAt = this.now() + deadlineMs;
     const untilDeadline = <T>(work: Promise<T>) => within(work, giveUpAt - this.now());
     if ((await untilDeadline(this.running ?? Promise.resolve(true))) === undefined) return false;
     for (let attempt = 0; ; attempt += 1) {
-      if (await untilDeadline(this.flush())) break;
-      if (this.now() >= giveUpAt) return false;
-      await new Promise((resolve) => setTimeout(resolve, Math.min(200 * 2 ** attempt, 2000)));
+      const flushed = await untilDeadline(this.flush());
+      if (flushed) break;
+      // Retries wait at most half the time left, so each starts with time to finish.
+      const left = giveUpAt - this.now();
+      if (flushed === undefined || left < STOP_RETRY_MIN_MS) return false;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(200 * 2 ** attempt, 2000, left / 2)));
     }
     await this.foldUntilEmpty(giveUpAt, untilDeadline);
     // Trimming is best effort: what is not trimmed now is trimmed after the key's next flush that

@@ -115,23 +115,21 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     await receiver.close();
     await relay?.stop();
     const flushed = await flusher.stop(deadlineMs);
-    if (!flushed) {
-      logger.error({ pendingUses: flusher.pendingUses, pendingKeys: flusher.pendingKeys + aggregator.pendingKeys }, 'final flush failed; these uses are lost');
-    }
     await upkeep.stop();
     if (metrics) await closeServer(metrics);
-    // destroy() waits for every connection in use: a fold past the flusher's deadline, waiting on a
-    // lock, holds one up to COLLECTOR_LOCK_TIMEOUT_MS. The process need not: at its exit the fold's
-    // transaction rolls back, and its rows stay in the log for the next fold.
-    if (
-      (await within(
-        db.destroy().then(() => true),
-        POOL_CLOSE_WAIT_MS,
-      )) === undefined
-    ) {
-      logger.warn({ foldRunningMs: flusher.foldRunningMs }, 'a fold of the usage log is still running at stop; its rows stay in the log');
-    }
-    return flushed;
+    // destroy() waits for every connection in use: a write or fold past the flusher's deadline,
+    // waiting on a lock, holds one up to COLLECTOR_LOCK_TIMEOUT_MS. The process need not: at its
+    // exit the transaction rolls back (a fold's rows stay in the log for the next fold).
+    const closed = await within(
+      db.destroy().then(() => true),
+      POOL_CLOSE_WAIT_MS,
+    );
+    if (closed === undefined) logger.warn({ foldRunningMs: flusher.foldRunningMs }, 'a write or fold is still running at stop; the process exits without it');
+    // Counted after that wait: a write the flusher stopped waiting for may have committed since.
+    const pendingKeys = flusher.pendingKeys + aggregator.pendingKeys;
+    if (flushed || pendingKeys === 0) return true;
+    logger.error({ pendingUses: flusher.pendingUses, pendingKeys }, 'final flush failed; these uses are lost');
+    return false;
   };
   return { receiver, metricsPort, stop, samples, flusher, aggregator, ingest, db, webhooks: upkeep.webhooks, sweep: upkeep.sweep, relay };
 }

@@ -113,7 +113,7 @@ const latest = (table: string, at: string) => `${at} = greatest(${table}.${at}, 
 // the staging table: Citus refuses to modify a local table in a statement that reads a reference
 // table ("relation flush_keys is not distributed"). The ids go as one array literal built by a
 // join (uuids, validated by the parser), not an array pg serializes element by element: for 100 k
-// keys the read took 196 ms so (median of 12; worst 239 ms) against 248 ms (worst 311;
+// keys the read took 196 ms this way (median of 12; worst 239 ms) against 248 ms (worst 311;
 // bench/logSteps.ts, forms rows and rowsLiteral).
 const EXISTING_KEYS = `select id, org_id from ${TABLE.apiKeys} where id = any(cast($1 as uuid[]))`;
 

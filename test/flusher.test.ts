@@ -3,6 +3,7 @@ import { Aggregator } from '../collector/aggregator';
 import { APPEND_WAIT_MAX_MS } from '../collector/appendGate';
 import { FOLD_SWEEP_MS, Flusher } from '../collector/flusher';
 import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch, type UsageStore, type WriteResult } from '../collector/usageStore';
+import { sleep } from '../harness/wait';
 import { renderPrometheus } from '../shared/metrics';
 import { createLogger } from '../shared/logger';
 
@@ -169,6 +170,37 @@ t.test('stop gives up after its deadline when the store stays down', async (t) =
   t.equal(flusher.pendingUses, 1, 'what could not be written is reported, not hidden');
 });
 
+// A store whose writes take `ms` each (what the fake wrote is in `written`).
+function slowStore(ms: number) {
+  const fake = fakeStore();
+  const store: UsageStore = { ...fake.store, write: async (batches, toLog) => (await sleep(ms), fake.store.write(batches, toLog)) };
+  return { ...fake, store };
+}
+
+t.test('stop retries a failed final flush only when it can wait for it, and reports the retry that succeeded', async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 3, now: Date.now });
+  const { store, fail } = slowStore(20);
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 3, logger });
+  aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 2 });
+  fail(new Error('connection refused'));
+  t.equal(await flusher.stop(150), true, 'the retry waited less than its backoff, and finished before the deadline');
+  t.equal(flusher.stats.usesPersisted, 2);
+});
+
+t.test('a flush that outlives stop begins no fold after it', async (t) => {
+  let release = () => undefined as void;
+  const writing = new Promise<void>((resolve) => (release = resolve));
+  const { aggregator, flusher, folds, use, ways } = loggingFlusher(100, 1, () => writing);
+  use(1);
+  const ticking = flusher.tick();
+  t.equal(await flusher.stop(50), false, 'the write in progress outlives the deadline');
+  release();
+  await ticking;
+  t.same(ways, ['log'], 'it appended');
+  t.equal(folds.calls, 0, 'and no fold began: the collector is stopping');
+  t.equal(aggregator.pendingKeys, 0);
+});
+
 t.test('prometheus text', async (t) => {
   t.equal(
     renderPrometheus([
@@ -325,12 +357,13 @@ t.test('the usage log is folded at start, after an append, while folds find rows
 });
 
 // A flusher over loggingStore(), with a clock the test moves and one use of key k at a time; its
-// store appends from logMinKeys keys.
-function loggingFlusher(maxKeys = 100, logMinKeys = 1) {
+// store appends from logMinKeys keys, each write once `before` resolves.
+function loggingFlusher(maxKeys = 100, logMinKeys = 1, before = () => Promise.resolve()) {
   const clock = { now: 0 };
   const aggregator = new Aggregator({ maxKeys, now: () => clock.now });
   const logging = loggingStore();
-  const store = { ...logging.store, logMinKeys };
+  const write: UsageStore['write'] = async (batches, toLog) => (await before(), logging.store.write(batches, toLog));
+  const store = { ...logging.store, write, logMinKeys };
   const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: maxKeys, logger, now: () => clock.now });
   const use = (k = 1) => aggregator.add({ keyId: key(k), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 });
   return { ...logging, clock, aggregator, flusher, use };

@@ -6,7 +6,7 @@
 // is free. The usage log's append takes the same timeout: a lock on the log held the same way
 // blocked every flush of a collector that appends.
 import t, { type Test } from 'tap';
-import { waitFor } from '../harness/wait';
+import { sleep, waitFor } from '../harness/wait';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { createDb, type Db } from '../shared/db';
 import { TABLE } from '../shared/tables';
@@ -86,16 +86,42 @@ t.test('a fold that finds the log locked exclusively gives up after the lock tim
   }
 });
 
-t.test('stop keeps its deadline while a fold waits on a lock with no timeout, and leaves the log to the next fold', async (t) => {
+t.test('stop keeps its deadline while a fold waits on a lock with no timeout', async (t) => {
   const { url } = await freshDatabase(t);
   const held = await holdLogExclusively(t, url);
   const collector = await startTestCollector(t, url, { COLLECTOR_LOCK_TIMEOUT_MS: '0' });
   try {
     await waitFor('the fold begun at start to wait', () => (collector.flusher.foldRunningMs > 0 ? true : undefined));
     t.equal(await within(collector.stop(1000), 30_000), true, 'stop returns, with nothing pending');
-    t.ok(collector.logLines.some((line) => line.includes('a fold of the usage log is still running at stop')));
+    t.ok(collector.logLines.some((line) => line.includes('a write or fold is still running at stop')));
   } finally {
     await held.rollback();
   }
   await waitFor('the fold to end once the lock is gone', () => (collector.flusher.foldRunningMs === 0 ? true : undefined));
+});
+
+t.test('a final flush that commits after the flusher stopped waiting for it is not reported lost', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const orgId = await createOrg(db, 'held');
+  const [keyId] = await insertKeys(db, orgId, 1, 'held-');
+  const collector = await startTestCollector(t, url, { COLLECTOR_LOCK_TIMEOUT_MS: '0', COLLECTOR_USAGE_LOG: 'false' });
+  const use = (count: number) => sendDatagrams(collector.receiver.port, [encodeUsageLine({ orgId, keyId, ip: '192.0.2.1', outcome: 'ok', count })]);
+  await use(1);
+  await waitFor('the first use to be written', async () => ((await usesOf(db, keyId)) === 1 ? true : undefined));
+  const holder = createDb(url, { poolMax: 1 });
+  t.teardown(() => holder.destroy());
+  const held = await holder.transaction();
+  await held.raw(HELD_ROW, [orgId, keyId]);
+  await use(5);
+  await waitFor('the uses to be received', () => (collector.ingest.usesReceived === 6 ? true : undefined));
+  const stopped = collector.stop(500);
+  // Past the flusher's deadline, within the pool's wait.
+  await sleep(1500);
+  await held.rollback();
+  t.equal(await stopped, true, 'stop reports the uses written');
+  t.notOk(
+    collector.logLines.some((line) => line.includes('these uses are lost')),
+    'nothing reported lost',
+  );
+  t.equal(await usesOf(db, keyId), 6);
 });
