@@ -29,22 +29,28 @@ const cases = [
   { usageLog: true, what: 'a lock on the log', hold: `lock table ${TABLE.usageLog} in share mode`, blocked: 'failedFlushes' },
 ] as const;
 
+// A collector with one key, its first use written, and a transaction of another session, open,
+// to hold what a test holds.
+async function collectorWithWrittenKey(t: Test, env: Record<string, string>) {
+  const { db, url } = await freshDatabase(t);
+  const orgId = await createOrg(db, 'held');
+  const [keyId] = await insertKeys(db, orgId, 1, 'held-');
+  const collector = await startTestCollector(t, url, env);
+  const use = (count: number) => sendDatagrams(collector.receiver.port, [encodeUsageLine({ orgId, keyId, ip: '192.0.2.1', outcome: 'ok', count })]);
+  await use(1);
+  await waitFor('the first use to be written', async () => ((await usesOf(db, keyId)) === 1 ? true : undefined));
+  const holder = createDb(url, { poolMax: 1 });
+  t.teardown(() => holder.destroy());
+  const held = await holder.transaction();
+  return { db, collector, use, held, orgId, keyId };
+}
+
 for (const { usageLog, what, hold, blocked } of cases) {
   t.test(`usage log ${usageLog ? 'on' : 'off'}: a write blocked by ${what} fails after the lock timeout and is written once it is free`, async (t) => {
-    const { db, url } = await freshDatabase(t);
-    const orgId = await createOrg(db, 'held');
-    const [keyId] = await insertKeys(db, orgId, 1, 'held-');
-    const collector = await startTestCollector(t, url, { COLLECTOR_LOCK_TIMEOUT_MS: String(LOCK_TIMEOUT_MS), COLLECTOR_USAGE_LOG: String(usageLog) });
+    const env = { COLLECTOR_LOCK_TIMEOUT_MS: String(LOCK_TIMEOUT_MS), COLLECTOR_USAGE_LOG: String(usageLog) };
+    const { db, collector, use, held, orgId, keyId } = await collectorWithWrittenKey(t, env);
     const [{ lock_timeout: setting }] = (await collector.db.raw('show lock_timeout')).rows;
     t.equal(setting, '0', "the collector's other statements keep the server's setting");
-
-    const use = (count: number) => sendDatagrams(collector.receiver.port, [encodeUsageLine({ orgId, keyId, ip: '192.0.2.1', outcome: 'ok', count })]);
-    await use(1);
-    await waitFor('the first use to be written', async () => ((await usesOf(db, keyId)) === 1 ? true : undefined));
-
-    const holder = createDb(url, { poolMax: 1 });
-    t.teardown(() => holder.destroy());
-    const held = await holder.transaction();
     // By org and key: Citus runs FOR UPDATE only on a query it can route to one shard.
     await held.raw(hold, hold === HELD_ROW ? [orgId, keyId] : []);
     const failures = () => collector.flusher.stats[blocked];
@@ -101,16 +107,7 @@ t.test('stop keeps its deadline while a fold waits on a lock with no timeout', a
 });
 
 t.test('a final flush that commits after the flusher stopped waiting for it is not reported lost', async (t) => {
-  const { db, url } = await freshDatabase(t);
-  const orgId = await createOrg(db, 'held');
-  const [keyId] = await insertKeys(db, orgId, 1, 'held-');
-  const collector = await startTestCollector(t, url, { COLLECTOR_LOCK_TIMEOUT_MS: '0', COLLECTOR_USAGE_LOG: 'false' });
-  const use = (count: number) => sendDatagrams(collector.receiver.port, [encodeUsageLine({ orgId, keyId, ip: '192.0.2.1', outcome: 'ok', count })]);
-  await use(1);
-  await waitFor('the first use to be written', async () => ((await usesOf(db, keyId)) === 1 ? true : undefined));
-  const holder = createDb(url, { poolMax: 1 });
-  t.teardown(() => holder.destroy());
-  const held = await holder.transaction();
+  const { db, collector, use, held, orgId, keyId } = await collectorWithWrittenKey(t, { COLLECTOR_LOCK_TIMEOUT_MS: '0', COLLECTOR_USAGE_LOG: 'false' });
   await held.raw(HELD_ROW, [orgId, keyId]);
   await use(5);
   await waitFor('the uses to be received', () => (collector.ingest.usesReceived === 6 ? true : undefined));
