@@ -212,7 +212,7 @@ async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, u
 
 // One collector of `scenario` on `pool`: its aggregator filled with count-1 lines, and the real
 // Flusher and store; trimming (after the commit) timed apart.
-function collectorOf(target: Target, pool: Db, scenario: Scenario, generation: number) {
+async function collectorOf(target: Target, pool: Db, scenario: Scenario, generation: number) {
   const { orgIds, keyIds } = target.keySets.get(keySetOf(scenario))!;
   const clock = Date.now();
   const aggregator = new Aggregator({ maxKeys: 200_000, now: () => clock });
@@ -235,8 +235,12 @@ function collectorOf(target: Target, pool: Db, scenario: Scenario, generation: n
       return trim.done;
     },
     expireOldRows: (days) => inner.expireOldRows(days),
+    fold: () => inner.fold(),
   };
   const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 200_000, logger: silent });
+  // A collector in its steady state: its first fold found the log empty (the last flush's fold
+  // emptied it), so its small flushes go direct. A new one appends until then (collector/flusher.ts).
+  await flusher.fold();
   const fillStarted = performance.now();
   for (let u = 0; u < scenario.uses; u++) {
     const k = u % keyIds.length;
@@ -248,7 +252,7 @@ function collectorOf(target: Target, pool: Db, scenario: Scenario, generation: n
 // One flush of `scenario` on `target`, by each of its collectors at once (each on its own pool,
 // the same keys), timed until the last commits; with the usage log, the fold after it.
 async function flushOnce(ctx: BenchContext, target: Target, scenario: Scenario, generation: number, cold: boolean): Promise<FlushSample> {
-  const collectors = target.pools.slice(0, scenario.collectors).map((pool) => collectorOf(target, pool, scenario, generation));
+  const collectors = await Promise.all(target.pools.slice(0, scenario.collectors).map((pool) => collectorOf(target, pool, scenario, generation)));
   const tripsBefore = target.roundTrips;
   const walBefore = await walPosition(ctx.db);
   const cpuBefore = process.cpuUsage();
