@@ -136,8 +136,9 @@ const variables = {
   // at 10,000 keys each from a new address it took 1.1-1.5 s (docs/scaling.md).
   COLLECTOR_USAGE_LOG_MIN_KEYS: positiveInt().default(5_000),
   // PostgreSQL's lock_timeout in each flush's (direct or appended) and fold's transaction: one that
-  // waits this long for a row or table another session holds fails and is retried, instead of hanging; 0 leaves the
-  // server's own setting. Twice the longest flush measured under load (docs/operations.md).
+  // waits this long for a row or table another session holds fails and is retried, instead of
+  // hanging; 0 leaves the server's own setting. Twice the longest flush measured under load
+  // (docs/operations.md).
   COLLECTOR_LOCK_TIMEOUT_MS: wholeNumber(0, 3_600_000).default(120_000),
   // Processes reading the one UDP socket (Node's cluster module); each aggregates and flushes on
   // its own. 1 keeps a single process; see docs/benchmarks.md §3 for when more helps.
