@@ -1,5 +1,6 @@
 import { loadavg } from 'node:os';
 import { loadConfig } from '../shared/config';
+import { TABLE } from '../shared/tables';
 import { HEADINGS } from './headings';
 import type { BenchContext } from './lib/context';
 import { createOrg, insertKeys } from './lib/database';
@@ -38,12 +39,13 @@ const requestedRecvBuffer = () => loadConfig().collector.recvBufferBytes;
 // process (in --quick one per format), so CPU and peak RSS are its own. Then 3b: the collector's
 // parse + aggregate code alone, in process.
 
-const TARGETS = ['collector', 'collector-2', 'collector-flush-2s', 'statsd', 'node-loop'] as const;
+const TARGETS = ['collector', 'collector-2', 'collector-flush-2s', 'collector-fold-inline', 'statsd', 'node-loop'] as const;
 type TargetName = (typeof TARGETS)[number];
 const TARGET_LABELS: Record<TargetName, string> = {
   collector: 'our collector',
   'collector-2': 'our collector, 2 receivers',
   'collector-flush-2s': 'our collector, flush every 2 s',
+  'collector-fold-inline': 'our collector, folds on the receive loop',
   statsd: 'Etsy statsd 0.9.0',
   'node-loop': 'bare Node receive loop (bench)',
 };
@@ -53,6 +55,8 @@ const COLLECTOR_ENV: Partial<Record<TargetName, Record<string, string>>> = {
   collector: { COLLECTOR_RECEIVERS: '1' },
   'collector-2': { COLLECTOR_RECEIVERS: '2' },
   'collector-flush-2s': { COLLECTOR_RECEIVERS: '1', COLLECTOR_FLUSH_INTERVAL_MS: '2000' },
+  // Before COLLECTOR_FOLD_THREAD: a fold's JavaScript ran on the thread that reads the socket.
+  'collector-fold-inline': { COLLECTOR_RECEIVERS: '1', COLLECTOR_FOLD_THREAD: 'false' },
 };
 const COLLECTOR_TARGETS = TARGETS.filter((name) => COLLECTOR_ENV[name] !== undefined);
 
@@ -67,7 +71,8 @@ interface Plan {
 }
 
 const FULL: Plan = {
-  targets: TARGETS,
+  // The fold-inline arm matters with many keys (BENCH_INGEST_KEYS): 1,000 keys never append.
+  targets: TARGETS.filter((name) => name !== 'collector-fold-inline'),
   keys: 1000,
   durationSec: 10,
   rates: { packed: [25_000, 50_000, 100_000, 200_000, 300_000, 400_000, 500_000, 600_000, 800_000], single: [25_000, 50_000, 100_000, 200_000] },
@@ -77,7 +82,7 @@ const FULL: Plan = {
 };
 // The variant arm runs the same code as `collector`: the quick smoke run leaves it out.
 const QUICK: Plan = {
-  targets: TARGETS.filter((name) => name !== 'collector-flush-2s'),
+  targets: TARGETS.filter((name) => name !== 'collector-flush-2s' && name !== 'collector-fold-inline'),
   keys: 1000,
   durationSec: 0.3,
   rates: { packed: [50_000], single: [20_000] },
@@ -85,6 +90,27 @@ const QUICK: Plan = {
   parseLines: 100_000,
   parseReps: 2,
 };
+
+// A/B work on one shape needs neither every receiver nor both ladders: BENCH_INGEST_KEYS sets the
+// keys of the stream (issue 13's many-keys shape: 100000, every key a row of every flush, and a
+// flush of them appends to the usage log and is folded), BENCH_INGEST_TARGETS keeps the named
+// receivers, BENCH_INGEST_RATES sets the packed ladder (lines/s) and leaves the single-line one out.
+function selectedPlan(plan: Plan, env: NodeJS.ProcessEnv): Plan {
+  const list = (name: string) => (env[name] ?? '').split(',').filter(Boolean);
+  const targets = list('BENCH_INGEST_TARGETS');
+  const unknown = targets.filter((name) => !(TARGETS as readonly string[]).includes(name));
+  if (unknown.length > 0) throw new Error(`BENCH_INGEST_TARGETS: unknown ${unknown.join(', ')}; known: ${TARGETS.join(', ')}`);
+  const rates = list('BENCH_INGEST_RATES').map(Number);
+  if (rates.some((rate) => !Number.isInteger(rate) || rate < 1)) throw new Error(`BENCH_INGEST_RATES must be positive integers; got ${env.BENCH_INGEST_RATES}`);
+  const keys = env.BENCH_INGEST_KEYS ? Number(env.BENCH_INGEST_KEYS) : plan.keys;
+  if (!Number.isInteger(keys) || keys < 1) throw new Error(`BENCH_INGEST_KEYS must be a positive integer; got ${env.BENCH_INGEST_KEYS}`);
+  return {
+    ...plan,
+    keys,
+    targets: targets.length > 0 ? (targets as TargetName[]) : plan.targets,
+    rates: rates.length > 0 ? { packed: rates, single: [] } : plan.rates,
+  };
+}
 
 interface Target {
   name: TargetName;
@@ -122,10 +148,21 @@ interface Run {
 }
 
 export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
-  const plan = ctx.quick ? QUICK : FULL;
+  const plan = selectedPlan(ctx.quick ? QUICK : FULL, process.env);
   const orgId = await createOrg(ctx.db, 'bench-ingest');
   const keys: IngestKey[] = (await insertKeys(ctx.db, orgId, plan.keys, 'ingest-')).map((keyId) => ({ keyId, orgId }));
-  const persistedInDb = async () => Number((await ctx.db('api_key_usage').where({ org_id: orgId }).sum({ n: 'request_count' }))[0].n ?? 0);
+  // Durable uses: in the usage tables, or in the usage log awaiting a fold (a delta's first field is
+  // its total, collector/usageLog.ts), as the collector counts them persisted at the append.
+  const persistedInDb = async () =>
+    Number(
+      (
+        await ctx.db.raw(
+          `select (select coalesce(sum(request_count), 0) from ${TABLE.usage} where org_id = :orgId)
+                + (select coalesce(sum(cast(cast(delta as json)->>0 as bigint)), 0) from ${TABLE.usageLog} where org_id = :orgId) as n`,
+          { orgId },
+        )
+      ).rows[0].n,
+    );
 
   const startTarget = async (name: TargetName): Promise<Target> => {
     const settings = COLLECTOR_ENV[name];
@@ -181,7 +218,7 @@ export async function runIngest(ctx: BenchContext): Promise<BenchResult[]> {
   const live = new Set<Target>();
   try {
     await waitForMessage(sender, (m) => m?.ready === true);
-    for (const mode of ['packed', 'single'] as const) {
+    for (const mode of (['packed', 'single'] as const).filter((m) => plan.rates[m].length > 0)) {
       const prepared = await ipcRequest<{ datagrams: number; lines: number; bytes: number }>(sender, { cmd: 'prepare', keys, mode });
       ctx.log(
         `ingest: ${mode}: ${prepared.lines} distinct lines in ${prepared.datagrams} datagrams (${(prepared.lines / prepared.datagrams).toFixed(1)} lines each)`,

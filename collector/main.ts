@@ -8,6 +8,7 @@ import { within } from '../shared/within';
 import { Aggregator } from './aggregator';
 import { collectorSamples } from './collectorMetrics';
 import { Flusher } from './flusher';
+import { startFoldThread } from './foldThread';
 import { createPacketHandler } from './packetHandler';
 import { startReceiver } from './receiver';
 import { runReceivers, serveSamplesToPrimary } from './receivers';
@@ -45,20 +46,26 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   // trim that runs beside the next flush, one for upkeep, one for the webhook worker's short
   // statements: a part that waited past the acquire timeout would fail the whole flush.
   const poolMax = flushParallelism + 3;
-  const db = await createCheckedDb(databaseUrl, { poolMax, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-collector' }, logger);
+  const { connectTimeoutMs } = config.database;
+  const db = await createCheckedDb(databaseUrl, { poolMax, connectTimeoutMs, applicationName: 'keyusage-collector' }, logger);
+  // COLLECTOR_FOLD_THREAD: the fold thread's pool, one connection per part of a fold.
+  const foldPool = config.collector.foldThread && overrides.store === undefined ? flushParallelism : 0;
   if (speaksForAll) {
-    const from = `COLLECTOR_RECEIVERS (${receivers}) × (COLLECTOR_FLUSH_PARALLELISM (${flushParallelism}) + 3)`;
-    await warnIfServerAllowsFewer(db, { connections: receivers * poolMax, from }, logger);
+    const threadPart = foldPool > 0 ? ' + COLLECTOR_FLUSH_PARALLELISM for the fold thread' : '';
+    const from = `COLLECTOR_RECEIVERS (${receivers}) × (COLLECTOR_FLUSH_PARALLELISM (${flushParallelism}) + 3${threadPart})`;
+    await warnIfServerAllowsFewer(db, { connections: receivers * (poolMax + foldPool), from }, logger);
   }
   const events = config.collector.events;
-  const store =
-    overrides.store ??
-    createUsageStore(db, {
-      events: events.enabled ? events : undefined,
-      parallelism: config.collector.flushParallelism,
-      logMinKeys: config.collector.usageLogMinKeys,
-      lockTimeoutMs: config.collector.lockTimeoutMs,
-    });
+  const storeOptions = {
+    events: events.enabled ? events : undefined,
+    parallelism: flushParallelism,
+    logMinKeys: config.collector.usageLogMinKeys,
+    lockTimeoutMs: config.collector.lockTimeoutMs,
+  };
+  // Started by its first fold, after flusher.start(): a failed start leaves no thread.
+  const foldThread = foldPool > 0 ? startFoldThread({ databaseUrl, connectTimeoutMs, store: storeOptions }) : undefined;
+  const usageStore = createUsageStore(db, storeOptions);
+  const store = overrides.store ?? (foldThread ? { ...usageStore, fold: () => foldThread.fold() } : usageStore);
   const aggregator = new Aggregator({ maxKeys: config.collector.aggregatorMaxKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
   const flusher = new Flusher({ aggregator, store, intervalMs: config.collector.flushIntervalMs, maxRetryKeys: config.collector.retryMaxKeys, logger, now });
   const warn = rateLimitedWarn(logger, 10_000, now);
@@ -120,11 +127,15 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     // destroy() waits for every connection in use: a write or fold past the flusher's deadline,
     // waiting on a lock, holds one up to COLLECTOR_LOCK_TIMEOUT_MS. The process need not: at its
     // exit the transaction rolls back (a fold's rows stay in the log for the next fold).
-    const closed = await within(
-      db.destroy().then(() => true),
-      POOL_CLOSE_WAIT_MS,
-    );
-    if (closed === undefined) logger.warn({ foldRunningMs: flusher.foldRunningMs }, 'a write or fold is still running at stop; the process exits without it');
+    const [closed, threadClosed] = await Promise.all([
+      within(
+        db.destroy().then(() => true),
+        POOL_CLOSE_WAIT_MS,
+      ),
+      foldThread?.stop(POOL_CLOSE_WAIT_MS) ?? true,
+    ]);
+    if (closed === undefined || !threadClosed)
+      logger.warn({ foldRunningMs: flusher.foldRunningMs }, 'a write or fold is still running at stop; the process exits without it');
     // Counted after that wait: a write the flusher stopped waiting for may have committed since.
     const pendingKeys = flusher.pendingKeys + aggregator.pendingKeys;
     if (flushed || pendingKeys === 0) return true;

@@ -143,6 +143,8 @@ const variables = {
   // Processes reading the one UDP socket (Node's cluster module); each aggregates and flushes on
   // its own. 1 keeps a single process; see docs/benchmarks.md §3 for when more helps.
   COLLECTOR_RECEIVERS: positiveInt(16).default(1),
+  // The usage log's folds in a worker thread of their own, off the receive loop (collector/foldThread.ts).
+  COLLECTOR_FOLD_THREAD: booleanFlag.default(true),
   COLLECTOR_METRICS_HOST: host.default('127.0.0.1'),
   COLLECTOR_METRICS_PORT: portOrZero.default(9102),
   USAGE_RETENTION_DAYS: positiveInt(3650).default(90),
@@ -329,6 +331,8 @@ const collectorSection = (v: Variables) => ({
    */
   usageLogMinKeys: usageLogMinKeys(v),
   lockTimeoutMs: v.COLLECTOR_LOCK_TIMEOUT_MS,
+  /** Whether the folds run in a worker thread with a pool of COLLECTOR_FLUSH_PARALLELISM connections. */
+  foldThread: v.COLLECTOR_FOLD_THREAD,
   receivers: v.COLLECTOR_RECEIVERS,
   metricsHost: v.COLLECTOR_METRICS_HOST,
   metricsPort: v.COLLECTOR_METRICS_PORT,
