@@ -30,11 +30,17 @@ function spawn(workerData: FoldWorkerData): Worker {
   return new Worker(source, { eval: true, workerData });
 }
 
-export function startFoldThread(data: Omit<FoldWorkerData, 'role'>): FoldThread {
+/**
+ * Resolves once the thread has loaded (run from source, its modules compile first: a second or
+ * more) and rejects if it fails to. A fold asked of a thread still loading would keep the
+ * collector's small flushes appending until it ended (collector/flusher.ts, logMayHoldAppends).
+ */
+export async function startFoldThread(data: Omit<FoldWorkerData, 'role'>): Promise<FoldThread> {
   let worker: Worker | undefined;
   let stopped = false;
   let lastId = 0;
-  const waiting = new Map<number, { resolve: (reply: FoldReply) => void; reject: (error: Error) => void }>();
+  type Answer = Exclude<FoldReply, { ready: true }>;
+  const waiting = new Map<number, { resolve: (reply: Answer) => void; reject: (error: Error) => void }>();
   const failAll = (error: Error) => {
     for (const answer of waiting.values()) answer.reject(error);
     waiting.clear();
@@ -42,11 +48,13 @@ export function startFoldThread(data: Omit<FoldWorkerData, 'role'>): FoldThread 
   const started = () => {
     if (worker !== undefined) return worker;
     const thread = spawn({ ...data, role: FOLD_WORKER });
-    // Like a timer: the collector's socket keeps the process alive, not its fold thread.
+    // Like a timer, an idle thread does not keep the process alive; a fold asked of it does.
     thread.unref();
     thread.on('message', (reply: FoldReply) => {
+      if ('ready' in reply) return;
       waiting.get(reply.id)?.resolve(reply);
       waiting.delete(reply.id);
+      if (waiting.size === 0) thread.unref();
     });
     thread.on('error', (error) => failAll(error));
     // A thread that ended (a crash, or a stop) fails what it still owed; the next fold starts another.
@@ -57,12 +65,28 @@ export function startFoldThread(data: Omit<FoldWorkerData, 'role'>): FoldThread 
     worker = thread;
     return thread;
   };
-  const ask = (cmd: FoldRequest['cmd']): Promise<FoldReply> =>
+  const ask = (cmd: FoldRequest['cmd']): Promise<Answer> =>
     new Promise((resolve, reject) => {
       const id = ++lastId;
       waiting.set(id, { resolve, reject });
-      started().postMessage({ id, cmd } satisfies FoldRequest);
+      const thread = started();
+      thread.ref();
+      thread.postMessage({ id, cmd } satisfies FoldRequest);
     });
+  const first = started();
+  // Held while it loads: the collector's start waits for it, with nothing else to keep the process up.
+  first.ref();
+  await new Promise<void>((resolve, reject) => {
+    const ready = (reply: FoldReply) => {
+      if (!('ready' in reply)) return;
+      first.off('message', ready);
+      resolve();
+    };
+    first.on('message', ready);
+    first.once('error', reject);
+    first.once('exit', (code) => reject(new Error(`the fold thread exited (code ${code}) as it started`)));
+  });
+  first.unref();
   return {
     fold: async () => {
       if (stopped) throw new Error('the fold thread is stopped');

@@ -25,7 +25,8 @@ export interface FoldFailure {
   written: WriteResult | undefined;
 }
 
-export type FoldReply = { id: number; result: FoldResult } | { id: number; failure: FoldFailure };
+/** `ready`: the thread's modules are loaded and it takes requests. */
+export type FoldReply = { id: number; result: FoldResult } | { id: number; failure: FoldFailure } | { ready: true };
 
 // A code such as PostgreSQL's SQLSTATE, which the flusher logs.
 const codeOf = (error: unknown) => {
@@ -73,6 +74,7 @@ function serve(port: MessagePort, data: FoldWorkerData): void {
       (error) => port.postMessage({ id: request.id, failure: toFailure(error) } satisfies FoldReply),
     );
   });
+  port.postMessage({ ready: true } satisfies FoldReply);
 }
 
 if (!isMainThread && parentPort !== null && (workerData as FoldWorkerData | undefined)?.role === FOLD_WORKER) serve(parentPort, workerData as FoldWorkerData);

@@ -62,19 +62,24 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     logMinKeys: config.collector.usageLogMinKeys,
     lockTimeoutMs: config.collector.lockTimeoutMs,
   };
-  // Started by its first fold, after flusher.start(): a failed start leaves no thread.
-  const foldThread = foldPool > 0 ? startFoldThread({ databaseUrl, connectTimeoutMs, store: storeOptions }) : undefined;
+  const warn = rateLimitedWarn(logger, 10_000, now);
+  const relay = await startRelay(config, warn);
+  const foldThread =
+    foldPool > 0
+      ? await startFoldThread({ databaseUrl, connectTimeoutMs, store: storeOptions }).catch(async (error) => {
+          await relay?.stop();
+          throw error;
+        })
+      : undefined;
   const usageStore = createUsageStore(db, storeOptions);
   const store = overrides.store ?? (foldThread ? { ...usageStore, fold: () => foldThread.fold() } : usageStore);
   const aggregator = new Aggregator({ maxKeys: config.collector.aggregatorMaxKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
   const flusher = new Flusher({ aggregator, store, intervalMs: config.collector.flushIntervalMs, maxRetryKeys: config.collector.retryMaxKeys, logger, now });
-  const warn = rateLimitedWarn(logger, 10_000, now);
-  const relay = await startRelay(config, warn);
   const { onPacket, ingest, replayCache } = createPacketHandler({ config, aggregator, relay, warn, now });
   const { host, port, recvBufferBytes } = config.collector;
   const receiver = await startReceiver({ host, port, recvBufferBytes, shared: inCluster, reportCappedBuffer: speaksForAll, onPacket, logger }).catch(
     async (error) => {
-      await relay?.stop();
+      await Promise.all([relay?.stop(), foldThread?.stop(POOL_CLOSE_WAIT_MS)]);
       throw error;
     },
   );
@@ -96,7 +101,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   } else {
     metrics = metricsServer({ exposition: () => renderPrometheus(samples()), health });
     metricsPort = await listen(metrics, config.collector.metricsHost, config.collector.metricsPort, 'COLLECTOR_METRICS_PORT').catch(async (error) => {
-      await Promise.all([receiver.close(), upkeep.stop(), relay?.stop()]);
+      await Promise.all([receiver.close(), upkeep.stop(), relay?.stop(), foldThread?.stop(POOL_CLOSE_WAIT_MS)]);
       await db.destroy();
       throw error;
     });

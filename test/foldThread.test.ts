@@ -46,7 +46,7 @@ t.test('COLLECTOR_FOLD_THREAD=false folds on the collector’s own pool', async 
 
 t.test('a fold thread stopped while its fold waits on a lock is terminated, and its fold fails', async (t) => {
   const { db, url } = await freshDatabase(t);
-  const thread = startFoldThread({ databaseUrl: url, connectTimeoutMs: 2_000, store: { logMinKeys: 1, lockTimeoutMs: 0 } });
+  const thread = await startFoldThread({ databaseUrl: url, connectTimeoutMs: 2_000, store: { logMinKeys: 1, lockTimeoutMs: 0 } });
   const holder = await db.transaction();
   t.teardown(() => holder.rollback().catch(() => undefined));
   await holder.raw(`lock table ${TABLE.usageLog} in access exclusive mode`);
@@ -62,7 +62,7 @@ t.test('a fold thread stopped while its fold waits on a lock is terminated, and 
 
 t.test('a fold thread reports its fold’s error, code included', async (t) => {
   // A port nothing listens on: the fold's first read fails to connect.
-  const thread = startFoldThread({ databaseUrl: 'postgres://nobody:nothing@127.0.0.1:9/none', connectTimeoutMs: 500, store: { logMinKeys: 1 } });
+  const thread = await startFoldThread({ databaseUrl: 'postgres://nobody:nothing@127.0.0.1:9/none', connectTimeoutMs: 500, store: { logMinKeys: 1 } });
   t.teardown(() => thread.stop(1_000));
   const error = await thread.fold().catch((e: Error & { code?: string }) => e);
   t.match(error, { code: 'ECONNREFUSED' });
