@@ -57,7 +57,7 @@ export function fromFailure(failure: FoldFailure): Error {
 
 // Folds as the flusher asks for them (one at a time: it starts the next when one has ended); a
 // stop closes the pool (after a fold in progress) and the port, which ends the thread.
-function serve(port: MessagePort, data: FoldWorkerData): void {
+export function serveFolds(port: MessagePort, data: FoldWorkerData): void {
   const db = createDb(data.databaseUrl, { poolMax: data.store.parallelism ?? 1, connectTimeoutMs: data.connectTimeoutMs, applicationName: FOLD_WORKER });
   const store = createUsageStore(db, data.store);
   port.on('message', (request: FoldRequest) => {
@@ -77,4 +77,5 @@ function serve(port: MessagePort, data: FoldWorkerData): void {
   port.postMessage({ ready: true } satisfies FoldReply);
 }
 
-if (!isMainThread && parentPort !== null && (workerData as FoldWorkerData | undefined)?.role === FOLD_WORKER) serve(parentPort, workerData as FoldWorkerData);
+if (!isMainThread && parentPort !== null && (workerData as FoldWorkerData | undefined)?.role === FOLD_WORKER)
+  serveFolds(parentPort, workerData as FoldWorkerData);

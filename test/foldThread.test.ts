@@ -2,7 +2,8 @@
 // run in a worker thread with a pool of their own; results and errors cross back intact.
 import t from 'tap';
 import { startFoldThread } from '../collector/foldThread';
-import { FOLD_WORKER, fromFailure, toFailure } from '../collector/foldWorker';
+import { MessageChannel } from 'node:worker_threads';
+import { FOLD_WORKER, fromFailure, serveFolds, toFailure, type FoldReply } from '../collector/foldWorker';
 import { CommitInDoubtError, PartlyWrittenError, type WriteResult } from '../collector/usageStore';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { waitFor } from '../harness/wait';
@@ -12,10 +13,17 @@ import type { Db } from '../shared/db';
 import { freshDatabase } from './helpers/database';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
 
-// The fold thread's connections to this test's database (its pool names them FOLD_WORKER).
-const foldConnections = async (db: Db) =>
+// The fold thread's connections to this test's database (its pool names them FOLD_WORKER), or
+// those waiting for `waitingFor` (pg_stat_activity's wait_event_type).
+const foldConnections = async (db: Db, waitingFor?: string) =>
   Number(
-    (await db.raw(`select count(*)::int as n from pg_stat_activity where application_name = ? and datname = current_database()`, [FOLD_WORKER])).rows[0].n,
+    (
+      await db.raw(
+        `select count(*)::int as n from pg_stat_activity
+          where application_name = ? and datname = current_database() and (cast(? as text) is null or wait_event_type = ?)`,
+        [FOLD_WORKER, waitingFor ?? null, waitingFor ?? null],
+      )
+    ).rows[0].n,
   );
 const usesOf = async (db: Db, orgId: string) => Number((await db(TABLE.usage).where({ org_id: orgId }).sum({ n: 'request_count' }).first())?.n ?? 0);
 
@@ -50,10 +58,13 @@ t.test('a fold thread stopped while its fold waits on a lock is terminated, and 
   const holder = await db.transaction();
   t.teardown(() => holder.rollback().catch(() => undefined));
   await holder.raw(`lock table ${TABLE.usageLog} in access exclusive mode`);
-  const fold = thread.fold();
-  await waitFor('the fold to wait on the lock', async () => ((await foldConnections(db)) >= 1 ? true : undefined), 10_000);
+  const fold = thread.fold().then(
+    () => 'folded',
+    (error: Error) => error.message,
+  );
+  await waitFor('the fold to wait on the lock', async () => ((await foldConnections(db, 'Lock')) >= 1 ? true : undefined), 10_000);
   t.equal(await thread.stop(200), false, 'not closed in time: terminated');
-  await t.rejects(fold, /the fold thread exited/);
+  t.match(await fold, /the fold thread exited/);
   await t.rejects(thread.fold(), /the fold thread is stopped/);
   // PostgreSQL notices the closed connection only when the lock is granted and it answers.
   await holder.rollback();
@@ -83,4 +94,27 @@ t.test('a fold’s error crosses the thread as the class the flusher reads', asy
   t.notOk(plain instanceof CommitInDoubtError);
   t.match(plain, { message: 'lock timeout', code: '55P03' });
   t.match(fromFailure(toFailure('a string')), { message: 'a string' });
+});
+
+// The thread's side, served on a channel of this thread: coverage is not collected from worker
+// threads, and this is the code they run.
+t.test('the fold thread’s service: ready, a fold’s result, a failure, and a stop that closes its port', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const orgId = await createOrg(db, 'served');
+  const [keyId] = await insertKeys(db, orgId, 1, 'served-');
+  await db(TABLE.usageLog).insert({ org_id: orgId, key_id: keyId, delta: '[4,4,0,0,0,0,0,null,"",null,"",null,null,0,0,0]' });
+  const { port1, port2 } = new MessageChannel();
+  const replies: FoldReply[] = [];
+  port2.on('message', (reply: FoldReply) => replies.push(reply));
+  const closed = new Promise<void>((resolve) => port2.once('close', () => resolve()));
+  serveFolds(port1, { role: FOLD_WORKER, databaseUrl: url, connectTimeoutMs: 2_000, store: { logMinKeys: 1 } });
+  port2.postMessage({ id: 1, cmd: 'fold' });
+  await waitFor('the fold’s reply', () => (replies.length === 2 ? true : undefined), 10_000);
+  t.same(replies[0], { ready: true });
+  t.match(replies[1], { id: 1, result: { usesWritten: 4, logRowsLeft: 0 } });
+  t.equal(await usesOf(db, orgId), 4);
+  await db(TABLE.usageLog).insert({ org_id: orgId, key_id: keyId, delta: 'not a delta' });
+  port2.postMessage({ id: 2, cmd: 'stop' });
+  await closed;
+  t.equal(replies.length, 2, 'nothing after the stop');
 });
