@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import { processMemory, type ProcessMemory } from '../../harness/processMemory';
 import { killAllChildren, type Child } from '../../harness/processes';
 import type { Db } from '../../shared/db';
+import { FOLD_WORKER } from '../../collector/foldWorker';
 
 // What only the benchmarks need of their child processes (harness/processes.ts spawns and stops
 // them): IPC requests to the servers, senders and load generators, and CPU and kernel UDP
@@ -185,7 +186,10 @@ export function mainThreadSchedMs(pids: number[]): { runMs: number; waitMs: numb
 
 /** CPU seconds of the PostgreSQL backends serving the collector now, by pid (the database runs on this machine). */
 export async function collectorBackendsCpu(db: Db): Promise<Map<number, number>> {
-  const rows = (await db.raw(`select pid from pg_stat_activity where application_name = 'keyusage-collector'`)).rows as Array<{ pid: number }>;
+  // The collector's pool and its fold thread's (COLLECTOR_FOLD_THREAD).
+  const rows = (await db.raw(`select pid from pg_stat_activity where application_name in ('keyusage-collector', ?)`, [FOLD_WORKER])).rows as Array<{
+    pid: number;
+  }>;
   return new Map(rows.flatMap(({ pid }) => (fs.existsSync(`/proc/${pid}/stat`) ? [[pid, processCpuSeconds(pid)]] : [])));
 }
 
