@@ -68,6 +68,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     foldPool > 0
       ? await startFoldThread({ databaseUrl, connectTimeoutMs, store: storeOptions }).catch(async (error) => {
           await relay?.stop();
+          await db.destroy();
           throw error;
         })
       : undefined;
@@ -80,6 +81,8 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const receiver = await startReceiver({ host, port, recvBufferBytes, shared: inCluster, reportCappedBuffer: speaksForAll, onPacket, logger }).catch(
     async (error) => {
       await Promise.all([relay?.stop(), foldThread?.stop(POOL_CLOSE_WAIT_MS)]);
+      // Its idle connection (the start's check) would hold a caller's process up to the pool's idle timeout.
+      await db.destroy();
       throw error;
     },
   );

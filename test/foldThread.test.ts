@@ -113,8 +113,12 @@ t.test('the fold thread’s service: ready, a fold’s result, a failure, and a 
   t.same(replies[0], { ready: true });
   t.match(replies[1], { id: 1, result: { usesWritten: 4, logRowsLeft: 0 } });
   t.equal(await usesOf(db, orgId), 4);
+  // A row it cannot decode is set aside (quarantined), reported in the result.
   await db(TABLE.usageLog).insert({ org_id: orgId, key_id: keyId, delta: 'not a delta' });
-  port2.postMessage({ id: 2, cmd: 'stop' });
+  port2.postMessage({ id: 2, cmd: 'fold' });
+  await waitFor('the second fold’s reply', () => (replies.length === 3 ? true : undefined), 10_000);
+  t.match(replies[2], { id: 2, result: { usesWritten: 0, quarantined: [{ keyId, orgId, uses: 0 }] } });
+  port2.postMessage({ id: 3, cmd: 'stop' });
   await closed;
-  t.equal(replies.length, 2, 'nothing after the stop');
+  t.equal(replies.length, 3, 'a stop is answered by the port closing, nothing else');
 });

@@ -7,6 +7,7 @@ import { createUsageStore } from '../collector/usageLog';
 import { loadConfig } from '../shared/config';
 import { createLogger } from '../shared/logger';
 import { freshDatabase } from './helpers/database';
+import { waitFor } from '../harness/wait';
 
 const logger = createLogger({ level: 'silent', name: 'test' });
 
@@ -42,7 +43,7 @@ t.test('with tracking off the api records nothing', async (t) => {
 });
 
 t.test('a taken port is reported with its variable', async (t) => {
-  const { url } = await freshDatabase(t);
+  const { db, url } = await freshDatabase(t);
   const blocker = http.createServer();
   await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', () => resolve()));
   t.teardown(() => blocker.close());
@@ -66,6 +67,16 @@ t.test('a taken port is reported with its variable', async (t) => {
       message: /UDP port \d+ on 127.0.0.1 is already in use; set COLLECTOR_PORT/,
     },
   );
+  // The failed starts closed what they had opened: the collector's pool and its fold thread's.
+  const left = async () =>
+    Number(
+      (
+        await db.raw(
+          `select count(*)::int as n from pg_stat_activity where datname = current_database() and application_name in ('keyusage-collector', 'keyusage-fold')`,
+        )
+      ).rows[0].n,
+    );
+  await waitFor('the failed starts’ connections to close', async () => ((await left()) === 0 ? true : undefined), 3_000);
 });
 
 t.test('a collector that fails to start leaves no flusher running', async (t) => {
