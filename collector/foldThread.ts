@@ -12,11 +12,11 @@ import { FOLD_WORKER, fromFailure, type FoldReply, type FoldRequest, type FoldWo
 import type { FoldResult } from './usageStore';
 
 export interface FoldThread {
-  /** One fold, in the thread (started at the first call). */
+  /** One fold, in the thread (started again first if it had ended, e.g. crashed). */
   fold(): Promise<FoldResult>;
   /**
-   * Ends the thread: its pool is closed (a fold in progress waits for its connection, then rolls
-   * back with it) within `waitMs`, else the thread is terminated. True if it closed in time.
+   * Ends the thread: its pool is closed once a fold in progress has ended, within `waitMs`, else
+   * the thread is terminated (see docs/operations.md on such a fold). True if it closed in time.
    */
   stop(waitMs: number): Promise<boolean>;
 }
