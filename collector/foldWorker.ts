@@ -57,7 +57,7 @@ export function fromFailure(failure: FoldFailure): Error {
 
 // Folds as the flusher asks for them (one at a time: it starts the next when one has ended); a
 // stop closes the pool (after a fold in progress) and the port, which ends the thread.
-export function serveFolds(port: MessagePort, data: FoldWorkerData): void {
+export async function serveFolds(port: MessagePort, data: FoldWorkerData): Promise<void> {
   const db = createDb(data.databaseUrl, { poolMax: data.store.parallelism ?? 1, connectTimeoutMs: data.connectTimeoutMs, applicationName: FOLD_WORKER });
   const store = createUsageStore(db, data.store);
   port.on('message', (request: FoldRequest) => {
@@ -74,8 +74,12 @@ export function serveFolds(port: MessagePort, data: FoldWorkerData): void {
       (error) => port.postMessage({ id: request.id, failure: toFailure(error) } satisfies FoldReply),
     );
   });
+  // Ready with a connection open, as the collector's own pool is after its start's check: the
+  // start fold, which a new collector's small flushes wait for (they append until it ends), then
+  // needs no connect and authentication first. A database that is down is the fold's to report.
+  await db.raw('select 1').catch(() => undefined);
   port.postMessage({ ready: true } satisfies FoldReply);
 }
 
 if (!isMainThread && parentPort !== null && (workerData as FoldWorkerData | undefined)?.role === FOLD_WORKER)
-  serveFolds(parentPort, workerData as FoldWorkerData);
+  void serveFolds(parentPort, workerData as FoldWorkerData);

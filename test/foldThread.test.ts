@@ -107,7 +107,7 @@ t.test('the fold thread’s service: ready, a fold’s result, a failure, and a 
   const replies: FoldReply[] = [];
   port2.on('message', (reply: FoldReply) => replies.push(reply));
   const closed = new Promise<void>((resolve) => port2.once('close', () => resolve()));
-  serveFolds(port1, { role: FOLD_WORKER, databaseUrl: url, connectTimeoutMs: 2_000, store: { logMinKeys: 1 } });
+  await serveFolds(port1, { role: FOLD_WORKER, databaseUrl: url, connectTimeoutMs: 2_000, store: { logMinKeys: 1 } });
   port2.postMessage({ id: 1, cmd: 'fold' });
   await waitFor('the fold’s reply', () => (replies.length === 2 ? true : undefined), 10_000);
   t.same(replies[0], { ready: true });
