@@ -1,6 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import { Aggregator } from '../collector/aggregator';
 import { Flusher } from '../collector/flusher';
+import { KnownKeys } from '../collector/knownKeys';
 import { createUsageStore } from '../collector/usageLog';
 import type { UsageStore } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
@@ -110,12 +111,14 @@ function selectedPlan(plan: Plan, env: NodeJS.ProcessEnv): Plan {
 }
 
 // The collector's defaults, read when a flush is measured (no import-time work), with
-// COLLECTOR_FLUSH_PARALLELISM from the environment: its values are compared run against run.
+// COLLECTOR_FLUSH_PARALLELISM and COLLECTOR_KNOWN_KEYS_TTL_MS from the environment: their values
+// are compared run against run.
 // A variant may set COLLECTOR_USAGE_LOG.
 const collectorConfig = (usageLog?: UsageLogSetting) =>
   loadConfig({
     NODE_ENV: 'development',
     ...(process.env.COLLECTOR_FLUSH_PARALLELISM ? { COLLECTOR_FLUSH_PARALLELISM: process.env.COLLECTOR_FLUSH_PARALLELISM } : {}),
+    ...(process.env.COLLECTOR_KNOWN_KEYS_TTL_MS ? { COLLECTOR_KNOWN_KEYS_TTL_MS: process.env.COLLECTOR_KNOWN_KEYS_TTL_MS } : {}),
     ...(usageLog ? { COLLECTOR_USAGE_LOG: usageLog } : {}),
   }).collector;
 
@@ -179,6 +182,8 @@ interface Target {
   roundTrips: number;
   /** The store's: flushes of this many keys or more append to the usage log. */
   logMinKeys: number | undefined;
+  /** Each collector's keys confirmed by its appends, kept across its flushes as a running collector keeps them. */
+  known: Array<KnownKeys | undefined>;
 }
 
 async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, url: string, usageLog?: UsageLogSetting): Promise<Target> {
@@ -205,7 +210,9 @@ async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, u
   const pools = Array.from({ length: collectors }, () =>
     createDb(url, { poolMax: collectorConfig().flushParallelism + 1, applicationName: 'keyusage-bench-flush' }),
   );
-  const target: Target = { name, db, pools, keySets, roundTrips: 0, logMinKeys: collectorConfig(usageLog).usageLogMinKeys };
+  const { usageLogMinKeys, knownKeysTtlMs } = collectorConfig(usageLog);
+  const known = pools.map(() => (knownKeysTtlMs > 0 ? new KnownKeys(knownKeysTtlMs, Date.now) : undefined));
+  const target: Target = { name, db, pools, keySets, roundTrips: 0, logMinKeys: usageLogMinKeys, known };
   pools[0].on('query', () => target.roundTrips++);
   return target;
 }
@@ -218,11 +225,15 @@ async function collectorOf(target: Target, pool: Db, scenario: Scenario, generat
   const aggregator = new Aggregator({ maxKeys: 200_000, now: () => clock });
   const trim = { done: Promise.resolve(), ms: 0 };
   const { events, flushParallelism } = collectorConfig();
-  const inner = createUsageStore(pool, {
-    events: scenario.events ? events : undefined,
-    parallelism: flushParallelism,
-    logMinKeys: target.logMinKeys,
-  });
+  const inner = createUsageStore(
+    pool,
+    {
+      events: scenario.events ? events : undefined,
+      parallelism: flushParallelism,
+      logMinKeys: target.logMinKeys,
+    },
+    target.known[target.pools.indexOf(pool)],
+  );
   const store: UsageStore = {
     write: (batches, toLog) => inner.write(batches, toLog),
     // The flusher decides a write's way from it.

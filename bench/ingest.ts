@@ -39,13 +39,16 @@ const requestedRecvBuffer = () => loadConfig().collector.recvBufferBytes;
 // process (in --quick one per format), so CPU and peak RSS are its own. Then 3b: the collector's
 // parse + aggregate code alone, in process.
 
-const TARGETS = ['collector', 'collector-2', 'collector-flush-2s', 'collector-fold-inline', 'statsd', 'node-loop'] as const;
+const TARGETS = ['collector', 'collector-2', 'collector-flush-2s', 'collector-fold-inline', 'collector-ask-every-key', 'statsd', 'node-loop'] as const;
+// Arms that matter only with many keys (BENCH_INGEST_KEYS): 1,000 keys never append.
+const MANY_KEYS_ARMS: readonly TargetName[] = ['collector-fold-inline', 'collector-ask-every-key'];
 type TargetName = (typeof TARGETS)[number];
 const TARGET_LABELS: Record<TargetName, string> = {
   collector: 'our collector',
   'collector-2': 'our collector, 2 receivers',
   'collector-flush-2s': 'our collector, flush every 2 s',
   'collector-fold-inline': 'our collector, folds on the receive loop',
+  'collector-ask-every-key': 'our collector, every append asks about every key',
   statsd: 'Etsy statsd 0.9.0',
   'node-loop': 'bare Node receive loop (bench)',
 };
@@ -57,6 +60,8 @@ const COLLECTOR_ENV: Partial<Record<TargetName, Record<string, string>>> = {
   'collector-flush-2s': { COLLECTOR_RECEIVERS: '1', COLLECTOR_FLUSH_INTERVAL_MS: '2000' },
   // Before COLLECTOR_FOLD_THREAD: a fold's JavaScript ran on the thread that reads the socket.
   'collector-fold-inline': { COLLECTOR_RECEIVERS: '1', COLLECTOR_FOLD_THREAD: 'false' },
+  // Before COLLECTOR_KNOWN_KEYS_TTL_MS: each append asked PostgreSQL whether each of its keys exists.
+  'collector-ask-every-key': { COLLECTOR_RECEIVERS: '1', COLLECTOR_KNOWN_KEYS_TTL_MS: '0' },
 };
 const COLLECTOR_TARGETS = TARGETS.filter((name) => COLLECTOR_ENV[name] !== undefined);
 
@@ -71,8 +76,7 @@ interface Plan {
 }
 
 const FULL: Plan = {
-  // The fold-inline arm matters with many keys (BENCH_INGEST_KEYS): 1,000 keys never append.
-  targets: TARGETS.filter((name) => name !== 'collector-fold-inline'),
+  targets: TARGETS.filter((name) => !MANY_KEYS_ARMS.includes(name)),
   keys: 1000,
   durationSec: 10,
   rates: { packed: [25_000, 50_000, 100_000, 200_000, 300_000, 400_000, 500_000, 600_000, 800_000], single: [25_000, 50_000, 100_000, 200_000] },
@@ -82,7 +86,7 @@ const FULL: Plan = {
 };
 // The variant arm runs the same code as `collector`: the quick smoke run leaves it out.
 const QUICK: Plan = {
-  targets: TARGETS.filter((name) => name !== 'collector-flush-2s' && name !== 'collector-fold-inline'),
+  targets: TARGETS.filter((name) => name !== 'collector-flush-2s' && !MANY_KEYS_ARMS.includes(name)),
   keys: 1000,
   durationSec: 0.3,
   rates: { packed: [50_000], single: [20_000] },

@@ -9,13 +9,14 @@ import { uuidArrayLiteral } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
 import type { Db } from '../shared/db';
 import { TABLE } from '../shared/tables';
+import { KnownKeys } from '../collector/knownKeys';
 import { createKeysInOrgs, openBenchDatabase } from './lib/database';
 
 // What the usage log's steps cost beside a direct write of the same keys (docs/benchmarks.md §4,
 // "The usage log by default from 5,000 keys"): the append's key check in three forms (the keys'
 // rows read, an anti-join returning only the missing ones, a count), and a fold taken apart: its
 // rows read out of the log (the DELETE … RETURNING through the cursor, rolled back) and decoded,
-// then the whole fold. 100 orgs × 1,000 keys, one address, detection on. One process per run.
+// then the whole fold; and an append of keys confirmed by an earlier one (no check). 100 orgs × 1,000 keys, one address, detection on. One process per run.
 // Usage: tsx bench/logSteps.ts [rounds]
 const rounds = Number(process.argv[2] ?? 3);
 
@@ -84,19 +85,37 @@ async function main() {
     const { events } = loadConfig({ NODE_ENV: 'development' }).collector;
     const logged = createUsageStore(bench.db, { events, logMinKeys: 1 });
     const direct = createUsageStore(bench.db, { events, logMinKeys: undefined });
+    // An append whose keys an earlier one confirmed (COLLECTOR_KNOWN_KEYS_TTL_MS), beside one that asks.
+    const trusting = createUsageStore(bench.db, { events, logMinKeys: 1 }, new KnownKeys(3_600_000, Date.now));
     const batch = () => {
       const aggregator = new Aggregator({ maxKeys: keyIds.length, now: Date.now });
       keyIds.forEach((keyId, i) => aggregator.add({ keyId, orgId: orgIds[i], ip: '10.0.0.1', outcome: 'ok', count: 1 }));
       return { id: randomUUID(), batch: aggregator.drain() };
     };
     await direct.write([batch()]); // the rows created: the rounds update them
+    await trusting.write([batch()]); // its keys confirmed
+    await logged.fold();
     for (let round = 1; round <= rounds; round++) {
       const checks = await checkForms(bench.db, keyIds, orgIds);
       const directWrite = await timed(() => direct.write([batch()]));
       const append = await timed(() => logged.write([batch()]));
+      const appendKnown = await timed(() => trusting.write([batch()]));
       const take = await takeOnly(bench.db, orgIds);
       const fold = await timed(() => logged.fold());
-      console.log(JSON.stringify({ round, checks, directMs: directWrite.ms, appendMs: append.ms, take, foldMs: fold.ms, foldCpuMs: fold.cpuMs }));
+      console.log(
+        JSON.stringify({
+          round,
+          checks,
+          directMs: directWrite.ms,
+          appendMs: append.ms,
+          appendCpuMs: append.cpuMs,
+          appendKnownMs: appendKnown.ms,
+          appendKnownCpuMs: appendKnown.cpuMs,
+          take,
+          foldMs: fold.ms,
+          foldCpuMs: fold.cpuMs,
+        }),
+      );
     }
   } finally {
     await bench.close();

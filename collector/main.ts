@@ -13,6 +13,7 @@ import { createPacketHandler } from './packetHandler';
 import { startReceiver } from './receiver';
 import { runReceivers, serveSamplesToPrimary } from './receivers';
 import { Relay, udpSink } from './relay';
+import { KnownKeys } from './knownKeys';
 import { createUsageStore } from './usageLog';
 import type { UsageStore } from './usageStore';
 import { createUpkeep } from './upkeep';
@@ -72,7 +73,8 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
           throw error;
         })
       : undefined;
-  const usageStore = createUsageStore(db, storeOptions);
+  const { knownKeysTtlMs } = config.collector;
+  const usageStore = createUsageStore(db, storeOptions, knownKeysTtlMs > 0 ? new KnownKeys(knownKeysTtlMs, now) : undefined);
   const store = overrides.store ?? (foldThread ? { ...usageStore, fold: () => foldThread.fold() } : usageStore);
   const aggregator = new Aggregator({ maxKeys: config.collector.aggregatorMaxKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
   const flusher = new Flusher({ aggregator, store, intervalMs: config.collector.flushIntervalMs, maxRetryKeys: config.collector.retryMaxKeys, logger, now });

@@ -17,6 +17,7 @@ import { TABLE } from '../shared/tables';
 import { DeltaCoalescer, emptyDelta, type HourCounts, type IpStat, type KeyUsageDelta } from './aggregator';
 import { connectionOf, copyLine, copyLines, copyText, linesOf } from './flushStaging';
 import { forEachHour, forEachIp } from './pendingKey';
+import type { KnownKeys } from './knownKeys';
 import {
   balanceOrgs,
   claimBatches,
@@ -149,6 +150,18 @@ async function keysThatExist(connection: PoolClient, keys: KeyUsageDelta[]): Pro
   return { accepted: await existingKeys(connection, keys), statements: 2 };
 }
 
+// keysThatExist, asked only of the keys `known` has not confirmed lately (of all, without it).
+async function keysThatExistOrKnown(connection: PoolClient, keys: KeyUsageDelta[], known: KnownKeys | undefined) {
+  if (known === undefined) return keysThatExist(connection, keys);
+  const unconfirmed = known.unconfirmed(keys);
+  const checked = await keysThatExist(connection, unconfirmed);
+  known.confirm(checked.accepted);
+  if (checked.accepted.length === unconfirmed.length) return { accepted: keys, statements: checked.statements };
+  const exists = new Set(checked.accepted);
+  const missing = new Set(unconfirmed.filter((k) => !exists.has(k)));
+  return { accepted: keys.filter((k) => !missing.has(k)), statements: checked.statements };
+}
+
 // The append: the batches' (batch, org) pairs claimed in the flush ledger, as a direct write
 // claims them, and the fresh keys' deltas COPYed into the log, in one transaction. A retry of a
 // batch whose COMMIT was in doubt finds its pairs claimed and appends nothing again. Keys that do
@@ -156,7 +169,7 @@ async function keysThatExist(connection: PoolClient, keys: KeyUsageDelta[]): Pro
 // forged ids fills no log, and a use is counted persisted or unknown once, at its flush (the fold
 // checks again, for keys deleted since). It takes the write's lock_timeout: a lock on the log (an
 // index being built, an operator's LOCK TABLE) made every append wait for ever.
-async function append(db: Db, batches: readonly PendingBatch[], options: ApplyOptions): Promise<WriteResult> {
+async function append(db: Db, batches: readonly PendingBatch[], options: ApplyOptions, known: KnownKeys | undefined): Promise<WriteResult> {
   const trx = await db.transaction();
   let claimed: Claimed;
   let keys: KeyUsageDelta[];
@@ -167,7 +180,7 @@ async function append(db: Db, batches: readonly PendingBatch[], options: ApplyOp
     claimed = await claimBatches(trx, batches);
     keys = claimed.fresh.flatMap((batch) => batch.keys);
     const connection = await connectionOf(trx);
-    const checked = await keysThatExist(connection, keys);
+    const checked = await keysThatExistOrKnown(connection, keys, known);
     accepted = checked.accepted;
     statements += checked.statements;
     statements += await copyLines(
@@ -324,14 +337,15 @@ const keysOf = (batches: readonly PendingBatch[]) => batches.reduce((sum, { batc
  * the log in either mode (a collector started without the log folds what one with it left), at
  * most FOLD_MAX_ROWS rows of whole orgs per call, in up to `parallelism` transactions at once,
  * exactly once: a row leaves the log in the transaction that applies it, so a failed or in-doubt
- * fold either applied its rows or left them.
+ * fold either applied its rows or left them. With `known`, an append asks the database only about
+ * keys it has not confirmed within known's TTL.
  */
-export function createUsageStore(db: Db, options: UsageLogOptions): UsageStore & { fold(): Promise<FoldResult> } {
+export function createUsageStore(db: Db, options: UsageLogOptions, known?: KnownKeys): UsageStore & { fold(): Promise<FoldResult> } {
   const direct = createPgUsageStore(db, options);
   const { logMinKeys } = options;
   const toLogByKeys = (batches: readonly PendingBatch[]) => logMinKeys !== undefined && keysOf(batches) >= logMinKeys;
   return {
-    write: (batches, toLog = toLogByKeys(batches)) => (toLog ? append(db, batches, options) : direct.write(batches)),
+    write: (batches, toLog = toLogByKeys(batches)) => (toLog ? append(db, batches, options, known) : direct.write(batches)),
     logMinKeys,
     fold: async () => {
       const { groups, rowsLeft } = await nextFold(db, options);

@@ -143,6 +143,9 @@ const variables = {
   // Processes reading the one UDP socket (Node's cluster module); each aggregates and flushes on
   // its own. 1 keeps a single process; see docs/benchmarks.md §3 for when more helps.
   COLLECTOR_RECEIVERS: positiveInt(16).default(1),
+  // How long an append trusts a key it found in its org (collector/knownKeys.ts): a key deleted
+  // meanwhile reaches the log until then, and its fold drops it. 0: every append asks about every key.
+  COLLECTOR_KNOWN_KEYS_TTL_MS: wholeNumber(0, 3_600_000).default(60_000),
   // The usage log's folds in a worker thread of their own, off the receive loop (collector/foldThread.ts).
   COLLECTOR_FOLD_THREAD: booleanFlag.default(true),
   COLLECTOR_METRICS_HOST: host.default('127.0.0.1'),
@@ -331,6 +334,8 @@ const collectorSection = (v: Variables) => ({
    */
   usageLogMinKeys: usageLogMinKeys(v),
   lockTimeoutMs: v.COLLECTOR_LOCK_TIMEOUT_MS,
+  /** How long an append trusts a key found in its org; 0: not at all. */
+  knownKeysTtlMs: v.COLLECTOR_KNOWN_KEYS_TTL_MS,
   /** Whether the folds run in a worker thread with a pool of COLLECTOR_FLUSH_PARALLELISM connections. */
   foldThread: v.COLLECTOR_FOLD_THREAD,
   receivers: v.COLLECTOR_RECEIVERS,

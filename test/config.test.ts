@@ -106,6 +106,11 @@ t.test("COLLECTOR_LOCK_TIMEOUT_MS: two minutes by default; 0 leaves the server's
   t.equal(loadConfig({ ...DEV, COLLECTOR_LOCK_TIMEOUT_MS: '0' }).collector.lockTimeoutMs, 0);
 });
 
+t.test('COLLECTOR_KNOWN_KEYS_TTL_MS: a minute by default; 0 trusts no key', async (t) => {
+  t.equal(loadConfig(DEV).collector.knownKeysTtlMs, 60_000);
+  t.equal(loadConfig({ ...DEV, COLLECTOR_KNOWN_KEYS_TTL_MS: '0' }).collector.knownKeysTtlMs, 0);
+});
+
 t.test('COLLECTOR_USAGE_LOG: auto by default, appending flushes of COLLECTOR_USAGE_LOG_MIN_KEYS keys or more', async (t) => {
   const minKeys = (env: Record<string, string>) => loadConfig({ ...DEV, ...env }).collector.usageLogMinKeys;
   t.equal(minKeys({}), 5_000);
@@ -211,6 +216,8 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['more receivers than the limit', { COLLECTOR_RECEIVERS: '17' }],
     ['lock timeout above an hour', { COLLECTOR_LOCK_TIMEOUT_MS: '3600001' }],
     ['lock timeout negative', { COLLECTOR_LOCK_TIMEOUT_MS: '-1' }],
+    ['known keys trusted above an hour', { COLLECTOR_KNOWN_KEYS_TTL_MS: '3600001' }],
+    ['known keys TTL not a number', { COLLECTOR_KNOWN_KEYS_TTL_MS: 'a minute' }],
     ['usage log neither a flag nor auto', { COLLECTOR_USAGE_LOG: 'sometimes' }],
     ['usage log from zero keys', { COLLECTOR_USAGE_LOG_MIN_KEYS: '0' }],
   ];

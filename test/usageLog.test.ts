@@ -4,6 +4,7 @@ import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { Aggregator, type KeyUsageDelta } from '../collector/aggregator';
 import { decodeDelta, encodeDelta, createUsageStore, FOLD_LOCK_CLASS, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
+import { KnownKeys } from '../collector/knownKeys';
 import { CommitInDoubtError, type PendingBatch } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
 import { createDb, type Db } from '../shared/db';
@@ -203,6 +204,27 @@ t.test('an append counts its keys in api_keys, and reads them only when some are
     "another org's key under this org: counted short, then read, and dropped",
   );
   // On Citus the tests share one database: a row left in the log would be another test's fold's.
+  await store.fold();
+  t.equal(await logRows(db), 0);
+});
+
+t.test('with known keys an append asks only about keys it has not confirmed within the TTL', async (t) => {
+  const { db } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 3);
+  const other = await orgWithKeys(db, 1, 'other');
+  let now = 0;
+  const store = createUsageStore(db, { logMinKeys: 1 }, new KnownKeys(60_000, () => now));
+  const forged = () => batchOf({ orgId: keys.orgId, keyIds: [other.keyIds[0], randomUUID()] });
+  const first = await store.write([batchOf(keys, 0), forged()]);
+  t.match(first, { keysLogged: 3, unknownKeys: 2 }, 'the first append asks about every key');
+  const known = await store.write([batchOf(keys, 1)]);
+  t.match(known, { keysLogged: 3, unknownKeys: 0, statements: first.statements - 2 }, 'then asks nothing about confirmed keys');
+  t.match(await store.write([batchOf(keys, 2), forged()]), { keysLogged: 3, unknownKeys: 2 }, 'forged keys are never trusted');
+  await db(TABLE.apiKeys).where({ id: keys.keyIds[0] }).delete();
+  t.match(await store.write([batchOf(keys, 3)]), { keysLogged: 3, unknownKeys: 0 }, 'a key deleted while trusted reaches the log');
+  t.match(await store.fold(), { keysWritten: 2, unknownKeys: 1 }, 'and its fold drops it');
+  now = 60_000;
+  t.match(await store.write([batchOf(keys, 4)]), { keysLogged: 2, unknownKeys: 1 }, 'a TTL later it is asked about again');
   await store.fold();
   t.equal(await logRows(db), 0);
 });
