@@ -369,6 +369,30 @@ t.test("an erasure of a key's addresses reaches its rows in the usage log: the f
   t.equal(Number(other.totals.request_count), provenOf(kept), 'and its uses');
 });
 
+// What COLLECTOR_KNOWN_KEYS_TTL_MS does in a running collector: a key deleted after its first
+// append is trusted by the next one (its fold drops it), or, with 0, dropped at the append.
+for (const [ttl, droppedBy] of [
+  ['60000', 'unknownUsesAtFold'],
+  ['0', 'unknownUses'],
+] as const) {
+  t.test(
+    `a collector with COLLECTOR_KNOWN_KEYS_TTL_MS=${ttl} drops a deleted key's uses at the ${droppedBy === 'unknownUses' ? 'append' : 'fold'}`,
+    async (t) => {
+      const { db, url } = await freshDatabase(t);
+      const keys = await orgWithKeys(db, 2);
+      const collector = await startTestCollector(t, url, { COLLECTOR_USAGE_LOG: 'true', COLLECTOR_KNOWN_KEYS_TTL_MS: ttl });
+      const lines = keys.keyIds.map((keyId) => encodeUsageLine({ keyId, orgId: keys.orgId, ip: '192.0.2.1', outcome: 'ok', count: 3 }));
+      await sendDatagrams(collector.receiver.port, lines);
+      await waitFor('the fold', () => (collector.flusher.stats.usesFolded === 6 ? true : undefined), 10_000);
+      await db(TABLE.apiKeys).where({ id: keys.keyIds[0] }).delete();
+      await sendDatagrams(collector.receiver.port, lines);
+      await waitFor('the deleted key dropped', () => (collector.flusher.stats[droppedBy] === 3 ? true : undefined), 10_000);
+      await waitFor('the live key folded', async () => ((await usesOf(db, keys.orgId)) === 6 ? true : undefined), 10_000);
+      t.match(collector.flusher.stats, { unknownUses: droppedBy === 'unknownUses' ? 3 : 0, unknownUsesAtFold: droppedBy === 'unknownUses' ? 0 : 3 });
+    },
+  );
+}
+
 t.test('a collector with COLLECTOR_USAGE_LOG=true folds after its flushes, and at stop', async (t) => {
   const { db, url } = await freshDatabase(t);
   const keys = await orgWithKeys(db, 4);
