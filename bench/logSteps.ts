@@ -16,7 +16,8 @@ import { createKeysInOrgs, openBenchDatabase } from './lib/database';
 // "The usage log by default from 5,000 keys"): the append's key check in three forms (the keys'
 // rows read, an anti-join returning only the missing ones, a count), and a fold taken apart: its
 // rows read out of the log (the DELETE … RETURNING through the cursor, rolled back) and decoded,
-// then the whole fold; and an append of keys confirmed by an earlier one (no check). 100 orgs × 1,000 keys, one address, detection on. One process per run.
+// then the whole fold; and an append of keys confirmed by an earlier one (no check). 100 orgs ×
+// 1,000 keys, one address, detection on. One process per run.
 // Usage: tsx bench/logSteps.ts [rounds]
 const rounds = Number(process.argv[2] ?? 3);
 

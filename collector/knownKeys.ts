@@ -15,7 +15,7 @@ export interface KeyRef {
 // A string of its own: an id as the parser hands it may be a slice of its whole datagram, which an
 // entry kept for a minute would keep alive (60 KB a key, for a sender padding each real key's line).
 // V8 copies a joined string's characters when it is sliced: 0.2 µs an id here, where a round trip
-// through a Buffer took 1-3 µs; either way an entry then keeps about 300 B, not the datagram.
+// through a Buffer took about 2 µs. An entry then keeps 125-260 B (docs/operations.md), not the datagram.
 const ownCopy = (text: string) => (' ' + text).slice(1);
 
 export class KnownKeys {
@@ -56,12 +56,13 @@ export class KnownKeys {
   // back (a wall-clock step) would stop the turns until it caught up: everything is forgotten then.
   #age(): void {
     const half = this.ttlMs / 2;
-    const elapsed = this.now() - this.#turnedAt;
+    const now = this.now();
+    const elapsed = now - this.#turnedAt;
     const turns = Math.floor(elapsed / half);
     if (turns === 0) return;
     this.#previous = turns === 1 ? this.#current : new Map();
     this.#current = new Map();
     this.#orgs = new Map();
-    this.#turnedAt = elapsed < 0 ? this.now() : this.#turnedAt + turns * half;
+    this.#turnedAt = elapsed < 0 ? now : this.#turnedAt + turns * half;
   }
 }
