@@ -14,8 +14,8 @@ export interface KeyRef {
 
 // A string of its own: an id as the parser hands it may be a slice of its whole datagram, which an
 // entry kept for a minute would keep alive (60 KB a key, for a sender padding each real key's line).
-// V8 copies a joined string's characters when it is sliced: 0.2 µs an id here, where a round trip
-// through a Buffer took about 2 µs. An entry then keeps 125-260 B (docs/operations.md), not the datagram.
+// V8 copies a joined string's characters when it is sliced, which a Buffer round trip also does at
+// more cost per id. An entry then keeps 126-369 B (bench/knownKeysMemory.ts), not the datagram.
 const ownCopy = (text: string) => (' ' + text).slice(1);
 
 export class KnownKeys {
