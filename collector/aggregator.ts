@@ -47,6 +47,11 @@ export interface AggregatorOptions {
   maxIpsPerKey?: number;
   /** How far a sample's own timestamp (`|T`) may lie from the clock and still be believed. */
   timestampWindowMs?: number;
+  /**
+   * The keys that exist (collector/keyList.ts): past half of maxKeys a new key is taken only if
+   * listed. Without it every new key is taken up to maxKeys.
+   */
+  listedKeys?: { admits(keyId: string, orgId: string): boolean };
   now: () => number;
 }
 
@@ -59,6 +64,8 @@ export class Aggregator {
   readonly #maxIpsPerKey: number;
   readonly #timestampWindowMs: number;
   readonly #now: () => number;
+  readonly #listedKeys: AggregatorOptions['listedKeys'];
+  readonly #crowdedFrom: number;
   // Keyed by the last hex digits of the key id: finding a string key in a Map hashes a string
   // fresh from the packet, which profiled at about half the cost of parsing a line; a small
   // integer hashes for free. The first key with each tail number is here, any other with the
@@ -73,6 +80,7 @@ export class Aggregator {
   #uses = 0;
   #overflowSamples = 0;
   #overflowUses = 0;
+  #unlistedOverflowUses = 0;
   #outOfWindowSamples = 0;
   #hourFor = NaN;
   #hour = NaN;
@@ -83,6 +91,8 @@ export class Aggregator {
     this.#maxIpsPerKey = positiveInteger('maxIpsPerKey', options.maxIpsPerKey ?? DEFAULT_MAX_IPS_PER_KEY);
     this.#timestampWindowMs = nonNegativeInteger('timestampWindowMs', options.timestampWindowMs ?? DEFAULT_TIMESTAMP_WINDOW_MS);
     this.#now = options.now;
+    this.#listedKeys = options.listedKeys;
+    this.#crowdedFrom = Math.ceil(this.#maxKeys / 2);
   }
 
   /**
@@ -129,9 +139,8 @@ export class Aggregator {
     const fast = this.#byTail.get(tail);
     const entry = fast === undefined || fast.keyId === sample.keyId ? fast : this.#sharedTails.get(sample.keyId);
     if (entry !== undefined && entry.orgId === sample.orgId) return entry;
-    const full = this.pendingKeys >= this.#maxKeys;
     if (entry === undefined) {
-      if (full) return undefined;
+      if (this.#refuses(sample)) return undefined;
       const created = new PendingKey(sample.keyId, sample.orgId, hour);
       if (fast === undefined) this.#byTail.set(tail, created);
       else this.#sharedTails.set(sample.keyId, created);
@@ -139,10 +148,21 @@ export class Aggregator {
     }
     const id = entryId(sample.orgId, sample.keyId);
     const other = this.#otherOrgs.get(id);
-    if (other !== undefined || full) return other;
+    if (other !== undefined || this.#refuses(sample)) return other;
     const created = new PendingKey(sample.keyId, sample.orgId, hour);
     this.#otherOrgs.set(id, created);
     return this.#added(created);
+  }
+
+  // Whether a key not pending yet is refused: at the cap; and, with a key list, past half of it
+  // unless listed, so forged ids (listed never) can take half the cap at most. Below half nothing
+  // is looked up: the list costs nothing until the aggregator is crowded.
+  #refuses(sample: UsageSample): boolean {
+    const pending = this.pendingKeys;
+    if (pending >= this.#maxKeys) return true;
+    if (pending < this.#crowdedFrom || this.#listedKeys === undefined || this.#listedKeys.admits(sample.keyId, sample.orgId)) return false;
+    this.#unlistedOverflowUses += sample.count;
+    return true;
   }
 
   // The one place a new key is counted in: the observer hears when the keys reach its mark.
@@ -179,6 +199,11 @@ export class Aggregator {
 
   get overflowUses(): number {
     return this.#overflowUses;
+  }
+
+  /** Of overflowUses, the uses of keys refused past half the cap because the key list lacks them. */
+  get unlistedOverflowUses(): number {
+    return this.#unlistedOverflowUses;
   }
 
   /** Samples whose own timestamp lay outside the window, counted at their receipt time instead. */

@@ -2,6 +2,8 @@ import type { PoolState } from '../shared/db';
 import type { MetricSample } from '../shared/metrics';
 import type { Aggregator } from './aggregator';
 import type { Flusher } from './flusher';
+import type { KeyList } from './keyList';
+import type { KeyListSync } from './keyListSync';
 import type { IngestCounters, ReplayCacheState } from './packetHandler';
 import type { Relay } from './relay';
 import type { Upkeep } from './upkeep';
@@ -17,6 +19,7 @@ export interface CollectorParts {
   relay: Relay | undefined;
   upkeep: Upkeep;
   recvBufferBytes: number;
+  keyList?: { list: KeyList; sync: KeyListSync };
 }
 
 const counter = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_collector_${name}`, help, type: 'counter', value });
@@ -51,6 +54,12 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     ),
     counter('uses_persisted_total', 'API key uses written to PostgreSQL (to the usage log, with COLLECTOR_USAGE_LOG)', f.usesPersisted),
     counter('overflow_uses_total', 'Uses dropped because the pending-key cap was reached', aggregator.overflowUses),
+    counter(
+      'overflow_unlisted_uses_total',
+      'Of overflow_uses_total, uses of keys refused past half the cap because the key list lacks them (COLLECTOR_KEY_LIST_REFRESH_MS)',
+      aggregator.unlistedOverflowUses,
+    ),
+    ...keyListSamples(parts.keyList),
     counter('unknown_keys_total', 'Keys dropped at flush because they do not exist in the named org', f.unknownKeys),
     counter('unknown_uses_total', 'Uses dropped with those keys', f.unknownUses),
     counter(
@@ -104,5 +113,18 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('webhook_failed_attempts_total', 'Webhook attempts that did not get a 2xx', webhooks.failedAttempts),
     counter('webhook_deliveries_succeeded_total', 'Webhook deliveries acknowledged with a 2xx', webhooks.delivered),
     counter('webhook_deliveries_failed_total', 'Webhook deliveries given up after their last attempt', webhooks.gaveUp),
+  ];
+}
+
+// Without a list (COLLECTOR_KEY_LIST_REFRESH_MS=0) its gauges read 0.
+function keyListSamples(keyList: CollectorParts['keyList']): MetricSample[] {
+  return [
+    gauge('key_list_keys', 'Keys in the key list that admits keys past half the pending-key cap', keyList?.list.size ?? 0),
+    gauge(
+      'key_list_age_seconds',
+      'Since the key list was last read from PostgreSQL (since start while it never was: until then every key is admitted)',
+      (keyList?.sync.ageMs() ?? 0) / 1000,
+    ),
+    counter('key_list_read_failures_total', 'Reads of the key list that failed (tried again at the next refresh)', keyList?.sync.stats.failures ?? 0),
   ];
 }

@@ -1,3 +1,5 @@
+import { randomInt } from 'node:crypto';
+import type { Knex } from 'knex';
 import { loadConfig, type Config } from '../shared/config';
 import { createCheckedDb, poolState, warnIfServerAllowsFewer } from '../shared/db';
 import { createLogger, type Logger } from '../shared/logger';
@@ -13,6 +15,8 @@ import { createPacketHandler } from './packetHandler';
 import { startReceiver } from './receiver';
 import { runReceivers, serveSamplesToPrimary } from './receivers';
 import { Relay, udpSink } from './relay';
+import { KeyList } from './keyList';
+import { createKeyListSync } from './keyListSync';
 import { KnownKeys } from './knownKeys';
 import { createUsageStore } from './usageLog';
 import type { UsageStore } from './usageStore';
@@ -76,7 +80,13 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const { knownKeysTtlMs } = config.collector;
   const usageStore = createUsageStore(db, storeOptions, knownKeysTtlMs > 0 ? new KnownKeys(knownKeysTtlMs, now) : undefined);
   const store = overrides.store ?? (foldThread ? { ...usageStore, fold: () => foldThread.fold() } : usageStore);
-  const aggregator = new Aggregator({ maxKeys: config.collector.aggregatorMaxKeys, timestampWindowMs: config.collector.timestampWindowMs, now });
+  const keyList = createKeyList(config, db, warn, now);
+  const aggregator = new Aggregator({
+    maxKeys: config.collector.aggregatorMaxKeys,
+    timestampWindowMs: config.collector.timestampWindowMs,
+    listedKeys: keyList?.list,
+    now,
+  });
   const flusher = new Flusher({ aggregator, store, intervalMs: config.collector.flushIntervalMs, maxRetryKeys: config.collector.retryMaxKeys, logger, now });
   const { onPacket, ingest, replayCache } = createPacketHandler({ config, aggregator, relay, warn, now });
   const { host, port, recvBufferBytes } = config.collector;
@@ -91,7 +101,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const upkeep = createUpkeep({ db, store, config, logger, now });
   if (speaksForAll) upkeep.start();
   const pool = poolState(db);
-  const samples = () => collectorSamples({ ingest, pool, replayCache, aggregator, flusher, relay, upkeep, recvBufferBytes: receiver.recvBufferBytes });
+  const samples = () => collectorSamples({ ingest, pool, replayCache, aggregator, flusher, relay, upkeep, recvBufferBytes: receiver.recvBufferBytes, keyList });
   const health = () => ({
     healthy: flusher.stats.consecutiveFailures < 3,
     consecutiveFailedFlushes: flusher.stats.consecutiveFailures,
@@ -113,6 +123,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   }
   // Last, once nothing can fail: the flusher's interval and the fold it begins at start would
   // otherwise outlive a failed start (a received use waits in the aggregator until then).
+  keyList?.sync.start();
   flusher.start();
   logger.info(
     {
@@ -132,6 +143,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     await receiver.close();
     await relay?.stop();
     const flushed = await flusher.stop(deadlineMs);
+    await keyList?.sync.stop();
     await upkeep.stop();
     if (metrics) await closeServer(metrics);
     // destroy() waits for every connection in use: a write or fold past the flusher's deadline,
@@ -153,6 +165,14 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     return false;
   };
   return { receiver, metricsPort, stop, samples, flusher, aggregator, ingest, db, webhooks: upkeep.webhooks, sweep: upkeep.sweep, relay };
+}
+
+// Undefined with COLLECTOR_KEY_LIST_REFRESH_MS=0. Its sync reads nothing before start().
+function createKeyList(config: Config, db: Knex, warn: ReturnType<typeof rateLimitedWarn>, now: () => number) {
+  const refreshMs = config.collector.keyListRefreshMs;
+  if (refreshMs === 0) return undefined;
+  const list = new KeyList(randomInt(2 ** 31));
+  return { list, sync: createKeyListSync({ db, list, refreshMs, warn, now }) };
 }
 
 // Undefined without COLLECTOR_RELAY_TO: other lines are then only counted.

@@ -22,7 +22,9 @@ const RECEIVER_INDEX = 'KEYUSAGE_RECEIVER_INDEX';
 const ASK_TIMEOUT_MS = 5000;
 // Gauges that say the same in every worker, or a worst case: the largest, not the sum.
 const LARGEST = new Set(
-  ['recv_buffer_bytes', 'replay_cache_capacity', 'last_flush_duration_seconds', 'last_flush_statements'].map((n) => `keyusage_collector_${n}`),
+  ['recv_buffer_bytes', 'replay_cache_capacity', 'last_flush_duration_seconds', 'last_flush_statements', 'key_list_keys', 'key_list_age_seconds'].map(
+    (n) => `keyusage_collector_${n}`,
+  ),
 );
 
 export function runReceivers(config: Config, logger: Logger, start: (receiverIndex: number | undefined) => Promise<Collector>): void {

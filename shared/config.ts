@@ -146,6 +146,10 @@ const variables = {
   // How long an append trusts a key it found in its org (collector/knownKeys.ts): a key deleted
   // meanwhile reaches the log until then, and its fold drops it. 0: every append asks about every key.
   COLLECTOR_KNOWN_KEYS_TTL_MS: wholeNumber(0, 3_600_000).default(60_000),
+  // How often the collector reads the keys created lately into its key list (collector/keyList.ts),
+  // which admits a key past half of COLLECTOR_MAX_PENDING_KEYS. 0: no list, every key is admitted
+  // up to the cap, and a flood of forged ids can take all of it.
+  COLLECTOR_KEY_LIST_REFRESH_MS: wholeNumber(0, 3_600_000).default(5_000),
   // The usage log's folds in a worker thread of their own, off the receive loop (collector/foldThread.ts).
   COLLECTOR_FOLD_THREAD: booleanFlag.default(true),
   COLLECTOR_METRICS_HOST: host.default('127.0.0.1'),
@@ -336,6 +340,8 @@ const collectorSection = (v: Variables) => ({
   lockTimeoutMs: v.COLLECTOR_LOCK_TIMEOUT_MS,
   /** How long an append trusts a key found in its org; 0: not at all. */
   knownKeysTtlMs: v.COLLECTOR_KNOWN_KEYS_TTL_MS,
+  /** How often the key list reads the keys created lately; 0: no key list. */
+  keyListRefreshMs: v.COLLECTOR_KEY_LIST_REFRESH_MS,
   /** Whether the folds run in a worker thread with a pool of COLLECTOR_FLUSH_PARALLELISM connections. */
   foldThread: v.COLLECTOR_FOLD_THREAD,
   receivers: v.COLLECTOR_RECEIVERS,

@@ -694,3 +694,36 @@ t.test('a line of an earlier hour after a later one counts in its own hour', asy
     ],
   );
 });
+
+t.test('with a key list, past half the cap only listed keys are taken; forged ones keep half at most', async (t) => {
+  const listed = new Set([KEY_B, KEY_C]);
+  const looked: string[] = [];
+  const listedKeys = {
+    admits: (keyId: string, orgId: string) => {
+      looked.push(keyId);
+      return orgId === ORG_1 && listed.has(keyId);
+    },
+  };
+  const { aggregator } = fakeAggregator({ maxKeys: 4, listedKeys });
+  const forged = ['f1', 'f2', 'f3'].map((tail) => `00000000-0000-4000-8000-0000000000${tail}`);
+  t.equal(aggregator.add(use({ keyId: forged[0] })), true, 'below half: taken without a look');
+  t.equal(aggregator.add(use({ keyId: forged[1] })), true);
+  t.strictSame(looked, []);
+  t.equal(aggregator.add(use({ keyId: forged[2], count: 4 })), false, 'at half: an unlisted key is refused');
+  t.equal(aggregator.add(use({ keyId: KEY_B })), true, 'a listed key is taken');
+  t.equal(aggregator.add(use({ keyId: KEY_B, orgId: ORG_2, count: 2 })), false, 'its id claimed under another org is not');
+  t.equal(aggregator.add(use({ keyId: KEY_C })), true);
+  t.equal(aggregator.add(use({ keyId: KEY_A, count: 3 })), false, 'at the cap nothing new is, listed or not');
+  t.equal(aggregator.add(use({ keyId: forged[0], count: 5 })), true, 'a pending key keeps counting');
+  t.equal(aggregator.overflowUses, 9);
+  t.equal(aggregator.unlistedOverflowUses, 6, 'the unlisted refusals, apart from the cap');
+  t.strictSame(
+    aggregator.drain().keys.map((k) => [k.keyId, k.total]),
+    [
+      [forged[0], 6],
+      [forged[1], 1],
+      [KEY_B, 1],
+      [KEY_C, 1],
+    ],
+  );
+});

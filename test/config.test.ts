@@ -111,6 +111,11 @@ t.test('COLLECTOR_KNOWN_KEYS_TTL_MS: a minute by default; 0 trusts no key', asyn
   t.equal(loadConfig({ ...DEV, COLLECTOR_KNOWN_KEYS_TTL_MS: '0' }).collector.knownKeysTtlMs, 0);
 });
 
+t.test('COLLECTOR_KEY_LIST_REFRESH_MS: 5 s by default; 0 keeps no key list', async (t) => {
+  t.equal(loadConfig(DEV).collector.keyListRefreshMs, 5_000);
+  t.equal(loadConfig({ ...DEV, COLLECTOR_KEY_LIST_REFRESH_MS: '0' }).collector.keyListRefreshMs, 0);
+});
+
 t.test('COLLECTOR_USAGE_LOG: auto by default, appending flushes of COLLECTOR_USAGE_LOG_MIN_KEYS keys or more', async (t) => {
   const minKeys = (env: Record<string, string>) => loadConfig({ ...DEV, ...env }).collector.usageLogMinKeys;
   t.equal(minKeys({}), 5_000);
@@ -218,6 +223,8 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['lock timeout negative', { COLLECTOR_LOCK_TIMEOUT_MS: '-1' }],
     ['known keys trusted above an hour', { COLLECTOR_KNOWN_KEYS_TTL_MS: '3600001' }],
     ['known keys TTL not a number', { COLLECTOR_KNOWN_KEYS_TTL_MS: 'a minute' }],
+    ['key list refreshed less than hourly', { COLLECTOR_KEY_LIST_REFRESH_MS: '3600001' }],
+    ['key list refresh not a number', { COLLECTOR_KEY_LIST_REFRESH_MS: '5s' }],
     ['usage log neither a flag nor auto', { COLLECTOR_USAGE_LOG: 'sometimes' }],
     ['usage log from zero keys', { COLLECTOR_USAGE_LOG_MIN_KEYS: '0' }],
   ];

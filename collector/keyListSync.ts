@@ -1,0 +1,95 @@
+import type { Knex } from 'knex';
+import type { rateLimitedWarn } from '../shared/rateLimitedLog';
+import { TABLE } from '../shared/tables';
+import type { KeyList } from './keyList';
+
+// Keeps the collector's key list (collector/keyList.ts) close to api_keys: a full read at start,
+// again every `fullReadMs` (which forgets deleted keys), and in between, every `refreshMs`, a read
+// of the keys created lately (api_keys_created_at_idx). A key created since the last read is not
+// listed yet: while the aggregator is crowded its first uses are refused, for a refresh at most.
+// A read that fails leaves the list as it was (or not loaded, so every key is admitted) and is
+// tried again at the next tick.
+
+const PAGE_ROWS = 50_000;
+// A key's created_at is its transaction's start, which may commit later, and this process's clock
+// may differ from the server's: each refresh reads back this far before the previous one began.
+const CREATED_MARGIN_MS = 300_000;
+const FULL_READ_MS = 3_600_000;
+
+interface KeyRow {
+  id: string;
+  org_id: string;
+}
+
+export interface KeyListSyncOptions {
+  db: Knex;
+  list: KeyList;
+  refreshMs: number;
+  /** How often the whole of api_keys is read again; an hour unless a test shortens it. */
+  fullReadMs?: number;
+  warn: ReturnType<typeof rateLimitedWarn>;
+  now: () => number;
+}
+
+export function createKeyListSync(options: KeyListSyncOptions) {
+  const { db, list, refreshMs, warn, now } = options;
+  const fullReadMs = options.fullReadMs ?? FULL_READ_MS;
+  const createdAt = now();
+  const stats = { failures: 0, lastReadAt: 0, lastFullReadAt: 0 };
+  let timer: NodeJS.Timeout | undefined;
+  // One read at a time: a tick that finds one still running skips, and stop() waits for it.
+  let reading: Promise<void> | undefined;
+  const read = async () => {
+    const startedAt = now();
+    if (!list.loaded || startedAt - stats.lastFullReadAt >= fullReadMs) {
+      list.replace(await hashesOfAllKeys(db, list));
+      stats.lastFullReadAt = startedAt;
+    } else {
+      list.add(await hashesOfKeysCreatedSince(db, list, new Date(stats.lastReadAt - CREATED_MARGIN_MS)));
+    }
+    stats.lastReadAt = startedAt;
+  };
+  const tick = () => {
+    reading ??= read()
+      .catch((error: Error) => {
+        stats.failures += 1;
+        warn('key_list', { err: { message: error.message }, listedKeys: list.size, loaded: list.loaded }, 'reading the key list failed; it is tried again');
+      })
+      .finally(() => (reading = undefined));
+  };
+  return {
+    stats,
+    /** Since the last read that succeeded; since this sync was made while none has. */
+    ageMs(): number {
+      return now() - (stats.lastReadAt || createdAt);
+    },
+    start(): void {
+      tick();
+      timer = setInterval(tick, refreshMs).unref();
+    },
+    async stop(): Promise<void> {
+      clearInterval(timer);
+      await reading;
+    },
+  };
+}
+
+export type KeyListSync = ReturnType<typeof createKeyListSync>;
+
+// In pages along the primary key, so a million keys never sit in memory as rows at once.
+async function hashesOfAllKeys(db: Knex, list: KeyList): Promise<number[]> {
+  const hashes: number[] = [];
+  let after: string | undefined;
+  for (;;) {
+    const query = db<KeyRow>(TABLE.apiKeys).select('id', 'org_id').orderBy('id').limit(PAGE_ROWS);
+    const rows: KeyRow[] = await (after === undefined ? query : query.where('id', '>', after));
+    for (const row of rows) hashes.push(list.hash(row.id, row.org_id));
+    if (rows.length < PAGE_ROWS) return hashes;
+    after = rows[rows.length - 1].id;
+  }
+}
+
+async function hashesOfKeysCreatedSince(db: Knex, list: KeyList, since: Date): Promise<number[]> {
+  const rows: KeyRow[] = await db<KeyRow>(TABLE.apiKeys).select('id', 'org_id').where('created_at', '>=', since);
+  return rows.map((row) => list.hash(row.id, row.org_id));
+}
