@@ -48,8 +48,8 @@ export interface AggregatorOptions {
   /** How far a sample's own timestamp (`|T`) may lie from the clock and still be believed. */
   timestampWindowMs?: number;
   /**
-   * The keys that exist (collector/keyList.ts): past half of maxKeys a new key is taken only if
-   * listed. Without it every new key is taken up to maxKeys.
+   * The keys that exist (collector/keyList.ts): keys it lacks take half of maxKeys at most, so
+   * those it lists always find room. Without it every new key is taken up to maxKeys.
    */
   listedKeys?: { admits(keyId: string, orgId: string): boolean };
   now: () => number;
@@ -65,7 +65,7 @@ export class Aggregator {
   readonly #timestampWindowMs: number;
   readonly #now: () => number;
   readonly #listedKeys: AggregatorOptions['listedKeys'];
-  readonly #crowdedFrom: number;
+  readonly #maxUnlisted: number;
   // Keyed by the last hex digits of the key id: finding a string key in a Map hashes a string
   // fresh from the packet, which profiled at about half the cost of parsing a line; a small
   // integer hashes for free. The first key with each tail number is here, any other with the
@@ -81,6 +81,8 @@ export class Aggregator {
   #overflowSamples = 0;
   #overflowUses = 0;
   #unlistedOverflowUses = 0;
+  // Pending keys the key list lacked when they were taken.
+  #unlistedPending = 0;
   #outOfWindowSamples = 0;
   #hourFor = NaN;
   #hour = NaN;
@@ -92,7 +94,7 @@ export class Aggregator {
     this.#timestampWindowMs = nonNegativeInteger('timestampWindowMs', options.timestampWindowMs ?? DEFAULT_TIMESTAMP_WINDOW_MS);
     this.#now = options.now;
     this.#listedKeys = options.listedKeys;
-    this.#crowdedFrom = Math.ceil(this.#maxKeys / 2);
+    this.#maxUnlisted = Math.ceil(this.#maxKeys / 2);
   }
 
   /**
@@ -154,13 +156,17 @@ export class Aggregator {
     return this.#added(created);
   }
 
-  // Whether a key not pending yet is refused: at the cap; and, with a key list, past half of it
-  // unless listed, so forged ids (listed never) can take half the cap at most. Below half nothing
-  // is looked up: the list costs nothing until the aggregator is crowded.
+  // Whether a key not pending yet is refused: at the cap; and, with a key list, a key it lacks once
+  // such keys hold half the cap, so forged ids (listed never) take half of it at most, while a key
+  // created since the list's last read is still taken outside a flood. One lookup per new key per
+  // drain, not per line.
   #refuses(sample: UsageSample): boolean {
-    const pending = this.pendingKeys;
-    if (pending >= this.#maxKeys) return true;
-    if (pending < this.#crowdedFrom || this.#listedKeys === undefined || this.#listedKeys.admits(sample.keyId, sample.orgId)) return false;
+    if (this.pendingKeys >= this.#maxKeys) return true;
+    if (this.#listedKeys === undefined || this.#listedKeys.admits(sample.keyId, sample.orgId)) return false;
+    if (this.#unlistedPending < this.#maxUnlisted) {
+      this.#unlistedPending += 1;
+      return false;
+    }
     this.#unlistedOverflowUses += sample.count;
     return true;
   }
@@ -186,6 +192,7 @@ export class Aggregator {
     this.#sharedTails = new Map();
     this.#otherOrgs = new Map();
     this.#uses = 0;
+    this.#unlistedPending = 0;
     return batch;
   }
 
@@ -201,7 +208,7 @@ export class Aggregator {
     return this.#overflowUses;
   }
 
-  /** Of overflowUses, the uses of keys refused past half the cap because the key list lacks them. */
+  /** Of overflowUses, the uses of keys the key list lacks, refused because such keys held half the cap. */
   get unlistedOverflowUses(): number {
     return this.#unlistedOverflowUses;
   }

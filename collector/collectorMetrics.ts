@@ -56,7 +56,7 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('overflow_uses_total', 'Uses dropped because the pending-key cap was reached', aggregator.overflowUses),
     counter(
       'overflow_unlisted_uses_total',
-      'Of overflow_uses_total, uses of keys refused past half the cap because the key list lacks them (COLLECTOR_KEY_LIST_REFRESH_MS)',
+      'Of overflow_uses_total, uses of keys the key list lacks, refused because such keys held half the cap (COLLECTOR_KEY_LIST_REFRESH_MS)',
       aggregator.unlistedOverflowUses,
     ),
     ...keyListSamples(parts.keyList),
@@ -119,7 +119,7 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
 // Without a list (COLLECTOR_KEY_LIST_REFRESH_MS=0) its gauges read 0.
 function keyListSamples(keyList: CollectorParts['keyList']): MetricSample[] {
   return [
-    gauge('key_list_keys', 'Keys in the key list that admits keys past half the pending-key cap', keyList?.list.size ?? 0),
+    gauge('key_list_keys', 'Keys in the key list (keys it lacks take half the pending-key cap at most)', keyList?.list.size ?? 0),
     gauge(
       'key_list_age_seconds',
       'Since the key list was last read from PostgreSQL (since start while it never was: until then every key is admitted)',

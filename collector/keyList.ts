@@ -1,8 +1,7 @@
-// The (key, org) pairs that exist in PostgreSQL, as the collector last read them: the admission
-// list of a crowded aggregator. Past half of COLLECTOR_MAX_PENDING_KEYS a new key is taken only if
-// listed, so a flood of forged ids fills half the cap at most and the keys that exist keep the
-// other half (collector/aggregator.ts). Pure: collector/keyListSync.ts reads PostgreSQL and hands
-// the pairs in.
+// The (key, org) pairs that exist in PostgreSQL, as the collector last read them: the aggregator's
+// admission list. Keys it lacks take half of COLLECTOR_MAX_PENDING_KEYS at most, so a flood of
+// forged ids fills half the cap and the keys that exist keep the other half
+// (collector/aggregator.ts). Pure: collector/keyListSync.ts reads PostgreSQL and hands the pairs in.
 //
 // Held as 53-bit hashes in one sorted Float64Array, 8 B a key (1 M keys in 8 MiB), where a Map of
 // id strings took about 128 B a key. A forged pair is admitted only if its hash equals a listed

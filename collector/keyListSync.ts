@@ -6,7 +6,8 @@ import type { KeyList } from './keyList';
 // Keeps the collector's key list (collector/keyList.ts) close to api_keys: a full read at start,
 // again every `fullReadMs` (which forgets deleted keys), and in between, every `refreshMs`, a read
 // of the keys created lately (api_keys_created_at_idx). A key created since the last read is not
-// listed yet: while the aggregator is crowded its first uses are refused, for a refresh at most.
+// listed yet: during a flood that holds the unlisted half of the cap, its first uses are refused,
+// until the next refresh.
 // A read that fails leaves the list as it was (or not loaded, so every key is admitted) and is
 // tried again at the next tick.
 

@@ -146,8 +146,8 @@ const variables = {
   // How long an append trusts a key it found in its org (collector/knownKeys.ts): a key deleted
   // meanwhile reaches the log until then, and its fold drops it. 0: every append asks about every key.
   COLLECTOR_KNOWN_KEYS_TTL_MS: wholeNumber(0, 3_600_000).default(60_000),
-  // How often the collector reads the keys created lately into its key list (collector/keyList.ts),
-  // which admits a key past half of COLLECTOR_MAX_PENDING_KEYS. 0: no list, every key is admitted
+  // How often the collector reads the keys created lately into its key list (collector/keyList.ts):
+  // keys it lacks take half of COLLECTOR_MAX_PENDING_KEYS at most. 0: no list, every key is taken
   // up to the cap, and a flood of forged ids can take all of it.
   COLLECTOR_KEY_LIST_REFRESH_MS: wholeNumber(0, 3_600_000).default(5_000),
   // The usage log's folds in a worker thread of their own, off the receive loop (collector/foldThread.ts).

@@ -695,8 +695,9 @@ t.test('a line of an earlier hour after a later one counts in its own hour', asy
   );
 });
 
-t.test('with a key list, past half the cap only listed keys are taken; forged ones keep half at most', async (t) => {
-  const listed = new Set([KEY_B, KEY_C]);
+t.test('with a key list, keys it lacks take half the cap at most, and listed keys the rest', async (t) => {
+  const KEY_D = '7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d';
+  const listed = new Set([KEY_A, KEY_B, KEY_C, KEY_D]);
   const looked: string[] = [];
   const listedKeys = {
     admits: (keyId: string, orgId: string) => {
@@ -704,26 +705,30 @@ t.test('with a key list, past half the cap only listed keys are taken; forged on
       return orgId === ORG_1 && listed.has(keyId);
     },
   };
-  const { aggregator } = fakeAggregator({ maxKeys: 4, listedKeys });
-  const forged = ['f1', 'f2', 'f3'].map((tail) => `00000000-0000-4000-8000-0000000000${tail}`);
-  t.equal(aggregator.add(use({ keyId: forged[0] })), true, 'below half: taken without a look');
-  t.equal(aggregator.add(use({ keyId: forged[1] })), true);
-  t.strictSame(looked, []);
-  t.equal(aggregator.add(use({ keyId: forged[2], count: 4 })), false, 'at half: an unlisted key is refused');
+  const { aggregator } = fakeAggregator({ maxKeys: 6, listedKeys });
+  const forged = ['f1', 'f2', 'f3', 'f4'].map((tail) => `00000000-0000-4000-8000-0000000000${tail}`);
   t.equal(aggregator.add(use({ keyId: KEY_B })), true, 'a listed key is taken');
-  t.equal(aggregator.add(use({ keyId: KEY_B, orgId: ORG_2, count: 2 })), false, 'its id claimed under another org is not');
   t.equal(aggregator.add(use({ keyId: KEY_C })), true);
-  t.equal(aggregator.add(use({ keyId: KEY_A, count: 3 })), false, 'at the cap nothing new is, listed or not');
-  t.equal(aggregator.add(use({ keyId: forged[0], count: 5 })), true, 'a pending key keeps counting');
+  for (const keyId of forged.slice(0, 3))
+    t.equal(aggregator.add(use({ keyId })), true, 'a key the list lacks (created since its read?) too, up to half the cap');
+  t.equal(aggregator.add(use({ keyId: forged[3], count: 4 })), false, 'then it is refused');
+  t.equal(aggregator.add(use({ keyId: KEY_B, orgId: ORG_2, count: 2 })), false, 'so is a listed id claimed under another org');
+  t.equal(aggregator.add(use({ keyId: KEY_A })), true, 'a listed key still finds room');
+  t.equal(aggregator.add(use({ keyId: KEY_D, count: 3 })), false, 'up to the cap');
+  t.equal(aggregator.add(use({ keyId: forged[0], count: 5 })), true, 'a pending key keeps counting, without a look');
+  t.strictSame(looked, [KEY_B, KEY_C, ...forged, KEY_B, KEY_A], 'one look per new key');
   t.equal(aggregator.overflowUses, 9);
-  t.equal(aggregator.unlistedOverflowUses, 6, 'the unlisted refusals, apart from the cap');
+  t.equal(aggregator.unlistedOverflowUses, 6, 'the refusals for the list, apart from the cap');
   t.strictSame(
     aggregator.drain().keys.map((k) => [k.keyId, k.total]),
     [
-      [forged[0], 6],
-      [forged[1], 1],
       [KEY_B, 1],
       [KEY_C, 1],
+      [forged[0], 6],
+      [forged[1], 1],
+      [forged[2], 1],
+      [KEY_A, 1],
     ],
   );
+  t.equal(aggregator.add(use({ keyId: forged[3] })), true, 'a drain gives the unlisted keys their half again');
 });

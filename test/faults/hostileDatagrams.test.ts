@@ -279,7 +279,7 @@ async function floodTarget(t: Test, databaseDown: boolean) {
 
 // Random key ids (forged: none exists), one use each; a real key's line rides in every 50th
 // datagram, so it competes for a slot in the aggregator like any key that was not pending yet:
-// past half the cap only keys in the key list get one.
+// once forged ids hold half the cap, only keys in the key list get one.
 async function sendFlood(collector: FaultCollector, real: SeededOrg) {
   let realUses = 0;
   let maxPending = 0;
