@@ -78,7 +78,7 @@ export function createKeyListSync(options: KeyListSyncOptions) {
 export type KeyListSync = ReturnType<typeof createKeyListSync>;
 
 // In pages along the primary key, so a million keys never sit in memory as rows at once.
-async function hashesOfAllKeys(db: Knex, list: KeyList): Promise<number[]> {
+export async function hashesOfAllKeys(db: Knex, list: KeyList): Promise<number[]> {
   const hashes: number[] = [];
   let after: string | undefined;
   for (;;) {
@@ -90,7 +90,7 @@ async function hashesOfAllKeys(db: Knex, list: KeyList): Promise<number[]> {
   }
 }
 
-async function hashesOfKeysCreatedSince(db: Knex, list: KeyList, since: Date): Promise<number[]> {
+export async function hashesOfKeysCreatedSince(db: Knex, list: KeyList, since: Date): Promise<number[]> {
   const rows: KeyRow[] = await db<KeyRow>(TABLE.apiKeys).select('id', 'org_id').where('created_at', '>=', since);
   return rows.map((row) => list.hash(row.id, row.org_id));
 }

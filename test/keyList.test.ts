@@ -62,3 +62,17 @@ t.test('hashes: 53 bits, the boundary between the ids counts, and they depend on
     'the top bit is used',
   );
 });
+
+t.test('a list read empty grows as keys are added, and still tells them from forged ones', async (t) => {
+  const list = new KeyList(7);
+  list.replace([]);
+  t.notOk(list.admits(randomUUID(), randomUUID()), 'an empty list admits nothing');
+  const created = pairs(50_000);
+  for (const key of created) list.add([list.hash(key.keyId, key.orgId)]);
+  t.equal(list.size, 50_000);
+  t.ok(
+    created.every((k) => list.admits(k.keyId, k.orgId)),
+    'every key added',
+  );
+  t.equal(pairs(50_000).filter((k) => list.admits(k.keyId, k.orgId)).length, 0, 'no forged one');
+});

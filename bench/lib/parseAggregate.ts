@@ -1,5 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import { Aggregator } from '../../collector/aggregator';
+import type { KeyList } from '../../collector/keyList';
 import { createDatagramParser } from '../../shared/usageDatagram';
 import { parsePacket, type UsageSample } from '../../shared/usageWire';
 import { buildDatagrams, type IngestKey, type IngestMode } from './usageLines';
@@ -24,6 +25,8 @@ export interface ParseShape {
   /** Client addresses per key: the default 3, or enough that every line of a pass brings a new one. */
   ipsPerKey?: number;
   parser?: Parser;
+  /** The aggregator's key list (COLLECTOR_KEY_LIST_REFRESH_MS): one lookup per new key per pass. */
+  keyList?: KeyList;
 }
 
 export function measureParseAggregate(keys: readonly IngestKey[], shape: ParseShape, stage: ParseStage, lines: number, passes: number): ParseRates {
@@ -31,7 +34,7 @@ export function measureParseAggregate(keys: readonly IngestKey[], shape: ParseSh
   const parse = shape.parser === 'text' ? parseText : createDatagramParser();
   const rates: ParseRates = { wall: [], cpu: [] };
   for (let pass = 0; pass < passes + 1; pass++) {
-    const aggregator = new Aggregator({ maxKeys: 100_000, now: Date.now });
+    const aggregator = new Aggregator({ maxKeys: 100_000, listedKeys: shape.keyList, now: Date.now });
     let usesReceived = 0;
     let packetTime = Date.now();
     const addSample =

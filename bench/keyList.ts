@@ -1,0 +1,93 @@
+import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { KeyList } from '../collector/keyList';
+import { hashesOfAllKeys, hashesOfKeysCreatedSince } from '../collector/keyListSync';
+import { median } from './lib/stats';
+import { createKeysInOrgs, openBenchDatabase } from './lib/database';
+
+// What the collector's key list (COLLECTOR_KEY_LIST_REFRESH_MS) costs, the figures behind
+// docs/operations.md: V8 heap per key listed, the receive loop's time to hash and look up a key
+// (once per new key per flush interval), and the reads from PostgreSQL: the full read (at start and
+// hourly) and a refresh of the keys created in its window. One process per run.
+// Run: node --expose-gc --import tsx bench/keyList.ts [memory|database] [keys]
+//   memory: N keys in 100 orgs, in memory only (default 1,000,000);
+//   database: N keys in 100 orgs in a throwaway PostgreSQL (default 1,000,000), each read 3 times.
+
+const gc = (globalThis as { gc?: () => void }).gc;
+if (!gc) throw new Error('run with node --expose-gc');
+const part = process.argv[2] === 'database' ? 'database' : 'memory';
+const keyCount = Number(process.argv[3] ?? 1_000_000);
+const heapUsed = () => {
+  for (let i = 0; i < 4; i++) gc();
+  return process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
+};
+const timed = <T>(work: () => T): [T, number] => {
+  const started = performance.now();
+  const result = work();
+  return [result, performance.now() - started];
+};
+
+// Flat strings, as the parser's ids are: randomUUID() returns concatenations, which the first
+// charCodeAt would flatten inside the timed hash (and free the parts inside the heap measured).
+const flatUuid = () => Buffer.from(randomUUID(), 'latin1').toString('latin1');
+
+function pairs(count: number) {
+  const orgs = Array.from({ length: 100 }, flatUuid);
+  return Array.from({ length: count }, (_, i) => ({ keyId: flatUuid(), orgId: orgs[i % 100] }));
+}
+
+function memory() {
+  const keys = pairs(keyCount);
+  const before = heapUsed();
+  const list = new KeyList(1);
+  const [hashes, hashMs] = timed(() => keys.map((k) => list.hash(k.keyId, k.orgId)));
+  const [, replaceMs] = timed(() => list.replace(hashes));
+  hashes.length = 0;
+  const kept = heapUsed() - before;
+  const [listed, listedMs] = timed(() => keys.filter((k) => list.admits(k.keyId, k.orgId)).length);
+  const forged = pairs(keyCount);
+  const [admittedForged, forgedMs] = timed(() => forged.filter((k) => list.admits(k.keyId, k.orgId)).length);
+  const perKeyNs = (ms: number) => Math.round((ms * 1e6) / keyCount);
+  return {
+    keys: keyCount,
+    heapBytesPerKey: +(kept / keyCount).toFixed(1),
+    hashNsPerKey: perKeyNs(hashMs),
+    replaceMs: Math.round(replaceMs),
+    lookupNsPerListedKey: perKeyNs(listedMs),
+    lookupNsPerForgedKey: perKeyNs(forgedMs),
+    listed,
+    admittedForged,
+  };
+}
+
+async function database() {
+  const bench = await openBenchDatabase(() => undefined);
+  try {
+    await createKeysInOrgs(bench.db, keyCount, 100, 'keylist');
+    const list = new KeyList(1);
+    const full: number[] = [];
+    const refresh: number[] = [];
+    let window = 0;
+    for (let round = 0; round < 3; round++) {
+      let started = performance.now();
+      list.replace(await hashesOfAllKeys(bench.db, list));
+      full.push(performance.now() - started);
+      started = performance.now();
+      // A refresh's window: the keys created in the last 5 minutes and the refresh interval.
+      const recent = await hashesOfKeysCreatedSince(bench.db, list, new Date(Date.now() - 305_000));
+      refresh.push(performance.now() - started);
+      window = recent.length;
+      list.add(recent);
+    }
+    const round = (values: number[]) => values.map(Math.round);
+    return { keys: keyCount, listed: list.size, fullReadMs: round(full), fullReadMedianMs: Math.round(median(full)), refreshMs: round(refresh), keysInRefreshWindow: window };
+  } finally {
+    await bench.close();
+  }
+}
+
+const run = async () => console.log(JSON.stringify({ part, ...(part === 'memory' ? memory() : await database()) }));
+run().catch((error) => {
+  console.error(error);
+  process.exitCode = 1;
+});
