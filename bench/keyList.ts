@@ -80,7 +80,14 @@ async function database() {
       list.add(recent);
     }
     const round = (values: number[]) => values.map(Math.round);
-    return { keys: keyCount, listed: list.size, fullReadMs: round(full), fullReadMedianMs: Math.round(median(full)), refreshMs: round(refresh), keysInRefreshWindow: window };
+    return {
+      keys: keyCount,
+      listed: list.size,
+      fullReadMs: round(full),
+      fullReadMedianMs: Math.round(median(full)),
+      refreshMs: round(refresh),
+      keysInRefreshWindow: window,
+    };
   } finally {
     await bench.close();
   }

@@ -55,6 +55,19 @@ export function createPacketHandler(options: {
     aggregator.add(truncateIps ? { ...sample, ip: truncateIp(sample.ip) } : sample, packetTime);
   };
   let overflowLogged = 0;
+  let unlistedLogged = 0;
+  // Two kinds, each rate-limited on its own: keys missing from the key list refused at half the cap
+  // (a flood of forged ids, most likely), and any key refused at the cap itself.
+  const warnOverflow = () => {
+    const { overflowUses, unlistedOverflowUses } = aggregator;
+    const fields = { overflowUses, unlistedOverflowUses, maxPendingKeys: aggregatorMaxKeys };
+    if (overflowUses - overflowLogged > unlistedOverflowUses - unlistedLogged) warn('overflow', fields, 'pending-key cap reached; uses of new keys dropped');
+    if (unlistedOverflowUses > unlistedLogged) {
+      warn('unlisted_overflow', fields, 'keys missing from the key list hold half the pending-key cap; uses of further such keys dropped (forged ids?)');
+    }
+    overflowLogged = overflowUses;
+    unlistedLogged = unlistedOverflowUses;
+  };
 
   // The datagram's body, or undefined when its signature fails (counted and logged here).
   const verified = (received: Buffer): Buffer | undefined => {
@@ -85,10 +98,7 @@ export function createPacketHandler(options: {
     if (result.invalid > 0) {
       warn('bad_line', { badLines: ingest.badLines, reason: redactKeyMaterial(result.firstError ?? '') }, 'dropped malformed StatsD lines');
     }
-    if (aggregator.overflowUses > overflowLogged) {
-      overflowLogged = aggregator.overflowUses;
-      warn('overflow', { overflowUses: aggregator.overflowUses, maxPendingKeys: aggregatorMaxKeys }, 'pending-key cap reached; uses of new keys dropped');
-    }
+    if (aggregator.overflowUses > overflowLogged) warnOverflow();
   };
   return { onPacket, ingest, replayCache };
 }

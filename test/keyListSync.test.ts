@@ -1,6 +1,7 @@
 // The key list's reads (collector/keyListSync.ts) against a real PostgreSQL: a full read in pages,
 // the keys created lately between full reads, deleted keys forgotten at the next full read, and
 // failed reads that leave the list as it was.
+import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { KeyList } from '../collector/keyList';
 import { createKeyListSync } from '../collector/keyListSync';
@@ -8,10 +9,12 @@ import { createDb } from '../shared/db';
 import { createLogger } from '../shared/logger';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { TABLE } from '../shared/tables';
+import { encodeUsageLine } from '../shared/usageWire';
 import { waitFor } from '../harness/wait';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { freshDatabase } from './helpers/database';
 import { PgProxy } from './helpers/faults';
+import { sendDatagrams, startTestCollector } from './helpers/collector';
 
 const HOUR = 3_600_000;
 const silent = rateLimitedWarn(createLogger({ level: 'silent', name: 'test' }), 0);
@@ -82,4 +85,40 @@ t.test('a read that fails leaves the list as it was, is counted, and is tried ag
   t.ok(list.admits(kept, org), 'the list read before stays');
   t.ok(warnings.length > 0 && warnings.every((kind) => kind === 'key_list'), 'each failure is warned about (rate-limited by the caller)');
   await sync.stop();
+});
+
+t.test('the collector reads its key list at start, and keeps none with COLLECTOR_KEY_LIST_REFRESH_MS=0', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const org = await createOrg(db, 'acme');
+  await insertKeys(db, org, 3, 'k');
+  const sample = (samples: Array<{ name: string; value: number }>, name: string) => samples.find((s) => s.name === `keyusage_collector_${name}`)?.value;
+  const listing = await startTestCollector(t, url);
+  const listed = await waitFor('the key list', () => ((sample(listing.samples(), 'key_list_keys') ?? 0) >= 3 ? listing.samples() : undefined), 10_000, 20);
+  t.ok((sample(listed, 'key_list_age_seconds') ?? Infinity) < 5, 'read within the last seconds');
+  t.equal(sample(listed, 'key_list_read_failures_total'), 0);
+  await listing.stop();
+  const unlisted = await startTestCollector(t, url, { COLLECTOR_KEY_LIST_REFRESH_MS: '0' });
+  t.equal(sample(unlisted.samples(), 'key_list_keys'), 0, 'no list');
+  t.equal(sample(unlisted.samples(), 'key_list_age_seconds'), 0);
+});
+
+t.test('a collector tells the two overflows apart: keys missing from the list at half the cap, any key at the cap', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const org = await createOrg(db, 'acme');
+  const real = await insertKeys(db, org, 3, 'k');
+  const collector = await startTestCollector(t, url, { COLLECTOR_MAX_PENDING_KEYS: '4', COLLECTOR_FLUSH_INTERVAL_MS: '600000' });
+  const value = (name: string) => collector.samples().find((s) => s.name === `keyusage_collector_${name}`)?.value ?? NaN;
+  await waitFor('the key list', () => (value('key_list_keys') >= 3 ? true : undefined), 10_000, 20);
+  const line = (keyId: string, count: number) => encodeUsageLine({ keyId, orgId: org, ip: '192.0.2.1', outcome: 'ok', count });
+  const forged = [randomUUID(), randomUUID(), randomUUID()];
+  await sendDatagrams(collector.receiver.port, [[line(forged[0], 1), line(forged[1], 1), line(forged[2], 5)].join('\n')]);
+  await waitFor('the forged ids', () => (value('uses_received_total') === 7 ? true : undefined));
+  t.equal(value('overflow_unlisted_uses_total'), 5, 'the third forged id is refused: missing keys hold half the cap');
+  await sendDatagrams(collector.receiver.port, [[line(real[0], 1), line(real[1], 1), line(real[2], 3)].join('\n')]);
+  await waitFor('the real keys', () => (value('uses_received_total') === 12 ? true : undefined));
+  t.equal(value('overflow_uses_total'), 8, 'two real keys are taken, the third refused at the cap');
+  t.equal(value('overflow_unlisted_uses_total'), 5);
+  const messages = collector.logLines.map((l) => JSON.parse(l).msg);
+  t.ok(messages.includes('keys missing from the key list hold half the pending-key cap; uses of further such keys dropped (forged ids?)'));
+  t.ok(messages.includes('pending-key cap reached; uses of new keys dropped'));
 });
