@@ -9,6 +9,9 @@
 // listed one's: with n keys listed, n / 2^53 per forged id (1 M keys: one in 9 × 10⁹). The seed is
 // drawn per process, and the collector answers nothing on UDP, so no sender can search for collisions.
 
+const UUID_CHARS = 36;
+/** A (key id, org id) pair as the full read packs it: two UUIDs in their text form, back to back. */
+export const PACKED_PAIR_CHARS = 2 * UUID_CHARS;
 const LOW_BITS = 2 ** 21; // the second lane's 21 bits below the first lane's 32: 53 in all
 const MIN_SLOTS = 1024;
 const EMPTY = 0; // a hash of 0 is stored as 1: a pair that hashes to 1 is then admitted with it
@@ -31,18 +34,27 @@ export class KeyList {
   }
 
   hash(keyId: string, orgId: string): number {
+    return this.#hashOf(keyId, 0, keyId.length, orgId, 0, orgId.length);
+  }
+
+  /** The pair at `at` of text packed as the full read packs it: a key id, then its org id, 36 characters each. */
+  hashPacked(text: string, at: number): number {
+    return this.#hashOf(text, at, at + UUID_CHARS, text, at + UUID_CHARS, at + PACKED_PAIR_CHARS);
+  }
+
+  #hashOf(keyText: string, keyFrom: number, keyTo: number, orgText: string, orgFrom: number, orgTo: number): number {
     let a = this.seed ^ 0x811c9dc5;
     let b = Math.imul(this.seed, 0x9e3779b1) ^ 0x27d4eb2f;
-    for (let i = 0; i < keyId.length; i += 1) {
-      const c = keyId.charCodeAt(i);
+    for (let i = keyFrom; i < keyTo; i += 1) {
+      const c = keyText.charCodeAt(i);
       a = Math.imul(a ^ c, 0x01000193);
       b = Math.imul(b ^ c, 0x5bd1e995);
     }
     // A separator no id contains, so ("ab", "c") and ("a", "bc") differ.
     a = Math.imul(a ^ 0x2f, 0x01000193);
     b = Math.imul(b ^ 0x2f, 0x5bd1e995);
-    for (let i = 0; i < orgId.length; i += 1) {
-      const c = orgId.charCodeAt(i);
+    for (let i = orgFrom; i < orgTo; i += 1) {
+      const c = orgText.charCodeAt(i);
       a = Math.imul(a ^ c, 0x01000193);
       b = Math.imul(b ^ c, 0x5bd1e995);
     }

@@ -76,3 +76,11 @@ t.test('a list read empty grows as keys are added, and still tells them from for
   );
   t.equal(pairs(50_000).filter((k) => list.admits(k.keyId, k.orgId)).length, 0, 'no forged one');
 });
+
+t.test('a pair packed as the full read packs it hashes as the pair does', async (t) => {
+  const list = new KeyList(7);
+  const [first, second] = pairs(2);
+  const packed = first.keyId + first.orgId + second.keyId + second.orgId;
+  t.equal(list.hashPacked(packed, 0), list.hash(first.keyId, first.orgId));
+  t.equal(list.hashPacked(packed, 72), list.hash(second.keyId, second.orgId));
+});
