@@ -39,9 +39,18 @@ const requestedRecvBuffer = () => loadConfig().collector.recvBufferBytes;
 // process (in --quick one per format), so CPU and peak RSS are its own. Then 3b: the collector's
 // parse + aggregate code alone, in process.
 
-const TARGETS = ['collector', 'collector-2', 'collector-flush-2s', 'collector-fold-inline', 'collector-ask-every-key', 'statsd', 'node-loop'] as const;
+const TARGETS = [
+  'collector',
+  'collector-2',
+  'collector-flush-2s',
+  'collector-fold-inline',
+  'collector-ask-every-key',
+  'collector-no-key-list',
+  'statsd',
+  'node-loop',
+] as const;
 // Arms that matter only with many keys (BENCH_INGEST_KEYS): 1,000 keys never append.
-const MANY_KEYS_ARMS: readonly TargetName[] = ['collector-fold-inline', 'collector-ask-every-key'];
+const MANY_KEYS_ARMS: readonly TargetName[] = ['collector-fold-inline', 'collector-ask-every-key', 'collector-no-key-list'];
 type TargetName = (typeof TARGETS)[number];
 const TARGET_LABELS: Record<TargetName, string> = {
   collector: 'our collector',
@@ -49,6 +58,7 @@ const TARGET_LABELS: Record<TargetName, string> = {
   'collector-flush-2s': 'our collector, flush every 2 s',
   'collector-fold-inline': 'our collector, folds on the receive loop',
   'collector-ask-every-key': 'our collector, every append asks about every key',
+  'collector-no-key-list': 'our collector without its key list',
   statsd: 'Etsy statsd 0.9.0',
   'node-loop': 'bare Node receive loop (bench)',
 };
@@ -62,6 +72,8 @@ const COLLECTOR_ENV: Partial<Record<TargetName, Record<string, string>>> = {
   'collector-fold-inline': { COLLECTOR_RECEIVERS: '1', COLLECTOR_FOLD_THREAD: 'false' },
   // Before COLLECTOR_KNOWN_KEYS_TTL_MS: each append asked PostgreSQL whether each of its keys exists.
   'collector-ask-every-key': { COLLECTOR_RECEIVERS: '1', COLLECTOR_KNOWN_KEYS_TTL_MS: '0' },
+  // Before COLLECTOR_KEY_LIST_REFRESH_MS: no lookup of new keys, no reads of api_keys.
+  'collector-no-key-list': { COLLECTOR_RECEIVERS: '1', COLLECTOR_KEY_LIST_REFRESH_MS: '0' },
 };
 const COLLECTOR_TARGETS = TARGETS.filter((name) => COLLECTOR_ENV[name] !== undefined);
 
