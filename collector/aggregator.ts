@@ -48,8 +48,9 @@ export interface AggregatorOptions {
   /** How far a sample's own timestamp (`|T`) may lie from the clock and still be believed. */
   timestampWindowMs?: number;
   /**
-   * The keys that exist (collector/keyList.ts): keys it lacks take half of maxKeys at most, so
-   * those it lists always find room. Without it every new key is taken up to maxKeys.
+   * The keys that exist (collector/keyList.ts): keys it lacks take half of maxKeys at most
+   * (rounded down), so forged ids cannot take the other half. Without it every new key is taken
+   * up to maxKeys.
    */
   listedKeys?: { admits(keyId: string, orgId: string): boolean };
   now: () => number;
@@ -94,7 +95,7 @@ export class Aggregator {
     this.#timestampWindowMs = nonNegativeInteger('timestampWindowMs', options.timestampWindowMs ?? DEFAULT_TIMESTAMP_WINDOW_MS);
     this.#now = options.now;
     this.#listedKeys = options.listedKeys;
-    this.#maxUnlisted = Math.ceil(this.#maxKeys / 2);
+    this.#maxUnlisted = Math.floor(this.#maxKeys / 2);
   }
 
   /**
@@ -157,9 +158,9 @@ export class Aggregator {
   }
 
   // Whether a key not pending yet is refused: at the cap; and, with a key list, a key it lacks once
-  // such keys hold half the cap, so forged ids (listed never) take half of it at most, while a key
-  // created since the list's last read is still taken outside a flood. One lookup per new key per
-  // drain, not per line.
+  // such keys hold half the cap (rounded down), so forged ids (listed never) take half of it at
+  // most, while a key created since the list's last read is still taken outside a flood. One lookup
+  // per new key per drain, not per line; but every line of a refused key is looked up again.
   #refuses(sample: UsageSample): boolean {
     if (this.pendingKeys >= this.#maxKeys) return true;
     if (this.#listedKeys === undefined || this.#listedKeys.admits(sample.keyId, sample.orgId)) return false;

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import type { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { TABLE } from '../shared/tables';
+import { within } from '../shared/within';
 import { PACKED_PAIR_CHARS, type KeyList } from './keyList';
 
 // Keeps the collector's key list (collector/keyList.ts) close to api_keys: a full read at start,
@@ -12,10 +13,16 @@ import { PACKED_PAIR_CHARS, type KeyList } from './keyList';
 // tried again at the next tick.
 
 const PAGE_ROWS = 50_000;
-// A key's created_at is its transaction's start, which may commit later, and this process's clock
-// may differ from the server's: each refresh reads back this far before the previous one began.
+// A key's created_at is its transaction's start, which may commit later: each refresh reads back
+// this far before the previous read began.
 const CREATED_MARGIN_MS = 300_000;
 const FULL_READ_MS = 3_600_000;
+// A full read that fails while a list is loaded is tried again this much later; the refreshes go on
+// meanwhile (retrying it at every tick would stop them).
+const FULL_READ_RETRY_MS = 60_000;
+// Each statement's statement_timeout. A page takes well under a second; a read held by a lock (an
+// operator's LOCK TABLE api_keys) gives up instead of holding a connection and every later tick.
+const READ_TIMEOUT_MS = 30_000;
 
 export interface KeyListSyncOptions {
   db: Knex;
@@ -23,6 +30,8 @@ export interface KeyListSyncOptions {
   refreshMs: number;
   /** How often the whole of api_keys is read again; an hour unless a test shortens it. */
   fullReadMs?: number;
+  /** Each statement's timeout; 30 s unless a test shortens it. */
+  readTimeoutMs?: number;
   warn: ReturnType<typeof rateLimitedWarn>;
   now: () => number;
 }
@@ -30,18 +39,25 @@ export interface KeyListSyncOptions {
 export function createKeyListSync(options: KeyListSyncOptions) {
   const { db, list, refreshMs, warn, now } = options;
   const fullReadMs = options.fullReadMs ?? FULL_READ_MS;
+  const timeoutMs = options.readTimeoutMs ?? READ_TIMEOUT_MS;
   const createdAt = now();
   const stats = { failures: 0, lastReadAt: 0, lastFullReadAt: 0 };
+  let nextFullReadAt = -Infinity;
   let timer: NodeJS.Timeout | undefined;
-  // One read at a time: a tick that finds one still running skips, and stop() waits for it.
+  // One read at a time: a tick that finds one still running skips.
   let reading: Promise<void> | undefined;
   const read = async () => {
     const startedAt = now();
-    if (!list.loaded || startedAt - stats.lastFullReadAt >= fullReadMs) {
-      list.replace(await hashesOfAllKeys(db, list));
+    if (!list.loaded || startedAt >= nextFullReadAt) {
+      nextFullReadAt = startedAt + FULL_READ_RETRY_MS;
+      list.replace(await hashesOfAllKeys(db, list, timeoutMs));
       stats.lastFullReadAt = startedAt;
+      nextFullReadAt = startedAt + fullReadMs;
     } else {
-      list.add(await hashesOfKeysCreatedSince(db, list, new Date(stats.lastReadAt - CREATED_MARGIN_MS)));
+      // Only the time since the last read comes from this process's clock: a skew between it and
+      // the server's, whose now() the window ends at, moves nothing.
+      const windowMs = Math.max(0, startedAt - stats.lastReadAt) + CREATED_MARGIN_MS;
+      list.add(await hashesOfKeysCreatedWithin(db, list, windowMs, timeoutMs));
     }
     stats.lastReadAt = startedAt;
   };
@@ -63,9 +79,10 @@ export function createKeyListSync(options: KeyListSyncOptions) {
       tick();
       timer = setInterval(tick, refreshMs).unref();
     },
-    async stop(): Promise<void> {
+    /** Waits up to `waitMs` for a read in progress; one still running then ends with the pool. */
+    async stop(waitMs: number): Promise<void> {
       clearInterval(timer);
-      await reading;
+      if (reading) await within(reading, waitMs);
     },
   };
 }
@@ -75,20 +92,27 @@ export type KeyListSync = ReturnType<typeof createKeyListSync>;
 // In pages along the primary key, each page one string of packed pairs (`PACKED_PAIR_CHARS` each):
 // a row object per key cost this process about 1.9 s of CPU per million keys, on the thread that
 // reads the UDP socket (bench/keyList.ts).
-export async function hashesOfAllKeys(db: Knex, list: KeyList): Promise<number[]> {
+export async function hashesOfAllKeys(db: Knex, list: KeyList, timeoutMs = READ_TIMEOUT_MS): Promise<number[]> {
   const hashes: number[] = [];
   let after: string | undefined;
   for (;;) {
-    const page = db(TABLE.apiKeys).select('id', 'org_id').orderBy('id').limit(PAGE_ROWS);
-    const packed = await packedPairs(db, after === undefined ? page : page.where('id', '>', after));
+    const packed = await packedPairs(db, timeoutMs, (q) => {
+      const page = q(TABLE.apiKeys).select('id', 'org_id').orderBy('id').limit(PAGE_ROWS);
+      return after === undefined ? page : page.where('id', '>', after);
+    });
     pushHashes(list, packed, hashes);
     if (packed.length < PAGE_ROWS * PACKED_PAIR_CHARS) return hashes;
     after = packed.slice(-PACKED_PAIR_CHARS, -PACKED_PAIR_CHARS / 2);
   }
 }
 
-export async function hashesOfKeysCreatedSince(db: Knex, list: KeyList, since: Date): Promise<number[]> {
-  const packed = await packedPairs(db, db(TABLE.apiKeys).select('id', 'org_id').where('created_at', '>=', since));
+/** The keys created within the last `windowMs` of the server's clock. */
+export async function hashesOfKeysCreatedWithin(db: Knex, list: KeyList, windowMs: number, timeoutMs = READ_TIMEOUT_MS): Promise<number[]> {
+  const packed = await packedPairs(db, timeoutMs, (q) =>
+    q(TABLE.apiKeys)
+      .select('id', 'org_id')
+      .whereRaw('created_at >= now() - make_interval(secs => ?)', [windowMs / 1000]),
+  );
   return pushHashes(list, packed, []);
 }
 
@@ -97,10 +121,13 @@ function pushHashes(list: KeyList, packed: string, hashes: number[]): number[] {
   return hashes;
 }
 
-async function packedPairs(db: Knex, rows: Knex.QueryBuilder): Promise<string> {
-  const result = await db.raw<{ rows: Array<{ pairs: string | null }> }>(
-    `select string_agg(cast(id as text) || cast(org_id as text), '' order by id) as pairs from (?) as page`,
-    [rows],
-  );
-  return result.rows[0].pairs ?? '';
+async function packedPairs(db: Knex, timeoutMs: number, rows: (q: Knex.Transaction) => Knex.QueryBuilder): Promise<string> {
+  return db.transaction(async (trx) => {
+    await trx.raw(`set local statement_timeout = ${Math.floor(timeoutMs)}`);
+    const result = await trx.raw<{ rows: Array<{ pairs: string | null }> }>(
+      `select string_agg(cast(id as text) || cast(org_id as text), '' order by id) as pairs from (?) as page`,
+      [rows(trx)],
+    );
+    return result.rows[0].pairs ?? '';
+  });
 }

@@ -143,7 +143,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     await receiver.close();
     await relay?.stop();
     const flushed = await flusher.stop(deadlineMs);
-    await keyList?.sync.stop();
+    await keyList?.sync.stop(POOL_CLOSE_WAIT_MS);
     await upkeep.stop();
     if (metrics) await closeServer(metrics);
     // destroy() waits for every connection in use: a write or fold past the flusher's deadline,

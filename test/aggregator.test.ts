@@ -732,3 +732,15 @@ t.test('with a key list, keys it lacks take half the cap at most, and listed key
   );
   t.equal(aggregator.add(use({ keyId: forged[3] })), true, 'a drain gives the unlisted keys their half again');
 });
+
+t.test('with an odd cap, keys the list lacks take the smaller half', async (t) => {
+  const listedKeys = { admits: (keyId: string) => keyId === KEY_A || keyId === KEY_B };
+  const one = fakeAggregator({ maxKeys: 1, listedKeys }).aggregator;
+  t.equal(one.add(use({ keyId: KEY_C })), false, 'a cap of 1: none');
+  t.equal(one.add(use({ keyId: KEY_A })), true, 'the listed key has its slot');
+  const three = fakeAggregator({ maxKeys: 3, listedKeys }).aggregator;
+  t.equal(three.add(use({ keyId: KEY_C })), true, 'a cap of 3: one');
+  t.equal(three.add(use({ keyId: KEY_C, orgId: ORG_2 })), false);
+  t.equal(three.add(use({ keyId: KEY_A })), true, 'two for listed keys');
+  t.equal(three.add(use({ keyId: KEY_B })), true);
+});

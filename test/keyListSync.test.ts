@@ -27,7 +27,7 @@ t.test('a full read in pages, keys created since, and deleted keys forgotten at 
   const list = new KeyList(11);
   let now = 1_000_000;
   const sync = createKeyListSync({ db, list, refreshMs: 20, fullReadMs: HOUR, warn: silent, now: () => now });
-  t.teardown(() => sync.stop());
+  t.teardown(() => sync.stop(5_000));
   t.equal(sync.ageMs(), 0);
   sync.start();
   await waitFor('the first full read', async () => list.loaded || undefined, 30_000, 20);
@@ -48,11 +48,63 @@ t.test('a full read in pages, keys created since, and deleted keys forgotten at 
   await db(TABLE.apiKeys).where({ id: acmeKeys[0] }).delete();
   now += HOUR;
   await waitFor('a full read to forget the deleted key', async () => (sync.stats.lastFullReadAt === now ? true : undefined), 30_000, 20);
-  await sync.stop();
+  await sync.stop(5_000);
   t.notOk(list.admits(acmeKeys[0], acme), 'deleted: no longer listed');
   t.ok(list.admits(created, globex) && list.admits(acmeKeys[1], acme), 'the others still are');
   t.equal(sync.stats.failures, 0);
   t.equal(sync.ageMs(), 0);
+});
+
+t.test("a refresh reads the keys created since the last read and five minutes before it, by the server's clock", async (t) => {
+  const { db } = await freshDatabase(t);
+  const org = await createOrg(db, 'acme');
+  const list = new KeyList(11);
+  // This process's clock reads 1970: only the time between its reads may count.
+  let now = 5_000;
+  const sync = createKeyListSync({ db, list, refreshMs: 20, fullReadMs: HOUR, warn: silent, now: () => now });
+  t.teardown(() => sync.stop(5_000));
+  sync.start();
+  await waitFor('the first full read', async () => list.loaded || undefined, 10_000, 20);
+  const [old] = await insertKeys(db, org, 1, 'old');
+  await db(TABLE.apiKeys)
+    .where({ id: old })
+    .update({ created_at: db.raw("now() - interval '10 minutes'") });
+  const [fresh] = await insertKeys(db, org, 1, 'fresh');
+  await waitFor('a refresh to list the new key', async () => list.admits(fresh, org) || undefined, 10_000, 20);
+  t.notOk(list.admits(old, org), 'a key created ten minutes ago is outside the window of a refresh right after a read');
+  now += 20 * 60_000;
+  await waitFor('a refresh twenty minutes later', async () => list.admits(old, org) || undefined, 10_000, 20);
+  t.equal(sync.stats.lastFullReadAt, 5_000, 'by refreshes, not a full read');
+  t.equal(sync.stats.failures, 0);
+});
+
+t.test('a read held by a lock gives up at its timeout, and does not hold stop() up', async (t) => {
+  const { db } = await freshDatabase(t);
+  const org = await createOrg(db, 'acme');
+  await insertKeys(db, org, 1, 'k');
+  const locker = await db.transaction();
+  await locker.raw('lock table api_keys in access exclusive mode');
+  let locked = true;
+  const unlock = async () => {
+    if (locked) await locker.rollback();
+    locked = false;
+  };
+  t.teardown(unlock);
+  const waitingReads = async () =>
+    Number((await db.raw(`select count(*) as n from pg_stat_activity where wait_event_type = 'Lock' and query like '%string_agg%'`)).rows[0].n);
+  const timingOut = createKeyListSync({ db, list: new KeyList(11), refreshMs: 20, readTimeoutMs: 300, warn: silent, now: Date.now });
+  timingOut.start();
+  await waitFor('a read to time out', async () => timingOut.stats.failures > 0 || undefined, 10_000, 20);
+  await timingOut.stop(5_000);
+  const list = new KeyList(11);
+  const waiting = createKeyListSync({ db, list, refreshMs: 20, readTimeoutMs: 60_000, warn: silent, now: Date.now });
+  waiting.start();
+  await waitFor('a read waiting for the lock', async () => ((await waitingReads()) === 1 ? true : undefined), 10_000, 20);
+  await waiting.stop(50);
+  t.equal(await waitingReads(), 1, 'stop() returned while the read still waited');
+  t.equal(waiting.stats.failures, 0);
+  await unlock();
+  await waitFor('the read, once the lock is gone', async () => list.loaded || undefined, 10_000, 20);
 });
 
 t.test('a read that fails leaves the list as it was, is counted, and is tried again', async (t) => {
@@ -79,12 +131,26 @@ t.test('a read that fails leaves the list as it was, is counted, and is tried ag
   await waitFor('the read once PostgreSQL is back', async () => list.loaded || undefined, 10_000, 20);
   t.ok(list.admits(kept, org));
   t.notOk(list.admits('any', 'thing'));
+  const firstFullRead = sync.stats.lastFullReadAt;
+
+  // The hourly full read fails (its pages cut), and keeps failing: the refreshes go on meanwhile.
+  void proxy.cutAt(/order by "id" asc limit/, 'before-forward', 1_000_000);
+  let failures = sync.stats.failures;
+  now += HOUR;
+  await waitFor('the full read to fail', async () => sync.stats.failures > failures || undefined, 10_000, 20);
+  const [created] = await insertKeys(seed, org, 1, 'new');
+  await waitFor('a refresh to list a key created since', async () => list.admits(created, org) || undefined, 10_000, 20);
+  t.equal(sync.stats.lastFullReadAt, firstFullRead, 'listed by a refresh, while no full read succeeded');
+  proxy.disarm();
+  now += 60_000;
+  await waitFor('the full read, tried again a minute later', async () => (sync.stats.lastFullReadAt === now ? true : undefined), 10_000, 20);
+
   await proxy.down();
-  const failures = sync.stats.failures;
+  failures = sync.stats.failures;
   await waitFor('another failed read', async () => sync.stats.failures > failures || undefined, 10_000, 20);
   t.ok(list.admits(kept, org), 'the list read before stays');
   t.ok(warnings.length > 0 && warnings.every((kind) => kind === 'key_list'), 'each failure is warned about (rate-limited by the caller)');
-  await sync.stop();
+  await sync.stop(5_000);
 });
 
 t.test('the collector reads its key list at start, and keeps none with COLLECTOR_KEY_LIST_REFRESH_MS=0', async (t) => {
