@@ -20,8 +20,8 @@ const FULL_READ_MS = 3_600_000;
 // A full read that fails while a list is loaded is tried again this much later; the refreshes go on
 // meanwhile (retrying it at every tick would stop them).
 const FULL_READ_RETRY_MS = 60_000;
-// Each statement's statement_timeout. A page takes well under a second; a read held by a lock (an
-// operator's LOCK TABLE api_keys) gives up instead of holding a connection and every later tick.
+// Each statement's timeout. A page takes well under a second; a read held by a lock (an operator's
+// LOCK TABLE api_keys) gives up instead of holding a connection and every later tick.
 const READ_TIMEOUT_MS = 30_000;
 
 export interface KeyListSyncOptions {
@@ -121,13 +121,14 @@ function pushHashes(list: KeyList, packed: string, hashes: number[]): number[] {
   return hashes;
 }
 
-async function packedPairs(db: Knex, timeoutMs: number, rows: (q: Knex.Transaction) => Knex.QueryBuilder): Promise<string> {
-  return db.transaction(async (trx) => {
-    await trx.raw(`set local statement_timeout = ${Math.floor(timeoutMs)}`);
-    const result = await trx.raw<{ rows: Array<{ pairs: string | null }> }>(
-      `select string_agg(cast(id as text) || cast(org_id as text), '' order by id) as pairs from (?) as page`,
-      [rows(trx)],
-    );
-    return result.rows[0].pairs ?? '';
-  });
+// Each statement is cancelled past `timeoutMs` (knex's timeout, a pg_cancel_backend from another
+// connection). Not a transaction with SET LOCAL statement_timeout: the fault tests cut the
+// connection at a flush's COMMIT, and must not meet the key list's.
+async function packedPairs(db: Knex, timeoutMs: number, rows: (q: Knex) => Knex.QueryBuilder): Promise<string> {
+  const result = await db
+    .raw<{ rows: Array<{ pairs: string | null }> }>(`select string_agg(cast(id as text) || cast(org_id as text), '' order by id) as pairs from (?) as page`, [
+      rows(db),
+    ])
+    .timeout(timeoutMs, { cancel: true });
+  return result.rows[0].pairs ?? '';
 }
