@@ -73,7 +73,7 @@ async function database() {
     for (let round = 0; round < 3; round++) {
       let started = performance.now();
       const cpuStarted = process.cpuUsage();
-      list.replace(await hashesOfAllKeys(bench.db, list));
+      list.replace((await hashesOfAllKeys(bench.db, list)) ?? []);
       full.push(performance.now() - started);
       const cpu = process.cpuUsage(cpuStarted);
       fullCpu.push((cpu.user + cpu.system) / 1000);

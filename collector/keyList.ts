@@ -3,8 +3,9 @@
 // forged ids fills half the cap and the keys that exist keep the other half
 // (collector/aggregator.ts). Pure: collector/keyListSync.ts reads PostgreSQL and hands the pairs in.
 //
-// Held as 53-bit hashes in an open-addressing table of doubles, at most half full: 16 B a key or
-// less (1 M keys in 16 MiB, bench/keyList.ts), where a Map of id strings took about 128 B a key, and
+// Held as 53-bit hashes in an open-addressing table of doubles, a power of two at least twice the
+// keys: 16-32 B a key (1 M keys in 16 MiB, bench/keyList.ts), where a Map of id strings took about
+// 128 B a key, and
 // a lookup is one hash and a probe or two. A forged pair is admitted only if its hash equals a
 // listed one's: with n keys listed, n / 2^53 per forged id (1 M keys: one in 9 × 10⁹). The seed is
 // drawn per process, and the collector answers nothing on UDP, so no sender can search for collisions.

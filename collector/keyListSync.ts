@@ -1,7 +1,6 @@
 import type { Knex } from 'knex';
 import type { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { TABLE } from '../shared/tables';
-import { within } from '../shared/within';
 import { PACKED_PAIR_CHARS, type KeyList } from './keyList';
 
 // Keeps the collector's key list (collector/keyList.ts) close to api_keys: a full read at start,
@@ -44,13 +43,16 @@ export function createKeyListSync(options: KeyListSyncOptions) {
   const stats = { failures: 0, lastReadAt: 0, lastFullReadAt: 0 };
   let nextFullReadAt = -Infinity;
   let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
   // One read at a time: a tick that finds one still running skips.
   let reading: Promise<void> | undefined;
   const read = async () => {
     const startedAt = now();
     if (!list.loaded || startedAt >= nextFullReadAt) {
       nextFullReadAt = startedAt + FULL_READ_RETRY_MS;
-      list.replace(await hashesOfAllKeys(db, list, timeoutMs));
+      const hashes = await hashesOfAllKeys(db, list, timeoutMs, () => stopped);
+      if (hashes === undefined) return;
+      list.replace(hashes);
       stats.lastFullReadAt = startedAt;
       nextFullReadAt = startedAt + fullReadMs;
     } else {
@@ -64,6 +66,8 @@ export function createKeyListSync(options: KeyListSyncOptions) {
   const tick = () => {
     reading ??= read()
       .catch((error: Error) => {
+        // After stop() a read in progress fails with the pool: nothing to tell.
+        if (stopped) return;
         stats.failures += 1;
         warn('key_list', { err: { message: error.message }, listedKeys: list.size, loaded: list.loaded }, 'reading the key list failed; it is tried again');
       })
@@ -75,14 +79,22 @@ export function createKeyListSync(options: KeyListSyncOptions) {
     ageMs(): number {
       return now() - (stats.lastReadAt || createdAt);
     },
+    /** Whether a read is in progress (one may outlive stop(), until the pool is destroyed). */
+    get reading(): boolean {
+      return reading !== undefined;
+    },
     start(): void {
       tick();
       timer = setInterval(tick, refreshMs).unref();
     },
-    /** Waits up to `waitMs` for a read in progress; one still running then ends with the pool. */
-    async stop(waitMs: number): Promise<void> {
+    /**
+     * Starts no read, and no further page of a full read in progress. It does not wait for the
+     * statement in flight: the list is of no use once the collector stops, and the caller's
+     * bounded wait for its pool covers it.
+     */
+    stop(): void {
+      stopped = true;
       clearInterval(timer);
-      if (reading) await within(reading, waitMs);
     },
   };
 }
@@ -92,10 +104,12 @@ export type KeyListSync = ReturnType<typeof createKeyListSync>;
 // In pages along the primary key, each page one string of packed pairs (`PACKED_PAIR_CHARS` each):
 // a row object per key cost this process about 1.9 s of CPU per million keys, on the thread that
 // reads the UDP socket (bench/keyList.ts).
-export async function hashesOfAllKeys(db: Knex, list: KeyList, timeoutMs = READ_TIMEOUT_MS): Promise<number[]> {
+// Undefined once `stopped` says so, between pages.
+export async function hashesOfAllKeys(db: Knex, list: KeyList, timeoutMs = READ_TIMEOUT_MS, stopped = () => false): Promise<number[] | undefined> {
   const hashes: number[] = [];
   let after: string | undefined;
   for (;;) {
+    if (stopped()) return undefined;
     const packed = await packedPairs(db, timeoutMs, (q) => {
       const page = q(TABLE.apiKeys).select('id', 'org_id').orderBy('id').limit(PAGE_ROWS);
       return after === undefined ? page : page.where('id', '>', after);

@@ -140,10 +140,10 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   // Mirror of start: stop receiving, write everything received (within `deadlineMs`, the
   // flusher's default unless given), then release the pool.
   const stop = async (deadlineMs?: number): Promise<boolean> => {
+    keyList?.sync.stop();
     await receiver.close();
     await relay?.stop();
     const flushed = await flusher.stop(deadlineMs);
-    await keyList?.sync.stop(POOL_CLOSE_WAIT_MS);
     await upkeep.stop();
     if (metrics) await closeServer(metrics);
     // destroy() waits for every connection in use: a write or fold past the flusher's deadline,
@@ -156,8 +156,10 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       ),
       foldThread?.stop(POOL_CLOSE_WAIT_MS) ?? true,
     ]);
-    if (closed === undefined || !threadClosed)
-      logger.warn({ foldRunningMs: flusher.foldRunningMs }, 'a write or fold is still running at stop; the process exits without it');
+    if (closed === undefined || !threadClosed) {
+      const running = { foldRunningMs: flusher.foldRunningMs, keyListReading: keyList?.sync.reading ?? false };
+      logger.warn(running, 'a write, fold or key-list read is still running at stop; the process exits without it');
+    }
     // Counted after that wait: a write the flusher stopped waiting for may have committed since.
     const pendingKeys = flusher.pendingKeys + aggregator.pendingKeys;
     if (flushed || pendingKeys === 0) return true;

@@ -27,7 +27,7 @@ t.test('a full read in pages, keys created since, and deleted keys forgotten at 
   const list = new KeyList(11);
   let now = 1_000_000;
   const sync = createKeyListSync({ db, list, refreshMs: 20, fullReadMs: HOUR, warn: silent, now: () => now });
-  t.teardown(() => sync.stop(5_000));
+  t.teardown(() => sync.stop());
   t.equal(sync.ageMs(), 0);
   sync.start();
   await waitFor('the first full read', async () => list.loaded || undefined, 30_000, 20);
@@ -48,7 +48,7 @@ t.test('a full read in pages, keys created since, and deleted keys forgotten at 
   await db(TABLE.apiKeys).where({ id: acmeKeys[0] }).delete();
   now += HOUR;
   await waitFor('a full read to forget the deleted key', async () => (sync.stats.lastFullReadAt === now ? true : undefined), 30_000, 20);
-  await sync.stop(5_000);
+  sync.stop();
   t.notOk(list.admits(acmeKeys[0], acme), 'deleted: no longer listed');
   t.ok(list.admits(created, globex) && list.admits(acmeKeys[1], acme), 'the others still are');
   t.equal(sync.stats.failures, 0);
@@ -62,13 +62,17 @@ t.test("a refresh reads the keys created since the last read and five minutes be
   // This process's clock reads 1970: only the time between its reads may count.
   let now = 5_000;
   const sync = createKeyListSync({ db, list, refreshMs: 20, fullReadMs: HOUR, warn: silent, now: () => now });
-  t.teardown(() => sync.stop(5_000));
+  t.teardown(() => sync.stop());
   sync.start();
   await waitFor('the first full read', async () => list.loaded || undefined, 10_000, 20);
-  const [old] = await insertKeys(db, org, 1, 'old');
-  await db(TABLE.apiKeys)
-    .where({ id: old })
-    .update({ created_at: db.raw("now() - interval '10 minutes'") });
+  // Created and backdated in one transaction: no refresh may see it with its first created_at.
+  const old = await db.transaction(async (trx) => {
+    const [id] = await insertKeys(trx, org, 1, 'old');
+    await trx(TABLE.apiKeys)
+      .where({ id })
+      .update({ created_at: trx.raw("now() - interval '10 minutes'") });
+    return id;
+  });
   const [fresh] = await insertKeys(db, org, 1, 'fresh');
   await waitFor('a refresh to list the new key', async () => list.admits(fresh, org) || undefined, 10_000, 20);
   t.notOk(list.admits(old, org), 'a key created ten minutes ago is outside the window of a refresh right after a read');
@@ -78,10 +82,10 @@ t.test("a refresh reads the keys created since the last read and five minutes be
   t.equal(sync.stats.failures, 0);
 });
 
-t.test('a read held by a lock gives up at its timeout, and does not hold stop() up', async (t) => {
+t.test('a read held by a lock gives up at its timeout; stop() asks no further page of a full read', async (t) => {
   const { db } = await freshDatabase(t);
   const org = await createOrg(db, 'acme');
-  await insertKeys(db, org, 1, 'k');
+  await insertKeys(db, org, 100_001, 'k'); // three pages of 50,000
   const locker = await db.transaction();
   await locker.raw('lock table api_keys in access exclusive mode');
   let locked = true;
@@ -95,16 +99,18 @@ t.test('a read held by a lock gives up at its timeout, and does not hold stop() 
   const timingOut = createKeyListSync({ db, list: new KeyList(11), refreshMs: 20, readTimeoutMs: 300, warn: silent, now: Date.now });
   timingOut.start();
   await waitFor('a read to time out', async () => timingOut.stats.failures > 0 || undefined, 10_000, 20);
-  await timingOut.stop(5_000);
+  timingOut.stop();
+  await waitFor('its last read to end', () => (timingOut.reading ? undefined : true), 10_000, 20);
   const list = new KeyList(11);
-  const waiting = createKeyListSync({ db, list, refreshMs: 20, readTimeoutMs: 60_000, warn: silent, now: Date.now });
-  waiting.start();
-  await waitFor('a read waiting for the lock', async () => ((await waitingReads()) === 1 ? true : undefined), 10_000, 20);
-  await waiting.stop(50);
-  t.equal(await waitingReads(), 1, 'stop() returned while the read still waited');
-  t.equal(waiting.stats.failures, 0);
+  const stopped = createKeyListSync({ db, list, refreshMs: 20, readTimeoutMs: 60_000, warn: silent, now: Date.now });
+  stopped.start();
+  await waitFor("a full read's first page waiting for the lock", async () => ((await waitingReads()) === 1 ? true : undefined), 10_000, 20);
+  stopped.stop();
+  t.ok(stopped.reading, 'stop() does not wait for the statement in flight');
   await unlock();
-  await waitFor('the read, once the lock is gone', async () => list.loaded || undefined, 10_000, 20);
+  await waitFor('the read to end once the lock is gone', () => (stopped.reading ? undefined : true), 10_000, 20);
+  t.equal(list.loaded, false, 'the first page came back after stop(): no second page was asked, no list made');
+  t.equal(stopped.stats.failures, 0);
 });
 
 t.test('a read that fails leaves the list as it was, is counted, and is tried again', async (t) => {
@@ -142,7 +148,10 @@ t.test('a read that fails leaves the list as it was, is counted, and is tried ag
   await waitFor('a refresh to list a key created since', async () => list.admits(created, org) || undefined, 10_000, 20);
   t.equal(sync.stats.lastFullReadAt, firstFullRead, 'listed by a refresh, while no full read succeeded');
   proxy.disarm();
-  now += 60_000;
+  now += 59_000;
+  await waitFor('a refresh 59 s after the failed full read', async () => (sync.stats.lastReadAt === now ? true : undefined), 10_000, 20);
+  t.equal(sync.stats.lastFullReadAt, firstFullRead, 'a refresh, not yet the full read');
+  now += 1_000;
   await waitFor('the full read, tried again a minute later', async () => (sync.stats.lastFullReadAt === now ? true : undefined), 10_000, 20);
 
   await proxy.down();
@@ -150,7 +159,7 @@ t.test('a read that fails leaves the list as it was, is counted, and is tried ag
   await waitFor('another failed read', async () => sync.stats.failures > failures || undefined, 10_000, 20);
   t.ok(list.admits(kept, org), 'the list read before stays');
   t.ok(warnings.length > 0 && warnings.every((kind) => kind === 'key_list'), 'each failure is warned about (rate-limited by the caller)');
-  await sync.stop(5_000);
+  sync.stop();
 });
 
 t.test('the collector reads its key list at start, and keeps none with COLLECTOR_KEY_LIST_REFRESH_MS=0', async (t) => {
