@@ -196,4 +196,18 @@ t.test('a collector tells the two overflows apart: keys missing from the list at
   const messages = collector.logLines.map((l) => JSON.parse(l).msg);
   t.ok(messages.includes('keys missing from the key list hold half the pending-key cap; uses of further such keys dropped (forged ids?)'));
   t.ok(messages.includes('pending-key cap reached; uses of new keys dropped'));
+
+  // Without the list, as before it: forged ids take the whole cap, and a real key finds no room.
+  await collector.stop();
+  const unlisted = await startTestCollector(t, url, {
+    COLLECTOR_MAX_PENDING_KEYS: '4',
+    COLLECTOR_FLUSH_INTERVAL_MS: '600000',
+    COLLECTOR_KEY_LIST_REFRESH_MS: '0',
+  });
+  const unlistedValue = (name: string) => unlisted.samples().find((s) => s.name === `keyusage_collector_${name}`)?.value ?? NaN;
+  const flood = [randomUUID(), randomUUID(), randomUUID(), randomUUID()].map((keyId) => line(keyId, 1));
+  await sendDatagrams(unlisted.receiver.port, [[...flood, line(real[0], 2)].join('\n')]);
+  await waitFor('the flood', () => (unlistedValue('uses_received_total') === 6 ? true : undefined));
+  t.equal(unlistedValue('overflow_uses_total'), 2, 'COLLECTOR_KEY_LIST_REFRESH_MS=0: four forged ids fill the cap, the real key is refused');
+  t.equal(unlistedValue('overflow_unlisted_uses_total'), 0);
 });
