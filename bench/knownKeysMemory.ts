@@ -4,6 +4,7 @@ import { Aggregator } from '../collector/aggregator';
 import { KnownKeys } from '../collector/knownKeys';
 import { createDatagramParser } from '../shared/usageDatagram';
 import { encodeUsageLine, packDatagrams } from '../shared/usageWire';
+import { settledHeapBytes } from './lib/heap';
 
 // What the appends' known keys (COLLECTOR_KNOWN_KEYS_TTL_MS) cost, the figures behind
 // docs/operations.md: V8 heap kept per key once the drained batch is gone, and the receive loop's
@@ -13,13 +14,8 @@ import { encodeUsageLine, packDatagrams } from '../shared/usageWire';
 //   packed: 100,000 keys in 100 orgs, one line each, in full datagrams;
 //   padded: 2,000 keys, each line alone in a datagram padded with 60 KB of other StatsD lines.
 
-const gc = (globalThis as { gc?: () => void }).gc;
-if (!gc) throw new Error('run with node --expose-gc');
 const shape = process.argv[2] === 'padded' ? 'padded' : 'packed';
-const heapUsed = () => {
-  for (let i = 0; i < 4; i++) gc();
-  return process.memoryUsage().heapUsed;
-};
+const heapUsed = () => settledHeapBytes();
 
 function drainedKeys() {
   const orgs = Array.from({ length: 100 }, () => randomUUID());

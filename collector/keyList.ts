@@ -82,28 +82,24 @@ export class KeyList {
   admits(keyId: string, orgId: string): boolean {
     if (!this.#loaded) return true;
     const hash = this.hash(keyId, orgId);
-    const slots = this.#slots;
-    const mask = slots.length - 1;
-    for (let at = slotOf(hash) & mask; ; at = (at + 1) & mask) {
-      const value = slots[at];
-      if (value === hash) return true;
-      if (value === EMPTY) return false;
-    }
+    return this.#slots[this.#slotFor(hash)] === hash;
   }
 
-  // Linear probing in a table never more than half full: a free slot is always found.
   #insert(hash: number): void {
+    const at = this.#slotFor(hash);
+    if (this.#slots[at] !== EMPTY) return;
+    this.#slots[at] = hash;
+    this.#size += 1;
+  }
+
+  // The slot holding `hash`, or the empty one where it would go. Linear probing in a table never
+  // more than half full: an empty slot is always found.
+  #slotFor(hash: number): number {
     const slots = this.#slots;
     const mask = slots.length - 1;
-    for (let at = slotOf(hash) & mask; ; at = (at + 1) & mask) {
-      const value = slots[at];
-      if (value === hash) return;
-      if (value === EMPTY) {
-        slots[at] = hash;
-        this.#size += 1;
-        return;
-      }
-    }
+    let at = slotOf(hash) & mask;
+    while (slots[at] !== hash && slots[at] !== EMPTY) at = (at + 1) & mask;
+    return at;
   }
 
   #grow(): void {
