@@ -1,18 +1,17 @@
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Aggregator } from '../collector/aggregator';
-import { copyLine, copyText, linesOf } from '../collector/flushStaging';
-import { encodeDelta } from '../collector/usageLog';
+import { chunksWritten } from '../collector/copyBytes';
+import { writeLogLine } from '../collector/usageLog';
 
 // The client's part of a usage-log append, without a database: the drain of one key's use each
-// (100 orgs, one address per key), then each key's COPY line built and joined 4096 at a time, as
-// the append's COPY stream asks for them. For profiling (`node --cpu-prof --import tsx
+// (100 orgs, one address per key), then each key's COPY line written into the chunks the append's COPY
+// stream asks for. For profiling (`node --cpu-prof --import tsx
 // bench/appendEncode.ts`) and for before/after runs in worktrees, one process per run.
 // Usage: tsx bench/appendEncode.ts [keys=100000] [rounds=6]
 const [keyCount = 100_000, rounds = 6] = process.argv.slice(2).map(Number);
 const orgIds = Array.from({ length: 100 }, () => randomUUID());
 const keyIds = Array.from({ length: keyCount }, () => randomUUID());
-const LINES_PER_CHUNK = 4096;
 
 function round() {
   const aggregator = new Aggregator({ maxKeys: keyCount, now: () => Date.now() });
@@ -23,16 +22,8 @@ function round() {
   const started = performance.now();
   const batch = aggregator.drain();
   const drained = performance.now();
-  let chunk: string[] = [];
   let bytes = 0;
-  for (const line of linesOf(batch.keys, (k) => copyLine([k.orgId, k.keyId, copyText(encodeDelta(k))]))) {
-    chunk.push(line);
-    if (chunk.length === LINES_PER_CHUNK) {
-      bytes += chunk.join('').length;
-      chunk = [];
-    }
-  }
-  bytes += chunk.join('').length;
+  for (const chunk of chunksWritten(batch.keys, writeLogLine)) bytes += chunk.length;
   const cpu = process.cpuUsage(cpuBefore);
   const encodeMs = performance.now() - drained;
   return { drainMs: Math.round(drained - started), encodeMs: Math.round(encodeMs), cpuMs: Math.round((cpu.user + cpu.system) / 1000), bytes };

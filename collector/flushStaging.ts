@@ -77,7 +77,7 @@ function* chunksOf(lines: Iterable<string>): Generator<string> {
   if (part.length > 0) yield part.join('');
 }
 
-function* startingWith(first: string, rest: Iterator<string>): Generator<string> {
+function* startingWith<T>(first: T, rest: Iterator<T>): Generator<T> {
   yield first;
   for (let next = rest.next(); !next.done; next = rest.next()) yield next.value;
 }
@@ -89,7 +89,11 @@ function* startingWith(first: string, rest: Iterator<string>): Generator<string>
  * is lazy (linesOf): the lines of an array are all built before the COPY starts.
  */
 export async function copyLines(connection: PoolClient, target: CopyTarget, lines: Iterable<string>): Promise<number> {
-  const chunks = chunksOf(lines);
+  return copyChunks(connection, target, chunksOf(lines));
+}
+
+/** copyLines for chunks of COPY text already built (collector/copyBytes.ts), each sent as it is made. */
+export async function copyChunks(connection: PoolClient, target: CopyTarget, chunks: Iterator<string | Buffer>): Promise<number> {
   const first = chunks.next();
   if (first.done) return 0;
   await pipeline(Readable.from(startingWith(first.value, chunks)), connection.query(copyFrom(`copy ${target} from stdin`)));
