@@ -1,14 +1,20 @@
-// COPY text written as bytes, for the usage log's append (collector/usageLog.ts): with 100,000
-// distinct keys a second, building each key's line as strings (an array, JSON.stringify, a join per
-// line, a join per 4,096 lines) took about 0.43 s of the receive loop's CPU per flush and most of
+// COPY's text format (tab-separated fields, \N for null, backslash escapes) written as bytes, for
+// every COPY of a flush, an append and a fold (collector/flushStaging.ts). With 100,000 distinct
+// keys a second, building each key's line as strings (an array per line, JSON.stringify, a join
+// per line and per 4,096 lines) took 0.3-0.45 s of the receive loop's CPU per append and most of
 // the garbage the collector made (bench/appendEncode.ts, docs/benchmarks.md §4). Here each field's
 // characters go straight into the chunk the COPY stream sends: no string per line, no garbage per
-// key. The bytes are exactly those of copyText / copyLine (collector/flushStaging.ts) and of
-// JSON.stringify: ids and validated addresses are plain ASCII and take the fast path; any other
-// string goes through those functions.
-import { copyText } from './flushStaging';
+// key. Ids and validated addresses take an ASCII fast path; any other string is escaped as a
+// string first. The usage log's deltas are JSON, written here as JSON.stringify writes them, so
+// folds of any version read the rows.
 
+/** Field and line separators. */
+export const TAB = 0x09;
+export const NEWLINE = 0x0a;
 const CHUNK_BYTES = 64 * 1024;
+const NULL = '\\N';
+const ESCAPES: Record<string, string> = { '\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r' };
+const escaped = (value: string) => value.replace(/[\\\t\n\r]/g, (c) => ESCAPES[c]);
 const QUOTE = 0x22;
 const BACKSLASH = 0x5c;
 const ZERO = 0x30;
@@ -35,23 +41,39 @@ export class CopyBytes {
     this.#buffer[this.#at++] = code;
   }
 
-  /** A COPY text field, as copyText writes it. */
-  text(value: string): void {
-    if (!this.#plain(value, false)) this.#utf8(copyText(value));
+  /** A text field; null is \N. */
+  text(value: string | null): void {
+    if (value === null) this.#ascii(NULL);
+    else if (!this.#plain(value, false)) this.#utf8(escaped(value));
   }
 
-  /** A JSON string (quotes included), as JSON.stringify writes it, inside a COPY text field. */
+  /** A number field, as String() writes it; -Infinity, the aggregator's "no such use in this batch", is \N, which never wins greatest(). */
+  number(value: number): void {
+    if (Number.isSafeInteger(value)) this.#integer(value);
+    else this.#ascii(value === -Infinity ? NULL : String(value));
+  }
+
+  /** One line of `fields`: a string (or null) as text, a number as number. */
+  line(fields: ReadonlyArray<string | number | null>): void {
+    fields.forEach((field, i) => {
+      if (i > 0) this.byte(TAB);
+      if (typeof field === 'number') this.number(field);
+      else this.text(field);
+    });
+    this.byte(NEWLINE);
+  }
+
+  /** A JSON string (quotes included), as JSON.stringify writes it, inside a text field. */
   jsonString(value: string): void {
     this.byte(QUOTE);
-    if (!this.#plain(value, true)) this.#utf8(copyText(JSON.stringify(value).slice(1, -1)));
+    if (!this.#plain(value, true)) this.#utf8(escaped(JSON.stringify(value).slice(1, -1)));
     this.byte(QUOTE);
   }
 
-  /** A JSON number as JSON.stringify writes it (null for a non-finite one), inside a COPY text field. */
-  number(value: number): void {
-    if (!Number.isFinite(value)) this.#plain('null', false);
-    else if (Number.isSafeInteger(value)) this.#integer(value);
-    else this.#plain(String(value), false);
+  /** A JSON number, as JSON.stringify writes it (null for a non-finite one), inside a text field. */
+  jsonNumber(value: number): void {
+    if (Number.isFinite(value)) this.number(value);
+    else this.#ascii('null');
   }
 
   /** The bytes written so far; the writer starts a new buffer, since the stream may still hold this one. */
@@ -82,6 +104,12 @@ export class CopyBytes {
     }
     this.#at = at;
     return true;
+  }
+
+  // Characters known to be ASCII and to need no escape: \N, and numbers as String() writes them.
+  #ascii(value: string): void {
+    this.#room(value.length);
+    for (let i = 0; i < value.length; i++) this.#buffer[this.#at++] = value.charCodeAt(i);
   }
 
   #utf8(value: string): void {

@@ -8,7 +8,8 @@ import { dormantKeySql } from '../shared/dormancy';
 import type { KeyUsageDelta } from './aggregator';
 import { BASELINE_DAYS, detectKeyEvents, type DetectionThresholds, type HourFacts, type KeyEvent, type KeyFacts } from './eventRules';
 import { TABLE } from '../shared/tables';
-import { copyLine, copyLines, copyText, linesOf, msToTime, STAGED_KEY } from './flushStaging';
+import { copyChunks, msToTime, STAGED_KEY } from './flushStaging';
+import { chunksWritten, type CopyBytes } from './copyBytes';
 
 export interface EventDetection extends DetectionThresholds {
   ipHistoryPerKey: number;
@@ -135,8 +136,8 @@ async function readFacts(connection: PoolClient, { spikeMinUses, failedAttemptsP
 
 /** Returns how many were new (the others were already recorded within their window). */
 async function insertEvents(connection: PoolClient, events: KeyEvent[]): Promise<number> {
-  const line = (e: KeyEvent) => copyLine([e.orgId, e.keyId, copyText(e.type), e.occurredAt, copyText(JSON.stringify(e.details)), copyText(e.dedupeKey)]);
-  await copyLines(connection, 'flush_events', linesOf(events, line));
+  const line = (out: CopyBytes, e: KeyEvent) => out.line([e.orgId, e.keyId, e.type, e.occurredAt, JSON.stringify(e.details), e.dedupeKey]);
+  await copyChunks(connection, 'flush_events', chunksWritten(events, line));
   return (await connection.query(INSERT_EVENTS)).rowCount ?? 0;
 }
 

@@ -1,7 +1,7 @@
 // A flush's rows reach PostgreSQL through COPY into temporary staging tables, and every target
 // table is then written by one set-based statement that reads them (collector/usageStore.ts,
-// collector/eventStore.ts). COPY's text format costs the client one string per row and the server
-// one parse per field; the bind arrays it replaces made pg escape every element and the server
+// collector/eventStore.ts). COPY's text format (written as bytes, collector/copyBytes.ts) costs the
+// server one parse per field; the bind arrays it replaces made pg escape every element and the server
 // parse each array once per statement that used it, and every statement joined api_keys again.
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -25,7 +25,7 @@ const STAGING_TABLES = {
   flush_events: `org_id uuid, key_id uuid, type text, occurred_ms float8, details jsonb, dedupe_key text`,
 } as const;
 export type StagingTable = keyof typeof STAGING_TABLES;
-/** Where copyLines can COPY to: a staging table, or a table with its columns named, `table (a, b)`. */
+/** Where copyChunks can COPY to: a staging table, or a table with its columns named, `table (a, b)`. */
 export type CopyTarget = StagingTable | `${string} (${string})`;
 
 const PREPARE_STAGING = Object.entries(STAGING_TABLES)
@@ -42,62 +42,22 @@ export async function prepareStaging(connection: PoolClient): Promise<void> {
   await connection.query(PREPARE_STAGING);
 }
 
-const SPECIAL = /[\\\t\n\r]/;
-const SPECIALS = /[\\\t\n\r]/g;
-const ESCAPES: Record<string, string> = { '\\': '\\\\', '\t': '\\t', '\n': '\\n', '\r': '\\r' };
-
-// Fields of COPY's text format (tab-separated, \N for null, backslash escapes). Callers make each
-// line with one join of its fields and copyLines joins 4096 lines at a time: measured on 100 k
-// keys (docs/benchmarks.md §4), that builds the flush's COPY text in about 0.55 × the CPU of
-// mapping every row's array through a field function, and a line written as one template string
-// of ~15 parts took 1.8 × (V8 keeps such a string as a tree of parts until it is flattened).
-/** A text field; null is \N. */
-export const copyText = (value: string | null): string => (value === null ? '\\N' : SPECIAL.test(value) ? value.replace(SPECIALS, (c) => ESCAPES[c]) : value);
-/** A number; -Infinity, the aggregator's "no such use in this batch", is \N, which never wins greatest(). */
-export const copyNumber = (value: number): string => (value === -Infinity ? '\\N' : String(value));
-/** One COPY line of `fields`, already encoded (copyText, copyNumber) or plain numbers. */
-export const copyLine = (fields: ReadonlyArray<string | number>): string => `${fields.join('\t')}\n`;
-
-/** `line` of each item, made only when the COPY stream asks for it (see copyLines). */
-export function* linesOf<T>(items: Iterable<T>, line: (item: T) => string): Generator<string> {
-  for (const item of items) yield line(item);
-}
-
-const LINES_PER_CHUNK = 4096;
-
-function* chunksOf(lines: Iterable<string>): Generator<string> {
-  let part: string[] = [];
-  for (const line of lines) {
-    part.push(line);
-    if (part.length === LINES_PER_CHUNK) {
-      yield part.join('');
-      part = [];
-    }
-  }
-  if (part.length > 0) yield part.join('');
+/**
+ * COPYs `chunks` of COPY text (collector/copyBytes.ts's chunksWritten, in the target's column
+ * order) into `target`; one round trip, nothing for no chunks. Each chunk is made when the stream
+ * asks for it, so PostgreSQL parses the first ones while the client writes the rest: the two run
+ * on different cores.
+ */
+export async function copyChunks(connection: PoolClient, target: CopyTarget, chunks: Iterator<Buffer>): Promise<number> {
+  const first = chunks.next();
+  if (first.done) return 0;
+  await pipeline(Readable.from(startingWith(first.value, chunks)), connection.query(copyFrom(`copy ${target} from stdin`)));
+  return 1;
 }
 
 function* startingWith<T>(first: T, rest: Iterator<T>): Generator<T> {
   yield first;
   for (let next = rest.next(); !next.done; next = rest.next()) yield next.value;
-}
-
-/**
- * COPYs `lines` (copyLine, in the target's column order) into `target`; one round trip,
- * nothing for no lines. Chunks are built as the stream asks for them, so PostgreSQL parses the
- * first ones while the client builds the rest: the two run on different cores. Only if `lines`
- * is lazy (linesOf): the lines of an array are all built before the COPY starts.
- */
-export async function copyLines(connection: PoolClient, target: CopyTarget, lines: Iterable<string>): Promise<number> {
-  return copyChunks(connection, target, chunksOf(lines));
-}
-
-/** copyLines for chunks of COPY text already built (collector/copyBytes.ts), each sent as it is made. */
-export async function copyChunks(connection: PoolClient, target: CopyTarget, chunks: Iterator<string | Buffer>): Promise<number> {
-  const first = chunks.next();
-  if (first.done) return 0;
-  await pipeline(Readable.from(startingWith(first.value, chunks)), connection.query(copyFrom(`copy ${target} from stdin`)));
-  return 1;
 }
 
 /** Epoch milliseconds in a staging column as timestamptz. */

@@ -16,7 +16,7 @@ import { OUTCOMES } from '../shared/usageWire';
 import { TABLE } from '../shared/tables';
 import { DeltaCoalescer, emptyDelta, type HourCounts, type IpStat, type KeyUsageDelta } from './aggregator';
 import { connectionOf, copyChunks } from './flushStaging';
-import { chunksWritten, CopyBytes } from './copyBytes';
+import { chunksWritten, CopyBytes, NEWLINE, TAB } from './copyBytes';
 import { forEachHour, forEachIp, hourCount, ipCount } from './pendingKey';
 import type { KnownKeys } from './knownKeys';
 import {
@@ -53,7 +53,7 @@ const LOG_COLUMNS = `${TABLE.usageLog} (org_id, key_id, delta)` as const;
 // the bytes of the append's COPY (collector/copyBytes.ts).
 function writeIps(out: CopyBytes, k: KeyUsageDelta, proven: boolean): void {
   out.byte(COMMA);
-  out.number(ipCount(k, proven));
+  out.jsonNumber(ipCount(k, proven));
   forEachIp(k, proven, (ip, stat) => {
     out.byte(COMMA);
     out.jsonString(ip);
@@ -65,20 +65,20 @@ function writeIps(out: CopyBytes, k: KeyUsageDelta, proven: boolean): void {
 function writeNumbers(out: CopyBytes, ...values: number[]): void {
   for (const value of values) {
     out.byte(COMMA);
-    out.number(value);
+    out.jsonNumber(value);
   }
 }
 
 function writeCounts(out: CopyBytes, counts: HourCounts): void {
   for (const outcome of OUTCOMES) {
     out.byte(COMMA);
-    out.number(counts[outcome]);
+    out.jsonNumber(counts[outcome]);
   }
 }
 
 function writeDelta(out: CopyBytes, k: KeyUsageDelta): void {
   out.byte(OPEN);
-  out.number(k.total);
+  out.jsonNumber(k.total);
   writeCounts(out, k.byOutcome);
   writeNumbers(out, k.lastUsedAt);
   out.byte(COMMA);
@@ -106,7 +106,7 @@ export function writeLogLine(out: CopyBytes, k: KeyUsageDelta): void {
   out.byte(NEWLINE);
 }
 
-const [TAB, NEWLINE, COMMA, OPEN, CLOSE] = ['\t', '\n', ',', '[', ']'].map((c) => c.charCodeAt(0));
+const [COMMA, OPEN, CLOSE] = [',', '[', ']'].map((c) => c.charCodeAt(0));
 
 // Reads writeDelta's fields in order; throws on a row this version did not write.
 class DeltaReader {

@@ -5,7 +5,8 @@ import { OUTCOMES, provenCount } from '../shared/usageWire';
 import { mergeBatches, type KeyUsageDelta, type UsageBatch } from './aggregator';
 import { recordFlushEvents, type EventDetection } from './eventStore';
 import { HOUR_TABLES, IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../shared/tables';
-import { connectionOf, copyLine, copyLines, copyNumber, copyText, linesOf, msToTime, prepareStaging, STAGED_KEY } from './flushStaging';
+import { connectionOf, copyChunks, msToTime, prepareStaging, STAGED_KEY } from './flushStaging';
+import { chunksWritten, CopyBytes, NEWLINE, TAB } from './copyBytes';
 
 export interface PendingBatch {
   /** Recorded in usage_flushes, once per org of the batch, in the same transaction, so a retried batch is applied once. */
@@ -191,35 +192,50 @@ select distinct org_id, key_id from written where inserted`;
 const APPLY_STAGED = [UPSERT_TOTALS, UPSERT_HOURS, upsertIps(STORE_IP_TABLES.proven), upsertIps(STORE_IP_TABLES.failed)].join(';\n');
 
 // COPY lines of the staging tables (collector/flushStaging.ts), in their column order. Key and
-// org ids need no escaping: only keys found in api_keys (uuids) are staged.
-type Counts = KeyUsageDelta['byOutcome'];
-function countFields(counts: Counts): string {
-  let fields = String(provenCount(counts));
-  for (const outcome of OUTCOMES) fields += `\t${counts[outcome]}`;
-  return fields;
+// org ids are uuids: only keys found in api_keys are staged.
+function writeCounts(out: CopyBytes, counts: KeyUsageDelta['byOutcome']): void {
+  out.number(provenCount(counts));
+  for (const outcome of OUTCOMES) {
+    out.byte(TAB);
+    out.number(counts[outcome]);
+  }
 }
 
-const keyLine = (k: KeyUsageDelta) =>
-  copyLine([
-    k.orgId,
-    k.keyId,
-    countFields(k.byOutcome),
-    copyNumber(k.lastUsedAt),
-    copyText(k.lastIp || null),
-    copyNumber(k.lastFailedAt),
-    copyText(k.lastFailedIp || null),
-    copyNumber(k.lastRevokedUseAt),
-    copyNumber(k.lastExpiredUseAt),
-  ]);
-
-function* hourLines(keys: readonly KeyUsageDelta[]) {
-  for (const k of keys) for (const [hour, counts] of k.hours) yield copyLine([k.orgId, k.keyId, hour, countFields(counts)]);
+// Each field after a tab; '' (no such address) is null.
+function writeFields(out: CopyBytes, ...fields: Array<string | number>): void {
+  for (const field of fields) {
+    out.byte(TAB);
+    if (typeof field === 'number') out.number(field);
+    else out.text(field || null);
+  }
 }
 
-function* ipLines(keys: readonly KeyUsageDelta[]) {
+function writeKeyLine(out: CopyBytes, k: KeyUsageDelta): void {
+  out.text(k.orgId);
+  writeFields(out, k.keyId);
+  out.byte(TAB);
+  writeCounts(out, k.byOutcome);
+  writeFields(out, k.lastUsedAt, k.lastIp, k.lastFailedAt, k.lastFailedIp, k.lastRevokedUseAt, k.lastExpiredUseAt);
+  out.byte(NEWLINE);
+}
+
+function writeHourLines(out: CopyBytes, k: KeyUsageDelta): void {
+  for (const [hour, counts] of k.hours) {
+    out.text(k.orgId);
+    writeFields(out, k.keyId, hour);
+    out.byte(TAB);
+    writeCounts(out, counts);
+    out.byte(NEWLINE);
+  }
+}
+
+function writeIpLines(out: CopyBytes, k: KeyUsageDelta): void {
   for (const { proven, ips } of Object.values(STORE_IP_TABLES)) {
-    const flag = proven ? 't' : 'f';
-    for (const k of keys) for (const [ip, stat] of ips(k)) yield copyLine([flag, k.orgId, k.keyId, copyText(ip), stat.firstSeen, stat.lastSeen, stat.count]);
+    for (const [ip, stat] of ips(k)) {
+      out.text(proven ? 't' : 'f');
+      writeFields(out, k.orgId, k.keyId, ip, stat.firstSeen, stat.lastSeen, stat.count);
+      out.byte(NEWLINE);
+    }
   }
 }
 
@@ -231,9 +247,9 @@ async function applyUsage(connection: PoolClient, keys: KeyUsageDelta[]): Promis
   if (accepted.length === 0) return { statements: 1, accepted, grew: [] };
   await prepareStaging(connection);
   const copies =
-    (await copyLines(connection, 'flush_keys', linesOf(accepted, keyLine))) +
-    (await copyLines(connection, 'flush_hours', hourLines(accepted))) +
-    (await copyLines(connection, 'flush_ips', ipLines(accepted)));
+    (await copyChunks(connection, 'flush_keys', chunksWritten(accepted, writeKeyLine))) +
+    (await copyChunks(connection, 'flush_hours', chunksWritten(accepted, writeHourLines))) +
+    (await copyChunks(connection, 'flush_ips', chunksWritten(accepted, writeIpLines)));
   // One result per statement; only the address upserts return rows: the keys that gained one.
   const results = (await connection.query(APPLY_STAGED)) as unknown as Array<{ rows: Array<{ org_id: string; key_id: string }> }>;
   const grew = results.flatMap((result) => result.rows.map((row) => ({ orgId: row.org_id, keyId: row.key_id })));

@@ -1,10 +1,10 @@
 import t from 'tap';
 import { chunksWritten, CopyBytes } from '../collector/copyBytes';
-import { connectionOf, copyChunks, copyText } from '../collector/flushStaging';
+import { connectionOf, copyChunks } from '../collector/flushStaging';
 import { freshDatabase } from './helpers/database';
 
-// The writer must produce exactly the bytes of the string encoders it replaces on the append's
-// path (copyText, JSON.stringify): the usage log's rows are read back by folds of any version.
+// The writer must produce exactly COPY's text format and, in the usage log's deltas, the bytes of
+// JSON.stringify: the log's rows are read back by folds of any version.
 
 const STRINGS = [
   '',
@@ -23,45 +23,83 @@ const STRINGS = [
   '\ud800lone',
   '~\u007f',
 ];
+// COPY's text format escapes backslash, tab, newline and carriage return (as \\, \t, \n, \r).
+const COPY_TEXT: Array<[string, string]> = [
+  ['a\tb', 'a\\tb'],
+  ['line\nbreak', 'line\\nbreak'],
+  ['cr\r', 'cr\\r'],
+  ['back\\slash', 'back\\\\slash'],
+  ['\\\t\n\r', '\\\\\\t\\n\\r'],
+];
 const written = (write: (out: CopyBytes) => void) => {
   const out = new CopyBytes();
   write(out);
   return out.take().toString('hex');
 };
-// Strings go out as UTF-8 (a lone surrogate as U+FFFD), as the COPY stream sent the strings before.
+// Strings go out as UTF-8 (a lone surrogate as U+FFFD), as the COPY stream sent strings before.
 const utf8 = (text: string) => Buffer.from(text).toString('hex');
 
-t.test('a text field is written as copyText writes it, a JSON string as JSON.stringify then copyText', async (t) => {
+t.test('a text field is escaped as COPY reads it; null is \\N', async (t) => {
   for (const value of STRINGS) {
+    const expected = COPY_TEXT.find(([raw]) => raw === value)?.[1] ?? value;
     t.equal(
       written((out) => out.text(value)),
-      utf8(copyText(value)),
+      utf8(expected),
       `text ${JSON.stringify(value)}`,
     );
-    t.equal(
-      written((out) => out.jsonString(value)),
-      utf8(copyText(JSON.stringify(value))),
-      `JSON string ${JSON.stringify(value)}`,
-    );
   }
+  for (const [raw, expected] of COPY_TEXT)
+    t.equal(
+      written((out) => out.text(raw)),
+      utf8(expected),
+      JSON.stringify(raw),
+    );
+  t.equal(
+    written((out) => out.text(null)),
+    utf8('\\N'),
+  );
 });
 
-t.test('a number is written as JSON.stringify writes it', async (t) => {
+t.test('a JSON string is written as JSON.stringify writes it, its backslashes escaped for COPY', async (t) => {
+  // JSON.stringify writes no raw tab, newline or carriage return: only its backslashes need COPY's escape.
+  for (const value of STRINGS)
+    t.equal(
+      written((out) => out.jsonString(value)),
+      utf8(JSON.stringify(value).replaceAll('\\', '\\\\')),
+      JSON.stringify(value),
+    );
+});
+
+t.test('a number is written as String() writes it (-Infinity is \\N); a JSON number as JSON.stringify does', async (t) => {
   const edges = [0, -0, 1, -1, 9, 10, 11, 99_999_999, 100_000_000, 100_000_001, 2 ** 31, 2 ** 31 - 1, 1_700_000_000_123, -1_700_000_000_123];
-  const others = [Number.MAX_SAFE_INTEGER, -Number.MAX_SAFE_INTEGER, 2 ** 53 + 2, 0.5, -2.25, 1e21, 1e-7, Infinity, -Infinity, NaN];
-  for (const value of [...edges, ...others])
+  const others = [Number.MAX_SAFE_INTEGER, -Number.MAX_SAFE_INTEGER, 2 ** 53 + 2, 0.5, -2.25, 1e21, 1e-7, Infinity, NaN];
+  for (const value of [...edges, ...others]) {
     t.equal(
       written((out) => out.number(value)),
-      utf8(JSON.stringify(value)),
+      utf8(String(value)),
       `${value}`,
     );
+    t.equal(
+      written((out) => out.jsonNumber(value)),
+      utf8(JSON.stringify(value)),
+      `JSON ${value}`,
+    );
+  }
+  t.equal(
+    written((out) => out.number(-Infinity)),
+    utf8('\\N'),
+  );
+  t.equal(
+    written((out) => out.jsonNumber(-Infinity)),
+    utf8('null'),
+  );
   // Integers of every magnitude, with zeros inside and at the ends of the low part.
   let mismatches = 0;
   for (let digits = 1; digits <= 16; digits++) {
     for (let i = 0; i < 500; i++) {
       const value = Math.floor(Math.random() * 10 ** digits) * (i % 2 === 0 ? 1 : -1);
       const rounded = i % 5 === 0 ? value - (value % 10 ** Math.min(digits, 9)) : value;
-      if (written((out) => out.number(rounded)) !== utf8(JSON.stringify(rounded))) mismatches++;
+      if (written((out) => out.number(rounded)) !== utf8(String(rounded))) mismatches++;
     }
   }
   t.equal(mismatches, 0, '8,000 random integers up to 16 digits');
@@ -98,7 +136,7 @@ t.test('PostgreSQL reads the written fields back as they were', async (t) => {
       out.jsonString(row.json[0] as string);
       for (const value of row.json.slice(1) as number[]) {
         out.byte(0x2c);
-        out.number(value);
+        out.jsonNumber(value);
       }
       out.byte(0x5d);
       out.byte(10);
