@@ -191,8 +191,7 @@ select distinct org_id, key_id from written where inserted`;
 // fails this key's insert (a data error: the key is set aside, its other rows rolled back).
 const APPLY_STAGED = [UPSERT_TOTALS, UPSERT_HOURS, upsertIps(STORE_IP_TABLES.proven), upsertIps(STORE_IP_TABLES.failed)].join(';\n');
 
-// COPY lines of the staging tables (collector/flushStaging.ts), in their column order. Key and
-// org ids are uuids: only keys found in api_keys are staged.
+// COPY lines of the staging tables (collector/flushStaging.ts), in their column order.
 function writeCounts(out: CopyBytes, counts: KeyUsageDelta['byOutcome']): void {
   out.number(provenCount(counts));
   for (const outcome of OUTCOMES) {
