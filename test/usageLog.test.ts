@@ -98,6 +98,39 @@ function deltaOfLine(k: KeyUsageDelta): string {
   return delta.slice(0, -1);
 }
 
+// The log's rows are read by folds of every version in a rolling deploy: a line's bytes are pinned
+// to those the string encoder of cf701c9 wrote for the same delta (quotes, backslashes, a tab and a
+// newline in addresses, non-ASCII, a lone surrogate, nulls, two hours, both address lists).
+t.test("a usage log line's bytes are those the earlier encoder wrote", async (t) => {
+  const counts = (first: number) => Object.fromEntries(OUTCOMES.map((outcome, i) => [outcome, first + i])) as KeyUsageDelta['byOutcome'];
+  const delta: KeyUsageDelta = {
+    keyId: '00000000-0000-4000-8000-000000000002',
+    orgId: '00000000-0000-4000-8000-000000000001',
+    total: 12,
+    byOutcome: counts(1),
+    lastUsedAt: 1_700_000_000_123,
+    lastIp: '2001:db8::1',
+    lastFailedAt: -Infinity,
+    lastFailedIp: 'a"b\\c\td',
+    lastRevokedUseAt: 1_700_000_000_000,
+    lastExpiredUseAt: -Infinity,
+    hours: new Map([
+      [1_699_999_200_000, counts(0)],
+      [1_700_002_800_000, counts(7)],
+    ]),
+    ips: new Map([
+      ['10.0.0.1', { count: 2, firstSeen: 1_699_999_999_999, lastSeen: 1_700_000_000_123 }],
+      ['é漢\ud800', { count: 1, firstSeen: 5, lastSeen: 100_000_000 }],
+    ]),
+    failedIps: new Map([['x\ny', { count: 3, firstSeen: 1_700_000_000_001, lastSeen: 1_700_000_000_002 }]]),
+  };
+  const earlier = Buffer.from(
+    'MDAwMDAwMDAtMDAwMC00MDAwLTgwMDAtMDAwMDAwMDAwMDAxCTAwMDAwMDAwLTAwMDAtNDAwMC04MDAwLTAwMDAwMDAwMDAwMglbMTIsMSwyLDMsNCw1LDYsMTcwMDAwMDAwMDEyMywiMjAwMTpkYjg6OjEiLG51bGwsImFcXCJiXFxcXGNcXHRkIiwxNzAwMDAwMDAwMDAwLG51bGwsMiwxNjk5OTk5MjAwMDAwLDAsMSwyLDMsNCw1LDE3MDAwMDI4MDAwMDAsNyw4LDksMTAsMTEsMTIsMiwiMTAuMC4wLjEiLDIsMTY5OTk5OTk5OTk5OSwxNzAwMDAwMDAwMTIzLCLDqea8olxcdWQ4MDAiLDEsNSwxMDAwMDAwMDAsMSwieFxcbnkiLDMsMTcwMDAwMDAwMDAwMSwxNzAwMDAwMDAwMDAyXQo=',
+    'base64',
+  );
+  t.equal(Buffer.concat([...chunksWritten([delta], writeLogLine)]).toString('hex'), earlier.toString('hex'));
+});
+
 t.test('a delta survives its log row: every field, -Infinity included', async (t) => {
   const { keys } = batchOf({ orgId: randomUUID(), keyIds: [randomUUID(), randomUUID()] }).batch;
   const never = {

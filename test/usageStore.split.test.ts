@@ -5,11 +5,13 @@
 import { randomUUID } from 'node:crypto';
 import t, { type Test } from 'tap';
 import { Aggregator } from '../collector/aggregator';
-import { CommitInDoubtError, createPgUsageStore, PartlyWrittenError, SPLIT_MIN_KEYS, type PendingBatch } from '../collector/usageStore';
+import { claimBatches, CommitInDoubtError, createPgUsageStore, PartlyWrittenError, SPLIT_MIN_KEYS, type PendingBatch } from '../collector/usageStore';
 import { createDb, type Db } from '../shared/db';
 import { waitFor } from '../harness/wait';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { freshDatabase } from './helpers/database';
+import { plainDelta } from './helpers/deltas';
+import { TABLE } from '../shared/tables';
 import { PgProxy } from './helpers/faults';
 
 type Org = { orgId: string; keyIds: string[] };
@@ -144,4 +146,40 @@ t.test('a commit in doubt beside a committed part is reported with what that par
 
   t.match(await store.write([batch]), { appliedBatches: 0, duplicateBatches: 1, usesWritten: 0 }, 'the retry finds both orgs claimed');
   t.same([await usesOf(db, first), await usesOf(db, second)], [oneOrg, oneOrg], 'each org once');
+});
+
+// claimBatches keeps a batch's keys whole when the ledger took every one of its (batch, org) pairs,
+// and filters them otherwise, one batch id at a time: two batches of one id (none are made today)
+// must not count a pair that the other batch's org made look claimed.
+t.test('claimBatches: a pair already in the ledger is not claimed again, even beside another batch of its id', async (t) => {
+  const { db } = await freshDatabase(t);
+  const [first, second] = await twoOrgs(db);
+  const id = randomUUID();
+  const ofOrg = (org: Org): PendingBatch => ({ id, batch: batchOf([{ orgId: org.orgId, keyIds: org.keyIds.slice(0, 2) }]).batch });
+  await db('usage_flushes').insert({ id, org_id: first.orgId });
+  const trx = await db.transaction();
+  t.teardown(() => trx.rollback().catch(() => undefined));
+  const claimed = await claimBatches(trx, [ofOrg(first), ofOrg(second)]);
+  t.same(
+    claimed.fresh.map((batch) => batch.keys.map((k) => k.orgId)),
+    [[], [second.orgId, second.orgId]],
+    "the first org's pair was in the ledger: its keys are not fresh",
+  );
+  t.equal(claimed.duplicateUses, 2);
+});
+
+// Only the last-used and last-failed addresses write '' (none) as null; an address in a key's list
+// is written as it is, as the string encoder did (the parser lets no '' through today).
+t.test("a listed address is written as its text: '' is not turned into null", async (t) => {
+  const { db } = await freshDatabase(t);
+  const [org] = await twoOrgs(db);
+  const batch = batchOf([{ orgId: org.orgId, keyIds: org.keyIds.slice(0, 1) }]);
+  const key = plainDelta(batch.batch.keys[0]);
+  key.ips.set('', { count: 1, firstSeen: key.lastUsedAt, lastSeen: key.lastUsedAt });
+  const store = createPgUsageStore(db, {});
+  t.match(await store.write([{ id: batch.id, batch: { ...batch.batch, keys: [key] } }]), { keysWritten: 1, quarantined: [] });
+  t.same(
+    (await db(TABLE.recentIps).where({ key_id: key.keyId }).orderBy('ip')).map((row: { ip: string }) => row.ip),
+    ['', '192.0.2.1'],
+  );
 });
