@@ -44,9 +44,9 @@ export async function prepareStaging(connection: PoolClient): Promise<void> {
 
 /**
  * COPYs `chunks` of COPY text (collector/copyBytes.ts's chunksWritten, in the target's column
- * order) into `target`; one round trip, nothing for no chunks. Each chunk is made when the stream
- * asks for it, so PostgreSQL parses the first ones while the client writes the rest: the two run
- * on different cores.
+ * order) into `target`; one round trip, nothing for no chunks. Chunks are made as the stream asks
+ * for them (Readable.from reads up to 16 ahead, about 1 MiB of 64 KiB chunks), so PostgreSQL parses
+ * the first ones while the client writes the rest: the two run on different cores.
  */
 export async function copyChunks(connection: PoolClient, target: CopyTarget, chunks: Iterator<Buffer>): Promise<number> {
   const first = chunks.next();
