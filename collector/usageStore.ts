@@ -169,6 +169,7 @@ const STORE_IP_TABLES = {
   failed: { ...IP_TABLES.failed, proven: false, ips: (k: KeyUsageDelta) => k.failedIps },
 } as const;
 type IpTable = (typeof STORE_IP_TABLES)[keyof typeof STORE_IP_TABLES];
+const STORE_IP_TABLE_LIST: readonly IpTable[] = Object.values(STORE_IP_TABLES);
 
 const upsertIps = ({ table, count, proven }: IpTable) => `
 with written as (
@@ -230,7 +231,7 @@ function writeHourLines(out: CopyBytes, k: KeyUsageDelta): void {
 }
 
 function writeIpLines(out: CopyBytes, k: KeyUsageDelta): void {
-  for (const { proven, ips } of Object.values(STORE_IP_TABLES)) {
+  for (const { proven, ips } of STORE_IP_TABLE_LIST) {
     for (const [ip, stat] of ips(k)) {
       out.text(proven ? 't' : 'f');
       writeFields(out, k.orgId, k.keyId, ip, stat.firstSeen, stat.lastSeen, stat.count);
