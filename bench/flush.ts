@@ -1,6 +1,9 @@
+import { randomInt } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Aggregator } from '../collector/aggregator';
 import { Flusher } from '../collector/flusher';
+import { KeyList } from '../collector/keyList';
+import { hashesOfAllKeys } from '../collector/keyListSync';
 import { KnownKeys } from '../collector/knownKeys';
 import { createUsageStore } from '../collector/usageLog';
 import type { UsageStore } from '../collector/usageStore';
@@ -119,6 +122,7 @@ const collectorConfig = (usageLog?: UsageLogSetting) =>
     NODE_ENV: 'development',
     ...(process.env.COLLECTOR_FLUSH_PARALLELISM ? { COLLECTOR_FLUSH_PARALLELISM: process.env.COLLECTOR_FLUSH_PARALLELISM } : {}),
     ...(process.env.COLLECTOR_KNOWN_KEYS_TTL_MS ? { COLLECTOR_KNOWN_KEYS_TTL_MS: process.env.COLLECTOR_KNOWN_KEYS_TTL_MS } : {}),
+    ...(process.env.COLLECTOR_KEY_LIST_REFRESH_MS ? { COLLECTOR_KEY_LIST_REFRESH_MS: process.env.COLLECTOR_KEY_LIST_REFRESH_MS } : {}),
     ...(usageLog ? { COLLECTOR_USAGE_LOG: usageLog } : {}),
   }).collector;
 
@@ -210,11 +214,19 @@ async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, u
   const pools = Array.from({ length: collectors }, () =>
     createDb(url, { poolMax: collectorConfig().flushParallelism + 1, applicationName: 'keyusage-bench-flush' }),
   );
-  const { usageLogMinKeys, knownKeysTtlMs } = collectorConfig(usageLog);
-  const known = pools.map(() => (knownKeysTtlMs > 0 ? new KnownKeys(knownKeysTtlMs, Date.now) : undefined));
+  const { usageLogMinKeys, knownKeysTtlMs, keyListRefreshMs } = collectorConfig(usageLog);
+  // A running collector's key list, read at its start, before its first flush (collector/keyListSync.ts).
+  const listed = keyListRefreshMs > 0 ? await keyListOf(db) : undefined;
+  const known = pools.map(() => (knownKeysTtlMs > 0 ? new KnownKeys(knownKeysTtlMs, Date.now, () => listed) : undefined));
   const target: Target = { name, db, pools, keySets, roundTrips: 0, logMinKeys: usageLogMinKeys, known };
   pools[0].on('query', () => target.roundTrips++);
   return target;
+}
+
+async function keyListOf(db: Db): Promise<KeyList> {
+  const list = new KeyList(randomInt(2 ** 31));
+  list.replace((await hashesOfAllKeys(db, list))!);
+  return list;
 }
 
 // One collector of `scenario` on `pool`: its aggregator filled with count-1 lines, and the real

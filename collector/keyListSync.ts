@@ -79,6 +79,14 @@ export function createKeyListSync(options: KeyListSyncOptions) {
     ageMs(): number {
       return now() - (stats.lastReadAt || createdAt);
     },
+    /**
+     * The list while it may vouch that its keys exist (collector/knownKeys.ts): loaded, by a full
+     * read begun within `fullReadMs` and one retry. Only a full read forgets deleted keys, so a key
+     * deleted since stays vouched for until the next one; with full reads failing, no longer.
+     */
+    vouching(): KeyList | undefined {
+      return list.loaded && now() - stats.lastFullReadAt <= fullReadMs + FULL_READ_RETRY_MS ? list : undefined;
+    },
     /** Whether a read is in progress (one may outlive stop(), until the pool is destroyed). */
     get reading(): boolean {
       return reading !== undefined;

@@ -6,6 +6,11 @@
 // every key again, drops its uses there. Pure: the clock is injected, and entries age out in two
 // generations, so memory holds the keys confirmed within about the last TTL, and nothing is
 // trusted for longer, even when the clock steps back.
+//
+// Keys the collector's key list holds are trusted too, while the list vouches for them: it is
+// itself a read of api_keys, and it saves the append's one big question, at a collector's first
+// append and each time a whole generation of confirmed keys ages out (100 k keys: about 0.2-0.4 s
+// of an append, docs/benchmarks.md §4). Those keys are looked up (a hash), not copied in.
 
 export interface KeyRef {
   keyId: string;
@@ -18,6 +23,9 @@ export interface KeyRef {
 // more cost per id. An entry then keeps 126-369 B (bench/knownKeysMemory.ts), not the datagram.
 const ownCopy = (text: string) => (' ' + text).slice(1);
 
+/** The key list (collector/keyList.ts) while it vouches that its keys exist; undefined when it does not. */
+export type ListedKeys = () => { admits(keyId: string, orgId: string): boolean } | undefined;
+
 export class KnownKeys {
   #current = new Map<string, string>();
   #previous = new Map<string, string>();
@@ -29,14 +37,18 @@ export class KnownKeys {
   constructor(
     private readonly ttlMs: number,
     private readonly now: () => number,
+    private readonly listed: ListedKeys = () => undefined,
   ) {
     this.#turnedAt = now();
   }
 
-  /** The keys of `keys` not confirmed in the org they name within the TTL, in their order. */
+  /** The keys of `keys` neither listed nor confirmed in the org they name within the TTL, in their order. */
   unconfirmed<K extends KeyRef>(keys: readonly K[]): K[] {
     this.#age();
-    return keys.filter(({ keyId, orgId }) => (this.#current.get(keyId) ?? this.#previous.get(keyId)) !== orgId);
+    const list = this.listed();
+    const confirmed = ({ keyId, orgId }: K) => (this.#current.get(keyId) ?? this.#previous.get(keyId)) === orgId;
+    if (list === undefined) return keys.filter((k) => !confirmed(k));
+    return keys.filter((k) => !list.admits(k.keyId, k.orgId) && !confirmed(k));
   }
 
   /** Trusts `keys`, just confirmed by the database. */

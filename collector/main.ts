@@ -77,10 +77,11 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
           throw error;
         })
       : undefined;
-  const { knownKeysTtlMs } = config.collector;
-  const usageStore = createUsageStore(db, storeOptions, knownKeysTtlMs > 0 ? new KnownKeys(knownKeysTtlMs, now) : undefined);
-  const store = overrides.store ?? (foldThread ? { ...usageStore, fold: () => foldThread.fold() } : usageStore);
   const keyList = createKeyList(config, db, warn, now);
+  const { knownKeysTtlMs } = config.collector;
+  const known = knownKeysTtlMs > 0 ? new KnownKeys(knownKeysTtlMs, now, () => keyList?.sync.vouching()) : undefined;
+  const usageStore = createUsageStore(db, storeOptions, known);
+  const store = overrides.store ?? (foldThread ? { ...usageStore, fold: () => foldThread.fold() } : usageStore);
   const aggregator = new Aggregator({
     maxKeys: config.collector.aggregatorMaxKeys,
     timestampWindowMs: config.collector.timestampWindowMs,

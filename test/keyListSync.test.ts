@@ -131,12 +131,14 @@ t.test('a read that fails leaves the list as it was, is counted, and is tried ag
   await waitFor('a failed first read', async () => sync.stats.failures > 0 || undefined, 10_000, 20);
   t.equal(list.loaded, false, 'never read: not loaded, so every key is admitted');
   t.ok(list.admits('any', 'thing'));
+  t.equal(sync.vouching(), undefined, 'and vouches for none');
   now = 5000;
   t.equal(sync.ageMs(), 5000, 'its age runs from the start');
   await proxy.up();
   await waitFor('the read once PostgreSQL is back', async () => list.loaded || undefined, 10_000, 20);
   t.ok(list.admits(kept, org));
   t.notOk(list.admits('any', 'thing'));
+  t.equal(sync.vouching(), list, 'loaded: it vouches for its keys');
   const firstFullRead = sync.stats.lastFullReadAt;
 
   // The hourly full read fails (its pages cut), and keeps failing: the refreshes go on meanwhile.
@@ -147,6 +149,12 @@ t.test('a read that fails leaves the list as it was, is counted, and is tried ag
   const [created] = await insertKeys(seed, org, 1, 'new');
   await waitFor('a refresh to list a key created since', async () => list.admits(created, org) || undefined, 10_000, 20);
   t.equal(sync.stats.lastFullReadAt, firstFullRead, 'listed by a refresh, while no full read succeeded');
+  t.equal(sync.vouching(), list, 'a full read an hour old still vouches');
+  // Set and put back with no await between: no tick of the sync reads this clock.
+  const at = now;
+  now = firstFullRead + HOUR + 60_001;
+  t.equal(sync.vouching(), undefined, 'an hour and a retry after the last full read, it no longer vouches');
+  now = at;
   proxy.disarm();
   now += 59_000;
   await waitFor('a refresh 59 s after the failed full read', async () => (sync.stats.lastReadAt === now ? true : undefined), 10_000, 20);
@@ -210,4 +218,26 @@ t.test('a collector tells the two overflows apart: keys missing from the list at
   await waitFor('the flood', () => (unlistedValue('uses_received_total') === 6 ? true : undefined));
   t.equal(unlistedValue('overflow_uses_total'), 2, 'COLLECTOR_KEY_LIST_REFRESH_MS=0: four forged ids fill the cap, the real key is refused');
   t.equal(unlistedValue('overflow_unlisted_uses_total'), 0);
+});
+
+// The append's key check (collector/knownKeys.ts) takes the collector's key list as its word: a
+// collector whose list is read asks PostgreSQL nothing about listed keys, even at its first append.
+t.test("a collector's first append asks nothing about keys its list holds; one with no list asks about all", async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const org = await createOrg(db, 'acme');
+  const keys = await insertKeys(db, org, 3, 'k');
+  const datagram = keys.map((keyId) => encodeUsageLine({ keyId, orgId: org, ip: '192.0.2.1', outcome: 'ok', count: 1 })).join('\n');
+  const firstAppend = async (env: Record<string, string>) => {
+    const collector = await startTestCollector(t, url, { COLLECTOR_USAGE_LOG: 'true', ...env });
+    const value = (name: string) => collector.samples().find((s) => s.name === `keyusage_collector_${name}`)?.value ?? NaN;
+    await waitFor('the key list, if any', () => (env.COLLECTOR_KEY_LIST_REFRESH_MS === '0' || value('key_list_keys') >= 3 ? true : undefined), 10_000, 20);
+    await sendDatagrams(collector.receiver.port, [datagram]);
+    await waitFor('the append', () => (value('uses_persisted_total') === 3 ? true : undefined), 10_000, 20);
+    const statements = value('last_flush_statements');
+    await collector.stop();
+    return statements;
+  };
+  const listed = await firstAppend({});
+  const unlisted = await firstAppend({ COLLECTOR_KEY_LIST_REFRESH_MS: '0' });
+  t.equal(listed, unlisted - 1, `${listed} statements with the list, ${unlisted} without: one question fewer`);
 });

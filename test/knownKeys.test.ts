@@ -1,6 +1,7 @@
 // KnownKeys (collector/knownKeys.ts): what an append trusts without asking, and for how long.
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
+import { KeyList } from '../collector/keyList';
 import { KnownKeys } from '../collector/knownKeys';
 import { collectGarbage } from './helpers/faults';
 
@@ -13,6 +14,24 @@ t.test('only confirmed keys, in the org they were confirmed in, are trusted', as
   known.confirm([a]);
   t.strictSame(known.unconfirmed([a, b]), [b]);
   t.strictSame(known.unconfirmed([key('a', 'globex')]), [key('a', 'globex')], 'the same id under another org is not');
+});
+
+t.test('keys of a key list are trusted while it vouches for them, each in its own org, and never copied in', async (t) => {
+  const list = new KeyList(5);
+  list.replace([list.hash('listed', 'acme')]);
+  let vouching = true;
+  const known = new KnownKeys(
+    1000,
+    () => 0,
+    () => (vouching ? list : undefined),
+  );
+  const [listed, other] = [key('listed'), key('other')];
+  t.strictSame(known.unconfirmed([listed, other]), [other], 'a listed key is not asked about');
+  t.strictSame(known.unconfirmed([key('listed', 'globex')]), [key('listed', 'globex')], 'nor trusted under another org');
+  known.confirm([other]);
+  t.strictSame(known.unconfirmed([listed, other]), [], 'confirmed keys beside it');
+  vouching = false;
+  t.strictSame(known.unconfirmed([listed, other]), [listed], 'once the list no longer vouches, only confirmed keys are trusted');
 });
 
 t.test('an entry is trusted half a TTL at least and a whole TTL at most, then asked again', async (t) => {

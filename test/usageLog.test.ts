@@ -5,6 +5,7 @@ import t from 'tap';
 import { Aggregator, type KeyUsageDelta } from '../collector/aggregator';
 import { decodeDelta, writeLogLine, createUsageStore, FOLD_LOCK_CLASS, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
 import { chunksWritten } from '../collector/copyBytes';
+import { KeyList } from '../collector/keyList';
 import { KnownKeys } from '../collector/knownKeys';
 import { CommitInDoubtError, type PendingBatch } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
@@ -267,6 +268,34 @@ t.test('with known keys an append asks only about keys it has not confirmed with
   t.match(await store.fold(), { keysWritten: 2, unknownKeys: 1 }, 'and its fold drops it');
   now = 60_000;
   t.match(await store.write([batchOf(keys, 4)]), { keysLogged: 2, unknownKeys: 1 }, 'a TTL later it is asked about again');
+  await store.fold();
+  t.equal(await logRows(db), 0);
+});
+
+t.test('an append asks nothing about keys the key list vouches for, and their fold still checks them', async (t) => {
+  const { db } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 3);
+  const list = new KeyList(7);
+  list.replace(keys.keyIds.map((id) => list.hash(id, keys.orgId)));
+  let vouching = true;
+  const store = createUsageStore(
+    db,
+    { logMinKeys: 1 },
+    new KnownKeys(
+      60_000,
+      () => 0,
+      () => (vouching ? list : undefined),
+    ),
+  );
+  const asking = await createUsageStore(db, { logMinKeys: 1 }).write([batchOf(keys, 0)]);
+  t.match(await store.write([batchOf(keys, 1)]), { keysLogged: 3, unknownKeys: 0, statements: asking.statements - 1 }, 'listed keys: no question');
+  const forged = batchOf({ orgId: keys.orgId, keyIds: [randomUUID()] });
+  t.match(await store.write([batchOf(keys, 2), forged]), { keysLogged: 3, unknownKeys: 1 }, 'an unlisted id is asked about');
+  await db(TABLE.apiKeys).where({ id: keys.keyIds[0] }).delete();
+  t.match(await store.write([batchOf(keys, 3)]), { keysLogged: 3, unknownKeys: 0 }, 'a key deleted since the list was read reaches the log');
+  t.match(await store.fold(), { keysWritten: 2, unknownKeys: 1 }, 'and its fold drops it');
+  vouching = false;
+  t.match(await store.write([batchOf(keys, 4)]), { keysLogged: 2, unknownKeys: 1 }, 'once the list no longer vouches, every key is asked about');
   await store.fold();
   t.equal(await logRows(db), 0);
 });
