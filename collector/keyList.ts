@@ -22,7 +22,7 @@ export class KeyList {
   #size = 0;
   #loaded = false;
 
-  /** `seed`: a 32-bit integer drawn per process. */
+  /** `seed`: an integer below 2^31, drawn per process. */
   constructor(private readonly seed: number) {}
 
   /** False until the first full read: until then every key is admitted, as without a list. */

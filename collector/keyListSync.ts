@@ -39,6 +39,9 @@ export function createKeyListSync(options: KeyListSyncOptions) {
   const { db, list, refreshMs, warn, now } = options;
   const fullReadMs = options.fullReadMs ?? FULL_READ_MS;
   const timeoutMs = options.readTimeoutMs ?? READ_TIMEOUT_MS;
+  // The next full read, and one retry, each begun at a tick (up to refreshMs late) and the retry a
+  // minute after the failure: trust does not lapse while they run, only once both have failed.
+  const vouchMs = fullReadMs + 2 * (refreshMs + FULL_READ_RETRY_MS);
   const createdAt = now();
   const stats = { failures: 0, lastReadAt: 0, lastFullReadAt: 0 };
   let nextFullReadAt = -Infinity;
@@ -48,7 +51,8 @@ export function createKeyListSync(options: KeyListSyncOptions) {
   let reading: Promise<void> | undefined;
   const read = async () => {
     const startedAt = now();
-    if (!list.loaded || startedAt >= nextFullReadAt) {
+    // A clock stepped back behind the last full read would hold the next one off until it caught up.
+    if (!list.loaded || startedAt >= nextFullReadAt || startedAt < stats.lastFullReadAt) {
       nextFullReadAt = startedAt + FULL_READ_RETRY_MS;
       const hashes = await hashesOfAllKeys(db, list, timeoutMs, () => stopped);
       if (hashes === undefined) return;
@@ -81,11 +85,13 @@ export function createKeyListSync(options: KeyListSyncOptions) {
     },
     /**
      * The list while it may vouch that its keys exist (collector/knownKeys.ts): loaded, by a full
-     * read begun within `fullReadMs` and one retry. Only a full read forgets deleted keys, so a key
-     * deleted since stays vouched for until the next one; with full reads failing, no longer.
+     * read begun within `vouchMs` by this process's clock (not ahead of it: a clock stepped back
+     * vouches for nothing until the full read it starts). Only a full read forgets deleted keys, so
+     * a key deleted since stays vouched for until the next one; with full reads failing, no longer.
      */
     vouching(): KeyList | undefined {
-      return list.loaded && now() - stats.lastFullReadAt <= fullReadMs + FULL_READ_RETRY_MS ? list : undefined;
+      const age = now() - stats.lastFullReadAt;
+      return list.loaded && age >= 0 && age <= vouchMs ? list : undefined;
     },
     /** Whether a read is in progress (one may outlive stop(), until the pool is destroyed). */
     get reading(): boolean {

@@ -48,6 +48,12 @@ t.test('a full read in pages, keys created since, and deleted keys forgotten at 
   await db(TABLE.apiKeys).where({ id: acmeKeys[0] }).delete();
   now += HOUR;
   await waitFor('a full read to forget the deleted key', async () => (sync.stats.lastFullReadAt === now ? true : undefined), 30_000, 20);
+  t.equal(sync.vouching(), list);
+  // The wall clock steps back: the list vouches for nothing until a full read by the new clock.
+  now -= 10 * HOUR;
+  t.equal(sync.vouching(), undefined, 'a clock behind the last full read: no vouching');
+  await waitFor('a full read at once, not ten hours later', async () => (sync.stats.lastFullReadAt === now ? true : undefined), 30_000, 20);
+  t.equal(sync.vouching(), list);
   sync.stop();
   t.notOk(list.admits(acmeKeys[0], acme), 'deleted: no longer listed');
   t.ok(list.admits(created, globex) && list.admits(acmeKeys[1], acme), 'the others still are');
@@ -149,11 +155,13 @@ t.test('a read that fails leaves the list as it was, is counted, and is tried ag
   const [created] = await insertKeys(seed, org, 1, 'new');
   await waitFor('a refresh to list a key created since', async () => list.admits(created, org) || undefined, 10_000, 20);
   t.equal(sync.stats.lastFullReadAt, firstFullRead, 'listed by a refresh, while no full read succeeded');
-  t.equal(sync.vouching(), list, 'a full read an hour old still vouches');
   // Set and put back with no await between: no tick of the sync reads this clock.
   const at = now;
-  now = firstFullRead + HOUR + 60_001;
-  t.equal(sync.vouching(), undefined, 'an hour and a retry after the last full read, it no longer vouches');
+  const vouchMs = HOUR + 2 * (20 + 60_000); // the hour, two ticks of 20 ms, the retry's minute and one more
+  now = firstFullRead + vouchMs;
+  t.equal(sync.vouching(), list, 'a full read an hour old, its retry due: the list still vouches');
+  now += 1;
+  t.equal(sync.vouching(), undefined, 'past the time the retry had, it no longer does');
   now = at;
   proxy.disarm();
   now += 59_000;

@@ -275,8 +275,9 @@ t.test('with known keys an append asks only about keys it has not confirmed with
 t.test('an append asks nothing about keys the key list vouches for, and their fold still checks them', async (t) => {
   const { db } = await freshDatabase(t);
   const keys = await orgWithKeys(db, 3);
+  const other = await orgWithKeys(db, 1, 'other');
   const list = new KeyList(7);
-  list.replace(keys.keyIds.map((id) => list.hash(id, keys.orgId)));
+  list.replace([...keys.keyIds.map((id) => list.hash(id, keys.orgId)), list.hash(other.keyIds[0], other.orgId)]);
   let vouching = true;
   const store = createUsageStore(
     db,
@@ -289,8 +290,8 @@ t.test('an append asks nothing about keys the key list vouches for, and their fo
   );
   const asking = await createUsageStore(db, { logMinKeys: 1 }).write([batchOf(keys, 0)]);
   t.match(await store.write([batchOf(keys, 1)]), { keysLogged: 3, unknownKeys: 0, statements: asking.statements - 1 }, 'listed keys: no question');
-  const forged = batchOf({ orgId: keys.orgId, keyIds: [randomUUID()] });
-  t.match(await store.write([batchOf(keys, 2), forged]), { keysLogged: 3, unknownKeys: 1 }, 'an unlisted id is asked about');
+  const forged = batchOf({ orgId: keys.orgId, keyIds: [randomUUID(), other.keyIds[0]] });
+  t.match(await store.write([batchOf(keys, 2), forged]), { keysLogged: 3, unknownKeys: 2 }, "an unlisted id, and another org's key, are asked about");
   await db(TABLE.apiKeys).where({ id: keys.keyIds[0] }).delete();
   t.match(await store.write([batchOf(keys, 3)]), { keysLogged: 3, unknownKeys: 0 }, 'a key deleted since the list was read reaches the log');
   t.match(await store.fold(), { keysWritten: 2, unknownKeys: 1 }, 'and its fold drops it');
