@@ -1,7 +1,7 @@
 // Coalesces usage samples per (orgId, keyId) between flushes. Pure: the clock
 // is injected and the flusher decides when to drain, so nothing here sleeps.
 import { OUTCOMES, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
-import { PendingKey } from './pendingKey';
+import { PendingKey, TimeBase } from './pendingKey';
 
 export interface IpStat {
   count: number;
@@ -15,7 +15,7 @@ export type HourCounts = Record<Outcome, number>;
 // One key's uses since the last drain. "Used" means the secret was proven: lastUsedAt, lastIp
 // and ips move only for outcomes in PROVEN_OUTCOMES; a wrong secret is a failed attempt and
 // moves only the failed* fields, so a stranger who knows a key's id cannot make it look used.
-// A drained key is a PendingKey, whose Maps are getters made on first read: copy a delta field by
+// A drained key is a PendingKey, whose times are getters and Maps made on first read: copy a delta field by
 // field (as mergeBatches does), never with a spread, JSON or structuredClone, which leave them out.
 export interface KeyUsageDelta {
   keyId: string;
@@ -87,6 +87,8 @@ export class Aggregator {
   #outOfWindowSamples = 0;
   #hourFor = NaN;
   #hour = NaN;
+  // What this drain's keys count their times from: the hour of its first key (collector/pendingKey.ts).
+  #base: TimeBase | undefined;
   #nearFull: { keys: number; observer: () => void } | undefined;
 
   constructor(options: AggregatorOptions) {
@@ -144,7 +146,7 @@ export class Aggregator {
     if (entry !== undefined && entry.orgId === sample.orgId) return entry;
     if (entry === undefined) {
       if (this.#refuses(sample)) return undefined;
-      const created = new PendingKey(sample.keyId, sample.orgId, hour);
+      const created = new PendingKey(sample.keyId, sample.orgId, hour, this.#baseFor(hour));
       if (fast === undefined) this.#byTail.set(tail, created);
       else this.#sharedTails.set(sample.keyId, created);
       return this.#added(created);
@@ -152,7 +154,7 @@ export class Aggregator {
     const id = entryId(sample.orgId, sample.keyId);
     const other = this.#otherOrgs.get(id);
     if (other !== undefined || this.#refuses(sample)) return other;
-    const created = new PendingKey(sample.keyId, sample.orgId, hour);
+    const created = new PendingKey(sample.keyId, sample.orgId, hour, this.#baseFor(hour));
     this.#otherOrgs.set(id, created);
     return this.#added(created);
   }
@@ -170,6 +172,10 @@ export class Aggregator {
     }
     this.#unlistedOverflowUses += sample.count;
     return true;
+  }
+
+  #baseFor(hour: number): TimeBase {
+    return (this.#base ??= new TimeBase(hour));
   }
 
   // The one place a new key is counted in: the observer hears when the keys reach its mark.
@@ -194,6 +200,7 @@ export class Aggregator {
     this.#otherOrgs = new Map();
     this.#uses = 0;
     this.#unlistedPending = 0;
+    this.#base = undefined;
     return batch;
   }
 

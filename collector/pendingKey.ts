@@ -5,8 +5,23 @@
 // leaves a hole, the insert finds no room), and garbage collection took a third of the time. So
 // the last hour's counts are kept at hand, outcomes go through a switch, addresses live in one
 // small array updated in place, and a key's Maps are made once, when a consumer first reads them.
+// Times are kept as ms from their drain's base (TimeBase): an epoch ms is a double, which V8 keeps
+// in a heap box of its own per field, and with 100 k distinct keys a second each key's boxes
+// (seven, with its address's) lived a flush interval and made most of the garbage collectors' work.
+// An offset is a small integer, held in the field itself.
 import { isProvenOutcome, zeroOutcomes, type Outcome } from '../shared/usageWire';
 import type { HourCounts, IpStat, KeyUsageDelta } from './aggregator';
+
+/** The time a drain's pending keys count their times from: one per drain, shared by its keys. */
+export class TimeBase {
+  constructor(readonly at: number) {}
+}
+
+// Which of a key's four last-seen times are set (none: -Infinity).
+const USED = 1;
+const FAILED = 2;
+const REVOKED = 4;
+const EXPIRED = 8;
 
 export class PendingKey implements KeyUsageDelta {
   readonly keyId: string;
@@ -16,15 +31,17 @@ export class PendingKey implements KeyUsageDelta {
   // doubled what each key allocated, and GC took 28 % of the time).
   total = 0;
   byOutcome = zeroOutcomes();
-  lastUsedAt = -Infinity;
   lastIp = '';
-  lastFailedAt = -Infinity;
   lastFailedIp = '';
-  lastRevokedUseAt = -Infinity;
-  lastExpiredUseAt = -Infinity;
-  // The hour of the last line and its counts; every hour in a Map once a second one comes. While
-  // all lines were of one hour, that hour's counts are the key's byOutcome: nothing to count twice
-  // or allocate for most keys.
+  readonly #base: TimeBase;
+  #seen = 0;
+  #lastUsed = 0;
+  #lastFailed = 0;
+  #lastRevokedUse = 0;
+  #lastExpiredUse = 0;
+  // The hour of the last line (from the base) and its counts; every hour in a Map once a second
+  // one comes. While all lines were of one hour, that hour's counts are the key's byOutcome:
+  // nothing to count twice or allocate for most keys.
   #hour: number;
   #hourCounts: HourCounts | undefined;
   #hours: Map<number, HourCounts> | undefined;
@@ -37,72 +54,126 @@ export class PendingKey implements KeyUsageDelta {
   #failedIps: Addresses;
 
   /** A key is created for its first line, and with the hour of that line. */
-  constructor(keyId: string, orgId: string, hour: number) {
+  constructor(keyId: string, orgId: string, hour: number, base: TimeBase) {
     this.keyId = keyId;
     this.orgId = orgId;
-    this.#hour = hour;
+    this.#base = base;
+    this.#hour = hour - base.at;
   }
 
   add(now: number, hour: number, ip: string, outcome: Outcome, count: number, maxIps: number): void {
-    if (hour !== this.#hour) addTo(this.#countsOf(hour), outcome, count);
+    const at = now - this.#base.at;
+    if (hour - this.#base.at !== this.#hour) addTo(this.#countsOf(hour), outcome, count);
     else if (this.#hourCounts !== undefined) addTo(this.#hourCounts, outcome, count);
     this.total += count;
     addTo(this.byOutcome, outcome, count);
     if (isProvenOutcome(outcome)) {
-      if (now >= this.lastUsedAt) {
-        this.lastUsedAt = now;
+      if (this.#isLatest(USED, this.#lastUsed, at)) {
+        this.#lastUsed = at;
         this.lastIp = ip;
       }
-      this.#ips = touchIp(this.#ips as RecentIps | undefined, ip, count, now, maxIps);
-      if (outcome === 'revoked') this.lastRevokedUseAt = Math.max(this.lastRevokedUseAt, now);
-      else if (outcome === 'expired') this.lastExpiredUseAt = Math.max(this.lastExpiredUseAt, now);
+      this.#ips = touchIp(this.#ips as RecentIps | undefined, ip, count, at, maxIps);
+      if (outcome === 'revoked' && this.#isLatest(REVOKED, this.#lastRevokedUse, at)) this.#lastRevokedUse = at;
+      else if (outcome === 'expired' && this.#isLatest(EXPIRED, this.#lastExpiredUse, at)) this.#lastExpiredUse = at;
     } else {
-      if (now >= this.lastFailedAt) {
-        this.lastFailedAt = now;
+      if (this.#isLatest(FAILED, this.#lastFailed, at)) {
+        this.#lastFailed = at;
         this.lastFailedIp = ip;
       }
-      this.#failedIps = touchIp(this.#failedIps as RecentIps | undefined, ip, count, now, maxIps);
+      this.#failedIps = touchIp(this.#failedIps as RecentIps | undefined, ip, count, at, maxIps);
     }
+  }
+
+  // Whether `at` is as late as the time `flag` marks, or that time is not set yet; marks it set,
+  // for the caller to write.
+  #isLatest(flag: number, time: number, at: number): boolean {
+    if ((this.#seen & flag) !== 0 && at < time) return false;
+    this.#seen |= flag;
+    return true;
+  }
+
+  #timeOf(flag: number, time: number): number {
+    return (this.#seen & flag) === 0 ? -Infinity : this.#base.at + time;
+  }
+
+  // A drained key may be merged into (DeltaCoalescer), as any delta.
+  #offsetOf(flag: number, time: number): number {
+    if (time === -Infinity) {
+      this.#seen &= ~flag;
+      return 0;
+    }
+    this.#seen |= flag;
+    return time - this.#base.at;
+  }
+
+  get lastUsedAt(): number {
+    return this.#timeOf(USED, this.#lastUsed);
+  }
+  set lastUsedAt(time: number) {
+    this.#lastUsed = this.#offsetOf(USED, time);
+  }
+  get lastFailedAt(): number {
+    return this.#timeOf(FAILED, this.#lastFailed);
+  }
+  set lastFailedAt(time: number) {
+    this.#lastFailed = this.#offsetOf(FAILED, time);
+  }
+  get lastRevokedUseAt(): number {
+    return this.#timeOf(REVOKED, this.#lastRevokedUse);
+  }
+  set lastRevokedUseAt(time: number) {
+    this.#lastRevokedUse = this.#offsetOf(REVOKED, time);
+  }
+  get lastExpiredUseAt(): number {
+    return this.#timeOf(EXPIRED, this.#lastExpiredUse);
+  }
+  set lastExpiredUseAt(time: number) {
+    this.#lastExpiredUse = this.#offsetOf(EXPIRED, time);
   }
 
   // Read only once drained (the aggregator hands a key out only then, and adds nothing after):
   // the first read makes the Map from the key's own list, which it then replaces.
   get ips(): Map<string, IpStat> {
-    return (this.#ips = ipMap(this.#ips));
+    return (this.#ips = ipMap(this.#ips, this.#base.at));
   }
   set ips(ips: Map<string, IpStat>) {
     this.#ips = ips;
   }
   get failedIps(): Map<string, IpStat> {
-    return (this.#failedIps = ipMap(this.#failedIps));
+    return (this.#failedIps = ipMap(this.#failedIps, this.#base.at));
   }
   set failedIps(ips: Map<string, IpStat>) {
     this.#failedIps = ips;
   }
   get hours(): Map<number, HourCounts> {
-    return (this.#hours ??= new Map<number, HourCounts>().set(this.#hour, { ...this.byOutcome }));
+    return (this.#hours ??= new Map<number, HourCounts>().set(this.#base.at + this.#hour, { ...this.byOutcome }));
   }
   set hours(hours: Map<number, HourCounts>) {
     this.#hours = hours;
   }
 
   /** The proven (or failed) addresses in the order of the ips (failedIps) Map, without making it. */
-  forEachIp(proven: boolean, each: (ip: string, stat: IpStat) => void): void {
+  forEachIp(proven: boolean, each: EachIp): void {
     const addresses = proven ? this.#ips : this.#failedIps;
-    if (addresses instanceof Map) addresses.forEach((stat, ip) => each(ip, stat));
-    else if (addresses !== undefined) for (let i = 0; i < addresses.length; i += 2) each(addresses[i] as string, addresses[i + 1] as IpStat);
+    if (addresses instanceof Map) addresses.forEach((stat, ip) => each(ip, stat.count, stat.firstSeen, stat.lastSeen));
+    else if (addresses !== undefined) {
+      const base = this.#base.at;
+      for (let i = 0; i < addresses.length; i += STRIDE) {
+        each(addresses[i] as string, addresses[i + 1] as number, base + (addresses[i + 2] as number), base + (addresses[i + 3] as number));
+      }
+    }
   }
 
   /** The hours and their counts in the order of the hours Map, without making it. */
   forEachHour(each: (hour: number, counts: HourCounts) => void): void {
-    if (this.#hours === undefined) each(this.#hour, this.byOutcome);
+    if (this.#hours === undefined) each(this.#base.at + this.#hour, this.byOutcome);
     else this.#hours.forEach((counts, hour) => each(hour, counts));
   }
 
   /** How many addresses forEachIp gives. */
   ipCount(proven: boolean): number {
     const addresses = proven ? this.#ips : this.#failedIps;
-    return addresses instanceof Map ? addresses.size : addresses === undefined ? 0 : addresses.length / 2;
+    return addresses instanceof Map ? addresses.size : addresses === undefined ? 0 : addresses.length / STRIDE;
   }
 
   /** How many hours forEachHour gives. */
@@ -113,19 +184,22 @@ export class PendingKey implements KeyUsageDelta {
   // A line of another hour than the last (a new hour began, or a timestamped sample); called
   // before the line is counted in byOutcome.
   #countsOf(hour: number): HourCounts {
-    this.#hours ??= new Map<number, HourCounts>().set(this.#hour, { ...this.byOutcome });
+    this.#hours ??= new Map<number, HourCounts>().set(this.#base.at + this.#hour, { ...this.byOutcome });
     let counts = this.#hours.get(hour);
     if (counts === undefined) this.#hours.set(hour, (counts = zeroOutcomes()));
-    this.#hour = hour;
+    this.#hour = hour - this.#base.at;
     this.#hourCounts = counts;
     return counts;
   }
 }
 
+/** An address, its count, and when it was first and last seen (epoch ms). */
+export type EachIp = (ip: string, count: number, firstSeen: number, lastSeen: number) => void;
+
 /** Any delta's proven (or failed) addresses, in its Map's order; a drained pending key's without making the Map. */
-export function forEachIp(k: KeyUsageDelta, proven: boolean, each: (ip: string, stat: IpStat) => void): void {
+export function forEachIp(k: KeyUsageDelta, proven: boolean, each: EachIp): void {
   if (k instanceof PendingKey) k.forEachIp(proven, each);
-  else (proven ? k.ips : k.failedIps).forEach((stat, ip) => each(ip, stat));
+  else (proven ? k.ips : k.failedIps).forEach((stat, ip) => each(ip, stat.count, stat.firstSeen, stat.lastSeen));
 }
 
 /** Any delta's hours and their counts, in its Map's order; a drained pending key's without making the Map. */
@@ -165,53 +239,54 @@ function addTo(counts: Record<Outcome, number>, outcome: Outcome, count: number)
   }
 }
 
-// A key's most recently seen addresses and their IpStats, alternating (address, IpStat, ...) in
-// one array, in the order a Map would hold them: first seen first, an address seen again keeping
-// its place. The IpStats are the ones the drained delta's Map holds. Recency is lastSeen, not the
-// order: only a new address arriving at a full list looks for the least recently seen (the first
-// of equals), which gives its place up and its IpStat to the newcomer, so a stream of new
-// addresses allocates nothing. At most `max` (16 by default) string comparisons a line.
-type RecentIps = Array<string | IpStat>;
+// A key's most recently seen addresses in one array, four items each: the address, its count, and
+// when it was first and last seen (from the base), in the order a Map would hold them: first seen
+// first, an address seen again keeping its place. Recency is the last seen time, not the order:
+// only a new address arriving at a full list looks for the least recently seen (the first of
+// equals), which gives its place up to the newcomer, so a stream of new addresses allocates
+// nothing. At most `max` (16 by default) string comparisons a line.
+type RecentIps = Array<string | number>;
+const STRIDE = 4;
 
-function touchIp(recent: RecentIps | undefined, ip: string, count: number, now: number, max: number): RecentIps {
-  if (recent === undefined) return [ip, { count, firstSeen: now, lastSeen: now }];
-  for (let i = 0; i < recent.length; i += 2) {
+function touchIp(recent: RecentIps | undefined, ip: string, count: number, at: number, max: number): RecentIps {
+  if (recent === undefined) return [ip, count, at, at];
+  for (let i = 0; i < recent.length; i += STRIDE) {
     if (recent[i] !== ip) continue;
-    const seen = recent[i + 1] as IpStat;
-    seen.count += count;
+    recent[i + 1] = (recent[i + 1] as number) + count;
     // Timestamped samples (|T) may arrive out of order.
-    if (now > seen.lastSeen) seen.lastSeen = now;
-    else if (now < seen.firstSeen) seen.firstSeen = now;
+    if (at > (recent[i + 3] as number)) recent[i + 3] = at;
+    else if (at < (recent[i + 2] as number)) recent[i + 2] = at;
     return recent;
   }
-  if (recent.length < 2 * max) {
-    recent.push(ip, { count, firstSeen: now, lastSeen: now });
+  if (recent.length < STRIDE * max) {
+    recent.push(ip, count, at, at);
     return recent;
   }
-  const oldest = leastRecentlySeen(recent);
-  const reused = recent[oldest + 1] as IpStat;
-  for (let i = oldest; i < recent.length - 2; i++) recent[i] = recent[i + 2];
-  reused.count = count;
-  reused.firstSeen = now;
-  reused.lastSeen = now;
-  recent[recent.length - 2] = ip;
-  recent[recent.length - 1] = reused;
+  const end = recent.length - STRIDE;
+  for (let i = leastRecentlySeen(recent); i < end; i++) recent[i] = recent[i + STRIDE];
+  recent[end] = ip;
+  recent[end + 1] = count;
+  recent[end + 2] = at;
+  recent[end + 3] = at;
   return recent;
 }
 
-// Called on a full, so non-empty, list; the index of the address (its IpStat follows).
+// Called on a full, so non-empty, list; the index of the address.
 function leastRecentlySeen(recent: RecentIps): number {
   let oldest = 0;
-  for (let i = 2; i < recent.length; i += 2) if ((recent[i + 1] as IpStat).lastSeen < (recent[oldest + 1] as IpStat).lastSeen) oldest = i;
+  for (let i = STRIDE; i < recent.length; i += STRIDE) if ((recent[i + 3] as number) < (recent[oldest + 3] as number)) oldest = i;
   return oldest;
 }
 
 type Addresses = RecentIps | Map<string, IpStat> | undefined;
 
-// The Map of a key's addresses, made from its list the first time.
-function ipMap(addresses: Addresses): Map<string, IpStat> {
+// The Map of a key's addresses, made from its list the first time, with epoch ms.
+function ipMap(addresses: Addresses, base: number): Map<string, IpStat> {
   if (addresses instanceof Map) return addresses;
   const map = new Map<string, IpStat>();
-  if (addresses !== undefined) for (let i = 0; i < addresses.length; i += 2) map.set(addresses[i] as string, addresses[i + 1] as IpStat);
+  if (addresses === undefined) return map;
+  for (let i = 0; i < addresses.length; i += STRIDE) {
+    map.set(addresses[i] as string, { count: addresses[i + 1] as number, firstSeen: base + (addresses[i + 2] as number), lastSeen: base + (addresses[i + 3] as number) });
+  }
   return map;
 }

@@ -54,10 +54,10 @@ const LOG_COLUMNS = `${TABLE.usageLog} (org_id, key_id, delta)` as const;
 function writeIps(out: CopyBytes, k: KeyUsageDelta, proven: boolean): void {
   out.byte(COMMA);
   out.jsonNumber(ipCount(k, proven));
-  forEachIp(k, proven, (ip, stat) => {
+  forEachIp(k, proven, (ip, count, firstSeen, lastSeen) => {
     out.byte(COMMA);
     out.jsonString(ip);
-    writeNumbers(out, stat.count, stat.firstSeen, stat.lastSeen);
+    writeNumbers(out, count, firstSeen, lastSeen);
   });
 }
 

@@ -744,3 +744,24 @@ t.test('with an odd cap, keys the list lacks take the smaller half', async (t) =
   t.equal(three.add(use({ keyId: KEY_A })), true, 'two for listed keys');
   t.equal(three.add(use({ keyId: KEY_B })), true);
 });
+
+// A drain's keys keep their times as offsets from the hour of its first key (collector/pendingKey.ts):
+// a key whose uses lie before that hour, or a day after it, still reads epoch ms, and a time before
+// the base is not taken for "none".
+t.test("a drain's keys read epoch times however far their uses lie from its first key's hour", async (t) => {
+  const { clock, aggregator } = fakeAggregator({ timestampWindowMs: 2 * 86_400_000 });
+  aggregator.add(use());
+  const early = HOUR_10 - 86_400_000 + 123;
+  const late = T0 + 86_400_000 + 456;
+  aggregator.add(use({ keyId: KEY_B, outcome: 'revoked', ip: '10.0.0.2', timestamp: early }));
+  aggregator.add(use({ keyId: KEY_B, outcome: 'bad_secret', ip: '10.0.0.3', timestamp: early }));
+  aggregator.add(use({ keyId: KEY_C, outcome: 'expired', ip: '10.0.0.4', timestamp: late }));
+  aggregator.add(use({ keyId: KEY_C, outcome: 'expired', ip: '10.0.0.4', timestamp: late - 5 }));
+  const [a, b, c] = plainKeys(aggregator.drain().keys).sort((x, y) => [KEY_A, KEY_B, KEY_C].indexOf(x.keyId) - [KEY_A, KEY_B, KEY_C].indexOf(y.keyId));
+  t.equal(a.lastUsedAt, clock.now);
+  t.equal(a.lastFailedAt, -Infinity, 'no failed attempt: none');
+  t.match(b, { lastUsedAt: early, lastRevokedUseAt: early, lastFailedAt: early, lastExpiredUseAt: -Infinity });
+  t.strictSame([...b.hours.keys()], [HOUR_10 - 86_400_000]);
+  t.match(c, { lastUsedAt: late, lastExpiredUseAt: late, lastRevokedUseAt: -Infinity });
+  t.strictSame(c.ips.get('10.0.0.4'), { count: 2, firstSeen: late - 5, lastSeen: late });
+});
