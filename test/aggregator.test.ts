@@ -757,11 +757,22 @@ t.test("a drain's keys read epoch times however far their uses lie from its firs
   aggregator.add(use({ keyId: KEY_B, outcome: 'bad_secret', ip: '10.0.0.3', timestamp: early }));
   aggregator.add(use({ keyId: KEY_C, outcome: 'expired', ip: '10.0.0.4', timestamp: late }));
   aggregator.add(use({ keyId: KEY_C, outcome: 'expired', ip: '10.0.0.4', timestamp: late - 5 }));
-  const [a, b, c] = plainKeys(aggregator.drain().keys).sort((x, y) => [KEY_A, KEY_B, KEY_C].indexOf(x.keyId) - [KEY_A, KEY_B, KEY_C].indexOf(y.keyId));
+  aggregator.add(use({ orgId: ORG_2, timestamp: HOUR_10 }));
+  const drained = aggregator.drain().keys;
+  const order = (k: KeyUsageDelta) => [KEY_A, KEY_B, KEY_C].indexOf(k.keyId) + (k.orgId === ORG_2 ? 3 : 0);
+  const [a, b, c, atBase] = plainKeys(drained).sort((x, y) => order(x) - order(y));
   t.equal(a.lastUsedAt, clock.now);
   t.equal(a.lastFailedAt, -Infinity, 'no failed attempt: none');
   t.match(b, { lastUsedAt: early, lastRevokedUseAt: early, lastFailedAt: early, lastExpiredUseAt: -Infinity });
   t.strictSame([...b.hours.keys()], [HOUR_10 - 86_400_000]);
+  t.strictSame(b.failedIps.get('10.0.0.3'), { count: 1, firstSeen: early, lastSeen: early });
   t.match(c, { lastUsedAt: late, lastExpiredUseAt: late, lastRevokedUseAt: -Infinity });
+  t.strictSame([...c.hours.keys()], [late - (late % 3_600_000)]);
   t.strictSame(c.ips.get('10.0.0.4'), { count: 2, firstSeen: late - 5, lastSeen: late });
+  t.match(atBase, { lastUsedAt: HOUR_10, lastFailedAt: -Infinity }, 'a use at the base itself is a use, not none');
+  // A drained key may be merged into, as any delta: its times are written back as epoch ms, or none.
+  const key = drained.find((k) => k.keyId === KEY_B)!;
+  key.lastUsedAt = -Infinity;
+  key.lastFailedAt = late;
+  t.match(plainDelta(key), { lastUsedAt: -Infinity, lastFailedAt: late, lastRevokedUseAt: early });
 });
