@@ -286,7 +286,11 @@ function ipMap(addresses: Addresses, base: number): Map<string, IpStat> {
   const map = new Map<string, IpStat>();
   if (addresses === undefined) return map;
   for (let i = 0; i < addresses.length; i += STRIDE) {
-    map.set(addresses[i] as string, { count: addresses[i + 1] as number, firstSeen: base + (addresses[i + 2] as number), lastSeen: base + (addresses[i + 3] as number) });
+    map.set(addresses[i] as string, {
+      count: addresses[i + 1] as number,
+      firstSeen: base + (addresses[i + 2] as number),
+      lastSeen: base + (addresses[i + 3] as number),
+    });
   }
   return map;
 }
