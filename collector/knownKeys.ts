@@ -9,8 +9,8 @@
 //
 // Keys the collector's key list holds are trusted too, while the list vouches for them: it is
 // itself a read of api_keys, and it saves the append's one big question, at a collector's first
-// append and each time a whole generation of confirmed keys ages out (100 k keys: about 0.2-0.4 s
-// of an append, docs/benchmarks.md §4). Those keys are looked up (a hash), not copied in.
+// append and each time a whole generation of confirmed keys ages out (100 k keys: 0.3-0.6 s of a
+// flush, docs/benchmarks.md §4). Those keys are looked up (a hash), not copied in.
 
 export interface KeyRef {
   keyId: string;
