@@ -188,6 +188,8 @@ interface Target {
   logMinKeys: number | undefined;
   /** Each collector's keys confirmed by its appends, kept across its flushes as a running collector keeps them. */
   known: Array<KnownKeys | undefined>;
+  /** The collectors' key list, which their aggregators admit keys by and their appends trust. */
+  listed: KeyList | undefined;
 }
 
 async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, url: string, usageLog?: UsageLogSetting): Promise<Target> {
@@ -218,7 +220,7 @@ async function openTarget(ctx: BenchContext, plan: Plan, name: string, db: Db, u
   // A running collector's key list, read at its start, before its first flush (collector/keyListSync.ts).
   const listed = keyListRefreshMs > 0 ? await keyListOf(db) : undefined;
   const known = pools.map(() => (knownKeysTtlMs > 0 ? new KnownKeys(knownKeysTtlMs, Date.now, () => listed) : undefined));
-  const target: Target = { name, db, pools, keySets, roundTrips: 0, logMinKeys: usageLogMinKeys, known };
+  const target: Target = { name, db, pools, keySets, roundTrips: 0, logMinKeys: usageLogMinKeys, known, listed };
   pools[0].on('query', () => target.roundTrips++);
   return target;
 }
@@ -234,7 +236,7 @@ async function keyListOf(db: Db): Promise<KeyList> {
 async function collectorOf(target: Target, pool: Db, scenario: Scenario, generation: number) {
   const { orgIds, keyIds } = target.keySets.get(keySetOf(scenario))!;
   const clock = Date.now();
-  const aggregator = new Aggregator({ maxKeys: 200_000, now: () => clock });
+  const aggregator = new Aggregator({ maxKeys: 200_000, listedKeys: target.listed, now: () => clock });
   const trim = { done: Promise.resolve(), ms: 0 };
   const { events, flushParallelism } = collectorConfig();
   const inner = createUsageStore(

@@ -1,6 +1,7 @@
 // Coalesces usage samples per (orgId, keyId) between flushes. Pure: the clock
 // is injected and the flusher decides when to drain, so nothing here sleeps.
 import { OUTCOMES, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
+import { NOT_LISTED, type KeyList } from './keyList';
 import { PendingKey, TimeBase } from './pendingKey';
 
 export interface IpStat {
@@ -35,6 +36,11 @@ export interface KeyUsageDelta {
   lastRevokedUseAt: number;
   lastExpiredUseAt: number;
   hours: Map<number, HourCounts>;
+  /**
+   * The key list's generation that listed the key when the aggregator took it (KeyList.generation);
+   * NOT_LISTED, or absent, when none did: its append hashes it again.
+   */
+  listedIn?: number;
 }
 
 export interface UsageBatch {
@@ -52,11 +58,12 @@ export interface AggregatorOptions {
    * (rounded down), so forged ids cannot take the other half. Without it every new key is taken
    * up to maxKeys.
    */
-  listedKeys?: { admits(keyId: string, orgId: string): boolean };
+  listedKeys?: Pick<KeyList, 'admits' | 'loaded' | 'generation'>;
   now: () => number;
 }
 
 const HOUR_MS = 3_600_000;
+const REFUSED = -1;
 const DEFAULT_MAX_IPS_PER_KEY = 16;
 export const DEFAULT_TIMESTAMP_WINDOW_MS = HOUR_MS;
 
@@ -145,16 +152,19 @@ export class Aggregator {
     const entry = fast === undefined || fast.keyId === sample.keyId ? fast : this.#sharedTails.get(sample.keyId);
     if (entry !== undefined && entry.orgId === sample.orgId) return entry;
     if (entry === undefined) {
-      if (this.#refuses(sample)) return undefined;
-      const created = new PendingKey(sample.keyId, sample.orgId, hour, this.#baseFor(hour));
+      const listedIn = this.#admission(sample);
+      if (listedIn === REFUSED) return undefined;
+      const created = new PendingKey(sample.keyId, sample.orgId, hour, this.#baseFor(hour), listedIn);
       if (fast === undefined) this.#byTail.set(tail, created);
       else this.#sharedTails.set(sample.keyId, created);
       return this.#added(created);
     }
     const id = entryId(sample.orgId, sample.keyId);
     const other = this.#otherOrgs.get(id);
-    if (other !== undefined || this.#refuses(sample)) return other;
-    const created = new PendingKey(sample.keyId, sample.orgId, hour, this.#baseFor(hour));
+    if (other !== undefined) return other;
+    const listedIn = this.#admission(sample);
+    if (listedIn === REFUSED) return undefined;
+    const created = new PendingKey(sample.keyId, sample.orgId, hour, this.#baseFor(hour), listedIn);
     this.#otherOrgs.set(id, created);
     return this.#added(created);
   }
@@ -163,15 +173,19 @@ export class Aggregator {
   // such keys hold half the cap (rounded down), so forged ids (listed never) take half of it at
   // most, while a key created since the list's last read is still taken outside a flood. One lookup
   // per new key per drain, not per line; but every line of a refused key is looked up again.
-  #refuses(sample: UsageSample): boolean {
-    if (this.pendingKeys >= this.#maxKeys) return true;
-    if (this.#listedKeys === undefined || this.#listedKeys.admits(sample.keyId, sample.orgId)) return false;
+  // A key taken is told the list's generation that listed it (NOT_LISTED: none did), so the
+  // usage log's append need not hash it again (collector/knownKeys.ts).
+  #admission(sample: UsageSample): number {
+    if (this.pendingKeys >= this.#maxKeys) return REFUSED;
+    const list = this.#listedKeys;
+    if (list === undefined || !list.loaded) return NOT_LISTED;
+    if (list.admits(sample.keyId, sample.orgId)) return list.generation;
     if (this.#unlistedPending < this.#maxUnlisted) {
       this.#unlistedPending += 1;
-      return false;
+      return NOT_LISTED;
     }
     this.#unlistedOverflowUses += sample.count;
-    return true;
+    return REFUSED;
   }
 
   #baseFor(hour: number): TimeBase {

@@ -16,11 +16,14 @@ export const PACKED_PAIR_CHARS = 2 * UUID_CHARS;
 const LOW_BITS = 2 ** 21; // the second lane's 21 bits below the first lane's 32: 53 in all
 const MIN_SLOTS = 1024;
 const EMPTY = 0; // a hash of 0 is stored as 1: a pair that hashes to 1 is then admitted with it
+/** The generation before the first full read, which lists nothing: a key no generation listed. */
+export const NOT_LISTED = 0;
 
 export class KeyList {
   #slots = new Float64Array(MIN_SLOTS);
   #size = 0;
   #loaded = false;
+  #generation = NOT_LISTED;
 
   /** `seed`: an integer below 2^31, drawn per process. */
   constructor(private readonly seed: number) {}
@@ -28,6 +31,15 @@ export class KeyList {
   /** False until the first full read: until then every key is admitted, as without a list. */
   get loaded(): boolean {
     return this.#loaded;
+  }
+
+  /**
+   * Which full read the list holds: 0 before the first, one more at each. A pair listed in a
+   * generation stays listed until the next (add() only adds), so a caller that found it listed may
+   * keep that answer while the generation is the same instead of hashing the pair again.
+   */
+  get generation(): number {
+    return this.#generation;
   }
 
   get size(): number {
@@ -68,6 +80,7 @@ export class KeyList {
     this.#size = 0;
     for (const hash of hashes) this.#insert(hash);
     this.#loaded = true;
+    this.#generation += 1;
   }
 
   /** Keys created since the last read (listed already or not). */

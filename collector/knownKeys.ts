@@ -10,11 +10,16 @@
 // Keys the collector's key list holds are trusted too, while the list vouches for them: it is
 // itself a read of api_keys, and it saves the append's one big question, at a collector's first
 // append and each time a whole generation of confirmed keys ages out (100 k keys: 0.3-0.6 s of a
-// flush, docs/benchmarks.md §4). Those keys are looked up (a hash), not copied in.
+// flush, docs/benchmarks.md §4). Those keys are looked up (a hash), not copied in; a key the
+// aggregator found listed in the list's current generation (listedIn) is not even hashed again.
+
+import { NOT_LISTED, type KeyList } from './keyList';
 
 export interface KeyRef {
   keyId: string;
   orgId: string;
+  /** The key list's generation that listed the key (KeyUsageDelta.listedIn). */
+  listedIn?: number;
 }
 
 // A string of its own: an id as the parser hands it may be a slice of its whole datagram, which an
@@ -24,7 +29,7 @@ export interface KeyRef {
 const ownCopy = (text: string) => (' ' + text).slice(1);
 
 /** The key list (collector/keyList.ts) while it vouches that its keys exist; undefined when it does not. */
-export type ListedKeys = () => { admits(keyId: string, orgId: string): boolean } | undefined;
+export type ListedKeys = () => Pick<KeyList, 'admits' | 'generation'> | undefined;
 
 export class KnownKeys {
   #current = new Map<string, string>();
@@ -48,7 +53,9 @@ export class KnownKeys {
     const list = this.listed();
     const confirmed = ({ keyId, orgId }: K) => (this.#current.get(keyId) ?? this.#previous.get(keyId)) === orgId;
     if (list === undefined) return keys.filter((k) => !confirmed(k));
-    return keys.filter((k) => !list.admits(k.keyId, k.orgId) && !confirmed(k));
+    const listed = ({ keyId, orgId, listedIn }: K) =>
+      (listedIn !== undefined && listedIn !== NOT_LISTED && listedIn === list.generation) || list.admits(keyId, orgId);
+    return keys.filter((k) => !listed(k) && !confirmed(k));
   }
 
   /** Trusts `keys`, just confirmed by the database. */

@@ -26,6 +26,7 @@ const EXPIRED = 8;
 export class PendingKey implements KeyUsageDelta {
   readonly keyId: string;
   readonly orgId: string;
+  readonly listedIn: number;
   // The delta's counters and last-seen fields, updated in place from the first line: the key is
   // the delta the drain hands over (at 100 k distinct keys, a copy of each key made at the drain
   // doubled what each key allocated, and GC took 28 % of the time).
@@ -54,9 +55,10 @@ export class PendingKey implements KeyUsageDelta {
   #failedIps: Addresses;
 
   /** A key is created for its first line, and with the hour of that line. */
-  constructor(keyId: string, orgId: string, hour: number, base: TimeBase) {
+  constructor(keyId: string, orgId: string, hour: number, base: TimeBase, listedIn: number) {
     this.keyId = keyId;
     this.orgId = orgId;
+    this.listedIn = listedIn;
     this.#base = base;
     this.#hour = hour - base.at;
   }

@@ -11,6 +11,7 @@ import {
   type KeyUsageDelta,
   type UsageBatch,
 } from '../collector/aggregator';
+import { KeyList, NOT_LISTED } from '../collector/keyList';
 import { OUTCOMES, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
 import { plainBatch, plainDelta, plainKeys } from './helpers/deltas';
 
@@ -700,6 +701,8 @@ t.test('with a key list, keys it lacks take half the cap at most, and listed key
   const listed = new Set([KEY_A, KEY_B, KEY_C, KEY_D]);
   const looked: string[] = [];
   const listedKeys = {
+    loaded: true,
+    generation: 7,
     admits: (keyId: string, orgId: string) => {
       looked.push(keyId);
       return orgId === ORG_1 && listed.has(keyId);
@@ -720,21 +723,22 @@ t.test('with a key list, keys it lacks take half the cap at most, and listed key
   t.equal(aggregator.overflowUses, 9);
   t.equal(aggregator.unlistedOverflowUses, 6, 'the refusals for the list, apart from the cap');
   t.strictSame(
-    aggregator.drain().keys.map((k) => [k.keyId, k.total]),
+    aggregator.drain().keys.map((k) => [k.keyId, k.total, k.listedIn]),
     [
-      [KEY_B, 1],
-      [KEY_C, 1],
-      [forged[0], 6],
-      [forged[1], 1],
-      [forged[2], 1],
-      [KEY_A, 1],
+      [KEY_B, 1, 7],
+      [KEY_C, 1, 7],
+      [forged[0], 6, NOT_LISTED],
+      [forged[1], 1, NOT_LISTED],
+      [forged[2], 1, NOT_LISTED],
+      [KEY_A, 1, 7],
     ],
+    "each taken key carries the list's generation that listed it, or none",
   );
   t.equal(aggregator.add(use({ keyId: forged[3] })), true, 'a drain gives the unlisted keys their half again');
 });
 
 t.test('with an odd cap, keys the list lacks take the smaller half', async (t) => {
-  const listedKeys = { admits: (keyId: string) => keyId === KEY_A || keyId === KEY_B };
+  const listedKeys = { loaded: true, generation: 1, admits: (keyId: string) => keyId === KEY_A || keyId === KEY_B };
   const one = fakeAggregator({ maxKeys: 1, listedKeys }).aggregator;
   t.equal(one.add(use({ keyId: KEY_C })), false, 'a cap of 1: none');
   t.equal(one.add(use({ keyId: KEY_A })), true, 'the listed key has its slot');
@@ -743,6 +747,30 @@ t.test('with an odd cap, keys the list lacks take the smaller half', async (t) =
   t.equal(three.add(use({ keyId: KEY_C, orgId: ORG_2 })), false);
   t.equal(three.add(use({ keyId: KEY_A })), true, 'two for listed keys');
   t.equal(three.add(use({ keyId: KEY_B })), true);
+});
+
+t.test("a key is told the key list's generation that listed it: none before the list's first full read", async (t) => {
+  const list = new KeyList(5);
+  const { aggregator } = fakeAggregator({ maxKeys: 4, listedKeys: list });
+  const listedIn = () => aggregator.drain().keys.map((k) => [k.keyId, k.orgId, k.listedIn]);
+  aggregator.add(use({ keyId: KEY_A }));
+  t.strictSame(listedIn(), [[KEY_A, ORG_1, NOT_LISTED]], 'admitted as every key is before a list, listed by none');
+  list.replace([list.hash(KEY_A, ORG_1)]);
+  aggregator.add(use({ keyId: KEY_A }));
+  aggregator.add(use({ keyId: KEY_A, orgId: ORG_2 }));
+  aggregator.add(use({ keyId: KEY_B }));
+  t.strictSame(
+    listedIn(),
+    [
+      [KEY_A, ORG_1, 1],
+      [KEY_B, ORG_1, NOT_LISTED],
+      [KEY_A, ORG_2, NOT_LISTED],
+    ],
+    'the first full read lists the pair, in its org only',
+  );
+  list.replace([list.hash(KEY_A, ORG_1), list.hash(KEY_B, ORG_1)]);
+  aggregator.add(use({ keyId: KEY_B }));
+  t.strictSame(listedIn(), [[KEY_B, ORG_1, 2]], 'the next full read is the next generation');
 });
 
 // A drain's keys keep their times as offsets from the hour of its first key (collector/pendingKey.ts):

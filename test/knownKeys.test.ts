@@ -1,7 +1,7 @@
 // KnownKeys (collector/knownKeys.ts): what an append trusts without asking, and for how long.
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
-import { KeyList } from '../collector/keyList';
+import { KeyList, NOT_LISTED } from '../collector/keyList';
 import { KnownKeys } from '../collector/knownKeys';
 import { collectGarbage } from './helpers/faults';
 
@@ -32,6 +32,26 @@ t.test('keys of a key list are trusted while it vouches for them, each in its ow
   t.strictSame(known.unconfirmed([listed, other]), [], 'confirmed keys beside it');
   vouching = false;
   t.strictSame(known.unconfirmed([listed, other]), [listed], 'once the list no longer vouches, only confirmed keys are trusted');
+});
+
+t.test("a key the aggregator found listed in the list's current generation is trusted without a hash; in an older one, looked up again", async (t) => {
+  const list = new KeyList(5);
+  list.replace([list.hash('listed', 'acme')]);
+  let lookups = 0;
+  const admits = (keyId: string, orgId: string) => (lookups++, list.admits(keyId, orgId));
+  const known = new KnownKeys(
+    1000,
+    () => 0,
+    () => ({ generation: list.generation, admits }),
+  );
+  const tagged = (keyId: string, listedIn: number) => ({ ...key(keyId), listedIn });
+  t.strictSame(known.unconfirmed([tagged('listed', 1), tagged('gone', 1)]), [], 'both were listed in this generation');
+  t.equal(lookups, 0, 'no hash for either');
+  list.replace([list.hash('listed', 'acme')]);
+  t.strictSame(known.unconfirmed([tagged('listed', 1), tagged('gone', 1)]), [tagged('gone', 1)], 'a full read since: deleted keys are asked about');
+  t.equal(lookups, 2, 'each looked up again');
+  t.strictSame(known.unconfirmed([tagged('listed', NOT_LISTED), key('listed')]), [], 'listed by no generation, or untold: looked up');
+  t.equal(lookups, 4);
 });
 
 t.test('an entry is trusted half a TTL at least and a whole TTL at most, then asked again', async (t) => {
