@@ -19,6 +19,10 @@ const EMPTY = 0; // a hash of 0 is stored as 1: a pair that hashes to 1 is then 
 /** The generation before the first full read, which lists nothing: a key no generation listed. */
 export const NOT_LISTED = 0;
 
+// Generations are numbered across every list of the process, so a key's generation read from one
+// list never matches another's.
+let lastGeneration = NOT_LISTED;
+
 export class KeyList {
   #slots = new Float64Array(MIN_SLOTS);
   #size = 0;
@@ -34,9 +38,9 @@ export class KeyList {
   }
 
   /**
-   * Which full read the list holds: 0 before the first, one more at each. A pair listed in a
-   * generation stays listed until the next (add() only adds), so a caller that found it listed may
-   * keep that answer while the generation is the same instead of hashing the pair again.
+   * Which full read the list holds: NOT_LISTED before the first, a new number at each. A pair
+   * listed in a generation stays listed until the next (add() only adds), so a caller that found it
+   * listed may keep that answer while the generation is the same instead of hashing the pair again.
    */
   get generation(): number {
     return this.#generation;
@@ -80,7 +84,7 @@ export class KeyList {
     this.#size = 0;
     for (const hash of hashes) this.#insert(hash);
     this.#loaded = true;
-    this.#generation += 1;
+    this.#generation = ++lastGeneration;
   }
 
   /** Keys created since the last read (listed already or not). */

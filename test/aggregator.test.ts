@@ -756,21 +756,28 @@ t.test("a key is told the key list's generation that listed it: none before the 
   aggregator.add(use({ keyId: KEY_A }));
   t.strictSame(listedIn(), [[KEY_A, ORG_1, NOT_LISTED]], 'admitted as every key is before a list, listed by none');
   list.replace([list.hash(KEY_A, ORG_1)]);
+  const first = list.generation;
+  t.not(first, NOT_LISTED);
+  t.not(new KeyList(5).generation, first, "another list's generation never matches");
   aggregator.add(use({ keyId: KEY_A }));
   aggregator.add(use({ keyId: KEY_A, orgId: ORG_2 }));
   aggregator.add(use({ keyId: KEY_B }));
   t.strictSame(
     listedIn(),
     [
-      [KEY_A, ORG_1, 1],
+      [KEY_A, ORG_1, first],
       [KEY_B, ORG_1, NOT_LISTED],
       [KEY_A, ORG_2, NOT_LISTED],
     ],
     'the first full read lists the pair, in its org only',
   );
+  const other = new KeyList(6);
+  other.replace([]);
   list.replace([list.hash(KEY_A, ORG_1), list.hash(KEY_B, ORG_1)]);
+  t.not(list.generation, first, 'the next full read is a new generation');
+  t.not(list.generation, other.generation, "nor one another list's read had");
   aggregator.add(use({ keyId: KEY_B }));
-  t.strictSame(listedIn(), [[KEY_B, ORG_1, 2]], 'the next full read is the next generation');
+  t.strictSame(listedIn(), [[KEY_B, ORG_1, list.generation]]);
 });
 
 // A drain's keys keep their times as offsets from the hour of its first key (collector/pendingKey.ts):
