@@ -169,7 +169,7 @@ export class Aggregator {
     return this.#added(created);
   }
 
-  // Whether a key not pending yet is refused: at the cap; and, with a key list, a key it lacks once
+  // Whether a key not pending yet is refused (REFUSED): at the cap; and, with a key list, a key it lacks once
   // such keys hold half the cap (rounded down), so forged ids (listed never) take half of it at
   // most, while a key created since the list's last read is still taken outside a flood. One lookup
   // per new key per drain, not per line; but every line of a refused key is looked up again.
@@ -252,6 +252,8 @@ export function mergeBatches(batches: readonly UsageBatch[], maxIpsPerKey = DEFA
     for (const from of batch.keys) {
       const id = entryId(from.orgId, from.keyId);
       let into = merged.get(id);
+      // Without listedIn: the merged keys may have been admitted under different generations of
+      // the key list, so the append looks the key up again.
       if (into === undefined) {
         into = emptyDelta(from.keyId, from.orgId);
         merged.set(id, into);

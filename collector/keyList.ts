@@ -19,8 +19,8 @@ const EMPTY = 0; // a hash of 0 is stored as 1: a pair that hashes to 1 is then 
 /** The generation before the first full read, which lists nothing: a key no generation listed. */
 export const NOT_LISTED = 0;
 
-// Generations are numbered across every list of the process, so a key's generation read from one
-// list never matches another's.
+// Generations are numbered across every list made by this module instance (a worker thread has its
+// own, and holds no list), so a key's generation read from one list never matches another's.
 let lastGeneration = NOT_LISTED;
 
 export class KeyList {

@@ -780,6 +780,16 @@ t.test("a key is told the key list's generation that listed it: none before the 
   t.strictSame(listedIn(), [[KEY_B, ORG_1, list.generation]]);
 });
 
+t.test('a merged delta carries no key list generation, so its append looks the key up again', async (t) => {
+  const list = new KeyList(3);
+  list.replace([list.hash(KEY_A, ORG_1)]);
+  const { aggregator } = fakeAggregator({ listedKeys: list });
+  aggregator.add(use({ keyId: KEY_A }));
+  const drained = aggregator.drain();
+  t.equal(drained.keys[0].listedIn, list.generation);
+  t.equal(mergeBatches([drained]).keys[0].listedIn, undefined);
+});
+
 // A drain's keys keep their times as offsets from the hour of its first key (collector/pendingKey.ts):
 // a key whose uses lie before that hour, or a day after it, still reads epoch ms, and a time before
 // the base is not taken for "none".

@@ -29,8 +29,8 @@ type Keys = { orgId: string; keyIds: string[] };
 
 // Every outcome, proven and failed addresses, two hours, revoked and expired uses: every field
 // of a delta is set for some key.
-function batchOf({ orgId, keyIds }: Keys, round = 0): PendingBatch {
-  const aggregator = new Aggregator({ maxKeys: keyIds.length + 10, now: () => NOW });
+function batchOf({ orgId, keyIds }: Keys, round = 0, listedKeys?: KeyList): PendingBatch {
+  const aggregator = new Aggregator({ maxKeys: keyIds.length + 10, listedKeys, now: () => NOW });
   keyIds.forEach((keyId, i) => {
     OUTCOMES.forEach((outcome, j) => {
       const ip = j % 2 === 0 ? `192.0.2.${(i + j + round) % 7}` : `2001:db8::${(i * j + round) % 5}`;
@@ -303,6 +303,35 @@ t.test('an append asks nothing about keys the key list vouches for, and their fo
 
 // The fold reads the rows it deletes in batches of TAKE_BATCH_ROWS: a row of a later batch, or a
 // key whose rows span two, is applied like any other.
+t.test('keys the aggregator found in the key list are asked about again once a full read has replaced it', async (t) => {
+  const { db } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 3);
+  const list = new KeyList(7);
+  const hashes = keys.keyIds.map((id) => list.hash(id, keys.orgId));
+  list.replace(hashes);
+  const store = createUsageStore(
+    db,
+    { logMinKeys: 1 },
+    new KnownKeys(
+      60_000,
+      () => 0,
+      () => list,
+    ),
+  );
+  const asking = await createUsageStore(db, { logMinKeys: 1 }).write([batchOf(keys, 0)]);
+  const admitted = batchOf(keys, 1, list);
+  t.ok(
+    admitted.batch.keys.every((k) => k.listedIn === list.generation),
+    'each key carries the generation that listed it',
+  );
+  t.match(await store.write([admitted]), { keysLogged: 3, unknownKeys: 0, statements: asking.statements - 1 }, 'no question');
+  const before = batchOf(keys, 2, list);
+  await db(TABLE.apiKeys).where({ id: keys.keyIds[0] }).delete();
+  list.replace(hashes.slice(1));
+  t.match(await store.write([before]), { keysLogged: 2, unknownKeys: 1 }, 'a key admitted before the full read that forgot it is asked about, and dropped');
+  t.match(await store.fold(), { keysWritten: 2, unknownKeys: 1 }, 'its uses appended before the deletion are dropped by the fold');
+});
+
 t.test('a fold of more rows than it reads at once applies every one, each key once', async (t) => {
   const { db } = await freshDatabase(t);
   const keys = await orgWithKeys(db, Math.ceil(TAKE_BATCH_ROWS / 3) + 7);
