@@ -8,7 +8,9 @@
 // Times are kept as ms from their drain's base (TimeBase): an epoch ms is a double, which V8 keeps
 // in a heap box of its own per field, and with 100 k distinct keys a second each key's boxes
 // (seven, with its address's) lived a flush interval and made most of the garbage collectors' work.
-// An offset is a small integer, held in the field itself.
+// An offset is a small integer, held in the field itself. For the same reason the counts by outcome
+// and a key's first address are fields of the key, not objects of their own: most keys are then one
+// object for their interval (the byOutcome object, and the address list, are made when needed).
 import { isProvenOutcome, zeroOutcomes, type Outcome } from '../shared/usageWire';
 import type { HourCounts, IpStat, KeyUsageDelta } from './aggregator';
 
@@ -31,7 +33,6 @@ export class PendingKey implements KeyUsageDelta {
   // the delta the drain hands over (at 100 k distinct keys, a copy of each key made at the drain
   // doubled what each key allocated, and GC took 28 % of the time).
   total = 0;
-  byOutcome = zeroOutcomes();
   lastIp = '';
   lastFailedIp = '';
   readonly #base: TimeBase;
@@ -46,6 +47,16 @@ export class PendingKey implements KeyUsageDelta {
   #hour: number;
   #hourCounts: HourCounts | undefined;
   #hours: Map<number, HourCounts> | undefined;
+  // The counts by outcome as fields of the key, and byOutcome made from them when first read (once
+  // drained): with 100 k distinct keys a second, an object of its own per key lived a flush
+  // interval, one of the key's four allocations.
+  #ok = 0;
+  #forbidden = 0;
+  #expired = 0;
+  #revoked = 0;
+  #badSecret = 0;
+  #crossOrg = 0;
+  #byOutcome: Record<Outcome, number> | undefined;
   // The addresses: a list while lines are added; the drained key's Map once a consumer reads it,
   // made then and not at the drain: the usage log's append reads none (forEachIp), and with three
   // Maps per key made at the drain, the drain and encoding of a 100 k-key append took about twice
@@ -53,6 +64,13 @@ export class PendingKey implements KeyUsageDelta {
   // No line is added once a Map is made (see the getters).
   #ips: Addresses;
   #failedIps: Addresses;
+  // The first proven address held in the key itself: most keys are used from one address in a
+  // flush interval, and a list of their own (two heap objects) lived the interval. A second
+  // address, or the Map's making, moves it into #ips, so at most one of the two holds addresses.
+  #ip: string | undefined;
+  #ipCount = 0;
+  #ipFirst = 0;
+  #ipLast = 0;
 
   /** A key is created for its first line, and with the hour of that line. */
   constructor(keyId: string, orgId: string, hour: number, base: TimeBase, listedIn: number) {
@@ -65,16 +83,17 @@ export class PendingKey implements KeyUsageDelta {
 
   add(now: number, hour: number, ip: string, outcome: Outcome, count: number, maxIps: number): void {
     const at = now - this.#base.at;
-    if (hour - this.#base.at !== this.#hour) addTo(this.#countsOf(hour), outcome, count);
-    else if (this.#hourCounts !== undefined) addTo(this.#hourCounts, outcome, count);
+    // Keyed: only keys whose lines span hours within a flush interval have hour counts apart.
+    if (hour - this.#base.at !== this.#hour) this.#countsOf(hour)[outcome] += count;
+    else if (this.#hourCounts !== undefined) this.#hourCounts[outcome] += count;
     this.total += count;
-    addTo(this.byOutcome, outcome, count);
+    this.#countOutcome(outcome, count);
     if (isProvenOutcome(outcome)) {
       if (this.#isLatest(USED, this.#lastUsed, at)) {
         this.#lastUsed = at;
         this.lastIp = ip;
       }
-      this.#ips = touchIp(this.#ips as RecentIps | undefined, ip, count, at, maxIps);
+      this.#touchProvenIp(ip, count, at, maxIps);
       if (outcome === 'revoked' && this.#isLatest(REVOKED, this.#lastRevokedUse, at)) this.#lastRevokedUse = at;
       else if (outcome === 'expired' && this.#isLatest(EXPIRED, this.#lastExpiredUse, at)) this.#lastExpiredUse = at;
     } else {
@@ -134,11 +153,21 @@ export class PendingKey implements KeyUsageDelta {
   }
 
   // Read only once drained (the aggregator hands a key out only then, and adds nothing after):
-  // the first read makes the Map from the key's own list, which it then replaces.
+  // the first read makes the object from the key's fields, which it then replaces.
+  get byOutcome(): Record<Outcome, number> {
+    return (this.#byOutcome ??= this.#outcomes());
+  }
+  set byOutcome(counts: Record<Outcome, number>) {
+    this.#byOutcome = counts;
+  }
+
+  // Read only once drained, as byOutcome: the first read makes the Map from the key's own list,
+  // which it then replaces.
   get ips(): Map<string, IpStat> {
-    return (this.#ips = ipMap(this.#ips, this.#base.at));
+    return (this.#ips = ipMap(this.#ips ?? this.#inlineIp(), this.#base.at));
   }
   set ips(ips: Map<string, IpStat>) {
+    this.#ip = undefined;
     this.#ips = ips;
   }
   get failedIps(): Map<string, IpStat> {
@@ -156,6 +185,10 @@ export class PendingKey implements KeyUsageDelta {
 
   /** The proven (or failed) addresses in the order of the ips (failedIps) Map, without making it. */
   forEachIp(proven: boolean, each: EachIp): void {
+    if (proven && this.#ip !== undefined) {
+      each(this.#ip, this.#ipCount, this.#base.at + this.#ipFirst, this.#base.at + this.#ipLast);
+      return;
+    }
     const addresses = proven ? this.#ips : this.#failedIps;
     if (addresses instanceof Map) addresses.forEach((stat, ip) => each(ip, stat.count, stat.firstSeen, stat.lastSeen));
     else if (addresses !== undefined) {
@@ -174,6 +207,7 @@ export class PendingKey implements KeyUsageDelta {
 
   /** How many addresses forEachIp gives. */
   ipCount(proven: boolean): number {
+    if (proven && this.#ip !== undefined) return 1;
     const addresses = proven ? this.#ips : this.#failedIps;
     return addresses instanceof Map ? addresses.size : addresses === undefined ? 0 : addresses.length / STRIDE;
   }
@@ -186,12 +220,65 @@ export class PendingKey implements KeyUsageDelta {
   // A line of another hour than the last (a new hour began, or a timestamped sample); called
   // before the line is counted in byOutcome.
   #countsOf(hour: number): HourCounts {
-    this.#hours ??= new Map<number, HourCounts>().set(this.#base.at + this.#hour, { ...this.byOutcome });
+    this.#hours ??= new Map<number, HourCounts>().set(this.#base.at + this.#hour, this.#outcomes());
     let counts = this.#hours.get(hour);
     if (counts === undefined) this.#hours.set(hour, (counts = zeroOutcomes()));
     this.#hour = hour - this.#base.at;
     this.#hourCounts = counts;
     return counts;
+  }
+
+  #touchProvenIp(ip: string, count: number, at: number, maxIps: number): void {
+    if (this.#ips === undefined && (this.#ip === undefined || this.#ip === ip)) {
+      if (this.#ip === undefined) {
+        this.#ip = ip;
+        this.#ipFirst = at;
+        this.#ipLast = at;
+      }
+      // Timestamped samples (|T) may arrive out of order, as in touchIp.
+      else if (at > this.#ipLast) this.#ipLast = at;
+      else if (at < this.#ipFirst) this.#ipFirst = at;
+      this.#ipCount += count;
+      return;
+    }
+    this.#ips = touchIp((this.#ips ?? this.#inlineIp()) as RecentIps, ip, count, at, maxIps);
+  }
+
+  // The address held in the key as a list of one, which it then leaves.
+  #inlineIp(): RecentIps | undefined {
+    if (this.#ip === undefined) return undefined;
+    const list = [this.#ip, this.#ipCount, this.#ipFirst, this.#ipLast];
+    this.#ip = undefined;
+    return list;
+  }
+
+  #outcomes(): Record<Outcome, number> {
+    return { ok: this.#ok, forbidden: this.#forbidden, expired: this.#expired, revoked: this.#revoked, bad_secret: this.#badSecret, cross_org: this.#crossOrg };
+  }
+
+  // A switch onto named fields: indexing counts by the outcome string is a keyed access that
+  // profiled at ≈ 5 % of a line.
+  #countOutcome(outcome: Outcome, count: number): void {
+    switch (outcome) {
+      case 'ok':
+        this.#ok += count;
+        break;
+      case 'forbidden':
+        this.#forbidden += count;
+        break;
+      case 'expired':
+        this.#expired += count;
+        break;
+      case 'revoked':
+        this.#revoked += count;
+        break;
+      case 'bad_secret':
+        this.#badSecret += count;
+        break;
+      case 'cross_org':
+        this.#crossOrg += count;
+        break;
+    }
   }
 }
 
@@ -215,31 +302,6 @@ export const ipCount = (k: KeyUsageDelta, proven: boolean): number => (k instanc
 
 /** How many hours forEachHour gives, without making a drained pending key's Map. */
 export const hourCount = (k: KeyUsageDelta): number => (k instanceof PendingKey ? k.hourCount : k.hours.size);
-
-// A switch onto named fields: indexing the counts by the outcome string is a keyed access that
-// profiled at ≈ 5 % of a line.
-function addTo(counts: Record<Outcome, number>, outcome: Outcome, count: number): void {
-  switch (outcome) {
-    case 'ok':
-      counts.ok += count;
-      break;
-    case 'forbidden':
-      counts.forbidden += count;
-      break;
-    case 'expired':
-      counts.expired += count;
-      break;
-    case 'revoked':
-      counts.revoked += count;
-      break;
-    case 'bad_secret':
-      counts.bad_secret += count;
-      break;
-    case 'cross_org':
-      counts.cross_org += count;
-      break;
-  }
-}
 
 // A key's most recently seen addresses in one array, four items each: the address, its count, and
 // when it was first and last seen (from the base), in the order a Map would hold them: first seen

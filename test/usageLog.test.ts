@@ -272,6 +272,9 @@ t.test('with known keys an append asks only about keys it has not confirmed with
   t.equal(await logRows(db), 0);
 });
 
+// A store that appends every write, trusting the keys `vouching` lists.
+const storeTrusting = (db: Db, vouching: () => KeyList | undefined) => createUsageStore(db, { logMinKeys: 1 }, new KnownKeys(60_000, () => 0, vouching));
+
 t.test('an append asks nothing about keys the key list vouches for, and their fold still checks them', async (t) => {
   const { db } = await freshDatabase(t);
   const keys = await orgWithKeys(db, 3);
@@ -279,15 +282,7 @@ t.test('an append asks nothing about keys the key list vouches for, and their fo
   const list = new KeyList(7);
   list.replace([...keys.keyIds.map((id) => list.hash(id, keys.orgId)), list.hash(other.keyIds[0], other.orgId)]);
   let vouching = true;
-  const store = createUsageStore(
-    db,
-    { logMinKeys: 1 },
-    new KnownKeys(
-      60_000,
-      () => 0,
-      () => (vouching ? list : undefined),
-    ),
-  );
+  const store = storeTrusting(db, () => (vouching ? list : undefined));
   const asking = await createUsageStore(db, { logMinKeys: 1 }).write([batchOf(keys, 0)]);
   t.match(await store.write([batchOf(keys, 1)]), { keysLogged: 3, unknownKeys: 0, statements: asking.statements - 1 }, 'listed keys: no question');
   const forged = batchOf({ orgId: keys.orgId, keyIds: [randomUUID(), other.keyIds[0]] });
@@ -301,23 +296,13 @@ t.test('an append asks nothing about keys the key list vouches for, and their fo
   t.equal(await logRows(db), 0);
 });
 
-// The fold reads the rows it deletes in batches of TAKE_BATCH_ROWS: a row of a later batch, or a
-// key whose rows span two, is applied like any other.
 t.test('keys the aggregator found in the key list are asked about again once a full read has replaced it', async (t) => {
   const { db } = await freshDatabase(t);
   const keys = await orgWithKeys(db, 3);
   const list = new KeyList(7);
   const hashes = keys.keyIds.map((id) => list.hash(id, keys.orgId));
   list.replace(hashes);
-  const store = createUsageStore(
-    db,
-    { logMinKeys: 1 },
-    new KnownKeys(
-      60_000,
-      () => 0,
-      () => list,
-    ),
-  );
+  const store = storeTrusting(db, () => list);
   const asking = await createUsageStore(db, { logMinKeys: 1 }).write([batchOf(keys, 0)]);
   const admitted = batchOf(keys, 1, list);
   t.ok(
@@ -332,6 +317,8 @@ t.test('keys the aggregator found in the key list are asked about again once a f
   t.match(await store.fold(), { keysWritten: 2, unknownKeys: 1 }, 'its uses appended before the deletion are dropped by the fold');
 });
 
+// The fold reads the rows it deletes in batches of TAKE_BATCH_ROWS: a row of a later batch, or a
+// key whose rows span two, is applied like any other.
 t.test('a fold of more rows than it reads at once applies every one, each key once', async (t) => {
   const { db } = await freshDatabase(t);
   const keys = await orgWithKeys(db, Math.ceil(TAKE_BATCH_ROWS / 3) + 7);
