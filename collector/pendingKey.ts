@@ -3,8 +3,11 @@
 // the hour bucket's Map lookup, the outcome counters indexed by a string, and the address Map:
 // with a new address on a full map of 16, V8 rebuilt the map's table on every line (a delete
 // leaves a hole, the insert finds no room), and garbage collection took a third of the time. So
-// the last hour's counts are kept at hand, outcomes go through a switch, addresses live in one
-// small array updated in place, and a key's Maps are made once, when a consumer first reads them.
+// the last hour's counts are kept at hand, outcomes go through a switch, addresses live in the key
+// or one small array updated in place, and a key's Maps are made once, when a consumer first reads
+// them. Nothing is added to a key once a consumer has read it (the aggregator hands a key out only
+// at its drain, and adds nothing to it after): byOutcome and the Maps are made then, from the
+// key's fields, and not kept in step with them.
 // Times are kept as ms from their drain's base (TimeBase): an epoch ms is a double, which V8 keeps
 // in a heap box of its own per field, and with 100 k distinct keys a second each key's boxes
 // (seven, with its address's) lived a flush interval and made most of the garbage collectors' work.
@@ -57,7 +60,8 @@ export class PendingKey implements KeyUsageDelta {
   #badSecret = 0;
   #crossOrg = 0;
   #byOutcome: Record<Outcome, number> | undefined;
-  // The addresses: a list while lines are added; the drained key's Map once a consumer reads it,
+  // The addresses: the first in the key itself (below), then a list while lines are added; the
+  // drained key's Map once a consumer reads it,
   // made then and not at the drain: the usage log's append reads none (forEachIp), and with three
   // Maps per key made at the drain, the drain and encoding of a 100 k-key append took about twice
   // the CPU (bench/appendEncode.ts: medians 786-857 ms against 363-488, docs/benchmarks.md §4).
@@ -83,9 +87,8 @@ export class PendingKey implements KeyUsageDelta {
 
   add(now: number, hour: number, ip: string, outcome: Outcome, count: number, maxIps: number): void {
     const at = now - this.#base.at;
-    // Keyed: only keys whose lines span hours within a flush interval have hour counts apart.
-    if (hour - this.#base.at !== this.#hour) this.#countsOf(hour)[outcome] += count;
-    else if (this.#hourCounts !== undefined) this.#hourCounts[outcome] += count;
+    if (hour - this.#base.at !== this.#hour) addTo(this.#countsOf(hour), outcome, count);
+    else if (this.#hourCounts !== undefined) addTo(this.#hourCounts, outcome, count);
     this.total += count;
     this.#countOutcome(outcome, count);
     if (isProvenOutcome(outcome)) {
@@ -218,7 +221,7 @@ export class PendingKey implements KeyUsageDelta {
   }
 
   // A line of another hour than the last (a new hour began, or a timestamped sample); called
-  // before the line is counted in byOutcome.
+  // before the line is counted in the key's counts by outcome.
   #countsOf(hour: number): HourCounts {
     this.#hours ??= new Map<number, HourCounts>().set(this.#base.at + this.#hour, this.#outcomes());
     let counts = this.#hours.get(hour);
@@ -256,8 +259,7 @@ export class PendingKey implements KeyUsageDelta {
     return { ok: this.#ok, forbidden: this.#forbidden, expired: this.#expired, revoked: this.#revoked, bad_secret: this.#badSecret, cross_org: this.#crossOrg };
   }
 
-  // A switch onto named fields: indexing counts by the outcome string is a keyed access that
-  // profiled at ≈ 5 % of a line.
+  // A switch onto named fields, as addTo's.
   #countOutcome(outcome: Outcome, count: number): void {
     switch (outcome) {
       case 'ok':
@@ -279,6 +281,31 @@ export class PendingKey implements KeyUsageDelta {
         this.#crossOrg += count;
         break;
     }
+  }
+}
+
+// A switch onto named fields: indexing the counts by the outcome string is a keyed access that
+// profiled at ≈ 5 % of a line.
+function addTo(counts: Record<Outcome, number>, outcome: Outcome, count: number): void {
+  switch (outcome) {
+    case 'ok':
+      counts.ok += count;
+      break;
+    case 'forbidden':
+      counts.forbidden += count;
+      break;
+    case 'expired':
+      counts.expired += count;
+      break;
+    case 'revoked':
+      counts.revoked += count;
+      break;
+    case 'bad_secret':
+      counts.bad_secret += count;
+      break;
+    case 'cross_org':
+      counts.cross_org += count;
+      break;
   }
 }
 

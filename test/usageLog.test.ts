@@ -141,7 +141,16 @@ t.test('a delta survives its log row: every field, -Infinity included', async (t
     lastRevokedUseAt: -Infinity,
     failedIps: new Map(),
   } satisfies KeyUsageDelta;
-  for (const delta of [...keys, never]) t.strictSame(decodeDelta(delta.keyId, delta.orgId, deltaOfLine(delta)), plainDelta(delta));
+  // A key used from one address holds it in itself, not in a list (collector/pendingKey.ts).
+  const single = new Aggregator({ maxKeys: 1, now: () => NOW });
+  const sample = { keyId: randomUUID(), orgId: randomUUID(), ip: '192.0.2.1', outcome: 'ok', count: 3 } as const;
+  single.add(sample, NOW + 5);
+  single.add({ ...sample, timestamp: NOW + 2 }, NOW + 6);
+  single.add({ ...sample, outcome: 'bad_secret' }, NOW + 7);
+  const oneAddress = single.drain().keys;
+  // Each line is written before plainDelta reads the key's Maps, which moves its address.
+  for (const delta of [...keys, ...oneAddress, never]) t.strictSame(decodeDelta(delta.keyId, delta.orgId, deltaOfLine(delta)), plainDelta(delta));
+  t.strictSame([...oneAddress[0].ips], [['192.0.2.1', { count: 6, firstSeen: NOW + 2, lastSeen: NOW + 5 }]]);
   t.throws(() => decodeDelta(keys[0].keyId, keys[0].orgId, '[1, [1, 2]]'), /not a usage log delta/);
 });
 
