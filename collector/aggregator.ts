@@ -169,11 +169,11 @@ export class Aggregator {
     return this.#added(created);
   }
 
-  // Whether a key not pending yet is refused (REFUSED): at the cap; and, with a key list, a key it lacks once
-  // such keys hold half the cap (rounded down), so forged ids (listed never) take half of it at
-  // most, while a key created since the list's last read is still taken outside a flood. One lookup
-  // per new key per drain, not per line; but every line of a refused key is looked up again.
-  // A key taken is told the list's generation that listed it (NOT_LISTED: none did), so the
+  // Whether a key not pending yet is refused (REFUSED): at the cap; and, with a key list, a key it
+  // lacks once such keys hold half the cap (rounded down), so forged ids (listed never) take half
+  // of it at most, while a key created since the list's last read is still taken outside a flood.
+  // One lookup per new key per drain, not per line; but every line of a refused key is looked up
+  // again. A key taken is told the list's generation that listed it (NOT_LISTED: none did), so the
   // usage log's append need not hash it again (collector/knownKeys.ts).
   #admission(sample: UsageSample): number {
     if (this.pendingKeys >= this.#maxKeys) return REFUSED;

@@ -61,11 +61,10 @@ export class PendingKey implements KeyUsageDelta {
   #crossOrg = 0;
   #byOutcome: Record<Outcome, number> | undefined;
   // The addresses: the first in the key itself (below), then a list while lines are added; the
-  // drained key's Map once a consumer reads it,
-  // made then and not at the drain: the usage log's append reads none (forEachIp), and with three
-  // Maps per key made at the drain, the drain and encoding of a 100 k-key append took about twice
-  // the CPU (bench/appendEncode.ts: medians 786-857 ms against 363-488, docs/benchmarks.md §4).
-  // No line is added once a Map is made (see the getters).
+  // drained key's Map once a consumer reads it, made then and not at the drain: the usage log's
+  // append reads none (forEachIp), and with three Maps per key made at the drain, the drain and
+  // encoding of a 100 k-key append took about twice the CPU (bench/appendEncode.ts: medians
+  // 786-857 ms against 363-488, docs/benchmarks.md §4). No line is added once a Map is made.
   #ips: Addresses;
   #failedIps: Addresses;
   // The first proven address held in the key itself: most keys are used from one address in a
