@@ -585,6 +585,25 @@ t.test('after a restart every flush appends until its first fold that leaves the
   t.equal(ways[2], 'tables', 'after one that left the log empty: written directly');
 });
 
+t.test(
+  'while its appends may be in the log, a small flush waits for the fold in progress instead of appending beside it, so that fold can end the phase',
+  async (t) => {
+    const { flusher, folds, ways, use } = loggingFlusher(100, 2);
+    let endFold = () => {};
+    folds.running = new Promise<void>((resolve) => (endFold = resolve));
+    flusher.start();
+    use(1);
+    await flusher.tick();
+    t.same(ways, [], 'one key during the first fold: held, not appended');
+    t.equal(flusher.stats.appendsHeldBack, 1);
+    endFold();
+    await flusher.fold();
+    await flusher.tick();
+    t.same(ways, ['tables'], 'the fold ended the phase: written directly');
+    t.ok(await flusher.stop(1000));
+  },
+);
+
 t.test('keys a fold drops as deleted since their append, or sets aside, are counted apart: their uses were counted persisted at the append', async (t) => {
   const { flusher, folds, use } = loggingFlusher();
   use(1);
