@@ -604,6 +604,20 @@ t.test(
   },
 );
 
+t.test('a small flush held for the fold in progress goes at once near the key cap: no key is refused', async (t) => {
+  const { aggregator, flusher, folds, ways, use } = loggingFlusher(10, 100);
+  let endFold = () => {};
+  folds.running = new Promise<void>((resolve) => (endFold = resolve));
+  flusher.start();
+  for (let n = 1; n <= 9; n++) use(n);
+  await new Promise((resolve) => setImmediate(resolve));
+  t.same(ways, ['log'], 'the ninth key of ten: appended during the fold, with no interval');
+  for (let n = 10; n <= 12; n++) use(n);
+  t.equal(aggregator.overflowUses, 0);
+  endFold();
+  t.ok(await flusher.stop(1000));
+});
+
 t.test('keys a fold drops as deleted since their append, or sets aside, are counted apart: their uses were counted persisted at the append', async (t) => {
   const { flusher, folds, use } = loggingFlusher();
   use(1);
