@@ -139,9 +139,10 @@ export class Flusher {
     this.logMayHoldAppends = options.store.logMinKeys !== undefined;
     if (options.store.logMinKeys !== undefined) {
       this.gate = new AppendGate(this.now);
-      // Held back, the keys may fill the aggregator between two intervals: the append goes as soon
-      // as they reach NEAR_FULL of its cap (after the datagram being read), before any is refused.
-      // Whatever the flush's way: one that would be written directly goes now too, harmlessly.
+      // Held back (the gate holds, or a small flush waits for the fold in progress: appendHeld), the
+      // keys may fill the aggregator between two intervals: the flush goes as soon as they reach
+      // NEAR_FULL of its cap (after the datagram being read), before any is refused. Whatever the
+      // flush's way: one that would not have been held goes now too, harmlessly.
       options.aggregator.onNearFull(NEAR_FULL, () => {
         if (this.pending.length === 0 && (this.gate?.holds() || this.folding !== undefined)) queueMicrotask(() => void this.flush());
       });

@@ -53,8 +53,7 @@ export class KnownKeys {
     const list = this.listed();
     const confirmed = ({ keyId, orgId }: K) => (this.#current.get(keyId) ?? this.#previous.get(keyId)) === orgId;
     if (list === undefined) return keys.filter((k) => !confirmed(k));
-    const listed = ({ keyId, orgId, listedIn }: K) =>
-      (listedIn !== undefined && listedIn !== NOT_LISTED && listedIn === list.generation) || list.admits(keyId, orgId);
+    const listed = ({ keyId, orgId, listedIn }: K) => (listedIn !== NOT_LISTED && listedIn === list.generation) || list.admits(keyId, orgId);
     return keys.filter((k) => !listed(k) && !confirmed(k));
   }
 
