@@ -5,16 +5,21 @@ import { PACKED_PAIR_CHARS, type KeyList } from './keyList';
 
 // Keeps the collector's key list (collector/keyList.ts) close to api_keys: a full read at start,
 // again every `fullReadMs` (which forgets deleted keys), and in between, every `refreshMs`, a read
-// of the keys created lately (api_keys_created_at_idx). A key created since the last read is not
-// listed yet: during a flood that holds the unlisted half of the cap, its first uses are refused,
-// until the next refresh.
+// of the keys created lately (api_keys_created_at_idx) that the list may lack. A key created since
+// the last read is not listed yet: during a flood that holds the unlisted half of the cap, its first
+// uses are refused, until the next refresh.
 // A read that fails leaves the list as it was (or not loaded, so every key is admitted) and is
 // tried again at the next tick.
 
 const PAGE_ROWS = 50_000;
-// A key's created_at is its transaction's start, which may commit later: each refresh reads back
+// A key's created_at is its transaction's start, which may commit later: each refresh looks back
 // this far before the previous read began.
 const CREATED_MARGIN_MS = 300_000;
+// The refresh's window in slices of created_at this long, each read again only when its keys
+// changed: after a bulk import the window holds every imported key for five minutes, and reading
+// them all at each refresh cost the receive loop about a second of CPU per million keys, every
+// refreshMs (docs/operations.md, key list).
+const SLICE_SECONDS = 10;
 const FULL_READ_MS = 3_600_000;
 // A full read that fails while a list is loaded is tried again this much later; the refreshes go on
 // meanwhile (retrying it at every tick would stop them).
@@ -44,6 +49,7 @@ export function createKeyListSync(options: KeyListSyncOptions) {
   const vouchMs = fullReadMs + 2 * (refreshMs + FULL_READ_RETRY_MS);
   const createdAt = now();
   const stats = { failures: 0, lastReadAt: 0, lastFullReadAt: 0 };
+  const recent = createRecentKeysReader(db, list, timeoutMs);
   let nextFullReadAt = -Infinity;
   let timer: NodeJS.Timeout | undefined;
   let stopped = false;
@@ -57,13 +63,14 @@ export function createKeyListSync(options: KeyListSyncOptions) {
       const hashes = await hashesOfAllKeys(db, list, timeoutMs, () => stopped);
       if (hashes === undefined) return;
       list.replace(hashes);
+      recent.forget();
       stats.lastFullReadAt = startedAt;
       nextFullReadAt = startedAt + fullReadMs;
     } else {
       // Only the time since the last read comes from this process's clock: a skew between it and
       // the server's, whose now() the window ends at, moves nothing.
       const windowMs = Math.max(0, startedAt - stats.lastReadAt) + CREATED_MARGIN_MS;
-      list.add(await hashesOfKeysCreatedWithin(db, list, windowMs, timeoutMs));
+      await recent.read(windowMs);
     }
     stats.lastReadAt = startedAt;
   };
@@ -134,14 +141,76 @@ export async function hashesOfAllKeys(db: Knex, list: KeyList, timeoutMs = READ_
   }
 }
 
-/** The keys created within the last `windowMs` of the server's clock. */
-export async function hashesOfKeysCreatedWithin(db: Knex, list: KeyList, windowMs: number, timeoutMs = READ_TIMEOUT_MS): Promise<number[]> {
-  const packed = await packedPairs(db, timeoutMs, (q) =>
-    q(TABLE.apiKeys)
-      .select('id', 'org_id')
-      .whereRaw('created_at >= now() - make_interval(secs => ?)', [windowMs / 1000]),
-  );
-  return pushHashes(list, packed, []);
+/**
+ * Adds to `list` the keys created within the last `windowMs` of the server's clock (widened to whole
+ * slices) that it may lack: those of the slices whose keys changed since the last read().
+ *
+ * Each slice's signature (its keys' count and the sum of their ids' uuid_hash) comes from the same
+ * statement, and snapshot, as the keys it reads, and is kept only once they are in the list: a
+ * slice whose signature is unchanged holds no key the list lacks. A key committed late, or created
+ * with an earlier created_at, changes its slice's signature, and the slice is read again. forget()
+ * after a full read replaced the list.
+ */
+export function createRecentKeysReader(db: Knex, list: KeyList, timeoutMs = READ_TIMEOUT_MS) {
+  let seen: SliceSignatures = { slices: [], signatures: [] };
+  return {
+    /** Returns how many keys it read (listed already or not). */
+    async read(windowMs: number): Promise<number> {
+      const { rows } = await db
+        .raw<{ rows: Array<{ slices: string | null; pairs: string | null }> }>(RECENT_KEYS_SQL, {
+          sliceSeconds: SLICE_SECONDS,
+          table: TABLE.apiKeys,
+          windowSeconds: windowMs / 1000,
+          seenSlices: seen.slices,
+          seenSignatures: seen.signatures,
+        })
+        .timeout(timeoutMs, { cancel: true });
+      const hashes = pushHashes(list, rows[0].pairs ?? '', []);
+      list.add(hashes);
+      seen = parseSignatures(rows[0].slices ?? '');
+      return hashes.length;
+    },
+    forget(): void {
+      seen = { slices: [], signatures: [] };
+    },
+  };
+}
+
+interface SliceSignatures {
+  slices: string[];
+  signatures: string[];
+}
+
+// One statement, so one snapshot: the window's slices and their signatures, and the keys of the
+// slices whose signature is not among those seen. A slice is SLICE_SECONDS of created_at from the
+// epoch (date_bin: integer arithmetic, where extract(epoch) is numeric and took twice as long), named
+// by its start's epoch second. The keys are read by created_at range, so no slice changed, no key read.
+const RECENT_KEYS_SQL = `
+  with signed as (
+    select slice, count(*) || ':' || sum(uuid_hash(id)) as signature
+      from (select id, date_bin(make_interval(secs => :sliceSeconds), created_at, timestamptz 'epoch') as slice
+              from :table:
+             where created_at >= date_bin(make_interval(secs => :sliceSeconds), now() - make_interval(secs => :windowSeconds), timestamptz 'epoch')) as recent
+     group by slice
+  ), changed as (
+    select slice
+      from signed
+     where not exists (select 1 from unnest(cast(:seenSlices as bigint[]), cast(:seenSignatures as text[])) as seen(slice, signature)
+                        where seen.slice = cast(extract(epoch from signed.slice) as bigint) and seen.signature = signed.signature)
+  )
+  select (select string_agg(cast(extract(epoch from slice) as bigint) || '=' || signature, ',') from signed) as slices,
+         (select string_agg(cast(k.id as text) || cast(k.org_id as text), '')
+            from changed
+            join :table: as k on k.created_at >= changed.slice and k.created_at < changed.slice + make_interval(secs => :sliceSeconds)) as pairs`;
+
+function parseSignatures(text: string): SliceSignatures {
+  const parsed: SliceSignatures = { slices: [], signatures: [] };
+  for (const entry of text === '' ? [] : text.split(',')) {
+    const [slice, signature] = entry.split('=');
+    parsed.slices.push(slice);
+    parsed.signatures.push(signature);
+  }
+  return parsed;
 }
 
 function pushHashes(list: KeyList, packed: string, hashes: number[]): number[] {

@@ -4,7 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { KeyList } from '../collector/keyList';
-import { createKeyListSync } from '../collector/keyListSync';
+import { createKeyListSync, createRecentKeysReader } from '../collector/keyListSync';
 import { createDb } from '../shared/db';
 import { createLogger } from '../shared/logger';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
@@ -86,6 +86,49 @@ t.test("a refresh reads the keys created since the last read and five minutes be
   await waitFor('a refresh twenty minutes later', async () => list.admits(old, org) || undefined, 10_000, 20);
   t.equal(sync.stats.lastFullReadAt, 5_000, 'by refreshes, not a full read');
   t.equal(sync.stats.failures, 0);
+});
+
+// A refresh reads again only the slices of created_at (10 s) whose keys changed since the last:
+// after a bulk import the window holds every imported key for five minutes.
+t.test("a refresh reads only the slices whose keys changed: late commits, backdated keys, and after forget() all", async (t) => {
+  const { db } = await freshDatabase(t);
+  const org = await createOrg(db, 'acme');
+  const list = new KeyList(11);
+  list.replace([]);
+  const recent = createRecentKeysReader(db, list);
+  const WINDOW_MS = 305_000;
+  // Imported in one transaction two minutes ago: one created_at, one slice.
+  const imported = await insertKeys(db, org, 500, 'bulk');
+  await db(TABLE.apiKeys).where({ org_id: org }).update({ created_at: db.raw("now() - interval '2 minutes'") });
+  t.equal(await recent.read(WINDOW_MS), 500, 'the first read: every key in the window');
+  t.ok(imported.every((id) => list.admits(id, org)));
+  t.equal(await recent.read(WINDOW_MS), 0, 'nothing changed: no key read again');
+
+  // A transaction begun before the read commits after it: its key's created_at is in a slice read.
+  const late = await db.transaction();
+  const [lateKey] = await insertKeys(late, org, 1, 'late');
+  await late.raw('select pg_sleep(0.01)');
+  const [other] = await insertKeys(db, org, 1, 'other');
+  t.ok((await recent.read(WINDOW_MS)) >= 1, 'the committed key');
+  t.ok(list.admits(other, org));
+  t.notOk(list.admits(lateKey, org), 'not committed yet');
+  await late.commit();
+  t.ok((await recent.read(WINDOW_MS)) >= 1);
+  t.ok(list.admits(lateKey, org), 'committed late: its slice changed, and is read again');
+  t.equal(await recent.read(WINDOW_MS), 0);
+
+  // A key given a created_at in the bulk's slice: that slice, and only it, is read again.
+  const [moved] = await insertKeys(db, org, 1, 'moved');
+  await db.raw('update api_keys set created_at = (select created_at from api_keys where id = ?) where id = ?', [imported[0], moved]);
+  t.notOk(list.admits(moved, org));
+  t.equal(await recent.read(WINDOW_MS), 501, "the bulk's slice read again with it, and no other");
+  t.ok(list.admits(moved, org), 'listed');
+  // A key deleted changes its slice too: read again, harmlessly (the list forgets at full reads).
+  await db(TABLE.apiKeys).where({ id: imported[1] }).delete();
+  t.equal(await recent.read(WINDOW_MS), 500);
+
+  recent.forget();
+  t.equal(await recent.read(WINDOW_MS), 502, 'after forget(), as after a full read: the whole window');
 });
 
 t.test('a read held by a lock gives up at its timeout; stop() asks no further page of a full read', async (t) => {
