@@ -90,7 +90,7 @@ t.test("a refresh reads the keys created since the last read and five minutes be
 
 // A refresh reads again only the slices of created_at (10 s) whose keys changed since the last:
 // after a bulk import the window holds every imported key for five minutes.
-t.test("a refresh reads only the slices whose keys changed: late commits, backdated keys, and after forget() all", async (t) => {
+t.test('a refresh reads only the slices whose keys changed: late commits, backdated keys, and after forget() all', async (t) => {
   const { db } = await freshDatabase(t);
   const org = await createOrg(db, 'acme');
   const list = new KeyList(11);
@@ -99,7 +99,9 @@ t.test("a refresh reads only the slices whose keys changed: late commits, backda
   const WINDOW_MS = 305_000;
   // Imported in one transaction two minutes ago: one created_at, one slice.
   const imported = await insertKeys(db, org, 500, 'bulk');
-  await db(TABLE.apiKeys).where({ org_id: org }).update({ created_at: db.raw("now() - interval '2 minutes'") });
+  await db(TABLE.apiKeys)
+    .where({ org_id: org })
+    .update({ created_at: db.raw("now() - interval '2 minutes'") });
   t.equal(await recent.read(WINDOW_MS), 500, 'the first read: every key in the window');
   t.ok(imported.every((id) => list.admits(id, org)));
   t.equal(await recent.read(WINDOW_MS), 0, 'nothing changed: no key read again');
