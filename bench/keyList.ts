@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { performance } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
 import { KeyList } from '../collector/keyList';
 import { createRecentKeysReader, hashesOfAllKeys } from '../collector/keyListSync';
 import { settledHeapBytes } from './lib/heap';
@@ -10,7 +10,7 @@ import { createKeysInOrgs, openBenchDatabase } from './lib/database';
 // docs/operations.md: V8 heap per key listed, the receive loop's time to hash and look up a key
 // (once per new key per flush interval), and the reads from PostgreSQL: the full read (at start and
 // hourly), with this process's CPU for it (the collector's receive loop pays it), and a refresh of
-// the keys created in its window, the first after a full read and the next. One process per run.
+// the keys created in its window, the first and the next. One process per run.
 // Run: node --expose-gc --import tsx bench/keyList.ts [memory|database] [keys]
 //   memory: N keys in 100 orgs, in memory only (default 1,000,000);
 //   database: N keys in 100 orgs in a throwaway PostgreSQL (default 1,000,000), all created at once
@@ -59,13 +59,18 @@ function memory() {
   };
 }
 
-// Wall and CPU time of `work`, in ms.
-async function measured<T>(work: () => Promise<T>): Promise<{ result: T; ms: number; cpuMs: number }> {
+// Wall and CPU time of `work`, in ms, and its longest event-loop stall: how long the collector's
+// receive loop, which runs these reads, would leave the UDP socket unread at once.
+async function measured<T>(work: () => Promise<T>): Promise<{ result: T; ms: number; cpuMs: number; stallMs: number }> {
+  const stalls = monitorEventLoopDelay({ resolution: 5 });
+  stalls.enable();
   const started = performance.now();
   const cpuStarted = process.cpuUsage();
   const result = await work();
   const cpu = process.cpuUsage(cpuStarted);
-  return { result, ms: performance.now() - started, cpuMs: (cpu.user + cpu.system) / 1000 };
+  const ms = performance.now() - started;
+  stalls.disable();
+  return { result, ms, cpuMs: (cpu.user + cpu.system) / 1000, stallMs: stalls.max / 1e6 };
 }
 
 async function database() {
@@ -76,19 +81,22 @@ async function database() {
     await bench.db.raw('update api_keys set created_at = now()');
     await bench.db.raw('vacuum analyze api_keys');
     const list = new KeyList(1);
-    const recent = createRecentKeysReader(bench.db, list);
-    const reads: Record<'full' | 'refresh' | 'again', Array<{ ms: number; cpuMs: number; keys: number }>> = { full: [], refresh: [], again: [] };
+    const reads: Record<'full' | 'refresh' | 'again', Array<{ ms: number; cpuMs: number; stallMs: number; keys: number }>> = {
+      full: [],
+      refresh: [],
+      again: [],
+    };
     for (let round = 0; round < 3; round++) {
-      const full = await measured(async () => (await hashesOfAllKeys(bench.db, list)) ?? []);
-      list.replace(full.result);
-      recent.forget();
-      reads.full.push({ ...full, keys: full.result.length });
+      const { result: hashes, ...fullRead } = await measured(async () => (await hashesOfAllKeys(bench.db, list)) ?? []);
+      list.replace(hashes);
+      reads.full.push({ ...fullRead, keys: hashes.length });
       // A refresh's window: the keys created in the last 5 minutes and the refresh interval, every
-      // key here. The first refresh after a full read reads them all; the next, as every
-      // refresh while none of them changes, only their slices' signatures.
+      // key here. A collector's first refresh, or its first since they were imported, reads them
+      // all; the next, as every refresh while none of them changes, only their slices' signatures.
+      const recent = createRecentKeysReader(bench.db, list);
       for (const read of ['refresh', 'again'] as const) {
-        const { result, ms, cpuMs } = await measured(() => recent.read(305_000));
-        reads[read].push({ ms, cpuMs, keys: result });
+        const { result: keys, ...times } = await measured(() => recent.read(305_000));
+        reads[read].push({ ...times, keys });
       }
     }
     const round = (values: number[]) => values.map(Math.round);
@@ -96,6 +104,7 @@ async function database() {
       ms: round(reads[read].map((r) => r.ms)),
       medianMs: Math.round(median(reads[read].map((r) => r.ms))),
       cpuMs: round(reads[read].map((r) => r.cpuMs)),
+      longestStallMs: round(reads[read].map((r) => r.stallMs)),
       keysRead: reads[read].map((r) => r.keys),
     });
     return { keys: keyCount, listed: list.size, fullRead: figures('full'), refresh: figures('refresh'), refreshAgain: figures('again') };

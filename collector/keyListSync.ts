@@ -17,7 +17,7 @@ const PAGE_ROWS = 50_000;
 const CREATED_MARGIN_MS = 300_000;
 // The refresh's window in slices of created_at this long, each read again only when its keys
 // changed: after a bulk import the window holds every imported key for five minutes, and reading
-// them all at each refresh cost the receive loop about a second of CPU per million keys, every
+// them all at each refresh cost the receive loop 1.0-1.6 s of CPU per million keys, every
 // refreshMs (docs/operations.md, key list).
 const SLICE_SECONDS = 10;
 const FULL_READ_MS = 3_600_000;
@@ -63,7 +63,6 @@ export function createKeyListSync(options: KeyListSyncOptions) {
       const hashes = await hashesOfAllKeys(db, list, timeoutMs, () => stopped);
       if (hashes === undefined) return;
       list.replace(hashes);
-      recent.forget();
       stats.lastFullReadAt = startedAt;
       nextFullReadAt = startedAt + fullReadMs;
     } else {
@@ -145,73 +144,55 @@ export async function hashesOfAllKeys(db: Knex, list: KeyList, timeoutMs = READ_
  * Adds to `list` the keys created within the last `windowMs` of the server's clock (widened to whole
  * slices) that it may lack: those of the slices whose keys changed since the last read().
  *
- * Each slice's signature (its keys' count and the sum of their ids' uuid_hash) comes from the same
- * statement, and snapshot, as the keys it reads, and is kept only once they are in the list: a
- * slice whose signature is unchanged holds no key the list lacks. A key committed late, or created
- * with an earlier created_at, changes its slice's signature, and the slice is read again. forget()
- * after a full read replaced the list.
+ * Each slice's signature (its keys' count and the sum of a 64-bit hash of each (key, org) pair)
+ * comes from the same statement, and snapshot, as the keys it reads, and is kept only once they
+ * are in the list. A key committed late, created with an earlier created_at, or moved to another
+ * org changes its slice's signature, and the slice is read again; only a change that leaves the
+ * sum as it was (about one in 2^64) waits for the next full read. A full read needs no reset: it
+ * begins after the last read() ended, so it lists every key those signatures counted.
  */
 export function createRecentKeysReader(db: Knex, list: KeyList, timeoutMs = READ_TIMEOUT_MS) {
-  let seen: SliceSignatures = { slices: [], signatures: [] };
+  let seen: string[] = [];
   return {
     /** Returns how many keys it read (listed already or not). */
     async read(windowMs: number): Promise<number> {
       const { rows } = await db
-        .raw<{ rows: Array<{ slices: string | null; pairs: string | null }> }>(RECENT_KEYS_SQL, {
+        .raw<{ rows: Array<{ signed: string[] | null; pairs: string | null }> }>(RECENT_KEYS_SQL, {
           sliceSeconds: SLICE_SECONDS,
           table: TABLE.apiKeys,
           windowSeconds: windowMs / 1000,
-          seenSlices: seen.slices,
-          seenSignatures: seen.signatures,
+          seen,
         })
         .timeout(timeoutMs, { cancel: true });
       const hashes = pushHashes(list, rows[0].pairs ?? '', []);
       list.add(hashes);
-      seen = parseSignatures(rows[0].slices ?? '');
+      seen = rows[0].signed ?? [];
       return hashes.length;
-    },
-    forget(): void {
-      seen = { slices: [], signatures: [] };
     },
   };
 }
 
-interface SliceSignatures {
-  slices: string[];
-  signatures: string[];
-}
-
-// One statement, so one snapshot: the window's slices and their signatures, and the keys of the
-// slices whose signature is not among those seen. A slice is SLICE_SECONDS of created_at from the
-// epoch (date_bin: integer arithmetic, where extract(epoch) is numeric and took twice as long), named
-// by its start's epoch second. The keys are read by created_at range, so no slice changed, no key read.
+// One statement, so one snapshot: a signature for each slice of the window, `start=count:sum`, and
+// the keys of the slices whose signature was not seen, read by created_at range (no slice changed,
+// no key read). A slice is SLICE_SECONDS of created_at from the epoch: date_bin, integer arithmetic,
+// where extract(epoch) is numeric and took twice as long. An infinite created_at (only SQL by hand
+// makes one) has no slice: the full reads list its key.
 const RECENT_KEYS_SQL = `
   with signed as (
-    select slice, count(*) || ':' || sum(uuid_hash(id)) as signature
-      from (select id, date_bin(make_interval(secs => :sliceSeconds), created_at, timestamptz 'epoch') as slice
+    select slice,
+           cast(extract(epoch from slice) as bigint) || '=' || count(*) || ':' ||
+           sum(uuid_hash_extended(id, 0) # uuid_hash_extended(org_id, 1)) as signature
+      from (select id, org_id, date_bin(make_interval(secs => :sliceSeconds), created_at, timestamptz 'epoch') as slice
               from :table:
-             where created_at >= date_bin(make_interval(secs => :sliceSeconds), now() - make_interval(secs => :windowSeconds), timestamptz 'epoch')) as recent
+             where created_at >= date_bin(make_interval(secs => :sliceSeconds), now() - make_interval(secs => :windowSeconds), timestamptz 'epoch')
+               and isfinite(created_at)) as recent
      group by slice
-  ), changed as (
-    select slice
-      from signed
-     where not exists (select 1 from unnest(cast(:seenSlices as bigint[]), cast(:seenSignatures as text[])) as seen(slice, signature)
-                        where seen.slice = cast(extract(epoch from signed.slice) as bigint) and seen.signature = signed.signature)
   )
-  select (select string_agg(cast(extract(epoch from slice) as bigint) || '=' || signature, ',') from signed) as slices,
+  select (select array_agg(signature) from signed) as signed,
          (select string_agg(cast(k.id as text) || cast(k.org_id as text), '')
-            from changed
-            join :table: as k on k.created_at >= changed.slice and k.created_at < changed.slice + make_interval(secs => :sliceSeconds)) as pairs`;
-
-function parseSignatures(text: string): SliceSignatures {
-  const parsed: SliceSignatures = { slices: [], signatures: [] };
-  for (const entry of text === '' ? [] : text.split(',')) {
-    const [slice, signature] = entry.split('=');
-    parsed.slices.push(slice);
-    parsed.signatures.push(signature);
-  }
-  return parsed;
-}
+            from signed
+            join :table: as k on k.created_at >= signed.slice and k.created_at < signed.slice + make_interval(secs => :sliceSeconds)
+           where signed.signature <> all(cast(:seen as text[]))) as pairs`;
 
 function pushHashes(list: KeyList, packed: string, hashes: number[]): number[] {
   for (let at = 0; at < packed.length; at += PACKED_PAIR_CHARS) hashes.push(list.hashPacked(packed, at));
