@@ -1,3 +1,4 @@
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { Knex } from 'knex';
 import type { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { TABLE } from '../shared/tables';
@@ -162,21 +163,35 @@ export function createRecentKeysReader(db: Knex, list: KeyList, timeoutMs = READ
           table: TABLE.apiKeys,
           windowSeconds: windowMs / 1000,
           seen,
+          pageRows: PAGE_ROWS,
         })
         .timeout(timeoutMs, { cancel: true });
-      const hashes = pushHashes(list, rows[0].pairs ?? '', []);
-      list.add(hashes);
-      seen = rows[0].signed ?? [];
-      return hashes.length;
+      let keys = 0;
+      let signed: string[] = [];
+      for (const row of rows) {
+        if (row.pairs === null) {
+          signed = row.signed ?? [];
+          continue;
+        }
+        // Between pages the event loop runs: the UDP socket's reads wait for one page at most.
+        if (keys > 0) await nextTurn();
+        list.add(pushHashes(list, row.pairs, []));
+        keys += row.pairs.length / PACKED_PAIR_CHARS;
+      }
+      seen = signed;
+      return keys;
     },
   };
 }
 
-// One statement, so one snapshot: a signature for each slice of the window, `start=count:sum`, and
-// the keys of the slices whose signature was not seen, read by created_at range (no slice changed,
-// no key read). A slice is SLICE_SECONDS of created_at from the epoch: date_bin, integer arithmetic,
-// where extract(epoch) is numeric and took twice as long. An infinite created_at (only SQL by hand
-// makes one) has no slice: the full reads list its key.
+// One statement, so one snapshot: a row of signatures, one for each slice of the window,
+// `start=count:sum`, and rows of the keys of the slices whose signature was not seen, PAGE_ROWS
+// keys a row, read by created_at range (no slice changed, no key read). Pages as the full read's:
+// the first refresh after a bulk import of a million keys brought them as one 72 MB value, and
+// parsing and hashing it held the collector's event loop for 181-261 ms at once. A slice is
+// SLICE_SECONDS of created_at from the epoch: date_bin, integer arithmetic, where extract(epoch)
+// is numeric and took twice as long. An infinite created_at (only SQL by hand makes one) has no
+// slice: the full reads list its key.
 const RECENT_KEYS_SQL = `
   with signed as (
     select slice,
@@ -188,11 +203,14 @@ const RECENT_KEYS_SQL = `
                and isfinite(created_at)) as recent
      group by slice
   )
-  select (select array_agg(signature) from signed) as signed,
-         (select string_agg(cast(k.id as text) || cast(k.org_id as text), '')
+  select array_agg(signature) as signed, null as pairs from signed
+  union all
+  select null, string_agg(pair, '')
+    from (select cast(k.id as text) || cast(k.org_id as text) as pair, (row_number() over () - 1) / :pageRows as page
             from signed
             join :table: as k on k.created_at >= signed.slice and k.created_at < signed.slice + make_interval(secs => :sliceSeconds)
-           where signed.signature <> all(cast(:seen as text[]))) as pairs`;
+           where signed.signature <> all(cast(:seen as text[]))) as changed
+   group by page`;
 
 function pushHashes(list: KeyList, packed: string, hashes: number[]): number[] {
   for (let at = 0; at < packed.length; at += PACKED_PAIR_CHARS) hashes.push(list.hashPacked(packed, at));

@@ -141,6 +141,33 @@ t.test('a refresh reads only the slices whose keys changed: late commits, backda
   t.equal(await createRecentKeysReader(db, list).read(WINDOW_MS), 502, "a collector's first refresh: the whole window");
 });
 
+t.test('a refresh that brings many keys lets the event loop run between pages of 50,000', async (t) => {
+  const { db } = await freshDatabase(t);
+  const org = await createOrg(db, 'acme');
+  const keys = await insertKeys(db, org, 100_001, 'bulk');
+  await db(TABLE.apiKeys)
+    .where({ org_id: org })
+    .update({ created_at: db.raw('now()') });
+  const list = new KeyList(11);
+  list.replace([]);
+  const added: number[] = [];
+  let listedWhenTheLoopRan: number | undefined;
+  const add = list.add.bind(list);
+  list.add = (hashes) => {
+    if (added.length === 0) setImmediate(() => (listedWhenTheLoopRan = list.size));
+    added.push(hashes.length);
+    add(hashes);
+  };
+  t.equal(await createRecentKeysReader(db, list).read(305_000), 100_001);
+  t.same(
+    [...added].sort((a, b) => a - b),
+    [1, 50_000, 50_000],
+    'in pages, in any order',
+  );
+  t.equal(listedWhenTheLoopRan, added[0], 'the event loop ran after the first page, before the rest');
+  t.ok(keys.every((id) => list.admits(id, org)));
+});
+
 t.test('a read held by a lock gives up at its timeout; stop() asks no further page of a full read', async (t) => {
   const { db } = await freshDatabase(t);
   const org = await createOrg(db, 'acme');
