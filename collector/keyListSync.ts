@@ -173,7 +173,8 @@ export function createRecentKeysReader(db: Knex, list: KeyList, timeoutMs = READ
           signed = row.signed ?? [];
           continue;
         }
-        // Between pages the event loop runs: the UDP socket's reads wait for one page at most.
+        // Between pages the event loop runs: the UDP socket's reads wait for one page's hashing at
+        // most (the driver parsed each row as its bytes came).
         if (keys > 0) await nextTurn();
         list.add(pushHashes(list, row.pairs, []));
         keys += row.pairs.length / PACKED_PAIR_CHARS;
@@ -188,7 +189,7 @@ export function createRecentKeysReader(db: Knex, list: KeyList, timeoutMs = READ
 // `start=count:sum`, and rows of the keys of the slices whose signature was not seen, PAGE_ROWS
 // keys a row, read by created_at range (no slice changed, no key read). Pages as the full read's:
 // the first refresh after a bulk import of a million keys brought them as one 72 MB value, and
-// parsing and hashing it held the collector's event loop for 181-261 ms at once. A slice is
+// parsing and hashing it held the collector's event loop for 181-373 ms at once. A slice is
 // SLICE_SECONDS of created_at from the epoch: date_bin, integer arithmetic, where extract(epoch)
 // is numeric and took twice as long. An infinite created_at (only SQL by hand makes one) has no
 // slice: the full reads list its key.
