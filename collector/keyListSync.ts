@@ -18,7 +18,7 @@ const PAGE_ROWS = 50_000;
 const CREATED_MARGIN_MS = 300_000;
 // The refresh's window in slices of created_at this long, each read again only when its keys
 // changed: after a bulk import the window holds every imported key for five minutes, and reading
-// them all at each refresh cost the receive loop 1.0-1.6 s of CPU per million keys, every
+// them all at each refresh cost the receive loop 1.0-1.7 s of CPU per million keys, every
 // refreshMs (docs/operations.md, key list).
 const SLICE_SECONDS = 10;
 const FULL_READ_MS = 3_600_000;

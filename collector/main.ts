@@ -1,7 +1,7 @@
 import { randomInt } from 'node:crypto';
 import type { Knex } from 'knex';
 import { loadConfig, type Config } from '../shared/config';
-import { createCheckedDb, poolState, warnIfServerAllowsFewer } from '../shared/db';
+import { createCheckedDb, poolState, warnIfServerAllowsFewer, warnIfServerOlder } from '../shared/db';
 import { createLogger, type Logger } from '../shared/logger';
 import { metricsServer, renderPrometheus } from '../shared/metrics';
 import { closeServer, listen } from '../shared/process';
@@ -59,6 +59,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     const threadPart = foldPool > 0 ? ' + COLLECTOR_FLUSH_PARALLELISM for the fold thread' : '';
     const from = `COLLECTOR_RECEIVERS (${receivers}) × (COLLECTOR_FLUSH_PARALLELISM (${flushParallelism}) + 3${threadPart})`;
     await warnIfServerAllowsFewer(db, { connections: receivers * (poolMax + foldPool), from }, logger);
+    await warnIfServerOlder(db, logger);
   }
   const events = config.collector.events;
   const storeOptions = {

@@ -181,6 +181,29 @@ export async function warnIfServerAllowsFewer(db: Db, need: { connections: numbe
   );
 }
 
+/** server_version_num of the oldest PostgreSQL keyusage runs on: the key list's refresh uses date_bin. */
+export const MIN_SERVER_VERSION_NUM = 140000;
+
+/**
+ * Says at the start when the server is older than `minimum`: the collector would start, and every
+ * key list refresh fail (counted, logged, retried) with "function date_bin does not exist". Silent
+ * if the server does not answer (createCheckedDb said so).
+ */
+export async function warnIfServerOlder(db: Db, logger: Logger, minimum = MIN_SERVER_VERSION_NUM): Promise<void> {
+  let server: { num: number; version: string };
+  try {
+    server = (await db.raw(`select current_setting('server_version_num')::int as num, current_setting('server_version') as version`)).rows[0];
+  } catch {
+    return;
+  }
+  if (server.num >= minimum) return;
+  logger.warn(
+    { serverVersion: server.version, serverVersionNum: server.num, minimum },
+    `PostgreSQL ${server.version} is older than keyusage needs (server_version_num ${minimum}): ` +
+      `the collector's key list refreshes will fail until the server is upgraded`,
+  );
+}
+
 /**
  * createDb for the start of a long-running process. A database that does not answer may come back,
  * so it is logged and the process starts (requests answer 503 meanwhile); anything else —
