@@ -189,7 +189,7 @@ export function createRecentKeysReader(db: Knex, list: KeyList, timeoutMs = READ
 // `start=count:sum`, and rows of the keys of the slices whose signature was not seen, PAGE_ROWS
 // keys a row, read by created_at range (no slice changed, no key read). Pages as the full read's:
 // the first refresh after a bulk import of a million keys brought them as one 72 MB value, and
-// parsing and hashing it held the collector's event loop for 181-373 ms at once. A slice is
+// parsing and hashing it held the collector's event loop for 181-261 ms at once. A slice is
 // SLICE_SECONDS of created_at from the epoch: date_bin, integer arithmetic, where extract(epoch)
 // is numeric and took twice as long. An infinite created_at (only SQL by hand makes one) has no
 // slice: the full reads list its key.

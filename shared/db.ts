@@ -181,6 +181,18 @@ export async function warnIfServerAllowsFewer(db: Db, need: { connections: numbe
   );
 }
 
+export interface ServerVersion {
+  /** server_version_num: 150020 for 15.20. */
+  num: number;
+  /** server_version, as the server names itself. */
+  version: string;
+}
+
+export async function serverVersion(db: Db): Promise<ServerVersion> {
+  const { rows } = await db.raw(`select current_setting('server_version_num')::int as num, current_setting('server_version') as version`);
+  return rows[0];
+}
+
 /** server_version_num of the oldest PostgreSQL keyusage runs on: the key list's refresh uses date_bin. */
 export const MIN_SERVER_VERSION_NUM = 140000;
 
@@ -190,9 +202,9 @@ export const MIN_SERVER_VERSION_NUM = 140000;
  * if the server does not answer (createCheckedDb said so).
  */
 export async function warnIfServerOlder(db: Db, logger: Logger, minimum = MIN_SERVER_VERSION_NUM): Promise<void> {
-  let server: { num: number; version: string };
+  let server: ServerVersion;
   try {
-    server = (await db.raw(`select current_setting('server_version_num')::int as num, current_setting('server_version') as version`)).rows[0];
+    server = await serverVersion(db);
   } catch {
     return;
   }

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { startApi } from '../api/main';
 import { loadConfig } from '../shared/config';
-import { MIN_SERVER_VERSION_NUM, warnIfServerOlder } from '../shared/db';
+import { MIN_SERVER_VERSION_NUM, serverVersion, warnIfServerOlder } from '../shared/db';
 import { freshDatabase } from './helpers/database';
 import { startTestCollector } from './helpers/collector';
 import { capturingLogger } from './helpers/logLines';
@@ -55,22 +55,25 @@ t.test('a collector or API whose pools exceed max_connections says so at start, 
 // at start. The test server is newer, so an unreachable minimum stands in for an older server.
 t.test('a collector on a server older than keyusage needs says so at start', async (t) => {
   const { db, url } = await freshDatabase(t);
-  const { rows } = await db.raw(`select current_setting('server_version_num')::int as num, current_setting('server_version') as version`);
+  const server = await serverVersion(db);
   const tooOld = (lines: string[]) => lines.map((line) => JSON.parse(line)).filter((entry) => /is older than keyusage needs/.test(entry.msg));
   const lines: string[] = [];
-  await warnIfServerOlder(db, capturingLogger(lines, 'test'), rows[0].num + 1);
+  await warnIfServerOlder(db, capturingLogger(lines, 'test'), server.num + 1);
   t.match(
     tooOld(lines),
     [
       {
         level: 40,
-        serverVersionNum: rows[0].num,
-        msg: `PostgreSQL ${rows[0].version} is older than keyusage needs (server_version_num ${rows[0].num + 1}): the collector's key list refreshes will fail until the server is upgraded`,
+        serverVersionNum: server.num,
+        msg: `PostgreSQL ${server.version} is older than keyusage needs (server_version_num ${server.num + 1}): the collector's key list refreshes will fail until the server is upgraded`,
       },
     ],
     'the versions named',
   );
-  t.ok(rows[0].num >= MIN_SERVER_VERSION_NUM, `the test server (${rows[0].version}) is recent enough`);
+  const atTheMinimum: string[] = [];
+  await warnIfServerOlder(db, capturingLogger(atTheMinimum, 'test'), server.num);
+  t.same(tooOld(atTheMinimum), [], 'a server exactly at the minimum is enough');
+  t.ok(server.num >= MIN_SERVER_VERSION_NUM, `the test server (${server.version}) is recent enough`);
   const collector = await startTestCollector(t, url);
   t.same(tooOld(collector.logLines), [], 'so a collector on it says nothing');
   await collector.stop();

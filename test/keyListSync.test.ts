@@ -120,11 +120,11 @@ t.test('a refresh reads only the slices whose keys changed: late commits, backda
   t.equal(await recent.read(WINDOW_MS), 0);
 
   // A key given a created_at in the bulk's slice: that slice, and only it, is read again.
-  const [moved] = await insertKeys(db, org, 1, 'moved');
-  await db.raw('update api_keys set created_at = (select created_at from api_keys where id = ?) where id = ?', [imported[0], moved]);
-  t.notOk(list.admits(moved, org));
+  const [backdated] = await insertKeys(db, org, 1, 'backdated');
+  await db.raw('update api_keys set created_at = (select created_at from api_keys where id = ?) where id = ?', [imported[0], backdated]);
+  t.notOk(list.admits(backdated, org));
   t.equal(await recent.read(WINDOW_MS), 501, "the bulk's slice read again with it, and no other");
-  t.ok(list.admits(moved, org), 'listed');
+  t.ok(list.admits(backdated, org), 'listed');
   // A key deleted changes its slice too: read again, harmlessly (the list forgets at full reads).
   await db(TABLE.apiKeys).where({ id: imported[1] }).delete();
   t.equal(await recent.read(WINDOW_MS), 500);
