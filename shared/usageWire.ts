@@ -324,8 +324,11 @@ function readTags(s: string, start: number, end: number, separator: number, tags
 // slice, and the aggregator's org check on the key's entry becomes an identity comparison.
 // Its characters are also kept in a typed array: comparing against those was cheaper than
 // against the string.
+// Until an org was read there is none to match: the codes' zeros would match 36 NULs, which a
+// forged line may hold, and such a line was taken with '' for its org (every flush after failed on
+// it, ''::uuid).
 let lastOrg = '';
-const lastOrgCodes = new Uint8Array(UUID_LENGTH); // zeros: a line never holds NUL, no match until set
+const lastOrgCodes = new Uint8Array(UUID_LENGTH);
 
 function rememberOrg(org: string): void {
   lastOrg = org;
@@ -334,7 +337,7 @@ function rememberOrg(org: string): void {
 
 function isLastOrg(s: string, at: number, end: number): boolean {
   const idEnd = at + UUID_LENGTH;
-  if (idEnd > end || (idEnd !== end && s.charCodeAt(idEnd) !== COMMA)) return false;
+  if (lastOrg === '' || idEnd > end || (idEnd !== end && s.charCodeAt(idEnd) !== COMMA)) return false;
   for (let i = 0; i < UUID_LENGTH; i++) if (s.charCodeAt(at + i) !== lastOrgCodes[i]) return false;
   return true;
 }
