@@ -81,6 +81,17 @@ function fromBodyParser(error: { type?: string; status?: number }): AppError | u
   }
 }
 
+// Other client errors raised before a route runs carry an HTTP status (http-errors): the router's
+// for a path that is not valid percent-encoding, body-parser's for a body it could not read (a
+// Content-Encoding whose data is not what it says, a body shorter than its Content-Length). Fixed
+// messages: theirs quote the input, which may be key material.
+function fromHttpError(error: { status?: unknown }): AppError | undefined {
+  const status = error.status;
+  if (typeof status !== 'number' || status < 400 || status > 499) return undefined;
+  if (error instanceof URIError) return new AppError('invalid_request', 'The path is not valid percent-encoding (RFC 3986)');
+  return new AppError('invalid_request', 'Request body could not be read: check its Content-Encoding and Content-Length');
+}
+
 // An outage the client can wait out, not a bug. Seconds, for Retry-After.
 const DATABASE_RETRY_AFTER = '5';
 
@@ -93,7 +104,7 @@ export const routeNotFound: RequestHandler = (req, _res, next) => {
 
 export function errorMiddleware(logger: Logger): ErrorRequestHandler {
   return (error, req, res, _next) => {
-    const appError = error instanceof AppError ? error : (fromBodyParser(error) ?? fromDatabase(error));
+    const appError = error instanceof AppError ? error : (fromBodyParser(error) ?? fromHttpError(error) ?? fromDatabase(error));
     const requestId = res.locals.requestId;
     if (appError?.code === 'service_unavailable') {
       // Message and code only: a knex error carries the query's bindings, which may hold a hash.

@@ -134,6 +134,8 @@ const ROUTES: Route[] = [
       { label: 'keyId not a UUID', params: { keyId: BAD_ID }, body: { expectedNetworks: null }, field: 'keyId' },
       { label: 'prefix too long', body: { expectedNetworks: ['10.0.0.0/33'] }, field: 'expectedNetworks.0' },
       { label: 'not an address', body: { expectedNetworks: ['intranet'] }, field: 'expectedNetworks.0' },
+      // Node's isIP takes it; PostgreSQL's inet does not (it was a 500).
+      { label: 'an IPv6 zone id', body: { expectedNetworks: ['fe80::1%eth0'] }, field: 'expectedNetworks.0' },
       { label: 'unknown field', body: { expectedNetworks: null, name: 'x' }, field: 'name' },
       { label: 'missing body', field: 'expectedNetworks' },
     ],

@@ -81,3 +81,30 @@ t.test("a malformed id answers 400 naming it in every position; another org's id
   const other = await api.request('GET', `/api/orgs/${randomUUID()}/api-keys`, { key: adminKey });
   t.same([other.status, other.body.error.message], [404, 'Organization not found'], 'a well-formed id of another org: 404');
 });
+
+t.test('a path that is not valid percent-encoding, or a body that cannot be inflated, answers 400, not 500', async (t) => {
+  const { api, org, adminKey } = await setup(t);
+  // Decoded by the router before any route runs, so before authentication too.
+  for (const path of [`/api/orgs/%E0/api-keys`, `/api/orgs/${org.id}/api-keys/%zz`, `/api/orgs/${org.id}/webhooks/%E0%A4%A`]) {
+    for (const key of [adminKey, undefined]) {
+      const response = await api.request('GET', path, { key });
+      t.equal(response.status, 400, `${path}${key ? '' : ' without a key'}: 400`);
+      t.equal(response.body.error.code, 'invalid_request');
+      t.equal(response.body.error.message, 'The path is not valid percent-encoding (RFC 3986)');
+    }
+  }
+  const response = await fetch(`${api.baseUrl}/api/orgs/${org.id}/api-keys`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${adminKey}`, 'content-type': 'application/json', 'content-encoding': 'gzip' },
+    body: '{"name":"x","scopes":["keys:read"]}',
+  });
+  const body = (await response.json()) as { error: { code: string; message: string } };
+  t.equal(response.status, 400, 'a gzip Content-Encoding on a body that is not gzip: 400');
+  t.equal(body.error.code, 'invalid_request');
+  t.match(body.error.message, /Content-Encoding/);
+  t.same(
+    api.evidence.logLines.filter((line) => /unhandled error/.test(line)),
+    [],
+    'no "unhandled error" logged',
+  );
+});
