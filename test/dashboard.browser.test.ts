@@ -189,6 +189,20 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     t.match(await page.textContent('#webhooks'), /No webhooks\./, 'webhooks are listed (a read-only key may read them)');
   });
 
+  t.test('the sign-in form submitted before the script runs leaves no key in the URL', async (t) => {
+    // Enter pressed while main.js is still loading (or when it fails to): the browser submits the
+    // form itself, a GET to the page with its named fields in the query.
+    const early = await context.newPage();
+    await early.route('**/js/main.js', (route) => route.abort());
+    await early.goto(`${system.api.baseUrl}/`);
+    const key = `ku_${'1'.repeat(32)}_${'C'.repeat(43)}`;
+    await early.fill('#sign-in-key', key);
+    await Promise.all([early.waitForEvent('framenavigated'), early.press('#sign-in-key', 'Enter')]);
+    t.equal(new URL(early.url()).pathname, '/', 'the form went to the page itself');
+    t.notOk(early.url().includes(key), 'the key is not in the URL');
+    await early.close();
+  });
+
   t.strictSame(dialogs, [], 'no alert, confirm or prompt ever fired');
   t.strictSame(pageErrors, [], 'no uncaught error in the page');
 });
