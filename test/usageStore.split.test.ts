@@ -12,6 +12,7 @@ import { createOrg, insertKeys } from '../bench/lib/database';
 import { freshDatabase } from './helpers/database';
 import { plainDelta } from './helpers/deltas';
 import { TABLE } from '../shared/tables';
+import { createUsageStore } from '../collector/usageLog';
 import { PgProxy } from './helpers/faults';
 
 type Org = { orgId: string; keyIds: string[] };
@@ -182,4 +183,25 @@ t.test("a listed address is written as its text: '' is not turned into null", as
     (await db(TABLE.recentIps).where({ key_id: key.keyId }).orderBy('ip')).map((row: { ip: string }) => row.ip),
     ['', '192.0.2.1'],
   );
+});
+
+// A flood of forged org ids wrote a ledger row for each (kept a day): only orgs that exist are
+// claimed, and a forged org's keys are counted unknown by the write, in both kinds of write.
+t.test('an org that does not exist gets no ledger row; its uses are counted unknown', async (t) => {
+  const { db } = await freshDatabase(t);
+  const [real] = await twoOrgs(db);
+  const forged = { orgId: randomUUID(), keyIds: [randomUUID(), randomUUID()] };
+  const realPart = { orgId: real.orgId, keyIds: real.keyIds.slice(0, 2) };
+  const trx = await db.transaction();
+  const claimed = await claimBatches(trx, [batchOf([realPart, forged])]);
+  await trx.rollback();
+  t.same(claimed.fresh[0].keys.map((k) => k.orgId).sort(), [real.orgId, real.orgId, forged.orgId, forged.orgId].sort(), 'every key fresh');
+  t.equal(claimed.duplicateUses, 0);
+  const store = createUsageStore(db, { logMinKeys: undefined });
+  for (const toLog of [false, true]) {
+    const result = await store.write([batchOf([realPart, forged])], toLog);
+    t.match(result, { usesWritten: 2, unknownKeys: 2, unknownUses: 2 }, `${toLog ? 'an append' : 'a direct write'}: the forged org's uses are unknown`);
+  }
+  const ledger = await db('usage_flushes').select('org_id');
+  t.same(new Set(ledger.map((row) => row.org_id)), new Set([real.orgId]), 'no ledger row for the forged org');
 });
