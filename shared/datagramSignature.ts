@@ -8,7 +8,9 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 //
 // The MAC covers the version, the timestamp, the nonce and every byte before the signature line.
 // The collector accepts a datagram once (the nonce is remembered for the window) and only within
-// ±windowMs of its own clock, so a captured datagram cannot be replayed to inflate counts.
+// ±windowMs of its own clock, so a captured datagram cannot be replayed to that collector to
+// inflate counts. Another collector taking the same secret keeps its own nonces: one secret per
+// collector where the wire is not private (docs/security.md).
 // It authenticates; it does not hide ids or addresses (use a private network or a tunnel for that).
 
 export const SIGNATURE_METRIC = 'keyusage.sig';
