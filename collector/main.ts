@@ -12,7 +12,7 @@ import { collectorSamples } from './collectorMetrics';
 import { Flusher } from './flusher';
 import { startFoldThread } from './foldThread';
 import { createPacketHandler } from './packetHandler';
-import { startReceiver } from './receiver';
+import { startReceiver, untilQuiet } from './receiver';
 import { runReceivers, serveSamplesToPrimary } from './receivers';
 import { Relay, udpSink } from './relay';
 import { KeyList } from './keyList';
@@ -139,10 +139,12 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     inCluster ? 'receiver listening' : 'collector listening',
   );
 
-  // Mirror of start: stop receiving, write everything received (within `deadlineMs`, the
-  // flusher's default unless given), then release the pool.
+  // Mirror of start: stop receiving once the socket is quiet (COLLECTOR_STOP_QUIET_MS), write
+  // everything received (within `deadlineMs`, the flusher's default unless given), then release
+  // the pool.
   const stop = async (deadlineMs?: number): Promise<boolean> => {
     keyList?.sync.stop();
+    await untilQuiet(() => ingest.packets, config.collector.stopQuietMs);
     await receiver.close();
     await relay?.stop();
     const flushed = await flusher.stop(deadlineMs);

@@ -1,5 +1,6 @@
 import dgram from 'node:dgram';
 import { isIP } from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../shared/logger';
 
 export interface Receiver {
@@ -54,6 +55,22 @@ export function startReceiver(options: {
       });
     });
   });
+}
+
+/**
+ * Resolves once `received` (a count of datagrams) has not moved for `quietMs`, or after
+ * `maxQuiets` such periods whatever it does: a stop reads what is still arriving (an API's last
+ * drain, sent as it stops beside the collector) before closing the socket, and a busy socket
+ * cannot hold it up for long.
+ */
+export async function untilQuiet(received: () => number, quietMs: number, maxQuiets = 8): Promise<void> {
+  let last = received();
+  for (let period = 0; period < maxQuiets && quietMs > 0; period++) {
+    await sleep(quietMs);
+    const now = received();
+    if (now === last) return;
+    last = now;
+  }
 }
 
 // Linux grants at most net.core.rmem_max and reports twice what it granted (the other half is its

@@ -8,6 +8,11 @@ import { loadConfig } from '../shared/config';
 import { createLogger } from '../shared/logger';
 import { freshDatabase } from './helpers/database';
 import { waitFor } from '../harness/wait';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { untilQuiet } from '../collector/receiver';
+import { encodeUsageLine } from '../shared/usageWire';
+import { createOrg, insertKeys } from '../bench/lib/database';
+import { sendDatagrams, startTestCollector } from './helpers/collector';
 
 const logger = createLogger({ level: 'silent', name: 'test' });
 
@@ -115,4 +120,31 @@ t.test('the collector binds IPv6 loopback and reports its receive buffer', async
   for (let i = 0; i < 100 && collector.ingest.otherLines === 0; i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
   t.equal(collector.ingest.otherLines, 1);
   t.equal(await collector.stop(), true);
+});
+
+// The processes of a Procfile get SIGTERM together: the API's last drain is sent after the
+// collector's stop has begun, and was lost when the socket closed at once.
+t.test('a stopping collector reads its socket until it is quiet: a use sent after stop began is written', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const orgId = await createOrg(db, 'acme');
+  const [keyId] = await insertKeys(db, orgId, 1, 'k');
+  const collector = await startTestCollector(t, url, { COLLECTOR_STOP_QUIET_MS: '1000' });
+  const stopping = collector.stop();
+  await sleep(100);
+  await sendDatagrams(collector.receiver.port, [encodeUsageLine({ keyId, orgId, ip: '192.0.2.1', outcome: 'ok', count: 3 })]);
+  t.equal(await stopping, true);
+  t.equal(collector.ingest.usesReceived, 3);
+  t.equal((await db('api_key_usage').where({ key_id: keyId }).first())?.request_count, 3, 'written by the final flush');
+});
+
+t.test('untilQuiet: returns after one quiet period, or after maxQuiets busy ones', async (t) => {
+  let reads = 0;
+  await untilQuiet(() => (reads += 1) && 7, 1);
+  t.equal(reads, 2, 'no datagram in the first period: done');
+  let busy = 0;
+  await untilQuiet(() => (busy += 1), 1, 5);
+  t.equal(busy, 6, 'a datagram in every period: done after five');
+  let never = 0;
+  await untilQuiet(() => (never += 1), 0);
+  t.equal(never, 1, 'COLLECTOR_STOP_QUIET_MS=0: no wait');
 });
