@@ -9,7 +9,10 @@ import { connectionOf, copyChunks, msToTime, prepareStaging, STAGED_KEY } from '
 import { chunksWritten, CopyBytes, NEWLINE, TAB } from './copyBytes';
 
 export interface PendingBatch {
-  /** Recorded in usage_flushes, once per org of the batch, in the same transaction, so a retried batch is applied once. */
+  /**
+   * Recorded in usage_flushes, once per org of the batch that exists (and once for all those that
+   * do not), in the same transaction, so a retried batch is applied once.
+   */
   readonly id: string;
   batch: UsageBatch;
 }
@@ -307,44 +310,52 @@ function mergeFresh(fresh: UsageBatch[]): UsageBatch {
   return { keys: merged.keys.sort(byKeyId), uses: merged.uses };
 }
 
+// Of one batch's claim rows: whether an org's keys are fresh. An org that exists, if its pair was
+// claimed now; one that does not, if the pair standing for them all was.
+function freshOrgs(rows: readonly ClaimRow[]): (orgId: string) => boolean {
+  const claimed = new Set(rows.filter((row) => row.claimed).map((row) => row.org_id));
+  const unknown = new Set(rows.filter((row) => !row.claimed).map((row) => row.org_id));
+  const unknownClaimed = [...unknown].some((orgId) => claimed.has(orgId));
+  return (orgId) => (unknown.has(orgId) ? unknownClaimed : claimed.has(orgId));
+}
+
 /** Every outcome's uses of `keys`. */
 export const totalUses = (keys: readonly KeyUsageDelta[]) => keys.reduce((sum, k) => sum + k.total, 0);
 
-// One statement: the pairs claimed now (claimed), and those of orgs that do not exist (not claimed);
-// a pair in neither was claimed by an earlier attempt.
+// One statement: the pairs claimed now (claimed), and those of orgs that do not exist (not
+// claimed); a pair in neither was claimed by an earlier attempt. The orgs that do not exist have
+// one pair for them all per batch (the first of them): a flood of forged org ids wrote a ledger
+// row for each, kept a day. Claimed once, that pair says whether their keys were counted (as
+// unknown) by an attempt that committed, as any org's pair does for its keys.
 const CLAIM_PAIRS = `
-  with pairs as (select * from unnest(cast(? as uuid[]), cast(? as uuid[])) as p(org_id, id)),
+  with pairs as (select p.org_id, p.id, exists (select from ${TABLE.organizations} as o where o.id = p.org_id) as known
+                   from unnest(cast(? as uuid[]), cast(? as uuid[])) as p(org_id, id)),
        claimed as (insert into usage_flushes (org_id, id)
-                   select p.org_id, p.id from pairs as p join ${TABLE.organizations} as o on o.id = p.org_id
+                   select org_id, id from pairs where known
+                   union all
+                   select (array_agg(org_id order by org_id))[1], id from pairs where not known group by id
                    on conflict do nothing
                    returning org_id, id)
   select org_id, id, true as claimed from claimed
   union all
-  select org_id, id, false from pairs as p where not exists (select from ${TABLE.organizations} as o where o.id = p.org_id)`;
+  select org_id, id, false from pairs where not known`;
+
+type ClaimRow = { id: string; org_id: string; claimed: boolean };
 
 // Claims every (batch, org) pair in the flush ledger. A pair already there was committed by an
 // earlier attempt whose COMMIT was in doubt, so that org's keys of that batch are skipped. On
 // Citus the ledger row lives on the org's shard beside the org's usage rows: each shard's part
 // of a flush carries its own proof of having been applied.
-// Only the pairs of orgs that exist are claimed: a flood of forged org ids wrote a ledger row for
-// each, kept a day. An org that does not exist committed nothing, so its keys stay fresh, and the
-// write counts them unknown, as any key it does not find.
 export async function claimBatches(trx: Knex.Transaction, batches: readonly PendingBatch[]): Promise<Claimed> {
   const orgsOf = batches.map((b) => [...new Set(b.batch.keys.map((k) => k.orgId))]);
   const pairs = batches.flatMap((b, i) => orgsOf[i].map((orgId) => ({ id: b.id, orgId })));
-  const inserted = await trx.raw<{ rows: Array<{ id: string; org_id: string; claimed: boolean }> }>(CLAIM_PAIRS, [
-    pairs.map((p) => p.orgId),
-    pairs.map((p) => p.id),
-  ]);
-  const rows = inserted.rows.filter((row) => row.claimed);
-  const unknown = new Set(inserted.rows.filter((row) => !row.claimed).map((row) => row.org_id));
+  const { rows } = await trx.raw<{ rows: ClaimRow[] }>(CLAIM_PAIRS, [pairs.map((p) => p.orgId), pairs.map((p) => p.id)]);
   // By org, not a "batch/org" string made and hashed per key: that cost the receive loop about 0.5 µs
   // a key (profiled at 100 k keys a flush). A batch whose orgs were all claimed (every first
   // attempt) keeps its key array. Two batches of one id (none today) share the id's claimed set,
   // so each asks for every one of its own orgs.
   const fresh = batches.map((b, i) => {
-    const claimed = new Set(rows.filter((row) => row.id === b.id).map((row) => row.org_id));
-    const isFresh = (orgId: string) => claimed.has(orgId) || unknown.has(orgId);
+    const isFresh = freshOrgs(rows.filter((row) => row.id === b.id));
     return orgsOf[i].every(isFresh) ? b.batch.keys : b.batch.keys.filter((k) => isFresh(k.orgId));
   });
   return {
