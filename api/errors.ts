@@ -85,11 +85,15 @@ function fromBodyParser(error: { type?: string; status?: number }): AppError | u
 // for a path that is not valid percent-encoding, body-parser's for a body it could not read (a
 // Content-Encoding whose data is not what it says, a body shorter than its Content-Length). Fixed
 // messages: theirs quote the input, which may be key material.
-function fromHttpError(error: { status?: unknown }): AppError | undefined {
+function fromHttpError(error: { status?: unknown; code?: unknown; type?: unknown }): AppError | undefined {
   const status = error.status;
   if (typeof status !== 'number' || status < 400 || status > 499) return undefined;
   if (error instanceof URIError) return new AppError('invalid_request', 'The path is not valid percent-encoding (RFC 3986)');
-  return new AppError('invalid_request', 'Request body could not be read: check its Content-Encoding and Content-Length');
+  const inflating = typeof error.code === 'string' && error.code.startsWith('Z_');
+  if (inflating || (typeof error.type === 'string' && error.type.startsWith('request.'))) {
+    return new AppError('invalid_request', 'Request body could not be read: check its Content-Encoding and Content-Length');
+  }
+  return new AppError('invalid_request', 'Bad request');
 }
 
 // An outage the client can wait out, not a bug. Seconds, for Retry-After.
