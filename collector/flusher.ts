@@ -61,6 +61,8 @@ const NEAR_FULL = 0.9;
 
 /** How often a collector folds the usage log even when none of its own flushes appended to it. */
 export const FOLD_SWEEP_MS = 60_000;
+/** How long a stop flushes, retrying, before it gives up (its default). */
+export const FLUSH_STOP_DEADLINE_MS = 10_000;
 
 // Drains the aggregator on an interval and writes what it drained in one transaction.
 // A failed write keeps its batches and retries them with exponential backoff. A batch whose
@@ -210,7 +212,7 @@ export class Flusher {
    * is waited for only until the deadline: it goes on, and what it has not written is kept (in
    * memory, lost at exit, as with any write past the deadline) or left in the log.
    */
-  async stop(deadlineMs = 10_000): Promise<boolean> {
+  async stop(deadlineMs = FLUSH_STOP_DEADLINE_MS): Promise<boolean> {
     clearInterval(this.timer);
     this.timer = undefined;
     this.stopping = true;

@@ -9,7 +9,7 @@ import { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { within } from '../shared/within';
 import { Aggregator } from './aggregator';
 import { collectorSamples } from './collectorMetrics';
-import { Flusher } from './flusher';
+import { Flusher, FLUSH_STOP_DEADLINE_MS } from './flusher';
 import { startFoldThread } from './foldThread';
 import { createPacketHandler } from './packetHandler';
 import { startReceiver, untilQuiet } from './receiver';
@@ -144,10 +144,13 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   // the pool.
   const stop = async (deadlineMs?: number): Promise<boolean> => {
     keyList?.sync.stop();
+    // Within the flush's deadline, not added to it: the supervisor's SIGKILL comes 15 s after its
+    // SIGTERM (scripts/lib/supervisor.ts), the flush's deadline and the pool's wait take all of it.
+    const quietFrom = Date.now();
     await untilQuiet(() => ingest.packets, config.collector.stopQuietMs);
     await receiver.close();
     await relay?.stop();
-    const flushed = await flusher.stop(deadlineMs);
+    const flushed = await flusher.stop(Math.max(0, (deadlineMs ?? FLUSH_STOP_DEADLINE_MS) - (Date.now() - quietFrom)));
     await upkeep.stop();
     if (metrics) await closeServer(metrics);
     // destroy() waits for every connection in use: a write or fold past the flusher's deadline,

@@ -58,20 +58,22 @@ export function startReceiver(options: {
 }
 
 /**
- * Resolves once `received` (a count of datagrams) has not moved for `quietMs`, or after
- * `maxQuiets` such periods whatever it does: a stop reads what is still arriving (an API's last
- * drain, sent as it stops beside the collector) before closing the socket, and a busy socket
- * cannot hold it up for long.
+ * Resolves once `received` (a count of datagrams) has not moved for `quietMs`, or once `maxMs` have
+ * passed whatever it does: a stop reads what is still arriving (an API's last drain, sent as it
+ * stops beside the collector) before closing the socket, and a busy socket cannot hold it up long.
  */
-export async function untilQuiet(received: () => number, quietMs: number, maxQuiets = 8): Promise<void> {
+export async function untilQuiet(received: () => number, quietMs: number, maxMs = STOP_QUIET_MAX_MS): Promise<void> {
   let last = received();
-  for (let period = 0; period < maxQuiets && quietMs > 0; period++) {
+  for (let waited = 0; waited < maxMs && quietMs > 0; waited += quietMs) {
     await sleep(quietMs);
     const now = received();
     if (now === last) return;
     last = now;
   }
 }
+
+/** The longest a stop reads a socket that is never quiet. */
+export const STOP_QUIET_MAX_MS = 2_000;
 
 // Linux grants at most net.core.rmem_max and reports twice what it granted (the other half is its
 // bookkeeping). A capped buffer is the usual cause of datagrams dropped in bursts (a GC pause, a

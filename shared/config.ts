@@ -119,7 +119,7 @@ const variables = {
   COLLECTOR_HOST: host.default('127.0.0.1'),
   COLLECTOR_PORT: portOrZero.default(8125),
   COLLECTOR_FLUSH_INTERVAL_MS: positiveInt(600_000).default(1000),
-  COLLECTOR_STOP_QUIET_MS: wholeNumber(0, 10_000).default(250),
+  COLLECTOR_STOP_QUIET_MS: wholeNumber(0, 2_000).default(250),
   COLLECTOR_MAX_PENDING_KEYS: positiveInt().default(100_000),
   // Defaults to COLLECTOR_MAX_PENDING_KEYS (below), as when one setting bounded both.
   COLLECTOR_MAX_RETRY_KEYS: positiveInt().optional(),
@@ -324,8 +324,9 @@ const collectorSection = (v: Variables) => ({
   port: v.COLLECTOR_PORT,
   flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS,
   /**
-   * At stop, the socket is read until no datagram came for this long (at most 8 times it): the
-   * processes of a Procfile get SIGTERM together, and an API's last drain comes after it. 0: none.
+   * At stop, the socket is read until no datagram came for this long (2 s at most, taken from the
+   * final flush's deadline): the processes of a Procfile get SIGTERM together, and an API's last
+   * drain comes after it. 0: none.
    */
   stopQuietMs: v.COLLECTOR_STOP_QUIET_MS,
   /** The aggregator's bound: distinct keys coalesced between flushes; uses of further new keys are dropped and counted. */
