@@ -11,7 +11,16 @@ const FIRST_FOLD_WAIT_MS = 5_000;
 // captured for assertions.
 export async function startTestCollector(t: Test, databaseUrl: string, env: Record<string, string> = {}, overrides: CollectorOverrides = {}) {
   const logLines: string[] = [];
-  const config = loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0', COLLECTOR_METRICS_PORT: '0', COLLECTOR_FLUSH_INTERVAL_MS: '100', ...env });
+  // No quiet wait at stop unless a test asks (test/lifecycle.test.ts does): the suite stops
+  // hundreds of collectors, most of them with nothing left to arrive.
+  const config = loadConfig({
+    NODE_ENV: 'test',
+    COLLECTOR_PORT: '0',
+    COLLECTOR_METRICS_PORT: '0',
+    COLLECTOR_FLUSH_INTERVAL_MS: '100',
+    COLLECTOR_STOP_QUIET_MS: '0',
+    ...env,
+  });
   const logger = capturingLogger(logLines, 'collector-test');
   const collector = await startCollector(config, logger, databaseUrl, overrides);
   // A collector appends, however few its keys, until its first fold (begun at start) empties the
