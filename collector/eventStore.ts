@@ -162,6 +162,12 @@ export async function recordFlushEvents(
 
 const DAY = `interval '1 day'`;
 
+// Only an event whose occurred_at is within EVENTS_RETENTION_DAYS is written: an older one was
+// deleted by the next retention run, and written again by the sweep after it, with a new webhook
+// delivery, every hour (a key dormant since before the retention window, at its first sweep).
+// Retention deletes before this same bound, so a written event is never swept again.
+const RETAINED_FROM = `cast(:now as timestamptz) - make_interval(days => :retentionDays)`;
+
 // occurred_at is kept to the millisecond (as the flush's times are) so the events cursor, which
 // carries milliseconds, pages exactly.
 // Dormant by the rule of shared/dormancy.ts, with its org's threshold. occurred_at is the moment
@@ -177,6 +183,7 @@ select k.org_id, k.id, 'key.dormant',
   join ${TABLE.organizations} o on o.id = k.org_id
   left join ${TABLE.usage} u on u.org_id = k.org_id and u.key_id = k.id
  where ${dormantKeySql('cast(:now as timestamptz)', `cast(:now as timestamptz) - o.dormancy_days * ${DAY}`)}
+   and coalesce(u.last_used_at, k.created_at) + o.dormancy_days * ${DAY} >= ${RETAINED_FROM}
  order by k.id
 on conflict (org_id, dedupe_key) do nothing
 returning org_id, key_id`;
@@ -191,6 +198,7 @@ select k.org_id, k.id, 'key.expiring', date_trunc('milliseconds', k.expires_at -
   from ${TABLE.apiKeys} k
   cross join lateral (select min(d) as days from unnest(cast(:days as int[])) as d where k.expires_at - d * ${DAY} <= :now) t
  where k.revoked_at is null and k.expires_at > :now and t.days is not null
+   and k.expires_at - t.days * ${DAY} >= ${RETAINED_FROM}
  order by k.id
 on conflict (org_id, dedupe_key) do nothing
 returning org_id, key_id`;
@@ -209,10 +217,14 @@ on conflict (org_id, key_id) do update set updated_at = ${TABLE.usage}.updated_a
 type SweptKey = { org_id: string; key_id: string };
 
 /** The time-based events; returns how many were new. */
-export async function sweepTimeEvents(db: Db, now: Date, expiringDays: readonly number[]): Promise<{ dormant: number; expiring: number }> {
+export async function sweepTimeEvents(
+  db: Db,
+  now: Date,
+  { expiringDays, retentionDays }: { expiringDays: readonly number[]; retentionDays: number },
+): Promise<{ dormant: number; expiring: number }> {
   return db.transaction(async (trx) => {
-    const dormant: SweptKey[] = (await trx.raw(SWEEP_DORMANT, { now })).rows;
-    const expiring: SweptKey[] = (await trx.raw(SWEEP_EXPIRING, { now, days: [...expiringDays] })).rows;
+    const dormant: SweptKey[] = (await trx.raw(SWEEP_DORMANT, { now, retentionDays })).rows;
+    const expiring: SweptKey[] = (await trx.raw(SWEEP_EXPIRING, { now, days: [...expiringDays], retentionDays })).rows;
     const keys = [...new Map([...dormant, ...expiring].map((k) => [`${k.org_id}/${k.key_id}`, k])).values()];
     if (keys.length > 0) await trx.raw(ANCHOR_TOTALS, [keys.map((k) => k.org_id), keys.map((k) => k.key_id)]);
     return { dormant: dormant.length, expiring: expiring.length };

@@ -6,6 +6,8 @@ export interface EventSweepOptions {
   db: Db;
   intervalMs: number;
   expiringDays: readonly number[];
+  /** EVENTS_RETENTION_DAYS: events older than it are not written (retention would delete them). */
+  retentionDays: number;
   logger: Logger;
   now: () => number;
 }
@@ -38,7 +40,8 @@ export class EventSweep {
 
   private async sweepOnce(): Promise<void> {
     try {
-      const found = await sweepTimeEvents(this.options.db, new Date(this.options.now()), this.options.expiringDays);
+      const { db, now, expiringDays, retentionDays } = this.options;
+      const found = await sweepTimeEvents(db, new Date(now()), { expiringDays, retentionDays });
       this.stats.sweeps += 1;
       this.stats.eventsRecorded += found.dormant + found.expiring;
     } catch (error) {

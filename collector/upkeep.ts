@@ -29,7 +29,7 @@ export function createUpkeep(options: UpkeepOptions) {
   const { db, store, config, logger, now } = options;
   const intervals = options.intervals ?? { moveHoursMs: HOUR_MOVE.intervalMs, retentionMs: HOUR_MS };
   const events = config.collector.events;
-  const sweep = new EventSweep({ db, intervalMs: events.sweepIntervalMs, expiringDays: events.expiringDays, logger, now });
+  const sweep = new EventSweep({ db, intervalMs: events.sweepIntervalMs, expiringDays: events.expiringDays, retentionDays: events.retentionDays, logger, now });
   const webhooks = createWebhookWorker({ db, peppers: [config.api.keyPepper, ...config.api.previousKeyPeppers], config: config.webhooks, logger, now });
   let retention: NodeJS.Timeout | undefined;
   let mover: NodeJS.Timeout | undefined;

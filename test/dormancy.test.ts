@@ -1,5 +1,5 @@
 import t from 'tap';
-import { sweepTimeEvents } from '../collector/eventStore';
+import { expireOldEvents, sweepTimeEvents } from '../collector/eventStore';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
 
@@ -58,6 +58,48 @@ t.test('the usage filter, the clean-up and the sweep select the same keys', asyn
   t.equal(cleanUp.status, 200);
   t.strictSame(sorted(cleanUp.body.keys.map((k: { id: string }) => k.id)), sorted(expected), 'the clean-up');
 
-  await sweepTimeEvents(db, new Date(now), []);
+  await sweepTimeEvents(db, new Date(now), { expiringDays: [], retentionDays: 90 });
   t.strictSame(sorted(await db('key_events').where({ type: 'key.dormant' }).pluck('key_id')), sorted(expected), 'the sweep');
+});
+
+// An event older than EVENTS_RETENTION_DAYS was deleted by the next retention run and written
+// again by the sweep after it, a new webhook delivery each time: every hour, for ever.
+t.test('a threshold crossed before the events retention window raises no event; one inside it, one event for good', async (t) => {
+  const { db } = await freshDatabase(t);
+  let now = Date.now();
+  const api = await startTestApi(t, db, { now: () => now });
+  const { org } = await seedOrg(api, db);
+  await db('organizations').where({ id: org.id }).update({ dormancy_days: 30 });
+  const key = async (name: string, createdDaysAgo: number, expiresInDays: number | null) => {
+    const { id } = (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null })).key;
+    const expiresAt = expiresInDays === null ? null : new Date(now + expiresInDays * DAY);
+    await db('api_keys')
+      .where({ id })
+      .update({ created_at: new Date(now - createdDaysAgo * DAY), expires_at: expiresAt });
+    return id;
+  };
+  const longDormant = await key('dormant for 170 days', 200, null);
+  const lately = await key('dormant for 15 days', 45, null);
+  const farExpiry = await key('expires in 200 days, warned 365 days before', 10, 200);
+  // Other keys become dormant as the clock moves (the seed's admin key, the far expiry, never
+  // used): only these events are looked at.
+  const events = async () =>
+    (
+      await db('key_events')
+        .whereRaw(`(type = 'key.dormant' and key_id in (?, ?)) or (type = 'key.expiring' and key_id = ?)`, [longDormant, lately, farExpiry])
+        .select('key_id', 'type')
+    )
+      .map((e) => `${e.type} ${e.key_id}`)
+      .sort();
+  const retention = { expiringDays: [365], retentionDays: 90 };
+  const sweepAndExpire = async () => {
+    await sweepTimeEvents(db, new Date(now), retention);
+    await expireOldEvents(db, new Date(now), retention.retentionDays);
+    await sweepTimeEvents(db, new Date(now), retention);
+  };
+  await sweepAndExpire();
+  t.strictSame(await events(), [`key.dormant ${lately}`], 'only the crossing inside the window');
+  now += 80 * DAY;
+  await sweepAndExpire();
+  t.strictSame(await events(), [], 'once retention deleted it, the sweep does not write it again');
 });
