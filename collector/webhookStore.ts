@@ -53,15 +53,27 @@ interface ClaimRow {
   secret_box: Buffer;
 }
 
-/** Up to `limit` due deliveries, oldest org first; each org's in one statement. */
+/**
+ * Up to `limit` due deliveries, oldest org first, each org's in one statement. Each org takes its
+ * share of the limit first, then orgs with more due fill what the others left: the oldest org
+ * took the whole limit, and one org's backlog (a receiver that never answers, and test pings
+ * sent without pause) kept every other org's deliveries waiting.
+ */
 export async function claimDueDeliveries(db: Db, options: { now: Date; leaseUntil: Date; limit: number }): Promise<ClaimedDelivery[]> {
-  const orgs = await db.raw<{ rows: Array<{ org_id: string }> }>(DUE_ORGS, [options.now, options.limit]);
+  const orgs = (await db.raw<{ rows: Array<{ org_id: string }> }>(DUE_ORGS, [options.now, options.limit])).rows.map((row) => row.org_id);
   const claimed: ClaimedDelivery[] = [];
-  for (const { org_id: orgId } of orgs.rows) {
-    const limit = options.limit - claimed.length;
-    if (limit <= 0) break;
-    const { rows } = await db.raw<{ rows: ClaimRow[] }>(CLAIM, { orgId, now: options.now, limit, leaseUntil: options.leaseUntil });
-    claimed.push(...rows.map(toClaimedDelivery));
+  const taken = new Map<string, number>();
+  // Orgs that had fewer due than they were offered: a second claim would find none.
+  const drained = new Set<string>();
+  for (const share of [Math.ceil(options.limit / Math.max(1, orgs.length)), options.limit]) {
+    for (const orgId of orgs) {
+      const limit = Math.min(share - (taken.get(orgId) ?? 0), options.limit - claimed.length);
+      if (limit <= 0 || drained.has(orgId)) continue;
+      const { rows } = await db.raw<{ rows: ClaimRow[] }>(CLAIM, { orgId, now: options.now, limit, leaseUntil: options.leaseUntil });
+      claimed.push(...rows.map(toClaimedDelivery));
+      taken.set(orgId, (taken.get(orgId) ?? 0) + rows.length);
+      if (rows.length < limit) drained.add(orgId);
+    }
   }
   return claimed;
 }

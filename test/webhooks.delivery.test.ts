@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import t, { type Test } from 'tap';
@@ -195,6 +196,38 @@ t.test('a claim whose worker died mid-send is delivered by another worker once i
     [2],
     'only the attempt that happened is recorded',
   );
+});
+
+// The oldest org took the whole claim: one org's backlog (a receiver that never answers, test
+// pings sent without pause) kept every other org's deliveries waiting.
+t.test("one org's backlog takes its share of a claim, not all of it", async (t) => {
+  const world = await setup(t, 'https://203.0.113.10/hook');
+  const [other] = await world.db('organizations').insert({ name: 'other' }).returning('id');
+  const [hook] = await world
+    .db('webhooks')
+    .insert({ org_id: other.id, url: 'https://203.0.113.11/hook', event_types: ['*'], secret_box: Buffer.alloc(32) })
+    .returning('id');
+  for (let i = 0; i < 12; i += 1) await world.insertEvent();
+  const at = Date.now();
+  const delivery = { webhook_id: hook.id, org_id: other.id, event_type: 'key.new_ip', payload: {}, next_attempt_at: new Date(at) };
+  await world.db('webhook_deliveries').insert([
+    { ...delivery, event_id: randomUUID() },
+    { ...delivery, event_id: randomUUID() },
+  ]);
+  const claim = () => claimDueDeliveries(world.db, { now: new Date(at + 1), leaseUntil: new Date(at + 60_000), limit: 10 });
+  const orgsOf = async (claimed: Awaited<ReturnType<typeof claim>>) =>
+    (
+      await world
+        .db('webhook_deliveries')
+        .whereIn(
+          'id',
+          claimed.map((d) => d.id),
+        )
+        .pluck('org_id')
+    ).sort();
+  const first = await claim();
+  t.same(await orgsOf(first), [...Array(8).fill(world.org.id), other.id, other.id].sort(), 'the older backlog 8, the other org both of its own');
+  t.equal((await claim()).length, 4, "the next claim: the backlog's last 4");
 });
 
 t.test('two collectors never send the same delivery twice', async (t) => {
