@@ -17,8 +17,13 @@ const PRIVATE_RANGES: Array<[string, number, 'ipv4' | 'ipv6']> = [
   ['192.168.0.0', 16, 'ipv4'],
   ['198.18.0.0', 15, 'ipv4'],
   ['224.0.0.0', 3, 'ipv4'], // multicast, reserved, broadcast
-  ['::', 128, 'ipv6'],
-  ['::1', 128, 'ipv6'],
+  ['::', 96, 'ipv6'], // unspecified, loopback, and IPv4-compatible (::a.b.c.d)
+  // Prefixes that carry an IPv4 address to a gateway that reaches it: through them an IPv6
+  // address reached 10.0.0.5 (64:ff9b::a00:5 on a network with NAT64).
+  ['64:ff9b::', 96, 'ipv6'], // NAT64, well-known
+  ['64:ff9b:1::', 48, 'ipv6'], // NAT64, local use
+  ['2002::', 16, 'ipv6'], // 6to4
+  ['2001::', 32, 'ipv6'], // Teredo
   ['fc00::', 7, 'ipv6'], // unique local
   ['fe80::', 10, 'ipv6'], // link-local
   ['ff00::', 8, 'ipv6'], // multicast

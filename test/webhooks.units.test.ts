@@ -52,9 +52,15 @@ t.test('private, loopback and link-local addresses', async (t) => {
     'ff02::1',
     '::ffff:127.0.0.1',
     '::ffff:10.0.0.1',
+    // IPv4 inside IPv6 through a gateway (NAT64, 6to4, Teredo) or the deprecated compatible form.
+    '64:ff9b::a00:5',
+    '64:ff9b:1::a00:5',
+    '2002:a00:5::1',
+    '2001:0:4136:e378:8000:63bf:3fff:fdd2',
+    '::a00:5',
     'not-an-ip',
   ];
-  const allowed = ['8.8.8.8', '1.1.1.1', '172.32.0.1', '192.169.0.1', '203.0.113.10', '2606:4700::1111', '::ffff:8.8.8.8'];
+  const allowed = ['8.8.8.8', '1.1.1.1', '172.32.0.1', '192.169.0.1', '203.0.113.10', '2606:4700::1111', '::ffff:8.8.8.8', '2001:4860:4860::8888'];
   for (const address of refused) t.ok(isPrivateAddress(address), `${address} refused`);
   for (const address of allowed) t.notOk(isPrivateAddress(address), `${address} allowed`);
 });
