@@ -1,11 +1,12 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { LookupFunction } from 'node:net';
-import { resolveTarget, TargetRefusedError, type ResolvedAddress } from '../shared/webhookTarget';
+import { resolveTarget, TargetRefusedError, type Lookup, type ResolvedAddress } from '../shared/webhookTarget';
+import { within } from '../shared/within';
 
 // One POST to an untrusted receiver. The receiver chooses how long to take, what to answer and
 // where to point its DNS, so: every resolved address is checked and the socket connects to a
-// checked one; the whole exchange has one deadline; at most MAX_RESPONSE_BYTES are read; a
+// checked one; the whole exchange, the lookup included, has one deadline; at most MAX_RESPONSE_BYTES are read; a
 // redirect is not followed (node:http never follows one) and counts as a failure.
 
 const MAX_RESPONSE_BYTES = 64 * 1024;
@@ -13,6 +14,8 @@ const MAX_RESPONSE_BYTES = 64 * 1024;
 export interface SendOptions {
   timeoutMs: number;
   allowPrivateTargets: boolean;
+  /** The system's resolver unless given. */
+  lookup?: Lookup;
 }
 
 export interface SendResult {
@@ -70,18 +73,23 @@ function exchange(url: URL, addresses: ResolvedAddress[], headers: Record<string
 
 export async function postWebhook(url: string, headers: Record<string, string>, body: string, options: SendOptions): Promise<SendResult> {
   const target = new URL(url);
-  let addresses: ResolvedAddress[];
+  const startedAt = Date.now();
+  let addresses: ResolvedAddress[] | undefined;
   try {
-    addresses = await resolveTarget(target, options.allowPrivateTargets);
+    // The lookup is within the timeout: a name server that stopped answering held a send past its
+    // claim's lease, and another worker claimed and sent the delivery too. The lookup itself goes
+    // on (Node cannot cancel it) but the attempt ends.
+    addresses = await within(resolveTarget(target, options.allowPrivateTargets, options.lookup), options.timeoutMs);
   } catch (error) {
     if (error instanceof TargetRefusedError) return { ok: false, statusCode: null, error: `refused: ${error.message}` };
     throw error;
   }
+  if (addresses === undefined) return { ok: false, statusCode: null, error: `the host did not resolve within ${options.timeoutMs} ms` };
   return exchange(
     target,
     addresses,
     { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers },
     body,
-    options.timeoutMs,
+    Math.max(1, options.timeoutMs - (Date.now() - startedAt)),
   );
 }

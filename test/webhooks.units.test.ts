@@ -2,6 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { retryDelayMs } from '../collector/webhookRetry';
+import { postWebhook } from '../collector/webhookSender';
+import { within } from '../shared/within';
 import { secretBox } from '../shared/secretBox';
 import { signatureHeader } from '../shared/webhookSignature';
 import { isPrivateAddress, resolveTarget } from '../shared/webhookTarget';
@@ -127,4 +129,14 @@ t.test('docs/webhooks.md shows the example file verbatim', async (t) => {
   const example = fs.readFileSync(EXAMPLE, 'utf8');
   t.ok(docs.includes('```js\n' + example + '```'), 'the example in the docs is the tested file');
   t.ok(example.split('\n').length <= 40, 'about 30 lines');
+});
+
+// A name server that stopped answering held the send past its claim's lease (another worker then
+// sent the delivery too): the lookup is within the send's timeout.
+t.test('a host whose lookup never answers ends the attempt within the timeout', async (t) => {
+  const result = await within(
+    postWebhook('https://receiver.example/hook', {}, '{}', { timeoutMs: 50, allowPrivateTargets: false, lookup: () => new Promise(() => undefined) }),
+    5_000,
+  );
+  t.same(result, { ok: false, statusCode: null, error: 'the host did not resolve within 50 ms' });
 });
