@@ -6,8 +6,9 @@ import { within } from '../shared/within';
 
 // One POST to an untrusted receiver. The receiver chooses how long to take, what to answer and
 // where to point its DNS, so: every resolved address is checked and the socket connects to a
-// checked one; the whole exchange, the lookup included, has one deadline; at most MAX_RESPONSE_BYTES are read; a
-// redirect is not followed (node:http never follows one) and counts as a failure.
+// checked one; the whole exchange, the lookup included, has one deadline; at most
+// MAX_RESPONSE_BYTES are read; a redirect is not followed (node:http never follows one) and
+// counts as a failure.
 
 const MAX_RESPONSE_BYTES = 64 * 1024;
 
