@@ -1,6 +1,6 @@
 // Coalesces usage samples per (orgId, keyId) between flushes. Pure: the clock
 // is injected and the flusher decides when to drain, so nothing here sleeps.
-import { OUTCOMES, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
+import { HEX_LOWER, OUTCOMES, uuidForm, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
 import { NOT_LISTED, type KeyList } from './keyList';
 import { PendingKey, TimeBase } from './pendingKey';
 
@@ -64,6 +64,8 @@ export interface AggregatorOptions {
 
 const HOUR_MS = 3_600_000;
 const REFUSED = -1;
+// A key the aggregator does not take because its ids are not lower-case UUIDs (see #admission).
+const MALFORMED = -2;
 const DEFAULT_MAX_IPS_PER_KEY = 16;
 export const DEFAULT_TIMESTAMP_WINDOW_MS = HOUR_MS;
 
@@ -92,6 +94,8 @@ export class Aggregator {
   // Pending keys the key list lacked when they were taken.
   #unlistedPending = 0;
   #outOfWindowSamples = 0;
+  #malformedSamples = 0;
+  #malformedUses = 0;
   #hourFor = NaN;
   #hour = NaN;
   // What this drain's keys count their times from: the hour of its first key (collector/pendingKey.ts).
@@ -115,6 +119,11 @@ export class Aggregator {
     const now = sample.timestamp === undefined ? received : this.#believable(sample.timestamp, received);
     const hour = this.#hourOf(now);
     const entry = this.#entryFor(sample, hour);
+    if (entry === MALFORMED) {
+      this.#malformedSamples++;
+      this.#malformedUses += sample.count;
+      return false;
+    }
     if (entry === undefined) {
       this.#overflowSamples++;
       this.#overflowUses += sample.count;
@@ -146,14 +155,14 @@ export class Aggregator {
 
   // Bounds memory when a flood of distinct (forged) keys arrives faster than we flush: beyond
   // maxKeys a new key is refused (undefined); keys already pending keep counting exactly.
-  #entryFor(sample: UsageSample, hour: number): PendingKey | undefined {
+  #entryFor(sample: UsageSample, hour: number): PendingKey | typeof MALFORMED | undefined {
     const tail = idTail(sample.keyId);
     const fast = this.#byTail.get(tail);
     const entry = fast === undefined || fast.keyId === sample.keyId ? fast : this.#sharedTails.get(sample.keyId);
     if (entry !== undefined && entry.orgId === sample.orgId) return entry;
     if (entry === undefined) {
       const listedIn = this.#admission(sample);
-      if (listedIn === REFUSED) return undefined;
+      if (listedIn < 0) return listedIn === MALFORMED ? MALFORMED : undefined;
       const created = new PendingKey(sample.keyId, sample.orgId, hour, this.#baseFor(hour), listedIn);
       if (fast === undefined) this.#byTail.set(tail, created);
       else this.#sharedTails.set(sample.keyId, created);
@@ -163,7 +172,7 @@ export class Aggregator {
     const other = this.#otherOrgs.get(id);
     if (other !== undefined) return other;
     const listedIn = this.#admission(sample);
-    if (listedIn === REFUSED) return undefined;
+    if (listedIn < 0) return listedIn === MALFORMED ? MALFORMED : undefined;
     const created = new PendingKey(sample.keyId, sample.orgId, hour, this.#baseFor(hour), listedIn);
     this.#otherOrgs.set(id, created);
     return this.#added(created);
@@ -175,11 +184,15 @@ export class Aggregator {
   // One lookup per new key per drain, not per line; but every line of a refused key is looked up
   // again. A key taken is told the list's generation that listed it (NOT_LISTED: none did), so the
   // usage log's append need not hash it again (collector/knownKeys.ts).
+  // A key the list holds has ids read from PostgreSQL; any other must be lower-case UUIDs, as the
+  // parser lets through: one that is not (an org id of 36 NULs was, until the parser's fix of
+  // 2026-12-04) made every flush after it fail on the cast to uuid, holding back every key's uses.
   #admission(sample: UsageSample): number {
     if (this.pendingKeys >= this.#maxKeys) return REFUSED;
     const list = this.#listedKeys;
+    if (list !== undefined && list.loaded && list.admits(sample.keyId, sample.orgId)) return list.generation;
+    if (!isCanonicalUuid(sample.keyId) || !isCanonicalUuid(sample.orgId)) return MALFORMED;
     if (list === undefined || !list.loaded) return NOT_LISTED;
-    if (list.admits(sample.keyId, sample.orgId)) return list.generation;
     if (this.#unlistedPending < this.#maxUnlisted) {
       this.#unlistedPending += 1;
       return NOT_LISTED;
@@ -233,6 +246,16 @@ export class Aggregator {
   /** Of overflowUses, the uses of keys the key list lacks, refused because such keys held half the cap. */
   get unlistedOverflowUses(): number {
     return this.#unlistedOverflowUses;
+  }
+
+  /** Samples not taken because their key or org id is not a lower-case UUID: a parser's bug. */
+  get malformedSamples(): number {
+    return this.#malformedSamples;
+  }
+
+  /** The uses of malformedSamples. */
+  get malformedUses(): number {
+    return this.#malformedUses;
   }
 
   /** Samples whose own timestamp lay outside the window, counted at their receipt time instead. */
@@ -382,6 +405,8 @@ function idTail(id: string): number {
   }
   return tail & 0xfffffff;
 }
+
+const isCanonicalUuid = (id: string) => id.length === 36 && uuidForm(id, 0) === HEX_LOWER;
 
 // Length-prefixed so no (orgId, keyId) pair can collide with another,
 // whatever characters the ids hold.

@@ -45,8 +45,10 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
       'Other lines that failed to send to COLLECTOR_RELAY_TO, or met too many datagrams in flight',
       relay?.stats.droppedLines ?? 0,
     ),
-    counter('bad_lines_total', 'Malformed lines dropped', ingest.badLines),
-    counter('uses_received_total', 'API key uses received', ingest.usesReceived),
+    // The lines the aggregator refused for ids that are not UUIDs are bad lines the parser missed,
+    // not uses received.
+    counter('bad_lines_total', 'Malformed lines dropped', ingest.badLines + aggregator.malformedSamples),
+    counter('uses_received_total', 'API key uses received', ingest.usesReceived - aggregator.malformedUses),
     counter(
       'out_of_window_timestamps_total',
       'Usage lines whose |T timestamp lay outside COLLECTOR_TIMESTAMP_WINDOW_SECONDS; counted at receipt time',

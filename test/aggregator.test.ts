@@ -837,3 +837,26 @@ t.test("a drain's keys read epoch times however far their uses lie from its firs
   key.lastFailedAt = late;
   t.match(plainDelta(key), { lastUsedAt: -Infinity, lastFailedAt: late, lastRevokedUseAt: early });
 });
+
+// The parser is meant to let only lower-case UUIDs through; when it did not (an org id of 36 NULs,
+// fixed 2026-12-04), the one key made every flush after it fail on the cast to uuid.
+t.test('a key or org id that is not a lower-case UUID is not taken, and counted apart', async (t) => {
+  const listed = new KeyList(1);
+  listed.replace([listed.hash(KEY_B, ORG_1)]);
+  for (const listedKeys of [undefined, listed]) {
+    const { aggregator } = fakeAggregator({ listedKeys });
+    const label = listedKeys ? 'with a key list' : 'without one';
+    for (const sample of [use({ orgId: '\0'.repeat(36), count: 3 }), use({ orgId: '' }), use({ keyId: KEY_A.toUpperCase() }), use({ keyId: 'x' })]) {
+      t.equal(aggregator.add(sample), false, `${label}: ${JSON.stringify(sample.keyId)}/${JSON.stringify(sample.orgId)} refused`);
+    }
+    t.equal(aggregator.malformedSamples, 4, label);
+    t.equal(aggregator.malformedUses, 6, label);
+    t.equal(aggregator.overflowUses, 0, `${label}: not an overflow`);
+    t.equal(aggregator.pendingKeys, 0);
+    t.ok(aggregator.add(use({ keyId: KEY_B })), `${label}: a well-formed key is taken`);
+    t.same(
+      plainKeys(aggregator.drain().keys).map((k) => k.keyId),
+      [KEY_B],
+    );
+  }
+});
