@@ -1,6 +1,6 @@
 // Coalesces usage samples per (orgId, keyId) between flushes. Pure: the clock
 // is injected and the flusher decides when to drain, so nothing here sleeps.
-import { HEX_LOWER, OUTCOMES, uuidForm, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
+import { HEX_LOWER, OUTCOMES, UUID_LENGTH, uuidForm, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
 import { NOT_LISTED, type KeyList } from './keyList';
 import { PendingKey, TimeBase } from './pendingKey';
 
@@ -406,7 +406,7 @@ function idTail(id: string): number {
   return tail & 0xfffffff;
 }
 
-const isCanonicalUuid = (id: string) => id.length === 36 && uuidForm(id, 0) === HEX_LOWER;
+const isCanonicalUuid = (id: string) => id.length === UUID_LENGTH && uuidForm(id, 0) === HEX_LOWER;
 
 // Length-prefixed so no (orgId, keyId) pair can collide with another,
 // whatever characters the ids hold.

@@ -89,7 +89,7 @@ const OUTCOME_BY_NAME: ReadonlyMap<string, Outcome> = new Map(OUTCOMES.map((outc
 // outcome) in a drain (4 M requests/s at the default 250 ms); the recorder drains early before
 // an entry reaches it. A forged line therefore moves a counter by at most this much.
 export const MAX_LINE_COUNT = 1_000_000;
-const UUID_LENGTH = 36;
+export const UUID_LENGTH = 36;
 const MAX_QUOTED_CHARS = 60;
 // Unix seconds up to the year 5138: any more digits is not a clock, and the product stays exact.
 const MAX_TIMESTAMP_DIGITS = 11;
