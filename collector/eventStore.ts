@@ -4,7 +4,7 @@
 // and trimming the history.
 import type { PoolClient } from 'pg';
 import type { Db } from '../shared/db';
-import { dormantKeySql } from '../shared/dormancy';
+import { IDLE_SINCE_SQL, dormantKeySql } from '../shared/dormancy';
 import type { KeyUsageDelta } from './aggregator';
 import { BASELINE_DAYS, detectKeyEvents, type DetectionThresholds, type HourFacts, type KeyEvent, type KeyFacts } from './eventRules';
 import { TABLE } from '../shared/tables';
@@ -171,19 +171,22 @@ const RETAINED_FROM = `cast(:now as timestamptz) - make_interval(days => :retent
 // occurred_at is kept to the millisecond (as the flush's times are) so the events cursor, which
 // carries milliseconds, pages exactly.
 // Dormant by the rule of shared/dormancy.ts, with its org's threshold. occurred_at is the moment
-// it crossed; the dedupe key names the use it followed, so a key used again and left idle again
-// raises a new event.
+// it crossed; the dedupe key names the use (or rotation) it followed, so a key used or rotated
+// again and left idle again raises a new event. A rotation is named only when it came after the
+// last use and the creation, so the dedupe keys of events written before rotations counted stay.
 const SWEEP_DORMANT = `
 insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
 select k.org_id, k.id, 'key.dormant',
-       date_trunc('milliseconds', coalesce(u.last_used_at, k.created_at) + o.dormancy_days * ${DAY}),
+       date_trunc('milliseconds', ${IDLE_SINCE_SQL} + o.dormancy_days * ${DAY}),
        jsonb_build_object('lastUsedAt', u.last_used_at, 'dormantDays', o.dormancy_days),
        'key.dormant:' || k.id || ':' || coalesce(cast(extract(epoch from u.last_used_at) * 1000 as bigint)::text, 'never')
+         || case when k.rotated_at > coalesce(u.last_used_at, k.created_at)
+                 then ':rotated:' || cast(extract(epoch from k.rotated_at) * 1000 as bigint) else '' end
   from ${TABLE.apiKeys} k
   join ${TABLE.organizations} o on o.id = k.org_id
   left join ${TABLE.usage} u on u.org_id = k.org_id and u.key_id = k.id
  where ${dormantKeySql('cast(:now as timestamptz)', `cast(:now as timestamptz) - o.dormancy_days * ${DAY}`)}
-   and coalesce(u.last_used_at, k.created_at) + o.dormancy_days * ${DAY} >= ${RETAINED_FROM}
+   and ${IDLE_SINCE_SQL} + o.dormancy_days * ${DAY} >= ${RETAINED_FROM}
  order by k.id
 on conflict (org_id, dedupe_key) do nothing
 returning org_id, key_id`;

@@ -3,6 +3,12 @@
 // a key that can still be used (neither revoked nor expired at `now`) whose last proven use, or
 // its creation if it was never used, is older than the threshold. Counting from creation is what
 // an operator means by "unused for 90 days": a key minted yesterday has not been idle that long.
+// A rotation counts as a creation: its secret is new, and a key rotated an hour ago (to be
+// deployed, or because it leaked) was revoked by revoke-dormant before anyone could use the new
+// secret when only its last use and creation counted.
+
+/** When the key's idle time started: its last proven use, creation or rotation, the latest. */
+export const IDLE_SINCE_SQL = 'greatest(u.last_used_at, k.rotated_at, k.created_at)';
 
 /**
  * The rule as an SQL condition over `api_keys k` and its `api_key_usage u` row (left-joined, so
@@ -10,5 +16,5 @@
  */
 export function dormantKeySql(now: string, idleSince: string): string {
   return `((k.revoked_at is null or k.revoked_at > ${now}) and (k.expires_at is null or k.expires_at > ${now})
-    and coalesce(u.last_used_at, k.created_at) < ${idleSince})`;
+    and ${IDLE_SINCE_SQL} < ${idleSince})`;
 }

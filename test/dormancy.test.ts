@@ -16,11 +16,12 @@ t.test('the usage filter, the clean-up and the sweep select the same keys', asyn
   const { org, adminKey, adminKeyId } = await seedOrg(api, db);
   await db('organizations').where({ id: org.id }).update({ dormancy_days: 30 });
   const daysAgo = (days: number) => new Date(now - days * DAY);
-  const key = async (name: string, createdDaysAgo: number, usedDaysAgo: number | null, expiresAt: Date | null = null) => {
+  const key = async (name: string, createdDaysAgo: number, usedDaysAgo: number | null, expiresAt: Date | null = null, rotatedDaysAgo?: number) => {
     const { id } = (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null })).key;
+    const rotatedAt = rotatedDaysAgo === undefined ? null : daysAgo(rotatedDaysAgo);
     await db('api_keys')
       .where({ id })
-      .update({ created_at: daysAgo(createdDaysAgo), expires_at: expiresAt });
+      .update({ created_at: daysAgo(createdDaysAgo), expires_at: expiresAt, rotated_at: rotatedAt });
     if (usedDaysAgo !== null) {
       await db('api_key_usage').insert({
         org_id: org.id,
@@ -37,8 +38,15 @@ t.test('the usage filter, the clean-up and the sweep select the same keys', asyn
     .where({ id: adminKeyId })
     .update({ created_at: daysAgo(100) });
   await db('api_key_usage').insert({ org_id: org.id, key_id: adminKeyId, request_count: 1, ok_count: 1, last_used_at: daysAgo(0), last_used_ip: '192.0.2.1' });
-  const expected = [await key('never used, created 40 days ago', 40, null), await key('used 31 days ago', 90, 31)];
+  const expected = [
+    await key('never used, created 40 days ago', 40, null),
+    await key('used 31 days ago', 90, 31),
+    await key('used 60 days ago, rotated 31 days ago', 90, 60, null, 31),
+  ];
   await key('never used, created yesterday', 1, null);
+  // Its new secret cannot have been used yet: revoking it as dormant would undo the rotation.
+  await key('used 60 days ago, rotated yesterday', 90, 60, null, 1);
+  await key('never used, created 90 days ago, rotated yesterday', 90, null, null, 1);
   await key('used yesterday', 90, 1);
   await key('expired, never used', 40, null, daysAgo(1));
   const revoked = await key('revoked, never used', 40, null);
@@ -52,7 +60,7 @@ t.test('the usage filter, the clean-up and the sweep select the same keys', asyn
   const flagged = all.body.data.filter((k: { dormant: boolean }) => k.dormant).map((k: { id: string }) => k.id);
   t.strictSame(sorted(flagged), sorted(expected), "the usage list's dormant field");
   const notDormant = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?dormant=false&dormantDays=30`, { key: adminKey });
-  t.equal(notDormant.body.page.total, 7 - expected.length, 'dormant=false: every other key');
+  t.equal(notDormant.body.page.total, 10 - expected.length, 'dormant=false: every other key');
 
   const cleanUp = await api.request('POST', `/api/orgs/${org.id}/api-keys/revoke-dormant`, { key: adminKey, body: { dormantDays: 30, dryRun: true } });
   t.equal(cleanUp.status, 200);
@@ -102,4 +110,33 @@ t.test('a threshold crossed before the events retention window raises no event; 
   now += 80 * DAY;
   await sweepAndExpire();
   t.strictSame(await events(), [], 'once retention deleted it, the sweep does not write it again');
+});
+
+// A rotation restarts the idle time as a creation does; left idle after it, the key raises a new
+// event, which names the rotation (the one before it named the last use).
+t.test('a rotated key is dormant again only a threshold after its rotation, with a new event', async (t) => {
+  const { db } = await freshDatabase(t);
+  let now = Date.now();
+  const api = await startTestApi(t, db, { now: () => now });
+  const { org } = await seedOrg(api, db);
+  await db('organizations').where({ id: org.id }).update({ dormancy_days: 30 });
+  const { id } = (await api.services.apiKeys.create(org.id, { name: 'idle', scopes: ['keys:read'], expiresAt: null })).key;
+  await db('api_keys')
+    .where({ id })
+    .update({ created_at: new Date(now - 40 * DAY) });
+  const sweep = async () => {
+    await sweepTimeEvents(db, new Date(now), { expiringDays: [], retentionDays: 90 });
+    return db('key_events').where({ type: 'key.dormant', key_id: id }).orderBy('occurred_at').pluck('occurred_at');
+  };
+  t.equal((await sweep()).length, 1, 'dormant 10 days after its threshold');
+
+  await api.services.apiKeys.rotate(org.id, id);
+  const rotatedAt = now;
+  now += 29 * DAY;
+  t.equal((await sweep()).length, 1, '29 days after the rotation: not dormant');
+  now += 2 * DAY;
+  const occurred = await sweep();
+  t.equal(occurred.length, 2, '31 days after it: a new event');
+  t.equal(occurred[1].getTime(), rotatedAt + 30 * DAY, 'it crossed 30 days after the rotation');
+  t.equal((await sweep()).length, 2, 'and only one');
 });
