@@ -26,12 +26,13 @@ import { orgUsageRouter } from './usage/usage.routes';
 import { createUsageService } from './usage/usage.service';
 import { webhooksRouter } from './webhooks/webhooks.routes';
 import { createWebhooksService } from './webhooks/webhooks.service';
+import type { Lookup } from '../shared/webhookTarget';
 
 export interface AppDeps {
   db: Db;
   logger: Logger;
   config: Config['api'];
-  webhooks: Pick<Config['webhooks'], 'allowPrivateTargets'>;
+  webhooks: Pick<Config['webhooks'], 'allowPrivateTargets' | 'timeoutMs'> & { lookup?: Lookup };
   /** IP_TRUNCATE also applies to the addresses the audit log keeps; off when not given. */
   privacy?: Pick<Config['privacy'], 'truncateIps'>;
   recordUse: RecordUse;
@@ -130,6 +131,8 @@ function createServices(deps: AppDeps, verifier: ReturnType<typeof createKeyVeri
       db: deps.db,
       pepper: deps.config.keyPepper,
       allowPrivateTargets: deps.webhooks.allowPrivateTargets,
+      timeoutMs: deps.webhooks.timeoutMs,
+      lookup: deps.webhooks.lookup,
       now,
     }),
     audit: createAuditService({ db: deps.db }),

@@ -76,6 +76,20 @@ t.test('validation names the field', async (t) => {
   t.match(badStatus.body.error, { code: 'invalid_request', message: /status: must be pending, succeeded or failed/ });
 });
 
+// A name server that stopped answering held the create request with no end.
+t.test('a host that does not resolve within WEBHOOK_TIMEOUT_MS is refused, and the request ends', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { WEBHOOK_TIMEOUT_MS: '100' }, webhookLookup: () => new Promise(() => undefined) });
+  const acme = await seedOrg(api, db, 'acme');
+  const response = await api.request('POST', `/api/orgs/${acme.org.id}/webhooks`, {
+    key: acme.adminKey,
+    body: { url: 'https://silent-dns.example/in', events: ['*'] },
+  });
+  t.equal(response.status, 400);
+  t.match(response.body.error, { code: 'invalid_request', message: /url: host did not resolve within 100 ms/ });
+  t.equal((await db('webhooks').count<{ count: number }[]>({ count: '*' }))[0].count, 0, 'nothing stored');
+});
+
 t.test('private targets are refused by default', async (t) => {
   const { db, api, acme, hooks } = await world(t, {});
   for (const url of ['http://127.0.0.1:8080/in', 'http://localhost/in', 'http://[::1]/in', 'http://169.254.169.254/latest/meta-data', 'http://10.0.0.1/']) {

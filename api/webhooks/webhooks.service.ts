@@ -4,7 +4,8 @@ import { auditActor, recordAudit } from '../audit/audit.repository';
 import type { Db } from '../../shared/db';
 import { PING_EVENT_TYPE } from '../../shared/keyEvents';
 import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../../shared/secretBox';
-import { resolveTarget, TargetRefusedError } from '../../shared/webhookTarget';
+import { resolveTarget, TargetRefusedError, type Lookup } from '../../shared/webhookTarget';
+import { within } from '../../shared/within';
 import { InvalidInputError, notFound } from '../errors';
 import { idString, isoTime, listOf, offsetPage } from '../responses';
 import {
@@ -104,6 +105,10 @@ export interface WebhooksServiceDeps {
   db: Db;
   pepper: string;
   allowPrivateTargets: boolean;
+  /** How long the URL's host may take to resolve (WEBHOOK_TIMEOUT_MS, as for a send). */
+  timeoutMs: number;
+  /** The system's resolver unless given. */
+  lookup?: Lookup;
   now: () => number;
 }
 
@@ -118,14 +123,20 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
     return webhook;
   }
 
+  // A name server that stops answering held the request, and its connection, with no end.
+  async function checkTarget(url: URL): Promise<void> {
+    try {
+      const addresses = await within(resolveTarget(url, deps.allowPrivateTargets, deps.lookup), deps.timeoutMs);
+      if (addresses === undefined) throw new InvalidInputError(`url: host did not resolve within ${deps.timeoutMs} ms`);
+    } catch (error) {
+      if (error instanceof TargetRefusedError) throw new InvalidInputError(`url: ${error.message}`);
+      throw error;
+    }
+  }
+
   return {
     async create(orgId: string, input: { url: string; events: string[] }, context: WebhookChangeContext = {}) {
-      try {
-        await resolveTarget(new URL(input.url), deps.allowPrivateTargets);
-      } catch (error) {
-        if (error instanceof TargetRefusedError) throw new InvalidInputError(`url: ${error.message}`);
-        throw error;
-      }
+      await checkTarget(new URL(input.url));
       const id = randomUUID();
       const secret = `whsec_${randomBytes(32).toString('base64url')}`;
       // Where an org's events go is as sensitive as its keys: recorded in the same transaction.

@@ -9,6 +9,7 @@ import { closeServer, listen } from '../../shared/process';
 import { freshDatabase } from './database';
 import { capturingLogger } from './logLines';
 import type { Outcome } from '../../shared/usageWire';
+import type { Lookup } from '../../shared/webhookTarget';
 
 export interface RecordedUse {
   keyId: string;
@@ -41,6 +42,8 @@ export interface TestApiOptions {
   env?: Record<string, string>;
   now?: () => number;
   recordUse?: RecordUse;
+  /** The webhook URL checks' resolver; the system's unless given. */
+  webhookLookup?: Lookup;
 }
 
 export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}) {
@@ -61,7 +64,7 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
     db,
     logger,
     config: config.api,
-    webhooks: config.webhooks,
+    webhooks: { ...config.webhooks, lookup: options.webhookLookup },
     privacy: config.privacy,
     recordUse,
     now: options.now,
