@@ -5,6 +5,7 @@ import { TABLE } from '../shared/tables';
 
 export interface ClaimedDelivery {
   id: string;
+  orgId: string;
   webhookId: string;
   eventId: string;
   eventType: string;
@@ -40,10 +41,11 @@ update ${TABLE.webhookDeliveries} d
    set attempts = d.attempts + 1, next_attempt_at = :leaseUntil
   from due, ${TABLE.webhooks} w
  where d.org_id = :orgId and d.id = due.id and w.org_id = :orgId and w.id = d.webhook_id
-returning d.id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret_box`;
+returning d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret_box`;
 
 interface ClaimRow {
   id: string;
+  org_id: string;
   webhook_id: string;
   event_id: string;
   event_type: string;
@@ -53,21 +55,35 @@ interface ClaimRow {
   secret_box: Buffer;
 }
 
+export interface ClaimOptions {
+  now: Date;
+  leaseUntil: Date;
+  limit: number;
+  /** Sends the caller has in flight per org, which count against maxPerOrg. */
+  inFlight?: ReadonlyMap<string, number>;
+  /** Deliveries one org may have in flight at most, those claimed here included. */
+  maxPerOrg?: number;
+}
+
 /**
  * Up to `limit` due deliveries, oldest org first, each org's in one statement. Each org takes its
  * share of the limit first, then orgs with more due fill what the others left: the oldest org
  * took the whole limit, and one org's backlog (a receiver that never answers, and test pings
  * sent without pause) kept every other org's deliveries waiting.
  */
-export async function claimDueDeliveries(db: Db, options: { now: Date; leaseUntil: Date; limit: number }): Promise<ClaimedDelivery[]> {
-  const orgs = (await db.raw<{ rows: Array<{ org_id: string }> }>(DUE_ORGS, [options.now, options.limit])).rows.map((row) => row.org_id);
+export async function claimDueDeliveries(db: Db, options: ClaimOptions): Promise<ClaimedDelivery[]> {
+  const inFlight = options.inFlight ?? new Map<string, number>();
+  const room = (orgId: string) => (options.maxPerOrg ?? Infinity) - (inFlight.get(orgId) ?? 0);
+  // Orgs at their cap are read too and passed over, so as many others as the limit are found.
+  const due = await db.raw<{ rows: Array<{ org_id: string }> }>(DUE_ORGS, [options.now, options.limit + inFlight.size]);
+  const orgs = due.rows.map((row) => row.org_id).filter((orgId) => room(orgId) > 0);
   const claimed: ClaimedDelivery[] = [];
   const taken = new Map<string, number>();
   // Orgs that had fewer due than they were offered: a second claim would find none.
   const drained = new Set<string>();
   for (const share of [Math.ceil(options.limit / Math.max(1, orgs.length)), options.limit]) {
     for (const orgId of orgs) {
-      const limit = Math.min(share - (taken.get(orgId) ?? 0), options.limit - claimed.length);
+      const limit = Math.min(Math.min(share, room(orgId)) - (taken.get(orgId) ?? 0), options.limit - claimed.length);
       if (limit <= 0 || drained.has(orgId)) continue;
       const { rows } = await db.raw<{ rows: ClaimRow[] }>(CLAIM, { orgId, now: options.now, limit, leaseUntil: options.leaseUntil });
       claimed.push(...rows.map(toClaimedDelivery));
@@ -80,6 +96,7 @@ export async function claimDueDeliveries(db: Db, options: { now: Date; leaseUnti
 
 const toClaimedDelivery = (row: ClaimRow): ClaimedDelivery => ({
   id: row.id,
+  orgId: row.org_id,
   webhookId: row.webhook_id,
   eventId: row.event_id,
   eventType: row.event_type,

@@ -8,10 +8,15 @@ import { retryDelayMs } from './webhookRetry';
 import { postWebhook, type SendResult } from './webhookSender';
 import { claimDueDeliveries, recordAttempt, type ClaimedDelivery } from './webhookStore';
 
-// Delivers the outbox: every poll interval it claims due deliveries, POSTs each signed payload,
-// and records the attempt with the delivery's next state (succeeded, retry at, or failed).
+// Delivers the outbox: a pool of sends, filled with due deliveries every poll interval and as
+// each send ends; each POSTs a signed payload and records the attempt with the delivery's next
+// state (succeeded, retry at, or failed).
 
-const CLAIM_BATCH = 10;
+// A claim's sends were awaited together, so one receiver that never answered held every org's
+// deliveries for WEBHOOK_TIMEOUT_MS per claim. A free slot is now filled as soon as it frees, and
+// one org holds half the pool at most: its silent receiver leaves the other half to other orgs.
+const POOL_SIZE = 10;
+const MAX_PER_ORG = POOL_SIZE / 2;
 
 export interface WebhookWorkerStats {
   attempts: number;
@@ -45,7 +50,6 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   const leaseMs = 2 * config.timeoutMs + 1000;
   const stats: WebhookWorkerStats = { attempts: 0, failedAttempts: 0, delivered: 0, gaveUp: 0 };
   let timer: NodeJS.Timeout | undefined;
-  let running: Promise<void> | undefined;
 
   async function send(delivery: ClaimedDelivery): Promise<SendResult> {
     let secret: string;
@@ -84,26 +88,51 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     }
   }
 
-  // Claims and delivers until nothing is due, so a backlog drains without waiting a poll each batch.
-  async function drain(): Promise<void> {
-    for (;;) {
+  const sending = new Set<Promise<void>>();
+  const sendingPerOrg = new Map<string, number>();
+  let filling: Promise<void> | undefined;
+  // A slot freed while a fill was claiming, after its last claim: fill again once it ends.
+  let refill = false;
+
+  // Claims for the free slots until nothing more is due or the pool is full.
+  async function fill(): Promise<void> {
+    for (let free = POOL_SIZE - sending.size; free > 0; free = POOL_SIZE - sending.size) {
+      refill = false;
       const at = now();
-      const claimed = await claimDueDeliveries(db, { now: new Date(at), leaseUntil: new Date(at + leaseMs), limit: CLAIM_BATCH });
-      await Promise.all(claimed.map(deliver));
-      if (claimed.length < CLAIM_BATCH || timer === undefined) return;
+      const claimOptions = { now: new Date(at), leaseUntil: new Date(at + leaseMs), limit: free, inFlight: sendingPerOrg, maxPerOrg: MAX_PER_ORG };
+      const claimed = await claimDueDeliveries(db, claimOptions);
+      claimed.forEach(launch);
+      if ((claimed.length < free && !refill) || timer === undefined) return;
     }
   }
 
+  function launch(delivery: ClaimedDelivery): void {
+    sendingPerOrg.set(delivery.orgId, (sendingPerOrg.get(delivery.orgId) ?? 0) + 1);
+    const send: Promise<void> = deliver(delivery)
+      .catch((error) =>
+        warn('webhook_record', { err: { message: error.message } }, 'recording a webhook attempt failed; the delivery is sent again after its lease'),
+      )
+      .finally(() => {
+        sending.delete(send);
+        const left = (sendingPerOrg.get(delivery.orgId) ?? 1) - 1;
+        if (left === 0) sendingPerOrg.delete(delivery.orgId);
+        else sendingPerOrg.set(delivery.orgId, left);
+        if (timer !== undefined) void poll();
+      });
+    sending.add(send);
+  }
+
   function poll(): Promise<void> {
-    running ??= drain()
+    refill = true;
+    filling ??= fill()
       .catch((error) => warn('webhook_poll', { err: { message: error.message } }, 'webhook delivery poll failed; retrying'))
-      .finally(() => (running = undefined));
-    return running;
+      .finally(() => (filling = undefined));
+    return filling;
   }
 
   return {
     stats,
-    /** One poll now (tests and the first tick); concurrent callers share it. */
+    /** Fills the pool now (tests and the first tick); concurrent callers share it. */
     poll,
     start(): void {
       timer ??= setInterval(() => void poll(), config.pollIntervalMs).unref();
@@ -112,7 +141,8 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     async stop(): Promise<void> {
       clearInterval(timer);
       timer = undefined;
-      await running;
+      await filling;
+      await Promise.all(sending);
     },
   };
 }

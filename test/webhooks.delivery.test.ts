@@ -230,6 +230,32 @@ t.test("one org's backlog takes its share of a claim, not all of it", async (t) 
   t.equal((await claim()).length, 4, "the next claim: the backlog's last 4");
 });
 
+// A claim's sends were awaited together: a receiver that never answers held every org's
+// deliveries for WEBHOOK_TIMEOUT_MS per claim. Its org now holds half the send pool at most, and
+// another org's delivery goes out while those sends still wait.
+t.test("a receiver that never answers holds half the send pool; other orgs' deliveries go out beside it", async (t) => {
+  const silent = await startWebhookReceiver(t, () => 'handled');
+  const world = await setup(t, silent.url);
+  const answering = await startWebhookReceiver(t);
+  const other = await seedOrg(world.api, world.db, 'other');
+  const created = await world.api.request('POST', `/api/orgs/${other.org.id}/webhooks`, { key: other.adminKey, body: { url: answering.url, events: ['*'] } });
+  t.equal(created.status, 201);
+  for (let i = 0; i < 12; i += 1) await world.insertEvent();
+  await startTestCollector(t, world.databaseUrl, { ...FAST, WEBHOOK_TIMEOUT_MS: '3000' });
+  await waitFor('the silent receiver holding sends', async () => silent.requests.length >= 5 || undefined);
+  await world
+    .db('key_events')
+    .insert({ org_id: other.org.id, key_id: other.adminKeyId, type: 'key.new_ip', occurred_at: new Date(), details: { ip: '203.0.113.9' } });
+  await waitFor("the other org's delivery", async () => answering.requests.length === 1 || undefined);
+  const silentAttempts = await world
+    .db('webhook_delivery_attempts as a')
+    .join('webhook_deliveries as d', 'd.id', 'a.delivery_id')
+    .where('d.org_id', world.org.id)
+    .count<{ count: string }[]>({ count: '*' });
+  t.equal(Number(silentAttempts[0].count), 0, "it went out while the silent receiver's sends were in flight (none of theirs recorded yet)");
+  t.equal(silent.requests.length, 5, 'the silent org holds half the pool');
+});
+
 t.test('two collectors never send the same delivery twice', async (t) => {
   const receiver = await startWebhookReceiver(t);
   const world = await setup(t, receiver.url);
