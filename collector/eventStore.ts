@@ -160,7 +160,8 @@ export async function recordFlushEvents(
   return { statements: 3, events: await insertEvents(connection, events), candidates, newNetworks };
 }
 
-const DAY = `interval '1 day'`;
+// A UTC day: '1 day' is a calendar day of the session's zone (shared/db.ts).
+const DAY = `interval '24 hours'`;
 
 // Only an event whose occurred_at is within EVENTS_RETENTION_DAYS is written: an older one was
 // deleted by the next retention run, and written again by the sweep after it, with a new webhook

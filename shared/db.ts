@@ -76,12 +76,22 @@ export interface DbOptions {
   connectTimeoutMs?: number;
 }
 
+function inUtc(connection: pg.Client, done: (error: Error | undefined, connection: pg.Client) => void): void {
+  connection.query("set time zone 'UTC'").then(
+    () => done(undefined, connection),
+    (error: Error) => done(error, connection),
+  );
+}
+
 export function createDb(url: string, options: DbOptions = {}): Db {
   const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_DATABASE_CONNECT_TIMEOUT_MS;
   return knex({
     client: PgDialect,
     connection: { connectionString: url, application_name: options.applicationName ?? 'keyusage', connectionTimeoutMillis: connectTimeoutMs },
-    pool: { min: 0, max: options.poolMax ?? 10 },
+    // Every day and interval here is a UTC one: in a session time zone with daylight saving (a
+    // database initialised on a laptop in Berlin takes its zone), a day added to a timestamp is
+    // 23 or 25 hours, and the daily series' buckets after a change matched no hour (all zero).
+    pool: { min: 0, max: options.poolMax ?? 10, afterCreate: inUtc },
     // Longer than pg's own limit, so a connection attempt that fails reports its cause rather than
     // knex's "Timeout acquiring a connection".
     acquireConnectionTimeout: connectTimeoutMs + 1000,

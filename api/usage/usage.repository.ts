@@ -318,7 +318,8 @@ const FIRST_BUCKET = "date_trunc(:granularity, cast(:from as timestamptz), 'UTC'
 // tables once, then matched to their bucket by equality (a hash join: with the range alone the
 // 720 hours of a 30-day hourly series were compared with each of its 721 buckets).
 export async function keyTimeSeries(db: Db, query: { orgId: string; keyId: string; from: Date; to: Date; granularity: Granularity }): Promise<SeriesBucket[]> {
-  const step = query.granularity === 'hour' ? '1 hour' : '1 day';
+  // A UTC day is 24 hours; '1 day' is a calendar day of the session's zone (shared/db.ts).
+  const step = query.granularity === 'hour' ? '1 hour' : '24 hours';
   const columns = ['request_count', ...OUTCOMES.map((outcome) => `${outcome}_count`)];
   const counts = columns.join(', ');
   const sums = columns.map((column) => `coalesce(sum(h.${column}), 0) as ${column}`).join(', ');
