@@ -485,8 +485,11 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
   try {
     const config = loadConfig(withDevelopmentDefault(env));
     database = openDatabase(config, io.err);
-    const applied = await migrateLatest(database.db);
-    if (applied.length > 0) io.err(`Applied ${applied.length} migration(s): ${applied.join(', ')}`);
+    // Only the embedded database is ours to migrate. A DATABASE_URL is the app role's in
+    // production (docs/deployment.md), which may not even read knex_migrations: migrating made
+    // every command fail there, and with the owner's URL a read-only command applied a release's
+    // migrations before the planned `npm run migrate`.
+    if (!config.database.url) await migrateEmbedded(database.db, io.err);
     return await runCommand(parsed.command, {
       db: database.db,
       out: io.out,
@@ -496,11 +499,20 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
       now,
     });
   } catch (error) {
-    io.err(`error: ${(error as Error).message}`);
+    io.err(`error: ${(error as Error).message}${isMissingRelation(error) ? MIGRATE_HINT : ''}`);
     return 1;
   } finally {
     await database?.close();
   }
 }
+
+async function migrateEmbedded(db: Db, err: (text: string) => void): Promise<void> {
+  const applied = await migrateLatest(db);
+  if (applied.length > 0) err(`Applied ${applied.length} migration(s): ${applied.join(', ')}`);
+}
+
+const MIGRATE_HINT = ' (is the schema migrated? `npm run migrate`, as the schema owner)';
+// 42P01: undefined_table.
+const isMissingRelation = (error: unknown) => (error as { code?: unknown }).code === '42P01';
 
 if (require.main === module) exitWhenDone(main(process.argv.slice(2), process.env), stdio.err);

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import t from 'tap';
 import { createPgUsageStore } from '../collector/usageStore';
+import { main } from '../scripts/cli';
 import { ensureAppRole } from '../scripts/lib/appRole';
 import { createDb } from '../shared/db';
 import { seedOrg, startTestApi } from './helpers/api';
@@ -57,4 +58,11 @@ t.test('the app role reads and writes rows and can do nothing else; the API and 
   t.ok(await collector.flusher.flush(), 'the collector flushes as the app role');
   await t.resolves(createPgUsageStore(app).expireOldRows(90), 'and its hourly retention deletes as the app role');
   t.equal((await owner('api_key_usage').where({ key_id: adminKeyId }).first()).request_count, 3);
+
+  // The CLI migrated every database it opened, and as this role could not read knex_migrations
+  // every command failed.
+  const printed: string[] = [];
+  const cli = { out: (text: string) => void printed.push(text), err: (text: string) => void printed.push(text) };
+  t.equal(await main(['org', 'list', '--json'], { NODE_ENV: 'test', DATABASE_URL: appUrl.toString() }, cli), 0, printed.join('\n'));
+  t.match(JSON.parse(printed.join('\n')), [{ id: org.id }], 'the CLI works as the app role');
 });

@@ -414,6 +414,18 @@ t.test('main: wiring to DATABASE_URL', async (t) => {
   t.match(down.err.join('\n'), /^error: .*ECONNREFUSED/, 'an unreachable database is an error, not a crash');
 });
 
+// DATABASE_URL is the app role's in production, which may not touch knex_migrations; with the
+// owner's URL, a read-only command applied a release's migrations before the planned migrate.
+t.test('main: a DATABASE_URL is never migrated; an unmigrated one is named as such', async (t) => {
+  const url = await emptyDatabase(t);
+  const { err, io } = captured();
+  t.equal(await main(['org', 'list'], { NODE_ENV: 'test', DATABASE_URL: url }, io), 1);
+  t.match(err.join('\n'), /^error: .*relation "organizations" does not exist \(is the schema migrated\? `npm run migrate`, as the schema owner\)$/m);
+  const db = createDb(url, { poolMax: 1 });
+  t.teardown(() => db.destroy());
+  t.equal(await db.schema.hasTable('knex_migrations'), false, 'no migration ran');
+});
+
 t.test('main: the embedded PostgreSQL, started and stopped only when the CLI started it', async (t) => {
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-cli-'));
   fs.chmodSync(scratch, 0o711); // the CLI opens only folders it creates; this one is ours
