@@ -248,6 +248,16 @@ function relayProblems(v: Variables): string[] {
     : [];
 }
 
+// The previous secret only verifies what an API still signs with it during a rotation. Alone, it
+// turned the collector's verification on while the API signed nothing: every datagram refused.
+function signingProblems(v: Variables): string[] {
+  if (v.USAGE_SIGNING_PREVIOUS_SECRET === undefined) return [];
+  if (v.USAGE_SIGNING_SECRET === undefined) {
+    return ['USAGE_SIGNING_PREVIOUS_SECRET: set without USAGE_SIGNING_SECRET (the API would sign nothing and the collector refuse every datagram)'];
+  }
+  return v.USAGE_SIGNING_PREVIOUS_SECRET === v.USAGE_SIGNING_SECRET ? ['USAGE_SIGNING_PREVIOUS_SECRET: must differ from USAGE_SIGNING_SECRET'] : [];
+}
+
 // Each receiving process keeps its own replay cache, and the kernel hands a datagram to whichever
 // process reads first: a replayed copy could reach a process that never saw the original.
 function receiverProblems(v: Variables): string[] {
@@ -373,7 +383,7 @@ const webhooksSection = (v: Variables) => ({
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   const v = parseEnvironment(env);
-  const problems = [...pepperProblems(v), ...productionGuards(v), ...relayProblems(v), ...receiverProblems(v)];
+  const problems = [...pepperProblems(v), ...productionGuards(v), ...relayProblems(v), ...receiverProblems(v), ...signingProblems(v)];
   if (problems.length > 0) throw new ConfigError(problems);
   return deepFreeze({
     env: v.NODE_ENV,

@@ -244,6 +244,20 @@ t.test('several receivers refuse datagram signing: each would keep its own repla
   t.equal(loadConfig({ NODE_ENV: 'test', COLLECTOR_RECEIVERS: '2' }).collector.receivers, 2);
 });
 
+// Alone, the previous secret turned the collector's verification on while the API signed
+// nothing: every datagram was refused, and every use lost.
+t.test('USAGE_SIGNING_PREVIOUS_SECRET needs USAGE_SIGNING_SECRET, and differs from it', async (t) => {
+  const secret = 's'.repeat(32);
+  const alone = configError(t, { NODE_ENV: 'test', USAGE_SIGNING_PREVIOUS_SECRET: secret });
+  t.same(alone.problems, [
+    'USAGE_SIGNING_PREVIOUS_SECRET: set without USAGE_SIGNING_SECRET (the API would sign nothing and the collector refuse every datagram)',
+  ]);
+  const same = configError(t, { NODE_ENV: 'test', USAGE_SIGNING_SECRET: secret, USAGE_SIGNING_PREVIOUS_SECRET: secret });
+  t.same(same.problems, ['USAGE_SIGNING_PREVIOUS_SECRET: must differ from USAGE_SIGNING_SECRET']);
+  const rotating = loadConfig({ NODE_ENV: 'test', USAGE_SIGNING_SECRET: secret, USAGE_SIGNING_PREVIOUS_SECRET: 'p'.repeat(32) });
+  t.same(rotating.collector.signingSecrets, [secret, 'p'.repeat(32)]);
+});
+
 t.test('every bad variable is reported at once', async (t) => {
   const error = configError(t, { PORT: 'abc', LOG_LEVEL: 'loud', DATABASE_URL: 'mysql://x' });
   t.same(error.problems.map((problem) => problem.split(':')[0]).sort(), ['DATABASE_URL', 'LOG_LEVEL', 'PORT']);
