@@ -20,9 +20,25 @@ export function listen(server: Server, host: string, port: number, variable: str
   });
 }
 
-export function closeServer(server: Server): Promise<void> {
+// How long requests in flight at a stop may take to finish before their connections are cut.
+export const CLOSE_GRACE_MS = 5000;
+const IDLE_SWEEP_MS = 50;
+
+/**
+ * Stops taking connections and resolves once every one has ended. close() alone waits for
+ * connections to end by themselves: one whose request was in flight stayed kept alive after its
+ * answer, and a client that went on using it was served on it without end. So connections are
+ * closed as they become idle, and all of them once `graceMs` have passed.
+ */
+export function closeServer(server: Server, graceMs = CLOSE_GRACE_MS): Promise<void> {
   return new Promise((resolve) => {
-    server.close(() => resolve());
+    const sweep = setInterval(() => server.closeIdleConnections(), IDLE_SWEEP_MS).unref();
+    const cut = setTimeout(() => server.closeAllConnections(), graceMs).unref();
+    server.close(() => {
+      clearInterval(sweep);
+      clearTimeout(cut);
+      resolve();
+    });
     server.closeIdleConnections();
   });
 }

@@ -5,6 +5,7 @@ import { startApi } from '../api/main';
 import { startCollector } from '../collector/main';
 import { createUsageStore } from '../collector/usageLog';
 import { loadConfig } from '../shared/config';
+import { closeServer, listen } from '../shared/process';
 import { createLogger } from '../shared/logger';
 import { freshDatabase } from './helpers/database';
 import { sleep, waitFor } from '../harness/wait';
@@ -37,6 +38,53 @@ t.test('the api starts, serves, drains its usage and stops', async (t) => {
   for (let i = 0; i < 50 && datagrams.length === 0; i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
   t.equal(datagrams.length, 1, 'stop drains the pending uses before closing the socket');
   t.equal(api.server.listening, false);
+});
+
+// server.close() waits for every connection to end. A request in flight at the stop left its
+// kept-alive connection open after its answer, and a client that kept using it (a proxy's upstream
+// pool, a dashboard refreshing) was served on it for as long as it went on: the stop waited for
+// the supervisor's SIGKILL, and the last drain was lost.
+t.test('the api stops while a kept-alive client keeps sending', async (t) => {
+  const { url } = await freshDatabase(t);
+  const api = await startApi(loadConfig({ NODE_ENV: 'test', PORT: '0', API_METRICS_PORT: '0', USAGE_TRACKING: 'false' }), logger, url);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  let served = 0;
+  let clientDone = false;
+  // Each request's body comes 200 ms after its headers, so the stop finds one in flight. Bounded:
+  // 40 requests, 250 ms apart; it ends early once the API refuses it.
+  const post = () =>
+    new Promise<boolean>((resolve) => {
+      const request = http.request({ method: 'POST', host: '127.0.0.1', port: api.port, path: '/healthz', agent, headers: { 'content-length': '2' } }, (res) =>
+        res.resume().on('end', () => resolve(true)),
+      );
+      request.on('error', () => resolve(false)).write('{');
+      setTimeout(() => request.end('}'), 200);
+    });
+  const client = (async () => {
+    for (let i = 0; i < 40 && (await post()); i += 1) {
+      served += 1;
+      await sleep(250);
+    }
+    clientDone = true;
+  })();
+  await waitFor('a request served', () => (served >= 1 ? true : undefined));
+  await new Promise((resolve) => api.server.once('request', resolve));
+  await api.stop();
+  t.equal(clientDone, false, 'the stop ended while the client was still sending');
+  await client;
+  t.ok(served < 40, 'the client was refused once the API stopped');
+});
+
+t.test('a request that never completes is cut once the grace has passed', async (t) => {
+  const server = http.createServer((req, res) => req.resume().on('end', () => res.end('late')));
+  const port = await listen(server, '127.0.0.1', 0, 'PORT');
+  const request = http.request({ method: 'POST', host: '127.0.0.1', port, headers: { 'content-length': '10' } });
+  const cut = new Promise<string>((resolve) => request.on('error', (error: NodeJS.ErrnoException) => resolve(String(error.code))));
+  request.write('1');
+  await new Promise((resolve) => server.once('request', resolve));
+  await closeServer(server, 100);
+  t.equal(await cut, 'ECONNRESET', 'its connection was cut, and the close ended');
 });
 
 t.test('with tracking off the api records nothing', async (t) => {
