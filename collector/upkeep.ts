@@ -14,6 +14,10 @@ import { createWebhookWorker } from './webhookWorker';
 // of them runs it.
 
 const HOUR_MS = 3_600_000;
+// Retention ran only an hour after start: a collector restarted more often than that (a crash
+// loop, short-lived sidecars) never erased an address or expired a row. A minute lets the start
+// settle first.
+const FIRST_RETENTION_MS = 60_000;
 
 export interface UpkeepOptions {
   db: Knex;
@@ -21,16 +25,17 @@ export interface UpkeepOptions {
   config: Config;
   logger: Logger;
   now: () => number;
-  /** How often closed hours are moved and retention runs; tests shorten them. */
-  intervals?: { moveHoursMs: number; retentionMs: number };
+  /** How often closed hours are moved and retention runs, and when it first runs; tests shorten them. */
+  intervals?: { moveHoursMs: number; retentionMs: number; firstRetentionMs: number };
 }
 
 export function createUpkeep(options: UpkeepOptions) {
   const { db, store, config, logger, now } = options;
-  const intervals = options.intervals ?? { moveHoursMs: HOUR_MOVE.intervalMs, retentionMs: HOUR_MS };
+  const intervals = options.intervals ?? { moveHoursMs: HOUR_MOVE.intervalMs, retentionMs: HOUR_MS, firstRetentionMs: FIRST_RETENTION_MS };
   const events = config.collector.events;
   const sweep = new EventSweep({ db, intervalMs: events.sweepIntervalMs, expiringDays: events.expiringDays, retentionDays: events.retentionDays, logger, now });
   const webhooks = createWebhookWorker({ db, peppers: [config.api.keyPepper, ...config.api.previousKeyPeppers], config: config.webhooks, logger, now });
+  let firstRetention: NodeJS.Timeout | undefined;
   let retention: NodeJS.Timeout | undefined;
   let mover: NodeJS.Timeout | undefined;
   // One move at a time: a tick that finds one still running skips, and stop() waits for it.
@@ -64,11 +69,13 @@ export function createUpkeep(options: UpkeepOptions) {
     start(): void {
       webhooks.start();
       if (events.enabled) sweep.start();
+      firstRetention = setTimeout(cleanUp, intervals.firstRetentionMs).unref();
       retention = setInterval(cleanUp, intervals.retentionMs).unref();
       mover = setInterval(moveHours, intervals.moveHoursMs).unref();
     },
     /** Sends in flight are recorded; anything not yet sent stays in the outbox for the next start. */
     async stop(): Promise<void> {
+      clearTimeout(firstRetention);
       clearInterval(retention);
       clearInterval(mover);
       await moving;

@@ -273,12 +273,40 @@ t.test('the upkeep runs one retention cleanup at a time', async (t) => {
   };
   const config = loadConfig({ NODE_ENV: 'test' });
   const logger = createLogger({ level: 'silent', name: 'upkeep-test' });
-  const upkeep = createUpkeep({ db, store, config, logger, now: Date.now, intervals: { moveHoursMs: 60_000, retentionMs: 5 } });
+  const upkeep = createUpkeep({ db, store, config, logger, now: Date.now, intervals: { moveHoursMs: 60_000, retentionMs: 5, firstRetentionMs: 5 } });
   upkeep.start();
   await waitFor('three cleanups', () => (running.calls >= 3 ? true : undefined));
   await upkeep.stop();
   t.equal(running.most, 1, `one at a time over ${running.calls} cleanups, ticks every 5 ms`);
   t.equal(running.now, 0, 'stop() waited for the cleanup in progress');
+});
+
+// Retention ran only an hour after start: a collector restarted more often never erased an
+// address or expired a row.
+t.test('retention first runs soon after start, not an interval later', async (t) => {
+  const { db } = await setUp(t);
+  let calls = 0;
+  const store = {
+    ...createPgUsageStore(db),
+    async expireOldRows() {
+      calls += 1;
+    },
+  };
+  const config = loadConfig({ NODE_ENV: 'test' });
+  const logger = createLogger({ level: 'silent', name: 'upkeep-test' });
+  const upkeep = createUpkeep({
+    db,
+    store,
+    config,
+    logger,
+    now: Date.now,
+    intervals: { moveHoursMs: 3_600_000, retentionMs: 3_600_000, firstRetentionMs: 10 },
+  });
+  upkeep.start();
+  t.teardown(() => upkeep.stop());
+  await waitFor('the first retention run', () => (calls === 1 ? true : undefined));
+  await upkeep.stop();
+  t.equal(calls, 1, 'once, then hourly');
 });
 
 // The collector's upkeep runs the move on its timer (and retention beside it): a closed hour
@@ -290,7 +318,14 @@ t.test('the running upkeep moves closed hours on its timer', async (t) => {
   await flushUses(db, key, 4, Date.now());
   const config = loadConfig({ NODE_ENV: 'test' });
   const logger = createLogger({ level: 'silent', name: 'upkeep-test' });
-  const upkeep = createUpkeep({ db, store: createPgUsageStore(db), config, logger, now: Date.now, intervals: { moveHoursMs: 20, retentionMs: 20 } });
+  const upkeep = createUpkeep({
+    db,
+    store: createPgUsageStore(db),
+    config,
+    logger,
+    now: Date.now,
+    intervals: { moveHoursMs: 20, retentionMs: 20, firstRetentionMs: 20 },
+  });
   upkeep.start();
   t.teardown(() => upkeep.stop());
   await waitFor('the closed hour in the hourly buckets', async () => ((await bucketsIn(db, TABLE.usageHourly, key)).length > 0 ? true : undefined));
