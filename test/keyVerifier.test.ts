@@ -101,3 +101,39 @@ t.test('cold loads are single-flight, and a load raced by invalidate() is not re
     .update({ revoked_at: new Date(Date.parse('2026-11-25T11:00:00Z')) });
   t.equal((await verifier.verify(key)).outcome, 'revoked', 'that read was not remembered: the next use reads again');
 });
+
+t.test('a fresh verification reads the key whatever the cache holds; the cache is left as it was', async (t) => {
+  const { db, adminKeyId, verifier, counter, key } = await world(t);
+  t.equal((await verifier.verify(key)).outcome, 'ok');
+  await db('api_keys')
+    .where({ id: adminKeyId })
+    .update({ revoked_at: new Date(Date.parse('2026-11-25T11:00:00Z')) });
+  t.equal((await verifier.verify(key)).outcome, 'ok', 'the cached record, within its TTL (documented)');
+  const before = counter.queries;
+  t.equal((await verifier.verify(key, { fresh: true })).outcome, 'revoked', 'read fresh: revoked');
+  t.equal(counter.queries, before + 1, 'one query');
+});
+
+t.test('a fresh verification of a wrong secret costs no query once reloads are refused', async (t) => {
+  const { verifier, counter, key, wrong } = await world(t, { mayReload: () => false });
+  await verifier.verify(key);
+  for (let i = 0; i < 5; i += 1) t.equal((await verifier.verify(wrong(), { fresh: true })).outcome, 'bad_secret');
+  t.equal(counter.queries, 1, 'only the first load');
+  t.equal((await verifier.verify(key, { fresh: true })).outcome, 'ok', 'the right secret is still read fresh');
+  t.equal(counter.queries, 2);
+});
+
+// Changing keys trusted the cached verdict: within KEY_CACHE_TTL_MS of a revocation made by the
+// CLI or another instance, the revoked key could still mint a key that outlives it.
+t.test('a key revoked elsewhere can no longer change keys on an instance that cached it', async (t) => {
+  const { db } = await freshDatabase(t);
+  const first = await startTestApi(t, db);
+  const second = await startTestApi(t, db, { env: { KEY_CACHE_TTL_MS: '60000' } });
+  const { org, adminKey, adminKeyId } = await seedOrg(first, db);
+  t.equal((await second.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'the second instance caches the key');
+  await first.services.apiKeys.revoke(org.id, adminKeyId);
+  t.equal((await second.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'reads: the cached verdict, within the TTL (documented)');
+  const minted = await second.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name: 'escape', scopes: ['keys:read'] } });
+  t.equal(minted.status, 401, 'a change: refused');
+  t.equal(await db('api_keys').where({ name: 'escape' }).first(), undefined, 'no key minted');
+});

@@ -41,7 +41,9 @@ export interface Requirement {
   orgParam?: string;
   /**
    * Refuses a key's previous secret (still valid during a rotation's grace period): whoever holds a
-   * leaked old secret must not be able to rotate the key again and lock its owner out.
+   * leaked old secret must not be able to rotate the key again and lock its owner out. The key is
+   * read fresh, not from the cache: a key revoked or rotated elsewhere (another instance, the CLI)
+   * within the cache's TTL could otherwise mint an unrevoked key, or rotate its owner out.
    */
   currentSecret?: boolean;
 }
@@ -115,7 +117,7 @@ export function authorizer(deps: AuthorizeDeps) {
       const presented = raw ? parsePresentedKey(raw) : undefined;
       if (!presented) throw raw ? failure(deps, res, ip) : new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
 
-      const verdict = await deps.verifier.verify(presented);
+      const verdict = await deps.verifier.verify(presented, { fresh: requirement.currentSecret === true });
       if (verdict.outcome === 'unknown') throw failure(deps, res, ip);
       if (verdict.outcome === 'bad_secret') {
         deps.recordUse(verdict.key.id, verdict.key.orgId, ip, 'bad_secret');

@@ -21,7 +21,11 @@ export interface KeyCacheStats {
 
 export interface KeyVerifier {
   readonly stats: Readonly<KeyCacheStats>;
-  verify(presented: PresentedKey): Promise<Verification>;
+  /**
+   * `fresh`: read the key from PostgreSQL whatever the cache holds, for a request whose effect
+   * outlives the cache's TTL (changing keys and webhooks).
+   */
+  verify(presented: PresentedKey, options?: { fresh?: boolean }): Promise<Verification>;
   /** Drops a key from this process's cache, so its own revocations and rotations apply at once. */
   invalidate(keyId: string): void;
 }
@@ -118,6 +122,19 @@ export function createKeyVerifier(deps: {
     return verdict;
   }
 
+  // Not single-flight: a read in flight may have begun before a revocation committed. A wrong
+  // secret on a key cached as unable to reload is refused without a read, as on the cached path.
+  async function verifyFresh(keyId: string, secret: string, now: number): Promise<Verification> {
+    const cached = records.get(keyId);
+    if (cached !== undefined && deps.mayReload?.(keyId) === false && judge(cached.record, secret, peppers, now).verdict.outcome === 'bad_secret') {
+      stats.hits += 1;
+      return { outcome: 'bad_secret', key: cached.record };
+    }
+    stats.misses += 1;
+    const key = await findApiKeyById(deps.db, keyId);
+    return key ? decided(key, secret, now) : { outcome: 'unknown' };
+  }
+
   function invalidate(keyId: string): void {
     records.delete(keyId);
     unknown.delete(keyId);
@@ -126,8 +143,9 @@ export function createKeyVerifier(deps: {
 
   return {
     stats,
-    async verify({ keyId, secret }) {
+    async verify({ keyId, secret }, options = {}) {
       const now = deps.now();
+      if (options.fresh) return verifyFresh(keyId, secret, now);
       if (fresh(unknown.get(keyId), now)) {
         stats.hits += 1;
         return { outcome: 'unknown' };
