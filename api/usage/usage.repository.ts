@@ -185,7 +185,7 @@ function busiestKeys(query: UsageQuery): string {
                     order by ranked.request_count desc, ranked.key_id
                     limit :limit offset :offset) b
             cross join lateral (
-              select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at
+              select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.rotated_at
                 from ${TABLE.apiKeys} k where k.org_id = :orgId and k.id = b.key_id limit 1
             ) k
              left join ${TABLE.usage} u on u.org_id = :orgId and u.key_id = k.id`;
