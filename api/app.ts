@@ -36,6 +36,8 @@ export interface AppDeps {
   /** IP_TRUNCATE also applies to the addresses the audit log keeps; off when not given. */
   privacy?: Pick<Config['privacy'], 'truncateIps'>;
   recordUse: RecordUse;
+  /** Whether recordUse records (USAGE_TRACKING); true unless given. */
+  usageTracking?: boolean;
   /** Each finished request, for the metrics (api/metrics.ts). */
   onRequest?: (request: RequestObservation) => void;
   now?: () => number;
@@ -123,6 +125,7 @@ function createServices(deps: AppDeps, verifier: ReturnType<typeof createKeyVeri
       pepper: deps.config.keyPepper,
       defaultGraceSeconds: deps.config.rotationGraceSeconds,
       verifier,
+      usageTracking: deps.usageTracking,
       now,
     }),
     usage: createUsageService({ db: deps.db, now, delay: deps.config.usageDelay, eventSummaryDays: deps.config.eventSummaryDays }),

@@ -26,6 +26,7 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
     webhooks: config.webhooks,
     privacy: config.privacy,
     recordUse,
+    usageTracking: config.usage.enabled,
     onRequest: apiMetrics.observeRequest,
   });
   const server = http.createServer(app);

@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 // flushes into PostgreSQL; each event type appears exactly once however often the trigger repeats.
 import t, { type Test } from 'tap';
 import type { Db } from '../shared/db';
+import { createApiKeysService } from '../api/keys/apiKeys.service';
 import { encodeUsageLine } from '../shared/usageWire';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
 import { sleep, waitFor } from '../harness/wait';
@@ -329,6 +330,46 @@ t.test('dormant clean-up: a dry run lists exactly what applying revokes, never t
   const again = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false } });
   t.strictSame(again.body.keys, [], 'nothing left to revoke');
   t.ok(young);
+});
+
+// Applying recomputed the selection: a key that crossed the threshold after the dry run was
+// revoked unseen; a key whose uses were logged but not yet folded looked unused; and an API that
+// records no uses revoked keys in use.
+t.test('dormant clean-up: keyIds bound the apply to the dry run; unfolded uses spare a key; no apply without tracking', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const create = async (name: string) => (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null })).key.id;
+  const [shown, crossedLater, logged] = [await create('shown'), await create('crossed after the dry run'), await create('uses not yet folded')];
+  await db('api_keys')
+    .whereIn('id', [shown, logged])
+    .update({ created_at: new Date(Date.now() - 200 * DAY) });
+  await db('api_key_usage_log').insert({ org_id: org.id, key_id: logged, delta: '{}' });
+  const path = `/api/orgs/${org.id}/api-keys/revoke-dormant`;
+  const dry = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90 } });
+  t.strictSame(
+    dry.body.keys.map((k: { id: string }) => k.id),
+    [shown],
+    'the key with logged uses is spared',
+  );
+  await db('api_keys')
+    .where({ id: crossedLater })
+    .update({ created_at: new Date(Date.now() - 200 * DAY) });
+  const applied = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false, keyIds: [shown, logged] } });
+  t.equal(applied.status, 200);
+  t.strictSame(
+    applied.body.keys.map((k: { id: string }) => k.id),
+    [shown],
+    'only the listed keys still dormant',
+  );
+  t.strictSame(await db('api_keys').whereNotNull('revoked_at').pluck('id'), [shown], 'the key that crossed later is not revoked');
+  const tooMany = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false, keyIds: Array(10_001).fill(shown) } });
+  t.match(tooMany.body.error, { code: 'invalid_request', message: /keyIds: must list at most 10000 ids/ });
+
+  const untracked = createApiKeysService({ db, pepper: api.config.api.keyPepper, defaultGraceSeconds: 0, usageTracking: false, now: Date.now });
+  t.equal((await untracked.revokeDormant(org.id, { dormantDays: 90, dryRun: true })).keys.length, 1, 'without tracking a dry run still lists');
+  await t.rejects(untracked.revokeDormant(org.id, { dormantDays: 90, dryRun: false }), { code: 'conflict', message: /USAGE_TRACKING=false/ });
+  t.strictSame(await db('api_keys').whereNotNull('revoked_at').pluck('id'), [shown], 'and nothing more revoked');
 });
 
 t.test('EVENTS_ENABLED=false: usage is written, no event, no history', async (t) => {

@@ -291,7 +291,8 @@ async function refusals(t: Test, world: World, operationId: string, check: Retur
   if (contract.query) await call('an unknown query parameter', { key: plaintexts.admin, query: 'bogus=1' });
   if (contract.body) {
     await call('an unknown body field', { key: plaintexts.admin, body: { bogus: 1 } });
-    await call('a body too large', { key: plaintexts.admin, body: { padding: 'x'.repeat(20_000) } });
+    // Above every route's limit (revoke-dormant's is 512 kB, for 10,000 key ids).
+    await call('a body too large', { key: plaintexts.admin, body: { padding: 'x'.repeat(600_000) } });
     // The helper sends JSON; a plain-text body needs fetch.
     const url = api.baseUrl + urlOf(world, template, resolveIds(world, success.ids));
     const plain = await fetch(url, {

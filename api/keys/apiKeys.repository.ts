@@ -165,23 +165,29 @@ export interface DormantQuery {
   now: Date;
   /** Never selected: the key making the request. */
   exceptKeyId: string | null;
+  /** When given, only these keys are selected (those of them still dormant): the set a dry run showed. */
+  onlyKeyIds: string[] | null;
 }
 
 export type DormantKey = ApiKeyRecord & { lastUsedAt: Date | null };
 
-const DORMANT_KEYS = `
+// A key with uses appended to the usage log and not yet folded into its totals is spared: its
+// last use may be seconds old (the next run sees it folded).
+const dormantKeys = (query: DormantQuery) => `
 select k.*, u.last_used_at
   from ${TABLE.apiKeys} k
   left join ${TABLE.usage} u on u.org_id = k.org_id and u.key_id = k.id
  where k.org_id = :orgId and k.id is distinct from :exceptKeyId
-   and ${dormantKeySql('cast(:now as timestamptz)', 'cast(:idleSince as timestamptz)')}`;
+   and ${dormantKeySql('cast(:now as timestamptz)', 'cast(:idleSince as timestamptz)')}
+   and not exists (select 1 from ${TABLE.usageLog} l where l.org_id = :orgId and l.key_id = k.id)
+   ${query.onlyKeyIds === null ? '' : 'and k.id = any(cast(:onlyKeyIds as uuid[]))'}`;
 
 type DormantRow = ApiKeyRow & { last_used_at: Date | null };
 
 const toDormant = (row: DormantRow): DormantKey => ({ ...toRecord(row), lastUsedAt: row.last_used_at });
 
 export async function findDormantKeys(db: Db, query: DormantQuery): Promise<DormantKey[]> {
-  const rows = await rawRows<DormantRow>(db, `${DORMANT_KEYS} order by k.created_at, k.id`, { ...query });
+  const rows = await rawRows<DormantRow>(db, `${dormantKeys(query)} order by k.created_at, k.id`, { ...query });
   return rows.map(toDormant);
 }
 
@@ -189,7 +195,7 @@ export async function findDormantKeys(db: Db, query: DormantQuery): Promise<Dorm
 export async function revokeDormantKeys(db: Db, query: DormantQuery): Promise<DormantKey[]> {
   const rows = await rawRows<DormantRow>(
     db,
-    `with dormant as (${DORMANT_KEYS} order by k.id for update of k)
+    `with dormant as (${dormantKeys(query)} order by k.id for update of k)
      update ${TABLE.apiKeys} k set revoked_at = :now from dormant d where k.id = d.id
      returning k.*, d.last_used_at`,
     { ...query },

@@ -125,6 +125,11 @@ export interface ApiKeysServiceDeps {
    * KEY_CACHE_TTL_MS.
    */
   verifier?: Pick<KeyVerifier, 'invalidate'>;
+  /**
+   * False when this API records no uses (USAGE_TRACKING=false): its keys' uses are not in the
+   * totals, so "unused" cannot be told from "not recorded", and the clean-up refuses to revoke.
+   */
+  usageTracking?: boolean;
   now: () => number;
 }
 
@@ -255,16 +260,29 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       return toApiKeyView(updated, deps.now());
     },
 
-    // Active keys whose last proven use (or creation, if never used) is older than dormantDays.
-    // A dry run lists them; otherwise the same selection is revoked in one statement. The caller's
-    // own key is never among them, so a clean-up cannot lock out the one running it.
+    // Active keys dormant for dormantDays (shared/dormancy.ts). A dry run lists them; otherwise the
+    // same selection is revoked in one statement, or, with keyIds (the set a dry run showed), only
+    // those of them still dormant: a key that crossed the threshold between the two is not revoked
+    // unseen. The caller's own key is never among them, so a clean-up cannot lock out the one running it.
     async revokeDormant(
       orgId: string,
-      input: { dormantDays: number; dryRun: boolean },
+      input: { dormantDays: number; dryRun: boolean; keyIds?: string[] },
       context: ChangeContext = {},
     ): Promise<z.output<typeof revokeDormantResult>> {
+      if (!input.dryRun && deps.usageTracking === false) {
+        throw new AppError(
+          'conflict',
+          'This API records no uses (USAGE_TRACKING=false): unused keys cannot be told from unrecorded ones; only a dry run is allowed',
+        );
+      }
       const now = deps.now();
-      const query = { orgId, idleSince: new Date(now - input.dormantDays * DAY_MS), now: new Date(now), exceptKeyId: context.actor?.id ?? null };
+      const query = {
+        orgId,
+        idleSince: new Date(now - input.dormantDays * DAY_MS),
+        now: new Date(now),
+        exceptKeyId: context.actor?.id ?? null,
+        onlyKeyIds: input.keyIds ?? null,
+      };
       const keys = input.dryRun ? await findDormantKeys(deps.db, query) : await revokeDormantApplied(orgId, query, input.dormantDays, context);
       if (!input.dryRun) for (const key of keys) deps.verifier?.invalidate(key.id);
       return {

@@ -29,9 +29,11 @@ export function dormantSection(who, canWrite) {
     },
   });
   const summary = el('p');
-  const run = (dryRun) =>
+  // Applying passes the ids the dialog named: a key that crossed the threshold while it was open
+  // is not revoked unseen.
+  const run = (dryRun, keyIds) =>
     section.guard(async () => {
-      const result = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun } });
+      const result = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun, keyIds } });
       const keys = result.keys;
       setText(
         outcome,
@@ -50,7 +52,11 @@ export function dormantSection(who, canWrite) {
         const { keys } = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun: true } });
         const names = keys.map((key) => key.name ?? key.id).join(', ') || 'none';
         const message = `Revoke these ${keys.length} key${keys.length === 1 ? '' : 's'}, unused for ${days.value} days: ${names}? Their holders get 401 from now on.`;
-        if (await confirmDialog({ title: 'Revoke dormant keys', message, confirmLabel: 'Revoke them' })) await run(false);
+        if (await confirmDialog({ title: 'Revoke dormant keys', message, confirmLabel: 'Revoke them' }))
+          await run(
+            false,
+            keys.map((key) => key.id),
+          );
       }),
   });
   const actions = el('div', { class: 'buttons' }, [preview, apply]);
