@@ -335,6 +335,14 @@ t.test('every response of every route matches the document', async (t) => {
     check(t, template, 'post', response, 'conflict');
   });
 
+  await t.test('applying the dormant clean-up on an API that records no uses', async (t) => {
+    const { template } = contracts.get('revokeDormantApiKeys')!;
+    const untracked = await startTestApi(t, world.db, { usageTracking: false });
+    const response = await untracked.request('POST', urlOf(world, template, {}), { key: world.plaintexts.admin, body: { dormantDays: 90, dryRun: false } });
+    t.equal(response.status, 409);
+    check(t, template, 'post', response, 'conflict');
+  });
+
   await t.test('too many failed attempts, an unexpected error, an unreachable database', async (t) => {
     const throttled = await startTestApi(t, world.db, { env: { AUTH_THROTTLE_MAX_FAILURES_PER_IP: '1' } });
     const whoami = '/api/whoami';

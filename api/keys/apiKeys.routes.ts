@@ -78,11 +78,13 @@ export const apiKeysRoutes: RouteContract[] = [
     path: '/revoke-dormant',
     operationId: 'revokeDormantApiKeys',
     summary: 'List (dryRun, the default) or revoke the keys unused for dormantDays',
-    description: 'The calling key is never among them.',
+    description:
+      'The calling key is never among them, nor keys with uses not yet folded into their totals. keyIds (the ids a dry run listed) revokes only those still dormant. 409 for an apply on an API that records no uses (USAGE_TRACKING=false).',
     auth: MANAGE_ORG,
     params: orgParams,
     body: revokeDormantBody,
     responses: { 200: { description: 'The dormant keys, revoked unless dryRun', body: revokeDormantResult } },
+    errors: ['conflict'],
   },
   {
     method: 'patch',

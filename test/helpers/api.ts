@@ -44,6 +44,8 @@ export interface TestApiOptions {
   recordUse?: RecordUse;
   /** The webhook URL checks' resolver; the system's unless given. */
   webhookLookup?: Lookup;
+  /** False: an API started with USAGE_TRACKING=false (its uses are still captured here). */
+  usageTracking?: boolean;
 }
 
 export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}) {
@@ -67,6 +69,7 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
     webhooks: { ...config.webhooks, lookup: options.webhookLookup },
     privacy: config.privacy,
     recordUse,
+    usageTracking: options.usageTracking,
     now: options.now,
   });
   const server = http.createServer(app);
