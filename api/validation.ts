@@ -51,3 +51,17 @@ export function jsonBody(limit: string): RequestHandler {
     parse(req, res, next);
   };
 }
+
+// An unencoded "+" in a query string reads as a space: 2026-01-01T00:00:00+02:00 arrives as
+// "2026-01-01T00:00:00 02:00".
+const plusAsSpace = / \d{2}(:?\d{2})?$/;
+/** A date-time query parameter. */
+export const dateParam = z.iso
+  .datetime({
+    offset: true,
+    error: (issue) =>
+      typeof issue.input === 'string' && plusAsSpace.test(issue.input)
+        ? 'must be an ISO 8601 date-time; its "+" arrived as a space: send it as %2B, or give the time in UTC with Z'
+        : 'must be an ISO 8601 date-time',
+  })
+  .transform((v) => new Date(v));

@@ -64,6 +64,9 @@ t.test('a date-time whose "+" arrived as a space: the message suggests %2B or Z'
   t.notMatch(other.body.error.message, /%2B/, 'only where a space stands for the "+"');
   const encoded = await api.request('GET', `${series}?from=2026-01-01T00:00:00%2B02:00&to=2026-01-02T00:00:00Z`, { key: adminKey });
   t.equal(encoded.status, 200, '%2B works');
+  // The events' since gave the bare message the docs promise only for the series.
+  const events = await api.request('GET', `/api/orgs/${org.id}/api-keys/events?since=2026-01-01T00:00:00+02:00`, { key: adminKey });
+  t.match(events.body.error.message, /^Invalid query: since: .*%2B.*Z/, "the events' since too");
 });
 
 t.test("a malformed id answers 400 naming it in every position; another org's id is still 404", async (t) => {

@@ -3,17 +3,14 @@ import { z } from 'zod';
 import { EVENT_TYPES } from '../../shared/keyEvents';
 import { READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
-import { pagination, parseInput, uuid } from '../validation';
+import { dateParam, pagination, parseInput, uuid } from '../validation';
 import { eventList, type EventsService } from './events.service';
 
 const listQuery = z
   .object({
     type: z.enum(EVENT_TYPES, { error: `must be one of ${EVENT_TYPES.join(', ')}` }).optional(),
     keyId: uuid.optional(),
-    since: z.iso
-      .datetime({ offset: true, error: 'must be an ISO 8601 date-time' })
-      .transform((v) => new Date(v))
-      .optional(),
+    since: dateParam.optional(),
     cursor: z.string().min(1).max(200).optional(),
     limit: pagination.limit,
   })

@@ -2,22 +2,10 @@ import { Router, type RequestHandler } from 'express';
 import { z } from 'zod';
 import { READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
-import { displayName, pagination, parseInput, uuid } from '../validation';
+import { dateParam, displayName, pagination, parseInput, uuid } from '../validation';
 import { usageList, usageSeries, type UsageService } from './usage.service';
 
 const booleanParam = z.enum(['true', 'false'], { error: 'must be true or false' }).transform((v) => v === 'true');
-// An unencoded "+" in a query string reads as a space: 2026-01-01T00:00:00+02:00 arrives as
-// "2026-01-01T00:00:00 02:00".
-const plusAsSpace = / \d{2}(:?\d{2})?$/;
-const dateParam = z.iso
-  .datetime({
-    offset: true,
-    error: (issue) =>
-      typeof issue.input === 'string' && plusAsSpace.test(issue.input)
-        ? 'must be an ISO 8601 date-time; its "+" arrived as a space: send it as %2B, or give the time in UTC with Z'
-        : 'must be an ISO 8601 date-time',
-  })
-  .transform((v) => new Date(v));
 
 const listQuery = z
   .object({
