@@ -24,7 +24,8 @@ interface Key {
 interface Route {
   /** `METHOD /pattern` exactly as the app's router lists it (test/helpers/appRoutes.ts). */
   name: string;
-  scope?: Scope;
+  /** Every scope the route needs; a key lacking any one of them is refused. */
+  scopes?: Scope[];
   /** Key management: refused to a key's previous secret during a rotation's grace period. */
   managesKeys?: true;
   /** Which key or webhook the route acts on when it succeeds (mutating routes get their own). */
@@ -45,7 +46,7 @@ const badQuery = (label: string, query: string) => ({ label, query, field: query
 /** Most routes read the org's keys: a GET with the keys:read scope, answering 200. */
 const read = (name: string, invalid: Route['invalid'], more: Partial<Route> = {}): Route => ({
   name,
-  scope: 'keys:read',
+  scopes: ['keys:read'],
   target: 'reader',
   okStatus: 200,
   invalid,
@@ -56,7 +57,7 @@ const ROUTES: Route[] = [
   {
     name: 'POST /api/orgs/:id/api-keys',
     managesKeys: true,
-    scope: 'keys:write',
+    scopes: ['keys:write'],
     target: 'reader',
     body: { name: 'made by the matrix', scopes: ['keys:read'] },
     okStatus: 201,
@@ -79,7 +80,7 @@ const ROUTES: Route[] = [
   {
     name: 'POST /api/orgs/:id/api-keys/:keyId/rotate',
     managesKeys: true,
-    scope: 'keys:write',
+    scopes: ['keys:write'],
     target: 'rotateTarget',
     body: { gracePeriodSeconds: 0 },
     okStatus: 200,
@@ -93,7 +94,7 @@ const ROUTES: Route[] = [
   {
     name: 'POST /api/orgs/:id/api-keys/:keyId/revoke',
     managesKeys: true,
-    scope: 'keys:write',
+    scopes: ['keys:write'],
     target: 'revokeTarget',
     okStatus: 200,
     invalid: [{ label: 'keyId not a UUID', params: { keyId: BAD_ID }, field: 'keyId' }],
@@ -125,7 +126,7 @@ const ROUTES: Route[] = [
   ]),
   {
     name: 'PATCH /api/orgs/:id/api-keys/:keyId',
-    scope: 'keys:write',
+    scopes: ['keys:write'],
     managesKeys: true,
     target: 'reader',
     body: { expectedNetworks: ['10.0.0.0/8', '2001:db8::/32'] },
@@ -142,7 +143,7 @@ const ROUTES: Route[] = [
   },
   {
     name: 'POST /api/orgs/:id/api-keys/revoke-dormant',
-    scope: 'keys:write',
+    scopes: ['keys:read', 'keys:write'],
     managesKeys: true,
     target: 'reader',
     body: { dormantDays: 90 },
@@ -165,7 +166,7 @@ const HOOK = { url: 'https://203.0.113.10/hook', events: ['*'] };
 const WEBHOOK_ROUTES: Route[] = [
   {
     name: 'POST /api/orgs/:id/webhooks',
-    scope: 'keys:write',
+    scopes: ['keys:read', 'keys:write'],
     managesKeys: true,
     target: 'reader',
     body: HOOK,
@@ -191,7 +192,7 @@ const WEBHOOK_ROUTES: Route[] = [
   ),
   {
     name: 'POST /api/orgs/:id/webhooks/:webhookId/test',
-    scope: 'keys:write',
+    scopes: ['keys:write'],
     managesKeys: true,
     target: 'webhook',
     resource: 'webhook',
@@ -200,7 +201,7 @@ const WEBHOOK_ROUTES: Route[] = [
   },
   {
     name: 'DELETE /api/orgs/:id/webhooks/:webhookId',
-    scope: 'keys:write',
+    scopes: ['keys:write'],
     managesKeys: true,
     target: 'webhookToDelete',
     resource: 'webhook',
@@ -367,11 +368,11 @@ async function assertUnauthenticated(t: Test, world: World, call: Call, route: R
 // may do everything but manage keys.
 async function assertScopeAndGrace(t: Test, world: World, call: Call, route: Route, header: Header) {
   const { keys } = world;
-  if (route.scope) {
-    const lacking = route.scope === 'keys:write' ? keys.reader : keys.writer;
+  for (const scope of route.scopes ?? []) {
+    const lacking = scope === 'keys:write' ? keys.reader : keys.writer;
     const { response, uses } = await call(route, { key: lacking.plaintext, header });
-    assertErrorShape(t, response, 403, 'forbidden', 'missing scope');
-    t.match(response.body.error.message, `"${route.scope}"`, 'missing scope: the message names the scope');
+    assertErrorShape(t, response, 403, 'forbidden', `missing ${scope}`);
+    t.match(response.body.error.message, `"${scope}"`, 'missing scope: the message names the scope');
     t.same(uses, [use(lacking, 'forbidden')], 'missing scope: recorded forbidden');
   }
   const { response, uses } = await call(route, { key: keys.inGrace.plaintext, header });

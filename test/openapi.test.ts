@@ -281,7 +281,7 @@ async function refusals(t: Test, world: World, operationId: string, check: Retur
       .then((response) => check(t, template, method, response, label));
   const auth = contract.auth;
   if (auth) await call('no key', {});
-  if (auth?.scope) await call('a key without the scope', { key: auth.scope === 'keys:write' ? plaintexts.reader : plaintexts.writer });
+  for (const scope of auth?.scopes ?? []) await call(`a key without ${scope}`, { key: scope === 'keys:write' ? plaintexts.reader : plaintexts.writer });
   if (auth?.currentSecret) await call('the previous secret', { key: plaintexts.previousSecret });
   if (auth?.orgParam) await call('another org', { key: plaintexts.admin, ids: { id: world.otherOrgId } });
   const params = Object.keys(contract.params?.shape ?? {});

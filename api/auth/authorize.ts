@@ -32,7 +32,8 @@ export interface AuthorizeDeps {
 }
 
 export interface Requirement {
-  scope?: Scope;
+  /** Every one of them: a key lacking any is refused, the message naming the first it lacks. */
+  scopes?: readonly Scope[];
   /**
    * Route parameter holding the org id the request acts on; another org's id answers 404. A
    * malformed id names no org: it passes here, and the route's validation answers 400 naming it,
@@ -49,9 +50,15 @@ export interface Requirement {
 }
 
 /** Reading an org's keys, usage, events, webhooks and audit log. */
-export const READ_ORG: Requirement = Object.freeze({ scope: 'keys:read', orgParam: 'id' });
+export const READ_ORG: Requirement = Object.freeze({ scopes: Object.freeze(['keys:read'] as const), orgParam: 'id' });
 /** Changing an org's keys and webhooks. */
-export const MANAGE_ORG: Requirement = Object.freeze({ scope: 'keys:write', orgParam: 'id', currentSecret: true });
+export const MANAGE_ORG: Requirement = Object.freeze({ scopes: Object.freeze(['keys:write'] as const), orgParam: 'id', currentSecret: true });
+/**
+ * A change that also reads: the dormant clean-up answers with the keys it selects (names, scopes,
+ * networks), and a webhook streams every key event out. With keys:write alone, a key could read
+ * what its scopes do not grant.
+ */
+export const MANAGE_AND_READ_ORG: Requirement = Object.freeze({ ...MANAGE_ORG, scopes: Object.freeze(['keys:read', 'keys:write'] as const) });
 
 function presentedKey(req: Request): string | undefined {
   const header = req.headers.authorization;
@@ -86,8 +93,9 @@ type Proven = Exclude<Verification, { outcome: 'unknown' | 'bad_secret' }>;
 function decide(verdict: Proven, requirement: Requirement, req: Request): { outcome: Outcome; refusal?: AppError } {
   const { key } = verdict;
   if (verdict.outcome !== 'ok') return { outcome: verdict.outcome, refusal: new AppError('unauthorized', UNAUTHORIZED_MESSAGE) };
-  if (requirement.scope && !key.scopes.includes(requirement.scope)) {
-    return { outcome: 'forbidden', refusal: new AppError('forbidden', `This API key lacks the required scope "${requirement.scope}"`) };
+  const missing = requirement.scopes?.find((scope) => !key.scopes.includes(scope));
+  if (missing) {
+    return { outcome: 'forbidden', refusal: new AppError('forbidden', `This API key lacks the required scope "${missing}"`) };
   }
   if (requirement.orgParam && isOtherOrg(req.params[requirement.orgParam], key.orgId)) {
     return { outcome: 'cross_org', refusal: notFound('Organization') };

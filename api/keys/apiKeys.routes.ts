@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { Router, type RequestHandler, type Response } from 'express';
 import { z } from 'zod';
-import { MANAGE_ORG, READ_ORG, type Requirement } from '../auth/authorize';
+import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
 import { displayName, jsonBody, pagination, parseInput, uuid } from '../validation';
 import { apiKeyList, apiKeyView, revealedApiKey, revokeDormantResult, type ApiKeysService } from './apiKeys.service';
@@ -80,7 +80,7 @@ export const apiKeysRoutes: RouteContract[] = [
     summary: 'List (dryRun, the default) or revoke the keys unused for dormantDays',
     description:
       'The calling key is never among them, nor keys with uses not yet folded into their totals. keyIds (the ids a dry run listed) revokes only those still dormant. 409 for an apply on an API that records no uses (USAGE_TRACKING=false).',
-    auth: MANAGE_ORG,
+    auth: MANAGE_AND_READ_ORG,
     params: orgParams,
     body: revokeDormantBody,
     responses: { 200: { description: 'The dormant keys, revoked unless dryRun', body: revokeDormantResult } },
@@ -164,7 +164,7 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
     res.json(await service.list(id, page));
   });
 
-  router.post('/revoke-dormant', writeKeys, readCleanUp, async (req, res) => {
+  router.post('/revoke-dormant', authorize(MANAGE_AND_READ_ORG), readCleanUp, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(revokeDormantBody, req.body, 'body');
     res.json(await service.revokeDormant(id, body, changeContext(res)));

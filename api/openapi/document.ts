@@ -83,7 +83,7 @@ export function errorCodes(route: RouteContract): ErrorCode[] {
   if (route.body) ['payload_too_large', 'unsupported_media_type'].forEach((code) => codes.add(code as ErrorCode));
   if (auth) {
     ['unauthorized', 'too_many_requests', 'internal_error', 'service_unavailable'].forEach((code) => codes.add(code as ErrorCode));
-    if (auth.scope) codes.add('forbidden');
+    if (auth.scopes?.length) codes.add('forbidden');
     if (auth.currentSecret) codes.add('stale_secret');
   }
   if (auth?.orgParam || Object.keys(route.params?.shape ?? {}).length > 0) codes.add('not_found');
@@ -131,7 +131,8 @@ function successResponses(route: RouteContract): Record<number, JsonSchema> {
 }
 
 function operation(route: RouteContract, tag: string, responses: Record<string, JsonSchema>): JsonSchema {
-  const scope = route.auth?.scope ? ` Requires a key with the ${route.auth.scope} scope.` : '';
+  const scopes = route.auth?.scopes ?? [];
+  const scope = scopes.length > 0 ? ` Requires a key with the ${scopes.join(' and ')} scope${scopes.length > 1 ? 's' : ''}.` : '';
   const description = `${route.description ?? ''}${scope}`.trim();
   const params = parameters(route);
   return {

@@ -2,7 +2,7 @@ import { Router, type RequestHandler, type Response } from 'express';
 import { z } from 'zod';
 import { EVENT_TYPES } from '../../shared/keyEvents';
 import { redactKeyMaterial } from '../../shared/logger';
-import { MANAGE_ORG, READ_ORG, type Requirement } from '../auth/authorize';
+import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
 import { jsonBody, pagination, parseInput, uuid } from '../validation';
 import { DELIVERY_STATUSES } from './webhooks.repository';
@@ -59,7 +59,7 @@ export const webhooksRoutes: RouteContract[] = [
     summary: "Send the org's key events to a URL, signed (docs/webhooks.md)",
     description:
       'The signing secret is in this response only (Cache-Control: no-store). A URL that resolves to a private address is refused (400) unless the deployment allows it.',
-    auth: MANAGE_ORG,
+    auth: MANAGE_AND_READ_ORG,
     params: orgParams,
     body: createBody,
     responses: { 201: { description: 'The webhook, with its signing secret', body: createdWebhook } },
@@ -115,7 +115,7 @@ export function webhooksRouter(deps: { service: WebhooksService; authorize: (req
   const readJson = jsonBody('16kb');
   const router = Router({ mergeParams: true });
 
-  router.post('/', write, readJson, async (req, res) => {
+  router.post('/', authorize(MANAGE_AND_READ_ORG), readJson, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(createBody, req.body, 'body');
     const created = await service.create(id, body, changeContext(res));
