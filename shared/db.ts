@@ -112,9 +112,41 @@ export function poolState(db: Db): PoolState {
   return { used: () => pool()?.numUsed() ?? 0, pendingAcquires: () => pool()?.numPendingAcquires() ?? 0 };
 }
 
+// Any bigint, the same for every release: the advisory lock that one migration run holds.
+const MIGRATION_RUN_LOCK = '7318420561';
+const MIGRATION_WAIT_POLL_MS = 250;
+const MIGRATION_WAIT_MAX_MS = 10 * 60_000;
+
+// Tried, not waited for in one statement: a waiting statement holds a snapshot, and the other
+// run's CREATE INDEX CONCURRENTLY waits for every such snapshot to end (a deadlock no one detects).
+async function takeMigrationRunLock(guard: pg.Client): Promise<void> {
+  for (let waited = 0; ; waited += MIGRATION_WAIT_POLL_MS) {
+    const { rows } = await guard.query<{ locked: boolean }>('select pg_try_advisory_lock($1) as locked', [MIGRATION_RUN_LOCK]);
+    if (rows[0].locked) return;
+    if (waited >= MIGRATION_WAIT_MAX_MS) throw new Error(`another migration run has held the database for ${MIGRATION_WAIT_MAX_MS / 60_000} minutes`);
+    await new Promise((resolve) => setTimeout(resolve, MIGRATION_WAIT_POLL_MS));
+  }
+}
+
+/**
+ * Applies the pending migrations, one run at a time. knex's own lock is a row
+ * (knex_migrations_lock.is_locked) that a batch with a migration outside a transaction commits
+ * apart: a run killed then (Ctrl-C during a CREATE INDEX CONCURRENTLY) left it set, and every run
+ * after failed with "Migration table is already locked". So each run holds a session advisory
+ * lock, which dies with its session, on a connection of its own; under it no other run can be
+ * between knex's lock and its release, and a lock row still set is a dead run's, freed.
+ */
 export async function migrateLatest(db: Db): Promise<string[]> {
-  const [, applied] = await db.migrate.latest(MIGRATION_CONFIG);
-  return applied as string[];
+  const guard = new ClosingPgClient((db.client as { connectionSettings: pg.ClientConfig }).connectionSettings);
+  await guard.connect();
+  try {
+    await takeMigrationRunLock(guard);
+    await db.migrate.forceFreeMigrationsLock(MIGRATION_CONFIG);
+    const [, applied] = await db.migrate.latest(MIGRATION_CONFIG);
+    return applied as string[];
+  } finally {
+    await guard.end();
+  }
 }
 
 export async function databaseAnswers(db: Db): Promise<boolean> {

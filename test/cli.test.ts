@@ -502,6 +502,15 @@ async function demoTrafficMintsItsKey(t: Test, config: ReturnType<typeof loadCon
   t.match(await mintDemoTrafficKey(external), { problem: /DATABASE_URL.*DEMO_KEY/ }, 'with DATABASE_URL it asks for DEMO_KEY');
 }
 
+t.test('two migration runs at once: one applies, the other waits and finds nothing to do', async (t) => {
+  const url = await emptyDatabase(t);
+  const runs = [captured(), captured()];
+  t.same(await Promise.all(runs.map((run) => migrate({ NODE_ENV: 'test', DATABASE_URL: url }, run.io))), [0, 0], runs.flatMap((run) => run.err).join('\n'));
+  const outs = runs.map((run) => run.out.join('\n')).sort();
+  t.match(outs[0], `Applied ${MIGRATIONS.length} migration(s)`);
+  t.equal(outs[1], 'Database is already up to date.');
+});
+
 t.test('npm run migrate', async (t) => {
   const url = await emptyDatabase(t);
 
@@ -516,6 +525,15 @@ t.test('npm run migrate', async (t) => {
   const second = captured();
   t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url }, second.io), 0);
   t.same(second.out, ['Database is already up to date.']);
+
+  // A run killed while a migration ran outside a transaction left knex's lock row set, and every
+  // run after failed with "Migration table is already locked".
+  const db = createDb(url, { poolMax: 1 });
+  await db('knex_migrations_lock').update({ is_locked: 1 });
+  await db.destroy();
+  const afterKill = captured();
+  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url }, afterKill.io), 0, afterKill.err.join('\n'));
+  t.same(afterKill.out, ['Database is already up to date.'], "a dead run's lock does not stop the next");
 
   const unreachable = captured();
   t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: 'postgres://nobody:x@127.0.0.1:1/none' }, unreachable.io), 1);
