@@ -56,6 +56,15 @@ async function trafficWorld(system: System) {
       ? true
       : undefined;
   });
+  // A storm of events on one key (more than a day's newest 200, from which the badges were
+  // counted), and one event on another key before it.
+  const ago = (ms: number) => new Date(Date.now() - ms);
+  await system
+    .db('key_events')
+    .insert([
+      { org_id: org.id, key_id: keys.readonly.id, type: 'key.spike', occurred_at: ago(12 * 3_600_000), details: {} },
+      ...Array.from({ length: 201 }, (_, i) => ({ org_id: org.id, key_id: keys.ci.id, type: 'key.new_ip', occurred_at: ago(i * 1000), details: {} })),
+    ]);
   return keys;
 }
 
@@ -115,7 +124,12 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
       t.equal(await rowText(page, key.id, 'failed'), String(key.failedAttempts), `${key.name}: failed attempts`);
       t.equal(await rowText(page, key.id, 'lastIp'), key.lastUsedIp ?? '—', `${key.name}: last IP`);
       t.equal(await page.locator(`tr[data-key-id="${key.id}"] .badge-dormant`).isVisible(), key.dormant, `${key.name}: dormant badge`);
+      const events = Object.values(key.events.counts as Record<string, number>).reduce((sum, n) => sum + n, 0);
+      const badge = page.locator(`tr[data-key-id="${key.id}"] .badge-events`);
+      t.equal(await badge.isVisible(), events > 0, `${key.name}: events badge`);
+      if (events > 0) t.equal(await badge.innerText(), `${events.toLocaleString('en-US')} event${events === 1 ? '' : 's'} in ${key.events.days} d`);
     }
+    t.ok(await page.locator(`tr[data-key-id="${keys.readonly.id}"] .badge-events`).isVisible(), "a key's event outside the org's newest 200 still shows");
     t.equal(await rowText(page, keys.ci.id, 'day'), '12');
     const order = await page.locator('#keys-table tbody tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-key-id')));
     t.strictSame(

@@ -33,17 +33,3 @@ export function eventsSection(who, { keyId } = {}) {
     },
   });
 }
-
-// Events per key over the last day, for the table's badges; nothing while the endpoint is missing.
-export async function recentEventCounts(who) {
-  const since = new Date(Date.now() - 86_400_000).toISOString();
-  try {
-    const page = await api('GET', orgPath(who, eventsQuery({ since, limit: '200' })));
-    const counts = new Map();
-    for (const event of page.data) if (event.keyId) counts.set(event.keyId, (counts.get(event.keyId) ?? 0) + 1);
-    return counts;
-  } catch (error) {
-    if (routeMissing(error)) return new Map();
-    throw error;
-  }
-}

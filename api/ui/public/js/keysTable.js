@@ -37,7 +37,15 @@ function createRow(key) {
   return { tr, cells, link, lastUse, spark, dormant, events };
 }
 
-function updateRow(row, key, eventCount) {
+// The badge counts the key's events from its own usage row (exact, over EVENTS_SUMMARY_DAYS): it
+// was counted from the org's newest 200 events of the day, so in a storm of events (more than 200
+// a day) keys whose events fell outside them showed none.
+function eventBadge(events) {
+  const total = Object.values(events.counts).reduce((sum, n) => sum + n, 0);
+  return total === 0 ? '' : `${count(total)} event${total === 1 ? '' : 's'} in ${events.days} d`;
+}
+
+function updateRow(row, key) {
   setText(row.link, key.name);
   setText(row.cells.prefix, key.displayPrefix);
   setText(row.cells.status, key.status);
@@ -53,8 +61,9 @@ function updateRow(row, key, eventCount) {
   row.spark.update(key.last7Days);
   setText(row.cells.failed, count(key.failedAttempts));
   row.dormant.hidden = !key.dormant;
-  row.events.hidden = !eventCount;
-  setText(row.events, eventCount ? `${eventCount} event${eventCount === 1 ? '' : 's'}` : '');
+  const badge = eventBadge(key.events);
+  row.events.hidden = badge === '';
+  setText(row.events, badge);
 }
 
 function controls(onChange) {
@@ -82,7 +91,7 @@ function controls(onChange) {
   return { element, query };
 }
 
-export function createKeysView({ who, eventCounts, onFresh }) {
+export function createKeysView({ who, onFresh }) {
   const rows = new Map();
   let offset = 0;
   const tbody = el('tbody');
@@ -90,8 +99,8 @@ export function createKeysView({ who, eventCounts, onFresh }) {
   const refresh = async () => {
     const params = filters.query();
     params.set('offset', String(offset));
-    const [body, events] = await Promise.all([api('GET', orgPath(who, `/usage?${params}`)), eventCounts()]);
-    render(body.data, events);
+    const body = await api('GET', orgPath(who, `/usage?${params}`));
+    render(body.data);
     const last = Math.min(body.page.total, offset + body.data.length);
     setText(status, body.page.total === 0 ? 'No keys match.' : `${count(offset + 1)}–${count(last)} of ${count(body.page.total)} keys`);
     prev.disabled = offset === 0;
@@ -109,12 +118,12 @@ export function createKeysView({ who, eventCounts, onFresh }) {
   const prev = el('button', { type: 'button', text: '← Previous', onclick: go(-PAGE_SIZE) });
   const next = el('button', { type: 'button', text: 'Next →', onclick: go(PAGE_SIZE) });
 
-  function render(keys, events) {
+  function render(keys) {
     const seen = new Set();
     keys.forEach((key, index) => {
       let row = rows.get(key.id);
       if (!row) rows.set(key.id, (row = createRow(key)));
-      updateRow(row, key, events.get(key.id));
+      updateRow(row, key);
       seen.add(key.id);
       // Move a row only when it is out of place: moving the focused row would blur it.
       if (tbody.children[index] !== row.tr) tbody.insertBefore(row.tr, tbody.children[index] ?? null);

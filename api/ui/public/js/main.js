@@ -1,6 +1,5 @@
 import { api } from './api.js';
 import { el, setText } from './dom.js';
-import { recentEventCounts } from './eventsFeed.js';
 import { createFreshness } from './freshness.js';
 import { createKeyDetailView } from './keyDetail.js';
 import { createKeysView } from './keysTable.js';
@@ -28,7 +27,7 @@ function viewFor(hash) {
   const common = { who, onFresh: (usage) => freshness.update(usage) };
   if (detail) return createKeyDetailView({ ...common, keyId: detail[1], onSignedOut: () => signOut('The key you were signed in with was revoked.') });
   if (hash === '#/org') return createOrgView(common);
-  return createKeysView({ ...common, eventCounts: () => recentEventCounts(who) });
+  return createKeysView(common);
 }
 
 async function refreshCurrent() {
