@@ -24,7 +24,7 @@ t.test('a daily series across a daylight-saving change, on a database whose zone
   );
   const series = await api.request(
     'GET',
-    `/api/orgs/${org.id}/api-keys/${adminKeyId}/usage?granularity=day&from=2026-03-05T00:00:00Z&to=2026-03-11T12:00:00Z`,
+    `/api/orgs/${org.id}/api-keys/${adminKeyId}/usage?granularity=day&from=2026-03-05T00:00:00Z&to=2026-03-11T13:00:00Z`,
     {
       key: adminKey,
     },

@@ -312,6 +312,10 @@ export interface SeriesBucket {
 }
 
 const FIRST_BUCKET = "date_trunc(:granularity, cast(:from as timestamptz), 'UTC')";
+// The range is [from, to): the buckets that start before `to`, and the hours that start before
+// it. The whole bucket holding `to` was read, so a report ending at midnight counted the next
+// day's uses too.
+const LAST_INSTANT = "cast(:to as timestamptz) - interval '1 microsecond'";
 
 // Sums stay numeric (PostgreSQL's exact decimal) and are read as exact counts: saturated
 // buckets would overflow a bigint sum. The key's hours of the range are read from both bucket
@@ -326,8 +330,8 @@ export async function keyTimeSeries(db: Db, query: { orgId: string; keyId: strin
   const rows = await rawRows<{ start: Date } & Record<'request_count' | `${Outcome}_count`, string>>(
     db,
     `select s.bucket as start, ${sums}
-       from generate_series(${FIRST_BUCKET}, cast(:to as timestamptz), cast(:step as interval)) as s(bucket)
-       left join ${hourBuckets(`hour, ${counts}`, `org_id = :orgId and key_id = :keyId and hour >= ${FIRST_BUCKET} and hour < cast(:to as timestamptz) + cast(:step as interval)`)} h
+       from generate_series(${FIRST_BUCKET}, greatest(${FIRST_BUCKET}, ${LAST_INSTANT}), cast(:step as interval)) as s(bucket)
+       left join ${hourBuckets(`hour, ${counts}`, `org_id = :orgId and key_id = :keyId and hour >= ${FIRST_BUCKET} and hour < cast(:to as timestamptz)`)} h
          on date_trunc(:granularity, h.hour, 'UTC') = s.bucket and h.hour >= s.bucket and h.hour < s.bucket + cast(:step as interval)
       group by s.bucket
       order by s.bucket`,

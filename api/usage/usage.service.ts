@@ -159,9 +159,12 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       const to = query.to ?? new Date(deps.now());
       const from = query.from ?? new Date(to.getTime() - 7 * DAY_MS);
       if (from.getTime() > to.getTime()) throw new InvalidInputError('from: must not be after to');
-      const points = (to.getTime() - from.getTime()) / (query.granularity === 'hour' ? 3_600_000 : DAY_MS);
+      // The buckets that start before `to`, from the one holding `from` (and that one at least).
+      const step = query.granularity === 'hour' ? 3_600_000 : DAY_MS;
+      const first = Math.floor(from.getTime() / step) * step;
+      const points = Math.max(1, Math.ceil((to.getTime() - first) / step));
       if (points > MAX_SERIES_POINTS) {
-        throw new InvalidInputError(`the range holds ${Math.ceil(points)} ${query.granularity}s; at most ${MAX_SERIES_POINTS} per request`);
+        throw new InvalidInputError(`the range holds ${points} ${query.granularity}s; at most ${MAX_SERIES_POINTS} per request`);
       }
       await requireKeyInOrg(deps.db, orgId, keyId);
       const buckets = await keyTimeSeries(deps.db, { orgId, keyId, from, to, granularity: query.granularity });

@@ -1,0 +1,39 @@
+import t from 'tap';
+import { seedOrg, startTestApi } from './helpers/api';
+import { freshDatabase } from './helpers/database';
+
+// A series covers [from, to): the buckets that start before `to`, and the uses of the hours that
+// start before it. The whole bucket holding `to` was read: a daily report ending at midnight got
+// the next day as a bucket and counted its uses, and a range of exactly 2,232 hours returned
+// 2,233 buckets.
+t.test("a series' range ends before `to`, and holds at most 2,232 buckets", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  await db('api_key_usage_hourly').insert([
+    { org_id: org.id, key_id: adminKeyId, hour: new Date('2026-01-01T23:00:00Z'), request_count: 2, ok_count: 2 },
+    { org_id: org.id, key_id: adminKeyId, hour: new Date('2026-01-02T05:00:00Z'), request_count: 5, ok_count: 5 },
+  ]);
+  const series = (query: string) => api.request('GET', `/api/orgs/${org.id}/api-keys/${adminKeyId}/usage?${query}`, { key: adminKey });
+
+  const day = await series('granularity=day&from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z');
+  t.equal(day.status, 200);
+  t.strictSame(
+    day.body.buckets.map((bucket: { start: string; requestCount: number }) => [bucket.start, bucket.requestCount]),
+    [['2026-01-01T00:00:00.000Z', 2]],
+    'one day, without the next day and its uses',
+  );
+  t.equal(day.body.total, 2);
+  const partial = await series('granularity=day&from=2026-01-01T12:00:00Z&to=2026-01-02T06:00:00Z');
+  t.equal(partial.body.buckets.length, 2, 'the buckets holding from and to, when to is inside one');
+  t.equal(partial.body.total, 7);
+  const instant = await series('granularity=hour&from=2026-01-01T23:30:00Z&to=2026-01-01T23:30:00Z');
+  t.equal(instant.body.buckets.length, 1, 'from = to: its bucket');
+
+  const start = Date.parse('2026-01-01T00:00:00Z');
+  const hours = (n: number, extraMs = 0) => `granularity=hour&from=2026-01-01T00:00:00Z&to=${new Date(start + n * 3_600_000 + extraMs).toISOString()}`;
+  t.equal((await series(hours(2232))).body.buckets.length, 2232, '2,232 hours: 2,232 buckets');
+  const over = await series(hours(2232, 1));
+  t.equal(over.status, 400);
+  t.match(over.body.error.message, /the range holds 2233 hours; at most 2232 per request/);
+});
