@@ -128,8 +128,11 @@ export async function replaceSecret(
     rotatedAt: Date;
   },
 ): Promise<ApiKeyRecord | undefined> {
+  // Still active when written: a revocation that committed after the caller read the key left its
+  // hash alone, and the rotation answered 200 with a new secret for a revoked key.
   const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
     .where({ id, secret_hash: change.previousSecretHash })
+    .whereRaw('(revoked_at is null or revoked_at > ?) and (expires_at is null or expires_at > ?)', [change.rotatedAt, change.rotatedAt])
     .update({
       secret_hash: change.secretHash,
       secret_pepper_id: change.secretPepperId,
@@ -142,12 +145,10 @@ export async function replaceSecret(
   return row && toRecord(row);
 }
 
-export async function markRevoked(db: Db, id: string, revokedAt: Date): Promise<ApiKeyRecord> {
-  const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
-    .where({ id })
-    .update({ revoked_at: db.raw('coalesce(revoked_at, ?)', [revokedAt]) as unknown as Date })
-    .returning('*');
-  return toRecord(row);
+/** The key revoked at `revokedAt`, unless it already was: then undefined, and nothing written. */
+export async function markRevoked(db: Db, id: string, revokedAt: Date): Promise<ApiKeyRecord | undefined> {
+  const [row] = await db<ApiKeyRow>(TABLE.apiKeys).where({ id }).whereNull('revoked_at').update({ revoked_at: revokedAt }).returning('*');
+  return row && toRecord(row);
 }
 
 export async function setExpectedNetworks(db: Db, id: string, networks: string[] | null): Promise<ApiKeyRecord> {

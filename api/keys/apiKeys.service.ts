@@ -167,6 +167,15 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     });
   }
 
+  // Why a rotation's compare-and-set wrote nothing: the key was revoked or expired meanwhile, or
+  // another rotation won.
+  async function rotationLost(orgId: string, keyId: string): Promise<AppError> {
+    const key = await requireKey(orgId, keyId);
+    const status = keyStatus(key, deps.now());
+    if (status !== 'active') return new AppError('conflict', `Cannot rotate a ${status} API key`);
+    return new AppError('conflict', 'The API key was rotated by another request at the same time; read it again before retrying');
+  }
+
   return {
     async create(orgId: string, input: CreateKeyInput, context: ChangeContext = {}) {
       const { actor } = context;
@@ -239,7 +248,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
             details: { gracePeriodSeconds: graceSeconds, previousSecretExpiresAt: iso(change.previousSecretExpiresAt) },
           },
       );
-      if (!rotated) throw new AppError('conflict', 'The API key was rotated by another request at the same time; read it again before retrying');
+      if (!rotated) throw await rotationLost(orgId, keyId);
       deps.verifier?.invalidate(key.id);
       return { key: toApiKeyView(rotated, now), plaintext: material.plaintext };
     },
@@ -292,19 +301,16 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       };
     },
 
-    // Revoking a revoked key changes nothing and records nothing.
+    // Revoking a revoked key changes nothing and records nothing, even when two requests race.
     async revoke(orgId: string, keyId: string, context: ChangeContext = {}) {
       const key = await requireKey(orgId, keyId);
       const revoked = await audited(
         context,
         (trx) => markRevoked(trx, key.id, new Date(deps.now())),
-        (result) =>
-          key.revokedAt === null
-            ? { orgId, action: 'key.revoke', targetKeyId: key.id, details: { name: key.name, revokedAt: iso(result.revokedAt) } }
-            : undefined,
+        (result) => result && { orgId, action: 'key.revoke', targetKeyId: key.id, details: { name: key.name, revokedAt: iso(result.revokedAt) } },
       );
       deps.verifier?.invalidate(key.id);
-      return toApiKeyView(revoked, deps.now());
+      return toApiKeyView(revoked ?? (await requireKey(orgId, keyId)), deps.now());
     },
   };
 }

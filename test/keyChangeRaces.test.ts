@@ -1,0 +1,61 @@
+import t, { type Test } from 'tap';
+import { createDb, type Db } from '../shared/db';
+import { waitFor } from '../harness/wait';
+import { seedOrg, startTestApi } from './helpers/api';
+import { freshDatabase } from './helpers/database';
+
+// Rotate and revoke decided on a read made before their write: a revocation that committed in
+// between let the rotation answer 200 with a new secret for a revoked key, and two revocations
+// at once both wrote a key.revoke audit entry. The key's row is held here so that both changes
+// have read it before either writes; they then write in the order they queued.
+
+type Api = Awaited<ReturnType<typeof startTestApi>>;
+type Change = (api: Api, orgId: string, keyId: string) => Promise<unknown>;
+
+const waitingOnLocks = async (db: Db) =>
+  Number((await db.raw(`select count(*) as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()`)).rows[0].n);
+
+async function raced(t: Test, changes: Change[]) {
+  const { db, url } = await freshDatabase(t, { poolMax: 6 });
+  const api = await startTestApi(t, db);
+  const { org } = await seedOrg(api, db);
+  const { id } = (await api.services.apiKeys.create(org.id, { name: 'raced', scopes: ['keys:read'], expiresAt: null })).key;
+  const holder = createDb(url, { poolMax: 1 });
+  t.teardown(() => holder.destroy());
+  const trx = await holder.transaction();
+  await trx('api_keys').where({ id }).forUpdate();
+  const outcomes: Array<Promise<unknown>> = [];
+  for (const change of changes) {
+    outcomes.push(
+      change(api, org.id, id).then(
+        (value) => value,
+        (error: Error) => error,
+      ),
+    );
+    const queued = outcomes.length;
+    await waitFor('the change waiting on the row', async () => ((await waitingOnLocks(db)) >= queued ? true : undefined));
+  }
+  await trx.commit();
+  return { db, id, outcomes: await Promise.all(outcomes) };
+}
+
+t.test('a rotation queued behind a revocation answers 409, not a new secret', async (t) => {
+  const { db, id, outcomes } = await raced(t, [
+    (api, orgId, keyId) => api.services.apiKeys.revoke(orgId, keyId),
+    (api, orgId, keyId) => api.services.apiKeys.rotate(orgId, keyId),
+  ]);
+  t.match(outcomes[1], { code: 'conflict', message: 'Cannot rotate a revoked API key' });
+  t.strictSame(
+    await db('audit_log').where({ target_key_id: id }).orderBy('id').pluck('action'),
+    ['key.create', 'key.revoke'],
+    'no key.rotate after the revocation',
+  );
+});
+
+t.test('two revocations at once write one audit entry', async (t) => {
+  const revoke: Change = (api, orgId, keyId) => api.services.apiKeys.revoke(orgId, keyId);
+  const { db, id, outcomes } = await raced(t, [revoke, revoke]);
+  t.match(outcomes, [{ status: 'revoked' }, { status: 'revoked' }], 'both answer the revoked key');
+  t.equal((outcomes[0] as { revokedAt: string }).revokedAt, (outcomes[1] as { revokedAt: string }).revokedAt, 'at the one time');
+  t.strictSame(await db('audit_log').where({ target_key_id: id, action: 'key.revoke' }).count<{ n: string }[]>({ n: '*' }), [{ n: 1 }]);
+});
