@@ -147,11 +147,17 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     // Within the flush's deadline, not added to it: the supervisor's SIGKILL comes 15 s after its
     // SIGTERM (scripts/lib/supervisor.ts), the flush's deadline and the pool's wait take all of it.
     const quietFrom = Date.now();
+    const left = () => Math.max(0, (deadlineMs ?? FLUSH_STOP_DEADLINE_MS) - (Date.now() - quietFrom));
+    // Upkeep stops beside the flush and within the same deadline: a webhook send in flight may
+    // last WEBHOOK_TIMEOUT_MS (up to 30 s), a retention pass longer, and awaited after the flush
+    // they ran past the supervisor's SIGKILL. What is cut short is done again: a claimed delivery
+    // when its lease ends, retention within the hour.
+    const upkeepStopped = upkeep.stop().then(() => true);
     await untilQuiet(() => ingest.packets, config.collector.stopQuietMs);
     await receiver.close();
     await relay?.stop();
-    const flushed = await flusher.stop(Math.max(0, (deadlineMs ?? FLUSH_STOP_DEADLINE_MS) - (Date.now() - quietFrom)));
-    await upkeep.stop();
+    const flushed = await flusher.stop(left());
+    const upkeepDone = (await within(upkeepStopped, left())) ?? false;
     if (metrics) await closeServer(metrics);
     // destroy() waits for every connection in use: a write or fold past the flusher's deadline,
     // waiting on a lock, holds one up to COLLECTOR_LOCK_TIMEOUT_MS. The process need not: at its
@@ -163,9 +169,9 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       ),
       foldThread?.stop(POOL_CLOSE_WAIT_MS) ?? true,
     ]);
-    if (closed === undefined || !threadClosed) {
-      const running = { foldRunningMs: flusher.foldRunningMs, keyListReading: keyList?.sync.reading ?? false };
-      logger.warn(running, 'a write, fold or key-list read is still running at stop; the process exits without it');
+    if (closed === undefined || !threadClosed || !upkeepDone) {
+      const running = { foldRunningMs: flusher.foldRunningMs, keyListReading: keyList?.sync.reading ?? false, upkeepRunning: !upkeepDone };
+      logger.warn(running, 'a write, fold, key-list read or upkeep task (a webhook send, retention) is still running at stop; the process exits without it');
     }
     // Counted after that wait: a write the flusher stopped waiting for may have committed since.
     const pendingKeys = flusher.pendingKeys + aggregator.pendingKeys;

@@ -99,7 +99,7 @@ t.test('stop keeps its deadline while a fold waits on a lock with no timeout', a
   try {
     await waitFor('the fold begun at start to wait', () => (collector.flusher.foldRunningMs > 0 ? true : undefined));
     t.equal(await within(collector.stop(1000), 30_000), true, 'stop returns, with nothing pending');
-    t.ok(collector.logLines.some((line) => line.includes('a write, fold or key-list read is still running at stop')));
+    t.ok(collector.logLines.some((line) => line.includes('a write, fold, key-list read or upkeep task (a webhook send, retention) is still running at stop')));
   } finally {
     await held.rollback();
   }

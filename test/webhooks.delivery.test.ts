@@ -256,6 +256,29 @@ t.test("a receiver that never answers holds half the send pool; other orgs' deli
   t.equal(silent.requests.length, 5, 'the silent org holds half the pool');
 });
 
+// The collector's stop awaited the sends in flight after its flush: a silent receiver held it for
+// WEBHOOK_TIMEOUT_MS (up to 30 s), past the supervisor's SIGKILL at 15 s. The send is cut short;
+// its delivery is sent again when its lease ends.
+t.test("a send in flight does not hold the collector's stop past its deadline", async (t) => {
+  let answered = false;
+  const silent = await startWebhookReceiver(t, (_index, res) => {
+    res.on('close', () => (answered = true));
+    return 'handled';
+  });
+  const world = await setup(t, silent.url);
+  const collector = await startTestCollector(t, world.databaseUrl, { ...FAST, WEBHOOK_TIMEOUT_MS: '30000' });
+  await world.insertEvent();
+  await waitFor('the send in flight', async () => silent.requests.length === 1 || undefined);
+  t.equal(await collector.stop(300), true, 'stopped, nothing pending lost');
+  t.equal(answered, false, 'while the send was still waiting for its answer');
+  t.ok(
+    collector.logLines.some((line) => line.includes('"upkeepRunning":true')),
+    'and it says so',
+  );
+  const [delivery] = await world.db('webhook_deliveries');
+  t.equal(delivery.status, 'pending', 'the delivery waits for its lease to end');
+});
+
 t.test('two collectors never send the same delivery twice', async (t) => {
   const receiver = await startWebhookReceiver(t);
   const world = await setup(t, receiver.url);
