@@ -17,7 +17,7 @@ import { deltaIpsSql } from './usageLogDelta';
 export type IpHolder =
   | { kind: 'rows'; table: string; keyColumn: string; seenColumn: string }
   | { kind: 'columns'; table: string; keyColumn: string; columns: Array<{ ip: string; seenColumn: string }> }
-  | { kind: 'details'; table: string; keyColumn: string; seenColumn: string; column: string; path: string | null }
+  | { kind: 'details'; table: string; keyColumn: string; seenColumn: string; column: string; path: string | null; dedupe?: { column: string; erased: string } }
   | { kind: 'log'; table: string; keyColumn: string; seenColumn: string; column: string };
 
 export const IP_HOLDERS: readonly IpHolder[] = [
@@ -38,7 +38,20 @@ export const IP_HOLDERS: readonly IpHolder[] = [
   // The acting key's address; the audit log's triggers allow this one change (ip to null). Its
   // details hold no client address (names, scopes, dates, counts, configured networks).
   { kind: 'columns', table: TABLE.auditLog, keyColumn: 'actor_key_id', columns: [{ ip: 'ip', seenColumn: 'occurred_at' }] },
-  { kind: 'details', table: TABLE.keyEvents, keyColumn: 'key_id', seenColumn: 'occurred_at', column: 'details', path: null },
+  // A new-network event's dedupe key names its network (key.new_ip:<key>:<prefix>:<first seen>):
+  // it goes too, for a key of its own that names the event instead.
+  {
+    kind: 'details',
+    table: TABLE.keyEvents,
+    keyColumn: 'key_id',
+    seenColumn: 'occurred_at',
+    column: 'details',
+    path: null,
+    dedupe: {
+      column: 'dedupe_key',
+      erased: "case when type = 'key.new_ip' then 'key.new_ip:' || key_id || ':erased:' || cast(id as text) else dedupe_key end",
+    },
+  },
   // The payload is a snapshot of the event (a ping's details hold no address). Deliveries outlive
   // their event while pending, and a finished one is kept for EVENTS_RETENTION_DAYS.
   {
@@ -85,7 +98,8 @@ async function erase(db: Db, where: (query: Query, keyColumn: string, seenColumn
     } else if (holder.kind === 'details') {
       const sql = detailsSql(holder);
       const query = where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn);
-      erased[holder.table] = await query.update({ [holder.column]: db.raw(sql.erased) });
+      const dedupe = holder.dedupe ? { [holder.dedupe.column]: db.raw(holder.dedupe.erased) } : {};
+      erased[holder.table] = await query.update({ [holder.column]: db.raw(sql.erased), ...dedupe });
     } else {
       erased[holder.table] = 0;
       for (const column of holder.columns) {

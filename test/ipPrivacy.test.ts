@@ -84,7 +84,16 @@ async function seedIps(db: Db, orgId: string, keyId: string, ip: string, daysAgo
                 values (?, ?, 'key', ?, 'ku_x', 'key.rotate', ?, ?)`,
     [orgId, at, keyId, keyId, ip],
   );
-  const events = Object.entries(eventDetails(ip)).map(([type, details]) => ({ org_id: orgId, key_id: keyId, type, occurred_at: at, details }));
+  // A new-network event's dedupe key names its network, as the collector writes it.
+  const dedupe = (type: string) => (type === 'key.new_ip' ? `key.new_ip:${keyId}:${ip.replace(/\.\d+$/, '.0')}/24:${at.getTime()}` : null);
+  const events = Object.entries(eventDetails(ip)).map(([type, details]) => ({
+    org_id: orgId,
+    key_id: keyId,
+    type,
+    occurred_at: at,
+    details,
+    dedupe_key: dedupe(type),
+  }));
   await db('key_events').insert(events);
 }
 
@@ -98,6 +107,9 @@ const ipsOf = async (db: Db, keyId: string) => ({
   history: (await db('api_key_ip_history').where({ key_id: keyId }).pluck('first_ip')).sort(),
   audit: await db('audit_log').where({ actor_key_id: keyId }).orderBy('id').pluck('ip'),
   events: await db('key_events').where({ key_id: keyId }).orderBy('type').pluck('details'),
+  dedupeNamesNetwork: (await db('key_events').where({ key_id: keyId, type: 'key.new_ip' }).pluck('dedupe_key')).map((key: string) =>
+    /\d+\.\d+\.\d+\.\d+/.test(key),
+  ),
   deliveries: (await db('webhook_deliveries').whereRaw(`payload->>'keyId' = ?`, [keyId]).orderBy('event_type').select('payload')).map(
     (row) => row.payload.details,
   ),
@@ -109,6 +121,7 @@ const ipsKept = (ip: string) => ({
   history: [ip],
   audit: [ip],
   events: Object.values(eventDetails(ip)),
+  dedupeNamesNetwork: [true],
   deliveries: Object.values(eventDetails(ip)),
 });
 const IPS_ERASED = {
@@ -118,6 +131,7 @@ const IPS_ERASED = {
   history: [],
   audit: [null],
   events: ERASED_DETAILS,
+  dedupeNamesNetwork: [false],
   deliveries: ERASED_DETAILS,
 };
 // Per table: rows deleted or fields cleared. Four of the five events (and their deliveries) hold an address.
