@@ -15,6 +15,11 @@ export const stdio: MigrateIo = {
   err: (line) => void process.stderr.write(`${line}\n`),
 };
 
+const LOCK_NOT_AVAILABLE = '55P03';
+const lockTimeoutHint = (ms: number) =>
+  ` (a migration waited MIGRATE_LOCK_TIMEOUT_MS, ${ms} ms, for a table another session holds: a long transaction or a backup; ` +
+  'run `npm run migrate` again once it ends, or raise MIGRATE_LOCK_TIMEOUT_MS)';
+
 /** 0 when the database is up to date; 1, with `error: …` on stderr, for any failure. */
 export async function migrate(env: NodeJS.ProcessEnv, io: MigrateIo = stdio): Promise<number> {
   let config;
@@ -29,14 +34,21 @@ export async function migrate(env: NodeJS.ProcessEnv, io: MigrateIo = stdio): Pr
     io.err('error: DATABASE_URL is not set. Set it to the PostgreSQL to migrate ' + '(npm start runs the migrations itself on its embedded database).');
     return 1;
   }
-  const db = createDb(config.database.url, { poolMax: 1, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-migrate' });
+  const { migrateLockTimeoutMs } = config.database;
+  const db = createDb(config.database.url, {
+    poolMax: 1,
+    connectTimeoutMs: config.database.connectTimeoutMs,
+    applicationName: 'keyusage-migrate',
+    lockTimeoutMs: migrateLockTimeoutMs,
+  });
   try {
     const applied = await migrateLatest(db);
     if (applied.length === 0) io.out('Database is already up to date.');
     else io.out(`Applied ${applied.length} migration(s):\n${applied.map((name) => `  ${name}`).join('\n')}`);
     return 0;
   } catch (error) {
-    io.err(`error: migration failed: ${describeDatabaseError(error, config.database.url)}`);
+    const waited = (error as { code?: unknown }).code === LOCK_NOT_AVAILABLE ? lockTimeoutHint(migrateLockTimeoutMs) : '';
+    io.err(`error: migration failed: ${describeDatabaseError(error, config.database.url)}${waited}`);
     return 1;
   } finally {
     await db.destroy();

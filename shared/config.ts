@@ -141,6 +141,10 @@ const variables = {
   // hanging; 0 leaves the server's own setting. Twice the longest flush measured under load
   // (docs/operations.md).
   COLLECTOR_LOCK_TIMEOUT_MS: wholeNumber(0, 3_600_000).default(120_000),
+  // lock_timeout of `npm run migrate`: a migration's ALTER TABLE waiting behind a long reader (a
+  // backup, a transaction left open) queued every query of the running API behind it, for as long
+  // as the reader held on. It fails instead, and is run again; 0 leaves the server's own setting.
+  MIGRATE_LOCK_TIMEOUT_MS: wholeNumber(0, 3_600_000).default(10_000),
   // Processes reading the one UDP socket (Node's cluster module); each aggregates and flushes on
   // its own. 1 keeps a single process; see docs/benchmarks.md §3 for when more helps.
   COLLECTOR_RECEIVERS: positiveInt(16).default(1),
@@ -275,6 +279,7 @@ const databaseSection = (v: Variables) => ({
   connectTimeoutMs: v.DATABASE_CONNECT_TIMEOUT_MS,
   embeddedDir: v.EMBEDDED_PG_DIR,
   embeddedPort: v.EMBEDDED_PG_PORT,
+  migrateLockTimeoutMs: v.MIGRATE_LOCK_TIMEOUT_MS,
 });
 
 const apiSection = (v: Variables) => ({

@@ -72,16 +72,21 @@ export const MIGRATION_CONFIG: Knex.MigratorConfig = {
 
 export interface DbOptions {
   poolMax?: number;
+  /** The sessions' lock_timeout; the server's own unless given (0 too). */
+  lockTimeoutMs?: number;
   applicationName?: string;
   connectTimeoutMs?: number;
 }
 
-function inUtc(connection: pg.Client, done: (error: Error | undefined, connection: pg.Client) => void): void {
-  connection.query("set time zone 'UTC'").then(
-    () => done(undefined, connection),
-    (error: Error) => done(error, connection),
-  );
-}
+const sessionSettings =
+  (lockTimeoutMs = 0) =>
+  (connection: pg.Client, done: (error: Error | undefined, connection: pg.Client) => void): void => {
+    const lockTimeout = lockTimeoutMs > 0 ? `; set lock_timeout = ${Math.trunc(lockTimeoutMs)}` : '';
+    connection.query(`set time zone 'UTC'${lockTimeout}`).then(
+      () => done(undefined, connection),
+      (error: Error) => done(error, connection),
+    );
+  };
 
 export function createDb(url: string, options: DbOptions = {}): Db {
   const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_DATABASE_CONNECT_TIMEOUT_MS;
@@ -91,7 +96,7 @@ export function createDb(url: string, options: DbOptions = {}): Db {
     // Every day and interval here is a UTC one: in a session time zone with daylight saving (a
     // database initialised on a laptop in Berlin takes its zone), a day added to a timestamp is
     // 23 or 25 hours, and the daily series' buckets after a change matched no hour (all zero).
-    pool: { min: 0, max: options.poolMax ?? 10, afterCreate: inUtc },
+    pool: { min: 0, max: options.poolMax ?? 10, afterCreate: sessionSettings(options.lockTimeoutMs) },
     // Longer than pg's own limit, so a connection attempt that fails reports its cause rather than
     // knex's "Timeout acquiring a connection".
     acquireConnectionTimeout: connectTimeoutMs + 1000,

@@ -10,7 +10,7 @@ import { SCOPES } from '../api/keys/scopes';
 import { embeddedClusterRunning, main, openDatabase, runCli, stdio as cliStdio, USAGE } from '../scripts/cli';
 import { migrate, stdio as migrateStdio } from '../scripts/migrate';
 import { loadConfig } from '../shared/config';
-import { createDb, MIGRATIONS_DIRECTORY, type Db } from '../shared/db';
+import { createDb, MIGRATION_CONFIG, MIGRATIONS_DIRECTORY, type Db } from '../shared/db';
 import { startLocalPostgres } from '../scripts/lib/localPostgres';
 import { mintDemoTrafficKey } from '../scripts/lib/demoTrafficKey';
 import { parsePresentedKey } from '../api/keys/keyMaterial';
@@ -501,6 +501,26 @@ async function demoTrafficMintsItsKey(t: Test, config: ReturnType<typeof loadCon
   const external = loadConfig({ NODE_ENV: 'test', DATABASE_URL: 'postgres://nobody@127.0.0.1:1/none' });
   t.match(await mintDemoTrafficKey(external), { problem: /DATABASE_URL.*DEMO_KEY/ }, 'with DATABASE_URL it asks for DEMO_KEY');
 }
+
+// A migration waiting behind a long transaction (a backup, a session left open) queued every
+// query of the running API behind it. It now fails after MIGRATE_LOCK_TIMEOUT_MS, saying why.
+t.test('npm run migrate: a migration waiting on a table in use fails after MIGRATE_LOCK_TIMEOUT_MS, and runs again once it is free', async (t) => {
+  const url = await emptyDatabase(t);
+  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url }, captured().io), 0);
+  const db = createDb(url, { poolMax: 2 });
+  t.teardown(() => db.destroy());
+  // The last migration builds api_keys_created_at_idx concurrently, which waits for writers.
+  await db.migrate.down(MIGRATION_CONFIG);
+  const writer = await db.transaction();
+  await writer.raw('lock table api_keys in row exclusive mode');
+  const held = captured();
+  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url, MIGRATE_LOCK_TIMEOUT_MS: '200' }, held.io), 1);
+  t.match(held.err.join('\n'), /^error: migration failed: .*\(a migration waited MIGRATE_LOCK_TIMEOUT_MS, 200 ms, for a table another session holds/);
+  await writer.rollback();
+  const freed = captured();
+  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url }, freed.io), 0, freed.err.join('\n'));
+  t.match(freed.out.join('\n'), /^Applied 1 migration\(s\)/);
+});
 
 t.test('two migration runs at once: one applies, the other waits and finds nothing to do', async (t) => {
   const url = await emptyDatabase(t);

@@ -20,7 +20,14 @@ t.test('defaults', async (t) => {
   const config = loadConfig(DEV);
   t.equal(config.env, 'development');
   t.equal(config.logLevel, 'info');
-  t.same(config.database, { url: undefined, poolMax: 10, connectTimeoutMs: 5000, embeddedDir: '.data/postgres', embeddedPort: 54329 });
+  t.same(config.database, {
+    url: undefined,
+    poolMax: 10,
+    connectTimeoutMs: 5000,
+    embeddedDir: '.data/postgres',
+    embeddedPort: 54329,
+    migrateLockTimeoutMs: 10_000,
+  });
   t.same(config.api, {
     host: '127.0.0.1',
     port: 3000,
