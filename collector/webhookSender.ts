@@ -41,7 +41,14 @@ function describe(statusCode: number): string | null {
   return `HTTP ${statusCode}`;
 }
 
-function exchange(url: URL, addresses: ResolvedAddress[], headers: Record<string, string>, body: string, timeoutMs: number): Promise<SendResult> {
+// `leftMs` is what the lookup left of the attempt's timeout, `timeoutMs` the whole, as reported.
+function exchange(
+  url: URL,
+  addresses: ResolvedAddress[],
+  headers: Record<string, string>,
+  body: string,
+  time: { leftMs: number; timeoutMs: number },
+): Promise<SendResult> {
   return new Promise((resolve) => {
     const client = url.protocol === 'https:' ? https : http;
     const request = client.request(url, { method: 'POST', headers, agent: false, lookup: pinnedLookup(addresses) });
@@ -56,7 +63,7 @@ function exchange(url: URL, addresses: ResolvedAddress[], headers: Record<string
       const error = describe(statusCode ?? 0);
       finish({ ok: error === null, statusCode, error });
     };
-    const deadline = setTimeout(() => finish({ ok: false, statusCode, error: `no complete response within ${timeoutMs} ms` }), timeoutMs);
+    const deadline = setTimeout(() => finish({ ok: false, statusCode, error: `no complete response within ${time.timeoutMs} ms` }), time.leftMs);
     request.on('error', (error) => finish({ ok: false, statusCode, error: error.message }));
     request.on('response', (response) => {
       statusCode = response.statusCode ?? 0;
@@ -86,11 +93,8 @@ export async function postWebhook(url: string, headers: Record<string, string>, 
     throw error;
   }
   if (addresses === undefined) return { ok: false, statusCode: null, error: `the host did not resolve within ${options.timeoutMs} ms` };
-  return exchange(
-    target,
-    addresses,
-    { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers },
-    body,
-    Math.max(1, options.timeoutMs - (Date.now() - startedAt)),
-  );
+  return exchange(target, addresses, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers }, body, {
+    leftMs: Math.max(1, options.timeoutMs - (Date.now() - startedAt)),
+    timeoutMs: options.timeoutMs,
+  });
 }

@@ -1,9 +1,12 @@
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import t from 'tap';
 import { retryDelayMs } from '../collector/webhookRetry';
 import { postWebhook } from '../collector/webhookSender';
 import { within } from '../shared/within';
+import { closeServer, listen } from '../shared/process';
+import { sleep } from '../harness/wait';
 import { secretBox } from '../shared/secretBox';
 import { signatureHeader } from '../shared/webhookSignature';
 import { isPrivateAddress, resolveTarget } from '../shared/webhookTarget';
@@ -139,4 +142,18 @@ t.test('a host whose lookup never answers ends the attempt within the timeout', 
     5_000,
   );
   t.same(result, { ok: false, statusCode: null, error: 'the host did not resolve within 50 ms' });
+});
+
+// The message named what the lookup left of the timeout ("within 299 ms" for a 300 ms timeout):
+// a webhook's owner reads the setting they know.
+t.test('a receiver that never answers: the error names the whole timeout, the lookup included', async (t) => {
+  const server = http.createServer(() => undefined);
+  const port = await listen(server, '127.0.0.1', 0, 'receiver');
+  t.teardown(() => {
+    server.closeAllConnections();
+    return closeServer(server);
+  });
+  const slowLookup = () => sleep(40).then(() => [{ address: '127.0.0.1', family: 4 }]);
+  const result = await postWebhook(`http://silent.example:${port}/hook`, {}, '{}', { timeoutMs: 200, allowPrivateTargets: true, lookup: slowLookup });
+  t.same(result, { ok: false, statusCode: null, error: 'no complete response within 200 ms' });
 });
