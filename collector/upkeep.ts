@@ -78,10 +78,10 @@ export function createUpkeep(options: UpkeepOptions) {
       clearTimeout(firstRetention);
       clearInterval(retention);
       clearInterval(mover);
-      await moving;
-      await cleaning;
-      await sweep.stop();
-      await webhooks.stop();
+      // Every part stops claiming at once: the collector waits for upkeep only until its final
+      // flush's deadline, and the webhook worker, stopped last, went on claiming (an attempt used up
+      // and a send begun by a process about to exit) while a retention pass ran.
+      await Promise.all([moving, cleaning, sweep.stop(), webhooks.stop()]);
     },
   };
 }

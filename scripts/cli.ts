@@ -71,6 +71,8 @@ export interface CliDeps {
   pepper: string;
   /** KEY_PEPPER_PREVIOUS, newest first. */
   previousPeppers?: readonly string[];
+  /** USAGE_TRACKING: false refuses revoke-dormant --apply, as the API does (uses are not recorded). */
+  usageTracking?: boolean;
   now: () => number;
 }
 
@@ -240,13 +242,14 @@ async function requireOrganization(db: Db, orgId: string): Promise<Organization>
 }
 
 /** The keys service as the operator's tools use it, outside any API process. */
-export function cliKeysService(deps: Pick<CliDeps, 'db' | 'pepper' | 'now'>) {
+export function cliKeysService(deps: Pick<CliDeps, 'db' | 'pepper' | 'now' | 'usageTracking'>) {
   return createApiKeysService({
     db: deps.db,
     pepper: deps.pepper,
     // No key cache to tell of revocations: a running API server's cache forgets a revoked key
     // within KEY_CACHE_TTL_MS.
     defaultGraceSeconds: 0,
+    usageTracking: deps.usageTracking,
     now: deps.now,
   });
 }
@@ -496,6 +499,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
       err: io.err,
       pepper: config.api.keyPepper,
       previousPeppers: config.api.previousKeyPeppers,
+      usageTracking: config.usage.enabled,
       now,
     });
   } catch (error) {

@@ -143,6 +143,10 @@ async function takeMigrationRunLock(guard: pg.Client): Promise<void> {
  */
 export async function migrateLatest(db: Db): Promise<string[]> {
   const guard = new ClosingPgClient((db.client as { connectionSettings: pg.ClientConfig }).connectionSettings);
+  // An idle client whose session ends (a server restart, idle_session_timeout) emits 'error': with
+  // no listener that crashed the run mid-migration. The lock went with the session; knex's own
+  // lock row still keeps a second run out until this one ends.
+  guard.on('error', () => {});
   await guard.connect();
   try {
     await takeMigrationRunLock(guard);

@@ -426,6 +426,23 @@ t.test('main: a DATABASE_URL is never migrated; an unmigrated one is named as su
   t.equal(await db.schema.hasTable('knex_migrations'), false, 'no migration ran');
 });
 
+// The API refused an apply without usage tracking; the CLI, run with the same environment, did not.
+t.test('main: revoke-dormant --apply is refused where USAGE_TRACKING=false, as by the API', async (t) => {
+  const { db, url } = await setup(t);
+  const created = captured();
+  t.equal(await main(['org', 'create', 'acme', '--json'], { NODE_ENV: 'test', DATABASE_URL: url }, created.io), 0);
+  const orgId = JSON.parse(created.out.join('\n')).org.id;
+  await db('api_keys')
+    .where({ org_id: orgId })
+    .update({ created_at: new Date(Date.now() - 100 * 86_400_000) });
+  const env = { NODE_ENV: 'test', DATABASE_URL: url, USAGE_TRACKING: 'false' };
+  const refused = captured();
+  t.equal(await main(['key', 'revoke-dormant', orgId, '--days', '90', '--apply'], env, refused.io), 1);
+  t.match(refused.err.join('\n'), /USAGE_TRACKING=false/);
+  t.equal((await db('api_keys').where({ org_id: orgId }).whereNotNull('revoked_at')).length, 0, 'nothing revoked');
+  t.equal(await main(['key', 'revoke-dormant', orgId, '--days', '90'], env, captured().io), 0, 'a dry run still lists');
+});
+
 t.test('main: the embedded PostgreSQL, started and stopped only when the CLI started it', async (t) => {
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-cli-'));
   fs.chmodSync(scratch, 0o711); // the CLI opens only folders it creates; this one is ours

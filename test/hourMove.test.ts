@@ -309,6 +309,32 @@ t.test('retention first runs soon after start, not an interval later', async (t)
   t.equal(calls, 1, 'once, then hourly');
 });
 
+// The webhook worker was stopped last, after a running retention pass: while the pass went on
+// (and the collector, at its deadline, no longer waited) it kept claiming due deliveries.
+t.test('stopping the upkeep stops the webhook worker at once, even while a retention pass runs', async (t) => {
+  const { db, key } = await setUp(t);
+  let release: (() => void) | undefined;
+  const store = {
+    ...createPgUsageStore(db),
+    expireOldRows: () => new Promise<void>((resolve) => (release = resolve)),
+  };
+  const config = loadConfig({ NODE_ENV: 'test', WEBHOOK_POLL_INTERVAL_MS: '20', WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true' });
+  const logger = createLogger({ level: 'silent', name: 'upkeep-test' });
+  const upkeep = createUpkeep({ db, store, config, logger, now: Date.now, intervals: { moveHoursMs: 3_600_000, retentionMs: 3_600_000, firstRetentionMs: 1 } });
+  upkeep.start();
+  await waitFor('the retention pass running', () => (release ? true : undefined));
+  const stopped = upkeep.stop();
+  const [hook] = await db('webhooks')
+    .insert({ org_id: key.orgId, url: 'http://127.0.0.1:9/in', event_types: ['*'], secret_box: Buffer.alloc(44) })
+    .returning('id');
+  await db('key_events').insert({ org_id: key.orgId, key_id: key.keyId, type: 'key.first_use', occurred_at: new Date(), details: { ip: null } });
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const [delivery] = await db('webhook_deliveries').where({ webhook_id: hook.id });
+  t.equal(delivery.attempts, 0, 'ten polls later, nothing was claimed');
+  release?.();
+  await stopped;
+});
+
 // The collector's upkeep runs the move on its timer (and retention beside it): a closed hour
 // reaches the hourly buckets, the current hour stays, and stop() waits for a move in progress.
 t.test('the running upkeep moves closed hours on its timer', async (t) => {

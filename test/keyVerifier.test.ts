@@ -137,3 +137,14 @@ t.test('a key revoked elsewhere can no longer change keys on an instance that ca
   t.equal(minted.status, 401, 'a change: refused');
   t.equal(await db('api_keys').where({ name: 'escape' }).first(), undefined, 'no key minted');
 });
+
+// The shortcut that refuses a wrong secret without a read used a cached record of any age: a key
+// rotated elsewhere, whose reloads the throttle refuses, had its owner's new secret refused on the
+// routes that change keys.
+t.test('a fresh verification refuses from the cache only within its TTL', async (t) => {
+  const { api, org, adminKeyId, verifier, key, advance } = await world(t, { mayReload: () => false });
+  t.equal((await verifier.verify(key)).outcome, 'ok');
+  const rotated = await api.services.apiKeys.rotate(org.id, adminKeyId, { graceSeconds: 0 });
+  advance(TTL);
+  t.equal((await verifier.verify(parsePresentedKey(rotated.plaintext)!, { fresh: true })).outcome, 'ok', 'the new secret, read fresh');
+});

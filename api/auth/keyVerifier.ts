@@ -126,7 +126,8 @@ export function createKeyVerifier(deps: {
   // secret on a key cached as unable to reload is refused without a read, as on the cached path.
   async function verifyFresh(keyId: string, secret: string, now: number): Promise<Verification> {
     const cached = records.get(keyId);
-    if (cached !== undefined && deps.mayReload?.(keyId) === false && judge(cached.record, secret, peppers, now).verdict.outcome === 'bad_secret') {
+    const refusable = cached !== undefined && fresh(cached.fetchedAt, now) && deps.mayReload?.(keyId) === false;
+    if (refusable && judge(cached.record, secret, peppers, now).verdict.outcome === 'bad_secret') {
       stats.hits += 1;
       return { outcome: 'bad_secret', key: cached.record };
     }

@@ -105,7 +105,7 @@ export const webhooksRoutes: RouteContract[] = [
 ];
 
 // Reading webhooks and their delivery log needs keys:read (no secret is ever shown there);
-// creating, deleting and pinging need keys:write.
+// deleting and pinging need keys:write, creating both (a webhook sends every key event out).
 export function webhooksRouter(deps: { service: WebhooksService; authorize: (requirement: Requirement) => RequestHandler; auditIp: (ip: string) => string }) {
   const { service, authorize } = deps;
   const changeContext = (res: Response) => ({ actor: res.locals.auth!.key, ip: deps.auditIp(res.locals.auth!.ip) });

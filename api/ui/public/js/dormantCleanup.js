@@ -4,6 +4,9 @@ import { relative } from './format.js';
 import { confirmDialog } from './confirmDialog.js';
 import { optionalSection } from './optionalSection.js';
 
+// The most key ids revoke-dormant takes.
+const MAX_KEY_IDS = 10_000;
+
 // Dormant keys (from the usage endpoint, available now) and their clean-up through
 // POST …/api-keys/revoke-dormant: a dry run first, then "apply" after a confirmation.
 export function dormantSection(who, canWrite) {
@@ -52,11 +55,9 @@ export function dormantSection(who, canWrite) {
         const { keys } = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun: true } });
         const names = keys.map((key) => key.name ?? key.id).join(', ') || 'none';
         const message = `Revoke these ${keys.length} key${keys.length === 1 ? '' : 's'}, unused for ${days.value} days: ${names}? Their holders get 401 from now on.`;
-        if (await confirmDialog({ title: 'Revoke dormant keys', message, confirmLabel: 'Revoke them' }))
-          await run(
-            false,
-            keys.map((key) => key.id),
-          );
+        // The API takes 10,000 ids at most; past that the apply selects again.
+        const keyIds = keys.length <= MAX_KEY_IDS ? keys.map((key) => key.id) : undefined;
+        if (await confirmDialog({ title: 'Revoke dormant keys', message, confirmLabel: 'Revoke them' })) await run(false, keyIds);
       }),
   });
   const actions = el('div', { class: 'buttons' }, [preview, apply]);
