@@ -39,7 +39,8 @@ export const IP_HOLDERS: readonly IpHolder[] = [
   // details hold no client address (names, scopes, dates, counts, configured networks).
   { kind: 'columns', table: TABLE.auditLog, keyColumn: 'actor_key_id', columns: [{ ip: 'ip', seenColumn: 'occurred_at' }] },
   // A new-network event's dedupe key names its network (key.new_ip:<key>:<prefix>:<first seen>):
-  // it goes too, for a key of its own that names the event instead.
+  // it goes too, for a key of its own that names the event instead. Casts, not uuid || text (a
+  // stable operator): Citus refuses a non-immutable function in an UPDATE's CASE.
   {
     kind: 'details',
     table: TABLE.keyEvents,
@@ -49,7 +50,7 @@ export const IP_HOLDERS: readonly IpHolder[] = [
     path: null,
     dedupe: {
       column: 'dedupe_key',
-      erased: "case when type = 'key.new_ip' then 'key.new_ip:' || key_id || ':erased:' || cast(id as text) else dedupe_key end",
+      erased: "case when type = 'key.new_ip' then 'key.new_ip:' || cast(key_id as text) || ':erased:' || cast(id as text) else dedupe_key end",
     },
   },
   // The payload is a snapshot of the event (a ping's details hold no address). Deliveries outlive

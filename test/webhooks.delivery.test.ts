@@ -241,7 +241,7 @@ t.test("a receiver that never answers holds half the send pool; other orgs' deli
   const created = await world.api.request('POST', `/api/orgs/${other.org.id}/webhooks`, { key: other.adminKey, body: { url: answering.url, events: ['*'] } });
   t.equal(created.status, 201);
   for (let i = 0; i < 12; i += 1) await world.insertEvent();
-  await startTestCollector(t, world.databaseUrl, { ...FAST, WEBHOOK_TIMEOUT_MS: '3000' });
+  await startTestCollector(t, world.databaseUrl, { ...FAST, WEBHOOK_TIMEOUT_MS: '5000' });
   await waitFor('the silent receiver holding sends', async () => silent.requests.length >= 5 || undefined);
   await world
     .db('key_events')

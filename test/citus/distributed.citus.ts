@@ -192,3 +192,38 @@ t.test('an event gets a delivery per matching webhook of its org, on its shard, 
   const byEvent = (a: { event_id: string }, b: { event_id: string }) => (a.event_id < b.event_id ? -1 : 1);
   t.same(deliveries.sort(byEvent), expected.sort(byEvent), 'the key.new_ip events of the two subscribed orgs; not the spike, not the org without a webhook');
 });
+
+// The clean-up's UPDATE of api_keys (a reference table) reads the distributed usage tables and
+// the usage log in one CTE, and the dormant rule reads rotated_at in the usage list's
+// busiest-first page: both on orgs of both workers.
+t.test('the dormant clean-up and the dormant flag, on orgs of both workers', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const orgs = await orgsOnBothWorkers(t, api, db, 2);
+  const longAgo = new Date(Date.now() - 200 * 86_400_000);
+  for (const { org, adminKey } of orgs) {
+    const create = async (name: string) => (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null })).key.id;
+    const [idle, crossedLater, rotated] = [await create('idle'), await create('crossed later'), await create('rotated')];
+    // Values, not expressions: Citus refuses a stable function over a column in an UPDATE of a reference table.
+    await db('api_keys').whereIn('id', [idle, rotated]).update({ created_at: longAgo });
+    await db('api_keys').where({ id: rotated }).update({ rotated_at: new Date() });
+    const path = `/api/orgs/${org.id}/api-keys/revoke-dormant`;
+    const dry = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90 } });
+    t.strictSame(
+      dry.body.keys.map((k: { id: string }) => k.id),
+      [idle],
+      'the idle key, not the rotated one',
+    );
+    await db('api_keys').where({ id: crossedLater }).update({ created_at: longAgo });
+    const applied = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false, keyIds: [idle] } });
+    t.strictSame(
+      applied.body.keys.map((k: { id: string; status: string }) => [k.id, k.status]),
+      [[idle, 'revoked']],
+      'only the listed key',
+    );
+    const busiest = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?sort=requestCount&dormantDays=90`, { key: adminKey });
+    t.equal(busiest.status, 200);
+    t.equal(busiest.body.data.find((k: { id: string }) => k.id === rotated).dormant, false, 'rotated: not dormant');
+    t.equal(busiest.body.data.find((k: { id: string }) => k.id === crossedLater).dormant, true, 'crossed later: dormant, not revoked');
+  }
+});
