@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { expireOldEvents, sweepTimeEvents } from '../collector/eventStore';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
@@ -70,20 +70,26 @@ t.test('the usage filter, the clean-up and the sweep select the same keys', asyn
   t.strictSame(sorted(await db('key_events').where({ type: 'key.dormant' }).pluck('key_id')), sorted(expected), 'the sweep');
 });
 
+// A database, an API whose clock the test moves, and an org whose keys are dormant after 30 days.
+async function clockedOrg(t: Test) {
+  const { db } = await freshDatabase(t);
+  const clock = { now: Date.now() };
+  const api = await startTestApi(t, db, { now: () => clock.now });
+  const { org } = await seedOrg(api, db);
+  await db('organizations').where({ id: org.id }).update({ dormancy_days: 30 });
+  return { db, api, org, clock };
+}
+
 // An event older than EVENTS_RETENTION_DAYS was deleted by the next retention run and written
 // again by the sweep after it, a new webhook delivery each time: every hour, for ever.
 t.test('a threshold crossed before the events retention window raises no event; one inside it, one event for good', async (t) => {
-  const { db } = await freshDatabase(t);
-  let now = Date.now();
-  const api = await startTestApi(t, db, { now: () => now });
-  const { org } = await seedOrg(api, db);
-  await db('organizations').where({ id: org.id }).update({ dormancy_days: 30 });
+  const { db, api, org, clock } = await clockedOrg(t);
   const key = async (name: string, createdDaysAgo: number, expiresInDays: number | null) => {
     const { id } = (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null })).key;
-    const expiresAt = expiresInDays === null ? null : new Date(now + expiresInDays * DAY);
+    const expiresAt = expiresInDays === null ? null : new Date(clock.now + expiresInDays * DAY);
     await db('api_keys')
       .where({ id })
-      .update({ created_at: new Date(now - createdDaysAgo * DAY), expires_at: expiresAt });
+      .update({ created_at: new Date(clock.now - createdDaysAgo * DAY), expires_at: expiresAt });
     return id;
   };
   const longDormant = await key('dormant for 170 days', 200, null);
@@ -101,13 +107,13 @@ t.test('a threshold crossed before the events retention window raises no event; 
       .sort();
   const retention = { expiringDays: [365], retentionDays: 90 };
   const sweepAndExpire = async () => {
-    await sweepTimeEvents(db, new Date(now), retention);
-    await expireOldEvents(db, new Date(now), retention.retentionDays);
-    await sweepTimeEvents(db, new Date(now), retention);
+    await sweepTimeEvents(db, new Date(clock.now), retention);
+    await expireOldEvents(db, new Date(clock.now), retention.retentionDays);
+    await sweepTimeEvents(db, new Date(clock.now), retention);
   };
   await sweepAndExpire();
   t.strictSame(await events(), [`key.dormant ${lately}`], 'only the crossing inside the window');
-  now += 80 * DAY;
+  clock.now += 80 * DAY;
   await sweepAndExpire();
   t.strictSame(await events(), [], 'once retention deleted it, the sweep does not write it again');
 });
@@ -115,26 +121,22 @@ t.test('a threshold crossed before the events retention window raises no event; 
 // A rotation restarts the idle time as a creation does; left idle after it, the key raises a new
 // event, which names the rotation (the one before it named the last use).
 t.test('a rotated key is dormant again only a threshold after its rotation, with a new event', async (t) => {
-  const { db } = await freshDatabase(t);
-  let now = Date.now();
-  const api = await startTestApi(t, db, { now: () => now });
-  const { org } = await seedOrg(api, db);
-  await db('organizations').where({ id: org.id }).update({ dormancy_days: 30 });
+  const { db, api, org, clock } = await clockedOrg(t);
   const { id } = (await api.services.apiKeys.create(org.id, { name: 'idle', scopes: ['keys:read'], expiresAt: null })).key;
   await db('api_keys')
     .where({ id })
-    .update({ created_at: new Date(now - 40 * DAY) });
+    .update({ created_at: new Date(clock.now - 40 * DAY) });
   const sweep = async () => {
-    await sweepTimeEvents(db, new Date(now), { expiringDays: [], retentionDays: 90 });
+    await sweepTimeEvents(db, new Date(clock.now), { expiringDays: [], retentionDays: 90 });
     return db('key_events').where({ type: 'key.dormant', key_id: id }).orderBy('occurred_at').pluck('occurred_at');
   };
   t.equal((await sweep()).length, 1, 'dormant 10 days after its threshold');
 
   await api.services.apiKeys.rotate(org.id, id);
-  const rotatedAt = now;
-  now += 29 * DAY;
+  const rotatedAt = clock.now;
+  clock.now += 29 * DAY;
   t.equal((await sweep()).length, 1, '29 days after the rotation: not dormant');
-  now += 2 * DAY;
+  clock.now += 2 * DAY;
   const occurred = await sweep();
   t.equal(occurred.length, 2, '31 days after it: a new event');
   t.equal(occurred[1].getTime(), rotatedAt + 30 * DAY, 'it crossed 30 days after the rotation');

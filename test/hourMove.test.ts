@@ -5,7 +5,7 @@ import t, { type Test } from 'tap';
 import { Aggregator } from '../collector/aggregator';
 import { closedBefore, moveClosedHours } from '../collector/hourMove';
 import { createUpkeep } from '../collector/upkeep';
-import { createPgUsageStore } from '../collector/usageStore';
+import { createPgUsageStore, type UsageStore } from '../collector/usageStore';
 import { waitFor } from '../harness/wait';
 import { loadConfig } from '../shared/config';
 import type { Db } from '../shared/db';
@@ -39,6 +39,18 @@ async function setUp(t: Test) {
   const api = await startTestApi(t, db);
   const { org, adminKey, adminKeyId } = await seedOrg(api, db);
   return { db, api, adminKey, key: { orgId: org.id, keyId: adminKeyId } };
+}
+
+type Intervals = { moveHoursMs: number; retentionMs: number; firstRetentionMs: number };
+
+// A started upkeep on `db` with the test config (and `env`), stopped at the test's end.
+function startUpkeep(t: Test, db: Db, store: UsageStore, intervals: Intervals, env: Record<string, string> = {}) {
+  const config = loadConfig({ NODE_ENV: 'test', ...env });
+  const logger = createLogger({ level: 'silent', name: 'upkeep-test' });
+  const upkeep = createUpkeep({ db, store, config, logger, now: Date.now, intervals });
+  upkeep.start();
+  t.teardown(() => upkeep.stop());
+  return upkeep;
 }
 
 t.test('the flush adds to the current hours’ table, and its updates of a bucket are HOT', { skip: onCitus && 'statistics live on the workers' }, async (t) => {
@@ -271,10 +283,7 @@ t.test('the upkeep runs one retention cleanup at a time', async (t) => {
       running.now -= 1;
     },
   };
-  const config = loadConfig({ NODE_ENV: 'test' });
-  const logger = createLogger({ level: 'silent', name: 'upkeep-test' });
-  const upkeep = createUpkeep({ db, store, config, logger, now: Date.now, intervals: { moveHoursMs: 60_000, retentionMs: 5, firstRetentionMs: 5 } });
-  upkeep.start();
+  const upkeep = startUpkeep(t, db, store, { moveHoursMs: 60_000, retentionMs: 5, firstRetentionMs: 5 });
   await waitFor('three cleanups', () => (running.calls >= 3 ? true : undefined));
   await upkeep.stop();
   t.equal(running.most, 1, `one at a time over ${running.calls} cleanups, ticks every 5 ms`);
@@ -292,18 +301,7 @@ t.test('retention first runs soon after start, not an interval later', async (t)
       calls += 1;
     },
   };
-  const config = loadConfig({ NODE_ENV: 'test' });
-  const logger = createLogger({ level: 'silent', name: 'upkeep-test' });
-  const upkeep = createUpkeep({
-    db,
-    store,
-    config,
-    logger,
-    now: Date.now,
-    intervals: { moveHoursMs: 3_600_000, retentionMs: 3_600_000, firstRetentionMs: 10 },
-  });
-  upkeep.start();
-  t.teardown(() => upkeep.stop());
+  const upkeep = startUpkeep(t, db, store, { moveHoursMs: 3_600_000, retentionMs: 3_600_000, firstRetentionMs: 10 });
   await waitFor('the first retention run', () => (calls === 1 ? true : undefined));
   await upkeep.stop();
   t.equal(calls, 1, 'once, then hourly');
@@ -318,10 +316,13 @@ t.test('stopping the upkeep stops the webhook worker at once, even while a reten
     ...createPgUsageStore(db),
     expireOldRows: () => new Promise<void>((resolve) => (release = resolve)),
   };
-  const config = loadConfig({ NODE_ENV: 'test', WEBHOOK_POLL_INTERVAL_MS: '20', WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true' });
-  const logger = createLogger({ level: 'silent', name: 'upkeep-test' });
-  const upkeep = createUpkeep({ db, store, config, logger, now: Date.now, intervals: { moveHoursMs: 3_600_000, retentionMs: 3_600_000, firstRetentionMs: 1 } });
-  upkeep.start();
+  const upkeep = startUpkeep(
+    t,
+    db,
+    store,
+    { moveHoursMs: 3_600_000, retentionMs: 3_600_000, firstRetentionMs: 1 },
+    { WEBHOOK_POLL_INTERVAL_MS: '20', WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true' },
+  );
   await waitFor('the retention pass running', () => (release ? true : undefined));
   const stopped = upkeep.stop();
   const [hook] = await db('webhooks')
@@ -342,18 +343,7 @@ t.test('the running upkeep moves closed hours on its timer', async (t) => {
   const closed = thisHour() - 2 * HOUR;
   await flushUses(db, key, 3, closed);
   await flushUses(db, key, 4, Date.now());
-  const config = loadConfig({ NODE_ENV: 'test' });
-  const logger = createLogger({ level: 'silent', name: 'upkeep-test' });
-  const upkeep = createUpkeep({
-    db,
-    store: createPgUsageStore(db),
-    config,
-    logger,
-    now: Date.now,
-    intervals: { moveHoursMs: 20, retentionMs: 20, firstRetentionMs: 20 },
-  });
-  upkeep.start();
-  t.teardown(() => upkeep.stop());
+  const upkeep = startUpkeep(t, db, createPgUsageStore(db), { moveHoursMs: 20, retentionMs: 20, firstRetentionMs: 20 });
   await waitFor('the closed hour in the hourly buckets', async () => ((await bucketsIn(db, TABLE.usageHourly, key)).length > 0 ? true : undefined));
   await upkeep.stop();
   t.strictSame(await bucketsIn(db, TABLE.usageHourly, key), [[closed, 3]]);
