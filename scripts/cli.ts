@@ -29,7 +29,7 @@ Commands:
   key revoke <orgId> <keyId>         Revoke an API key at once
   key revoke-dormant <orgId> --days <n> [--apply]
                                      List the active keys unused for n days (and not created or
-                                     rotated within them); with --apply, revoke exactly those
+                                     rotated within them); --apply selects again and revokes those
   key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log)
   pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS)
   help                               Show this help

@@ -148,3 +148,13 @@ t.test('a fresh verification refuses from the cache only within its TTL', async 
   advance(TTL);
   t.equal((await verifier.verify(parsePresentedKey(rotated.plaintext)!, { fresh: true })).outcome, 'ok', 'the new secret, read fresh');
 });
+
+t.test('a fresh verification of an unknown id reads once per TTL, as the cached path does', async (t) => {
+  const { verifier, counter, advance } = await world(t);
+  const stranger: PresentedKey = { keyId: randomUUID(), secret: randomBytes(32).toString('base64url') };
+  for (let i = 0; i < 10; i += 1) t.same(await verifier.verify(stranger, { fresh: true }), { outcome: 'unknown' });
+  t.equal(counter.queries, 1, 'ten attempts, one query');
+  advance(TTL);
+  await verifier.verify(stranger, { fresh: true });
+  t.equal(counter.queries, 2, 'read again after the TTL');
+});

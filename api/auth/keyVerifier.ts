@@ -122,9 +122,15 @@ export function createKeyVerifier(deps: {
     return verdict;
   }
 
-  // Not single-flight: a read in flight may have begun before a revocation committed. A wrong
-  // secret on a key cached as unable to reload is refused without a read, as on the cached path.
+  // Not single-flight: a read in flight may have begun before a revocation committed. What the
+  // cache can refuse it refuses without a read, as on the cached path: an id known not to exist
+  // (within the TTL: a key created elsewhere since waits that long), and a wrong secret on a key
+  // whose reloads the throttle refuses. Otherwise every request costs one primary-key read.
   async function verifyFresh(keyId: string, secret: string, now: number): Promise<Verification> {
+    if (fresh(unknown.get(keyId), now)) {
+      stats.hits += 1;
+      return { outcome: 'unknown' };
+    }
     const cached = records.get(keyId);
     const refusable = cached !== undefined && fresh(cached.fetchedAt, now) && deps.mayReload?.(keyId) === false;
     if (refusable && judge(cached.record, secret, peppers, now).verdict.outcome === 'bad_secret') {
@@ -133,6 +139,7 @@ export function createKeyVerifier(deps: {
     }
     stats.misses += 1;
     const key = await findApiKeyById(deps.db, keyId);
+    if (!key) remember(keyId, undefined, now);
     return key ? decided(key, secret, now) : { outcome: 'unknown' };
   }
 

@@ -24,7 +24,7 @@ const ERROR_MEANING: Record<ErrorCode, string> = {
   stale_secret: "the key's previous secret, still valid during a rotation's grace period, cannot manage keys or webhooks",
   not_found: "no such org, key or webhook (another org's is not found either)",
   conflict: 'the resource is not in a state that allows the change',
-  payload_too_large: 'the body is over 16 kB',
+  payload_too_large: 'the body is over 16 kB (512 kB for revoke-dormant)',
   unsupported_media_type: 'the body is not application/json (UTF-8)',
   too_many_requests: 'too many failed authentication attempts from this address or for this key; retry after Retry-After seconds',
   internal_error: 'an unexpected error (logged with the requestId)',
