@@ -21,7 +21,7 @@ export function listen(server: Server, host: string, port: number, variable: str
 }
 
 // How long requests in flight at a stop may take to finish before their connections are cut.
-export const CLOSE_GRACE_MS = 5000;
+const CLOSE_GRACE_MS = 5000;
 const IDLE_SWEEP_MS = 50;
 
 /**
