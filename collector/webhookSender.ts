@@ -1,8 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { LookupFunction } from 'node:net';
-import { resolveTarget, TargetRefusedError, type Lookup, type ResolvedAddress } from '../shared/webhookTarget';
-import { within } from '../shared/within';
+import { resolveTargetWithin, TargetRefusedError, type Lookup, type ResolvedAddress } from '../shared/webhookTarget';
 
 // One POST to an untrusted receiver. The receiver chooses how long to take, what to answer and
 // where to point its DNS, so: every resolved address is checked and the socket connects to a
@@ -84,10 +83,9 @@ export async function postWebhook(url: string, headers: Record<string, string>, 
   const startedAt = Date.now();
   let addresses: ResolvedAddress[] | undefined;
   try {
-    // The lookup is within the timeout: a name server that stopped answering held a send past its
-    // claim's lease, and another worker claimed and sent the delivery too. The lookup itself goes
-    // on (Node cannot cancel it) but the attempt ends.
-    addresses = await within(resolveTarget(target, options.allowPrivateTargets, options.lookup), options.timeoutMs);
+    // The lookup counts against the attempt's timeout: one past the claim's lease let another
+    // worker claim and send the delivery too.
+    addresses = await resolveTargetWithin(target, options.allowPrivateTargets, options.timeoutMs, options.lookup);
   } catch (error) {
     if (error instanceof TargetRefusedError) return { ok: false, statusCode: null, error: `refused: ${error.message}` };
     throw error;

@@ -83,11 +83,12 @@ export async function claimDueDeliveries(db: Db, options: ClaimOptions): Promise
   const drained = new Set<string>();
   for (const share of [Math.ceil(options.limit / Math.max(1, orgs.length)), options.limit]) {
     for (const orgId of orgs) {
-      const limit = Math.min(Math.min(share, room(orgId)) - (taken.get(orgId) ?? 0), options.limit - claimed.length);
+      const own = taken.get(orgId) ?? 0;
+      const limit = Math.min(share - own, room(orgId) - own, options.limit - claimed.length);
       if (limit <= 0 || drained.has(orgId)) continue;
       const { rows } = await db.raw<{ rows: ClaimRow[] }>(CLAIM, { orgId, now: options.now, limit, leaseUntil: options.leaseUntil });
       claimed.push(...rows.map(toClaimedDelivery));
-      taken.set(orgId, (taken.get(orgId) ?? 0) + rows.length);
+      taken.set(orgId, own + rows.length);
       if (rows.length < limit) drained.add(orgId);
     }
   }

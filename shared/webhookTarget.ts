@@ -1,5 +1,6 @@
 import dns from 'node:dns';
 import { BlockList, isIP } from 'node:net';
+import { within } from './within';
 
 // Webhook receivers are chosen by API clients, so a URL must not turn the collector into a proxy
 // to the internal network (SSRF). Every address a host resolves to is checked, at create time
@@ -70,4 +71,13 @@ export async function resolveTarget(url: URL, allowPrivate: boolean, lookup: Loo
     throw new TargetRefusedError(`resolves to a private, loopback or link-local address (${refused.address})`);
   }
   return addresses;
+}
+
+/**
+ * resolveTarget within `timeoutMs`; undefined past it. A name server that stopped answering held
+ * whatever waited on the lookup (a send past its claim's lease, a create request) with no end. The
+ * lookup itself goes on (Node cannot cancel it), but its caller does not wait for it.
+ */
+export function resolveTargetWithin(url: URL, allowPrivate: boolean, timeoutMs: number, lookup?: Lookup): Promise<ResolvedAddress[] | undefined> {
+  return within(resolveTarget(url, allowPrivate, lookup), timeoutMs);
 }

@@ -122,15 +122,19 @@ export function createKeyVerifier(deps: {
     return verdict;
   }
 
+  // An id read as not existing within the TTL: answered from the cache, a hit.
+  function knownUnknown(keyId: string, now: number): boolean {
+    if (!fresh(unknown.get(keyId), now)) return false;
+    stats.hits += 1;
+    return true;
+  }
+
   // Not single-flight: a read in flight may have begun before a revocation committed. What the
   // cache can refuse it refuses without a read, as on the cached path: an id known not to exist
   // (within the TTL: a key created elsewhere since waits that long), and a wrong secret on a key
   // whose reloads the throttle refuses. Otherwise every request costs one primary-key read.
   async function verifyFresh(keyId: string, secret: string, now: number): Promise<Verification> {
-    if (fresh(unknown.get(keyId), now)) {
-      stats.hits += 1;
-      return { outcome: 'unknown' };
-    }
+    if (knownUnknown(keyId, now)) return { outcome: 'unknown' };
     const cached = records.get(keyId);
     const refusable = cached !== undefined && fresh(cached.fetchedAt, now) && deps.mayReload?.(keyId) === false;
     if (refusable && judge(cached.record, secret, peppers, now).verdict.outcome === 'bad_secret') {
@@ -154,10 +158,7 @@ export function createKeyVerifier(deps: {
     async verify({ keyId, secret }, options = {}) {
       const now = deps.now();
       if (options.fresh) return verifyFresh(keyId, secret, now);
-      if (fresh(unknown.get(keyId), now)) {
-        stats.hits += 1;
-        return { outcome: 'unknown' };
-      }
+      if (knownUnknown(keyId, now)) return { outcome: 'unknown' };
       const cached = records.get(keyId);
       const cachedFresh = cached !== undefined && fresh(cached.fetchedAt, now);
       stats[cachedFresh ? 'hits' : 'misses'] += 1;

@@ -4,8 +4,7 @@ import { auditActor, recordAudit } from '../audit/audit.repository';
 import type { Db } from '../../shared/db';
 import { PING_EVENT_TYPE } from '../../shared/keyEvents';
 import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../../shared/secretBox';
-import { resolveTarget, TargetRefusedError, type Lookup } from '../../shared/webhookTarget';
-import { within } from '../../shared/within';
+import { resolveTargetWithin, TargetRefusedError, type Lookup } from '../../shared/webhookTarget';
 import { InvalidInputError, notFound } from '../errors';
 import { idString, isoTime, listOf, offsetPage } from '../responses';
 import {
@@ -123,10 +122,9 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
     return webhook;
   }
 
-  // A name server that stops answering held the request, and its connection, with no end.
   async function checkTarget(url: URL): Promise<void> {
     try {
-      const addresses = await within(resolveTarget(url, deps.allowPrivateTargets, deps.lookup), deps.timeoutMs);
+      const addresses = await resolveTargetWithin(url, deps.allowPrivateTargets, deps.timeoutMs, deps.lookup);
       if (addresses === undefined) throw new InvalidInputError(`url: host did not resolve within ${deps.timeoutMs} ms`);
     } catch (error) {
       if (error instanceof TargetRefusedError) throw new InvalidInputError(`url: ${error.message}`);
