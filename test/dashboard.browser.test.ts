@@ -83,7 +83,11 @@ const rowsShown = (page: Page, accept: (rows: number) => boolean) =>
 
 const rowText = (page: Page, keyId: string, column: string) => page.locator(`tr[data-key-id="${keyId}"] td.col-${column}`).innerText();
 
-t.test('the dashboard, driven in Chromium, shows what the API says and acts through it', async (t) => {
+// Well inside tap's file timeout (package.json), so a page that stops answering fails here with
+// the steps that passed and its teardown run, rather than the file being killed unreported.
+const WHOLE_TEST_TIMEOUT_MS = 150_000;
+
+t.test('the dashboard, driven in Chromium, shows what the API says and acts through it', { timeout: WHOLE_TEST_TIMEOUT_MS }, async (t) => {
   const system = await wiredSystem(t);
   const keys = await trafficWorld(system);
   const context = await launchBrowser(t);
@@ -95,6 +99,7 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
   });
   const pageErrors: string[] = [];
   page.on('pageerror', (error) => pageErrors.push(error.message));
+  page.on('crash', () => pageErrors.push('the page crashed'));
   const requestedUrls: string[] = [];
   page.on('request', (request) => requestedUrls.push(request.url()));
 
