@@ -111,7 +111,7 @@ export function errorMiddleware(logger: Logger): ErrorRequestHandler {
     const appError = error instanceof AppError ? error : (fromBodyParser(error) ?? fromHttpError(error) ?? fromDatabase(error));
     const requestId = res.locals.requestId;
     if (appError?.code === 'service_unavailable') {
-      // Message and code only: a knex error carries the query's bindings, which may hold a hash.
+      // Message and code only: a database error's other fields may quote a row, hash included.
       logger.warn({ err: { message: error.message, code: error.code }, requestId }, appError.message);
       res.setHeader('Retry-After', DATABASE_RETRY_AFTER);
     }

@@ -15,6 +15,8 @@ export const REDACTED_PATHS = [
   '*.secret',
   'secretHash',
   '*.secretHash',
+  // PostgreSQL's detail of a failed write may quote the row ("Failing row contains (…)"), hash included.
+  'err.detail',
 ];
 
 export function createLogger(options: { level: string; name: string; destination?: DestinationStream }): Logger {
