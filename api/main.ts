@@ -3,7 +3,7 @@ import { loadConfig, type Config } from '../shared/config';
 import { createCheckedDb, warnIfServerAllowsFewer } from '../shared/db';
 import { createLogger, type Logger } from '../shared/logger';
 import { metricsServer } from '../shared/metrics';
-import { closeServer, listen, onShutdownSignal } from '../shared/process';
+import { closeServer, listen, onShutdownSignal, stopWhenSupervisorGone } from '../shared/process';
 import { createApp } from './app';
 import { createApiMetrics } from './metrics';
 import { createUsageRecorder } from './usage/createUsageRecorder';
@@ -62,7 +62,10 @@ if (require.main === module) {
     process.exit(1);
   }
   startApi(config, logger, config.database.url).then(
-    (api) => onShutdownSignal(logger, api.stop),
+    (api) => {
+      onShutdownSignal(logger, api.stop);
+      stopWhenSupervisorGone();
+    },
     (error) => {
       logger.fatal(`api failed to start: ${error.message}`);
       process.exit(1);

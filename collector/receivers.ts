@@ -3,7 +3,7 @@ import type { Server } from 'node:http';
 import type { Config } from '../shared/config';
 import type { Logger } from '../shared/logger';
 import { metricsServer, renderPrometheus, type Health, type MetricSample } from '../shared/metrics';
-import { closeServer, listen, onShutdownSignal } from '../shared/process';
+import { closeServer, listen, onShutdownSignal, stopWhenSupervisorGone } from '../shared/process';
 
 // COLLECTOR_RECEIVERS > 1: Node's cluster module forks that many collector processes, which
 // share one UDP socket (the primary opens it, `exclusive: false`); the kernel hands each datagram
@@ -28,6 +28,8 @@ const LARGEST = new Set(
 );
 
 export function runReceivers(config: Config, logger: Logger, start: (receiverIndex: number | undefined) => Promise<Collector>): void {
+  // The receivers of a cluster share the primary's stdin: each stops on its own signal.
+  stopWhenSupervisorGone();
   if (config.collector.receivers === 1) {
     start(undefined).then((collector) => onShutdownSignal(logger, () => stopOrThrow(collector)), failedToStart(logger));
   } else if (cluster.isPrimary) {

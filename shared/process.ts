@@ -61,3 +61,21 @@ export function onShutdownSignal(logger: Logger, stop: () => Promise<void>): voi
   process.on('SIGTERM', handler);
   process.on('SIGINT', handler);
 }
+
+/** Set by `npm start`'s supervisor on the processes it starts, each given a pipe as stdin. */
+export const SUPERVISED_VARIABLE = 'KEYUSAGE_SUPERVISED';
+
+/**
+ * Under `npm start`, stops this process (as SIGTERM would) once the launcher is gone. A launcher
+ * killed outright (SIGKILL, the OOM killer) cannot stop what it started, and the API and the
+ * collector, in process groups of their own, served on with nobody to stop them; the next
+ * `npm start` took over the data folder beside them. The kernel closes the launcher's end of the
+ * pipe however it dies, and that end-of-file is the word. Elsewhere stdin may be a terminal or
+ * /dev/null, so only a supervised process listens.
+ */
+export function stopWhenSupervisorGone(env: NodeJS.ProcessEnv = process.env): void {
+  if (env[SUPERVISED_VARIABLE] !== '1') return;
+  process.stdin.once('end', () => process.kill(process.pid, 'SIGTERM'));
+  process.stdin.resume();
+  process.stdin.unref();
+}

@@ -530,3 +530,27 @@ t.test('with DATABASE_URL, npm start uses that database, starts none of its own 
   t.notMatch(launch.output, /stopping PostgreSQL/, 'and leaves the external database alone');
   t.same(launch.leftovers(), [], 'nothing is left running');
 });
+
+t.test('a launcher killed outright (SIGKILL): the API and the collector it started stop themselves', async (t) => {
+  const { url } = await freshDatabase(t);
+  const ports = await freePorts();
+  const launch = new Launch(t, launcherEnv(ports, { DATABASE_URL: url }));
+  await launch.waitFor(/Stop with Ctrl-C/, 60_000);
+  const started = launch.printedPids();
+  t.equal(started.length, 2, 'web and collector were started');
+  t.equal((await api(ports.PORT, '/healthz')).status, 200);
+  process.kill(-launch.child.pid!, 'SIGKILL'); // npm and the launcher; the two run in groups of their own
+  await launch.exited;
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  for (let waited = 0; waited < 30_000 && started.some(alive); waited += 100) await sleep(100);
+  t.strictSame(started.filter(alive), [], 'neither is left running');
+  t.ok(await bindable(ports.PORT, 'tcp'), 'the API port is free again');
+  t.ok(await bindable(ports.COLLECTOR_PORT, 'udp'), 'the collector port is free again');
+});

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
+import { SUPERVISED_VARIABLE } from '../../shared/process';
 import type { ProcfileEntry } from './procfile';
 import { prefixLines, say } from './launcherOutput';
 
@@ -43,8 +44,13 @@ class ManagedProcess {
   ) {
     // `exec` makes the command itself the child (no shell in between to swallow signals), and
     // its own process group keeps a terminal's Ctrl-C from reaching it before the launcher
-    // decides the order in which things stop.
-    this.child = spawn('/bin/sh', ['-c', `exec ${command}`], { env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    // decides the order in which things stop. Its stdin is a pipe nobody writes to: the child
+    // stops when it closes, which is how it learns that the launcher died (stopWhenSupervisorGone).
+    this.child = spawn('/bin/sh', ['-c', `exec ${command}`], {
+      env: { ...env, [SUPERVISED_VARIABLE]: '1' },
+      stdio: ['pipe', 'pipe', 'pipe'],
+      detached: true,
+    });
     prefixLines(name, this.child.stdout!);
     prefixLines(name, this.child.stderr!);
     this.exited = new Promise((resolve) => {
