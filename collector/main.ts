@@ -35,6 +35,8 @@ export interface CollectorOverrides {
   now?: () => number;
   /** Set in a cluster worker: the socket is shared, metrics go to the primary, upkeep only in worker 0. */
   receiverIndex?: number;
+  /** The oldest server_version_num it runs on: tests stand a higher one in for an older server. */
+  minServerVersionNum?: number;
 }
 
 // How long stop waits for the pool's connections in use once everything was flushed (or the
@@ -59,7 +61,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     const threadPart = foldPool > 0 ? ' + COLLECTOR_FLUSH_PARALLELISM for the fold thread' : '';
     const from = `COLLECTOR_RECEIVERS (${receivers}) × (COLLECTOR_FLUSH_PARALLELISM (${flushParallelism}) + 3${threadPart})`;
     await warnIfServerAllowsFewer(db, { connections: receivers * (poolMax + foldPool), from }, logger);
-    await warnIfServerOlder(db, logger);
+    await warnIfServerOlder(db, logger, overrides.minServerVersionNum);
   }
   const events = config.collector.events;
   const storeOptions = {

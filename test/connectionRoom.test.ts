@@ -77,4 +77,7 @@ t.test('a collector on a server older than keyusage needs says so at start', asy
   const collector = await startTestCollector(t, url);
   t.same(tooOld(collector.logLines), [], 'so a collector on it says nothing');
   await collector.stop();
+  const onOlder = await startTestCollector(t, url, {}, { minServerVersionNum: server.num + 1 });
+  t.equal(tooOld(onOlder.logLines).length, 1, 'and a collector that needs more says so once at start');
+  await onOlder.stop();
 });

@@ -50,7 +50,6 @@ t.test('the api stops while a kept-alive client keeps sending', async (t) => {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   t.teardown(() => agent.destroy());
   let served = 0;
-  let clientDone = false;
   // Each request's body comes 200 ms after its headers, so the stop finds one in flight. Bounded:
   // 40 requests, 250 ms apart; it ends early once the API refuses it.
   const post = () =>
@@ -66,14 +65,14 @@ t.test('the api stops while a kept-alive client keeps sending', async (t) => {
       served += 1;
       await sleep(250);
     }
-    clientDone = true;
   })();
   await waitFor('a request served', () => (served >= 1 ? true : undefined));
   await new Promise((resolve) => api.server.once('request', resolve));
   await api.stop();
-  t.equal(clientDone, false, 'the stop ended while the client was still sending');
+  // Read at once: the client, refused, ends soon after the stop; before the fix the stop waited
+  // for all 40 of its requests.
+  t.ok(served < 40, `the stop ended while the client was still sending (${served} of 40 served)`);
   await client;
-  t.ok(served < 40, 'the client was refused once the API stopped');
 });
 
 t.test('a request that never completes is cut once the grace has passed', async (t) => {
