@@ -56,8 +56,9 @@ export function datagramVerifier(options: { secrets: readonly string[]; windowMs
     if (!valid) return { ok: false, reason: 'bad_signature' };
     const now = options.now();
     if (Math.abs(now - Number(ts)) > options.windowMs) return { ok: false, reason: 'stale' };
+    // Kept through forgetAt itself: a datagram signed a whole window ahead is still fresh then.
     for (const [old, forgetAt] of remembered) {
-      if (forgetAt > now) break;
+      if (forgetAt >= now) break;
       remembered.delete(old);
     }
     if (remembered.has(nonce)) return { ok: false, reason: 'replayed' };

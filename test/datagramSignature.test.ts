@@ -45,6 +45,18 @@ t.test('sign and verify', async (t) => {
   t.throws(() => datagramVerifier({ secrets: [], windowMs: 1, maxRemembered: 1, now: Date.now }));
 });
 
+t.test('a replay at the last instant its signature is fresh is still refused', async (t) => {
+  let now = 1_800_000_000_000;
+  const verify = datagramVerifier({ secrets: [SECRET], windowMs: 30_000, maxRemembered: 3, now: () => now });
+  // Signed by an API whose clock runs a whole window ahead: accepted now, fresh until now + 2 windows.
+  const signed = signDatagram(BODY, SECRET, now + 30_000);
+  t.same(verify(signed), { ok: true, body: BODY });
+  now += 60_000;
+  t.same(verify(signed), { ok: false, reason: 'replayed' }, 'at the edge of both windows');
+  now += 1;
+  t.same(verify(signed), { ok: false, reason: 'stale' }, 'and past it, stale');
+});
+
 t.test('config: a signing secret is required in production beyond loopback', async (t) => {
   const production = { NODE_ENV: 'production', KEY_PEPPER: 'p'.repeat(32) };
   t.doesNotThrow(() => loadConfig(production));
