@@ -35,7 +35,7 @@ Commands:
   help                               Show this help
 
 Options:
-  --json    Print machine-readable JSON on stdout
+  --json    Print machine-readable JSON on stdout (through npm: npm run -s cli, so npm prints nothing before it)
 
 A new key's plaintext is printed once and never again: only its hash is stored.
 Uses DATABASE_URL when set, else the embedded PostgreSQL of \`npm start\` (started and stopped as needed).`;
