@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from '../shared/logger';
+import { steadyNow } from '../shared/steadyClock';
 import { within } from '../shared/within';
 import { mergeBatches, type Aggregator } from './aggregator';
 import { AppendGate } from './appendGate';
@@ -136,7 +137,7 @@ export class Flusher {
   private consecutiveFoldFailures = 0;
 
   constructor(private readonly options: FlusherOptions) {
-    this.now = options.now ?? Date.now;
+    this.now = options.now ?? steadyNow;
     this.backoff = options.backoff ?? { initialMs: options.intervalMs, maxMs: 30_000 };
     this.logMayHoldAppends = options.store.logMinKeys !== undefined;
     if (options.store.logMinKeys !== undefined) {

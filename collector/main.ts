@@ -70,7 +70,8 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     logMinKeys: config.collector.usageLogMinKeys,
     lockTimeoutMs: config.collector.lockTimeoutMs,
   };
-  const warn = rateLimitedWarn(logger, 10_000, now);
+  // Both on their own steady clock: `now` is the wall clock, which may step back.
+  const warn = rateLimitedWarn(logger, 10_000);
   const relay = await startRelay(config, warn);
   const foldThread =
     foldPool > 0
@@ -91,7 +92,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     listedKeys: keyList?.list,
     now,
   });
-  const flusher = new Flusher({ aggregator, store, intervalMs: config.collector.flushIntervalMs, maxRetryKeys: config.collector.retryMaxKeys, logger, now });
+  const flusher = new Flusher({ aggregator, store, intervalMs: config.collector.flushIntervalMs, maxRetryKeys: config.collector.retryMaxKeys, logger });
   const { onPacket, ingest, replayCache } = createPacketHandler({ config, aggregator, relay, warn, now });
   const { host, port, recvBufferBytes } = config.collector;
   const receiver = await startReceiver({ host, port, recvBufferBytes, shared: inCluster, reportCappedBuffer: speaksForAll, onPacket, logger }).catch(
