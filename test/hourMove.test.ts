@@ -6,7 +6,7 @@ import { Aggregator } from '../collector/aggregator';
 import { closedBefore, moveClosedHours } from '../collector/hourMove';
 import { createUpkeep } from '../collector/upkeep';
 import { createPgUsageStore, type UsageStore } from '../collector/usageStore';
-import { waitFor } from '../harness/wait';
+import { sleep, waitFor } from '../harness/wait';
 import { loadConfig } from '../shared/config';
 import type { Db } from '../shared/db';
 import { createLogger } from '../shared/logger';
@@ -324,14 +324,18 @@ t.test('stopping the upkeep stops the webhook worker at once, even while a reten
     { WEBHOOK_POLL_INTERVAL_MS: '20', WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true' },
   );
   await waitFor('the retention pass running', () => (release ? true : undefined));
-  const stopped = upkeep.stop();
   const [hook] = await db('webhooks')
     .insert({ org_id: key.orgId, url: 'http://127.0.0.1:9/in', event_types: ['*'], secret_box: Buffer.alloc(44) })
     .returning('id');
-  await db('key_events').insert({ org_id: key.orgId, key_id: key.keyId, type: 'key.first_use', occurred_at: new Date(), details: { ip: null } });
-  await new Promise((resolve) => setTimeout(resolve, 200));
-  const [delivery] = await db('webhook_deliveries').where({ webhook_id: hook.id });
-  t.equal(delivery.attempts, 0, 'ten polls later, nothing was claimed');
+  const event = (type: string) => db('key_events').insert({ org_id: key.orgId, key_id: key.keyId, type, occurred_at: new Date(), details: { ip: null } });
+  const attempts = async (type: string) => (await db('webhook_deliveries').where({ webhook_id: hook.id, event_type: type }).first())?.attempts as number;
+  // The control: before the stop, the worker claims a delivery while the pass runs.
+  await event('key.first_use');
+  await waitFor('a delivery claimed before the stop', async () => ((await attempts('key.first_use')) >= 1 ? true : undefined));
+  const stopped = upkeep.stop();
+  await event('key.new_ip');
+  await sleep(500);
+  t.equal(await attempts('key.new_ip'), 0, 'twenty-five polls later, nothing more was claimed');
   release?.();
   await stopped;
 });
