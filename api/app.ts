@@ -15,7 +15,7 @@ import { whoami } from './auth/whoami';
 import { errorMiddleware, routeNotFound } from './errors';
 import { healthHandler } from './health';
 import { serveOpenApiDocument } from './openapi/document';
-import { securityHeaders } from './securityHeaders';
+import { privateApiResponses, securityHeaders } from './securityHeaders';
 import { dashboardRouter } from './ui/dashboard.routes';
 import type { RequestObservation } from './metrics';
 import { orgEventsRouter } from './events/events.routes';
@@ -159,6 +159,7 @@ export function createApp(deps: AppDeps) {
 
   app.get('/openapi.json', serveOpenApiDocument());
 
+  app.use('/api', privateApiResponses);
   app.get('/api/whoami', authorize(), whoami);
 
   // IP_TRUNCATE applies to the addresses the audit log keeps, as to usage.

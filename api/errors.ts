@@ -57,8 +57,10 @@ export class InvalidInputError extends AppError {
 }
 
 // What a client reads for an error: an input refused by a service is named as the request's part.
+// Messages quote what the caller sent (a path, a field's name or value): a key pasted into the
+// wrong place would come back in a response body, which carries a key only once, at create or rotate.
 const clientMessage = (error: AppError, method: string) =>
-  error instanceof InvalidInputError ? `Invalid ${method === 'GET' ? 'query' : 'body'}: ${error.message}` : error.message;
+  redactKeyMaterial(error instanceof InvalidInputError ? `Invalid ${method === 'GET' ? 'query' : 'body'}: ${error.message}` : error.message);
 
 // One message for every authentication failure, so a caller cannot tell a wrong secret from a
 // revoked or expired key.

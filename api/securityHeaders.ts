@@ -22,3 +22,15 @@ export const securityHeaders: RequestHandler = (_req, res, next) => {
   res.setHeader('Referrer-Policy', 'no-referrer');
   next();
 };
+
+/**
+ * Every /api answer is one caller's: a shared cache (Varnish, a CDN) keeps a response to a request
+ * it takes for anonymous, and a request that authenticates with X-API-Key looks anonymous to it
+ * (only Authorization marks a request as private). Its page of key names, IPs and usage would then
+ * go to anyone asking for the same URL, and a created or rotated key's plaintext with it.
+ */
+export const privateApiResponses: RequestHandler = (_req, res, next) => {
+  res.setHeader('Cache-Control', 'no-store');
+  res.setHeader('Vary', 'Authorization, X-API-Key');
+  next();
+};

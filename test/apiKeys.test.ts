@@ -252,7 +252,7 @@ t.test('names with control characters are a 400, never a 500', async (t) => {
   );
 });
 
-t.test('responses that carry a plaintext key are never cached', async (t) => {
+t.test('no API answer is cached, those that carry a plaintext key first of all', async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
   const { org, adminKey } = await seedOrg(api, db);
@@ -263,6 +263,16 @@ t.test('responses that carry a plaintext key are never cached', async (t) => {
   const rotated = await api.request('POST', `${base}/${created.body.id}/rotate`, { key: adminKey, body: {} });
   t.equal(rotated.status, 200);
   t.equal(rotated.headers.get('cache-control'), 'no-store', 'rotate');
+  // Nor any other answer: a shared cache takes a request with X-API-Key (no Authorization) for anonymous.
+  for (const [label, path] of [
+    ['usage', `${base}/usage`],
+    ['whoami', '/api/whoami'],
+    ['a 404', `${base}/${created.body.id}0`],
+  ]) {
+    const response = await api.request('GET', path, { key: adminKey, header: 'x-api-key' });
+    t.equal(response.headers.get('cache-control'), 'no-store', `${label}: no-store`);
+    t.equal(response.headers.get('vary'), 'Authorization, X-API-Key', `${label}: varies by the key`);
+  }
 });
 
 t.test("a key whose checksum does not match is refused before any lookup and counted as nobody's use", async (t) => {

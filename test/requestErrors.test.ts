@@ -54,6 +54,26 @@ t.test('a query parameter given twice answers 400 naming it', async (t) => {
   }
 });
 
+t.test('a key pasted where a field name or value goes is not echoed in the 400', async (t) => {
+  const { api, org, adminKey } = await setup(t);
+  const base = `/api/orgs/${org.id}/api-keys`;
+  // As a field's name the message quotes it; as a value it does not today, and must not.
+  const asName = [
+    await api.request('GET', `${base}?${adminKey}=`, { key: adminKey }),
+    await api.request('GET', `${base}?${adminKey}=1&${adminKey}=2`, { key: adminKey }),
+    await api.request('POST', base, { key: adminKey, body: { name: 'x', scopes: ['keys:read'], [adminKey]: true } }),
+  ];
+  const asValue = [
+    await api.request('GET', `${base}/usage?sort=${adminKey}`, { key: adminKey }),
+    await api.request('POST', base, { key: adminKey, body: { name: 'x', scopes: [adminKey] } }),
+  ];
+  for (const [i, response] of [...asName, ...asValue].entries()) {
+    t.equal(response.status, 400, `case ${i}: 400`);
+    t.notOk(response.text.includes(adminKey.slice(3)), `case ${i}: the key is not in the answer`);
+  }
+  for (const response of asName) t.match(response.body.error.message, /ku_\[redacted\]/, 'its place is marked');
+});
+
 t.test('a date-time whose "+" arrived as a space: the message suggests %2B or Z', async (t) => {
   const { api, org, adminKey, adminKeyId } = await setup(t);
   const series = `/api/orgs/${org.id}/api-keys/${adminKeyId}/usage`;

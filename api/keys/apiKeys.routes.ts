@@ -129,9 +129,6 @@ export const apiKeysRoutes: RouteContract[] = [
   },
 ];
 
-// A response carrying a plaintext key must not be kept by a browser, proxy or CDN cache.
-const revealOnce = (res: Response) => res.setHeader('Cache-Control', 'no-store');
-
 export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requirement: Requirement) => RequestHandler; auditIp: (ip: string) => string }) {
   const { service, authorize } = deps;
   // The acting key and the client address, for the key-hands-out-no-more rule and the audit log.
@@ -153,9 +150,7 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
       { name: body.name, scopes: body.scopes, expiresAt: body.expiresAt ? new Date(body.expiresAt) : null, expectedNetworks: body.expectedNetworks },
       changeContext(res),
     );
-    revealOnce(res)
-      .status(201)
-      .json({ ...created.key, key: created.plaintext } satisfies z.output<typeof revealedApiKey>);
+    res.status(201).json({ ...created.key, key: created.plaintext } satisfies z.output<typeof revealedApiKey>);
   });
 
   router.get('/', readKeys, async (req, res) => {
@@ -185,7 +180,7 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(rotateBody, req.body, 'body');
     const rotated = await service.rotate(id, keyId, { ...changeContext(res), graceSeconds: body.gracePeriodSeconds });
-    revealOnce(res).json({ ...rotated.key, key: rotated.plaintext } satisfies z.output<typeof revealedApiKey>);
+    res.json({ ...rotated.key, key: rotated.plaintext } satisfies z.output<typeof revealedApiKey>);
   });
 
   router.post('/:keyId/revoke', writeKeys, async (req, res) => {
