@@ -15,6 +15,6 @@ export const IDLE_SINCE_SQL = 'greatest(u.last_used_at, k.rotated_at, k.created_
  * `u` may be null). `now` and `idleSince` (now minus the threshold) are SQL expressions.
  */
 export function dormantKeySql(now: string, idleSince: string): string {
-  return `((k.revoked_at is null or k.revoked_at > ${now}) and (k.expires_at is null or k.expires_at > ${now})
+  return `(k.revoked_at is null and (k.expires_at is null or k.expires_at > ${now})
     and ${IDLE_SINCE_SQL} < ${idleSince})`;
 }

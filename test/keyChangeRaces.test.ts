@@ -59,3 +59,23 @@ t.test('two revocations at once write one audit entry', async (t) => {
   t.equal((outcomes[0] as { revokedAt: string }).revokedAt, (outcomes[1] as { revokedAt: string }).revokedAt, 'at the one time');
   t.strictSame(await db('audit_log').where({ target_key_id: id, action: 'key.revoke' }).count<{ n: string }[]>({ n: '*' }), [{ n: 1 }]);
 });
+
+// revoked_at is the revoking instance's clock. One running an hour ahead wrote a time the others
+// took as still to come: they served, listed as active and rotated the revoked key for that hour.
+t.test('a revocation by an instance whose clock runs ahead holds at once on the others', async (t) => {
+  const { db } = await freshDatabase(t);
+  const ahead = await startTestApi(t, db, { now: () => Date.now() + 3_600_000 });
+  const api = await startTestApi(t, db, { env: { KEY_CACHE_TTL_MS: '0' } });
+  const { org, adminKey } = await seedOrg(api, db);
+  const created = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name: 'revoked-ahead', scopes: ['keys:read'] } });
+  const base = `/api/orgs/${org.id}/api-keys/${created.body.id}`;
+  t.equal((await ahead.request('POST', `${base}/revoke`, { key: adminKey })).status, 200);
+  t.equal((await api.request('GET', '/api/whoami', { key: created.body.key })).status, 401, 'refused');
+  t.equal((await api.request('GET', base, { key: adminKey })).body.status, 'revoked', 'shown revoked');
+  const listed = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?status=active`, { key: adminKey });
+  t.notOk(
+    listed.body.data.some((k: { id: string }) => k.id === created.body.id),
+    'not among the active',
+  );
+  t.equal((await api.request('POST', `${base}/rotate`, { key: adminKey, body: {} })).status, 409, 'not rotated');
+});

@@ -56,7 +56,7 @@ function judge(key: ApiKeyRecord, secret: string, peppers: readonly Pepper[], no
   const matched: MatchedSecret = current ? 'current' : 'previous';
   const storedId = current ? key.secretPepperId : key.previousSecretPepperId;
   const stalePepper = pepper !== peppers[0] || storedId === null;
-  if (key.revokedAt && key.revokedAt.getTime() <= now) return { verdict: { outcome: 'revoked', key, secret: matched }, stalePepper };
+  if (key.revokedAt) return { verdict: { outcome: 'revoked', key, secret: matched }, stalePepper };
   if (key.expiresAt && key.expiresAt.getTime() <= now) return { verdict: { outcome: 'expired', key, secret: matched }, stalePepper };
   return { verdict: { outcome: 'ok', key, secret: matched }, stalePepper };
 }

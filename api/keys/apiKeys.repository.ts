@@ -132,7 +132,7 @@ export async function replaceSecret(
   // hash alone, and the rotation answered 200 with a new secret for a revoked key.
   const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
     .where({ id, secret_hash: change.previousSecretHash })
-    .whereRaw('(revoked_at is null or revoked_at > ?) and (expires_at is null or expires_at > ?)', [change.rotatedAt, change.rotatedAt])
+    .whereRaw('revoked_at is null and (expires_at is null or expires_at > ?)', [change.rotatedAt])
     .update({
       secret_hash: change.secretHash,
       secret_pepper_id: change.secretPepperId,
@@ -224,7 +224,7 @@ export async function countKeysByPepper(db: Db, now: Date): Promise<Array<{ pepp
   const rows = await rawRows<{ pepper_id: string | null; secrets: string; previous_secrets: string }>(
     db,
     `with usable as (
-       select * from ${TABLE.apiKeys} where (revoked_at is null or revoked_at > :now) and (expires_at is null or expires_at > :now)
+       select * from ${TABLE.apiKeys} where revoked_at is null and (expires_at is null or expires_at > :now)
      ), ids as (
        select secret_pepper_id as pepper_id, 1 as secret, 0 as previous from usable
        union all

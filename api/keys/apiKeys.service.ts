@@ -53,7 +53,9 @@ export const revokeDormantResult = z
 const iso = (date: Date | null) => (date ? date.toISOString() : null);
 
 export function keyStatus(key: Pick<ApiKeyRecord, 'revokedAt' | 'expiresAt'>, now: number): KeyStatus {
-  if (key.revokedAt && key.revokedAt.getTime() <= now) return 'revoked';
+  // Revoked from the moment it is written, whatever the clock of the instance that wrote it said:
+  // one running ahead stamped a time other instances took as still to come, and served the key.
+  if (key.revokedAt) return 'revoked';
   if (key.expiresAt && key.expiresAt.getTime() <= now) return 'expired';
   return 'active';
 }

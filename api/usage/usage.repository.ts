@@ -123,9 +123,9 @@ const recentIpsJson = ({ table, count }: (typeof IP_TABLES)[keyof typeof IP_TABL
          ) ${table} on true`;
 
 // A key's status as SQL, in keyStatus()'s order: revoked wins over expired.
-const REVOKED = 'k.revoked_at <= cast(:now as timestamptz)';
-const EXPIRED = `(not coalesce(${REVOKED}, false) and k.expires_at <= cast(:now as timestamptz))`;
-const ACTIVE = `(not coalesce(${REVOKED}, false) and not coalesce(k.expires_at <= cast(:now as timestamptz), false))`;
+const REVOKED = 'k.revoked_at is not null';
+const EXPIRED = '(k.revoked_at is null and k.expires_at <= cast(:now as timestamptz))';
+const ACTIVE = '(k.revoked_at is null and not coalesce(k.expires_at <= cast(:now as timestamptz), false))';
 const STATUS_SQL: Record<KeyStatus, string> = { active: ACTIVE, revoked: REVOKED, expired: EXPIRED };
 const DORMANT = dormantKeySql('cast(:now as timestamptz)', 'cast(:dormantBefore as timestamptz)');
 
