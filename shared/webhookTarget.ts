@@ -56,6 +56,8 @@ export type Lookup = (hostname: string) => Promise<ResolvedAddress[]>;
 
 const systemLookup: Lookup = (hostname) => dns.promises.lookup(hostname, { all: true, verbatim: true });
 
+const NOT_PUBLIC = 'host does not resolve, or resolves to a private, loopback or link-local address';
+
 /** The addresses to connect to; refuses a host that does not resolve or has any non-public address. */
 export async function resolveTarget(url: URL, allowPrivate: boolean, lookup: Lookup = systemLookup): Promise<ResolvedAddress[]> {
   const hostname = url.hostname.replace(/^\[(.*)\]$/, '$1');
@@ -63,12 +65,14 @@ export async function resolveTarget(url: URL, allowPrivate: boolean, lookup: Loo
   try {
     addresses = await lookup(hostname);
   } catch {
-    throw new TargetRefusedError('host does not resolve');
+    addresses = [];
   }
-  if (addresses.length === 0) throw new TargetRefusedError('host does not resolve');
+  // A name gets one answer whether it does not resolve or resolves to a private address, and never
+  // the address: an org must not learn through its webhooks what names the server's own network
+  // resolves, or to what. An address given as such is named back.
   const refused = addresses.find((entry) => isPrivateAddress(entry.address));
-  if (refused && !allowPrivate) {
-    throw new TargetRefusedError(`resolves to a private, loopback or link-local address (${refused.address})`);
+  if (addresses.length === 0 || (refused && !allowPrivate)) {
+    throw new TargetRefusedError(isIP(hostname) ? `${hostname} is a private, loopback or link-local address` : NOT_PUBLIC);
   }
   return addresses;
 }

@@ -302,7 +302,7 @@ t.test('a private target is refused at send time by default', async (t) => {
   const [delivery] = (await world.deliveries()).data;
   t.match(delivery, {
     status: 'failed',
-    attempts: [{ statusCode: null, error: 'refused: resolves to a private, loopback or link-local address (127.0.0.1)' }],
+    attempts: [{ statusCode: null, error: 'refused: 127.0.0.1 is a private, loopback or link-local address' }],
   });
 });
 
