@@ -32,7 +32,11 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
   const webhooks = upkeep.webhooks.stats;
   return [
     counter('packets_total', 'UDP datagrams received', ingest.packets),
-    counter('rejected_packets_total', 'Datagrams dropped for a missing, bad, stale or replayed signature, or a full replay cache', ingest.rejectedPackets),
+    counter(
+      'rejected_packets_total',
+      'Datagrams dropped for a missing, bad, stale or replayed signature, a full replay cache, or a size no signed datagram has',
+      ingest.rejectedPackets,
+    ),
     counter('replay_cache_overflow_total', 'Signed datagrams dropped because the replay cache was full (COLLECTOR_REPLAY_CACHE_SIZE)', replayCache.overflows),
     gauge('replay_cache_entries', 'Nonces held by the replay cache (expired ones leave on the next datagram)', replayCache.entries()),
     gauge('replay_cache_capacity', 'COLLECTOR_REPLAY_CACHE_SIZE', replayCache.capacity),

@@ -1,4 +1,5 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { MAX_DATAGRAM_BYTES } from './usageWire';
 
 // An optional shared-secret signature on usage datagrams, for a collector that listens beyond
 // loopback (USAGE_SIGNING_SECRET). The signature is the datagram's last line and is itself a valid
@@ -29,7 +30,12 @@ export function signDatagram(body: string, secret: string, now: number, nonce = 
   return `${body}\n${SIGNATURE_METRIC}:1|c|#v:1,ts:${ts},n:${nonce},mac:${mac}`;
 }
 
-export type SignatureVerdict = { ok: true; body: string } | { ok: false; reason: 'unsigned' | 'bad_signature' | 'stale' | 'replayed' | 'replay_cache_full' };
+export type SignatureVerdict =
+  | { ok: true; body: string }
+  | {
+      ok: false;
+      reason: 'oversized' | 'unsigned' | 'bad_signature' | 'stale' | 'replayed' | 'replay_cache_full';
+    };
 
 /**
  * Returns a checker for packets as the receiver decodes them (latin1: one char per byte). Several
@@ -41,6 +47,9 @@ export function datagramVerifier(options: { secrets: readonly string[]; windowMs
   // nonce → forget-after; insertion order is forget-after order, since it is `now` + a constant.
   const remembered = new Map<string, number>();
   const verify = (packet: string): SignatureVerdict => {
+    // The API signs datagrams of at most MAX_DATAGRAM_BYTES, signature included. A forged one of
+    // 64 kB would cost a MAC over all of it (per secret), 45 times the real one's: refused first.
+    if (packet.length > MAX_DATAGRAM_BYTES) return { ok: false, reason: 'oversized' };
     const match = SIGNATURE_LINE.exec(packet);
     if (!match) return { ok: false, reason: 'unsigned' };
     const [line, ts, nonce, mac] = match;

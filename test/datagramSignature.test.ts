@@ -45,6 +45,16 @@ t.test('sign and verify', async (t) => {
   t.throws(() => datagramVerifier({ secrets: [], windowMs: 1, maxRemembered: 1, now: Date.now }));
 });
 
+t.test('a signed datagram larger than the API sends is refused before its MAC is computed', async (t) => {
+  const now = 1_800_000_000_000;
+  const verify = datagramVerifier({ secrets: [SECRET], windowMs: 30_000, maxRemembered: 3, now: () => now });
+  const room = MAX_DATAGRAM_BYTES - signDatagram('', SECRET, now).length;
+  const largest = signDatagram('x'.repeat(room), SECRET, now);
+  t.equal(largest.length, MAX_DATAGRAM_BYTES);
+  t.same(verify(largest), { ok: true, body: 'x'.repeat(room) }, 'the largest the API sends');
+  t.same(verify(signDatagram('x'.repeat(room + 1), SECRET, now)), { ok: false, reason: 'oversized' }, 'one byte more, validly signed, is refused');
+});
+
 t.test('a replay at the last instant its signature is fresh is still refused', async (t) => {
   let now = 1_800_000_000_000;
   const verify = datagramVerifier({ secrets: [SECRET], windowMs: 30_000, maxRemembered: 3, now: () => now });
