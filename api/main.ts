@@ -62,10 +62,7 @@ if (require.main === module) {
     process.exit(1);
   }
   startApi(config, logger, config.database.url).then(
-    (api) => {
-      onShutdownSignal(logger, api.stop);
-      stopWhenSupervisorGone();
-    },
+    (api) => stopWhenSupervisorGone(config.supervised, onShutdownSignal(logger, api.stop)),
     (error) => {
       logger.fatal(`api failed to start: ${error.message}`);
       process.exit(1);

@@ -28,10 +28,15 @@ const LARGEST = new Set(
 );
 
 export function runReceivers(config: Config, logger: Logger, start: (receiverIndex: number | undefined) => Promise<Collector>): void {
-  // The receivers of a cluster share the primary's stdin: each stops on its own signal.
-  stopWhenSupervisorGone();
   if (config.collector.receivers === 1) {
-    start(undefined).then((collector) => onShutdownSignal(logger, () => stopOrThrow(collector)), failedToStart(logger));
+    start(undefined).then(
+      (collector) =>
+        stopWhenSupervisorGone(
+          config.supervised,
+          onShutdownSignal(logger, () => stopOrThrow(collector)),
+        ),
+      failedToStart(logger),
+    );
   } else if (cluster.isPrimary) {
     runPrimary(config, logger).catch(failedToStart(logger));
   } else {
@@ -92,12 +97,15 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
       shutDown(false);
     });
   }
-  // From the start: a signal while the receivers start still stops them.
-  const onSignal = (signal: NodeJS.Signals) => {
-    logger.info({ signal, receivers: workers.length }, 'shutting down');
+  // From the start: a signal while the receivers start still stops them, as does the launcher's
+  // end (the workers are stopped by this process, not by the stdin they share with it).
+  const onStopAsked = (reason: string) => {
+    if (stopping) return;
+    logger.info({ reason, receivers: workers.length }, 'shutting down');
     shutDown(true);
   };
-  process.on('SIGTERM', onSignal).on('SIGINT', onSignal);
+  process.on('SIGTERM', onStopAsked).on('SIGINT', onStopAsked);
+  stopWhenSupervisorGone(config.supervised, onStopAsked);
   const ready = await Promise.all(
     workers.map(
       (worker) => new Promise<{ udp: string }>((resolve) => worker.on('message', (m: { cmd?: string; udp: string }) => m?.cmd === 'ready' && resolve(m))),

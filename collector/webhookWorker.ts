@@ -45,7 +45,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   const { db, config, logger } = options;
   const now = options.now ?? Date.now;
   const box = secretBox(options.peppers, WEBHOOK_SECRET_PURPOSE);
-  const warn = rateLimitedWarn(logger, 10_000, now);
+  const warn = rateLimitedWarn(logger, 10_000);
   // A claimed delivery is due again after this long: a send always ends within the timeout.
   const leaseMs = 2 * config.timeoutMs + 1000;
   const stats: WebhookWorkerStats = { attempts: 0, failedAttempts: 0, delivered: 0, gaveUp: 0 };

@@ -171,6 +171,10 @@ const variables = {
   WEBHOOK_RETRY_BASE_MS: wholeNumber(1, 3_600_000).default(30_000),
   WEBHOOK_POLL_INTERVAL_MS: wholeNumber(10, 60_000).default(1000),
   EVENTS_ENABLED: booleanFlag.default(true),
+  // Set by `npm start`'s supervisor only, which gives the process a pipe as stdin: the process stops
+  // when it closes (shared/process.ts stopWhenSupervisorGone). Set by hand with stdin at /dev/null
+  // (as under Docker), the process would stop as soon as it started.
+  KEYUSAGE_SUPERVISED: booleanFlag.default(false),
   EVENTS_RETENTION_DAYS: positiveInt(3650).default(90),
   EVENTS_SWEEP_INTERVAL_MS: positiveInt(86_400_000).default(60_000),
   EVENTS_IP_HISTORY_PER_KEY: positiveInt(100_000).default(1000),
@@ -393,6 +397,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   return deepFreeze({
     env: v.NODE_ENV,
     logLevel: v.LOG_LEVEL,
+    supervised: v.KEYUSAGE_SUPERVISED,
     database: databaseSection(v),
     api: apiSection(v),
     privacy: privacySection(v),

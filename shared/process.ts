@@ -43,13 +43,14 @@ export function closeServer(server: Server, graceMs = CLOSE_GRACE_MS): Promise<v
   });
 }
 
-// SIGTERM and SIGINT run `stop` once; a second signal while stopping exits at once.
-export function onShutdownSignal(logger: Logger, stop: () => Promise<void>): void {
+// SIGTERM and SIGINT run `stop` once; a second signal while stopping exits at once. Returns the
+// same stop for other reasons to ask for (stopWhenSupervisorGone), which never exits early.
+export function onShutdownSignal(logger: Logger, stop: () => Promise<void>): (reason: string) => void {
   let stopping = false;
-  const handler = (signal: NodeJS.Signals) => {
-    if (stopping) process.exit(1);
+  const requestStop = (reason: string) => {
+    if (stopping) return;
     stopping = true;
-    logger.info({ signal }, 'shutting down');
+    logger.info({ reason }, 'shutting down');
     stop().then(
       () => process.exit(0),
       (error) => {
@@ -58,24 +59,27 @@ export function onShutdownSignal(logger: Logger, stop: () => Promise<void>): voi
       },
     );
   };
-  process.on('SIGTERM', handler);
-  process.on('SIGINT', handler);
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) process.exit(1);
+    requestStop(signal);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  return requestStop;
 }
 
-/** Set by `npm start`'s supervisor on the processes it starts, each given a pipe as stdin. */
-export const SUPERVISED_VARIABLE = 'KEYUSAGE_SUPERVISED';
-
 /**
- * Under `npm start`, stops this process (as SIGTERM would) once the launcher is gone. A launcher
- * killed outright (SIGKILL, the OOM killer) cannot stop what it started, and the API and the
- * collector, in process groups of their own, served on with nobody to stop them; the next
- * `npm start` took over the data folder beside them. The kernel closes the launcher's end of the
- * pipe however it dies, and that end-of-file is the word. Elsewhere stdin may be a terminal or
- * /dev/null, so only a supervised process listens.
+ * Under `npm start` (config.supervised), calls `onGone` once the launcher is gone. A launcher killed
+ * outright (SIGKILL, the OOM killer) cannot stop what it started, and the API and the collector, in
+ * process groups of their own, served on with nobody to stop them; the next `npm start` took over
+ * the data folder beside them. The kernel closes the launcher's end of the stdin pipe however it
+ * dies: that end-of-file (or a read error on the pipe) is the word. `onGone` must be idempotent:
+ * a stop already under way goes on, its final flush included.
  */
-export function stopWhenSupervisorGone(env: NodeJS.ProcessEnv = process.env): void {
-  if (env[SUPERVISED_VARIABLE] !== '1') return;
-  process.stdin.once('end', () => process.kill(process.pid, 'SIGTERM'));
+export function stopWhenSupervisorGone(supervised: boolean, onGone: (reason: string) => void): void {
+  if (!supervised) return;
+  process.stdin.once('end', () => onGone('the launcher is gone'));
+  process.stdin.once('error', () => onGone('the launcher is gone'));
   process.stdin.resume();
   process.stdin.unref();
 }

@@ -16,22 +16,20 @@ t.test('a failed flush is retried on time after the wall clock steps back an hou
   const { org, adminKeyId } = await seedOrg(api, db);
   const real = createPgUsageStore(db);
   let writes = 0;
-  let failedAt = Infinity;
   const failingOnce: UsageStore = {
     ...real,
     async write(batches, toLog) {
       writes += 1;
-      if (writes === 1) {
-        failedAt = Date.now();
-        throw Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' });
-      }
+      if (writes === 1) throw Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' });
       return real.write(batches, toLog);
     },
   };
-  // The step lands after the failure was recorded (at once, as the error returns) and before its
-  // retry is due (one flush interval later).
-  const wallClock = () => (Date.now() < failedAt + 30 ? Date.now() : Date.now() - 3_600_000);
+  // The step lands once the failure is logged, which is after its retry was scheduled, and before
+  // the retry is due (one flush interval later).
+  let failureLogged = () => false;
+  const wallClock = () => (failureLogged() ? Date.now() - 3_600_000 : Date.now());
   const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '300' }, { store: failingOnce, now: wallClock });
+  failureLogged = () => collector.logLines.some((line) => line.includes('flush failed; usage kept in memory and retried'));
   await sendDatagrams(collector.receiver.port, [encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip: '198.51.100.7', outcome: 'ok', count: 4 })]);
   await waitFor('the retry to write the use', async () => {
     const row = await db('api_key_usage').where({ key_id: adminKeyId }).first();

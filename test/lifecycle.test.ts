@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import http from 'node:http';
 import t from 'tap';
@@ -193,4 +194,32 @@ t.test('untilQuiet: returns after one quiet period, or after maxMs of busy ones'
   let never = 0;
   await untilQuiet(() => (never += 1), 0);
   t.equal(never, 1, 'COLLECTOR_STOP_QUIET_MS=0: no wait');
+});
+
+// A process under `npm start` whose launcher dies while it stops (killed during its wait for the
+// children): the end of stdin must not count as a second signal, which exits at once, and cut the
+// collector's final flush short.
+t.test("the launcher's end during a stop already under way lets the stop finish", async (t) => {
+  const script = `
+    const { onShutdownSignal, stopWhenSupervisorGone } = require(${JSON.stringify(require.resolve('../shared/process'))});
+    const { createLogger } = require(${JSON.stringify(require.resolve('../shared/logger'))});
+    const stop = () => new Promise((resolve) => setTimeout(() => { console.log('final flush done'); resolve(); }, 500));
+    stopWhenSupervisorGone(true, onShutdownSignal(createLogger({ level: 'info', name: 'child' }), stop));
+    console.log('ready');
+    setInterval(() => {}, 1000);`;
+  // In this process (no tsx CLI in between to relay signals and stdin): TypeScript through tsx's hook.
+  const child = spawn(process.execPath, ['--require', 'tsx/cjs', '-e', script], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+    env: { ...process.env, _TAPJS_PROCESSINFO_COVERAGE_: '0' },
+  });
+  t.teardown(() => void child.kill('SIGKILL'));
+  let output = '';
+  child.stdout.on('data', (chunk) => (output += chunk));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  await waitFor('the child to be ready', () => (output.includes('ready') ? true : undefined));
+  child.kill('SIGTERM');
+  await waitFor('the stop to begin', () => (output.includes('"reason":"SIGTERM"') ? true : undefined));
+  child.stdin.end(); // the launcher, killed meanwhile
+  t.equal(await exited, 0, 'the stop ran to its end');
+  t.match(output, /final flush done/);
 });

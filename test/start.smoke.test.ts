@@ -14,7 +14,8 @@ import { parseProcfile, startOrder } from '../scripts/lib/procfile';
 import { loadConfig } from '../shared/config';
 import { createDb } from '../shared/db';
 import { freshDatabase } from './helpers/database';
-import { sleep } from '../harness/wait';
+import { sleep, waitFor } from '../harness/wait';
+import { processAlive } from '../scripts/lib/processAlive';
 
 // The newcomer's path, run for real: `npm start` from the checkout with no DATABASE_URL (so the
 // embedded PostgreSQL, in a temporary folder), the printed demo key, its use visible in the usage
@@ -541,16 +542,8 @@ t.test('a launcher killed outright (SIGKILL): the API and the collector it start
   t.equal((await api(ports.PORT, '/healthz')).status, 200);
   process.kill(-launch.child.pid!, 'SIGKILL'); // npm and the launcher; the two run in groups of their own
   await launch.exited;
-  const alive = (pid: number) => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  for (let waited = 0; waited < 30_000 && started.some(alive); waited += 100) await sleep(100);
-  t.strictSame(started.filter(alive), [], 'neither is left running');
+  await waitFor('web and collector to stop', () => (started.some(processAlive) ? undefined : true), 30_000, 100);
+  t.strictSame(started.filter(processAlive), [], 'neither is left running');
   t.ok(await bindable(ports.PORT, 'tcp'), 'the API port is free again');
   t.ok(await bindable(ports.COLLECTOR_PORT, 'udp'), 'the collector port is free again');
 });

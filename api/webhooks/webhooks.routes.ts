@@ -119,8 +119,6 @@ export function webhooksRouter(deps: { service: WebhooksService; authorize: (req
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(createBody, req.body, 'body');
     const created = await service.create(id, body, changeContext(res));
-    // The one response that carries the secret: no cache may keep it.
-    res.setHeader('Cache-Control', 'no-store');
     res.status(201).json({ ...created.webhook, secret: created.secret } satisfies z.output<typeof createdWebhook>);
   });
 

@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
-import { SUPERVISED_VARIABLE } from '../../shared/process';
 import type { ProcfileEntry } from './procfile';
 import { prefixLines, say } from './launcherOutput';
 
@@ -45,9 +44,10 @@ class ManagedProcess {
     // `exec` makes the command itself the child (no shell in between to swallow signals), and
     // its own process group keeps a terminal's Ctrl-C from reaching it before the launcher
     // decides the order in which things stop. Its stdin is a pipe nobody writes to: the child
-    // stops when it closes, which is how it learns that the launcher died (stopWhenSupervisorGone).
+    // stops when it closes, which is how it learns that the launcher died (KEYUSAGE_SUPERVISED,
+    // shared/process.ts stopWhenSupervisorGone).
     this.child = spawn('/bin/sh', ['-c', `exec ${command}`], {
-      env: { ...env, [SUPERVISED_VARIABLE]: '1' },
+      env: { ...env, KEYUSAGE_SUPERVISED: 'true' },
       stdio: ['pipe', 'pipe', 'pipe'],
       detached: true,
     });
