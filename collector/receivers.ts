@@ -99,13 +99,14 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
   }
   // From the start: a signal while the receivers start still stops them, as does the launcher's
   // end (the workers are stopped by this process, not by the stdin they share with it).
-  const onStopAsked = (reason: string) => {
+  const onStopAsked = (why: { signal: NodeJS.Signals } | { reason: string }) => {
     if (stopping) return;
-    logger.info({ reason, receivers: workers.length }, 'shutting down');
+    logger.info({ ...why, receivers: workers.length }, 'shutting down');
     shutDown(true);
   };
-  process.on('SIGTERM', onStopAsked).on('SIGINT', onStopAsked);
-  stopWhenSupervisorGone(config.supervised, onStopAsked);
+  const onSignal = (signal: NodeJS.Signals) => onStopAsked({ signal });
+  process.on('SIGTERM', onSignal).on('SIGINT', onSignal);
+  stopWhenSupervisorGone(config.supervised, (reason) => onStopAsked({ reason }));
   const ready = await Promise.all(
     workers.map(
       (worker) => new Promise<{ udp: string }>((resolve) => worker.on('message', (m: { cmd?: string; udp: string }) => m?.cmd === 'ready' && resolve(m))),

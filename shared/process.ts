@@ -47,10 +47,10 @@ export function closeServer(server: Server, graceMs = CLOSE_GRACE_MS): Promise<v
 // same stop for other reasons to ask for (stopWhenSupervisorGone), which never exits early.
 export function onShutdownSignal(logger: Logger, stop: () => Promise<void>): (reason: string) => void {
   let stopping = false;
-  const requestStop = (reason: string) => {
+  const requestStop = (why: { signal: NodeJS.Signals } | { reason: string }) => {
     if (stopping) return;
     stopping = true;
-    logger.info({ reason }, 'shutting down');
+    logger.info(why, 'shutting down');
     stop().then(
       () => process.exit(0),
       (error) => {
@@ -61,11 +61,11 @@ export function onShutdownSignal(logger: Logger, stop: () => Promise<void>): (re
   };
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopping) process.exit(1);
-    requestStop(signal);
+    requestStop({ signal });
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
-  return requestStop;
+  return (reason) => requestStop({ reason });
 }
 
 /**

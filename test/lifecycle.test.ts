@@ -218,7 +218,7 @@ t.test("the launcher's end during a stop already under way lets the stop finish"
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   await waitFor('the child to be ready', () => (output.includes('ready') ? true : undefined));
   child.kill('SIGTERM');
-  await waitFor('the stop to begin', () => (output.includes('"reason":"SIGTERM"') ? true : undefined));
+  await waitFor('the stop to begin', () => (output.includes('"signal":"SIGTERM"') ? true : undefined));
   child.stdin.end(); // the launcher, killed meanwhile
   t.equal(await exited, 0, 'the stop ran to its end');
   t.match(output, /final flush done/);
