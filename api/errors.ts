@@ -105,7 +105,8 @@ const fromDatabase = (error: unknown) =>
   databaseUnavailable(error) ? new AppError('service_unavailable', 'The database is unavailable; retry shortly') : undefined;
 
 export const routeNotFound: RequestHandler = (req, _res, next) => {
-  next(new AppError('not_found', `No route for ${req.method} ${redactKeyMaterial(req.path)}`));
+  // The path is redacted with every other message, in clientMessage.
+  next(new AppError('not_found', `No route for ${req.method} ${req.path}`));
 };
 
 export function errorMiddleware(logger: Logger): ErrorRequestHandler {

@@ -72,6 +72,9 @@ t.test('a key pasted where a field name or value goes is not echoed in the 400',
     t.notOk(response.text.includes(adminKey.slice(3)), `case ${i}: the key is not in the answer`);
   }
   for (const response of asName) t.match(response.body.error.message, /ku_\[redacted\]/, 'its place is marked');
+  const inPath = await api.request('GET', `/api/${adminKey}`, { key: adminKey });
+  t.equal(inPath.status, 404);
+  t.equal(inPath.body.error.message, 'No route for GET /api/ku_[redacted]', 'nor in a path that matches no route');
 });
 
 t.test('a date-time whose "+" arrived as a space: the message suggests %2B or Z', async (t) => {

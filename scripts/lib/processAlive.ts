@@ -22,5 +22,5 @@ function zombie(pid: number): boolean {
     return false; // no /proc here (not Linux): the signal's word stands
   }
   // "pid (command) state …": the command may hold spaces and parentheses, so read past the last ')'.
-  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
+  return stat[stat.lastIndexOf(')') + 2] === 'Z';
 }
