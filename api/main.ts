@@ -11,7 +11,12 @@ import { createUsageRecorder } from './usage/createUsageRecorder';
 export async function startApi(config: Config, logger: Logger, databaseUrl: string) {
   const db = await createCheckedDb(
     databaseUrl,
-    { poolMax: config.database.poolMax, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-api' },
+    {
+      poolMax: config.database.poolMax,
+      connectTimeoutMs: config.database.connectTimeoutMs,
+      replyTimeoutMs: config.database.replyTimeoutMs,
+      applicationName: 'keyusage-api',
+    },
     logger,
   );
   await warnIfServerAllowsFewer(db, { connections: config.database.poolMax, from: `DATABASE_POOL_MAX (${config.database.poolMax})` }, logger);

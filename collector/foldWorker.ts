@@ -12,6 +12,7 @@ export interface FoldWorkerData {
   role: typeof FOLD_WORKER;
   databaseUrl: string;
   connectTimeoutMs: number;
+  replyTimeoutMs?: number;
   store: UsageLogOptions;
 }
 
@@ -58,7 +59,12 @@ export function fromFailure(failure: FoldFailure): Error {
 // Folds as the flusher asks for them (one at a time: it starts the next when one has ended); a
 // stop closes the pool (after a fold in progress) and the port, which ends the thread.
 export async function serveFolds(port: MessagePort, data: FoldWorkerData): Promise<void> {
-  const db = createDb(data.databaseUrl, { poolMax: data.store.parallelism ?? 1, connectTimeoutMs: data.connectTimeoutMs, applicationName: FOLD_WORKER });
+  const db = createDb(data.databaseUrl, {
+    poolMax: data.store.parallelism ?? 1,
+    connectTimeoutMs: data.connectTimeoutMs,
+    replyTimeoutMs: data.replyTimeoutMs,
+    applicationName: FOLD_WORKER,
+  });
   const store = createUsageStore(db, data.store);
   port.on('message', (request: FoldRequest) => {
     if (request.cmd === 'stop') {

@@ -447,7 +447,12 @@ export interface CliDatabase {
 // backend but our own.
 export function openDatabase(config: Config, err: (text: string) => void): CliDatabase {
   if (config.database.url) {
-    const db = createDb(config.database.url, { poolMax: 1, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: APPLICATION_NAME });
+    const db = createDb(config.database.url, {
+      poolMax: 1,
+      connectTimeoutMs: config.database.connectTimeoutMs,
+      replyTimeoutMs: config.database.replyTimeoutMs,
+      applicationName: APPLICATION_NAME,
+    });
     return { db, close: () => db.destroy() };
   }
   const { embeddedDir, embeddedPort } = config.database;

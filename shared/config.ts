@@ -87,6 +87,11 @@ const variables = {
     .optional(),
   DATABASE_POOL_MAX: positiveInt(1000).default(10),
   DATABASE_CONNECT_TIMEOUT_MS: wholeNumber(100, 120_000).default(DEFAULT_DATABASE_CONNECT_TIMEOUT_MS),
+  // A statement of the API or the collector that gets no byte from the server for this long closes
+  // its connection (shared/db.ts): a network gone silent fails the flush, which is retried, instead
+  // of holding it for the kernel's 15 minutes. Above the collector's lock wait, which sends nothing;
+  // 0: no limit.
+  DATABASE_REPLY_TIMEOUT_MS: wholeNumber(0, 86_400_000).default(300_000),
   EMBEDDED_PG_DIR: z.string().min(1).default('.data/postgres'),
   EMBEDDED_PG_PORT: port.default(54329),
   HOST: host.default('127.0.0.1'),
@@ -268,6 +273,14 @@ function signingProblems(v: Variables): string[] {
 
 // Each receiving process keeps its own replay cache, and the kernel hands a datagram to whichever
 // process reads first: a replayed copy could reach a process that never saw the original.
+// A flush waiting on a lock hears nothing from the server: a reply timeout no longer than the
+// lock's would close the connection of every such wait, and lock_timeout's clear error would never come.
+function replyTimeoutProblems(v: Variables): string[] {
+  const reply = v.DATABASE_REPLY_TIMEOUT_MS;
+  if (reply === 0 || v.COLLECTOR_LOCK_TIMEOUT_MS < reply) return [];
+  return [`DATABASE_REPLY_TIMEOUT_MS: must be longer than COLLECTOR_LOCK_TIMEOUT_MS (${v.COLLECTOR_LOCK_TIMEOUT_MS} ms), or 0`];
+}
+
 function receiverProblems(v: Variables): string[] {
   if (v.COLLECTOR_RECEIVERS === 1 || !v.USAGE_SIGNING_SECRET) return [];
   return [
@@ -281,6 +294,7 @@ const databaseSection = (v: Variables) => ({
   url: v.DATABASE_URL,
   poolMax: v.DATABASE_POOL_MAX,
   connectTimeoutMs: v.DATABASE_CONNECT_TIMEOUT_MS,
+  replyTimeoutMs: v.DATABASE_REPLY_TIMEOUT_MS,
   embeddedDir: v.EMBEDDED_PG_DIR,
   embeddedPort: v.EMBEDDED_PG_PORT,
   migrateLockTimeoutMs: v.MIGRATE_LOCK_TIMEOUT_MS,
@@ -392,7 +406,14 @@ const webhooksSection = (v: Variables) => ({
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   const v = parseEnvironment(env);
-  const problems = [...pepperProblems(v), ...productionGuards(v), ...relayProblems(v), ...receiverProblems(v), ...signingProblems(v)];
+  const problems = [
+    ...pepperProblems(v),
+    ...productionGuards(v),
+    ...relayProblems(v),
+    ...receiverProblems(v),
+    ...replyTimeoutProblems(v),
+    ...signingProblems(v),
+  ];
   if (problems.length > 0) throw new ConfigError(problems);
   return deepFreeze({
     env: v.NODE_ENV,

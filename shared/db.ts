@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import type net from 'node:net';
 import path from 'node:path';
 import knex, { type Knex } from 'knex';
 import pg from 'pg';
@@ -34,18 +35,60 @@ pg.types.setTypeParser(CIDR_ARRAY_OID, pg.types.getTypeParser(TEXT_ARRAY_OID));
 
 export const MIGRATIONS_DIRECTORY = path.resolve(__dirname, '..', 'migrations');
 
+/** The connection settings knex hands each new client: pg's own, and ours. */
+interface ClientSettings extends pg.ClientConfig {
+  replyTimeoutMs?: number;
+}
+
+// pg's fields behind the reply timeout: its socket and the statements it waits on.
+interface PgClientInternals {
+  connection: { stream: net.Socket };
+  _getActiveQuery(): unknown;
+  _queryQueue: unknown[];
+}
+
 // pg leaves the socket of a failed connection attempt open. When the client gave up (no password
 // to answer the server's challenge) the server holds it until its authentication_timeout (60 s),
 // keeping a process that is done from exiting and the API from releasing it. knex calls connect()
 // without a callback.
+// A network that goes silent (a NAT's state dropped, a host gone without a FIN or RST) left a
+// statement waiting for its reply for as long as the kernel kept retransmitting, about 15 minutes:
+// the collector's flush in progress held every later one, with /healthz green. pg's own
+// query_timeout fails the statement but keeps the connection, with the statement still on it, so
+// the transaction's ROLLBACK queued behind it and the pool took the connection back. Here a
+// statement with no byte from the server for replyTimeoutMs closes its connection: everything on it
+// fails, and knex discards it.
 class ClosingPgClient extends pg.Client {
+  readonly #replyTimeoutMs: number;
+
+  constructor(settings: ClientSettings) {
+    super(settings);
+    this.#replyTimeoutMs = settings.replyTimeoutMs ?? 0;
+  }
+
   override async connect(): Promise<pg.Client> {
     try {
-      return await super.connect();
+      const connected = await super.connect();
+      if (this.#replyTimeoutMs > 0) this.#closeWhenSilent(this.#replyTimeoutMs);
+      return connected;
     } catch (error) {
       this.end().catch(() => {});
       throw error;
     }
+  }
+
+  // The socket's timeout counts from its last byte either way; it fires on an idle connection
+  // too, which waits on nothing and is left alone.
+  #closeWhenSilent(timeoutMs: number): void {
+    const internals = this as unknown as PgClientInternals;
+    const socket = internals.connection.stream;
+    socket.setTimeout(timeoutMs);
+    socket.on('timeout', () => {
+      if (internals._getActiveQuery() == null && internals._queryQueue.length === 0) return;
+      const silence = new Error(`PostgreSQL sent nothing for ${timeoutMs} ms while a statement waited (DATABASE_REPLY_TIMEOUT_MS): connection closed`);
+      // The code of a connection that timed out: the API answers 503, as for any database unreachable.
+      socket.destroy(Object.assign(silence, { code: 'ETIMEDOUT' }));
+    });
   }
 }
 
@@ -76,6 +119,8 @@ export interface DbOptions {
   lockTimeoutMs?: number;
   applicationName?: string;
   connectTimeoutMs?: number;
+  /** How long a statement waits for a byte from the server before its connection is closed; 0 or unset: no limit. */
+  replyTimeoutMs?: number;
 }
 
 const sessionSettings =
@@ -92,7 +137,15 @@ export function createDb(url: string, options: DbOptions = {}): Db {
   const connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_DATABASE_CONNECT_TIMEOUT_MS;
   return knex({
     client: PgDialect,
-    connection: { connectionString: url, application_name: options.applicationName ?? 'keyusage', connectionTimeoutMillis: connectTimeoutMs },
+    connection: {
+      connectionString: url,
+      application_name: options.applicationName ?? 'keyusage',
+      connectionTimeoutMillis: connectTimeoutMs,
+      replyTimeoutMs: options.replyTimeoutMs,
+      // A server that is gone is found by the kernel even on an idle pooled connection.
+      keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+    } satisfies ClientSettings as Knex.PgConnectionConfig,
     // Every day and interval here is a UTC one: in a session time zone with daylight saving (a
     // database initialised on a laptop in Berlin takes its zone), a day added to a timestamp is
     // 23 or 25 hours, and the daily series' buckets after a change matched no hour (all zero).

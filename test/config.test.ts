@@ -24,6 +24,7 @@ t.test('defaults', async (t) => {
     url: undefined,
     poolMax: 10,
     connectTimeoutMs: 5000,
+    replyTimeoutMs: 300_000,
     embeddedDir: '.data/postgres',
     embeddedPort: 54329,
     migrateLockTimeoutMs: 10_000,
@@ -241,6 +242,15 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     t.match(error.message, new RegExp(`\\b${name}: `), `${kind}: the message names ${name}`);
     t.same(error.problems.length, 1, `${kind}: only ${name} is reported`);
   }
+});
+
+t.test("the reply timeout must outlast the collector's lock wait, which hears nothing from the server", async (t) => {
+  const base = { NODE_ENV: 'test' };
+  t.equal(loadConfig(base).database.replyTimeoutMs, 300_000, 'five minutes by default');
+  const error = configError(t, { ...base, DATABASE_REPLY_TIMEOUT_MS: '120000' });
+  t.match(error.message, /\bDATABASE_REPLY_TIMEOUT_MS: must be longer than COLLECTOR_LOCK_TIMEOUT_MS \(120000 ms\), or 0/);
+  t.equal(loadConfig({ ...base, DATABASE_REPLY_TIMEOUT_MS: '120000', COLLECTOR_LOCK_TIMEOUT_MS: '60000' }).database.replyTimeoutMs, 120_000);
+  t.equal(loadConfig({ ...base, DATABASE_REPLY_TIMEOUT_MS: '0' }).database.replyTimeoutMs, 0, '0: no limit, whatever the lock wait');
 });
 
 t.test('several receivers refuse datagram signing: each would keep its own replay cache', async (t) => {

@@ -12,6 +12,8 @@ import { createLogger } from '../shared/logger';
 import { seedOrg, startTestApi, type TestResponse } from './helpers/api';
 import { adminDatabaseUrl, freshDatabase } from './helpers/database';
 import { PgProxy } from './helpers/faults';
+import { sleep } from '../harness/wait';
+import { within } from '../shared/within';
 
 // What an operator sees when the database is unreachable or refuses DATABASE_URL, tried against
 // the real throwaway PostgreSQL (initdb --auth=scram-sha-256: every role must give a password).
@@ -136,6 +138,42 @@ t.test('database unreachable: requests answer 503 service_unavailable with Retry
 
   await proxy.up();
   t.equal((await api.request('GET', list, { key: adminKey })).status, 200, 'back up: 200');
+});
+
+t.test('a network gone silent during a statement: the connection is closed after DATABASE_REPLY_TIMEOUT_MS, 503, and the pool recovers', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const proxy = await PgProxy.start(url);
+  t.teardown(() => proxy.close());
+  const viaProxy = createDb(proxy.url, { poolMax: 1, replyTimeoutMs: 500 });
+  t.teardown(() => viaProxy.destroy());
+  const api = await startTestApi(t, viaProxy);
+  const { org, adminKey } = await seedOrg(api, db);
+  const list = `/api/orgs/${org.id}/api-keys`;
+  t.equal((await api.request('GET', list, { key: adminKey })).status, 200, 'up: 200');
+
+  const silenced = proxy.cutAt(/api_keys/, 'silence');
+  const answer = await within(api.request('GET', list, { key: adminKey }), 15_000);
+  await silenced;
+  t.ok(answer, 'the request is answered, not left waiting on the silent connection');
+  if (answer) assertUnavailable(t, answer, 'a statement whose reply never comes');
+  t.ok(
+    api.evidence.logLines.some((line) => line.includes('DATABASE_REPLY_TIMEOUT_MS')),
+    'the log says which limit closed the connection',
+  );
+  t.equal((await api.request('GET', list, { key: adminKey })).status, 200, 'the next request gets a fresh connection: 200');
+  t.equal(proxy.stats.connections, 2, 'the silent connection was discarded, not handed back to the pool');
+});
+
+t.test('the reply timeout counts silence while a statement waits: an idle connection is left alone, a statement silent for longer is cut', async (t) => {
+  const { url } = await freshDatabase(t);
+  const db = createDb(url, { poolMax: 1, replyTimeoutMs: 400 });
+  t.teardown(() => db.destroy());
+  const backendPid = async () => (await db.raw('select pg_backend_pid() as pid')).rows[0].pid as number;
+  const before = await backendPid();
+  await sleep(900);
+  t.equal(await backendPid(), before, 'idle for twice the timeout, the connection still serves');
+  await t.rejects(db.raw('select pg_sleep(1.2)'), /DATABASE_REPLY_TIMEOUT_MS/, 'a statement the server is silent on for longer is cut');
+  t.not(await backendPid(), before, 'and its connection replaced');
 });
 
 t.test('a database that was never reachable: 503, not 401 or 500', async (t) => {

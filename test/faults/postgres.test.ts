@@ -308,6 +308,25 @@ t.test('connections cut mid-flush (one collector, one proxy, one cut per flush)'
   });
 });
 
+// No FIN, no RST: the server's reply never comes (a NAT's state dropped). Before the reply
+// timeout the flush in progress waited on the kernel's retransmissions, about 15 minutes, and held
+// every later flush while /healthz stayed green.
+t.test('the network goes silent mid-flush: the connection is closed after DATABASE_REPLY_TIMEOUT_MS, the flush retried, nothing lost or doubled', async (t) => {
+  const env = await setup(t, 2, 100, { DATABASE_REPLY_TIMEOUT_MS: '1000', COLLECTOR_LOCK_TIMEOUT_MS: '500' });
+  const { db, collector, ledger } = env;
+  const points = [/insert into api_key_usage \(/i, /^COMMIT/i];
+  for (const [i, pattern] of points.entries()) {
+    await cutOnce(t, env, pattern, 'silence', 30 + i);
+    t.same(await countMismatches(db, ledger), [], `${ledger.total} uses, exactly, after the silence at ${pattern}`);
+  }
+  const m = await collector.metrics();
+  t.ok(m.failed_flushes_total >= points.length, `each silent flush failed and was retried (${m.failed_flushes_total})`);
+  t.ok(
+    collector.output.some((line) => line.includes('DATABASE_REPLY_TIMEOUT_MS')),
+    'the failure names the limit that closed the connection',
+  );
+});
+
 // The same cuts with COLLECTOR_USAGE_LOG: a flush appends to the log (ledger claim, COPY, commit)
 // and a fold applies it (org locks, the log's delete, the upserts, commit). A COMMIT cut may hit
 // either; both are exactly once.

@@ -35,11 +35,17 @@ export type CutMode =
   /** Forward the matching message, then cut: the server runs it, the client never sees the reply. */
   | 'after-forward'
   /** Cut instead of forwarding the matching message: the server never sees it and rolls back. */
-  | 'before-forward';
+  | 'before-forward'
+  /**
+   * Forward the matching message, then pass nothing more either way, the sockets left open: a
+   * network gone silent (no FIN, no RST), the server's reply never arriving.
+   */
+  | 'silence';
 
 interface Link {
   client: net.Socket;
   upstream: net.Socket;
+  silent?: boolean;
 }
 
 export interface ProxyStats {
@@ -150,7 +156,7 @@ export class PgProxy {
     client.on('close', () => this.cut(link, true));
     upstream.on('close', () => this.cut(link));
     upstream.on('data', (chunk: Buffer) => {
-      if (this.links.has(link)) client.write(chunk);
+      if (this.links.has(link) && !link.silent) client.write(chunk);
     });
 
     let buffered: Buffer = Buffer.alloc(0);
@@ -158,7 +164,7 @@ export class PgProxy {
     client.on('data', (chunk: Buffer) => {
       buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
       for (;;) {
-        if (!this.links.has(link)) return;
+        if (!this.links.has(link) || link.silent) return;
         const size = messageSize(buffered, startedUp);
         if (size === undefined || buffered.length < size) return;
         const message = buffered.subarray(0, size);
@@ -175,9 +181,11 @@ export class PgProxy {
         if (sql !== undefined && armed && armed.pattern.test(sql)) {
           armed.remaining -= 1;
           if (armed.remaining <= 0) this.armed = undefined;
-          if (armed.mode === 'after-forward') upstream.write(message);
-          if (/^\s*commit\b/i.test(sql) && armed.mode === 'after-forward') this.stats.commitsForwarded += 1;
-          this.cut(link, armed.mode === 'after-forward', true);
+          const forwarded = armed.mode !== 'before-forward';
+          if (forwarded) upstream.write(message);
+          if (/^\s*commit\b/i.test(sql) && forwarded) this.stats.commitsForwarded += 1;
+          if (armed.mode === 'silence') link.silent = true;
+          else this.cut(link, forwarded, true);
           if (armed.remaining <= 0) armed.hit();
           return;
         }
