@@ -1,6 +1,6 @@
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { Knex } from 'knex';
-import type { rateLimitedWarn } from '../shared/rateLimitedLog';
+import type { RateLimitedWarn } from '../shared/rateLimitedLog';
 import { TABLE } from '../shared/tables';
 import { PACKED_PAIR_CHARS, type KeyList } from './keyList';
 
@@ -37,7 +37,7 @@ export interface KeyListSyncOptions {
   fullReadMs?: number;
   /** Each statement's timeout; 30 s unless a test shortens it. */
   readTimeoutMs?: number;
-  warn: ReturnType<typeof rateLimitedWarn>;
+  warn: RateLimitedWarn;
   now: () => number;
 }
 

@@ -5,7 +5,7 @@ import { createCheckedDb, poolState, warnIfServerAllowsFewer, warnIfServerOlder 
 import { createLogger, type Logger } from '../shared/logger';
 import { metricsServer, renderPrometheus } from '../shared/metrics';
 import { closeServer, listen } from '../shared/process';
-import { rateLimitedWarn } from '../shared/rateLimitedLog';
+import { rateLimitedWarn, type RateLimitedWarn } from '../shared/rateLimitedLog';
 import { within } from '../shared/within';
 import { Aggregator } from './aggregator';
 import { collectorSamples } from './collectorMetrics';
@@ -186,7 +186,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
 }
 
 // Undefined with COLLECTOR_KEY_LIST_REFRESH_MS=0. Its sync reads nothing before start().
-function createKeyList(config: Config, db: Knex, warn: ReturnType<typeof rateLimitedWarn>, now: () => number) {
+function createKeyList(config: Config, db: Knex, warn: RateLimitedWarn, now: () => number) {
   const refreshMs = config.collector.keyListRefreshMs;
   if (refreshMs === 0) return undefined;
   const list = new KeyList(randomInt(2 ** 31));
@@ -194,7 +194,7 @@ function createKeyList(config: Config, db: Knex, warn: ReturnType<typeof rateLim
 }
 
 // Undefined without COLLECTOR_RELAY_TO: other lines are then only counted.
-async function startRelay(config: Config, warn: ReturnType<typeof rateLimitedWarn>): Promise<Relay | undefined> {
+async function startRelay(config: Config, warn: RateLimitedWarn): Promise<Relay | undefined> {
   const target = config.collector.relayTo;
   if (target === undefined) return undefined;
   const sink = await udpSink(target.host, target.port).catch((error: Error) => {

@@ -1,7 +1,7 @@
 import type { Config } from '../shared/config';
 import { datagramVerifier } from '../shared/datagramSignature';
 import { redactKeyMaterial } from '../shared/logger';
-import type { rateLimitedWarn } from '../shared/rateLimitedLog';
+import type { RateLimitedWarn } from '../shared/rateLimitedLog';
 import { truncateIp } from '../shared/ipTruncation';
 import { createDatagramParser } from '../shared/usageDatagram';
 import type { UsageSample } from '../shared/usageWire';
@@ -34,7 +34,7 @@ export function createPacketHandler(options: {
   config: Config;
   aggregator: Aggregator;
   relay: Relay | undefined;
-  warn: ReturnType<typeof rateLimitedWarn>;
+  warn: RateLimitedWarn;
   now: () => number;
 }) {
   const { config, aggregator, relay, warn, now } = options;

@@ -20,28 +20,43 @@ export interface ClaimedDelivery {
 // other's rows. Claiming moves next_attempt_at to the end of a lease instead of holding a
 // transaction open across the HTTP request: if this process dies mid-send, the row becomes due
 // again when the lease ends and another worker delivers it (at least once).
+// Due and lease times are the database's clock, one for every collector: each collector's own
+// clock decided when another's lease had ended, so one running 15 s ahead of another (or stepped
+// forward) claimed a delivery still being sent and POSTed it a second time beside it.
+// A delivery due again with every attempt used (its last send cut short by a crash, or its
+// outcome not recorded) is settled as failed, not sent again: WEBHOOK_MAX_ATTEMPTS is a limit.
 // One org per claim: Citus runs FOR UPDATE only in a statement that stays on one shard, and an
 // org's deliveries and webhooks share one (docs/scaling.md). The orgs with due deliveries are
 // found first by a plain read, which may span shards.
 const DUE_ORGS = `
 select org_id from ${TABLE.webhookDeliveries}
- where status = 'pending' and next_attempt_at <= ?
+ where status = 'pending' and next_attempt_at <= now()
  group by org_id order by min(next_attempt_at)
  limit ?`;
 
 const CLAIM = `
 with due as (
-  select id from ${TABLE.webhookDeliveries}
-   where org_id = :orgId and status = 'pending' and next_attempt_at <= :now
+  select id, attempts from ${TABLE.webhookDeliveries}
+   where org_id = :orgId and status = 'pending' and next_attempt_at <= now()
    order by next_attempt_at
    limit :limit
    for update skip locked
+), spent as (
+  update ${TABLE.webhookDeliveries} d
+     set status = 'failed', completed_at = now(), next_attempt_at = now()
+    from due
+   where d.org_id = :orgId and d.id = due.id and due.attempts >= :maxAttempts
+  returning d.id
+), claimed as (
+  update ${TABLE.webhookDeliveries} d
+     set attempts = d.attempts + 1, next_attempt_at = now() + :leaseMs * interval '1 millisecond'
+    from due, ${TABLE.webhooks} w
+   where d.org_id = :orgId and d.id = due.id and due.attempts < :maxAttempts and w.org_id = :orgId and w.id = d.webhook_id
+  returning d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret_box
 )
-update ${TABLE.webhookDeliveries} d
-   set attempts = d.attempts + 1, next_attempt_at = :leaseUntil
-  from due, ${TABLE.webhooks} w
- where d.org_id = :orgId and d.id = due.id and w.org_id = :orgId and w.id = d.webhook_id
-returning d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret_box`;
+select *, false as spent from claimed
+union all
+select id, null, null, null, null, null, null, null, null, true from spent`;
 
 interface ClaimRow {
   id: string;
@@ -53,16 +68,25 @@ interface ClaimRow {
   attempts: number;
   url: string;
   secret_box: Buffer;
+  spent: boolean;
 }
 
 export interface ClaimOptions {
-  now: Date;
-  leaseUntil: Date;
+  /** How long a claimed delivery is the claimer's: it is due again after this long (database time). */
+  leaseMs: number;
   limit: number;
+  /** WEBHOOK_MAX_ATTEMPTS: a due delivery with this many attempts is settled as failed, not claimed. */
+  maxAttempts: number;
   /** Sends the caller has in flight per org, which count against maxPerOrg. */
   inFlight?: ReadonlyMap<string, number>;
   /** Deliveries one org may have in flight at most, those claimed here included. */
   maxPerOrg?: number;
+}
+
+export interface Claim {
+  deliveries: ClaimedDelivery[];
+  /** Deliveries found due with every attempt used, settled as failed. */
+  spent: number;
 }
 
 /**
@@ -71,28 +95,30 @@ export interface ClaimOptions {
  * took the whole limit, and one org's backlog (a receiver that never answers, and test pings
  * sent without pause) kept every other org's deliveries waiting.
  */
-export async function claimDueDeliveries(db: Db, options: ClaimOptions): Promise<ClaimedDelivery[]> {
+export async function claimDueDeliveries(db: Db, options: ClaimOptions): Promise<Claim> {
   const inFlight = options.inFlight ?? new Map<string, number>();
   const room = (orgId: string) => (options.maxPerOrg ?? Infinity) - (inFlight.get(orgId) ?? 0);
   // Orgs at their cap are read too and passed over, so as many others as the limit are found.
-  const due = await db.raw<{ rows: Array<{ org_id: string }> }>(DUE_ORGS, [options.now, options.limit + inFlight.size]);
+  const due = await db.raw<{ rows: Array<{ org_id: string }> }>(DUE_ORGS, [options.limit + inFlight.size]);
   const orgs = due.rows.map((row) => row.org_id).filter((orgId) => room(orgId) > 0);
-  const claimed: ClaimedDelivery[] = [];
+  const claim: Claim = { deliveries: [], spent: 0 };
   const taken = new Map<string, number>();
   // Orgs that had fewer due than they were offered: a second claim would find none.
   const drained = new Set<string>();
   for (const share of [Math.ceil(options.limit / Math.max(1, orgs.length)), options.limit]) {
     for (const orgId of orgs) {
       const own = taken.get(orgId) ?? 0;
-      const limit = Math.min(share - own, room(orgId) - own, options.limit - claimed.length);
+      const limit = Math.min(share - own, room(orgId) - own, options.limit - claim.deliveries.length);
       if (limit <= 0 || drained.has(orgId)) continue;
-      const { rows } = await db.raw<{ rows: ClaimRow[] }>(CLAIM, { orgId, now: options.now, limit, leaseUntil: options.leaseUntil });
-      claimed.push(...rows.map(toClaimedDelivery));
-      taken.set(orgId, own + rows.length);
+      const { rows } = await db.raw<{ rows: ClaimRow[] }>(CLAIM, { orgId, limit, leaseMs: options.leaseMs, maxAttempts: options.maxAttempts });
+      const claimed = rows.filter((row) => !row.spent);
+      claim.deliveries.push(...claimed.map(toClaimedDelivery));
+      claim.spent += rows.length - claimed.length;
+      taken.set(orgId, own + claimed.length);
       if (rows.length < limit) drained.add(orgId);
     }
   }
-  return claimed;
+  return claim;
 }
 
 const toClaimedDelivery = (row: ClaimRow): ClaimedDelivery => ({
@@ -113,30 +139,33 @@ export interface AttemptOutcome {
   statusCode: number | null;
   error: string | null;
   succeeded: boolean;
-  /** When to try again; undefined when this attempt settles the delivery. */
-  retryAt: Date | undefined;
+  /** How long from the record (database time) to try again; undefined when this attempt settles the delivery. */
+  retryInMs: number | undefined;
 }
 
-export type DeliveryState = 'succeeded' | 'failed' | 'pending';
+/** `superseded`: the claim's lease had ended and another worker had claimed the delivery again; its state is that worker's. */
+export type DeliveryState = 'succeeded' | 'failed' | 'pending' | 'superseded';
 
 // The attempt row and the delivery's new state commit together. The update only applies while
 // the delivery still carries this claim's attempt number: a claim whose lease ran out and was
 // taken over by another worker records its attempt but does not overwrite the newer state.
 export async function recordAttempt(db: Db, delivery: ClaimedDelivery, outcome: AttemptOutcome): Promise<DeliveryState> {
-  const state: DeliveryState = outcome.succeeded ? 'succeeded' : outcome.retryAt ? 'pending' : 'failed';
-  await db.transaction(async (trx) => {
+  const state: DeliveryState = outcome.succeeded ? 'succeeded' : outcome.retryInMs !== undefined ? 'pending' : 'failed';
+  const completedAt = new Date(outcome.startedAt.getTime() + outcome.durationMs);
+  const updated = await db.transaction(async (trx) => {
     await trx.raw(
       `insert into ${TABLE.webhookDeliveryAttempts} (org_id, delivery_id, attempt, started_at, duration_ms, status_code, error, succeeded)
        select org_id, id, ?, ?, ?, ?, ?, ? from ${TABLE.webhookDeliveries} where id = ?`,
       [delivery.attempt, outcome.startedAt, Math.round(outcome.durationMs), outcome.statusCode, outcome.error, outcome.succeeded, delivery.id],
     );
-    await trx(TABLE.webhookDeliveries)
+    const rows: number = await trx(TABLE.webhookDeliveries)
       .where({ id: delivery.id, attempts: delivery.attempt, status: 'pending' })
       .update({
         status: state,
-        next_attempt_at: outcome.retryAt ?? outcome.startedAt,
-        completed_at: state === 'pending' ? null : new Date(outcome.startedAt.getTime() + outcome.durationMs),
+        next_attempt_at: outcome.retryInMs === undefined ? outcome.startedAt : trx.raw(`now() + ? * interval '1 millisecond'`, [outcome.retryInMs]),
+        completed_at: state === 'pending' ? null : completedAt,
       });
+    return rows;
   });
-  return state;
+  return updated === 0 ? 'superseded' : state;
 }

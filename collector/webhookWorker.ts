@@ -74,12 +74,12 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     const result = await send(delivery);
     const durationMs = now() - startedAt;
     const delay = result.ok ? undefined : retryDelayMs(delivery.attempt, { maxAttempts: config.maxAttempts, baseDelayMs: config.retryBaseMs }, options.random);
-    const retryAt = delay === undefined ? undefined : new Date(startedAt + durationMs + delay);
-    const state = await recordAttempt(db, delivery, { startedAt: new Date(startedAt), durationMs, ...result, succeeded: result.ok, retryAt });
+    const state = await recordAttempt(db, delivery, { startedAt: new Date(startedAt), durationMs, ...result, succeeded: result.ok, retryInMs: delay });
     stats.attempts += 1;
     const context = { webhookId: delivery.webhookId, deliveryId: delivery.id, eventId: delivery.eventId, attempt: delivery.attempt };
     if (state === 'succeeded') stats.delivered += 1;
-    else stats.failedAttempts += 1;
+    else if (!result.ok) stats.failedAttempts += 1;
+    if (state === 'superseded') warn('webhook_superseded', context, "a webhook attempt ended after its claim's lease; the delivery is another worker's now");
     if (state === 'pending')
       warn(`webhook_${delivery.webhookId}`, { ...context, statusCode: result.statusCode, error: result.error }, 'webhook attempt failed; will retry');
     if (state === 'failed') {
@@ -98,11 +98,14 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   async function fill(): Promise<void> {
     for (let free = POOL_SIZE - sending.size; free > 0; free = POOL_SIZE - sending.size) {
       refill = false;
-      const at = now();
-      const claimOptions = { now: new Date(at), leaseUntil: new Date(at + leaseMs), limit: free, inFlight: sendingPerOrg, maxPerOrg: MAX_PER_ORG };
-      const claimed = await claimDueDeliveries(db, claimOptions);
-      claimed.forEach(launch);
-      if ((claimed.length < free && !refill) || timer === undefined) return;
+      const claimOptions = { leaseMs, limit: free, maxAttempts: config.maxAttempts, inFlight: sendingPerOrg, maxPerOrg: MAX_PER_ORG };
+      const { deliveries, spent } = await claimDueDeliveries(db, claimOptions);
+      deliveries.forEach(launch);
+      if (spent > 0) {
+        stats.gaveUp += spent;
+        logger.error({ deliveries: spent }, 'webhook deliveries failed: their last attempt was cut short or not recorded');
+      }
+      if ((deliveries.length < free && !refill) || timer === undefined) return;
     }
   }
 

@@ -2,7 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { claimDueDeliveries } from '../collector/webhookStore';
+import { createWebhookWorker } from '../collector/webhookWorker';
+import { claimDueDeliveries, recordAttempt } from '../collector/webhookStore';
+import { loadConfig } from '../shared/config';
+import { createLogger } from '../shared/logger';
 import type { Db } from '../shared/db';
 import { freeTcpPort } from '../scripts/lib/freePort';
 import { seedOrg, startTestApi } from './helpers/api';
@@ -183,7 +186,9 @@ t.test('a claim whose worker died mid-send is delivered by another worker once i
   const event = await world.insertEvent();
   // A worker claims the delivery and dies before sending or recording anything.
   const claimedAt = Date.now();
-  const [claimed] = await claimDueDeliveries(world.db, { now: new Date(claimedAt), leaseUntil: new Date(claimedAt + 400), limit: 10 });
+  const {
+    deliveries: [claimed],
+  } = await claimDueDeliveries(world.db, { leaseMs: 400, limit: 10, maxAttempts: 8 });
   t.equal(claimed.eventId, event.id);
   await startTestCollector(t, world.databaseUrl, FAST);
   await waitFor('a settled delivery', settled(world.db, 1));
@@ -196,6 +201,62 @@ t.test('a claim whose worker died mid-send is delivered by another worker once i
     [2],
     'only the attempt that happened is recorded',
   );
+});
+
+// A worker in-process, its clock `skewMs` off the database's, on the test's receivers.
+function skewedWorker(t: Test, db: Db, skewMs: number, env: Record<string, string> = {}) {
+  const config = loadConfig({ NODE_ENV: 'test', ...FAST, ...env });
+  const logLines: string[] = [];
+  const logger = createLogger({ level: 'info', name: 'worker', destination: { write: (line: string) => void logLines.push(line) } });
+  const worker = createWebhookWorker({ db, peppers: [config.api.keyPepper], config: config.webhooks, logger, now: () => Date.now() + skewMs });
+  t.teardown(() => worker.stop());
+  return { worker, logLines };
+}
+
+// Each collector's own clock decided when another's lease had ended: one running 15 s ahead
+// claimed a delivery still being sent and POSTed it a second time beside it.
+t.test("a worker whose clock runs ahead does not take a delivery another worker's lease still holds", async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const world = await setup(t, receiver.url);
+  await world.insertEvent();
+  const { deliveries } = await claimDueDeliveries(world.db, { leaseMs: 11_000, limit: 10, maxAttempts: 8 });
+  t.equal(deliveries.length, 1, 'the first worker holds the delivery for 11 s');
+  const { worker } = skewedWorker(t, world.db, 15_000);
+  await worker.poll();
+  await sleep(100);
+  t.equal(receiver.requests.length, 0, 'the second worker, 15 s ahead, sends nothing');
+  t.match(await world.db('webhook_deliveries').first('attempts', 'status'), { attempts: 1, status: 'pending' }, 'the delivery is still the first claim');
+});
+
+// A delivery whose last attempt was cut short (a crash mid-send) came due again and was sent a
+// ninth time when WEBHOOK_MAX_ATTEMPTS was 8, and again after each lease while recording failed.
+t.test('a delivery due again with every attempt used is settled as failed, not sent again', async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const world = await setup(t, receiver.url);
+  await world.insertEvent();
+  await world.db('webhook_deliveries').update({ attempts: 3, next_attempt_at: new Date(Date.now() - 1000) });
+  const { worker, logLines } = skewedWorker(t, world.db, 0, { WEBHOOK_MAX_ATTEMPTS: '3' });
+  await worker.poll();
+  await sleep(100);
+  t.equal(receiver.requests.length, 0, 'no fourth attempt');
+  t.match(await world.db('webhook_deliveries').first('attempts', 'status'), { attempts: 3, status: 'failed' });
+  t.equal(worker.stats.gaveUp, 1, 'counted as given up');
+  t.ok(
+    logLines.some((line) => line.includes('their last attempt was cut short or not recorded')),
+    'and logged as an error',
+  );
+});
+
+t.test("an attempt recorded after its lease ended and another worker claimed the delivery is not counted as the delivery's outcome", async (t) => {
+  const world = await setup(t, 'https://203.0.113.10/hook');
+  await world.insertEvent();
+  const claimOptions = { leaseMs: 0, limit: 10, maxAttempts: 8 };
+  const [first] = (await claimDueDeliveries(world.db, claimOptions)).deliveries;
+  const [second] = (await claimDueDeliveries(world.db, { ...claimOptions, leaseMs: 60_000 })).deliveries;
+  t.equal(second?.attempt, 2, 'the lease of 0 ms ended: another worker claimed it');
+  const late = { startedAt: new Date(), durationMs: 5, statusCode: 200, error: null, succeeded: true, retryInMs: undefined };
+  t.equal(await recordAttempt(world.db, first, late), 'superseded', "the late success is not the delivery's");
+  t.match(await world.db('webhook_deliveries').first('attempts', 'status'), { attempts: 2, status: 'pending' }, "the second claim's state stands");
 });
 
 // The oldest org took the whole claim: one org's backlog (a receiver that never answers, test
@@ -214,7 +275,7 @@ t.test("one org's backlog takes its share of a claim, not all of it", async (t) 
     { ...delivery, event_id: randomUUID() },
     { ...delivery, event_id: randomUUID() },
   ]);
-  const claim = () => claimDueDeliveries(world.db, { now: new Date(at + 1), leaseUntil: new Date(at + 60_000), limit: 10 });
+  const claim = async () => (await claimDueDeliveries(world.db, { leaseMs: 60_000, limit: 10, maxAttempts: 8 })).deliveries;
   const orgsOf = async (claimed: Awaited<ReturnType<typeof claim>>) =>
     (
       await world

@@ -1,5 +1,5 @@
 import type { Logger } from '../../shared/logger';
-import { rateLimitedWarn } from '../../shared/rateLimitedLog';
+import { rateLimitedWarn, type RateLimitedWarn } from '../../shared/rateLimitedLog';
 import { MAX_LINE_COUNT, encodeUsageLine, packDatagrams, type Outcome, type UsageSample } from '../../shared/usageWire';
 
 export interface DatagramSink {
@@ -26,7 +26,7 @@ export class UsageRecorder {
   private timer: NodeJS.Timeout | undefined;
   private inFlight = 0;
   private idle: (() => void) | undefined;
-  private readonly warn: ReturnType<typeof rateLimitedWarn>;
+  private readonly warn: RateLimitedWarn;
   readonly stats: UsageRecorderStats = { recordedUses: 0, sentUses: 0, failedUses: 0, datagrams: 0, failedDatagrams: 0, earlyDrains: 0 };
 
   constructor(private readonly options: { sink: DatagramSink; maxEntries: number; drainIntervalMs: number; logger: Logger; maxDatagramBytes?: number }) {
