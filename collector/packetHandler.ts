@@ -30,13 +30,7 @@ export interface ReplayCacheState {
 
 const SIGNATURE_WINDOW_MS = 30_000;
 
-export function createPacketHandler(options: {
-  config: Config;
-  aggregator: Aggregator;
-  relay: Relay | undefined;
-  warn: RateLimitedWarn;
-  now: () => number;
-}) {
+export function createPacketHandler(options: { config: Config; aggregator: Aggregator; relay: Relay | undefined; warn: RateLimitedWarn; now: () => number }) {
   const { config, aggregator, relay, warn, now } = options;
   const { signingSecrets, replayCacheSize, aggregatorMaxKeys } = config.collector;
   const ingest: IngestCounters = { packets: 0, rejectedPackets: 0, lines: 0, usageLines: 0, otherLines: 0, badLines: 0, usesReceived: 0 };
