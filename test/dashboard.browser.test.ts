@@ -155,6 +155,17 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await rowsShown(page, (n) => n > 1);
   });
 
+  // A refresh started by a filter or the pager showed no error: a 400 (or a 401) went unseen.
+  t.test("a search the API refuses shows the API's message, and it clears once a search works", async (t) => {
+    await page.fill('#key-search', 'x'.repeat(201));
+    await page.locator('#view-error', { hasText: 'q' }).waitFor();
+    t.match(await page.locator('#view-error').textContent(), /200/, "the API's own message, naming the limit");
+    await page.fill('#key-search', '');
+    await rowsShown(page, (n) => n > 1);
+    await page.waitForFunction(() => document.getElementById('view-error')?.textContent === '');
+    t.pass('the message is gone');
+  });
+
   t.test('a key page draws the chart stacked by outcome with the API totals', async (t) => {
     await page.click(`tr[data-key-id="${keys.readonly.id}"] td.col-name a`);
     await page.locator('#chart figure').waitFor();

@@ -91,29 +91,36 @@ function controls(onChange) {
   return { element, query };
 }
 
-export function createKeysView({ who, onFresh }) {
+// `requestRefresh`: the page's refresh of the current view, which shows its errors (a refresh
+// started here by a filter or the pager showed none: a 400 or a 401 went unseen).
+export function createKeysView({ who, onFresh, requestRefresh }) {
   const rows = new Map();
   let offset = 0;
+  // Answers may come back out of order (the 5 s refresh beside a click on Next): only the latest
+  // request's is shown, with the offset it asked for.
+  let latest = 0;
   const tbody = el('tbody');
   const status = el('p', { class: 'page-status', 'aria-live': 'polite' });
   const refresh = async () => {
+    const asked = { ticket: ++latest, offset };
     const params = filters.query();
-    params.set('offset', String(offset));
+    params.set('offset', String(asked.offset));
     const body = await api('GET', orgPath(who, `/usage?${params}`));
+    if (asked.ticket !== latest) return;
     render(body.data);
-    const last = Math.min(body.page.total, offset + body.data.length);
-    setText(status, body.page.total === 0 ? 'No keys match.' : `${count(offset + 1)}–${count(last)} of ${count(body.page.total)} keys`);
-    prev.disabled = offset === 0;
+    const last = Math.min(body.page.total, asked.offset + body.data.length);
+    setText(status, body.page.total === 0 ? 'No keys match.' : `${count(asked.offset + 1)}–${count(last)} of ${count(body.page.total)} keys`);
+    prev.disabled = asked.offset === 0;
     next.disabled = last >= body.page.total;
     onFresh(body);
   };
   const go = (delta) => () => {
     offset = Math.max(0, offset + delta);
-    void refresh();
+    requestRefresh();
   };
   const filters = controls(() => {
     offset = 0;
-    void refresh();
+    requestRefresh();
   });
   const prev = el('button', { type: 'button', text: '← Previous', onclick: go(-PAGE_SIZE) });
   const next = el('button', { type: 'button', text: 'Next →', onclick: go(PAGE_SIZE) });

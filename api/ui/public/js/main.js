@@ -24,7 +24,7 @@ function showSignIn(message = '') {
 
 function viewFor(hash) {
   const detail = /^#\/key\/([0-9a-f-]{36})$/.exec(hash);
-  const common = { who, onFresh: (usage) => freshness.update(usage) };
+  const common = { who, onFresh: (usage) => freshness.update(usage), requestRefresh: () => void refreshCurrent() };
   if (detail) return createKeyDetailView({ ...common, keyId: detail[1], onSignedOut: () => signOut('The key you were signed in with was revoked.') });
   if (hash === '#/org') return createOrgView(common);
   return createKeysView(common);
@@ -34,6 +34,8 @@ async function refreshCurrent() {
   const view = current;
   try {
     await view?.refresh();
+    // The last error stays shown only while it holds: a refresh that worked clears it.
+    if (view === current) setText($('view-error'), '');
   } catch (error) {
     // A key revoked or expired meanwhile: back to sign-in with the API's message.
     if (error.status === 401) signOut(error.message);
