@@ -79,7 +79,7 @@ export const apiKeysRoutes: RouteContract[] = [
     operationId: 'revokeDormantApiKeys',
     summary: 'List (dryRun, the default) or revoke the keys unused for dormantDays',
     description:
-      'The calling key is never among them, nor keys with uses not yet folded into their totals. keyIds (the ids a dry run listed) revokes only those still dormant. 409 for an apply on an API that records no uses (USAGE_TRACKING=false).',
+      'The calling key is never among them, nor keys with uses the collector logged but has not folded yet; a use still on its way to the collector (the last second or so, longer while it cannot write) is not seen. keyIds (the ids a dry run listed) revokes only those still dormant. 409 for an apply on an API that records no uses (USAGE_TRACKING=false).',
     auth: MANAGE_AND_READ_ORG,
     params: orgParams,
     body: revokeDormantBody,
