@@ -23,10 +23,12 @@ const PRIVATE_RANGES: Array<[string, number, 'ipv4' | 'ipv6']> = [
   // address reached 10.0.0.5 (64:ff9b::a00:5 on a network with NAT64).
   ['64:ff9b::', 96, 'ipv6'], // NAT64, well-known
   ['64:ff9b:1::', 48, 'ipv6'], // NAT64, local use
+  ['::ffff:0:0:0', 96, 'ipv6'], // IPv4-translated (SIIT): ::ffff:0:a00:5 reached 10.0.0.5 through a translator
   ['2002::', 16, 'ipv6'], // 6to4
   ['2001::', 32, 'ipv6'], // Teredo
   ['fc00::', 7, 'ipv6'], // unique local
   ['fe80::', 10, 'ipv6'], // link-local
+  ['fec0::', 10, 'ipv6'], // site-local (deprecated, still routed inside some networks)
   ['ff00::', 8, 'ipv6'], // multicast
 ];
 

@@ -60,6 +60,8 @@ t.test('private, loopback and link-local addresses', async (t) => {
     // IPv4 inside IPv6 through a gateway (NAT64, 6to4, Teredo) or the deprecated compatible form.
     '64:ff9b::a00:5',
     '64:ff9b:1::a00:5',
+    '::ffff:0:a00:5',
+    'fec0::1',
     '2002:a00:5::1',
     '2001:0:4136:e378:8000:63bf:3fff:fdd2',
     '::a00:5',
