@@ -32,7 +32,7 @@ export interface AppDeps {
   db: Db;
   logger: Logger;
   config: Config['api'];
-  webhooks: Pick<Config['webhooks'], 'allowPrivateTargets' | 'timeoutMs'> & { lookup?: Lookup };
+  webhooks: Pick<Config['webhooks'], 'allowPrivateTargets' | 'timeoutMs' | 'maxPerOrg'> & { lookup?: Lookup };
   /** IP_TRUNCATE also applies to the addresses the audit log keeps; off when not given. */
   privacy?: Pick<Config['privacy'], 'truncateIps'>;
   recordUse: RecordUse;
@@ -135,6 +135,7 @@ function createServices(deps: AppDeps, verifier: ReturnType<typeof createKeyVeri
       pepper: deps.config.keyPepper,
       allowPrivateTargets: deps.webhooks.allowPrivateTargets,
       timeoutMs: deps.webhooks.timeoutMs,
+      maxPerOrg: deps.webhooks.maxPerOrg,
       lookup: deps.webhooks.lookup,
       now,
     }),

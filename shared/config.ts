@@ -175,6 +175,9 @@ const variables = {
   WEBHOOK_MAX_ATTEMPTS: wholeNumber(1, 12).default(8),
   WEBHOOK_RETRY_BASE_MS: wholeNumber(1, 3_600_000).default(30_000),
   WEBHOOK_POLL_INTERVAL_MS: wholeNumber(10, 60_000).default(1000),
+  // Webhooks one org may have: each key event is one delivery per webhook, written in the
+  // collector's flush, so an org with thousands made every flush (every org's) write thousands.
+  WEBHOOKS_MAX_PER_ORG: positiveInt(10_000).default(20),
   EVENTS_ENABLED: booleanFlag.default(true),
   // Set by `npm start`'s supervisor only, which gives the process a pipe as stdin: the process stops
   // when it closes (shared/process.ts stopWhenSupervisorGone). Set by hand with stdin at /dev/null
@@ -402,6 +405,7 @@ const webhooksSection = (v: Variables) => ({
   maxAttempts: v.WEBHOOK_MAX_ATTEMPTS,
   retryBaseMs: v.WEBHOOK_RETRY_BASE_MS,
   pollIntervalMs: v.WEBHOOK_POLL_INTERVAL_MS,
+  maxPerOrg: v.WEBHOOKS_MAX_PER_ORG,
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env) {

@@ -162,7 +162,7 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     t.match(await page.locator('#view-error').textContent(), /200/, "the API's own message, naming the limit");
     await page.fill('#key-search', '');
     await rowsShown(page, (n) => n > 1);
-    await page.waitForFunction(() => document.getElementById('view-error')?.textContent === '');
+    await waitFor('the message cleared', async () => ((await page.locator('#view-error').textContent()) === '' ? true : undefined));
     t.pass('the message is gone');
   });
 

@@ -343,6 +343,17 @@ t.test('every response of every route matches the document', async (t) => {
     check(t, template, 'post', response, 'conflict');
   });
 
+  await t.test('a webhook beyond WEBHOOKS_MAX_PER_ORG', async (t) => {
+    const { template } = contracts.get('createWebhook')!;
+    const capped = await startTestApi(t, world.db, { env: { WEBHOOKS_MAX_PER_ORG: '1' } });
+    const response = await capped.request('POST', urlOf(world, template, {}), {
+      key: world.plaintexts.admin,
+      body: { url: 'https://203.0.113.12/hook', events: ['*'] },
+    });
+    t.equal(response.status, 409);
+    check(t, template, 'post', response, 'conflict');
+  });
+
   await t.test('too many failed attempts, an unexpected error, an unreachable database', async (t) => {
     const throttled = await startTestApi(t, world.db, { env: { AUTH_THROTTLE_MAX_FAILURES_PER_IP: '1' } });
     const whoami = '/api/whoami';

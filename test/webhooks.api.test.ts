@@ -182,6 +182,38 @@ t.test('ping queues a delivery; delete removes the webhook with its deliveries',
   t.equal((await db('webhook_deliveries').where({ webhook_id: id })).length, 0, 'its deliveries went with it');
 });
 
+// Each key event is one delivery per webhook of its org, written in the collector's flush: an
+// org with thousands of webhooks made every flush (every org's) write thousands of rows.
+t.test('an org has WEBHOOKS_MAX_PER_ORG webhooks at most, concurrent creates included; other orgs are not counted', async (t) => {
+  const { api, acme, globex, hooks } = await world(t, { ...ALLOW_PRIVATE, WEBHOOKS_MAX_PER_ORG: '2' });
+  const create = (org = acme) => api.request('POST', hooks(org.org.id), { key: org.adminKey, body: { url: 'http://127.0.0.1:9/in', events: ['*'] } });
+  const answers = await Promise.all(Array.from({ length: 5 }, () => create()));
+  t.same(answers.map((answer) => answer.status).sort(), [201, 201, 409, 409, 409], 'five at once: two made, three refused');
+  const refused = answers.find((answer) => answer.status === 409)!;
+  t.match(refused.body.error, { code: 'conflict', message: /2 webhooks, the most it may have \(WEBHOOKS_MAX_PER_ORG\)/ });
+  t.equal((await create(globex)).status, 201, "another org's count is its own");
+  const first = answers.find((answer) => answer.status === 201)!;
+  t.equal((await api.request('DELETE', `${hooks()}/${first.body.id}`, { key: acme.adminKey })).status, 204);
+  t.equal((await create()).status, 201, 'one deleted, one more may be made');
+});
+
+// Pings sent in a loop to a receiver that never answers grew the outbox without bound.
+t.test('a webhook has 10 test deliveries pending at most: the next ping is a 429 until one settles', async (t) => {
+  const { db, api, acme, hooks } = await world(t);
+  const created = await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'http://127.0.0.1:9/in', events: ['*'] } });
+  const ping = () => api.request('POST', `${hooks()}/${created.body.id}/test`, { key: acme.adminKey });
+  const answers = await Promise.all(Array.from({ length: 12 }, ping));
+  t.same(answers.map((answer) => answer.status).sort(), [...Array(10).fill(202), 429, 429], 'twelve at once: ten queued');
+  t.match(answers.find((answer) => answer.status === 429)!.body.error, {
+    code: 'too_many_requests',
+    message: /10 test deliveries to this webhook are still pending/,
+  });
+  await db('webhook_deliveries')
+    .where({ id: answers.find((answer) => answer.status === 202)!.body.deliveryId })
+    .update({ status: 'failed' });
+  t.equal((await ping()).status, 202, 'one settled, one more may be queued');
+});
+
 t.test('the trigger: one delivery per matching webhook, in the same transaction as the event', async (t) => {
   const { db, api, acme, globex, hooks } = await world(t);
   const make = async (org: typeof acme, events: string[]) =>

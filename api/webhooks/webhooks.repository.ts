@@ -84,6 +84,24 @@ export async function deleteWebhookInOrg(db: Db, orgId: string, id: string): Pro
   return (await db(TABLE.webhooks).where({ id, org_id: orgId }).delete()) > 0;
 }
 
+// Creating webhooks and test deliveries counts before it inserts: one such change of an org at a
+// time, so concurrent requests cannot all pass the same count. Held to the transaction's end.
+export async function lockOrgWebhooks(trx: Db, orgId: string): Promise<void> {
+  await trx.raw(`select pg_advisory_xact_lock(hashtextextended('keyusage.webhooks:' || ?::text, 0))`, [orgId]);
+}
+
+export async function countWebhooksInOrg(db: Db, orgId: string): Promise<number> {
+  const [row] = await db(TABLE.webhooks).where({ org_id: orgId }).count<{ n: string }[]>({ n: '*' });
+  return Number(row.n);
+}
+
+export async function countPendingDeliveries(db: Db, orgId: string, webhookId: string, eventType: string): Promise<number> {
+  const [row] = await db(TABLE.webhookDeliveries)
+    .where({ org_id: orgId, webhook_id: webhookId, event_type: eventType, status: 'pending' })
+    .count<{ n: string }[]>({ n: '*' });
+  return Number(row.n);
+}
+
 export async function insertDelivery(
   db: Db,
   delivery: { webhookId: string; orgId: string; eventId: string; eventType: string; payload: Record<string, unknown> },

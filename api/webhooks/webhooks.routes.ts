@@ -58,11 +58,12 @@ export const webhooksRoutes: RouteContract[] = [
     operationId: 'createWebhook',
     summary: "Send the org's key events to a URL, signed (docs/webhooks.md)",
     description:
-      'The signing secret is in this response only (Cache-Control: no-store). A URL that resolves to a private address is refused (400) unless the deployment allows it.',
+      'The signing secret is in this response only (Cache-Control: no-store). A URL that resolves to a private address is refused (400) unless the deployment allows it. 409 when the org has WEBHOOKS_MAX_PER_ORG webhooks (20 by default).',
     auth: MANAGE_AND_READ_ORG,
     params: orgParams,
     body: createBody,
     responses: { 201: { description: 'The webhook, with its signing secret', body: createdWebhook } },
+    errors: ['conflict'],
   },
   {
     method: 'get',
@@ -98,9 +99,11 @@ export const webhooksRoutes: RouteContract[] = [
     path: '/:webhookId/test',
     operationId: 'pingWebhook',
     summary: 'Queue a webhook.ping delivery to the webhook',
+    description: '429 while 10 test deliveries to the webhook are still pending.',
     auth: MANAGE_ORG,
     params: webhookParams,
     responses: { 202: { description: 'The delivery is queued', body: pingResult } },
+    errors: ['too_many_requests'],
   },
 ];
 

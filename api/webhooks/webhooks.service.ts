@@ -5,15 +5,18 @@ import type { Db } from '../../shared/db';
 import { PING_EVENT_TYPE } from '../../shared/keyEvents';
 import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../../shared/secretBox';
 import { resolveTargetWithin, TargetRefusedError, type Lookup } from '../../shared/webhookTarget';
-import { InvalidInputError, notFound } from '../errors';
+import { AppError, InvalidInputError, notFound } from '../errors';
 import { idString, isoTime, listOf, offsetPage } from '../responses';
 import {
+  countPendingDeliveries,
+  countWebhooksInOrg,
   deleteWebhookInOrg,
   findWebhookInOrg,
   insertDelivery,
   insertWebhook,
   listDeliveries,
   listWebhooksInOrg,
+  lockOrgWebhooks,
   DELIVERY_STATUSES,
   type DeliveryRecord,
   type DeliveryStatus,
@@ -100,12 +103,18 @@ const webhookAudit = (orgId: string, action: 'webhook.create' | 'webhook.delete'
   ip: context.ip ?? null,
 });
 
+// Test deliveries one webhook may have pending: pings sent in a loop to a receiver that never
+// answers grew the outbox without bound, each retried for an hour.
+export const MAX_PENDING_PINGS = 10;
+
 export interface WebhooksServiceDeps {
   db: Db;
   pepper: string;
   allowPrivateTargets: boolean;
   /** How long the URL's host may take to resolve (WEBHOOK_TIMEOUT_MS, as for a send). */
   timeoutMs: number;
+  /** WEBHOOKS_MAX_PER_ORG. */
+  maxPerOrg: number;
   /** The system's resolver unless given. */
   lookup?: Lookup;
   now: () => number;
@@ -139,6 +148,10 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       const secret = `whsec_${randomBytes(32).toString('base64url')}`;
       // Where an org's events go is as sensitive as its keys: recorded in the same transaction.
       const webhook = await deps.db.transaction(async (trx) => {
+        await lockOrgWebhooks(trx, orgId);
+        if ((await countWebhooksInOrg(trx, orgId)) >= deps.maxPerOrg) {
+          throw new AppError('conflict', `this org has ${deps.maxPerOrg} webhooks, the most it may have (WEBHOOKS_MAX_PER_ORG): delete one first`);
+        }
         const inserted = await insertWebhook(trx, { id, orgId, url: input.url, eventTypes: input.events, secretBox: box.seal(secret, id) });
         await recordAudit(trx, webhookAudit(orgId, 'webhook.create', inserted, context));
         return inserted;
@@ -187,7 +200,16 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
         occurredAt: new Date(deps.now()).toISOString(),
         details: { webhookId },
       };
-      const deliveryId = await insertDelivery(deps.db, { webhookId, orgId, eventId, eventType: PING_EVENT_TYPE, payload });
+      const deliveryId = await deps.db.transaction(async (trx) => {
+        await lockOrgWebhooks(trx, orgId);
+        if ((await countPendingDeliveries(trx, orgId, webhookId, PING_EVENT_TYPE)) >= MAX_PENDING_PINGS) {
+          throw new AppError(
+            'too_many_requests',
+            `${MAX_PENDING_PINGS} test deliveries to this webhook are still pending: wait for one to settle (GET …/deliveries?status=pending)`,
+          );
+        }
+        return insertDelivery(trx, { webhookId, orgId, eventId, eventType: PING_EVENT_TYPE, payload });
+      });
       return { deliveryId, eventId };
     },
   };
