@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { steadyNow } from '../shared/steadyClock';
 import express, { type Request, type RequestHandler, type Response } from 'express';
 import type { Config } from '../shared/config';
 import type { Db } from '../shared/db';
@@ -41,6 +42,14 @@ export interface AppDeps {
   /** Each finished request, for the metrics (api/metrics.ts). */
   onRequest?: (request: RequestObservation) => void;
   now?: () => number;
+  /**
+   * The clock of the key cache's TTL, the throttle's windows, the health answer's cache and the
+   * rate-limited warnings: steady unless given (shared/steadyClock.ts). On the wall clock a step
+   * back kept every cached key fresh for the step: a key revoked on another instance went on
+   * working for as long (an hour for an hour's step), and a throttled address waited as long.
+   * Tests that move `now` to age the cache or the windows pass the same clock here.
+   */
+  elapsed?: () => number;
 }
 
 // A lockout is worth a log line; a distributed attack locking thousands of addresses is worth one per interval.
@@ -91,9 +100,10 @@ function requestContext(logger: Logger, onRequest: AppDeps['onRequest']): Reques
 
 // Who is calling: the failed-authentication throttle, the key verifier (its cache told of every
 // revocation by the keys service) and the per-route authorizer built on both.
-function createAuthentication(deps: AppDeps, now: () => number) {
-  const warn = rateLimitedWarn(deps.logger, THROTTLE_LOG_INTERVAL_MS, now);
-  const throttle = createAuthThrottle(deps.config.authThrottle, now, (scope, subject) =>
+function createAuthentication(deps: AppDeps, clocks: { now: () => number; elapsed: () => number }) {
+  const { now, elapsed } = clocks;
+  const warn = rateLimitedWarn(deps.logger, THROTTLE_LOG_INTERVAL_MS, elapsed);
+  const throttle = createAuthThrottle(deps.config.authThrottle, elapsed, (scope, subject) =>
     warn(
       `auth_throttle_${scope}`,
       { [scope === 'ip' ? 'ip' : 'keyId']: subject, stats: { ...throttle.stats } },
@@ -105,6 +115,7 @@ function createAuthentication(deps: AppDeps, now: () => number) {
     peppers: [deps.config.keyPepper, ...deps.config.previousKeyPeppers],
     cacheTtlMs: deps.config.keyCacheTtlMs,
     now,
+    elapsed,
     mayReload: (keyId) => !throttle.keyLocked(keyId),
     onRehashError: (error) =>
       warn('pepper_rehash', { err: { message: error.message } }, 'rehashing a key with the current KEY_PEPPER failed; retried on its next use'),
@@ -145,7 +156,8 @@ function createServices(deps: AppDeps, verifier: ReturnType<typeof createKeyVeri
 
 export function createApp(deps: AppDeps) {
   const now = deps.now ?? Date.now;
-  const { throttle, verifier, authorize } = createAuthentication(deps, now);
+  const elapsed = deps.elapsed ?? steadyNow;
+  const { throttle, verifier, authorize } = createAuthentication(deps, { now, elapsed });
   const services = createServices(deps, verifier, now);
   const { apiKeys, usage, events, webhooks, audit } = services;
 
@@ -156,7 +168,7 @@ export function createApp(deps: AppDeps) {
   app.use(securityHeaders);
   app.use(dashboardRouter());
 
-  app.get('/healthz', healthHandler(deps.db, now));
+  app.get('/healthz', healthHandler(deps.db, elapsed));
 
   app.get('/openapi.json', serveOpenApiDocument());
 

@@ -221,7 +221,36 @@ t.test('a key cannot create or rotate a key with more scopes or a longer life th
   t.same([takeover.status, takeover.body.error?.code], [403, 'forbidden'], "a keys:write key cannot rotate (and so obtain) a wider key's secret");
   t.match(takeover.body.error.message, /cannot rotate a key with scopes it does not hold itself: keys:read$/);
   t.equal((await api.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'the admin key is untouched');
+
+  // PATCH set a wider key's expected networks and answered its view: with keys:write alone, a
+  // cleared list silenced key.outside_networks for a stolen admin key.
+  const [before] = await db('api_keys').where({ id: adminKeyId }).pluck('expected_networks');
+  const patched = await api.request('PATCH', `${base}/${adminKeyId}`, { key: writer, body: { expectedNetworks: ['0.0.0.0/0'] } });
+  t.same([patched.status, patched.body.error?.code], [403, 'forbidden'], "a keys:write key cannot change a wider key's expected networks");
+  t.match(patched.body.error.message, /cannot change a key with scopes it does not hold itself: keys:read$/);
+  t.notOk('name' in patched.body, "nor read the wider key's view");
+  t.same(await db('api_keys').where({ id: adminKeyId }).pluck('expected_networks'), [before], 'unchanged');
+  const own = await api.services.apiKeys.create(org.id, { name: 'narrow', scopes: ['keys:write'], expiresAt: null });
+  const narrow = await api.request('PATCH', `${base}/${own.key.id}`, { key: writer, body: { expectedNetworks: ['10.0.0.0/8'] } });
+  t.equal(narrow.status, 200, 'a key within its scopes it may change');
   t.equal(api.evidence.leaksOf([writer, expiring, adminKey]).length, 0, 'no key material in bodies or logs');
+});
+
+// With no grace the old secret was kept with an end of "now" on the rotating instance's clock: an
+// instance whose clock ran behind accepted it for as long as the difference.
+t.test('a rotation without grace keeps no old secret: an instance whose clock runs behind refuses it too', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const behind = await startTestApi(t, db, { now: () => Date.now() - 60_000 });
+  const { org, adminKey } = await seedOrg(api, db);
+  const leaked = await api.services.apiKeys.create(org.id, { name: 'leaked', scopes: ['keys:read'], expiresAt: null });
+  t.equal((await behind.request('GET', '/api/whoami', { key: leaked.plaintext })).status, 200, 'the leaked secret works before');
+  const rotated = await api.request('POST', `/api/orgs/${org.id}/api-keys/${leaked.key.id}/rotate`, { key: adminKey, body: { gracePeriodSeconds: 0 } });
+  t.equal(rotated.status, 200);
+  behind.verifier.invalidate(leaked.key.id);
+  t.equal((await behind.request('GET', '/api/whoami', { key: leaked.plaintext })).status, 401, 'the old secret is refused at once, on the late instance too');
+  t.equal((await behind.request('GET', '/api/whoami', { key: rotated.body.key })).status, 200, 'the new one works');
+  t.same(await db('api_keys').where({ id: leaked.key.id }).pluck('previous_secret_hash'), [null], 'no previous hash is stored');
 });
 
 t.test('names with control characters are a 400, never a 500', async (t) => {

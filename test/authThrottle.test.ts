@@ -102,3 +102,29 @@ t.test("an id that names no key counts against the address only: it never locks,
   );
   t.match(api.throttle.stats, { failures: 19, refusedByKey: 1, lockouts: 1, evicted: 0 });
 });
+
+// The cache's TTL and the throttle's windows were on the wall clock: stepped back an hour (NTP, a
+// restored VM), a key revoked on another instance went on working here for the hour, and a
+// throttled address was told to wait an hour.
+t.test('a wall clock stepped back neither keeps a revoked key cached nor stretches a lockout', async (t) => {
+  const { db } = await freshDatabase(t);
+  const wall = { at: Date.parse('2026-11-25T12:00:00Z') };
+  const steady = { at: 0 };
+  const api = await startTestApi(t, db, { now: () => wall.at, elapsed: () => steady.at, env: THROTTLE });
+  const { adminKey, adminKeyId } = await seedOrg(api, db);
+  const whoami = (ip: string, key?: string) => api.request('GET', '/api/whoami', { key, headers: { 'x-forwarded-for': ip } });
+  t.equal((await whoami('198.51.100.1', adminKey)).status, 200, 'the key is cached');
+  await db('api_keys')
+    .where({ id: adminKeyId })
+    .update({ revoked_at: new Date(wall.at) });
+  wall.at -= 3_600_000;
+  steady.at += api.config.api.keyCacheTtlMs;
+  t.equal((await whoami('198.51.100.1', adminKey)).status, 401, 'revoked elsewhere: refused once the TTL has passed, whatever the wall clock did');
+
+  const attacker = '203.0.113.77';
+  for (let i = 0; i < 4; i += 1) await whoami(attacker, 'not-a-key');
+  wall.at -= 3_600_000;
+  const refused = await whoami(attacker, 'not-a-key');
+  t.equal(refused.status, 429);
+  t.equal(refused.headers.get('retry-after'), '60', 'the rest of the window, not the window plus the step');
+});

@@ -30,6 +30,12 @@ export interface KeyVerifier {
   invalidate(keyId: string): void;
 }
 
+// A request's time on both clocks: the wall's for expiry, the steady one's for the cache.
+interface Instant {
+  now: number;
+  elapsed: number;
+}
+
 const MAX_CACHED_KEYS = 10_000;
 const MAX_UNKNOWN_KEYS = 10_000;
 
@@ -76,7 +82,10 @@ export function createKeyVerifier(deps: {
   /** KEY_PEPPER, then KEY_PEPPER_PREVIOUS, current first. */
   peppers: readonly string[];
   cacheTtlMs: number;
+  /** The wall clock, for expiry and the grace period's end (times written down). */
   now: () => number;
+  /** The clock of the cache's TTL: steady, so a wall clock stepped back does not keep entries fresh. */
+  elapsed: () => number;
   mayReload?: (keyId: string) => boolean;
   onRehashError?: (error: Error) => void;
 }): KeyVerifier {
@@ -84,7 +93,7 @@ export function createKeyVerifier(deps: {
   const records = new Map<string, { record: ApiKeyRecord; fetchedAt: number }>();
   const unknown = new Map<string, number>();
   const loading = new Map<string, Promise<ApiKeyRecord | undefined>>();
-  const fresh = (fetchedAt: number | undefined, now: number) => fetchedAt !== undefined && now - fetchedAt < deps.cacheTtlMs;
+  const fresh = (fetchedAt: number | undefined, elapsed: number) => fetchedAt !== undefined && elapsed - fetchedAt < deps.cacheTtlMs;
   const stats: KeyCacheStats = { hits: 0, misses: 0, reloads: 0 };
 
   function remember(keyId: string, record: ApiKeyRecord | undefined, fetchedAt: number): void {
@@ -101,7 +110,7 @@ export function createKeyVerifier(deps: {
   function load(keyId: string): Promise<ApiKeyRecord | undefined> {
     const pending = loading.get(keyId);
     if (pending) return pending;
-    const startedAt = deps.now();
+    const startedAt = deps.elapsed();
     // invalidate() drops the pending load, so a read that raced a revocation is not remembered.
     const current = () => loading.get(keyId) === query;
     const query: Promise<ApiKeyRecord | undefined> = findApiKeyById(deps.db, keyId).then((record) => {
@@ -123,8 +132,8 @@ export function createKeyVerifier(deps: {
   }
 
   // An id read as not existing within the TTL: answered from the cache, a hit.
-  function knownUnknown(keyId: string, now: number): boolean {
-    if (!fresh(unknown.get(keyId), now)) return false;
+  function knownUnknown(keyId: string, elapsed: number): boolean {
+    if (!fresh(unknown.get(keyId), elapsed)) return false;
     stats.hits += 1;
     return true;
   }
@@ -133,18 +142,18 @@ export function createKeyVerifier(deps: {
   // cache can refuse it refuses without a read, as on the cached path: an id known not to exist
   // (within the TTL: a key created elsewhere since waits that long), and a wrong secret on a key
   // whose reloads the throttle refuses. Otherwise every request costs one primary-key read.
-  async function verifyFresh(keyId: string, secret: string, now: number): Promise<Verification> {
-    if (knownUnknown(keyId, now)) return { outcome: 'unknown' };
+  async function verifyFresh(keyId: string, secret: string, at: Instant): Promise<Verification> {
+    if (knownUnknown(keyId, at.elapsed)) return { outcome: 'unknown' };
     const cached = records.get(keyId);
-    const refusable = cached !== undefined && fresh(cached.fetchedAt, now) && deps.mayReload?.(keyId) === false;
-    if (refusable && judge(cached.record, secret, peppers, now).verdict.outcome === 'bad_secret') {
+    const refusable = cached !== undefined && fresh(cached.fetchedAt, at.elapsed) && deps.mayReload?.(keyId) === false;
+    if (refusable && judge(cached.record, secret, peppers, at.now).verdict.outcome === 'bad_secret') {
       stats.hits += 1;
       return { outcome: 'bad_secret', key: cached.record };
     }
     stats.misses += 1;
     const key = await findApiKeyById(deps.db, keyId);
-    if (!key) remember(keyId, undefined, now);
-    return key ? decided(key, secret, now) : { outcome: 'unknown' };
+    if (!key) remember(keyId, undefined, at.elapsed);
+    return key ? decided(key, secret, at.now) : { outcome: 'unknown' };
   }
 
   function invalidate(keyId: string): void {
@@ -156,11 +165,12 @@ export function createKeyVerifier(deps: {
   return {
     stats,
     async verify({ keyId, secret }, options = {}) {
-      const now = deps.now();
-      if (options.fresh) return verifyFresh(keyId, secret, now);
-      if (knownUnknown(keyId, now)) return { outcome: 'unknown' };
+      const at: Instant = { now: deps.now(), elapsed: deps.elapsed() };
+      const now = at.now;
+      if (options.fresh) return verifyFresh(keyId, secret, at);
+      if (knownUnknown(keyId, at.elapsed)) return { outcome: 'unknown' };
       const cached = records.get(keyId);
-      const cachedFresh = cached !== undefined && fresh(cached.fetchedAt, now);
+      const cachedFresh = cached !== undefined && fresh(cached.fetchedAt, at.elapsed);
       stats[cachedFresh ? 'hits' : 'misses'] += 1;
       const key = cachedFresh ? cached.record : await load(keyId);
       if (!key) return { outcome: 'unknown' };

@@ -120,9 +120,12 @@ export async function replaceSecret(
   db: Db,
   id: string,
   change: {
+    /** The hash being replaced: the write applies only while the key still has it. */
+    replacedHash: Buffer;
     secretHash: Buffer;
     secretPepperId: string;
-    previousSecretHash: Buffer;
+    /** Null when no grace period keeps the old secret. */
+    previousSecretHash: Buffer | null;
     previousSecretPepperId: string | null;
     previousSecretExpiresAt: Date;
     rotatedAt: Date;
@@ -131,7 +134,7 @@ export async function replaceSecret(
   // Still active when written: a revocation that committed after the caller read the key left its
   // hash alone, and the rotation answered 200 with a new secret for a revoked key.
   const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
-    .where({ id, secret_hash: change.previousSecretHash })
+    .where({ id, secret_hash: change.replacedHash })
     .whereRaw('revoked_at is null and (expires_at is null or expires_at > ?)', [change.rotatedAt])
     .update({
       secret_hash: change.secretHash,

@@ -105,12 +105,18 @@ export interface ChangeContext {
 
 // A key hands out no more than it holds: creating or rotating a key reveals that key's secret, so
 // a key with more scopes or a longer life than the actor's own would be an escalation.
-function assertWithinActor(actor: Actor | undefined, key: { scopes: Scope[]; expiresAt: Date | null }, verb: 'create' | 'rotate') {
-  if (!actor) return;
-  const lacking = key.scopes.filter((scope) => !actor.scopes.includes(scope));
+// A key may change (PATCH) only keys whose scopes it holds: with keys:write alone it cleared an
+// admin key's expected networks, silencing key.outside_networks for that key, and read its view.
+function assertScopesWithinActor(actor: Actor | undefined, key: { scopes: Scope[] }, verb: 'create' | 'rotate' | 'change') {
+  const lacking = actor ? key.scopes.filter((scope) => !actor.scopes.includes(scope)) : [];
   if (lacking.length > 0) {
     throw new AppError('forbidden', `This API key cannot ${verb} a key with scopes it does not hold itself: ${lacking.join(', ')}`);
   }
+}
+
+function assertWithinActor(actor: Actor | undefined, key: { scopes: Scope[]; expiresAt: Date | null }, verb: 'create' | 'rotate') {
+  if (!actor) return;
+  assertScopesWithinActor(actor, key, verb);
   if (actor.expiresAt && (key.expiresAt === null || key.expiresAt > actor.expiresAt)) {
     const life = key.expiresAt === null ? 'never expires' : `expires at ${key.expiresAt.toISOString()}`;
     throw new AppError('forbidden', `This API key expires at ${actor.expiresAt.toISOString()}; it cannot ${verb} a key that ${life}`);
@@ -231,11 +237,15 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         throw new AppError('conflict', `Cannot rotate a ${keyStatus(key, now)} API key`);
       }
       const material = newSecret(key.id, deps.pepper);
+      // No grace: the old secret is not kept at all. Kept with an end of now, it still worked on
+      // an instance whose clock ran behind the rotating one's, for as long as the difference.
+      const keepsOld = graceSeconds > 0;
       const change = {
+        replacedHash: key.secretHash,
         secretHash: material.secretHash,
         secretPepperId: material.pepperId,
-        previousSecretHash: key.secretHash,
-        previousSecretPepperId: key.secretPepperId,
+        previousSecretHash: keepsOld ? key.secretHash : null,
+        previousSecretPepperId: keepsOld ? key.secretPepperId : null,
         previousSecretExpiresAt: new Date(now + graceSeconds * 1000),
         rotatedAt: new Date(now),
       };
@@ -258,6 +268,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     /** Expected networks do not block a request: a use from outside them raises key.outside_networks. */
     async setExpectedNetworks(orgId: string, keyId: string, networks: string[] | null, context: ChangeContext = {}) {
       const key = await requireKey(orgId, keyId);
+      assertScopesWithinActor(context.actor, key, 'change');
       const updated = await audited(
         context,
         (trx) => setExpectedNetworks(trx, key.id, networksOrNull(networks)),

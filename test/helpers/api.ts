@@ -41,6 +41,8 @@ export class Evidence {
 export interface TestApiOptions {
   env?: Record<string, string>;
   now?: () => number;
+  /** The cache's and throttle's clock (AppDeps.elapsed): `now` when a test gives one, so moving it ages them too. */
+  elapsed?: () => number;
   recordUse?: RecordUse;
   /** The webhook URL checks' resolver; the system's unless given. */
   webhookLookup?: Lookup;
@@ -71,6 +73,7 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
     recordUse,
     usageTracking: options.usageTracking,
     now: options.now,
+    elapsed: options.elapsed ?? options.now,
   });
   const server = http.createServer(app);
   const port = await listen(server, '127.0.0.1', 0, 'PORT');
