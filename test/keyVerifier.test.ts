@@ -16,7 +16,14 @@ async function world(t: Test, options: { mayReload?: (keyId: string) => boolean 
   let clock = Date.parse('2026-11-25T12:00:00Z');
   const api = await startTestApi(t, db, { now: () => clock });
   const { org, adminKey, adminKeyId } = await seedOrg(api, db);
-  const verifier = createKeyVerifier({ db, peppers: [api.config.api.keyPepper], cacheTtlMs: TTL, now: () => clock, elapsed: () => clock, mayReload: options.mayReload });
+  const verifier = createKeyVerifier({
+    db,
+    peppers: [api.config.api.keyPepper],
+    cacheTtlMs: TTL,
+    now: () => clock,
+    elapsed: () => clock,
+    mayReload: options.mayReload,
+  });
   const counter = { queries: 0 };
   db.on('query', () => (counter.queries += 1));
   const key = parsePresentedKey(adminKey)!;
