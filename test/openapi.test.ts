@@ -354,6 +354,15 @@ t.test('every response of every route matches the document', async (t) => {
     check(t, template, 'post', response, 'conflict');
   });
 
+  await t.test("a ping while 10 of the webhook's pings are pending", async (t) => {
+    const { template } = contracts.get('pingWebhook')!;
+    const webhook = await world.api.services.webhooks.create(world.orgId, { url: 'https://203.0.113.13/hook', events: ['*'] });
+    for (let i = 0; i < 10; i += 1) await world.api.services.webhooks.ping(world.orgId, webhook.webhook.id);
+    const response = await world.api.request('POST', urlOf(world, template, { webhookId: webhook.webhook.id }), { key: world.plaintexts.admin });
+    t.equal(response.status, 409);
+    check(t, template, 'post', response, 'conflict');
+  });
+
   await t.test('too many failed attempts, an unexpected error, an unreachable database', async (t) => {
     const throttled = await startTestApi(t, world.db, { env: { AUTH_THROTTLE_MAX_FAILURES_PER_IP: '1' } });
     const whoami = '/api/whoami';

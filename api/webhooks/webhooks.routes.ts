@@ -99,11 +99,11 @@ export const webhooksRoutes: RouteContract[] = [
     path: '/:webhookId/test',
     operationId: 'pingWebhook',
     summary: 'Queue a webhook.ping delivery to the webhook',
-    description: '429 while 10 test deliveries to the webhook are still pending.',
+    description: '409 while 10 test deliveries to the webhook are still pending.',
     auth: MANAGE_ORG,
     params: webhookParams,
     responses: { 202: { description: 'The delivery is queued', body: pingResult } },
-    errors: ['too_many_requests'],
+    errors: ['conflict'],
   },
 ];
 

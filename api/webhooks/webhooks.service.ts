@@ -204,7 +204,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
         await lockOrgWebhooks(trx, orgId);
         if ((await countPendingDeliveries(trx, orgId, webhookId, PING_EVENT_TYPE)) >= MAX_PENDING_PINGS) {
           throw new AppError(
-            'too_many_requests',
+            'conflict',
             `${MAX_PENDING_PINGS} test deliveries to this webhook are still pending: wait for one to settle (GET …/deliveries?status=pending)`,
           );
         }
