@@ -51,7 +51,7 @@ export interface UsageBatch {
 export interface AggregatorOptions {
   maxKeys: number;
   maxIpsPerKey?: number;
-  /** How far a sample's own timestamp (`|T`) may lie from the clock and still be believed. */
+  /** How far before the clock a sample's own timestamp (`|T`) may lie and still be believed (never after it). */
   timestampWindowMs?: number;
   /**
    * The keys that exist (collector/keyList.ts): keys it lacks take half of maxKeys at most
@@ -144,11 +144,13 @@ export class Aggregator {
     return this.#hour;
   }
 
-  // A client clock may be off, or a sender hostile: a timestamp beyond the window around our
-  // clock would write the far past (a key looks dormant) or the future (it looks used for days).
-  // Such uses still count, exactly, at the time they were received, and are counted apart.
+  // A client clock may be off, or a sender hostile: a timestamp beyond the window before our clock
+  // would write the far past (a key looks dormant). One after it, even by a second, is not believed
+  // either: a forged line an hour ahead held the key's last use there for the hour, and every real
+  // use meanwhile lost to it, so its last address stayed the forger's. Such uses still count,
+  // exactly, at the time they were received, and are counted apart.
   #believable(timestamp: number, received: number): number {
-    if (Math.abs(timestamp - received) <= this.#timestampWindowMs) return timestamp;
+    if (timestamp <= received && received - timestamp <= this.#timestampWindowMs) return timestamp;
     this.#outOfWindowSamples++;
     return received;
   }

@@ -521,7 +521,8 @@ t.test('a sample timestamp (|T) within the window puts the uses in its hour and 
 t.test('a timestamp outside the window counts at receipt time, exactly, and is counted apart', async (t) => {
   const cases: Array<{ name: string; offsetMs: number; window?: number; believed: boolean }> = [
     { name: 'one hour ago, the edge', offsetMs: -3_600_000, believed: true },
-    { name: 'one hour ahead, the edge', offsetMs: 3_600_000, believed: true },
+    { name: 'a millisecond ahead: no time after receipt is believed', offsetMs: 1, believed: false },
+    { name: 'one hour ahead', offsetMs: 3_600_000, believed: false },
     { name: 'a millisecond beyond the past edge', offsetMs: -3_600_001, believed: false },
     { name: 'a millisecond beyond the future edge', offsetMs: 3_600_001, believed: false },
     { name: 'the epoch', offsetMs: -T0, believed: false },
@@ -574,6 +575,19 @@ t.test('keys whose ids end alike are still counted apart, before and after a dra
     ],
     'the org check still applies',
   );
+});
+
+// A forged line an hour ahead held the key's last use there: every real use lost to it, and the
+// key's last address stayed the forger's for the hour.
+t.test('a forged timestamp ahead of the clock does not hold the last use or its address', async (t) => {
+  const { clock, aggregator } = fakeAggregator();
+  aggregator.add(use({ ip: '198.51.100.7', timestamp: T0 + 3_599_000 }));
+  clock.now += 10;
+  aggregator.add(use({ ip: '10.0.0.9' }));
+  const [delta] = aggregator.drain().keys;
+  t.equal(delta.lastUsedAt, T0 + 10, 'the last use is the real one, at its receipt');
+  t.equal(delta.lastIp, '10.0.0.9', 'and so is its address');
+  t.equal(aggregator.outOfWindowSamples, 1, 'the forged timestamp is counted apart');
 });
 
 t.test('a full ip map evicts the least recently seen, by timestamp, not by arrival', async (t) => {
@@ -664,7 +678,7 @@ t.test('property: the aggregator equals the Map-based model, drain after drain',
         const timestamp = s.offsetMs === null ? undefined : clock.now + s.offsetMs;
         const sample = { ...use({ keyId: s.key, orgId: s.org, ip: s.ip, outcome: s.outcome, count: s.count }), ...(timestamp && { timestamp }) };
         aggregator.add(sample);
-        const believed = timestamp !== undefined && Math.abs(timestamp - clock.now) <= 3_600_000 ? timestamp : clock.now;
+        const believed = timestamp !== undefined && timestamp <= clock.now && clock.now - timestamp <= 3_600_000 ? timestamp : clock.now;
         modelAdd(model, sample, believed, maxIps);
         if (s.drainAfter) drainedEqualsModel();
       }
@@ -811,18 +825,21 @@ t.test('a merged delta carries no key list generation, so its append looks the k
 // the base is not taken for "none".
 t.test("a drain's keys read epoch times however far their uses lie from its first key's hour", async (t) => {
   const { clock, aggregator } = fakeAggregator({ timestampWindowMs: 2 * 86_400_000 });
+  const first = clock.now;
   aggregator.add(use());
   const early = HOUR_10 - 86_400_000 + 123;
   const late = T0 + 86_400_000 + 456;
   aggregator.add(use({ keyId: KEY_B, outcome: 'revoked', ip: '10.0.0.2', timestamp: early }));
   aggregator.add(use({ keyId: KEY_B, outcome: 'bad_secret', ip: '10.0.0.3', timestamp: early }));
+  aggregator.add(use({ orgId: ORG_2, timestamp: HOUR_10 }));
+  // A day on, in the same drain (no time after receipt is believed, so the clock moves there).
+  clock.now = late;
   aggregator.add(use({ keyId: KEY_C, outcome: 'expired', ip: '10.0.0.4', timestamp: late }));
   aggregator.add(use({ keyId: KEY_C, outcome: 'expired', ip: '10.0.0.4', timestamp: late - 5 }));
-  aggregator.add(use({ orgId: ORG_2, timestamp: HOUR_10 }));
   const drained = aggregator.drain().keys;
   const order = (k: KeyUsageDelta) => [KEY_A, KEY_B, KEY_C].indexOf(k.keyId) + (k.orgId === ORG_2 ? 3 : 0);
   const [a, b, c, atBase] = plainKeys(drained).sort((x, y) => order(x) - order(y));
-  t.equal(a.lastUsedAt, clock.now);
+  t.equal(a.lastUsedAt, first);
   t.equal(a.lastFailedAt, -Infinity, 'no failed attempt: none');
   t.match(b, { lastUsedAt: early, lastRevokedUseAt: early, lastFailedAt: early, lastExpiredUseAt: -Infinity });
   t.strictSame([...b.hours.keys()], [HOUR_10 - 86_400_000]);
