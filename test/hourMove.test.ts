@@ -335,7 +335,7 @@ t.test('stopping the upkeep stops the webhook worker at once, even while a reten
   const stopped = upkeep.stop();
   // A claim already under way at the stop ends (due times are the database's clock, read when its
   // statement runs): the event comes once it has, so only a claim begun after the stop can take it.
-  await sleep(200);
+  await sleep(500);
   await event('key.new_ip');
   await sleep(500);
   t.equal(await attempts('key.new_ip'), 0, 'twenty-five polls later, nothing more was claimed');
