@@ -12,21 +12,15 @@ import { interleavedSchedule, median } from './lib/stats';
 // are upper bounds of the per-request cost (a warm loop is cheaper than the same call between
 // requests, see benchmark 2, but far below the ~170 µs a request costs end to end).
 
-type Check =
-  | 'legacy parse'
-  | 'checksummed parse'
-  | 'throttle, clean address'
-  | 'wall clock (Date.now)'
-  | 'steady clock (the cache TTL)'
-  | 'HMAC-SHA-256 of the secret (for scale)';
-const CHECKS: readonly Check[] = [
+const CHECKS = [
   'legacy parse',
   'checksummed parse',
   'throttle, clean address',
   'wall clock (Date.now)',
   'steady clock (the cache TTL)',
   'HMAC-SHA-256 of the secret (for scale)',
-];
+] as const;
+type Check = (typeof CHECKS)[number];
 
 function subjects(pepper: string): Record<Check, () => unknown> {
   const keyId = randomUUID();

@@ -81,6 +81,8 @@ export interface ClaimOptions {
   inFlight?: ReadonlyMap<string, number>;
   /** Deliveries one org may have in flight at most, those claimed here included. */
   maxPerOrg?: number;
+  /** True once the caller stopped: no org's claim starts after that (the one under way ends). */
+  stopped?: () => boolean;
 }
 
 export interface Claim {
@@ -109,6 +111,7 @@ export async function claimDueDeliveries(db: Db, options: ClaimOptions): Promise
     for (const orgId of orgs) {
       const own = taken.get(orgId) ?? 0;
       const limit = Math.min(share - own, room(orgId) - own, options.limit - claim.deliveries.length);
+      if (options.stopped?.()) return claim;
       if (limit <= 0 || drained.has(orgId)) continue;
       const { rows } = await db.raw<{ rows: ClaimRow[] }>(CLAIM, { orgId, limit, leaseMs: options.leaseMs, maxAttempts: options.maxAttempts });
       const claimed = rows.filter((row) => !row.spent);

@@ -50,6 +50,8 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   const leaseMs = 2 * config.timeoutMs + 1000;
   const stats: WebhookWorkerStats = { attempts: 0, failedAttempts: 0, delivered: 0, gaveUp: 0 };
   let timer: NodeJS.Timeout | undefined;
+  // Set by stop(): no claim starts after it. A worker polled without start() (tests) still claims.
+  let stopping = false;
 
   async function send(delivery: ClaimedDelivery): Promise<SendResult> {
     let secret: string;
@@ -98,7 +100,8 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   async function fill(): Promise<void> {
     for (let free = POOL_SIZE - sending.size; free > 0; free = POOL_SIZE - sending.size) {
       refill = false;
-      const claimOptions = { leaseMs, limit: free, maxAttempts: config.maxAttempts, inFlight: sendingPerOrg, maxPerOrg: MAX_PER_ORG };
+      const stopped = () => stopping;
+      const claimOptions = { leaseMs, limit: free, maxAttempts: config.maxAttempts, inFlight: sendingPerOrg, maxPerOrg: MAX_PER_ORG, stopped };
       const { deliveries, spent } = await claimDueDeliveries(db, claimOptions);
       deliveries.forEach(launch);
       if (spent > 0) {
@@ -142,6 +145,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     },
     /** Stops polling and waits for the sends in flight to be recorded. */
     async stop(): Promise<void> {
+      stopping = true;
       clearInterval(timer);
       timer = undefined;
       await filling;

@@ -274,16 +274,17 @@ function signingProblems(v: Variables): string[] {
   return v.USAGE_SIGNING_PREVIOUS_SECRET === v.USAGE_SIGNING_SECRET ? ['USAGE_SIGNING_PREVIOUS_SECRET: must differ from USAGE_SIGNING_SECRET'] : [];
 }
 
-// Each receiving process keeps its own replay cache, and the kernel hands a datagram to whichever
-// process reads first: a replayed copy could reach a process that never saw the original.
 // A flush waiting on a lock hears nothing from the server: a reply timeout no longer than the
-// lock's would close the connection of every such wait, and lock_timeout's clear error would never come.
+// lock's would close the connection of every such wait, and lock_timeout's clear error would never
+// come. (COLLECTOR_LOCK_TIMEOUT_MS=0, no lock timeout, leaves the reply timeout as the only bound.)
 function replyTimeoutProblems(v: Variables): string[] {
   const reply = v.DATABASE_REPLY_TIMEOUT_MS;
   if (reply === 0 || v.COLLECTOR_LOCK_TIMEOUT_MS < reply) return [];
   return [`DATABASE_REPLY_TIMEOUT_MS: must be longer than COLLECTOR_LOCK_TIMEOUT_MS (${v.COLLECTOR_LOCK_TIMEOUT_MS} ms), or 0`];
 }
 
+// Each receiving process keeps its own replay cache, and the kernel hands a datagram to whichever
+// process reads first: a replayed copy could reach a process that never saw the original.
 function receiverProblems(v: Variables): string[] {
   if (v.COLLECTOR_RECEIVERS === 1 || !v.USAGE_SIGNING_SECRET) return [];
   return [

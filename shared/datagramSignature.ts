@@ -1,6 +1,5 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { MAX_DATAGRAM_BYTES } from './usageWire';
-import { steadyNow } from './steadyClock';
 
 // An optional shared-secret signature on usage datagrams, for a collector that listens beyond
 // loopback (USAGE_SIGNING_SECRET). The signature is the datagram's last line and is itself a valid
@@ -43,22 +42,13 @@ export type SignatureVerdict =
  * secrets may be accepted at once, so the secret can be rotated without a gap. `size()` is how
  * many nonces it remembers now, out of `maxRemembered`.
  */
-export function datagramVerifier(options: {
-  secrets: readonly string[];
-  windowMs: number;
-  maxRemembered: number;
-  /** The wall clock, which signatures' timestamps are judged against. */
-  now: () => number;
-  /**
-   * When remembered nonces are forgotten: steady unless given. On the wall clock a step back of X
-   * forgot nothing for X: the cache filled, and genuine datagrams were refused as
-   * replay_cache_full for as long (an hour's step: an hour of uses lost, /healthz green).
-   */
-  elapsed?: () => number;
-}) {
+export function datagramVerifier(options: { secrets: readonly string[]; windowMs: number; maxRemembered: number; now: () => number }) {
   if (options.secrets.length === 0) throw new RangeError('datagramVerifier needs at least one secret');
-  const elapsed = options.elapsed ?? steadyNow;
-  // nonce → forget-after; insertion order is forget-after order, since it is `elapsed` + a constant.
+  // nonce → forget-after; insertion order is forget-after order, since it is `now` + a constant.
+  // On the wall clock, as the signatures' freshness is: a nonce forgotten on a steady clock was
+  // gone when a clock stepped back made its datagram fresh again, and the datagram could be
+  // replayed. The cost: after a step back of X, nothing is forgotten for X, and past the cache's
+  // size genuine datagrams are refused (replay_cache_full, counted and logged) until it passes.
   const remembered = new Map<string, number>();
   const verify = (packet: string): SignatureVerdict => {
     // The API signs datagrams of at most MAX_DATAGRAM_BYTES, signature included. A forged one of
@@ -80,14 +70,13 @@ export function datagramVerifier(options: {
     const now = options.now();
     if (Math.abs(now - Number(ts)) > options.windowMs) return { ok: false, reason: 'stale' };
     // Kept through forgetAt itself: a datagram signed a whole window ahead is still fresh then.
-    const at = elapsed();
     for (const [old, forgetAt] of remembered) {
-      if (forgetAt >= at) break;
+      if (forgetAt >= now) break;
       remembered.delete(old);
     }
     if (remembered.has(nonce)) return { ok: false, reason: 'replayed' };
     if (remembered.size >= options.maxRemembered) return { ok: false, reason: 'replay_cache_full' };
-    remembered.set(nonce, at + 2 * options.windowMs);
+    remembered.set(nonce, now + 2 * options.windowMs);
     return { ok: true, body };
   };
   return Object.assign(verify, { size: () => remembered.size });

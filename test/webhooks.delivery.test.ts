@@ -226,6 +226,11 @@ t.test("a worker whose clock runs ahead does not take a delivery another worker'
   await sleep(100);
   t.equal(receiver.requests.length, 0, 'the second worker, 15 s ahead, sends nothing');
   t.match(await world.db('webhook_deliveries').first('attempts', 'status'), { attempts: 1, status: 'pending' }, 'the delivery is still the first claim');
+  // The control: once the lease has ended (on the database's clock), the same worker sends it.
+  await world.db('webhook_deliveries').update({ next_attempt_at: world.db.raw(`now() - interval '1 second'`) });
+  await worker.poll();
+  await waitFor('the delivery sent once its lease ended', async () => (receiver.requests.length === 1 ? true : undefined));
+  t.pass('sent by the worker 15 s ahead once the lease ended');
 });
 
 // A delivery whose last attempt was cut short (a crash mid-send) came due again and was sent a

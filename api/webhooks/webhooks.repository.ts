@@ -95,10 +95,13 @@ export async function countWebhooksInOrg(db: Db, orgId: string): Promise<number>
   return Number(row.n);
 }
 
-export async function countPendingDeliveries(db: Db, orgId: string, webhookId: string, eventType: string): Promise<number> {
-  const [row] = await db(TABLE.webhookDeliveries)
+/** Pending deliveries of one type to a webhook, counted up to `upTo` (the caller's cap): no more rows are read. */
+export async function countPendingDeliveries(db: Db, orgId: string, webhookId: string, eventType: string, upTo: number): Promise<number> {
+  const pending = db(TABLE.webhookDeliveries)
+    .select(db.raw('1'))
     .where({ org_id: orgId, webhook_id: webhookId, event_type: eventType, status: 'pending' })
-    .count<{ n: string }[]>({ n: '*' });
+    .limit(upTo);
+  const [row] = await db.from(pending.as('p')).count<{ n: string }[]>({ n: '*' });
   return Number(row.n);
 }
 

@@ -6,7 +6,7 @@ import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, type Requirement } from '../
 import type { RouteContract } from '../openapi/contract';
 import { jsonBody, pagination, parseInput, uuid } from '../validation';
 import { DELIVERY_STATUSES } from './webhooks.repository';
-import { createdWebhook, deliveryList, pingResult, webhookList, type WebhooksService } from './webhooks.service';
+import { createdWebhook, deliveryList, MAX_PENDING_PINGS, pingResult, webhookList, type WebhooksService } from './webhooks.service';
 
 const orgParams = z.object({ id: uuid });
 const webhookParams = z.object({ id: uuid, webhookId: uuid });
@@ -99,7 +99,7 @@ export const webhooksRoutes: RouteContract[] = [
     path: '/:webhookId/test',
     operationId: 'pingWebhook',
     summary: 'Queue a webhook.ping delivery to the webhook',
-    description: '409 while 10 test deliveries to the webhook are still pending.',
+    description: `409 while ${MAX_PENDING_PINGS} test deliveries to the webhook are still pending.`,
     auth: MANAGE_ORG,
     params: webhookParams,
     responses: { 202: { description: 'The delivery is queued', body: pingResult } },

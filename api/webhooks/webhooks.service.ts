@@ -202,7 +202,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       };
       const deliveryId = await deps.db.transaction(async (trx) => {
         await lockOrgWebhooks(trx, orgId);
-        if ((await countPendingDeliveries(trx, orgId, webhookId, PING_EVENT_TYPE)) >= MAX_PENDING_PINGS) {
+        if ((await countPendingDeliveries(trx, orgId, webhookId, PING_EVENT_TYPE, MAX_PENDING_PINGS)) >= MAX_PENDING_PINGS) {
           throw new AppError(
             'conflict',
             `${MAX_PENDING_PINGS} test deliveries to this webhook are still pending: wait for one to settle (GET …/deliveries?status=pending)`,

@@ -91,6 +91,9 @@ function controls(onChange) {
   return { element, query };
 }
 
+/** What a view's refresh answers when a later one replaced it: it neither shows nor clears an error. */
+export const STALE = Symbol('stale');
+
 // `requestRefresh`: the page's refresh of the current view, which shows its errors (a refresh
 // started here by a filter or the pager showed none: a 400 or a 401 went unseen).
 export function createKeysView({ who, onFresh, requestRefresh }) {
@@ -105,8 +108,15 @@ export function createKeysView({ who, onFresh, requestRefresh }) {
     const asked = { ticket: ++latest, offset };
     const params = filters.query();
     params.set('offset', String(asked.offset));
-    const body = await api('GET', orgPath(who, `/usage?${params}`));
-    if (asked.ticket !== latest) return;
+    let body;
+    try {
+      body = await api('GET', orgPath(who, `/usage?${params}`));
+    } catch (error) {
+      // An answer a later request replaced is not shown, nor is its error.
+      if (asked.ticket !== latest) return STALE;
+      throw error;
+    }
+    if (asked.ticket !== latest) return STALE;
     render(body.data);
     const last = Math.min(body.page.total, asked.offset + body.data.length);
     setText(status, body.page.total === 0 ? 'No keys match.' : `${count(asked.offset + 1)}–${count(last)} of ${count(body.page.total)} keys`);

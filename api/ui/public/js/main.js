@@ -2,7 +2,7 @@ import { api } from './api.js';
 import { el, setText } from './dom.js';
 import { createFreshness } from './freshness.js';
 import { createKeyDetailView } from './keyDetail.js';
-import { createKeysView } from './keysTable.js';
+import { createKeysView, STALE } from './keysTable.js';
 import { createOrgView } from './orgView.js';
 import { forgetSessionKey, keepSessionKey, sessionKey } from './session.js';
 
@@ -33,9 +33,9 @@ function viewFor(hash) {
 async function refreshCurrent() {
   const view = current;
   try {
-    await view?.refresh();
+    const outcome = await view?.refresh();
     // The last error stays shown only while it holds: a refresh that worked clears it.
-    if (view === current) setText($('view-error'), '');
+    if (view === current && outcome !== STALE) setText($('view-error'), '');
   } catch (error) {
     // A key revoked or expired meanwhile: back to sign-in with the API's message.
     if (error.status === 401) signOut(error.message);
