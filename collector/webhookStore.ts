@@ -109,9 +109,9 @@ export async function claimDueDeliveries(db: Db, options: ClaimOptions): Promise
   const drained = new Set<string>();
   for (const share of [Math.ceil(options.limit / Math.max(1, orgs.length)), options.limit]) {
     for (const orgId of orgs) {
+      if (options.stopped?.()) return claim;
       const own = taken.get(orgId) ?? 0;
       const limit = Math.min(share - own, room(orgId) - own, options.limit - claim.deliveries.length);
-      if (options.stopped?.()) return claim;
       if (limit <= 0 || drained.has(orgId)) continue;
       const { rows } = await db.raw<{ rows: ClaimRow[] }>(CLAIM, { orgId, limit, leaseMs: options.leaseMs, maxAttempts: options.maxAttempts });
       const claimed = rows.filter((row) => !row.spent);
@@ -155,20 +155,20 @@ export type DeliveryState = 'succeeded' | 'failed' | 'pending' | 'superseded';
 export async function recordAttempt(db: Db, delivery: ClaimedDelivery, outcome: AttemptOutcome): Promise<DeliveryState> {
   const state: DeliveryState = outcome.succeeded ? 'succeeded' : outcome.retryInMs !== undefined ? 'pending' : 'failed';
   const completedAt = new Date(outcome.startedAt.getTime() + outcome.durationMs);
-  const updated = await db.transaction(async (trx) => {
+  const updatedRows = await db.transaction(async (trx) => {
     await trx.raw(
       `insert into ${TABLE.webhookDeliveryAttempts} (org_id, delivery_id, attempt, started_at, duration_ms, status_code, error, succeeded)
        select org_id, id, ?, ?, ?, ?, ?, ? from ${TABLE.webhookDeliveries} where id = ?`,
       [delivery.attempt, outcome.startedAt, Math.round(outcome.durationMs), outcome.statusCode, outcome.error, outcome.succeeded, delivery.id],
     );
-    const rows: number = await trx(TABLE.webhookDeliveries)
+    const changed: number = await trx(TABLE.webhookDeliveries)
       .where({ id: delivery.id, attempts: delivery.attempt, status: 'pending' })
       .update({
         status: state,
         next_attempt_at: outcome.retryInMs === undefined ? outcome.startedAt : trx.raw(`now() + ? * interval '1 millisecond'`, [outcome.retryInMs]),
         completed_at: state === 'pending' ? null : completedAt,
       });
-    return rows;
+    return changed;
   });
-  return updated === 0 ? 'superseded' : state;
+  return updatedRows === 0 ? 'superseded' : state;
 }

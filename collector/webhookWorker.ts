@@ -52,6 +52,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   let timer: NodeJS.Timeout | undefined;
   // Set by stop(): no claim starts after it. A worker polled without start() (tests) still claims.
   let stopping = false;
+  const stopped = () => stopping;
 
   async function send(delivery: ClaimedDelivery): Promise<SendResult> {
     let secret: string;
@@ -100,7 +101,6 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   async function fill(): Promise<void> {
     for (let free = POOL_SIZE - sending.size; free > 0; free = POOL_SIZE - sending.size) {
       refill = false;
-      const stopped = () => stopping;
       const claimOptions = { leaseMs, limit: free, maxAttempts: config.maxAttempts, inFlight: sendingPerOrg, maxPerOrg: MAX_PER_ORG, stopped };
       const { deliveries, spent } = await claimDueDeliveries(db, claimOptions);
       deliveries.forEach(launch);

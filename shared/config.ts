@@ -87,7 +87,7 @@ const variables = {
     .optional(),
   DATABASE_POOL_MAX: positiveInt(1000).default(10),
   DATABASE_CONNECT_TIMEOUT_MS: wholeNumber(100, 120_000).default(DEFAULT_DATABASE_CONNECT_TIMEOUT_MS),
-  // A statement of the API or the collector that gets no byte from the server for this long closes
+  // A statement of the API, the collector or the CLI that gets no byte from the server for this long closes
   // its connection (shared/db.ts): a network gone silent fails the flush, which is retried, instead
   // of holding it for the kernel's 15 minutes. Above the collector's lock wait, which sends nothing;
   // 0: no limit.

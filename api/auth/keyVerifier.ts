@@ -166,7 +166,6 @@ export function createKeyVerifier(deps: {
     stats,
     async verify({ keyId, secret }, options = {}) {
       const at: Instant = { now: deps.now(), elapsed: deps.elapsed() };
-      const now = at.now;
       if (options.fresh) return verifyFresh(keyId, secret, at);
       if (knownUnknown(keyId, at.elapsed)) return { outcome: 'unknown' };
       const cached = records.get(keyId);
@@ -174,12 +173,12 @@ export function createKeyVerifier(deps: {
       stats[cachedFresh ? 'hits' : 'misses'] += 1;
       const key = cachedFresh ? cached.record : await load(keyId);
       if (!key) return { outcome: 'unknown' };
-      const verdict = decided(key, secret, now);
+      const verdict = decided(key, secret, at.now);
       if (verdict.outcome !== 'bad_secret' || !cachedFresh || deps.mayReload?.(keyId) === false) return verdict;
       stats.reloads += 1;
       // The cached verdict stands if the fresh read fails: the database being down is no reason to 500.
       const reloaded = await load(keyId).catch(() => undefined);
-      return reloaded ? decided(reloaded, secret, now) : verdict;
+      return reloaded ? decided(reloaded, secret, at.now) : verdict;
     },
     invalidate,
   };
