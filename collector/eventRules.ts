@@ -24,6 +24,8 @@ export interface DetectionThresholds {
   spikeMinUses: number;
   /** key.failed_attempts: this many failed attempts in one clock hour. */
   failedAttemptsPerHour: number;
+  /** key.new_ip: at most this many per key in one clock hour (of the networks' first use). */
+  newIpPerKeyHour: number;
 }
 
 /** One hour the batch touched, as persisted after this flush's write. */
@@ -43,6 +45,8 @@ export interface KeyFacts {
   hours: HourFacts[];
   /** Networks (/24, /64) this flush added to the key's history: never seen before, or forgotten. */
   newPrefixes: Array<{ prefix: string; ip: string; firstSeen: number }>;
+  /** key.new_ip events already recorded for the key, by the clock hour (ms) they occurred in: only hours of newPrefixes. */
+  newIpEventsByHour: ReadonlyMap<number, number>;
 }
 
 export const HOUR_MS = 3_600_000;
@@ -80,7 +84,7 @@ export function outsideNetworks(ips: Iterable<string>, networks: readonly string
 
 type Emit = (type: EventType, occurredAt: number, details: Record<string, unknown>, dedupe: string) => void;
 
-function useEvents(delta: KeyUsageDelta, facts: KeyFacts, emit: Emit): void {
+function useEvents(delta: KeyUsageDelta, facts: KeyFacts, limit: number, emit: Emit): void {
   const proven = provenCount(delta.byOutcome);
   if (proven === 0) return;
   if (facts.requestCount <= proven) {
@@ -88,7 +92,7 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, emit: Emit): void {
     const [ip, first] = [...delta.ips].sort(([, a], [, b]) => a.firstSeen - b.firstSeen)[0] ?? [delta.lastIp, { firstSeen: delta.lastUsedAt }];
     emit('key.first_use', first.firstSeen, { ip }, '');
   } else {
-    for (const { prefix, ip, firstSeen } of facts.newPrefixes) emit('key.new_ip', firstSeen, { ip, prefix }, `${prefix}:${firstSeen}`);
+    newNetworkEvents(facts, limit, emit);
   }
   const outside = outsideNetworks(delta.ips.keys(), facts.expectedNetworks);
   if (outside.length > 0) {
@@ -96,6 +100,22 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, emit: Emit): void {
   }
   if (delta.lastRevokedUseAt > -Infinity) emit('key.revoked_used', delta.lastRevokedUseAt, { ip: delta.lastIp }, hourIso(delta.lastRevokedUseAt));
   if (delta.lastExpiredUseAt > -Infinity) emit('key.expired_used', delta.lastExpiredUseAt, { ip: delta.lastIp }, hourIso(delta.lastExpiredUseAt));
+}
+
+// A key used from many networks (a mobile app's, or one whose forged uses name new networks) raised
+// one event per network, each a delivery per webhook: at most `limit` a clock hour now, counted with
+// the events already recorded in that hour. The event that reaches the limit says so; the networks
+// after it still enter the key's history (so they do not raise an event later), without one.
+// Collectors flushing the same key at once each count only what committed: up to `limit` each.
+function newNetworkEvents(facts: KeyFacts, limit: number, emit: Emit): void {
+  const raised = new Map(facts.newIpEventsByHour);
+  for (const { prefix, ip, firstSeen } of [...facts.newPrefixes].sort((a, b) => a.firstSeen - b.firstSeen)) {
+    const hour = hourOf(firstSeen);
+    const count = (raised.get(hour) ?? 0) + 1;
+    if (count > limit) continue;
+    raised.set(hour, count);
+    emit('key.new_ip', firstSeen, count === limit ? { ip, prefix, hourlyLimitReached: limit } : { ip, prefix }, `${prefix}:${firstSeen}`);
+  }
 }
 
 function hourEvents(delta: KeyUsageDelta, facts: KeyFacts, t: DetectionThresholds, emit: Emit): void {
@@ -123,7 +143,7 @@ export function detectKeyEvents(delta: KeyUsageDelta, facts: KeyFacts, threshold
   const events: KeyEvent[] = [];
   const emit: Emit = (type, occurredAt, details, dedupe) =>
     events.push({ orgId: delta.orgId, keyId: delta.keyId, type, occurredAt, details, dedupeKey: [type, delta.keyId, dedupe].filter(Boolean).join(':') });
-  useEvents(delta, facts, emit);
+  useEvents(delta, facts, thresholds.newIpPerKeyHour, emit);
   hourEvents(delta, facts, thresholds, emit);
   return events;
 }

@@ -33,7 +33,9 @@ export interface EventDetection extends DetectionThresholds {
 //    (float8): pg parsing two timestamps per row cost the 100 k-key flush ≈ 0.2 s of client CPU.
 //    The 7-day baseline is read only for hours that reached spikeMinUses ($1): most keys never
 //    pay for it. An hour's counts are summed over both bucket tables: a late use of an hour the
-//    upkeep already moved has a current row beside the moved one.
+//    upkeep already moved has a current row beside the moved one. Keys with new networks also get
+//    the key.new_ip events already recorded in those networks' hours (`raised`), which the rules'
+//    hourly limit counts on.
 // The key's bucket of `hour` in each of the two bucket tables (shared/tables.ts): at most
 // one row in each, so plain joins on the primary keys, which Citus pushes down to the org's shards
 // as it does every other join here (a UNION ALL under LATERAL it refuses).
@@ -79,10 +81,20 @@ with r as (
   select org_id, key_id, prefix, first_ip, first_seen, last_seen from due order by key_id, prefix
   on conflict (org_id, key_id, prefix) do update set last_seen = excluded.last_seen
      where excluded.last_seen - ${TABLE.ipHistory}.last_seen > interval '1 hour'
-  returning key_id, cast(prefix as text) as prefix, first_ip, first_seen, (xmax = 0) as inserted
+  returning org_id, key_id, cast(prefix as text) as prefix, first_ip, first_seen, (xmax = 0) as inserted
 ), fresh as (
   select key_id, json_agg(json_build_object('prefix', prefix, 'ip', first_ip, 'firstSeen', first_seen)) as prefixes
     from upserted where inserted group by key_id
+), fresh_hours as (
+  select distinct org_id, key_id, floor(extract(epoch from first_seen) / 3600) as hour_index from upserted where inserted
+), raised as (
+  select key_id, json_agg(json_build_array(hour_index * 3600000, events)) as new_ip_events
+    from (select h.key_id, h.hour_index, count(*) as events
+            from fresh_hours h
+            join ${TABLE.keyEvents} e on e.org_id = h.org_id and e.key_id = h.key_id and e.type = 'key.new_ip'
+             and e.occurred_at >= to_timestamp(h.hour_index * 3600) and e.occurred_at < to_timestamp((h.hour_index + 1) * 3600)
+           group by h.key_id, h.hour_index) counted
+   group by key_id
 )
 select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${bothHours('bad_secret_count', 'h', 'c')} as failed,
        coalesce(u.request_count, 0) as request_count, cast(floor(extract(epoch from k.created_at) * 1000) as float8) as created_ms,
@@ -93,7 +105,7 @@ select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${b
                  ${joinHours('b', 'bc', 'x.hour - make_interval(days => d.n)')}
                 order by d.n)
        end as baseline,
-       fresh.prefixes
+       fresh.prefixes, raised.new_ip_events
   from (select f.org_id, f.key_id, f.hour_ms, ${msToTime('f.hour_ms')} as hour, f.bad_secret_count as batch_failed,
                s.request_count as batch_uses, s.last_revoked_use_ms, s.last_expired_use_ms
           from flush_hours f ${STAGED_KEY('f')}) x
@@ -101,6 +113,7 @@ select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${b
   left join ${TABLE.usage} u on u.org_id = x.org_id and u.key_id = x.key_id
   ${joinHours('h', 'c', 'x.hour')}
   left join fresh on fresh.key_id = x.key_id
+  left join raised on raised.key_id = x.key_id
  where ${MAY_RAISE}`;
 
 // Sorted by dedupe_key so two collectors inserting the same events lock them in the same order.
@@ -125,6 +138,7 @@ async function readFacts(connection: PoolClient, { spikeMinUses, failedAttemptsP
         expectedNetworks: row.expected_networks,
         hours: [],
         newPrefixes: ((row.prefixes ?? []) as PrefixJson[]).map((p) => ({ prefix: p.prefix, ip: p.ip, firstSeen: Date.parse(p.firstSeen) })),
+        newIpEventsByHour: new Map((row.new_ip_events ?? []) as Array<[number, number]>),
       };
       facts.set(row.key_id, key);
     }

@@ -189,6 +189,8 @@ const variables = {
   EVENTS_SPIKE_FACTOR: positiveInt(1000).default(5),
   EVENTS_SPIKE_MIN_USES: positiveInt().default(100),
   EVENTS_FAILED_ATTEMPTS_PER_HOUR: positiveInt().default(20),
+  // A key used from many networks raised a key.new_ip (and a delivery per webhook) for each of them.
+  EVENTS_NEW_IP_PER_KEY_HOUR: positiveInt(10_000).default(10),
   EVENTS_EXPIRING_DAYS: dayList.default([7, 1]),
   EVENTS_SUMMARY_DAYS: positiveInt(3650).default(7),
   COLLECTOR_RELAY_TO: hostPort.optional(),
@@ -348,6 +350,7 @@ const eventsSection = (v: Variables) => ({
   spikeFactor: v.EVENTS_SPIKE_FACTOR,
   spikeMinUses: v.EVENTS_SPIKE_MIN_USES,
   failedAttemptsPerHour: v.EVENTS_FAILED_ATTEMPTS_PER_HOUR,
+  newIpPerKeyHour: v.EVENTS_NEW_IP_PER_KEY_HOUR,
   expiringDays: v.EVENTS_EXPIRING_DAYS,
 });
 

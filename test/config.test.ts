@@ -76,6 +76,7 @@ t.test('event settings', async (t) => {
     spikeFactor: 5,
     spikeMinUses: 100,
     failedAttemptsPerHour: 20,
+    newIpPerKeyHour: 10,
     expiringDays: [7, 1],
   });
 });

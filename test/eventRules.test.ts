@@ -10,7 +10,7 @@ const ORG = '9b2d4f6a-1c3e-4a5b-8d7f-6e5d4c3b2a19';
 const HOUR = Date.UTC(2026, 11, 1, 10);
 const DAY = 86_400_000;
 const OLD = HOUR - 30 * DAY;
-const RULES: DetectionThresholds = { spikeFactor: 5, spikeMinUses: 100, failedAttemptsPerHour: 20 };
+const RULES: DetectionThresholds = { spikeFactor: 5, spikeMinUses: 100, failedAttemptsPerHour: 20, newIpPerKeyHour: 10 };
 
 // A delta built by the real aggregator on a fake clock.
 function delta(samples: Array<Partial<UsageSample> & { at?: number }>) {
@@ -29,6 +29,7 @@ const facts = (over: Partial<KeyFacts> = {}): KeyFacts => ({
   expectedNetworks: null,
   hours: [{ hour: HOUR, uses: 1, failed: 0, baseline: null }],
   newPrefixes: [],
+  newIpEventsByHour: new Map(),
   ...over,
 });
 
@@ -72,6 +73,29 @@ t.test('key.new_ip: one per new prefix, its dedupe key names the prefix and when
       ['key.new_ip', { ip: '192.0.2.10', prefix: '192.0.2.0/24' }, `key.new_ip:${KEY}:192.0.2.0/24:${HOUR + 1}`],
       ['key.new_ip', { ip: '2001:db8:1:2::5', prefix: '2001:db8:1:2::/64' }, `key.new_ip:${KEY}:2001:db8:1:2::/64:${HOUR + 2}`],
     ],
+  );
+});
+
+t.test('key.new_ip: at most newIpPerKeyHour a clock hour, counting those already recorded; the last says so', async (t) => {
+  const network = (i: number, firstSeen: number) => ({ prefix: `198.51.${i}.0/24`, ip: `198.51.${i}.1`, firstSeen });
+  // Given out of order: the earliest networks are the ones raised.
+  const newPrefixes = [...Array.from({ length: 6 }, (_, i) => network(i, HOUR + 10 + i)), network(9, HOUR + 5), network(8, HOUR + 3_600_000 + 1)].reverse();
+  const events = detectKeyEvents(delta([{}]), facts({ newPrefixes, newIpEventsByHour: new Map([[HOUR, 1]]) }), { ...RULES, newIpPerKeyHour: 4 });
+  t.strictSame(
+    events.map((e) => [e.occurredAt - HOUR, e.details]),
+    [
+      [5, { ip: '198.51.9.1', prefix: '198.51.9.0/24' }],
+      [10, { ip: '198.51.0.1', prefix: '198.51.0.0/24' }],
+      [11, { ip: '198.51.1.1', prefix: '198.51.1.0/24', hourlyLimitReached: 4 }],
+      [3_600_001, { ip: '198.51.8.1', prefix: '198.51.8.0/24' }],
+    ],
+    'one recorded before + three in the hour; the next hour counts afresh',
+  );
+  const full = detectKeyEvents(delta([{}]), facts({ newPrefixes, newIpEventsByHour: new Map([[HOUR, 4]]) }), { ...RULES, newIpPerKeyHour: 4 });
+  t.strictSame(
+    full.map((e) => e.occurredAt - HOUR),
+    [3_600_001],
+    'an hour already at the limit raises none',
   );
 });
 
