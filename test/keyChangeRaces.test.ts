@@ -10,7 +10,7 @@ import { freshDatabase } from './helpers/database';
 // have read it before either writes; they then write in the order they queued.
 
 type Api = Awaited<ReturnType<typeof startTestApi>>;
-type Change = (api: Api, orgId: string, keyId: string) => Promise<unknown>;
+type Change = (api: Api, orgId: string, keyId: string, db: Db) => Promise<unknown>;
 
 const waitingOnLocks = async (db: Db) =>
   Number((await db.raw(`select count(*) as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()`)).rows[0].n);
@@ -27,7 +27,7 @@ async function raced(t: Test, changes: Change[]) {
   const outcomes: Array<Promise<unknown>> = [];
   for (const change of changes) {
     outcomes.push(
-      change(api, org.id, id).then(
+      change(api, org.id, id, db).then(
         (value) => value,
         (error: Error) => error,
       ),
@@ -62,6 +62,31 @@ t.test('two revocations at once write one audit entry', async (t) => {
 
 // revoked_at is the revoking instance's clock. One running an hour ahead wrote a time the others
 // took as still to come: they served, listed as active and rotated the revoked key for that hour.
+t.test('two expected-network changes at once: each audit entry records what it replaced', async (t) => {
+  const networks =
+    (list: string[]): Change =>
+    (api, orgId, keyId) =>
+      api.services.apiKeys.setExpectedNetworks(orgId, keyId, list);
+  const { db, id } = await raced(t, [networks(['10.0.0.0/8']), networks(['192.0.2.0/24'])]);
+  const entries = await db('audit_log').where({ target_key_id: id, action: 'key.update' }).orderBy('id').pluck('details');
+  t.strictSame(
+    entries.map((details) => details.expectedNetworks),
+    [
+      { from: null, to: ['10.0.0.0/8'] },
+      { from: ['10.0.0.0/8'], to: ['192.0.2.0/24'] },
+    ],
+    'the second replaced the first, not the value both read before either wrote',
+  );
+});
+
+t.test('an expected-network change queued behind a deletion of the key (by SQL) answers not_found', async (t) => {
+  const { outcomes } = await raced(t, [
+    (_api, orgId, keyId, db) => db('api_keys').where({ org_id: orgId, id: keyId }).delete(),
+    (api, orgId, keyId) => api.services.apiKeys.setExpectedNetworks(orgId, keyId, ['10.0.0.0/8']),
+  ]);
+  t.match(outcomes[1], { code: 'not_found', message: 'API key not found' });
+});
+
 t.test('a revocation by an instance whose clock runs ahead holds at once on the others', async (t) => {
   const { db } = await freshDatabase(t);
   const ahead = await startTestApi(t, db, { now: () => Date.now() + 3_600_000 });

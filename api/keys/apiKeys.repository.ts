@@ -154,12 +154,23 @@ export async function markRevoked(db: Db, id: string, revokedAt: Date): Promise<
   return row && toRecord(row);
 }
 
-export async function setExpectedNetworks(db: Db, id: string, networks: string[] | null): Promise<ApiKeyRecord> {
+/**
+ * The key as changed, and the networks it had: read under the row's lock, so each of two concurrent
+ * changes gets what it replaced (for its audit entry). Call it inside a transaction.
+ */
+export async function setExpectedNetworks(
+  db: Db,
+  key: { orgId: string; id: string },
+  networks: string[] | null,
+): Promise<{ key: ApiKeyRecord; previous: string[] | null } | undefined> {
+  const where = { org_id: key.orgId, id: key.id };
+  const [before] = await db<ApiKeyRow>(TABLE.apiKeys).where(where).forUpdate().select('expected_networks');
+  if (before === undefined) return undefined;
   const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
-    .where({ id })
+    .where(where)
     .update({ expected_networks: networksValue(db, networks) })
     .returning('*');
-  return toRecord(row);
+  return { key: toRecord(row), previous: before.expected_networks };
 }
 
 export interface DormantQuery {

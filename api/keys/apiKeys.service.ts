@@ -2,7 +2,7 @@ import { z } from 'zod';
 import type { Db } from '../../shared/db';
 import { auditActor, recordAudit, type AuditEntry } from '../audit/audit.repository';
 import type { KeyVerifier } from '../auth/keyVerifier';
-import { AppError, InvalidInputError } from '../errors';
+import { AppError, InvalidInputError, notFound } from '../errors';
 import {
   findDormantKeys,
   insertApiKey,
@@ -271,15 +271,18 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       assertScopesWithinActor(context.actor, key, 'change');
       const updated = await audited(
         context,
-        (trx) => setExpectedNetworks(trx, key.id, networksOrNull(networks)),
-        (changed) => ({
-          orgId,
-          action: 'key.update',
-          targetKeyId: changed.id,
-          details: { expectedNetworks: { from: key.expectedNetworks, to: changed.expectedNetworks } },
-        }),
+        (trx) => setExpectedNetworks(trx, key, networksOrNull(networks)),
+        (changed) =>
+          changed && {
+            orgId,
+            action: 'key.update',
+            targetKeyId: changed.key.id,
+            details: { expectedNetworks: { from: changed.previous, to: changed.key.expectedNetworks } },
+          },
       );
-      return toApiKeyView(updated, deps.now());
+      // Deleted since it was read.
+      if (!updated) throw notFound('API key');
+      return toApiKeyView(updated.key, deps.now());
     },
 
     // Active keys dormant for dormantDays (shared/dormancy.ts). A dry run lists them; otherwise the
