@@ -5,6 +5,7 @@
 // line is relayed, exactly once and whole, to the COLLECTOR_RELAY_TO upstream.
 import dgram from 'node:dgram';
 import { StatsD } from 'hot-shots';
+import { createStatsdSink } from '../api/usage/statsdSink';
 import StatsdClient from 'statsd-client';
 import t, { type Test } from 'tap';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
@@ -133,4 +134,22 @@ t.test('a relay target whose name does not resolve stops the start, naming the v
     startTestCollector(t, url, { COLLECTOR_RELAY_TO: 'no-such-host.invalid:8125' }),
     /^COLLECTOR_RELAY_TO: cannot reach no-such-host\.invalid:8125/,
   );
+});
+
+t.test("the API's sink sends its datagrams and nothing else, whatever DD_* variables say", async (t) => {
+  // Datadog's tooling sets these on every pod; they turned hot-shots' own telemetry on.
+  const saved = { DD_ENV: process.env.DD_ENV, DD_SERVICE: process.env.DD_SERVICE };
+  Object.assign(process.env, { DD_ENV: 'prod', DD_SERVICE: 'api' });
+  t.teardown(() => {
+    for (const [name, value] of Object.entries(saved))
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+  });
+  const upstream = await loopbackUpstream(t);
+  const sink = createStatsdSink({ host: '127.0.0.1', port: upstream.port, onError: () => {} });
+  await new Promise<void>((resolve, reject) => sink.send('apikey.used:1|c', (error) => (error ? reject(error) : resolve())));
+  await sink.close();
+  await waitFor('the datagram', () => (upstream.lines.length > 0 ? true : undefined));
+  await new Promise((resolve) => setTimeout(resolve, 200)); // room for anything sent at close
+  t.strictSame(upstream.lines, ['apikey.used:1|c']);
 });

@@ -1,5 +1,7 @@
 import t from 'tap';
+import { createUsageRecorder } from '../api/usage/createUsageRecorder';
 import { UsageRecorder, type DatagramSink } from '../api/usage/usageRecorder';
+import { loadConfig } from '../shared/config';
 import { createLogger } from '../shared/logger';
 import { MAX_LINE_COUNT, parsePacket, type UsageSample } from '../shared/usageWire';
 import { Writable } from 'node:stream';
@@ -96,6 +98,26 @@ t.test('send failures are counted and logged once per interval, never thrown', a
   t.equal(throwing.stats.failedUses, 1);
 });
 
+t.test('sends waiting on the sink are bounded: beyond maxInFlight a datagram fails at once, counted', async (t) => {
+  const { logger, lines } = capturedLogger();
+  const { sink, sent, complete } = fakeSink();
+  const recorder = new UsageRecorder({ sink, maxEntries: 10_000, drainIntervalMs: 1000, logger, maxInFlight: 3 });
+  for (let round = 0; round < 5; round += 1) {
+    recorder.record(KEY, ORG, '192.0.2.1', 'ok');
+    recorder.drain();
+  }
+  t.equal(sent.length, 3, 'three handed to the sink, whose sends hang');
+  t.equal(recorder.datagramsInFlight, 3);
+  t.match(recorder.stats, { datagrams: 5, failedDatagrams: 2, failedUses: 2, sentUses: 0 });
+  t.match(lines.join(''), /"code":"USAGE_SEND_BACKLOG"/, 'logged with its own code');
+  complete();
+  t.equal(recorder.datagramsInFlight, 0);
+  recorder.record(KEY, ORG, '192.0.2.1', 'ok');
+  recorder.drain();
+  complete();
+  t.match(recorder.stats, { sentUses: 4, failedUses: 2 }, 'sends go again once the sink answers');
+});
+
 t.test('stop drains, waits for sends in flight, then closes the sink', async (t) => {
   const { sink, sent, complete, isClosed } = fakeSink();
   const recorder = new UsageRecorder({ sink, maxEntries: 10_000, drainIntervalMs: 10, logger: capturedLogger().logger });
@@ -139,4 +161,10 @@ t.test('a line never carries more than the collector accepts: a busy entry drain
     [MAX_LINE_COUNT, 5],
   );
   t.equal(recorder.stats.earlyDrains, 1);
+});
+
+t.test('the API refuses COLLECTOR_PORT=0, naming it: its datagrams went to 8125', async (t) => {
+  const { usage } = loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0' });
+  t.throws(() => createUsageRecorder(usage, capturedLogger().logger), { name: 'ConfigError', message: /COLLECTOR_PORT: 0 is only for a collector/ });
+  t.doesNotThrow(() => createUsageRecorder({ ...usage, collectorPort: 8125 }, capturedLogger().logger));
 });

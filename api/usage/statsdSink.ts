@@ -13,6 +13,13 @@ export function createStatsdSink(options: { host: string; port: number; onError:
     port: options.port,
     protocol: 'udp',
     maxBufferSize: 0,
+    // Any DD_* variable (DD_ENV, DD_SERVICE… set on every pod by Datadog's tooling) turned on
+    // hot-shots' Datadog mode and its client telemetry: datagrams of its own to the collector,
+    // never signed, which kept its forged-datagram alert firing.
+    datadog: false,
+    includeDatadogTelemetry: false,
+    // A host name was looked up for every datagram.
+    cacheDns: true,
     // Without an errorHandler hot-shots re-throws some socket errors; usage must never throw.
     errorHandler: options.onError,
   });

@@ -21,6 +21,12 @@ export interface UsageRecorderStats {
 // coalesced per (key, ip, outcome) and sent as one StatsD counter line each on a short interval,
 // so the per-request cost is independent of the UDP syscall (≈100 µs) it would otherwise pay.
 // At most one drain interval of uses is lost if the process dies without stop().
+// Datagrams whose send has not completed are bounded (maxInFlight): a send waits on nothing
+// with an IP address, but a host name is looked up (hot-shots caches it for a minute), and while
+// the resolver hangs every drain added datagrams waiting on it, without limit, and stop() waited
+// for all of them. Beyond the bound a datagram counts as failed at once.
+const DEFAULT_MAX_IN_FLIGHT = 1000;
+
 export class UsageRecorder {
   private pending = new Map<string, UsageSample>();
   private timer: NodeJS.Timeout | undefined;
@@ -29,7 +35,16 @@ export class UsageRecorder {
   private readonly warn: RateLimitedWarn;
   readonly stats: UsageRecorderStats = { recordedUses: 0, sentUses: 0, failedUses: 0, datagrams: 0, failedDatagrams: 0, earlyDrains: 0 };
 
-  constructor(private readonly options: { sink: DatagramSink; maxEntries: number; drainIntervalMs: number; logger: Logger; maxDatagramBytes?: number }) {
+  constructor(
+    private readonly options: {
+      sink: DatagramSink;
+      maxEntries: number;
+      drainIntervalMs: number;
+      logger: Logger;
+      maxDatagramBytes?: number;
+      maxInFlight?: number;
+    },
+  ) {
     this.warn = rateLimitedWarn(options.logger, 10_000);
   }
 
@@ -82,22 +97,22 @@ export class UsageRecorder {
     await this.options.sink.close();
   }
 
+  /** Datagrams handed to the sink whose send has not completed. */
+  get datagramsInFlight(): number {
+    return this.inFlight;
+  }
+
   private sendDatagram(datagram: string, uses: number): void {
-    this.inFlight += 1;
     this.stats.datagrams += 1;
+    if (this.inFlight >= (this.options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT)) {
+      this.failed(uses, { message: `${this.inFlight} datagrams still waiting to be sent (is COLLECTOR_HOST resolving?)`, code: 'USAGE_SEND_BACKLOG' });
+      return;
+    }
+    this.inFlight += 1;
     const done = (error?: Error | null) => {
       this.inFlight -= 1;
-      if (error) {
-        this.stats.failedDatagrams += 1;
-        this.stats.failedUses += uses;
-        this.warn(
-          'usage_send_failed',
-          { err: { message: error.message, code: (error as NodeJS.ErrnoException).code }, uses, failedUses: this.stats.failedUses },
-          'could not send usage datagram',
-        );
-      } else {
-        this.stats.sentUses += uses;
-      }
+      if (error) this.failed(uses, { message: error.message, code: (error as NodeJS.ErrnoException).code });
+      else this.stats.sentUses += uses;
       if (this.inFlight === 0) this.idle?.();
     };
     try {
@@ -105,6 +120,12 @@ export class UsageRecorder {
     } catch (error) {
       done(error as Error);
     }
+  }
+
+  private failed(uses: number, err: { message: string; code: string | undefined }): void {
+    this.stats.failedDatagrams += 1;
+    this.stats.failedUses += uses;
+    this.warn('usage_send_failed', { err, uses, failedUses: this.stats.failedUses }, 'could not send usage datagram');
   }
 }
 
