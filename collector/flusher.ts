@@ -37,8 +37,10 @@ export interface FlushStats {
   failedFolds: number;
   lastFoldDurationMs: number;
   lastFoldKeys: number;
-  /** Rows the last fold found in the usage log and left for a later fold. */
+  /** Rows the last fold that read the log found there and left for a later fold; a failed fold leaves it as it was. */
   logBacklogRows: number;
+  /** Folds failed since the last that succeeded: with the usage log, flushes succeed while folds fail. */
+  consecutiveFailedFolds: number;
   /** Intervals that appended nothing because the usage log was behind (see Flusher.tick). */
   appendsHeldBack: number;
 }
@@ -110,6 +112,7 @@ export class Flusher {
     lastFoldDurationMs: 0,
     lastFoldKeys: 0,
     logBacklogRows: 0,
+    consecutiveFailedFolds: 0,
     appendsHeldBack: 0,
   };
   // The usage log, when the store keeps one: one fold at a time, started by the interval after a
@@ -134,7 +137,6 @@ export class Flusher {
   private appends = 0;
   private lastFoldAt = -Infinity;
   private foldRetryAt = 0;
-  private consecutiveFoldFailures = 0;
 
   constructor(private readonly options: FlusherOptions) {
     this.now = options.now ?? steadyNow;
@@ -276,7 +278,7 @@ export class Flusher {
     // Not while an append's COMMIT is in doubt: it may land after this fold looked.
     const inDoubt = this.pending.some((p) => p.inDoubt);
     if (result.logRowsLeft === 0 && result.orgsSkipped === 0 && appendsBefore === this.appends && !inDoubt) this.logMayHoldAppends = false;
-    this.consecutiveFoldFailures = 0;
+    s.consecutiveFailedFolds = 0;
     this.foldRetryAt = 0;
     this.gate?.foldEnded(result.logRowsLeft);
     s.logBacklogRows = result.logRowsLeft;
@@ -293,12 +295,13 @@ export class Flusher {
   }
 
   private recordFoldFailure(error: unknown) {
+    // The backlog is left as the last fold found it: zeroed here, the gauge said "not behind"
+    // exactly while folds were failing and the log grew.
     this.stats.failedFolds += 1;
-    this.stats.logBacklogRows = 0;
     this.gate?.foldFailed();
     this.foldDue = true;
-    this.consecutiveFoldFailures += 1;
-    const delay = Math.min(this.backoff.initialMs * 2 ** (this.consecutiveFoldFailures - 1), this.backoff.maxMs);
+    const failures = (this.stats.consecutiveFailedFolds += 1);
+    const delay = Math.min(this.backoff.initialMs * 2 ** (failures - 1), this.backoff.maxMs);
     this.foldRetryAt = this.now() + delay;
     if (error instanceof PartlyWrittenError) this.recordWritten(error.written, 'fold');
     this.options.logger.error(

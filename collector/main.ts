@@ -108,8 +108,11 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const pool = poolState(db);
   const samples = () => collectorSamples({ ingest, pool, replayCache, aggregator, flusher, relay, upkeep, recvBufferBytes: receiver.recvBufferBytes, keyList });
   const health = () => ({
-    healthy: flusher.stats.consecutiveFailures < 3,
+    // With the usage log, flushes (appends) go on succeeding while every fold fails: the usage
+    // tables, and the events raised from them, fall behind with /healthz green.
+    healthy: flusher.stats.consecutiveFailures < 3 && flusher.stats.consecutiveFailedFolds < 3,
     consecutiveFailedFlushes: flusher.stats.consecutiveFailures,
+    consecutiveFailedFolds: flusher.stats.consecutiveFailedFolds,
     pendingKeys: aggregator.pendingKeys + flusher.pendingKeys,
     // Visible, not unhealthy: a restart would empty the cache and reopen the replay window.
     replayCache: { entries: replayCache.entries(), capacity: replayCache.capacity, overflows: replayCache.overflows },

@@ -22,9 +22,19 @@ const RECEIVER_INDEX = 'KEYUSAGE_RECEIVER_INDEX';
 const ASK_TIMEOUT_MS = 5000;
 // Gauges that say the same in every worker, or a worst case: the largest, not the sum.
 const LARGEST = new Set(
-  ['recv_buffer_bytes', 'replay_cache_capacity', 'last_flush_duration_seconds', 'last_flush_statements', 'key_list_keys', 'key_list_age_seconds'].map(
-    (n) => `keyusage_collector_${n}`,
-  ),
+  [
+    'recv_buffer_bytes',
+    'replay_cache_capacity',
+    'last_flush_duration_seconds',
+    'last_flush_statements',
+    'key_list_keys',
+    'key_list_age_seconds',
+    // Every receiver folds the one shared log: its backlog is the log's, not a part of it.
+    'usage_log_backlog_rows',
+    'fold_running_seconds',
+    'last_fold_duration_seconds',
+    'last_fold_keys',
+  ].map((n) => `keyusage_collector_${n}`),
 );
 
 export function runReceivers(config: Config, logger: Logger, start: (receiverIndex: number | undefined) => Promise<Collector>): void {
@@ -165,7 +175,7 @@ function askWorkers(workers: Worker[]): () => Promise<Answer[]> {
 }
 
 // Counters and most gauges add up over the workers; LARGEST ones take the largest.
-function sumSamples(perWorker: MetricSample[][]): MetricSample[] {
+export function sumSamples(perWorker: MetricSample[][]): MetricSample[] {
   const [first, ...rest] = perWorker;
   return first.map((sample, i) => {
     const values = [sample.value, ...rest.map((samples) => samples[i].value)];

@@ -241,13 +241,24 @@ function credentialsProblem(error: unknown, url: string): CredentialsProblem | u
   // 28P01: invalid_password; 28000: invalid_authorization_specification (no pg_hba entry, …).
   const refused = code === '28P01' || code === '28000';
   if (!refused && !(typeof message === 'string' && /client password must be a string/.test(message))) return undefined;
-  return new URL(url).password === '' ? 'no_password' : 'refused';
+  return urlParts(url).password === '' ? 'no_password' : 'refused';
+}
+
+// pg takes forms the URL class refuses (a socket folder: postgres://user:pw@/db?host=/run/postgresql),
+// whose error carried the whole URL, password included, and replaced the real cause.
+function urlParts(url: string): { host: string; password: string | undefined } {
+  try {
+    const { host, password } = new URL(url);
+    return { host, password };
+  } catch {
+    return { host: /[?&]host=([^&]*)/.exec(url)?.[1] ?? '', password: undefined };
+  }
 }
 
 /** A database error in words an operator can act on, naming the variable that holds the URL. */
 export function describeDatabaseError(error: unknown, url: string, variable = 'DATABASE_URL'): string {
   const message = error instanceof Error ? error.message : String(error);
-  const { host } = new URL(url);
+  const { host } = urlParts(url);
   const problem = credentialsProblem(error, url);
   if (problem === 'no_password') return `the server asked for a password; ${variable} has none (postgres://user:password@${host}/…)`;
   if (problem === 'refused') return `the server refused ${variable}'s credentials: ${message}`;

@@ -7,7 +7,7 @@ import { startApi } from '../api/main';
 import { startCollector } from '../collector/main';
 import { migrate } from '../scripts/migrate';
 import { loadConfig } from '../shared/config';
-import { createDb, databaseUnavailable, poolState } from '../shared/db';
+import { createDb, databaseUnavailable, describeDatabaseError, poolState } from '../shared/db';
 import { createLogger } from '../shared/logger';
 import { seedOrg, startTestApi, type TestResponse } from './helpers/api';
 import { adminDatabaseUrl, freshDatabase } from './helpers/database';
@@ -182,6 +182,15 @@ t.test('a database that was never reachable: 503, not 401 or 500', async (t) => 
   const api = await startTestApi(t, closed);
   const key = `ku_${randomBytes(16).toString('hex')}_${randomBytes(32).toString('base64url')}`;
   assertUnavailable(t, await api.request('GET', '/api/whoami', { key }), 'whoami');
+});
+
+t.test('describeDatabaseError takes the URL forms pg takes, a socket folder included, and never repeats the password', async (t) => {
+  const refused = Object.assign(new Error('connect ECONNREFUSED /tmp/.s.PGSQL.5432'), { code: 'ECONNREFUSED' });
+  const text = describeDatabaseError(refused, 'postgres://u:sekret@/db?host=/tmp');
+  t.match(text, /^cannot reach the database at \/tmp named by DATABASE_URL: connect ECONNREFUSED/);
+  t.notMatch(text, /sekret/);
+  const badPassword = Object.assign(new Error('password authentication failed'), { code: '28P01' });
+  t.match(describeDatabaseError(badPassword, 'postgres://u:sekret@/db?host=/tmp'), /^the server refused DATABASE_URL's credentials/);
 });
 
 t.test('which errors mean "the database is unavailable"', async (t) => {

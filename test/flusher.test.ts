@@ -407,6 +407,7 @@ t.test('an interval appends nothing while the usage log is behind, and folds unt
   clock.now += 1000;
   await tick();
   t.equal(flusher.stats.failedFolds, 1);
+  t.match(flusher.stats, { logBacklogRows: 300, consecutiveFailedFolds: 1 }, 'a failed fold leaves the backlog as the last fold found it');
   t.equal(appends().length, 3, 'held after the fold that left rows');
   clock.now += 1000;
   await tick();
