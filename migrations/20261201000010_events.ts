@@ -6,13 +6,9 @@ import type { Knex } from 'knex';
 // - organizations.dormancy_days: the per-org threshold of key.dormant.
 // - api_key_ip_history: a key's longer memory of the networks it was used from (key.new_ip),
 //   one row per /24 (IPv4) or /64 (IPv6), bounded per key by the collector's prune.
+// The columns are added last: ALTER TABLE holds ACCESS EXCLUSIVE on api_keys until the commit, and
+// the previous version's API, serving beside the migration, could not read a key during the backfill.
 export async function up(knex: Knex): Promise<void> {
-  await knex.schema.alterTable('api_keys', (table) => {
-    table.specificType('expected_networks', 'cidr[]');
-  });
-  await knex.schema.alterTable('organizations', (table) => {
-    table.integer('dormancy_days').notNullable().defaultTo(30);
-  });
   await knex.schema.createTable('api_key_ip_history', (table) => {
     table.uuid('key_id').notNullable().references('id').inTable('api_keys').onDelete('CASCADE');
     table.specificType('prefix', 'cidr').notNullable();
@@ -33,6 +29,12 @@ export async function up(knex: Knex): Promise<void> {
      group by key_id, prefix`);
   await knex.schema.alterTable('key_events', (table) => {
     table.index(['occurred_at'], 'key_events_occurred_at_idx');
+  });
+  await knex.schema.alterTable('organizations', (table) => {
+    table.integer('dormancy_days').notNullable().defaultTo(30);
+  });
+  await knex.schema.alterTable('api_keys', (table) => {
+    table.specificType('expected_networks', 'cidr[]');
   });
 }
 

@@ -45,15 +45,23 @@ export const RESTORE_FOREIGN_KEYS = [
   'alter table key_events add constraint key_events_org_id_foreign foreign key (org_id) references organizations (id) on delete cascade',
 ];
 
+const zeroTotals = (tables: readonly string[]) => `
+  insert into api_key_usage (org_id, key_id)
+  select distinct r.org_id, r.key_id
+    from (${tables.map((table) => `select org_id, key_id from ${table}`).join(' union ')}) r
+    join api_keys k on k.id = r.key_id and k.org_id = r.org_id
+  on conflict (org_id, key_id) do nothing`;
+
 export async function up(knex: Knex): Promise<void> {
+  // The scan of every key table first, while the foreign keys stand: dropping one takes ACCESS
+  // EXCLUSIVE on api_keys (and on organizations) until the commit, and the previous version's API,
+  // serving beside the migration, could not read a key for as long as the scan of the hourly
+  // buckets took. Then, with the tables locked, the events once more: only the event sweep writes
+  // a row of a key that has no totals row, and it may have since the scan.
+  await knex.raw(zeroTotals(KEY_ROW_TABLES));
   for (const table of KEY_ROW_TABLES) await knex.raw('alter table ?? drop constraint ??', [table, `${table}_key_id_foreign`]);
   await knex.raw('alter table key_events drop constraint key_events_org_id_foreign');
-  await knex.raw(`
-    insert into api_key_usage (org_id, key_id)
-    select distinct r.org_id, r.key_id
-      from (${KEY_ROW_TABLES.map((table) => `select org_id, key_id from ${table}`).join(' union ')}) r
-      join api_keys k on k.id = r.key_id and k.org_id = r.org_id
-    on conflict (org_id, key_id) do nothing`);
+  await knex.raw(zeroTotals(['key_events']));
   await knex.raw(deleteKeyRowsFunction(KEY_ROW_TABLES));
   await knex.raw(`create trigger ${TRIGGER} after delete on api_key_usage for each row execute function ${FUNCTION}()`);
 }
