@@ -8,7 +8,7 @@ import { redactKeyMaterial, type Logger } from '../shared/logger';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { auditRouter } from './audit/audit.routes';
 import { createAuditService } from './audit/audit.service';
-import { authorizer, type RecordUse } from './auth/authorize';
+import { authorizer, type PendingUses, type RecordUse } from './auth/authorize';
 import { clientAddressResolver } from './auth/clientAddress';
 import { createAuthThrottle } from './auth/failureThrottle';
 import { createKeyVerifier } from './auth/keyVerifier';
@@ -37,6 +37,8 @@ export interface AppDeps {
   /** IP_TRUNCATE also applies to the addresses the audit log keeps; off when not given. */
   privacy?: Pick<Config['privacy'], 'truncateIps'>;
   recordUse: RecordUse;
+  /** Told of authorizations whose use is still to be recorded, so a stop can wait for them. */
+  pendingUses?: PendingUses;
   /** Whether recordUse records (USAGE_TRACKING); true unless given. */
   usageTracking?: boolean;
   /** Each finished request, for the metrics (api/metrics.ts). */
@@ -72,6 +74,8 @@ function routeLabel(req: Request, res: Response): string {
   return req.route.path === '/' && prefix ? prefix : prefix + req.route.path;
 }
 
+const CLIENT_CLOSED = 499;
+
 function requestContext(logger: Logger, onRequest: AppDeps['onRequest']): RequestHandler {
   return (req, res, next) => {
     const incoming = req.headers['x-request-id'];
@@ -79,20 +83,24 @@ function requestContext(logger: Logger, onRequest: AppDeps['onRequest']): Reques
     res.locals.requestId = requestId;
     res.setHeader('X-Request-Id', requestId);
     const started = process.hrtime.bigint();
-    res.on('finish', () => {
+    // 'close', not 'finish': a response whose client left before it was written (a proxy's
+    // timeout while the database stalled, or a probe that resets at once) never finishes, and was
+    // missing from the log and the latency histogram; it is logged with 499 (client closed).
+    res.on('close', () => {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
+      const status = res.writableFinished ? res.statusCode : CLIENT_CLOSED;
       logger.info(
         {
           requestId,
           method: req.method,
           path: redactKeyMaterial(req.baseUrl + req.path),
-          status: res.statusCode,
+          status,
           durationMs,
           keyId: res.locals.auth?.key.id,
         },
         'request',
       );
-      onRequest?.({ method: req.method, route: routeLabel(req, res), status: res.statusCode, seconds: durationMs / 1000 });
+      onRequest?.({ method: req.method, route: routeLabel(req, res), status, seconds: durationMs / 1000 });
     });
     next();
   };
@@ -123,6 +131,7 @@ function createAuthentication(deps: AppDeps, clocks: { now: () => number; elapse
   const authorize = authorizer({
     verifier,
     recordUse: deps.recordUse,
+    pendingUses: deps.pendingUses,
     clientAddress: clientAddressResolver(deps.config.trustProxy),
     throttle,
   });

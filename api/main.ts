@@ -31,6 +31,7 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
     webhooks: config.webhooks,
     privacy: config.privacy,
     recordUse,
+    pendingUses: recorder,
     usageTracking: config.usage.enabled,
     onRequest: apiMetrics.observeRequest,
   });

@@ -1,4 +1,5 @@
 import dgram from 'node:dgram';
+import http from 'node:http';
 import t from 'tap';
 import { createApiKeysService } from '../api/keys/apiKeys.service';
 import { startApi } from '../api/main';
@@ -10,6 +11,7 @@ import { createLogger } from '../shared/logger';
 import { Histogram } from '../shared/metrics';
 import { parsePacket } from '../shared/usageWire';
 import { freshDatabase } from './helpers/database';
+import { seedOrg, startTestApi } from './helpers/api';
 import { waitFor } from '../harness/wait';
 
 const logger = createLogger({ level: 'silent', name: 'test' });
@@ -145,4 +147,26 @@ t.test('the API serves its metrics on their own loopback port, over real HTTP', 
   t.equal((await get('/metrics')).status, 404, 'the public port serves no metrics');
   t.equal((await fetch(`http://127.0.0.1:${api.metricsPort}/healthz`)).status, 404, 'the API metrics port is only /metrics (the API has /healthz)');
   t.equal(config.api.metricsHost, '127.0.0.1', 'loopback unless API_METRICS_HOST says otherwise');
+});
+
+t.test('a request whose client leaves before the answer is logged, with 499', async (t) => {
+  const { db } = await freshDatabase(t, { poolMax: 4 });
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  // The answer waits on a table another session holds, as on a stalled database.
+  const held = await db.transaction();
+  await held.raw('lock table api_keys in access exclusive mode');
+  const path = `/api/orgs/${org.id}/api-keys`;
+  const request = http.get({ host: '127.0.0.1', port: api.port, path, headers: { authorization: `Bearer ${adminKey}` } });
+  request.on('error', () => {});
+  await waitFor(
+    'the request to wait on the lock',
+    async () => (await db.raw(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()`)).rows[0],
+  );
+  request.destroy();
+  await held.rollback();
+  const logged = await waitFor('its log line', () =>
+    api.evidence.logLines.map((line) => JSON.parse(line)).find((line) => line.msg === 'request' && line.path.startsWith(path)),
+  );
+  t.match(logged, { method: 'GET', status: 499 });
 });

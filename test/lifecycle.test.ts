@@ -14,6 +14,7 @@ import { untilQuiet } from '../collector/receiver';
 import { encodeUsageLine } from '../shared/usageWire';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
+import { seedKeys } from './helpers/faults';
 
 const logger = createLogger({ level: 'silent', name: 'test' });
 
@@ -39,6 +40,38 @@ t.test('the api starts, serves, drains its usage and stops', async (t) => {
   for (let i = 0; i < 50 && datagrams.length === 0; i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
   t.equal(datagrams.length, 1, 'stop drains the pending uses before closing the socket');
   t.equal(api.server.listening, false);
+});
+
+// A request still reading its key when the stop came records its use once the read ends: its
+// client may have left, and the server's close no longer waits for it. That use came after the
+// last drain, into a recorder whose socket was closed, and was lost without a trace.
+t.test('the api stop waits for a use still being authorized, and sends it', async (t) => {
+  const { db, url } = await freshDatabase(t, { poolMax: 2 });
+  const sniffer = dgram.createSocket('udp4');
+  const datagrams: string[] = [];
+  sniffer.on('message', (m) => datagrams.push(m.toString()));
+  await new Promise<void>((resolve) => sniffer.bind(0, '127.0.0.1', () => resolve()));
+  t.teardown(() => sniffer.close());
+  const config = loadConfig({ NODE_ENV: 'test', PORT: '0', API_METRICS_PORT: '0', COLLECTOR_PORT: String(sniffer.address().port) });
+  const api = await startApi(config, logger, url);
+  const { orgId, keys } = await seedKeys(db, 'acme', 1);
+  const [{ id: keyId, plaintext }] = keys;
+  const held = await db.transaction();
+  await held.raw('lock table api_keys in access exclusive mode');
+  const request = http.get({ host: '127.0.0.1', port: api.port, path: '/api/whoami', headers: { authorization: `Bearer ${plaintext}` } });
+  request.on('error', () => {});
+  await waitFor(
+    'the key read to wait on the lock',
+    async () => (await db.raw(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()`)).rows[0],
+  );
+  request.destroy(); // the client leaves: the server's close does not wait for the request
+  const stopping = api.stop();
+  await sleep(100);
+  await held.rollback();
+  await stopping;
+  await waitFor('the datagram', () => (datagrams.length > 0 ? true : undefined));
+  t.match(datagrams.join('\n'), new RegExp(`key:${keyId},org:${orgId},ip:127\\.0\\.0\\.1,outcome:ok`), 'the use was sent');
+  t.match(api.recorder!.stats, { failedUses: 0 });
 });
 
 // server.close() waits for every connection to end. A request in flight at the stop left its

@@ -24,9 +24,16 @@ declare module 'express-serve-static-core' {
 
 export type RecordUse = (keyId: string, orgId: string, ip: string, outcome: Outcome) => void;
 
+/** Told of each authorization between its key's read and its use's record (UsageRecorder). */
+export interface PendingUses {
+  begin(): void;
+  end(): void;
+}
+
 export interface AuthorizeDeps {
   verifier: KeyVerifier;
   recordUse: RecordUse;
+  pendingUses?: PendingUses;
   clientAddress: (req: Request) => string;
   throttle: AuthThrottle;
 }
@@ -125,7 +132,14 @@ export function authorizer(deps: AuthorizeDeps) {
       const presented = raw ? parsePresentedKey(raw) : undefined;
       if (!presented) throw raw ? failure(deps, res, ip) : new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
 
-      const verdict = await deps.verifier.verify(presented, { fresh: requirement.currentSecret === true });
+      // The use is recorded in the same turn as end(): a stop waiting for it resumes after the record.
+      deps.pendingUses?.begin();
+      let verdict: Awaited<ReturnType<KeyVerifier['verify']>>;
+      try {
+        verdict = await deps.verifier.verify(presented, { fresh: requirement.currentSecret === true });
+      } finally {
+        deps.pendingUses?.end();
+      }
       if (verdict.outcome === 'unknown') throw failure(deps, res, ip);
       if (verdict.outcome === 'bad_secret') {
         deps.recordUse(verdict.key.id, verdict.key.orgId, ip, 'bad_secret');

@@ -9,6 +9,23 @@ export function normaliseAddress(address: string | undefined): string {
   return bare.startsWith('::ffff:') && bare.includes('.') ? bare.slice(7) : bare;
 }
 
+// Header text from a trusted proxy names an address in any spelling: upper case, an IPv4 client
+// as ::FFFF:c000:201, a port some proxies append (1.2.3.4:5678, [2001:db8::1]:443). One client
+// counted as two addresses (and raised key.new_ip twice), or, with a port, fell back to the
+// proxy's own address. Undefined when the text is no address.
+export function forwardedAddress(text: string): string | undefined {
+  const unported = /^\[([^\]]+)\](?::\d+)?$/.exec(text)?.[1] ?? /^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$/.exec(text)?.[1] ?? text;
+  const family = isIP(unported);
+  if (family !== 6) return family === 4 ? unported : undefined;
+  const bare = unported.includes('%') ? unported.slice(0, unported.indexOf('%')) : unported;
+  // The URL parser writes IPv6 in its canonical form: lower case, zeros compressed, mapped IPv4 in hex.
+  const canonical = new URL(`http://[${bare}]`).hostname.slice(1, -1);
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(canonical);
+  if (!mapped) return canonical;
+  const [high, low] = [parseInt(mapped[1], 16), parseInt(mapped[2], 16)];
+  return `${high >> 8}.${high & 0xff}.${low >> 8}.${low & 0xff}`;
+}
+
 // req.ip runs proxy-addr on every call (about 5 µs); when no proxy is trusted, the socket's
 // peer is the answer and costs a property read.
 export function clientAddressResolver(trustProxy: boolean | number | readonly string[]): (req: Request) => string {
@@ -16,7 +33,7 @@ export function clientAddressResolver(trustProxy: boolean | number | readonly st
   // Behind a trusted proxy the address is header text; anything that is not an IP falls back
   // to the peer, so it cannot break the datagram or be dropped by the collector.
   return (req) => {
-    const forwarded = req.ip;
-    return normaliseAddress(forwarded && isIP(forwarded) ? forwarded : req.socket.remoteAddress);
+    const forwarded = req.ip === undefined ? undefined : forwardedAddress(req.ip);
+    return forwarded ?? normaliseAddress(req.socket.remoteAddress);
   };
 }

@@ -1,5 +1,6 @@
 import type { Logger } from '../../shared/logger';
 import { rateLimitedWarn, type RateLimitedWarn } from '../../shared/rateLimitedLog';
+import type { PendingUses } from '../auth/authorize';
 import { MAX_LINE_COUNT, encodeUsageLine, packDatagrams, type Outcome, type UsageSample } from '../../shared/usageWire';
 
 export interface DatagramSink {
@@ -26,12 +27,19 @@ export interface UsageRecorderStats {
 // the resolver hangs every drain added datagrams waiting on it, without limit, and stop() waited
 // for all of them. Beyond the bound a datagram counts as failed at once.
 const DEFAULT_MAX_IN_FLIGHT = 1000;
+// How long stop() waits for authorizations still reading their key (PendingUses): a request whose
+// connection the server's close cut, or whose client left, still records its use when its read
+// ends, and that use came after the last drain, with the socket closed.
+const STOP_WAIT_FOR_USES_MS = 5000;
 
-export class UsageRecorder {
+export class UsageRecorder implements PendingUses {
   private pending = new Map<string, UsageSample>();
   private timer: NodeJS.Timeout | undefined;
   private inFlight = 0;
   private idle: (() => void) | undefined;
+  private awaitedUses = 0;
+  private usesSettled: (() => void) | undefined;
+  private stopped = false;
   private readonly warn: RateLimitedWarn;
   readonly stats: UsageRecorderStats = { recordedUses: 0, sentUses: 0, failedUses: 0, datagrams: 0, failedDatagrams: 0, earlyDrains: 0 };
 
@@ -50,6 +58,10 @@ export class UsageRecorder {
 
   record(keyId: string, orgId: string, ip: string, outcome: Outcome): void {
     this.stats.recordedUses += 1;
+    if (this.stopped) {
+      this.lost(1, { message: 'a use recorded after the recorder stopped (its key read outlasted the stop)', code: 'USAGE_AFTER_STOP' });
+      return;
+    }
     const id = `${keyId} ${outcome} ${ip}`;
     const entry = this.pending.get(id);
     if (entry) {
@@ -89,9 +101,26 @@ export class UsageRecorder {
     }
   }
 
-  async stop(): Promise<void> {
+  /** An authorization began reading its key: its use is recorded when the read ends. */
+  begin(): void {
+    this.awaitedUses += 1;
+  }
+
+  end(): void {
+    this.awaitedUses -= 1;
+    if (this.awaitedUses === 0) this.usesSettled?.();
+  }
+
+  async stop(waitForUsesMs = STOP_WAIT_FOR_USES_MS): Promise<void> {
     clearInterval(this.timer);
     this.timer = undefined;
+    if (this.awaitedUses > 0) {
+      await new Promise<void>((resolve) => {
+        this.usesSettled = resolve;
+        setTimeout(resolve, waitForUsesMs).unref();
+      });
+    }
+    this.stopped = true;
     this.drain();
     if (this.inFlight > 0) await new Promise<void>((resolve) => (this.idle = resolve));
     await this.options.sink.close();
@@ -124,6 +153,10 @@ export class UsageRecorder {
 
   private failed(uses: number, err: { message: string; code: string | undefined }): void {
     this.stats.failedDatagrams += 1;
+    this.lost(uses, err);
+  }
+
+  private lost(uses: number, err: { message: string; code: string | undefined }): void {
     this.stats.failedUses += uses;
     this.warn('usage_send_failed', { err, uses, failedUses: this.stats.failedUses }, 'could not send usage datagram');
   }
