@@ -119,6 +119,9 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('webhook_failed_attempts_total', 'Webhook attempts that did not get a 2xx', webhooks.failedAttempts),
     counter('webhook_deliveries_succeeded_total', 'Webhook deliveries acknowledged with a 2xx', webhooks.delivered),
     counter('webhook_deliveries_failed_total', 'Webhook deliveries given up after their last attempt', webhooks.gaveUp),
+    counter('webhook_poll_failures_total', 'Polls for due webhook deliveries that failed (the deliveries wait)', webhooks.failedPolls),
+    counter('hour_move_failures_total', 'Failed moves of closed hours into the hourly buckets (retried at the next run)', upkeep.stats.failedHourMoves),
+    counter('retention_failures_total', 'Failed retention runs: usage rows, events, IP addresses (retried hourly)', upkeep.stats.failedRetentions),
   ];
 }
 

@@ -1,6 +1,7 @@
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { Knex } from 'knex';
 import type { RateLimitedWarn } from '../shared/rateLimitedLog';
+import { steadyNow } from '../shared/steadyClock';
 import { TABLE } from '../shared/tables';
 import { PACKED_PAIR_CHARS, type KeyList } from './keyList';
 
@@ -39,16 +40,20 @@ export interface KeyListSyncOptions {
   readTimeoutMs?: number;
   warn: RateLimitedWarn;
   now: () => number;
+  /** The age's clock: steady unless a test gives one, so a wall clock stepped back hides no staleness. */
+  elapsed?: () => number;
 }
 
 export function createKeyListSync(options: KeyListSyncOptions) {
   const { db, list, refreshMs, warn, now } = options;
+  const elapsed = options.elapsed ?? steadyNow;
   const fullReadMs = options.fullReadMs ?? FULL_READ_MS;
   const timeoutMs = options.readTimeoutMs ?? READ_TIMEOUT_MS;
   // The next full read, and one retry, each begun at a tick (up to refreshMs late) and the retry a
   // minute after the failure: trust does not lapse while they run, only once both have failed.
   const vouchMs = fullReadMs + 2 * (refreshMs + FULL_READ_RETRY_MS);
-  const createdAt = now();
+  const createdAt = elapsed();
+  let lastReadElapsed: number | undefined;
   const stats = { failures: 0, lastReadAt: 0, lastFullReadAt: 0 };
   const recent = createRecentKeysReader(db, list, timeoutMs);
   let nextFullReadAt = -Infinity;
@@ -58,6 +63,7 @@ export function createKeyListSync(options: KeyListSyncOptions) {
   let reading: Promise<void> | undefined;
   const read = async () => {
     const startedAt = now();
+    const startedElapsed = elapsed();
     // A clock stepped back behind the last full read would hold the next one off until it caught up.
     if (!list.loaded || startedAt >= nextFullReadAt || startedAt < stats.lastFullReadAt) {
       nextFullReadAt = startedAt + FULL_READ_RETRY_MS;
@@ -73,6 +79,7 @@ export function createKeyListSync(options: KeyListSyncOptions) {
       await recent.read(windowMs);
     }
     stats.lastReadAt = startedAt;
+    lastReadElapsed = startedElapsed;
   };
   const tick = () => {
     reading ??= read()
@@ -88,7 +95,7 @@ export function createKeyListSync(options: KeyListSyncOptions) {
     stats,
     /** Since the last read that succeeded; since this sync was made while none has. */
     ageMs(): number {
-      return now() - (stats.lastReadAt || createdAt);
+      return elapsed() - (lastReadElapsed ?? createdAt);
     },
     /**
      * The list while it may vouch that its keys exist (collector/knownKeys.ts): loaded, by a full

@@ -38,14 +38,19 @@ export function createUpkeep(options: UpkeepOptions) {
   let firstRetention: NodeJS.Timeout | undefined;
   let retention: NodeJS.Timeout | undefined;
   let mover: NodeJS.Timeout | undefined;
+  // Failures of the jobs that only log otherwise: retried at their next run, but a job that keeps
+  // failing kept addresses past IP_RETENTION_DAYS, or left readers summing two bucket tables, with
+  // one warning an hour to show for it.
+  const stats = { failedHourMoves: 0, failedRetentions: 0 };
+  const failed = (counter: keyof typeof stats, message: string) => (error: Error) => {
+    stats[counter] += 1;
+    logger.warn({ err: { message: error.message } }, message);
+  };
   // One move at a time: a tick that finds one still running skips, and stop() waits for it.
   let moving: Promise<void> | undefined;
   const moveHours = () => {
     moving ??= moveClosedHours(db, closedBefore(now()))
-      .then(
-        () => undefined,
-        (error) => logger.warn({ err: { message: error.message } }, 'moving closed hours failed'),
-      )
+      .then(() => undefined, failed('failedHourMoves', 'moving closed hours failed'))
       .finally(() => (moving = undefined));
   };
   // One cleanup at a time too: on Citus each of its deletes runs on every shard, and cleanups
@@ -54,16 +59,17 @@ export function createUpkeep(options: UpkeepOptions) {
   let cleaning: Promise<void> | undefined;
   const cleanUp = () => {
     cleaning ??= Promise.all([
-      Promise.all([store.expireOldRows(config.collector.retentionDays), expireOldEvents(db, new Date(now()), events.retentionDays)]).catch((error) =>
-        logger.warn({ err: { message: error.message } }, 'retention cleanup failed'),
+      Promise.all([store.expireOldRows(config.collector.retentionDays), expireOldEvents(db, new Date(now()), events.retentionDays)]).catch(
+        failed('failedRetentions', 'retention cleanup failed'),
       ),
-      expireIpData(db, config.privacy.ipRetentionDays).catch((error) => logger.warn({ err: { message: error.message } }, 'IP retention cleanup failed')),
+      expireIpData(db, config.privacy.ipRetentionDays).catch(failed('failedRetentions', 'IP retention cleanup failed')),
     ])
       // Each part logs and swallows its own failure.
       .then(() => undefined)
       .finally(() => (cleaning = undefined));
   };
   return {
+    stats,
     sweep,
     webhooks,
     start(): void {

@@ -23,6 +23,8 @@ export interface WebhookWorkerStats {
   failedAttempts: number;
   delivered: number;
   gaveUp: number;
+  /** Polls whose claim failed (the database refused or timed out): deliveries wait meanwhile. */
+  failedPolls: number;
 }
 
 export interface WebhookWorkerOptions {
@@ -48,7 +50,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   const warn = rateLimitedWarn(logger, 10_000);
   // A claimed delivery is due again after this long: a send always ends within the timeout.
   const leaseMs = 2 * config.timeoutMs + 1000;
-  const stats: WebhookWorkerStats = { attempts: 0, failedAttempts: 0, delivered: 0, gaveUp: 0 };
+  const stats: WebhookWorkerStats = { attempts: 0, failedAttempts: 0, delivered: 0, gaveUp: 0, failedPolls: 0 };
   let timer: NodeJS.Timeout | undefined;
   // Set by stop(): no claim starts after it. A worker polled without start() (tests) still claims.
   let stopping = false;
@@ -131,7 +133,10 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   function poll(): Promise<void> {
     refill = true;
     filling ??= fill()
-      .catch((error) => warn('webhook_poll', { err: { message: error.message } }, 'webhook delivery poll failed; retrying'))
+      .catch((error) => {
+        stats.failedPolls += 1;
+        warn('webhook_poll', { err: { message: error.message } }, 'webhook delivery poll failed; retrying');
+      })
       .finally(() => (filling = undefined));
     return filling;
   }

@@ -360,3 +360,27 @@ t.test('the running upkeep moves closed hours on its timer', async (t) => {
   t.strictSame(await bucketsIn(db, TABLE.usageHourly, key), [[closed, 3]]);
   t.strictSame(await bucketsIn(db, TABLE.usageCurrentHours, key), [[thisHour(), 4]], 'the current hour stays where the flush adds to it');
 });
+
+t.test(
+  'failures of the jobs that otherwise only log are counted: the hour move, retention, the webhook poll',
+  { skip: onCitus && 'renames a distributed table' },
+  async (t) => {
+    const { db } = await freshDatabase(t);
+    const start = () =>
+      startUpkeep(t, db, createPgUsageStore(db), { moveHoursMs: 20, retentionMs: 20, firstRetentionMs: 20 }, { WEBHOOK_POLL_INTERVAL_MS: '20' });
+    const failures = (upkeep: ReturnType<typeof start>) => ({ ...upkeep.stats, failedPolls: upkeep.webhooks.stats.failedPolls });
+    // Real failures: the tables the jobs need, renamed away, then back.
+    const renames = [
+      [TABLE.usageCurrentHours, 'gone_current_hours'],
+      [TABLE.webhookDeliveries, 'gone_deliveries'],
+    ];
+    for (const [from, to] of renames) await db.raw(`alter table ${from} rename to ${to}`);
+    const failing = start();
+    await waitFor('two failures of each', () => (Object.values(failures(failing)).every((n) => n >= 2) ? true : undefined));
+    await failing.stop();
+    for (const [to, from] of renames) await db.raw(`alter table ${from} rename to ${to}`);
+    const working = start();
+    await sleep(300);
+    t.strictSame(failures(working), { failedHourMoves: 0, failedRetentions: 0, failedPolls: 0 }, 'none once the tables are back');
+  },
+);
