@@ -1,8 +1,9 @@
+import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { AppError } from '../api/errors';
 import { recordAudit } from '../api/audit/audit.repository';
-import { countKeysByPepper, findApiKeyInOrg } from '../api/keys/apiKeys.repository';
+import { countActiveKeys, countKeysByPepper, findApiKeyInOrg } from '../api/keys/apiKeys.repository';
 import { createApiKeysService, type ApiKeyView } from '../api/keys/apiKeys.service';
 import { pepperId } from '../api/keys/keyMaterial';
 import { SCOPES, type Scope } from '../api/keys/scopes';
@@ -27,9 +28,11 @@ Commands:
   key create <orgId> --name <name> --scopes <scope,...> [--expires-at <ISO 8601>]
                                      Create an API key (scopes: ${SCOPES.join(', ')})
   key revoke <orgId> <keyId>         Revoke an API key at once
-  key revoke-dormant <orgId> --days <n> [--apply]
+  key revoke-dormant <orgId> --days <n> [--apply [--key-ids <id,...|@file>]]
                                      List the active keys unused for n days (and not created or
-                                     rotated within them); --apply selects again and revokes those
+                                     rotated within them); --apply revokes them, for good: with
+                                     --key-ids only those of the ids a dry run listed (a file: one
+                                     id per line) still dormant, without it the keys selected again
   key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log)
   pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS)
   help                               Show this help
@@ -47,6 +50,7 @@ const OPTIONS = {
   'expires-at': { type: 'string' },
   days: { type: 'string' },
   apply: { type: 'boolean' },
+  'key-ids': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -58,9 +62,12 @@ export type Command =
   | { kind: 'key list'; orgId: string; json: boolean }
   | { kind: 'key create'; orgId: string; name: string; scopes: Scope[]; expiresAt: Date | null; json: boolean }
   | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean }
-  | { kind: 'key revoke-dormant'; orgId: string; dormantDays: number; apply: boolean; json: boolean }
+  | { kind: 'key revoke-dormant'; orgId: string; dormantDays: number; apply: boolean; keyIds: KeyIds | undefined; json: boolean }
   | { kind: 'key erase-ips'; orgId: string; keyId: string; json: boolean }
   | { kind: 'pepper status'; json: boolean };
+
+/** The ids a dry run listed: given inline, or a file's, read when the command runs. */
+export type KeyIds = { ids: string[] } | { file: string };
 
 export type ParsedCli = { kind: 'help' } | { kind: 'usage'; problem: string } | { kind: 'command'; command: Command };
 
@@ -117,7 +124,7 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
   'key list': { args: ['orgId'], options: [] },
   'key create': { args: ['orgId'], options: ['name', 'scopes', 'expires-at'] },
   'key revoke': { args: ['orgId', 'keyId'], options: [] },
-  'key revoke-dormant': { args: ['orgId'], options: ['days', 'apply'] },
+  'key revoke-dormant': { args: ['orgId'], options: ['days', 'apply', 'key-ids'] },
   'key erase-ips': { args: ['orgId', 'keyId'], options: [] },
   'pepper status': { args: [], options: [] },
 };
@@ -128,6 +135,26 @@ const dormantDays = z
   .regex(/^\d+$/, 'must be a whole number')
   .transform(Number)
   .pipe(z.number().min(1, 'must be at least 1').max(3650, 'must be at most 3650'));
+
+// The API's bound on keyIds.
+const MAX_KEY_IDS = 10_000;
+
+function keyIdsOption(raw: string | undefined): KeyIds | undefined {
+  if (raw === undefined) return undefined;
+  if (raw.startsWith('@')) {
+    if (raw.length === 1) throw new UsageError('--key-ids: @ must be followed by a file name');
+    return { file: raw.slice(1) };
+  }
+  return { ids: checkKeyIds(raw, '--key-ids') };
+}
+
+/** Ids separated by commas, spaces or lines: each a UUID, at least one, at most MAX_KEY_IDS. */
+export function checkKeyIds(text: string, what: string): string[] {
+  const ids = text.split(/[\s,]+/).filter(Boolean);
+  if (ids.length === 0) throw new UsageError(`${what}: lists no key id`);
+  if (ids.length > MAX_KEY_IDS) throw new UsageError(`${what}: lists ${ids.length} ids, at most ${MAX_KEY_IDS}`);
+  return [...new Set(ids.map((id) => checkId(id, `${what}: "${printable(id.slice(0, 40))}"`)))];
+}
 
 function isCommandKind(value: string): value is Command['kind'] {
   return Object.hasOwn(SIGNATURES, value);
@@ -184,12 +211,22 @@ export function parseCli(argv: string[], now: number): ParsedCli {
       case 'key revoke':
       case 'key erase-ips':
         return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), keyId: checkId(args[1], '<keyId>'), json } };
-      case 'key revoke-dormant':
+      case 'key revoke-dormant': {
         if (values.days === undefined) throw new UsageError('key revoke-dormant: --days is required');
+        const apply = values.apply ?? false;
+        if (values['key-ids'] !== undefined && !apply) throw new UsageError('--key-ids: only with --apply (a dry run lists the ids)');
         return {
           kind: 'command',
-          command: { kind, orgId: checkId(args[0], '<orgId>'), dormantDays: check(dormantDays, values.days, '--days'), apply: values.apply ?? false, json },
+          command: {
+            kind,
+            orgId: checkId(args[0], '<orgId>'),
+            dormantDays: check(dormantDays, values.days, '--days'),
+            apply,
+            keyIds: keyIdsOption(values['key-ids']),
+            json,
+          },
         };
+      }
       case 'pepper status':
         return { kind: 'command', command: { kind, json } };
     }
@@ -321,10 +358,14 @@ const revokeKey: Handler<'key revoke'> = async (command, deps, keys) => {
 
 const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys) => {
   await requireOrganization(deps.db, command.orgId);
-  const result = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: !command.apply });
+  const keyIds = command.keyIds && ('ids' in command.keyIds ? command.keyIds.ids : await keyIdsOfFile(command.keyIds.file));
+  // Without usage tracking the service refuses any apply, and says why.
+  if (command.apply && keyIds === undefined && deps.usageTracking !== false) await refuseWholeOrg(command, deps, keys);
+  const result = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: !command.apply, keyIds });
   if (command.json) return printJson(deps, result);
   const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
-  deps.out(`${verb} ${result.keys.length} key(s) of organization ${command.orgId} unused for ${command.dormantDays} days.`);
+  const of = keyIds ? ` of the ${keyIds.length} listed` : '';
+  deps.out(`${verb} ${result.keys.length} key(s)${of} of organization ${command.orgId} unused for ${command.dormantDays} days.`);
   if (result.keys.length === 0) return;
   deps.out(
     table([
@@ -332,7 +373,46 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
       ...result.keys.map((key) => [key.id, key.displayPrefix, printable(key.name), key.createdAt, key.lastUsedAt ?? 'never']),
     ]),
   );
+  if (command.apply) {
+    deps.out('A revocation cannot be undone: their holders need new keys.');
+    deps.out('Running API servers refuse them within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).');
+  } else {
+    // Applied later without the ids, the selection is made again: a key that crossed the threshold since is revoked unseen.
+    const ids = result.keys.length <= 20 ? result.keys.map((key) => key.id).join(',') : '@<file of the ids above, one per line>';
+    deps.out(`To revoke exactly these (those still dormant then), for good: --apply --key-ids ${ids}`);
+  }
 };
+
+// The CLI knows only its own environment: run where the API records no uses (USAGE_TRACKING=false
+// there, or a collector that has not written for longer than --days), every key looks unused, and
+// an --apply revoked the whole org, for good. So an apply that would revoke every active key takes
+// the ids explicitly (--key-ids, as the dry run prints them).
+async function refuseWholeOrg(
+  command: Extract<Command, { kind: 'key revoke-dormant' }>,
+  deps: CliDeps,
+  keys: ReturnType<typeof cliKeysService>,
+): Promise<void> {
+  const dormant = (await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: true })).keys.length;
+  if (dormant === 0 || dormant < (await countActiveKeys(deps.db, command.orgId, new Date(deps.now())))) return;
+  throw new AppError(
+    'conflict',
+    `every active key of organization ${command.orgId} (${dormant}) looks unused for ${command.dormantDays} days: check that the API records uses (USAGE_TRACKING) and the collector writes them; to revoke them all anyway, pass the ids a dry run prints (--key-ids)`,
+  );
+}
+
+async function keyIdsOfFile(file: string): Promise<string[]> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    throw new AppError('invalid_request', `--key-ids: cannot read ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+  }
+  try {
+    return checkKeyIds(text, `--key-ids @${file}`);
+  } catch (error) {
+    throw new AppError('invalid_request', (error as Error).message);
+  }
+}
 
 // Which configured pepper each id is, and its place in the report: current, previous ones in
 // order, hashes from before ids were recorded, then ids no configured pepper has (keys that no

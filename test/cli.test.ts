@@ -205,7 +205,7 @@ t.test('key create, list and revoke', async (t) => {
   for (const form of await storedHashForms(db)) t.notMatch(allOutput, form, 'no stored hash is printed');
 });
 
-t.test('key revoke-dormant: a dry run, then --apply revokes exactly what it listed', async (t) => {
+t.test('key revoke-dormant: a dry run, then --apply selects again and revokes what it finds', async (t) => {
   const { db, api, cli } = await setup(t);
   await cli.run('org', 'create', 'acme', '--json');
   const { org } = cli.json();
@@ -234,6 +234,76 @@ t.test('key revoke-dormant: a dry run, then --apply revokes exactly what it list
   cli.reset();
   t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '0'), 2);
   t.match(cli.err.join('\n'), /--days: must be at least 1/);
+});
+
+t.test('key revoke-dormant --apply --key-ids: only the listed keys still dormant, inline or from a file', async (t) => {
+  const { db, api, cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  const { org } = cli.json();
+  const make = async (name: string) => (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null })).key.id;
+  const [first, second, later] = [await make('first'), await make('second'), await make('later')];
+  const age = (ids: string[]) =>
+    db('api_keys')
+      .whereIn('id', ids)
+      .update({ created_at: new Date(Date.now() - 100 * 86_400_000) });
+  await age([first, second]);
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90'), 0);
+  const hint = /--apply --key-ids (\S+)$/m.exec(cli.out.join('\n'));
+  t.strictSame(hint?.[1].split(',').sort(), [first, second].sort(), 'the dry run prints the ids to apply');
+  await age([later]); // crossed the threshold after the dry run
+  await db('api_key_usage').insert({ org_id: org.id, key_id: second, request_count: 1, last_used_at: new Date() }); // used since
+
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply', '--key-ids', hint![1]), 0);
+  t.match(cli.out.join('\n'), /^Revoked 1 key\(s\) of the 2 listed .*\n[\s\S]*cannot be undone/);
+  const revoked = async () => (await db('api_keys').whereNotNull('revoked_at').pluck('id')).sort();
+  t.strictSame(await revoked(), [first], 'neither the key used since nor the one that crossed the threshold unseen');
+
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'keyids-')), 'ids.txt');
+  t.teardown(() => fs.rmSync(path.dirname(file), { recursive: true, force: true }));
+  fs.writeFileSync(file, `${later}\n${randomUUID()}\n`);
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply', '--key-ids', `@${file}`, '--json'), 0);
+  t.strictSame(
+    cli.json().keys.map((k: { id: string }) => k.id),
+    [later],
+    "a file's ids; an id of no key of the org selects nothing",
+  );
+
+  const refused = async (args: string[], code: number, message: RegExp) => {
+    cli.reset();
+    t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', ...args), code, args.join(' '));
+    t.match(cli.err.join('\n'), message);
+  };
+  await refused(['--key-ids', first], 2, /--key-ids: only with --apply/);
+  await refused(['--apply', '--key-ids', `${first},ku_secret`], 2, /--key-ids: "ku_secret"/);
+  await refused(['--apply', '--key-ids', ','], 2, /--key-ids: lists no key id/);
+  fs.writeFileSync(file, '\n');
+  await refused(['--apply', '--key-ids', `@${file}`], 1, /--key-ids @.*: lists no key id/);
+  await refused(['--apply', '--key-ids', `@${file}.missing`], 1, /--key-ids: cannot read .*ENOENT/);
+  t.strictSame(await revoked(), [first, later].sort(), 'nothing more revoked by the refused runs');
+});
+
+t.test('key revoke-dormant --apply that would revoke every active key of the org is refused without --key-ids', async (t) => {
+  const { db, api, cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  const { org } = cli.json();
+  await api.services.apiKeys.create(org.id, { name: 'ci', scopes: ['keys:read'], expiresAt: null });
+  // As where the API records no uses: every key unused since it was made, long ago.
+  await db('api_keys')
+    .where({ org_id: org.id })
+    .update({ created_at: new Date(Date.now() - 100 * 86_400_000) });
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply'), 1);
+  t.match(cli.err.join('\n'), /every active key of organization .* \(2\) looks unused for 90 days: check that the API records uses/);
+  t.equal((await db('api_keys').whereNotNull('revoked_at')).length, 0, 'nothing revoked');
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90'), 0, 'the dry run lists them');
+  const ids = /--apply --key-ids (\S+)$/m.exec(cli.out.join('\n'))![1];
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply', '--key-ids', ids), 0, 'named, they are revoked');
+  t.equal((await db('api_keys').whereNotNull('revoked_at')).length, 2);
 });
 
 t.test('key list of an org without keys, and a long list', async (t) => {

@@ -234,6 +234,16 @@ export async function rehashSecret(
 }
 
 /** Usable keys (neither revoked nor expired) per pepper id of their current secret, and of their previous secret still in grace. */
+/** The org's keys neither revoked nor expired at `now`. */
+export async function countActiveKeys(db: Db, orgId: string, now: Date): Promise<number> {
+  const [row] = await db(TABLE.apiKeys)
+    .where({ org_id: orgId })
+    .whereNull('revoked_at')
+    .whereRaw('(expires_at is null or expires_at > ?)', [now])
+    .count<{ n: string }[]>({ n: '*' });
+  return Number(row.n);
+}
+
 export async function countKeysByPepper(db: Db, now: Date): Promise<Array<{ pepperId: string | null; secrets: number; previousSecrets: number }>> {
   const rows = await rawRows<{ pepper_id: string | null; secrets: string; previous_secrets: string }>(
     db,
