@@ -196,18 +196,32 @@ async function takeMigrationRunLock(guard: pg.Client): Promise<void> {
  */
 export async function migrateLatest(db: Db): Promise<string[]> {
   const guard = new ClosingPgClient((db.client as { connectionSettings: pg.ClientConfig }).connectionSettings);
-  // An idle client whose session ends (a server restart, idle_session_timeout) emits 'error': with
-  // no listener that crashed the run mid-migration. The lock went with the session; knex's own
-  // lock row still keeps a second run out until this one ends.
+  // An idle client whose session ends (a server restart) emits 'error': with no listener that
+  // crashed the run mid-migration. The guard idles for the whole run, so idle_session_timeout
+  // (PostgreSQL 14+) is turned off for its session: ended, it let a second run in, whose
+  // forceFreeMigrationsLock freed this run's knex lock too.
   guard.on('error', () => {});
   await guard.connect();
   try {
+    await guard.query(`do $$ begin set idle_session_timeout = 0; exception when undefined_object then null; end $$`);
     await takeMigrationRunLock(guard);
     await db.migrate.forceFreeMigrationsLock(MIGRATION_CONFIG);
-    const [, applied] = await db.migrate.latest(MIGRATION_CONFIG);
-    return applied as string[];
+    return await applyOneByOne(db);
   } finally {
     await guard.end();
+  }
+}
+
+// One migration at a time: in a batch holding a migration that runs outside a transaction (…120),
+// knex records each migration after it commits, so a run cut between the two left one applied but
+// not recorded, and every later run failed applying it again ("already exists"). Alone, a
+// transactional migration and its record commit together.
+async function applyOneByOne(db: Db): Promise<string[]> {
+  const applied: string[] = [];
+  for (;;) {
+    const [, names] = (await db.migrate.up(MIGRATION_CONFIG)) as [number, string[]];
+    if (names.length === 0) return applied;
+    applied.push(...names);
   }
 }
 

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { createDb, MIGRATION_CONFIG } from '../shared/db';
+import { createDb, migrateLatest, MIGRATION_CONFIG } from '../shared/db';
 import { waitFor } from '../harness/wait';
 import { freshDatabase, migrateDownTo } from './helpers/database';
 
@@ -39,3 +39,18 @@ for (const { migration, before, scanned } of cases) {
     t.equal(read, 1, 'the key lookup was answered, not held behind the migration');
   });
 }
+
+// A run cut between a migration's COMMIT and knex's record of it (a killed process, a lost
+// connection) left it applied but unrecorded: every later run failed applying it again.
+t.test('a run that fails recording a migration leaves it unapplied: the next run applies it', async (t) => {
+  const { db } = await freshDatabase(t);
+  await migrateDownTo(db, '20261125000002_api_key_usage.ts');
+  await db.raw(`create function refuse_record() returns trigger language plpgsql as $$
+    begin if new.name like '20261201000001%' then raise exception 'the record is lost'; end if; return new; end $$`);
+  await db.raw('create trigger refuse_record before insert on knex_migrations for each row execute function refuse_record()');
+  await t.rejects(migrateLatest(db), /the record is lost/);
+  await db.raw('drop trigger refuse_record on knex_migrations');
+  const applied = await migrateLatest(db);
+  t.equal(applied[0], '20261201000001_proven_uses.ts', 'applied on the next run, not refused as already there');
+  t.equal(applied.at(-1), (await db.migrate.list(MIGRATION_CONFIG))[0].at(-1).name, 'and every one after it');
+});
