@@ -84,7 +84,10 @@ export function outsideNetworks(ips: Iterable<string>, networks: readonly string
 
 type Emit = (type: EventType, occurredAt: number, details: Record<string, unknown>, dedupe: string) => void;
 
-function useEvents(delta: KeyUsageDelta, facts: KeyFacts, limit: number, emit: Emit): void {
+/** Told of each new network the hourly limit kept from raising key.new_ip. */
+export type OnSuppressed = (prefix: string) => void;
+
+function useEvents(delta: KeyUsageDelta, facts: KeyFacts, limit: number, emit: Emit, onSuppressed: OnSuppressed): void {
   const proven = provenCount(delta.byOutcome);
   if (proven === 0) return;
   if (facts.requestCount <= proven) {
@@ -92,7 +95,7 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, limit: number, emit: E
     const [ip, first] = [...delta.ips].sort(([, a], [, b]) => a.firstSeen - b.firstSeen)[0] ?? [delta.lastIp, { firstSeen: delta.lastUsedAt }];
     emit('key.first_use', first.firstSeen, { ip }, '');
   } else {
-    newNetworkEvents(facts, limit, emit);
+    newNetworkEvents(facts, limit, emit, onSuppressed);
   }
   const outside = outsideNetworks(delta.ips.keys(), facts.expectedNetworks);
   if (outside.length > 0) {
@@ -104,15 +107,20 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, limit: number, emit: E
 
 // A key used from many networks (a mobile app's, or one whose forged uses name new networks) raised
 // one event per network, each a delivery per webhook: at most `limit` a clock hour now, counted with
-// the events already recorded in that hour. The event that reaches the limit says so; the networks
-// after it still enter the key's history (so they do not raise an event later), without one.
+// the events already recorded in that hour. The event that reaches the limit says so. The networks
+// after it are handed to onSuppressed, whose caller takes them out of the key's history again: kept
+// there, they never raised an event, so whoever filled an hour's limit (ten forged lines) hid a
+// leaked key's new network for good; now its next use after the hour raises one.
 // Collectors flushing the same key at once each count only what committed: up to `limit` each.
-function newNetworkEvents(facts: KeyFacts, limit: number, emit: Emit): void {
+function newNetworkEvents(facts: KeyFacts, limit: number, emit: Emit, onSuppressed: OnSuppressed): void {
   const raised = new Map(facts.newIpEventsByHour);
   for (const { prefix, ip, firstSeen } of [...facts.newPrefixes].sort((a, b) => a.firstSeen - b.firstSeen)) {
     const hour = hourOf(firstSeen);
     const count = (raised.get(hour) ?? 0) + 1;
-    if (count > limit) continue;
+    if (count > limit) {
+      onSuppressed(prefix);
+      continue;
+    }
     raised.set(hour, count);
     emit('key.new_ip', firstSeen, count === limit ? { ip, prefix, hourlyLimitReached: limit } : { ip, prefix }, `${prefix}:${firstSeen}`);
   }
@@ -138,12 +146,12 @@ function hourEvents(delta: KeyUsageDelta, facts: KeyFacts, t: DetectionThreshold
   }
 }
 
-/** The events one key's part of a flush raises. */
-export function detectKeyEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionThresholds): KeyEvent[] {
+/** The events one key's part of a flush raises; new networks over the hourly limit go to onSuppressed. */
+export function detectKeyEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionThresholds, onSuppressed: OnSuppressed = () => {}): KeyEvent[] {
   const events: KeyEvent[] = [];
   const emit: Emit = (type, occurredAt, details, dedupe) =>
     events.push({ orgId: delta.orgId, keyId: delta.keyId, type, occurredAt, details, dedupeKey: [type, delta.keyId, dedupe].filter(Boolean).join(':') });
-  useEvents(delta, facts, thresholds.newIpPerKeyHour, emit);
+  useEvents(delta, facts, thresholds.newIpPerKeyHour, emit, onSuppressed);
   hourEvents(delta, facts, thresholds, emit);
   return events;
 }

@@ -155,6 +155,28 @@ async function insertEvents(connection: PoolClient, events: KeyEvent[]): Promise
   return (await connection.query(INSERT_EVENTS)).rowCount ?? 0;
 }
 
+// The new networks the hourly limit of key.new_ip kept from raising one, out of the history the
+// facts statement put them in (collector/eventRules.ts newNetworkEvents). Per org, so that each
+// statement stays on the org's shards on Citus.
+const FORGET_SUPPRESSED = `
+delete from ${TABLE.ipHistory}
+ where org_id = $1 and (key_id, prefix) in (select * from unnest(cast($2 as uuid[]), cast($3 as cidr[])))`;
+
+type SuppressedNetwork = { orgId: string; keyId: string; prefix: string };
+
+/** Returns the statements it ran. */
+async function forgetSuppressed(connection: PoolClient, suppressed: SuppressedNetwork[]): Promise<number> {
+  const byOrg = new Map<string, { keyIds: string[]; prefixes: string[] }>();
+  for (const { orgId, keyId, prefix } of suppressed) {
+    const org = byOrg.get(orgId) ?? { keyIds: [], prefixes: [] };
+    org.keyIds.push(keyId);
+    org.prefixes.push(prefix);
+    byOrg.set(orgId, org);
+  }
+  for (const [orgId, { keyIds, prefixes }] of byOrg) await connection.query(FORGET_SUPPRESSED, [orgId, keyIds, prefixes]);
+  return byOrg.size;
+}
+
 /** Detects and records the events of `keys`, whose rows this transaction has staged and written. */
 export async function recordFlushEvents(
   connection: PoolClient,
@@ -163,15 +185,17 @@ export async function recordFlushEvents(
 ): Promise<{ statements: number; events: number; candidates: number; newNetworks: Array<Pick<KeyUsageDelta, 'orgId' | 'keyId'>> }> {
   if (keys.length === 0) return { statements: 0, events: 0, candidates: 0, newNetworks: [] };
   const facts = await readFacts(connection, detection);
+  const suppressed: SuppressedNetwork[] = [];
   const events = keys.flatMap((k) => {
     const keyFacts = facts.get(k.keyId);
-    return keyFacts ? detectKeyEvents(k, keyFacts, detection) : [];
+    return keyFacts ? detectKeyEvents(k, keyFacts, detection, (prefix) => suppressed.push({ orgId: k.orgId, keyId: k.keyId, prefix })) : [];
   });
+  const statements = 1 + (suppressed.length > 0 ? await forgetSuppressed(connection, suppressed) : 0);
   // Keys whose network history gained a row: the only ones its trim needs.
   const newNetworks = keys.filter((k) => (facts.get(k.keyId)?.newPrefixes.length ?? 0) > 0).map(({ orgId, keyId }) => ({ orgId, keyId }));
   const candidates = facts.size;
-  if (events.length === 0) return { statements: 1, events: 0, candidates, newNetworks };
-  return { statements: 3, events: await insertEvents(connection, events), candidates, newNetworks };
+  if (events.length === 0) return { statements, events: 0, candidates, newNetworks };
+  return { statements: statements + 2, events: await insertEvents(connection, events), candidates, newNetworks };
 }
 
 // A UTC day: '1 day' is a calendar day of the session's zone (shared/db.ts).

@@ -80,7 +80,10 @@ t.test('key.new_ip: at most newIpPerKeyHour a clock hour, counting those already
   const network = (i: number, firstSeen: number) => ({ prefix: `198.51.${i}.0/24`, ip: `198.51.${i}.1`, firstSeen });
   // Given out of order: the earliest networks are the ones raised.
   const newPrefixes = [...Array.from({ length: 6 }, (_, i) => network(i, HOUR + 10 + i)), network(9, HOUR + 5), network(8, HOUR + 3_600_000 + 1)].reverse();
-  const events = detectKeyEvents(delta([{}]), facts({ newPrefixes, newIpEventsByHour: new Map([[HOUR, 1]]) }), { ...RULES, newIpPerKeyHour: 4 });
+  const suppressed: string[] = [];
+  const events = detectKeyEvents(delta([{}]), facts({ newPrefixes, newIpEventsByHour: new Map([[HOUR, 1]]) }), { ...RULES, newIpPerKeyHour: 4 }, (prefix) =>
+    suppressed.push(prefix),
+  );
   t.strictSame(
     events.map((e) => [e.occurredAt - HOUR, e.details]),
     [
@@ -91,6 +94,7 @@ t.test('key.new_ip: at most newIpPerKeyHour a clock hour, counting those already
     ],
     'one recorded before + three in the hour; the next hour counts afresh',
   );
+  t.strictSame(suppressed, ['198.51.2.0/24', '198.51.3.0/24', '198.51.4.0/24', '198.51.5.0/24'], 'the others, told to the caller');
   const full = detectKeyEvents(delta([{}]), facts({ newPrefixes, newIpEventsByHour: new Map([[HOUR, 4]]) }), { ...RULES, newIpPerKeyHour: 4 });
   t.strictSame(
     full.map((e) => e.occurredAt - HOUR),
