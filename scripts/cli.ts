@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { AppError } from '../api/errors';
 import { recordAudit } from '../api/audit/audit.repository';
-import { countActiveKeys, countKeysByPepper, findApiKeyInOrg } from '../api/keys/apiKeys.repository';
+import { countKeysByPepper, findApiKeyInOrg, latestUseInOrg } from '../api/keys/apiKeys.repository';
 import { createApiKeysService, type ApiKeyView } from '../api/keys/apiKeys.service';
 import { pepperId } from '../api/keys/keyMaterial';
 import { SCOPES, type Scope } from '../api/keys/scopes';
@@ -360,7 +360,7 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
   await requireOrganization(deps.db, command.orgId);
   const keyIds = command.keyIds && ('ids' in command.keyIds ? command.keyIds.ids : await keyIdsOfFile(command.keyIds.file));
   // Without usage tracking the service refuses any apply, and says why.
-  if (command.apply && keyIds === undefined && deps.usageTracking !== false) await refuseWholeOrg(command, deps, keys);
+  if (command.apply && keyIds === undefined && deps.usageTracking !== false) await refuseUnrecordedOrg(command, deps, keys);
   const result = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: !command.apply, keyIds });
   if (command.json) return printJson(deps, result);
   const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
@@ -383,20 +383,25 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
   }
 };
 
+const DAY_MS = 86_400_000;
+
 // The CLI knows only its own environment: run where the API records no uses (USAGE_TRACKING=false
 // there, or a collector that has not written for longer than --days), every key looks unused, and
-// an --apply revoked the whole org, for good. So an apply that would revoke every active key takes
-// the ids explicitly (--key-ids, as the dry run prints them).
-async function refuseWholeOrg(
+// an --apply revoked every key of the org older than --days, for good (a key made or rotated since
+// is spared, so "every key" was no test). What tells it: no use of any of the org's keys recorded
+// within --days. Such an apply takes the ids explicitly (--key-ids, as the dry run prints them).
+async function refuseUnrecordedOrg(
   command: Extract<Command, { kind: 'key revoke-dormant' }>,
   deps: CliDeps,
   keys: ReturnType<typeof cliKeysService>,
 ): Promise<void> {
+  const latest = await latestUseInOrg(deps.db, command.orgId);
+  if (latest !== null && latest.getTime() >= deps.now() - command.dormantDays * DAY_MS) return;
   const dormant = (await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: true })).keys.length;
-  if (dormant === 0 || dormant < (await countActiveKeys(deps.db, command.orgId, new Date(deps.now())))) return;
+  if (dormant === 0) return;
   throw new AppError(
     'conflict',
-    `every active key of organization ${command.orgId} (${dormant}) looks unused for ${command.dormantDays} days: check that the API records uses (USAGE_TRACKING) and the collector writes them; to revoke them all anyway, pass the ids a dry run prints (--key-ids)`,
+    `no key of organization ${command.orgId} has a recorded use in the last ${command.dormantDays} days, so all ${dormant} key(s) older than that look unused: check that the API records uses (USAGE_TRACKING) and the collector writes them; to revoke them anyway, pass the ids a dry run prints (--key-ids)`,
   );
 }
 

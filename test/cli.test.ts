@@ -213,6 +213,7 @@ t.test('key revoke-dormant: a dry run, then --apply selects again and revokes wh
   const unused = (await api.services.apiKeys.create(org.id, { name: 'unused', scopes: ['keys:read'], expiresAt: null })).key.id;
   const fresh = (await api.services.apiKeys.create(org.id, { name: 'fresh', scopes: ['keys:read'], expiresAt: null })).key.id;
   await db('api_keys').where({ org_id: org.id }).whereNot({ id: fresh }).update({ created_at: old });
+  await db('api_key_usage').insert({ org_id: org.id, key_id: fresh, request_count: 1, last_used_at: new Date() }); // uses are recorded
   cli.reset();
 
   t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90'), 0);
@@ -285,18 +286,25 @@ t.test('key revoke-dormant --apply --key-ids: only the listed keys still dormant
   t.strictSame(await revoked(), [first, later].sort(), 'nothing more revoked by the refused runs');
 });
 
-t.test('key revoke-dormant --apply that would revoke every active key of the org is refused without --key-ids', async (t) => {
+t.test('key revoke-dormant --apply where no use of the org was recorded within --days is refused without --key-ids', async (t) => {
   const { db, api, cli } = await setup(t);
   await cli.run('org', 'create', 'acme', '--json');
   const { org } = cli.json();
-  await api.services.apiKeys.create(org.id, { name: 'ci', scopes: ['keys:read'], expiresAt: null });
-  // As where the API records no uses: every key unused since it was made, long ago.
+  const ci = (await api.services.apiKeys.create(org.id, { name: 'ci', scopes: ['keys:read'], expiresAt: null })).key.id;
+  // As where the API records no uses: every key unused since it was made, long ago, but one made
+  // since (never dormant), so not every key of the org would be revoked.
   await db('api_keys')
     .where({ org_id: org.id })
     .update({ created_at: new Date(Date.now() - 100 * 86_400_000) });
+  await api.services.apiKeys.create(org.id, { name: 'new', scopes: ['keys:read'], expiresAt: null });
+  // An old use is no evidence that uses are recorded now.
+  await db('api_key_usage').insert({ org_id: org.id, key_id: ci, request_count: 1, last_used_at: new Date(Date.now() - 95 * 86_400_000) });
   cli.reset();
   t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply'), 1);
-  t.match(cli.err.join('\n'), /every active key of organization .* \(2\) looks unused for 90 days: check that the API records uses/);
+  t.match(
+    cli.err.join('\n'),
+    /no key of organization .* has a recorded use in the last 90 days, so all 2 key\(s\) older than that look unused: check that the API records uses/,
+  );
   t.equal((await db('api_keys').whereNotNull('revoked_at')).length, 0, 'nothing revoked');
   cli.reset();
   t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90'), 0, 'the dry run lists them');

@@ -60,8 +60,6 @@ t.test('two revocations at once write one audit entry', async (t) => {
   t.strictSame(await db('audit_log').where({ target_key_id: id, action: 'key.revoke' }).count<{ n: string }[]>({ n: '*' }), [{ n: 1 }]);
 });
 
-// revoked_at is the revoking instance's clock. One running an hour ahead wrote a time the others
-// took as still to come: they served, listed as active and rotated the revoked key for that hour.
 t.test('two expected-network changes at once: each audit entry records what it replaced', async (t) => {
   const networks =
     (list: string[]): Change =>
@@ -87,6 +85,8 @@ t.test('an expected-network change queued behind a deletion of the key (by SQL) 
   t.match(outcomes[1], { code: 'not_found', message: 'API key not found' });
 });
 
+// revoked_at is the revoking instance's clock. One running an hour ahead wrote a time the others
+// took as still to come: they served, listed as active and rotated the revoked key for that hour.
 t.test('a revocation by an instance whose clock runs ahead holds at once on the others', async (t) => {
   const { db } = await freshDatabase(t);
   const ahead = await startTestApi(t, db, { now: () => Date.now() + 3_600_000 });

@@ -233,17 +233,13 @@ export async function rehashSecret(
   return updated > 0;
 }
 
-/** Usable keys (neither revoked nor expired) per pepper id of their current secret, and of their previous secret still in grace. */
-/** The org's keys neither revoked nor expired at `now`. */
-export async function countActiveKeys(db: Db, orgId: string, now: Date): Promise<number> {
-  const [row] = await db(TABLE.apiKeys)
-    .where({ org_id: orgId })
-    .whereNull('revoked_at')
-    .whereRaw('(expires_at is null or expires_at > ?)', [now])
-    .count<{ n: string }[]>({ n: '*' });
-  return Number(row.n);
+/** The latest proven use of any key of the org that the usage tables hold; null when none. */
+export async function latestUseInOrg(db: Db, orgId: string): Promise<Date | null> {
+  const [row] = await db(TABLE.usage).where({ org_id: orgId }).max<{ latest: Date | null }[]>({ latest: 'last_used_at' });
+  return row.latest;
 }
 
+/** Usable keys (neither revoked nor expired) per pepper id of their current secret, and of their previous secret still in grace. */
 export async function countKeysByPepper(db: Db, now: Date): Promise<Array<{ pepperId: string | null; secrets: number; previousSecrets: number }>> {
   const rows = await rawRows<{ pepper_id: string | null; secrets: string; previous_secrets: string }>(
     db,
