@@ -30,7 +30,7 @@ export interface UpkeepOptions {
 }
 
 export function createUpkeep(options: UpkeepOptions) {
-  const { db, store, config, logger, now } = options;
+  const { db, config, logger, now } = options;
   const intervals = options.intervals ?? { moveHoursMs: HOUR_MOVE.intervalMs, retentionMs: HOUR_MS, firstRetentionMs: FIRST_RETENTION_MS };
   const events = config.collector.events;
   const sweep = new EventSweep({ db, intervalMs: events.sweepIntervalMs, expiringDays: events.expiringDays, retentionDays: events.retentionDays, logger, now });
@@ -40,17 +40,20 @@ export function createUpkeep(options: UpkeepOptions) {
   let mover: NodeJS.Timeout | undefined;
   // Failures of the jobs that only log otherwise: retried at their next run, but a job that keeps
   // failing kept addresses past IP_RETENTION_DAYS, or left readers summing two bucket tables, with
-  // one warning an hour to show for it.
+  // one warning an hour to show for it. Counted once per run, however many of its parts failed.
   const stats = { failedHourMoves: 0, failedRetentions: 0 };
-  const failed = (counter: keyof typeof stats, message: string) => (error: Error) => {
-    stats[counter] += 1;
-    logger.warn({ err: { message: error.message } }, message);
-  };
+  const warn = (message: string) => (error: Error) => logger.warn({ err: { message: error.message } }, message);
   // One move at a time: a tick that finds one still running skips, and stop() waits for it.
   let moving: Promise<void> | undefined;
   const moveHours = () => {
     moving ??= moveClosedHours(db, closedBefore(now()))
-      .then(() => undefined, failed('failedHourMoves', 'moving closed hours failed'))
+      .then(
+        () => undefined,
+        (error: Error) => {
+          stats.failedHourMoves += 1;
+          warn('moving closed hours failed')(error);
+        },
+      )
       .finally(() => (moving = undefined));
   };
   // One cleanup at a time too: on Citus each of its deletes runs on every shard, and cleanups
@@ -58,14 +61,10 @@ export function createUpkeep(options: UpkeepOptions) {
   // waiting for a connection (test/hourMove.test.ts, under npm run test:citus).
   let cleaning: Promise<void> | undefined;
   const cleanUp = () => {
-    cleaning ??= Promise.all([
-      Promise.all([store.expireOldRows(config.collector.retentionDays), expireOldEvents(db, new Date(now()), events.retentionDays)]).catch(
-        failed('failedRetentions', 'retention cleanup failed'),
-      ),
-      expireIpData(db, config.privacy.ipRetentionDays).catch(failed('failedRetentions', 'IP retention cleanup failed')),
-    ])
-      // Each part logs and swallows its own failure.
-      .then(() => undefined)
+    cleaning ??= retentionRun(options, warn)
+      .then((succeeded) => {
+        if (!succeeded) stats.failedRetentions += 1;
+      })
       .finally(() => (cleaning = undefined));
   };
   return {
@@ -93,3 +92,15 @@ export function createUpkeep(options: UpkeepOptions) {
 }
 
 export type Upkeep = ReturnType<typeof createUpkeep>;
+
+// One retention run: usage rows and events past their retention, addresses past IP_RETENTION_DAYS.
+// Each part logs its own failure; the run failed if any did.
+async function retentionRun({ db, store, config, now }: UpkeepOptions, warn: (message: string) => (error: Error) => void): Promise<boolean> {
+  const [rows, ips] = await Promise.allSettled([
+    Promise.all([store.expireOldRows(config.collector.retentionDays), expireOldEvents(db, new Date(now()), config.collector.events.retentionDays)]),
+    expireIpData(db, config.privacy.ipRetentionDays),
+  ]);
+  if (rows.status === 'rejected') warn('retention cleanup failed')(rows.reason as Error);
+  if (ips.status === 'rejected') warn('IP retention cleanup failed')(ips.reason as Error);
+  return rows.status === 'fulfilled' && ips.status === 'fulfilled';
+}

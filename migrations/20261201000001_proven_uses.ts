@@ -48,7 +48,12 @@ export async function down(knex: Knex): Promise<void> {
     for (const column of OUTCOME_COUNTS) table.dropColumn(column);
   });
   await knex.raw(`update api_key_usage set request_count = keyusage_add(request_count, bad_secret_count)`);
-  await knex.raw(`update api_key_usage set last_used_at = coalesce(last_used_at, last_failed_at), last_used_ip = coalesce(last_used_ip, last_failed_ip)`);
+  // 0.1.0 required an address: one erased since (IP retention, `cli key erase-ips`) is written as
+  // 0.0.0.0, 0.1.0's own stand-in for none, and a key's failed address is its last one only when
+  // it was never used (0.1.0 counted failures as uses).
+  await knex.raw(`update api_key_usage
+    set last_used_ip = coalesce(case when last_used_at is null then last_failed_ip else last_used_ip end, '0.0.0.0'),
+        last_used_at = coalesce(last_used_at, last_failed_at)`);
   await knex.raw(`delete from api_key_usage where last_used_at is null`);
   await knex.schema.alterTable('api_key_usage', (table) => {
     table.dropColumn('last_failed_at');

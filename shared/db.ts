@@ -260,12 +260,22 @@ function credentialsProblem(error: unknown, url: string): CredentialsProblem | u
 
 // pg takes forms the URL class refuses (a socket folder: postgres://user:pw@/db?host=/run/postgresql),
 // whose error carried the whole URL, password included, and replaced the real cause.
-function urlParts(url: string): { host: string; password: string | undefined } {
+function urlParts(url: string): { host: string; password: string } {
   try {
     const { host, password } = new URL(url);
     return { host, password };
   } catch {
-    return { host: /[?&]host=([^&]*)/.exec(url)?.[1] ?? '', password: undefined };
+    const userInfo = /^[^:/]+:\/\/([^@/]*)@/.exec(url)?.[1] ?? '';
+    const host = /[?&]host=([^&]*)/.exec(url)?.[1] ?? '';
+    return { host: decoded(host), password: userInfo.includes(':') ? userInfo.slice(userInfo.indexOf(':') + 1) : '' };
+  }
+}
+
+function decoded(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
   }
 }
 

@@ -191,6 +191,9 @@ t.test('describeDatabaseError takes the URL forms pg takes, a socket folder incl
   t.notMatch(text, /sekret/);
   const badPassword = Object.assign(new Error('password authentication failed'), { code: '28P01' });
   t.match(describeDatabaseError(badPassword, 'postgres://u:sekret@/db?host=/tmp'), /^the server refused DATABASE_URL's credentials/);
+  const noPassword = new Error('SASL: SCRAM-SERVER-FIRST-MESSAGE: client password must be a string');
+  t.match(describeDatabaseError(noPassword, 'postgres://u@/db?host=%2Frun%2Fpostgresql'), /^the server asked for a password; DATABASE_URL has none/);
+  t.match(describeDatabaseError(refused, 'postgres://u@/db?host=%2Frun%2Fpostgresql'), /^cannot reach the database at \/run\/postgresql named by/);
 });
 
 t.test('which errors mean "the database is unavailable"', async (t) => {

@@ -366,8 +366,9 @@ t.test(
   { skip: onCitus && 'renames a distributed table' },
   async (t) => {
     const { db } = await freshDatabase(t);
+    // One retention run (the first), whose two parts both fail.
     const start = () =>
-      startUpkeep(t, db, createPgUsageStore(db), { moveHoursMs: 20, retentionMs: 20, firstRetentionMs: 20 }, { WEBHOOK_POLL_INTERVAL_MS: '20' });
+      startUpkeep(t, db, createPgUsageStore(db), { moveHoursMs: 20, retentionMs: 600_000, firstRetentionMs: 20 }, { WEBHOOK_POLL_INTERVAL_MS: '20' });
     const failures = (upkeep: ReturnType<typeof start>) => ({ ...upkeep.stats, failedPolls: upkeep.webhooks.stats.failedPolls });
     // Real failures: the tables the jobs need, renamed away, then back.
     const renames = [
@@ -376,8 +377,12 @@ t.test(
     ];
     for (const [from, to] of renames) await db.raw(`alter table ${from} rename to ${to}`);
     const failing = start();
-    await waitFor('two failures of each', () => (Object.values(failures(failing)).every((n) => n >= 2) ? true : undefined));
+    await waitFor('failed hour moves, polls and the retention run', () => {
+      const { failedHourMoves, failedPolls, failedRetentions } = failures(failing);
+      return failedHourMoves >= 2 && failedPolls >= 2 && failedRetentions >= 1 ? true : undefined;
+    });
     await failing.stop();
+    t.equal(failing.stats.failedRetentions, 1, 'one run counted once, though both its parts failed');
     for (const [to, from] of renames) await db.raw(`alter table ${from} rename to ${to}`);
     const working = start();
     await sleep(300);

@@ -197,6 +197,34 @@ t.test('a data error on one key is isolated: that key is set aside, every other 
   t.equal((await db('api_key_usage').where({ key_id: poisoned }).first()).request_count, 2, 'the key is not stuck: later uses land');
 });
 
+t.test('back down to 0.1.0 with addresses erased: 0.0.0.0 stands in, a failed address is no last use', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId } = await seedOrg(api, db);
+  const probed = (await api.services.apiKeys.create(org.id, { name: 'probed', scopes: ['keys:read'], expiresAt: null })).key.id;
+  const at = new Date('2026-11-30T10:00:00Z');
+  await db('api_key_usage').insert([
+    // Used, its address erased; a failed attempt's address kept.
+    {
+      org_id: org.id,
+      key_id: adminKeyId,
+      request_count: 5,
+      ok_count: 5,
+      bad_secret_count: 1,
+      last_used_at: at,
+      last_used_ip: null,
+      last_failed_at: at,
+      last_failed_ip: '198.51.100.9',
+    },
+    // Only probed, its address erased.
+    { org_id: org.id, key_id: probed, request_count: 0, bad_secret_count: 2, last_failed_at: at, last_failed_ip: null },
+  ]);
+  await migrateDownTo(db, '20261125000002_api_key_usage.ts');
+  const rows = new Map((await db('api_key_usage').select('key_id', 'request_count', 'last_used_ip')).map((row: { key_id: string }) => [row.key_id, row]));
+  t.match(rows.get(adminKeyId), { request_count: 6, last_used_ip: '0.0.0.0' }, "not the failed attempt's address");
+  t.match(rows.get(probed), { request_count: 2, last_used_ip: '0.0.0.0' });
+});
+
 t.test('the migrations run on a database holding 0.1.0 usage, and split its totals into proven uses and failed attempts', async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);

@@ -118,6 +118,20 @@ t.test('sends waiting on the sink are bounded: beyond maxInFlight a datagram fai
   t.match(recorder.stats, { sentUses: 4, failedUses: 2 }, 'sends go again once the sink answers');
 });
 
+t.test('stop waits for sends that never complete only so long, says so, and closes the sink', async (t) => {
+  const { logger, lines } = capturedLogger();
+  const { sink, isClosed } = fakeSink();
+  const recorder = new UsageRecorder({ sink, maxEntries: 10_000, drainIntervalMs: 1000, logger });
+  recorder.record(KEY, ORG, '192.0.2.1', 'ok');
+  // A real send waiting (on a lookup) keeps the process alive; this sink holds nothing, and the
+  // stop's own timer does not (it must not keep an exiting process).
+  const alive = setTimeout(() => {}, 5000);
+  await recorder.stop(50);
+  clearTimeout(alive);
+  t.ok(isClosed(), 'closed, though the send never answered');
+  t.match(lines.join(''), /"datagrams":1,.*still waiting to be sent at stop/);
+});
+
 t.test('stop drains, waits for sends in flight, then closes the sink', async (t) => {
   const { sink, sent, complete, isClosed } = fakeSink();
   const recorder = new UsageRecorder({ sink, maxEntries: 10_000, drainIntervalMs: 10, logger: capturedLogger().logger });

@@ -27,10 +27,11 @@ export interface UsageRecorderStats {
 // the resolver hangs every drain added datagrams waiting on it, without limit, and stop() waited
 // for all of them. Beyond the bound a datagram counts as failed at once.
 const DEFAULT_MAX_IN_FLIGHT = 1000;
-// How long stop() waits for authorizations still reading their key (PendingUses): a request whose
-// connection the server's close cut, or whose client left, still records its use when its read
-// ends, and that use came after the last drain, with the socket closed.
-const STOP_WAIT_FOR_USES_MS = 5000;
+// How long stop() waits, first for authorizations still reading their key (PendingUses): a request
+// whose connection the server's close cut, or whose client left, still records its use when its
+// read ends, and that use came after the last drain, with the socket closed; then for the sends in
+// flight, which a hung resolver would hold until the supervisor's SIGKILL.
+const STOP_WAIT_MS = 5000;
 
 export class UsageRecorder implements PendingUses {
   private pending = new Map<string, UsageSample>();
@@ -111,18 +112,16 @@ export class UsageRecorder implements PendingUses {
     if (this.awaitedUses === 0) this.usesSettled?.();
   }
 
-  async stop(waitForUsesMs = STOP_WAIT_FOR_USES_MS): Promise<void> {
+  async stop(waitMs = STOP_WAIT_MS): Promise<void> {
     clearInterval(this.timer);
     this.timer = undefined;
-    if (this.awaitedUses > 0) {
-      await new Promise<void>((resolve) => {
-        this.usesSettled = resolve;
-        setTimeout(resolve, waitForUsesMs).unref();
-      });
-    }
+    if (this.awaitedUses > 0) await settledWithin(waitMs, (resolve) => (this.usesSettled = resolve));
     this.stopped = true;
     this.drain();
-    if (this.inFlight > 0) await new Promise<void>((resolve) => (this.idle = resolve));
+    if (this.inFlight > 0) await settledWithin(waitMs, (resolve) => (this.idle = resolve));
+    if (this.inFlight > 0) {
+      this.options.logger.warn({ datagrams: this.inFlight }, 'usage datagrams still waiting to be sent at stop; their uses may be lost');
+    }
     await this.options.sink.close();
   }
 
@@ -160,6 +159,14 @@ export class UsageRecorder implements PendingUses {
     this.stats.failedUses += uses;
     this.warn('usage_send_failed', { err, uses, failedUses: this.stats.failedUses }, 'could not send usage datagram');
   }
+}
+
+// Resolves when `arm`'s callback is called, or after `ms`.
+function settledWithin(ms: number, arm: (resolve: () => void) => void): Promise<void> {
+  return new Promise<void>((resolve) => {
+    arm(resolve);
+    setTimeout(resolve, ms).unref();
+  });
 }
 
 function countLines(datagram: string): number {
