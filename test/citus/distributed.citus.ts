@@ -227,3 +227,20 @@ t.test('the dormant clean-up and the dormant flag, on orgs of both workers', asy
     t.equal(busiest.body.data.find((k: { id: string }) => k.id === crossedLater).dormant, true, 'crossed later: dormant, not revoked');
   }
 });
+
+// Citus refuses a subquery in an INSERT: a key created with expected networks (normalised by
+// PostgreSQL's network()) answered 500, and only a PATCH could set them.
+t.test('a key created with expected networks, then changed, with the networks normalised', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const keys = `/api/orgs/${org.id}/api-keys`;
+  const created = await api.request('POST', keys, {
+    key: adminKey,
+    body: { name: 'office', scopes: ['keys:read'], expectedNetworks: ['10.1.2.3/8', '2001:db8::1/32'] },
+  });
+  t.equal(created.status, 201);
+  t.strictSame(created.body.expectedNetworks, ['10.0.0.0/8', '2001:db8::/32']);
+  const patched = await api.request('PATCH', `${keys}/${created.body.id}`, { key: adminKey, body: { expectedNetworks: ['192.0.2.9/24'] } });
+  t.strictSame([patched.status, patched.body.expectedNetworks], [200, ['192.0.2.0/24']]);
+});
