@@ -94,13 +94,17 @@ export function createUpkeep(options: UpkeepOptions) {
 export type Upkeep = ReturnType<typeof createUpkeep>;
 
 // One retention run: usage rows and events past their retention, addresses past IP_RETENTION_DAYS.
-// Each part logs its own failure; the run failed if any did.
+// Every part is waited for (one that failed first must not end the run while another still runs
+// on a pool the stop is about to destroy); each logs its own failure; the run failed if any did.
 async function retentionRun({ db, store, config, now }: UpkeepOptions, warn: (message: string) => (error: Error) => void): Promise<boolean> {
-  const [rows, ips] = await Promise.allSettled([
-    Promise.all([store.expireOldRows(config.collector.retentionDays), expireOldEvents(db, new Date(now()), config.collector.events.retentionDays)]),
-    expireIpData(db, config.privacy.ipRetentionDays),
-  ]);
-  if (rows.status === 'rejected') warn('retention cleanup failed')(rows.reason as Error);
-  if (ips.status === 'rejected') warn('IP retention cleanup failed')(ips.reason as Error);
-  return rows.status === 'fulfilled' && ips.status === 'fulfilled';
+  const parts: Array<[string, Promise<unknown>]> = [
+    ['retention cleanup failed', store.expireOldRows(config.collector.retentionDays)],
+    ['retention cleanup failed', expireOldEvents(db, new Date(now()), config.collector.events.retentionDays)],
+    ['IP retention cleanup failed', expireIpData(db, config.privacy.ipRetentionDays)],
+  ];
+  const settled = await Promise.allSettled(parts.map(([, part]) => part));
+  settled.forEach((result, i) => {
+    if (result.status === 'rejected') warn(parts[i][0])(result.reason as Error);
+  });
+  return settled.every((result) => result.status === 'fulfilled');
 }

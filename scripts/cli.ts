@@ -33,6 +33,7 @@ Commands:
                                      rotated within them); --apply revokes them, for good: with
                                      --key-ids only those of the ids a dry run listed (a file: one
                                      id per line) still dormant, without it the keys selected again
+                                     (refused if no key of the org has a recorded use within n days)
   key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log)
   pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS)
   help                               Show this help

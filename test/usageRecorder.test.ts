@@ -129,7 +129,8 @@ t.test('stop waits for sends that never complete only so long, says so, and clos
   await recorder.stop(50);
   clearTimeout(alive);
   t.ok(isClosed(), 'closed, though the send never answered');
-  t.match(lines.join(''), /"datagrams":1,.*still waiting to be sent at stop/);
+  t.match(lines.join(''), /"datagrams":1,"uses":1,.*still waiting to be sent at stop: their uses are lost/);
+  t.match(recorder.stats, { recordedUses: 1, sentUses: 0, failedUses: 1 }, 'its use counted as lost');
 });
 
 t.test('stop drains, waits for sends in flight, then closes the sink', async (t) => {

@@ -32,6 +32,7 @@ const DEFAULT_MAX_IN_FLIGHT = 1000;
 // read ends, and that use came after the last drain, with the socket closed; then for the sends in
 // flight, which a hung resolver would hold until the supervisor's SIGKILL.
 const STOP_WAIT_MS = 5000;
+const LAST_SENDS_MS = 1000;
 
 export class UsageRecorder implements PendingUses {
   private pending = new Map<string, UsageSample>();
@@ -41,6 +42,8 @@ export class UsageRecorder implements PendingUses {
   private awaitedUses = 0;
   private usesSettled: (() => void) | undefined;
   private stopped = false;
+  private usesInFlight = 0;
+  private abandoned = false;
   private readonly warn: RateLimitedWarn;
   readonly stats: UsageRecorderStats = { recordedUses: 0, sentUses: 0, failedUses: 0, datagrams: 0, failedDatagrams: 0, earlyDrains: 0 };
 
@@ -112,15 +115,24 @@ export class UsageRecorder implements PendingUses {
     if (this.awaitedUses === 0) this.usesSettled?.();
   }
 
+  /**
+   * Both waits share one deadline (the sends of the last drain get at least a second of it): after
+   * the server's own 5 s grace, two full waits met the launcher's SIGKILL (15 s).
+   */
   async stop(waitMs = STOP_WAIT_MS): Promise<void> {
+    const deadline = Date.now() + waitMs;
     clearInterval(this.timer);
     this.timer = undefined;
-    if (this.awaitedUses > 0) await settledWithin(waitMs, (resolve) => (this.usesSettled = resolve));
+    if (this.awaitedUses > 0) await settledWithin(deadline, (resolve) => (this.usesSettled = resolve));
     this.stopped = true;
     this.drain();
-    if (this.inFlight > 0) await settledWithin(waitMs, (resolve) => (this.idle = resolve));
+    if (this.inFlight > 0) await settledWithin(Math.max(deadline, Date.now() + LAST_SENDS_MS), (resolve) => (this.idle = resolve));
     if (this.inFlight > 0) {
-      this.options.logger.warn({ datagrams: this.inFlight }, 'usage datagrams still waiting to be sent at stop; their uses may be lost');
+      // Counted as lost now, and said at once (not rate-limited): their sends, if they ever end,
+      // come after the stats were last read.
+      this.abandoned = true;
+      this.stats.failedUses += this.usesInFlight;
+      this.options.logger.warn({ datagrams: this.inFlight, uses: this.usesInFlight }, 'usage datagrams still waiting to be sent at stop: their uses are lost');
     }
     await this.options.sink.close();
   }
@@ -137,8 +149,11 @@ export class UsageRecorder implements PendingUses {
       return;
     }
     this.inFlight += 1;
+    this.usesInFlight += uses;
     const done = (error?: Error | null) => {
       this.inFlight -= 1;
+      this.usesInFlight -= uses;
+      if (this.abandoned) return;
       if (error) this.failed(uses, { message: error.message, code: (error as NodeJS.ErrnoException).code });
       else this.stats.sentUses += uses;
       if (this.inFlight === 0) this.idle?.();
@@ -161,11 +176,11 @@ export class UsageRecorder implements PendingUses {
   }
 }
 
-// Resolves when `arm`'s callback is called, or after `ms`.
-function settledWithin(ms: number, arm: (resolve: () => void) => void): Promise<void> {
+// Resolves when `arm`'s callback is called, or at `deadline` (epoch ms).
+function settledWithin(deadline: number, arm: (resolve: () => void) => void): Promise<void> {
   return new Promise<void>((resolve) => {
     arm(resolve);
-    setTimeout(resolve, ms).unref();
+    setTimeout(resolve, Math.max(0, deadline - Date.now())).unref();
   });
 }
 
