@@ -12,6 +12,7 @@ import { displayName, uuid } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, migrateLatest, type Db } from '../shared/db';
 import { eraseKeyIps } from '../shared/ipRetention';
+import { redactKeyMaterial } from '../shared/logger';
 import { exitWhenDone } from './lib/commandExit';
 import { postmasterPid, startLocalPostgres } from './lib/localPostgres';
 
@@ -154,7 +155,9 @@ export function checkKeyIds(text: string, what: string): string[] {
   const ids = text.split(/[\s,]+/).filter(Boolean);
   if (ids.length === 0) throw new UsageError(`${what}: lists no key id`);
   if (ids.length > MAX_KEY_IDS) throw new UsageError(`${what}: lists ${ids.length} ids, at most ${MAX_KEY_IDS}`);
-  return [...new Set(ids.map((id) => checkId(id, `${what}: "${printable(id.slice(0, 40))}"`)))];
+  // A key pasted for its id (ku_<32 hex>_<secret>) is named without its secret, whose first
+  // characters fell within the 40 echoed.
+  return [...new Set(ids.map((id) => checkId(id, `${what}: "${printable(redactKeyMaterial(id).slice(0, 40))}"`)))];
 }
 
 function isCommandKind(value: string): value is Command['kind'] {

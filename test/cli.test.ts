@@ -279,6 +279,9 @@ t.test('key revoke-dormant --apply --key-ids: only the listed keys still dormant
   };
   await refused(['--key-ids', first], 2, /--key-ids: only with --apply/);
   await refused(['--apply', '--key-ids', `${first},ku_secret`], 2, /--key-ids: "ku_secret"/);
+  const pasted = `ku_${'a'.repeat(32)}_${'Sec'.repeat(16)}x`; // a whole key where an id belongs
+  await refused(['--apply', '--key-ids', pasted], 2, /--key-ids: "ku_\[redacted\]"/);
+  t.notMatch(cli.err.join('\n'), /Sec/, 'no character of its secret');
   await refused(['--apply', '--key-ids', ','], 2, /--key-ids: lists no key id/);
   fs.writeFileSync(file, '\n');
   await refused(['--apply', '--key-ids', `@${file}`], 1, /--key-ids @.*: lists no key id/);
