@@ -84,10 +84,10 @@ export function outsideNetworks(ips: Iterable<string>, networks: readonly string
 
 type Emit = (type: EventType, occurredAt: number, details: Record<string, unknown>, dedupe: string) => void;
 
-/** Told of each new network the hourly limit kept from raising key.new_ip. */
-export type OnSuppressed = (prefix: string) => void;
+/** Told of each new network the hourly limit kept from raising key.new_ip now. */
+export type OnDeferred = (prefix: string) => void;
 
-function useEvents(delta: KeyUsageDelta, facts: KeyFacts, limit: number, emit: Emit, onSuppressed: OnSuppressed): void {
+function useEvents(delta: KeyUsageDelta, facts: KeyFacts, limit: number, emit: Emit, onDeferred: OnDeferred): void {
   const proven = provenCount(delta.byOutcome);
   if (proven === 0) return;
   if (facts.requestCount <= proven) {
@@ -95,7 +95,7 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, limit: number, emit: E
     const [ip, first] = [...delta.ips].sort(([, a], [, b]) => a.firstSeen - b.firstSeen)[0] ?? [delta.lastIp, { firstSeen: delta.lastUsedAt }];
     emit('key.first_use', first.firstSeen, { ip }, '');
   } else {
-    newNetworkEvents(facts, limit, emit, onSuppressed);
+    newNetworkEvents(facts, limit, emit, onDeferred);
   }
   const outside = outsideNetworks(delta.ips.keys(), facts.expectedNetworks);
   if (outside.length > 0) {
@@ -108,22 +108,58 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, limit: number, emit: E
 // A key used from many networks (a mobile app's, or one whose forged uses name new networks) raised
 // one event per network, each a delivery per webhook: at most `limit` a clock hour now, counted with
 // the events already recorded in that hour. The event that reaches the limit says so. The networks
-// after it are handed to onSuppressed, whose caller takes them out of the key's history again: kept
-// there, they never raised an event, so whoever filled an hour's limit (ten forged lines) hid a
-// leaked key's new network for good; now its next use after the hour raises one.
+// after it are handed to onDeferred, whose caller marks them pending in the key's history: the
+// time sweep raises their events later, in an hour with room (deferredNetworkEvents). Dropped,
+// they never raised one, so whoever filled an hour's limit (ten forged lines) hid a leaked key's
+// new network for good.
 // Collectors flushing the same key at once each count only what committed: up to `limit` each.
-function newNetworkEvents(facts: KeyFacts, limit: number, emit: Emit, onSuppressed: OnSuppressed): void {
+function newNetworkEvents(facts: KeyFacts, limit: number, emit: Emit, onDeferred: OnDeferred): void {
   const raised = new Map(facts.newIpEventsByHour);
   for (const { prefix, ip, firstSeen } of [...facts.newPrefixes].sort((a, b) => a.firstSeen - b.firstSeen)) {
     const hour = hourOf(firstSeen);
     const count = (raised.get(hour) ?? 0) + 1;
     if (count > limit) {
-      onSuppressed(prefix);
+      onDeferred(prefix);
       continue;
     }
     raised.set(hour, count);
-    emit('key.new_ip', firstSeen, count === limit ? { ip, prefix, hourlyLimitReached: limit } : { ip, prefix }, `${prefix}:${firstSeen}`);
+    emit('key.new_ip', firstSeen, newIpDetails({ ip, prefix }, count, limit), newIpDedupe(prefix, firstSeen));
   }
+}
+
+const newIpDetails = (details: Record<string, unknown>, count: number, limit: number) =>
+  count === limit ? { ...details, hourlyLimitReached: limit } : details;
+// The same network's event, raised by the flush or deferred to the sweep, has the same dedupe key.
+const newIpDedupe = (prefix: string, firstSeen: number) => `${prefix}:${firstSeen}`;
+
+/** A network of one key the hourly limit deferred (api_key_ip_history.event_pending). */
+export interface DeferredNetwork {
+  orgId: string;
+  keyId: string;
+  prefix: string;
+  ip: string;
+  firstSeen: number;
+}
+
+/**
+ * The key.new_ip events the sweep raises at `now` for one key's deferred networks, earliest first,
+ * given the key's events already recorded in now's clock hour: at most up to the limit. They occur
+ * now, so they count in this hour's limit as a flush's would; details.firstSeen keeps when the
+ * network was first used.
+ */
+export function deferredNetworkEvents(networks: readonly DeferredNetwork[], raisedThisHour: number, limit: number, now: number): KeyEvent[] {
+  const room = Math.max(0, limit - raisedThisHour);
+  return [...networks]
+    .sort((a, b) => a.firstSeen - b.firstSeen)
+    .slice(0, room)
+    .map(({ orgId, keyId, prefix, ip, firstSeen }, i) => ({
+      orgId,
+      keyId,
+      type: 'key.new_ip',
+      occurredAt: now,
+      details: newIpDetails({ ip, prefix, firstSeen: new Date(firstSeen).toISOString(), deferred: true }, raisedThisHour + i + 1, limit),
+      dedupeKey: dedupeKey('key.new_ip', keyId, newIpDedupe(prefix, firstSeen)),
+    }));
 }
 
 function hourEvents(delta: KeyUsageDelta, facts: KeyFacts, t: DetectionThresholds, emit: Emit): void {
@@ -146,12 +182,14 @@ function hourEvents(delta: KeyUsageDelta, facts: KeyFacts, t: DetectionThreshold
   }
 }
 
-/** The events one key's part of a flush raises; new networks over the hourly limit go to onSuppressed. */
-export function detectKeyEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionThresholds, onSuppressed: OnSuppressed = () => {}): KeyEvent[] {
+const dedupeKey = (type: EventType, keyId: string, dedupe: string) => [type, keyId, dedupe].filter(Boolean).join(':');
+
+/** The events one key's part of a flush raises; new networks over the hourly limit go to onDeferred. */
+export function detectKeyEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionThresholds, onDeferred: OnDeferred = () => {}): KeyEvent[] {
   const events: KeyEvent[] = [];
   const emit: Emit = (type, occurredAt, details, dedupe) =>
-    events.push({ orgId: delta.orgId, keyId: delta.keyId, type, occurredAt, details, dedupeKey: [type, delta.keyId, dedupe].filter(Boolean).join(':') });
-  useEvents(delta, facts, thresholds.newIpPerKeyHour, emit, onSuppressed);
+    events.push({ orgId: delta.orgId, keyId: delta.keyId, type, occurredAt, details, dedupeKey: dedupeKey(type, delta.keyId, dedupe) });
+  useEvents(delta, facts, thresholds.newIpPerKeyHour, emit, onDeferred);
   hourEvents(delta, facts, thresholds, emit);
   return events;
 }

@@ -10,6 +10,7 @@ import { BASELINE_DAYS, detectKeyEvents, type DetectionThresholds, type HourFact
 import { TABLE } from '../shared/tables';
 import { copyChunks, msToTime, STAGED_KEY } from './flushStaging';
 import { chunksWritten, type CopyBytes } from './copyBytes';
+import { markDeferred, raiseDeferred, type NetworkOfKey } from './deferredNetworks';
 
 export interface EventDetection extends DetectionThresholds {
   ipHistoryPerKey: number;
@@ -155,28 +156,6 @@ async function insertEvents(connection: PoolClient, events: KeyEvent[]): Promise
   return (await connection.query(INSERT_EVENTS)).rowCount ?? 0;
 }
 
-// The new networks the hourly limit of key.new_ip kept from raising one, out of the history the
-// facts statement put them in (collector/eventRules.ts newNetworkEvents). Per org, so that each
-// statement stays on the org's shards on Citus.
-const FORGET_SUPPRESSED = `
-delete from ${TABLE.ipHistory}
- where org_id = $1 and (key_id, prefix) in (select * from unnest(cast($2 as uuid[]), cast($3 as cidr[])))`;
-
-type SuppressedNetwork = { orgId: string; keyId: string; prefix: string };
-
-/** Returns the statements it ran. */
-async function forgetSuppressed(connection: PoolClient, suppressed: SuppressedNetwork[]): Promise<number> {
-  const byOrg = new Map<string, { keyIds: string[]; prefixes: string[] }>();
-  for (const { orgId, keyId, prefix } of suppressed) {
-    const org = byOrg.get(orgId) ?? { keyIds: [], prefixes: [] };
-    org.keyIds.push(keyId);
-    org.prefixes.push(prefix);
-    byOrg.set(orgId, org);
-  }
-  for (const [orgId, { keyIds, prefixes }] of byOrg) await connection.query(FORGET_SUPPRESSED, [orgId, keyIds, prefixes]);
-  return byOrg.size;
-}
-
 /** Detects and records the events of `keys`, whose rows this transaction has staged and written. */
 export async function recordFlushEvents(
   connection: PoolClient,
@@ -185,12 +164,12 @@ export async function recordFlushEvents(
 ): Promise<{ statements: number; events: number; candidates: number; newNetworks: Array<Pick<KeyUsageDelta, 'orgId' | 'keyId'>> }> {
   if (keys.length === 0) return { statements: 0, events: 0, candidates: 0, newNetworks: [] };
   const facts = await readFacts(connection, detection);
-  const suppressed: SuppressedNetwork[] = [];
+  const deferred: NetworkOfKey[] = [];
   const events = keys.flatMap((k) => {
     const keyFacts = facts.get(k.keyId);
-    return keyFacts ? detectKeyEvents(k, keyFacts, detection, (prefix) => suppressed.push({ orgId: k.orgId, keyId: k.keyId, prefix })) : [];
+    return keyFacts ? detectKeyEvents(k, keyFacts, detection, (prefix) => deferred.push({ orgId: k.orgId, keyId: k.keyId, prefix })) : [];
   });
-  const statements = 1 + (suppressed.length > 0 ? await forgetSuppressed(connection, suppressed) : 0);
+  const statements = 1 + (deferred.length > 0 ? await markDeferred(connection, deferred) : 0);
   // Keys whose network history gained a row: the only ones its trim needs.
   const newNetworks = keys.filter((k) => (facts.get(k.keyId)?.newPrefixes.length ?? 0) > 0).map(({ orgId, keyId }) => ({ orgId, keyId }));
   const candidates = facts.size;
@@ -258,18 +237,20 @@ on conflict (org_id, key_id) do update set updated_at = ${TABLE.usage}.updated_a
 
 type SweptKey = { org_id: string; key_id: string };
 
-/** The time-based events; returns how many were new. */
+/** The time-based events, and key.new_ip events the hourly limit deferred; returns how many were new. */
 export async function sweepTimeEvents(
   db: Db,
   now: Date,
-  { expiringDays, retentionDays }: { expiringDays: readonly number[]; retentionDays: number },
-): Promise<{ dormant: number; expiring: number }> {
+  { expiringDays, retentionDays, newIpPerKeyHour }: { expiringDays: readonly number[]; retentionDays: number; newIpPerKeyHour: number },
+): Promise<{ dormant: number; expiring: number; newIp: number }> {
   return db.transaction(async (trx) => {
     const dormant: SweptKey[] = (await trx.raw(SWEEP_DORMANT, { now, retentionDays })).rows;
     const expiring: SweptKey[] = (await trx.raw(SWEEP_EXPIRING, { now, days: [...expiringDays], retentionDays })).rows;
-    const keys = [...new Map([...dormant, ...expiring].map((k) => [`${k.org_id}/${k.key_id}`, k])).values()];
+    const newIp = await raiseDeferred(trx, now, newIpPerKeyHour);
+    const swept = [...dormant, ...expiring, ...newIp.keys.map((k) => ({ org_id: k.orgId, key_id: k.keyId }))];
+    const keys = [...new Map(swept.map((k) => [`${k.org_id}/${k.key_id}`, k])).values()];
     if (keys.length > 0) await trx.raw(ANCHOR_TOTALS, [keys.map((k) => k.org_id), keys.map((k) => k.key_id)]);
-    return { dormant: dormant.length, expiring: expiring.length };
+    return { dormant: dormant.length, expiring: expiring.length, newIp: newIp.events };
   });
 }
 

@@ -8,13 +8,16 @@ export interface EventSweepOptions {
   expiringDays: readonly number[];
   /** EVENTS_RETENTION_DAYS: events older than it are not written (retention would delete them). */
   retentionDays: number;
+  /** EVENTS_NEW_IP_PER_KEY_HOUR: the sweep raises the key.new_ip events it deferred. */
+  newIpPerKeyHour: number;
   logger: Logger;
   now: () => number;
 }
 
 // The time-based events (key.dormant, key.expiring) need no traffic to happen, so no flush sees
-// them: a periodic sweep looks for them. Each is deduplicated in the database, so a sweep that
-// runs twice, or on two collectors, records each event once.
+// them: a periodic sweep looks for them. It also raises the key.new_ip events the hourly limit
+// deferred, which may wait for an hour with room after the key's last use. Each is deduplicated in
+// the database, so a sweep that runs twice, or on two collectors, records each event once.
 export class EventSweep {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -40,10 +43,10 @@ export class EventSweep {
 
   private async sweepOnce(): Promise<void> {
     try {
-      const { db, now, expiringDays, retentionDays } = this.options;
-      const found = await sweepTimeEvents(db, new Date(now()), { expiringDays, retentionDays });
+      const { db, now, expiringDays, retentionDays, newIpPerKeyHour } = this.options;
+      const found = await sweepTimeEvents(db, new Date(now()), { expiringDays, retentionDays, newIpPerKeyHour });
       this.stats.sweeps += 1;
-      this.stats.eventsRecorded += found.dormant + found.expiring;
+      this.stats.eventsRecorded += found.dormant + found.expiring + found.newIp;
     } catch (error) {
       this.stats.failedSweeps += 1;
       this.options.logger.warn({ err: { message: (error as Error).message } }, 'event sweep failed; retried at the next interval');

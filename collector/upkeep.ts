@@ -33,7 +33,15 @@ export function createUpkeep(options: UpkeepOptions) {
   const { db, config, logger, now } = options;
   const intervals = options.intervals ?? { moveHoursMs: HOUR_MOVE.intervalMs, retentionMs: HOUR_MS, firstRetentionMs: FIRST_RETENTION_MS };
   const events = config.collector.events;
-  const sweep = new EventSweep({ db, intervalMs: events.sweepIntervalMs, expiringDays: events.expiringDays, retentionDays: events.retentionDays, logger, now });
+  const sweep = new EventSweep({
+    db,
+    intervalMs: events.sweepIntervalMs,
+    expiringDays: events.expiringDays,
+    retentionDays: events.retentionDays,
+    newIpPerKeyHour: events.newIpPerKeyHour,
+    logger,
+    now,
+  });
   const webhooks = createWebhookWorker({ db, peppers: [config.api.keyPepper, ...config.api.previousKeyPeppers], config: config.webhooks, logger, now });
   let firstRetention: NodeJS.Timeout | undefined;
   let retention: NodeJS.Timeout | undefined;

@@ -10,12 +10,12 @@ import { SCOPES } from '../api/keys/scopes';
 import { embeddedClusterRunning, main, openDatabase, runCli, stdio as cliStdio, USAGE } from '../scripts/cli';
 import { migrate, stdio as migrateStdio } from '../scripts/migrate';
 import { loadConfig } from '../shared/config';
-import { createDb, MIGRATION_CONFIG, MIGRATIONS_DIRECTORY, type Db } from '../shared/db';
+import { createDb, MIGRATIONS_DIRECTORY, type Db } from '../shared/db';
 import { startLocalPostgres } from '../scripts/lib/localPostgres';
 import { mintDemoTrafficKey } from '../scripts/lib/demoTrafficKey';
 import { parsePresentedKey } from '../api/keys/keyMaterial';
 import { startTestApi } from './helpers/api';
-import { emptyDatabase, freshDatabase } from './helpers/database';
+import { emptyDatabase, freshDatabase, migrateDownTo } from './helpers/database';
 
 // Every migration the repository holds, in the order knex applies them.
 const MIGRATIONS = fs
@@ -607,8 +607,8 @@ t.test('npm run migrate: a migration waiting on a table in use fails after MIGRA
   t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url }, captured().io), 0);
   const db = createDb(url, { poolMax: 2 });
   t.teardown(() => db.destroy());
-  // The last migration builds api_keys_created_at_idx concurrently, which waits for writers.
-  await db.migrate.down(MIGRATION_CONFIG);
+  // 20261203000120 builds api_keys_created_at_idx concurrently, which waits for writers.
+  await migrateDownTo(db, '20261202000110_usage_log.ts');
   const writer = await db.transaction();
   await writer.raw('lock table api_keys in row exclusive mode');
   const held = captured();
@@ -617,7 +617,7 @@ t.test('npm run migrate: a migration waiting on a table in use fails after MIGRA
   await writer.rollback();
   const freed = captured();
   t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url }, freed.io), 0, freed.err.join('\n'));
-  t.match(freed.out.join('\n'), /^Applied 1 migration\(s\)/);
+  t.match(freed.out.join('\n'), /^Applied 2 migration\(s\):\n {2}20261203000120_api_keys_created_at_index.ts\n/);
 });
 
 t.test('two migration runs at once: one applies, the other waits and finds nothing to do', async (t) => {

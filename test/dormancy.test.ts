@@ -66,7 +66,7 @@ t.test('the usage filter, the clean-up and the sweep select the same keys', asyn
   t.equal(cleanUp.status, 200);
   t.strictSame(sorted(cleanUp.body.keys.map((k: { id: string }) => k.id)), sorted(expected), 'the clean-up');
 
-  await sweepTimeEvents(db, new Date(now), { expiringDays: [], retentionDays: 90 });
+  await sweepTimeEvents(db, new Date(now), { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 10 });
   t.strictSame(sorted(await db('key_events').where({ type: 'key.dormant' }).pluck('key_id')), sorted(expected), 'the sweep');
 });
 
@@ -105,7 +105,7 @@ t.test('a threshold crossed before the events retention window raises no event; 
     )
       .map((e) => `${e.type} ${e.key_id}`)
       .sort();
-  const retention = { expiringDays: [365], retentionDays: 90 };
+  const retention = { expiringDays: [365], retentionDays: 90, newIpPerKeyHour: 10 };
   const sweepAndExpire = async () => {
     await sweepTimeEvents(db, new Date(clock.now), retention);
     await expireOldEvents(db, new Date(clock.now), retention.retentionDays);
@@ -127,7 +127,7 @@ t.test('a rotated key is dormant again only a threshold after its rotation, with
     .where({ id })
     .update({ created_at: new Date(clock.now - 40 * DAY) });
   const sweep = async () => {
-    await sweepTimeEvents(db, new Date(clock.now), { expiringDays: [], retentionDays: 90 });
+    await sweepTimeEvents(db, new Date(clock.now), { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 10 });
     return db('key_events').where({ type: 'key.dormant', key_id: id }).orderBy('occurred_at').pluck('occurred_at');
   };
   t.equal((await sweep()).length, 1, 'dormant 10 days after its threshold');

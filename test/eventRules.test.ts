@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import t from 'tap';
 import { Aggregator } from '../collector/aggregator';
-import { detectKeyEvents, isSpike, median, outsideNetworks, type DetectionThresholds, type KeyFacts } from '../collector/eventRules';
+import { deferredNetworkEvents, detectKeyEvents, isSpike, median, outsideNetworks, type DetectionThresholds, type KeyFacts } from '../collector/eventRules';
 import { IP_DETAIL_FIELDS } from '../shared/keyEvents';
 import type { UsageSample } from '../shared/usageWire';
 
@@ -80,9 +80,9 @@ t.test('key.new_ip: at most newIpPerKeyHour a clock hour, counting those already
   const network = (i: number, firstSeen: number) => ({ prefix: `198.51.${i}.0/24`, ip: `198.51.${i}.1`, firstSeen });
   // Given out of order: the earliest networks are the ones raised.
   const newPrefixes = [...Array.from({ length: 6 }, (_, i) => network(i, HOUR + 10 + i)), network(9, HOUR + 5), network(8, HOUR + 3_600_000 + 1)].reverse();
-  const suppressed: string[] = [];
+  const deferred: string[] = [];
   const events = detectKeyEvents(delta([{}]), facts({ newPrefixes, newIpEventsByHour: new Map([[HOUR, 1]]) }), { ...RULES, newIpPerKeyHour: 4 }, (prefix) =>
-    suppressed.push(prefix),
+    deferred.push(prefix),
   );
   t.strictSame(
     events.map((e) => [e.occurredAt - HOUR, e.details]),
@@ -94,13 +94,43 @@ t.test('key.new_ip: at most newIpPerKeyHour a clock hour, counting those already
     ],
     'one recorded before + three in the hour; the next hour counts afresh',
   );
-  t.strictSame(suppressed, ['198.51.2.0/24', '198.51.3.0/24', '198.51.4.0/24', '198.51.5.0/24'], 'the others, told to the caller');
+  t.strictSame(deferred, ['198.51.2.0/24', '198.51.3.0/24', '198.51.4.0/24', '198.51.5.0/24'], 'the others, told to the caller');
   const full = detectKeyEvents(delta([{}]), facts({ newPrefixes, newIpEventsByHour: new Map([[HOUR, 4]]) }), { ...RULES, newIpPerKeyHour: 4 });
   t.strictSame(
     full.map((e) => e.occurredAt - HOUR),
     [3_600_001],
     'an hour already at the limit raises none',
   );
+});
+
+t.test('deferred key.new_ip: the earliest networks, up to the room left in the hour, occurring now; the same dedupe key as the flush gives', async (t) => {
+  const now = HOUR + 7_200_000;
+  const network = (i: number, firstSeen: number) => ({ orgId: ORG, keyId: KEY, prefix: `198.51.${i}.0/24`, ip: `198.51.${i}.1`, firstSeen });
+  const networks = [network(3, HOUR + 30), network(1, HOUR + 10), network(2, HOUR + 20)];
+  const events = deferredNetworkEvents(networks, 2, 4, now);
+  const iso = (ms: number) => new Date(ms).toISOString();
+  t.strictSame(
+    events.map((e) => [e.type, e.occurredAt, e.details, e.dedupeKey]),
+    [
+      [
+        'key.new_ip',
+        now,
+        { ip: '198.51.1.1', prefix: '198.51.1.0/24', firstSeen: iso(HOUR + 10), deferred: true },
+        `key.new_ip:${KEY}:198.51.1.0/24:${HOUR + 10}`,
+      ],
+      [
+        'key.new_ip',
+        now,
+        { ip: '198.51.2.1', prefix: '198.51.2.0/24', firstSeen: iso(HOUR + 20), deferred: true, hourlyLimitReached: 4 },
+        `key.new_ip:${KEY}:198.51.2.0/24:${HOUR + 20}`,
+      ],
+    ],
+    'two recorded this hour + two raised reach the limit of four',
+  );
+  const flushed = detectKeyEvents(delta([{}]), facts({ newPrefixes: [{ prefix: '198.51.1.0/24', ip: '198.51.1.1', firstSeen: HOUR + 10 }] }), RULES);
+  t.equal(flushed[0].dedupeKey, events[0].dedupeKey, 'a flush raising the same network would be deduplicated with it');
+  t.strictSame(deferredNetworkEvents(networks, 4, 4, now), [], 'none in an hour already at the limit');
+  t.strictSame(deferredNetworkEvents(networks, 9, 4, now), [], 'nor over it (collectors flushing at once)');
 });
 
 t.test('outsideNetworks: IPv4 and IPv6 CIDRs, no list means anywhere', async (t) => {

@@ -5,7 +5,7 @@ import t, { type Test } from 'tap';
 import type { Db } from '../shared/db';
 import { createApiKeysService } from '../api/keys/apiKeys.service';
 import { encodeUsageLine } from '../shared/usageWire';
-import { sendDatagrams, startTestCollector } from './helpers/collector';
+import { secondInThePreviousHour, sendDatagrams, startTestCollector } from './helpers/collector';
 import { sleep, waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
 import { seedOrg, startTestApi } from './helpers/api';
@@ -404,16 +404,13 @@ t.test('the prefix history is bounded per key; a forgotten network is new again'
   t.strictSame(newIps, ['198.51.100.0/24', '203.0.113.0/24', '192.0.2.0/24'], 'forgotten, then new again');
 });
 
-t.test('key.new_ip: at most EVENTS_NEW_IP_PER_KEY_HOUR a clock hour per key, across flushes; a network over it raises one after the hour', async (t) => {
+t.test('key.new_ip: at most EVENTS_NEW_IP_PER_KEY_HOUR a clock hour per key; the sweep raises the others in an hour with room', async (t) => {
   const { db, url } = await freshDatabase(t);
   const api = await startTestApi(t, db);
   const { org, adminKeyId } = await seedOrg(api, db);
   const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000', EVENTS_NEW_IP_PER_KEY_HOUR: '2' });
-  // The first flushes' lines in the clock hour before this one, by their own timestamps: in the
-  // past and within the collector's window (an hour), so not in the hour's last minute.
-  if (Date.now() % HOUR > HOUR - 60_000) await sleep(HOUR - (Date.now() % HOUR) + 1000);
-  const now = Date.now();
-  const seconds = Math.floor((now - (now % HOUR)) / 1000) - 10;
+  // The first flushes' lines in the clock hour before this one, by their own timestamps.
+  const seconds = await secondInThePreviousHour();
   await db('api_key_usage').insert({ org_id: org.id, key_id: adminKeyId, request_count: 1 }); // used before: no key.first_use
   let lines = 0;
   const flushUsesFrom = async (networks: number[], timestamped = true) => {
@@ -425,7 +422,9 @@ t.test('key.new_ip: at most EVENTS_NEW_IP_PER_KEY_HOUR a clock hour per key, acr
     await collector.flusher.flush();
   };
   const history = async () =>
-    (await db('api_key_ip_history').where({ key_id: adminKeyId }).select(db.raw('cast(prefix as text) as prefix'))).map((r) => r.prefix).sort();
+    (await db('api_key_ip_history').where({ key_id: adminKeyId }).orderBy('prefix').select(db.raw('cast(prefix as text) as prefix'), 'event_pending')).map(
+      (r) => [r.prefix, r.event_pending],
+    );
   const newIps = async () => (await eventsOf(db, adminKeyId)).filter((e) => e.type === 'key.new_ip').map((e) => [e.occurred_at.getTime(), e.details]);
   await flushUsesFrom([3, 2, 1]); // first seen at seconds, - 1, - 2: network 1 the earliest, though sent last
   await flushUsesFrom([4]);
@@ -437,9 +436,39 @@ t.test('key.new_ip: at most EVENTS_NEW_IP_PER_KEY_HOUR a clock hour per key, acr
     ],
     'the earliest two, at their timestamps; none in the second flush',
   );
-  t.strictSame(await history(), ['198.51.1.0/24', '198.51.2.0/24'], 'the networks over the limit are not kept as known');
-  await flushUsesFrom([3], false); // this hour
-  t.match((await newIps())[2], [Number, { ip: '198.51.3.1', prefix: '198.51.3.0/24' }], 'used again after the hour, it raises its event');
+  const pending = [
+    ['198.51.1.0/24', false],
+    ['198.51.2.0/24', false],
+    ['198.51.3.0/24', true],
+    ['198.51.4.0/24', true],
+  ];
+  t.strictSame(await history(), pending, 'the networks over the limit are kept, their events pending');
+  await flushUsesFrom([3], false); // used again this hour: known, so no event from the flush
+  t.equal((await newIps()).length, 2);
+  const sweptAt = Date.now();
+  await collector.sweep.sweep();
+  const deferred = (await newIps()).slice(2).sort(([, a], [, b]) => a.prefix.localeCompare(b.prefix));
+  const firstSeen = (i: number) => new Date((seconds - i) * 1000).toISOString();
+  t.strictSame(
+    deferred.map(([, details]) => details),
+    [
+      { ip: '198.51.3.1', prefix: '198.51.3.0/24', firstSeen: firstSeen(0), deferred: true },
+      { ip: '198.51.4.1', prefix: '198.51.4.0/24', firstSeen: firstSeen(0), deferred: true, hourlyLimitReached: 2 },
+    ],
+    'the sweep raises them in this hour',
+  );
+  t.ok(
+    deferred.every(([at]) => (at as number) >= sweptAt - 1000),
+    'occurring at the sweep',
+  );
+  t.strictSame(
+    await history(),
+    pending.map(([prefix]) => [prefix, false]),
+    'no longer pending',
+  );
+  await collector.sweep.sweep();
+  t.equal((await newIps()).length, 4, 'raised once');
+  t.equal(collector.sweep.stats.failedSweeps, 0);
 });
 
 t.test('retention deletes old events only', async (t: Test) => {

@@ -82,7 +82,7 @@ t.test('deleting a key, then its organization, by SQL removes every row of their
   // The first flush's hour moved to the hourly table, the next flush's uses back in the current one.
   await moveClosedHours(db, new Date(Date.now() + 2 * HOUR));
   await flushUses(db, [deleted, sibling, other]);
-  await sweepTimeEvents(db, new Date(), { expiringDays: [], retentionDays: 90 });
+  await sweepTimeEvents(db, new Date(), { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 10 });
   for (const key of [deleted, sibling, other]) {
     const rows = await rowsOf(db, key);
     t.ok(

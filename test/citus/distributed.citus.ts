@@ -5,7 +5,7 @@ import t, { type Test } from 'tap';
 import type { Db } from '../../shared/db';
 import { encodeUsageLine, packDatagrams } from '../../shared/usageWire';
 import { seedOrg, startTestApi } from '../helpers/api';
-import { sendDatagrams, startTestCollector } from '../helpers/collector';
+import { secondInThePreviousHour, sendDatagrams, startTestCollector } from '../helpers/collector';
 import { waitFor } from '../../harness/wait';
 import { claimDueDeliveries } from '../../collector/webhookStore';
 import { freshDatabase } from '../helpers/database';
@@ -243,4 +243,36 @@ t.test('a key created with expected networks, then changed, with the networks no
   t.strictSame(created.body.expectedNetworks, ['10.0.0.0/8', '2001:db8::/32']);
   const patched = await api.request('PATCH', `${keys}/${created.body.id}`, { key: adminKey, body: { expectedNetworks: ['192.0.2.9/24'] } });
   t.strictSame([patched.status, patched.body.expectedNetworks], [200, ['192.0.2.0/24']]);
+});
+
+// The flush marks the networks over key.new_ip's hourly limit pending (one UPDATE per org) and the
+// sweep raises them later (a lateral count per key, an INSERT from arrays, one UPDATE per org).
+t.test('key.new_ip over the hourly limit: pending in the flush, raised by the sweep, for orgs on both workers', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const orgs = await orgsOnBothWorkers(t, api, db, 2);
+  const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000', EVENTS_NEW_IP_PER_KEY_HOUR: '1' });
+  const second = await secondInThePreviousHour();
+  // Used before: their new networks raise key.new_ip, not key.first_use.
+  await db('api_key_usage').insert(orgs.map(({ org, adminKeyId }) => ({ org_id: org.id, key_id: adminKeyId, request_count: 1 })));
+  const lines = orgs.flatMap(({ org, adminKeyId }) =>
+    [1, 2, 3].map((n) => `${encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip: `198.51.${n}.1`, outcome: 'ok', count: 1 })}|T${second - n}`),
+  );
+  await sendDatagrams(collector.receiver.port, lines);
+  await waitFor('the lines', () => (collector.ingest.usageLines === lines.length ? true : undefined));
+  await collector.flusher.flush();
+  // The database is shared with the other tests' orgs.
+  const orgIds = orgs.map(({ org }) => org.id);
+  const state = async () => {
+    const counts = async (table: string, where: Record<string, unknown>) =>
+      Object.fromEntries(
+        (await db(table).where(where).whereIn('org_id', orgIds).groupBy('org_id').select('org_id', db.raw('count(*)::int as n'))).map((r) => [r.org_id, r.n]),
+      );
+    return { events: await counts('key_events', { type: 'key.new_ip' }), pending: await counts('api_key_ip_history', { event_pending: true }) };
+  };
+  const each = (n: number) => Object.fromEntries(orgs.map(({ org }) => [org.id, n]));
+  t.strictSame(await state(), { events: each(1), pending: each(2) }, 'one event a key in the hour of its lines, two networks pending');
+  await collector.sweep.sweep();
+  t.strictSame(await state(), { events: each(2), pending: each(1) }, 'the sweep raises one more a key in this hour');
+  t.equal(collector.sweep.stats.failedSweeps, 0);
 });

@@ -3,6 +3,7 @@ import type { Test } from 'tap';
 import { startCollector, type CollectorOverrides } from '../../collector/main';
 import { loadConfig } from '../../shared/config';
 import { within } from '../../shared/within';
+import { sleep } from '../../harness/wait';
 import { capturingLogger } from './logLines';
 
 const FIRST_FOLD_WAIT_MS = 5_000;
@@ -46,4 +47,16 @@ export async function sendDatagrams(port: number, datagrams: readonly string[]):
     await new Promise<void>((resolve, reject) => socket.send(datagram, port, '127.0.0.1', (error) => (error ? reject(error) : resolve())));
   }
   await new Promise<void>((resolve) => socket.close(() => resolve()));
+}
+
+const HOUR_MS = 3_600_000;
+
+/**
+ * A Unix second in the clock hour before this one, for a line's |T: in the past and within the
+ * collector's window (an hour), so not taken in the hour's last minute (waits it out).
+ */
+export async function secondInThePreviousHour(): Promise<number> {
+  if (Date.now() % HOUR_MS > HOUR_MS - 60_000) await sleep(HOUR_MS - (Date.now() % HOUR_MS) + 1000);
+  const now = Date.now();
+  return Math.floor((now - (now % HOUR_MS)) / 1000) - 10;
 }
