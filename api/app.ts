@@ -144,6 +144,7 @@ function createServices(deps: AppDeps, verifier: ReturnType<typeof createKeyVeri
       db: deps.db,
       pepper: deps.config.keyPepper,
       defaultGraceSeconds: deps.config.rotationGraceSeconds,
+      maxKeysPerOrg: deps.config.maxKeysPerOrg,
       verifier,
       usageTracking: deps.usageTracking,
       now,

@@ -113,6 +113,9 @@ const variables = {
     .optional(),
   KEY_CACHE_TTL_MS: wholeNumber(0, 60_000).default(2000),
   ROTATION_GRACE_SECONDS: wholeNumber(0, 604_800).default(86_400),
+  // Keys one org may hold through the API, revoked ones included until deleted: every key is a row
+  // each API's lookups and every collector's key list hold, so one org with millions slowed all.
+  KEYS_MAX_PER_ORG: positiveInt(10_000_000).default(100_000),
   TRUST_PROXY: trustProxy.default(false),
   AUTH_THROTTLE_MAX_FAILURES_PER_IP: wholeNumber(0, 1_000_000).default(100),
   AUTH_THROTTLE_MAX_FAILURES_PER_KEY: wholeNumber(0, 1_000_000).default(20),
@@ -315,6 +318,7 @@ const apiSection = (v: Variables) => ({
   previousKeyPeppers: v.KEY_PEPPER_PREVIOUS ?? [],
   keyCacheTtlMs: v.KEY_CACHE_TTL_MS,
   rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
+  maxKeysPerOrg: v.KEYS_MAX_PER_ORG,
   trustProxy: v.TRUST_PROXY,
   authThrottle: {
     maxFailuresPerIp: v.AUTH_THROTTLE_MAX_FAILURES_PER_IP,

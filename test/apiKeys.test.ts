@@ -364,3 +364,29 @@ t.test('a key issued before the checksum keeps working until it is rotated', asy
   t.equal((await api.request('GET', '/api/whoami', { key: rotated.body.key })).status, 200, 'the new key works');
   t.equal((await api.request('GET', '/api/whoami', { key: legacyKey })).status, 401, 'the legacy one no longer does');
 });
+
+t.test('an org holds KEYS_MAX_PER_ORG keys at most, revoked ones and concurrent creates included; other orgs are not counted', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { KEYS_MAX_PER_ORG: '3' } });
+  const acme = await seedOrg(api, db, 'acme');
+  const globex = await seedOrg(api, db, 'globex');
+  const create = (org = acme) => api.request('POST', `/api/orgs/${org.org.id}/api-keys`, { key: org.adminKey, body: { name: 'ci', scopes: ['keys:read'] } });
+  const first = await create();
+  t.equal(first.status, 201);
+  t.equal((await api.request('POST', `/api/orgs/${acme.org.id}/api-keys/${first.body.id}/revoke`, { key: acme.adminKey })).status, 200);
+  const answers = await Promise.all(Array.from({ length: 4 }, () => create()));
+  t.same(answers.map((answer) => answer.status).sort(), [201, 409, 409, 409], 'the admin key and a revoked one count: four at once, one made');
+  t.match(answers.find((answer) => answer.status === 409)!.body.error, {
+    code: 'conflict',
+    message: /holds 3 API keys, revoked ones included, the most it may have \(KEYS_MAX_PER_ORG\)/,
+  });
+  t.equal(
+    await db('api_keys')
+      .where({ org_id: acme.org.id })
+      .count()
+      .first()
+      .then((row) => Number(row!.count)),
+    3,
+  );
+  t.equal((await create(globex)).status, 201, "another org's count is its own");
+});

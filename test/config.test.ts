@@ -38,6 +38,7 @@ t.test('defaults', async (t) => {
     previousKeyPeppers: [],
     keyCacheTtlMs: 2000,
     rotationGraceSeconds: 86_400,
+    maxKeysPerOrg: 100_000,
     trustProxy: false,
     authThrottle: { maxFailuresPerIp: 100, maxFailuresPerKey: 20, windowMs: 60_000, maxEntries: 50_000 },
     usageDelay: { drainIntervalMs: 250, flushIntervalMs: 1000 },

@@ -343,16 +343,19 @@ t.test('every response of every route matches the document', async (t) => {
     check(t, template, 'post', response, 'conflict');
   });
 
-  await t.test('a webhook beyond WEBHOOKS_MAX_PER_ORG', async (t) => {
-    const { template } = contracts.get('createWebhook')!;
-    const capped = await startTestApi(t, world.db, { env: { WEBHOOKS_MAX_PER_ORG: '1' } });
-    const response = await capped.request('POST', urlOf(world, template, {}), {
-      key: world.plaintexts.admin,
-      body: { url: 'https://203.0.113.12/hook', events: ['*'] },
+  const overCaps = [
+    { operation: 'createApiKey', cap: 'KEYS_MAX_PER_ORG', body: { name: 'one too many', scopes: ['keys:read'] } },
+    { operation: 'createWebhook', cap: 'WEBHOOKS_MAX_PER_ORG', body: { url: 'https://203.0.113.12/hook', events: ['*'] } },
+  ];
+  for (const { operation, cap, body } of overCaps) {
+    await t.test(`${operation} beyond ${cap}`, async (t) => {
+      const { template } = contracts.get(operation)!;
+      const capped = await startTestApi(t, world.db, { env: { [cap]: '1' } });
+      const response = await capped.request('POST', urlOf(world, template, {}), { key: world.plaintexts.admin, body });
+      t.equal(response.status, 409);
+      check(t, template, 'post', response, 'conflict');
     });
-    t.equal(response.status, 409);
-    check(t, template, 'post', response, 'conflict');
-  });
+  }
 
   await t.test("a ping while 10 of the webhook's pings are pending", async (t) => {
     const { template } = contracts.get('pingWebhook')!;

@@ -2,6 +2,7 @@ import { rawRows, type Db } from '../../shared/db';
 import { dormantKeySql } from '../../shared/dormancy';
 import type { Scope } from './scopes';
 import { TABLE } from '../../shared/tables';
+import { countUpTo } from '../countUpTo';
 
 export interface ApiKeyRecord {
   id: string;
@@ -101,6 +102,11 @@ function writeNetworks(db: Db, key: { orgId: string; id: string }, networks: str
     .update({ expected_networks: networksValue(db, networks) })
     .returning('*')
     .then(([row]) => row);
+}
+
+/** The org's keys, revoked ones included, counted up to `upTo` (the caller's cap): no more rows are read. */
+export async function countKeysInOrg(db: Db, orgId: string, upTo: number): Promise<number> {
+  return countUpTo(db, db(TABLE.apiKeys).where({ org_id: orgId }), upTo);
 }
 
 export async function findApiKeyById(db: Db, id: string): Promise<ApiKeyRecord | undefined> {

@@ -57,11 +57,12 @@ export const apiKeysRoutes: RouteContract[] = [
     operationId: 'createApiKey',
     summary: 'Create an API key',
     description:
-      'The plaintext key is in this response only (Cache-Control: no-store). A key cannot create a key with a scope it lacks or a longer life than its own (403).',
+      'The plaintext key is in this response only (Cache-Control: no-store). A key cannot create a key with a scope it lacks or a longer life than its own (403). 409 when the org holds KEYS_MAX_PER_ORG keys (100,000 by default), revoked ones included.',
     auth: MANAGE_ORG,
     params: orgParams,
     body: createBody,
     responses: { 201: { description: 'The new key, with its plaintext', body: revealedApiKey } },
+    errors: ['conflict'],
   },
   {
     method: 'get',

@@ -4,6 +4,7 @@ import { auditActor, recordAudit, type AuditEntry } from '../audit/audit.reposit
 import type { KeyVerifier } from '../auth/keyVerifier';
 import { AppError, InvalidInputError, notFound } from '../errors';
 import {
+  countKeysInOrg,
   findDormantKeys,
   insertApiKey,
   listApiKeysInOrg,
@@ -18,6 +19,7 @@ import { generateKeyMaterial, newSecret } from './keyMaterial';
 import { idString, isoTime, listOf, offsetPage } from '../responses';
 import { SCOPES, type Scope } from './scopes';
 import { requireKeyInOrg } from './requireKeyInOrg';
+import { lockOrgFor } from '../orgs/orgs.repository';
 
 export const KEY_STATUSES = ['active', 'expired', 'revoked'] as const;
 export type KeyStatus = (typeof KEY_STATUSES)[number];
@@ -127,6 +129,8 @@ export interface ApiKeysServiceDeps {
   db: Db;
   pepper: string;
   defaultGraceSeconds: number;
+  /** KEYS_MAX_PER_ORG, for the API's callers; the operator's tools (the CLI, the first run) leave it out and are not held to it. */
+  maxKeysPerOrg?: number;
   /**
    * The API's own key cache, told of each revocation and rotation so they apply at once in this
    * process. Callers without one (the CLI) leave it out: other processes' caches expire within
@@ -142,6 +146,14 @@ export interface ApiKeysServiceDeps {
 }
 
 export type ApiKeysService = ReturnType<typeof createApiKeysService>;
+
+// Under the org's lock, so that concurrent creates cannot all pass the same count.
+async function assertRoomForKey(trx: Db, orgId: string, max: number): Promise<void> {
+  await lockOrgFor(trx, 'keys', orgId);
+  if ((await countKeysInOrg(trx, orgId, max)) >= max) {
+    throw new AppError('conflict', `this org holds ${max} API keys, revoked ones included, the most it may have (KEYS_MAX_PER_ORG)`);
+  }
+}
 
 export function createApiKeysService(deps: ApiKeysServiceDeps) {
   const requireKey = (orgId: string, keyId: string) => requireKeyInOrg(deps.db, orgId, keyId);
@@ -205,7 +217,10 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       };
       const key = await audited(
         context,
-        (trx) => insertApiKey(trx, newKey),
+        async (trx) => {
+          if (deps.maxKeysPerOrg !== undefined) await assertRoomForKey(trx, orgId, deps.maxKeysPerOrg);
+          return insertApiKey(trx, newKey);
+        },
         (created) => ({
           orgId,
           action: 'key.create',

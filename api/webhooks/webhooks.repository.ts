@@ -1,5 +1,6 @@
 import type { Db } from '../../shared/db';
 import { TABLE } from '../../shared/tables';
+import { countUpTo } from '../countUpTo';
 
 export interface WebhookRecord {
   id: string;
@@ -84,12 +85,6 @@ export async function deleteWebhookInOrg(db: Db, orgId: string, id: string): Pro
   return (await db(TABLE.webhooks).where({ id, org_id: orgId }).delete()) > 0;
 }
 
-// Creating webhooks and test deliveries counts before it inserts: one such change of an org at a
-// time, so concurrent requests cannot all pass the same count. Held to the transaction's end.
-export async function lockOrgWebhooks(trx: Db, orgId: string): Promise<void> {
-  await trx.raw(`select pg_advisory_xact_lock(hashtextextended('keyusage.webhooks:' || ?::text, 0))`, [orgId]);
-}
-
 export async function countWebhooksInOrg(db: Db, orgId: string): Promise<number> {
   const [row] = await db(TABLE.webhooks).where({ org_id: orgId }).count<{ n: string }[]>({ n: '*' });
   return Number(row.n);
@@ -97,12 +92,7 @@ export async function countWebhooksInOrg(db: Db, orgId: string): Promise<number>
 
 /** Pending deliveries of one type to a webhook, counted up to `upTo` (the caller's cap): no more rows are read. */
 export async function countPendingDeliveries(db: Db, orgId: string, webhookId: string, eventType: string, upTo: number): Promise<number> {
-  const pending = db(TABLE.webhookDeliveries)
-    .select(db.raw('1'))
-    .where({ org_id: orgId, webhook_id: webhookId, event_type: eventType, status: 'pending' })
-    .limit(upTo);
-  const [row] = await db.from(pending.as('p')).count<{ n: string }[]>({ n: '*' });
-  return Number(row.n);
+  return countUpTo(db, db(TABLE.webhookDeliveries).where({ org_id: orgId, webhook_id: webhookId, event_type: eventType, status: 'pending' }), upTo);
 }
 
 export async function insertDelivery(

@@ -6,6 +6,7 @@ import { PING_EVENT_TYPE } from '../../shared/keyEvents';
 import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../../shared/secretBox';
 import { resolveTargetWithin, TargetRefusedError, type Lookup } from '../../shared/webhookTarget';
 import { AppError, InvalidInputError, notFound } from '../errors';
+import { lockOrgFor } from '../orgs/orgs.repository';
 import { idString, isoTime, listOf, offsetPage } from '../responses';
 import {
   countPendingDeliveries,
@@ -16,7 +17,6 @@ import {
   insertWebhook,
   listDeliveries,
   listWebhooksInOrg,
-  lockOrgWebhooks,
   DELIVERY_STATUSES,
   type DeliveryRecord,
   type DeliveryStatus,
@@ -148,7 +148,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       const secret = `whsec_${randomBytes(32).toString('base64url')}`;
       // Where an org's events go is as sensitive as its keys: recorded in the same transaction.
       const webhook = await deps.db.transaction(async (trx) => {
-        await lockOrgWebhooks(trx, orgId);
+        await lockOrgFor(trx, 'webhooks', orgId);
         if ((await countWebhooksInOrg(trx, orgId)) >= deps.maxPerOrg) {
           throw new AppError('conflict', `this org has ${deps.maxPerOrg} webhooks, the most it may have (WEBHOOKS_MAX_PER_ORG): delete one first`);
         }
@@ -201,7 +201,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
         details: { webhookId },
       };
       const deliveryId = await deps.db.transaction(async (trx) => {
-        await lockOrgWebhooks(trx, orgId);
+        await lockOrgFor(trx, 'webhooks', orgId);
         if ((await countPendingDeliveries(trx, orgId, webhookId, PING_EVENT_TYPE, MAX_PENDING_PINGS)) >= MAX_PENDING_PINGS) {
           throw new AppError(
             'conflict',
