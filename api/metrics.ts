@@ -34,7 +34,7 @@ function statSamples({ recorder, keyCache, throttle }: ApiMetricSources): Metric
     counter('uses_sent_total', 'Of those, sent in datagrams the socket accepted', usage?.sentUses ?? 0),
     counter('uses_send_failed_total', 'Of those, lost in datagrams whose send failed', usage?.failedUses ?? 0),
     counter('datagrams_total', 'Usage datagrams handed to the socket', usage?.datagrams ?? 0),
-    counter('send_errors_total', 'Usage datagrams whose send failed', usage?.failedDatagrams ?? 0),
+    counter('send_errors_total', 'Usage datagrams whose send failed, or had not ended at stop', usage?.failedDatagrams ?? 0),
     counter(
       'early_drains_total',
       'Drains before the interval because the coalescing map was full (USAGE_MAX_ENTRIES) or a count reached its line maximum',

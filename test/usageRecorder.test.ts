@@ -123,14 +123,46 @@ t.test('stop waits for sends that never complete only so long, says so, and clos
   const { sink, isClosed } = fakeSink();
   const recorder = new UsageRecorder({ sink, maxEntries: 10_000, drainIntervalMs: 1000, logger });
   recorder.record(KEY, ORG, '192.0.2.1', 'ok');
-  // A real send waiting (on a lookup) keeps the process alive; this sink holds nothing, and the
-  // stop's own timer does not (it must not keep an exiting process).
-  const alive = setTimeout(() => {}, 5000);
   await recorder.stop(50);
-  clearTimeout(alive);
   t.ok(isClosed(), 'closed, though the send never answered');
   t.match(lines.join(''), /"datagrams":1,"uses":1,.*still waiting to be sent at stop: their uses are lost/);
-  t.match(recorder.stats, { recordedUses: 1, sentUses: 0, failedUses: 1 }, 'its use counted as lost');
+  t.match(recorder.stats, { recordedUses: 1, sentUses: 0, failedUses: 1, datagrams: 1, failedDatagrams: 1 }, 'its use and its datagram counted as lost');
+});
+
+t.test('stop waits for a key read only until its deadline; the use it records later is lost, and said so', async (t) => {
+  const { logger, lines } = capturedLogger();
+  const { sink, sent, isClosed } = fakeSink();
+  const recorder = new UsageRecorder({ sink, maxEntries: 10_000, drainIntervalMs: 1000, logger });
+  recorder.begin();
+  const startedAt = Date.now();
+  await recorder.stop(50);
+  t.ok(Date.now() - startedAt >= 45, 'it waited for the read');
+  t.ok(isClosed());
+  recorder.record(KEY, ORG, '192.0.2.1', 'ok');
+  recorder.end();
+  t.equal(sent.length, 0, 'nothing sent after the stop');
+  t.match(recorder.stats, { recordedUses: 1, sentUses: 0, failedUses: 1, datagrams: 0, failedDatagrams: 0 });
+  const logged = lines.join('');
+  t.match(logged, /"code":"USAGE_AFTER_STOP".*a use recorded after the recorder stopped/);
+  t.notMatch(logged, /could not send usage datagram/, 'no send was tried');
+  t.notMatch(logged, new RegExp(KEY), 'the line names no key');
+});
+
+t.test('stop waits for a key read that ends in time, and sends its use', async (t) => {
+  const { sink, sent, complete } = fakeSink();
+  const recorder = new UsageRecorder({ sink, maxEntries: 10_000, drainIntervalMs: 1000, logger: capturedLogger().logger });
+  recorder.begin();
+  const stopping = recorder.stop();
+  setTimeout(() => {
+    recorder.record(KEY, ORG, '192.0.2.1', 'ok');
+    recorder.end();
+    setImmediate(complete);
+  }, 10);
+  const startedAt = Date.now();
+  await stopping;
+  t.ok(Date.now() - startedAt < 1000, 'not held to the deadline');
+  t.same(samplesOf(sent), [{ keyId: KEY, orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 1 }]);
+  t.match(recorder.stats, { sentUses: 1, failedUses: 0 });
 });
 
 t.test('stop drains, waits for sends in flight, then closes the sink', async (t) => {

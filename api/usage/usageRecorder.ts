@@ -2,6 +2,7 @@ import type { Logger } from '../../shared/logger';
 import { rateLimitedWarn, type RateLimitedWarn } from '../../shared/rateLimitedLog';
 import type { PendingUses } from '../auth/authorize';
 import { MAX_LINE_COUNT, encodeUsageLine, packDatagrams, type Outcome, type UsageSample } from '../../shared/usageWire';
+import { within } from '../../shared/within';
 
 export interface DatagramSink {
   /** Fire-and-forget; `done` reports a send error, if any. Must not throw. */
@@ -63,7 +64,12 @@ export class UsageRecorder implements PendingUses {
   record(keyId: string, orgId: string, ip: string, outcome: Outcome): void {
     this.stats.recordedUses += 1;
     if (this.stopped) {
-      this.lost(1, { message: 'a use recorded after the recorder stopped (its key read outlasted the stop)', code: 'USAGE_AFTER_STOP' });
+      this.lost(0, 1);
+      this.warn(
+        'usage_after_stop',
+        { code: 'USAGE_AFTER_STOP', uses: 1, failedUses: this.stats.failedUses },
+        'a use recorded after the recorder stopped (its key read outlasted the stop) is lost',
+      );
       return;
     }
     const id = `${keyId} ${outcome} ${ip}`;
@@ -117,21 +123,23 @@ export class UsageRecorder implements PendingUses {
 
   /**
    * Both waits share one deadline (the sends of the last drain get at least a second of it): after
-   * the server's own 5 s grace, two full waits met the launcher's SIGKILL (15 s).
+   * the server's own 5 s grace, two full waits met the launcher's SIGKILL (15 s). within()'s timer
+   * is not unref'd: a stop with nothing else pending runs to its end (drain, close) at the deadline
+   * instead of the process exiting in the middle of it.
    */
   async stop(waitMs = STOP_WAIT_MS): Promise<void> {
     const deadline = Date.now() + waitMs;
     clearInterval(this.timer);
     this.timer = undefined;
-    if (this.awaitedUses > 0) await settledWithin(deadline, (resolve) => (this.usesSettled = resolve));
+    if (this.awaitedUses > 0) await within(new Promise<void>((resolve) => (this.usesSettled = resolve)), deadline - Date.now());
     this.stopped = true;
     this.drain();
-    if (this.inFlight > 0) await settledWithin(Math.max(deadline, Date.now() + LAST_SENDS_MS), (resolve) => (this.idle = resolve));
+    if (this.inFlight > 0) await within(new Promise<void>((resolve) => (this.idle = resolve)), Math.max(deadline - Date.now(), LAST_SENDS_MS));
     if (this.inFlight > 0) {
       // Counted as lost now, and said at once (not rate-limited): their sends, if they ever end,
       // come after the stats were last read.
       this.abandoned = true;
-      this.stats.failedUses += this.usesInFlight;
+      this.lost(this.inFlight, this.usesInFlight);
       this.options.logger.warn({ datagrams: this.inFlight, uses: this.usesInFlight }, 'usage datagrams still waiting to be sent at stop: their uses are lost');
     }
     await this.options.sink.close();
@@ -166,22 +174,17 @@ export class UsageRecorder implements PendingUses {
   }
 
   private failed(uses: number, err: { message: string; code: string | undefined }): void {
-    this.stats.failedDatagrams += 1;
-    this.lost(uses, err);
-  }
-
-  private lost(uses: number, err: { message: string; code: string | undefined }): void {
-    this.stats.failedUses += uses;
+    this.lost(1, uses);
     this.warn('usage_send_failed', { err, uses, failedUses: this.stats.failedUses }, 'could not send usage datagram');
   }
-}
 
-// Resolves when `arm`'s callback is called, or at `deadline` (epoch ms).
-function settledWithin(deadline: number, arm: (resolve: () => void) => void): Promise<void> {
-  return new Promise<void>((resolve) => {
-    arm(resolve);
-    setTimeout(resolve, Math.max(0, deadline - Date.now())).unref();
-  });
+  // The one place uses are counted as lost, with the datagrams that carried them (none for a use
+  // recorded after stop), so that failedUses and failedDatagrams agree whatever the cause; each
+  // cause logs in its own words.
+  private lost(datagrams: number, uses: number): void {
+    this.stats.failedDatagrams += datagrams;
+    this.stats.failedUses += uses;
+  }
 }
 
 function countLines(datagram: string): number {
