@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { AppError } from '../api/errors';
 import { recordAudit } from '../api/audit/audit.repository';
 import { countKeysByPepper, findApiKeyInOrg, latestUseInOrg } from '../api/keys/apiKeys.repository';
-import { createApiKeysService, type ApiKeyView } from '../api/keys/apiKeys.service';
+import { MAX_REVOKE_KEY_IDS, createApiKeysService, type ApiKeyView } from '../api/keys/apiKeys.service';
 import { pepperId } from '../api/keys/keyMaterial';
 import { SCOPES, type Scope } from '../api/keys/scopes';
 import { findOrganizationById, insertOrganization, listOrganizations, type Organization } from '../api/orgs/orgs.repository';
@@ -138,9 +138,6 @@ const dormantDays = z
   .transform(Number)
   .pipe(z.number().min(1, 'must be at least 1').max(3650, 'must be at most 3650'));
 
-// The API's bound on keyIds.
-const MAX_KEY_IDS = 10_000;
-
 function keyIdsOption(raw: string | undefined): KeyIds | undefined {
   if (raw === undefined) return undefined;
   if (raw.startsWith('@')) {
@@ -150,11 +147,11 @@ function keyIdsOption(raw: string | undefined): KeyIds | undefined {
   return { ids: checkKeyIds(raw, '--key-ids') };
 }
 
-/** Ids separated by commas, spaces or lines: each a UUID, at least one, at most MAX_KEY_IDS. */
-export function checkKeyIds(text: string, what: string): string[] {
+/** Ids separated by commas, spaces or lines: each a UUID, at least one, at most the API's MAX_REVOKE_KEY_IDS. */
+function checkKeyIds(text: string, what: string): string[] {
   const ids = text.split(/[\s,]+/).filter(Boolean);
   if (ids.length === 0) throw new UsageError(`${what}: lists no key id`);
-  if (ids.length > MAX_KEY_IDS) throw new UsageError(`${what}: lists ${ids.length} ids, at most ${MAX_KEY_IDS}`);
+  if (ids.length > MAX_REVOKE_KEY_IDS) throw new UsageError(`${what}: lists ${ids.length} ids, at most ${MAX_REVOKE_KEY_IDS}`);
   // A key pasted for its id (ku_<32 hex>_<secret>) is named without its secret, whose first
   // characters fell within the 40 echoed.
   return [...new Set(ids.map((id) => checkId(id, `${what}: "${printable(redactKeyMaterial(id).slice(0, 40))}"`)))];
@@ -401,6 +398,8 @@ async function refuseUnrecordedOrg(
 ): Promise<void> {
   const latest = await latestUseInOrg(deps.db, command.orgId);
   if (latest !== null && latest.getTime() >= deps.now() - command.dormantDays * DAY_MS) return;
+  // The dry run's count is not only for the message: where the apply would revoke nothing (every
+  // key newer than --days) it is harmless and not refused.
   const dormant = (await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: true })).keys.length;
   if (dormant === 0) return;
   throw new AppError(

@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
 import { displayName, jsonBody, pagination, parseInput, uuid } from '../validation';
-import { apiKeyList, apiKeyView, revealedApiKey, revokeDormantResult, type ApiKeysService } from './apiKeys.service';
+import { MAX_REVOKE_KEY_IDS, apiKeyList, apiKeyView, revealedApiKey, revokeDormantResult, type ApiKeysService } from './apiKeys.service';
 import { SCOPES } from './scopes';
 
 const keyParams = z.object({ id: uuid, keyId: uuid });
@@ -38,7 +38,7 @@ const revokeDormantBody = z
   .object({
     dormantDays: z.number().int('must be a whole number').min(1).max(3650),
     dryRun: z.boolean().default(true),
-    keyIds: z.array(uuid).max(10_000, 'must list at most 10000 ids').optional(),
+    keyIds: z.array(uuid).max(MAX_REVOKE_KEY_IDS, `must list at most ${MAX_REVOKE_KEY_IDS} ids`).optional(),
   })
   .strict();
 

@@ -48,6 +48,8 @@ export const revealedApiKey = apiKeyView
   .extend({ key: z.string().meta({ description: 'The plaintext key, shown this once; only its hash is kept' }) })
   .meta({ id: 'ApiKeyWithPlaintext' });
 export const apiKeyList = listOf(apiKeyView, offsetPage).meta({ id: 'ApiKeyList' });
+/** How many ids a revoke-dormant may name (keyIds): the API's bound, which the CLI checks first. */
+export const MAX_REVOKE_KEY_IDS = 10_000;
 export const revokeDormantResult = z
   .object({ dryRun: z.boolean(), dormantDays: z.number().int(), keys: z.array(apiKeyView.extend({ lastUsedAt: isoTime.nullable() })) })
   .meta({ id: 'RevokeDormantResult' });
