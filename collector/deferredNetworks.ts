@@ -1,22 +1,21 @@
 // The SQL of deferred key.new_ip events. The hourly limit (collector/eventRules.ts) defers the new
-// networks over it: the flush marks them pending in the key's history (event_pending), and the
-// time sweep raises their events in an hour with room, earliest first, even if the key is never
-// used again. The networks stay known meanwhile, so a use from one raises nothing twice.
+// networks over it: the flush makes them due in the key's history (event_due_at), and the time
+// sweep raises their events in an hour with room, earliest first use first, even if the key is
+// never used again. The networks stay known meanwhile, so a use from one raises nothing twice.
 import type { Knex } from 'knex';
 import type { PoolClient } from 'pg';
-import { deferredNetworkEvents, HOUR_MS, type DeferredNetwork, type KeyEvent } from './eventRules';
+import { deferredNetworkEvents, HOUR_MS, type DeferredNetwork } from './eventRules';
 import { TABLE } from '../shared/tables';
 
 export type NetworkOfKey = Pick<DeferredNetwork, 'orgId' | 'keyId' | 'prefix'>;
 
-/** At most this many pending networks a sweep: the others wait for the next one. */
+/** At most this many due networks a sweep: the others wait for the next one. */
 export const DEFERRED_PER_SWEEP = 10_000;
 
-// One statement per org, so that each stays on the org's shards on Citus. `p` names the three
-// parameters in the caller's driver's style (pg's $n in the flush, knex's ? in the sweep).
-const SET_PENDING = (pending: boolean, p: readonly [string, string, string]) => `
-update ${TABLE.ipHistory} set event_pending = ${pending}
- where org_id = ${p[0]} and (key_id, prefix) in (select * from unnest(cast(${p[1]} as uuid[]), cast(${p[2]} as cidr[])))`;
+// Each statement that changes history rows runs per org, so that it stays on the org's shards on
+// Citus. The rows are named by (key_id, prefix) arrays.
+const ROWS_OF_ORG = (p: readonly [string, string, string]) =>
+  `org_id = ${p[0]} and (key_id, prefix) in (select * from unnest(cast(${p[1]} as uuid[]), cast(${p[2]} as cidr[])))`;
 
 function byOrg(networks: readonly NetworkOfKey[]): Array<[string, string[], string[]]> {
   const orgs = new Map<string, [string, string[], string[]]>();
@@ -28,23 +27,27 @@ function byOrg(networks: readonly NetworkOfKey[]): Array<[string, string[], stri
   return [...orgs.values()];
 }
 
+// Due at once: the sweep, not the flush, decides whether the hour has room. first_seen, not a
+// clock: the flush has none of its own in SQL.
+const DEFER = `update ${TABLE.ipHistory} set event_due_at = first_seen where ${ROWS_OF_ORG(['$1', '$2', '$3'])}`;
+
 /** In the flush's transaction; returns the statements it ran. */
 export async function markDeferred(connection: PoolClient, networks: readonly NetworkOfKey[]): Promise<number> {
   const orgs = byOrg(networks);
-  for (const values of orgs) await connection.query(SET_PENDING(true, ['$1', '$2', '$3']), values);
+  for (const values of orgs) await connection.query(DEFER, values);
   return orgs.length;
 }
 
-// The earliest pending networks, by the partial index on first_seen: a sweep's cost is bounded by
-// DEFERRED_PER_SWEEP, not by how many are pending (forged networks can fill every key's history).
+// The earliest due networks, by the partial index: a sweep's cost is bounded by DEFERRED_PER_SWEEP,
+// not by how many are due (forged networks can fill every key's history). A key without room in
+// this hour has its rows postponed to the next, so it does not hold the window for the others.
 // The key must still exist: the events' rows need its totals row.
-const PENDING = `
-select p.org_id, p.key_id, cast(p.prefix as text) as prefix, p.first_ip,
-       cast(floor(extract(epoch from p.first_seen) * 1000) as float8) as first_seen_ms
+const DUE = `
+select p.org_id, p.key_id, cast(p.prefix as text) as prefix, cast(floor(extract(epoch from p.first_seen) * 1000) as float8) as first_seen_ms
   from ${TABLE.ipHistory} p
   join ${TABLE.apiKeys} k on k.org_id = p.org_id and k.id = p.key_id
- where p.event_pending
- order by p.first_seen, p.key_id, p.prefix
+ where p.event_due_at <= :now
+ order by p.event_due_at, p.first_seen, p.key_id, p.prefix
  limit :max`;
 
 // The key.new_ip events of those keys already recorded in now's clock hour.
@@ -54,6 +57,16 @@ select key_id, count(*) as events
  where key_id = any(cast(:keyIds as uuid[])) and type = 'key.new_ip' and occurred_at >= :hour and occurred_at < cast(:hour as timestamptz) + interval '1 hour'
  group by key_id`;
 
+// Takes the rows to raise out of the due ones. Rows an erasure or a deletion took meanwhile are not
+// returned (the update waits for that transaction, then finds them gone), so no event carries an
+// address erased after the sweep read it.
+const CLAIM = `
+update ${TABLE.ipHistory} set event_due_at = null
+ where ${ROWS_OF_ORG(['?', '?', '?'])} and event_due_at is not null
+returning org_id, key_id, cast(prefix as text) as prefix, first_ip, cast(floor(extract(epoch from first_seen) * 1000) as float8) as first_seen_ms`;
+
+const POSTPONE = `update ${TABLE.ipHistory} set event_due_at = ? where ${ROWS_OF_ORG(['?', '?', '?'])} and event_due_at is not null`;
+
 const INSERT_EVENTS = `
 insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
 select e.org_id, e.key_id, 'key.new_ip', :now, e.details, e.dedupe_key
@@ -61,30 +74,54 @@ select e.org_id, e.key_id, 'key.new_ip', :now, e.details, e.dedupe_key
  order by e.dedupe_key
 on conflict (org_id, dedupe_key) do nothing`;
 
-type PendingRow = { org_id: string; key_id: string; prefix: string; first_ip: string; first_seen_ms: number };
+type DueRow = { org_id: string; key_id: string; prefix: string; first_seen_ms: number };
+type ClaimedRow = DueRow & { first_ip: string };
 
-async function pendingEvents(trx: Knex.Transaction, now: Date, limit: number): Promise<KeyEvent[]> {
-  const rows: PendingRow[] = (await trx.raw(PENDING, { max: DEFERRED_PER_SWEEP })).rows;
-  if (rows.length === 0) return [];
-  const keys = new Map<string, DeferredNetwork[]>();
-  for (const row of rows) {
-    const networks = keys.get(row.key_id) ?? keys.set(row.key_id, []).get(row.key_id)!;
-    networks.push({ orgId: row.org_id, keyId: row.key_id, prefix: row.prefix, ip: row.first_ip, firstSeen: row.first_seen_ms });
-  }
-  const hour = new Date(now.getTime() - (now.getTime() % HOUR_MS));
-  const counted: Array<{ key_id: string; events: string }> = (await trx.raw(RAISED_THIS_HOUR, { keyIds: [...keys.keys()], hour })).rows;
+/** What a sweep will do with the due networks it read: raise the earliest up to each key's room, postpone the rest. */
+export interface DeferredPlan {
+  raise: NetworkOfKey[];
+  postpone: NetworkOfKey[];
+  /** key.new_ip events already recorded this hour, by key id. */
+  raised: ReadonlyMap<string, number>;
+}
+
+const hourOf = (now: Date) => now.getTime() - (now.getTime() % HOUR_MS);
+
+/** Reads only: the caller anchors the keys to raise before raiseDeferred takes their rows (lock order). */
+export async function planDeferred(trx: Knex.Transaction, now: Date, limit: number): Promise<DeferredPlan> {
+  const rows: DueRow[] = (await trx.raw(DUE, { now, max: DEFERRED_PER_SWEEP })).rows;
+  const plan: DeferredPlan = { raise: [], postpone: [], raised: new Map() };
+  if (rows.length === 0) return plan;
+  const keyIds = [...new Set(rows.map((row) => row.key_id))];
+  const counted: Array<{ key_id: string; events: string }> = (await trx.raw(RAISED_THIS_HOUR, { keyIds, hour: new Date(hourOf(now)) })).rows;
   const raised = new Map(counted.map((row) => [row.key_id, Number(row.events)]));
-  return [...keys].flatMap(([keyId, networks]) => deferredNetworkEvents(networks, raised.get(keyId) ?? 0, limit, now.getTime()));
+  const taken = new Map<string, number>();
+  // DUE returns each key's rows earliest first.
+  for (const { org_id: orgId, key_id: keyId, prefix } of rows) {
+    const room = limit - (raised.get(keyId) ?? 0) - (taken.get(keyId) ?? 0);
+    if (room > 0) taken.set(keyId, (taken.get(keyId) ?? 0) + 1);
+    (room > 0 ? plan.raise : plan.postpone).push({ orgId, keyId, prefix });
+  }
+  return { ...plan, raised };
 }
 
 /**
- * In the sweep's transaction: raises the events of pending networks and clears them. Returns the
- * events new to key_events and their keys (a collector sweeping beside this one may have raised
- * the same: one row each, by their dedupe keys).
+ * In the sweep's transaction, after planDeferred and the anchoring of plan.raise's keys: raises
+ * the events of the planned networks still due, and postpones the others to the next hour.
+ * Returns the events new to key_events (a collector sweeping beside this one may have raised the
+ * same: one row each, by their dedupe keys).
  */
-export async function raiseDeferred(trx: Knex.Transaction, now: Date, limit: number): Promise<{ events: number; keys: NetworkOfKey[] }> {
-  const events = await pendingEvents(trx, now, limit);
-  if (events.length === 0) return { events: 0, keys: [] };
+export async function raiseDeferred(trx: Knex.Transaction, plan: DeferredPlan, now: Date, limit: number): Promise<number> {
+  for (const values of byOrg(plan.postpone)) await trx.raw(POSTPONE, [new Date(hourOf(now) + HOUR_MS), ...values]);
+  const claimed: ClaimedRow[] = [];
+  for (const values of byOrg(plan.raise)) claimed.push(...(await trx.raw(CLAIM, values)).rows);
+  const keys = new Map<string, DeferredNetwork[]>();
+  for (const row of claimed) {
+    const networks = keys.get(row.key_id) ?? keys.set(row.key_id, []).get(row.key_id)!;
+    networks.push({ orgId: row.org_id, keyId: row.key_id, prefix: row.prefix, ip: row.first_ip, firstSeen: row.first_seen_ms });
+  }
+  const events = [...keys].flatMap(([keyId, networks]) => deferredNetworkEvents(networks, plan.raised.get(keyId) ?? 0, limit, now.getTime()));
+  if (events.length === 0) return 0;
   const inserted = await trx.raw(INSERT_EVENTS, {
     now,
     orgIds: events.map((e) => e.orgId),
@@ -92,7 +129,5 @@ export async function raiseDeferred(trx: Knex.Transaction, now: Date, limit: num
     details: events.map((e) => JSON.stringify(e.details)),
     dedupeKeys: events.map((e) => e.dedupeKey),
   });
-  const raised = events.map(({ orgId, keyId, details }) => ({ orgId, keyId, prefix: details.prefix as string }));
-  for (const values of byOrg(raised)) await trx.raw(SET_PENDING(false, ['?', '?', '?']), values);
-  return { events: inserted.rowCount ?? 0, keys: raised };
+  return inserted.rowCount ?? 0;
 }

@@ -10,7 +10,7 @@ import { BASELINE_DAYS, detectKeyEvents, type DetectionThresholds, type HourFact
 import { TABLE } from '../shared/tables';
 import { copyChunks, msToTime, STAGED_KEY } from './flushStaging';
 import { chunksWritten, type CopyBytes } from './copyBytes';
-import { markDeferred, raiseDeferred, type NetworkOfKey } from './deferredNetworks';
+import { markDeferred, planDeferred, raiseDeferred, type NetworkOfKey } from './deferredNetworks';
 
 export interface EventDetection extends DetectionThresholds {
   ipHistoryPerKey: number;
@@ -246,11 +246,13 @@ export async function sweepTimeEvents(
   return db.transaction(async (trx) => {
     const dormant: SweptKey[] = (await trx.raw(SWEEP_DORMANT, { now, retentionDays })).rows;
     const expiring: SweptKey[] = (await trx.raw(SWEEP_EXPIRING, { now, days: [...expiringDays], retentionDays })).rows;
-    const newIp = await raiseDeferred(trx, now, newIpPerKeyHour);
-    const swept = [...dormant, ...expiring, ...newIp.keys.map((k) => ({ org_id: k.orgId, key_id: k.keyId }))];
+    const deferred = await planDeferred(trx, now, newIpPerKeyHour);
+    const swept = [...dormant, ...expiring, ...deferred.raise.map((k) => ({ org_id: k.orgId, key_id: k.keyId }))];
     const keys = [...new Map(swept.map((k) => [`${k.org_id}/${k.key_id}`, k])).values()];
+    // Before the deferred networks' rows: a flush locks a key's totals row, then its history.
     if (keys.length > 0) await trx.raw(ANCHOR_TOTALS, [keys.map((k) => k.org_id), keys.map((k) => k.key_id)]);
-    return { dormant: dormant.length, expiring: expiring.length, newIp: newIp.events };
+    const newIp = await raiseDeferred(trx, deferred, now, newIpPerKeyHour);
+    return { dormant: dormant.length, expiring: expiring.length, newIp };
   });
 }
 

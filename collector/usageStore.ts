@@ -406,11 +406,11 @@ having count(*) > ?`;
 // after a later flush), so a prune never waits for a lock and cannot deadlock with a flush or with
 // another collector's prune. One org per statement because Citus locks rows (FOR UPDATE) only in
 // a statement on one shard.
-const TRIM_ORG = (table: string, column: string) => `
+const TRIM_ORG = (table: string, column: string, keptFirst: string) => `
 with doomed as materialized (
   select r.key_id, r.${column}
     from ${table} r
-    join (select key_id, ${column}, row_number() over (partition by key_id order by last_seen desc, ${column}) as rank
+    join (select key_id, ${column}, row_number() over (partition by key_id order by ${keptFirst}, ${column}) as rank
             from ${table} where org_id = :orgId and key_id = any(cast(:keyIds as uuid[]))) ranked
       on ranked.key_id = r.key_id and ranked.${column} = r.${column}
    where r.org_id = :orgId and ranked.rank > :kept
@@ -418,12 +418,20 @@ with doomed as materialized (
      for update of r skip locked)
 delete from ${table} r using doomed d where r.org_id = :orgId and r.key_id = d.key_id and r.${column} = d.${column}`;
 
-// Best effort, outside the flush: keeps the `kept` most recently seen rows of each key.
-async function pruneTable(db: Db, table: string, column: string, keys: readonly KeyRef[], kept: number) {
+// Addresses: the most recently seen are kept.
+const RECENT_FIRST = 'last_seen desc';
+// The key.new_ip history keeps its networks whose events are still deferred first, the earliest
+// first used first (collector/deferredNetworks.ts): ranked by last_seen alone, a flood of forged
+// networks pushed a real one out before the sweep raised its event, and hid it. A flood of more
+// than the bound of them still sends the latest back to "new at their next use".
+const DEFERRED_FIRST = 'event_due_at is null, case when event_due_at is not null then first_seen end, last_seen desc';
+
+// Best effort, outside the flush: keeps the `kept` first rows of each key by `keptFirst`.
+async function pruneTable(db: Db, table: string, column: string, keys: readonly KeyRef[], kept: number, keptFirst = RECENT_FIRST) {
   const over = await db.raw(OVER_CAP(table), [keys.map((k) => k.orgId), keys.map((k) => k.keyId), kept]);
   const byOrg = new Map<string, string[]>();
   for (const row of over.rows as Array<{ org_id: string; key_id: string }>) byOrg.set(row.org_id, [...(byOrg.get(row.org_id) ?? []), row.key_id]);
-  for (const [orgId, keyIds] of byOrg) await db.raw(TRIM_ORG(table, column), { orgId, keyIds, kept });
+  for (const [orgId, keyIds] of byOrg) await db.raw(TRIM_ORG(table, column, keptFirst), { orgId, keyIds, kept });
 }
 
 /** A write's transaction: what it wrote, and the batches it found keys of not yet written. */
@@ -597,7 +605,7 @@ export function createPgUsageStore(db: Db, options: PgUsageStoreOptions = {}): U
       if (keys.length === 0) return;
       for (const { table } of Object.values(IP_TABLES)) await pruneTable(db, table, 'ip', keys, RECENT_IPS_PER_KEY);
       // Beyond the bound the least recently seen network is forgotten: a use from it later is new again.
-      if (options.events) await pruneTable(db, TABLE.ipHistory, 'prefix', keys, options.events.ipHistoryPerKey);
+      if (options.events) await pruneTable(db, TABLE.ipHistory, 'prefix', keys, options.events.ipHistoryPerKey, DEFERRED_FIRST);
     },
 
     async expireOldRows(retentionDays) {

@@ -3,7 +3,7 @@ import { MIGRATION_CONFIG } from '../shared/db';
 import { freshDatabase, migrateDownTo } from './helpers/database';
 import { seedOrg, startTestApi } from './helpers/api';
 
-// 20261205000130 adds api_key_ip_history.event_pending (key.new_ip events the hourly limit
+// 20261205000130 adds api_key_ip_history.event_due_at (key.new_ip events the hourly limit
 // deferred); its down leaves the history as the version before kept it.
 const MIGRATION = '20261205000130_deferred_new_ip_events.ts';
 
@@ -18,14 +18,13 @@ t.test('down drops the pending networks, as the version before did, and keeps th
     first_ip: prefix.replace('0/24', '1'),
     first_seen: new Date(),
     last_seen: new Date(),
-    event_pending: pending,
+    event_due_at: pending ? new Date() : null,
   });
   await db('api_key_ip_history').insert([network('198.51.1.0/24', false), network('198.51.2.0/24', true)]);
   // The column's value, or undefined without it.
-  const history = async () =>
-    (await db('api_key_ip_history').where({ key_id: adminKeyId }).orderBy('first_ip')).map((row) => [row.first_ip, row.event_pending]);
+  const history = async () => (await db('api_key_ip_history').where({ key_id: adminKeyId }).orderBy('first_ip')).map((row) => [row.first_ip, row.event_due_at]);
   await migrateDownTo(db, '20261203000120_api_keys_created_at_index.ts');
   t.strictSame(await history(), [['198.51.1.1', undefined]], 'the pending network is gone, with the column');
   await db.migrate.up({ ...MIGRATION_CONFIG, name: MIGRATION });
-  t.strictSame(await history(), [['198.51.1.1', false]]);
+  t.strictSame(await history(), [['198.51.1.1', null]]);
 });

@@ -1,5 +1,7 @@
 import t from 'tap';
-import { DEFERRED_PER_SWEEP } from '../collector/deferredNetworks';
+import { DEFERRED_PER_SWEEP, planDeferred, raiseDeferred } from '../collector/deferredNetworks';
+import { createPgUsageStore } from '../collector/usageStore';
+import { loadConfig } from '../shared/config';
 import { sweepTimeEvents } from '../collector/eventStore';
 import type { Db } from '../shared/db';
 import { seedOrg, startTestApi } from './helpers/api';
@@ -13,8 +15,8 @@ const SWEEP = { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 2 };
 // `count` pending networks of the key, 10.<i>.<j>.0/24, first seen a second apart from `firstSeen`.
 async function pendingNetworks(db: Db, orgId: string, keyId: string, count: number, firstSeen: number) {
   await db.raw(
-    `insert into api_key_ip_history (org_id, key_id, prefix, first_ip, first_seen, last_seen, event_pending)
-     select ?, ?, cast('10.' || (i / 256) || '.' || (i % 256) || '.0/24' as cidr), '10.' || (i / 256) || '.' || (i % 256) || '.1', f, f, true
+    `insert into api_key_ip_history (org_id, key_id, prefix, first_ip, first_seen, last_seen, event_due_at)
+     select ?, ?, cast('10.' || (i / 256) || '.' || (i % 256) || '.0/24' as cidr), '10.' || (i / 256) || '.' || (i % 256) || '.1', f, f, f
        from generate_series(0, ? - 1) as i, lateral (select to_timestamp(? / 1000.0 + i) as f) t`,
     [orgId, keyId, count, firstSeen],
   );
@@ -26,7 +28,8 @@ const newIps = async (db: Db, keyId: string) =>
     e.details.prefix,
     e.details.hourlyLimitReached,
   ]);
-const stillPending = async (db: Db, keyId: string) => Number((await db('api_key_ip_history').where({ key_id: keyId, event_pending: true }).count())[0].count);
+const stillPending = async (db: Db, keyId: string) =>
+  Number((await db('api_key_ip_history').where({ key_id: keyId }).whereNotNull('event_due_at').count())[0].count);
 
 t.test('the earliest pending networks, up to the room left in the hour, occurring at the sweep; the others stay pending', async (t) => {
   const { db } = await freshDatabase(t);
@@ -50,15 +53,67 @@ t.test('the earliest pending networks, up to the room left in the hour, occurrin
   t.equal(await stillPending(db, adminKeyId), 0);
 });
 
-t.test(`a sweep reads at most ${DEFERRED_PER_SWEEP} pending networks, earliest first`, async (t) => {
+t.test(`a sweep reads at most ${DEFERRED_PER_SWEEP} due networks, earliest first; a key without room is moved to the next hour`, async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
   const { org, adminKeyId: flooded } = await seedOrg(api, db);
-  const other = (await api.services.apiKeys.create(org.id, { name: 'other', scopes: ['keys:read'], expiresAt: null })).key.id;
+  const other = await seedOrg(api, db, 'globex');
   await pendingNetworks(db, org.id, flooded, DEFERRED_PER_SWEEP, NOW - 5 * HOUR);
-  await pendingNetworks(db, org.id, other, 1, NOW - HOUR);
-  t.strictSame(await sweepTimeEvents(db, new Date(NOW), SWEEP), { dormant: 0, expiring: 0, newIp: 2 }, "the flooded key's two");
-  t.equal(await stillPending(db, other), 1, 'the later network waits for the next sweep…');
-  t.strictSame(await sweepTimeEvents(db, new Date(NOW + 60_000), SWEEP), { dormant: 0, expiring: 0, newIp: 1 }, '…which reads past the two raised');
-  t.strictSame(await newIps(db, other), [[NOW + 60_000, '10.0.0.0/24', undefined]]);
+  await pendingNetworks(db, other.org.id, other.adminKeyId, 1, NOW - HOUR);
+  const atLimit = [1, 2].map((i) => ({
+    org_id: org.id,
+    key_id: flooded,
+    type: 'key.new_ip',
+    occurred_at: new Date(NOW - i * 1000),
+    details: {},
+    dedupe_key: `x${i}`,
+  }));
+  await db('key_events').insert(atLimit);
+  t.strictSame(await sweepTimeEvents(db, new Date(NOW), SWEEP), { dormant: 0, expiring: 0, newIp: 0 }, "the window: the flooded key's, at its limit");
+  t.strictSame(
+    await sweepTimeEvents(db, new Date(NOW + 60_000), SWEEP),
+    { dormant: 0, expiring: 0, newIp: 1 },
+    'moved to the next hour, it no longer holds the window',
+  );
+  t.strictSame(await newIps(db, other.adminKeyId), [[NOW + 60_000, '10.0.0.0/24', undefined]]);
+  const nextHour = NOW - (NOW % HOUR) + HOUR;
+  t.strictSame(await sweepTimeEvents(db, new Date(nextHour), SWEEP), { dormant: 0, expiring: 0, newIp: 2 }, "the next hour: the flooded key's earliest two");
+  t.equal(await stillPending(db, flooded), DEFERRED_PER_SWEEP - 2);
+});
+
+t.test("a network erased or deleted between the sweep's read and its raise raises nothing", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId } = await seedOrg(api, db);
+  await pendingNetworks(db, org.id, adminKeyId, 2, NOW - HOUR);
+  const raised = await db.transaction(async (trx) => {
+    const plan = await planDeferred(trx, new Date(NOW), 10);
+    t.equal(plan.raise.length, 2);
+    await db('api_key_ip_history').where({ key_id: adminKeyId, prefix: '10.0.0.0/24' }).del(); // another connection: key erase-ips
+    return raiseDeferred(trx, plan, new Date(NOW), 10);
+  });
+  t.equal(raised, 1);
+  t.strictSame(await newIps(db, adminKeyId), [[NOW, '10.0.1.0/24', undefined]], 'only the network still there');
+});
+
+t.test('the history bound keeps the networks whose events are deferred first, the earliest first used first', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId } = await seedOrg(api, db);
+  await pendingNetworks(db, org.id, adminKeyId, 3, NOW - 2 * HOUR);
+  const known = (prefix: string) => ({
+    org_id: org.id,
+    key_id: adminKeyId,
+    prefix,
+    first_ip: prefix.replace('0/24', '1'),
+    first_seen: new Date(NOW),
+    last_seen: new Date(NOW),
+  });
+  await db('api_key_ip_history').insert([known('192.0.2.0/24'), known('198.51.100.0/24')]);
+  const events = { ...loadConfig({ NODE_ENV: 'test' }).collector.events, ipHistoryPerKey: 2 };
+  await createPgUsageStore(db, { events }).prune([{ orgId: org.id, keyId: adminKeyId }]);
+  const kept = (await db('api_key_ip_history').where({ key_id: adminKeyId }).orderBy('prefix').select(db.raw('cast(prefix as text) as prefix'))).map(
+    (row) => row.prefix,
+  );
+  t.strictSame(kept, ['10.0.0.0/24', '10.0.1.0/24'], 'not the networks seen since, nor the latest deferred');
 });

@@ -422,9 +422,12 @@ t.test('key.new_ip: at most EVENTS_NEW_IP_PER_KEY_HOUR a clock hour per key; the
     await collector.flusher.flush();
   };
   const history = async () =>
-    (await db('api_key_ip_history').where({ key_id: adminKeyId }).orderBy('prefix').select(db.raw('cast(prefix as text) as prefix'), 'event_pending')).map(
-      (r) => [r.prefix, r.event_pending],
-    );
+    (
+      await db('api_key_ip_history')
+        .where({ key_id: adminKeyId })
+        .orderBy('prefix')
+        .select(db.raw('cast(prefix as text) as prefix'), db.raw('event_due_at is not null as due'))
+    ).map((r) => [r.prefix, r.due]);
   const newIps = async () => (await eventsOf(db, adminKeyId)).filter((e) => e.type === 'key.new_ip').map((e) => [e.occurred_at.getTime(), e.details]);
   await flushUsesFrom([3, 2, 1]); // first seen at seconds, - 1, - 2: network 1 the earliest, though sent last
   await flushUsesFrom([4]);
