@@ -59,11 +59,12 @@ select key_id, count(*) as events
 
 // Takes the rows to raise out of the due ones. Rows an erasure or a deletion took meanwhile are not
 // returned (the update waits for that transaction, then finds them gone), so no event carries an
-// address erased after the sweep read it.
+// address erased after the sweep read it. first_seen as it is: Citus takes only immutable functions
+// in a RETURNING.
 const CLAIM = `
 update ${TABLE.ipHistory} set event_due_at = null
  where ${ROWS_OF_ORG(['?', '?', '?'])} and event_due_at is not null
-returning org_id, key_id, cast(prefix as text) as prefix, first_ip, cast(floor(extract(epoch from first_seen) * 1000) as float8) as first_seen_ms`;
+returning org_id, key_id, cast(prefix as text) as prefix, first_ip, first_seen`;
 
 const POSTPONE = `update ${TABLE.ipHistory} set event_due_at = ? where ${ROWS_OF_ORG(['?', '?', '?'])} and event_due_at is not null`;
 
@@ -75,7 +76,7 @@ select e.org_id, e.key_id, 'key.new_ip', :now, e.details, e.dedupe_key
 on conflict (org_id, dedupe_key) do nothing`;
 
 type DueRow = { org_id: string; key_id: string; prefix: string; first_seen_ms: number };
-type ClaimedRow = DueRow & { first_ip: string };
+type ClaimedRow = Omit<DueRow, 'first_seen_ms'> & { first_ip: string; first_seen: Date };
 
 /** What a sweep will do with the due networks it read: raise the earliest up to each key's room, postpone the rest. */
 export interface DeferredPlan {
@@ -118,7 +119,7 @@ export async function raiseDeferred(trx: Knex.Transaction, plan: DeferredPlan, n
   const keys = new Map<string, DeferredNetwork[]>();
   for (const row of claimed) {
     const networks = keys.get(row.key_id) ?? keys.set(row.key_id, []).get(row.key_id)!;
-    networks.push({ orgId: row.org_id, keyId: row.key_id, prefix: row.prefix, ip: row.first_ip, firstSeen: row.first_seen_ms });
+    networks.push({ orgId: row.org_id, keyId: row.key_id, prefix: row.prefix, ip: row.first_ip, firstSeen: row.first_seen.getTime() });
   }
   const events = [...keys].flatMap(([keyId, networks]) => deferredNetworkEvents(networks, plan.raised.get(keyId) ?? 0, limit, now.getTime()));
   if (events.length === 0) return 0;
