@@ -3,7 +3,7 @@ import type { Logger } from '../shared/logger';
 import { steadyNow } from '../shared/steadyClock';
 import { within } from '../shared/within';
 import { mergeBatches, type Aggregator } from './aggregator';
-import { AppendGate } from './appendGate';
+import { AppendGate, APPEND_WAIT_MAX_MS } from './appendGate';
 import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch, type FoldResult, type UsageStore, type WriteResult } from './usageStore';
 
 export interface FlushStats {
@@ -188,12 +188,14 @@ export class Flusher {
   // keys than the threshold are held only while a fold runs and the log may hold this collector's
   // appends: such a flush would append only for that reason, and an append during the fold keeps
   // the fold from ending the phase, so with folds longer than the interval (4 collectors on 50 ms
-  // timers under load) small flushes appended for ever. Held, they go direct once a fold ends it.
+  // timers under load) small flushes appended for ever. Held, they go direct once a fold ends it,
+  // or append APPEND_WAIT_MAX_MS after the fold began: a fold that hangs (on a lock, on a
+  // connection gone silent) held them in memory only, for as long as it hung.
   private appendHeld(): boolean {
     const { aggregator, store } = this.options;
     if (this.gate === undefined || this.pending.length > 0) return false;
     if (aggregator.pendingKeys >= (store.logMinKeys ?? 0)) return this.gate.holds();
-    return this.logMayHoldAppends && this.folding !== undefined;
+    return this.logMayHoldAppends && this.folding !== undefined && this.now() - this.lastFoldAt < APPEND_WAIT_MAX_MS;
   }
 
   // The store's way for a write of `keys` keys: the log from its threshold on, or while it may

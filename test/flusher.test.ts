@@ -605,6 +605,18 @@ t.test(
   },
 );
 
+t.test('a small flush held for a fold that hangs appends APPEND_WAIT_MAX_MS after the fold began: its uses are not kept in memory only', async (t) => {
+  const { clock, flusher, folds, ways, use } = loggingFlusher(100, 2);
+  folds.running = new Promise<void>(() => {});
+  flusher.start();
+  use(1);
+  await flusher.tick();
+  t.same(ways, [], 'held while the fold runs');
+  clock.now += APPEND_WAIT_MAX_MS;
+  await flusher.tick();
+  t.same(ways, ['log'], 'appended once the fold has hung that long');
+});
+
 t.test('a small flush held for the fold in progress goes at once near the key cap: no key is refused', async (t) => {
   const { aggregator, flusher, folds, ways, use } = loggingFlusher(10, 100);
   let endFold = () => {};
