@@ -13,6 +13,7 @@ import Cursor from 'pg-cursor';
 import type { PoolClient } from 'pg';
 import type { Db } from '../shared/db';
 import { OUTCOMES } from '../shared/usageWire';
+import { FOLD_LOCK_CLASS } from '../shared/usageLogDelta';
 import { TABLE } from '../shared/tables';
 import { DeltaCoalescer, emptyDelta, type HourCounts, type IpStat, type KeyUsageDelta } from './aggregator';
 import { connectionOf, copyChunks } from './flushStaging';
@@ -252,12 +253,11 @@ const NOTHING_APPLIED = {
   keysToTrim: [],
 };
 
-// Every fold of an org holds this transaction-level lock (class, hash of the org id), so two
-// collectors never fold one org at once: the second skips it (its rows are left for its next
+// Every fold of an org holds this transaction-level lock (FOLD_LOCK_CLASS, hash of the org id), so
+// two collectors never fold one org at once: the second skips it (its rows are left for its next
 // fold, or taken by the first if they were there when its delete began), so folds never wait for
 // each other and cannot deadlock. Advisory locks live where the collectors connect: the one
 // server, or the Citus coordinator.
-export const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
 
 const LOCK_ORGS = `select o as org_id from unnest(cast(? as uuid[])) as o where pg_try_advisory_xact_lock(${FOLD_LOCK_CLASS}, hashtext(cast(o as text)))`;
 export const TAKE_LOG = `delete from ${TABLE.usageLog} where org_id = any($1::uuid[]) returning org_id, key_id, delta`;

@@ -440,7 +440,7 @@ async function eraseIps(command: { orgId: string; keyId: string; json: boolean }
   if (!(await findApiKeyInOrg(deps.db, command.orgId, command.keyId)))
     throw new AppError('not_found', `API key ${command.keyId} not found in organization ${command.orgId}`);
   const erased = await deps.db.transaction(async (trx) => {
-    const counts = await eraseKeyIps(trx, command.keyId);
+    const counts = await eraseKeyIps(trx, command.orgId, command.keyId);
     await recordAudit(trx, {
       orgId: command.orgId,
       actor: { type: 'cli' },

@@ -1,7 +1,7 @@
 import type { Db } from './db';
 import { IP_DETAIL_FIELDS } from './keyEvents';
 import { TABLE } from './tables';
-import { deltaIpsSql } from './usageLogDelta';
+import { deltaIpsSql, lockOrgFolds } from './usageLogDelta';
 
 // Every place the database keeps a client IP address, so that the retention job (the collector,
 // hourly) and `npm run cli -- key erase-ips` cover all of them. A new table or column holding IPs
@@ -116,7 +116,8 @@ export function expireIpData(db: Db, retentionDays: number): Promise<ErasedIps> 
   return erase(db, (query, _keyColumn, seenColumn) => query.whereRaw(`${seenColumn} < now() - make_interval(days => ?)`, [retentionDays]));
 }
 
-/** One key's IP history, whatever its age (a data subject's erasure request). */
-export function eraseKeyIps(db: Db, keyId: string): Promise<ErasedIps> {
-  return erase(db, (query, keyColumn) => query.whereRaw(`${keyColumn} = ?`, [keyId]));
+/** One key's IP history, whatever its age (a data subject's erasure request). In a transaction: it holds off the org's folds. */
+export async function eraseKeyIps(trx: Db, orgId: string, keyId: string): Promise<ErasedIps> {
+  await lockOrgFolds(trx, orgId);
+  return erase(trx, (query, keyColumn) => query.whereRaw(`${keyColumn} = ?`, [keyId]));
 }

@@ -1,3 +1,4 @@
+import type { Db } from './db';
 import { OUTCOMES } from './usageWire';
 
 // Where a usage log row's delta keeps its addresses (collector/usageLog.ts writes and reads the
@@ -30,4 +31,18 @@ export function deltaIpsSql(column: string) {
                      from jsonb_array_elements(${delta}) with ordinality as e(v, n)
                     where e.n <= ${beforeAddresses(delta)}) || '[0, 0]'::jsonb as text)`,
   };
+}
+
+/** The class of the transaction-level advisory lock a fold holds on each org it folds (collector/usageLog.ts). */
+export const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
+
+/**
+ * Waits for a fold of the org in progress to commit, and keeps new ones off the org until the
+ * caller's transaction ends (they skip an org they cannot lock). An erasure of a key's addresses
+ * takes it first: a fold takes the key's rows out of the log and writes their addresses to the
+ * usage tables in one transaction, which the erasure's statements could see neither before nor
+ * after, so the addresses it wrote outlived the erasure.
+ */
+export async function lockOrgFolds(trx: Db, orgId: string): Promise<void> {
+  await trx.raw('select pg_advisory_xact_lock(?, hashtext(cast(? as text)))', [FOLD_LOCK_CLASS, orgId]);
 }

@@ -210,5 +210,5 @@ t.test("key erase-ips: one key, every table, recorded in the audit log; another 
   const globex = await db('organizations').insert({ name: 'globex' }).returning('id');
   t.equal(await cli('key', 'erase-ips', globex[0].id, acme.adminKeyId), 1, 'a key of another org');
   t.match(err.join('\n'), /not found/);
-  t.same(await eraseKeyIps(db, acme.adminKeyId), NOTHING_ERASED, 'nothing left');
+  t.same(await eraseKeyIps(db, acme.org.id, acme.adminKeyId), NOTHING_ERASED, 'nothing left');
 });

@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { Aggregator, type KeyUsageDelta } from '../collector/aggregator';
-import { decodeDelta, writeLogLine, createUsageStore, FOLD_LOCK_CLASS, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
+import { decodeDelta, writeLogLine, createUsageStore, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
 import { chunksWritten } from '../collector/copyBytes';
 import { KeyList } from '../collector/keyList';
 import { KnownKeys } from '../collector/knownKeys';
@@ -14,7 +14,7 @@ import { encodeUsageLine, OUTCOMES, provenCount } from '../shared/usageWire';
 import { waitFor } from '../harness/wait';
 import { eraseKeyIps } from '../shared/ipRetention';
 import { TABLE } from '../shared/tables';
-import { LOG_DELTA } from '../shared/usageLogDelta';
+import { FOLD_LOCK_CLASS, LOG_DELTA } from '../shared/usageLogDelta';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { freshDatabase } from './helpers/database';
 import { PgProxy } from './helpers/faults';
@@ -355,6 +355,29 @@ t.test("a fold counts the orgs another collector's fold held, whose rows it left
   t.equal(await logRows(db), 0);
 });
 
+// A fold takes a key's rows out of the log and writes their addresses in one transaction: an
+// erasure running beside it saw neither, and the addresses outlived it.
+t.test("an erasure waits for a fold of the key's org in progress: the addresses the fold writes do not outlive it", async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 1);
+  const [keyId] = keys.keyIds;
+  const other = createDb(url, { poolMax: 1 });
+  t.teardown(() => other.destroy());
+  const fold = await other.transaction();
+  await fold.raw('select pg_advisory_xact_lock(?, hashtext(cast(? as text)))', [FOLD_LOCK_CLASS, keys.orgId]);
+  await fold(TABLE.recentIps).insert({ org_id: keys.orgId, key_id: keyId, ip: '203.0.113.7', first_seen: new Date(), last_seen: new Date(), request_count: 1 });
+  const erasing = db.transaction((trx) => eraseKeyIps(trx, keys.orgId, keyId));
+  await waitFor(
+    'the erasure to wait for the fold',
+    async () => (await db.raw(`select 1 from pg_stat_activity where wait_event_type = 'Lock' and wait_event = 'advisory'`)).rows[0],
+    10_000,
+    20,
+  );
+  await fold.commit();
+  t.match(await erasing, { [TABLE.recentIps]: 1 }, "the fold's address, committed, is erased");
+  t.equal(Number((await db(TABLE.recentIps).where({ key_id: keyId }).count({ n: '*' }))[0].n), 0);
+});
+
 t.test('a log row that cannot be read is set aside; the rest of its org is applied', async (t) => {
   const { db } = await freshDatabase(t);
   const keys = await orgWithKeys(db, 3);
@@ -450,8 +473,8 @@ t.test("an erasure of a key's addresses reaches its rows in the usage log: the f
   const store = createUsageStore(db, { logMinKeys: 1, events: events() });
   const batch = batchOf(keys);
   await store.write([batch]);
-  t.match(await eraseKeyIps(db, erased), { [TABLE.usageLog]: 1 });
-  t.match(await eraseKeyIps(db, erased), { [TABLE.usageLog]: 0 }, 'erased once');
+  t.match(await eraseKeyIps(db, keys.orgId, erased), { [TABLE.usageLog]: 1 });
+  t.match(await eraseKeyIps(db, keys.orgId, erased), { [TABLE.usageLog]: 0 }, 'erased once');
   await store.fold();
   const addresses = async (keyId: string) => ({
     recent: Number((await db(TABLE.recentIps).where({ key_id: keyId }).count({ n: '*' }))[0].n),
