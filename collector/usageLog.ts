@@ -276,7 +276,10 @@ async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadabl
   if (locked.length === 0) return { fresh: [], freshIds: [], duplicateUses: 0 };
   type LogRow = { org_id: string; key_id: string; delta: string };
   const cursor = (await connectionOf(trx)).query(new Cursor<LogRow>(TAKE_LOG, [locked.map((row) => row.org_id)]));
-  const coalescer = new DeltaCoalescer();
+  // Every address of every row: a flush keeps 16 a key, and capped again here the fold dropped what
+  // several flushes had kept (networks never reported new, addresses never counted), which a
+  // direct write of the same flushes keeps. A key's addresses are bounded by its rows taken.
+  const coalescer = new DeltaCoalescer(Number.POSITIVE_INFINITY);
   let uses = 0;
   // Read to its end, the cursor has closed its portal itself. No close() on a failed read: the
   // failure already ended the cursor, and close() would wait for a ReadyForQuery that a cut

@@ -294,17 +294,15 @@ function isDataError(error: unknown): boolean {
 
 type Applied = Awaited<ReturnType<typeof applyBatch>>;
 
-// mergeBatches' default cap on addresses per key (collector/aggregator.ts; the aggregator's too).
-const MERGED_IPS_PER_KEY = 16;
-
 // The keys of the flush, sorted by key id, each (org, key) once. mergeBatches copies every delta,
 // which at 100 k keys cost 0.6-0.9 s of the flush; the usual flush holds one batch straight from
-// the aggregator (each key once, addresses already capped), which only needs sorting.
+// the aggregator (each key once), which only needs sorting. So does a fold's, whose keys carry
+// every address of the flushes it took: capped here, it dropped what those flushes had kept.
 function mergeFresh(fresh: UsageBatch[]): UsageBatch {
   if (fresh.length === 1) {
     const keys = [...fresh[0].keys].sort(byKeyId);
     const distinct = keys.every((k, i) => i === 0 || k.keyId !== keys[i - 1].keyId || k.orgId !== keys[i - 1].orgId);
-    if (distinct && keys.every((k) => k.ips.size <= MERGED_IPS_PER_KEY && k.failedIps.size <= MERGED_IPS_PER_KEY)) return { keys, uses: fresh[0].uses };
+    if (distinct) return { keys, uses: fresh[0].uses };
   }
   const merged = mergeBatches(fresh);
   return { keys: merged.keys.sort(byKeyId), uses: merged.uses };
