@@ -91,11 +91,11 @@ const hourOf = (now: Date) => now.getTime() - (now.getTime() % HOUR_MS);
 /** Reads only: the caller anchors the keys to raise before raiseDeferred takes their rows (lock order). */
 export async function planDeferred(trx: Knex.Transaction, now: Date, limit: number): Promise<DeferredPlan> {
   const rows: DueRow[] = (await trx.raw(DUE, { now, max: DEFERRED_PER_SWEEP })).rows;
-  const plan: DeferredPlan = { raise: [], postpone: [], raised: new Map() };
-  if (rows.length === 0) return plan;
+  if (rows.length === 0) return { raise: [], postpone: [], raised: new Map() };
   const keyIds = [...new Set(rows.map((row) => row.key_id))];
   const counted: Array<{ key_id: string; events: string }> = (await trx.raw(RAISED_THIS_HOUR, { keyIds, hour: new Date(hourOf(now)) })).rows;
   const raised = new Map(counted.map((row) => [row.key_id, Number(row.events)]));
+  const plan: DeferredPlan = { raise: [], postpone: [], raised };
   const taken = new Map<string, number>();
   // DUE returns each key's rows earliest first.
   for (const { org_id: orgId, key_id: keyId, prefix } of rows) {
@@ -103,7 +103,7 @@ export async function planDeferred(trx: Knex.Transaction, now: Date, limit: numb
     if (room > 0) taken.set(keyId, (taken.get(keyId) ?? 0) + 1);
     (room > 0 ? plan.raise : plan.postpone).push({ orgId, keyId, prefix });
   }
-  return { ...plan, raised };
+  return plan;
 }
 
 /**

@@ -108,7 +108,7 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, limit: number, emit: E
 // A key used from many networks (a mobile app's, or one whose forged uses name new networks) raised
 // one event per network, each a delivery per webhook: at most `limit` a clock hour now, counted with
 // the events already recorded in that hour. The event that reaches the limit says so. The networks
-// after it are handed to onDeferred, whose caller marks them pending in the key's history: the
+// after it are handed to onDeferred, whose caller makes their events due in the key's history: the
 // time sweep raises their events later, in an hour with room (deferredNetworkEvents). Dropped,
 // they never raised one, so whoever filled an hour's limit (ten forged lines) hid a leaked key's
 // new network for good.
@@ -132,7 +132,7 @@ const newIpDetails = (details: Record<string, unknown>, count: number, limit: nu
 // The same network's event, raised by the flush or deferred to the sweep, has the same dedupe key.
 const newIpDedupe = (prefix: string, firstSeen: number) => `${prefix}:${firstSeen}`;
 
-/** A network of one key the hourly limit deferred (api_key_ip_history.event_pending). */
+/** A network of one key the hourly limit deferred (api_key_ip_history.event_due_at set). */
 export interface DeferredNetwork {
   orgId: string;
   keyId: string;
