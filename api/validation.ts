@@ -28,12 +28,16 @@ export const uuid = z
 
 // A name an operator gave (an org's, a key's). Control characters are refused: PostgreSQL cannot
 // store NUL (a 500 before), and the others would reach terminals and log viewers as escapes.
+// Bidirectional embeddings, overrides and isolates are refused too: a name is quoted inside
+// sentences (the dashboard's revoke and clean-up confirmations), and one of them reorders the
+// rest of the sentence, so a confirmation could read as something else.
 export const displayName = z
   .string()
   .trim()
   .min(1, 'must not be empty')
   .max(200, 'must be at most 200 characters')
-  .regex(/^\P{Cc}*$/u, 'must not contain control characters (such as NUL, tab, newline or ESC)');
+  .regex(/^\P{Cc}*$/u, 'must not contain control characters (such as NUL, tab, newline or ESC)')
+  .regex(/^[^\u202A-\u202E\u2066-\u2069]*$/u, 'must not contain bidirectional control characters (U+202A to U+202E, U+2066 to U+2069)');
 
 export const pagination = {
   limit: z.coerce.number().int().min(1).max(200).default(50),

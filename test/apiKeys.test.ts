@@ -281,6 +281,29 @@ t.test('names with control characters are a 400, never a 500', async (t) => {
   );
 });
 
+// A name is quoted inside the dashboard's confirmations ("Revoke these 2 keys, unused for 90 days:
+// …?"): a right-to-left override in it reverses the rest of the sentence as shown.
+t.test('names with bidirectional control characters are a 400', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const bidiControls = [0x202a, 0x202b, 0x202c, 0x202d, 0x202e, 0x2066, 0x2067, 0x2068, 0x2069];
+  for (const codePoint of bidiControls) {
+    const label = `U+${codePoint.toString(16).toUpperCase()}`;
+    const name = `ci${String.fromCodePoint(codePoint)}syolped`;
+    const response = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name, scopes: ['keys:read'] } });
+    t.same([response.status, response.body.error?.code], [400, 'invalid_request'], `${label}: 400`);
+    t.equal(
+      response.body.error?.message,
+      'Invalid body: name: must not contain bidirectional control characters (U+202A to U+202E, U+2066 to U+2069)',
+      `${label}: a clear message`,
+    );
+  }
+  t.equal((await db('api_keys').where({ org_id: org.id }).pluck('id')).length, 1, "nothing stored but the org's first key");
+  const rightToLeft = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name: 'פריסות CI', scopes: ['keys:read'] } });
+  t.same([rightToLeft.status, rightToLeft.body.name], [201, 'פריסות CI'], 'right-to-left text itself is fine');
+});
+
 t.test('no API answer is cached, those that carry a plaintext key first of all', async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
