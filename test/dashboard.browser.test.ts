@@ -16,13 +16,15 @@ const SCREENSHOTS = process.env.UPDATE_SCREENSHOTS === '1' ? path.join(__dirname
 
 type System = Awaited<ReturnType<typeof wiredSystem>>;
 
+async function createKey({ api, org, adminKey }: System, name: string, scopes: string[]) {
+  const response = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name, scopes } });
+  return { id: response.body.id as string, key: response.body.key as string };
+}
+
 // Keys like `npm run demo-traffic` makes, with known traffic, persisted before the page opens.
 async function trafficWorld(system: System) {
-  const { api, org, adminKey } = system;
-  const create = async (name: string, scopes: string[]) => {
-    const response = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name, scopes } });
-    return { id: response.body.id as string, key: response.body.key as string };
-  };
+  const { api, org } = system;
+  const create = (name: string, scopes: string[]) => createKey(system, name, scopes);
   const keys = {
     ci: await create('demo-ci', ['keys:read']),
     readonly: await create('demo-readonly', ['keys:read']),
@@ -76,6 +78,23 @@ async function signIn(page: Page, key: string) {
   await page.fill('#sign-in-key', key);
   await page.click('#sign-in button[type=submit]');
 }
+
+// Holds every request matching `url` until release(): the answer then lands after whatever the
+// page did meanwhile.
+async function holdRequests(page: Page, url: RegExp) {
+  let held = 0;
+  let release = () => {};
+  const released = new Promise<void>((resolve) => (release = resolve));
+  await page.route(url, async (route) => {
+    held += 1;
+    await released;
+    await route.continue();
+  });
+  const sent = () => waitFor('a held request sent', async () => (held > 0 ? true : undefined));
+  return { sent, release };
+}
+
+const storedKey = (page: Page) => page.evaluate('sessionStorage.getItem("keyusage.apiKey")');
 
 // The page's CSP forbids eval, so waits poll from here rather than with waitForFunction.
 const rowsShown = (page: Page, accept: (rows: number) => boolean) =>
@@ -159,20 +178,13 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
   t.test("a search the API refuses shows the API's message, and it clears once a search works", async (t) => {
     // An earlier search's answer, held back until the refused one is shown, lands after it: a
     // replaced answer cleared the message (and showed rows the filter no longer asked for).
-    let held = 0;
-    let release = () => {};
-    const released = new Promise<void>((resolve) => (release = resolve));
-    await page.route(/\/usage\?.*q=held/, async (route) => {
-      held += 1;
-      await released;
-      await route.continue();
-    });
+    const earlier = await holdRequests(page, /\/usage\?.*q=held/);
     await page.fill('#key-search', 'held');
-    await waitFor('the earlier search sent', async () => (held > 0 ? true : undefined));
+    await earlier.sent();
     await page.fill('#key-search', 'x'.repeat(201));
     await page.locator('#view-error', { hasText: 'q' }).waitFor();
     const answered = page.waitForResponse(/q=held/);
-    release();
+    earlier.release();
     await answered;
     // The page handles the answer after the browser has it: a moment for that, then the check.
     await new Promise((resolve) => setTimeout(resolve, 300));
@@ -249,6 +261,99 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     t.equal(new URL(early.url()).pathname, '/', 'the form went to the page itself');
     t.notOk(early.url().includes(key), 'the key is not in the URL');
     await early.close();
+  });
+
+  t.test('rotating the signed-in key, then signing out before the answer, keeps the new secret out of the tab', async (t) => {
+    const own = await createKey(system, 'demo-rotate-then-leave', ['keys:read', 'keys:write']);
+    const tab = await context.newPage();
+    await tab.goto(`${system.api.baseUrl}/`);
+    await signIn(tab, own.key);
+    await tab.goto(`${system.api.baseUrl}/#/key/${own.id}`);
+    const rotation = await holdRequests(tab, new RegExp(`/${own.id}/rotate$`));
+    await tab.click('#rotate');
+    await rotation.sent();
+    await tab.click('#sign-out');
+    const answered = tab.waitForResponse(new RegExp(`/${own.id}/rotate$`));
+    rotation.release();
+    t.equal((await answered).status(), 200, 'the rotation went through');
+    await tab.locator('#new-secret').waitFor();
+    t.equal(await storedKey(tab), null, 'the new secret was not stored after signing out');
+    t.ok(await tab.locator('#sign-in').isVisible(), 'still signed out');
+
+    // Outside a secure context the page has no navigator.clipboard at all.
+    await tab.evaluate('void Object.defineProperty(navigator, "clipboard", { value: undefined })');
+    await tab.click('dialog[open] .secret button');
+    const status = tab.locator('dialog[open] .secret [aria-live]');
+    await status.filter({ hasText: /./ }).waitFor();
+    t.equal(await status.textContent(), 'Copy failed: press Ctrl+C (the key is selected)', 'no clipboard: the copy is said to have failed');
+    t.equal(
+      await tab.evaluate('document.activeElement.id === "new-secret" && document.activeElement.selectionEnd - document.activeElement.selectionStart'),
+      (await tab.locator('#new-secret').inputValue()).length,
+      'the whole secret is selected in the focused field, for Ctrl+C',
+    );
+    await tab.close();
+  });
+
+  t.test('rotating with no grace period asks first, and a refresh still using the old secret does not sign out', async (t) => {
+    const own = await createKey(system, 'demo-rotate-now', ['keys:read', 'keys:write']);
+    const tab = await context.newPage();
+    await tab.goto(`${system.api.baseUrl}/`);
+    await signIn(tab, own.key);
+    await tab.goto(`${system.api.baseUrl}/#/key/${own.id}`);
+    await tab.locator('#rotate').waitFor();
+    // A periodic refresh, sent with the secret about to be rotated away and answered only after.
+    const refresh = await holdRequests(tab, new RegExp(`/usage\\?keyId=${own.id}$`));
+    await refresh.sent();
+
+    await tab.selectOption('#grace', '0');
+    await tab.click('#rotate');
+    await tab.locator('dialog[open] #confirm-title', { hasText: 'no grace period' }).waitFor({ timeout: 5000 });
+    await tab.click('dialog[open] button[value=no]');
+    t.equal((await system.api.request('GET', '/api/whoami', { key: own.key })).status, 200, 'cancelled: the secret still works');
+
+    await tab.click('#rotate');
+    await tab.click('dialog[open] button[value=yes]');
+    const secret = await tab.locator('#new-secret').inputValue();
+    t.equal((await system.api.request('GET', '/api/whoami', { key: own.key })).status, 401, 'confirmed: the old secret is refused at once');
+    t.equal(await storedKey(tab), secret, 'the tab carries on with the new secret');
+
+    const refused = tab.waitForResponse((response) => response.url().includes(`/usage?keyId=${own.id}`) && response.status() === 401);
+    refresh.release();
+    await refused;
+    // The page handles the answer after the browser has it: a moment for that, then the check.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    t.equal(await storedKey(tab), secret, "the old secret's 401 left the session as it was");
+    t.ok(await tab.locator('#sign-out').isVisible(), 'still signed in');
+
+    await tab.evaluate('void (navigator.clipboard.writeText = () => Promise.reject(new DOMException("Write permission denied.", "NotAllowedError")))');
+    await tab.click('dialog[open] .secret button');
+    const status = tab.locator('dialog[open] .secret [aria-live]');
+    await status.filter({ hasText: /./ }).waitFor();
+    t.equal(await status.textContent(), 'Copy failed: press Ctrl+C (the key is selected)', 'a refused write: the copy is said to have failed');
+    await tab.close();
+  });
+
+  t.test('a key in the tab that cannot sign in at load is forgotten, and nothing refreshes until a sign-in', async (t) => {
+    const tab = await context.newPage();
+    const errors: string[] = [];
+    tab.on('pageerror', (error) => errors.push(error.message));
+    await tab.clock.install();
+    await tab.goto(`${system.api.baseUrl}/`);
+    await signIn(tab, system.adminKey);
+    await tab.locator('#sign-out').waitFor();
+    await tab.route('**/api/whoami', (route) =>
+      route.fulfill({ status: 503, contentType: 'application/json', body: JSON.stringify({ error: { code: 'unavailable', message: 'Try again shortly' } }) }),
+    );
+    await tab.reload();
+    await tab.locator('#sign-in-error', { hasText: 'Try again shortly' }).waitFor();
+    t.equal(await storedKey(tab), null, 'the key is not kept');
+    t.notOk(await tab.locator('#sign-out').isVisible(), 'nothing looks signed in');
+
+    await tab.clock.runFor(3 * 5000);
+    // Errors reach this side after the page raised them: a moment for that, then the check.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    t.strictSame(errors, [], 'the refresh loop raised nothing while no one was signed in');
+    await tab.close();
   });
 
   // Subtests run in turn once this body has returned, so the whole session is checked in the last.

@@ -3,10 +3,21 @@ import { sessionKey } from './session.js';
 // Every call to the API: the key as a Bearer header, JSON both ways, and the API's own error
 // (code and message) surfaced as an ApiError so the page can show it as is.
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  // Private, so the key never shows among the error's properties (console, JSON) while still
+  // telling which key an answer was for.
+  #key;
+
+  constructor(status, code, message, key) {
     super(message);
     this.status = status;
     this.code = code;
+    this.#key = key;
+  }
+
+  // A 401 for a key the session has since let go of (rotated away, signed out) says nothing about
+  // the key the session holds now.
+  sentWith(key) {
+    return this.#key === key;
   }
 }
 
@@ -18,11 +29,11 @@ export async function api(method, path, { body, key = sessionKey() } = {}) {
   try {
     response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' });
   } catch {
-    throw new ApiError(0, 'network', 'The API could not be reached');
+    throw new ApiError(0, 'network', 'The API could not be reached', key);
   }
   const payload = await response.json().catch(() => undefined);
   if (!response.ok) {
-    throw new ApiError(response.status, payload?.error?.code ?? 'unknown', payload?.error?.message ?? `HTTP ${response.status}`);
+    throw new ApiError(response.status, payload?.error?.code ?? 'unknown', payload?.error?.message ?? `HTTP ${response.status}`, key);
   }
   return payload;
 }

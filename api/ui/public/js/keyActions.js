@@ -22,8 +22,16 @@ function showNewSecret(rotated) {
     text: 'Copy',
     onclick: async () => {
       secret.select();
-      await navigator.clipboard?.writeText(rotated.key).catch(() => undefined);
-      setText(copied, 'Copied');
+      try {
+        // No navigator.clipboard outside a secure context; writeText rejects without permission.
+        await navigator.clipboard.writeText(rotated.key);
+        setText(copied, 'Copied');
+      } catch {
+        // Back in the field, still selected, so Ctrl+C copies it.
+        secret.focus();
+        secret.select();
+        setText(copied, 'Copy failed: press Ctrl+C (the key is selected)');
+      }
     },
   });
   const grace = rotated.previousSecretExpiresAt
@@ -63,9 +71,16 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
     id: 'rotate',
     text: 'Rotate secret',
     onclick: act(async () => {
-      const rotated = await api('POST', orgPath(who, `/${key.id}/rotate`), { body: { gracePeriodSeconds: Number(grace.value) } });
-      // Rotating the key this page signed in with: carry on with its new secret.
-      if (own) keepSessionKey(rotated.key);
+      const gracePeriodSeconds = Number(grace.value);
+      if (gracePeriodSeconds === 0) {
+        const message = `Every holder of the current secret of “${key.name}” (${key.displayPrefix}) will be refused with 401 from now on, until they get the new one.`;
+        if (!(await confirmDialog({ title: 'Rotate with no grace period?', message, confirmLabel: 'Rotate now' }))) return;
+      }
+      const signedInWith = sessionKey();
+      const rotated = await api('POST', orgPath(who, `/${key.id}/rotate`), { body: { gracePeriodSeconds } });
+      // Rotating the key this page signed in with: carry on with its new secret, unless the person
+      // signed out (or in with another key) while the rotation was on its way.
+      if (own && sessionKey() === signedInWith) keepSessionKey(rotated.key);
       showNewSecret(rotated);
     }),
   });

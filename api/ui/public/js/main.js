@@ -32,14 +32,19 @@ function viewFor(hash) {
 
 async function refreshCurrent() {
   const view = current;
+  // Not signed in yet: no view, and no #view-error to show an error in.
+  if (!view) return;
   try {
-    const outcome = await view?.refresh();
+    const outcome = await view.refresh();
     // The last error stays shown only while it holds: a refresh that worked clears it.
     if (view === current && outcome !== STALE) setText($('view-error'), '');
   } catch (error) {
-    // A key revoked or expired meanwhile: back to sign-in with the API's message.
-    if (error.status === 401) signOut(error.message);
-    else if (view === current) setText($('view-error'), error.message);
+    // A key revoked or expired meanwhile: back to sign-in with the API's message. A refresh still
+    // on its way with a secret this page has since rotated away is refused too, yet the session's
+    // new secret is fine: the next refresh uses it.
+    if (error.status === 401) {
+      if (error.sentWith(sessionKey())) signOut(error.message);
+    } else if (view === current) setText($('view-error'), error.message);
   }
 }
 
@@ -55,7 +60,9 @@ async function signIn(key) {
   try {
     who = await api('GET', '/api/whoami', { key });
   } catch (error) {
-    showSignIn(error.message);
+    // Also when the key came from sessionStorage at page load: a key that could not sign in
+    // (refused, or the API unreachable) is not kept for a session the page does not show.
+    signOut(error.message);
     return;
   }
   keepSessionKey(key);
