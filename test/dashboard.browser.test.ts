@@ -360,6 +360,31 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
   });
 
   // Subtests run in turn once this body has returned, so the whole session is checked in the last.
+  // The section's note showed the PATCH's 400 until the next 5 s refresh cleared it, and the
+  // refresh put the server's networks back over the refused edit: both gone before anyone read them.
+  t.test('a refused save of expected networks keeps its error and the edit past the next refresh', async (t) => {
+    const own = await createKey(system, 'demo-networks', ['keys:read', 'keys:write']);
+    const tab = await context.newPage();
+    await tab.goto(`${system.api.baseUrl}/`);
+    await signIn(tab, own.key);
+    await tab.goto(`${system.api.baseUrl}/#/key/${own.id}`);
+    const field = tab.locator('#expected-networks');
+    const note = tab.locator('#networks > p.note');
+    await field.fill('not-a-cidr');
+    await tab.click('text=Save networks');
+    await note.filter({ hasText: /expectedNetworks/ }).waitFor();
+    // The page refreshes every 5 s.
+    await new Promise((resolve) => setTimeout(resolve, 6000));
+    t.ok(await note.isVisible(), 'the error is still shown after a refresh');
+    t.equal(await field.inputValue(), 'not-a-cidr', 'and the edit is still there');
+    await field.fill('10.1.2.3/8');
+    await tab.click('text=Save networks');
+    await tab.locator('#networks [aria-live]', { hasText: 'Saved' }).waitFor();
+    t.notOk(await note.isVisible(), 'a save that works clears it');
+    await waitFor('the normalised networks', async () => ((await field.inputValue()) === '10.0.0.0/8' ? true : undefined), 10_000);
+    await tab.close();
+  });
+
   t.test('nothing fired a dialog or an uncaught error, and the page never crashed', async (t) => {
     t.strictSame(dialogs, [], 'no alert, confirm or prompt ever fired');
     t.strictSame(pageErrors, [], 'no uncaught error in the page');

@@ -7,18 +7,26 @@ import { optionalSection } from './optionalSection.js';
 export function expectedNetworksSection(who, keyId, canWrite) {
   const text = el('textarea', { id: 'expected-networks', rows: 3, 'aria-label': 'Expected networks, one CIDR per line', readonly: !canWrite });
   const saved = el('span', { 'aria-live': 'polite' });
+  // The value last shown from the server: the field is the person's own once it differs (an edit
+  // not saved, or refused), and a refresh leaves it alone.
+  let shown = '';
+  text.addEventListener('input', () => setText(saved, ''));
   const save = el('button', {
     type: 'button',
     text: 'Save networks',
-    onclick: () =>
-      section.guard(async () => {
-        const expectedNetworks = text.value
-          .split('\n')
-          .map((line) => line.trim())
-          .filter(Boolean);
-        await api('PATCH', orgPath(who, `/${keyId}`), { body: { expectedNetworks } });
-        setText(saved, 'Saved');
-      }),
+    onclick: async () => {
+      setText(saved, '');
+      const edited = text.value;
+      const expectedNetworks = edited
+        .split('\n')
+        .map((line) => line.trim())
+        .filter(Boolean);
+      const done = await section.guard(() => api('PATCH', orgPath(who, `/${keyId}`), { body: { expectedNetworks } }));
+      if (!done) return;
+      // Saved: the next refresh shows the server's normalised form.
+      if (text.value === edited) shown = edited;
+      setText(saved, 'Saved');
+    },
   });
   const section = optionalSection({
     id: 'networks',
@@ -30,8 +38,8 @@ export function expectedNetworksSection(who, keyId, canWrite) {
         body.replaceChildren(el('p', { class: 'note', text: 'Not available yet: this server has no expected networks on keys.' }));
         return;
       }
-      // Never overwrite what the person is typing.
-      if (document.activeElement !== text) text.value = (key.expectedNetworks ?? []).join('\n');
+      // Never overwrite what the person is typing, nor an edit they have not saved.
+      if (document.activeElement !== text && text.value === shown) text.value = shown = (key.expectedNetworks ?? []).join('\n');
       if (!body.contains(text)) body.replaceChildren(text, ...(canWrite ? [save, saved] : []));
     },
   });

@@ -7,19 +7,24 @@ export function optionalSection({ id, title, endpoint, load, missing = routeMiss
   const body = el('div', { class: 'section-body' });
   const note = el('p', { class: 'note', hidden: true });
   const element = el('section', { id, class: 'optional', 'aria-labelledby': `${id}-heading` }, [el('h2', { id: `${id}-heading`, text: title }), note, body]);
-  // Runs `task`; a missing route or any other API error becomes the section's note.
-  const guard = async (task) => {
+  // Which kind of task the note is from: the periodic refresh, or an action the person took.
+  let noteFrom;
+  // Runs `task`; a missing route or any other API error becomes the section's note. A refresh
+  // that works clears only a refresh's note: an action's error stays until the next action, or it
+  // vanished within the 5 s refresh, before anyone read it.
+  const guard = async (task, from = 'action') => {
     try {
       await task();
-      note.hidden = true;
+      if (from === 'action' || noteFrom === 'refresh') note.hidden = true;
       return true;
     } catch (error) {
       note.hidden = false;
+      noteFrom = from;
       element.dataset.available = missing(error) ? 'false' : 'error';
       setText(note, missing(error) ? `Not available yet: this server has no ${endpoint}.` : error.message);
       return false;
     }
   };
-  const refresh = () => guard(() => load(body));
+  const refresh = () => guard(() => load(body), 'refresh');
   return { element, refresh, guard };
 }
