@@ -131,6 +131,10 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
   await signIn(page, `ku_${'0'.repeat(32)}_${'B'.repeat(43)}`);
   await page.locator('#sign-in-error:not(:empty)').waitFor();
   t.equal(await page.textContent('#sign-in-error'), UNAUTHORIZED_MESSAGE, 'a wrong key shows the API message');
+  // Pasted with the typographic quotes of a document it was sent in.
+  await signIn(page, `“${system.adminKey}”`);
+  await page.locator('#sign-in-error', { hasText: 'not an API key' }).waitFor({ timeout: 5000 });
+  t.match(await page.textContent('#sign-in-error'), /quotes or spaces/, 'a key with characters no key has says so, not that the API is unreachable');
 
   await signIn(page, system.adminKey);
   await page.locator(`tr[data-key-id="${keys.unused.id}"]`).waitFor();

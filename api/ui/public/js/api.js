@@ -21,7 +21,14 @@ export class ApiError extends Error {
   }
 }
 
+// A key is printable ASCII. Anything else (typographic quotes copied with it, a space inside) made
+// fetch throw on the header, which read as "The API could not be reached".
+const NOT_IN_A_KEY = /[^\x21-\x7e]/;
+
 export async function api(method, path, { body, key = sessionKey() } = {}) {
+  if (key && NOT_IN_A_KEY.test(key)) {
+    throw new ApiError(0, 'invalid_key', 'This is not an API key: it has characters no key has (quotes or spaces copied with it?)', key);
+  }
   const headers = { accept: 'application/json' };
   if (key) headers.authorization = `Bearer ${key}`;
   if (body !== undefined) headers['content-type'] = 'application/json';
