@@ -363,7 +363,6 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await tab.close();
   });
 
-  // Subtests run in turn once this body has returned, so the whole session is checked in the last.
   // The section's note showed the PATCH's 400 until the next 5 s refresh cleared it, and the
   // refresh put the server's networks back over the refused edit: both gone before anyone read them.
   t.test('a refused save of expected networks keeps its error and the edit past the next refresh', async (t) => {
@@ -389,6 +388,7 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await tab.close();
   });
 
+  // Subtests run in turn once this body has returned, so the whole session is checked in the last.
   t.test('nothing fired a dialog or an uncaught error, and the page never crashed', async (t) => {
     t.strictSame(dialogs, [], 'no alert, confirm or prompt ever fired');
     t.strictSame(pageErrors, [], 'no uncaught error in the page');
