@@ -270,12 +270,18 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await early.close();
   });
 
-  t.test('rotating the signed-in key, then signing out before the answer, keeps the new secret out of the tab', async (t) => {
-    const own = await createKey(system, 'demo-rotate-then-leave', ['keys:read', 'keys:write']);
+  // A tab signed in with a key of its own that may manage keys, on that key's page.
+  const onOwnKeyPage = async (name: string) => {
+    const own = await createKey(system, name, ['keys:read', 'keys:write']);
     const tab = await context.newPage();
     await tab.goto(`${system.api.baseUrl}/`);
     await signIn(tab, own.key);
     await tab.goto(`${system.api.baseUrl}/#/key/${own.id}`);
+    return { own, tab };
+  };
+
+  t.test('rotating the signed-in key, then signing out before the answer, keeps the new secret out of the tab', async (t) => {
+    const { own, tab } = await onOwnKeyPage('demo-rotate-then-leave');
     const rotation = await holdRequests(tab, new RegExp(`/${own.id}/rotate$`));
     await tab.click('#rotate');
     await rotation.sent();
@@ -302,11 +308,7 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
   });
 
   t.test('rotating with no grace period asks first, and a refresh still using the old secret does not sign out', async (t) => {
-    const own = await createKey(system, 'demo-rotate-now', ['keys:read', 'keys:write']);
-    const tab = await context.newPage();
-    await tab.goto(`${system.api.baseUrl}/`);
-    await signIn(tab, own.key);
-    await tab.goto(`${system.api.baseUrl}/#/key/${own.id}`);
+    const { own, tab } = await onOwnKeyPage('demo-rotate-now');
     await tab.locator('#rotate').waitFor();
     // A periodic refresh, sent with the secret about to be rotated away and answered only after.
     const refresh = await holdRequests(tab, new RegExp(`/usage\\?keyId=${own.id}$`));
@@ -366,11 +368,7 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
   // The section's note showed the PATCH's 400 until the next 5 s refresh cleared it, and the
   // refresh put the server's networks back over the refused edit: both gone before anyone read them.
   t.test('a refused save of expected networks keeps its error and the edit past the next refresh', async (t) => {
-    const own = await createKey(system, 'demo-networks', ['keys:read', 'keys:write']);
-    const tab = await context.newPage();
-    await tab.goto(`${system.api.baseUrl}/`);
-    await signIn(tab, own.key);
-    await tab.goto(`${system.api.baseUrl}/#/key/${own.id}`);
+    const { tab } = await onOwnKeyPage('demo-networks');
     const field = tab.locator('#expected-networks');
     const note = tab.locator('#networks > p.note');
     await field.fill('not-a-cidr');
