@@ -178,6 +178,23 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await rowsShown(page, (n) => n > 1);
   });
 
+  // Keys leaving the filter while its second page is shown left an empty page, "51–49 of 49 keys".
+  t.test('a page past the end after keys leave the filter moves back to the last page with keys', async (t) => {
+    for (let i = 0; i < 51; i++) await createKey(system, `pager-${i}`, ['keys:read']);
+    const status = page.locator('.page-status');
+    await page.fill('#key-search', 'pager-');
+    await status.filter({ hasText: /^1–50 of 51 keys$/ }).waitFor();
+    await page.click('.pager button:has-text("Next")');
+    await status.filter({ hasText: /^51–51 of 51 keys$/ }).waitFor();
+    await system.db('api_keys').where({ org_id: system.org.id }).whereIn('name', ['pager-0', 'pager-1']).update({ name: 'paged-out' });
+    await status.filter({ hasText: /^1–49 of 49 keys$/ }).waitFor({ timeout: 10_000 });
+    t.equal(await page.locator('#keys-table tbody tr').count(), 49, 'the last page with keys is shown');
+    t.ok(await page.locator('.pager button:has-text("Previous")').isDisabled(), 'on the first page');
+    await system.db('api_keys').where({ org_id: system.org.id }).where('name', 'like', 'page%').del();
+    await page.fill('#key-search', '');
+    await rowsShown(page, (n) => n > 1 && n < 50);
+  });
+
   // A refresh started by a filter or the pager showed no error: a 400 (or a 401) went unseen.
   t.test("a search the API refuses shows the API's message, and it clears once a search works", async (t) => {
     // An earlier search's answer, held back until the refused one is shown, lands after it: a

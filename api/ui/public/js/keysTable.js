@@ -117,6 +117,12 @@ export function createKeysView({ who, onFresh, requestRefresh }) {
       throw error;
     }
     if (asked.ticket !== latest) return STALE;
+    // Keys left the filter since the page was turned (used again, out of "Dormant only", or
+    // renamed): the page past its end is empty, so the last page that has keys is asked for.
+    if (asked.offset > 0 && asked.offset >= body.page.total) {
+      offset = Math.floor(Math.max(0, body.page.total - 1) / PAGE_SIZE) * PAGE_SIZE;
+      return refresh();
+    }
     render(body.data);
     const last = Math.min(body.page.total, asked.offset + body.data.length);
     setText(status, body.page.total === 0 ? 'No keys match.' : `${count(asked.offset + 1)}–${count(last)} of ${count(body.page.total)} keys`);
