@@ -231,8 +231,13 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
   });
 
   t.test('revoking through the page makes the API refuse the key', async (t) => {
+    // A right-to-left override stored before the API refused it: in the confirmation it reversed
+    // the rest of the sentence ("will be refused with 401") unless the name is isolated.
+    const name = 'demo-\u202Erevoke-me';
+    await system.db('api_keys').where({ id: keys.target.id }).update({ name });
     await page.goto(`${system.api.baseUrl}/#/key/${keys.target.id}`);
     await page.click('#revoke');
+    t.match(await page.locator('dialog[open] p').textContent(), `“\u2068${name}\u2069” (`, 'the name is isolated in the confirmation');
     await page.click('dialog[open] button[value=yes]');
     await page.locator('#key-actions', { hasText: 'This key is revoked' }).waitFor();
     t.equal((await system.api.request('GET', '/api/whoami', { key: keys.target.key })).status, 401);

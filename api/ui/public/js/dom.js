@@ -25,6 +25,14 @@ export function svg(tag, attributes = {}, children = []) {
   return node;
 }
 
+// A name from the API quoted inside a sentence, between U+2068 and U+2069 (first-strong isolate,
+// pop directional isolate): a bidirectional control in it (one stored before the API refused
+// them, or a mark it accepts) then cannot reorder the rest of the sentence, such as a
+// confirmation's "will be refused with 401".
+export function isolate(name) {
+  return `\u2068${name}\u2069`;
+}
+
 // Writes only what changed: a refresh leaves untouched nodes alone (no flicker, selection kept).
 export function setText(node, text) {
   const value = String(text);

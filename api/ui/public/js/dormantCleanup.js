@@ -1,5 +1,5 @@
 import { api, orgPath } from './api.js';
-import { el, setText } from './dom.js';
+import { el, isolate, setText } from './dom.js';
 import { relative } from './format.js';
 import { confirmDialog } from './confirmDialog.js';
 import { optionalSection } from './optionalSection.js';
@@ -21,7 +21,7 @@ export function dormantSection(who, canWrite) {
       const page = await api('GET', orgPath(who, `/usage?dormant=true&dormantDays=${Number(days.value) || 30}&sort=lastUsedAt&limit=50`));
       list.replaceChildren(
         ...page.data.map((key) =>
-          el('li', {}, [el('a', { href: `#/key/${key.id}`, text: key.name }), ` · ${key.status} · last use ${relative(key.lastUsedAt)}`]),
+          el('li', {}, [el('a', { href: `#/key/${key.id}`, text: isolate(key.name) }), ` · ${key.status} · last use ${relative(key.lastUsedAt)}`]),
         ),
       );
       setText(
@@ -40,7 +40,7 @@ export function dormantSection(who, canWrite) {
       const keys = result.keys;
       setText(
         outcome,
-        `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map((key) => key.name ?? key.id).join(', ') || 'none'}`,
+        `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map((key) => isolate(key.name ?? key.id)).join(', ') || 'none'}`,
       );
     });
   const preview = el('button', { type: 'button', text: 'Preview clean-up (dry run)', onclick: () => run(true) });
@@ -53,7 +53,7 @@ export function dormantSection(who, canWrite) {
     onclick: () =>
       section.guard(async () => {
         const { keys } = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun: true } });
-        const names = keys.map((key) => key.name ?? key.id).join(', ') || 'none';
+        const names = keys.map((key) => isolate(key.name ?? key.id)).join(', ') || 'none';
         const message = `Revoke these ${keys.length} key${keys.length === 1 ? '' : 's'}, unused for ${days.value} days: ${names}? Their holders get 401 from now on.`;
         // The API takes 10,000 ids at most; past that the apply selects again.
         const keyIds = keys.length <= MAX_KEY_IDS ? keys.map((key) => key.id) : undefined;

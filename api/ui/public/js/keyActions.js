@@ -1,5 +1,5 @@
 import { api, orgPath } from './api.js';
-import { el, setText } from './dom.js';
+import { el, isolate, setText } from './dom.js';
 import { exact } from './format.js';
 import { confirmDialog } from './confirmDialog.js';
 import { keepSessionKey, sessionKey } from './session.js';
@@ -73,7 +73,7 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
     onclick: act(async () => {
       const gracePeriodSeconds = Number(grace.value);
       if (gracePeriodSeconds === 0) {
-        const message = `Every holder of the current secret of “${key.name}” (${key.displayPrefix}) will be refused with 401 from now on, until they get the new one.`;
+        const message = `Every holder of the current secret of “${isolate(key.name)}” (${key.displayPrefix}) will be refused with 401 from now on, until they get the new one.`;
         if (!(await confirmDialog({ title: 'Rotate with no grace period?', message, confirmLabel: 'Rotate now' }))) return;
       }
       const signedInWith = sessionKey();
@@ -90,7 +90,7 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
     class: 'danger',
     text: 'Revoke…',
     onclick: act(async () => {
-      const message = `Every request with “${key.name}” (${key.displayPrefix}) will be refused with 401 from now on.${own ? ' It is the key you are signed in with: you will be signed out.' : ''}`;
+      const message = `Every request with “${isolate(key.name)}” (${key.displayPrefix}) will be refused with 401 from now on.${own ? ' It is the key you are signed in with: you will be signed out.' : ''}`;
       if (!(await confirmDialog({ title: 'Revoke this key?', message, confirmLabel: 'Revoke' }))) return;
       await api('POST', orgPath(who, `/${key.id}/revoke`));
       if (own && sessionKey()) onSignedOut();
