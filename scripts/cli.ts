@@ -437,10 +437,13 @@ function pepperSource(id: string | null, deps: CliDeps): { rank: number; source:
 // A data subject's erasure request: every address kept for the key, and an audit entry saying so.
 async function eraseIps(command: { orgId: string; keyId: string; json: boolean }, deps: CliDeps): Promise<void> {
   await requireOrganization(deps.db, command.orgId);
-  if (!(await findApiKeyInOrg(deps.db, command.orgId, command.keyId)))
-    throw new AppError('not_found', `API key ${command.keyId} not found in organization ${command.orgId}`);
+  // A key deleted by SQL leaves addresses in its webhook deliveries and in the audit entries it
+  // made (neither cascades from the key): an erasure request for it still finds them.
+  const exists = (await findApiKeyInOrg(deps.db, command.orgId, command.keyId)) !== undefined;
   const erased = await deps.db.transaction(async (trx) => {
     const counts = await eraseKeyIps(trx, command.orgId, command.keyId);
+    if (!exists && Object.values(counts).every((count) => count === 0))
+      throw new AppError('not_found', `API key ${command.keyId} not found in organization ${command.orgId}`);
     await recordAudit(trx, {
       orgId: command.orgId,
       actor: { type: 'cli' },
@@ -452,7 +455,7 @@ async function eraseIps(command: { orgId: string; keyId: string; json: boolean }
     return counts;
   });
   if (command.json) return printJson(deps, erased);
-  deps.out(`Erased the IP addresses of API key ${command.keyId}:`);
+  deps.out(`Erased the IP addresses of API key ${command.keyId}${exists ? '' : ` (deleted: those its rows left in organization ${command.orgId})`}:`);
   deps.out(table([['TABLE', 'ERASED'], ...Object.entries(erased).map(([name, count]) => [name, String(count)])]));
   deps.out('Uses still in flight (up to one collector flush) may record an address again.');
 }

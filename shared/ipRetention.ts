@@ -7,7 +7,8 @@ import { deltaIpsSql, lockOrgFolds } from './usageLogDelta';
 // hourly) and `npm run cli -- key erase-ips` cover all of them. A new table or column holding IPs
 // joins this list, and both follow.
 //   rows:    the row exists only for its address: deleted.
-//   columns: the address is one field of a row that stays: set to null.
+//   columns: the address is one field of a row that stays: set to null, or to `erasedTo` (an SQL
+//            expression) where the column cannot be null.
 //   details: key events and the webhook deliveries made of them keep the event and its other
 //            details; the fields in IP_DETAIL_FIELDS become JSON null.
 //   log:     a usage log row not yet folded keeps its counts; its addresses go (usageLogDelta).
@@ -16,7 +17,7 @@ import { deltaIpsSql, lockOrgFolds } from './usageLogDelta';
 
 export type IpHolder =
   | { kind: 'rows'; table: string; keyColumn: string; seenColumn: string }
-  | { kind: 'columns'; table: string; keyColumn: string; columns: Array<{ ip: string; seenColumn: string }> }
+  | { kind: 'columns'; table: string; keyColumn: string; columns: Array<{ ip: string; seenColumn: string; erasedTo?: string }> }
   | { kind: 'details'; table: string; keyColumn: string; seenColumn: string; column: string; path: string | null; dedupe?: { column: string; erased: string } }
   | { kind: 'log'; table: string; keyColumn: string; seenColumn: string; column: string };
 
@@ -26,6 +27,10 @@ export const IP_HOLDERS: readonly IpHolder[] = [
   // The networks key.new_ip remembers, with the first address seen in each: forgetting one means
   // a later use from it is reported as new again.
   { kind: 'rows', table: TABLE.ipHistory, keyColumn: 'key_id', seenColumn: 'last_seen' },
+  // A network still in use keeps its row, whose first address was seen when the network was: kept
+  // by last_seen alone, it outlived the setting for as long as anyone in the network used the key
+  // (and a deferred key.new_ip raised later carried it). It becomes the network's own address.
+  { kind: 'columns', table: TABLE.ipHistory, keyColumn: 'key_id', columns: [{ ip: 'first_ip', seenColumn: 'first_seen', erasedTo: 'host(prefix)' }] },
   {
     kind: 'columns',
     table: TABLE.usage,
@@ -89,22 +94,23 @@ function detailsSql(holder: Extract<IpHolder, { kind: 'details' }>) {
 async function erase(db: Db, where: (query: Query, keyColumn: string, seenColumn: string) => Query): Promise<ErasedIps> {
   const erased: ErasedIps = {};
   for (const holder of IP_HOLDERS) {
+    erased[holder.table] ??= 0;
     if (holder.kind === 'rows') {
-      erased[holder.table] = await where(db(holder.table), holder.keyColumn, holder.seenColumn).del();
+      erased[holder.table] += await where(db(holder.table), holder.keyColumn, holder.seenColumn).del();
     } else if (holder.kind === 'log') {
       const sql = deltaIpsSql(holder.column);
-      erased[holder.table] = await where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn).update({
+      erased[holder.table] += await where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn).update({
         [holder.column]: db.raw(sql.erased),
       });
     } else if (holder.kind === 'details') {
       const sql = detailsSql(holder);
       const query = where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn);
       const dedupe = holder.dedupe ? { [holder.dedupe.column]: db.raw(holder.dedupe.erased) } : {};
-      erased[holder.table] = await query.update({ [holder.column]: db.raw(sql.erased), ...dedupe });
+      erased[holder.table] += await query.update({ [holder.column]: db.raw(sql.erased), ...dedupe });
     } else {
-      erased[holder.table] = 0;
-      for (const column of holder.columns) {
-        erased[holder.table] += await where(db(holder.table).whereNotNull(column.ip), holder.keyColumn, column.seenColumn).update({ [column.ip]: null });
+      for (const { ip, seenColumn, erasedTo } of holder.columns) {
+        const holding = erasedTo === undefined ? db(holder.table).whereNotNull(ip) : db(holder.table).whereRaw(`${ip} <> ${erasedTo}`);
+        erased[holder.table] += await where(holding, holder.keyColumn, seenColumn).update({ [ip]: erasedTo === undefined ? null : db.raw(erasedTo) });
       }
     }
   }
@@ -119,5 +125,11 @@ export function expireIpData(db: Db, retentionDays: number): Promise<ErasedIps> 
 /** One key's IP history, whatever its age (a data subject's erasure request). In a transaction: it holds off the org's folds. */
 export async function eraseKeyIps(trx: Db, orgId: string, keyId: string): Promise<ErasedIps> {
   await lockOrgFolds(trx, orgId);
-  return erase(trx, (query, keyColumn) => query.whereRaw(`${keyColumn} = ?`, [keyId]));
+  // A flush and the time sweep lock the key's totals row before its address rows; the erasure
+  // deletes address rows first, so without this a flush of the key between two of its statements
+  // deadlocked with it (one of them aborted by PostgreSQL).
+  await trx(TABLE.usage).where({ org_id: orgId, key_id: keyId }).forUpdate().select(trx.raw('1'));
+  // By org as well as key: the CLI erases for a key id that no longer exists (a deleted key leaves
+  // its webhook deliveries and audit entries), and then only its own org's rows may be taken.
+  return erase(trx, (query, keyColumn) => query.whereRaw(`org_id = ? and ${keyColumn} = ?`, [orgId, keyId]));
 }

@@ -188,6 +188,53 @@ t.test('IP_RETENTION_DAYS: every table loses addresses older than the setting, a
   await t.rejects(db('audit_log').update({ ip: '203.0.113.1' }), /append-only/, 'the audit log allows erasing an address, nothing else');
 });
 
+t.test('IP_RETENTION_DAYS: a network still in use keeps its row, but not the first address seen in it when that is older', async (t) => {
+  const { db, acme } = await world(t);
+  const history = (firstIp: string, firstSeenDaysAgo: number) =>
+    db.raw('insert into api_key_ip_history (org_id, key_id, prefix, first_ip, first_seen, last_seen) values (?, ?, network(cast(? as inet)), ?, ?, ?)', [
+      acme.org.id,
+      acme.adminKeyId,
+      `${firstIp}/24`,
+      firstIp,
+      new Date(Date.now() - firstSeenDaysAgo * DAY_MS),
+      new Date(Date.now() - DAY_MS),
+    ]);
+  await history('192.0.2.57', 100);
+  await history('198.51.100.7', 10);
+  t.same((await expireIpData(db, 90)).api_key_ip_history, 1, 'one address erased');
+  const rows = await db('api_key_ip_history')
+    .where({ key_id: acme.adminKeyId })
+    .orderBy('first_ip')
+    .select(db.raw('cast(prefix as text) as prefix'), 'first_ip');
+  t.same(
+    rows.map((row) => `${row.prefix} ${row.first_ip}`),
+    ['192.0.2.0/24 192.0.2.0', '198.51.100.0/24 198.51.100.7'],
+    'first seen 100 days ago: the network stays remembered under its own address; 10 days ago: kept',
+  );
+  t.same((await expireIpData(db, 90)).api_key_ip_history, 0, 'erased once');
+});
+
+t.test('key erase-ips beside a flush of the same key: both finish, in the flush order (totals row first), no deadlock', async (t) => {
+  const { db, acme } = await world(t);
+  await seedIps(db, acme.org.id, acme.adminKeyId, '192.0.2.1', 1);
+  const key = { org_id: acme.org.id, key_id: acme.adminKeyId };
+  const flush = await db.transaction();
+  await flush('api_key_usage').where(key).increment('request_count', 1);
+  const erasure = db.transaction((trx) => eraseKeyIps(trx, acme.org.id, acme.adminKeyId));
+  await waitFor('the erasure to wait for the flush', async () =>
+    (await db.raw('select count(*)::int as n from pg_locks where not granted')).rows[0].n > 0 ? true : undefined,
+  );
+  // The flush's next statement: the key's address row, which the erasure deletes.
+  const seen = new Date();
+  await flush('api_key_recent_ips')
+    .insert({ ...key, ip: '192.0.2.1', first_seen: seen, last_seen: seen, request_count: 1 })
+    .onConflict(['org_id', 'key_id', 'ip'])
+    .merge({ last_seen: seen });
+  await flush.commit();
+  t.same((await erasure).api_key_recent_ips, 1, 'the erasure ran after the flush, and took the address it wrote');
+  t.same(await db('api_key_recent_ips').where(key).pluck('ip'), []);
+});
+
 t.test("key erase-ips: one key, every table, recorded in the audit log; another org's key is not found", async (t) => {
   const { db, acme, otherKeyId } = await world(t);
   await seedIps(db, acme.org.id, acme.adminKeyId, '192.0.2.1', 1);
@@ -211,4 +258,17 @@ t.test("key erase-ips: one key, every table, recorded in the audit log; another 
   t.equal(await cli('key', 'erase-ips', globex[0].id, acme.adminKeyId), 1, 'a key of another org');
   t.match(err.join('\n'), /not found/);
   t.same(await eraseKeyIps(db, acme.org.id, acme.adminKeyId), NOTHING_ERASED, 'nothing left');
+});
+
+t.test('key erase-ips for a key deleted by SQL: the addresses its webhook deliveries and audit entries kept go too', async (t) => {
+  const { db, acme, otherKeyId } = await world(t);
+  await seedIps(db, acme.org.id, otherKeyId, '192.0.2.2', 1);
+  await db('api_keys').where({ id: otherKeyId }).del();
+  const out: string[] = [];
+  const cli = (...argv: string[]) => runCli(argv, { db, pepper: 'p'.repeat(32), now: Date.now, out: (text) => out.push(text), err: () => undefined });
+  t.equal(await cli('key', 'erase-ips', acme.org.id, otherKeyId), 0);
+  t.match(out.join('\n'), /deleted/);
+  const left = await ipsOf(db, otherKeyId);
+  t.same([left.audit, left.deliveries], [[null], ERASED_DETAILS], 'the rows that outlive the key hold no address');
+  t.equal(await cli('key', 'erase-ips', acme.org.id, otherKeyId), 1, 'erased: a second request finds no such key');
 });
