@@ -11,8 +11,14 @@ export interface BenchServer {
   url: string;
 }
 
+// Load only ever goes to loopback: a COLLECTOR_HOST exported in the shell that runs the bench
+// sent the `on` and `hotshots` servers' datagrams to it (a datagram per request for hotshots).
+export function benchServerEnv(variant: string, env: Record<string, string>, parent: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  return { ...parent, LOG_LEVEL: 'warn', ...env, COLLECTOR_HOST: '127.0.0.1', BENCH_VARIANT: variant };
+}
+
 export async function startBenchServer(variant: string, env: Record<string, string>): Promise<BenchServer> {
-  const child = spawnTsx(`server:${variant}`, 'bench/server.ts', { ipc: true, env: { ...process.env, LOG_LEVEL: 'warn', ...env, BENCH_VARIANT: variant } });
+  const child = spawnTsx(`server:${variant}`, 'bench/server.ts', { ipc: true, env: benchServerEnv(variant, env) });
   const { port } = await waitForMessage<{ port: number }>(child, (m) => m?.ready === true, 30_000);
   return { child, variant, port, url: `http://127.0.0.1:${port}` };
 }
