@@ -12,6 +12,7 @@ import { captureMainStatement, explainStatement, type CapturedStatement } from '
 import { fmt, type BenchResult } from './lib/report';
 import { interleavedSchedule, median, summarize } from './lib/stats';
 import { SEED_SHAPE, seedTenants } from './lib/usageSeed';
+import { DAY_MS } from '../shared/timeUnits';
 
 // Benchmark 5. Many orgs of many keys with 30 days of hourly buckets (bench/lib/usageSeed.ts),
 // served by the real app (a bench/server.ts process with tracking off) and read over HTTP one
@@ -34,7 +35,6 @@ const QUICK: Plan = { orgs: 3, keysPerOrg: 300, runs: 2, rounds: 5, runBudgetMs:
 const PREFIX = 'endpoint-';
 // Key 100 of each org is one of its hot keys (usageSeed.ts): 720 buckets in the 30-day series.
 const SERIES_KEY = 100;
-const DAY_MS = 86_400_000;
 
 interface Tenant {
   orgId: string;

@@ -6,6 +6,7 @@ import type { BenchContext } from './lib/context';
 import { walPosition, walSince } from './lib/database';
 import { fmt, type BenchResult } from './lib/report';
 import { median } from './lib/stats';
+import { HOUR_MS } from '../shared/timeUnits';
 
 // Benchmark 4c. What the upkeep's hour move (collector/hourMove.ts) costs when every key was used
 // in the hour that closed: N current-hour rows, in one org or spread over many, moved into the
@@ -29,7 +30,6 @@ interface Sample {
   longestStatementMs: number;
 }
 
-const HOUR_MS = 3_600_000;
 const SCRATCH_KEYS = 'bench_hourmove_keys';
 const shapeName = ({ keys, orgs }: Shape) => `${fmt.int(keys)} keys in ${fmt.int(orgs)} org${orgs === 1 ? '' : 's'}`;
 

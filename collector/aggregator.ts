@@ -3,6 +3,7 @@
 import { HEX_LOWER, OUTCOMES, UUID_LENGTH, uuidForm, zeroOutcomes, type Outcome, type UsageSample } from '../shared/usageWire';
 import { NOT_LISTED, type KeyList } from './keyList';
 import { PendingKey, TimeBase } from './pendingKey';
+import { HOUR_MS } from '../shared/timeUnits';
 
 export interface IpStat {
   count: number;
@@ -62,7 +63,6 @@ export interface AggregatorOptions {
   now: () => number;
 }
 
-const HOUR_MS = 3_600_000;
 const REFUSED = -1;
 // A key the aggregator does not take because its ids are not lower-case UUIDs (see #admission).
 const MALFORMED = -2;

@@ -4,7 +4,8 @@
 // never used again. The networks stay known meanwhile, so a use from one raises nothing twice.
 import type { Knex } from 'knex';
 import type { PoolClient } from 'pg';
-import { deferredNetworkEvents, HOUR_MS, type DeferredNetwork } from './eventRules';
+import { HOUR_MS } from '../shared/timeUnits';
+import { deferredNetworkEvents, type DeferredNetwork } from './eventRules';
 import { TABLE } from '../shared/tables';
 
 export type NetworkOfKey = Pick<DeferredNetwork, 'orgId' | 'keyId' | 'prefix'>;

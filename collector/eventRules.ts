@@ -5,6 +5,7 @@ import { BlockList, isIPv4 } from 'node:net';
 import type { EventType } from '../shared/keyEvents';
 import { provenCount } from '../shared/usageWire';
 import type { KeyUsageDelta } from './aggregator';
+import { DAY_MS, HOUR_MS } from '../shared/timeUnits';
 
 export interface KeyEvent {
   orgId: string;
@@ -49,9 +50,7 @@ export interface KeyFacts {
   newIpEventsByHour: ReadonlyMap<number, number>;
 }
 
-export const HOUR_MS = 3_600_000;
 export const BASELINE_DAYS = 7;
-const DAY_MS = 86_400_000;
 
 const hourOf = (ms: number) => ms - (ms % HOUR_MS);
 const hourIso = (ms: number) => new Date(hourOf(ms)).toISOString();

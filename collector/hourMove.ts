@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import { OUTCOMES } from '../shared/usageWire';
 import { TABLE } from '../shared/tables';
+import { HOUR_MS } from '../shared/timeUnits';
 
 // Moves closed hours from api_key_usage_current_hours, where the flush adds to them (HOT
 // updates), into api_key_usage_hourly, where the usage page's window sums read them index-only
@@ -24,7 +25,6 @@ import { TABLE } from '../shared/tables';
  */
 export const HOUR_MOVE = { intervalMs: 5 * 60_000, graceMs: 5 * 60_000, chunkRows: 50_000 } as const;
 
-const HOUR_MS = 3_600_000;
 const COLUMNS = ['org_id', 'key_id', 'hour', 'request_count', ...OUTCOMES.map((outcome) => `${outcome}_count`)];
 const COUNTS = COLUMNS.slice(3);
 

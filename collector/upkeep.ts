@@ -7,13 +7,13 @@ import { expireOldEvents } from './eventStore';
 import { closedBefore, HOUR_MOVE, moveClosedHours } from './hourMove';
 import type { UsageStore } from './usageStore';
 import { createWebhookWorker } from './webhookWorker';
+import { HOUR_MS } from '../shared/timeUnits';
 
 // The collector's work beside ingest: the webhook worker that delivers the outbox key events
 // fill (docs/webhooks.md), the sweep for dormant and expiring keys, the move of closed hours into
 // the hourly buckets, and the hourly retention cleanup. With several receiving processes only one
 // of them runs it.
 
-const HOUR_MS = 3_600_000;
 // Retention ran only an hour after start: a collector restarted more often than that (a crash
 // loop, short-lived sidecars) never erased an address or expired a row. A minute lets the start
 // settle first.

@@ -15,6 +15,7 @@ import { eraseKeyIps } from '../shared/ipRetention';
 import { redactKeyMaterial } from '../shared/logger';
 import { exitWhenDone } from './lib/commandExit';
 import { postmasterPid, startLocalPostgres } from './lib/localPostgres';
+import { DAY_MS } from '../shared/timeUnits';
 
 // `npm run cli -- <command>`: the operator's bootstrap tool. runCli() holds the command logic and
 // takes its database, output streams, pepper and clock as arguments so tests run it in-process;
@@ -383,8 +384,6 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
     deps.out(`To revoke exactly these (those still dormant then), for good: --apply --key-ids ${ids}`);
   }
 };
-
-const DAY_MS = 86_400_000;
 
 // The CLI knows only its own environment: run where the API records no uses (USAGE_TRACKING=false
 // there, or a collector that has not written for longer than --days), every key looks unused, and

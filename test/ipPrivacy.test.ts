@@ -9,11 +9,10 @@ import { seedOrg, startTestApi } from './helpers/api';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
 import { waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
+import { DAY_MS } from '../shared/timeUnits';
 
 // Client IPs are personal data: IP_TRUNCATE keeps only the network, IP_RETENTION_DAYS bounds how
 // long any address is kept (every table that holds one), and `key erase-ips` erases one key's.
-
-const DAY_MS = 86_400_000;
 
 t.test('truncateIp: IPv4 to its /24, IPv6 to its /48, anything else untouched', async (t) => {
   const cases: Array<[string, string]> = [

@@ -12,8 +12,7 @@ import { sendDatagrams, startTestCollector } from './helpers/collector';
 import { waitFor } from '../harness/wait';
 import { freshDatabase, hourRows } from './helpers/database';
 import { seedKeys } from './helpers/faults';
-
-const HOUR_MS = 3_600_000;
+import { HOUR_MS } from '../shared/timeUnits';
 
 async function loopbackUpstream(t: Test) {
   const socket = dgram.createSocket('udp4');

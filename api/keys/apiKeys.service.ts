@@ -20,6 +20,7 @@ import { idString, isoTime, listOf, offsetPage } from '../responses';
 import { SCOPES, type Scope } from './scopes';
 import { requireKeyInOrg } from './requireKeyInOrg';
 import { lockOrgFor } from '../orgs/orgs.repository';
+import { DAY_MS } from '../../shared/timeUnits';
 
 export const KEY_STATUSES = ['active', 'expired', 'revoked'] as const;
 export type KeyStatus = (typeof KEY_STATUSES)[number];
@@ -81,8 +82,6 @@ export function toApiKeyView(key: ApiKeyRecord, now: number): ApiKeyView {
     expectedNetworks: key.expectedNetworks,
   };
 }
-
-const DAY_MS = 86_400_000;
 
 // An empty list would mean "expected nowhere", which no one means: it is stored as no list.
 const networksOrNull = (networks: string[] | null | undefined) => (networks && networks.length > 0 ? networks : null);

@@ -5,6 +5,7 @@ import { OUTCOMES, type Outcome } from '../../shared/usageWire';
 import type { KeyStatus } from '../keys/apiKeys.service';
 import type { Scope } from '../keys/scopes';
 import { hourBuckets, IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../../shared/tables';
+import { DAY_MS } from '../../shared/timeUnits';
 
 export type UsageSort = 'createdAt' | 'lastUsedAt' | 'requestCount';
 
@@ -91,9 +92,6 @@ const dailyColumns = Array.from(
   { length: SPARKLINE_DAYS },
   (_, i) => `cast(coalesce(sum(h.request_count) filter (where h.hour >= :day${i} and h.hour < :day${i + 1}), 0) as text)`,
 ).join(', ');
-
-const HOUR_MS = 3_600_000;
-const DAY_MS = 24 * HOUR_MS;
 
 // Every bound of the windows as a value, computed here once: written in SQL as
 // `cast(:now as timestamptz) - interval '7 days'`, each is a timezone-aware function call that

@@ -8,8 +8,8 @@ import { SCOPES } from '../keys/scopes';
 import { count, idString, isoTime, offsetPage } from '../responses';
 import { requireKeyInOrg } from '../keys/requireKeyInOrg';
 import { keyTimeSeries, listKeyUsage, type Granularity, type KeyUsageRecord, type UsageSort } from './usage.repository';
+import { DAY_MS, HOUR_MS } from '../../shared/timeUnits';
 
-const DAY_MS = 86_400_000;
 const MAX_SERIES_POINTS = 24 * 93;
 
 const isoOrNull = (date: Date | null) => (date ? date.toISOString() : null);
@@ -160,7 +160,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       const from = query.from ?? new Date(to.getTime() - 7 * DAY_MS);
       if (from.getTime() > to.getTime()) throw new InvalidInputError('from: must not be after to');
       // The buckets that start before `to`, from the one holding `from` (and that one at least).
-      const step = query.granularity === 'hour' ? 3_600_000 : DAY_MS;
+      const step = query.granularity === 'hour' ? HOUR_MS : DAY_MS;
       const first = Math.floor(from.getTime() / step) * step;
       const points = Math.max(1, Math.ceil((to.getTime() - first) / step));
       if (points > MAX_SERIES_POINTS) {

@@ -5,6 +5,7 @@ import { loadConfig } from '../../shared/config';
 import { within } from '../../shared/within';
 import { sleep } from '../../harness/wait';
 import { capturingLogger } from './logLines';
+import { HOUR_MS } from '../../shared/timeUnits';
 
 const FIRST_FOLD_WAIT_MS = 5_000;
 
@@ -48,8 +49,6 @@ export async function sendDatagrams(port: number, datagrams: readonly string[]):
   }
   await new Promise<void>((resolve) => socket.close(() => resolve()));
 }
-
-const HOUR_MS = 3_600_000;
 
 /**
  * A Unix second in the clock hour before this one, for a line's |T: in the past and within the
