@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
+import { BASELINE_DAYS } from '../collector/eventRules';
 import { isLoopbackAddress } from './loopback';
 
 // One config for every process (api, collector, cli, launcher), read once from the environment.
@@ -297,6 +298,29 @@ function receiverProblems(v: Variables): string[] {
   ];
 }
 
+// key.spike compares an hour with the same hour on each of the BASELINE_DAYS days before it, and
+// reads an hour the usage retention already deleted as 0 uses: with 3 days kept, a key at a steady
+// 150 uses an hour had the baseline [0,0,0,0,150,150,150], median 0, and spiked every hour. A use
+// timestamped COLLECTOR_TIMESTAMP_WINDOW_SECONDS ago counts in an hour that much (and up to an hour
+// more) older, whose baseline reaches that much further back.
+function spikeBaselineProblems(v: Variables): string[] {
+  const lateDays = Math.ceil((v.COLLECTOR_TIMESTAMP_WINDOW_SECONDS + 3600) / 86_400);
+  const needed = BASELINE_DAYS + lateDays;
+  if (!v.EVENTS_ENABLED || v.USAGE_RETENTION_DAYS >= needed) return [];
+  return [
+    `USAGE_RETENTION_DAYS: must be at least ${needed} while EVENTS_ENABLED is true (key.spike compares an hour with the same hour on each of the ${BASELINE_DAYS} days before it, and an hour deleted sooner would count as 0 uses: every busy key would spike)`,
+  ];
+}
+
+// The usage list says how many days its event counts cover; events older than the retention are
+// deleted (whether or not EVENTS_ENABLED), so a longer summary would claim days it cannot count.
+function eventSummaryProblems(v: Variables): string[] {
+  if (v.EVENTS_SUMMARY_DAYS <= v.EVENTS_RETENTION_DAYS) return [];
+  return [
+    `EVENTS_SUMMARY_DAYS: must be at most EVENTS_RETENTION_DAYS (${v.EVENTS_RETENTION_DAYS}): events older than that are deleted, and the usage list would claim to count days it cannot`,
+  ];
+}
+
 // One parser per section of the config, each reading only the variables of its section.
 
 const databaseSection = (v: Variables) => ({
@@ -425,6 +449,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     ...receiverProblems(v),
     ...replyTimeoutProblems(v),
     ...signingProblems(v),
+    ...spikeBaselineProblems(v),
+    ...eventSummaryProblems(v),
   ];
   if (problems.length > 0) throw new ConfigError(problems);
   return deepFreeze({

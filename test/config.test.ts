@@ -1,4 +1,5 @@
 import t, { type Test } from 'tap';
+import { BASELINE_DAYS, HOUR_MS } from '../collector/eventRules';
 import { ConfigError, loadConfig, withDevelopmentDefault } from '../shared/config';
 
 const PEPPER = 'p'.repeat(32);
@@ -237,6 +238,8 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['key list refresh not a number', { COLLECTOR_KEY_LIST_REFRESH_MS: '5s' }],
     ['usage log neither a flag nor auto', { COLLECTOR_USAGE_LOG: 'sometimes' }],
     ['usage log from zero keys', { COLLECTOR_USAGE_LOG_MIN_KEYS: '0' }],
+    ['usage kept for less than the spike baseline', { USAGE_RETENTION_DAYS: '7', NODE_ENV: 'test' }],
+    ['event summary longer than the events are kept', { EVENTS_SUMMARY_DAYS: '31', EVENTS_RETENTION_DAYS: '30', NODE_ENV: 'test' }],
   ];
   for (const [kind, env] of cases) {
     const [name] = Object.keys(env);
@@ -244,6 +247,50 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     t.match(error.message, new RegExp(`\\b${name}: `), `${kind}: the message names ${name}`);
     t.same(error.problems.length, 1, `${kind}: only ${name} is reported`);
   }
+});
+
+// An hour the retention had deleted counted as 0 uses in key.spike's baseline: with 3 days kept,
+// every key busier than EVENTS_SPIKE_MIN_USES spiked every hour.
+t.test('with events on, USAGE_RETENTION_DAYS keeps every hour a spike is compared with', async (t) => {
+  const DAY_MS = 86_400_000;
+  const leastAccepted = (env: Record<string, string>) => {
+    for (let days = 1; days <= 3650; days++) {
+      try {
+        return { days, config: loadConfig({ NODE_ENV: 'test', ...env, USAGE_RETENTION_DAYS: String(days) }) };
+      } catch (error) {
+        t.match((error as ConfigError).problems, [/^USAGE_RETENTION_DAYS: must be at least \d+ while EVENTS_ENABLED is true \(key\.spike /]);
+      }
+    }
+    throw new Error('no USAGE_RETENTION_DAYS accepted');
+  };
+  // The worst case: a use as old as the window allows, in the last millisecond of its hour (the
+  // windows below are whole hours, so `now` is the last millisecond of one too).
+  const now = Date.parse('2026-03-10T12:59:59.999Z');
+  for (const window of [0, 3600, 82_800, 86_400]) {
+    const { days, config } = leastAccepted({ COLLECTOR_TIMESTAMP_WINDOW_SECONDS: String(window) });
+    const used = now - config.collector.timestampWindowMs;
+    const farthestBaselineHour = used - (used % HOUR_MS) - BASELINE_DAYS * DAY_MS;
+    t.ok(farthestBaselineHour >= now - days * DAY_MS, `window ${window} s: ${days} days keep the farthest baseline hour`);
+    t.ok(farthestBaselineHour < now - (days - 1) * DAY_MS, `window ${window} s: ${days - 1} would delete it`);
+  }
+  t.equal(leastAccepted({}).days, BASELINE_DAYS + 1, 'one day more than the baseline with the default window');
+  t.equal(leastAccepted({ EVENTS_ENABLED: 'false' }).days, 1, 'without events, any retention');
+  t.equal(loadConfig({ NODE_ENV: 'test' }).collector.retentionDays, 90, 'the default is enough');
+});
+
+t.test('EVENTS_SUMMARY_DAYS cannot exceed EVENTS_RETENTION_DAYS: the usage list would claim days whose events are deleted', async (t) => {
+  const env = { NODE_ENV: 'test', EVENTS_RETENTION_DAYS: '30' };
+  t.equal(loadConfig({ ...env, EVENTS_SUMMARY_DAYS: '30' }).api.eventSummaryDays, 30);
+  for (const enabled of ['true', 'false']) {
+    t.same(
+      configError(t, { ...env, EVENTS_SUMMARY_DAYS: '31', EVENTS_ENABLED: enabled }).problems,
+      [
+        'EVENTS_SUMMARY_DAYS: must be at most EVENTS_RETENTION_DAYS (30): events older than that are deleted, and the usage list would claim to count days it cannot',
+      ],
+      `EVENTS_ENABLED=${enabled}: events are deleted either way`,
+    );
+  }
+  t.same(loadConfig({ NODE_ENV: 'test' }).api.eventSummaryDays, 7, 'the defaults (7 of 90) pass');
 });
 
 t.test("the reply timeout must outlast the collector's lock wait, which hears nothing from the server", async (t) => {
