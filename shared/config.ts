@@ -7,12 +7,17 @@ import { isLoopbackAddress } from './loopback';
 // Each variable is validated on its own so a bad value fails fast with the variable's name.
 
 // Whole decimal numbers only: z.coerce would read ' ' as 0 and accept 0x10 or 1e3.
-const wholeNumber = (min: number, max: number) =>
+const wholeNumber = (min: number, max: number, whyMax?: string) =>
   z
     .string()
     .regex(/^\d+$/, 'must be a whole number')
     .transform(Number)
-    .pipe(z.number().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`));
+    .pipe(
+      z
+        .number()
+        .min(min, `must be at least ${min}`)
+        .max(max, `must be at most ${max}${whyMax ? ` (${whyMax})` : ''}`),
+    );
 const port = wholeNumber(1, 65535);
 const portOrZero = wholeNumber(0, 65535);
 const positiveInt = (max = Number.MAX_SAFE_INTEGER) => wholeNumber(1, max);
@@ -132,7 +137,11 @@ const variables = {
   COLLECTOR_MAX_PENDING_KEYS: positiveInt().default(100_000),
   // Defaults to COLLECTOR_MAX_PENDING_KEYS (below), as when one setting bounded both.
   COLLECTOR_MAX_RETRY_KEYS: positiveInt().optional(),
-  COLLECTOR_RECV_BUFFER_BYTES: positiveInt().default(32 * 1024 * 1024),
+  // SO_RCVBUF is a C int: Node refused 2^31 and more (ERR_SOCKET_BUFFER_SIZE), the collector only
+  // warned, and the socket kept the kernel's default of a few hundred KiB.
+  COLLECTOR_RECV_BUFFER_BYTES: wholeNumber(1, 2 ** 31 - 1, 'the largest a socket accepts; the kernel grants at most net.core.rmem_max').default(
+    32 * 1024 * 1024,
+  ),
   // Transactions a flush of 10,000 keys or more, of several orgs, is split into, run at once, each
   // on its own connection (the collector's pool holds this many + 3); see docs/operations.md.
   COLLECTOR_FLUSH_PARALLELISM: positiveInt(16).default(2),

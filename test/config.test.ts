@@ -1,3 +1,4 @@
+import dgram from 'node:dgram';
 import t, { type Test } from 'tap';
 import { BASELINE_DAYS, HOUR_MS } from '../collector/eventRules';
 import { ConfigError, loadConfig, withDevelopmentDefault } from '../shared/config';
@@ -238,6 +239,8 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['key list refresh not a number', { COLLECTOR_KEY_LIST_REFRESH_MS: '5s' }],
     ['usage log neither a flag nor auto', { COLLECTOR_USAGE_LOG: 'sometimes' }],
     ['usage log from zero keys', { COLLECTOR_USAGE_LOG_MIN_KEYS: '0' }],
+    ['receive buffer a socket cannot take', { COLLECTOR_RECV_BUFFER_BYTES: String(2 ** 31) }],
+    ['receive buffer of zero bytes', { COLLECTOR_RECV_BUFFER_BYTES: '0' }],
     ['usage kept for less than the spike baseline', { USAGE_RETENTION_DAYS: '7', NODE_ENV: 'test' }],
     ['event summary longer than the events are kept', { EVENTS_SUMMARY_DAYS: '31', EVENTS_RETENTION_DAYS: '30', NODE_ENV: 'test' }],
   ];
@@ -291,6 +294,24 @@ t.test('EVENTS_SUMMARY_DAYS cannot exceed EVENTS_RETENTION_DAYS: the usage list 
     );
   }
   t.same(loadConfig({ NODE_ENV: 'test' }).api.eventSummaryDays, 7, 'the defaults (7 of 90) pass');
+});
+
+// Node refuses a receive buffer of 2^31 bytes or more, and the collector went on with the kernel's
+// default buffer, a warning in its log the only sign.
+t.test('COLLECTOR_RECV_BUFFER_BYTES: up to the largest size a socket accepts', async (t) => {
+  const largest = String(2 ** 31 - 1);
+  t.equal(loadConfig({ ...DEV, COLLECTOR_RECV_BUFFER_BYTES: largest }).collector.recvBufferBytes, 2 ** 31 - 1);
+  t.same(configError(t, { ...DEV, COLLECTOR_RECV_BUFFER_BYTES: String(2 ** 31) }).problems, [
+    'COLLECTOR_RECV_BUFFER_BYTES: must be at most 2147483647 (the largest a socket accepts; the kernel grants at most net.core.rmem_max)',
+  ]);
+  // Elsewhere (macOS' kern.ipc.maxsockbuf) a size above the kernel's cap is an error, not capped.
+  t.test('the bound is the largest size Linux takes', { skip: process.platform !== 'linux' && 'not Linux' }, async (t) => {
+    const socket = dgram.createSocket('udp4');
+    await new Promise<void>((bound) => socket.bind(0, '127.0.0.1', bound));
+    t.teardown(() => socket.close());
+    t.doesNotThrow(() => socket.setRecvBufferSize(2 ** 31 - 1), 'taken, and capped at net.core.rmem_max');
+    t.throws(() => socket.setRecvBufferSize(2 ** 31), { code: 'ERR_SOCKET_BUFFER_SIZE' }, 'one more is refused');
+  });
 });
 
 t.test("the reply timeout must outlast the collector's lock wait, which hears nothing from the server", async (t) => {
