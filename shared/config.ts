@@ -22,7 +22,17 @@ const port = wholeNumber(1, 65535);
 const portOrZero = wholeNumber(0, 65535);
 const positiveInt = (max = Number.MAX_SAFE_INTEGER) => wholeNumber(1, max);
 const booleanFlag = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
-const host = z.string().min(1);
+// A host name (letters, digits, '-' and '_', in dot-separated labels) or an IP address, IPv6 without
+// brackets as listen() and send() take it. A stray space from an env file, or a typo, failed only
+// later: as ENOTFOUND, naming no variable, or on COLLECTOR_HOST as a demand for
+// USAGE_SIGNING_SECRET ('127.0.0.1 ' is no loopback address). A name whose last label is all digits
+// is a mistyped IPv4 address: '10.0.0.256', or '127.1', which the resolver reads as 127.0.0.1.
+const HOST_NAME = /^(?=.{1,253}\.?$)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.?$/i;
+const isHostOrIp = (value: string) => isIP(value) !== 0 || (HOST_NAME.test(value) && !/(?:^|\.)\d+\.?$/.test(value));
+const host = z.string().superRefine((value, ctx) => {
+  if (value.trim() !== value) ctx.addIssue({ code: 'custom', message: 'must not begin or end with whitespace' });
+  else if (!isHostOrIp(value)) ctx.addIssue({ code: 'custom', message: 'must be a host name or an IP address (IPv6 without brackets)' });
+});
 // A comma-separated list of whole numbers, e.g. "7,1", sorted descending and deduplicated.
 const dayList = z
   .string()
@@ -39,7 +49,7 @@ const hostPort = z.string().transform((value, ctx) => {
     ctx.addIssue({ code: 'custom', message: 'an address in brackets must be IPv6' });
     return z.NEVER;
   }
-  if (host === undefined || !(port >= 1 && port <= 65535)) {
+  if (host === undefined || !isHostOrIp(host) || !(port >= 1 && port <= 65535)) {
     ctx.addIssue({ code: 'custom', message: 'must be host:port (a name or an IPv4 address, or [IPv6]:port), port 1-65535' });
     return z.NEVER;
   }

@@ -239,6 +239,19 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['key list refresh not a number', { COLLECTOR_KEY_LIST_REFRESH_MS: '5s' }],
     ['usage log neither a flag nor auto', { COLLECTOR_USAGE_LOG: 'sometimes' }],
     ['usage log from zero keys', { COLLECTOR_USAGE_LOG_MIN_KEYS: '0' }],
+    ['host with a trailing space', { HOST: '127.0.0.1 ' }],
+    ['host of a space', { COLLECTOR_HOST: ' ' }],
+    ['metrics host with a leading tab', { API_METRICS_HOST: '\tlocalhost' }],
+    ['host with a character no name has', { COLLECTOR_METRICS_HOST: 'metrics!.internal' }],
+    ['host with a comment after it', { COLLECTOR_HOST: '127.0.0.1 # loopback' }],
+    ['IPv6 host in brackets', { HOST: '[::1]' }],
+    ['host with a port', { API_METRICS_HOST: '127.0.0.1:9103' }],
+    ['host with a scheme', { COLLECTOR_HOST: 'udp://127.0.0.1' }],
+    ['host an IPv4 address out of range', { COLLECTOR_HOST: '10.0.0.256' }],
+    ['host a short IPv4 form', { HOST: '127.1' }],
+    ['host with an empty label', { HOST: 'api..internal' }],
+    ['relay to a name with a slash', { COLLECTOR_RELAY_TO: 'stats/d:8125' }],
+    ['relay to an IPv4 address out of range', { COLLECTOR_RELAY_TO: '10.0.0.256:8125' }],
     ['receive buffer a socket cannot take', { COLLECTOR_RECV_BUFFER_BYTES: String(2 ** 31) }],
     ['receive buffer of zero bytes', { COLLECTOR_RECV_BUFFER_BYTES: '0' }],
     ['usage kept for less than the spike baseline', { USAGE_RETENTION_DAYS: '7', NODE_ENV: 'test' }],
@@ -386,6 +399,31 @@ t.test('"loopback" is an IP address in 127.0.0.0/8 or ::1, never a name that sta
   }
   t.match(configError(t, { KEY_PEPPER: PEPPER, COLLECTOR_HOST: '10.0.0.5' }).message, /USAGE_SIGNING_SECRET/, 'an unset NODE_ENV is not development');
   t.equal(loadConfig({ NODE_ENV: 'test', COLLECTOR_HOST: '10.0.0.5' }).collector.host, '10.0.0.5');
+});
+
+t.test('host variables: an IP address (IPv6 without brackets) or a host name, nothing around it', async (t) => {
+  const hosts = [
+    '127.0.0.1',
+    '0.0.0.0',
+    '::',
+    '::1',
+    'fe80::1%eth0',
+    '::ffff:127.0.0.1',
+    'localhost',
+    'LOCALHOST',
+    'db1',
+    'collector.internal',
+    'my-host_1.example.com.',
+  ];
+  for (const name of ['HOST', 'API_METRICS_HOST', 'COLLECTOR_HOST', 'COLLECTOR_METRICS_HOST']) {
+    for (const value of hosts) t.doesNotThrow(() => loadConfig({ ...DEV, [name]: value }), `${name}=${value}`);
+  }
+  t.equal(loadConfig({ ...DEV, HOST: '::1' }).api.host, '::1');
+  t.equal(loadConfig({ ...DEV, COLLECTOR_METRICS_HOST: 'localhost' }).collector.metricsHost, 'localhost');
+  // An env file's trailing space made a loopback collector look remote: the guard asked for a signing secret.
+  const production = { NODE_ENV: 'production', KEY_PEPPER: PEPPER };
+  t.same(configError(t, { ...production, COLLECTOR_HOST: '127.0.0.1 ' }).problems, ['COLLECTOR_HOST: must not begin or end with whitespace']);
+  t.same(configError(t, { ...production, HOST: '[::1]' }).problems, ['HOST: must be a host name or an IP address (IPv6 without brackets)']);
 });
 
 t.test('COLLECTOR_RELAY_TO: host:port, IPv6 in brackets; unset means no relay', async (t) => {
