@@ -2,7 +2,7 @@
 // its keys (collector/eventStore.ts gathers them and inserts the result). Pure: no clock, no I/O,
 // so every rule is tested with plain values.
 import { BlockList, isIPv4 } from 'node:net';
-import type { EventType } from '../shared/keyEvents';
+import { BASELINE_DAYS, type EventType } from '../shared/keyEvents';
 import { provenCount } from '../shared/usageWire';
 import type { KeyUsageDelta } from './aggregator';
 import { DAY_MS, HOUR_MS } from '../shared/timeUnits';
@@ -49,8 +49,6 @@ export interface KeyFacts {
   /** key.new_ip events already recorded for the key, by the clock hour (ms) they occurred in: only hours of newPrefixes. */
   newIpEventsByHour: ReadonlyMap<number, number>;
 }
-
-export const BASELINE_DAYS = 7;
 
 const hourOf = (ms: number) => ms - (ms % HOUR_MS);
 const hourIso = (ms: number) => new Date(hourOf(ms)).toISOString();

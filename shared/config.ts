@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { BASELINE_DAYS } from '../collector/eventRules';
+import { BASELINE_DAYS } from './keyEvents';
 import { isLoopbackAddress } from './loopback';
 
 // One config for every process (api, collector, cli, launcher), read once from the environment.

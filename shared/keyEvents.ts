@@ -13,6 +13,9 @@ export const EVENT_TYPES = [
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 
+/** key.spike compares an hour with the same hour on each of this many days before it. */
+export const BASELINE_DAYS = 7;
+
 /**
  * The fields of an event's details that hold client addresses or their networks (docs/events.md):
  * erased with the key's other addresses (shared/ipRetention.ts). A new event field holding one

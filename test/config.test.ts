@@ -1,6 +1,7 @@
 import dgram from 'node:dgram';
 import t, { type Test } from 'tap';
-import { BASELINE_DAYS, HOUR_MS } from '../collector/eventRules';
+import { BASELINE_DAYS } from '../shared/keyEvents';
+import { HOUR_MS } from '../shared/timeUnits';
 import { ConfigError, loadConfig, withDevelopmentDefault } from '../shared/config';
 
 const PEPPER = 'p'.repeat(32);
