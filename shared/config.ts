@@ -91,6 +91,27 @@ const trustProxy = z
 // Also createDb's default, for the callers (tests, benchmarks) that build no config.
 export const DEFAULT_DATABASE_CONNECT_TIMEOUT_MS = 5000;
 
+// KEY_PEPPER_PREVIOUS: comma-separated and trimmed; or a JSON array of strings taken as they are,
+// for a pepper the list cannot hold (a comma in it, or whitespace at either end, such as the newline
+// a secret file kept): KEY_PEPPER takes any such value, and without this it could never be rotated
+// without losing its keys. The message never quotes the value.
+function previousPeppers(value: string, context: z.core.$RefinementCtx<string>): string[] {
+  if (!value.trimStart().startsWith('[')) {
+    return value
+      .split(',')
+      .map((pepper) => pepper.trim())
+      .filter(Boolean);
+  }
+  try {
+    const parsed: unknown = JSON.parse(value);
+    if (Array.isArray(parsed) && parsed.every((pepper) => typeof pepper === 'string')) return parsed;
+  } catch {
+    // Reported below, without JSON.parse's message (it quotes the text).
+  }
+  context.addIssue({ code: 'custom', message: 'starts with "[" but is not a JSON array of strings' });
+  return z.NEVER;
+}
+
 const variables = {
   // Any name (production, staging, …); only development and test relax the guards below.
   NODE_ENV: z
@@ -119,12 +140,7 @@ const variables = {
   // Older peppers, newest first: hashes they made still verify and are rehashed with KEY_PEPPER.
   KEY_PEPPER_PREVIOUS: z
     .string()
-    .transform((value) =>
-      value
-        .split(',')
-        .map((pepper) => pepper.trim())
-        .filter(Boolean),
-    )
+    .transform(previousPeppers)
     .pipe(z.array(z.string().min(32, 'each pepper must be at least 32 characters')))
     .optional(),
   KEY_CACHE_TTL_MS: wholeNumber(0, 60_000).default(2000),

@@ -146,6 +146,12 @@ t.test('KEY_PEPPER_PREVIOUS: older peppers, newest first, each checked and never
   ]);
   t.same(configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: `${older},${PEPPER}` }).problems, ['KEY_PEPPER_PREVIOUS: must not repeat KEY_PEPPER']);
   t.same(configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: `${older},${older}` }).problems, ['KEY_PEPPER_PREVIOUS: lists a pepper twice']);
+  // The JSON form, for peppers a comma list cannot hold: taken as they are.
+  t.same(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: JSON.stringify([`${older},x\n`, oldest]) }).api.previousKeyPeppers, [`${older},x\n`, oldest]);
+  for (const bad of ['[not json', `["${older}", 5]`]) {
+    const { problems } = configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: bad });
+    t.same(problems, ['KEY_PEPPER_PREVIOUS: starts with "[" but is not a JSON array of strings'], 'never quoting the value');
+  }
   t.ok(Object.isFrozen(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: older }).api.previousKeyPeppers), 'frozen like the rest');
 });
 

@@ -117,3 +117,12 @@ t.test("a rotation's previous secret made with the old pepper works in its grace
     (await stored(db, key.key.id)).previous_secret_pepper_id === pepperId(NEW) ? true : undefined,
   );
 });
+
+t.test('a pepper the comma list cannot hold (a comma, a secret file’s newline) rotates through the JSON form', async (t) => {
+  const { db } = await freshDatabase(t);
+  const awkward = 'awkward,pepper '.padEnd(40, 'a') + '\n';
+  const before = await startTestApi(t, db, { env: { KEY_PEPPER: awkward } });
+  const { adminKey } = await seedOrg(before, db);
+  const rotated = await startTestApi(t, db, { env: { KEY_PEPPER: NEW, KEY_PEPPER_PREVIOUS: JSON.stringify([awkward]) } });
+  t.equal((await rotated.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'the key made with it still works');
+});
