@@ -17,10 +17,10 @@ export async function runTap(args: readonly string[], env: Record<string, string
     env: { ...process.env, NODE_ENV: process.env.NODE_ENV || 'test', ...env },
   });
   const forward = (signal: NodeJS.Signals) => tap.kill(signal);
-  process.on('SIGINT', forward).on('SIGTERM', forward);
+  process.on('SIGINT', forward).on('SIGTERM', forward).on('SIGHUP', forward);
   try {
     return await new Promise<number>((resolve) => tap.on('exit', (code, signal) => resolve(code ?? (signal ? 1 : 0))));
   } finally {
-    process.off('SIGINT', forward).off('SIGTERM', forward);
+    process.off('SIGINT', forward).off('SIGTERM', forward).off('SIGHUP', forward);
   }
 }

@@ -9,6 +9,7 @@ import { createDb, migrateLatest, type Db } from '../../shared/db';
 import { freeTcpPort } from '../lib/freePort';
 import { startThrowawayPostgres } from '../lib/localPostgres';
 import { createLogger } from '../../shared/logger';
+import { stopOnSignal } from '../lib/stopOnSignal';
 import { buildCitus, startCitusCluster } from './cluster';
 import { distributeTables } from './distribute';
 
@@ -128,13 +129,14 @@ async function main() {
   }
   if (process.argv.includes('--citus-only')) return;
   const local = startThrowawayPostgres('keyusage-citus-bench-', await freeTcpPort());
+  const stopLocal = stopOnSignal(() => local.stop());
   try {
     const db = createDb(local.url, { poolMax: 1 });
     await migrateLatest(db);
     await db.destroy();
     await measure('one PostgreSQL (embedded, same machine)', local.url);
   } finally {
-    local.stop();
+    stopLocal();
   }
 }
 

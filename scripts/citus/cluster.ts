@@ -5,6 +5,7 @@ import path from 'node:path';
 import { createDb } from '../../shared/db';
 import { freeTcpPorts } from '../lib/freePort';
 import { runAsIds } from '../lib/localPostgres';
+import { runEvery, stopOnSignal } from '../lib/stopOnSignal';
 
 // A throwaway Citus cluster on 127.0.0.1: a coordinator and two workers, each a Debian
 // PostgreSQL 15 with citus preloaded (scripts/citus/build.sh installs it), in a temporary folder,
@@ -18,6 +19,7 @@ export interface CitusCluster {
   readonly adminUrl: string;
   /** Creates `name` on every node, with the citus extension, and registers the workers in it. */
   createDatabase(name: string): Promise<string>;
+  /** Stops every node, even after one fails to stop, and removes the folder; then throws what failed. */
   stop(): void;
 }
 
@@ -56,12 +58,15 @@ export async function startCitusCluster(): Promise<CitusCluster> {
   if (ids) fs.chownSync(scratch, ids.uid, ids.gid);
   const ports = await freeTcpPorts(3);
   const dataDirs = ports.map((_, i) => path.join(scratch, i === 0 ? 'coordinator' : `worker${i}`));
-  const stop = () => {
-    for (const dataDir of dataDirs.filter((dir) => fs.existsSync(path.join(dir, 'postmaster.pid')))) {
-      run('pg_ctl', ['stop', '-D', dataDir, '-m', 'fast', '-w', '-t', '60'], ids);
-    }
-    fs.rmSync(scratch, { recursive: true, force: true });
-  };
+  const stopNodes = () =>
+    runEvery('stopping the Citus cluster', [
+      ...dataDirs
+        .filter((dir) => fs.existsSync(path.join(dir, 'postmaster.pid')))
+        .map((dataDir) => () => run('pg_ctl', ['stop', '-D', dataDir, '-m', 'fast', '-w', '-t', '60'], ids)),
+      () => fs.rmSync(scratch, { recursive: true, force: true }),
+    ]);
+  // From the first node on: trust-auth superusers must not outlive an interrupted run.
+  const stop = stopOnSignal(stopNodes);
   try {
     dataDirs.forEach((dataDir, i) => startNode(dataDir, ports[i], ids));
   } catch (error) {
