@@ -8,7 +8,7 @@ import { distributeTables } from './distribute';
 // migrates and distributes one database, and runs the usage suite's end-to-end cases against it.
 // Every test shares that database (test/helpers/database.ts) and keeps to its own orgs.
 
-const FILES = [
+export const FILES = [
   'test/apiKeys.usageAnalytics.test.ts',
   'test/keyDeletion.test.ts',
   'test/hourMove.test.ts',
@@ -17,6 +17,12 @@ const FILES = [
   'test/citus/distributed.citus.ts',
 ];
 const DATABASE = 'keyusage_citus_test';
+
+/** tap's arguments for `npm run test:citus -- <args>`: options alone (--bail) keep the default files; a file or folder replaces them. */
+export function citusTapArguments(args: readonly string[]): string[] {
+  const namesFiles = args.some((arg) => !arg.startsWith('-'));
+  return tapArguments([...(namesFiles ? [] : FILES), ...args, '--jobs=1']);
+}
 
 async function main(): Promise<number> {
   const started = performance.now();
@@ -31,8 +37,7 @@ async function main(): Promise<number> {
     } finally {
       await db.destroy();
     }
-    const args = process.argv.length > 2 ? process.argv.slice(2) : FILES;
-    return await runTap(tapArguments([...args, '--jobs=1']), {
+    return await runTap(citusTapArguments(process.argv.slice(2)), {
       TEST_ADMIN_DATABASE_URL: cluster.adminUrl,
       TEST_SHARED_DATABASE_URL: url,
     });
@@ -42,10 +47,12 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (error) => {
-    console.error(error);
-    process.exit(1);
-  },
-);
+if (require.main === module) {
+  main().then(
+    (code) => process.exit(code),
+    (error) => {
+      console.error(error);
+      process.exit(1);
+    },
+  );
+}
