@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { waitFor } from '../harness/wait';
-import { startCitusCluster } from '../scripts/citus/cluster';
+import { assertCitusVersion, startCitusCluster } from '../scripts/citus/cluster';
 import { postmasterPid } from '../scripts/lib/localPostgres';
 import { processAlive } from '../scripts/lib/processAlive';
 import { createDb } from '../shared/db';
@@ -43,3 +43,13 @@ t.test(
     t.notOk(fs.existsSync(scratch), 'the folder is removed');
   },
 );
+
+t.test('a node whose citus.so is not 13.2.2 stops the run, saying so', async (t) => {
+  const built = 'Citus 13.2.2 on x86_64-pc-linux-gnu, compiled by gcc (Debian 12.2.0-14+deb12u1) 12.2.0, 64-bit';
+  t.doesNotThrow(() => assertCitusVersion(5432, built));
+  t.throws(() => assertCitusVersion(5432, built.replace('13.2.2', '13.2.1')), {
+    message:
+      /^the node on port 5432 runs Citus 13\.2\.1, not Citus 13\.2\.2: .*citus\.so is not the build of scripts\/citus\/build\.sh; remove \.citus\/installed-13\.2\.2/,
+  });
+  t.throws(() => assertCitusVersion(5432, 'Citus 13.2.20 on x86_64'), { message: /runs Citus 13\.2\.20, not/ }, 'a longer version is another one');
+});

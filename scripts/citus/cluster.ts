@@ -13,6 +13,8 @@ import { runEvery, stopOnSignal } from '../lib/stopOnSignal';
 
 const BIN = '/usr/lib/postgresql/15/bin';
 const REPO = path.resolve(__dirname, '..', '..');
+// What build.sh installs, from citus-13.2.2.tar.gz.
+const CITUS_VERSION = '13.2.2';
 
 export interface CitusCluster {
   /** The coordinator, database `postgres`. */
@@ -51,6 +53,18 @@ function startNode(dataDir: string, port: number, ids: ReturnType<typeof runAsId
   run('pg_ctl', ['start', '-D', dataDir, '-w', '-t', '60', '-l', `${dataDir}.log`], ids);
 }
 
+// build.sh rebuilds when the tarball changes; this catches a citus.so that another build put
+// there (another checkout's, a package's). It checks the library's version: the extension's own
+// (pg_extension.extversion) is its SQL schema's, 13.2-1 for every 13.2.x.
+export function assertCitusVersion(port: number, version: string) {
+  if (!version.startsWith(`Citus ${CITUS_VERSION} `)) {
+    throw new Error(
+      `the node on port ${port} runs ${version.split(' on ')[0]}, not Citus ${CITUS_VERSION}: /usr/lib/postgresql/15/lib/citus.so is not ` +
+        'the build of scripts/citus/build.sh; remove .citus/installed-13.2.2 and run again to rebuild and reinstall it',
+    );
+  }
+}
+
 export async function startCitusCluster(): Promise<CitusCluster> {
   const ids = runAsIds();
   const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-citus-'));
@@ -78,7 +92,7 @@ export async function startCitusCluster(): Promise<CitusCluster> {
   const runOnce = async (port: number, database: string, sql: string) => {
     const db = createDb(url(port, database), { poolMax: 1 });
     try {
-      await db.raw(sql);
+      return (await db.raw(sql)).rows;
     } finally {
       await db.destroy();
     }
@@ -89,6 +103,7 @@ export async function startCitusCluster(): Promise<CitusCluster> {
       for (const port of ports) {
         await runOnce(port, 'postgres', `create database ${name}`);
         await runOnce(port, name, 'create extension citus');
+        assertCitusVersion(port, (await runOnce(port, name, 'select citus_version() as version'))[0].version);
       }
       const coordinator = createDb(url(ports[0], name), { poolMax: 1 });
       try {
