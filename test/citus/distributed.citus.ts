@@ -68,6 +68,37 @@ t.test('the tables are laid out as docs/scaling.md says: reference tables, and u
   t.equal(Number(workers.rows[0].n), 2, 'the shards are spread over both workers');
 });
 
+// audit_log's append-only triggers run on its shards (citus.enable_unsafe_triggers) and read
+// organizations, a reference table, there. Before, no case here changed an entry.
+t.test('the audit log on the shards: an entry cannot be changed or deleted, its IP can be erased, deleting its org takes it', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db, 'audited');
+  const created = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name: 'audited', scopes: ['keys:read'] } });
+  t.equal(created.status, 201);
+  const entries = () => db('audit_log').where({ org_id: org.id }).orderBy('id');
+  const byApi = (await entries()).find((entry) => entry.target_key_id === created.body.id);
+  t.match(byApi, { action: 'key.create', ip: '127.0.0.1' }, 'the API wrote an entry with the caller address');
+  const entry = () => db('audit_log').where({ org_id: org.id, id: byApi.id });
+
+  await t.rejects(entry().update({ details: { name: 'forged' } }), /audit_log is append-only: UPDATE refused/);
+  await t.rejects(entry().update({ ip: '192.0.2.1' }), /audit_log is append-only: UPDATE refused/, 'an address cannot be changed, only erased');
+  await t.rejects(db('audit_log').where({ org_id: org.id }).del(), /audit_log is append-only: DELETE refused/);
+  // Rolled back whatever happens: a TRUNCATE let through would empty every test's entries.
+  const truncate = db.transaction(async (trx) => {
+    await trx.raw('truncate audit_log');
+    throw new Error('audit_log was truncated');
+  });
+  await t.rejects(truncate, /audit_log is append-only: TRUNCATE refused/);
+  t.match(await entry().first(), { ip: '127.0.0.1', details: { name: 'audited' } }, 'unchanged');
+
+  t.equal(await entry().update({ ip: null }), 1, 'erasing the address (IP_RETENTION_DAYS, key erase-ips) is allowed');
+  t.equal((await entry().first()).ip, null);
+
+  await db('organizations').where({ id: org.id }).del();
+  t.same(await entries(), [], 'deleting the organization takes its entries');
+});
+
 t.test('requests through the real API, UDP and the collector are counted exactly for each org', async (t) => {
   const { api, db, org, adminKey } = await wiredSystem(t);
   const other = await seedOrg(api, db, 'globex');
