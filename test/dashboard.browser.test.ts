@@ -232,12 +232,12 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
 
   t.test('revoking through the page makes the API refuse the key', async (t) => {
     // A right-to-left override stored before the API refused it: in the confirmation it reversed
-    // the rest of the sentence ("will be refused with 401") unless the name is isolated.
-    const name = 'demo-\u202Erevoke-me';
-    await system.db('api_keys').where({ id: keys.target.id }).update({ name });
+    // the rest of the sentence ("will be refused with 401") unless the name is isolated; a pop
+    // (U+2069) before it closed the isolation early.
+    await system.db('api_keys').where({ id: keys.target.id }).update({ name: 'demo-\u2069\u202Erevoke-me' });
     await page.goto(`${system.api.baseUrl}/#/key/${keys.target.id}`);
     await page.click('#revoke');
-    t.match(await page.locator('dialog[open] p').textContent(), `“\u2068${name}\u2069” (`, 'the name is isolated in the confirmation');
+    t.match(await page.locator('dialog[open] p').textContent(), '“\u2068demo-revoke-me\u2069” (', 'the name is isolated, its own controls dropped');
     await page.click('dialog[open] button[value=yes]');
     await page.locator('#key-actions', { hasText: 'This key is revoked' }).waitFor();
     t.equal((await system.api.request('GET', '/api/whoami', { key: keys.target.key })).status, 401);

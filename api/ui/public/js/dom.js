@@ -26,11 +26,14 @@ export function svg(tag, attributes = {}, children = []) {
 }
 
 // A name from the API quoted inside a sentence, between U+2068 and U+2069 (first-strong isolate,
-// pop directional isolate): a bidirectional control in it (one stored before the API refused
-// them, or a mark it accepts) then cannot reorder the rest of the sentence, such as a
-// confirmation's "will be refused with 401".
+// pop directional isolate), so that its direction marks cannot reorder the rest of the sentence,
+// such as a confirmation's "will be refused with 401". The bidirectional controls a name may hold
+// (stored before the API refused them) are dropped first: a U+2069 in it closed the isolate early,
+// and an override after it reversed the rest of the sentence.
+const BIDI_CONTROLS = /[\u202A-\u202E\u2066-\u2069]/gu;
+
 export function isolate(name) {
-  return `\u2068${name}\u2069`;
+  return `\u2068${String(name).replace(BIDI_CONTROLS, '')}\u2069`;
 }
 
 // Writes only what changed: a refresh leaves untouched nodes alone (no flicker, selection kept).

@@ -39,7 +39,7 @@ function showNewSecret(rotated) {
     : 'The old secret no longer works.';
   const dialog = el('dialog', { class: 'dialog', 'aria-labelledby': 'secret-title' }, [
     el('form', { method: 'dialog' }, [
-      el('h2', { id: 'secret-title', text: `New secret for ${rotated.name}` }),
+      el('h2', { id: 'secret-title', text: `New secret for ${isolate(rotated.name)}` }),
       el('p', { text: 'Shown this once and stored nowhere: copy it now.' }),
       el('div', { class: 'secret' }, [secret, copy, copied]),
       el('p', { id: 'grace-note', text: grace }),

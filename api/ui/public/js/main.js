@@ -1,5 +1,5 @@
 import { api } from './api.js';
-import { el, setText } from './dom.js';
+import { el, isolate, setText } from './dom.js';
 import { createFreshness } from './freshness.js';
 import { createKeyDetailView } from './keyDetail.js';
 import { createKeysView, STALE } from './keysTable.js';
@@ -69,7 +69,7 @@ async function signIn(key) {
   $('sign-in').hidden = true;
   $('sign-in-key').value = '';
   for (const id of ['nav', 'who', 'sign-out', 'view']) $(id).hidden = false;
-  setText($('who'), `Signed in as “${who.name}” (${who.scopes.join(', ')})`);
+  setText($('who'), `Signed in as “${isolate(who.name)}” (${who.scopes.join(', ')})`);
   route();
 }
 
