@@ -96,7 +96,10 @@ export const DEFAULT_DATABASE_CONNECT_TIMEOUT_MS = 5000;
 // a secret file kept): KEY_PEPPER takes any such value, and without this it could never be rotated
 // without losing its keys. The message never quotes the value.
 function previousPeppers(value: string, context: z.core.$RefinementCtx<string>): string[] {
-  if (!value.trimStart().startsWith('[')) {
+  // A comma-list pepper may begin with "[" (one from a generator with symbols): only a value
+  // between brackets is read as JSON.
+  const trimmed = value.trim();
+  if (!(trimmed.startsWith('[') && trimmed.endsWith(']'))) {
     return value
       .split(',')
       .map((pepper) => pepper.trim())
@@ -108,7 +111,7 @@ function previousPeppers(value: string, context: z.core.$RefinementCtx<string>):
   } catch {
     // Reported below, without JSON.parse's message (it quotes the text).
   }
-  context.addIssue({ code: 'custom', message: 'starts with "[" but is not a JSON array of strings' });
+  context.addIssue({ code: 'custom', message: 'is between "[" and "]" but is not a JSON array of strings' });
   return z.NEVER;
 }
 
@@ -231,7 +234,8 @@ const variables = {
   // A key used from many networks raised a key.new_ip (and a delivery per webhook) for each of them.
   EVENTS_NEW_IP_PER_KEY_HOUR: positiveInt(10_000).default(10),
   EVENTS_EXPIRING_DAYS: dayList.default([7, 1]),
-  EVENTS_SUMMARY_DAYS: positiveInt(3650).default(7),
+  // Unset: 7, or EVENTS_RETENTION_DAYS if shorter (a short retention alone must not refuse the default).
+  EVENTS_SUMMARY_DAYS: positiveInt(3650).optional(),
   COLLECTOR_RELAY_TO: hostPort.optional(),
   COLLECTOR_TIMESTAMP_WINDOW_SECONDS: wholeNumber(0, 86_400).default(3600),
 };
@@ -347,10 +351,12 @@ function spikeBaselineProblems(v: Variables): string[] {
   ];
 }
 
+const DEFAULT_EVENT_SUMMARY_DAYS = 7;
+
 // The usage list says how many days its event counts cover; events older than the retention are
 // deleted (whether or not EVENTS_ENABLED), so a longer summary would claim days it cannot count.
 function eventSummaryProblems(v: Variables): string[] {
-  if (v.EVENTS_SUMMARY_DAYS <= v.EVENTS_RETENTION_DAYS) return [];
+  if (v.EVENTS_SUMMARY_DAYS === undefined || v.EVENTS_SUMMARY_DAYS <= v.EVENTS_RETENTION_DAYS) return [];
   return [
     `EVENTS_SUMMARY_DAYS: must be at most EVENTS_RETENTION_DAYS (${v.EVENTS_RETENTION_DAYS}): events older than that are deleted, and the usage list would claim to count days it cannot`,
   ];
@@ -387,7 +393,7 @@ const apiSection = (v: Variables) => ({
   },
   // How far the usage endpoint can lag the requests it counts, told to its readers.
   usageDelay: { drainIntervalMs: v.USAGE_DRAIN_INTERVAL_MS, flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS },
-  eventSummaryDays: v.EVENTS_SUMMARY_DAYS,
+  eventSummaryDays: v.EVENTS_SUMMARY_DAYS ?? Math.min(DEFAULT_EVENT_SUMMARY_DAYS, v.EVENTS_RETENTION_DAYS),
 });
 
 // Client IP addresses are personal data: how long they are kept, and whether only their network is.

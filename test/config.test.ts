@@ -148,10 +148,11 @@ t.test('KEY_PEPPER_PREVIOUS: older peppers, newest first, each checked and never
   t.same(configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: `${older},${older}` }).problems, ['KEY_PEPPER_PREVIOUS: lists a pepper twice']);
   // The JSON form, for peppers a comma list cannot hold: taken as they are.
   t.same(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: JSON.stringify([`${older},x\n`, oldest]) }).api.previousKeyPeppers, [`${older},x\n`, oldest]);
-  for (const bad of ['[not json', `["${older}", 5]`]) {
+  for (const bad of ['[not json]', `["${older}", 5]`]) {
     const { problems } = configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: bad });
-    t.same(problems, ['KEY_PEPPER_PREVIOUS: starts with "[" but is not a JSON array of strings'], 'never quoting the value');
+    t.same(problems, ['KEY_PEPPER_PREVIOUS: is between "[" and "]" but is not a JSON array of strings'], 'never quoting the value');
   }
+  t.same(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: `[${older}` }).api.previousKeyPeppers, [`[${older}`], 'a comma-list pepper may begin with "["');
   t.ok(Object.isFrozen(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: older }).api.previousKeyPeppers), 'frozen like the rest');
 });
 
@@ -304,6 +305,8 @@ t.test('with events on, USAGE_RETENTION_DAYS keeps every hour a spike is compare
 t.test('EVENTS_SUMMARY_DAYS cannot exceed EVENTS_RETENTION_DAYS: the usage list would claim days whose events are deleted', async (t) => {
   const env = { NODE_ENV: 'test', EVENTS_RETENTION_DAYS: '30' };
   t.equal(loadConfig({ ...env, EVENTS_SUMMARY_DAYS: '30' }).api.eventSummaryDays, 30);
+  t.equal(loadConfig({ NODE_ENV: 'test', EVENTS_RETENTION_DAYS: '3' }).api.eventSummaryDays, 3, 'unset, the default follows a shorter retention');
+  t.equal(loadConfig({ NODE_ENV: 'test' }).api.eventSummaryDays, 7, 'else 7');
   for (const enabled of ['true', 'false']) {
     t.same(
       configError(t, { ...env, EVENTS_SUMMARY_DAYS: '31', EVENTS_ENABLED: enabled }).problems,
