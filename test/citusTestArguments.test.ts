@@ -15,4 +15,5 @@ t.test('options keep the default files; a file or folder replaces them', async (
     ...chosen,
   ]);
   t.strictSame(citusTapArguments(['test/citus']), ['test/citus', ...chosen], 'a folder');
+  t.strictSame(citusTapArguments(['--reporter', 'terse']), [...FILES, '--reporter', 'terse', ...chosen], "an option's value is not a file");
 });

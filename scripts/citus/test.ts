@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { createDb, migrateLatest } from '../../shared/db';
 import { runTap, tapArguments } from '../../test/runTap';
@@ -18,9 +19,12 @@ export const FILES = [
 ];
 const DATABASE = 'keyusage_citus_test';
 
-/** tap's arguments for `npm run test:citus -- <args>`: options alone (--bail) keep the default files; a file or folder replaces them. */
-export function citusTapArguments(args: readonly string[]): string[] {
-  const namesFiles = args.some((arg) => !arg.startsWith('-'));
+/**
+ * tap's arguments for `npm run test:citus -- <args>`: options alone (`--bail`, `--reporter terse`)
+ * keep the default files; a file or folder that exists replaces them (an option's value is not one).
+ */
+export function citusTapArguments(args: readonly string[], exists: (path: string) => boolean = fs.existsSync): string[] {
+  const namesFiles = args.some((arg) => !arg.startsWith('-') && exists(arg));
   return tapArguments([...(namesFiles ? [] : FILES), ...args, '--jobs=1']);
 }
 
