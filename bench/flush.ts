@@ -436,7 +436,8 @@ function summaryRow(name: string, warm: FlushSample[], cold: FlushSample | undef
     warm.length,
     fmt.ms(median(warm.map((s) => s.wallMs)), 0),
     fmt.ms(Math.max(...warm.map((s) => s.wallMs)), 0),
-    cold ? fmt.ms(cold.wallMs, 0) : '–',
+    // An appended cold flush creates no usage row: its fold does.
+    cold ? `${fmt.ms(cold.wallMs, 0)}${cold.fold ? ` + fold ${fmt.ms(cold.fold.wallMs, 0)}` : ''}` : '–',
     fmt.ms(median(warm.map((s) => s.clientCpuMs)), 0),
     [...new Set(warm.map((s) => s.statements))].join(', '),
     [...new Set(warm.map((s) => s.roundTrips))].join(', '),
@@ -528,7 +529,7 @@ function report(
           'flushes timed',
           'flush p50',
           'flush max',
-          'cold flush (rows created)',
+          'cold flush (rows created; appended: + the fold that creates them)',
           'client CPU (p50)',
           'statements per flush',
           'round trips per flush',
