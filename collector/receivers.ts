@@ -50,7 +50,8 @@ export function runReceivers(config: Config, logger: Logger, start: (receiverInd
   } else if (cluster.isPrimary) {
     runPrimary(config, logger).catch(failedToStart(logger));
   } else {
-    start(Number(process.env[RECEIVER_INDEX])).then((collector) => runWorker(logger, collector), failedToStart(logger));
+    const started = workerStop(logger);
+    start(Number(process.env[RECEIVER_INDEX])).then(started, failedToStart(logger));
   }
 }
 
@@ -64,13 +65,19 @@ const failedToStart = (logger: Logger) => (error: Error) => {
 };
 
 // A worker stops once, on a signal of its own (Ctrl-C reaches the whole group) or on the
-// primary's word, whichever comes first; the other is then not a reason to exit early.
-function runWorker(logger: Logger, collector: Collector): void {
+// primary's word, whichever comes first; the other is then not a reason to exit early. Both are
+// heard from the start: the primary's word while the worker was starting was dropped (a worker
+// without a 'message' listener drops messages), and the worker then ran on for good. Returns what
+// to call once the collector has started: it stops at once if asked meanwhile.
+function workerStop(logger: Logger): (collector: Collector) => void {
+  let started: Collector | undefined;
+  let asked = false;
   let stopping = false;
   const stop = () => {
-    if (stopping) return;
+    asked = true;
+    if (started === undefined || stopping) return;
     stopping = true;
-    stopOrThrow(collector).then(
+    stopOrThrow(started).then(
       () => process.exit(0),
       (error) => {
         logger.error({ err: error }, 'shutdown failed');
@@ -82,7 +89,11 @@ function runWorker(logger: Logger, collector: Collector): void {
   process.on('message', (message: { cmd?: string }) => {
     if (message?.cmd === 'stop') stop();
   });
-  process.send?.({ cmd: 'ready', udp: `${collector.receiver.host}:${collector.receiver.port}` });
+  return (collector) => {
+    started = collector;
+    process.send?.({ cmd: 'ready', udp: `${collector.receiver.host}:${collector.receiver.port}` });
+    if (asked) stop();
+  };
 }
 
 /** In a worker: answers the primary's requests for this process's metrics and health. */
@@ -101,6 +112,14 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
   // A worker that dies on its own takes its pending uses with it; stop the rest and exit non-zero
   // so a supervisor restarts the whole collector.
   for (const worker of workers) {
+    // A stop asked before a worker listens for it (it is still loading) is dropped: asked again
+    // once the worker says it is ready.
+    worker.on('message', (message: { cmd?: string }) => {
+      if (message?.cmd === 'ready' && stopping) worker.send({ cmd: 'stop' });
+    });
+    // Unheard, a worker's 'error' (a message to it after its channel closed) killed this process,
+    // and with it, through their channels, the receivers still writing their final flushes.
+    worker.on('error', (error) => logger.warn({ receiver: worker.id, err: { message: error.message } }, 'a message to a receiver failed'));
     worker.once('exit', (code) => {
       if (stopping) return;
       logger.error({ receiver: worker.id, code }, 'a receiver exited on its own; stopping the others');
@@ -114,7 +133,12 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
     logger.info({ ...why, receivers: workers.length }, 'shutting down');
     shutDown(true);
   };
-  const onSignal = (signal: NodeJS.Signals) => onStopAsked({ signal });
+  // A second signal while stopping exits at once, as one collector process does (shared/process.ts).
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (!stopping) return onStopAsked({ signal });
+    for (const worker of workers) worker.process.kill('SIGKILL');
+    process.exit(1);
+  };
   process.on('SIGTERM', onSignal).on('SIGINT', onSignal);
   stopWhenSupervisorGone(config.supervised, (reason) => onStopAsked({ reason }));
   const ready = await Promise.all(
@@ -125,10 +149,12 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
   const ask = askWorkers(workers);
   const metrics = metricsServer({
     exposition: async () => renderPrometheus(sumSamples((await ask()).map((answer) => answer.samples))),
-    health: async () => {
-      const answers = await ask();
-      return { healthy: answers.every((answer) => answer.health.healthy), receivers: answers.map((answer) => answer.health) };
-    },
+    // A receiver that cannot answer (one has exited, or is stuck) makes the collector unhealthy: 503.
+    health: () =>
+      ask().then(
+        (answers) => ({ healthy: answers.every((answer) => answer.health.healthy), receivers: answers.map((answer) => answer.health) }),
+        (error: Error) => ({ healthy: false, error: error.message }),
+      ),
   });
   served.metrics = metrics;
   const metricsPort = await listen(metrics, config.collector.metricsHost, config.collector.metricsPort, 'COLLECTOR_METRICS_PORT');
@@ -168,8 +194,20 @@ function askWorkers(workers: Worker[]): () => Promise<Answer[]> {
         worker.off('message', onMessage);
         resolve(message);
       };
+      // A receiver that has exited (one died, or stopped before the others) cannot answer: a send
+      // to it failed after the fact, as an 'error' event of the worker.
+      if (!worker.isConnected()) {
+        clearTimeout(timer);
+        reject(new Error(`receiver ${worker.id} has exited`));
+        return;
+      }
       worker.on('message', onMessage);
-      worker.send({ cmd: 'samples', id });
+      worker.send({ cmd: 'samples', id }, (error) => {
+        if (error === null) return;
+        clearTimeout(timer);
+        worker.off('message', onMessage);
+        reject(error);
+      });
     });
   return () => Promise.all(workers.map(askOne));
 }

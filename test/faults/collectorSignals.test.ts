@@ -2,9 +2,12 @@
 // and SIGKILL (loss bounded by one flush interval; a collector restarted on the same port resumes).
 // "Received" is what the UDP socket handed to the process, counted by a preloaded probe
 // (test/helpers/collectorProbe.ts) and printed at exit.
+import fs from 'node:fs';
+import net from 'node:net';
 import t, { type Test } from 'tap';
 import { OUTCOMES, type UsageSample } from '../../shared/usageWire';
 import { mib } from '../../harness/processMemory';
+import { spawnTsx, stopChild } from '../../harness/processes';
 import { sleep, waitFor } from '../../harness/wait';
 import { freeUdpPort } from '../../scripts/lib/freePort';
 import {
@@ -100,6 +103,105 @@ for (const receivers of [1, 2]) {
     });
   });
 }
+
+// The receivers (cluster workers) of a collector process, from /proc.
+function childPids(parent: number): number[] {
+  return fs.readdirSync('/proc').flatMap((entry) => {
+    if (!/^\d+$/.test(entry)) return [];
+    try {
+      // The field after the command (which may hold spaces, inside parentheses) is the state, then the parent.
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === parent ? [Number(entry)] : [];
+    } catch {
+      return []; // gone meanwhile
+    }
+  });
+}
+
+// A scrape asked every receiver, the dead one too: it waited for the ask's timeout and answered
+// 500, not "unhealthy". (A review reported that the failed message could kill the primary, and
+// with it the other receiver's final flush; not seen here, but the primary now hears the error.)
+t.test('COLLECTOR_RECEIVERS=2, one receiver killed: scrapes while the other stops leave the primary up, and the other writes all it received', async (t) => {
+  const { db, url, orgId, keys, ledger } = await setup(t, 10);
+  // Nothing is flushed before the kill: what is persisted is then the survivor's final flush.
+  const collector = await spawnCollector(t, { databaseUrl: url, flushIntervalMs: 60_000, env: { COLLECTOR_RECEIVERS: '2' } });
+  leaks.watch('collector log (receiver killed)', () => collector.output);
+  const sender = new UdpSender(collector.udpPort, true);
+  t.teardown(() => sender.close());
+  let exited = false;
+  void collector.exited.then(() => (exited = true));
+  let killedAt = 0;
+  // The load goes on a second past the kill, so the survivor's stop reads a busy socket meanwhile.
+  const load = sender.stream(traffic(orgId, keys, ledger), { tickMs: 5, maxMs: 20_000, stop: () => exited || (killedAt > 0 && Date.now() - killedAt > 1_000) });
+  await waitFor('both receivers', async () => (childPids(collector.child.proc.pid!).length === 2 ? true : undefined));
+  await sleep(500);
+  process.kill(childPids(collector.child.proc.pid!)[0], 'SIGKILL');
+  killedAt = Date.now();
+  const scrapes: number[] = [];
+  while (!exited && Date.now() - killedAt < 15_000) {
+    scrapes.push(await collector.health().catch(() => 0));
+    await sleep(20);
+  }
+  const { code } = await collector.exited;
+  await load;
+  await sleep(20); // the stderr line the probe wrote at exit
+  console.error('DEBUG', scrapes, collector.output.slice(-15).join('\n'));
+  t.equal(code, 1, 'exit 1: a receiver died');
+  t.ok(scrapes.includes(503), `scrapes while stopping answered (${scrapes.length} of them)`);
+  t.notMatch(collector.output.join('\n'), /ERR_IPC_CHANNEL_CLOSED|Unhandled 'error' event/, 'the primary did not die of a scrape');
+  // The probe line of the killed receiver is never written (SIGKILL): the sum is the survivor's.
+  const received = collector.probe()!.uses;
+  const persisted = (
+    await persistedUsage(
+      db,
+      keys.map((k) => k.id),
+    )
+  ).total;
+  t.ok(received > 0, 'the survivor received uses');
+  t.equal(persisted, received, `the survivor's final flush wrote all it received (${received} uses)`);
+});
+
+// A stop asked while the receivers were still starting (here, waiting for PostgreSQL) was dropped
+// by the workers, which then ran on for good, every later SIGTERM ignored.
+t.test('COLLECTOR_RECEIVERS=2: SIGTERM while the receivers start stops them once started', async (t) => {
+  const { url } = await setup(t, 1);
+  const target = new URL(url);
+  const postgres = { port: Number(target.port), host: target.hostname };
+  // PostgreSQL reached through a proxy that holds every connection for its first 1.5 s.
+  const openedAt = Date.now();
+  const proxy = net.createServer((client) => {
+    setTimeout(
+      () => {
+        const upstream = net.connect(postgres.port, postgres.host);
+        client.pipe(upstream).pipe(client);
+        client.on('error', () => upstream.destroy());
+        upstream.on('error', () => client.destroy());
+      },
+      Math.max(0, openedAt + 1_500 - Date.now()),
+    );
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => proxy.close());
+  target.port = String((proxy.address() as net.AddressInfo).port);
+  const child = spawnTsx('collector', 'collector/main.ts', {
+    keepOutput: true,
+    env: {
+      ...process.env,
+      DATABASE_URL: target.toString(),
+      COLLECTOR_RECEIVERS: '2',
+      COLLECTOR_HOST: '127.0.0.1',
+      COLLECTOR_PORT: String(await freeUdpPort()),
+      COLLECTOR_METRICS_PORT: '0',
+      LOG_LEVEL: 'info',
+    },
+  });
+  t.teardown(() => stopChild(child, 1_000));
+  await waitFor('both receivers to be starting', async () => (childPids(child.proc.pid!).length === 2 ? true : undefined));
+  child.proc.kill('SIGTERM');
+  const exited = await Promise.race([child.exited, sleep(20_000).then(() => undefined)]);
+  t.ok(exited, `the collector exited (${child.output()})`);
+  t.equal(exited?.code, 0, 'exit 0: asked to stop, and every receiver stopped cleanly');
+});
 
 t.test('SIGKILL under load loses at most one flush interval; a collector restarted on the same port resumes', async (t) => {
   const { db, url, orgId, keys, ledger } = await setup(t, 10);
