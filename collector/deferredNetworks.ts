@@ -89,7 +89,7 @@ export interface DeferredPlan {
 
 const hourOf = (now: Date) => now.getTime() - (now.getTime() % HOUR_MS);
 
-/** Reads only: the caller anchors the keys to raise before raiseDeferred takes their rows (lock order). */
+/** Reads only: the caller anchors every key of the plan before raiseDeferred takes their rows (lock order). */
 export async function planDeferred(trx: Knex.Transaction, now: Date, limit: number): Promise<DeferredPlan> {
   const rows: DueRow[] = (await trx.raw(DUE, { now, max: DEFERRED_PER_SWEEP })).rows;
   if (rows.length === 0) return { raise: [], postpone: [], raised: new Map() };
@@ -108,7 +108,7 @@ export async function planDeferred(trx: Knex.Transaction, now: Date, limit: numb
 }
 
 /**
- * In the sweep's transaction, after planDeferred and the anchoring of plan.raise's keys: raises
+ * In the sweep's transaction, after planDeferred and the anchoring of the plan's keys: raises
  * the events of the planned networks still due, and postpones the others to the next hour.
  * Returns the events new to key_events (a collector sweeping beside this one may have raised the
  * same: one row each, by their dedupe keys).

@@ -248,9 +248,10 @@ export async function sweepTimeEvents(
     const dormant: SweptKey[] = (await trx.raw(SWEEP_DORMANT, { now, retentionDays })).rows;
     const expiring: SweptKey[] = (await trx.raw(SWEEP_EXPIRING, { now, days: [...expiringDays], retentionDays })).rows;
     const deferred = await planDeferred(trx, now, newIpPerKeyHour);
-    const swept = [...dormant, ...expiring, ...deferred.raise.map((k) => ({ org_id: k.orgId, key_id: k.keyId }))];
-    const keys = [...new Map(swept.map((k) => [`${k.org_id}/${k.key_id}`, k])).values()];
-    // Before the deferred networks' rows: a flush locks a key's totals row, then its history.
+    const networks = [...deferred.raise, ...deferred.postpone].map((k) => ({ org_id: k.orgId, key_id: k.keyId }));
+    const keys = [...new Map([...dormant, ...expiring, ...networks].map((k) => [`${k.org_id}/${k.key_id}`, k])).values()];
+    // Before the deferred networks' rows, the keys postponed too: a flush locks a key's totals row,
+    // then its history rows (in key and network order, the postponement in due order).
     if (keys.length > 0) await trx.raw(ANCHOR_TOTALS, [keys.map((k) => k.org_id), keys.map((k) => k.key_id)]);
     const newIp = await raiseDeferred(trx, deferred, now, newIpPerKeyHour);
     return { dormant: dormant.length, expiring: expiring.length, newIp };

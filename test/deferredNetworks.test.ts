@@ -117,3 +117,31 @@ t.test('the history bound keeps the networks whose events are deferred first, th
   );
   t.strictSame(kept, ['10.0.0.0/24', '10.0.1.0/24'], 'not the networks seen since, nor the latest deferred');
 });
+
+// A key without room this hour had its networks postponed without its totals row locked first: a
+// flush (totals row, then the key's history rows) and the sweep could deadlock on the same key.
+t.test("the sweep locks a postponed key's totals row before its networks, as a flush does", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId } = await seedOrg(api, db);
+  await pendingNetworks(db, org.id, adminKeyId, 1, NOW - HOUR);
+  await db('api_key_usage').insert({ org_id: org.id, key_id: adminKeyId, request_count: 1 });
+  const atLimit = [1, 2].map((i) => ({
+    org_id: org.id,
+    key_id: adminKeyId,
+    type: 'key.new_ip',
+    occurred_at: new Date(NOW - i * 1000),
+    details: {},
+    dedupe_key: `x${i}`,
+  }));
+  await db('key_events').insert(atLimit);
+  const flush = await db.transaction();
+  await flush('api_key_usage').where({ org_id: org.id, key_id: adminKeyId }).increment('request_count', 1);
+  let swept = false;
+  const sweep = sweepTimeEvents(db, new Date(NOW), SWEEP).then((result) => ((swept = true), result));
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  t.notOk(swept, 'the sweep waits for the flush holding the totals row');
+  await flush.commit();
+  t.strictSame(await sweep, { dormant: 0, expiring: 0, newIp: 0 }, 'then postpones the network');
+  t.equal(await stillPending(db, adminKeyId), 1);
+});
