@@ -102,17 +102,24 @@ export function createUpkeep(options: UpkeepOptions) {
 export type Upkeep = ReturnType<typeof createUpkeep>;
 
 // One retention run: usage rows and events past their retention, addresses past IP_RETENTION_DAYS.
-// Every part is waited for (one that failed first must not end the run while another still runs
-// on a pool the stop is about to destroy); each logs its own failure; the run failed if any did.
+// The parts run in turn, each on one connection: run at once they held three of the pool's
+// connections (sized with one for upkeep), and with the hour move and the sweep on the same tick
+// the flush waited for a connection. Each logs its own failure and the next still runs; the run
+// failed if any did.
 async function retentionRun({ db, store, config, now }: UpkeepOptions, warn: (message: string) => (error: Error) => void): Promise<boolean> {
-  const parts: Array<[string, Promise<unknown>]> = [
-    ['retention cleanup failed', store.expireOldRows(config.collector.retentionDays)],
-    ['retention cleanup failed', expireOldEvents(db, new Date(now()), config.collector.events.retentionDays)],
-    ['IP retention cleanup failed', expireIpData(db, config.privacy.ipRetentionDays)],
+  const parts: Array<[string, () => Promise<unknown>]> = [
+    ['retention cleanup failed', () => store.expireOldRows(config.collector.retentionDays)],
+    ['retention cleanup failed', () => expireOldEvents(db, new Date(now()), config.collector.events.retentionDays)],
+    ['IP retention cleanup failed', () => expireIpData(db, config.privacy.ipRetentionDays)],
   ];
-  const settled = await Promise.allSettled(parts.map(([, part]) => part));
-  settled.forEach((result, i) => {
-    if (result.status === 'rejected') warn(parts[i][0])(result.reason as Error);
-  });
-  return settled.every((result) => result.status === 'fulfilled');
+  let succeeded = true;
+  for (const [message, part] of parts) {
+    try {
+      await part();
+    } catch (error) {
+      warn(message)(error as Error);
+      succeeded = false;
+    }
+  }
+  return succeeded;
 }

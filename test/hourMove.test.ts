@@ -307,6 +307,30 @@ t.test('retention first runs soon after start, not an interval later', async (t)
   t.equal(calls, 1, 'once, then hourly');
 });
 
+// Its three parts ran at once, on three of the pool's connections (sized with one for upkeep).
+t.test('a retention run takes one connection at a time: its parts run in turn', async (t) => {
+  const { db } = await setUp(t);
+  const otherParts: string[] = [];
+  let expiringRows = false;
+  let ran = false;
+  db.on('query', ({ sql }: { sql: string }) => {
+    if (expiringRows && /delete from "?(key_events|api_key_recent_ips)/.test(sql)) otherParts.push(sql);
+  });
+  const store = {
+    ...createPgUsageStore(db),
+    async expireOldRows() {
+      expiringRows = true;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expiringRows = false;
+      ran = true;
+    },
+  };
+  const upkeep = startUpkeep(t, db, store, { moveHoursMs: 3_600_000, retentionMs: 3_600_000, firstRetentionMs: 1 });
+  await waitFor('the run', () => (ran ? true : undefined));
+  await upkeep.stop();
+  t.strictSame(otherParts, [], 'neither the events nor the addresses were expired while the usage rows were');
+});
+
 // The webhook worker was stopped last, after a running retention pass: while the pass went on
 // (and the collector, at its deadline, no longer waited) it kept claiming due deliveries.
 t.test('stopping the upkeep stops the webhook worker at once, even while a retention pass runs', async (t) => {
