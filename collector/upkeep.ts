@@ -14,9 +14,9 @@ import { HOUR_MS } from '../shared/timeUnits';
 // the hourly buckets, and the hourly retention cleanup. With several receiving processes only one
 // of them runs it.
 
-// Retention ran only an hour after start: a collector restarted more often than that (a crash
-// loop, short-lived sidecars) never erased an address or expired a row. A minute lets the start
-// settle first.
+// Retention ran only an hour after start (and the hour move five minutes after): a collector
+// restarted more often than that (a crash loop, short-lived sidecars) never erased an address or
+// expired a row, nor moved a closed hour. A minute lets the start settle first.
 const FIRST_RETENTION_MS = 60_000;
 
 export interface UpkeepOptions {
@@ -25,7 +25,7 @@ export interface UpkeepOptions {
   config: Config;
   logger: Logger;
   now: () => number;
-  /** How often closed hours are moved and retention runs, and when it first runs; tests shorten them. */
+  /** How often closed hours are moved and retention runs, and when both first run; tests shorten them. */
   intervals?: { moveHoursMs: number; retentionMs: number; firstRetentionMs: number };
 }
 
@@ -82,7 +82,10 @@ export function createUpkeep(options: UpkeepOptions) {
     start(): void {
       webhooks.start();
       if (events.enabled) sweep.start();
-      firstRetention = setTimeout(cleanUp, intervals.firstRetentionMs).unref();
+      firstRetention = setTimeout(() => {
+        cleanUp();
+        moveHours();
+      }, intervals.firstRetentionMs).unref();
       retention = setInterval(cleanUp, intervals.retentionMs).unref();
       mover = setInterval(moveHours, intervals.moveHoursMs).unref();
     },

@@ -307,6 +307,17 @@ t.test('retention first runs soon after start, not an interval later', async (t)
   t.equal(calls, 1, 'once, then hourly');
 });
 
+// The move first ran an interval (5 minutes) after start: a collector restarted more often never
+// moved a closed hour.
+t.test('the hour move first runs with the first retention, not an interval later', async (t) => {
+  const { db, key } = await setUp(t);
+  const closed = thisHour() - 2 * HOUR;
+  await flushUses(db, key, 3, closed + 60_000);
+  startUpkeep(t, db, createPgUsageStore(db), { moveHoursMs: 3_600_000, retentionMs: 3_600_000, firstRetentionMs: 10 });
+  await waitFor('the closed hour moved', async () => ((await bucketsIn(db, TABLE.usageHourly, key)).length === 1 ? true : undefined));
+  t.strictSame(await bucketsIn(db, TABLE.usageCurrentHours, key), [], 'no longer in the current hours');
+});
+
 // Its three parts ran at once, on three of the pool's connections (sized with one for upkeep).
 t.test('a retention run takes one connection at a time: its parts run in turn', async (t) => {
   const { db } = await setUp(t);
