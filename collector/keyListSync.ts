@@ -73,9 +73,10 @@ export function createKeyListSync(options: KeyListSyncOptions) {
       stats.lastFullReadAt = startedAt;
       nextFullReadAt = startedAt + fullReadMs;
     } else {
-      // Only the time since the last read comes from this process's clock: a skew between it and
-      // the server's, whose now() the window ends at, moves nothing.
-      const windowMs = Math.max(0, startedAt - stats.lastReadAt) + CREATED_MARGIN_MS;
+      // Only the time since the last read comes from this process's clock, its steady one: a skew
+      // between it and the server's, whose now() the window ends at, moves nothing, and a wall
+      // clock stepped back no longer narrowed the window (keys created meanwhile went unlisted).
+      const windowMs = Math.max(0, startedElapsed - (lastReadElapsed ?? createdAt)) + CREATED_MARGIN_MS;
       await recent.read(windowMs);
     }
     stats.lastReadAt = startedAt;

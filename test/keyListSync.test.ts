@@ -88,6 +88,28 @@ t.test("a refresh reads the keys created since the last read and five minutes be
   t.equal(sync.stats.failures, 0);
 });
 
+// The window was the wall clock's time since the last read: stepped back (or held) while time
+// went on, it narrowed, and keys created meanwhile stayed unlisted until the next full read.
+t.test("a refresh's window is the steady time since the last read, whatever the wall clock did", async (t) => {
+  const { db } = await freshDatabase(t);
+  const org = await createOrg(db, 'acme');
+  const list = new KeyList(11);
+  let wall = 5_000;
+  let steady = 5_000;
+  const sync = createKeyListSync({ db, list, refreshMs: 20, fullReadMs: HOUR, warn: silent, now: () => wall, elapsed: () => steady });
+  t.teardown(() => sync.stop());
+  sync.start();
+  await waitFor('the first full read', async () => list.loaded || undefined, 10_000, 20);
+  const [created] = await insertKeys(db, org, 1, 'created');
+  await db(TABLE.apiKeys)
+    .where({ id: created })
+    .update({ created_at: db.raw("now() - interval '20 minutes'") });
+  steady += 30 * 60_000;
+  wall += 60_000;
+  await waitFor('a refresh thirty steady minutes later', async () => list.admits(created, org) || undefined, 10_000, 20);
+  t.equal(sync.stats.lastFullReadAt, 5_000, 'by a refresh, not a full read');
+});
+
 // A refresh reads again only the slices of created_at (10 s) whose keys changed since the last:
 // after a bulk import the window holds every imported key for five minutes.
 t.test('a refresh reads only the slices whose keys changed: late commits, backdated and moved keys', async (t) => {
