@@ -49,7 +49,12 @@ export function datagramVerifier(options: { secrets: readonly string[]; windowMs
   // gone when a clock stepped back made its datagram fresh again, and the datagram could be
   // replayed. The cost: after a step back of X, nothing is forgotten for X, and past the cache's
   // size genuine datagrams are refused (replay_cache_full, counted and logged) until it passes.
-  const remembered = new Map<string, number>();
+  const remembered = new Map<string, { forgetAt: number; ts: number }>();
+  // The latest signature time of a forgotten nonce: a datagram signed then or before is refused.
+  // A genuine one never is (a nonce is forgotten two windows after its datagram came, by when any
+  // datagram still fresh was signed after it), but one a wall clock stepped back by more than the
+  // window made fresh again, its nonce forgotten meanwhile, was accepted a second time.
+  let forgottenUpTo = -Infinity;
   const verify = (packet: string): SignatureVerdict => {
     // The API signs datagrams of at most MAX_DATAGRAM_BYTES, signature included. A forged one of
     // 64 kB would cost a MAC over all of it (per secret), 45 times the real one's: refused first.
@@ -70,13 +75,14 @@ export function datagramVerifier(options: { secrets: readonly string[]; windowMs
     const now = options.now();
     if (Math.abs(now - Number(ts)) > options.windowMs) return { ok: false, reason: 'stale' };
     // Kept through forgetAt itself: a datagram signed a whole window ahead is still fresh then.
-    for (const [old, forgetAt] of remembered) {
-      if (forgetAt >= now) break;
+    for (const [old, entry] of remembered) {
+      if (entry.forgetAt >= now) break;
       remembered.delete(old);
+      forgottenUpTo = Math.max(forgottenUpTo, entry.ts);
     }
-    if (remembered.has(nonce)) return { ok: false, reason: 'replayed' };
+    if (remembered.has(nonce) || Number(ts) <= forgottenUpTo) return { ok: false, reason: 'replayed' };
     if (remembered.size >= options.maxRemembered) return { ok: false, reason: 'replay_cache_full' };
-    remembered.set(nonce, now + 2 * options.windowMs);
+    remembered.set(nonce, { forgetAt: now + 2 * options.windowMs, ts: Number(ts) });
     return { ok: true, body };
   };
   return Object.assign(verify, { size: () => remembered.size });

@@ -81,6 +81,20 @@ t.test('a wall clock stepped back does not make an accepted datagram replayable'
   t.same(verify(captured), { ok: false, reason: 'replayed' }, 'fresh again on the wall clock, and still refused');
 });
 
+// Its nonce forgotten two windows after it came, an accepted datagram was fresh again after a
+// wall clock stepped back by more than a window, and accepted a second time.
+t.test('a datagram whose nonce was forgotten is not accepted again when the clock steps back', async (t) => {
+  let now = 1_800_000_000_000;
+  const verify = datagramVerifier({ secrets: [SECRET], windowMs: 30_000, maxRemembered: 10, now: () => now });
+  const captured = signDatagram(BODY, SECRET, now);
+  t.same(verify(captured), { ok: true, body: BODY });
+  now += 61_000;
+  t.same(verify(signDatagram(BODY, SECRET, now)), { ok: true, body: BODY }, 'a later datagram, whose check forgets the first nonce');
+  now -= 51_000; // the wall clock steps back: the captured datagram is 10 s old
+  t.same(verify(captured), { ok: false, reason: 'replayed' });
+  t.same(verify(signDatagram(BODY, SECRET, now)), { ok: true, body: BODY }, 'a datagram signed now is still taken');
+});
+
 t.test('config: a signing secret is required in production beyond loopback', async (t) => {
   const production = { NODE_ENV: 'production', KEY_PEPPER: 'p'.repeat(32) };
   t.doesNotThrow(() => loadConfig(production));
