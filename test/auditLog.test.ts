@@ -134,3 +134,26 @@ t.test('append-only: UPDATE, DELETE and TRUNCATE are refused; deleting the organ
   await db('organizations').where({ id: acme.org.id }).del();
   t.equal((await db('audit_log').where({ org_id: acme.org.id })).length, 0, 'ON DELETE CASCADE from organizations still works');
 });
+
+// Ids are taken at the insert and seen at the commit: two changes at once committed in the other
+// order, and a reader following the log by the newest id it had read skipped the late one.
+t.test("an org's entries become visible in id order: none appears below one already read", async (t) => {
+  const { db, api, acme } = await setup(t);
+  const [first, second] = await Promise.all(
+    ['one', 'two'].map((name) => api.services.apiKeys.create(acme.org.id, { name, scopes: ['keys:read'], expiresAt: null })),
+  );
+  const visible = async () => (await db('audit_log').where({ org_id: acme.org.id }).pluck('id')).map(Number);
+  const slow = await db.transaction();
+  await api.services.apiKeys.revoke(acme.org.id, first.key.id, { db: slow });
+  const quick = api.request('POST', `/api/orgs/${acme.org.id}/api-keys/${second.key.id}/revoke`, { key: acme.adminKey });
+  await Promise.race([quick, new Promise((resolve) => setTimeout(resolve, 500))]);
+  const read = await visible();
+  await slow.commit();
+  t.equal((await quick).status, 200);
+  const newest = Math.max(...read);
+  t.strictSame(
+    (await visible()).filter((id) => id < newest && !read.includes(id)),
+    [],
+    'no entry committed later below the newest one a reader had seen',
+  );
+});

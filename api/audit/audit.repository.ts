@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { Db } from '../../shared/db';
 import { idString } from '../responses';
 import { TABLE } from '../../shared/tables';
+import { lockOrgFor } from '../orgs/orgs.repository';
 
 // The audit log: one row per change to an org's keys, written in the change's own transaction
 // (pass the transaction as `db`), so a change and its entry commit or roll back together.
@@ -60,7 +61,13 @@ interface AuditRow {
   ip: string | null;
 }
 
+// An entry's id is taken at its insert but seen at its commit: two changes of an org at once
+// could commit in the other order, and a reader following the log by the newest id it had seen
+// skipped the entry committed late below it, for good. The org's entries are written one
+// transaction at a time, so ids follow commits. Every caller writes its entries last in its
+// transaction (the lock is held to its end, and nothing is locked after it: no deadlock).
 export async function recordAudit(db: Db, entry: AuditEntry): Promise<void> {
+  await lockOrgFor(db, 'audit', entry.orgId);
   await db<AuditRow>(TABLE.auditLog).insert({
     org_id: entry.orgId,
     actor_type: entry.actor.type,

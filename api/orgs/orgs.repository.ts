@@ -37,7 +37,7 @@ export async function listOrganizations(db: Db): Promise<Organization[]> {
 
 // A cap on what an org holds (its keys, its webhooks, a webhook's pending pings) counts before it
 // inserts: one such change of an org at a time, so concurrent requests cannot all pass the same
-// count. Held to the transaction's end.
-export async function lockOrgFor(trx: Db, what: 'keys' | 'webhooks', orgId: string): Promise<void> {
+// count. The audit log takes its own (api/audit/audit.repository.ts). Held to the transaction's end.
+export async function lockOrgFor(trx: Db, what: 'keys' | 'webhooks' | 'audit', orgId: string): Promise<void> {
   await trx.raw(`select pg_advisory_xact_lock(hashtextextended('keyusage.' || ? || ':' || ?::text, 0))`, [what, orgId]);
 }
