@@ -74,6 +74,25 @@ t.test('create, rotate and revoke through the API are recorded with the acting k
   }
 });
 
+t.test('a PATCH that leaves the expected networks as they were records nothing (fails without the fix)', async (t) => {
+  const { db, api, acme } = await setup(t);
+  const key = (await api.services.apiKeys.create(acme.org.id, { name: 'office', scopes: ['keys:read'], expiresAt: null })).key;
+  const patch = (expectedNetworks: string[] | null) =>
+    api.request('PATCH', `/api/orgs/${acme.org.id}/api-keys/${key.id}`, { key: acme.adminKey, body: { expectedNetworks } });
+  const networks = ['10.0.0.0/8', '2001:db8::/32'];
+  t.equal((await patch(networks)).status, 200);
+  t.equal((await patch(networks)).status, 200, 'the same body again');
+  t.equal((await patch(['10.1.2.3/8', '2001:db8::/32'])).status, 200, 'the same networks once normalised');
+  t.equal((await patch(null)).status, 200, 'a real change');
+  t.equal((await patch([])).status, 200, 'none again, spelled otherwise');
+  const updates = await db('audit_log').where({ action: 'key.update', target_key_id: key.id }).orderBy('id');
+  t.strictSame(
+    updates.map((entry) => entry.details),
+    [{ expectedNetworks: { from: null, to: networks } }, { expectedNetworks: { from: networks, to: null } }],
+    'one entry per change, none for the PATCHes that changed nothing',
+  );
+});
+
 t.test('cursor pagination, newest first, and org isolation', async (t) => {
   const { db, api, acme } = await setup(t);
   const globex = await seedOrg(api, db, 'globex');

@@ -1,3 +1,4 @@
+import { isDeepStrictEqual } from 'node:util';
 import { z } from 'zod';
 import type { Db } from '../../shared/db';
 import { auditActor, recordAudit, type AuditEntry } from '../audit/audit.repository';
@@ -288,13 +289,17 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       const updated = await audited(
         context,
         (trx) => setExpectedNetworks(trx, key, networksOrNull(networks)),
+        // Compared as stored (normalised): a PATCH that changes nothing records nothing, as a
+        // second revoke does.
         (changed) =>
-          changed && {
-            orgId,
-            action: 'key.update',
-            targetKeyId: changed.key.id,
-            details: { expectedNetworks: { from: changed.previous, to: changed.key.expectedNetworks } },
-          },
+          changed && !isDeepStrictEqual(changed.previous, changed.key.expectedNetworks)
+            ? {
+                orgId,
+                action: 'key.update',
+                targetKeyId: changed.key.id,
+                details: { expectedNetworks: { from: changed.previous, to: changed.key.expectedNetworks } },
+              }
+            : undefined,
       );
       // Deleted since it was read.
       if (!updated) throw notFound('API key');
