@@ -4,6 +4,7 @@ import { parsePresentedKey } from '../api/keys/keyMaterial';
 import { main as cliMain } from '../scripts/cli';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
+import { DAY_MS as DAY } from '../shared/timeUnits';
 
 // The audit log: every create, rotate and revoke records who, what, when and from where, in the
 // change's transaction; GET /api/orgs/:id/audit-log pages it newest first; nothing can change it.
@@ -133,6 +134,47 @@ t.test('the CLI is recorded as "cli"', async (t) => {
   t.equal(await cliMain(['key', 'revoke', acme.org.id, acme.adminKeyId], { NODE_ENV: 'test', DATABASE_URL: url }, io), 0);
   const entry = await db('audit_log').where({ action: 'key.revoke' }).first();
   t.match(entry, { actor_type: 'cli', actor_key_id: null, actor_display_prefix: null, target_key_id: acme.adminKeyId, ip: null });
+});
+
+t.test('revoke-dormant records one keys.revoke_dormant entry per revoked key, through the API and the CLI; a dry run none', async (t) => {
+  const { db, url, api, acme } = await setup(t);
+  const now = Date.now();
+  const longAgo = new Date(now - 100 * DAY);
+  const lastUse = new Date(now - 95 * DAY);
+  const key = async (name: string, usedAt: Date | null) => {
+    const { id } = (await api.services.apiKeys.create(acme.org.id, { name, scopes: ['keys:read'], expiresAt: null })).key;
+    await db('api_keys').where({ id }).update({ created_at: longAgo });
+    if (usedAt) await db('api_key_usage').insert({ org_id: acme.org.id, key_id: id, request_count: 1, last_used_at: usedAt });
+    return id;
+  };
+  const [never, usedOnce, byCli] = [await key('never used', null), await key('used once', lastUse), await key('left for the CLI', null)];
+  // A use within the 90 days: the CLI's --apply alone is refused where none is recorded.
+  await db('api_key_usage').insert({ org_id: acme.org.id, key_id: acme.adminKeyId, request_count: 1, last_used_at: new Date(now) });
+  const entries = () => db('audit_log').where({ action: 'keys.revoke_dormant' }).orderBy('id');
+  const cleanUp = (body: object) =>
+    api.request('POST', `/api/orgs/${acme.org.id}/api-keys/revoke-dormant`, { key: acme.adminKey, body: { dormantDays: 90, ...body } });
+  const out: string[] = [];
+  const cli = (...args: string[]) =>
+    cliMain(
+      ['key', 'revoke-dormant', acme.org.id, '--days', '90', ...args],
+      { NODE_ENV: 'test', DATABASE_URL: url },
+      { out: (text) => out.push(text), err: () => {} },
+    );
+
+  t.equal((await cleanUp({ dryRun: true })).body.keys.length, 3);
+  t.equal(await cli(), 0);
+  t.strictSame(await entries(), [], 'the dry runs record nothing');
+
+  t.equal((await cleanUp({ dryRun: false, keyIds: [never, usedOnce] })).status, 200);
+  t.equal(await cli('--apply'), 0);
+  const apiActor = { actor_type: 'key', actor_key_id: acme.adminKeyId, ip: '127.0.0.1' };
+  const cliActor = { actor_type: 'cli', actor_key_id: null, actor_display_prefix: null, ip: null };
+  t.match(await entries(), [
+    { ...apiActor, org_id: acme.org.id, target_key_id: never, details: { name: 'never used', dormantDays: 90, lastUsedAt: null } },
+    { ...apiActor, org_id: acme.org.id, target_key_id: usedOnce, details: { name: 'used once', dormantDays: 90, lastUsedAt: lastUse.toISOString() } },
+    { ...cliActor, org_id: acme.org.id, target_key_id: byCli, details: { name: 'left for the CLI', dormantDays: 90, lastUsedAt: null } },
+  ]);
+  t.equal((await entries()).length, 3, 'one entry per revoked key');
 });
 
 t.test('append-only: UPDATE, DELETE and TRUNCATE are refused; deleting the organization takes its entries', async (t) => {
