@@ -49,6 +49,11 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
       'Other lines that failed to send to COLLECTOR_RELAY_TO, or met too many datagrams in flight',
       relay?.stats.droppedLines ?? 0,
     ),
+    counter(
+      'unchecked_signature_lines_total',
+      'Signature lines (keyusage.sig) dropped unchecked, never relayed: the API signs datagrams and this collector has no USAGE_SIGNING_SECRET',
+      ingest.uncheckedSignatureLines,
+    ),
     // The lines the aggregator refused for ids that are not UUIDs are bad lines the parser missed,
     // not uses received.
     counter('bad_lines_total', 'Malformed lines dropped', ingest.badLines + aggregator.malformedSamples),

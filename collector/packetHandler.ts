@@ -1,5 +1,5 @@
 import type { Config } from '../shared/config';
-import { datagramVerifier } from '../shared/datagramSignature';
+import { datagramVerifier, SIGNATURE_METRIC } from '../shared/datagramSignature';
 import { redactKeyMaterial } from '../shared/logger';
 import type { RateLimitedWarn } from '../shared/rateLimitedLog';
 import { truncateIp } from '../shared/ipTruncation';
@@ -18,6 +18,7 @@ export interface IngestCounters {
   lines: number;
   usageLines: number;
   otherLines: number;
+  uncheckedSignatureLines: number;
   badLines: number;
   usesReceived: number;
 }
@@ -29,16 +30,36 @@ export interface ReplayCacheState {
 }
 
 const SIGNATURE_WINDOW_MS = 30_000;
+const SIGNATURE_LINE_START = `${SIGNATURE_METRIC}:`;
 
 export function createPacketHandler(options: { config: Config; aggregator: Aggregator; relay: Relay | undefined; warn: RateLimitedWarn; now: () => number }) {
   const { config, aggregator, relay, warn, now } = options;
   const { signingSecrets, replayCacheSize, aggregatorMaxKeys } = config.collector;
-  const ingest: IngestCounters = { packets: 0, rejectedPackets: 0, lines: 0, usageLines: 0, otherLines: 0, badLines: 0, usesReceived: 0 };
+  const ingest: IngestCounters = {
+    packets: 0,
+    rejectedPackets: 0,
+    lines: 0,
+    usageLines: 0,
+    otherLines: 0,
+    uncheckedSignatureLines: 0,
+    badLines: 0,
+    usesReceived: 0,
+  };
   const verify =
     signingSecrets.length > 0 ? datagramVerifier({ secrets: signingSecrets, windowMs: SIGNATURE_WINDOW_MS, maxRemembered: replayCacheSize, now }) : undefined;
   // A full replay cache drops genuine datagrams: counted apart so it is not mistaken for forgery.
   const replayCache: ReplayCacheState = { capacity: replayCacheSize, overflows: 0, entries: () => verify?.size() ?? 0 };
-  const relayLine = relay && ((line: string) => relay.relay(line));
+  // A signature line reaches here when the API signs and this collector has no secret to check it
+  // (the order for turning signing on). Never relayed: its nonce and MAC make each one a new
+  // series on a tag-aware StatsD server.
+  const onOther = (line: string) => {
+    if (line.startsWith(SIGNATURE_LINE_START)) {
+      ingest.uncheckedSignatureLines += 1;
+      return;
+    }
+    ingest.otherLines += 1;
+    relay?.relay(line);
+  };
   const parseDatagram = createDatagramParser();
   // One clock read per datagram, not per line: the lines of a datagram arrived together.
   let packetTime = now();
@@ -84,10 +105,9 @@ export function createPacketHandler(options: { config: Config; aggregator: Aggre
     const packet = verified(received);
     if (packet === undefined) return;
     packetTime = now();
-    const result = parseDatagram(packet, addSample, relayLine);
+    const result = parseDatagram(packet, addSample, onOther);
     ingest.lines += result.lines;
     ingest.usageLines += result.usage;
-    ingest.otherLines += result.other;
     ingest.badLines += result.invalid;
     if (result.invalid > 0) {
       warn('bad_line', { badLines: ingest.badLines, reason: redactKeyMaterial(result.firstError ?? '') }, 'dropped malformed StatsD lines');

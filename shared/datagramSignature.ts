@@ -3,7 +3,8 @@ import { MAX_DATAGRAM_BYTES } from './usageWire';
 
 // An optional shared-secret signature on usage datagrams, for a collector that listens beyond
 // loopback (USAGE_SIGNING_SECRET). The signature is the datagram's last line and is itself a valid
-// StatsD counter, so a plain StatsD server counts it as one more metric and ignores it:
+// StatsD counter, which a plain StatsD server takes as one more metric (a tag-aware one, as a new
+// series each time; the collector never relays it, collector/packetHandler.ts):
 //
 //   keyusage.sig:1|c|#v:1,ts:<unix ms>,n:<16-char nonce>,mac:<HMAC-SHA-256, base64url>
 //

@@ -2,7 +2,12 @@ import dgram from 'node:dgram';
 import { once } from 'node:events';
 import t from 'tap';
 import { LineBatcher, Relay, udpSink, type DatagramSink } from '../collector/relay';
+import { waitFor } from '../harness/wait';
+import { signDatagram } from '../shared/datagramSignature';
 import { MAX_DATAGRAM_BYTES } from '../shared/usageWire';
+import { sendDatagrams, startTestCollector } from './helpers/collector';
+import { freshDatabase } from './helpers/database';
+import { seedKeys } from './helpers/faults';
 
 // A sink that records what it was given and answers each send when told to.
 function fakeSink() {
@@ -138,4 +143,30 @@ t.test('udpSink sends each datagram whole to a loopback upstream', async (t) => 
   t.strictSame(received, lines, 'every line, in order, exactly once');
   t.equal(relay.stats.sentLines, lines.length);
   t.equal(relay.stats.droppedLines, 0);
+});
+
+t.test('a signature line at a collector without the secret is counted, never relayed (fails without the fix)', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const { orgId, keys } = await seedKeys(db, 'signing', 1);
+  const upstream = dgram.createSocket('udp4');
+  await new Promise<void>((resolve) => upstream.bind(0, '127.0.0.1', resolve));
+  t.teardown(() => upstream.close());
+  const relayed: string[] = [];
+  upstream.on('message', (message) => relayed.push(...message.toString('latin1').split('\n')));
+  // The API signs (USAGE_SIGNING_SECRET); this collector has no secret yet, as while signing is
+  // being turned on.
+  const collector = await startTestCollector(t, url, { COLLECTOR_RELAY_TO: `127.0.0.1:${upstream.address().port}` });
+  const usage = `apikey.used:1|c|#key:${keys[0].id},org:${orgId},ip:10.1.0.1,outcome:ok`;
+  const others = ['http.requests:1|c|#route:/v1', 'http.requests:2|c|#route:/v2'];
+  await sendDatagrams(
+    collector.receiver.port,
+    others.map((other) => signDatagram(`${usage}\n${other}`, 's'.repeat(32), Date.now())),
+  );
+  const { ingest, relay } = collector;
+  await waitFor('both datagrams read and their relayed lines sent', () =>
+    ingest.packets === 2 && relay!.stats.sentLines === ingest.otherLines && relayed.length >= ingest.otherLines ? true : undefined,
+  );
+  t.strictSame(relayed, others, 'the other lines, without the signature lines');
+  const metrics = Object.fromEntries(collector.samples().map((s) => [s.name.replace('keyusage_collector_', ''), s.value]));
+  t.match(metrics, { lines_total: 6, usage_lines_total: 2, other_lines_total: 2, unchecked_signature_lines_total: 2, relay_sent_lines_total: 2 });
 });
