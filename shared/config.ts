@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { BASELINE_DAYS } from './keyEvents';
-import { isLoopbackAddress } from './loopback';
+import { isLoopbackAddress, isWildcardAddress } from './loopback';
 
 // One config for every process (api, collector, cli, launcher), read once from the environment.
 // Each variable is validated on its own so a bad value fails fast with the variable's name.
@@ -299,14 +299,23 @@ function pepperProblems(v: Variables): string[] {
 }
 
 // The relay must not point at the collector's own port: every relayed line would come back and
-// be relayed again, for ever. Only literal equality is caught; a name resolving to it is not.
+// be relayed again, for ever. Only literals are caught (and localhost); another name resolving to
+// the collector is not.
 function relayProblems(v: Variables): string[] {
   const relay = v.COLLECTOR_RELAY_TO;
-  if (relay === undefined || relay.port !== v.COLLECTOR_PORT) return [];
-  const own = new Set([v.COLLECTOR_HOST, ...(isLoopbackAddress(v.COLLECTOR_HOST) ? ['localhost', '127.0.0.1', '::1'] : [])]);
-  return own.has(relay.host)
-    ? ["COLLECTOR_RELAY_TO: is the collector's own address (COLLECTOR_HOST:COLLECTOR_PORT); relayed lines would come back for ever"]
-    : [];
+  if (relay === undefined || relay.port !== v.COLLECTOR_PORT || !reachesCollector(relay.host, v.COLLECTOR_HOST)) return [];
+  return ["COLLECTOR_RELAY_TO: is the collector's own address (COLLECTOR_HOST:COLLECTOR_PORT); relayed lines would come back for ever"];
+}
+
+// Whether datagrams sent to `target` reach a collector bound to `host`, on the same port. On a
+// wildcard address it hears every loopback address, and a wildcard destination is this host too;
+// `0.0.0.0` (an IPv4 socket) hears no IPv6 one, `::` both (Node binds it dual-stack).
+function reachesCollector(target: string, host: string): boolean {
+  if (target === host) return true;
+  if (isLoopbackAddress(host)) return ['localhost', '127.0.0.1', '::1'].includes(target);
+  if (!isWildcardAddress(host)) return false;
+  const local = target === 'localhost' || isLoopbackAddress(target) || isWildcardAddress(target);
+  return local && (isIP(host) === 6 || isIP(target) !== 6);
 }
 
 // The previous secret only verifies what an API still signs with it during a rotation. Alone, it

@@ -7,9 +7,17 @@ const LOOPBACK = new BlockList();
 LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
 LOOPBACK.addAddress('::1', 'ipv6');
 
-/** True only for an IP literal in 127.0.0.0/8, ::1, or ::ffff:127.x.x.x; false for any name. */
-export function isLoopbackAddress(host: string): boolean {
+const WILDCARD = new BlockList();
+WILDCARD.addAddress('0.0.0.0', 'ipv4');
+WILDCARD.addAddress('::', 'ipv6');
+
+const within = (list: BlockList, host: string): boolean => {
   const family = isIP(host);
-  if (family === 0) return false;
-  return LOOPBACK.check(host, family === 6 ? 'ipv6' : 'ipv4');
-}
+  return family !== 0 && list.check(host, family === 6 ? 'ipv6' : 'ipv4');
+};
+
+/** True only for an IP literal in 127.0.0.0/8, ::1, or ::ffff:127.x.x.x; false for any name. */
+export const isLoopbackAddress = (host: string): boolean => within(LOOPBACK, host);
+
+/** True for the wildcard (unspecified) address 0.0.0.0 or ::, however spelled. */
+export const isWildcardAddress = (host: string): boolean => within(WILDCARD, host);

@@ -456,6 +456,34 @@ t.test('COLLECTOR_RELAY_TO: host:port, IPv6 in brackets; unset means no relay', 
     8125,
     'the default port of a collector on another port is fine',
   );
+  // A collector on a wildcard address hears loopback too (fails without the fix).
+  const selfLoops: Array<[host: string, relay: string]> = [
+    ['0.0.0.0', '127.0.0.1:8125'],
+    ['0.0.0.0', '127.1.2.3:8125'],
+    ['0.0.0.0', 'localhost:8125'],
+    ['0.0.0.0', '0.0.0.0:8125'],
+    ['::', '[::1]:8125'],
+    ['::', '127.0.0.1:8125'],
+    ['::', 'localhost:8125'],
+    ['::', '0.0.0.0:8125'],
+    ['0:0:0:0:0:0:0:0', '[::1]:8125'],
+  ];
+  for (const [host, relay] of selfLoops) {
+    t.same(
+      configError(t, { ...env, COLLECTOR_HOST: host, COLLECTOR_RELAY_TO: relay }).problems,
+      ["COLLECTOR_RELAY_TO: is the collector's own address (COLLECTOR_HOST:COLLECTOR_PORT); relayed lines would come back for ever"],
+      `COLLECTOR_HOST=${host} hears ${relay}`,
+    );
+  }
+  const elsewhere: Array<[host: string, relay: string]> = [
+    ['0.0.0.0', '[::1]:8125'], // an IPv4 socket hears no IPv6 datagram
+    ['0.0.0.0', '127.0.0.1:8126'],
+    ['::', 'localhost:9125'],
+    ['127.0.0.1', '127.0.0.2:8125'], // bound to one loopback address, not the others
+  ];
+  for (const [host, relay] of elsewhere) {
+    t.ok(loadConfig({ ...env, COLLECTOR_HOST: host, COLLECTOR_RELAY_TO: relay }).collector.relayTo, `COLLECTOR_HOST=${host} does not hear ${relay}`);
+  }
 });
 
 t.test('COLLECTOR_TIMESTAMP_WINDOW_SECONDS: an hour by default, 0 to ignore client timestamps', async (t) => {
