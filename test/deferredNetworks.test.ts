@@ -31,6 +31,12 @@ const newIps = async (db: Db, keyId: string) =>
 const stillPending = async (db: Db, keyId: string) =>
   Number((await db('api_key_ip_history').where({ key_id: keyId }).whereNotNull('event_due_at').count())[0].count);
 
+// The key's two key.new_ip events of the hour before NOW: SWEEP's limit reached.
+const reachLimit = (db: Db, orgId: string, keyId: string) =>
+  db('key_events').insert(
+    [1, 2].map((i) => ({ org_id: orgId, key_id: keyId, type: 'key.new_ip', occurred_at: new Date(NOW - i * 1000), details: {}, dedupe_key: `x${i}` })),
+  );
+
 t.test('the earliest pending networks, up to the room left in the hour, occurring at the sweep; the others stay pending', async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
@@ -60,15 +66,7 @@ t.test(`a sweep reads at most ${DEFERRED_PER_SWEEP} due networks, earliest first
   const other = await seedOrg(api, db, 'globex');
   await pendingNetworks(db, org.id, flooded, DEFERRED_PER_SWEEP, NOW - 5 * HOUR);
   await pendingNetworks(db, other.org.id, other.adminKeyId, 1, NOW - HOUR);
-  const atLimit = [1, 2].map((i) => ({
-    org_id: org.id,
-    key_id: flooded,
-    type: 'key.new_ip',
-    occurred_at: new Date(NOW - i * 1000),
-    details: {},
-    dedupe_key: `x${i}`,
-  }));
-  await db('key_events').insert(atLimit);
+  await reachLimit(db, org.id, flooded);
   t.strictSame(await sweepTimeEvents(db, new Date(NOW), SWEEP), { dormant: 0, expiring: 0, newIp: 0 }, "the window: the flooded key's, at its limit");
   t.strictSame(
     await sweepTimeEvents(db, new Date(NOW + 60_000), SWEEP),
@@ -126,15 +124,7 @@ t.test("the sweep locks a postponed key's totals row before its networks, as a f
   const { org, adminKeyId } = await seedOrg(api, db);
   await pendingNetworks(db, org.id, adminKeyId, 1, NOW - HOUR);
   await db('api_key_usage').insert({ org_id: org.id, key_id: adminKeyId, request_count: 1 });
-  const atLimit = [1, 2].map((i) => ({
-    org_id: org.id,
-    key_id: adminKeyId,
-    type: 'key.new_ip',
-    occurred_at: new Date(NOW - i * 1000),
-    details: {},
-    dedupe_key: `x${i}`,
-  }));
-  await db('key_events').insert(atLimit);
+  await reachLimit(db, org.id, adminKeyId);
   const flush = await db.transaction();
   await flush('api_key_usage').where({ org_id: org.id, key_id: adminKeyId }).increment('request_count', 1);
   let swept = false;
