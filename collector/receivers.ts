@@ -133,9 +133,14 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
     logger.info({ ...why, receivers: workers.length }, 'shutting down');
     shutDown(true);
   };
-  // A second signal while stopping exits at once, as one collector process does (shared/process.ts).
+  // A second signal exits at once, as one collector process does (shared/process.ts). Only a
+  // second: the first, during a stop a receiver's death began, must not cut the others' final flushes.
+  let signalled = false;
   const onSignal = (signal: NodeJS.Signals) => {
-    if (!stopping) return onStopAsked({ signal });
+    if (!signalled) {
+      signalled = true;
+      return onStopAsked({ signal });
+    }
     for (const worker of workers) worker.process.kill('SIGKILL');
     process.exit(1);
   };
