@@ -43,6 +43,7 @@ export function createUpkeep(options: UpkeepOptions) {
     now,
   });
   const webhooks = createWebhookWorker({ db, peppers: [config.api.keyPepper, ...config.api.previousKeyPeppers], config: config.webhooks, logger, now });
+  let stopped = false;
   let firstRetention: NodeJS.Timeout | undefined;
   let retention: NodeJS.Timeout | undefined;
   let mover: NodeJS.Timeout | undefined;
@@ -69,7 +70,7 @@ export function createUpkeep(options: UpkeepOptions) {
   // waiting for a connection (test/hourMove.test.ts, under npm run test:citus).
   let cleaning: Promise<void> | undefined;
   const cleanUp = () => {
-    cleaning ??= retentionRun(options, warn)
+    cleaning ??= retentionRun(options, warn, () => stopped)
       .then((succeeded) => {
         if (!succeeded) stats.failedRetentions += 1;
       })
@@ -82,15 +83,20 @@ export function createUpkeep(options: UpkeepOptions) {
     start(): void {
       webhooks.start();
       if (events.enabled) sweep.start();
+      // The first move after the first retention, not beside it: the sweep's first tick may come
+      // too, and the pool holds one connection for upkeep.
       firstRetention = setTimeout(() => {
         cleanUp();
-        moveHours();
+        void cleaning?.then(() => {
+          if (!stopped) moveHours();
+        });
       }, intervals.firstRetentionMs).unref();
       retention = setInterval(cleanUp, intervals.retentionMs).unref();
       mover = setInterval(moveHours, intervals.moveHoursMs).unref();
     },
     /** Sends in flight are recorded; anything not yet sent stays in the outbox for the next start. */
     async stop(): Promise<void> {
+      stopped = true;
       clearTimeout(firstRetention);
       clearInterval(retention);
       clearInterval(mover);
@@ -107,9 +113,13 @@ export type Upkeep = ReturnType<typeof createUpkeep>;
 // One retention run: usage rows and events past their retention, addresses past IP_RETENTION_DAYS.
 // The parts run in turn, each on one connection: run at once they held three of the pool's
 // connections (sized with one for upkeep), and with the hour move and the sweep on the same tick
-// the flush waited for a connection. Each logs its own failure and the next still runs; the run
-// failed if any did.
-async function retentionRun({ db, store, config, now }: UpkeepOptions, warn: (message: string) => (error: Error) => void): Promise<boolean> {
+// the flush waited for a connection. Each logs its own failure and the next still runs (until a
+// stop); the run failed if any did.
+async function retentionRun(
+  { db, store, config, now }: UpkeepOptions,
+  warn: (message: string) => (error: Error) => void,
+  stopped: () => boolean,
+): Promise<boolean> {
   const parts: Array<[string, () => Promise<unknown>]> = [
     ['retention cleanup failed', () => store.expireOldRows(config.collector.retentionDays)],
     ['retention cleanup failed', () => expireOldEvents(db, new Date(now()), config.collector.events.retentionDays)],
@@ -117,6 +127,8 @@ async function retentionRun({ db, store, config, now }: UpkeepOptions, warn: (me
   ];
   let succeeded = true;
   for (const [message, part] of parts) {
+    // At stop, the part running ends and no other begins beside the final flush.
+    if (stopped()) break;
     try {
       await part();
     } catch (error) {

@@ -318,28 +318,68 @@ t.test('the hour move first runs with the first retention, not an interval later
   t.strictSame(await bucketsIn(db, TABLE.usageCurrentHours, key), [], 'no longer in the current hours');
 });
 
-// Its three parts ran at once, on three of the pool's connections (sized with one for upkeep).
-t.test('a retention run takes one connection at a time: its parts run in turn', async (t) => {
-  const { db } = await setUp(t);
-  const otherParts: string[] = [];
-  let expiringRows = false;
-  let ran = false;
-  db.on('query', ({ sql }: { sql: string }) => {
-    if (expiringRows && /delete from "?(key_events|api_key_recent_ips)/.test(sql)) otherParts.push(sql);
-  });
+const OTHER_UPKEEP = /api_key_usage_current_hours|delete from "?(key_events|api_key_recent_ips)/;
+
+// A store whose usage-row expiry takes 200 ms, telling whether it runs.
+function slowExpiry(db: Db) {
+  const expiry = { running: false, runs: 0 };
   const store = {
     ...createPgUsageStore(db),
     async expireOldRows() {
-      expiringRows = true;
+      expiry.running = true;
       await new Promise((resolve) => setTimeout(resolve, 200));
-      expiringRows = false;
-      ran = true;
+      expiry.running = false;
+      expiry.runs += 1;
     },
   };
+  return { expiry, store };
+}
+
+// Its three parts ran at once, on three of the pool's connections (sized with one for upkeep).
+t.test('a retention run takes one connection at a time: its parts run in turn', async (t) => {
+  const { db } = await setUp(t);
+  const { expiry, store } = slowExpiry(db);
+  const otherParts: string[] = [];
+  db.on('query', ({ sql }: { sql: string }) => {
+    if (expiry.running && /delete from "?(key_events|api_key_recent_ips)/.test(sql)) otherParts.push(sql);
+  });
   const upkeep = startUpkeep(t, db, store, { moveHoursMs: 3_600_000, retentionMs: 3_600_000, firstRetentionMs: 1 });
-  await waitFor('the run', () => (ran ? true : undefined));
+  await waitFor('the run', () => (expiry.runs === 1 ? true : undefined));
   await upkeep.stop();
   t.strictSame(otherParts, [], 'neither the events nor the addresses were expired while the usage rows were');
+});
+
+// The first move started beside the first retention (and the sweep's first tick): upkeep held
+// more than the connection the pool keeps for it.
+t.test('the first move waits for the first retention run', async (t) => {
+  const { db } = await setUp(t);
+  const { expiry, store } = slowExpiry(db);
+  const beside: string[] = [];
+  let moved = false;
+  db.on('query', ({ sql }: { sql: string }) => {
+    if (expiry.running && /api_key_usage_current_hours/.test(sql)) beside.push(sql);
+    if (/api_key_usage_current_hours/.test(sql)) moved = true;
+  });
+  startUpkeep(t, db, store, { moveHoursMs: 3_600_000, retentionMs: 3_600_000, firstRetentionMs: 1 });
+  await waitFor('the first move', () => (moved ? true : undefined));
+  t.equal(expiry.runs, 1);
+  t.strictSame(beside, [], 'not while the retention ran');
+});
+
+// A stop during a run let its next parts (and the first move) start beside the final flush.
+t.test('a stop during a retention run starts none of its other parts', async (t) => {
+  const { db } = await setUp(t);
+  const { expiry, store } = slowExpiry(db);
+  const upkeep = startUpkeep(t, db, store, { moveHoursMs: 3_600_000, retentionMs: 3_600_000, firstRetentionMs: 1 });
+  await waitFor('the run', () => (expiry.running ? true : undefined));
+  const afterStop: string[] = [];
+  db.on('query', ({ sql }: { sql: string }) => {
+    if (OTHER_UPKEEP.test(sql)) afterStop.push(sql);
+  });
+  await upkeep.stop();
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  t.equal(expiry.runs, 1, 'the part running ended');
+  t.strictSame(afterStop, [], 'no other part, and no move, began');
 });
 
 // The webhook worker was stopped last, after a running retention pass: while the pass went on
