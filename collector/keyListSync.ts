@@ -73,10 +73,12 @@ export function createKeyListSync(options: KeyListSyncOptions) {
       stats.lastFullReadAt = startedAt;
       nextFullReadAt = startedAt + fullReadMs;
     } else {
-      // Only the time since the last read comes from this process's clock, its steady one: a skew
-      // between it and the server's, whose now() the window ends at, moves nothing, and a wall
-      // clock stepped back no longer narrowed the window (keys created meanwhile went unlisted).
-      const windowMs = Math.max(0, startedElapsed - (lastReadElapsed ?? createdAt)) + CREATED_MARGIN_MS;
+      // Only the time since the last read comes from this process's clocks: a skew between them
+      // and the server's, whose now() the window ends at, moves nothing. The longer of the two
+      // (a wider window is always safe): a wall clock stepped back narrowed it, and the steady one
+      // stops while the host is suspended; keys created meanwhile went unlisted.
+      const sinceLastRead = Math.max(startedElapsed - (lastReadElapsed ?? createdAt), startedAt - stats.lastReadAt);
+      const windowMs = Math.max(0, sinceLastRead) + CREATED_MARGIN_MS;
       await recent.read(windowMs);
     }
     stats.lastReadAt = startedAt;

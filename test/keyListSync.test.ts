@@ -89,8 +89,9 @@ t.test("a refresh reads the keys created since the last read and five minutes be
 });
 
 // The window was the wall clock's time since the last read: stepped back (or held) while time
-// went on, it narrowed, and keys created meanwhile stayed unlisted until the next full read.
-t.test("a refresh's window is the steady time since the last read, whatever the wall clock did", async (t) => {
+// went on, it narrowed, and keys created meanwhile stayed unlisted until the next full read. The
+// steady clock alone stops while the host is suspended.
+t.test("a refresh's window is the longer of the steady and the wall clock's times since the last read", async (t) => {
   const { db } = await freshDatabase(t);
   const org = await createOrg(db, 'acme');
   const list = new KeyList(11);
@@ -100,14 +101,24 @@ t.test("a refresh's window is the steady time since the last read, whatever the 
   t.teardown(() => sync.stop());
   sync.start();
   await waitFor('the first full read', async () => list.loaded || undefined, 10_000, 20);
-  const [created] = await insertKeys(db, org, 1, 'created');
-  await db(TABLE.apiKeys)
-    .where({ id: created })
-    .update({ created_at: db.raw("now() - interval '20 minutes'") });
+  // Created and backdated in one transaction: no refresh may see it with its first created_at.
+  const backdated = (name: string) =>
+    db.transaction(async (trx) => {
+      const [id] = await insertKeys(trx, org, 1, name);
+      await trx(TABLE.apiKeys)
+        .where({ id })
+        .update({ created_at: trx.raw("now() - interval '20 minutes'") });
+      return id;
+    });
+  const created = await backdated('created');
   steady += 30 * 60_000;
   wall += 60_000;
   await waitFor('a refresh thirty steady minutes later', async () => list.admits(created, org) || undefined, 10_000, 20);
-  t.equal(sync.stats.lastFullReadAt, 5_000, 'by a refresh, not a full read');
+  // A suspended host: the steady clock stood still while the wall clock went on.
+  const whileSuspended = await backdated('suspended');
+  wall += 30 * 60_000;
+  await waitFor('a refresh thirty wall minutes later', async () => list.admits(whileSuspended, org) || undefined, 10_000, 20);
+  t.equal(sync.stats.lastFullReadAt, 5_000, 'by refreshes, not a full read');
 });
 
 // A refresh reads again only the slices of created_at (10 s) whose keys changed since the last:
