@@ -51,15 +51,14 @@ export function createPacketHandler(options: { config: Config; aggregator: Aggre
   const replayCache: ReplayCacheState = { capacity: replayCacheSize, overflows: 0, entries: () => verify?.size() ?? 0 };
   // A signature line reaches here when the API signs and this collector has no secret to check it
   // (the order for turning signing on). Never relayed: its nonce and MAC make each one a new
-  // series on a tag-aware StatsD server.
-  const onOther = (line: string) => {
-    if (line.startsWith(SIGNATURE_LINE_START)) {
-      ingest.uncheckedSignatureLines += 1;
-      return;
-    }
-    ingest.otherLines += 1;
-    relay?.relay(line);
-  };
+  // series on a tag-aware StatsD server. Only with a relay is a line other than usage copied out
+  // of the datagram to look at (a port shared with an application's metrics sends many).
+  const relayLine =
+    relay &&
+    ((line: string) => {
+      if (line.startsWith(SIGNATURE_LINE_START)) ingest.uncheckedSignatureLines += 1;
+      else relay.relay(line);
+    });
   const parseDatagram = createDatagramParser();
   // One clock read per datagram, not per line: the lines of a datagram arrived together.
   let packetTime = now();
@@ -105,9 +104,11 @@ export function createPacketHandler(options: { config: Config; aggregator: Aggre
     const packet = verified(received);
     if (packet === undefined) return;
     packetTime = now();
-    const result = parseDatagram(packet, addSample, onOther);
+    const signatureLines = ingest.uncheckedSignatureLines;
+    const result = parseDatagram(packet, addSample, relayLine);
     ingest.lines += result.lines;
     ingest.usageLines += result.usage;
+    ingest.otherLines += result.other - (ingest.uncheckedSignatureLines - signatureLines);
     ingest.badLines += result.invalid;
     if (result.invalid > 0) {
       warn('bad_line', { badLines: ingest.badLines, reason: redactKeyMaterial(result.firstError ?? '') }, 'dropped malformed StatsD lines');
