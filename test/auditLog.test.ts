@@ -4,6 +4,7 @@ import { parsePresentedKey } from '../api/keys/keyMaterial';
 import { main as cliMain } from '../scripts/cli';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
+import { insertKeys } from '../bench/lib/database';
 import { DAY_MS as DAY } from '../shared/timeUnits';
 
 // The audit log: every create, rotate and revoke records who, what, when and from where, in the
@@ -218,4 +219,36 @@ t.test("an org's entries become visible in id order: none appears below one alre
     [],
     'no entry committed later below the newest one a reader had seen',
   );
+});
+
+// One insert per revoked key: an org's clean-up of up to KEYS_MAX_PER_ORG keys held their rows
+// locked for as many round trips.
+t.test("a clean-up's entries go in a few inserts, not one a key", async (t) => {
+  const { db, api, acme } = await setup(t);
+  await insertKeys(db, acme.org.id, 2500, 'dormant-');
+  await db('api_keys')
+    .where({ org_id: acme.org.id })
+    .whereNot({ id: acme.adminKeyId })
+    .update({ created_at: new Date(Date.now() - 100 * DAY) });
+  const inserts: string[] = [];
+  const onQuery = ({ sql }: { sql: string }) => {
+    if (/insert into "audit_log"/.test(sql)) inserts.push(sql);
+  };
+  db.on('query', onQuery);
+  const applied = await api.request('POST', `/api/orgs/${acme.org.id}/api-keys/revoke-dormant`, {
+    key: acme.adminKey,
+    body: { dormantDays: 90, dryRun: false },
+  });
+  db.off('query', onQuery);
+  t.equal(applied.body.keys.length, 2500);
+  t.equal(
+    await db('audit_log')
+      .where({ action: 'keys.revoke_dormant' })
+      .count()
+      .first()
+      .then((row) => Number(row!.count)),
+    2500,
+    'one entry a key',
+  );
+  t.equal(inserts.length, 3, 'in inserts of 1,000');
 });

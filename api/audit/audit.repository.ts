@@ -67,18 +67,31 @@ interface AuditRow {
 // transaction at a time, so ids follow commits. Every caller writes its entries last in its
 // transaction (the lock is held to its end, and nothing is locked after it: no deadlock).
 export async function recordAudit(db: Db, entry: AuditEntry): Promise<void> {
-  await lockOrgFor(db, 'audit', entry.orgId);
-  await db<AuditRow>(TABLE.auditLog).insert({
-    org_id: entry.orgId,
-    actor_type: entry.actor.type,
-    actor_key_id: entry.actor.type === 'key' ? entry.actor.keyId : null,
-    actor_display_prefix: entry.actor.type === 'key' ? entry.actor.displayPrefix : null,
-    action: entry.action,
-    target_key_id: entry.targetKeyId,
-    details: entry.details,
-    ip: entry.ip,
-  });
+  await recordAudits(db, entry.orgId, [entry]);
 }
+
+// Rows of one insert: 8 columns each, well under PostgreSQL's 65,535 parameters.
+const ENTRIES_PER_INSERT = 1000;
+
+/** Entries of one org (a clean-up's, one per revoked key) in a few inserts, not one statement each. */
+export async function recordAudits(db: Db, orgId: string, entries: readonly AuditEntry[]): Promise<void> {
+  if (entries.length === 0) return;
+  await lockOrgFor(db, 'audit', orgId);
+  for (let start = 0; start < entries.length; start += ENTRIES_PER_INSERT) {
+    await db<AuditRow>(TABLE.auditLog).insert(entries.slice(start, start + ENTRIES_PER_INSERT).map(toRow));
+  }
+}
+
+const toRow = (entry: AuditEntry) => ({
+  org_id: entry.orgId,
+  actor_type: entry.actor.type,
+  actor_key_id: entry.actor.type === 'key' ? entry.actor.keyId : null,
+  actor_display_prefix: entry.actor.type === 'key' ? entry.actor.displayPrefix : null,
+  action: entry.action,
+  target_key_id: entry.targetKeyId,
+  details: entry.details,
+  ip: entry.ip,
+});
 
 const toRecord = (row: AuditRow): AuditRecord => ({
   id: String(row.id),

@@ -1,7 +1,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import { z } from 'zod';
 import type { Db } from '../../shared/db';
-import { auditActor, recordAudit, type AuditEntry } from '../audit/audit.repository';
+import { auditActor, recordAudit, recordAudits, type AuditEntry } from '../audit/audit.repository';
 import type { KeyVerifier } from '../auth/keyVerifier';
 import { AppError, InvalidInputError, notFound } from '../errors';
 import {
@@ -175,16 +175,19 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
   function revokeDormantApplied(orgId: string, query: DormantQuery, dormantDays: number, context: ChangeContext) {
     return (context.db ?? deps.db).transaction(async (trx) => {
       const keys = await revokeDormantKeys(trx, query);
-      for (const key of keys) {
-        await recordAudit(trx, {
+      // In a few inserts: one each held up to KEYS_MAX_PER_ORG revoked rows locked for as many round trips.
+      await recordAudits(
+        trx,
+        orgId,
+        keys.map((key) => ({
           orgId,
           action: 'keys.revoke_dormant',
           targetKeyId: key.id,
           details: { name: key.name, dormantDays, lastUsedAt: iso(key.lastUsedAt) },
           actor: auditActor(context.actor),
           ip: context.ip ?? null,
-        });
-      }
+        })),
+      );
       return keys;
     });
   }
