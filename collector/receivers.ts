@@ -117,8 +117,9 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
     worker.on('message', (message: { cmd?: string }) => {
       if (message?.cmd === 'ready' && stopping) worker.send({ cmd: 'stop' });
     });
-    // Unheard, a worker's 'error' (a message to it after its channel closed) killed this process,
-    // and with it, through their channels, the receivers still writing their final flushes.
+    // A worker's 'error' (a message to it after its channel closed), unheard, is thrown in this
+    // process: its end would take, through their channels, the receivers still writing their
+    // final flushes. (Reported by a review; the test's scrapes after a death did not show it.)
     worker.on('error', (error) => logger.warn({ receiver: worker.id, err: { message: error.message } }, 'a message to a receiver failed'));
     worker.once('exit', (code) => {
       if (stopping) return;
