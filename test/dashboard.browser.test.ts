@@ -94,6 +94,14 @@ async function holdRequests(page: Page, url: RegExp) {
   return { sent, release };
 }
 
+// Presses the new-secret dialog's Copy button; what its status line then says.
+async function copyStatus(page: Page) {
+  await page.click('dialog[open] .secret button');
+  const status = page.locator('dialog[open] .secret [aria-live]');
+  await status.filter({ hasText: /./ }).waitFor();
+  return status.textContent();
+}
+
 const storedKey = (page: Page) => page.evaluate('sessionStorage.getItem("keyusage.apiKey")');
 
 // The page's CSP forbids eval, so waits poll from here rather than with waitForFunction.
@@ -317,10 +325,7 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
 
     // Outside a secure context the page has no navigator.clipboard at all.
     await tab.evaluate('void Object.defineProperty(navigator, "clipboard", { value: undefined })');
-    await tab.click('dialog[open] .secret button');
-    const status = tab.locator('dialog[open] .secret [aria-live]');
-    await status.filter({ hasText: /./ }).waitFor();
-    t.equal(await status.textContent(), 'Copy failed: press Ctrl+C (the key is selected)', 'no clipboard: the copy is said to have failed');
+    t.equal(await copyStatus(tab), 'Copy failed: press Ctrl+C (the key is selected)', 'no clipboard: the copy is said to have failed');
     t.equal(
       await tab.evaluate('document.activeElement.id === "new-secret" && document.activeElement.selectionEnd - document.activeElement.selectionStart'),
       (await tab.locator('#new-secret').inputValue()).length,
@@ -357,10 +362,7 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     t.ok(await tab.locator('#sign-out').isVisible(), 'still signed in');
 
     await tab.evaluate('void (navigator.clipboard.writeText = () => Promise.reject(new DOMException("Write permission denied.", "NotAllowedError")))');
-    await tab.click('dialog[open] .secret button');
-    const status = tab.locator('dialog[open] .secret [aria-live]');
-    await status.filter({ hasText: /./ }).waitFor();
-    t.equal(await status.textContent(), 'Copy failed: press Ctrl+C (the key is selected)', 'a refused write: the copy is said to have failed');
+    t.equal(await copyStatus(tab), 'Copy failed: press Ctrl+C (the key is selected)', 'a refused write: the copy is said to have failed');
     await tab.close();
   });
 
