@@ -4,6 +4,7 @@ import Ajv2020 from 'ajv/dist/2020';
 import addFormats from 'ajv-formats';
 import t, { type Test } from 'tap';
 import { createApp } from '../api/app';
+import type { ErrorCode } from '../api/errors';
 import type { RouteContract } from '../api/openapi/contract';
 import { openApiPath, renderOpenApiDocument } from '../api/openapi/document';
 import { API_ROUTES } from '../api/openapi/routes';
@@ -271,28 +272,37 @@ async function refusals(t: Test, world: World, operationId: string, check: Retur
   const { api, plaintexts } = world;
   const method = contract.method;
   const success = SUCCESS[operationId];
-  const call = (label: string, init: { key?: string; ids?: Record<string, string>; query?: string; body?: unknown; headers?: Record<string, string> }) =>
+  // A documented status is not enough: each refusal must be the one its cause names.
+  const call = (
+    label: string,
+    expected: ErrorCode,
+    init: { key?: string; ids?: Record<string, string>; query?: string; body?: unknown; headers?: Record<string, string> },
+  ) =>
     api
       .request(method.toUpperCase(), urlOf(world, template, { ...resolveIds(world, success.ids), ...init.ids }, init.query ?? success.query), {
         key: init.key,
         body: init.body ?? success.body,
         headers: init.headers,
       })
-      .then((response) => check(t, template, method, response, label));
+      .then((response) => {
+        check(t, template, method, response, label);
+        t.equal(response.body?.error?.code, expected, `${label}: ${expected}`);
+      });
   const auth = contract.auth;
-  if (auth) await call('no key', {});
-  for (const scope of auth?.scopes ?? []) await call(`a key without ${scope}`, { key: scope === 'keys:write' ? plaintexts.reader : plaintexts.writer });
-  if (auth?.currentSecret) await call('the previous secret', { key: plaintexts.previousSecret });
-  if (auth?.orgParam) await call('another org', { key: plaintexts.admin, ids: { id: world.otherOrgId } });
+  if (auth) await call('no key', 'unauthorized', {});
+  for (const scope of auth?.scopes ?? [])
+    await call(`a key without ${scope}`, 'forbidden', { key: scope === 'keys:write' ? plaintexts.reader : plaintexts.writer });
+  if (auth?.currentSecret) await call('the previous secret', 'stale_secret', { key: plaintexts.previousSecret });
+  if (auth?.orgParam) await call('another org', 'not_found', { key: plaintexts.admin, ids: { id: world.otherOrgId } });
   const params = Object.keys(contract.params?.shape ?? {});
   const last = params[params.length - 1];
-  if (last) await call(`${last} not a UUID`, { key: plaintexts.admin, ids: { [last]: 'not-a-uuid' } });
-  if (last && last !== 'id') await call(`an unknown ${last}`, { key: plaintexts.admin, ids: { [last]: '00000000-0000-4000-8000-000000000000' } });
-  if (contract.query) await call('an unknown query parameter', { key: plaintexts.admin, query: 'bogus=1' });
+  if (last) await call(`${last} not a UUID`, 'invalid_request', { key: plaintexts.admin, ids: { [last]: 'not-a-uuid' } });
+  if (last && last !== 'id') await call(`an unknown ${last}`, 'not_found', { key: plaintexts.admin, ids: { [last]: '00000000-0000-4000-8000-000000000000' } });
+  if (contract.query) await call('an unknown query parameter', 'invalid_request', { key: plaintexts.admin, query: 'bogus=1' });
   if (contract.body) {
-    await call('an unknown body field', { key: plaintexts.admin, body: { bogus: 1 } });
+    await call('an unknown body field', 'invalid_request', { key: plaintexts.admin, body: { bogus: 1 } });
     // Above every route's limit (revoke-dormant's is 512 kB, for 10,000 key ids).
-    await call('a body too large', { key: plaintexts.admin, body: { padding: 'x'.repeat(600_000) } });
+    await call('a body too large', 'payload_too_large', { key: plaintexts.admin, body: { padding: 'x'.repeat(600_000) } });
     // The helper sends JSON; a plain-text body needs fetch.
     const url = api.baseUrl + urlOf(world, template, resolveIds(world, success.ids));
     const plain = await fetch(url, {
@@ -301,7 +311,9 @@ async function refusals(t: Test, world: World, operationId: string, check: Retur
       body: 'hello',
     });
     const text = await plain.text();
-    check(t, template, method, { status: plain.status, headers: plain.headers, text, body: JSON.parse(text) }, 'a text/plain body');
+    const body = JSON.parse(text);
+    check(t, template, method, { status: plain.status, headers: plain.headers, text, body }, 'a text/plain body');
+    t.equal(body.error?.code, 'unsupported_media_type', 'a text/plain body: unsupported_media_type');
   }
 }
 
