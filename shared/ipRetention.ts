@@ -18,7 +18,17 @@ import { deltaIpsSql, lockOrgFolds } from './usageLogDelta';
 export type IpHolder =
   | { kind: 'rows'; table: string; keyColumn: string; seenColumn: string }
   | { kind: 'columns'; table: string; keyColumn: string; columns: Array<{ ip: string; seenColumn: string; erasedTo?: string }> }
-  | { kind: 'details'; table: string; keyColumn: string; seenColumn: string; column: string; path: string | null; dedupe?: { column: string; erased: string } }
+  | {
+      kind: 'details';
+      table: string;
+      keyColumn: string;
+      seenColumn: string;
+      /** seenColumn is an ISO 8601 UTC text of fixed width (toISOString's), compared as text. */
+      seenIsIsoText?: true;
+      column: string;
+      path: string | null;
+      dedupe?: { column: string; erased: string };
+    }
   | { kind: 'log'; table: string; keyColumn: string; seenColumn: string; column: string };
 
 export const IP_HOLDERS: readonly IpHolder[] = [
@@ -59,12 +69,15 @@ export const IP_HOLDERS: readonly IpHolder[] = [
     },
   },
   // The payload is a snapshot of the event (a ping's details hold no address). Deliveries outlive
-  // their event while pending, and a finished one is kept for EVENTS_RETENTION_DAYS.
+  // their event while pending, and a finished one is kept for EVENTS_RETENTION_DAYS. The time is
+  // compared as text: a cast to timestamptz is a stable function, which Citus refuses on a column
+  // in an UPDATE (every hourly run failed there).
   {
     kind: 'details',
     table: TABLE.webhookDeliveries,
     keyColumn: "payload->>'keyId'",
-    seenColumn: "cast(payload->>'occurredAt' as timestamptz)",
+    seenColumn: '(payload->>\'occurredAt\') collate "C"',
+    seenIsIsoText: true,
     column: 'payload',
     path: 'details',
   },
@@ -91,7 +104,7 @@ function detailsSql(holder: Extract<IpHolder, { kind: 'details' }>) {
 
 // One statement per table (and column). Hourly, each run finds about an hour's worth of newly
 // expired addresses. `where` narrows the query it is given and returns it.
-async function erase(db: Db, where: (query: Query, keyColumn: string, seenColumn: string) => Query): Promise<ErasedIps> {
+async function erase(db: Db, where: (query: Query, keyColumn: string, seenColumn: string, seenIsIsoText?: true) => Query): Promise<ErasedIps> {
   const erased: ErasedIps = {};
   for (const holder of IP_HOLDERS) {
     erased[holder.table] ??= 0;
@@ -104,7 +117,7 @@ async function erase(db: Db, where: (query: Query, keyColumn: string, seenColumn
       });
     } else if (holder.kind === 'details') {
       const sql = detailsSql(holder);
-      const query = where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn);
+      const query = where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn, holder.seenIsIsoText);
       const dedupe = holder.dedupe ? { [holder.dedupe.column]: db.raw(holder.dedupe.erased) } : {};
       erased[holder.table] += await query.update({ [holder.column]: db.raw(sql.erased), ...dedupe });
     } else {
@@ -119,7 +132,10 @@ async function erase(db: Db, where: (query: Query, keyColumn: string, seenColumn
 
 /** IP_RETENTION_DAYS: every address last seen longer ago than this. */
 export function expireIpData(db: Db, retentionDays: number): Promise<ErasedIps> {
-  return erase(db, (query, _keyColumn, seenColumn) => query.whereRaw(`${seenColumn} < now() - make_interval(days => ?)`, [retentionDays]));
+  const cutoff = 'now() - make_interval(days => ?)';
+  // The same instant in the payload's own text form (the outbox trigger's to_char, or toISOString).
+  const isoCutoff = `to_char((${cutoff}) at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') collate "C"`;
+  return erase(db, (query, _keyColumn, seenColumn, seenIsIsoText) => query.whereRaw(`${seenColumn} < ${seenIsIsoText ? isoCutoff : cutoff}`, [retentionDays]));
 }
 
 /** One key's IP history, whatever its age (a data subject's erasure request). In a transaction: it holds off the org's folds. */

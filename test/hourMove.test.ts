@@ -12,11 +12,10 @@ import type { Db } from '../shared/db';
 import { createLogger } from '../shared/logger';
 import { TABLE } from '../shared/tables';
 import { seedOrg, startTestApi } from './helpers/api';
-import { freshDatabase, hourRows } from './helpers/database';
+import { freshDatabase, hourRows, onCitus } from './helpers/database';
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
-const onCitus = Boolean(process.env.TEST_SHARED_DATABASE_URL);
 const thisHour = () => Math.floor(Date.now() / HOUR) * HOUR;
 
 type Key = { orgId: string; keyId: string };
@@ -53,22 +52,26 @@ function startUpkeep(t: Test, db: Db, store: UsageStore, intervals: Intervals, e
   return upkeep;
 }
 
-t.test('the flush adds to the current hours’ table, and its updates of a bucket are HOT', { skip: onCitus && 'statistics live on the workers' }, async (t) => {
-  const { db, key } = await setUp(t);
-  for (const count of [1, 2, 3]) await flushUses(db, key, count, Date.now());
-  t.strictSame(await bucketsIn(db, TABLE.usageCurrentHours, key), [[thisHour(), 6]], 'one bucket of the hour, counting every flush');
-  t.strictSame(await bucketsIn(db, TABLE.usageHourly, key), [], 'nothing in the hourly table before the hour is moved');
-  // Statistics reach the shared view when the flush's backend reports them (within seconds).
-  const stats = await waitFor(
-    'the updates in the statistics',
-    async () => {
-      const { rows } = await db.raw('select n_tup_upd, n_tup_hot_upd from pg_stat_user_tables where relname = ?', [TABLE.usageCurrentHours]);
-      return Number(rows[0]?.n_tup_upd) >= 2 ? rows[0] : undefined;
-    },
-    20_000,
-  );
-  t.equal(Number(stats.n_tup_hot_upd), Number(stats.n_tup_upd), `every update was HOT (${stats.n_tup_hot_upd} of ${stats.n_tup_upd})`);
-});
+t.test(
+  'the flush adds to the current hours’ table, and its updates of a bucket are HOT',
+  { skip: onCitus() && 'statistics live on the workers' },
+  async (t) => {
+    const { db, key } = await setUp(t);
+    for (const count of [1, 2, 3]) await flushUses(db, key, count, Date.now());
+    t.strictSame(await bucketsIn(db, TABLE.usageCurrentHours, key), [[thisHour(), 6]], 'one bucket of the hour, counting every flush');
+    t.strictSame(await bucketsIn(db, TABLE.usageHourly, key), [], 'nothing in the hourly table before the hour is moved');
+    // Statistics reach the shared view when the flush's backend reports them (within seconds).
+    const stats = await waitFor(
+      'the updates in the statistics',
+      async () => {
+        const { rows } = await db.raw('select n_tup_upd, n_tup_hot_upd from pg_stat_user_tables where relname = ?', [TABLE.usageCurrentHours]);
+        return Number(rows[0]?.n_tup_upd) >= 2 ? rows[0] : undefined;
+      },
+      20_000,
+    );
+    t.equal(Number(stats.n_tup_hot_upd), Number(stats.n_tup_upd), `every update was HOT (${stats.n_tup_hot_upd} of ${stats.n_tup_upd})`);
+  },
+);
 
 t.test('a closed hour moves exactly once; a late use of it is moved later into the same bucket; the endpoint sums both tables', async (t) => {
   const { db, api, adminKey, key } = await setUp(t);
@@ -174,7 +177,7 @@ t.test('an org’s closed hours move in chunks of at most HOUR_MOVE.chunkRows ro
   t.equal(await moveClosedHours(db, closedBefore(Date.now()), 3), 0, 'a second move finds nothing');
 });
 
-t.test('a row a flush holds is skipped without ending the chunks early', { skip: onCitus && 'the lock wait is on a worker' }, async (t) => {
+t.test('a row a flush holds is skipped without ending the chunks early', { skip: onCitus() && 'the lock wait is on a worker' }, async (t) => {
   const { db } = await freshDatabase(t);
   const { orgId, keyIds, hours, rowsIn } = await fiveKeysThreeHours(db);
   const flush = await db.transaction();
@@ -207,7 +210,7 @@ async function closedHourAndTransaction(t: Test) {
 
 // A flush holds a row of a closed hour (a late use) while the move runs: the move skips it rather
 // than wait, and takes it, with the flush's count, at its next run.
-t.test('a move skips the rows a flush holds, and moves them with their new count later', { skip: onCitus && 'the lock wait is on a worker' }, async (t) => {
+t.test('a move skips the rows a flush holds, and moves them with their new count later', { skip: onCitus() && 'the lock wait is on a worker' }, async (t) => {
   const { db, key, closed, trx: flush } = await closedHourAndTransaction(t);
   await flush(TABLE.usageCurrentHours).where({ org_id: key.orgId, key_id: key.keyId }).increment('request_count', 4);
   t.equal(await moveClosedHours(db, closedBefore(Date.now())), 0, 'the held row is left, without waiting');
@@ -219,7 +222,7 @@ t.test('a move skips the rows a flush holds, and moves them with their new count
 
 // The move has deleted the row (not committed yet) when a flush of the same key and hour arrives:
 // the flush waits for the move, then inserts a new current row. Nothing is lost or counted twice.
-t.test('a flush of an hour the move is taking waits for it and starts a new row', { skip: onCitus && 'the lock wait is on a worker' }, async (t) => {
+t.test('a flush of an hour the move is taking waits for it and starts a new row', { skip: onCitus() && 'the lock wait is on a worker' }, async (t) => {
   const { db, key, closed, trx: move } = await closedHourAndTransaction(t);
   t.equal(await moveClosedHours(move, closedBefore(Date.now())), 1);
   const flushing = flushUses(db, key, 4, closed);
@@ -438,7 +441,7 @@ t.test('the running upkeep moves closed hours on its timer', async (t) => {
 
 t.test(
   'failures of the jobs that otherwise only log are counted: the hour move, retention, the webhook poll',
-  { skip: onCitus && 'renames a distributed table' },
+  { skip: onCitus() && 'renames a distributed table' },
   async (t) => {
     const { db } = await freshDatabase(t);
     // One retention run (the first), whose two parts both fail.

@@ -13,13 +13,12 @@ import { waitFor } from '../harness/wait';
 import { loadConfig } from '../shared/config';
 import { migrateLatest, type Db } from '../shared/db';
 import { TABLE } from '../shared/tables';
-import { freshDatabase, migrateDownTo } from './helpers/database';
+import { freshDatabase, migrateDownTo, onCitus } from './helpers/database';
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
 const ROW_TABLES = [TABLE.usage, TABLE.usageHourly, TABLE.usageCurrentHours, TABLE.recentIps, TABLE.failedIps, TABLE.ipHistory, TABLE.keyEvents] as const;
 const detection = () => loadConfig({ NODE_ENV: 'development' }).collector.events;
-const onCitus = Boolean(process.env.TEST_SHARED_DATABASE_URL);
 
 async function createOrg(db: Db, name: string): Promise<string> {
   const [org] = await db(TABLE.organizations).insert({ name }).returning('id');
@@ -109,7 +108,7 @@ t.test('deleting a key, then its organization, by SQL removes every row of their
 // The flush read the key as existing, then an operator deleted it before the flush wrote: the
 // flush's totals upsert waits for the DELETE, finds the key gone, and sets the key aside; nothing
 // of it is written. (Plain PostgreSQL only: on Citus the lock wait happens on a worker.)
-t.test('a key deleted while a flush is writing it leaves no row behind', { skip: onCitus && 'the lock wait is on a worker' }, async (t) => {
+t.test('a key deleted while a flush is writing it leaves no row behind', { skip: onCitus() && 'the lock wait is on a worker' }, async (t) => {
   const { db } = await freshDatabase(t);
   const acme = await createOrg(db, 'acme');
   const key: Key = { orgId: acme, keyId: await createKey(db, acme) };
@@ -137,7 +136,7 @@ t.test('a key deleted while a flush is writing it leaves no row behind', { skip:
 // migration gives it one, so its rows still go with it.
 t.test(
   'migration 080 on the previous version’s data: every key with rows gets a totals row to carry them',
-  { skip: onCitus && 'the runner distributes the migrated tables; a rollback would undo that' },
+  { skip: onCitus() && 'the runner distributes the migrated tables; a rollback would undo that' },
   async (t) => {
     const { db } = await freshDatabase(t);
     const acme = await createOrg(db, 'acme');

@@ -16,7 +16,7 @@ import { eraseKeyIps } from '../shared/ipRetention';
 import { TABLE } from '../shared/tables';
 import { FOLD_LOCK_CLASS, LOG_DELTA } from '../shared/usageLogDelta';
 import { createOrg, insertKeys } from '../bench/lib/database';
-import { freshDatabase } from './helpers/database';
+import { freshDatabase, onCitus } from './helpers/database';
 import { PgProxy } from './helpers/faults';
 import { plainDelta } from './helpers/deltas';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
@@ -157,9 +157,7 @@ t.test('a delta survives its log row: every field, -Infinity included', async (t
 });
 
 // Two databases: the Citus run has one (TEST_SHARED_DATABASE_URL); the others run there too.
-const onCitus = Boolean(process.env.TEST_SHARED_DATABASE_URL);
-
-t.test('append then fold writes exactly the rows a direct flush writes', { skip: onCitus && 'needs two databases' }, async (t) => {
+t.test('append then fold writes exactly the rows a direct flush writes', { skip: onCitus() && 'needs two databases' }, async (t) => {
   const direct = await freshDatabase(t);
   const logged = await freshDatabase(t);
   const keys = await orgWithKeys(direct.db, 30);

@@ -13,6 +13,9 @@ export function adminDatabaseUrl(): string {
   return url;
 }
 
+/** `npm run test:citus`: every test shares one distributed database (freshDatabase). */
+export const onCitus = (): boolean => Boolean(process.env.TEST_SHARED_DATABASE_URL);
+
 // Every test gets its own database, copied from the migrated template, so test files run in
 // parallel against one real PostgreSQL without seeing each other's rows.
 export async function freshDatabase(t: Test, options: { poolMax?: number } = {}): Promise<{ db: Db; url: string }> {
