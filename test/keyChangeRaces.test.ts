@@ -1,4 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import t, { type Test } from 'tap';
+import { rehashSecret } from '../api/keys/apiKeys.repository';
 import { createDb, type Db } from '../shared/db';
 import { waitFor } from '../harness/wait';
 import { seedOrg, startTestApi } from './helpers/api';
@@ -50,6 +52,20 @@ t.test('a rotation queued behind a revocation answers 409, not a new secret', as
     ['key.create', 'key.revoke'],
     'no key.rotate after the revocation',
   );
+});
+
+// A pepper upgrade rehashes the secret a rotation read: the same secret, so the rotation goes on.
+t.test('a rotation queued behind a pepper rehash of the key rotates it', async (t) => {
+  const { db, id, outcomes } = await raced(t, [
+    async (_api, _orgId, keyId, db) => {
+      const { secret_hash: from } = await db('api_keys').where({ id: keyId }).first('secret_hash');
+      return rehashSecret(db, keyId, 'current', { from, to: randomBytes(32), pepperId: 'rehashed' });
+    },
+    (api, orgId, keyId) => api.services.apiKeys.rotate(orgId, keyId),
+  ]);
+  t.equal(outcomes[0], true, 'the rehash went first');
+  t.match(outcomes[1], { key: { id }, plaintext: String }, 'a new secret, not a conflict');
+  t.strictSame(await db('audit_log').where({ target_key_id: id }).orderBy('id').pluck('action'), ['key.create', 'key.rotate']);
 });
 
 t.test('two revocations at once write one audit entry', async (t) => {

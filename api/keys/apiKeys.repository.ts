@@ -137,8 +137,12 @@ export async function replaceSecret(
   db: Db,
   id: string,
   change: {
-    /** The hash being replaced: the write applies only while the key still has it. */
-    replacedHash: Buffer;
+    /**
+     * The key's rotation time as read (null: never rotated): the write applies only while it is
+     * unchanged. Not the hash: a pepper upgrade rehashes the same secret (api/auth/pepperUpgrade.ts),
+     * and a rotation that read the hash before it answered a false "rotated by another request".
+     */
+    replacedRotationAt: Date | null;
     secretHash: Buffer;
     secretPepperId: string;
     /** Null when no grace period keeps the old secret. */
@@ -151,8 +155,11 @@ export async function replaceSecret(
   // Still active when written: a revocation that committed after the caller read the key left its
   // hash alone, and the rotation answered 200 with a new secret for a revoked key.
   const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
-    .where({ id, secret_hash: change.replacedHash })
-    .whereRaw('revoked_at is null and (expires_at is null or expires_at > ?)', [change.rotatedAt])
+    .where({ id })
+    .whereRaw('rotated_at is not distinct from ? and revoked_at is null and (expires_at is null or expires_at > ?)', [
+      change.replacedRotationAt,
+      change.rotatedAt,
+    ])
     .update({
       secret_hash: change.secretHash,
       secret_pepper_id: change.secretPepperId,

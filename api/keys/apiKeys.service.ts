@@ -261,7 +261,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       // an instance whose clock ran behind the rotating one's, for as long as the difference.
       const keepsOld = graceSeconds > 0;
       const change = {
-        replacedHash: key.secretHash,
+        replacedRotationAt: key.rotatedAt,
         secretHash: material.secretHash,
         secretPepperId: material.pepperId,
         previousSecretHash: keepsOld ? key.secretHash : null,
