@@ -190,7 +190,7 @@ t.test('two concurrent rotations of one key: one 200, one 409, and the plaintext
   t.equal((await api.request('GET', '/api/whoami', { key: winner.body.key })).status, 200, "the winner's plaintext works");
 });
 
-t.test('a key cannot create or rotate a key with more scopes or a longer life than its own', async (t) => {
+t.test('a key cannot create, rotate, change or revoke a key with more scopes (or create or rotate one with a longer life) than its own', async (t) => {
   const { db } = await freshDatabase(t);
   const clock = Date.parse('2026-11-25T12:00:00Z');
   const api = await startTestApi(t, db, { now: () => clock });
@@ -230,9 +230,15 @@ t.test('a key cannot create or rotate a key with more scopes or a longer life th
   t.match(patched.body.error.message, /cannot change a key with scopes it does not hold itself: keys:read$/);
   t.notOk('name' in patched.body, "nor read the wider key's view");
   t.same(await db('api_keys').where({ id: adminKeyId }).pluck('expected_networks'), [before], 'unchanged');
+  const revoked = await api.request('POST', `${base}/${adminKeyId}/revoke`, { key: writer });
+  t.same([revoked.status, revoked.body.error?.code], [403, 'forbidden'], 'nor revoke it (the org would be left without a key that reads)');
+  t.match(revoked.body.error.message, /cannot revoke a key with scopes it does not hold itself: keys:read$/);
+  t.notOk('name' in revoked.body, "nor read the wider key's view that way");
+  t.equal((await api.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'the admin key still works');
   const own = await api.services.apiKeys.create(org.id, { name: 'narrow', scopes: ['keys:write'], expiresAt: null });
   const narrow = await api.request('PATCH', `${base}/${own.key.id}`, { key: writer, body: { expectedNetworks: ['10.0.0.0/8'] } });
   t.equal(narrow.status, 200, 'a key within its scopes it may change');
+  t.equal((await api.request('POST', `${base}/${own.key.id}/revoke`, { key: writer })).status, 200, 'and revoke');
   t.equal(api.evidence.leaksOf([writer, expiring, adminKey]).length, 0, 'no key material in bodies or logs');
 });
 

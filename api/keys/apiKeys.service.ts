@@ -111,7 +111,7 @@ export interface ChangeContext {
 // a key with more scopes or a longer life than the actor's own would be an escalation.
 // A key may change (PATCH) only keys whose scopes it holds: with keys:write alone it cleared an
 // admin key's expected networks, silencing key.outside_networks for that key, and read its view.
-function assertScopesWithinActor(actor: Actor | undefined, key: { scopes: Scope[] }, verb: 'create' | 'rotate' | 'change') {
+function assertScopesWithinActor(actor: Actor | undefined, key: { scopes: Scope[] }, verb: 'create' | 'rotate' | 'change' | 'revoke') {
   const lacking = actor ? key.scopes.filter((scope) => !actor.scopes.includes(scope)) : [];
   if (lacking.length > 0) {
     throw new AppError('forbidden', `This API key cannot ${verb} a key with scopes it does not hold itself: ${lacking.join(', ')}`);
@@ -342,8 +342,11 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     },
 
     // Revoking a revoked key changes nothing and records nothing, even when two requests race.
+    // Limited like PATCH: with keys:write alone, revoking the org's admin key left the org unable
+    // to read usage or mint a replacement, and the answer was that key's view.
     async revoke(orgId: string, keyId: string, context: ChangeContext = {}) {
       const key = await requireKey(orgId, keyId);
+      assertScopesWithinActor(context.actor, key, 'revoke');
       const revoked = await audited(
         context,
         (trx) => markRevoked(trx, key.id, new Date(deps.now())),
