@@ -17,6 +17,13 @@ t.test('create, read, list, rotate and revoke keys through the HTTP API', async 
   t.equal(whoami.status, 200);
   t.same(whoami.body, { keyId: adminKeyId, orgId: org.id, name: 'admin', scopes: ['keys:read', 'keys:write'] });
   t.match(whoami.headers.get('x-request-id'), /^[0-9a-f-]{36}$/);
+  // An ingress's Basic credential beside the client's X-API-Key: the key is still read.
+  const behindIngress = await api.request('GET', '/api/whoami', { key: adminKey, header: 'x-api-key', headers: { authorization: 'Basic dXNlcjpwYXNz' } });
+  t.same([behindIngress.status, behindIngress.body.keyId], [200, adminKeyId], 'another Authorization scheme does not hide X-API-Key');
+  const bearerWins = await api.request('GET', '/api/whoami', { key: 'ku_not_a_key', header: 'x-api-key', headers: { authorization: `Bearer ${adminKey}` } });
+  t.same([bearerWins.status, bearerWins.body.keyId], [200, adminKeyId], 'Bearer wins over X-API-Key');
+  const basicAlone = await api.request('GET', '/api/whoami', { headers: { authorization: 'Basic dXNlcjpwYXNz' } });
+  t.same([basicAlone.status, basicAlone.body.error?.code], [401, 'unauthorized'], 'another scheme alone is no key');
 
   const created = await api.request('POST', base, { key: adminKey, body: { name: 'ci deploys', scopes: ['keys:read', 'keys:read'] } });
   t.equal(created.status, 201);

@@ -67,14 +67,15 @@ export const MANAGE_ORG: Requirement = Object.freeze({ scopes: Object.freeze(['k
  */
 export const MANAGE_AND_READ_ORG: Requirement = Object.freeze({ ...MANAGE_ORG, scopes: Object.freeze(['keys:read', 'keys:write'] as const) });
 
+// A Bearer credential wins; an Authorization of another scheme (Basic, added by an ingress in
+// front of the API) is not a key, and must not hide the X-API-Key the client sent beside it.
 function presentedKey(req: Request): string | undefined {
   const header = req.headers.authorization;
-  if (header !== undefined) {
-    const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
-    return match ? match[1] : '';
-  }
+  const bearer = header === undefined ? undefined : /^Bearer\s+(\S+)\s*$/i.exec(header)?.[1];
+  if (bearer !== undefined) return bearer;
   const apiKey = req.headers['x-api-key'];
-  return typeof apiKey === 'string' ? apiKey.trim() : undefined;
+  if (typeof apiKey === 'string') return apiKey.trim();
+  return header === undefined ? undefined : '';
 }
 
 const TOO_MANY_FAILURES_MESSAGE = 'Too many failed authentication attempts; retry after the time in Retry-After';
