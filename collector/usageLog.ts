@@ -260,27 +260,30 @@ const NOTHING_APPLIED = {
 // server, or the Citus coordinator.
 
 const LOCK_ORGS = `select o as org_id from unnest(cast(? as uuid[])) as o where pg_try_advisory_xact_lock(${FOLD_LOCK_CLASS}, hashtext(cast(o as text)))`;
-export const TAKE_LOG = `delete from ${TABLE.usageLog} where org_id = any($1::uuid[]) returning org_id, key_id, delta`;
+export const TAKE_LOG = `delete from ${TABLE.usageLog} where org_id = any($1::uuid[]) returning org_id, key_id, logged_at, delta`;
 // Rows read from the delete at a time: PostgreSQL runs a DELETE ... RETURNING to its end and keeps
 // the rows it returns on its side (spilled to disk past work_mem), and the cursor fetches them in
 // batches, so the fold holds one batch of rows and one coalesced delta per key, not every row.
 export const TAKE_BATCH_ROWS = 5000;
 
+type LogRow = { org_id: string; key_id: string; logged_at: Date; delta: string };
+
 // The fold's claim: the rows of `orgs` (those this fold could lock), deleted in the transaction
 // that applies them, so a row is applied exactly when it leaves the log. A row that cannot be
-// decoded is dropped with a key of its own in `unreadable`, reported as quarantined.
+// decoded moves to the unreadable rows' table in the same transaction (its uses are not lost: a
+// collector that reads it folds it once requeued), its key in `unreadable`, reported as quarantined.
 async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadable: KeyUsageDelta[], skipped: Set<string>): Promise<Claimed> {
   const locked: Array<{ org_id: string }> = (await trx.raw(LOCK_ORGS, [[...orgs]])).rows;
   for (const orgId of orgs) skipped.add(orgId);
   for (const { org_id: orgId } of locked) skipped.delete(orgId);
   if (locked.length === 0) return { fresh: [], freshIds: [], duplicateUses: 0 };
-  type LogRow = { org_id: string; key_id: string; delta: string };
   const cursor = (await connectionOf(trx)).query(new Cursor<LogRow>(TAKE_LOG, [locked.map((row) => row.org_id)]));
   // Every address of every row: a flush keeps 16 a key, and capped again here the fold dropped what
   // several flushes had kept (networks never reported new, addresses never counted), which a
   // direct write of the same flushes keeps. A key's addresses are bounded by its rows taken.
   const coalescer = new DeltaCoalescer(Number.POSITIVE_INFINITY);
   let uses = 0;
+  const setAside: LogRow[] = [];
   // Read to its end, the cursor has closed its portal itself. No close() on a failed read: the
   // failure already ended the cursor, and close() would wait for a ReadyForQuery that a cut
   // connection never sends, holding the fold forever.
@@ -291,12 +294,19 @@ async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadabl
         uses += delta.total;
         coalescer.add(delta);
       } catch {
+        setAside.push(row);
         unreadable.push(emptyDelta(row.key_id, row.org_id));
       }
     }
   }
+  for (let at = 0; at < setAside.length; at += UNREADABLE_INSERT_ROWS) {
+    await trx(TABLE.usageLogUnreadable).insert(setAside.slice(at, at + UNREADABLE_INSERT_ROWS));
+  }
   return { fresh: [{ keys: coalescer.keys(), uses }], freshIds: [], duplicateUses: 0 };
 }
+
+// Rows of one insert: 4 parameters a row, far below PostgreSQL's 65,535 a statement.
+const UNREADABLE_INSERT_ROWS = 1000;
 
 /**
  * Log rows a fold takes at most (whole orgs: one org larger than this is folded alone, whole). It

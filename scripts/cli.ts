@@ -12,6 +12,7 @@ import { displayName, uuid } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, migrateLatest, type Db } from '../shared/db';
 import { eraseKeyIps } from '../shared/ipRetention';
+import { requeueUnreadable } from '../shared/usageLogDelta';
 import { redactKeyMaterial } from '../shared/logger';
 import { exitWhenDone } from './lib/commandExit';
 import { postmasterPid, startLocalPostgres } from './lib/localPostgres';
@@ -38,6 +39,8 @@ Commands:
                                      (refused if no key of the org has a recorded use within n days)
   key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log)
   pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS)
+  usage-log requeue                  Move the usage log rows a fold could not read (written by another
+                                     collector version) back into the log, for a collector that reads them
   help                               Show this help
 
 Options:
@@ -67,7 +70,8 @@ export type Command =
   | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean }
   | { kind: 'key revoke-dormant'; orgId: string; dormantDays: number; apply: boolean; keyIds: KeyIds | undefined; json: boolean }
   | { kind: 'key erase-ips'; orgId: string; keyId: string; json: boolean }
-  | { kind: 'pepper status'; json: boolean };
+  | { kind: 'pepper status'; json: boolean }
+  | { kind: 'usage-log requeue'; json: boolean };
 
 /** The ids a dry run listed: given inline, or a file's, read when the command runs. */
 export type KeyIds = { ids: string[] } | { file: string };
@@ -130,6 +134,7 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
   'key revoke-dormant': { args: ['orgId'], options: ['days', 'apply', 'key-ids'] },
   'key erase-ips': { args: ['orgId', 'keyId'], options: [] },
   'pepper status': { args: [], options: [] },
+  'usage-log requeue': { args: [], options: [] },
 };
 
 // The same bounds as the HTTP API's dormantDays.
@@ -230,6 +235,7 @@ export function parseCli(argv: string[], now: number): ParsedCli {
         };
       }
       case 'pepper status':
+      case 'usage-log requeue':
         return { kind: 'command', command: { kind, json } };
     }
   } catch (error) {
@@ -475,6 +481,13 @@ async function pepperStatus(json: boolean, deps: CliDeps): Promise<void> {
   deps.out('\nA previous pepper can be removed from KEY_PEPPER_PREVIOUS once no row names it (keys move to KEY_PEPPER on their next use).');
 }
 
+async function requeueUsageLog(json: boolean, deps: CliDeps): Promise<void> {
+  const rows = await requeueUnreadable(deps.db);
+  if (json) return printJson(deps, { requeued: rows });
+  deps.out(`Moved ${rows} unreadable usage log row(s) back into the usage log.`);
+  if (rows > 0) deps.out('A collector that cannot read them sets them aside again at its next fold (quarantined_keys_total).');
+}
+
 const HANDLERS: { [K in Command['kind']]: Handler<K> } = {
   'org create': createOrg,
   'org list': listOrgs,
@@ -484,6 +497,7 @@ const HANDLERS: { [K in Command['kind']]: Handler<K> } = {
   'key revoke-dormant': revokeDormant,
   'key erase-ips': (command, deps) => eraseIps(command, deps),
   'pepper status': (command, deps) => pepperStatus(command.json, deps),
+  'usage-log requeue': (command, deps) => requeueUsageLog(command.json, deps),
 };
 
 function execute<K extends Command['kind']>(command: Extract<Command, { kind: K }>, deps: CliDeps): Promise<void> {

@@ -84,6 +84,9 @@ export const IP_HOLDERS: readonly IpHolder[] = [
   // Uses appended by a collector with COLLECTOR_USAGE_LOG and not yet folded: without this, a
   // fold after an erasure would write the erased addresses back.
   { kind: 'log', table: TABLE.usageLog, keyColumn: 'key_id', seenColumn: 'logged_at', column: 'delta' },
+  // Log rows a fold could not read, kept for a collector that can: their addresses cannot be
+  // found in a delta of an unknown form, so the row goes whole.
+  { kind: 'rows', table: TABLE.usageLogUnreadable, keyColumn: 'key_id', seenColumn: 'logged_at' },
 ];
 
 /** Rows deleted and fields cleared per table. */

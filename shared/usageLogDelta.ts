@@ -1,4 +1,5 @@
 import type { Db } from './db';
+import { TABLE } from './tables';
 import { OUTCOMES } from './usageWire';
 
 // Where a usage log row's delta keeps its addresses (collector/usageLog.ts writes and reads the
@@ -45,4 +46,13 @@ export const FOLD_LOCK_CLASS = 0x6b75_6c67; // "kulg"
  */
 export async function lockOrgFolds(trx: Db, orgId: string): Promise<void> {
   await trx.raw('select pg_advisory_xact_lock(?, hashtext(cast(? as text)))', [FOLD_LOCK_CLASS, orgId]);
+}
+
+/** Moves every unreadable row set aside back into the usage log, for a collector that reads it; returns how many. */
+export async function requeueUnreadable(db: Db): Promise<number> {
+  const { rowCount } = await db.raw(
+    `with moved as (delete from ${TABLE.usageLogUnreadable} returning org_id, key_id, logged_at, delta)
+     insert into ${TABLE.usageLog} (org_id, key_id, logged_at, delta) select org_id, key_id, logged_at, delta from moved`,
+  );
+  return rowCount ?? 0;
 }

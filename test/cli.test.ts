@@ -617,7 +617,7 @@ t.test('npm run migrate: a migration waiting on a table in use fails after MIGRA
   await writer.rollback();
   const freed = captured();
   t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url }, freed.io), 0, freed.err.join('\n'));
-  t.match(freed.out.join('\n'), /^Applied 2 migration\(s\):\n {2}20261203000120_api_keys_created_at_index.ts\n/);
+  t.match(freed.out.join('\n'), /^Applied \d+ migration\(s\):\n {2}20261203000120_api_keys_created_at_index.ts\n/);
 });
 
 t.test('two migration runs at once: one applies, the other waits and finds nothing to do', async (t) => {

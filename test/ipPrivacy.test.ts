@@ -79,6 +79,8 @@ async function seedIps(db: Db, orgId: string, keyId: string, ip: string, daysAgo
     at,
     at,
   ]);
+  // A usage log row a fold could not read: its addresses cannot be found, so it goes whole.
+  await db('api_key_usage_log_unreadable').insert({ org_id: orgId, key_id: keyId, logged_at: at, delta: `["a form to come", "${ip}"]` });
   await db.raw(
     `insert into audit_log (org_id, occurred_at, actor_type, actor_key_id, actor_display_prefix, action, target_key_id, ip)
                 values (?, ?, 'key', ?, 'ku_x', 'key.rotate', ?, ?)`,
@@ -113,6 +115,7 @@ const ipsOf = async (db: Db, keyId: string) => ({
   deliveries: (await db('webhook_deliveries').whereRaw(`payload->>'keyId' = ?`, [keyId]).orderBy('event_type').select('payload')).map(
     (row) => row.payload.details,
   ),
+  unreadableLog: await db('api_key_usage_log_unreadable').where({ key_id: keyId }).pluck('delta'),
 });
 const ipsKept = (ip: string) => ({
   usage: { last_used_ip: ip, last_failed_ip: ip },
@@ -123,6 +126,7 @@ const ipsKept = (ip: string) => ({
   events: Object.values(eventDetails(ip)),
   dedupeNamesNetwork: [true],
   deliveries: Object.values(eventDetails(ip)),
+  unreadableLog: [`["a form to come", "${ip}"]`],
 });
 const IPS_ERASED = {
   usage: { last_used_ip: null, last_failed_ip: null },
@@ -133,6 +137,7 @@ const IPS_ERASED = {
   events: ERASED_DETAILS,
   dedupeNamesNetwork: [false],
   deliveries: ERASED_DETAILS,
+  unreadableLog: [],
 };
 // Per table: rows deleted or fields cleared. Four of the five events (and their deliveries) hold an address.
 const ONE_KEY_ERASED = {
@@ -144,6 +149,7 @@ const ONE_KEY_ERASED = {
   key_events: 4,
   webhook_deliveries: 4,
   api_key_usage_log: 0,
+  api_key_usage_log_unreadable: 1,
 };
 const NOTHING_ERASED = Object.fromEntries(Object.keys(ONE_KEY_ERASED).map((table) => [table, 0]));
 

@@ -14,6 +14,7 @@ import { encodeUsageLine, OUTCOMES, provenCount } from '../shared/usageWire';
 import { waitFor } from '../harness/wait';
 import { eraseKeyIps } from '../shared/ipRetention';
 import { TABLE } from '../shared/tables';
+import { runCli } from '../scripts/cli';
 import { FOLD_LOCK_CLASS, LOG_DELTA } from '../shared/usageLogDelta';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { freshDatabase, onCitus } from './helpers/database';
@@ -381,15 +382,36 @@ t.test("an erasure waits for a fold of the key's org in progress: the addresses 
   t.equal(Number((await db(TABLE.recentIps).where({ key_id: keyId }).count({ n: '*' }))[0].n), 0);
 });
 
-t.test('a log row that cannot be read is set aside; the rest of its org is applied', async (t) => {
+// Another collector version's row (a rolling deploy, a rollback) was deleted with the fold's
+// other rows, its uses lost for good.
+t.test('a log row that cannot be read is set aside, the rest of its org applied; requeued, a collector that reads it folds it', async (t) => {
   const { db } = await freshDatabase(t);
   const keys = await orgWithKeys(db, 3);
   const store = createUsageStore(db, { logMinKeys: 1 });
-  await store.write([batchOf(keys)]);
-  await db(TABLE.usageLog).where({ key_id: keys.keyIds[0] }).update({ delta: '{"not": "a delta"}' });
+  const batch = batchOf(keys);
+  await store.write([batch]);
+  const unreadable = { key_id: keys.keyIds[0] };
+  const [{ delta: readable, logged_at: loggedAt }] = await db(TABLE.usageLog).where(unreadable).select('delta', 'logged_at');
+  await db(TABLE.usageLog).where(unreadable).update({ delta: '{"not": "a delta"}' });
   const folded = await store.fold();
   t.match(folded, { keysWritten: 2, quarantined: [{ keyId: keys.keyIds[0], orgId: keys.orgId, uses: 0 }] });
   t.equal(await logRows(db), 0);
+  const setAside = await db(TABLE.usageLogUnreadable).select('org_id', 'key_id', 'logged_at', 'delta');
+  t.strictSame(setAside, [{ org_id: keys.orgId, ...unreadable, logged_at: loggedAt, delta: '{"not": "a delta"}' }], 'kept whole, in its own table');
+
+  const out: string[] = [];
+  const requeue = () => runCli(['usage-log', 'requeue'], { db, pepper: 'p'.repeat(32), now: Date.now, out: (text) => out.push(text), err: () => undefined });
+  t.equal(await requeue(), 0);
+  t.match(out[0], 'Moved 1 unreadable usage log row(s) back into the usage log.');
+  t.match(await store.fold(), { quarantined: [{ keyId: keys.keyIds[0] }] }, 'still unreadable here: set aside again, not lost');
+  t.equal(await logRows(db), 0, 'and not folded for ever');
+
+  // As a collector of the version that wrote it reads it.
+  await db(TABLE.usageLogUnreadable).update({ delta: readable });
+  t.equal(await requeue(), 0);
+  t.match(await store.fold(), { keysWritten: 1, quarantined: [] });
+  t.equal(await usesOf(db, keys.orgId), provenIn([batch]), 'every proven use of the batch applied');
+  t.equal(Number((await db(TABLE.usageLogUnreadable).count({ n: '*' }))[0].n), 0);
 });
 
 t.test('two folds at once: each org is folded by one of them, every use once', async (t) => {
