@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { TABLE } from '../shared/tables';
 import type { Logger } from '../shared/logger';
 import { steadyNow } from '../shared/steadyClock';
 import { within } from '../shared/within';
@@ -406,14 +407,14 @@ export class Flusher {
     const s = this.stats;
     s.eventsRecorded += result.eventsRecorded;
     if (result.unknownKeys > 0) this.recordUnknown(result, by);
-    for (const { keyId, orgId, uses } of result.quarantined) {
+    for (const { keyId, orgId, uses, unreadable } of result.quarantined) {
       s.quarantinedKeys += 1;
       s.quarantinedUses += uses;
       if (by === 'fold') s.quarantinedUsesAtFold += uses;
-      this.options.logger.error(
-        { keyId, orgId, uses },
-        "PostgreSQL refused this key's usage rows (data error); its uses were set aside so every other key is written",
-      );
+      const message = unreadable
+        ? `a usage log row of this key could not be decoded (another collector version's?); moved to ${TABLE.usageLogUnreadable}: npm run cli -- usage-log requeue puts it back`
+        : "PostgreSQL refused this key's usage rows (data error); its uses were set aside so every other key is written";
+      this.options.logger.error({ keyId, orgId, uses }, message);
     }
     this.queuePrune(result.keysToTrim);
   }

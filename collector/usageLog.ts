@@ -358,7 +358,7 @@ async function nextFold(db: Db, options: UsageLogOptions): Promise<{ groups: str
 async function foldPart(db: Db, orgs: readonly string[], apply: ApplyOptions, skipped: Set<string>): Promise<PartResult> {
   const unreadable: KeyUsageDelta[] = [];
   const part = await writeInOne(db, (trx) => takeLog(trx, orgs, unreadable, skipped), apply);
-  return { ...part, quarantined: [...part.quarantined, ...unreadable.map(({ keyId, orgId }) => ({ keyId, orgId, uses: 0 }))] };
+  return { ...part, quarantined: [...part.quarantined, ...unreadable.map(({ keyId, orgId }) => ({ keyId, orgId, uses: 0, unreadable: true as const }))] };
 }
 
 export interface UsageLogOptions extends PgUsageStoreOptions {

@@ -29,7 +29,8 @@ export interface WriteResult {
   unknownKeys: number;
   unknownUses: number;
   /** Keys whose rows PostgreSQL refused (a data error); their uses are set aside, not retried. */
-  quarantined: Array<{ keyId: string; orgId: string; uses: number }>;
+  /** `unreadable`: a usage log row the fold could not decode, moved to its own table (collector/usageLog.ts). */
+  quarantined: Array<{ keyId: string; orgId: string; uses: number; unreadable?: true }>;
   statements: number;
   /** Key events this write recorded (0 with detection off). */
   eventsRecorded: number;

@@ -6,6 +6,7 @@ import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch,
 import { sleep } from '../harness/wait';
 import { renderPrometheus } from '../shared/metrics';
 import { createLogger } from '../shared/logger';
+import { capturingLogger } from './helpers/logLines';
 
 const logger = createLogger({ level: 'silent', name: 'test' });
 const ORG = '5d1f0f5e-8a47-4b53-8a0e-9c1d2e3f4a5b';
@@ -649,6 +650,24 @@ t.test('keys a fold drops as deleted since their append, or sets aside, are coun
     { usesPersisted: 3, quarantinedKeys: 1, quarantinedUses: 1, quarantinedUsesAtFold: 1 },
     "a fold's quarantined uses: counted quarantined, and apart as the fold's, to be told from the flushes'",
   );
+});
+
+t.test("a fold's unreadable row is logged as such, with where it went, not as a row PostgreSQL refused", async (t) => {
+  const lines: string[] = [];
+  const { store, folds } = loggingStore();
+  const flusher = new Flusher({
+    aggregator: new Aggregator({ maxKeys: 10, now: () => 0 }),
+    store,
+    intervalMs: 1000,
+    maxRetryKeys: 10,
+    logger: capturingLogger(lines, 'test'),
+  });
+  folds.quarantined = [{ keyId: key(3), orgId: ORG, uses: 0, unreadable: true }];
+  await flusher.fold();
+  const logged = lines.map((line) => JSON.parse(line)).filter((line) => line.keyId === key(3));
+  t.equal(logged.length, 1);
+  t.match(logged[0].msg, /could not be decoded .*moved to api_key_usage_log_unreadable: npm run cli -- usage-log requeue/);
+  t.match(flusher.stats, { quarantinedKeys: 1, quarantinedUses: 0 });
 });
 
 t.test('start begins a fold at once, so the first interval need not wait for one to write directly', async (t) => {
