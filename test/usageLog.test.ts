@@ -15,7 +15,7 @@ import { waitFor } from '../harness/wait';
 import { eraseKeyIps } from '../shared/ipRetention';
 import { TABLE } from '../shared/tables';
 import { runCli } from '../scripts/cli';
-import { FOLD_LOCK_CLASS, LOG_DELTA } from '../shared/usageLogDelta';
+import { FOLD_LOCK_CLASS, LOG_DELTA, requeueUnreadable } from '../shared/usageLogDelta';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { freshDatabase, onCitus } from './helpers/database';
 import { PgProxy } from './helpers/faults';
@@ -513,6 +513,36 @@ t.test("an erasure of a key's addresses reaches its rows in the usage log: the f
   t.ok(other.recent > 0 && other.failed > 0 && other.history > 0 && other.totals.last_used_ip, 'the other key keeps its addresses');
   t.equal(Number(other.totals.request_count), provenOf(kept), 'and its uses');
 });
+
+// A requeue committed while an erasure of the key ran: the erasure took the log first and the
+// set-aside rows after, so the row the requeue carried between them kept its addresses, and the
+// next fold wrote them back.
+t.test(
+  "an erasure beside a requeue of the key's set-aside row leaves no address in either table",
+  { skip: onCitus() && 'the lock wait is on a worker' },
+  async (t) => {
+    const { db } = await freshDatabase(t, { poolMax: 4 });
+    const keys = await orgWithKeys(db, 1);
+    const store = createUsageStore(db, { logMinKeys: 1 });
+    await store.write([batchOf(keys)]);
+    await db.raw(
+      `with moved as (delete from ${TABLE.usageLog} returning org_id, key_id, logged_at, delta) insert into ${TABLE.usageLogUnreadable} (org_id, key_id, logged_at, delta) select * from moved`,
+    );
+    const requeue = await db.transaction();
+    t.equal(await requeueUnreadable(requeue), 1);
+    const erasure = db.transaction((trx) => eraseKeyIps(trx, keys.orgId, keys.keyIds[0]));
+    await waitFor('the erasure to wait for the requeue', async () =>
+      (await db.raw("select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")).rows[0].n > 0
+        ? true
+        : undefined,
+    );
+    await requeue.commit();
+    t.match(await erasure, { [TABLE.usageLogUnreadable]: 0, [TABLE.usageLog]: 1 }, 'the erasure found the row where the requeue put it');
+    await store.fold();
+    t.equal(Number((await db(TABLE.recentIps).where({ key_id: keys.keyIds[0] }).count({ n: '*' }))[0].n), 0, 'the fold wrote no address');
+    t.equal(Number((await db(TABLE.usage).where({ key_id: keys.keyIds[0] }).first('request_count'))?.request_count ?? 0) > 0, true, 'but its uses');
+  },
+);
 
 // What COLLECTOR_KNOWN_KEYS_TTL_MS does in a running collector: a key deleted after its first
 // append is trusted by the next one (its fold drops it), or, with 0, dropped at the append.
