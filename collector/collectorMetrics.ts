@@ -79,12 +79,21 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
       f.unknownKeysAtFold,
     ),
     counter('unknown_uses_at_fold_total', 'Uses dropped with those keys (counted in uses_persisted_total at their append)', f.unknownUsesAtFold),
-    counter('quarantined_keys_total', 'Keys whose rows PostgreSQL refused with a data error; their uses were set aside', f.quarantinedKeys),
+    counter(
+      'quarantined_keys_total',
+      'Keys whose rows PostgreSQL refused with a data error, or whose usage log row a fold could not decode; set aside',
+      f.quarantinedKeys,
+    ),
     counter('quarantined_uses_total', 'Uses set aside with those keys', f.quarantinedUses),
     counter(
       'quarantined_uses_at_fold_total',
       'Of quarantined_uses_total, the uses folds of the usage log set aside (counted in uses_persisted_total at their append)',
       f.quarantinedUsesAtFold,
+    ),
+    counter(
+      'usage_log_unreadable_rows_total',
+      'Usage log rows folds could not decode (another collector version?), moved to api_key_usage_log_unreadable until a requeue',
+      f.unreadableLogRows,
     ),
     counter('flushes_total', 'Successful flushes', f.flushes),
     counter(

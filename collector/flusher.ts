@@ -27,6 +27,8 @@ export interface FlushStats {
   quarantinedUses: number;
   /** Of quarantinedUses, those a fold set aside: counted in usesPersisted at their append. */
   quarantinedUsesAtFold: number;
+  /** Usage log rows folds could not decode, moved to their own table for a requeue. */
+  unreadableLogRows: number;
   lastFlushDurationMs: number;
   lastFlushKeys: number;
   lastFlushStatements: number;
@@ -102,6 +104,7 @@ export class Flusher {
     quarantinedKeys: 0,
     quarantinedUses: 0,
     quarantinedUsesAtFold: 0,
+    unreadableLogRows: 0,
     lastFlushDurationMs: 0,
     lastFlushKeys: 0,
     lastFlushStatements: 0,
@@ -411,6 +414,7 @@ export class Flusher {
       s.quarantinedKeys += 1;
       s.quarantinedUses += uses;
       if (by === 'fold') s.quarantinedUsesAtFold += uses;
+      if (unreadable) s.unreadableLogRows += 1;
       const message = unreadable
         ? `a usage log row of this key could not be decoded (another collector version's?); moved to ${TABLE.usageLogUnreadable}: npm run cli -- usage-log requeue puts it back`
         : "PostgreSQL refused this key's usage rows (data error); its uses were set aside so every other key is written";

@@ -268,11 +268,23 @@ export const TAKE_BATCH_ROWS = 5000;
 
 type LogRow = { org_id: string; key_id: string; logged_at: Date; delta: string };
 
+/** What one part of a fold takes: its orgs, the orgs another fold held (skipped), the rows it could not decode. */
+interface FoldClaim {
+  orgs: readonly string[];
+  skipped: Set<string>;
+  setAside: LogRow[];
+  maxSetAside: number;
+}
+
 // The fold's claim: the rows of `orgs` (those this fold could lock), deleted in the transaction
 // that applies them, so a row is applied exactly when it leaves the log. A row that cannot be
 // decoded moves to the unreadable rows' table in the same transaction (its uses are not lost: a
-// collector that reads it folds it once requeued), its key in `unreadable`, reported as quarantined.
-async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadable: KeyUsageDelta[], skipped: Set<string>): Promise<Claimed> {
+// collector that reads it folds it once requeued), reported as quarantined. Such rows are held in
+// memory whole until the cursor ends, so beyond maxSetAside the part fails and leaves them all in
+// the log: many rows this collector cannot read are another version's appends, for collectors
+// of that version to fold, not to be set aside here by the hundred thousand.
+async function takeLog(trx: Knex.Transaction, claim: FoldClaim): Promise<Claimed> {
+  const { orgs, skipped, setAside } = claim;
   const locked: Array<{ org_id: string }> = (await trx.raw(LOCK_ORGS, [[...orgs]])).rows;
   for (const orgId of orgs) skipped.add(orgId);
   for (const { org_id: orgId } of locked) skipped.delete(orgId);
@@ -283,7 +295,6 @@ async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadabl
   // direct write of the same flushes keeps. A key's addresses are bounded by its rows taken.
   const coalescer = new DeltaCoalescer(Number.POSITIVE_INFINITY);
   let uses = 0;
-  const setAside: LogRow[] = [];
   // Read to its end, the cursor has closed its portal itself. No close() on a failed read: the
   // failure already ended the cursor, and close() would wait for a ReadyForQuery that a cut
   // connection never sends, holding the fold forever.
@@ -294,8 +305,13 @@ async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadabl
         uses += delta.total;
         coalescer.add(delta);
       } catch {
+        if (setAside.length >= claim.maxSetAside) {
+          await cursor.close();
+          throw new Error(
+            `more than ${claim.maxSetAside} usage log rows of the orgs folded cannot be decoded by this collector (another version's appends?); they stay in the log: run one collector version`,
+          );
+        }
         setAside.push(row);
-        unreadable.push(emptyDelta(row.key_id, row.org_id));
       }
     }
   }
@@ -307,6 +323,8 @@ async function takeLog(trx: Knex.Transaction, orgs: readonly string[], unreadabl
 
 // Rows of one insert: 4 parameters a row, far below PostgreSQL's 65,535 a statement.
 const UNREADABLE_INSERT_ROWS = 1000;
+/** Undecodable rows one part of a fold sets aside at most (held whole in memory until then). */
+export const FOLD_MAX_UNREADABLE_ROWS = 10_000;
 
 /**
  * Log rows a fold takes at most (whole orgs: one org larger than this is folded alone, whole). It
@@ -355,10 +373,11 @@ async function nextFold(db: Db, options: UsageLogOptions): Promise<{ groups: str
 
 // One transaction per group of orgs; a row that cannot be decoded counts only once its part
 // committed (its delete with it).
-async function foldPart(db: Db, orgs: readonly string[], apply: ApplyOptions, skipped: Set<string>): Promise<PartResult> {
-  const unreadable: KeyUsageDelta[] = [];
-  const part = await writeInOne(db, (trx) => takeLog(trx, orgs, unreadable, skipped), apply);
-  return { ...part, quarantined: [...part.quarantined, ...unreadable.map(({ keyId, orgId }) => ({ keyId, orgId, uses: 0, unreadable: true as const }))] };
+async function foldPart(db: Db, orgs: readonly string[], options: UsageLogOptions, skipped: Set<string>): Promise<PartResult> {
+  const claim: FoldClaim = { orgs, skipped, setAside: [], maxSetAside: options.foldMaxUnreadableRows ?? FOLD_MAX_UNREADABLE_ROWS };
+  const part = await writeInOne(db, (trx) => takeLog(trx, claim), options);
+  const unreadable = claim.setAside.map((row) => ({ keyId: row.key_id, orgId: row.org_id, uses: 0, unreadable: true as const }));
+  return { ...part, quarantined: [...part.quarantined, ...unreadable] };
 }
 
 export interface UsageLogOptions extends PgUsageStoreOptions {
@@ -369,6 +388,8 @@ export interface UsageLogOptions extends PgUsageStoreOptions {
   logMinKeys: number | undefined;
   /** Log rows a fold takes at most: FOLD_MAX_ROWS unless given. */
   foldMaxRows?: number;
+  /** Undecodable rows a part of a fold sets aside at most: FOLD_MAX_UNREADABLE_ROWS unless given. */
+  foldMaxUnreadableRows?: number;
 }
 
 const keysOf = (batches: readonly PendingBatch[]) => batches.reduce((sum, { batch }) => sum + batch.keys.length, 0);

@@ -667,7 +667,7 @@ t.test("a fold's unreadable row is logged as such, with where it went, not as a 
   const logged = lines.map((line) => JSON.parse(line)).filter((line) => line.keyId === key(3));
   t.equal(logged.length, 1);
   t.match(logged[0].msg, /could not be decoded .*moved to api_key_usage_log_unreadable: npm run cli -- usage-log requeue/);
-  t.match(flusher.stats, { quarantinedKeys: 1, quarantinedUses: 0 });
+  t.match(flusher.stats, { quarantinedKeys: 1, quarantinedUses: 0, unreadableLogRows: 1 });
 });
 
 t.test('start begins a fold at once, so the first interval need not wait for one to write directly', async (t) => {

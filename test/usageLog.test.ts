@@ -414,6 +414,23 @@ t.test('a log row that cannot be read is set aside, the rest of its org applied;
   t.equal(Number((await db(TABLE.usageLogUnreadable).count({ n: '*' }))[0].n), 0);
 });
 
+// Rows set aside are held whole until the fold's cursor ends: a collector folding another
+// version's appends held every row of them in memory.
+t.test('beyond foldMaxUnreadableRows the part fails and every row stays in the log', async (t) => {
+  const { db } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 3);
+  await createUsageStore(db, { logMinKeys: 1 }).write([batchOf(keys)]);
+  await db(TABLE.usageLog).whereIn('key_id', keys.keyIds.slice(0, 2)).update({ delta: '["a form to come"]' });
+  await t.rejects(createUsageStore(db, { logMinKeys: 1, foldMaxUnreadableRows: 1 }).fold(), /more than 1 usage log rows of the orgs folded cannot be decoded/);
+  t.equal(await logRows(db), 3, 'nothing taken');
+  t.equal(Number((await db(TABLE.usageLogUnreadable).count({ n: '*' }))[0].n), 0, 'nothing set aside');
+  t.match(await createUsageStore(db, { logMinKeys: 1, foldMaxUnreadableRows: 2 }).fold(), {
+    keysWritten: 1,
+    quarantined: [{ unreadable: true }, { unreadable: true }],
+  });
+  t.equal(await logRows(db), 0);
+});
+
 t.test('two folds at once: each org is folded by one of them, every use once', async (t) => {
   const { db, url } = await freshDatabase(t);
   const orgs = [await orgWithKeys(db, 200, 'a'), await orgWithKeys(db, 200, 'b'), await orgWithKeys(db, 200, 'c')];
