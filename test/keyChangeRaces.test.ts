@@ -17,11 +17,12 @@ type Change = (api: Api, orgId: string, keyId: string, db: Db) => Promise<unknow
 const waitingOnLocks = async (db: Db) =>
   Number((await db.raw(`select count(*) as n from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()`)).rows[0].n);
 
-async function raced(t: Test, changes: Change[]) {
+async function raced(t: Test, changes: Change[], options: { now?: () => number; before?: Change } = {}) {
   const { db, url } = await freshDatabase(t, { poolMax: 6 });
-  const api = await startTestApi(t, db);
+  const api = await startTestApi(t, db, { now: options.now });
   const { org } = await seedOrg(api, db);
   const { id } = (await api.services.apiKeys.create(org.id, { name: 'raced', scopes: ['keys:read'], expiresAt: null })).key;
+  await options.before?.(api, org.id, id, db);
   const holder = createDb(url, { poolMax: 1 });
   t.teardown(() => holder.destroy());
   const trx = await holder.transaction();
@@ -66,6 +67,18 @@ t.test('a rotation queued behind a pepper rehash of the key rotates it', async (
   t.equal(outcomes[0], true, 'the rehash went first');
   t.match(outcomes[1], { key: { id }, plaintext: String }, 'a new secret, not a conflict');
   t.strictSame(await db('audit_log').where({ target_key_id: id }).orderBy('id').pluck('action'), ['key.create', 'key.rotate']);
+});
+
+// The write is conditioned on the rotation time read: two rotations in the millisecond of the one
+// they both read (a clock behind, or stepped back) each found it unchanged, and both answered 200.
+t.test('two rotations at once in the millisecond of the previous one: one wins, the other is a 409', async (t) => {
+  const clock = Date.parse('2026-12-05T12:00:00Z');
+  const rotate: Change = (api, orgId, keyId) => api.services.apiKeys.rotate(orgId, keyId);
+  const { db, id, outcomes } = await raced(t, [rotate, rotate], { now: () => clock, before: rotate });
+  t.match(outcomes[0], { key: { id }, plaintext: String });
+  t.match(outcomes[1], { code: 'conflict', message: /rotated by another request/ });
+  t.strictSame(await db('audit_log').where({ target_key_id: id }).orderBy('id').pluck('action'), ['key.create', 'key.rotate', 'key.rotate']);
+  t.equal((await db('api_keys').where({ id }).first('rotated_at')).rotated_at.getTime(), clock + 1, 'a millisecond after the one it replaced');
 });
 
 t.test('two revocations at once write one audit entry', async (t) => {

@@ -156,10 +156,14 @@ export async function replaceSecret(
   // hash alone, and the rotation answered 200 with a new secret for a revoked key.
   const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
     .where({ id })
-    .whereRaw('rotated_at is not distinct from ? and revoked_at is null and (expires_at is null or expires_at > ?)', [
-      change.replacedRotationAt,
-      change.rotatedAt,
-    ])
+    .where((query) => {
+      // The millisecond read (a Date holds no more): a rotated_at written with microseconds, by
+      // hand, still matches the value read from it.
+      const read = change.replacedRotationAt;
+      if (read === null) query.whereNull('rotated_at');
+      else query.where('rotated_at', '>=', read).where('rotated_at', '<', new Date(read.getTime() + 1));
+    })
+    .whereRaw('revoked_at is null and (expires_at is null or expires_at > ?)', [change.rotatedAt])
     .update({
       secret_hash: change.secretHash,
       secret_pepper_id: change.secretPepperId,

@@ -267,7 +267,10 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         previousSecretHash: keepsOld ? key.secretHash : null,
         previousSecretPepperId: keepsOld ? key.secretPepperId : null,
         previousSecretExpiresAt: new Date(now + graceSeconds * 1000),
-        rotatedAt: new Date(now),
+        // Later than the rotation it replaces, by a millisecond at least: the write is conditioned
+        // on rotated_at, and a rotation in the same millisecond (a clock behind, or stepped back)
+        // left it as two racing rotations had read it, so both won.
+        rotatedAt: new Date(Math.max(now, (key.rotatedAt?.getTime() ?? -Infinity) + 1)),
       };
       const rotated = await audited(
         options,
