@@ -190,7 +190,10 @@ t.test('IP_RETENTION_DAYS: every table loses addresses older than the setting, a
   t.same(await ipsOf(db, otherKeyId), ipsKept('192.0.2.2'), '10 days: kept');
   t.ok((await db('api_key_usage').where({ key_id: acme.adminKeyId }).first()).last_used_at, 'the times and counts stay; only the address goes');
   t.same(await expireIpData(db, 90), NOTHING_ERASED, 'erased once: a second run finds nothing');
-  t.same(await expireIpData(db, 5), ONE_KEY_ERASED, 'a shorter setting takes the rest');
+  const shorter = await expireIpData(db, 5);
+  // On Citus the other files' rows share the database, and a 5-day setting takes theirs too.
+  if (!onCitus()) t.same(shorter, ONE_KEY_ERASED, 'a shorter setting takes the rest');
+  t.same(await ipsOf(db, otherKeyId), IPS_ERASED, 'a shorter setting takes the rest of every table');
   await t.rejects(db('audit_log').update({ ip: '203.0.113.1' }), /append-only/, 'the audit log allows erasing an address, nothing else');
 });
 
