@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { Aggregator } from '../collector/aggregator';
 import { chunksWritten } from '../collector/copyBytes';
-import { writeLogLine } from '../collector/usageLog';
+import { writeLogLine } from '../collector/logDelta';
 
 // The client's part of a usage-log append, without a database: the drain of one key's use each
 // (100 orgs, one address per key), then each key's COPY line written into the chunks the append's COPY

@@ -81,7 +81,7 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('unknown_uses_at_fold_total', 'Uses dropped with those keys (counted in uses_persisted_total at their append)', f.unknownUsesAtFold),
     counter(
       'quarantined_keys_total',
-      'Keys whose rows PostgreSQL refused with a data error, or whose usage log row a fold could not decode; set aside',
+      'Keys whose rows PostgreSQL refused with a data error, or whose usage log row a fold could not decode; set aside in api_key_usage_set_aside',
       f.quarantinedKeys,
     ),
     counter('quarantined_uses_total', 'Uses set aside with those keys', f.quarantinedUses),
@@ -92,7 +92,7 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     ),
     counter(
       'usage_log_unreadable_rows_total',
-      'Usage log rows folds could not decode (another collector version?), moved to api_key_usage_log_unreadable until a requeue',
+      'Usage log rows folds could not decode (another collector version?), moved to api_key_usage_set_aside until a requeue',
       f.unreadableLogRows,
     ),
     counter('flushes_total', 'Successful flushes', f.flushes),

@@ -416,8 +416,8 @@ export class Flusher {
       if (by === 'fold') s.quarantinedUsesAtFold += uses;
       if (unreadable) s.unreadableLogRows += 1;
       const message = unreadable
-        ? `a usage log row of this key could not be decoded (another collector version's?); moved to ${TABLE.usageLogUnreadable}: npm run cli -- usage-log requeue puts it back`
-        : "PostgreSQL refused this key's usage rows (data error); its uses were set aside so every other key is written";
+        ? `a usage log row of this key could not be decoded (another collector version's?); moved to ${TABLE.usageSetAside}: npm run cli -- usage-log requeue puts it back`
+        : `PostgreSQL refused this key's usage rows (data error); its uses were set aside in ${TABLE.usageSetAside} so every other key is written: npm run cli -- usage-log requeue once the cause is fixed`;
       this.options.logger.error({ keyId, orgId, uses }, message);
     }
     this.queuePrune(result.keysToTrim);

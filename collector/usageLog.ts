@@ -12,13 +12,12 @@ import type { Knex } from 'knex';
 import Cursor from 'pg-cursor';
 import type { PoolClient } from 'pg';
 import type { Db } from '../shared/db';
-import { OUTCOMES } from '../shared/usageWire';
 import { FOLD_LOCK_CLASS } from '../shared/usageLogDelta';
 import { TABLE } from '../shared/tables';
-import { DeltaCoalescer, emptyDelta, type HourCounts, type IpStat, type KeyUsageDelta } from './aggregator';
+import { DeltaCoalescer, type KeyUsageDelta } from './aggregator';
 import { connectionOf, copyChunks } from './flushStaging';
-import { chunksWritten, CopyBytes, NEWLINE, TAB } from './copyBytes';
-import { forEachHour, forEachIp, hourCount, ipCount } from './pendingKey';
+import { chunksWritten } from './copyBytes';
+import { decodeDelta, writeLogLine } from './logDelta';
 import type { KnownKeys } from './knownKeys';
 import {
   balanceOrgs,
@@ -45,133 +44,6 @@ import {
 
 const LOG_COLUMNS = `${TABLE.usageLog} (org_id, key_id, delta)` as const;
 
-// A delta as one flat JSON array, in this order: total; the count of each outcome (OUTCOMES'
-// order); last used (time, address), last failed (time, address), last revoked use, last expired
-// use; then the hours (their number, then each hour and its counts), the proven addresses and the
-// failed ones (each: their number, then address, count, first seen, last seen). Times are epoch
-// ms; -Infinity ("no such use") is null, as JSON.stringify writes it. Flat, not nested: a nested
-// array per hour and address cost the 100 k-key append about 40 % more CPU to build. Written as
-// the bytes of the append's COPY (collector/copyBytes.ts).
-function writeIps(out: CopyBytes, k: KeyUsageDelta, proven: boolean): void {
-  out.byte(COMMA);
-  out.jsonNumber(ipCount(k, proven));
-  forEachIp(k, proven, (ip, count, firstSeen, lastSeen) => {
-    out.byte(COMMA);
-    out.jsonString(ip);
-    writeNumbers(out, count, firstSeen, lastSeen);
-  });
-}
-
-// Each number after a comma.
-function writeNumbers(out: CopyBytes, ...values: number[]): void {
-  for (const value of values) {
-    out.byte(COMMA);
-    out.jsonNumber(value);
-  }
-}
-
-function writeCounts(out: CopyBytes, counts: HourCounts): void {
-  for (const outcome of OUTCOMES) {
-    out.byte(COMMA);
-    out.jsonNumber(counts[outcome]);
-  }
-}
-
-function writeDelta(out: CopyBytes, k: KeyUsageDelta): void {
-  out.byte(OPEN);
-  out.jsonNumber(k.total);
-  writeCounts(out, k.byOutcome);
-  writeNumbers(out, k.lastUsedAt);
-  out.byte(COMMA);
-  out.jsonString(k.lastIp);
-  writeNumbers(out, k.lastFailedAt);
-  out.byte(COMMA);
-  out.jsonString(k.lastFailedIp);
-  writeNumbers(out, k.lastRevokedUseAt, k.lastExpiredUseAt, hourCount(k));
-  forEachHour(k, (hour, counts) => {
-    writeNumbers(out, hour);
-    writeCounts(out, counts);
-  });
-  writeIps(out, k, true);
-  writeIps(out, k, false);
-  out.byte(CLOSE);
-}
-
-/** A usage log row's COPY line: org, key, the delta. */
-export function writeLogLine(out: CopyBytes, k: KeyUsageDelta): void {
-  out.text(k.orgId);
-  out.byte(TAB);
-  out.text(k.keyId);
-  out.byte(TAB);
-  writeDelta(out, k);
-  out.byte(NEWLINE);
-}
-
-const [COMMA, OPEN, CLOSE] = [',', '[', ']'].map((c) => c.charCodeAt(0));
-
-// Reads writeDelta's fields in order; throws on a row this version did not write.
-class DeltaReader {
-  private at = 0;
-  constructor(private readonly fields: unknown[]) {}
-  number(): number {
-    const value = this.fields[this.at++];
-    if (typeof value !== 'number') throw new Error('not a usage log delta');
-    return value;
-  }
-  time(): number {
-    return this.fields[this.at] === null ? (this.at++, -Infinity) : this.number();
-  }
-  text(): string {
-    const value = this.fields[this.at++];
-    if (typeof value !== 'string') throw new Error('not a usage log delta');
-    return value;
-  }
-  counts(): HourCounts {
-    const counts = {} as HourCounts;
-    for (const outcome of OUTCOMES) counts[outcome] = this.number();
-    return counts;
-  }
-  ips(): Map<string, IpStat> {
-    const ips = new Map<string, IpStat>();
-    for (let n = this.number(); n > 0; n -= 1) ips.set(this.text(), { count: this.number(), firstSeen: this.number(), lastSeen: this.number() });
-    return ips;
-  }
-  end(): void {
-    if (this.at !== this.fields.length) throw new Error('not a usage log delta');
-  }
-}
-
-/** The delta of one log row; throws on a row this version did not write. */
-export function decodeDelta(keyId: string, orgId: string, text: string): KeyUsageDelta {
-  const fields: unknown = JSON.parse(text);
-  if (!Array.isArray(fields)) throw new Error('not a usage log delta');
-  const r = new DeltaReader(fields);
-  const total = r.number();
-  const byOutcome = r.counts();
-  const [lastUsedAt, lastIp, lastFailedAt, lastFailedIp, lastRevokedUseAt, lastExpiredUseAt] = [r.time(), r.text(), r.time(), r.text(), r.time(), r.time()];
-  const hours = new Map<number, HourCounts>();
-  for (let n = r.number(); n > 0; n -= 1) hours.set(r.number(), r.counts());
-  const ips = r.ips();
-  const failedIps = r.ips();
-  r.end();
-  return {
-    ...emptyDelta(keyId, orgId, ips, failedIps, hours),
-    total,
-    byOutcome,
-    lastUsedAt,
-    lastIp,
-    lastFailedAt,
-    lastFailedIp,
-    lastRevokedUseAt,
-    lastExpiredUseAt,
-  };
-}
-
-// How many of `keys` exist in the org they name: one number back, not a row per key; the keys are
-// read to tell which only when some are missing (forged ids, a deleted key). Each id list goes as
-// one array literal built by a join, not an array pg serializes element by element: for 100 k keys
-// the count took 187 ms this way (median of 12; worst 262 ms) against 242 ms (worst 332), and reading
-// the keys' rows 248 ms (worst 311; bench/logSteps.ts). The ids are uuids, validated by the parser.
 const EXISTING_COUNT = `select count(*)::int as n from ${TABLE.apiKeys} a
   join unnest(cast($1 as uuid[]), cast($2 as uuid[])) as k(org_id, key_id) on a.org_id = k.org_id and a.id = k.key_id`;
 
@@ -316,12 +188,12 @@ async function takeLog(trx: Knex.Transaction, claim: FoldClaim): Promise<Claimed
     }
   }
   for (let at = 0; at < setAside.length; at += UNREADABLE_INSERT_ROWS) {
-    await trx(TABLE.usageLogUnreadable).insert(setAside.slice(at, at + UNREADABLE_INSERT_ROWS));
+    await trx(TABLE.usageSetAside).insert(setAside.slice(at, at + UNREADABLE_INSERT_ROWS).map((row) => ({ ...row, reason: 'unreadable' })));
   }
   return { fresh: [{ keys: coalescer.keys(), uses }], freshIds: [], duplicateUses: 0 };
 }
 
-// Rows of one insert: 4 parameters a row, far below PostgreSQL's 65,535 a statement.
+// Rows of one insert: 5 parameters a row, far below PostgreSQL's 65,535 a statement.
 const UNREADABLE_INSERT_ROWS = 1000;
 /** Undecodable rows one part of a fold sets aside at most (held whole in memory until then). */
 export const FOLD_MAX_UNREADABLE_ROWS = 10_000;

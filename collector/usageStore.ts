@@ -7,6 +7,7 @@ import { recordFlushEvents, type EventDetection } from './eventStore';
 import { HOUR_TABLES, IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../shared/tables';
 import { connectionOf, copyChunks, msToTime, prepareStaging, STAGED_KEY } from './flushStaging';
 import { chunksWritten, CopyBytes, NEWLINE, TAB } from './copyBytes';
+import { writeRefusedLine } from './logDelta';
 
 export interface PendingBatch {
   /**
@@ -475,6 +476,17 @@ export const setLocals = (trx: Knex.Transaction, { lockTimeoutMs }: Pick<ApplyOp
 
 // One transaction: claims its deltas (the batches' (batch, org) pairs in the ledger, or the rows
 // of the usage log a fold takes), applies the fresh keys, commits.
+// Keys PostgreSQL refused (applyIsolating) are kept with their deltas, in the transaction that
+// writes the others, for a requeue once the cause is fixed: dropped, their uses were lost. Not a
+// key deleted since (its totals' foreign key refused it): nothing of a deleted key is kept.
+async function setAsideRefused(trx: Knex.Transaction, refused: KeyUsageDelta[]): Promise<number> {
+  const connection = await connectionOf(trx);
+  const kept = await existingKeys(connection, refused);
+  return 1 + (kept.length > 0 ? await copyChunks(connection, SET_ASIDE_COLUMNS, chunksWritten(kept, writeRefusedLine)) : 0);
+}
+
+const SET_ASIDE_COLUMNS = `${TABLE.usageSetAside} (org_id, key_id, delta, reason)` as const;
+
 export async function writeInOne(db: Db, claim: (trx: Knex.Transaction) => Promise<Claimed>, apply: ApplyOptions): Promise<PartResult> {
   const trx = await db.transaction();
   let result: PartResult;
@@ -484,6 +496,7 @@ export async function writeInOne(db: Db, claim: (trx: Knex.Transaction) => Promi
     const merged = mergeFresh(fresh);
     const keys = merged.keys;
     const { statements, accepted, quarantined, events, candidates, grew } = await applyIsolating(trx, keys, apply);
+    const setAside = quarantined.length > 0 ? await setAsideRefused(trx, quarantined) : 0;
     const acceptedUses = totalUses(accepted);
     const quarantinedUses = totalUses(quarantined);
     result = {
@@ -495,7 +508,7 @@ export async function writeInOne(db: Db, claim: (trx: Knex.Transaction) => Promi
       unknownKeys: keys.length - accepted.length - quarantined.length,
       unknownUses: merged.uses - acceptedUses - quarantinedUses,
       quarantined: quarantined.map((k) => ({ keyId: k.keyId, orgId: k.orgId, uses: k.total })),
-      statements: statements + 2,
+      statements: statements + setAside + 2,
       eventsRecorded: events,
       eventCandidates: candidates,
       keysToTrim: grew,

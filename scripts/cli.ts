@@ -39,8 +39,8 @@ Commands:
                                      (refused if no key of the org has a recorded use within n days)
   key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log)
   pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS)
-  usage-log requeue                  Move the usage log rows a fold could not read (written by another
-                                     collector version) back into the log, for a collector that reads them
+  usage-log requeue                  Move the usage set aside (usage log rows a fold could not read,
+                                     keys PostgreSQL refused) back into the usage log for the next fold
   help                               Show this help
 
 Options:
@@ -484,8 +484,8 @@ async function pepperStatus(json: boolean, deps: CliDeps): Promise<void> {
 async function requeueUsageLog(json: boolean, deps: CliDeps): Promise<void> {
   const rows = await requeueUnreadable(deps.db);
   if (json) return printJson(deps, { requeued: rows });
-  deps.out(`Moved ${rows} unreadable usage log row(s) back into the usage log.`);
-  if (rows > 0) deps.out('A collector that cannot read them sets them aside again at its next fold (quarantined_keys_total).');
+  deps.out(`Moved ${rows} row(s) set aside back into the usage log.`);
+  if (rows > 0) deps.out('A fold that still cannot read or write one sets it aside again (quarantined_keys_total).');
 }
 
 const HANDLERS: { [K in Command['kind']]: Handler<K> } = {

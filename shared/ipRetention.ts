@@ -86,7 +86,7 @@ export const IP_HOLDERS: readonly IpHolder[] = [
   // (shared/usageLogDelta.ts) moving a row into the log as this runs either commits first, and the
   // log's statement, begun after this one waited for it, sees the row there; or finds the row
   // deleted here. The other order let a requeue carry a row past both statements.
-  { kind: 'rows', table: TABLE.usageLogUnreadable, keyColumn: 'key_id', seenColumn: 'logged_at' },
+  { kind: 'rows', table: TABLE.usageSetAside, keyColumn: 'key_id', seenColumn: 'logged_at' },
   // Uses appended by a collector with COLLECTOR_USAGE_LOG and not yet folded: without this, a
   // fold after an erasure would write the erased addresses back.
   { kind: 'log', table: TABLE.usageLog, keyColumn: 'key_id', seenColumn: 'logged_at', column: 'delta' },

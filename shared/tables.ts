@@ -7,7 +7,7 @@ export const TABLE = {
   usageHourly: 'api_key_usage_hourly',
   usageCurrentHours: 'api_key_usage_current_hours',
   usageLog: 'api_key_usage_log',
-  usageLogUnreadable: 'api_key_usage_log_unreadable',
+  usageSetAside: 'api_key_usage_set_aside',
   recentIps: 'api_key_recent_ips',
   failedIps: 'api_key_failed_ips',
   ipHistory: 'api_key_ip_history',

@@ -51,7 +51,7 @@ export async function lockOrgFolds(trx: Db, orgId: string): Promise<void> {
 /** Moves every unreadable row set aside back into the usage log, for a collector that reads it; returns how many. */
 export async function requeueUnreadable(db: Db): Promise<number> {
   const { rowCount } = await db.raw(
-    `with moved as (delete from ${TABLE.usageLogUnreadable} returning org_id, key_id, logged_at, delta)
+    `with moved as (delete from ${TABLE.usageSetAside} returning org_id, key_id, logged_at, delta)
      insert into ${TABLE.usageLog} (org_id, key_id, logged_at, delta) select org_id, key_id, logged_at, delta from moved`,
   );
   return rowCount ?? 0;

@@ -666,7 +666,7 @@ t.test("a fold's unreadable row is logged as such, with where it went, not as a 
   await flusher.fold();
   const logged = lines.map((line) => JSON.parse(line)).filter((line) => line.keyId === key(3));
   t.equal(logged.length, 1);
-  t.match(logged[0].msg, /could not be decoded .*moved to api_key_usage_log_unreadable: npm run cli -- usage-log requeue/);
+  t.match(logged[0].msg, /could not be decoded .*moved to api_key_usage_set_aside: npm run cli -- usage-log requeue/);
   t.match(flusher.stats, { quarantinedKeys: 1, quarantinedUses: 0, unreadableLogRows: 1 });
 });
 

@@ -80,7 +80,7 @@ async function seedIps(db: Db, orgId: string, keyId: string, ip: string, daysAgo
     at,
   ]);
   // A usage log row a fold could not read: its addresses cannot be found, so it goes whole.
-  await db('api_key_usage_log_unreadable').insert({ org_id: orgId, key_id: keyId, logged_at: at, delta: `["a form to come", "${ip}"]` });
+  await db('api_key_usage_set_aside').insert({ org_id: orgId, key_id: keyId, logged_at: at, reason: 'unreadable', delta: `["a form to come", "${ip}"]` });
   await db.raw(
     `insert into audit_log (org_id, occurred_at, actor_type, actor_key_id, actor_display_prefix, action, target_key_id, ip)
                 values (?, ?, 'key', ?, 'ku_x', 'key.rotate', ?, ?)`,
@@ -115,7 +115,7 @@ const ipsOf = async (db: Db, keyId: string) => ({
   deliveries: (await db('webhook_deliveries').whereRaw(`payload->>'keyId' = ?`, [keyId]).orderBy('event_type').select('payload')).map(
     (row) => row.payload.details,
   ),
-  unreadableLog: await db('api_key_usage_log_unreadable').where({ key_id: keyId }).pluck('delta'),
+  unreadableLog: await db('api_key_usage_set_aside').where({ key_id: keyId }).pluck('delta'),
 });
 const ipsKept = (ip: string) => ({
   usage: { last_used_ip: ip, last_failed_ip: ip },
@@ -149,7 +149,7 @@ const ONE_KEY_ERASED = {
   key_events: 4,
   webhook_deliveries: 4,
   api_key_usage_log: 0,
-  api_key_usage_log_unreadable: 1,
+  api_key_usage_set_aside: 1,
 };
 const NOTHING_ERASED = Object.fromEntries(Object.keys(ONE_KEY_ERASED).map((table) => [table, 0]));
 

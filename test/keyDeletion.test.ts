@@ -129,6 +129,7 @@ t.test('a key deleted while a flush is writing it leaves no row behind', { skip:
     'the key is set aside',
   );
   t.strictSame(await rowsOf(db, key), none, 'no row of the deleted key is left');
+  t.strictSame(await rowsOf(db, key, [TABLE.usageSetAside]), { [TABLE.usageSetAside]: 0 }, 'nor its uses kept for a requeue');
 });
 
 // A rolling deploy: the previous version's data, then migration 080. A key that was never used but

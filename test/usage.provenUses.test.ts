@@ -1,5 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
+import { createUsageStore } from '../collector/usageLog';
+import { runCli } from '../scripts/cli';
 import { migrateLatest } from '../shared/db';
 import { encodeUsageLine } from '../shared/usageWire';
 import { seedOrg, startTestApi } from './helpers/api';
@@ -195,6 +197,13 @@ t.test('a data error on one key is isolated: that key is set aside, every other 
   await waitFor('the next line', () => (collector.ingest.usageLines === keys.length + 1 ? true : undefined));
   t.ok(await collector.flusher.flush());
   t.equal((await db('api_key_usage').where({ key_id: poisoned }).first()).request_count, 2, 'the key is not stuck: later uses land');
+  // The refused uses were dropped for good; they are kept now, for a requeue once the cause is gone.
+  t.match(await db('api_key_usage_set_aside').where({ key_id: poisoned }).select('org_id', 'reason'), [{ org_id: org.id, reason: 'refused' }]);
+  t.equal(await runCli(['usage-log', 'requeue'], { db, pepper: 'p'.repeat(32), now: Date.now, out: () => undefined, err: () => undefined }), 0);
+  // The next fold (a collector's is due within a minute).
+  await createUsageStore(db, { logMinKeys: undefined }).fold();
+  t.equal((await db('api_key_usage').where({ key_id: poisoned }).first()).request_count, 7, 'requeued, the refused uses land too');
+  t.equal((await db('api_key_usage_set_aside').count({ n: '*' }))[0].n, 0);
 });
 
 t.test('back down to 0.1.0 with addresses erased: 0.0.0.0 stands in, a failed address is no last use', async (t) => {

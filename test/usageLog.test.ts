@@ -3,7 +3,8 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { Aggregator, type KeyUsageDelta } from '../collector/aggregator';
-import { decodeDelta, writeLogLine, createUsageStore, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
+import { createUsageStore, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
+import { decodeDelta, writeLogLine } from '../collector/logDelta';
 import { chunksWritten } from '../collector/copyBytes';
 import { KeyList } from '../collector/keyList';
 import { KnownKeys } from '../collector/knownKeys';
@@ -396,26 +397,26 @@ t.test('a log row that cannot be read is set aside, the rest of its org applied;
   const folded = await store.fold();
   t.match(folded, { keysWritten: 2, quarantined: [{ keyId: keys.keyIds[0], orgId: keys.orgId, uses: 0 }] });
   t.equal(await logRows(db), 0);
-  const setAside = await db(TABLE.usageLogUnreadable).where({ org_id: keys.orgId }).select('org_id', 'key_id', 'logged_at', 'delta');
+  const setAside = await db(TABLE.usageSetAside).where({ org_id: keys.orgId }).select('org_id', 'key_id', 'logged_at', 'delta');
   t.strictSame(setAside, [{ org_id: keys.orgId, ...unreadable, logged_at: loggedAt, delta: '{"not": "a delta"}' }], 'kept whole, in its own table');
 
   const out: string[] = [];
   const requeue = () => runCli(['usage-log', 'requeue'], { db, pepper: 'p'.repeat(32), now: Date.now, out: (text) => out.push(text), err: () => undefined });
   // Every org's rows (on Citus other files' share the table).
-  const held = Number((await db(TABLE.usageLogUnreadable).count({ n: '*' }))[0].n);
+  const held = Number((await db(TABLE.usageSetAside).count({ n: '*' }))[0].n);
   t.equal(await requeue(), 0);
-  t.match(out[0], `Moved ${held} unreadable usage log row(s) back into the usage log.`);
+  t.match(out[0], `Moved ${held} row(s) set aside back into the usage log.`);
   const ours = (result: { quarantined: Array<{ orgId: string; keyId: string }> }) =>
     result.quarantined.filter((q) => q.orgId === keys.orgId).map((q) => q.keyId);
   t.same(ours(await store.fold()), [keys.keyIds[0]], 'still unreadable here: set aside again, not lost');
   t.equal(await logRows(db), 0, 'and not folded for ever');
 
   // As a collector of the version that wrote it reads it.
-  await db(TABLE.usageLogUnreadable).where({ org_id: keys.orgId }).update({ delta: readable });
+  await db(TABLE.usageSetAside).where({ org_id: keys.orgId }).update({ delta: readable });
   t.equal(await requeue(), 0);
   t.same(ours(await store.fold()), [], 'read this time');
   t.equal(await usesOf(db, keys.orgId), provenIn([batch]), 'every proven use of the batch applied');
-  t.equal(Number((await db(TABLE.usageLogUnreadable).where({ org_id: keys.orgId }).count({ n: '*' }))[0].n), 0);
+  t.equal(Number((await db(TABLE.usageSetAside).where({ org_id: keys.orgId }).count({ n: '*' }))[0].n), 0);
 });
 
 // Rows set aside are held whole until the fold's cursor ends: a collector folding another
@@ -427,7 +428,7 @@ t.test('beyond foldMaxUnreadableRows the part fails and every row stays in the l
   await db(TABLE.usageLog).whereIn('key_id', keys.keyIds.slice(0, 2)).update({ delta: '["a form to come"]' });
   await t.rejects(createUsageStore(db, { logMinKeys: 1, foldMaxUnreadableRows: 1 }).fold(), /more than 1 usage log rows of the orgs folded cannot be decoded/);
   t.equal(await logRows(db), 3, 'nothing taken');
-  t.equal(Number((await db(TABLE.usageLogUnreadable).where({ org_id: keys.orgId }).count({ n: '*' }))[0].n), 0, 'nothing set aside');
+  t.equal(Number((await db(TABLE.usageSetAside).where({ org_id: keys.orgId }).count({ n: '*' }))[0].n), 0, 'nothing set aside');
   t.match(await createUsageStore(db, { logMinKeys: 1, foldMaxUnreadableRows: 2 }).fold(), {
     keysWritten: 1,
     quarantined: [{ unreadable: true }, { unreadable: true }],
@@ -547,7 +548,7 @@ t.test(
     const store = createUsageStore(db, { logMinKeys: 1 });
     await store.write([batchOf(keys)]);
     await db.raw(
-      `with moved as (delete from ${TABLE.usageLog} returning org_id, key_id, logged_at, delta) insert into ${TABLE.usageLogUnreadable} (org_id, key_id, logged_at, delta) select * from moved`,
+      `with moved as (delete from ${TABLE.usageLog} returning org_id, key_id, logged_at, delta) insert into ${TABLE.usageSetAside} (org_id, key_id, logged_at, delta, reason) select *, 'unreadable' from moved`,
     );
     const requeue = await db.transaction();
     t.equal(await requeueUnreadable(requeue), 1);
@@ -558,7 +559,7 @@ t.test(
         : undefined,
     );
     await requeue.commit();
-    t.match(await erasure, { [TABLE.usageLogUnreadable]: 0, [TABLE.usageLog]: 1 }, 'the erasure found the row where the requeue put it');
+    t.match(await erasure, { [TABLE.usageSetAside]: 0, [TABLE.usageLog]: 1 }, 'the erasure found the row where the requeue put it');
     await store.fold();
     t.equal(Number((await db(TABLE.recentIps).where({ key_id: keys.keyIds[0] }).count({ n: '*' }))[0].n), 0, 'the fold wrote no address');
     t.equal(Number((await db(TABLE.usage).where({ key_id: keys.keyIds[0] }).first('request_count'))?.request_count ?? 0) > 0, true, 'but its uses');
