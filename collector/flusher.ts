@@ -410,15 +410,12 @@ export class Flusher {
     const s = this.stats;
     s.eventsRecorded += result.eventsRecorded;
     if (result.unknownKeys > 0) this.recordUnknown(result, by);
-    for (const { keyId, orgId, uses, unreadable } of result.quarantined) {
+    for (const { keyId, orgId, uses, unreadable, deleted } of result.quarantined) {
       s.quarantinedKeys += 1;
       s.quarantinedUses += uses;
       if (by === 'fold') s.quarantinedUsesAtFold += uses;
       if (unreadable) s.unreadableLogRows += 1;
-      const message = unreadable
-        ? `a usage log row of this key could not be decoded (another collector version's?); moved to ${TABLE.usageSetAside}: npm run cli -- usage-log requeue puts it back`
-        : `PostgreSQL refused this key's usage rows (data error); its uses were set aside in ${TABLE.usageSetAside} so every other key is written: npm run cli -- usage-log requeue once the cause is fixed`;
-      this.options.logger.error({ keyId, orgId, uses }, message);
+      this.options.logger.error({ keyId, orgId, uses }, quarantineMessage(unreadable, deleted));
     }
     this.queuePrune(result.keysToTrim);
   }
@@ -468,4 +465,12 @@ export class Flusher {
       'flush failed; usage kept in memory and retried',
     );
   }
+}
+
+function quarantineMessage(unreadable: true | undefined, deleted: true | undefined): string {
+  if (unreadable) {
+    return `a usage log row of this key could not be decoded (another collector version's?); moved to ${TABLE.usageSetAside}: npm run cli -- usage-log requeue puts it back`;
+  }
+  if (deleted) return "PostgreSQL refused this key's usage rows (data error) and the key no longer exists: its uses were dropped";
+  return `PostgreSQL refused this key's usage rows (data error); its counts were set aside in ${TABLE.usageSetAside} (without addresses) so every other key is written: npm run cli -- usage-log requeue once the cause is fixed`;
 }

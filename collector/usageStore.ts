@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import type { PoolClient } from 'pg';
 import type { Db } from '../shared/db';
 import { OUTCOMES, provenCount } from '../shared/usageWire';
-import { mergeBatches, type KeyUsageDelta, type UsageBatch } from './aggregator';
+import { emptyDelta, mergeBatches, type KeyUsageDelta, type UsageBatch } from './aggregator';
 import { recordFlushEvents, type EventDetection } from './eventStore';
 import { HOUR_TABLES, IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../shared/tables';
 import { connectionOf, copyChunks, msToTime, prepareStaging, STAGED_KEY } from './flushStaging';
@@ -30,8 +30,11 @@ export interface WriteResult {
   unknownKeys: number;
   unknownUses: number;
   /** Keys whose rows PostgreSQL refused (a data error); their uses are set aside, not retried. */
-  /** `unreadable`: a usage log row the fold could not decode, moved to its own table (collector/usageLog.ts). */
-  quarantined: Array<{ keyId: string; orgId: string; uses: number; unreadable?: true }>;
+  /**
+   * Set aside in api_key_usage_set_aside: keys PostgreSQL refused (`deleted`: not kept, the key no
+   * longer exists), and usage log rows a fold could not decode (`unreadable`, collector/usageLog.ts).
+   */
+  quarantined: Array<{ keyId: string; orgId: string; uses: number; unreadable?: true; deleted?: true }>;
   statements: number;
   /** Key events this write recorded (0 with detection off). */
   eventsRecorded: number;
@@ -478,11 +481,26 @@ export const setLocals = (trx: Knex.Transaction, { lockTimeoutMs }: Pick<ApplyOp
 // of the usage log a fold takes), applies the fresh keys, commits.
 // Keys PostgreSQL refused (applyIsolating) are kept with their deltas, in the transaction that
 // writes the others, for a requeue once the cause is fixed: dropped, their uses were lost. Not a
-// key deleted since (its totals' foreign key refused it): nothing of a deleted key is kept.
-async function setAsideRefused(trx: Knex.Transaction, refused: KeyUsageDelta[]): Promise<number> {
+// key deleted since (its totals' foreign key refused it): nothing of a deleted key is kept. Nor
+// the addresses: the key's row locks went with its savepoint, so a `key erase-ips` could run and
+// commit before this, and never see them; kept for a requeue, they would outlive it.
+async function setAsideRefused(trx: Knex.Transaction, refused: KeyUsageDelta[]): Promise<{ kept: Set<KeyUsageDelta>; statements: number }> {
   const connection = await connectionOf(trx);
   const kept = await existingKeys(connection, refused);
-  return 1 + (kept.length > 0 ? await copyChunks(connection, SET_ASIDE_COLUMNS, chunksWritten(kept, writeRefusedLine)) : 0);
+  const statements = kept.length > 0 ? await copyChunks(connection, SET_ASIDE_COLUMNS, chunksWritten(kept.map(withoutAddresses), writeRefusedLine)) : 0;
+  return { kept: new Set(kept), statements: statements + 1 };
+}
+
+// The counts, times and hours of a delta, with no address (as an erased usage log row).
+function withoutAddresses(k: KeyUsageDelta): KeyUsageDelta {
+  const counts = emptyDelta(k.keyId, k.orgId, undefined, undefined, k.hours);
+  counts.total = k.total;
+  counts.byOutcome = k.byOutcome;
+  counts.lastUsedAt = k.lastUsedAt;
+  counts.lastFailedAt = k.lastFailedAt;
+  counts.lastRevokedUseAt = k.lastRevokedUseAt;
+  counts.lastExpiredUseAt = k.lastExpiredUseAt;
+  return counts;
 }
 
 const SET_ASIDE_COLUMNS = `${TABLE.usageSetAside} (org_id, key_id, delta, reason)` as const;
@@ -496,7 +514,7 @@ export async function writeInOne(db: Db, claim: (trx: Knex.Transaction) => Promi
     const merged = mergeFresh(fresh);
     const keys = merged.keys;
     const { statements, accepted, quarantined, events, candidates, grew } = await applyIsolating(trx, keys, apply);
-    const setAside = quarantined.length > 0 ? await setAsideRefused(trx, quarantined) : 0;
+    const setAside = quarantined.length > 0 ? await setAsideRefused(trx, quarantined) : { kept: new Set(), statements: 0 };
     const acceptedUses = totalUses(accepted);
     const quarantinedUses = totalUses(quarantined);
     result = {
@@ -507,8 +525,8 @@ export async function writeInOne(db: Db, claim: (trx: Knex.Transaction) => Promi
       usesWritten: acceptedUses,
       unknownKeys: keys.length - accepted.length - quarantined.length,
       unknownUses: merged.uses - acceptedUses - quarantinedUses,
-      quarantined: quarantined.map((k) => ({ keyId: k.keyId, orgId: k.orgId, uses: k.total })),
-      statements: statements + setAside + 2,
+      quarantined: quarantined.map((k) => ({ keyId: k.keyId, orgId: k.orgId, uses: k.total, ...(setAside.kept.has(k) ? {} : { deleted: true as const }) })),
+      statements: statements + setAside.statements + 2,
       eventsRecorded: events,
       eventCandidates: candidates,
       keysToTrim: grew,

@@ -16,7 +16,7 @@ import { deltaIpsSql, lockOrgFolds } from './usageLogDelta';
 // key whose addresses they are, and when the address was seen.
 
 export type IpHolder =
-  | { kind: 'rows'; table: string; keyColumn: string; seenColumn: string }
+  | { kind: 'rows'; table: string; keyColumn: string; seenColumn: string; only?: string }
   | { kind: 'columns'; table: string; keyColumn: string; columns: Array<{ ip: string; seenColumn: string; erasedTo?: string }> }
   | {
       kind: 'details';
@@ -82,11 +82,12 @@ export const IP_HOLDERS: readonly IpHolder[] = [
     path: 'details',
   },
   // Log rows a fold could not read, kept for a collector that can: their addresses cannot be
-  // found in a delta of an unknown form, so the row goes whole. Before the log: a requeue
+  // found in a delta of an unknown form, so the row goes whole. (The deltas of keys PostgreSQL
+  // refused are set aside without addresses, and stay.) Before the log: a requeue
   // (shared/usageLogDelta.ts) moving a row into the log as this runs either commits first, and the
   // log's statement, begun after this one waited for it, sees the row there; or finds the row
   // deleted here. The other order let a requeue carry a row past both statements.
-  { kind: 'rows', table: TABLE.usageSetAside, keyColumn: 'key_id', seenColumn: 'logged_at' },
+  { kind: 'rows', table: TABLE.usageSetAside, keyColumn: 'key_id', seenColumn: 'logged_at', only: "reason = 'unreadable'" },
   // Uses appended by a collector with COLLECTOR_USAGE_LOG and not yet folded: without this, a
   // fold after an erasure would write the erased addresses back.
   { kind: 'log', table: TABLE.usageLog, keyColumn: 'key_id', seenColumn: 'logged_at', column: 'delta' },
@@ -115,7 +116,8 @@ async function erase(db: Db, where: (query: Query, keyColumn: string, seenColumn
   for (const holder of IP_HOLDERS) {
     erased[holder.table] ??= 0;
     if (holder.kind === 'rows') {
-      erased[holder.table] += await where(db(holder.table), holder.keyColumn, holder.seenColumn).del();
+      const rows = holder.only === undefined ? db(holder.table) : db(holder.table).whereRaw(holder.only);
+      erased[holder.table] += await where(rows, holder.keyColumn, holder.seenColumn).del();
     } else if (holder.kind === 'log') {
       const sql = deltaIpsSql(holder.column);
       erased[holder.table] += await where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn).update({

@@ -124,9 +124,9 @@ t.test('a key deleted while a flush is writing it leaves no row behind', { skip:
   await operator.commit();
   const result = await writing;
   t.strictSame(
-    result.quarantined.map((q) => q.keyId),
-    [key.keyId],
-    'the key is set aside',
+    result.quarantined.map((q) => [q.keyId, q.deleted]),
+    [[key.keyId, true]],
+    'the key is set aside, as deleted',
   );
   t.strictSame(await rowsOf(db, key), none, 'no row of the deleted key is left');
   t.strictSame(await rowsOf(db, key, [TABLE.usageSetAside]), { [TABLE.usageSetAside]: 0 }, 'nor its uses kept for a requeue');
