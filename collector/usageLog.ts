@@ -150,7 +150,7 @@ interface FoldClaim {
 
 // The fold's claim: the rows of `orgs` (those this fold could lock), deleted in the transaction
 // that applies them, so a row is applied exactly when it leaves the log. A row that cannot be
-// decoded moves to the unreadable rows' table in the same transaction (its uses are not lost: a
+// decoded moves to api_key_usage_set_aside in the same transaction (its uses are not lost: a
 // collector that reads it folds it once requeued), reported as quarantined. Such rows are held in
 // memory whole until the cursor ends, so beyond maxSetAside the part fails and leaves them all in
 // the log: many rows this collector cannot read are another version's appends, for collectors
