@@ -37,7 +37,7 @@ Commands:
                                      --key-ids only those of the ids a dry run listed (a file: one
                                      id per line) still dormant, without it the keys selected again
                                      (refused if no key of the org has a recorded use within n days)
-  key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log)
+  key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log, usage log)
   pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS)
   usage-log requeue                  Move the usage set aside (usage log rows a fold could not read,
                                      keys PostgreSQL refused) back into the usage log for the next fold
