@@ -81,7 +81,7 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('unknown_uses_at_fold_total', 'Uses dropped with those keys (counted in uses_persisted_total at their append)', f.unknownUsesAtFold),
     counter(
       'quarantined_keys_total',
-      'Keys whose rows PostgreSQL refused with a data error, or whose usage log row a fold could not decode; set aside in api_key_usage_set_aside',
+      'Keys whose rows PostgreSQL refused with a data error, or whose usage log row a fold could not decode; set aside in api_key_usage_set_aside (not a key deleted meanwhile)',
       f.quarantinedKeys,
     ),
     counter('quarantined_uses_total', 'Uses set aside with those keys', f.quarantinedUses),
