@@ -126,7 +126,7 @@ t.test('a key deleted while a flush is writing it leaves no row behind', { skip:
   t.strictSame(
     result.quarantined.map((q) => [q.keyId, q.deleted]),
     [[key.keyId, true]],
-    'the key is set aside, as deleted',
+    'the key is quarantined, as deleted (nothing of it is kept)',
   );
   t.strictSame(await rowsOf(db, key), none, 'no row of the deleted key is left');
   t.strictSame(await rowsOf(db, key, [TABLE.usageSetAside]), { [TABLE.usageSetAside]: 0 }, 'nor its uses kept for a requeue');
