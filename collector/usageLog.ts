@@ -44,6 +44,11 @@ import {
 
 const LOG_COLUMNS = `${TABLE.usageLog} (org_id, key_id, delta)` as const;
 
+// How many of `keys` exist in the org they name: one number back, not a row per key; the keys are
+// read to tell which only when some are missing (forged ids, a deleted key). Each id list goes as
+// one array literal built by a join, not an array pg serializes element by element: for 100 k keys
+// the count took 187 ms this way (median of 12; worst 262 ms) against 242 ms (worst 332), and reading
+// the keys' rows 248 ms (worst 311; bench/logSteps.ts). The ids are uuids, validated by the parser.
 const EXISTING_COUNT = `select count(*)::int as n from ${TABLE.apiKeys} a
   join unnest(cast($1 as uuid[]), cast($2 as uuid[])) as k(org_id, key_id) on a.org_id = k.org_id and a.id = k.key_id`;
 
