@@ -118,14 +118,43 @@ t.test('cursor pagination, newest first, and org isolation', async (t) => {
     ['admin'],
     'an org sees only its own entries',
   );
+  // The cursor of a page served before the per-org numbers (a global id): refused, not misread.
+  const before = await api.request('GET', `/api/orgs/${acme.org.id}/audit-log?cursor=${Buffer.from('3').toString('base64url')}`, { key: acme.adminKey });
+  t.equal(before.status, 400, "a cursor of the global ids' time is refused");
   const forged = Buffer.from('abc').toString('base64url');
   const bad = await api.request('GET', `/api/orgs/${acme.org.id}/audit-log?cursor=${forged}`, { key: acme.adminKey });
   t.equal(bad.status, 400);
   t.match(bad.body.error.message, /cursor: must be a nextCursor/);
   // Shaped like ours but past the bigint range: PostgreSQL would refuse the comparison (a 500 before).
-  const huge = Buffer.from('9999999999999999999').toString('base64url');
+  const huge = Buffer.from('seq:9999999999999999999').toString('base64url');
   const tooBig = await api.request('GET', `/api/orgs/${acme.org.id}/audit-log?cursor=${huge}`, { key: acme.adminKey });
   t.equal(tooBig.status, 400, 'a cursor beyond the id range is refused');
+});
+
+t.test("entry ids count the org's own entries, not every org's: no count of other tenants' changes (fails without the fix)", async (t) => {
+  const { db, api, acme } = await setup(t);
+  const globex = await seedOrg(api, db, 'globex');
+  const create = (orgId: string, name: string) => api.services.apiKeys.create(orgId, { name, scopes: ['keys:read'], expiresAt: null });
+  await create(acme.org.id, 'before');
+  for (let i = 0; i < 3; i += 1) await create(globex.org.id, `globex ${i}`);
+  await create(acme.org.id, 'after');
+  const ids = async (org: { org: { id: string }; adminKey: string }) =>
+    (await api.request('GET', `/api/orgs/${org.org.id}/audit-log`, { key: org.adminKey })).body.data.map((entry: { id: string }) => entry.id);
+  t.strictSame(await ids(acme), ['3', '2', '1'], "acme's entries are 1, 2, 3: globex's three changes between them do not show");
+  t.strictSame(await ids(globex), ['4', '3', '2', '1'], "globex's own numbering");
+});
+
+t.test('a rolled-back change gives its entry number back: the next entry takes it, no gap', async (t) => {
+  const { db, acme } = await setup(t);
+  const entry = { orgId: acme.org.id, actor: { type: 'cli' as const }, action: 'key.revoke' as const, targetKeyId: null, details: {}, ip: null };
+  await db
+    .transaction(async (trx) => {
+      await recordAudit(trx, entry);
+      throw new Error('the change failed after its entry');
+    })
+    .catch(() => undefined);
+  await recordAudit(db, entry);
+  t.strictSame(await db('audit_log').where({ org_id: acme.org.id }).orderBy('seq').pluck('seq'), [1, 2]);
 });
 
 t.test('the CLI is recorded as "cli"', async (t) => {

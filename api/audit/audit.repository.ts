@@ -44,12 +44,14 @@ export interface AuditEntry {
 }
 
 export interface AuditRecord extends AuditEntry {
-  id: string;
+  /** The entry's place in its org's log (1, 2, 3, …): the row's own id counts every org's entries. */
+  seq: string;
   occurredAt: Date;
 }
 
 interface AuditRow {
-  id: string;
+  id: number;
+  seq: number;
   org_id: string;
   occurred_at: Date;
   actor_type: 'key' | 'cli';
@@ -61,10 +63,11 @@ interface AuditRow {
   ip: string | null;
 }
 
-// An entry's id is taken at its insert but seen at its commit: two changes of an org at once
-// could commit in the other order, and a reader following the log by the newest id it had seen
+// An entry's number is taken at its insert but seen at its commit: two changes of an org at once
+// could commit in the other order, and a reader following the log by the newest number it had seen
 // skipped the entry committed late below it, for good. The org's entries are written one
-// transaction at a time, so ids follow commits. Every caller writes its entries last in its
+// transaction at a time, so numbers follow commits, and the next is the org's last plus one (a
+// rollback gives its numbers back: none is skipped). Every caller writes its entries last in its
 // transaction (the lock is held to its end, and nothing is locked after it: no deadlock).
 export async function recordAudit(db: Db, entry: AuditEntry): Promise<void> {
   await recordAudits(db, entry.orgId, [entry]);
@@ -77,12 +80,16 @@ const ENTRIES_PER_INSERT = 1000;
 export async function recordAudits(db: Db, orgId: string, entries: readonly AuditEntry[]): Promise<void> {
   if (entries.length === 0) return;
   await lockOrgFor(db, 'audit', orgId);
+  const last = await db<AuditRow>(TABLE.auditLog).where({ org_id: orgId }).max<{ seq: number | null }>('seq as seq').first();
+  const next = (last?.seq ?? 0) + 1;
   for (let start = 0; start < entries.length; start += ENTRIES_PER_INSERT) {
-    await db<AuditRow>(TABLE.auditLog).insert(entries.slice(start, start + ENTRIES_PER_INSERT).map(toRow));
+    const rows = entries.slice(start, start + ENTRIES_PER_INSERT).map((entry, index) => toRow(entry, next + start + index));
+    await db<AuditRow>(TABLE.auditLog).insert(rows);
   }
 }
 
-const toRow = (entry: AuditEntry) => ({
+const toRow = (entry: AuditEntry, seq: number) => ({
+  seq,
   org_id: entry.orgId,
   actor_type: entry.actor.type,
   actor_key_id: entry.actor.type === 'key' ? entry.actor.keyId : null,
@@ -94,7 +101,7 @@ const toRow = (entry: AuditEntry) => ({
 });
 
 const toRecord = (row: AuditRow): AuditRecord => ({
-  id: String(row.id),
+  seq: String(row.seq),
   orgId: row.org_id,
   occurredAt: row.occurred_at,
   actor: row.actor_type === 'key' ? { type: 'key', keyId: row.actor_key_id!, displayPrefix: row.actor_display_prefix! } : { type: 'cli' },
@@ -104,9 +111,9 @@ const toRecord = (row: AuditRow): AuditRecord => ({
   ip: row.ip,
 });
 
-/** Newest first; `beforeId` continues after the last entry of the previous page. */
-export async function listAudit(db: Db, orgId: string, page: { limit: number; beforeId: string | null }): Promise<AuditRecord[]> {
-  const query = db<AuditRow>(TABLE.auditLog).where({ org_id: orgId }).orderBy('id', 'desc').limit(page.limit);
-  if (page.beforeId !== null) query.where('id', '<', page.beforeId);
+/** Newest first; `beforeSeq` continues after the last entry of the previous page. */
+export async function listAudit(db: Db, orgId: string, page: { limit: number; beforeSeq: string | null }): Promise<AuditRecord[]> {
+  const query = db<AuditRow>(TABLE.auditLog).where({ org_id: orgId }).orderBy('seq', 'desc').limit(page.limit);
+  if (page.beforeSeq !== null) query.where('seq', '<', page.beforeSeq);
   return (await query).map(toRecord);
 }

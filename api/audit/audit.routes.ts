@@ -36,7 +36,7 @@ export function auditRouter(deps: { service: AuditService; authorize: (requireme
   router.get('/', deps.authorize(READ_ORG), async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const query = parseInput(auditQuery, req.query, 'query');
-    res.json(await deps.service.list(id, { limit: query.limit, beforeId: query.cursor ?? null }));
+    res.json(await deps.service.list(id, { limit: query.limit, beforeSeq: query.cursor ?? null }));
   });
 
   return router;

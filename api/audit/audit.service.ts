@@ -5,20 +5,23 @@ import { AUDIT_ACTIONS, auditActorShape, listAudit, type AuditRecord } from './a
 
 const MAX_BIGINT = 9_223_372_036_854_775_807n;
 
-// The cursor is opaque to clients (base64url of the last entry's id), so the paging scheme can
-// change without breaking them.
-export const encodeCursor = (id: string) => Buffer.from(id, 'utf8').toString('base64url');
+// The cursor is opaque to clients (base64url of `seq:` and the last entry's number), so the paging
+// scheme can change without breaking them. The prefix came with the per-org numbers: a cursor of
+// the global ids before them is refused (400), not read as a number it is not.
+const CURSOR_PREFIX = 'seq:';
+export const encodeCursor = (seq: string) => Buffer.from(CURSOR_PREFIX + seq, 'utf8').toString('base64url');
 
-/** The id a cursor stands for, or undefined if it is not one this service made. */
+/** The entry number a cursor stands for, or undefined if it is not one this service made. */
 export function decodeCursor(cursor: string): string | undefined {
-  const id = Buffer.from(cursor, 'base64url').toString('utf8');
-  // Within bigint: a larger id would make PostgreSQL fail the comparison (a 500, not a 400).
-  return /^[1-9]\d{0,18}$/.test(id) && BigInt(id) <= MAX_BIGINT && encodeCursor(id) === cursor ? id : undefined;
+  const text = Buffer.from(cursor, 'base64url').toString('utf8');
+  const seq = text.startsWith(CURSOR_PREFIX) ? text.slice(CURSOR_PREFIX.length) : '';
+  // Within bigint: a larger number would make PostgreSQL fail the comparison (a 500, not a 400).
+  return /^[1-9]\d{0,18}$/.test(seq) && BigInt(seq) <= MAX_BIGINT && encodeCursor(seq) === cursor ? seq : undefined;
 }
 
 const auditEntry = z
   .object({
-    id: z.string().regex(/^\d+$/),
+    id: z.string().regex(/^\d+$/).meta({ description: "The entry's number in its org's log: 1, 2, 3, … in commit order, without gaps" }),
     occurredAt: isoTime,
     actor: auditActorShape,
     action: z.enum(AUDIT_ACTIONS),
@@ -30,7 +33,7 @@ const auditEntry = z
 export const auditList = listOf(auditEntry, cursorPage).meta({ id: 'AuditLog' });
 
 const toView = (entry: AuditRecord): z.output<typeof auditEntry> => ({
-  id: entry.id,
+  id: entry.seq,
   occurredAt: entry.occurredAt.toISOString(),
   actor: entry.actor,
   action: entry.action,
@@ -44,10 +47,10 @@ export type AuditService = ReturnType<typeof createAuditService>;
 export function createAuditService(deps: { db: Db }) {
   return {
     /** Newest first. One row more than asked tells whether there is a next page. */
-    async list(orgId: string, page: { limit: number; beforeId: string | null }): Promise<z.output<typeof auditList>> {
-      const rows = await listAudit(deps.db, orgId, { limit: page.limit + 1, beforeId: page.beforeId });
+    async list(orgId: string, page: { limit: number; beforeSeq: string | null }): Promise<z.output<typeof auditList>> {
+      const rows = await listAudit(deps.db, orgId, { limit: page.limit + 1, beforeSeq: page.beforeSeq });
       const data = rows.slice(0, page.limit);
-      const nextCursor = rows.length > page.limit ? encodeCursor(data[data.length - 1].id) : null;
+      const nextCursor = rows.length > page.limit ? encodeCursor(data[data.length - 1].seq) : null;
       return { data: data.map(toView), page: { limit: page.limit, nextCursor } };
     },
   };
