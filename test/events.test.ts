@@ -372,6 +372,35 @@ t.test('dormant clean-up: keyIds bound the apply to the dry run; unfolded uses s
   t.strictSame(await db('api_keys').whereNotNull('revoked_at').pluck('id'), [shown], 'and nothing more revoked');
 });
 
+// Uses a collector could not apply are set aside, not folded (api_key_usage_set_aside): the key's
+// totals never saw them, and it looked unused until an operator requeued them.
+t.test('dormant clean-up: uses set aside spare a key, refused or unreadable (fails without the fix)', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const create = async (name: string) => (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null })).key.id;
+  const [idle, refused, unreadable] = [await create('idle'), await create('uses refused'), await create('uses unreadable')];
+  await db('api_keys')
+    .whereIn('id', [idle, refused, unreadable])
+    .update({ created_at: new Date(Date.now() - 200 * DAY) });
+  for (const [keyId, reason] of [
+    [refused, 'refused'],
+    [unreadable, 'unreadable'],
+  ]) {
+    await db('api_key_usage_set_aside').insert({ org_id: org.id, key_id: keyId, reason, delta: '{}' });
+  }
+  const path = `/api/orgs/${org.id}/api-keys/revoke-dormant`;
+  const dry = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90 } });
+  t.strictSame(
+    dry.body.keys.map((k: { id: string }) => k.id),
+    [idle],
+    'only the key without uses anywhere is listed',
+  );
+  const applied = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false, keyIds: [idle, refused, unreadable] } });
+  t.strictSame(await db('api_keys').whereNotNull('revoked_at').pluck('id'), [idle], 'and only it is revoked');
+  t.equal(applied.body.keys.length, 1);
+});
+
 t.test('EVENTS_ENABLED=false: usage is written, no event, no history', async (t) => {
   const system = await wiredSystem(t, { EVENTS_ENABLED: 'false' });
   const key = await createKey(system, 'quiet');

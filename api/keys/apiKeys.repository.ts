@@ -210,7 +210,8 @@ export interface DormantQuery {
 export type DormantKey = ApiKeyRecord & { lastUsedAt: Date | null };
 
 // A key with uses appended to the usage log and not yet folded into its totals is spared: its
-// last use may be seconds old (the next run sees it folded).
+// last use may be seconds old (the next run sees it folded). So is a key with uses set aside
+// (a collector could not apply them): they count once an operator requeues them.
 const dormantKeys = (query: DormantQuery) => `
 select k.*, u.last_used_at
   from ${TABLE.apiKeys} k
@@ -218,6 +219,7 @@ select k.*, u.last_used_at
  where k.org_id = :orgId and k.id is distinct from :exceptKeyId
    and ${dormantKeySql('cast(:now as timestamptz)', 'cast(:idleSince as timestamptz)')}
    and not exists (select 1 from ${TABLE.usageLog} l where l.org_id = :orgId and l.key_id = k.id)
+   and not exists (select 1 from ${TABLE.usageSetAside} s where s.org_id = :orgId and s.key_id = k.id)
    ${query.onlyKeyIds === null ? '' : 'and k.id = any(cast(:onlyKeyIds as uuid[]))'}`;
 
 type DormantRow = ApiKeyRow & { last_used_at: Date | null };
