@@ -98,8 +98,10 @@ export async function planDeferred(trx: Knex.Transaction, now: Date, limit: numb
   const raised = new Map(counted.map((row) => [row.key_id, Number(row.events)]));
   const plan: DeferredPlan = { raise: [], postpone: [], raised };
   const taken = new Map<string, number>();
-  // DUE returns each key's rows earliest first.
-  for (const { org_id: orgId, key_id: keyId, prefix } of rows) {
+  // Each key's room goes to its earliest first uses. DUE's order is by due time, and a row deferred
+  // in an hour's last minute (due then) sorts before an older one postponed to the next hour's
+  // start, where it took that hour's room first.
+  for (const { org_id: orgId, key_id: keyId, prefix } of rows.sort((a, b) => a.first_seen_ms - b.first_seen_ms)) {
     const room = limit - (raised.get(keyId) ?? 0) - (taken.get(keyId) ?? 0);
     if (room > 0) taken.set(keyId, (taken.get(keyId) ?? 0) + 1);
     (room > 0 ? plan.raise : plan.postpone).push({ orgId, keyId, prefix });

@@ -79,6 +79,36 @@ t.test(`a sweep reads at most ${DEFERRED_PER_SWEEP} due networks, earliest first
   t.equal(await stillPending(db, flooded), DEFERRED_PER_SWEEP - 2);
 });
 
+t.test("a key's room goes to its earliest first use, not to the earliest due: a postponed network keeps its place (fails without the fix)", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId } = await seedOrg(api, db);
+  await db('api_key_usage').insert({ org_id: org.id, key_id: adminKeyId, request_count: 1 });
+  const hourStart = NOW - (NOW % HOUR);
+  const nextHour = hourStart + HOUR;
+  const waiting = (prefix: string, firstSeen: number, dueAt: number) => ({
+    org_id: org.id,
+    key_id: adminKeyId,
+    prefix,
+    first_ip: prefix.replace('0/24', '1'),
+    first_seen: new Date(firstSeen),
+    last_seen: new Date(firstSeen),
+    event_due_at: new Date(dueAt),
+  });
+  // A real network postponed to the next hour, then forged ones deferred in this hour's last minute.
+  await db('api_key_ip_history').insert([
+    waiting('192.0.2.0/24', hourStart + 60_000, nextHour),
+    waiting('10.0.1.0/24', nextHour - 10_000, nextHour - 10_000),
+    waiting('10.0.2.0/24', nextHour - 9_000, nextHour - 9_000),
+  ]);
+  t.strictSame(await sweepTimeEvents(db, new Date(nextHour + 40_000), SWEEP), { dormant: 0, expiring: 0, newIp: 2 });
+  t.strictSame(
+    (await newIps(db, adminKeyId)).map(([, prefix]) => prefix),
+    ['10.0.1.0/24', '192.0.2.0/24'].sort(),
+    'the postponed network and the earliest forged one; the other waits',
+  );
+});
+
 t.test("a network erased or deleted between the sweep's read and its raise raises nothing", async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);

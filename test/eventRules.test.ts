@@ -30,6 +30,7 @@ const facts = (over: Partial<KeyFacts> = {}): KeyFacts => ({
   hours: [{ hour: HOUR, uses: 1, failed: 0, baseline: null }],
   newPrefixes: [],
   newIpEventsByHour: new Map(),
+  networksWaiting: false,
   ...over,
 });
 
@@ -101,6 +102,16 @@ t.test('key.new_ip: at most newIpPerKeyHour a clock hour, counting those already
     [3_600_001],
     'an hour already at the limit raises none',
   );
+});
+
+t.test('key.new_ip: while networks deferred earlier wait, new ones queue behind them, even in an hour with room (fails without the fix)', async (t) => {
+  const newPrefixes = [{ prefix: '198.51.7.0/24', ip: '198.51.7.1', firstSeen: HOUR + 10 }];
+  const deferred: string[] = [];
+  const events = detectKeyEvents(delta([{}]), facts({ newPrefixes, networksWaiting: true }), { ...RULES, newIpPerKeyHour: 4 }, (prefix) =>
+    deferred.push(prefix),
+  );
+  t.strictSame(types(events), [], 'none raised by the flush');
+  t.strictSame(deferred, ['198.51.7.0/24'], 'deferred to the sweep, which raises the earliest first used first');
 });
 
 t.test('deferred key.new_ip: the earliest networks, up to the room left in the hour, occurring now; the same dedupe key as the flush gives', async (t) => {

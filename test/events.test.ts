@@ -476,7 +476,10 @@ t.test('key.new_ip: at most EVENTS_NEW_IP_PER_KEY_HOUR a clock hour per key; the
   ];
   t.strictSame(await history(), pending, 'the networks over the limit are kept, their events pending');
   await flushUsesFrom([3], false); // used again this hour: known, so no event from the flush
+  // A new network in this hour, which has room: it queues behind the two waiting (fails without the fix).
+  await flushUsesFrom([5], false);
   t.equal((await newIps()).length, 2);
+  t.strictSame(await history(), [...pending, ['198.51.5.0/24', true]], 'the new network waits behind the older ones');
   const sweptAt = Date.now();
   await collector.sweep.sweep();
   const deferred = (await newIps()).slice(2).sort(([, a], [, b]) => a.prefix.localeCompare(b.prefix));
@@ -495,8 +498,8 @@ t.test('key.new_ip: at most EVENTS_NEW_IP_PER_KEY_HOUR a clock hour per key; the
   );
   t.strictSame(
     await history(),
-    pending.map(([prefix]) => [prefix, false]),
-    'no longer pending',
+    [...pending.map(([prefix]) => [prefix, false]), ['198.51.5.0/24', true]],
+    'no longer pending; the newest waits for the next hour with room',
   );
   await collector.sweep.sweep();
   t.equal((await newIps()).length, 4, 'raised once');
