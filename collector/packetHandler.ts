@@ -94,7 +94,9 @@ export function createPacketHandler(options: { config: Config; aggregator: Aggre
     if (full) replayCache.overflows += 1;
     const message = full
       ? 'replay cache full: a signed datagram was dropped; raise COLLECTOR_REPLAY_CACHE_SIZE'
-      : 'dropped a datagram without a valid signature';
+      : verdict.reason === 'signed_before_start'
+        ? "dropped a datagram signed before this collector started (a replay, or a sender's clock behind this one's)"
+        : 'dropped a datagram without a valid signature';
     warn(`rejected_${verdict.reason}`, { reason: verdict.reason, rejectedPackets: ingest.rejectedPackets }, message);
     return undefined;
   };

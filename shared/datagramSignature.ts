@@ -35,7 +35,7 @@ export type SignatureVerdict =
   | { ok: true; body: string }
   | {
       ok: false;
-      reason: 'oversized' | 'unsigned' | 'bad_signature' | 'stale' | 'replayed' | 'replay_cache_full';
+      reason: 'oversized' | 'unsigned' | 'bad_signature' | 'stale' | 'signed_before_start' | 'replayed' | 'replay_cache_full';
     };
 
 /**
@@ -56,6 +56,12 @@ export function datagramVerifier(options: { secrets: readonly string[]; windowMs
   // datagram still fresh was signed after it), but one a wall clock stepped back by more than the
   // window made fresh again, its nonce forgotten meanwhile, was accepted a second time.
   let forgottenUpTo = -Infinity;
+  // A new process remembers no nonce, so a datagram signed before it started may have been counted
+  // by the process before it (a restart, a deploy): captured on the wire, it could be replayed
+  // once within the window. Refused instead. A genuine one is signed before the start only if its
+  // sender's clock is behind this one's (it was sent after the socket opened), and only for as
+  // long as that offset: counted apart, so a clock out of step is told from an attack.
+  const startedAt = options.now();
   const verify = (packet: string): SignatureVerdict => {
     // The API signs datagrams of at most MAX_DATAGRAM_BYTES, signature included. A forged one of
     // 64 kB would cost a MAC over all of it (per secret), 45 times the real one's: refused first.
@@ -75,6 +81,7 @@ export function datagramVerifier(options: { secrets: readonly string[]; windowMs
     if (!valid) return { ok: false, reason: 'bad_signature' };
     const now = options.now();
     if (Math.abs(now - Number(ts)) > options.windowMs) return { ok: false, reason: 'stale' };
+    if (Number(ts) < startedAt) return { ok: false, reason: 'signed_before_start' };
     // Kept through forgetAt itself: a datagram signed a whole window ahead is still fresh then.
     for (const [old, entry] of remembered) {
       if (entry.forgetAt >= now) break;

@@ -95,6 +95,30 @@ t.test('a datagram whose nonce was forgotten is not accepted again when the cloc
   t.same(verify(signDatagram(BODY, SECRET, now)), { ok: true, body: BODY }, 'a datagram signed now is still taken');
 });
 
+// A new process remembers no nonce: a datagram the process before it accepted (captured on the
+// wire in the window before a restart) was accepted once more.
+t.test('a datagram signed before the verifier started is refused: a restart opens no replay window (fails without the fix)', async (t) => {
+  let now = 1_800_000_000_000;
+  const before = datagramVerifier({ secrets: [SECRET], windowMs: 30_000, maxRemembered: 10, now: () => now });
+  const captured = signDatagram(BODY, SECRET, now);
+  t.same(before(captured), { ok: true, body: BODY }, 'accepted by the process before the restart');
+  now += 5_000;
+  const after = datagramVerifier({ secrets: [SECRET], windowMs: 30_000, maxRemembered: 10, now: () => now });
+  t.same(after(captured), { ok: false, reason: 'signed_before_start' }, 'replayed to the new process, within the window');
+  t.same(after(signDatagram(BODY, SECRET, now)), { ok: true, body: BODY }, 'a datagram signed at its start is taken');
+});
+
+t.test('a collector refuses a signed datagram captured before it started, and says why', async (t) => {
+  const { url } = await freshDatabase(t);
+  const captured = signDatagram(BODY, SECRET, Date.now() - 1000);
+  const collector = await startTestCollector(t, url, { USAGE_SIGNING_SECRET: SECRET, COLLECTOR_FLUSH_INTERVAL_MS: '600000' });
+  await sendDatagrams(collector.receiver.port, [captured, signDatagram(BODY, SECRET, Date.now())]);
+  await waitFor('the two datagrams', () => (collector.ingest.packets === 2 ? true : undefined));
+  t.equal(collector.ingest.rejectedPackets, 1);
+  t.equal(collector.ingest.usesReceived, 3, 'only the one signed after the start (count 3)');
+  t.ok(collector.logLines.some((l) => l.includes('signed before this collector started')));
+});
+
 t.test('config: a signing secret is required in production beyond loopback', async (t) => {
   const production = { NODE_ENV: 'production', KEY_PEPPER: 'p'.repeat(32) };
   t.doesNotThrow(() => loadConfig(production));
