@@ -48,8 +48,8 @@ export interface KeyFacts {
   newPrefixes: Array<{ prefix: string; ip: string; firstSeen: number }>;
   /** key.new_ip events already recorded for the key, by the clock hour (ms) they occurred in: only hours of newPrefixes. */
   newIpEventsByHour: ReadonlyMap<number, number>;
-  /** Networks of the key whose events the hourly limit deferred are still waiting for the sweep. */
-  networksWaiting: boolean;
+  /** Networks of the key whose events the hourly limit deferred, still waiting for the sweep. */
+  networksWaiting: number;
 }
 
 const hourOf = (ms: number) => ms - (ms % HOUR_MS);
@@ -111,17 +111,21 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, limit: number, emit: E
 // time sweep raises their events later, in an hour with room (deferredNetworkEvents). Dropped,
 // they never raised one, so whoever filled an hour's limit (ten forged lines) hid a leaked key's
 // new network for good.
-// Networks join the key's waiting ones behind them, not ahead: raised here while older ones
-// waited, a sender naming `limit` new networks at the start of every hour took each hour's room
-// before the sweep, and a leaked key's real new network waited as long as they kept on.
+// The key's networks still waiting for the sweep keep their room: a new network is raised here
+// only if the hour has room for it after them, and is deferred behind them otherwise (and behind
+// those this flush deferred). When the flush raised new networks ahead of waiting ones, a sender
+// naming `limit` new networks at the start of every hour took each hour's room before the sweep,
+// and a leaked key's real new network waited as long as they kept on.
 // Collectors flushing the same key at once each count only what committed: up to `limit` each.
 function newNetworkEvents(facts: KeyFacts, limit: number, emit: Emit, onDeferred: OnDeferred): void {
   const raised = new Map(facts.newIpEventsByHour);
+  let waiting = facts.networksWaiting;
   for (const { prefix, ip, firstSeen } of [...facts.newPrefixes].sort((a, b) => a.firstSeen - b.firstSeen)) {
     const hour = hourOf(firstSeen);
     const count = (raised.get(hour) ?? 0) + 1;
-    if (facts.networksWaiting || count > limit) {
+    if (count + waiting > limit) {
       onDeferred(prefix);
+      waiting += 1;
       continue;
     }
     raised.set(hour, count);

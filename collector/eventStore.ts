@@ -37,7 +37,7 @@ export interface EventDetection extends DetectionThresholds {
 //    pay for it. An hour's counts are summed over both bucket tables: a late use of an hour the
 //    upkeep already moved has a current row beside the moved one. Keys with new networks also get
 //    the key.new_ip events already recorded in those networks' hours (`raised`), which the rules'
-//    hourly limit counts on, and whether networks deferred earlier still wait (`waiting`: the
+//    hourly limit counts on, and how many networks deferred earlier still wait (`waiting`: the
 //    history read before this statement's upsert, which sets no event_due_at).
 // The key's bucket of `hour` in each of the two bucket tables (shared/tables.ts): at most
 // one row in each, so plain joins on the primary keys, which Citus pushes down to the org's shards
@@ -99,9 +99,10 @@ with r as (
            group by h.key_id, h.hour_index) counted
    group by key_id
 ), waiting as (
-  select distinct p.key_id
+  select p.key_id, count(*) as networks
     from (select distinct org_id, key_id from fresh_hours) h
     join ${TABLE.ipHistory} p on p.org_id = h.org_id and p.key_id = h.key_id and p.event_due_at is not null
+   group by p.key_id
 )
 select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${bothHours('bad_secret_count', 'h', 'c')} as failed,
        coalesce(u.request_count, 0) as request_count, cast(floor(extract(epoch from k.created_at) * 1000) as float8) as created_ms,
@@ -112,7 +113,7 @@ select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${b
                  ${joinHours('b', 'bc', 'x.hour - make_interval(days => d.n)')}
                 order by d.n)
        end as baseline,
-       fresh.prefixes, raised.new_ip_events, waiting.key_id is not null as networks_waiting
+       fresh.prefixes, raised.new_ip_events, coalesce(waiting.networks, 0) as networks_waiting
   from (select f.org_id, f.key_id, f.hour_ms, ${msToTime('f.hour_ms')} as hour, f.bad_secret_count as batch_failed,
                s.request_count as batch_uses, s.last_revoked_use_ms, s.last_expired_use_ms
           from flush_hours f ${STAGED_KEY('f')}) x
@@ -147,7 +148,7 @@ async function readFacts(connection: PoolClient, { spikeMinUses, failedAttemptsP
         hours: [],
         newPrefixes: ((row.prefixes ?? []) as PrefixJson[]).map((p) => ({ prefix: p.prefix, ip: p.ip, firstSeen: Date.parse(p.firstSeen) })),
         newIpEventsByHour: new Map((row.new_ip_events ?? []) as Array<[number, number]>),
-        networksWaiting: row.networks_waiting,
+        networksWaiting: Number(row.networks_waiting),
       };
       facts.set(row.key_id, key);
     }

@@ -30,7 +30,7 @@ const facts = (over: Partial<KeyFacts> = {}): KeyFacts => ({
   hours: [{ hour: HOUR, uses: 1, failed: 0, baseline: null }],
   newPrefixes: [],
   newIpEventsByHour: new Map(),
-  networksWaiting: false,
+  networksWaiting: 0,
   ...over,
 });
 
@@ -80,7 +80,7 @@ t.test('key.new_ip: one per new prefix, its dedupe key names the prefix and when
 t.test('key.new_ip: at most newIpPerKeyHour a clock hour, counting those already recorded; the last says so', async (t) => {
   const network = (i: number, firstSeen: number) => ({ prefix: `198.51.${i}.0/24`, ip: `198.51.${i}.1`, firstSeen });
   // Given out of order: the earliest networks are the ones raised.
-  const newPrefixes = [...Array.from({ length: 6 }, (_, i) => network(i, HOUR + 10 + i)), network(9, HOUR + 5), network(8, HOUR + 3_600_000 + 1)].reverse();
+  const newPrefixes = [...Array.from({ length: 3 }, (_, i) => network(i, HOUR + 10 + i)), network(9, HOUR + 5), network(8, HOUR + 3_600_000 + 1)].reverse();
   const deferred: string[] = [];
   const events = detectKeyEvents(delta([{}]), facts({ newPrefixes, newIpEventsByHour: new Map([[HOUR, 1]]) }), { ...RULES, newIpPerKeyHour: 4 }, (prefix) =>
     deferred.push(prefix),
@@ -93,25 +93,36 @@ t.test('key.new_ip: at most newIpPerKeyHour a clock hour, counting those already
       [11, { ip: '198.51.1.1', prefix: '198.51.1.0/24', hourlyLimitReached: 4 }],
       [3_600_001, { ip: '198.51.8.1', prefix: '198.51.8.0/24' }],
     ],
-    'one recorded before + three in the hour; the next hour counts afresh',
+    'one recorded before + three in the hour; the next hour counts afresh, keeping a place for the one deferred',
   );
-  t.strictSame(deferred, ['198.51.2.0/24', '198.51.3.0/24', '198.51.4.0/24', '198.51.5.0/24'], 'the others, told to the caller');
+  t.strictSame(deferred, ['198.51.2.0/24'], 'the other, told to the caller');
   const full = detectKeyEvents(delta([{}]), facts({ newPrefixes, newIpEventsByHour: new Map([[HOUR, 4]]) }), { ...RULES, newIpPerKeyHour: 4 });
   t.strictSame(
     full.map((e) => e.occurredAt - HOUR),
-    [3_600_001],
-    'an hour already at the limit raises none',
+    [],
+    "an hour already at the limit raises none, and its four deferred networks take the next hour's room",
   );
 });
 
-t.test('key.new_ip: while networks deferred earlier wait, new ones queue behind them, even in an hour with room (fails without the fix)', async (t) => {
-  const newPrefixes = [{ prefix: '198.51.7.0/24', ip: '198.51.7.1', firstSeen: HOUR + 10 }];
+t.test('key.new_ip: networks deferred earlier keep their room; new ones beyond it queue behind them (fails without the fix)', async (t) => {
+  const network = (i: number, firstSeen: number) => ({ prefix: `198.51.${i}.0/24`, ip: `198.51.${i}.1`, firstSeen });
+  const newPrefixes = [network(1, HOUR + 10), network(2, HOUR + 11), network(3, HOUR + 12)];
   const deferred: string[] = [];
-  const events = detectKeyEvents(delta([{}]), facts({ newPrefixes, networksWaiting: true }), { ...RULES, newIpPerKeyHour: 4 }, (prefix) =>
-    deferred.push(prefix),
+  const rules = { ...RULES, newIpPerKeyHour: 4 };
+  const events = detectKeyEvents(delta([{}]), facts({ newPrefixes, networksWaiting: 2 }), rules, (prefix) => deferred.push(prefix));
+  t.strictSame(
+    events.map((e) => e.details.prefix),
+    ['198.51.1.0/24', '198.51.2.0/24'],
+    'two waiting + two raised fill the hour',
   );
-  t.strictSame(types(events), [], 'none raised by the flush');
-  t.strictSame(deferred, ['198.51.7.0/24'], 'deferred to the sweep, which raises the earliest first used first');
+  t.strictSame(deferred, ['198.51.3.0/24'], 'the third queues behind the waiting ones');
+  // One flush over two hours: the first hour's overflow keeps its room in the next hour too.
+  const nextHour = (i: number) => network(i, HOUR + 3_600_000 + i);
+  const twoHours = [...newPrefixes, ...[4, 5, 6].map((i) => network(i, HOUR + 10 + i)), ...[9, 10, 11].map(nextHour)];
+  const held: string[] = [];
+  const raised = detectKeyEvents(delta([{}]), facts({ newPrefixes: twoHours }), rules, (prefix) => held.push(prefix));
+  t.strictSame(held, ['198.51.5.0/24', '198.51.6.0/24', '198.51.11.0/24'], "the next hour's third network waits behind the two deferred before it");
+  t.equal(raised.filter((e) => e.occurredAt >= HOUR + 3_600_000).length, 2, 'its first two are raised: the hour keeps two places for the waiting');
 });
 
 t.test('deferred key.new_ip: the earliest networks, up to the room left in the hour, occurring now; the same dedupe key as the flush gives', async (t) => {
