@@ -10,12 +10,12 @@ import type { Knex } from 'knex';
 // The append-only trigger is lifted for that one statement, in this transaction.
 //
 // A process of the previous version (a rolling deploy) inserts without seq: a trigger numbers its
-// rows the same way, under the same lock (both versions take it). It is kept only for that; moving
-// to Citus stops the processes and drops it (scripts/citus/distribute.ts): on a shard it would
-// read its table through the coordinator.
+// rows the same way, under the same lock (both versions take it). On Citus it runs on the org's
+// shard, as the append-only trigger does (checked on a cluster distributed before this migration).
 const FILL_SEQ_TRIGGER = 'audit_log_fill_seq';
 
 export async function up(knex: Knex): Promise<void> {
+  await sequentialOnCitus(knex);
   await knex.raw('alter table audit_log add column seq bigint');
   await knex.raw('alter table audit_log disable trigger audit_log_append_only');
   await knex.raw(`
@@ -34,7 +34,13 @@ export async function up(knex: Knex): Promise<void> {
   await knex.raw(`create trigger ${FILL_SEQ_TRIGGER} before insert on audit_log for each row when (new.seq is null) execute function ${FILL_SEQ_TRIGGER}()`);
 }
 
+// On a Citus cluster where audit_log is already distributed (an upgrade), the function command
+// after the column's DDL and the numbering on every shard is refused unless the transaction uses
+// one connection per node. On plain PostgreSQL the setting is an unused placeholder.
+const sequentialOnCitus = (knex: Knex) => knex.raw(`set local citus.multi_shard_modify_mode to 'sequential'`);
+
 export async function down(knex: Knex): Promise<void> {
+  await sequentialOnCitus(knex);
   await knex.raw(`drop trigger if exists ${FILL_SEQ_TRIGGER} on audit_log`);
   await knex.raw(`drop function if exists ${FILL_SEQ_TRIGGER}()`);
   await knex.raw('alter table audit_log drop column seq');

@@ -81,12 +81,10 @@ async function seedIps(db: Db, orgId: string, keyId: string, ip: string, daysAgo
   ]);
   // A usage log row a fold could not read: its addresses cannot be found, so it goes whole.
   await db('api_key_usage_set_aside').insert({ org_id: orgId, key_id: keyId, logged_at: at, reason: 'unreadable', delta: `["a form to come", "${ip}"]` });
-  // Numbered as the API numbers an entry: Citus keeps no trigger that numbers it (20261205000150).
-  const last = await db('audit_log').where({ org_id: orgId }).max<{ seq: number | null }>('seq as seq').first();
   await db.raw(
-    `insert into audit_log (org_id, seq, occurred_at, actor_type, actor_key_id, actor_display_prefix, action, target_key_id, ip)
-                values (?, ?, ?, 'key', ?, 'ku_x', 'key.rotate', ?, ?)`,
-    [orgId, (last?.seq ?? 0) + 1, at, keyId, keyId, ip],
+    `insert into audit_log (org_id, occurred_at, actor_type, actor_key_id, actor_display_prefix, action, target_key_id, ip)
+                values (?, ?, 'key', ?, 'ku_x', 'key.rotate', ?, ?)`,
+    [orgId, at, keyId, keyId, ip],
   );
   // A new-network event's dedupe key names its network, as the collector writes it.
   const dedupe = (type: string) => (type === 'key.new_ip' ? `key.new_ip:${keyId}:${ip.replace(/\.\d+$/, '.0')}/24:${at.getTime()}` : null);

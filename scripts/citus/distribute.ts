@@ -21,13 +21,11 @@ const LEGACY_FOR_ROLLING_DEPLOY = [
   'drop index if exists api_key_ip_history_key_prefix_legacy',
   'drop trigger if exists api_key_ip_history_fill_org_id on api_key_ip_history',
   'drop trigger if exists webhook_delivery_attempts_fill_org_id on webhook_delivery_attempts',
-  // 20261205000150: numbers the audit entries of a previous version's API; on a shard it would
-  // read its table through the coordinator. The API numbers its own.
-  'drop trigger if exists audit_log_fill_seq on audit_log',
 ];
 // key_events keeps its outbox trigger (it inserts the event's deliveries, on the same org's
 // shards) and audit_log its append-only triggers (they read organizations, a reference table on
-// every node). Citus distributes a table with triggers only with this setting on, and the
+// every node) and the one that numbers a previous version's entries (it reads the org's entries,
+// on the same shard). Citus distributes a table with triggers only with this setting on, and the
 // triggers then run on the shards; it is set for the database so later DDL on them works too.
 const ALLOW_TRIGGERS = 'citus.enable_unsafe_triggers';
 // audit_log refuses TRUNCATE to everyone (migration 20261201000030), and emptying the
