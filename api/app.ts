@@ -11,6 +11,7 @@ import { createAuditService } from './audit/audit.service';
 import { authorizer, type PendingUses, type RecordUse } from './auth/authorize';
 import { clientAddressResolver } from './auth/clientAddress';
 import { createAuthThrottle } from './auth/failureThrottle';
+import { orgConcurrency } from './auth/orgConcurrency';
 import { createKeyVerifier } from './auth/keyVerifier';
 import { whoami } from './auth/whoami';
 import { errorMiddleware, routeNotFound } from './errors';
@@ -134,6 +135,7 @@ function createAuthentication(deps: AppDeps, clocks: { now: () => number; elapse
     pendingUses: deps.pendingUses,
     clientAddress: clientAddressResolver(deps.config.trustProxy),
     throttle,
+    orgConcurrency: orgConcurrency(deps.config.maxConcurrentPerOrg),
   });
   return { throttle, verifier, authorize };
 }

@@ -101,8 +101,18 @@ function fromHttpError(error: { status?: unknown; code?: unknown; type?: unknown
 // An outage the client can wait out, not a bug. Seconds, for Retry-After.
 const DATABASE_RETRY_AFTER = '5';
 
-const fromDatabase = (error: unknown) =>
-  databaseUnavailable(error) ? new AppError('service_unavailable', 'The database is unavailable; retry shortly') : undefined;
+// 57014: query_canceled, here API_STATEMENT_TIMEOUT_MS (or an operator's pg_cancel_backend).
+const STATEMENT_CANCELLED = '57014';
+
+function fromDatabase(error: unknown): AppError | undefined {
+  if ((error as { code?: unknown } | undefined)?.code === STATEMENT_CANCELLED) {
+    return new AppError(
+      'service_unavailable',
+      'The request took the database longer than this API allows (API_STATEMENT_TIMEOUT_MS); narrow it or retry shortly',
+    );
+  }
+  return databaseUnavailable(error) ? new AppError('service_unavailable', 'The database is unavailable; retry shortly') : undefined;
+}
 
 export const routeNotFound: RequestHandler = (req, _res, next) => {
   // The path is redacted with every other message, in clientMessage.

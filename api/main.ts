@@ -15,6 +15,7 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
       poolMax: config.database.poolMax,
       connectTimeoutMs: config.database.connectTimeoutMs,
       replyTimeoutMs: config.database.replyTimeoutMs,
+      statementTimeoutMs: config.api.statementTimeoutMs,
       applicationName: 'keyusage-api',
     },
     logger,

@@ -136,6 +136,13 @@ const variables = {
   EMBEDDED_PG_PORT: port.default(54329),
   HOST: host.default('127.0.0.1'),
   PORT: portOrZero.default(3000),
+  // A statement of the API running longer than this is cancelled and answered 503: one org's
+  // expensive read held a pooled connection for as long as it ran. 0: the server's own limit.
+  API_STATEMENT_TIMEOUT_MS: wholeNumber(0, 3_600_000).default(30_000),
+  // Requests of one org in progress at once in an API process, 429 beyond: one org's slow reads
+  // could hold every pooled connection, and every other org's requests waited and failed. Unset:
+  // half of DATABASE_POOL_MAX, at least 1.
+  API_MAX_CONCURRENT_PER_ORG: positiveInt(100_000).optional(),
   API_METRICS_HOST: host.default('127.0.0.1'),
   API_METRICS_PORT: portOrZero.default(9103),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -393,6 +400,8 @@ const apiSection = (v: Variables) => ({
   keyCacheTtlMs: v.KEY_CACHE_TTL_MS,
   rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
   maxKeysPerOrg: v.KEYS_MAX_PER_ORG,
+  statementTimeoutMs: v.API_STATEMENT_TIMEOUT_MS,
+  maxConcurrentPerOrg: v.API_MAX_CONCURRENT_PER_ORG ?? Math.max(1, Math.floor(v.DATABASE_POOL_MAX / 2)),
   trustProxy: v.TRUST_PROXY,
   authThrottle: {
     maxFailuresPerIp: v.AUTH_THROTTLE_MAX_FAILURES_PER_IP,

@@ -117,6 +117,8 @@ export interface DbOptions {
   poolMax?: number;
   /** The sessions' lock_timeout; the server's own unless given (0 too). */
   lockTimeoutMs?: number;
+  /** The sessions' statement_timeout; the server's own unless given (0 too). */
+  statementTimeoutMs?: number;
   applicationName?: string;
   connectTimeoutMs?: number;
   /** How long a statement waits for a byte from the server before its connection is closed; 0 or unset: no limit. */
@@ -124,10 +126,11 @@ export interface DbOptions {
 }
 
 const sessionSettings =
-  (lockTimeoutMs = 0) =>
+  ({ lockTimeoutMs = 0, statementTimeoutMs = 0 }: Pick<DbOptions, 'lockTimeoutMs' | 'statementTimeoutMs'>) =>
   (connection: pg.Client, done: (error: Error | undefined, connection: pg.Client) => void): void => {
     const lockTimeout = lockTimeoutMs > 0 ? `; set lock_timeout = ${Math.trunc(lockTimeoutMs)}` : '';
-    connection.query(`set time zone 'UTC'${lockTimeout}`).then(
+    const statementTimeout = statementTimeoutMs > 0 ? `; set statement_timeout = ${Math.trunc(statementTimeoutMs)}` : '';
+    connection.query(`set time zone 'UTC'${lockTimeout}${statementTimeout}`).then(
       () => done(undefined, connection),
       (error: Error) => done(error, connection),
     );
@@ -149,7 +152,7 @@ export function createDb(url: string, options: DbOptions = {}): Db {
     // Every day and interval here is a UTC one: in a session time zone with daylight saving (a
     // database initialised on a laptop in Berlin takes its zone), a day added to a timestamp is
     // 23 or 25 hours, and the daily series' buckets after a change matched no hour (all zero).
-    pool: { min: 0, max: options.poolMax ?? 10, afterCreate: sessionSettings(options.lockTimeoutMs) },
+    pool: { min: 0, max: options.poolMax ?? 10, afterCreate: sessionSettings(options) },
     // Longer than pg's own limit, so a connection attempt that fails reports its cause rather than
     // knex's "Timeout acquiring a connection".
     acquireConnectionTimeout: connectTimeoutMs + 1000,

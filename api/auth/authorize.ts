@@ -5,6 +5,7 @@ import type { ApiKeyRecord } from '../keys/apiKeys.repository';
 import { parsePresentedKey } from '../keys/keyMaterial';
 import type { Scope } from '../keys/scopes';
 import { uuid } from '../validation';
+import { QUEUED_PER_RUNNING, type OrgConcurrency } from './orgConcurrency';
 import type { AuthThrottle } from './failureThrottle';
 import type { KeyVerifier, MatchedSecret, Verification } from './keyVerifier';
 
@@ -36,6 +37,8 @@ export interface AuthorizeDeps {
   pendingUses?: PendingUses;
   clientAddress: (req: Request) => string;
   throttle: AuthThrottle;
+  /** API_MAX_CONCURRENT_PER_ORG; no limit when not given. */
+  orgConcurrency?: OrgConcurrency;
 }
 
 export interface Requirement {
@@ -87,6 +90,22 @@ const TOO_MANY_FAILURES_MESSAGE = 'Too many failed authentication attempts; retr
 function failure(deps: AuthorizeDeps, res: Response, ip: string, keyId?: string): AppError {
   const waitMs = deps.throttle.failed(ip, keyId);
   return waitMs > 0 ? tooManyFailures(res, waitMs) : new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
+}
+
+// The request's turn under its org's concurrency limit (undefined: too many wait), its place
+// given back when the response closes (finished, failed or abandoned by the client).
+function turnOf(deps: AuthorizeDeps, res: Response, orgId: string): Promise<void> | undefined {
+  const limiter = deps.orgConcurrency;
+  if (!limiter) return Promise.resolve();
+  const turn = limiter.enter(orgId);
+  void turn?.then(() => (res.closed ? limiter.leave(orgId) : res.once('close', () => limiter.leave(orgId))));
+  return turn;
+}
+
+function tooManyInProgress(res: Response, limit: number): AppError {
+  res.setHeader('Retry-After', '1');
+  const message = `Too many requests of this organization at once (${limit} in progress and ${QUEUED_PER_RUNNING * limit} waiting at most, API_MAX_CONCURRENT_PER_ORG); retry shortly`;
+  return new AppError('too_many_requests', message);
 }
 
 function tooManyFailures(res: Response, waitMs: number): AppError {
@@ -148,8 +167,15 @@ export function authorizer(deps: AuthorizeDeps) {
       }
 
       const { outcome, refusal } = decide(verdict, requirement, req);
-      deps.recordUse(verdict.key.id, verdict.key.orgId, ip, outcome);
+      // The org's routes read and write its rows (whoami is answered from the key cache). A request
+      // refused for too many of its org's waiting is a proven use refused by policy: forbidden.
+      const turn = refusal === undefined && requirement.orgParam !== undefined ? turnOf(deps, res, verdict.key.orgId) : Promise.resolve();
+      deps.recordUse(verdict.key.id, verdict.key.orgId, ip, refusal || turn ? outcome : 'forbidden');
       if (refusal) throw refusal;
+      if (!turn) throw tooManyInProgress(res, deps.orgConcurrency!.limit);
+      await turn;
+      // Its client left while it waited: nothing to answer, and its place is already given back.
+      if (res.closed) return;
       res.locals.auth = { key: verdict.key, secret: verdict.secret, ip };
       next();
     };

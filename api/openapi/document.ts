@@ -26,9 +26,10 @@ const ERROR_MEANING: Record<ErrorCode, string> = {
   conflict: 'the resource is not in a state that allows the change',
   payload_too_large: 'the body is over 16 kB (512 kB for revoke-dormant)',
   unsupported_media_type: 'the body is not application/json (UTF-8)',
-  too_many_requests: 'too many failed authentication attempts from this address or for this key; retry after Retry-After seconds',
+  too_many_requests:
+    "too many failed authentication attempts from this address or for this key, or (on an org's routes) too many of the org's requests in progress at once (API_MAX_CONCURRENT_PER_ORG); retry after Retry-After seconds",
   internal_error: 'an unexpected error (logged with the requestId)',
-  service_unavailable: 'the database does not answer; retry after Retry-After seconds',
+  service_unavailable: 'the database does not answer, or the request took it longer than API_STATEMENT_TIMEOUT_MS; retry after Retry-After seconds',
 };
 
 // zod writes an ISO date-time as `format: date-time` plus a 500-character pattern that says the

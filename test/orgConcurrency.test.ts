@@ -1,0 +1,99 @@
+import t, { type Test } from 'tap';
+import { orgConcurrency, QUEUED_PER_RUNNING } from '../api/auth/orgConcurrency';
+import { lockOrgFor } from '../api/orgs/orgs.repository';
+import { waitFor } from '../harness/wait';
+import { createDb, type Db } from '../shared/db';
+import { seedOrg, startTestApi } from './helpers/api';
+import { freshDatabase } from './helpers/database';
+
+// One org's slow requests held the API's shared pool: every other org's requests waited for a
+// connection and failed with 503. API_MAX_CONCURRENT_PER_ORG bounds an org's requests in progress;
+// API_STATEMENT_TIMEOUT_MS bounds how long one of them holds its connection.
+
+t.test('the limiter: `limit` requests of an org at once, the next ones wait their turn, beyond that refused', async (t) => {
+  const limiter = orgConcurrency(1);
+  const started: string[] = [];
+  const request = (org: string, name: string) => limiter.enter(org)?.then(() => started.push(name));
+  const first = request('a', 'first');
+  const waiting = Array.from({ length: QUEUED_PER_RUNNING }, (_, i) => request('a', `waiting ${i}`));
+  t.equal(request('a', 'refused'), undefined, `a request beyond ${QUEUED_PER_RUNNING} waiting is refused`);
+  const other = request('b', 'other org');
+  await Promise.all([first, other]);
+  t.strictSame(started, ['first', 'other org'], 'another org does not wait');
+  for (let i = 0; i < QUEUED_PER_RUNNING; i += 1) {
+    limiter.leave('a');
+    await waiting[i];
+  }
+  t.strictSame(started.slice(2), ['waiting 0', 'waiting 1', 'waiting 2', 'waiting 3'], 'in turn, in order');
+  limiter.leave('a');
+  limiter.leave('b');
+  t.equal(limiter.busyOrgs(), 0, 'nothing left behind');
+  t.throws(() => orgConcurrency(0), RangeError);
+});
+
+// The org's key-cap lock held by another transaction: a key create of that org waits on it while
+// holding a connection, as a slow statement would.
+async function holdKeysLock(t: Test, db: Db, orgId: string) {
+  const holder = await db.transaction();
+  t.teardown(() => (holder.isCompleted() ? undefined : holder.rollback()));
+  await lockOrgFor(holder, 'keys', orgId);
+  return holder;
+}
+
+const waitingOnLock = (db: Db) =>
+  waitFor(
+    'the create to wait on the lock',
+    async () => ((await db.raw(`select 1 from pg_locks where not granted`)).rows.length > 0 ? true : undefined),
+    10_000,
+    20,
+  );
+
+t.test('an org over API_MAX_CONCURRENT_PER_ORG waits its turn, then gets 429, while other orgs are served (fails without the fix)', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { API_MAX_CONCURRENT_PER_ORG: '1' } });
+  const acme = await seedOrg(api, db, 'acme');
+  const globex = await seedOrg(api, db, 'globex');
+  const holder = await holdKeysLock(t, db, acme.org.id);
+  const body = { name: 'slow', scopes: ['keys:read'], expiresAt: null };
+  const slow = api.request('POST', `/api/orgs/${acme.org.id}/api-keys`, { key: acme.adminKey, body });
+  await waitingOnLock(db);
+  const usage = (org: { org: { id: string }; adminKey: string }) => api.request('GET', `/api/orgs/${org.org.id}/api-keys/usage`, { key: org.adminKey });
+  const waiting = Array.from({ length: QUEUED_PER_RUNNING }, () => usage(acme));
+  // Each is recorded once authorized, before it waits its turn.
+  await waitFor('the requests to wait', () => (api.uses.length === 1 + QUEUED_PER_RUNNING ? true : undefined));
+
+  const refused = await usage(acme);
+  t.equal(refused.status, 429);
+  t.match(refused.body.error, { code: 'too_many_requests', message: /1 in progress and 4 waiting at most, API_MAX_CONCURRENT_PER_ORG/ });
+  t.equal(refused.headers.get('retry-after'), '1');
+  t.match(api.uses.at(-1), { keyId: acme.adminKeyId, outcome: 'forbidden' }, 'recorded as a use refused by policy');
+  t.equal((await usage(globex)).status, 200, 'another org is served');
+  t.equal((await api.request('GET', '/api/whoami', { key: acme.adminKey })).status, 200, 'whoami, answered from the key cache, is not limited');
+
+  await holder.commit();
+  t.equal((await slow).status, 201, 'the slow request completes');
+  t.strictSame(
+    (await Promise.all(waiting)).map((answer) => answer.status),
+    Array(QUEUED_PER_RUNNING).fill(200),
+    'then those waiting, in turn',
+  );
+  t.equal((await usage(acme)).status, 200, 'and the place is free again');
+});
+
+t.test('a statement over API_STATEMENT_TIMEOUT_MS is cancelled: 503 naming the setting, its connection back in the pool (fails without the fix)', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const limited = createDb(url, { poolMax: 2, statementTimeoutMs: 300 });
+  t.teardown(() => limited.destroy());
+  const api = await startTestApi(t, limited);
+  const acme = await seedOrg(api, db, 'acme');
+  const holder = await holdKeysLock(t, db, acme.org.id);
+  const cancelled = await api.request('POST', `/api/orgs/${acme.org.id}/api-keys`, {
+    key: acme.adminKey,
+    body: { name: 'waits', scopes: ['keys:read'], expiresAt: null },
+  });
+  t.equal(cancelled.status, 503);
+  t.match(cancelled.body.error, { code: 'service_unavailable', message: /API_STATEMENT_TIMEOUT_MS/ });
+  await holder.rollback();
+  t.equal((await api.request('GET', `/api/orgs/${acme.org.id}/api-keys/usage`, { key: acme.adminKey })).status, 200, 'the pool serves the next request');
+  t.equal(Number((await db('api_keys').where({ org_id: acme.org.id, name: 'waits' }).count())[0].count), 0, 'the cancelled create left nothing');
+});
