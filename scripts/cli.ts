@@ -374,6 +374,7 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
   const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
   const of = keyIds ? ` of the ${keyIds.length} listed` : '';
   deps.out(`${verb} ${result.keys.length} key(s)${of} of organization ${command.orgId} unused for ${command.dormantDays} days.`);
+  if (result.more) deps.out('More keys are dormant: a dry run lists the oldest 10,000. Apply these, then run it again.');
   if (result.keys.length === 0) return;
   deps.out(
     table([
@@ -405,8 +406,9 @@ async function refuseUnrecordedOrg(
   if (latest !== null && latest.getTime() >= deps.now() - command.dormantDays * DAY_MS) return;
   // The dry run's count is not only for the message: where the apply would revoke nothing (every
   // key newer than --days) it is harmless and not refused.
-  const dormant = (await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: true })).keys.length;
-  if (dormant === 0) return;
+  const dry = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: true });
+  if (dry.keys.length === 0) return;
+  const dormant = `${dry.keys.length}${dry.more ? ' or more' : ''}`;
   throw new AppError(
     'conflict',
     `no key of organization ${command.orgId} has a recorded use in the last ${command.dormantDays} days, so all ${dormant} key(s) older than that look unused: check that the API records uses (USAGE_TRACKING) and the collector writes them; to revoke them anyway, pass the ids a dry run prints (--key-ids)`,

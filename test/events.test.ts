@@ -3,7 +3,8 @@ import { randomUUID } from 'node:crypto';
 // flushes into PostgreSQL; each event type appears exactly once however often the trigger repeats.
 import t, { type Test } from 'tap';
 import type { Db } from '../shared/db';
-import { createApiKeysService } from '../api/keys/apiKeys.service';
+import { MAX_REVOKE_KEY_IDS, createApiKeysService } from '../api/keys/apiKeys.service';
+import { insertKeys } from '../bench/lib/database';
 import { encodeUsageLine } from '../shared/usageWire';
 import { secondInThePreviousHour, sendDatagrams, startTestCollector } from './helpers/collector';
 import { sleep, waitFor } from '../harness/wait';
@@ -370,6 +371,33 @@ t.test('dormant clean-up: keyIds bound the apply to the dry run; unfolded uses s
   t.equal((await untracked.revokeDormant(org.id, { dormantDays: 90, dryRun: true })).keys.length, 1, 'without tracking a dry run still lists');
   await t.rejects(untracked.revokeDormant(org.id, { dormantDays: 90, dryRun: false }), { code: 'conflict', message: /USAGE_TRACKING=false/ });
   t.strictSame(await db('api_keys').whereNotNull('revoked_at').pluck('id'), [shown], 'and nothing more revoked');
+});
+
+// A dry run answered every dormant key: an org of 100,000 with long names and networks made each
+// one a response of hundreds of megabytes, built on the API's one thread.
+t.test('dormant clean-up: a dry run lists the oldest 10,000 and says more are dormant (fails without the fix)', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const ids = await insertKeys(db, org.id, MAX_REVOKE_KEY_IDS + 1, 'idle-');
+  await db('api_keys')
+    .where({ org_id: org.id })
+    .whereNot({ id: adminKeyId })
+    .update({ created_at: db.raw(`created_at - interval '200 days'`) });
+  const path = `/api/orgs/${org.id}/api-keys/revoke-dormant`;
+  const dry = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90 } });
+  t.equal(dry.body.keys.length, MAX_REVOKE_KEY_IDS);
+  t.equal(dry.body.more, true);
+  t.strictSame(
+    dry.body.keys.map((k: { id: string }) => k.id),
+    ids.slice(0, MAX_REVOKE_KEY_IDS),
+    'the oldest first',
+  );
+  const applied = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false, keyIds: ids.slice(0, MAX_REVOKE_KEY_IDS) } });
+  t.equal(applied.body.keys.length, MAX_REVOKE_KEY_IDS);
+  t.equal(applied.body.more, false);
+  const next = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90 } });
+  t.strictSame([next.body.keys.map((k: { id: string }) => k.id), next.body.more], [[ids[MAX_REVOKE_KEY_IDS]], false], 'run again: the rest');
 });
 
 // Uses a collector could not apply are set aside, not folded (api_key_usage_set_aside): the key's

@@ -226,8 +226,11 @@ type DormantRow = ApiKeyRow & { last_used_at: Date | null };
 
 const toDormant = (row: DormantRow): DormantKey => ({ ...toRecord(row), lastUsedAt: row.last_used_at });
 
-export async function findDormantKeys(db: Db, query: DormantQuery): Promise<DormantKey[]> {
-  const rows = await rawRows<DormantRow>(db, `${dormantKeys(query)} order by k.created_at, k.id`, { ...query });
+/** Oldest first; at most `limit` when given. */
+export async function findDormantKeys(db: Db, query: DormantQuery, limit?: number): Promise<DormantKey[]> {
+  const order = `${dormantKeys(query)} order by k.created_at, k.id`;
+  const rows =
+    limit === undefined ? await rawRows<DormantRow>(db, order, { ...query }) : await rawRows<DormantRow>(db, `${order} limit :limit`, { ...query, limit });
   return rows.map(toDormant);
 }
 

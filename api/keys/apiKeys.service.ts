@@ -53,7 +53,14 @@ export const apiKeyList = listOf(apiKeyView, offsetPage).meta({ id: 'ApiKeyList'
 /** How many ids a revoke-dormant may name (keyIds): the API's bound, which the CLI checks first. */
 export const MAX_REVOKE_KEY_IDS = 10_000;
 export const revokeDormantResult = z
-  .object({ dryRun: z.boolean(), dormantDays: z.number().int(), keys: z.array(apiKeyView.extend({ lastUsedAt: isoTime.nullable() })) })
+  .object({
+    dryRun: z.boolean(),
+    dormantDays: z.number().int(),
+    keys: z.array(apiKeyView.extend({ lastUsedAt: isoTime.nullable() })),
+    more: z.boolean().meta({
+      description: `A dry run lists at most ${MAX_REVOKE_KEY_IDS} keys, oldest first (as many as an apply's keyIds take): true when more are dormant; apply these, then run again`,
+    }),
+  })
   .meta({ id: 'RevokeDormantResult' });
 
 const iso = (date: Date | null) => (date ? date.toISOString() : null);
@@ -335,12 +342,18 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         exceptKeyId: context.actor?.id ?? null,
         onlyKeyIds: input.keyIds ?? null,
       };
-      const keys = input.dryRun ? await findDormantKeys(deps.db, query) : await revokeDormantApplied(orgId, query, input.dormantDays, context);
-      if (!input.dryRun) for (const key of keys) deps.verifier?.invalidate(key.id);
+      // A dry run's answer is bounded: an org of 100,000 dormant keys with long names and networks
+      // made each one a response of hundreds of megabytes, built on the API's one thread.
+      const found = input.dryRun
+        ? await findDormantKeys(deps.db, query, MAX_REVOKE_KEY_IDS + 1)
+        : await revokeDormantApplied(orgId, query, input.dormantDays, context);
+      if (!input.dryRun) for (const key of found) deps.verifier?.invalidate(key.id);
+      const keys = input.dryRun ? found.slice(0, MAX_REVOKE_KEY_IDS) : found;
       return {
         dryRun: input.dryRun,
         dormantDays: input.dormantDays,
         keys: keys.map((key) => ({ ...toApiKeyView(key, now), lastUsedAt: iso(key.lastUsedAt) })),
+        more: found.length > keys.length,
       };
     },
 
