@@ -108,7 +108,7 @@ function fromDatabase(error: unknown): AppError | undefined {
   if ((error as { code?: unknown } | undefined)?.code === STATEMENT_CANCELLED) {
     return new AppError(
       'service_unavailable',
-      'The request took the database longer than this API allows (API_STATEMENT_TIMEOUT_MS); narrow it or retry shortly',
+      "A database statement of this request ran past its time limit (API_STATEMENT_TIMEOUT_MS, or the server's statement_timeout) and was cancelled; retry shortly, or ask for less",
     );
   }
   return databaseUnavailable(error) ? new AppError('service_unavailable', 'The database is unavailable; retry shortly') : undefined;

@@ -139,9 +139,10 @@ const variables = {
   // A statement of the API running longer than this is cancelled and answered 503: one org's
   // expensive read held a pooled connection for as long as it ran. 0: the server's own limit.
   API_STATEMENT_TIMEOUT_MS: wholeNumber(0, 3_600_000).default(30_000),
-  // Requests of one org in progress at once in an API process, 429 beyond: one org's slow reads
-  // could hold every pooled connection, and every other org's requests waited and failed. Unset:
-  // half of DATABASE_POOL_MAX, at least 1.
+  // Requests of one org in progress at once in an API process; more wait their turn, and beyond
+  // 4 × as many waiting are answered 429: one org's slow reads could hold every pooled connection,
+  // and every other org's requests waited and failed. Unset: a quarter of DATABASE_POOL_MAX, at
+  // least 1 (a list request runs its page and its count at once, on two connections).
   API_MAX_CONCURRENT_PER_ORG: positiveInt(100_000).optional(),
   API_METRICS_HOST: host.default('127.0.0.1'),
   API_METRICS_PORT: portOrZero.default(9103),
@@ -390,6 +391,10 @@ const databaseSection = (v: Variables) => ({
   migrateLockTimeoutMs: v.MIGRATE_LOCK_TIMEOUT_MS,
 });
 
+// A list request holds two connections (its page and its count, at once): at a quarter of the
+// pool per org, one org holds half of it at most.
+const CONNECTIONS_PER_ORG_SHARE = 4;
+
 const apiSection = (v: Variables) => ({
   host: v.HOST,
   port: v.PORT,
@@ -401,7 +406,7 @@ const apiSection = (v: Variables) => ({
   rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
   maxKeysPerOrg: v.KEYS_MAX_PER_ORG,
   statementTimeoutMs: v.API_STATEMENT_TIMEOUT_MS,
-  maxConcurrentPerOrg: v.API_MAX_CONCURRENT_PER_ORG ?? Math.max(1, Math.floor(v.DATABASE_POOL_MAX / 2)),
+  maxConcurrentPerOrg: v.API_MAX_CONCURRENT_PER_ORG ?? Math.max(1, Math.floor(v.DATABASE_POOL_MAX / CONNECTIONS_PER_ORG_SHARE)),
   trustProxy: v.TRUST_PROXY,
   authThrottle: {
     maxFailuresPerIp: v.AUTH_THROTTLE_MAX_FAILURES_PER_IP,

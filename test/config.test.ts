@@ -43,7 +43,7 @@ t.test('defaults', async (t) => {
     rotationGraceSeconds: 86_400,
     maxKeysPerOrg: 100_000,
     statementTimeoutMs: 30_000,
-    maxConcurrentPerOrg: 5,
+    maxConcurrentPerOrg: 2,
     trustProxy: false,
     authThrottle: { maxFailuresPerIp: 100, maxFailuresPerKey: 20, windowMs: 60_000, maxEntries: 50_000 },
     usageDelay: { drainIntervalMs: 250, flushIntervalMs: 1000 },
@@ -110,7 +110,7 @@ t.test('values from the environment are parsed to their types', async (t) => {
   t.equal(config.database.url, 'postgresql://u:p@db.internal:5432/keyusage');
   t.equal(config.api.port, 0, 'PORT=0 asks for any free port');
   t.equal(config.database.poolMax, 25);
-  t.equal(config.api.maxConcurrentPerOrg, 12, "API_MAX_CONCURRENT_PER_ORG: half the pool's connections unless set");
+  t.equal(config.api.maxConcurrentPerOrg, 6, "API_MAX_CONCURRENT_PER_ORG: a quarter of the pool's connections unless set");
   t.equal(loadConfig({ ...DEV, DATABASE_POOL_MAX: '1' }).api.maxConcurrentPerOrg, 1, 'at least one');
   t.equal(loadConfig({ ...DEV, API_MAX_CONCURRENT_PER_ORG: '30' }).api.maxConcurrentPerOrg, 30);
   t.throws(() => loadConfig({ ...DEV, API_MAX_CONCURRENT_PER_ORG: '0' }), /API_MAX_CONCURRENT_PER_ORG/);

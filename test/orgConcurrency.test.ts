@@ -1,3 +1,4 @@
+import net from 'node:net';
 import t, { type Test } from 'tap';
 import { orgConcurrency, QUEUED_PER_RUNNING } from '../api/auth/orgConcurrency';
 import { lockOrgFor } from '../api/orgs/orgs.repository';
@@ -13,21 +14,30 @@ import { freshDatabase } from './helpers/database';
 t.test('the limiter: `limit` requests of an org at once, the next ones wait their turn, beyond that refused', async (t) => {
   const limiter = orgConcurrency(1);
   const started: string[] = [];
-  const request = (org: string, name: string) => limiter.enter(org)?.then(() => started.push(name));
-  const first = request('a', 'first');
-  const waiting = Array.from({ length: QUEUED_PER_RUNNING }, (_, i) => request('a', `waiting ${i}`));
+  const request = (org: string, name: string) => {
+    const turn = limiter.enter(org);
+    void turn?.started.then(() => started.push(name));
+    return turn;
+  };
+  const first = request('a', 'first')!;
+  const waiting = Array.from({ length: QUEUED_PER_RUNNING }, (_, i) => request('a', `waiting ${i}`)!);
   t.equal(request('a', 'refused'), undefined, `a request beyond ${QUEUED_PER_RUNNING} waiting is refused`);
-  const other = request('b', 'other org');
-  await Promise.all([first, other]);
+  const other = request('b', 'other org')!;
+  await Promise.all([first.started, other.started]);
   t.strictSame(started, ['first', 'other org'], 'another org does not wait');
-  for (let i = 0; i < QUEUED_PER_RUNNING; i += 1) {
-    limiter.leave('a');
-    await waiting[i];
+  waiting[1].release();
+  t.ok(request('a', 'after a waiting one left'), 'a request that leaves the queue frees its place in it');
+  first.release();
+  first.release();
+  await waiting[0].started;
+  t.strictSame(started.slice(2), ['waiting 0'], 'the next in turn; a second release gives nothing more');
+  for (const turn of [waiting[0], waiting[2], waiting[3]]) {
+    turn.release();
+    await new Promise((resolve) => setImmediate(resolve));
   }
-  t.strictSame(started.slice(2), ['waiting 0', 'waiting 1', 'waiting 2', 'waiting 3'], 'in turn, in order');
-  limiter.leave('a');
-  limiter.leave('b');
-  t.equal(limiter.busyOrgs(), 0, 'nothing left behind');
+  t.strictSame(started.slice(2), ['waiting 0', 'waiting 2', 'waiting 3', 'after a waiting one left'], 'in order, the one that left skipped');
+  limiter.enter('a');
+  t.equal(limiter.busyOrgs(), 2, 'a and b still hold places');
   t.throws(() => orgConcurrency(0), RangeError);
 });
 
@@ -78,6 +88,38 @@ t.test('an org over API_MAX_CONCURRENT_PER_ORG waits its turn, then gets 429, wh
     'then those waiting, in turn',
   );
   t.equal((await usage(acme)).status, 200, 'and the place is free again');
+});
+
+// HTTP/1.1 pipelining: a response queued behind another on the same connection never emits
+// 'close' when the client leaves, and its turn was never given back: the org waited for good.
+t.test('a client that pipelines requests and leaves gives every turn back (fails without the fix)', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { API_MAX_CONCURRENT_PER_ORG: '1' } });
+  const acme = await seedOrg(api, db, 'acme');
+  const holder = await holdKeysLock(t, db, acme.org.id);
+  const body = JSON.stringify({ name: 'piped', scopes: ['keys:read'], expiresAt: null });
+  const create = [
+    `POST /api/orgs/${acme.org.id}/api-keys HTTP/1.1`,
+    'Host: 127.0.0.1',
+    `Authorization: Bearer ${acme.adminKey}`,
+    'Content-Type: application/json',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    '',
+    body,
+  ].join('\r\n');
+  const socket = net.connect(api.port, '127.0.0.1');
+  await new Promise((resolve) => socket.once('connect', resolve));
+  socket.write(create + create);
+  await waitingOnLock(db);
+  await waitFor('both requests authorized', () => (api.uses.length === 2 ? true : undefined));
+  socket.destroy();
+  await holder.commit();
+  const usage = () =>
+    fetch(`${api.baseUrl}/api/orgs/${acme.org.id}/api-keys/usage`, {
+      headers: { authorization: `Bearer ${acme.adminKey}` },
+      signal: AbortSignal.timeout(5000),
+    });
+  t.equal((await usage()).status, 200, 'the org is served again');
 });
 
 t.test('a statement over API_STATEMENT_TIMEOUT_MS is cancelled: 503 naming the setting, its connection back in the pool (fails without the fix)', async (t) => {

@@ -92,14 +92,24 @@ function failure(deps: AuthorizeDeps, res: Response, ip: string, keyId?: string)
   return waitMs > 0 ? tooManyFailures(res, waitMs) : new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
 }
 
-// The request's turn under its org's concurrency limit (undefined: too many wait), its place
-// given back when the response closes (finished, failed or abandoned by the client).
-function turnOf(deps: AuthorizeDeps, res: Response, orgId: string): Promise<void> | undefined {
+// The request's turn under its org's concurrency limit (undefined: too many wait). Given back
+// when the response closes (finished, failed, abandoned), or when its connection does: a
+// pipelined response still queued behind another when the client leaves never closes. A request
+// still waiting then leaves the queue.
+function turnOf(deps: AuthorizeDeps, req: Request, res: Response, orgId: string): Promise<void> | undefined {
   const limiter = deps.orgConcurrency;
   if (!limiter) return Promise.resolve();
   const turn = limiter.enter(orgId);
-  void turn?.then(() => (res.closed ? limiter.leave(orgId) : res.once('close', () => limiter.leave(orgId))));
-  return turn;
+  if (!turn) return undefined;
+  const socket = req.socket;
+  const release = () => {
+    res.off('close', release);
+    socket.off('close', release);
+    turn.release();
+  };
+  res.once('close', release);
+  socket.once('close', release);
+  return turn.started;
 }
 
 function tooManyInProgress(res: Response, limit: number): AppError {
@@ -169,13 +179,13 @@ export function authorizer(deps: AuthorizeDeps) {
       const { outcome, refusal } = decide(verdict, requirement, req);
       // The org's routes read and write its rows (whoami is answered from the key cache). A request
       // refused for too many of its org's waiting is a proven use refused by policy: forbidden.
-      const turn = refusal === undefined && requirement.orgParam !== undefined ? turnOf(deps, res, verdict.key.orgId) : Promise.resolve();
+      const turn = refusal === undefined && requirement.orgParam !== undefined ? turnOf(deps, req, res, verdict.key.orgId) : Promise.resolve();
       deps.recordUse(verdict.key.id, verdict.key.orgId, ip, refusal || turn ? outcome : 'forbidden');
       if (refusal) throw refusal;
       if (!turn) throw tooManyInProgress(res, deps.orgConcurrency!.limit);
       await turn;
-      // Its client left while it waited: nothing to answer, and its place is already given back.
-      if (res.closed) return;
+      // Its client left as it got its turn: nothing to answer, and the place is already given back.
+      if (res.closed || req.socket.destroyed) return;
       res.locals.auth = { key: verdict.key, secret: verdict.secret, ip };
       next();
     };

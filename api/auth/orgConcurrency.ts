@@ -1,5 +1,5 @@
 // Requests of each org in progress at once in this API process, at most `limit`
-// (API_MAX_CONCURRENT_PER_ORG). Every request of an org holds a pooled database connection while
+// (API_MAX_CONCURRENT_PER_ORG). Every request of an org holds pooled database connections while
 // its statements run, and the pool is every org's: one org's slow or many reads (a large key
 // list sorted and searched, a long delivery history) could hold all of it, and every other org's
 // requests then waited for a connection and failed with 503. Per process, as the pool is.
@@ -7,13 +7,16 @@
 // are served one after another); beyond QUEUED_PER_RUNNING times the limit waiting, they are refused.
 export const QUEUED_PER_RUNNING = 4;
 
+/** A request's place: running once `started` settles, or waiting until then. */
+export interface Turn {
+  started: Promise<void>;
+  /** Gives the place back (to the next waiting request), or leaves the queue if still waiting. Once; later calls do nothing. */
+  release(): void;
+}
+
 export interface OrgConcurrency {
-  /**
-   * A request of the org: undefined if too many already wait (refuse it); otherwise a promise that
-   * settles when it may start, after which it must call leave() once, when it ends.
-   */
-  enter(orgId: string): Promise<void> | undefined;
-  leave(orgId: string): void;
+  /** A request of the org: undefined if too many already wait (refuse it). */
+  enter(orgId: string): Turn | undefined;
   readonly limit: number;
   /** Orgs with a request in progress or waiting now. */
   busyOrgs(): number;
@@ -27,24 +30,38 @@ interface OrgTurns {
 export function orgConcurrency(limit: number): OrgConcurrency {
   if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`limit must be a positive integer, got ${limit}`);
   const orgs = new Map<string, OrgTurns>();
+  const handOn = (orgId: string, org: OrgTurns) => {
+    // The place passes to the next waiting request: the running count stays.
+    const next = org.waiting.shift();
+    if (next) next();
+    else if (--org.running === 0) orgs.delete(orgId);
+  };
   return {
     limit,
     enter(orgId) {
       const org = orgs.get(orgId) ?? orgs.set(orgId, { running: 0, waiting: [] }).get(orgId)!;
+      if (org.running >= limit && org.waiting.length >= QUEUED_PER_RUNNING * limit) return undefined;
+      let state: 'waiting' | 'running' | 'released' = 'waiting';
+      let start = () => {};
+      const started = new Promise<void>((resolve) => (start = resolve));
+      const begin = () => {
+        state = 'running';
+        start();
+      };
       if (org.running < limit) {
         org.running += 1;
-        return Promise.resolve();
+        begin();
+      } else {
+        org.waiting.push(begin);
       }
-      if (org.waiting.length >= QUEUED_PER_RUNNING * limit) return undefined;
-      return new Promise<void>((start) => org.waiting.push(start));
-    },
-    leave(orgId) {
-      const org = orgs.get(orgId);
-      if (!org) return;
-      // The place passes to the next waiting request: the running count stays.
-      const next = org.waiting.shift();
-      if (next) next();
-      else if (--org.running === 0) orgs.delete(orgId);
+      return {
+        started,
+        release() {
+          if (state === 'running') handOn(orgId, org);
+          else if (state === 'waiting') org.waiting.splice(org.waiting.indexOf(begin), 1);
+          state = 'released';
+        },
+      };
     },
     busyOrgs: () => orgs.size,
   };

@@ -4,8 +4,8 @@ import { relative } from './format.js';
 import { confirmDialog } from './confirmDialog.js';
 import { optionalSection } from './optionalSection.js';
 
-// The most key ids revoke-dormant takes.
-const MAX_KEY_IDS = 10_000;
+// A dry run lists the oldest 10,000 dormant keys at most, and says when there are more.
+const MORE = (result) => (result.more ? ' More keys are dormant: the oldest 10,000 are listed; run the clean-up again after this one.' : '');
 
 // Dormant keys (from the usage endpoint, available now) and their clean-up through
 // POST …/api-keys/revoke-dormant: a dry run first, then "apply" after a confirmation.
@@ -40,7 +40,7 @@ export function dormantSection(who, canWrite) {
       const keys = result.keys;
       setText(
         outcome,
-        `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map((key) => isolate(key.name ?? key.id)).join(', ') || 'none'}`,
+        `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map((key) => isolate(key.name ?? key.id)).join(', ') || 'none'}${MORE(result)}`,
       );
     });
   const preview = el('button', { type: 'button', text: 'Preview clean-up (dry run)', onclick: () => run(true) });
@@ -52,11 +52,11 @@ export function dormantSection(who, canWrite) {
     // list above (the usage endpoint's dormant filter) includes: the dialog names the exact set.
     onclick: () =>
       section.guard(async () => {
-        const { keys } = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun: true } });
-        const names = keys.map((key) => isolate(key.name ?? key.id)).join(', ') || 'none';
-        const message = `Revoke these ${keys.length} key${keys.length === 1 ? '' : 's'}, unused for ${days.value} days: ${names}? Their holders get 401 from now on.`;
-        // The API takes 10,000 ids at most; past that the apply selects again.
-        const keyIds = keys.length <= MAX_KEY_IDS ? keys.map((key) => key.id) : undefined;
+        const dry = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun: true } });
+        const names = dry.keys.map((key) => isolate(key.name ?? key.id)).join(', ') || 'none';
+        const message = `Revoke these ${dry.keys.length} key${dry.keys.length === 1 ? '' : 's'}, unused for ${days.value} days: ${names}?${MORE(dry)} Their holders get 401 from now on.`;
+        // Exactly the keys the dialog named (a dry run lists 10,000 at most, as many as keyIds takes).
+        const keyIds = dry.keys.map((key) => key.id);
         if (await confirmDialog({ title: 'Revoke dormant keys', message, confirmLabel: 'Revoke them' })) await run(false, keyIds);
       }),
   });
