@@ -336,26 +336,31 @@ t.test('dormant clean-up: a dry run lists exactly what applying revokes, never t
 // Applying recomputed the selection: a key that crossed the threshold after the dry run was
 // revoked unseen; a key whose uses were logged but not yet folded looked unused; and an API that
 // records no uses revoked keys in use.
-t.test('dormant clean-up: keyIds bound the apply to the dry run; unfolded uses spare a key; no apply without tracking', async (t) => {
+// An org for the clean-up's cases: keys made by name, and made 200 days old on demand.
+async function cleanUpWorld(t: Test) {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
   const { org, adminKey } = await seedOrg(api, db);
   const create = async (name: string) => (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null })).key.id;
+  const age = (ids: string[]) =>
+    db('api_keys')
+      .whereIn('id', ids)
+      .update({ created_at: new Date(Date.now() - 200 * DAY) });
+  return { db, api, org, adminKey, create, age, path: `/api/orgs/${org.id}/api-keys/revoke-dormant` };
+}
+
+t.test('dormant clean-up: keyIds bound the apply to the dry run; unfolded uses spare a key; no apply without tracking', async (t) => {
+  const { db, api, org, adminKey, create, age, path } = await cleanUpWorld(t);
   const [shown, crossedLater, logged] = [await create('shown'), await create('crossed after the dry run'), await create('uses not yet folded')];
-  await db('api_keys')
-    .whereIn('id', [shown, logged])
-    .update({ created_at: new Date(Date.now() - 200 * DAY) });
+  await age([shown, logged]);
   await db('api_key_usage_log').insert({ org_id: org.id, key_id: logged, delta: '{}' });
-  const path = `/api/orgs/${org.id}/api-keys/revoke-dormant`;
   const dry = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90 } });
   t.strictSame(
     dry.body.keys.map((k: { id: string }) => k.id),
     [shown],
     'the key with logged uses is spared',
   );
-  await db('api_keys')
-    .where({ id: crossedLater })
-    .update({ created_at: new Date(Date.now() - 200 * DAY) });
+  await age([crossedLater]);
   const applied = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false, keyIds: [shown, logged] } });
   t.equal(applied.status, 200);
   t.strictSame(
@@ -403,21 +408,15 @@ t.test('dormant clean-up: a dry run lists the oldest 10,000 and says more are do
 // Uses a collector could not apply are set aside, not folded (api_key_usage_set_aside): the key's
 // totals never saw them, and it looked unused until an operator requeued them.
 t.test('dormant clean-up: uses set aside spare a key, refused or unreadable (fails without the fix)', async (t) => {
-  const { db } = await freshDatabase(t);
-  const api = await startTestApi(t, db);
-  const { org, adminKey } = await seedOrg(api, db);
-  const create = async (name: string) => (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null })).key.id;
+  const { db, api, org, adminKey, create, age, path } = await cleanUpWorld(t);
   const [idle, refused, unreadable] = [await create('idle'), await create('uses refused'), await create('uses unreadable')];
-  await db('api_keys')
-    .whereIn('id', [idle, refused, unreadable])
-    .update({ created_at: new Date(Date.now() - 200 * DAY) });
+  await age([idle, refused, unreadable]);
   for (const [keyId, reason] of [
     [refused, 'refused'],
     [unreadable, 'unreadable'],
   ]) {
     await db('api_key_usage_set_aside').insert({ org_id: org.id, key_id: keyId, reason, delta: '{}' });
   }
-  const path = `/api/orgs/${org.id}/api-keys/revoke-dormant`;
   const dry = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90 } });
   t.strictSame(
     dry.body.keys.map((k: { id: string }) => k.id),
