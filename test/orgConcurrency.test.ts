@@ -2,7 +2,7 @@ import net from 'node:net';
 import t, { type Test } from 'tap';
 import { orgConcurrency, QUEUED_PER_RUNNING } from '../api/auth/orgConcurrency';
 import { lockOrgFor } from '../api/orgs/orgs.repository';
-import { waitFor } from '../harness/wait';
+import { sleep, waitFor } from '../harness/wait';
 import { createDb, type Db } from '../shared/db';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
@@ -120,6 +120,32 @@ t.test('a client that pipelines requests and leaves gives every turn back (fails
       signal: AbortSignal.timeout(5000),
     });
   t.equal((await usage()).status, 200, 'the org is served again');
+});
+
+// A client that left while its key was being verified: its response had closed before the turn was
+// taken, so no 'close' came to give it back.
+t.test('a client that leaves while its key is verified gives its turn back (fails without the fix)', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { API_MAX_CONCURRENT_PER_ORG: '1', KEY_CACHE_TTL_MS: '0' } });
+  const acme = await seedOrg(api, db, 'acme');
+  // The key's lookup waits behind a lock on api_keys.
+  const holder = await db.transaction();
+  t.teardown(() => (holder.isCompleted() ? undefined : holder.rollback()));
+  await holder.raw('lock table api_keys in access exclusive mode');
+  const socket = net.connect(api.port, '127.0.0.1');
+  await new Promise((resolve) => socket.once('connect', resolve));
+  socket.write(`GET /api/orgs/${acme.org.id}/api-keys/usage HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${acme.adminKey}\r\n\r\n`);
+  await waitingOnLock(db);
+  socket.destroy();
+  await sleep(200); // for the server to read the close: nothing to poll for it
+  await holder.commit();
+  await waitFor('the lookup to finish', () => (api.uses.length === 1 ? true : undefined));
+  const usage = () =>
+    fetch(`${api.baseUrl}/api/orgs/${acme.org.id}/api-keys/usage`, {
+      headers: { authorization: `Bearer ${acme.adminKey}` },
+      signal: AbortSignal.timeout(5000),
+    });
+  t.equal((await usage()).status, 200, 'the org is served afterwards');
 });
 
 t.test('a statement over API_STATEMENT_TIMEOUT_MS is cancelled: 503 naming the setting, its connection back in the pool (fails without the fix)', async (t) => {

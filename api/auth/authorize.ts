@@ -109,6 +109,8 @@ function turnOf(deps: AuthorizeDeps, req: Request, res: Response, orgId: string)
   };
   res.once('close', release);
   socket.once('close', release);
+  // Its client may have left while its key was verified: neither closes again.
+  if (res.closed || socket.destroyed) release();
   return turn.started;
 }
 
