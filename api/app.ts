@@ -129,15 +129,16 @@ function createAuthentication(deps: AppDeps, clocks: { now: () => number; elapse
     onRehashError: (error) =>
       warn('pepper_rehash', { err: { message: error.message } }, 'rehashing a key with the current KEY_PEPPER failed; retried on its next use'),
   });
+  const orgTurns = orgConcurrency(deps.config.maxConcurrentPerOrg);
   const authorize = authorizer({
     verifier,
     recordUse: deps.recordUse,
     pendingUses: deps.pendingUses,
     clientAddress: clientAddressResolver(deps.config.trustProxy),
     throttle,
-    orgConcurrency: orgConcurrency(deps.config.maxConcurrentPerOrg),
+    orgConcurrency: orgTurns,
   });
-  return { throttle, verifier, authorize };
+  return { throttle, verifier, authorize, orgTurns };
 }
 
 function createServices(deps: AppDeps, verifier: ReturnType<typeof createKeyVerifier>, now: () => number) {
@@ -169,7 +170,7 @@ function createServices(deps: AppDeps, verifier: ReturnType<typeof createKeyVeri
 export function createApp(deps: AppDeps) {
   const now = deps.now ?? Date.now;
   const elapsed = deps.elapsed ?? steadyNow;
-  const { throttle, verifier, authorize } = createAuthentication(deps, { now, elapsed });
+  const { throttle, verifier, authorize, orgTurns } = createAuthentication(deps, { now, elapsed });
   const services = createServices(deps, verifier, now);
   const { apiKeys, usage, events, webhooks, audit } = services;
 
@@ -204,5 +205,5 @@ export function createApp(deps: AppDeps) {
   app.use(routeNotFound);
   app.use(errorMiddleware(deps.logger));
 
-  return { app, services, verifier, throttle };
+  return { app, services, verifier, throttle, orgTurns };
 }

@@ -1,6 +1,7 @@
 import { Histogram, renderPrometheus, type MetricSample } from '../shared/metrics';
 import type { ThrottleStats } from './auth/failureThrottle';
 import type { KeyCacheStats } from './auth/keyVerifier';
+import type { OrgConcurrency } from './auth/orgConcurrency';
 import type { UsageRecorder } from './usage/usageRecorder';
 
 // The API's Prometheus metrics: the counters that already live in the recorder, the key cache and
@@ -22,9 +23,10 @@ export interface ApiMetricSources {
   recorder: UsageRecorder | undefined;
   keyCache: Readonly<KeyCacheStats>;
   throttle: Readonly<ThrottleStats>;
+  orgTurns?: Pick<OrgConcurrency, 'stats' | 'waiting'>;
 }
 
-function statSamples({ recorder, keyCache, throttle }: ApiMetricSources): MetricSample[] {
+function statSamples({ recorder, keyCache, throttle, orgTurns }: ApiMetricSources): MetricSample[] {
   const counter = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_api_${name}`, help, type: 'counter', value });
   const gauge = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_api_${name}`, help, type: 'gauge', value });
   const usage = recorder?.stats;
@@ -50,6 +52,9 @@ function statSamples({ recorder, keyCache, throttle }: ApiMetricSources): Metric
     counter('auth_refused_by_key_total', 'Failed authentications answered 429 because their key id failed too often', throttle.refusedByKey),
     counter('auth_lockouts_total', 'Times an address or a key id reached its failure limit', throttle.lockouts),
     counter('auth_throttle_evictions_total', 'Failure windows forgotten early because AUTH_THROTTLE_MAX_ENTRIES was reached', throttle.evicted),
+    counter('org_requests_waited_total', "Requests that waited for their org's turn (API_MAX_CONCURRENT_PER_ORG)", orgTurns?.stats.waited ?? 0),
+    counter('org_requests_refused_total', "Requests answered 429 because too many of their org's waited", orgTurns?.stats.refused ?? 0),
+    gauge('org_requests_waiting', "Requests waiting for their org's turn now", orgTurns?.waiting() ?? 0),
   ];
 }
 

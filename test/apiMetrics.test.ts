@@ -4,6 +4,7 @@ import t from 'tap';
 import { createApiKeysService } from '../api/keys/apiKeys.service';
 import { startApi } from '../api/main';
 import { createApiMetrics } from '../api/metrics';
+import { orgConcurrency, QUEUED_PER_RUNNING } from '../api/auth/orgConcurrency';
 import { insertOrganization } from '../api/orgs/orgs.repository';
 import { UsageRecorder } from '../api/usage/usageRecorder';
 import { loadConfig } from '../shared/config';
@@ -82,6 +83,24 @@ t.test("the recorder's send errors and pending entries reach the exposition", as
     [2, 0, 2, 1, 1, 0],
   );
   t.equal(series(metrics.exposition({ ...sources, recorder: undefined })).get('keyusage_api_usage_tracking_enabled'), 0, 'USAGE_TRACKING=false shows');
+});
+
+t.test("the per-org turns' waits and refusals reach the exposition", async (t) => {
+  const orgTurns = orgConcurrency(1);
+  orgTurns.enter('org');
+  orgTurns.enter('org');
+  for (let i = 0; i < QUEUED_PER_RUNNING; i += 1) orgTurns.enter('org');
+  const sources = {
+    recorder: undefined,
+    keyCache: { hits: 0, misses: 0, reloads: 0 },
+    throttle: { failures: 0, refusedByIp: 0, refusedByKey: 0, lockouts: 0, evicted: 0 },
+    orgTurns,
+  };
+  const exposed = series(createApiMetrics().exposition(sources));
+  t.same(
+    ['org_requests_waited_total', 'org_requests_refused_total', 'org_requests_waiting'].map((name) => exposed.get(`keyusage_api_${name}`)),
+    [QUEUED_PER_RUNNING, 1, QUEUED_PER_RUNNING],
+  );
 });
 
 t.test('the API serves its metrics on their own loopback port, over real HTTP', async (t) => {

@@ -22,6 +22,7 @@ t.test('the limiter: `limit` requests of an org at once, the next ones wait thei
   const first = request('a', 'first')!;
   const waiting = Array.from({ length: QUEUED_PER_RUNNING }, (_, i) => request('a', `waiting ${i}`)!);
   t.equal(request('a', 'refused'), undefined, `a request beyond ${QUEUED_PER_RUNNING} waiting is refused`);
+  t.strictSame([limiter.stats, limiter.waiting()], [{ waited: QUEUED_PER_RUNNING, refused: 1 }, QUEUED_PER_RUNNING], 'counted for the metrics');
   const other = request('b', 'other org')!;
   await Promise.all([first.started, other.started]);
   t.strictSame(started, ['first', 'other org'], 'another org does not wait');
@@ -38,6 +39,7 @@ t.test('the limiter: `limit` requests of an org at once, the next ones wait thei
   t.strictSame(started.slice(2), ['waiting 0', 'waiting 2', 'waiting 3', 'after a waiting one left'], 'in order, the one that left skipped');
   limiter.enter('a');
   t.equal(limiter.busyOrgs(), 2, 'a and b still hold places');
+  t.equal(limiter.waiting(), 1, 'one waiting now');
   t.throws(() => orgConcurrency(0), RangeError);
 });
 

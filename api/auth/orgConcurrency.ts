@@ -14,12 +14,23 @@ export interface Turn {
   release(): void;
 }
 
+/** Counted since start, for the metrics. */
+export interface OrgTurnStats {
+  /** Requests that waited for their org's turn. */
+  waited: number;
+  /** Requests refused because too many of their org's waited. */
+  refused: number;
+}
+
 export interface OrgConcurrency {
   /** A request of the org: undefined if too many already wait (refuse it). */
   enter(orgId: string): Turn | undefined;
   readonly limit: number;
+  readonly stats: Readonly<OrgTurnStats>;
   /** Orgs with a request in progress or waiting now. */
   busyOrgs(): number;
+  /** Requests waiting for their org's turn now. */
+  waiting(): number;
 }
 
 interface OrgTurns {
@@ -30,17 +41,24 @@ interface OrgTurns {
 export function orgConcurrency(limit: number): OrgConcurrency {
   if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`limit must be a positive integer, got ${limit}`);
   const orgs = new Map<string, OrgTurns>();
+  const stats: OrgTurnStats = { waited: 0, refused: 0 };
+  let waiting = 0;
   const handOn = (orgId: string, org: OrgTurns) => {
     // The place passes to the next waiting request: the running count stays.
     const next = org.waiting.shift();
-    if (next) next();
-    else if (--org.running === 0) orgs.delete(orgId);
+    if (next) {
+      waiting -= 1;
+      next();
+    } else if (--org.running === 0) orgs.delete(orgId);
   };
   return {
     limit,
     enter(orgId) {
       const org = orgs.get(orgId) ?? orgs.set(orgId, { running: 0, waiting: [] }).get(orgId)!;
-      if (org.running >= limit && org.waiting.length >= QUEUED_PER_RUNNING * limit) return undefined;
+      if (org.running >= limit && org.waiting.length >= QUEUED_PER_RUNNING * limit) {
+        stats.refused += 1;
+        return undefined;
+      }
       let state: 'waiting' | 'running' | 'released' = 'waiting';
       let start = () => {};
       const started = new Promise<void>((resolve) => (start = resolve));
@@ -53,16 +71,23 @@ export function orgConcurrency(limit: number): OrgConcurrency {
         begin();
       } else {
         org.waiting.push(begin);
+        waiting += 1;
+        stats.waited += 1;
       }
       return {
         started,
         release() {
           if (state === 'running') handOn(orgId, org);
-          else if (state === 'waiting') org.waiting.splice(org.waiting.indexOf(begin), 1);
+          else if (state === 'waiting') {
+            org.waiting.splice(org.waiting.indexOf(begin), 1);
+            waiting -= 1;
+          }
           state = 'released';
         },
       };
     },
+    stats,
     busyOrgs: () => orgs.size,
+    waiting: () => waiting,
   };
 }
