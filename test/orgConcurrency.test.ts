@@ -92,6 +92,23 @@ t.test('an org over API_MAX_CONCURRENT_PER_ORG waits its turn, then gets 429, wh
   t.equal((await usage(acme)).status, 200, 'and the place is free again');
 });
 
+// A raw connection that sends `requests` as they are (several at once: pipelined).
+async function rawClient(port: number, requests: string) {
+  const socket = net.connect(port, '127.0.0.1');
+  await new Promise((resolve) => socket.once('connect', resolve));
+  socket.write(requests);
+  return socket;
+}
+
+// Whether the org is served: a turn never given back makes its next request wait, here at most 5 s.
+async function servedAgain(api: { baseUrl: string }, org: { org: { id: string }; adminKey: string }) {
+  const response = await fetch(`${api.baseUrl}/api/orgs/${org.org.id}/api-keys/usage`, {
+    headers: { authorization: `Bearer ${org.adminKey}` },
+    signal: AbortSignal.timeout(5000),
+  });
+  return response.status;
+}
+
 // HTTP/1.1 pipelining: a response queued behind another on the same connection never emits
 // 'close' when the client leaves, and its turn was never given back: the org waited for good.
 t.test('a client that pipelines requests and leaves gives every turn back (fails without the fix)', async (t) => {
@@ -109,19 +126,12 @@ t.test('a client that pipelines requests and leaves gives every turn back (fails
     '',
     body,
   ].join('\r\n');
-  const socket = net.connect(api.port, '127.0.0.1');
-  await new Promise((resolve) => socket.once('connect', resolve));
-  socket.write(create + create);
+  const socket = await rawClient(api.port, create + create);
   await waitingOnLock(db);
   await waitFor('both requests authorized', () => (api.uses.length === 2 ? true : undefined));
   socket.destroy();
   await holder.commit();
-  const usage = () =>
-    fetch(`${api.baseUrl}/api/orgs/${acme.org.id}/api-keys/usage`, {
-      headers: { authorization: `Bearer ${acme.adminKey}` },
-      signal: AbortSignal.timeout(5000),
-    });
-  t.equal((await usage()).status, 200, 'the org is served again');
+  t.equal(await servedAgain(api, acme), 200, 'the org is served again');
 });
 
 // A client that left while its key was being verified: its response had closed before the turn was
@@ -134,20 +144,16 @@ t.test('a client that leaves while its key is verified gives its turn back (fail
   const holder = await db.transaction();
   t.teardown(() => (holder.isCompleted() ? undefined : holder.rollback()));
   await holder.raw('lock table api_keys in access exclusive mode');
-  const socket = net.connect(api.port, '127.0.0.1');
-  await new Promise((resolve) => socket.once('connect', resolve));
-  socket.write(`GET /api/orgs/${acme.org.id}/api-keys/usage HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${acme.adminKey}\r\n\r\n`);
+  const socket = await rawClient(
+    api.port,
+    `GET /api/orgs/${acme.org.id}/api-keys/usage HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${acme.adminKey}\r\n\r\n`,
+  );
   await waitingOnLock(db);
   socket.destroy();
   await sleep(200); // for the server to read the close: nothing to poll for it
   await holder.commit();
   await waitFor('the lookup to finish', () => (api.uses.length === 1 ? true : undefined));
-  const usage = () =>
-    fetch(`${api.baseUrl}/api/orgs/${acme.org.id}/api-keys/usage`, {
-      headers: { authorization: `Bearer ${acme.adminKey}` },
-      signal: AbortSignal.timeout(5000),
-    });
-  t.equal((await usage()).status, 200, 'the org is served afterwards');
+  t.equal(await servedAgain(api, acme), 200, 'the org is served afterwards');
 });
 
 t.test('a statement over API_STATEMENT_TIMEOUT_MS is cancelled: 503 naming the setting, its connection back in the pool (fails without the fix)', async (t) => {
