@@ -6,6 +6,7 @@ import { runEndpoint } from './endpoint';
 import { runFlush } from './flush';
 import { runRowCost } from './rowCost';
 import { runHourMove } from './hourMove';
+import { runWebhookClaim } from './webhookClaim';
 import { runIngest } from './ingest';
 import { runKeyCheck } from './keyCheck';
 import { BENCH_PEPPER, type BenchContext } from './lib/context';
@@ -23,6 +24,7 @@ import { machineInfo, renderResult, writeResults, type BenchResult } from './lib
 //   flush      4. flush time and SQL statements for 1 k and 100 k pending keys
 //   rowcost    4b. what one statement over 100 k keys costs on this PostgreSQL: the flush's floor
 //   hourmove   4c. what the upkeep's hour move costs for 100 k and 1 M keys used in the closed hour
+//   webhookclaim 4d. what the webhook worker's claim costs beside one org's backlog of 1 M due deliveries
 //   endpoint   5. usage endpoint latency (100 orgs × 10 k keys, 30 days of buckets) and its query plans
 //   staleness  6. time from a request to its use showing in the usage endpoint
 //   dashboard  7. time to the dashboard's first table (10 k keys) and its page weight, in Chromium
@@ -88,6 +90,7 @@ async function main() {
     if (only.includes('flush')) emit(await runFlush(ctx));
     if (only.includes('rowcost')) emit(await runRowCost(ctx));
     if (only.includes('hourmove')) emit(await runHourMove(ctx));
+    if (only.includes('webhookclaim')) emit(await runWebhookClaim(ctx));
     if (only.includes('endpoint')) emit(await runEndpoint(ctx));
     if (only.includes('staleness')) emit(await runStaleness(ctx));
     if (only.includes('dashboard')) emit(await runDashboard(ctx));

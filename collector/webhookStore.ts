@@ -27,14 +27,20 @@ export interface ClaimedDelivery {
 // outcome not recorded) is settled as failed, not sent again: WEBHOOK_MAX_ATTEMPTS is a limit.
 // One org per claim: Citus runs FOR UPDATE only in a statement that stays on one shard, and an
 // org's deliveries and webhooks share one (docs/scaling.md). The orgs with due deliveries are
-// found first by a plain read, which may span shards.
-const DUE_ORGS = `
-select org_id from ${TABLE.webhookDeliveries}
- where status = 'pending' and next_attempt_at <= now()
- group by org_id order by min(next_attempt_at)
- limit ?`;
+// found first by a plain read, which may span shards: among the orgs with a webhook, those with a
+// due delivery (one probe of webhook_deliveries_org_due_idx each), in turn from the org after the
+// last one served, so the read costs the number of orgs with webhooks, not the deliveries due. It
+// took the orgs oldest due first by reading every due delivery: one org's backlog of millions
+// (a receiver that never answers) made every poll read all of it. Not oldest first any more: that
+// needs each org's oldest due delivery, which Citus computes only by reading all of the org's.
+export const DUE_ORGS = `
+select w.org_id from (select org_id from ${TABLE.webhooks} group by org_id) w
+ where exists (select 1 from ${TABLE.webhookDeliveries} d
+                where d.org_id = w.org_id and d.status = 'pending' and d.next_attempt_at <= now())
+ order by w.org_id <= :after, w.org_id
+ limit :limit`;
 
-const CLAIM = `
+export const CLAIM = `
 with due as (
   select id, attempts from ${TABLE.webhookDeliveries}
    where org_id = :orgId and status = 'pending' and next_attempt_at <= now()
@@ -83,36 +89,44 @@ export interface ClaimOptions {
   maxPerOrg?: number;
   /** True once the caller stopped: no org's claim starts after that (the one under way ends). */
   stopped?: () => boolean;
+  /** The previous claim's `servedUpTo`: orgs after it are offered first, then the others in turn. */
+  after?: string;
 }
 
 export interface Claim {
   deliveries: ClaimedDelivery[];
   /** Deliveries found due with every attempt used, settled as failed. */
   spent: number;
+  /** The last org offered a share: the next claim's `after`, so every org with due deliveries gets its turn. */
+  servedUpTo: string | undefined;
 }
 
+// Lower than every org id: the first claim starts at the first org.
+const BEFORE_EVERY_ORG = '00000000-0000-0000-0000-000000000000';
+
 /**
- * Up to `limit` due deliveries, oldest org first, each org's in one statement. Each org takes its
- * share of the limit first, then orgs with more due fill what the others left: the oldest org
- * took the whole limit, and one org's backlog (a receiver that never answers, and test pings
- * sent without pause) kept every other org's deliveries waiting.
+ * Up to `limit` due deliveries, the orgs in turn, each org's oldest in one statement. Each org
+ * takes its share of the limit first, then orgs with more due fill what the others left: the
+ * oldest org took the whole limit, and one org's backlog (a receiver that never answers, and test
+ * pings sent without pause) kept every other org's deliveries waiting.
  */
 export async function claimDueDeliveries(db: Db, options: ClaimOptions): Promise<Claim> {
   const inFlight = options.inFlight ?? new Map<string, number>();
   const room = (orgId: string) => (options.maxPerOrg ?? Infinity) - (inFlight.get(orgId) ?? 0);
   // Orgs at their cap are read too and passed over, so as many others as the limit are found.
-  const due = await db.raw<{ rows: Array<{ org_id: string }> }>(DUE_ORGS, [options.limit + inFlight.size]);
+  const due = await db.raw<{ rows: Array<{ org_id: string }> }>(DUE_ORGS, { limit: options.limit + inFlight.size, after: options.after ?? BEFORE_EVERY_ORG });
   const orgs = due.rows.map((row) => row.org_id).filter((orgId) => room(orgId) > 0);
-  const claim: Claim = { deliveries: [], spent: 0 };
+  const claim: Claim = { deliveries: [], spent: 0, servedUpTo: options.after };
   const taken = new Map<string, number>();
   // Orgs that had fewer due than they were offered: a second claim would find none.
   const drained = new Set<string>();
-  for (const share of [Math.ceil(options.limit / Math.max(1, orgs.length)), options.limit]) {
+  for (const [pass, share] of [Math.ceil(options.limit / Math.max(1, orgs.length)), options.limit].entries()) {
     for (const orgId of orgs) {
       if (options.stopped?.()) return claim;
       const own = taken.get(orgId) ?? 0;
       const limit = Math.min(share - own, room(orgId) - own, options.limit - claim.deliveries.length);
       if (limit <= 0 || drained.has(orgId)) continue;
+      if (pass === 0) claim.servedUpTo = orgId;
       const { rows } = await db.raw<{ rows: ClaimRow[] }>(CLAIM, { orgId, limit, leaseMs: options.leaseMs, maxAttempts: options.maxAttempts });
       const claimed = rows.filter((row) => !row.spent);
       claim.deliveries.push(...claimed.map(toClaimedDelivery));

@@ -96,6 +96,8 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   const sending = new Set<Promise<void>>();
   const sendingPerOrg = new Map<string, number>();
   let filling: Promise<void> | undefined;
+  // Where the last claim's turn of orgs ended: the next one starts after it.
+  let servedUpTo: string | undefined;
   // A slot freed while a fill was claiming, after its last claim: fill again once it ends.
   let refill = false;
 
@@ -103,8 +105,17 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   async function fill(): Promise<void> {
     for (let free = POOL_SIZE - sending.size; free > 0; free = POOL_SIZE - sending.size) {
       refill = false;
-      const claimOptions = { leaseMs, limit: free, maxAttempts: config.maxAttempts, inFlight: sendingPerOrg, maxPerOrg: MAX_PER_ORG, stopped };
-      const { deliveries, spent } = await claimDueDeliveries(db, claimOptions);
+      const claimOptions = {
+        leaseMs,
+        limit: free,
+        maxAttempts: config.maxAttempts,
+        inFlight: sendingPerOrg,
+        maxPerOrg: MAX_PER_ORG,
+        stopped,
+        after: servedUpTo,
+      };
+      const { deliveries, spent, ...claim } = await claimDueDeliveries(db, claimOptions);
+      servedUpTo = claim.servedUpTo;
       deliveries.forEach(launch);
       if (spent > 0) {
         stats.gaveUp += spent;

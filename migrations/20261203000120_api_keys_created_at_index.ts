@@ -11,12 +11,17 @@ export const config = { transaction: false };
 
 const INDEX = 'api_keys_created_at_idx';
 
-export async function up(knex: Knex): Promise<void> {
+/** Builds `index` with `definition` (what follows ON), dropping first an invalid one a failed concurrent build left. */
+export async function createIndexConcurrently(knex: Knex, index: string, definition: string): Promise<void> {
   // A concurrent build that failed (cancelled, the connection lost) leaves an invalid index that
   // is never used but still written to; IF NOT EXISTS would keep it.
-  const { rows } = await knex.raw<{ rows: Array<{ valid: boolean }> }>('select indisvalid as valid from pg_index where indexrelid = to_regclass(?)', [INDEX]);
-  if (rows.length > 0 && !rows[0].valid) await knex.raw('drop index concurrently ??', [INDEX]);
-  await knex.raw('create index concurrently if not exists ?? on api_keys (created_at)', [INDEX]);
+  const { rows } = await knex.raw<{ rows: Array<{ valid: boolean }> }>('select indisvalid as valid from pg_index where indexrelid = to_regclass(?)', [index]);
+  if (rows.length > 0 && !rows[0].valid) await knex.raw('drop index concurrently ??', [index]);
+  await knex.raw(`create index concurrently if not exists ?? on ${definition}`, [index]);
+}
+
+export async function up(knex: Knex): Promise<void> {
+  await createIndexConcurrently(knex, INDEX, 'api_keys (created_at)');
 }
 
 export async function down(knex: Knex): Promise<void> {

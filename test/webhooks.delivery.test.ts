@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { createWebhookWorker } from '../collector/webhookWorker';
-import { claimDueDeliveries, recordAttempt } from '../collector/webhookStore';
+import { CLAIM, claimDueDeliveries, DUE_ORGS, recordAttempt } from '../collector/webhookStore';
 import { loadConfig } from '../shared/config';
 import { createLogger } from '../shared/logger';
 import type { Db } from '../shared/db';
@@ -13,6 +13,7 @@ import { startTestCollector } from './helpers/collector';
 import { fetchCollectorMetrics } from '../harness/collectorProcess';
 import { sleep, waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
+import { orgsWithDueDeliveries } from '../bench/lib/database';
 import { startWebhookReceiver, type ReceivedRequest } from './helpers/webhookReceiver';
 
 // Real PostgreSQL, the real collector (its webhook worker inside), real HTTP receivers on
@@ -294,6 +295,60 @@ t.test("one org's backlog takes its share of a claim, not all of it", async (t) 
   const first = await claim();
   t.same(await orgsOf(first), [...Array(8).fill(world.org.id), other.id, other.id].sort(), 'the older backlog 8, the other org both of its own');
   t.equal((await claim()).length, 4, "the next claim: the backlog's last 4");
+});
+
+// Rows the plan's scans of webhook_deliveries read: those they returned and those their filters removed.
+async function deliveryRowsRead(db: Db, sql: string, bindings: Record<string, unknown>): Promise<number> {
+  // ANALYZE runs the statement: a claim's changes are rolled back.
+  const trx = await db.transaction();
+  let plan: any;
+  try {
+    plan = (await trx.raw(`explain (analyze, format json) ${sql}`, bindings)).rows[0]['QUERY PLAN'][0].Plan;
+  } finally {
+    await trx.rollback();
+  }
+  const read = (node: any): number =>
+    (node['Relation Name'] === 'webhook_deliveries' ? (node['Actual Rows'] + (node['Rows Removed by Filter'] ?? 0)) * node['Actual Loops'] : 0) +
+    (node.Plans ?? []).reduce((sum: number, child: any) => sum + read(child), 0);
+  return read(plan);
+}
+
+// The orgs with due deliveries were found by reading every due delivery; an org's claim went
+// through the due index past every older delivery of other orgs, or read all of its own to sort
+// them (fails without 160's index, and with the read of the orgs before it).
+t.test("finding the orgs with due deliveries, and claiming an org's, read no more with backlogs of thousands", async (t) => {
+  const { db } = await freshDatabase(t);
+  const dueAt = new Date(Date.now() - 60_000);
+  const [older] = await orgsWithDueDeliveries(db, 1, 5000, dueAt);
+  const [newer] = await orgsWithDueDeliveries(db, 1, 5000, new Date(dueAt.getTime() + 1000));
+  const firstTurn = { limit: 10, after: '00000000-0000-0000-0000-000000000000' };
+  const found = await db.raw(DUE_ORGS, firstTurn);
+  t.same(found.rows.map((row: { org_id: string }) => row.org_id).sort(), [older, newer].sort(), 'both orgs are found');
+  const dueRead = await deliveryRowsRead(db, DUE_ORGS, firstTurn);
+  t.ok(dueRead <= 10, `finding them read ${dueRead} deliveries, one a probe (not the 10,000 due)`);
+  const claimRead = await deliveryRowsRead(db, CLAIM, { orgId: newer, limit: 5, leaseMs: 60_000, maxAttempts: 8 });
+  t.ok(claimRead <= 20, `claiming the newer backlog's 5 oldest read ${claimRead} rows, a few a claimed row (not the 5,000 before them, nor all of its own)`);
+});
+
+// Orgs were taken oldest due first, as many as a claim's limit: with more orgs due than that, the
+// same oldest ones came first every claim, and a newer org's delivery waited behind their backlogs.
+t.test('with more orgs due than a claim takes, the next claim starts with the orgs the last one left', async (t) => {
+  const { db } = await freshDatabase(t);
+  const at = Date.now() - 60_000;
+  const older = await orgsWithDueDeliveries(db, 10, 3, new Date(at));
+  const newer = await orgsWithDueDeliveries(db, 2, 1, new Date(at + 1000));
+  const orgsOf = async (ids: string[]) => new Set(await db('webhook_deliveries').whereIn('id', ids).pluck('org_id'));
+  const options = { leaseMs: 60_000, limit: 10, maxAttempts: 8 };
+  const first = await claimDueDeliveries(db, options);
+  const second = await claimDueDeliveries(db, { ...options, after: first.servedUpTo });
+  t.equal(first.deliveries.length + second.deliveries.length, 20);
+  const served = new Set([...(await orgsOf(first.deliveries.map((d) => d.id))), ...(await orgsOf(second.deliveries.map((d) => d.id)))]);
+  t.same(
+    [...older, ...newer].filter((org) => !served.has(org)),
+    [],
+    'every one of the 12 orgs was served in two claims of 10',
+  );
+  t.equal((await orgsOf(first.deliveries.map((d) => d.id))).size, 10, 'the first claim: one each for 10 orgs');
 });
 
 // A claim's sends were awaited together: a receiver that never answers held every org's

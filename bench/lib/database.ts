@@ -106,3 +106,25 @@ export const walPosition = async (db: Db): Promise<string> => (await db.raw('sel
 /** Bytes of WAL the server wrote since `from` (walPosition). */
 export const walSince = async (db: Db, from: string): Promise<number> =>
   Number((await db.raw('select pg_wal_lsn_diff(pg_current_wal_lsn(), ?) as bytes', [from])).rows[0].bytes);
+
+/**
+ * `orgs` new orgs, each with a webhook and `count` pending deliveries due at `dueAt`, made in SQL
+ * (a backlog of millions in seconds); webhook_deliveries analyzed. Returns the orgs' ids.
+ */
+export async function orgsWithDueDeliveries(db: Db, orgs: number, count: number, dueAt: Date): Promise<string[]> {
+  const ids: string[] = [];
+  for (let i = 0; i < orgs; i += 1) {
+    const orgId = await createOrg(db, `due ${i}`);
+    const [hook] = await db('webhooks')
+      .insert({ org_id: orgId, url: 'https://203.0.113.12/hook', event_types: ['*'], secret_box: Buffer.alloc(32) })
+      .returning('id');
+    await db.raw(
+      `insert into webhook_deliveries (org_id, webhook_id, event_id, event_type, payload, next_attempt_at)
+       select ?, ?, gen_random_uuid(), 'key.new_ip', '{}', ? from generate_series(1, ?)`,
+      [orgId, hook.id, dueAt, count],
+    );
+    ids.push(orgId);
+  }
+  await db.raw('analyze webhook_deliveries');
+  return ids;
+}
