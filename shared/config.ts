@@ -336,13 +336,16 @@ function signingProblems(v: Variables): string[] {
   return v.USAGE_SIGNING_PREVIOUS_SECRET === v.USAGE_SIGNING_SECRET ? ['USAGE_SIGNING_PREVIOUS_SECRET: must differ from USAGE_SIGNING_SECRET'] : [];
 }
 
-// A flush waiting on a lock hears nothing from the server: a reply timeout no longer than the
-// lock's would close the connection of every such wait, and lock_timeout's clear error would never
-// come. (COLLECTOR_LOCK_TIMEOUT_MS=0, no lock timeout, leaves the reply timeout as the only bound.)
+// A flush waiting on a lock, or an API statement running, hears nothing from the server: a reply
+// timeout no longer than the lock's or the statement's limit would close the connection of every
+// such wait, and the server's clear error (lock_timeout, the 503 naming API_STATEMENT_TIMEOUT_MS)
+// would never come. (A limit of 0 leaves the reply timeout as the only bound.)
 function replyTimeoutProblems(v: Variables): string[] {
   const reply = v.DATABASE_REPLY_TIMEOUT_MS;
-  if (reply === 0 || v.COLLECTOR_LOCK_TIMEOUT_MS < reply) return [];
-  return [`DATABASE_REPLY_TIMEOUT_MS: must be longer than COLLECTOR_LOCK_TIMEOUT_MS (${v.COLLECTOR_LOCK_TIMEOUT_MS} ms), or 0`];
+  if (reply === 0) return [];
+  return (['COLLECTOR_LOCK_TIMEOUT_MS', 'API_STATEMENT_TIMEOUT_MS'] as const)
+    .filter((name) => v[name] >= reply)
+    .map((name) => `DATABASE_REPLY_TIMEOUT_MS: must be longer than ${name} (${v[name]} ms), or 0`);
 }
 
 // Each receiving process keeps its own replay cache, and the kernel hands a datagram to whichever

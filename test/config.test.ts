@@ -353,6 +353,17 @@ t.test("the reply timeout must outlast the collector's lock wait, which hears no
   t.equal(loadConfig({ ...base, DATABASE_REPLY_TIMEOUT_MS: '0' }).database.replyTimeoutMs, 0, '0: no limit, whatever the lock wait');
 });
 
+// The README said to keep it longer than the API's statement limit, and nothing refused it: a
+// slow statement lost its connection instead of the 503 that names the setting.
+t.test("the reply timeout must outlast the API's statement limit", async (t) => {
+  const base = { NODE_ENV: 'test', COLLECTOR_LOCK_TIMEOUT_MS: '1000' };
+  const error = configError(t, { ...base, DATABASE_REPLY_TIMEOUT_MS: '20000', API_STATEMENT_TIMEOUT_MS: '20000' });
+  t.match(error.message, /\bDATABASE_REPLY_TIMEOUT_MS: must be longer than API_STATEMENT_TIMEOUT_MS \(20000 ms\), or 0/);
+  t.notMatch(error.message, /COLLECTOR_LOCK_TIMEOUT_MS/, 'the lock wait is shorter: not named');
+  t.equal(loadConfig({ ...base, DATABASE_REPLY_TIMEOUT_MS: '20001', API_STATEMENT_TIMEOUT_MS: '20000' }).database.replyTimeoutMs, 20_001);
+  t.equal(loadConfig({ ...base, DATABASE_REPLY_TIMEOUT_MS: '20000', API_STATEMENT_TIMEOUT_MS: '0' }).api.statementTimeoutMs, 0, "0: the server's own limit");
+});
+
 t.test('several receivers refuse datagram signing: each would keep its own replay cache', async (t) => {
   const secret = 's'.repeat(32);
   const error = configError(t, { NODE_ENV: 'test', COLLECTOR_RECEIVERS: '2', USAGE_SIGNING_SECRET: secret });

@@ -312,7 +312,7 @@ t.test('connections cut mid-flush (one collector, one proxy, one cut per flush)'
 // timeout the flush in progress waited on the kernel's retransmissions, about 15 minutes, and held
 // every later flush while /healthz stayed green.
 t.test('the network goes silent mid-flush: the connection is closed after DATABASE_REPLY_TIMEOUT_MS, the flush retried, nothing lost or doubled', async (t) => {
-  const env = await setup(t, 2, 100, { DATABASE_REPLY_TIMEOUT_MS: '1000', COLLECTOR_LOCK_TIMEOUT_MS: '500' });
+  const env = await setup(t, 2, 100, { DATABASE_REPLY_TIMEOUT_MS: '1000', COLLECTOR_LOCK_TIMEOUT_MS: '500', API_STATEMENT_TIMEOUT_MS: '500' });
   const { db, collector, ledger } = env;
   const points = [/insert into api_key_usage \(/i, /^COMMIT/i];
   for (const [i, pattern] of points.entries()) {
