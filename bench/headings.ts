@@ -8,7 +8,7 @@ export const HEADINGS = {
   flush: '4. Flush: time and SQL statements per flush',
   rowCost: '4b. Row cost: one statement over every key, the floor under a flush',
   hourMove: '4c. Hour move: closed hours into the hourly buckets, up to 1 M keys',
-  webhookClaim: "4d. Webhook claim beside one org's backlog of due deliveries",
+  webhookClaim: "4e. Webhook claim beside one org's backlog of due deliveries",
   endpoint: '5. Usage endpoint: latency and query plan',
   staleness: '6. Staleness: request to visible in the usage endpoint',
   dashboard: '7. Dashboard: time to the first table and page weight (10 k keys)',

@@ -24,7 +24,7 @@ import { machineInfo, renderResult, writeResults, type BenchResult } from './lib
 //   flush      4. flush time and SQL statements for 1 k and 100 k pending keys
 //   rowcost    4b. what one statement over 100 k keys costs on this PostgreSQL: the flush's floor
 //   hourmove   4c. what the upkeep's hour move costs for 100 k and 1 M keys used in the closed hour
-//   webhookclaim 4d. what the webhook worker's claim costs beside one org's backlog of 1 M due deliveries
+//   webhookclaim 4e. what the webhook worker's claim costs beside one org's backlog of 1 M due deliveries
 //   endpoint   5. usage endpoint latency (100 orgs × 10 k keys, 30 days of buckets) and its query plans
 //   staleness  6. time from a request to its use showing in the usage endpoint
 //   dashboard  7. time to the dashboard's first table (10 k keys) and its page weight, in Chromium

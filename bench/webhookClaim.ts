@@ -8,7 +8,7 @@ import { orgsWithDueDeliveries } from './lib/database';
 import { fmt, type BenchResult } from './lib/report';
 import { median } from './lib/stats';
 
-// Benchmark 4d. What the webhook worker's claim costs beside one org's backlog (a receiver that
+// Benchmark 4e. What the webhook worker's claim costs beside one org's backlog (a receiver that
 // never answers, every event of 100,000 keys × its webhooks): one org with N due deliveries, a
 // second with N / 10 due after them, and 100 orgs with one each. Side by side, round by round: the statements before migration
 // 20261205000160 (the due orgs read from every due delivery, through the index over
