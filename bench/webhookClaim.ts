@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { CLAIM, claimDueDeliveries, DUE_ORGS } from '../collector/webhookStore';
+import { BEFORE_EVERY_ORG, CLAIM, claimDueDeliveries, DUE_ORGS } from '../collector/webhookStore';
 import { TABLE } from '../shared/tables';
 import { DUE_ALONE, DUE_PER_ORG } from '../migrations/20261205000160_webhook_deliveries_due_per_org';
 import { HEADINGS } from './headings';
@@ -20,7 +20,7 @@ select org_id from ${TABLE.webhookDeliveries}
  where status = 'pending' and next_attempt_at <= now()
  group by org_id order by min(next_attempt_at)
  limit :limit`;
-const FIRST_TURN = { limit: 10, after: '00000000-0000-0000-0000-000000000000' };
+const FIRST_TURN = { limit: 10, after: BEFORE_EVERY_ORG };
 
 type Variant = 'before' | 'after';
 interface Sample {
@@ -85,8 +85,11 @@ async function measureRound(ctx: BenchContext, backlog: number, orgs: Orgs, vari
   }
 }
 
+// Webhooks and their deliveries of the shape before: the orgs with a webhook are this shape's alone.
+const clearWebhooks = (ctx: BenchContext) => ctx.db.raw(`truncate ${TABLE.webhooks} cascade`);
+
 async function measureBacklog(ctx: BenchContext, backlog: number, smallOrgs: number, rounds: number): Promise<Sample[]> {
-  await ctx.db.raw(`truncate ${TABLE.webhookDeliveries} cascade`);
+  await clearWebhooks(ctx);
   const dueAt = new Date(Date.now() - 3_600_000);
   const [backlogged] = await orgsWithDueDeliveries(ctx.db, 1, backlog, dueAt);
   const [newer] = await orgsWithDueDeliveries(ctx.db, 1, backlog / 10, new Date(dueAt.getTime() + 30_000));
@@ -101,17 +104,37 @@ async function measureBacklog(ctx: BenchContext, backlog: number, smallOrgs: num
   return samples;
 }
 
+// What the read of the orgs costs when nothing is due, every poll: before, one empty range of the
+// due index; after, a probe per org with a webhook.
+async function measureIdle(ctx: BenchContext, orgs: number, rounds: number): Promise<Record<Variant, number[]>> {
+  await clearWebhooks(ctx);
+  await orgsWithDueDeliveries(ctx.db, orgs, 0, new Date());
+  const times: Record<Variant, number[]> = { before: [], after: [] };
+  for (let round = 0; round < rounds; round++) {
+    ctx.log(`webhook claim: ${fmt.int(orgs)} orgs with a webhook, nothing due, round ${round + 1}/${rounds}`);
+    await swapIndex(ctx, DUE_PER_ORG, DUE_ALONE);
+    times.before.push(await timed(() => ctx.db.raw(PREVIOUS_DUE_ORGS, FIRST_TURN)));
+    await swapIndex(ctx, DUE_ALONE, DUE_PER_ORG);
+    times.after.push(await timed(() => ctx.db.raw(DUE_ORGS, FIRST_TURN)));
+  }
+  return times;
+}
+
+const cell = (values: number[]) => `${fmt.ms(median(values), 1)} (worst ${fmt.ms(Math.max(...values), 1)})`;
+
 export async function runWebhookClaim(ctx: BenchContext): Promise<BenchResult> {
   const backlogs = ctx.quick ? [2_000] : [100_000, 1_000_000];
   const smallOrgs = ctx.quick ? 10 : 100;
+  const idleOrgs = ctx.quick ? 20 : 10_000;
   const rounds = ctx.quick ? 2 : 7;
   const samples: Sample[] = [];
+  let idle: Record<Variant, number[]>;
   try {
     for (const backlog of backlogs) samples.push(...(await measureBacklog(ctx, backlog, smallOrgs, rounds)));
+    idle = await measureIdle(ctx, idleOrgs, rounds);
   } finally {
-    await ctx.db.raw(`truncate ${TABLE.webhookDeliveries} cascade`);
+    await clearWebhooks(ctx);
   }
-  const cell = (values: number[]) => `${fmt.ms(median(values), 1)} (worst ${fmt.ms(Math.max(...values), 1)})`;
   const rows = backlogs.flatMap((backlog) =>
     (['before', 'after'] as const).map((variant) => {
       const mine = samples.filter((s) => s.backlog === backlog && s.variant === variant);
@@ -143,10 +166,18 @@ export async function runWebhookClaim(ctx: BenchContext): Promise<BenchResult> {
         ],
         rows,
       },
+      {
+        title: `${fmt.int(idleOrgs)} orgs with a webhook and nothing due: the read of the orgs with due deliveries, which every poll makes; ${rounds} rounds, alternated; median (worst)`,
+        columns: ['schema and statements', 'orgs with due deliveries'],
+        rows: [
+          ['before 20261205000160', cell(idle.before)],
+          ['after', cell(idle.after)],
+        ],
+      },
     ],
     notes: [
       'Each claim runs in a transaction rolled back after it, so every round sees the same rows. The worker poll runs the read of the orgs after each send ends and every WEBHOOK_POLL_INTERVAL_MS, so its cost repeats as long as the backlog lasts.',
     ],
-    raw: { backlogs, smallOrgs, rounds, samples },
+    raw: { backlogs, smallOrgs, idleOrgs, rounds, samples, idle },
   };
 }

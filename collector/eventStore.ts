@@ -12,9 +12,13 @@ import { TABLE } from '../shared/tables';
 import { copyChunks, msToTime, STAGED_KEY } from './flushStaging';
 import { chunksWritten, type CopyBytes } from './copyBytes';
 import { markDeferred, planDeferred, raiseDeferred, type NetworkOfKey } from './deferredNetworks';
+import { orgHour, withinOrgHourlyLimit } from './eventBudget';
+import { HOUR_MS } from '../shared/timeUnits';
 
 export interface EventDetection extends DetectionThresholds {
   ipHistoryPerKey: number;
+  /** EVENTS_MAX_PER_ORG_HOUR (collector/eventBudget.ts). */
+  maxPerOrgHour: number;
 }
 
 // One statement over the flush's staging tables (collector/flushStaging.ts), which hold only
@@ -133,6 +137,22 @@ select e.org_id, e.key_id, e.type, ${msToTime('e.occurred_ms')}, e.details, e.de
  order by e.dedupe_key
 on conflict (org_id, dedupe_key) do nothing`;
 
+// The events each org already has in each clock hour from the earliest of this flush's: an index
+// range of key_events_org_time_idx per org, which the hourly limit keeps short. A plain read on
+// Citus, pushed down to each org's shard.
+const RECORDED_BY_ORG_HOUR = `
+select org_id, floor(extract(epoch from occurred_at) * 1000 / ${HOUR_MS}) * ${HOUR_MS} as hour_ms, count(*) as recorded
+  from ${TABLE.keyEvents}
+ where org_id = any($1) and occurred_at >= $2
+ group by 1, 2`;
+
+async function recordedByOrgHour(connection: PoolClient, events: readonly KeyEvent[]): Promise<Map<string, number>> {
+  const orgIds = [...new Set(events.map((e) => e.orgId))];
+  const from = Math.min(...events.map((e) => e.occurredAt));
+  const { rows } = await connection.query(RECORDED_BY_ORG_HOUR, [orgIds, new Date(from - (from % HOUR_MS))]);
+  return new Map(rows.map((row: { org_id: string; hour_ms: string; recorded: string }) => [orgHour(row.org_id, Number(row.hour_ms)), Number(row.recorded)]));
+}
+
 type PrefixJson = { prefix: string; ip: string; firstSeen: string };
 
 async function readFacts(connection: PoolClient, { spikeMinUses, failedAttemptsPerHour }: DetectionThresholds): Promise<Map<string, KeyFacts>> {
@@ -183,7 +203,8 @@ export async function recordFlushEvents(
   const newNetworks = keys.filter((k) => (facts.get(k.keyId)?.newPrefixes.length ?? 0) > 0).map(({ orgId, keyId }) => ({ orgId, keyId }));
   const candidates = facts.size;
   if (events.length === 0) return { statements, events: 0, candidates, newNetworks };
-  return { statements: statements + 2, events: await insertEvents(connection, events), candidates, newNetworks };
+  const allowed = withinOrgHourlyLimit(events, await recordedByOrgHour(connection, events), detection.maxPerOrgHour);
+  return { statements: statements + 3, events: await insertEvents(connection, allowed), candidates, newNetworks };
 }
 
 // A UTC day: '1 day' is a calendar day of the session's zone (shared/db.ts).

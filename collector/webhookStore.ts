@@ -27,18 +27,31 @@ export interface ClaimedDelivery {
 // outcome not recorded) is settled as failed, not sent again: WEBHOOK_MAX_ATTEMPTS is a limit.
 // One org per claim: Citus runs FOR UPDATE only in a statement that stays on one shard, and an
 // org's deliveries and webhooks share one (docs/scaling.md). The orgs with due deliveries are
-// found first by a plain read, which may span shards: among the orgs with a webhook, those with a
-// due delivery (one probe of webhook_deliveries_org_due_idx each), in turn from the org after the
-// last one served, so the read costs the number of orgs with webhooks, not the deliveries due. It
-// took the orgs oldest due first by reading every due delivery: one org's backlog of millions
-// (a receiver that never answers) made every poll read all of it. Not oldest first any more: that
-// needs each org's oldest due delivery, which Citus computes only by reading all of the org's.
+// found first by a plain read, which may span shards: the orgs with a webhook, in turn from the
+// org after the last one served, each probed for a due delivery (webhook_deliveries_org_due_idx),
+// until `limit` are found. It took the orgs oldest due first by reading every due delivery: one
+// org's backlog of millions (a receiver that never answers) made every poll read all of it. Not
+// oldest first any more: that needs each org's oldest due delivery, which Citus computes only by
+// reading all of the org's. The probe is a LATERAL … ORDER BY next_attempt_at LIMIT 1: EXISTS became
+// a hash join over every pending delivery when the statistics were stale (a backlog inserted since
+// the last ANALYZE), and LIMIT 1 alone a sequential scan that expects a match early (one org's
+// rows after another's backlog: read to the end). The order is the index's, and costs nothing.
+const dueOrgsIn = (turn: number, range: string) => `
+(select ${turn} as turn, w.org_id
+   from (select org_id from ${TABLE.webhooks} where ${range} group by org_id) w
+   cross join lateral (select 1 from ${TABLE.webhookDeliveries} d
+                        where d.org_id = w.org_id and d.status = 'pending' and d.next_attempt_at <= now()
+                        order by d.next_attempt_at
+                        limit 1) due
+  order by w.org_id
+  limit :limit)`;
 export const DUE_ORGS = `
-select w.org_id from (select org_id from ${TABLE.webhooks} group by org_id) w
- where exists (select 1 from ${TABLE.webhookDeliveries} d
-                where d.org_id = w.org_id and d.status = 'pending' and d.next_attempt_at <= now())
- order by w.org_id <= :after, w.org_id
+select org_id from (${dueOrgsIn(1, 'org_id > :after')} union all ${dueOrgsIn(2, 'org_id <= :after')}) turns
+ order by turn, org_id
  limit :limit`;
+
+/** The `after` of the first claim: lower than every org id. */
+export const BEFORE_EVERY_ORG = '00000000-0000-0000-0000-000000000000';
 
 export const CLAIM = `
 with due as (
@@ -100,9 +113,6 @@ export interface Claim {
   /** The last org offered a share: the next claim's `after`, so every org with due deliveries gets its turn. */
   servedUpTo: string | undefined;
 }
-
-// Lower than every org id: the first claim starts at the first org.
-const BEFORE_EVERY_ORG = '00000000-0000-0000-0000-000000000000';
 
 /**
  * Up to `limit` due deliveries, the orgs in turn, each org's oldest in one statement. Each org

@@ -36,3 +36,20 @@ export async function explainStatement(db: Db, statement: CapturedStatement, opt
   const result = await db.raw(`explain (${options}) ${sql}`, bindings as never);
   return result.rows as Array<Record<string, unknown>>;
 }
+
+/** A node of EXPLAIN (ANALYZE, FORMAT JSON)'s plan, with the fields the checks read. */
+export interface PlanNode {
+  'Relation Name'?: string;
+  'Actual Rows': number;
+  'Actual Loops': number;
+  'Rows Removed by Filter'?: number;
+  'Shared Hit Blocks'?: number;
+  'Shared Read Blocks'?: number;
+  Plans?: PlanNode[];
+}
+
+/** `measure` summed over the nodes of `node`'s plan that read `relation`. */
+export function sumOverRelation(node: PlanNode, relation: string, measure: (node: PlanNode) => number): number {
+  const own = node['Relation Name'] === relation ? measure(node) : 0;
+  return own + (node.Plans ?? []).reduce((sum, child) => sum + sumOverRelation(child, relation, measure), 0);
+}

@@ -241,6 +241,9 @@ const variables = {
   EVENTS_FAILED_ATTEMPTS_PER_HOUR: positiveInt().default(20),
   // A key used from many networks raised a key.new_ip (and a delivery per webhook) for each of them.
   EVENTS_NEW_IP_PER_KEY_HOUR: positiveInt(10_000).default(10),
+  // One org's keys raised events without bound (100,000 keys × an event an hour each, × every
+  // webhook a delivery), all written in the flush every org shares.
+  EVENTS_MAX_PER_ORG_HOUR: positiveInt(100_000_000).default(10_000),
   EVENTS_EXPIRING_DAYS: dayList.default([7, 1]),
   // Unset: 7, or EVENTS_RETENTION_DAYS if shorter (a short retention alone must not refuse the default).
   EVENTS_SUMMARY_DAYS: positiveInt(3650).optional(),
@@ -339,13 +342,16 @@ function signingProblems(v: Variables): string[] {
 // A flush waiting on a lock, or an API statement running, hears nothing from the server: a reply
 // timeout no longer than the lock's or the statement's limit would close the connection of every
 // such wait, and the server's clear error (lock_timeout, the 503 naming API_STATEMENT_TIMEOUT_MS)
-// would never come. (A limit of 0 leaves the reply timeout as the only bound.)
+// would never come. (A limit of 0 leaves the reply timeout as the only bound.) The reply timer
+// starts when the statement is sent, the server's when it starts running, and the server's error
+// still has to travel back: a reply timeout 1 ms longer still won the race now and then.
+const REPLY_MARGIN_MS = 500;
 function replyTimeoutProblems(v: Variables): string[] {
   const reply = v.DATABASE_REPLY_TIMEOUT_MS;
   if (reply === 0) return [];
   return (['COLLECTOR_LOCK_TIMEOUT_MS', 'API_STATEMENT_TIMEOUT_MS'] as const)
-    .filter((name) => v[name] >= reply)
-    .map((name) => `DATABASE_REPLY_TIMEOUT_MS: must be longer than ${name} (${v[name]} ms), or 0`);
+    .filter((name) => v[name] + REPLY_MARGIN_MS > reply)
+    .map((name) => `DATABASE_REPLY_TIMEOUT_MS: must be at least ${REPLY_MARGIN_MS} ms longer than ${name} (${v[name]} ms), or 0`);
 }
 
 // Each receiving process keeps its own replay cache, and the kernel hands a datagram to whichever
@@ -446,6 +452,7 @@ const eventsSection = (v: Variables) => ({
   spikeMinUses: v.EVENTS_SPIKE_MIN_USES,
   failedAttemptsPerHour: v.EVENTS_FAILED_ATTEMPTS_PER_HOUR,
   newIpPerKeyHour: v.EVENTS_NEW_IP_PER_KEY_HOUR,
+  maxPerOrgHour: v.EVENTS_MAX_PER_ORG_HOUR,
   expiringDays: v.EVENTS_EXPIRING_DAYS,
 });
 

@@ -10,6 +10,7 @@ export const EVENT_TYPES = [
   'key.failed_attempts',
   'key.dormant',
   'key.expiring',
+  'org.event_limit_reached',
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 

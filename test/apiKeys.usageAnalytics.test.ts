@@ -102,8 +102,8 @@ t.test('many uses in one interval coalesce into one flush with the newest last u
   t.equal(collector.flusher.stats.flushes, 1, 'one flush');
   t.equal(
     collector.flusher.stats.lastFlushStatements,
-    13,
-    'flush id, work_mem, savepoint, the keys that exist, staging tables, COPY of keys, hours and ips, every usage table in one query, prefix history with event facts, COPY of events, events, release: thirteen round trips',
+    14,
+    "flush id, work_mem, savepoint, the keys that exist, staging tables, COPY of keys, hours and ips, every usage table in one query, prefix history with event facts, the org hour's events so far, COPY of events, events, release: fourteen round trips",
   );
   const usage = await db('api_key_usage').where({ key_id: adminKeyId }).first();
   t.equal(usage.request_count, 1000);

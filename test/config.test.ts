@@ -83,6 +83,7 @@ t.test('event settings', async (t) => {
     spikeMinUses: 100,
     failedAttemptsPerHour: 20,
     newIpPerKeyHour: 10,
+    maxPerOrgHour: 10_000,
     expiringDays: [7, 1],
   });
 });
@@ -348,7 +349,12 @@ t.test("the reply timeout must outlast the collector's lock wait, which hears no
   const base = { NODE_ENV: 'test' };
   t.equal(loadConfig(base).database.replyTimeoutMs, 300_000, 'five minutes by default');
   const error = configError(t, { ...base, DATABASE_REPLY_TIMEOUT_MS: '120000' });
-  t.match(error.message, /\bDATABASE_REPLY_TIMEOUT_MS: must be longer than COLLECTOR_LOCK_TIMEOUT_MS \(120000 ms\), or 0/);
+  t.match(error.message, /\bDATABASE_REPLY_TIMEOUT_MS: must be at least 500 ms longer than COLLECTOR_LOCK_TIMEOUT_MS \(120000 ms\), or 0/);
+  t.match(
+    configError(t, { ...base, DATABASE_REPLY_TIMEOUT_MS: '120499' }).message,
+    /500 ms longer than COLLECTOR_LOCK_TIMEOUT_MS/,
+    'a reply timeout barely longer still races the lock wait',
+  );
   t.equal(loadConfig({ ...base, DATABASE_REPLY_TIMEOUT_MS: '120000', COLLECTOR_LOCK_TIMEOUT_MS: '60000' }).database.replyTimeoutMs, 120_000);
   t.equal(loadConfig({ ...base, DATABASE_REPLY_TIMEOUT_MS: '0' }).database.replyTimeoutMs, 0, '0: no limit, whatever the lock wait');
 });
@@ -357,10 +363,10 @@ t.test("the reply timeout must outlast the collector's lock wait, which hears no
 // slow statement lost its connection instead of the 503 that names the setting.
 t.test("the reply timeout must outlast the API's statement limit", async (t) => {
   const base = { NODE_ENV: 'test', COLLECTOR_LOCK_TIMEOUT_MS: '1000' };
-  const error = configError(t, { ...base, DATABASE_REPLY_TIMEOUT_MS: '20000', API_STATEMENT_TIMEOUT_MS: '20000' });
-  t.match(error.message, /\bDATABASE_REPLY_TIMEOUT_MS: must be longer than API_STATEMENT_TIMEOUT_MS \(20000 ms\), or 0/);
+  const error = configError(t, { ...base, DATABASE_REPLY_TIMEOUT_MS: '20499', API_STATEMENT_TIMEOUT_MS: '20000' });
+  t.match(error.message, /\bDATABASE_REPLY_TIMEOUT_MS: must be at least 500 ms longer than API_STATEMENT_TIMEOUT_MS \(20000 ms\), or 0/);
   t.notMatch(error.message, /COLLECTOR_LOCK_TIMEOUT_MS/, 'the lock wait is shorter: not named');
-  t.equal(loadConfig({ ...base, DATABASE_REPLY_TIMEOUT_MS: '20001', API_STATEMENT_TIMEOUT_MS: '20000' }).database.replyTimeoutMs, 20_001);
+  t.equal(loadConfig({ ...base, DATABASE_REPLY_TIMEOUT_MS: '20500', API_STATEMENT_TIMEOUT_MS: '20000' }).database.replyTimeoutMs, 20_500);
   t.equal(loadConfig({ ...base, DATABASE_REPLY_TIMEOUT_MS: '20000', API_STATEMENT_TIMEOUT_MS: '0' }).api.statementTimeoutMs, 0, "0: the server's own limit");
 });
 

@@ -65,3 +65,44 @@ t.test('detection reads the keys that may raise an event, and only those', async
   const types = await db('key_events').whereNot({ type: 'key.first_use' }).orderBy('type').pluck('type');
   t.same(types, ['key.expired_used', 'key.failed_attempts', 'key.new_ip', 'key.revoked_used'], 'the events the candidates raised');
 });
+
+// One org's keys raised events without bound, each a delivery per webhook, in the flush every org
+// shares (fails without EVENTS_MAX_PER_ORG_HOUR: five first uses, five deliveries).
+t.test("an org's events stop at EVENTS_MAX_PER_ORG_HOUR in a clock hour, with one event saying so; other orgs keep theirs", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const busy = await seedOrg(api, db, 'busy');
+  const other = await seedOrg(api, db, 'other');
+  const create = async (orgId: string, count: number) =>
+    Promise.all(
+      Array.from(
+        { length: count },
+        async (_, i) => (await api.services.apiKeys.create(orgId, { name: `k${i}`, scopes: ['keys:read'], expiresAt: null, expectedNetworks: null })).key.id,
+      ),
+    );
+  const [busyKeys, otherKeys] = [await create(busy.org.id, 7), await create(other.org.id, 2)];
+  await db('webhooks').insert({ org_id: busy.org.id, url: 'https://203.0.113.12/hook', event_types: ['*'], secret_box: Buffer.alloc(32) });
+  const events = { ...loadConfig({ NODE_ENV: 'development' }).collector.events, maxPerOrgHour: 3 };
+  const store = createPgUsageStore(db, { events });
+  const firstUses = (orgId: string, keyIds: string[]) =>
+    keyIds.map((keyId): Use & { orgId: string } => ({ keyId, orgId, ip: '192.0.2.1', outcome: 'ok', count: 1 }));
+  const write = async (uses: Array<Use & { orgId: string }>) => {
+    const aggregator = new Aggregator({ maxKeys: 20, now: () => NOW });
+    for (const use of uses) aggregator.add(use);
+    return (await store.write([{ id: randomUUID(), batch: aggregator.drain() }])).eventsRecorded;
+  };
+  t.equal(
+    await write([...firstUses(busy.org.id, busyKeys.slice(0, 5)), ...firstUses(other.org.id, otherKeys)]),
+    6,
+    "three of the busy org's five, the limit's event, the other org's two",
+  );
+  const typesOf = async (orgId: string) => db('key_events').where({ org_id: orgId }).orderBy('type').pluck('type');
+  t.same(await typesOf(busy.org.id), ['key.first_use', 'key.first_use', 'key.first_use', 'org.event_limit_reached']);
+  t.same(await typesOf(other.org.id), ['key.first_use', 'key.first_use']);
+  const [limit] = await db('key_events').where({ org_id: busy.org.id, type: 'org.event_limit_reached' });
+  t.match(limit.details, { limit: 3, heldBack: { 'key.first_use': 2 } });
+  t.equal(Number((await db('webhook_deliveries').where({ org_id: busy.org.id }).count())[0].count), 4, "a delivery for each event kept, and the limit's");
+
+  t.equal(await write(firstUses(busy.org.id, busyKeys.slice(5))), 0, 'later in the hour: nothing more, and the limit is said once');
+  t.equal((await typesOf(busy.org.id)).length, 4);
+});

@@ -3,7 +3,7 @@ import { listKeyUsage, type UsageQuery } from '../api/usage/usage.repository';
 import type { Db } from '../shared/db';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
-import { captureMainStatement, explainStatement } from '../harness/explain';
+import { captureMainStatement, explainStatement, sumOverRelation, type PlanNode } from '../harness/explain';
 
 // Busiest first (sort=requestCount, order=desc) chooses its page from the org's usage rows
 // before it touches the org's keys (api/usage/usage.repository.ts, busiestKeys): the used keys
@@ -162,10 +162,8 @@ async function seedMany(db: Db, orgIds: string[], count: number, used: number) {
 async function apiKeysRowsRead(db: Db, query: UsageQuery): Promise<number> {
   const page = await captureMainStatement(db, () => listKeyUsage(db, query));
   const [row] = await explainStatement(db, page, 'analyze, format json');
-  type Node = { 'Relation Name'?: string; 'Actual Rows': number; 'Actual Loops': number; Plans?: Node[] };
-  const read = (node: Node): number =>
-    (node['Relation Name'] === 'api_keys' ? node['Actual Rows'] * node['Actual Loops'] : 0) + (node.Plans ?? []).reduce((sum, child) => sum + read(child), 0);
-  return read((row['QUERY PLAN'] as Array<{ Plan: Node }>)[0].Plan);
+  const plan = (row['QUERY PLAN'] as Array<{ Plan: PlanNode }>)[0].Plan;
+  return sumOverRelation(plan, 'api_keys', (node) => node['Actual Rows'] * node['Actual Loops']);
 }
 
 t.test("busiest first reads the org's keys for its page only, not every key of the org", async (t) => {

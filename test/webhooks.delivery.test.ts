@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { createWebhookWorker } from '../collector/webhookWorker';
-import { CLAIM, claimDueDeliveries, DUE_ORGS, recordAttempt } from '../collector/webhookStore';
+import { BEFORE_EVERY_ORG, CLAIM, claimDueDeliveries, DUE_ORGS, recordAttempt } from '../collector/webhookStore';
 import { loadConfig } from '../shared/config';
 import { createLogger } from '../shared/logger';
 import type { Db } from '../shared/db';
@@ -13,6 +13,7 @@ import { startTestCollector } from './helpers/collector';
 import { fetchCollectorMetrics } from '../harness/collectorProcess';
 import { sleep, waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
+import { sumOverRelation, type PlanNode } from '../harness/explain';
 import { orgsWithDueDeliveries } from '../bench/lib/database';
 import { startWebhookReceiver, type ReceivedRequest } from './helpers/webhookReceiver';
 
@@ -297,20 +298,22 @@ t.test("one org's backlog takes its share of a claim, not all of it", async (t) 
   t.equal((await claim()).length, 4, "the next claim: the backlog's last 4");
 });
 
-// Rows the plan's scans of webhook_deliveries read: those they returned and those their filters removed.
-async function deliveryRowsRead(db: Db, sql: string, bindings: Record<string, unknown>): Promise<number> {
+// What the plan's scans of webhook_deliveries read: the rows they returned or their filters
+// removed, and the pages (index and table) they touched, which also counts index entries an
+// index condition passed over.
+async function deliveriesRead(db: Db, sql: string, bindings: Record<string, unknown>): Promise<{ rows: number; pages: number }> {
   // ANALYZE runs the statement: a claim's changes are rolled back.
   const trx = await db.transaction();
-  let plan: any;
+  let plan: PlanNode;
   try {
-    plan = (await trx.raw(`explain (analyze, format json) ${sql}`, bindings)).rows[0]['QUERY PLAN'][0].Plan;
+    plan = (await trx.raw(`explain (analyze, buffers, format json) ${sql}`, bindings)).rows[0]['QUERY PLAN'][0].Plan;
   } finally {
     await trx.rollback();
   }
-  const read = (node: any): number =>
-    (node['Relation Name'] === 'webhook_deliveries' ? (node['Actual Rows'] + (node['Rows Removed by Filter'] ?? 0)) * node['Actual Loops'] : 0) +
-    (node.Plans ?? []).reduce((sum: number, child: any) => sum + read(child), 0);
-  return read(plan);
+  return {
+    rows: sumOverRelation(plan, 'webhook_deliveries', (node) => (node['Actual Rows'] + (node['Rows Removed by Filter'] ?? 0)) * node['Actual Loops']),
+    pages: sumOverRelation(plan, 'webhook_deliveries', (node) => (node['Shared Hit Blocks'] ?? 0) + (node['Shared Read Blocks'] ?? 0)),
+  };
 }
 
 // The orgs with due deliveries were found by reading every due delivery; an org's claim went
@@ -321,13 +324,17 @@ t.test("finding the orgs with due deliveries, and claiming an org's, read no mor
   const dueAt = new Date(Date.now() - 60_000);
   const [older] = await orgsWithDueDeliveries(db, 1, 5000, dueAt);
   const [newer] = await orgsWithDueDeliveries(db, 1, 5000, new Date(dueAt.getTime() + 1000));
-  const firstTurn = { limit: 10, after: '00000000-0000-0000-0000-000000000000' };
+  const firstTurn = { limit: 10, after: BEFORE_EVERY_ORG };
   const found = await db.raw(DUE_ORGS, firstTurn);
   t.same(found.rows.map((row: { org_id: string }) => row.org_id).sort(), [older, newer].sort(), 'both orgs are found');
-  const dueRead = await deliveryRowsRead(db, DUE_ORGS, firstTurn);
-  t.ok(dueRead <= 10, `finding them read ${dueRead} deliveries, one a probe (not the 10,000 due)`);
-  const claimRead = await deliveryRowsRead(db, CLAIM, { orgId: newer, limit: 5, leaseMs: 60_000, maxAttempts: 8 });
-  t.ok(claimRead <= 20, `claiming the newer backlog's 5 oldest read ${claimRead} rows, a few a claimed row (not the 5,000 before them, nor all of its own)`);
+  const dueRead = await deliveriesRead(db, DUE_ORGS, firstTurn);
+  t.ok(dueRead.rows <= 10, `finding them read ${dueRead.rows} deliveries, one a probe (not the 10,000 due)`);
+  t.ok(dueRead.pages <= 20, `and ${dueRead.pages} pages, a few a probe (not the due index's and table's hundreds)`);
+  const claimRead = await deliveriesRead(db, CLAIM, { orgId: newer, limit: 5, leaseMs: 60_000, maxAttempts: 8 });
+  t.ok(
+    claimRead.rows <= 20,
+    `claiming the newer backlog's 5 oldest read ${claimRead.rows} rows, a few a claimed row (not the 5,000 before them, nor all of its own)`,
+  );
 });
 
 // Orgs were taken oldest due first, as many as a claim's limit: with more orgs due than that, the
@@ -349,6 +356,27 @@ t.test('with more orgs due than a claim takes, the next claim starts with the or
     'every one of the 12 orgs was served in two claims of 10',
   );
   t.equal((await orgsOf(first.deliveries.map((d) => d.id))).size, 10, 'the first claim: one each for 10 orgs');
+});
+
+// The worker carries each claim's turn to the next: without it, every fill began again at the
+// first orgs, and with more orgs due than the pool, the last ones waited for the first to drain.
+t.test("the worker's next fill starts with the orgs its last one left", async (t) => {
+  const { db } = await freshDatabase(t);
+  const orgs = await orgsWithDueDeliveries(db, 12, 2, new Date(Date.now() - 60_000));
+  // Their secrets do not open (sealed under no pepper): each send fails at once, and is due again only in an hour.
+  const { worker } = skewedWorker(t, db, 0, { WEBHOOK_RETRY_BASE_MS: '3600000' });
+  const attempted = async () => new Set(await db('webhook_delivery_attempts').pluck('org_id'));
+  await worker.poll();
+  await waitFor('the first fill recorded', async () => (worker.stats.attempts === 10 ? true : undefined));
+  t.equal((await attempted()).size, 10, 'the pool of 10: one delivery each of 10 orgs');
+  await worker.poll();
+  await waitFor('the second fill recorded', async () => (worker.stats.attempts === 20 ? true : undefined));
+  const served = await attempted();
+  t.same(
+    orgs.filter((org) => !served.has(org)),
+    [],
+    'every one of the 12 orgs had a delivery sent in two fills',
+  );
 });
 
 // A claim's sends were awaited together: a receiver that never answers held every org's
