@@ -12,6 +12,7 @@ import { authorizer, type PendingUses, type RecordUse } from './auth/authorize';
 import { clientAddressResolver } from './auth/clientAddress';
 import { createAuthThrottle } from './auth/failureThrottle';
 import { orgConcurrency } from './auth/orgConcurrency';
+import { orgWriteBudget } from './auth/orgWriteBudget';
 import { createKeyVerifier } from './auth/keyVerifier';
 import { whoami } from './auth/whoami';
 import { errorMiddleware, routeNotFound } from './errors';
@@ -130,6 +131,7 @@ function createAuthentication(deps: AppDeps, clocks: { now: () => number; elapse
       warn('pepper_rehash', { err: { message: error.message } }, 'rehashing a key with the current KEY_PEPPER failed; retried on its next use'),
   });
   const orgTurns = orgConcurrency(deps.config.maxConcurrentPerOrg);
+  const orgWrites = deps.config.writesPerOrgMinute > 0 ? orgWriteBudget(deps.config.writesPerOrgMinute, elapsed) : undefined;
   const authorize = authorizer({
     verifier,
     recordUse: deps.recordUse,
@@ -137,8 +139,9 @@ function createAuthentication(deps: AppDeps, clocks: { now: () => number; elapse
     clientAddress: clientAddressResolver(deps.config.trustProxy),
     throttle,
     orgConcurrency: orgTurns,
+    orgWrites,
   });
-  return { throttle, verifier, authorize, orgTurns };
+  return { throttle, verifier, authorize, orgTurns, orgWrites };
 }
 
 function createServices(deps: AppDeps, verifier: ReturnType<typeof createKeyVerifier>, now: () => number) {
@@ -170,7 +173,7 @@ function createServices(deps: AppDeps, verifier: ReturnType<typeof createKeyVeri
 export function createApp(deps: AppDeps) {
   const now = deps.now ?? Date.now;
   const elapsed = deps.elapsed ?? steadyNow;
-  const { throttle, verifier, authorize, orgTurns } = createAuthentication(deps, { now, elapsed });
+  const { throttle, verifier, authorize, orgTurns, orgWrites } = createAuthentication(deps, { now, elapsed });
   const services = createServices(deps, verifier, now);
   const { apiKeys, usage, events, webhooks, audit } = services;
 
@@ -205,5 +208,5 @@ export function createApp(deps: AppDeps) {
   app.use(routeNotFound);
   app.use(errorMiddleware(deps.logger));
 
-  return { app, services, verifier, throttle, orgTurns };
+  return { app, services, verifier, throttle, orgTurns, orgWrites };
 }

@@ -25,7 +25,7 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
   recorder?.start();
   const recordUse = recorder ? recorder.record.bind(recorder) : () => {};
   const apiMetrics = createApiMetrics();
-  const { app, verifier, throttle, orgTurns } = createApp({
+  const { app, verifier, throttle, orgTurns, orgWrites } = createApp({
     db,
     logger,
     config: config.api,
@@ -38,7 +38,9 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
   });
   const server = http.createServer(app);
   // On its own port, loopback by default: the public port never serves /metrics.
-  const metrics = metricsServer({ exposition: () => apiMetrics.exposition({ recorder, keyCache: verifier.stats, throttle: throttle.stats, orgTurns }) });
+  const metrics = metricsServer({
+    exposition: () => apiMetrics.exposition({ recorder, keyCache: verifier.stats, throttle: throttle.stats, orgTurns, orgWrites }),
+  });
   let port: number;
   let metricsPort: number;
   try {

@@ -2,6 +2,7 @@ import { Histogram, renderPrometheus, type MetricSample } from '../shared/metric
 import type { ThrottleStats } from './auth/failureThrottle';
 import type { KeyCacheStats } from './auth/keyVerifier';
 import type { OrgConcurrency } from './auth/orgConcurrency';
+import type { OrgWriteBudget } from './auth/orgWriteBudget';
 import type { UsageRecorder } from './usage/usageRecorder';
 
 // The API's Prometheus metrics: the counters that already live in the recorder, the key cache and
@@ -24,9 +25,10 @@ export interface ApiMetricSources {
   keyCache: Readonly<KeyCacheStats>;
   throttle: Readonly<ThrottleStats>;
   orgTurns?: Pick<OrgConcurrency, 'stats' | 'waiting'>;
+  orgWrites?: Pick<OrgWriteBudget, 'stats'>;
 }
 
-function statSamples({ recorder, keyCache, throttle, orgTurns }: ApiMetricSources): MetricSample[] {
+function statSamples({ recorder, keyCache, throttle, orgTurns, orgWrites }: ApiMetricSources): MetricSample[] {
   const counter = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_api_${name}`, help, type: 'counter', value });
   const gauge = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_api_${name}`, help, type: 'gauge', value });
   const usage = recorder?.stats;
@@ -55,6 +57,7 @@ function statSamples({ recorder, keyCache, throttle, orgTurns }: ApiMetricSource
     counter('org_requests_waited_total', "Requests that waited for their org's turn (API_MAX_CONCURRENT_PER_ORG)", orgTurns?.stats.waited ?? 0),
     counter('org_requests_refused_total', "Requests answered 429 because too many of their org's waited", orgTurns?.stats.refused ?? 0),
     gauge('org_requests_waiting', "Requests waiting for their org's turn now", orgTurns?.waiting() ?? 0),
+    counter('org_writes_refused_total', 'Key and webhook changes answered 429: their org had made API_WRITES_PER_ORG_MINUTE', orgWrites?.stats.refused ?? 0),
   ];
 }
 

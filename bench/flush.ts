@@ -123,6 +123,8 @@ const collectorConfig = (usageLog?: UsageLogSetting) =>
     ...(process.env.COLLECTOR_FLUSH_PARALLELISM ? { COLLECTOR_FLUSH_PARALLELISM: process.env.COLLECTOR_FLUSH_PARALLELISM } : {}),
     ...(process.env.COLLECTOR_KNOWN_KEYS_TTL_MS ? { COLLECTOR_KNOWN_KEYS_TTL_MS: process.env.COLLECTOR_KNOWN_KEYS_TTL_MS } : {}),
     ...(process.env.COLLECTOR_KEY_LIST_REFRESH_MS ? { COLLECTOR_KEY_LIST_REFRESH_MS: process.env.COLLECTOR_KEY_LIST_REFRESH_MS } : {}),
+    // The runs before the per-org hourly limit raised every event: a limit above the keys brings that back.
+    ...(process.env.EVENTS_MAX_PER_ORG_HOUR ? { EVENTS_MAX_PER_ORG_HOUR: process.env.EVENTS_MAX_PER_ORG_HOUR } : {}),
     ...(usageLog ? { COLLECTOR_USAGE_LOG: usageLog } : {}),
   }).collector;
 

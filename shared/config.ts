@@ -144,6 +144,9 @@ const variables = {
   // and every other org's requests waited and failed. Unset: a quarter of DATABASE_POOL_MAX, at
   // least 1 (a list request runs its page and its count at once, on two connections).
   API_MAX_CONCURRENT_PER_ORG: positiveInt(100_000).optional(),
+  // Key and webhook changes one org may make a minute in an API process (api/auth/orgWriteBudget.ts):
+  // each writes an audit entry that is never deleted. 0: no limit.
+  API_WRITES_PER_ORG_MINUTE: wholeNumber(0, 1_000_000).default(600),
   API_METRICS_HOST: host.default('127.0.0.1'),
   API_METRICS_PORT: portOrZero.default(9103),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -415,6 +418,7 @@ const apiSection = (v: Variables) => ({
   rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
   maxKeysPerOrg: v.KEYS_MAX_PER_ORG,
   statementTimeoutMs: v.API_STATEMENT_TIMEOUT_MS,
+  writesPerOrgMinute: v.API_WRITES_PER_ORG_MINUTE,
   maxConcurrentPerOrg: v.API_MAX_CONCURRENT_PER_ORG ?? Math.max(1, Math.floor(v.DATABASE_POOL_MAX / CONNECTIONS_PER_ORG_SHARE)),
   trustProxy: v.TRUST_PROXY,
   authThrottle: {

@@ -44,6 +44,7 @@ t.test('defaults', async (t) => {
     maxKeysPerOrg: 100_000,
     statementTimeoutMs: 30_000,
     maxConcurrentPerOrg: 2,
+    writesPerOrgMinute: 600,
     trustProxy: false,
     authThrottle: { maxFailuresPerIp: 100, maxFailuresPerKey: 20, windowMs: 60_000, maxEntries: 50_000 },
     usageDelay: { drainIntervalMs: 250, flushIntervalMs: 1000 },

@@ -6,6 +6,7 @@ import { parsePresentedKey } from '../keys/keyMaterial';
 import type { Scope } from '../keys/scopes';
 import { uuid } from '../validation';
 import { QUEUED_PER_RUNNING, type OrgConcurrency } from './orgConcurrency';
+import type { OrgWriteBudget } from './orgWriteBudget';
 import type { AuthThrottle } from './failureThrottle';
 import type { KeyVerifier, MatchedSecret, Verification } from './keyVerifier';
 
@@ -39,6 +40,8 @@ export interface AuthorizeDeps {
   throttle: AuthThrottle;
   /** API_MAX_CONCURRENT_PER_ORG; no limit when not given. */
   orgConcurrency?: OrgConcurrency;
+  /** Changes each org may make (API_WRITES_PER_ORG_MINUTE); unset: no limit. */
+  orgWrites?: OrgWriteBudget;
 }
 
 export interface Requirement {
@@ -120,6 +123,11 @@ function tooManyInProgress(res: Response, limit: number): AppError {
   return new AppError('too_many_requests', message);
 }
 
+function tooManyWrites(res: Response, waitMs: number, perMinute: number): AppError {
+  res.setHeader('Retry-After', String(Math.ceil(waitMs / 1000)));
+  return new AppError('too_many_requests', `Too many changes by this organization (${perMinute} a minute, API_WRITES_PER_ORG_MINUTE); retry later`);
+}
+
 function tooManyFailures(res: Response, waitMs: number): AppError {
   res.setHeader('Retry-After', String(Math.ceil(waitMs / 1000)));
   return new AppError('too_many_requests', TOO_MANY_FAILURES_MESSAGE);
@@ -179,11 +187,16 @@ export function authorizer(deps: AuthorizeDeps) {
       }
 
       const { outcome, refusal } = decide(verdict, requirement, req);
+      const writeWaitMs = refusal === undefined && requirement.currentSecret ? (deps.orgWrites?.take(verdict.key.orgId) ?? 0) : 0;
+      const overBudget = writeWaitMs > 0 ? tooManyWrites(res, writeWaitMs, deps.orgWrites!.perMinute) : undefined;
       // The org's routes read and write its rows (whoami is answered from the key cache). A request
-      // refused for too many of its org's waiting is a proven use refused by policy: forbidden.
-      const turn = refusal === undefined && requirement.orgParam !== undefined ? turnOf(deps, req, res, verdict.key.orgId) : Promise.resolve();
-      deps.recordUse(verdict.key.id, verdict.key.orgId, ip, refusal || turn ? outcome : 'forbidden');
+      // refused for too many of its org's waiting, or over its changes' budget, is a proven use
+      // refused by policy: forbidden.
+      const turn =
+        refusal === undefined && overBudget === undefined && requirement.orgParam !== undefined ? turnOf(deps, req, res, verdict.key.orgId) : Promise.resolve();
+      deps.recordUse(verdict.key.id, verdict.key.orgId, ip, refusal || (turn && !overBudget) ? outcome : 'forbidden');
       if (refusal) throw refusal;
+      if (overBudget) throw overBudget;
       if (!turn) throw tooManyInProgress(res, deps.orgConcurrency!.limit);
       await turn;
       // Its client left as it got its turn: nothing to answer, and the place is already given back.
