@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { BASELINE_DAYS } from './keyEvents';
-import { isLoopbackAddress, isWildcardAddress } from './loopback';
+import { ipv4OfMapped, isLoopbackAddress, isWildcardAddress } from './loopback';
 
 // One config for every process (api, collector, cli, launcher), read once from the environment.
 // Each variable is validated on its own so a bad value fails fast with the variable's name.
@@ -323,8 +323,12 @@ function relayProblems(v: Variables): string[] {
 
 // Whether datagrams sent to `target` reach a collector bound to `host`, on the same port. On a
 // wildcard address it hears every loopback address, and a wildcard destination is this host too;
-// `0.0.0.0` (an IPv4 socket) hears no IPv6 one, `::` both (Node binds it dual-stack).
+// `0.0.0.0` (an IPv4 socket) hears no IPv6 one, `::` both (Node binds it dual-stack). An
+// IPv4-mapped destination (::ffff:127.0.0.1, however spelled) is its IPv4 address: a relay there
+// reached a collector on 127.0.0.1 and looped.
 function reachesCollector(target: string, host: string): boolean {
+  const mapped = ipv4OfMapped(target);
+  if (mapped !== undefined) return reachesCollector(mapped, host);
   if (target === host) return true;
   if (isLoopbackAddress(host)) return ['localhost', '127.0.0.1', '::1'].includes(target);
   if (!isWildcardAddress(host)) return false;

@@ -7,6 +7,9 @@ const LOOPBACK = new BlockList();
 LOOPBACK.addSubnet('127.0.0.0', 8, 'ipv4');
 LOOPBACK.addAddress('::1', 'ipv6');
 
+const MAPPED = new BlockList();
+MAPPED.addSubnet('::ffff:0:0', 96, 'ipv6');
+
 const WILDCARD = new BlockList();
 WILDCARD.addAddress('0.0.0.0', 'ipv4');
 WILDCARD.addAddress('::', 'ipv6');
@@ -21,3 +24,11 @@ export const isLoopbackAddress = (host: string): boolean => within(LOOPBACK, hos
 
 /** True for the wildcard (unspecified) address 0.0.0.0 or ::, however spelled. */
 export const isWildcardAddress = (host: string): boolean => within(WILDCARD, host);
+
+/** The IPv4 address of an IPv4-mapped IPv6 literal (::ffff:127.0.0.1, however spelled); undefined for anything else. */
+export function ipv4OfMapped(address: string): string | undefined {
+  if (!within(MAPPED, address) || isIP(address) !== 6) return undefined;
+  // The URL parser writes any spelling of it as ::ffff:hhhh:hhhh.
+  const groups = new URL(`udp://[${address}]`).hostname.slice(1, -1).split(':').slice(-2);
+  return groups.flatMap((group) => [parseInt(group, 16) >> 8, parseInt(group, 16) & 255]).join('.');
+}

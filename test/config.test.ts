@@ -492,6 +492,10 @@ t.test('COLLECTOR_RELAY_TO: host:port, IPv6 in brackets; unset means no relay', 
     ['::', 'localhost:8125'],
     ['::', '0.0.0.0:8125'],
     ['0:0:0:0:0:0:0:0', '[::1]:8125'],
+    // An IPv4-mapped destination is its IPv4 address (fails without the fix).
+    ['127.0.0.1', '[::ffff:127.0.0.1]:8125'],
+    ['127.0.0.1', '[0:0:0:0:0:ffff:7f00:1]:8125'],
+    ['0.0.0.0', '[::ffff:127.0.0.1]:8125'],
   ];
   for (const [host, relay] of selfLoops) {
     t.same(
@@ -505,6 +509,7 @@ t.test('COLLECTOR_RELAY_TO: host:port, IPv6 in brackets; unset means no relay', 
     ['0.0.0.0', '127.0.0.1:8126'],
     ['::', 'localhost:9125'],
     ['127.0.0.1', '127.0.0.2:8125'], // bound to one loopback address, not the others
+    ['127.0.0.1', '[::ffff:127.0.0.2]:8125'],
   ];
   for (const [host, relay] of elsewhere) {
     t.ok(loadConfig({ ...env, COLLECTOR_HOST: host, COLLECTOR_RELAY_TO: relay }).collector.relayTo, `COLLECTOR_HOST=${host} does not hear ${relay}`);
