@@ -4,9 +4,10 @@
 // never used again. The networks stay known meanwhile, so a use from one raises nothing twice.
 import type { Knex } from 'knex';
 import type { PoolClient } from 'pg';
-import { HOUR_MS } from '../shared/timeUnits';
+import { HOUR_MS, hourOf } from '../shared/timeUnits';
 import { deferredNetworkEvents, type DeferredNetwork } from './eventRules';
 import { TABLE } from '../shared/tables';
+import { orgHourRoom, recordedRooms, recordedRoomsSql } from './eventBudget';
 
 export type NetworkOfKey = Pick<DeferredNetwork, 'orgId' | 'keyId' | 'prefix'>;
 
@@ -87,24 +88,37 @@ export interface DeferredPlan {
   raised: ReadonlyMap<string, number>;
 }
 
-const hourOf = (now: Date) => now.getTime() - (now.getTime() % HOUR_MS);
+const RECORDED_ROOMS = recordedRoomsSql('cast(:orgIds as uuid[])', ':hour');
 
-/** Reads only: the caller anchors every key of the plan before raiseDeferred takes their rows (lock order). */
-export async function planDeferred(trx: Knex.Transaction, now: Date, limit: number): Promise<DeferredPlan> {
+/**
+ * Reads only: the caller anchors every key of the plan before raiseDeferred takes their rows (lock
+ * order). `limit` is each key's room in the hour, `orgLimit` (EVENTS_MAX_PER_ORG_HOUR) each org's
+ * for such events: a network without room in either waits for the next hour, postponed, not dropped.
+ */
+export async function planDeferred(trx: Knex.Transaction, now: Date, limit: number, orgLimit = Infinity): Promise<DeferredPlan> {
   const rows: DueRow[] = (await trx.raw(DUE, { now, max: DEFERRED_PER_SWEEP })).rows;
   if (rows.length === 0) return { raise: [], postpone: [], raised: new Map() };
+  const hour = hourOf(now.getTime());
   const keyIds = [...new Set(rows.map((row) => row.key_id))];
-  const counted: Array<{ key_id: string; events: string }> = (await trx.raw(RAISED_THIS_HOUR, { keyIds, hour: new Date(hourOf(now)) })).rows;
+  const counted: Array<{ key_id: string; events: string }> = (await trx.raw(RAISED_THIS_HOUR, { keyIds, hour: new Date(hour) })).rows;
   const raised = new Map(counted.map((row) => [row.key_id, Number(row.events)]));
+  const orgIds = [...new Set(rows.map((row) => row.org_id))];
+  const orgRecorded = recordedRooms((await trx.raw(RECORDED_ROOMS, { orgIds, hour: new Date(hour) })).rows);
   const plan: DeferredPlan = { raise: [], postpone: [], raised };
   const taken = new Map<string, number>();
+  const takenInOrg = new Map<string, number>();
   // Each key's room goes to its earliest first uses. DUE's order is by due time, and a row deferred
   // in an hour's last minute (due then) sorts before an older one postponed to the next hour's
   // start, where it took that hour's room first.
   for (const { org_id: orgId, key_id: keyId, prefix } of rows.sort((a, b) => a.first_seen_ms - b.first_seen_ms)) {
-    const room = limit - (raised.get(keyId) ?? 0) - (taken.get(keyId) ?? 0);
-    if (room > 0) taken.set(keyId, (taken.get(keyId) ?? 0) + 1);
-    (room > 0 ? plan.raise : plan.postpone).push({ orgId, keyId, prefix });
+    const keyRoom = limit - (raised.get(keyId) ?? 0) - (taken.get(keyId) ?? 0);
+    const orgRoom = orgLimit - (orgRecorded.get(orgHourRoom(orgId, hour, 'routine')) ?? 0) - (takenInOrg.get(orgId) ?? 0);
+    const fits = keyRoom > 0 && orgRoom > 0;
+    if (fits) {
+      taken.set(keyId, (taken.get(keyId) ?? 0) + 1);
+      takenInOrg.set(orgId, (takenInOrg.get(orgId) ?? 0) + 1);
+    }
+    (fits ? plan.raise : plan.postpone).push({ orgId, keyId, prefix });
   }
   return plan;
 }
@@ -116,7 +130,7 @@ export async function planDeferred(trx: Knex.Transaction, now: Date, limit: numb
  * same: one row each, by their dedupe keys).
  */
 export async function raiseDeferred(trx: Knex.Transaction, plan: DeferredPlan, now: Date, limit: number): Promise<number> {
-  for (const values of byOrg(plan.postpone)) await trx.raw(POSTPONE, [new Date(hourOf(now) + HOUR_MS), ...values]);
+  for (const values of byOrg(plan.postpone)) await trx.raw(POSTPONE, [new Date(hourOf(now.getTime()) + HOUR_MS), ...values]);
   const claimed: ClaimedRow[] = [];
   for (const values of byOrg(plan.raise)) claimed.push(...(await trx.raw(CLAIM, values)).rows);
   const keys = new Map<string, DeferredNetwork[]>();

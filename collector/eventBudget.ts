@@ -1,39 +1,77 @@
 // An org's events in a clock hour stop at EVENTS_MAX_PER_ORG_HOUR: one org's keys could raise
 // events without bound (100,000 keys used from new networks, each event a delivery per webhook),
 // all written in the flush every org shares. Pure: the counts already recorded come in.
-import type { EventType } from '../shared/keyEvents';
-import { HOUR_MS } from '../shared/timeUnits';
+//
+// Two rooms of that size an hour: one for the events an operator must act on (a revoked or
+// expired key still in use, a key outside its networks), one for the rest. With one room, new
+// networks (forged or not) sent at the start of an hour filled it, and a revoked key used later
+// that hour raised nothing, every hour.
+import { LIMIT_EVENT, type EventType } from '../shared/keyEvents';
+import { TABLE } from '../shared/tables';
+import { HOUR_MS, hourOf } from '../shared/timeUnits';
 import type { KeyEvent } from './eventRules';
 
-// What is kept first when an hour has less room than events: what an operator must act on
-// (a revoked or expired key still in use, a key outside its networks) before what describes use.
-const PRIORITY: readonly EventType[] = [
-  'key.revoked_used',
-  'key.expired_used',
-  'key.outside_networks',
-  'key.failed_attempts',
-  'key.spike',
-  'key.new_ip',
-  'key.first_use',
-  'key.dormant',
-  'key.expiring',
-];
-function rank(type: EventType): number {
-  const at = PRIORITY.indexOf(type);
-  return at < 0 ? PRIORITY.length : at;
-}
+export type EventRoom = 'urgent' | 'routine';
 
-export const LIMIT_EVENT: EventType = 'org.event_limit_reached';
+/** Most urgent first: what is kept when a room has less space than events. */
+const URGENT: readonly EventType[] = ['key.revoked_used', 'key.expired_used', 'key.outside_networks'];
+const ROUTINE: readonly EventType[] = ['key.failed_attempts', 'key.spike', 'key.new_ip', 'key.first_use', 'key.dormant', 'key.expiring'];
 
-const hourOf = (ms: number) => ms - (ms % HOUR_MS);
-
-/** The key of `recorded`: an org's clock hour. */
-export const orgHour = (orgId: string, hourMs: number) => `${orgId}|${hourMs}`;
+const ROOM_SQL = `case when type in (${URGENT.map((type) => `'${type}'`).join(', ')}) then 'urgent' else 'routine' end`;
 
 /**
- * The events that fit in their org's hour (`recorded`: events already in each org hour), most
- * urgent first, then earliest; for each org hour that ran out, one `org.event_limit_reached`
- * naming the limit and the types held back (once an hour: its dedupe key is the org hour's).
+ * The events each of the orgs `orgs` (an array parameter) already has in each room of each clock
+ * hour from `from` on, the limit's own not counted: an index range of key_events_org_time_idx per
+ * org. The sweep's events (100,000 keys dormant in one hour) are counted, not held, so a range
+ * can be that long. A plain read, which Citus sends to the orgs' shards.
+ */
+export const recordedRoomsSql = (orgs: string, from: string) => `
+select org_id, floor(extract(epoch from occurred_at) * 1000 / ${HOUR_MS}) * ${HOUR_MS} as hour_ms, ${ROOM_SQL} as room, count(*) as recorded
+  from ${TABLE.keyEvents}
+ where org_id = any(${orgs}) and occurred_at >= ${from} and type <> '${LIMIT_EVENT}'
+ group by 1, 2, 3`;
+
+export type RecordedRoomRow = { org_id: string; hour_ms: string; room: EventRoom; recorded: string };
+export const recordedRooms = (rows: readonly RecordedRoomRow[]): Map<string, number> =>
+  new Map(rows.map((row) => [orgHourRoom(row.org_id, Number(row.hour_ms), row.room), Number(row.recorded)]));
+
+export const roomOf = (type: EventType): EventRoom => (URGENT.includes(type) ? 'urgent' : 'routine');
+
+const ORDER: readonly EventType[] = [...URGENT, ...ROUTINE];
+function rank(type: EventType): number {
+  const at = ORDER.indexOf(type);
+  return at < 0 ? ORDER.length : at;
+}
+
+/** The key of the `recorded` counts: an org's room in a clock hour. */
+export const orgHourRoom = (orgId: string, hourMs: number, room: EventRoom) => `${orgId}|${hourMs}|${room}`;
+const slotOf = (event: KeyEvent) => orgHourRoom(event.orgId, hourOf(event.occurredAt), roomOf(event.type));
+
+/** The start of the earliest clock hour of `events` (a loop: a spread of a million arguments overflows the stack). */
+export function earliestHour(events: readonly KeyEvent[]): number {
+  let earliest = Infinity;
+  for (const event of events) earliest = Math.min(earliest, event.occurredAt);
+  return hourOf(earliest);
+}
+
+/**
+ * The events whose room may run out in this flush (some space left, more events than space):
+ * only there does it matter whether an event is already recorded (the same key's revoked use is
+ * detected again in each flush of its hour and inserted once), so only those are looked up.
+ */
+export function eventsInCrowdedRooms(events: readonly KeyEvent[], recorded: ReadonlyMap<string, number>, limit: number): KeyEvent[] {
+  const candidates = new Map<string, number>();
+  for (const event of events) candidates.set(slotOf(event), (candidates.get(slotOf(event)) ?? 0) + 1);
+  return events.filter((event) => {
+    const used = recorded.get(slotOf(event)) ?? 0;
+    return used < limit && used + candidates.get(slotOf(event))! > limit;
+  });
+}
+
+/**
+ * The events that fit in their org's hour (`recorded`: events already in each room), most urgent
+ * first, then earliest; for each room that ran out, one `org.event_limit_reached` naming the
+ * limit and the types held back (once an hour a room: its dedupe key is the room's).
  */
 export function withinOrgHourlyLimit(events: readonly KeyEvent[], recorded: ReadonlyMap<string, number>, limit: number): KeyEvent[] {
   const used = new Map(recorded);
@@ -41,7 +79,7 @@ export function withinOrgHourlyLimit(events: readonly KeyEvent[], recorded: Read
   const heldBack = new Map<string, { first: KeyEvent; types: Partial<Record<EventType, number>> }>();
   const ordered = [...events].sort((a, b) => rank(a.type) - rank(b.type) || a.occurredAt - b.occurredAt);
   for (const event of ordered) {
-    const slot = orgHour(event.orgId, hourOf(event.occurredAt));
+    const slot = slotOf(event);
     const count = used.get(slot) ?? 0;
     if (count < limit) {
       used.set(slot, count + 1);
@@ -58,12 +96,13 @@ export function withinOrgHourlyLimit(events: readonly KeyEvent[], recorded: Read
 
 function limitReached(first: KeyEvent, heldBack: Partial<Record<EventType, number>>, limit: number): KeyEvent {
   const hour = hourOf(first.occurredAt);
+  const room = roomOf(first.type);
   return {
     orgId: first.orgId,
     keyId: first.keyId,
     type: LIMIT_EVENT,
     occurredAt: first.occurredAt,
-    details: { hour: new Date(hour).toISOString(), limit, heldBack },
-    dedupeKey: `${LIMIT_EVENT}:${first.orgId}:${hour}`,
+    details: { hour: new Date(hour).toISOString(), room, limit, heldBack },
+    dedupeKey: `${LIMIT_EVENT}:${first.orgId}:${hour}:${room}`,
   };
 }

@@ -5,7 +5,7 @@ import { BlockList, isIPv4 } from 'node:net';
 import { BASELINE_DAYS, type EventType } from '../shared/keyEvents';
 import { provenCount } from '../shared/usageWire';
 import type { KeyUsageDelta } from './aggregator';
-import { DAY_MS, HOUR_MS } from '../shared/timeUnits';
+import { DAY_MS, HOUR_MS, hourOf } from '../shared/timeUnits';
 
 export interface KeyEvent {
   orgId: string;
@@ -52,7 +52,6 @@ export interface KeyFacts {
   networksWaiting: number;
 }
 
-const hourOf = (ms: number) => ms - (ms % HOUR_MS);
 const hourIso = (ms: number) => new Date(hourOf(ms)).toISOString();
 // A time inside `hour`, as close to `at` as the hour allows.
 const within = (hour: number, at: number) => Math.min(Math.max(at, hour), hour + HOUR_MS - 1);

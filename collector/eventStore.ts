@@ -12,8 +12,7 @@ import { TABLE } from '../shared/tables';
 import { copyChunks, msToTime, STAGED_KEY } from './flushStaging';
 import { chunksWritten, type CopyBytes } from './copyBytes';
 import { markDeferred, planDeferred, raiseDeferred, type NetworkOfKey } from './deferredNetworks';
-import { orgHour, withinOrgHourlyLimit } from './eventBudget';
-import { HOUR_MS } from '../shared/timeUnits';
+import { earliestHour, eventsInCrowdedRooms, recordedRooms, recordedRoomsSql, withinOrgHourlyLimit } from './eventBudget';
 
 export interface EventDetection extends DetectionThresholds {
   ipHistoryPerKey: number;
@@ -137,20 +136,27 @@ select e.org_id, e.key_id, e.type, ${msToTime('e.occurred_ms')}, e.details, e.de
  order by e.dedupe_key
 on conflict (org_id, dedupe_key) do nothing`;
 
-// The events each org already has in each clock hour from the earliest of this flush's: an index
-// range of key_events_org_time_idx per org, which the hourly limit keeps short. A plain read on
-// Citus, pushed down to each org's shard.
-const RECORDED_BY_ORG_HOUR = `
-select org_id, floor(extract(epoch from occurred_at) * 1000 / ${HOUR_MS}) * ${HOUR_MS} as hour_ms, count(*) as recorded
-  from ${TABLE.keyEvents}
- where org_id = any($1) and occurred_at >= $2
- group by 1, 2`;
+const RECORDED_ROOMS = recordedRoomsSql('$1', '$2');
 
-async function recordedByOrgHour(connection: PoolClient, events: readonly KeyEvent[]): Promise<Map<string, number>> {
+// Which of `events` are recorded already, by their dedupe keys (unique per org).
+const ALREADY_RECORDED = `select org_id, dedupe_key from ${TABLE.keyEvents} where org_id = any($1) and dedupe_key = any($2)`;
+
+/** The events that fit in their orgs' hourly rooms (collector/eventBudget.ts), and the statements it took. */
+async function withinLimit(connection: PoolClient, events: readonly KeyEvent[], limit: number): Promise<{ allowed: KeyEvent[]; statements: number }> {
   const orgIds = [...new Set(events.map((e) => e.orgId))];
-  const from = Math.min(...events.map((e) => e.occurredAt));
-  const { rows } = await connection.query(RECORDED_BY_ORG_HOUR, [orgIds, new Date(from - (from % HOUR_MS))]);
-  return new Map(rows.map((row: { org_id: string; hour_ms: string; recorded: string }) => [orgHour(row.org_id, Number(row.hour_ms)), Number(row.recorded)]));
+  const recorded = recordedRooms((await connection.query(RECORDED_ROOMS, [orgIds, new Date(earliestHour(events))])).rows);
+  const crowded = eventsInCrowdedRooms(events, recorded, limit);
+  if (crowded.length === 0) return { allowed: withinOrgHourlyLimit(events, recorded, limit), statements: 1 };
+  const repeats = (await connection.query(ALREADY_RECORDED, [[...new Set(crowded.map((e) => e.orgId))], crowded.map((e) => e.dedupeKey)])).rows;
+  const known = new Set(repeats.map((row: { org_id: string; dedupe_key: string }) => `${row.org_id}|${row.dedupe_key}`));
+  return {
+    allowed: withinOrgHourlyLimit(
+      events.filter((e) => !known.has(`${e.orgId}|${e.dedupeKey}`)),
+      recorded,
+      limit,
+    ),
+    statements: 2,
+  };
 }
 
 type PrefixJson = { prefix: string; ip: string; firstSeen: string };
@@ -203,8 +209,8 @@ export async function recordFlushEvents(
   const newNetworks = keys.filter((k) => (facts.get(k.keyId)?.newPrefixes.length ?? 0) > 0).map(({ orgId, keyId }) => ({ orgId, keyId }));
   const candidates = facts.size;
   if (events.length === 0) return { statements, events: 0, candidates, newNetworks };
-  const allowed = withinOrgHourlyLimit(events, await recordedByOrgHour(connection, events), detection.maxPerOrgHour);
-  return { statements: statements + 3, events: await insertEvents(connection, allowed), candidates, newNetworks };
+  const limited = await withinLimit(connection, events, detection.maxPerOrgHour);
+  return { statements: statements + limited.statements + 2, events: await insertEvents(connection, limited.allowed), candidates, newNetworks };
 }
 
 // A UTC day: '1 day' is a calendar day of the session's zone (shared/db.ts).
@@ -271,12 +277,17 @@ type SweptKey = { org_id: string; key_id: string };
 export async function sweepTimeEvents(
   db: Db,
   now: Date,
-  { expiringDays, retentionDays, newIpPerKeyHour }: { expiringDays: readonly number[]; retentionDays: number; newIpPerKeyHour: number },
+  {
+    expiringDays,
+    retentionDays,
+    newIpPerKeyHour,
+    maxPerOrgHour,
+  }: { expiringDays: readonly number[]; retentionDays: number; newIpPerKeyHour: number; maxPerOrgHour?: number },
 ): Promise<{ dormant: number; expiring: number; newIp: number }> {
   return db.transaction(async (trx) => {
     const dormant: SweptKey[] = (await trx.raw(SWEEP_DORMANT, { now, retentionDays })).rows;
     const expiring: SweptKey[] = (await trx.raw(SWEEP_EXPIRING, { now, days: [...expiringDays], retentionDays })).rows;
-    const deferred = await planDeferred(trx, now, newIpPerKeyHour);
+    const deferred = await planDeferred(trx, now, newIpPerKeyHour, maxPerOrgHour);
     const networks = [...deferred.raise, ...deferred.postpone].map((k) => ({ org_id: k.orgId, key_id: k.keyId }));
     const keys = [...new Map([...dormant, ...expiring, ...networks].map((k) => [`${k.org_id}/${k.key_id}`, k])).values()];
     // Before the deferred networks' rows, the keys postponed too: a flush locks a key's totals row,

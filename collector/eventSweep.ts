@@ -10,6 +10,8 @@ export interface EventSweepOptions {
   retentionDays: number;
   /** EVENTS_NEW_IP_PER_KEY_HOUR: the sweep raises the key.new_ip events it deferred. */
   newIpPerKeyHour: number;
+  /** EVENTS_MAX_PER_ORG_HOUR: deferred networks beyond an org's room wait for the next hour. */
+  maxPerOrgHour: number;
   logger: Logger;
   now: () => number;
 }
@@ -43,8 +45,8 @@ export class EventSweep {
 
   private async sweepOnce(): Promise<void> {
     try {
-      const { db, now, expiringDays, retentionDays, newIpPerKeyHour } = this.options;
-      const found = await sweepTimeEvents(db, new Date(now()), { expiringDays, retentionDays, newIpPerKeyHour });
+      const { db, now, expiringDays, retentionDays, newIpPerKeyHour, maxPerOrgHour } = this.options;
+      const found = await sweepTimeEvents(db, new Date(now()), { expiringDays, retentionDays, newIpPerKeyHour, maxPerOrgHour });
       this.stats.sweeps += 1;
       this.stats.eventsRecorded += found.dormant + found.expiring + found.newIp;
     } catch (error) {

@@ -39,6 +39,7 @@ export function createUpkeep(options: UpkeepOptions) {
     expiringDays: events.expiringDays,
     retentionDays: events.retentionDays,
     newIpPerKeyHour: events.newIpPerKeyHour,
+    maxPerOrgHour: events.maxPerOrgHour,
     logger,
     now,
   });

@@ -14,6 +14,12 @@ export const EVENT_TYPES = [
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 
+/**
+ * The org's event saying its hourly limit held events back (collector/eventBudget.ts): an org's,
+ * filed under the key of the first event held back, and left out of that key's own event counts.
+ */
+export const LIMIT_EVENT: EventType = 'org.event_limit_reached';
+
 /** key.spike compares an hour with the same hour on each of this many days before it. */
 export const BASELINE_DAYS = 7;
 

@@ -6,6 +6,7 @@ import { sweepTimeEvents } from '../collector/eventStore';
 import type { Db } from '../shared/db';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
+import { insertKeys } from '../bench/lib/database';
 
 // The sweep's half of deferred key.new_ip events (the flush's half, end to end: test/events.test.ts).
 const HOUR = 3_600_000;
@@ -77,6 +78,28 @@ t.test(`a sweep reads at most ${DEFERRED_PER_SWEEP} due networks, earliest first
   const nextHour = NOW - (NOW % HOUR) + HOUR;
   t.strictSame(await sweepTimeEvents(db, new Date(nextHour), SWEEP), { dormant: 0, expiring: 0, newIp: 2 }, "the next hour: the flooded key's earliest two");
   t.equal(await stillPending(db, flooded), DEFERRED_PER_SWEEP - 2);
+});
+
+// The sweep raised deferred networks up to each key's room alone: 10,000 a sweep, one a minute,
+// whatever its org had raised that hour (fails without the org's room in the plan).
+t.test("a deferred network waits for the next hour when its org's hour is full, even with its key's room", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId } = await seedOrg(api, db);
+  const other = await seedOrg(api, db, 'globex');
+  await pendingNetworks(db, org.id, adminKeyId, 2, NOW - HOUR);
+  await pendingNetworks(db, other.org.id, other.adminKeyId, 1, NOW - HOUR);
+  // Another key's first use this hour: the org's routine room of one is full.
+  const [busy] = await insertKeys(db, org.id, 1, 'busy');
+  await db('api_key_usage').insert({ org_id: org.id, key_id: busy, request_count: 1 });
+  await db('key_events').insert({ org_id: org.id, key_id: busy, type: 'key.first_use', occurred_at: new Date(NOW - 60_000), details: {}, dedupe_key: 'first' });
+  const sweep = { ...SWEEP, maxPerOrgHour: 1 };
+  t.strictSame(await sweepTimeEvents(db, new Date(NOW), sweep), { dormant: 0, expiring: 0, newIp: 1 }, "the other org's network only");
+  t.equal(await stillPending(db, adminKeyId), 2, 'postponed, not dropped');
+  const nextHour = NOW - (NOW % HOUR) + HOUR;
+  t.strictSame(await sweepTimeEvents(db, new Date(nextHour), sweep), { dormant: 0, expiring: 0, newIp: 1 }, "the next hour: the org's room of one");
+  t.strictSame(await sweepTimeEvents(db, new Date(nextHour + 2 * HOUR), sweep), { dormant: 0, expiring: 0, newIp: 1 }, 'and the last in a later one');
+  t.equal(await stillPending(db, adminKeyId), 0);
 });
 
 t.test("a key's room goes to its earliest first use, not to the earliest due: a postponed network keeps its place (fails without the fix)", async (t) => {

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { orgHour, withinOrgHourlyLimit } from '../collector/eventBudget';
+import { earliestHour, eventsInCrowdedRooms, orgHourRoom, withinOrgHourlyLimit } from '../collector/eventBudget';
 import type { KeyEvent } from '../collector/eventRules';
 import type { EventType } from '../shared/keyEvents';
 
@@ -16,33 +16,63 @@ const event = (orgId: string, type: EventType, occurredAt: number): KeyEvent => 
 };
 const summary = (events: KeyEvent[]) => events.map((e) => [e.orgId === ORG_A ? 'A' : 'B', e.type, e.occurredAt - HOUR]);
 
-t.test("an org's hour keeps the most urgent events up to the limit, earliest first, and says what it held back", async (t) => {
+t.test("an org's hour has a room for urgent events and one for the rest, each kept most urgent first, then earliest", async (t) => {
   const events = [
     event(ORG_A, 'key.new_ip', HOUR + 3),
     event(ORG_A, 'key.new_ip', HOUR + 1),
     event(ORG_A, 'key.first_use', HOUR),
     event(ORG_A, 'key.revoked_used', HOUR + 9),
+    event(ORG_A, 'key.outside_networks', HOUR + 8),
+    event(ORG_A, 'key.expired_used', HOUR + 7),
     event(ORG_B, 'key.first_use', HOUR + 5),
   ];
   const kept = withinOrgHourlyLimit(events, new Map(), 2);
   t.strictSame(summary(kept), [
     ['A', 'key.revoked_used', 9],
+    ['A', 'key.expired_used', 7],
     ['A', 'key.new_ip', 1],
+    ['A', 'key.new_ip', 3],
     ['B', 'key.first_use', 5],
-    ['A', 'org.event_limit_reached', 3],
+    ['A', 'org.event_limit_reached', 8],
+    ['A', 'org.event_limit_reached', 0],
   ]);
-  const limit = kept.at(-1)!;
-  t.strictSame(limit.details, { hour: new Date(HOUR).toISOString(), limit: 2, heldBack: { 'key.new_ip': 1, 'key.first_use': 1 } });
-  t.equal(limit.keyId, events[0].keyId, 'on the key of the first event held back');
-  t.equal(limit.dedupeKey, `org.event_limit_reached:${ORG_A}:${HOUR}`, 'once per org and hour');
+  const [urgent, routine] = kept.slice(-2);
+  t.strictSame(urgent.details, { hour: new Date(HOUR).toISOString(), room: 'urgent', limit: 2, heldBack: { 'key.outside_networks': 1 } });
+  t.strictSame(routine.details, { hour: new Date(HOUR).toISOString(), room: 'routine', limit: 2, heldBack: { 'key.first_use': 1 } });
+  t.equal(routine.keyId, events[2].keyId, 'on the key of the first event held back');
+  t.equal(routine.dedupeKey, `org.event_limit_reached:${ORG_A}:${HOUR}:routine`, 'once per org, hour and room');
 });
 
-t.test('events already recorded use the room; another hour has its own', async (t) => {
-  const events = [event(ORG_A, 'key.spike', HOUR + 10), event(ORG_A, 'key.spike', HOUR + 3_600_000)];
-  const kept = withinOrgHourlyLimit(events, new Map([[orgHour(ORG_A, HOUR), 2]]), 2);
-  t.strictSame(summary(kept), [
+t.test('events already recorded use the room; a full routine room leaves the urgent one; another hour and another org have their own', async (t) => {
+  const events = [event(ORG_A, 'key.spike', HOUR + 10), event(ORG_A, 'key.revoked_used', HOUR + 20), event(ORG_A, 'key.spike', HOUR + 3_600_000)];
+  const full = new Map([[orgHourRoom(ORG_A, HOUR, 'routine'), 2]]);
+  t.strictSame(summary(withinOrgHourlyLimit(events, full, 2)), [
+    ['A', 'key.revoked_used', 20],
     ['A', 'key.spike', 3_600_000],
     ['A', 'org.event_limit_reached', 10],
   ]);
-  t.strictSame(withinOrgHourlyLimit(events, new Map([[orgHour(ORG_B, HOUR), 5]]), 2).length, 2, "another org's count is not this one's");
+  const otherOrgFull = new Map([[orgHourRoom(ORG_B, HOUR, 'routine'), 5]]);
+  t.strictSame(summary(withinOrgHourlyLimit(events, otherOrgFull, 2)), [
+    ['A', 'key.revoked_used', 20],
+    ['A', 'key.spike', 10],
+    ['A', 'key.spike', 3_600_000],
+  ]);
+});
+
+t.test('only rooms with some space and more events than space are crowded', async (t) => {
+  const spare = event(ORG_A, 'key.spike', HOUR);
+  const crowded = [event(ORG_A, 'key.revoked_used', HOUR), event(ORG_A, 'key.expired_used', HOUR)];
+  const full = event(ORG_B, 'key.new_ip', HOUR);
+  const recorded = new Map([
+    [orgHourRoom(ORG_A, HOUR, 'urgent'), 1],
+    [orgHourRoom(ORG_B, HOUR, 'routine'), 2],
+  ]);
+  t.strictSame(eventsInCrowdedRooms([spare, ...crowded, full], recorded, 2), crowded);
+});
+
+// Math.min(...events) threw RangeError past about 120,000 arguments: the flush failed on every retry.
+t.test('the earliest hour of 200,000 events', async (t) => {
+  const many = Array.from({ length: 200_000 }, (_, i) => ({ ...event(ORG_A, 'key.new_ip', HOUR + 3_600_000 + i), dedupeKey: '' }));
+  many[100_000].occurredAt = HOUR + 59_000;
+  t.equal(earliestHour(many), HOUR);
 });

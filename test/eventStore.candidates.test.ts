@@ -100,9 +100,33 @@ t.test("an org's events stop at EVENTS_MAX_PER_ORG_HOUR in a clock hour, with on
   t.same(await typesOf(busy.org.id), ['key.first_use', 'key.first_use', 'key.first_use', 'org.event_limit_reached']);
   t.same(await typesOf(other.org.id), ['key.first_use', 'key.first_use']);
   const [limit] = await db('key_events').where({ org_id: busy.org.id, type: 'org.event_limit_reached' });
-  t.match(limit.details, { limit: 3, heldBack: { 'key.first_use': 2 } });
+  t.match(limit.details, { room: 'routine', limit: 3, heldBack: { 'key.first_use': 2 } });
+  const listed = await api.request('GET', `/api/orgs/${busy.org.id}/api-keys/usage?limit=100`, { key: busy.adminKey });
+  t.same(listed.body.data.find((row: { id: string }) => row.id === limit.key_id).events.counts, {}, "the org's limit is not counted as the key's own event");
+  const counts = await db('api_key_usage').whereIn('key_id', busyKeys.slice(0, 5)).pluck('request_count');
+  t.same(counts.map(Number), [1, 1, 1, 1, 1], 'the uses of every key are recorded, those whose events were held back too');
   t.equal(Number((await db('webhook_deliveries').where({ org_id: busy.org.id }).count())[0].count), 4, "a delivery for each event kept, and the limit's");
 
   t.equal(await write(firstUses(busy.org.id, busyKeys.slice(5))), 0, 'later in the hour: nothing more, and the limit is said once');
   t.equal((await typesOf(busy.org.id)).length, 4);
+
+  // A revoked key in use raises key.revoked_used once an hour, but is detected again in every
+  // flush: counted as new (and first: the most urgent type), the repeats took the room of the
+  // expired key's event (fails without the fix).
+  const use = (keyId: string, outcome: Outcome): Use & { orgId: string } => ({ keyId, orgId: busy.org.id, ip: '192.0.2.1', outcome, count: 1 });
+  t.equal(await write([use(busyKeys[0], 'revoked'), use(busyKeys[1], 'revoked')]), 2, 'the urgent room is its own: two revoked uses raised');
+  const again = [use(busyKeys[0], 'revoked'), use(busyKeys[1], 'revoked'), use(busyKeys[2], 'expired'), use(busyKeys[3], 'expired')];
+  t.equal(await write(again), 2, 'one expired use fits, then the limit');
+  const urgent = await db('key_events').where({ org_id: busy.org.id }).whereIn('type', ['key.revoked_used', 'key.expired_used', 'org.event_limit_reached']);
+  t.same(
+    urgent.map((e) => [e.type, e.details.room ?? null]).sort(),
+    [
+      ['key.expired_used', null],
+      ['key.revoked_used', null],
+      ['key.revoked_used', null],
+      ['org.event_limit_reached', 'routine'],
+      ['org.event_limit_reached', 'urgent'],
+    ],
+    'the repeats of the revoked uses did not take the room of an expired one',
+  );
 });

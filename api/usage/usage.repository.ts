@@ -1,6 +1,6 @@
 import { exactCount, rawRows, type Count, type Db } from '../../shared/db';
 import { dormantKeySql } from '../../shared/dormancy';
-import type { EventType } from '../../shared/keyEvents';
+import { LIMIT_EVENT, type EventType } from '../../shared/keyEvents';
 import { OUTCOMES, type Outcome } from '../../shared/usageWire';
 import type { KeyStatus } from '../keys/apiKeys.service';
 import type { Scope } from '../keys/scopes';
@@ -228,7 +228,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
            select json_object_agg(s.type, s.n) as by_type, max(s.latest) as latest_at
              from (select e.type, count(*) as n, max(e.occurred_at) as latest
                      from ${TABLE.keyEvents} e
-                    where e.org_id = :orgId and e.key_id = p.id and e.occurred_at > :eventsSince
+                    where e.org_id = :orgId and e.key_id = p.id and e.occurred_at > :eventsSince and e.type <> '${LIMIT_EVENT}'
                     group by e.type) s
          ) ev on true
         order by ${SORT_COLUMNS[query.sort].outer} ${direction}, p.id`,
