@@ -112,7 +112,7 @@ export async function planDeferred(trx: Knex.Transaction, now: Date, limit: numb
   // start, where it took that hour's room first.
   for (const { org_id: orgId, key_id: keyId, prefix } of rows.sort((a, b) => a.first_seen_ms - b.first_seen_ms)) {
     const keyRoom = limit - (raised.get(keyId) ?? 0) - (taken.get(keyId) ?? 0);
-    const orgRoom = orgLimit - (orgRecorded.get(orgHourRoom(orgId, hour, 'routine')) ?? 0) - (takenInOrg.get(orgId) ?? 0);
+    const orgRoom = orgLimit - (orgRecorded.counts.get(orgHourRoom(orgId, hour, 'routine')) ?? 0) - (takenInOrg.get(orgId) ?? 0);
     const fits = keyRoom > 0 && orgRoom > 0;
     if (fits) {
       taken.set(keyId, (taken.get(keyId) ?? 0) + 1);

@@ -17,23 +17,36 @@ export type EventRoom = 'urgent' | 'routine';
 const URGENT: readonly EventType[] = ['key.revoked_used', 'key.expired_used', 'key.outside_networks'];
 const ROUTINE: readonly EventType[] = ['key.failed_attempts', 'key.spike', 'key.new_ip', 'key.first_use', 'key.dormant', 'key.expiring'];
 
-const ROOM_SQL = `case when type in (${URGENT.map((type) => `'${type}'`).join(', ')}) then 'urgent' else 'routine' end`;
+const ROOM_SQL = `case when type in (${URGENT.map((type) => `'${type}'`).join(', ')}) then 'urgent'
+                      when type = '${LIMIT_EVENT}' then coalesce(details->>'room', 'routine') else 'routine' end`;
 
 /**
  * The events each of the orgs `orgs` (an array parameter) already has in each room of each clock
- * hour from `from` on, the limit's own not counted: an index range of key_events_org_time_idx per
- * org. The sweep's events (100,000 keys dormant in one hour) are counted, not held, so a range
- * can be that long. A plain read, which Citus sends to the orgs' shards.
+ * hour from `from` on (the limit's own not counted), and whether the room's limit event is among
+ * them: an index range of key_events_org_time_idx per org. The sweep's events (100,000 keys
+ * dormant in one hour) are counted, not held, so a range can be that long. A plain read, which
+ * Citus sends to the orgs' shards.
  */
 export const recordedRoomsSql = (orgs: string, from: string) => `
-select org_id, floor(extract(epoch from occurred_at) * 1000 / ${HOUR_MS}) * ${HOUR_MS} as hour_ms, ${ROOM_SQL} as room, count(*) as recorded
+select org_id, floor(extract(epoch from occurred_at) * 1000 / ${HOUR_MS}) * ${HOUR_MS} as hour_ms, ${ROOM_SQL} as room,
+       count(*) filter (where type <> '${LIMIT_EVENT}') as recorded, bool_or(type = '${LIMIT_EVENT}') as limited
   from ${TABLE.keyEvents}
- where org_id = any(${orgs}) and occurred_at >= ${from} and type <> '${LIMIT_EVENT}'
+ where org_id = any(${orgs}) and occurred_at >= ${from}
  group by 1, 2, 3`;
 
-export type RecordedRoomRow = { org_id: string; hour_ms: string; room: EventRoom; recorded: string };
-export const recordedRooms = (rows: readonly RecordedRoomRow[]): Map<string, number> =>
-  new Map(rows.map((row) => [orgHourRoom(row.org_id, Number(row.hour_ms), row.room), Number(row.recorded)]));
+export type RecordedRoomRow = { org_id: string; hour_ms: string; room: EventRoom; recorded: string; limited: boolean };
+
+export interface RecordedRooms {
+  /** Events in each room (orgHourRoom), the limit's own not counted. */
+  counts: ReadonlyMap<string, number>;
+  /** The rooms whose limit event is recorded: they ran out before. */
+  limited: ReadonlySet<string>;
+}
+
+export function recordedRooms(rows: readonly RecordedRoomRow[]): RecordedRooms {
+  const slot = (row: RecordedRoomRow) => orgHourRoom(row.org_id, Number(row.hour_ms), row.room);
+  return { counts: new Map(rows.map((row) => [slot(row), Number(row.recorded)])), limited: new Set(rows.filter((row) => row.limited).map(slot)) };
+}
 
 export const roomOf = (type: EventType): EventRoom => (URGENT.includes(type) ? 'urgent' : 'routine');
 
@@ -55,16 +68,18 @@ export function earliestHour(events: readonly KeyEvent[]): number {
 }
 
 /**
- * The events whose room may run out in this flush (some space left, more events than space):
- * only there does it matter whether an event is already recorded (the same key's revoked use is
- * detected again in each flush of its hour and inserted once), so only those are looked up.
+ * The events whose room may run out in this flush (more events than space), unless it ran out
+ * before (its limit event is recorded: nothing more is raised there). Only there does it matter
+ * whether an event is already recorded (the same key's revoked use is detected again in each
+ * flush of its hour and inserted once): counted as new, a repeat took a real event's space, or
+ * raised the limit event for a room exactly full. So only those are looked up.
  */
-export function eventsInCrowdedRooms(events: readonly KeyEvent[], recorded: ReadonlyMap<string, number>, limit: number): KeyEvent[] {
+export function eventsInCrowdedRooms(events: readonly KeyEvent[], recorded: RecordedRooms, limit: number): KeyEvent[] {
   const candidates = new Map<string, number>();
   for (const event of events) candidates.set(slotOf(event), (candidates.get(slotOf(event)) ?? 0) + 1);
   return events.filter((event) => {
-    const used = recorded.get(slotOf(event)) ?? 0;
-    return used < limit && used + candidates.get(slotOf(event))! > limit;
+    const used = recorded.counts.get(slotOf(event)) ?? 0;
+    return used + candidates.get(slotOf(event))! > limit && !(used >= limit && recorded.limited.has(slotOf(event)));
   });
 }
 

@@ -139,20 +139,24 @@ on conflict (org_id, dedupe_key) do nothing`;
 const RECORDED_ROOMS = recordedRoomsSql('$1', '$2');
 
 // Which of `events` are recorded already, by their dedupe keys (unique per org).
-const ALREADY_RECORDED = `select org_id, dedupe_key from ${TABLE.keyEvents} where org_id = any($1) and dedupe_key = any($2)`;
+// From the rooms' earliest hour: the org-time index bounds the read to the events counted above (a
+// repeat's dedupe key names its hour), where dedupe keys alone read every event the orgs retain.
+const ALREADY_RECORDED = `select org_id, dedupe_key from ${TABLE.keyEvents} where org_id = any($1) and occurred_at >= $2 and dedupe_key = any($3)`;
 
 /** The events that fit in their orgs' hourly rooms (collector/eventBudget.ts), and the statements it took. */
 async function withinLimit(connection: PoolClient, events: readonly KeyEvent[], limit: number): Promise<{ allowed: KeyEvent[]; statements: number }> {
   const orgIds = [...new Set(events.map((e) => e.orgId))];
-  const recorded = recordedRooms((await connection.query(RECORDED_ROOMS, [orgIds, new Date(earliestHour(events))])).rows);
+  const from = new Date(earliestHour(events));
+  const recorded = recordedRooms((await connection.query(RECORDED_ROOMS, [orgIds, from])).rows);
   const crowded = eventsInCrowdedRooms(events, recorded, limit);
-  if (crowded.length === 0) return { allowed: withinOrgHourlyLimit(events, recorded, limit), statements: 1 };
-  const repeats = (await connection.query(ALREADY_RECORDED, [[...new Set(crowded.map((e) => e.orgId))], crowded.map((e) => e.dedupeKey)])).rows;
+  if (crowded.length === 0) return { allowed: withinOrgHourlyLimit(events, recorded.counts, limit), statements: 1 };
+  const crowdedOrgs = [...new Set(crowded.map((e) => e.orgId))];
+  const repeats = (await connection.query(ALREADY_RECORDED, [crowdedOrgs, from, crowded.map((e) => e.dedupeKey)])).rows;
   const known = new Set(repeats.map((row: { org_id: string; dedupe_key: string }) => `${row.org_id}|${row.dedupe_key}`));
   return {
     allowed: withinOrgHourlyLimit(
       events.filter((e) => !known.has(`${e.orgId}|${e.dedupeKey}`)),
-      recorded,
+      recorded.counts,
       limit,
     ),
     statements: 2,

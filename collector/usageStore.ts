@@ -285,7 +285,8 @@ async function applyBatch(trx: Knex.Transaction, keys: KeyUsageDelta[], { events
     more += detected.statements;
     recorded += detected.events;
     candidates += detected.candidates;
-    grew.push(...detected.newNetworks);
+    // Not push(...): a spread of 125,000 arguments overflows the stack, no data error, so every retry failed.
+    for (const key of detected.newNetworks) grew.push(key);
   }
   return { statements: statements + more, accepted, quarantined: [] as KeyUsageDelta[], events: recorded, candidates, grew };
 }

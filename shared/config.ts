@@ -324,11 +324,10 @@ function relayProblems(v: Variables): string[] {
 // Whether datagrams sent to `target` reach a collector bound to `host`, on the same port. On a
 // wildcard address it hears every loopback address, and a wildcard destination is this host too;
 // `0.0.0.0` (an IPv4 socket) hears no IPv6 one, `::` both (Node binds it dual-stack). An
-// IPv4-mapped destination (::ffff:127.0.0.1, however spelled) is its IPv4 address: a relay there
-// reached a collector on 127.0.0.1 and looped.
-function reachesCollector(target: string, host: string): boolean {
-  const mapped = ipv4OfMapped(target);
-  if (mapped !== undefined) return reachesCollector(mapped, host);
+// IPv4-mapped address (::ffff:127.0.0.1, however spelled), the destination's or the collector's,
+// is its IPv4 address: a relay to one reached a collector on the other and looped.
+function reachesCollector(to: string, on: string): boolean {
+  const [target, host] = [ipv4OfMapped(to) ?? to, ipv4OfMapped(on) ?? on];
   if (target === host) return true;
   if (isLoopbackAddress(host)) return ['localhost', '127.0.0.1', '::1'].includes(target);
   if (!isWildcardAddress(host)) return false;

@@ -28,7 +28,8 @@ export const isWildcardAddress = (host: string): boolean => within(WILDCARD, hos
 /** The IPv4 address of an IPv4-mapped IPv6 literal (::ffff:127.0.0.1, however spelled); undefined for anything else. */
 export function ipv4OfMapped(address: string): string | undefined {
   if (!within(MAPPED, address) || isIP(address) !== 6) return undefined;
-  // The URL parser writes any spelling of it as ::ffff:hhhh:hhhh.
-  const groups = new URL(`udp://[${address}]`).hostname.slice(1, -1).split(':').slice(-2);
+  // The URL parser writes any spelling of it as ::ffff:hhhh:hhhh; it refuses a zone (%eth0), which
+  // names an interface, not another address.
+  const groups = new URL(`udp://[${address.replace(/%.*$/, '')}]`).hostname.slice(1, -1).split(':').slice(-2);
   return groups.flatMap((group) => [parseInt(group, 16) >> 8, parseInt(group, 16) & 255]).join('.');
 }

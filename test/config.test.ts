@@ -496,6 +496,11 @@ t.test('COLLECTOR_RELAY_TO: host:port, IPv6 in brackets; unset means no relay', 
     ['127.0.0.1', '[::ffff:127.0.0.1]:8125'],
     ['127.0.0.1', '[0:0:0:0:0:ffff:7f00:1]:8125'],
     ['0.0.0.0', '[::ffff:127.0.0.1]:8125'],
+    ['127.0.0.1', '[::ffff:127.0.0.1%eth0]:8125'],
+    // …and so is the collector's (fails with only the destination's mapped).
+    ['::ffff:10.0.0.5', '[::ffff:10.0.0.5]:8125'],
+    ['::ffff:10.0.0.5', '10.0.0.5:8125'],
+    ['10.0.0.5', '[::ffff:a00:5]:8125'],
   ];
   for (const [host, relay] of selfLoops) {
     t.same(

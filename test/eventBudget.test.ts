@@ -59,15 +59,18 @@ t.test('events already recorded use the room; a full routine room leaves the urg
   ]);
 });
 
-t.test('only rooms with some space and more events than space are crowded', async (t) => {
+t.test('rooms with more events than space are crowded, unless they ran out before', async (t) => {
   const spare = event(ORG_A, 'key.spike', HOUR);
   const crowded = [event(ORG_A, 'key.revoked_used', HOUR), event(ORG_A, 'key.expired_used', HOUR)];
-  const full = event(ORG_B, 'key.new_ip', HOUR);
-  const recorded = new Map([
+  const exactlyFull = event(ORG_B, 'key.revoked_used', HOUR);
+  const ranOut = event(ORG_B, 'key.new_ip', HOUR);
+  const counts = new Map([
     [orgHourRoom(ORG_A, HOUR, 'urgent'), 1],
+    [orgHourRoom(ORG_B, HOUR, 'urgent'), 2],
     [orgHourRoom(ORG_B, HOUR, 'routine'), 2],
   ]);
-  t.strictSame(eventsInCrowdedRooms([spare, ...crowded, full], recorded, 2), crowded);
+  const recorded = { counts, limited: new Set([orgHourRoom(ORG_B, HOUR, 'routine')]) };
+  t.strictSame(eventsInCrowdedRooms([spare, ...crowded, exactlyFull, ranOut], recorded, 2), [...crowded, exactlyFull]);
 });
 
 // Math.min(...events) threw RangeError past about 120,000 arguments: the flush failed on every retry.

@@ -130,3 +130,26 @@ t.test("an org's events stop at EVENTS_MAX_PER_ORG_HOUR in a clock hour, with on
     'the repeats of the revoked uses did not take the room of an expired one',
   );
 });
+
+// A room exactly full, then a repeat of one of its events (a revoked key used again in the hour):
+// the repeat was held back and raised the limit event, though nothing new was held (fails without the fix).
+t.test('a room exactly full raises no limit event for a repeat of an event it has', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org } = await seedOrg(api, db);
+  const keyIds = [
+    (await api.services.apiKeys.create(org.id, { name: 'a', scopes: ['keys:read'], expiresAt: null, expectedNetworks: null })).key.id,
+    (await api.services.apiKeys.create(org.id, { name: 'b', scopes: ['keys:read'], expiresAt: null, expectedNetworks: null })).key.id,
+  ];
+  const events = { ...loadConfig({ NODE_ENV: 'development' }).collector.events, maxPerOrgHour: 2 };
+  const store = createPgUsageStore(db, { events });
+  const revoked = (ids: string[]) =>
+    flush(
+      store,
+      org.id,
+      ids.map((keyId) => ({ keyId, ip: '192.0.2.1', outcome: 'revoked', count: 1 })),
+    );
+  t.match(await revoked(keyIds), { events: 4 }, 'two revoked uses and two first uses: both rooms of two, full');
+  t.match(await revoked([keyIds[0]]), { events: 0 }, 'the same revoked use again: nothing new, no limit event');
+  t.same(await db('key_events').where({ org_id: org.id, type: 'org.event_limit_reached' }).pluck('type'), []);
+});

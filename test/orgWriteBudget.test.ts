@@ -19,16 +19,24 @@ t.test('the budget: a minute of changes at once, then one as each share of the m
   clock += 10 * 60_000;
   t.strictSame([budget.take('a'), budget.take('a'), budget.take('a'), budget.take('a') > 0], [0, 0, 0, true], 'a long pause refills a minute, no more');
   t.strictSame(budget.stats, { refused: 3 }, 'counted for the metrics');
+  budget.giveBack('a');
+  t.equal(budget.take('a'), 0, 'a change refused before it could change anything gives its place back');
+  for (let i = 0; i < 5; i += 1) budget.giveBack('a');
+  t.strictSame([budget.take('a'), budget.take('a'), budget.take('a'), budget.take('a') > 0], [0, 0, 0, true], 'never more than a minute of changes');
   t.throws(() => orgWriteBudget(0, () => 0), RangeError);
 });
 
 t.test('an org over API_WRITES_PER_ORG_MINUTE gets 429 for its changes, not its reads; other orgs change on (fails without the fix)', async (t) => {
   const { db } = await freshDatabase(t);
-  const api = await startTestApi(t, db, { env: { API_WRITES_PER_ORG_MINUTE: '3' } });
+  // The budget's clock stands still: no share of the minute refills while the test runs.
+  const api = await startTestApi(t, db, { env: { API_WRITES_PER_ORG_MINUTE: '3' }, elapsed: () => 1_000_000 });
   const acme = await seedOrg(api, db, 'acme');
   const globex = await seedOrg(api, db, 'globex');
-  const fence = (org: typeof acme, i: number) =>
-    api.request('PATCH', `/api/orgs/${org.org.id}/api-keys/${org.adminKeyId}`, { key: org.adminKey, body: { expectedNetworks: [`192.0.2.${i}/32`] } });
+  const fence = (org: typeof acme, i: number, key = org.adminKey) =>
+    api.request('PATCH', `/api/orgs/${org.org.id}/api-keys/${org.adminKeyId}`, { key, body: { expectedNetworks: [`192.0.2.${i}/32`] } });
+  // A key that may not change anything does not spend its org's budget.
+  const reader = (await api.services.apiKeys.create(acme.org.id, { name: 'reader', scopes: ['keys:read'], expiresAt: null })).plaintext;
+  for (let i = 0; i < 3; i += 1) t.equal((await fence(acme, 9, reader)).status, 403, 'keys:read alone is refused its change');
   const auditsBefore = Number((await db('audit_log').where({ org_id: acme.org.id }).count())[0].count);
   t.strictSame([(await fence(acme, 1)).status, (await fence(acme, 2)).status, (await fence(acme, 3)).status], [200, 200, 200]);
   const refused = await fence(acme, 4);

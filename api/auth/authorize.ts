@@ -197,7 +197,11 @@ export function authorizer(deps: AuthorizeDeps) {
       deps.recordUse(verdict.key.id, verdict.key.orgId, ip, refusal || (turn && !overBudget) ? outcome : 'forbidden');
       if (refusal) throw refusal;
       if (overBudget) throw overBudget;
-      if (!turn) throw tooManyInProgress(res, deps.orgConcurrency!.limit);
+      if (!turn) {
+        // Refused before it could change anything: its change is not counted.
+        if (requirement.currentSecret) deps.orgWrites?.giveBack(verdict.key.orgId);
+        throw tooManyInProgress(res, deps.orgConcurrency!.limit);
+      }
       await turn;
       // Its client left as it got its turn: nothing to answer, and the place is already given back.
       if (res.closed || req.socket.destroyed) return;

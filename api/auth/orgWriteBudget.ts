@@ -15,6 +15,8 @@ export interface OrgWriteStats {
 export interface OrgWriteBudget {
   /** Takes one change from the org's budget: 0 if it may go ahead, else how many ms until it may. */
   take(orgId: string): number;
+  /** Gives back what a take that went ahead took, for a request refused before it could change anything. */
+  giveBack(orgId: string): void;
   readonly perMinute: number;
   readonly stats: Readonly<OrgWriteStats>;
 }
@@ -47,6 +49,10 @@ export function orgWriteBudget(perMinute: number, now: () => number): OrgWriteBu
       setBounded(buckets, orgId, { tokens, at }, MAX_ORGS);
       stats.refused += 1;
       return Math.ceil((1 - tokens) / perMs);
+    },
+    giveBack(orgId) {
+      const bucket = buckets.get(orgId);
+      if (bucket) bucket.tokens = Math.min(perMinute, bucket.tokens + 1);
     },
   };
 }
