@@ -60,7 +60,7 @@ function rank(type: EventType): number {
 export const orgHourRoom = (orgId: string, hourMs: number, room: EventRoom) => `${orgId}|${hourMs}|${room}`;
 const slotOf = (event: KeyEvent) => orgHourRoom(event.orgId, hourOf(event.occurredAt), roomOf(event.type));
 
-/** The start of the earliest clock hour of `events` (a loop: a spread of a million arguments overflows the stack). */
+/** The start of the earliest clock hour of `events` (a loop: a spread of 125,000 arguments overflows the stack). */
 export function earliestHour(events: readonly KeyEvent[]): number {
   let earliest = Infinity;
   for (const event of events) earliest = Math.min(earliest, event.occurredAt);

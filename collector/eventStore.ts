@@ -138,9 +138,9 @@ on conflict (org_id, dedupe_key) do nothing`;
 
 const RECORDED_ROOMS = recordedRoomsSql('$1', '$2');
 
-// Which of `events` are recorded already, by their dedupe keys (unique per org).
-// From the rooms' earliest hour: the org-time index bounds the read to the events counted above (a
-// repeat's dedupe key names its hour), where dedupe keys alone read every event the orgs retain.
+// Which of `events` are recorded already, by their dedupe keys (unique per org), from the rooms'
+// earliest hour: the org-time index bounds the read to the events counted above (a repeat's dedupe
+// key names its hour), where the dedupe keys alone read every event the orgs retain.
 const ALREADY_RECORDED = `select org_id, dedupe_key from ${TABLE.keyEvents} where org_id = any($1) and occurred_at >= $2 and dedupe_key = any($3)`;
 
 /** The events that fit in their orgs' hourly rooms (collector/eventBudget.ts), and the statements it took. */

@@ -114,8 +114,8 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
         stopped,
         after: servedUpTo,
       };
-      const { deliveries, spent, ...claim } = await claimDueDeliveries(db, claimOptions);
-      servedUpTo = claim.servedUpTo;
+      const { deliveries, spent, servedUpTo: turnEnd } = await claimDueDeliveries(db, claimOptions);
+      servedUpTo = turnEnd;
       deliveries.forEach(launch);
       if (spent > 0) {
         stats.gaveUp += spent;
