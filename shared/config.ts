@@ -356,7 +356,7 @@ function replyTimeoutProblems(v: Variables): string[] {
   const reply = v.DATABASE_REPLY_TIMEOUT_MS;
   if (reply === 0) return [];
   return (['COLLECTOR_LOCK_TIMEOUT_MS', 'API_STATEMENT_TIMEOUT_MS'] as const)
-    .filter((name) => v[name] + REPLY_MARGIN_MS > reply)
+    .filter((name) => v[name] > 0 && v[name] + REPLY_MARGIN_MS > reply)
     .map((name) => `DATABASE_REPLY_TIMEOUT_MS: must be at least ${REPLY_MARGIN_MS} ms longer than ${name} (${v[name]} ms), or 0`);
 }
 

@@ -369,6 +369,8 @@ t.test("the reply timeout must outlast the API's statement limit", async (t) => 
   t.notMatch(error.message, /COLLECTOR_LOCK_TIMEOUT_MS/, 'the lock wait is shorter: not named');
   t.equal(loadConfig({ ...base, DATABASE_REPLY_TIMEOUT_MS: '20500', API_STATEMENT_TIMEOUT_MS: '20000' }).database.replyTimeoutMs, 20_500);
   t.equal(loadConfig({ ...base, DATABASE_REPLY_TIMEOUT_MS: '20000', API_STATEMENT_TIMEOUT_MS: '0' }).api.statementTimeoutMs, 0, "0: the server's own limit");
+  const noLimits = { NODE_ENV: 'test', COLLECTOR_LOCK_TIMEOUT_MS: '0', API_STATEMENT_TIMEOUT_MS: '0', DATABASE_REPLY_TIMEOUT_MS: '100' };
+  t.equal(loadConfig(noLimits).database.replyTimeoutMs, 100, 'with neither limit set, the reply timeout is the only bound, however short');
 });
 
 t.test('several receivers refuse datagram signing: each would keep its own replay cache', async (t) => {

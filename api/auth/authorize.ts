@@ -117,21 +117,23 @@ function turnOf(deps: AuthorizeDeps, req: Request, res: Response, orgId: string)
   return turn.started;
 }
 
-function tooManyInProgress(res: Response, limit: number): AppError {
-  res.setHeader('Retry-After', '1');
-  const message = `Too many requests of this organization at once (${limit} in progress and ${QUEUED_PER_RUNNING * limit} waiting at most, API_MAX_CONCURRENT_PER_ORG); retry shortly`;
+// Every 429 says when to come back.
+function tooMany(res: Response, waitMs: number, message: string): AppError {
+  res.setHeader('Retry-After', String(Math.max(1, Math.ceil(waitMs / 1000))));
   return new AppError('too_many_requests', message);
 }
 
-function tooManyWrites(res: Response, waitMs: number, perMinute: number): AppError {
-  res.setHeader('Retry-After', String(Math.ceil(waitMs / 1000)));
-  return new AppError('too_many_requests', `Too many changes by this organization (${perMinute} a minute, API_WRITES_PER_ORG_MINUTE); retry later`);
-}
+const tooManyInProgress = (res: Response, limit: number) =>
+  tooMany(
+    res,
+    1000,
+    `Too many requests of this organization at once (${limit} in progress and ${QUEUED_PER_RUNNING * limit} waiting at most, API_MAX_CONCURRENT_PER_ORG); retry shortly`,
+  );
 
-function tooManyFailures(res: Response, waitMs: number): AppError {
-  res.setHeader('Retry-After', String(Math.ceil(waitMs / 1000)));
-  return new AppError('too_many_requests', TOO_MANY_FAILURES_MESSAGE);
-}
+const tooManyWrites = (res: Response, waitMs: number, perMinute: number) =>
+  tooMany(res, waitMs, `Too many changes by this organization (${perMinute} a minute, API_WRITES_PER_ORG_MINUTE); retry later`);
+
+const tooManyFailures = (res: Response, waitMs: number) => tooMany(res, waitMs, TOO_MANY_FAILURES_MESSAGE);
 
 type Proven = Exclude<Verification, { outcome: 'unknown' | 'bad_secret' }>;
 

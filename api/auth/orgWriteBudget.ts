@@ -3,8 +3,9 @@ import { setBounded } from './boundedMap';
 // Changes (key and webhook writes) one org may make in this API process, as a token bucket of
 // API_WRITES_PER_ORG_MINUTE refilled evenly over the minute. Every change writes its rows and an
 // audit entry that is never deleted (append-only), and the write path is every org's: a key with
-// keys:write PATCHing a name in a loop grew the shared database by an audit row per request,
-// without bound. Reads are not counted: they write nothing. Per process, as the other per-org limits.
+// keys:write changing a key's networks in a loop grew the shared database by an audit row per
+// request, without bound. Only the change routes count (a dormant clean-up's dry run among them);
+// reads do not. Per process, as the other per-org limits.
 
 /** Counted since start, for the metrics. */
 export interface OrgWriteStats {
