@@ -10,10 +10,12 @@ import { median } from './lib/stats';
 
 // Benchmark 4e. What the webhook worker's claim costs beside one org's backlog (a receiver that
 // never answers, every event of 100,000 keys × its webhooks): one org with N due deliveries, a
-// second with N / 10 due after them, and 100 orgs with one each. Side by side, round by round: the statements before migration
-// 20261205000160 (the due orgs read from every due delivery, through the index over
-// next_attempt_at, which the round builds again in place of the new one) and after it (a probe per
-// org with a webhook, the index over (org_id, next_attempt_at)). Claims are rolled back, so every round sees the same rows.
+// second with N / 10 due after them, and 100 orgs with one each; then 10,000 orgs with a webhook
+// and nothing due (what every idle poll costs). Side by side, round by round: the statements
+// before migration 20261205000160 (the due orgs read from every due delivery, through the index
+// over next_attempt_at, which the round builds again in place of the new one) and after it (a
+// probe per org with a webhook, the index over (org_id, next_attempt_at)). Claims are rolled
+// back, so every round sees the same rows.
 
 const PREVIOUS_DUE_ORGS = `
 select org_id from ${TABLE.webhookDeliveries}
