@@ -62,7 +62,8 @@ const waitingOnLock = (db: Db) =>
 
 t.test('an org over API_MAX_CONCURRENT_PER_ORG waits its turn, then gets 429, while other orgs are served (fails without the fix)', async (t) => {
   const { db } = await freshDatabase(t);
-  const api = await startTestApi(t, db, { env: { API_MAX_CONCURRENT_PER_ORG: '1' } });
+  // Two changes a minute, the clock frozen: the slow create takes one.
+  const api = await startTestApi(t, db, { env: { API_MAX_CONCURRENT_PER_ORG: '1', API_WRITES_PER_ORG_MINUTE: '2' }, elapsed: () => 1_000_000 });
   const acme = await seedOrg(api, db, 'acme');
   const globex = await seedOrg(api, db, 'globex');
   const holder = await holdKeysLock(t, db, acme.org.id);
@@ -81,6 +82,8 @@ t.test('an org over API_MAX_CONCURRENT_PER_ORG waits its turn, then gets 429, wh
   t.match(api.uses.at(-1), { keyId: acme.adminKeyId, outcome: 'forbidden' }, 'recorded as a use refused by policy');
   t.equal((await usage(globex)).status, 200, 'another org is served');
   t.equal((await api.request('GET', '/api/whoami', { key: acme.adminKey })).status, 200, 'whoami, answered from the key cache, is not limited');
+  const refusedChange = await api.request('POST', `/api/orgs/${acme.org.id}/api-keys`, { key: acme.adminKey, body });
+  t.match([refusedChange.status, refusedChange.body.error.message], [429, /API_MAX_CONCURRENT_PER_ORG/], 'a change is refused for the same reason');
 
   await holder.commit();
   t.equal((await slow).status, 201, 'the slow request completes');
@@ -90,6 +93,18 @@ t.test('an org over API_MAX_CONCURRENT_PER_ORG waits its turn, then gets 429, wh
     'then those waiting, in turn',
   );
   t.equal((await usage(acme)).status, 200, 'and the place is free again');
+  // The refused change gave its share of API_WRITES_PER_ORG_MINUTE back: one change is left, not none.
+  const changes = [];
+  for (const name of ['left', 'over'])
+    changes.push(await api.request('POST', `/api/orgs/${acme.org.id}/api-keys`, { key: acme.adminKey, body: { ...body, name } }));
+  t.match(
+    changes.map((answer) => [answer.status, answer.body.error?.message]),
+    [
+      [201, undefined],
+      [429, /API_WRITES_PER_ORG_MINUTE/],
+    ],
+    'one change left of two: the refused one did not spend the budget',
+  );
 });
 
 // A raw connection that sends `requests` as they are (several at once: pipelined).
