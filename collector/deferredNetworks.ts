@@ -11,7 +11,7 @@ import { orgHourRoom, recordedRooms, recordedRoomsSql } from './eventBudget';
 
 export type NetworkOfKey = Pick<DeferredNetwork, 'orgId' | 'keyId' | 'prefix'>;
 
-/** At most this many due networks a sweep: the others wait for the next one. */
+/** At most this many due networks a sweep, shared by the orgs with room: the others wait for the next one. */
 export const DEFERRED_PER_SWEEP = 10_000;
 
 // Each statement that changes history rows runs per org, so that it stays on the org's shards on
@@ -30,8 +30,13 @@ function byOrg(networks: readonly NetworkOfKey[]): Array<[string, string[], stri
 }
 
 // Due at once: the sweep, not the flush, decides whether the hour has room. first_seen, not a
-// clock: the flush has none of its own in SQL.
-const DEFER = `update ${TABLE.ipHistory} set event_due_at = first_seen where ${ROWS_OF_ORG(['$1', '$2', '$3'])}`;
+// clock: the flush has none of its own in SQL. The org joins the orgs the sweep reads
+// (migration 20261205000170), in the same statement, on the org's shard: ON CONFLICT DO NOTHING
+// takes no lock on a row already there, and waits only for another flush adding the same org
+// for the first time.
+const DEFER = `
+with listed as (insert into ${TABLE.deferredNetworkOrgs} (org_id) values ($1) on conflict do nothing)
+update ${TABLE.ipHistory} set event_due_at = first_seen where ${ROWS_OF_ORG(['$1', '$2', '$3'])}`;
 
 /** In the flush's transaction; returns the statements it ran. */
 export async function markDeferred(connection: PoolClient, networks: readonly NetworkOfKey[]): Promise<number> {
@@ -40,17 +45,36 @@ export async function markDeferred(connection: PoolClient, networks: readonly Ne
   return orgs.length;
 }
 
-// The earliest due networks, by the partial index: a sweep's cost is bounded by DEFERRED_PER_SWEEP,
-// not by how many are due (forged networks can fill every key's history). A key without room in
-// this hour has its rows postponed to the next, so it does not hold the window for the others.
-// The key must still exist: the events' rows need its totals row.
-const DUE = `
-select p.org_id, p.key_id, cast(p.prefix as text) as prefix, cast(floor(extract(epoch from p.first_seen) * 1000) as float8) as first_seen_ms
-  from ${TABLE.ipHistory} p
-  join ${TABLE.apiKeys} k on k.org_id = p.org_id and k.id = p.key_id
- where p.event_due_at <= :now
- order by p.event_due_at, p.first_seen, p.key_id, p.prefix
+// The orgs with due networks, earliest due first, one probe each of the partial index on
+// (org_id, event_due_at, first_seen). Each org with room in the hour then gets its share of the
+// sweep, read on its own: an org with more deferred networks than its hour's room no longer fills
+// every sweep's window ahead of the others, and one whose hour is full is not read (nor rewritten).
+// Both start from deferred_network_orgs: Citus pushes a LATERAL with a LIMIT down to the shards
+// only from a table distributed by the same column.
+const DUE_ORGS = `
+select o.org_id
+  from ${TABLE.deferredNetworkOrgs} o
+ cross join lateral (select p.event_due_at from ${TABLE.ipHistory} p
+                      where p.org_id = o.org_id and p.event_due_at <= :now
+                      order by p.event_due_at
+                      limit 1) due
+ order by due.event_due_at, o.org_id
  limit :max`;
+
+// Each org's earliest due networks. A key without room in this hour has its rows postponed to the
+// next, so it does not hold its org's share for the others. The key must still exist: the events'
+// rows need its totals row.
+const DUE = `
+select due.*
+  from ${TABLE.deferredNetworkOrgs} o
+ cross join lateral (select p.org_id, p.key_id, cast(p.prefix as text) as prefix,
+                            cast(floor(extract(epoch from p.first_seen) * 1000) as float8) as first_seen_ms
+                       from ${TABLE.ipHistory} p
+                       join ${TABLE.apiKeys} k on k.org_id = p.org_id and k.id = p.key_id
+                      where p.org_id = o.org_id and p.event_due_at <= :now
+                      order by p.event_due_at, p.first_seen, p.key_id, p.prefix
+                      limit :share) due
+ where o.org_id = any(cast(:orgIds as uuid[]))`;
 
 // The key.new_ip events of those keys already recorded in now's clock hour.
 const RAISED_THIS_HOUR = `
@@ -93,17 +117,22 @@ const RECORDED_ROOMS = recordedRoomsSql('cast(:orgIds as uuid[])', ':hour');
 /**
  * Reads only: the caller anchors every key of the plan before raiseDeferred takes their rows (lock
  * order). `limit` is each key's room in the hour, `orgLimit` (EVENTS_MAX_PER_ORG_HOUR) each org's
- * for such events: a network without room in either waits for the next hour, postponed, not dropped.
+ * for such events: a network without room in either waits for the next hour (postponed when its
+ * key is full, left due when its org is), not dropped.
  */
 export async function planDeferred(trx: Knex.Transaction, now: Date, limit: number, orgLimit = Infinity): Promise<DeferredPlan> {
-  const rows: DueRow[] = (await trx.raw(DUE, { now, max: DEFERRED_PER_SWEEP })).rows;
-  if (rows.length === 0) return { raise: [], postpone: [], raised: new Map() };
   const hour = hourOf(now.getTime());
+  const dueOrgs: string[] = (await trx.raw(DUE_ORGS, { now, max: DEFERRED_PER_SWEEP })).rows.map((row: { org_id: string }) => row.org_id);
+  if (dueOrgs.length === 0) return { raise: [], postpone: [], raised: new Map() };
+  const orgRecorded = recordedRooms((await trx.raw(RECORDED_ROOMS, { orgIds: dueOrgs, hour: new Date(hour) })).rows);
+  const recordedIn = (orgId: string) => orgRecorded.counts.get(orgHourRoom(orgId, hour, 'routine')) ?? 0;
+  const orgIds = dueOrgs.filter((orgId) => recordedIn(orgId) < orgLimit);
+  if (orgIds.length === 0) return { raise: [], postpone: [], raised: new Map() };
+  const share = Math.max(1, Math.floor(DEFERRED_PER_SWEEP / orgIds.length));
+  const rows: DueRow[] = (await trx.raw(DUE, { now, orgIds, share })).rows;
   const keyIds = [...new Set(rows.map((row) => row.key_id))];
   const counted: Array<{ key_id: string; events: string }> = (await trx.raw(RAISED_THIS_HOUR, { keyIds, hour: new Date(hour) })).rows;
   const raised = new Map(counted.map((row) => [row.key_id, Number(row.events)]));
-  const orgIds = [...new Set(rows.map((row) => row.org_id))];
-  const orgRecorded = recordedRooms((await trx.raw(RECORDED_ROOMS, { orgIds, hour: new Date(hour) })).rows);
   const plan: DeferredPlan = { raise: [], postpone: [], raised };
   const taken = new Map<string, number>();
   const takenInOrg = new Map<string, number>();
@@ -112,13 +141,16 @@ export async function planDeferred(trx: Knex.Transaction, now: Date, limit: numb
   // start, where it took that hour's room first.
   for (const { org_id: orgId, key_id: keyId, prefix } of rows.sort((a, b) => a.first_seen_ms - b.first_seen_ms)) {
     const keyRoom = limit - (raised.get(keyId) ?? 0) - (taken.get(keyId) ?? 0);
-    const orgRoom = orgLimit - (orgRecorded.counts.get(orgHourRoom(orgId, hour, 'routine')) ?? 0) - (takenInOrg.get(orgId) ?? 0);
-    const fits = keyRoom > 0 && orgRoom > 0;
-    if (fits) {
-      taken.set(keyId, (taken.get(keyId) ?? 0) + 1);
-      takenInOrg.set(orgId, (takenInOrg.get(orgId) ?? 0) + 1);
+    const orgRoom = orgLimit - recordedIn(orgId) - (takenInOrg.get(orgId) ?? 0);
+    // Without room in its org's hour it is left as it is: the org is not read again this hour.
+    if (orgRoom <= 0) continue;
+    if (keyRoom <= 0) {
+      plan.postpone.push({ orgId, keyId, prefix });
+      continue;
     }
-    (fits ? plan.raise : plan.postpone).push({ orgId, keyId, prefix });
+    taken.set(keyId, (taken.get(keyId) ?? 0) + 1);
+    takenInOrg.set(orgId, (takenInOrg.get(orgId) ?? 0) + 1);
+    plan.raise.push({ orgId, keyId, prefix });
   }
   return plan;
 }

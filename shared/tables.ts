@@ -11,6 +11,7 @@ export const TABLE = {
   recentIps: 'api_key_recent_ips',
   failedIps: 'api_key_failed_ips',
   ipHistory: 'api_key_ip_history',
+  deferredNetworkOrgs: 'deferred_network_orgs',
   keyEvents: 'key_events',
   webhooks: 'webhooks',
   webhookDeliveries: 'webhook_deliveries',

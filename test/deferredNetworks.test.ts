@@ -13,8 +13,12 @@ const HOUR = 3_600_000;
 const NOW = Date.parse('2026-12-05T10:30:00Z');
 const SWEEP = { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 2 };
 
+// The org among those the sweep reads, as a flush that defers one of its networks makes it.
+const listOrg = (db: Db, orgId: string) => db('deferred_network_orgs').insert({ org_id: orgId }).onConflict().ignore();
+
 // `count` pending networks of the key, 10.<i>.<j>.0/24, first seen a second apart from `firstSeen`.
 async function pendingNetworks(db: Db, orgId: string, keyId: string, count: number, firstSeen: number) {
+  await listOrg(db, orgId);
   await db.raw(
     `insert into api_key_ip_history (org_id, key_id, prefix, first_ip, first_seen, last_seen, event_due_at)
      select ?, ?, cast('10.' || (i / 256) || '.' || (i % 256) || '.0/24' as cidr), '10.' || (i / 256) || '.' || (i % 256) || '.1', f, f, f
@@ -60,7 +64,14 @@ t.test('the earliest pending networks, up to the room left in the hour, occurrin
   t.equal(await stillPending(db, adminKeyId), 0);
 });
 
-t.test(`a sweep reads at most ${DEFERRED_PER_SWEEP} due networks, earliest first; a key without room is moved to the next hour`, async (t) => {
+const dueAt = async (db: Db, keyId: string) =>
+  (await db('api_key_ip_history').where({ key_id: keyId }).whereNotNull('event_due_at').select('event_due_at')).map((row) => row.event_due_at.getTime());
+
+// One org's backlog (a key at its limit with more due networks than a sweep reads, earlier than
+// every other org's) filled each sweep's window, and each sweep postponed them to the next hour's
+// start, ahead of the networks deferred in that hour: the other orgs waited behind it for as many
+// hours as it took to pass (fails without the fix).
+t.test(`each org with room gets its share of a sweep's ${DEFERRED_PER_SWEEP}: one org's earlier backlog does not hold the others`, async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
   const { org, adminKeyId: flooded } = await seedOrg(api, db);
@@ -68,16 +79,29 @@ t.test(`a sweep reads at most ${DEFERRED_PER_SWEEP} due networks, earliest first
   await pendingNetworks(db, org.id, flooded, DEFERRED_PER_SWEEP, NOW - 5 * HOUR);
   await pendingNetworks(db, other.org.id, other.adminKeyId, 1, NOW - HOUR);
   await reachLimit(db, org.id, flooded);
-  t.strictSame(await sweepTimeEvents(db, new Date(NOW), SWEEP), { dormant: 0, expiring: 0, newIp: 0 }, "the window: the flooded key's, at its limit");
-  t.strictSame(
-    await sweepTimeEvents(db, new Date(NOW + 60_000), SWEEP),
-    { dormant: 0, expiring: 0, newIp: 1 },
-    'moved to the next hour, it no longer holds the window',
-  );
-  t.strictSame(await newIps(db, other.adminKeyId), [[NOW + 60_000, '10.0.0.0/24', undefined]]);
+  t.strictSame(await sweepTimeEvents(db, new Date(NOW), SWEEP), { dormant: 0, expiring: 0, newIp: 1 }, "the other org's network, in the first sweep");
+  t.strictSame(await newIps(db, other.adminKeyId), [[NOW, '10.0.0.0/24', undefined]]);
   const nextHour = NOW - (NOW % HOUR) + HOUR;
+  const due = await dueAt(db, flooded);
+  t.equal(due.filter((at) => at === nextHour).length, DEFERRED_PER_SWEEP / 2, "the flooded key's share of the sweep, moved to the next hour");
   t.strictSame(await sweepTimeEvents(db, new Date(nextHour), SWEEP), { dormant: 0, expiring: 0, newIp: 2 }, "the next hour: the flooded key's earliest two");
   t.equal(await stillPending(db, flooded), DEFERRED_PER_SWEEP - 2);
+});
+
+t.test("an org whose hour is full is not read: its networks stay as they are, every other org's are raised (fails without the fix)", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId: flooded } = await seedOrg(api, db);
+  const others = [await seedOrg(api, db, 'globex'), await seedOrg(api, db, 'initech')];
+  await pendingNetworks(db, org.id, flooded, DEFERRED_PER_SWEEP + 1, NOW - 5 * HOUR);
+  for (const other of others) await pendingNetworks(db, other.org.id, other.adminKeyId, 1, NOW - HOUR);
+  await reachLimit(db, org.id, flooded);
+  const before = await dueAt(db, flooded);
+  const sweep = { ...SWEEP, maxPerOrgHour: 2 };
+  t.strictSame(await sweepTimeEvents(db, new Date(NOW), sweep), { dormant: 0, expiring: 0, newIp: 2 }, "both other orgs' networks");
+  t.strictSame(await dueAt(db, flooded), before, "none of the full org's rewritten");
+  const nextHour = NOW - (NOW % HOUR) + HOUR;
+  t.strictSame(await sweepTimeEvents(db, new Date(nextHour), sweep), { dormant: 0, expiring: 0, newIp: 2 }, 'the next hour, the org has room again');
 });
 
 // The sweep raised deferred networks up to each key's room alone: 10,000 a sweep, one a minute,
@@ -95,7 +119,7 @@ t.test("a deferred network waits for the next hour when its org's hour is full, 
   await db('key_events').insert({ org_id: org.id, key_id: busy, type: 'key.first_use', occurred_at: new Date(NOW - 60_000), details: {}, dedupe_key: 'first' });
   const sweep = { ...SWEEP, maxPerOrgHour: 1 };
   t.strictSame(await sweepTimeEvents(db, new Date(NOW), sweep), { dormant: 0, expiring: 0, newIp: 1 }, "the other org's network only");
-  t.equal(await stillPending(db, adminKeyId), 2, 'postponed, not dropped');
+  t.equal(await stillPending(db, adminKeyId), 2, 'left due, not dropped');
   const nextHour = NOW - (NOW % HOUR) + HOUR;
   t.strictSame(await sweepTimeEvents(db, new Date(nextHour), sweep), { dormant: 0, expiring: 0, newIp: 1 }, "the next hour: the org's room of one");
   t.strictSame(await sweepTimeEvents(db, new Date(nextHour + 2 * HOUR), sweep), { dormant: 0, expiring: 0, newIp: 1 }, 'and the last in a later one');
@@ -119,6 +143,7 @@ t.test("a key's room goes to its earliest first use, not to the earliest due: a 
     event_due_at: new Date(dueAt),
   });
   // A real network postponed to the next hour, then forged ones deferred in this hour's last minute.
+  await listOrg(db, org.id);
   await db('api_key_ip_history').insert([
     waiting('192.0.2.0/24', hourStart + 60_000, nextHour),
     waiting('10.0.1.0/24', nextHour - 10_000, nextHour - 10_000),

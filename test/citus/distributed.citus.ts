@@ -309,6 +309,8 @@ t.test('key.new_ip over the hourly limit: pending in the flush, raised by the sw
   };
   const each = (n: number) => Object.fromEntries(orgs.map(({ org }) => [org.id, n]));
   t.strictSame(await state(), { events: each(1), pending: each(2) }, 'one event a key in the hour of its lines, two networks pending');
+  const listed = await db('deferred_network_orgs').whereIn('org_id', orgIds).pluck('org_id');
+  t.strictSame(listed.sort(), [...orgIds].sort(), 'the flush lists both orgs for the sweep, on their shards');
   await collector.sweep.sweep();
   t.strictSame(await state(), { events: each(2), pending: each(1) }, 'the sweep raises one more a key in this hour');
   t.equal(collector.sweep.stats.failedSweeps, 0);
