@@ -3,6 +3,7 @@ import type { Db } from '../../shared/db';
 import { idString } from '../responses';
 import { TABLE } from '../../shared/tables';
 import { lockOrgFor } from '../orgs/orgs.repository';
+import { AppError } from '../errors';
 
 // The audit log: one row per change to an org's keys, written in the change's own transaction
 // (pass the transaction as `db`), so a change and its entry commit or roll back together.
@@ -67,8 +68,36 @@ interface AuditRow {
 // could commit in the other order, and a reader following the log by the newest number it had seen
 // skipped the entry committed late below it, for good. The org's entries are written one
 // transaction at a time, so numbers follow commits, and the next is the org's last plus one (a
-// rollback gives its numbers back: none is skipped). Every caller writes its entries last in its
-// transaction (the lock is held to its end, and nothing is locked after it: no deadlock).
+// rollback gives its numbers back: none is skipped). The lock is taken first in every audited
+// change (beginAuditedChange), before any other lock, and held to its end: no deadlock.
+
+/** The key a change acts with, as it was when its request was authorized. */
+export interface ActingKey {
+  id: string;
+  rotatedAt: Date | null;
+}
+
+/**
+ * First in the transaction of every audited change: one audited change of an org at a time, and
+ * the acting key still as it was authorized. A change is authorized when its request arrives but
+ * made once its body is read and its turn has come (minutes for a client that sends its body
+ * slowly): a key revoked, rotated or expired meanwhile went on creating keys with its old secret.
+ * Revoking or rotating the key is an audited change of the same org, so it either committed
+ * before this lock (and is seen here) or waits for this change to commit. `now` is the API's
+ * clock, by which the request was authorized.
+ */
+export async function beginAuditedChange(trx: Db, orgId: string, acting: ActingKey | undefined, now: number): Promise<void> {
+  await lockOrgFor(trx, 'audit', orgId);
+  if (!acting) return;
+  const row = await trx(TABLE.apiKeys)
+    .where({ org_id: orgId, id: acting.id })
+    .first<{ revoked_at: Date | null; expires_at: Date | null; rotated_at: Date | null } | undefined>('revoked_at', 'expires_at', 'rotated_at');
+  const active = row && row.revoked_at === null && (row.expires_at === null || row.expires_at.getTime() > now);
+  if (!active || row.rotated_at?.getTime() !== acting.rotatedAt?.getTime()) {
+    throw new AppError('unauthorized', 'This API key was revoked, rotated or expired after the request was authorized; nothing was changed');
+  }
+}
+
 export async function recordAudit(db: Db, entry: AuditEntry): Promise<void> {
   await recordAudits(db, entry.orgId, [entry]);
 }

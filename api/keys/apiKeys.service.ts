@@ -1,7 +1,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import { z } from 'zod';
 import type { Db } from '../../shared/db';
-import { auditActor, recordAudit, recordAudits, type AuditEntry } from '../audit/audit.repository';
+import { auditActor, beginAuditedChange, recordAudit, recordAudits, type AuditEntry } from '../audit/audit.repository';
 import type { KeyVerifier } from '../auth/keyVerifier';
 import { AppError, InvalidInputError, notFound } from '../errors';
 import {
@@ -102,7 +102,7 @@ export interface CreateKeyInput {
 }
 
 /** The key a request acts with. The CLI acts with none: an operator at the database is not limited. */
-export type Actor = Pick<ApiKeyRecord, 'id' | 'displayPrefix' | 'scopes' | 'expiresAt'>;
+export type Actor = Pick<ApiKeyRecord, 'id' | 'displayPrefix' | 'scopes' | 'expiresAt' | 'rotatedAt'>;
 
 /**
  * Who makes a change and through what: the acting key (none from the CLI), the client address
@@ -169,8 +169,14 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
 
   // The change and its audit entry in one transaction (a savepoint inside the caller's).
   // `entry` may answer undefined when the change changed nothing.
-  function audited<T>(context: ChangeContext, change: (trx: Db) => Promise<T>, entry: (result: T) => Omit<AuditEntry, 'actor' | 'ip'> | undefined) {
+  function audited<T>(
+    orgId: string,
+    context: ChangeContext,
+    change: (trx: Db) => Promise<T>,
+    entry: (result: T) => Omit<AuditEntry, 'actor' | 'ip'> | undefined,
+  ) {
     return (context.db ?? deps.db).transaction(async (trx) => {
+      await beginAuditedChange(trx, orgId, context.actor, deps.now());
       const result = await change(trx);
       const fields = entry(result);
       if (fields) await recordAudit(trx, { ...fields, actor: auditActor(context.actor), ip: context.ip ?? null });
@@ -181,6 +187,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
   // The revocations and one audit entry per revoked key, in one transaction.
   function revokeDormantApplied(orgId: string, query: DormantQuery, dormantDays: number, context: ChangeContext) {
     return (context.db ?? deps.db).transaction(async (trx) => {
+      await beginAuditedChange(trx, orgId, context.actor, deps.now());
       const keys = await revokeDormantKeys(trx, query);
       // In a few inserts: one each held up to KEYS_MAX_PER_ORG revoked rows locked for as many round trips.
       await recordAudits(
@@ -228,6 +235,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         expectedNetworks: networksOrNull(input.expectedNetworks),
       };
       const key = await audited(
+        orgId,
         context,
         async (trx) => {
           if (deps.maxKeysPerOrg !== undefined) await assertRoomForKey(trx, orgId, deps.maxKeysPerOrg);
@@ -280,6 +288,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         rotatedAt: new Date(Math.max(now, (key.rotatedAt?.getTime() ?? -Infinity) + 1)),
       };
       const rotated = await audited(
+        orgId,
         options,
         (trx) => replaceSecret(trx, key.id, change),
         (result) =>
@@ -300,6 +309,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       const key = await requireKey(orgId, keyId);
       assertScopesWithinActor(context.actor, key, 'change');
       const updated = await audited(
+        orgId,
         context,
         (trx) => setExpectedNetworks(trx, key, networksOrNull(networks)),
         // Compared as stored (normalised): a PATCH that changes nothing records nothing, as a
@@ -364,6 +374,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       const key = await requireKey(orgId, keyId);
       assertScopesWithinActor(context.actor, key, 'revoke');
       const revoked = await audited(
+        orgId,
         context,
         (trx) => markRevoked(trx, key.id, new Date(deps.now())),
         (result) => result && { orgId, action: 'key.revoke', targetKeyId: key.id, details: { name: key.name, revokedAt: iso(result.revokedAt) } },

@@ -145,7 +145,7 @@ export function webhooksRouter(deps: { service: WebhooksService; authorize: (req
 
   router.post('/:webhookId/test', write, async (req, res) => {
     const { id, webhookId } = parseInput(webhookParams, req.params, 'params');
-    res.status(202).json(await service.ping(id, webhookId));
+    res.status(202).json(await service.ping(id, webhookId, changeContext(res)));
   });
 
   return router;

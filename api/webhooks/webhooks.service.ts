@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { z } from 'zod';
-import { auditActor, recordAudit } from '../audit/audit.repository';
+import { auditActor, beginAuditedChange, recordAudit, type ActingKey } from '../audit/audit.repository';
 import type { Db } from '../../shared/db';
 import { PING_EVENT_TYPE } from '../../shared/keyEvents';
 import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../../shared/secretBox';
@@ -90,7 +90,7 @@ const toDeliveryView = (delivery: DeliveryRecord): z.output<typeof deliveryView>
 
 /** Who changes a webhook, for the audit log: the acting key (none: the CLI) and its address. */
 export interface WebhookChangeContext {
-  actor?: { id: string; displayPrefix: string };
+  actor?: ActingKey & { displayPrefix: string };
   ip?: string;
 }
 
@@ -148,6 +148,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       const secret = `whsec_${randomBytes(32).toString('base64url')}`;
       // Where an org's events go is as sensitive as its keys: recorded in the same transaction.
       const webhook = await deps.db.transaction(async (trx) => {
+        await beginAuditedChange(trx, orgId, context.actor, deps.now());
         await lockOrgFor(trx, 'webhooks', orgId);
         if ((await countWebhooksInOrg(trx, orgId)) >= deps.maxPerOrg) {
           throw new AppError('conflict', `this org has ${deps.maxPerOrg} webhooks, the most it may have (WEBHOOKS_MAX_PER_ORG): delete one first`);
@@ -172,6 +173,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
 
     async remove(orgId: string, webhookId: string, context: WebhookChangeContext = {}) {
       await deps.db.transaction(async (trx) => {
+        await beginAuditedChange(trx, orgId, context.actor, deps.now());
         const webhook = await findWebhookInOrg(trx, orgId, webhookId);
         if (!webhook || !(await deleteWebhookInOrg(trx, orgId, webhookId))) throw notFound('Webhook');
         await recordAudit(trx, webhookAudit(orgId, 'webhook.delete', webhook, context));
@@ -189,8 +191,9 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
     },
 
     // A ping goes through the same outbox, worker, signature and retries as a key event.
-    async ping(orgId: string, webhookId: string): Promise<z.output<typeof pingResult>> {
-      await requireWebhook(orgId, webhookId);
+    // Serialized with the org's audited changes: a delete committed meanwhile is a 404 here, not
+    // the delivery's foreign key failing (500), and a key revoked meanwhile queues nothing.
+    async ping(orgId: string, webhookId: string, context: WebhookChangeContext = {}): Promise<z.output<typeof pingResult>> {
       const eventId = randomUUID();
       const payload = {
         id: eventId,
@@ -201,7 +204,9 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
         details: { webhookId },
       };
       const deliveryId = await deps.db.transaction(async (trx) => {
+        await beginAuditedChange(trx, orgId, context.actor, deps.now());
         await lockOrgFor(trx, 'webhooks', orgId);
+        if (!(await findWebhookInOrg(trx, orgId, webhookId))) throw notFound('Webhook');
         if ((await countPendingDeliveries(trx, orgId, webhookId, PING_EVENT_TYPE, MAX_PENDING_PINGS)) >= MAX_PENDING_PINGS) {
           throw new AppError(
             'conflict',
