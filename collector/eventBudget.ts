@@ -2,22 +2,27 @@
 // events without bound (100,000 keys used from new networks, each event a delivery per webhook),
 // all written in the flush every org shares. Pure: the counts already recorded come in.
 //
-// Two rooms of that size an hour: one for the events an operator must act on (a revoked or
-// expired key still in use, a key outside its networks), one for the rest. With one room, new
-// networks (forged or not) sent at the start of an hour filled it, and a revoked key used later
-// that hour raised nothing, every hour.
+// Three rooms of that size an hour: one for the events an operator must act on (a revoked or
+// expired key still in use, a key outside its networks), one for failed attempts, one for the
+// rest. With one room, new networks (forged or not) sent at the start of an hour filled it, and a
+// revoked key used later that hour raised nothing, every hour. Failed attempts have their own
+// because anyone who knows key ids can cause them: sharing the routine room, 20 wrong secrets
+// for each of 10,000 keys filled it and hid the hour's key.new_ip and key.first_use, the events
+// that show a leaked key used by someone new.
 import { LIMIT_EVENT, type EventType } from '../shared/keyEvents';
 import { TABLE } from '../shared/tables';
 import { HOUR_MS, hourOf } from '../shared/timeUnits';
 import type { KeyEvent } from './eventRules';
 
-export type EventRoom = 'urgent' | 'routine';
+export type EventRoom = 'urgent' | 'routine' | 'attempts';
 
 /** Most urgent first: what is kept when a room has less space than events. */
 const URGENT: readonly EventType[] = ['key.revoked_used', 'key.expired_used', 'key.outside_networks'];
-const ROUTINE: readonly EventType[] = ['key.failed_attempts', 'key.spike', 'key.new_ip', 'key.first_use', 'key.dormant', 'key.expiring'];
+const ROUTINE: readonly EventType[] = ['key.spike', 'key.new_ip', 'key.first_use', 'key.dormant', 'key.expiring'];
+const ATTEMPTS: readonly EventType[] = ['key.failed_attempts'];
 
-const ROOM_SQL = `case when type in (${URGENT.map((type) => `'${type}'`).join(', ')}) then 'urgent'
+const inList = (types: readonly EventType[]) => types.map((type) => `'${type}'`).join(', ');
+const ROOM_SQL = `case when type in (${inList(URGENT)}) then 'urgent' when type in (${inList(ATTEMPTS)}) then 'attempts'
                       when type = '${LIMIT_EVENT}' then coalesce(details->>'room', 'routine') else 'routine' end`;
 
 /**
@@ -48,9 +53,9 @@ export function recordedRooms(rows: readonly RecordedRoomRow[]): RecordedRooms {
   return { counts: new Map(rows.map((row) => [slot(row), Number(row.recorded)])), limited: new Set(rows.filter((row) => row.limited).map(slot)) };
 }
 
-export const roomOf = (type: EventType): EventRoom => (URGENT.includes(type) ? 'urgent' : 'routine');
+export const roomOf = (type: EventType): EventRoom => (URGENT.includes(type) ? 'urgent' : ATTEMPTS.includes(type) ? 'attempts' : 'routine');
 
-const ORDER: readonly EventType[] = [...URGENT, ...ROUTINE];
+const ORDER: readonly EventType[] = [...URGENT, ...ROUTINE, ...ATTEMPTS];
 function rank(type: EventType): number {
   const at = ORDER.indexOf(type);
   return at < 0 ? ORDER.length : at;

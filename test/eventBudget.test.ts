@@ -43,6 +43,36 @@ t.test("an org's hour has a room for urgent events and one for the rest, each ke
   t.equal(routine.dedupeKey, `org.event_limit_reached:${ORG_A}:${HOUR}:routine`, 'once per org, hour and room');
 });
 
+// Anyone who knows key ids can cause failed attempts (20 wrong secrets a key): in the routine
+// room, ranked first, they took the space of the hour's key.new_ip and key.first_use, the events
+// of a leaked key used by someone new (fails without the fix).
+t.test('failed attempts have a room of their own: they cannot crowd out new networks and first uses', async (t) => {
+  const events = [
+    event(ORG_A, 'key.new_ip', HOUR + 1),
+    event(ORG_A, 'key.first_use', HOUR + 2),
+    ...[5, 6, 7, 8].map((at) => event(ORG_A, 'key.failed_attempts', HOUR + at)),
+  ];
+  const kept = withinOrgHourlyLimit(events, new Map([[orgHourRoom(ORG_A, HOUR, 'attempts'), 0]]), 3);
+  t.strictSame(summary(kept), [
+    ['A', 'key.new_ip', 1],
+    ['A', 'key.first_use', 2],
+    ['A', 'key.failed_attempts', 5],
+    ['A', 'key.failed_attempts', 6],
+    ['A', 'key.failed_attempts', 7],
+    ['A', 'org.event_limit_reached', 8],
+  ]);
+  t.match(kept.at(-1)!.details, { room: 'attempts', heldBack: { 'key.failed_attempts': 1 } });
+  const fullOfAttempts = new Map([[orgHourRoom(ORG_A, HOUR, 'attempts'), 3]]);
+  t.strictSame(
+    summary(withinOrgHourlyLimit(events.slice(0, 2), fullOfAttempts, 3)),
+    [
+      ['A', 'key.new_ip', 1],
+      ['A', 'key.first_use', 2],
+    ],
+    'an hour whose attempts room is full still raises them',
+  );
+});
+
 t.test('events already recorded use the room; a full routine room leaves the urgent one; another hour and another org have their own', async (t) => {
   const events = [event(ORG_A, 'key.spike', HOUR + 10), event(ORG_A, 'key.revoked_used', HOUR + 20), event(ORG_A, 'key.spike', HOUR + 3_600_000)];
   const full = new Map([[orgHourRoom(ORG_A, HOUR, 'routine'), 2]]);
