@@ -29,6 +29,7 @@ import { orgUsageRouter } from './usage/usage.routes';
 import { createUsageService } from './usage/usage.service';
 import { webhooksRouter } from './webhooks/webhooks.routes';
 import { createWebhooksService } from './webhooks/webhooks.service';
+import { lookupSlots } from '../shared/lookupSlots';
 import type { Lookup } from '../shared/webhookTarget';
 
 export interface AppDeps {
@@ -164,6 +165,7 @@ function createServices(deps: AppDeps, verifier: ReturnType<typeof createKeyVeri
       timeoutMs: deps.webhooks.timeoutMs,
       maxPerOrg: deps.webhooks.maxPerOrg,
       lookup: deps.webhooks.lookup,
+      lookupSlots: lookupSlots(),
       now,
     }),
     audit: createAuditService({ db: deps.db }),

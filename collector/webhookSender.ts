@@ -1,7 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { LookupFunction } from 'node:net';
-import { resolveTargetWithin, TargetRefusedError, type Lookup, type ResolvedAddress } from '../shared/webhookTarget';
+import { resolveTargetWithin, TargetRefusedError, type LookupFor, type ResolvedAddress } from '../shared/webhookTarget';
 
 // One POST to an untrusted receiver. The receiver chooses how long to take, what to answer and
 // where to point its DNS, so: every resolved address is checked and the socket connects to a
@@ -14,8 +14,8 @@ const MAX_RESPONSE_BYTES = 64 * 1024;
 export interface SendOptions {
   timeoutMs: number;
   allowPrivateTargets: boolean;
-  /** The system's resolver unless given. */
-  lookup?: Lookup;
+  /** The resolver (the system's unless given), the process's lookup slots and the org sending. */
+  via: LookupFor;
 }
 
 export interface SendResult {
@@ -85,7 +85,7 @@ export async function postWebhook(url: string, headers: Record<string, string>, 
   try {
     // The lookup counts against the attempt's timeout: one past the claim's lease let another
     // worker claim and send the delivery too.
-    addresses = await resolveTargetWithin(target, options.allowPrivateTargets, options.timeoutMs, options.lookup);
+    addresses = await resolveTargetWithin(target, options.allowPrivateTargets, options.timeoutMs, options.via);
   } catch (error) {
     if (error instanceof TargetRefusedError) return { ok: false, statusCode: null, error: `refused: ${error.message}` };
     throw error;

@@ -1,6 +1,7 @@
 import type { Config } from '../shared/config';
 import type { Db } from '../shared/db';
 import type { Logger } from '../shared/logger';
+import { lookupSlots } from '../shared/lookupSlots';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../shared/secretBox';
 import { SIGNATURE_HEADER, signatureHeader } from '../shared/webhookSignature';
@@ -48,6 +49,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   const now = options.now ?? Date.now;
   const box = secretBox(options.peppers, WEBHOOK_SECRET_PURPOSE);
   const warn = rateLimitedWarn(logger, 10_000);
+  const lookups = lookupSlots();
   // A claimed delivery is due again after this long: a send always ends within the timeout.
   const leaseMs = 2 * config.timeoutMs + 1000;
   const stats: WebhookWorkerStats = { attempts: 0, failedAttempts: 0, delivered: 0, gaveUp: 0, failedPolls: 0 };
@@ -71,7 +73,11 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
       'keyusage-event-type': delivery.eventType,
       'idempotency-key': delivery.eventId,
     };
-    return postWebhook(delivery.url, headers, body, { timeoutMs: config.timeoutMs, allowPrivateTargets: config.allowPrivateTargets });
+    return postWebhook(delivery.url, headers, body, {
+      timeoutMs: config.timeoutMs,
+      allowPrivateTargets: config.allowPrivateTargets,
+      via: { slots: lookups, owner: delivery.orgId },
+    });
   }
 
   async function deliver(delivery: ClaimedDelivery): Promise<void> {

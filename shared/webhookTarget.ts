@@ -1,5 +1,6 @@
 import dns from 'node:dns';
 import { BlockList, isIP } from 'node:net';
+import type { LookupSlots } from './lookupSlots';
 import { within } from './within';
 
 // Webhook receivers are chosen by API clients, so a URL must not turn the collector into a proxy
@@ -79,11 +80,24 @@ export async function resolveTarget(url: URL, allowPrivate: boolean, lookup: Loo
   return addresses;
 }
 
+/** Who resolves and through what: the lookup (the system's unless given), the process's slots, and the org they are for. */
+export interface LookupFor {
+  lookup?: Lookup;
+  slots: LookupSlots;
+  owner: string;
+}
+
 /**
- * resolveTarget within `timeoutMs`; undefined past it. A name server that stopped answering held
- * whatever waited on the lookup (a send past its claim's lease, a create request) with no end. The
- * lookup itself goes on (Node cannot cancel it), but its caller does not wait for it.
+ * resolveTarget within `timeoutMs`, the wait for a lookup slot included; undefined past it. A name
+ * server that stopped answering held whatever waited on the lookup (a send past its claim's lease,
+ * a create request) with no end. The lookup itself goes on (Node cannot cancel it), holding its
+ * slot (shared/lookupSlots.ts), but its caller does not wait for it.
  */
-export function resolveTargetWithin(url: URL, allowPrivate: boolean, timeoutMs: number, lookup?: Lookup): Promise<ResolvedAddress[] | undefined> {
-  return within(resolveTarget(url, allowPrivate, lookup), timeoutMs);
+export async function resolveTargetWithin(url: URL, allowPrivate: boolean, timeoutMs: number, via: LookupFor): Promise<ResolvedAddress[] | undefined> {
+  const startedAt = Date.now();
+  const release = await via.slots.take(via.owner, timeoutMs);
+  if (!release) return undefined;
+  const lookup = via.lookup ?? systemLookup;
+  const resolving = resolveTarget(url, allowPrivate, (hostname) => lookup(hostname).finally(release));
+  return within(resolving, timeoutMs - (Date.now() - startedAt));
 }

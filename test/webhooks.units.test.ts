@@ -9,7 +9,8 @@ import { closeServer, listen } from '../shared/process';
 import { sleep } from '../harness/wait';
 import { secretBox } from '../shared/secretBox';
 import { signatureHeader } from '../shared/webhookSignature';
-import { isPrivateAddress, resolveTarget } from '../shared/webhookTarget';
+import { lookupSlots } from '../shared/lookupSlots';
+import { isPrivateAddress, resolveTarget, resolveTargetWithin } from '../shared/webhookTarget';
 
 // The receiver example of docs/webhooks.md, loaded as a receiver would run it.
 const EXAMPLE = path.join(__dirname, '..', 'docs', 'examples', 'webhook-receiver.js');
@@ -148,7 +149,11 @@ t.test('docs/webhooks.md shows the example file verbatim', async (t) => {
 // sent the delivery too): the lookup is within the send's timeout.
 t.test('a host whose lookup never answers ends the attempt within the timeout', async (t) => {
   const result = await within(
-    postWebhook('https://receiver.example/hook', {}, '{}', { timeoutMs: 50, allowPrivateTargets: false, lookup: () => new Promise(() => undefined) }),
+    postWebhook('https://receiver.example/hook', {}, '{}', {
+      timeoutMs: 50,
+      allowPrivateTargets: false,
+      via: { lookup: () => new Promise(() => undefined), slots: lookupSlots(), owner: 'org' },
+    }),
     5_000,
   );
   t.same(result, { ok: false, statusCode: null, error: 'the host did not resolve within 50 ms' });
@@ -164,6 +169,58 @@ t.test('a receiver that never answers: the error names the whole timeout, the lo
     return closeServer(server);
   });
   const slowLookup = () => sleep(40).then(() => [{ address: '127.0.0.1', family: 4 }]);
-  const result = await postWebhook(`http://silent.example:${port}/hook`, {}, '{}', { timeoutMs: 200, allowPrivateTargets: true, lookup: slowLookup });
+  const result = await postWebhook(`http://silent.example:${port}/hook`, {}, '{}', {
+    timeoutMs: 200,
+    allowPrivateTargets: true,
+    via: { lookup: slowLookup, slots: lookupSlots(), owner: 'org' },
+  });
   t.same(result, { ok: false, statusCode: null, error: 'no complete response within 200 ms' });
+});
+
+// A lookup its caller gave up on held one of libuv's four threads until the name server answered:
+// four silent name servers stalled every other lookup of the process, the database's included.
+// Lookups hold a slot until they end, one an org at a time, and wait for one until their deadline
+// (fails without the fix: the second lookup started at once).
+t.test("a silent name server holds one slot of its org's until its lookup ends; other orgs' lookups go on", async (t) => {
+  const slots = lookupSlots(2, 1);
+  const started: string[] = [];
+  let answerSilent: (addresses: Array<{ address: string; family: number }>) => void = () => undefined;
+  const silent = (hostname: string) => {
+    started.push(hostname);
+    return new Promise<Array<{ address: string; family: number }>>((resolve) => (answerSilent = resolve));
+  };
+  const answering = async (hostname: string) => {
+    started.push(hostname);
+    return [{ address: '203.0.113.7', family: 4 }];
+  };
+  const resolve = (host: string, owner: string, lookup: typeof silent, timeoutMs = 50) =>
+    resolveTargetWithin(new URL(`https://${host}/hook`), false, timeoutMs, { lookup, slots, owner });
+  t.equal(await resolve('one.silent.example', 'a', silent), undefined, 'the first gives up at its deadline');
+  t.equal(slots.inUse, 1, 'its lookup still holds its slot');
+  t.equal(await resolve('two.silent.example', 'a', silent), undefined, 'the same org waits for its slot, then gives up');
+  t.strictSame(started, ['one.silent.example'], 'without starting a second lookup');
+  t.strictSame(await resolve('receiver.example', 'b', answering), [{ address: '203.0.113.7', family: 4 }], 'another org resolves');
+  const waiting = resolve('three.silent.example', 'a', answering, 5_000);
+  answerSilent([{ address: '203.0.113.8', family: 4 }]);
+  t.strictSame(await waiting, [{ address: '203.0.113.7', family: 4 }], 'once the silent lookup ends, the org resolves again');
+  t.equal(slots.inUse, 0, 'every slot given back');
+});
+
+t.test('lookup slots: at most `total` at once, in arrival order past an owner at its share', async (t) => {
+  const slots = lookupSlots(2, 1);
+  const a = await slots.take('a', 10);
+  const b = await slots.take('b', 10);
+  t.ok(a && b);
+  t.equal(await slots.take('e', 10), undefined, 'none free within the wait');
+  const order: string[] = [];
+  const c = slots.take('c', 1_000).then((release) => (order.push('c'), release));
+  const a2 = slots.take('a', 1_000).then((release) => (order.push('a'), release));
+  a!();
+  a!();
+  t.equal(slots.inUse, 2, 'a second release gives nothing more');
+  (await c)!();
+  b!();
+  (await a2)!();
+  t.strictSame(order, ['c', 'a'], 'c took the slot a freed; a came in next');
+  t.equal(slots.inUse, 0);
 });

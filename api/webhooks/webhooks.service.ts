@@ -4,6 +4,7 @@ import { auditActor, beginAuditedChange, recordAudit, type ActingKey } from '../
 import type { Db } from '../../shared/db';
 import { PING_EVENT_TYPE } from '../../shared/keyEvents';
 import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../../shared/secretBox';
+import type { LookupSlots } from '../../shared/lookupSlots';
 import { resolveTargetWithin, TargetRefusedError, type Lookup } from '../../shared/webhookTarget';
 import { AppError, InvalidInputError, notFound } from '../errors';
 import { lockOrgFor } from '../orgs/orgs.repository';
@@ -117,6 +118,8 @@ export interface WebhooksServiceDeps {
   maxPerOrg: number;
   /** The system's resolver unless given. */
   lookup?: Lookup;
+  /** The API process's webhook lookups, one org's at a time (shared/lookupSlots.ts). */
+  lookupSlots: LookupSlots;
   now: () => number;
 }
 
@@ -131,9 +134,13 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
     return webhook;
   }
 
-  async function checkTarget(url: URL): Promise<void> {
+  async function checkTarget(orgId: string, url: URL): Promise<void> {
     try {
-      const addresses = await resolveTargetWithin(url, deps.allowPrivateTargets, deps.timeoutMs, deps.lookup);
+      const addresses = await resolveTargetWithin(url, deps.allowPrivateTargets, deps.timeoutMs, {
+        lookup: deps.lookup,
+        slots: deps.lookupSlots,
+        owner: orgId,
+      });
       if (addresses === undefined) throw new InvalidInputError(`url: host did not resolve within ${deps.timeoutMs} ms`);
     } catch (error) {
       if (error instanceof TargetRefusedError) throw new InvalidInputError(`url: ${error.message}`);
@@ -143,7 +150,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
 
   return {
     async create(orgId: string, input: { url: string; events: string[] }, context: WebhookChangeContext = {}) {
-      await checkTarget(new URL(input.url));
+      await checkTarget(orgId, new URL(input.url));
       const id = randomUUID();
       const secret = `whsec_${randomBytes(32).toString('base64url')}`;
       // Where an org's events go is as sensitive as its keys: recorded in the same transaction.
