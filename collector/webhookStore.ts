@@ -112,6 +112,8 @@ export interface Claim {
   spent: number;
   /** The last org offered a share: the next claim's `after`, so every org with due deliveries gets its turn. */
   servedUpTo: string | undefined;
+  /** Why an org's claim failed after others' had claimed: those are returned, to be sent, and the failure with them. */
+  failure?: Error;
 }
 
 /**
@@ -137,7 +139,15 @@ export async function claimDueDeliveries(db: Db, options: ClaimOptions): Promise
       const limit = Math.min(share - own, room(orgId) - own, options.limit - claim.deliveries.length);
       if (limit <= 0 || drained.has(orgId)) continue;
       if (pass === 0) claim.servedUpTo = orgId;
-      const { rows } = await db.raw<{ rows: ClaimRow[] }>(CLAIM, { orgId, limit, leaseMs: options.leaseMs, maxAttempts: options.maxAttempts });
+      let rows: ClaimRow[];
+      try {
+        ({ rows } = await db.raw<{ rows: ClaimRow[] }>(CLAIM, { orgId, limit, leaseMs: options.leaseMs, maxAttempts: options.maxAttempts }));
+      } catch (error) {
+        // Each org's claim commits on its own: thrown away, the deliveries already claimed had an
+        // attempt counted and no send, and waited a lease (with their last attempt, failed unsent).
+        if (claim.deliveries.length === 0) throw error;
+        return { ...claim, failure: error as Error };
+      }
       const claimed = rows.filter((row) => !row.spent);
       claim.deliveries.push(...claimed.map(toClaimedDelivery));
       claim.spent += rows.length - claimed.length;

@@ -120,13 +120,14 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
         stopped,
         after: servedUpTo,
       };
-      const { deliveries, spent, servedUpTo: turnEnd } = await claimDueDeliveries(db, claimOptions);
+      const { deliveries, spent, servedUpTo: turnEnd, failure } = await claimDueDeliveries(db, claimOptions);
       servedUpTo = turnEnd;
       deliveries.forEach(launch);
       if (spent > 0) {
         stats.gaveUp += spent;
         logger.error({ deliveries: spent }, 'webhook deliveries failed: their last attempt was cut short or not recorded');
       }
+      if (failure) throw failure;
       if ((deliveries.length < free && !refill) || timer === undefined) return;
     }
   }

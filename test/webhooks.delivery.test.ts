@@ -358,6 +358,28 @@ t.test('with more orgs due than a claim takes, the next claim starts with the or
   t.equal((await orgsOf(first.deliveries.map((d) => d.id))).size, 10, 'the first claim: one each for 10 orgs');
 });
 
+// Each org's claim commits on its own: one failing after another's had claimed (a connection
+// lost, a statement timeout) threw the claim away, and the deliveries already claimed had an
+// attempt counted and no send, then waited a lease; with their last attempt, they failed unsent
+// (found by a review; fails without the fix).
+t.test("an org's claim that fails after another's returns what was claimed, with the failure", async (t) => {
+  const { db } = await freshDatabase(t);
+  await orgsWithDueDeliveries(db, 3, 1, new Date(Date.now() - 60_000));
+  const failingAt = (which: number) => {
+    let claims = 0;
+    const raw = (sql: string, bindings: unknown) =>
+      sql === CLAIM && ++claims === which ? Promise.reject(new Error('connection lost')) : db.raw(sql, bindings as never);
+    return { raw } as unknown as Db;
+  };
+  const options = { leaseMs: 60_000, limit: 10, maxAttempts: 8 };
+  await t.rejects(claimDueDeliveries(failingAt(1), options), /connection lost/, 'the first failing: nothing claimed, the error thrown');
+  const claim = await claimDueDeliveries(failingAt(2), options);
+  t.equal(claim.deliveries.length, 1, "the first org's delivery, to be sent");
+  t.match(claim.failure, /connection lost/);
+  const attempts = await db('webhook_deliveries').where({ id: claim.deliveries[0].id }).first('attempts');
+  t.equal(attempts.attempts, 1, 'claimed: its attempt is the one about to be sent');
+});
+
 // The worker carries each claim's turn to the next: without it, every fill began again at the
 // first orgs, and with more orgs due than the pool, the last ones waited for the first to drain.
 t.test("the worker's next fill starts with the orgs its last one left", async (t) => {
