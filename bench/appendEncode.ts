@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { Aggregator } from '../collector/aggregator';
+import { Aggregator, capHolding } from '../collector/aggregator';
 import { chunksWritten } from '../collector/copyBytes';
 import { writeLogLine } from '../collector/logDelta';
 
@@ -14,7 +14,7 @@ const orgIds = Array.from({ length: 100 }, () => randomUUID());
 const keyIds = Array.from({ length: keyCount }, () => randomUUID());
 
 function round() {
-  const aggregator = new Aggregator({ maxKeys: keyCount, now: () => Date.now() });
+  const aggregator = new Aggregator({ maxKeys: capHolding(keyCount), now: () => Date.now() });
   keyIds.forEach((keyId, i) =>
     aggregator.add({ orgId: orgIds[i % orgIds.length], keyId, ip: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, outcome: 'ok', count: 1 }),
   );

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { Aggregator } from '../collector/aggregator';
+import { Aggregator, capHolding } from '../collector/aggregator';
 import { KnownKeys } from '../collector/knownKeys';
 import { createDatagramParser } from '../shared/usageDatagram';
 import { encodeUsageLine, packDatagrams } from '../shared/usageWire';
@@ -27,7 +27,7 @@ function drainedKeys() {
   );
   const datagrams = shape === 'padded' ? lines : packDatagrams(lines);
   const parse = createDatagramParser();
-  const aggregator = new Aggregator({ maxKeys: count, now: () => 0 });
+  const aggregator = new Aggregator({ maxKeys: capHolding(count), now: () => 0 });
   for (const datagram of datagrams)
     parse(
       Buffer.from(datagram, 'latin1'),

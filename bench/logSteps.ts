@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { PoolClient } from 'pg';
 import Cursor from 'pg-cursor';
-import { Aggregator, DeltaCoalescer } from '../collector/aggregator';
+import { Aggregator, capHolding, DeltaCoalescer } from '../collector/aggregator';
 import { connectionOf } from '../collector/flushStaging';
 import { createUsageStore, TAKE_BATCH_ROWS, TAKE_LOG } from '../collector/usageLog';
 import { decodeDelta } from '../collector/logDelta';
@@ -90,7 +90,7 @@ async function main() {
     // An append whose keys an earlier one confirmed (COLLECTOR_KNOWN_KEYS_TTL_MS), beside one that asks.
     const trusting = createUsageStore(bench.db, { events, logMinKeys: 1 }, new KnownKeys(3_600_000, Date.now));
     const batch = () => {
-      const aggregator = new Aggregator({ maxKeys: keyIds.length, now: Date.now });
+      const aggregator = new Aggregator({ maxKeys: capHolding(keyIds.length), now: Date.now });
       keyIds.forEach((keyId, i) => aggregator.add({ keyId, orgId: orgIds[i], ip: '10.0.0.1', outcome: 'ok', count: 1 }));
       return { id: randomUUID(), batch: aggregator.drain() };
     };

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { Aggregator } from '../collector/aggregator';
+import { Aggregator, capHolding } from '../collector/aggregator';
 import { KeyList } from '../collector/keyList';
 import { PendingKey, TimeBase } from '../collector/pendingKey';
 import { createDatagramParser, type DatagramParser } from '../shared/usageDatagram';
@@ -47,7 +47,7 @@ const steps: Record<string, Step> = {
 
 function pass(step: Step, parse: DatagramParser): number {
   const kept: unknown[] = [];
-  const aggregator = new Aggregator({ maxKeys: keyCount, listedKeys: keyList, now: () => NOW });
+  const aggregator = new Aggregator({ maxKeys: capHolding(keyCount), listedKeys: keyList, now: () => NOW });
   const onSample = step(kept, aggregator, new TimeBase(HOUR));
   const cpuStarted = process.cpuUsage();
   let parsed = 0;

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { Aggregator } from '../collector/aggregator';
+import { Aggregator, capHolding } from '../collector/aggregator';
 
 // Memory per pending key in the collector's aggregator, the figure behind the README's memory
 // bound. Run: node --expose-gc --import tsx bench/pendingKeyMemory.ts [typical|worst] [keys]
@@ -38,7 +38,7 @@ function fill(aggregator: Aggregator, k: number) {
 
 gc();
 const before = process.memoryUsage();
-const aggregator = new Aggregator({ maxKeys: keys, now: () => now });
+const aggregator = new Aggregator({ maxKeys: capHolding(keys), now: () => now });
 for (let k = 0; k < keys; k++) fill(aggregator, k);
 gc();
 const after = process.memoryUsage();

@@ -67,6 +67,11 @@ const REFUSED = -1;
 // A key the aggregator does not take because its ids are not lower-case UUIDs (see #admission).
 const MALFORMED = -2;
 const DEFAULT_MAX_IPS_PER_KEY = 16;
+// The part of the cap kept apart for orgs holding less than that part (see #admission).
+const CROWDED_SHARE = 20;
+
+/** The smallest cap under which `keys` keys of one org are all taken (benchmarks of one org's keys). */
+export const capHolding = (keys: number) => Math.ceil((keys * CROWDED_SHARE) / (CROWDED_SHARE - 1));
 export const DEFAULT_TIMESTAMP_WINDOW_MS = HOUR_MS;
 
 export class Aggregator {
@@ -91,6 +96,12 @@ export class Aggregator {
   #overflowSamples = 0;
   #overflowUses = 0;
   #unlistedOverflowUses = 0;
+  #crowdingOverflowUses = 0;
+  // Pending keys by org, counted only once the keys reach #crowdedAt (then kept up to the drain):
+  // below it, no key pays for it.
+  #byOrg: Map<string, number> | undefined;
+  readonly #crowdedAt: number;
+  readonly #orgShareWhenCrowded: number;
   // Pending keys the key list lacked when they were taken.
   #unlistedPending = 0;
   #outOfWindowSamples = 0;
@@ -109,6 +120,9 @@ export class Aggregator {
     this.#now = options.now;
     this.#listedKeys = options.listedKeys;
     this.#maxUnlisted = Math.floor(this.#maxKeys / 2);
+    this.#orgShareWhenCrowded = Math.floor(this.#maxKeys / CROWDED_SHARE);
+    // A cap too small for a share (under CROWDED_SHARE keys) keeps no room apart.
+    this.#crowdedAt = this.#orgShareWhenCrowded > 0 ? this.#maxKeys - this.#orgShareWhenCrowded : Infinity;
   }
 
   /**
@@ -189,8 +203,18 @@ export class Aggregator {
   // A key the list holds has ids read from PostgreSQL; any other must be lower-case UUIDs, as the
   // parser lets through: one that is not (an org id of 36 NULs was, until the parser's fix of
   // 2026-12-04) made every flush after it fail on the cast to uuid, holding back every key's uses.
+  //
+  // The last twentieth of the cap is kept for orgs holding less than a twentieth of it: one org's
+  // keys (100,000 used in one interval, or a database outage that stops the drains) took the
+  // whole cap, and every other org's new keys were refused. It starts above the 90 % at which a
+  // held flush goes early (collector/flusher.ts), so a lone org loses at most that twentieth.
   #admission(sample: UsageSample): number {
-    if (this.pendingKeys >= this.#maxKeys) return REFUSED;
+    const pending = this.pendingKeys;
+    if (pending >= this.#maxKeys) return REFUSED;
+    if (pending >= this.#crowdedAt && this.#crowding(sample.orgId)) {
+      this.#crowdingOverflowUses += sample.count;
+      return REFUSED;
+    }
     const list = this.#listedKeys;
     if (list !== undefined && list.loaded && list.admits(sample.keyId, sample.orgId)) return list.generation;
     if (!isCanonicalUuid(sample.keyId) || !isCanonicalUuid(sample.orgId)) return MALFORMED;
@@ -203,12 +227,25 @@ export class Aggregator {
     return REFUSED;
   }
 
+  #crowding(orgId: string): boolean {
+    if (this.#byOrg === undefined) {
+      this.#byOrg = new Map();
+      for (const keys of [this.#byTail, this.#sharedTails, this.#otherOrgs]) for (const key of keys.values()) this.#countIn(key.orgId);
+    }
+    return (this.#byOrg.get(orgId) ?? 0) >= this.#orgShareWhenCrowded;
+  }
+
+  #countIn(orgId: string): void {
+    this.#byOrg!.set(orgId, (this.#byOrg!.get(orgId) ?? 0) + 1);
+  }
+
   #baseFor(hour: number): TimeBase {
     return (this.#base ??= new TimeBase(hour));
   }
 
   // The one place a new key is counted in: the observer hears when the keys reach its mark.
   #added(entry: PendingKey): PendingKey {
+    if (this.#byOrg !== undefined) this.#countIn(entry.orgId);
     if (this.#nearFull !== undefined && this.pendingKeys === this.#nearFull.keys) this.#nearFull.observer();
     return entry;
   }
@@ -229,6 +266,7 @@ export class Aggregator {
     this.#otherOrgs = new Map();
     this.#uses = 0;
     this.#unlistedPending = 0;
+    this.#byOrg = undefined;
     this.#base = undefined;
     return batch;
   }
@@ -248,6 +286,11 @@ export class Aggregator {
   /** Of overflowUses, the uses of keys the key list lacks, refused because such keys held half the cap. */
   get unlistedOverflowUses(): number {
     return this.#unlistedOverflowUses;
+  }
+
+  /** Of overflowUses, the uses of new keys refused in the cap's last twentieth because their org held a twentieth of it. */
+  get crowdingOverflowUses(): number {
+    return this.#crowdingOverflowUses;
   }
 
   /** Samples not taken because their key or org id is not a lower-case UUID: a parser's bug. */

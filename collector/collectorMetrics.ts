@@ -70,6 +70,11 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
       'Of overflow_uses_total, uses of keys the key list lacks, refused because such keys held half the cap (COLLECTOR_KEY_LIST_REFRESH_MS)',
       aggregator.unlistedOverflowUses,
     ),
+    counter(
+      'overflow_crowding_uses_total',
+      "Of overflow_uses_total, uses of new keys refused in the cap's last twentieth, kept for orgs holding less than a twentieth of it",
+      aggregator.crowdingOverflowUses,
+    ),
     ...keyListSamples(parts.keyList),
     counter('unknown_keys_total', 'Keys dropped at flush because they do not exist in the named org', f.unknownKeys),
     counter('unknown_uses_total', 'Uses dropped with those keys', f.unknownUses),

@@ -201,6 +201,25 @@ t.test('the same key id under two orgs is two entries', async (t) => {
   t.equal(batch.uses, 9);
 });
 
+// One org's keys took the whole cap (100,000 used in one interval, or an outage that stops the
+// drains), and every other org's new keys were refused: the cap's last twentieth is kept for orgs
+// holding less than a twentieth (found by a review; fails without the fix).
+t.test("the cap's last twentieth is kept for orgs holding less than a twentieth of it", async (t) => {
+  const { aggregator } = fakeAggregator({ maxKeys: 40 });
+  const id = (n: number) => `00000000-0000-4000-8000-${n.toString(16).padStart(12, '0')}`;
+  const orgs = { big: id(9001), small: id(9002), late: id(9003) };
+  const taken = (orgId: string, from: number, count: number) =>
+    Array.from({ length: count }, (_, i) => aggregator.add(use({ keyId: id(from + i), orgId, count: 2 }))).filter(Boolean).length;
+  t.equal(taken(orgs.big, 1, 40), 38, 'one org takes the cap but its last twentieth');
+  t.equal(aggregator.crowdingOverflowUses, 4, 'its two keys beyond it refused, their uses counted');
+  t.equal(aggregator.add(use({ keyId: id(1), orgId: orgs.big, count: 1 })), true, 'its pending keys keep counting');
+  t.equal(taken(orgs.small, 100, 3), 2, 'another org takes what was kept');
+  t.equal(taken(orgs.late, 200, 1), 0, 'then the cap itself refuses');
+  t.equal(aggregator.overflowUses, 4 + 2 + 2);
+  aggregator.drain();
+  t.equal(taken(orgs.big, 300, 3), 3, 'after the drain the org starts again');
+});
+
 t.test('maxKeys refuses new keys but never pending ones', async (t) => {
   const { aggregator } = fakeAggregator({ maxKeys: 2 });
   const adds: Array<{ sample: UsageSample; accepted: boolean }> = [

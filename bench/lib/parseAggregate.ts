@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { Aggregator } from '../../collector/aggregator';
+import { Aggregator, capHolding } from '../../collector/aggregator';
 import type { KeyList } from '../../collector/keyList';
 import { createDatagramParser } from '../../shared/usageDatagram';
 import { parsePacket, type UsageSample } from '../../shared/usageWire';
@@ -34,7 +34,7 @@ export function measureParseAggregate(keys: readonly IngestKey[], shape: ParseSh
   const parse = shape.parser === 'text' ? parseText : createDatagramParser();
   const rates: ParseRates = { wall: [], cpu: [] };
   for (let pass = 0; pass < passes + 1; pass++) {
-    const aggregator = new Aggregator({ maxKeys: 100_000, listedKeys: shape.keyList, now: Date.now });
+    const aggregator = new Aggregator({ maxKeys: Math.max(100_000, capHolding(keys.length)), listedKeys: shape.keyList, now: Date.now });
     let usesReceived = 0;
     let packetTime = Date.now();
     const addSample =
