@@ -374,7 +374,7 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
   const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
   const of = keyIds ? ` of the ${keyIds.length} listed` : '';
   deps.out(`${verb} ${result.keys.length} key(s)${of} of organization ${command.orgId} unused for ${command.dormantDays} days.`);
-  if (result.more) deps.out('More keys are dormant: a dry run lists the oldest 10,000. Apply these, then run it again.');
+  if (result.more) deps.out(`More keys are dormant: a clean-up ${command.apply ? 'revokes' : 'lists'} the oldest 10,000 at a time. Run it again.`);
   if (result.keys.length === 0) return;
   deps.out(
     table([

@@ -380,7 +380,8 @@ t.test('dormant clean-up: keyIds bound the apply to the dry run; unfolded uses s
 
 // A dry run answered every dormant key: an org of 100,000 with long names and networks made each
 // one a response of hundreds of megabytes, built on the API's one thread.
-t.test('dormant clean-up: a dry run lists the oldest 10,000 and says more are dormant (fails without the fix)', async (t) => {
+// An org with one key more than a clean-up answers, all but the admin key dormant for 200 days.
+async function moreDormantThanAnAnswer(t: Test) {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
   const { org, adminKey, adminKeyId } = await seedOrg(api, db);
@@ -389,7 +390,11 @@ t.test('dormant clean-up: a dry run lists the oldest 10,000 and says more are do
     .where({ org_id: org.id })
     .whereNot({ id: adminKeyId })
     .update({ created_at: db.raw(`created_at - interval '200 days'`) });
-  const path = `/api/orgs/${org.id}/api-keys/revoke-dormant`;
+  return { api, adminKey, ids, path: `/api/orgs/${org.id}/api-keys/revoke-dormant` };
+}
+
+t.test('dormant clean-up: a dry run lists the oldest 10,000 and says more are dormant (fails without the fix)', async (t) => {
+  const { api, adminKey, ids, path } = await moreDormantThanAnAnswer(t);
   const dry = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90 } });
   t.equal(dry.body.keys.length, MAX_REVOKE_KEY_IDS);
   t.equal(dry.body.more, true);
@@ -403,6 +408,23 @@ t.test('dormant clean-up: a dry run lists the oldest 10,000 and says more are do
   t.equal(applied.body.more, false);
   const next = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90 } });
   t.strictSame([next.body.keys.map((k: { id: string }) => k.id), next.body.more], [[ids[MAX_REVOKE_KEY_IDS]], false], 'run again: the rest');
+});
+
+// The apply without keyIds had no bound: it revoked every dormant key in one statement and
+// answered them all, hundreds of megabytes for 100,000 (found by a review; fails without the fix).
+t.test('dormant clean-up: an apply without keyIds revokes the oldest 10,000 and says more are dormant', async (t) => {
+  const { api, adminKey, ids, path } = await moreDormantThanAnAnswer(t);
+  const apply = () => api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false } });
+  const first = await apply();
+  t.equal(first.body.keys.length, MAX_REVOKE_KEY_IDS);
+  t.equal(first.body.more, true);
+  t.strictSame(
+    first.body.keys.map((k: { id: string }) => k.id),
+    ids.slice(0, MAX_REVOKE_KEY_IDS),
+    'the oldest first',
+  );
+  const second = await apply();
+  t.strictSame([second.body.keys.map((k: { id: string }) => k.id), second.body.more], [[ids[MAX_REVOKE_KEY_IDS]], false], 'again: the rest');
 });
 
 // Uses a collector could not apply are set aside, not folded (api_key_usage_set_aside): the key's

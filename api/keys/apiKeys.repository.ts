@@ -234,14 +234,14 @@ export async function findDormantKeys(db: Db, query: DormantQuery, limit?: numbe
   return rows.map(toDormant);
 }
 
-/** Revokes exactly the keys findDormantKeys would list, in one statement; returns them. */
-export async function revokeDormantKeys(db: Db, query: DormantQuery): Promise<DormantKey[]> {
+/** Revokes exactly the keys findDormantKeys would list with `limit`, in one statement; returns them. */
+export async function revokeDormantKeys(db: Db, query: DormantQuery, limit: number): Promise<DormantKey[]> {
   const rows = await rawRows<DormantRow>(
     db,
-    `with dormant as (${dormantKeys(query)} order by k.id for update of k)
+    `with dormant as (${dormantKeys(query)} order by k.created_at, k.id limit :limit for update of k)
      update ${TABLE.apiKeys} k set revoked_at = :now from dormant d where k.id = d.id
      returning k.*, d.last_used_at`,
-    { ...query },
+    { ...query, limit },
   );
   return rows.map(toDormant).sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : 1));
 }

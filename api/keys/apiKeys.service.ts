@@ -58,7 +58,7 @@ export const revokeDormantResult = z
     dormantDays: z.number().int(),
     keys: z.array(apiKeyView.extend({ lastUsedAt: isoTime.nullable() })),
     more: z.boolean().meta({
-      description: `A dry run lists at most ${MAX_REVOKE_KEY_IDS} keys, oldest first (as many as an apply's keyIds take): true when more are dormant; apply these, then run again`,
+      description: `A dry run lists, and an apply revokes, at most ${MAX_REVOKE_KEY_IDS} keys, oldest first (as many as an apply's keyIds take): true when more are dormant; apply these, then run again`,
     }),
   })
   .meta({ id: 'RevokeDormantResult' });
@@ -184,11 +184,15 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     });
   }
 
-  // The revocations and one audit entry per revoked key, in one transaction.
+  // The revocations and one audit entry per revoked key, in one transaction: the oldest
+  // MAX_REVOKE_KEY_IDS, as a dry run lists them, and whether more are dormant. Unbounded, an org of
+  // 100,000 dormant keys with long names and networks made an answer of hundreds of megabytes,
+  // built on the API's one thread, as the dry run's was before.
   function revokeDormantApplied(orgId: string, query: DormantQuery, dormantDays: number, context: ChangeContext) {
     return (context.db ?? deps.db).transaction(async (trx) => {
       await beginAuditedChange(trx, orgId, context.actor, deps.now());
-      const keys = await revokeDormantKeys(trx, query);
+      const keys = await revokeDormantKeys(trx, query, MAX_REVOKE_KEY_IDS);
+      const more = keys.length === MAX_REVOKE_KEY_IDS && (await findDormantKeys(trx, query, 1)).length > 0;
       // In a few inserts: one each held up to KEYS_MAX_PER_ORG revoked rows locked for as many round trips.
       await recordAudits(
         trx,
@@ -202,8 +206,13 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
           ip: context.ip ?? null,
         })),
       );
-      return keys;
+      return { keys, more };
     });
+  }
+
+  async function dormantListed(query: DormantQuery) {
+    const found = await findDormantKeys(deps.db, query, MAX_REVOKE_KEY_IDS + 1);
+    return { keys: found.slice(0, MAX_REVOKE_KEY_IDS), more: found.length > MAX_REVOKE_KEY_IDS };
   }
 
   // Why a rotation's compare-and-set wrote nothing: the key was revoked or expired meanwhile, or
@@ -352,18 +361,15 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         exceptKeyId: context.actor?.id ?? null,
         onlyKeyIds: input.keyIds ?? null,
       };
-      // A dry run's answer is bounded: an org of 100,000 dormant keys with long names and networks
-      // made each one a response of hundreds of megabytes, built on the API's one thread.
-      const found = input.dryRun
-        ? await findDormantKeys(deps.db, query, MAX_REVOKE_KEY_IDS + 1)
-        : await revokeDormantApplied(orgId, query, input.dormantDays, context);
-      if (!input.dryRun) for (const key of found) deps.verifier?.invalidate(key.id);
-      const keys = input.dryRun ? found.slice(0, MAX_REVOKE_KEY_IDS) : found;
+      // Either answer is bounded: an org of 100,000 dormant keys with long names and networks made
+      // each a response of hundreds of megabytes, built on the API's one thread.
+      const { keys, more } = input.dryRun ? await dormantListed(query) : await revokeDormantApplied(orgId, query, input.dormantDays, context);
+      if (!input.dryRun) for (const key of keys) deps.verifier?.invalidate(key.id);
       return {
         dryRun: input.dryRun,
         dormantDays: input.dormantDays,
         keys: keys.map((key) => ({ ...toApiKeyView(key, now), lastUsedAt: iso(key.lastUsedAt) })),
-        more: found.length > keys.length,
+        more,
       };
     },
 
