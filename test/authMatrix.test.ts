@@ -201,7 +201,7 @@ const WEBHOOK_ROUTES: Route[] = [
   },
   {
     name: 'DELETE /api/orgs/:id/webhooks/:webhookId',
-    scopes: ['keys:write'],
+    scopes: ['keys:read', 'keys:write'],
     managesKeys: true,
     target: 'webhookToDelete',
     resource: 'webhook',

@@ -108,7 +108,9 @@ export const webhooksRoutes: RouteContract[] = [
 ];
 
 // Reading webhooks and their delivery log needs keys:read (no secret is ever shown there);
-// deleting and pinging need keys:write, creating both (a webhook sends every key event out).
+// pinging needs keys:write; creating and deleting both: a webhook sends every key event out, and
+// deleting it silences every alert, which a key that cannot read them must not do (a leaked
+// write-only key deleted the admin's webhook).
 export function webhooksRouter(deps: { service: WebhooksService; authorize: (requirement: Requirement) => RequestHandler; auditIp: (ip: string) => string }) {
   const { service, authorize } = deps;
   const changeContext = (res: Response) => ({ actor: res.locals.auth!.key, ip: deps.auditIp(res.locals.auth!.ip) });
@@ -131,7 +133,7 @@ export function webhooksRouter(deps: { service: WebhooksService; authorize: (req
     res.json(await service.list(id, page));
   });
 
-  router.delete('/:webhookId', write, async (req, res) => {
+  router.delete('/:webhookId', authorize(MANAGE_AND_READ_ORG), async (req, res) => {
     const { id, webhookId } = parseInput(webhookParams, req.params, 'params');
     await service.remove(id, webhookId, changeContext(res));
     res.status(204).end();
