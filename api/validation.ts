@@ -56,6 +56,13 @@ export function jsonBody(limit: string): RequestHandler {
   };
 }
 
+// A time written in year 9999 with a negative offset falls in year 10000 in UTC: accepted, a key's
+// expiresAt came back as "+010000-01-01T…", which no client's ISO 8601 parser (nor the API's own
+// answer schema) takes, for good.
+const LATEST_TIME = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
+/** Refines an ISO 8601 date-time string: no later than the last millisecond of 9999 in UTC. */
+export const notAfterYear9999 = [(value: string) => Date.parse(value) <= LATEST_TIME, 'must be no later than 9999-12-31T23:59:59.999Z'] as const;
+
 // An unencoded "+" in a query string reads as a space: 2026-01-01T00:00:00+02:00 arrives as
 // "2026-01-01T00:00:00 02:00".
 const plusAsSpace = / \d{2}(:?\d{2})?$/;
@@ -68,4 +75,5 @@ export const dateParam = z.iso
         ? 'must be an ISO 8601 date-time; its "+" arrived as a space: send it as %2B, or give the time in UTC with Z'
         : 'must be an ISO 8601 date-time',
   })
+  .refine(...notAfterYear9999)
   .transform((v) => new Date(v));

@@ -66,6 +66,8 @@ const ROUTES: Route[] = [
       { label: 'no scopes', body: { name: 'x', scopes: [] }, field: 'scopes' },
       { label: 'unknown scope', body: { name: 'x', scopes: ['admin'] }, field: 'scopes.0' },
       { label: 'bad expiresAt', body: { name: 'x', scopes: ['keys:read'], expiresAt: 'tomorrow' }, field: 'expiresAt' },
+      // Year 10000 in UTC: answered back as "+010000-…", which no ISO 8601 parser takes (fails without the fix).
+      { label: 'expiresAt after 9999 in UTC', body: { name: 'x', scopes: ['keys:read'], expiresAt: '9999-12-31T23:59:59-23:59' }, field: 'expiresAt' },
       { label: 'unknown field', body: { name: 'x', scopes: ['keys:read'], owner: 'me' }, field: 'owner' },
       { label: 'missing body', field: 'name' },
     ],
@@ -120,6 +122,7 @@ const ROUTES: Route[] = [
     badQuery('unknown type', 'type=key.bogus'),
     badQuery('keyId not a UUID', 'keyId=x'),
     badQuery('since not a date', 'since=yesterday'),
+    badQuery('since after 9999 in UTC', 'since=9999-12-31T23:59:59-23:59'),
     badQuery('a cursor it never returned', 'cursor=bm90LWEtY3Vyc29y'),
     badQuery('limit 0', 'limit=0'),
     badQuery('unknown parameter', 'offset=5'),

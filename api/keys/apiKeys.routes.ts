@@ -3,7 +3,7 @@ import { Router, type RequestHandler, type Response } from 'express';
 import { z } from 'zod';
 import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
-import { displayName, jsonBody, pagination, parseInput, uuid } from '../validation';
+import { displayName, jsonBody, notAfterYear9999, pagination, parseInput, uuid } from '../validation';
 import { MAX_REVOKE_KEY_IDS, apiKeyList, apiKeyView, revealedApiKey, revokeDormantResult, type ApiKeysService } from './apiKeys.service';
 import { SCOPES } from './scopes';
 
@@ -27,7 +27,10 @@ const createBody = z
       .array(z.enum(SCOPES, { error: `must be one of ${SCOPES.join(', ')}` }))
       .min(1, 'must list at least one scope')
       .transform((scopes) => [...new Set(scopes)]),
-    expiresAt: z.iso.datetime({ offset: true, error: 'must be an ISO 8601 date-time' }).nullish(),
+    expiresAt: z.iso
+      .datetime({ offset: true, error: 'must be an ISO 8601 date-time' })
+      .refine(...notAfterYear9999)
+      .nullish(),
     expectedNetworks: expectedNetworks.optional(),
   })
   .strict();
