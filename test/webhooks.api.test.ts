@@ -56,6 +56,12 @@ t.test('validation names the field', async (t) => {
     ['ftp', { url: 'ftp://example.com/x', events: ['*'] }, /url: must be an http or https URL/],
     ['credentials', { url: 'https://user:pw@example.com/x', events: ['*'] }, /url: must not contain credentials/],
     ['API key in URL', { url: `https://example.com/x?k=ku_${'a'.repeat(32)}_${'b'.repeat(43)}`, events: ['*'] }, /url: must not contain an API key/],
+    // Percent-encoded, it passed and was shown by GET and the audit log (fails without the fix).
+    [
+      'API key in URL, percent-encoded',
+      { url: `https://example.com/x?k=%6Bu_${'a'.repeat(32)}_${'b'.repeat(43)}`, events: ['*'] },
+      /url: must not contain an API key/,
+    ],
     [
       'NUL in the URL (a 500 before: PostgreSQL cannot store it)',
       { url: 'https://example.com/a\u0000b', events: ['*'] },

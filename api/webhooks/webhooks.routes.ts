@@ -20,8 +20,21 @@ function urlProblem(value: string): string | undefined {
   const parsed = new URL(value);
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') return 'must be an http or https URL';
   if (parsed.username !== '' || parsed.password !== '') return 'must not contain credentials';
-  if (redactKeyMaterial(value) !== value) return 'must not contain an API key';
+  if (containsKeyMaterial(value)) return 'must not contain an API key';
   return undefined;
+}
+
+// Percent-encoded (`%6Bu_…`), a key passed the check on the raw string, and GET and the audit log
+// showed it to every keys:read holder: the decoded form is checked too (a malformed escape is
+// checked as written).
+function containsKeyMaterial(value: string): boolean {
+  let decoded = value;
+  try {
+    decoded = decodeURIComponent(value);
+  } catch {
+    // Not valid percent-encoding: nothing more to decode.
+  }
+  return [value, decoded].some((text) => redactKeyMaterial(text) !== text);
 }
 
 const url = z
