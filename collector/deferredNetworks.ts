@@ -19,6 +19,8 @@ export const DEFERRED_PER_SWEEP = 10_000;
 const ROWS_OF_ORG = (p: readonly [string, string, string]) =>
   `org_id = ${p[0]} and (key_id, prefix) in (select * from unnest(cast(${p[1]} as uuid[]), cast(${p[2]} as cidr[])))`;
 
+// In org id order: two flushes listing the same two orgs in deferred_network_orgs for the first
+// time in opposite orders each waited for the other's insert.
 function byOrg(networks: readonly NetworkOfKey[]): Array<[string, string[], string[]]> {
   const orgs = new Map<string, [string, string[], string[]]>();
   for (const { orgId, keyId, prefix } of networks) {
@@ -26,7 +28,7 @@ function byOrg(networks: readonly NetworkOfKey[]): Array<[string, string[], stri
     org[1].push(keyId);
     org[2].push(prefix);
   }
-  return [...orgs.values()];
+  return [...orgs.values()].sort(([a], [b]) => (a < b ? -1 : 1));
 }
 
 // Due at once: the sweep, not the flush, decides whether the hour has room. first_seen, not a

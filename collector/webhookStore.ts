@@ -144,8 +144,9 @@ export async function claimDueDeliveries(db: Db, options: ClaimOptions): Promise
         ({ rows } = await db.raw<{ rows: ClaimRow[] }>(CLAIM, { orgId, limit, leaseMs: options.leaseMs, maxAttempts: options.maxAttempts }));
       } catch (error) {
         // Each org's claim commits on its own: thrown away, the deliveries already claimed had an
-        // attempt counted and no send, and waited a lease (with their last attempt, failed unsent).
-        if (claim.deliveries.length === 0) throw error;
+        // attempt counted and no send, and waited a lease (with their last attempt, failed unsent),
+        // and those already settled as failed went uncounted.
+        if (claim.deliveries.length === 0 && claim.spent === 0) throw error;
         return { ...claim, failure: error as Error };
       }
       const claimed = rows.filter((row) => !row.spent);

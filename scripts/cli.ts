@@ -2,7 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { AppError } from '../api/errors';
-import { recordAudit } from '../api/audit/audit.repository';
+import { beginAuditedChange, recordAudit } from '../api/audit/audit.repository';
 import { countKeysByPepper, findApiKeyInOrg, latestUseInOrg } from '../api/keys/apiKeys.repository';
 import { MAX_REVOKE_KEY_IDS, createApiKeysService, type ApiKeyView } from '../api/keys/apiKeys.service';
 import { pepperId } from '../api/keys/keyMaterial';
@@ -374,7 +374,13 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
   const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
   const of = keyIds ? ` of the ${keyIds.length} listed` : '';
   deps.out(`${verb} ${result.keys.length} key(s)${of} of organization ${command.orgId} unused for ${command.dormantDays} days.`);
-  if (result.more) deps.out(`More keys are dormant: a clean-up ${command.apply ? 'revokes' : 'lists'} the oldest 10,000 at a time. Run it again.`);
+  if (result.more) {
+    deps.out(
+      command.apply
+        ? 'More keys are dormant: an apply revokes the oldest 10,000 at a time. Run it again for the rest.'
+        : 'More keys are dormant: a dry run lists the oldest 10,000. Apply these, then run it again.',
+    );
+  }
   if (result.keys.length === 0) return;
   deps.out(
     table([
@@ -448,6 +454,10 @@ async function eraseIps(command: { orgId: string; keyId: string; json: boolean }
   // made (neither cascades from the key): an erasure request for it still finds them.
   const exists = (await findApiKeyInOrg(deps.db, command.orgId, command.keyId)) !== undefined;
   const erased = await deps.db.transaction(async (trx) => {
+    // The audit lock first, as every audited change takes it: taken last, after the erasure had
+    // locked the key's webhook deliveries, it deadlocked with a webhook delete, which takes it
+    // first and then deletes those deliveries.
+    await beginAuditedChange(trx, command.orgId, undefined, deps.now());
     const counts = await eraseKeyIps(trx, command.orgId, command.keyId);
     if (!exists && Object.values(counts).every((count) => count === 0))
       throw new AppError('not_found', `API key ${command.keyId} not found in organization ${command.orgId}`);

@@ -97,7 +97,18 @@ export async function resolveTargetWithin(url: URL, allowPrivate: boolean, timeo
   const startedAt = Date.now();
   const release = await via.slots.take(via.owner, timeoutMs);
   if (!release) return undefined;
+  const leftMs = timeoutMs - (Date.now() - startedAt);
+  // A slot granted at the deadline: a lookup started now would hold it, and a thread, for nothing.
+  if (leftMs <= 0) {
+    release();
+    return undefined;
+  }
   const lookup = via.lookup ?? systemLookup;
-  const resolving = resolveTarget(url, allowPrivate, (hostname) => lookup(hostname).finally(release));
-  return within(resolving, timeoutMs - (Date.now() - startedAt));
+  // Through a promise first: a lookup that throws instead of rejecting still gives its slot back.
+  const resolving = resolveTarget(url, allowPrivate, (hostname) =>
+    Promise.resolve()
+      .then(() => lookup(hostname))
+      .finally(release),
+  );
+  return within(resolving, leftMs);
 }

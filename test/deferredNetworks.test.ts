@@ -1,5 +1,6 @@
 import t from 'tap';
-import { DEFERRED_PER_SWEEP, planDeferred, raiseDeferred } from '../collector/deferredNetworks';
+import type { PoolClient } from 'pg';
+import { DEFERRED_PER_SWEEP, markDeferred, planDeferred, raiseDeferred } from '../collector/deferredNetworks';
 import { createPgUsageStore } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
 import { sweepTimeEvents } from '../collector/eventStore';
@@ -212,4 +213,17 @@ t.test("the sweep locks a postponed key's totals row before its networks, as a f
   await flush.commit();
   t.strictSame(await sweep, { dormant: 0, expiring: 0, newIp: 0 }, 'then postpones the network');
   t.equal(await stillPending(db, adminKeyId), 1);
+});
+
+// Two flushes listing the same two orgs in deferred_network_orgs for the first time, in opposite
+// orders, each waited for the other's insert: the statements go in org id order (fails without it).
+t.test("the flush's deferring statements go in org id order, whatever order the networks came in", async (t) => {
+  const orgs: string[] = [];
+  const connection = { query: async (_sql: string, values: string[]) => void orgs.push(values[0]) };
+  const networks = ['c', 'a', 'b', 'a'].map((org) => ({ orgId: `0000000${org}-0000-4000-8000-000000000000`, keyId: `key-${org}`, prefix: '10.0.0.0/24' }));
+  t.equal(await markDeferred(connection as unknown as PoolClient, networks), 3);
+  t.strictSame(
+    orgs.map((org) => org[7]),
+    ['a', 'b', 'c'],
+  );
 });

@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import t, { type Test } from 'tap';
+import { lockOrgFor } from '../api/orgs/orgs.repository';
 import { runCli } from '../scripts/cli';
 import type { Db } from '../shared/db';
 import { eraseKeyIps, expireIpData } from '../shared/ipRetention';
@@ -249,6 +250,38 @@ t.test(
     await flush.commit();
     t.same((await erasure).api_key_recent_ips, 1, 'the erasure ran after the flush, and took the address it wrote');
     t.same(await db('api_key_recent_ips').where(key).pluck('ip'), []);
+  },
+);
+
+// The erasure took its org's audit lock last, after locking the key's webhook deliveries; a
+// webhook delete takes it first and then deletes those deliveries: queued behind the delete, the
+// erasure deadlocked with it and PostgreSQL failed one (found by a review; fails without the fix).
+t.test(
+  'key erase-ips queued behind a webhook delete of its org: both finish, no deadlock',
+  { skip: onCitus() && 'the lock wait is on a worker' },
+  async (t) => {
+    const { db, api, acme } = await world(t);
+    await seedIps(db, acme.org.id, acme.adminKeyId, '192.0.2.1', 1);
+    const { id: webhookId } = await db('webhooks').where({ org_id: acme.org.id }).first('id');
+    const waiting = (count: number) => async () =>
+      (await db.raw("select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")).rows[0].n >= count
+        ? true
+        : undefined;
+    // The org's audit lock held, so that the delete queues first and the erasure behind it.
+    const holder = await db.transaction();
+    await lockOrgFor(holder, 'audit', acme.org.id);
+    const deletion = api.request('DELETE', `/api/orgs/${acme.org.id}/webhooks/${webhookId}`, { key: acme.adminKey });
+    await waitFor('the delete to wait', waiting(1));
+    const erasure = runCli(['key', 'erase-ips', acme.org.id, acme.adminKeyId], {
+      db,
+      pepper: 'p'.repeat(32),
+      now: Date.now,
+      out: () => undefined,
+      err: () => undefined,
+    });
+    await waitFor('the erasure to wait', waiting(2));
+    await holder.commit();
+    t.strictSame([(await deletion).status, await erasure], [204, 0], 'the delete, then the erasure');
   },
 );
 

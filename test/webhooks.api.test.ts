@@ -62,6 +62,17 @@ t.test('validation names the field', async (t) => {
       { url: `https://example.com/x?k=%6Bu_${'a'.repeat(32)}_${'b'.repeat(43)}`, events: ['*'] },
       /url: must not contain an API key/,
     ],
+    // Beside a malformed escape, which made decoding the whole URL fail and the check skip it.
+    [
+      'API key beside a bad escape',
+      { url: `https://example.com/x?a=%&k=%6Bu_${'a'.repeat(32)}_${'b'.repeat(43)}`, events: ['*'] },
+      /url: must not contain an API key/,
+    ],
+    [
+      'API key beside invalid UTF-8',
+      { url: `https://example.com/x?k=%6B%75%5F${'a'.repeat(32)}_${'b'.repeat(43)}&z=%E0`, events: ['*'] },
+      /url: must not contain an API key/,
+    ],
     [
       'NUL in the URL (a 500 before: PostgreSQL cannot store it)',
       { url: 'https://example.com/a\u0000b', events: ['*'] },

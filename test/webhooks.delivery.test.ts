@@ -378,6 +378,13 @@ t.test("an org's claim that fails after another's returns what was claimed, with
   t.match(claim.failure, /connection lost/);
   const attempts = await db('webhook_deliveries').where({ id: claim.deliveries[0].id }).first('attempts');
   t.equal(attempts.attempts, 1, 'claimed: its attempt is the one about to be sent');
+  // The first org's claim only settled a delivery as failed: it is counted, not thrown away.
+  const [first] = await db('webhook_deliveries').where({ status: 'pending' }).orderBy('org_id').limit(1).pluck('id');
+  await db('webhook_deliveries')
+    .where({ id: first })
+    .update({ attempts: 8, next_attempt_at: new Date(Date.now() - 1000) });
+  const settled = await claimDueDeliveries(failingAt(2), { ...options, after: BEFORE_EVERY_ORG });
+  t.match([settled.deliveries.length, settled.spent, settled.failure], [0, 1, /connection lost/], 'the settled one counted, with the failure');
 });
 
 // The worker carries each claim's turn to the next: without it, every fill began again at the

@@ -10,7 +10,7 @@ import { sleep } from '../harness/wait';
 import { secretBox } from '../shared/secretBox';
 import { signatureHeader } from '../shared/webhookSignature';
 import { lookupSlots } from '../shared/lookupSlots';
-import { isPrivateAddress, resolveTarget, resolveTargetWithin } from '../shared/webhookTarget';
+import { isPrivateAddress, resolveTarget, resolveTargetWithin, TargetRefusedError } from '../shared/webhookTarget';
 
 // The receiver example of docs/webhooks.md, loaded as a receiver would run it.
 const EXAMPLE = path.join(__dirname, '..', 'docs', 'examples', 'webhook-receiver.js');
@@ -223,4 +223,33 @@ t.test('lookup slots: at most `total` at once, in arrival order past an owner at
   (await a2)!();
   t.strictSame(order, ['c', 'a'], 'c took the slot a freed; a came in next');
   t.equal(slots.inUse, 0);
+});
+
+// Found by a review of the slots: a slot granted at the caller's deadline started a lookup no one
+// waited for, holding the slot and a thread; a lookup that threw instead of rejecting never gave
+// its slot back, and its org never resolved again in the process (each fails without its fix).
+t.test('a slot granted at the deadline starts no lookup; a lookup that throws gives its slot back', async (t) => {
+  const slots = lookupSlots(1, 1);
+  const started: string[] = [];
+  const answering = async (hostname: string) => {
+    started.push(hostname);
+    return [{ address: '203.0.113.7', family: 4 }];
+  };
+  const via = { slots, owner: 'a' };
+  const held = (await slots.take('b', 10))!;
+  const late = resolveTargetWithin(new URL('https://late.example/hook'), false, 30, { ...via, lookup: answering });
+  // Freed past the wait's end, before its timer could run (the event loop held): granted late.
+  const until = Date.now() + 40;
+  while (Date.now() < until);
+  held();
+  t.equal(await late, undefined);
+  t.strictSame([started, slots.inUse], [[], 0], 'no lookup started, the slot free');
+  const throwing = () => {
+    throw new Error('not a promise');
+  };
+  await t.rejects(resolveTargetWithin(new URL('https://throws.example/hook'), false, 50, { ...via, lookup: throwing }), TargetRefusedError);
+  t.equal(slots.inUse, 0, 'its slot given back');
+  t.strictSame(await resolveTargetWithin(new URL('https://next.example/hook'), false, 50, { ...via, lookup: answering }), [
+    { address: '203.0.113.7', family: 4 },
+  ]);
 });

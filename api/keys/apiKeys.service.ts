@@ -58,7 +58,7 @@ export const revokeDormantResult = z
     dormantDays: z.number().int(),
     keys: z.array(apiKeyView.extend({ lastUsedAt: isoTime.nullable() })),
     more: z.boolean().meta({
-      description: `A dry run lists, and an apply revokes, at most ${MAX_REVOKE_KEY_IDS} keys, oldest first (as many as an apply's keyIds take): true when more are dormant; apply these, then run again`,
+      description: `A dry run lists, and an apply revokes, at most ${MAX_REVOKE_KEY_IDS} keys, oldest first (as many as an apply's keyIds take): true when more are dormant. After a dry run, apply these, then run again; after an apply, run it again for the rest`,
     }),
   })
   .meta({ id: 'RevokeDormantResult' });
