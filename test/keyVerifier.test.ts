@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import t, { type Test } from 'tap';
-import { createKeyVerifier } from '../api/auth/keyVerifier';
+import { createKeyVerifier, LOCKED_RELOAD_GAP_MS } from '../api/auth/keyVerifier';
 import type { PresentedKey } from '../api/keys/keyMaterial';
 import { parsePresentedKey } from '../api/keys/keyMaterial';
 import { seedOrg, startTestApi } from './helpers/api';
@@ -73,6 +73,23 @@ t.test('mayReload refuses the reload: wrong secrets then cost no query', async (
   await verifier.verify(key);
   for (let i = 0; i < 20; i += 1) t.equal((await verifier.verify(wrong())).outcome, 'bad_secret');
   t.equal(counter.queries, 1, 'only the first load');
+});
+
+// A key id locked by wrong secrets (anyone who knows it can) on this instance, rotated on another:
+// its owner's new secret was judged against the cached record and refused for the cache's whole
+// TTL, each refusal a failure of the owner's address (found by a review; fails without the fix).
+t.test(`a locked key is read again at most every ${LOCKED_RELOAD_GAP_MS} ms: a secret rotated elsewhere works after that`, async (t) => {
+  const { api, org, adminKeyId, verifier, counter, key, wrong, advance } = await world(t, { mayReload: () => false });
+  t.equal((await verifier.verify(key)).outcome, 'ok');
+  const rotated = parsePresentedKey((await api.services.apiKeys.rotate(org.id, adminKeyId, { graceSeconds: 0 })).plaintext)!;
+  const before = counter.queries;
+  t.equal((await verifier.verify(rotated)).outcome, 'bad_secret', 'at once: the cached record, no read');
+  t.equal(counter.queries, before);
+  advance(LOCKED_RELOAD_GAP_MS);
+  t.equal((await verifier.verify(rotated)).outcome, 'ok', 'a gap later: read again, the new secret works');
+  t.equal(counter.queries, before + 1);
+  for (let i = 0; i < 10; i += 1) t.equal((await verifier.verify(wrong())).outcome, 'bad_secret');
+  t.equal(counter.queries, before + 1, 'wrong secrets within the gap cost no read');
 });
 
 t.test('a wrong secret while the database is down neither evicts the cached key nor throws', async (t) => {

@@ -77,6 +77,9 @@ function judge(key: ApiKeyRecord, secret: string, peppers: readonly Pepper[], no
 // wrong secrets come too often (a flood then costs no query each). A secret proven with an older
 // pepper is rehashed with the current one after the request (api/auth/pepperUpgrade.ts); the
 // entry is then dropped so the next use reads the new hash.
+/** How often a key whose reloads the throttle refuses is read again for a secret its cache does not match. */
+export const LOCKED_RELOAD_GAP_MS = 250;
+
 export function createKeyVerifier(deps: {
   db: Db;
   /** KEY_PEPPER, then KEY_PEPPER_PREVIOUS, current first. */
@@ -131,6 +134,12 @@ export function createKeyVerifier(deps: {
     return verdict;
   }
 
+  // A key whose reloads the throttle refuses (anyone who knows its id can lock it with wrong
+  // secrets) still gets one read per LOCKED_RELOAD_GAP_MS: with none, a secret rotated on another
+  // instance was refused for the cache's whole TTL and counted as a failure of its owner's address.
+  // The load refreshes fetchedAt, so a flood costs one read per gap.
+  const lockedMayReload = (cached: { fetchedAt: number }, at: Instant) => at.elapsed - cached.fetchedAt >= Math.min(LOCKED_RELOAD_GAP_MS, deps.cacheTtlMs);
+
   // An id read as not existing within the TTL: answered from the cache, a hit.
   function knownUnknown(keyId: string, elapsed: number): boolean {
     if (!fresh(unknown.get(keyId), elapsed)) return false;
@@ -174,7 +183,7 @@ export function createKeyVerifier(deps: {
       const key = cachedFresh ? cached.record : await load(keyId);
       if (!key) return { outcome: 'unknown' };
       const verdict = decided(key, secret, at.now);
-      if (verdict.outcome !== 'bad_secret' || !cachedFresh || deps.mayReload?.(keyId) === false) return verdict;
+      if (verdict.outcome !== 'bad_secret' || !cachedFresh || (deps.mayReload?.(keyId) === false && !lockedMayReload(cached, at))) return verdict;
       stats.reloads += 1;
       // The cached verdict stands if the fresh read fails: the database being down is no reason to 500.
       const reloaded = await load(keyId).catch(() => undefined);
