@@ -92,6 +92,35 @@ t.test(`a locked key is read again at most every ${LOCKED_RELOAD_GAP_MS} ms: a s
   t.equal(counter.queries, before + 1, 'wrong secrets within the gap cost no read');
 });
 
+// The same on the path of changes, which reads fresh: it refused from the cache for the whole TTL.
+t.test('a locked key on the path of changes: read again once a gap, the rotated secret works', async (t) => {
+  const { api, org, adminKeyId, verifier, counter, key, wrong, advance } = await world(t, { mayReload: () => false });
+  t.equal((await verifier.verify(key)).outcome, 'ok');
+  const rotated = parsePresentedKey((await api.services.apiKeys.rotate(org.id, adminKeyId, { graceSeconds: 0 })).plaintext)!;
+  const before = counter.queries;
+  t.equal((await verifier.verify(rotated, { fresh: true })).outcome, 'bad_secret', 'at once: the cached record, no read');
+  advance(LOCKED_RELOAD_GAP_MS);
+  t.equal((await verifier.verify(rotated, { fresh: true })).outcome, 'ok', 'a gap later: read, the new secret works');
+  for (let i = 0; i < 10; i += 1) t.equal((await verifier.verify(wrong(), { fresh: true })).outcome, 'bad_secret');
+  t.equal(counter.queries, before + 1, 'then wrong secrets within the gap cost no read');
+  advance(LOCKED_RELOAD_GAP_MS);
+  await verifier.verify(wrong(), { fresh: true });
+  t.equal(counter.queries, before + 2, 'one more a gap later');
+});
+
+// Counted from the record's fetch time, a read that failed (or outlasted the gap) left the gap
+// open: with the database failing, every wrong secret read again (found by a review).
+t.test('a locked key whose reads fail costs one read a gap, not one a wrong secret', async (t) => {
+  const { db, verifier, counter, key, wrong, advance } = await world(t, { mayReload: () => false });
+  t.equal((await verifier.verify(key)).outcome, 'ok');
+  advance(LOCKED_RELOAD_GAP_MS);
+  await db.raw('alter table api_keys rename to api_keys_away');
+  t.teardown(() => db.raw('alter table api_keys_away rename to api_keys'));
+  const before = counter.queries;
+  for (let i = 0; i < 20; i += 1) t.equal((await verifier.verify(wrong())).outcome, 'bad_secret', 'the cached verdict stands');
+  t.equal(counter.queries, before + 1, 'one read, failed, for the 20');
+});
+
 t.test('a wrong secret while the database is down neither evicts the cached key nor throws', async (t) => {
   const { db, verifier, key, wrong } = await world(t);
   t.equal((await verifier.verify(key)).outcome, 'ok');

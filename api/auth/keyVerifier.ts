@@ -135,10 +135,19 @@ export function createKeyVerifier(deps: {
   }
 
   // A key whose reloads the throttle refuses (anyone who knows its id can lock it with wrong
-  // secrets) still gets one read per LOCKED_RELOAD_GAP_MS: with none, a secret rotated on another
-  // instance was refused for the cache's whole TTL and counted as a failure of its owner's address.
-  // The load refreshes fetchedAt, so a flood costs one read per gap.
-  const lockedMayReload = (cached: { fetchedAt: number }, at: Instant) => at.elapsed - cached.fetchedAt >= Math.min(LOCKED_RELOAD_GAP_MS, deps.cacheTtlMs);
+  // secrets) is still read again once per LOCKED_RELOAD_GAP_MS, on either path: with none, a
+  // secret rotated on another instance was refused for the cache's whole TTL and counted as a
+  // failure of its owner's address. The gap runs from the record's fetch, or from when the last
+  // such read started, taken before it: a read that fails or outlasts the gap still was this
+  // gap's one (counted from the fetch alone, a database failing or slow let every wrong secret
+  // read again).
+  const lockedReads = new Map<string, number>();
+  function lockedReadNow(keyId: string, fetchedAt: number, elapsed: number): boolean {
+    const last = Math.max(fetchedAt, lockedReads.get(keyId) ?? -Infinity);
+    if (elapsed - last < Math.min(LOCKED_RELOAD_GAP_MS, deps.cacheTtlMs)) return false;
+    setBounded(lockedReads, keyId, elapsed, MAX_CACHED_KEYS);
+    return true;
+  }
 
   // An id read as not existing within the TTL: answered from the cache, a hit.
   function knownUnknown(keyId: string, elapsed: number): boolean {
@@ -150,12 +159,13 @@ export function createKeyVerifier(deps: {
   // Not single-flight: a read in flight may have begun before a revocation committed. What the
   // cache can refuse it refuses without a read, as on the cached path: an id known not to exist
   // (within the TTL: a key created elsewhere since waits that long), and a wrong secret on a key
-  // whose reloads the throttle refuses. Otherwise every request costs one primary-key read.
+  // whose reloads the throttle refuses, but once a gap (lockedReadNow). Otherwise every request
+  // costs one primary-key read.
   async function verifyFresh(keyId: string, secret: string, at: Instant): Promise<Verification> {
     if (knownUnknown(keyId, at.elapsed)) return { outcome: 'unknown' };
     const cached = records.get(keyId);
     const refusable = cached !== undefined && fresh(cached.fetchedAt, at.elapsed) && deps.mayReload?.(keyId) === false;
-    if (refusable && judge(cached.record, secret, peppers, at.now).verdict.outcome === 'bad_secret') {
+    if (refusable && judge(cached.record, secret, peppers, at.now).verdict.outcome === 'bad_secret' && !lockedReadNow(keyId, cached.fetchedAt, at.elapsed)) {
       stats.hits += 1;
       return { outcome: 'bad_secret', key: cached.record };
     }
@@ -183,7 +193,8 @@ export function createKeyVerifier(deps: {
       const key = cachedFresh ? cached.record : await load(keyId);
       if (!key) return { outcome: 'unknown' };
       const verdict = decided(key, secret, at.now);
-      if (verdict.outcome !== 'bad_secret' || !cachedFresh || (deps.mayReload?.(keyId) === false && !lockedMayReload(cached, at))) return verdict;
+      if (verdict.outcome !== 'bad_secret' || !cachedFresh || (deps.mayReload?.(keyId) === false && !lockedReadNow(keyId, cached.fetchedAt, at.elapsed)))
+        return verdict;
       stats.reloads += 1;
       // The cached verdict stands if the fresh read fails: the database being down is no reason to 500.
       const reloaded = await load(keyId).catch(() => undefined);
