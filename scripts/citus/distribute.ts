@@ -35,10 +35,13 @@ const TRUNCATE_GUARD = { table: 'audit_log', trigger: 'audit_log_no_truncate' };
 
 // A table a migration creates on a distributed cluster with a foreign key to a reference table
 // (deferred_network_orgs → organizations) is made a Citus local table at once (partmethod 'n',
-// repmodel 's'): it is in pg_dist_partition but still on the coordinator alone, and was skipped
+// repmodel 's', no co-location group, where a single-shard table has one): it is in
+// pg_dist_partition but still on the coordinator alone, and was skipped
 // as laid out, so the sweep's LATERAL over it failed on every sweep. Such a table still waits.
 async function laidOut(db: Db): Promise<Set<string>> {
-  const { rows } = await db.raw(`select logicalrelid::regclass::text as name from pg_dist_partition where not (partmethod = 'n' and repmodel = 's')`);
+  const { rows } = await db.raw(
+    `select logicalrelid::regclass::text as name from pg_dist_partition where not (partmethod = 'n' and repmodel = 's' and colocationid = 0)`,
+  );
   return new Set(rows.map((row: { name: string }) => row.name));
 }
 
