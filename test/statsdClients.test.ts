@@ -5,7 +5,7 @@
 // line is relayed, exactly once and whole, to the COLLECTOR_RELAY_TO upstream.
 import dgram from 'node:dgram';
 import { StatsD } from 'hot-shots';
-import { createStatsdSink } from '../api/usage/statsdSink';
+import { cachedIpv4Lookup, COLLECTOR_ADDRESS_TTL_MS, createStatsdSink } from '../api/usage/statsdSink';
 import StatsdClient from 'statsd-client';
 import t, { type Test } from 'tap';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
@@ -150,5 +150,35 @@ t.test("the API's sink sends its datagrams and nothing else, whatever DD_* varia
   await sink.close();
   await waitFor('the datagram', () => (upstream.lines.length > 0 ? true : undefined));
   await new Promise((resolve) => setTimeout(resolve, 200)); // room for anything sent at close
+  t.strictSame(upstream.lines, ['apikey.used:1|c']);
+});
+
+// hot-shots' own cache looked a collector's host name up with no family for its udp4 socket: a
+// name whose first address was IPv6 failed every send (EINVAL), and a refresh that failed lost
+// the datagram though the address had not changed (found by a review; fails without the fix).
+t.test("the API's sink sends to a host name's IPv4 address, and keeps the last one while a lookup fails", async (t) => {
+  const upstream = await loopbackUpstream(t);
+  const asked: Array<{ hostname: string; family: number }> = [];
+  let resolverUp = true;
+  const resolve = (hostname: string, options: { family: 4 }, callback: (error: Error | null, address: string) => void) => {
+    asked.push({ hostname, family: options.family });
+    if (resolverUp) callback(null, '127.0.0.1');
+    else callback(Object.assign(new Error('getaddrinfo EAI_AGAIN'), { code: 'EAI_AGAIN' }), '');
+  };
+  const sink = createStatsdSink({ host: 'collector.internal', port: upstream.port, onError: () => {}, resolve });
+  t.teardown(() => sink.close());
+  const send = (line: string) => new Promise<void>((done, fail) => sink.send(line, (error) => (error ? fail(error) : done())));
+  await send('apikey.used:1|c');
+  t.strictSame(asked, [{ hostname: 'collector.internal', family: 4 }], 'looked up for IPv4, once');
+  let clock = 0;
+  const lookup = cachedIpv4Lookup(resolve, () => clock);
+  await new Promise<void>((done) => lookup('collector.internal', {}, () => done()));
+  clock = COLLECTOR_ADDRESS_TTL_MS;
+  resolverUp = false;
+  const failing = await new Promise((done) => lookup('collector.internal', {}, (error, address) => done([error, address])));
+  t.strictSame(failing, [null, '127.0.0.1'], 'a lookup failing after one worked: the last address');
+  const bound = await new Promise((done) => lookup('0.0.0.0', {}, (error, address, family) => done([error, address, family])));
+  t.strictSame(bound, [null, '0.0.0.0', 4], "an address (the socket's bind) is itself, not looked up");
+  await waitFor('the datagram', () => (upstream.lines.length > 0 ? true : undefined));
   t.strictSame(upstream.lines, ['apikey.used:1|c']);
 });

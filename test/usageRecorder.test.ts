@@ -118,6 +118,49 @@ t.test('sends waiting on the sink are bounded: beyond maxInFlight a datagram fai
   t.match(recorder.stats, { sentUses: 4, failedUses: 2 }, 'sends go again once the sink answers');
 });
 
+// Checked per datagram, one drain of more datagrams than maxInFlight (10,000 entries of IPv6
+// clients, signed) failed its own tail with the collector reachable: the bound is on what earlier
+// drains left unsent (found by a review; fails without the fix).
+t.test('one drain is sent whole, however many datagrams; the next waits on what it left unsent', async (t) => {
+  const { sink, sent, complete } = fakeSink();
+  const recorder = new UsageRecorder({
+    sink,
+    maxEntries: 10_000,
+    drainIntervalMs: 1000,
+    logger: capturedLogger().logger,
+    maxInFlight: 3,
+    maxDatagramBytes: 120,
+  });
+  for (let i = 0; i < 10; i += 1) recorder.record(KEY, ORG, `2001:db8::${i}`, 'ok');
+  recorder.drain();
+  t.equal(sent.length, 10, 'a line a datagram, all ten handed to the sink');
+  t.match(recorder.stats, { datagrams: 10, failedDatagrams: 0 });
+  recorder.record(KEY, ORG, '192.0.2.1', 'ok');
+  recorder.drain();
+  t.match(recorder.stats, { datagrams: 11, failedDatagrams: 1, failedUses: 1 }, 'ten still unsent: the next drain fails at once');
+  complete();
+  t.match(recorder.stats, { sentUses: 10, failedUses: 1 });
+});
+
+// The request that filled the map encoded, signed and sent every line in its own turn (40–50 ms
+// for 10,000 signed lines): it only sets the map aside now (found by a review; fails without the fix).
+t.test('a full map is set aside by the request that fills it and sent on the next turn, or by stop', async (t) => {
+  const { sink, sent, complete } = fakeSink();
+  const recorder = new UsageRecorder({ sink, maxEntries: 3, drainIntervalMs: 1000, logger: capturedLogger().logger });
+  for (let i = 0; i < 3; i += 1) recorder.record(KEY, ORG, `192.0.2.${i}`, 'ok');
+  t.equal(sent.length, 0, 'nothing sent in the request');
+  t.equal(recorder.pendingEntries, 3, 'the full map set aside, still waiting');
+  await new Promise((resolve) => setImmediate(resolve));
+  t.equal(samplesOf(sent).length, 3, 'sent on the next turn');
+  for (let i = 0; i < 3; i += 1) recorder.record(KEY, ORG, `198.51.100.${i}`, 'ok');
+  const stopped = recorder.stop();
+  complete();
+  await stopped;
+  complete();
+  t.equal(samplesOf(sent).length, 6, 'a map set aside just before stop is sent by it');
+  t.match(recorder.stats, { earlyDrains: 2, sentUses: 6, failedUses: 0 });
+});
+
 t.test('stop waits for sends that never complete only so long, says so, and closes the sink', async (t) => {
   const { logger, lines } = capturedLogger();
   const { sink, isClosed } = fakeSink();

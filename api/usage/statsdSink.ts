@@ -1,3 +1,6 @@
+import dns from 'node:dns';
+import type { SocketOptions } from 'node:dgram';
+import { isIP } from 'node:net';
 import { StatsD } from 'hot-shots';
 import type { DatagramSink } from './usageRecorder';
 
@@ -7,7 +10,38 @@ interface RawSender {
   sendMessage(message: string, callback: (error?: Error | null) => void): void;
 }
 
-export function createStatsdSink(options: { host: string; port: number; onError: (error: Error) => void }): DatagramSink {
+/** How long a host name's address is used before it is looked up again. */
+export const COLLECTOR_ADDRESS_TTL_MS = 60_000;
+
+type Resolve = (hostname: string, options: { family: 4 }, callback: (error: Error | null, address: string) => void) => void;
+
+// A host name's IPv4 address, looked up once a minute; while a lookup fails, the last address that
+// worked. hot-shots' own cache (cacheDns) looked the name up with no family for its udp4 socket:
+// a name whose first address is IPv6 (localhost, on many hosts) failed every send (EINVAL), and a
+// refresh failing (the resolver down a moment) failed the datagram instead of keeping an address
+// that had not changed. IPv4, as the collector binds a name (a udp4 socket).
+export function cachedIpv4Lookup(resolve: Resolve = dns.lookup, now: () => number = Date.now): NonNullable<SocketOptions['lookup']> {
+  let cached: { address: string; at: number } | undefined;
+  return (hostname, _options, callback) => {
+    // The socket's own bind (0.0.0.0, before its first send) goes through this lookup too.
+    if (isIP(hostname)) {
+      process.nextTick(() => callback(null, hostname, isIP(hostname)));
+      return;
+    }
+    if (cached && now() - cached.at < COLLECTOR_ADDRESS_TTL_MS) {
+      const { address } = cached;
+      process.nextTick(() => callback(null, address, 4));
+      return;
+    }
+    resolve(hostname, { family: 4 }, (error, address) => {
+      if (!error) cached = { address, at: now() };
+      if (cached) callback(null, cached.address, 4);
+      else callback(error, '', 4);
+    });
+  };
+}
+
+export function createStatsdSink(options: { host: string; port: number; onError: (error: Error) => void; resolve?: Resolve }): DatagramSink {
   const client = new StatsD({
     host: options.host,
     port: options.port,
@@ -18,8 +52,9 @@ export function createStatsdSink(options: { host: string; port: number; onError:
     // never signed, which kept its forged-datagram alert firing.
     datadog: false,
     includeDatadogTelemetry: false,
-    // A host name was looked up for every datagram.
-    cacheDns: true,
+    // An address is sent to as it is (hot-shots picks udp4 or udp6 by it); a name through the
+    // lookup above, on a udp4 socket.
+    ...(isIP(options.host) ? {} : { udpSocketOptions: { type: 'udp4' as const, lookup: cachedIpv4Lookup(options.resolve) } }),
     // Without an errorHandler hot-shots re-throws some socket errors; usage must never throw.
     errorHandler: options.onError,
   });
