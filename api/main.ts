@@ -9,6 +9,9 @@ import { createApiMetrics } from './metrics';
 import { createUsageRecorder } from './usage/createUsageRecorder';
 
 export async function startApi(config: Config, logger: Logger, databaseUrl: string) {
+  // Before the database: its settings refused (COLLECTOR_PORT=0) are said as such, not hidden
+  // behind a database that is down, and leave no pool open.
+  const recorder = config.usage.enabled ? createUsageRecorder(config.usage, logger) : undefined;
   const db = await createCheckedDb(
     databaseUrl,
     {
@@ -21,7 +24,6 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
     logger,
   );
   await warnIfServerAllowsFewer(db, { connections: config.database.poolMax, from: `DATABASE_POOL_MAX (${config.database.poolMax})` }, logger);
-  const recorder = config.usage.enabled ? createUsageRecorder(config.usage, logger) : undefined;
   recorder?.start();
   const recordUse = recorder ? recorder.record.bind(recorder) : () => {};
   const apiMetrics = createApiMetrics();

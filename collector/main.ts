@@ -72,7 +72,12 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   };
   // Both on their own steady clock: `now` is the wall clock, which may step back.
   const warn = rateLimitedWarn(logger, 10_000);
-  const relay = await startRelay(config, warn);
+  const relay = await startRelay(config, warn).catch(async (error) => {
+    // As every later failure of the start: the pool's idle connection (the start's check) would
+    // hold a caller's process up to the pool's idle timeout.
+    await db.destroy();
+    throw error;
+  });
   const foldThread =
     foldPool > 0
       ? await startFoldThread({ databaseUrl, connectTimeoutMs, replyTimeoutMs, store: storeOptions }).catch(async (error) => {

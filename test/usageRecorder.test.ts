@@ -1,4 +1,5 @@
 import t from 'tap';
+import { startApi } from '../api/main';
 import { createUsageRecorder } from '../api/usage/createUsageRecorder';
 import { UsageRecorder, type DatagramSink } from '../api/usage/usageRecorder';
 import { loadConfig } from '../shared/config';
@@ -257,4 +258,7 @@ t.test('the API refuses COLLECTOR_PORT=0, naming it: its datagrams went to 8125'
   const { usage } = loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0' });
   t.throws(() => createUsageRecorder(usage, capturedLogger().logger), { name: 'ConfigError', message: /COLLECTOR_PORT: 0 is only for a collector/ });
   t.doesNotThrow(() => createUsageRecorder({ ...usage, collectorPort: 8125 }, capturedLogger().logger));
+  // Checked before the database: with it down too, the start named the database (and left its pool open).
+  const config = loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0', DATABASE_CONNECT_TIMEOUT_MS: '1000' });
+  await t.rejects(startApi(config, capturedLogger().logger, 'postgres://keyusage@127.0.0.1:1/none'), { name: 'ConfigError', message: /COLLECTOR_PORT/ });
 });
