@@ -5,6 +5,7 @@ import { UsageRecorder, type DatagramSink } from '../api/usage/usageRecorder';
 import { loadConfig } from '../shared/config';
 import { createLogger } from '../shared/logger';
 import { MAX_LINE_COUNT, parsePacket, type UsageSample } from '../shared/usageWire';
+import net from 'node:net';
 import { Writable } from 'node:stream';
 
 const KEY = '0b7c6a39-2f11-4c55-9d7e-2f0c8e7a1b01';
@@ -258,7 +259,16 @@ t.test('the API refuses COLLECTOR_PORT=0, naming it: its datagrams went to 8125'
   const { usage } = loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0' });
   t.throws(() => createUsageRecorder(usage, capturedLogger().logger), { name: 'ConfigError', message: /COLLECTOR_PORT: 0 is only for a collector/ });
   t.doesNotThrow(() => createUsageRecorder({ ...usage, collectorPort: 8125 }, capturedLogger().logger));
-  // Checked before the database: with it down too, the start named the database (and left its pool open).
-  const config = loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0', DATABASE_CONNECT_TIMEOUT_MS: '1000' });
-  await t.rejects(startApi(config, capturedLogger().logger, 'postgres://keyusage@127.0.0.1:1/none'), { name: 'ConfigError', message: /COLLECTOR_PORT/ });
+  // Checked before the database: the start connected first, and left that pool open behind the error.
+  const connections: net.Socket[] = [];
+  const server = net.createServer((socket) => connections.push(socket));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => {
+    for (const socket of connections) socket.destroy();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  const config = loadConfig({ NODE_ENV: 'test', COLLECTOR_PORT: '0', DATABASE_CONNECT_TIMEOUT_MS: '500' });
+  const url = `postgres://keyusage@127.0.0.1:${(server.address() as net.AddressInfo).port}/none`;
+  await t.rejects(startApi(config, capturedLogger().logger, url), { name: 'ConfigError', message: /COLLECTOR_PORT/ });
+  t.equal(connections.length, 0, 'no connection to the database was made');
 });
