@@ -31,6 +31,14 @@ export type IpHolder =
     }
   | { kind: 'log'; table: string; keyColumn: string; seenColumn: string; column: string };
 
+// A new-network event's dedupe key names its network (key.new_ip:<key>:<prefix>:<first seen>):
+// it goes too, for a key of its own that names the event instead. Casts, not uuid || text (a
+// stable operator): Citus refuses a non-immutable function in an UPDATE's CASE.
+const NEW_IP_DEDUPE_ERASED = {
+  column: 'dedupe_key',
+  erased: "case when type = 'key.new_ip' then 'key.new_ip:' || cast(key_id as text) || ':erased:' || cast(id as text) else dedupe_key end",
+};
+
 export const IP_HOLDERS: readonly IpHolder[] = [
   { kind: 'rows', table: TABLE.recentIps, keyColumn: 'key_id', seenColumn: 'last_seen' },
   { kind: 'rows', table: TABLE.failedIps, keyColumn: 'key_id', seenColumn: 'last_seen' },
@@ -53,9 +61,7 @@ export const IP_HOLDERS: readonly IpHolder[] = [
   // The acting key's address; the audit log's triggers allow this one change (ip to null). Its
   // details hold no client address (names, scopes, dates, counts, configured networks).
   { kind: 'columns', table: TABLE.auditLog, keyColumn: 'actor_key_id', columns: [{ ip: 'ip', seenColumn: 'occurred_at' }] },
-  // A new-network event's dedupe key names its network (key.new_ip:<key>:<prefix>:<first seen>):
-  // it goes too, for a key of its own that names the event instead. Casts, not uuid || text (a
-  // stable operator): Citus refuses a non-immutable function in an UPDATE's CASE.
+  // Its dedupe key names the network of a key.new_ip: NEW_IP_DEDUPE_ERASED.
   {
     kind: 'details',
     table: TABLE.keyEvents,
@@ -63,10 +69,21 @@ export const IP_HOLDERS: readonly IpHolder[] = [
     seenColumn: 'occurred_at',
     column: 'details',
     path: null,
-    dedupe: {
-      column: 'dedupe_key',
-      erased: "case when type = 'key.new_ip' then 'key.new_ip:' || cast(key_id as text) || ':erased:' || cast(id as text) else dedupe_key end",
-    },
+    dedupe: NEW_IP_DEDUPE_ERASED,
+  },
+  // A key.new_ip the hourly limit deferred occurs when the sweep raises it, hours or days after
+  // its network's first use, whose address it carries: kept by occurred_at alone, that address
+  // outlived IP_RETENTION_DAYS by as long as the event waited (found by a review). Such an event
+  // goes by its details' firstSeen too (toISOString's text, compared as text, as the payloads).
+  {
+    kind: 'details',
+    table: TABLE.keyEvents,
+    keyColumn: 'key_id',
+    seenColumn: `(details->>'firstSeen') collate "C"`,
+    seenIsIsoText: true,
+    column: 'details',
+    path: null,
+    dedupe: NEW_IP_DEDUPE_ERASED,
   },
   // The payload is a snapshot of the event (a ping's details hold no address). Deliveries outlive
   // their event while pending, and a finished one is kept for EVENTS_RETENTION_DAYS. The time is
@@ -77,6 +94,16 @@ export const IP_HOLDERS: readonly IpHolder[] = [
     table: TABLE.webhookDeliveries,
     keyColumn: "payload->>'keyId'",
     seenColumn: '(payload->>\'occurredAt\') collate "C"',
+    seenIsIsoText: true,
+    column: 'payload',
+    path: 'details',
+  },
+  // A deferred key.new_ip's deliveries, by its first use, as its event.
+  {
+    kind: 'details',
+    table: TABLE.webhookDeliveries,
+    keyColumn: "payload->>'keyId'",
+    seenColumn: `(payload->'details'->>'firstSeen') collate "C"`,
     seenIsIsoText: true,
     column: 'payload',
     path: 'details',

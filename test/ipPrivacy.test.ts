@@ -198,6 +198,31 @@ t.test('IP_RETENTION_DAYS: every table loses addresses older than the setting, a
   await t.rejects(db('audit_log').update({ ip: '203.0.113.1' }), /append-only/, 'the audit log allows erasing an address, nothing else');
 });
 
+// A deferred key.new_ip occurs when the sweep raises it, days after its network's first use:
+// kept by occurred_at alone, its address outlived the setting by as long as the event waited
+// (found by a review; fails without the fix).
+t.test("IP_RETENTION_DAYS: a deferred key.new_ip goes by its network's first use, in the event and its deliveries", async (t) => {
+  const { db, acme } = await world(t);
+  const event = (firstSeenDaysAgo: number, ip: string) => ({
+    org_id: acme.org.id,
+    key_id: acme.adminKeyId,
+    type: 'key.new_ip',
+    occurred_at: new Date(Date.now() - DAY_MS),
+    details: { ip, prefix: `${ip.replace(/\.\d+$/, '.0')}/24`, firstSeen: new Date(Date.now() - firstSeenDaysAgo * DAY_MS).toISOString(), deferred: true },
+    dedupe_key: `deferred:${ip}`,
+  });
+  await db('key_events').insert([event(100, '192.0.2.9'), event(10, '198.51.100.9')]);
+  await expireIpData(db, 90);
+  const ips = async (table: string, column: string) => {
+    const rows = await db(table)
+      .where({ org_id: acme.org.id })
+      .select(db.raw(`${column} as ip`));
+    return rows.map((row: { ip: string | null }) => row.ip ?? 'erased').sort();
+  };
+  t.strictSame(await ips('key_events', "details->>'ip'"), ['198.51.100.9', 'erased'], 'first used 100 days ago: erased, though raised yesterday');
+  t.strictSame(await ips('webhook_deliveries', "payload->'details'->>'ip'"), ['198.51.100.9', 'erased'], 'and in its delivery');
+});
+
 t.test('IP_RETENTION_DAYS: a network still in use keeps its row, but not the first address seen in it when that is older', async (t) => {
   const { db, acme } = await world(t);
   const history = (firstIp: string, firstSeenDaysAgo: number) =>
