@@ -210,7 +210,18 @@ export const FOLD_MAX_UNREADABLE_ROWS = 10_000;
  */
 export const FOLD_MAX_ROWS = 200_000;
 
-const ROWS_BY_ORG = `select org_id, count(*)::int as n from ${TABLE.usageLog} group by org_id order by min(logged_at)`;
+// With the orgs another collector is folding (their fold lock held, as pg_locks shows it: the class
+// and the hash as oid), which the fold leaves out, as skipped: oldest first, the org held was
+// picked again and again, and alone when large, so while one org was folded anywhere no other
+// collector folded anything.
+const ROWS_BY_ORG = `
+with held as (
+  select objid from pg_locks where locktype = 'advisory' and granted and objsubid = 2 and classid = cast(${FOLD_LOCK_CLASS} as oid)
+)
+select org_id, n, cast(hashtext(cast(org_id as text)) as oid) in (select objid from held) as held from (
+  select org_id, count(*)::int as n, min(logged_at) as oldest from ${TABLE.usageLog} group by org_id
+) o
+ order by oldest`;
 
 // A read in a transaction of its own, for the write's SET LOCALs; rolled back, it wrote nothing.
 async function readUnderLockTimeout(db: Db, options: ApplyOptions, sql: string): Promise<unknown[]> {
@@ -227,15 +238,17 @@ async function readUnderLockTimeout(db: Db, options: ApplyOptions, sql: string):
 // near equal in rows; and the rows of the orgs it leaves. Read under the write's lock_timeout: an
 // exclusive lock on the log (LOCK TABLE's default mode, DDL) made this read, and so every fold
 // and the collector's stop, wait for ever.
-async function nextFold(db: Db, options: UsageLogOptions): Promise<{ groups: string[][]; rowsLeft: number }> {
+async function nextFold(db: Db, options: UsageLogOptions): Promise<{ groups: string[][]; rowsLeft: number; held: string[] }> {
   const parts = options.parallelism ?? 1;
   const maxRows = options.foldMaxRows ?? FOLD_MAX_ROWS;
   const rows = await readUnderLockTimeout(db, options, ROWS_BY_ORG);
   const rowsOf = new Map<string, number>();
+  const held: string[] = [];
   let taken = 0;
   let rowsLeft = 0;
-  for (const { org_id: orgId, n } of rows as Array<{ org_id: string; n: number }>) {
-    if (rowsLeft > 0 || (taken > 0 && taken + n > maxRows)) rowsLeft += n;
+  for (const { org_id: orgId, n, held: folding } of rows as Array<{ org_id: string; n: number; held: boolean }>) {
+    if (folding) held.push(orgId);
+    else if (rowsLeft > 0 || (taken > 0 && taken + n > maxRows)) rowsLeft += n;
     else {
       rowsOf.set(orgId, n);
       taken += n;
@@ -245,7 +258,7 @@ async function nextFold(db: Db, options: UsageLogOptions): Promise<{ groups: str
   const groupOf = balanceOrgs(rowsOf, taken < SPLIT_MIN_KEYS ? 1 : parts);
   const groups: string[][] = [];
   for (const [orgId, group] of groupOf) (groups[group] ??= []).push(orgId);
-  return { groups, rowsLeft };
+  return { groups, rowsLeft, held };
 }
 
 // One transaction per group of orgs; a row that cannot be decoded counts only once its part
@@ -289,8 +302,8 @@ export function createUsageStore(db: Db, options: UsageLogOptions, known?: Known
     write: (batches, toLog = toLogByKeys(batches)) => (toLog ? append(db, batches, options, known) : direct.write(batches)),
     logMinKeys,
     fold: async () => {
-      const { groups, rowsLeft } = await nextFold(db, options);
-      const skipped = new Set<string>();
+      const { groups, rowsLeft, held } = await nextFold(db, options);
+      const skipped = new Set<string>(held);
       const result = await settleParts(
         [],
         groups.map((orgs) => foldPart(db, orgs, options, skipped)),

@@ -361,6 +361,25 @@ t.test("a fold counts the orgs another collector's fold held, whose rows it left
   t.equal(await logRows(db), 0);
 });
 
+// Oldest first, the org another collector was folding was picked again and again (alone, when
+// large), and skipped: while one org was folded anywhere, no other collector folded anything
+// (found by a review; fails without the fix).
+t.test('an org another collector is folding is left out: the fold takes the next orgs', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const held = await orgWithKeys(db, 3);
+  const next = await orgWithKeys(db, 2);
+  const store = createUsageStore(db, { logMinKeys: 1, foldMaxRows: 3 });
+  await store.write([batchOf(held)]);
+  await store.write([batchOf(next)]);
+  const other = createDb(url, { poolMax: 1 });
+  t.teardown(() => other.destroy());
+  const otherFold = await other.transaction();
+  t.teardown(() => otherFold.rollback());
+  await otherFold.raw('select pg_advisory_xact_lock(?, hashtext(cast(? as text)))', [FOLD_LOCK_CLASS, held.orgId]);
+  t.match(await store.fold(), { keysWritten: 2, orgsSkipped: 1 }, "the next org's keys, the held org counted as skipped");
+  t.equal(await usesOf(db, next.orgId), provenIn([batchOf(next)]));
+});
+
 // A fold takes a key's rows out of the log and writes their addresses in one transaction: an
 // erasure running beside it saw neither, and the addresses outlived it.
 t.test("an erasure waits for a fold of the key's org in progress: the addresses the fold writes do not outlive it", async (t) => {
