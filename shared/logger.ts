@@ -32,9 +32,19 @@ export function createLogger(options: { level: string; name: string; destination
 }
 
 const KEY_LIKE = /ku_[0-9a-f]{32}_[A-Za-z0-9_-]*/g;
+const REDACTED = 'ku_[redacted]';
 
-// For text we do not control (a malformed datagram quoted in a warning): a key-shaped token is
-// replaced before it can reach a log line.
+// Each %XX on its own (a key is ASCII): decoding the whole text fails on any malformed escape.
+const decodeEachEscape = (text: string) => text.replace(/%([0-9a-f]{2})/gi, (_, hex: string) => String.fromCharCode(parseInt(hex, 16)));
+
+// For text we do not control (a malformed datagram quoted in a warning, a request's path, a
+// webhook URL): a key-shaped token is replaced before it can reach a log line or an answer. A key
+// percent-encoded (`/api/%6Bu_…`) passed as it was, into the request log and a 404's message:
+// text holding one is returned with its escapes decoded and the key replaced.
 export function redactKeyMaterial(text: string): string {
-  return text.replace(KEY_LIKE, 'ku_[redacted]');
+  const plain = text.replace(KEY_LIKE, REDACTED);
+  if (!plain.includes('%')) return plain;
+  const decoded = decodeEachEscape(plain);
+  const redacted = decoded.replace(KEY_LIKE, REDACTED);
+  return redacted === decoded ? plain : redacted;
 }

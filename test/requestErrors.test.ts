@@ -75,6 +75,10 @@ t.test('a key pasted where a field name or value goes is not echoed in the 400',
   const inPath = await api.request('GET', `/api/${adminKey}`, { key: adminKey });
   t.equal(inPath.status, 404);
   t.equal(inPath.body.error.message, 'No route for GET /api/ku_[redacted]', 'nor in a path that matches no route');
+  // Percent-encoded, it passed as it was, into the 404's message and the request log (fails without the fix).
+  const encoded = await api.request('GET', `/api/%6B${adminKey.slice(1)}`, { key: adminKey });
+  t.equal(encoded.body.error.message, 'No route for GET /api/ku_[redacted]', 'nor percent-encoded');
+  t.strictSame(api.evidence.leaksOf([adminKey.slice(3)]), [], 'in no answer or log line');
 });
 
 t.test('a date-time whose "+" arrived as a space: the message suggests %2B or Z', async (t) => {
