@@ -197,7 +197,8 @@ async function takeMigrationRunLock(guard: pg.Client): Promise<void> {
  * lock, which dies with its session, on a connection of its own; under it no other run can be
  * between knex's lock and its release, and a lock row still set is a dead run's, freed.
  */
-export async function migrateLatest(db: Db): Promise<string[]> {
+/** `upTo`: stop once that migration (a file name) is applied, as the Citus runner's upgrade path does. */
+export async function migrateLatest(db: Db, upTo?: string): Promise<string[]> {
   const guard = new ClosingPgClient((db.client as { connectionSettings: pg.ClientConfig }).connectionSettings);
   // An idle client whose session ends (a server restart) emits 'error': with no listener that
   // crashed the run mid-migration. The guard idles for the whole run, so idle_session_timeout
@@ -209,7 +210,7 @@ export async function migrateLatest(db: Db): Promise<string[]> {
     await guard.query(`do $$ begin set idle_session_timeout = 0; exception when undefined_object then null; end $$`);
     await takeMigrationRunLock(guard);
     await db.migrate.forceFreeMigrationsLock(MIGRATION_CONFIG);
-    return await applyOneByOne(db);
+    return await applyOneByOne(db, upTo);
   } finally {
     await guard.end();
   }
@@ -219,12 +220,12 @@ export async function migrateLatest(db: Db): Promise<string[]> {
 // knex records each migration after it commits, so a run cut between the two left one applied but
 // not recorded, and every later run failed applying it again ("already exists"). Alone, a
 // transactional migration and its record commit together.
-async function applyOneByOne(db: Db): Promise<string[]> {
+async function applyOneByOne(db: Db, upTo: string | undefined): Promise<string[]> {
   const applied: string[] = [];
   for (;;) {
     const [, names] = (await db.migrate.up(MIGRATION_CONFIG)) as [number, string[]];
-    if (names.length === 0) return applied;
     applied.push(...names);
+    if (names.length === 0 || (upTo !== undefined && names.includes(upTo))) return applied;
   }
 }
 
