@@ -33,12 +33,14 @@ async function stopped(child: ChildProcess): Promise<number | null> {
   return code as number | null;
 }
 
-t.test('api and collector as separate processes: a use is visible within the staleness bound', async (t) => {
+t.test('api and collector as separate processes: one use is recorded, sent, flushed and shown', async (t) => {
   const { db, url } = await freshDatabase(t);
   const defaults = loadConfig({ NODE_ENV: 'test' });
   const org = await insertOrganization(db, 'e2e');
   const service = createApiKeysService({ db, pepper: defaults.api.keyPepper, defaultGraceSeconds: 60, now: Date.now });
   const { plaintext, key } = await service.create(org.id, { name: 'e2e', scopes: ['keys:read'], expiresAt: null });
+  // The usage endpoint is polled with another key: each poll is a use of the key that makes it.
+  const reader = (await service.create(org.id, { name: 'reader', scopes: ['keys:read'], expiresAt: null })).plaintext;
 
   const env = {
     DATABASE_URL: url,
@@ -78,21 +80,17 @@ t.test('api and collector as separate processes: a use is visible within the sta
   const seen = await waitFor(
     'the use in the usage endpoint',
     async () => {
-      const body = (await (await fetch(`${base}/api/orgs/${org.id}/api-keys/usage`, { headers: { 'x-api-key': plaintext } })).json()) as {
+      const body = (await (await fetch(`${base}/api/orgs/${org.id}/api-keys/usage`, { headers: { 'x-api-key': reader } })).json()) as {
         data: Array<{ id: string; outcomes: { ok: number }; lastUsedAt: string | null }>;
       };
       const row = body.data.find((k: { id: string }) => k.id === key.id);
-      // The usage call itself is a use too; the whoami call is the one we time.
-      return row && row.outcomes.ok >= 1 && row.lastUsedAt ? Date.now() : undefined;
+      return row && row.outcomes.ok === 1 && row.lastUsedAt ? Date.now() : undefined;
     },
     5_000,
     50,
   );
-  const staleness = seen - usedAt;
-  t.comment(`staleness with default settings: ${staleness} ms`);
-  // A functional bound, not a benchmark: drain (250 ms) + flush (1 s) + one flush's duration
-  // stays under the documented 2 s; the slack absorbs a busy 2-core CI machine.
-  t.ok(staleness <= 3_000, `visible within the documented bound plus scheduling slack (measured ${staleness} ms)`);
+  // How long it took is a figure for the reader, not an assertion (benchmarks measure it).
+  t.comment(`staleness with default settings: ${seen - usedAt} ms`);
 
   const metrics = await (await fetch(`http://127.0.0.1:${env.API_METRICS_PORT}/metrics`)).text();
   t.match(metrics, /^keyusage_api_uses_recorded_total [1-9]/m, 'the API counts the uses it recorded');
@@ -106,7 +104,8 @@ t.test('api and collector as separate processes: a use is visible within the sta
   t.equal(await stopped(api.child), 0, 'the api exits 0 on SIGTERM');
   t.equal(await stopped(collector.child), 0, 'the collector exits 0 on SIGTERM after its final flush');
   const row = await db('api_key_usage').where({ key_id: key.id }).first();
-  t.ok(row.request_count >= 2, 'the final drain and flush persisted the last uses');
+  t.equal(Number(row.request_count), 1, 'the whoami key: its one use, persisted once');
+  t.equal(Number(row.ok_count), 1, 'with its outcome');
   const logs = [...api.output, ...collector.output].join('');
   t.notOk(logs.includes(plaintext.slice(36, 79)), 'no secret in either process log');
   t.match(logs, /collector listening/);

@@ -1,20 +1,20 @@
 // Secrets under hostile requests: every secret comparison on the real HTTP auth path goes through
-// crypto.timingSafeEqual on equal-length HMAC digests (a spy, in the default suite; a statistical
-// timing check only with FAULTS_LONG=1), and key material a client puts where it does not belong
+// crypto.timingSafeEqual on equal-length HMAC digests (a spy: a timing check could not tell, as the
+// HMAC each comparison computes first takes far longer than any early exit saves), and key material a client puts where it does not belong
 // (URL path, query, request id, other headers) never reaches a log line or a response body.
 import crypto from 'node:crypto';
 import http from 'node:http';
 import { Writable } from 'node:stream';
 import t from 'tap';
 import type * as AppModule from '../../api/app';
-import { formatKey, hashSecret, secretMatches } from '../../api/keys/keyMaterial';
+import { formatKey } from '../../api/keys/keyMaterial';
 import { insertOrganization } from '../../api/orgs/orgs.repository';
 import { loadConfig } from '../../shared/config';
 import { createLogger } from '../../shared/logger';
 import { closeServer, listen } from '../../shared/process';
 import { seedOrg, startTestApi } from '../helpers/api';
 import { freshDatabase } from '../helpers/database';
-import { LONG, LeakScan, reportFigures } from '../helpers/faults';
+import { LeakScan, reportFigures } from '../helpers/faults';
 
 const leaks = new LeakScan();
 
@@ -81,39 +81,6 @@ t.test('every secret comparison on the HTTP auth path is crypto.timingSafeEqual 
   await leaks.hashesFrom(db);
   reportFigures(t, 'constant-time-spy', { comparisons: seen, digestBytes: [...new Set(calls.flat())] });
 });
-
-t.test(
-  'timing: a digest differing in its first byte and one differing in its last take the same time',
-  { skip: !LONG && 'statistical; runs with FAULTS_LONG=1' },
-  async (t) => {
-    const pepper = 'a-test-pepper-that-is-at-least-32-characters';
-    const secret = 'S'.repeat(43);
-    const stored = hashSecret(secret, pepper);
-    const flip = (i: number) => {
-      const copy = Buffer.from(stored);
-      copy[i] ^= 0xff;
-      return copy;
-    };
-    const early = flip(0);
-    const late = flip(31);
-    const sample = (hash: Buffer) => {
-      const started = process.hrtime.bigint();
-      for (let i = 0; i < 200; i += 1) secretMatches(secret, hash, pepper);
-      return Number(process.hrtime.bigint() - started);
-    };
-    const a: number[] = [];
-    const b: number[] = [];
-    for (let round = 0; round < 2_000; round += 1) {
-      // Interleaved, so drift in the machine's speed hits both alike.
-      a.push(sample(early));
-      b.push(sample(late));
-    }
-    const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[xs.length >> 1];
-    const ratio = median(a) / median(b);
-    reportFigures(t, 'constant-time-timing', { medianFirstByteNs: median(a) / 200, medianLastByteNs: median(b) / 200, ratio });
-    t.ok(ratio > 0.9 && ratio < 1.1, `median ratio ${ratio.toFixed(3)} within 10 %`);
-  },
-);
 
 t.test('key material put where it does not belong never reaches a log line or a response body', async (t) => {
   const { db } = await freshDatabase(t);
