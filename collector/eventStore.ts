@@ -220,23 +220,29 @@ export async function recordFlushEvents(
 // A UTC day: '1 day' is a calendar day of the session's zone (shared/db.ts).
 const DAY = `interval '24 hours'`;
 
-// Only an event whose occurred_at is within EVENTS_RETENTION_DAYS is written: an older one was
-// deleted by the next retention run, and written again by the sweep after it, with a new webhook
-// delivery, every hour (a key dormant since before the retention window, at its first sweep).
-// Retention deletes before this same bound, so a written event is never swept again.
+// Only an event whose threshold was crossed within EVENTS_RETENTION_DAYS is written: once retention
+// deleted an event its dedupe key is gone, and an older crossing would be written again, with a new
+// webhook delivery, once every retention period (a key dormant since before the window, at its
+// first sweep). Retention deletes by occurred_at, the sweep's time, never before the crossing: an
+// event it deleted crossed before this bound, and is not swept again.
 const RETAINED_FROM = `cast(:now as timestamptz) - make_interval(days => :retentionDays)`;
+const SWEPT_AT = `date_trunc('milliseconds', cast(:now as timestamptz))`;
 
 // occurred_at is kept to the millisecond (as the flush's times are) so the events cursor, which
-// carries milliseconds, pages exactly.
-// Dormant by the rule of shared/dormancy.ts, with its org's threshold. occurred_at is the moment
-// it crossed; the dedupe key names the use (or rotation) it followed, so a key used or rotated
+// carries milliseconds, pages exactly. A swept event occurs when the sweep finds it, not at the
+// moment its threshold was crossed (details.crossedAt): that moment may be days before the sweep
+// (a key created 3 days before its expiry crosses the 7-day mark before it exists; a collector
+// down for a week finds keys dormant since), and a poller reading `since` its last poll never saw
+// an event dated before it.
+// Dormant by the rule of shared/dormancy.ts, with its org's threshold. The dedupe key names the use (or rotation) it followed, so a key used or rotated
 // again and left idle again raises a new event. A rotation is named only when it came after the
 // last use and the creation, so the dedupe keys of events written before rotations counted stay.
 const SWEEP_DORMANT = `
 insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
 select k.org_id, k.id, 'key.dormant',
-       date_trunc('milliseconds', ${IDLE_SINCE_SQL} + o.dormancy_days * ${DAY}),
-       jsonb_build_object('lastUsedAt', u.last_used_at, 'dormantDays', o.dormancy_days),
+       ${SWEPT_AT},
+       jsonb_build_object('lastUsedAt', u.last_used_at, 'dormantDays', o.dormancy_days,
+                          'crossedAt', date_trunc('milliseconds', ${IDLE_SINCE_SQL} + o.dormancy_days * ${DAY})),
        'key.dormant:' || k.id || ':' || coalesce(cast(extract(epoch from u.last_used_at) * 1000 as bigint)::text, 'never')
          || case when k.rotated_at > coalesce(u.last_used_at, k.created_at)
                  then ':rotated:' || cast(extract(epoch from k.rotated_at) * 1000 as bigint) else '' end
@@ -249,17 +255,21 @@ select k.org_id, k.id, 'key.dormant',
 on conflict (org_id, dedupe_key) do nothing
 returning org_id, key_id`;
 
+// A key created within a threshold of its expiry came within it when it was created.
+const EXPIRING_CROSSED = `greatest(k.expires_at - t.days * ${DAY}, k.created_at)`;
+
 // For each active key, the smallest threshold it has crossed (a key created 12 hours before its
 // expiry gets the 1-day warning only, not a late 7-day one too).
 const SWEEP_EXPIRING = `
 insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
-select k.org_id, k.id, 'key.expiring', date_trunc('milliseconds', k.expires_at - t.days * ${DAY}),
-       jsonb_build_object('expiresAt', k.expires_at, 'daysBefore', t.days),
+select k.org_id, k.id, 'key.expiring', ${SWEPT_AT},
+       jsonb_build_object('expiresAt', k.expires_at, 'daysBefore', t.days,
+                          'crossedAt', date_trunc('milliseconds', ${EXPIRING_CROSSED})),
        'key.expiring:' || k.id || ':' || t.days || 'd:' || cast(extract(epoch from k.expires_at) * 1000 as bigint)
   from ${TABLE.apiKeys} k
   cross join lateral (select min(d) as days from unnest(cast(:days as int[])) as d where k.expires_at - d * ${DAY} <= :now) t
  where k.revoked_at is null and k.expires_at > :now and t.days is not null
-   and k.expires_at - t.days * ${DAY} >= ${RETAINED_FROM}
+   and ${EXPIRING_CROSSED} >= ${RETAINED_FROM}
  order by k.id
 on conflict (org_id, dedupe_key) do nothing
 returning org_id, key_id`;

@@ -94,7 +94,7 @@ t.test('a threshold crossed before the events retention window raises no event; 
   };
   const longDormant = await key('dormant for 170 days', 200, null);
   const lately = await key('dormant for 15 days', 45, null);
-  const farExpiry = await key('expires in 200 days, warned 365 days before', 10, 200);
+  const farExpiry = await key('expires in 200 days, warned 365 days before', 200, 200);
   // Other keys become dormant as the clock moves (the seed's admin key, the far expiry, never
   // used): only these events are looked at.
   const events = async () =>
@@ -113,7 +113,12 @@ t.test('a threshold crossed before the events retention window raises no event; 
   };
   await sweepAndExpire();
   t.strictSame(await events(), [`key.dormant ${lately}`], 'only the crossing inside the window');
-  clock.now += 80 * DAY;
+  // The event occurs at the sweep's time: retention deletes it 90 days later, when its crossing
+  // is 105 days old.
+  clock.now += 89 * DAY;
+  await sweepAndExpire();
+  t.strictSame(await events(), [`key.dormant ${lately}`], 'kept for the retention period from when it was raised');
+  clock.now += 2 * DAY;
   await sweepAndExpire();
   t.strictSame(await events(), [], 'once retention deleted it, the sweep does not write it again');
 });
@@ -128,7 +133,8 @@ t.test('a rotated key is dormant again only a threshold after its rotation, with
     .update({ created_at: new Date(clock.now - 40 * DAY) });
   const sweep = async () => {
     await sweepTimeEvents(db, new Date(clock.now), { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 10 });
-    return db('key_events').where({ type: 'key.dormant', key_id: id }).orderBy('occurred_at').pluck('occurred_at');
+    const details: Array<{ crossedAt: string }> = await db('key_events').where({ type: 'key.dormant', key_id: id }).orderBy('occurred_at').pluck('details');
+    return details.map(({ crossedAt }) => new Date(crossedAt));
   };
   t.equal((await sweep()).length, 1, 'dormant 10 days after its threshold');
 

@@ -203,11 +203,14 @@ t.test('dormant and expiring keys come from the sweep, once per threshold', asyn
     await collector.sweep.sweep();
   };
 
+  const createdAt = async (id: string) => ((await db('api_keys').where({ id }).first('created_at')).created_at as Date).getTime();
   await sweepTwice();
-  t.strictSame(
-    (await eventsOf(db, expiring.id)).map((e) => [e.type, e.details.daysBefore]),
-    [['key.expiring', 7]],
-  );
+  const [warned] = await eventsOf(db, expiring.id);
+  t.strictSame([warned.type, warned.details.daysBefore], ['key.expiring', 7]);
+  // Created 6 days before its expiry: it came within 7 days when it was created, and the event
+  // occurs when the sweep finds it, never before the key existed (a poller's `since` would miss it).
+  t.equal(new Date(warned.details.crossedAt).getTime(), await createdAt(expiring.id), 'crossed at its creation');
+  t.equal(warned.occurred_at.getTime(), clock, "occurs at the sweep's time");
   clock += 5.5 * DAY;
   await sweepTwice();
   t.strictSame(
@@ -223,7 +226,10 @@ t.test('dormant and expiring keys come from the sweep, once per threshold', asyn
   await sweepTwice();
   const dormant = await eventsOf(db, idle.id);
   t.strictSame(countByType(dormant), { 'key.dormant': 1 }, "the org's 10 days crossed");
-  t.strictSame(dormant[0].details, { lastUsedAt: null, dormantDays: 10 });
+  const { crossedAt, ...details } = dormant[0].details;
+  t.strictSame(details, { lastUsedAt: null, dormantDays: 10 });
+  t.equal(new Date(crossedAt).getTime(), (await createdAt(idle.id)) + 10 * DAY, 'crossed 10 days after its creation');
+  t.equal(dormant[0].occurred_at.getTime(), clock, 'found by the sweep 0.5 days later');
   t.strictSame(countByType(await eventsOf(db, expiring.id)), { 'key.expiring': 2 }, 'an expired key is not dormant');
   t.equal(collector.sweep.stats.failedSweeps, 0);
 });
