@@ -4,6 +4,7 @@ import { HEX_LOWER, OUTCOMES, UUID_LENGTH, uuidForm, zeroOutcomes, type Outcome,
 import { NOT_LISTED, type KeyList } from './keyList';
 import { PendingKey, TimeBase } from './pendingKey';
 import { HOUR_MS } from '../shared/timeUnits';
+import { networkOf } from '../shared/ipTruncation';
 
 export interface IpStat {
   count: number;
@@ -67,6 +68,9 @@ const REFUSED = -1;
 // A key the aggregator does not take because its ids are not lower-case UUIDs (see #admission).
 const MALFORMED = -2;
 const DEFAULT_MAX_IPS_PER_KEY = 16;
+// Merged batches (a failed write's retries) keep, beyond a key's newest addresses, the first
+// address of up to this many other networks: see keptIps.
+export const MERGED_NETWORKS_PER_KEY = 64;
 // The part of the cap kept apart for orgs holding less than that part (see #admission).
 const CROWDED_SHARE = 20;
 
@@ -331,8 +335,8 @@ export function mergeBatches(batches: readonly UsageBatch[], maxIpsPerKey = DEFA
   }
   const keys = [...merged.values()];
   for (const delta of keys) {
-    delta.ips = newestIps(delta.ips, maxIpsPerKey);
-    delta.failedIps = newestIps(delta.failedIps, maxIpsPerKey);
+    delta.ips = keptIps(delta.ips, maxIpsPerKey);
+    delta.failedIps = keptIps(delta.failedIps, maxIpsPerKey);
   }
   return { keys, uses };
 }
@@ -357,8 +361,8 @@ export class DeltaCoalescer {
   keys(): KeyUsageDelta[] {
     const keys = [...this.byKey.values()];
     for (const delta of keys) {
-      if (delta.ips.size > this.maxIpsPerKey) delta.ips = newestIps(delta.ips, this.maxIpsPerKey);
-      if (delta.failedIps.size > this.maxIpsPerKey) delta.failedIps = newestIps(delta.failedIps, this.maxIpsPerKey);
+      if (delta.ips.size > this.maxIpsPerKey) delta.ips = keptIps(delta.ips, this.maxIpsPerKey);
+      if (delta.failedIps.size > this.maxIpsPerKey) delta.failedIps = keptIps(delta.failedIps, this.maxIpsPerKey);
     }
     return keys;
   }
@@ -408,10 +412,24 @@ function saturatingAdd(a: number, b: number): number {
   return Math.min(a + b, Number.MAX_SAFE_INTEGER);
 }
 
-// Keeps the `max` most recently seen, ordered least recent first.
-function newestIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
+// Keeps the `max` most recently seen addresses and, of every other network (/24, /64) none of
+// them is in, its first seen address, the earliest networks first, up to MERGED_NETWORKS_PER_KEY;
+// ordered least recent first. The newest alone, a batch merged through a database outage lost
+// every network a key had used before its last 16 addresses: never in its history, never raised
+// as key.new_ip or key.outside_networks. The networks' bound keeps such a batch's memory bounded.
+function keptIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
   const byLastSeen = [...ips].sort(([, a], [, b]) => a.lastSeen - b.lastSeen);
-  return new Map(byLastSeen.slice(Math.max(0, byLastSeen.length - max)));
+  if (byLastSeen.length <= max) return new Map(byLastSeen);
+  const newest = byLastSeen.slice(byLastSeen.length - max);
+  const covered = new Set(newest.map(([ip]) => networkOf(ip)));
+  const firstOfNetwork = new Map<string, [string, IpStat]>();
+  for (const entry of byLastSeen.slice(0, byLastSeen.length - max)) {
+    const network = networkOf(entry[0]);
+    const seen = firstOfNetwork.get(network);
+    if (!covered.has(network) && (seen === undefined || entry[1].firstSeen < seen[1].firstSeen)) firstOfNetwork.set(network, entry);
+  }
+  const others = [...firstOfNetwork.values()].sort(([, a], [, b]) => a.firstSeen - b.firstSeen).slice(0, MERGED_NETWORKS_PER_KEY);
+  return new Map([...others.sort(([, a], [, b]) => a.lastSeen - b.lastSeen), ...newest]);
 }
 
 /** The Maps may be given: a decoded usage log row's are. */

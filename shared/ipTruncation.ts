@@ -14,6 +14,16 @@ export function truncateIp(ip: string): string {
   return `${network.map((hextet) => hextet.toString(16)).join(':')}::`;
 }
 
+/**
+ * The network key.new_ip compares (collector/eventStore.ts): an IPv4 address's /24, an IPv6
+ * address's /64, as a string that is equal for two addresses of one network.
+ */
+export function networkOf(ip: string): string {
+  if (isIPv4(ip)) return ip.slice(0, ip.lastIndexOf('.'));
+  if (!isIPv6(ip)) return ip;
+  return ipv6Hextets(ip).slice(0, 4).join(':');
+}
+
 // The eight 16-bit groups of a valid IPv6 address, '::' expanded and an IPv4 tail read as two.
 function ipv6Hextets(ip: string): number[] {
   const [head, tail = ''] = ip.includes('::') ? ip.split('::') : [ip, undefined];

@@ -6,6 +6,7 @@ import {
   DeltaCoalescer,
   emptyDelta,
   mergeBatches,
+  MERGED_NETWORKS_PER_KEY,
   type AggregatorOptions,
   type IpStat,
   type KeyUsageDelta,
@@ -419,6 +420,35 @@ t.test('mergeBatches', async (t) => {
     const [a] = mergeBatches([older, newer], 2).keys;
     t.strictSame([...a.ips.keys()], ['10.0.0.1', '10.0.0.3']);
     t.equal(a.total, 13, 'evicted ips still count in the total');
+  });
+
+  // A database outage merges drain after drain into one batch: the newest 16 addresses alone
+  // lost every network a key had used before them (never in its history, never raised).
+  t.test('beyond the newest addresses, keeps the first address of each other network, the earliest networks first', async (t) => {
+    const early = delta({ total: 2, ips: ipsOf(['198.51.100.7', 1, T0, T0], ['198.51.100.9', 1, T0 + 1, T0 + 1]) });
+    const inside = (n: number, from: number) =>
+      delta({
+        total: n,
+        ips: ipsOf(
+          ...Array.from({ length: n }, (_, i): [string, number, number, number] => [`10.0.${from + i}.1`, 1, T0 + 100 + from + i, T0 + 100 + from + i]),
+        ),
+      });
+    const [kept] = mergeBatches([
+      { uses: 2, keys: [early] },
+      { uses: 10, keys: [inside(10, 0)] },
+      { uses: 10, keys: [inside(10, 10)] },
+    ]).keys;
+    t.strictSame(
+      [...kept.ips.keys()],
+      ['198.51.100.7', '10.0.0.1', '10.0.1.1', '10.0.2.1', '10.0.3.1', ...Array.from({ length: 16 }, (_, i) => `10.0.${4 + i}.1`)],
+      'the 16 newest, and before them the first address of each older network, least recent first',
+    );
+    t.equal(kept.total, 22);
+
+    const manyNetworks = inside(MERGED_NETWORKS_PER_KEY + 40, 0);
+    const [bounded] = mergeBatches([{ uses: 1, keys: [manyNetworks] }]).keys;
+    t.equal(bounded.ips.size, 16 + MERGED_NETWORKS_PER_KEY, 'at most MERGED_NETWORKS_PER_KEY other networks');
+    t.ok(bounded.ips.has('10.0.0.1') && !bounded.ips.has(`10.0.${MERGED_NETWORKS_PER_KEY}.1`), 'the earliest networks kept');
   });
 
   t.test('does not mutate its inputs, nor share state with them', async (t) => {
