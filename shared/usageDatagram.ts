@@ -17,7 +17,7 @@ import {
   MAX_LINE_COUNT,
   OUTCOMES,
   USAGE_METRIC,
-  isIpAddress,
+  wireAddress,
   parseTextLine,
   uuidForm,
   type Outcome,
@@ -194,10 +194,13 @@ export type Accept = (text: string, at: number, end: number) => string | undefin
 
 const canonicalUuid: Accept = (text, at, end) => (uuidForm(text, at) === HEX_LOWER ? text.slice(at, end) : undefined);
 
-const ipAddress: Accept = (text, at, end) => {
-  const ip = text.slice(at, end);
-  return isIpAddress(ip) ? ip : undefined;
-};
+const ipAddress: Accept = (text, at, end) => wireAddress(text.slice(at, end));
+
+function writtenAs(accepted: string, b: Buffer, at: number, length: number): boolean {
+  if (accepted.length !== length) return false;
+  for (let i = 0; i < length; i++) if (accepted.charCodeAt(i) !== b[at + i]) return false;
+  return true;
+}
 
 export class InternTable {
   readonly #shift: number;
@@ -237,7 +240,10 @@ export class InternTable {
     for (let i = 0; i < whole; i++) this.#words[base + i] = v.getInt32(at + 4 * i, true);
     if ((length & 3) !== 0) this.#words[base + whole] = v.getInt32(at + 4 * whole, true) & TAIL_MASKS[length & 3];
     this.#lengths[slot] = length;
-    this.#strings[slot] = undefined;
+    // A hit makes its string from the bytes, once: the accepted one may be a slice of the packet's
+    // text, which would keep the whole packet alive. Unless `accept` rewrote it (an address kept in
+    // another form than it was written): then the rewritten one is kept, made of its own.
+    this.#strings[slot] = writtenAs(accepted, b, at, length) ? undefined : accepted;
     return accepted;
   }
 

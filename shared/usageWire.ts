@@ -1,6 +1,7 @@
 // The StatsD wire format between the API (encodeUsageLine, packDatagrams) and
 // the collector (parsePacket). Pure: no sockets, no timers.
 import { isIP } from 'node:net';
+import { canonicalIpv6 } from './ipv6Canonical';
 
 export const OUTCOMES = ['ok', 'forbidden', 'expired', 'revoked', 'bad_secret', 'cross_org'] as const;
 export type Outcome = (typeof OUTCOMES)[number];
@@ -270,11 +271,12 @@ function usageSample(fields: LineFields, count: number): UsageSample | string {
   // string makes that property lookup fast.
   const knownOutcome = OUTCOME_BY_NAME.get(outcome);
   if (knownOutcome === undefined) return `unknown outcome ${quote(outcome)}`;
-  if (!isIpAddress(ip)) return `bad ip ${quote(ip)}`;
+  const address = wireAddress(ip);
+  if (address === undefined) return `bad ip ${quote(ip)}`;
   // Two literals rather than an optional property added later: one object shape per kind of line.
   return timestamp === undefined
-    ? { keyId: key, orgId: org, ip, outcome: knownOutcome, count }
-    : { keyId: key, orgId: org, ip, outcome: knownOutcome, count, timestamp };
+    ? { keyId: key, orgId: org, ip: address, outcome: knownOutcome, count }
+    : { keyId: key, orgId: org, ip: address, outcome: knownOutcome, count, timestamp };
 }
 
 // Reads comma-separated `k<sep>v` tags in s[start, end) into `tags`. Each is
@@ -489,8 +491,18 @@ for (let c = 65; c <= 70; c++) HEX_CLASS[c] = HEX_UPPER;
 // Zone ids (fe80::1%eth0) are meaningless off-host and Postgres inet rejects
 // them. IPv4 is checked by hand because node's isIP regex cost a fifth of the
 // parse time.
-export function isIpAddress(v: string): boolean {
+function isIpAddress(v: string): boolean {
   return v.includes(':') ? isIP(v) === 6 && !v.includes('%') : isIPv4(v);
+}
+
+/**
+ * A line's address as the collector keeps it, or undefined when it is none. IPv6 in its canonical
+ * form, an IPv4-mapped one as IPv4 (shared/ipv6Canonical.ts): the API sends them so, other StatsD
+ * clients may not.
+ */
+export function wireAddress(v: string): string | undefined {
+  if (!isIpAddress(v)) return undefined;
+  return v.includes(':') ? canonicalIpv6(v) : v;
 }
 
 // The language of node's isIPv4: four dotted decimal octets, no leading zeros.

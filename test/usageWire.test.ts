@@ -67,9 +67,26 @@ const cases: Case[] = [
     samples: [sample({ ip: 'fe80::1' })],
   },
   {
-    name: 'IPv4-mapped IPv6',
+    // Kept as written, every such client's network was ::/64, and none of them raised key.new_ip.
+    name: 'IPv4-mapped IPv6, as the IPv4 address it maps',
     packet: `apikey.used:1|c|#key:${KEY},org:${ORG},ip:::ffff:10.0.0.1,outcome:ok`,
-    samples: [sample({ ip: '::ffff:10.0.0.1' })],
+    samples: [sample({ ip: '10.0.0.1' })],
+  },
+  {
+    name: 'IPv4-mapped IPv6 in hex and upper case',
+    packet: `apikey.used:1|c|#key:${KEY},org:${ORG},ip:::FFFF:c633:6409,outcome:ok`,
+    samples: [sample({ ip: '198.51.100.9' })],
+  },
+  {
+    // The byte parser's second line finds the address in its table, and must not give it as written.
+    name: 'a rewritten address, twice',
+    packet: `apikey.used:1|c|#key:${KEY},org:${ORG},ip:2001:DB8::A,outcome:ok\napikey.used:1|c|#key:${KEY},org:${ORG},ip:2001:DB8::A,outcome:ok`,
+    samples: [sample({ ip: '2001:db8::a' }), sample({ ip: '2001:db8::a' })],
+  },
+  {
+    name: 'IPv6 spelled out, in its canonical form',
+    packet: `apikey.used:1|c|#key:${KEY},org:${ORG},ip:2001:0DB8:0:0:0:0:0:0001,outcome:ok`,
+    samples: [sample({ ip: '2001:db8::1' })],
   },
   {
     name: 'Influx tags in the name',
@@ -316,7 +333,7 @@ t.test('parsePacket: firstError is the first reason and echoes at most ~60 chars
   t.match(longIp.firstError, /^bad ip "9{60}"…$/);
 });
 
-const ROUND_TRIP_IPS = ['10.0.0.1', '0.0.0.0', '255.255.255.255', '::1', '2001:db8::1', '::ffff:10.0.0.1', 'fe80::1'];
+const ROUND_TRIP_IPS = ['10.0.0.1', '0.0.0.0', '255.255.255.255', '::1', '2001:db8::1', 'fe80::1'];
 
 t.test('encodeUsageLine', async (t) => {
   t.equal(encodeUsageLine(sample({ count: 3 })), `apikey.used:3|c|#key:${KEY},org:${ORG},ip:10.0.0.1,outcome:ok`);

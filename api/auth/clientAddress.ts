@@ -1,5 +1,6 @@
 import { isIP } from 'node:net';
 import type { Request } from 'express';
+import { canonicalIpv6 } from '../../shared/ipv6Canonical';
 
 // IPv4 clients of a dual-stack socket appear as ::ffff:a.b.c.d; operators expect a.b.c.d.
 export function normaliseAddress(address: string | undefined): string {
@@ -17,13 +18,7 @@ export function forwardedAddress(text: string): string | undefined {
   const unported = /^\[([^\]]+)\](?::\d+)?$/.exec(text)?.[1] ?? /^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$/.exec(text)?.[1] ?? text;
   const family = isIP(unported);
   if (family !== 6) return family === 4 ? unported : undefined;
-  const bare = unported.includes('%') ? unported.slice(0, unported.indexOf('%')) : unported;
-  // The URL parser writes IPv6 in its canonical form: lower case, zeros compressed, mapped IPv4 in hex.
-  const canonical = new URL(`http://[${bare}]`).hostname.slice(1, -1);
-  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(canonical);
-  if (!mapped) return canonical;
-  const [high, low] = [parseInt(mapped[1], 16), parseInt(mapped[2], 16)];
-  return `${high >> 8}.${high & 0xff}.${low >> 8}.${low & 0xff}`;
+  return canonicalIpv6(unported.includes('%') ? unported.slice(0, unported.indexOf('%')) : unported);
 }
 
 // req.ip runs proxy-addr on every call (about 5 µs); when no proxy is trusted, the socket's
