@@ -27,6 +27,8 @@ export interface DetectionThresholds {
   failedAttemptsPerHour: number;
   /** key.new_ip: at most this many per key in one clock hour (of the networks' first use). */
   newIpPerKeyHour: number;
+  /** IP_TRUNCATE: addresses arrive cut to their /24 or /48 (see outsideNetworks). */
+  addressesTruncated?: boolean;
 }
 
 /** One hour the batch touched, as persisted after this flush's write. */
@@ -68,16 +70,32 @@ export function isSpike(hour: HourFacts, createdAt: number, t: DetectionThreshol
   return hour.uses >= t.spikeMinUses && hour.uses > t.spikeFactor * median(hour.baseline);
 }
 
-/** Addresses outside every expected network; none when the key expects none (null or empty). */
-export function outsideNetworks(ips: Iterable<string>, networks: readonly string[] | null): string[] {
+/**
+ * Addresses outside every expected network; none when the key expects none (null or empty). A
+ * truncated address stands for its whole /24 or /48: it is outside only when no expected network
+ * overlaps that block. Checked as an address, 203.0.113.0 was inside 203.0.113.0/25 for every
+ * client of the /24 and outside 203.0.113.128/25 for every one: a use from outside a narrower
+ * network cannot be told once truncated, and is not claimed.
+ */
+export function outsideNetworks(ips: Iterable<string>, networks: readonly string[] | null, truncated = false): string[] {
   if (!networks || networks.length === 0) return [];
   const allowed = new BlockList();
+  const bases: Array<[string, 'ipv4' | 'ipv6']> = [];
   for (const network of networks) {
     const [address, bits] = network.split('/');
     const type = isIPv4(address) ? 'ipv4' : 'ipv6';
     allowed.addSubnet(address, Number(bits ?? (type === 'ipv4' ? 32 : 128)), type);
+    bases.push([address, type]);
   }
-  return [...ips].filter((ip) => !allowed.check(ip, isIPv4(ip) ? 'ipv4' : 'ipv6'));
+  const overlapsBlock = (ip: string, type: 'ipv4' | 'ipv6') => {
+    const block = new BlockList();
+    block.addSubnet(ip, type === 'ipv4' ? 24 : 48, type);
+    return bases.some(([address, family]) => family === type && block.check(address, type));
+  };
+  return [...ips].filter((ip) => {
+    const type = isIPv4(ip) ? 'ipv4' : 'ipv6';
+    return !allowed.check(ip, type) && !(truncated && overlapsBlock(ip, type));
+  });
 }
 
 type Emit = (type: EventType, occurredAt: number, details: Record<string, unknown>, dedupe: string) => void;
@@ -85,7 +103,7 @@ type Emit = (type: EventType, occurredAt: number, details: Record<string, unknow
 /** Told of each new network the hourly limit kept from raising key.new_ip now. */
 export type OnDeferred = (prefix: string) => void;
 
-function useEvents(delta: KeyUsageDelta, facts: KeyFacts, limit: number, emit: Emit, onDeferred: OnDeferred): void {
+function useEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionThresholds, emit: Emit, onDeferred: OnDeferred): void {
   const proven = provenCount(delta.byOutcome);
   if (proven === 0) return;
   if (facts.requestCount <= proven) {
@@ -93,9 +111,9 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, limit: number, emit: E
     const [ip, first] = [...delta.ips].sort(([, a], [, b]) => a.firstSeen - b.firstSeen)[0] ?? [delta.lastIp, { firstSeen: delta.lastUsedAt }];
     emit('key.first_use', first.firstSeen, { ip }, '');
   } else {
-    newNetworkEvents(facts, limit, emit, onDeferred);
+    newNetworkEvents(facts, thresholds.newIpPerKeyHour, emit, onDeferred);
   }
-  const outside = outsideNetworks(delta.ips.keys(), facts.expectedNetworks);
+  const outside = outsideNetworks(delta.ips.keys(), facts.expectedNetworks, thresholds.addressesTruncated);
   if (outside.length > 0) {
     emit('key.outside_networks', delta.lastUsedAt, { ips: outside, expectedNetworks: facts.expectedNetworks }, hourIso(delta.lastUsedAt));
   }
@@ -194,7 +212,7 @@ export function detectKeyEvents(delta: KeyUsageDelta, facts: KeyFacts, threshold
   const events: KeyEvent[] = [];
   const emit: Emit = (type, occurredAt, details, dedupe) =>
     events.push({ orgId: delta.orgId, keyId: delta.keyId, type, occurredAt, details, dedupeKey: dedupeKey(type, delta.keyId, dedupe) });
-  useEvents(delta, facts, thresholds.newIpPerKeyHour, emit, onDeferred);
+  useEvents(delta, facts, thresholds, emit, onDeferred);
   hourEvents(delta, facts, thresholds, emit);
   return events;
 }

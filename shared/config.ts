@@ -461,6 +461,7 @@ const eventsSection = (v: Variables) => ({
   newIpPerKeyHour: v.EVENTS_NEW_IP_PER_KEY_HOUR,
   maxPerOrgHour: v.EVENTS_MAX_PER_ORG_HOUR,
   expiringDays: v.EVENTS_EXPIRING_DAYS,
+  addressesTruncated: v.IP_TRUNCATE,
 });
 
 function usageLogMinKeys(v: Variables): number | undefined {

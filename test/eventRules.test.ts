@@ -163,6 +163,14 @@ t.test('outsideNetworks: IPv4 and IPv6 CIDRs, no list means anywhere', async (t)
   t.strictSame(outsideNetworks(ips, []), []);
 });
 
+t.test('outsideNetworks of truncated addresses: outside only when no expected network overlaps the /24 or /48', async (t) => {
+  const truncated = ['203.0.113.0', '192.0.2.0', '10.1.2.0', '2001:db8:1::', '2001:db8:2::'];
+  const expected = ['203.0.113.128/25', '10.0.0.0/8', '2001:db8:1:5::/64'];
+  t.strictSame(outsideNetworks(truncated, expected, true), ['192.0.2.0', '2001:db8:2::']);
+  t.strictSame(outsideNetworks(truncated, expected), ['203.0.113.0', '192.0.2.0', '2001:db8:1::', '2001:db8:2::'], 'as addresses, without truncation');
+  t.strictSame(outsideNetworks(['2001:db8:1::'], ['203.0.113.0/24'], true), ['2001:db8:1::'], 'a network of the other family overlaps nothing');
+});
+
 t.test('key.outside_networks: at most one per key per hour, listing the addresses', async (t) => {
   const d = delta([{ ip: '10.0.0.5' }, { ip: '192.0.2.1' }]);
   const events = detectKeyEvents(d, facts({ expectedNetworks: ['10.0.0.0/8'] }), RULES);

@@ -159,14 +159,20 @@ t.test('IP_TRUNCATE: the collector aggregates and stores networks only, and the 
   const collector = await startTestCollector(t, url, { IP_TRUNCATE: 'true' });
   const api = await startTestApi(t, db, { env: { IP_TRUNCATE: 'true' } });
   const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  // Narrower than what truncation keeps: 203.0.113.0 stands for every address of its /24, and was
+  // outside the /25 (a false alarm for a client inside it), as 2001:db8:1:: was outside the /64.
+  await db('api_keys')
+    .where({ id: adminKeyId })
+    .update({ expected_networks: ['203.0.113.128/25', '2001:db8:1:5::/64'] });
   const line = (ip: string, outcome: 'ok' | 'bad_secret') => encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip, outcome, count: 1 });
   await sendDatagrams(
     collector.receiver.port,
-    packDatagrams([line('203.0.113.7', 'ok'), line('203.0.113.99', 'ok'), line('2001:db8:1:2::3', 'ok'), line('198.51.100.23', 'bad_secret')]),
+    packDatagrams([line('203.0.113.200', 'ok'), line('203.0.113.201', 'ok'), line('2001:db8:1:5::3', 'ok'), line('198.51.100.23', 'bad_secret')]),
   );
   await waitFor('the uses to be written', async () =>
     (await db('api_key_usage').where({ key_id: adminKeyId }).first())?.request_count === 3 ? true : undefined,
   );
+  t.same(await db('key_events').where({ key_id: adminKeyId, type: 'key.outside_networks' }), [], 'no alarm for networks overlapping the expected ones');
   const ips = await ipsOf(db, adminKeyId);
   t.same(ips.recent, ['2001:db8:1::', '203.0.113.0']);
   t.equal(
