@@ -3,7 +3,7 @@ import { loadConfig, type Config } from '../shared/config';
 import { createCheckedDb, warnIfServerAllowsFewer } from '../shared/db';
 import { createLogger, type Logger } from '../shared/logger';
 import { metricsServer } from '../shared/metrics';
-import { closeServer, listen, onShutdownSignal, stopWhenSupervisorGone } from '../shared/process';
+import { closeServer, listen, onShutdownSignal, setupOrExit, stopWhenSupervisorGone } from '../shared/process';
 import { createApp } from './app';
 import { createApiMetrics } from './metrics';
 import { createUsageRecorder } from './usage/createUsageRecorder';
@@ -66,7 +66,7 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
 }
 
 if (require.main === module) {
-  const config = loadConfig();
+  const config = setupOrExit(() => loadConfig());
   const logger = createLogger({ level: config.logLevel, name: 'api' });
   if (!config.database.url) {
     logger.fatal('DATABASE_URL is not set: run `npm start` for the embedded database, or set DATABASE_URL');

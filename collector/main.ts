@@ -4,7 +4,7 @@ import { loadConfig, type Config } from '../shared/config';
 import { createCheckedDb, poolState, warnIfServerAllowsFewer, warnIfServerOlder } from '../shared/db';
 import { createLogger, type Logger } from '../shared/logger';
 import { metricsServer, renderPrometheus } from '../shared/metrics';
-import { closeServer, listen } from '../shared/process';
+import { closeServer, listen, setupOrExit } from '../shared/process';
 import { rateLimitedWarn, type RateLimitedWarn } from '../shared/rateLimitedLog';
 import { within } from '../shared/within';
 import { Aggregator } from './aggregator';
@@ -218,7 +218,7 @@ async function startRelay(config: Config, warn: RateLimitedWarn): Promise<Relay 
 }
 
 if (require.main === module) {
-  const config = loadConfig();
+  const config = setupOrExit(() => loadConfig());
   const logger = createLogger({ level: config.logLevel, name: 'collector' });
   if (!config.database.url) {
     logger.fatal('DATABASE_URL is not set: run `npm start` for the embedded database, or set DATABASE_URL');

@@ -240,7 +240,9 @@ export function parseCli(argv: string[], now: number): ParsedCli {
     }
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
-    return { kind: 'usage', problem: error.message };
+    // Usage errors quote the arguments: a key pasted in the wrong place (`cli.ts ku_…`) reached the
+    // terminal, its scrollback and any CI log.
+    return { kind: 'usage', problem: redactKeyMaterial(error.message) };
   }
 }
 

@@ -1,4 +1,4 @@
-import { loadConfig } from '../shared/config';
+import { loadDatabaseConfig } from '../shared/config';
 import { createDb, describeDatabaseError, migrateLatest } from '../shared/db';
 import { exitWhenDone } from './lib/commandExit';
 
@@ -22,22 +22,22 @@ const lockTimeoutHint = (ms: number) =>
 
 /** 0 when the database is up to date; 1, with `error: …` on stderr, for any failure. */
 export async function migrate(env: NodeJS.ProcessEnv, io: MigrateIo = stdio): Promise<number> {
-  let config;
+  let database;
   try {
-    config = loadConfig(env);
+    database = loadDatabaseConfig(env);
   } catch (error) {
     // A ConfigError names the variable at fault.
     io.err(`error: ${(error as Error).message}`);
     return 1;
   }
-  if (!config.database.url) {
+  if (!database.url) {
     io.err('error: DATABASE_URL is not set. Set it to the PostgreSQL to migrate ' + '(npm start runs the migrations itself on its embedded database).');
     return 1;
   }
-  const { migrateLockTimeoutMs } = config.database;
-  const db = createDb(config.database.url, {
+  const { migrateLockTimeoutMs } = database;
+  const db = createDb(database.url, {
     poolMax: 1,
-    connectTimeoutMs: config.database.connectTimeoutMs,
+    connectTimeoutMs: database.connectTimeoutMs,
     applicationName: 'keyusage-migrate',
     lockTimeoutMs: migrateLockTimeoutMs,
   });
@@ -48,7 +48,7 @@ export async function migrate(env: NodeJS.ProcessEnv, io: MigrateIo = stdio): Pr
     return 0;
   } catch (error) {
     const waited = (error as { code?: unknown }).code === LOCK_NOT_AVAILABLE ? lockTimeoutHint(migrateLockTimeoutMs) : '';
-    io.err(`error: migration failed: ${describeDatabaseError(error, config.database.url)}${waited}`);
+    io.err(`error: migration failed: ${describeDatabaseError(error, database.url)}${waited}`);
     return 1;
   } finally {
     await db.destroy();

@@ -1,6 +1,7 @@
 import path from 'node:path';
-import { ConfigError, loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
+import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, migrateLatest } from '../shared/db';
+import { setupOrExit } from '../shared/process';
 import { ensureAppRole } from './lib/appRole';
 import { EmbeddedDatabase, externalDatabase, type DatabaseTarget } from './lib/embeddedDatabase';
 import { firstRunBanner } from './lib/firstRunDemo';
@@ -157,18 +158,11 @@ export class Launcher {
 }
 
 function main() {
-  let config: Config;
-  let entries: ProcfileEntry[];
-  try {
+  const { config, entries } = setupOrExit(() => {
     // The processes inherit this environment, so they run under the NODE_ENV decided here.
     Object.assign(process.env, withDevelopmentDefault(process.env));
-    config = loadConfig();
-    entries = readProcfile(process.env.PROCFILE || 'Procfile');
-  } catch (error) {
-    const problems = error instanceof ConfigError ? error.problems : [(error as Error).message];
-    for (const problem of problems) say(problem);
-    process.exit(1);
-  }
+    return { config: loadConfig(), entries: readProcfile(process.env.PROCFILE || 'Procfile') };
+  }, say);
   const launcher = new Launcher(config);
   launcher.onSignals();
   launcher.run(entries).catch((error: Error) => launcher.shutdown(`failed to start: ${error.message}`));

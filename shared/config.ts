@@ -256,17 +256,22 @@ const variables = {
 
 const DEV_PEPPER = 'keyusage-development-pepper-not-for-production-use';
 
-function parseEnvironment(env: NodeJS.ProcessEnv) {
+type Name = keyof typeof variables;
+type Parsed<N extends Name> = { [K in N]: z.output<(typeof variables)[K]> };
+
+const ALL_VARIABLES = Object.keys(variables) as Name[];
+
+function parseEnvironment<N extends Name>(env: NodeJS.ProcessEnv, names: readonly N[]): Parsed<N> {
   const values: Record<string, unknown> = {};
   const problems: string[] = [];
-  for (const [name, schema] of Object.entries(variables)) {
+  for (const name of names) {
     const raw = env[name] === '' ? undefined : env[name];
-    const result = schema.safeParse(raw);
+    const result = variables[name].safeParse(raw);
     if (result.success) values[name] = result.data;
     else problems.push(`${name}: ${result.error.issues.map((issue) => issue.message).join('; ')}`);
   }
   if (problems.length > 0) throw new ConfigError(problems);
-  return values as { [K in keyof typeof variables]: z.output<(typeof variables)[K]> };
+  return values as Parsed<N>;
 }
 
 export class ConfigError extends Error {
@@ -286,7 +291,7 @@ function deepFreeze<T>(value: T): T {
 
 const RELAXED_ENVIRONMENTS = new Set(['development', 'test']);
 
-type Variables = ReturnType<typeof parseEnvironment>;
+type Variables = Parsed<Name>;
 
 // The guards hold unless the environment says, explicitly, that it is a development or test one:
 // a deployment that forgets NODE_ENV (or calls itself "staging") must not run with the published
@@ -396,7 +401,17 @@ function eventSummaryProblems(v: Variables): string[] {
 
 // One parser per section of the config, each reading only the variables of its section.
 
-const databaseSection = (v: Variables) => ({
+const DATABASE_VARIABLES = [
+  'DATABASE_URL',
+  'DATABASE_POOL_MAX',
+  'DATABASE_CONNECT_TIMEOUT_MS',
+  'DATABASE_REPLY_TIMEOUT_MS',
+  'EMBEDDED_PG_DIR',
+  'EMBEDDED_PG_PORT',
+  'MIGRATE_LOCK_TIMEOUT_MS',
+] as const;
+
+const databaseSection = (v: Parsed<(typeof DATABASE_VARIABLES)[number]>) => ({
   url: v.DATABASE_URL,
   poolMax: v.DATABASE_POOL_MAX,
   connectTimeoutMs: v.DATABASE_CONNECT_TIMEOUT_MS,
@@ -523,7 +538,7 @@ const webhooksSection = (v: Variables) => ({
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
-  const v = parseEnvironment(env);
+  const v = parseEnvironment(env, ALL_VARIABLES);
   const problems = [
     ...pepperProblems(v),
     ...productionGuards(v),
@@ -549,6 +564,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
 }
 
 export type Config = ReturnType<typeof loadConfig>;
+
+/**
+ * The database variables alone, for `npm run migrate`: it runs as the schema's owner, where no API
+ * or collector runs, and the production guards of the whole config (KEY_PEPPER) refused the
+ * documented `DATABASE_URL=… npm run migrate`.
+ */
+export function loadDatabaseConfig(env: NodeJS.ProcessEnv = process.env): Config['database'] {
+  return deepFreeze(databaseSection(parseEnvironment(env, DATABASE_VARIABLES)));
+}
 
 /**
  * `npm start` and the CLI on the embedded database they run themselves: there an unset NODE_ENV

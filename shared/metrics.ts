@@ -73,22 +73,29 @@ export type Health = { healthy: boolean; [field: string]: unknown };
 // Either may be asynchronous: a collector with several receiving processes asks them first.
 export interface MetricsServerOptions {
   exposition: () => string | Promise<string>;
-  /** Answers /healthz (503 when not healthy); without it /healthz is 404. */
+  /** Answers /healthz (503 when not healthy); without it /healthz and /livez are 404. */
   health?: () => Health | Promise<Health>;
 }
+
+// /healthz says whether the process does its work (a collector's flushes fail while PostgreSQL is
+// down); restarted on it, a collector lost the batches it held for the database's return. /livez
+// says only that the process answers: the probe to restart on.
+const ALIVE = JSON.stringify({ status: 'alive' });
 
 export function metricsServer(options: MetricsServerOptions) {
   return http.createServer((req, res) => {
     const failed = (error: Error) => res.writeHead(500, { 'content-type': 'application/json' }).end(JSON.stringify({ error: error.message }));
     if (req.method === 'GET' && req.url === '/metrics') {
       Promise.resolve(options.exposition()).then((text) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(text), failed);
+    } else if (req.method === 'GET' && req.url === '/livez' && options.health) {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(ALIVE);
     } else if (req.method === 'GET' && req.url === '/healthz' && options.health) {
       const { health } = options;
       Promise.resolve(health()).then((h) => res.writeHead(h.healthy ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(h)), failed);
     } else {
       res
         .writeHead(404, { 'content-type': 'application/json' })
-        .end(JSON.stringify({ error: `not found; try /metrics${options.health ? ' or /healthz' : ''}` }));
+        .end(JSON.stringify({ error: `not found; try /metrics${options.health ? ', /healthz or /livez' : ''}` }));
     }
   });
 }

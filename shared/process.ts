@@ -1,5 +1,23 @@
 import type { Server } from 'node:http';
+import { ConfigError } from './config';
 import type { Logger } from './logger';
+
+const stderrLine = (line: string) => void process.stderr.write(`${line}\n`);
+
+/**
+ * The setup of an entry point (its config first), or exit 1 after saying each problem on a line of
+ * its own, a ConfigError's one per variable and named: thrown, it was an uncaught error's stack
+ * trace, with every problem on one line.
+ */
+export function setupOrExit<T>(setup: () => T, say: (line: string) => void = stderrLine): T {
+  try {
+    return setup();
+  } catch (error) {
+    const problems = error instanceof ConfigError ? error.problems : [(error as Error).message];
+    for (const problem of problems) say(problem);
+    process.exit(1);
+  }
+}
 
 // Listens, turning "address in use" into a message that names the port and the variable.
 export function listen(server: Server, host: string, port: number, variable: string): Promise<number> {

@@ -423,6 +423,24 @@ t.test('bad usage prints the usage on stderr and exits 2 without touching the da
   for (const command of ['org create', 'org list', 'key list', 'key create', 'key revoke']) t.match(USAGE, command);
 });
 
+// A usage error quotes the arguments, and a key pasted in the wrong place was echoed whole.
+t.test('a key pasted as a command, an extra argument or an option is never echoed by a usage error', async (t) => {
+  const secret = 'S3cr'.repeat(12) + 'x';
+  const key = `ku_${randomBytes(16).toString('hex')}_${secret}`;
+  const cases: Array<[string, string[], RegExp]> = [
+    ['as the command', [key], /^error: unknown command "ku_\[redacted\]"/],
+    ['as an extra argument', ['key', 'revoke', randomUUID(), randomUUID(), key], /^error: key revoke: unexpected argument "ku_\[redacted\]"/],
+    ['as an option', ['org', 'list', `--${key}`], /^error: Unknown option '--ku_\[redacted\]'/],
+  ];
+  for (const [label, argv, problem] of cases) {
+    const { out, err, io } = captured();
+    t.equal(await main(argv, {}, io), 2, `${label}: exit 2`);
+    t.match(err.join('\n'), problem, `${label}: the argument is named, redacted`);
+    t.notOk(err.join('\n').includes(secret), `${label}: without the secret`);
+    t.same(out, [], `${label}: nothing on stdout`);
+  }
+});
+
 t.test('names with control characters are refused, and any already stored cannot reach the terminal', async (t) => {
   const { db, cli } = await setup(t);
   t.equal(await cli.run('org', 'create', 'acme\x1b[2J'), 2, 'an org name with ESC is refused');
@@ -657,8 +675,20 @@ t.test('npm run migrate', async (t) => {
   t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: 'postgres://nobody:x@127.0.0.1:1/none' }, unreachable.io), 1);
   t.match(unreachable.err.join('\n'), /^error: migration failed: .*ECONNREFUSED/);
   const config = captured();
-  t.equal(await migrate({ PORT: 'abc' }, config.io), 1);
-  t.match(config.err.join('\n'), /^error: Invalid configuration: PORT: /, 'a bad config names the variable');
+  t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: 'mysql://db.example/x' }, config.io), 1);
+  t.match(config.err.join('\n'), /^error: Invalid configuration: DATABASE_URL: must be a postgres:\/\/ URL/, 'a bad config names the variable');
+});
+
+// The documented `DATABASE_URL=… npm run migrate` (the upgrade notes, docs/scaling.md) failed on
+// KEY_PEPPER, which migrate never uses, and without DATABASE_URL that hid the message made for it.
+t.test('npm run migrate reads the database variables alone: no NODE_ENV or KEY_PEPPER needed', async (t) => {
+  const url = await emptyDatabase(t);
+  const unset = captured();
+  t.equal(await migrate({}, unset.io), 1);
+  t.match(unset.err, [/^error: DATABASE_URL is not set\. /], 'the message made for it');
+  const run = captured();
+  t.equal(await migrate({ DATABASE_URL: url }, run.io), 0, run.err.join('\n'));
+  t.match(run.out.join('\n'), `Applied ${MIGRATIONS.length} migration(s)`);
 });
 
 t.test('embeddedClusterRunning reads postmaster.pid as pg_ctl does', async (t) => {

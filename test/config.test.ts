@@ -86,7 +86,9 @@ t.test('event settings', async (t) => {
     newIpPerKeyHour: 10,
     maxPerOrgHour: 10_000,
     expiringDays: [7, 1],
+    addressesTruncated: false,
   });
+  t.equal(loadConfig({ ...DEV, IP_TRUNCATE: 'true' }).collector.events.addressesTruncated, true, 'detection knows the addresses it sees are networks');
 });
 
 t.test('EVENTS_EXPIRING_DAYS is a list of days, largest first', async (t) => {

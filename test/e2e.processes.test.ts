@@ -111,3 +111,18 @@ t.test('api and collector as separate processes: one use is recorded, sent, flus
   t.match(logs, /collector listening/);
   t.match(logs, /api listening/);
 });
+
+// A bad setting was thrown uncaught: a stack trace, every problem on one line.
+t.test('api and collector with bad settings: exit 1, one line per problem naming its variable, no stack trace', async (t) => {
+  const cases: Array<[string, Record<string, string>, string[]]> = [
+    ['api/main.ts', { PORT: 'abc' }, ['PORT: must be a whole number']],
+    ['collector/main.ts', { COLLECTOR_PORT: 'abc' }, ['COLLECTOR_PORT: must be a whole number']],
+  ];
+  for (const [entry, setting, problems] of cases) {
+    const { child, output } = startProcess(t, entry, { ...setting, DATABASE_POOL_MAX: '0' });
+    const [code] = await once(child, 'exit');
+    t.equal(code, 1, `${entry} exits 1`);
+    t.notMatch(output.join(''), /^ {4}at /m, `${entry}: no stack trace`);
+    t.same(output.join('').trimEnd().split('\n'), ['DATABASE_POOL_MAX: must be at least 1', ...problems], `${entry}: each problem on its own line`);
+  }
+});

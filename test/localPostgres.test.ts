@@ -29,6 +29,20 @@ t.test('never opens a folder it did not create; names the one in the way instead
   t.notOk(fs.existsSync(path.join(dataDir, 'PG_VERSION')), 'no cluster was made');
 });
 
+// initdb refused such a folder too, but only after it had been chowned to the postgres OS user
+// and a password written beside it.
+t.test('refuses a folder that holds files but no cluster, before changing anything', async (t) => {
+  const dataDir = path.join(base, 'someone-elses');
+  fs.mkdirSync(dataDir);
+  fs.writeFileSync(path.join(dataDir, 'notes.txt'), 'not a cluster');
+  const owner = fs.statSync(dataDir).uid;
+  const error = t.throws(() => startLocalPostgres({ dataDir, port: 1 })) as Error;
+  t.match(error.message, `EMBEDDED_PG_DIR names ${dataDir}, which is not empty and holds no PostgreSQL data folder`);
+  t.equal(fs.statSync(dataDir).uid, owner, 'its owner is unchanged');
+  t.notOk(fs.existsSync(`${dataDir}.password`), 'no password is written beside it');
+  t.same(fs.readdirSync(dataDir), ['notes.txt'], 'and nothing inside it');
+});
+
 t.test('a server with a private log and none of the project secrets in its environment', async (t) => {
   const secrets = { KEY_PEPPER: 'pepper-that-postgres-must-never-see-0123456789', USAGE_SIGNING_SECRET: 'signing-secret-postgres-must-never-see-0123' };
   const saved = { ...process.env };

@@ -59,6 +59,7 @@ for (const { usageLog, what, hold, blocked } of cases) {
       await waitFor('the blocked write to give up three times', () => (failures() >= 3 ? true : undefined));
       const health = await fetch(`http://127.0.0.1:${collector.metricsPort}/healthz`);
       t.equal(health.status, 503, `/healthz is red after three ${blocked}`);
+      t.equal((await fetch(`http://127.0.0.1:${collector.metricsPort}/livez`)).status, 200, '/livez, the probe to restart on, is not');
       t.equal(await usesOf(db, keyId), 1, 'nothing written while it is held');
       t.ok(
         collector.logLines.some((line) => line.includes('lock timeout') && line.includes('55P03')),

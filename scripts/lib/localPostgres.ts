@@ -104,6 +104,18 @@ function prepareLog(logFile: string, ids: Ids) {
   if (ids) fs.chownSync(logFile, ids.uid, ids.gid);
 }
 
+// Checked before anything changes: initdb refuses a folder that holds files too, but only once it
+// has been chowned to the postgres OS user and a password written beside it, so an EMBEDDED_PG_DIR
+// naming someone's folder (a home folder, a checkout) lost its owner. An empty one is taken.
+function refuseForeignFolder(dataDir: string) {
+  if (!fs.existsSync(dataDir) || fs.existsSync(path.join(dataDir, 'PG_VERSION'))) return;
+  if (fs.readdirSync(dataDir).length === 0) return;
+  throw new Error(
+    `EMBEDDED_PG_DIR names ${dataDir}, which is not empty and holds no PostgreSQL data folder (no PG_VERSION); it is left as it is. ` +
+      'Set EMBEDDED_PG_DIR to a new or empty folder (or remove this one, if an interrupted first start left it).',
+  );
+}
+
 function secretFile(file: string, ids?: Ids): string {
   if (!fs.existsSync(file)) {
     fs.writeFileSync(file, randomBytes(18).toString('base64url'), { mode: 0o600 });
@@ -143,6 +155,7 @@ export function startLocalPostgres(options: { dataDir: string; port: number }): 
   const passwordFile = path.join(path.dirname(dataDir), `${path.basename(dataDir)}.password`);
   const logFile = path.join(path.dirname(dataDir), `${path.basename(dataDir)}.log`);
   binDir(); // before anything is created: without the binaries there is nothing to start
+  refuseForeignFolder(dataDir);
   const ids = runAsIds();
   prepareParent(path.dirname(dataDir), ids);
 
