@@ -58,10 +58,14 @@ export function jsonBody(limit: string): RequestHandler {
 
 // A time written in year 9999 with a negative offset falls in year 10000 in UTC: accepted, a key's
 // expiresAt came back as "+010000-01-01T…", which no client's ISO 8601 parser (nor the API's own
-// answer schema) takes, for good.
+// answer schema) takes, for good. Near year 0 a usage series' window (`to` less 7 days) began in
+// year -1, "-000001-12-27T…", likewise. No key nor use predates 1970.
 const LATEST_TIME = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
-/** Refines an ISO 8601 date-time string: no later than the last millisecond of 9999 in UTC. */
-export const notAfterYear9999 = [(value: string) => Date.parse(value) <= LATEST_TIME, 'must be no later than 9999-12-31T23:59:59.999Z'] as const;
+/** Refines an ISO 8601 date-time string: from 1970 to the last millisecond of 9999, in UTC. */
+export const withinSupportedTimes = [
+  (value: string) => Date.parse(value) >= 0 && Date.parse(value) <= LATEST_TIME,
+  'must be between 1970-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z',
+] as const;
 
 // An unencoded "+" in a query string reads as a space: 2026-01-01T00:00:00+02:00 arrives as
 // "2026-01-01T00:00:00 02:00".
@@ -75,5 +79,5 @@ export const dateParam = z.iso
         ? 'must be an ISO 8601 date-time; its "+" arrived as a space: send it as %2B, or give the time in UTC with Z'
         : 'must be an ISO 8601 date-time',
   })
-  .refine(...notAfterYear9999)
+  .refine(...withinSupportedTimes)
   .transform((v) => new Date(v));

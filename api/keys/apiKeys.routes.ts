@@ -3,7 +3,7 @@ import { Router, type RequestHandler, type Response } from 'express';
 import { z } from 'zod';
 import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
-import { displayName, jsonBody, notAfterYear9999, pagination, parseInput, uuid } from '../validation';
+import { displayName, jsonBody, withinSupportedTimes, pagination, parseInput, uuid } from '../validation';
 import { MAX_REVOKE_KEY_IDS, apiKeyList, apiKeyView, revealedApiKey, revokeDormantResult, type ApiKeysService } from './apiKeys.service';
 import { SCOPES } from './scopes';
 
@@ -29,7 +29,7 @@ const createBody = z
       .transform((scopes) => [...new Set(scopes)]),
     expiresAt: z.iso
       .datetime({ offset: true, error: 'must be an ISO 8601 date-time' })
-      .refine(...notAfterYear9999)
+      .refine(...withinSupportedTimes)
       .nullish(),
     expectedNetworks: expectedNetworks.optional(),
   })
