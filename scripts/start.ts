@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
-import { createDb, migrateLatest } from '../shared/db';
+import { createDb, migrateLatest, unappliedMigrations, type Db } from '../shared/db';
 import { setupOrExit } from '../shared/process';
 import { ensureAppRole } from './lib/appRole';
 import { EmbeddedDatabase, externalDatabase, type DatabaseTarget } from './lib/embeddedDatabase';
@@ -126,9 +126,13 @@ export class Launcher {
     if (this.stopRequested) return;
     const db = createDb(target.ownerUrl, { poolMax: 2, connectTimeoutMs: config.database.connectTimeoutMs, applicationName: 'keyusage-start' });
     try {
-      const applied = await migrateLatest(db);
-      say(applied.length > 0 ? `applied ${applied.length} migration(s)` : 'migrations are up to date');
-      if (embedded?.app) await ensureAppRole(db, embedded.app.role, embedded.app.password);
+      if (embedded) {
+        const applied = await migrateLatest(db);
+        say(applied.length > 0 ? `applied ${applied.length} migration(s)` : 'migrations are up to date');
+        if (embedded.app) await ensureAppRole(db, embedded.app.role, embedded.app.password);
+      } else {
+        await requireMigrated(db);
+      }
       if (this.stopRequested) return;
       if (!(await this.startProcesses(entries, target.processUrl))) return;
       const banner = await firstRunBanner(db, config, { ...target, embedded: embedded !== undefined }, () => this.stopRequested);
@@ -154,6 +158,21 @@ export class Launcher {
       onUnexpectedExit: (name, exit) => void this.shutdown(`${name} ${describeExit(exit)}; stopping the rest`),
     });
     return this.supervisor.startAll(startOrder(entries));
+  }
+}
+
+// Only the embedded database is ours to migrate, as in the CLI: a DATABASE_URL may be a real
+// database, whose schema changes with `npm run migrate` at a planned step (a release's migrations
+// applied under older collectors still running broke them), and the app role's URL failed here
+// with "permission denied for schema public".
+async function requireMigrated(db: Db): Promise<void> {
+  const missing = await unappliedMigrations(db);
+  if (missing === undefined) say('migrations not checked: this role may not read knex_migrations');
+  else if (missing.length === 0) say('migrations are up to date');
+  else {
+    throw new Error(
+      `the database at DATABASE_URL lacks ${missing.length} migration(s), from ${missing[0]}: run \`npm run migrate\` with the schema owner's DATABASE_URL first`,
+    );
   }
 }
 

@@ -105,13 +105,13 @@ class PgDialect extends KnexPg {
 // by its source file: a database migrated from a checkout stays up to date for the build.
 const LOADED_EXTENSION = path.extname(__filename);
 
-export const MIGRATION_CONFIG: Knex.MigratorConfig = {
-  migrationSource: {
-    getMigrations: async () => (await fs.promises.readdir(MIGRATIONS_DIRECTORY)).filter((file) => path.extname(file) === LOADED_EXTENSION).sort(),
-    getMigrationName: (file: string) => `${path.basename(file, LOADED_EXTENSION)}.ts`,
-    getMigration: (file: string) => Promise.resolve(require(path.join(MIGRATIONS_DIRECTORY, file))),
-  },
+const MIGRATION_SOURCE = {
+  getMigrations: async () => (await fs.promises.readdir(MIGRATIONS_DIRECTORY)).filter((file) => path.extname(file) === LOADED_EXTENSION).sort(),
+  getMigrationName: (file: string) => `${path.basename(file, LOADED_EXTENSION)}.ts`,
+  getMigration: (file: string) => Promise.resolve(require(path.join(MIGRATIONS_DIRECTORY, file))),
 };
+
+export const MIGRATION_CONFIG: Knex.MigratorConfig = { migrationSource: MIGRATION_SOURCE };
 
 export interface DbOptions {
   poolMax?: number;
@@ -226,6 +226,24 @@ async function applyOneByOne(db: Db, upTo: string | undefined): Promise<string[]
     const [, names] = (await db.migrate.up(MIGRATION_CONFIG)) as [number, string[]];
     applied.push(...names);
     if (names.length === 0 || (upTo !== undefined && names.includes(upTo))) return applied;
+  }
+}
+
+/**
+ * The migrations a database lacks, read without changing it (knex's own list creates its table);
+ * undefined when this role may not read the record (the app role of docs/deployment.md).
+ */
+export async function unappliedMigrations(db: Db): Promise<string[] | undefined> {
+  const names = (await MIGRATION_SOURCE.getMigrations()).map(MIGRATION_SOURCE.getMigrationName);
+  try {
+    const applied = new Set<string>(await db('knex_migrations').pluck('name'));
+    return names.filter((name) => !applied.has(name));
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    // 42P01: no such table (nothing applied); 42501: insufficient privilege.
+    if (code === '42P01') return names;
+    if (code === '42501') return undefined;
+    throw error;
   }
 }
 

@@ -3,7 +3,7 @@ import t from 'tap';
 import { createPgUsageStore } from '../collector/usageStore';
 import { main } from '../scripts/cli';
 import { ensureAppRole } from '../scripts/lib/appRole';
-import { createDb } from '../shared/db';
+import { createDb, unappliedMigrations } from '../shared/db';
 import { seedOrg, startTestApi } from './helpers/api';
 import { startTestCollector, sendDatagrams } from './helpers/collector';
 import { waitFor } from '../harness/wait';
@@ -43,6 +43,9 @@ t.test('the app role reads and writes rows and can do nothing else; the API and 
     [`create role kt_escalate superuser`, /permission denied/],
   ] as const;
   for (const [sql, error] of refused) await t.rejects(app.raw(sql), { message: error }, `refused: ${sql}`);
+  // npm start with the app role's DATABASE_URL cannot tell what is migrated, and says so.
+  t.equal(await unappliedMigrations(app), undefined, 'the app role may not read the migrations');
+  t.same(await unappliedMigrations(owner), [], 'its owner reads them all applied');
 
   // A table from a later migration (run by the owner) is covered by the default privileges.
   await owner.raw('create table later_migration (id bigserial primary key, note text)');

@@ -7,7 +7,8 @@ import type { ProcfileEntry } from '../scripts/lib/procfile';
 import { Launcher } from '../scripts/start';
 import { loadConfig } from '../shared/config';
 import { freeTcpPort, freeUdpPort } from '../scripts/lib/freePort';
-import { freshDatabase } from './helpers/database';
+import { createDb, type Db } from '../shared/db';
+import { emptyDatabase, freshDatabase } from './helpers/database';
 
 // The launcher in process, with stand-in processes, so its orchestration is measured by coverage;
 // test/start.smoke.test.ts runs the real `npm start` with the real Procfile.
@@ -40,8 +41,8 @@ async function launchEnv(t: Test, values: Record<string, string>) {
   return loadConfig(process.env);
 }
 
-async function setup(t: Test, port?: number) {
-  const { db, url } = await freshDatabase(t);
+async function setup(t: Test, port?: number, database?: { db: Db; url: string }) {
+  const { db, url } = database ?? (await freshDatabase(t));
   const config = await launchEnv(t, {
     DATABASE_URL: url,
     PORT: String(port ?? (await freeTcpPort())),
@@ -65,6 +66,21 @@ t.test('starts the collector then the web process, and stops cleanly; an externa
   await launcher.shutdown();
   t.equal(await exited, 0, 'a requested stop exits 0');
   await t.rejects(fetch(`http://127.0.0.1:${config.api.port}/healthz`), 'the processes are stopped');
+});
+
+// A DATABASE_URL may be a real database, migrated at a planned step: npm start applied a release's
+// migrations to it, under collectors of the version before.
+t.test('an external database not migrated: refused before anything starts, naming npm run migrate, and left as it is', async (t) => {
+  const url = await emptyDatabase(t);
+  const db = createDb(url, { poolMax: 1 });
+  t.teardown(() => db.destroy());
+  const { launcher } = await setup(t, undefined, { db, url });
+  await t.rejects(
+    launcher.run([stub('web', serveOn('PORT')), stub('collector', serveOn('COLLECTOR_METRICS_PORT'))]),
+    /lacks \d+ migration\(s\), from \d+_\w+\.ts: run `npm run migrate` with the schema owner's DATABASE_URL first/,
+  );
+  t.equal((await db.raw(`select to_regclass('knex_migrations') as t`)).rows[0].t, null, 'no migration table made');
+  await launcher.shutdown();
 });
 
 t.test('a process that dies stops the rest and exits 1', async (t) => {
