@@ -2,6 +2,7 @@ import http from 'node:http';
 import { parseArgs } from 'node:util';
 import { formatKey, parsePresentedKey } from '../api/keys/keyMaterial';
 import { ConfigError, loadConfig, type Config } from '../shared/config';
+import { within } from '../shared/within';
 import { DEMO_TRAFFIC_ADMIN, mintDemoTrafficKey } from './lib/demoTrafficKey';
 
 // `npm run demo-traffic`: bounded traffic against the system `npm start` runs, so that the usage
@@ -442,26 +443,38 @@ async function main() {
   const parsed = settings();
   if (typeof parsed === 'number') process.exit(parsed);
   const { options, config } = parsed;
+  // The minted key is revoked however the run ends: interrupted (Ctrl-C, also while it is being
+  // minted) or out of time, each run left an active, never-expiring keys:write key in the demo org.
+  const runKey = keyFor(options, config);
+  let released: Promise<void> | undefined;
+  const release = () =>
+    (released ??= runKey.then(
+      (minted) =>
+        minted
+          .release(`http://127.0.0.1:${config.api.port}`)
+          .catch((error: Error) => console.error(`demo-traffic: the minted key could not be revoked: ${error.message}`)),
+      () => {}, // none was minted
+    ));
+  const stop = (code: number, why: string) => {
+    console.error(why);
+    void within(release(), RELEASE_DEADLINE_MS).then(() => process.exit(code));
+  };
+  process.once('SIGINT', () => stop(130, 'demo-traffic: interrupted'));
+  process.once('SIGTERM', () => stop(143, 'demo-traffic: stopped'));
   // A hard stop, whatever the server does.
-  setTimeout(
-    () => {
-      console.error('demo-traffic: giving up after the time limit');
-      process.exit(1);
-    },
-    (options.seconds + 15) * 1000,
-  ).unref();
-  let runKey: RunKey | undefined;
+  setTimeout(() => stop(1, 'demo-traffic: giving up after the time limit'), (options.seconds + 15) * 1000).unref();
   let code = 1;
   try {
-    runKey = await keyFor(options, config);
-    code = (await run({ ...options, key: runKey.key }, config.api.port, runKey.shown)) ? 0 : 1;
+    const { key, shown } = await runKey;
+    code = (await run({ ...options, key }, config.api.port, shown)) ? 0 : 1;
   } catch (error) {
     console.error(error instanceof UsageError ? error.message : `demo-traffic failed: ${(error as Error).message}`);
   }
-  await runKey
-    ?.release(`http://127.0.0.1:${config.api.port}`)
-    .catch((error: Error) => console.error(`demo-traffic: the minted key could not be revoked: ${error.message}`));
+  await release();
   process.exit(code);
 }
+
+// How long a stop waits for the minted key's revocation (a server that stopped answering).
+const RELEASE_DEADLINE_MS = 5_000;
 
 if (require.main === module) void main();

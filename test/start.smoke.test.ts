@@ -1,5 +1,6 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
+import { once } from 'node:events';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -389,6 +390,25 @@ t.test('npm start: embedded database, demo key, one use persisted and shown, cle
   t.ok(mintedId, 'without DEMO_KEY it minted its own');
   const minted = await asOwner(ports, (owner) => owner('api_keys').where({ id: mintedId }).first());
   t.ok(minted?.revoked_at, 'and revoked it at the end');
+  // Interrupted, as a newcomer stops it with Ctrl-C (the terminal signals its whole group).
+  const interrupted = spawn('/bin/sh', ['-c', `${printed} -- --requests 2000 --seconds 30`], {
+    cwd: ROOT,
+    env: bareEnv,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let interruptedOut = '';
+  interrupted.stdout!.on('data', (chunk) => (interruptedOut += chunk));
+  const interruptedId = await waitFor(
+    'the interrupted run to mint its key',
+    () => /Minted a key for this run \(demo-traffic-admin, id ([0-9a-f-]{36})/.exec(interruptedOut)?.[1],
+    30_000,
+    50,
+  );
+  process.kill(-interrupted.pid!, 'SIGINT');
+  await once(interrupted, 'exit');
+  const left = await asOwner(ports, (owner) => owner('api_keys').where({ id: interruptedId }).first());
+  t.ok(left?.revoked_at, 'an interrupted run revokes its key too');
   // With the printed key instead, as before: DEMO_KEY wins over minting.
   const withKey = spawnSync('/bin/sh', ['-c', `DEMO_KEY=${key} ${printed} -- --requests 60 --seconds 10`], {
     cwd: ROOT,
