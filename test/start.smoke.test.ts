@@ -398,7 +398,7 @@ t.test('npm start: embedded database, demo key, one use persisted and shown, cle
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let interruptedOut = '';
-  interrupted.stdout!.on('data', (chunk) => (interruptedOut += chunk));
+  interrupted.stdout.on('data', (chunk) => (interruptedOut += chunk));
   const interruptedId = await waitFor(
     'the interrupted run to mint its key',
     () => /Minted a key for this run \(demo-traffic-admin, id ([0-9a-f-]{36})/.exec(interruptedOut)?.[1],
