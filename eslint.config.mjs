@@ -64,8 +64,8 @@ export default defineConfig(
     languageOptions: { sourceType: 'module', globals: globals.browser },
   },
   {
-    // Build script and the webhook receiver example: plain CommonJS for Node.js.
-    files: ['scripts/**/*.js', 'docs/examples/**/*.js'],
+    // Build script, the webhook receiver example and the statsd preload: plain CommonJS for Node.js.
+    files: ['scripts/**/*.js', 'docs/examples/**/*.js', 'bench/**/*.cjs'],
     languageOptions: { sourceType: 'commonjs', globals: globals.node },
   },
   {

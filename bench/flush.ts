@@ -466,7 +466,10 @@ function flushVerdicts(plan: Plan, samples: FlushSample[], targetNames: string[]
         ? 'written directly'
         : `${folds.length} of ${warm.length} appended to the usage log; the fold of each one's rows, after it: median ${fmt.ms(median(folds), 0)}, worst ${fmt.ms(Math.max(...folds), 0)}. Each fold applies one flush here: it is paid once for every flush of a key since the last fold (none coalesced here)`;
     return [
-      `Target 100 k keys per flush ≤ 1 s [${variant}]: ${fmt.verdict(median(warm) <= 1000)} (every 100 k-key / 100 k-use scenario run: median ${fmt.ms(median(warm), 0)}, worst ${fmt.ms(Math.max(...warm), 0)}; the slowest cold flush: ${cold.length > 0 ? fmt.ms(Math.max(...cold), 0) : 'none in this run'}; ${appended}).`,
+      // Judged by the worst flush, a collector's first (cold) one included: each is a second of
+      // uses the collector holds until it ends, and a median met while some flushes took longer
+      // said "met" of runs whose worst flush was 1.2 s.
+      `Target 100 k keys per flush ≤ 1 s [${variant}]: ${fmt.verdict(Math.max(...warm, ...cold) <= 1000)} (by the worst flush; every 100 k-key / 100 k-use scenario run: median ${fmt.ms(median(warm), 0)}, worst ${fmt.ms(Math.max(...warm), 0)}; the slowest cold flush: ${cold.length > 0 ? fmt.ms(Math.max(...cold), 0) : 'none in this run'}; ${appended}).`,
     ];
   });
 }

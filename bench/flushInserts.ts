@@ -4,6 +4,7 @@ import { createScratchDatabase, openPostgresServer } from '../harness/postgres';
 import { createDb, migrateLatest, type Db } from '../shared/db';
 import { TABLE } from '../shared/tables';
 import { MIGRATED, openVariantDatabase, selectedVariants } from './flushVariants';
+import { median } from './lib/stats';
 
 // The per-row work of a new-IP flush's inserts, apart from the rest of the flush: 100 k rows
 // inserted into each table that grows when every key comes from a new address, in a transaction
@@ -48,8 +49,6 @@ async function insertOnce(db: Db, times: Times) {
   // The rolled-back rows' index entries, so the next round inserts into tables of the same size.
   await db.raw(`vacuum ${Object.keys(INSERTS).join(', ')}`);
 }
-
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 
 async function main(keys: number, reps: number) {
   const server = await openPostgresServer('keyusage-flush-inserts-', console.log);

@@ -15,6 +15,8 @@ export interface StatsdProcess {
   child: Child;
   udpPort: number;
   mgmtPort: number;
+  /** What the kernel granted (SO_RCVBUF, reported doubled). */
+  recvBufferBytes: number;
   received(): Promise<{ lines: number; datagrams: number; badLines: number }>;
   cleanup(): void;
 }
@@ -56,7 +58,8 @@ export function mgmtCommand(port: number, command: string, timeoutMs = 5000): Pr
   });
 }
 
-export async function startStatsd(): Promise<StatsdProcess> {
+/** Statsd as shipped, its UDP socket asking for `recvBufferBytes` (bench/lib/statsdRecvBuffer.cjs). */
+export async function startStatsd(recvBufferBytes: number): Promise<StatsdProcess> {
   const udpPort = await freeUdpPort();
   const mgmtPort = await freeTcpPort();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-bench-statsd-'));
@@ -65,7 +68,10 @@ export async function startStatsd(): Promise<StatsdProcess> {
     configFile,
     `{ address: "127.0.0.1", port: ${udpPort}, mgmt_address: "127.0.0.1", mgmt_port: ${mgmtPort}, backends: [], flushInterval: 3600000 }\n`,
   );
-  const child = spawnProcess('statsd', [statsdScript(), configFile]);
+  const child = spawnProcess('statsd', ['--require', path.join(__dirname, 'statsdRecvBuffer.cjs'), statsdScript(), configFile], {
+    env: { ...process.env, STATSD_RECV_BUFFER_BYTES: String(recvBufferBytes) },
+    keepOutput: true,
+  });
   await waitFor(
     'statsd to answer on its management port',
     () =>
@@ -76,10 +82,17 @@ export async function startStatsd(): Promise<StatsdProcess> {
     20_000,
     50,
   );
+  const granted = await waitFor(
+    'statsd to report its receive buffer',
+    () => child.lines.map((line) => /recv buffer granted (\d+)/.exec(line)?.[1]).find(Boolean),
+    5_000,
+    20,
+  );
   return {
     child,
     udpPort,
     mgmtPort,
+    recvBufferBytes: Number(granted),
     async received() {
       // statsd lists every counter it holds: one per key and address of the stream, in seconds at 100 k keys.
       const text = await mgmtCommand(mgmtPort, 'counters', COUNTERS_TIMEOUT_MS);
