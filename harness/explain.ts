@@ -48,6 +48,16 @@ export interface PlanNode {
   Plans?: PlanNode[];
 }
 
+/**
+ * The rows a node of EXPLAIN (ANALYZE) read, over all its loops: those it returned and those its
+ * filter removed. Actual Rows alone counts only what it returned: a lookup that found its row
+ * by filtering the org's keys one by one returned as few as an index lookup.
+ */
+export const rowsRead = (node: PlanNode): number => (node['Actual Rows'] + (node['Rows Removed by Filter'] ?? 0)) * node['Actual Loops'];
+
+/** The pages (index and table) a node of EXPLAIN (ANALYZE, BUFFERS) touched, its children's included. */
+export const pagesRead = (node: PlanNode): number => (node['Shared Hit Blocks'] ?? 0) + (node['Shared Read Blocks'] ?? 0);
+
 /** `measure` summed over the nodes of `node`'s plan that read `relation`. */
 export function sumOverRelation(node: PlanNode, relation: string, measure: (node: PlanNode) => number): number {
   const own = node['Relation Name'] === relation ? measure(node) : 0;

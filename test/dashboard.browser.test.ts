@@ -179,7 +179,15 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
   });
 
   t.test('search asks the server and shows only matching keys', async (t) => {
+    // The page's own filtering of the keys it already has would show the same row: the search
+    // must be a request for the usage of the keys whose name holds it.
+    const searched = page.waitForRequest((request) => {
+      const url = new URL(request.url());
+      return url.pathname === `/api/orgs/${system.org.id}/api-keys/usage` && url.searchParams.get('q') === 'wrong';
+    });
     await page.fill('#key-search', 'wrong');
+    const request = await searched;
+    t.equal((await request.response())?.status(), 200, 'the server answers the search');
     await rowsShown(page, (n) => n === 1);
     t.equal(await rowText(page, keys.wrongSecret.id, 'failed'), '4');
     await page.fill('#key-search', '');

@@ -13,7 +13,7 @@ import { startTestCollector } from './helpers/collector';
 import { fetchCollectorMetrics } from '../harness/collectorProcess';
 import { sleep, waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
-import { sumOverRelation, type PlanNode } from '../harness/explain';
+import { pagesRead, rowsRead, sumOverRelation, type PlanNode } from '../harness/explain';
 import { orgsWithDueDeliveries } from '../bench/lib/database';
 import { startWebhookReceiver, type ReceivedRequest } from './helpers/webhookReceiver';
 
@@ -101,17 +101,42 @@ t.test('each event reaches the receiver once, signed, with the documented payloa
   );
 });
 
+// The waits are the ones recorded: the worker's jitter is fixed at the middle of each step, so
+// with a 60 s base the waits after attempts 1, 2 and 3 are 45, 90 and 180 s. After each failed
+// attempt the delivery is due that long after the attempt ended (its next_attempt_at, set in the
+// transaction that recorded the attempt, on the database's clock): at least that long after the
+// attempt's recorded end, and at most that long after the database's now. A poll then claims
+// nothing; the test makes the wait pass on the database's clock, and the next poll sends.
+const WAITS_MS = [45_000, 90_000, 180_000];
+
 t.test('a receiver failing three times gets the event on the fourth attempt, after growing waits', async (t) => {
   const receiver = await startWebhookReceiver(t, (index) => (index < 3 ? 503 : 200));
   const world = await setup(t, receiver.url);
-  await startTestCollector(t, world.databaseUrl, FAST);
   const event = await world.insertEvent();
-  await waitFor('a settled delivery', settled(world.db, 1));
+  const { worker } = skewedWorker(t, world.db, 0, { WEBHOOK_RETRY_BASE_MS: '60000' }, () => 0.5);
+  const attempts = async () => (await world.db('webhook_deliveries').first('attempts')).attempts as number;
+  for (let attempt = 1; attempt <= 4; attempt++) {
+    await worker.poll();
+    await waitFor(`attempt ${attempt} recorded`, async () => ((await world.db('webhook_delivery_attempts').where({ attempt }).first()) ? true : undefined));
+    if (attempt === 4) break;
+    const wait = WAITS_MS[attempt - 1];
+    const {
+      rows: [due],
+    } = await world.db.raw(
+      `select extract(epoch from d.next_attempt_at - (a.started_at + a.duration_ms * interval '1 millisecond')) * 1000 as after_end,
+              extract(epoch from d.next_attempt_at - now()) * 1000 as after_now
+         from webhook_deliveries d join webhook_delivery_attempts a on a.delivery_id = d.id and a.attempt = ?`,
+      [attempt],
+    );
+    t.ok(Number(due.after_end) >= wait, `attempt ${attempt}: due ${Number(due.after_end)} ms after it ended, not before ${wait} ms`);
+    t.ok(Number(due.after_now) <= wait, `attempt ${attempt}: and ${Number(due.after_now)} ms from now, not past ${wait} ms`);
+    await worker.poll();
+    t.equal(await attempts(), attempt, `attempt ${attempt + 1} is not begun before the wait has passed`);
+    await world.db('webhook_deliveries').update({ next_attempt_at: world.db.raw(`now() - interval '1 second'`) });
+  }
 
   t.equal(receiver.requests.length, 4);
   for (const request of receiver.requests) assertSigned(t, request, world.secret, event.id);
-  const gaps = receiver.requests.slice(1).map((request, i) => request.at - receiver.requests[i].at);
-  [60, 120, 240].forEach((step, i) => t.ok(gaps[i] >= step / 2 - 5, `wait ${i + 1} (${gaps[i]} ms) is at least half of ${step} ms`));
 
   const [delivery] = (await world.deliveries()).data;
   t.match(delivery, { eventId: event.id, eventType: 'key.new_ip', status: 'succeeded', attemptCount: 4, nextAttemptAt: null, completedAt: String });
@@ -186,15 +211,14 @@ t.test('a claim whose worker died mid-send is delivered by another worker once i
   const receiver = await startWebhookReceiver(t);
   const world = await setup(t, receiver.url);
   const event = await world.insertEvent();
-  // A worker claims the delivery and dies before sending or recording anything.
-  const claimedAt = Date.now();
+  // A worker claims the delivery and dies before sending or recording anything. (That no worker
+  // takes it while the lease holds is the test of a worker whose clock runs ahead, below.)
   const {
     deliveries: [claimed],
   } = await claimDueDeliveries(world.db, { leaseMs: 400, limit: 10, maxAttempts: 8 });
   t.equal(claimed.eventId, event.id);
   await startTestCollector(t, world.databaseUrl, FAST);
   await waitFor('a settled delivery', settled(world.db, 1));
-  t.ok(receiver.requests[0].at >= claimedAt + 400, 'not before the lease ended');
   t.equal(receiver.requests.length, 1);
   const [delivery] = (await world.deliveries()).data;
   t.match(delivery, { status: 'succeeded', attemptCount: 2 }, 'the interrupted attempt counts toward the limit');
@@ -205,12 +229,13 @@ t.test('a claim whose worker died mid-send is delivered by another worker once i
   );
 });
 
-// A worker in-process, its clock `skewMs` off the database's, on the test's receivers.
-function skewedWorker(t: Test, db: Db, skewMs: number, env: Record<string, string> = {}) {
+// A worker in-process, its clock `skewMs` off the database's, on the test's receivers; `random`
+// fixes its retries' jitter.
+function skewedWorker(t: Test, db: Db, skewMs: number, env: Record<string, string> = {}, random?: () => number) {
   const config = loadConfig({ NODE_ENV: 'test', ...FAST, ...env });
   const logLines: string[] = [];
   const logger = createLogger({ level: 'info', name: 'worker', destination: { write: (line: string) => void logLines.push(line) } });
-  const worker = createWebhookWorker({ db, peppers: [config.api.keyPepper], config: config.webhooks, logger, now: () => Date.now() + skewMs });
+  const worker = createWebhookWorker({ db, peppers: [config.api.keyPepper], config: config.webhooks, logger, now: () => Date.now() + skewMs, random });
   t.teardown(() => worker.stop());
   return { worker, logLines };
 }
@@ -311,8 +336,8 @@ async function deliveriesRead(db: Db, sql: string, bindings: Record<string, unkn
     await trx.rollback();
   }
   return {
-    rows: sumOverRelation(plan, 'webhook_deliveries', (node) => (node['Actual Rows'] + (node['Rows Removed by Filter'] ?? 0)) * node['Actual Loops']),
-    pages: sumOverRelation(plan, 'webhook_deliveries', (node) => (node['Shared Hit Blocks'] ?? 0) + (node['Shared Read Blocks'] ?? 0)),
+    rows: sumOverRelation(plan, 'webhook_deliveries', rowsRead),
+    pages: sumOverRelation(plan, 'webhook_deliveries', pagesRead),
   };
 }
 
@@ -512,9 +537,8 @@ t.test('untrusted receivers: redirects, silence and endless bodies end the attem
     [2, null, 'no complete response within 300 ms'],
     [3, 200, null],
   ]);
-  // No upper bound on durations (a loaded machine stretches them): attempt 2's error says the
+  // No bound on durations (timing is the benchmarks' business): attempt 2's error says the
   // timeout ended it, and attempt 3's success says the endless body was cut, not waited out.
-  t.ok(delivery.attempts[1].durationMs >= 290, 'the silent receiver was given the whole timeout');
 });
 
 t.test('ping: the docs example receiver, run as its own process, accepts it', async (t) => {

@@ -211,6 +211,12 @@ t.test('fuzzed datagrams against the live collector: no crash, counters match th
   const seed = Number(process.env.FUZZ_SEED ?? Date.now() % 2 ** 31);
   t.comment(`fast-check seed ${seed} (FUZZ_SEED=${seed} reproduces this run)`);
   const datagrams = [...fc.sample(hostileDatagram(a, b), { numRuns: LONG ? 20_000 : 1_500, seed }), ...oversizedDatagrams(a, b)];
+  // The control for this file's leak scan: the collector is handed plaintext keys, and the scan
+  // finds one where it is.
+  const handed = new LeakScan();
+  handed.plaintext(a.keys[0].plaintext);
+  handed.watch('the datagrams sent', () => datagrams.map((d) => d.toString('latin1')));
+  t.ok(handed.scan().hits.length > 0, 'the datagrams carry a plaintext key, and the scan finds it there');
   const oracle = parseLocally(datagrams);
   await sendPaced(collector, datagrams);
   const m = await waitFor('everything flushed', async () => {
@@ -267,7 +273,7 @@ const LATE_USES = 100;
 // A collector behind a PostgreSQL proxy (so the database can go away), with a pending-key cap far
 // below the flood, and two real keys, in its key list before the flood begins.
 async function floodTarget(t: Test, databaseDown: boolean) {
-  const { db, url, orgId, keys } = await databaseWithKeys(t, leaks, 'flooded', 2);
+  const { db, url, orgId, keys } = await databaseWithKeys(t, 'flooded', 2, { leaks });
   const proxy = await PgProxy.start(url);
   t.teardown(() => proxy.close());
   const collector = await spawnCollector(t, { databaseUrl: proxy.url, flushIntervalMs: 500, maxPendingKeys: FLOOD_CAP });

@@ -10,7 +10,6 @@ import { sleep, waitFor } from '../../harness/wait';
 import {
   LONG,
   Ledger,
-  LeakScan,
   PgProxy,
   UdpSender,
   countMismatches,
@@ -24,18 +23,15 @@ import {
   type SeededKey,
 } from '../helpers/faults';
 
-const leaks = new LeakScan();
 const IPS = ['192.0.2.10', '198.51.100.20', '2001:db8::30'];
 
 async function setup(t: Test, keyCount: number, flushIntervalMs: number, env: Record<string, string> = {}) {
-  const { db, url, orgId, keys } = await databaseWithKeys(t, leaks, 'pgfaults', keyCount);
+  const { db, url, orgId, keys } = await databaseWithKeys(t, 'pgfaults', keyCount);
   const proxy = await PgProxy.start(url);
   t.teardown(() => proxy.close());
   const collector = await spawnCollector(t, { databaseUrl: proxy.url, flushIntervalMs, maxPendingKeys: 1000, env });
-  leaks.watch('collector log', () => collector.output);
-  const sender = new UdpSender(collector.udpPort, true);
+  const sender = new UdpSender(collector.udpPort);
   t.teardown(() => sender.close());
-  leaks.watch('datagrams', () => sender.sentDatagrams);
   return { db, orgId, keys, proxy, collector, sender, ledger: new Ledger() };
 }
 
@@ -159,10 +155,12 @@ t.test('PostgreSQL unavailable during traffic: the collector keeps aggregating, 
   const traffic = sender.stream(steadyTraffic(orgId, keys, ledger), { tickMs: 10, maxMs: outageMs + 10_000, stop: () => stop });
 
   // A precondition, not a timing claim: on a loaded machine the first (cold) flush of a fresh
-  // process, which also records each key's first-use events, can take longer than 600 ms.
+  // process, which also records each key's first-use events, can take longer than 600 ms. Uses
+  // in PostgreSQL, not a flush counted, say the flushes reached it before the outage (waitFor
+  // fails the test if they never do).
   await sleep(600);
-  const before = await waitFor('a flush before the outage', async () => ((await collector.metrics()).flushes_total >= 1 ? true : undefined), 10_000);
-  t.ok(before, 'flushing before the outage');
+  const keyIds = keys.map((k) => k.id);
+  await waitFor('uses persisted before the outage', async () => ((await persistedUsage(db, keyIds)).total > 0 ? true : undefined), 10_000);
   const { during, sentDuringOutage } = await outage(proxy, collector, sender, outageMs);
   const upAt = Date.now();
   await sleep(600);
@@ -358,10 +356,4 @@ t.test('connections cut in the appends and folds of the usage log: retried, noth
     `appends and folds failed and were retried (${m.failed_flushes_total}, ${m.failed_folds_total})`,
   );
   t.equal(collector.child.proc.exitCode, null, 'no crash');
-});
-
-t.test('leak scan: no key or hash in any datagram or collector log line of this file', async (t) => {
-  const result = leaks.scan();
-  t.ok(result.texts > 0 && result.secrets > 0, `scanned ${result.texts} texts (${result.bytes} bytes) for ${result.secrets} secrets`);
-  t.same(result.hits, [], 'zero hits');
 });

@@ -354,15 +354,11 @@ export interface Shipment {
 export class UdpSender {
   private readonly socket = dgram.createSocket('udp4');
   readonly timeline: Array<{ at: number; uses: number }> = [];
-  readonly sentDatagrams: string[] = [];
   sentUses = 0;
   datagrams = 0;
   errors = 0;
 
-  constructor(
-    public port: number,
-    private readonly keep = false,
-  ) {
+  constructor(public port: number) {
     this.socket.on('error', () => (this.errors += 1));
   }
 
@@ -376,7 +372,6 @@ export class UdpSender {
       );
       this.sentUses += uses;
       this.datagrams += 1;
-      if (this.keep) this.sentDatagrams.push(datagram);
     }
     this.timeline.push({ at: Date.now(), uses: this.sentUses });
   }
@@ -520,14 +515,17 @@ export async function seedKeys(db: Db, name: string, count: number): Promise<{ o
 }
 
 /**
- * A fresh database holding an org of `count` keys made through the service, every key's plaintext
- * and stored hash known to `leaks`: the setup of every fault test that drives a collector.
+ * A fresh database holding an org of `count` keys made through the service: the setup of every
+ * fault test that drives a collector. With `leaks`, every key's plaintext and stored hash are
+ * known to it.
  */
-export async function databaseWithKeys(t: Test, leaks: LeakScan, name: string, count: number, options: { poolMax?: number } = {}) {
-  const { db, url } = await freshDatabase(t, options);
+export async function databaseWithKeys(t: Test, name: string, count: number, options: { poolMax?: number; leaks?: LeakScan } = {}) {
+  const { db, url } = await freshDatabase(t, { poolMax: options.poolMax });
   const { orgId, keys } = await seedKeys(db, name, count);
-  await leaks.hashesFrom(db);
-  for (const key of keys) leaks.plaintext(key.plaintext);
+  if (options.leaks) {
+    await options.leaks.hashesFrom(db);
+    for (const key of keys) options.leaks.plaintext(key.plaintext);
+  }
   return { db, url, orgId, keys };
 }
 
