@@ -444,6 +444,8 @@ const apiSection = (v: Variables) => ({
     maxFailuresPerKey: v.AUTH_THROTTLE_MAX_FAILURES_PER_KEY,
     windowMs: v.AUTH_THROTTLE_WINDOW_MS,
     maxEntries: v.AUTH_THROTTLE_MAX_ENTRIES,
+    // One address may not queue more key reads than the pool holds connections.
+    maxVerifyingPerIp: v.DATABASE_POOL_MAX,
   },
   // How far the usage endpoint can lag the requests it counts, told to its readers.
   usageDelay: { drainIntervalMs: v.USAGE_DRAIN_INTERVAL_MS, flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS },

@@ -128,3 +128,25 @@ t.test('a wall clock stepped back neither keeps a revoked key cached nor stretch
   t.equal(refused.status, 429);
   t.equal(refused.headers.get('retry-after'), '60', 'the rest of the window, not the window plus the step');
 });
+
+// Failures were counted as verifications ended, so the limit checked before them let one address
+// send any number at once: each an api_keys read, none refused, every org's reads queued behind
+// them in the pool (a review sent 10,000; fails without the fix).
+t.test('verifications in flight count against the address: at once, no more are read than it may fail', async (t) => {
+  const { db, whoami, unknownKey } = await world(t);
+  let keyReads = 0;
+  const countRead = (query: { sql: string }) => void (/from "api_keys"/.test(query.sql) && (keyReads += 1));
+  db.on('query', countRead);
+  t.teardown(() => void db.off('query', countRead));
+  const answers = await Promise.all(Array.from({ length: 300 }, () => whoami('203.0.113.77', unknownKey())));
+  const statuses = answers.map((r) => r.status);
+  t.ok(keyReads <= 4, `at most 4 keys read (read ${keyReads})`);
+  t.equal(statuses.filter((status) => status === 401).length, keyReads, 'each read answered 401');
+  t.equal(statuses.filter((status) => status === 429).length, 300 - keyReads, 'the rest refused, unread');
+});
+
+t.test('verifications of one key share its read: a burst of an address with one key is served', async (t) => {
+  const { adminKey, whoami } = await world(t);
+  const answers = await Promise.all(Array.from({ length: 50 }, () => whoami('203.0.113.78', adminKey)));
+  t.same([...new Set(answers.map((r) => r.status))], [200]);
+});

@@ -46,7 +46,7 @@ t.test('defaults', async (t) => {
     maxConcurrentPerOrg: 2,
     writesPerOrgMinute: 600,
     trustProxy: false,
-    authThrottle: { maxFailuresPerIp: 100, maxFailuresPerKey: 20, windowMs: 60_000, maxEntries: 50_000 },
+    authThrottle: { maxFailuresPerIp: 100, maxFailuresPerKey: 20, windowMs: 60_000, maxEntries: 50_000, maxVerifyingPerIp: 10 },
     usageDelay: { drainIntervalMs: 250, flushIntervalMs: 1000 },
     eventSummaryDays: 7,
   });
@@ -174,8 +174,13 @@ t.test('the auth throttle is on by default; a limit of 0 turns that dimension of
     AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '5',
     AUTH_THROTTLE_WINDOW_MS: '1000',
     AUTH_THROTTLE_MAX_ENTRIES: '10',
+    DATABASE_POOL_MAX: '4',
   }).api.authThrottle;
-  t.same(throttle, { maxFailuresPerIp: 0, maxFailuresPerKey: 5, windowMs: 1000, maxEntries: 10 });
+  t.same(
+    throttle,
+    { maxFailuresPerIp: 0, maxFailuresPerKey: 5, windowMs: 1000, maxEntries: 10, maxVerifyingPerIp: 4 },
+    'key reads in flight per address: the pool',
+  );
   t.ok(Object.isFrozen(throttle));
 });
 

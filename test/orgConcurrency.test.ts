@@ -171,6 +171,27 @@ t.test('a client that leaves while its key is verified gives its turn back (fail
   t.equal(await servedAgain(api, acme), 200, 'the org is served afterwards');
 });
 
+// A client that stops reading: its responses wait in the server's buffers, and their turns were
+// given back only when they closed, at the connection's end: a keys:read key froze its org's API,
+// its own revocation included (a review; fails without the fix).
+t.test('a client that never reads its responses holds no turn once their handlers are done', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { API_MAX_CONCURRENT_PER_ORG: '1' } });
+  const acme = await seedOrg(api, db, 'acme');
+  const reader = await api.services.apiKeys.create(acme.org.id, { name: 'stalled', scopes: ['keys:read'], expiresAt: null });
+  // Enough large answers ahead of it to fill the socket's buffers, then an org route.
+  const socket = await rawClient(
+    api.port,
+    'GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'.repeat(100) +
+      `GET /api/orgs/${acme.org.id}/api-keys/usage HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${reader.plaintext}\r\n\r\n`,
+  );
+  socket.pause();
+  t.teardown(() => socket.destroy());
+  await waitFor("the stalled client's org request to be authorized", () => (api.uses.some((use) => use.keyId === reader.key.id) ? true : undefined));
+  await waitFor('its handler to be done', () => (api.orgTurns.busyOrgs() === 0 ? true : undefined), 5_000);
+  t.equal(await servedAgain(api, acme), 200, 'the org is served while the client still holds its connection');
+});
+
 t.test('a statement over API_STATEMENT_TIMEOUT_MS is cancelled: 503 naming the setting, its connection back in the pool (fails without the fix)', async (t) => {
   const { db, url } = await freshDatabase(t);
   const limited = createDb(url, { poolMax: 2, statementTimeoutMs: 300 });

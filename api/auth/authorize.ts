@@ -96,20 +96,29 @@ function failure(deps: AuthorizeDeps, res: Response, ip: string, keyId?: string)
 }
 
 // The request's turn under its org's concurrency limit (undefined: too many wait). Given back
-// when the response closes (finished, failed, abandoned), or when its connection does: a
-// pipelined response still queued behind another when the client leaves never closes. A request
-// still waiting then leaves the queue.
+// when its handler ends the response (its statements are done by then), when the response closes
+// (failed, abandoned), or when its connection does: a pipelined response still queued behind
+// another when the client leaves never closes. A request still waiting then leaves the queue.
+// Given back only at the close, a client that stopped reading its responses held its org's turns
+// for as long as its connection stayed open: a keys:read key froze its org's API, the revocation
+// of that key included (found by a review).
 function turnOf(deps: AuthorizeDeps, req: Request, res: Response, orgId: string): Promise<void> | undefined {
   const limiter = deps.orgConcurrency;
   if (!limiter) return Promise.resolve();
   const turn = limiter.enter(orgId);
   if (!turn) return undefined;
   const socket = req.socket;
+  const end = res.end.bind(res);
   const release = () => {
     res.off('close', release);
     socket.off('close', release);
+    res.end = end;
     turn.release();
   };
+  res.end = ((...args: Parameters<Response['end']>) => {
+    release();
+    return end(...args);
+  }) as Response['end'];
   res.once('close', release);
   socket.once('close', release);
   // Its client may have left while its key was verified: neither closes again.
@@ -174,12 +183,16 @@ export function authorizer(deps: AuthorizeDeps) {
       const presented = raw ? parsePresentedKey(raw) : undefined;
       if (!presented) throw raw ? failure(deps, res, ip) : new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
 
+      const fresh = requirement.currentSecret === true;
+      const verification = deps.throttle.beginVerification(ip, presented.keyId, fresh);
+      if (verification.waitMs > 0) throw tooManyFailures(res, verification.waitMs);
       // The use is recorded in the same turn as end(): a stop waiting for it resumes after the record.
       deps.pendingUses?.begin();
       let verdict: Awaited<ReturnType<KeyVerifier['verify']>>;
       try {
-        verdict = await deps.verifier.verify(presented, { fresh: requirement.currentSecret === true });
+        verdict = await deps.verifier.verify(presented, { fresh });
       } finally {
+        verification.end();
         deps.pendingUses?.end();
       }
       if (verdict.outcome === 'unknown') throw failure(deps, res, ip);

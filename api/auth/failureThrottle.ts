@@ -12,6 +12,8 @@ export interface ThrottleLimits {
   windowMs: number;
   /** Addresses (and, apart, ids of existing keys) tracked at once; the oldest window is forgotten first. */
   maxEntries: number;
+  /** Verifications one address may have waiting on PostgreSQL at once (see beginVerification). */
+  maxVerifyingPerIp?: number;
 }
 
 export interface ThrottleStats {
@@ -30,6 +32,16 @@ export interface AuthThrottle {
   readonly stats: Readonly<ThrottleStats>;
   /** Before verification: ms the address must wait after too many failures (counted as refused), or 0. */
   refuseIp(ip: string): number;
+  /**
+   * Before a verification of `keyId` from `ip`: a wait in ms (counted as refused by address), or 0
+   * and `end`, to call when it ends. Failures are counted when a verification ends, so the limit
+   * checked before it let one address send any number at once: 10,000 requests of unknown ids from
+   * one address were all read, none refused, and the pool's queue held every org's reads behind
+   * them. The reads an address has in flight count against its remaining failures, and at most
+   * maxVerifyingPerIp at once: a fresh verification is a read of its own, others of one key id
+   * share one (KeyVerifier's load), and a key answered from the cache is in flight for a microtask.
+   */
+  beginVerification(ip: string, keyId: string, fresh: boolean): { waitMs: number; end: () => void };
   /** Whether failures naming this key id reached the limit: the verifier then skips its reload. */
   keyLocked(keyId: string): boolean;
   /**
@@ -40,13 +52,27 @@ export interface AuthThrottle {
   failed(ip: string, keyId?: string): number;
 }
 
+// A count kept only while it is above 0; returns the new count.
+function addTo(counts: Map<string, number>, subject: string, delta: number): number {
+  const count = (counts.get(subject) ?? 0) + delta;
+  if (count > 0) counts.set(subject, count);
+  else counts.delete(subject);
+  return count;
+}
+
+// The wait told to an address refused for its verifications in flight (not for failures): they
+// end within a database round trip.
+const VERIFYING_RETRY_MS = 1000;
+
 function failureWindows(maxFailures: number, limits: ThrottleLimits, now: () => number, stats: ThrottleStats, onLockout: (subject: string) => void) {
   const windows = new Map<string, { since: number; failures: number }>();
   return {
-    retryAfterMs(subject: string): number {
+    retryAfterMs(subject: string, pending = 0): number {
       const window = windows.get(subject);
-      if (maxFailures === 0 || window === undefined || window.failures < maxFailures) return 0;
-      return Math.max(0, window.since + limits.windowMs - now());
+      const failures = window === undefined || now() - window.since >= limits.windowMs ? 0 : window.failures;
+      if (maxFailures === 0 || failures + pending < maxFailures) return 0;
+      // Short of the limit, the verifications in flight make up the rest.
+      return failures < maxFailures ? VERIFYING_RETRY_MS : Math.max(0, window!.since + limits.windowMs - now());
     },
     record(subject: string): void {
       if (maxFailures === 0) return;
@@ -68,12 +94,30 @@ export function createAuthThrottle(limits: ThrottleLimits, now: () => number, on
   const stats: ThrottleStats = { failures: 0, refusedByIp: 0, refusedByKey: 0, lockouts: 0, evicted: 0 };
   const byIp = failureWindows(limits.maxFailuresPerIp, limits, now, stats, (ip) => onLockout('ip', ip));
   const byKey = failureWindows(limits.maxFailuresPerKey, limits, now, stats, (keyId) => onLockout('key', keyId));
+  // Bounded by the requests in progress: an address leaves it when its last one ends.
+  const verifying = new Map<string, { reads: number; byKey: Map<string, number> }>();
+  const refused = (wait: number) => {
+    if (wait > 0) stats.refusedByIp += 1;
+    return wait;
+  };
   return {
     stats,
-    refuseIp(ip) {
-      const wait = byIp.retryAfterMs(ip);
-      if (wait > 0) stats.refusedByIp += 1;
-      return wait;
+    refuseIp: (ip) => refused(byIp.retryAfterMs(ip)),
+    beginVerification(ip, keyId, fresh) {
+      const entry = verifying.get(ip) ?? { reads: 0, byKey: new Map<string, number>() };
+      const newRead = fresh || !entry.byKey.has(keyId);
+      const overCap = newRead && limits.maxVerifyingPerIp !== undefined && entry.reads >= limits.maxVerifyingPerIp;
+      const waitMs = newRead ? refused(overCap ? VERIFYING_RETRY_MS : byIp.retryAfterMs(ip, entry.reads)) : 0;
+      if (waitMs > 0) return { waitMs, end: () => {} };
+      verifying.set(ip, entry);
+      if (fresh) entry.reads += 1;
+      else if (addTo(entry.byKey, keyId, 1) === 1) entry.reads += 1;
+      const end = () => {
+        if (fresh) entry.reads -= 1;
+        else if (addTo(entry.byKey, keyId, -1) === 0) entry.reads -= 1;
+        if (entry.reads === 0 && entry.byKey.size === 0) verifying.delete(ip);
+      };
+      return { waitMs: 0, end };
     },
     keyLocked: (keyId) => byKey.retryAfterMs(keyId) > 0,
     failed(ip, keyId) {

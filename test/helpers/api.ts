@@ -64,7 +64,7 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
   });
   const logger = capturingLogger(evidence.logLines, 'api-test', config.logLevel);
   const recordUse: RecordUse = options.recordUse ?? ((keyId, orgId, ip, outcome) => uses.push({ keyId, orgId, ip, outcome }));
-  const { app, services, verifier, throttle } = createApp({
+  const { app, services, verifier, throttle, orgTurns } = createApp({
     db,
     logger,
     config: config.api,
@@ -126,7 +126,7 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
     });
   }
 
-  return { app, baseUrl, port, request, getFrom, evidence, uses, services, verifier, throttle, config };
+  return { app, baseUrl, port, request, getFrom, evidence, uses, services, verifier, throttle, orgTurns, config };
 }
 
 // An org and a key with every scope, created through the service as the CLI does.
