@@ -3,7 +3,7 @@ import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { AppError } from '../api/errors';
 import { beginAuditedChange, recordAudit } from '../api/audit/audit.repository';
-import { countKeysByPepper, findApiKeyInOrg, latestUseInOrg } from '../api/keys/apiKeys.repository';
+import { countKeysByPepper, findApiKeyInOrg } from '../api/keys/apiKeys.repository';
 import { MAX_REVOKE_KEY_IDS, createApiKeysService, type ApiKeyView } from '../api/keys/apiKeys.service';
 import { pepperId } from '../api/keys/keyMaterial';
 import { SCOPES, type Scope } from '../api/keys/scopes';
@@ -16,7 +16,6 @@ import { requeueUnreadable } from '../shared/usageLogDelta';
 import { redactKeyMaterial } from '../shared/logger';
 import { exitWhenDone } from './lib/commandExit';
 import { postmasterPid, startLocalPostgres } from './lib/localPostgres';
-import { DAY_MS } from '../shared/timeUnits';
 
 // `npm run cli -- <command>`: the operator's bootstrap tool. runCli() holds the command logic and
 // takes its database, output streams, pepper and clock as arguments so tests run it in-process;
@@ -369,8 +368,6 @@ const revokeKey: Handler<'key revoke'> = async (command, deps, keys) => {
 const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys) => {
   await requireOrganization(deps.db, command.orgId);
   const keyIds = command.keyIds && ('ids' in command.keyIds ? command.keyIds.ids : await keyIdsOfFile(command.keyIds.file));
-  // Without usage tracking the service refuses any apply, and says why.
-  if (command.apply && keyIds === undefined && deps.usageTracking !== false) await refuseUnrecordedOrg(command, deps, keys);
   const result = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: !command.apply, keyIds });
   if (command.json) return printJson(deps, result);
   const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
@@ -399,29 +396,6 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
     deps.out(`To revoke exactly these (those still dormant then), for good: --apply --key-ids ${ids}`);
   }
 };
-
-// The CLI knows only its own environment: run where the API records no uses (USAGE_TRACKING=false
-// there, or a collector that has not written for longer than --days), every key looks unused, and
-// an --apply revoked every key of the org older than --days, for good (a key made or rotated since
-// is spared, so "every key" was no test). What tells it: no use of any of the org's keys recorded
-// within --days. Such an apply takes the ids explicitly (--key-ids, as the dry run prints them).
-async function refuseUnrecordedOrg(
-  command: Extract<Command, { kind: 'key revoke-dormant' }>,
-  deps: CliDeps,
-  keys: ReturnType<typeof cliKeysService>,
-): Promise<void> {
-  const latest = await latestUseInOrg(deps.db, command.orgId);
-  if (latest !== null && latest.getTime() >= deps.now() - command.dormantDays * DAY_MS) return;
-  // The dry run's count is not only for the message: where the apply would revoke nothing (every
-  // key newer than --days) it is harmless and not refused.
-  const dry = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: true });
-  if (dry.keys.length === 0) return;
-  const dormant = `${dry.keys.length}${dry.more ? ' or more' : ''}`;
-  throw new AppError(
-    'conflict',
-    `no key of organization ${command.orgId} has a recorded use in the last ${command.dormantDays} days, so all ${dormant} key(s) older than that look unused: check that the API records uses (USAGE_TRACKING) and the collector writes them; to revoke them anyway, pass the ids a dry run prints (--key-ids)`,
-  );
-}
 
 async function keyIdsOfFile(file: string): Promise<string[]> {
   let text: string;

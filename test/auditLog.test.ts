@@ -259,6 +259,15 @@ t.test("a clean-up's entries go in a few inserts, not one a key", async (t) => {
     .where({ org_id: acme.org.id })
     .whereNot({ id: acme.adminKeyId })
     .update({ created_at: new Date(Date.now() - 100 * DAY) });
+  // A use of the org recorded: an apply may select again.
+  await db('api_key_usage').insert({
+    org_id: acme.org.id,
+    key_id: acme.adminKeyId,
+    request_count: 1,
+    ok_count: 1,
+    last_used_at: new Date(),
+    last_used_ip: '192.0.2.1',
+  });
   const inserts: string[] = [];
   const onQuery = ({ sql }: { sql: string }) => {
     if (/insert into "audit_log"/.test(sql)) inserts.push(sql);

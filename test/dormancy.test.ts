@@ -1,7 +1,7 @@
 import t, { type Test } from 'tap';
 import { expireOldEvents, sweepTimeEvents } from '../collector/eventStore';
 import { seedOrg, startTestApi } from './helpers/api';
-import { freshDatabase } from './helpers/database';
+import { freshDatabase, someoneWaitsOnLock } from './helpers/database';
 
 // "Dormant" is one rule (shared/dormancy.ts) read in three places: the usage list's filter and
 // field, the revoke-dormant clean-up, and the collector's key.dormant sweep. On the same keys at
@@ -75,9 +75,9 @@ async function clockedOrg(t: Test) {
   const { db } = await freshDatabase(t);
   const clock = { now: Date.now() };
   const api = await startTestApi(t, db, { now: () => clock.now });
-  const { org } = await seedOrg(api, db);
+  const { org, adminKey } = await seedOrg(api, db);
   await db('organizations').where({ id: org.id }).update({ dormancy_days: 30 });
-  return { db, api, org, clock };
+  return { db, api, org, adminKey, clock };
 }
 
 // An event older than EVENTS_RETENTION_DAYS was deleted by the next retention run and written
@@ -147,4 +147,41 @@ t.test('a rotated key is dormant again only a threshold after its rotation, with
   t.equal(occurred.length, 2, '31 days after it: a new event');
   t.equal(occurred[1].getTime(), rotatedAt + 30 * DAY, 'it crossed 30 days after the rotation');
   t.equal((await sweep()).length, 2, 'and only one');
+});
+
+// A flush writing two keys' first uses locks them in key id order (its inserts' foreign-key
+// checks); the apply locked its candidates oldest first: each held a key the other waited for, and
+// the apply failed with a 500 (deadlock), or, waiting for one key's first use to commit, revoked it
+// from its older snapshot (a review; both fail without the fix).
+t.test("the clean-up's apply beside a flush writing first uses: no deadlock, and a key whose first use committed meanwhile is spared", async (t) => {
+  const { db, api, org, adminKey, clock } = await clockedOrg(t);
+  const newKey = async (name: string) => (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null })).key.id;
+  const ids = [await newKey('x'), await newKey('y')].sort();
+  const [low, high] = ids;
+  // The higher id the older: the apply's order (oldest first) is the reverse of the flush's.
+  await db('api_keys')
+    .where({ id: high })
+    .update({ created_at: new Date(clock.now - 200 * DAY) });
+  await db('api_keys')
+    .where({ id: low })
+    .update({ created_at: new Date(clock.now - 150 * DAY) });
+  const firstUse = (keyId: string) => ({
+    org_id: org.id,
+    key_id: keyId,
+    request_count: 1,
+    ok_count: 1,
+    last_used_at: new Date(clock.now),
+    last_used_ip: '192.0.2.1',
+  });
+  const flush = await db.transaction();
+  t.teardown(() => (flush.isCompleted() ? undefined : flush.rollback()));
+  await flush('api_key_usage').insert(firstUse(low));
+  const applying = api.request('POST', `/api/orgs/${org.id}/api-keys/revoke-dormant`, { key: adminKey, body: { dormantDays: 90, dryRun: false, keyIds: ids } });
+  await someoneWaitsOnLock(db);
+  await flush('api_key_usage').insert(firstUse(high));
+  await flush.commit();
+  const applied = await applying;
+  t.equal(applied.status, 200, 'no deadlock');
+  t.same(applied.body.keys, [], 'both keys were used before the apply could lock them: neither revoked');
+  t.same(await db('api_keys').whereIn('id', ids).whereNotNull('revoked_at').pluck('id'), [], 'nothing revoked');
 });

@@ -396,8 +396,44 @@ async function moreDormantThanAnAnswer(t: Test) {
     .where({ org_id: org.id })
     .whereNot({ id: adminKeyId })
     .update({ created_at: db.raw(`created_at - interval '200 days'`) });
+  await recentUse(db, org.id, adminKeyId);
   return { api, adminKey, ids, path: `/api/orgs/${org.id}/api-keys/revoke-dormant` };
 }
+
+// A use of the org recorded now: its uses are recorded, so an apply may select again.
+const recentUse = (db: Db, orgId: string, keyId: string) =>
+  db('api_key_usage').insert({ org_id: orgId, key_id: keyId, request_count: 1, ok_count: 1, last_used_at: new Date(), last_used_ip: '192.0.2.1' });
+
+// Where uses are not recorded (the collector not writing, a wrong port or signing secret) every
+// key looks unused: the CLI refused an apply that selects again, the API revoked every key older
+// than dormantDays (a review; fails without the fix).
+t.test('dormant clean-up: an apply that selects again is refused when no use of the org is recorded within dormantDays', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const [idle] = await insertKeys(db, org.id, 1, 'idle-');
+  await db('api_keys')
+    .where({ org_id: org.id })
+    .update({ created_at: db.raw(`created_at - interval '100 days'`) });
+  const path = `/api/orgs/${org.id}/api-keys/revoke-dormant`;
+  const refused = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false } });
+  t.equal(refused.status, 409);
+  t.match(refused.body.error.message, /no key of organization .* has a recorded use in the last 90 days, so all 1 key\(s\) older than that look unused/);
+  t.equal((await db('api_keys').whereNotNull('revoked_at')).length, 0, 'nothing revoked');
+  t.equal(
+    (await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false, keyIds: [idle] } })).status,
+    200,
+    'the ids a dry run listed go through',
+  );
+  await db('api_keys').where({ id: idle }).update({ revoked_at: null });
+  await recentUse(db, org.id, adminKeyId);
+  const applied = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false } });
+  t.same(
+    applied.body.keys.map((k: { id: string }) => k.id),
+    [idle],
+    'with a use recorded, it selects again',
+  );
+});
 
 // A clean-up's answer of the 10,001 dormant keys: the oldest 10,000, and more.
 function oldestAnswerAndMore(t: Test, body: { keys: Array<{ id: string }>; more: boolean }, ids: string[]) {

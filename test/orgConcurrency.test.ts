@@ -5,7 +5,7 @@ import { lockOrgFor } from '../api/orgs/orgs.repository';
 import { sleep, waitFor } from '../harness/wait';
 import { createDb, type Db } from '../shared/db';
 import { seedOrg, startTestApi } from './helpers/api';
-import { freshDatabase } from './helpers/database';
+import { freshDatabase, someoneWaitsOnLock } from './helpers/database';
 
 // One org's slow requests held the API's shared pool: every other org's requests waited for a
 // connection and failed with 503. API_MAX_CONCURRENT_PER_ORG bounds an org's requests in progress;
@@ -52,13 +52,7 @@ async function holdKeysLock(t: Test, db: Db, orgId: string) {
   return holder;
 }
 
-const waitingOnLock = (db: Db) =>
-  waitFor(
-    'the create to wait on the lock',
-    async () => ((await db.raw(`select 1 from pg_locks where not granted`)).rows.length > 0 ? true : undefined),
-    10_000,
-    20,
-  );
+const waitingOnLock = someoneWaitsOnLock;
 
 t.test('an org over API_MAX_CONCURRENT_PER_ORG waits its turn, then gets 429, while other orgs are served (fails without the fix)', async (t) => {
   const { db } = await freshDatabase(t);

@@ -234,14 +234,26 @@ export async function findDormantKeys(db: Db, query: DormantQuery, limit?: numbe
   return rows.map(toDormant);
 }
 
-/** Revokes exactly the keys findDormantKeys would list with `limit`, in one statement; returns them. */
+/**
+ * Revokes the keys findDormantKeys would list with `limit` that are still dormant once locked;
+ * returns them. Locked in id order, the order a flush's inserts lock keys (their foreign-key
+ * checks): locked oldest first in one statement, an apply and a flush writing two keys' first uses
+ * each held a key the other waited for (deadlock, a 500), and a key whose first use committed
+ * while the apply waited for it was revoked by the apply's older snapshot (found by a review).
+ * Checked again after the locks, in a statement of its own (a new snapshot), such a key is spared.
+ */
 export async function revokeDormantKeys(db: Db, query: DormantQuery, limit: number): Promise<DormantKey[]> {
+  const selected = await rawRows<{ id: string }>(db, `select id from (${dormantKeys(query)} order by k.created_at, k.id limit :limit) d`, { ...query, limit });
+  if (selected.length === 0) return [];
+  const ids = selected.map((row) => row.id);
+  await db.raw(`select id from ${TABLE.apiKeys} where org_id = ? and id = any(cast(? as uuid[])) order by id for update`, [query.orgId, ids]);
+  const stillDormant = { ...query, onlyKeyIds: ids };
   const rows = await rawRows<DormantRow>(
     db,
-    `with dormant as (${dormantKeys(query)} order by k.created_at, k.id limit :limit for update of k)
+    `with dormant as (${dormantKeys(stillDormant)})
      update ${TABLE.apiKeys} k set revoked_at = :now from dormant d where k.id = d.id
      returning k.*, d.last_used_at`,
-    { ...query, limit },
+    stillDormant,
   );
   return rows.map(toDormant).sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : 1));
 }

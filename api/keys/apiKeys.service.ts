@@ -12,6 +12,7 @@ import {
   markRevoked,
   replaceSecret,
   revokeDormantKeys,
+  latestUseInOrg,
   setExpectedNetworks,
   type ApiKeyRecord,
   type DormantQuery,
@@ -210,6 +211,24 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     });
   }
 
+  // Where uses are not recorded (a collector not writing for longer than dormantDays, a wrong
+  // COLLECTOR_PORT or signing secret, USAGE_TRACKING=false on the API that serves the org's keys),
+  // every key looks unused, and an apply that selects again revoked every key of the org older
+  // than dormantDays, for good (a key made or rotated since is spared, so "every key" was no
+  // test). What tells it: no use of any of the org's keys recorded within dormantDays. Such an
+  // apply takes the ids a dry run listed. The CLI had this check and the API had not (a review).
+  async function refuseUnrecordedOrg(query: DormantQuery, dormantDays: number): Promise<void> {
+    const latest = await latestUseInOrg(deps.db, query.orgId);
+    if (latest !== null && latest >= query.idleSince) return;
+    // Where nothing would be revoked (every key newer than dormantDays) it is harmless: not refused.
+    const dry = await dormantListed(query);
+    if (dry.keys.length === 0) return;
+    throw new AppError(
+      'conflict',
+      `no key of organization ${query.orgId} has a recorded use in the last ${dormantDays} days, so all ${dry.keys.length}${dry.more ? ' or more' : ''} key(s) older than that look unused: check that the API records uses (USAGE_TRACKING) and the collector writes them; to revoke them anyway, pass the ids a dry run lists (keyIds; --key-ids in the CLI)`,
+    );
+  }
+
   async function dormantListed(query: DormantQuery) {
     const found = await findDormantKeys(deps.db, query, MAX_REVOKE_KEY_IDS + 1);
     return { keys: found.slice(0, MAX_REVOKE_KEY_IDS), more: found.length > MAX_REVOKE_KEY_IDS };
@@ -361,6 +380,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         exceptKeyId: context.actor?.id ?? null,
         onlyKeyIds: input.keyIds ?? null,
       };
+      if (!input.dryRun && input.keyIds === undefined) await refuseUnrecordedOrg(query, input.dormantDays);
       // Either answer is bounded: an org of 100,000 dormant keys with long names and networks made
       // each a response of hundreds of megabytes, built on the API's one thread.
       const { keys, more } = input.dryRun ? await dormantListed(query) : await revokeDormantApplied(orgId, query, input.dormantDays, context);

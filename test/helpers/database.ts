@@ -4,6 +4,7 @@ import { createScratchDatabase } from '../../harness/postgres';
 import { createDb, MIGRATION_CONFIG, type Db } from '../../shared/db';
 import { HOUR_TABLES, hourBuckets } from '../../shared/tables';
 import { OUTCOMES } from '../../shared/usageWire';
+import { waitFor } from '../../harness/wait';
 
 export const TEMPLATE_DATABASE = 'keyusage_test_template';
 
@@ -61,3 +62,12 @@ export async function hourRows(db: Db, keyIds: readonly string[]): Promise<Array
     Object.fromEntries(Object.entries(row).map(([column, value]) => [column, column.endsWith('_count') ? Number(value) : value])),
   );
 }
+
+/** Resolves once a session of the test's database waits on a lock (the step a race test holds at). */
+export const someoneWaitsOnLock = (db: Db) =>
+  waitFor(
+    'a session to wait on a lock',
+    async () => ((await db.raw(`select 1 from pg_locks where not granted`)).rows.length > 0 ? true : undefined),
+    10_000,
+    20,
+  );
