@@ -426,3 +426,25 @@ t.test('an org holds KEYS_MAX_PER_ORG keys at most, revoked ones and concurrent 
   );
   t.equal((await create(globex)).status, 201, "another org's count is its own");
 });
+
+// One previous secret is kept: a second rotation with a grace period, while the first one's ran,
+// ended the original secret at once, though the first answer had promised it a day (a review;
+// fails without the fix).
+t.test("a rotation with a grace period while the previous one's runs is a 409: the original secret keeps its promised grace", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { KEY_CACHE_TTL_MS: '0' } });
+  const { org, adminKey } = await seedOrg(api, db);
+  const base = `/api/orgs/${org.id}/api-keys`;
+  const created = await api.request('POST', base, { key: adminKey, body: { name: 'deployed', scopes: ['keys:read'] } });
+  const original = created.body.key as string;
+  const rotate = (gracePeriodSeconds: number) => api.request('POST', `${base}/${created.body.id}/rotate`, { key: adminKey, body: { gracePeriodSeconds } });
+  const first = await rotate(86_400);
+  t.equal(first.status, 200);
+  const again = await rotate(86_400);
+  t.equal(again.status, 409);
+  t.match(again.body.error.message, /previous secret works until .*: a rotation with a grace period would end it now/);
+  t.equal((await api.request('GET', '/api/whoami', { key: original })).status, 200, 'the original secret still works');
+  t.equal((await api.request('GET', '/api/whoami', { key: first.body.key })).status, 200, "and the first rotation's");
+  t.equal((await rotate(0)).status, 200, 'without a grace period, on purpose, it may');
+  t.equal((await api.request('GET', '/api/whoami', { key: original })).status, 401, 'which ends the original secret');
+});

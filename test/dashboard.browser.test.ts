@@ -4,7 +4,8 @@ import type { Page } from 'playwright-core';
 import { UNAUTHORIZED_MESSAGE } from '../api/errors';
 import { CONTENT_SECURITY_POLICY } from '../api/securityHeaders';
 import { launchBrowser } from '../harness/browser';
-import { waitFor } from '../harness/wait';
+import { sleep, waitFor } from '../harness/wait';
+import { HOUR_MS } from '../shared/timeUnits';
 import { wiredSystem } from './helpers/wiredSystem';
 
 // The dashboard as a person uses it, in a real headless Chromium, against the real API and
@@ -103,6 +104,13 @@ async function copyStatus(page: Page) {
 }
 
 const storedKey = (page: Page) => page.evaluate('sessionStorage.getItem("keyusage.apiKey")');
+
+// The page handles an answer (or raises its error) after the browser has it: a moment for that,
+// then the check.
+const handled = () => sleep(300);
+
+// The page's refresh period (main.js), for tabs whose clock the test moves (page.clock).
+const REFRESH_MS = 5000;
 
 // The page's CSP forbids eval, so waits poll from here rather than with waitForFunction.
 const rowsShown = (page: Page, accept: (rows: number) => boolean) =>
@@ -223,8 +231,7 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     const answered = page.waitForResponse(/q=held/);
     earlier.release();
     await answered;
-    // The page handles the answer after the browser has it: a moment for that, then the check.
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    await handled();
     await page.unroute(/\/usage\?.*q=held/);
     t.match(await page.locator('#view-error').textContent(), /200/, "the API's own message, naming the limit, still shown after the replaced answer");
     await page.fill('#key-search', '');
@@ -308,14 +315,21 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await early.close();
   });
 
+  // A new tab signed in with `key`, on the page `hash` names. With `clock`, its timers run on a
+  // clock the test moves (page.clock): each 5 s refresh comes when the test says.
+  const signedInTab = async (key: string, hash: string, { clock = false } = {}) => {
+    const tab = await context.newPage();
+    if (clock) await tab.clock.install();
+    await tab.goto(`${system.api.baseUrl}/`);
+    await signIn(tab, key);
+    await tab.goto(`${system.api.baseUrl}/${hash}`);
+    return tab;
+  };
+
   // A tab signed in with a key of its own that may manage keys, on that key's page.
   const onOwnKeyPage = async (name: string) => {
     const own = await createKey(system, name, ['keys:read', 'keys:write']);
-    const tab = await context.newPage();
-    await tab.goto(`${system.api.baseUrl}/`);
-    await signIn(tab, own.key);
-    await tab.goto(`${system.api.baseUrl}/#/key/${own.id}`);
-    return { own, tab };
+    return { own, tab: await signedInTab(own.key, `#/key/${own.id}`) };
   };
 
   t.test('rotating the signed-in key, then signing out before the answer, keeps the new secret out of the tab', async (t) => {
@@ -364,8 +378,7 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     const refused = tab.waitForResponse((response) => response.url().includes(`/usage?keyId=${own.id}`) && response.status() === 401);
     refresh.release();
     await refused;
-    // The page handles the answer after the browser has it: a moment for that, then the check.
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    await handled();
     t.equal(await storedKey(tab), secret, "the old secret's 401 left the session as it was");
     t.ok(await tab.locator('#sign-out').isVisible(), 'still signed in');
 
@@ -390,9 +403,8 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     t.equal(await storedKey(tab), null, 'the key is not kept');
     t.notOk(await tab.locator('#sign-out').isVisible(), 'nothing looks signed in');
 
-    await tab.clock.runFor(3 * 5000);
-    // Errors reach this side after the page raised them: a moment for that, then the check.
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    await tab.clock.runFor(3 * REFRESH_MS);
+    await handled();
     t.strictSame(errors, [], 'the refresh loop raised nothing while no one was signed in');
     await tab.close();
   });
@@ -415,6 +427,186 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await tab.locator('#networks [aria-live]', { hasText: 'Saved' }).waitFor();
     t.notOk(await note.isVisible(), 'a save that works clears it');
     await waitFor('the normalised networks', async () => ((await field.inputValue()) === '10.0.0.0/8' ? true : undefined), 10_000);
+    await tab.close();
+  });
+
+  // Each section of the org page kept a 401 as its note, and the page went on polling with the
+  // revoked key every 5 s: each poll a recorded use of a revoked key (raising key.revoked_used),
+  // and with a secret rotated away, failed attempts counted against the address.
+  t.test('the org page signs out once its key is revoked, and stops using the key', async (t) => {
+    const viewer = await createKey(system, 'demo-org-viewer', ['keys:read']);
+    const tab = await signedInTab(viewer.key, '#/org', { clock: true });
+    await tab.locator('#dormant li').first().waitFor();
+    await tab.locator('#webhooks', { hasText: 'No webhooks.' }).waitFor();
+    t.equal((await system.api.request('POST', `/api/orgs/${system.org.id}/api-keys/${viewer.id}/revoke`, { key: system.adminKey })).status, 200);
+    let refused = 0;
+    tab.on('response', (response) => void (response.status() === 401 && (refused += 1)));
+    // Six refreshes, each let end (all its sections refused, or the page signed out) before the next.
+    const SECTIONS = 3;
+    for (let tick = 0; tick < 6; tick++) {
+      const before = refused;
+      await tab.clock.runFor(REFRESH_MS);
+      await waitFor('the refresh refused, or the page signed out', async () =>
+        refused >= before + SECTIONS || (await tab.locator('#sign-in').isVisible()) ? true : undefined,
+      );
+    }
+    t.ok(await tab.locator('#sign-in').isVisible(), 'the sign-in form is shown');
+    t.equal(await storedKey(tab), null, 'the revoked key is no longer in the tab');
+    await tab.close();
+
+    // The uses the server recorded: a key used once after the tab's requests is seen persisted,
+    // so theirs are too (the recorder and the collector keep their order).
+    const marker = await createKey(system, 'demo-marker', ['keys:read']);
+    await system.api.request('GET', '/api/whoami', { key: marker.key });
+    await waitFor('the marker use persisted', async () => ((await apiUsage(system, `keyId=${marker.id}`))[0].requestCount === 1 ? true : undefined));
+    const [recorded] = await apiUsage(system, `keyId=${viewer.id}`);
+    t.ok(Number(recorded.outcomes.revoked) <= SECTIONS, `at most one refresh's requests with the revoked key (${recorded.outcomes.revoked})`);
+  });
+
+  // Every 5 s tick started a refresh while the last was still on its way, and only the newest
+  // request's answer was shown: with an API slower than that, no answer ever was, nor an error.
+  t.test('with a key list slower than the refresh, the keys still show', async (t) => {
+    const tab = await context.newPage();
+    await tab.clock.install();
+    // The list's request n is answered only after the page's refresh n + 1 has fired: every answer
+    // comes after the next tick, as from an API slower than 5 s.
+    const TICKS = 3;
+    const afterTick: Array<() => void> = [];
+    const ticked = Array.from({ length: TICKS }, () => new Promise<void>((resolve) => afterTick.push(resolve)));
+    let asked = 0;
+    await tab.route(/\/api-keys\/usage\?/, async (route) => {
+      const n = asked++;
+      // Past the ticks the test makes: still on its way when the tab closes.
+      if (n >= TICKS) return;
+      await ticked[n];
+      await route.continue().catch(() => undefined);
+    });
+    await tab.goto(`${system.api.baseUrl}/`);
+    await signIn(tab, system.adminKey);
+    await waitFor('the key list asked for', async () => (asked > 0 ? true : undefined));
+    for (let tick = 0; tick < TICKS; tick++) {
+      await tab.clock.runFor(REFRESH_MS);
+      afterTick[tick]();
+    }
+    await rowsShown(tab, (n) => n > 0);
+    t.equal(await tab.textContent('#view-error'), '', 'and no error');
+    await tab.close();
+  });
+
+  // From `now - 24 h` the API read the whole hour holding it: the chart added up 25 hours.
+  t.test('the 24-hour chart adds up the same hours as the page\'s "Uses 24 h"', async (t) => {
+    const key = await createKey(system, 'demo-chart-hours', ['keys:read']);
+    const hour = Math.floor(Date.now() / HOUR_MS) * HOUR_MS;
+    const bucket = (hoursAgo: number, uses: number) => ({
+      org_id: system.org.id,
+      key_id: key.id,
+      hour: new Date(hour - hoursAgo * HOUR_MS),
+      request_count: uses,
+      ok_count: uses,
+    });
+    // The hour 24 h ago is outside the last 24 hours (they are this hour and the 23 before it).
+    await system.db('api_key_usage_hourly').insert([bucket(24, 7), bucket(2, 3)]);
+    const tab = await signedInTab(system.adminKey, `#/key/${key.id}`);
+    await tab.locator('#chart figure').waitFor();
+    // The 24-hour series asked for, and drawn.
+    const spansADay = (url: URL) => Date.parse(url.searchParams.get('to') ?? '') - Date.parse(url.searchParams.get('from') ?? '') === 24 * HOUR_MS;
+    const series = tab.waitForResponse((response) => {
+      const url = new URL(response.url());
+      return url.pathname.endsWith(`/${key.id}/usage`) && spansADay(url);
+    });
+    await tab.selectOption('#range', '24h');
+    await series;
+    await handled();
+    const facts = await tab.locator('.facts dt:text-is("Uses 24 h / 7 d / 30 d") + dd').textContent();
+    t.equal(facts?.split(' / ')[0], '3', "the page's 24 h figure counts the hour 2 h ago only");
+    t.equal(await tab.getAttribute('#chart figure', 'data-total'), '3', 'and so does the chart');
+    t.match(await tab.locator('#range option[value="30d"]').textContent(), /UTC days/, 'daily ranges say they are UTC days');
+    await tab.close();
+  });
+
+  // The range was read after the answer came: an answer for the range chosen before was drawn under
+  // the new range's name.
+  t.test('an answer for the chart range chosen before is not drawn under the new one', async (t) => {
+    const tab = await signedInTab(system.adminKey, `#/key/${keys.readonly.id}`, { clock: true });
+    await tab.locator('#chart figure').waitFor();
+    const hourly = /\/usage\?.*granularity=hour/;
+    const periodic = await holdRequests(tab, hourly);
+    await tab.clock.runFor(REFRESH_MS);
+    await periodic.sent();
+    await tab.selectOption('#range', '90d');
+    const chart = tab.locator('#chart svg.chart');
+    await tab.locator('#chart svg.chart[aria-label^="Requests per day"]').waitFor();
+    const answered = tab.waitForResponse(hourly);
+    periodic.release();
+    await answered;
+    await handled();
+    await tab.unroute(hourly);
+    t.match(await chart.getAttribute('aria-label'), /^Requests per day/, 'the 90-day chart stays drawn');
+    t.equal(await tab.locator('#range').inputValue(), '90d');
+    await tab.close();
+  });
+
+  // The list was rebuilt on every refresh, taking the focus from its links every 5 s; a threshold of
+  // 0 days listed the keys of 30 under a label of 0, and the clean-up sent the 0 to a 400.
+  t.test('the dormant list keeps the focus across refreshes, and 0 days is refused before any request', async (t) => {
+    const tab = await signedInTab(system.adminKey, '#/org', { clock: true });
+    const link = tab.locator('#dormant li a').first();
+    await link.focus();
+    const refreshed = tab.waitForResponse(/\/usage\?dormant=true/);
+    await tab.clock.runFor(REFRESH_MS);
+    await refreshed;
+    await handled();
+    t.equal(await tab.evaluate('document.activeElement?.closest("#dormant li") ? "kept" : "lost"'), 'kept', 'the link still has the focus');
+
+    const summary = tab.locator('#dormant .section-body > p').first();
+    t.match(await summary.textContent(), /unused for 30 days/);
+    const sent: string[] = [];
+    tab.on('request', (request) => {
+      const url = new URL(request.url());
+      if (url.searchParams.has('dormantDays') || url.pathname.endsWith('/revoke-dormant')) sent.push(`${request.method()} ${url.pathname}${url.search}`);
+    });
+    await tab.fill('#dormant-days', '0');
+    await tab.locator('#dormant-days').dispatchEvent('change');
+    await tab.click('text=Preview clean-up (dry run)');
+    const note = tab.locator('#dormant > p.note');
+    await note.filter({ hasText: /./ }).waitFor();
+    await handled();
+    t.match(await note.textContent(), /whole number of days from 1 to 3650/, 'the note says what the box takes');
+    t.strictSame(sent, [], 'neither the list nor the clean-up was asked for with it');
+    t.match(await summary.textContent(), /unused for 30 days/, 'the label still names the days listed');
+    await tab.close();
+  });
+
+  // The key's page refreshed after the revocation had signed the page out: with no key, its 401
+  // was an uncaught error.
+  t.test('revoking the key you are signed in with signs you out, with no request without a key and no error', async (t) => {
+    const { tab } = await onOwnKeyPage('demo-revoke-own');
+    const errors: string[] = [];
+    tab.on('pageerror', (error) => errors.push(error.message));
+    const keyless: string[] = [];
+    tab.on('request', (request) => {
+      if (new URL(request.url()).pathname.startsWith('/api/') && !request.headers().authorization) keyless.push(request.url());
+    });
+    await tab.click('#revoke');
+    await tab.click('dialog[open] button[value=yes]');
+    await tab.locator('#sign-in-error', { hasText: 'The key you were signed in with was revoked.' }).waitFor();
+    await handled();
+    t.strictSame(keyless, [], 'no request went out without a key');
+    t.strictSame(errors, [], 'no uncaught error');
+    await tab.close();
+  });
+
+  // Signing out only hid the view: the org's key names, prefixes and addresses stayed in the page.
+  t.test("signing out leaves none of the org's keys in the page", async (t) => {
+    const tab = await signedInTab(system.adminKey, '#/keys', { clock: true });
+    await tab.locator(`tr[data-key-id="${keys.xss.id}"]`).waitFor();
+    await tab.locator('#freshness', { hasText: 'Numbers read' }).waitFor();
+    await tab.click('#sign-out');
+    // The freshness line is redrawn every second.
+    await tab.clock.runFor(2000);
+    t.equal(await tab.locator('#view').innerHTML(), '', 'the view is emptied');
+    t.equal(await tab.textContent('#freshness'), '', 'so is the freshness line');
+    t.notOk((await tab.textContent('body'))?.includes('demo-readonly'), 'no key name anywhere in the page');
     await tab.close();
   });
 

@@ -73,7 +73,8 @@ t.test('a rotation queued behind a pepper rehash of the key rotates it', async (
 // they both read (a clock behind, or stepped back) each found it unchanged, and both answered 200.
 t.test('two rotations at once in the millisecond of the previous one: one wins, the other is a 409', async (t) => {
   const clock = Date.parse('2026-12-05T12:00:00Z');
-  const rotate: Change = (api, orgId, keyId) => api.services.apiKeys.rotate(orgId, keyId);
+  // Without a grace period: a rotation with one, while the previous one's runs, is refused.
+  const rotate: Change = (api, orgId, keyId) => api.services.apiKeys.rotate(orgId, keyId, { graceSeconds: 0 });
   const { db, id, outcomes } = await raced(t, [rotate, rotate], { now: () => clock, before: rotate });
   t.match(outcomes[0], { key: { id }, plaintext: String });
   t.match(outcomes[1], { code: 'conflict', message: /rotated by another request/ });

@@ -299,10 +299,19 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       if (keyStatus(key, now) !== 'active') {
         throw new AppError('conflict', `Cannot rotate a ${keyStatus(key, now)} API key`);
       }
+      // One previous secret is kept: a second rotation with a grace period, while the first one's
+      // runs, ended the first one's at once, though its answer had promised it (clients still on
+      // the original secret were cut off, with nothing in the audit log to say so; a review).
+      const keepsOld = graceSeconds > 0;
+      if (keepsOld && key.previousSecretExpiresAt !== null && key.previousSecretExpiresAt.getTime() > now) {
+        throw new AppError(
+          'conflict',
+          `This key's previous secret works until ${iso(key.previousSecretExpiresAt)}: a rotation with a grace period would end it now. Rotate with gracePeriodSeconds 0 to end it now on purpose, or after it ends`,
+        );
+      }
       const material = newSecret(key.id, deps.pepper);
       // No grace: the old secret is not kept at all. Kept with an end of now, it still worked on
       // an instance whose clock ran behind the rotating one's, for as long as the difference.
-      const keepsOld = graceSeconds > 0;
       const change = {
         replacedRotationAt: key.rotatedAt,
         secretHash: material.secretHash,

@@ -7,26 +7,48 @@ import { optionalSection } from './optionalSection.js';
 // A dry run lists the oldest 10,000 dormant keys at most, and says when there are more.
 const MORE = (result) => (result.more ? ' More keys are dormant: the oldest 10,000 are listed; run the clean-up again after this one.' : '');
 
+// The API's bounds of dormantDays.
+const MIN_DAYS = 1;
+const MAX_DAYS = 3650;
+
+// The threshold box read once for the list, its label and the clean-up alike: 0 listed the keys of
+// 30 days under a label of 0, and the clean-up sent 0 to a 400. A value out of bounds is refused
+// here, before any request, with the section's note.
+function chosenDays(input) {
+  const days = Number(input.value);
+  if (input.value === '' || !Number.isInteger(days) || days < MIN_DAYS || days > MAX_DAYS) {
+    throw new Error(`Unused for at least: a whole number of days from ${MIN_DAYS} to ${MAX_DAYS}.`);
+  }
+  return days;
+}
+
+const dormantItem = (key) =>
+  el('li', {}, [el('a', { href: `#/key/${key.id}`, text: isolate(key.name) }), ` · ${key.status} · last use ${relative(key.lastUsedAt)}`]);
+
 // Dormant keys (from the usage endpoint, available now) and their clean-up through
 // POST …/api-keys/revoke-dormant: a dry run first, then "apply" after a confirmation.
 export function dormantSection(who, canWrite) {
-  const days = el('input', { type: 'number', id: 'dormant-days', min: 1, max: 3650, value: 30, 'aria-label': 'Unused for at least (days)' });
+  const days = el('input', { type: 'number', id: 'dormant-days', min: MIN_DAYS, max: MAX_DAYS, value: 30, 'aria-label': 'Unused for at least (days)' });
   const list = el('ul', { class: 'dormant-list' });
   const outcome = el('p', { class: 'cleanup-result', 'aria-live': 'polite' });
+  // The keys the list shows: rebuilt only when they change, so a refresh does not take the focus
+  // from one of its links (as the events feed).
+  let shown = '';
   const section = optionalSection({
     id: 'dormant',
     title: 'Dormant keys',
     endpoint: 'dormant clean-up endpoint (POST …/api-keys/revoke-dormant)',
     load: async (body) => {
-      const page = await api('GET', orgPath(who, `/usage?dormant=true&dormantDays=${Number(days.value) || 30}&sort=lastUsedAt&limit=50`));
-      list.replaceChildren(
-        ...page.data.map((key) =>
-          el('li', {}, [el('a', { href: `#/key/${key.id}`, text: isolate(key.name) }), ` · ${key.status} · last use ${relative(key.lastUsedAt)}`]),
-        ),
-      );
+      const dormantDays = chosenDays(days);
+      const page = await api('GET', orgPath(who, `/usage?dormant=true&dormantDays=${dormantDays}&sort=lastUsedAt&limit=50`));
+      const keys = page.data.map(({ id, name, status, lastUsedAt }) => ({ id, name, status, lastUsedAt }));
+      if (JSON.stringify(keys) !== shown) {
+        shown = JSON.stringify(keys);
+        list.replaceChildren(...keys.map(dormantItem));
+      }
       setText(
         summary,
-        `${page.page.total} dormant key${page.page.total === 1 ? '' : 's'} (unused for ${days.value} days)${page.page.total > 50 ? '; the first 50 shown' : ''}`,
+        `${page.page.total} dormant key${page.page.total === 1 ? '' : 's'} (unused for ${dormantDays} days)${page.page.total > 50 ? '; the first 50 shown' : ''}`,
       );
       if (!body.contains(list)) body.append(el('label', {}, ['Unused for at least ', days, ' days']), summary, list, ...(canWrite ? [actions, outcome] : []));
     },
@@ -34,16 +56,15 @@ export function dormantSection(who, canWrite) {
   const summary = el('p');
   // Applying passes the ids the dialog named: a key that crossed the threshold while it was open
   // is not revoked unseen.
-  const run = (dryRun, keyIds) =>
-    section.guard(async () => {
-      const result = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun, keyIds } });
-      const keys = result.keys;
-      setText(
-        outcome,
-        `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map((key) => isolate(key.name ?? key.id)).join(', ') || 'none'}${MORE(result)}`,
-      );
-    });
-  const preview = el('button', { type: 'button', text: 'Preview clean-up (dry run)', onclick: () => run(true) });
+  const cleanUp = async (dormantDays, dryRun, keyIds) => {
+    const result = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays, dryRun, keyIds } });
+    const keys = result.keys;
+    setText(
+      outcome,
+      `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map((key) => isolate(key.name ?? key.id)).join(', ') || 'none'}${MORE(result)}`,
+    );
+  };
+  const preview = el('button', { type: 'button', text: 'Preview clean-up (dry run)', onclick: () => section.guard(() => cleanUp(chosenDays(days), true)) });
   const apply = el('button', {
     type: 'button',
     class: 'danger',
@@ -52,12 +73,13 @@ export function dormantSection(who, canWrite) {
     // list above (the usage endpoint's dormant filter) includes: the dialog names the exact set.
     onclick: () =>
       section.guard(async () => {
-        const dry = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays: Number(days.value), dryRun: true } });
+        const dormantDays = chosenDays(days);
+        const dry = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays, dryRun: true } });
         const names = dry.keys.map((key) => isolate(key.name ?? key.id)).join(', ') || 'none';
-        const message = `Revoke these ${dry.keys.length} key${dry.keys.length === 1 ? '' : 's'}, unused for ${days.value} days: ${names}?${MORE(dry)} Their holders get 401 from now on.`;
+        const message = `Revoke these ${dry.keys.length} key${dry.keys.length === 1 ? '' : 's'}, unused for ${dormantDays} days: ${names}?${MORE(dry)} Their holders get 401 from now on.`;
         // Exactly the keys the dialog named (a dry run lists 10,000 at most, as many as keyIds takes).
         const keyIds = dry.keys.map((key) => key.id);
-        if (await confirmDialog({ title: 'Revoke dormant keys', message, confirmLabel: 'Revoke them' })) await run(false, keyIds);
+        if (await confirmDialog({ title: 'Revoke dormant keys', message, confirmLabel: 'Revoke them' })) await cleanUp(dormantDays, false, keyIds);
       }),
   });
   const actions = el('div', { class: 'buttons' }, [preview, apply]);

@@ -21,5 +21,11 @@ export function createFreshness(node) {
       node.hidden = false;
       render();
     },
+    // Signed out: nothing of the last session's numbers is kept, nor shown again by the timer.
+    clear() {
+      latest = undefined;
+      node.hidden = true;
+      setText(node, '');
+    },
   };
 }

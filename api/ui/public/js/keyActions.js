@@ -57,10 +57,12 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
     { id: 'grace', 'aria-label': 'Grace period of the old secret' },
     GRACE_CHOICES.map(([seconds, label]) => el('option', { value: seconds, text: label, selected: seconds === 86_400 })),
   );
+  // No refresh once the page signed out (the key it was signed in with revoked): made with no key,
+  // its 401 was an uncaught error. Awaited, so a refresh's error is shown like the action's.
   const act = (task) => async () => {
     try {
       await task();
-      onChanged();
+      if (sessionKey()) await onChanged();
     } catch (error) {
       onError(error);
     }

@@ -9,12 +9,17 @@ import { stackedChart } from './stackedChart.js';
 
 // One key: its numbers, a chart stacked by outcome over a chosen range, recent and failing IPs,
 // its events and (for keys:write) its actions.
+
+// A range is whole buckets: the current one so far and those before it, the hours "Uses 24 h" and
+// "7 d" count. From `now - 24 h` the API read the whole hour holding it too, and the chart added
+// up 25 hours beside the page's 24. Days are UTC days, as the chart's axis says.
 const RANGES = {
-  '24h': { label: 'Last 24 hours, hourly', hours: 24, granularity: 'hour' },
-  '7d': { label: 'Last 7 days, hourly', hours: 24 * 7, granularity: 'hour' },
-  '30d': { label: 'Last 30 days, daily', hours: 24 * 30, granularity: 'day' },
-  '90d': { label: 'Last 90 days, daily', hours: 24 * 90, granularity: 'day' },
+  '24h': { label: 'Last 24 hours, hourly', buckets: 24, granularity: 'hour' },
+  '7d': { label: 'Last 7 days, hourly', buckets: 24 * 7, granularity: 'hour' },
+  '30d': { label: 'Last 30 UTC days, daily', buckets: 30, granularity: 'day' },
+  '90d': { label: 'Last 90 UTC days, daily', buckets: 90, granularity: 'day' },
 };
+const BUCKET_MS = { hour: 3_600_000, day: 86_400_000 };
 
 const FACTS = [
   ['Status', (k) => k.status],
@@ -45,9 +50,16 @@ function createFacts() {
 
 function seriesQuery(rangeName) {
   const range = RANGES[rangeName];
-  const to = new Date();
-  const from = new Date(to.getTime() - range.hours * 3_600_000);
-  return new URLSearchParams({ from: from.toISOString(), to: to.toISOString(), granularity: range.granularity, byOutcome: 'true' });
+  const step = BUCKET_MS[range.granularity];
+  // The end of the bucket under way: the range is [to - buckets × step, to).
+  const to = (Math.floor(Date.now() / step) + 1) * step;
+  const from = to - range.buckets * step;
+  return new URLSearchParams({
+    from: new Date(from).toISOString(),
+    to: new Date(to).toISOString(),
+    granularity: range.granularity,
+    byOutcome: 'true',
+  });
 }
 
 export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
@@ -91,9 +103,15 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
   }
 
   async function refreshChart() {
-    const series = await api('GET', orgPath(who, `/${keyId}/usage?${seriesQuery(range.value)}`));
-    // The range's edges move every refresh; redraw only when the counts did.
-    const signature = JSON.stringify([range.value, series.buckets[0]?.start, series.buckets.map((b) => b.outcomes)]);
+    const asked = range.value;
+    // Another range was chosen while this one was on its way: its answer (or error) is not shown
+    // under that range's name; the request for the new range draws it.
+    const series = await api('GET', orgPath(who, `/${keyId}/usage?${seriesQuery(asked)}`)).catch((e) => {
+      if (range.value === asked) throw e;
+    });
+    if (range.value !== asked) return;
+    // The range's edges move with the clock; redraw only when they or the counts did.
+    const signature = JSON.stringify([asked, series.buckets[0]?.start, series.buckets.map((b) => b.outcomes)]);
     if (signature === shownSeries) return;
     shownSeries = signature;
     chart.replaceChildren(stackedChart(series));

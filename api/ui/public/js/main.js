@@ -12,11 +12,17 @@ const $ = (id) => document.getElementById(id);
 const freshness = createFreshness($('freshness'));
 let who;
 let current;
+// The refreshes of each view still on their way: the 5 s tick waits for them (a filter or the
+// pager may still replace one).
+const running = new WeakMap();
 
 function showSignIn(message = '') {
   who = undefined;
   current = undefined;
-  for (const id of ['nav', 'who', 'sign-out', 'view', 'freshness']) $(id).hidden = true;
+  for (const id of ['nav', 'who', 'sign-out', 'view']) $(id).hidden = true;
+  // Hidden was not gone: the org's key names, prefixes and addresses stayed in the page.
+  $('view').replaceChildren();
+  freshness.clear();
   $('sign-in').hidden = false;
   setText($('sign-in-error'), message);
   $('sign-in-key').focus();
@@ -24,16 +30,21 @@ function showSignIn(message = '') {
 
 function viewFor(hash) {
   const detail = /^#\/key\/([0-9a-f-]{36})$/.exec(hash);
-  const common = { who, onFresh: (usage) => freshness.update(usage), requestRefresh: () => void refreshCurrent() };
-  if (detail) return createKeyDetailView({ ...common, keyId: detail[1], onSignedOut: () => signOut('The key you were signed in with was revoked.') });
-  if (hash === '#/org') return createOrgView(common);
-  return createKeysView(common);
+  let view;
+  // An answer for a view since left (signed out, another page) does not show its freshness.
+  const onFresh = (usage) => view === current && freshness.update(usage);
+  const common = { who, onFresh, requestRefresh: () => void refreshCurrent() };
+  if (detail) view = createKeyDetailView({ ...common, keyId: detail[1], onSignedOut: () => signOut('The key you were signed in with was revoked.') });
+  else if (hash === '#/org') view = createOrgView(common);
+  else view = createKeysView(common);
+  return view;
 }
 
 async function refreshCurrent() {
   const view = current;
   // Not signed in yet: no view, and no #view-error to show an error in.
   if (!view) return;
+  running.set(view, (running.get(view) ?? 0) + 1);
   try {
     const outcome = await view.refresh();
     // The last error stays shown only while it holds: a refresh that worked clears it.
@@ -45,6 +56,8 @@ async function refreshCurrent() {
     if (error.status === 401) {
       if (error.sentWith(sessionKey())) signOut(error.message);
     } else if (view === current) setText($('view-error'), error.message);
+  } finally {
+    running.set(view, running.get(view) - 1);
   }
 }
 
@@ -84,8 +97,11 @@ $('sign-in').addEventListener('submit', (event) => {
 });
 $('sign-out').addEventListener('click', () => signOut(''));
 window.addEventListener('hashchange', route);
+// A tick while the view's refresh is still on its way is skipped: with an API slower than 5 s,
+// each tick's request replaced the one before it, whose answer was then dropped, so the page
+// showed neither the keys nor an error.
 setInterval(() => {
-  if (!document.hidden && !document.querySelector('dialog[open]')) void refreshCurrent();
+  if (!document.hidden && !document.querySelector('dialog[open]') && !running.get(current)) void refreshCurrent();
 }, REFRESH_MS);
 
 if (sessionKey()) void signIn(sessionKey());

@@ -11,13 +11,17 @@ export function optionalSection({ id, title, endpoint, load, missing = routeMiss
   let noteFrom;
   // Runs `task`; a missing route or any other API error becomes the section's note. A refresh
   // that works clears only a refresh's note: an action's error stays until the next action, or it
-  // vanished within the 5 s refresh, before anyone read it.
+  // vanished within the 5 s refresh, before anyone read it. A refresh's 401 (the key revoked,
+  // expired or rotated away) goes to the page, which signs out: kept as a note, the page went on
+  // polling with the refused key every 5 s, each poll a recorded use of a revoked key or a failed
+  // attempt counted against this address.
   const guard = async (task, from = 'action') => {
     try {
       await task();
       if (from === 'action' || noteFrom === 'refresh') note.hidden = true;
       return true;
     } catch (error) {
+      if (from === 'refresh' && error.status === 401) throw error;
       note.hidden = false;
       noteFrom = from;
       element.dataset.available = missing(error) ? 'false' : 'error';
