@@ -200,10 +200,27 @@ t.test('revoke-dormant records one keys.revoke_dormant entry per revoked key, th
   t.equal(await cli('--apply'), 0);
   const apiActor = { actor_type: 'key', actor_key_id: acme.adminKeyId, ip: '127.0.0.1' };
   const cliActor = { actor_type: 'cli', actor_key_id: null, actor_display_prefix: null, ip: null };
+  // Why each was dormant (created long ago, never rotated), when it was revoked, and how chosen.
+  const why = { createdAt: longAgo.toISOString(), rotatedAt: null, revokedAt: String };
   t.match(await entries(), [
-    { ...apiActor, org_id: acme.org.id, target_key_id: never, details: { name: 'never used', dormantDays: 90, lastUsedAt: null } },
-    { ...apiActor, org_id: acme.org.id, target_key_id: usedOnce, details: { name: 'used once', dormantDays: 90, lastUsedAt: lastUse.toISOString() } },
-    { ...cliActor, org_id: acme.org.id, target_key_id: byCli, details: { name: 'left for the CLI', dormantDays: 90, lastUsedAt: null } },
+    {
+      ...apiActor,
+      org_id: acme.org.id,
+      target_key_id: never,
+      details: { name: 'never used', dormantDays: 90, lastUsedAt: null, ...why, selectedBy: 'keyIds' },
+    },
+    {
+      ...apiActor,
+      org_id: acme.org.id,
+      target_key_id: usedOnce,
+      details: { name: 'used once', dormantDays: 90, lastUsedAt: lastUse.toISOString(), ...why, selectedBy: 'keyIds' },
+    },
+    {
+      ...cliActor,
+      org_id: acme.org.id,
+      target_key_id: byCli,
+      details: { name: 'left for the CLI', dormantDays: 90, lastUsedAt: null, ...why, selectedBy: 'dormancy' },
+    },
   ]);
   t.equal((await entries()).length, 3, 'one entry per revoked key');
 });

@@ -202,7 +202,17 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
           orgId,
           action: 'keys.revoke_dormant',
           targetKeyId: key.id,
-          details: { name: key.name, dormantDays, lastUsedAt: iso(key.lastUsedAt) },
+          // Why it was dormant (a key never used is dormant from its creation or rotation), when
+          // it was revoked, and whether an operator saw the list first (keyIds) or it was chosen again.
+          details: {
+            name: key.name,
+            dormantDays,
+            lastUsedAt: iso(key.lastUsedAt),
+            createdAt: iso(key.createdAt),
+            rotatedAt: iso(key.rotatedAt),
+            revokedAt: iso(key.revokedAt),
+            selectedBy: query.onlyKeyIds === null ? 'dormancy' : 'keyIds',
+          },
           actor: auditActor(context.actor),
           ip: context.ip ?? null,
         })),
