@@ -448,3 +448,17 @@ t.test("a rotation with a grace period while the previous one's runs is a 409: t
   t.equal((await rotate(0)).status, 200, 'without a grace period, on purpose, it may');
   t.equal((await api.request('GET', '/api/whoami', { key: original })).status, 401, 'which ends the original secret');
 });
+
+// A rotation without grace stores no previous secret, but an end time of its own now: on an
+// instance whose clock ran behind, that end was still ahead, and a rotation with grace was refused
+// for a previous secret that does not exist (a review of the 409; fails without the fix).
+t.test('after a rotation without grace, a rotation with grace on an instance whose clock runs behind is not refused', async (t) => {
+  const { db } = await freshDatabase(t);
+  const clock = { now: Date.now() };
+  const api = await startTestApi(t, db, { now: () => clock.now });
+  const { org } = await seedOrg(api, db);
+  const created = await api.services.apiKeys.create(org.id, { name: 'k', scopes: ['keys:read'], expiresAt: null });
+  await api.services.apiKeys.rotate(org.id, created.key.id, { graceSeconds: 0 });
+  clock.now -= 2000;
+  await t.resolves(api.services.apiKeys.rotate(org.id, created.key.id, { graceSeconds: 3600 }));
+});

@@ -83,28 +83,32 @@ t.test('memory is bounded: beyond maxEntries the oldest window is forgotten, and
   t.equal(throttle.stats.evicted, 10_001, 'every new address beyond the bound evicts one');
 });
 
-t.test('verifications in flight: each fresh one and each distinct key id is a read, counted against the remaining failures and the cap', async (t) => {
-  const { throttle } = setup({ maxVerifyingPerIp: 3 });
-  const ip = '192.0.2.9';
-  throttle.failed(ip);
-  const a = throttle.beginVerification(ip, 'key-a', false);
-  const sameKey = throttle.beginVerification(ip, 'key-a', false);
-  const fresh = throttle.beginVerification(ip, 'key-a', true);
-  t.same([a.waitMs, sameKey.waitMs, fresh.waitMs], [0, 0, 0], 'one read of key-a shared, a fresh one of its own');
-  const b = throttle.beginVerification(ip, 'key-b', false);
-  t.equal(b.waitMs, 0, 'a third read');
-  t.equal(throttle.beginVerification(ip, 'key-c', false).waitMs, 1000, 'a fourth is over the cap of 3: retry in a second');
-  const another = throttle.beginVerification(ip, 'key-a', false);
-  t.equal(another.waitMs, 0, 'one more of key-a shares its read');
-  for (const v of [a, sameKey, fresh, b, another]) v.end();
-  for (let i = 0; i < 3; i += 1) throttle.failed(ip);
-  const reads = [throttle.beginVerification(ip, 'key-d', true), throttle.beginVerification(ip, 'key-e', false)];
-  t.same(
-    reads.map((v) => v.waitMs),
-    [0, 1000],
-    '4 failures of 5 and one read in flight: one more would be the fifth',
-  );
-  t.equal(throttle.stats.refusedByIp, 2);
-  reads[0].end();
-  t.equal(throttle.beginVerification(ip, 'key-e', false).waitMs, 0, 'once it ends, the next one may start');
-});
+t.test(
+  'verifications in flight: each fresh one and each distinct key id is a read; over the cap they wait their turn, over the remaining failures they are refused',
+  async (t) => {
+    const { throttle } = setup({ maxVerifyingPerIp: 3 });
+    const ip = '192.0.2.9';
+    throttle.failed(ip);
+    const a = await throttle.beginVerification(ip, 'key-a', false);
+    const sameKey = await throttle.beginVerification(ip, 'key-a', false);
+    const fresh = await throttle.beginVerification(ip, 'key-a', true);
+    const b = await throttle.beginVerification(ip, 'key-b', false);
+    t.same([a.waitMs, sameKey.waitMs, fresh.waitMs, b.waitMs], [0, 0, 0, 0], 'one read of key-a shared, a fresh one of its own, one of key-b: 3 reads');
+    let started: { waitMs: number; end: () => void } | undefined;
+    const c = throttle.beginVerification(ip, 'key-c', false).then((v) => (started = v));
+    await new Promise((resolve) => setImmediate(resolve));
+    t.equal(started, undefined, 'a fourth read waits: the cap is 3');
+    const another = await throttle.beginVerification(ip, 'key-a', false);
+    t.equal(another.waitMs, 0, 'one more of key-a shares its read, without waiting');
+    for (const v of [a, sameKey, another]) v.end();
+    await c;
+    t.equal(started!.waitMs, 0, "key-a's read ended: the waiting one runs");
+    for (let i = 0; i < 3; i += 1) throttle.failed(ip);
+    t.equal((await throttle.beginVerification(ip, 'key-d', true)).waitMs, 1000, '4 failures of 5 and 3 reads in flight: refused, to retry in a second');
+    for (const v of [fresh, b]) v.end();
+    t.equal((await throttle.beginVerification(ip, 'key-d', true)).waitMs, 1000, 'one read still in flight: still refused');
+    started!.end();
+    t.equal((await throttle.beginVerification(ip, 'key-d', true)).waitMs, 0, 'with none in flight, one more may be the fifth');
+    t.equal(throttle.stats.refusedByIp, 2);
+  },
+);

@@ -186,6 +186,39 @@ t.test('a client that never reads its responses holds no turn once their handler
   t.equal(await servedAgain(api, acme), 200, 'the org is served while the client still holds its connection');
 });
 
+// Given back when a client hung up while its handler ran, the turn let the next request of the org
+// run beside a statement still running: a client that hung up after each request had any number
+// of its org's statements running (a review of the first fix; fails without it).
+t.test('a client that hangs up while its request runs does not free its turn before the request ends', async (t) => {
+  const { db } = await freshDatabase(t, { poolMax: 8 });
+  const api = await startTestApi(t, db, { env: { API_MAX_CONCURRENT_PER_ORG: '1' } });
+  const acme = await seedOrg(api, db, 'acme');
+  const holder = await holdKeysLock(t, db, acme.org.id);
+  const body = JSON.stringify({ name: 'abandoned', scopes: ['keys:read'], expiresAt: null });
+  const create = [
+    `POST /api/orgs/${acme.org.id}/api-keys HTTP/1.1`,
+    'Host: 127.0.0.1',
+    `Authorization: Bearer ${acme.adminKey}`,
+    'Content-Type: application/json',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    '',
+    body,
+  ].join('\r\n');
+  const usesBefore = api.uses.length;
+  for (let i = 1; i <= 3; i += 1) {
+    const socket = await rawClient(api.port, create);
+    await waitFor(`create ${i} authorized`, () => (api.uses.length === usesBefore + i ? true : undefined));
+    if (i === 1) await waitingOnLock(db);
+    socket.destroy();
+    await sleep(200); // for the server to read the close: nothing to poll for it
+  }
+  const { rows } = await db.raw(`select count(*)::int as n from pg_locks where not granted`);
+  t.equal(rows[0].n, 1, "one of the org's statements at a time, the others wait their turn, holding no connection");
+  await holder.commit();
+  await waitFor('every turn given back', () => (api.orgTurns.busyOrgs() === 0 ? true : undefined));
+  t.equal(await servedAgain(api, acme), 200, 'and the org is served afterwards');
+});
+
 t.test('a statement over API_STATEMENT_TIMEOUT_MS is cancelled: 503 naming the setting, its connection back in the pool (fails without the fix)', async (t) => {
   const { db, url } = await freshDatabase(t);
   const limited = createDb(url, { poolMax: 2, statementTimeoutMs: 300 });

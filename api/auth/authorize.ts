@@ -95,23 +95,32 @@ function failure(deps: AuthorizeDeps, res: Response, ip: string, keyId?: string)
   return waitMs > 0 ? tooManyFailures(res, waitMs) : new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
 }
 
+type OrgTurn = { started: Promise<void>; release: () => void };
+const NO_TURN_NEEDED: OrgTurn = { started: Promise.resolve(), release: () => {} };
+
 // The request's turn under its org's concurrency limit (undefined: too many wait). Given back
-// when its handler ends the response (its statements are done by then), when the response closes
-// (failed, abandoned), or when its connection does: a pipelined response still queued behind
-// another when the client leaves never closes. A request still waiting then leaves the queue.
-// Given back only at the close, a client that stopped reading its responses held its org's turns
-// for as long as its connection stayed open: a keys:read key froze its org's API, the revocation
-// of that key included (found by a review).
-function turnOf(deps: AuthorizeDeps, req: Request, res: Response, orgId: string): Promise<void> | undefined {
+// when its handler ends the response: its statements are done by then, and every handler and the
+// error middleware end it, an abandoned or pipelined response too. Given back only when the
+// response or its connection closed, a client that stopped reading its responses held its org's
+// turns for as long as its connection stayed open (a keys:read key froze its org's API, its own
+// revocation included), and given back at a close while its handler ran, a client that hung up
+// after each request had any number of its org's statements running (both found by reviews). A
+// request still waiting for its turn leaves the queue when it closes.
+function turnOf(deps: AuthorizeDeps, req: Request, res: Response, orgId: string): OrgTurn | undefined {
   const limiter = deps.orgConcurrency;
-  if (!limiter) return Promise.resolve();
+  if (!limiter) return NO_TURN_NEEDED;
   const turn = limiter.enter(orgId);
   if (!turn) return undefined;
   const socket = req.socket;
   const end = res.end.bind(res);
+  let running = false;
+  void turn.started.then(() => (running = true));
+  const closed = () => {
+    if (!running) release();
+  };
   const release = () => {
-    res.off('close', release);
-    socket.off('close', release);
+    res.off('close', closed);
+    socket.off('close', closed);
     res.end = end;
     turn.release();
   };
@@ -119,11 +128,11 @@ function turnOf(deps: AuthorizeDeps, req: Request, res: Response, orgId: string)
     release();
     return end(...args);
   }) as Response['end'];
-  res.once('close', release);
-  socket.once('close', release);
+  res.once('close', closed);
+  socket.once('close', closed);
   // Its client may have left while its key was verified: neither closes again.
   if (res.closed || socket.destroyed) release();
-  return turn.started;
+  return { started: turn.started, release };
 }
 
 // Every 429 says when to come back.
@@ -184,7 +193,7 @@ export function authorizer(deps: AuthorizeDeps) {
       if (!presented) throw raw ? failure(deps, res, ip) : new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
 
       const fresh = requirement.currentSecret === true;
-      const verification = deps.throttle.beginVerification(ip, presented.keyId, fresh);
+      const verification = await deps.throttle.beginVerification(ip, presented.keyId, fresh);
       if (verification.waitMs > 0) throw tooManyFailures(res, verification.waitMs);
       // The use is recorded in the same turn as end(): a stop waiting for it resumes after the record.
       deps.pendingUses?.begin();
@@ -208,7 +217,7 @@ export function authorizer(deps: AuthorizeDeps) {
       // refused for too many of its org's waiting, or over its changes' budget, is a proven use
       // refused by policy: forbidden.
       const turn =
-        refusal === undefined && overBudget === undefined && requirement.orgParam !== undefined ? turnOf(deps, req, res, verdict.key.orgId) : Promise.resolve();
+        refusal === undefined && overBudget === undefined && requirement.orgParam !== undefined ? turnOf(deps, req, res, verdict.key.orgId) : NO_TURN_NEEDED;
       deps.recordUse(verdict.key.id, verdict.key.orgId, ip, refusal || (turn && !overBudget) ? outcome : 'forbidden');
       if (refusal) throw refusal;
       if (overBudget) throw overBudget;
@@ -217,9 +226,9 @@ export function authorizer(deps: AuthorizeDeps) {
         if (requirement.currentSecret) deps.orgWrites?.giveBack(verdict.key.orgId);
         throw tooManyInProgress(res, deps.orgConcurrency!.limit);
       }
-      await turn;
-      // Its client left as it got its turn: nothing to answer, and the place is already given back.
-      if (res.closed || req.socket.destroyed) return;
+      await turn.started;
+      // Its client left as it got its turn: nothing to answer, and the place goes back.
+      if (res.closed || req.socket.destroyed) return turn.release();
       res.locals.auth = { key: verdict.key, secret: verdict.secret, ip };
       next();
     };

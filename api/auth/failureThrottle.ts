@@ -33,15 +33,17 @@ export interface AuthThrottle {
   /** Before verification: ms the address must wait after too many failures (counted as refused), or 0. */
   refuseIp(ip: string): number;
   /**
-   * Before a verification of `keyId` from `ip`: a wait in ms (counted as refused by address), or 0
-   * and `end`, to call when it ends. Failures are counted when a verification ends, so the limit
-   * checked before it let one address send any number at once: 10,000 requests of unknown ids from
-   * one address were all read, none refused, and the pool's queue held every org's reads behind
-   * them. The reads an address has in flight count against its remaining failures, and at most
-   * maxVerifyingPerIp at once: a fresh verification is a read of its own, others of one key id
-   * share one (KeyVerifier's load), and a key answered from the cache is in flight for a microtask.
+   * Before a verification of `keyId` from `ip`: a wait in ms (refused, counted as refused by
+   * address), or 0 and `end`, to call when it ends. Failures are counted when a verification ends,
+   * so the limit checked before it let one address send any number at once: 10,000 requests of
+   * unknown ids from one address were all read, none refused, and the pool's queue held every
+   * org's reads behind them. The reads an address has in flight count against its remaining
+   * failures (refused beyond them), and at most maxVerifyingPerIp run at once: the next ones wait
+   * for one to end (an honest burst of uncached keys from one address, or a proxy's, is served,
+   * in turn). A fresh verification is a read of its own, those of one key id share one (the
+   * verifier's load), and a key answered from the cache is in flight for a microtask.
    */
-  beginVerification(ip: string, keyId: string, fresh: boolean): { waitMs: number; end: () => void };
+  beginVerification(ip: string, keyId: string, fresh: boolean): Promise<{ waitMs: number; end: () => void }>;
   /** Whether failures naming this key id reached the limit: the verifier then skips its reload. */
   keyLocked(keyId: string): boolean;
   /**
@@ -50,6 +52,12 @@ export interface AuthThrottle {
    * is locked for (the caller answers 429 instead of 401, counted as refused), or 0.
    */
   failed(ip: string, keyId?: string): number;
+}
+
+interface Verifying {
+  reads: number;
+  byKey: Map<string, number>;
+  waiting: Array<() => void>;
 }
 
 // A count kept only while it is above 0; returns the new count.
@@ -95,27 +103,42 @@ export function createAuthThrottle(limits: ThrottleLimits, now: () => number, on
   const byIp = failureWindows(limits.maxFailuresPerIp, limits, now, stats, (ip) => onLockout('ip', ip));
   const byKey = failureWindows(limits.maxFailuresPerKey, limits, now, stats, (keyId) => onLockout('key', keyId));
   // Bounded by the requests in progress: an address leaves it when its last one ends.
-  const verifying = new Map<string, { reads: number; byKey: Map<string, number> }>();
+  const verifying = new Map<string, Verifying>();
   const refused = (wait: number) => {
     if (wait > 0) stats.refusedByIp += 1;
     return wait;
   };
+  const cap = limits.maxVerifyingPerIp ?? Infinity;
+  // The next verification waiting its turn, if there is room: it runs in a microtask, after the
+  // failure of the one that ended is counted. Else the address leaves the map once nothing of it
+  // is in flight or waiting.
+  const next = (ip: string, entry: Verifying) => {
+    if (entry.reads < cap && entry.waiting.length > 0) entry.waiting.shift()!();
+    else if (entry.reads === 0 && entry.byKey.size === 0 && entry.waiting.length === 0) verifying.delete(ip);
+  };
   return {
     stats,
     refuseIp: (ip) => refused(byIp.retryAfterMs(ip)),
-    beginVerification(ip, keyId, fresh) {
-      const entry = verifying.get(ip) ?? { reads: 0, byKey: new Map<string, number>() };
-      const newRead = fresh || !entry.byKey.has(keyId);
-      const overCap = newRead && limits.maxVerifyingPerIp !== undefined && entry.reads >= limits.maxVerifyingPerIp;
-      const waitMs = newRead ? refused(overCap ? VERIFYING_RETRY_MS : byIp.retryAfterMs(ip, entry.reads)) : 0;
-      if (waitMs > 0) return { waitMs, end: () => {} };
+    async beginVerification(ip, keyId, fresh) {
+      const entry = verifying.get(ip) ?? { reads: 0, byKey: new Map<string, number>(), waiting: [] };
       verifying.set(ip, entry);
+      for (;;) {
+        const newRead = fresh || !entry.byKey.has(keyId);
+        // Checked as it starts, after the failures of the reads it waited for are counted.
+        const waitMs = newRead ? refused(byIp.retryAfterMs(ip, entry.reads)) : 0;
+        if (waitMs > 0) {
+          next(ip, entry);
+          return { waitMs, end: () => {} };
+        }
+        if (!newRead || entry.reads < cap) break;
+        await new Promise<void>((resolve) => entry.waiting.push(resolve));
+      }
       if (fresh) entry.reads += 1;
       else if (addTo(entry.byKey, keyId, 1) === 1) entry.reads += 1;
       const end = () => {
         if (fresh) entry.reads -= 1;
         else if (addTo(entry.byKey, keyId, -1) === 0) entry.reads -= 1;
-        if (entry.reads === 0 && entry.byKey.size === 0) verifying.delete(ip);
+        next(ip, entry);
       };
       return { waitMs: 0, end };
     },

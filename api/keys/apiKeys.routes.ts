@@ -83,7 +83,7 @@ export const apiKeysRoutes: RouteContract[] = [
     operationId: 'revokeDormantApiKeys',
     summary: 'List (dryRun, the default) or revoke the keys unused for dormantDays',
     description:
-      'The calling key is never among them, nor keys with uses the collector logged but has not folded yet; a use still on its way to the collector (the last second or so, longer while it cannot write) is not seen. keyIds (the ids a dry run listed) revokes only those still dormant. 409 for an apply on an API that records no uses (USAGE_TRACKING=false).',
+      'The calling key is never among them, nor keys with uses the collector logged but has not folded yet; a use still on its way to the collector (the last second or so, longer while it cannot write) is not seen. keyIds (the ids a dry run listed) revokes only those still dormant. 409 for an apply on an API that records no uses (USAGE_TRACKING=false), and for an apply without keyIds when no key of the org has a recorded use within dormantDays (uses may not be recorded: every key would look unused).',
     auth: MANAGE_AND_READ_ORG,
     params: orgParams,
     body: revokeDormantBody,
@@ -116,7 +116,7 @@ export const apiKeysRoutes: RouteContract[] = [
     operationId: 'rotateApiKey',
     summary: 'Give a key a new secret; the previous one works until the grace period ends',
     description:
-      'The plaintext key is in this response only (Cache-Control: no-store). A key can rotate only keys whose scopes it holds itself and, if it expires, that expire no later than it does (403). 409 when the key is revoked or expired, or another rotation won.',
+      'The plaintext key is in this response only (Cache-Control: no-store). A key can rotate only keys whose scopes it holds itself and, if it expires, that expire no later than it does (403). 409 when the key is revoked or expired, another rotation won, or (with a grace period) the previous secret of an earlier rotation still works: one previous secret is kept.',
     auth: MANAGE_ORG,
     params: keyParams,
     body: rotateBody,

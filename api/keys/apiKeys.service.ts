@@ -193,7 +193,9 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     return (context.db ?? deps.db).transaction(async (trx) => {
       await beginAuditedChange(trx, orgId, context.actor, deps.now());
       const keys = await revokeDormantKeys(trx, query, MAX_REVOKE_KEY_IDS);
-      const more = keys.length === MAX_REVOKE_KEY_IDS && (await findDormantKeys(trx, query, 1)).length > 0;
+      // Asked whatever the count: a key spared by the check after the locks leaves fewer than the
+      // limit revoked, and others may still be dormant.
+      const more = (await findDormantKeys(trx, query, 1)).length > 0;
       // In a few inserts: one each held up to KEYS_MAX_PER_ORG revoked rows locked for as many round trips.
       await recordAudits(
         trx,
@@ -313,10 +315,10 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       // runs, ended the first one's at once, though its answer had promised it (clients still on
       // the original secret were cut off, with nothing in the audit log to say so; a review).
       const keepsOld = graceSeconds > 0;
-      if (keepsOld && key.previousSecretExpiresAt !== null && key.previousSecretExpiresAt.getTime() > now) {
+      if (keepsOld && key.previousSecretHash !== null && key.previousSecretExpiresAt !== null && key.previousSecretExpiresAt.getTime() > now) {
         throw new AppError(
           'conflict',
-          `This key's previous secret works until ${iso(key.previousSecretExpiresAt)}: a rotation with a grace period would end it now. Rotate with gracePeriodSeconds 0 to end it now on purpose, or after it ends`,
+          `This key's previous secret works until ${iso(key.previousSecretExpiresAt)}: a rotation with a grace period would end it now. Rotate again after that, or with gracePeriodSeconds 0, which ends both the previous secret and the current one at once`,
         );
       }
       const material = newSecret(key.id, deps.pepper);
