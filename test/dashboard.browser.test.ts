@@ -493,6 +493,34 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await tab.close();
   });
 
+  // The 5 s tick is skipped while the view's refresh runs: a request that never answered (a
+  // connection lost while the laptop slept) froze the view for good, with no error.
+  t.test('a key list request that never answers times out with an error, and a later refresh shows the keys', async (t) => {
+    const tab = await context.newPage();
+    // The page's clock drives AbortSignal.timeout too (page.clock fakes it).
+    await tab.clock.install();
+    let hang = true;
+    let hung = 0;
+    await tab.route(/\/api-keys\/usage\?/, async (route) => {
+      if (!hang) return route.continue();
+      // Never answered: still on its way when the tab closes.
+      hung += 1;
+    });
+    await tab.goto(`${system.api.baseUrl}/`);
+    await signIn(tab, system.adminKey);
+    await waitFor('the key list asked for', async () => (hung > 0 ? true : undefined));
+    await tab.clock.runFor(30_000 + 1000);
+    await tab.locator('#view-error', { hasText: 'The API did not answer within 30 s' }).waitFor({ timeout: 5000 });
+    t.equal(hung, 1, 'the ticks meanwhile waited for it');
+    t.equal(await tab.locator('#keys-table tbody tr').count(), 0, 'no keys shown yet');
+    hang = false;
+    await tab.clock.runFor(REFRESH_MS);
+    await rowsShown(tab, (n) => n > 0);
+    await waitFor('the error cleared', async () => ((await tab.textContent('#view-error')) === '' ? true : undefined));
+    t.pass('the next refresh shows the keys and clears the error');
+    await tab.close();
+  });
+
   // From `now - 24 h` the API read the whole hour holding it: the chart added up 25 hours.
   t.test('the 24-hour chart adds up the same hours as the page\'s "Uses 24 h"', async (t) => {
     const key = await createKey(system, 'demo-chart-hours', ['keys:read']);
@@ -574,6 +602,27 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     t.match(await note.textContent(), /whole number of days from 1 to 3650/, 'the note says what the box takes');
     t.strictSame(sent, [], 'neither the list nor the clean-up was asked for with it');
     t.match(await summary.textContent(), /unused for 30 days/, 'the label still names the days listed');
+    await tab.close();
+  });
+
+  // A refresh's 401 goes to the page (it signs out): the refresh the days box starts raised it
+  // with no one to catch it, an unhandled rejection.
+  t.test('changing the dormant days with a revoked key raises no error, and the next refresh signs out', async (t) => {
+    const viewer = await createKey(system, 'demo-dormant-days-revoked', ['keys:read']);
+    const tab = await signedInTab(viewer.key, '#/org', { clock: true });
+    const errors: string[] = [];
+    tab.on('pageerror', (error) => errors.push(error.message));
+    await tab.locator('#dormant li').first().waitFor();
+    t.equal((await system.api.request('POST', `/api/orgs/${system.org.id}/api-keys/${viewer.id}/revoke`, { key: system.adminKey })).status, 200);
+    const refused = tab.waitForResponse((response) => /\/usage\?dormant=true&dormantDays=60/.test(response.url()) && response.status() === 401);
+    await tab.fill('#dormant-days', '60');
+    await tab.locator('#dormant-days').dispatchEvent('change');
+    await refused;
+    await handled();
+    t.strictSame(errors, [], 'no uncaught error');
+    await tab.clock.runFor(REFRESH_MS);
+    await tab.locator('#sign-in').waitFor({ timeout: 5000 });
+    t.equal(await storedKey(tab), null, 'the next refresh signed out');
     await tab.close();
   });
 

@@ -24,6 +24,7 @@ export class ApiError extends Error {
 // A key is printable ASCII. Anything else (typographic quotes copied with it, a space inside) made
 // fetch throw on the header, which read as "The API could not be reached".
 const NOT_IN_A_KEY = /[^\x21-\x7e]/;
+const REQUEST_TIMEOUT_MS = 30_000;
 
 export async function api(method, path, { body, key = sessionKey() } = {}) {
   if (key && NOT_IN_A_KEY.test(key)) {
@@ -34,8 +35,12 @@ export async function api(method, path, { body, key = sessionKey() } = {}) {
   if (body !== undefined) headers['content-type'] = 'application/json';
   let response;
   try {
-    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store' });
-  } catch {
+    // A request that never ends (a connection lost while the laptop slept) held its view's
+    // refreshes for good: the page skips a tick while its refresh runs.
+    const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS);
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store', signal });
+  } catch (error) {
+    if (error?.name === 'TimeoutError') throw new ApiError(0, 'timeout', `The API did not answer within ${REQUEST_TIMEOUT_MS / 1000} s`, key);
     throw new ApiError(0, 'network', 'The API could not be reached', key);
   }
   const payload = await response.json().catch(() => undefined);

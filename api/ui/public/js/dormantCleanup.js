@@ -83,6 +83,7 @@ export function dormantSection(who, canWrite) {
       }),
   });
   const actions = el('div', { class: 'buttons' }, [preview, apply]);
-  days.addEventListener('change', () => void section.refresh());
+  // A refused key (401) is the page's to handle: its next refresh signs out.
+  days.addEventListener('change', () => void section.refresh().catch(() => {}));
   return section;
 }
