@@ -68,9 +68,10 @@ const REFUSED = -1;
 // A key the aggregator does not take because its ids are not lower-case UUIDs (see #admission).
 const MALFORMED = -2;
 const DEFAULT_MAX_IPS_PER_KEY = 16;
-// Merged batches (a failed write's retries) keep, beyond a key's newest addresses, the first
-// address of up to this many other networks: see keptIps.
-export const MERGED_NETWORKS_PER_KEY = 64;
+// Merged batches (a failed write's retries) keep, beyond a key's newest proven addresses, the
+// first address of up to this many other networks: see keptIps. As many again as the newest: a
+// held batch's key holds at most 1.5 times the addresses of a pending one.
+export const MERGED_NETWORKS_PER_KEY = 16;
 // The part of the cap kept apart for orgs holding less than that part (see #admission).
 const CROWDED_SHARE = 20;
 
@@ -336,7 +337,8 @@ export function mergeBatches(batches: readonly UsageBatch[], maxIpsPerKey = DEFA
   const keys = [...merged.values()];
   for (const delta of keys) {
     delta.ips = keptIps(delta.ips, maxIpsPerKey);
-    delta.failedIps = keptIps(delta.failedIps, maxIpsPerKey);
+    // Failed attempts' addresses feed no history and no event: the newest only.
+    delta.failedIps = keptIps(delta.failedIps, maxIpsPerKey, 0);
   }
   return { keys, uses };
 }
@@ -362,7 +364,7 @@ export class DeltaCoalescer {
     const keys = [...this.byKey.values()];
     for (const delta of keys) {
       if (delta.ips.size > this.maxIpsPerKey) delta.ips = keptIps(delta.ips, this.maxIpsPerKey);
-      if (delta.failedIps.size > this.maxIpsPerKey) delta.failedIps = keptIps(delta.failedIps, this.maxIpsPerKey);
+      if (delta.failedIps.size > this.maxIpsPerKey) delta.failedIps = keptIps(delta.failedIps, this.maxIpsPerKey, 0);
     }
     return keys;
   }
@@ -417,9 +419,9 @@ function saturatingAdd(a: number, b: number): number {
 // ordered least recent first. The newest alone, a batch merged through a database outage lost
 // every network a key had used before its last 16 addresses: never in its history, never raised
 // as key.new_ip or key.outside_networks. The networks' bound keeps such a batch's memory bounded.
-function keptIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
+function keptIps(ips: Map<string, IpStat>, max: number, networks = MERGED_NETWORKS_PER_KEY): Map<string, IpStat> {
   const byLastSeen = [...ips].sort(([, a], [, b]) => a.lastSeen - b.lastSeen);
-  if (byLastSeen.length <= max) return new Map(byLastSeen);
+  if (byLastSeen.length <= max || networks === 0) return new Map(byLastSeen.slice(Math.max(0, byLastSeen.length - max)));
   const newest = byLastSeen.slice(byLastSeen.length - max);
   const covered = new Set(newest.map(([ip]) => networkOf(ip)));
   const firstOfNetwork = new Map<string, [string, IpStat]>();
@@ -428,7 +430,7 @@ function keptIps(ips: Map<string, IpStat>, max: number): Map<string, IpStat> {
     const seen = firstOfNetwork.get(network);
     if (!covered.has(network) && (seen === undefined || entry[1].firstSeen < seen[1].firstSeen)) firstOfNetwork.set(network, entry);
   }
-  const others = [...firstOfNetwork.values()].sort(([, a], [, b]) => a.firstSeen - b.firstSeen).slice(0, MERGED_NETWORKS_PER_KEY);
+  const others = [...firstOfNetwork.values()].sort(([, a], [, b]) => a.firstSeen - b.firstSeen).slice(0, networks);
   return new Map([...others.sort(([, a], [, b]) => a.lastSeen - b.lastSeen), ...newest]);
 }
 

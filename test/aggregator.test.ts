@@ -449,6 +449,11 @@ t.test('mergeBatches', async (t) => {
     const [bounded] = mergeBatches([{ uses: 1, keys: [manyNetworks] }]).keys;
     t.equal(bounded.ips.size, 16 + MERGED_NETWORKS_PER_KEY, 'at most MERGED_NETWORKS_PER_KEY other networks');
     t.ok(bounded.ips.has('10.0.0.1') && !bounded.ips.has(`10.0.${MERGED_NETWORKS_PER_KEY}.1`), 'the earliest networks kept');
+
+    // Failed attempts' addresses feed no history and no event: kept, they only cost memory.
+    const failing = { ...manyNetworks, failedIps: manyNetworks.ips, ips: new Map() };
+    const [failed] = mergeBatches([{ uses: 1, keys: [failing] }]).keys;
+    t.equal(failed.failedIps.size, 16, "a failed attempt's addresses: the newest 16 only");
   });
 
   t.test('does not mutate its inputs, nor share state with them', async (t) => {
