@@ -161,6 +161,13 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
         (answers) => ({ healthy: answers.every((answer) => answer.health.healthy), receivers: answers.map((answer) => answer.health) }),
         (error: Error) => ({ healthy: false, error: error.message }),
       ),
+    // The primary holds no data: alive while every receiver answers, whatever its health (a
+    // receiver whose flushes fail while PostgreSQL is down holds batches a restart would lose).
+    alive: () =>
+      ask().then(
+        () => true,
+        () => false,
+      ),
   });
   served.metrics = metrics;
   const metricsPort = await listen(metrics, config.collector.metricsHost, config.collector.metricsPort, 'COLLECTOR_METRICS_PORT');

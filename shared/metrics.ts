@@ -75,12 +75,15 @@ export interface MetricsServerOptions {
   exposition: () => string | Promise<string>;
   /** Answers /healthz (503 when not healthy); without it /healthz and /livez are 404. */
   health?: () => Health | Promise<Health>;
+  /** Whether the process's parts answer (/livez: 503 when not); without it, answering is enough. */
+  alive?: () => Promise<boolean>;
 }
 
 // /healthz says whether the process does its work (a collector's flushes fail while PostgreSQL is
 // down); restarted on it, a collector lost the batches it held for the database's return. /livez
 // says only that the process answers: the probe to restart on.
 const ALIVE = JSON.stringify({ status: 'alive' });
+const NOT_ALIVE = JSON.stringify({ status: 'a part of the process does not answer' });
 
 export function metricsServer(options: MetricsServerOptions) {
   return http.createServer((req, res) => {
@@ -88,7 +91,10 @@ export function metricsServer(options: MetricsServerOptions) {
     if (req.method === 'GET' && req.url === '/metrics') {
       Promise.resolve(options.exposition()).then((text) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(text), failed);
     } else if (req.method === 'GET' && req.url === '/livez' && options.health) {
-      res.writeHead(200, { 'content-type': 'application/json' }).end(ALIVE);
+      Promise.resolve(options.alive?.() ?? true).then(
+        (alive) => res.writeHead(alive ? 200 : 503, { 'content-type': 'application/json' }).end(alive ? ALIVE : NOT_ALIVE),
+        failed,
+      );
     } else if (req.method === 'GET' && req.url === '/healthz' && options.health) {
       const { health } = options;
       Promise.resolve(health()).then((h) => res.writeHead(h.healthy ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify(h)), failed);

@@ -149,6 +149,22 @@ t.test('COLLECTOR_RECEIVERS=2, one receiver killed: scrapes and a SIGTERM while 
   t.equal(persisted, received, `the survivor's final flush wrote all it received (${received} uses)`);
 });
 
+// /livez is the probe to restart on: the primary answered it alone, so a stuck receiver was never
+// restarted (a review; fails without the fix). Alive while every receiver answers.
+t.test('COLLECTOR_RECEIVERS=2, one receiver stuck: /livez answers 503, and 200 again once it answers', async (t) => {
+  const { url } = await setup(t, 1);
+  const collector = await spawnCollector(t, { databaseUrl: url, flushIntervalMs: 1000, env: { COLLECTOR_RECEIVERS: '2' } });
+  await waitFor('both receivers', async () => (childPids(collector.child.proc.pid!).length === 2 ? true : undefined));
+  const livez = async () => (await fetch(`http://127.0.0.1:${collector.metricsPort}/livez`)).status;
+  t.equal(await livez(), 200);
+  const [stuck] = childPids(collector.child.proc.pid!);
+  process.kill(stuck, 'SIGSTOP');
+  t.teardown(() => void process.kill(stuck, 'SIGCONT'));
+  t.equal(await livez(), 503, 'a receiver that does not answer');
+  process.kill(stuck, 'SIGCONT');
+  await waitFor('the receiver to answer again', async () => ((await livez()) === 200 ? true : undefined));
+});
+
 // A stop asked while the receivers were still starting (here, waiting for PostgreSQL) was dropped
 // by the workers, which then ran on for good, every later SIGTERM ignored.
 t.test('COLLECTOR_RECEIVERS=2: SIGTERM while the receivers start stops them once started', async (t) => {
