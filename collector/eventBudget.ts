@@ -22,6 +22,10 @@ const ROUTINE: readonly EventType[] = ['key.spike', 'key.new_ip', 'key.first_use
 const ATTEMPTS: readonly EventType[] = ['key.failed_attempts'];
 
 const inList = (types: readonly EventType[]) => types.map((type) => `'${type}'`).join(', ');
+// Raised by the sweep, at its time: not held, and not counted either. Counted, a sweep after an
+// outage (10,000 keys found dormant at once) filled its org's routine room for the hour, and that
+// hour's key.new_ip, key.first_use and key.spike were held back (a review).
+const SWEPT: readonly EventType[] = ['key.dormant', 'key.expiring'];
 const ROOM_SQL = `case when type in (${inList(URGENT)}) then 'urgent' when type in (${inList(ATTEMPTS)}) then 'attempts'
                       when type = '${LIMIT_EVENT}' then coalesce(details->>'room', 'routine') else 'routine' end`;
 
@@ -29,12 +33,12 @@ const ROOM_SQL = `case when type in (${inList(URGENT)}) then 'urgent' when type 
  * The events each of the orgs `orgs` (an array parameter) already has in each room of each clock
  * hour from `from` on (the limit's own not counted), and whether the room's limit event is among
  * them: an index range of key_events_org_time_idx per org. The sweep's events (100,000 keys
- * dormant in one hour) are counted, not held, so a range can be that long. A plain read, which
+ * dormant in one hour) are in it though not counted, so a range can be that long. A plain read, which
  * Citus sends to the orgs' shards.
  */
 export const recordedRoomsSql = (orgs: string, from: string) => `
 select org_id, floor(extract(epoch from occurred_at) * 1000 / ${HOUR_MS}) * ${HOUR_MS} as hour_ms, ${ROOM_SQL} as room,
-       count(*) filter (where type <> '${LIMIT_EVENT}') as recorded, bool_or(type = '${LIMIT_EVENT}') as limited
+       count(*) filter (where type <> '${LIMIT_EVENT}' and type not in (${inList(SWEPT)})) as recorded, bool_or(type = '${LIMIT_EVENT}') as limited
   from ${TABLE.keyEvents}
  where org_id = any(${orgs}) and occurred_at >= ${from}
  group by 1, 2, 3`;

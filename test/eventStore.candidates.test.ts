@@ -4,6 +4,7 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { Aggregator } from '../collector/aggregator';
+import { recordedRooms, recordedRoomsSql } from '../collector/eventBudget';
 import { createPgUsageStore, type UsageStore } from '../collector/usageStore';
 import { loadConfig } from '../shared/config';
 import type { Outcome } from '../shared/usageWire';
@@ -152,4 +153,22 @@ t.test('a room exactly full raises no limit event for a repeat of an event it ha
   t.match(await revoked(keyIds), { events: 4 }, 'two revoked uses and two first uses: both rooms of two, full');
   t.match(await revoked([keyIds[0]]), { events: 0 }, 'the same revoked use again: nothing new, no limit event');
   t.same(await db('key_events').where({ org_id: org.id, type: 'org.event_limit_reached' }).pluck('type'), []);
+});
+
+// The sweep's events occur at its time: counted in the routine room, a sweep after an outage that
+// found thousands of keys dormant filled the hour's room, and the new networks and first uses of
+// that hour were held back (a review; fails without the fix).
+t.test("swept events take no room: the hour's count is of the flushes' events", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId } = await seedOrg(api, db);
+  const hour = Date.UTC(2026, 11, 5, 10);
+  const at = (minute: number) => new Date(hour + minute * 60_000);
+  await db('key_events').insert([
+    { org_id: org.id, key_id: adminKeyId, type: 'key.dormant', occurred_at: at(1), details: {}, dedupe_key: 'd1' },
+    { org_id: org.id, key_id: adminKeyId, type: 'key.expiring', occurred_at: at(2), details: {}, dedupe_key: 'e1' },
+    { org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: at(3), details: {}, dedupe_key: 'n1' },
+  ]);
+  const { rows } = await db.raw(recordedRoomsSql('cast(? as uuid[])', 'cast(? as timestamptz)'), [[org.id], new Date(hour)]);
+  t.same([...recordedRooms(rows).counts.values()], [1], 'one routine event counted: the new network');
 });
