@@ -3,6 +3,7 @@
 // so every rule is tested with plain values.
 import { BlockList, isIPv4 } from 'node:net';
 import { BASELINE_DAYS, type EventType } from '../shared/keyEvents';
+import { canonicalIpv6 } from '../shared/ipv6Canonical';
 import { provenCount } from '../shared/usageWire';
 import type { KeyUsageDelta } from './aggregator';
 import { DAY_MS, HOUR_MS, hourOf } from '../shared/timeUnits';
@@ -82,9 +83,9 @@ export function outsideNetworks(ips: Iterable<string>, networks: readonly string
   const allowed = new BlockList();
   const bases: Array<[string, 'ipv4' | 'ipv6']> = [];
   for (const network of networks) {
-    const [address, bits] = network.split('/');
+    const [address, prefix] = asKept(network);
     const type = isIPv4(address) ? 'ipv4' : 'ipv6';
-    allowed.addSubnet(address, Number(bits ?? (type === 'ipv4' ? 32 : 128)), type);
+    allowed.addSubnet(address, prefix, type);
     bases.push([address, type]);
   }
   const overlapsBlock = (ip: string, type: 'ipv4' | 'ipv6') => {
@@ -96,6 +97,18 @@ export function outsideNetworks(ips: Iterable<string>, networks: readonly string
     const type = isIPv4(ip) ? 'ipv4' : 'ipv6';
     return !allowed.check(ip, type) && !(truncated && overlapsBlock(ip, type));
   });
+}
+
+// An expected network as the addresses it is checked against are kept: an IPv4-mapped one
+// (::ffff:10.0.0.0/104, as PostgreSQL may print what was given so) as the IPv4 network it maps,
+// since the collector keeps a mapped address as IPv4 (shared/usageWire.ts wireAddress). Kept as
+// IPv6, it matched no address, and every use raised key.outside_networks.
+function asKept(network: string): [string, number] {
+  const [address, bits] = network.split('/');
+  if (isIPv4(address)) return [address, Number(bits ?? 32)];
+  const prefix = Number(bits ?? 128);
+  const kept = canonicalIpv6(address);
+  return isIPv4(kept) && prefix >= 96 ? [kept, prefix - 96] : [address, prefix];
 }
 
 type Emit = (type: EventType, occurredAt: number, details: Record<string, unknown>, dedupe: string) => void;
