@@ -75,7 +75,7 @@ export function createDatagramParser(): DatagramParser {
   const tables: Tables = {
     keys: new InternTable(KEY_SLOT_BITS, UUID_LENGTH, canonicalUuid),
     orgs: new InternTable(ORG_SLOT_BITS, UUID_LENGTH, canonicalUuid),
-    ips: new InternTable(IP_SLOT_BITS, MAX_IP_CHARS, ipAddress),
+    ips: new InternTable(IP_SLOT_BITS, MAX_IP_CHARS, ipAddress, true),
   };
   return (packet, onSample, onOther) => {
     const result: PacketResult = { lines: 0, usage: 0, other: 0, invalid: 0 };
@@ -209,14 +209,17 @@ export class InternTable {
   readonly #lengths: Uint8Array; // 0: an empty slot
   readonly #strings: Array<string | undefined>;
   readonly #accept: Accept;
+  readonly #rewrites: boolean;
 
-  constructor(slotBits: number, maxLength: number, accept: Accept) {
+  /** `rewrites`: `accept` may give another string than the bytes (the address table's canonical form). */
+  constructor(slotBits: number, maxLength: number, accept: Accept, rewrites = false) {
     this.#shift = 32 - slotBits;
     this.#slotWords = Math.ceil(maxLength / 4);
     this.#words = new Int32Array((1 << slotBits) * this.#slotWords);
     this.#lengths = new Uint8Array(1 << slotBits);
     this.#strings = new Array<string | undefined>(1 << slotBits).fill(undefined);
     this.#accept = accept;
+    this.#rewrites = rewrites;
   }
 
   /**
@@ -243,7 +246,7 @@ export class InternTable {
     // A hit makes its string from the bytes, once: the accepted one may be a slice of the packet's
     // text, which would keep the whole packet alive. Unless `accept` rewrote it (an address kept in
     // another form than it was written): then the rewritten one is kept, made of its own.
-    this.#strings[slot] = writtenAs(accepted, b, at, length) ? undefined : accepted;
+    this.#strings[slot] = !this.#rewrites || writtenAs(accepted, b, at, length) ? undefined : accepted;
     return accepted;
   }
 
