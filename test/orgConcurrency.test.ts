@@ -109,6 +109,20 @@ async function rawClient(port: number, requests: string) {
   return socket;
 }
 
+// A key create of `org` as raw HTTP/1.1, for a raw connection to send (pipelined, abandoned).
+function rawCreate(org: { org: { id: string }; adminKey: string }, name: string): string {
+  const body = JSON.stringify({ name, scopes: ['keys:read'], expiresAt: null });
+  return [
+    `POST /api/orgs/${org.org.id}/api-keys HTTP/1.1`,
+    'Host: 127.0.0.1',
+    `Authorization: Bearer ${org.adminKey}`,
+    'Content-Type: application/json',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    '',
+    body,
+  ].join('\r\n');
+}
+
 // Whether the org is served: a turn never given back makes its next request wait, here at most 5 s.
 async function servedAgain(api: { baseUrl: string }, org: { org: { id: string }; adminKey: string }) {
   const response = await fetch(`${api.baseUrl}/api/orgs/${org.org.id}/api-keys/usage`, {
@@ -125,16 +139,7 @@ t.test('a client that pipelines requests and leaves gives every turn back (fails
   const api = await startTestApi(t, db, { env: { API_MAX_CONCURRENT_PER_ORG: '1' } });
   const acme = await seedOrg(api, db, 'acme');
   const holder = await holdKeysLock(t, db, acme.org.id);
-  const body = JSON.stringify({ name: 'piped', scopes: ['keys:read'], expiresAt: null });
-  const create = [
-    `POST /api/orgs/${acme.org.id}/api-keys HTTP/1.1`,
-    'Host: 127.0.0.1',
-    `Authorization: Bearer ${acme.adminKey}`,
-    'Content-Type: application/json',
-    `Content-Length: ${Buffer.byteLength(body)}`,
-    '',
-    body,
-  ].join('\r\n');
+  const create = rawCreate(acme, 'piped');
   const socket = await rawClient(api.port, create + create);
   await waitingOnLock(db);
   await waitFor('both requests authorized', () => (api.uses.length === 2 ? true : undefined));
@@ -194,16 +199,7 @@ t.test('a client that hangs up while its request runs does not free its turn bef
   const api = await startTestApi(t, db, { env: { API_MAX_CONCURRENT_PER_ORG: '1' } });
   const acme = await seedOrg(api, db, 'acme');
   const holder = await holdKeysLock(t, db, acme.org.id);
-  const body = JSON.stringify({ name: 'abandoned', scopes: ['keys:read'], expiresAt: null });
-  const create = [
-    `POST /api/orgs/${acme.org.id}/api-keys HTTP/1.1`,
-    'Host: 127.0.0.1',
-    `Authorization: Bearer ${acme.adminKey}`,
-    'Content-Type: application/json',
-    `Content-Length: ${Buffer.byteLength(body)}`,
-    '',
-    body,
-  ].join('\r\n');
+  const create = rawCreate(acme, 'abandoned');
   const usesBefore = api.uses.length;
   for (let i = 1; i <= 3; i += 1) {
     const socket = await rawClient(api.port, create);
