@@ -102,7 +102,10 @@ t.test('a closed hour moves exactly once; a late use of it is moved later into t
     'before the move',
   );
 
-  t.equal(await moveClosedHours(db, closedBefore(Date.now())), 1, 'the closed hour moves; the current one stays');
+  const moved = await moveClosedHours(db, closedBefore(Date.now()));
+  // On Citus the other files' rows share the database: closed hours of theirs move too (tap orders
+  // the files by their last run's times, so which ones ran before this one changes).
+  if (!onCitus()) t.equal(moved, 1, 'the closed hour moves; the current one stays');
   t.strictSame(await bucketsIn(db, TABLE.usageHourly, key), [[closed, 3]]);
   t.strictSame(await bucketsIn(db, TABLE.usageCurrentHours, key), [[thisHour(), 5]]);
   t.strictSame(await usage(), before, 'the endpoint reads the same counts after the move');

@@ -247,15 +247,18 @@ export async function revokeDormantKeys(db: Db, query: DormantQuery, limit: numb
   if (selected.length === 0) return [];
   const ids = selected.map((row) => row.id);
   await db.raw(`select id from ${TABLE.apiKeys} where org_id = ? and id = any(cast(? as uuid[])) order by id for update`, [query.orgId, ids]);
-  const stillDormant = { ...query, onlyKeyIds: ids };
-  const rows = await rawRows<DormantRow>(
-    db,
-    `with dormant as (${dormantKeys(stillDormant)})
-     update ${TABLE.apiKeys} k set revoked_at = :now from dormant d where k.id = d.id
-     returning k.*, d.last_used_at`,
-    stillDormant,
-  );
-  return rows.map(toDormant).sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : 1));
+  const stillDormant = await rawRows<DormantRow>(db, dormantKeys({ ...query, onlyKeyIds: ids }), { ...query, onlyKeyIds: ids });
+  if (stillDormant.length === 0) return [];
+  // Apart from the select: on Citus api_keys is a reference table, and one statement may not read
+  // the distributed usage tables and change it. The rows are locked: what was read stands.
+  await db.raw(`update ${TABLE.apiKeys} set revoked_at = ? where org_id = ? and id = any(cast(? as uuid[]))`, [
+    query.now,
+    query.orgId,
+    stillDormant.map((row) => row.id),
+  ]);
+  return stillDormant
+    .map((row) => toDormant({ ...row, revoked_at: query.now }))
+    .sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : 1));
 }
 
 // A hash made with an older pepper, remade with the current one. Compare-and-set on the old hash:
