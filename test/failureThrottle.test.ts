@@ -89,13 +89,14 @@ t.test(
     const { throttle } = setup({ maxVerifyingPerIp: 3 });
     const ip = '192.0.2.9';
     throttle.failed(ip);
+    t.notOk(throttle.beginVerification('192.0.2.10', 'key-z', false) instanceof Promise, 'under the cap, decided at once: no promise on the auth path');
     const a = await throttle.beginVerification(ip, 'key-a', false);
     const sameKey = await throttle.beginVerification(ip, 'key-a', false);
     const fresh = await throttle.beginVerification(ip, 'key-a', true);
     const b = await throttle.beginVerification(ip, 'key-b', false);
     t.same([a.waitMs, sameKey.waitMs, fresh.waitMs, b.waitMs], [0, 0, 0, 0], 'one read of key-a shared, a fresh one of its own, one of key-b: 3 reads');
     let started: { waitMs: number; end: () => void } | undefined;
-    const c = throttle.beginVerification(ip, 'key-c', false).then((v) => (started = v));
+    const c = Promise.resolve(throttle.beginVerification(ip, 'key-c', false)).then((v) => (started = v));
     await new Promise((resolve) => setImmediate(resolve));
     t.equal(started, undefined, 'a fourth read waits: the cap is 3');
     const another = await throttle.beginVerification(ip, 'key-a', false);

@@ -193,7 +193,8 @@ export function authorizer(deps: AuthorizeDeps) {
       if (!presented) throw raw ? failure(deps, res, ip) : new AppError('unauthorized', UNAUTHORIZED_MESSAGE);
 
       const fresh = requirement.currentSecret === true;
-      const verification = await deps.throttle.beginVerification(ip, presented.keyId, fresh);
+      const begun = deps.throttle.beginVerification(ip, presented.keyId, fresh);
+      const verification = begun instanceof Promise ? await begun : begun;
       if (verification.waitMs > 0) throw tooManyFailures(res, verification.waitMs);
       // The use is recorded in the same turn as end(): a stop waiting for it resumes after the record.
       deps.pendingUses?.begin();

@@ -43,7 +43,7 @@ export interface AuthThrottle {
    * in turn). A fresh verification is a read of its own, those of one key id share one (the
    * verifier's load), and a key answered from the cache is in flight for a microtask.
    */
-  beginVerification(ip: string, keyId: string, fresh: boolean): Promise<{ waitMs: number; end: () => void }>;
+  beginVerification(ip: string, keyId: string, fresh: boolean): Verification | Promise<Verification>;
   /** Whether failures naming this key id reached the limit: the verifier then skips its reload. */
   keyLocked(keyId: string): boolean;
   /**
@@ -52,6 +52,12 @@ export interface AuthThrottle {
    * is locked for (the caller answers 429 instead of 401, counted as refused), or 0.
    */
   failed(ip: string, keyId?: string): number;
+}
+
+/** A verification's place: refused (a wait in ms), or begun, with `end` to call when it ends. */
+export interface Verification {
+  waitMs: number;
+  end: () => void;
 }
 
 interface Verifying {
@@ -116,31 +122,40 @@ export function createAuthThrottle(limits: ThrottleLimits, now: () => number, on
     if (entry.reads < cap && entry.waiting.length > 0) entry.waiting.shift()!();
     else if (entry.reads === 0 && entry.byKey.size === 0 && entry.waiting.length === 0) verifying.delete(ip);
   };
+  // Refused, started, or undefined: to wait for a read to end.
+  function start(ip: string, entry: Verifying, keyId: string, fresh: boolean): Verification | undefined {
+    const newRead = fresh || !entry.byKey.has(keyId);
+    // Checked as it starts, after the failures of the reads it waited for are counted.
+    const waitMs = newRead ? refused(byIp.retryAfterMs(ip, entry.reads)) : 0;
+    if (waitMs > 0) {
+      next(ip, entry);
+      return { waitMs, end: () => {} };
+    }
+    if (newRead && entry.reads >= cap) return undefined;
+    if (fresh) entry.reads += 1;
+    else if (addTo(entry.byKey, keyId, 1) === 1) entry.reads += 1;
+    const end = () => {
+      if (fresh) entry.reads -= 1;
+      else if (addTo(entry.byKey, keyId, -1) === 0) entry.reads -= 1;
+      next(ip, entry);
+    };
+    return { waitMs: 0, end };
+  }
+  async function waitTurn(ip: string, entry: Verifying, keyId: string, fresh: boolean): Promise<Verification> {
+    for (;;) {
+      await new Promise<void>((resolve) => entry.waiting.push(resolve));
+      const started = start(ip, entry, keyId, fresh);
+      if (started) return started;
+    }
+  }
   return {
     stats,
     refuseIp: (ip) => refused(byIp.retryAfterMs(ip)),
-    async beginVerification(ip, keyId, fresh) {
+    beginVerification(ip, keyId, fresh) {
       const entry = verifying.get(ip) ?? { reads: 0, byKey: new Map<string, number>(), waiting: [] };
       verifying.set(ip, entry);
-      for (;;) {
-        const newRead = fresh || !entry.byKey.has(keyId);
-        // Checked as it starts, after the failures of the reads it waited for are counted.
-        const waitMs = newRead ? refused(byIp.retryAfterMs(ip, entry.reads)) : 0;
-        if (waitMs > 0) {
-          next(ip, entry);
-          return { waitMs, end: () => {} };
-        }
-        if (!newRead || entry.reads < cap) break;
-        await new Promise<void>((resolve) => entry.waiting.push(resolve));
-      }
-      if (fresh) entry.reads += 1;
-      else if (addTo(entry.byKey, keyId, 1) === 1) entry.reads += 1;
-      const end = () => {
-        if (fresh) entry.reads -= 1;
-        else if (addTo(entry.byKey, keyId, -1) === 0) entry.reads -= 1;
-        next(ip, entry);
-      };
-      return { waitMs: 0, end };
+      // Decided at once but for a read over the cap: no promise on the auth path's common way.
+      return start(ip, entry, keyId, fresh) ?? waitTurn(ip, entry, keyId, fresh);
     },
     keyLocked: (keyId) => byKey.retryAfterMs(keyId) > 0,
     failed(ip, keyId) {
