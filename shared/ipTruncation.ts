@@ -25,6 +25,13 @@ export function networkOf(ip: string): string {
   // Canonical (collector/wireAddress): groups without leading zeros, one '::' at most, so the
   // first four groups as written, '::' standing for its zeros, are one string per /64.
   const gap = ip.indexOf('::');
+  // Most addresses write their first four groups out: the network is what comes before the fourth ':'.
+  let fourth = -1;
+  for (let colons = 0; colons < 4; colons++) {
+    fourth = ip.indexOf(':', fourth + 1);
+    if (fourth === -1) break;
+  }
+  if (fourth !== -1 && (gap === -1 || gap >= fourth)) return ip.slice(0, fourth);
   const head = gap === -1 ? ip.split(':') : gap === 0 ? [] : ip.slice(0, gap).split(':');
   if (head.length >= 4 || gap === -1) return head.slice(0, 4).join(':');
   const tail = ip.length === gap + 2 ? [] : ip.slice(gap + 2).split(':');
