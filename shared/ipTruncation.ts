@@ -21,9 +21,9 @@ export function truncateIp(ip: string): string {
  */
 export function networkOf(ip: string): string {
   if (!ip.includes(':')) return ip.slice(0, ip.lastIndexOf('.'));
-  if (ip.includes('.')) return ipv6Hextets(ip).slice(0, 4).join(':');
-  // Canonical (collector/wireAddress): groups without leading zeros, one '::' at most, so the
-  // first four groups as written, '::' standing for its zeros, are one string per /64.
+  // Canonical (shared/usageWire.ts wireAddress): groups in hex without leading zeros, no dotted
+  // tail, one '::' at most, so the first four groups as written, '::' standing for its zeros, are
+  // one string per /64.
   const gap = ip.indexOf('::');
   // Most addresses write their first four groups out: the network is what comes before the fourth ':'.
   let fourth = -1;
@@ -32,8 +32,8 @@ export function networkOf(ip: string): string {
     if (fourth === -1) break;
   }
   if (fourth !== -1 && (gap === -1 || gap >= fourth)) return ip.slice(0, fourth);
-  const head = gap === -1 ? ip.split(':') : gap === 0 ? [] : ip.slice(0, gap).split(':');
-  if (head.length >= 4 || gap === -1) return head.slice(0, 4).join(':');
+  // The '::' stands among the first four groups.
+  const head = gap === 0 ? [] : ip.slice(0, gap).split(':');
   const tail = ip.length === gap + 2 ? [] : ip.slice(gap + 2).split(':');
   const groups = [...head, ...Array<string>(8 - head.length - tail.length).fill('0'), ...tail];
   return groups.slice(0, 4).join(':');

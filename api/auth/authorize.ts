@@ -113,10 +113,8 @@ function turnOf(deps: AuthorizeDeps, req: Request, res: Response, orgId: string)
   if (!turn) return undefined;
   const socket = req.socket;
   const end = res.end.bind(res);
-  let running = false;
-  void turn.started.then(() => (running = true));
   const closed = () => {
-    if (!running) release();
+    if (!turn.running) release();
   };
   const release = () => {
     res.off('close', closed);

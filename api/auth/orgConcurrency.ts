@@ -12,6 +12,8 @@ export interface Turn {
   started: Promise<void>;
   /** Gives the place back (to the next waiting request), or leaves the queue if still waiting. Once; later calls do nothing. */
   release(): void;
+  /** Whether it holds its place now (not waiting, not released). */
+  readonly running: boolean;
 }
 
 /** Counted since start, for the metrics. */
@@ -83,6 +85,9 @@ export function orgConcurrency(limit: number): OrgConcurrency {
             waiting -= 1;
           }
           state = 'released';
+        },
+        get running() {
+          return state === 'running';
         },
       };
     },
