@@ -22,12 +22,6 @@ export interface KeyRef {
   listedIn?: number;
 }
 
-// A string of its own: an id as the parser hands it may be a slice of its whole datagram, which an
-// entry kept for a minute would keep alive (60 KB a key, for a sender padding each real key's line).
-// V8 copies a joined string's characters when it is sliced, which a Buffer round trip also does at
-// more cost per id. An entry then keeps 126-369 B (bench/knownKeysMemory.ts), not the datagram.
-const ownCopy = (text: string) => (' ' + text).slice(1);
-
 /** The key list (collector/keyList.ts) while it vouches that its keys exist; undefined when it does not. */
 export type ListedKeys = () => Pick<KeyList, 'admits' | 'generation'> | undefined;
 
@@ -60,12 +54,12 @@ export class KnownKeys {
   /** Trusts `keys`, just confirmed by the database. */
   confirm(keys: readonly KeyRef[]): void {
     this.#age();
-    for (const { keyId, orgId } of keys) this.#current.set(ownCopy(keyId), this.#orgOf(orgId));
+    for (const { keyId, orgId } of keys) this.#current.set(keyId, this.#orgOf(orgId));
   }
 
   #orgOf(orgId: string): string {
     let org = this.#orgs.get(orgId);
-    if (org === undefined) this.#orgs.set((org = ownCopy(orgId)), org);
+    if (org === undefined) this.#orgs.set((org = orgId), org);
     return org;
   }
 

@@ -75,7 +75,7 @@ export function createDatagramParser(): DatagramParser {
   const tables: Tables = {
     keys: new InternTable(KEY_SLOT_BITS, UUID_LENGTH, canonicalUuid),
     orgs: new InternTable(ORG_SLOT_BITS, UUID_LENGTH, canonicalUuid),
-    ips: new InternTable(IP_SLOT_BITS, MAX_IP_CHARS, ipAddress, true),
+    ips: new InternTable(IP_SLOT_BITS, MAX_IP_CHARS, ipAddress),
   };
   return (packet, onSample, onOther) => {
     const result: PacketResult = { lines: 0, usage: 0, other: 0, invalid: 0 };
@@ -130,17 +130,17 @@ function scanUsageLine(b: Buffer, v: DataView, start: number, tables: Tables, te
   for (; at < digitsEnd && b[at] >= ZERO && b[at] <= NINE; at++) count = count * 10 + (b[at] - ZERO);
   if (count < 1 || count > MAX_COUNT || at + TO_IP + FROM_IP_END > length) return -1;
   if (v.getInt32(at, true) !== TYPE_TAGS || v.getInt32(at + 4, true) !== KEY_TAG) return -1;
-  const keyId = tables.keys.intern(b, v, at + 8, at + 8 + UUID_LENGTH, text);
+  const keyId = tables.keys.intern(v, at + 8, at + 8 + UUID_LENGTH, text);
   at += 8 + UUID_LENGTH;
   if (keyId === undefined || v.getInt32(at, true) !== ORG_TAG || b[at + 4] !== COLON) return -1;
-  const orgId = tables.orgs.intern(b, v, at + 5, at + 5 + UUID_LENGTH, text);
+  const orgId = tables.orgs.intern(v, at + 5, at + 5 + UUID_LENGTH, text);
   at += 5 + UUID_LENGTH;
   if (orgId === undefined || v.getInt32(at, true) !== IP_TAG) return -1;
   at += 4;
   const ipEnd = commaAfter(b, at, Math.min(at + MAX_IP_CHARS + 1, length - FROM_IP_END + 1));
   if (ipEnd <= at) return -1;
   if (v.getInt32(ipEnd, true) !== OUTCOME_TAG_0 || v.getInt32(ipEnd + 4, true) !== OUTCOME_TAG_1 || b[ipEnd + 8] !== COLON) return -1;
-  const ip = tables.ips.intern(b, v, at, ipEnd, text);
+  const ip = tables.ips.intern(v, at, ipEnd, text);
   if (ip === undefined) return -1;
   const outcome = outcomeAt(b, ipEnd + 9);
   if (outcome === undefined) return -1;
@@ -179,10 +179,9 @@ function lineEnd(b: Buffer, at: number): number {
 // holds the last string that hashed to it and memory stays bounded (≈ 6 MiB for keys, as much for
 // addresses) whatever a sender invents; a string pushed out is only validated again when it comes
 // back. Only canonical (lower-case) ids are kept; an upper-case one is left to the line parser,
-// which lower-cases it. A string gets its own copy (a call into C++) when it is seen again in its
-// slot; the first time it is a slice of the datagram's text, which a table must not keep alive.
-// So strings seen once (100 k keys cycling through 64 k slots, a new address on every line) cost
-// what the line parser costs, and a line whose strings are all found needs no decoded text at all.
+// which lower-cases it. A string accepted is made of its own at once: a slice of the datagram's
+// text, kept by the table or by whatever keeps the sample, would keep the datagram alive. A line
+// whose strings are all found needs no decoded text at all.
 const KEY_SLOT_BITS = 16;
 const ORG_SLOT_BITS = 8;
 const IP_SLOT_BITS = 16;
@@ -190,17 +189,16 @@ const IP_SLOT_BITS = 16;
 // length is not a multiple of four is compared without the bytes after it.
 const TAIL_MASKS = [0, 0xff, 0xffff, 0xffffff];
 
-export type Accept = (text: string, at: number, end: number) => string | undefined;
+/** The string the datagram's bytes [at, end) stand for, made of its own (never a slice of the text), or undefined. */
+export type Accept = (text: Text, at: number, end: number) => string | undefined;
 
-const canonicalUuid: Accept = (text, at, end) => (uuidForm(text, at) === HEX_LOWER ? text.slice(at, end) : undefined);
+// From the bytes, not a slice of the decoded text: a string of its own for about 80 ns, where
+// the line parser's copy (shared/usageWire.ts, ownCopy) about 190 (a throwaway loop over 36-byte ids, 2026-12-05).
+const bytesAt = (text: Text, at: number, end: number) => text.packet.toString('latin1', at, end);
 
-const ipAddress: Accept = (text, at, end) => wireAddress(text.slice(at, end));
+const canonicalUuid: Accept = (text, at, end) => (uuidForm(latin1(text), at) === HEX_LOWER ? bytesAt(text, at, end) : undefined);
 
-function writtenAs(accepted: string, b: Buffer, at: number, length: number): boolean {
-  if (accepted.length !== length) return false;
-  for (let i = 0; i < length; i++) if (accepted.charCodeAt(i) !== b[at + i]) return false;
-  return true;
-}
+const ipAddress: Accept = (text, at, end) => wireAddress(bytesAt(text, at, end));
 
 export class InternTable {
   readonly #shift: number;
@@ -209,17 +207,15 @@ export class InternTable {
   readonly #lengths: Uint8Array; // 0: an empty slot
   readonly #strings: Array<string | undefined>;
   readonly #accept: Accept;
-  readonly #rewrites: boolean;
 
-  /** `rewrites`: `accept` may give another string than the bytes (the address table's canonical form). */
-  constructor(slotBits: number, maxLength: number, accept: Accept, rewrites = false) {
+  /** `accept` may give another string than the bytes (the address table's canonical form): that one is kept. */
+  constructor(slotBits: number, maxLength: number, accept: Accept) {
     this.#shift = 32 - slotBits;
     this.#slotWords = Math.ceil(maxLength / 4);
     this.#words = new Int32Array((1 << slotBits) * this.#slotWords);
     this.#lengths = new Uint8Array(1 << slotBits);
     this.#strings = new Array<string | undefined>(1 << slotBits).fill(undefined);
     this.#accept = accept;
-    this.#rewrites = rewrites;
   }
 
   /**
@@ -227,7 +223,7 @@ export class InternTable {
    * end - at ≤ maxLength, that b holds 3 bytes after `end` (the last word is read whole) and 8
    * before it (the hash reads the last two words, for a short string some of the fixed text before).
    */
-  intern(b: Buffer, v: DataView, at: number, end: number, text: Text): string | undefined {
+  intern(v: DataView, at: number, end: number, text: Text): string | undefined {
     const length = end - at;
     // Two multiplications: the two words XORed directly lose most of their bits when both hold
     // digits (3,000 addresses went to 950 slots of 16 k that way).
@@ -235,19 +231,15 @@ export class InternTable {
     const base = slot * this.#slotWords;
     // An empty string would match an empty slot: it is always handed to `accept`.
     if (length !== 0 && this.#lengths[slot] === length && this.#holds(v, at, length, base)) {
-      return (this.#strings[slot] ??= b.toString('latin1', at, end));
+      return this.#strings[slot];
     }
-    const accepted = this.#accept(latin1(text), at, end);
+    const accepted = this.#accept(text, at, end);
     if (accepted === undefined) return undefined;
     const whole = length >> 2;
     for (let i = 0; i < whole; i++) this.#words[base + i] = v.getInt32(at + 4 * i, true);
     if ((length & 3) !== 0) this.#words[base + whole] = v.getInt32(at + 4 * whole, true) & TAIL_MASKS[length & 3];
     this.#lengths[slot] = length;
-    // A hit makes its string from the bytes, once: the accepted one may be a slice of the packet's
-    // text, which would keep the whole packet alive. Unless `accept` rewrote it (an address kept in
-    // another form than it was written): then the rewritten one is kept, made of its own.
-    this.#strings[slot] = !this.#rewrites || writtenAs(accepted, b, at, length) ? undefined : accepted;
-    return accepted;
+    return (this.#strings[slot] = accepted);
   }
 
   #holds(v: DataView, at: number, length: number, base: number): boolean {

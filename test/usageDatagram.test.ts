@@ -2,10 +2,12 @@
 // edge cases its fast path introduces (reading bytes, four at a time, ids from a table, the line end
 // found by the scanner) and a seeded differential over mutated usage lines. Every table in
 // usageWire.test.ts and fuzz.usageWire.test.ts runs through both parsers too (helpers/parseParity).
+import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { seededRandom } from '../harness/random';
 import { InternTable, createDatagramParser, type Accept } from '../shared/usageDatagram';
 import { MAX_LINE_COUNT, OUTCOMES, USAGE_METRIC, encodeUsageLine, packDatagrams, type UsageSample } from '../shared/usageWire';
+import { collectGarbage } from './helpers/faults';
 import { parseWithParity } from './helpers/parseParity';
 
 const KEY = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
@@ -165,14 +167,14 @@ t.test('seeded differential: datagrams of valid and mutated usage lines', async 
 function internIn(table: InternTable, value: string, before = 'xxxxxxxx,ip:', after = ',outcome:ok') {
   const packet = Buffer.from(`${before}${value}${after}`, 'latin1');
   const view = new DataView(packet.buffer, packet.byteOffset, packet.byteLength);
-  return table.intern(packet, view, before.length, before.length + value.length, { packet, decoded: undefined });
+  return table.intern(view, before.length, before.length + value.length, { packet, decoded: undefined });
 }
 
 function countingAccept(accept: (value: string) => boolean = () => true) {
   const calls = { count: 0 };
   const fn: Accept = (text, at, end) => {
     calls.count++;
-    const value = text.slice(at, end);
+    const value = text.packet.toString('latin1', at, end);
     return accept(value) ? value : undefined;
   };
   return { calls, fn };
@@ -226,3 +228,33 @@ t.test('an intern table does not remember what it refused', async (t) => {
   t.equal(internIn(table, ''), undefined, 'an empty string is not found in an empty slot');
   t.equal(calls.count, 3);
 });
+
+// What the parser hands out is kept for as long as a key is pending or held (a database outage:
+// hours). A slice of the datagram's text would keep the whole datagram alive: a sender padding
+// each line of a new forged key to 30 KB made every key cost 30 KB, past the memory bound the
+// pending-key cap promises. Each layout: the packed one (the byte parser's tables), tags in
+// another order (the line parser), and an address rewritten to its canonical form.
+const PADDED_LAYOUTS: Record<string, (key: string, org: string, i: number) => string> = {
+  packed: (key, org, i) => `apikey.used:1|c|#key:${key},org:${org},ip:10.${i >> 8}.${i & 255}.1,outcome:ok`,
+  'tags reordered': (key, org, i) => `apikey.used:1|c|#org:${org},ip:10.${i >> 8}.${i & 255}.1,key:${key},outcome:ok`,
+  'upper-case ids': (key, org, i) => `apikey.used:1|c|#key:${key.toUpperCase()},org:${org.toUpperCase()},ip:10.${i >> 8}.${i & 255}.1,outcome:ok`,
+  'IPv6 address': (key, org, i) => `apikey.used:1|c|#key:${key},org:${org},ip:2001:db8:0:0:0:0:${i.toString(16)}:1,outcome:ok`,
+};
+
+for (const [layout, line] of Object.entries(PADDED_LAYOUTS)) {
+  t.test(`ids and addresses do not keep their datagram alive (${layout})`, async (t) => {
+    const parse = createDatagramParser();
+    const padding = `\n#${'x'.repeat(30_000)}`;
+    const kept: string[][] = [];
+    collectGarbage();
+    const before = process.memoryUsage().heapUsed;
+    for (let i = 0; i < 1000; i++) {
+      const result = parse(Buffer.from(line(randomUUID(), randomUUID(), i) + padding, 'latin1'), (s) => kept.push([s.keyId, s.orgId, s.ip]));
+      if (result.usage !== 1) t.fail(`datagram ${i}: ${JSON.stringify(result)}`);
+    }
+    collectGarbage();
+    const perSample = (process.memoryUsage().heapUsed - before) / kept.length;
+    t.equal(kept.length, 1000);
+    t.ok(perSample < 2_000, `${Math.round(perSample)} B kept per sample (its datagram: 30 KB)`);
+  });
+}
