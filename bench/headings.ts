@@ -5,6 +5,8 @@ export const HEADINGS = {
   keyCheck: '2b. Key checks on the auth path: checksum and failure throttle',
   ingest: '3. Collector ingest: our collector vs Etsy statsd 0.9.0',
   parse: '3b. Parse + aggregate in process (one core)',
+  ingestManyKeys: '3c. Collector ingest over many distinct keys: our collector vs Etsy statsd 0.9.0',
+  parseManyKeys: '3d. Parse + aggregate in process over many distinct keys (one core)',
   flush: '4. Flush: time and SQL statements per flush',
   rowCost: '4b. Row cost: one statement over every key, the floor under a flush',
   hourMove: '4c. Hour move: closed hours into the hourly buckets, up to 1 M keys',
@@ -14,12 +16,14 @@ export const HEADINGS = {
   dashboard: '7. Dashboard: time to the first table and page weight (10 k keys)',
 } as const;
 
-export type BenchName = 'auth' | 'hook' | 'keycheck' | 'ingest' | 'flush' | 'rowcost' | 'hourmove' | 'webhookclaim' | 'endpoint' | 'staleness' | 'dashboard';
+export type BenchName =
+  'auth' | 'hook' | 'keycheck' | 'ingest' | 'ingestkeys' | 'flush' | 'rowcost' | 'hourmove' | 'webhookclaim' | 'endpoint' | 'staleness' | 'dashboard';
 export const BENCH_NAMES: readonly BenchName[] = [
   'auth',
   'hook',
   'keycheck',
   'ingest',
+  'ingestkeys',
   'flush',
   'rowcost',
   'hourmove',

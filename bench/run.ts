@@ -21,6 +21,7 @@ import { machineInfo, renderResult, writeResults, type BenchResult } from './lib
 //   hook       2. usage hook time inside the running server under load, and in a tight loop
 //   keycheck   2b. what the key checksum and the failure throttle add per request
 //   ingest     3. collector ingest vs Etsy statsd, plus parse + aggregate in process
+//   ingestkeys 3c. the same at 100,000 distinct keys (the usage log and its folds at work)
 //   flush      4. flush time and SQL statements for 1 k and 100 k pending keys
 //   rowcost    4b. what one statement over 100 k keys costs on this PostgreSQL: the flush's floor
 //   hourmove   4c. what the upkeep's hour move costs for 100 k and 1 M keys used in the closed hour
@@ -86,7 +87,8 @@ async function main() {
       for (const result of await runAuthPath(ctx, { auth: only.includes('auth'), hook: only.includes('hook') })) emit(result);
     }
     if (only.includes('keycheck')) emit(runKeyCheck(ctx));
-    if (only.includes('ingest')) for (const result of await runIngest(ctx)) emit(result);
+    if (only.includes('ingest')) for (const result of await runIngest(ctx, 'stream')) emit(result);
+    if (only.includes('ingestkeys')) for (const result of await runIngest(ctx, 'manyKeys')) emit(result);
     if (only.includes('flush')) emit(await runFlush(ctx));
     if (only.includes('rowcost')) emit(await runRowCost(ctx));
     if (only.includes('hourmove')) emit(await runHourMove(ctx));

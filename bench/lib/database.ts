@@ -70,7 +70,6 @@ export async function insertKeys(db: Db, orgId: string, count: number, namePrefi
   return (result.rows as Array<{ id: string; created_at: Date }>).sort((a, b) => a.created_at.getTime() - b.created_at.getTime()).map((row) => row.id);
 }
 
-/** A key whose plaintext we hold, made the way the service makes them, for calling the API. */
 /** `keys` keys spread evenly over `orgs` new orgs, each key beside its org's id; api_keys analyzed. */
 export async function createKeysInOrgs(db: Db, keys: number, orgs: number, name: string): Promise<{ orgIds: string[]; keyIds: string[] }> {
   const orgIds: string[] = [];
