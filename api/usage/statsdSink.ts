@@ -2,6 +2,7 @@ import dns from 'node:dns';
 import type { SocketOptions } from 'node:dgram';
 import { isIP } from 'node:net';
 import { StatsD } from 'hot-shots';
+import { steadyNow } from '../../shared/steadyClock';
 import type { DatagramSink } from './usageRecorder';
 
 // hot-shots' public send() rewrites tags and may append DogStatsD extension fields; our lines are
@@ -34,7 +35,7 @@ type LookupCallback = (error: Error | null, address: string, family: number) => 
 // lookup (one sink): the cache does not look at the name.
 export function cachedIpv4Lookup(
   resolve: Resolve = dns.lookup,
-  now: () => number = Date.now,
+  now: () => number = steadyNow,
   timeoutMs = COLLECTOR_LOOKUP_TIMEOUT_MS,
 ): NonNullable<SocketOptions['lookup']> {
   let cached: { address: string; at: number } | undefined;
