@@ -80,4 +80,6 @@ export const dateParam = z.iso
         : 'must be an ISO 8601 date-time',
   })
   .refine(...withinSupportedTimes)
+  // A Date holds milliseconds: `to=…11:00:00.0005Z` became 11:00:00.000 and lost the 11:00 hour.
+  .refine((v) => !/\.\d{4}/.test(v), 'has at most 3 fractional digits (milliseconds)')
   .transform((v) => new Date(v));

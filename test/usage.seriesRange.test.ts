@@ -2,15 +2,17 @@ import t from 'tap';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
 
-// A series covers [from, to): the buckets that start before `to`, and the uses of the hours that
-// start before it. The whole bucket holding `to` was read: a daily report ending at midnight got
-// the next day as a bucket and counted its uses, and a range of exactly 2,232 hours returned
-// 2,233 buckets.
+// A series covers [from, to): the buckets that start before `to`, and the uses of the hours from
+// the one holding `from` to the last that starts before `to`. The whole bucket holding `to` was
+// read: a daily report ending at midnight got the next day as a bucket and counted its uses, and a
+// range of exactly 2,232 hours returned 2,233 buckets. The whole day holding `from` was read too:
+// a day series from noon counted the morning's uses (found by a review).
 t.test("a series' range ends before `to`, and holds at most 2,232 buckets", async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
   const { org, adminKey, adminKeyId } = await seedOrg(api, db);
   await db('api_key_usage_hourly').insert([
+    { org_id: org.id, key_id: adminKeyId, hour: new Date('2026-01-01T11:00:00Z'), request_count: 11, ok_count: 11 },
     { org_id: org.id, key_id: adminKeyId, hour: new Date('2026-01-01T23:00:00Z'), request_count: 2, ok_count: 2 },
     { org_id: org.id, key_id: adminKeyId, hour: new Date('2026-01-02T05:00:00Z'), request_count: 5, ok_count: 5 },
   ]);
@@ -20,13 +22,19 @@ t.test("a series' range ends before `to`, and holds at most 2,232 buckets", asyn
   t.equal(day.status, 200);
   t.strictSame(
     day.body.buckets.map((bucket: { start: string; requestCount: number }) => [bucket.start, bucket.requestCount]),
-    [['2026-01-01T00:00:00.000Z', 2]],
+    [['2026-01-01T00:00:00.000Z', 13]],
     'one day, without the next day and its uses',
   );
-  t.equal(day.body.total, 2);
+  t.equal(day.body.total, 13);
   const partial = await series('granularity=day&from=2026-01-01T12:00:00Z&to=2026-01-02T06:00:00Z');
-  t.equal(partial.body.buckets.length, 2, 'the buckets holding from and to, when to is inside one');
+  t.strictSame(
+    partial.body.buckets.map((bucket: { requestCount: number }) => bucket.requestCount),
+    [2, 5],
+    'the buckets holding from and to, when to is inside one; the first without the hours before from',
+  );
   t.equal(partial.body.total, 7);
+  const withinHour = await series('granularity=day&from=2026-01-01T11:30:00Z&to=2026-01-01T12:00:00Z');
+  t.equal(withinHour.body.total, 11, 'the hour holding from counts whole, as the one holding to');
   const instant = await series('granularity=hour&from=2026-01-01T23:30:00Z&to=2026-01-01T23:30:00Z');
   t.equal(instant.body.buckets.length, 1, 'from = to: its bucket');
 

@@ -310,9 +310,11 @@ export interface SeriesBucket {
 }
 
 const FIRST_BUCKET = "date_trunc(:granularity, cast(:from as timestamptz), 'UTC')";
-// The range is [from, to): the buckets that start before `to`, and the hours that start before
-// it. The whole bucket holding `to` was read, so a report ending at midnight counted the next
-// day's uses too.
+// The range is [from, to): the buckets that start before `to`, and the hours from the one holding
+// `from` to the last that starts before `to`. The whole bucket holding `to` was read, so a report
+// ending at midnight counted the next day's uses too; the whole day holding `from`, so a day
+// series from noon counted the morning's.
+const FIRST_HOUR = "date_trunc('hour', cast(:from as timestamptz), 'UTC')";
 const LAST_INSTANT = "cast(:to as timestamptz) - interval '1 microsecond'";
 
 // Sums stay numeric (PostgreSQL's exact decimal) and are read as exact counts: saturated
@@ -329,7 +331,7 @@ export async function keyTimeSeries(db: Db, query: { orgId: string; keyId: strin
     db,
     `select s.bucket as start, ${sums}
        from generate_series(${FIRST_BUCKET}, greatest(${FIRST_BUCKET}, ${LAST_INSTANT}), cast(:step as interval)) as s(bucket)
-       left join ${hourBuckets(`hour, ${counts}`, `org_id = :orgId and key_id = :keyId and hour >= ${FIRST_BUCKET} and hour < cast(:to as timestamptz)`)} h
+       left join ${hourBuckets(`hour, ${counts}`, `org_id = :orgId and key_id = :keyId and hour >= ${FIRST_HOUR} and hour < cast(:to as timestamptz)`)} h
          on date_trunc(:granularity, h.hour, 'UTC') = s.bucket and h.hour >= s.bucket and h.hour < s.bucket + cast(:step as interval)
       group by s.bucket
       order by s.bucket`,
