@@ -45,7 +45,11 @@ function statSamples({ recorder, keyCache, throttle, orgTurns, orgWrites }: ApiM
       usage?.earlyDrains ?? 0,
     ),
     gauge('usage_pending_entries', '(key, ip, outcome) entries waiting for the next drain', recorder?.pendingEntries ?? 0),
-    gauge('usage_datagrams_in_flight', 'Usage datagrams handed to the socket whose send has not completed (at most 1000)', recorder?.datagramsInFlight ?? 0),
+    gauge(
+      'usage_datagrams_in_flight',
+      'Usage datagrams handed to the socket whose send has not completed (at most 1000 plus one drain)',
+      recorder?.datagramsInFlight ?? 0,
+    ),
     counter('key_cache_hits_total', 'Key verifications answered from the in-process cache', keyCache.hits),
     counter('key_cache_misses_total', 'Key verifications that read the key from PostgreSQL', keyCache.misses),
     counter('key_cache_reloads_total', 'Wrong secrets on a cached key, read again in case of a rotation elsewhere', keyCache.reloads),

@@ -123,8 +123,20 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
       'Rows the last fold found in the usage log and left for a later one; while above 0, appends wait (until 90 % of the pending-key cap, or 30 s)',
       f.logBacklogRows,
     ),
-    counter('appends_held_back_total', 'Intervals that appended nothing because the usage log was behind (the uses wait in memory)', f.appendsHeldBack),
+    counter(
+      'appends_held_back_total',
+      "Intervals whose flush waited for the usage log's folds (a backlog, or a fold running after an append: also in normal running); the uses wait in memory",
+      f.appendsHeldBack,
+    ),
     counter('failed_flushes_total', 'Failed flush attempts (retried)', f.failedFlushes),
+    // The alerts read these, not the counters: a fold that finds the log empty counts nowhere, so
+    // "failed folds rose and folds_total did not" paged for 10 minutes after one harmless failure.
+    gauge('consecutive_failed_flushes', 'Flush attempts failed since the last successful one (0: the last succeeded)', f.consecutiveFailures),
+    gauge(
+      'consecutive_failed_folds',
+      'Folds of the usage log failed since the last successful one, empty ones included (0: the last succeeded)',
+      f.consecutiveFailedFolds,
+    ),
     counter('duplicate_batches_skipped_total', 'Retried batches found already committed', f.duplicateBatchesSkipped),
     counter('events_recorded_total', 'Key events recorded, by flushes and sweeps', f.eventsRecorded + sweep.eventsRecorded),
     counter('event_sweeps_total', 'Sweeps for dormant and expiring keys', sweep.sweeps),

@@ -32,6 +32,8 @@ const LARGEST = new Set(
     // Every receiver folds the one shared log: its backlog is the log's, not a part of it.
     'usage_log_backlog_rows',
     'fold_running_seconds',
+    'consecutive_failed_flushes',
+    'consecutive_failed_folds',
     'last_fold_duration_seconds',
     'last_fold_keys',
   ].map((n) => `keyusage_collector_${n}`),
@@ -180,7 +182,10 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
     for (const worker of workers) if (worker.isConnected()) worker.send({ cmd: 'stop' });
     void Promise.all(exits)
       .then(async (codes) => {
-        if (served.metrics) await closeServer(served.metrics);
+        // At once: with every receiver gone, a scrape in flight waits for answers that cannot come
+        // (ASK_TIMEOUT_MS), and the server's grace added to the receivers' stop budget ran past the
+        // launcher's SIGKILL (shared/stopBudget.ts).
+        if (served.metrics) await closeServer(served.metrics, 0);
         process.exit(asked && codes.every((code) => code === 0) ? 0 : 1);
       })
       .catch(() => process.exit(1));
