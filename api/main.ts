@@ -4,6 +4,9 @@ import { createCheckedDb, warnIfServerAllowsFewer } from '../shared/db';
 import { createLogger, type Logger } from '../shared/logger';
 import { metricsServer } from '../shared/metrics';
 import { closeServer, listen, onShutdownSignal, setupOrExit, stopWhenSupervisorGone } from '../shared/process';
+import { steadyNow } from '../shared/steadyClock';
+import { STOP_BUDGET_MS } from '../shared/stopBudget';
+import { within } from '../shared/within';
 import { createApp } from './app';
 import { createApiMetrics } from './metrics';
 import { createUsageRecorder } from './usage/createUsageRecorder';
@@ -55,12 +58,23 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
   logger.info({ host: config.api.host, port, metrics: `${config.api.metricsHost}:${metricsPort}`, usageTracking: config.usage.enabled }, 'api listening');
 
   // Mirror of start: stop taking requests, send the uses they produced, close the metrics port,
-  // then release the pool.
+  // then release the pool. The server's grace (5 s) and the recorder's wait (6 s at most) leave
+  // the last two steps what is left of the stop's budget, under the launcher's SIGKILL
+  // (shared/stopBudget.ts).
   const stop = async () => {
+    const stopBy = steadyNow() + STOP_BUDGET_MS;
     await closeServer(server);
     await recorder?.stop();
-    await closeServer(metrics);
-    await db.destroy();
+    await closeServer(metrics, stopBy - steadyNow());
+    // destroy() waits for every connection in use: the query of a request whose connection the
+    // server's grace cut goes on, waiting on a lock up to API_STATEMENT_TIMEOUT_MS, for a client
+    // that is gone. The process need not wait: PostgreSQL rolls back an open transaction once it
+    // sees the connection closed.
+    const closed = await within(
+      db.destroy().then(() => true),
+      stopBy - steadyNow(),
+    );
+    if (closed === undefined) logger.warn('a database query is still running at stop; the process exits without it');
   };
   return { server, port, metricsPort, recorder, stop };
 }

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { TABLE } from '../shared/tables';
 import type { Logger } from '../shared/logger';
 import { steadyNow } from '../shared/steadyClock';
+import { COLLECTOR_CLOSE_MS, STOP_BUDGET_MS } from '../shared/stopBudget';
 import { within } from '../shared/within';
 import { mergeBatches, type Aggregator } from './aggregator';
 import { AppendGate, APPEND_WAIT_MAX_MS } from './appendGate';
@@ -67,8 +68,11 @@ const NEAR_FULL = 0.9;
 
 /** How often a collector folds the usage log even when none of its own flushes appended to it. */
 export const FOLD_SWEEP_MS = 60_000;
-/** How long a stop flushes, retrying, before it gives up (its default). */
-export const FLUSH_STOP_DEADLINE_MS = 10_000;
+/**
+ * How long a stop flushes, retrying, and folds before it gives up (its default): the collector's
+ * stop budget less the time kept to close its pools (shared/stopBudget.ts).
+ */
+export const FLUSH_STOP_DEADLINE_MS = STOP_BUDGET_MS - COLLECTOR_CLOSE_MS;
 
 // Drains the aggregator on an interval and writes what it drained in one transaction.
 // A failed write keeps its batches and retries them with exponential backoff. A batch whose
@@ -271,9 +275,11 @@ export class Flusher {
   // At stop, the log is folded while folds find rows, until the deadline or a failed fold: what is
   // left is applied by the next collector that starts (nothing is lost, it is only late). A fold
   // that found nothing ends it even with rows left: those are other folds' (their orgs' locks).
+  // None begins that the last fold's length says would not end before the deadline: cut there,
+  // it rolls back, its work wasted and its orgs locked until PostgreSQL notices.
   private async foldUntilEmpty(giveUpAt: number, untilDeadline: <T>(work: Promise<T>) => Promise<T | undefined>): Promise<void> {
     if ((await untilDeadline((this.folding ?? Promise.resolve()).then(() => true))) === undefined) return;
-    while (this.foldDue && this.now() < giveUpAt && this.now() >= this.foldRetryAt) {
+    while (this.foldDue && this.now() + this.stats.lastFoldDurationMs < giveUpAt && this.now() >= this.foldRetryAt) {
       if ((await untilDeadline(this.fold().then(() => true))) === undefined) return;
       if (this.lastFoldFound === 0) break;
     }

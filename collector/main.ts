@@ -6,6 +6,8 @@ import { createLogger, type Logger } from '../shared/logger';
 import { metricsServer, renderPrometheus } from '../shared/metrics';
 import { closeServer, listen, setupOrExit } from '../shared/process';
 import { rateLimitedWarn, type RateLimitedWarn } from '../shared/rateLimitedLog';
+import { steadyNow } from '../shared/steadyClock';
+import { COLLECTOR_CLOSE_MS } from '../shared/stopBudget';
 import { within } from '../shared/within';
 import { Aggregator } from './aggregator';
 import { collectorSamples } from './collectorMetrics';
@@ -38,10 +40,6 @@ export interface CollectorOverrides {
   /** The oldest server_version_num it runs on: tests stand a higher one in for an older server. */
   minServerVersionNum?: number;
 }
-
-// How long stop waits for the pool's connections in use once everything was flushed (or the
-// flusher's deadline passed).
-const POOL_CLOSE_WAIT_MS = 5_000;
 
 export async function startCollector(config: Config, logger: Logger, databaseUrl: string, overrides: CollectorOverrides = {}) {
   const now = overrides.now ?? Date.now;
@@ -102,7 +100,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const { host, port, recvBufferBytes } = config.collector;
   const receiver = await startReceiver({ host, port, recvBufferBytes, shared: inCluster, reportCappedBuffer: speaksForAll, onPacket, logger }).catch(
     async (error) => {
-      await Promise.all([relay?.stop(), foldThread?.stop(POOL_CLOSE_WAIT_MS)]);
+      await Promise.all([relay?.stop(), foldThread?.stop(COLLECTOR_CLOSE_MS)]);
       // Its idle connection (the start's check) would hold a caller's process up to the pool's idle timeout.
       await db.destroy();
       throw error;
@@ -129,7 +127,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   } else {
     metrics = metricsServer({ exposition: () => renderPrometheus(samples()), health });
     metricsPort = await listen(metrics, config.collector.metricsHost, config.collector.metricsPort, 'COLLECTOR_METRICS_PORT').catch(async (error) => {
-      await Promise.all([receiver.close(), upkeep.stop(), relay?.stop(), foldThread?.stop(POOL_CLOSE_WAIT_MS)]);
+      await Promise.all([receiver.close(), upkeep.stop(), relay?.stop(), foldThread?.stop(COLLECTOR_CLOSE_MS)]);
       await db.destroy();
       throw error;
     });
@@ -152,13 +150,14 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
 
   // Mirror of start: stop receiving once the socket is quiet (COLLECTOR_STOP_QUIET_MS), write
   // everything received (within `deadlineMs`, the flusher's default unless given), then release
-  // the pool.
-  const stop = async (deadlineMs?: number): Promise<boolean> => {
+  // the pools within COLLECTOR_CLOSE_MS: by default the whole stop keeps to its budget, under the
+  // launcher's SIGKILL (shared/stopBudget.ts). A cluster's receivers each run this stop.
+  const stop = async (deadlineMs = FLUSH_STOP_DEADLINE_MS): Promise<boolean> => {
     keyList?.sync.stop();
-    // Within the flush's deadline, not added to it: the supervisor's SIGKILL comes 15 s after its
-    // SIGTERM (scripts/lib/supervisor.ts), the flush's deadline and the pool's wait take all of it.
-    const quietFrom = Date.now();
-    const left = () => Math.max(0, (deadlineMs ?? FLUSH_STOP_DEADLINE_MS) - (Date.now() - quietFrom));
+    // The quiet wait is within the flush's deadline, not added to it.
+    const flushBy = steadyNow() + deadlineMs;
+    const closeBy = flushBy + COLLECTOR_CLOSE_MS;
+    const left = (until: number) => Math.max(0, until - steadyNow());
     // Upkeep stops beside the flush and within the same deadline: a webhook send in flight may
     // last WEBHOOK_TIMEOUT_MS (up to 30 s), a retention pass longer, and awaited after the flush
     // they ran past the supervisor's SIGKILL. What is cut short is done again: a claimed delivery
@@ -167,18 +166,19 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     await untilQuiet(() => ingest.packets, config.collector.stopQuietMs);
     await receiver.close();
     await relay?.stop();
-    const flushed = await flusher.stop(left());
-    const upkeepDone = (await within(upkeepStopped, left())) ?? false;
-    if (metrics) await closeServer(metrics);
+    const flushed = await flusher.stop(left(flushBy));
+    const upkeepDone = (await within(upkeepStopped, left(flushBy))) ?? false;
+    if (metrics) await closeServer(metrics, left(closeBy));
     // destroy() waits for every connection in use: a write or fold past the flusher's deadline,
-    // waiting on a lock, holds one up to COLLECTOR_LOCK_TIMEOUT_MS. The process need not: at its
-    // exit the transaction rolls back (a fold's rows stay in the log for the next fold).
+    // waiting on a lock, holds one up to COLLECTOR_LOCK_TIMEOUT_MS, and the fold thread's fold
+    // its thread. The process need not: the thread is terminated, and at the exit the
+    // transactions roll back (a fold's rows stay in the log for the next fold).
     const [closed, threadClosed] = await Promise.all([
       within(
         db.destroy().then(() => true),
-        POOL_CLOSE_WAIT_MS,
+        left(closeBy),
       ),
-      foldThread?.stop(POOL_CLOSE_WAIT_MS) ?? true,
+      foldThread?.stop(left(closeBy)) ?? true,
     ]);
     if (closed === undefined || !threadClosed || !upkeepDone) {
       const running = { foldRunningMs: flusher.foldRunningMs, keyListReading: keyList?.sync.reading ?? false, upkeepRunning: !upkeepDone };

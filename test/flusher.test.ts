@@ -710,6 +710,30 @@ t.test('stop folds while folds find rows, and not on when one found none of the 
   t.equal(folds.calls, 2, 'one fold that found rows, one that found none of the rows left (other folds hold them)');
 });
 
+// A fold begun near the stop's deadline is cut there and rolls back: its work is wasted, and
+// with the fold thread it held the stop until the thread was terminated.
+t.test('stop begins no fold that the last fold’s length says would not end before its deadline', async (t) => {
+  const foldOf3s = async () => {
+    const logging = loggingFlusher();
+    let endFold = () => {};
+    logging.folds.running = new Promise((resolve) => (endFold = resolve));
+    logging.folds.keys = 1;
+    logging.folds.left = 100;
+    const fold = logging.flusher.fold();
+    logging.clock.now += 3000;
+    endFold();
+    await fold;
+    logging.folds.keys = 1;
+    return logging;
+  };
+  const short = await foldOf3s();
+  t.equal(await short.flusher.stop(2000), true);
+  t.equal(short.folds.calls, 1, '2 s left: none begun');
+  const long = await foldOf3s();
+  t.equal(await long.flusher.stop(5000), true);
+  t.ok(long.folds.calls > 1, '5 s left: folded on');
+});
+
 t.test('foldRunningMs: how long the fold in progress has run, 0 when none runs', async (t) => {
   const { clock, flusher, folds } = loggingFlusher();
   let endFold = () => {};

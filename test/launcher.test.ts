@@ -8,7 +8,14 @@ import { Launcher } from '../scripts/start';
 import { loadConfig } from '../shared/config';
 import { freeTcpPort, freeUdpPort } from '../scripts/lib/freePort';
 import { createDb, type Db } from '../shared/db';
-import { emptyDatabase, freshDatabase } from './helpers/database';
+import { createUsageStore } from '../collector/usageLog';
+import { FOLD_WORKER } from '../collector/foldWorker';
+import { TABLE } from '../shared/tables';
+import { encodeUsageLine } from '../shared/usageWire';
+import { createOrg, insertKeys } from '../bench/lib/database';
+import { waitFor } from '../harness/wait';
+import { sendDatagrams } from './helpers/collector';
+import { emptyDatabase, freshDatabase, someoneWaitsOnLock } from './helpers/database';
 
 // The launcher in process, with stand-in processes, so its orchestration is measured by coverage;
 // test/start.smoke.test.ts runs the real `npm start` with the real Procfile.
@@ -41,9 +48,10 @@ async function launchEnv(t: Test, values: Record<string, string>) {
   return loadConfig(process.env);
 }
 
-async function setup(t: Test, port?: number, database?: { db: Db; url: string }) {
+async function setup(t: Test, port?: number, database?: { db: Db; url: string }, env: Record<string, string> = {}) {
   const { db, url } = database ?? (await freshDatabase(t));
   const config = await launchEnv(t, {
+    ...env,
     DATABASE_URL: url,
     PORT: String(port ?? (await freeTcpPort())),
     API_METRICS_PORT: String(await freeTcpPort()),
@@ -81,6 +89,37 @@ t.test('an external database not migrated: refused before anything starts, namin
   );
   t.equal((await db.raw(`select to_regclass('knex_migrations') as t`)).rows[0].t, null, 'no migration table made');
   await launcher.shutdown();
+});
+
+// The real collector, its fold waiting on a lock at the stop: the stop waited for it until the
+// final flush's deadline (10 s), then up to 5 s more for the fold thread, and the launcher's
+// SIGKILL came first ("collector was killed by SIGKILL while stopping", exit 1). A fold cut at the
+// stop rolls back: its rows stay in the log, and the next fold applies them once.
+t.test('a collector whose fold waits on a lock stops before the SIGKILL, its uses kept in the log', async (t) => {
+  const database = await freshDatabase(t);
+  const { db } = database;
+  const orgId = await createOrg(db, 'acme');
+  const [keyId] = await insertKeys(db, orgId, 1, 'k');
+  const { config, launcher, exited } = await setup(t, undefined, database, { COLLECTOR_USAGE_LOG: 'true', COLLECTOR_FLUSH_INTERVAL_MS: '100' });
+  // Under tsx, whose transpiled code does not map onto tap's coverage of the same files.
+  const collector = { name: 'collector', command: 'env _TAPJS_PROCESSINFO_COVERAGE_=0 node --import tsx collector/main.ts' };
+  await launcher.run([stub('web', serveOn('PORT')), collector]);
+  const held = await db.transaction();
+  t.teardown(() => held.rollback().catch(() => undefined));
+  await held.raw(`lock table ${TABLE.usage} in share mode`);
+  await sendDatagrams(config.collector.port, [encodeUsageLine({ keyId, orgId, ip: '192.0.2.1', outcome: 'ok', count: 3 })]);
+  await someoneWaitsOnLock(db);
+  await launcher.shutdown();
+  t.equal(await exited, 0, 'every process stopped cleanly');
+
+  await held.rollback();
+  const foldConnections = async () =>
+    (await db.raw(`select 1 from pg_stat_activity where application_name = ? and datname = current_database()`, [FOLD_WORKER])).rows.length;
+  // PostgreSQL notices the closed connection once the lock is granted.
+  await waitFor('the cut fold’s connection to end', async () => ((await foldConnections()) === 0 ? true : undefined), 10_000);
+  await createUsageStore(db, { logMinKeys: 1 }).fold();
+  const usage = await db(TABLE.usage).where({ key_id: keyId }).sum({ n: 'request_count' }).first();
+  t.equal(Number(usage?.n), 3, 'the uses, folded once from the log');
 });
 
 t.test('a process that dies stops the rest and exits 1', async (t) => {

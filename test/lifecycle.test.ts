@@ -8,13 +8,18 @@ import { createUsageStore } from '../collector/usageLog';
 import { loadConfig } from '../shared/config';
 import { closeServer, listen } from '../shared/process';
 import { createLogger } from '../shared/logger';
-import { freshDatabase } from './helpers/database';
+import { freshDatabase, someoneWaitsOnLock } from './helpers/database';
 import { sleep, waitFor } from '../harness/wait';
 import { untilQuiet } from '../collector/receiver';
 import { encodeUsageLine } from '../shared/usageWire';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
 import { seedKeys } from './helpers/faults';
+import { insertOrganization } from '../api/orgs/orgs.repository';
+import { createApiKeysService } from '../api/keys/apiKeys.service';
+import { KILL_AFTER_MS } from '../shared/stopBudget';
+import { TABLE } from '../shared/tables';
+import { within } from '../shared/within';
 
 const logger = createLogger({ level: 'silent', name: 'test' });
 
@@ -107,6 +112,38 @@ t.test('the api stops while a kept-alive client keeps sending', async (t) => {
   // for all 40 of its requests.
   t.ok(served < 40, `the stop ended while the client was still sending (${served} of 40 served)`);
   await client;
+});
+
+// The query of a request whose connection the server's grace cut goes on, here waiting on a lock
+// up to API_STATEMENT_TIMEOUT_MS (30 s): the stop waited for it in the pool's destroy(), and under
+// `npm start` the launcher's SIGKILL ended it (exit 1).
+t.test('the api stop keeps its budget while a request’s query waits on a lock', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const org = await insertOrganization(db, 'acme');
+  const service = createApiKeysService({ db, pepper: loadConfig({ NODE_ENV: 'test' }).api.keyPepper, defaultGraceSeconds: 60, now: Date.now });
+  const { plaintext } = await service.create(org.id, { name: 'writer', scopes: ['keys:read', 'keys:write'], expiresAt: null });
+  const api = await startApi(loadConfig({ NODE_ENV: 'test', PORT: '0', API_METRICS_PORT: '0', USAGE_TRACKING: 'false' }), logger, url);
+  const held = await db.transaction();
+  t.teardown(() => held.rollback().catch(() => undefined));
+  await held.raw(`lock table ${TABLE.auditLog} in share mode`);
+  const answer = fetch(`http://127.0.0.1:${api.port}/api/orgs/${org.id}/api-keys`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${plaintext}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ name: 'blocked', scopes: ['keys:read'] }),
+  }).then(
+    (response) => response.status,
+    () => 'cut',
+  );
+  await someoneWaitsOnLock(db);
+  t.equal(
+    await within(
+      api.stop().then(() => 'stopped'),
+      KILL_AFTER_MS,
+    ),
+    'stopped',
+    'the stop ended before the launcher’s SIGKILL',
+  );
+  t.equal(await answer, 'cut', 'the request, still waiting, had its connection cut');
 });
 
 t.test('a request that never completes is cut once the grace has passed', async (t) => {

@@ -140,7 +140,7 @@ export function demoBanner(demo: DemoOrg, context: BannerContext): string {
  * The banner `npm start` prints once everything answers (so that a first-run key is never made
  * and then not shown): on the embedded database the demo organization, made on the first run;
  * an external database may be a real one, so nothing is made there. Undefined when a stop was
- * asked for meanwhile.
+ * asked for meanwhile, unless this call made the demo key: its banner holds the key's only copy.
  */
 export async function firstRunBanner(
   db: Db,
@@ -155,6 +155,7 @@ export async function firstRunBanner(
     resetHint: target.resetHint,
   };
   if (!target.embedded) return externalDatabaseBanner(context);
+  if (stopRequested()) return undefined;
   const demo = await ensureDemoOrg(db, { pepper: config.api.keyPepper });
-  return stopRequested() ? undefined : demoBanner(demo, context);
+  return demo.created || !stopRequested() ? demoBanner(demo, context) : undefined;
 }

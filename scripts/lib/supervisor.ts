@@ -1,12 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
+import { KILL_AFTER_MS } from '../../shared/stopBudget';
 import type { ProcfileEntry } from './procfile';
 import { prefixLines, say } from './launcherOutput';
 
 // The Procfile's processes under one supervisor: started in order, each once the one before
 // answers; stopped in reverse; every line they write prefixed with their name.
 
-const STOP_TIMEOUT_MS = 15_000;
 const READY_TIMEOUT_MS = 30_000;
 const READY_POLL_MS = 100;
 
@@ -80,14 +80,15 @@ class ManagedProcess {
     }
   }
 
-  // SIGTERM, a bounded wait, then SIGKILL.
+  // SIGTERM, a bounded wait (above every process's own stop budget by a margin:
+  // shared/stopBudget.ts), then SIGKILL.
   async stop(): Promise<ExitInfo> {
     if (this.exit) return this.exit;
     say(`stopping ${this.name} (pid ${this.child.pid})`);
     this.signal('SIGTERM');
-    const result = await within(this.exited, STOP_TIMEOUT_MS, undefined);
+    const result = await within(this.exited, KILL_AFTER_MS, undefined);
     if (result) return result;
-    say(`${this.name} did not stop within ${STOP_TIMEOUT_MS / 1000} s; sending SIGKILL`);
+    say(`${this.name} did not stop within ${KILL_AFTER_MS / 1000} s; sending SIGKILL`);
     this.signal('SIGKILL');
     return this.exited;
   }
