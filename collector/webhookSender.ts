@@ -40,6 +40,15 @@ function describe(statusCode: number): string | null {
   return `HTTP ${statusCode}`;
 }
 
+// Node tries each address of a host with several; when all fail it reports an AggregateError whose
+// own message is empty, and the delivery log showed a blank error. Its inner errors say why.
+function errorText(error: Error & { code?: string; errors?: unknown[] }): string {
+  if (error.message) return error.message;
+  const inner = (error.errors ?? []).map((each) => (each instanceof Error ? each.message : '')).filter(Boolean);
+  if (inner.length > 0) return inner.join('; ');
+  return error.code ?? 'the connection failed';
+}
+
 // `leftMs` is what the lookup left of the attempt's timeout, `timeoutMs` the whole, as reported.
 function exchange(
   url: URL,
@@ -63,7 +72,7 @@ function exchange(
       finish({ ok: error === null, statusCode, error });
     };
     const deadline = setTimeout(() => finish({ ok: false, statusCode, error: `no complete response within ${time.timeoutMs} ms` }), time.leftMs);
-    request.on('error', (error) => finish({ ok: false, statusCode, error: error.message }));
+    request.on('error', (error) => finish({ ok: false, statusCode, error: errorText(error) }));
     request.on('response', (response) => {
       statusCode = response.statusCode ?? 0;
       let received = 0;
@@ -72,7 +81,7 @@ function exchange(
         if (received >= MAX_RESPONSE_BYTES) answered();
       });
       response.on('end', answered);
-      response.on('error', (error) => finish({ ok: false, statusCode, error: error.message }));
+      response.on('error', (error) => finish({ ok: false, statusCode, error: errorText(error) }));
     });
     request.end(body);
   });

@@ -181,21 +181,34 @@ export interface AttemptOutcome {
   retryInMs: number | undefined;
 }
 
-/** `superseded`: the claim's lease had ended and another worker had claimed the delivery again; its state is that worker's. */
-export type DeliveryState = 'succeeded' | 'failed' | 'pending' | 'superseded';
+/**
+ * `superseded`: the claim's lease had ended and another worker had claimed the delivery again; its state is that worker's.
+ * `deleted`: the delivery went with its webhook (DELETE …/webhooks/:id) before the attempt was recorded; nothing is.
+ */
+export type DeliveryState = 'succeeded' | 'failed' | 'pending' | 'superseded' | 'deleted';
 
 // The attempt row and the delivery's new state commit together. The update only applies while
 // the delivery still carries this claim's attempt number: a claim whose lease ran out and was
 // taken over by another worker records its attempt but does not overwrite the newer state.
+// The delivery is read FOR KEY SHARE first: one whose webhook is being deleted is waited for, then
+// found gone. Inserted without it, the attempt's foreign key check waited the same way and then
+// failed (23503). A statement of its own: Citus refuses a row lock in an INSERT … SELECT.
 export async function recordAttempt(db: Db, delivery: ClaimedDelivery, outcome: AttemptOutcome): Promise<DeliveryState> {
   const state: DeliveryState = outcome.succeeded ? 'succeeded' : outcome.retryInMs !== undefined ? 'pending' : 'failed';
   const completedAt = new Date(outcome.startedAt.getTime() + outcome.durationMs);
-  const updatedRows = await db.transaction(async (trx) => {
-    await trx.raw(
-      `insert into ${TABLE.webhookDeliveryAttempts} (org_id, delivery_id, attempt, started_at, duration_ms, status_code, error, succeeded)
-       select org_id, id, ?, ?, ?, ?, ?, ? from ${TABLE.webhookDeliveries} where id = ?`,
-      [delivery.attempt, outcome.startedAt, Math.round(outcome.durationMs), outcome.statusCode, outcome.error, outcome.succeeded, delivery.id],
-    );
+  return db.transaction(async (trx): Promise<DeliveryState> => {
+    const exists = await trx(TABLE.webhookDeliveries).where({ org_id: delivery.orgId, id: delivery.id }).forKeyShare().first('id');
+    if (!exists) return 'deleted';
+    await trx(TABLE.webhookDeliveryAttempts).insert({
+      org_id: delivery.orgId,
+      delivery_id: delivery.id,
+      attempt: delivery.attempt,
+      started_at: outcome.startedAt,
+      duration_ms: Math.round(outcome.durationMs),
+      status_code: outcome.statusCode,
+      error: outcome.error,
+      succeeded: outcome.succeeded,
+    });
     const changed: number = await trx(TABLE.webhookDeliveries)
       .where({ id: delivery.id, attempts: delivery.attempt, status: 'pending' })
       .update({
@@ -203,7 +216,6 @@ export async function recordAttempt(db: Db, delivery: ClaimedDelivery, outcome: 
         next_attempt_at: outcome.retryInMs === undefined ? outcome.startedAt : trx.raw(`now() + ? * interval '1 millisecond'`, [outcome.retryInMs]),
         completed_at: state === 'pending' ? null : completedAt,
       });
-    return changed;
+    return changed === 0 ? 'superseded' : state;
   });
-  return updatedRows === 0 ? 'superseded' : state;
 }

@@ -90,6 +90,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     const context = { webhookId: delivery.webhookId, deliveryId: delivery.id, eventId: delivery.eventId, attempt: delivery.attempt };
     if (state === 'succeeded') stats.delivered += 1;
     else if (!result.ok) stats.failedAttempts += 1;
+    // A `deleted` delivery went with its webhook while it was sent: its org removed it, nothing to say.
     if (state === 'superseded') warn('webhook_superseded', context, "a webhook attempt ended after its claim's lease; the delivery is another worker's now");
     if (state === 'pending')
       warn(`webhook_${delivery.webhookId}`, { ...context, statusCode: result.statusCode, error: result.error }, 'webhook attempt failed; will retry');

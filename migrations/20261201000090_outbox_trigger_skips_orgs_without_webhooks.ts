@@ -12,7 +12,8 @@ import { enqueueDeliveries } from './20261201000060_citus_ready_webhooks_audit';
 
 const MATCHING_WEBHOOKS = `from webhooks w where w.org_id = new.org_id and (new.type = any (w.event_types) or '*' = any (w.event_types))`;
 
-const ENQUEUE_WHEN_SUBSCRIBED = `
+/** This migration's trigger function; 20261205000180 gives its INSERT … SELECT a `rowLock`. */
+export const enqueueWhenSubscribed = (rowLock = '') => `
   create or replace function keyusage_enqueue_webhook_deliveries() returns trigger language plpgsql as $$
   begin
     if exists (select 1 ${MATCHING_WEBHOOKS}) then
@@ -21,7 +22,7 @@ const ENQUEUE_WHEN_SUBSCRIBED = `
              jsonb_build_object('id', new.id, 'type', new.type, 'orgId', new.org_id, 'keyId', new.key_id,
                                 'occurredAt', to_char(new.occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
                                 'details', new.details)
-        ${MATCHING_WEBHOOKS}
+        ${MATCHING_WEBHOOKS} ${rowLock}
       on conflict (org_id, webhook_id, event_id) do nothing;
     end if;
     return null;
@@ -31,7 +32,7 @@ const ENQUEUE_WHEN_SUBSCRIBED = `
 export const ENQUEUE_ALWAYS = enqueueDeliveries('org_id, webhook_id, event_id');
 
 export async function up(knex: Knex): Promise<void> {
-  await knex.raw(ENQUEUE_WHEN_SUBSCRIBED);
+  await knex.raw(enqueueWhenSubscribed());
 }
 
 export async function down(knex: Knex): Promise<void> {

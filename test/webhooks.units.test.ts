@@ -177,6 +177,24 @@ t.test('a receiver that never answers: the error names the whole timeout, the lo
   t.same(result, { ok: false, statusCode: null, error: 'no complete response within 200 ms' });
 });
 
+// A host with several addresses is tried at each; when all refuse, Node reports an AggregateError
+// whose own message is empty, and the delivery log showed a blank error.
+t.test('a receiver refusing at every one of its addresses: the error names why', async (t) => {
+  const server = http.createServer();
+  const port = await listen(server, '127.0.0.1', 0, 'closed');
+  await closeServer(server);
+  const bothFamilies = async () => [
+    { address: '127.0.0.1', family: 4 },
+    { address: '::1', family: 6 },
+  ];
+  const result = await postWebhook(`http://closed.example:${port}/hook`, {}, '{}', {
+    timeoutMs: 2_000,
+    allowPrivateTargets: true,
+    via: { lookup: bothFamilies, slots: lookupSlots(), owner: 'org' },
+  });
+  t.match(result, { ok: false, statusCode: null, error: /ECONNREFUSED/ });
+});
+
 // A lookup its caller gave up on held one of libuv's four threads until the name server answered:
 // four silent name servers stalled every other lookup of the process, the database's included.
 // Lookups hold a slot until they end, one an org at a time, and wait for one until their deadline

@@ -15,7 +15,7 @@ function verifySignature(secret, header, body, nowSeconds = Math.floor(Date.now(
   return given.length === expected.length && crypto.timingSafeEqual(given, expected);
 }
 
-const handled = new Set(); // delivery is at least once: dedupe on the event id (use a table in production)
+const handled = new Set(); // delivery is at least once: dedupe on the verified body's id, not a header (use a table in production)
 
 if (require.main === module) {
   const server = http.createServer((req, res) => {

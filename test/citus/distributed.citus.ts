@@ -7,7 +7,7 @@ import { encodeUsageLine, packDatagrams } from '../../shared/usageWire';
 import { seedOrg, startTestApi } from '../helpers/api';
 import { secondInThePreviousHour, sendDatagrams, startTestCollector } from '../helpers/collector';
 import { waitFor } from '../../harness/wait';
-import { claimDueDeliveries } from '../../collector/webhookStore';
+import { claimDueDeliveries, recordAttempt } from '../../collector/webhookStore';
 import { closedBefore, moveClosedHours } from '../../collector/hourMove';
 import { freshDatabase } from '../helpers/database';
 import { wiredSystem } from '../helpers/wiredSystem';
@@ -196,6 +196,9 @@ t.test('the webhook worker claims due deliveries of orgs on both workers', async
   const { deliveries } = await claim();
   t.same(deliveries.map((d) => d.id).sort(), [...pinged].sort(), "every org's ping is claimed once");
   t.same(await claim(), { deliveries: [], spent: 0 }, 'leased deliveries are not claimed again');
+  // recordAttempt reads the delivery FOR KEY SHARE: Citus runs a row lock in a statement on one shard only.
+  const sent = { startedAt: new Date(), durationMs: 5, statusCode: 204, error: null, succeeded: true, retryInMs: undefined };
+  for (const delivery of deliveries) t.equal(await recordAttempt(db, delivery, sent), 'succeeded', 'and its attempt is recorded');
 });
 
 t.test('an event gets a delivery per matching webhook of its org, on its shard, and none without one', async (t) => {
