@@ -315,7 +315,11 @@ export class Flusher {
     const failures = (this.stats.consecutiveFailedFolds += 1);
     const delay = Math.min(this.backoff.initialMs * 2 ** (failures - 1), this.backoff.maxMs);
     this.foldRetryAt = this.now() + delay;
-    if (error instanceof PartlyWrittenError) this.recordWritten(error.written, 'fold');
+    if (error instanceof PartlyWrittenError) {
+      // The committed part's rows left the log with it: its uses are folded now or never.
+      this.stats.usesFolded += error.written.usesWritten;
+      this.recordWritten(error.written, 'fold');
+    }
     this.options.logger.error(
       { err: { message: (error as Error).message, code: (error as NodeJS.ErrnoException).code }, retryInMs: delay },
       'folding the usage log failed; its rows stay in the log and are folded again',

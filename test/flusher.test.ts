@@ -91,27 +91,29 @@ t.test('an in-doubt batch is never merged with newer data and is skipped when it
   t.equal(flusher.stats.usesPersisted, 12, 'the 5 persisted by the in-doubt attempt count once, with the 7 of this one');
 });
 
+// What the committed part of a split write did, as a PartlyWrittenError carries it.
+const COMMITTED_PART: WriteResult = {
+  appliedBatches: 1,
+  duplicateBatches: 0,
+  duplicateUses: 0,
+  keysWritten: 1,
+  keysLogged: 0,
+  usesWritten: 3,
+  unknownKeys: 1,
+  unknownUses: 1,
+  quarantined: [{ keyId: key(9), orgId: ORG, uses: 1 }],
+  statements: 8,
+  eventsRecorded: 2,
+  eventCandidates: 2,
+  keysToTrim: [{ orgId: ORG, keyId: key(1) }],
+};
+
 t.test('a partly written flush is kept in doubt, and what its committed part wrote is reported once', async (t) => {
   const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
   const { store, written, pruned, fail } = fakeStore();
   const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger });
   aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 5 });
-  const committedPart: WriteResult = {
-    appliedBatches: 1,
-    duplicateBatches: 0,
-    duplicateUses: 0,
-    keysWritten: 1,
-    keysLogged: 0,
-    usesWritten: 3,
-    unknownKeys: 1,
-    unknownUses: 1,
-    quarantined: [{ keyId: key(9), orgId: ORG, uses: 1 }],
-    statements: 8,
-    eventsRecorded: 2,
-    eventCandidates: 2,
-    keysToTrim: [{ orgId: ORG, keyId: key(1) }],
-  };
-  fail(new PartlyWrittenError(new Error('the other part failed'), committedPart));
+  fail(new PartlyWrittenError(new Error('the other part failed'), COMMITTED_PART));
   t.equal(await flusher.flush(), false);
   t.match(flusher.stats, { failedFlushes: 1, usesPersisted: 0, eventsRecorded: 2, unknownKeys: 1, quarantinedKeys: 1, quarantinedUses: 1 });
   aggregator.add({ keyId: key(1), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count: 7 });
@@ -272,7 +274,7 @@ function loggingStore() {
   const ways: Array<'log' | 'tables'> = [];
   const folds = {
     calls: 0,
-    fail: false,
+    fail: false as boolean | Error,
     keys: 0,
     left: 0,
     skipped: 0,
@@ -292,7 +294,7 @@ function loggingStore() {
     fold: async () => {
       folds.calls += 1;
       await folds.running;
-      if (folds.fail) throw new Error('fold failed');
+      if (folds.fail) throw folds.fail === true ? new Error('fold failed') : folds.fail;
       const keys = folds.keys;
       folds.keys = 0;
       const { unknown } = folds;
@@ -762,4 +764,16 @@ t.test('an append found committed by its retry is folded, though the fold its do
   t.equal(flusher.stats.duplicateBatchesSkipped, 1, 'the retry found the batch committed');
   await flusher.fold();
   t.equal(folds.calls, 3, 'and that made a fold due again');
+});
+
+// A fold split in parts, one committed and one failed: the committed part's log rows are gone,
+// so its uses are folded now or never. They were never counted in uses_folded_total (found by a
+// review; fails without the fix).
+t.test("a fold partly written counts its committed part's uses folded", async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
+  const { store, folds } = loggingStore();
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger });
+  folds.fail = new PartlyWrittenError(new Error('the other part failed'), COMMITTED_PART);
+  await flusher.fold();
+  t.match(flusher.stats, { failedFolds: 1, usesFolded: COMMITTED_PART.usesWritten, eventsRecorded: COMMITTED_PART.eventsRecorded });
 });
