@@ -25,6 +25,7 @@ import {
   combineParts,
   commitOrDoubt,
   createPgUsageStore,
+  keepDoubtedClaims,
   existingKeys,
   setLocals,
   settleParts,
@@ -299,7 +300,10 @@ export function createUsageStore(db: Db, options: UsageLogOptions, known?: Known
   const { logMinKeys } = options;
   const toLogByKeys = (batches: readonly PendingBatch[]) => logMinKeys !== undefined && keysOf(batches) >= logMinKeys;
   return {
-    write: (batches, toLog = toLogByKeys(batches)) => (toLog ? append(db, batches, options, known) : direct.write(batches)),
+    write: async (batches, toLog = toLogByKeys(batches)) => {
+      await keepDoubtedClaims(db, batches);
+      return toLog ? append(db, batches, options, known) : direct.write(batches);
+    },
     logMinKeys,
     fold: async () => {
       const { groups, rowsLeft, held } = await nextFold(db, options);

@@ -16,6 +16,8 @@ export interface PendingBatch {
    */
   readonly id: string;
   batch: UsageBatch;
+  /** Its last write's COMMIT may have landed (CommitInDoubtError): its claims may exist. */
+  readonly inDoubt?: boolean;
 }
 
 export interface WriteResult {
@@ -610,6 +612,18 @@ export function combineParts(batches: readonly PendingBatch[], parts: readonly P
     eventCandidates: sum('eventCandidates'),
     keysToTrim: parts.flatMap((part) => part.keysToTrim),
   };
+}
+
+/**
+ * Keeps the claims of batches whose COMMIT is in doubt from expiring while they are retried: the
+ * upkeep deletes claims FLUSH_ID_RETENTION old, and a batch retried for longer while PostgreSQL
+ * answered (every attempt timing out on a lock a forgotten session held) was applied a second time
+ * when one succeeded. A statement of its own, before the write: inside it, it would roll back with
+ * it. The claims exist only if the COMMIT landed; then they are a day old again.
+ */
+export async function keepDoubtedClaims(db: Db, batches: readonly PendingBatch[]): Promise<void> {
+  const ids = batches.filter((batch) => batch.inDoubt).map((batch) => batch.id);
+  if (ids.length > 0) await db.raw('update usage_flushes set applied_at = now() where id = any(cast(? as uuid[]))', [ids]);
 }
 
 export interface PgUsageStoreOptions extends ApplyOptions {

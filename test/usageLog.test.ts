@@ -500,6 +500,37 @@ t.test('a fold whose COMMIT reply is lost is in doubt, and applied exactly once'
   t.equal(await usesOf(db, keys.orgId), proven, 'once');
 });
 
+// The upkeep deletes flush claims a day old. A batch whose COMMIT was in doubt and whose retries
+// kept failing for a day while PostgreSQL answered (a lock a forgotten session held) lost its
+// claims, and the retry that succeeded applied it again (found by a review; fails without the
+// claims' refresh at each retry). A day passing is the claims' age moved back.
+t.test('a batch in doubt keeps its claims while it is retried, past their retention', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 3);
+  const batch = batchOf(keys);
+  const proxy = await PgProxy.start(url);
+  t.teardown(() => proxy.close());
+  const proxied = createDb(proxy.url, { poolMax: 3 });
+  t.teardown(() => proxied.destroy());
+  const store = createUsageStore(proxied, { logMinKeys: undefined, lockTimeoutMs: 300 });
+  const cut = proxy.cutAt(/^COMMIT/i, 'after-forward');
+  t.type(await store.write([batch]).catch((e: unknown) => e), CommitInDoubtError);
+  await cut;
+  const proven = provenIn([batch]);
+  await waitFor('the commit to land', async () => ((await usesOf(db, keys.orgId)) === proven ? true : undefined));
+  // Retried with the next drain, which has uses to write.
+  const retry = [{ ...batch, inDoubt: true }, batchOf(keys, 1)];
+
+  await db.raw(`update usage_flushes set applied_at = applied_at - interval '25 hours'`);
+  const held = await db.transaction();
+  await held.raw(`lock table ${TABLE.usage} in share mode`);
+  t.ok((await store.write(retry).catch((e: unknown) => e)) instanceof Error, 'a retry fails on the lock');
+  await held.rollback();
+  await store.expireOldRows(90);
+  t.match(await store.write(retry), { appliedBatches: 1, duplicateBatches: 1 }, 'the next finds its claims');
+  t.equal(await usesOf(db, keys.orgId), provenIn(retry), 'each batch once');
+});
+
 t.test('a fold takes whole orgs up to its bound, oldest first', async (t) => {
   const { db } = await freshDatabase(t);
   const first = await orgWithKeys(db, 2, 'first');
