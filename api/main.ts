@@ -65,14 +65,14 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
     const stopBy = steadyNow() + STOP_BUDGET_MS;
     await closeServer(server);
     await recorder?.stop();
-    await closeServer(metrics, stopBy - steadyNow());
+    await closeServer(metrics, Math.max(0, stopBy - steadyNow()));
     // destroy() waits for every connection in use: the query of a request whose connection the
     // server's grace cut goes on, waiting on a lock up to API_STATEMENT_TIMEOUT_MS, for a client
     // that is gone. The process need not wait: PostgreSQL rolls back an open transaction once it
     // sees the connection closed.
     const closed = await within(
       db.destroy().then(() => true),
-      stopBy - steadyNow(),
+      Math.max(0, stopBy - steadyNow()),
     );
     if (closed === undefined) logger.warn('a database query is still running at stop; the process exits without it');
   };

@@ -70,8 +70,7 @@ export const withinSupportedTimes = [
 // An unencoded "+" in a query string reads as a space: 2026-01-01T00:00:00+02:00 arrives as
 // "2026-01-01T00:00:00 02:00".
 const plusAsSpace = / \d{2}(:?\d{2})?$/;
-/** A date-time query parameter. */
-export const dateParam = z.iso
+const isoDateTime = z.iso
   .datetime({
     offset: true,
     error: (issue) =>
@@ -79,7 +78,13 @@ export const dateParam = z.iso
         ? 'must be an ISO 8601 date-time; its "+" arrived as a space: send it as %2B, or give the time in UTC with Z'
         : 'must be an ISO 8601 date-time',
   })
-  .refine(...withinSupportedTimes)
-  // A Date holds milliseconds: `to=…11:00:00.0005Z` became 11:00:00.000 and lost the 11:00 hour.
-  .refine((v) => !/\.\d{4}/.test(v), 'has at most 3 fractional digits (milliseconds)')
-  .transform((v) => new Date(v));
+  .refine(...withinSupportedTimes);
+/** A date-time query parameter (a Date: to the millisecond, finer digits cut). */
+export const dateParam = isoDateTime.transform((v) => new Date(v));
+// Digits after the milliseconds that are not all zeros.
+const belowMilliseconds = /\.\d{3}0*[1-9]/;
+/**
+ * The end of a range, [from, to): rounded up to the millisecond. Cut down, `to=…11:00:00.0005Z`
+ * became 11:00:00.000 and the range lost the hour it ends in.
+ */
+export const rangeEndParam = isoDateTime.transform((v) => new Date(Date.parse(v) + (belowMilliseconds.test(v) ? 1 : 0)));

@@ -129,8 +129,8 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
       f.appendsHeldBack,
     ),
     counter('failed_flushes_total', 'Failed flush attempts (retried)', f.failedFlushes),
-    // The alerts read these, not the counters: a fold that finds the log empty counts nowhere, so
-    // "failed folds rose and folds_total did not" paged for 10 minutes after one harmless failure.
+    // A fold that finds the log empty counts in no counter, so "failed folds rose and folds_total
+    // did not" paged for 10 minutes after one harmless failure: the folds' alert reads the streak.
     gauge('consecutive_failed_flushes', 'Flush attempts failed since the last successful one (0: the last succeeded)', f.consecutiveFailures),
     gauge(
       'consecutive_failed_folds',

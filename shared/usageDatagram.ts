@@ -219,9 +219,10 @@ export class InternTable {
   }
 
   /**
-   * The string b[at, end) if `accept` takes it, else undefined. The caller checked that
-   * end - at ≤ maxLength, that b holds 3 bytes after `end` (the last word is read whole) and 8
-   * before it (the hash reads the last two words, for a short string some of the fixed text before).
+   * The string of the packet's bytes [at, end) (read through `v`) if `accept` takes it, else
+   * undefined. The caller checked that end - at ≤ maxLength, that the packet holds 3 bytes after
+   * `end` (the last word is read whole) and 8 before it (the hash reads the last two words, for a
+   * short string some of the fixed text before).
    */
   intern(v: DataView, at: number, end: number, text: Text): string | undefined {
     const length = end - at;

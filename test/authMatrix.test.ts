@@ -119,7 +119,6 @@ const ROUTES: Route[] = [
     badQuery('from not a date', 'from=yesterday'),
     // Its window began in year -1, an answer its own schema refused (fails without the fix).
     badQuery('to before 1970', 'to=0000-01-03T00:00:00Z'),
-    badQuery('to finer than a millisecond', 'to=2026-01-01T11:00:00.0005Z'),
   ]),
   read('GET /api/orgs/:id/api-keys/events', [
     badQuery('unknown type', 'type=key.bogus'),

@@ -35,6 +35,9 @@ t.test("a series' range ends before `to`, and holds at most 2,232 buckets", asyn
   t.equal(partial.body.total, 7);
   const withinHour = await series('granularity=day&from=2026-01-01T11:30:00Z&to=2026-01-01T12:00:00Z');
   t.equal(withinHour.body.total, 11, 'the hour holding from counts whole, as the one holding to');
+  // A Date holds milliseconds: cut down, this `to` was 11:00:00.000 and lost the 11:00 hour.
+  const finer = await series('granularity=hour&from=2026-01-01T10:00:00Z&to=2026-01-01T11:00:00.0005Z');
+  t.equal(finer.body.total, 11, 'a to finer than a millisecond is rounded up: its hour counts');
   const instant = await series('granularity=hour&from=2026-01-01T23:30:00Z&to=2026-01-01T23:30:00Z');
   t.equal(instant.body.buckets.length, 1, 'from = to: its bucket');
 

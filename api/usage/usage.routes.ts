@@ -2,7 +2,7 @@ import { Router, type RequestHandler } from 'express';
 import { z } from 'zod';
 import { READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
-import { dateParam, displayName, pagination, parseInput, uuid } from '../validation';
+import { dateParam, displayName, pagination, parseInput, rangeEndParam, uuid } from '../validation';
 import { usageList, usageSeries, type UsageService } from './usage.service';
 
 const booleanParam = z.enum(['true', 'false'], { error: 'must be true or false' }).transform((v) => v === 'true');
@@ -24,7 +24,7 @@ const listQuery = z
 const seriesQuery = z
   .object({
     from: dateParam.optional(),
-    to: dateParam.optional(),
+    to: rangeEndParam.optional(),
     granularity: z.enum(['hour', 'day'], { error: 'must be hour or day' }).default('hour'),
     byOutcome: booleanParam.default(false),
   })

@@ -2,6 +2,7 @@ import type { Logger } from '../../shared/logger';
 import { rateLimitedWarn, type RateLimitedWarn } from '../../shared/rateLimitedLog';
 import type { PendingUses } from '../auth/authorize';
 import { MAX_LINE_COUNT, encodeUsageLine, packDatagrams, type Outcome, type UsageSample } from '../../shared/usageWire';
+import { steadyNow } from '../../shared/steadyClock';
 import { within } from '../../shared/within';
 
 export interface DatagramSink {
@@ -157,13 +158,13 @@ export class UsageRecorder implements PendingUses {
    * instead of the process exiting in the middle of it.
    */
   async stop(waitMs = STOP_WAIT_MS): Promise<void> {
-    const deadline = Date.now() + waitMs;
+    const deadline = steadyNow() + waitMs;
     clearInterval(this.timer);
     this.timer = undefined;
-    if (this.awaitedUses > 0) await within(new Promise<void>((resolve) => (this.usesSettled = resolve)), deadline - Date.now());
+    if (this.awaitedUses > 0) await within(new Promise<void>((resolve) => (this.usesSettled = resolve)), deadline - steadyNow());
     this.stopped = true;
     this.drain();
-    if (this.inFlight > 0) await within(new Promise<void>((resolve) => (this.idle = resolve)), Math.max(deadline - Date.now(), LAST_SENDS_MS));
+    if (this.inFlight > 0) await within(new Promise<void>((resolve) => (this.idle = resolve)), Math.max(deadline - steadyNow(), LAST_SENDS_MS));
     if (this.inFlight > 0) {
       // Counted as lost now, and said at once (not rate-limited): their sends, if they ever end,
       // come after the stats were last read.
