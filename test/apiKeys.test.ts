@@ -247,6 +247,13 @@ t.test('a key cannot create, rotate, change or revoke a key with more scopes (or
   t.equal(narrow.status, 200, 'a key within its scopes it may change');
   t.equal((await api.request('POST', `${base}/${own.key.id}/revoke`, { key: writer })).status, 200, 'and revoke');
   t.equal(api.evidence.leaksOf([writer, expiring, adminKey]).length, 0, 'no key material in bodies or logs');
+  // The refusals are the callers' uses refused by policy: recorded forbidden (they were ok, so a
+  // stolen key probing for more privilege showed nowhere); the changes allowed, ok.
+  const outcomesOf = (keyId: string) => api.uses.filter((use) => use.keyId === keyId).map((use) => use.outcome);
+  const writerId = (await db('api_keys').where({ name: 'writer' }).first('id')).id;
+  const expiringId = (await db('api_keys').where({ name: 'expiring' }).first('id')).id;
+  t.same(outcomesOf(writerId), ['forbidden', 'ok', 'forbidden', 'forbidden', 'forbidden', 'ok', 'ok']);
+  t.same(outcomesOf(expiringId), ['forbidden', 'forbidden', 'ok', 'ok']);
 });
 
 // With no grace the old secret was kept with an end of "now" on the rotating instance's clock: an

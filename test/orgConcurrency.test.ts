@@ -66,8 +66,8 @@ t.test('an org over API_MAX_CONCURRENT_PER_ORG waits its turn, then gets 429, wh
   await waitingOnLock(db);
   const usage = (org: { org: { id: string }; adminKey: string }) => api.request('GET', `/api/orgs/${org.org.id}/api-keys/usage`, { key: org.adminKey });
   const waiting = Array.from({ length: QUEUED_PER_RUNNING }, () => usage(acme));
-  // Each is recorded once authorized, before it waits its turn.
-  await waitFor('the requests to wait', () => (api.uses.length === 1 + QUEUED_PER_RUNNING ? true : undefined));
+  // Each read is recorded once authorized, before it waits its turn (the create when answered).
+  await waitFor('the requests to wait', () => (api.uses.length === QUEUED_PER_RUNNING ? true : undefined));
 
   const refused = await usage(acme);
   t.equal(refused.status, 429);
@@ -142,7 +142,7 @@ t.test('a client that pipelines requests and leaves gives every turn back (fails
   const create = rawCreate(acme, 'piped');
   const socket = await rawClient(api.port, create + create);
   await waitingOnLock(db);
-  await waitFor('both requests authorized', () => (api.uses.length === 2 ? true : undefined));
+  await waitFor('the second request to wait its turn', () => (api.orgTurns.waiting() === 1 ? true : undefined));
   socket.destroy();
   await holder.commit();
   t.equal(await servedAgain(api, acme), 200, 'the org is served again');
@@ -200,11 +200,11 @@ t.test('a client that hangs up while its request runs does not free its turn bef
   const acme = await seedOrg(api, db, 'acme');
   const holder = await holdKeysLock(t, db, acme.org.id);
   const create = rawCreate(acme, 'abandoned');
-  const usesBefore = api.uses.length;
   for (let i = 1; i <= 3; i += 1) {
     const socket = await rawClient(api.port, create);
-    await waitFor(`create ${i} authorized`, () => (api.uses.length === usesBefore + i ? true : undefined));
+    // The first runs, waiting on the lock; the others wait their turn.
     if (i === 1) await waitingOnLock(db);
+    else await waitFor(`create ${i} to wait its turn`, () => (api.orgTurns.waiting() === 1 ? true : undefined));
     socket.destroy();
     await sleep(200); // for the server to read the close: nothing to poll for it
   }

@@ -133,6 +133,27 @@ function turnOf(deps: AuthorizeDeps, req: Request, res: Response, orgId: string)
   return { started: turn.started, release };
 }
 
+// A change's handler may still refuse it: a key beyond its caller's scopes or lifetime (403). Such
+// probes for more privilege were recorded ok, before the handler ran. A change's outcome is its
+// answer's, recorded as the handler ends it (forbidden for a 403), or as its client leaves.
+function recordWhenAnswered(deps: AuthorizeDeps, res: Response, key: { id: string; orgId: string }, ip: string): void {
+  deps.pendingUses?.begin();
+  const end = res.end.bind(res);
+  let recorded = false;
+  const record = () => {
+    if (recorded) return;
+    recorded = true;
+    res.off('close', record);
+    deps.recordUse(key.id, key.orgId, ip, res.statusCode === 403 ? 'forbidden' : 'ok');
+    deps.pendingUses?.end();
+  };
+  res.end = ((...args: Parameters<Response['end']>) => {
+    record();
+    return end(...args);
+  }) as Response['end'];
+  res.once('close', record);
+}
+
 // Every 429 says when to come back.
 function tooMany(res: Response, waitMs: number, message: string): AppError {
   res.setHeader('Retry-After', String(Math.max(1, Math.ceil(waitMs / 1000))));
@@ -178,8 +199,9 @@ function isOtherOrg(param: unknown, orgId: string): boolean {
   return parsed.success && parsed.data !== orgId;
 }
 
-// Every request that names an existing key id is a use and is recorded exactly once here, with
-// its outcome. Recording is an in-memory increment: no await, no I/O, nothing that can throw.
+// Every request that names an existing key id is a use and is recorded exactly once here (a change
+// allowed here, when it is answered), with its outcome. Recording is an in-memory increment: no
+// await, no I/O, nothing that can throw.
 export function authorizer(deps: AuthorizeDeps) {
   return (requirement: Requirement = {}): RequestHandler =>
     async (req, res, next) => {
@@ -217,7 +239,9 @@ export function authorizer(deps: AuthorizeDeps) {
       // refused by policy: forbidden.
       const turn =
         refusal === undefined && overBudget === undefined && requirement.orgParam !== undefined ? turnOf(deps, req, res, verdict.key.orgId) : NO_TURN_NEEDED;
-      deps.recordUse(verdict.key.id, verdict.key.orgId, ip, refusal || (turn && !overBudget) ? outcome : 'forbidden');
+      const recorded = refusal || (turn && !overBudget) ? outcome : 'forbidden';
+      if (recorded === 'ok' && requirement.currentSecret) recordWhenAnswered(deps, res, verdict.key, ip);
+      else deps.recordUse(verdict.key.id, verdict.key.orgId, ip, recorded);
       if (refusal) throw refusal;
       if (overBudget) throw overBudget;
       if (!turn) {
