@@ -222,6 +222,10 @@ t.test('a key cannot create, rotate, change or revoke a key with more scopes (or
   t.match(later.body.error.message, `expires at ${expiresAt.toISOString()}`, 'the message names its own expiry');
   t.equal((await create(expiring, { scopes: ['keys:read'], expiresAt: expiresAt.toISOString() })).status, 201, 'the same expiry is fine');
   t.equal((await create(expiring, { scopes: ['keys:read'], expiresAt: new Date(clock + 1000).toISOString() })).status, 201, 'an earlier one too');
+  // Nor revoke one that outlives it: once it expired, the org had no key left that could mint another.
+  const outlived = await api.request('POST', `${base}/${adminKeyId}/revoke`, { key: expiring });
+  t.same([outlived.status, outlived.body.error?.code], [403, 'forbidden'], 'an expiring caller cannot revoke a key that never expires');
+  t.match(outlived.body.error.message, `expires at ${expiresAt.toISOString()}; it cannot revoke a key that never expires`);
 
   // Rotation reveals the target's new secret, so the same limits apply to the key being rotated.
   const takeover = await api.request('POST', `${base}/${adminKeyId}/rotate`, { key: writer, body: {} });
@@ -253,7 +257,7 @@ t.test('a key cannot create, rotate, change or revoke a key with more scopes (or
   const writerId = (await db('api_keys').where({ name: 'writer' }).first('id')).id;
   const expiringId = (await db('api_keys').where({ name: 'expiring' }).first('id')).id;
   t.same(outcomesOf(writerId), ['forbidden', 'ok', 'forbidden', 'forbidden', 'forbidden', 'ok', 'ok']);
-  t.same(outcomesOf(expiringId), ['forbidden', 'forbidden', 'ok', 'ok']);
+  t.same(outcomesOf(expiringId), ['forbidden', 'forbidden', 'ok', 'ok', 'forbidden']);
 });
 
 // With no grace the old secret was kept with an end of "now" on the rotating instance's clock: an

@@ -116,7 +116,9 @@ export interface ChangeContext {
 }
 
 // A key hands out no more than it holds: creating or rotating a key reveals that key's secret, so
-// a key with more scopes or a longer life than the actor's own would be an escalation.
+// a key with more scopes or a longer life than the actor's own would be an escalation. Revoking is
+// limited the same way: a short-lived key that revoked the org's lasting admin key left the org,
+// once it expired, with no key that could mint another.
 // A key may change (PATCH) only keys whose scopes it holds: with keys:write alone it cleared an
 // admin key's expected networks, silencing key.outside_networks for that key, and read its view.
 function assertScopesWithinActor(actor: Actor | undefined, key: { scopes: Scope[] }, verb: 'create' | 'rotate' | 'change' | 'revoke') {
@@ -126,7 +128,7 @@ function assertScopesWithinActor(actor: Actor | undefined, key: { scopes: Scope[
   }
 }
 
-function assertWithinActor(actor: Actor | undefined, key: { scopes: Scope[]; expiresAt: Date | null }, verb: 'create' | 'rotate') {
+function assertWithinActor(actor: Actor | undefined, key: { scopes: Scope[]; expiresAt: Date | null }, verb: 'create' | 'rotate' | 'revoke') {
   if (!actor) return;
   assertScopesWithinActor(actor, key, verb);
   if (actor.expiresAt && (key.expiresAt === null || key.expiresAt > actor.expiresAt)) {
@@ -415,11 +417,11 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     },
 
     // Revoking a revoked key changes nothing and records nothing, even when two requests race.
-    // Limited like PATCH: with keys:write alone, revoking the org's admin key left the org unable
-    // to read usage or mint a replacement, and the answer was that key's view.
+    // Limited by scopes (with keys:write alone, revoking the org's admin key left the org unable
+    // to read usage or mint a replacement, and the answer was that key's view) and by lifetime.
     async revoke(orgId: string, keyId: string, context: ChangeContext = {}) {
       const key = await requireKey(orgId, keyId);
-      assertScopesWithinActor(context.actor, key, 'revoke');
+      assertWithinActor(context.actor, key, 'revoke');
       const revoked = await audited(
         orgId,
         context,
