@@ -87,4 +87,4 @@ const belowMilliseconds = /\.\d{3}0*[1-9]/;
  * The end of a range, [from, to): rounded up to the millisecond. Cut down, `to=…11:00:00.0005Z`
  * became 11:00:00.000 and the range lost the hour it ends in.
  */
-export const rangeEndParam = isoDateTime.transform((v) => new Date(Date.parse(v) + (belowMilliseconds.test(v) ? 1 : 0)));
+export const rangeEndParam = isoDateTime.transform((v) => new Date(Math.min(Date.parse(v) + (belowMilliseconds.test(v) ? 1 : 0), LATEST_TIME)));

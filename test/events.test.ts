@@ -384,6 +384,26 @@ t.test('dormant clean-up: keyIds bound the apply to the dry run; unfolded uses s
   t.strictSame(await db('api_keys').whereNotNull('revoked_at').pluck('id'), [shown], 'and nothing more revoked');
 });
 
+// An expiring key revoked, through the clean-up, the org's lasting admin key, which it may not
+// revoke directly: once it expired no key could mint another (a review; fails without the fix).
+t.test('dormant clean-up: an expiring caller neither lists nor revokes keys that outlive it', async (t) => {
+  const { db, api, org, create, age, path } = await cleanUpWorld(t);
+  const expiresAt = new Date(Date.now() + DAY);
+  const expiring = await api.services.apiKeys.create(org.id, { name: 'expiring', scopes: ['keys:read', 'keys:write'], expiresAt });
+  const shorter = (await api.services.apiKeys.create(org.id, { name: 'shorter', scopes: ['keys:read'], expiresAt })).key.id;
+  const lasting = await create('lasting');
+  await age([shorter, lasting]);
+  const body = { dormantDays: 90, dryRun: false, keyIds: [shorter, lasting] };
+  const applied = await api.request('POST', path, { key: expiring.plaintext, body });
+  t.equal(applied.status, 200);
+  t.strictSame(
+    applied.body.keys.map((k: { id: string }) => k.id),
+    [shorter],
+    'only the key that expires no later',
+  );
+  t.strictSame(await db('api_keys').whereNotNull('revoked_at').pluck('id'), [shorter], 'the lasting key is not revoked');
+});
+
 // A dry run answered every dormant key: an org of 100,000 with long names and networks made each
 // one a response of hundreds of megabytes, built on the API's one thread.
 // An org with one key more than a clean-up answers, all but the admin key dormant for 200 days.

@@ -232,3 +232,47 @@ t.test('a statement over API_STATEMENT_TIMEOUT_MS is cancelled: 503 naming the s
   t.equal((await api.request('GET', `/api/orgs/${acme.org.id}/api-keys/usage`, { key: acme.adminKey })).status, 200, 'the pool serves the next request');
   t.equal(Number((await db('api_keys').where({ org_id: acme.org.id, name: 'waits' }).count())[0].count), 0, 'the cancelled create left nothing');
 });
+
+// A change's use is recorded when it is answered (forbidden for a 403). A client gone while its
+// key was verified: its 'close' came before the recording's listener, the handler never ran, and
+// the use was never recorded, the count the API's stop waits for left above 0 for good. A client
+// gone while the handler ran: recorded ok at its 'close', before the handler's 403 (a review of
+// the first version; both fail without the fix).
+t.test('a change whose client leaves is recorded once, with the outcome of its answer', async (t) => {
+  const { db } = await freshDatabase(t, { poolMax: 8 });
+  const api = await startTestApi(t, db);
+  const acme = await seedOrg(api, db, 'acme');
+  const writer = await api.services.apiKeys.create(acme.org.id, { name: 'writer', scopes: ['keys:write'], expiresAt: null });
+  const outcomesOf = (keyId: string) => api.uses.filter((use) => use.keyId === keyId).map((use) => use.outcome);
+  const lockKeys = async () => {
+    const holder = await db.transaction();
+    t.teardown(() => (holder.isCompleted() ? undefined : holder.rollback()));
+    await holder.raw('lock table api_keys in access exclusive mode');
+    return holder;
+  };
+
+  const verifying = await lockKeys();
+  const left = await rawClient(api.port, rawCreate(acme, 'left'));
+  await waitingOnLock(db);
+  left.destroy();
+  await sleep(200); // for the server to read the close: nothing to poll for it
+  await verifying.commit();
+  await waitFor('the create to be recorded', () => (outcomesOf(acme.adminKeyId).length === 1 ? true : undefined));
+  t.same(outcomesOf(acme.adminKeyId), ['ok'], 'gone while its key was verified: recorded ok');
+
+  // Its body held back, the rotate is authorized first; the handler then waits on the lock.
+  const body = '{}';
+  const rotate = `POST /api/orgs/${acme.org.id}/api-keys/${acme.adminKeyId}/rotate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${writer.plaintext}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n{`;
+  const probe = await rawClient(api.port, rotate);
+  await waitFor('the rotate to be authorized', () => (api.orgTurns.busyOrgs() === 1 ? true : undefined));
+  const handling = await lockKeys();
+  probe.write('}');
+  await waitingOnLock(db);
+  probe.destroy();
+  await sleep(200);
+  await handling.commit();
+  await waitFor('the rotate to be recorded', () => (outcomesOf(writer.key.id).length === 1 ? true : undefined));
+  t.same(outcomesOf(writer.key.id), ['forbidden'], "gone while its handler ran: the handler's 403");
+  await waitFor('every use recorded', () => (api.pendingUses() === 0 ? true : undefined));
+  t.pass('nothing left for a stop to wait for');
+});

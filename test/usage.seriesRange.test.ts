@@ -38,6 +38,8 @@ t.test("a series' range ends before `to`, and holds at most 2,232 buckets", asyn
   // A Date holds milliseconds: cut down, this `to` was 11:00:00.000 and lost the 11:00 hour.
   const finer = await series('granularity=hour&from=2026-01-01T10:00:00Z&to=2026-01-01T11:00:00.0005Z');
   t.equal(finer.body.total, 11, 'a to finer than a millisecond is rounded up: its hour counts');
+  const last = await series('granularity=day&from=9999-12-30T00:00:00Z&to=9999-12-31T23:59:59.9995Z');
+  t.equal(last.body.to, '9999-12-31T23:59:59.999Z', 'rounded up no further than the last supported millisecond (not year 10000)');
   const instant = await series('granularity=hour&from=2026-01-01T23:30:00Z&to=2026-01-01T23:30:00Z');
   t.equal(instant.body.buckets.length, 1, 'from = to: its bucket');
 

@@ -135,23 +135,34 @@ function turnOf(deps: AuthorizeDeps, req: Request, res: Response, orgId: string)
 
 // A change's handler may still refuse it: a key beyond its caller's scopes or lifetime (403). Such
 // probes for more privilege were recorded ok, before the handler ran. A change's outcome is its
-// answer's, recorded as the handler ends it (forbidden for a 403), or as its client leaves.
-function recordWhenAnswered(deps: AuthorizeDeps, res: Response, key: { id: string; orgId: string }, ip: string): void {
+// answer's, recorded as the handler ends it (forbidden for a 403; the error middleware answers
+// even a client that left). A client gone before its handler was reached: recorded ok then.
+// Returns what to call as the handler is reached.
+function recordWhenAnswered(deps: AuthorizeDeps, req: Request, res: Response, key: { id: string; orgId: string }, ip: string): () => void {
   deps.pendingUses?.begin();
-  const end = res.end.bind(res);
   let recorded = false;
-  const record = () => {
+  let reached = false;
+  const record = (outcome: Outcome) => {
     if (recorded) return;
     recorded = true;
-    res.off('close', record);
-    deps.recordUse(key.id, key.orgId, ip, res.statusCode === 403 ? 'forbidden' : 'ok');
+    res.off('close', left);
+    deps.recordUse(key.id, key.orgId, ip, outcome);
     deps.pendingUses?.end();
   };
+  const left = () => {
+    if (!reached) record('ok');
+  };
+  const end = res.end.bind(res);
   res.end = ((...args: Parameters<Response['end']>) => {
-    record();
+    record(res.statusCode === 403 ? 'forbidden' : 'ok');
     return end(...args);
   }) as Response['end'];
-  res.once('close', record);
+  res.once('close', left);
+  // Gone while its key was checked: 'close' came before the listener.
+  if (res.closed || req.socket.destroyed) record('ok');
+  return () => {
+    reached = true;
+  };
 }
 
 // Every 429 says when to come back.
@@ -240,8 +251,8 @@ export function authorizer(deps: AuthorizeDeps) {
       const turn =
         refusal === undefined && overBudget === undefined && requirement.orgParam !== undefined ? turnOf(deps, req, res, verdict.key.orgId) : NO_TURN_NEEDED;
       const recorded = refusal || (turn && !overBudget) ? outcome : 'forbidden';
-      if (recorded === 'ok' && requirement.currentSecret) recordWhenAnswered(deps, res, verdict.key, ip);
-      else deps.recordUse(verdict.key.id, verdict.key.orgId, ip, recorded);
+      const reached = recorded === 'ok' && requirement.currentSecret ? recordWhenAnswered(deps, req, res, verdict.key, ip) : undefined;
+      if (!reached) deps.recordUse(verdict.key.id, verdict.key.orgId, ip, recorded);
       if (refusal) throw refusal;
       if (overBudget) throw overBudget;
       if (!turn) {
@@ -253,6 +264,7 @@ export function authorizer(deps: AuthorizeDeps) {
       // Its client left as it got its turn: nothing to answer, and the place goes back.
       if (res.closed || req.socket.destroyed) return turn.release();
       res.locals.auth = { key: verdict.key, secret: verdict.secret, ip };
+      reached?.();
       next();
     };
 }

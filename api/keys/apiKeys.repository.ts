@@ -205,6 +205,8 @@ export interface DormantQuery {
   exceptKeyId: string | null;
   /** When given, only these keys are selected (those of them still dormant): the set a dry run showed. */
   onlyKeyIds: string[] | null;
+  /** When given (the caller's key expires), only keys that expire no later: none it outlives is revoked. */
+  expiringBy: Date | null;
 }
 
 export type DormantKey = ApiKeyRecord & { lastUsedAt: Date | null };
@@ -220,7 +222,8 @@ select k.*, u.last_used_at
    and ${dormantKeySql('cast(:now as timestamptz)', 'cast(:idleSince as timestamptz)')}
    and not exists (select 1 from ${TABLE.usageLog} l where l.org_id = :orgId and l.key_id = k.id)
    and not exists (select 1 from ${TABLE.usageSetAside} s where s.org_id = :orgId and s.key_id = k.id)
-   ${query.onlyKeyIds === null ? '' : 'and k.id = any(cast(:onlyKeyIds as uuid[]))'}`;
+   ${query.onlyKeyIds === null ? '' : 'and k.id = any(cast(:onlyKeyIds as uuid[]))'}
+   ${query.expiringBy === null ? '' : 'and k.expires_at <= cast(:expiringBy as timestamptz)'}`;
 
 type DormantRow = ApiKeyRow & { last_used_at: Date | null };
 

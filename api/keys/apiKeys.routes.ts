@@ -83,7 +83,7 @@ export const apiKeysRoutes: RouteContract[] = [
     operationId: 'revokeDormantApiKeys',
     summary: 'List (dryRun, the default) or revoke the keys unused for dormantDays',
     description:
-      'The calling key is never among them, nor keys with uses the collector logged but has not folded yet; a use still on its way to the collector (the last second or so, longer while it cannot write) is not seen. keyIds (the ids a dry run listed) revokes only those still dormant. 409 for an apply on an API that records no uses (USAGE_TRACKING=false), and for an apply without keyIds when no key of the org has a recorded use within dormantDays (uses may not be recorded: every key would look unused).',
+      'The calling key is never among them (nor, for an expiring calling key, keys that outlive it), nor keys with uses the collector logged but has not folded yet; a use still on its way to the collector (the last second or so, longer while it cannot write) is not seen. keyIds (the ids a dry run listed) revokes only those still dormant. 409 for an apply on an API that records no uses (USAGE_TRACKING=false), and for an apply without keyIds when no key of the org has a recorded use within dormantDays (uses may not be recorded: every key would look unused).',
     auth: MANAGE_AND_READ_ORG,
     params: orgParams,
     body: revokeDormantBody,
@@ -128,7 +128,7 @@ export const apiKeysRoutes: RouteContract[] = [
     path: '/:keyId/revoke',
     operationId: 'revokeApiKey',
     summary: 'Revoke an API key (revoking it again changes nothing)',
-    description: 'A key can revoke only keys whose scopes it holds itself (403).',
+    description: 'A key can revoke only keys whose scopes it holds itself, and, if it expires, that expire no later than it does (403).',
     auth: MANAGE_ORG,
     params: keyParams,
     responses: { 200: { description: 'The revoked key', body: apiKeyView } },

@@ -383,7 +383,8 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     // Active keys dormant for dormantDays (shared/dormancy.ts). A dry run lists them; otherwise the
     // same selection is revoked in one statement, or, with keyIds (the set a dry run showed), only
     // those of them still dormant: a key that crossed the threshold between the two is not revoked
-    // unseen. The caller's own key is never among them, so a clean-up cannot lock out the one running it.
+    // unseen. The caller's own key is never among them, so a clean-up cannot lock out the one running it,
+    // nor, for an expiring caller, a key that outlives it.
     async revokeDormant(
       orgId: string,
       input: { dormantDays: number; dryRun: boolean; keyIds?: string[] },
@@ -402,6 +403,8 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         now: new Date(now),
         exceptKeyId: context.actor?.id ?? null,
         onlyKeyIds: input.keyIds ?? null,
+        // As a single revoke: an expiring key revoked the org's lasting admin key through the clean-up.
+        expiringBy: context.actor?.expiresAt ?? null,
       };
       if (!input.dryRun && input.keyIds === undefined) await refuseUnrecordedOrg(query, input.dormantDays);
       // Either answer is bounded: an org of 100,000 dormant keys with long names and networks made

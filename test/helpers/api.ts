@@ -64,6 +64,8 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
   });
   const logger = capturingLogger(evidence.logLines, 'api-test', config.logLevel);
   const recordUse: RecordUse = options.recordUse ?? ((keyId, orgId, ip, outcome) => uses.push({ keyId, orgId, ip, outcome }));
+  // Uses authorized and not recorded yet (a change's, until it is answered): the API's stop waits for them.
+  let pendingUses = 0;
   const { app, services, verifier, throttle, orgTurns } = createApp({
     db,
     logger,
@@ -71,6 +73,7 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
     webhooks: { ...config.webhooks, lookup: options.webhookLookup },
     privacy: config.privacy,
     recordUse,
+    pendingUses: { begin: () => void (pendingUses += 1), end: () => void (pendingUses -= 1) },
     usageTracking: options.usageTracking,
     now: options.now,
     elapsed: options.elapsed ?? options.now,
@@ -126,7 +129,7 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
     });
   }
 
-  return { app, baseUrl, port, request, getFrom, evidence, uses, services, verifier, throttle, orgTurns, config };
+  return { app, baseUrl, port, request, getFrom, evidence, uses, pendingUses: () => pendingUses, services, verifier, throttle, orgTurns, config };
 }
 
 // An org and a key with every scope, created through the service as the CLI does.
