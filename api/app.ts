@@ -109,15 +109,21 @@ function requestContext(logger: Logger, onRequest: AppDeps['onRequest']): Reques
   };
 }
 
+// IP_TRUNCATE applies to every address the API writes down: the audit log's, and the throttle's
+// lockout warnings (a log is beyond IP_RETENTION_DAYS and erasure). The throttle itself counts
+// full addresses, in memory.
+const writtenAddress = (deps: AppDeps) => (deps.privacy?.truncateIps ? truncateIp : (ip: string) => ip);
+
 // Who is calling: the failed-authentication throttle, the key verifier (its cache told of every
 // revocation by the keys service) and the per-route authorizer built on both.
 function createAuthentication(deps: AppDeps, clocks: { now: () => number; elapsed: () => number }) {
   const { now, elapsed } = clocks;
   const warn = rateLimitedWarn(deps.logger, THROTTLE_LOG_INTERVAL_MS, elapsed);
+  const written = writtenAddress(deps);
   const throttle = createAuthThrottle(deps.config.authThrottle, elapsed, (scope, subject) =>
     warn(
       `auth_throttle_${scope}`,
-      { [scope === 'ip' ? 'ip' : 'keyId']: subject, stats: { ...throttle.stats } },
+      { [scope === 'ip' ? 'ip' : 'keyId']: scope === 'ip' ? written(subject) : subject, stats: { ...throttle.stats } },
       'too many failed authentication attempts: throttled',
     ),
   );
@@ -193,8 +199,7 @@ export function createApp(deps: AppDeps) {
   app.use('/api', privateApiResponses);
   app.get('/api/whoami', authorize(), whoami);
 
-  // IP_TRUNCATE applies to the addresses the audit log keeps, as to usage.
-  const auditIp = deps.privacy?.truncateIps ? truncateIp : (ip: string) => ip;
+  const auditIp = writtenAddress(deps);
   const orgKeys = '/api/orgs/:id/api-keys';
   app.use(orgKeys, routePrefix(orgKeys));
   app.use(orgKeys, orgUsageRouter({ service: usage, authorize }));

@@ -58,6 +58,21 @@ t.test('an address that fails too often gets 429 with Retry-After, whatever it p
   t.match(logged, [{ ip: attacker, msg: 'too many failed authentication attempts: throttled' }], 'the lockout is logged once, with the address');
 });
 
+// With IP_TRUNCATE no full address is written down: the lockout's warning logged it whole, in a
+// log beyond retention and erasure (found by a review; fails without the fix).
+t.test('with IP_TRUNCATE the lockout warning names the truncated address', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { ...THROTTLE, IP_TRUNCATE: 'true' } });
+  const attacker = '203.0.113.66';
+  for (let i = 0; i < 5; i += 1) await api.request('GET', '/api/whoami', { key: 'not-a-key', headers: { 'x-forwarded-for': attacker } });
+  const logged = api.evidence.logLines.map((line) => JSON.parse(line)).filter((line) => line.kind === 'auth_throttle_ip');
+  t.match(logged, [{ ip: '203.0.113.0' }], 'the lockout is logged with the /24');
+  t.notOk(
+    api.evidence.logLines.some((line) => line.includes(attacker)),
+    'the full address in no log line',
+  );
+});
+
 t.test('wrong secrets on one key from many addresses: 429 for failures only, the holder is served from anywhere, bounded queries', async (t) => {
   const { db, api, adminKey, adminKeyId, whoami, wrongSecret } = await world(t);
   t.equal((await whoami('192.0.2.1', adminKey)).status, 200, 'the holder warms the cache');
