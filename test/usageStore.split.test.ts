@@ -14,6 +14,8 @@ import { plainDelta } from './helpers/deltas';
 import { TABLE } from '../shared/tables';
 import { createUsageStore } from '../collector/usageLog';
 import { PgProxy } from './helpers/faults';
+import { Flusher } from '../collector/flusher';
+import { createLogger } from '../shared/logger';
 
 type Org = { orgId: string; keyIds: string[] };
 
@@ -213,4 +215,43 @@ t.test('orgs that do not exist: one ledger row for them all; their uses are coun
     const result = await store.write([batchOf([realPart, ...forged])], toLog);
     t.match(result, { usesWritten: 2, unknownKeys: 2, unknownUses: 2 }, `${toLog ? 'an append' : 'a direct write'}: the forged orgs' uses are unknown`);
   }
+});
+
+// A split write whose one part committed is retried; with newer batches beside it, the parts were
+// drawn again, and the ledger pair standing for a part's orgs that do not exist no longer matched
+// the first attempt's: the forged org Y's uses, never counted, were taken for duplicates of X's
+// (found by a review; fails without the in-doubt batches retried alone). The database was exact
+// all along: what this checks is what the metrics say.
+t.test('a partly written flush is retried alone: forged orgs beside newer batches are counted unknown once', async (t) => {
+  const { db } = await freshDatabase(t);
+  const orgA = await createOrg(db, 'a');
+  const orgB = await createOrg(db, 'b');
+  const [keyA] = await insertKeys(db, orgA, 1, 'a-');
+  const [keyB] = await insertKeys(db, orgB, 1, 'b-');
+  const forged = (prefix: string, keys: number) => ({
+    orgId: `${prefix}000000-0000-4000-8000-000000000000`,
+    keyIds: Array.from({ length: keys }, (_, i) => `${prefix}000000-0000-4000-8000-${String(i).padStart(12, '0')}`),
+  });
+  // Parts {X, A} and {Y, B}; B refused, so {X, A} commits alone.
+  await db.raw(`create function refuse_b() returns trigger language plpgsql as $$
+    begin
+      if new.org_id = '${orgB}' then raise exception 'refused for the test'; end if;
+      return new;
+    end $$`);
+  await db.raw('create trigger refuse_b before insert or update on api_key_usage for each row execute function refuse_b()');
+  const aggregator = new Aggregator({ maxKeys: 100_000, now: () => Date.now() });
+  const add = (orgs: readonly Org[]) => {
+    for (const { orgId, keyIds } of orgs) for (const keyId of keyIds) aggregator.add({ orgId, keyId, ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  };
+  const store = createUsageStore(db, { logMinKeys: undefined, parallelism: 2 });
+  const flusher = new Flusher({ aggregator, store, intervalMs: 60_000, maxRetryKeys: 100_000, logger: createLogger({ level: 'silent', name: 'test' }) });
+  add([forged('f1', 5000), forged('f2', 5000), { orgId: orgA, keyIds: [keyA] }, { orgId: orgB, keyIds: [keyB] }]);
+  t.equal(await flusher.flush(), false, 'one part failed');
+  t.equal(flusher.stats.unknownUses, 5000, "the committed part's forged uses");
+
+  await db.raw('drop trigger refuse_b on api_key_usage');
+  add([forged('f3', 12_000)]);
+  t.equal(await flusher.flush(), true);
+  t.match(flusher.stats, { unknownUses: 22_000, usesPersisted: 2 }, 'every forged use unknown once; the two real ones persisted');
+  t.same([await usesOf(db, { orgId: orgA, keyIds: [] }), await usesOf(db, { orgId: orgB, keyIds: [] })], [1, 1]);
 });
