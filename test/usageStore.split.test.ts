@@ -53,6 +53,18 @@ async function holdRow(t: Test, url: string, org: Org) {
   return held;
 }
 
+// PostgreSQL refuses every write of the org's usage totals (a trigger) until end(): one part of a
+// split write fails while the others commit.
+async function refuseUsageOf(db: Db, orgId: string) {
+  await db.raw(`create function refuse_usage_of_org() returns trigger language plpgsql as $$
+    begin
+      if new.org_id = '${orgId}' then raise exception 'refused for the test'; end if;
+      return new;
+    end $$`);
+  await db.raw('create trigger refuse_usage_of_org before insert or update on api_key_usage for each row execute function refuse_usage_of_org()');
+  return { end: () => db.raw('drop trigger refuse_usage_of_org on api_key_usage') };
+}
+
 const usesOf = async (db: Db, org: Org) => Number((await db('api_key_usage').where({ org_id: org.orgId }).sum({ n: 'request_count' }).first())?.n ?? 0);
 
 t.test('each org group commits on its own transaction, at once', async (t) => {
@@ -75,12 +87,7 @@ t.test('each org group commits on its own transaction, at once', async (t) => {
 t.test('a part that fails beside one that commits leaves the batch in doubt; its retry writes the rest once', async (t) => {
   const { db } = await freshDatabase(t);
   const [first, second] = await twoOrgs(db);
-  await db.raw(`create function refuse_first_org() returns trigger language plpgsql as $$
-    begin
-      if new.org_id = '${first.orgId}' then raise exception 'refused for the test'; end if;
-      return new;
-    end $$`);
-  await db.raw('create trigger refuse_first_org before insert or update on api_key_usage for each row execute function refuse_first_org()');
+  const refusal = await refuseUsageOf(db, first.orgId);
   const store = createPgUsageStore(db, { parallelism: 2 });
   const batch = batchOf([first, second]);
 
@@ -91,7 +98,7 @@ t.test('a part that fails beside one that commits leaves the batch in doubt; its
   t.match((error as PartlyWrittenError).written, { keysWritten: second.keyIds.length, usesWritten: second.keyIds.length }, 'what the committed part wrote');
   t.same([await usesOf(db, first), await usesOf(db, second)], [0, second.keyIds.length], 'the second org was written');
 
-  await db.raw('drop trigger refuse_first_org on api_key_usage');
+  await refusal.end();
   const retried = await store.write([batch]);
   t.match(retried, { appliedBatches: 1, duplicateBatches: 0, duplicateUses: second.keyIds.length, usesWritten: first.keyIds.length });
   t.same([await usesOf(db, first), await usesOf(db, second)], [first.keyIds.length, second.keyIds.length], 'each org once');
@@ -233,12 +240,7 @@ t.test('a partly written flush is retried alone: forged orgs beside newer batche
     keyIds: Array.from({ length: keys }, (_, i) => `${prefix}000000-0000-4000-8000-${String(i).padStart(12, '0')}`),
   });
   // Parts {X, A} and {Y, B}; B refused, so {X, A} commits alone.
-  await db.raw(`create function refuse_b() returns trigger language plpgsql as $$
-    begin
-      if new.org_id = '${orgB}' then raise exception 'refused for the test'; end if;
-      return new;
-    end $$`);
-  await db.raw('create trigger refuse_b before insert or update on api_key_usage for each row execute function refuse_b()');
+  const refusal = await refuseUsageOf(db, orgB);
   const aggregator = new Aggregator({ maxKeys: 100_000, now: () => Date.now() });
   const add = (orgs: readonly Org[]) => {
     for (const { orgId, keyIds } of orgs) for (const keyId of keyIds) aggregator.add({ orgId, keyId, ip: '192.0.2.1', outcome: 'ok', count: 1 });
@@ -249,7 +251,7 @@ t.test('a partly written flush is retried alone: forged orgs beside newer batche
   t.equal(await flusher.flush(), false, 'one part failed');
   t.equal(flusher.stats.unknownUses, 5000, "the committed part's forged uses");
 
-  await db.raw('drop trigger refuse_b on api_key_usage');
+  await refusal.end();
   add([forged('f3', 12_000)]);
   t.equal(await flusher.flush(), true);
   t.match(flusher.stats, { unknownUses: 22_000, usesPersisted: 2 }, 'every forged use unknown once; the two real ones persisted');
