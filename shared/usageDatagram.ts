@@ -192,8 +192,9 @@ const TAIL_MASKS = [0, 0xff, 0xffff, 0xffffff];
 /** The string the datagram's bytes [at, end) stand for, made of its own (never a slice of the text), or undefined. */
 export type Accept = (text: Text, at: number, end: number) => string | undefined;
 
-// From the bytes, not a slice of the decoded text: a string of its own for about 80 ns, where
-// the line parser's copy (shared/usageWire.ts, ownCopy) about 190 (a throwaway loop over 36-byte ids, 2026-12-05).
+// From the bytes, not a slice of the decoded text: a string of its own for 70-72 ns a 36-byte id,
+// where the line parser's copy (shared/usageWire.ts, ownCopy) takes 151-173 ns (bench/stringCopy.ts,
+// docs/benchmarks.md §3b).
 const bytesAt = (text: Text, at: number, end: number) => text.packet.toString('latin1', at, end);
 
 const canonicalUuid: Accept = (text, at, end) => (uuidForm(latin1(text), at) === HEX_LOWER ? bytesAt(text, at, end) : undefined);
