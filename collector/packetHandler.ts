@@ -59,7 +59,7 @@ export function createPacketHandler(options: { config: Config; aggregator: Aggre
       if (line.startsWith(SIGNATURE_LINE_START)) ingest.uncheckedSignatureLines += 1;
       else relay.relay(line);
     });
-  const parseDatagram = createDatagramParser();
+  const parseDatagram = createDatagramParser(aggregatorMaxKeys);
   // One clock read per datagram, not per line: the lines of a datagram arrived together.
   let packetTime = now();
   // IP_TRUNCATE: cut before aggregation, so a full address is never held, merged or written.

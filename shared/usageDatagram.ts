@@ -68,12 +68,13 @@ export type DatagramParser = (packet: Buffer, onSample: (sample: UsageSample) =>
 /**
  * Returns a parser of received datagrams that gives what parsePacket gives for their latin1 text.
  * It keeps the ids and addresses it has validated (bounded tables), so the collector makes one
- * and keeps it.
+ * and keeps it. `keysAtOnce`: how many distinct keys it should keep (the collector's pending-key
+ * cap); the key table gets at least twice as many slots, within its bounds.
  */
-export function createDatagramParser(): DatagramParser {
+export function createDatagramParser(keysAtOnce = 0): DatagramParser {
   // Apart, so that keys (many) never push out the orgs (few, on every line).
   const tables: Tables = {
-    keys: new InternTable(KEY_SLOT_BITS, UUID_LENGTH, canonicalUuid),
+    keys: new InternTable(keySlotBits(keysAtOnce), UUID_LENGTH, canonicalUuid),
     orgs: new InternTable(ORG_SLOT_BITS, UUID_LENGTH, canonicalUuid),
     ips: new InternTable(IP_SLOT_BITS, MAX_IP_CHARS, ipAddress),
   };
@@ -176,13 +177,18 @@ function lineEnd(b: Buffer, at: number): number {
 }
 
 // Strings already validated (ids, addresses), by a hash of their bytes: direct-mapped, so a slot
-// holds the last string that hashed to it and memory stays bounded (≈ 6 MiB for keys, as much for
-// addresses) whatever a sender invents; a string pushed out is only validated again when it comes
-// back. Only canonical (lower-case) ids are kept; an upper-case one is left to the line parser,
+// holds the last string that hashed to it and memory stays bounded whatever a sender invents
+// (≈ 6 MiB for addresses; for keys ≈ 6 MiB a 64 k slots, ≈ 24 MiB at the default cap's 256 k); a
+// string pushed out is only validated again when it comes back. Only canonical (lower-case) ids are kept; an upper-case one is left to the line parser,
 // which lower-cases it. A string accepted is made of its own at once: a slice of the datagram's
 // text, kept by the table or by whatever keeps the sample, would keep the datagram alive. A line
 // whose strings are all found needs no decoded text at all.
-const KEY_SLOT_BITS = 16;
+// With 64 k key slots and 100,000 keys in use, most keys' slots were taken by another by their
+// next line: each line validated its id again, made a new string, and the aggregator compared it
+// by content, not by reference (docs/benchmarks.md §3d, the key table sized to the cap).
+const MIN_KEY_SLOT_BITS = 16;
+const MAX_KEY_SLOT_BITS = 20;
+export const keySlotBits = (keysAtOnce: number) => Math.min(MAX_KEY_SLOT_BITS, Math.max(MIN_KEY_SLOT_BITS, Math.ceil(Math.log2(Math.max(1, 2 * keysAtOnce)))));
 const ORG_SLOT_BITS = 8;
 const IP_SLOT_BITS = 16;
 // The bits of a word's first 1, 2 or 3 bytes (little-endian): the last word of a string whose

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
 import { seededRandom } from '../harness/random';
-import { InternTable, createDatagramParser, type Accept } from '../shared/usageDatagram';
+import { InternTable, createDatagramParser, keySlotBits, type Accept } from '../shared/usageDatagram';
 import { MAX_LINE_COUNT, OUTCOMES, USAGE_METRIC, encodeUsageLine, packDatagrams, type UsageSample } from '../shared/usageWire';
 import { collectGarbage } from './helpers/faults';
 import { parseWithParity } from './helpers/parseParity';
@@ -217,6 +217,27 @@ t.test('an intern table stays bounded: a flood of distinct strings is validated,
   // At most four strings are held, so at most four of the distinct ones are found without validation.
   t.ok(calls.count >= distinct.length - 4, `${calls.count} of ${distinct.length} validated again`);
   t.equal(internIn(table, '10.0.0.1'), '10.0.0.1', 'a genuine address after the flood');
+});
+
+// The collector sizes its key table by the pending-key cap: with the old fixed 64 k slots and
+// 100,000 keys in use, most keys were validated and made again at their next line.
+t.test('the key table is sized for the keys a collector holds at once', async (t) => {
+  t.equal(keySlotBits(0), 16, 'no fewer than 64 k slots');
+  t.equal(keySlotBits(100_000), 18, 'the default cap: 256 k slots, at least twice the keys');
+  t.equal(keySlotBits(1e9), 20, 'no more than 1 M slots');
+  // The table hashes an id's last eight bytes: random there, as in a real id.
+  const keys = Array.from({ length: 100_000 }, (_, i) => `3f0c6b7e-8a1d-4c2b-9e5f-${(i * 0x9e3779b1).toString(16).padStart(12, '0').slice(-12)}`);
+  const validatedAgain = (bits: number) => {
+    const { calls, fn } = countingAccept();
+    const table = new InternTable(bits, 36, fn);
+    for (const key of keys) internIn(table, key, 'xxxxxxxx,key:', ',org:');
+    calls.count = 0;
+    for (const key of keys) internIn(table, key, 'xxxxxxxx,key:', ',org:');
+    return calls.count / keys.length;
+  };
+  const sized = validatedAgain(keySlotBits(100_000));
+  t.ok(sized < 0.4, `sized for the cap, ${(sized * 100).toFixed(1)} % of 100,000 keys validated again at their second line`);
+  t.ok(validatedAgain(16) > 0.7, 'with 64 k slots, most of them');
 });
 
 t.test('an intern table does not remember what it refused', async (t) => {

@@ -31,10 +31,12 @@ export interface ParseShape {
 
 export function measureParseAggregate(keys: readonly IngestKey[], shape: ParseShape, stage: ParseStage, lines: number, passes: number): ParseRates {
   const { datagrams } = buildDatagrams(keys, shape.mode, shape.ipsPerKey);
-  const parse = shape.parser === 'text' ? parseText : createDatagramParser();
+  // The collector's default cap, or one that holds every key: the parser's key table is sized by it, as the collector's is.
+  const maxKeys = Math.max(100_000, capHolding(keys.length));
+  const parse = shape.parser === 'text' ? parseText : createDatagramParser(maxKeys);
   const rates: ParseRates = { wall: [], cpu: [] };
   for (let pass = 0; pass < passes + 1; pass++) {
-    const aggregator = new Aggregator({ maxKeys: Math.max(100_000, capHolding(keys.length)), listedKeys: shape.keyList, now: Date.now });
+    const aggregator = new Aggregator({ maxKeys, listedKeys: shape.keyList, now: Date.now });
     let usesReceived = 0;
     let packetTime = Date.now();
     const addSample =
