@@ -16,6 +16,7 @@ import { orgWriteBudget } from './auth/orgWriteBudget';
 import { createKeyVerifier } from './auth/keyVerifier';
 import { whoami } from './auth/whoami';
 import { errorMiddleware, routeNotFound } from './errors';
+import { noQuery } from './validation';
 import { healthHandler } from './health';
 import { serveOpenApiDocument } from './openapi/document';
 import { privateApiResponses, securityHeaders } from './securityHeaders';
@@ -197,7 +198,7 @@ export function createApp(deps: AppDeps) {
   app.get('/openapi.json', serveOpenApiDocument());
 
   app.use('/api', privateApiResponses);
-  app.get('/api/whoami', authorize(), whoami);
+  app.get('/api/whoami', authorize(), noQuery, whoami);
 
   const auditIp = writtenAddress(deps);
   const orgKeys = '/api/orgs/:id/api-keys';

@@ -39,9 +39,48 @@ export const displayName = z
   .regex(/^\P{Cc}*$/u, 'must not contain control characters (such as NUL, tab, newline or ESC)')
   .regex(/^[^\u202A-\u202E\u2066-\u2069]*$/u, 'must not contain bidirectional control characters (U+202A to U+202E, U+2066 to U+2069)');
 
+const WHOLE_NUMBER = /^\d{1,16}$/;
+
+/**
+ * A whole number in a query string, in decimal digits: z.coerce alone read an empty `offset=` as 0
+ * and took `limit=0x10`, `1e1` or `+5`, none of them the integer the document promises. Anything
+ * else reaches the number as NaN, refused as not a whole number.
+ */
+export const queryInteger = (min: number, max: number, fallback: number) =>
+  z.preprocess(
+    (value) => (typeof value === 'string' && !WHOLE_NUMBER.test(value) ? Number.NaN : value),
+    z.coerce
+      .number({ error: (issue) => (issue.code === 'invalid_type' ? 'must be a whole number' : undefined) })
+      .int()
+      .min(min)
+      .max(max)
+      .default(fallback),
+  );
+
 export const pagination = {
-  limit: z.coerce.number().int().min(1).max(200).default(50),
-  offset: z.coerce.number().int().min(0).default(0),
+  limit: queryInteger(1, 200, 50),
+  offset: queryInteger(0, Number.MAX_SAFE_INTEGER, 0),
+};
+
+const NO_QUERY = z.strictObject({});
+
+/**
+ * For a route that reads no query string: a parameter it would have dropped is refused. A rotate
+ * sent with `?gracePeriodSeconds=0` answered 200 and left the old secret working for the default
+ * day; a revoke with `?dryRun=true` revoked.
+ */
+export const noQuery: RequestHandler = (req, _res, next) => {
+  parseInput(NO_QUERY, req.query, 'query');
+  next();
+};
+
+/** For a route that reads no body: one sent (`{"dryRun":true}` to a revoke) is refused, not ignored. */
+export const noBody: RequestHandler = (req, _res, next) => {
+  const length = req.headers['content-length'];
+  if (req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')) {
+    throw new AppError('invalid_request', 'Invalid body: this route takes no body');
+  }
+  next();
 };
 
 // express.json leaves a body of any other type unread, which would then be reported as missing

@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import t, { type Test } from 'tap';
 import { UNAUTHORIZED_MESSAGE } from '../api/errors';
+import { API_ROUTES } from '../api/openapi/routes';
 import { formatKey, parsePresentedKey } from '../api/keys/keyMaterial';
 import type { Scope } from '../api/keys/scopes';
 import type { Db } from '../shared/db';
@@ -76,6 +77,9 @@ const ROUTES: Route[] = [
     badQuery('limit 0', 'limit=0'),
     badQuery('limit not a number', 'limit=ten'),
     badQuery('negative offset', 'offset=-1'),
+    // z.coerce read these as 16 and 0 (fail without the fix).
+    badQuery('limit in hexadecimal', 'limit=0x10'),
+    badQuery('empty offset', 'offset='),
     badQuery('unknown parameter', 'status=active'),
   ]),
   read('GET /api/orgs/:id/api-keys/:keyId', [{ label: 'keyId not a UUID', params: { keyId: BAD_ID }, field: 'keyId' }]),
@@ -111,6 +115,7 @@ const ROUTES: Route[] = [
     badQuery('unknown sort', 'sort=name'),
     badQuery('dormant not a boolean', 'dormant=yes'),
     badQuery('dormantDays 0', 'dormantDays=0'),
+    badQuery('dormantDays in exponent form', 'dormantDays=1e1'),
     badQuery('unknown parameter', 'keyId=x'),
   ]),
   read('GET /api/orgs/:id/api-keys/:keyId/usage', [
@@ -429,9 +434,24 @@ async function assertForeignTarget(t: Test, world: World, call: Call, route: Rou
   t.same([unknownKey.response.status, unknownKey.response.body.error.message], [404, foreign.message], 'an unknown id answers the same');
 }
 
+// What the route's contract says it does not read is refused, not dropped: a rotate's
+// `?gracePeriodSeconds=0` was ignored (the old secret kept its day), a revoke's
+// `{"dryRun":true}` too (it revoked). Every route, so a new one cannot forget it.
+function unreadInputs(route: Route): Route['invalid'] {
+  const [method, path] = route.name.split(' ');
+  const contract = API_ROUTES.flatMap(({ mount, routes }) => routes.map((r) => ({ ...r, pattern: r.path === '/' && mount ? mount : mount + r.path }))).find(
+    (r) => r.method === method.toLowerCase() && r.pattern === path,
+  );
+  if (!contract) throw new Error(`${route.name}: no contract`);
+  const unknownQuery = { label: 'a query parameter the route does not read', query: 'unexpected=1', field: 'unexpected' };
+  return method === 'GET' || contract.body
+    ? [unknownQuery]
+    : [unknownQuery, { label: 'a body where the route takes none', body: { dryRun: true }, field: 'body' }];
+}
+
 async function assertInvalidInputs(t: Test, world: World, call: Call, route: Route, header: Header) {
   const { keys, acme, targets } = world;
-  for (const invalid of route.invalid) {
+  for (const invalid of [...route.invalid, ...unreadInputs(route)]) {
     const label = `invalid: ${invalid.label}`;
     const { response, uses } = await call(route, {
       key: keys.admin.plaintext,

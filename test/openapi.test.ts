@@ -298,7 +298,8 @@ async function refusals(t: Test, world: World, operationId: string, check: Retur
   const last = params[params.length - 1];
   if (last) await call(`${last} not a UUID`, 'invalid_request', { key: plaintexts.admin, ids: { [last]: 'not-a-uuid' } });
   if (last && last !== 'id') await call(`an unknown ${last}`, 'not_found', { key: plaintexts.admin, ids: { [last]: '00000000-0000-4000-8000-000000000000' } });
-  if (contract.query) await call('an unknown query parameter', 'invalid_request', { key: plaintexts.admin, query: 'bogus=1' });
+  // Every keyed route: a route without a query refuses one too (validation.ts, noQuery).
+  if (auth || contract.query) await call('an unknown query parameter', 'invalid_request', { key: plaintexts.admin, query: 'bogus=1' });
   if (contract.body) {
     await call('an unknown body field', 'invalid_request', { key: plaintexts.admin, body: { bogus: 1 } });
     // Above every route's limit (revoke-dormant's is 512 kB, for 10,000 key ids).

@@ -3,7 +3,7 @@ import { Router, type RequestHandler, type Response } from 'express';
 import { z } from 'zod';
 import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
-import { displayName, jsonBody, withinSupportedTimes, pagination, parseInput, uuid } from '../validation';
+import { displayName, jsonBody, noBody, noQuery, withinSupportedTimes, pagination, parseInput, uuid } from '../validation';
 import { MAX_REVOKE_KEY_IDS, apiKeyList, apiKeyView, revealedApiKey, revokeDormantResult, type ApiKeysService } from './apiKeys.service';
 import { SCOPES } from './scopes';
 
@@ -148,7 +148,7 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
   const readCleanUp = jsonBody('512kb');
   const router = Router({ mergeParams: true });
 
-  router.post('/', writeKeys, readJson, async (req, res) => {
+  router.post('/', writeKeys, noQuery, readJson, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(createBody, req.body, 'body');
     const created = await service.create(
@@ -165,31 +165,31 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
     res.json(await service.list(id, page));
   });
 
-  router.post('/revoke-dormant', authorize(MANAGE_AND_READ_ORG), readCleanUp, async (req, res) => {
+  router.post('/revoke-dormant', authorize(MANAGE_AND_READ_ORG), noQuery, readCleanUp, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(revokeDormantBody, req.body, 'body');
     res.json(await service.revokeDormant(id, body, changeContext(res)));
   });
 
-  router.patch('/:keyId', writeKeys, readJson, async (req, res) => {
+  router.patch('/:keyId', writeKeys, noQuery, readJson, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(patchBody, req.body, 'body');
     res.json(await service.setExpectedNetworks(id, keyId, body.expectedNetworks, changeContext(res)));
   });
 
-  router.get('/:keyId', readKeys, async (req, res) => {
+  router.get('/:keyId', readKeys, noQuery, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     res.json(await service.get(id, keyId));
   });
 
-  router.post('/:keyId/rotate', writeKeys, readJson, async (req, res) => {
+  router.post('/:keyId/rotate', writeKeys, noQuery, readJson, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(rotateBody, req.body, 'body');
     const rotated = await service.rotate(id, keyId, { ...changeContext(res), graceSeconds: body.gracePeriodSeconds });
     res.json({ ...rotated.key, key: rotated.plaintext } satisfies z.output<typeof revealedApiKey>);
   });
 
-  router.post('/:keyId/revoke', writeKeys, async (req, res) => {
+  router.post('/:keyId/revoke', writeKeys, noQuery, noBody, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     res.json(await service.revoke(id, keyId, changeContext(res)));
   });

@@ -80,7 +80,8 @@ function requestBody(body: z.ZodObject) {
 export function errorCodes(route: RouteContract): ErrorCode[] {
   const codes = new Set<ErrorCode>(route.errors);
   const { auth } = route;
-  if (route.params || route.query || route.body) codes.add('invalid_request');
+  // A keyed route refuses a query parameter it does not read (validation.ts, noQuery).
+  if (auth || route.params || route.query || route.body) codes.add('invalid_request');
   if (route.body) ['payload_too_large', 'unsupported_media_type'].forEach((code) => codes.add(code as ErrorCode));
   if (auth) {
     ['unauthorized', 'too_many_requests', 'internal_error', 'service_unavailable'].forEach((code) => codes.add(code as ErrorCode));

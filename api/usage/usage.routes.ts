@@ -2,7 +2,7 @@ import { Router, type RequestHandler } from 'express';
 import { z } from 'zod';
 import { READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
-import { dateParam, displayName, pagination, parseInput, rangeEndParam, uuid } from '../validation';
+import { dateParam, displayName, pagination, parseInput, queryInteger, rangeEndParam, uuid } from '../validation';
 import { usageList, usageSeries, type UsageService } from './usage.service';
 
 const booleanParam = z.enum(['true', 'false'], { error: 'must be true or false' }).transform((v) => v === 'true');
@@ -12,7 +12,7 @@ const listQuery = z
     // Absent: every key; true: only dormant keys; false: only keys that are not dormant.
     dormant: booleanParam.optional(),
     status: z.enum(['active', 'revoked', 'expired'], { error: 'must be active, revoked or expired' }).optional(),
-    dormantDays: z.coerce.number().int('must be a whole number').min(1).max(3650).default(30),
+    dormantDays: queryInteger(1, 3650, 30),
     sort: z.enum(['createdAt', 'lastUsedAt', 'requestCount'], { error: 'must be createdAt, lastUsedAt or requestCount' }).default('createdAt'),
     order: z.enum(['asc', 'desc'], { error: 'must be asc or desc' }).default('desc'),
     keyId: uuid.optional(),

@@ -4,7 +4,7 @@ import { EVENT_TYPES } from '../../shared/keyEvents';
 import { redactKeyMaterial } from '../../shared/logger';
 import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
-import { jsonBody, pagination, parseInput, uuid } from '../validation';
+import { jsonBody, noBody, noQuery, pagination, parseInput, uuid } from '../validation';
 import { DELIVERY_STATUSES } from './webhooks.repository';
 import { createdWebhook, deliveryList, MAX_PENDING_PINGS, pingResult, webhookList, type WebhooksService } from './webhooks.service';
 
@@ -122,7 +122,7 @@ export function webhooksRouter(deps: { service: WebhooksService; authorize: (req
   const readJson = jsonBody('16kb');
   const router = Router({ mergeParams: true });
 
-  router.post('/', authorize('createWebhook'), readJson, async (req, res) => {
+  router.post('/', authorize('createWebhook'), noQuery, readJson, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(createBody, req.body, 'body');
     const created = await service.create(id, body, changeContext(res));
@@ -135,7 +135,7 @@ export function webhooksRouter(deps: { service: WebhooksService; authorize: (req
     res.json(await service.list(id, page));
   });
 
-  router.delete('/:webhookId', authorize('deleteWebhook'), async (req, res) => {
+  router.delete('/:webhookId', authorize('deleteWebhook'), noQuery, noBody, async (req, res) => {
     const { id, webhookId } = parseInput(webhookParams, req.params, 'params');
     await service.remove(id, webhookId, changeContext(res));
     res.status(204).end();
@@ -147,7 +147,7 @@ export function webhooksRouter(deps: { service: WebhooksService; authorize: (req
     res.json(await service.deliveries(id, webhookId, query));
   });
 
-  router.post('/:webhookId/test', authorize('pingWebhook'), async (req, res) => {
+  router.post('/:webhookId/test', authorize('pingWebhook'), noQuery, noBody, async (req, res) => {
     const { id, webhookId } = parseInput(webhookParams, req.params, 'params');
     res.status(202).json(await service.ping(id, webhookId, changeContext(res)));
   });
