@@ -2,6 +2,7 @@ import type { ErrorRequestHandler, RequestHandler } from 'express';
 import { z } from 'zod';
 import { databaseUnavailable } from '../shared/db';
 import { redactKeyMaterial, type Logger } from '../shared/logger';
+import type { Outcome } from '../shared/usageWire';
 
 // The closed list of error codes a client can receive, each with its one HTTP status.
 export const ERROR_STATUS = {
@@ -42,6 +43,22 @@ export class AppError extends Error {
 
   get status(): number {
     return ERROR_STATUS[this.code];
+  }
+}
+
+/**
+ * A refusal whose use has an outcome of its own: a change whose key was revoked, expired or
+ * rotated while it waited is answered 401, and its use is recorded revoked, expired or forbidden
+ * (a stale secret), not ok (api/auth/authorize.ts reads it from res.locals.useOutcome).
+ */
+export class RefusedUseError extends AppError {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    readonly outcome: Outcome,
+  ) {
+    super(code, message);
+    this.name = 'RefusedUseError';
   }
 }
 
@@ -128,6 +145,7 @@ export function errorMiddleware(logger: Logger): ErrorRequestHandler {
       logger.warn({ err: { message: error.message, code: error.code }, requestId }, appError.message);
       res.setHeader('Retry-After', DATABASE_RETRY_AFTER);
     }
+    if (error instanceof RefusedUseError) res.locals.useOutcome = error.outcome;
     if (appError) {
       res.status(appError.status).json({ error: { code: appError.code, message: clientMessage(appError, req.method), requestId } });
       return;

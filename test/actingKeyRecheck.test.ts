@@ -31,13 +31,16 @@ function slowPost(port: number, path: string, key: string, body: unknown) {
   return { release: () => request.end(text.slice(1)), answer };
 }
 
+// The use's outcome is the answer's: a 401 for a key revoked meanwhile was recorded ok (fails
+// without RefusedUseError), so no revoked-key-in-use event was raised for it.
 const cases = [
-  { name: 'revoked', meanwhile: 'revoke', status: 401 },
-  { name: 'rotated, its old secret in its grace period', meanwhile: 'rotate', status: 401 },
-  { name: 'left alone', meanwhile: 'nothing', status: 201 },
+  { name: 'revoked', meanwhile: 'revoke', status: 401, outcome: 'revoked' },
+  { name: 'rotated, its old secret in its grace period', meanwhile: 'rotate', status: 401, outcome: 'forbidden' },
+  { name: 'expired', meanwhile: 'expire', status: 401, outcome: 'expired' },
+  { name: 'left alone', meanwhile: 'nothing', status: 201, outcome: 'ok' },
 ] as const;
 
-for (const { name, meanwhile, status } of cases) {
+for (const { name, meanwhile, status, outcome } of cases) {
   t.test(`a key ${name} while its create's body is on its way: ${status} (fails without the fix)`, async (t) => {
     const { db } = await freshDatabase(t);
     const api = await startTestApi(t, db);
@@ -47,9 +50,19 @@ for (const { name, meanwhile, status } of cases) {
     await waitFor('the create to be authorized', () => (api.orgTurns.busyOrgs() === 1 ? true : undefined));
     if (meanwhile === 'revoke') await api.services.apiKeys.revoke(org.id, adminKeyId);
     if (meanwhile === 'rotate') await api.services.apiKeys.rotate(org.id, adminKeyId, { graceSeconds: 3600 });
+    // Its expiry reached while it waited (written directly: no route moves an expiry earlier).
+    if (meanwhile === 'expire')
+      await db('api_keys')
+        .where({ id: adminKeyId })
+        .update({ expires_at: new Date(Date.now() - 60_000) });
     slow.release();
     const { status: answered, body } = await slow.answer;
     t.equal(answered, status);
+    t.same(
+      api.uses.map((use) => use.outcome),
+      [outcome],
+      `its use recorded ${outcome}`,
+    );
     const minted = await db('api_keys').where({ org_id: org.id, name: 'late' }).count<Array<{ count: string }>>('* as count');
     t.equal(Number(minted[0].count), status === 201 ? 1 : 0, status === 201 ? 'the key is created' : 'no key is created');
     if (status === 401) {

@@ -3,7 +3,8 @@ import type { Db } from '../../shared/db';
 import { idString } from '../responses';
 import { TABLE } from '../../shared/tables';
 import { lockOrgFor } from '../orgs/orgs.repository';
-import { AppError } from '../errors';
+import { RefusedUseError } from '../errors';
+import type { Outcome } from '../../shared/usageWire';
 
 // The audit log: one row per change to an org's keys, written in the change's own transaction
 // (pass the transaction as `db`), so a change and its entry commit or roll back together.
@@ -89,13 +90,22 @@ export interface ActingKey {
 export async function beginAuditedChange(trx: Db, orgId: string, acting: ActingKey | undefined, now: number): Promise<void> {
   await lockOrgFor(trx, 'audit', orgId);
   if (!acting) return;
-  const row = await trx(TABLE.apiKeys)
-    .where({ org_id: orgId, id: acting.id })
-    .first<{ revoked_at: Date | null; expires_at: Date | null; rotated_at: Date | null } | undefined>('revoked_at', 'expires_at', 'rotated_at');
-  const active = row && row.revoked_at === null && (row.expires_at === null || row.expires_at.getTime() > now);
-  if (!active || row.rotated_at?.getTime() !== acting.rotatedAt?.getTime()) {
-    throw new AppError('unauthorized', 'This API key was revoked, rotated or expired after the request was authorized; nothing was changed');
+  const row = await trx(TABLE.apiKeys).where({ org_id: orgId, id: acting.id }).first<ActingKeyRow | undefined>('revoked_at', 'expires_at', 'rotated_at');
+  const changed = changedSince(row, acting, now);
+  if (changed) {
+    throw new RefusedUseError('unauthorized', 'This API key was revoked, rotated or expired after the request was authorized; nothing was changed', changed);
   }
+}
+
+type ActingKeyRow = { revoked_at: Date | null; expires_at: Date | null; rotated_at: Date | null };
+
+// The outcome of the acting key's use if the key changed since its request was authorized.
+function changedSince(row: ActingKeyRow | undefined, acting: ActingKey, now: number): Outcome | undefined {
+  if (!row || row.revoked_at !== null) return 'revoked';
+  if (row.expires_at !== null && row.expires_at.getTime() <= now) return 'expired';
+  // Rotated: the secret presented is now the previous one, or none (a stale secret: forbidden).
+  if (row.rotated_at?.getTime() !== acting.rotatedAt?.getTime()) return 'forbidden';
+  return undefined;
 }
 
 export async function recordAudit(db: Db, entry: AuditEntry): Promise<void> {

@@ -135,8 +135,9 @@ function turnOf(deps: AuthorizeDeps, req: Request, res: Response, orgId: string)
 
 // A change's handler may still refuse it: a key beyond its caller's scopes or lifetime (403). Such
 // probes for more privilege were recorded ok, before the handler ran. A change's outcome is its
-// answer's, recorded as the handler ends it (forbidden for a 403; the error middleware answers
-// even a client that left). A client gone before its handler was reached: recorded ok then.
+// answer's, recorded as the handler ends it (forbidden for a 403; revoked, expired or forbidden for
+// a key changed while the change waited, RefusedUseError; the error middleware answers even a
+// client that left). A client gone before its handler was reached: recorded ok then.
 // Returns what to call as the handler is reached.
 function recordWhenAnswered(deps: AuthorizeDeps, req: Request, res: Response, key: { id: string; orgId: string }, ip: string): () => void {
   deps.pendingUses?.begin();
@@ -154,7 +155,7 @@ function recordWhenAnswered(deps: AuthorizeDeps, req: Request, res: Response, ke
   };
   const end = res.end.bind(res);
   res.end = ((...args: Parameters<Response['end']>) => {
-    record(res.statusCode === 403 ? 'forbidden' : 'ok');
+    record(res.locals.useOutcome ?? (res.statusCode === 403 ? 'forbidden' : 'ok'));
     return end(...args);
   }) as Response['end'];
   res.once('close', left);
