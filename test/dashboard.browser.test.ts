@@ -626,6 +626,122 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await tab.close();
   });
 
+  // The org view gave the freshness line nothing, and a change of view kept the last one's: after
+  // Keys → Organization the line went on counting up from the keys page's reading.
+  t.test("the org page's freshness line tells the org page's own reading", async (t) => {
+    const tab = await signedInTab(system.adminKey, '#/keys', { clock: true });
+    const line = tab.locator('#freshness');
+    await line.filter({ hasText: 'Numbers read' }).waitFor();
+    const dormantList = /\/usage\?dormant=true/;
+    const held = await holdRequests(tab, dormantList);
+    await tab.click('#nav a:has-text("Organization")');
+    await held.sent();
+    t.notOk(await line.isVisible(), "while the org page's numbers are on their way, no reading is shown");
+    const answered = tab.waitForResponse(dormantList);
+    held.release();
+    const { generatedAt } = await (await answered).json();
+    await line
+      .filter({ hasText: generatedAt })
+      .waitFor({ timeout: 5000 })
+      .catch(() => undefined);
+    t.match(await line.textContent(), `(${generatedAt})`, "then the dormant list's reading");
+    await tab.close();
+  });
+
+  // Newest first, a list of more than 50 dormant keys left out the never-used and the longest
+  // unused ones: those the clean-up revokes first.
+  t.test('the dormant list shows the keys unused longest first', async (t) => {
+    const day = 86_400_000;
+    const idle: string[] = [];
+    for (let i = 0; i < 50; i++) idle.push((await createKey(system, `idle-${i}`, ['keys:read'])).id);
+    t.teardown(() => system.db('api_keys').whereIn('id', idle).del());
+    await system
+      .db('api_keys')
+      .whereIn('id', idle)
+      .update({ created_at: new Date(Date.now() - 90 * day) });
+    // idle-i last used 31 + i days ago: all dormant at 30 days, idle-0 the most recently used.
+    await system.db('api_key_usage').insert(
+      idle.map((id, i) => ({
+        key_id: id,
+        org_id: system.org.id,
+        request_count: 1,
+        ok_count: 1,
+        last_used_at: new Date(Date.now() - (31 + i) * day),
+        last_used_ip: '127.0.0.1',
+      })),
+    );
+    const tab = await signedInTab(system.adminKey, '#/org');
+    const summary = tab.locator('#dormant .section-body > p').first();
+    await summary.filter({ hasText: '51 dormant keys' }).waitFor();
+    const listed = await tab.locator('#dormant li a').evaluateAll((links) => links.map((link) => link.getAttribute('href')));
+    const stalest = [keys.unused.id, ...idle.slice(1).reverse()].map((id) => `#/key/${id}`);
+    t.strictSame(listed, stalest, 'the never-used key, then the longest unused: the most recently used is the one left out');
+    t.match(await summary.textContent(), /51 dormant keys \(unused for 30 days\); the 50 unused longest shown/, 'and it says more are dormant');
+    await tab.close();
+  });
+
+  // IP retention erases last_failed_ip and keeps last_failed_at: the page said "… ago from null".
+  // A use after expiry was not shown at all, while a use after revocation was.
+  t.test("a key page shows an erased failing IP as the other IPs, and the key's use after expiry", async (t) => {
+    const key = await createKey(system, 'demo-expired-use', ['keys:read']);
+    await system
+      .db('api_keys')
+      .where({ id: key.id })
+      .update({ expires_at: new Date(Date.now() - HOUR_MS) });
+    t.equal((await system.api.request('GET', '/api/whoami', { key: key.key })).status, 401, 'used after it expired');
+    await system.api.request('GET', '/api/whoami', { key: `${key.key.slice(0, 36)}${'A'.repeat(43)}` });
+    let usage: { lastExpiredUseAt: string | null; failedAttempts: number } | undefined;
+    await waitFor('the uses persisted', async () => {
+      [usage] = await apiUsage(system, `keyId=${key.id}`);
+      return usage?.lastExpiredUseAt && usage.failedAttempts === 1 ? true : undefined;
+    });
+    await system.db('api_key_usage').where({ key_id: key.id }).update({ last_failed_ip: null });
+    const tab = await signedInTab(system.adminKey, `#/key/${key.id}`);
+    const fact = (label: string) => tab.locator(`.facts dt:text-is("${label}") + dd`);
+    await fact('Failed attempts').filter({ hasText: '1' }).waitFor();
+    t.match(await fact('Last failed attempt').textContent(), /^(just now|\d+ s ago) from —$/, 'the erased address shown as —');
+    const expiredUse = await fact('Used after expiry').evaluateAll((dds) => dds.map((dd) => [dd.textContent, dd.getAttribute('title')]));
+    t.match(expiredUse, [[/^(just now|\d+ s ago)$/, usage?.lastExpiredUseAt]], 'how long ago it was used after expiry, the exact time on hover');
+    await tab.close();
+  });
+
+  // One request of the default 50, page.total ignored: webhooks past the 50th never showed, and
+  // nothing said so. The API stores every event type as ["*"], shown as a bare "*".
+  t.test('the webhooks list pages like the keys table, and says "all events" for ["*"]', async (t) => {
+    const created = await system.api.request('POST', `/api/orgs/${system.org.id}/webhooks`, {
+      key: system.adminKey,
+      body: { url: 'https://203.0.113.12/hook', events: ['*', 'key.spike'] },
+    });
+    t.equal(created.status, 201);
+    t.teardown(() => system.db('webhooks').where({ org_id: system.org.id }).del());
+    // Past WEBHOOKS_MAX_PER_ORG (20 by default), which a deployment may raise.
+    const [{ secret_box }] = await system.db('webhooks').where({ id: created.body.id }).select('secret_box');
+    const start = Date.now();
+    await system.db('webhooks').insert(
+      Array.from({ length: 50 }, (_, i) => ({
+        org_id: system.org.id,
+        url: `https://203.0.113.12/hook-${i}`,
+        event_types: ['key.spike', 'key.new_ip'],
+        secret_box,
+        created_at: new Date(start + (i + 1) * 1000),
+      })),
+    );
+    const tab = await signedInTab(system.adminKey, '#/org');
+    tab.setDefaultTimeout(5000);
+    const status = tab.locator('#webhooks .page-status');
+    await status
+      .filter({ hasText: 'webhooks' })
+      .waitFor()
+      .catch(() => undefined);
+    t.strictSame(await status.allTextContents(), ['1–50 of 51 webhooks'], 'how many there are');
+    t.match(await tab.locator('#webhooks li').first().innerText(), /^https:\/\/203\.0\.113\.12\/hook · all events · /, '["*"] as all events');
+    t.match(await tab.locator('#webhooks li').nth(1).innerText(), / · key\.spike, key\.new_ip · /);
+    await tab.click('#webhooks button:has-text("Next")');
+    await status.filter({ hasText: '51–51 of 51 webhooks' }).waitFor();
+    t.strictSame(await tab.locator('#webhooks li code').allTextContents(), ['https://203.0.113.12/hook-49'], 'the 51st on the next page');
+    await tab.close();
+  });
+
   // The key's page refreshed after the revocation had signed the page out: with no key, its 401
   // was an uncaught error.
   t.test('revoking the key you are signed in with signs you out, with no request without a key and no error', async (t) => {

@@ -11,6 +11,8 @@ const MORE = (result) => (result.more ? ' More keys are dormant: the oldest 10,0
 const MIN_DAYS = 1;
 const MAX_DAYS = 3650;
 
+const LISTED = 50;
+
 // The threshold box read once for the list, its label and the clean-up alike: 0 listed the keys of
 // 30 days under a label of 0, and the clean-up sent 0 to a 400. A value out of bounds is refused
 // here, before any request, with the section's note.
@@ -26,8 +28,9 @@ const dormantItem = (key) =>
   el('li', {}, [el('a', { href: `#/key/${key.id}`, text: isolate(key.name) }), ` · ${key.status} · last use ${relative(key.lastUsedAt)}`]);
 
 // Dormant keys (from the usage endpoint, available now) and their clean-up through
-// POST …/api-keys/revoke-dormant: a dry run first, then "apply" after a confirmation.
-export function dormantSection(who, canWrite) {
+// POST …/api-keys/revoke-dormant: a dry run first, then "apply" after a confirmation. Each list
+// read goes to `onFresh`: on the org page it is the usage the freshness line speaks of.
+export function dormantSection(who, canWrite, onFresh) {
   const days = el('input', { type: 'number', id: 'dormant-days', min: MIN_DAYS, max: MAX_DAYS, value: 30, 'aria-label': 'Unused for at least (days)' });
   const list = el('ul', { class: 'dormant-list' });
   const outcome = el('p', { class: 'cleanup-result', 'aria-live': 'polite' });
@@ -40,7 +43,9 @@ export function dormantSection(who, canWrite) {
     endpoint: 'dormant clean-up endpoint (POST …/api-keys/revoke-dormant)',
     load: async (body) => {
       const dormantDays = chosenDays(days);
-      const page = await api('GET', orgPath(who, `/usage?dormant=true&dormantDays=${dormantDays}&sort=lastUsedAt&limit=50`));
+      // The stalest first (never used, then the longest unused), as the clean-up takes them: past
+      // the first page, newest first left out the very keys it revokes first.
+      const page = await api('GET', orgPath(who, `/usage?dormant=true&dormantDays=${dormantDays}&sort=lastUsedAt&order=asc&limit=${LISTED}`));
       const keys = page.data.map(({ id, name, status, lastUsedAt }) => ({ id, name, status, lastUsedAt }));
       if (JSON.stringify(keys) !== shown) {
         shown = JSON.stringify(keys);
@@ -48,9 +53,10 @@ export function dormantSection(who, canWrite) {
       }
       setText(
         summary,
-        `${page.page.total} dormant key${page.page.total === 1 ? '' : 's'} (unused for ${dormantDays} days)${page.page.total > 50 ? '; the first 50 shown' : ''}`,
+        `${page.page.total} dormant key${page.page.total === 1 ? '' : 's'} (unused for ${dormantDays} days)${page.page.total > LISTED ? `; the ${LISTED} unused longest shown` : ''}`,
       );
       if (!body.contains(list)) body.append(el('label', {}, ['Unused for at least ', days, ' days']), summary, list, ...(canWrite ? [actions, outcome] : []));
+      onFresh(page);
     },
   });
   const summary = el('p');

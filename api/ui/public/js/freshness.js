@@ -21,7 +21,8 @@ export function createFreshness(node) {
       node.hidden = false;
       render();
     },
-    // Signed out: nothing of the last session's numbers is kept, nor shown again by the timer.
+    // Signed out or another view shown: nothing of the last numbers is kept, nor shown again by
+    // the timer.
     clear() {
       latest = undefined;
       node.hidden = true;

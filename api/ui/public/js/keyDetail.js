@@ -21,16 +21,20 @@ const RANGES = {
 };
 const BUCKET_MS = { hour: 3_600_000, day: 86_400_000 };
 
+// A moment as the facts show it: how long ago, the exact time on hover.
+const at = (field) => [(k) => relative(k[field]), (k) => exact(k[field])];
+
 const FACTS = [
   ['Status', (k) => k.status],
   ['Scopes', (k) => k.scopes.join(', ')],
-  ['Last use', (k) => relative(k.lastUsedAt), (k) => exact(k.lastUsedAt)],
+  ['Last use', ...at('lastUsedAt')],
   ['Last IP', (k) => k.lastUsedIp ?? '—'],
   ['Uses 24 h / 7 d / 30 d', (k) => `${count(k.requests.last24h)} / ${count(k.requests.last7d)} / ${count(k.requests.last30d)}`],
   ['Uses since creation', (k) => count(k.requestCount)],
   ['Failed attempts', (k) => count(k.failedAttempts)],
-  ['Last failed attempt', (k) => (k.lastFailedAt ? `${relative(k.lastFailedAt)} from ${k.lastFailedIp}` : 'none'), (k) => exact(k.lastFailedAt)],
-  ['Used after revocation', (k) => relative(k.lastRevokedUseAt), (k) => exact(k.lastRevokedUseAt)],
+  ['Last failed attempt', (k) => (k.lastFailedAt ? `${relative(k.lastFailedAt)} from ${k.lastFailedIp ?? '—'}` : 'none'), (k) => exact(k.lastFailedAt)],
+  ['Used after revocation', ...at('lastRevokedUseAt')],
+  ['Used after expiry', ...at('lastExpiredUseAt')],
 ];
 
 function createFacts() {

@@ -1,6 +1,7 @@
 import { api, orgPath } from './api.js';
 import { el, setAttr, setText } from './dom.js';
 import { count, exact, relative } from './format.js';
+import { createPager, STALE } from './pager.js';
 import { createSparkline } from './sparkline.js';
 
 // The keys table: one page of GET …/usage (sorted, filtered and paged by the server), rows kept
@@ -83,7 +84,7 @@ function controls(onChange) {
   dormant.addEventListener('change', onChange);
   const element = el('div', { class: 'controls' }, [search, el('label', {}, ['Sort by ', sort]), el('label', {}, [dormant, ' Dormant only'])]);
   const query = () => {
-    const params = new URLSearchParams({ sort: sort.value, limit: String(PAGE_SIZE) });
+    const params = new URLSearchParams({ sort: sort.value });
     if (search.value.trim()) params.set('q', search.value.trim());
     if (dormant.checked) params.set('dormant', 'true');
     return params;
@@ -91,55 +92,28 @@ function controls(onChange) {
   return { element, query };
 }
 
-/** What a view's refresh answers when a later one replaced it: it neither shows nor clears an error. */
-export const STALE = Symbol('stale');
-
 // `requestRefresh`: the page's refresh of the current view, which shows its errors (a refresh
 // started here by a filter or the pager showed none: a 400 or a 401 went unseen).
 export function createKeysView({ who, onFresh, requestRefresh }) {
   const rows = new Map();
-  let offset = 0;
-  // Answers may come back out of order (the 5 s refresh beside a click on Next): only the latest
-  // request's is shown, with the offset it asked for.
-  let latest = 0;
   const tbody = el('tbody');
-  const status = el('p', { class: 'page-status', 'aria-live': 'polite' });
-  const refresh = async () => {
-    const asked = { ticket: ++latest, offset };
-    const params = filters.query();
-    params.set('offset', String(asked.offset));
-    let body;
-    try {
-      body = await api('GET', orgPath(who, `/usage?${params}`));
-    } catch (error) {
-      // An answer a later request replaced is not shown, nor is its error.
-      if (asked.ticket !== latest) return STALE;
-      throw error;
-    }
-    if (asked.ticket !== latest) return STALE;
-    // Keys left the filter since the page was turned (used again, out of "Dormant only", or
-    // renamed): the page past its end is empty, so the last page that has keys is asked for.
-    if (asked.offset > 0 && asked.offset >= body.page.total) {
-      offset = Math.floor(Math.max(0, body.page.total - 1) / PAGE_SIZE) * PAGE_SIZE;
-      return refresh();
-    }
-    render(body.data);
-    const last = Math.min(body.page.total, asked.offset + body.data.length);
-    setText(status, body.page.total === 0 ? 'No keys match.' : `${count(asked.offset + 1)}–${count(last)} of ${count(body.page.total)} keys`);
-    prev.disabled = asked.offset === 0;
-    next.disabled = last >= body.page.total;
-    onFresh(body);
-  };
-  const go = (delta) => () => {
-    offset = Math.max(0, offset + delta);
-    requestRefresh();
-  };
   const filters = controls(() => {
-    offset = 0;
+    pager.first();
     requestRefresh();
   });
-  const prev = el('button', { type: 'button', text: '← Previous', onclick: go(-PAGE_SIZE) });
-  const next = el('button', { type: 'button', text: 'Next →', onclick: go(PAGE_SIZE) });
+  const pager = createPager({
+    pageSize: PAGE_SIZE,
+    noun: 'keys',
+    none: 'No keys match.',
+    fetchPage: (paging) => api('GET', orgPath(who, `/usage?${filters.query()}&${paging}`)),
+    onTurn: requestRefresh,
+  });
+  const refresh = async () => {
+    const body = await pager.load();
+    if (body === STALE) return STALE;
+    render(body.data);
+    onFresh(body);
+  };
 
   function render(keys) {
     const seen = new Set();
@@ -173,7 +147,7 @@ export function createKeysView({ who, onFresh, requestRefresh }) {
     el('h2', { id: 'keys-heading', text: 'API keys' }),
     filters.element,
     el('div', { class: 'table-wrap' }, [table]),
-    el('div', { class: 'pager' }, [prev, status, next]),
+    pager.element,
   ]);
   return { element, refresh };
 }

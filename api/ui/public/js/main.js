@@ -2,8 +2,9 @@ import { api } from './api.js';
 import { el, isolate, setText } from './dom.js';
 import { createFreshness } from './freshness.js';
 import { createKeyDetailView } from './keyDetail.js';
-import { createKeysView, STALE } from './keysTable.js';
+import { createKeysView } from './keysTable.js';
 import { createOrgView } from './orgView.js';
+import { STALE } from './pager.js';
 import { forgetSessionKey, keepSessionKey, sessionKey } from './session.js';
 
 // Sign-in, the three views (#/keys, #/key/<id>, #/org) and the refresh loop.
@@ -63,6 +64,8 @@ async function refreshCurrent() {
 
 function route() {
   if (!who) return;
+  // The last view's reading is not this one's: the line waits for the new view's own.
+  freshness.clear();
   current = viewFor(location.hash);
   $('view').replaceChildren(current.element, el('p', { id: 'view-error', class: 'error', role: 'alert' }));
   for (const link of $('nav').querySelectorAll('a')) link.toggleAttribute('aria-current', location.hash.startsWith(link.hash));

@@ -2,14 +2,20 @@ import { api } from './api.js';
 import { el } from './dom.js';
 import { exact, relative } from './format.js';
 import { optionalSection } from './optionalSection.js';
+import { createPager, STALE } from './pager.js';
 
 // GET /api/orgs/:id/webhooks: each endpoint with its newest delivery
-// ({ url, events, lastDelivery: { status, eventType, at } | null }).
+// ({ url, events, lastDelivery: { status, eventType, at } | null }), paged like the keys table.
+const PAGE_SIZE = 50;
+
+// The API stores every event type as ["*"].
+const eventsLabel = (events) => (events.includes('*') ? 'all events' : events.join(', '));
+
 function webhookItem(hook) {
   const last = hook.lastDelivery;
   return el('li', {}, [
     el('code', { text: hook.url }),
-    ` · ${hook.events?.join(', ') || 'all events'} · `,
+    ` · ${eventsLabel(hook.events)} · `,
     last
       ? el('span', { title: exact(last.at), text: `last delivery (${last.eventType}) ${last.status} ${relative(last.at)}` })
       : el('span', { text: 'no delivery yet' }),
@@ -17,13 +23,25 @@ function webhookItem(hook) {
 }
 
 export function webhooksSection(who) {
-  return optionalSection({
+  const list = el('ul', { class: 'webhooks' });
+  const pager = createPager({
+    pageSize: PAGE_SIZE,
+    noun: 'webhooks',
+    none: 'No webhooks.',
+    fetchPage: (paging) => api('GET', `/api/orgs/${encodeURIComponent(who.orgId)}/webhooks?${paging}`),
+    // A refused key (401) is the page's to handle: its next refresh signs out.
+    onTurn: () => void section.refresh().catch(() => {}),
+  });
+  const section = optionalSection({
     id: 'webhooks',
     title: 'Webhooks',
     endpoint: 'webhooks endpoint',
     load: async (body) => {
-      const page = await api('GET', `/api/orgs/${encodeURIComponent(who.orgId)}/webhooks`);
-      body.replaceChildren(page.data.length === 0 ? el('p', { text: 'No webhooks.' }) : el('ul', { class: 'webhooks' }, page.data.map(webhookItem)));
+      const page = await pager.load();
+      if (page === STALE) return;
+      list.replaceChildren(...page.data.map(webhookItem));
+      if (!body.contains(list)) body.append(list, pager.element);
     },
   });
+  return section;
 }
