@@ -36,7 +36,7 @@ t.test('create shows the secret once; list never shows it', async (t) => {
     listed.body.data.map((hook: { id: string }) => hook.id),
     [created.body.id, everything.body.id],
   );
-  t.same(Object.keys(listed.body.data[0]).sort(), ['createdAt', 'events', 'id', 'lastDelivery', 'orgId', 'url'], 'no secret field');
+  t.same(Object.keys(listed.body.data[0]).sort(), ['createdAt', 'createdByKeyId', 'events', 'id', 'lastDelivery', 'orgId', 'url'], 'no secret field');
   const second = await api.request('GET', `${hooks()}?limit=1&offset=1`, { key: acme.adminKey });
   t.same(
     second.body.data.map((hook: { id: string }) => hook.id),
@@ -268,4 +268,32 @@ t.test('the trigger: one delivery per matching webhook, in the same transaction 
     details: { uses: 900, baseline: 12 },
   });
   t.ok(rows.every((row) => row.status === 'pending' && row.event_id === inserted.id));
+});
+
+// A leaked key's webhook outlived the key: revoked, its webhook kept receiving the org's events,
+// and only the audit log named the key that made it (fails without created_by_key_id).
+t.test('a webhook names the key that created it, and the list finds those a key created, after its revocation too', async (t) => {
+  const { api, acme, globex, hooks } = await world(t);
+  const leaked = await api.services.apiKeys.create(acme.org.id, { name: 'leaked', scopes: ['keys:read', 'keys:write'], expiresAt: null });
+  const planted = await api.request('POST', hooks(), { key: leaked.plaintext, body: { url: 'https://127.0.0.1/theirs', events: ['*'] } });
+  const own = await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'https://127.0.0.1/ours', events: ['*'] } });
+  t.equal(planted.body.createdByKeyId, leaked.key.id, 'the create answer names its key');
+  await api.request('POST', `/api/orgs/${acme.org.id}/api-keys/${leaked.key.id}/revoke`, { key: acme.adminKey });
+  const byLeaked = await api.request('GET', `${hooks()}?createdByKeyId=${leaked.key.id}`, { key: acme.adminKey });
+  t.same(
+    byLeaked.body.data.map((hook: { id: string; createdByKeyId: string }) => [hook.id, hook.createdByKeyId]),
+    [[planted.body.id, leaked.key.id]],
+  );
+  t.equal(byLeaked.body.page.total, 1, 'counted with the same filter');
+  const all = await api.request('GET', hooks(), { key: acme.adminKey });
+  t.same(
+    all.body.data.map((hook: { createdByKeyId: string }) => hook.createdByKeyId),
+    [leaked.key.id, acme.adminKeyId],
+  );
+  t.equal(own.body.createdByKeyId, acme.adminKeyId);
+  const elsewhere = await api.request('GET', `${hooks(globex.org.id)}?createdByKeyId=${leaked.key.id}`, { key: globex.adminKey });
+  t.same([elsewhere.status, elsewhere.body.page.total], [200, 0], "another org's list holds none of them");
+  const byCli = await api.services.webhooks.create(acme.org.id, { url: 'https://127.0.0.1/cli', events: ['*'] });
+  t.equal(byCli.webhook.createdByKeyId, null, 'made by the CLI: no key');
+  t.equal((await api.request('GET', `${hooks()}?createdByKeyId=not-a-key`, { key: acme.adminKey })).status, 400);
 });

@@ -8,6 +8,8 @@ export interface WebhookRecord {
   url: string;
   eventTypes: string[];
   createdAt: Date;
+  /** The key that created it; null when the CLI did. */
+  createdByKeyId: string | null;
 }
 
 /** The newest delivery of a webhook: what a list shows to say whether its receiver is healthy. */
@@ -24,10 +26,11 @@ interface WebhookRow {
   url: string;
   event_types: string[];
   created_at: Date;
+  created_by_key_id: string | null;
 }
 
 // The sealed secret is never selected here: the API writes it once and only the worker reads it.
-const WEBHOOK_COLUMNS = ['id', 'org_id', 'url', 'event_types', 'created_at'];
+const WEBHOOK_COLUMNS = ['id', 'org_id', 'url', 'event_types', 'created_at', 'created_by_key_id'];
 
 const toWebhook = (row: WebhookRow): WebhookRecord => ({
   id: row.id,
@@ -35,14 +38,22 @@ const toWebhook = (row: WebhookRow): WebhookRecord => ({
   url: row.url,
   eventTypes: row.event_types,
   createdAt: row.created_at,
+  createdByKeyId: row.created_by_key_id,
 });
 
 export async function insertWebhook(
   db: Db,
-  webhook: { id: string; orgId: string; url: string; eventTypes: string[]; secretBox: Buffer },
+  webhook: { id: string; orgId: string; url: string; eventTypes: string[]; secretBox: Buffer; createdByKeyId: string | null },
 ): Promise<WebhookRecord> {
   const [row] = await db(TABLE.webhooks)
-    .insert({ id: webhook.id, org_id: webhook.orgId, url: webhook.url, event_types: webhook.eventTypes, secret_box: webhook.secretBox })
+    .insert({
+      id: webhook.id,
+      org_id: webhook.orgId,
+      url: webhook.url,
+      event_types: webhook.eventTypes,
+      secret_box: webhook.secretBox,
+      created_by_key_id: webhook.createdByKeyId,
+    })
     .returning<WebhookRow[]>(WEBHOOK_COLUMNS);
   return toWebhook(row);
 }
@@ -52,7 +63,12 @@ export async function findWebhookInOrg(db: Db, orgId: string, id: string): Promi
   return row && toWebhook(row);
 }
 
-export async function listWebhooksInOrg(db: Db, orgId: string, page: { limit: number; offset: number }) {
+export async function listWebhooksInOrg(db: Db, orgId: string, page: { limit: number; offset: number; createdByKeyId?: string }) {
+  // The org's webhooks, or those one key created (a leaked key's clean-up).
+  const matching = (prefix: string) => ({
+    [`${prefix}org_id`]: orgId,
+    ...(page.createdByKeyId === undefined ? {} : { [`${prefix}created_by_key_id`]: page.createdByKeyId }),
+  });
   const [rows, [{ count }]] = await Promise.all([
     db(`${TABLE.webhooks} as w`)
       .select<Array<WebhookRow & { last_status: DeliveryStatus | null; last_event_type: string | null; last_at: Date | null }>>(
@@ -65,11 +81,11 @@ export async function listWebhooksInOrg(db: Db, orgId: string, page: { limit: nu
         `left join lateral (select status, event_type, completed_at, created_at from ${TABLE.webhookDeliveries}
             where org_id = w.org_id and webhook_id = w.id order by created_at desc, id desc limit 1) d on true`,
       )
-      .where('w.org_id', orgId)
+      .where(matching('w.'))
       .orderBy([{ column: 'w.created_at' }, { column: 'w.id' }])
       .limit(page.limit)
       .offset(page.offset),
-    db(TABLE.webhooks).where({ org_id: orgId }).count<{ count: number }[]>({ count: '*' }),
+    db(TABLE.webhooks).where(matching('')).count<{ count: number }[]>({ count: '*' }),
   ]);
   return {
     webhooks: rows.map((row) => ({

@@ -50,7 +50,7 @@ const deliveriesQuery = z
   })
   .strict();
 
-const listQuery = z.object(pagination).strict();
+const listQuery = z.object({ ...pagination, createdByKeyId: uuid.optional().meta({ description: 'Only the webhooks this key created' }) }).strict();
 
 export const webhooksRoutes: RouteContract[] = [
   {

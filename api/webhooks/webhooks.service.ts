@@ -32,6 +32,9 @@ const webhookView = z
     url: z.string(),
     events: z.array(z.string()).meta({ description: 'Event types it receives; ["*"] for every type' }),
     createdAt: isoTime,
+    createdByKeyId: idString
+      .nullable()
+      .meta({ description: 'The key that created it (null: the CLI). A revoked key does not take its webhooks with it: list them with ?createdByKeyId=' }),
   })
   .meta({ id: 'Webhook' });
 export type WebhookView = z.output<typeof webhookView>;
@@ -73,6 +76,7 @@ const toView = (webhook: WebhookRecord): WebhookView => ({
   url: webhook.url,
   events: webhook.eventTypes,
   createdAt: webhook.createdAt.toISOString(),
+  createdByKeyId: webhook.createdByKeyId,
 });
 
 const iso = (date: Date | null) => (date ? date.toISOString() : null);
@@ -160,21 +164,28 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
         if ((await countWebhooksInOrg(trx, orgId)) >= deps.maxPerOrg) {
           throw new AppError('conflict', `this org has ${deps.maxPerOrg} webhooks, the most it may have (WEBHOOKS_MAX_PER_ORG): delete one first`);
         }
-        const inserted = await insertWebhook(trx, { id, orgId, url: input.url, eventTypes: input.events, secretBox: box.seal(secret, id) });
+        const inserted = await insertWebhook(trx, {
+          id,
+          orgId,
+          url: input.url,
+          eventTypes: input.events,
+          secretBox: box.seal(secret, id),
+          createdByKeyId: context.actor?.id ?? null,
+        });
         await recordAudit(trx, webhookAudit(orgId, 'webhook.create', inserted, context));
         return inserted;
       });
       return { webhook: toView(webhook), secret };
     },
 
-    async list(orgId: string, page: { limit: number; offset: number }): Promise<z.output<typeof webhookList>> {
-      const { webhooks, total } = await listWebhooksInOrg(deps.db, orgId, page);
+    async list(orgId: string, query: { limit: number; offset: number; createdByKeyId?: string }): Promise<z.output<typeof webhookList>> {
+      const { webhooks, total } = await listWebhooksInOrg(deps.db, orgId, query);
       return {
         data: webhooks.map((webhook) => ({
           ...toView(webhook),
           lastDelivery: webhook.lastDelivery && { ...webhook.lastDelivery, at: webhook.lastDelivery.at.toISOString() },
         })),
-        page: { ...page, total },
+        page: { limit: query.limit, offset: query.offset, total },
       };
     },
 
