@@ -3,7 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { freeTcpPort } from '../scripts/lib/freePort';
-import { postmasterPid, startLocalPostgres } from '../scripts/lib/localPostgres';
+import { binariesFor, postmasterPid, runAsIds, startLocalPostgres } from '../scripts/lib/localPostgres';
+import { spawnSync } from 'node:child_process';
 
 // The launcher's PostgreSQL, started for real: what it may touch on disk, and what the server
 // process is given. As root the server runs as the `postgres` OS user, which is when folder
@@ -27,6 +28,34 @@ t.test('never opens a folder it did not create; names the one in the way instead
   t.equal(mode(privateDir), 0o700, 'the existing folder keeps its mode (it was opened to others before)');
   t.equal(mode(base), 0o711, 'and so does every folder above it');
   t.notOk(fs.existsSync(path.join(dataDir, 'PG_VERSION')), 'no cluster was made');
+});
+
+// A checkout the postgres OS user cannot pass through (a clone in /root, mode 700): initdb failed
+// as "exit null" (EACCES) in `npm test` and `npm start`. The binaries are run from a copy it can
+// reach (fails without binariesFor).
+t.test('binaries in a folder the postgres OS user cannot reach are run from a copy it can', { skip: !asRoot && 'only as root' }, async (t) => {
+  const ids = runAsIds()!;
+  const checkout = path.join(base, 'home');
+  fs.mkdirSync(checkout, { mode: 0o700 });
+  fs.chmodSync(checkout, 0o700);
+  // The package as npm installs it: its native folder beside its package.json.
+  const native = path.dirname(binariesFor(undefined));
+  const installed = path.join(checkout, 'package', 'native');
+  fs.cpSync(native, installed, { recursive: true, verbatimSymlinks: true });
+  fs.copyFileSync(path.join(native, '..', 'package.json'), path.join(checkout, 'package', 'package.json'));
+  const version = (bin: string) => spawnSync(path.join(bin, 'pg_ctl'), ['--version'], { ...ids, cwd: '/', encoding: 'utf8' });
+  t.not(version(path.join(installed, 'bin')).status, 0, 'the control: as the postgres OS user, the checkout cannot be run from');
+  const temporary = process.env.TMPDIR;
+  process.env.TMPDIR = base;
+  t.teardown(() => (temporary === undefined ? delete process.env.TMPDIR : (process.env.TMPDIR = temporary)));
+  const copied = binariesFor(ids, path.join(installed, 'bin'));
+  t.ok(copied.startsWith(`${base}${path.sep}keyusage-postgres-`), `copied under the temporary folder (${copied})`);
+  t.match(version(copied).stdout, /^pg_ctl \(PostgreSQL\) \d+/, 'and run from there as the postgres OS user');
+  t.equal(binariesFor(ids, path.join(installed, 'bin')), copied, 'one copy, found again');
+  // The temporary folder is everyone's: a copy others may write to is not run, but made again.
+  fs.chmodSync(path.dirname(copied), 0o777);
+  t.equal(binariesFor(ids, path.join(installed, 'bin')), copied);
+  t.equal(mode(path.dirname(copied)), 0o755, 'a copy others could write is replaced');
 });
 
 // initdb refused such a folder too, but only after it had been chowned to the postgres OS user

@@ -68,7 +68,7 @@ export function runAsIds(): Ids {
 
 function run(binary: string, args: string[], ids: Ids, logFile?: string) {
   const options: SpawnSyncOptions = { encoding: 'utf8', ...ids, env: serverEnv() };
-  const result = spawnSync(path.join(binDir(), binary), args, options);
+  const result = spawnSync(path.join(binariesFor(ids), binary), args, options);
   if (result.status !== 0) {
     const log = logFile && fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8').split('\n').slice(-15).join('\n') : '';
     throw new Error(`${binary} ${args[0]} failed (exit ${result.status}): ${String(result.stderr || result.stdout)}\n${log}`.trim());
@@ -76,6 +76,31 @@ function run(binary: string, args: string[], ids: Ids, logFile?: string) {
 }
 
 const reachableBy = (dir: string, ids: NonNullable<Ids>) => spawnSync('test', ['-x', dir], { ...ids, cwd: '/', env: serverEnv() }).status === 0;
+
+// As root the postgres OS user runs the binaries: from a checkout it cannot pass through (a clone
+// in /root, mode 700) initdb failed as "exit null" (EACCES), in `npm test` and `npm start` alike.
+// They are then copied, once per package version, beside the system's temporary folder's other
+// files, and run from there. A copy is trusted only if root owns it and no one else may write it
+// (the temporary folder is everyone's): otherwise a new one is made.
+export function binariesFor(ids: Ids, bin = binDir()): string {
+  if (!ids || reachableBy(bin, ids)) return bin;
+  const native = path.dirname(bin);
+  const { version } = JSON.parse(fs.readFileSync(path.join(native, '..', 'package.json'), 'utf8')) as { version: string };
+  const copy = path.join(os.tmpdir(), `keyusage-postgres-${os.platform()}-${os.arch()}-${version}`);
+  if (!trustedCopy(copy)) {
+    const staging = fs.mkdtempSync(`${copy}.`);
+    fs.cpSync(native, staging, { recursive: true, verbatimSymlinks: true });
+    fs.chmodSync(staging, 0o755);
+    fs.rmSync(copy, { recursive: true, force: true });
+    fs.renameSync(staging, copy);
+  }
+  return path.join(copy, 'bin');
+}
+
+function trustedCopy(dir: string): boolean {
+  const stat = fs.lstatSync(dir, { throwIfNoEntry: false });
+  return stat !== undefined && stat.isDirectory() && stat.uid === 0 && (stat.mode & 0o022) === 0 && fs.existsSync(path.join(dir, 'bin', 'pg_ctl'));
+}
 
 // Creates the folder that holds the data folder. As root, the postgres OS user must reach it
 // through every parent: the folders made here are opened to it (o+x), folders that were already
@@ -170,7 +195,7 @@ export function startLocalPostgres(options: { dataDir: string; port: number }): 
 
   const serverOptions = `-p ${options.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=200 -c fsync=on`;
   // A cluster left running by a killed process is reused rather than failing on its pid file.
-  const status = spawnSync(path.join(binDir(), 'pg_ctl'), ['status', '-D', dataDir], { ...ids, encoding: 'utf8', env: serverEnv() });
+  const status = spawnSync(path.join(binariesFor(ids), 'pg_ctl'), ['status', '-D', dataDir], { ...ids, encoding: 'utf8', env: serverEnv() });
   if (status.status !== 0) {
     run('pg_ctl', ['start', '-D', dataDir, '-w', '-t', '60', '-l', logFile, '-o', serverOptions], ids, logFile);
   }
