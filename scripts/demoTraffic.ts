@@ -2,6 +2,7 @@ import http from 'node:http';
 import { parseArgs } from 'node:util';
 import { formatKey, parsePresentedKey } from '../api/keys/keyMaterial';
 import { ConfigError, loadConfig, type Config } from '../shared/config';
+import { redactKeyMaterial } from '../shared/logger';
 import { within } from '../shared/within';
 import { DEMO_TRAFFIC_ADMIN, mintDemoTrafficKey } from './lib/demoTrafficKey';
 
@@ -58,7 +59,8 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): Options {
       options: { key: { type: 'string' }, requests: { type: 'string' }, seconds: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
     }));
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    // parseArgs quotes the argument: a key given without --key reached the terminal and any CI log.
+    throw new UsageError(redactKeyMaterial((error as Error).message));
   }
   if (values.help) throw new UsageError('');
   const key = values.key ?? (env.DEMO_KEY || undefined);
