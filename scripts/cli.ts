@@ -528,6 +528,12 @@ export function embeddedClusterRunning(dataDir: string): boolean {
   return postmasterPid(dataDir) !== undefined;
 }
 
+// Under the reply timeout, so the server's clear lock_timeout error comes first; the API and the
+// collector refuse to start on such settings, but a short DATABASE_REPLY_TIMEOUT_MS set for them
+// must not fail the CLI.
+const cliLockTimeout = ({ cliLockTimeoutMs, replyTimeoutMs }: Config['database']) =>
+  replyTimeoutMs > 0 && cliLockTimeoutMs > 0 ? Math.max(1, Math.min(cliLockTimeoutMs, replyTimeoutMs - 500)) : cliLockTimeoutMs;
+
 export interface CliDatabase {
   db: Db;
   close(): Promise<void>;
@@ -538,12 +544,14 @@ export interface CliDatabase {
 // connected to it. One connection is plenty for a command, and lets "someone else" be any
 // backend but our own.
 export function openDatabase(config: Config, err: (text: string) => void): CliDatabase {
+  const lockTimeoutMs = cliLockTimeout(config.database);
   if (config.database.url) {
     const db = createDb(config.database.url, {
       poolMax: 1,
       connectTimeoutMs: config.database.connectTimeoutMs,
       replyTimeoutMs: config.database.replyTimeoutMs,
       applicationName: APPLICATION_NAME,
+      lockTimeoutMs,
     });
     return { db, close: () => db.destroy() };
   }
@@ -551,7 +559,7 @@ export function openDatabase(config: Config, err: (text: string) => void): CliDa
   const wasRunning = embeddedClusterRunning(embeddedDir);
   const cluster = startLocalPostgres({ dataDir: embeddedDir, port: embeddedPort });
   if (!wasRunning) err(`Started the embedded PostgreSQL in ${embeddedDir} for this command; it is stopped afterwards.`);
-  const db = createDb(cluster.url, { poolMax: 1, applicationName: APPLICATION_NAME });
+  const db = createDb(cluster.url, { poolMax: 1, applicationName: APPLICATION_NAME, lockTimeoutMs });
   return {
     db,
     async close() {
@@ -600,7 +608,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
       now,
     });
   } catch (error) {
-    io.err(`error: ${(error as Error).message}${isMissingRelation(error) ? MIGRATE_HINT : ''}`);
+    io.err(`error: ${(error as Error).message}${hintFor(error)}`);
     return 1;
   } finally {
     await database?.close();
@@ -613,6 +621,10 @@ async function migrateEmbedded(db: Db, err: (text: string) => void): Promise<voi
 }
 
 const MIGRATE_HINT = ' (is the schema migrated? `npm run migrate`, as the schema owner)';
+const LOCK_HINT =
+  ' (CLI_LOCK_TIMEOUT_MS passed waiting for a row or lock another session holds: a flush, a change, a transaction left open; ' +
+  'nothing was changed: run it again, or raise CLI_LOCK_TIMEOUT_MS)';
+const hintFor = (error: unknown) => (isMissingRelation(error) ? MIGRATE_HINT : (error as { code?: unknown }).code === '55P03' ? LOCK_HINT : '');
 // 42P01: undefined_table.
 const isMissingRelation = (error: unknown) => (error as { code?: unknown }).code === '42P01';
 

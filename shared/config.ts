@@ -203,6 +203,11 @@ const variables = {
   // backup, a transaction left open) queued every query of the running API behind it, for as long
   // as the reader held on. It fails instead, and is run again; 0 leaves the server's own setting.
   MIGRATE_LOCK_TIMEOUT_MS: wholeNumber(0, 3_600_000).default(10_000),
+  // lock_timeout of the CLI's commands: an erase-ips waiting for a key's row (a flush, a session
+  // left open) held its org's audit lock meanwhile, so every key and webhook change of the org
+  // failed after API_STATEMENT_TIMEOUT_MS, for up to DATABASE_REPLY_TIMEOUT_MS. It fails instead,
+  // changing nothing; 0 leaves the server's own setting.
+  CLI_LOCK_TIMEOUT_MS: wholeNumber(0, 3_600_000).default(10_000),
   // Processes reading the one UDP socket (Node's cluster module); each aggregates and flushes on
   // its own. 1 keeps a single process; see docs/benchmarks.md §3 for when more helps.
   COLLECTOR_RECEIVERS: positiveInt(16).default(1),
@@ -409,6 +414,7 @@ const DATABASE_VARIABLES = [
   'EMBEDDED_PG_DIR',
   'EMBEDDED_PG_PORT',
   'MIGRATE_LOCK_TIMEOUT_MS',
+  'CLI_LOCK_TIMEOUT_MS',
 ] as const;
 
 const databaseSection = (v: Parsed<(typeof DATABASE_VARIABLES)[number]>) => ({
@@ -419,6 +425,7 @@ const databaseSection = (v: Parsed<(typeof DATABASE_VARIABLES)[number]>) => ({
   embeddedDir: v.EMBEDDED_PG_DIR,
   embeddedPort: v.EMBEDDED_PG_PORT,
   migrateLockTimeoutMs: v.MIGRATE_LOCK_TIMEOUT_MS,
+  cliLockTimeoutMs: v.CLI_LOCK_TIMEOUT_MS,
 });
 
 // A list request holds two connections (its page and its count, at once): at a quarter of the

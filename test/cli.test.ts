@@ -525,6 +525,28 @@ t.test('main: a DATABASE_URL is never migrated; an unmigrated one is named as su
   t.equal(await db.schema.hasTable('knex_migrations'), false, 'no migration ran');
 });
 
+// An erasure waiting for a key's row (a flush, a session left open) held its org's audit lock:
+// every key and webhook change of the org failed meanwhile, for up to DATABASE_REPLY_TIMEOUT_MS
+// (5 minutes), and the CLI then printed a connection error (fails without CLI_LOCK_TIMEOUT_MS).
+t.test('main: a command waiting for a lock gives up after CLI_LOCK_TIMEOUT_MS, changing nothing and holding nothing', async (t) => {
+  const { db, url, api } = await setup(t);
+  const created = captured();
+  t.equal(await main(['org', 'create', 'acme', '--json'], { NODE_ENV: 'test', DATABASE_URL: url }, created.io), 0);
+  const { org, key } = JSON.parse(created.out.join('\n'));
+  await db('api_key_usage').insert({ org_id: org.id, key_id: key.id, request_count: 1, last_used_ip: '198.51.100.7' });
+  const holder = await db.transaction();
+  t.teardown(() => holder.rollback().catch(() => undefined));
+  await holder('api_key_usage').where({ key_id: key.id }).forUpdate();
+  const erase = captured();
+  const env = { NODE_ENV: 'test', DATABASE_URL: url, CLI_LOCK_TIMEOUT_MS: '300' };
+  t.equal(await main(['key', 'erase-ips', org.id, key.id], env, erase.io), 1);
+  t.match(erase.err.join('\n'), /lock timeout.*CLI_LOCK_TIMEOUT_MS passed waiting for a row or lock another session holds.*nothing was changed/s);
+  const made = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: key.key, body: { name: 'meanwhile', scopes: ['keys:read'] } });
+  t.equal(made.status, 201, "the org's changes go on while the row is still held: the erasure let go of the audit lock");
+  await holder.rollback();
+  t.equal((await db('api_key_usage').where({ key_id: key.id }).first()).last_used_ip, '198.51.100.7', 'nothing was erased');
+});
+
 // The API refused an apply without usage tracking; the CLI, run with the same environment, did not.
 t.test('main: revoke-dormant --apply is refused where USAGE_TRACKING=false, as by the API', async (t) => {
   const { db, url } = await setup(t);

@@ -31,6 +31,7 @@ t.test('defaults', async (t) => {
     embeddedDir: '.data/postgres',
     embeddedPort: 54329,
     migrateLockTimeoutMs: 10_000,
+    cliLockTimeoutMs: 10_000,
   });
   t.same(config.api, {
     host: '127.0.0.1',
