@@ -466,7 +466,14 @@ async function pepperStatus(json: boolean, deps: CliDeps): Promise<void> {
       ...rows.map((row) => [row.pepperId ?? '-', String(row.secrets), String(row.previousSecrets), row.source]),
     ]),
   );
-  deps.out('\nA previous pepper can be removed from KEY_PEPPER_PREVIOUS once no row names it (keys move to KEY_PEPPER on their next use).');
+  // Keys made before 0.2.0 record no pepper: one of them may still need any previous pepper, so
+  // "no row names it" said a pepper could go while such a key still needed it (its next use: 401).
+  const unrecorded = rows.some((row) => row.pepperId === null);
+  deps.out(
+    unrecorded
+      ? '\nKeep every pepper in KEY_PEPPER_PREVIOUS while the "not recorded" row remains: those keys were made before 0.2.0, and any previous pepper may be theirs (each is rehashed with KEY_PEPPER, and recorded, on its next use).'
+      : '\nA previous pepper can be removed from KEY_PEPPER_PREVIOUS once no row names it (keys move to KEY_PEPPER on their next use).',
+  );
 }
 
 async function requeueUsageLog(json: boolean, deps: CliDeps): Promise<void> {

@@ -86,6 +86,24 @@ t.test('rotate the pepper: old keys keep working, migrate on use, and then work 
   t.same(rotated.evidence.leaksOf([OLD, NEW, adminKey, legacyKey]), [], 'no pepper or key in any log line or body');
 });
 
+// Keys made before 0.2.0 record no pepper, so no row names the old one for them: the table's
+// advice said it could go, and the next use of such a key was a 401 (fails without the fix).
+t.test('pepper status does not advise removing a previous pepper while keys that record none remain', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { KEY_PEPPER: NEW } });
+  const { org, adminKeyId } = await seedOrg(api, db);
+  const advice = async () => {
+    const out: string[] = [];
+    t.equal(await runCli(['pepper', 'status'], { db, pepper: NEW, previousPeppers: [OLD], now: Date.now, out: (text) => out.push(text), err: () => {} }), 0);
+    return out.join('\n');
+  };
+  t.match(await advice(), /A previous pepper can be removed from KEY_PEPPER_PREVIOUS once no row names it/, 'every key records its pepper');
+  await db('api_keys').where({ org_id: org.id, id: adminKeyId }).update({ secret_pepper_id: null });
+  const withUnrecorded = await advice();
+  t.notMatch(withUnrecorded, /can be removed/, 'not while a key records none');
+  t.match(withUnrecorded, /Keep every pepper in KEY_PEPPER_PREVIOUS while the "not recorded" row remains/);
+});
+
 t.test('a rehash that fails is logged and retried later, never turned into an error for the request', async (t) => {
   const { db } = await freshDatabase(t);
   const before = await startTestApi(t, db, { env: { KEY_PEPPER: OLD } });
