@@ -90,6 +90,8 @@ function fromBodyParser(error: { type?: string; status?: number }): AppError | u
   switch (error.type) {
     case 'entity.parse.failed':
       return new AppError('invalid_request', 'Request body is not valid JSON');
+    case 'entity.not.utf8':
+      return new AppError('invalid_request', 'Request body is not valid UTF-8');
     case 'entity.too.large':
       return new AppError('payload_too_large', 'Request body is too large');
     case 'encoding.unsupported':

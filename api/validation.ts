@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import express, { type RequestHandler } from 'express';
 import { z } from 'zod';
 import { AppError } from './errors';
@@ -37,7 +38,9 @@ export const displayName = z
   .min(1, 'must not be empty')
   .max(200, 'must be at most 200 characters')
   .regex(/^\P{Cc}*$/u, 'must not contain control characters (such as NUL, tab, newline or ESC)')
-  .regex(/^[^\u202A-\u202E\u2066-\u2069]*$/u, 'must not contain bidirectional control characters (U+202A to U+202E, U+2066 to U+2069)');
+  .regex(/^[^\u202A-\u202E\u2066-\u2069]*$/u, 'must not contain bidirectional control characters (U+202A to U+202E, U+2066 to U+2069)')
+  // A lone surrogate ("\ud800" in JSON) was stored as U+FFFD: the name kept was not the one sent.
+  .regex(/^\P{Cs}*$/u, 'must be valid Unicode (it holds a lone surrogate)');
 
 const WHOLE_NUMBER = /^\d{1,16}$/;
 
@@ -85,15 +88,30 @@ export const noBody: RequestHandler = (req, _res, next) => {
 
 // express.json leaves a body of any other type unread, which would then be reported as missing
 // fields. A request without a body (or an empty one, as fetch sends) is left to the schema.
+// UTF-8 only, as the document says: body-parser also took any other `charset=utf-*`, and replaced
+// bytes that are not UTF-8 with U+FFFD, so a key's stored name was not the one sent.
 export function jsonBody(limit: string): RequestHandler {
-  const parse = express.json({ limit });
+  const parse = express.json({ limit, verify: refuseNonUtf8 });
   return (req, res, next) => {
-    if (req.is('application/json') === false && req.headers['content-length'] !== '0') {
-      throw new AppError('unsupported_media_type', `Request body must be application/json (got ${req.headers['content-type'] ?? 'no Content-Type'})`);
+    const type = req.headers['content-type'];
+    if ((req.is('application/json') === false || !isUtf8Charset(type)) && req.headers['content-length'] !== '0') {
+      throw new AppError('unsupported_media_type', `Request body must be application/json in UTF-8 (got ${type ?? 'no Content-Type'})`);
     }
     parse(req, res, next);
   };
 }
+
+const CHARSET = /;\s*charset\s*=\s*"?([^";\s]*)/i;
+const isUtf8Charset = (type: string | undefined) => {
+  const charset = CHARSET.exec(type ?? '')?.[1].toLowerCase();
+  return charset === undefined || charset === 'utf-8' || charset === 'utf8';
+};
+
+// body-parser answers a verify error with the error's own status and type (errors.ts, fromBodyParser).
+const NOT_UTF8 = 'entity.not.utf8';
+const refuseNonUtf8 = (_req: unknown, _res: unknown, body: Buffer) => {
+  if (!isUtf8(body)) throw Object.assign(new Error('Request body is not valid UTF-8'), { status: 400, type: NOT_UTF8 });
+};
 
 // A time written in year 9999 with a negative offset falls in year 10000 in UTC: accepted, a key's
 // expiresAt came back as "+010000-01-01T…", which no client's ISO 8601 parser (nor the API's own

@@ -12,6 +12,29 @@ async function setup(t: Test) {
   return { api, org, adminKey, adminKeyId };
 }
 
+// body-parser took any charset=utf-*, and turned bytes that are not UTF-8 into U+FFFD: a key was
+// stored under a name its client never sent. A lone surrogate in a JSON escape likewise (fail
+// without the fix).
+t.test('a body that is not UTF-8, or a name that is not valid Unicode, is refused', async (t) => {
+  const { api, org, adminKey } = await setup(t);
+  const create = `${api.baseUrl}/api/orgs/${org.id}/api-keys`;
+  const send = async (contentType: string, body: Uint8Array | string) => {
+    const response = await fetch(create, { method: 'POST', headers: { authorization: `Bearer ${adminKey}`, 'content-type': contentType }, body });
+    return { status: response.status, body: (await response.json()) as { error?: { code: string; message: string } } };
+  };
+  const invalidBytes = Buffer.concat([Buffer.from('{"name":"'), Buffer.from([0xff, 0xfe]), Buffer.from('","scopes":["keys:read"]}')]);
+  const notUtf8 = await send('application/json', invalidBytes);
+  t.same([notUtf8.status, notUtf8.body.error?.code, notUtf8.body.error?.message], [400, 'invalid_request', 'Request body is not valid UTF-8']);
+  const utf16 = await send('application/json; charset=utf-16', Buffer.from('{"name":"x","scopes":["keys:read"]}', 'utf16le'));
+  t.same([utf16.status, utf16.body.error?.code], [415, 'unsupported_media_type'], 'UTF-16 is refused, as the document says');
+  t.match(utf16.body.error?.message, /application\/json in UTF-8/);
+  const surrogate = await send('application/json', '{"name":"\\ud800","scopes":["keys:read"]}');
+  t.same([surrogate.status, surrogate.body.error?.code], [400, 'invalid_request']);
+  t.match(surrogate.body.error?.message, /name: must be valid Unicode/);
+  const emoji = await send('application/json; charset=UTF-8', '{"name":"ключ 🔑","scopes":["keys:read"]}');
+  t.same([emoji.status, (emoji.body as { name?: string }).name], [201, 'ключ 🔑'], 'valid UTF-8, any script, is kept as sent');
+});
+
 t.test('a body that is not JSON answers 415 naming application/json', async (t) => {
   const { api, org, adminKey, adminKeyId } = await setup(t);
   const auth = { authorization: `Bearer ${adminKey}` };
