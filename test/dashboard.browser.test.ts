@@ -648,25 +648,31 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await tab.close();
   });
 
-  // Newest first, a list of more than 50 dormant keys left out the never-used and the longest
-  // unused ones: those the clean-up revokes first.
-  t.test('the dormant list shows the keys unused longest first', async (t) => {
+  // Newest first, a list of more than 50 dormant keys left out the keys the clean-up revokes first;
+  // sorted by last use, it put never-used keys first in id order, not the clean-up's (oldest
+  // created first, review 2026-12-06): the list is the clean-up's own order.
+  t.test("the dormant list shows the keys in the clean-up's order, oldest first", async (t) => {
     const day = 86_400_000;
     const idle: string[] = [];
     for (let i = 0; i < 50; i++) idle.push((await createKey(system, `idle-${i}`, ['keys:read'])).id);
     t.teardown(() => system.db('api_keys').whereIn('id', idle).del());
-    await system
-      .db('api_keys')
-      .whereIn('id', idle)
-      .update({ created_at: new Date(Date.now() - 90 * day) });
-    // idle-i last used 31 + i days ago: all dormant at 30 days, idle-0 the most recently used.
+    // idle-i created 61 + i days ago, before the never-used key (60), and last used 31 + 2i days
+    // ago: all dormant at 30 days, the oldest created the longest unused too but for idle-0.
+    await Promise.all(
+      idle.map((id, i) =>
+        system
+          .db('api_keys')
+          .where({ id })
+          .update({ created_at: new Date(Date.now() - (61 + i) * day) }),
+      ),
+    );
     await system.db('api_key_usage').insert(
       idle.map((id, i) => ({
         key_id: id,
         org_id: system.org.id,
         request_count: 1,
         ok_count: 1,
-        last_used_at: new Date(Date.now() - (31 + i) * day),
+        last_used_at: new Date(Date.now() - (i === 0 ? 400 : 31 + 2 * i) * day),
         last_used_ip: '127.0.0.1',
       })),
     );
@@ -674,9 +680,22 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     const summary = tab.locator('#dormant .section-body > p').first();
     await summary.filter({ hasText: '51 dormant keys' }).waitFor();
     const listed = await tab.locator('#dormant li a').evaluateAll((links) => links.map((link) => link.getAttribute('href')));
-    const stalest = [keys.unused.id, ...idle.slice(1).reverse()].map((id) => `#/key/${id}`);
-    t.strictSame(listed, stalest, 'the never-used key, then the longest unused: the most recently used is the one left out');
-    t.match(await summary.textContent(), /51 dormant keys \(unused for 30 days\); the 50 unused longest shown/, 'and it says more are dormant');
+    const dryRun = await system.api.request('POST', `/api/orgs/${system.org.id}/api-keys/revoke-dormant`, {
+      key: system.adminKey,
+      body: { dormantDays: 30, dryRun: true },
+    });
+    const cleanUpOrder = dryRun.body.keys.map((key: { id: string }) => `#/key/${key.id}`);
+    t.strictSame(listed, cleanUpOrder.slice(0, 50), "the first 50 of the clean-up's own list, in its order");
+    t.strictSame(
+      listed,
+      [...idle].reverse().map((id) => `#/key/${id}`),
+      'oldest created first: the never-used key, the newest, is the one left out',
+    );
+    t.match(
+      await summary.textContent(),
+      /51 dormant keys \(unused for 30 days\); the 50 oldest shown, in the clean-up's order/,
+      'and it says more are dormant',
+    );
     await tab.close();
   });
 

@@ -43,9 +43,9 @@ export function dormantSection(who, canWrite, onFresh) {
     endpoint: 'dormant clean-up endpoint (POST …/api-keys/revoke-dormant)',
     load: async (body) => {
       const dormantDays = chosenDays(days);
-      // The stalest first (never used, then the longest unused), as the clean-up takes them: past
-      // the first page, newest first left out the very keys it revokes first.
-      const page = await api('GET', orgPath(who, `/usage?dormant=true&dormantDays=${dormantDays}&sort=lastUsedAt&order=asc&limit=${LISTED}`));
+      // In the clean-up's own order (oldest created first, then id): past the first page, the
+      // keys listed are the ones an apply takes first.
+      const page = await api('GET', orgPath(who, `/usage?dormant=true&dormantDays=${dormantDays}&sort=createdAt&order=asc&limit=${LISTED}`));
       const keys = page.data.map(({ id, name, status, lastUsedAt }) => ({ id, name, status, lastUsedAt }));
       if (JSON.stringify(keys) !== shown) {
         shown = JSON.stringify(keys);
@@ -53,7 +53,7 @@ export function dormantSection(who, canWrite, onFresh) {
       }
       setText(
         summary,
-        `${page.page.total} dormant key${page.page.total === 1 ? '' : 's'} (unused for ${dormantDays} days)${page.page.total > LISTED ? `; the ${LISTED} unused longest shown` : ''}`,
+        `${page.page.total} dormant key${page.page.total === 1 ? '' : 's'} (unused for ${dormantDays} days)${page.page.total > LISTED ? `; the ${LISTED} oldest shown, in the clean-up's order` : ''}`,
       );
       if (!body.contains(list)) body.append(el('label', {}, ['Unused for at least ', days, ' days']), summary, list, ...(canWrite ? [actions, outcome] : []));
       onFresh(page);
