@@ -66,7 +66,9 @@ interface ForeignKey {
 // Citus refuses to distribute a table that a still-local table references, and a table that
 // references a still-local one, so a foreign key between two tables it is about to distribute
 // (webhook_deliveries → webhooks, attempts → deliveries) is dropped first and added back once
-// both are distributed and co-located, as the Citus documentation advises.
+// both are distributed and co-located, as the Citus documentation advises. Nor can it be added
+// back between a distributed table and a still-local one, so after a refusal halfway nothing could
+// restore it: the drop, the distribution and the re-adding are one transaction (distributePending).
 async function foreignKeysAmong(db: Db, tables: readonly string[]): Promise<ForeignKey[]> {
   const { rows } = await db.raw(
     `select conrelid::regclass::text as "table", conname as name, pg_get_constraintdef(oid) as definition
@@ -78,7 +80,7 @@ async function foreignKeysAmong(db: Db, tables: readonly string[]): Promise<Fore
   return rows;
 }
 
-/** Returns the tables it laid out now. Each call is its own statement: Citus refuses this DDL inside a transaction that already wrote. */
+/** Returns the tables it laid out now. */
 export async function distributeTables(db: Db): Promise<string[]> {
   const done = await laidOut(db);
   const changed: string[] = [];
@@ -90,19 +92,47 @@ export async function distributeTables(db: Db): Promise<string[]> {
     changed.push(table);
   }
   const pending = (await tablesWithOrgId(db)).filter((name) => !done.has(name));
-  const foreignKeys = await foreignKeysAmong(db, pending);
-  for (const key of foreignKeys) await db.raw('alter table ?? drop constraint ??', [key.table, key.name]);
-  for (const table of pending) {
-    const colocateWith = table === COLOCATION_ANCHOR ? 'default' : COLOCATION_ANCHOR;
-    // set_config in the same statement: the pool may hand each statement another connection.
-    await db.raw(`select set_config('${ALLOW_TRIGGERS}', 'on', false), create_distributed_table(?, 'org_id', colocate_with => ?)`, [table, colocateWith]);
-    changed.push(table);
-  }
-  for (const key of foreignKeys) await db.raw(`alter table ?? add constraint ?? ${key.definition}`, [key.table, key.name]);
+  await distributePending(db, pending);
+  changed.push(...pending);
   for (const signature of FUNCTIONS) await db.raw('select create_distributed_function(?)', [signature]);
   // Rows that existed before are now copied into the shards; the coordinator's originals go.
   await emptyLocalCopies(db, changed);
   return changed;
+}
+
+// All or nothing: a refusal (a unique key without org_id) or any error halfway rolls back the
+// dropped foreign keys with the tables distributed before it, so a run again finds both as they
+// were. In sequential mode from the start: in a transaction, Citus refuses to distribute a table
+// with a foreign key to a reference table (organizations) after anything ran in parallel, as the
+// distribution of a table without one does.
+async function distributePending(db: Db, pending: readonly string[]): Promise<void> {
+  if (pending.length === 0) return;
+  let step = 'dropping the foreign keys among them';
+  try {
+    await db.transaction(async (trx) => {
+      await trx.raw(`set local citus.multi_shard_modify_mode to 'sequential'`);
+      // For the session, not the transaction: ALTER DATABASE reaches new sessions only, and
+      // emptyLocalCopies then alters a trigger of audit_log, distributed by now, on this one (its
+      // callers' pools hold one connection).
+      await trx.raw(`select set_config('${ALLOW_TRIGGERS}', 'on', false)`);
+      const foreignKeys = await foreignKeysAmong(trx, pending);
+      for (const key of foreignKeys) await trx.raw('alter table ?? drop constraint ??', [key.table, key.name]);
+      for (const table of pending) {
+        step = `distributing ${table}`;
+        const colocateWith = table === COLOCATION_ANCHOR ? 'default' : COLOCATION_ANCHOR;
+        await trx.raw(`select create_distributed_table(?, 'org_id', colocate_with => ?)`, [table, colocateWith]);
+      }
+      step = 'adding back the foreign keys among them';
+      for (const key of foreignKeys) await trx.raw(`alter table ?? add constraint ?? ${key.definition}`, [key.table, key.name]);
+    });
+  } catch (error) {
+    const { message, detail } = error as Error & { detail?: string };
+    throw new Error(
+      `citus:distribute failed ${step}: ${message}${detail ? ` (${detail})` : ''}. Rolled back: none of ${pending.join(', ')} is ` +
+        'distributed, and the foreign keys among them are in place; fix the cause and run npm run citus:distribute again',
+      { cause: error },
+    );
+  }
 }
 
 async function emptyLocalCopies(db: Db, tables: readonly string[]): Promise<void> {
