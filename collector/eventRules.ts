@@ -30,7 +30,14 @@ export interface DetectionThresholds {
   newIpPerKeyHour: number;
   /** IP_TRUNCATE: addresses arrive cut to their /24 or /48 (see outsideNetworks). */
   addressesTruncated?: boolean;
+  /**
+   * key.first_use: the networks first used within this long of the first use are its own (no
+   * key.new_ip); the collector's flush interval, what one direct write holds. Default 1 s.
+   */
+  firstUseSpanMs?: number;
 }
+
+const DEFAULT_FIRST_USE_SPAN_MS = 1000;
 
 /** One hour the batch touched, as persisted after this flush's write. */
 export interface HourFacts {
@@ -120,9 +127,15 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionT
   const proven = provenCount(delta.byOutcome);
   if (proven === 0) return;
   if (facts.requestCount <= proven) {
-    // The first use: every address it came from is new, so no key.new_ip beside it.
+    // The first use: every address it came from is new, so no key.new_ip beside it. But a fold, or
+    // a batch merged while writes failed, holds many flush intervals: a network first used later
+    // was hidden for good (its history row written with the first use), where a direct write of
+    // the later interval raised it. Those are new networks, as that write would have said.
     const [ip, first] = [...delta.ips].sort(([, a], [, b]) => a.firstSeen - b.firstSeen)[0] ?? [delta.lastIp, { firstSeen: delta.lastUsedAt }];
     emit('key.first_use', first.firstSeen, { ip }, '');
+    const spanEnd = first.firstSeen + (thresholds.firstUseSpanMs ?? DEFAULT_FIRST_USE_SPAN_MS);
+    const later = facts.newPrefixes.filter((network) => network.firstSeen > spanEnd);
+    if (later.length > 0) newNetworkEvents({ ...facts, newPrefixes: later }, thresholds.newIpPerKeyHour, emit, onDeferred);
   } else {
     newNetworkEvents(facts, thresholds.newIpPerKeyHour, emit, onDeferred);
   }

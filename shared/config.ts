@@ -486,6 +486,7 @@ const eventsSection = (v: Variables) => ({
   maxPerOrgHour: v.EVENTS_MAX_PER_ORG_HOUR,
   expiringDays: v.EVENTS_EXPIRING_DAYS,
   addressesTruncated: v.IP_TRUNCATE,
+  firstUseSpanMs: v.COLLECTOR_FLUSH_INTERVAL_MS,
 });
 
 function usageLogMinKeys(v: Variables): number | undefined {

@@ -88,7 +88,13 @@ t.test('event settings', async (t) => {
     maxPerOrgHour: 10_000,
     expiringDays: [7, 1],
     addressesTruncated: false,
+    firstUseSpanMs: 1000,
   });
+  t.equal(
+    loadConfig({ ...DEV, COLLECTOR_FLUSH_INTERVAL_MS: '2000' }).collector.events.firstUseSpanMs,
+    2000,
+    "a first use's own networks: one flush interval's",
+  );
   t.equal(loadConfig({ ...DEV, IP_TRUNCATE: 'true' }).collector.events.addressesTruncated, true, 'detection knows the addresses it sees are networks');
 });
 

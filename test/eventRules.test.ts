@@ -51,6 +51,31 @@ t.test('key.first_use: when every persisted use is in this batch, once, without 
   t.strictSame(detectKeyEvents(d, facts({ requestCount: 4 }), RULES), [], 'a key used before: not a first use');
 });
 
+// A fold or a merged batch holds several flush intervals: a network first used 30 s after the
+// first use was hidden for good (fails without the fix), where two direct flushes raised it.
+t.test('key.first_use: a network first used after the first flush interval is still a key.new_ip', async (t) => {
+  const d = delta([
+    { ip: '10.0.1.1', at: HOUR + 60_000 },
+    { ip: '10.0.1.2', at: HOUR + 60_500 },
+    { ip: '10.0.2.1', at: HOUR + 90_000 },
+  ]);
+  const network = (prefix: string, ip: string, firstSeen: number) => ({ prefix, ip, firstSeen });
+  const newPrefixes = [network('10.0.1.0/24', '10.0.1.1', HOUR + 60_000), network('10.0.2.0/24', '10.0.2.1', HOUR + 90_000)];
+  const events = detectKeyEvents(d, facts({ requestCount: 3, newPrefixes }), { ...RULES, firstUseSpanMs: 1000 });
+  t.strictSame(
+    events.map((e) => [e.type, e.details.ip]),
+    [
+      ['key.first_use', '10.0.1.1'],
+      ['key.new_ip', '10.0.2.1'],
+    ],
+  );
+  t.strictSame(
+    types(detectKeyEvents(d, facts({ requestCount: 3, newPrefixes }), { ...RULES, firstUseSpanMs: 60_000 })),
+    ['key.first_use'],
+    "within the first use's span (one flush interval): its own",
+  );
+});
+
 t.test('failed attempts alone are no use at all', async (t) => {
   const d = delta([{ outcome: 'bad_secret', count: 3 }]);
   t.strictSame(detectKeyEvents(d, facts({ requestCount: 0, hours: [{ hour: HOUR, uses: 0, failed: 3, baseline: null }] }), RULES), []);

@@ -14,6 +14,7 @@ import { createDb, type Db } from '../shared/db';
 import { encodeUsageLine, OUTCOMES, provenCount } from '../shared/usageWire';
 import { waitFor } from '../harness/wait';
 import { eraseKeyIps } from '../shared/ipRetention';
+import { sweepTimeEvents } from '../collector/eventStore';
 import { TABLE } from '../shared/tables';
 import { runCli } from '../scripts/cli';
 import { FOLD_LOCK_CLASS, LOG_DELTA, requeueUnreadable } from '../shared/usageLogDelta';
@@ -664,4 +665,23 @@ t.test('a collector with COLLECTOR_USAGE_LOG=true folds after its flushes, and a
   await collector.stop();
   t.equal(await usesOf(db, keys.orgId), 15, 'the last flush was folded before the collector stopped');
   t.equal(await logRows(db), 0);
+});
+
+// The sweep raised key.dormant for a key whose use waited in the log for its fold, where the
+// dormant clean-up, by the same rule, spared it: an operator was paged to revoke a key in use
+// (fails without the fix).
+t.test('the dormant sweep spares a key whose uses wait in the log, as the clean-up does', async (t) => {
+  const { db } = await freshDatabase(t);
+  const keys = await orgWithKeys(db, 2, 'sweep');
+  const [waiting, idle] = keys.keyIds;
+  await db(TABLE.apiKeys)
+    .whereIn('id', keys.keyIds)
+    .update({ created_at: new Date(NOW - 31 * 24 * HOUR) });
+  const aggregator = new Aggregator({ maxKeys: 10, now: () => NOW });
+  aggregator.add({ keyId: waiting, orgId: keys.orgId, ip: '192.0.2.1', outcome: 'ok', count: 1 }, NOW);
+  const store = createUsageStore(db, { logMinKeys: 1 });
+  t.match(await store.write([{ id: randomUUID(), batch: aggregator.drain() }]), { keysLogged: 1 }, 'appended, not folded');
+  await sweepTimeEvents(db, new Date(NOW + 1000), { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 10 });
+  const dormant = await db(TABLE.keyEvents).where({ org_id: keys.orgId, type: 'key.dormant' }).pluck('key_id');
+  t.strictSame(dormant, [idle], 'only the key with no use anywhere');
 });
