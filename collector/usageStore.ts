@@ -174,9 +174,10 @@ on conflict (org_id, key_id, hour) do update set
 // Proven uses go to api_key_recent_ips, failed attempts to api_key_failed_ips: one shape. Each
 // returns the keys that gained an address (an inserted row: xmax 0), the only ones its trim needs;
 // a flush of keys seen from known addresses returns none, and nothing is trimmed after it.
+// lastIp: the api_key_usage column holding the table's last address (its trim keeps it).
 const STORE_IP_TABLES = {
-  proven: { ...IP_TABLES.proven, proven: true, ips: (k: KeyUsageDelta) => k.ips },
-  failed: { ...IP_TABLES.failed, proven: false, ips: (k: KeyUsageDelta) => k.failedIps },
+  proven: { ...IP_TABLES.proven, proven: true, lastIp: 'last_used_ip', ips: (k: KeyUsageDelta) => k.ips },
+  failed: { ...IP_TABLES.failed, proven: false, lastIp: 'last_failed_ip', ips: (k: KeyUsageDelta) => k.failedIps },
 } as const;
 type IpTable = (typeof STORE_IP_TABLES)[keyof typeof STORE_IP_TABLES];
 const STORE_IP_TABLE_LIST: readonly IpTable[] = Object.values(STORE_IP_TABLES);
@@ -407,33 +408,49 @@ select t.org_id, t.key_id
  group by t.org_id, t.key_id
 having count(*) > ?`;
 
+// How a trim ranks one key's rows (alias t), the first `kept` of which stay; then by `column`.
+// readsUsage: `order` also reads the key's api_key_usage row (alias u, left joined only then).
+interface KeptFirst {
+  order: string;
+  readsUsage?: boolean;
+}
+
 // The older addresses (or networks, `column`) of one org's keys. Rows are locked in (key_id,
 // column) order, as flushes lock them, and rows another transaction holds are skipped (trimmed
 // after a later flush), so a prune never waits for a lock and cannot deadlock with a flush or with
 // another collector's prune. One org per statement because Citus locks rows (FOR UPDATE) only in
-// a statement on one shard.
-const TRIM_ORG = (table: string, column: string, keptFirst: string) => `
+// a statement on one shard; api_key_usage, co-located and named with the same org_id, keeps it
+// there. Its row is only read, not locked.
+const TRIM_ORG = (table: string, column: string, { order, readsUsage }: KeptFirst) => `
 with doomed as materialized (
   select r.key_id, r.${column}
     from ${table} r
-    join (select key_id, ${column}, row_number() over (partition by key_id order by ${keptFirst}, ${column}) as rank
-            from ${table} where org_id = :orgId and key_id = any(cast(:keyIds as uuid[]))) ranked
+    join (select t.key_id, t.${column}, row_number() over (partition by t.key_id order by ${order}, t.${column}) as rank
+            from ${table} t${readsUsage ? ` left join ${TABLE.usage} u on u.org_id = :orgId and u.key_id = t.key_id` : ''}
+           where t.org_id = :orgId and t.key_id = any(cast(:keyIds as uuid[]))) ranked
       on ranked.key_id = r.key_id and ranked.${column} = r.${column}
    where r.org_id = :orgId and ranked.rank > :kept
    order by r.key_id, r.${column}
      for update of r skip locked)
 delete from ${table} r using doomed d where r.org_id = :orgId and r.key_id = d.key_id and r.${column} = d.${column}`;
 
-// Addresses: the most recently seen are kept.
-const RECENT_FIRST = 'last_seen desc';
+// Addresses: the most recently seen are kept. Every line of a datagram has its receipt time, so
+// its addresses tie on last_seen; among them the key's last address (`lastIp`, the last line's,
+// which the key's row shows as its last IP) comes first, then ip. By ip alone a datagram of six
+// addresses kept the five that sort first and dropped the last IP from the key's recent ones. The
+// API reads them in this order (api/usage/usage.repository.ts), so it shows the rows kept here.
+const recentFirst = (lastIp: string): KeptFirst => ({ order: `t.last_seen desc, (t.ip = u.${lastIp}) is not true`, readsUsage: true });
 // The key.new_ip history keeps its networks whose events are still deferred first, the earliest
 // first used first (collector/deferredNetworks.ts): ranked by last_seen alone, a flood of forged
 // networks pushed a real one out before the sweep raised its event, and hid it. A flood of more
-// than the bound of them still sends the latest back to "new at their next use".
-const DEFERRED_FIRST = 'event_due_at is null, case when event_due_at is not null then first_seen end, last_seen desc';
+// than the bound of them still sends the latest back to "new at their next use". No last network
+// is shown next to it, so networks tied on all of these are kept by prefix alone.
+const DEFERRED_FIRST: KeptFirst = {
+  order: 't.event_due_at is null, case when t.event_due_at is not null then t.first_seen end, t.last_seen desc',
+};
 
 // Best effort, outside the flush: keeps the `kept` first rows of each key by `keptFirst`.
-async function pruneTable(db: Db, table: string, column: string, keys: readonly KeyRef[], kept: number, keptFirst = RECENT_FIRST) {
+async function pruneTable(db: Db, table: string, column: string, keys: readonly KeyRef[], kept: number, keptFirst: KeptFirst) {
   const over = await db.raw(OVER_CAP(table), [keys.map((k) => k.orgId), keys.map((k) => k.keyId), kept]);
   const byOrg = new Map<string, string[]>();
   for (const row of over.rows as Array<{ org_id: string; key_id: string }>) byOrg.set(row.org_id, [...(byOrg.get(row.org_id) ?? []), row.key_id]);
@@ -655,7 +672,7 @@ export function createPgUsageStore(db: Db, options: PgUsageStoreOptions = {}): U
 
     async prune(keys) {
       if (keys.length === 0) return;
-      for (const { table } of Object.values(IP_TABLES)) await pruneTable(db, table, 'ip', keys, RECENT_IPS_PER_KEY);
+      for (const { table, lastIp } of STORE_IP_TABLE_LIST) await pruneTable(db, table, 'ip', keys, RECENT_IPS_PER_KEY, recentFirst(lastIp));
       // Beyond the bound the least recently seen network is forgotten: a use from it later is new again.
       if (options.events) await pruneTable(db, TABLE.ipHistory, 'prefix', keys, options.events.ipHistoryPerKey, DEFERRED_FIRST);
     },

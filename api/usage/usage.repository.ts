@@ -112,12 +112,17 @@ function windowBounds(now: Date): Record<string, Date> {
 const outcomeColumns = OUTCOMES.map((outcome) => `coalesce(u.${outcome}_count, 0) as ${outcome}_count`).join(', ');
 
 // The newest rows of an IP table as JSON; counts as text, which JSON.parse would otherwise round.
-// The collector trims older addresses after each flush; the limit caps them too in between.
-const recentIpsJson = ({ table, count }: (typeof IP_TABLES)[keyof typeof IP_TABLES]) => `
+// The collector trims older addresses after each flush; the limit caps them too in between. Among
+// rows tied on last_seen (a datagram's lines share its receipt time) the key's last address
+// (`lastIp`, a column of the page's row) first, then ip: the collector's trim keeps them in this
+// order (collector/usageStore.ts), so the last IP is among the recent ones, and the rows shown
+// between a flush and its trim are those it keeps.
+const recentIpsJson = ({ table, count }: (typeof IP_TABLES)[keyof typeof IP_TABLES], lastIp: 'last_used_ip' | 'last_failed_ip') => `
          left join lateral (
            select json_agg(json_build_object('ip', r.ip, 'firstSeen', r.first_seen, 'lastSeen', r.last_seen, 'count', cast(r.${count} as text))
-                           order by r.last_seen desc) as ips
-             from (select * from ${table} where org_id = :orgId and key_id = p.id order by last_seen desc limit ${RECENT_IPS_PER_KEY}) r
+                           order by r.last_seen desc, (r.ip = p.${lastIp}) is not true, r.ip) as ips
+             from (select * from ${table} i where i.org_id = :orgId and i.key_id = p.id
+                    order by i.last_seen desc, (i.ip = p.${lastIp}) is not true, i.ip limit ${RECENT_IPS_PER_KEY}) r
          ) ${table} on true`;
 
 // A key's status as SQL, in keyStatus()'s order: revoked wins over expired.
@@ -223,7 +228,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
                   sum(h.request_count) as last_30d,
                   array[${dailyColumns}] as last_7_days
              from ${hourBuckets('hour, request_count', 'org_id = :orgId and key_id = p.id and hour > :since30d')} h
-         ) w on true ${recentIpsJson(IP_TABLES.proven)} ${recentIpsJson(IP_TABLES.failed)}
+         ) w on true ${recentIpsJson(IP_TABLES.proven, 'last_used_ip')} ${recentIpsJson(IP_TABLES.failed, 'last_failed_ip')}
          left join lateral (
            select json_object_agg(s.type, s.n) as by_type, max(s.latest) as latest_at
              from (select e.type, count(*) as n, max(e.occurred_at) as latest
