@@ -236,7 +236,10 @@ const SWEPT_AT = `date_trunc('milliseconds', cast(:now as timestamptz))`;
 // an event dated before it.
 // Dormant by the rule of shared/dormancy.ts, with its org's threshold, and as the dormant clean-up
 // sees it: a key with uses in the usage log not folded yet, or set aside, is not dormant (the sweep
-// paged for a key in use whose last use waited for its fold). The dedupe key names the use (or rotation) it followed, so a key used or rotated
+// paged for a key in use whose last use waited for its fold). An anti-join on the keys with uses
+// waiting (at most a row per key): Citus refuses a subquery on distributed tables correlated with
+// api_keys, a reference table, and a NOT IN over many rows is a scan per key once it outgrows
+// work_mem. The dedupe key names the use (or rotation) it followed, so a key used or rotated
 // again and left idle again raises a new event. A rotation is named only when it came after the
 // last use and the creation, so the dedupe keys of events written before rotations counted stay.
 const SWEEP_DORMANT = `
@@ -251,10 +254,11 @@ select k.org_id, k.id, 'key.dormant',
   from ${TABLE.apiKeys} k
   join ${TABLE.organizations} o on o.id = k.org_id
   left join ${TABLE.usage} u on u.org_id = k.org_id and u.key_id = k.id
+  left join (select org_id, key_id from ${TABLE.usageLog} union select org_id, key_id from ${TABLE.usageSetAside}) w
+    on w.org_id = k.org_id and w.key_id = k.id
  where ${dormantKeySql('cast(:now as timestamptz)', `cast(:now as timestamptz) - o.dormancy_days * ${DAY}`)}
    and ${IDLE_SINCE_SQL} + o.dormancy_days * ${DAY} >= ${RETAINED_FROM}
-   and not exists (select 1 from ${TABLE.usageLog} l where l.org_id = k.org_id and l.key_id = k.id)
-   and not exists (select 1 from ${TABLE.usageSetAside} s where s.org_id = k.org_id and s.key_id = k.id)
+   and w.key_id is null
  order by k.id
 on conflict (org_id, dedupe_key) do nothing
 returning org_id, key_id`;
