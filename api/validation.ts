@@ -77,13 +77,25 @@ export const noQuery: RequestHandler = (req, _res, next) => {
   next();
 };
 
-/** For a route that reads no body: one sent (`{"dryRun":true}` to a revoke) is refused, not ignored. */
+/**
+ * For a route that reads no body: one sent (`{"dryRun":true}` to a revoke) is refused, not ignored.
+ * Judged by its bytes: a chunked body, or a Content-Length of "00", may well be empty.
+ */
 export const noBody: RequestHandler = (req, _res, next) => {
-  const length = req.headers['content-length'];
-  if (req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')) {
-    throw new AppError('invalid_request', 'Invalid body: this route takes no body');
-  }
-  next();
+  const refused = () => new AppError('invalid_request', 'Invalid body: this route takes no body');
+  if (req.headers['transfer-encoding'] === undefined) return Number(req.headers['content-length'] ?? 0) === 0 ? next() : next(refused());
+  let decided = false;
+  const decide = (error?: unknown) => {
+    if (decided) return;
+    decided = true;
+    req.off('data', onData);
+    next(error);
+  };
+  // The first byte decides; what follows is left unread, as for any refused request.
+  const onData = (chunk: Buffer) => chunk.length > 0 && decide(refused());
+  req.on('data', onData);
+  req.once('end', () => decide());
+  req.once('error', decide);
 };
 
 // express.json leaves a body of any other type unread, which would then be reported as missing
@@ -104,7 +116,7 @@ export function jsonBody(limit: string): RequestHandler {
 const CHARSET = /;\s*charset\s*=\s*"?([^";\s]*)/i;
 const isUtf8Charset = (type: string | undefined) => {
   const charset = CHARSET.exec(type ?? '')?.[1].toLowerCase();
-  return charset === undefined || charset === 'utf-8' || charset === 'utf8';
+  return charset === undefined || charset === 'utf-8';
 };
 
 // body-parser answers a verify error with the error's own status and type (errors.ts, fromBodyParser).

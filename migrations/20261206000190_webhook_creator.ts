@@ -3,7 +3,7 @@ import type { Knex } from 'knex';
 // A webhook outlived the key that created it: a leaked key's holder made one pointing at their
 // own receiver, the owner revoked the key, and the org's events (other keys' addresses among
 // them) kept going there. Only the audit log's webhook.create entry named the key. Each webhook
-// now keeps the key that created it (null: made by the CLI), shown with it and filtered on
+// now keeps the key that created it (null: not known), shown with it and filtered on
 // (GET …/webhooks?createdByKeyId=), so a leak's clean-up finds what the key left behind.
 // Webhooks made before take it from their audit entry. No foreign key: keys are never deleted,
 // and on Citus the two tables are distributed apart from api_keys (a reference table).

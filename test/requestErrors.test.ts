@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import http from 'node:http';
 import t, { type Test } from 'tap';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
@@ -33,6 +34,36 @@ t.test('a body that is not UTF-8, or a name that is not valid Unicode, is refuse
   t.match(surrogate.body.error?.message, /name: must be valid Unicode/);
   const emoji = await send('application/json; charset=UTF-8', '{"name":"ключ 🔑","scopes":["keys:read"]}');
   t.same([emoji.status, (emoji.body as { name?: string }).name], [201, 'ключ 🔑'], 'valid UTF-8, any script, is kept as sent');
+});
+
+// A route that takes no body judges the body, not its headers: a client or proxy that streams an
+// empty body (chunked), or writes Content-Length: 00, could no longer revoke a key (fails without the fix).
+t.test('a route that takes no body refuses bytes, not an empty chunked body', async (t) => {
+  const { api, org, adminKey } = await setup(t);
+  const revoke = async (keyId: string, headers: Record<string, string>, body: string[]) =>
+    new Promise<number>((resolve, reject) => {
+      const request = http.request(
+        {
+          host: '127.0.0.1',
+          port: api.port,
+          method: 'POST',
+          path: `/api/orgs/${org.id}/api-keys/${keyId}/revoke`,
+          headers: { authorization: `Bearer ${adminKey}`, ...headers },
+        },
+        (response) => {
+          response.resume();
+          resolve(response.statusCode ?? 0);
+        },
+      );
+      request.on('error', reject);
+      for (const part of body) request.write(part);
+      request.end();
+    });
+  const key = async () => (await api.services.apiKeys.create(org.id, { name: 'target', scopes: ['keys:read'], expiresAt: null })).key.id;
+  t.equal(await revoke(await key(), { 'transfer-encoding': 'chunked' }, []), 200, 'an empty chunked body');
+  t.equal(await revoke(await key(), { 'content-length': '00' }, []), 200, 'Content-Length: 00');
+  t.equal(await revoke(await key(), { 'transfer-encoding': 'chunked' }, ['{"dryRun"', ':true}']), 400, 'a chunked body with bytes is refused');
+  t.equal(await revoke(await key(), { 'content-length': '2' }, ['{}']), 400, 'and one with a length');
 });
 
 t.test('a body that is not JSON answers 415 naming application/json', async (t) => {

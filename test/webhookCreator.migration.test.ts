@@ -4,7 +4,8 @@ import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase, migrateDownTo } from './helpers/database';
 
 // 20261206000190 keeps the key that created each webhook; webhooks made before take it from their
-// audit entry (webhook.create names the acting key), and those the CLI made have none.
+// audit entry (webhook.create names the acting key); one whose entry names no key (a CLI actor,
+// which no release has written for a webhook, or none at all) stays unknown.
 
 const MIGRATION = '20261206000190_webhook_creator.ts';
 const BEFORE = '20261205000180_outbox_trigger_locks_webhooks.ts';

@@ -293,7 +293,7 @@ t.test('a webhook names the key that created it, and the list finds those a key 
   t.equal(own.body.createdByKeyId, acme.adminKeyId);
   const elsewhere = await api.request('GET', `${hooks(globex.org.id)}?createdByKeyId=${leaked.key.id}`, { key: globex.adminKey });
   t.same([elsewhere.status, elsewhere.body.page.total], [200, 0], "another org's list holds none of them");
-  const byCli = await api.services.webhooks.create(acme.org.id, { url: 'https://127.0.0.1/cli', events: ['*'] });
-  t.equal(byCli.webhook.createdByKeyId, null, 'made by the CLI: no key');
+  const keyless = await api.services.webhooks.create(acme.org.id, { url: 'https://127.0.0.1/cli', events: ['*'] });
+  t.equal(keyless.webhook.createdByKeyId, null, 'made without a key (a service call): none');
   t.equal((await api.request('GET', `${hooks()}?createdByKeyId=not-a-key`, { key: acme.adminKey })).status, 400);
 });

@@ -8,7 +8,7 @@ export interface WebhookRecord {
   url: string;
   eventTypes: string[];
   createdAt: Date;
-  /** The key that created it; null when the CLI did. */
+  /** The key that created it; null when not known (made before creators were recorded, with no audit entry naming one). */
   createdByKeyId: string | null;
 }
 

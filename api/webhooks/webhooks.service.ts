@@ -34,7 +34,10 @@ const webhookView = z
     createdAt: isoTime,
     createdByKeyId: idString
       .nullable()
-      .meta({ description: 'The key that created it (null: the CLI). A revoked key does not take its webhooks with it: list them with ?createdByKeyId=' }),
+      .meta({
+        description:
+          'The key that created it (null: not known, made before creators were recorded). A revoked key does not take its webhooks with it: list them with ?createdByKeyId=',
+      }),
   })
   .meta({ id: 'Webhook' });
 export type WebhookView = z.output<typeof webhookView>;

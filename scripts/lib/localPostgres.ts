@@ -79,22 +79,29 @@ const reachableBy = (dir: string, ids: NonNullable<Ids>) => spawnSync('test', ['
 
 // As root the postgres OS user runs the binaries: from a checkout it cannot pass through (a clone
 // in /root, mode 700) initdb failed as "exit null" (EACCES), in `npm test` and `npm start` alike.
-// They are then copied, once per package version, beside the system's temporary folder's other
-// files, and run from there. A copy is trusted only if root owns it and no one else may write it
-// (the temporary folder is everyone's): otherwise a new one is made.
+// They are then copied, once per package version, to the system's temporary folder, and run from
+// there. The folder is everyone's: a copy is trusted only if root owns it and no one else may write
+// it, and nothing there is ever deleted or replaced (another process may be running from it, and a
+// tree someone else owns is not root's to remove). A copy is made under a name of its own and
+// renamed into place; when the place is taken, by a trusted copy made meanwhile that one is used,
+// and otherwise the new copy stays where it was made.
 export function binariesFor(ids: Ids, bin = binDir()): string {
   if (!ids || reachableBy(bin, ids)) return bin;
   const native = path.dirname(bin);
   const { version } = JSON.parse(fs.readFileSync(path.join(native, '..', 'package.json'), 'utf8')) as { version: string };
   const copy = path.join(os.tmpdir(), `keyusage-postgres-${os.platform()}-${os.arch()}-${version}`);
-  if (!trustedCopy(copy)) {
-    const staging = fs.mkdtempSync(`${copy}.`);
-    fs.cpSync(native, staging, { recursive: true, verbatimSymlinks: true });
-    fs.chmodSync(staging, 0o755);
-    fs.rmSync(copy, { recursive: true, force: true });
+  if (trustedCopy(copy)) return path.join(copy, 'bin');
+  const staging = fs.mkdtempSync(`${copy}.`);
+  fs.cpSync(native, staging, { recursive: true, verbatimSymlinks: true });
+  fs.chmodSync(staging, 0o755);
+  try {
     fs.renameSync(staging, copy);
+    return path.join(copy, 'bin');
+  } catch {
+    if (!trustedCopy(copy)) return path.join(staging, 'bin');
+    fs.rmSync(staging, { recursive: true, force: true });
+    return path.join(copy, 'bin');
   }
-  return path.join(copy, 'bin');
 }
 
 function trustedCopy(dir: string): boolean {
