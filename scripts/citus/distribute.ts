@@ -120,7 +120,9 @@ async function distributePending(db: Db, pending: readonly string[]): Promise<vo
       for (const table of pending) {
         step = `distributing ${table}`;
         const colocateWith = table === COLOCATION_ANCHOR ? 'default' : COLOCATION_ANCHOR;
+        const paused = await pauseInsertTriggers(trx, table);
         await trx.raw(`select create_distributed_table(?, 'org_id', colocate_with => ?)`, [table, colocateWith]);
+        for (const trigger of paused) await trx.raw(`alter table ?? ${RESUME[trigger.state]} trigger ??`, [table, trigger.name]);
       }
       step = 'adding back the foreign keys among them';
       for (const key of foreignKeys) await trx.raw(`alter table ?? add constraint ?? ${key.definition}`, [key.table, key.name]);
@@ -133,6 +135,30 @@ async function distributePending(db: Db, pending: readonly string[]): Promise<vo
       { cause: error },
     );
   }
+}
+
+// create_distributed_table copies the table's rows into its shards, and on the shards the copy
+// is an insert, which fires their insert triggers: key_events' outbox trigger ran for every event
+// already there, and Citus refused its write ("cannot execute a distributed query from a query on
+// a shard"), so a database with events could not be distributed at all. Nor should it run: the
+// rows are not new, their triggers ran when they were inserted, and firing the outbox trigger
+// again would enqueue deliveries for old events (sent and cleaned up since, or older than the
+// webhook): duplicate sends. So the table's enabled insert triggers are disabled before, and Citus
+// creates them on the shards disabled as they are (it copies each trigger's state); enabling them
+// right after reaches the shards too (citus.enable_unsafe_triggers, set for the session). Within
+// distributePending's transaction, no other session ever sees them off, and a failure restores them.
+const INSERT = 1 << 2; // pg_trigger.tgtype's TRIGGER_TYPE_INSERT bit
+const RESUME: Record<string, string> = { O: 'enable', A: 'enable always', R: 'enable replica' };
+
+async function pauseInsertTriggers(trx: Db, table: string): Promise<Array<{ name: string; state: string }>> {
+  const { rows } = await trx.raw(
+    `select tgname as name, tgenabled as state from pg_trigger
+      where tgrelid = cast(? as regclass) and not tgisinternal and tgenabled <> 'D' and tgtype & ${INSERT} <> 0
+      order by tgname`,
+    [table],
+  );
+  for (const trigger of rows) await trx.raw('alter table ?? disable trigger ??', [table, trigger.name]);
+  return rows;
 }
 
 async function emptyLocalCopies(db: Db, tables: readonly string[]): Promise<void> {

@@ -1,15 +1,17 @@
 // Runs only under `npm run test:citus` (its name is outside `npm test`'s include pattern): the
 // layout on a real coordinator and two workers, and the end-to-end path across orgs whose shards
 // sit on different workers.
+import { randomBytes } from 'node:crypto';
 import t, { type Test } from 'tap';
-import type { Db } from '../../shared/db';
+import { createDb, migrateLatest, type Db } from '../../shared/db';
+import { createScratchDatabase, type ScratchDatabase } from '../../harness/postgres';
 import { encodeUsageLine, packDatagrams } from '../../shared/usageWire';
 import { seedOrg, startTestApi } from '../helpers/api';
 import { secondInThePreviousHour, sendDatagrams, startTestCollector } from '../helpers/collector';
 import { waitFor } from '../../harness/wait';
 import { claimDueDeliveries, recordAttempt } from '../../collector/webhookStore';
 import { closedBefore, moveClosedHours } from '../../collector/hourMove';
-import { freshDatabase } from '../helpers/database';
+import { adminDatabaseUrl, freshDatabase } from '../helpers/database';
 import { wiredSystem } from '../helpers/wiredSystem';
 import { distributeTables, REFERENCE_TABLES } from '../../scripts/citus/distribute';
 
@@ -366,4 +368,89 @@ t.test('citus:distribute refused halfway keeps the foreign keys among the tables
   await db('zz_fk_webhooks').where({ org_id: org.id, id: 1 }).del();
   t.strictSame(await db('zz_fk_deliveries').where({ org_id: org.id }), [], 'deleting the webhook takes its delivery, on the shards');
   await db('organizations').where({ id: org.id }).del();
+});
+
+// A database of its own on every node of the cluster, with the extension and the workers
+// registered (as scripts/citus/cluster.ts creates the shared one), migrated but not laid out: a
+// deployment moving to Citus with its rows, which the shared database, distributed before any
+// test wrote to it, is not. Dropped on every node at the end.
+async function undistributedDatabase(t: Test, shared: Db): Promise<Db> {
+  const nodes: Array<{ nodename: string; nodeport: number; groupid: number }> = (
+    await shared.raw('select nodename, nodeport, groupid from pg_dist_node order by groupid')
+  ).rows;
+  const name = `kc_moving_${process.pid}_${randomBytes(4).toString('hex')}`;
+  const scratch: ScratchDatabase[] = [];
+  let db: Db | undefined;
+  t.teardown(async () => {
+    await db?.destroy();
+    for (const database of scratch) await database.drop();
+  });
+  for (const node of nodes) {
+    const admin = new URL(adminDatabaseUrl());
+    admin.hostname = node.nodename;
+    admin.port = String(node.nodeport);
+    scratch.push(await createScratchDatabase(admin.toString(), name));
+    const created = createDb(scratch[scratch.length - 1].url, { poolMax: 1 });
+    try {
+      await created.raw('create extension citus');
+    } finally {
+      await created.destroy();
+    }
+  }
+  // One connection, as npm run citus:distribute has: distributeTables sets a setting for its session.
+  db = createDb(scratch[0].url, { poolMax: 1 });
+  const [coordinator, ...workers] = nodes;
+  await db.raw('select citus_set_coordinator_host(?, ?)', [coordinator.nodename, coordinator.nodeport]);
+  for (const worker of workers) await db.raw('select citus_add_node(?, ?)', [worker.nodename, worker.nodeport]);
+  await migrateLatest(db);
+  return db;
+}
+
+// Distributing copies a table's rows into its shards, and the copy inserts them there: the outbox
+// trigger on key_events fired for every event a deployment already had, and Citus refused it ("cannot
+// execute a distributed query from a query on a shard"), so no deployment with events could move to
+// Citus. Had it run, it would have enqueued deliveries again for events that had theirs (sent and
+// cleaned up since) or that came before the webhook. The event before the webhook here shows the
+// latter: a copy that enqueued anything would give it a delivery.
+t.test('citus:distribute lays out a database that holds key events, enqueues no delivery for them, and a new event then gets its one', async (t) => {
+  const { db: shared } = await freshDatabase(t, { poolMax: 1 });
+  const db = await undistributedDatabase(t, shared);
+  const api = await startTestApi(t, db);
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db, 'moving');
+  const event = (type: string) => ({ org_id: org.id, key_id: adminKeyId, type, occurred_at: new Date(), details: {} });
+  const [beforeWebhook] = await db('key_events').insert(event('key.new_ip')).returning('id');
+  const hook = await api.request('POST', `/api/orgs/${org.id}/webhooks`, { key: adminKey, body: { url: 'https://203.0.113.10/hook', events: ['*'] } });
+  t.equal(hook.status, 201);
+  const [withDelivery] = await db('key_events').insert(event('key.spike')).returning('id');
+  const deliveries = () => db('webhook_deliveries').where({ org_id: org.id }).orderBy('id').select('id', 'event_id');
+  const enqueued = await deliveries();
+  t.strictSame(
+    enqueued.map((d) => d.event_id),
+    [withDelivery.id],
+    'before: the event after the webhook has its delivery, the one before has none',
+  );
+
+  const laidOut = await distributeTables(db);
+  t.ok(
+    ['key_events', 'webhooks', 'webhook_deliveries', 'audit_log'].every((name) => laidOut.includes(name)),
+    'laid out, events and all',
+  );
+  const { rows } = await db.raw(`select partmethod from pg_dist_partition where logicalrelid = 'key_events'::regclass`);
+  t.strictSame(rows, [{ partmethod: 'h' }], 'key_events is distributed');
+  t.strictSame(
+    (await db('key_events').where({ org_id: org.id }).orderBy('id').pluck('id')).sort(),
+    [beforeWebhook.id, withDelivery.id].sort(),
+    'its events are in the shards',
+  );
+  t.strictSame(await deliveries(), enqueued, 'copying the events enqueued nothing');
+
+  // The outbox trigger is in force again, on the coordinator and on every shard.
+  const state = await db.raw(`select tgenabled from pg_trigger where tgrelid = 'key_events'::regclass and tgname = 'key_events_enqueue_webhooks'`);
+  t.strictSame(state.rows, [{ tgenabled: 'O' }], 'enabled on the coordinator');
+  const shards = await db.raw(
+    `select distinct result from run_command_on_shards('key_events', $$select tgenabled from pg_trigger where tgrelid = '%s'::regclass and tgname like 'key_events_enqueue_webhooks%%'$$)`,
+  );
+  t.strictSame(shards.rows, [{ result: 'O' }], 'and on every shard');
+  const [after] = await db('key_events').insert(event('key.new_ip')).returning('id');
+  t.strictSame((await deliveries()).map((d) => d.event_id).sort(), [withDelivery.id, after.id].sort(), 'an event after the move gets exactly one delivery');
 });
