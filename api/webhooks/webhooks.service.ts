@@ -32,12 +32,10 @@ const webhookView = z
     url: z.string(),
     events: z.array(z.string()).meta({ description: 'Event types it receives; ["*"] for every type' }),
     createdAt: isoTime,
-    createdByKeyId: idString
-      .nullable()
-      .meta({
-        description:
-          'The key that created it (null: not known, made before creators were recorded). A revoked key does not take its webhooks with it: list them with ?createdByKeyId=',
-      }),
+    createdByKeyId: idString.nullable().meta({
+      description:
+        'The key that created it (null: not known, made before creators were recorded). A revoked key does not take its webhooks with it: list them with ?createdByKeyId=',
+    }),
   })
   .meta({ id: 'Webhook' });
 export type WebhookView = z.output<typeof webhookView>;
