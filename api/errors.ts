@@ -123,14 +123,23 @@ const DATABASE_RETRY_AFTER = '5';
 // 57014: query_canceled, here API_STATEMENT_TIMEOUT_MS (or an operator's pg_cancel_backend).
 const STATEMENT_CANCELLED = '57014';
 
-function fromDatabase(error: unknown): AppError | undefined {
+function fromDatabase(error: unknown, method: string): AppError | undefined {
   if ((error as { code?: unknown } | undefined)?.code === STATEMENT_CANCELLED) {
     return new AppError(
       'service_unavailable',
       "A database statement of this request ran past its time limit (API_STATEMENT_TIMEOUT_MS, or the server's statement_timeout) and was cancelled; retry shortly, or ask for less",
     );
   }
-  return databaseUnavailable(error) ? new AppError('service_unavailable', 'The database is unavailable; retry shortly') : undefined;
+  if (!databaseUnavailable(error)) return undefined;
+  // A change whose connection failed may have committed all the same (the COMMIT's reply was what
+  // got lost): told to retry, a client created a second key whose secret no one had.
+  const change = method !== 'GET' && method !== 'HEAD';
+  return new AppError(
+    'service_unavailable',
+    change
+      ? 'The database became unavailable during this change, which may or may not have been made: look (GET) before you retry'
+      : 'The database is unavailable; retry shortly',
+  );
 }
 
 export const routeNotFound: RequestHandler = (req, _res, next) => {
@@ -140,7 +149,7 @@ export const routeNotFound: RequestHandler = (req, _res, next) => {
 
 export function errorMiddleware(logger: Logger): ErrorRequestHandler {
   return (error, req, res, _next) => {
-    const appError = error instanceof AppError ? error : (fromBodyParser(error) ?? fromHttpError(error) ?? fromDatabase(error));
+    const appError = error instanceof AppError ? error : (fromBodyParser(error) ?? fromHttpError(error) ?? fromDatabase(error, req.method));
     const requestId = res.locals.requestId;
     if (appError?.code === 'service_unavailable') {
       // Message and code only: a database error's other fields may quote a row, hash included.

@@ -21,6 +21,7 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
       poolMax: config.database.poolMax,
       connectTimeoutMs: config.database.connectTimeoutMs,
       replyTimeoutMs: config.database.replyTimeoutMs,
+      idleInTransactionTimeoutMs: config.database.idleInTransactionTimeoutMs,
       statementTimeoutMs: config.api.statementTimeoutMs,
       applicationName: 'keyusage-api',
     },

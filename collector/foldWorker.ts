@@ -13,6 +13,7 @@ export interface FoldWorkerData {
   databaseUrl: string;
   connectTimeoutMs: number;
   replyTimeoutMs?: number;
+  idleInTransactionTimeoutMs?: number;
   store: UsageLogOptions;
 }
 
@@ -63,6 +64,7 @@ export async function serveFolds(port: MessagePort, data: FoldWorkerData): Promi
     poolMax: data.store.parallelism ?? 1,
     connectTimeoutMs: data.connectTimeoutMs,
     replyTimeoutMs: data.replyTimeoutMs,
+    idleInTransactionTimeoutMs: data.idleInTransactionTimeoutMs,
     applicationName: FOLD_WORKER,
   });
   const store = createUsageStore(db, data.store);

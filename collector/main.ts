@@ -51,8 +51,12 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   // trim that runs beside the next flush, one for upkeep, one for the webhook worker's short
   // statements: a part that waited past the acquire timeout would fail the whole flush.
   const poolMax = flushParallelism + 3;
-  const { connectTimeoutMs, replyTimeoutMs } = config.database;
-  const db = await createCheckedDb(databaseUrl, { poolMax, connectTimeoutMs, replyTimeoutMs, applicationName: 'keyusage-collector' }, logger);
+  const { connectTimeoutMs, replyTimeoutMs, idleInTransactionTimeoutMs } = config.database;
+  const db = await createCheckedDb(
+    databaseUrl,
+    { poolMax, connectTimeoutMs, replyTimeoutMs, idleInTransactionTimeoutMs, applicationName: 'keyusage-collector' },
+    logger,
+  );
   // COLLECTOR_FOLD_THREAD: the fold thread's pool, one connection per part of a fold.
   const foldPool = config.collector.foldThread && overrides.store === undefined ? flushParallelism : 0;
   if (speaksForAll) {
@@ -78,7 +82,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   });
   const foldThread =
     foldPool > 0
-      ? await startFoldThread({ databaseUrl, connectTimeoutMs, replyTimeoutMs, store: storeOptions }).catch(async (error) => {
+      ? await startFoldThread({ databaseUrl, connectTimeoutMs, replyTimeoutMs, idleInTransactionTimeoutMs, store: storeOptions }).catch(async (error) => {
           await relay?.stop();
           await db.destroy();
           throw error;

@@ -557,6 +557,7 @@ export function openDatabase(config: Config, err: (text: string) => void): CliDa
       poolMax: 1,
       connectTimeoutMs: config.database.connectTimeoutMs,
       replyTimeoutMs: config.database.replyTimeoutMs,
+      idleInTransactionTimeoutMs: config.database.idleInTransactionTimeoutMs,
       applicationName: APPLICATION_NAME,
       lockTimeoutMs,
     });

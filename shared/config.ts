@@ -68,18 +68,27 @@ function isProxyEntry(entry: string): boolean {
   return family === 4 && isIP(prefix) === 4;
 }
 
-// Express's `trust proxy` accepts a boolean, a hop count, or a list of addresses/subnets.
+// Express's `trust proxy` accepts a boolean, a hop count, or a list of addresses/subnets. An empty
+// entry (',,', a trailing comma, a blank value) was dropped, and ' ' trusted no proxy, silently; a
+// hop count beyond any real chain of proxies (99999999999999999999) trusted every address a client
+// put in X-Forwarded-For, as `true` does.
+const MAX_PROXY_HOPS = 100;
 const trustProxy = z
   .string()
   .min(1)
   .transform((value, ctx): boolean | number | string[] => {
     if (value === 'false') return false;
     if (value === 'true') return true;
-    if (/^\d+$/.test(value)) return Number(value);
-    const entries = value
-      .split(',')
-      .map((part) => part.trim())
-      .filter(Boolean);
+    if (/^\d+$/.test(value)) {
+      if (Number(value) <= MAX_PROXY_HOPS) return Number(value);
+      ctx.addIssue({ code: 'custom', message: `a hop count must be at most ${MAX_PROXY_HOPS} (more trusts any address a client puts in X-Forwarded-For)` });
+      return z.NEVER;
+    }
+    const entries = value.split(',').map((part) => part.trim());
+    if (entries.includes('')) {
+      ctx.addIssue({ code: 'custom', message: 'has an empty entry (a stray comma, or nothing but whitespace)' });
+      return z.NEVER;
+    }
     const bad = entries.find((entry) => !isProxyEntry(entry));
     if (bad !== undefined) {
       ctx.addIssue({ code: 'custom', message: `"${bad}" is not an IP, CIDR, loopback, linklocal or uniquelocal` });
@@ -87,6 +96,52 @@ const trustProxy = z
     }
     return entries;
   });
+
+// A secret of at least 32 characters other than whitespace: 40 spaces passed a plain length check.
+// Whitespace is not refused, only not counted: KEY_PEPPER may carry a secret file's newline (see
+// previousPeppers). The previous ones keep the plain check, so a weak secret can be rotated away.
+const MIN_SECRET_CHARACTERS = 32;
+const secret = z
+  .string()
+  .refine((value) => value.replace(/\s/g, '').length >= MIN_SECRET_CHARACTERS, `must be at least ${MIN_SECRET_CHARACTERS} characters, whitespace not counted`);
+
+// DATABASE_URL is read here as pg reads it (pg-connection-string): with the URL class, or, for a
+// socket folder (postgres://user:pw@/db?host=/run/postgresql, which the URL class refuses), with
+// a placeholder host. Only a postgres:// prefix was checked: a port out of range loaded and failed
+// at start with a bare "Invalid URL" naming no variable, a trailing space became part of the
+// database's name, and a URL without a host loaded. The messages never quote the value: it may
+// hold a password.
+const validPort = (text: string) => /^\d{1,5}$/.test(text) && Number(text) >= 1 && Number(text) <= 65535;
+function databaseUrlProblem(value: string): string | undefined {
+  const scheme = /^postgres(?:ql)?:\/\//.exec(value)?.[0];
+  if (scheme === undefined) return 'must be a postgres:// URL';
+  if (/\s/.test(value)) return 'must not contain whitespace (percent-encode a space in a password as %20)';
+  const authority = value.slice(scheme.length).split(/[/?#]/)[0];
+  const port = /^(?:\[[^\]]*\]|[^:]*):(.*)$/.exec(authority.slice(authority.lastIndexOf('@') + 1))?.[1];
+  if (port !== undefined && port !== '' && !validPort(port)) return 'must have a port from 1 to 65535';
+  let url: URL;
+  let hostless = false;
+  try {
+    url = new URL(value);
+  } catch {
+    try {
+      url = new URL(value.replace('@/', '@placeholder/'));
+      hostless = true;
+    } catch {
+      return 'is not a valid URL (percent-encode any "@", ":", "/", "?" or "#" in the user name or password)';
+    }
+  }
+  const queryPort = url.searchParams.get('port');
+  if (queryPort !== null && !validPort(queryPort)) return 'must have a port (?port=) from 1 to 65535';
+  if ((hostless || url.hostname === '') && !url.searchParams.get('host')) {
+    return 'names no host (postgres://user:password@host/database, or ?host=/run/postgresql for a socket folder)';
+  }
+  return undefined;
+}
+const databaseUrl = z.string().superRefine((value, ctx) => {
+  const problem = databaseUrlProblem(value);
+  if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem });
+});
 
 // Also createDb's default, for the callers (tests, benchmarks) that build no config.
 export const DEFAULT_DATABASE_CONNECT_TIMEOUT_MS = 5000;
@@ -121,10 +176,7 @@ const variables = {
     .string()
     .regex(/^[a-z][a-z0-9_-]{0,31}$/, 'must be a lower-case name such as production, development or test')
     .optional(),
-  DATABASE_URL: z
-    .string()
-    .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL')
-    .optional(),
+  DATABASE_URL: databaseUrl.optional(),
   DATABASE_POOL_MAX: positiveInt(1000).default(10),
   DATABASE_CONNECT_TIMEOUT_MS: wholeNumber(100, 120_000).default(DEFAULT_DATABASE_CONNECT_TIMEOUT_MS),
   // A statement of the API, the collector or the CLI that gets no byte from the server for this long closes
@@ -132,6 +184,11 @@ const variables = {
   // of holding it for the kernel's 15 minutes. Above the collector's lock wait, which sends nothing;
   // 0: no limit.
   DATABASE_REPLY_TIMEOUT_MS: wholeNumber(0, 86_400_000).default(300_000),
+  // PostgreSQL's idle_in_transaction_session_timeout on every connection: a session whose client
+  // vanished (a NAT that dropped the connection's state, so the client's close never reached the
+  // server) stayed idle in its transaction holding its locks (an org's audit lock: every key change
+  // of the org failed) until TCP keep-alive gave up, about 2 hours. 0 leaves the server's setting.
+  DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: wholeNumber(0, 86_400_000).default(60_000),
   EMBEDDED_PG_DIR: z.string().min(1).default('.data/postgres'),
   EMBEDDED_PG_PORT: port.default(54329),
   HOST: host.default('127.0.0.1'),
@@ -150,7 +207,7 @@ const variables = {
   API_METRICS_HOST: host.default('127.0.0.1'),
   API_METRICS_PORT: portOrZero.default(9103),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  KEY_PEPPER: z.string().min(32, 'must be at least 32 characters').optional(),
+  KEY_PEPPER: secret.optional(),
   // Older peppers, newest first: hashes they made still verify and are rehashed with KEY_PEPPER.
   KEY_PEPPER_PREVIOUS: z
     .string()
@@ -225,7 +282,7 @@ const variables = {
   USAGE_RETENTION_DAYS: positiveInt(3650).default(90),
   IP_RETENTION_DAYS: positiveInt(3650).default(90),
   IP_TRUNCATE: booleanFlag.default(false),
-  USAGE_SIGNING_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  USAGE_SIGNING_SECRET: secret.optional(),
   USAGE_SIGNING_PREVIOUS_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
   COLLECTOR_REPLAY_CACHE_SIZE: positiveInt(10_000_000).default(100_000),
   WEBHOOK_ALLOW_PRIVATE_TARGETS: booleanFlag.default(false),
@@ -298,6 +355,9 @@ const RELAXED_ENVIRONMENTS = new Set(['development', 'test']);
 
 type Variables = Parsed<Name>;
 
+const DEV_PEPPER_PROBLEM =
+  'KEY_PEPPER: is the published development pepper, allowed only when NODE_ENV is development or test. Move off it as in a rotation (docs/security.md, pepper rotation; in two steps across several API instances): a new KEY_PEPPER (openssl rand -base64 48) and the development pepper in KEY_PEPPER_PREVIOUS, on every API, CLI and collector; each key is rehashed with the new pepper on its next use (npm run cli -- pepper status counts those left), and webhooks made before need the old one there until recreated. The pepper is public: rotate every key and recreate every webhook too';
+
 // The guards hold unless the environment says, explicitly, that it is a development or test one:
 // a deployment that forgets NODE_ENV (or calls itself "staging") must not run with the published
 // development pepper or an unsigned collector port.
@@ -305,6 +365,9 @@ function productionGuards(v: Variables): string[] {
   if (v.NODE_ENV !== undefined && RELAXED_ENVIRONMENTS.has(v.NODE_ENV)) return [];
   const problems: string[] = [];
   if (!v.KEY_PEPPER) problems.push('KEY_PEPPER: required unless NODE_ENV is development or test');
+  // Set explicitly, the published pepper passed as if it were a secret (around it, a secret file's
+  // newline). Moving off it is a rotation (docs/security.md): the list of previous peppers may keep it.
+  else if (v.KEY_PEPPER.trim() === DEV_PEPPER) problems.push(DEV_PEPPER_PROBLEM);
   // Beyond loopback anyone who can reach the port could forge uses of a key whose ids they know.
   if (!isLoopbackAddress(v.COLLECTOR_HOST) && !v.USAGE_SIGNING_SECRET) {
     problems.push('USAGE_SIGNING_SECRET: required when COLLECTOR_HOST is not a loopback IP address, unless NODE_ENV is development or test');
@@ -335,11 +398,17 @@ function relayProblems(v: Variables): string[] {
 // wildcard address it hears every loopback address, and a wildcard destination is this host too;
 // `0.0.0.0` (an IPv4 socket) hears no IPv6 one, `::` both (Node binds it dual-stack). An
 // IPv4-mapped address (::ffff:127.0.0.1, however spelled), the destination's or the collector's,
-// is its IPv4 address: a relay to one reached a collector on the other and looped.
+// is its IPv4 address: a relay to one reached a collector on the other and looped. Linux delivers
+// a datagram sent to a wildcard address on its family's loopback address, 0.0.0.0 to 127.0.0.1 and
+// :: to ::1: a relay to 0.0.0.0 reached the default collector (127.0.0.1) and looped.
 function reachesCollector(to: string, on: string): boolean {
   const [target, host] = [ipv4OfMapped(to) ?? to, ipv4OfMapped(on) ?? on];
   if (target === host) return true;
-  if (isLoopbackAddress(host)) return ['localhost', '127.0.0.1', '::1'].includes(target);
+  if (isLoopbackAddress(host)) {
+    if (['localhost', '127.0.0.1', '::1'].includes(target)) return true;
+    // The only IPv6 loopback address is ::1 (a mapped one was made IPv4 above).
+    return isWildcardAddress(target) && isIP(target) === isIP(host) && (isIP(host) === 6 || host === '127.0.0.1');
+  }
   if (!isWildcardAddress(host)) return false;
   const local = target === 'localhost' || isLoopbackAddress(target) || isWildcardAddress(target);
   return local && (isIP(host) === 6 || isIP(target) !== 6);
@@ -411,6 +480,7 @@ const DATABASE_VARIABLES = [
   'DATABASE_POOL_MAX',
   'DATABASE_CONNECT_TIMEOUT_MS',
   'DATABASE_REPLY_TIMEOUT_MS',
+  'DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS',
   'EMBEDDED_PG_DIR',
   'EMBEDDED_PG_PORT',
   'MIGRATE_LOCK_TIMEOUT_MS',
@@ -422,6 +492,7 @@ const databaseSection = (v: Parsed<(typeof DATABASE_VARIABLES)[number]>) => ({
   poolMax: v.DATABASE_POOL_MAX,
   connectTimeoutMs: v.DATABASE_CONNECT_TIMEOUT_MS,
   replyTimeoutMs: v.DATABASE_REPLY_TIMEOUT_MS,
+  idleInTransactionTimeoutMs: v.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS,
   embeddedDir: v.EMBEDDED_PG_DIR,
   embeddedPort: v.EMBEDDED_PG_PORT,
   migrateLockTimeoutMs: v.MIGRATE_LOCK_TIMEOUT_MS,

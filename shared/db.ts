@@ -123,14 +123,33 @@ export interface DbOptions {
   connectTimeoutMs?: number;
   /** How long a statement waits for a byte from the server before its connection is closed; 0 or unset: no limit. */
   replyTimeoutMs?: number;
+  /**
+   * The sessions' idle_in_transaction_session_timeout (DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS):
+   * DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS unless given; 0: the server's own.
+   */
+  idleInTransactionTimeoutMs?: number;
 }
 
+// A session whose client vanished without a word (a NAT that dropped the connection's state: the
+// client's close never reached the server) stayed idle in its transaction, holding its locks, until
+// TCP keep-alive gave up, about 2 hours: an API change's org audit lock, so every key and webhook
+// change of the org failed meanwhile. The server now ends such a session. No transaction of ours
+// waits this long between two statements.
+export const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS = 60_000;
+
 const sessionSettings =
-  ({ lockTimeoutMs = 0, statementTimeoutMs = 0 }: Pick<DbOptions, 'lockTimeoutMs' | 'statementTimeoutMs'>) =>
+  ({
+    lockTimeoutMs = 0,
+    statementTimeoutMs = 0,
+    idleInTransactionTimeoutMs = DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+  }: Pick<DbOptions, 'lockTimeoutMs' | 'statementTimeoutMs' | 'idleInTransactionTimeoutMs'>) =>
   (connection: pg.Client, done: (error: Error | undefined, connection: pg.Client) => void): void => {
-    const lockTimeout = lockTimeoutMs > 0 ? `; set lock_timeout = ${Math.trunc(lockTimeoutMs)}` : '';
-    const statementTimeout = statementTimeoutMs > 0 ? `; set statement_timeout = ${Math.trunc(statementTimeoutMs)}` : '';
-    connection.query(`set time zone 'UTC'${lockTimeout}${statementTimeout}`).then(
+    const timeout = (name: string, ms: number) => (ms > 0 ? `; set ${name} = ${Math.trunc(ms)}` : '');
+    const settings =
+      timeout('lock_timeout', lockTimeoutMs) +
+      timeout('statement_timeout', statementTimeoutMs) +
+      timeout('idle_in_transaction_session_timeout', idleInTransactionTimeoutMs);
+    connection.query(`set time zone 'UTC'${settings}`).then(
       () => done(undefined, connection),
       (error: Error) => done(error, connection),
     );
@@ -256,7 +275,8 @@ export async function databaseAnswers(db: Db): Promise<boolean> {
   }
 }
 
-const UNREACHABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
+// ENOENT: a Unix socket (?host=/run/postgresql) whose server is stopped has no socket file.
+const UNREACHABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'ENOENT']);
 // SQLSTATE class 08 (connection exception), 57P01-03 (shut down, crashed, starting up), 53300 (too
 // many connections).
 const UNREACHABLE_STATES = /^(08\w{3}|57P0[123]|53300)$/;

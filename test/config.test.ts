@@ -1,8 +1,12 @@
 import dgram from 'node:dgram';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import t, { type Test } from 'tap';
 import { BASELINE_DAYS } from '../shared/keyEvents';
 import { HOUR_MS } from '../shared/timeUnits';
-import { ConfigError, loadConfig, withDevelopmentDefault } from '../shared/config';
+import { ConfigError, loadConfig, loadDatabaseConfig, withDevelopmentDefault } from '../shared/config';
+import { readProcfile } from '../scripts/lib/procfile';
 
 const PEPPER = 'p'.repeat(32);
 const DEV = { NODE_ENV: 'development' };
@@ -28,6 +32,7 @@ t.test('defaults', async (t) => {
     poolMax: 10,
     connectTimeoutMs: 5000,
     replyTimeoutMs: 300_000,
+    idleInTransactionTimeoutMs: 60_000,
     embeddedDir: '.data/postgres',
     embeddedPort: 54329,
     migrateLockTimeoutMs: 10_000,
@@ -212,7 +217,27 @@ t.test('TRUST_PROXY takes a boolean, a hop count or a list of addresses', async 
   t.equal(loadConfig({ ...DEV, TRUST_PROXY: '2' }).api.trustProxy, 2);
   t.same(loadConfig({ ...DEV, TRUST_PROXY: 'loopback' }).api.trustProxy, ['loopback']);
   t.same(loadConfig({ ...DEV, TRUST_PROXY: 'loopback, 10.0.0.0/8' }).api.trustProxy, ['loopback', '10.0.0.0/8']);
-  t.same(loadConfig({ ...DEV, TRUST_PROXY: ' 10.0.0.1 ,,fd00::/8 ' }).api.trustProxy, ['10.0.0.1', 'fd00::/8'], 'blanks dropped');
+  t.same(loadConfig({ ...DEV, TRUST_PROXY: ' 10.0.0.1 , fd00::/8 ' }).api.trustProxy, ['10.0.0.1', 'fd00::/8'], 'entries trimmed');
+  t.equal(loadConfig({ ...DEV, TRUST_PROXY: '100' }).api.trustProxy, 100);
+});
+
+// ',,' or ' ' trusted no proxy, silently (an empty list); a hop count of 99999999999999999999
+// trusted every address a client wrote in X-Forwarded-For.
+t.test('TRUST_PROXY: no empty entry, and a hop count of at most 100', async (t) => {
+  for (const value of [',,', ' ', 'loopback,', ' 10.0.0.1 ,,fd00::/8 ', ', loopback']) {
+    t.same(
+      configError(t, { ...DEV, TRUST_PROXY: value }).problems,
+      ['TRUST_PROXY: has an empty entry (a stray comma, or nothing but whitespace)'],
+      `TRUST_PROXY=${JSON.stringify(value)}`,
+    );
+  }
+  for (const value of ['101', '99999999999999999999']) {
+    t.same(
+      configError(t, { ...DEV, TRUST_PROXY: value }).problems,
+      ['TRUST_PROXY: a hop count must be at most 100 (more trusts any address a client puts in X-Forwarded-For)'],
+      `TRUST_PROXY=${value}`,
+    );
+  }
 });
 
 t.test('a value that is not an address is refused at load time, naming TRUST_PROXY', async (t) => {
@@ -421,6 +446,113 @@ t.test('the message never echoes a bad value (it may be a secret)', async (t) =>
   t.notMatch(configError(t, { DATABASE_URL: 'mysql://admin:s3cr3t-pw@db/x' }).message, 's3cr3t-pw');
 });
 
+// Only a postgres:// prefix was checked: a port out of range loaded and failed at start with a bare
+// "Invalid URL" naming no variable, a trailing space became part of the database's name.
+t.test('DATABASE_URL: a URL pg can read, with a host or a socket folder, a port in range and no whitespace', async (t) => {
+  const accepted = [
+    'postgres://u:p@db.internal:5432/keyusage',
+    'postgresql://u:p@db.internal/keyusage',
+    'postgres://u:p%20w@[::1]:65535/k?sslmode=require',
+    'postgres://u:sekret@/db?host=/run/postgresql',
+    'postgres://u@/db?host=%2Frun%2Fpostgresql',
+    'postgres:///db?host=/tmp',
+    'postgres://%2Frun%2Fpostgresql/db',
+    'postgres://h:/db',
+    'postgres://u:p@h:1/db?port=5433',
+  ];
+  for (const url of accepted) {
+    t.equal(loadConfig({ ...DEV, DATABASE_URL: url }).database.url, url, url);
+    t.equal(loadDatabaseConfig({ DATABASE_URL: url }).url, url, `${url}, for npm run migrate too`);
+  }
+  const refused: Array<[url: string, problem: string]> = [
+    ['postgres://u:pw-99@h:99999/db', 'must have a port from 1 to 65535'],
+    ['postgres://u:pw-99@h:0/db', 'must have a port from 1 to 65535'],
+    ['postgres://u:pw-99@h:54x/db', 'must have a port from 1 to 65535'],
+    ['postgres://u:pw-99@[::1]:70000/db', 'must have a port from 1 to 65535'],
+    ['postgres://u:pw-99@h/db?port=99999', 'must have a port (?port=) from 1 to 65535'],
+    ['postgres://u:pw-99@h/db ', 'must not contain whitespace (percent-encode a space in a password as %20)'],
+    ['postgres://h h/db', 'must not contain whitespace (percent-encode a space in a password as %20)'],
+    [' postgres://h/db', 'must be a postgres:// URL'],
+    ['postgres://u:pw-99@h/db\n', 'must not contain whitespace (percent-encode a space in a password as %20)'],
+    ['postgres://', 'names no host (postgres://user:password@host/database, or ?host=/run/postgresql for a socket folder)'],
+    ['postgres:///db', 'names no host (postgres://user:password@host/database, or ?host=/run/postgresql for a socket folder)'],
+    ['postgres://u:pw-99@/db', 'names no host (postgres://user:password@host/database, or ?host=/run/postgresql for a socket folder)'],
+    ['postgres://u:pw-99@/db?host=', 'names no host (postgres://user:password@host/database, or ?host=/run/postgresql for a socket folder)'],
+    ['postgres://u:pw-99@h<x/db', 'is not a valid URL (percent-encode any "@", ":", "/", "?" or "#" in the user name or password)'],
+  ];
+  for (const [url, problem] of refused) {
+    const error = configError(t, { ...DEV, DATABASE_URL: url });
+    t.same(error.problems, [`DATABASE_URL: ${problem}`], JSON.stringify(url));
+    t.notMatch(error.message, 'pw-99', 'the password is never quoted');
+    t.throws(() => loadDatabaseConfig({ DATABASE_URL: url }), new ConfigError([`DATABASE_URL: ${problem}`]), 'npm run migrate refuses it too');
+  }
+});
+
+t.test('DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: a minute by default, 0 leaves the server setting, at most a day', async (t) => {
+  t.equal(loadConfig(DEV).database.idleInTransactionTimeoutMs, 60_000);
+  t.equal(loadDatabaseConfig({}).idleInTransactionTimeoutMs, 60_000, 'npm run migrate reads it too');
+  t.equal(loadConfig({ ...DEV, DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: '0' }).database.idleInTransactionTimeoutMs, 0);
+  t.equal(loadConfig({ ...DEV, DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: '86400000' }).database.idleInTransactionTimeoutMs, 86_400_000);
+  for (const bad of ['86400001', '-1', '1m', ' ']) {
+    t.match(configError(t, { ...DEV, DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: bad }).problems, [/^DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: /], bad);
+  }
+});
+
+// 40 spaces passed the length check as a pepper or a signing secret.
+t.test('KEY_PEPPER and USAGE_SIGNING_SECRET: at least 32 characters other than whitespace', async (t) => {
+  const problem = 'must be at least 32 characters, whitespace not counted';
+  for (const name of ['KEY_PEPPER', 'USAGE_SIGNING_SECRET']) {
+    for (const value of [' '.repeat(40), `${'x'.repeat(31)}${' '.repeat(9)}`, `\t${'x'.repeat(16)} ${'y'.repeat(15)}\n`]) {
+      const error = configError(t, { NODE_ENV: 'production', KEY_PEPPER: PEPPER, [name]: value });
+      t.same(error.problems, [`${name}: ${problem}`], `${name}=${JSON.stringify(value)}`);
+    }
+  }
+  // A secret file's newline is kept, not refused: the pepper is the file's bytes.
+  const filed = `${PEPPER}\n`;
+  t.equal(loadConfig({ NODE_ENV: 'production', KEY_PEPPER: filed }).api.keyPepper, filed);
+  t.same(loadConfig({ NODE_ENV: 'test', USAGE_SIGNING_SECRET: ` ${PEPPER} ` }).collector.signingSecrets, [` ${PEPPER} `]);
+  // A weak pepper or secret accepted before can still be rotated away: the previous ones keep the plain check.
+  const weak = ' '.repeat(40);
+  t.same(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: JSON.stringify([weak]) }).api.previousKeyPeppers, [weak]);
+  t.same(loadConfig({ NODE_ENV: 'test', USAGE_SIGNING_SECRET: PEPPER, USAGE_SIGNING_PREVIOUS_SECRET: weak }).collector.signingSecrets, [PEPPER, weak]);
+});
+
+// Set explicitly, the published development pepper passed the production guard, which only asked
+// for a KEY_PEPPER.
+t.test('outside development and test, KEY_PEPPER is never the published development pepper', async (t) => {
+  const development = loadConfig(DEV).api.keyPepper;
+  for (const env of [{}, { NODE_ENV: 'production' }, { NODE_ENV: 'staging' }] as Array<Record<string, string>>) {
+    for (const pepper of [development, `${development}\n`]) {
+      const { problems } = configError(t, { ...env, KEY_PEPPER: pepper });
+      t.equal(problems.length, 1, `refused with ${JSON.stringify(env)}`);
+      t.match(problems[0], /^KEY_PEPPER: is the published development pepper, allowed only when NODE_ENV is development or test\. /);
+      t.match(problems[0], /a new KEY_PEPPER .* and the development pepper in KEY_PEPPER_PREVIOUS/, 'says how to move off it');
+      t.match(problems[0], /rehashed with the new pepper on its next use/);
+      t.notMatch(problems[0], development, 'never quoting it');
+    }
+  }
+  t.equal(loadConfig({ NODE_ENV: 'test', KEY_PEPPER: development }).api.keyPepper, development, 'allowed in test');
+  const moved = loadConfig({ NODE_ENV: 'production', KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: development }).api;
+  t.same([moved.keyPepper, moved.previousKeyPeppers], [PEPPER, [development]], 'the previous list may keep it, so keys move on use');
+});
+
+// PROCFILE ('Procfile ' with a stray space, a folder) failed with a bare ENOENT or EISDIR.
+t.test('PROCFILE: a file npm start cannot read is named, with the variable', async (t) => {
+  const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'procfile-'));
+  t.teardown(() => fs.rmSync(folder, { recursive: true, force: true }));
+  const missing = path.join(folder, 'Procfile ');
+  t.throws(() => readProcfile(missing), { message: `cannot read the Procfile ${JSON.stringify(missing)} (PROCFILE): ENOENT: no such file or directory` });
+  t.throws(() => readProcfile(folder), {
+    message: `cannot read the Procfile ${JSON.stringify(folder)} (PROCFILE): EISDIR: illegal operation on a directory, read`,
+  });
+  const procfile = path.join(folder, 'Procfile');
+  fs.writeFileSync(procfile, 'web: w\ncollector: c\n');
+  t.same(readProcfile(procfile), [
+    { name: 'web', command: 'w' },
+    { name: 'collector', command: 'c' },
+  ]);
+});
+
 t.test('the development pepper only where the environment says development or test', async (t) => {
   for (const env of [{} as Record<string, string>, { NODE_ENV: 'production' }, { NODE_ENV: 'staging' }, { NODE_ENV: '' }]) {
     const error = configError(t, env);
@@ -517,6 +649,12 @@ t.test('COLLECTOR_RELAY_TO: host:port, IPv6 in brackets; unset means no relay', 
     ['::ffff:10.0.0.5', '[::ffff:10.0.0.5]:8125'],
     ['::ffff:10.0.0.5', '10.0.0.5:8125'],
     ['10.0.0.5', '[::ffff:a00:5]:8125'],
+    // Linux delivers a datagram sent to a wildcard address on its family's loopback address (fails without the fix).
+    ['127.0.0.1', '0.0.0.0:8125'],
+    ['::ffff:127.0.0.1', '0.0.0.0:8125'],
+    ['127.0.0.1', '[::ffff:0.0.0.0]:8125'],
+    ['::1', '[::]:8125'],
+    ['0:0:0:0:0:0:0:1', '[0:0:0:0:0:0:0:0]:8125'],
   ];
   for (const [host, relay] of selfLoops) {
     t.same(
@@ -531,6 +669,10 @@ t.test('COLLECTOR_RELAY_TO: host:port, IPv6 in brackets; unset means no relay', 
     ['::', 'localhost:9125'],
     ['127.0.0.1', '127.0.0.2:8125'], // bound to one loopback address, not the others
     ['127.0.0.1', '[::ffff:127.0.0.2]:8125'],
+    ['127.0.0.1', '[::]:8125'], // :: is delivered on ::1, which a 127.0.0.1 socket does not hear
+    ['::1', '0.0.0.0:8125'], // 0.0.0.0 on 127.0.0.1
+    ['127.0.0.2', '0.0.0.0:8125'], // on 127.0.0.1 only
+    ['127.0.0.1', '0.0.0.0:8126'],
   ];
   for (const [host, relay] of elsewhere) {
     t.ok(loadConfig({ ...env, COLLECTOR_HOST: host, COLLECTOR_RELAY_TO: relay }).collector.relayTo, `COLLECTOR_HOST=${host} does not hear ${relay}`);

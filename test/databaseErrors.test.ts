@@ -208,6 +208,8 @@ t.test('which errors mean "the database is unavailable"', async (t) => {
     ['pg: Connection terminated unexpectedly', new Error('Connection terminated unexpectedly')],
     ['the same, after knex put the query before it', new Error('select 1 - Connection terminated unexpectedly')],
     ['pg: connect timeout', new Error('timeout expired')],
+    // A stopped server's Unix socket file is gone (fails without the fix: a 500, and the API did not start).
+    ['ENOENT (a Unix socket with no server)', Object.assign(new Error('connect ENOENT /run/postgresql/.s.PGSQL.5432'), { code: 'ENOENT' })],
   ] as const;
   for (const [label, error] of unavailable) t.equal(databaseUnavailable(error), true, label);
   const other = [
@@ -233,4 +235,68 @@ t.test("poolState counts the pool's connections in use and the queries waiting f
   await trx.commit();
   await waiting;
   t.same([pool.used(), pool.pendingAcquires()], [0, 0]);
+});
+
+// A Unix-socket database that is stopped (its socket file gone): 503 with Retry-After, as any
+// unreachable database, not a 500 logged as a bug (fails without ENOENT among the unreachable errors).
+t.test('a Unix socket with no server behind it is an unavailable database: 503', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { adminKey } = await seedOrg(api, db);
+  const parsed = new URL(url);
+  const viaSocket = createDb(`postgres://${parsed.username}:${parsed.password}@/${parsed.pathname.slice(1)}?host=/nonexistent-socket-folder`, { poolMax: 1 });
+  t.teardown(() => viaSocket.destroy());
+  const socketApi = await startTestApi(t, viaSocket);
+  assertUnavailable(t, await socketApi.request('GET', '/api/whoami', { key: adminKey }), 'a socket file that is not there');
+});
+
+// A silent database: each probe after the first second started a query of its own, on a pool
+// connection of its own, each answered only when the reply timeout cut it (fails without the fix).
+t.test('/healthz runs one query at a time and answers within HEALTH_ANSWER_MS while the database is silent', async (t) => {
+  const { url } = await freshDatabase(t);
+  const proxy = await PgProxy.start(url);
+  t.teardown(() => proxy.close());
+  // Cut by the reply timeout after the answer bound (HEALTH_ANSWER_MS, 5 s): the answers come from the bound.
+  const viaProxy = createDb(proxy.url, { poolMax: 4, replyTimeoutMs: 6_000 });
+  t.teardown(() => viaProxy.destroy());
+  let clock = Date.parse('2026-11-25T12:00:00Z');
+  const api = await startTestApi(t, viaProxy, { now: () => clock });
+  t.equal((await api.request('GET', '/healthz')).status, 200);
+  clock += 1000;
+  const silenced = proxy.cutAt(/select 1/, 'silence');
+  const first = api.request('GET', '/healthz');
+  await silenced;
+  clock += 1100;
+  const second = api.request('GET', '/healthz');
+  const answers = await Promise.all([first, second]);
+  t.strictSame(
+    answers.map((answer) => answer.status),
+    [503, 503],
+    'both answered, down, within HEALTH_ANSWER_MS',
+  );
+  t.equal(proxy.stats.connections, 1, 'one query in flight: no second connection taken for the probe');
+});
+
+// A change whose connection went silent (a NAT that dropped the connection's state: the client's
+// close never reaches the server) left its server session idle in the transaction, holding the
+// org's audit lock: every key change of the org failed until TCP keep-alive gave up, about two
+// hours. The server now ends it after DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS (fails without it).
+t.test("a change cut off mid-transaction does not hold its org's changes after the idle-in-transaction timeout", async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const proxy = await PgProxy.start(url);
+  t.teardown(() => proxy.close());
+  const viaProxy = createDb(proxy.url, { poolMax: 4, replyTimeoutMs: 1500, statementTimeoutMs: 1000, idleInTransactionTimeoutMs: 1000 });
+  t.teardown(() => viaProxy.destroy());
+  const api = await startTestApi(t, viaProxy);
+  const { org, adminKey } = await seedOrg(api, db);
+  const keys = `/api/orgs/${org.id}/api-keys`;
+  const target = (await api.request('POST', keys, { key: adminKey, body: { name: 'target', scopes: ['keys:read'] } })).body.id as string;
+  const silenced = proxy.cutAt(/update "api_keys"/, 'silence-after');
+  const cut = await api.request('POST', `${keys}/${target}/revoke`, { key: adminKey });
+  await silenced;
+  assertUnavailable(t, cut, 'the revoke whose connection went silent');
+  await sleep(1500);
+  const next = await api.request('POST', keys, { key: adminKey, body: { name: 'after', scopes: ['keys:read'] } });
+  t.equal(next.status, 201, "the org's next change goes through: the server ended the abandoned transaction");
+  t.equal((await db('api_keys').where({ id: target }).first()).revoked_at, null, 'and the cut revoke was rolled back');
 });

@@ -32,9 +32,21 @@ export function startOrder(entries: ProcfileEntry[]): ProcfileEntry[] {
   return [...entries].sort((a, b) => rank(a.name) - rank(b.name));
 }
 
-/** The Procfile at `file`, parsed and checked for the lines the launcher needs. */
+/**
+ * The Procfile at `file`, parsed and checked for the lines the launcher needs. A file it cannot
+ * read ('Procfile ' with a stray space, a folder) failed with a bare ENOENT or EISDIR naming no
+ * variable: the error names the file and PROCFILE, which names it (the path is no secret).
+ */
 export function readProcfile(file: string): ProcfileEntry[] {
-  const entries = parseProcfile(fs.readFileSync(file, 'utf8'));
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (error) {
+    // "ENOENT: no such file or directory, open 'Procfile '": the path is already quoted once.
+    const reason = error instanceof Error ? error.message.replace(/, \w+ '.*'$/s, '') : String(error);
+    throw new Error(`cannot read the Procfile ${JSON.stringify(file)} (PROCFILE): ${reason}`, { cause: error });
+  }
+  const entries = parseProcfile(text);
   startOrder(entries);
   return entries;
 }

@@ -38,14 +38,22 @@ export type CutMode =
   | 'before-forward'
   /**
    * Forward the matching message, then pass nothing more either way, the sockets left open: a
-   * network gone silent (no FIN, no RST), the server's reply never arriving.
+   * network gone silent (no FIN, no RST), the server's reply never arriving, nor the client's close.
    */
-  | 'silence';
+  | 'silence'
+  /**
+   * Forward the matching statement whole (through its Sync), then pass nothing more either way:
+   * the server runs it and waits, in its transaction, for a next statement that never comes, and
+   * the client never hears back (a NAT that dropped the connection's state).
+   */
+  | 'silence-after';
 
 interface Link {
   client: net.Socket;
   upstream: net.Socket;
   silent?: boolean;
+  /** 'silence-after': forwarding the statement's remaining messages, silent once its Sync went. */
+  silentAfterSync?: () => void;
 }
 
 export interface ProxyStats {
@@ -60,6 +68,16 @@ export interface ProxyStats {
  * then type byte + int32 length messages) so it can act on one particular message: the simple
  * query `COMMIT;` that knex sends at the end of a transaction, or the Parse/Query of any statement.
  */
+const QUERY = 0x51; // 'Q'
+const SYNC = 0x53; // 'S'
+
+function goSilent(link: Link): void {
+  const hit = link.silentAfterSync;
+  link.silentAfterSync = undefined;
+  link.silent = true;
+  hit?.();
+}
+
 export class PgProxy {
   readonly stats: ProxyStats = { connections: 0, cuts: 0, commitsForwarded: 0 };
   private server: net.Server | undefined;
@@ -151,9 +169,11 @@ export class PgProxy {
     const upstream = net.connect(this.target.port, this.target.host);
     const link: Link = { client, upstream };
     this.links.add(link);
-    client.on('error', () => this.cut(link));
+    // Gone silent, the client's close (or reset) does not reach the server either (a NAT that
+    // dropped the connection's state): its session stays, until the server gives up on it or down().
+    client.on('error', () => !link.silent && this.cut(link));
     upstream.on('error', () => this.cut(link));
-    client.on('close', () => this.cut(link, true));
+    client.on('close', () => !link.silent && this.cut(link, true));
     upstream.on('close', () => this.cut(link));
     upstream.on('data', (chunk: Buffer) => {
       if (this.links.has(link) && !link.silent) client.write(chunk);
@@ -176,6 +196,11 @@ export class PgProxy {
           upstream.write(message);
           continue;
         }
+        if (link.silentAfterSync) {
+          upstream.write(message);
+          if (message[0] === SYNC) goSilent(link);
+          continue;
+        }
         const sql = sqlOf(message);
         const armed = this.armed;
         if (sql !== undefined && armed && armed.pattern.test(sql)) {
@@ -184,9 +209,15 @@ export class PgProxy {
           const forwarded = armed.mode !== 'before-forward';
           if (forwarded) upstream.write(message);
           if (/^\s*commit\b/i.test(sql) && forwarded) this.stats.commitsForwarded += 1;
-          if (armed.mode === 'silence') link.silent = true;
+          const hit = () => armed.remaining <= 0 && armed.hit();
+          // A simple Query is whole; an extended one ends with its Sync.
+          if (armed.mode === 'silence-after' && message[0] !== QUERY) {
+            link.silentAfterSync = hit;
+            continue;
+          }
+          if (armed.mode === 'silence' || armed.mode === 'silence-after') link.silent = true;
           else this.cut(link, forwarded, true);
-          if (armed.remaining <= 0) armed.hit();
+          hit();
           return;
         }
         if (sql !== undefined && /^\s*commit\b/i.test(sql)) this.stats.commitsForwarded += 1;
