@@ -567,7 +567,12 @@ export function openDatabase(config: Config, err: (text: string) => void): CliDa
   const wasRunning = embeddedClusterRunning(embeddedDir);
   const cluster = startLocalPostgres({ dataDir: embeddedDir, port: embeddedPort });
   if (!wasRunning) err(`Started the embedded PostgreSQL in ${embeddedDir} for this command; it is stopped afterwards.`);
-  const db = createDb(cluster.url, { poolMax: 1, applicationName: APPLICATION_NAME, lockTimeoutMs });
+  const db = createDb(cluster.url, {
+    poolMax: 1,
+    applicationName: APPLICATION_NAME,
+    lockTimeoutMs,
+    idleInTransactionTimeoutMs: config.database.idleInTransactionTimeoutMs,
+  });
   return {
     db,
     async close() {

@@ -40,6 +40,7 @@ export async function migrate(env: NodeJS.ProcessEnv, io: MigrateIo = stdio): Pr
     connectTimeoutMs: database.connectTimeoutMs,
     applicationName: 'keyusage-migrate',
     lockTimeoutMs: migrateLockTimeoutMs,
+    idleInTransactionTimeoutMs: database.idleInTransactionTimeoutMs,
   });
   try {
     const applied = await migrateLatest(db);

@@ -120,22 +120,18 @@ function databaseUrlProblem(value: string): string | undefined {
   const port = /^(?:\[[^\]]*\]|[^:]*):(.*)$/.exec(authority.slice(authority.lastIndexOf('@') + 1))?.[1];
   if (port !== undefined && port !== '' && !validPort(port)) return 'must have a port from 1 to 65535';
   let url: URL;
-  let hostless = false;
   try {
     url = new URL(value);
   } catch {
     try {
       url = new URL(value.replace('@/', '@placeholder/'));
-      hostless = true;
     } catch {
       return 'is not a valid URL (percent-encode any "@", ":", "/", "?" or "#" in the user name or password)';
     }
   }
   const queryPort = url.searchParams.get('port');
+  // A URL without a host is pg's too: PGHOST, else localhost (postgres:///keyusage).
   if (queryPort !== null && !validPort(queryPort)) return 'must have a port (?port=) from 1 to 65535';
-  if ((hostless || url.hostname === '') && !url.searchParams.get('host')) {
-    return 'names no host (postgres://user:password@host/database, or ?host=/run/postgresql for a socket folder)';
-  }
   return undefined;
 }
 const databaseUrl = z.string().superRefine((value, ctx) => {

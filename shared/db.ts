@@ -275,8 +275,10 @@ export async function databaseAnswers(db: Db): Promise<boolean> {
   }
 }
 
-// ENOENT: a Unix socket (?host=/run/postgresql) whose server is stopped has no socket file.
-const UNREACHABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN', 'ENOENT']);
+const UNREACHABLE_ERRNOS = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'ENOTFOUND', 'EAI_AGAIN']);
+// A Unix socket (?host=/run/postgresql) whose server is stopped has no socket file: ENOENT from
+// connect(). Not from anything else: a missing sslrootcert file is a configuration error.
+const missingSocket = (code: unknown, syscall: unknown) => code === 'ENOENT' && syscall === 'connect';
 // SQLSTATE class 08 (connection exception), 57P01-03 (shut down, crashed, starting up), 53300 (too
 // many connections).
 const UNREACHABLE_STATES = /^(08\w{3}|57P0[123]|53300)$/;
@@ -285,8 +287,8 @@ const UNREACHABLE_MESSAGES = /(^| - )(Connection terminated|timeout expired|Clie
 
 /** The database cannot be reached (or will not take a connection) now; worth retrying later. */
 export function databaseUnavailable(error: unknown): boolean {
-  const { code, name, message } = (error ?? {}) as { code?: unknown; name?: unknown; message?: unknown };
-  if (typeof code === 'string' && (UNREACHABLE_ERRNOS.has(code) || UNREACHABLE_STATES.test(code))) return true;
+  const { code, syscall, name, message } = (error ?? {}) as { code?: unknown; syscall?: unknown; name?: unknown; message?: unknown };
+  if (typeof code === 'string' && (UNREACHABLE_ERRNOS.has(code) || UNREACHABLE_STATES.test(code) || missingSocket(code, syscall))) return true;
   return name === 'KnexTimeoutError' || (typeof message === 'string' && UNREACHABLE_MESSAGES.test(message));
 }
 

@@ -209,13 +209,15 @@ t.test('which errors mean "the database is unavailable"', async (t) => {
     ['the same, after knex put the query before it', new Error('select 1 - Connection terminated unexpectedly')],
     ['pg: connect timeout', new Error('timeout expired')],
     // A stopped server's Unix socket file is gone (fails without the fix: a 500, and the API did not start).
-    ['ENOENT (a Unix socket with no server)', Object.assign(new Error('connect ENOENT /run/postgresql/.s.PGSQL.5432'), { code: 'ENOENT' })],
+    ['ENOENT (a Unix socket with no server)', Object.assign(new Error('connect ENOENT /run/postgresql/.s.PGSQL.5432'), { code: 'ENOENT', syscall: 'connect' })],
   ] as const;
   for (const [label, error] of unavailable) t.equal(databaseUnavailable(error), true, label);
   const other = [
     ['23505 unique_violation', Object.assign(new Error('duplicate key'), { code: '23505' })],
     ['28P01 invalid_password (a configuration error, not an outage)', Object.assign(new Error('password authentication failed'), { code: '28P01' })],
     ['a bug', new TypeError("Cannot read properties of undefined (reading 'id')")],
+    // A missing sslrootcert is a configuration error (pg reads the file while parsing the URL), not an outage.
+    ['ENOENT opening a file', Object.assign(new Error("ENOENT: no such file or directory, open '/nonexistent/ca.pem'"), { code: 'ENOENT', syscall: 'open' })],
     ['not an error', undefined],
   ] as const;
   for (const [label, error] of other) t.equal(databaseUnavailable(error), false, label);
@@ -275,6 +277,11 @@ t.test('/healthz runs one query at a time and answers within HEALTH_ANSWER_MS wh
     'both answered, down, within HEALTH_ANSWER_MS',
   );
   t.equal(proxy.stats.connections, 1, 'one query in flight: no second connection taken for the probe');
+  // The database is back but the first query still waits on its dead connection: once it has run
+  // HEALTH_ANSWER_MS a probe starts another, which answers.
+  clock += 5000;
+  t.equal((await api.request('GET', '/healthz')).status, 200, 'a new query on a new connection: up again');
+  t.equal(proxy.stats.connections, 2);
 });
 
 // A change whose connection went silent (a NAT that dropped the connection's state: the client's

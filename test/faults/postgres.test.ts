@@ -308,9 +308,16 @@ t.test('connections cut mid-flush (one collector, one proxy, one cut per flush)'
 
 // No FIN, no RST: the server's reply never comes (a NAT's state dropped). Before the reply
 // timeout the flush in progress waited on the kernel's retransmissions, about 15 minutes, and held
-// every later flush while /healthz stayed green.
+// every later flush while /healthz stayed green. The server does not hear the close either: its
+// session, idle in the flush's transaction, holds the batch's ledger row until
+// DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS, and the retries wait for it.
 t.test('the network goes silent mid-flush: the connection is closed after DATABASE_REPLY_TIMEOUT_MS, the flush retried, nothing lost or doubled', async (t) => {
-  const env = await setup(t, 2, 100, { DATABASE_REPLY_TIMEOUT_MS: '1000', COLLECTOR_LOCK_TIMEOUT_MS: '500', API_STATEMENT_TIMEOUT_MS: '500' });
+  const env = await setup(t, 2, 100, {
+    DATABASE_REPLY_TIMEOUT_MS: '1000',
+    COLLECTOR_LOCK_TIMEOUT_MS: '500',
+    API_STATEMENT_TIMEOUT_MS: '500',
+    DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: '1000',
+  });
   const { db, collector, ledger } = env;
   const points = [/insert into api_key_usage \(/i, /^COMMIT/i];
   for (const [i, pattern] of points.entries()) {
