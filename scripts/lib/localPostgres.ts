@@ -66,9 +66,9 @@ export function runAsIds(): Ids {
   return { uid, gid };
 }
 
-function run(binary: string, args: string[], ids: Ids, logFile?: string) {
+function run(bin: string, binary: string, args: string[], ids: Ids, logFile?: string) {
   const options: SpawnSyncOptions = { encoding: 'utf8', ...ids, env: serverEnv() };
-  const result = spawnSync(path.join(binariesFor(ids), binary), args, options);
+  const result = spawnSync(path.join(bin, binary), args, options);
   if (result.status !== 0) {
     const log = logFile && fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8').split('\n').slice(-15).join('\n') : '';
     throw new Error(`${binary} ${args[0]} failed (exit ${result.status}): ${String(result.stderr || result.stdout)}\n${log}`.trim());
@@ -186,9 +186,11 @@ export function startLocalPostgres(options: { dataDir: string; port: number }): 
   const dataDir = path.resolve(options.dataDir);
   const passwordFile = path.join(path.dirname(dataDir), `${path.basename(dataDir)}.password`);
   const logFile = path.join(path.dirname(dataDir), `${path.basename(dataDir)}.log`);
-  binDir(); // before anything is created: without the binaries there is nothing to start
+  const installed = binDir(); // before anything is created: without the binaries there is nothing to start
   refuseForeignFolder(dataDir);
   const ids = runAsIds();
+  // Once: where the place in the temporary folder is taken, each call would make a copy of its own.
+  const bin = binariesFor(ids, installed);
   prepareParent(path.dirname(dataDir), ids);
 
   if (!fs.existsSync(path.join(dataDir, 'PG_VERSION'))) {
@@ -196,15 +198,15 @@ export function startLocalPostgres(options: { dataDir: string; port: number }): 
     fs.rmSync(passwordFile, { force: true });
     secretFile(passwordFile, ids);
     if (ids) fs.chownSync(dataDir, ids.uid, ids.gid);
-    run('initdb', ['-D', dataDir, '-U', SUPERUSER, '--auth=scram-sha-256', `--pwfile=${passwordFile}`, '-E', 'UTF8', '--no-instructions'], ids);
+    run(bin, 'initdb', ['-D', dataDir, '-U', SUPERUSER, '--auth=scram-sha-256', `--pwfile=${passwordFile}`, '-E', 'UTF8', '--no-instructions'], ids);
   }
   prepareLog(logFile, ids);
 
   const serverOptions = `-p ${options.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories= -c max_connections=200 -c fsync=on`;
   // A cluster left running by a killed process is reused rather than failing on its pid file.
-  const status = spawnSync(path.join(binariesFor(ids), 'pg_ctl'), ['status', '-D', dataDir], { ...ids, encoding: 'utf8', env: serverEnv() });
+  const status = spawnSync(path.join(bin, 'pg_ctl'), ['status', '-D', dataDir], { ...ids, encoding: 'utf8', env: serverEnv() });
   if (status.status !== 0) {
-    run('pg_ctl', ['start', '-D', dataDir, '-w', '-t', '60', '-l', logFile, '-o', serverOptions], ids, logFile);
+    run(bin, 'pg_ctl', ['start', '-D', dataDir, '-w', '-t', '60', '-l', logFile, '-o', serverOptions], ids, logFile);
   }
   // A cluster that was already running keeps the port it was started on.
   const port = runningPort(dataDir) ?? options.port;
@@ -215,7 +217,7 @@ export function startLocalPostgres(options: { dataDir: string; port: number }): 
     app: { role: APP_ROLE, password: appPassword, url: url(APP_ROLE, appPassword) },
     dataDir,
     port,
-    stop: () => run('pg_ctl', ['stop', '-D', dataDir, '-m', 'fast', '-w', '-t', '60'], ids, logFile),
+    stop: () => run(bin, 'pg_ctl', ['stop', '-D', dataDir, '-m', 'fast', '-w', '-t', '60'], ids, logFile),
   };
 }
 
