@@ -373,13 +373,7 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
   const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
   const of = keyIds ? ` of the ${keyIds.length} listed` : '';
   deps.out(`${verb} ${result.keys.length} key(s)${of} of organization ${command.orgId} unused for ${command.dormantDays} days.`);
-  if (result.more) {
-    deps.out(
-      command.apply
-        ? 'More keys are dormant: an apply revokes the oldest 10,000 at a time. Run it again for the rest.'
-        : 'More keys are dormant: a dry run lists the oldest 10,000. Apply these, then run it again.',
-    );
-  }
+  if (result.more) deps.out(moreDormantAdvice(command.apply, keyIds !== undefined));
   if (result.keys.length === 0) return;
   deps.out(
     table([
@@ -396,6 +390,14 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
     deps.out(`To revoke exactly these (those still dormant then), for good: --apply --key-ids ${ids}`);
   }
 };
+
+// With --key-ids, the others are keys the list did not name, not those beyond the 10,000 oldest.
+function moreDormantAdvice(applied: boolean, listed: boolean): string {
+  if (listed) return 'More keys are dormant than those listed: run a dry run again to see them.';
+  return applied
+    ? 'More keys are dormant: an apply revokes the oldest 10,000 at a time. Run it again for the rest.'
+    : 'More keys are dormant: a dry run lists the oldest 10,000. Apply these, then run it again.';
+}
 
 async function keyIdsOfFile(file: string): Promise<string[]> {
   let text: string;

@@ -258,6 +258,7 @@ t.test('key revoke-dormant --apply --key-ids: only the listed keys still dormant
   cli.reset();
   t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply', '--key-ids', hint![1]), 0);
   t.match(cli.out.join('\n'), /^Revoked 1 key\(s\) of the 2 listed .*\n[\s\S]*cannot be undone/);
+  t.match(cli.out.join('\n'), /More keys are dormant than those listed: run a dry run again to see them/, 'the key that crossed the threshold is told of');
   const revoked = async () => (await db('api_keys').whereNotNull('revoked_at').pluck('id')).sort();
   t.strictSame(await revoked(), [first], 'neither the key used since nor the one that crossed the threshold unseen');
 

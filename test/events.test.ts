@@ -384,6 +384,22 @@ t.test('dormant clean-up: keyIds bound the apply to the dry run; unfolded uses s
   t.strictSame(await db('api_keys').whereNotNull('revoked_at').pluck('id'), [shown], 'and nothing more revoked');
 });
 
+// `more` was asked within the keyIds listed: an apply of a dry run's list (the dashboard's and
+// the CLI's way) always answered false, with other keys still dormant (a review; fails without the fix).
+t.test('dormant clean-up: with keyIds, more says whether keys not listed are dormant', async (t) => {
+  const { api, adminKey, create, age, path } = await cleanUpWorld(t);
+  const ids = [await create('first'), await create('second'), await create('third')].sort();
+  await age(ids);
+  const more = async (dryRun: boolean, keyIds: string[]) => {
+    const { status, body } = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun, keyIds } });
+    return [status, body.keys.map((k: { id: string }) => k.id).sort(), body.more];
+  };
+  t.strictSame(await more(true, [ids[0]]), [200, [ids[0]], true], 'a dry run of one: two more are dormant');
+  t.strictSame(await more(true, ids), [200, ids, false], 'a dry run of all three: none besides');
+  t.strictSame(await more(false, [ids[0]]), [200, [ids[0]], true], 'an apply of one: two more are dormant');
+  t.strictSame(await more(false, ids.slice(1)), [200, ids.slice(1), false], 'an apply of the rest: none left');
+});
+
 // An expiring key revoked, through the clean-up, the org's lasting admin key, which it may not
 // revoke directly: once it expired no key could mint another (a review; fails without the fix).
 t.test('dormant clean-up: an expiring caller neither lists nor revokes keys that outlive it', async (t) => {
@@ -466,7 +482,7 @@ t.test('dormant clean-up: a dry run lists the oldest 10,000 and says more are do
   oldestAnswerAndMore(t, dry.body, ids);
   const applied = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false, keyIds: ids.slice(0, MAX_REVOKE_KEY_IDS) } });
   t.equal(applied.body.keys.length, MAX_REVOKE_KEY_IDS);
-  t.equal(applied.body.more, false);
+  t.equal(applied.body.more, true, 'one is still dormant');
   const next = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90 } });
   t.strictSame([next.body.keys.map((k: { id: string }) => k.id), next.body.more], [[ids[MAX_REVOKE_KEY_IDS]], false], 'run again: the rest');
 });

@@ -59,7 +59,7 @@ export const revokeDormantResult = z
     dormantDays: z.number().int(),
     keys: z.array(apiKeyView.extend({ lastUsedAt: isoTime.nullable() })),
     more: z.boolean().meta({
-      description: `A dry run lists, and an apply revokes, at most ${MAX_REVOKE_KEY_IDS} keys, oldest first (as many as an apply's keyIds take): true when more are dormant. After a dry run, apply these, then run again; after an apply, run it again for the rest`,
+      description: `A dry run lists, and an apply revokes, at most ${MAX_REVOKE_KEY_IDS} keys, oldest first (as many as an apply's keyIds take): true when keys besides those answered are dormant, whether or not keyIds listed them. After a dry run, apply these, then run again; after an apply, run it again for the rest`,
     }),
   })
   .meta({ id: 'RevokeDormantResult' });
@@ -196,8 +196,8 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       await beginAuditedChange(trx, orgId, context.actor, deps.now());
       const keys = await revokeDormantKeys(trx, query, MAX_REVOKE_KEY_IDS);
       // Asked whatever the count: a key spared by the check after the locks leaves fewer than the
-      // limit revoked, and others may still be dormant.
-      const more = (await findDormantKeys(trx, query, 1)).length > 0;
+      // limit revoked, and others may still be dormant. Those revoked are dormant no more.
+      const more = await othersDormant(trx, query, []);
       // In a few inserts: one each held up to KEYS_MAX_PER_ORG revoked rows locked for as many round trips.
       await recordAudits(
         trx,
@@ -245,7 +245,19 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
 
   async function dormantListed(query: DormantQuery) {
     const found = await findDormantKeys(deps.db, query, MAX_REVOKE_KEY_IDS + 1);
-    return { keys: found.slice(0, MAX_REVOKE_KEY_IDS), more: found.length > MAX_REVOKE_KEY_IDS };
+    const keys = found.slice(0, MAX_REVOKE_KEY_IDS);
+    const more = query.onlyKeyIds === null ? found.length > MAX_REVOKE_KEY_IDS : await othersDormant(deps.db, query, keys);
+    return { keys, more };
+  }
+
+  // Whether the org has dormant keys besides `answered`, whatever keyIds listed: asked within the
+  // listed ids only, an apply of a dry run's list (as the dashboard and the CLI make it) always
+  // answered that nothing was left, however many keys were still dormant (a review). The first
+  // answered.length + 1 dormant keys hold one not answered if there is any.
+  async function othersDormant(db: Db, query: DormantQuery, answered: Array<{ id: string }>): Promise<boolean> {
+    const ids = new Set(answered.map((key) => key.id));
+    const first = await findDormantKeys(db, { ...query, onlyKeyIds: null }, ids.size + 1);
+    return first.some((key) => !ids.has(key.id));
   }
 
   // Why a rotation's compare-and-set wrote nothing: the key was revoked or expired meanwhile, or

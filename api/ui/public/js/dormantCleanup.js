@@ -5,7 +5,7 @@ import { confirmDialog } from './confirmDialog.js';
 import { optionalSection } from './optionalSection.js';
 
 // A dry run lists the oldest 10,000 dormant keys at most, and says when there are more.
-const MORE = (result) => (result.more ? ' More keys are dormant: the oldest 10,000 are listed; run the clean-up again after this one.' : '');
+const MORE = (result) => (result.more ? ' More keys are dormant than those listed here: run the clean-up again after this one.' : '');
 
 // The API's bounds of dormantDays.
 const MIN_DAYS = 1;
