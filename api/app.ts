@@ -191,6 +191,7 @@ export function createApp(deps: AppDeps) {
   app.set('trust proxy', deps.config.trustProxy);
   app.use(requestContext(deps.logger, deps.onRequest));
   app.use(securityHeaders);
+  app.use('/api', privateApiResponses);
   // Express answers OPTIONS itself, with a text/plain list of methods and no key asked for: the
   // API serves no cross-origin requests, so it is a route it does not have, like any other method.
   app.use((req, res, next) => (req.method === 'OPTIONS' ? routeNotFound(req, res, next) : next()));
@@ -200,7 +201,6 @@ export function createApp(deps: AppDeps) {
 
   app.get('/openapi.json', serveOpenApiDocument());
 
-  app.use('/api', privateApiResponses);
   app.get('/api/whoami', authorize(), noQuery, whoami);
 
   const auditIp = writtenAddress(deps);

@@ -586,6 +586,14 @@ t.test('malformed requests and server errors keep the error shape', async (t) =>
     const response = await api.request(method, path, { key: adminKey });
     assertErrorShape(t, response, 404, 'not_found', `${method} ${path}`);
     t.equal(response.body.error.message, `No route for ${method} ${path}`);
+    // The OPTIONS answer went out before the /api headers were set (a review; fails without the fix).
+    if (path.startsWith('/api/')) {
+      t.strictSame(
+        [response.headers.get('cache-control'), response.headers.get('vary')],
+        ['no-store', 'Authorization, X-API-Key'],
+        `${method} ${path}: private`,
+      );
+    }
   }
 
   const chosen = await api.request('GET', '/api/nothing-here', { headers: { 'x-request-id': 'trace-42.a_b' } });
