@@ -235,13 +235,17 @@ export class Aggregator {
   #crowding(orgId: string): boolean {
     if (this.#byOrg === undefined) {
       this.#byOrg = new Map();
-      for (const keys of [this.#byTail, this.#sharedTails, this.#otherOrgs]) for (const key of keys.values()) this.#countIn(key.orgId);
+      for (const keys of [this.#byTail, this.#sharedTails, this.#otherOrgs]) for (const key of keys.values()) this.#countIn(key);
     }
     return (this.#byOrg.get(orgId) ?? 0) >= this.#orgShareWhenCrowded;
   }
 
-  #countIn(orgId: string): void {
-    this.#byOrg!.set(orgId, (this.#byOrg!.get(orgId) ?? 0) + 1);
+  // A key the loaded list lacks is not its org's: anyone may send ids naming a victim's org id, and
+  // a twentieth of the cap of them made the victim's real keys count as crowding, refused where
+  // every other org's were taken (a review). Such keys are bounded by their own half of the cap.
+  #countIn(key: PendingKey): void {
+    if (key.listedIn === NOT_LISTED && this.#listedKeys?.loaded === true) return;
+    this.#byOrg!.set(key.orgId, (this.#byOrg!.get(key.orgId) ?? 0) + 1);
   }
 
   #baseFor(hour: number): TimeBase {
@@ -250,7 +254,7 @@ export class Aggregator {
 
   // The one place a new key is counted in: the observer hears when the keys reach its mark.
   #added(entry: PendingKey): PendingKey {
-    if (this.#byOrg !== undefined) this.#countIn(entry.orgId);
+    if (this.#byOrg !== undefined) this.#countIn(entry);
     if (this.#nearFull !== undefined && this.pendingKeys === this.#nearFull.keys) this.#nearFull.observer();
     return entry;
   }

@@ -221,6 +221,23 @@ t.test("the cap's last twentieth is kept for orgs holding less than a twentieth 
   t.equal(taken(orgs.big, 300, 3), 3, 'after the drain the org starts again');
 });
 
+// Ids the key list lacks, naming a victim's org id, counted as the victim's keys: a twentieth of
+// the cap of them made its real keys count as crowding, refused where others' were taken (a
+// review; fails without the fix).
+t.test("keys the key list lacks do not count towards their org's twentieth", async (t) => {
+  const id = (n: number) => `00000000-0000-4000-8000-${n.toString(16).padStart(12, '0')}`;
+  const [big, victim] = [id(9001), id(9002)];
+  const list = new KeyList(7);
+  const listed = [...Array.from({ length: 40 }, (_, i) => [id(i + 1), big]), [id(500), victim]];
+  list.replace(listed.map(([keyId, orgId]) => list.hash(keyId, orgId)));
+  const { aggregator } = fakeAggregator({ maxKeys: 40, listedKeys: list });
+  const add = (keyId: string, orgId: string) => aggregator.add(use({ keyId, orgId, count: 1 }));
+  t.strictSame([add(id(70_000), victim), add(id(70_001), victim)], [true, true], 'two forged ids naming the victim: a twentieth of 40');
+  for (let n = 1; aggregator.pendingKeys < 38; n++) add(id(n), big);
+  t.equal(add(id(500), victim), true, "the victim's real key is taken in the kept room");
+  t.equal(aggregator.crowdingOverflowUses, 0);
+});
+
 t.test('maxKeys refuses new keys but never pending ones', async (t) => {
   const { aggregator } = fakeAggregator({ maxKeys: 2 });
   const adds: Array<{ sample: UsageSample; accepted: boolean }> = [
