@@ -1,0 +1,80 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import t from 'tap';
+import { loadConfig, loadDatabaseConfig } from '../shared/config';
+import { TABLE } from '../shared/tables';
+
+// Statements of README.md and docs/ that name what the code does, checked against the code: each
+// had drifted from it once (a table left out of the backup list, a variable out of migrate's).
+
+const readDoc = (file: string) => fs.readFileSync(path.join(__dirname, '..', file), 'utf8');
+
+// The lines of the first Markdown table after `heading`.
+function tableAfter(text: string, heading: string): string[] {
+  const lines = text.slice(text.indexOf(heading)).split('\n');
+  const start = lines.findIndex((line) => line.startsWith('|'));
+  const end = lines.findIndex((line, index) => index > start && !line.startsWith('|'));
+  return lines.slice(start, end);
+}
+
+const backticked = (text: string) => [...text.matchAll(/`([^`]+)`/g)].map((match) => match[1]);
+
+// The variables a loader reads from the environment it is given.
+function variablesRead(load: (env: NodeJS.ProcessEnv) => unknown): Set<string> {
+  const read = new Set<string>();
+  const env = new Proxy<NodeJS.ProcessEnv>(
+    { NODE_ENV: 'test' },
+    {
+      get(target, name) {
+        if (typeof name === 'string') read.add(name);
+        return Reflect.get(target, name);
+      },
+    },
+  );
+  load(env);
+  return read;
+}
+
+// A README name, or a pattern such as `DATABASE_*`, as a regular expression.
+const namePattern = (entry: string) => new RegExp(`^${entry.replace(/\*/g, '[A-Z0-9_]*')}$`);
+
+t.test("deployment.md's backup table has a row for every table", async (t) => {
+  const rows = tableAfter(readDoc('docs/deployment.md'), '## Backups');
+  const named = new Set(rows.flatMap((row) => backticked(row.split('|')[1])));
+  t.same(
+    Object.values(TABLE).filter((table) => !named.has(table)),
+    [],
+    'every table of shared/tables.ts says what it holds and what losing it means',
+  );
+});
+
+t.test("the README's list of what `npm run migrate` reads is what it reads", async (t) => {
+  const sentence = /`npm run migrate`\s+reads only the database ones \(([^)]*)\)/.exec(readDoc('README.md'));
+  t.ok(sentence, 'the README says what migrate reads');
+  const listed = backticked(sentence![1]).map(namePattern);
+  const everyVariable = [...variablesRead(loadConfig)];
+  const documented = everyVariable.filter((name) => listed.some((pattern) => pattern.test(name)));
+  t.same(documented.sort(), [...variablesRead(loadDatabaseConfig)].sort(), 'the variables the README names are those migrate validates');
+});
+
+// The old sample read `dormant true` for them: idle time counts from creation (shared/dormancy.ts),
+// and every key of the demo is created seconds before the table is printed.
+t.test("the README's demo-traffic sample shows never-used keys as not dormant", async (t) => {
+  const sample = /```\n(key +status .+\n(?:.+\n)+)/.exec(readDoc('README.md'))![1].trim().split('\n');
+  const header = sample[0].trim().split(/\s+/);
+  const cells = sample.slice(1).map((row) => row.trim().split(/\s+/));
+  const neverUsed = cells.filter((row) => row[header.indexOf('uses')] === '0');
+  t.ok(neverUsed.length >= 2, 'the sample has the wrong-secret and unused keys');
+  t.same(
+    neverUsed.map((row) => row[header.indexOf('dormant')]),
+    neverUsed.map(() => 'false'),
+    'a key created seconds ago has not been idle for its dormancy days',
+  );
+});
+
+// 0 binds the collector to any free port; the API needs the real one (api/usage/createUsageRecorder.ts).
+t.test("the README's COLLECTOR_PORT row says 0 is for the collector only", async (t) => {
+  const row = tableAfter(readDoc('README.md'), '## Configuration').find((line) => line.includes('`COLLECTOR_PORT`'));
+  t.match(row, /port 0–65535, 0: any free port\)/, 'the collector takes 0');
+  t.match(row, /the API refuses 0 at start/, 'the API does not');
+});
