@@ -196,7 +196,8 @@ t.test('dormant and expiring keys come from the sweep, once per threshold', asyn
   const system = await wiredSystem(t, {}, { now: () => clock });
   const { db, collector, org } = system;
   await db('organizations').where({ id: org.id }).update({ dormancy_days: 10 });
-  const expiring = await createKey(system, 'expiring', { expiresAt: new Date(clock + 6 * DAY).toISOString() });
+  const expiresAt = new Date(clock + 6 * DAY).toISOString();
+  const expiring = await createKey(system, 'expiring', { expiresAt });
   const idle = await createKey(system, 'idle');
   const sweepTwice = async () => {
     await collector.sweep.sweep();
@@ -209,7 +210,9 @@ t.test('dormant and expiring keys come from the sweep, once per threshold', asyn
   t.strictSame([warned.type, warned.details.daysBefore], ['key.expiring', 7]);
   // Created 6 days before its expiry: it came within 7 days when it was created, and the event
   // occurs when the sweep finds it, never before the key existed (a poller's `since` would miss it).
-  t.equal(new Date(warned.details.crossedAt).getTime(), await createdAt(expiring.id), 'crossed at its creation');
+  // Written as the API writes times: the jsonb of a timestamptz ended in +00:00 (a review; fails without the fix).
+  t.equal(warned.details.crossedAt, new Date(await createdAt(expiring.id)).toISOString(), 'crossed at its creation');
+  t.equal(warned.details.expiresAt, expiresAt, "the key's own expiresAt, as the API gives it");
   t.equal(warned.occurred_at.getTime(), clock, "occurs at the sweep's time");
   clock += 5.5 * DAY;
   await sweepTwice();
@@ -228,7 +231,7 @@ t.test('dormant and expiring keys come from the sweep, once per threshold', asyn
   t.strictSame(countByType(dormant), { 'key.dormant': 1 }, "the org's 10 days crossed");
   const { crossedAt, ...details } = dormant[0].details;
   t.strictSame(details, { lastUsedAt: null, dormantDays: 10 });
-  t.equal(new Date(crossedAt).getTime(), (await createdAt(idle.id)) + 10 * DAY, 'crossed 10 days after its creation');
+  t.equal(crossedAt, new Date((await createdAt(idle.id)) + 10 * DAY).toISOString(), 'crossed 10 days after its creation');
   t.equal(dormant[0].occurred_at.getTime(), clock, 'found by the sweep 0.5 days later');
   t.strictSame(countByType(await eventsOf(db, expiring.id)), { 'key.expiring': 2 }, 'an expired key is not dormant');
   t.equal(collector.sweep.stats.failedSweeps, 0);
