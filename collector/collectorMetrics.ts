@@ -1,3 +1,4 @@
+import { SIGNED_AHEAD_NOTICE_MS } from '../shared/datagramSignature';
 import type { PoolState } from '../shared/db';
 import type { MetricSample } from '../shared/metrics';
 import type { Aggregator } from './aggregator';
@@ -5,6 +6,7 @@ import type { Flusher } from './flusher';
 import type { KeyList } from './keyList';
 import type { KeyListSync } from './keyListSync';
 import type { IngestCounters, ReplayCacheState } from './packetHandler';
+import type { Receiver } from './receiver';
 import type { Relay } from './relay';
 import type { Upkeep } from './upkeep';
 
@@ -18,7 +20,7 @@ export interface CollectorParts {
   flusher: Flusher;
   relay: Relay | undefined;
   upkeep: Upkeep;
-  recvBufferBytes: number;
+  receiver: Pick<Receiver, 'recvBufferBytes' | 'kernelDrops'>;
   keyList?: { list: KeyList; sync: KeyListSync };
 }
 
@@ -40,6 +42,11 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('replay_cache_overflow_total', 'Signed datagrams dropped because the replay cache was full (COLLECTOR_REPLAY_CACHE_SIZE)', replayCache.overflows),
     gauge('replay_cache_entries', 'Nonces held by the replay cache (expired ones leave on the next datagram)', replayCache.entries()),
     gauge('replay_cache_capacity', 'COLLECTOR_REPLAY_CACHE_SIZE', replayCache.capacity),
+    counter(
+      'signed_ahead_packets_total',
+      `Signed datagrams accepted whose signature time was more than ${SIGNED_AHEAD_NOTICE_MS / 1000} s ahead of the collector's clock: an API's clock ahead (check NTP), for which lead a restart lets captured datagrams be replayed`,
+      replayCache.signedAhead(),
+    ),
     counter('lines_total', 'StatsD lines received', ingest.lines),
     counter('usage_lines_total', 'API key usage lines accepted', ingest.usageLines),
     counter('other_lines_total', 'Valid StatsD lines for other metrics (relayed if COLLECTOR_RELAY_TO is set, else dropped)', ingest.otherLines),
@@ -145,7 +152,8 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     gauge('last_flush_keys', 'Keys written by the last successful flush', f.lastFlushKeys),
     gauge('last_flush_statements', 'Round trips to PostgreSQL in the last successful flush (a fixed number whatever the key count)', f.lastFlushStatements),
     gauge('pending_keys', 'Keys waiting to be flushed', aggregator.pendingKeys + flusher.pendingKeys),
-    gauge('recv_buffer_bytes', 'UDP receive buffer granted by the kernel', parts.recvBufferBytes),
+    gauge('recv_buffer_bytes', 'UDP receive buffer granted by the kernel', parts.receiver.recvBufferBytes),
+    ...kernelDropSamples(parts.receiver),
     counter('webhook_attempts_total', 'Webhook delivery attempts', webhooks.attempts),
     counter('webhook_failed_attempts_total', 'Webhook attempts that did not get a 2xx', webhooks.failedAttempts),
     counter('webhook_deliveries_succeeded_total', 'Webhook deliveries acknowledged with a 2xx', webhooks.delivered),
@@ -153,6 +161,20 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('webhook_poll_failures_total', 'Polls for due webhook deliveries that failed (the deliveries wait)', webhooks.failedPolls),
     counter('hour_move_failures_total', 'Failed moves of closed hours into the hourly buckets (retried at the next run)', upkeep.stats.failedHourMoves),
     counter('retention_failures_total', 'Failed retention runs: usage rows, events, IP addresses (retried hourly)', upkeep.stats.failedRetentions),
+  ];
+}
+
+// Read from /proc at scrape time, not counted per datagram: the kernel drops them before the
+// collector sees them. None where the kernel does not say (not Linux), rather than a 0 that would
+// read as "nothing lost".
+function kernelDropSamples({ kernelDrops }: CollectorParts['receiver']): MetricSample[] {
+  if (kernelDrops === undefined) return [];
+  return [
+    counter(
+      'kernel_dropped_datagrams_total',
+      "Datagrams the kernel dropped for the collector's UDP socket before it read them (its receive buffer full: a burst, a stalled receive loop, or a flood)",
+      kernelDrops(),
+    ),
   ];
 }
 

@@ -113,7 +113,7 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
   const upkeep = createUpkeep({ db, store, config, logger, now });
   if (speaksForAll) upkeep.start();
   const pool = poolState(db);
-  const samples = () => collectorSamples({ ingest, pool, replayCache, aggregator, flusher, relay, upkeep, recvBufferBytes: receiver.recvBufferBytes, keyList });
+  const samples = () => collectorSamples({ ingest, pool, replayCache, aggregator, flusher, relay, upkeep, receiver, keyList });
   const health = () => ({
     // With the usage log, flushes (appends) go on succeeding while every fold fails: the usage
     // tables, and the events raised from them, fall behind with /healthz green.

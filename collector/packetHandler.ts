@@ -27,6 +27,8 @@ export interface ReplayCacheState {
   capacity: number;
   overflows: number;
   entries(): number;
+  /** Datagrams accepted signed ahead of this clock: an API's lead, for which a restart lets them be replayed. */
+  signedAhead(): number;
 }
 
 const SIGNATURE_WINDOW_MS = 30_000;
@@ -48,7 +50,12 @@ export function createPacketHandler(options: { config: Config; aggregator: Aggre
   const verify =
     signingSecrets.length > 0 ? datagramVerifier({ secrets: signingSecrets, windowMs: SIGNATURE_WINDOW_MS, maxRemembered: replayCacheSize, now }) : undefined;
   // A full replay cache drops genuine datagrams: counted apart so it is not mistaken for forgery.
-  const replayCache: ReplayCacheState = { capacity: replayCacheSize, overflows: 0, entries: () => verify?.size() ?? 0 };
+  const replayCache: ReplayCacheState = {
+    capacity: replayCacheSize,
+    overflows: 0,
+    entries: () => verify?.size() ?? 0,
+    signedAhead: () => verify?.signedAhead() ?? 0,
+  };
   // A signature line reaches here when the API signs and this collector has no secret to check it
   // (the order for turning signing on). Never relayed: its nonce and MAC make each one a new
   // series on a tag-aware StatsD server. Only with a relay is a line other than usage copied out

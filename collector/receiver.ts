@@ -2,12 +2,18 @@ import dgram from 'node:dgram';
 import { isIP } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../shared/logger';
+import { kernelDropCounter } from './kernelDrops';
 
 export interface Receiver {
   readonly host: string;
   readonly port: number;
   /** What the kernel granted; it caps SO_RCVBUF at net.core.rmem_max. */
   readonly recvBufferBytes: number;
+  /**
+   * Datagrams the kernel dropped for this socket so far (its receive buffer full) before they were
+   * read; read from the kernel at each call. Absent where it does not say (no /proc/net/udp: not Linux).
+   */
+  readonly kernelDrops?: () => number;
   close(): Promise<void>;
 }
 
@@ -51,6 +57,7 @@ export function startReceiver(options: {
         host: address.address,
         port: address.port,
         recvBufferBytes,
+        kernelDrops: kernelDropCounter(address),
         close: () => new Promise<void>((done) => socket.close(() => done())),
       });
     });

@@ -20,7 +20,7 @@ interface Collector {
 
 const RECEIVER_INDEX = 'KEYUSAGE_RECEIVER_INDEX';
 const ASK_TIMEOUT_MS = 5000;
-// Gauges that say the same in every worker, or a worst case: the largest, not the sum.
+// Samples that say the same in every worker, or a worst case: the largest, not the sum.
 const LARGEST = new Set(
   [
     'recv_buffer_bytes',
@@ -36,6 +36,8 @@ const LARGEST = new Set(
     'consecutive_failed_folds',
     'last_fold_duration_seconds',
     'last_fold_keys',
+    // The receivers read one socket's kernel count: a sum would count each drop once per receiver.
+    'kernel_dropped_datagrams_total',
   ].map((n) => `keyusage_collector_${n}`),
 );
 

@@ -11,8 +11,9 @@ import { MAX_DATAGRAM_BYTES } from './usageWire';
 // The MAC covers the version, the timestamp, the nonce and every byte before the signature line.
 // The collector accepts a datagram once (the nonce is remembered for the window) and only within
 // ±windowMs of its own clock, so a captured datagram cannot be replayed to that collector to
-// inflate counts. Another collector taking the same secret keeps its own nonces: one secret per
-// collector where the wire is not private (docs/security.md).
+// inflate counts (across its restart, only while the sender's clock is ahead: see below). Another
+// collector taking the same secret keeps its own nonces: one secret per collector where the wire
+// is not private (docs/security.md).
 // It authenticates; it does not hide ids or addresses (use a private network or a tunnel for that).
 
 export const SIGNATURE_METRIC = 'keyusage.sig';
@@ -31,6 +32,12 @@ export function signDatagram(body: string, secret: string, now: number, nonce = 
   return `${body}\n${SIGNATURE_METRIC}:1|c|#v:1,ts:${ts},n:${nonce},mac:${mac}`;
 }
 
+/**
+ * A signature dated further ahead of the receiver's clock than this says the sender's clock is
+ * ahead (the wire and the drain take milliseconds); `signedAhead()` counts the datagrams accepted so.
+ */
+export const SIGNED_AHEAD_NOTICE_MS = 1_000;
+
 export type SignatureVerdict =
   | { ok: true; body: string }
   | {
@@ -41,7 +48,8 @@ export type SignatureVerdict =
 /**
  * Returns a checker for packets as the receiver decodes them (latin1: one char per byte). Several
  * secrets may be accepted at once, so the secret can be rotated without a gap. `size()` is how
- * many nonces it remembers now, out of `maxRemembered`.
+ * many nonces it remembers now, out of `maxRemembered`; `signedAhead()`, how many datagrams it
+ * accepted signed more than SIGNED_AHEAD_NOTICE_MS ahead of its clock.
  */
 export function datagramVerifier(options: { secrets: readonly string[]; windowMs: number; maxRemembered: number; now: () => number }) {
   if (options.secrets.length === 0) throw new RangeError('datagramVerifier needs at least one secret');
@@ -61,7 +69,12 @@ export function datagramVerifier(options: { secrets: readonly string[]; windowMs
   // once within the window. Refused instead. A genuine one is signed before the start only if its
   // sender's clock is behind this one's (it was sent after the socket opened), and only for as
   // long as that offset: counted apart, so a clock out of step is told from an attack.
+  // A sender's clock ahead leaves a window: what the process before counted in its last moments,
+  // for as long as that lead, is signed after this start. Closing it would need the lead, which
+  // differs per API and is only learnt from datagrams; refusing the largest seen would refuse the
+  // genuine datagrams of an API whose clock is right. Counted instead (`signedAhead`), to be seen.
   const startedAt = options.now();
+  let signedAhead = 0;
   const verify = (packet: string): SignatureVerdict => {
     // The API signs datagrams of at most MAX_DATAGRAM_BYTES, signature included. A forged one of
     // 64 kB would cost a MAC over all of it (per secret), 45 times the real one's: refused first.
@@ -91,7 +104,8 @@ export function datagramVerifier(options: { secrets: readonly string[]; windowMs
     if (remembered.has(nonce) || Number(ts) <= forgottenUpTo) return { ok: false, reason: 'replayed' };
     if (remembered.size >= options.maxRemembered) return { ok: false, reason: 'replay_cache_full' };
     remembered.set(nonce, { forgetAt: now + 2 * options.windowMs, ts: Number(ts) });
+    if (Number(ts) - now > SIGNED_AHEAD_NOTICE_MS) signedAhead += 1;
     return { ok: true, body };
   };
-  return Object.assign(verify, { size: () => remembered.size });
+  return Object.assign(verify, { size: () => remembered.size, signedAhead: () => signedAhead });
 }

@@ -97,7 +97,7 @@ t.test('a datagram whose nonce was forgotten is not accepted again when the cloc
 
 // A new process remembers no nonce: a datagram the process before it accepted (captured on the
 // wire in the window before a restart) was accepted once more.
-t.test('a datagram signed before the verifier started is refused: a restart opens no replay window (fails without the fix)', async (t) => {
+t.test('a datagram signed before the verifier started is refused: no replay window while the clocks agree (fails without the fix)', async (t) => {
   let now = 1_800_000_000_000;
   const before = datagramVerifier({ secrets: [SECRET], windowMs: 30_000, maxRemembered: 10, now: () => now });
   const captured = signDatagram(BODY, SECRET, now);
@@ -106,6 +106,35 @@ t.test('a datagram signed before the verifier started is refused: a restart open
   const after = datagramVerifier({ secrets: [SECRET], windowMs: 30_000, maxRemembered: 10, now: () => now });
   t.same(after(captured), { ok: false, reason: 'signed_before_start' }, 'replayed to the new process, within the window');
   t.same(after(signDatagram(BODY, SECRET, now)), { ok: true, body: BODY }, 'a datagram signed at its start is taken');
+});
+
+// An API clock δ ahead signs what the process before a restart counted in its last δ after the
+// new process's start: replayed, those are accepted once more. Not refused (the lead differs per
+// API, and refusing by the largest seen would refuse an API whose clock is right): counted, so the
+// lead is seen and the clocks put right.
+t.test('a datagram signed ahead of the clock is counted: the replay window a restart leaves (fails without the fix)', async (t) => {
+  let now = 1_800_000_000_000;
+  const before = datagramVerifier({ secrets: [SECRET], windowMs: 30_000, maxRemembered: 10, now: () => now });
+  t.same(before(signDatagram(BODY, SECRET, now + 1_000)), { ok: true, body: BODY }, 'signed 1 s ahead');
+  t.equal(before.signedAhead(), 0, 'within the notice: not counted');
+  const captured = signDatagram(BODY, SECRET, now + 2_000);
+  t.same(before(captured), { ok: true, body: BODY }, 'signed 2 s ahead');
+  t.equal(before.signedAhead(), 1, 'counted');
+  now += 500;
+  const after = datagramVerifier({ secrets: [SECRET], windowMs: 30_000, maxRemembered: 10, now: () => now });
+  t.same(after(captured), { ok: true, body: BODY }, 'replayed to the process started 0.5 s later: accepted once more (the documented window)');
+  t.equal(after.signedAhead(), 1, 'and counted there too');
+  t.same(after(captured), { ok: false, reason: 'replayed' }, 'once');
+});
+
+t.test("a collector's /metrics counts the datagrams signed ahead of its clock", async (t) => {
+  const { url } = await freshDatabase(t);
+  const collector = await startTestCollector(t, url, { USAGE_SIGNING_SECRET: SECRET, COLLECTOR_FLUSH_INTERVAL_MS: '600000' });
+  await sendDatagrams(collector.receiver.port, [signDatagram(BODY, SECRET, Date.now() + 2_000), signDatagram(BODY, SECRET, Date.now())]);
+  await waitFor('the two datagrams', () => (collector.ingest.packets === 2 ? true : undefined));
+  t.equal(collector.ingest.usesReceived, 6, 'both accepted');
+  const metrics = await (await fetch(`http://127.0.0.1:${collector.metricsPort}/metrics`)).text();
+  t.match(metrics, /^keyusage_collector_signed_ahead_packets_total 1$/m, 'the one signed 2 s ahead');
 });
 
 t.test('a collector refuses a signed datagram captured before it started, and says why', async (t) => {

@@ -20,3 +20,10 @@ t.test("the receivers' samples: counters summed, the shared log's gauges the lar
     ],
   );
 });
+
+// Every receiver of a cluster reads the one socket they share from the kernel's table: summed, the
+// primary reported each drop once per receiver.
+t.test("the receivers' kernel drops are the shared socket's, not a sum (fails without the fix)", async (t) => {
+  const worker = (drops: number): MetricSample[] => [{ name: 'keyusage_collector_kernel_dropped_datagrams_total', help: '', type: 'counter', value: drops }];
+  t.equal(sumSamples([worker(40), worker(40), worker(41)])[0].value, 41, 'the latest read');
+});

@@ -31,7 +31,12 @@ import {
 const leaks = new LeakScan();
 const MAX_UDP_PAYLOAD = 65_507;
 
-/** Sends raw datagrams, pausing every `window` until the collector has taken them in (so the kernel drops none). */
+/**
+ * Sends raw datagrams, pausing every `window` until the collector has taken them in (so the kernel
+ * drops none): these tests measure the parser and the aggregator's cap. Unpaced, a flood fills the
+ * socket's buffer and the kernel drops genuine datagrams too (kernel_dropped_datagrams_total,
+ * test/receiver.kernelDrops.test.ts).
+ */
 async function sendPaced(collector: FaultCollector, datagrams: readonly Buffer[], window = 200): Promise<void> {
   const socket = dgram.createSocket('udp4');
   const already = (await collector.metrics()).packets_total;
