@@ -1,7 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { LookupFunction } from 'node:net';
-import { resolveTargetWithin, TargetRefusedError, type LookupFor, type ResolvedAddress } from '../shared/webhookTarget';
+import { resolveTargetWithin, TargetRefusedError, type LookupFor, type ResolvedAddress, type Unresolved } from '../shared/webhookTarget';
 
 // One POST to an untrusted receiver. The receiver chooses how long to take, what to answer and
 // where to point its DNS, so: every resolved address is checked and the socket connects to a
@@ -23,6 +23,11 @@ export interface SendResult {
   statusCode: number | null;
   /** Why the attempt failed, in words safe to show the webhook's owner; null when it succeeded. */
   error: string | null;
+  /**
+   * No lookup slot came free within the timeout, so the host was not tried: the attempt says
+   * nothing of the receiver, and is not the delivery's to count (collector/webhookWorker.ts).
+   */
+  lookupsBusy?: true;
 }
 
 // Answers Node's DNS step with the addresses already checked, so a second DNS answer (a rebinding
@@ -90,7 +95,7 @@ function exchange(
 export async function postWebhook(url: string, headers: Record<string, string>, body: string, options: SendOptions): Promise<SendResult> {
   const target = new URL(url);
   const startedAt = Date.now();
-  let addresses: ResolvedAddress[] | undefined;
+  let addresses: ResolvedAddress[] | Unresolved;
   try {
     // The lookup counts against the attempt's timeout: one past the claim's lease let another
     // worker claim and send the delivery too.
@@ -99,7 +104,10 @@ export async function postWebhook(url: string, headers: Record<string, string>, 
     if (error instanceof TargetRefusedError) return { ok: false, statusCode: null, error: `refused: ${error.message}` };
     throw error;
   }
-  if (addresses === undefined) return { ok: false, statusCode: null, error: `the host did not resolve within ${options.timeoutMs} ms` };
+  if (addresses === 'lookups busy') {
+    return { ok: false, statusCode: null, error: `no lookup could start within ${options.timeoutMs} ms: the server's lookups are busy`, lookupsBusy: true };
+  }
+  if (addresses === 'lookup timed out') return { ok: false, statusCode: null, error: `the host did not resolve within ${options.timeoutMs} ms` };
   return exchange(target, addresses, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers }, body, {
     leftMs: Math.max(1, options.timeoutMs - (Date.now() - startedAt)),
     timeoutMs: options.timeoutMs,

@@ -219,3 +219,15 @@ export async function recordAttempt(db: Db, delivery: ClaimedDelivery, outcome: 
     return changed === 0 ? 'superseded' : state;
   });
 }
+
+/**
+ * Gives a claim back unsent: the attempt counted at claim time is taken off again and the
+ * delivery is due in `retryInMs`. False when the claim was no longer this one's (its lease ended
+ * and another worker claimed it, or the delivery went with its webhook): nothing changes then.
+ */
+export async function releaseClaim(db: Db, delivery: ClaimedDelivery, retryInMs: number): Promise<boolean> {
+  const changed: number = await db(TABLE.webhookDeliveries)
+    .where({ org_id: delivery.orgId, id: delivery.id, attempts: delivery.attempt, status: 'pending' })
+    .update({ attempts: delivery.attempt - 1, next_attempt_at: db.raw(`now() + ? * interval '1 millisecond'`, [retryInMs]) });
+  return changed > 0;
+}

@@ -1,13 +1,14 @@
 import type { Config } from '../shared/config';
 import type { Db } from '../shared/db';
 import type { Logger } from '../shared/logger';
-import { lookupSlots } from '../shared/lookupSlots';
+import { lookupSlots, type LookupSlots } from '../shared/lookupSlots';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../shared/secretBox';
 import { SIGNATURE_HEADER, signatureHeader } from '../shared/webhookSignature';
+import type { Lookup } from '../shared/webhookTarget';
 import { retryDelayMs } from './webhookRetry';
 import { postWebhook, type SendResult } from './webhookSender';
-import { claimDueDeliveries, recordAttempt, type ClaimedDelivery } from './webhookStore';
+import { claimDueDeliveries, recordAttempt, releaseClaim, type ClaimedDelivery } from './webhookStore';
 
 // Delivers the outbox: a pool of sends, filled with due deliveries every poll interval and as
 // each send ends; each POSTs a signed payload and records the attempt with the delivery's next
@@ -36,6 +37,10 @@ export interface WebhookWorkerOptions {
   logger: Logger;
   now?: () => number;
   random?: () => number;
+  /** The resolver of webhook hosts: the system's unless given. */
+  lookup?: Lookup;
+  /** The process's webhook lookup slots: the worker's own unless given. */
+  lookupSlots?: LookupSlots;
 }
 
 // The fields and their order are the documented payload, whatever the stored jsonb's key order.
@@ -49,7 +54,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   const now = options.now ?? Date.now;
   const box = secretBox(options.peppers, WEBHOOK_SECRET_PURPOSE);
   const warn = rateLimitedWarn(logger, 10_000);
-  const lookups = lookupSlots();
+  const lookups = options.lookupSlots ?? lookupSlots();
   // A claimed delivery is due again after this long: a send always ends within the timeout.
   const leaseMs = 2 * config.timeoutMs + 1000;
   const stats: WebhookWorkerStats = { attempts: 0, failedAttempts: 0, delivered: 0, gaveUp: 0, failedPolls: 0 };
@@ -76,18 +81,29 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     return postWebhook(delivery.url, headers, body, {
       timeoutMs: config.timeoutMs,
       allowPrivateTargets: config.allowPrivateTargets,
-      via: { slots: lookups, owner: delivery.orgId },
+      via: { lookup: options.lookup, slots: lookups, owner: delivery.orgId },
     });
   }
 
   async function deliver(delivery: ClaimedDelivery): Promise<void> {
     const startedAt = now();
-    const result = await send(delivery);
+    const { lookupsBusy, ...result } = await send(delivery);
+    const context = { webhookId: delivery.webhookId, deliveryId: delivery.id, eventId: delivery.eventId, attempt: delivery.attempt };
+    // Every lookup slot it could take stayed held (by lookups whose name servers do not answer),
+    // so the host was not tried. Counted as a failed attempt, two orgs with such name servers
+    // failed every other org's deliveries within the retry window. The claim's attempt is given
+    // back, and the delivery waits WEBHOOK_RETRY_BASE_MS before it is claimed again (it waited
+    // WEBHOOK_TIMEOUT_MS for a slot already: never a hot loop).
+    if (lookupsBusy) {
+      if (await releaseClaim(db, delivery, config.retryBaseMs)) {
+        warn('webhook_lookups_busy', { ...context, error: result.error }, 'no webhook lookup could start in time; the delivery waits, its attempt not counted');
+      }
+      return;
+    }
     const durationMs = now() - startedAt;
     const delay = result.ok ? undefined : retryDelayMs(delivery.attempt, { maxAttempts: config.maxAttempts, baseDelayMs: config.retryBaseMs }, options.random);
     const state = await recordAttempt(db, delivery, { startedAt: new Date(startedAt), durationMs, ...result, succeeded: result.ok, retryInMs: delay });
     stats.attempts += 1;
-    const context = { webhookId: delivery.webhookId, deliveryId: delivery.id, eventId: delivery.eventId, attempt: delivery.attempt };
     if (state === 'succeeded') stats.delivered += 1;
     else if (!result.ok) stats.failedAttempts += 1;
     // A `deleted` delivery went with its webhook while it was sent: its org removed it, nothing to say.

@@ -107,6 +107,26 @@ t.test('a host that does not resolve within WEBHOOK_TIMEOUT_MS is refused, and t
   t.equal((await db('webhooks').count<{ count: number }[]>({ count: '*' }))[0].count, 0, 'nothing stored');
 });
 
+// Found by a review: a create that found both of the API's lookup slots held (two orgs whose name
+// servers never answer) was a 400 "host did not resolve", blaming the URL, and one to an address
+// given as such waited for a slot too (each fails without its fix).
+t.test("with both lookup slots held by silent name servers, a name's create is a 503 and an address's goes through", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { WEBHOOK_TIMEOUT_MS: '100' }, webhookLookup: () => new Promise(() => undefined) });
+  const create = async (name: string, url: string) => {
+    const { org, adminKey } = await seedOrg(api, db, name);
+    return api.request('POST', `/api/orgs/${org.id}/webhooks`, { key: adminKey, body: { url, events: ['*'] } });
+  };
+  for (const name of ['silent-1', 'silent-2'])
+    t.equal((await create(name, 'https://silent-dns.example/in')).status, 400, `${name}: its lookup times out, holding its slot`);
+  const busy = await create('acme', 'https://hooks.example/in');
+  t.equal(busy.status, 503);
+  t.match(busy.body.error, { code: 'service_unavailable', message: /^The server's webhook lookups are busy: none could start within 100 ms/ });
+  t.equal(busy.headers.get('retry-after'), '5');
+  t.equal((await create('globex', 'https://203.0.113.10/in')).status, 201, 'an address is not looked up, and waits for no slot');
+  t.equal((await db('webhooks').count<{ count: number }[]>({ count: '*' }))[0].count, 1, 'only that one stored');
+});
+
 t.test('private targets are refused by default', async (t) => {
   const { db, api, acme, hooks } = await world(t, {});
   for (const url of ['http://127.0.0.1:8080/in', 'http://localhost/in', 'http://[::1]/in', 'http://169.254.169.254/latest/meta-data', 'http://10.0.0.1/']) {

@@ -2,11 +2,13 @@ import { randomUUID } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import t, { type Test } from 'tap';
-import { createWebhookWorker } from '../collector/webhookWorker';
+import { createWebhookWorker, type WebhookWorkerOptions } from '../collector/webhookWorker';
 import { BEFORE_EVERY_ORG, CLAIM, claimDueDeliveries, DUE_ORGS, recordAttempt } from '../collector/webhookStore';
 import { loadConfig } from '../shared/config';
 import { createLogger } from '../shared/logger';
 import type { Db } from '../shared/db';
+import { lookupSlots } from '../shared/lookupSlots';
+import { resolveTargetWithin, type Lookup } from '../shared/webhookTarget';
 import { freeTcpPort } from '../scripts/lib/freePort';
 import { seedOrg, startTestApi } from './helpers/api';
 import { startTestCollector } from './helpers/collector';
@@ -31,9 +33,9 @@ const FAST = {
   WEBHOOK_TIMEOUT_MS: '1000',
 };
 
-async function setup(t: Test, url: string, events: string[] = ['*']) {
+async function setup(t: Test, url: string, events: string[] = ['*'], webhookLookup?: Lookup) {
   const { db, url: databaseUrl } = await freshDatabase(t);
-  const api = await startTestApi(t, db, { env: { WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true' } });
+  const api = await startTestApi(t, db, { env: { WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true' }, webhookLookup });
   const { org, adminKey, adminKeyId } = await seedOrg(api, db);
   const created = await api.request('POST', `/api/orgs/${org.id}/webhooks`, { key: adminKey, body: { url, events } });
   t.equal(created.status, 201, 'webhook created');
@@ -113,7 +115,7 @@ t.test('a receiver failing three times gets the event on the fourth attempt, aft
   const receiver = await startWebhookReceiver(t, (index) => (index < 3 ? 503 : 200));
   const world = await setup(t, receiver.url);
   const event = await world.insertEvent();
-  const { worker } = skewedWorker(t, world.db, 0, { WEBHOOK_RETRY_BASE_MS: '60000' }, () => 0.5);
+  const { worker } = skewedWorker(t, world.db, 0, { WEBHOOK_RETRY_BASE_MS: '60000' }, { random: () => 0.5 });
   const attempts = async () => (await world.db('webhook_deliveries').first('attempts')).attempts as number;
   for (let attempt = 1; attempt <= 4; attempt++) {
     await worker.poll();
@@ -231,11 +233,17 @@ t.test('a claim whose worker died mid-send is delivered by another worker once i
 
 // A worker in-process, its clock `skewMs` off the database's, on the test's receivers; `random`
 // fixes its retries' jitter.
-function skewedWorker(t: Test, db: Db, skewMs: number, env: Record<string, string> = {}, random?: () => number) {
+function skewedWorker(
+  t: Test,
+  db: Db,
+  skewMs: number,
+  env: Record<string, string> = {},
+  more: Pick<WebhookWorkerOptions, 'random' | 'lookup' | 'lookupSlots'> = {},
+) {
   const config = loadConfig({ NODE_ENV: 'test', ...FAST, ...env });
   const logLines: string[] = [];
   const logger = createLogger({ level: 'info', name: 'worker', destination: { write: (line: string) => void logLines.push(line) } });
-  const worker = createWebhookWorker({ db, peppers: [config.api.keyPepper], config: config.webhooks, logger, now: () => Date.now() + skewMs, random });
+  const worker = createWebhookWorker({ db, peppers: [config.api.keyPepper], config: config.webhooks, logger, now: () => Date.now() + skewMs, ...more });
   t.teardown(() => worker.stop());
   return { worker, logLines };
 }
@@ -457,6 +465,65 @@ t.test("a receiver that never answers holds half the send pool; other orgs' deli
     .count<{ count: string }[]>({ count: '*' });
   t.equal(Number(silentAttempts[0].count), 0, "it went out while the silent receiver's sends were in flight (none of theirs recorded yet)");
   t.equal(silent.requests.length, 5, 'the silent org holds half the pool');
+});
+
+// Found by a review: every send took one of the collector's two lookup slots, one to an address
+// given as such too, and a send that found none free within WEBHOOK_TIMEOUT_MS was a failed
+// attempt. Two orgs whose name servers never answer held both: every other org's deliveries
+// failed within the retry window (~63 min). An address takes no slot now, and a delivery that
+// waited for one in vain is put back with its attempt given back (each fails without its fix).
+t.test("two orgs' silent name servers hold both lookup slots: an address is delivered; a name waits, its attempt not counted", async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const toReceiver: Lookup = async () => [{ address: '127.0.0.1', family: 4 }];
+  const world = await setup(t, receiver.url, ['*'], toReceiver);
+  const named = await world.api.request('POST', `/api/orgs/${world.org.id}/webhooks`, {
+    key: world.adminKey,
+    body: { url: `http://receiver.example:${receiver.port}/hook`, events: ['*'] },
+  });
+  t.equal(named.status, 201);
+  const slots = lookupSlots();
+  const answerSilent: Array<() => void> = [];
+  const silent: Lookup = () => new Promise((resolve) => answerSilent.push(() => resolve([])));
+  for (const org of ['silent-org-1', 'silent-org-2'])
+    await resolveTargetWithin(new URL(`https://${org}.example/`), false, 10, { lookup: silent, slots, owner: org });
+  t.equal(slots.inUse, 2, 'their lookups hold both slots');
+  const env = { WEBHOOK_TIMEOUT_MS: '200', WEBHOOK_RETRY_BASE_MS: '3600000' };
+  const { worker, logLines } = skewedWorker(t, world.db, 0, env, { lookup: toReceiver, lookupSlots: slots });
+  const event = await world.insertEvent();
+  await worker.poll();
+  await worker.stop(); // both sends recorded, or put back
+  const byWebhook = async (webhookId: string) =>
+    (
+      await world.db.raw(
+        `select status, attempts, next_attempt_at > now() as later,
+                (select count(*)::int from webhook_delivery_attempts a where a.delivery_id = d.id) as recorded
+           from webhook_deliveries d where webhook_id = ?`,
+        [webhookId],
+      )
+    ).rows[0];
+  t.equal(receiver.requests.length, 1, 'the delivery to the address went out');
+  t.match(await byWebhook(world.webhookId), { status: 'succeeded', attempts: 1, recorded: 1 });
+  t.match(
+    await byWebhook(named.body.id),
+    { status: 'pending', attempts: 0, later: true, recorded: 0 },
+    'the one to the name waits, its attempt given back, none recorded',
+  );
+  t.ok(
+    logLines.some((line) => line.includes('webhook_lookups_busy')),
+    'the wait is logged',
+  );
+
+  for (const answer of answerSilent) answer();
+  await world
+    .db('webhook_deliveries')
+    .where({ webhook_id: named.body.id })
+    .update({ next_attempt_at: world.db.raw(`now() - interval '1 second'`) });
+  const { worker: later } = skewedWorker(t, world.db, 0, env, { lookup: toReceiver, lookupSlots: slots });
+  await later.poll();
+  await later.stop();
+  t.equal(receiver.requests.length, 2, 'once a slot is free, the name is delivered');
+  t.equal(JSON.parse(receiver.requests[1].body).id, event.id);
+  t.match(await byWebhook(named.body.id), { status: 'succeeded', attempts: 1, recorded: 1 }, 'on its first counted attempt');
 });
 
 // The collector's stop awaited the sends in flight after its flush: a silent receiver held it for

@@ -10,7 +10,7 @@ import { sleep } from '../harness/wait';
 import { secretBox } from '../shared/secretBox';
 import { signatureHeader } from '../shared/webhookSignature';
 import { lookupSlots } from '../shared/lookupSlots';
-import { isPrivateAddress, resolveTarget, resolveTargetWithin, TargetRefusedError } from '../shared/webhookTarget';
+import { isPrivateAddress, resolveTarget, resolveTargetWithin, TargetRefusedError, type Lookup } from '../shared/webhookTarget';
 
 // The receiver example of docs/webhooks.md, loaded as a receiver would run it.
 const EXAMPLE = path.join(__dirname, '..', 'docs', 'examples', 'webhook-receiver.js');
@@ -71,6 +71,32 @@ t.test('private, loopback and link-local addresses', async (t) => {
   const allowed = ['8.8.8.8', '1.1.1.1', '172.32.0.1', '192.169.0.1', '203.0.113.10', '2606:4700::1111', '::ffff:8.8.8.8', '2001:4860:4860::8888'];
   for (const address of refused) t.ok(isPrivateAddress(address), `${address} refused`);
   for (const address of allowed) t.notOk(isPrivateAddress(address), `${address} allowed`);
+});
+
+// On an IPv6-only network with DNS64, every IPv4-only host resolves to 64:ff9b::<its IPv4
+// address>: with the prefix refused whole, so was every webhook to such a host (found by a
+// review; fails without the fix). The IPv4 address a gateway reaches is held to the IPv4 rules;
+// the prefixes whose IPv4 address cannot be read that way stay refused.
+t.test('an IPv4 address inside NAT64, 6to4 and IPv4-mapped addresses is held to the IPv4 rules', async (t) => {
+  const allowed = ['64:ff9b::808:808', '64:ff9b::8.8.8.8', '2002:0808:0808::1', '::ffff:8.8.8.8'];
+  const refused = [
+    '64:ff9b::a00:5', // 10.0.0.5
+    '64:ff9b::7f00:1', // 127.0.0.1
+    '64:ff9b::a9fe:a9fe', // 169.254.169.254
+    '2002:7f00:1::1',
+    '2002:c0a8:101::1', // 192.168.1.1
+    '::ffff:127.0.0.1',
+    '64:ff9b:1::808:808', // NAT64 for local use: where the IPv4 address sits is the network's choice
+    '2001:0:808:808::1', // Teredo
+  ];
+  for (const address of allowed) t.notOk(isPrivateAddress(address), `${address} allowed`);
+  for (const address of refused) t.ok(isPrivateAddress(address), `${address} refused`);
+  const dns64 = async () => [{ address: '64:ff9b::5db8:d70e', family: 6 }];
+  t.same(
+    await resolveTarget(new URL('https://ipv4-only.example/in'), false, dns64),
+    [{ address: '64:ff9b::5db8:d70e', family: 6 }],
+    "DNS64's answer for a public IPv4 host",
+  );
 });
 
 t.test('resolveTarget checks every address a host resolves to', async (t) => {
@@ -213,9 +239,9 @@ t.test("a silent name server holds one slot of its org's until its lookup ends; 
   };
   const resolve = (host: string, owner: string, lookup: typeof silent, timeoutMs = 50) =>
     resolveTargetWithin(new URL(`https://${host}/hook`), false, timeoutMs, { lookup, slots, owner });
-  t.equal(await resolve('one.silent.example', 'a', silent), undefined, 'the first gives up at its deadline');
+  t.equal(await resolve('one.silent.example', 'a', silent), 'lookup timed out', 'the first gives up at its deadline');
   t.equal(slots.inUse, 1, 'its lookup still holds its slot');
-  t.equal(await resolve('two.silent.example', 'a', silent), undefined, 'the same org waits for its slot, then gives up');
+  t.equal(await resolve('two.silent.example', 'a', silent), 'lookups busy', 'the same org waits for its slot, then gives up');
   t.strictSame(started, ['one.silent.example'], 'without starting a second lookup');
   t.strictSame(await resolve('receiver.example', 'b', answering), [{ address: '203.0.113.7', family: 4 }], 'another org resolves');
   const waiting = resolve('three.silent.example', 'a', answering, 5_000);
@@ -260,7 +286,7 @@ t.test('a slot granted at the deadline starts no lookup; a lookup that throws gi
   const until = Date.now() + 40;
   while (Date.now() < until);
   held();
-  t.equal(await late, undefined);
+  t.equal(await late, 'lookups busy');
   t.strictSame([started, slots.inUse], [[], 0], 'no lookup started, the slot free');
   const throwing = () => {
     throw new Error('not a promise');
@@ -270,4 +296,40 @@ t.test('a slot granted at the deadline starts no lookup; a lookup that throws gi
   t.strictSame(await resolveTargetWithin(new URL('https://next.example/hook'), false, 50, { ...via, lookup: answering }), [
     { address: '203.0.113.7', family: 4 },
   ]);
+});
+
+// Found by a review: every send took a lookup slot, one to an address given as such too, and a
+// send that found none free within its timeout failed as "did not resolve", an attempt counted
+// against WEBHOOK_MAX_ATTEMPTS. Two orgs whose name servers never answer held the collector's two
+// slots, and every other org's deliveries failed within the retry window. An address takes no
+// slot now, and a name that waited for one in vain says so (each fails without its fix).
+t.test("two orgs' silent name servers hold both lookup slots: a send to an address goes out; one to a name says the lookups are busy", async (t) => {
+  const server = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => res.writeHead(204).end());
+  });
+  const port = await listen(server, '127.0.0.1', 0, 'receiver');
+  t.teardown(() => closeServer(server));
+  const slots = lookupSlots();
+  const send = (url: string, owner: string, lookup: Lookup) =>
+    postWebhook(url, {}, '{}', { timeoutMs: 100, allowPrivateTargets: true, via: { lookup, slots, owner } });
+  const silent: Lookup = () => new Promise(() => undefined);
+  const answering: Lookup = async () => [{ address: '127.0.0.1', family: 4 }];
+  const lookupTimedOut = { ok: false, statusCode: null, error: 'the host did not resolve within 100 ms' };
+  t.strictSame(await Promise.all([send('http://a.silent.example/', 'org-1', silent), send('http://b.silent.example/', 'org-2', silent)]), [
+    lookupTimedOut,
+    lookupTimedOut,
+  ]);
+  t.equal(slots.inUse, 2, 'their lookups hold both slots');
+  t.strictSame(
+    await send(`http://127.0.0.1:${port}/hook`, 'org-3', silent),
+    { ok: true, statusCode: 204, error: null },
+    'an address is not looked up, and waits for no slot',
+  );
+  t.strictSame(
+    await send(`http://receiver.example:${port}/hook`, 'org-3', answering),
+    { ok: false, statusCode: null, error: "no lookup could start within 100 ms: the server's lookups are busy", lookupsBusy: true },
+    'a name waits for a slot in vain, and says so: the receiver was not tried',
+  );
+  t.equal(slots.inUse, 2);
 });

@@ -146,7 +146,14 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
         slots: deps.lookupSlots,
         owner: orgId,
       });
-      if (addresses === undefined) throw new InvalidInputError(`url: host did not resolve within ${deps.timeoutMs} ms`);
+      if (addresses === 'lookup timed out') throw new InvalidInputError(`url: host did not resolve within ${deps.timeoutMs} ms`);
+      // Not the URL's fault: every lookup slot stayed held (by orgs whose name servers do not answer).
+      if (addresses === 'lookups busy') {
+        throw new AppError(
+          'service_unavailable',
+          `The server's webhook lookups are busy: none could start within ${deps.timeoutMs} ms to check the URL's host. Nothing was created; retry shortly`,
+        );
+      }
     } catch (error) {
       if (error instanceof TargetRefusedError) throw new InvalidInputError(`url: ${error.message}`);
       throw error;
