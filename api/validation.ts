@@ -3,6 +3,8 @@ import express, { type RequestHandler } from 'express';
 import { z } from 'zod';
 import { AppError } from './errors';
 
+const NOT_READ = { body: 'is not a field this route takes', query: 'is not a parameter this route reads', params: 'is not a parameter' } as const;
+
 // Turns a zod failure into one 400 whose message names each bad field and why.
 export function parseInput<T extends z.ZodType>(schema: T, input: unknown, where: 'body' | 'query' | 'params'): z.output<T> {
   // The query parser turns a repeated parameter into an array, which no schema here expects.
@@ -14,9 +16,12 @@ export function parseInput<T extends z.ZodType>(schema: T, input: unknown, where
   }
   const result = schema.safeParse(input ?? {});
   if (result.success) return result.data;
-  const problems = result.error.issues.map((issue) => {
+  const problems = result.error.issues.flatMap((issue) => {
+    // zod names no path for a name the schema lacks: "query: Unrecognized key: …" named the query
+    // twice and the parameter only in quotes.
+    if (issue.code === 'unrecognized_keys') return issue.keys.map((name) => `${[...issue.path, name].join('.')}: ${NOT_READ[where]}`);
     const field = issue.path.length > 0 ? issue.path.join('.') : where;
-    return `${field}: ${issue.message}`;
+    return [`${field}: ${issue.message}`];
   });
   throw new AppError('invalid_request', `Invalid ${where}: ${problems.join('; ')}`);
 }
@@ -131,8 +136,13 @@ const refuseNonUtf8 = (_req: unknown, _res: unknown, body: Buffer) => {
 // year -1, "-000001-12-27T…", likewise. No key nor use predates 1970.
 const LATEST_TIME = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
 /** Refines an ISO 8601 date-time string: from 1970 to the last millisecond of 9999, in UTC. */
+// A value that is no date-time at all passes: its format's own check refused it already, and zod
+// runs the refinement anyway, adding this message to every "yesterday".
 export const withinSupportedTimes = [
-  (value: string) => Date.parse(value) >= 0 && Date.parse(value) <= LATEST_TIME,
+  (value: string) => {
+    const time = Date.parse(value);
+    return Number.isNaN(time) || (time >= 0 && time <= LATEST_TIME);
+  },
   'must be between 1970-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z',
 ] as const;
 

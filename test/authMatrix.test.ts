@@ -36,7 +36,7 @@ interface Route {
   body?: unknown;
   okStatus: number;
   /** Requests by an authorised key that must fail validation, and the field the message must name. */
-  invalid: Array<{ label: string; params?: Record<string, string>; query?: string; body?: unknown; field: string }>;
+  invalid: Array<{ label: string; params?: Record<string, string>; query?: string; body?: unknown; field: string; message?: string }>;
 }
 
 const BAD_ID = 'not-a-uuid';
@@ -66,10 +66,21 @@ const ROUTES: Route[] = [
       { label: 'empty name', body: { name: '  ', scopes: ['keys:read'] }, field: 'name' },
       { label: 'no scopes', body: { name: 'x', scopes: [] }, field: 'scopes' },
       { label: 'unknown scope', body: { name: 'x', scopes: ['admin'] }, field: 'scopes.0' },
-      { label: 'bad expiresAt', body: { name: 'x', scopes: ['keys:read'], expiresAt: 'tomorrow' }, field: 'expiresAt' },
+      // The range's message was added to the format's (fails without the fix).
+      {
+        label: 'bad expiresAt',
+        body: { name: 'x', scopes: ['keys:read'], expiresAt: 'tomorrow' },
+        field: 'expiresAt',
+        message: 'Invalid body: expiresAt: must be an ISO 8601 date-time',
+      },
       // Year 10000 in UTC: answered back as "+010000-…", which no ISO 8601 parser takes (fails without the fix).
       { label: 'expiresAt after 9999 in UTC', body: { name: 'x', scopes: ['keys:read'], expiresAt: '9999-12-31T23:59:59-23:59' }, field: 'expiresAt' },
-      { label: 'unknown field', body: { name: 'x', scopes: ['keys:read'], owner: 'me' }, field: 'owner' },
+      {
+        label: 'unknown field',
+        body: { name: 'x', scopes: ['keys:read'], owner: 'me' },
+        field: 'owner',
+        message: 'Invalid body: owner: is not a field this route takes',
+      },
       { label: 'missing body', field: 'name' },
     ],
   },
@@ -80,7 +91,7 @@ const ROUTES: Route[] = [
     // z.coerce read these as 16 and 0 (fail without the fix).
     badQuery('limit in hexadecimal', 'limit=0x10'),
     badQuery('empty offset', 'offset='),
-    badQuery('unknown parameter', 'status=active'),
+    { ...badQuery('unknown parameter', 'status=active'), message: 'Invalid query: status: is not a parameter this route reads' },
   ]),
   read('GET /api/orgs/:id/api-keys/:keyId', [{ label: 'keyId not a UUID', params: { keyId: BAD_ID }, field: 'keyId' }]),
   {
@@ -128,7 +139,7 @@ const ROUTES: Route[] = [
   read('GET /api/orgs/:id/api-keys/events', [
     badQuery('unknown type', 'type=key.bogus'),
     badQuery('keyId not a UUID', 'keyId=x'),
-    badQuery('since not a date', 'since=yesterday'),
+    { ...badQuery('since not a date', 'since=yesterday'), message: 'Invalid query: since: must be an ISO 8601 date-time' },
     badQuery('since after 9999 in UTC', 'since=9999-12-31T23:59:59-23:59'),
     badQuery('a cursor it never returned', 'cursor=bm90LWEtY3Vyc29y'),
     badQuery('limit 0', 'limit=0'),
@@ -466,6 +477,7 @@ async function assertInvalidInputs(t: Test, world: World, call: Call, route: Rou
       new RegExp(`^Invalid (body|query|params): .*${invalid.field.replace('.', '\\.')}`),
       `${label}: names ${invalid.field}`,
     );
+    if (invalid.message !== undefined) t.equal(response.body.error.message, invalid.message, `${label}: says only what is wrong`);
     t.same(uses, [use(keys.admin, 'ok')], `${label}: an authorised use`);
   }
 }
