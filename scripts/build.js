@@ -4,7 +4,8 @@
 // Plain JavaScript: it runs before anything is compiled.
 //
 // --or-use-existing: without TypeScript (a production install, `npm ci --omit=dev`), use the dist/
-// that was shipped rather than fail.
+// that was shipped rather than fail. A release shipped as the README says (package.json, the
+// lockfile, the Procfile and dist/) has no scripts/: there `npm run migrate` runs its dist/ as is.
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
@@ -57,5 +58,4 @@ function copyStaticFiles(dist) {
   }
 }
 
-module.exports = { copyStaticFiles };
-if (require.main === module) process.exitCode = main();
+process.exitCode = main();

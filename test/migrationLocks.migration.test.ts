@@ -1,22 +1,24 @@
 import t from 'tap';
-import { createDb, migrateLatest, MIGRATION_CONFIG } from '../shared/db';
+import { createDb, migrateLatest, MIGRATION_CONFIG, type Db } from '../shared/db';
 import { waitFor } from '../harness/wait';
 import { freshDatabase, migrateDownTo } from './helpers/database';
 
 // The previous version's API serves while `npm run migrate` runs (each migration of an upgrade
-// commits on its own). A migration that took ACCESS EXCLUSIVE on api_keys before a long scan
-// (ALTER TABLE, or dropping a foreign key that references it) held it until its commit: no key
-// could be read, so no request authenticated, for as long as the scan took. Here the scan is
-// made to wait on a table another session holds, and a key lookup must still be answered.
+// commits on its own). A migration that locked api_keys before a long scan held the lock until its
+// commit: ACCESS EXCLUSIVE (ALTER TABLE, or dropping a foreign key that references it) stopped every
+// key read, so no request authenticated; SHARE ROW EXCLUSIVE (creating a foreign key that
+// references it) stopped every key create, rotation and revocation. Here the scan is made to wait
+// on a table another session holds, and a key lookup and a revocation must still be answered.
 const cases = [
   { migration: '20261201000010_events.ts', before: '20261201000002_key_events.ts', scanned: 'api_key_recent_ips' },
   { migration: '20261201000080_key_rows_cascade_from_totals.ts', before: '20261201000070_usage_windows_index_only.ts', scanned: 'api_key_recent_ips' },
 ];
 
 for (const { migration, before, scanned } of cases) {
-  t.test(`${migration}: keys can be read while its scan of ${scanned} waits`, async (t) => {
+  t.test(`${migration}: keys can be read and revoked while its scan of ${scanned} waits`, async (t) => {
     const { db, url } = await freshDatabase(t, { poolMax: 4 });
     await migrateDownTo(db, before);
+    const keyId = await insertKey(db);
     const others = createDb(url, { poolMax: 2 });
     t.teardown(() => others.destroy());
     const held = await others.transaction();
@@ -28,16 +30,36 @@ for (const { migration, before, scanned } of cases) {
       10_000,
       20,
     );
-    const read = await others
-      .transaction(async (trx) => {
-        await trx.raw(`set local lock_timeout = '1s'`);
-        return (await trx.raw('select count(*) from api_keys')).rows.length;
-      })
-      .catch((error: Error) => error);
+    const read = await rowsWithoutWaiting(others, 'select count(*) from api_keys');
+    const revoked = await rowsWithoutWaiting(others, 'update api_keys set revoked_at = now() where id = ?', [keyId]);
     await held.rollback();
     await migrating;
     t.equal(read, 1, 'the key lookup was answered, not held behind the migration');
+    t.equal(revoked, 1, "the key's revocation went through, not held behind the migration");
   });
+}
+
+/** A key as the previous version's API created it. */
+async function insertKey(db: Db): Promise<string> {
+  const [org] = (await db.raw(`insert into organizations (name) values ('locks') returning id`)).rows;
+  const [key] = (
+    await db.raw(
+      `insert into api_keys (id, org_id, name, display_prefix, secret_hash, scopes)
+       values (gen_random_uuid(), ?, 'locks', 'ku_locks', '\\x00', '{keys:read}') returning id`,
+      [org.id],
+    )
+  ).rows;
+  return key.id;
+}
+
+/** The rows `sql` returned or changed, or the error of a wait for a lock the migration holds. */
+function rowsWithoutWaiting(db: Db, sql: string, bindings: readonly string[] = []): Promise<number | Error> {
+  return db
+    .transaction(async (trx) => {
+      await trx.raw(`set local lock_timeout = '1s'`);
+      return (await trx.raw(sql, bindings)).rowCount;
+    })
+    .catch((error: Error) => error);
 }
 
 // A run cut between a migration's COMMIT and knex's record of it (a killed process, a lost

@@ -10,14 +10,12 @@ import { freeTcpPort, freeUdpPort } from '../scripts/lib/freePort';
 import { emptyDatabase, freshDatabase } from './helpers/database';
 import { waitFor } from '../harness/wait';
 
-// scripts/build.js is plain JavaScript (it runs before anything is compiled): its step for the
-// dashboard's static files.
-const { copyStaticFiles } = require('../scripts/build.js') as { copyStaticFiles: (dist: string) => void };
-
-// A deployment as the README describes it: `npm run build`, then only package.json,
+// A deployment as the README describes it: a build in a checkout, then only package.json,
 // package-lock.json, the Procfile and dist/ in a new folder, `npm ci --omit=dev` there (from the
 // npm registry), and the compiled migrate, web and collector run by plain `node` against the test
-// database. No TypeScript loader, no embedded PostgreSQL, no checkout beside it.
+// database. No TypeScript loader, no embedded PostgreSQL, no checkout beside it. The build is the
+// one `npm run migrate` makes first in a checkout without dist/ (0.1.0 ran from source, so a
+// checkout upgraded from it has none).
 
 const ROOT = path.resolve(__dirname, '..');
 const PEPPER = 'production-install-test-pepper-0123456789';
@@ -26,8 +24,18 @@ const MIGRATIONS = fs.readdirSync(path.join(ROOT, 'migrations')).filter((name) =
 // Building and installing from the registry take a while on a busy two-core machine.
 t.setTimeout(600_000);
 
+const checkout = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-checkout-'));
 const release = fs.mkdtempSync(path.join(os.tmpdir(), 'keyusage-release-'));
-t.teardown(() => fs.rmSync(release, { recursive: true, force: true }));
+t.teardown(() => {
+  for (const folder of [checkout, release]) fs.rmSync(folder, { recursive: true, force: true });
+});
+
+// The working tree as a checkout has it: the sources, no dist/, the dependencies installed.
+function copyCheckout() {
+  const notInACheckout = new Set(['node_modules', 'dist', 'tmp', '.git', '.tap']);
+  fs.cpSync(ROOT, checkout, { recursive: true, filter: (source) => !notInACheckout.has(path.relative(ROOT, source)) });
+  fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(checkout, 'node_modules'), 'dir');
+}
 
 // The children are production processes, not tap's: no loader, no coverage hooks, no test settings.
 function productionEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
@@ -67,11 +75,16 @@ const answers = (url: string) => () =>
     () => undefined,
   );
 
-t.test('build, then a production install of package.json, the lockfile, the Procfile and dist/', async (t) => {
-  const tsc = require.resolve('typescript/bin/tsc', { paths: [ROOT] });
-  const build = await run(process.execPath, [tsc, '-p', 'tsconfig.build.json', '--outDir', path.join(release, 'dist')], process.env, ROOT);
-  t.equal(build.code, 0, 'tsc compiles tsconfig.build.json', { output: build.output });
-  copyStaticFiles(path.join(release, 'dist'));
+t.test('npm run migrate in a checkout without dist/: builds it first, then migrates', async (t) => {
+  copyCheckout();
+  const empty = await emptyDatabase(t);
+  const migrate = await run('npm', ['run', '--silent', 'migrate'], productionEnv({ DATABASE_URL: empty }), checkout);
+  t.equal(migrate.code, 0, 'migrate succeeds', { output: migrate.output.slice(-4000) });
+  t.match(migrate.output, `Applied ${MIGRATIONS.length} migration(s)`, 'every migration, from the dist/ it built');
+});
+
+t.test('a production install of package.json, the lockfile, the Procfile and the dist/ built', async (t) => {
+  fs.cpSync(path.join(checkout, 'dist'), path.join(release, 'dist'), { recursive: true });
   for (const file of ['package.json', 'package-lock.json', 'Procfile']) fs.copyFileSync(path.join(ROOT, file), path.join(release, file));
   const install = await run('npm', ['ci', '--omit=dev', '--no-audit', '--no-fund'], productionEnv({}));
   t.equal(install.code, 0, 'npm ci --omit=dev succeeds', { output: install.output.slice(-4000) });
