@@ -37,7 +37,7 @@ function statSamples({ recorder, keyCache, throttle, orgTurns, orgWrites }: ApiM
     counter('uses_recorded_total', 'Uses, and wrong secrets on known keys, recorded on the auth path', usage?.recordedUses ?? 0),
     counter('uses_sent_total', 'Of those, sent in datagrams the socket accepted', usage?.sentUses ?? 0),
     counter('uses_send_failed_total', 'Of those, lost in datagrams whose send failed', usage?.failedUses ?? 0),
-    counter('datagrams_total', 'Usage datagrams handed to the socket', usage?.datagrams ?? 0),
+    counter('datagrams_total', 'Usage datagrams made: handed to the socket, or failed at once with too many still in flight', usage?.datagrams ?? 0),
     counter('send_errors_total', 'Usage datagrams whose send failed, or had not ended at stop', usage?.failedDatagrams ?? 0),
     counter(
       'early_drains_total',

@@ -407,6 +407,14 @@ t.test('malformed datagrams are counted and dropped, never fatal', async (t) => 
     [],
     'each in docs/operations.md',
   );
+  // And every one the sample alert rules read is served: a misspelt name makes a rule that never fires.
+  const read = [...new Set([...runbook.matchAll(/\bkeyusage_collector_([a-z_]+)/g)].map((m) => m[1]))];
+  t.ok(read.length >= 10, `the rules read collector metrics (${read.length})`);
+  t.same(
+    read.filter((name) => !served.includes(name)),
+    [],
+    'each served',
+  );
   const health = await fetch(`http://127.0.0.1:${collector.metricsPort}/healthz`);
   t.equal(health.status, 200);
   t.equal((await fetch(`http://127.0.0.1:${collector.metricsPort}/nope`)).status, 404);
