@@ -1,7 +1,16 @@
 import { isIP } from 'node:net';
 import t from 'tap';
 import { Aggregator } from '../collector/aggregator';
-import { deferredNetworkEvents, detectKeyEvents, isSpike, median, outsideNetworks, type DetectionThresholds, type KeyFacts } from '../collector/eventRules';
+import {
+  deferredNetworkEvents,
+  detectKeyEvents,
+  isSpike,
+  median,
+  outsideNetworks,
+  OUTSIDE_IPS_PER_EVENT,
+  type DetectionThresholds,
+  type KeyFacts,
+} from '../collector/eventRules';
 import { IP_DETAIL_FIELDS } from '../shared/keyEvents';
 import type { UsageSample } from '../shared/usageWire';
 
@@ -207,6 +216,17 @@ t.test('key.outside_networks: at most one per key per hour, listing the addresse
   t.strictSame(events[0].details, { ips: ['192.0.2.1'], expectedNetworks: ['10.0.0.0/8'] });
   t.equal(events[0].dedupeKey, `key.outside_networks:${KEY}:${new Date(HOUR).toISOString()}`);
   t.strictSame(detectKeyEvents(delta([{ ip: '10.9.9.9' }]), facts({ expectedNetworks: ['10.0.0.0/8'] }), RULES), [], 'inside: nothing');
+});
+
+// A fold's delta holds every address of its log rows: the event listed them all, growing with
+// the backlog (a review; fails without the fix).
+t.test('key.outside_networks names the 16 newest addresses outside, and counts the others', async (t) => {
+  const d = delta([{ ip: '10.0.0.5' }]);
+  const ips = new Map(Array.from({ length: 40 }, (_, i) => [`192.0.2.${i + 1}`, { count: 1, firstSeen: HOUR + i, lastSeen: HOUR + i }] as const));
+  d.ips = new Map([...d.ips, ...ips]);
+  const [event] = detectKeyEvents(d, facts({ expectedNetworks: ['10.0.0.0/8'] }), RULES);
+  const newest = Array.from({ length: OUTSIDE_IPS_PER_EVENT }, (_, i) => `192.0.2.${40 - i}`);
+  t.strictSame(event.details, { ips: newest, expectedNetworks: ['10.0.0.0/8'], ipsOmitted: 40 - OUTSIDE_IPS_PER_EVENT });
 });
 
 t.test('isSpike: more than k × the median of the same hour on the previous 7 days, and at least M uses', async (t) => {
