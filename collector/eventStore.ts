@@ -224,8 +224,11 @@ const DAY = `interval '24 hours'`;
 // deleted an event its dedupe key is gone, and an older crossing would be written again, with a new
 // webhook delivery, once every retention period (a key dormant since before the window, at its
 // first sweep). Retention deletes by occurred_at, the sweep's time, never before the crossing: an
-// event it deleted crossed before this bound, and is not swept again.
-const RETAINED_FROM = `cast(:now as timestamptz) - make_interval(days => :retentionDays)`;
+// event it deleted crossed before this bound, and is not swept again. On one clock: collectors'
+// clocks differ (each runs retention and the sweep), and a sweep on a clock 15 minutes behind the
+// retention's wrote an event retention had just deleted again, with a webhook delivery (a review).
+// The bound is a day inside the window, so any clock less than a day behind agrees.
+const RETAINED_FROM = `cast(:now as timestamptz) - make_interval(days => :retentionDays) + ${DAY}`;
 const SWEPT_AT = `date_trunc('milliseconds', cast(:now as timestamptz))`;
 
 // occurred_at is kept to the millisecond (as the flush's times are) so the events cursor, which

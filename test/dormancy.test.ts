@@ -123,6 +123,27 @@ t.test('a threshold crossed before the events retention window raises no event; 
   t.strictSame(await events(), [], 'once retention deleted it, the sweep does not write it again');
 });
 
+// Each collector runs retention and the sweep on its own clock: one 15 minutes behind the
+// retention's wrote again the event retention had just deleted, with a webhook delivery (a
+// review; fails without the fix).
+t.test('a sweep on a clock behind the retention does not write a deleted event again', async (t) => {
+  const { db, org, clock } = await clockedOrg(t);
+  const MINUTE = 60_000;
+  const crossed = clock.now - 30 * DAY;
+  await db('api_keys')
+    .where({ org_id: org.id })
+    .update({ created_at: new Date(crossed - 30 * DAY) });
+  const retention = { expiringDays: [7], retentionDays: 90, newIpPerKeyHour: 10 };
+  const dormant = () => db('key_events').where({ org_id: org.id, type: 'key.dormant' }).count({ n: '*' });
+  await sweepTimeEvents(db, new Date(crossed + 30_000), retention);
+  t.strictSame(await dormant(), [{ n: 1 }], 'raised 30 s after the crossing');
+  const retentionAt = crossed + 30_000 + 90 * DAY + 10 * MINUTE;
+  await expireOldEvents(db, new Date(retentionAt), retention.retentionDays);
+  t.strictSame(await dormant(), [{ n: 0 }], 'deleted 90 days later');
+  await sweepTimeEvents(db, new Date(retentionAt - 15 * MINUTE), retention);
+  t.strictSame(await dormant(), [{ n: 0 }], 'not raised again by a clock 15 minutes behind');
+});
+
 // A rotation restarts the idle time as a creation does; left idle after it, the key raises a new
 // event, which names the rotation (the one before it named the last use).
 t.test('a rotated key is dormant again only a threshold after its rotation, with a new event', async (t) => {
