@@ -224,11 +224,8 @@ const DAY = `interval '24 hours'`;
 // deleted an event its dedupe key is gone, and an older crossing would be written again, with a new
 // webhook delivery, once every retention period (a key dormant since before the window, at its
 // first sweep). Retention deletes by occurred_at, the sweep's time, never before the crossing: an
-// event it deleted crossed before this bound, and is not swept again. On one clock: collectors'
-// clocks differ (each runs retention and the sweep), and a sweep on a clock 15 minutes behind the
-// retention's wrote an event retention had just deleted again, with a webhook delivery (a review).
-// The bound is a day inside the window, so any clock less than a day behind agrees.
-const RETAINED_FROM = `cast(:now as timestamptz) - make_interval(days => :retentionDays) + ${DAY}`;
+// event it deleted crossed before this bound, and is not swept again (see expireOldEvents).
+const RETAINED_FROM = `cast(:now as timestamptz) - make_interval(days => :retentionDays)`;
 const SWEPT_AT = `date_trunc('milliseconds', cast(:now as timestamptz))`;
 
 // occurred_at is kept to the millisecond (as the flush's times are) so the events cursor, which
@@ -331,8 +328,13 @@ export async function sweepTimeEvents(
 // Events, and the webhook deliveries made of them once they are done (a delivery still pending
 // stays until it succeeds or gives up): their payloads copy the events' details, IPs included, so
 // they must not outlive them. Attempts go with their delivery (ON DELETE CASCADE).
+// An event is kept a day past EVENTS_RETENTION_DAYS: each collector runs retention and the sweep on
+// its own clock, and a sweep on a clock 15 minutes behind the retention's wrote an event retention
+// had just deleted again, with a webhook delivery (a review). Any clock less than a day behind now
+// finds the crossing outside its window (RETAINED_FROM). The day is not taken from the sweep's
+// window: with a retention of 1 day it left none.
 export async function expireOldEvents(db: Db, now: Date, retentionDays: number): Promise<void> {
   const bindings = [now, retentionDays];
-  await db.raw(`delete from ${TABLE.keyEvents} where occurred_at < cast(? as timestamptz) - make_interval(days => ?)`, bindings);
+  await db.raw(`delete from ${TABLE.keyEvents} where occurred_at < cast(? as timestamptz) - make_interval(days => ?) - ${DAY}`, bindings);
   await db.raw(`delete from ${TABLE.webhookDeliveries} where status <> 'pending' and created_at < cast(? as timestamptz) - make_interval(days => ?)`, bindings);
 }

@@ -113,11 +113,11 @@ t.test('a threshold crossed before the events retention window raises no event; 
   };
   await sweepAndExpire();
   t.strictSame(await events(), [`key.dormant ${lately}`], 'only the crossing inside the window');
-  // The event occurs at the sweep's time: retention deletes it 90 days later, when its crossing
-  // is 105 days old.
-  clock.now += 89 * DAY;
+  // The event occurs at the sweep's time: retention deletes it a day past the 90 days (the
+  // collectors' clocks' margin), when its crossing is 106 days old.
+  clock.now += 90 * DAY;
   await sweepAndExpire();
-  t.strictSame(await events(), [`key.dormant ${lately}`], 'kept for the retention period from when it was raised');
+  t.strictSame(await events(), [`key.dormant ${lately}`], 'kept for the retention period from when it was raised, and a day');
   clock.now += 2 * DAY;
   await sweepAndExpire();
   t.strictSame(await events(), [], 'once retention deleted it, the sweep does not write it again');
@@ -137,11 +137,23 @@ t.test('a sweep on a clock behind the retention does not write a deleted event a
   const dormant = () => db('key_events').where({ org_id: org.id, type: 'key.dormant' }).count({ n: '*' });
   await sweepTimeEvents(db, new Date(crossed + 30_000), retention);
   t.strictSame(await dormant(), [{ n: 1 }], 'raised 30 s after the crossing');
-  const retentionAt = crossed + 30_000 + 90 * DAY + 10 * MINUTE;
+  await expireOldEvents(db, new Date(crossed + 30_000 + 90 * DAY + 10 * MINUTE), retention.retentionDays);
+  t.strictSame(await dormant(), [{ n: 1 }], 'kept a day past the 90 days');
+  const retentionAt = crossed + 30_000 + 91 * DAY + 10 * MINUTE;
   await expireOldEvents(db, new Date(retentionAt), retention.retentionDays);
-  t.strictSame(await dormant(), [{ n: 0 }], 'deleted 90 days later');
+  t.strictSame(await dormant(), [{ n: 0 }], 'then deleted');
   await sweepTimeEvents(db, new Date(retentionAt - 15 * MINUTE), retention);
   t.strictSame(await dormant(), [{ n: 0 }], 'not raised again by a clock 15 minutes behind');
+});
+
+// A margin taken from the sweep's window left none with EVENTS_RETENTION_DAYS=1 (a review).
+t.test('with events kept 1 day, a threshold crossed an hour ago raises its event', async (t) => {
+  const { db, org, clock } = await clockedOrg(t);
+  await db('api_keys')
+    .where({ org_id: org.id })
+    .update({ created_at: new Date(clock.now - 30 * DAY - 3_600_000) });
+  const swept = await sweepTimeEvents(db, new Date(clock.now), { expiringDays: [7], retentionDays: 1, newIpPerKeyHour: 10 });
+  t.equal(swept.dormant, 1);
 });
 
 // A rotation restarts the idle time as a creation does; left idle after it, the key raises a new

@@ -650,9 +650,10 @@ t.test('retention deletes old events only', async (t: Test) => {
   const api = await startTestApi(t, db);
   const { org, adminKeyId } = await seedOrg(api, db);
   const now = Date.parse('2026-12-01T00:00:00Z');
+  // Kept a day past the 90 days (the collectors' clocks' margin, collector/eventStore.ts).
   await db('key_events').insert([
-    { org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(now - 91 * DAY), details: {}, dedupe_key: 'old' },
-    { org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(now - 89 * DAY), details: {}, dedupe_key: 'kept' },
+    { org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(now - 92 * DAY), details: {}, dedupe_key: 'old' },
+    { org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(now - 90.5 * DAY), details: {}, dedupe_key: 'kept' },
   ]);
   const [hook] = await db('webhooks')
     .insert({ org_id: org.id, url: 'https://203.0.113.10/hook', event_types: ['*'], secret_box: Buffer.alloc(32) })
