@@ -5,7 +5,8 @@
 //
 // --or-use-existing: without TypeScript (a production install, `npm ci --omit=dev`), use the dist/
 // that was shipped rather than fail. A release shipped as the README says (package.json, the
-// lockfile, the Procfile and dist/) has no scripts/: there `npm run migrate` runs its dist/ as is.
+// lockfile, the Procfile and dist/) has no scripts/: there `npm run migrate` runs its dist/ as is
+// (its check for this file is a `node -e`, not a shell test, so it runs under cmd.exe too).
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
