@@ -1,6 +1,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { LookupFunction } from 'node:net';
+import { steadyNow } from '../shared/steadyClock';
 import { resolveTargetWithin, TargetRefusedError, type LookupFor, type ResolvedAddress, type Unresolved } from '../shared/webhookTarget';
 
 // One POST to an untrusted receiver. The receiver chooses how long to take, what to answer and
@@ -94,7 +95,9 @@ function exchange(
 
 export async function postWebhook(url: string, headers: Record<string, string>, body: string, options: SendOptions): Promise<SendResult> {
   const target = new URL(url);
-  const startedAt = Date.now();
+  // On the steady clock: a wall clock stepped back during the lookup stretched the attempt past
+  // its claim's lease, and one stepped forward cut it short with a false timeout.
+  const startedAt = steadyNow();
   let addresses: ResolvedAddress[] | Unresolved;
   try {
     // The lookup counts against the attempt's timeout: one past the claim's lease let another
@@ -109,7 +112,7 @@ export async function postWebhook(url: string, headers: Record<string, string>, 
   }
   if (addresses === 'lookup timed out') return { ok: false, statusCode: null, error: `the host did not resolve within ${options.timeoutMs} ms` };
   return exchange(target, addresses, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)), ...headers }, body, {
-    leftMs: Math.max(1, options.timeoutMs - (Date.now() - startedAt)),
+    leftMs: Math.max(1, options.timeoutMs - (steadyNow() - startedAt)),
     timeoutMs: options.timeoutMs,
   });
 }

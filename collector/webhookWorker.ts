@@ -4,6 +4,7 @@ import type { Logger } from '../shared/logger';
 import { lookupSlots, type LookupSlots } from '../shared/lookupSlots';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../shared/secretBox';
+import { steadyNow } from '../shared/steadyClock';
 import { SIGNATURE_HEADER, signatureHeader } from '../shared/webhookSignature';
 import type { Lookup } from '../shared/webhookTarget';
 import { retryDelayMs } from './webhookRetry';
@@ -35,6 +36,7 @@ export interface WebhookWorkerOptions {
   peppers: readonly string[];
   config: Config['webhooks'];
   logger: Logger;
+  /** The wall clock, for what is written down: an attempt's start and the signature's timestamp. Durations are on the steady clock. */
   now?: () => number;
   random?: () => number;
   /** The resolver of webhook hosts: the system's unless given. */
@@ -86,7 +88,10 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   }
 
   async function deliver(delivery: ClaimedDelivery): Promise<void> {
+    // The wall clock for when it started, as recorded; the steady one for how long it took: a wall
+    // clock stepped back mid-send recorded a negative duration, and an end before the start.
     const startedAt = now();
+    const steadyStart = steadyNow();
     const { lookupsBusy, ...result } = await send(delivery);
     const context = { webhookId: delivery.webhookId, deliveryId: delivery.id, eventId: delivery.eventId, attempt: delivery.attempt };
     // Every lookup slot it could take stayed held (by lookups whose name servers do not answer),
@@ -100,7 +105,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
       }
       return;
     }
-    const durationMs = now() - startedAt;
+    const durationMs = steadyNow() - steadyStart;
     const delay = result.ok ? undefined : retryDelayMs(delivery.attempt, { maxAttempts: config.maxAttempts, baseDelayMs: config.retryBaseMs }, options.random);
     const state = await recordAttempt(db, delivery, { startedAt: new Date(startedAt), durationMs, ...result, succeeded: result.ok, retryInMs: delay });
     stats.attempts += 1;

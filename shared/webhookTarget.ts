@@ -1,6 +1,7 @@
 import dns from 'node:dns';
 import { BlockList, isIP } from 'node:net';
 import type { LookupSlots } from './lookupSlots';
+import { steadyNow } from './steadyClock';
 import { within } from './within';
 
 // Webhook receivers are chosen by API clients, so a URL must not turn the collector into a proxy
@@ -133,10 +134,12 @@ export async function resolveTargetWithin(url: URL, allowPrivate: boolean, timeo
   // No lookup, so no slot: two orgs whose name servers never answered held both, and every other
   // org's sends to an address given as such waited for them and failed.
   if (givenAddress(hostOf(url))) return resolveTarget(url, allowPrivate);
-  const startedAt = Date.now();
+  // On the steady clock: a wall clock stepped during the wait for a slot took a slot granted in
+  // time as granted late, or gave a silent name server the step on top of the timeout.
+  const startedAt = steadyNow();
   const release = await via.slots.take(via.owner, timeoutMs);
   if (!release) return 'lookups busy';
-  const leftMs = timeoutMs - (Date.now() - startedAt);
+  const leftMs = timeoutMs - (steadyNow() - startedAt);
   // A slot granted at the deadline: a lookup started now would hold it, and a thread, for nothing.
   if (leftMs <= 0) {
     release();

@@ -277,6 +277,26 @@ t.test('a rotation without grace keeps no old secret: an instance whose clock ru
   t.same(await db('api_keys').where({ id: leaked.key.id }).pluck('previous_secret_hash'), [null], 'no previous hash is stored');
 });
 
+// Found by a review of time handling: created_at was the database's now(), while a key's expiry is
+// checked and its revocation written on the API's clock. With the API's clock a minute behind the
+// database's, a key was shown created after it expired and revoked before it was created (fails
+// without the fix).
+t.test("a key's times are on the API's clock: with it behind the database's, none is out of order", async (t) => {
+  const { db } = await freshDatabase(t);
+  const apiNow = () => Date.now() - 60_000;
+  const api = await startTestApi(t, db, { now: apiNow });
+  const { org, adminKey } = await seedOrg(api, db);
+  const base = `/api/orgs/${org.id}/api-keys`;
+  const expiresAt = new Date(apiNow() + 30_000).toISOString();
+  const created = await api.request('POST', base, { key: adminKey, body: { name: 'short-lived', scopes: ['keys:read'], expiresAt } });
+  t.equal(created.status, 201);
+  const revoked = await api.request('POST', `${base}/${created.body.id}/revoke`, { key: adminKey });
+  t.equal(revoked.status, 200);
+  const { createdAt, revokedAt } = revoked.body;
+  t.ok(Date.parse(createdAt) < Date.parse(expiresAt), `created at ${createdAt}, before it expires at ${expiresAt}`);
+  t.ok(Date.parse(createdAt) <= Date.parse(revokedAt), `created at ${createdAt}, not after it was revoked at ${revokedAt}`);
+});
+
 t.test('names with control characters are a 400, never a 500', async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);

@@ -231,14 +231,14 @@ t.test('a claim whose worker died mid-send is delivered by another worker once i
   );
 });
 
-// A worker in-process, its clock `skewMs` off the database's, on the test's receivers; `random`
-// fixes its retries' jitter.
+// A worker in-process, its clock `skewMs` off the database's (unless `more` gives its own), on the
+// test's receivers; `random` fixes its retries' jitter.
 function skewedWorker(
   t: Test,
   db: Db,
   skewMs: number,
   env: Record<string, string> = {},
-  more: Pick<WebhookWorkerOptions, 'random' | 'lookup' | 'lookupSlots'> = {},
+  more: Pick<WebhookWorkerOptions, 'random' | 'lookup' | 'lookupSlots' | 'now'> = {},
 ) {
   const config = loadConfig({ NODE_ENV: 'test', ...FAST, ...env });
   const logLines: string[] = [];
@@ -266,6 +266,26 @@ t.test("a worker whose clock runs ahead does not take a delivery another worker'
   await worker.poll();
   await waitFor('the delivery sent once its lease ended', async () => (receiver.requests.length === 1 ? true : undefined));
   t.pass('sent by the worker 15 s ahead once the lease ended');
+});
+
+// Found by a review of time handling: an attempt's duration was the difference of two wall clock
+// readings, so a clock stepped back while the receiver answered recorded a negative duration, and
+// a delivery that completed before its attempt started (fails without the fix).
+t.test('a wall clock stepped back during a send records a duration of zero or more', async (t) => {
+  let wallStepMs = 0;
+  const receiver = await startWebhookReceiver(t, () => {
+    wallStepMs = -10_000;
+    return 200;
+  });
+  const world = await setup(t, receiver.url);
+  await world.insertEvent();
+  const { worker } = skewedWorker(t, world.db, 0, {}, { now: () => Date.now() + wallStepMs });
+  await worker.poll();
+  const [delivery] = await waitFor('the delivery settled', settled(world.db, 1));
+  const attempt = await world.db('webhook_delivery_attempts').where({ delivery_id: delivery.id }).first();
+  t.equal(delivery.status, 'succeeded');
+  t.ok(attempt.duration_ms >= 0, `the duration recorded, ${attempt.duration_ms} ms, is not negative`);
+  t.ok(delivery.completed_at >= attempt.started_at, 'the delivery completed no earlier than its attempt started');
 });
 
 // A delivery whose last attempt was cut short (a crash mid-send) came due again and was sent a

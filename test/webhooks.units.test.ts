@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { retryDelayMs } from '../collector/webhookRetry';
 import { postWebhook } from '../collector/webhookSender';
 import { within } from '../shared/within';
@@ -10,6 +10,7 @@ import { sleep } from '../harness/wait';
 import { secretBox } from '../shared/secretBox';
 import { signatureHeader } from '../shared/webhookSignature';
 import { lookupSlots } from '../shared/lookupSlots';
+import { steadyNow } from '../shared/steadyClock';
 import { isPrivateAddress, resolveTarget, resolveTargetWithin, TargetRefusedError, type Lookup } from '../shared/webhookTarget';
 
 // The receiver example of docs/webhooks.md, loaded as a receiver would run it.
@@ -185,15 +186,21 @@ t.test('a host whose lookup never answers ends the attempt within the timeout', 
   t.same(result, { ok: false, statusCode: null, error: 'the host did not resolve within 50 ms' });
 });
 
-// The message named what the lookup left of the timeout ("within 299 ms" for a 300 ms timeout):
-// a webhook's owner reads the setting they know.
-t.test('a receiver that never answers: the error names the whole timeout, the lookup included', async (t) => {
+// A receiver on 127.0.0.1 that takes requests and never answers; its port.
+async function silentReceiver(t: Test): Promise<number> {
   const server = http.createServer(() => undefined);
   const port = await listen(server, '127.0.0.1', 0, 'receiver');
   t.teardown(() => {
     server.closeAllConnections();
     return closeServer(server);
   });
+  return port;
+}
+
+// The message named what the lookup left of the timeout ("within 299 ms" for a 300 ms timeout):
+// a webhook's owner reads the setting they know.
+t.test('a receiver that never answers: the error names the whole timeout, the lookup included', async (t) => {
+  const port = await silentReceiver(t);
   const slowLookup = () => sleep(40).then(() => [{ address: '127.0.0.1', family: 4 }]);
   const result = await postWebhook(`http://silent.example:${port}/hook`, {}, '{}', {
     timeoutMs: 200,
@@ -201,6 +208,67 @@ t.test('a receiver that never answers: the error names the whole timeout, the lo
     via: { lookup: slowLookup, slots: lookupSlots(), owner: 'org' },
   });
   t.same(result, { ok: false, statusCode: null, error: 'no complete response within 200 ms' });
+});
+
+// Found by a review of time handling: the attempt's deadline was on the wall clock. Stepped back
+// 5 s during the lookup, the attempt ran 5 s past its timeout (past its claim's lease too, and
+// another worker sent the delivery again); stepped forward, it failed 1 ms after the lookup with
+// a false timeout, an attempt used. On the steady clock it ends at its timeout either way (fails
+// without the fix). The bounds are wide of the timeout: they tell the step's effect, not a speed;
+// the low one allows for a timer's loop time a few milliseconds stale.
+t.test('a wall clock stepped during the lookup neither stretches nor cuts short the attempt', async (t) => {
+  const port = await silentReceiver(t);
+  const realDateNow = Date.now;
+  t.teardown(() => {
+    Date.now = realDateNow;
+  });
+  const timeoutMs = 500;
+  for (const stepMs of [-5_000, 5_000]) {
+    const steppingLookup = async () => {
+      Date.now = () => realDateNow() + stepMs;
+      return [{ address: '127.0.0.1', family: 4 }];
+    };
+    const startedAt = steadyNow();
+    const result = await postWebhook(`http://silent.example:${port}/hook`, {}, '{}', {
+      timeoutMs,
+      allowPrivateTargets: true,
+      via: { lookup: steppingLookup, slots: lookupSlots(), owner: 'org' },
+    });
+    const elapsedMs = steadyNow() - startedAt;
+    Date.now = realDateNow;
+    t.same(result, { ok: false, statusCode: null, error: `no complete response within ${timeoutMs} ms` }, `stepped ${stepMs} ms: a timeout`);
+    t.ok(
+      elapsedMs >= timeoutMs - 50 && elapsedMs < 2 * timeoutMs + 500,
+      `stepped ${stepMs} ms: the attempt ended after ${Math.round(elapsedMs)} ms, at its ${timeoutMs} ms timeout`,
+    );
+  }
+});
+
+// The same review, for the wait for a lookup slot: what the wait left of the timeout was read on
+// the wall clock. Stepped forward while a send waited, a slot granted at once was taken as granted
+// past the deadline ("lookups busy", the host not tried); stepped back, a silent name server held
+// the send for the step past its timeout (fails without the fix).
+t.test('a wall clock stepped during the wait for a lookup slot: the lookup gets what is left of the timeout', async (t) => {
+  const realDateNow = Date.now;
+  t.teardown(() => {
+    Date.now = realDateNow;
+  });
+  const timeoutMs = 500;
+  const resolveSteppedAfterWait = async (stepMs: number, lookup: Lookup) => {
+    const slots = lookupSlots(1, 1);
+    const held = (await slots.take('other-org', 10))!;
+    const resolving = resolveTargetWithin(new URL('https://receiver.example/hook'), false, timeoutMs, { lookup, slots, owner: 'org' });
+    Date.now = () => realDateNow() + stepMs;
+    held();
+    // Bounded: with the step added to the wait, it would end seconds past the timeout.
+    const result = await within(resolving, 2 * timeoutMs + 500);
+    Date.now = realDateNow;
+    return result;
+  };
+  const answering: Lookup = async () => [{ address: '203.0.113.7', family: 4 }];
+  const silent: Lookup = () => new Promise(() => undefined);
+  t.strictSame(await resolveSteppedAfterWait(5_000, answering), [{ address: '203.0.113.7', family: 4 }], 'stepped forward: resolved');
+  t.equal(await resolveSteppedAfterWait(-5_000, silent), 'lookup timed out', 'stepped back: timed out at its timeout');
 });
 
 // A host with several addresses is tried at each; when all refuse, Node reports an AggregateError
