@@ -15,6 +15,8 @@ export interface LookupSlots {
   take(owner: string, waitMs: number): Promise<(() => void) | undefined>;
   /** Lookups holding a slot now. */
   readonly inUse: number;
+  /** Whether `owner`'s own lookups hold its whole share: a wait in vain was then for its own. */
+  holdsShare(owner: string): boolean;
 }
 
 interface Waiter {
@@ -60,6 +62,7 @@ export function lookupSlots(total = WEBHOOK_LOOKUP_SLOTS, perOwner = 1): LookupS
     get inUse() {
       return inUse;
     },
+    holdsShare: (owner) => (held.get(owner) ?? 0) >= perOwner,
     take(owner, waitMs) {
       if (mayStart(owner)) return Promise.resolve(start(owner));
       return new Promise((resolve) => {

@@ -138,7 +138,10 @@ export async function resolveTargetWithin(url: URL, allowPrivate: boolean, timeo
   // time as granted late, or gave a silent name server the step on top of the timeout.
   const startedAt = steadyNow();
   const release = await via.slots.take(via.owner, timeoutMs);
-  if (!release) return 'lookups busy';
+  // Waiting behind its own org's lookups (its name server not answering) is its host not
+  // resolving, an attempt like any: put back uncounted, such an org's deliveries came back every
+  // WEBHOOK_RETRY_BASE_MS and never gave up, and its creates were told the server was busy.
+  if (!release) return via.slots.holdsShare(via.owner) ? 'lookup timed out' : 'lookups busy';
   const leftMs = timeoutMs - (steadyNow() - startedAt);
   // A slot granted at the deadline: a lookup started now would hold it, and a thread, for nothing.
   if (leftMs <= 0) {
