@@ -1,7 +1,7 @@
 import http from 'node:http';
 import t from 'tap';
 import { waitFor } from '../harness/wait';
-import { seedOrg, startTestApi } from './helpers/api';
+import { seedOrg, startTestApi, verificationsOf } from './helpers/api';
 import { freshDatabase } from './helpers/database';
 
 // A change was authorized when its request arrived and made once its body had been read: a client
@@ -45,9 +45,10 @@ for (const { name, meanwhile, status, outcome } of cases) {
     const { db } = await freshDatabase(t);
     const api = await startTestApi(t, db);
     const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+    const verified = verificationsOf(api);
     const slow = slowPost(api.port, `/api/orgs/${org.id}/api-keys`, adminKey, { name: 'late', scopes: ['keys:read', 'keys:write'], expiresAt: null });
-    // Authorized, it holds its org's turn while its body is on its way (its use is recorded when answered).
-    await waitFor('the create to be authorized', () => (api.orgTurns.busyOrgs() === 1 ? true : undefined));
+    // Its key checked, it waits for its body (its use is recorded when answered).
+    await waitFor("the create's key to be checked", () => (verified() === 1 ? true : undefined));
     if (meanwhile === 'revoke') await api.services.apiKeys.revoke(org.id, adminKeyId);
     if (meanwhile === 'rotate') await api.services.apiKeys.rotate(org.id, adminKeyId, { graceSeconds: 3600 });
     // Its expiry reached while it waited (written directly: no route moves an expiry earlier).

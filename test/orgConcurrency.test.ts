@@ -4,7 +4,7 @@ import { orgConcurrency, QUEUED_PER_RUNNING } from '../api/auth/orgConcurrency';
 import { lockOrgFor } from '../api/orgs/orgs.repository';
 import { sleep, waitFor } from '../harness/wait';
 import { createDb, type Db } from '../shared/db';
-import { seedOrg, startTestApi } from './helpers/api';
+import { seedOrg, startTestApi, verificationsOf } from './helpers/api';
 import { freshDatabase, someoneWaitsOnLock } from './helpers/database';
 
 // One org's slow requests held the API's shared pool: every other org's requests waited for a
@@ -260,11 +260,12 @@ t.test('a change whose client leaves is recorded once, with the outcome of its a
   await waitFor('the create to be recorded', () => (outcomesOf(acme.adminKeyId).length === 1 ? true : undefined));
   t.same(outcomesOf(acme.adminKeyId), ['ok'], 'gone while its key was verified: recorded ok');
 
-  // Its body held back, the rotate is authorized first; the handler then waits on the lock.
+  // Its body held back, the rotate's key is verified first; the handler then waits on the lock.
+  const verified = verificationsOf(api);
   const body = '{}';
   const rotate = `POST /api/orgs/${acme.org.id}/api-keys/${acme.adminKeyId}/rotate HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${writer.plaintext}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n{`;
   const probe = await rawClient(api.port, rotate);
-  await waitFor('the rotate to be authorized', () => (api.orgTurns.busyOrgs() === 1 ? true : undefined));
+  await waitFor("the rotate's key to be verified", () => (verified() === 1 ? true : undefined));
   const handling = await lockKeys();
   probe.write('}');
   await waitingOnLock(db);
@@ -275,4 +276,29 @@ t.test('a change whose client leaves is recorded once, with the outcome of its a
   t.same(outcomesOf(writer.key.id), ['forbidden'], "gone while its handler ran: the handler's 403");
   await waitFor('every use recorded', () => (api.pendingUses() === 0 ? true : undefined));
   t.pass('nothing left for a stop to wait for');
+});
+
+// A change took its org's turn before its body was read: a body sent slowly, or never finished,
+// held the turn for as long as Node waits for it (300 s), and two froze the org's API, the
+// revocation of their key included (a review; fails without the fix).
+t.test("a change whose body is still on its way holds none of its org's turns", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { API_MAX_CONCURRENT_PER_ORG: '1' } });
+  const { org, adminKey } = await seedOrg(api, db);
+  const slow = net.connect(api.port, '127.0.0.1');
+  t.teardown(() => slow.destroy());
+  await new Promise((resolve) => slow.once('connect', resolve));
+  slow.write(
+    `POST /api/orgs/${org.id}/api-keys HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${adminKey}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{`,
+  );
+  // Its key checked (it is recorded once the body fails): then the org must still be served.
+  await sleep(300);
+  const answered = await fetch(`${api.baseUrl}/api/orgs/${org.id}/api-keys/usage`, {
+    headers: { authorization: `Bearer ${adminKey}` },
+    signal: AbortSignal.timeout(5000),
+  }).then(
+    (response) => response.status,
+    (error: Error) => error.name,
+  );
+  t.equal(answered, 200, 'the org is served while a body is on its way');
 });

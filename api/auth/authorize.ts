@@ -139,6 +139,32 @@ function turnOf(deps: AuthorizeDeps, req: Request, res: Response, orgId: string)
 // a key changed while the change waited, RefusedUseError; the error middleware answers even a
 // client that left). A client gone before its handler was reached: recorded ok then.
 // Returns what to call as the handler is reached.
+// A change's body is read after its key is checked (an anonymous caller's never is) and before it
+// takes its org's turn and write budget: read after them, a body sent slowly, or never finished,
+// held one of its org's API_MAX_CONCURRENT_PER_ORG turns for as long as Node waits for it (300 s),
+// and two such requests froze the org's API, the revocation of their own key included (a review).
+// A key whose body is refused (bad JSON, too large, one sent to a route that takes none) is still
+// a use, recorded as allowed, as it was when the route read the body.
+async function readBody(
+  deps: AuthorizeDeps,
+  body: RequestHandler,
+  req: Request,
+  res: Response,
+  key: { id: string; orgId: string },
+  ip: string,
+  outcome: Outcome,
+) {
+  try {
+    await new Promise<void>((resolve, reject) => {
+      // jsonBody and noBody pass an Error (an AppError, or body-parser's) or nothing.
+      void body(req, res, (error?: unknown) => (error instanceof Error ? reject(error) : resolve()));
+    });
+  } catch (error) {
+    deps.recordUse(key.id, key.orgId, ip, outcome);
+    throw error;
+  }
+}
+
 function recordWhenAnswered(deps: AuthorizeDeps, req: Request, res: Response, key: { id: string; orgId: string }, ip: string): () => void {
   deps.pendingUses?.begin();
   let recorded = false;
@@ -215,7 +241,7 @@ function isOtherOrg(param: unknown, orgId: string): boolean {
 // allowed here, when it is answered), with its outcome. Recording is an in-memory increment: no
 // await, no I/O, nothing that can throw.
 export function authorizer(deps: AuthorizeDeps) {
-  return (requirement: Requirement = {}): RequestHandler =>
+  return (requirement: Requirement = {}, body?: RequestHandler): RequestHandler =>
     async (req, res, next) => {
       const ip = deps.clientAddress(req);
       const ipWaitMs = deps.throttle.refuseIp(ip);
@@ -244,6 +270,7 @@ export function authorizer(deps: AuthorizeDeps) {
       }
 
       const { outcome, refusal } = decide(verdict, requirement, req);
+      if (refusal === undefined && body !== undefined) await readBody(deps, body, req, res, verdict.key, ip, outcome);
       const writeWaitMs = refusal === undefined && requirement.currentSecret ? (deps.orgWrites?.take(verdict.key.orgId) ?? 0) : 0;
       const overBudget = writeWaitMs > 0 ? tooManyWrites(res, writeWaitMs, deps.orgWrites!.perMinute) : undefined;
       // The org's routes read and write its rows (whoami is answered from the key cache). A request

@@ -135,20 +135,25 @@ export const apiKeysRoutes: RouteContract[] = [
   },
 ];
 
-export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requirement: Requirement) => RequestHandler; auditIp: (ip: string) => string }) {
+export function apiKeysRouter(deps: {
+  service: ApiKeysService;
+  authorize: (requirement: Requirement, body?: RequestHandler) => RequestHandler;
+  auditIp: (ip: string) => string;
+}) {
   const { service, authorize } = deps;
   // The acting key and the client address, for the key-hands-out-no-more rule and the audit log.
   const changeContext = (res: Response) => ({ actor: res.locals.auth!.key, ip: deps.auditIp(res.locals.auth!.ip) });
   const readKeys = authorize(READ_ORG);
-  const writeKeys = authorize(MANAGE_ORG);
-  // Bodies are parsed after authentication: an anonymous caller gets 401 without its body being
-  // read, and a key that sends bad JSON is still counted as a use.
-  const readJson = jsonBody('16kb');
+  // Bodies are read by authorize, after authentication and before the org's turn: an anonymous
+  // caller gets 401 without its body being read, a key that sends bad JSON is still counted as a
+  // use, and a body on its way holds no turn (api/auth/authorize.ts, readBody).
+  const writeKeys = authorize(MANAGE_ORG, jsonBody('16kb'));
+  const writeKeysNoBody = authorize(MANAGE_ORG, noBody);
   // Up to 10,000 key ids (about 390 kB) from a dry run.
-  const readCleanUp = jsonBody('512kb');
+  const cleanUp = authorize(MANAGE_AND_READ_ORG, jsonBody('512kb'));
   const router = Router({ mergeParams: true });
 
-  router.post('/', writeKeys, noQuery, readJson, async (req, res) => {
+  router.post('/', writeKeys, noQuery, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(createBody, req.body, 'body');
     const created = await service.create(
@@ -165,13 +170,13 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
     res.json(await service.list(id, page));
   });
 
-  router.post('/revoke-dormant', authorize(MANAGE_AND_READ_ORG), noQuery, readCleanUp, async (req, res) => {
+  router.post('/revoke-dormant', cleanUp, noQuery, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(revokeDormantBody, req.body, 'body');
     res.json(await service.revokeDormant(id, body, changeContext(res)));
   });
 
-  router.patch('/:keyId', writeKeys, noQuery, readJson, async (req, res) => {
+  router.patch('/:keyId', writeKeys, noQuery, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(patchBody, req.body, 'body');
     res.json(await service.setExpectedNetworks(id, keyId, body.expectedNetworks, changeContext(res)));
@@ -182,14 +187,14 @@ export function apiKeysRouter(deps: { service: ApiKeysService; authorize: (requi
     res.json(await service.get(id, keyId));
   });
 
-  router.post('/:keyId/rotate', writeKeys, noQuery, readJson, async (req, res) => {
+  router.post('/:keyId/rotate', writeKeys, noQuery, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(rotateBody, req.body, 'body');
     const rotated = await service.rotate(id, keyId, { ...changeContext(res), graceSeconds: body.gracePeriodSeconds });
     res.json({ ...rotated.key, key: rotated.plaintext } satisfies z.output<typeof revealedApiKey>);
   });
 
-  router.post('/:keyId/revoke', writeKeys, noQuery, noBody, async (req, res) => {
+  router.post('/:keyId/revoke', writeKeysNoBody, noQuery, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     res.json(await service.revoke(id, keyId, changeContext(res)));
   });

@@ -112,17 +112,22 @@ export const webhooksRoutes: RouteContract[] = [
 // pinging needs keys:write; creating and deleting both: a webhook sends every key event out, and
 // deleting it silences every alert, which a key that cannot read them must not do (a leaked
 // write-only key deleted the admin's webhook).
-export function webhooksRouter(deps: { service: WebhooksService; authorize: (requirement: Requirement) => RequestHandler; auditIp: (ip: string) => string }) {
+export function webhooksRouter(deps: {
+  service: WebhooksService;
+  authorize: (requirement: Requirement, body?: RequestHandler) => RequestHandler;
+  auditIp: (ip: string) => string;
+}) {
   const { service } = deps;
   const changeContext = (res: Response) => ({ actor: res.locals.auth!.key, ip: deps.auditIp(res.locals.auth!.ip) });
   // Each route's requirement is its contract's, so the OpenAPI document cannot say another (it
   // said keys:write alone for a delete that took keys:read too). A leaked previous secret must
   // not be able to point the org's events at its own receiver: changes need the current one.
-  const authorize = (operationId: string) => deps.authorize(webhooksRoutes.find((route) => route.operationId === operationId)!.auth!);
-  const readJson = jsonBody('16kb');
+  // A change's body is read by authorize, before the org's turn (api/auth/authorize.ts, readBody).
+  const authorize = (operationId: string, body?: RequestHandler) =>
+    deps.authorize(webhooksRoutes.find((route) => route.operationId === operationId)!.auth!, body);
   const router = Router({ mergeParams: true });
 
-  router.post('/', authorize('createWebhook'), noQuery, readJson, async (req, res) => {
+  router.post('/', authorize('createWebhook', jsonBody('16kb')), noQuery, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(createBody, req.body, 'body');
     const created = await service.create(id, body, changeContext(res));
@@ -135,7 +140,7 @@ export function webhooksRouter(deps: { service: WebhooksService; authorize: (req
     res.json(await service.list(id, page));
   });
 
-  router.delete('/:webhookId', authorize('deleteWebhook'), noQuery, noBody, async (req, res) => {
+  router.delete('/:webhookId', authorize('deleteWebhook', noBody), noQuery, async (req, res) => {
     const { id, webhookId } = parseInput(webhookParams, req.params, 'params');
     await service.remove(id, webhookId, changeContext(res));
     res.status(204).end();
@@ -147,7 +152,7 @@ export function webhooksRouter(deps: { service: WebhooksService; authorize: (req
     res.json(await service.deliveries(id, webhookId, query));
   });
 
-  router.post('/:webhookId/test', authorize('pingWebhook'), noQuery, noBody, async (req, res) => {
+  router.post('/:webhookId/test', authorize('pingWebhook', noBody), noQuery, async (req, res) => {
     const { id, webhookId } = parseInput(webhookParams, req.params, 'params');
     res.status(202).json(await service.ping(id, webhookId, changeContext(res)));
   });

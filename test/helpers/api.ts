@@ -148,3 +148,19 @@ export async function twoOrgWorld(t: Test, start: number) {
   const globex = await seedOrg(api, db, 'globex');
   return { db, api, clock, acme, globex };
 }
+
+/**
+ * Counts the key verifications the API completes from now on: a change's key is checked before its
+ * body is read, and before it takes its org's turn (api/auth/authorize.ts, readBody), so a test
+ * that holds a body back waits for this to know the key was checked.
+ */
+export function verificationsOf(api: Pick<Awaited<ReturnType<typeof startTestApi>>, 'verifier'>): () => number {
+  let verified = 0;
+  const verify = api.verifier.verify.bind(api.verifier);
+  api.verifier.verify = async (...args) => {
+    const verdict = await verify(...args);
+    verified += 1;
+    return verdict;
+  };
+  return () => verified;
+}
