@@ -1,4 +1,6 @@
+import { parseArgs } from 'node:util';
 import { createDb, type Db } from '../../shared/db';
+import { exitWhenDone } from '../lib/commandExit';
 
 // Lays keyusage's tables out on a Citus cluster (docs/scaling.md), after `npm run migrate`.
 // Idempotent: tables already laid out are skipped, so it runs again after every migration.
@@ -38,10 +40,10 @@ const TRUNCATE_GUARD = { table: 'audit_log', trigger: 'audit_log_no_truncate' };
 // repmodel 's', no co-location group, where a single-shard table has one): it is in
 // pg_dist_partition but still on the coordinator alone, and was skipped
 // as laid out, so the sweep's LATERAL over it failed on every sweep. Such a table still waits.
+const LAID_OUT = `not (partmethod = 'n' and repmodel = 's' and colocationid = 0)`;
+
 async function laidOut(db: Db): Promise<Set<string>> {
-  const { rows } = await db.raw(
-    `select logicalrelid::regclass::text as name from pg_dist_partition where not (partmethod = 'n' and repmodel = 's' and colocationid = 0)`,
-  );
+  const { rows } = await db.raw(`select logicalrelid::regclass::text as name from pg_dist_partition where ${LAID_OUT}`);
   return new Set(rows.map((row: { name: string }) => row.name));
 }
 
@@ -80,8 +82,22 @@ async function foreignKeysAmong(db: Db, tables: readonly string[]): Promise<Fore
   return rows;
 }
 
+// Run against a plain PostgreSQL (a DATABASE_URL that names the old server, or a node where the
+// extension was never created), the first catalog read failed with `relation "pg_dist_partition"
+// does not exist`, which names neither the cause nor the fix.
+async function assertCitusInstalled(db: Db): Promise<void> {
+  const { rows } = await db.raw(`select 1 from pg_extension where extname = 'citus'`);
+  if (rows.length === 0) {
+    throw new Error(
+      'the citus extension is not installed in this database: DATABASE_URL must name the database on the Citus coordinator ' +
+        'where `create extension citus` ran (docs/scaling.md, "Moving to Citus"); nothing was changed',
+    );
+  }
+}
+
 /** Returns the tables it laid out now. */
 export async function distributeTables(db: Db): Promise<string[]> {
+  await assertCitusInstalled(db);
   const done = await laidOut(db);
   const changed: string[] = [];
   for (const sql of LEGACY_FOR_ROLLING_DEPLOY) await db.raw(sql);
@@ -95,8 +111,7 @@ export async function distributeTables(db: Db): Promise<string[]> {
   await distributePending(db, pending);
   changed.push(...pending);
   for (const signature of FUNCTIONS) await db.raw('select create_distributed_function(?)', [signature]);
-  // Rows that existed before are now copied into the shards; the coordinator's originals go.
-  await emptyLocalCopies(db, changed);
+  await emptyLocalCopies(db);
   return changed;
 }
 
@@ -161,27 +176,82 @@ async function pauseInsertTriggers(trx: Db, table: string): Promise<Array<{ name
   return rows;
 }
 
-async function emptyLocalCopies(db: Db, tables: readonly string[]): Promise<void> {
+// Laying a table out copies its rows into its shards and leaves the originals in the coordinator's
+// own storage of it, read by nothing (Citus's notice advises emptying it). Every laid-out table
+// whose own storage still has pages is emptied, not only those laid out in this run:
+// create_reference_table commits on its own, so a run refused after it left the reference tables'
+// originals (every org, every key hash) behind, and the next run, finding those tables laid out,
+// never emptied them. A copy already emptied has no pages: a run with none left changes nothing.
+async function emptyLocalCopies(db: Db): Promise<void> {
+  const { rows } = await db.raw(
+    `select logicalrelid::regclass::text as name from pg_dist_partition where ${LAID_OUT} and pg_relation_size(logicalrelid) > 0 order by 1`,
+  );
+  if (rows.length === 0) return;
   await db.raw('alter table ?? disable trigger ??', [TRUNCATE_GUARD.table, TRUNCATE_GUARD.trigger]);
   try {
-    for (const table of tables) await db.raw('select truncate_local_data_after_distributing_table(?)', [table]);
+    for (const { name } of rows) await db.raw('select truncate_local_data_after_distributing_table(?)', [name]);
   } finally {
     await db.raw('alter table ?? enable trigger ??', [TRUNCATE_GUARD.table, TRUNCATE_GUARD.trigger]);
   }
 }
 
-if (require.main === module) {
-  const url = process.env.DATABASE_URL;
+export const USAGE = [
+  'usage: DATABASE_URL=postgres://<owner>@<coordinator>/keyusage npm run citus:distribute',
+  '',
+  "Lays keyusage's tables out on the Citus cluster whose coordinator DATABASE_URL names, after npm run migrate",
+  '(docs/scaling.md, "Moving to Citus"). Idempotent: run it after every migration. It takes no arguments.',
+].join('\n');
+
+export type Invocation = { kind: 'distribute' } | { kind: 'help' } | { kind: 'refused'; message: string };
+
+// It read no argument, so `--help` with DATABASE_URL set started laying the database out.
+export function readArguments(argv: readonly string[]): Invocation {
+  try {
+    const { values } = parseArgs({ args: [...argv], options: { help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: false });
+    return values.help ? { kind: 'help' } : { kind: 'distribute' };
+  } catch (error) {
+    // parseArgs names the argument it refused (an unknown option, an unexpected positional).
+    return { kind: 'refused', message: (error as Error).message };
+  }
+}
+
+export interface DistributeIo {
+  out: (line: string) => void;
+  err: (line: string) => void;
+}
+
+const stdio: DistributeIo = {
+  out: (line) => void process.stdout.write(`${line}\n`),
+  err: (line) => void process.stderr.write(`${line}\n`),
+};
+
+/** 0 when every table is laid out, or for --help; 2 for a wrong invocation; 1, with `error: …`, when it fails. */
+export async function main(argv: readonly string[], env: NodeJS.ProcessEnv, io: DistributeIo = stdio): Promise<number> {
+  const invocation = readArguments(argv);
+  if (invocation.kind === 'help') {
+    io.out(USAGE);
+    return 0;
+  }
+  if (invocation.kind === 'refused') {
+    io.err(`error: ${invocation.message}\n\n${USAGE}`);
+    return 2;
+  }
+  const url = env.DATABASE_URL;
   if (!url) {
-    console.error('DATABASE_URL must name the Citus coordinator database (its owner, as for npm run migrate)');
-    process.exit(2);
+    io.err('error: DATABASE_URL must name the Citus coordinator database (its owner, as for npm run migrate)');
+    return 2;
   }
   const db = createDb(url, { poolMax: 1, applicationName: 'keyusage-citus-distribute' });
-  distributeTables(db)
-    .then((changed) => console.log(changed.length ? `laid out: ${changed.join(', ')}` : 'every table was already laid out'))
-    .catch((error) => {
-      console.error(error.message);
-      process.exitCode = 1;
-    })
-    .finally(() => db.destroy());
+  try {
+    const changed = await distributeTables(db);
+    io.out(changed.length ? `laid out: ${changed.join(', ')}` : 'every table was already laid out');
+    return 0;
+  } catch (error) {
+    io.err(`error: ${(error as Error).message}`);
+    return 1;
+  } finally {
+    await db.destroy();
+  }
 }
+
+if (require.main === module) exitWhenDone(main(process.argv.slice(2), process.env), stdio.err);

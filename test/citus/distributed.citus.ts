@@ -454,3 +454,35 @@ t.test('citus:distribute lays out a database that holds key events, enqueues no 
   const [after] = await db('key_events').insert(event('key.new_ip')).returning('id');
   t.strictSame((await deliveries()).map((d) => d.event_id).sort(), [withDelivery.id, after.id].sort(), 'an event after the move gets exactly one delivery');
 });
+
+// Laying a table out leaves its original rows in the coordinator's own storage of it, which
+// citus:distribute empties. create_reference_table commits on its own, before the other tables
+// are distributed in one transaction: a run refused there left organizations laid out with every
+// org still in that storage, and the run that succeeded next emptied only the copies of the tables
+// it laid out itself (organizations: 8192 bytes, against 0).
+t.test('citus:distribute refused after laying out the reference tables empties their coordinator copies on the run that succeeds', async (t) => {
+  const { db: shared } = await freshDatabase(t, { poolMax: 1 });
+  const db = await undistributedDatabase(t, shared);
+  await db('organizations').insert({ name: 'moving' });
+  await db.raw('create table zz_refused (org_id uuid not null, id int primary key)');
+  // The tables of pg_dist_partition whose storage on the coordinator itself has pages.
+  const coordinatorCopies = async () =>
+    (await db.raw(`select logicalrelid::regclass::text as name from pg_dist_partition where pg_relation_size(logicalrelid) > 0 order by 1`)).rows.map(
+      (row: { name: string }) => row.name,
+    );
+
+  await t.rejects(distributeTables(db), /failed distributing zz_refused: .*cannot create constraint on "zz_refused".*Rolled back/);
+  const reference = await db.raw(`select logicalrelid::regclass::text as name from pg_dist_partition where partmethod = 'n' and repmodel = 't' order by 1`);
+  t.strictSame(
+    reference.rows.map((row: { name: string }) => row.name),
+    [...REFERENCE_TABLES].sort(),
+    'the reference tables stayed laid out',
+  );
+  t.ok((await coordinatorCopies()).includes('organizations'), "with the org's original row still on the coordinator");
+
+  await db.raw('alter table zz_refused drop constraint zz_refused_pkey, add primary key (org_id, id)');
+  t.ok((await distributeTables(db)).includes('zz_refused'), 'a run again lays the rest out');
+  t.strictSame(await coordinatorCopies(), [], 'and no laid-out table keeps its original rows on the coordinator, the reference tables included');
+  t.strictSame(await db('organizations').pluck('name'), ['moving'], 'the org is in its shards');
+  t.strictSame(await distributeTables(db), [], 'a third run has nothing to do');
+});
