@@ -139,12 +139,14 @@ function turnOf(deps: AuthorizeDeps, req: Request, res: Response, orgId: string)
 // a key changed while the change waited, RefusedUseError; the error middleware answers even a
 // client that left). A client gone before its handler was reached: recorded ok then.
 // Returns what to call as the handler is reached.
-// A change's body is read after its key is checked (an anonymous caller's never is) and before it
-// takes its org's turn and write budget: read after them, a body sent slowly, or never finished,
-// held one of its org's API_MAX_CONCURRENT_PER_ORG turns for as long as Node waits for it (300 s),
-// and two such requests froze the org's API, the revocation of their own key included (a review).
-// A key whose body is refused (bad JSON, too large, one sent to a route that takes none) is still
-// a use, recorded as allowed, as it was when the route read the body.
+// A change's body is read after its key is checked (an anonymous caller's never is) and its write
+// budget taken, before it takes its org's turn: read after the turn, a body sent slowly, or never
+// finished, held one of its org's API_MAX_CONCURRENT_PER_ORG turns for as long as Node waits for
+// it (300 s), and two such requests froze the org's API, the revocation of their own key included
+// (a review). A key whose body is refused (bad JSON, too large, one sent to a route that takes
+// none) is still a use, recorded as allowed, as it was when the route read the body. The use is
+// pending while the body is read (a stop waits for it); the caller ends that once it has recorded
+// the use, or handed it to recordWhenAnswered.
 async function readBody(
   deps: AuthorizeDeps,
   body: RequestHandler,
@@ -153,7 +155,8 @@ async function readBody(
   key: { id: string; orgId: string },
   ip: string,
   outcome: Outcome,
-) {
+): Promise<() => void> {
+  deps.pendingUses?.begin();
   try {
     await new Promise<void>((resolve, reject) => {
       // jsonBody and noBody pass an Error (an AppError, or body-parser's) or nothing.
@@ -161,8 +164,10 @@ async function readBody(
     });
   } catch (error) {
     deps.recordUse(key.id, key.orgId, ip, outcome);
+    deps.pendingUses?.end();
     throw error;
   }
+  return () => deps.pendingUses?.end();
 }
 
 function recordWhenAnswered(deps: AuthorizeDeps, req: Request, res: Response, key: { id: string; orgId: string }, ip: string): () => void {
@@ -270,9 +275,11 @@ export function authorizer(deps: AuthorizeDeps) {
       }
 
       const { outcome, refusal } = decide(verdict, requirement, req);
-      if (refusal === undefined && body !== undefined) await readBody(deps, body, req, res, verdict.key, ip, outcome);
       const writeWaitMs = refusal === undefined && requirement.currentSecret ? (deps.orgWrites?.take(verdict.key.orgId) ?? 0) : 0;
       const overBudget = writeWaitMs > 0 ? tooManyWrites(res, writeWaitMs, deps.orgWrites!.perMinute) : undefined;
+      // Known from here, for the request log too (a body refused, a client gone while sending it).
+      if (refusal === undefined && overBudget === undefined) res.locals.auth = { key: verdict.key, secret: verdict.secret, ip };
+      const bodyRead = res.locals.auth !== undefined && body !== undefined ? await readBody(deps, body, req, res, verdict.key, ip, outcome) : undefined;
       // The org's routes read and write its rows (whoami is answered from the key cache). A request
       // refused for too many of its org's waiting, or over its changes' budget, is a proven use
       // refused by policy: forbidden.
@@ -281,6 +288,7 @@ export function authorizer(deps: AuthorizeDeps) {
       const recorded = refusal || (turn && !overBudget) ? outcome : 'forbidden';
       const reached = recorded === 'ok' && requirement.currentSecret ? recordWhenAnswered(deps, req, res, verdict.key, ip) : undefined;
       if (!reached) deps.recordUse(verdict.key.id, verdict.key.orgId, ip, recorded);
+      bodyRead?.();
       if (refusal) throw refusal;
       if (overBudget) throw overBudget;
       if (!turn) {
@@ -291,7 +299,6 @@ export function authorizer(deps: AuthorizeDeps) {
       await turn.started;
       // Its client left as it got its turn: nothing to answer, and the place goes back.
       if (res.closed || req.socket.destroyed) return turn.release();
-      res.locals.auth = { key: verdict.key, secret: verdict.secret, ip };
       reached?.();
       next();
     };
