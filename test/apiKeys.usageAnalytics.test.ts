@@ -209,11 +209,8 @@ t.test('dormant=true|false and status=: dormant means still usable and unused; e
   let now = Date.parse('2026-11-25T12:00:00Z');
   const api = await startTestApi(t, db, { now: () => now });
   const { org, adminKey, adminKeyId } = await seedOrg(api, db);
-  // A key's creation time is the API's clock: a millisecond apart, they sort in creation order.
-  const create = async (name: string, expiresAt: Date | null = null) => {
-    now += 1;
-    return (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt })).key.id;
-  };
+  const create = async (name: string, expiresAt: Date | null = null) =>
+    (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt })).key.id;
   const used = async (keyId: string, daysAgo: number) =>
     db('api_key_usage').insert({
       key_id: keyId,

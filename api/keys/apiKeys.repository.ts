@@ -74,12 +74,6 @@ export interface NewApiKey {
   scopes: Scope[];
   expiresAt: Date | null;
   expectedNetworks?: string[] | null;
-  /**
-   * On the creating service's clock, the one its expiry, revocation and rotation times are on: from
-   * the database's now() beside them, a key whose API clock ran behind was shown created after it
-   * expired and revoked before it was created. The database's now() when not given (seeding).
-   */
-  createdAt?: Date;
 }
 
 /** Call it inside a transaction when the key has expected networks (two statements). */
@@ -94,7 +88,6 @@ export async function insertApiKey(db: Db, key: NewApiKey): Promise<ApiKeyRecord
       secret_pepper_id: key.secretPepperId,
       scopes: key.scopes,
       expires_at: key.expiresAt,
-      created_at: key.createdAt,
     })
     .returning('*');
   // Citus refuses a subquery in an INSERT (networksValue's), and a key created with networks

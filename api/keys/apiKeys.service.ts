@@ -272,8 +272,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
   return {
     async create(orgId: string, input: CreateKeyInput, context: ChangeContext = {}) {
       const { actor } = context;
-      const now = deps.now();
-      if (input.expiresAt && input.expiresAt.getTime() <= now) {
+      if (input.expiresAt && input.expiresAt.getTime() <= deps.now()) {
         throw new InvalidInputError('expiresAt: must be in the future');
       }
       assertWithinActor(actor, input, 'create');
@@ -288,7 +287,6 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         scopes: input.scopes,
         expiresAt: input.expiresAt,
         expectedNetworks: networksOrNull(input.expectedNetworks),
-        createdAt: new Date(now),
       };
       const key = await audited(
         orgId,
