@@ -3,7 +3,7 @@
 // event is recorded exactly when its usage is). Beside the flush: the time-based sweep, retention,
 // and trimming the history.
 import type { PoolClient } from 'pg';
-import type { Db } from '../shared/db';
+import { isoTimeSql, type Db } from '../shared/db';
 import { IDLE_SINCE_SQL, dormantKeySql } from '../shared/dormancy';
 import type { KeyUsageDelta } from './aggregator';
 import { BASELINE_DAYS } from '../shared/keyEvents';
@@ -242,17 +242,16 @@ const SWEPT_AT = `date_trunc('milliseconds', cast(:now as timestamptz))`;
 // work_mem. The dedupe key names the use (or rotation) it followed, so a key used or rotated
 // again and left idle again raises a new event. A rotation is named only when it came after the
 // last use and the creation, so the dedupe keys of events written before rotations counted stay.
-// A time in an event's details as the API writes every time (new Date().toISOString()): the
-// jsonb of a timestamptz is `2026-12-06T03:40:37+00:00`, which a receiver comparing it with the
-// key's own expiresAt as text found different.
-const isoTime = (time: string) => `to_char((${time}) at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+// Times in an event's details are written as the API writes every time (isoTimeSql): the jsonb of
+// a timestamptz is `2026-12-06T03:40:37+00:00`, which a receiver comparing it with the key's own
+// expiresAt as text found different.
 
 const SWEEP_DORMANT = `
 insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
 select k.org_id, k.id, 'key.dormant',
        ${SWEPT_AT},
-       jsonb_build_object('lastUsedAt', ${isoTime('u.last_used_at')}, 'dormantDays', o.dormancy_days,
-                          'crossedAt', ${isoTime(`${IDLE_SINCE_SQL} + o.dormancy_days * ${DAY}`)}),
+       jsonb_build_object('lastUsedAt', ${isoTimeSql('u.last_used_at')}, 'dormantDays', o.dormancy_days,
+                          'crossedAt', ${isoTimeSql(`${IDLE_SINCE_SQL} + o.dormancy_days * ${DAY}`)}),
        'key.dormant:' || k.id || ':' || coalesce(cast(extract(epoch from u.last_used_at) * 1000 as bigint)::text, 'never')
          || case when k.rotated_at > coalesce(u.last_used_at, k.created_at)
                  then ':rotated:' || cast(extract(epoch from k.rotated_at) * 1000 as bigint) else '' end
@@ -276,8 +275,8 @@ const EXPIRING_CROSSED = `greatest(k.expires_at - t.days * ${DAY}, k.created_at)
 const SWEEP_EXPIRING = `
 insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
 select k.org_id, k.id, 'key.expiring', ${SWEPT_AT},
-       jsonb_build_object('expiresAt', ${isoTime('k.expires_at')}, 'daysBefore', t.days,
-                          'crossedAt', ${isoTime(EXPIRING_CROSSED)}),
+       jsonb_build_object('expiresAt', ${isoTimeSql('k.expires_at')}, 'daysBefore', t.days,
+                          'crossedAt', ${isoTimeSql(EXPIRING_CROSSED)}),
        'key.expiring:' || k.id || ':' || t.days || 'd:' || cast(extract(epoch from k.expires_at) * 1000 as bigint)
   from ${TABLE.apiKeys} k
   cross join lateral (select min(d) as days from unnest(cast(:days as int[])) as d where k.expires_at - d * ${DAY} <= :now) t

@@ -26,6 +26,9 @@ export function exactCount(value: string | number): Count {
   return Number.isSafeInteger(n) ? n : String(value);
 }
 
+/** SQL for a timestamptz as text in the form toISOString() gives (`2026-12-06T03:40:37.000Z`), whatever the session's zone. */
+export const isoTimeSql = (time: string) => `to_char((${time}) at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')`;
+
 pg.types.setTypeParser(pg.types.builtins.INT8, exactCount);
 // cidr[] (api_keys.expected_networks) as an array of strings, like text[].
 type TypeId = Parameters<typeof pg.types.setTypeParser>[0];

@@ -1,4 +1,4 @@
-import type { Db } from './db';
+import { isoTimeSql, type Db } from './db';
 import { IP_DETAIL_FIELDS } from './keyEvents';
 import { TABLE } from './tables';
 import { deltaIpsSql, lockOrgFolds } from './usageLogDelta';
@@ -169,7 +169,7 @@ async function erase(db: Db, where: (query: Query, keyColumn: string, seenColumn
 export function expireIpData(db: Db, retentionDays: number): Promise<ErasedIps> {
   const cutoff = 'now() - make_interval(days => ?)';
   // The same instant in the payload's own text form (the outbox trigger's to_char, or toISOString).
-  const isoCutoff = `to_char((${cutoff}) at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') collate "C"`;
+  const isoCutoff = `${isoTimeSql(cutoff)} collate "C"`;
   return erase(db, (query, _keyColumn, seenColumn, seenIsIsoText) => query.whereRaw(`${seenColumn} < ${seenIsIsoText ? isoCutoff : cutoff}`, [retentionDays]));
 }
 
