@@ -94,8 +94,8 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     const steadyStart = steadyNow();
     const { lookupsBusy, ...result } = await send(delivery);
     const context = { webhookId: delivery.webhookId, deliveryId: delivery.id, eventId: delivery.eventId, attempt: delivery.attempt };
-    // Every lookup slot it could take stayed held (by lookups whose name servers do not answer),
-    // so the host was not tried. Counted as a failed attempt, two orgs with such name servers
+    // Other orgs' lookups (of name servers that do not answer) held every slot, so the host was
+    // not tried (behind its own org's, it is an attempt that did not resolve). Counted as a failed attempt, two orgs with such name servers
     // failed every other org's deliveries within the retry window. The claim's attempt is given
     // back, and the delivery waits WEBHOOK_RETRY_BASE_MS before it is claimed again (it waited
     // WEBHOOK_TIMEOUT_MS for a slot already: never a hot loop).
