@@ -204,7 +204,10 @@ export async function recordAttempt(db: Db, delivery: ClaimedDelivery, outcome: 
       delivery_id: delivery.id,
       attempt: delivery.attempt,
       started_at: outcome.startedAt,
-      duration_ms: Math.round(outcome.durationMs),
+      // Down, not to the nearest: the start is the wall clock's whole millisecond and the duration
+      // the steady clock's, and rounded up the two passed the attempt's end by up to half a
+      // millisecond, ending it after the retry's wait had begun (a flaky test in CI).
+      duration_ms: Math.floor(outcome.durationMs),
       status_code: outcome.statusCode,
       error: outcome.error,
       succeeded: outcome.succeeded,
