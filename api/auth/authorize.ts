@@ -278,13 +278,13 @@ export function authorizer(deps: AuthorizeDeps) {
       const writeWaitMs = refusal === undefined && requirement.currentSecret ? (deps.orgWrites?.take(verdict.key.orgId) ?? 0) : 0;
       const overBudget = writeWaitMs > 0 ? tooManyWrites(res, writeWaitMs, deps.orgWrites!.perMinute) : undefined;
       // Known from here, for the request log too (a body refused, a client gone while sending it).
-      if (refusal === undefined && overBudget === undefined) res.locals.auth = { key: verdict.key, secret: verdict.secret, ip };
-      const bodyRead = res.locals.auth !== undefined && body !== undefined ? await readBody(deps, body, req, res, verdict.key, ip, outcome) : undefined;
+      const allowed = refusal === undefined && overBudget === undefined;
+      if (allowed) res.locals.auth = { key: verdict.key, secret: verdict.secret, ip };
+      const bodyRead = allowed && body !== undefined ? await readBody(deps, body, req, res, verdict.key, ip, outcome) : undefined;
       // The org's routes read and write its rows (whoami is answered from the key cache). A request
       // refused for too many of its org's waiting, or over its changes' budget, is a proven use
       // refused by policy: forbidden.
-      const turn =
-        refusal === undefined && overBudget === undefined && requirement.orgParam !== undefined ? turnOf(deps, req, res, verdict.key.orgId) : NO_TURN_NEEDED;
+      const turn = allowed && requirement.orgParam !== undefined ? turnOf(deps, req, res, verdict.key.orgId) : NO_TURN_NEEDED;
       const recorded = refusal || (turn && !overBudget) ? outcome : 'forbidden';
       const reached = recorded === 'ok' && requirement.currentSecret ? recordWhenAnswered(deps, req, res, verdict.key, ip) : undefined;
       if (!reached) deps.recordUse(verdict.key.id, verdict.key.orgId, ip, recorded);
