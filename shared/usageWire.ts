@@ -1,5 +1,6 @@
 // The StatsD wire format between the API (encodeUsageLine, packDatagrams) and
-// the collector (parsePacket). Pure: no sockets, no timers.
+// the collector (parsePacket). No sockets, no timers; the one draw is a rated line's rounding
+// (unbiasedRound).
 import { isIP } from 'node:net';
 import { canonicalIpv6 } from './ipv6Canonical';
 
@@ -176,6 +177,7 @@ interface LineFields extends UsageTags {
 // `end` (fieldEnd aside, see there): a packet takes linear time whatever it
 // holds.
 function parseLine(s: string, start: number, end: number): UsageSample | string | null {
+  if (isEventOrServiceCheck(s, start, end)) return null;
   let firstColon = -1;
   let lastColon = -1;
   let firstComma = -1;
@@ -223,13 +225,34 @@ function parseLine(s: string, start: number, end: number): UsageSample | string 
 
   if (type !== 'c') return `${USAGE_METRIC} must be a counter, got type "${type}"`;
   if (!(value > 0)) return `bad value ${quote(s, valueStart, pipe)}`;
-  const count = Math.round(value / fields.rate);
-  if (!(count >= 1 && count <= MAX_LINE_COUNT)) return `count ${count} out of range`;
+  const scaled = value / fields.rate;
+  // Whether the line is valid is decided on the nearest count, as it always was, never on the
+  // draw: a value below 1 (no client sends one for a use) still counts 1, and MAX_LINE_COUNT caps
+  // what one line may say.
+  const nearest = Math.round(scaled);
+  if (!(nearest >= 1 && nearest <= MAX_LINE_COUNT)) return `count ${nearest} out of range`;
+  const count = Math.min(MAX_LINE_COUNT, Math.max(1, unbiasedRound(scaled)));
   if (influxTags) {
     const error = readTags(s, firstComma + 1, valueStart - 1, EQUALS, fields);
     if (error) return error;
   }
   return usageSample(fields, count);
+}
+
+// DogStatsD events (`_e{5,4}:title|text|#tags`) and service checks (`_sc|name|0|…`) are not
+// metrics: the comma in `{5,4}` would read as Telegraf tags, a service check has no ':', and both
+// may hold spaces. They are other lines, relayed whole like any metric that is not usage.
+function isEventOrServiceCheck(s: string, start: number, end: number): boolean {
+  return end - start >= 3 && (matchesAt(s, start, '_e{') || (end - start >= 4 && matchesAt(s, start, '_sc|')));
+}
+
+// A client sampling at a rate sends each kept call as `:1|c|@rate`: rounding 1/rate to the nearest
+// count biased every such line the same way (@0.7 counted 1, not 1.43: −30 %; @0.4 counted 3,
+// not 2.5: +20 %). Rounding up with the probability of the fraction makes the count right on
+// average, as Etsy statsd's and the Datadog agent's float sums are. A whole number draws nothing.
+function unbiasedRound(x: number): number {
+  const whole = Math.floor(x);
+  return x > whole && Math.random() < x - whole ? whole + 1 : whole;
 }
 
 // The `|`-separated fields after the type, s[typeEnd, end) of the line starting at `start`: a

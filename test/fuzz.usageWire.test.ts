@@ -17,6 +17,7 @@ import {
   type UsageSample,
 } from '../shared/usageWire';
 import { canonicalIpv6 } from '../shared/ipv6Canonical';
+import { stubRandom } from './helpers/fixedRandom';
 import { parseWithParity } from './helpers/parseParity';
 import { LONG } from './helpers/faults';
 
@@ -28,6 +29,17 @@ const RUNS = LONG ? 50_000 : 2_000;
 
 // Every packet parsed here is also parsed from its bytes by the collector's parser, which must agree.
 const parse = parseWithParity;
+// What Math.random gives the parsers, which round a fractional count with it; the count
+// properties draw it, so both the floor and the ceiling are reached.
+let draw = 0.5;
+stubRandom(t, () => draw);
+
+/** A valid line's count for `scaled` uses: up iff the draw is below the fraction, within [1, MAX_LINE_COUNT]. */
+function drawnCount(scaled: number): number {
+  const whole = Math.floor(scaled);
+  return Math.min(MAX_LINE_COUNT, Math.max(1, draw < scaled - whole ? whole + 1 : whole));
+}
+const drawArbitrary = fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true });
 
 /** The invariants every accepted sample must meet, whatever the input. */
 function validSample(s: UsageSample): boolean {
@@ -119,7 +131,7 @@ t.test('oversized packets up to 64 KiB: consistent', async (t) => {
   t.pass(`${runs} packets of 1 to 64 KiB: every line accounted for, every sample valid`);
 });
 
-t.test('counts: huge, negative, NaN, Infinity values and rates give exactly round(value / rate), or nothing', async (t) => {
+t.test('counts: huge, negative, NaN, Infinity values and rates give value / rate rounded by the draw, or nothing', async (t) => {
   const valueText = fc.oneof(
     fc.double({ noDefaultInfinity: false }).map(String),
     fc.integer({ min: -1e12, max: 1e12 }).map(String),
@@ -132,22 +144,23 @@ t.test('counts: huge, negative, NaN, Infinity values and rates give exactly roun
   );
   let accepted = 0;
   fc.assert(
-    fc.property(valueText, rateText, (value, rate) => {
+    fc.property(valueText, rateText, drawArbitrary, (value, rate, drawn) => {
+      draw = drawn;
       const { result, samples } = parse(`${USAGE_METRIC}:${value}|c${rate === undefined ? '' : `|@${rate}`}|#key:${KEY},org:${ORG},ip:10.0.0.1,outcome:ok`);
       const v = Number(value);
       const r = rate === undefined ? 1 : Number(rate);
-      // The oracle: a finite positive decimal value, a rate in (0, 1], a scaled count in [1, MAX_LINE_COUNT].
+      // The oracle: a finite positive decimal value, a rate in (0, 1], a nearest count in [1, MAX_LINE_COUNT].
       const decimal = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
-      const count = Math.round(v / r);
+      const nearest = Math.round(v / r);
       const ok =
         decimal.test(value) &&
         Number.isFinite(v) &&
         v > 0 &&
         (rate === undefined || (decimal.test(rate) && r > 0 && r <= 1)) &&
-        count >= 1 &&
-        count <= MAX_LINE_COUNT;
+        nearest >= 1 &&
+        nearest <= MAX_LINE_COUNT;
       if (ok) accepted += 1;
-      return ok ? samples.length === 1 && samples[0].count === count && result.invalid === 0 : samples.length === 0 && result.invalid === 1;
+      return ok ? samples.length === 1 && samples[0].count === drawnCount(v / r) && result.invalid === 0 : samples.length === 0 && result.invalid === 1;
     }),
     { numRuns: RUNS * 5 },
   );
@@ -178,7 +191,7 @@ t.test('ids: UUIDs in any case are accepted as lower case, forged forms never', 
   t.pass('accepted iff both ids are UUIDs, whatever their case');
 });
 
-t.test('packed values: a usage line counts round(sum / rate) iff every value is a positive decimal', async (t) => {
+t.test('packed values: a usage line counts sum / rate rounded by the draw iff every value is a positive decimal', async (t) => {
   const valueText = fc.oneof(
     fc.integer({ min: -3, max: 400_000 }).map(String),
     fc.double({ min: -1, max: 1e6, noNaN: true }).map(String),
@@ -187,16 +200,18 @@ t.test('packed values: a usage line counts round(sum / rate) iff every value is 
   const rateText = fc.option(fc.constantFrom('1', '0.5', '0.25', '0', '2'), { nil: undefined });
   let accepted = 0;
   fc.assert(
-    fc.property(fc.array(valueText, { minLength: 1, maxLength: 6 }), rateText, (values, rate) => {
+    fc.property(fc.array(valueText, { minLength: 1, maxLength: 6 }), rateText, drawArbitrary, (values, rate, drawn) => {
+      draw = drawn;
       const { result, samples } = parse(
         `${USAGE_METRIC}:${values.join(':')}|c${rate === undefined ? '' : `|@${rate}`}|#key:${KEY},org:${ORG},ip:10.0.0.1,outcome:ok`,
       );
       const decimal = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
       const r = rate === undefined ? 1 : Number(rate);
-      const count = Math.round(values.reduce((sum, v) => sum + Number(v), 0) / r);
-      const ok = values.every((v) => decimal.test(v) && Number(v) > 0) && r > 0 && r <= 1 && count >= 1 && count <= MAX_LINE_COUNT;
+      const scaled = values.reduce((sum, v) => sum + Number(v), 0) / r;
+      const nearest = Math.round(scaled);
+      const ok = values.every((v) => decimal.test(v) && Number(v) > 0) && r > 0 && r <= 1 && nearest >= 1 && nearest <= MAX_LINE_COUNT;
       if (ok) accepted += 1;
-      return ok ? samples.length === 1 && samples[0].count === count : samples.length === 0 && result.invalid === 1;
+      return ok ? samples.length === 1 && samples[0].count === drawnCount(scaled) : samples.length === 0 && result.invalid === 1;
     }),
     { numRuns: RUNS * 5 },
   );

@@ -13,6 +13,7 @@ import { waitFor } from '../harness/wait';
 import { freshDatabase, hourRows } from './helpers/database';
 import { seedKeys } from './helpers/faults';
 import { HOUR_MS } from '../shared/timeUnits';
+import { packDatagrams } from '../shared/usageWire';
 
 async function loopbackUpstream(t: Test) {
   const socket = dgram.createSocket('udp4');
@@ -115,6 +116,37 @@ t.test('usage lines from real clients are persisted exactly; every other line is
   dog.close();
   influx.close();
   sdc.close();
+});
+
+// Found by a review: each line's count was round(1 / rate), so hot-shots' `:1|c|@0.7` for every
+// kept call counted 1 use for 1.43 (−30 %), and @0.4 counted 3 for 2.5 (+20 %).
+t.test('sampled lines sum to calls / rate: 1,000 lines at @0.7 count about 1,429 uses, not 1,000', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const { orgId, keys } = await seedKeys(db, 'sampled', 1);
+  const keyId = keys[0].id;
+  const collector = await startTestCollector(t, url);
+  const line = `apikey.used:1|c|@0.7|#key:${keyId},org:${orgId},ip:10.0.0.1,outcome:ok`;
+  await sendDatagrams(collector.receiver.port, packDatagrams(Array.from({ length: 1000 }, () => line)));
+  const received = await waitFor('every line received', () => (collector.ingest.usageLines === 1000 ? collector.ingest.usesReceived : undefined));
+  const persisted = await waitFor('every use persisted', async () => {
+    const row = await db('api_key_usage').where({ key_id: keyId }).first();
+    return row && Number(row.request_count) === received ? received : undefined;
+  });
+  // Each line adds 1 or 2; the total is 1,000 + Binomial(1,000, 3/7): mean 1,428.6, sd 15.6.
+  // These bounds lie more than 6 sd out, and 1,000 far below them.
+  t.ok(persisted >= 1330 && persisted <= 1530, `${persisted} uses for 1,000 lines at @0.7 (1,000 / 0.7 = 1,428.6)`);
+});
+
+t.test('DogStatsD events and service checks are relayed whole, not counted as malformed', async (t) => {
+  const { url } = await freshDatabase(t);
+  const upstream = await loopbackUpstream(t);
+  const collector = await startTestCollector(t, url, { COLLECTOR_RELAY_TO: `127.0.0.1:${upstream.port}` });
+  const lines = ['_e{5,4}:hello|world|#env:prod', '_sc|api.up|0'];
+  await sendDatagrams(collector.receiver.port, [lines.join('\n')]);
+  await waitFor('both relayed', () => (upstream.lines.length >= lines.length ? true : undefined));
+  t.strictSame(upstream.lines, lines, 'byte for byte, once');
+  const metrics = Object.fromEntries(collector.samples().map((s) => [s.name.replace('keyusage_collector_', ''), s.value]));
+  t.match(metrics, { other_lines_total: 2, bad_lines_total: 0, relay_sent_lines_total: 2 });
 });
 
 t.test('without COLLECTOR_RELAY_TO other lines are counted and dropped', async (t) => {

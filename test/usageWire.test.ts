@@ -15,6 +15,7 @@ import {
   type PacketResult,
   type UsageSample,
 } from '../shared/usageWire';
+import { stubRandom } from './helpers/fixedRandom';
 import { parseWithParity } from './helpers/parseParity';
 
 const KEY = '3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f';
@@ -29,6 +30,8 @@ function sample(fields: Partial<UsageSample> = {}): UsageSample {
 
 // Every packet parsed here is also parsed from its bytes by the collector's parser, which must agree.
 const parse = parseWithParity;
+// A rated line's fraction rounds up when the draw is below it: here only past one half.
+stubRandom(t, () => 0.5);
 
 interface Case {
   name: string;
@@ -43,7 +46,7 @@ const cases: Case[] = [
   { name: 'count above one', packet: `apikey.used:5|c|#${TAGS}`, samples: [sample({ count: 5 })] },
   { name: 'rate scales the count', packet: `apikey.used:3|c|@0.5|#${TAGS}`, samples: [sample({ count: 6 })] },
   { name: 'rate 0.1', packet: `apikey.used:1|c|@0.1|#${TAGS}`, samples: [sample({ count: 10 })] },
-  { name: 'scaled count is rounded', packet: `apikey.used:1|c|@0.3|#${TAGS}`, samples: [sample({ count: 3 })] },
+  { name: 'scaled count is rounded (down: the fraction is below the draw)', packet: `apikey.used:1|c|@0.3|#${TAGS}`, samples: [sample({ count: 3 })] },
   { name: 'explicit rate 1', packet: `apikey.used:2|c|@1|#${TAGS}`, samples: [sample({ count: 2 })] },
   { name: 'fractional value is rounded', packet: `apikey.used:2.6|c|#${TAGS}`, samples: [sample({ count: 3 })] },
   { name: 'exponent value', packet: `apikey.used:1e2|c|#${TAGS}`, samples: [sample({ count: 100 })] },
