@@ -60,6 +60,8 @@ export interface KeyFacts {
   newIpEventsByHour: ReadonlyMap<number, number>;
   /** Networks of the key whose events the hourly limit deferred, still waiting for the sweep. */
   networksWaiting: number;
+  /** When the key's key.first_use, recorded before this flush, occurred: only for keys with newPrefixes. */
+  firstUseAt: number | null;
 }
 
 const hourIso = (ms: number) => new Date(hourOf(ms)).toISOString();
@@ -126,19 +128,14 @@ export type OnDeferred = (prefix: string) => void;
 function useEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionThresholds, emit: Emit, onDeferred: OnDeferred): void {
   const proven = provenCount(delta.byOutcome);
   if (proven === 0) return;
+  let firstUseAt = facts.firstUseAt;
   if (facts.requestCount <= proven) {
-    // The first use: every address it came from is new, so no key.new_ip beside it. But a fold, or
-    // a batch merged while writes failed, holds many flush intervals: a network first used later
-    // was hidden for good (its history row written with the first use), where a direct write of
-    // the later interval raised it. Those are new networks, as that write would have said.
+    // The first use: every address it came from is new, so no key.new_ip beside it.
     const [ip, first] = [...delta.ips].sort(([, a], [, b]) => a.firstSeen - b.firstSeen)[0] ?? [delta.lastIp, { firstSeen: delta.lastUsedAt }];
     emit('key.first_use', first.firstSeen, { ip }, '');
-    const spanEnd = first.firstSeen + (thresholds.firstUseSpanMs ?? DEFAULT_FIRST_USE_SPAN_MS);
-    const later = facts.newPrefixes.filter((network) => network.firstSeen > spanEnd);
-    if (later.length > 0) newNetworkEvents({ ...facts, newPrefixes: later }, thresholds.newIpPerKeyHour, emit, onDeferred);
-  } else {
-    newNetworkEvents(facts, thresholds.newIpPerKeyHour, emit, onDeferred);
+    firstUseAt = first.firstSeen;
   }
+  newNetworkEvents({ ...facts, newPrefixes: afterFirstUse(facts.newPrefixes, firstUseAt, thresholds) }, thresholds.newIpPerKeyHour, emit, onDeferred);
   const outside = newestOutside(delta, facts.expectedNetworks, thresholds.addressesTruncated);
   if (outside.ips.length > 0) {
     const omitted = outside.omitted > 0 ? { ipsOmitted: outside.omitted } : {};
@@ -146,6 +143,19 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionT
   }
   if (delta.lastRevokedUseAt > -Infinity) emit('key.revoked_used', delta.lastRevokedUseAt, { ip: delta.lastIp }, hourIso(delta.lastRevokedUseAt));
   if (delta.lastExpiredUseAt > -Infinity) emit('key.expired_used', delta.lastExpiredUseAt, { ip: delta.lastIp }, hourIso(delta.lastExpiredUseAt));
+}
+
+// The networks that are not the first use's own: those first used more than one flush interval
+// after it. A fold, or a batch merged while writes failed, holds many flush intervals: a network
+// first used later was hidden for good (its history row written with the first use), where a
+// direct write of the later interval raised it. And with collectors writing directly, the first
+// use is the one whose flush committed first: another collector's later flush can hold a use dated
+// before it, or within its interval, which one flush holding both would have made the first use's
+// own. Raised, the key's first network came as a key.new_ip dated before its key.first_use.
+function afterFirstUse(networks: KeyFacts['newPrefixes'], firstUseAt: number | null, thresholds: DetectionThresholds): KeyFacts['newPrefixes'] {
+  if (firstUseAt === null) return networks;
+  const spanEnd = firstUseAt + (thresholds.firstUseSpanMs ?? DEFAULT_FIRST_USE_SPAN_MS);
+  return networks.filter((network) => network.firstSeen > spanEnd);
 }
 
 // A flush's key holds at most 16 addresses, but a fold's holds every address of the log rows it

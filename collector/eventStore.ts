@@ -41,7 +41,8 @@ export interface EventDetection extends DetectionThresholds {
 //    upkeep already moved has a current row beside the moved one. Keys with new networks also get
 //    the key.new_ip events already recorded in those networks' hours (`raised`), which the rules'
 //    hourly limit counts on, and how many networks deferred earlier still wait (`waiting`: the
-//    history read before this statement's upsert, which sets no event_due_at).
+//    history read before this statement's upsert, which sets no event_due_at), and when their
+//    key.first_use occurred (`first_use`), whose networks they may be (eventRules.ts afterFirstUse).
 // The key's bucket of `hour` in each of the two bucket tables (shared/tables.ts): at most
 // one row in each, so plain joins on the primary keys, which Citus pushes down to the org's shards
 // as it does every other join here (a UNION ALL under LATERAL it refuses).
@@ -106,6 +107,11 @@ with r as (
     from (select distinct org_id, key_id from fresh_hours) h
     join ${TABLE.ipHistory} p on p.org_id = h.org_id and p.key_id = h.key_id and p.event_due_at is not null
    group by p.key_id
+), first_use as (
+  select e.key_id, min(e.occurred_at) as occurred_at
+    from (select distinct org_id, key_id from fresh_hours) h
+    join ${TABLE.keyEvents} e on e.org_id = h.org_id and e.key_id = h.key_id and e.type = 'key.first_use'
+   group by e.key_id
 )
 select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${bothHours('bad_secret_count', 'h', 'c')} as failed,
        coalesce(u.request_count, 0) as request_count, cast(floor(extract(epoch from k.created_at) * 1000) as float8) as created_ms,
@@ -116,7 +122,8 @@ select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${b
                  ${joinHours('b', 'bc', 'x.hour - make_interval(days => d.n)')}
                 order by d.n)
        end as baseline,
-       fresh.prefixes, raised.new_ip_events, coalesce(waiting.networks, 0) as networks_waiting
+       fresh.prefixes, raised.new_ip_events, coalesce(waiting.networks, 0) as networks_waiting,
+       cast(floor(extract(epoch from first_use.occurred_at) * 1000) as float8) as first_use_ms
   from (select f.org_id, f.key_id, f.hour_ms, ${msToTime('f.hour_ms')} as hour, f.bad_secret_count as batch_failed,
                s.request_count as batch_uses, s.last_revoked_use_ms, s.last_expired_use_ms
           from flush_hours f ${STAGED_KEY('f')}) x
@@ -126,6 +133,7 @@ select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${b
   left join fresh on fresh.key_id = x.key_id
   left join raised on raised.key_id = x.key_id
   left join waiting on waiting.key_id = x.key_id
+  left join first_use on first_use.key_id = x.key_id
  where ${MAY_RAISE}`;
 
 // Sorted by dedupe_key so two collectors inserting the same events lock them in the same order.
@@ -179,6 +187,7 @@ async function readFacts(connection: PoolClient, { spikeMinUses, failedAttemptsP
         newPrefixes: ((row.prefixes ?? []) as PrefixJson[]).map((p) => ({ prefix: p.prefix, ip: p.ip, firstSeen: Date.parse(p.firstSeen) })),
         newIpEventsByHour: new Map((row.new_ip_events ?? []) as Array<[number, number]>),
         networksWaiting: Number(row.networks_waiting),
+        firstUseAt: row.first_use_ms,
       };
       facts.set(row.key_id, key);
     }

@@ -147,7 +147,11 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
       deliveries.forEach(launch);
       if (spent > 0) {
         stats.gaveUp += spent;
-        logger.error({ deliveries: spent }, 'webhook deliveries failed: their last attempt was cut short or not recorded');
+        logger.error(
+          { deliveries: spent, maxAttempts: config.maxAttempts },
+          `webhook deliveries failed: they had reached WEBHOOK_MAX_ATTEMPTS (${config.maxAttempts}) when claimed: ` +
+            'their last attempt was cut short or not recorded, or another collector allows more attempts',
+        );
       }
       if (failure) throw failure;
       if ((deliveries.length < free && !refill) || timer === undefined) return;

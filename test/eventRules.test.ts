@@ -40,6 +40,7 @@ const facts = (over: Partial<KeyFacts> = {}): KeyFacts => ({
   newPrefixes: [],
   newIpEventsByHour: new Map(),
   networksWaiting: 0,
+  firstUseAt: null,
   ...over,
 });
 
@@ -82,6 +83,33 @@ t.test('key.first_use: a network first used after the first flush interval is st
     types(detectKeyEvents(d, facts({ requestCount: 3, newPrefixes }), { ...RULES, firstUseSpanMs: 60_000 })),
     ['key.first_use'],
     "within the first use's span (one flush interval): its own",
+  );
+});
+
+// Collectors writing directly: the first use recorded is the one whose flush committed first, and
+// another collector's later flush can hold uses dated before it (fails without the fix).
+t.test("key.first_use recorded by another collector's flush: a network first used before it, or within its span, is its own", async (t) => {
+  const network = (prefix: string, ip: string, firstSeen: number) => ({ prefix, ip, firstSeen });
+  const newPrefixes = [
+    network('198.51.100.0/24', '198.51.100.7', HOUR + 30_000),
+    network('192.0.2.0/24', '192.0.2.5', HOUR + 60_500),
+    network('10.0.2.0/24', '10.0.2.1', HOUR + 90_000),
+  ];
+  const d = delta([
+    { ip: '198.51.100.7', at: HOUR + 30_000 },
+    { ip: '192.0.2.5', at: HOUR + 60_500 },
+    { ip: '10.0.2.1', at: HOUR + 90_000 },
+  ]);
+  const rules = { ...RULES, firstUseSpanMs: 1000 };
+  t.strictSame(
+    detectKeyEvents(d, facts({ requestCount: 5, newPrefixes, firstUseAt: HOUR + 60_000 }), rules).map((e) => [e.type, e.details.ip]),
+    [['key.new_ip', '10.0.2.1']],
+    'only the network first used after the span',
+  );
+  t.strictSame(
+    types(detectKeyEvents(d, facts({ requestCount: 5, newPrefixes }), rules)),
+    ['key.new_ip', 'key.new_ip', 'key.new_ip'],
+    'no first use recorded (retained no longer, or never raised): every network is new',
   );
 });
 

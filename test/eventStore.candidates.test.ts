@@ -11,7 +11,7 @@ import type { Outcome } from '../shared/usageWire';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
 
-type Use = { keyId: string; ip: string; outcome: Outcome; count: number };
+type Use = { keyId: string; ip: string; outcome: Outcome; count: number; timestamp?: number };
 
 // One clock for every flush: the busy key's hour must not end between two of them.
 const NOW = Date.now();
@@ -43,7 +43,10 @@ t.test('detection reads the keys that may raise an event, and only those', async
   const once = (keyId: string, ip = '192.0.2.1'): Use => ({ keyId, ip, outcome: 'ok', count: 1 });
   const everyKey = [quiet, revoked, lapsed, fenced, roaming, busy, guessed].map((keyId) => once(keyId));
 
-  t.same(await flush(store, org.id, everyKey), { candidates: 7, events: 7 }, 'a first use: every key');
+  // The roaming key's first use a minute before the clock: a network first used within a flush
+  // interval of it, as its new one would be at NOW, is the first use's own.
+  const firstUses = everyKey.map((use) => (use.keyId === roaming ? { ...use, timestamp: NOW - 60_000 } : use));
+  t.same(await flush(store, org.id, firstUses), { candidates: 7, events: 7 }, 'a first use: every key');
   t.same(await flush(store, org.id, everyKey), { candidates: 1, events: 0 }, 'used again alike: only the key with expected networks');
   t.same(
     await flush(store, org.id, [

@@ -289,6 +289,29 @@ t.test('the events endpoint: newest first, filters, an opaque cursor, one org on
   );
 });
 
+// `since` was cut to the millisecond, so an event a hair before it was listed (fails without the fix).
+t.test("the events' since finer than a millisecond excludes the event in the millisecond it starts within", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId, adminKey } = await seedOrg(api, db);
+  const at = (time: string, i: number) => ({
+    org_id: org.id,
+    key_id: adminKeyId,
+    type: 'key.spike',
+    occurred_at: new Date(time),
+    details: { i },
+    dedupe_key: `test:${i}`,
+  });
+  await db('key_events').insert([at('2026-11-20T10:00:50.000Z', 0), at('2026-11-20T10:00:50.001Z', 1)]);
+  const listed = async (since: string) =>
+    (await api.request('GET', `/api/orgs/${org.id}/api-keys/events?since=${since}`, { key: adminKey })).body.data.map(
+      (e: { details: { i: number } }) => e.details.i,
+    );
+  t.strictSame(await listed('2026-11-20T10:00:50.0001Z'), [1], ':50.000 is before :50.0001');
+  t.strictSame(await listed('2026-11-20T10:00:50.0000Z'), [1, 0], 'zeros past the millisecond change nothing');
+  t.strictSame(await listed('2026-11-20T10:00:50.001Z'), [1], 'an exact millisecond is itself included');
+});
+
 t.test('dormant clean-up: a dry run lists exactly what applying revokes, never the caller', async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db, { env: { KEY_CACHE_TTL_MS: '60000' } });
@@ -555,6 +578,8 @@ t.test('the prefix history is bounded per key; a forgotten network is new again'
   const api = await startTestApi(t, db);
   const { org, adminKeyId } = await seedOrg(api, db);
   const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000', EVENTS_IP_HISTORY_PER_KEY: '2' });
+  // Used before: no key.first_use, whose span (the flush interval) would hold these flushes' networks.
+  await db('api_key_usage').insert({ org_id: org.id, key_id: adminKeyId, request_count: 1 });
   let lines = 0;
   const useFrom = async (ip: string) => {
     await sendDatagrams(collector.receiver.port, [encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip, outcome: 'ok', count: 1 })]);
@@ -569,7 +594,7 @@ t.test('the prefix history is bounded per key; a forgotten network is new again'
   t.strictSame(history.map((r) => r.prefix).sort(), ['198.51.100.0/24', '203.0.113.0/24'], 'the least recently seen was forgotten');
   await useFrom('192.0.2.77');
   const newIps = (await eventsOf(db, adminKeyId)).filter((e) => e.type === 'key.new_ip').map((e) => e.details.prefix);
-  t.strictSame(newIps, ['198.51.100.0/24', '203.0.113.0/24', '192.0.2.0/24'], 'forgotten, then new again');
+  t.strictSame(newIps, ['192.0.2.0/24', '198.51.100.0/24', '203.0.113.0/24', '192.0.2.0/24'], 'forgotten, then new again');
 });
 
 t.test('key.new_ip: at most EVENTS_NEW_IP_PER_KEY_HOUR a clock hour per key; the sweep raises the others in an hour with room', async (t) => {
@@ -643,6 +668,34 @@ t.test('key.new_ip: at most EVENTS_NEW_IP_PER_KEY_HOUR a clock hour per key; the
   await collector.sweep.sweep();
   t.equal((await newIps()).length, 4, 'raised once');
   t.equal(collector.sweep.stats.failedSweeps, 0);
+});
+
+// Each collector writes its flush directly: the first use is the one whose flush commits first. The
+// other collector's later flush held a use dated 30 s before it, which raised key.new_ip dated
+// before the key.first_use (fails without the fix); one first used past the span still raises it.
+t.test("two collectors writing directly: the later flush's networks of uses before the first use are its own", async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org } = await seedOrg(api, db);
+  const { key } = await api.services.apiKeys.create(org.id, { name: 'fresh', scopes: ['keys:read'], expiresAt: null });
+  const env = { COLLECTOR_FLUSH_INTERVAL_MS: '600000', COLLECTOR_USAGE_LOG: 'false' };
+  const [a, b] = [await startTestCollector(t, url, env), await startTestCollector(t, url, env)];
+  // Within the window of |T; the span of a first use is the flush interval, 600 s.
+  const firstUse = Math.floor(Date.now() / 1000) - 1200;
+  const use = (ip: string, seconds: number) => `${encodeUsageLine({ keyId: key.id, orgId: org.id, ip, outcome: 'ok', count: 1 })}|T${seconds}`;
+  await sendDatagrams(a.receiver.port, [use('203.0.113.9', firstUse)]);
+  await sendDatagrams(b.receiver.port, [use('198.51.100.7', firstUse - 30), use('192.0.2.5', firstUse + 700)]);
+  await waitFor('both collectors to receive their uses', () => (a.ingest.usageLines === 1 && b.ingest.usageLines === 2 ? true : undefined));
+  t.ok(await a.flusher.flush(), 'A flushes first');
+  t.ok(await b.flusher.flush(), 'then B');
+  t.strictSame(
+    (await eventsOf(db, key.id)).map((e) => [e.type, e.occurred_at.getTime(), e.details]),
+    [
+      ['key.first_use', firstUse * 1000, { ip: '203.0.113.9' }],
+      ['key.new_ip', (firstUse + 700) * 1000, { ip: '192.0.2.5', prefix: '192.0.2.0/24' }],
+    ],
+    'no key.new_ip for 198.51.100.7, used before the first use',
+  );
 });
 
 t.test('retention deletes old events only', async (t: Test) => {
