@@ -1,6 +1,7 @@
 import { isUtf8 } from 'node:buffer';
 import express, { type RequestHandler } from 'express';
 import { z } from 'zod';
+import { redactKeyMaterial } from '../shared/logger';
 import { AppError } from './errors';
 
 const NOT_READ = { body: 'is not a field this route takes', query: 'is not a parameter this route reads', params: 'is not a parameter' } as const;
@@ -45,7 +46,10 @@ export const displayName = z
   .regex(/^\P{Cc}*$/u, 'must not contain control characters (such as NUL, tab, newline or ESC)')
   .regex(/^[^\u202A-\u202E\u2066-\u2069]*$/u, 'must not contain bidirectional control characters (U+202A to U+202E, U+2066 to U+2069)')
   // A lone surrogate ("\ud800" in JSON) was stored as U+FFFD: the name kept was not the one sent.
-  .regex(/^\P{Cs}*$/u, 'must be valid Unicode (it holds a lone surrogate)');
+  .regex(/^\P{Cs}*$/u, 'must be valid Unicode (it holds a lone surrogate)')
+  // A name is shown to every keys:read holder, and a search (`q`) travels in a URL that proxies
+  // log: another key's plaintext pasted into either leaked it. Percent-encoded too, as webhook URLs.
+  .refine((value) => redactKeyMaterial(value) === value, 'must not contain an API key');
 
 const WHOLE_NUMBER = /^\d{1,16}$/;
 
@@ -162,8 +166,14 @@ const isoDateTime = z.iso
 export const dateParam = isoDateTime.transform((v) => new Date(v));
 // Digits after the milliseconds that are not all zeros.
 const belowMilliseconds = /\.\d{3}0*[1-9]/;
+// The times these bounds are compared with are whole milliseconds (events', buckets'), and such a
+// time is before x, or at or after x, exactly when it is so of x rounded up: either bound keeps its
+// meaning. Cut down instead, each took the millisecond x falls within.
+const roundedUpToMillisecond = isoDateTime.transform((v) => new Date(Math.min(Date.parse(v) + (belowMilliseconds.test(v) ? 1 : 0), LATEST_TIME)));
 /**
- * The end of a range, [from, to): rounded up to the millisecond. Cut down, `to=…11:00:00.0005Z`
- * became 11:00:00.000 and the range lost the hour it ends in.
+ * The end of a range, [from, to). Cut down, `to=…11:00:00.0005Z` became 11:00:00.000 and the range
+ * lost the hour it ends in.
  */
-export const rangeEndParam = isoDateTime.transform((v) => new Date(Math.min(Date.parse(v) + (belowMilliseconds.test(v) ? 1 : 0), LATEST_TIME)));
+export const rangeEndParam = roundedUpToMillisecond;
+/** A lower bound compared with >= (events' `since`). Cut down, `since=…:50.0001Z` took the event at :50.000. */
+export const rangeStartParam = roundedUpToMillisecond;

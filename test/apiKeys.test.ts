@@ -328,6 +328,34 @@ t.test('names with bidirectional control characters are a 400', async (t) => {
   t.same([rightToLeft.status, rightToLeft.body.name], [201, 'פריסות CI'], 'right-to-left text itself is fine');
 });
 
+// A name is shown to every keys:read holder, and the list's search travels in a URL that proxies
+// log: another key's plaintext in either was taken and passed on (a review; fails without the fix).
+t.test("a name or a search holding an API key's plaintext is a 400 that names the field", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const base = `/api/orgs/${org.id}/api-keys`;
+  const other = await api.services.apiKeys.create(org.id, { name: 'deployed', scopes: ['keys:read'], expiresAt: null });
+  const percentEncoded = other.plaintext.replace(/^k/, '%6B');
+  for (const [label, name] of [
+    ['the plaintext', other.plaintext],
+    ['inside other words', `ci (${other.plaintext})`],
+    ['percent-encoded', percentEncoded],
+  ]) {
+    const response = await api.request('POST', base, { key: adminKey, body: { name, scopes: ['keys:read'] } });
+    t.same(
+      [response.status, response.body.error?.code, response.body.error?.message],
+      [400, 'invalid_request', 'Invalid body: name: must not contain an API key'],
+      `${label}: refused, naming the field`,
+    );
+  }
+  t.equal((await db('api_keys').where({ org_id: org.id }).pluck('id')).length, 2, "nothing stored but the org's first key and the other");
+  const search = await api.request('GET', `${base}/usage?q=${encodeURIComponent(other.plaintext)}`, { key: adminKey });
+  t.same([search.status, search.body.error?.message], [400, 'Invalid query: q: must not contain an API key'], 'the search too');
+  const byPrefix = await api.request('POST', base, { key: adminKey, body: { name: `rotates ${other.key.displayPrefix}`, scopes: ['keys:read'] } });
+  t.equal(byPrefix.status, 201, "a key's display prefix is not key material");
+});
+
 t.test('no API answer is cached, those that carry a plaintext key first of all', async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
@@ -472,4 +500,25 @@ t.test('after a rotation without grace, a rotation with grace on an instance who
   await api.services.apiKeys.rotate(org.id, created.key.id, { graceSeconds: 0 });
   clock.now -= 2000;
   await t.resolves(api.services.apiKeys.rotate(org.id, created.key.id, { graceSeconds: 3600 }));
+});
+
+// A revoked key's view showed the end of its rotation's grace, as if its previous secret still
+// worked; both its secrets are refused (a review; fails without the fix).
+t.test("a revoked key's view shows no previous secret's end, though its rotation's grace has not ended", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const base = `/api/orgs/${org.id}/api-keys`;
+  const created = await api.services.apiKeys.create(org.id, { name: 'deployed', scopes: ['keys:read'], expiresAt: null });
+  const rotated = await api.request('POST', `${base}/${created.key.id}/rotate`, { key: adminKey, body: { gracePeriodSeconds: 3600 } });
+  t.not(rotated.body.previousSecretExpiresAt, null, 'the grace period shows while the key is active');
+  const revoked = await api.request('POST', `${base}/${created.key.id}/revoke`, { key: adminKey });
+  t.match(revoked.body, { status: 'revoked', previousSecretExpiresAt: null }, 'the revoke answers without it');
+  t.match(
+    (await api.request('GET', `${base}/${created.key.id}`, { key: adminKey })).body,
+    { status: 'revoked', previousSecretExpiresAt: null },
+    'and so does a read',
+  );
+  for (const secret of [created.plaintext, rotated.body.key])
+    t.equal((await api.request('GET', '/api/whoami', { key: secret })).status, 401, 'neither secret works');
 });

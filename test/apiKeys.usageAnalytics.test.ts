@@ -278,6 +278,18 @@ t.test('org isolation: another org is a 404, and a forged datagram cannot move i
     404,
     'a key of another org is not found',
   );
+  t.equal((await api.request('GET', `/api/orgs/${other.org.id}/api-keys/${adminKeyId}`, { key: other.adminKey })).status, 404);
+  // Another org's key id under one's own org id is an ok use: cross_org would tell the caller the
+  // id exists elsewhere. Only another org's id in the path is cross_org (docs/api-keys.md).
+  const persisted = await waitFor('the uses to be persisted', async () => {
+    const row = await db('api_key_usage').where({ key_id: other.adminKeyId }).first();
+    return Number(row?.request_count) >= 4 ? row : undefined;
+  });
+  t.strictSame(
+    [persisted.ok_count, persisted.cross_org_count].map(Number),
+    [2, 2],
+    'the two 404s under its own org id ok, the two under the other org id cross_org',
+  );
 
   await sendDatagrams(collector.receiver.port, [
     encodeUsageLine({ keyId: other.adminKeyId, orgId: org.id, ip: '203.0.113.9', outcome: 'ok', count: 1000 }),

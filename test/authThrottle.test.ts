@@ -177,3 +177,33 @@ t.test('an honest burst of uncached keys from one address, more than the pool ho
   t.same([...new Set(answers.map((r) => r.status))], [200]);
   t.equal(api.throttle.stats.refusedByIp, 0);
 });
+
+// The per-address refusals come before the key is looked up, so they are in no key's usage, only
+// in auth_refused_by_ip_total: docs/api-keys.md says so, and this keeps it true.
+t.test("a right key refused for its address's failures records no use", async (t) => {
+  const { api, adminKey, whoami, unknownKey } = await world(t);
+  const attacker = '203.0.113.66';
+  for (let i = 0; i < 3; i += 1) await whoami(attacker, 'not-a-key');
+  // The address's 4th failure in flight, held: a new read would be one more than it may fail.
+  let held!: () => void;
+  const hold = new Promise<void>((resolve) => (held = resolve));
+  let verifying!: () => void;
+  const reached = new Promise<void>((resolve) => (verifying = resolve));
+  const verify = api.verifier.verify.bind(api.verifier);
+  api.verifier.verify = async (...args) => {
+    verifying();
+    await hold;
+    return verify(...args);
+  };
+  const inFlight = whoami(attacker, unknownKey());
+  await reached;
+  const waited = await whoami(attacker, adminKey);
+  held();
+  t.equal((await inFlight).status, 401);
+  api.verifier.verify = verify;
+  const refused = await whoami(attacker, adminKey);
+
+  t.same([waited.status, refused.status], [429, 429], 'refused waiting for a verification, then by the address');
+  t.match(api.throttle.stats, { refusedByIp: 2 }, 'counted where the metric reads');
+  t.same(api.uses, [], 'recorded as no use of the key');
+});

@@ -240,6 +240,29 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     t.pass('the message is gone');
   });
 
+  // A key's plaintext pasted into the search went out in the request's URL, which proxies log (a
+  // review; fails without the fix).
+  t.test('a key pasted into the search is never sent, and the page says why', async (t) => {
+    const sent: string[] = [];
+    const watch = (request: { url: () => string }) => void sent.push(request.url());
+    page.on('request', watch);
+    t.teardown(() => page.off('request', watch));
+    await page.fill('#key-search', ` ${keys.ci.key} `);
+    await page.locator('#view-error', { hasText: 'Not searched: that is an API key' }).waitFor();
+    // The next searches, asked after it, reach the API: the one with the key would have come first.
+    const searched = page.waitForRequest((request) => new URL(request.url()).searchParams.get('q') === 'demo-ci');
+    await page.fill('#key-search', 'demo-ci');
+    await searched;
+    await rowsShown(page, (n) => n === 1);
+    t.notOk(
+      sent.some((url) => decodeURIComponent(url).includes(keys.ci.key)),
+      'no request carried the key',
+    );
+    await waitFor('the message cleared', async () => ((await page.locator('#view-error').textContent()) === '' ? true : undefined));
+    await page.fill('#key-search', '');
+    await rowsShown(page, (n) => n > 1);
+  });
+
   t.test('a key page draws the chart stacked by outcome with the API totals', async (t) => {
     await page.click(`tr[data-key-id="${keys.readonly.id}"] td.col-name a`);
     await page.locator('#chart figure').waitFor();
@@ -518,6 +541,59 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await rowsShown(tab, (n) => n > 0);
     await waitFor('the error cleared', async () => ((await tab.textContent('#view-error')) === '' ? true : undefined));
     t.pass('the next refresh shows the keys and clears the error');
+    await tab.close();
+  });
+
+  // A rotation the API made but answered after the page's timeout showed only "did not answer":
+  // nothing said the key may have been rotated and its new secret lost (a review; fails without the fix).
+  t.test('a rotation answered after the timeout says the key may have been rotated', async (t) => {
+    const target = await createKey(system, 'demo-rotate-slow', ['keys:read']);
+    const tab = await signedInTab(system.adminKey, `#/key/${target.id}`, { clock: true });
+    await tab.locator('#rotate').waitFor();
+    // Sent on to the API at once, its answer held back past the page's timeout (page.clock fakes it).
+    let release = () => {};
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let rotated = 0;
+    await tab.route(new RegExp(`/${target.id}/rotate$`), async (route) => {
+      const response = await route.fetch();
+      rotated += 1;
+      await released;
+      await route.fulfill({ response }).catch(() => undefined);
+    });
+    await tab.click('#rotate');
+    await waitFor('the API to have rotated', async () => (rotated > 0 ? true : undefined));
+    await tab.clock.runFor(30_000 + 1000);
+    const message = tab.locator('.detail p.error');
+    await message.filter({ hasText: /./ }).waitFor();
+    t.match(
+      await message.textContent(),
+      /did not answer within 30 s: the key may have been rotated all the same.*Rotate again/,
+      'it says the rotation may have happened',
+    );
+    const [row] = await system.db('api_keys').where({ id: target.id }).select('rotated_at');
+    t.not(row.rotated_at, null, 'as it did');
+    release();
+    await tab.close();
+  });
+
+  // A sign-in proxy's page (200, HTML) failed reading a field of nothing, "Cannot read properties of
+  // undefined (reading 'page')"; a gateway's HTML 502 said only "HTTP 502" (a review; fails without the fix).
+  t.test('an answer not from the API says a proxy or gateway answered', async (t) => {
+    const tab = await signedInTab(system.adminKey, '#/keys', { clock: true });
+    await rowsShown(tab, (n) => n > 0);
+    const viewError = tab.locator('#view-error');
+    for (const [status, expected] of [
+      [200, 'The server answered with something other than the API (a proxy or sign-in page in front of it?)'],
+      [502, 'HTTP 502 from a proxy or gateway in front of the API, not from the API itself'],
+    ] as const) {
+      await tab.route(/\/api-keys\/usage\?/, (route) => route.fulfill({ status, contentType: 'text/html', body: '<!doctype html><title>Sign in</title>' }));
+      await tab.clock.runFor(REFRESH_MS);
+      await viewError.filter({ hasText: /./ }).waitFor();
+      t.equal(await viewError.textContent(), expected, `${status} HTML`);
+      await tab.unroute(/\/api-keys\/usage\?/);
+      await tab.clock.runFor(REFRESH_MS);
+      await waitFor('the error cleared', async () => ((await viewError.textContent()) === '' ? true : undefined));
+    }
     await tab.close();
   });
 

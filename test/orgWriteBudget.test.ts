@@ -50,3 +50,31 @@ t.test('an org over API_WRITES_PER_ORG_MINUTE gets 429 for its changes, not its 
   t.equal((await api.request('GET', `/api/orgs/${acme.org.id}/api-keys/usage`, { key: acme.adminKey })).status, 200, 'reads are not counted');
   t.equal((await fence(globex, 1)).status, 200, 'another org changes on');
 });
+
+// Charged to the budget, a leaked keys:write key that spent it kept its org from revoking it: the
+// admin's revoke got 429 (a review; fails without the fix). A revocation is bounded without it.
+t.test("a key that spent its org's write budget can still be revoked; the org's other changes stay refused", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { API_WRITES_PER_ORG_MINUTE: '3' }, elapsed: () => 1_000_000 });
+  const acme = await seedOrg(api, db, 'acme');
+  const base = `/api/orgs/${acme.org.id}/api-keys`;
+  // Made by the service: a create through the API would take one of the three changes.
+  const { key: writer, plaintext: writerKey } = await api.services.apiKeys.create(acme.org.id, { name: 'writer', scopes: ['keys:write'], expiresAt: null });
+  const fence = (key: string, i: number) => api.request('PATCH', `${base}/${writer.id}`, { key, body: { expectedNetworks: [`192.0.2.${i}/32`] } });
+  t.strictSame(
+    [(await fence(writerKey, 1)).status, (await fence(writerKey, 2)).status, (await fence(writerKey, 3)).status],
+    [200, 200, 200],
+    'the writer spends the budget',
+  );
+  t.equal((await fence(acme.adminKey, 4)).status, 429, 'the budget is spent');
+  const audits = async () => Number((await db('audit_log').where({ org_id: acme.org.id, action: 'key.revoke' }).count())[0].count);
+
+  const revoked = await api.request('POST', `${base}/${writer.id}/revoke`, { key: acme.adminKey });
+  t.equal(revoked.status, 200, 'the admin revokes the writer all the same');
+  t.equal(revoked.body.status, 'revoked');
+  t.equal((await api.request('GET', '/api/whoami', { key: writerKey })).status, 401, 'the writer is locked out');
+  t.equal(await audits(), 1, 'its revocation audited');
+  t.equal((await api.request('POST', `${base}/${writer.id}/revoke`, { key: acme.adminKey })).status, 200, 'revoking it again is answered');
+  t.equal(await audits(), 1, 'and writes nothing: a key is revoked once');
+  t.equal((await fence(acme.adminKey, 5)).status, 429, "the org's other changes are still refused");
+});

@@ -6,7 +6,9 @@ import { freshDatabase } from './helpers/database';
 // the one holding `from` to the last that starts before `to`. The whole bucket holding `to` was
 // read: a daily report ending at midnight got the next day as a bucket and counted its uses, and a
 // range of exactly 2,232 hours returned 2,233 buckets. The whole day holding `from` was read too:
-// a day series from noon counted the morning's uses (found by a review).
+// a day series from noon counted the morning's uses (found by a review). With from = to on a
+// bucket's start the range is empty, and was answered with that bucket, reporting 0 uses of an
+// hour that had some (found by a review).
 t.test("a series' range ends before `to`, and holds at most 2,232 buckets", async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
@@ -42,6 +44,17 @@ t.test("a series' range ends before `to`, and holds at most 2,232 buckets", asyn
   t.equal(last.body.to, '9999-12-31T23:59:59.999Z', 'rounded up no further than the last supported millisecond (not year 10000)');
   const instant = await series('granularity=hour&from=2026-01-01T23:30:00Z&to=2026-01-01T23:30:00Z');
   t.equal(instant.body.buckets.length, 1, 'from = to: its bucket');
+  const midHour = await series('granularity=hour&from=2026-01-02T05:30:00Z&to=2026-01-02T05:30:00Z');
+  t.strictSame(midHour.body.buckets, [{ start: '2026-01-02T05:00:00.000Z', requestCount: 5 }], 'from = to inside an hour: that hour, whole');
+  // On a bucket's start no bucket starts before `to`: a bucket of 0 uses said the hour had none.
+  for (const [granularity, at] of [
+    ['hour', '2026-01-02T05:00:00Z'],
+    ['day', '2026-01-02T00:00:00Z'],
+  ]) {
+    const empty = await series(`granularity=${granularity}&from=${at}&to=${at}`);
+    t.equal(empty.status, 200);
+    t.strictSame([empty.body.buckets, empty.body.total], [[], 0], `from = to at the start of its ${granularity}: no bucket`);
+  }
 
   const start = Date.parse('2026-01-01T00:00:00Z');
   const hours = (n: number, extraMs = 0) => `granularity=hour&from=2026-01-01T00:00:00Z&to=${new Date(start + n * 3_600_000 + extraMs).toISOString()}`;

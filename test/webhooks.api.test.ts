@@ -178,7 +178,7 @@ t.test("a webhook's last delivery and its deliveries are read within the org onl
   const listed = await api.request('GET', hooks(), { key: acme.adminKey });
   t.equal(listed.body.data[0].lastDelivery, null, 'the list shows no last delivery');
   const deliveries = await api.request('GET', `${hooks()}/${id}/deliveries`, { key: acme.adminKey });
-  t.same([deliveries.body.data, deliveries.body.page.total], [[], 0], 'the deliveries list is empty');
+  t.same([deliveries.body.data, deliveries.body.page.nextCursor], [[], null], 'the deliveries list is empty');
 });
 
 t.test('ping queues a delivery; delete removes the webhook with its deliveries', async (t) => {
@@ -202,7 +202,7 @@ t.test('ping queues a delivery; delete removes the webhook with its deliveries',
         attempts: [],
       },
     ],
-    page: { limit: 50, offset: 0, total: 1 },
+    page: { limit: 50, nextCursor: null },
   });
   const [row] = await db('webhook_deliveries').where({ id: ping.body.deliveryId });
   t.same(row.payload, {
@@ -217,6 +217,88 @@ t.test('ping queues a delivery; delete removes the webhook with its deliveries',
   t.equal((await api.request('DELETE', `${hooks()}/${id}`, { key: acme.adminKey })).status, 204);
   t.equal((await api.request('DELETE', `${hooks()}/${id}`, { key: acme.adminKey })).status, 404, 'gone');
   t.equal((await db('webhook_deliveries').where({ webhook_id: id })).length, 0, 'its deliveries went with it');
+});
+
+// One flush writes all its deliveries at one created_at, and the tie fell to the random id: a later
+// give-up hid behind an earlier success (fails without the fix).
+t.test("a webhook's last delivery is the one that settled last, among deliveries of one flush too", async (t) => {
+  const { db, api, acme, hooks } = await world(t);
+  const id = (await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'http://127.0.0.1:9/in', events: ['*'] } })).body.id;
+  const created = new Date('2026-12-01T10:00:00.000Z');
+  const delivery = (deliveryId: string, status: string, completedAt: string) => ({
+    id: deliveryId,
+    webhook_id: id,
+    org_id: acme.org.id,
+    event_id: randomUUID(),
+    event_type: 'key.new_ip',
+    payload: {},
+    status,
+    created_at: created,
+    completed_at: new Date(completedAt),
+  });
+  // The later give-up has the lower id: by id it was the one passed over.
+  await db('webhook_deliveries').insert([
+    delivery('ffffffff-ffff-4fff-bfff-ffffffffffff', 'succeeded', '2026-12-01T10:00:01.000Z'),
+    delivery('00000000-0000-4000-8000-000000000000', 'failed', '2026-12-01T11:03:00.000Z'),
+  ]);
+  const listed = await api.request('GET', hooks(), { key: acme.adminKey });
+  t.same(listed.body.data[0].lastDelivery, { status: 'failed', eventType: 'key.new_ip', at: '2026-12-01T11:03:00.000Z' });
+});
+
+// Pages were an offset into a set the worker changes: with ?status=pending, the deliveries settled
+// after page 1 was read moved the rest up, and page 2 skipped as many (fails without the fix).
+t.test('the deliveries list pages by cursor: deliveries settled between pages skip none of the rest', async (t) => {
+  const { db, api, acme, hooks } = await world(t);
+  const id = (await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'http://127.0.0.1:9/in', events: ['*'] } })).body.id;
+  // Microseconds apart, within one millisecond: the cursor keeps them apart.
+  const base = Date.parse('2026-12-01T10:00:00.000Z');
+  const rows = Array.from({ length: 6 }, (_, i) => ({
+    id: randomUUID(),
+    webhook_id: id,
+    org_id: acme.org.id,
+    event_id: randomUUID(),
+    event_type: 'key.new_ip',
+    payload: {},
+    created_at: db.raw(`cast(? as timestamptz) + ? * interval '1 microsecond'`, [new Date(base).toISOString(), i % 3]),
+  }));
+  await db('webhook_deliveries').insert(rows);
+  const path = `${hooks()}/${id}/deliveries?status=pending&limit=2`;
+  const first = await api.request('GET', path, { key: acme.adminKey });
+  t.equal(first.body.data.length, 2);
+  t.match(first.body.page, { limit: 2, nextCursor: String });
+  await db('webhook_deliveries')
+    .whereIn(
+      'id',
+      first.body.data.map((d: { id: string }) => d.id),
+    )
+    .update({ status: 'succeeded', completed_at: db.fn.now() });
+  const rest: string[] = [];
+  let cursor: string | null = first.body.page.nextCursor;
+  for (let page = 0; cursor && page < 10; page += 1) {
+    const response: { body: any } = await api.request('GET', `${path}&cursor=${cursor}`, { key: acme.adminKey });
+    rest.push(...response.body.data.map((d: { id: string }) => d.id));
+    cursor = response.body.page.nextCursor;
+  }
+  const others = rows.map((row) => row.id).filter((rowId) => !first.body.data.some((d: { id: string }) => d.id === rowId));
+  t.same([...rest].sort(), [...others].sort(), 'the other 4, each once');
+
+  const all = await api.request('GET', `${hooks()}/${id}/deliveries`, { key: acme.adminKey });
+  const newestFirst = await db('webhook_deliveries')
+    .where({ webhook_id: id })
+    .orderBy([
+      { column: 'created_at', order: 'desc' },
+      { column: 'id', order: 'desc' },
+    ]);
+  t.same(
+    all.body.data.map((d: { id: string }) => d.id),
+    newestFirst.map((row) => row.id),
+    'newest first (to the microsecond), then id',
+  );
+  for (const forged of ['bm90LWEtY3Vyc29y', Buffer.from(`2026-02-30T10:00:00.000000Z ${id}`).toString('base64url')]) {
+    const refused = await api.request('GET', `${hooks()}/${id}/deliveries?cursor=${forged}`, { key: acme.adminKey });
+    t.match(refused, { status: 400, body: { error: { code: 'invalid_request', message: 'Invalid query: cursor: is not a cursor this endpoint returned' } } });
+  }
+  t.equal((await api.request('GET', `${hooks()}/${id}/deliveries?offset=2`, { key: acme.adminKey })).status, 400, 'offset is no longer read');
 });
 
 // Each key event is one delivery per webhook of its org, written in the collector's flush: an
@@ -311,8 +393,15 @@ t.test('a webhook names the key that created it, and the list finds those a key 
     [leaked.key.id, acme.adminKeyId],
   );
   t.equal(own.body.createdByKeyId, acme.adminKeyId);
-  const elsewhere = await api.request('GET', `${hooks(globex.org.id)}?createdByKeyId=${leaked.key.id}`, { key: globex.adminKey });
-  t.same([elsewhere.status, elsewhere.body.page.total], [200, 0], "another org's list holds none of them");
+  // An empty page here read as "this key made no webhook" (fails without the fix).
+  for (const keyId of [leaked.key.id, randomUUID()]) {
+    const elsewhere = await api.request('GET', `${hooks(globex.org.id)}?createdByKeyId=${keyId}`, { key: globex.adminKey });
+    t.match(
+      elsewhere,
+      { status: 404, body: { error: { code: 'not_found', message: 'API key not found', requestId: String } } },
+      "another org's key, or none, is not_found",
+    );
+  }
   const keyless = await api.services.webhooks.create(acme.org.id, { url: 'https://127.0.0.1/cli', events: ['*'] });
   t.equal(keyless.webhook.createdByKeyId, null, 'made without a key (a service call): none');
   t.equal((await api.request('GET', `${hooks()}?createdByKeyId=not-a-key`, { key: acme.adminKey })).status, 400);

@@ -1,12 +1,15 @@
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { retryDelayMs } from '../collector/webhookRetry';
 import { postWebhook } from '../collector/webhookSender';
 import { within } from '../shared/within';
 import { closeServer, listen } from '../shared/process';
-import { sleep } from '../harness/wait';
+import { httpStatus, sleep, waitFor } from '../harness/wait';
+import { freeTcpPort } from '../scripts/lib/freePort';
 import { secretBox } from '../shared/secretBox';
 import { signatureHeader } from '../shared/webhookSignature';
 import { lookupSlots } from '../shared/lookupSlots';
@@ -169,7 +172,87 @@ t.test('docs/webhooks.md shows the example file verbatim', async (t) => {
   const docs = fs.readFileSync(path.join(__dirname, '..', 'docs', 'webhooks.md'), 'utf8');
   const example = fs.readFileSync(EXAMPLE, 'utf8');
   t.ok(docs.includes('```js\n' + example + '```'), 'the example in the docs is the tested file');
-  t.ok(example.split('\n').length <= 40, 'about 30 lines');
+  // 40 until the size cap, the refusal to start without a secret and the guarded parse were added.
+  t.ok(example.split('\n').length <= 60, 'short enough to read whole: about 55 lines');
+});
+
+const EXAMPLE_SECRET = 'whsec_example';
+
+// The example run as a receiver runs it, its own process; resolves once it answers.
+async function startExample(t: Test) {
+  const port = await freeTcpPort();
+  const env = { ...process.env, _TAPJS_PROCESSINFO_COVERAGE_: '0', PORT: String(port), KEYUSAGE_WEBHOOK_SECRET: EXAMPLE_SECRET };
+  const child = spawn(process.execPath, [EXAMPLE], { env });
+  t.teardown(() => void child.kill());
+  let stdout = '';
+  child.stdout.on('data', (chunk) => (stdout += chunk));
+  const url = `http://127.0.0.1:${port}/`;
+  await waitFor('the example to listen', () => httpStatus(url));
+  return { port, url, stdout: () => stdout };
+}
+
+// The status the example answers a POST of `body` with, or the error that ended the request.
+async function post(url: string, body: string, headers: Record<string, string> = {}): Promise<number | string> {
+  try {
+    const response = await fetch(url, { method: 'POST', body, headers });
+    await response.arrayBuffer();
+    return response.status;
+  } catch (error) {
+    return String((error as Error & { cause?: Error }).cause ?? error);
+  }
+}
+
+async function postSigned(url: string, body: string) {
+  return post(url, body, { 'Keyusage-Signature': signatureHeader(EXAMPLE_SECRET, body, Math.floor(Date.now() / 1000)) });
+}
+
+// The example still serves: a signed delivery is answered 204 and handled (logged, by its key).
+async function assertServes(t: Test, example: Awaited<ReturnType<typeof startExample>>, keyId: string) {
+  const body = JSON.stringify({ id: `event-of-${keyId}`, type: 'key.new_ip', keyId, details: { ip: '203.0.113.7' } });
+  t.equal(await postSigned(example.url, body), 204, 'a signed delivery afterwards: 204');
+  await waitFor('the example to log the event', () => (example.stdout().includes(`key.new_ip ${keyId}`) ? true : undefined));
+}
+
+// What a raw connection sending `bytes` of body after the headers gets back, until it closes.
+function postRaw(port: number, bytes: number): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let answer = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => (answer += chunk));
+    socket.on('error', () => undefined); // the example closes the connection on the rest of the body
+    socket.on('close', () => resolve(answer));
+    socket.write(`POST / HTTP/1.1\r\nHost: example\r\nContent-Length: ${bytes}\r\n\r\n`);
+    socket.end(Buffer.alloc(bytes, 'a'));
+  });
+}
+
+// Found by a review: the example buffered any body whole and made it a string before any check,
+// so an unsigned 540 MB POST killed it ("Cannot create a string longer than …") and smaller ones
+// took what memory they liked (fails without the fix: a 400 once the whole MiB was read).
+t.test('the docs example answers 413 to a body past 64 KiB, closes that connection, and still serves', async (t) => {
+  const example = await startExample(t);
+  t.match(await postRaw(example.port, 1024 * 1024), /^HTTP\/1\.1 413 /, 'an unsigned MiB: 413, the connection closed');
+  t.equal(await post(example.url, 'a'.repeat(1024 * 1024)), 413, 'the same through fetch');
+  await assertServes(t, example, 'after-a-large-body');
+});
+
+// Found by a review: a signed body that was not JSON (or JSON without an id, such as `null`) threw
+// from the example's JSON.parse or its read of `id`, and ended the process (fails without the fix).
+t.test('the docs example answers 400 to a signed body that is not an event, and still serves', async (t) => {
+  const example = await startExample(t);
+  for (const body of ['not json', 'null', '{"id":7}']) t.equal(await postSigned(example.url, body), 400, `signed ${body}: 400`);
+  await assertServes(t, example, 'after-a-signed-non-event');
+});
+
+// Found by a review: without its secret the example started, then died at the first request
+// with a fresh timestamp (an HMAC keyed with undefined). It refuses to start, and says why (fails
+// without the fix: it listened until the test's bound ended it).
+t.test('the docs example refuses to start without KEYUSAGE_WEBHOOK_SECRET', async (t) => {
+  const env = { ...process.env, _TAPJS_PROCESSINFO_COVERAGE_: '0', PORT: String(await freeTcpPort()), KEYUSAGE_WEBHOOK_SECRET: undefined };
+  const run = spawnSync(process.execPath, [EXAMPLE], { env, encoding: 'utf8', timeout: 10_000 });
+  t.equal(run.status, 1, 'exits 1');
+  t.match(run.stderr, /KEYUSAGE_WEBHOOK_SECRET is not set/);
 });
 
 // A name server that stopped answering held the send past its claim's lease (another worker then

@@ -60,6 +60,8 @@ export interface Requirement {
    * within the cache's TTL could otherwise mint an unrevoked key, or rotate its owner out.
    */
   currentSecret?: boolean;
+  /** A change (currentSecret) that its org's write budget neither charges nor refuses: REVOKE_KEY. */
+  outsideWriteBudget?: boolean;
 }
 
 /** Reading an org's keys, usage, events, webhooks and audit log. */
@@ -72,6 +74,16 @@ export const MANAGE_ORG: Requirement = Object.freeze({ scopes: Object.freeze(['k
  * what its scopes do not grant.
  */
 export const MANAGE_AND_READ_ORG: Requirement = Object.freeze({ ...MANAGE_ORG, scopes: Object.freeze(['keys:read', 'keys:write'] as const) });
+/**
+ * Revoking a key, outside the org's write budget: charged to it, a leaked keys:write key that
+ * spent the budget kept its org from revoking it (a review). Its audit entries are bounded
+ * without it: a key is revoked once (revoking it again writes nothing), and an org holds
+ * KEYS_MAX_PER_ORG keys at most.
+ */
+export const REVOKE_KEY: Requirement = Object.freeze({ ...MANAGE_ORG, outsideWriteBudget: true });
+
+// The changes (the routes that want the current secret) spend their org's write budget.
+const chargesWriteBudget = (requirement: Requirement) => requirement.currentSecret === true && requirement.outsideWriteBudget !== true;
 
 // A Bearer credential wins; an Authorization of another scheme (Basic, added by an ingress in
 // front of the API) is not a key, and must not hide the X-API-Key the client sent beside it.
@@ -242,9 +254,11 @@ function isOtherOrg(param: unknown, orgId: string): boolean {
   return parsed.success && parsed.data !== orgId;
 }
 
-// Every request that names an existing key id is a use and is recorded exactly once here (a change
-// allowed here, when it is answered), with its outcome. Recording is an in-memory increment: no
-// await, no I/O, nothing that can throw.
+// Every request that names an existing key id is recorded exactly once here (a change allowed
+// here, when it is answered), with its outcome, except one the per-address failure throttle
+// refuses (refuseIp, or its verification's wait): refused before its key is looked up, it is
+// counted only in auth_refused_by_ip_total. Recording is an in-memory increment: no await, no
+// I/O, nothing that can throw.
 export function authorizer(deps: AuthorizeDeps) {
   return (requirement: Requirement = {}, body?: RequestHandler): RequestHandler =>
     async (req, res, next) => {
@@ -275,7 +289,8 @@ export function authorizer(deps: AuthorizeDeps) {
       }
 
       const { outcome, refusal } = decide(verdict, requirement, req);
-      const writeWaitMs = refusal === undefined && requirement.currentSecret ? (deps.orgWrites?.take(verdict.key.orgId) ?? 0) : 0;
+      const charged = refusal === undefined && chargesWriteBudget(requirement);
+      const writeWaitMs = charged ? (deps.orgWrites?.take(verdict.key.orgId) ?? 0) : 0;
       const overBudget = writeWaitMs > 0 ? tooManyWrites(res, writeWaitMs, deps.orgWrites!.perMinute) : undefined;
       // Known from here, for the request log too (a body refused, a client gone while sending it).
       const allowed = refusal === undefined && overBudget === undefined;
@@ -293,7 +308,7 @@ export function authorizer(deps: AuthorizeDeps) {
       if (overBudget) throw overBudget;
       if (!turn) {
         // Refused before it could change anything: its change is not counted.
-        if (requirement.currentSecret) deps.orgWrites?.giveBack(verdict.key.orgId);
+        if (charged) deps.orgWrites?.giveBack(verdict.key.orgId);
         throw tooManyInProgress(res, deps.orgConcurrency!.limit);
       }
       await turn.started;

@@ -4,8 +4,8 @@ import { setBounded } from './boundedMap';
 // API_WRITES_PER_ORG_MINUTE refilled evenly over the minute. Every change writes its rows and an
 // audit entry that is never deleted (append-only), and the write path is every org's: a key with
 // keys:write changing a key's networks in a loop grew the shared database by an audit row per
-// request, without bound. Only the change routes count (a dormant clean-up's dry run among them);
-// reads do not. Per process, as the other per-org limits.
+// request, without bound. Only the change routes count (a dormant clean-up's dry run among them),
+// but a key's revocation (REVOKE_KEY); reads do not. Per process, as the other per-org limits.
 
 /** Counted since start, for the metrics. */
 export interface OrgWriteStats {

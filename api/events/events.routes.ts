@@ -3,14 +3,14 @@ import { z } from 'zod';
 import { EVENT_TYPES } from '../../shared/keyEvents';
 import { READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
-import { dateParam, pagination, parseInput, uuid } from '../validation';
+import { pagination, parseInput, rangeStartParam, uuid } from '../validation';
 import { eventList, type EventsService } from './events.service';
 
 const listQuery = z
   .object({
     type: z.enum(EVENT_TYPES, { error: `must be one of ${EVENT_TYPES.join(', ')}` }).optional(),
     keyId: uuid.optional(),
-    since: dateParam.optional(),
+    since: rangeStartParam.optional(),
     cursor: z.string().min(1).max(200).optional(),
     limit: pagination.limit,
   })

@@ -1,7 +1,7 @@
 import { isIP } from 'node:net';
 import { Router, type RequestHandler, type Response } from 'express';
 import { z } from 'zod';
-import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, type Requirement } from '../auth/authorize';
+import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, REVOKE_KEY, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
 import { displayName, jsonBody, noBody, noQuery, withinSupportedTimes, pagination, parseInput, uuid } from '../validation';
 import { MAX_REVOKE_KEY_IDS, apiKeyList, apiKeyView, revealedApiKey, revokeDormantResult, type ApiKeysService } from './apiKeys.service';
@@ -128,8 +128,9 @@ export const apiKeysRoutes: RouteContract[] = [
     path: '/:keyId/revoke',
     operationId: 'revokeApiKey',
     summary: 'Revoke an API key (revoking it again changes nothing)',
-    description: 'A key can revoke only keys whose scopes it holds itself, and, if it expires, that expire no later than it does (403).',
-    auth: MANAGE_ORG,
+    description:
+      "A key can revoke only keys whose scopes it holds itself, and, if it expires, that expire no later than it does (403). Never refused for the org's changes of the last minute (API_WRITES_PER_ORG_MINUTE), nor counted among them: a key that spent them can still be revoked.",
+    auth: REVOKE_KEY,
     params: keyParams,
     responses: { 200: { description: 'The revoked key', body: apiKeyView } },
   },
@@ -148,7 +149,7 @@ export function apiKeysRouter(deps: {
   // caller gets 401 without its body being read, a key that sends bad JSON is still counted as a
   // use, and a body on its way holds no turn (api/auth/authorize.ts, readBody).
   const writeKeys = authorize(MANAGE_ORG, jsonBody('16kb'));
-  const writeKeysNoBody = authorize(MANAGE_ORG, noBody);
+  const revokeKey = authorize(REVOKE_KEY, noBody);
   // Up to 10,000 key ids (about 390 kB) from a dry run.
   const cleanUp = authorize(MANAGE_AND_READ_ORG, jsonBody('512kb'));
   const router = Router({ mergeParams: true });
@@ -194,7 +195,7 @@ export function apiKeysRouter(deps: {
     res.json({ ...rotated.key, key: rotated.plaintext } satisfies z.output<typeof revealedApiKey>);
   });
 
-  router.post('/:keyId/revoke', writeKeysNoBody, noQuery, async (req, res) => {
+  router.post('/:keyId/revoke', revokeKey, noQuery, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     res.json(await service.revoke(id, keyId, changeContext(res)));
   });

@@ -40,7 +40,9 @@ export const apiKeyView = z
     expiresAt: isoTime.nullable(),
     revokedAt: isoTime.nullable(),
     rotatedAt: isoTime.nullable(),
-    previousSecretExpiresAt: isoTime.nullable().meta({ description: 'While a rotation grace period is open: when the previous secret stops working' }),
+    previousSecretExpiresAt: isoTime
+      .nullable()
+      .meta({ description: 'While the key is active and a rotation grace period is open: when the previous secret stops working' }),
     expectedNetworks: z.array(z.string()).nullable(),
   })
   .meta({ id: 'ApiKey' });
@@ -75,14 +77,16 @@ export function keyStatus(key: Pick<ApiKeyRecord, 'revokedAt' | 'expiresAt'>, no
 }
 
 export function toApiKeyView(key: ApiKeyRecord, now: number): ApiKeyView {
-  const graceOpen = key.previousSecretExpiresAt && key.previousSecretExpiresAt.getTime() > now;
+  const status = keyStatus(key, now);
+  // A revoked or expired key's previous secret is refused as its current one is, whatever its grace.
+  const graceOpen = status === 'active' && key.previousSecretExpiresAt !== null && key.previousSecretExpiresAt.getTime() > now;
   return {
     id: key.id,
     orgId: key.orgId,
     name: key.name,
     displayPrefix: key.displayPrefix,
     scopes: key.scopes,
-    status: keyStatus(key, now),
+    status,
     createdAt: key.createdAt.toISOString(),
     expiresAt: iso(key.expiresAt),
     revokedAt: iso(key.revokedAt),

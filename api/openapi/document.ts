@@ -27,7 +27,7 @@ const ERROR_MEANING: Record<ErrorCode, string> = {
   payload_too_large: 'the body is over 16 kB (512 kB for revoke-dormant)',
   unsupported_media_type: 'the body is not application/json (UTF-8)',
   too_many_requests:
-    "too many failed authentication attempts from this address or for this key, or (on an org's routes) too many of the org's requests already waiting for their turn (4 × API_MAX_CONCURRENT_PER_ORG), or (on a change) the org's changes of the last minute reached API_WRITES_PER_ORG_MINUTE; retry after Retry-After seconds",
+    "too many failed authentication attempts from this address or for this key, or (on an org's routes) too many of the org's requests already waiting for their turn (4 × API_MAX_CONCURRENT_PER_ORG), or (on a change other than a revocation) the org's changes of the last minute reached API_WRITES_PER_ORG_MINUTE; retry after Retry-After seconds",
   internal_error: 'an unexpected error (logged with the requestId)',
   service_unavailable: 'the database does not answer, or the request took it longer than API_STATEMENT_TIMEOUT_MS; retry after Retry-After seconds',
 };

@@ -318,7 +318,8 @@ const FIRST_BUCKET = "date_trunc(:granularity, cast(:from as timestamptz), 'UTC'
 // The range is [from, to): the buckets that start before `to`, and the hours from the one holding
 // `from` to the last that starts before `to`. The whole bucket holding `to` was read, so a report
 // ending at midnight counted the next day's uses too; the whole day holding `from`, so a day
-// series from noon counted the morning's.
+// series from noon counted the morning's. With `to` at the first bucket's start (from = to on a
+// boundary) the series is empty.
 const FIRST_HOUR = "date_trunc('hour', cast(:from as timestamptz), 'UTC')";
 const LAST_INSTANT = "cast(:to as timestamptz) - interval '1 microsecond'";
 
@@ -335,7 +336,7 @@ export async function keyTimeSeries(db: Db, query: { orgId: string; keyId: strin
   const rows = await rawRows<{ start: Date } & Record<'request_count' | `${Outcome}_count`, string>>(
     db,
     `select s.bucket as start, ${sums}
-       from generate_series(${FIRST_BUCKET}, greatest(${FIRST_BUCKET}, ${LAST_INSTANT}), cast(:step as interval)) as s(bucket)
+       from generate_series(${FIRST_BUCKET}, ${LAST_INSTANT}, cast(:step as interval)) as s(bucket)
        left join ${hourBuckets(`hour, ${counts}`, `org_id = :orgId and key_id = :keyId and hour >= ${FIRST_HOUR} and hour < cast(:to as timestamptz)`)} h
          on date_trunc(:granularity, h.hour, 'UTC') = s.bucket and h.hour >= s.bucket and h.hour < s.bucket + cast(:step as interval)
       group by s.bucket

@@ -159,10 +159,11 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       const to = query.to ?? new Date(deps.now());
       const from = query.from ?? new Date(to.getTime() - 7 * DAY_MS);
       if (from.getTime() > to.getTime()) throw new InvalidInputError('from: must not be after to');
-      // The buckets that start before `to`, from the one holding `from` (and that one at least).
+      // The buckets that start before `to`, from the one holding `from`: none when `to` is that
+      // one's start (from = to on a boundary), not a bucket of 0 uses for an hour that had some.
       const step = query.granularity === 'hour' ? HOUR_MS : DAY_MS;
       const first = Math.floor(from.getTime() / step) * step;
-      const points = Math.max(1, Math.ceil((to.getTime() - first) / step));
+      const points = Math.ceil((to.getTime() - first) / step);
       if (points > MAX_SERIES_POINTS) {
         throw new InvalidInputError(`the range holds ${points} ${query.granularity}s; at most ${MAX_SERIES_POINTS} per request`);
       }

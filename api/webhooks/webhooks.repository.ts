@@ -12,7 +12,7 @@ export interface WebhookRecord {
   createdByKeyId: string | null;
 }
 
-/** The newest delivery of a webhook: what a list shows to say whether its receiver is healthy. */
+/** A webhook's newest delivery (of those, the last settled): what a list shows to say whether its receiver is healthy. */
 export interface LastDelivery {
   status: DeliveryStatus;
   eventType: string;
@@ -77,9 +77,14 @@ export async function listWebhooksInOrg(db: Db, orgId: string, page: { limit: nu
         'd.event_type as last_event_type',
         db.raw('coalesce(d.completed_at, d.created_at) as last_at'),
       )
+      // Among the newest deliveries, the one that settled last: one flush writes all its deliveries
+      // at one created_at, and with the tie left to the random id an earlier success could hide a
+      // later give-up. Newest first still, so the (webhook_id, created_at, id) index finds it
+      // without sorting every delivery a webhook has kept.
       .joinRaw(
         `left join lateral (select status, event_type, completed_at, created_at from ${TABLE.webhookDeliveries}
-            where org_id = w.org_id and webhook_id = w.id order by created_at desc, id desc limit 1) d on true`,
+            where org_id = w.org_id and webhook_id = w.id
+            order by created_at desc, coalesce(completed_at, created_at) desc, id desc limit 1) d on true`,
       )
       .where(matching('w.'))
       .orderBy([{ column: 'w.created_at' }, { column: 'w.id' }])
@@ -149,24 +154,46 @@ export interface DeliveryRecord {
   createdAt: Date;
   completedAt: Date | null;
   attempts: AttemptRecord[];
+  /** Where the next page starts if this delivery ends one. */
+  position: DeliveryPosition;
+}
+
+/** Where a page of deliveries starts: strictly after this one, newest first. */
+export interface DeliveryPosition {
+  /** Its created_at in UTC to the microsecond (`…T10:00:00.123456Z`): a Date would cut it to the millisecond. */
+  createdAt: string;
+  id: string;
+}
+
+interface DeliveryRow {
+  id: string;
+  event_id: string;
+  event_type: string;
+  status: DeliveryStatus;
+  attempts: number;
+  next_attempt_at: Date;
+  created_at: Date;
+  completed_at: Date | null;
+  position: string;
 }
 
 // One query for the page, one for the attempts of every delivery on it (never one per delivery).
 // The org is named too, as in every org-scoped query: on Citus that routes the query to the org's
 // shard instead of every shard, and a row filed under another org is never read.
-export async function listDeliveries(db: Db, orgId: string, webhookId: string, query: { limit: number; offset: number; status?: DeliveryStatus }) {
-  const filter = { org_id: orgId, webhook_id: webhookId, ...(query.status ? { status: query.status } : {}) };
-  const [rows, [{ count }]] = await Promise.all([
-    db(TABLE.webhookDeliveries)
-      .where(filter)
-      .orderBy([
-        { column: 'created_at', order: 'desc' },
-        { column: 'id', order: 'desc' },
-      ])
-      .limit(query.limit)
-      .offset(query.offset),
-    db(TABLE.webhookDeliveries).where(filter).count<{ count: number }[]>({ count: '*' }),
-  ]);
+// Keyset, not offset: the worker settles deliveries between a client's pages, and an offset over
+// `?status=pending` then skipped as many as had left the set.
+export async function listDeliveries(db: Db, orgId: string, webhookId: string, query: { limit: number; status?: DeliveryStatus; after?: DeliveryPosition }) {
+  const rows: DeliveryRow[] = await db(TABLE.webhookDeliveries)
+    .select('*', db.raw(`to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') as position`))
+    .where({ org_id: orgId, webhook_id: webhookId, ...(query.status ? { status: query.status } : {}) })
+    .modify((q) => {
+      if (query.after) q.whereRaw('(created_at, id) < (cast(? as timestamptz), ?)', [query.after.createdAt, query.after.id]);
+    })
+    .orderBy([
+      { column: 'created_at', order: 'desc' },
+      { column: 'id', order: 'desc' },
+    ])
+    .limit(query.limit);
   const attempts = await db(TABLE.webhookDeliveryAttempts)
     .where({ org_id: orgId })
     .whereIn(
@@ -177,7 +204,7 @@ export async function listDeliveries(db: Db, orgId: string, webhookId: string, q
       { column: 'attempt', order: 'desc' },
       { column: 'id', order: 'desc' },
     ]);
-  const deliveries: DeliveryRecord[] = rows.map((row) => ({
+  return rows.map((row): DeliveryRecord => ({
     id: row.id,
     eventId: row.event_id,
     eventType: row.event_type,
@@ -196,6 +223,6 @@ export async function listDeliveries(db: Db, orgId: string, webhookId: string, q
         error: attempt.error,
         succeeded: attempt.succeeded,
       })),
+    position: { createdAt: row.position, id: row.id },
   }));
-  return { deliveries, total: Number(count) };
 }

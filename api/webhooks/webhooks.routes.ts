@@ -46,11 +46,17 @@ const createBody = z
 const deliveriesQuery = z
   .object({
     status: z.enum(DELIVERY_STATUSES, { error: 'must be pending, succeeded or failed' }).optional(),
-    ...pagination,
+    cursor: z.string().min(1).max(200).optional().meta({ description: "The previous page's page.nextCursor" }),
+    limit: pagination.limit,
   })
   .strict();
 
-const listQuery = z.object({ ...pagination, createdByKeyId: uuid.optional().meta({ description: 'Only the webhooks this key created' }) }).strict();
+const listQuery = z
+  .object({
+    ...pagination,
+    createdByKeyId: uuid.optional().meta({ description: 'Only the webhooks this key created; a key of another org, or none, is a 404' }),
+  })
+  .strict();
 
 export const webhooksRoutes: RouteContract[] = [
   {

@@ -7,8 +7,9 @@ import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../../shared/secretBox';
 import type { LookupSlots } from '../../shared/lookupSlots';
 import { resolveTargetWithin, TargetRefusedError, type Lookup } from '../../shared/webhookTarget';
 import { AppError, InvalidInputError, notFound } from '../errors';
+import { requireKeyInOrg } from '../keys/requireKeyInOrg';
 import { lockOrgFor } from '../orgs/orgs.repository';
-import { idString, isoTime, listOf, offsetPage } from '../responses';
+import { cursorPage, idString, isoTime, listOf, offsetPage } from '../responses';
 import {
   countPendingDeliveries,
   countWebhooksInOrg,
@@ -19,6 +20,7 @@ import {
   listDeliveries,
   listWebhooksInOrg,
   DELIVERY_STATUSES,
+  type DeliveryPosition,
   type DeliveryRecord,
   type DeliveryStatus,
   type WebhookRecord,
@@ -68,8 +70,25 @@ const deliveryView = z.object({
     }),
   ),
 });
-export const deliveryList = listOf(deliveryView, offsetPage).meta({ id: 'WebhookDeliveryList' });
+export const deliveryList = listOf(deliveryView, cursorPage).meta({ id: 'WebhookDeliveryList' });
 export const pingResult = z.object({ deliveryId: idString, eventId: idString }).meta({ id: 'WebhookPing' });
+
+// The cursor is opaque to clients: base64url of the last delivery's created_at, to the microsecond
+// (deliveries of different flushes may share a millisecond), and id.
+const encodeCursor = (position: DeliveryPosition) => Buffer.from(`${position.createdAt} ${position.id}`).toString('base64url');
+
+const CURSOR = /^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.(\d{3})\d{3}Z) ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$/;
+
+// A time that is no real one (month 13, February 30) or before 1970 is refused here: PostgreSQL
+// would fail the query (a 500) or read another time.
+function decodeCursor(cursor: string): DeliveryPosition {
+  const match = CURSOR.exec(Buffer.from(cursor, 'base64url').toString());
+  const time = match ? Date.parse(match[1]) : Number.NaN;
+  if (!match || !(time >= 0) || new Date(time).toISOString() !== `${match[1].slice(0, 20)}${match[2]}Z`) {
+    throw new InvalidInputError('cursor: is not a cursor this endpoint returned');
+  }
+  return { createdAt: match[1], id: match[3] };
+}
 
 const toView = (webhook: WebhookRecord): WebhookView => ({
   id: webhook.id,
@@ -187,6 +206,8 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
     },
 
     async list(orgId: string, query: { limit: number; offset: number; createdByKeyId?: string }): Promise<z.output<typeof webhookList>> {
+      // A key of another org (or none) is not_found, not an empty page, as for events and usage.
+      if (query.createdByKeyId) await requireKeyInOrg(deps.db, orgId, query.createdByKeyId);
       const { webhooks, total } = await listWebhooksInOrg(deps.db, orgId, query);
       return {
         data: webhooks.map((webhook) => ({
@@ -209,11 +230,15 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
     async deliveries(
       orgId: string,
       webhookId: string,
-      query: { limit: number; offset: number; status?: DeliveryStatus },
+      query: { limit: number; cursor?: string; status?: DeliveryStatus },
     ): Promise<z.output<typeof deliveryList>> {
+      const after = query.cursor === undefined ? undefined : decodeCursor(query.cursor);
       await requireWebhook(orgId, webhookId);
-      const { deliveries, total } = await listDeliveries(deps.db, orgId, webhookId, query);
-      return { data: deliveries.map(toDeliveryView), page: { limit: query.limit, offset: query.offset, total } };
+      // One more than asked tells whether a next page exists without a count.
+      const deliveries = await listDeliveries(deps.db, orgId, webhookId, { status: query.status, after, limit: query.limit + 1 });
+      const page = deliveries.slice(0, query.limit);
+      const nextCursor = deliveries.length > query.limit ? encodeCursor(page[page.length - 1].position) : null;
+      return { data: page.map(toDeliveryView), page: { limit: query.limit, nextCursor } };
     },
 
     // A ping goes through the same outbox, worker, signature and retries as a key event.

@@ -24,7 +24,31 @@ export class ApiError extends Error {
 // A key is printable ASCII. Anything else (typographic quotes copied with it, a space inside) made
 // fetch throw on the header, which read as "The API could not be reached".
 const NOT_IN_A_KEY = /[^\x21-\x7e]/;
+// A key's own part (shared/logger.ts KEY_LIKE): text holding it holds key material.
+const KEY_MATERIAL = /ku_[0-9a-f]{32}_/;
+export const holdsKeyMaterial = (text) => KEY_MATERIAL.test(text);
 const REQUEST_TIMEOUT_MS = 30_000;
+const NOT_JSON = Symbol('not JSON');
+
+// Only a read is known to have changed nothing when its answer does not come: a write (rotate,
+// revoke, clean-up, save) may have been made by the server all the same, its answer lost, and
+// "did not answer" alone read as "nothing happened". Writes still time out: waiting without end, a
+// connection lost for good would leave the action silent for ever.
+export const NOT_ANSWERED = `The API did not answer within ${REQUEST_TIMEOUT_MS / 1000} s`;
+const timedOut = (method, key) =>
+  method === 'GET'
+    ? new ApiError(0, 'timeout', NOT_ANSWERED, key)
+    : new ApiError(0, 'write_timeout', `${NOT_ANSWERED}: the change may have been made all the same; check before trying again`, key);
+
+// Every answer of the API is JSON, its errors { error: { code, message } }: anything else came from
+// something in front of it (a sign-in proxy's page, a gateway's 502 page), and said only "HTTP 502"
+// or, for a 200, failed later reading a field of nothing.
+function notFromTheApi(response, key) {
+  const message = response.ok
+    ? 'The server answered with something other than the API (a proxy or sign-in page in front of it?)'
+    : `HTTP ${response.status} from a proxy or gateway in front of the API, not from the API itself`;
+  return new ApiError(response.status, 'not_api', message, key);
+}
 
 export async function api(method, path, { body, key = sessionKey() } = {}) {
   if (key && NOT_IN_A_KEY.test(key)) {
@@ -40,13 +64,13 @@ export async function api(method, path, { body, key = sessionKey() } = {}) {
     const signal = AbortSignal.timeout(REQUEST_TIMEOUT_MS);
     response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store', signal });
   } catch (error) {
-    if (error?.name === 'TimeoutError') throw new ApiError(0, 'timeout', `The API did not answer within ${REQUEST_TIMEOUT_MS / 1000} s`, key);
+    if (error?.name === 'TimeoutError') throw timedOut(method, key);
     throw new ApiError(0, 'network', 'The API could not be reached', key);
   }
-  const payload = await response.json().catch(() => undefined);
-  if (!response.ok) {
-    throw new ApiError(response.status, payload?.error?.code ?? 'unknown', payload?.error?.message ?? `HTTP ${response.status}`, key);
-  }
+  const payload = await response.json().catch(() => NOT_JSON);
+  const apiError = payload?.error;
+  if (response.ok ? payload === NOT_JSON : typeof apiError?.message !== 'string') throw notFromTheApi(response, key);
+  if (!response.ok) throw new ApiError(response.status, apiError.code ?? 'unknown', apiError.message, key);
   return payload;
 }
 

@@ -1,4 +1,4 @@
-import { api, orgPath } from './api.js';
+import { api, NOT_ANSWERED, orgPath } from './api.js';
 import { el, isolate, setText } from './dom.js';
 import { exact } from './format.js';
 import { confirmDialog } from './confirmDialog.js';
@@ -58,13 +58,16 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
     GRACE_CHOICES.map(([seconds, label]) => el('option', { value: seconds, text: label, selected: seconds === 86_400 })),
   );
   // No refresh once the page signed out (the key it was signed in with revoked): made with no key,
-  // its 401 was an uncaught error. Awaited, so a refresh's error is shown like the action's.
+  // its 401 was an uncaught error. Awaited, so a refresh's error is shown like the action's. A
+  // write that timed out may have been made all the same: the key is read again to show what holds
+  // now, and that read's own error is left to the periodic refresh, not put over the message.
   const act = (task) => async () => {
     try {
       await task();
       if (sessionKey()) await onChanged();
     } catch (error) {
       onError(error);
+      if (error.code === 'write_timeout' && sessionKey()) await onChanged().catch(() => {});
     }
   };
   const own = key.id === who.keyId;
@@ -79,7 +82,15 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
         if (!(await confirmDialog({ title: 'Rotate with no grace period?', message, confirmLabel: 'Rotate now' }))) return;
       }
       const signedInWith = sessionKey();
-      const rotated = await api('POST', orgPath(who, `/${key.id}/rotate`), { body: { gracePeriodSeconds } });
+      // The new secret is only ever in the rotation's answer: a rotation made but not answered in
+      // time left the page saying only that the API did not answer, the secret lost unsaid. Trying
+      // again is safe: while a first rotation's grace period runs, the API refuses one with a grace (409).
+      const rotated = await api('POST', orgPath(who, `/${key.id}/rotate`), { body: { gracePeriodSeconds } }).catch((error) => {
+        if (error.code === 'write_timeout') {
+          error.message = `${NOT_ANSWERED}: the key may have been rotated all the same, and its new secret, shown only in that answer, is then lost. Rotate again to get one you can copy.`;
+        }
+        throw error;
+      });
       // Rotating the key this page signed in with: carry on with its new secret, unless the person
       // signed out (or in with another key) while the rotation was on its way.
       if (own && sessionKey() === signedInWith) keepSessionKey(rotated.key);
