@@ -131,6 +131,7 @@ function createAuthentication(deps: AppDeps, clocks: { now: () => number; elapse
   const verifier = createKeyVerifier({
     db: deps.db,
     peppers: [deps.config.keyPepper, ...deps.config.previousKeyPeppers],
+    nextPepper: deps.config.nextKeyPepper,
     cacheTtlMs: deps.config.keyCacheTtlMs,
     now,
     elapsed,

@@ -43,7 +43,9 @@ export function createUpkeep(options: UpkeepOptions) {
     logger,
     now,
   });
-  const webhooks = createWebhookWorker({ db, peppers: [config.api.keyPepper, ...config.api.previousKeyPeppers], config: config.webhooks, logger, now });
+  // KEY_PEPPER_NEXT too: mid-rotation, an API already on it seals the webhook secrets it makes with it.
+  const peppers = [config.api.keyPepper, ...config.api.previousKeyPeppers, config.api.nextKeyPepper].filter((pepper) => pepper !== null);
+  const webhooks = createWebhookWorker({ db, peppers, config: config.webhooks, logger, now });
   let stopped = false;
   let firstRetention: NodeJS.Timeout | undefined;
   let retention: NodeJS.Timeout | undefined;

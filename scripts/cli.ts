@@ -37,7 +37,7 @@ Commands:
                                      id per line) still dormant, without it the keys selected again
                                      (refused if no key of the org has a recorded use within n days)
   key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log, usage log)
-  pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS)
+  pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS, KEY_PEPPER_NEXT)
   usage-log requeue                  Move the usage set aside (usage log rows a fold could not read,
                                      keys PostgreSQL refused) back into the usage log for the next fold
   help                               Show this help
@@ -84,6 +84,8 @@ export interface CliDeps {
   pepper: string;
   /** KEY_PEPPER_PREVIOUS, newest first. */
   previousPeppers?: readonly string[];
+  /** KEY_PEPPER_NEXT. */
+  nextPepper?: string | null;
   /** USAGE_TRACKING: false refuses revoke-dormant --apply, as the API does (uses are not recorded). */
   usageTracking?: boolean;
   now: () => number;
@@ -414,12 +416,14 @@ async function keyIdsOfFile(file: string): Promise<string[]> {
 }
 
 // Which configured pepper each id is, and its place in the report: current, previous ones in
-// order, hashes from before ids were recorded, then ids no configured pepper has (keys that no
-// longer verify).
+// order, the next one, hashes from before ids were recorded, then ids no configured pepper has
+// (keys that no longer verify).
 function pepperSource(id: string | null, deps: CliDeps): { rank: number; source: string } {
-  const configured = [deps.pepper, ...(deps.previousPeppers ?? [])].map(pepperId);
+  const previous = deps.previousPeppers ?? [];
+  const configured = [deps.pepper, ...previous, ...(deps.nextPepper == null ? [] : [deps.nextPepper])].map(pepperId);
   const index = id === null ? -1 : configured.indexOf(id);
   if (index === 0) return { rank: 0, source: 'KEY_PEPPER (current)' };
+  if (index > previous.length) return { rank: index, source: 'KEY_PEPPER_NEXT (verified, not rehashed)' };
   if (index > 0) return { rank: index, source: `KEY_PEPPER_PREVIOUS #${index}` };
   if (id === null) return { rank: configured.length, source: 'not recorded (made before 0.2.0; rehashed on use)' };
   return { rank: configured.length + 1, source: 'not configured: these keys no longer verify' };
@@ -619,6 +623,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
       err: io.err,
       pepper: config.api.keyPepper,
       previousPeppers: config.api.previousKeyPeppers,
+      nextPepper: config.api.nextKeyPepper,
       usageTracking: config.usage.enabled,
       now,
     });

@@ -210,6 +210,10 @@ const variables = {
     .transform(previousPeppers)
     .pipe(z.array(z.string().min(32, 'each pepper must be at least 32 characters')))
     .optional(),
+  // The pepper a rotation moves to, before it becomes KEY_PEPPER: hashes it made verify and are not
+  // rehashed. One value, taken as written and checked like KEY_PEPPER, which it is about to become
+  // (trimmed as in the previous list, a secret file's newline would make it another pepper).
+  KEY_PEPPER_NEXT: secret.optional(),
   KEY_CACHE_TTL_MS: wholeNumber(0, 60_000).default(2000),
   ROTATION_GRACE_SECONDS: wholeNumber(0, 604_800).default(86_400),
   // Keys one org may hold through the API, revoked ones included until deleted: every key is a row
@@ -364,6 +368,7 @@ function productionGuards(v: Variables): string[] {
   // Set explicitly, the published pepper passed as if it were a secret (around it, a secret file's
   // newline). Moving off it is a rotation (docs/security.md): the list of previous peppers may keep it.
   else if (v.KEY_PEPPER.trim() === DEV_PEPPER) problems.push(DEV_PEPPER_PROBLEM);
+  if (v.KEY_PEPPER_NEXT?.trim() === DEV_PEPPER) problems.push('KEY_PEPPER_NEXT: is the published development pepper, which KEY_PEPPER may not be');
   // Beyond loopback anyone who can reach the port could forge uses of a key whose ids they know.
   if (!isLoopbackAddress(v.COLLECTOR_HOST) && !v.USAGE_SIGNING_SECRET) {
     problems.push('USAGE_SIGNING_SECRET: required when COLLECTOR_HOST is not a loopback IP address, unless NODE_ENV is development or test');
@@ -372,10 +377,16 @@ function productionGuards(v: Variables): string[] {
 }
 
 // A previous pepper equal to the current one would be tried twice for nothing, and hides a
-// rotation that was not made.
+// rotation that was not made. The next one equal to either would give one pepper two roles: is
+// a hash it made rehashed or not? NEXT and PREVIOUS may both be set: a rotation may begin while
+// keys are still moving off the one before.
 function pepperProblems(v: Variables): string[] {
   const previous = v.KEY_PEPPER_PREVIOUS ?? [];
   const current = v.KEY_PEPPER ?? DEV_PEPPER;
+  const next = v.KEY_PEPPER_NEXT;
+  if (next === current)
+    return ['KEY_PEPPER_NEXT: must not repeat KEY_PEPPER (once every instance has it, KEY_PEPPER takes its value and KEY_PEPPER_NEXT goes)'];
+  if (next !== undefined && previous.includes(next)) return ['KEY_PEPPER_NEXT: must not be one of KEY_PEPPER_PREVIOUS'];
   if (previous.includes(current)) return ['KEY_PEPPER_PREVIOUS: must not repeat KEY_PEPPER'];
   if (new Set(previous).size !== previous.length) return ['KEY_PEPPER_PREVIOUS: lists a pepper twice'];
   return [];
@@ -506,6 +517,7 @@ const apiSection = (v: Variables) => ({
   metricsPort: v.API_METRICS_PORT,
   keyPepper: v.KEY_PEPPER ?? DEV_PEPPER,
   previousKeyPeppers: v.KEY_PEPPER_PREVIOUS ?? [],
+  nextKeyPepper: v.KEY_PEPPER_NEXT ?? null,
   keyCacheTtlMs: v.KEY_CACHE_TTL_MS,
   rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
   maxKeysPerOrg: v.KEYS_MAX_PER_ORG,

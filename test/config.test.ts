@@ -45,6 +45,7 @@ t.test('defaults', async (t) => {
     metricsPort: 9103,
     keyPepper: config.api.keyPepper,
     previousKeyPeppers: [],
+    nextKeyPepper: null,
     keyCacheTtlMs: 2000,
     rotationGraceSeconds: 86_400,
     maxKeysPerOrg: 100_000,
@@ -177,6 +178,29 @@ t.test('KEY_PEPPER_PREVIOUS: older peppers, newest first, each checked and never
   }
   t.same(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: `[${older}` }).api.previousKeyPeppers, [`[${older}`], 'a comma-list pepper may begin with "["');
   t.ok(Object.isFrozen(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: older }).api.previousKeyPeppers), 'frozen like the rest');
+});
+
+// The pepper a rotation moves to (docs/security.md, pepper rotation): checked like KEY_PEPPER,
+// which it becomes, and taken as written, so the same secret file gives the same pepper there.
+t.test('KEY_PEPPER_NEXT: one pepper, checked like KEY_PEPPER, never one already configured', async (t) => {
+  const next = `${'n'.repeat(32)},x\n`;
+  const older = 'o'.repeat(32);
+  t.same(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_NEXT: next }).api.nextKeyPepper, next, 'a comma and a newline are part of it');
+  const both = loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: older, KEY_PEPPER_NEXT: next }).api;
+  t.same([both.previousKeyPeppers, both.nextKeyPepper], [[older], next], 'with previous ones too: a rotation may begin before the last one is done');
+  t.same(configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_NEXT: ` ${'n'.repeat(31)} ` }).problems, [
+    'KEY_PEPPER_NEXT: must be at least 32 characters, whitespace not counted',
+  ]);
+  t.same(configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_NEXT: PEPPER }).problems, [
+    'KEY_PEPPER_NEXT: must not repeat KEY_PEPPER (once every instance has it, KEY_PEPPER takes its value and KEY_PEPPER_NEXT goes)',
+  ]);
+  t.same(configError(t, { KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: older, KEY_PEPPER_NEXT: older }).problems, [
+    'KEY_PEPPER_NEXT: must not be one of KEY_PEPPER_PREVIOUS',
+  ]);
+  const development = loadConfig(DEV).api.keyPepper;
+  t.same(configError(t, { NODE_ENV: 'production', KEY_PEPPER: PEPPER, KEY_PEPPER_NEXT: development }).problems, [
+    'KEY_PEPPER_NEXT: is the published development pepper, which KEY_PEPPER may not be',
+  ]);
 });
 
 t.test('the auth throttle is on by default; a limit of 0 turns that dimension off', async (t) => {

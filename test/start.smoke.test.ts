@@ -335,6 +335,11 @@ t.test('ensureDemoOrg creates the demo org and an every-scope key once, and find
   t.match(pasted, `\n    PORT=3100 EMBEDDED_PG_DIR='/tmp/it'\\''s here' npm run demo-traffic\n`);
   t.match(pasted, 'export the same KEY_PEPPER as this one');
   t.same(commandSettings(loadConfig({ NODE_ENV: 'development' }), {}), { prefix: '', secrets: [] }, 'defaults need no prefix');
+  t.same(
+    commandSettings(loadConfig({ NODE_ENV: 'development' }), { KEY_PEPPER_PREVIOUS: 'x', KEY_PEPPER_NEXT: 'y' }).secrets,
+    ['KEY_PEPPER_PREVIOUS', 'KEY_PEPPER_NEXT'],
+    "a pepper rotation's other peppers are named too: without them the CLI cannot verify every key",
+  );
 });
 
 // --- The whole system, as a newcomer runs it -------------------------------------------------

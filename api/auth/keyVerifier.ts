@@ -39,6 +39,20 @@ interface Instant {
 const MAX_CACHED_KEYS = 10_000;
 const MAX_UNKNOWN_KEYS = 10_000;
 
+// The peppers a secret is tried with, current first, and those a hash may stay on: KEY_PEPPER, and
+// KEY_PEPPER_NEXT, which instances further along a rotation already hash with. Rehashed away from
+// here, a key used on both kinds of instance was rewritten, back and forth, on nearly every use.
+interface Keyring {
+  tried: readonly Pepper[];
+  kept: ReadonlySet<Pepper>;
+}
+
+function keyring(configured: readonly string[], next: string | null | undefined): Keyring {
+  const [current, ...previous] = configured.map(toPepper);
+  const upcoming = next == null ? [] : [toPepper(next)];
+  return { tried: [current, ...previous, ...upcoming], kept: new Set([current, ...upcoming]) };
+}
+
 // A recorded pepper id names the one pepper to try (one comparison, as before pepper rotation); a
 // hash from before ids were recorded may have been made with any configured pepper, current first.
 function matchingPepper(secret: string, hash: Buffer, storedId: string | null, peppers: readonly Pepper[]): Pepper | undefined {
@@ -50,18 +64,18 @@ function matchingPepper(secret: string, hash: Buffer, storedId: string | null, p
 }
 
 /** The verdict, and whether the matched hash should be remade with the current pepper. */
-function judge(key: ApiKeyRecord, secret: string, peppers: readonly Pepper[], now: number): { verdict: Verification; stalePepper: boolean } {
-  const current = matchingPepper(secret, key.secretHash, key.secretPepperId, peppers);
+function judge(key: ApiKeyRecord, secret: string, peppers: Keyring, now: number): { verdict: Verification; stalePepper: boolean } {
+  const current = matchingPepper(secret, key.secretHash, key.secretPepperId, peppers.tried);
   const previous =
     current === undefined && key.previousSecretHash !== null && key.previousSecretExpiresAt !== null && key.previousSecretExpiresAt.getTime() > now
-      ? matchingPepper(secret, key.previousSecretHash, key.previousSecretPepperId, peppers)
+      ? matchingPepper(secret, key.previousSecretHash, key.previousSecretPepperId, peppers.tried)
       : undefined;
   // The secret is checked before the status, so only the key's holder learns it is revoked or expired.
   const pepper = current ?? previous;
   if (!pepper) return { verdict: { outcome: 'bad_secret', key }, stalePepper: false };
   const matched: MatchedSecret = current ? 'current' : 'previous';
   const storedId = current ? key.secretPepperId : key.previousSecretPepperId;
-  const stalePepper = pepper !== peppers[0] || storedId === null;
+  const stalePepper = !peppers.kept.has(pepper) || storedId === null;
   if (key.revokedAt) return { verdict: { outcome: 'revoked', key, secret: matched }, stalePepper };
   if (key.expiresAt && key.expiresAt.getTime() <= now) return { verdict: { outcome: 'expired', key, secret: matched }, stalePepper };
   return { verdict: { outcome: 'ok', key, secret: matched }, stalePepper };
@@ -74,7 +88,7 @@ function judge(key: ApiKeyRecord, secret: string, peppers: readonly Pepper[], no
 // real keys out. Loads are single-flight per key, and a failed load never evicts a cached record.
 // A secret that does not match the cached record is checked once more against a fresh read, so a key
 // rotated elsewhere works at once; `mayReload` lets the caller refuse that read for a key whose
-// wrong secrets come too often (a flood then costs no query each). A secret proven with an older
+// wrong secrets come too often (a flood then costs no query each). A secret proven with a previous
 // pepper is rehashed with the current one after the request (api/auth/pepperUpgrade.ts); the
 // entry is then dropped so the next use reads the new hash.
 /** How often a key whose reloads the throttle refuses is read again for a secret its cache does not match. */
@@ -84,6 +98,8 @@ export function createKeyVerifier(deps: {
   db: Db;
   /** KEY_PEPPER, then KEY_PEPPER_PREVIOUS, current first. */
   peppers: readonly string[];
+  /** KEY_PEPPER_NEXT: verifies, and is never rehashed away from. */
+  nextPepper?: string | null;
   cacheTtlMs: number;
   /** The wall clock, for expiry and the grace period's end (times written down). */
   now: () => number;
@@ -92,7 +108,7 @@ export function createKeyVerifier(deps: {
   mayReload?: (keyId: string) => boolean;
   onRehashError?: (error: Error) => void;
 }): KeyVerifier {
-  const peppers = deps.peppers.map(toPepper);
+  const peppers = keyring(deps.peppers, deps.nextPepper);
   const records = new Map<string, { record: ApiKeyRecord; fetchedAt: number }>();
   const unknown = new Map<string, number>();
   const loading = new Map<string, Promise<ApiKeyRecord | undefined>>();
@@ -126,7 +142,12 @@ export function createKeyVerifier(deps: {
     return query;
   }
 
-  const upgrade = pepperUpgrader({ db: deps.db, current: peppers[0], onUpgraded: (keyId) => invalidate(keyId), onError: deps.onRehashError ?? (() => {}) });
+  const upgrade = pepperUpgrader({
+    db: deps.db,
+    current: peppers.tried[0],
+    onUpgraded: (keyId) => invalidate(keyId),
+    onError: deps.onRehashError ?? (() => {}),
+  });
   function decided(key: ApiKeyRecord, secret: string, now: number): Verification {
     const { verdict, stalePepper } = judge(key, secret, peppers, now);
     // Only a key that can still be used is worth a write: a revoked or expired one never succeeds again.

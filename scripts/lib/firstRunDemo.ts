@@ -55,7 +55,7 @@ export function commandSettings(config: Config, env: NodeJS.ProcessEnv = process
     .filter(([, value, fallback]) => value !== undefined && value !== fallback)
     .map(([name, value]) => `${name}=${shellWord(String(value))} `)
     .join('');
-  return { prefix, secrets: ['DATABASE_URL', 'KEY_PEPPER', 'KEY_PEPPER_PREVIOUS'].filter((name) => env[name]) };
+  return { prefix, secrets: ['DATABASE_URL', 'KEY_PEPPER', 'KEY_PEPPER_PREVIOUS', 'KEY_PEPPER_NEXT'].filter((name) => env[name]) };
 }
 
 export interface BannerContext {
