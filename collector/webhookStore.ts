@@ -14,6 +14,8 @@ export interface ClaimedDelivery {
   attempt: number;
   url: string;
   secretBox: Buffer;
+  /** While a secret rotation's grace period is open (database time): the previous secret's box, which signs too. */
+  previousSecretBox: Buffer | null;
 }
 
 // `skip locked` lets several collectors claim side by side without waiting for or taking each
@@ -71,11 +73,12 @@ with due as (
      set attempts = d.attempts + 1, next_attempt_at = now() + :leaseMs * interval '1 millisecond'
     from due, ${TABLE.webhooks} w
    where d.org_id = :orgId and d.id = due.id and due.attempts < :maxAttempts and w.org_id = :orgId and w.id = d.webhook_id
-  returning d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret_box
+  returning d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret_box,
+            case when w.previous_secret_expires_at > now() then w.previous_secret_box end as previous_secret_box
 )
 select *, false as spent from claimed
 union all
-select id, null, null, null, null, null, null, null, null, true from spent`;
+select id, null, null, null, null, null, null, null, null, null, true from spent`;
 
 interface ClaimRow {
   id: string;
@@ -87,6 +90,7 @@ interface ClaimRow {
   attempts: number;
   url: string;
   secret_box: Buffer;
+  previous_secret_box: Buffer | null;
   spent: boolean;
 }
 
@@ -169,6 +173,7 @@ const toClaimedDelivery = (row: ClaimRow): ClaimedDelivery => ({
   attempt: row.attempts,
   url: row.url,
   secretBox: row.secret_box,
+  previousSecretBox: row.previous_secret_box,
 });
 
 export interface AttemptOutcome {

@@ -51,6 +51,16 @@ function payloadBody(payload: Record<string, unknown>): string {
   return JSON.stringify({ id, type, orgId, keyId, occurredAt, details });
 }
 
+/**
+ * `t=<ts>,v1=<new>` and, through a secret rotation's grace period, `,v1=<previous>` after it, as
+ * Stripe signs with several secrets: a receiver accepts the delivery if any v1 matches its secret.
+ */
+export function rotatingSignatureHeader(secrets: readonly string[], body: string, timestampSeconds: number): string {
+  const [first, ...more] = secrets.map((secret) => signatureHeader(secret, body, timestampSeconds));
+  // Each of `more` is `t=<same ts>,v1=…`: its v1 part is appended.
+  return [first, ...more.map((header) => header.slice(header.indexOf(',') + 1))].join(',');
+}
+
 export function createWebhookWorker(options: WebhookWorkerOptions) {
   const { db, config, logger } = options;
   const now = options.now ?? Date.now;
@@ -65,6 +75,19 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   let stopping = false;
   const stopped = () => stopping;
 
+  // The previous secret is a courtesy to a receiver not yet on the new one: one that cannot be
+  // opened (a rotation made because the pepper that sealed it was dropped) leaves the new one alone
+  // to sign, rather than failing every attempt through the grace period.
+  function previousSecret(delivery: ClaimedDelivery): string[] {
+    if (!delivery.previousSecretBox) return [];
+    try {
+      return [box.open(delivery.previousSecretBox, delivery.webhookId)];
+    } catch {
+      warn('webhook_previous_secret', { webhookId: delivery.webhookId }, "a webhook's previous signing secret cannot be opened; the new one alone signs");
+      return [];
+    }
+  }
+
   async function send(delivery: ClaimedDelivery): Promise<SendResult> {
     let secret: string;
     try {
@@ -75,7 +98,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     const body = payloadBody(delivery.payload);
     const headers = {
       'user-agent': 'keyusage-webhooks',
-      [SIGNATURE_HEADER]: signatureHeader(secret, body, Math.floor(now() / 1000)),
+      [SIGNATURE_HEADER]: rotatingSignatureHeader([secret, ...previousSecret(delivery)], body, Math.floor(now() / 1000)),
       'keyusage-event-id': delivery.eventId,
       'keyusage-event-type': delivery.eventType,
       'idempotency-key': delivery.eventId,

@@ -221,6 +221,21 @@ const WEBHOOK_ROUTES: Route[] = [
     invalid: [{ label: 'webhookId not a UUID', params: { webhookId: BAD_ID }, field: 'webhookId' }],
   },
   {
+    name: 'POST /api/orgs/:id/webhooks/:webhookId/rotate-secret',
+    scopes: ['keys:read', 'keys:write'],
+    managesKeys: true,
+    target: 'webhook',
+    resource: 'webhook',
+    body: { gracePeriodSeconds: 3600 },
+    okStatus: 200,
+    invalid: [
+      { label: 'webhookId not a UUID', params: { webhookId: BAD_ID }, body: {}, field: 'webhookId' },
+      { label: 'negative grace', body: { gracePeriodSeconds: -1 }, field: 'gracePeriodSeconds' },
+      { label: 'grace over 7 days', body: { gracePeriodSeconds: 604_801 }, field: 'gracePeriodSeconds' },
+      { label: 'unknown field', body: { secret: 'mine' }, field: 'secret' },
+    ],
+  },
+  {
     name: 'DELETE /api/orgs/:id/webhooks/:webhookId',
     scopes: ['keys:read', 'keys:write'],
     managesKeys: true,
@@ -533,7 +548,7 @@ t.test('every route against every kind of refusal', async (t) => {
 
   t.same([...seen.unauthorizedMessages], [UNAUTHORIZED_MESSAGE], 'every 401 carries the same message');
   t.equal(seen.revealed.length, 2, 'create and rotate each revealed one key');
-  t.equal(seen.revealedWebhookSecrets.length, 1, 'creating a webhook revealed its secret');
+  t.equal(seen.revealedWebhookSecrets.length, 2, "creating a webhook and rotating one's secret each revealed a secret");
   await t.test('no key material in any response body or log line', (t) => assertNoKeyMaterial(t, world, seen));
   t.notMatch(world.globex.id, world.acme.id);
 });

@@ -143,7 +143,7 @@ t.test('the document never offers key material outside create and rotate', async
     .filter(({ operation }) => /WithPlaintext|WithSecret/.test(JSON.stringify(operation.responses)))
     .map(({ operation }) => operation.operationId)
     .sort();
-  t.same(revealedBy, ['createApiKey', 'createWebhook', 'rotateApiKey'], 'only create and rotate answer with a plaintext key or secret');
+  t.same(revealedBy, ['createApiKey', 'createWebhook', 'rotateApiKey', 'rotateWebhookSecret'], 'only create and rotate answer with a plaintext key or secret');
 });
 
 // ---- Real responses against the document ----
@@ -174,6 +174,7 @@ const SUCCESS: Record<string, { ids?: Record<string, 'rotateTarget' | 'revokeTar
   deleteWebhook: { ids: { webhookId: 'webhookToDelete' } },
   listWebhookDeliveries: { query: 'status=pending' },
   pingWebhook: {},
+  rotateWebhookSecret: { body: { gracePeriodSeconds: 60 } },
   listAuditLog: { query: 'limit=5' },
 };
 
@@ -375,6 +376,18 @@ t.test('every response of every route matches the document', async (t) => {
     const webhook = await world.api.services.webhooks.create(world.orgId, { url: 'https://203.0.113.13/hook', events: ['*'] });
     for (let i = 0; i < 10; i += 1) await world.api.services.webhooks.ping(world.orgId, webhook.webhook.id);
     const response = await world.api.request('POST', urlOf(world, template, { webhookId: webhook.webhook.id }), { key: world.plaintexts.admin });
+    t.equal(response.status, 409);
+    check(t, template, 'post', response, 'conflict');
+  });
+
+  await t.test("rotating a webhook's secret with a grace period while an earlier one's is open", async (t) => {
+    const { template } = contracts.get('rotateWebhookSecret')!;
+    const webhook = await world.api.services.webhooks.create(world.orgId, { url: 'https://203.0.113.14/hook', events: ['*'] });
+    await world.api.services.webhooks.rotateSecret(world.orgId, webhook.webhook.id, { graceSeconds: 60 });
+    const response = await world.api.request('POST', urlOf(world, template, { webhookId: webhook.webhook.id }), {
+      key: world.plaintexts.admin,
+      body: { gracePeriodSeconds: 60 },
+    });
     t.equal(response.status, 409);
     check(t, template, 'post', response, 'conflict');
   });

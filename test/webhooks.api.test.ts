@@ -36,7 +36,11 @@ t.test('create shows the secret once; list never shows it', async (t) => {
     listed.body.data.map((hook: { id: string }) => hook.id),
     [created.body.id, everything.body.id],
   );
-  t.same(Object.keys(listed.body.data[0]).sort(), ['createdAt', 'createdByKeyId', 'events', 'id', 'lastDelivery', 'orgId', 'url'], 'no secret field');
+  t.same(
+    Object.keys(listed.body.data[0]).sort(),
+    ['createdAt', 'createdByKeyId', 'events', 'id', 'lastDelivery', 'orgId', 'previousSecretExpiresAt', 'url'],
+    'no secret field',
+  );
   const second = await api.request('GET', `${hooks()}?limit=1&offset=1`, { key: acme.adminKey });
   t.same(
     second.body.data.map((hook: { id: string }) => hook.id),
@@ -154,6 +158,7 @@ t.test('another org cannot see, delete, ping or read the deliveries of a webhook
     ['DELETE', ''],
     ['POST', '/test'],
     ['GET', '/deliveries'],
+    ['POST', '/rotate-secret'],
   ] as const) {
     const foreign = await api.request(method, `${hooks(globex.org.id)}/${id}${suffix}`, { key: globex.adminKey });
     const missing = await api.request(method, `${hooks(globex.org.id)}/${randomUUID()}${suffix}`, { key: globex.adminKey });
@@ -405,4 +410,94 @@ t.test('a webhook names the key that created it, and the list finds those a key 
   const keyless = await api.services.webhooks.create(acme.org.id, { url: 'https://127.0.0.1/cli', events: ['*'] });
   t.equal(keyless.webhook.createdByKeyId, null, 'made without a key (a service call): none');
   t.equal((await api.request('GET', `${hooks()}?createdByKeyId=not-a-key`, { key: acme.adminKey })).status, 400);
+});
+
+// The documented rotation (a new webhook, the old one deleted) lost the events pending on the old
+// one, its delivery log with them. A rotation is in place now, the previous secret kept for a grace
+// period (fails without the fix: no such route).
+t.test('rotate-secret: a new secret shown once, the grace period in the view, one grace period open at a time, audited', async (t) => {
+  const { db, api, acme, hooks } = await world(t);
+  const created = await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'http://127.0.0.1:9/in', events: ['*'] } });
+  t.equal(created.body.previousSecretExpiresAt, null, 'no rotation yet');
+  const rotateUrl = `${hooks()}/${created.body.id}/rotate-secret`;
+  const [before] = await db('webhooks').where({ id: created.body.id });
+
+  const rotated = await api.request('POST', rotateUrl, { key: acme.adminKey });
+  t.equal(rotated.status, 200);
+  t.equal(rotated.headers.get('cache-control'), 'no-store');
+  t.match(rotated.body, { id: created.body.id, url: 'http://127.0.0.1:9/in', events: ['*'], createdByKeyId: acme.adminKeyId });
+  t.match(rotated.body.secret, /^whsec_[A-Za-z0-9_-]{43}$/);
+  t.not(rotated.body.secret, created.body.secret, 'a new secret');
+  const graceMs = Date.parse(rotated.body.previousSecretExpiresAt) - Date.now();
+  t.ok(graceMs > 86_300_000 && graceMs <= 86_400_000, `a day's grace by default (${graceMs} ms left)`);
+  const [after] = await db('webhooks').where({ id: created.body.id });
+  t.same(after.previous_secret_box, before.secret_box, 'the previous secret is kept, sealed as it was');
+  t.notSame(after.secret_box, before.secret_box);
+  t.notOk(Buffer.from(after.secret_box).includes(Buffer.from(rotated.body.secret)), 'the new one stored encrypted');
+
+  const [listed] = (await api.request('GET', hooks(), { key: acme.adminKey })).body.data;
+  t.equal(listed.previousSecretExpiresAt, rotated.body.previousSecretExpiresAt, 'the list shows when the previous secret stops');
+  t.notOk('secret' in listed, 'and never a secret');
+  t.same(api.evidence.leaksOf([rotated.body.secret.slice(6), created.body.secret.slice(6)]), [], 'in no other body and no log line');
+
+  // A second grace period would end the first early (as for API keys); 0 ends both older secrets.
+  const again = await api.request('POST', rotateUrl, { key: acme.adminKey, body: { gracePeriodSeconds: 60 } });
+  t.equal(again.status, 409);
+  t.match(again.body.error, { code: 'conflict', message: `previous secret signs until ${rotated.body.previousSecretExpiresAt}` });
+  const cut = await api.request('POST', rotateUrl, { key: acme.adminKey, body: { gracePeriodSeconds: 0 } });
+  t.equal(cut.status, 200, 'with no grace period it is allowed');
+  t.equal(cut.body.previousSecretExpiresAt, null);
+  t.match(await db('webhooks').where({ id: created.body.id }).first('previous_secret_box', 'previous_secret_expires_at'), {
+    previous_secret_box: null,
+    previous_secret_expires_at: null,
+  });
+  const graced = await api.request('POST', rotateUrl, { key: acme.adminKey, body: { gracePeriodSeconds: 60 } });
+  t.equal(graced.status, 200, 'nothing open: a grace period again');
+  // A grace period that has ended is none: shown as null, and no bar to the next rotation.
+  await db('webhooks').update({ previous_secret_expires_at: db.raw(`now() - interval '1 second'`) });
+  t.equal((await api.request('GET', hooks(), { key: acme.adminKey })).body.data[0].previousSecretExpiresAt, null, 'an ended grace period reads as none');
+  t.equal((await api.request('POST', rotateUrl, { key: acme.adminKey, body: { gracePeriodSeconds: 604_800 } })).status, 200);
+
+  const tooLong = await api.request('POST', rotateUrl, { key: acme.adminKey, body: { gracePeriodSeconds: 604_801 } });
+  t.match(tooLong.body.error, { code: 'invalid_request', message: /gracePeriodSeconds: must be at most 604800/ });
+
+  const audit = await db('audit_log').where({ org_id: acme.org.id, action: 'webhook.rotate_secret' }).orderBy('seq');
+  t.same(
+    audit.map((row) => [row.actor_key_id, row.target_key_id, row.details.webhookId, row.details.gracePeriodSeconds]),
+    [
+      [acme.adminKeyId, null, created.body.id, 86_400],
+      [acme.adminKeyId, null, created.body.id, 0],
+      [acme.adminKeyId, null, created.body.id, 60],
+      [acme.adminKeyId, null, created.body.id, 604_800],
+    ],
+    'each rotation audited, the refused one not',
+  );
+  t.equal(audit[0].details.previousSecretExpiresAt, rotated.body.previousSecretExpiresAt);
+  t.equal(audit[1].details.previousSecretExpiresAt, null);
+  t.notOk(JSON.stringify(audit).includes(rotated.body.secret.slice(6)), 'no secret in the audit log');
+});
+
+// The docs said reading needs only keys:read "because nothing secret is shown: the URL…", while
+// the URL may carry the receiver's own token (why it is never logged). Fails without the fix.
+t.test("a key without keys:write sees a webhook URL's origin only; one with it sees the URL whole", async (t) => {
+  const { api, acme, hooks } = await world(t);
+  const reader = await api.services.apiKeys.create(acme.org.id, { name: 'reader', scopes: ['keys:read'], expiresAt: null });
+  for (const url of ['https://203.0.113.12/h?token=abc', 'https://203.0.113.13']) {
+    t.equal((await api.request('POST', hooks(), { key: acme.adminKey, body: { url, events: ['*'] } })).status, 201);
+  }
+  const read = await api.request('GET', hooks(), { key: reader.plaintext });
+  t.equal(read.status, 200);
+  t.same(
+    read.body.data.map((hook: { url: string }) => hook.url),
+    ['https://203.0.113.12/…', 'https://203.0.113.13/'],
+    'origins, "/…" for a path or query',
+  );
+  t.notOk(read.text.includes('token=abc'), 'not the token');
+  t.notOk(read.text.includes('/h'), 'nor the path');
+  const whole = await api.request('GET', hooks(), { key: acme.adminKey });
+  t.same(
+    whole.body.data.map((hook: { url: string }) => hook.url),
+    ['https://203.0.113.12/h?token=abc', 'https://203.0.113.13'],
+    'keys:write: whole',
+  );
 });

@@ -661,6 +661,18 @@ t.test('after a pepper rotation (the old one in KEY_PEPPER_PREVIOUS) webhook sec
   assertSigned(t, receiver.requests[0], world.secret, event.id);
 });
 
+// Step 1 of a rotation (docs/security.md): a collector not yet on the new pepper opens the secrets
+// an API already on it sealed (fails without the fix: the attempt fails, the secret cannot be opened).
+t.test('mid-rotation, a collector with the API’s pepper as KEY_PEPPER_NEXT opens and signs its webhook secrets', async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const world = await setup(t, receiver.url);
+  const notYetRotated = 'the-old-pepper-of-at-least-32-characters';
+  await startTestCollector(t, world.databaseUrl, { ...FAST, KEY_PEPPER: notYetRotated, KEY_PEPPER_NEXT: world.api.config.api.keyPepper });
+  const event = await world.insertEvent();
+  await waitFor('the delivery', () => (receiver.requests.length >= 1 ? true : undefined));
+  assertSigned(t, receiver.requests[0], world.secret, event.id);
+});
+
 t.test('a secret sealed under another KEY_PEPPER fails the attempt, visibly', async (t) => {
   const receiver = await startWebhookReceiver(t);
   const world = await setup(t, receiver.url);
@@ -669,4 +681,80 @@ t.test('a secret sealed under another KEY_PEPPER fails the attempt, visibly', as
   await waitFor('a settled delivery', settled(world.db, 1));
   t.equal(receiver.requests.length, 0, 'nothing unsigned or mis-signed is sent');
   t.match((await world.deliveries()).data, [{ status: 'failed', attempts: [{ error: 'the signing secret cannot be opened (was KEY_PEPPER changed?)' }] }]);
+});
+
+// The v1 signatures of a delivery's header, each alone beside its t, as a receiver with one secret reads them.
+function signaturesOf(request: ReceivedRequest): string[] {
+  const pairs = String(request.headers['keyusage-signature']).split(',');
+  const t = pairs.find((pair) => pair.startsWith('t='));
+  return pairs.filter((pair) => pair.startsWith('v1=')).map((v1) => `${t},${v1}`);
+}
+
+const rotate = (world: Awaited<ReturnType<typeof setup>>, gracePeriodSeconds: number) =>
+  world.api.request('POST', `/api/orgs/${world.org.id}/webhooks/${world.webhookId}/rotate-secret`, {
+    key: world.adminKey,
+    body: { gracePeriodSeconds },
+  });
+
+// Fails without the fix: there was no rotation, and a webhook had one secret.
+t.test('after a secret rotation, deliveries carry both signatures through the grace period, the new one alone after it', async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const world = await setup(t, receiver.url);
+  const rotated = await rotate(world, 3600);
+  t.equal(rotated.status, 200);
+  const next: string = rotated.body.secret;
+  const { worker } = skewedWorker(t, world.db, 0);
+
+  const during = await world.insertEvent();
+  await worker.poll();
+  await waitFor('the delivery in the grace period', settled(world.db, 1));
+  const [graced] = receiver.requests;
+  const [newSignature, oldSignature, ...more] = signaturesOf(graced);
+  t.same(more, [], 'two v1 signatures');
+  t.ok(verifySignature(next, newSignature, graced.body), "the first is the new secret's");
+  t.ok(verifySignature(world.secret, oldSignature, graced.body), "the second the previous secret's");
+  assertSigned(t, graced, next, during.id);
+  assertSigned(t, graced, world.secret, during.id);
+
+  // The grace period ends (on the database's clock, the worker's).
+  await world.db('webhooks').update({ previous_secret_expires_at: world.db.raw(`now() - interval '1 second'`) });
+  const later = await world.insertEvent();
+  await worker.poll();
+  await waitFor('the delivery after the grace period', settled(world.db, 2));
+  const afterGrace = receiver.requests[1];
+  t.equal(signaturesOf(afterGrace).length, 1, 'one v1 signature');
+  assertSigned(t, afterGrace, next, later.id);
+  t.notOk(verifySignature(world.secret, afterGrace.headers['keyusage-signature'], afterGrace.body), 'the previous secret no longer verifies');
+});
+
+// The reviewer's case: rotating the documented way (a new webhook, the old one deleted) lost for
+// good an event pending on the old webhook after one failed attempt, with its delivery log.
+t.test('an event pending on the webhook before a secret rotation is delivered after it, once, its log kept', async (t) => {
+  const receiver = await startWebhookReceiver(t, (index) => (index === 0 ? 503 : 200));
+  const world = await setup(t, receiver.url);
+  const event = await world.insertEvent();
+  const { worker } = skewedWorker(t, world.db, 0);
+  await worker.poll();
+  await waitFor('the first attempt recorded', async () => ((await world.db('webhook_delivery_attempts').first()) ? true : undefined));
+  t.match((await world.deliveries()).data, [{ eventId: event.id, status: 'pending', attemptCount: 1 }], 'pending after one failed attempt');
+
+  const rotated = await rotate(world, 0);
+  t.equal(rotated.status, 200);
+  await world.db('webhook_deliveries').update({ next_attempt_at: world.db.raw(`now() - interval '1 second'`) });
+  await worker.poll();
+  await waitFor('the delivery settled', settled(world.db, 1));
+
+  t.equal(receiver.requests.length, 2, 'sent again, to the same webhook, and to no other');
+  assertSigned(t, receiver.requests[1], rotated.body.secret, event.id);
+  t.same(signaturesOf(receiver.requests[1]).length, 1, 'no grace period: the new secret alone');
+  const [delivery] = (await world.deliveries()).data;
+  t.match(delivery, { eventId: event.id, status: 'succeeded', attemptCount: 2 });
+  t.same(
+    delivery.attempts.map((attempt: { attempt: number; statusCode: number }) => [attempt.attempt, attempt.statusCode]),
+    [
+      [2, 200],
+      [1, 503],
+    ],
+    'the delivery log kept its attempt from before the rotation',
+  );
 });

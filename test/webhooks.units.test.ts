@@ -6,6 +6,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { retryDelayMs } from '../collector/webhookRetry';
 import { postWebhook } from '../collector/webhookSender';
+import { rotatingSignatureHeader } from '../collector/webhookWorker';
 import { within } from '../shared/within';
 import { closeServer, listen } from '../shared/process';
 import { httpStatus, sleep, waitFor } from '../harness/wait';
@@ -166,6 +167,22 @@ t.test('the signature header verifies with the docs example, and only as sent', 
   t.notOk(verifySignature(secret, 't=1800000000,v1=abcd', body, 1_800_000_000), 'truncated signature');
   t.notOk(verifySignature(secret, undefined, body, 1_800_000_000), 'no header');
   t.notOk(verifySignature(secret, 'garbage', body, 1_800_000_000), 'garbage header');
+});
+
+// Through a secret rotation's grace period the header carries a v1 per secret; the example took
+// only the last one (Object.fromEntries), so a receiver still on the new secret refused every
+// delivery signed for the rotation (fails without the fix).
+t.test('a two-signature header, as sent through a rotation, verifies with either secret in the docs example', async (t) => {
+  const body = JSON.stringify({ id: 'e1', type: 'key.new_ip', details: { ip: '203.0.113.7' } });
+  const header = rotatingSignatureHeader(['whsec_new', 'whsec_old'], body, 1_800_000_000);
+  t.match(header, /^t=1800000000,v1=[0-9a-f]{64},v1=[0-9a-f]{64}$/);
+  t.equal(header.split(',v1=')[1], signatureHeader('whsec_new', body, 1_800_000_000).split(',v1=')[1], 'the new secret signs first');
+  t.equal(rotatingSignatureHeader(['whsec_new'], body, 1_800_000_000), signatureHeader('whsec_new', body, 1_800_000_000), 'one secret: one v1');
+  t.ok(verifySignature('whsec_new', header, body, 1_800_000_000), 'the new secret verifies');
+  t.ok(verifySignature('whsec_old', header, body, 1_800_000_000), 'the previous secret verifies');
+  t.notOk(verifySignature('whsec_other', header, body, 1_800_000_000), 'a third does not');
+  t.notOk(verifySignature('whsec_old', header, body.replace('203', '204'), 1_800_000_000), 'nor either with the body changed');
+  t.notOk(verifySignature('whsec_new', header, body, 1_800_000_301), 'nor a replay');
 });
 
 t.test('docs/webhooks.md shows the example file verbatim', async (t) => {

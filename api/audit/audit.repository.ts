@@ -20,6 +20,7 @@ export const AUDIT_ACTIONS = [
   'key.erase_ips',
   'webhook.create',
   'webhook.delete',
+  'webhook.rotate_secret',
 ] as const;
 export type AuditAction = (typeof AUDIT_ACTIONS)[number];
 

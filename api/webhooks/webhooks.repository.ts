@@ -10,6 +10,8 @@ export interface WebhookRecord {
   createdAt: Date;
   /** The key that created it; null when not known (made before creators were recorded, with no audit entry naming one). */
   createdByKeyId: string | null;
+  /** While a secret rotation's grace period is open: when the previous secret stops signing. Null otherwise. */
+  previousSecretExpiresAt: Date | null;
 }
 
 /** A webhook's newest delivery (of those, the last settled): what a list shows to say whether its receiver is healthy. */
@@ -27,10 +29,20 @@ interface WebhookRow {
   event_types: string[];
   created_at: Date;
   created_by_key_id: string | null;
+  previous_secret_expires_at: Date | null;
 }
 
-// The sealed secret is never selected here: the API writes it once and only the worker reads it.
-const WEBHOOK_COLUMNS = ['id', 'org_id', 'url', 'event_types', 'created_at', 'created_by_key_id'];
+// The sealed secrets are never selected here: the API writes them and only the worker reads them.
+const PLAIN_COLUMNS = ['id', 'org_id', 'url', 'event_types', 'created_at', 'created_by_key_id'];
+/** As written: what an insert or update returns. */
+const WEBHOOK_COLUMNS = [...PLAIN_COLUMNS, 'previous_secret_expires_at'];
+
+// A grace period that has ended reads as none, on the database's clock: the one the worker signs
+// by (collector/webhookStore.ts), so what the API shows and refuses is what the worker does.
+const webhookColumns = (db: Db, prefix = '') => [
+  ...PLAIN_COLUMNS.map((column) => `${prefix}${column}`),
+  db.raw(`case when ${prefix}previous_secret_expires_at > now() then ${prefix}previous_secret_expires_at end as previous_secret_expires_at`),
+];
 
 const toWebhook = (row: WebhookRow): WebhookRecord => ({
   id: row.id,
@@ -39,6 +51,7 @@ const toWebhook = (row: WebhookRow): WebhookRecord => ({
   eventTypes: row.event_types,
   createdAt: row.created_at,
   createdByKeyId: row.created_by_key_id,
+  previousSecretExpiresAt: row.previous_secret_expires_at,
 });
 
 export async function insertWebhook(
@@ -59,7 +72,34 @@ export async function insertWebhook(
 }
 
 export async function findWebhookInOrg(db: Db, orgId: string, id: string): Promise<WebhookRecord | undefined> {
-  const row: WebhookRow | undefined = await db(TABLE.webhooks).select(WEBHOOK_COLUMNS).where({ id, org_id: orgId }).first();
+  const row: WebhookRow | undefined = await db(TABLE.webhooks)
+    .select(...webhookColumns(db))
+    .where({ id, org_id: orgId })
+    .first();
+  return row && toWebhook(row);
+}
+
+/**
+ * A new sealed secret; the one it replaces keeps signing for `graceSeconds` (0: not kept at all).
+ * The sealed box is moved as it is, never opened: the API does not read a secret back. Undefined
+ * when the webhook is not the org's.
+ */
+export async function replaceWebhookSecret(
+  db: Db,
+  orgId: string,
+  id: string,
+  change: { secretBox: Buffer; graceSeconds: number },
+): Promise<WebhookRecord | undefined> {
+  const keepsOld = change.graceSeconds > 0;
+  const [row] = await db(TABLE.webhooks)
+    .where({ id, org_id: orgId })
+    .update({
+      // The right-hand secret_box is the row's value before this update.
+      previous_secret_box: keepsOld ? db.raw('secret_box') : null,
+      previous_secret_expires_at: keepsOld ? db.raw(`now() + ? * interval '1 second'`, [change.graceSeconds]) : null,
+      secret_box: change.secretBox,
+    })
+    .returning<WebhookRow[]>(WEBHOOK_COLUMNS);
   return row && toWebhook(row);
 }
 
@@ -72,7 +112,7 @@ export async function listWebhooksInOrg(db: Db, orgId: string, page: { limit: nu
   const [rows, [{ count }]] = await Promise.all([
     db(`${TABLE.webhooks} as w`)
       .select<Array<WebhookRow & { last_status: DeliveryStatus | null; last_event_type: string | null; last_at: Date | null }>>(
-        ...WEBHOOK_COLUMNS.map((column) => `w.${column}`),
+        ...webhookColumns(db, 'w.'),
         'd.status as last_status',
         'd.event_type as last_event_type',
         db.raw('coalesce(d.completed_at, d.created_at) as last_at'),

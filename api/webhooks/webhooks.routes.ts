@@ -6,7 +6,16 @@ import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, type Requirement } from '../
 import type { RouteContract } from '../openapi/contract';
 import { jsonBody, noBody, noQuery, pagination, parseInput, uuid } from '../validation';
 import { DELIVERY_STATUSES } from './webhooks.repository';
-import { createdWebhook, deliveryList, MAX_PENDING_PINGS, pingResult, webhookList, type WebhooksService } from './webhooks.service';
+import {
+  createdWebhook,
+  DEFAULT_SECRET_GRACE_SECONDS,
+  deliveryList,
+  MAX_PENDING_PINGS,
+  pingResult,
+  webhookList,
+  type UrlView,
+  type WebhooksService,
+} from './webhooks.service';
 
 const orgParams = z.object({ id: uuid });
 const webhookParams = z.object({ id: uuid, webhookId: uuid });
@@ -40,6 +49,18 @@ const createBody = z
       .array(z.enum(EVENT_CHOICES, { error: `must be one of ${EVENT_CHOICES.join(', ')}` }))
       .min(1, 'must list at least one event type')
       .transform((events) => (events.includes('*') ? ['*'] : [...new Set(events)])),
+  })
+  .strict();
+
+const rotateBody = z
+  .object({
+    gracePeriodSeconds: z
+      .number()
+      .int('must be a whole number')
+      .min(0)
+      .max(604_800, 'must be at most 604800 (7 days)')
+      .optional()
+      .meta({ description: `How long the previous secret still signs (${DEFAULT_SECRET_GRACE_SECONDS} by default; 0: it stops at once)` }),
   })
   .strict();
 
@@ -77,6 +98,8 @@ export const webhooksRoutes: RouteContract[] = [
     path: '/',
     operationId: 'listWebhooks',
     summary: "The org's webhooks, each with its latest delivery",
+    description:
+      'A key without keys:write sees each URL reduced to its origin, with "/…" in place of a path or query: those may carry the receiver\'s own token.',
     auth: READ_ORG,
     params: orgParams,
     query: listQuery,
@@ -90,6 +113,19 @@ export const webhooksRoutes: RouteContract[] = [
     auth: MANAGE_AND_READ_ORG,
     params: webhookParams,
     responses: { 204: { description: 'Deleted' } },
+  },
+  {
+    method: 'post',
+    path: '/:webhookId/rotate-secret',
+    operationId: 'rotateWebhookSecret',
+    summary: 'Give a webhook a new signing secret; the previous one also signs until the grace period ends',
+    description:
+      'The new secret is in this response only (Cache-Control: no-store). Through the grace period each delivery carries a v1 signature per secret. Deliveries pending on the webhook are kept. 409 when (with a grace period) the previous secret of an earlier rotation still signs: one previous secret is kept.',
+    auth: MANAGE_AND_READ_ORG,
+    params: webhookParams,
+    body: rotateBody,
+    responses: { 200: { description: 'The webhook, with its new signing secret', body: createdWebhook } },
+    errors: ['conflict'],
   },
   {
     method: 'get',
@@ -115,8 +151,9 @@ export const webhooksRoutes: RouteContract[] = [
 ];
 
 // Reading webhooks and their delivery log needs keys:read (no secret is ever shown there);
-// pinging needs keys:write; creating and deleting both: a webhook sends every key event out, and
-// deleting it silences every alert, which a key that cannot read them must not do (a leaked
+// pinging needs keys:write; creating, rotating and deleting both: a webhook sends every key event
+// out, and deleting it (or a rotation without grace, which its receiver refuses until it has the
+// new secret) silences every alert, which a key that cannot read them must not do (a leaked
 // write-only key deleted the admin's webhook).
 export function webhooksRouter(deps: {
   service: WebhooksService;
@@ -143,13 +180,21 @@ export function webhooksRouter(deps: {
   router.get('/', authorize('listWebhooks'), async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const page = parseInput(listQuery, req.query, 'query');
-    res.json(await service.list(id, page));
+    const urlView: UrlView = res.locals.auth!.key.scopes.includes('keys:write') ? 'whole' : 'origin';
+    res.json(await service.list(id, page, urlView));
   });
 
   router.delete('/:webhookId', authorize('deleteWebhook', noBody), noQuery, async (req, res) => {
     const { id, webhookId } = parseInput(webhookParams, req.params, 'params');
     await service.remove(id, webhookId, changeContext(res));
     res.status(204).end();
+  });
+
+  router.post('/:webhookId/rotate-secret', authorize('rotateWebhookSecret', jsonBody('16kb')), noQuery, async (req, res) => {
+    const { id, webhookId } = parseInput(webhookParams, req.params, 'params');
+    const body = parseInput(rotateBody, req.body, 'body');
+    const rotated = await service.rotateSecret(id, webhookId, { graceSeconds: body.gracePeriodSeconds }, changeContext(res));
+    res.json({ ...rotated.webhook, secret: rotated.secret } satisfies z.output<typeof createdWebhook>);
   });
 
   router.get('/:webhookId/deliveries', authorize('listWebhookDeliveries'), async (req, res) => {

@@ -19,6 +19,7 @@ import {
   insertWebhook,
   listDeliveries,
   listWebhooksInOrg,
+  replaceWebhookSecret,
   DELIVERY_STATUSES,
   type DeliveryPosition,
   type DeliveryRecord,
@@ -31,21 +32,43 @@ const webhookView = z
   .object({
     id: idString,
     orgId: idString,
-    url: z.string(),
+    url: z.string().meta({
+      description:
+        'Whole for a key with keys:write; for one without, its origin and "/…" in place of a path or query (they may carry the receiver\'s own token)',
+    }),
     events: z.array(z.string()).meta({ description: 'Event types it receives; ["*"] for every type' }),
     createdAt: isoTime,
     createdByKeyId: idString.nullable().meta({
       description:
         'The key that created it (null: not known, made before creators were recorded). A revoked key does not take its webhooks with it: list them with ?createdByKeyId=',
     }),
+    previousSecretExpiresAt: isoTime.nullable().meta({
+      description: "While a secret rotation's grace period is open: when the previous secret stops signing deliveries (null: none open)",
+    }),
   })
   .meta({ id: 'Webhook' });
 export type WebhookView = z.output<typeof webhookView>;
 
-// The one place a signing secret appears: the answer to create.
+// The one place a signing secret appears: the answer to create and to a rotation.
 export const createdWebhook = webhookView
   .extend({ secret: z.string().meta({ description: 'The signing secret (whsec_…), shown this once' }) })
   .meta({ id: 'WebhookWithSecret' });
+
+/** A rotation's grace period unless the request names one: a day to deploy the receiver's new secret. */
+export const DEFAULT_SECRET_GRACE_SECONDS = 86_400;
+
+const newSecret = () => `whsec_${randomBytes(32).toString('base64url')}`;
+
+/** How much of its webhooks' URLs a caller sees: whole with keys:write, else their origins. */
+export type UrlView = 'whole' | 'origin';
+
+// A path or query may carry the receiver's own token (which is why a URL is never logged): a
+// keys:read key, which may not change the webhook, sees where events go, not how to post there.
+function originOnly(url: string): string {
+  const parsed = new URL(url);
+  const hidden = parsed.pathname !== '/' || parsed.search !== '' || parsed.hash !== '';
+  return `${parsed.origin}/${hidden ? '…' : ''}`;
+}
 
 const lastDelivery = z.object({ status: z.enum(DELIVERY_STATUSES), eventType: z.string(), at: isoTime });
 export const webhookList = listOf(webhookView.extend({ lastDelivery: lastDelivery.nullable() }), offsetPage).meta({ id: 'WebhookList' });
@@ -90,16 +113,17 @@ function decodeCursor(cursor: string): DeliveryPosition {
   return { createdAt: match[1], id: match[3] };
 }
 
-const toView = (webhook: WebhookRecord): WebhookView => ({
+const iso = (date: Date | null) => (date ? date.toISOString() : null);
+
+const toView = (webhook: WebhookRecord, urlView: UrlView = 'whole'): WebhookView => ({
   id: webhook.id,
   orgId: webhook.orgId,
-  url: webhook.url,
+  url: urlView === 'whole' ? webhook.url : originOnly(webhook.url),
   events: webhook.eventTypes,
   createdAt: webhook.createdAt.toISOString(),
   createdByKeyId: webhook.createdByKeyId,
+  previousSecretExpiresAt: iso(webhook.previousSecretExpiresAt),
 });
-
-const iso = (date: Date | null) => (date ? date.toISOString() : null);
 
 const toDeliveryView = (delivery: DeliveryRecord): z.output<typeof deliveryView> => ({
   id: delivery.id,
@@ -183,7 +207,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
     async create(orgId: string, input: { url: string; events: string[] }, context: WebhookChangeContext = {}) {
       await checkTarget(orgId, new URL(input.url));
       const id = randomUUID();
-      const secret = `whsec_${randomBytes(32).toString('base64url')}`;
+      const secret = newSecret();
       // Where an org's events go is as sensitive as its keys: recorded in the same transaction.
       const webhook = await deps.db.transaction(async (trx) => {
         await beginAuditedChange(trx, orgId, context.actor, deps.now());
@@ -205,17 +229,55 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       return { webhook: toView(webhook), secret };
     },
 
-    async list(orgId: string, query: { limit: number; offset: number; createdByKeyId?: string }): Promise<z.output<typeof webhookList>> {
+    async list(
+      orgId: string,
+      query: { limit: number; offset: number; createdByKeyId?: string },
+      urlView: UrlView = 'origin',
+    ): Promise<z.output<typeof webhookList>> {
       // A key of another org (or none) is not_found, not an empty page, as for events and usage.
       if (query.createdByKeyId) await requireKeyInOrg(deps.db, orgId, query.createdByKeyId);
       const { webhooks, total } = await listWebhooksInOrg(deps.db, orgId, query);
       return {
         data: webhooks.map((webhook) => ({
-          ...toView(webhook),
+          ...toView(webhook, urlView),
           lastDelivery: webhook.lastDelivery && { ...webhook.lastDelivery, at: webhook.lastDelivery.at.toISOString() },
         })),
         page: { limit: query.limit, offset: query.offset, total },
       };
+    },
+
+    // In place, so deliveries pending on the webhook are sent (signed with the new secret and,
+    // through the grace period, the previous one too), none twice: the rotation it replaces (a new
+    // webhook, the old one deleted) lost them with the old webhook's delivery log.
+    async rotateSecret(orgId: string, webhookId: string, input: { graceSeconds?: number }, context: WebhookChangeContext = {}) {
+      const { graceSeconds = DEFAULT_SECRET_GRACE_SECONDS } = input;
+      const secret = newSecret();
+      const webhook = await deps.db.transaction(async (trx) => {
+        // The org's audit lock serializes this with its other rotations: the check below holds.
+        await beginAuditedChange(trx, orgId, context.actor, deps.now());
+        const current = await findWebhookInOrg(trx, orgId, webhookId);
+        if (!current) throw notFound('Webhook');
+        // One previous secret is kept: a grace period now would end the open one's early, which
+        // its receiver was promised (as for API keys).
+        if (graceSeconds > 0 && current.previousSecretExpiresAt !== null) {
+          throw new AppError(
+            'conflict',
+            `This webhook's previous secret signs until ${iso(current.previousSecretExpiresAt)}: a rotation with a grace period would end it now. Rotate again after that, or with gracePeriodSeconds 0, which ends both the previous secret and the current one at once`,
+          );
+        }
+        const rotated = await replaceWebhookSecret(trx, orgId, webhookId, { secretBox: box.seal(secret, webhookId), graceSeconds });
+        if (!rotated) throw notFound('Webhook');
+        await recordAudit(trx, {
+          orgId,
+          action: 'webhook.rotate_secret',
+          targetKeyId: null,
+          details: { webhookId, gracePeriodSeconds: graceSeconds, previousSecretExpiresAt: iso(rotated.previousSecretExpiresAt) },
+          actor: auditActor(context.actor),
+          ip: context.ip ?? null,
+        });
+        return rotated;
+      });
+      return { webhook: toView(webhook), secret };
     },
 
     async remove(orgId: string, webhookId: string, context: WebhookChangeContext = {}) {

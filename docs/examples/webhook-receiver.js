@@ -6,14 +6,14 @@ const http = require('node:http');
 const TOLERANCE_SECONDS = 300; // refuse deliveries signed more than 5 minutes from now (replays)
 const MAX_BODY_BYTES = 64 * 1024; // a delivery is a few hundred bytes: read no more than this from anyone
 
+// During a secret rotation the header has one v1 per secret: accept it if ANY v1 matches yours.
 function verifySignature(secret, header, body, nowSeconds = Math.floor(Date.now() / 1000)) {
   const pairs = String(header).split(',');
-  const parts = Object.fromEntries(pairs.map((part) => part.split('=', 2)));
-  const timestamp = Number(parts.t);
-  if (!Number.isInteger(timestamp) || Math.abs(nowSeconds - timestamp) > TOLERANCE_SECONDS) return false;
-  const expected = crypto.createHmac('sha256', secret).update(`${parts.t}.${body}`).digest();
-  const given = Buffer.from(parts.v1 ?? '', 'hex');
-  return given.length === expected.length && crypto.timingSafeEqual(given, expected);
+  const t = pairs.find((pair) => pair.startsWith('t='))?.slice(2);
+  if (!Number.isInteger(Number(t)) || Math.abs(nowSeconds - Number(t)) > TOLERANCE_SECONDS) return false;
+  const expected = crypto.createHmac('sha256', secret).update(`${t}.${body}`).digest();
+  const given = pairs.filter((pair) => pair.startsWith('v1=')).map((pair) => Buffer.from(pair.slice(3), 'hex'));
+  return given.some((v1) => v1.length === expected.length && crypto.timingSafeEqual(v1, expected));
 }
 
 const handled = new Set(); // delivery is at least once: dedupe on the verified body's id, not a header (use a table in production)

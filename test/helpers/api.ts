@@ -101,8 +101,8 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
     });
     const text = await response.text();
     // The create and rotate responses are the one place a plaintext key may appear, and a
-    // webhook's create response the one place its signing secret may.
-    const reveal = method === 'POST' && response.ok && /\/(api-keys(\/[^/]+\/rotate)?|webhooks)$/.test(path);
+    // webhook's create and rotate-secret responses the one place its signing secret may.
+    const reveal = method === 'POST' && response.ok && /\/(api-keys(\/[^/]+\/rotate)?|webhooks(\/[^/]+\/rotate-secret)?)$/.test(path);
     if (!reveal) evidence.bodies.push(text);
     let body: any;
     try {
