@@ -7,6 +7,7 @@ import { isoTimeSql, type Db } from '../shared/db';
 import { IDLE_SINCE_SQL, dormantKeySql } from '../shared/dormancy';
 import type { KeyUsageDelta } from './aggregator';
 import { BASELINE_DAYS } from '../shared/keyEvents';
+import { eventIdSql } from '../shared/eventId';
 import { detectKeyEvents, type DetectionThresholds, type HourFacts, type KeyEvent, type KeyFacts } from './eventRules';
 import { TABLE } from '../shared/tables';
 import { copyChunks, msToTime, STAGED_KEY } from './flushStaging';
@@ -137,9 +138,10 @@ select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${b
  where ${MAY_RAISE}`;
 
 // Sorted by dedupe_key so two collectors inserting the same events lock them in the same order.
+// An event's id is that of its dedupe key (shared/eventId.ts).
 const INSERT_EVENTS = `
-insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
-select e.org_id, e.key_id, e.type, ${msToTime('e.occurred_ms')}, e.details, e.dedupe_key
+insert into ${TABLE.keyEvents} (id, org_id, key_id, type, occurred_at, details, dedupe_key)
+select ${eventIdSql('e.org_id', 'e.dedupe_key')}, e.org_id, e.key_id, e.type, ${msToTime('e.occurred_ms')}, e.details, e.dedupe_key
   from flush_events e
  order by e.dedupe_key
 on conflict (org_id, dedupe_key) do nothing`;
@@ -255,15 +257,23 @@ const SWEPT_AT = `date_trunc('milliseconds', cast(:now as timestamptz))`;
 // a timestamptz is `2026-12-06T03:40:37+00:00`, which a receiver comparing it with the key's own
 // expiresAt as text found different.
 
-const SWEEP_DORMANT = `
-insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
-select k.org_id, k.id, 'key.dormant',
+// A swept event's row, with the id of its dedupe key as the flush's (INSERT_EVENTS).
+const insertSwept = (select: string) => `
+insert into ${TABLE.keyEvents} (id, org_id, key_id, type, occurred_at, details, dedupe_key)
+select ${eventIdSql('e.org_id', 'e.dedupe_key')}, e.*
+  from (${select}) e
+ order by e.key_id
+on conflict (org_id, dedupe_key) do nothing
+returning org_id, key_id`;
+
+const SWEEP_DORMANT = insertSwept(`
+select k.org_id, k.id as key_id, 'key.dormant' as type,
        ${SWEPT_AT},
        jsonb_build_object('lastUsedAt', ${isoTimeSql('u.last_used_at')}, 'dormantDays', o.dormancy_days,
                           'crossedAt', ${isoTimeSql(`${IDLE_SINCE_SQL} + o.dormancy_days * ${DAY}`)}),
        'key.dormant:' || k.id || ':' || coalesce(cast(extract(epoch from u.last_used_at) * 1000 as bigint)::text, 'never')
          || case when k.rotated_at > coalesce(u.last_used_at, k.created_at)
-                 then ':rotated:' || cast(extract(epoch from k.rotated_at) * 1000 as bigint) else '' end
+                 then ':rotated:' || cast(extract(epoch from k.rotated_at) * 1000 as bigint) else '' end as dedupe_key
   from ${TABLE.apiKeys} k
   join ${TABLE.organizations} o on o.id = k.org_id
   left join ${TABLE.usage} u on u.org_id = k.org_id and u.key_id = k.id
@@ -271,29 +281,22 @@ select k.org_id, k.id, 'key.dormant',
     on w.org_id = k.org_id and w.key_id = k.id
  where ${dormantKeySql('cast(:now as timestamptz)', `cast(:now as timestamptz) - o.dormancy_days * ${DAY}`)}
    and ${IDLE_SINCE_SQL} + o.dormancy_days * ${DAY} >= ${RETAINED_FROM}
-   and w.key_id is null
- order by k.id
-on conflict (org_id, dedupe_key) do nothing
-returning org_id, key_id`;
+   and w.key_id is null`);
 
 // A key created within a threshold of its expiry came within it when it was created.
 const EXPIRING_CROSSED = `greatest(k.expires_at - t.days * ${DAY}, k.created_at)`;
 
 // For each active key, the smallest threshold it has crossed (a key created 12 hours before its
 // expiry gets the 1-day warning only, not a late 7-day one too).
-const SWEEP_EXPIRING = `
-insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
-select k.org_id, k.id, 'key.expiring', ${SWEPT_AT},
+const SWEEP_EXPIRING = insertSwept(`
+select k.org_id, k.id as key_id, 'key.expiring' as type, ${SWEPT_AT},
        jsonb_build_object('expiresAt', ${isoTimeSql('k.expires_at')}, 'daysBefore', t.days,
                           'crossedAt', ${isoTimeSql(EXPIRING_CROSSED)}),
-       'key.expiring:' || k.id || ':' || t.days || 'd:' || cast(extract(epoch from k.expires_at) * 1000 as bigint)
+       'key.expiring:' || k.id || ':' || t.days || 'd:' || cast(extract(epoch from k.expires_at) * 1000 as bigint) as dedupe_key
   from ${TABLE.apiKeys} k
   cross join lateral (select min(d) as days from unnest(cast(:days as int[])) as d where k.expires_at - d * ${DAY} <= :now) t
  where k.revoked_at is null and k.expires_at > :now and t.days is not null
-   and ${EXPIRING_CROSSED} >= ${RETAINED_FROM}
- order by k.id
-on conflict (org_id, dedupe_key) do nothing
-returning org_id, key_id`;
+   and ${EXPIRING_CROSSED} >= ${RETAINED_FROM}`);
 
 // A key's rows in key_events go with its api_key_usage row (migrations/20261201000080): a key
 // never used has none, so the sweep writes a zero one for each key it recorded an event for, in

@@ -8,6 +8,7 @@ import type { Db } from '../shared/db';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
 import { insertKeys } from '../bench/lib/database';
+import { eventIdSql } from '../shared/eventId';
 
 // The sweep's half of deferred key.new_ip events (the flush's half, end to end: test/events.test.ts).
 const HOUR = 3_600_000;
@@ -63,6 +64,12 @@ t.test('the earliest pending networks, up to the room left in the hour, occurrin
   t.strictSame(await sweepTimeEvents(db, new Date(NOW + 60_000), SWEEP), { dormant: 0, expiring: 0, newIp: 0 }, 'none more this hour');
   t.strictSame(await sweepTimeEvents(db, new Date(NOW + HOUR), SWEEP), { dormant: 0, expiring: 0, newIp: 2 }, 'the next hour has room');
   t.equal(await stillPending(db, adminKeyId), 0);
+  // Raised again after a restore to a backup from before them, each keeps the id receivers saw.
+  const derived = await db.raw(
+    `select count(*) filter (where id = ${eventIdSql('org_id', 'dedupe_key')}) as derived from key_events where key_id = ? and dedupe_key like 'key.new_ip:%'`,
+    [adminKeyId],
+  );
+  t.equal(Number(derived.rows[0].derived), 3, "the swept events' ids are their org's and dedupe key's");
 });
 
 const dueAt = async (db: Db, keyId: string) =>
