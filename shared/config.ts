@@ -356,7 +356,7 @@ const RELAXED_ENVIRONMENTS = new Set(['development', 'test']);
 type Variables = Parsed<Name>;
 
 const DEV_PEPPER_PROBLEM =
-  'KEY_PEPPER: is the published development pepper, allowed only when NODE_ENV is development or test. Move off it as in a rotation (docs/security.md, pepper rotation; in two steps across several API instances): a new KEY_PEPPER (openssl rand -base64 48) and the development pepper in KEY_PEPPER_PREVIOUS, on every API, CLI and collector; each key is rehashed with the new pepper on its next use (npm run cli -- pepper status counts those left), and webhooks made before need the old one there until their secrets are rotated. The pepper is public: rotate every key, and the secret of every webhook with no grace period, too';
+  'KEY_PEPPER: is the published development pepper, allowed only when NODE_ENV is development or test. Move off it as in a rotation (docs/security.md, pepper rotation, step 2 alone: the development pepper cannot be KEY_PEPPER_NEXT either): a new KEY_PEPPER (openssl rand -base64 48) and the development pepper in KEY_PEPPER_PREVIOUS, on every API, CLI and collector; each key is rehashed with the new pepper on its next use (npm run cli -- pepper status counts those left), and webhooks made before need the old one there until their secrets are rotated. The pepper is public: rotate every key, and the secret of every webhook with no grace period, too';
 
 // The guards hold unless the environment says, explicitly, that it is a development or test one:
 // a deployment that forgets NODE_ENV (or calls itself "staging") must not run with the published

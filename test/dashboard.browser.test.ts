@@ -567,7 +567,7 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await message.filter({ hasText: /./ }).waitFor();
     t.match(
       await message.textContent(),
-      /did not answer within 30 s: the key may have been rotated all the same.*Rotate again/,
+      /did not answer within 30 s: the key may have been rotated all the same.*Rotate again.*with no grace period, which ends the current secret at once/,
       'it says the rotation may have happened',
     );
     const [row] = await system.db('api_keys').where({ id: target.id }).select('rotated_at');

@@ -84,10 +84,11 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
       const signedInWith = sessionKey();
       // The new secret is only ever in the rotation's answer: a rotation made but not answered in
       // time left the page saying only that the API did not answer, the secret lost unsaid. Trying
-      // again is safe: while a first rotation's grace period runs, the API refuses one with a grace (409).
+      // again is safe, but while the lost rotation's grace period runs the API refuses one with a
+      // grace (409): only one with none goes through then, and the person must know what it ends.
       const rotated = await api('POST', orgPath(who, `/${key.id}/rotate`), { body: { gracePeriodSeconds } }).catch((error) => {
         if (error.code === 'write_timeout') {
-          error.message = `${NOT_ANSWERED}: the key may have been rotated all the same, and its new secret, shown only in that answer, is then lost. Rotate again to get one you can copy.`;
+          error.message = `${NOT_ANSWERED}: the key may have been rotated all the same, and its new secret, shown only in that answer, is then lost. Rotate again to get one you can copy: with no grace period, which ends the current secret at once (with one, the API refuses while that rotation's grace runs), or once its grace has ended.`;
         }
         throw error;
       });
