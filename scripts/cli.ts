@@ -10,7 +10,7 @@ import { SCOPES, type Scope } from '../api/keys/scopes';
 import { findOrganizationById, insertOrganization, listOrganizations, type Organization } from '../api/orgs/orgs.repository';
 import { displayName, uuid } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
-import { createDb, migrateLatest, type Db } from '../shared/db';
+import { createDb, describeDatabaseError, migrateLatest, type Db } from '../shared/db';
 import { eraseKeyIps } from '../shared/ipRetention';
 import { requeueUnreadable } from '../shared/usageLogDelta';
 import { redactKeyMaterial } from '../shared/logger';
@@ -81,6 +81,8 @@ export interface CliDeps {
   db: Db;
   out: (text: string) => void;
   err: (text: string) => void;
+  /** Resolves once every line given to `out` is written; rejects with the stream's error (a full disk, a closed pipe). */
+  flush?: () => Promise<void>;
   pepper: string;
   /** KEY_PEPPER_PREVIOUS, newest first. */
   previousPeppers?: readonly string[];
@@ -283,6 +285,46 @@ function revealKey(deps: CliDeps, plaintext: string) {
 
 const printJson = (deps: CliDeps, value: unknown) => deps.out(JSON.stringify(value, null, 2));
 
+/** stdout failed: what the command did is done (committed), only its report is lost. */
+class OutputLost extends Error {}
+
+// Every write and the final flush, so a failed stdout is told apart from a failed command.
+function watchOutput(deps: CliDeps): CliDeps {
+  const lost = (error: unknown) => new OutputLost(`the output could not be written (${(error as Error).message})`);
+  return {
+    ...deps,
+    out(text) {
+      try {
+        deps.out(text);
+      } catch (error) {
+        throw lost(error);
+      }
+    },
+    flush: async () => {
+      try {
+        await deps.flush?.();
+      } catch (error) {
+        throw lost(error);
+      }
+    },
+  };
+}
+
+// A new key's secret is printed once, after its transaction committed: lost on the way, it is gone
+// for good, and the operator needs the key's id to revoke it (never the secret, in any message).
+async function printSecretOnce(deps: CliDeps, created: { orgId: string; keyId: string }, print: () => void): Promise<void> {
+  try {
+    print();
+    await deps.flush?.();
+  } catch (error) {
+    if (!(error instanceof OutputLost)) throw error;
+    throw new OutputLost(
+      `${error.message}: API key ${created.keyId} of organization ${created.orgId} was created, but its secret, shown only once, is lost. ` +
+        `Revoke it with \`npm run cli -- key revoke ${created.orgId} ${created.keyId}\` and create another with \`npm run cli -- key create ${created.orgId} …\`.`,
+    );
+  }
+}
+
 async function requireOrganization(db: Db, orgId: string): Promise<Organization> {
   const org = await findOrganizationById(db, orgId);
   if (!org) throw new AppError('not_found', `organization ${orgId} not found`);
@@ -312,14 +354,16 @@ const createOrg: Handler<'org create'> = async (command, deps, keys) => {
     const created = await keys.create(org.id, { name: 'admin', scopes: [...SCOPES], expiresAt: null }, { db: trx });
     return { org, created };
   });
-  if (command.json) {
-    printJson(deps, { org: orgJson(org), key: { ...created.key, key: created.plaintext } });
-    deps.err(`warning: ${ONCE_WARNING}`);
-    return;
-  }
-  deps.out(`Created organization "${printable(org.name)}"\n  id:         ${org.id}\n`);
-  deps.out(`Created API key\n${describeKey(created.key)}`);
-  revealKey(deps, created.plaintext);
+  await printSecretOnce(deps, { orgId: org.id, keyId: created.key.id }, () => {
+    if (command.json) {
+      printJson(deps, { org: orgJson(org), key: { ...created.key, key: created.plaintext } });
+      deps.err(`warning: ${ONCE_WARNING}`);
+      return;
+    }
+    deps.out(`Created organization "${printable(org.name)}"\n  id:         ${org.id}\n`);
+    deps.out(`Created API key\n${describeKey(created.key)}`);
+    revealKey(deps, created.plaintext);
+  });
 };
 
 const listOrgs: Handler<'org list'> = async (command, deps) => {
@@ -350,13 +394,15 @@ const listKeys: Handler<'key list'> = async (command, deps, keys) => {
 const createKey: Handler<'key create'> = async (command, deps, keys) => {
   await requireOrganization(deps.db, command.orgId);
   const created = await keys.create(command.orgId, { name: command.name, scopes: command.scopes, expiresAt: command.expiresAt });
-  if (command.json) {
-    printJson(deps, { ...created.key, key: created.plaintext });
-    deps.err(`warning: ${ONCE_WARNING}`);
-    return;
-  }
-  deps.out(`Created API key\n${describeKey(created.key)}`);
-  revealKey(deps, created.plaintext);
+  await printSecretOnce(deps, { orgId: command.orgId, keyId: created.key.id }, () => {
+    if (command.json) {
+      printJson(deps, { ...created.key, key: created.plaintext });
+      deps.err(`warning: ${ONCE_WARNING}`);
+      return;
+    }
+    deps.out(`Created API key\n${describeKey(created.key)}`);
+    revealKey(deps, created.plaintext);
+  });
 };
 
 const revokeKey: Handler<'key revoke'> = async (command, deps, keys) => {
@@ -478,7 +524,9 @@ async function pepperStatus(json: boolean, deps: CliDeps): Promise<void> {
   deps.out(
     unrecorded
       ? '\nKeep every pepper in KEY_PEPPER_PREVIOUS while the "not recorded" row remains: those keys were made before 0.2.0, and any previous pepper may be theirs (each is rehashed with KEY_PEPPER, and recorded, on its next use).'
-      : '\nA previous pepper can be removed from KEY_PEPPER_PREVIOUS once no row names it (keys move to KEY_PEPPER on their next use).',
+      : '\nA previous pepper can be removed from KEY_PEPPER_PREVIOUS once no row names it (keys move to KEY_PEPPER on their next use) ' +
+          'and no webhook made before the pepper changed keeps its signing secret: those secrets are never sealed again, and dropping ' +
+          'the pepper makes them unreadable for good (rotate them first: POST …/webhooks/:webhookId/rotate-secret, docs/webhooks.md).',
   );
 }
 
@@ -514,13 +562,18 @@ function reportParse(parsed: Exclude<ParsedCli, { kind: 'command' }>, io: Pick<C
   return 2;
 }
 
-/** Runs a parsed command; an AppError (unknown org or key, invalid input) prints `error: …` and gives 1. */
+/**
+ * Runs a parsed command; an AppError (unknown org or key, invalid input) or a failed stdout prints
+ * `error: …` and gives 1.
+ */
 export async function runCommand(command: Command, deps: CliDeps): Promise<number> {
+  const watched = watchOutput(deps);
   try {
-    await execute(command, deps);
+    await execute(command, watched);
+    await watched.flush?.();
     return 0;
   } catch (error) {
-    if (!(error instanceof AppError)) throw error;
+    if (!(error instanceof AppError || error instanceof OutputLost)) throw error;
     deps.err(`error: ${error.message}`);
     return 1;
   }
@@ -597,20 +650,24 @@ export function openDatabase(config: Config, err: (text: string) => void): CliDa
   };
 }
 
-export const stdio = {
+export const stdio: Pick<CliDeps, 'out' | 'err' | 'flush'> = {
   out: (text: string) => void process.stdout.write(`${text}\n`),
   err: (text: string) => void process.stderr.write(`${text}\n`),
+  // A write that fails later (a pipe closed, a full disk) calls back every write after it with the error.
+  flush: () => new Promise<void>((resolve, reject) => process.stdout.write('', (error) => (error ? reject(error) : resolve()))),
 };
 
 /** The process entry point: every failure (config, database, command) becomes `error: …` and exit 1. */
-export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliDeps, 'out' | 'err'> = stdio): Promise<number> {
+export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliDeps, 'out' | 'err' | 'flush'> = stdio): Promise<number> {
   const now = Date.now;
   const parsed = parseCli(argv, now());
   // Help and usage errors answer without touching a database.
   if (parsed.kind !== 'command') return reportParse(parsed, io);
   let database: CliDatabase | undefined;
+  let url: string | undefined;
   try {
     const config = loadConfig(withDevelopmentDefault(env));
+    url = config.database.url;
     database = openDatabase(config, io.err);
     // Only the embedded database is ours to migrate. A DATABASE_URL is the app role's in
     // production (docs/deployment.md), which may not even read knex_migrations: migrating made
@@ -621,6 +678,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
       db: database.db,
       out: io.out,
       err: io.err,
+      flush: io.flush,
       pepper: config.api.keyPepper,
       previousPeppers: config.api.previousKeyPeppers,
       nextPepper: config.api.nextKeyPepper,
@@ -628,7 +686,9 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
       now,
     });
   } catch (error) {
-    io.err(`error: ${(error as Error).message}${hintFor(error)}`);
+    // describeDatabaseError names the host and the variable of a database it cannot reach.
+    const message = url ? describeDatabaseError(error, url) : (error as Error).message;
+    io.err(`error: ${message}${hintFor(error)}`);
     return 1;
   } finally {
     await database?.close();
@@ -648,4 +708,9 @@ const hintFor = (error: unknown) => (isMissingRelation(error) ? MIGRATE_HINT : (
 // 42P01: undefined_table.
 const isMissingRelation = (error: unknown) => (error as { code?: unknown }).code === '42P01';
 
-if (require.main === module) exitWhenDone(main(process.argv.slice(2), process.env), stdio.err);
+if (require.main === module) {
+  // Without a listener a failed stdout is an "Unhandled 'error' event" crash that skips closing the
+  // database and reporting; its error reaches stdio.flush's callback instead, and runCommand says it.
+  process.stdout.on('error', () => {});
+  exitWhenDone(main(process.argv.slice(2), process.env), stdio.err);
+}

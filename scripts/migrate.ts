@@ -1,6 +1,7 @@
 import { loadDatabaseConfig } from '../shared/config';
 import { createDb, describeDatabaseError, migrateLatest } from '../shared/db';
 import { exitWhenDone } from './lib/commandExit';
+import { answerWithoutRunning, readNoArguments } from './lib/noArguments';
 
 // `npm run migrate`: applies the pending knex migrations to DATABASE_URL. The embedded database
 // needs no separate step: `npm start` migrates it on every start.
@@ -14,6 +15,13 @@ export const stdio: MigrateIo = {
   out: (line) => void process.stdout.write(`${line}\n`),
   err: (line) => void process.stderr.write(`${line}\n`),
 };
+
+export const USAGE = [
+  'usage: DATABASE_URL=postgres://<owner>@<host>/keyusage npm run migrate',
+  '',
+  'Applies the pending migrations to the database DATABASE_URL names, as its owner (docs/deployment.md).',
+  'npm start migrates its embedded database itself. It takes no arguments.',
+].join('\n');
 
 const LOCK_NOT_AVAILABLE = '55P03';
 const lockTimeoutHint = (ms: number) =>
@@ -43,7 +51,7 @@ export async function migrate(env: NodeJS.ProcessEnv, io: MigrateIo = stdio): Pr
     idleInTransactionTimeoutMs: database.idleInTransactionTimeoutMs,
   });
   try {
-    const applied = await migrateLatest(db);
+    const applied = await migrateLatest(db, undefined, (holder) => io.err(`Waiting for another migration run (${holder}) to finish…`));
     if (applied.length === 0) io.out('Database is already up to date.');
     else io.out(`Applied ${applied.length} migration(s):\n${applied.map((name) => `  ${name}`).join('\n')}`);
     return 0;
@@ -56,4 +64,9 @@ export async function migrate(env: NodeJS.ProcessEnv, io: MigrateIo = stdio): Pr
   }
 }
 
-if (require.main === module) exitWhenDone(migrate(process.env), stdio.err);
+/** `npm run migrate [-h|--help]`: 2, with the usage, for any other argument; otherwise migrate's code. */
+export async function main(argv: readonly string[], env: NodeJS.ProcessEnv, io: MigrateIo = stdio): Promise<number> {
+  return answerWithoutRunning(readNoArguments(argv, 'migrate'), USAGE, io) ?? (await migrate(env, io));
+}
+
+if (require.main === module) exitWhenDone(main(process.argv.slice(2), process.env), stdio.err);

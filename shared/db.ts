@@ -200,13 +200,37 @@ const MIGRATION_RUN_LOCK = '7318420561';
 const MIGRATION_WAIT_POLL_MS = 250;
 const MIGRATION_WAIT_MAX_MS = 10 * 60_000;
 
+// The session holding the run lock, as "pid 1234, keyusage-migrate": a run waiting up to
+// MIGRATION_WAIT_MAX_MS without a word looked hung to a deploy pipeline. A bigint advisory key
+// shows in pg_locks as its high (classid) and low (objid) 32 bits, objsubid 1.
+async function migrationRunHolder(guard: pg.Client): Promise<string> {
+  const { rows } = await guard
+    .query<{ pid: number; application_name: string | null }>(
+      `select a.pid, a.application_name from pg_locks l join pg_stat_activity a on a.pid = l.pid
+        where l.locktype = 'advisory' and l.granted and l.objsubid = 1 and l.database = (select oid from pg_database where datname = current_database())
+          and ((l.classid::bigint << 32) | l.objid::bigint) = $1::bigint`,
+      [MIGRATION_RUN_LOCK],
+    )
+    .catch(() => ({ rows: [] }));
+  const holder = rows[0];
+  if (!holder) return 'its session is not visible';
+  return `pid ${holder.pid}${holder.application_name ? `, ${holder.application_name}` : ''}`;
+}
+
 // Tried, not waited for in one statement: a waiting statement holds a snapshot, and the other
 // run's CREATE INDEX CONCURRENTLY waits for every such snapshot to end (a deadlock no one detects).
-async function takeMigrationRunLock(guard: pg.Client): Promise<void> {
+async function takeMigrationRunLock(guard: pg.Client, onWait?: (holder: string) => void): Promise<void> {
+  let holder: string | undefined;
   for (let waited = 0; ; waited += MIGRATION_WAIT_POLL_MS) {
     const { rows } = await guard.query<{ locked: boolean }>('select pg_try_advisory_lock($1) as locked', [MIGRATION_RUN_LOCK]);
     if (rows[0].locked) return;
-    if (waited >= MIGRATION_WAIT_MAX_MS) throw new Error(`another migration run has held the database for ${MIGRATION_WAIT_MAX_MS / 60_000} minutes`);
+    if (holder === undefined) {
+      holder = await migrationRunHolder(guard);
+      onWait?.(holder);
+    }
+    if (waited >= MIGRATION_WAIT_MAX_MS) {
+      throw new Error(`another migration run (${await migrationRunHolder(guard)}) has held the database for ${MIGRATION_WAIT_MAX_MS / 60_000} minutes`);
+    }
     await new Promise((resolve) => setTimeout(resolve, MIGRATION_WAIT_POLL_MS));
   }
 }
@@ -219,8 +243,11 @@ async function takeMigrationRunLock(guard: pg.Client): Promise<void> {
  * lock, which dies with its session, on a connection of its own; under it no other run can be
  * between knex's lock and its release, and a lock row still set is a dead run's, freed.
  */
-/** `upTo`: stop once that migration (a file name) is applied, as the Citus runner's upgrade path does. */
-export async function migrateLatest(db: Db, upTo?: string): Promise<string[]> {
+/**
+ * `upTo`: stop once that migration (a file name) is applied, as the Citus runner's upgrade path
+ * does. `onWait`: told once, with the holder, when another run holds the lock.
+ */
+export async function migrateLatest(db: Db, upTo?: string, onWait?: (holder: string) => void): Promise<string[]> {
   const guard = new ClosingPgClient((db.client as { connectionSettings: pg.ClientConfig }).connectionSettings);
   // An idle client whose session ends (a server restart) emits 'error': with no listener that
   // crashed the run mid-migration. The guard idles for the whole run, so idle_session_timeout
@@ -230,7 +257,7 @@ export async function migrateLatest(db: Db, upTo?: string): Promise<string[]> {
   await guard.connect();
   try {
     await guard.query(`do $$ begin set idle_session_timeout = 0; exception when undefined_object then null; end $$`);
-    await takeMigrationRunLock(guard);
+    await takeMigrationRunLock(guard, onWait);
     await db.migrate.forceFreeMigrationsLock(MIGRATION_CONFIG);
     return await applyOneByOne(db, upTo);
   } finally {

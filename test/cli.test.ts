@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { freeTcpPort } from '../scripts/lib/freePort';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -8,7 +9,7 @@ import t, { type Test } from 'tap';
 import { UNAUTHORIZED_MESSAGE } from '../api/errors';
 import { SCOPES } from '../api/keys/scopes';
 import { embeddedClusterRunning, main, openDatabase, runCli, stdio as cliStdio, USAGE } from '../scripts/cli';
-import { migrate, stdio as migrateStdio } from '../scripts/migrate';
+import { main as migrateMain, migrate, stdio as migrateStdio, USAGE as MIGRATE_USAGE } from '../scripts/migrate';
 import { loadConfig } from '../shared/config';
 import { createDb, MIGRATIONS_DIRECTORY, type Db } from '../shared/db';
 import { startLocalPostgres } from '../scripts/lib/localPostgres';
@@ -514,6 +515,78 @@ t.test('main: wiring to DATABASE_URL', async (t) => {
   t.match(down.err.join('\n'), /^error: .*ECONNREFUSED/, 'an unreachable database is an error, not a crash');
 });
 
+// It printed only `error: connect ECONNREFUSED …`, where npm run migrate names the host and the variable.
+t.test('main: a database it cannot reach is named by host and variable, without its password', async (t) => {
+  const port = await freeTcpPort();
+  const down = captured();
+  t.equal(await main(['org', 'list'], { NODE_ENV: 'test', DATABASE_URL: `postgres://nobody:hunter2@127.0.0.1:${port}/none` }, down.io), 1);
+  t.match(down.err, [new RegExp(`^error: cannot reach the database at 127\\.0\\.0\\.1:${port} named by DATABASE_URL: .*ECONNREFUSED`)]);
+  t.notMatch(down.err.join('\n'), /hunter2/, 'the password is not echoed');
+});
+
+// A new key's secret goes to stdout once, after its transaction committed. A full disk or a closed
+// pipe crashed the CLI with "Unhandled 'error' event" (skipping database.close()): the key was
+// made, its secret lost, and nothing said which key to revoke.
+const cliConnections = async (db: Db) =>
+  Number((await db.raw(`select count(*) as n from pg_stat_activity where application_name = 'keyusage-cli' and datname = current_database()`)).rows[0].n);
+const writeFailure = (code: string) => Object.assign(new Error(`${code}: the output is gone`), { code });
+
+t.test('main: a stdout that fails after a key is created names the key to revoke, never its secret, and closes the database', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const env = { NODE_ENV: 'test', DATABASE_URL: url };
+  const created = captured();
+  t.equal(await main(['org', 'create', 'acme', '--json'], env, created.io), 0);
+  const orgId = JSON.parse(created.out.join('\n')).org.id;
+
+  for (const json of [[], ['--json']]) {
+    const err: string[] = [];
+    const full = {
+      out: () => {
+        throw writeFailure('ENOSPC');
+      },
+      err: (text: string) => err.push(text),
+    };
+    t.equal(await main(['key', 'create', orgId, '--name', `lost${json.length}`, '--scopes', 'keys:read', ...json], env, full), 1);
+    const key = await db('api_keys')
+      .where({ org_id: orgId, name: `lost${json.length}` })
+      .first();
+    t.ok(key, 'the key was created');
+    t.match(
+      err.join('\n'),
+      new RegExp(`^error: the output could not be written \\(ENOSPC.*API key ${key.id} of organization ${orgId} was created.*key revoke ${orgId} ${key.id}`),
+    );
+    t.notMatch(err.join('\n'), KEY, 'no key material');
+    t.equal(await cliConnections(db), 0, 'the database is closed');
+  }
+
+  // A pipe closed while the output was on its way: the write came back with EPIPE.
+  const err: string[] = [];
+  const closed = { out: () => {}, err: (text: string) => err.push(text), flush: () => Promise.reject(writeFailure('EPIPE')) };
+  t.equal(await main(['org', 'create', 'acme2', '--json'], env, closed), 1);
+  const org = await db('organizations').where({ name: 'acme2' }).first();
+  const admin = await db('api_keys').where({ org_id: org.id }).first();
+  t.match(
+    err.join('\n'),
+    new RegExp(`^error: the output could not be written \\(EPIPE.*API key ${admin.id} of organization ${org.id}.*key revoke ${org.id} ${admin.id}`, 'm'),
+  );
+  t.equal(await cliConnections(db), 0);
+
+  const listErr: string[] = [];
+  t.equal(
+    await main(['org', 'list'], env, { out: () => {}, err: (text: string) => listErr.push(text), flush: () => Promise.reject(writeFailure('EPIPE')) }),
+    1,
+  );
+  t.match(listErr, [/^error: the output could not be written \(EPIPE/], 'any command: a lost output is an error');
+});
+
+t.test('pepper status: the advice to drop a previous pepper names the webhooks sealed under it', async (t) => {
+  const { cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  cli.reset();
+  t.equal(await cli.run('pepper', 'status'), 0);
+  t.match(cli.out.join('\n'), /can be removed from KEY_PEPPER_PREVIOUS once no row names it .*and no webhook made before the pepper changed.*rotate-secret/);
+});
+
 // DATABASE_URL is the app role's in production, which may not touch knex_migrations; with the
 // owner's URL, a read-only command applied a release's migrations before the planned migrate.
 t.test('main: a DATABASE_URL is never migrated; an unmigrated one is named as such', async (t) => {
@@ -661,13 +734,40 @@ t.test('npm run migrate: a migration waiting on a table in use fails after MIGRA
   t.match(freed.out.join('\n'), /^Applied \d+ migration\(s\):\n {2}20261203000120_api_keys_created_at_index.ts\n/);
 });
 
-t.test('two migration runs at once: one applies, the other waits and finds nothing to do', async (t) => {
+t.test('two migration runs at once: one applies, the other waits, saying so, and finds nothing to do', async (t) => {
   const url = await emptyDatabase(t);
   const runs = [captured(), captured()];
   t.same(await Promise.all(runs.map((run) => migrate({ NODE_ENV: 'test', DATABASE_URL: url }, run.io))), [0, 0], runs.flatMap((run) => run.err).join('\n'));
-  const outs = runs.map((run) => run.out.join('\n')).sort();
-  t.match(outs[0], `Applied ${MIGRATIONS.length} migration(s)`);
-  t.equal(outs[1], 'Database is already up to date.');
+  const [applier, waiter] = [...runs].sort((a, b) => (a.out.join('\n') < b.out.join('\n') ? -1 : 1));
+  t.match(applier.out.join('\n'), `Applied ${MIGRATIONS.length} migration(s)`);
+  t.same(applier.err, [], 'the run that applies waits for no one');
+  t.same(waiter.out, ['Database is already up to date.']);
+  // Silent for up to 10 minutes, it looked hung to a deploy pipeline.
+  t.match(waiter.err, [/^Waiting for another migration run \(pid \d+, keyusage-migrate\) to finish/], 'it says once whom it waits for');
+});
+
+// `npm run migrate -- --dry-run` applied every migration, and `--help` migrated a database too.
+t.test('npm run migrate: --help answers without touching the database, any other argument is refused', async (t) => {
+  const url = await emptyDatabase(t);
+  const db = createDb(url, { poolMax: 1 });
+  t.teardown(() => db.destroy());
+  const migrated = async () => (await db.raw(`select to_regclass('knex_migrations') as t`)).rows[0].t !== null;
+  for (const help of ['--help', '-h']) {
+    const run = captured();
+    t.equal(await migrateMain([help], { DATABASE_URL: url }, run.io), 0, help);
+    t.same([run.out, run.err], [[MIGRATE_USAGE], []]);
+  }
+  t.match(MIGRATE_USAGE, /^usage: DATABASE_URL=.* npm run migrate\n/);
+  for (const wrong of [['--dry-run'], ['--bogus'], ['keyusage']]) {
+    const run = captured();
+    t.equal(await migrateMain(wrong, { DATABASE_URL: url }, run.io), 2, wrong[0]);
+    t.same(run.out, []);
+    t.match(run.err.join('\n'), new RegExp(`^error: .*${wrong[0]}[^]*usage: DATABASE_URL=`), 'names the argument, with the usage');
+  }
+  t.notOk(await migrated(), 'nothing was migrated');
+  const run = captured();
+  t.equal(await migrateMain([], { DATABASE_URL: url }, run.io), 0, 'no argument migrates');
+  t.ok(await migrated());
 });
 
 t.test('npm run migrate', async (t) => {
@@ -758,6 +858,34 @@ t.test('the scripts as processes: exit codes and a pure JSON stdout', async (t) 
   t.equal(migrateUnset.code, 1);
   t.match(migrateUnset.stderr, /DATABASE_URL is not set/);
 });
+
+// `cli key create … > /dev/full` crashed with "Unhandled 'error' event … ENOSPC", and `| true`
+// with EPIPE: the key made, its secret lost, no id to revoke, the database left unclosed.
+t.test(
+  'the CLI as a process: stdout on a full disk is an error naming the key to revoke',
+  { skip: !fs.existsSync('/dev/full') && 'no /dev/full' },
+  async (t) => {
+    const { db, url } = await freshDatabase(t);
+    const created = captured();
+    t.equal(await main(['org', 'create', 'acme', '--json'], { NODE_ENV: 'test', DATABASE_URL: url }, created.io), 0);
+    const orgId = JSON.parse(created.out.join('\n')).org.id;
+    const full = fs.openSync('/dev/full', 'w');
+    t.teardown(() => fs.closeSync(full));
+    const tsx = path.resolve(__dirname, '..', 'node_modules', '.bin', 'tsx');
+    const child = spawn(tsx, [path.resolve(__dirname, '..', 'scripts', 'cli.ts'), 'key', 'create', orgId, '--name', 'n', '--scopes', 'keys:read'], {
+      env: { ...process.env, _TAPJS_PROCESSINFO_COVERAGE_: '0', DATABASE_URL: url },
+      stdio: ['ignore', full, 'pipe'],
+    });
+    let stderr = '';
+    child.stderr?.on('data', (chunk) => (stderr += chunk));
+    const [code] = await once(child, 'exit');
+    const key = await db('api_keys').where({ org_id: orgId, name: 'n' }).first();
+    t.equal(code, 1, stderr);
+    t.notMatch(stderr, /Unhandled/);
+    t.match(stderr, new RegExp(`^error: the output could not be written \\(ENOSPC.*key revoke ${orgId} ${key.id}`));
+    t.notMatch(stderr, KEY);
+  },
+);
 
 t.test('the process streams get whole lines', async (t) => {
   // Swapped for a moment, with no assertion in between: tap reports on this process's stdout.

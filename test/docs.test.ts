@@ -78,3 +78,42 @@ t.test("the README's COLLECTOR_PORT row says 0 is for the collector only", async
   t.match(row, /port 0–65535, 0: any free port\)/, 'the collector takes 0');
   t.match(row, /the API refuses 0 at start/, 'the API does not');
 });
+
+// deployment.md's restore, followed literally by a review: the steps must be doable in their order
+// and say what a restore gives back that the operator must take away again.
+const restoreSection = () => {
+  const text = readDoc('docs/deployment.md');
+  const start = text.indexOf('**What a restore loses.**');
+  return text.slice(start, text.indexOf('\n## ', start));
+};
+const restoreSteps = () => restoreSection().slice(restoreSection().indexOf('**How to restore.**'));
+
+t.test("deployment.md's restore: rotated secrets come back, and are rotated again", async (t) => {
+  t.match(restoreSection(), /\*\*a key rotated after the backup takes back its old secret as its\s+current one, with full key management\*\*/);
+  t.match(restoreSteps(), /\*\*rotate again, with `gracePeriodSeconds: 0`, every key rotated after it\*\* \(`key\.rotate`\)/);
+  t.match(restoreSteps(), /set again the expected networks changed since \(`key\.update`\)/);
+});
+
+t.test("deployment.md's restore: the API alone for the keys and webhooks, the collectors after", async (t) => {
+  const steps = restoreSteps();
+  const order = ['Start the API alone', 'rotate again', 'Delete again any webhook', 'Start the collectors'].map((step) => steps.indexOf(step));
+  t.notOk(order.includes(-1), 'every step is there');
+  t.same(
+    order,
+    [...order].sort((a, b) => a - b),
+    'in this order',
+  );
+});
+
+t.test("deployment.md's restore: --no-acl on a server without the app role, whose grants step 3 makes", async (t) => {
+  const steps = restoreSteps();
+  t.match(steps, /server without the app role \(a new one\), add `--no-acl`/);
+  t.match(steps, /a dump never holds roles/);
+  t.notMatch(steps, /if it is not part of the dump/, 'roles never are');
+});
+
+t.test('audit log ids repeat after a restore: deployment.md and api-keys.md say so', async (t) => {
+  t.match(restoreSection(), /\*\*Audit log ids repeat\.\*\*/);
+  t.match(restoreSteps(), /export its audit log first/);
+  t.match(readDoc('docs/api-keys.md'), /1, 2, 3, … in commit order without gaps[^]*?restored from a backup numbers on from the backup's last entry/);
+});

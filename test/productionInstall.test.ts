@@ -112,6 +112,23 @@ t.test('npm run migrate: an empty database, then again, then one migrated from t
   t.match(fromSources.output, 'Database is already up to date.', 'a database migrated by `npm test` (tsx) is up to date for the build');
 });
 
+// citus:distribute ran through tsx, a development dependency: `sh: 1: tsx: not found` (127) here.
+// And migrate read no argument: `-- --dry-run` applied every migration.
+t.test('npm run citus:distribute and npm run migrate: --help answers, another argument is refused, from dist/', async (t) => {
+  const empty = await emptyDatabase(t);
+  const env = productionEnv({ DATABASE_URL: empty });
+  const distributeHelp = await run('npm', ['run', '--silent', 'citus:distribute', '--', '--help'], env);
+  t.equal(distributeHelp.code, 0, 'citus:distribute runs without tsx', { output: distributeHelp.output });
+  t.match(distributeHelp.output, /^usage: DATABASE_URL=.* npm run citus:distribute/);
+  const migrateHelp = await run('npm', ['run', '--silent', 'migrate', '--', '--help'], env);
+  t.equal(migrateHelp.code, 0, { output: migrateHelp.output });
+  t.match(migrateHelp.output, /^usage: DATABASE_URL=.* npm run migrate/);
+  const dryRun = await run('npm', ['run', '--silent', 'migrate', '--', '--dry-run'], env);
+  t.equal(dryRun.code, 2, { output: dryRun.output });
+  t.match(dryRun.output, /--dry-run/);
+  t.notMatch(dryRun.output, /Applied/, 'nothing was migrated');
+});
+
 t.test('web and collector from dist/ serve, and a use flows through to PostgreSQL', async (t) => {
   const { db, url } = await freshDatabase(t);
   const org = await insertOrganization(db, 'release');

@@ -1,6 +1,6 @@
-import { parseArgs } from 'node:util';
 import { createDb, type Db } from '../../shared/db';
 import { exitWhenDone } from '../lib/commandExit';
+import { answerWithoutRunning, readNoArguments, type Invocation } from '../lib/noArguments';
 
 // Lays keyusage's tables out on a Citus cluster (docs/scaling.md), after `npm run migrate`.
 // Idempotent: tables already laid out are skipped, so it runs again after every migration.
@@ -202,18 +202,7 @@ export const USAGE = [
   '(docs/scaling.md, "Moving to Citus"). Idempotent: run it after every migration. It takes no arguments.',
 ].join('\n');
 
-export type Invocation = { kind: 'distribute' } | { kind: 'help' } | { kind: 'refused'; message: string };
-
-// It read no argument, so `--help` with DATABASE_URL set started laying the database out.
-export function readArguments(argv: readonly string[]): Invocation {
-  try {
-    const { values } = parseArgs({ args: [...argv], options: { help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: false });
-    return values.help ? { kind: 'help' } : { kind: 'distribute' };
-  } catch (error) {
-    // parseArgs names the argument it refused (an unknown option, an unexpected positional).
-    return { kind: 'refused', message: (error as Error).message };
-  }
-}
+export const readArguments = (argv: readonly string[]): Invocation<'distribute'> => readNoArguments(argv, 'distribute');
 
 export interface DistributeIo {
   out: (line: string) => void;
@@ -227,15 +216,8 @@ const stdio: DistributeIo = {
 
 /** 0 when every table is laid out, or for --help; 2 for a wrong invocation; 1, with `error: …`, when it fails. */
 export async function main(argv: readonly string[], env: NodeJS.ProcessEnv, io: DistributeIo = stdio): Promise<number> {
-  const invocation = readArguments(argv);
-  if (invocation.kind === 'help') {
-    io.out(USAGE);
-    return 0;
-  }
-  if (invocation.kind === 'refused') {
-    io.err(`error: ${invocation.message}\n\n${USAGE}`);
-    return 2;
-  }
+  const answered = answerWithoutRunning(readArguments(argv), USAGE, io);
+  if (answered !== undefined) return answered;
   const url = env.DATABASE_URL;
   if (!url) {
     io.err('error: DATABASE_URL must name the Citus coordinator database (its owner, as for npm run migrate)');
