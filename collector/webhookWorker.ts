@@ -88,13 +88,15 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     }
   }
 
-  async function send(delivery: ClaimedDelivery): Promise<SendResult> {
-    let secret: string;
+  function currentSecret(delivery: ClaimedDelivery): string | undefined {
     try {
-      secret = box.open(delivery.secretBox, delivery.webhookId);
+      return box.open(delivery.secretBox, delivery.webhookId);
     } catch {
-      return { ok: false, statusCode: null, error: 'the signing secret cannot be opened (was KEY_PEPPER changed?)' };
+      return undefined;
     }
+  }
+
+  async function send(delivery: ClaimedDelivery, secret: string): Promise<SendResult> {
     const body = payloadBody(delivery.payload);
     const headers = {
       'user-agent': 'keyusage-webhooks',
@@ -110,23 +112,33 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     });
   }
 
+  // Gives the claim's attempt back, unsent: the delivery is claimed again after WEBHOOK_RETRY_BASE_MS
+  // (never a hot loop), and waits as long as the cause lasts, its attempts kept for sends.
+  async function putBack(delivery: ClaimedDelivery, kind: string, fields: Record<string, unknown>, message: string): Promise<void> {
+    if (await releaseClaim(db, delivery, config.retryBaseMs)) warn(kind, fields, message);
+  }
+
   async function deliver(delivery: ClaimedDelivery): Promise<void> {
+    const context = { webhookId: delivery.webhookId, deliveryId: delivery.id, eventId: delivery.eventId, attempt: delivery.attempt };
+    // A collector without the pepper that sealed the secret (a restore, a rotation that dropped it
+    // too early) cannot sign. Counted as failed attempts, the deliveries were failed for good within
+    // the retry window (~63 min), and never sent once the pepper was given back: they wait for it.
+    const secret = currentSecret(delivery);
+    if (secret === undefined) {
+      const message = "a webhook's signing secret cannot be opened (was KEY_PEPPER changed?); the delivery waits, its attempt not counted";
+      return putBack(delivery, `webhook_secret_${delivery.webhookId}`, context, message);
+    }
     // The wall clock for when it started, as recorded; the steady one for how long it took: a wall
     // clock stepped back mid-send recorded a negative duration, and an end before the start.
     const startedAt = now();
     const steadyStart = steadyNow();
-    const { lookupsBusy, ...result } = await send(delivery);
-    const context = { webhookId: delivery.webhookId, deliveryId: delivery.id, eventId: delivery.eventId, attempt: delivery.attempt };
+    const { lookupsBusy, ...result } = await send(delivery, secret);
     // Other orgs' lookups (of name servers that do not answer) held every slot, so the host was
     // not tried (behind its own org's, it is an attempt that did not resolve). Counted as a failed attempt, two orgs with such name servers
-    // failed every other org's deliveries within the retry window. The claim's attempt is given
-    // back, and the delivery waits WEBHOOK_RETRY_BASE_MS before it is claimed again (it waited
-    // WEBHOOK_TIMEOUT_MS for a slot already: never a hot loop).
+    // failed every other org's deliveries within the retry window.
     if (lookupsBusy) {
-      if (await releaseClaim(db, delivery, config.retryBaseMs)) {
-        warn('webhook_lookups_busy', { ...context, error: result.error }, 'no webhook lookup could start in time; the delivery waits, its attempt not counted');
-      }
-      return;
+      const message = 'no webhook lookup could start in time; the delivery waits, its attempt not counted';
+      return putBack(delivery, 'webhook_lookups_busy', { ...context, error: result.error }, message);
     }
     const durationMs = steadyNow() - steadyStart;
     const delay = result.ok ? undefined : retryDelayMs(delivery.attempt, { maxAttempts: config.maxAttempts, baseDelayMs: config.retryBaseMs }, options.random);

@@ -34,6 +34,43 @@ t.test('creating and deleting a webhook is recorded, with the URL and never the 
   t.notOk(log.text.includes(created.body.secret) || JSON.stringify(await db('audit_log').select()).includes(created.body.secret), 'no signing secret');
 });
 
+// The webhook list shows a key without keys:write a URL's origin only (its path or query may carry
+// the receiver's token), while the audit log, which keys:read reads too, showed it whole. Fails
+// without the fix.
+t.test("a key without keys:write reads a webhook entry's URL as its origin only; one with it, whole", async (t) => {
+  const { api, acme } = await setup(t);
+  const reader = await api.services.apiKeys.create(acme.org.id, { name: 'reader', scopes: ['keys:read'], expiresAt: null });
+  const hooks = `/api/orgs/${acme.org.id}/webhooks`;
+  const created = await api.request('POST', hooks, { key: acme.adminKey, body: { url: 'https://203.0.113.12/h?token=abc', events: ['*'] } });
+  t.equal(created.status, 201);
+  t.equal((await api.request('DELETE', `${hooks}/${created.body.id}`, { key: acme.adminKey })).status, 204);
+  const urls = (log: { body: { data: Array<{ action: string; details: { url?: string } }> } }) =>
+    log.body.data.filter((entry) => entry.action.startsWith('webhook.')).map((entry) => [entry.action, entry.details.url]);
+
+  const read = await api.request('GET', `/api/orgs/${acme.org.id}/audit-log`, { key: reader.plaintext });
+  t.equal(read.status, 200);
+  t.same(
+    urls(read),
+    [
+      ['webhook.delete', 'https://203.0.113.12/…'],
+      ['webhook.create', 'https://203.0.113.12/…'],
+    ],
+    'the origin, "/…" for the path and query',
+  );
+  t.notOk(read.text.includes('token=abc'), 'not the token');
+  t.notOk(read.text.includes('/h'), 'nor the path');
+
+  const whole = await api.request('GET', `/api/orgs/${acme.org.id}/audit-log`, { key: acme.adminKey });
+  t.same(
+    urls(whole),
+    [
+      ['webhook.delete', 'https://203.0.113.12/h?token=abc'],
+      ['webhook.create', 'https://203.0.113.12/h?token=abc'],
+    ],
+    'keys:write: whole',
+  );
+});
+
 t.test('create, rotate and revoke through the API are recorded with the acting key, the IP and no key material', async (t) => {
   const { db, api, acme } = await setup(t);
   const keys = `/api/orgs/${acme.org.id}/api-keys`;

@@ -449,15 +449,16 @@ t.test("an org's claim that fails after another's returns what was claimed, with
 t.test("the worker's next fill starts with the orgs its last one left", async (t) => {
   const { db } = await freshDatabase(t);
   const orgs = await orgsWithDueDeliveries(db, 12, 2, new Date(Date.now() - 60_000));
-  // Their secrets do not open (sealed under no pepper): each send fails at once, and is due again only in an hour.
+  // Their secrets do not open (sealed under no pepper): each claim is put back at once, due again only in an hour.
   const { worker } = skewedWorker(t, db, 0, { WEBHOOK_RETRY_BASE_MS: '3600000' });
-  const attempted = async () => new Set(await db('webhook_delivery_attempts').pluck('org_id'));
+  const putBack = () => db('webhook_deliveries').where('next_attempt_at', '>', db.raw(`now() + interval '30 minutes'`)).pluck('org_id');
+  const fillPutBack = (count: number) => async () => ((await putBack()).length === count ? true : undefined);
   await worker.poll();
-  await waitFor('the first fill recorded', async () => (worker.stats.attempts === 10 ? true : undefined));
-  t.equal((await attempted()).size, 10, 'the pool of 10: one delivery each of 10 orgs');
+  await waitFor('the first fill put back', fillPutBack(10));
+  t.equal(new Set(await putBack()).size, 10, 'the pool of 10: one delivery each of 10 orgs');
   await worker.poll();
-  await waitFor('the second fill recorded', async () => (worker.stats.attempts === 20 ? true : undefined));
-  const served = await attempted();
+  await waitFor('the second fill put back', fillPutBack(20));
+  const served = new Set(await putBack());
   t.same(
     orgs.filter((org) => !served.has(org)),
     [],
@@ -673,14 +674,35 @@ t.test('mid-rotation, a collector with the API’s pepper as KEY_PEPPER_NEXT ope
   assertSigned(t, receiver.requests[0], world.secret, event.id);
 });
 
-t.test('a secret sealed under another KEY_PEPPER fails the attempt, visibly', async (t) => {
+// A reviewer's case: a collector without the pepper that sealed the secret (a restore, a rotation
+// that dropped it too early) failed an attempt per claim, so with WEBHOOK_MAX_ATTEMPTS=2 the
+// delivery was failed for good, and a collector given the right pepper never sent it. Fails
+// without the fix.
+t.test('a secret sealed under another KEY_PEPPER: the delivery waits uncounted, then a collector with that pepper delivers it', async (t) => {
   const receiver = await startWebhookReceiver(t);
   const world = await setup(t, receiver.url);
-  await startTestCollector(t, world.databaseUrl, { ...FAST, WEBHOOK_MAX_ATTEMPTS: '1', KEY_PEPPER: 'another-pepper-of-at-least-32-characters' });
-  await world.insertEvent();
-  await waitFor('a settled delivery', settled(world.db, 1));
+  const event = await world.insertEvent();
+  const env = { WEBHOOK_MAX_ATTEMPTS: '2', KEY_PEPPER: 'another-pepper-of-at-least-32-characters' };
+  const delivery = () => world.db('webhook_deliveries').first('status', 'attempts', world.db.raw('next_attempt_at > now() as later'));
+  for (let poll = 1; poll <= 3; poll += 1) {
+    const { worker, logLines } = skewedWorker(t, world.db, 0, env);
+    await worker.poll();
+    await worker.stop(); // the claim put back, or its attempt recorded
+    t.match(await delivery(), { status: 'pending', attempts: 0, later: true }, `poll ${poll}: pending, no attempt used, due later`);
+    t.ok(
+      logLines.some((line) => line.includes('signing secret cannot be opened')),
+      `poll ${poll}: logged`,
+    );
+    await world.db('webhook_deliveries').update({ next_attempt_at: world.db.raw(`now() - interval '1 second'`) });
+  }
   t.equal(receiver.requests.length, 0, 'nothing unsigned or mis-signed is sent');
-  t.match((await world.deliveries()).data, [{ status: 'failed', attempts: [{ error: 'the signing secret cannot be opened (was KEY_PEPPER changed?)' }] }]);
+  t.same((await world.deliveries()).data[0].attempts, [], 'no attempt recorded');
+
+  await startTestCollector(t, world.databaseUrl, { ...FAST, WEBHOOK_MAX_ATTEMPTS: '2' });
+  await waitFor('the delivery settled', settled(world.db, 1));
+  t.match(await delivery(), { status: 'succeeded', attempts: 1 }, 'delivered on its first counted attempt');
+  t.equal(receiver.requests.length, 1);
+  assertSigned(t, receiver.requests[0], world.secret, event.id);
 });
 
 // The v1 signatures of a delivery's header, each alone beside its t, as a receiver with one secret reads them.

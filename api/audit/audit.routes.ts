@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
 import { pagination, parseInput, uuid } from '../validation';
+import type { UrlView } from '../webhooks/webhooks.service';
 import { auditList, decodeCursor, type AuditService } from './audit.service';
 
 const auditQuery = z
@@ -23,6 +24,8 @@ export const auditRoutes: RouteContract[] = [
     path: '/',
     operationId: 'listAuditLog',
     summary: "The org's audit log: every change to its keys and webhooks, newest first",
+    description:
+      'A key without keys:write sees the URL of a webhook.create or webhook.delete entry reduced to its origin, with "/…" in place of a path or query, as the webhook list shows it.',
     auth: READ_ORG,
     params: orgParams,
     query: auditQuery,
@@ -36,7 +39,8 @@ export function auditRouter(deps: { service: AuditService; authorize: (requireme
   router.get('/', deps.authorize(READ_ORG), async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const query = parseInput(auditQuery, req.query, 'query');
-    res.json(await deps.service.list(id, { limit: query.limit, beforeSeq: query.cursor ?? null }));
+    const urlView: UrlView = res.locals.auth!.key.scopes.includes('keys:write') ? 'whole' : 'origin';
+    res.json(await deps.service.list(id, { limit: query.limit, beforeSeq: query.cursor ?? null }, urlView));
   });
 
   return router;

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { Db } from '../../shared/db';
 import { cursorPage, details, idString, isoTime, listOf } from '../responses';
+import { originOnly, type UrlView } from '../webhooks/webhooks.service';
 import { AUDIT_ACTIONS, auditActorShape, listAudit, type AuditRecord } from './audit.repository';
 
 const MAX_BIGINT = 9_223_372_036_854_775_807n;
@@ -32,13 +33,21 @@ const auditEntry = z
   .meta({ id: 'AuditEntry' });
 export const auditList = listOf(auditEntry, cursorPage).meta({ id: 'AuditLog' });
 
-const toView = (entry: AuditRecord): z.output<typeof auditEntry> => ({
+// A webhook entry's URL is the webhook list's: a key that may read the log but not change the
+// webhook would otherwise find here the token the list keeps from it.
+function detailsFor(entry: AuditRecord, urlView: UrlView): Record<string, unknown> {
+  const { details } = entry;
+  const hasUrl = (entry.action === 'webhook.create' || entry.action === 'webhook.delete') && typeof details.url === 'string';
+  return urlView === 'origin' && hasUrl ? { ...details, url: originOnly(details.url as string) } : details;
+}
+
+const toView = (entry: AuditRecord, urlView: UrlView): z.output<typeof auditEntry> => ({
   id: entry.seq,
   occurredAt: entry.occurredAt.toISOString(),
   actor: entry.actor,
   action: entry.action,
   targetKeyId: entry.targetKeyId,
-  details: entry.details,
+  details: detailsFor(entry, urlView),
   ip: entry.ip,
 });
 
@@ -46,12 +55,12 @@ export type AuditService = ReturnType<typeof createAuditService>;
 
 export function createAuditService(deps: { db: Db }) {
   return {
-    /** Newest first. One row more than asked tells whether there is a next page. */
-    async list(orgId: string, page: { limit: number; beforeSeq: string | null }): Promise<z.output<typeof auditList>> {
+    /** Newest first; webhook URLs as `urlView` says. One row more than asked tells whether there is a next page. */
+    async list(orgId: string, page: { limit: number; beforeSeq: string | null }, urlView: UrlView): Promise<z.output<typeof auditList>> {
       const rows = await listAudit(deps.db, orgId, { limit: page.limit + 1, beforeSeq: page.beforeSeq });
       const data = rows.slice(0, page.limit);
       const nextCursor = rows.length > page.limit ? encodeCursor(data[data.length - 1].seq) : null;
-      return { data: data.map(toView), page: { limit: page.limit, nextCursor } };
+      return { data: data.map((entry) => toView(entry, urlView)), page: { limit: page.limit, nextCursor } };
     },
   };
 }

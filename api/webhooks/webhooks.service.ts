@@ -64,7 +64,8 @@ export type UrlView = 'whole' | 'origin';
 
 // A path or query may carry the receiver's own token (which is why a URL is never logged): a
 // keys:read key, which may not change the webhook, sees where events go, not how to post there.
-function originOnly(url: string): string {
+// The audit log shows its entries' URLs the same way (api/audit/audit.service.ts).
+export function originOnly(url: string): string {
   const parsed = new URL(url);
   const hidden = parsed.pathname !== '/' || parsed.search !== '' || parsed.hash !== '';
   return `${parsed.origin}/${hidden ? '…' : ''}`;
