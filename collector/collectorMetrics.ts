@@ -159,6 +159,12 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('webhook_deliveries_succeeded_total', 'Webhook deliveries acknowledged with a 2xx', webhooks.delivered),
     counter('webhook_deliveries_failed_total', 'Webhook deliveries given up after their last attempt', webhooks.gaveUp),
     counter('webhook_poll_failures_total', 'Polls for due webhook deliveries that failed (the deliveries wait)', webhooks.failedPolls),
+    counter(
+      'webhook_secret_unopened_total',
+      'Webhook deliveries put back unsent, no attempt used: their signing secret could not be opened (KEY_PEPPER)',
+      webhooks.secretsUnopened,
+    ),
+    counter('webhook_lookups_busy_total', "Webhook deliveries put back unsent, no attempt used: other orgs' lookups held every slot", webhooks.lookupsBusy),
     counter('hour_move_failures_total', 'Failed moves of closed hours into the hourly buckets (retried at the next run)', upkeep.stats.failedHourMoves),
     counter('retention_failures_total', 'Failed retention runs: usage rows, events, IP addresses (retried hourly)', upkeep.stats.failedRetentions),
   ];

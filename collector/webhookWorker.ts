@@ -28,6 +28,10 @@ export interface WebhookWorkerStats {
   gaveUp: number;
   /** Polls whose claim failed (the database refused or timed out): deliveries wait meanwhile. */
   failedPolls: number;
+  /** Claims put back unsent, no attempt used, because the signing secret could not be opened: the delivery waits for a pepper. */
+  secretsUnopened: number;
+  /** Claims put back unsent, no attempt used, because other orgs' lookups held every slot. */
+  lookupsBusy: number;
 }
 
 export interface WebhookWorkerOptions {
@@ -69,7 +73,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   const lookups = options.lookupSlots ?? lookupSlots();
   // A claimed delivery is due again after this long: a send always ends within the timeout.
   const leaseMs = 2 * config.timeoutMs + 1000;
-  const stats: WebhookWorkerStats = { attempts: 0, failedAttempts: 0, delivered: 0, gaveUp: 0, failedPolls: 0 };
+  const stats: WebhookWorkerStats = { attempts: 0, failedAttempts: 0, delivered: 0, gaveUp: 0, failedPolls: 0, secretsUnopened: 0, lookupsBusy: 0 };
   let timer: NodeJS.Timeout | undefined;
   // Set by stop(): no claim starts after it. A worker polled without start() (tests) still claims.
   let stopping = false;
@@ -114,8 +118,11 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
 
   // Gives the claim's attempt back, unsent: the delivery is claimed again after WEBHOOK_RETRY_BASE_MS
   // (never a hot loop), and waits as long as the cause lasts, its attempts kept for sends.
-  async function putBack(delivery: ClaimedDelivery, kind: string, fields: Record<string, unknown>, message: string): Promise<void> {
-    if (await releaseClaim(db, delivery, config.retryBaseMs)) warn(kind, fields, message);
+  // Counted: a delivery that waits shows no attempt in its log, so the metric is what says why.
+  async function putBack(delivery: ClaimedDelivery, cause: 'secretsUnopened' | 'lookupsBusy', kind: string, fields: Record<string, unknown>, message: string) {
+    if (!(await releaseClaim(db, delivery, config.retryBaseMs))) return;
+    stats[cause] += 1;
+    warn(kind, fields, message);
   }
 
   async function deliver(delivery: ClaimedDelivery): Promise<void> {
@@ -126,7 +133,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     const secret = currentSecret(delivery);
     if (secret === undefined) {
       const message = "a webhook's signing secret cannot be opened (was KEY_PEPPER changed?); the delivery waits, its attempt not counted";
-      return putBack(delivery, `webhook_secret_${delivery.webhookId}`, context, message);
+      return putBack(delivery, 'secretsUnopened', `webhook_secret_${delivery.webhookId}`, context, message);
     }
     // The wall clock for when it started, as recorded; the steady one for how long it took: a wall
     // clock stepped back mid-send recorded a negative duration, and an end before the start.
@@ -138,7 +145,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     // failed every other org's deliveries within the retry window.
     if (lookupsBusy) {
       const message = 'no webhook lookup could start in time; the delivery waits, its attempt not counted';
-      return putBack(delivery, 'webhook_lookups_busy', { ...context, error: result.error }, message);
+      return putBack(delivery, 'lookupsBusy', 'webhook_lookups_busy', { ...context, error: result.error }, message);
     }
     const durationMs = steadyNow() - steadyStart;
     const delay = result.ok ? undefined : retryDelayMs(delivery.attempt, { maxAttempts: config.maxAttempts, baseDelayMs: config.retryBaseMs }, options.random);

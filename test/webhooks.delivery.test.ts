@@ -533,6 +533,7 @@ t.test("two orgs' silent name servers hold both lookup slots: an address is deli
     { status: 'pending', attempts: 0, later: true, recorded: 0 },
     'the one to the name waits, its attempt given back, none recorded',
   );
+  t.match(worker.stats, { lookupsBusy: 1, secretsUnopened: 0 }, 'the put-back counted, by its cause (webhook_lookups_busy_total)');
   t.ok(
     logLines.some((line) => line.includes('webhook_lookups_busy')),
     'the wait is logged',
@@ -684,10 +685,12 @@ t.test('a secret sealed under another KEY_PEPPER: the delivery waits uncounted, 
   const event = await world.insertEvent();
   const env = { WEBHOOK_MAX_ATTEMPTS: '2', KEY_PEPPER: 'another-pepper-of-at-least-32-characters' };
   const delivery = () => world.db('webhook_deliveries').first('status', 'attempts', world.db.raw('next_attempt_at > now() as later'));
+  let unopened = 0;
   for (let poll = 1; poll <= 3; poll += 1) {
     const { worker, logLines } = skewedWorker(t, world.db, 0, env);
     await worker.poll();
     await worker.stop(); // the claim put back, or its attempt recorded
+    unopened += worker.stats.secretsUnopened;
     t.match(await delivery(), { status: 'pending', attempts: 0, later: true }, `poll ${poll}: pending, no attempt used, due later`);
     t.ok(
       logLines.some((line) => line.includes('signing secret cannot be opened')),
@@ -697,6 +700,7 @@ t.test('a secret sealed under another KEY_PEPPER: the delivery waits uncounted, 
   }
   t.equal(receiver.requests.length, 0, 'nothing unsigned or mis-signed is sent');
   t.same((await world.deliveries()).data[0].attempts, [], 'no attempt recorded');
+  t.equal(unopened, 3, 'each put-back counted (webhook_secret_unopened_total)');
 
   await startTestCollector(t, world.databaseUrl, { ...FAST, WEBHOOK_MAX_ATTEMPTS: '2' });
   await waitFor('the delivery settled', settled(world.db, 1));
