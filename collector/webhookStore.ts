@@ -74,9 +74,12 @@ with due as (
     from due, ${TABLE.webhooks} w
    where d.org_id = :orgId and d.id = due.id and due.attempts < :maxAttempts and w.org_id = :orgId and w.id = d.webhook_id
   returning d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret_box,
-            case when w.previous_secret_expires_at > now() then w.previous_secret_box end as previous_secret_box
+            w.previous_secret_box, w.previous_secret_expires_at
 )
-select *, false as spent from claimed
+-- The grace judged here, not in RETURNING: Citus refuses now() there (not immutable).
+select id, org_id, webhook_id, event_id, event_type, payload, attempts, url, secret_box,
+       case when previous_secret_expires_at > now() then previous_secret_box end as previous_secret_box, false as spent
+  from claimed
 union all
 select id, null, null, null, null, null, null, null, null, null, true from spent`;
 

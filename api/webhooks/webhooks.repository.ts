@@ -91,12 +91,17 @@ export async function replaceWebhookSecret(
   change: { secretBox: Buffer; graceSeconds: number },
 ): Promise<WebhookRecord | undefined> {
   const keepsOld = change.graceSeconds > 0;
+  // The end on the database's clock, read first: Citus refuses now() in an UPDATE of a distributed
+  // table beside a column reference (secret_box).
+  const ends = keepsOld
+    ? (await db.raw<{ rows: Array<{ ends: Date }> }>(`select now() + ? * interval '1 second' as ends`, [change.graceSeconds])).rows[0].ends
+    : null;
   const [row] = await db(TABLE.webhooks)
     .where({ id, org_id: orgId })
     .update({
       // The right-hand secret_box is the row's value before this update.
       previous_secret_box: keepsOld ? db.raw('secret_box') : null,
-      previous_secret_expires_at: keepsOld ? db.raw(`now() + ? * interval '1 second'`, [change.graceSeconds]) : null,
+      previous_secret_expires_at: ends,
       secret_box: change.secretBox,
     })
     .returning<WebhookRow[]>(WEBHOOK_COLUMNS);

@@ -187,9 +187,12 @@ t.test('the webhook worker claims due deliveries of orgs on both workers', async
   const api = await startTestApi(t, db);
   const orgs = await orgsOnBothWorkers(t, api, db, 3);
   const pinged: string[] = [];
-  for (const { org, adminKey } of orgs) {
+  for (const [i, { org, adminKey }] of orgs.entries()) {
     const hooks = `/api/orgs/${org.id}/webhooks`;
     const created = await api.request('POST', hooks, { key: adminKey, body: { url: 'https://203.0.113.10/hook', events: ['*'] } });
+    // The first org's secret rotated with a grace period: its delivery is claimed with the previous secret too.
+    if (i === 0)
+      t.equal((await api.request('POST', `${hooks}/${created.body.id}/rotate-secret`, { key: adminKey, body: { gracePeriodSeconds: 3600 } })).status, 200);
     const ping = await api.request('POST', `${hooks}/${created.body.id}/test`, { key: adminKey });
     t.equal(ping.status, 202);
     pinged.push(ping.body.deliveryId);
@@ -197,6 +200,11 @@ t.test('the webhook worker claims due deliveries of orgs on both workers', async
   const claim = () => claimDueDeliveries(db, { leaseMs: 60_000, limit: 10, maxAttempts: 8 });
   const { deliveries } = await claim();
   t.same(deliveries.map((d) => d.id).sort(), [...pinged].sort(), "every org's ping is claimed once");
+  t.same(
+    deliveries.filter((d) => d.previousSecretBox !== null).map((d) => d.id),
+    [pinged[0]],
+    'the rotated webhook comes with its previous secret in its grace period, the others without',
+  );
   t.same(await claim(), { deliveries: [], spent: 0 }, 'leased deliveries are not claimed again');
   // recordAttempt reads the delivery FOR KEY SHARE: Citus runs a row lock in a statement on one shard only.
   const sent = { startedAt: new Date(), durationMs: 5, statusCode: 204, error: null, succeeded: true, retryInMs: undefined };
