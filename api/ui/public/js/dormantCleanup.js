@@ -1,8 +1,8 @@
 import { api, orgPath } from './api.js';
 import { el, isolate, setText } from './dom.js';
-import { relative } from './format.js';
 import { confirmDialog } from './confirmDialog.js';
 import { optionalSection } from './optionalSection.js';
+import { retell, timeAgo } from './refreshDom.js';
 
 // A dry run lists the oldest 10,000 dormant keys at most, and says when there are more.
 const MORE = (result) => (result.more ? ' More keys are dormant than those listed here: run the clean-up again after this one.' : '');
@@ -25,7 +25,11 @@ function chosenDays(input) {
 }
 
 const dormantItem = (key) =>
-  el('li', {}, [el('a', { href: `#/key/${key.id}`, text: isolate(key.name) }), ` · ${key.status} · last use ${relative(key.lastUsedAt)}`]);
+  el('li', {}, [
+    el('a', { href: `#/key/${key.id}`, text: isolate(key.name) }),
+    ` · ${key.status} · last use `,
+    key.lastUsedAt ? timeAgo(key.lastUsedAt) : 'never',
+  ]);
 
 // Dormant keys (from the usage endpoint, available now) and their clean-up through
 // POST …/api-keys/revoke-dormant: a dry run first, then "apply" after a confirmation. Each list
@@ -37,16 +41,20 @@ export function dormantSection(who, canWrite, onFresh) {
   // The keys the list shows: rebuilt only when they change, so a refresh does not take the focus
   // from one of its links (as the events feed).
   let shown = '';
+  // The days the list is of, taken from the box on `change` only: the refresh every 5 s read it
+  // half typed, an error for a box being cleared, the keys of 9 days on the way to 90.
+  let listedDays = Number(days.value);
   const section = optionalSection({
     id: 'dormant',
     title: 'Dormant keys',
     endpoint: 'dormant clean-up endpoint (POST …/api-keys/revoke-dormant)',
     load: async (body) => {
-      const dormantDays = chosenDays(days);
+      const dormantDays = listedDays;
       // In the clean-up's own order (oldest created first, then id): past the first page, the
       // keys listed are the ones an apply takes first.
       const page = await api('GET', orgPath(who, `/usage?dormant=true&dormantDays=${dormantDays}&sort=createdAt&order=asc&limit=${LISTED}`));
       const keys = page.data.map(({ id, name, status, lastUsedAt }) => ({ id, name, status, lastUsedAt }));
+      retell(list);
       if (JSON.stringify(keys) !== shown) {
         shown = JSON.stringify(keys);
         list.replaceChildren(...keys.map(dormantItem));
@@ -89,7 +97,11 @@ export function dormantSection(who, canWrite, onFresh) {
       }),
   });
   const actions = el('div', { class: 'buttons' }, [preview, apply]);
-  // A refused key (401) is the page's to handle: its next refresh signs out.
-  days.addEventListener('change', () => void section.refresh().catch(() => {}));
+  // A value out of bounds is refused with the section's note, and the list stays at its days.
+  days.addEventListener('change', async () => {
+    if (!(await section.guard(() => void (listedDays = chosenDays(days))))) return;
+    // A refused key (401) is the page's to handle: its next refresh signs out.
+    await section.refresh().catch(() => {});
+  });
   return section;
 }

@@ -1,7 +1,9 @@
 import { api, orgPath, routeMissing } from './api.js';
-import { el } from './dom.js';
-import { exact, relative } from './format.js';
+import { el, setText } from './dom.js';
 import { optionalSection } from './optionalSection.js';
+import { arrange, retell, setDisabled, timeAgo } from './refreshDom.js';
+
+const PAGE_SIZE = 50;
 
 // GET …/api-keys/events: the org's events, newest first (optionally of one key).
 const eventsQuery = (params) => `/events?${new URLSearchParams(params)}`;
@@ -9,7 +11,7 @@ const eventsQuery = (params) => `/events?${new URLSearchParams(params)}`;
 function eventItem(event) {
   const details = event.details && Object.keys(event.details).length > 0 ? JSON.stringify(event.details) : '';
   return el('li', { class: 'event' }, [
-    el('time', { datetime: event.occurredAt, title: exact(event.occurredAt), text: relative(event.occurredAt) }),
+    timeAgo(event.occurredAt),
     ' ',
     el('strong', { text: event.type }),
     event.keyId ? el('a', { href: `#/key/${event.keyId}`, class: 'event-key', text: ` key ${event.keyId.slice(0, 8)}` }) : null,
@@ -17,19 +19,62 @@ function eventItem(event) {
   ]);
 }
 
+// A page of events, one item per event kept across refreshes: the list was rebuilt whenever an
+// event came, taking the focus from its links. New events go in above the ones shown.
+function createEventList() {
+  const list = el('ol', { class: 'events' });
+  const none = el('p', { text: 'No events.' });
+  let items = new Map();
+  const show = (events) => {
+    // Keyed by the whole event, not its id alone: an event raised again keeps its id.
+    const kept = new Map(events.map((event) => [JSON.stringify(event), event]));
+    items = new Map([...kept].map(([signature, event]) => [signature, items.get(signature) ?? eventItem(event)]));
+    arrange(list, [...items.values()]);
+    retell(list);
+    none.hidden = events.length > 0;
+    list.hidden = events.length === 0;
+  };
+  return { elements: [none, list], show };
+}
+
+// The newest PAGE_SIZE events, then older pages along the API's nextCursor: the key's badge said
+// 302 events and the list showed the newest 50 with no word of the others. The refresh reads the
+// page turned to again.
 export function eventsSection(who, { keyId } = {}) {
-  let shown = '';
-  return optionalSection({
+  const events = createEventList();
+  // The cursor of each page turned to, oldest last: none on the newest page.
+  let cursors = [];
+  let nextCursor = null;
+  const turn = (to) => {
+    cursors = to;
+    // A refused key (401) is the page's to handle: its next refresh signs out.
+    void section.refresh().catch(() => {});
+  };
+  const newer = el('button', { type: 'button', text: '← Newer events', onclick: () => turn(cursors.slice(0, -1)) });
+  const older = el('button', { type: 'button', text: 'Older events →', onclick: () => turn([...cursors, nextCursor]) });
+  const where = el('p', { class: 'page-status', 'aria-live': 'polite' });
+  const pager = el('div', { class: 'pager' }, [newer, where, older]);
+  const section = optionalSection({
     id: keyId ? 'key-events' : 'events',
     title: keyId ? 'Events of this key' : 'Events',
     endpoint: 'events endpoint',
     missing: routeMissing,
     load: async (body) => {
-      const page = await api('GET', orgPath(who, eventsQuery({ limit: '50', ...(keyId ? { keyId } : {}) })));
-      // Rebuilt only when something changed, so a refresh does not steal focus from a link.
-      if (JSON.stringify(page.data) === shown) return;
-      shown = JSON.stringify(page.data);
-      body.replaceChildren(page.data.length === 0 ? el('p', { text: 'No events.' }) : el('ol', { class: 'events' }, page.data.map(eventItem)));
+      const asked = cursors;
+      const cursor = asked.at(-1);
+      const page = await api('GET', orgPath(who, eventsQuery({ limit: String(PAGE_SIZE), ...(keyId ? { keyId } : {}), ...(cursor ? { cursor } : {}) })));
+      // A page turned meanwhile: that turn's own read shows it.
+      if (asked !== cursors) return;
+      nextCursor = page.page.nextCursor;
+      events.show(page.data);
+      setDisabled([
+        [newer, cursors.length === 0],
+        [older, nextCursor === null],
+      ]);
+      pager.hidden = cursors.length === 0 && nextCursor === null;
+      setText(where, cursors.length === 0 ? `The newest ${PAGE_SIZE} events; older ones on the next pages.` : `Older events, page ${cursors.length + 1}.`);
+      if (!body.contains(pager)) body.append(...events.elements, pager);
     },
   });
+  return section;
 }

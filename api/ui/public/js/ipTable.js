@@ -1,7 +1,9 @@
 import { el } from './dom.js';
-import { count, exact, relative } from './format.js';
+import { count } from './format.js';
+import { retell, timeAgo } from './refreshDom.js';
 
-// Recent addresses of a key (uses or failed attempts), rebuilt only when they changed.
+// Recent addresses of a key (uses or failed attempts), rebuilt only when they changed; their times
+// told again on every update.
 export function createIpTable({ id, caption, countLabel, countField }) {
   const tbody = el('tbody');
   const table = el('table', { id, class: 'ips' }, [
@@ -16,11 +18,12 @@ export function createIpTable({ id, caption, countLabel, countField }) {
     tbody,
   ]);
   let shown;
-  const when = (iso) => el('td', {}, [el('time', { datetime: iso, title: exact(iso), text: relative(iso) })]);
+  const when = (iso) => el('td', {}, [timeAgo(iso)]);
   return {
     element: el('div', { class: 'table-wrap' }, [table]),
     update(ips) {
       const signature = JSON.stringify(ips);
+      retell(tbody);
       if (signature === shown) return;
       shown = signature;
       tbody.replaceChildren(

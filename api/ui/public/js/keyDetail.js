@@ -94,16 +94,27 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
       return;
     }
     setText(title, key.name);
-    setText(subtitle, `${key.displayPrefix} · created ${key.createdAt.slice(0, 10)}${key.expiresAt ? ` · expires ${key.expiresAt}` : ''}`);
+    setText(subtitle, `${key.displayPrefix} · created ${key.createdAt.slice(0, 10)} (UTC)${key.expiresAt ? ` · expires ${key.expiresAt}` : ''}`);
     facts.update(key);
     recent.update(key.recentIps);
     failing.update(key.recentFailedIps);
     if (canWrite && key.status !== shownStatus) {
       shownStatus = key.status;
-      actions.replaceChildren(keyActions({ who, key, onChanged: refresh, onError: (e) => setText(error, e.message), onSignedOut }));
+      showActions(keyActions({ who, key, onChanged: refresh, onError: (e) => setText(error, e.message), onSignedOut }));
     }
     await Promise.all([refreshChart(), events.refresh(), networks.refresh()]);
     onFresh(usage);
+  }
+
+  // Revoked by keyboard, the focus went back from the dialog to the Revoke button, which the
+  // revoked key's block then replaced: the focus fell to <body>. It goes to the block's status line.
+  function showActions(block) {
+    const hadFocus = actions.contains(document.activeElement);
+    actions.replaceChildren(block);
+    if (!hadFocus) return;
+    const status = block.querySelector('p') ?? block;
+    status.tabIndex = -1;
+    status.focus();
   }
 
   async function refreshChart() {

@@ -2,6 +2,7 @@ import { api, holdsKeyMaterial, orgPath } from './api.js';
 import { el, setAttr, setText } from './dom.js';
 import { count, exact, relative } from './format.js';
 import { createPager, STALE } from './pager.js';
+import { arrange } from './refreshDom.js';
 import { createSparkline } from './sparkline.js';
 
 // The keys table: one page of GET …/usage (sorted, filtered and paged by the server), rows kept
@@ -124,20 +125,15 @@ export function createKeysView({ who, onFresh, requestRefresh }) {
 
   function render(keys) {
     const seen = new Set();
-    keys.forEach((key, index) => {
+    const shown = keys.map((key) => {
       let row = rows.get(key.id);
       if (!row) rows.set(key.id, (row = createRow(key)));
       updateRow(row, key);
       seen.add(key.id);
-      // Move a row only when it is out of place: moving the focused row would blur it.
-      if (tbody.children[index] !== row.tr) tbody.insertBefore(row.tr, tbody.children[index] ?? null);
+      return row.tr;
     });
-    for (const [id, row] of rows) {
-      if (!seen.has(id)) {
-        row.tr.remove();
-        rows.delete(id);
-      }
-    }
+    for (const id of rows.keys()) if (!seen.has(id)) rows.delete(id);
+    arrange(tbody, shown);
   }
 
   const table = el('table', { class: 'keys', id: 'keys-table' }, [

@@ -1,5 +1,6 @@
 import { el, setText } from './dom.js';
 import { count } from './format.js';
+import { setDisabled } from './refreshDom.js';
 
 /** What a view's refresh answers when a later one replaced it: it neither shows nor clears an error. */
 export const STALE = Symbol('stale');
@@ -24,8 +25,10 @@ export function createPager({ pageSize, noun, none, fetchPage, onTurn }) {
     const { total } = body.page;
     const last = Math.min(total, asked + body.data.length);
     setText(status, total === 0 ? none : `${count(asked + 1)}–${count(last)} of ${count(total)} ${noun}`);
-    prev.disabled = asked === 0;
-    next.disabled = last >= total;
+    setDisabled([
+      [prev, asked === 0],
+      [next, last >= total],
+    ]);
   }
 
   // The answer for the page turned to, or STALE when a later request replaced it.

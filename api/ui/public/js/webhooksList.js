@@ -1,8 +1,8 @@
 import { api } from './api.js';
 import { el } from './dom.js';
-import { exact, relative } from './format.js';
 import { optionalSection } from './optionalSection.js';
 import { createPager, STALE } from './pager.js';
+import { retell, timeAgo } from './refreshDom.js';
 
 // GET /api/orgs/:id/webhooks: each endpoint with its newest delivery
 // ({ url, events, lastDelivery: { status, eventType, at } | null }), paged like the keys table.
@@ -16,14 +16,13 @@ function webhookItem(hook) {
   return el('li', {}, [
     el('code', { text: hook.url }),
     ` · ${eventsLabel(hook.events)} · `,
-    last
-      ? el('span', { title: exact(last.at), text: `last delivery (${last.eventType}) ${last.status} ${relative(last.at)}` })
-      : el('span', { text: 'no delivery yet' }),
+    last ? el('span', {}, [`last delivery (${last.eventType}) ${last.status} `, timeAgo(last.at)]) : el('span', { text: 'no delivery yet' }),
   ]);
 }
 
 export function webhooksSection(who) {
   const list = el('ul', { class: 'webhooks' });
+  let shown = '';
   const pager = createPager({
     pageSize: PAGE_SIZE,
     noun: 'webhooks',
@@ -39,7 +38,13 @@ export function webhooksSection(who) {
     load: async (body) => {
       const page = await pager.load();
       if (page === STALE) return;
-      list.replaceChildren(...page.data.map(webhookItem));
+      retell(list);
+      // Rebuilt only when something changed: rebuilt on every refresh, it took the selection and
+      // the focus away every 5 s.
+      if (JSON.stringify(page.data) !== shown) {
+        shown = JSON.stringify(page.data);
+        list.replaceChildren(...page.data.map(webhookItem));
+      }
       if (!body.contains(list)) body.append(list, pager.element);
     },
   });
