@@ -5,10 +5,12 @@ import { el } from './dom.js';
 export function confirmDialog({ title, message, confirmLabel }) {
   return new Promise((resolve) => {
     const confirm = el('button', { type: 'submit', value: 'yes', class: 'danger', text: confirmLabel });
-    const dialog = el('dialog', { class: 'dialog', 'aria-labelledby': 'confirm-title' }, [
+    // Described by its message: the focus opens on Cancel, so without it a screen reader read the
+    // title and the button, never which key or what follows.
+    const dialog = el('dialog', { class: 'dialog', 'aria-labelledby': 'confirm-title', 'aria-describedby': 'confirm-message' }, [
       el('form', { method: 'dialog' }, [
         el('h2', { id: 'confirm-title', text: title }),
-        el('p', { text: message }),
+        el('p', { id: 'confirm-message', text: message }),
         el('div', { class: 'buttons' }, [el('button', { type: 'submit', value: 'no', text: 'Cancel' }), confirm]),
       ]),
     ]);

@@ -16,4 +16,21 @@ export function relative(iso, now = Date.now()) {
   return `${Math.floor(ms / size)} ${unit} ago`;
 }
 
-export const exact = (iso) => (iso ? `${iso} (${new Date(iso).toLocaleString()})` : null);
+const pad = (n) => String(n).padStart(2, '0');
+
+// The wall-clock time `east` minutes east of UTC, with its offset: "2026-12-06 09:41:12 UTC+01:00".
+function wallClock(date, east) {
+  const shifted = new Date(date.getTime() + east * 60_000);
+  const offset = `${east < 0 ? '-' : '+'}${pad(Math.floor(Math.abs(east) / 60))}:${pad(Math.abs(east) % 60)}`;
+  return `${shifted.toISOString().slice(0, 19).replace('T', ' ')} UTC${offset}`;
+}
+
+// Each time names its zone: the ISO string's "Z" read as no zone at all to most people, and the
+// browser's local time said nothing of which zone it was in.
+export function exact(iso) {
+  if (!iso) return null;
+  const date = new Date(iso);
+  const utc = `${date.toISOString()} UTC`;
+  const east = -date.getTimezoneOffset();
+  return east === 0 ? utc : `${utc} (${wallClock(date, east)})`;
+}

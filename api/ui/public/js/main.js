@@ -11,6 +11,7 @@ import { forgetSessionKey, keepSessionKey, sessionKey } from './session.js';
 const REFRESH_MS = 5000;
 const $ = (id) => document.getElementById(id);
 const freshness = createFreshness($('freshness'));
+const SIGNED_OUT_TITLE = document.title;
 let who;
 let current;
 // The refreshes of each view still on their way: the 5 s tick waits for them (a filter or the
@@ -24,18 +25,28 @@ function showSignIn(message = '') {
   // Hidden was not gone: the org's key names, prefixes and addresses stayed in the page.
   $('view').replaceChildren();
   freshness.clear();
+  document.title = SIGNED_OUT_TITLE;
   $('sign-in').hidden = false;
   setText($('sign-in-error'), message);
   $('sign-in-key').focus();
 }
 
+const keyIdIn = (hash) => /^#\/key\/([0-9a-f-]{36})$/.exec(hash)?.[1];
+
+// The nav link of the view `hash` shows: the keys list is also the view of an empty or unknown
+// hash, and a key's page is neither link's.
+function navHashFor(hash) {
+  if (hash === '#/org') return '#/org';
+  return keyIdIn(hash) ? undefined : '#/keys';
+}
+
 function viewFor(hash) {
-  const detail = /^#\/key\/([0-9a-f-]{36})$/.exec(hash);
+  const keyId = keyIdIn(hash);
   let view;
   // An answer for a view since left (signed out, another page) does not show its freshness.
   const onFresh = (usage) => view === current && freshness.update(usage);
   const common = { who, onFresh, requestRefresh: () => void refreshCurrent() };
-  if (detail) view = createKeyDetailView({ ...common, keyId: detail[1], onSignedOut: () => signOut('The key you were signed in with was revoked.') });
+  if (keyId) view = createKeyDetailView({ ...common, keyId, onSignedOut: () => signOut('The key you were signed in with was revoked.') });
   else if (hash === '#/org') view = createOrgView(common);
   else view = createKeysView(common);
   return view;
@@ -68,8 +79,27 @@ function route() {
   freshness.clear();
   current = viewFor(location.hash);
   $('view').replaceChildren(current.element, el('p', { id: 'view-error', class: 'error', role: 'alert' }));
-  for (const link of $('nav').querySelectorAll('a')) link.toggleAttribute('aria-current', location.hash.startsWith(link.hash));
-  void refreshCurrent();
+  const navHash = navHashFor(location.hash);
+  for (const link of $('nav').querySelectorAll('a')) {
+    if (link.hash === navHash) link.setAttribute('aria-current', 'page');
+    else link.removeAttribute('aria-current');
+  }
+  const view = current;
+  void refreshCurrent().then(() => announce(view));
+}
+
+// A view change was silent to a screen reader: the tab's title now names the view (a key's page
+// by its name, once the first refresh has it), and the focus, left on the body or on a link or
+// form the change took away, moves to the view's heading.
+function announce(view) {
+  if (view !== current) return;
+  const heading = view.element.querySelector('h2');
+  if (!heading?.textContent) return;
+  document.title = `${heading.textContent} — keyusage`;
+  // Someone already at work in the new view keeps their place.
+  if (view.element.contains(document.activeElement)) return;
+  heading.tabIndex = -1;
+  heading.focus();
 }
 
 async function signIn(key) {

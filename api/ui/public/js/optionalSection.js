@@ -5,7 +5,9 @@ import { el, setText } from './dom.js';
 // webhooks, dormant clean-up): when the route is missing it says so instead of failing.
 export function optionalSection({ id, title, endpoint, load, missing = routeMissing }) {
   const body = el('div', { class: 'section-body' });
-  const note = el('p', { class: 'note', hidden: true });
+  // An alert: a refused action (a 400 on save, a failed clean-up) was shown but never announced,
+  // while its success was.
+  const note = el('p', { class: 'note', role: 'alert', hidden: true });
   const element = el('section', { id, class: 'optional', 'aria-labelledby': `${id}-heading` }, [el('h2', { id: `${id}-heading`, text: title }), note, body]);
   // Which kind of task the note is from: the periodic refresh, or an action the person took.
   let noteFrom;
