@@ -7,7 +7,6 @@ import type { PoolClient } from 'pg';
 import { HOUR_MS, hourOf } from '../shared/timeUnits';
 import { deferredNetworkEvents, type DeferredNetwork } from './eventRules';
 import { TABLE } from '../shared/tables';
-import { eventIdSql } from '../shared/eventId';
 import { orgHourRoom, recordedRooms, recordedRoomsSql } from './eventBudget';
 
 export type NetworkOfKey = Pick<DeferredNetwork, 'orgId' | 'keyId' | 'prefix'>;
@@ -97,12 +96,14 @@ returning org_id, key_id, cast(prefix as text) as prefix, first_ip, first_seen`;
 
 const POSTPONE = `update ${TABLE.ipHistory} set event_due_at = ? where ${ROWS_OF_ORG(['?', '?', '?'])} and event_due_at is not null`;
 
+// A random id (the column's default), never one derived from the dedupe key, which names the
+// network (collector/eventStore.ts, INSERT_EVENTS).
 const INSERT_EVENTS = `
-insert into ${TABLE.keyEvents} (id, org_id, key_id, type, occurred_at, details, dedupe_key)
-select ${eventIdSql('e.org_id', 'e.dedupe_key')}, e.org_id, e.key_id, 'key.new_ip', :now, e.details, e.dedupe_key
+insert into ${TABLE.keyEvents} (org_id, key_id, type, occurred_at, details, dedupe_key)
+select e.org_id, e.key_id, 'key.new_ip', :now, e.details, e.dedupe_key
   from unnest(cast(:orgIds as uuid[]), cast(:keyIds as uuid[]), cast(:details as jsonb[]), cast(:dedupeKeys as text[])) as e(org_id, key_id, details, dedupe_key)
  order by e.dedupe_key
-on conflict (org_id, dedupe_key) do nothing`;
+on conflict do nothing`;
 
 type DueRow = { org_id: string; key_id: string; prefix: string; first_seen_ms: number };
 type ClaimedRow = Omit<DueRow, 'first_seen_ms'> & { first_ip: string; first_seen: Date };

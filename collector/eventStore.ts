@@ -138,13 +138,18 @@ select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${b
  where ${MAY_RAISE}`;
 
 // Sorted by dedupe_key so two collectors inserting the same events lock them in the same order.
-// An event's id is that of its dedupe key (shared/eventId.ts).
+// An event's id is that of its dedupe key (shared/eventId.ts), but a key.new_ip's: its dedupe key
+// names the network, which an erasure of the key's addresses takes from the row, and an id
+// derived from it let anyone who read the id find the network again (2^24 tries for a /24, a
+// review). On conflict with any unique index: two collectors inserting the same event at once
+// collide on the derived id as well as on the dedupe key, and only a named arbiter is absorbed.
 const INSERT_EVENTS = `
 insert into ${TABLE.keyEvents} (id, org_id, key_id, type, occurred_at, details, dedupe_key)
-select ${eventIdSql('e.org_id', 'e.dedupe_key')}, e.org_id, e.key_id, e.type, ${msToTime('e.occurred_ms')}, e.details, e.dedupe_key
+select case when e.type = 'key.new_ip' then gen_random_uuid() else ${eventIdSql('e.org_id', 'e.dedupe_key')} end,
+       e.org_id, e.key_id, e.type, ${msToTime('e.occurred_ms')}, e.details, e.dedupe_key
   from flush_events e
  order by e.dedupe_key
-on conflict (org_id, dedupe_key) do nothing`;
+on conflict do nothing`;
 
 const RECORDED_ROOMS = recordedRoomsSql('$1', '$2');
 
@@ -257,13 +262,14 @@ const SWEPT_AT = `date_trunc('milliseconds', cast(:now as timestamptz))`;
 // a timestamptz is `2026-12-06T03:40:37+00:00`, which a receiver comparing it with the key's own
 // expiresAt as text found different.
 
-// A swept event's row, with the id of its dedupe key as the flush's (INSERT_EVENTS).
+// A swept event's row (key.dormant, key.expiring: no address in their dedupe keys), with the id of
+// its dedupe key as the flush's (INSERT_EVENTS).
 const insertSwept = (select: string) => `
 insert into ${TABLE.keyEvents} (id, org_id, key_id, type, occurred_at, details, dedupe_key)
 select ${eventIdSql('e.org_id', 'e.dedupe_key')}, e.*
   from (${select}) e
  order by e.key_id
-on conflict (org_id, dedupe_key) do nothing
+on conflict do nothing
 returning org_id, key_id`;
 
 const SWEEP_DORMANT = insertSwept(`

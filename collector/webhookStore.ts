@@ -16,6 +16,8 @@ export interface ClaimedDelivery {
   secretBox: Buffer;
   /** While a secret rotation's grace period is open (database time): the previous secret's box, which signs too. */
   previousSecretBox: Buffer | null;
+  /** When the delivery was made (ms): a put-back waits longer the older it is. */
+  createdAt: number;
 }
 
 // `skip locked` lets several collectors claim side by side without waiting for or taking each
@@ -74,14 +76,14 @@ with due as (
     from due, ${TABLE.webhooks} w
    where d.org_id = :orgId and d.id = due.id and due.attempts < :maxAttempts and w.org_id = :orgId and w.id = d.webhook_id
   returning d.id, d.org_id, d.webhook_id, d.event_id, d.event_type, d.payload, d.attempts, w.url, w.secret_box,
-            w.previous_secret_box, w.previous_secret_expires_at
+            w.previous_secret_box, w.previous_secret_expires_at, d.created_at
 )
 -- The grace judged here, not in RETURNING: Citus refuses now() there (not immutable).
 select id, org_id, webhook_id, event_id, event_type, payload, attempts, url, secret_box,
-       case when previous_secret_expires_at > now() then previous_secret_box end as previous_secret_box, false as spent
+       case when previous_secret_expires_at > now() then previous_secret_box end as previous_secret_box, created_at, false as spent
   from claimed
 union all
-select id, null, null, null, null, null, null, null, null, null, true from spent`;
+select id, null, null, null, null, null, null, null, null, null, null, true from spent`;
 
 interface ClaimRow {
   id: string;
@@ -94,6 +96,7 @@ interface ClaimRow {
   url: string;
   secret_box: Buffer;
   previous_secret_box: Buffer | null;
+  created_at: Date;
   spent: boolean;
 }
 
@@ -177,6 +180,7 @@ const toClaimedDelivery = (row: ClaimRow): ClaimedDelivery => ({
   url: row.url,
   secretBox: row.secret_box,
   previousSecretBox: row.previous_secret_box,
+  createdAt: row.created_at.getTime(),
 });
 
 export interface AttemptOutcome {

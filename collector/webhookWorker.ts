@@ -65,6 +65,15 @@ export function rotatingSignatureHeader(secrets: readonly string[], body: string
   return [first, ...more.map((header) => header.slice(header.indexOf(',') + 1))].join(',');
 }
 
+// A put-back waits WEBHOOK_RETRY_BASE_MS, or a quarter of the delivery's age, up to an hour: a
+// secret no collector can open (a pepper dropped) kept every delivery made since pending, and the
+// whole growing backlog was claimed and released every WEBHOOK_RETRY_BASE_MS for as long as it
+// lasted (a review). A cause that ends soon still costs a young delivery little.
+export function putBackDelayMs(ageMs: number, retryBaseMs: number): number {
+  return Math.max(retryBaseMs, Math.min(PUT_BACK_MAX_MS, Math.floor(ageMs / 4)));
+}
+const PUT_BACK_MAX_MS = 3_600_000;
+
 export function createWebhookWorker(options: WebhookWorkerOptions) {
   const { db, config, logger } = options;
   const now = options.now ?? Date.now;
@@ -120,7 +129,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   // (never a hot loop), and waits as long as the cause lasts, its attempts kept for sends.
   // Counted: a delivery that waits shows no attempt in its log, so the metric is what says why.
   async function putBack(delivery: ClaimedDelivery, cause: 'secretsUnopened' | 'lookupsBusy', kind: string, fields: Record<string, unknown>, message: string) {
-    if (!(await releaseClaim(db, delivery, config.retryBaseMs))) return;
+    if (!(await releaseClaim(db, delivery, putBackDelayMs(now() - delivery.createdAt, config.retryBaseMs)))) return;
     stats[cause] += 1;
     warn(kind, fields, message);
   }

@@ -64,12 +64,13 @@ t.test('the earliest pending networks, up to the room left in the hour, occurrin
   t.strictSame(await sweepTimeEvents(db, new Date(NOW + 60_000), SWEEP), { dormant: 0, expiring: 0, newIp: 0 }, 'none more this hour');
   t.strictSame(await sweepTimeEvents(db, new Date(NOW + HOUR), SWEEP), { dormant: 0, expiring: 0, newIp: 2 }, 'the next hour has room');
   t.equal(await stillPending(db, adminKeyId), 0);
-  // Raised again after a restore to a backup from before them, each keeps the id receivers saw.
+  // Not derived from the dedupe key, which names the network: an erasure of the key's addresses
+  // left the network recoverable from the id (eventStore.ts, INSERT_EVENTS).
   const derived = await db.raw(
-    `select count(*) filter (where id = ${eventIdSql('org_id', 'dedupe_key')}) as derived from key_events where key_id = ? and dedupe_key like 'key.new_ip:%'`,
+    `select count(*) filter (where id = ${eventIdSql('org_id', 'dedupe_key')}) as derived, count(*) as raised from key_events where key_id = ? and dedupe_key like 'key.new_ip:%'`,
     [adminKeyId],
   );
-  t.equal(Number(derived.rows[0].derived), 3, "the swept events' ids are their org's and dedupe key's");
+  t.match(derived.rows[0], { derived: '0', raised: '3' }, "no swept key.new_ip's id is its dedupe key's");
 });
 
 const dueAt = async (db: Db, keyId: string) =>

@@ -35,13 +35,14 @@ async function setup(t: Test) {
   const create = async (name: string) =>
     (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: null, expectedNetworks: null })).key.id;
   const store = createPgUsageStore(db, { events: loadConfig({ NODE_ENV: 'development' }).collector.events });
-  /** One flush of a use of each key at `at`. */
-  const use = async (at: number, ...keyIds: string[]) => {
+  /** One flush of a use of each key at `at` (from 192.0.2.1, or `ip`). */
+  const useFrom = async (ip: string, at: number, ...keyIds: string[]) => {
     const aggregator = new Aggregator({ maxKeys: 10, now: () => at });
-    for (const keyId of keyIds) aggregator.add({ orgId: org.id, keyId, ip: '192.0.2.1', outcome: 'ok', count: 1, timestamp: at });
+    for (const keyId of keyIds) aggregator.add({ orgId: org.id, keyId, ip, outcome: 'ok', count: 1, timestamp: at });
     await store.write([{ id: randomUUID(), batch: aggregator.drain() }]);
   };
-  return { db, create, use };
+  const use = (at: number, ...keyIds: string[]) => useFrom('192.0.2.1', at, ...keyIds);
+  return { db, create, use, useFrom };
 }
 
 t.test('key.first_use raised again after a restore has the same id; two keys have two', async (t) => {
@@ -73,4 +74,16 @@ t.test('key.dormant swept again after a restore has the same id', async (t) => {
   await restoreToBefore(db, idle);
   t.match(await sweep(), { dormant: 1 }, 'raised again');
   t.equal((await eventOf(db, idle, 'key.dormant')).id, before.id);
+});
+
+// Its dedupe key names the network: an id derived from it let anyone who read the id (the events
+// list, a webhook payload) find an erased network again by trying the /24s (fails with the id derived).
+t.test("a key.new_ip's id is random, not its network's", async (t) => {
+  const { db, create, use, useFrom } = await setup(t);
+  const roaming = await create('roaming');
+  await use(NOW, roaming);
+  await useFrom('198.51.100.7', NOW + 3_600_000, roaming);
+  const event = await db('key_events').where({ key_id: roaming, type: 'key.new_ip' }).first('id', 'dedupe_key');
+  t.match(event?.dedupe_key, /198\.51\.100\.0\/24/, 'raised, its dedupe key naming the network');
+  t.notMatch(event?.id, NAME_BASED_UUID, 'its id is not a name-based one');
 });

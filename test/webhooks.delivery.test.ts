@@ -684,7 +684,9 @@ t.test('a secret sealed under another KEY_PEPPER: the delivery waits uncounted, 
   const world = await setup(t, receiver.url);
   const event = await world.insertEvent();
   const env = { WEBHOOK_MAX_ATTEMPTS: '2', KEY_PEPPER: 'another-pepper-of-at-least-32-characters' };
-  const delivery = () => world.db('webhook_deliveries').first('status', 'attempts', world.db.raw('next_attempt_at > now() as later'));
+  // Made two days ago: put back for an hour, not WEBHOOK_RETRY_BASE_MS (putBackDelayMs).
+  await world.db('webhook_deliveries').update({ created_at: world.db.raw(`now() - interval '2 days'`) });
+  const delivery = () => world.db('webhook_deliveries').first('status', 'attempts', world.db.raw(`next_attempt_at > now() + interval '55 minutes' as later`));
   let unopened = 0;
   for (let poll = 1; poll <= 3; poll += 1) {
     const { worker, logLines } = skewedWorker(t, world.db, 0, env);

@@ -6,7 +6,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { retryDelayMs } from '../collector/webhookRetry';
 import { postWebhook } from '../collector/webhookSender';
-import { rotatingSignatureHeader } from '../collector/webhookWorker';
+import { putBackDelayMs, rotatingSignatureHeader } from '../collector/webhookWorker';
 import { within } from '../shared/within';
 import { closeServer, listen } from '../shared/process';
 import { httpStatus, sleep, waitFor } from '../harness/wait';
@@ -40,6 +40,15 @@ t.test('retry schedule: exponential, jittered within [step/2, step], bounded', a
   t.equal(retryDelayMs(1, { maxAttempts: 1, baseDelayMs: 10 }), undefined, 'one attempt: no retry');
   const window = highest.reduce((sum, delay) => sum! + delay!, 0)!;
   t.equal(window, 3_810_000, 'the default schedule gives up within 63.5 minutes of the first attempt (plus send times)');
+});
+
+// A delivery put back unsent (its secret unopened, the lookups busy) waits longer the older it is:
+// a pepper dropped for good kept a growing backlog claimed every WEBHOOK_RETRY_BASE_MS (a review).
+t.test("a put-back waits the retry base, or a quarter of the delivery's age, at most an hour", async (t) => {
+  t.equal(putBackDelayMs(0, 30_000), 30_000, 'a new delivery: the retry base');
+  t.equal(putBackDelayMs(400_000, 30_000), 100_000, 'a quarter of its age');
+  t.equal(putBackDelayMs(2 * 86_400_000, 30_000), 3_600_000, 'two days old: an hour');
+  t.equal(putBackDelayMs(2 * 86_400_000, 7_200_000), 7_200_000, 'never less than the retry base');
 });
 
 t.test('private, loopback and link-local addresses', async (t) => {
