@@ -422,20 +422,20 @@ t.test('stopping the upkeep stops the webhook worker at once, even while a reten
     { WEBHOOK_POLL_INTERVAL_MS: '20', WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true' },
   );
   await waitFor('the retention pass running', () => (release ? true : undefined));
-  const [hook] = await db('webhooks')
-    .insert({ org_id: key.orgId, url: 'http://127.0.0.1:9/in', event_types: ['*'], secret_box: Buffer.alloc(44) })
-    .returning('id');
+  await db('webhooks').insert({ org_id: key.orgId, url: 'http://127.0.0.1:9/in', event_types: ['*'], secret_box: Buffer.alloc(44) });
   const event = (type: string) => db('key_events').insert({ org_id: key.orgId, key_id: key.keyId, type, occurred_at: new Date(), details: { ip: null } });
-  const attempts = async (type: string) => (await db('webhook_deliveries').where({ webhook_id: hook.id, event_type: type }).first())?.attempts as number;
-  // The control: before the stop, the worker claims a delivery while the pass runs.
-  await event('key.first_use');
-  await waitFor('a delivery claimed before the stop', async () => ((await attempts('key.first_use')) >= 1 ? true : undefined));
-  // A claim statement already sent at the stop ends; none starts after it.
+  // Claims seen by their statement: the secret (44 zero bytes) opens under no pepper, so each claim
+  // is put back with its attempt given back, and the delivery's attempts say nothing.
+  const claimsBeforeStop: string[] = [];
   const claimsAfterStop: string[] = [];
   let stopCalled = false;
   db.on('query', ({ sql }: { sql: string }) => {
-    if (stopCalled && /for update skip locked/.test(sql)) claimsAfterStop.push(sql);
+    if (/for update skip locked/.test(sql)) (stopCalled ? claimsAfterStop : claimsBeforeStop).push(sql);
   });
+  // The control: before the stop, the worker claims a delivery while the pass runs.
+  await event('key.first_use');
+  await waitFor('a delivery claimed before the stop', async () => (claimsBeforeStop.length >= 1 ? true : undefined));
+  // A claim statement already sent at the stop ends; none starts after it.
   const stopped = upkeep.stop();
   stopCalled = true;
   await event('key.new_ip');
