@@ -1,7 +1,7 @@
 import t from 'tap';
 import { orgsWithDueDeliveries } from '../bench/lib/database';
 import { BEFORE_EVERY_ORG, claimDueDeliveries, DUE_ORGS } from '../collector/webhookStore';
-import { MIGRATION_CONFIG, type Db } from '../shared/db';
+import { MIGRATION_CONFIG, migrateLatest, type Db } from '../shared/db';
 import { freshDatabase, migrateDownTo } from './helpers/database';
 
 // 20261205000160 replaces the due index over next_attempt_at with one over (org_id,
@@ -27,7 +27,11 @@ t.test('on deliveries the previous version left pending: the new index is built,
   t.same(await indexes(db), [{ name: 'webhook_deliveries_org_due_idx', valid: true }]);
   const found = (await db.raw(DUE_ORGS, { limit: 10, after: BEFORE_EVERY_ORG })).rows.map((row: { org_id: string }) => row.org_id);
   t.same(found.sort(), [...orgs].sort(), "every org's pending deliveries are found");
+  // Claimed as the collector of this version claims them, on the schema it runs on (the later
+  // migrations, which add the columns the claim reads, applied).
+  await migrateLatest(db);
   t.equal((await claimDueDeliveries(db, { leaseMs: 60_000, limit: 12, maxAttempts: 8 })).deliveries.length, 12, 'and claimed');
+  await migrateDownTo(db, MIGRATION);
   await db.migrate.down({ ...MIGRATION_CONFIG, name: MIGRATION });
   t.same(await indexes(db), [{ name: 'webhook_deliveries_due_idx', valid: true }], 'down builds the old one again');
 });
