@@ -653,27 +653,24 @@ t.test('ping: the docs example receiver, run as its own process, accepts it', as
   t.match(stdout, `webhook.ping null { webhookId: '${world.webhookId}' }`);
 });
 
-t.test('after a pepper rotation (the old one in KEY_PEPPER_PREVIOUS) webhook secrets still open and sign (fails without the fix)', async (t) => {
-  const receiver = await startWebhookReceiver(t);
-  const world = await setup(t, receiver.url);
-  const rotated = 'the-next-pepper-of-at-least-32-characters';
-  await startTestCollector(t, world.databaseUrl, { ...FAST, KEY_PEPPER: rotated, KEY_PEPPER_PREVIOUS: world.api.config.api.keyPepper });
-  const event = await world.insertEvent();
-  await waitFor('the delivery', () => (receiver.requests.length >= 1 ? true : undefined));
-  assertSigned(t, receiver.requests[0], world.secret, event.id);
-});
-
-// Step 1 of a rotation (docs/security.md): a collector not yet on the new pepper opens the secrets
-// an API already on it sealed (fails without the fix: the attempt fails, the secret cannot be opened).
-t.test('mid-rotation, a collector with the API’s pepper as KEY_PEPPER_NEXT opens and signs its webhook secrets', async (t) => {
-  const receiver = await startWebhookReceiver(t);
-  const world = await setup(t, receiver.url);
-  const notYetRotated = 'the-old-pepper-of-at-least-32-characters';
-  await startTestCollector(t, world.databaseUrl, { ...FAST, KEY_PEPPER: notYetRotated, KEY_PEPPER_NEXT: world.api.config.api.keyPepper });
-  const event = await world.insertEvent();
-  await waitFor('the delivery', () => (receiver.requests.length >= 1 ? true : undefined));
-  assertSigned(t, receiver.requests[0], world.secret, event.id);
-});
+// A collector whose KEY_PEPPER is not the one that sealed the secret opens it with the pepper in
+// another role: after a rotation, the old one in KEY_PEPPER_PREVIOUS; at step 1 of one
+// (docs/security.md), the API's new one in KEY_PEPPER_NEXT. Each failed without its fix: the
+// attempt failed, the secret could not be opened.
+for (const [role, title] of [
+  ['KEY_PEPPER_PREVIOUS', 'after a pepper rotation (the old one in KEY_PEPPER_PREVIOUS) webhook secrets still open and sign'],
+  ['KEY_PEPPER_NEXT', 'mid-rotation, a collector with the API’s pepper as KEY_PEPPER_NEXT opens and signs its webhook secrets'],
+] as const) {
+  t.test(title, async (t) => {
+    const receiver = await startWebhookReceiver(t);
+    const world = await setup(t, receiver.url);
+    const collectorPepper = 'another-pepper-of-at-least-32-characters';
+    await startTestCollector(t, world.databaseUrl, { ...FAST, KEY_PEPPER: collectorPepper, [role]: world.api.config.api.keyPepper });
+    const event = await world.insertEvent();
+    await waitFor('the delivery', () => (receiver.requests.length >= 1 ? true : undefined));
+    assertSigned(t, receiver.requests[0], world.secret, event.id);
+  });
+}
 
 // A reviewer's case: a collector without the pepper that sealed the secret (a restore, a rotation
 // that dropped it too early) failed an attempt per claim, so with WEBHOOK_MAX_ATTEMPTS=2 the
