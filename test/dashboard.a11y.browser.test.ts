@@ -92,6 +92,60 @@ t.test('the dashboard announces its views, errors and confirmations, and fits lo
     await page.close();
   });
 
+  t.test('the same refusal twice is announced twice: the alert is emptied, then told again', async (t) => {
+    const page = await tab(`#/key/${long.id}`);
+    await page.locator('#expected-networks').fill('not-a-cidr');
+    await page.click('text=Save networks');
+    const note = page.locator('#networks > p.note', { hasText: /expectedNetworks/ });
+    await note.waitFor();
+    // Every text the alert holds from now on, in order: a screen reader tells each change.
+    await page.evaluate(`{
+      const note = document.querySelector('#networks > p.note');
+      window.noteTexts = [];
+      new MutationObserver(() => window.noteTexts.push(note.textContent)).observe(note, { childList: true, characterData: true, subtree: true });
+    }`);
+    await page.click('text=Save networks');
+    const texts = await waitFor('the refusal told again', async () => {
+      const seen = await page.evaluate<string[]>('window.noteTexts');
+      return seen.length >= 2 ? seen : undefined;
+    });
+    t.equal(texts[0], '', 'emptied first');
+    t.equal(texts[1], await note.textContent(), 'then the same refusal again');
+    await page.close();
+  });
+
+  t.test('the Exact times switch shows every time exact, is remembered, and switches back', async (t) => {
+    const page = await tab(`#/key/${long.id}`);
+    const lastUse = page.locator('dl.facts dd').nth(2);
+    await waitFor('the last use recorded', async () => (await lastUse.getAttribute('title')) ?? undefined, 15_000);
+    const exactTime = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z UTC/;
+    t.match(await lastUse.textContent(), /ago|just now/, 'relative by default');
+    t.equal(await page.getAttribute('#exact-times', 'aria-pressed'), 'false');
+
+    await page.click('#exact-times');
+    t.equal(await page.getAttribute('#exact-times', 'aria-pressed'), 'true', 'the switch says it is on');
+    await waitFor('the fact shown exact', async () => (exactTime.test((await lastUse.textContent()) ?? '') ? true : undefined));
+    t.match(await lastUse.getAttribute('title'), /ago|just now/, 'the relative form on hover');
+    // The key's first use (its sign-in) is an event, its time a <time> of the feed.
+    const eventTime = page.locator('#key-events time').first();
+    const eventText = await waitFor(
+      'the first use in the feed',
+      async () => ((await eventTime.count()) > 0 ? ((await eventTime.textContent()) ?? undefined) : undefined),
+      15_000,
+    );
+    t.match(eventText, exactTime, 'an event time too');
+
+    await page.reload();
+    await page.locator('#sign-out').waitFor();
+    t.equal(await page.getAttribute('#exact-times', 'aria-pressed'), 'true', 'remembered by the browser');
+    await waitFor('still exact after a reload', async () => (exactTime.test((await lastUse.textContent()) ?? '') ? true : undefined));
+
+    await page.click('#exact-times');
+    await waitFor('relative again', async () => (/ago|just now/.test((await lastUse.textContent()) ?? '') ? true : undefined));
+    t.equal(await page.getAttribute('#exact-times', 'aria-pressed'), 'false');
+    await page.close();
+  });
+
   t.test("the revoke confirmation is described by its message, which names the key's prefix", async (t) => {
     const page = await tab(`#/key/${long.id}`);
     await page.click('#revoke');

@@ -42,6 +42,23 @@ export function setText(node, text) {
   if (node.textContent !== value) node.textContent = value;
 }
 
+// An alert is announced when its text changes: the same refusal twice (Save clicked again) was
+// shown but told once. Emptied, then refilled a moment later, it is told again. An action's
+// outcome only: a refresh's error repeated every 5 s is not told every 5 s.
+const RETELL_AFTER_MS = 100;
+export function tellAgain(node, text) {
+  const value = String(text);
+  if (node.textContent !== value) {
+    node.textContent = value;
+    return;
+  }
+  node.textContent = '';
+  setTimeout(() => {
+    // Something else was shown meanwhile: it stays.
+    if (node.textContent === '') node.textContent = value;
+  }, RETELL_AFTER_MS);
+}
+
 export function setAttr(node, name, value) {
   if (value === null || value === undefined) node.removeAttribute(name);
   else if (node.getAttribute(name) !== String(value)) node.setAttribute(name, String(value));

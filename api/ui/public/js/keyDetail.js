@@ -1,11 +1,12 @@
 import { api, orgPath } from './api.js';
-import { el, setAttr, setText } from './dom.js';
-import { count, exact, relative } from './format.js';
+import { el, setAttr, setText, tellAgain } from './dom.js';
+import { count } from './format.js';
 import { eventsSection } from './eventsFeed.js';
 import { expectedNetworksSection } from './expectedNetworks.js';
 import { createIpTable } from './ipTable.js';
 import { keyActions } from './keyActions.js';
 import { stackedChart } from './stackedChart.js';
+import { otherTime, shownTime } from './timeFormat.js';
 
 // One key: its numbers, a chart stacked by outcome over a chosen range, recent and failing IPs,
 // its events and (for keys:write) its actions.
@@ -21,8 +22,8 @@ const RANGES = {
 };
 const BUCKET_MS = { hour: 3_600_000, day: 86_400_000 };
 
-// A moment as the facts show it: how long ago, the exact time on hover.
-const at = (field) => [(k) => relative(k[field]), (k) => exact(k[field])];
+// A moment as the facts show it (timeFormat.js), the other form on hover.
+const at = (field) => [(k) => shownTime(k[field]), (k) => otherTime(k[field])];
 
 const FACTS = [
   ['Status', (k) => k.status],
@@ -32,7 +33,7 @@ const FACTS = [
   ['Uses 24 h / 7 d / 30 d', (k) => `${count(k.requests.last24h)} / ${count(k.requests.last7d)} / ${count(k.requests.last30d)}`],
   ['Uses since creation', (k) => count(k.requestCount)],
   ['Failed attempts', (k) => count(k.failedAttempts)],
-  ['Last failed attempt', (k) => (k.lastFailedAt ? `${relative(k.lastFailedAt)} from ${k.lastFailedIp ?? '—'}` : 'none'), (k) => exact(k.lastFailedAt)],
+  ['Last failed attempt', (k) => (k.lastFailedAt ? `${shownTime(k.lastFailedAt)} from ${k.lastFailedIp ?? '—'}` : 'none'), (k) => otherTime(k.lastFailedAt)],
   ['Used after revocation', ...at('lastRevokedUseAt')],
   ['Used after expiry', ...at('lastExpiredUseAt')],
 ];
@@ -100,7 +101,7 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     failing.update(key.recentFailedIps);
     if (canWrite && key.status !== shownStatus) {
       shownStatus = key.status;
-      showActions(keyActions({ who, key, onChanged: refresh, onError: (e) => setText(error, e.message), onSignedOut }));
+      showActions(keyActions({ who, key, onChanged: refresh, onError: (e) => tellAgain(error, e.message), onSignedOut }));
     }
     await Promise.all([refreshChart(), events.refresh(), networks.refresh()]);
     onFresh(usage);
@@ -131,7 +132,7 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     shownSeries = signature;
     chart.replaceChildren(stackedChart(series));
   }
-  range.addEventListener('change', () => void refreshChart().catch((e) => setText(error, e.message)));
+  range.addEventListener('change', () => void refreshChart().catch((e) => tellAgain(error, e.message)));
 
   const element = el('section', { class: 'detail', 'aria-labelledby': 'key-title' }, [
     el('a', { href: '#/keys', class: 'back', text: '← All keys' }),

@@ -5,13 +5,16 @@ import { createKeyDetailView } from './keyDetail.js';
 import { createKeysView } from './keysTable.js';
 import { createOrgView } from './orgView.js';
 import { STALE } from './pager.js';
+import { retell } from './refreshDom.js';
 import { forgetSessionKey, keepSessionKey, sessionKey } from './session.js';
+import { exactTimesShown, showExactTimes } from './timeFormat.js';
 
 // Sign-in, the three views (#/keys, #/key/<id>, #/org) and the refresh loop.
 const REFRESH_MS = 5000;
 const $ = (id) => document.getElementById(id);
 const freshness = createFreshness($('freshness'));
 const SIGNED_OUT_TITLE = document.title;
+const SIGNED_IN_PARTS = ['nav', 'who', 'exact-times', 'sign-out', 'view'];
 let who;
 let current;
 // The refreshes of each view still on their way: the 5 s tick waits for them (a filter or the
@@ -21,7 +24,7 @@ const running = new WeakMap();
 function showSignIn(message = '') {
   who = undefined;
   current = undefined;
-  for (const id of ['nav', 'who', 'sign-out', 'view']) $(id).hidden = true;
+  for (const id of SIGNED_IN_PARTS) $(id).hidden = true;
   // Hidden was not gone: the org's key names, prefixes and addresses stayed in the page.
   $('view').replaceChildren();
   freshness.clear();
@@ -114,7 +117,7 @@ async function signIn(key) {
   keepSessionKey(key);
   $('sign-in').hidden = true;
   $('sign-in-key').value = '';
-  for (const id of ['nav', 'who', 'sign-out', 'view']) $(id).hidden = false;
+  for (const id of SIGNED_IN_PARTS) $(id).hidden = false;
   setText($('who'), `Signed in as “${isolate(who.name)}” (${who.scopes.join(', ')})`);
   route();
 }
@@ -129,6 +132,14 @@ $('sign-in').addEventListener('submit', (event) => {
   void signIn($('sign-in-key').value.trim());
 });
 $('sign-out').addEventListener('click', () => signOut(''));
+$('exact-times').setAttribute('aria-pressed', String(exactTimesShown()));
+$('exact-times').addEventListener('click', () => {
+  showExactTimes(!exactTimesShown());
+  $('exact-times').setAttribute('aria-pressed', String(exactTimesShown()));
+  // The times in <time> elements now; the others (the facts, the keys' last use) with the refresh.
+  retell(document.body);
+  void refreshCurrent();
+});
 window.addEventListener('hashchange', route);
 // A tick while the view's refresh is still on its way is skipped: with an API slower than 5 s,
 // each tick's request replaced the one before it, whose answer was then dropped, so the page

@@ -1,5 +1,5 @@
 import { routeMissing } from './api.js';
-import { el, setText } from './dom.js';
+import { el, setText, tellAgain } from './dom.js';
 
 // A part of the page backed by an endpoint that may not exist on this server yet (events,
 // webhooks, dormant clean-up): when the route is missing it says so instead of failing.
@@ -27,7 +27,9 @@ export function optionalSection({ id, title, endpoint, load, missing = routeMiss
       note.hidden = false;
       noteFrom = from;
       element.dataset.available = missing(error) ? 'false' : 'error';
-      setText(note, missing(error) ? `Not available yet: this server has no ${endpoint}.` : error.message);
+      const message = missing(error) ? `Not available yet: this server has no ${endpoint}.` : error.message;
+      if (from === 'action') tellAgain(note, message);
+      else setText(note, message);
       return false;
     }
   };

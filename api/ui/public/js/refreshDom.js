@@ -1,16 +1,20 @@
-import { el, setText } from './dom.js';
-import { exact, relative } from './format.js';
+import { el, setAttr, setText } from './dom.js';
+import { otherTime, shownTime } from './timeFormat.js';
 
 // What a refresh every 5 s needs so as not to get in the way: times that keep telling how long
 // ago, and nodes kept (not rebuilt) so the focus stays where the person left it.
 
-/** A moment shown as how long ago (the exact time on hover); `retell` brings it up to date. */
-export const timeAgo = (iso) => el('time', { datetime: iso, title: exact(iso), text: relative(iso) });
+/** A moment as the page shows it (timeFormat.js), the other form on hover; `retell` brings it up to date. */
+export const timeAgo = (iso) => el('time', { datetime: iso, title: otherTime(iso), text: shownTime(iso) });
 
 // A part rebuilt only when its data changed kept "20 s ago" while the facts beside it said
 // "1 min ago": its times are told again on every refresh.
 export function retell(root) {
-  for (const time of root.querySelectorAll('time[datetime]')) setText(time, relative(time.getAttribute('datetime')));
+  for (const time of root.querySelectorAll('time[datetime]')) {
+    const iso = time.getAttribute('datetime');
+    setText(time, shownTime(iso));
+    setAttr(time, 'title', otherTime(iso));
+  }
 }
 
 // Puts `nodes` in `parent` in this order, moving only those out of place and removing the others.
