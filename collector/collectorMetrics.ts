@@ -157,7 +157,11 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
     counter('webhook_attempts_total', 'Webhook delivery attempts', webhooks.attempts),
     counter('webhook_failed_attempts_total', 'Webhook attempts that did not get a 2xx', webhooks.failedAttempts),
     counter('webhook_deliveries_succeeded_total', 'Webhook deliveries acknowledged with a 2xx', webhooks.delivered),
-    counter('webhook_deliveries_failed_total', 'Webhook deliveries given up after their last attempt', webhooks.gaveUp),
+    counter(
+      'webhook_deliveries_failed_total',
+      'Webhook deliveries given up: after their last attempt, or unsent, their signing secret unopened for WEBHOOK_SECRET_WAIT_MAX_MS',
+      webhooks.gaveUp,
+    ),
     counter('webhook_poll_failures_total', 'Polls for due webhook deliveries that failed (the deliveries wait)', webhooks.failedPolls),
     counter(
       'webhook_secret_unopened_total',

@@ -199,6 +199,22 @@ export interface AttemptOutcome {
  */
 export type DeliveryState = 'succeeded' | 'failed' | 'pending' | 'superseded' | 'deleted';
 
+function attemptRow(delivery: ClaimedDelivery, outcome: Omit<AttemptOutcome, 'retryInMs'>) {
+  return {
+    org_id: delivery.orgId,
+    delivery_id: delivery.id,
+    attempt: delivery.attempt,
+    started_at: outcome.startedAt,
+    // Down, not to the nearest: the start is the wall clock's whole millisecond and the duration
+    // the steady clock's, and rounded up the two passed the attempt's end by up to half a
+    // millisecond, ending it after the retry's wait had begun (a flaky test in CI).
+    duration_ms: Math.floor(outcome.durationMs),
+    status_code: outcome.statusCode,
+    error: outcome.error,
+    succeeded: outcome.succeeded,
+  };
+}
+
 // The attempt row and the delivery's new state commit together. The update only applies while
 // the delivery still carries this claim's attempt number: a claim whose lease ran out and was
 // taken over by another worker records its attempt but does not overwrite the newer state.
@@ -211,19 +227,7 @@ export async function recordAttempt(db: Db, delivery: ClaimedDelivery, outcome: 
   return db.transaction(async (trx): Promise<DeliveryState> => {
     const exists = await trx(TABLE.webhookDeliveries).where({ org_id: delivery.orgId, id: delivery.id }).forKeyShare().first('id');
     if (!exists) return 'deleted';
-    await trx(TABLE.webhookDeliveryAttempts).insert({
-      org_id: delivery.orgId,
-      delivery_id: delivery.id,
-      attempt: delivery.attempt,
-      started_at: outcome.startedAt,
-      // Down, not to the nearest: the start is the wall clock's whole millisecond and the duration
-      // the steady clock's, and rounded up the two passed the attempt's end by up to half a
-      // millisecond, ending it after the retry's wait had begun (a flaky test in CI).
-      duration_ms: Math.floor(outcome.durationMs),
-      status_code: outcome.statusCode,
-      error: outcome.error,
-      succeeded: outcome.succeeded,
-    });
+    await trx(TABLE.webhookDeliveryAttempts).insert(attemptRow(delivery, outcome));
     const changed: number = await trx(TABLE.webhookDeliveries)
       .where({ id: delivery.id, attempts: delivery.attempt, status: 'pending' })
       .update({
@@ -245,4 +249,21 @@ export async function releaseClaim(db: Db, delivery: ClaimedDelivery, retryInMs:
     .where({ org_id: delivery.orgId, id: delivery.id, attempts: delivery.attempt, status: 'pending' })
     .update({ attempts: delivery.attempt - 1, next_attempt_at: db.raw(`now() + ? * interval '1 millisecond'`, [retryInMs]) });
   return changed > 0;
+}
+
+/**
+ * Fails a claim for good, unsent, with one attempt saying why. False when the claim was no longer
+ * this one's (as releaseClaim): nothing is recorded then. Unlike recordAttempt's, the attempt is
+ * written only once the delivery is settled: nothing was sent, so a claim that lost the delivery to
+ * another collector has nothing to add, and two collectors would each have recorded the failure.
+ */
+export async function failUnsent(db: Db, delivery: ClaimedDelivery, failedAt: Date, error: string): Promise<boolean> {
+  return db.transaction(async (trx) => {
+    const changed: number = await trx(TABLE.webhookDeliveries)
+      .where({ org_id: delivery.orgId, id: delivery.id, attempts: delivery.attempt, status: 'pending' })
+      .update({ status: 'failed', next_attempt_at: failedAt, completed_at: failedAt });
+    if (changed === 0) return false;
+    await trx(TABLE.webhookDeliveryAttempts).insert(attemptRow(delivery, { startedAt: failedAt, durationMs: 0, statusCode: null, error, succeeded: false }));
+    return true;
+  });
 }

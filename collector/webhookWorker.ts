@@ -9,7 +9,7 @@ import { SIGNATURE_HEADER, signatureHeader } from '../shared/webhookSignature';
 import type { Lookup } from '../shared/webhookTarget';
 import { retryDelayMs } from './webhookRetry';
 import { postWebhook, type SendResult } from './webhookSender';
-import { claimDueDeliveries, recordAttempt, releaseClaim, type ClaimedDelivery } from './webhookStore';
+import { claimDueDeliveries, failUnsent, recordAttempt, releaseClaim, type ClaimedDelivery } from './webhookStore';
 
 // Delivers the outbox: a pool of sends, filled with due deliveries every poll interval and as
 // each send ends; each POSTs a signed payload and records the attempt with the delivery's next
@@ -74,6 +74,20 @@ export function putBackDelayMs(ageMs: number, retryBaseMs: number): number {
 }
 const PUT_BACK_MAX_MS = 3_600_000;
 
+const UNITS = [
+  ['day', 86_400_000],
+  ['hour', 3_600_000],
+  ['minute', 60_000],
+  ['second', 1000],
+] as const;
+
+/** A duration as an operator reads it in a delivery's log: `3 days`, `90 minutes`. */
+export function durationInWords(ms: number): string {
+  const [unit, size] = UNITS.find(([, size]) => ms % size === 0) ?? ['millisecond', 1];
+  const count = ms / size;
+  return `${count} ${unit}${count === 1 ? '' : 's'}`;
+}
+
 export function createWebhookWorker(options: WebhookWorkerOptions) {
   const { db, config, logger } = options;
   const now = options.now ?? Date.now;
@@ -134,16 +148,31 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     warn(kind, fields, message);
   }
 
-  async function deliver(delivery: ClaimedDelivery): Promise<void> {
-    const context = { webhookId: delivery.webhookId, deliveryId: delivery.id, eventId: delivery.eventId, attempt: delivery.attempt };
-    // A collector without the pepper that sealed the secret (a restore, a rotation that dropped it
-    // too early) cannot sign. Counted as failed attempts, the deliveries were failed for good within
-    // the retry window (~63 min), and never sent once the pepper was given back: they wait for it.
-    const secret = currentSecret(delivery);
-    if (secret === undefined) {
+  // A collector without the pepper that sealed the secret (a restore, a rotation that dropped it
+  // too early) cannot sign. Counted as failed attempts, the deliveries were failed for good within
+  // the retry window (~63 min), and never sent once the pepper was given back: they wait for it.
+  // Waiting without end, a pepper lost for good left them pending forever, their logs empty, and a
+  // webhook's pings piling up until …/test answered 409: past WEBHOOK_SECRET_WAIT_MAX_MS one is
+  // failed, its one attempt saying why and what mends it.
+  async function secretUnopened(delivery: ClaimedDelivery, context: Record<string, unknown>): Promise<void> {
+    const failedAt = now();
+    if (failedAt - delivery.createdAt < config.secretWaitMaxMs) {
       const message = "a webhook's signing secret cannot be opened (was KEY_PEPPER changed?); the delivery waits, its attempt not counted";
       return putBack(delivery, 'secretsUnopened', `webhook_secret_${delivery.webhookId}`, context, message);
     }
+    const waited = durationInWords(config.secretWaitMaxMs);
+    const error =
+      `nothing was sent: the webhook's signing secret could not be opened with any collector's KEY_PEPPER for ${waited} ` +
+      "(the pepper that sealed it is gone); rotate the webhook's secret (POST …/rotate-secret) so its deliveries are signed again";
+    if (!(await failUnsent(db, delivery, new Date(failedAt), error))) return;
+    stats.gaveUp += 1;
+    logger.error({ ...context, error }, `webhook delivery failed: its signing secret could not be opened for WEBHOOK_SECRET_WAIT_MAX_MS (${waited})`);
+  }
+
+  async function deliver(delivery: ClaimedDelivery): Promise<void> {
+    const context = { webhookId: delivery.webhookId, deliveryId: delivery.id, eventId: delivery.eventId, attempt: delivery.attempt };
+    const secret = currentSecret(delivery);
+    if (secret === undefined) return secretUnopened(delivery, context);
     // The wall clock for when it started, as recorded; the steady one for how long it took: a wall
     // clock stepped back mid-send recorded a negative duration, and an end before the start.
     const startedAt = now();

@@ -290,6 +290,10 @@ const variables = {
   WEBHOOK_MAX_ATTEMPTS: wholeNumber(1, 12).default(8),
   WEBHOOK_RETRY_BASE_MS: wholeNumber(1, 3_600_000).default(30_000),
   WEBHOOK_POLL_INTERVAL_MS: wholeNumber(10, 60_000).default(1000),
+  // How long a delivery whose signing secret no collector can open waits for a pepper before it is
+  // failed: it waited forever, and a pepper lost for good left it pending with nothing saying why.
+  // Three days by default, as long as Stripe retries: a pepper restored after a weekend still delivers.
+  WEBHOOK_SECRET_WAIT_MAX_MS: wholeNumber(60_000, 2_592_000_000).default(259_200_000),
   // Webhooks one org may have: each key event is one delivery per webhook, written in the
   // collector's flush, so an org with thousands made every flush (every org's) write thousands.
   WEBHOOKS_MAX_PER_ORG: positiveInt(10_000).default(20),
@@ -623,6 +627,7 @@ const webhooksSection = (v: Variables) => ({
   maxAttempts: v.WEBHOOK_MAX_ATTEMPTS,
   retryBaseMs: v.WEBHOOK_RETRY_BASE_MS,
   pollIntervalMs: v.WEBHOOK_POLL_INTERVAL_MS,
+  secretWaitMaxMs: v.WEBHOOK_SECRET_WAIT_MAX_MS,
   maxPerOrg: v.WEBHOOKS_MAX_PER_ORG,
 });
 

@@ -62,7 +62,7 @@ t.test('defaults', async (t) => {
   t.match(config.collector, { host: '127.0.0.1', port: 8125, flushIntervalMs: 1000, retentionDays: 90 });
   t.same(
     config.webhooks,
-    { allowPrivateTargets: false, timeoutMs: 5000, maxAttempts: 8, retryBaseMs: 30_000, pollIntervalMs: 1000, maxPerOrg: 20 },
+    { allowPrivateTargets: false, timeoutMs: 5000, maxAttempts: 8, retryBaseMs: 30_000, pollIntervalMs: 1000, maxPerOrg: 20, secretWaitMaxMs: 259_200_000 },
     'private webhook targets refused by default',
   );
 });
@@ -76,7 +76,15 @@ t.test('webhook settings', async (t) => {
     WEBHOOK_RETRY_BASE_MS: '50',
     WEBHOOK_POLL_INTERVAL_MS: '20',
   });
-  t.same(config.webhooks, { allowPrivateTargets: true, timeoutMs: 800, maxAttempts: 3, retryBaseMs: 50, pollIntervalMs: 20, maxPerOrg: 20 });
+  t.same(config.webhooks, {
+    allowPrivateTargets: true,
+    timeoutMs: 800,
+    maxAttempts: 3,
+    retryBaseMs: 50,
+    pollIntervalMs: 20,
+    maxPerOrg: 20,
+    secretWaitMaxMs: 259_200_000,
+  });
   t.ok(Object.isFrozen(config.webhooks));
 });
 

@@ -783,3 +783,49 @@ t.test('an event pending on the webhook before a secret rotation is delivered af
     'the delivery log kept its attempt from before the rotation',
   );
 });
+
+// A pepper lost for good left every delivery to the webhooks it sealed pending forever: no attempt
+// in its log, nothing in the API saying why, and after 10 pending pings …/test answered 409.
+// Past WEBHOOK_SECRET_WAIT_MAX_MS (an hour here) such a delivery is failed, one attempt saying why;
+// a younger one waits as before, for the pepper to come back. Fails without the fix: the older
+// delivery was put back, pending, no attempt recorded.
+t.test('a delivery whose secret no pepper opens is failed after WEBHOOK_SECRET_WAIT_MAX_MS, its attempt saying why; a younger one waits', async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const world = await setup(t, receiver.url);
+  const older = await world.insertEvent();
+  const younger = await world.insertEvent();
+  const age = (event: { id: string }, interval: string) =>
+    world
+      .db('webhook_deliveries')
+      .where({ event_id: event.id })
+      .update({ created_at: world.db.raw(`now() - interval '${interval}'`) });
+  await age(older, '2 hours');
+  await age(younger, '30 minutes');
+  const collectorPepper = 'another-pepper-of-at-least-32-characters';
+  const { worker, logLines } = skewedWorker(t, world.db, 0, { KEY_PEPPER: collectorPepper, WEBHOOK_SECRET_WAIT_MAX_MS: '3600000' });
+  await worker.poll();
+  await worker.stop(); // both claims settled or put back
+
+  t.equal(receiver.requests.length, 0, 'nothing is sent');
+  t.match(worker.stats, { gaveUp: 1, secretsUnopened: 1, attempts: 0 }, 'one given up (webhook_deliveries_failed_total), one put back');
+  const [failed, ...moreFailed] = (await world.deliveries('?status=failed')).data;
+  t.same(moreFailed, [], 'one failed delivery listed');
+  t.match(failed, { eventId: older.id, status: 'failed', attemptCount: 1 }, 'the older delivery, failed in the API');
+  t.equal(failed.attempts.length, 1, 'with one recorded attempt');
+  t.match(failed.attempts[0], {
+    attempt: 1,
+    statusCode: null,
+    succeeded: false,
+    error: /^nothing was sent: the webhook's signing secret could not be opened with any collector's KEY_PEPPER for 1 hour .*rotate the webhook's secret/,
+  });
+  for (const material of [world.secret, world.api.config.api.keyPepper, collectorPepper]) {
+    t.notOk(failed.attempts[0].error.includes(material), 'the error carries no key material');
+  }
+  t.match(
+    (await world.deliveries('?status=pending')).data,
+    [{ eventId: younger.id, status: 'pending', attemptCount: 0, attempts: [] }],
+    'the younger delivery is put back uncounted, no attempt recorded',
+  );
+  const errors = logLines.map((line) => JSON.parse(line)).filter((line) => line.level >= 50);
+  t.match(errors, [{ webhookId: world.webhookId, eventId: older.id, msg: /WEBHOOK_SECRET_WAIT_MAX_MS \(1 hour\)/ }], 'one error line names it');
+});
