@@ -85,11 +85,24 @@ export const UNAUTHORIZED_MESSAGE = 'A valid API key is required (Authorization:
 
 export const notFound = (what: string) => new AppError('not_found', `${what} not found`);
 
+// body-parser's strict mode refuses JSON whose top level is not an object or array (null, "x", 1)
+// as a parse failure: told "not valid JSON", a client looked for a syntax error it had not made.
+// body-parser gives the text it read as `body`.
+const parsesAsJson = (body: unknown) => {
+  if (typeof body !== 'string') return false;
+  try {
+    JSON.parse(body);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
 // body-parser marks its errors with `type` and an HTTP status; they are client errors.
-function fromBodyParser(error: { type?: string; status?: number }): AppError | undefined {
+function fromBodyParser(error: { type?: string; status?: number; body?: unknown }): AppError | undefined {
   switch (error.type) {
     case 'entity.parse.failed':
-      return new AppError('invalid_request', 'Request body is not valid JSON');
+      return new AppError('invalid_request', parsesAsJson(error.body) ? 'Request body must be a JSON object' : 'Request body is not valid JSON');
     case 'entity.not.utf8':
       return new AppError('invalid_request', 'Request body is not valid UTF-8');
     case 'entity.too.large':

@@ -192,3 +192,19 @@ t.test('a path that is not valid percent-encoding, or a body that cannot be infl
     'no "unhandled error" logged',
   );
 });
+
+// body-parser (strict) refuses valid JSON that is not an object or array as a parse failure: a
+// client sending `null` was told its JSON was not valid, and looked for a syntax error.
+t.test('valid JSON that is not an object is refused as such, not as invalid JSON', async (t) => {
+  const { api, org, adminKey } = await setup(t);
+  const create = `/api/orgs/${org.id}/api-keys`;
+  for (const body of ['null', '"x"', '1', 'true', ' null\n']) {
+    const response = await api.request('POST', create, { key: adminKey, body });
+    t.same([response.status, response.body.error.code], [400, 'invalid_request'], `${JSON.stringify(body)}: 400 invalid_request`);
+    t.equal(response.body.error.message, 'Request body must be a JSON object', `${JSON.stringify(body)}: says what to send`);
+  }
+  for (const body of ['{"name": "x", scopes: [', 'nul', '"x']) {
+    const response = await api.request('POST', create, { key: adminKey, body });
+    t.same([response.status, response.body.error.message], [400, 'Request body is not valid JSON'], `${JSON.stringify(body)}: still not valid JSON`);
+  }
+});

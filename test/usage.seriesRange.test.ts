@@ -63,3 +63,24 @@ t.test("a series' range ends before `to`, and holds at most 2,232 buckets", asyn
   t.equal(over.status, 400);
   t.match(over.body.error.message, /the range holds 2233 hours; at most 2232 per request/);
 });
+
+// The default window is the 7 days before `to`: with a `to` early in 1970 it began in 1969, and
+// that window sent back was refused (from: must be between 1970-01-01… and …).
+t.test('the default from is not before 1970, so the window answered can be sent back', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const series = (query: string) => api.request('GET', `/api/orgs/${org.id}/api-keys/${adminKeyId}/usage?${query}`, { key: adminKey });
+
+  const early = await series('granularity=day&to=1970-01-02T00:00:00Z');
+  t.equal(early.status, 200);
+  t.equal(early.body.from, '1970-01-01T00:00:00.000Z', 'from 1970, not 1969-12-26');
+  t.strictSame(
+    early.body.buckets.map((bucket: { start: string }) => bucket.start),
+    ['1970-01-01T00:00:00.000Z'],
+    'no bucket starts before 1970',
+  );
+  const again = await series(`granularity=day&from=${early.body.from}&to=${early.body.to}`);
+  t.equal(again.status, 200, 'the window answered, sent back');
+  t.strictSame(again.body.buckets, early.body.buckets);
+});

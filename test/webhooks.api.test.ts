@@ -82,6 +82,9 @@ t.test('validation names the field', async (t) => {
       { url: 'https://example.com/a\u0000b', events: ['*'] },
       /url: must not contain control characters/,
     ],
+    // Accepted and stored before, then delivered to port 443 (Node's request reads port 0 as none).
+    ['port 0', { url: 'https://203.0.113.5:0/h', events: ['*'] }, /url: must not use port 0/],
+    ['port 0, written 000', { url: 'http://203.0.113.5:000/h', events: ['*'] }, /url: must not use port 0/],
     ['too long', { url: `https://example.com/${'x'.repeat(2048)}`, events: ['*'] }, /url: must be at most 2048/],
     ['no events', { url: 'https://127.0.0.1/', events: [] }, /events: must list at least one/],
     ['unknown event', { url: 'https://127.0.0.1/', events: ['key.deleted'] }, /events\.0: must be one of \*, key\.first_use/],

@@ -157,7 +157,9 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       query: { from?: Date; to?: Date; granularity: Granularity; byOutcome: boolean },
     ): Promise<z.output<typeof usageSeries>> {
       const to = query.to ?? new Date(deps.now());
-      const from = query.from ?? new Date(to.getTime() - 7 * DAY_MS);
+      // Not before 1970, the earliest time a request may send (a bucket start at either
+      // granularity): a `to` early in 1970 answered a window from 1969, refused when sent back.
+      const from = query.from ?? new Date(Math.max(0, to.getTime() - 7 * DAY_MS));
       if (from.getTime() > to.getTime()) throw new InvalidInputError('from: must not be after to');
       // The buckets that start before `to`, from the one holding `from`: none when `to` is that
       // one's start (from = to on a boundary), not a bucket of 0 uses for an hour that had some.

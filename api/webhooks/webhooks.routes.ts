@@ -29,6 +29,8 @@ function urlProblem(value: string): string | undefined {
   const parsed = new URL(value);
   if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') return 'must be an http or https URL';
   if (parsed.username !== '' || parsed.password !== '') return 'must not contain credentials';
+  // No server listens on port 0, and Node's request sends to the scheme's default port instead.
+  if (parsed.port === '0') return 'must not use port 0';
   // Percent-encoded too (redactKeyMaterial decodes each escape).
   if (redactKeyMaterial(value) !== value) return 'must not contain an API key';
   return undefined;
