@@ -1,6 +1,8 @@
 import crypto, { createHmac } from 'node:crypto';
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
+import zlib from 'node:zlib';
+import { crc32 } from '../api/keys/crc32';
 import {
   KEY_PREFIX,
   checksumOf,
@@ -69,6 +71,28 @@ t.test('the checksum is CRC32, base62, zero-padded to 6 characters', async (t) =
   t.equal(checksumOf('123456789'), '3jZRME', 'the CRC32 check value 0xCBF43926');
   t.equal(checksumOf(''), '000000', 'CRC32 of nothing is 0');
   t.equal(formatKey('01234567-89ab-cdef-0123-456789abcdef', SECRET), EXAMPLE_KEY, 'the documented example');
+});
+
+t.test('crc32 gives the same values as zlib.crc32', { skip: typeof zlib.crc32 !== 'function' && 'zlib.crc32 needs Node 20.15' }, async (t) => {
+  const inputs: Array<string | Buffer> = ['', 'a', '123456789', EXAMPLE_KEY.slice(0, -6), EXAMPLE_KEY, 'é ü 𝄞 ключ', Buffer.alloc(1), Buffer.alloc(1, 0xff)];
+  for (let length = 0; length <= 300; length++) inputs.push(randomBytes(length));
+  inputs.push(randomBytes(65_537));
+  const differing = inputs.filter((input) => crc32(input) !== zlib.crc32(input));
+  t.same(differing, [], `${inputs.length} inputs, strings and buffers of 0 to 65,537 bytes`);
+  t.equal(crc32('123456789'), 0xcbf43926, 'the CRC-32 check value');
+  t.equal(checksumOf(EXAMPLE_KEY.slice(0, -6)), '0VpiN5', "the documented example's checksum");
+});
+
+// zlib.crc32 arrived in Node 20.15; on 20.0–20.14 (which engines ">=20" admits) making or checking
+// a key threw "crc32 is not a function" and every such request was a 500.
+t.test('keys are made and checked on a Node without zlib.crc32', async (t) => {
+  const withoutCrc32 = Object.fromEntries(Object.entries(zlib).filter(([name]) => name !== 'crc32'));
+  const material = t.mockRequire<typeof import('../api/keys/keyMaterial')>('../api/keys/keyMaterial', { 'node:zlib': withoutCrc32 });
+  t.equal(material.checksumOf(EXAMPLE_KEY.slice(0, -6)), '0VpiN5');
+  t.equal(material.formatKey('01234567-89ab-cdef-0123-456789abcdef', SECRET), EXAMPLE_KEY);
+  t.same(material.parsePresentedKey(EXAMPLE_KEY), { keyId: '01234567-89ab-cdef-0123-456789abcdef', secret: SECRET });
+  const generated = material.generateKeyMaterial(PEPPER);
+  t.equal(material.parsePresentedKey(generated.plaintext)?.keyId, generated.keyId, 'a generated key parses');
 });
 
 t.test('parse accepts exactly the key format', async (t) => {

@@ -1,5 +1,5 @@
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
-import { crc32 } from 'node:zlib';
+import { crc32 } from './crc32';
 
 // Key format (docs/api-keys.md): ku_<key id: 32 hex>_<secret: 43 base62><checksum: 6 base62>.
 // The prefix makes keys recognisable to secret scanners; the embedded id lets the server find
