@@ -485,7 +485,7 @@ async function eraseIps(command: { orgId: string; keyId: string; json: boolean }
     // The audit lock first, as every audited change takes it: taken last, after the erasure had
     // locked the key's webhook deliveries, it deadlocked with a webhook delete, which takes it
     // first and then deletes those deliveries.
-    await beginAuditedChange(trx, command.orgId, undefined, deps.now());
+    await beginAuditedChange(trx, command.orgId, undefined, deps.now);
     const counts = await eraseKeyIps(trx, command.orgId, command.keyId);
     if (!exists && Object.values(counts).every((count) => count === 0))
       throw new AppError('not_found', `API key ${command.keyId} not found in organization ${command.orgId}`);

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import t, { type Test } from 'tap';
 import { rehashSecret } from '../api/keys/apiKeys.repository';
+import { lockOrgFor } from '../api/orgs/orgs.repository';
 import { createDb, type Db } from '../shared/db';
 import { waitFor } from '../harness/wait';
 import { seedOrg, startTestApi } from './helpers/api';
@@ -133,4 +134,97 @@ t.test('a revocation by an instance whose clock runs ahead holds at once on the 
     'not among the active',
   );
   t.equal((await api.request('POST', `${base}/rotate`, { key: adminKey, body: {} })).status, 409, 'not rotated');
+});
+
+// Every audited change waits for its org's audit lock, up to API_STATEMENT_TIMEOUT_MS, and was
+// judged by the time read before that wait: a key that expired meanwhile was rotated (200 and a
+// new plaintext) and, acting, created a key (201, audited as its doing); a webhook's grace period
+// began when its rotation started waiting, and ended that much early. The org's audit lock is held
+// here until the changes wait for it; the clock moves on before it is released.
+async function heldAuditLock(t: Test, url: string, orgId: string) {
+  const holder = createDb(url, { poolMax: 1 });
+  t.teardown(() => holder.destroy());
+  const trx = await holder.transaction();
+  await lockOrgFor(trx, 'audit', orgId);
+  return trx;
+}
+
+const waitingFor = (db: Db, count: number) =>
+  waitFor(`${count} change(s) waiting on the lock`, async () => ((await waitingOnLocks(db)) >= count ? true : undefined));
+
+t.test('a key that expires while its rotation, or its own create, waits for the org: 409 and 401, nothing changed', async (t) => {
+  const { db, url } = await freshDatabase(t, { poolMax: 6 });
+  const clock = { now: Date.now() };
+  const api = await startTestApi(t, db, { now: () => clock.now, env: { API_MAX_CONCURRENT_PER_ORG: '4' } });
+  const { org, adminKey } = await seedOrg(api, db);
+  const expiresAt = new Date(clock.now + 1_000);
+  const rotated = (await api.services.apiKeys.create(org.id, { name: 'rotated', scopes: ['keys:read'], expiresAt })).key;
+  const actor = await api.services.apiKeys.create(org.id, { name: 'actor', scopes: ['keys:read', 'keys:write'], expiresAt });
+  const held = await heldAuditLock(t, url, org.id);
+  const rotation = api.request('POST', `/api/orgs/${org.id}/api-keys/${rotated.id}/rotate`, { key: adminKey, body: {} });
+  const creation = api.request('POST', `/api/orgs/${org.id}/api-keys`, {
+    key: actor.plaintext,
+    body: { name: 'made', scopes: ['keys:read'], expiresAt: expiresAt.toISOString() },
+  });
+  await waitingFor(db, 2);
+  clock.now += 2_000;
+  await held.commit();
+  const [rotateAnswer, createAnswer] = await Promise.all([rotation, creation]);
+  t.equal(rotateAnswer.status, 409, 'the expired key is not rotated');
+  t.match(rotateAnswer.body.error, { code: 'conflict', message: 'Cannot rotate a expired API key' });
+  t.equal(createAnswer.status, 401, 'the expired actor creates nothing');
+  t.match(createAnswer.body.error, { code: 'unauthorized', message: /expired after the request was authorized/ });
+  t.strictSame(
+    await db('audit_log').where({ org_id: org.id }).whereIn('action', ['key.rotate', 'key.create']).pluck('action'),
+    ['key.create', 'key.create', 'key.create'],
+    'the three keys made before, no key.rotate, no key.create by the expired key',
+  );
+  t.equal(await db('api_keys').where({ org_id: org.id, name: 'made' }).first(), undefined, 'no key made');
+  t.equal((await db('api_keys').where({ id: rotated.id }).first('rotated_at')).rotated_at, null, 'the expired key keeps its secret');
+});
+
+async function webhookWorld(t: Test) {
+  const { db, url } = await freshDatabase(t, { poolMax: 6 });
+  const api = await startTestApi(t, db, { env: { WEBHOOK_ALLOW_PRIVATE_TARGETS: 'true' } });
+  const { org, adminKey } = await seedOrg(api, db);
+  const hooks = `/api/orgs/${org.id}/webhooks`;
+  const created = await api.request('POST', hooks, { key: adminKey, body: { url: 'http://127.0.0.1:9/in', events: ['*'] } });
+  const rotate = (gracePeriodSeconds: number) =>
+    api.request('POST', `${hooks}/${created.body.id}/rotate-secret`, { key: adminKey, body: { gracePeriodSeconds } });
+  return { db, url, org, webhookId: created.body.id as string, rotate };
+}
+
+const databaseTime = async (db: Db): Promise<Date> => (await db.raw('select clock_timestamp() as at')).rows[0].at;
+
+t.test('a webhook rotation that waited for the org starts its grace period when its turn comes', async (t) => {
+  const { db, url, org, webhookId, rotate } = await webhookWorld(t);
+  const held = await heldAuditLock(t, url, org.id);
+  const rotation = rotate(5);
+  await waitingFor(db, 1);
+  const released = await databaseTime(held);
+  await held.commit();
+  const answer = await rotation;
+  t.equal(answer.status, 200);
+  const { previous_secret_expires_at: ends } = await db('webhooks').where({ id: webhookId }).first('previous_secret_expires_at');
+  t.ok(
+    ends.getTime() >= released.getTime() + 5_000,
+    `the previous secret signs 5 s from the lock's release (${ends.toISOString()}, released ${released.toISOString()})`,
+  );
+  t.equal(answer.body.previousSecretExpiresAt, ends.toISOString(), 'as answered');
+});
+
+t.test('a grace period that ends while the next rotation waits for the org is no bar to it', async (t) => {
+  const { db, url, org, webhookId, rotate } = await webhookWorld(t);
+  t.equal((await rotate(60)).status, 200);
+  const held = await heldAuditLock(t, url, org.id);
+  const rotation = rotate(60);
+  await waitingFor(db, 1);
+  // The open grace period ends after the rotation began waiting, and before its turn comes.
+  const ends = new Date((await databaseTime(db)).getTime() + 200);
+  await db('webhooks').where({ id: webhookId }).update({ previous_secret_expires_at: ends });
+  await waitFor('the grace period to end', async () => ((await databaseTime(held)) > ends ? true : undefined));
+  await held.commit();
+  const answer = await rotation;
+  t.equal(answer.status, 200, 'not refused by a grace period that had ended');
+  t.ok(Date.parse(answer.body.previousSecretExpiresAt) > ends.getTime() + 59_000, 'a new grace period');
 });

@@ -86,13 +86,14 @@ export interface ActingKey {
  * slowly): a key revoked, rotated or expired meanwhile went on creating keys with its old secret.
  * Revoking or rotating the key is an audited change of the same org, so it either committed
  * before this lock (and is seen here) or waits for this change to commit. `now` is the API's
- * clock, by which the request was authorized.
+ * clock, by which the request was authorized: read once the lock is held, as the wait for it may
+ * take up to API_STATEMENT_TIMEOUT_MS (read before, a key that expired meanwhile went on).
  */
-export async function beginAuditedChange(trx: Db, orgId: string, acting: ActingKey | undefined, now: number): Promise<void> {
+export async function beginAuditedChange(trx: Db, orgId: string, acting: ActingKey | undefined, now: () => number): Promise<void> {
   await lockOrgFor(trx, 'audit', orgId);
   if (!acting) return;
   const row = await trx(TABLE.apiKeys).where({ org_id: orgId, id: acting.id }).first<ActingKeyRow | undefined>('revoked_at', 'expires_at', 'rotated_at');
-  const changed = changedSince(row, acting, now);
+  const changed = changedSince(row, acting, now());
   if (changed) {
     throw new RefusedUseError('unauthorized', 'This API key was revoked, rotated or expired after the request was authorized; nothing was changed', changed);
   }

@@ -131,27 +131,26 @@ export async function listApiKeysInOrg(db: Db, orgId: string, page: { limit: num
   return { keys: rows.map(toRecord), total: Number(count) };
 }
 
+/** A rotation's write (replaceSecret). */
+export interface SecretReplacement {
+  /**
+   * The key's rotation time as read (null: never rotated): the write applies only while it is
+   * unchanged. Not the hash: a pepper upgrade rehashes the same secret (api/auth/pepperUpgrade.ts),
+   * and a rotation that read the hash before it answered a false "rotated by another request".
+   */
+  replacedRotationAt: Date | null;
+  secretHash: Buffer;
+  secretPepperId: string;
+  /** Null when no grace period keeps the old secret. */
+  previousSecretHash: Buffer | null;
+  previousSecretPepperId: string | null;
+  previousSecretExpiresAt: Date;
+  rotatedAt: Date;
+}
+
 // Compare-and-set on the secret the rotation read: of two concurrent rotations only the first
 // finds its hash still current; the other gets undefined, not a plaintext that was never stored.
-export async function replaceSecret(
-  db: Db,
-  id: string,
-  change: {
-    /**
-     * The key's rotation time as read (null: never rotated): the write applies only while it is
-     * unchanged. Not the hash: a pepper upgrade rehashes the same secret (api/auth/pepperUpgrade.ts),
-     * and a rotation that read the hash before it answered a false "rotated by another request".
-     */
-    replacedRotationAt: Date | null;
-    secretHash: Buffer;
-    secretPepperId: string;
-    /** Null when no grace period keeps the old secret. */
-    previousSecretHash: Buffer | null;
-    previousSecretPepperId: string | null;
-    previousSecretExpiresAt: Date;
-    rotatedAt: Date;
-  },
-): Promise<ApiKeyRecord | undefined> {
+export async function replaceSecret(db: Db, id: string, change: SecretReplacement): Promise<ApiKeyRecord | undefined> {
   // Still active when written: a revocation that committed after the caller read the key left its
   // hash alone, and the rotation answered 200 with a new secret for a revoked key.
   const [row] = await db<ApiKeyRow>(TABLE.apiKeys)

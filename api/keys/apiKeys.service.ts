@@ -16,6 +16,7 @@ import {
   setExpectedNetworks,
   type ApiKeyRecord,
   type DormantQuery,
+  type SecretReplacement,
 } from './apiKeys.repository';
 import { generateKeyMaterial, newSecret } from './keyMaterial';
 import { idString, isoTime, listOf, offsetPage } from '../responses';
@@ -171,6 +172,44 @@ async function assertRoomForKey(trx: Db, orgId: string, max: number): Promise<vo
   }
 }
 
+// The write of a rotation of `key` at `now`, or the 409 that refuses it. `replacedRotationAt`: the
+// rotation the request read, which the write is conditioned on.
+function rotation(
+  key: ApiKeyRecord,
+  replacedRotationAt: Date | null,
+  material: Pick<ReturnType<typeof newSecret>, 'secretHash' | 'pepperId'>,
+  graceSeconds: number,
+  now: number,
+): SecretReplacement {
+  if (keyStatus(key, now) !== 'active') {
+    throw new AppError('conflict', `Cannot rotate a ${keyStatus(key, now)} API key`);
+  }
+  // One previous secret is kept: a second rotation with a grace period, while the first one's
+  // runs, ended the first one's at once, though its answer had promised it (clients still on
+  // the original secret were cut off, with nothing in the audit log to say so; a review).
+  const keepsOld = graceSeconds > 0;
+  if (keepsOld && key.previousSecretHash !== null && key.previousSecretExpiresAt !== null && key.previousSecretExpiresAt.getTime() > now) {
+    throw new AppError(
+      'conflict',
+      `This key's previous secret works until ${iso(key.previousSecretExpiresAt)}: a rotation with a grace period would end it now. Rotate again after that, or with gracePeriodSeconds 0, which ends both the previous secret and the current one at once`,
+    );
+  }
+  // No grace: the old secret is not kept at all. Kept with an end of now, it still worked on
+  // an instance whose clock ran behind the rotating one's, for as long as the difference.
+  return {
+    replacedRotationAt,
+    secretHash: material.secretHash,
+    secretPepperId: material.pepperId,
+    previousSecretHash: keepsOld ? key.secretHash : null,
+    previousSecretPepperId: keepsOld ? key.secretPepperId : null,
+    previousSecretExpiresAt: new Date(now + graceSeconds * 1000),
+    // Later than the rotation it replaces, by a millisecond at least: the write is conditioned
+    // on rotated_at, and a rotation in the same millisecond (a clock behind, or stepped back)
+    // left it as two racing rotations had read it, so both won.
+    rotatedAt: new Date(Math.max(now, (key.rotatedAt?.getTime() ?? -Infinity) + 1)),
+  };
+}
+
 export function createApiKeysService(deps: ApiKeysServiceDeps) {
   const requireKey = (orgId: string, keyId: string) => requireKeyInOrg(deps.db, orgId, keyId);
 
@@ -183,7 +222,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     entry: (result: T) => Omit<AuditEntry, 'actor' | 'ip'> | undefined,
   ) {
     return (context.db ?? deps.db).transaction(async (trx) => {
-      await beginAuditedChange(trx, orgId, context.actor, deps.now());
+      await beginAuditedChange(trx, orgId, context.actor, deps.now);
       const result = await change(trx);
       const fields = entry(result);
       if (fields) await recordAudit(trx, { ...fields, actor: auditActor(context.actor), ip: context.ip ?? null });
@@ -197,7 +236,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
   // built on the API's one thread, as the dry run's was before.
   function revokeDormantApplied(orgId: string, query: DormantQuery, dormantDays: number, context: ChangeContext) {
     return (context.db ?? deps.db).transaction(async (trx) => {
-      await beginAuditedChange(trx, orgId, context.actor, deps.now());
+      await beginAuditedChange(trx, orgId, context.actor, deps.now);
       const keys = await revokeDormantKeys(trx, query, MAX_REVOKE_KEY_IDS);
       // Asked whatever the count: a key spared by the check after the locks leaves fewer than the
       // limit revoked, and others may still be dormant. Those revoked are dormant no more.
@@ -275,11 +314,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
 
   return {
     async create(orgId: string, input: CreateKeyInput, context: ChangeContext = {}) {
-      const { actor } = context;
-      if (input.expiresAt && input.expiresAt.getTime() <= deps.now()) {
-        throw new InvalidInputError('expiresAt: must be in the future');
-      }
-      assertWithinActor(actor, input, 'create');
+      assertWithinActor(context.actor, input, 'create');
       const material = generateKeyMaterial(deps.pepper);
       const newKey = {
         id: material.keyId,
@@ -296,6 +331,11 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         orgId,
         context,
         async (trx) => {
+          // Once the org's turn has come: checked before, a key that expired while the create
+          // waited for it (up to API_STATEMENT_TIMEOUT_MS) was created.
+          if (input.expiresAt && input.expiresAt.getTime() <= deps.now()) {
+            throw new InvalidInputError('expiresAt: must be in the future');
+          }
           if (deps.maxKeysPerOrg !== undefined) await assertRoomForKey(trx, orgId, deps.maxKeysPerOrg);
           return insertApiKey(trx, newKey);
         },
@@ -325,50 +365,26 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       const { graceSeconds = deps.defaultGraceSeconds } = options;
       const key = await requireKey(orgId, keyId);
       assertWithinActor(options.actor, key, 'rotate');
-      const now = deps.now();
-      if (keyStatus(key, now) !== 'active') {
-        throw new AppError('conflict', `Cannot rotate a ${keyStatus(key, now)} API key`);
-      }
-      // One previous secret is kept: a second rotation with a grace period, while the first one's
-      // runs, ended the first one's at once, though its answer had promised it (clients still on
-      // the original secret were cut off, with nothing in the audit log to say so; a review).
-      const keepsOld = graceSeconds > 0;
-      if (keepsOld && key.previousSecretHash !== null && key.previousSecretExpiresAt !== null && key.previousSecretExpiresAt.getTime() > now) {
-        throw new AppError(
-          'conflict',
-          `This key's previous secret works until ${iso(key.previousSecretExpiresAt)}: a rotation with a grace period would end it now. Rotate again after that, or with gracePeriodSeconds 0, which ends both the previous secret and the current one at once`,
-        );
-      }
       const material = newSecret(key.id, deps.pepper);
-      // No grace: the old secret is not kept at all. Kept with an end of now, it still worked on
-      // an instance whose clock ran behind the rotating one's, for as long as the difference.
-      const change = {
-        replacedRotationAt: key.rotatedAt,
-        secretHash: material.secretHash,
-        secretPepperId: material.pepperId,
-        previousSecretHash: keepsOld ? key.secretHash : null,
-        previousSecretPepperId: keepsOld ? key.secretPepperId : null,
-        previousSecretExpiresAt: new Date(now + graceSeconds * 1000),
-        // Later than the rotation it replaces, by a millisecond at least: the write is conditioned
-        // on rotated_at, and a rotation in the same millisecond (a clock behind, or stepped back)
-        // left it as two racing rotations had read it, so both won.
-        rotatedAt: new Date(Math.max(now, (key.rotatedAt?.getTime() ?? -Infinity) + 1)),
-      };
+      // Judged and stamped once the org's turn has come, on the key as it is then: judged on the
+      // read above, by the time before the wait (up to API_STATEMENT_TIMEOUT_MS), a key that
+      // expired meanwhile was rotated, and a grace period ended early. The write is still
+      // conditioned on the rotation read above: one made meanwhile is "rotated by another request".
       const rotated = await audited(
         orgId,
         options,
-        (trx) => replaceSecret(trx, key.id, change),
+        async (trx) => replaceSecret(trx, key.id, rotation(await requireKeyInOrg(trx, orgId, keyId), key.rotatedAt, material, graceSeconds, deps.now())),
         (result) =>
           result && {
             orgId,
             action: 'key.rotate',
             targetKeyId: key.id,
-            details: { gracePeriodSeconds: graceSeconds, previousSecretExpiresAt: iso(change.previousSecretExpiresAt) },
+            details: { gracePeriodSeconds: graceSeconds, previousSecretExpiresAt: iso(result.previousSecretExpiresAt) },
           },
       );
       if (!rotated) throw await rotationLost(orgId, keyId);
       deps.verifier?.invalidate(key.id);
-      return { key: toApiKeyView(rotated, now), plaintext: material.plaintext };
+      return { key: toApiKeyView(rotated, deps.now()), plaintext: material.plaintext };
     },
 
     /** Expected networks do not block a request: a use from outside them raises key.outside_networks. */

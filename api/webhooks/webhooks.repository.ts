@@ -38,11 +38,25 @@ const PLAIN_COLUMNS = ['id', 'org_id', 'url', 'event_types', 'created_at', 'crea
 const WEBHOOK_COLUMNS = [...PLAIN_COLUMNS, 'previous_secret_expires_at'];
 
 // A grace period that has ended reads as none, on the database's clock: the one the worker signs
-// by (collector/webhookStore.ts), so what the API shows and refuses is what the worker does.
-const webhookColumns = (db: Db, prefix = '') => [
+// by (collector/webhookStore.ts), so what the API shows and refuses is what the worker does. At
+// `asOf` when given (databaseClock), else at the transaction's start (now()).
+const webhookColumns = (db: Db, prefix = '', asOf?: Date) => [
   ...PLAIN_COLUMNS.map((column) => `${prefix}${column}`),
-  db.raw(`case when ${prefix}previous_secret_expires_at > now() then ${prefix}previous_secret_expires_at end as previous_secret_expires_at`),
+  db.raw(`case when ${prefix}previous_secret_expires_at > ? then ${prefix}previous_secret_expires_at end as previous_secret_expires_at`, [
+    asOf ?? db.raw('now()'),
+  ]),
 ];
+
+/**
+ * The database's clock as it reads now: now() is the transaction's start, before a wait for the
+ * org's lock (up to API_STATEMENT_TIMEOUT_MS), and a change that waited judged and stamped its
+ * grace period by it (a 5 s grace stored ending 3 s before the rotation answered). Read in a
+ * select of its own and passed on: Citus refuses such functions beside column references in an
+ * UPDATE and its RETURNING.
+ */
+export async function databaseClock(db: Db): Promise<Date> {
+  return (await db.raw<{ rows: Array<{ at: Date }> }>('select clock_timestamp() as at')).rows[0].at;
+}
 
 const toWebhook = (row: WebhookRow): WebhookRecord => ({
   id: row.id,
@@ -71,31 +85,28 @@ export async function insertWebhook(
   return toWebhook(row);
 }
 
-export async function findWebhookInOrg(db: Db, orgId: string, id: string): Promise<WebhookRecord | undefined> {
+/** Its grace period judged at `asOf` when given, else at the transaction's start. */
+export async function findWebhookInOrg(db: Db, orgId: string, id: string, asOf?: Date): Promise<WebhookRecord | undefined> {
   const row: WebhookRow | undefined = await db(TABLE.webhooks)
-    .select(...webhookColumns(db))
+    .select(...webhookColumns(db, '', asOf))
     .where({ id, org_id: orgId })
     .first();
   return row && toWebhook(row);
 }
 
 /**
- * A new sealed secret; the one it replaces keeps signing for `graceSeconds` (0: not kept at all).
- * The sealed box is moved as it is, never opened: the API does not read a secret back. Undefined
- * when the webhook is not the org's.
+ * A new sealed secret; the one it replaces keeps signing for `graceSeconds` from `asOf`
+ * (databaseClock; 0: not kept at all). The sealed box is moved as it is, never opened: the API
+ * does not read a secret back. Undefined when the webhook is not the org's.
  */
 export async function replaceWebhookSecret(
   db: Db,
   orgId: string,
   id: string,
-  change: { secretBox: Buffer; graceSeconds: number },
+  change: { secretBox: Buffer; graceSeconds: number; asOf: Date },
 ): Promise<WebhookRecord | undefined> {
   const keepsOld = change.graceSeconds > 0;
-  // The end on the database's clock, read first: Citus refuses now() in an UPDATE of a distributed
-  // table beside a column reference (secret_box).
-  const ends = keepsOld
-    ? (await db.raw<{ rows: Array<{ ends: Date }> }>(`select now() + ? * interval '1 second' as ends`, [change.graceSeconds])).rows[0].ends
-    : null;
+  const ends = keepsOld ? new Date(change.asOf.getTime() + change.graceSeconds * 1000) : null;
   const [row] = await db(TABLE.webhooks)
     .where({ id, org_id: orgId })
     .update({

@@ -13,6 +13,7 @@ import { cursorPage, idString, isoTime, listOf, offsetPage } from '../responses'
 import {
   countPendingDeliveries,
   countWebhooksInOrg,
+  databaseClock,
   deleteWebhookInOrg,
   findWebhookInOrg,
   insertDelivery,
@@ -211,7 +212,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       const secret = newSecret();
       // Where an org's events go is as sensitive as its keys: recorded in the same transaction.
       const webhook = await deps.db.transaction(async (trx) => {
-        await beginAuditedChange(trx, orgId, context.actor, deps.now());
+        await beginAuditedChange(trx, orgId, context.actor, deps.now);
         await lockOrgFor(trx, 'webhooks', orgId);
         if ((await countWebhooksInOrg(trx, orgId)) >= deps.maxPerOrg) {
           throw new AppError('conflict', `this org has ${deps.maxPerOrg} webhooks, the most it may have (WEBHOOKS_MAX_PER_ORG): delete one first`);
@@ -255,8 +256,10 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       const secret = newSecret();
       const webhook = await deps.db.transaction(async (trx) => {
         // The org's audit lock serializes this with its other rotations: the check below holds.
-        await beginAuditedChange(trx, orgId, context.actor, deps.now());
-        const current = await findWebhookInOrg(trx, orgId, webhookId);
+        await beginAuditedChange(trx, orgId, context.actor, deps.now);
+        // Judged and its grace period started once its turn has come, not when it began waiting.
+        const asOf = await databaseClock(trx);
+        const current = await findWebhookInOrg(trx, orgId, webhookId, asOf);
         if (!current) throw notFound('Webhook');
         // One previous secret is kept: a grace period now would end the open one's early, which
         // its receiver was promised (as for API keys).
@@ -266,7 +269,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
             `This webhook's previous secret signs until ${iso(current.previousSecretExpiresAt)}: a rotation with a grace period would end it now. Rotate again after that, or with gracePeriodSeconds 0, which ends both the previous secret and the current one at once`,
           );
         }
-        const rotated = await replaceWebhookSecret(trx, orgId, webhookId, { secretBox: box.seal(secret, webhookId), graceSeconds });
+        const rotated = await replaceWebhookSecret(trx, orgId, webhookId, { secretBox: box.seal(secret, webhookId), graceSeconds, asOf });
         if (!rotated) throw notFound('Webhook');
         await recordAudit(trx, {
           orgId,
@@ -283,7 +286,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
 
     async remove(orgId: string, webhookId: string, context: WebhookChangeContext = {}) {
       await deps.db.transaction(async (trx) => {
-        await beginAuditedChange(trx, orgId, context.actor, deps.now());
+        await beginAuditedChange(trx, orgId, context.actor, deps.now);
         const webhook = await findWebhookInOrg(trx, orgId, webhookId);
         if (!webhook || !(await deleteWebhookInOrg(trx, orgId, webhookId))) throw notFound('Webhook');
         await recordAudit(trx, webhookAudit(orgId, 'webhook.delete', webhook, context));
@@ -318,7 +321,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
         details: { webhookId },
       };
       const deliveryId = await deps.db.transaction(async (trx) => {
-        await beginAuditedChange(trx, orgId, context.actor, deps.now());
+        await beginAuditedChange(trx, orgId, context.actor, deps.now);
         await lockOrgFor(trx, 'webhooks', orgId);
         if (!(await findWebhookInOrg(trx, orgId, webhookId))) throw notFound('Webhook');
         if ((await countPendingDeliveries(trx, orgId, webhookId, PING_EVENT_TYPE, MAX_PENDING_PINGS)) >= MAX_PENDING_PINGS) {
