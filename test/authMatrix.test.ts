@@ -373,6 +373,9 @@ interface Seen {
   revealedWebhookSecrets: string[];
 }
 
+/** The key's id with a random secret, in the legacy format (no checksum to give it away). */
+const wrongSecret = (key: Key) => `${key.plaintext.slice(0, 36)}${randomBytes(32).toString('base64url')}`;
+
 // Every way a key can fail to authenticate: 401 with the one message, and the use recorded only when the key is known.
 async function assertUnauthenticated(t: Test, world: World, call: Call, route: Route, header: Header, seen: Seen) {
   const { keys } = world;
@@ -387,9 +390,7 @@ async function assertUnauthenticated(t: Test, world: World, call: Call, route: R
   await unauthorized('malformed key', { key: 'not-a-key' }, []);
   await unauthorized('malformed: truncated secret', { key: keys.admin.plaintext.slice(0, -1) }, []);
   await unauthorized('unknown key id', { key: `ku_${randomBytes(16).toString('hex')}_${randomBytes(32).toString('base64url')}` }, []);
-  await unauthorized('wrong secret (legacy format)', { key: `${keys.admin.plaintext.slice(0, 36)}${randomBytes(32).toString('base64url')}` }, [
-    use(keys.admin, 'bad_secret'),
-  ]);
+  await unauthorized('wrong secret (legacy format)', { key: wrongSecret(keys.admin) }, [use(keys.admin, 'bad_secret')]);
   await unauthorized('wrong secret (checksum format)', { key: formatKey(keys.admin.id, randomBytes(32).toString('hex').slice(0, 43)) }, [
     use(keys.admin, 'bad_secret'),
   ]);
@@ -397,6 +398,9 @@ async function assertUnauthenticated(t: Test, world: World, call: Call, route: R
   await unauthorized('checksum mismatch', { key: keys.admin.plaintext.slice(0, -1) + flipped }, []);
   await unauthorized('expired', { key: keys.expiring.plaintext }, [use(keys.expiring, 'expired')]);
   await unauthorized('revoked', { key: keys.revoked.plaintext }, [use(keys.revoked, 'revoked')]);
+  // The secret is checked before the status: a wrong one does not learn the key is expired or revoked.
+  await unauthorized('expired, wrong secret', { key: wrongSecret(keys.expiring) }, [use(keys.expiring, 'bad_secret')]);
+  await unauthorized('revoked, wrong secret', { key: wrongSecret(keys.revoked) }, [use(keys.revoked, 'bad_secret')]);
   await unauthorized('rotated out (old secret after grace)', { key: keys.rotated.plaintext }, [use(keys.rotated, 'bad_secret')]);
 }
 

@@ -1,3 +1,4 @@
+import crypto from 'node:crypto';
 import dgram from 'node:dgram';
 import t from 'tap';
 import { signingSink } from '../api/usage/signingSink';
@@ -43,6 +44,54 @@ t.test('sign and verify', async (t) => {
   t.same(verify(signDatagram(BODY, SECRET, now)), { ok: true, body: BODY }, 'nonces are forgotten once their window has passed');
   t.same(verify(`${BODY}\nkeyusage.sig:1|c|#v:1,ts:1,n:xx,mac:yy`), { ok: false, reason: 'unsigned' }, 'a malformed signature line');
   t.throws(() => datagramVerifier({ secrets: [], windowMs: 1, maxRemembered: 1, now: Date.now }));
+});
+
+// The MAC covers the signature's timestamp and nonce: were they left out, a captured datagram
+// re-dated or given a new nonce would pass as fresh and unseen, and be counted again.
+t.test('a signed datagram whose timestamp or nonce is changed is refused as bad_signature', async (t) => {
+  const now = 1_800_000_000_000;
+  const verify = datagramVerifier({ secrets: [SECRET], windowMs: 30_000, maxRemembered: 10, now: () => now });
+  const signed = signDatagram(BODY, SECRET, now, 'AAAAAAAAAAAAAAAA');
+  t.same(verify(signed.replace(`ts:${now},`, `ts:${now + 1},`)), { ok: false, reason: 'bad_signature' }, 'a changed ts');
+  t.same(verify(signed.replace('n:AAAAAAAAAAAAAAAA', 'n:AAAAAAAAAAAAAAAB')), { ok: false, reason: 'bad_signature' }, 'a changed nonce');
+  t.same(verify(signed), { ok: true, body: BODY }, 'the datagram as signed');
+});
+
+// A literal signature, computed apart (HMAC-SHA-256 over "v1\n<ts>\n<nonce>\n" and the body):
+// signing and verifying changed together would still agree with each other, not with this.
+t.test('a known-answer vector: a fixed secret, time and nonce give a fixed signature', async (t) => {
+  const now = 1_800_000_000_000;
+  const vector =
+    'apikey.used:3|c|#key:3f0c6b7e-8a1d-4c2b-9e5f-0a1b2c3d4e5f,org:9b2d4f6a-1c3e-4a5b-8d7f-6e5d4c3b2a19,ip:2001:db8::1,outcome:ok\n' +
+    'keyusage.sig:1|c|#v:1,ts:1800000000000,n:AAAAAAAAAAAAAAAA,mac:u7jtCE8fQZQnuk-ErmEsyVGOsTcXIVWBR_PF7QITsqo';
+  t.equal(signDatagram(BODY, SECRET, now, 'AAAAAAAAAAAAAAAA'), vector, 'signing');
+  const verify = datagramVerifier({ secrets: [SECRET], windowMs: 30_000, maxRemembered: 10, now: () => now });
+  t.same(verify(vector), { ok: true, body: BODY }, 'verifying');
+});
+
+// An early exit on the first match, or a plain comparison, would let the time a check takes say
+// how much of a forged MAC was right, or which secret matched.
+t.test('verification compares with timingSafeEqual, against every secret', async (t) => {
+  const compared: Array<[Buffer, Buffer]> = [];
+  const spied = t.mockRequire<typeof import('../shared/datagramSignature')>('../shared/datagramSignature', {
+    'node:crypto': {
+      ...crypto,
+      timingSafeEqual: (a: Buffer, b: Buffer) => {
+        compared.push([a, b]);
+        return crypto.timingSafeEqual(a, b);
+      },
+    },
+  });
+  const now = 1_800_000_000_000;
+  const verify = spied.datagramVerifier({ secrets: [SECRET, PREVIOUS], windowMs: 30_000, maxRemembered: 10, now: () => now });
+  t.same(verify(spied.signDatagram(BODY, SECRET, now)), { ok: true, body: BODY }, 'signed with the first secret');
+  t.equal(compared.length, 2, 'compared with both secrets, though the first matched');
+  t.same(verify(spied.signDatagram(BODY, 'an-attacker-guess-that-is-32-characters!!', now)), { ok: false, reason: 'bad_signature' });
+  t.equal(compared.length, 4, 'a forgery: both secrets, each with timingSafeEqual');
+  t.ok(
+    compared.every(([a, b]) => a.length === 32 && b.length === 32),
+    'on MACs of equal length',
+  );
 });
 
 t.test('a signed datagram larger than the API sends is refused before its MAC is computed', async (t) => {

@@ -215,6 +215,9 @@ t.test('deferred key.new_ip: the earliest networks, up to the room left in the h
   t.equal(flushed[0].dedupeKey, events[0].dedupeKey, 'a flush raising the same network would be deduplicated with it');
   t.strictSame(deferredNetworkEvents(networks, 4, 4, now), [], 'none in an hour already at the limit');
   t.strictSame(deferredNetworkEvents(networks, 9, 4, now), [], 'nor over it (collectors flushing at once)');
+  // More waiting than the hour is over its limit: a negative room, taken by slice() from the end, raised some.
+  const many = Array.from({ length: 10 }, (_, i) => network(i, HOUR + i));
+  t.strictSame(deferredNetworkEvents(many, 9, 4, now), [], 'ten waiting, nine raised, a limit of four: none');
 });
 
 t.test('outsideNetworks: IPv4 and IPv6 CIDRs, no list means anywhere', async (t) => {

@@ -497,6 +497,40 @@ t.test('dormant clean-up: an apply that selects again is refused when no use of 
   );
 });
 
+// Two orgs, each with a key idle for 100 days: what one org's clean-up reads of the other.
+async function twoOrgsWithIdleKeys(t: Test) {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const [acme, globex] = [await seedOrg(api, db, 'acme'), await seedOrg(api, db, 'globex')];
+  const [acmeIdle] = await insertKeys(db, acme.org.id, 1, 'idle-');
+  const [globexIdle] = await insertKeys(db, globex.org.id, 1, 'idle-');
+  await db('api_keys')
+    .whereIn('id', [acmeIdle, globexIdle])
+    .update({ created_at: db.raw(`created_at - interval '100 days'`) });
+  const cleanUp = (dryRun: boolean) =>
+    api.request('POST', `/api/orgs/${acme.org.id}/api-keys/revoke-dormant`, { key: acme.adminKey, body: { dormantDays: 90, dryRun } });
+  return { db, acme, globex, acmeIdle, cleanUp };
+}
+
+// Another org's recent use would make every key of this one look tracked: its keys older than
+// dormantDays, unused only because their uses go unrecorded, would all be revoked.
+t.test("dormant clean-up: another org's recorded use does not let an apply select again", async (t) => {
+  const { db, globex, cleanUp } = await twoOrgsWithIdleKeys(t);
+  await recentUse(db, globex.org.id, globex.adminKeyId);
+  const refused = await cleanUp(false);
+  t.equal(refused.status, 409, 'no use of this org is recorded');
+  t.equal((await db('api_keys').whereNotNull('revoked_at')).length, 0, 'nothing revoked');
+});
+
+t.test("dormant clean-up: an org's dry run and apply neither list nor revoke another org's dormant key", async (t) => {
+  const { db, acme, acmeIdle, cleanUp } = await twoOrgsWithIdleKeys(t);
+  await recentUse(db, acme.org.id, acme.adminKeyId);
+  const ids = (body: { keys: Array<{ id: string }> }) => body.keys.map((k) => k.id);
+  t.strictSame(ids((await cleanUp(true)).body), [acmeIdle], 'the dry run lists its own dormant key only');
+  t.strictSame(ids((await cleanUp(false)).body), [acmeIdle], 'the apply revokes it only');
+  t.strictSame(await db('api_keys').whereNotNull('revoked_at').pluck('id'), [acmeIdle], "the other org's key is not revoked");
+});
+
 // A clean-up's answer of the 10,001 dormant keys: the oldest 10,000, and more.
 function oldestAnswerAndMore(t: Test, body: { keys: Array<{ id: string }>; more: boolean }, ids: string[]) {
   t.strictSame([body.keys.map((k) => k.id), body.more], [ids.slice(0, MAX_REVOKE_KEY_IDS), true], 'the oldest first, and more');

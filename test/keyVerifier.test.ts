@@ -211,3 +211,23 @@ t.test('a fresh verification of an unknown id reads once per TTL, as the cached 
   await verifier.verify(stranger, { fresh: true });
   t.equal(counter.queries, 2, 'read again after the TTL');
 });
+
+// The secret is checked before the status: a revoked or expired key's id, known to anyone who saw
+// it, must not tell whoever presents it that the key is revoked or expired.
+t.test('a wrong secret on a revoked or an expired key is bad_secret; only the right secret learns the status', async (t) => {
+  const { api, org, verifier, advance } = await world(t);
+  const create = (expiresAt: Date | null) => api.services.apiKeys.create(org.id, { name: 'judged', scopes: ['keys:read'], expiresAt });
+  const revoked = await create(null);
+  await api.services.apiKeys.revoke(org.id, revoked.key.id);
+  const expiring = await create(new Date(Date.parse('2026-11-25T12:00:01Z')));
+  advance(2_000);
+  for (const [created, status] of [
+    [revoked, 'revoked'],
+    [expiring, 'expired'],
+  ] as const) {
+    const right = parsePresentedKey(created.plaintext)!;
+    const wrong = { keyId: right.keyId, secret: randomBytes(32).toString('base64url') };
+    t.equal((await verifier.verify(wrong)).outcome, 'bad_secret', `${status}: a wrong secret`);
+    t.equal((await verifier.verify(right)).outcome, status, `${status}: the right secret`);
+  }
+});
