@@ -2,6 +2,7 @@
 // then the events themselves, each one set-based statement inside the flush's transaction (so an
 // event is recorded exactly when its usage is). Beside the flush: the time-based sweep, retention,
 // and trimming the history.
+import type { Knex } from 'knex';
 import type { PoolClient } from 'pg';
 import { isoTimeSql, type Db } from '../shared/db';
 import { IDLE_SINCE_SQL, dormantKeySql } from '../shared/dormancy';
@@ -250,6 +251,28 @@ const SWEPT_AT = `date_trunc('milliseconds', cast(:now as timestamptz))`;
 // (a key created 3 days before its expiry crosses the 7-day mark before it exists; a collector
 // down for a week finds keys dormant since), and a poller reading `since` its last poll never saw
 // an event dated before it.
+
+// The swept events (key.dormant, key.expiring: no address in their dedupe keys) not recorded yet:
+// an anti-join on the org's dedupe keys, a left join on org_id as the dormant one's on the usage
+// tables (Citus refuses a correlated NOT EXISTS there). Without it a chunk's LIMIT would pick the
+// same recorded keys again, and listing the orgs due would list every org with a dormant key.
+const notRecorded = (select: string) => `
+select e.*
+  from (${select}) e
+  left join ${TABLE.keyEvents} r on r.org_id = e.org_id and r.dedupe_key = e.dedupe_key
+ where r.org_id is null`;
+
+// One org's chunk of them, with the id of its dedupe key as the flush's (INSERT_EVENTS). ON
+// CONFLICT still decides: a collector sweeping beside this one may have inserted the same.
+const insertSwept = (due: string) => `
+insert into ${TABLE.keyEvents} (id, org_id, key_id, type, occurred_at, details, dedupe_key)
+select ${eventIdSql('e.org_id', 'e.dedupe_key')}, e.*
+  from (${due}) e
+ order by e.key_id
+ limit :chunk
+on conflict do nothing
+returning org_id, key_id`;
+
 // Dormant by the rule of shared/dormancy.ts, with its org's threshold, and as the dormant clean-up
 // sees it: a key with uses in the usage log not folded yet, or set aside, is not dormant (the sweep
 // paged for a key in use whose last use waited for its fold). An anti-join on the keys with uses
@@ -261,18 +284,9 @@ const SWEPT_AT = `date_trunc('milliseconds', cast(:now as timestamptz))`;
 // Times in an event's details are written as the API writes every time (isoTimeSql): the jsonb of
 // a timestamptz is `2026-12-06T03:40:37+00:00`, which a receiver comparing it with the key's own
 // expiresAt as text found different.
-
-// A swept event's row (key.dormant, key.expiring: no address in their dedupe keys), with the id of
-// its dedupe key as the flush's (INSERT_EVENTS).
-const insertSwept = (select: string) => `
-insert into ${TABLE.keyEvents} (id, org_id, key_id, type, occurred_at, details, dedupe_key)
-select ${eventIdSql('e.org_id', 'e.dedupe_key')}, e.*
-  from (${select}) e
- order by e.key_id
-on conflict do nothing
-returning org_id, key_id`;
-
-const SWEEP_DORMANT = insertSwept(`
+// `orgs` narrows the keys: every org when listing those with events due, one org for its chunk.
+const dormantDue = (orgs: string) =>
+  notRecorded(`
 select k.org_id, k.id as key_id, 'key.dormant' as type,
        ${SWEPT_AT},
        jsonb_build_object('lastUsedAt', ${isoTimeSql('u.last_used_at')}, 'dormantDays', o.dormancy_days,
@@ -285,7 +299,8 @@ select k.org_id, k.id as key_id, 'key.dormant' as type,
   left join ${TABLE.usage} u on u.org_id = k.org_id and u.key_id = k.id
   left join (select org_id, key_id from ${TABLE.usageLog} union select org_id, key_id from ${TABLE.usageSetAside}) w
     on w.org_id = k.org_id and w.key_id = k.id
- where ${dormantKeySql('cast(:now as timestamptz)', `cast(:now as timestamptz) - o.dormancy_days * ${DAY}`)}
+ where ${orgs}
+   and ${dormantKeySql('cast(:now as timestamptz)', `cast(:now as timestamptz) - o.dormancy_days * ${DAY}`)}
    and ${IDLE_SINCE_SQL} + o.dormancy_days * ${DAY} >= ${RETAINED_FROM}
    and w.key_id is null`);
 
@@ -294,15 +309,25 @@ const EXPIRING_CROSSED = `greatest(k.expires_at - t.days * ${DAY}, k.created_at)
 
 // For each active key, the smallest threshold it has crossed (a key created 12 hours before its
 // expiry gets the 1-day warning only, not a late 7-day one too).
-const SWEEP_EXPIRING = insertSwept(`
+const expiringDue = (orgs: string) =>
+  notRecorded(`
 select k.org_id, k.id as key_id, 'key.expiring' as type, ${SWEPT_AT},
        jsonb_build_object('expiresAt', ${isoTimeSql('k.expires_at')}, 'daysBefore', t.days,
                           'crossedAt', ${isoTimeSql(EXPIRING_CROSSED)}),
        'key.expiring:' || k.id || ':' || t.days || 'd:' || cast(extract(epoch from k.expires_at) * 1000 as bigint) as dedupe_key
   from ${TABLE.apiKeys} k
   cross join lateral (select min(d) as days from unnest(cast(:days as int[])) as d where k.expires_at - d * ${DAY} <= :now) t
- where k.revoked_at is null and k.expires_at > :now and t.days is not null
+ where ${orgs} and k.revoked_at is null and k.expires_at > :now and t.days is not null
    and ${EXPIRING_CROSSED} >= ${RETAINED_FROM}`);
+
+const EVERY_ORG = 'true';
+const ONE_ORG = 'k.org_id = :orgId';
+
+// Reads only, so the scan of every org's keys holds no lock and writes nothing. Two statements, not
+// a UNION of the two: each is the shape its chunk's INSERT … SELECT reads.
+const ORGS_DUE = [dormantDue(EVERY_ORG), expiringDue(EVERY_ORG)].map((due) => `select distinct org_id from (${due}) d`);
+const SWEEP_DORMANT = insertSwept(dormantDue(ONE_ORG));
+const SWEEP_EXPIRING = insertSwept(expiringDue(ONE_ORG));
 
 // A key's rows in key_events go with its api_key_usage row (migrations/20261201000080): a key
 // never used has none, so the sweep writes a zero one for each key it recorded an event for, in
@@ -317,6 +342,75 @@ on conflict (org_id, key_id) do update set updated_at = ${TABLE.usage}.updated_a
 
 type SweptKey = { org_id: string; key_id: string };
 
+async function anchorTotals(trx: Knex.Transaction, swept: readonly SweptKey[]): Promise<void> {
+  const keys = [...new Map(swept.map((k) => [`${k.org_id}/${k.key_id}`, k])).values()];
+  if (keys.length > 0) await trx.raw(ANCHOR_TOTALS, [keys.map((k) => k.org_id), keys.map((k) => k.key_id)]);
+}
+
+/**
+ * At most this many keys' swept events a transaction, each of one org. Each event inserts a
+ * delivery per webhook of its org in the same transaction (the outbox trigger): an org of 20,000
+ * keys expiring together with 20 webhooks held every org's events in one 185-second sweep, which
+ * past DATABASE_REPLY_TIMEOUT_MS would roll back and repeat. A constant, not a setting yet.
+ */
+export const SWEEP_KEYS_PER_TRANSACTION = 5_000;
+
+type TimeBindings = { now: Date; days: number[]; retentionDays: number };
+type Swept = { dormant: number; expiring: number };
+
+// One org's chunk, dormant first, the expiring ones in the room left, so a transaction writes the
+// events of at most `chunk` keys.
+function sweepOrgChunk(db: Db, orgId: string, bindings: TimeBindings, chunk: number): Promise<Swept> {
+  return db.transaction(async (trx) => {
+    const dormant: SweptKey[] = (await trx.raw(SWEEP_DORMANT, { ...bindings, orgId, chunk })).rows;
+    const room = chunk - dormant.length;
+    const expiring: SweptKey[] = room > 0 ? (await trx.raw(SWEEP_EXPIRING, { ...bindings, orgId, chunk: room })).rows : [];
+    await anchorTotals(trx, [...dormant, ...expiring]);
+    return { dormant: dormant.length, expiring: expiring.length };
+  });
+}
+
+async function orgsDue(db: Db, bindings: TimeBindings): Promise<string[]> {
+  const orgs = new Set<string>();
+  for (const sql of ORGS_DUE) for (const row of (await db.raw(sql, bindings)).rows as Array<{ org_id: string }>) orgs.add(row.org_id);
+  return [...orgs].sort();
+}
+
+// The orgs with events due take turns, a chunk each a round, as the deferred networks share a
+// sweep (collector/deferredNetworks.ts), so a small org's event waits for one chunk of a big
+// org's, not for all of them. An org stays for the next round while it filled its chunk: each
+// round writes at least a chunk, so the sweep ends. A chunk a collector sweeping beside this one
+// took part of ends its org's turns here; that collector goes on, or the next sweep does.
+async function sweepKeysInTurns(db: Db, bindings: TimeBindings, chunk: number): Promise<Swept> {
+  const total: Swept = { dormant: 0, expiring: 0 };
+  let orgs = await orgsDue(db, bindings);
+  while (orgs.length > 0) {
+    const full: string[] = [];
+    for (const orgId of orgs) {
+      const swept = await sweepOrgChunk(db, orgId, bindings, chunk);
+      total.dormant += swept.dormant;
+      total.expiring += swept.expiring;
+      if (swept.dormant + swept.expiring === chunk) full.push(orgId);
+    }
+    orgs = full;
+  }
+  return total;
+}
+
+// Bounded on their own: DEFERRED_PER_SWEEP networks, at most EVENTS_MAX_PER_ORG_HOUR of an org.
+function sweepDeferred(db: Db, now: Date, newIpPerKeyHour: number, maxPerOrgHour: number | undefined): Promise<number> {
+  return db.transaction(async (trx) => {
+    const deferred = await planDeferred(trx, now, newIpPerKeyHour, maxPerOrgHour);
+    // Before the deferred networks' rows, the keys postponed too: a flush locks a key's totals row,
+    // then its history rows (in key and network order, the postponement in due order).
+    await anchorTotals(
+      trx,
+      [...deferred.raise, ...deferred.postpone].map((k) => ({ org_id: k.orgId, key_id: k.keyId })),
+    );
+    return raiseDeferred(trx, deferred, now, newIpPerKeyHour);
+  });
+}
+
 /** The time-based events, and key.new_ip events the hourly limit deferred; returns how many were new. */
 export async function sweepTimeEvents(
   db: Db,
@@ -326,20 +420,11 @@ export async function sweepTimeEvents(
     retentionDays,
     newIpPerKeyHour,
     maxPerOrgHour,
-  }: { expiringDays: readonly number[]; retentionDays: number; newIpPerKeyHour: number; maxPerOrgHour?: number },
+    keysPerTransaction = SWEEP_KEYS_PER_TRANSACTION,
+  }: { expiringDays: readonly number[]; retentionDays: number; newIpPerKeyHour: number; maxPerOrgHour?: number; keysPerTransaction?: number },
 ): Promise<{ dormant: number; expiring: number; newIp: number }> {
-  return db.transaction(async (trx) => {
-    const dormant: SweptKey[] = (await trx.raw(SWEEP_DORMANT, { now, retentionDays })).rows;
-    const expiring: SweptKey[] = (await trx.raw(SWEEP_EXPIRING, { now, days: [...expiringDays], retentionDays })).rows;
-    const deferred = await planDeferred(trx, now, newIpPerKeyHour, maxPerOrgHour);
-    const networks = [...deferred.raise, ...deferred.postpone].map((k) => ({ org_id: k.orgId, key_id: k.keyId }));
-    const keys = [...new Map([...dormant, ...expiring, ...networks].map((k) => [`${k.org_id}/${k.key_id}`, k])).values()];
-    // Before the deferred networks' rows, the keys postponed too: a flush locks a key's totals row,
-    // then its history rows (in key and network order, the postponement in due order).
-    if (keys.length > 0) await trx.raw(ANCHOR_TOTALS, [keys.map((k) => k.org_id), keys.map((k) => k.key_id)]);
-    const newIp = await raiseDeferred(trx, deferred, now, newIpPerKeyHour);
-    return { dormant: dormant.length, expiring: expiring.length, newIp };
-  });
+  const swept = await sweepKeysInTurns(db, { now, days: [...expiringDays], retentionDays }, keysPerTransaction);
+  return { ...swept, newIp: await sweepDeferred(db, now, newIpPerKeyHour, maxPerOrgHour) };
 }
 
 // Events, and the webhook deliveries made of them once they are done (a delivery still pending
