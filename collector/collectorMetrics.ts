@@ -9,6 +9,7 @@ import type { IngestCounters, ReplayCacheState } from './packetHandler';
 import type { Receiver } from './receiver';
 import type { Relay } from './relay';
 import type { Upkeep } from './upkeep';
+import { BACKLOG_COUNT_CAP } from './webhookStore';
 
 // What the collector's /metrics reports, read from the stages' own counters at scrape time.
 
@@ -169,6 +170,16 @@ export function collectorSamples(parts: CollectorParts): MetricSample[] {
       webhooks.secretsUnopened,
     ),
     counter('webhook_lookups_busy_total', "Webhook deliveries put back unsent, no attempt used: other orgs' lookups held every slot", webhooks.lookupsBusy),
+    gauge(
+      'webhook_pending_deliveries',
+      `Webhook deliveries pending in the outbox, every collector's, counted up to ${BACKLOG_COUNT_CAP} (read at most every 15 s)`,
+      webhooks.pendingDeliveries,
+    ),
+    gauge(
+      'webhook_oldest_due_age_seconds',
+      'How long the webhook delivery due the longest has waited for a send slot (0: none due; read at most every 15 s)',
+      webhooks.oldestDueSeconds,
+    ),
     counter('hour_move_failures_total', 'Failed moves of closed hours into the hourly buckets (retried at the next run)', upkeep.stats.failedHourMoves),
     counter('retention_failures_total', 'Failed retention runs: usage rows, events, IP addresses (retried hourly)', upkeep.stats.failedRetentions),
   ];

@@ -110,6 +110,11 @@ export interface ClaimOptions {
   inFlight?: ReadonlyMap<string, number>;
   /** Deliveries one org may have in flight at most, those claimed here included. */
   maxPerOrg?: number;
+  /**
+   * Of the `limit` free slots, those kept for orgs with nothing in flight: an org with sends in
+   * flight (or claimed here) takes another only while this many stay free.
+   */
+  reserve?: number;
   /** True once the caller stopped: no org's claim starts after that (the one under way ends). */
   stopped?: () => boolean;
   /** The previous claim's `servedUpTo`: orgs after it are offered first, then the others in turn. */
@@ -146,7 +151,10 @@ export async function claimDueDeliveries(db: Db, options: ClaimOptions): Promise
     for (const orgId of orgs) {
       if (options.stopped?.()) return claim;
       const own = taken.get(orgId) ?? 0;
-      const limit = Math.min(share - own, room(orgId) - own, options.limit - claim.deliveries.length);
+      const left = options.limit - claim.deliveries.length;
+      // An org's first send may take a reserved slot: it is what the reserve is kept for.
+      const firstSend = (inFlight.get(orgId) ?? 0) + own === 0 ? 1 : 0;
+      const limit = Math.min(share - own, room(orgId) - own, left, Math.max(firstSend, left - (options.reserve ?? 0)));
       if (limit <= 0 || drained.has(orgId)) continue;
       if (pass === 0) claim.servedUpTo = orgId;
       let rows: ClaimRow[];
@@ -167,6 +175,34 @@ export async function claimDueDeliveries(db: Db, options: ClaimOptions): Promise
     }
   }
   return claim;
+}
+
+/** The outbox's pending deliveries are counted up to this many: a count of millions is no scrape's cost. */
+export const BACKLOG_COUNT_CAP = 100_000;
+
+// The count reads the pending deliveries' index, and stops at the cap. The oldest due one is each
+// org's first in webhook_deliveries_org_due_idx, one probe per org with a webhook, as DUE_ORGS:
+// since the index leads with org_id, a plain min() would read every pending delivery.
+const PENDING_COUNT = `select count(*)::int as pending from (select 1 from ${TABLE.webhookDeliveries} where status = 'pending' limit :cap) capped`;
+const OLDEST_DUE = `
+select coalesce(extract(epoch from now() - min(due.next_attempt_at)), 0)::float8 as seconds
+  from (select org_id from ${TABLE.webhooks} group by org_id) w
+  cross join lateral (select d.next_attempt_at from ${TABLE.webhookDeliveries} d
+                       where d.org_id = w.org_id and d.status = 'pending' and d.next_attempt_at <= now()
+                       order by d.next_attempt_at
+                       limit 1) due`;
+
+export interface Backlog {
+  /** Pending deliveries, BACKLOG_COUNT_CAP at most. */
+  pendingDeliveries: number;
+  /** How long the delivery due the longest has been due, unclaimed (database time); 0 when none is. */
+  oldestDueSeconds: number;
+}
+
+export async function readBacklog(db: Db): Promise<Backlog> {
+  const count = await db.raw<{ rows: Array<{ pending: number }> }>(PENDING_COUNT, { cap: BACKLOG_COUNT_CAP });
+  const oldest = await db.raw<{ rows: Array<{ seconds: number }> }>(OLDEST_DUE);
+  return { pendingDeliveries: count.rows[0].pending, oldestDueSeconds: oldest.rows[0].seconds };
 }
 
 const toClaimedDelivery = (row: ClaimRow): ClaimedDelivery => ({

@@ -9,7 +9,7 @@ import { SIGNATURE_HEADER, signatureHeader } from '../shared/webhookSignature';
 import type { Lookup } from '../shared/webhookTarget';
 import { retryDelayMs } from './webhookRetry';
 import { postWebhook, type SendResult } from './webhookSender';
-import { claimDueDeliveries, failUnsent, recordAttempt, releaseClaim, type ClaimedDelivery } from './webhookStore';
+import { claimDueDeliveries, failUnsent, readBacklog, recordAttempt, releaseClaim, type ClaimedDelivery } from './webhookStore';
 
 // Delivers the outbox: a pool of sends, filled with due deliveries every poll interval and as
 // each send ends; each POSTs a signed payload and records the attempt with the delivery's next
@@ -17,9 +17,16 @@ import { claimDueDeliveries, failUnsent, recordAttempt, releaseClaim, type Claim
 
 // A claim's sends were awaited together, so one receiver that never answered held every org's
 // deliveries for WEBHOOK_TIMEOUT_MS per claim. A free slot is now filled as soon as it frees, and
-// one org holds half the pool at most: its silent receiver leaves the other half to other orgs.
-const POOL_SIZE = 10;
-const MAX_PER_ORG = POOL_SIZE / 2;
+// one org holds half the pool (WEBHOOK_CONCURRENCY) at most. With that cap alone, two silent orgs
+// held it all, and each slot freed at their timeouts went round to one of them again: other orgs'
+// sends went out one per WEBHOOK_TIMEOUT_MS. A quarter of the pool is kept for orgs with nothing
+// in flight: an org with sends in flight takes another only while the reserve stays free.
+function sendPool(concurrency: number) {
+  return { size: concurrency, maxPerOrg: Math.max(1, Math.floor(concurrency / 2)), reserve: Math.max(1, Math.floor(concurrency / 4)) };
+}
+
+// The backlog's gauges are read at most this often, at a poll: a scrape reads what was read last.
+const BACKLOG_READ_MS = 15_000;
 
 export interface WebhookWorkerStats {
   attempts: number;
@@ -32,6 +39,10 @@ export interface WebhookWorkerStats {
   secretsUnopened: number;
   /** Claims put back unsent, no attempt used, because other orgs' lookups held every slot. */
   lookupsBusy: number;
+  /** The outbox's pending deliveries (BACKLOG_COUNT_CAP at most), as last read. */
+  pendingDeliveries: number;
+  /** How long the delivery due the longest had been due when last read (0: none due). */
+  oldestDueSeconds: number;
 }
 
 export interface WebhookWorkerOptions {
@@ -96,7 +107,18 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   const lookups = options.lookupSlots ?? lookupSlots();
   // A claimed delivery is due again after this long: a send always ends within the timeout.
   const leaseMs = 2 * config.timeoutMs + 1000;
-  const stats: WebhookWorkerStats = { attempts: 0, failedAttempts: 0, delivered: 0, gaveUp: 0, failedPolls: 0, secretsUnopened: 0, lookupsBusy: 0 };
+  const pool = sendPool(config.concurrency);
+  const stats: WebhookWorkerStats = {
+    attempts: 0,
+    failedAttempts: 0,
+    delivered: 0,
+    gaveUp: 0,
+    failedPolls: 0,
+    secretsUnopened: 0,
+    lookupsBusy: 0,
+    pendingDeliveries: 0,
+    oldestDueSeconds: 0,
+  };
   let timer: NodeJS.Timeout | undefined;
   // Set by stop(): no claim starts after it. A worker polled without start() (tests) still claims.
   let stopping = false;
@@ -211,14 +233,15 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
 
   // Claims for the free slots until nothing more is due or the pool is full.
   async function fill(): Promise<void> {
-    for (let free = POOL_SIZE - sending.size; free > 0; free = POOL_SIZE - sending.size) {
+    for (let free = pool.size - sending.size; free > 0; free = pool.size - sending.size) {
       refill = false;
       const claimOptions = {
         leaseMs,
         limit: free,
         maxAttempts: config.maxAttempts,
         inFlight: sendingPerOrg,
-        maxPerOrg: MAX_PER_ORG,
+        maxPerOrg: pool.maxPerOrg,
+        reserve: pool.reserve,
         stopped,
         after: servedUpTo,
       };
@@ -254,9 +277,23 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     sending.add(send);
   }
 
+  let backlogReadAt: number | undefined;
+  // Before the claim, so the first poll reads the outbox as the collector found it. A failed read
+  // leaves the gauges as they were: the deliveries are not held up for it.
+  async function readBacklogNow(): Promise<void> {
+    if (backlogReadAt !== undefined && steadyNow() - backlogReadAt < BACKLOG_READ_MS) return;
+    backlogReadAt = steadyNow();
+    try {
+      Object.assign(stats, await readBacklog(db));
+    } catch (error) {
+      warn('webhook_backlog', { err: { message: (error as Error).message } }, 'reading the webhook backlog failed; its gauges keep their last values');
+    }
+  }
+
   function poll(): Promise<void> {
     refill = true;
-    filling ??= fill()
+    filling ??= readBacklogNow()
+      .then(fill)
       .catch((error) => {
         stats.failedPolls += 1;
         warn('webhook_poll', { err: { message: error.message } }, 'webhook delivery poll failed; retrying');

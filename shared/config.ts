@@ -290,6 +290,10 @@ const variables = {
   WEBHOOK_MAX_ATTEMPTS: wholeNumber(1, 12).default(8),
   WEBHOOK_RETRY_BASE_MS: wholeNumber(1, 3_600_000).default(30_000),
   WEBHOOK_POLL_INTERVAL_MS: wholeNumber(10, 60_000).default(1000),
+  // Sends one collector's webhook worker has in flight at once. Fixed at 10, two orgs whose
+  // receivers never answer held it all (half each), and every other org's deliveries went out one
+  // per WEBHOOK_TIMEOUT_MS: a deployment with more such orgs raises it.
+  WEBHOOK_CONCURRENCY: positiveInt(1000).default(10),
   // How long a delivery whose signing secret no collector can open waits for a pepper before it is
   // failed: it waited forever, and a pepper lost for good left it pending with nothing saying why.
   // Three days by default, as long as Stripe retries: a pepper restored after a weekend still delivers.
@@ -627,6 +631,7 @@ const webhooksSection = (v: Variables) => ({
   maxAttempts: v.WEBHOOK_MAX_ATTEMPTS,
   retryBaseMs: v.WEBHOOK_RETRY_BASE_MS,
   pollIntervalMs: v.WEBHOOK_POLL_INTERVAL_MS,
+  concurrency: v.WEBHOOK_CONCURRENCY,
   secretWaitMaxMs: v.WEBHOOK_SECRET_WAIT_MAX_MS,
   maxPerOrg: v.WEBHOOKS_MAX_PER_ORG,
 });

@@ -62,7 +62,16 @@ t.test('defaults', async (t) => {
   t.match(config.collector, { host: '127.0.0.1', port: 8125, flushIntervalMs: 1000, retentionDays: 90 });
   t.same(
     config.webhooks,
-    { allowPrivateTargets: false, timeoutMs: 5000, maxAttempts: 8, retryBaseMs: 30_000, pollIntervalMs: 1000, maxPerOrg: 20, secretWaitMaxMs: 259_200_000 },
+    {
+      allowPrivateTargets: false,
+      timeoutMs: 5000,
+      maxAttempts: 8,
+      retryBaseMs: 30_000,
+      pollIntervalMs: 1000,
+      concurrency: 10,
+      maxPerOrg: 20,
+      secretWaitMaxMs: 259_200_000,
+    },
     'private webhook targets refused by default',
   );
 });
@@ -75,6 +84,7 @@ t.test('webhook settings', async (t) => {
     WEBHOOK_MAX_ATTEMPTS: '3',
     WEBHOOK_RETRY_BASE_MS: '50',
     WEBHOOK_POLL_INTERVAL_MS: '20',
+    WEBHOOK_CONCURRENCY: '4',
   });
   t.same(config.webhooks, {
     allowPrivateTargets: true,
@@ -82,6 +92,7 @@ t.test('webhook settings', async (t) => {
     maxAttempts: 3,
     retryBaseMs: 50,
     pollIntervalMs: 20,
+    concurrency: 4,
     maxPerOrg: 20,
     secretWaitMaxMs: 259_200_000,
   });
