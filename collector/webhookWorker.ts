@@ -184,11 +184,11 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     }
     const waited = durationInWords(config.secretWaitMaxMs);
     const error =
-      `nothing was sent: the webhook's signing secret could not be opened with any collector's KEY_PEPPER for ${waited} ` +
-      "(the pepper that sealed it is gone); rotate the webhook's secret (POST …/rotate-secret) so its deliveries are signed again";
+      `nothing was sent: the delivery is older than ${waited} and the collector that claimed it could not open the webhook's ` +
+      "signing secret with its KEY_PEPPER settings (the pepper that sealed it is gone); rotate the webhook's secret (POST …/rotate-secret) so its deliveries are signed again";
     if (!(await failUnsent(db, delivery, new Date(failedAt), error))) return;
     stats.gaveUp += 1;
-    logger.error({ ...context, error }, `webhook delivery failed: its signing secret could not be opened for WEBHOOK_SECRET_WAIT_MAX_MS (${waited})`);
+    logger.error({ ...context, error }, `webhook delivery failed: older than WEBHOOK_SECRET_WAIT_MAX_MS (${waited}), its signing secret could not be opened`);
   }
 
   async function deliver(delivery: ClaimedDelivery): Promise<void> {
