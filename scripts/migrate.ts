@@ -1,5 +1,5 @@
 import { loadDatabaseConfig } from '../shared/config';
-import { createDb, describeDatabaseError, migrateLatest } from '../shared/db';
+import { createDb, describeDatabaseError, migrateLatest, MIGRATION_LOCK_TRIES, type LockRetry } from '../shared/db';
 import { exitWhenDone } from './lib/commandExit';
 import { answerWithoutRunning, readNoArguments } from './lib/noArguments';
 
@@ -25,8 +25,11 @@ export const USAGE = [
 
 const LOCK_NOT_AVAILABLE = '55P03';
 const lockTimeoutHint = (ms: number) =>
-  ` (a migration waited MIGRATE_LOCK_TIMEOUT_MS, ${ms} ms, for a table another session holds: a long transaction or a backup; ` +
-  'run `npm run migrate` again once it ends, or raise MIGRATE_LOCK_TIMEOUT_MS)';
+  ` (a migration waited MIGRATE_LOCK_TIMEOUT_MS, ${ms} ms, for a table another session holds, on each of its ${MIGRATION_LOCK_TRIES} tries: ` +
+  'a long transaction or a backup; run `npm run migrate` again once it ends)';
+const lockRetryLine = (ms: number, { migration, attempt, pauseMs }: LockRetry) =>
+  `${migration} waited MIGRATE_LOCK_TIMEOUT_MS, ${ms} ms, for a table another session holds; ` +
+  `try ${attempt + 1} of ${MIGRATION_LOCK_TRIES} in ${pauseMs} ms…`;
 
 /** 0 when the database is up to date; 1, with `error: …` on stderr, for any failure. */
 export async function migrate(env: NodeJS.ProcessEnv, io: MigrateIo = stdio): Promise<number> {
@@ -51,7 +54,11 @@ export async function migrate(env: NodeJS.ProcessEnv, io: MigrateIo = stdio): Pr
     idleInTransactionTimeoutMs: database.idleInTransactionTimeoutMs,
   });
   try {
-    const applied = await migrateLatest(db, undefined, (holder) => io.err(`Waiting for another migration run (${holder}) to finish…`));
+    const applied = await migrateLatest(db, undefined, {
+      onWait: (holder) => io.err(`Waiting for another migration run (${holder}) to finish…`),
+      lockTimeoutMs: migrateLockTimeoutMs,
+      onLockRetry: (retry) => io.err(lockRetryLine(migrateLockTimeoutMs, retry)),
+    });
     if (applied.length === 0) io.out('Database is already up to date.');
     else io.out(`Applied ${applied.length} migration(s):\n${applied.map((name) => `  ${name}`).join('\n')}`);
     return 0;

@@ -256,10 +256,12 @@ const variables = {
   // hanging; 0 leaves the server's own setting. Twice the longest flush measured under load
   // (docs/operations.md).
   COLLECTOR_LOCK_TIMEOUT_MS: wholeNumber(0, 3_600_000).default(120_000),
-  // lock_timeout of `npm run migrate`: a migration's ALTER TABLE waiting behind a long reader (a
-  // backup, a transaction left open) queued every query of the running API behind it, for as long
-  // as the reader held on. It fails instead, and is run again; 0 leaves the server's own setting.
-  MIGRATE_LOCK_TIMEOUT_MS: wholeNumber(0, 3_600_000).default(10_000),
+  // lock_timeout of each try of a migration in `npm run migrate`: an ALTER TABLE waiting behind a
+  // long reader (a backup, a transaction left open) holds every later query of that table, the
+  // running API's reads too, behind it for as long as it waits. A try gives up after this, and the
+  // migration is tried again after a pause (shared/db.ts, MIGRATION_LOCK_TRIES); 0 leaves the
+  // server's own setting, without retries.
+  MIGRATE_LOCK_TIMEOUT_MS: wholeNumber(0, 3_600_000).default(2_000),
   // lock_timeout of the CLI's commands: an erase-ips waiting for a key's row (a flush, a session
   // left open) held its org's audit lock meanwhile, so every key and webhook change of the org
   // failed after API_STATEMENT_TIMEOUT_MS, for up to DATABASE_REPLY_TIMEOUT_MS. It fails instead,

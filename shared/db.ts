@@ -235,6 +235,25 @@ async function takeMigrationRunLock(guard: pg.Client, onWait?: (holder: string) 
   }
 }
 
+/** A migration that gave up waiting for a lock (lock_timeout), about to be tried again. */
+export interface LockRetry {
+  migration: string;
+  /** The try that gave up, from 1. */
+  attempt: number;
+  pauseMs: number;
+}
+
+export interface MigrateOptions {
+  /** Told once, with the holder, when another run holds the lock. */
+  onWait?: (holder: string) => void;
+  /**
+   * The sessions' lock_timeout (not 0): a migration that gives up waiting for a lock is tried
+   * again, up to MIGRATION_LOCK_TRIES tries, `onLockRetry` told before each pause.
+   */
+  lockTimeoutMs?: number;
+  onLockRetry?: (retry: LockRetry) => void;
+}
+
 /**
  * Applies the pending migrations, one run at a time. knex's own lock is a row
  * (knex_migrations_lock.is_locked) that a batch with a migration outside a transaction commits
@@ -242,12 +261,10 @@ async function takeMigrationRunLock(guard: pg.Client, onWait?: (holder: string) 
  * after failed with "Migration table is already locked". So each run holds a session advisory
  * lock, which dies with its session, on a connection of its own; under it no other run can be
  * between knex's lock and its release, and a lock row still set is a dead run's, freed.
+ *
+ * `upTo`: stop once that migration (a file name) is applied, as the Citus runner's upgrade path does.
  */
-/**
- * `upTo`: stop once that migration (a file name) is applied, as the Citus runner's upgrade path
- * does. `onWait`: told once, with the holder, when another run holds the lock.
- */
-export async function migrateLatest(db: Db, upTo?: string, onWait?: (holder: string) => void): Promise<string[]> {
+export async function migrateLatest(db: Db, upTo?: string, options: MigrateOptions = {}): Promise<string[]> {
   const guard = new ClosingPgClient((db.client as { connectionSettings: pg.ClientConfig }).connectionSettings);
   // An idle client whose session ends (a server restart) emits 'error': with no listener that
   // crashed the run mid-migration. The guard idles for the whole run, so idle_session_timeout
@@ -257,9 +274,9 @@ export async function migrateLatest(db: Db, upTo?: string, onWait?: (holder: str
   await guard.connect();
   try {
     await guard.query(`do $$ begin set idle_session_timeout = 0; exception when undefined_object then null; end $$`);
-    await takeMigrationRunLock(guard, onWait);
+    await takeMigrationRunLock(guard, options.onWait);
     await db.migrate.forceFreeMigrationsLock(MIGRATION_CONFIG);
-    return await applyOneByOne(db, upTo);
+    return await applyOneByOne(db, upTo, options);
   } finally {
     await guard.end();
   }
@@ -269,13 +286,46 @@ export async function migrateLatest(db: Db, upTo?: string, onWait?: (holder: str
 // knex records each migration after it commits, so a run cut between the two left one applied but
 // not recorded, and every later run failed applying it again ("already exists"). Alone, a
 // transactional migration and its record commit together.
-async function applyOneByOne(db: Db, upTo: string | undefined): Promise<string[]> {
+async function applyOneByOne(db: Db, upTo: string | undefined, options: MigrateOptions): Promise<string[]> {
   const applied: string[] = [];
   for (;;) {
-    const [, names] = (await db.migrate.up(MIGRATION_CONFIG)) as [number, string[]];
+    const names = await applyNext(db, options);
     applied.push(...names);
     if (names.length === 0 || (upTo !== undefined && names.includes(upTo))) return applied;
   }
+}
+
+export const MIGRATION_LOCK_TRIES = 5;
+const LOCK_NOT_AVAILABLE = '55P03';
+
+// PostgreSQL queues every later lock request on a table behind a waiting ACCESS EXCLUSIVE one: an
+// ALTER TABLE waiting behind a backup's read held the running API's reads of that table as long
+// (10 s each, measured). So each try waits only lock_timeout, and the pause after it, doubling,
+// lets the queued queries run and the holder finish. A try that gave up rolled back (a migration
+// outside a transaction is written to be run again), and knex freed its lock row.
+async function applyNext(db: Db, { lockTimeoutMs, onLockRetry }: MigrateOptions): Promise<string[]> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const [, names] = (await db.migrate.up(MIGRATION_CONFIG)) as [number, string[]];
+      return names;
+    } catch (error) {
+      if ((error as { code?: unknown }).code !== LOCK_NOT_AVAILABLE || !lockTimeoutMs) throw error;
+      const migration = await firstPending(db);
+      if (attempt === MIGRATION_LOCK_TRIES) throw namedFor(migration, error as Error);
+      const pauseMs = lockTimeoutMs * 2 ** (attempt - 1);
+      onLockRetry?.({ migration, attempt, pauseMs });
+      await new Promise((resolve) => setTimeout(resolve, pauseMs));
+    }
+  }
+}
+
+// The failed statement alone did not say which migration to look at.
+const namedFor = (migration: string, error: Error) =>
+  Object.assign(new Error(`${migration}: ${error.message}`, { cause: error }), { code: LOCK_NOT_AVAILABLE });
+
+async function firstPending(db: Db): Promise<string> {
+  const [, pending] = (await db.migrate.list(MIGRATION_CONFIG)) as [unknown, string[]];
+  return MIGRATION_SOURCE.getMigrationName(pending[0]);
 }
 
 /**

@@ -35,7 +35,7 @@ t.test('defaults', async (t) => {
     idleInTransactionTimeoutMs: 60_000,
     embeddedDir: '.data/postgres',
     embeddedPort: 54329,
-    migrateLockTimeoutMs: 10_000,
+    migrateLockTimeoutMs: 2_000,
     cliLockTimeoutMs: 10_000,
   });
   t.same(config.api, {
