@@ -1,6 +1,7 @@
 // Which key events a flush raises, decided from the batch and the facts PostgreSQL returned for
 // its keys (collector/eventStore.ts gathers them and inserts the result). Pure: no clock, no I/O,
 // so every rule is tested with plain values.
+import { createHash } from 'node:crypto';
 import { BlockList, isIPv4 } from 'node:net';
 import { BASELINE_DAYS, type EventType } from '../shared/keyEvents';
 import { canonicalIpv6 } from '../shared/ipv6Canonical';
@@ -20,7 +21,7 @@ export interface KeyEvent {
 }
 
 export interface DetectionThresholds {
-  /** key.spike: uses in an hour > spikeFactor × the median of the same hour on the 7 days before… */
+  /** key.spike: uses in an hour > spikeFactor × the median of the same hour on the active days of the 7 before… */
   spikeFactor: number;
   /** …and at least this many uses. */
   spikeMinUses: number;
@@ -44,7 +45,7 @@ export interface HourFacts {
   hour: number;
   uses: number;
   failed: number;
-  /** Uses in the same hour on each of the 7 days before, 0 when none; null when not fetched (uses below spikeMinUses). */
+  /** Uses in the same hour on each of the 7 days before, 0 for a day without uses in it; null when not fetched (uses below spikeMinUses). */
   baseline: number[] | null;
 }
 
@@ -74,10 +75,20 @@ export function median(values: readonly number[]): number {
   return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
 }
 
+/**
+ * The usual uses of an hour: the median of the days among the 7 before that had uses in it, 0
+ * when none had. Idle days counted as 0 made four of them the median: after a four-day holiday a
+ * key at its usual 150 an hour spiked for four working days, and a weekly job at every run.
+ */
+export function usualUses(baseline: readonly number[]): number {
+  const active = baseline.filter((uses) => uses > 0);
+  return active.length === 0 ? 0 : median(active);
+}
+
 /** A spike needs a full baseline: a key younger than 7 days has no "usual" to exceed yet. */
 export function isSpike(hour: HourFacts, createdAt: number, t: DetectionThresholds): boolean {
   if (hour.baseline === null || createdAt > hour.hour - BASELINE_DAYS * DAY_MS) return false;
-  return hour.uses >= t.spikeMinUses && hour.uses > t.spikeFactor * median(hour.baseline);
+  return hour.uses >= t.spikeMinUses && hour.uses > t.spikeFactor * usualUses(hour.baseline);
 }
 
 /**
@@ -139,7 +150,8 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionT
   const outside = newestOutside(delta, facts.expectedNetworks, thresholds.addressesTruncated);
   if (outside.ips.length > 0) {
     const omitted = outside.omitted > 0 ? { ipsOmitted: outside.omitted } : {};
-    emit('key.outside_networks', delta.lastUsedAt, { ips: outside.ips, expectedNetworks: facts.expectedNetworks, ...omitted }, hourIso(delta.lastUsedAt));
+    const dedupe = `${hourIso(delta.lastUsedAt)}:${networksDigest(facts.expectedNetworks!)}`;
+    emit('key.outside_networks', delta.lastUsedAt, { ips: outside.ips, expectedNetworks: facts.expectedNetworks, ...omitted }, dedupe);
   }
   if (delta.lastRevokedUseAt > -Infinity) emit('key.revoked_used', delta.lastRevokedUseAt, { ip: delta.lastIp }, hourIso(delta.lastRevokedUseAt));
   if (delta.lastExpiredUseAt > -Infinity) emit('key.expired_used', delta.lastExpiredUseAt, { ip: delta.lastIp }, hourIso(delta.lastExpiredUseAt));
@@ -156,6 +168,17 @@ function afterFirstUse(networks: KeyFacts['newPrefixes'], firstUseAt: number | n
   if (firstUseAt === null) return networks;
   const spanEnd = firstUseAt + (thresholds.firstUseSpanMs ?? DEFAULT_FIRST_USE_SPAN_MS);
   return networks.filter((network) => network.firstSeen > spanEnd);
+}
+
+// key.outside_networks is raised once an hour for each expected list, not once an hour: keyed by
+// the hour alone, an operator who fixed the list (a PATCH) after the hour's first event heard of
+// no address outside the new list until the next hour. The operator's own setting, never a client
+// address, so no erased address can be found from the dedupe key or the id derived from it.
+function networksDigest(networks: readonly string[]): string {
+  return createHash('sha256')
+    .update([...networks].sort().join(','))
+    .digest('hex')
+    .slice(0, 12);
 }
 
 // A flush's key holds at most 16 addresses, but a fold's holds every address of the log rows it
@@ -241,7 +264,7 @@ function hourEvents(delta: KeyUsageDelta, facts: KeyFacts, t: DetectionThreshold
     if (inBatch === undefined) continue;
     const at = hourIso(hour.hour);
     if (provenCount(inBatch) > 0 && isSpike(hour, facts.createdAt, t)) {
-      const baselineMedian = median(hour.baseline!);
+      const baselineMedian = usualUses(hour.baseline!);
       emit('key.spike', within(hour.hour, delta.lastUsedAt), { hour: at, uses: hour.uses, baselineMedian, factor: t.spikeFactor, minUses: t.spikeMinUses }, at);
     }
     if (inBatch.bad_secret > 0 && hour.failed >= t.failedAttemptsPerHour) {

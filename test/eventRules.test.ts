@@ -245,7 +245,7 @@ t.test('key.outside_networks: at most one per key per hour, listing the addresse
   const events = detectKeyEvents(d, facts({ expectedNetworks: ['10.0.0.0/8'] }), RULES);
   t.strictSame(types(events), ['key.outside_networks']);
   t.strictSame(events[0].details, { ips: ['192.0.2.1'], expectedNetworks: ['10.0.0.0/8'] });
-  t.equal(events[0].dedupeKey, `key.outside_networks:${KEY}:${new Date(HOUR).toISOString()}`);
+  t.match(events[0].dedupeKey, new RegExp(`^key.outside_networks:${KEY}:${new Date(HOUR).toISOString()}:[0-9a-f]{12}$`), 'the hour and the expected list');
   t.strictSame(detectKeyEvents(delta([{ ip: '10.9.9.9' }]), facts({ expectedNetworks: ['10.0.0.0/8'] }), RULES), [], 'inside: nothing');
 });
 
@@ -331,4 +331,45 @@ t.test('every detail field that holds a client address is one IP erasure clears'
       t.ok((IP_DETAIL_FIELDS as readonly string[]).includes(field), `${event.type}: ${field} is erased`);
     }
   }
+});
+
+// Keyed by the hour alone, the first outside use of an hour silenced every other one, even after
+// the operator fixed the list: a use outside the new list in the same hour raised nothing (a
+// review; fails without the fix).
+t.test('key.outside_networks: once per hour for each expected list, so a PATCH re-arms it', async (t) => {
+  const outside = (expectedNetworks: string[], ip: string) => detectKeyEvents(delta([{ ip }]), facts({ expectedNetworks }), RULES);
+  const [before] = outside(['10.0.0.0/8'], '192.0.2.1');
+  const [after] = outside(['10.0.0.0/8', '192.0.2.0/24'], '198.51.100.9');
+  t.not(after.dedupeKey, before.dedupeKey, 'another list: another event in the same hour');
+  t.strictSame(after.details, { ips: ['198.51.100.9'], expectedNetworks: ['10.0.0.0/8', '192.0.2.0/24'] });
+  t.equal(outside(['192.0.2.0/24', '10.0.0.0/8'], '198.51.100.7')[0].dedupeKey, after.dedupeKey, 'the same list in another order: the same event');
+  t.equal(outside(['10.0.0.0/8'], '198.51.100.7')[0].dedupeKey, before.dedupeKey, 'the same list: once an hour still');
+  t.notMatch(after.dedupeKey, /198\.51|192\.0/, 'no address in the dedupe key');
+});
+
+// Idle days counted as 0 made the median 0 once four of the 7 were idle: every busy hour of the
+// four working days after a four-day holiday spiked, and a weekly job at every run (a review;
+// fails without the fix).
+t.test('key.spike: the baseline is the median of the days with uses in that hour', async (t) => {
+  const at = (hour: number, uses: number, baseline: number[]) => ({ hour, uses, failed: 0, baseline });
+  // 150 uses an hour on weekdays, off from Good Friday to Easter Monday 2026 (04-03..04-06).
+  const holiday = [3, 4, 5, 6].map((d) => Date.UTC(2026, 3, d));
+  const usesOn = (day: number) => ([0, 6].includes(new Date(day).getUTCDay()) || holiday.includes(day) ? 0 : 150);
+  const weekBefore = (day: number) => Array.from({ length: 7 }, (_, i) => usesOn(day - (i + 1) * DAY));
+  for (const date of [7, 8, 9, 10]) {
+    const day = Date.UTC(2026, 3, date);
+    t.equal(
+      isSpike(at(day + 10 * 3_600_000, 150, weekBefore(day)), Date.UTC(2026, 0, 5), RULES),
+      false,
+      `2026-04-${String(date).padStart(2, '0')}: its usual 150 after Easter (${weekBefore(day).join(',')})`,
+    );
+  }
+  t.equal(isSpike(at(HOUR, 500, [0, 0, 0, 0, 0, 0, 500]), OLD, RULES), false, 'a weekly job at its usual 500');
+  t.equal(isSpike(at(HOUR, 500, [0, 0, 500, 0, 500, 0, 500]), OLD, RULES), false, 'a Monday, Wednesday and Friday job');
+  t.equal(isSpike(at(HOUR, 100, [0, 0, 0, 0, 0, 0, 0]), OLD, RULES), true, 'a new load on a key idle all week: ≥ the minimum spikes');
+  t.equal(isSpike(at(HOUR, 99, [0, 0, 0, 0, 0, 0, 0]), OLD, RULES), false, 'below the minimum it does not');
+  const d = delta([{ count: 1_500, at: HOUR + 5000 }]);
+  const events = detectKeyEvents(d, facts({ requestCount: 100_000, hours: [at(HOUR, 1_500, [150, 0, 0, 0, 0, 150, 140])] }), RULES);
+  t.strictSame(types(events), ['key.spike'], 'a real spike over the active days still fires');
+  t.equal(events[0].details.baselineMedian, 150, 'the median of the active days');
 });

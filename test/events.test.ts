@@ -769,3 +769,33 @@ t.test('retention deletes old events only', async (t: Test) => {
     'finished deliveries, with the IPs their payloads copy, go with the events; a pending one stays (fails without the fix)',
   );
 });
+
+// The hour's first key.outside_networks silenced every other one of the hour, even after the
+// operator fixed the list: a use outside the new list 25 minutes later raised nothing until the
+// next hour (a review; fails without the fix). The collector's clock stands still, so every use is
+// in one hour.
+t.test('a PATCH of the expected networks re-arms key.outside_networks within the hour', async (t) => {
+  const clock = Date.now();
+  const system = await wiredSystem(t, { COLLECTOR_FLUSH_INTERVAL_MS: '600000' }, { now: () => clock });
+  const key = await createKey(system, 'moved office', { expectedNetworks: ['10.0.0.0/8'] });
+  await whoami(system, key.key, 2);
+  await settle(system);
+  const patched = await system.api.request('PATCH', `/api/orgs/${system.org.id}/api-keys/${key.id}`, {
+    key: system.adminKey,
+    body: { expectedNetworks: ['127.0.0.0/24'] },
+  });
+  t.equal(patched.status, 200);
+  await whoami(system, key.key, 2);
+  await whoami(system, key.key, 2, SECOND_NETWORK);
+  await settle(system);
+  const outside = (await eventsOf(system.db, key.id)).filter((e) => e.type === 'key.outside_networks');
+  t.strictSame(
+    outside.map((e) => e.details),
+    [
+      { ips: ['127.0.0.1'], expectedNetworks: ['10.0.0.0/8'] },
+      { ips: [SECOND_NETWORK], expectedNetworks: ['127.0.0.0/24'] },
+    ],
+    'the use outside the fixed list is named, in the same hour',
+  );
+  t.equal(new Set(outside.map((e) => Math.floor(e.occurred_at.getTime() / HOUR))).size, 1, 'one clock hour');
+});
