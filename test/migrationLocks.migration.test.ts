@@ -7,18 +7,43 @@ import { freshDatabase, migrateDownTo } from './helpers/database';
 // commits on its own). A migration that locked api_keys before a long scan held the lock until its
 // commit: ACCESS EXCLUSIVE (ALTER TABLE, or dropping a foreign key that references it) stopped every
 // key read, so no request authenticated; SHARE ROW EXCLUSIVE (creating a foreign key that
-// references it) stopped every key create, rotation and revocation. Here the scan is made to wait
-// on a table another session holds, and a key lookup and a revocation must still be answered.
-const cases = [
-  { migration: '20261201000010_events.ts', before: '20261201000002_key_events.ts', scanned: 'api_key_recent_ips' },
-  { migration: '20261201000080_key_rows_cascade_from_totals.ts', before: '20261201000070_usage_windows_index_only.ts', scanned: 'api_key_recent_ips' },
+// references it) stopped every key create, rotation and revocation. 20261206000190's ADD COLUMN
+// held webhooks through its scan of the audit log the same way: no webhook could be read, and the
+// outbox trigger reads them for every key event. Here the scan is made to wait on a table another
+// session holds, and the previous version's statements must still be answered.
+
+/** A statement of the previous version, and the rows it answers when not held behind the migration. */
+type Probe = { what: string; sql: string; bindings: readonly string[]; rows: number };
+
+async function keyProbes(db: Db): Promise<Probe[]> {
+  const keyId = await insertKey(db);
+  return [
+    { what: 'the key lookup was answered', sql: 'select count(*) from api_keys', bindings: [], rows: 1 },
+    { what: "the key's revocation went through", sql: 'update api_keys set revoked_at = now() where id = ?', bindings: [keyId], rows: 1 },
+  ];
+}
+
+const webhookProbes = async (): Promise<Probe[]> => [
+  { what: 'a webhook read was answered', sql: 'select count(*) from webhooks', bindings: [], rows: 1 },
+  { what: 'a read locking webhooks as the outbox trigger does was answered', sql: 'select id from webhooks for key share', bindings: [], rows: 0 },
 ];
 
-for (const { migration, before, scanned } of cases) {
-  t.test(`${migration}: keys can be read and revoked while its scan of ${scanned} waits`, async (t) => {
+const cases = [
+  { migration: '20261201000010_events.ts', before: '20261201000002_key_events.ts', scanned: 'api_key_recent_ips', probes: keyProbes },
+  {
+    migration: '20261201000080_key_rows_cascade_from_totals.ts',
+    before: '20261201000070_usage_windows_index_only.ts',
+    scanned: 'api_key_recent_ips',
+    probes: keyProbes,
+  },
+  { migration: '20261206000190_webhook_creator.ts', before: '20261205000180_outbox_trigger_locks_webhooks.ts', scanned: 'audit_log', probes: webhookProbes },
+];
+
+for (const { migration, before, scanned, probes } of cases) {
+  t.test(`${migration}: the previous version is answered while its scan of ${scanned} waits`, async (t) => {
     const { db, url } = await freshDatabase(t, { poolMax: 4 });
     await migrateDownTo(db, before);
-    const keyId = await insertKey(db);
+    const statements = await probes(db);
     const others = createDb(url, { poolMax: 2 });
     t.teardown(() => others.destroy());
     const held = await others.transaction();
@@ -30,12 +55,11 @@ for (const { migration, before, scanned } of cases) {
       10_000,
       20,
     );
-    const read = await rowsWithoutWaiting(others, 'select count(*) from api_keys');
-    const revoked = await rowsWithoutWaiting(others, 'update api_keys set revoked_at = now() where id = ?', [keyId]);
+    const answers: Array<number | Error> = [];
+    for (const { sql, bindings } of statements) answers.push(await rowsWithoutWaiting(others, sql, bindings));
     await held.rollback();
     await migrating;
-    t.equal(read, 1, 'the key lookup was answered, not held behind the migration');
-    t.equal(revoked, 1, "the key's revocation went through, not held behind the migration");
+    statements.forEach(({ what, rows }, i) => t.equal(answers[i], rows, `${what}, not held behind the migration`));
   });
 }
 
