@@ -1,4 +1,3 @@
-import crypto from 'node:crypto';
 import dgram from 'node:dgram';
 import t from 'tap';
 import { signingSink } from '../api/usage/signingSink';
@@ -12,6 +11,7 @@ import { seedOrg, startTestApi } from './helpers/api';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
 import { waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
+import { withTimingSafeEqualSpy } from './helpers/timingSafeEqualSpy';
 
 const SECRET = 'a-shared-usage-signing-secret-of-32+chars';
 const PREVIOUS = 'the-previous-usage-signing-secret-32+chars';
@@ -72,16 +72,7 @@ t.test('a known-answer vector: a fixed secret, time and nonce give a fixed signa
 // An early exit on the first match, or a plain comparison, would let the time a check takes say
 // how much of a forged MAC was right, or which secret matched.
 t.test('verification compares with timingSafeEqual, against every secret', async (t) => {
-  const compared: Array<[Buffer, Buffer]> = [];
-  const spied = t.mockRequire<typeof import('../shared/datagramSignature')>('../shared/datagramSignature', {
-    'node:crypto': {
-      ...crypto,
-      timingSafeEqual: (a: Buffer, b: Buffer) => {
-        compared.push([a, b]);
-        return crypto.timingSafeEqual(a, b);
-      },
-    },
-  });
+  const { module: spied, compared } = withTimingSafeEqualSpy<typeof import('../shared/datagramSignature')>(t, '../shared/datagramSignature');
   const now = 1_800_000_000_000;
   const verify = spied.datagramVerifier({ secrets: [SECRET, PREVIOUS], windowMs: 30_000, maxRemembered: 10, now: () => now });
   t.same(verify(spied.signDatagram(BODY, SECRET, now)), { ok: true, body: BODY }, 'signed with the first secret');

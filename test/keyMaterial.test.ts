@@ -14,6 +14,7 @@ import {
   parsePresentedKey,
   secretMatches,
 } from '../api/keys/keyMaterial';
+import { withTimingSafeEqualSpy } from './helpers/timingSafeEqualSpy';
 
 const BASE62 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
 const PEPPER = 'a-test-pepper-that-is-at-least-32-characters';
@@ -185,16 +186,7 @@ t.test('secretMatches', async (t) => {
 });
 
 t.test('secretMatches compares with timingSafeEqual on equal-length buffers only', async (t) => {
-  const calls: Array<[Buffer, Buffer]> = [];
-  const spied = t.mockRequire<typeof import('../api/keys/keyMaterial')>('../api/keys/keyMaterial', {
-    'node:crypto': {
-      ...crypto,
-      timingSafeEqual: (a: Buffer, b: Buffer) => {
-        calls.push([a, b]);
-        return crypto.timingSafeEqual(a, b);
-      },
-    },
-  });
+  const { module: spied, compared: calls } = withTimingSafeEqualSpy<typeof import('../api/keys/keyMaterial')>(t, '../api/keys/keyMaterial');
   const stored = hashSecret(SECRET, PEPPER);
 
   t.equal(spied.secretMatches(SECRET, stored, PEPPER), true);
