@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { createIndexConcurrently } from './20261203000120_api_keys_created_at_index';
+import { createIndexConcurrently, withoutLockTimeout } from './20261203000120_api_keys_created_at_index';
 
 // The webhook worker finds the orgs with due deliveries, then claims each org's oldest
 // (collector/webhookStore.ts). Both read webhook_deliveries_due_idx (next_attempt_at) before: the
@@ -21,10 +21,10 @@ export const DUE_ALONE = { name: 'webhook_deliveries_due_idx', on: `webhook_deli
 
 export async function up(knex: Knex): Promise<void> {
   await createIndexConcurrently(knex, DUE_PER_ORG.name, DUE_PER_ORG.on);
-  await knex.raw('drop index concurrently if exists ??', [DUE_ALONE.name]);
+  await withoutLockTimeout(knex, [knex.raw('drop index concurrently if exists ??', [DUE_ALONE.name]).toQuery()]);
 }
 
 export async function down(knex: Knex): Promise<void> {
   await createIndexConcurrently(knex, DUE_ALONE.name, DUE_ALONE.on);
-  await knex.raw('drop index concurrently if exists ??', [DUE_PER_ORG.name]);
+  await withoutLockTimeout(knex, [knex.raw('drop index concurrently if exists ??', [DUE_PER_ORG.name]).toQuery()]);
 }

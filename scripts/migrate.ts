@@ -24,8 +24,11 @@ export const USAGE = [
 ].join('\n');
 
 const LOCK_NOT_AVAILABLE = '55P03';
+// With MIGRATE_LOCK_TIMEOUT_MS 0 the wait was the server's own lock_timeout, and there was one try.
 const lockTimeoutHint = (ms: number) =>
-  ` (a migration waited MIGRATE_LOCK_TIMEOUT_MS, ${ms} ms, for a table another session holds, on each of its ${MIGRATION_LOCK_TRIES} tries: ` +
+  (ms > 0
+    ? ` (a migration waited MIGRATE_LOCK_TIMEOUT_MS, ${ms} ms, for a table another session holds, on each of its ${MIGRATION_LOCK_TRIES} tries: `
+    : " (a migration waited the server's lock_timeout for a table another session holds: ") +
   'a long transaction or a backup; run `npm run migrate` again once it ends)';
 const lockRetryLine = (ms: number, { migration, attempt, pauseMs }: LockRetry) =>
   `${migration} waited MIGRATE_LOCK_TIMEOUT_MS, ${ms} ms, for a table another session holds; ` +

@@ -465,9 +465,10 @@ function receiverProblems(v: Variables): string[] {
   ];
 }
 
-// key.spike compares an hour with the same hour on each of the BASELINE_DAYS days before it, and
-// reads an hour the usage retention already deleted as 0 uses: with 3 days kept, a key at a steady
-// 150 uses an hour had the baseline [0,0,0,0,150,150,150], median 0, and spiked every hour. A use
+// key.spike compares an hour with the median of the same hour on the days with uses among the
+// BASELINE_DAYS days before it, and reads an hour the usage retention already deleted as an idle
+// day: with 3 days kept, a key whose one day of use was a burst had that burst as its baseline, and
+// a key used for the first time in the kept days, none. A use
 // timestamped COLLECTOR_TIMESTAMP_WINDOW_SECONDS ago counts in an hour that much (and up to an hour
 // more) older, whose baseline reaches that much further back.
 function spikeBaselineProblems(v: Variables): string[] {
@@ -475,7 +476,7 @@ function spikeBaselineProblems(v: Variables): string[] {
   const needed = BASELINE_DAYS + lateDays;
   if (!v.EVENTS_ENABLED || v.USAGE_RETENTION_DAYS >= needed) return [];
   return [
-    `USAGE_RETENTION_DAYS: must be at least ${needed} while EVENTS_ENABLED is true (key.spike compares an hour with the same hour on each of the ${BASELINE_DAYS} days before it, and an hour deleted sooner would count as 0 uses: every busy key would spike)`,
+    `USAGE_RETENTION_DAYS: must be at least ${needed} while EVENTS_ENABLED is true (key.spike compares an hour with the same hour on each of the ${BASELINE_DAYS} days before it, and an hour deleted sooner would count as an idle day, leaving fewer days, or none, to take the median of)`,
   ];
 }
 

@@ -722,17 +722,18 @@ t.test('npm run migrate: a migration waiting on a table in use fails after MIGRA
   t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url }, captured().io), 0);
   const db = createDb(url, { poolMax: 2 });
   t.teardown(() => db.destroy());
-  // 20261203000120 builds api_keys_created_at_idx concurrently, which waits for writers.
-  await migrateDownTo(db, '20261202000110_usage_log.ts');
+  // 20261207000200 alters webhooks, which waits for its readers. (A concurrent index build waits
+  // without MIGRATE_LOCK_TIMEOUT_MS: migrateLockRetry.test.ts.)
+  await migrateDownTo(db, '20261206000190_webhook_creator.ts');
   const writer = await db.transaction();
-  await writer.raw('lock table api_keys in row exclusive mode');
+  await writer.raw('lock table webhooks in access share mode');
   const held = captured();
   t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url, MIGRATE_LOCK_TIMEOUT_MS: '200' }, held.io), 1);
   t.match(held.err.join('\n'), /^error: migration failed: .*\(a migration waited MIGRATE_LOCK_TIMEOUT_MS, 200 ms, for a table another session holds/m);
   await writer.rollback();
   const freed = captured();
   t.equal(await migrate({ NODE_ENV: 'test', DATABASE_URL: url }, freed.io), 0, freed.err.join('\n'));
-  t.match(freed.out.join('\n'), /^Applied \d+ migration\(s\):\n {2}20261203000120_api_keys_created_at_index.ts\n/);
+  t.match(freed.out.join('\n'), /^Applied \d+ migration\(s\):\n {2}20261207000200_webhook_secret_rotation.ts/);
 });
 
 t.test('two migration runs at once: one applies, the other waits, saying so, and finds nothing to do', async (t) => {

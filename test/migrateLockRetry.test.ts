@@ -1,6 +1,8 @@
 import t, { type Test } from 'tap';
 import { migrate } from '../scripts/migrate';
 import { createDb, MIGRATION_LOCK_TRIES, type Db } from '../shared/db';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { waitFor } from '../harness/wait';
 import { freshDatabase, migrateDownTo } from './helpers/database';
 
 // A migration's ALTER TABLE waiting behind a backup's read (ACCESS SHARE) holds every later query
@@ -63,4 +65,49 @@ t.test('npm run migrate: a table held throughout fails the run after MIGRATE_LOC
     ),
   );
   t.notOk(await db.schema.hasColumn('webhooks', 'previous_secret_box'), 'nothing applied');
+});
+
+// A concurrent index build waits, at its end, for every transaction older than it, on any table: with
+// each try's short lock_timeout, a collector's flush longer than it failed every try of 120 and 160,
+// each after building the whole index. The build waits on no timeout instead; it holds no reader or
+// writer behind it.
+t.test('npm run migrate: a concurrent index build waits out an older transaction on another table, however many tries that would take', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  await migrateDownTo(db, '20261202000110_usage_log.ts');
+  await db.raw('create table unrelated (x int)');
+  const writer = createDb(url, { poolMax: 1 });
+  t.teardown(() => writer.destroy());
+  const held = await writer.transaction();
+  // A snapshot held open (a report, a backup's pg_dump) is what the build waits out.
+  await held.raw('set transaction isolation level repeatable read');
+  await held.raw('select count(*) from unrelated');
+  const err: string[] = [];
+  const migrating = migrate({ ...ENV, DATABASE_URL: url }, { out: () => {}, err: (line: string) => err.push(line) });
+  await waitFor(
+    'the build to wait for the older transaction',
+    async () =>
+      (
+        await db.raw(
+          `select 1 from pg_stat_activity where wait_event_type = 'Lock' and query ilike 'create index concurrently%' and datname = current_database()`,
+        )
+      ).rows[0],
+  );
+  // Longer than every try's wait and pause together (100 ms a try, pauses doubling from 100 ms).
+  await sleep(100 * (2 ** MIGRATION_LOCK_TRIES + MIGRATION_LOCK_TRIES));
+  await held.rollback();
+  t.equal(await migrating, 0, err.join('\n'));
+  t.same(err, [], 'no try gave up');
+  const { rows } = await db.raw(`select indisvalid from pg_index where indexrelid = to_regclass('api_keys_created_at_idx')`);
+  t.same(rows, [{ indisvalid: true }], 'the index is built, and valid');
+});
+
+t.test("npm run migrate: with MIGRATE_LOCK_TIMEOUT_MS 0 the server's lock_timeout ends the one try, and the error says so", async (t) => {
+  const { url, db, release } = await webhooksHeld(t);
+  t.teardown(release);
+  await db.raw("alter database ?? set lock_timeout = '100ms'", [(await db.raw('select current_database() as name')).rows[0].name]);
+  const err: string[] = [];
+  t.equal(await migrate({ ...ENV, MIGRATE_LOCK_TIMEOUT_MS: '0', DATABASE_URL: url }, { out: () => {}, err: (line: string) => err.push(line) }), 1);
+  t.equal(err.length, 1, 'no retry');
+  t.match(err[0], /lock timeout \(a migration waited the server's lock_timeout for a table another session holds: /);
+  t.notMatch(err[0], /MIGRATE_LOCK_TIMEOUT_MS|tries/, 'no tries or setting that did not take part');
 });
