@@ -37,6 +37,12 @@ export interface KeyUsageDelta {
   /** The right secret presented for a revoked (expired) key: its holder still uses it. -Infinity when not. */
   lastRevokedUseAt: number;
   lastExpiredUseAt: number;
+  /**
+   * The newest proven use of the key's previous secret (a rotation's grace period, a line tagged
+   * `secret:previous`) and its address: -Infinity and '' when none. A wrong secret never sets it.
+   */
+  lastPreviousSecretAt: number;
+  lastPreviousSecretIp: string;
   hours: Map<number, HourCounts>;
   /**
    * The key list's generation that listed the key when the aggregator took it (KeyList.generation);
@@ -148,7 +154,7 @@ export class Aggregator {
       this.#overflowUses += sample.count;
       return false;
     }
-    entry.add(now, hour, sample.ip, sample.outcome, sample.count, this.#maxIpsPerKey);
+    entry.add(now, hour, sample.ip, sample.outcome, sample.count, this.#maxIpsPerKey, sample.previousSecret === true);
     this.#uses += sample.count;
     return true;
   }
@@ -393,6 +399,11 @@ function mergeInto(into: KeyUsageDelta, from: KeyUsageDelta): void {
     into.lastFailedAt = from.lastFailedAt;
     into.lastFailedIp = from.lastFailedIp;
   }
+  // A max-merge as the others: the latest time wins, its address with it, whatever the order.
+  if (from.lastPreviousSecretAt >= into.lastPreviousSecretAt && from.lastPreviousSecretAt !== -Infinity) {
+    into.lastPreviousSecretAt = from.lastPreviousSecretAt;
+    into.lastPreviousSecretIp = from.lastPreviousSecretIp;
+  }
   into.lastRevokedUseAt = Math.max(into.lastRevokedUseAt, from.lastRevokedUseAt);
   into.lastExpiredUseAt = Math.max(into.lastExpiredUseAt, from.lastExpiredUseAt);
   mergeIps(into.ips, from.ips);
@@ -460,6 +471,8 @@ export function emptyDelta(
     failedIps,
     lastRevokedUseAt: -Infinity,
     lastExpiredUseAt: -Infinity,
+    lastPreviousSecretAt: -Infinity,
+    lastPreviousSecretIp: '',
     hours,
   };
 }

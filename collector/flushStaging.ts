@@ -19,7 +19,8 @@ const counts = OUTCOMES.map((outcome) => `${outcome}_count bigint`).join(', ');
 // formatted timestamp per value cost the client more than the rest of the row.
 const STAGING_TABLES = {
   flush_keys: `org_id uuid, key_id uuid, request_count bigint, ${counts}, last_used_ms float8, last_ip text,
-               last_failed_ms float8, last_failed_ip text, last_revoked_use_ms float8, last_expired_use_ms float8`,
+               last_failed_ms float8, last_failed_ip text, last_revoked_use_ms float8, last_expired_use_ms float8,
+               previous_secret_ms float8, previous_secret_ip text`,
   flush_hours: `org_id uuid, key_id uuid, hour_ms float8, request_count bigint, ${counts}`,
   flush_ips: `proven boolean, org_id uuid, key_id uuid, ip text, first_seen_ms float8, last_seen_ms float8, n bigint`,
   flush_events: `org_id uuid, key_id uuid, type text, occurred_ms float8, details jsonb, dedupe_key text`,

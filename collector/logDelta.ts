@@ -8,7 +8,10 @@ import { forEachHour, forEachIp, hourCount, ipCount } from './pendingKey';
 // A delta as one flat JSON array, in this order: total; the count of each outcome (OUTCOMES'
 // order); last used (time, address), last failed (time, address), last revoked use, last expired
 // use; then the hours (their number, then each hour and its counts), the proven addresses and the
-// failed ones (each: their number, then address, count, first seen, last seen). Times are epoch
+// failed ones (each: their number, then address, count, first seen, last seen); then, only when the
+// delta holds a use of the key's previous secret, its time and address (a row without them is
+// what a collector before them wrote and reads: a rolling deploy sets aside only the rows of
+// previous secrets, never the rest; shared/usageLogDelta.ts erases that address). Times are epoch
 // ms; -Infinity ("no such use") is null, as JSON.stringify writes it. Flat, not nested: a nested
 // array per hour and address cost the 100 k-key append about 40 % more CPU to build. Written as
 // the bytes of the append's COPY (collector/copyBytes.ts).
@@ -54,6 +57,11 @@ function writeDelta(out: CopyBytes, k: KeyUsageDelta): void {
   });
   writeIps(out, k, true);
   writeIps(out, k, false);
+  if (k.lastPreviousSecretAt !== -Infinity) {
+    writeNumbers(out, k.lastPreviousSecretAt);
+    out.byte(COMMA);
+    out.jsonString(k.lastPreviousSecretIp);
+  }
   out.byte(CLOSE);
 }
 
@@ -108,6 +116,9 @@ class DeltaReader {
     for (let n = this.number(); n > 0; n -= 1) ips.set(this.text(), { count: this.number(), firstSeen: this.number(), lastSeen: this.number() });
     return ips;
   }
+  atEnd(): boolean {
+    return this.at === this.fields.length;
+  }
   end(): void {
     if (this.at !== this.fields.length) throw new Error('not a usage log delta');
   }
@@ -125,6 +136,8 @@ export function decodeDelta(keyId: string, orgId: string, text: string): KeyUsag
   for (let n = r.number(); n > 0; n -= 1) hours.set(r.number(), r.counts());
   const ips = r.ips();
   const failedIps = r.ips();
+  // Written only when there was such a use (writeDelta).
+  const [lastPreviousSecretAt, lastPreviousSecretIp] = r.atEnd() ? [-Infinity, ''] : [r.time(), r.text()];
   r.end();
   return {
     ...emptyDelta(keyId, orgId, ips, failedIps, hours),
@@ -136,5 +149,7 @@ export function decodeDelta(keyId: string, orgId: string, text: string): KeyUsag
     lastFailedIp,
     lastRevokedUseAt,
     lastExpiredUseAt,
+    lastPreviousSecretAt,
+    lastPreviousSecretIp,
   };
 }

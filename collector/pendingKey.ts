@@ -22,11 +22,12 @@ export class TimeBase {
   constructor(readonly at: number) {}
 }
 
-// Which of a key's four last-seen times are set (none: -Infinity).
+// Which of a key's five last-seen times are set (none: -Infinity).
 const USED = 1;
 const FAILED = 2;
 const REVOKED = 4;
 const EXPIRED = 8;
+const PREVIOUS_SECRET = 16;
 
 export class PendingKey implements KeyUsageDelta {
   readonly keyId: string;
@@ -38,12 +39,14 @@ export class PendingKey implements KeyUsageDelta {
   total = 0;
   lastIp = '';
   lastFailedIp = '';
+  lastPreviousSecretIp = '';
   readonly #base: TimeBase;
   #seen = 0;
   #lastUsed = 0;
   #lastFailed = 0;
   #lastRevokedUse = 0;
   #lastExpiredUse = 0;
+  #lastPreviousSecret = 0;
   // The hour of the last line (from the base) and its counts; every hour in a Map once a second
   // one comes. While all lines were of one hour, that hour's counts are the key's byOutcome:
   // nothing to count twice or allocate for most keys.
@@ -84,7 +87,8 @@ export class PendingKey implements KeyUsageDelta {
     this.#hour = hour - base.at;
   }
 
-  add(now: number, hour: number, ip: string, outcome: Outcome, count: number, maxIps: number): void {
+  /** `previousSecret`: the line was tagged as a use of the key's previous secret. */
+  add(now: number, hour: number, ip: string, outcome: Outcome, count: number, maxIps: number, previousSecret = false): void {
     const at = now - this.#base.at;
     if (hour - this.#base.at !== this.#hour) addTo(this.#countsOf(hour), outcome, count);
     else if (this.#hourCounts !== undefined) addTo(this.#hourCounts, outcome, count);
@@ -98,6 +102,10 @@ export class PendingKey implements KeyUsageDelta {
       this.#touchProvenIp(ip, count, at, maxIps);
       if (outcome === 'revoked' && this.#isLatest(REVOKED, this.#lastRevokedUse, at)) this.#lastRevokedUse = at;
       else if (outcome === 'expired' && this.#isLatest(EXPIRED, this.#lastExpiredUse, at)) this.#lastExpiredUse = at;
+      if (previousSecret && this.#isLatest(PREVIOUS_SECRET, this.#lastPreviousSecret, at)) {
+        this.#lastPreviousSecret = at;
+        this.lastPreviousSecretIp = ip;
+      }
     } else {
       if (this.#isLatest(FAILED, this.#lastFailed, at)) {
         this.#lastFailed = at;
@@ -152,6 +160,13 @@ export class PendingKey implements KeyUsageDelta {
   }
   set lastExpiredUseAt(time: number) {
     this.#lastExpiredUse = this.#offsetOf(EXPIRED, time);
+  }
+
+  get lastPreviousSecretAt(): number {
+    return this.#timeOf(PREVIOUS_SECRET, this.#lastPreviousSecret);
+  }
+  set lastPreviousSecretAt(time: number) {
+    this.#lastPreviousSecret = this.#offsetOf(PREVIOUS_SECRET, time);
   }
 
   // Read only once drained (the aggregator hands a key out only then, and adds nothing after):

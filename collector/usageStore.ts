@@ -145,9 +145,11 @@ export async function existingKeys(connection: PoolClient, keys: KeyUsageDelta[]
 // one shard that holds its org (docs/scaling.md).
 const UPSERT_TOTALS = `
 insert into ${TABLE.usage} (key_id, org_id, request_count, ${outcomeColumns.join(', ')}, last_used_at, last_used_ip,
-                           last_failed_at, last_failed_ip, last_revoked_use_at, last_expired_use_at, updated_at)
+                           last_failed_at, last_failed_ip, last_revoked_use_at, last_expired_use_at,
+                           previous_secret_last_used_at, previous_secret_last_used_ip, updated_at)
 select u.key_id, u.org_id, u.request_count, ${outcomeColumns.map((c) => `u.${c}`).join(', ')}, ${msToTime('u.last_used_ms')}, u.last_ip,
-       ${msToTime('u.last_failed_ms')}, u.last_failed_ip, ${msToTime('u.last_revoked_use_ms')}, ${msToTime('u.last_expired_use_ms')}, now()
+       ${msToTime('u.last_failed_ms')}, u.last_failed_ip, ${msToTime('u.last_revoked_use_ms')}, ${msToTime('u.last_expired_use_ms')},
+       ${msToTime('u.previous_secret_ms')}, u.previous_secret_ip, now()
   from flush_keys u
  order by u.key_id, u.org_id
 on conflict (org_id, key_id) do update set
@@ -158,6 +160,8 @@ on conflict (org_id, key_id) do update set
   ${latest(TABLE.usage, 'last_failed_at')},
   ${latest(TABLE.usage, 'last_revoked_use_at')},
   ${latest(TABLE.usage, 'last_expired_use_at')},
+  ${newerIp(TABLE.usage, 'previous_secret_last_used_ip', 'previous_secret_last_used_at')},
+  ${latest(TABLE.usage, 'previous_secret_last_used_at')},
   updated_at = excluded.updated_at`;
 
 // request_count of an hour counts proven uses; the outcome columns count every outcome. Into the
@@ -227,7 +231,17 @@ function writeKeyLine(out: CopyBytes, k: KeyUsageDelta): void {
   out.byte(TAB);
   writeCounts(out, k.byOutcome);
   // '' is no such address: null.
-  writeFields(out, k.lastUsedAt, k.lastIp || null, k.lastFailedAt, k.lastFailedIp || null, k.lastRevokedUseAt, k.lastExpiredUseAt);
+  writeFields(
+    out,
+    k.lastUsedAt,
+    k.lastIp || null,
+    k.lastFailedAt,
+    k.lastFailedIp || null,
+    k.lastRevokedUseAt,
+    k.lastExpiredUseAt,
+    k.lastPreviousSecretAt,
+    k.lastPreviousSecretIp || null,
+  );
   out.byte(NEWLINE);
 }
 
@@ -520,6 +534,7 @@ function withoutAddresses(k: KeyUsageDelta): KeyUsageDelta {
   counts.lastFailedAt = k.lastFailedAt;
   counts.lastRevokedUseAt = k.lastRevokedUseAt;
   counts.lastExpiredUseAt = k.lastExpiredUseAt;
+  counts.lastPreviousSecretAt = k.lastPreviousSecretAt;
   return counts;
 }
 

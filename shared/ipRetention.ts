@@ -56,6 +56,7 @@ export const IP_HOLDERS: readonly IpHolder[] = [
     columns: [
       { ip: 'last_used_ip', seenColumn: 'last_used_at' },
       { ip: 'last_failed_ip', seenColumn: 'last_failed_at' },
+      { ip: 'previous_secret_last_used_ip', seenColumn: 'previous_secret_last_used_at' },
     ],
   },
   // The acting key's address; the audit log's triggers allow this one change (ip to null). Its

@@ -6,7 +6,8 @@ import { OUTCOMES } from './usageWire';
 // delta; shared/ipRetention.ts erases its addresses). The delta is a flat JSON array: total, a
 // count per outcome, last used (time, address), last failed (time, address), last revoked use,
 // last expired use, the number of hours, each hour (its time and a count per outcome), then the
-// addresses: the proven ones and the failed ones, each list its length and four fields an address.
+// addresses: the proven ones and the failed ones, each list its length and four fields an address;
+// then, only in a delta holding a use of the key's previous secret, its time and address.
 const HEAD = 1 + OUTCOMES.length;
 export const LOG_DELTA = {
   lastIp: HEAD + 1,
@@ -18,19 +19,29 @@ export const LOG_DELTA = {
 // Elements before the address lists, in SQL, of the jsonb `delta`.
 const beforeAddresses = (delta: string) => `${LOG_DELTA.hourCount + 1} + ${LOG_DELTA.hourWidth} * cast(${delta} ->> ${LOG_DELTA.hourCount} as int)`;
 
+// The indexes, in SQL, of the failed addresses' count and of what follows the failed addresses
+// (a previous secret's last use, when the delta holds one).
+const failedListAt = (delta: string) => `(${beforeAddresses(delta)} + 1 + 4 * cast(${delta} ->> (${beforeAddresses(delta)}) as int))`;
+const afterAddresses = (delta: string) => `(${failedListAt(delta)} + 1 + 4 * cast(${delta} ->> ${failedListAt(delta)} as int))`;
+
 /**
  * SQL over a text column holding deltas: `holdsIp`, whether the delta keeps an address; `erased`,
- * the delta without any (its last addresses empty, both address lists empty). Counts, hours and
- * times stay: a fold of an erased row writes its uses without an address.
+ * the delta without any (its last addresses empty, both address lists empty, a previous secret's
+ * last address empty). Counts, hours and times stay: a fold of an erased row writes its uses
+ * without an address.
  */
 export function deltaIpsSql(column: string) {
   const delta = `cast(${column} as jsonb)`;
   const empty = `'""'::jsonb`;
+  const lists = `cast(${delta} ->> (${beforeAddresses(delta)}) as int) + cast(${delta} ->> ${failedListAt(delta)} as int)`;
   return {
-    holdsIp: `(${delta} ->> ${LOG_DELTA.lastIp} <> '' or ${delta} ->> ${LOG_DELTA.lastFailedIp} <> '' or jsonb_array_length(${delta}) > ${beforeAddresses(delta)} + 2)`,
+    holdsIp: `(${delta} ->> ${LOG_DELTA.lastIp} <> '' or ${delta} ->> ${LOG_DELTA.lastFailedIp} <> '' or ${lists} > 0
+               or coalesce(${delta} ->> (${afterAddresses(delta)} + 1), '') <> '')`,
     erased: `cast((select jsonb_agg(case when e.n - 1 in (${LOG_DELTA.lastIp}, ${LOG_DELTA.lastFailedIp}) then ${empty} else e.v end order by e.n)
                      from jsonb_array_elements(${delta}) with ordinality as e(v, n)
-                    where e.n <= ${beforeAddresses(delta)}) || '[0, 0]'::jsonb as text)`,
+                    where e.n <= ${beforeAddresses(delta)}) || '[0, 0]'::jsonb
+                 || case when jsonb_array_length(${delta}) > ${afterAddresses(delta)} then jsonb_build_array(${delta} -> ${afterAddresses(delta)}, ${empty})
+                         else '[]'::jsonb end as text)`,
   };
 }
 

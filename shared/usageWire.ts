@@ -41,7 +41,15 @@ export interface UsageSample {
    * Absent on lines without one; the aggregator bounds it to a window around its clock.
    */
   timestamp?: number;
+  /**
+   * The use proved the key's previous secret (a rotation's grace period), tagged `secret:previous`
+   * on the wire. Absent for the current secret, whose lines stay as they always were.
+   */
+  previousSecret?: true;
 }
+
+/** The tag a use of a key's previous secret carries; a collector that predates it skips it as any unknown tag. */
+export const PREVIOUS_SECRET_TAG = 'secret:previous';
 
 export interface PacketResult {
   lines: number;
@@ -57,7 +65,9 @@ const STATSD_DELIMITERS = /[\x00-\x20\x7f|,#]/g;
 
 export function encodeUsageLine(sample: UsageSample): string {
   const { keyId, orgId, ip, outcome, count } = sample;
-  return `${USAGE_METRIC}:${count}|c|#key:${tagValue(keyId)},org:${tagValue(orgId)},ip:${tagValue(ip)},outcome:${tagValue(outcome)}`;
+  const line = `${USAGE_METRIC}:${count}|c|#key:${tagValue(keyId)},org:${tagValue(orgId)},ip:${tagValue(ip)},outcome:${tagValue(outcome)}`;
+  // Last, so the line up to it is the packed layout the collector's byte parser reads.
+  return sample.previousSecret === true ? `${line},${PREVIOUS_SECRET_TAG}` : line;
 }
 
 function tagValue(value: string): string {
@@ -114,6 +124,7 @@ const LOWER_E = 101;
 const LOWER_I = 105;
 const LOWER_K = 107;
 const LOWER_O = 111;
+const LOWER_S = 115;
 const PIPE = 124;
 const DEL = 127;
 
@@ -162,6 +173,8 @@ interface UsageTags {
   org: string | undefined;
   ip: string | undefined;
   outcome: string | undefined;
+  /** `previous` for a use of a key's previous secret; any other value means nothing (a later sender's). */
+  secret: string | undefined;
 }
 
 interface LineFields extends UsageTags {
@@ -218,7 +231,7 @@ function parseLine(s: string, start: number, end: number): UsageSample | string 
   const value = type === 's' ? NaN : packed ? parseValues(s, valueStart, pipe, isUsage) : parseDecimal(s, valueStart, pipe);
   if (type !== 's' && Number.isNaN(value)) return `bad value ${quote(s, valueStart, pipe)}`;
 
-  const fields: LineFields = { rate: 1, timestamp: undefined, key: undefined, org: undefined, ip: undefined, outcome: undefined };
+  const fields: LineFields = { rate: 1, timestamp: undefined, key: undefined, org: undefined, ip: undefined, outcome: undefined, secret: undefined };
   const error = readFields(s, start, typeEnd, end, isUsage, fields);
   if (error) return error;
   if (!isUsage) return null;
@@ -292,7 +305,7 @@ function readFields(s: string, start: number, typeEnd: number, end: number, isUs
 export const ownCopy = (text: string): string => (' ' + text).slice(1);
 
 function usageSample(fields: LineFields, count: number): UsageSample | string {
-  const { key, org, ip: written, outcome, timestamp } = fields;
+  const { key, org, ip: written, outcome, timestamp, secret } = fields;
   if (key === undefined) return 'missing tag "key"';
   if (org === undefined) return 'missing tag "org"';
   if (written === undefined) return 'missing tag "ip"';
@@ -306,7 +319,12 @@ function usageSample(fields: LineFields, count: number): UsageSample | string {
   // Strings of their own: slices of the packet would keep it alive as long as the sample is kept.
   const keyId = ownCopy(key);
   const ip = ownCopy(address);
-  // Two literals rather than an optional property added later: one object shape per kind of line.
+  // Literals rather than an optional property added later: one object shape per kind of line.
+  if (secret === 'previous') {
+    return timestamp === undefined
+      ? { keyId, orgId: org, ip, outcome: knownOutcome, count, previousSecret: true }
+      : { keyId, orgId: org, ip, outcome: knownOutcome, count, timestamp, previousSecret: true };
+  }
   return timestamp === undefined ? { keyId, orgId: org, ip, outcome: knownOutcome, count } : { keyId, orgId: org, ip, outcome: knownOutcome, count, timestamp };
 }
 
@@ -393,6 +411,8 @@ function tagName(s: string, at: number, end: number, separator: number): keyof U
       return isTag(s, at, end, 'outcome', separator) ? 'outcome' : undefined;
     case LOWER_I:
       return isTag(s, at, end, 'ip', separator) ? 'ip' : undefined;
+    case LOWER_S:
+      return isTag(s, at, end, 'secret', separator) ? 'secret' : undefined;
     default:
       return undefined;
   }

@@ -63,6 +63,8 @@ t.test('coalesces the samples of one key', async (t) => {
         failedIps: new Map(),
         lastRevokedUseAt: -Infinity,
         lastExpiredUseAt: -Infinity,
+        lastPreviousSecretAt: -Infinity,
+        lastPreviousSecretIp: '',
         hours: new Map([[HOUR_10, outcomes({ ok: 5, forbidden: 2 })]]),
       },
     ],

@@ -419,10 +419,10 @@ async function assertScopeAndGrace(t: Test, world: World, call: Call, route: Rou
   if (route.managesKeys) {
     assertErrorShape(t, response, 403, 'stale_secret', 'previous secret in its grace period');
     t.match(response.body.error.message, /current secret/, 'previous secret: the message says to use the current secret');
-    t.same(uses, [use(keys.inGrace, 'forbidden')], 'previous secret: recorded forbidden');
+    t.same(uses, [{ ...use(keys.inGrace, 'forbidden'), previousSecret: true }], 'previous secret: recorded forbidden, as a use of the previous secret');
   } else {
     t.equal(response.status, route.okStatus, 'previous secret in its grace period: everything but key management');
-    t.same(uses, [use(keys.inGrace, 'ok')], 'previous secret: recorded ok');
+    t.same(uses, [{ ...use(keys.inGrace, 'ok'), previousSecret: true }], 'previous secret: recorded ok, as a use of the previous secret');
   }
 }
 

@@ -133,8 +133,10 @@ t.test('the document never offers key material outside create and rotate', async
   const revealing: Record<string, string> = { ApiKeyWithPlaintext: 'key', WebhookWithSecret: 'secret' };
   for (const [id, schema] of Object.entries<Json>(document.components.schemas)) {
     t.same(
-      // previousSecretExpiresAt is a time, not material.
-      [...propertyNames(schema)].filter((name) => /hash|secret|^key$|plaintext|pepper/i.test(name) && !name.endsWith('At') && name !== revealing[id]),
+      // previousSecretExpiresAt is a time, previousSecretLastUsedIp a client address: not material.
+      [...propertyNames(schema)].filter(
+        (name) => /hash|secret|^key$|plaintext|pepper/i.test(name) && !name.endsWith('At') && name !== 'previousSecretLastUsedIp' && name !== revealing[id],
+      ),
       [],
       `${id}: no field for a hash, a secret or a key`,
     );

@@ -45,6 +45,9 @@ function batchOf({ orgId, keyIds }: Keys, round = 0, listedKeys?: KeyList): Pend
       aggregator.add({ keyId, orgId, ip, outcome, count: 1 + ((i + j + round) % 4) }, at);
       aggregator.add({ keyId, orgId, ip, outcome, count: 1, timestamp: NOW - HOUR + 1000 * round + 10 * i + j }, at);
     });
+    // A use of the key's previous secret (a rotation's grace period), and a wrong secret tagged so, which is none.
+    aggregator.add({ keyId, orgId, ip: `198.51.100.${(i + round) % 7}`, outcome: 'ok', count: 1, previousSecret: true }, NOW + 1000 * round + 50 + i);
+    aggregator.add({ keyId, orgId, ip: '203.0.113.99', outcome: 'bad_secret', count: 1, previousSecret: true }, NOW + 1000 * round + 60 + i);
   });
   for (let n = 0; n < 6; n++) aggregator.add({ keyId: keyIds[0], orgId, ip: `10.${round}.${n}.1`, outcome: 'ok', count: 1 }, NOW + 1000 * round + 100 + n);
   return { id: randomUUID(), batch: aggregator.drain() };
@@ -121,6 +124,8 @@ t.test("a usage log line's bytes are those the earlier encoder wrote", async (t)
     lastFailedIp: 'a"b\\c\td',
     lastRevokedUseAt: 1_700_000_000_000,
     lastExpiredUseAt: -Infinity,
+    lastPreviousSecretAt: -Infinity,
+    lastPreviousSecretIp: '',
     hours: new Map([
       [1_699_999_200_000, counts(0)],
       [1_700_002_800_000, counts(7)],
@@ -582,12 +587,22 @@ t.test("an erasure of a key's addresses reaches its rows in the usage log: the f
     recent: Number((await db(TABLE.recentIps).where({ key_id: keyId }).count({ n: '*' }))[0].n),
     failed: Number((await db(TABLE.failedIps).where({ key_id: keyId }).count({ n: '*' }))[0].n),
     history: Number((await db(TABLE.ipHistory).where({ key_id: keyId }).count({ n: '*' }))[0].n),
-    totals: await db(TABLE.usage).where({ key_id: keyId }).first('last_used_ip', 'last_failed_ip', 'request_count'),
+    totals: await db(TABLE.usage)
+      .where({ key_id: keyId })
+      .first('last_used_ip', 'last_failed_ip', 'request_count', 'previous_secret_last_used_at', 'previous_secret_last_used_ip'),
   });
   const provenOf = (keyId: string) => provenCount(batch.batch.keys.find((k) => k.keyId === keyId)!.byOutcome);
-  t.match(await addresses(erased), { recent: 0, failed: 0, history: 0, totals: { last_used_ip: null, last_failed_ip: null, request_count: provenOf(erased) } });
+  const previousAt = (keyId: string) => new Date(batch.batch.keys.find((k) => k.keyId === keyId)!.lastPreviousSecretAt);
+  t.match(await addresses(erased), {
+    recent: 0,
+    failed: 0,
+    history: 0,
+    totals: { last_used_ip: null, last_failed_ip: null, request_count: provenOf(erased), previous_secret_last_used_ip: null },
+  });
+  t.same((await addresses(erased)).totals.previous_secret_last_used_at, previousAt(erased), "the previous secret's last use keeps its time");
   const other = await addresses(kept);
   t.ok(other.recent > 0 && other.failed > 0 && other.history > 0 && other.totals.last_used_ip, 'the other key keeps its addresses');
+  t.match(other.totals, { previous_secret_last_used_ip: '198.51.100.1', previous_secret_last_used_at: previousAt(kept) }, "the previous secret's too");
   t.equal(Number(other.totals.request_count), provenOf(kept), 'and its uses');
 });
 

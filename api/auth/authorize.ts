@@ -24,7 +24,8 @@ declare module 'express-serve-static-core' {
   }
 }
 
-export type RecordUse = (keyId: string, orgId: string, ip: string, outcome: Outcome) => void;
+/** `previousSecret`: the use proved the key's previous secret (a rotation's grace period); omitted or false for the current one. */
+export type RecordUse = (keyId: string, orgId: string, ip: string, outcome: Outcome, previousSecret?: boolean) => void;
 
 /** Told of each authorization between its key's read and its use's record (UsageRecorder). */
 export interface PendingUses {
@@ -167,6 +168,7 @@ async function readBody(
   key: { id: string; orgId: string },
   ip: string,
   outcome: Outcome,
+  previousSecret: boolean,
 ): Promise<() => void> {
   deps.pendingUses?.begin();
   try {
@@ -175,14 +177,21 @@ async function readBody(
       void body(req, res, (error?: unknown) => (error instanceof Error ? reject(error) : resolve()));
     });
   } catch (error) {
-    deps.recordUse(key.id, key.orgId, ip, outcome);
+    deps.recordUse(key.id, key.orgId, ip, outcome, previousSecret);
     deps.pendingUses?.end();
     throw error;
   }
   return () => deps.pendingUses?.end();
 }
 
-function recordWhenAnswered(deps: AuthorizeDeps, req: Request, res: Response, key: { id: string; orgId: string }, ip: string): () => void {
+function recordWhenAnswered(
+  deps: AuthorizeDeps,
+  req: Request,
+  res: Response,
+  key: { id: string; orgId: string },
+  ip: string,
+  previousSecret: boolean,
+): () => void {
   deps.pendingUses?.begin();
   let recorded = false;
   let reached = false;
@@ -190,7 +199,7 @@ function recordWhenAnswered(deps: AuthorizeDeps, req: Request, res: Response, ke
     if (recorded) return;
     recorded = true;
     res.off('close', left);
-    deps.recordUse(key.id, key.orgId, ip, outcome);
+    deps.recordUse(key.id, key.orgId, ip, outcome, previousSecret);
     deps.pendingUses?.end();
   };
   const left = () => {
@@ -295,14 +304,15 @@ export function authorizer(deps: AuthorizeDeps) {
       // Known from here, for the request log too (a body refused, a client gone while sending it).
       const allowed = refusal === undefined && overBudget === undefined;
       if (allowed) res.locals.auth = { key: verdict.key, secret: verdict.secret, ip };
-      const bodyRead = allowed && body !== undefined ? await readBody(deps, body, req, res, verdict.key, ip, outcome) : undefined;
+      const previousSecret = verdict.secret === 'previous';
+      const bodyRead = allowed && body !== undefined ? await readBody(deps, body, req, res, verdict.key, ip, outcome, previousSecret) : undefined;
       // The org's routes read and write its rows (whoami is answered from the key cache). A request
       // refused for too many of its org's waiting, or over its changes' budget, is a proven use
       // refused by policy: forbidden.
       const turn = allowed && requirement.orgParam !== undefined ? turnOf(deps, req, res, verdict.key.orgId) : NO_TURN_NEEDED;
       const recorded = refusal || (turn && !overBudget) ? outcome : 'forbidden';
-      const reached = recorded === 'ok' && requirement.currentSecret ? recordWhenAnswered(deps, req, res, verdict.key, ip) : undefined;
-      if (!reached) deps.recordUse(verdict.key.id, verdict.key.orgId, ip, recorded);
+      const reached = recorded === 'ok' && requirement.currentSecret ? recordWhenAnswered(deps, req, res, verdict.key, ip, previousSecret) : undefined;
+      if (!reached) deps.recordUse(verdict.key.id, verdict.key.orgId, ip, recorded, previousSecret);
       bodyRead?.();
       if (refusal) throw refusal;
       if (overBudget) throw overBudget;

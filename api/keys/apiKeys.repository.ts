@@ -148,6 +148,27 @@ export interface SecretReplacement {
   rotatedAt: Date;
 }
 
+/** The newest use of a key's previous secret the collector wrote, and its address (null once erased). */
+export interface PreviousSecretUse {
+  at: Date;
+  ip: string | null;
+}
+
+/**
+ * The newest previous-secret use of each of `keyIds` (of `orgId`) that has one, by key id. Which
+ * previous secret it proved is not stored: the caller keeps it only if it is not older than the
+ * key's last rotation (toApiKeyView).
+ */
+export async function previousSecretUses(db: Db, orgId: string, keyIds: readonly string[]): Promise<Map<string, PreviousSecretUse>> {
+  if (keyIds.length === 0) return new Map();
+  const rows: Array<{ key_id: string; previous_secret_last_used_at: Date; previous_secret_last_used_ip: string | null }> = await db(TABLE.usage)
+    .where({ org_id: orgId })
+    .whereIn('key_id', [...keyIds])
+    .whereNotNull('previous_secret_last_used_at')
+    .select('key_id', 'previous_secret_last_used_at', 'previous_secret_last_used_ip');
+  return new Map(rows.map((row) => [row.key_id, { at: row.previous_secret_last_used_at, ip: row.previous_secret_last_used_ip }]));
+}
+
 // Compare-and-set on the secret the rotation read: of two concurrent rotations only the first
 // finds its hash still current; the other gets undefined, not a plaintext that was never stored.
 export async function replaceSecret(db: Db, id: string, change: SecretReplacement): Promise<ApiKeyRecord | undefined> {

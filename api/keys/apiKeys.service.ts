@@ -13,9 +13,11 @@ import {
   replaceSecret,
   revokeDormantKeys,
   latestUseInOrg,
+  previousSecretUses,
   setExpectedNetworks,
   type ApiKeyRecord,
   type DormantQuery,
+  type PreviousSecretUse,
   type SecretReplacement,
 } from './apiKeys.repository';
 import { generateKeyMaterial, newSecret } from './keyMaterial';
@@ -44,6 +46,14 @@ export const apiKeyView = z
     previousSecretExpiresAt: isoTime
       .nullable()
       .meta({ description: 'While the key is active and a rotation grace period is open: when the previous secret stops working' }),
+    previousSecretLastUsedAt: isoTime.nullable().meta({
+      description:
+        'While previousSecretExpiresAt is set: the newest use of the previous secret since the rotation that made it previous (as lastUsedAt, the collector receipt time); null when it has not been used since',
+    }),
+    previousSecretLastUsedIp: z
+      .string()
+      .nullable()
+      .meta({ description: 'The client address of that use; null without one, or once erased (IP_RETENTION_DAYS, key erase-ips)' }),
     expectedNetworks: z.array(z.string()).nullable(),
   })
   .meta({ id: 'ApiKey' });
@@ -77,10 +87,16 @@ export function keyStatus(key: Pick<ApiKeyRecord, 'revokedAt' | 'expiresAt'>, no
   return 'active';
 }
 
-export function toApiKeyView(key: ApiKeyRecord, now: number): ApiKeyView {
+/**
+ * `previousUse`: the newest use of a previous secret the collector wrote (previousSecretUses),
+ * shown only during the grace period and only if it came at or after the rotation that made the
+ * current previous secret: an older one proved a secret rotated out before.
+ */
+export function toApiKeyView(key: ApiKeyRecord, now: number, previousUse?: PreviousSecretUse): ApiKeyView {
   const status = keyStatus(key, now);
   // A revoked or expired key's previous secret is refused as its current one is, whatever its grace.
   const graceOpen = status === 'active' && key.previousSecretExpiresAt !== null && key.previousSecretExpiresAt.getTime() > now;
+  const sinceRotation = graceOpen && previousUse !== undefined && key.rotatedAt !== null && previousUse.at.getTime() >= key.rotatedAt.getTime();
   return {
     id: key.id,
     orgId: key.orgId,
@@ -93,6 +109,8 @@ export function toApiKeyView(key: ApiKeyRecord, now: number): ApiKeyView {
     revokedAt: iso(key.revokedAt),
     rotatedAt: iso(key.rotatedAt),
     previousSecretExpiresAt: graceOpen ? iso(key.previousSecretExpiresAt) : null,
+    previousSecretLastUsedAt: sinceRotation ? previousUse.at.toISOString() : null,
+    previousSecretLastUsedIp: sinceRotation ? previousUse.ip : null,
     expectedNetworks: key.expectedNetworks,
   };
 }
@@ -212,6 +230,13 @@ function rotation(
 
 export function createApiKeysService(deps: ApiKeysServiceDeps) {
   const requireKey = (orgId: string, keyId: string) => requireKeyInOrg(deps.db, orgId, keyId);
+
+  // The previous secrets' last uses of the keys whose grace period is open, the only ones shown:
+  // no statement at all when none is.
+  function previousUsesOf(orgId: string, keys: readonly ApiKeyRecord[], now: number) {
+    const inGrace = keys.filter((key) => toApiKeyView(key, now).previousSecretExpiresAt !== null).map((key) => key.id);
+    return previousSecretUses(deps.db, orgId, inGrace);
+  }
 
   // The change and its audit entry in one transaction (a savepoint inside the caller's).
   // `entry` may answer undefined when the change changed nothing.
@@ -352,11 +377,14 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     async list(orgId: string, page: { limit: number; offset: number }): Promise<z.output<typeof apiKeyList>> {
       const { keys, total } = await listApiKeysInOrg(deps.db, orgId, page);
       const now = deps.now();
-      return { data: keys.map((key) => toApiKeyView(key, now)), page: { ...page, total } };
+      const uses = await previousUsesOf(orgId, keys, now);
+      return { data: keys.map((key) => toApiKeyView(key, now, uses.get(key.id))), page: { ...page, total } };
     },
 
     async get(orgId: string, keyId: string) {
-      return toApiKeyView(await requireKey(orgId, keyId), deps.now());
+      const key = await requireKey(orgId, keyId);
+      const now = deps.now();
+      return toApiKeyView(key, now, (await previousUsesOf(orgId, [key], now)).get(key.id));
     },
 
     // A new secret for the same key id, so usage history stays continuous; the old secret keeps
@@ -409,7 +437,8 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       );
       // Deleted since it was read.
       if (!updated) throw notFound('API key');
-      return toApiKeyView(updated.key, deps.now());
+      const now = deps.now();
+      return toApiKeyView(updated.key, now, (await previousUsesOf(orgId, [updated.key], now)).get(updated.key.id));
     },
 
     // Active keys dormant for dormantDays (shared/dormancy.ts). A dry run lists them; otherwise the

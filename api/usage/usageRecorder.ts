@@ -68,7 +68,8 @@ export class UsageRecorder implements PendingUses {
     this.warn = rateLimitedWarn(options.logger, 10_000);
   }
 
-  record(keyId: string, orgId: string, ip: string, outcome: Outcome): void {
+  /** `previousSecret`: the use proved the key's previous secret (a rotation's grace period); coalesced apart. */
+  record(keyId: string, orgId: string, ip: string, outcome: Outcome, previousSecret = false): void {
     this.stats.recordedUses += 1;
     if (this.stopped) {
       this.lost(0, 1);
@@ -79,14 +80,16 @@ export class UsageRecorder implements PendingUses {
       );
       return;
     }
-    const id = `${keyId} ${outcome} ${ip}`;
+    // A previous secret's uses under an id of their own (the space cannot end an address), so
+    // they leave as lines of their own, tagged; the current secret's entries are as they were.
+    const id = previousSecret ? `${keyId} ${outcome} ${ip} previous` : `${keyId} ${outcome} ${ip}`;
     const entry = this.pending.get(id);
     if (entry) {
       entry.count += 1;
       if (entry.count === MAX_LINE_COUNT) this.drainEarly();
       return;
     }
-    this.pending.set(id, { keyId, orgId, ip, outcome, count: 1 });
+    this.pending.set(id, previousSecret ? { keyId, orgId, ip, outcome, count: 1, previousSecret: true } : { keyId, orgId, ip, outcome, count: 1 });
     if (this.pending.size >= this.options.maxEntries) this.drainEarly();
   }
 

@@ -16,6 +16,8 @@ export interface RecordedUse {
   orgId: string;
   ip: string;
   outcome: Outcome;
+  /** Present, true, only for a use of the key's previous secret. */
+  previousSecret?: true;
 }
 
 export interface TestResponse {
@@ -63,7 +65,9 @@ export async function startTestApi(t: Test, db: Db, options: TestApiOptions = {}
     ...options.env,
   });
   const logger = capturingLogger(evidence.logLines, 'api-test', config.logLevel);
-  const recordUse: RecordUse = options.recordUse ?? ((keyId, orgId, ip, outcome) => uses.push({ keyId, orgId, ip, outcome }));
+  const recordUse: RecordUse =
+    options.recordUse ??
+    ((keyId, orgId, ip, outcome, previousSecret) => uses.push(previousSecret ? { keyId, orgId, ip, outcome, previousSecret } : { keyId, orgId, ip, outcome }));
   // Uses authorized and not recorded yet (a change's, until it is answered): the API's stop waits for them.
   let pendingUses = 0;
   const { app, services, verifier, throttle, orgTurns } = createApp({

@@ -19,6 +19,8 @@ export function plainDelta(k: KeyUsageDelta): KeyUsageDelta {
     failedIps: k.failedIps,
     lastRevokedUseAt: k.lastRevokedUseAt,
     lastExpiredUseAt: k.lastExpiredUseAt,
+    lastPreviousSecretAt: k.lastPreviousSecretAt,
+    lastPreviousSecretIp: k.lastPreviousSecretIp,
     hours: k.hours,
   };
 }

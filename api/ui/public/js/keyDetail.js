@@ -53,6 +53,30 @@ function createFacts() {
   return { element, update };
 }
 
+// During a rotation's grace period: whether the previous secret is still in use, and where from
+// (the key view's previousSecretLastUsedAt/Ip), so an operator can tell when ending the grace early
+// cuts no one off. Hidden outside a grace period, and against an API that does not say.
+export function previousSecretText(key, now = Date.now()) {
+  if (!key.previousSecretExpiresAt || key.previousSecretLastUsedAt === undefined) return null;
+  if (!key.previousSecretLastUsedAt) return 'Previous secret not used since rotation';
+  return `Previous secret last used ${relative(key.previousSecretLastUsedAt, now)} from ${key.previousSecretLastUsedIp ?? 'an erased address'}`;
+}
+
+function createPreviousSecretNote() {
+  const element = el('p', { id: 'previous-secret', class: 'subtitle', hidden: true });
+  const update = (key) => {
+    const text = previousSecretText(key);
+    setAttr(element, 'hidden', text === null ? '' : null);
+    setText(element, text ?? '');
+    setAttr(
+      element,
+      'title',
+      text === null ? null : (exact(key.previousSecretLastUsedAt) ?? `The previous secret works until ${exact(key.previousSecretExpiresAt)}`),
+    );
+  };
+  return { element, update };
+}
+
 function seriesQuery(rangeName) {
   const range = RANGES[rangeName];
   const step = BUCKET_MS[range.granularity];
@@ -72,6 +96,7 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
   const title = el('h2', { id: 'key-title' });
   const subtitle = el('p', { class: 'subtitle' });
   const facts = createFacts();
+  const previousSecret = createPreviousSecretNote();
   const range = el(
     'select',
     { id: 'range', 'aria-label': 'Chart range' },
@@ -103,7 +128,7 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
       shownStatus = key.status;
       showActions(keyActions({ who, key, onChanged: refresh, onError: (e) => tellAgain(error, e.message), onSignedOut }));
     }
-    await Promise.all([refreshChart(), events.refresh(), networks.refresh()]);
+    await Promise.all([refreshChart(), events.refresh(), networks.refresh(), refreshPreviousSecret()]);
     onFresh(usage);
   }
 
@@ -116,6 +141,11 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     const status = block.querySelector('p') ?? block;
     status.tabIndex = -1;
     status.focus();
+  }
+
+  // The key view says what the usage row does not: the grace period and its previous secret's use.
+  async function refreshPreviousSecret() {
+    previousSecret.update(await api('GET', orgPath(who, `/${encodeURIComponent(keyId)}`)));
   }
 
   async function refreshChart() {
@@ -141,6 +171,7 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     error,
     canWrite ? actions : null,
     facts.element,
+    previousSecret.element,
     el('div', { class: 'chart-head' }, [el('h3', { text: 'Requests by outcome' }), range]),
     chart,
     el('div', { class: 'ip-tables' }, [recent.element, failing.element]),
