@@ -28,7 +28,8 @@ const afterAddresses = (delta: string) => `(${failedListAt(delta)} + 1 + 4 * cas
  * SQL over a text column holding deltas: `holdsIp`, whether the delta keeps an address; `erased`,
  * the delta without any (its last addresses empty, both address lists empty, a previous secret's
  * last address empty). Counts, hours and times stay: a fold of an erased row writes its uses
- * without an address.
+ * without an address. Immutable functions only: Citus refuses a stable one (jsonb_build_array)
+ * inside a CASE of an UPDATE of a distributed table.
  */
 export function deltaIpsSql(column: string) {
   const delta = `cast(${column} as jsonb)`;
@@ -40,7 +41,7 @@ export function deltaIpsSql(column: string) {
     erased: `cast((select jsonb_agg(case when e.n - 1 in (${LOG_DELTA.lastIp}, ${LOG_DELTA.lastFailedIp}) then ${empty} else e.v end order by e.n)
                      from jsonb_array_elements(${delta}) with ordinality as e(v, n)
                     where e.n <= ${beforeAddresses(delta)}) || '[0, 0]'::jsonb
-                 || case when jsonb_array_length(${delta}) > ${afterAddresses(delta)} then jsonb_build_array(${delta} -> ${afterAddresses(delta)}, ${empty})
+                 || case when jsonb_array_length(${delta}) > ${afterAddresses(delta)} then (${delta} -> ${afterAddresses(delta)}) || '[""]'::jsonb
                          else '[]'::jsonb end as text)`,
   };
 }
