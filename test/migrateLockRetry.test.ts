@@ -43,7 +43,7 @@ t.test('npm run migrate: a migration that gave up waiting for a table is tried a
   await released;
   t.match(err, [RETRY], 'the retry is said, naming the migration');
   t.equal(err.length, 1, 'once');
-  t.same(out, [`Applied 1 migration(s):\n  ${MIGRATION}`]);
+  t.match(out, [new RegExp(`^Applied \\d+ migration\\(s\\):\\n {2}${MIGRATION}`)], 'applied, the later migrations after it');
   t.ok(await db.schema.hasColumn('webhooks', 'previous_secret_box'), 'the migration is applied');
 });
 

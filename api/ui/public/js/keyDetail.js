@@ -1,6 +1,6 @@
 import { api, orgPath } from './api.js';
 import { el, setAttr, setText, tellAgain } from './dom.js';
-import { count } from './format.js';
+import { count, exact } from './format.js';
 import { eventsSection } from './eventsFeed.js';
 import { expectedNetworksSection } from './expectedNetworks.js';
 import { createIpTable } from './ipTable.js';
@@ -56,10 +56,10 @@ function createFacts() {
 // During a rotation's grace period: whether the previous secret is still in use, and where from
 // (the key view's previousSecretLastUsedAt/Ip), so an operator can tell when ending the grace early
 // cuts no one off. Hidden outside a grace period, and against an API that does not say.
-export function previousSecretText(key, now = Date.now()) {
+function previousSecretText(key) {
   if (!key.previousSecretExpiresAt || key.previousSecretLastUsedAt === undefined) return null;
   if (!key.previousSecretLastUsedAt) return 'Previous secret not used since rotation';
-  return `Previous secret last used ${relative(key.previousSecretLastUsedAt, now)} from ${key.previousSecretLastUsedIp ?? 'an erased address'}`;
+  return `Previous secret last used ${shownTime(key.previousSecretLastUsedAt)} from ${key.previousSecretLastUsedIp ?? 'an erased address'}`;
 }
 
 function createPreviousSecretNote() {
@@ -71,7 +71,7 @@ function createPreviousSecretNote() {
     setAttr(
       element,
       'title',
-      text === null ? null : (exact(key.previousSecretLastUsedAt) ?? `The previous secret works until ${exact(key.previousSecretExpiresAt)}`),
+      text === null ? null : (otherTime(key.previousSecretLastUsedAt) ?? `The previous secret works until ${exact(key.previousSecretExpiresAt)}`),
     );
   };
   return { element, update };
