@@ -7,6 +7,7 @@ import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../shared/secretBox';
 import { steadyNow } from '../shared/steadyClock';
 import { SIGNATURE_HEADER, signatureHeader } from '../shared/webhookSignature';
 import type { Lookup } from '../shared/webhookTarget';
+import { DAY_MS, HOUR_MS } from '../shared/timeUnits';
 import { retryDelayMs } from './webhookRetry';
 import { postWebhook, type SendResult } from './webhookSender';
 import { claimDueDeliveries, failUnsent, readBacklog, recordAttempt, releaseClaim, type ClaimedDelivery } from './webhookStore';
@@ -86,8 +87,8 @@ export function putBackDelayMs(ageMs: number, retryBaseMs: number): number {
 const PUT_BACK_MAX_MS = 3_600_000;
 
 const UNITS = [
-  ['day', 86_400_000],
-  ['hour', 3_600_000],
+  ['day', DAY_MS],
+  ['hour', HOUR_MS],
   ['minute', 60_000],
   ['second', 1000],
 ] as const;

@@ -87,6 +87,10 @@ export function keyStatus(key: Pick<ApiKeyRecord, 'revokedAt' | 'expiresAt'>, no
   return 'active';
 }
 
+// A revoked or expired key's previous secret is refused as its current one is, whatever its grace.
+const graceOpen = (key: ApiKeyRecord, now: number) =>
+  keyStatus(key, now) === 'active' && key.previousSecretExpiresAt !== null && key.previousSecretExpiresAt.getTime() > now;
+
 /**
  * `previousUse`: the newest use of a previous secret the collector wrote (previousSecretUses),
  * shown only during the grace period and only if it came at or after the rotation that made the
@@ -94,9 +98,8 @@ export function keyStatus(key: Pick<ApiKeyRecord, 'revokedAt' | 'expiresAt'>, no
  */
 export function toApiKeyView(key: ApiKeyRecord, now: number, previousUse?: PreviousSecretUse): ApiKeyView {
   const status = keyStatus(key, now);
-  // A revoked or expired key's previous secret is refused as its current one is, whatever its grace.
-  const graceOpen = status === 'active' && key.previousSecretExpiresAt !== null && key.previousSecretExpiresAt.getTime() > now;
-  const sinceRotation = graceOpen && previousUse !== undefined && key.rotatedAt !== null && previousUse.at.getTime() >= key.rotatedAt.getTime();
+  const inGrace = graceOpen(key, now);
+  const sinceRotation = inGrace && previousUse !== undefined && key.rotatedAt !== null && previousUse.at.getTime() >= key.rotatedAt.getTime();
   return {
     id: key.id,
     orgId: key.orgId,
@@ -108,7 +111,7 @@ export function toApiKeyView(key: ApiKeyRecord, now: number, previousUse?: Previ
     expiresAt: iso(key.expiresAt),
     revokedAt: iso(key.revokedAt),
     rotatedAt: iso(key.rotatedAt),
-    previousSecretExpiresAt: graceOpen ? iso(key.previousSecretExpiresAt) : null,
+    previousSecretExpiresAt: inGrace ? iso(key.previousSecretExpiresAt) : null,
     previousSecretLastUsedAt: sinceRotation ? previousUse.at.toISOString() : null,
     previousSecretLastUsedIp: sinceRotation ? previousUse.ip : null,
     expectedNetworks: key.expectedNetworks,
@@ -234,7 +237,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
   // The previous secrets' last uses of the keys whose grace period is open, the only ones shown:
   // no statement at all when none is.
   function previousUsesOf(orgId: string, keys: readonly ApiKeyRecord[], now: number) {
-    const inGrace = keys.filter((key) => toApiKeyView(key, now).previousSecretExpiresAt !== null).map((key) => key.id);
+    const inGrace = keys.filter((key) => graceOpen(key, now)).map((key) => key.id);
     return previousSecretUses(deps.db, orgId, inGrace);
   }
 
