@@ -7,6 +7,7 @@ import { createOrg, insertKeys } from './lib/database';
 import { spawnTsx, stopChild, type Child } from '../harness/processes';
 import { startSystem } from '../harness/systemProcess';
 import { sleep } from '../harness/wait';
+import { grantedRecvBuffer } from '../collector/receiver';
 import {
   backendsCpuDelta,
   collectorBackendsCpu,
@@ -258,7 +259,7 @@ export async function runIngest(ctx: BenchContext, shape: 'stream' | 'manyKeys')
       name,
       pid: child.proc.pid!,
       port: ready.port,
-      recvBufferBytes: ready.recvBufferBytes,
+      recvBufferBytes: grantedRecvBuffer(ready.recvBufferBytes),
       received: async () => (await ipcRequest<{ lines: number }>(child, { cmd: 'stats' })).lines,
       stop: () => stopChild(child, 5000),
     };
@@ -443,7 +444,7 @@ function ingestTable(runs: Run[], plan: Plan): BenchResult {
   }
   const recv = runs.find((r) => r.target === 'collector')?.recvBufferBytes;
   notes.push(
-    `Receive buffers: our collector asks for ${fmt.mib(requestedRecvBuffer())} and the kernel granted ${fmt.mib(recv ?? NaN)} (SO_RCVBUF is capped at net.core.rmem_max, given with the machine, and reported doubled); the bare loop asks for the same, and so does statsd ${statsdVersion()} (it sets none of its own: a preload asks for it, bench/lib/statsdRecvBuffer.cjs), granted ${fmt.mib(runs.find((r) => r.target === 'statsd')?.recvBufferBytes ?? NaN)}. The ≥ 4 × target compares the default collector (one receiver, 1 s flush) with statsd. Kernel drops are the system-wide /proc/net/snmp Udp RcvbufErrors delta over the run.`,
+    `Receive buffers: our collector asks for ${fmt.mib(requestedRecvBuffer())} and the kernel granted ${fmt.mib(recv ?? NaN)} (SO_RCVBUF is capped at net.core.rmem_max, given with the machine; Linux reports twice the grant, halved here); the bare loop asks for the same, and so does statsd ${statsdVersion()} (it sets none of its own: a preload asks for it, bench/lib/statsdRecvBuffer.cjs), granted ${fmt.mib(runs.find((r) => r.target === 'statsd')?.recvBufferBytes ?? NaN)}. The ≥ 4 × target compares the default collector (one receiver, 1 s flush) with statsd. Kernel drops are the system-wide /proc/net/snmp Udp RcvbufErrors delta over the run.`,
     "Our collector runs inside the whole system as `npm start` runs it (launcher, API process idle, collector, PostgreSQL), compiled: from dist/, brought up to date first with `npm run build`'s incremental compile. Sender and receiver share this machine's cores (and the collector's PostgreSQL flushes too); the sender process is paced and reports the rate it achieved. \"accepted lines/s\" = received lines / send duration. CPU is the receiver process's user + system time (with its cluster workers) from /proc over the send and drain; \"waiting for a CPU\" is the time its receiving main thread(s) were runnable but not running during the send (/proc/<pid>/schedstat, summed over receivers, as a share of the send time): time in which the receiver could not read because the cores were taken; PostgreSQL CPU is that of the backends serving our collector's connections over the send (the database runs on this machine); RSS is VmRSS before the run and VmHWM (peak) after, each summed over the receiver and its cluster workers.",
   );
   return {

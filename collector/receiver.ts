@@ -50,7 +50,7 @@ export function startReceiver(options: {
       } catch (error) {
         options.logger.warn({ err: { message: (error as Error).message } }, 'could not enlarge the UDP receive buffer');
       }
-      const recvBufferBytes = socket.getRecvBufferSize();
+      const recvBufferBytes = grantedRecvBuffer(socket.getRecvBufferSize());
       if (options.reportCappedBuffer !== false) warnIfCapped(options.recvBufferBytes, recvBufferBytes, options.logger);
       const address = socket.address();
       resolve({
@@ -82,12 +82,18 @@ export async function untilQuiet(received: () => number, quietMs: number, maxMs 
 /** The longest a stop reads a socket that is never quiet. */
 export const STOP_QUIET_MAX_MS = 2_000;
 
-// Linux grants at most net.core.rmem_max and reports twice what it granted (the other half is its
-// bookkeeping). A capped buffer is the usual cause of datagrams dropped in bursts (a GC pause, a
-// busy core) at rates the collector keeps up with on average (docs/benchmarks.md §3), and nothing
-// else would tell the operator: the kernel only counts the drops.
-function warnIfCapped(requested: number, reported: number, logger: Logger): void {
-  const granted = process.platform === 'linux' ? reported / 2 : reported;
+/**
+ * The receive buffer the kernel granted, from what getRecvBufferSize reports: Linux grants at most
+ * net.core.rmem_max and reports twice what it granted (the other half is its bookkeeping), so the
+ * recv_buffer_bytes gauge read twice the grant, above rmem_max, beside a warning that the grant
+ * was capped (a review).
+ */
+export const grantedRecvBuffer = (reported: number): number => (process.platform === 'linux' ? reported / 2 : reported);
+
+// A capped buffer is the usual cause of datagrams dropped in bursts (a GC pause, a busy core) at
+// rates the collector keeps up with on average (docs/benchmarks.md §3), and nothing else would tell
+// the operator: the kernel only counts the drops.
+function warnIfCapped(requested: number, granted: number, logger: Logger): void {
   if (granted >= requested) return;
   logger.warn(
     { requestedBytes: requested, grantedBytes: granted },

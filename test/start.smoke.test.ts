@@ -261,16 +261,19 @@ t.test('portProblems names each taken, zero or clashing port with its variable',
   const free = await freeTcpPort();
 
   t.same(await portProblems([{ variable: 'PORT', host: '127.0.0.1', port: free, protocol: 'tcp' }]), [], 'a free port');
-  t.same(
-    await portProblems([
-      { variable: 'PORT', host: '127.0.0.1', port: tcpPort, protocol: 'tcp' },
-      { variable: 'COLLECTOR_PORT', host: '127.0.0.1', port: udpPort, protocol: 'udp' },
-    ]),
-    [
-      `Port ${tcpPort} (TCP on 127.0.0.1) is already in use; set PORT to a free port, e.g. PORT=${tcpPort + 1} npm start`,
-      `Port ${udpPort} (UDP on 127.0.0.1) is already in use; set COLLECTOR_PORT to a free port, e.g. COLLECTOR_PORT=${udpPort + 1} npm start`,
-    ],
-  );
+  const taken = await portProblems([
+    { variable: 'PORT', host: '127.0.0.1', port: tcpPort, protocol: 'tcp' },
+    { variable: 'COLLECTOR_PORT', host: '127.0.0.1', port: udpPort, protocol: 'udp' },
+    // The next port after the taken TCP one is npm start's own: the example must not give it.
+    { variable: 'API_METRICS_PORT', host: '127.0.0.1', port: tcpPort + 1, protocol: 'tcp' },
+  ]);
+  const example = (variable: string, port: number, protocol: string) =>
+    new RegExp(`^Port ${port} \\(${protocol} on 127\\.0\\.0\\.1\\) is already in use; set ${variable} to a free port, e\\.g\\. ${variable}=(\\d+) npm start$`);
+  const spareIn = (pattern: RegExp) => Number(taken.map((problem) => pattern.exec(problem)?.[1]).find(Boolean));
+  const tcpSpare = spareIn(example('PORT', tcpPort, 'TCP'));
+  const udpSpare = spareIn(example('COLLECTOR_PORT', udpPort, 'UDP'));
+  t.ok(tcpSpare > tcpPort + 1 && udpSpare > udpPort, 'each taken port named with its variable, and an example: a later port, not one npm start itself needs');
+  t.same(await portProblems([{ variable: 'PORT', host: '127.0.0.1', port: tcpSpare, protocol: 'tcp' }]), [], 'and the example is free');
   t.match(await portProblems([{ variable: 'PORT', host: '192.0.2.1', port: free, protocol: 'tcp' }]), [/cannot be bound \(EADDRNOTAVAIL\); set PORT/]);
   t.same(
     await portProblems([

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { freeTcpPort, freeUdpPort } from '../../scripts/lib/freePort';
 import { spawnProcess, type Child } from '../../harness/processes';
 import { waitFor } from '../../harness/wait';
+import { grantedRecvBuffer } from '../../collector/receiver';
 
 // Etsy's statsd daemon (npm `statsd`, pinned by the lockfile), run as shipped: `node stats.js
 // <config>`. Bound to 127.0.0.1 with no backends and a one-hour flush interval, so its
@@ -15,7 +16,7 @@ export interface StatsdProcess {
   child: Child;
   udpPort: number;
   mgmtPort: number;
-  /** What the kernel granted (SO_RCVBUF, reported doubled). */
+  /** What the kernel granted (SO_RCVBUF as reported, halved on Linux as the collector's). */
   recvBufferBytes: number;
   received(): Promise<{ lines: number; datagrams: number; badLines: number }>;
   cleanup(): void;
@@ -92,7 +93,7 @@ export async function startStatsd(recvBufferBytes: number): Promise<StatsdProces
     child,
     udpPort,
     mgmtPort,
-    recvBufferBytes: Number(granted),
+    recvBufferBytes: grantedRecvBuffer(Number(granted)),
     async received() {
       // statsd lists every counter it holds: one per key and address of the stream, in seconds at 100 k keys.
       const text = await mgmtCommand(mgmtPort, 'counters', COUNTERS_TIMEOUT_MS);

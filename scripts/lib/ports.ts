@@ -51,11 +51,23 @@ export async function portProblems(needs: PortNeed[]): Promise<string[]> {
     if (!error) continue;
     const why =
       error.code === 'EADDRINUSE' ? 'is already in use' : error.code === 'EACCES' ? 'needs privileges' : `cannot be bound (${error.code ?? error.message})`;
-    problems.push(
-      `Port ${need.port} (${need.protocol.toUpperCase()} on ${need.host}) ${why}; set ${need.variable} to a free port, e.g. ${need.variable}=${need.port + 1} npm start`,
-    );
+    const spare = await sparePort(need, needs);
+    const example = spare === undefined ? '' : `, e.g. ${need.variable}=${spare} npm start`;
+    problems.push(`Port ${need.port} (${need.protocol.toUpperCase()} on ${need.host}) ${why}; set ${need.variable} to a free port${example}`);
   }
   return problems;
+}
+
+// The example a problem gives must work when followed: port + 1 was often another of npm start's
+// own ports (9102's next is the API's metrics port), and following it gave a clash (a review).
+const SPARE_TRIES = 20;
+
+async function sparePort(need: PortNeed, needs: readonly PortNeed[]): Promise<number | undefined> {
+  for (let port = need.port + 1; port <= Math.min(65_535, need.port + SPARE_TRIES); port++) {
+    if (needs.some((other) => other.port === port)) continue;
+    if ((await probe({ ...need, port })) === undefined) return port;
+  }
+  return undefined;
 }
 
 /** A host for URLs that reach a listener bound to `host` (a wildcard becomes loopback). */
