@@ -11,6 +11,26 @@ import { createApp } from './app';
 import { createApiMetrics } from './metrics';
 import { createUsageRecorder } from './usage/createUsageRecorder';
 
+// Node checks open connections against the headers and request timeouts every 30 s by default:
+// a slow client kept its socket up to that much past them.
+const TIMEOUT_CHECK_MS = 1_000;
+
+// The API's HTTP server with the limits of API_REQUEST_TIMEOUT_MS, API_HEADERS_TIMEOUT_MS and
+// API_KEEP_ALIVE_TIMEOUT_MS, not Node's (a client sending its headers a byte at a time held a
+// socket for 60 s).
+function apiServer(app: http.RequestListener, limits: Config['api']['server']): http.Server {
+  const server = http.createServer(
+    {
+      requestTimeout: limits.requestTimeoutMs,
+      headersTimeout: limits.headersTimeoutMs,
+      connectionsCheckingInterval: Math.min(TIMEOUT_CHECK_MS, limits.headersTimeoutMs),
+    },
+    app,
+  );
+  server.keepAliveTimeout = limits.keepAliveTimeoutMs;
+  return server;
+}
+
 export async function startApi(config: Config, logger: Logger, databaseUrl: string) {
   // Before the database: its settings refused (COLLECTOR_PORT=0) are said as such, not hidden
   // behind a database that is down, and leave no pool open.
@@ -42,7 +62,7 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
     usageTracking: config.usage.enabled,
     onRequest: apiMetrics.observeRequest,
   });
-  const server = http.createServer(app);
+  const server = apiServer(app, config.api.server);
   // On its own port, loopback by default: the public port never serves /metrics.
   const metrics = metricsServer({
     exposition: () => apiMetrics.exposition({ recorder, keyCache: verifier.stats, throttle: throttle.stats, orgTurns, orgWrites }),

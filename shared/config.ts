@@ -192,6 +192,13 @@ const variables = {
   // A statement of the API running longer than this is cancelled and answered 503: one org's
   // expensive read held a pooled connection for as long as it ran. 0: the server's own limit.
   API_STATEMENT_TIMEOUT_MS: wholeNumber(0, 3_600_000).default(30_000),
+  // The API's HTTP server (api/main.ts): Node's own limits let a client that sends its headers a
+  // byte at a time (slowloris) hold a socket, a file descriptor, for 60 s, and one that trickles its
+  // body for 300 s. The time to receive a whole request (headers and body, not the answer), its
+  // headers, and how long an idle kept-alive connection stays open.
+  API_REQUEST_TIMEOUT_MS: wholeNumber(100, 3_600_000).default(30_000),
+  API_HEADERS_TIMEOUT_MS: wholeNumber(100, 3_600_000).default(10_000),
+  API_KEEP_ALIVE_TIMEOUT_MS: wholeNumber(1, 3_600_000).default(5_000),
   // Requests of one org in progress at once in an API process; more wait their turn, and beyond
   // 4 × as many waiting are answered 429: one org's slow reads could hold every pooled connection,
   // and every other org's requests waited and failed. Unset: a quarter of DATABASE_POOL_MAX, at
@@ -456,6 +463,19 @@ function replyTimeoutProblems(v: Variables): string[] {
     .map((name) => `DATABASE_REPLY_TIMEOUT_MS: must be at least ${REPLY_MARGIN_MS} ms longer than ${name} (${v[name]} ms), or 0`);
 }
 
+// Node refuses headers given longer than the whole request (ERR_OUT_OF_RANGE at start, naming no
+// variable). Headers given no longer than an idle kept-alive connection is the order Node's own
+// defaults (60 s over 5 s) avoid: a proxy reusing a connection as it goes idle is the case they
+// are kept apart for.
+function serverTimeoutProblems(v: Variables): string[] {
+  const headers = v.API_HEADERS_TIMEOUT_MS;
+  const problems: string[] = [];
+  if (headers > v.API_REQUEST_TIMEOUT_MS) problems.push(`API_HEADERS_TIMEOUT_MS: must be at most API_REQUEST_TIMEOUT_MS (${v.API_REQUEST_TIMEOUT_MS} ms)`);
+  if (headers <= v.API_KEEP_ALIVE_TIMEOUT_MS)
+    problems.push(`API_HEADERS_TIMEOUT_MS: must be longer than API_KEEP_ALIVE_TIMEOUT_MS (${v.API_KEEP_ALIVE_TIMEOUT_MS} ms)`);
+  return problems;
+}
+
 // Each receiving process keeps its own replay cache, and the kernel hands a datagram to whichever
 // process reads first: a replayed copy could reach a process that never saw the original.
 function receiverProblems(v: Variables): string[] {
@@ -533,6 +553,11 @@ const apiSection = (v: Variables) => ({
   rotationGraceSeconds: v.ROTATION_GRACE_SECONDS,
   maxKeysPerOrg: v.KEYS_MAX_PER_ORG,
   statementTimeoutMs: v.API_STATEMENT_TIMEOUT_MS,
+  server: {
+    requestTimeoutMs: v.API_REQUEST_TIMEOUT_MS,
+    headersTimeoutMs: v.API_HEADERS_TIMEOUT_MS,
+    keepAliveTimeoutMs: v.API_KEEP_ALIVE_TIMEOUT_MS,
+  },
   writesPerOrgMinute: v.API_WRITES_PER_ORG_MINUTE,
   maxConcurrentPerOrg: v.API_MAX_CONCURRENT_PER_ORG ?? Math.max(1, Math.floor(v.DATABASE_POOL_MAX / CONNECTIONS_PER_ORG_SHARE)),
   trustProxy: v.TRUST_PROXY,
@@ -647,6 +672,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     ...relayProblems(v),
     ...receiverProblems(v),
     ...replyTimeoutProblems(v),
+    ...serverTimeoutProblems(v),
     ...signingProblems(v),
     ...spikeBaselineProblems(v),
     ...eventSummaryProblems(v),

@@ -50,6 +50,7 @@ t.test('defaults', async (t) => {
     rotationGraceSeconds: 86_400,
     maxKeysPerOrg: 100_000,
     statementTimeoutMs: 30_000,
+    server: { requestTimeoutMs: 30_000, headersTimeoutMs: 10_000, keepAliveTimeoutMs: 5_000 },
     maxConcurrentPerOrg: 2,
     writesPerOrgMinute: 600,
     trustProxy: false,

@@ -1,11 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import t, { type Test } from 'tap';
 import { rehashSecret } from '../api/keys/apiKeys.repository';
-import { lockOrgFor } from '../api/orgs/orgs.repository';
 import { createDb, type Db } from '../shared/db';
 import { waitFor } from '../harness/wait';
 import { seedOrg, startTestApi } from './helpers/api';
-import { freshDatabase } from './helpers/database';
+import { freshDatabase, heldAuditLock } from './helpers/database';
 
 // Rotate and revoke decided on a read made before their write: a revocation that committed in
 // between let the rotation answer 200 with a new secret for a revoked key, and two revocations
@@ -141,14 +140,6 @@ t.test('a revocation by an instance whose clock runs ahead holds at once on the 
 // new plaintext) and, acting, created a key (201, audited as its doing); a webhook's grace period
 // began when its rotation started waiting, and ended that much early. The org's audit lock is held
 // here until the changes wait for it; the clock moves on before it is released.
-async function heldAuditLock(t: Test, url: string, orgId: string) {
-  const holder = createDb(url, { poolMax: 1 });
-  t.teardown(() => holder.destroy());
-  const trx = await holder.transaction();
-  await lockOrgFor(trx, 'audit', orgId);
-  return trx;
-}
-
 const waitingFor = (db: Db, count: number) =>
   waitFor(`${count} change(s) waiting on the lock`, async () => ((await waitingOnLocks(db)) >= count ? true : undefined));
 

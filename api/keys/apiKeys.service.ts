@@ -141,6 +141,24 @@ export interface ChangeContext {
   db?: Db;
 }
 
+/** A revoke-dormant request (revokeDormant). */
+interface DormantInput {
+  dormantDays: number;
+  dryRun: boolean;
+  keyIds?: string[];
+}
+
+// The clean-up's selection judged at `now`: keys idle for dormantDays by then.
+const dormantQuery = (orgId: string, input: DormantInput, actor: Actor | undefined, now: number): DormantQuery => ({
+  orgId,
+  idleSince: new Date(now - input.dormantDays * DAY_MS),
+  now: new Date(now),
+  exceptKeyId: actor?.id ?? null,
+  onlyKeyIds: input.keyIds ?? null,
+  // As a single revoke: an expiring key revoked the org's lasting admin key through the clean-up.
+  expiringBy: actor?.expiresAt ?? null,
+});
+
 // A key hands out no more than it holds: creating or rotating a key reveals that key's secret, so
 // a key with more scopes or a longer life than the actor's own would be an escalation. Revoking is
 // limited the same way: a short-lived key that revoked the org's lasting admin key left the org,
@@ -262,9 +280,17 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
   // MAX_REVOKE_KEY_IDS, as a dry run lists them, and whether more are dormant. Unbounded, an org of
   // 100,000 dormant keys with long names and networks made an answer of hundreds of megabytes,
   // built on the API's one thread, as the dry run's was before.
-  function revokeDormantApplied(orgId: string, query: DormantQuery, dormantDays: number, context: ChangeContext) {
+  // Judged once the org's turn has come, by the clock read then (`now`, answered with them): by the
+  // time read before the wait (up to API_STATEMENT_TIMEOUT_MS), a key that expired meanwhile was
+  // revoked and one that became dormant meanwhile spared; and whether the org records uses was
+  // told before it, so an org whose last recorded use left the window meanwhile was not refused,
+  // and one with a use recorded meanwhile was.
+  function revokeDormantApplied(orgId: string, input: DormantInput, context: ChangeContext) {
     return (context.db ?? deps.db).transaction(async (trx) => {
       await beginAuditedChange(trx, orgId, context.actor, deps.now);
+      const now = deps.now();
+      const query = dormantQuery(orgId, input, context.actor, now);
+      if (input.keyIds === undefined) await refuseUnrecordedOrg(trx, query, input.dormantDays);
       const keys = await revokeDormantKeys(trx, query, MAX_REVOKE_KEY_IDS);
       // Asked whatever the count: a key spared by the check after the locks leaves fewer than the
       // limit revoked, and others may still be dormant. Those revoked are dormant no more.
@@ -281,7 +307,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
           // it was revoked, and whether an operator saw the list first (keyIds) or it was chosen again.
           details: {
             name: key.name,
-            dormantDays,
+            dormantDays: input.dormantDays,
             lastUsedAt: iso(key.lastUsedAt),
             createdAt: iso(key.createdAt),
             rotatedAt: iso(key.rotatedAt),
@@ -292,7 +318,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
           ip: context.ip ?? null,
         })),
       );
-      return { keys, more };
+      return { keys, more, now };
     });
   }
 
@@ -302,11 +328,11 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
   // than dormantDays, for good (a key made or rotated since is spared, so "every key" was no
   // test). What tells it: no use of any of the org's keys recorded within dormantDays. Such an
   // apply takes the ids a dry run listed. The CLI had this check and the API had not (a review).
-  async function refuseUnrecordedOrg(query: DormantQuery, dormantDays: number): Promise<void> {
-    const latest = await latestUseInOrg(deps.db, query.orgId);
+  async function refuseUnrecordedOrg(db: Db, query: DormantQuery, dormantDays: number): Promise<void> {
+    const latest = await latestUseInOrg(db, query.orgId);
     if (latest !== null && latest >= query.idleSince) return;
     // Where nothing would be revoked (every key newer than dormantDays) it is harmless: not refused.
-    const dry = await dormantListed(query);
+    const dry = await dormantListed(db, query);
     if (dry.keys.length === 0) return;
     throw new AppError(
       'conflict',
@@ -314,11 +340,17 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     );
   }
 
-  async function dormantListed(query: DormantQuery) {
-    const found = await findDormantKeys(deps.db, query, MAX_REVOKE_KEY_IDS + 1);
+  async function dormantListed(db: Db, query: DormantQuery) {
+    const found = await findDormantKeys(db, query, MAX_REVOKE_KEY_IDS + 1);
     const keys = found.slice(0, MAX_REVOKE_KEY_IDS);
-    const more = query.onlyKeyIds === null ? found.length > MAX_REVOKE_KEY_IDS : await othersDormant(deps.db, query, keys);
+    const more = query.onlyKeyIds === null ? found.length > MAX_REVOKE_KEY_IDS : await othersDormant(db, query, keys);
     return { keys, more };
+  }
+
+  // A dry run takes no lock and waits for nothing: judged by the time it starts.
+  async function dormantDryRun(orgId: string, input: DormantInput, actor: Actor | undefined) {
+    const now = deps.now();
+    return { ...(await dormantListed(deps.db, dormantQuery(orgId, input, actor, now))), now };
   }
 
   // Whether the org has dormant keys besides `answered`, whatever keyIds listed: asked within the
@@ -449,31 +481,16 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     // those of them still dormant: a key that crossed the threshold between the two is not revoked
     // unseen. The caller's own key is never among them, so a clean-up cannot lock out the one running it,
     // nor, for an expiring caller, a key that outlives it.
-    async revokeDormant(
-      orgId: string,
-      input: { dormantDays: number; dryRun: boolean; keyIds?: string[] },
-      context: ChangeContext = {},
-    ): Promise<z.output<typeof revokeDormantResult>> {
+    async revokeDormant(orgId: string, input: DormantInput, context: ChangeContext = {}): Promise<z.output<typeof revokeDormantResult>> {
       if (!input.dryRun && deps.usageTracking === false) {
         throw new AppError(
           'conflict',
           'This API records no uses (USAGE_TRACKING=false): unused keys cannot be told from unrecorded ones; only a dry run is allowed',
         );
       }
-      const now = deps.now();
-      const query = {
-        orgId,
-        idleSince: new Date(now - input.dormantDays * DAY_MS),
-        now: new Date(now),
-        exceptKeyId: context.actor?.id ?? null,
-        onlyKeyIds: input.keyIds ?? null,
-        // As a single revoke: an expiring key revoked the org's lasting admin key through the clean-up.
-        expiringBy: context.actor?.expiresAt ?? null,
-      };
-      if (!input.dryRun && input.keyIds === undefined) await refuseUnrecordedOrg(query, input.dormantDays);
       // Either answer is bounded: an org of 100,000 dormant keys with long names and networks made
       // each a response of hundreds of megabytes, built on the API's one thread.
-      const { keys, more } = input.dryRun ? await dormantListed(query) : await revokeDormantApplied(orgId, query, input.dormantDays, context);
+      const { keys, more, now } = input.dryRun ? await dormantDryRun(orgId, input, context.actor) : await revokeDormantApplied(orgId, input, context);
       if (!input.dryRun) for (const key of keys) deps.verifier?.invalidate(key.id);
       return {
         dryRun: input.dryRun,

@@ -5,6 +5,7 @@ import { createDb, MIGRATION_CONFIG, type Db } from '../../shared/db';
 import { HOUR_TABLES, hourBuckets } from '../../shared/tables';
 import { OUTCOMES } from '../../shared/usageWire';
 import { waitFor } from '../../harness/wait';
+import { lockOrgFor } from '../../api/orgs/orgs.repository';
 
 export const TEMPLATE_DATABASE = 'keyusage_test_template';
 
@@ -71,3 +72,12 @@ export const someoneWaitsOnLock = (db: Db) =>
     10_000,
     20,
   );
+
+/** A transaction on a connection of its own holding the org's audit lock, for a test to release (commit) once a change waits on it. */
+export async function heldAuditLock(t: Test, url: string, orgId: string) {
+  const holder = createDb(url, { poolMax: 1 });
+  t.teardown(() => holder.destroy());
+  const trx = await holder.transaction();
+  await lockOrgFor(trx, 'audit', orgId);
+  return trx;
+}
