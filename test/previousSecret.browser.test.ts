@@ -25,6 +25,22 @@ async function rotate({ api, org, adminKey }: System, keyId: string) {
 const view = async ({ api, org, adminKey }: System, keyId: string) =>
   (await api.request('GET', `/api/orgs/${org.id}/api-keys/${keyId}`, { key: adminKey })).body;
 
+// The requests of a key page to its API, in order, from now on: each refresh starts with the usage
+// list's row of the key, and the next waits for the one before it (main.js), so the GETs of the
+// key's view between two of those rows are one refresh's.
+async function keyViewReadsPerRefresh(tab: Page, orgId: string, keyId: string): Promise<number[]> {
+  const paths: string[] = [];
+  tab.on('request', (request) => {
+    const url = new URL(request.url());
+    if (request.method() === 'GET') paths.push(`${url.pathname}${url.search}`);
+  });
+  const refreshStart = `/api/orgs/${orgId}/api-keys/usage?keyId=${keyId}`;
+  // Three starts, and the two whole refreshes between them: what came before the first is part of one.
+  await waitFor('three refreshes', () => (paths.filter((path) => path === refreshStart).length >= 3 ? true : undefined), 30_000);
+  const starts = paths.flatMap((path, i) => (path === refreshStart ? [i] : []));
+  return [0, 1].map((n) => paths.slice(starts[n] + 1, starts[n + 1]).filter((path) => path === `/api/orgs/${orgId}/api-keys/${keyId}`).length);
+}
+
 t.test("a key's page says when and from where its previous secret was last used during a grace period", { timeout: WHOLE_TEST_TIMEOUT_MS }, async (t) => {
   const system = await wiredSystem(t);
   const context = await launchBrowser(t);
@@ -57,6 +73,7 @@ t.test("a key's page says when and from where its previous secret was last used 
   t.match(await note(usedTab).textContent(), /^Previous secret last used (just now|\d+ s ago) from 127\.0\.0\.2$/);
   t.match(await note(usedTab).getAttribute('title'), usedView.previousSecretLastUsedAt, 'the exact time on hover');
   t.ok(await note(usedTab).isVisible());
+  t.same(await keyViewReadsPerRefresh(usedTab, system.org.id, used.id), [1, 1], "the note reads the usage row: one view per refresh, the networks section's");
 
   const unusedTab = await keyPage(unused.id);
   await note(unusedTab).filter({ hasText: /./ }).waitFor();

@@ -88,32 +88,40 @@ export function keyStatus(key: Pick<ApiKeyRecord, 'revokedAt' | 'expiresAt'>, no
 }
 
 // A revoked or expired key's previous secret is refused as its current one is, whatever its grace.
-const graceOpen = (key: ApiKeyRecord, now: number) =>
+const graceOpen = (key: GraceOfKey, now: number) =>
   keyStatus(key, now) === 'active' && key.previousSecretExpiresAt !== null && key.previousSecretExpiresAt.getTime() > now;
 
+type GraceOfKey = Pick<ApiKeyRecord, 'revokedAt' | 'expiresAt' | 'rotatedAt' | 'previousSecretExpiresAt'>;
+
 /**
- * `previousUse`: the newest use of a previous secret the collector wrote (previousSecretUses),
- * shown only during the grace period and only if it came at or after the rotation that made the
- * current previous secret: an older one proved a secret rotated out before.
+ * A key's grace period and its previous secret's last use as the key view and the usage list show
+ * them. `previousUse`: the newest use of a previous secret the collector wrote, shown only during
+ * the grace period and only if it came at or after the rotation that made the current previous
+ * secret: an older one proved a secret rotated out before.
  */
-export function toApiKeyView(key: ApiKeyRecord, now: number, previousUse?: PreviousSecretUse): ApiKeyView {
-  const status = keyStatus(key, now);
+export function previousSecretShown(key: GraceOfKey, now: number, previousUse: PreviousSecretUse | undefined) {
   const inGrace = graceOpen(key, now);
   const sinceRotation = inGrace && previousUse !== undefined && key.rotatedAt !== null && previousUse.at.getTime() >= key.rotatedAt.getTime();
+  return {
+    previousSecretExpiresAt: inGrace ? iso(key.previousSecretExpiresAt) : null,
+    previousSecretLastUsedAt: sinceRotation ? previousUse.at.toISOString() : null,
+    previousSecretLastUsedIp: sinceRotation ? previousUse.ip : null,
+  };
+}
+
+export function toApiKeyView(key: ApiKeyRecord, now: number, previousUse?: PreviousSecretUse): ApiKeyView {
   return {
     id: key.id,
     orgId: key.orgId,
     name: key.name,
     displayPrefix: key.displayPrefix,
     scopes: key.scopes,
-    status,
+    status: keyStatus(key, now),
     createdAt: key.createdAt.toISOString(),
     expiresAt: iso(key.expiresAt),
     revokedAt: iso(key.revokedAt),
     rotatedAt: iso(key.rotatedAt),
-    previousSecretExpiresAt: inGrace ? iso(key.previousSecretExpiresAt) : null,
-    previousSecretLastUsedAt: sinceRotation ? previousUse.at.toISOString() : null,
-    previousSecretLastUsedIp: sinceRotation ? previousUse.ip : null,
+    ...previousSecretShown(key, now, previousUse),
     expectedNetworks: key.expectedNetworks,
   };
 }

@@ -2,6 +2,7 @@ import { exactCount, rawRows, type Count, type Db } from '../../shared/db';
 import { dormantKeySql } from '../../shared/dormancy';
 import { LIMIT_EVENT, type EventType } from '../../shared/keyEvents';
 import { OUTCOMES, type Outcome } from '../../shared/usageWire';
+import type { PreviousSecretUse } from '../keys/apiKeys.repository';
 import type { KeyStatus } from '../keys/apiKeys.service';
 import type { Scope } from '../keys/scopes';
 import { hourBuckets, IP_TABLES, RECENT_IPS_PER_KEY, TABLE } from '../../shared/tables';
@@ -47,6 +48,10 @@ export interface KeyUsageRecord {
   recentFailedIps: FailedIp[];
   lastRevokedUseAt: Date | null;
   lastExpiredUseAt: Date | null;
+  rotatedAt: Date | null;
+  previousSecretExpiresAt: Date | null;
+  /** The newest use of a previous secret the collector wrote, whichever rotation made it previous (the service shows it or not). */
+  previousSecretUse: PreviousSecretUse | undefined;
   /** By the rule of shared/dormancy.ts, at UsageQuery.now with UsageQuery.dormantBefore. */
   dormant: boolean;
   /** Events since UsageQuery.eventsSince, by type (types without one are absent). */
@@ -150,6 +155,7 @@ function pageKeys(query: UsageQuery, direction: string): string {
 }
 
 const PAGE_COLUMNS = `select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
+                  k.rotated_at, k.previous_secret_expires_at, u.previous_secret_last_used_at, u.previous_secret_last_used_ip,
                   u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
                   u.last_failed_at, u.last_failed_ip, u.last_revoked_use_at, u.last_expired_use_at, ${DORMANT} as dormant`;
 
@@ -188,7 +194,7 @@ function busiestKeys(query: UsageQuery): string {
                     order by ranked.request_count desc, ranked.key_id
                     limit :limit offset :offset) b
             cross join lateral (
-              select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.rotated_at
+              select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.rotated_at, k.previous_secret_expires_at
                 from ${TABLE.apiKeys} k where k.org_id = :orgId and k.id = b.key_id limit 1
             ) k
              left join ${TABLE.usage} u on u.org_id = :orgId and u.key_id = k.id`;
@@ -262,6 +268,10 @@ type KeyUsageRow = {
   last_failed_ip: string | null;
   last_revoked_use_at: Date | null;
   last_expired_use_at: Date | null;
+  rotated_at: Date | null;
+  previous_secret_expires_at: Date | null;
+  previous_secret_last_used_at: Date | null;
+  previous_secret_last_used_ip: string | null;
   last_24h: string;
   last_7d: string;
   last_30d: string;
@@ -300,6 +310,9 @@ function toKeyUsage(row: KeyUsageRow): KeyUsageRecord {
     recentFailedIps: ipRows(row.recent_failed_ips).map(({ count, ...ip }) => ({ ...ip, attemptCount: count })),
     lastRevokedUseAt: row.last_revoked_use_at,
     lastExpiredUseAt: row.last_expired_use_at,
+    rotatedAt: row.rotated_at,
+    previousSecretExpiresAt: row.previous_secret_expires_at,
+    previousSecretUse: row.previous_secret_last_used_at ? { at: row.previous_secret_last_used_at, ip: row.previous_secret_last_used_ip } : undefined,
     dormant: row.dormant,
     eventCounts: row.event_counts,
     latestEventAt: row.latest_event_at ? new Date(row.latest_event_at) : null,

@@ -39,6 +39,8 @@ export const usageRoutes: RouteContract[] = [
     path: '/usage',
     operationId: 'listKeyUsage',
     summary: "The org's keys with their usage: counts by outcome and window, recent addresses, failures, events",
+    description:
+      "During a key's rotation grace period each item also says when its previous secret stops working and when and from where it was last used, as the key's view does (previousSecretExpiresAt, previousSecretLastUsedAt, previousSecretLastUsedIp); null outside a grace period.",
     auth: READ_ORG,
     params: orgParams,
     query: listQuery,

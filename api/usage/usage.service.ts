@@ -3,7 +3,7 @@ import { exactCount, type Count, type Db } from '../../shared/db';
 import { EVENT_TYPES } from '../../shared/keyEvents';
 import { OUTCOMES } from '../../shared/usageWire';
 import { InvalidInputError } from '../errors';
-import { KEY_STATUSES, keyStatus, type KeyStatus } from '../keys/apiKeys.service';
+import { apiKeyView, KEY_STATUSES, keyStatus, previousSecretShown, type KeyStatus } from '../keys/apiKeys.service';
 import { SCOPES } from '../keys/scopes';
 import { count, idString, isoTime, offsetPage } from '../responses';
 import { requireKeyInOrg } from '../keys/requireKeyInOrg';
@@ -42,6 +42,8 @@ const keyUsage = z
     lastRevokedUseAt: isoTime.nullable(),
     lastExpiredUseAt: isoTime.nullable(),
     events: z.object({ days: z.number().int(), counts: z.partialRecord(z.enum(EVENT_TYPES), z.number().int()), latestAt: isoTime.nullable() }),
+    // As the key view says them, so a page of keys needs no view of each.
+    ...apiKeyView.pick({ previousSecretExpiresAt: true, previousSecretLastUsedAt: true, previousSecretLastUsedIp: true }).shape,
   })
   .meta({ id: 'KeyUsage' });
 
@@ -90,6 +92,7 @@ function toUsageView(key: KeyUsageRecord, now: number, eventSummaryDays: number)
     lastRevokedUseAt: isoOrNull(key.lastRevokedUseAt),
     lastExpiredUseAt: isoOrNull(key.lastExpiredUseAt),
     events: { days: eventSummaryDays, counts: key.eventCounts, latestAt: isoOrNull(key.latestEventAt) },
+    ...previousSecretShown(key, now, key.previousSecretUse),
   };
 }
 

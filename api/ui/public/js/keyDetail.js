@@ -54,8 +54,9 @@ function createFacts() {
 }
 
 // During a rotation's grace period: whether the previous secret is still in use, and where from
-// (the key view's previousSecretLastUsedAt/Ip), so an operator can tell when ending the grace early
-// cuts no one off. Hidden outside a grace period, and against an API that does not say.
+// (the usage row's previousSecretLastUsedAt/Ip, as the key view says them), so an operator can
+// tell when ending the grace early cuts no one off. Hidden outside a grace period, and against an
+// API that does not say.
 function previousSecretText(key) {
   if (!key.previousSecretExpiresAt || key.previousSecretLastUsedAt === undefined) return null;
   if (!key.previousSecretLastUsedAt) return 'Previous secret not used since rotation';
@@ -122,13 +123,14 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     setText(title, key.name);
     setText(subtitle, `${key.displayPrefix} · created ${key.createdAt.slice(0, 10)} (UTC)${key.expiresAt ? ` · expires ${key.expiresAt}` : ''}`);
     facts.update(key);
+    previousSecret.update(key);
     recent.update(key.recentIps);
     failing.update(key.recentFailedIps);
     if (canWrite && key.status !== shownStatus) {
       shownStatus = key.status;
       showActions(keyActions({ who, key, onChanged: refresh, onError: (e) => tellAgain(error, e.message), onSignedOut }));
     }
-    await Promise.all([refreshChart(), events.refresh(), networks.refresh(), refreshPreviousSecret()]);
+    await Promise.all([refreshChart(), events.refresh(), networks.refresh()]);
     onFresh(usage);
   }
 
@@ -141,11 +143,6 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     const status = block.querySelector('p') ?? block;
     status.tabIndex = -1;
     status.focus();
-  }
-
-  // The key view says what the usage row does not: the grace period and its previous secret's use.
-  async function refreshPreviousSecret() {
-    previousSecret.update(await api('GET', orgPath(who, `/${encodeURIComponent(keyId)}`)));
   }
 
   async function refreshChart() {
