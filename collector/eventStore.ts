@@ -15,6 +15,9 @@ import { copyChunks, msToTime, STAGED_KEY } from './flushStaging';
 import { chunksWritten, type CopyBytes } from './copyBytes';
 import { markDeferred, planDeferred, raiseDeferred, type NetworkOfKey } from './deferredNetworks';
 import { earliestHour, eventsInCrowdedRooms, recordedRooms, recordedRoomsSql, withinOrgHourlyLimit } from './eventBudget';
+import { DAY_MS } from '../shared/timeUnits';
+import { failExpiredDeliveries } from './webhookStore';
+import { durationInWords } from './webhookWorker';
 
 export interface EventDetection extends DetectionThresholds {
   ipHistoryPerKey: number;
@@ -427,16 +430,25 @@ export async function sweepTimeEvents(
   return { ...swept, newIp: await sweepDeferred(db, now, newIpPerKeyHour, maxPerOrgHour) };
 }
 
-// Events, and the webhook deliveries made of them once they are done (a delivery still pending
-// stays until it succeeds or gives up): their payloads copy the events' details, IPs included, so
-// they must not outlive them. Attempts go with their delivery (ON DELETE CASCADE).
+// Events, and the webhook deliveries made of them: their payloads copy the events' details, IPs
+// included, so they must not outlive them. Attempts go with their delivery (ON DELETE CASCADE).
 // An event is kept a day past EVENTS_RETENTION_DAYS: each collector runs retention and the sweep on
 // its own clock, and a sweep on a clock 15 minutes behind the retention's wrote an event retention
 // had just deleted again, with a webhook delivery (a review). Any clock less than a day behind now
 // finds the crossing outside its window (RETAINED_FROM). The day is not taken from the sweep's
 // window: with a retention of 1 day it left none.
-export async function expireOldEvents(db: Db, now: Date, retentionDays: number): Promise<void> {
-  const bindings = [now, retentionDays];
-  await db.raw(`delete from ${TABLE.keyEvents} where occurred_at < cast(? as timestamptz) - make_interval(days => ?) - ${DAY}`, bindings);
-  await db.raw(`delete from ${TABLE.webhookDeliveries} where status <> 'pending' and created_at < cast(? as timestamptz) - make_interval(days => ?)`, bindings);
+// A delivery still pending then is failed, unsent: retries waiting (up to 85 days with
+// WEBHOOK_MAX_ATTEMPTS and WEBHOOK_RETRY_BASE_MS at their maximum), put back unsent (a secret
+// unopened, lookups busy) or never claimed (an org's backlog), it kept the copy with no end. Failed
+// after the delete, it stays in its webhook's delivery log until the next run, which deletes it
+// before its event goes (a day later). Returns how many were failed.
+export async function expireOldEvents(db: Db, now: Date, retentionDays: number): Promise<number> {
+  await db.raw(`delete from ${TABLE.keyEvents} where occurred_at < cast(? as timestamptz) - make_interval(days => ?) - ${DAY}`, [now, retentionDays]);
+  const madeBefore = new Date(now.getTime() - retentionDays * DAY_MS);
+  await db.raw(`delete from ${TABLE.webhookDeliveries} where status <> 'pending' and created_at < ?`, [madeBefore]);
+  return failExpiredDeliveries(db, madeBefore, now, expiredUnsent(retentionDays));
 }
+
+const expiredUnsent = (retentionDays: number) =>
+  `nothing more was sent: the delivery was still pending ${durationInWords(retentionDays * DAY_MS)} after it was made (EVENTS_RETENTION_DAYS), ` +
+  "and its payload copies its event's details, which are kept no longer; it is deleted at the next retention run";

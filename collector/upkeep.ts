@@ -73,7 +73,12 @@ export function createUpkeep(options: UpkeepOptions) {
   // waiting for a connection (test/hourMove.test.ts, under npm run test:citus).
   let cleaning: Promise<void> | undefined;
   const cleanUp = () => {
-    cleaning ??= retentionRun(options, warn, () => stopped)
+    cleaning ??= retentionRun(
+      options,
+      warn,
+      () => stopped,
+      (deliveries) => (webhooks.stats.gaveUp += deliveries),
+    )
       .then((succeeded) => {
         if (!succeeded) stats.failedRetentions += 1;
       })
@@ -119,13 +124,15 @@ export type Upkeep = ReturnType<typeof createUpkeep>;
 // the flush waited for a connection. Each logs its own failure and the next still runs (until a
 // stop); the run failed if any did.
 async function retentionRun(
-  { db, store, config, now }: UpkeepOptions,
+  options: UpkeepOptions,
   warn: (message: string) => (error: Error) => void,
   stopped: () => boolean,
+  gaveUp: (deliveries: number) => void,
 ): Promise<boolean> {
+  const { db, store, config } = options;
   const parts: Array<[string, () => Promise<unknown>]> = [
     ['retention cleanup failed', () => store.expireOldRows(config.collector.retentionDays)],
-    ['retention cleanup failed', () => expireOldEvents(db, new Date(now()), config.collector.events.retentionDays)],
+    ['retention cleanup failed', () => expireEvents(options, gaveUp)],
     ['IP retention cleanup failed', () => expireIpData(db, config.privacy.ipRetentionDays)],
   ];
   let succeeded = true;
@@ -140,4 +147,17 @@ async function retentionRun(
     }
   }
   return succeeded;
+}
+
+// Deliveries failed by retention are counted and logged as the worker's given up: each has its
+// attempt saying why in its webhook's delivery log only until the next run deletes it.
+async function expireEvents({ db, config, logger, now }: UpkeepOptions, gaveUp: (deliveries: number) => void): Promise<void> {
+  const retentionDays = config.collector.events.retentionDays;
+  const expired = await expireOldEvents(db, new Date(now()), retentionDays);
+  if (expired === 0) return;
+  gaveUp(expired);
+  logger.error(
+    { deliveries: expired, retentionDays },
+    'webhook deliveries failed: still pending after EVENTS_RETENTION_DAYS, unsent; their payloads copy events kept no longer',
+  );
 }

@@ -303,3 +303,23 @@ export async function failUnsent(db: Db, delivery: ClaimedDelivery, failedAt: Da
     return true;
   });
 }
+
+// One statement: the deliveries failed and their attempts commit together, and no collector's
+// claim comes between them. The attempt counts as one (nothing was sent, as failUnsent's); a send
+// in flight still records its own, and finds the delivery settled ('superseded'). The times are
+// the caller's: Citus refuses now() in RETURNING, and retention runs on the collector's clock.
+const FAIL_EXPIRED = `
+with expired as (
+  update ${TABLE.webhookDeliveries}
+     set status = 'failed', attempts = attempts + 1, next_attempt_at = :failedAt, completed_at = :failedAt
+   where status = 'pending' and created_at < :madeBefore
+  returning org_id, id, attempts
+)
+insert into ${TABLE.webhookDeliveryAttempts} (org_id, delivery_id, attempt, started_at, duration_ms, error, succeeded)
+select org_id, id, attempts, cast(:failedAt as timestamptz), 0, cast(:error as text), false from expired`;
+
+/** Fails every delivery still pending that was made before `madeBefore`, unsent, with one attempt saying why; returns how many. */
+export async function failExpiredDeliveries(db: Db, madeBefore: Date, failedAt: Date, error: string): Promise<number> {
+  const result = await db.raw<{ rowCount: number }>(FAIL_EXPIRED, { madeBefore, failedAt, error });
+  return result.rowCount;
+}

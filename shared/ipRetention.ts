@@ -86,8 +86,9 @@ export const IP_HOLDERS: readonly IpHolder[] = [
     path: null,
     dedupe: NEW_IP_DEDUPE_ERASED,
   },
-  // The payload is a snapshot of the event (a ping's details hold no address). Deliveries outlive
-  // their event while pending, and a finished one is kept for EVENTS_RETENTION_DAYS. The time is
+  // The payload is a snapshot of the event (a ping's details hold no address). A delivery, pending
+  // or finished, is kept EVENTS_RETENTION_DAYS (collector/eventStore.ts, expireOldEvents): with a
+  // shorter IP_RETENTION_DAYS its addresses go here first, and a retry sends the rest. The time is
   // compared as text: a cast to timestamptz is a stable function, which Citus refuses on a column
   // in an UPDATE (every hourly run failed there).
   {
