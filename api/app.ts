@@ -160,6 +160,7 @@ function createServices(deps: AppDeps, verifier: ReturnType<typeof createKeyVeri
       pepper: deps.config.keyPepper,
       defaultGraceSeconds: deps.config.rotationGraceSeconds,
       maxKeysPerOrg: deps.config.maxKeysPerOrg,
+      idempotencyTtlSeconds: deps.config.idempotencyTtlSeconds,
       verifier,
       usageTracking: deps.usageTracking,
       now,

@@ -12,6 +12,7 @@ export const ERROR_STATUS = {
   stale_secret: 403,
   not_found: 404,
   conflict: 409,
+  idempotency_key_reused: 422,
   payload_too_large: 413,
   unsupported_media_type: 415,
   too_many_requests: 429,

@@ -17,6 +17,7 @@ export const TABLE = {
   webhookDeliveries: 'webhook_deliveries',
   webhookDeliveryAttempts: 'webhook_delivery_attempts',
   auditLog: 'audit_log',
+  idempotencyKeys: 'idempotency_keys',
 } as const;
 
 /** A key's addresses: those of proven uses and those of failed attempts, each with its own count column. */

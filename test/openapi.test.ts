@@ -351,6 +351,32 @@ t.test('every response of every route matches the document', async (t) => {
     check(t, template, 'post', response, 'conflict');
   });
 
+  // A retry with the same Idempotency-Key answers the first outcome without the plaintext
+  // (ApiKeyReplay); the same key for another request, 422; a malformed one, 400.
+  for (const operation of ['createApiKey', 'rotateApiKey']) {
+    await t.test(`${operation} with an Idempotency-Key: a replay, another request, a malformed key`, async (t) => {
+      const { template } = contracts.get(operation)!;
+      const target: Record<string, string> =
+        operation === 'rotateApiKey'
+          ? { keyId: (await world.api.services.apiKeys.create(world.orgId, { name: 'replayed', scopes: ['keys:read'], expiresAt: null })).key.id }
+          : {};
+      const body = operation === 'rotateApiKey' ? { gracePeriodSeconds: 0 } : { name: 'made once', scopes: ['keys:read'] };
+      const send = (key: string, sent: unknown) =>
+        world.api.request('POST', urlOf(world, template, target), { key: world.plaintexts.admin, body: sent, headers: { 'idempotency-key': key } });
+      const first = await send(`contract-${operation}`, body);
+      check(t, template, 'post', first, 'first');
+      const replay = await send(`contract-${operation}`, body);
+      t.same([replay.status, replay.body.replayed, replay.body.key], [first.status, true, undefined], 'a replay, without the plaintext');
+      check(t, template, 'post', replay, 'replay');
+      const reused = await send(`contract-${operation}`, { ...body, ...(operation === 'rotateApiKey' ? { gracePeriodSeconds: 1 } : { name: 'another' }) });
+      t.equal(reused.body.error?.code, 'idempotency_key_reused');
+      check(t, template, 'post', reused, 'another request');
+      const malformed = await send('', body);
+      t.equal(malformed.body.error?.code, 'invalid_request');
+      check(t, template, 'post', malformed, 'an empty key');
+    });
+  }
+
   await t.test('applying the dormant clean-up on an API that records no uses', async (t) => {
     const { template } = contracts.get('revokeDormantApiKeys')!;
     const untracked = await startTestApi(t, world.db, { usageTracking: false });

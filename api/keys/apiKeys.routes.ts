@@ -4,7 +4,18 @@ import { z } from 'zod';
 import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, REVOKE_KEY, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
 import { displayName, jsonBody, noBody, noQuery, withinSupportedTimes, pagination, parseInput, uuid } from '../validation';
-import { MAX_REVOKE_KEY_IDS, apiKeyList, apiKeyView, revealedApiKey, revokeDormantResult, type ApiKeysService } from './apiKeys.service';
+import { idempotencyHeaders, idempotentRequest } from '../idempotency/idempotency';
+import {
+  MAX_REVOKE_KEY_IDS,
+  apiKeyList,
+  apiKeyView,
+  revealedApiKey,
+  revealedOrReplayedApiKey,
+  revokeDormantResult,
+  type ApiKeysService,
+  type ReplayedKey,
+  type RevealedKey,
+} from './apiKeys.service';
 import { SCOPES } from './scopes';
 
 const keyParams = z.object({ id: uuid, keyId: uuid });
@@ -60,12 +71,18 @@ export const apiKeysRoutes: RouteContract[] = [
     operationId: 'createApiKey',
     summary: 'Create an API key',
     description:
-      'The plaintext key is in this response only (Cache-Control: no-store). A key cannot create a key with a scope it lacks or a longer life than its own (403). 409 when the org holds KEYS_MAX_PER_ORG keys (100,000 by default), revoked ones included.',
+      'The plaintext key is in this response only (Cache-Control: no-store). A key cannot create a key with a scope it lacks or a longer life than its own (403). 409 when the org holds KEYS_MAX_PER_ORG keys (100,000 by default), revoked ones included. With an Idempotency-Key, a retry of the same request by the same key within IDEMPOTENCY_KEY_TTL_SECONDS creates nothing and answers 201 with the key as first answered, `replayed: true` and no plaintext (kept nowhere: rotate the key if it was lost).',
     auth: MANAGE_ORG,
     params: orgParams,
+    headers: idempotencyHeaders,
     body: createBody,
-    responses: { 201: { description: 'The new key, with its plaintext', body: revealedApiKey } },
-    errors: ['conflict'],
+    responses: {
+      201: {
+        description: 'The new key, with its plaintext; for a retry with the same Idempotency-Key, the key without it (replayed)',
+        body: revealedOrReplayedApiKey,
+      },
+    },
+    errors: ['conflict', 'idempotency_key_reused'],
   },
   {
     method: 'get',
@@ -116,12 +133,18 @@ export const apiKeysRoutes: RouteContract[] = [
     operationId: 'rotateApiKey',
     summary: 'Give a key a new secret; the previous one works until the grace period ends',
     description:
-      'The plaintext key is in this response only (Cache-Control: no-store). A key can rotate only keys whose scopes it holds itself and, if it expires, that expire no later than it does (403). 409 when the key is revoked or expired, another rotation won, or (with a grace period) the previous secret of an earlier rotation still works: one previous secret is kept.',
+      'The plaintext key is in this response only (Cache-Control: no-store). A key can rotate only keys whose scopes it holds itself and, if it expires, that expire no later than it does (403). 409 when the key is revoked or expired, another rotation won, or (with a grace period) the previous secret of an earlier rotation still works: one previous secret is kept. With an Idempotency-Key, a retry of the same request by the same key within IDEMPOTENCY_KEY_TTL_SECONDS rotates nothing and answers 200 with the key as first answered, `replayed: true` and no plaintext (kept nowhere: rotate again, with a new Idempotency-Key, if it was lost).',
     auth: MANAGE_ORG,
     params: keyParams,
+    headers: idempotencyHeaders,
     body: rotateBody,
-    responses: { 200: { description: 'The key, with its new plaintext', body: revealedApiKey } },
-    errors: ['conflict'],
+    responses: {
+      200: {
+        description: 'The key, with its new plaintext; for a retry with the same Idempotency-Key, the key without it (replayed)',
+        body: revealedOrReplayedApiKey,
+      },
+    },
+    errors: ['conflict', 'idempotency_key_reused'],
   },
   {
     method: 'post',
@@ -144,6 +167,16 @@ export function apiKeysRouter(deps: {
   const { service, authorize } = deps;
   // The acting key and the client address, for the key-hands-out-no-more rule and the audit log.
   const changeContext = (res: Response) => ({ actor: res.locals.auth!.key, ip: deps.auditIp(res.locals.auth!.ip) });
+  // A key made now answers with its plaintext; a retry with the same Idempotency-Key, with the
+  // first answer's view, flagged, and never the plaintext (kept nowhere).
+  const answer = (res: Response, outcome: RevealedKey | ReplayedKey) => {
+    if (outcome.replayed) {
+      res.setHeader('Idempotent-Replayed', 'true');
+      res.status(outcome.status).json({ ...outcome.body, replayed: true } satisfies z.output<typeof revealedOrReplayedApiKey>);
+      return;
+    }
+    res.status(outcome.status).json({ ...outcome.key, key: outcome.plaintext } satisfies z.output<typeof revealedApiKey>);
+  };
   const readKeys = authorize(READ_ORG);
   // Bodies are read by authorize, after authentication and before the org's turn: an anonymous
   // caller gets 401 without its body being read, a key that sends bad JSON is still counted as a
@@ -157,12 +190,14 @@ export function apiKeysRouter(deps: {
   router.post('/', writeKeys, noQuery, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(createBody, req.body, 'body');
-    const created = await service.create(
+    const request = idempotentRequest(req, { pattern: 'POST /api/orgs/:id/api-keys', params: {} });
+    const created = await service.createIdempotent(
       id,
       { name: body.name, scopes: body.scopes, expiresAt: body.expiresAt ? new Date(body.expiresAt) : null, expectedNetworks: body.expectedNetworks },
       changeContext(res),
+      request,
     );
-    res.status(201).json({ ...created.key, key: created.plaintext } satisfies z.output<typeof revealedApiKey>);
+    answer(res, created);
   });
 
   router.get('/', readKeys, async (req, res) => {
@@ -191,8 +226,8 @@ export function apiKeysRouter(deps: {
   router.post('/:keyId/rotate', writeKeys, noQuery, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(rotateBody, req.body, 'body');
-    const rotated = await service.rotate(id, keyId, { ...changeContext(res), graceSeconds: body.gracePeriodSeconds });
-    res.json({ ...rotated.key, key: rotated.plaintext } satisfies z.output<typeof revealedApiKey>);
+    const request = idempotentRequest(req, { pattern: 'POST /api/orgs/:id/api-keys/:keyId/rotate', params: { keyId } });
+    answer(res, await service.rotateIdempotent(id, keyId, { ...changeContext(res), graceSeconds: body.gracePeriodSeconds }, request));
   });
 
   router.post('/:keyId/revoke', revokeKey, noQuery, async (req, res) => {

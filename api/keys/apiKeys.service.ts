@@ -26,6 +26,8 @@ import { SCOPES, type Scope } from './scopes';
 import { requireKeyInOrg } from './requireKeyInOrg';
 import { lockOrgFor } from '../orgs/orgs.repository';
 import { DAY_MS } from '../../shared/timeUnits';
+import type { IdempotentRequest } from '../idempotency/idempotency';
+import { NO_CALLER, findRememberedOutcome, rememberOutcome, type RememberedOutcome } from '../idempotency/idempotency.repository';
 
 export const KEY_STATUSES = ['active', 'expired', 'revoked'] as const;
 export type KeyStatus = (typeof KEY_STATUSES)[number];
@@ -63,6 +65,19 @@ export type ApiKeyView = z.output<typeof apiKeyView>;
 export const revealedApiKey = apiKeyView
   .extend({ key: z.string().meta({ description: 'The plaintext key, shown this once; only its hash is kept' }) })
   .meta({ id: 'ApiKeyWithPlaintext' });
+// What a retry of a create or rotate with the same Idempotency-Key answers: the key as the first
+// answer showed it, without the plaintext, which is never kept (docs/api-keys.md, "Idempotent
+// create and rotate").
+export const replayedApiKey = apiKeyView
+  .extend({
+    replayed: z.literal(true).meta({
+      description:
+        'This answers a retry (same Idempotency-Key, same request): nothing was changed now, and this is the key as the first answer showed it. The plaintext key was in that answer only and is kept nowhere; if it was lost, rotate the key (or revoke it)',
+    }),
+  })
+  .meta({ id: 'ApiKeyReplay' });
+/** The answer of a create or rotate: the plaintext, or, for a retry with the same Idempotency-Key, the replay without it. */
+export const revealedOrReplayedApiKey = z.union([revealedApiKey, replayedApiKey]).meta({ id: 'ApiKeyWithPlaintextOrReplay' });
 export const apiKeyList = listOf(apiKeyView, offsetPage).meta({ id: 'ApiKeyList' });
 /** How many ids a revoke-dormant may name (keyIds): the API's bound, which the CLI checks first. */
 export const MAX_REVOKE_KEY_IDS = 10_000;
@@ -167,6 +182,21 @@ const dormantQuery = (orgId: string, input: DormantInput, actor: Actor | undefin
   expiringBy: actor?.expiresAt ?? null,
 });
 
+/** A create or rotate made now: the key and its plaintext, with the answer's status. */
+export interface RevealedKey {
+  replayed: false;
+  status: number;
+  key: ApiKeyView;
+  plaintext: string;
+}
+
+/** A create or rotate remembered for its Idempotency-Key: its first answer, without the plaintext. */
+export interface ReplayedKey {
+  replayed: true;
+  status: number;
+  body: ApiKeyView;
+}
+
 // A key hands out no more than it holds: creating or rotating a key reveals that key's secret, so
 // a key with more scopes or a longer life than the actor's own would be an escalation. Revoking is
 // limited the same way: a short-lived key that revoked the org's lasting admin key left the org,
@@ -206,8 +236,12 @@ export interface ApiKeysServiceDeps {
    * totals, so "unused" cannot be told from "not recorded", and the clean-up refuses to revoke.
    */
   usageTracking?: boolean;
+  /** How long a create or rotate sent with an Idempotency-Key is remembered (IDEMPOTENCY_KEY_TTL_SECONDS); 24 h unless given. */
+  idempotencyTtlSeconds?: number;
   now: () => number;
 }
+
+const DEFAULT_IDEMPOTENCY_TTL_SECONDS = 86_400;
 
 export type ApiKeysService = ReturnType<typeof createApiKeysService>;
 
@@ -371,6 +405,152 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     return first.some((key) => !ids.has(key.id));
   }
 
+  const idempotencyTtlMs = (deps.idempotencyTtlSeconds ?? DEFAULT_IDEMPOTENCY_TTL_SECONDS) * 1000;
+  const callerOf = (context: ChangeContext) => context.actor?.id ?? NO_CALLER;
+
+  // In an audited change, after beginAuditedChange (the org's lock): the first answer to this
+  // Idempotency-Key if one is remembered within the window, else undefined. The same key for
+  // another request (route, key or body) is refused, changing nothing.
+  async function rememberedFor(trx: Db, orgId: string, context: ChangeContext, request: IdempotentRequest | undefined): Promise<ReplayedKey | undefined> {
+    if (!request) return undefined;
+    const since = new Date(deps.now() - idempotencyTtlMs);
+    const found: RememberedOutcome | undefined = await findRememberedOutcome(trx, { orgId, callerKeyId: callerOf(context), request, since });
+    if (!found) return undefined;
+    if (!found.requestHash.equals(request.requestHash)) {
+      throw new AppError(
+        'idempotency_key_reused',
+        `This Idempotency-Key was used at ${found.createdAt.toISOString()} for another request (another route, key or body); send a new key for a new request`,
+      );
+    }
+    return { replayed: true, status: found.status, body: found.body as ApiKeyView };
+  }
+
+  // Remembers the answer to a request with an Idempotency-Key, in the change's transaction: it
+  // commits with the change or not at all. The view only: the plaintext is never kept.
+  async function remember(trx: Db, orgId: string, context: ChangeContext, request: IdempotentRequest | undefined, status: number, view: ApiKeyView) {
+    if (!request) return;
+    const now = deps.now();
+    const body: Record<string, unknown> = { ...view };
+    delete body.key;
+    const kept = await rememberOutcome(trx, {
+      orgId,
+      callerKeyId: callerOf(context),
+      request,
+      status,
+      body,
+      keyId: view.id,
+      now: new Date(now),
+      since: new Date(now - idempotencyTtlMs),
+    });
+    // Not reached while every change takes the org's lock first; if it were, the change rolls back.
+    if (!kept) throw new AppError('conflict', 'Another request with this Idempotency-Key is in progress; retry it in a moment');
+  }
+
+  async function createKey(
+    orgId: string,
+    input: CreateKeyInput,
+    context: ChangeContext,
+    request: IdempotentRequest | undefined,
+  ): Promise<RevealedKey | ReplayedKey> {
+    assertWithinActor(context.actor, input, 'create');
+    const material = generateKeyMaterial(deps.pepper);
+    const newKey = {
+      id: material.keyId,
+      orgId,
+      name: input.name,
+      displayPrefix: material.displayPrefix,
+      secretHash: material.secretHash,
+      secretPepperId: material.pepperId,
+      scopes: input.scopes,
+      expiresAt: input.expiresAt,
+      expectedNetworks: networksOrNull(input.expectedNetworks),
+    };
+    const outcome = await audited(
+      orgId,
+      context,
+      async (trx) => {
+        // A retry is answered as the first request was, before anything is judged again.
+        const replay = await rememberedFor(trx, orgId, context, request);
+        if (replay) return replay;
+        // Once the org's turn has come: checked before, a key that expired while the create
+        // waited for it (up to API_STATEMENT_TIMEOUT_MS) was created.
+        if (input.expiresAt && input.expiresAt.getTime() <= deps.now()) {
+          throw new InvalidInputError('expiresAt: must be in the future');
+        }
+        if (deps.maxKeysPerOrg !== undefined) await assertRoomForKey(trx, orgId, deps.maxKeysPerOrg);
+        const created = await insertApiKey(trx, newKey);
+        const view = toApiKeyView(created, deps.now());
+        await remember(trx, orgId, context, request, 201, view);
+        return { replayed: false as const, created, view };
+      },
+      (result) =>
+        result.replayed
+          ? undefined
+          : {
+              orgId,
+              action: 'key.create',
+              targetKeyId: result.created.id,
+              details: {
+                name: result.created.name,
+                scopes: result.created.scopes,
+                expiresAt: iso(result.created.expiresAt),
+                expectedNetworks: result.created.expectedNetworks,
+              },
+            },
+    );
+    if (outcome.replayed) return outcome;
+    return { replayed: false, status: 201, key: outcome.view, plaintext: material.plaintext };
+  }
+
+  async function rotateKey(
+    orgId: string,
+    keyId: string,
+    options: ChangeContext & { graceSeconds?: number },
+    request: IdempotentRequest | undefined,
+  ): Promise<RevealedKey | ReplayedKey> {
+    const { graceSeconds = deps.defaultGraceSeconds } = options;
+    const key = await requireKey(orgId, keyId);
+    assertWithinActor(options.actor, key, 'rotate');
+    const material = newSecret(key.id, deps.pepper);
+    // Judged and stamped once the org's turn has come, on the key as it is then: judged on the
+    // read above, by the time before the wait (up to API_STATEMENT_TIMEOUT_MS), a key that
+    // expired meanwhile was rotated, and a grace period ended early. The write is still
+    // conditioned on the rotation read above: one made meanwhile is "rotated by another request".
+    // A retry with the same Idempotency-Key is answered first, and rotates nothing again.
+    const outcome = await audited(
+      orgId,
+      options,
+      async (trx) => {
+        const replay = await rememberedFor(trx, orgId, options, request);
+        if (replay) return replay;
+        const rotated = await replaceSecret(trx, key.id, rotation(await requireKeyInOrg(trx, orgId, keyId), key.rotatedAt, material, graceSeconds, deps.now()));
+        if (!rotated) return undefined;
+        const view = toApiKeyView(rotated, deps.now());
+        await remember(trx, orgId, options, request, 200, view);
+        return { replayed: false as const, rotated, view };
+      },
+      (result) =>
+        result && !result.replayed
+          ? {
+              orgId,
+              action: 'key.rotate',
+              targetKeyId: key.id,
+              details: { gracePeriodSeconds: graceSeconds, previousSecretExpiresAt: iso(result.rotated.previousSecretExpiresAt) },
+            }
+          : undefined,
+    );
+    if (!outcome) throw await rotationLost(orgId, keyId);
+    if (outcome.replayed) return outcome;
+    deps.verifier?.invalidate(key.id);
+    return { replayed: false, status: 200, key: outcome.view, plaintext: material.plaintext };
+  }
+
+  // A call without an Idempotency-Key is never a replay.
+  const made = (result: RevealedKey | ReplayedKey): RevealedKey => {
+    if (result.replayed) throw new Error('a change without an Idempotency-Key was answered as a replay');
+    return result;
+  };
+
   // Why a rotation's compare-and-set wrote nothing: the key was revoked or expired meanwhile, or
   // another rotation won.
   async function rotationLost(orgId: string, keyId: string): Promise<AppError> {
@@ -381,40 +561,13 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
   }
 
   return {
-    async create(orgId: string, input: CreateKeyInput, context: ChangeContext = {}) {
-      assertWithinActor(context.actor, input, 'create');
-      const material = generateKeyMaterial(deps.pepper);
-      const newKey = {
-        id: material.keyId,
-        orgId,
-        name: input.name,
-        displayPrefix: material.displayPrefix,
-        secretHash: material.secretHash,
-        secretPepperId: material.pepperId,
-        scopes: input.scopes,
-        expiresAt: input.expiresAt,
-        expectedNetworks: networksOrNull(input.expectedNetworks),
-      };
-      const key = await audited(
-        orgId,
-        context,
-        async (trx) => {
-          // Once the org's turn has come: checked before, a key that expired while the create
-          // waited for it (up to API_STATEMENT_TIMEOUT_MS) was created.
-          if (input.expiresAt && input.expiresAt.getTime() <= deps.now()) {
-            throw new InvalidInputError('expiresAt: must be in the future');
-          }
-          if (deps.maxKeysPerOrg !== undefined) await assertRoomForKey(trx, orgId, deps.maxKeysPerOrg);
-          return insertApiKey(trx, newKey);
-        },
-        (created) => ({
-          orgId,
-          action: 'key.create',
-          targetKeyId: created.id,
-          details: { name: created.name, scopes: created.scopes, expiresAt: iso(created.expiresAt), expectedNetworks: created.expectedNetworks },
-        }),
-      );
-      return { key: toApiKeyView(key, deps.now()), plaintext: material.plaintext };
+    async create(orgId: string, input: CreateKeyInput, context: ChangeContext = {}): Promise<RevealedKey> {
+      return made(await createKey(orgId, input, context, undefined));
+    },
+
+    /** create, remembered for its Idempotency-Key: a retry within the window answers the first outcome, without the plaintext. */
+    createIdempotent(orgId: string, input: CreateKeyInput, context: ChangeContext, request: IdempotentRequest | undefined) {
+      return createKey(orgId, input, context, request);
     },
 
     async list(orgId: string, page: { limit: number; offset: number }): Promise<z.output<typeof apiKeyList>> {
@@ -432,30 +585,13 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
 
     // A new secret for the same key id, so usage history stays continuous; the old secret keeps
     // working until the grace period ends.
-    async rotate(orgId: string, keyId: string, options: ChangeContext & { graceSeconds?: number } = {}) {
-      const { graceSeconds = deps.defaultGraceSeconds } = options;
-      const key = await requireKey(orgId, keyId);
-      assertWithinActor(options.actor, key, 'rotate');
-      const material = newSecret(key.id, deps.pepper);
-      // Judged and stamped once the org's turn has come, on the key as it is then: judged on the
-      // read above, by the time before the wait (up to API_STATEMENT_TIMEOUT_MS), a key that
-      // expired meanwhile was rotated, and a grace period ended early. The write is still
-      // conditioned on the rotation read above: one made meanwhile is "rotated by another request".
-      const rotated = await audited(
-        orgId,
-        options,
-        async (trx) => replaceSecret(trx, key.id, rotation(await requireKeyInOrg(trx, orgId, keyId), key.rotatedAt, material, graceSeconds, deps.now())),
-        (result) =>
-          result && {
-            orgId,
-            action: 'key.rotate',
-            targetKeyId: key.id,
-            details: { gracePeriodSeconds: graceSeconds, previousSecretExpiresAt: iso(result.previousSecretExpiresAt) },
-          },
-      );
-      if (!rotated) throw await rotationLost(orgId, keyId);
-      deps.verifier?.invalidate(key.id);
-      return { key: toApiKeyView(rotated, deps.now()), plaintext: material.plaintext };
+    async rotate(orgId: string, keyId: string, options: ChangeContext & { graceSeconds?: number } = {}): Promise<RevealedKey> {
+      return made(await rotateKey(orgId, keyId, options, undefined));
+    },
+
+    /** rotate, remembered for its Idempotency-Key: a retry within the window rotates nothing and answers the first outcome, without the plaintext. */
+    rotateIdempotent(orgId: string, keyId: string, options: ChangeContext & { graceSeconds?: number }, request: IdempotentRequest | undefined) {
+      return rotateKey(orgId, keyId, options, request);
     },
 
     /** Expected networks do not block a request: a use from outside them raises key.outside_networks. */

@@ -19,6 +19,8 @@ export interface RouteContract {
   auth?: Requirement;
   params?: z.ZodObject;
   query?: z.ZodObject;
+  /** Request headers the route reads beyond authentication (Idempotency-Key), by their names. */
+  headers?: z.ZodObject;
   body?: z.ZodObject;
   /** Success responses by status. A body is a named schema (`.meta({ id })`); none: an empty body. */
   responses: Readonly<Record<number, { description: string; body?: z.ZodType }>>;

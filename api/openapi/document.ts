@@ -24,6 +24,8 @@ const ERROR_MEANING: Record<ErrorCode, string> = {
   stale_secret: "the key's previous secret, still valid during a rotation's grace period, cannot manage keys or webhooks",
   not_found: "no such org, key or webhook (another org's is not found either)",
   conflict: 'the resource is not in a state that allows the change',
+  idempotency_key_reused:
+    'the Idempotency-Key was sent, within IDEMPOTENCY_KEY_TTL_SECONDS, with another request (another route, key or body): nothing was changed; use a new key for a new request',
   payload_too_large: 'the body is over 16 kB (512 kB for revoke-dormant)',
   unsupported_media_type: 'the body is not application/json (UTF-8)',
   too_many_requests:
@@ -56,6 +58,7 @@ function parameters(route: RouteContract): JsonSchema[] {
   const located = [
     ['path', route.params],
     ['query', route.query],
+    ['header', route.headers],
   ] as const;
   return located.flatMap(([where, schema]) => {
     if (!schema) return [];
@@ -81,7 +84,7 @@ export function errorCodes(route: RouteContract): ErrorCode[] {
   const codes = new Set<ErrorCode>(route.errors);
   const { auth } = route;
   // A keyed route refuses a query parameter it does not read (validation.ts, noQuery).
-  if (auth || route.params || route.query || route.body) codes.add('invalid_request');
+  if (auth || route.params || route.query || route.headers || route.body) codes.add('invalid_request');
   if (route.body) ['payload_too_large', 'unsupported_media_type'].forEach((code) => codes.add(code as ErrorCode));
   if (auth) {
     ['unauthorized', 'too_many_requests', 'internal_error', 'service_unavailable'].forEach((code) => codes.add(code as ErrorCode));
