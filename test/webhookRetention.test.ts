@@ -1,4 +1,4 @@
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { expireOldEvents } from '../collector/eventStore';
 import { createUpkeep } from '../collector/upkeep';
 import { createPgUsageStore } from '../collector/usageStore';
@@ -23,13 +23,19 @@ const RETENTION_DAYS = 7;
 const LONGEST_RETRY = { maxAttempts: 12, baseDelayMs: 3_600_000 };
 const ADDRESS = '203.0.113.7';
 
-t.test('a delivery still pending after EVENTS_RETENTION_DAYS is failed by retention, saying why, then deleted', async (t) => {
+// An org with a webhook and one event of `occurredAt` (now by default), whose delivery the
+// outbox trigger makes: a snapshot of the event, the client's address included.
+async function orgWithDelivery(t: Test, occurredAt = new Date()) {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
   const { org, adminKeyId } = await seedOrg(api, db);
   await db('webhooks').insert({ org_id: org.id, url: 'https://203.0.113.10/hook', event_types: ['*'], secret_box: Buffer.alloc(32) });
-  // The outbox trigger makes the delivery, a snapshot of the event.
-  await db('key_events').insert({ org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(), details: { ip: ADDRESS } });
+  await db('key_events').insert({ org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: occurredAt, details: { ip: ADDRESS } });
+  return { db, org };
+}
+
+t.test('a delivery still pending after EVENTS_RETENTION_DAYS is failed by retention, saying why, then deleted', async (t) => {
+  const { db, org } = await orgWithDelivery(t);
   const ours = () => db('webhook_deliveries').where({ org_id: org.id });
   // Other tests' deliveries may be due too (npm run test:citus shares one database): this org's only.
   const claimed = (await claimDueDeliveries(db, { leaseMs: 60_000, limit: 100, maxAttempts: 12 })).deliveries.find((d) => d.orgId === org.id)!;
@@ -68,11 +74,7 @@ t.test('a delivery still pending after EVENTS_RETENTION_DAYS is failed by retent
 });
 
 t.test('a delivery pending within EVENTS_RETENTION_DAYS is left to its retries', async (t) => {
-  const { db } = await freshDatabase(t);
-  const api = await startTestApi(t, db);
-  const { org, adminKeyId } = await seedOrg(api, db);
-  await db('webhooks').insert({ org_id: org.id, url: 'https://203.0.113.10/hook', event_types: ['*'], secret_box: Buffer.alloc(32) });
-  await db('key_events').insert({ org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(), details: { ip: ADDRESS } });
+  const { db, org } = await orgWithDelivery(t);
   await expireOldEvents(db, new Date(Date.now() + RETENTION_DAYS * DAY_MS - 3_600_000), RETENTION_DAYS);
   t.match(await db('webhook_deliveries').where({ org_id: org.id }).first('status', 'attempts'), { status: 'pending', attempts: 0 });
   t.equal((await db('webhook_delivery_attempts').where({ org_id: org.id }).count({ n: '*' }))[0].n, 0, 'no attempt written');
@@ -81,12 +83,7 @@ t.test('a delivery pending within EVENTS_RETENTION_DAYS is left to its retries',
 // The stricter of the two wins: with IP_RETENTION_DAYS shorter, the addresses go from a pending
 // delivery's payload first (shared/ipRetention.ts), and the delivery goes on with its retries.
 t.test('a pending delivery loses its addresses at IP_RETENTION_DAYS, and stays pending', async (t) => {
-  const { db } = await freshDatabase(t);
-  const api = await startTestApi(t, db);
-  const { org, adminKeyId } = await seedOrg(api, db);
-  await db('webhooks').insert({ org_id: org.id, url: 'https://203.0.113.10/hook', event_types: ['*'], secret_box: Buffer.alloc(32) });
-  const occurredAt = new Date(Date.now() - 3 * DAY_MS);
-  await db('key_events').insert({ org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: occurredAt, details: { ip: ADDRESS } });
+  const { db, org } = await orgWithDelivery(t, new Date(Date.now() - 3 * DAY_MS));
   await expireOldEvents(db, new Date(), RETENTION_DAYS);
   await expireIpData(db, 2);
   const delivery = await db('webhook_deliveries').where({ org_id: org.id }).first('status', 'payload');
@@ -97,11 +94,7 @@ t.test('a pending delivery loses its addresses at IP_RETENTION_DAYS, and stays p
 // The collector's retention run says so: an error line with the count, and the deliveries counted
 // as given up (webhook_deliveries_failed_total).
 t.test("the collector's retention run logs and counts the deliveries it fails", async (t) => {
-  const { db } = await freshDatabase(t);
-  const api = await startTestApi(t, db);
-  const { org, adminKeyId } = await seedOrg(api, db);
-  await db('webhooks').insert({ org_id: org.id, url: 'https://203.0.113.10/hook', event_types: ['*'], secret_box: Buffer.alloc(32) });
-  await db('key_events').insert({ org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(), details: { ip: ADDRESS } });
+  const { db, org } = await orgWithDelivery(t);
   // Its next try weeks away: the upkeep's own worker leaves it alone.
   await db('webhook_deliveries')
     .where({ org_id: org.id })
