@@ -305,14 +305,20 @@ export async function failUnsent(db: Db, delivery: ClaimedDelivery, failedAt: Da
 }
 
 // One statement: the deliveries failed and their attempts commit together, and no collector's
-// claim comes between them. The attempt counts as one (nothing was sent, as failUnsent's); a send
-// in flight still records its own, and finds the delivery settled ('superseded'). The times are
+// claim comes between them. The attempt counts as one (nothing was sent, as failUnsent's). A
+// delivery claimed and being sent (its lease not ended, no attempt recorded for its claim) is left
+// to its send: failed under it, a send that succeeded was logged as failed and its success as
+// superseded (a review). A later run fails it if its send failed again, or its worker died. The times are
 // the caller's: Citus refuses now() in RETURNING, and retention runs on the collector's clock.
 const FAIL_EXPIRED = `
 with expired as (
   update ${TABLE.webhookDeliveries}
      set status = 'failed', attempts = attempts + 1, next_attempt_at = :failedAt, completed_at = :failedAt
    where status = 'pending' and created_at < :madeBefore
+     and not (attempts > 0 and next_attempt_at > :failedAt and not exists (select 1 from ${TABLE.webhookDeliveryAttempts} a
+                                                          where a.org_id = ${TABLE.webhookDeliveries}.org_id
+                                                            and a.delivery_id = ${TABLE.webhookDeliveries}.id
+                                                            and a.attempt = ${TABLE.webhookDeliveries}.attempts))
   returning org_id, id, attempts
 )
 insert into ${TABLE.webhookDeliveryAttempts} (org_id, delivery_id, attempt, started_at, duration_ms, error, succeeded)

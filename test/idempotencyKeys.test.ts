@@ -169,7 +169,9 @@ t.test("another org's, and another caller's, idempotency keys are their own", as
     'three replays, each of its own answer',
   );
   t.equal((await keysNamed(db, 'scoped')).length, 3, 'no key made by the retries');
-  t.same((await db('idempotency_keys').orderBy('org_id').select('org_id', 'caller_key_id')).length, 3, 'one remembered answer per org and caller');
+  // npm run test:citus shares one database among the test files: these two orgs' rows only.
+  const remembered = await db('idempotency_keys').whereIn('org_id', [acme.org.id, globex.org.id]).select('org_id', 'caller_key_id');
+  t.equal(remembered.length, 3, 'one remembered answer per org and caller');
 });
 
 // Sends the header twice as two lines (fetch would join them into one value).

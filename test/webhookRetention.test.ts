@@ -73,6 +73,20 @@ t.test('a delivery still pending after EVENTS_RETENTION_DAYS is failed by retent
   t.equal((await db('webhook_delivery_attempts').where({ org_id: org.id }).count({ n: '*' }))[0].n, 0, 'and its attempts');
 });
 
+// Retention runs while a worker sends the delivery (claimed, its lease not ended, no attempt
+// recorded yet): failed under it, a send that succeeded was logged as failed, its success as
+// superseded (a review).
+t.test('a delivery being sent when retention runs is left to its send', async (t) => {
+  const { db, org } = await orgWithDelivery(t);
+  const madeAt = new Date(Date.now() - (RETENTION_DAYS + 1) * DAY_MS);
+  await db('webhook_deliveries').where({ org_id: org.id }).update({ created_at: madeAt, next_attempt_at: madeAt });
+  const claimed = (await claimDueDeliveries(db, { leaseMs: 60_000, limit: 100, maxAttempts: 12 })).deliveries.find((d) => d.orgId === org.id)!;
+  await expireOldEvents(db, new Date(), RETENTION_DAYS);
+  const sent = { startedAt: new Date(), durationMs: 5, statusCode: 200, error: null, succeeded: true, retryInMs: undefined };
+  t.equal(await recordAttempt(db, claimed, sent), 'succeeded', 'its send records its outcome (fails without the fix: superseded)');
+  t.match(await db('webhook_deliveries').where({ org_id: org.id }).first('status', 'attempts'), { status: 'succeeded', attempts: 1 });
+});
+
 t.test('a delivery pending within EVENTS_RETENTION_DAYS is left to its retries', async (t) => {
   const { db, org } = await orgWithDelivery(t);
   await expireOldEvents(db, new Date(Date.now() + RETENTION_DAYS * DAY_MS - 3_600_000), RETENTION_DAYS);

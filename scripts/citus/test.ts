@@ -15,6 +15,7 @@ export const FILES = [
   'test/hourMove.test.ts',
   'test/usageLog.test.ts',
   'test/lockTimeout.test.ts',
+  'test/idempotencyKeys.test.ts',
   'test/ipPrivacy.test.ts',
   'test/citus/distributed.citus.ts',
 ];
