@@ -5,6 +5,7 @@ import { ConfigError, loadConfig, type Config } from '../shared/config';
 import { redactKeyMaterial } from '../shared/logger';
 import { within } from '../shared/within';
 import { DEMO_TRAFFIC_ADMIN, mintDemoTrafficKey } from './lib/demoTrafficKey';
+import { commandSettings } from './lib/firstRunDemo';
 
 // `npm run demo-traffic`: bounded traffic against the system `npm start` runs, so that the usage
 // endpoint has something to show in every field. With the demo key (DEMO_KEY or --key) it creates
@@ -438,7 +439,10 @@ async function keyFor(options: Options, config: Config): Promise<RunKey> {
     const { orgId } = await client.expect('GET', '/api/whoami', minted.plaintext, 200);
     await client.expect('POST', `/api/orgs/${orgId}/api-keys/${minted.keyId}/revoke`, minted.plaintext, 200);
   };
-  return { key: minted.plaintext, shown: '<a key: npm run cli -- key create <orgId> --name demo --scopes keys:read,keys:write>', release };
+  // The command as npm start prints it: with this run's settings, a CLI pasted into another terminal
+  // found the default data folder's database, not the running one.
+  const create = `${commandSettings(config).prefix}npm run cli -- key create ${minted.orgId} --name demo --scopes keys:read,keys:write`;
+  return { key: minted.plaintext, shown: `<a key: ${create}>`, release };
 }
 
 async function main() {

@@ -396,6 +396,13 @@ t.test('npm start: embedded database, demo key, one use persisted and shown, cle
   t.notMatch(traffic.stdout, KEY_PATTERN, 'demo-traffic prints no key');
   const mintedId = /Minted a key for this run \(demo-traffic-admin, id ([0-9a-f-]{36})/.exec(traffic.stdout)?.[1];
   t.ok(mintedId, 'without DEMO_KEY it minted its own');
+  t.match(
+    traffic.stdout,
+    new RegExp(
+      `<a key: (NODE_ENV=\\S+ )?PORT=${ports.PORT} EMBEDDED_PG_DIR=${pgDir} EMBEDDED_PG_PORT=${ports.EMBEDDED_PG_PORT} npm run cli -- key create [0-9a-f-]{36} --name demo`,
+    ),
+    'its closing lines say how to make a key in this database and org',
+  );
   const minted = await asOwner(ports, (owner) => owner('api_keys').where({ id: mintedId }).first());
   t.ok(minted?.revoked_at, 'and revoked it at the end');
   // Interrupted, as a newcomer stops it with Ctrl-C (the terminal signals its whole group).

@@ -10,7 +10,7 @@ import { DEMO_ORG_NAME } from './firstRunDemo';
 
 export const DEMO_TRAFFIC_ADMIN = 'demo-traffic-admin';
 
-export type MintedKey = { plaintext: string; keyId: string } | { problem: string };
+export type MintedKey = { plaintext: string; keyId: string; orgId: string } | { problem: string };
 
 const MINT_SCOPES = ['keys:read', 'keys:write'] as const;
 
@@ -32,7 +32,7 @@ export async function mintDemoTrafficKey(config: Config, now: () => number = Dat
       };
     const keys = cliKeysService({ db: database.db, pepper: config.api.keyPepper, now });
     const created = await keys.create(org.id, { name: DEMO_TRAFFIC_ADMIN, scopes: [...MINT_SCOPES], expiresAt: null });
-    return { plaintext: created.plaintext, keyId: created.key.id };
+    return { plaintext: created.plaintext, keyId: created.key.id, orgId: org.id };
   } finally {
     await database.close();
   }
