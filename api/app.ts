@@ -175,6 +175,7 @@ function createServices(deps: AppDeps, verifier: ReturnType<typeof createKeyVeri
       maxPerOrg: deps.webhooks.maxPerOrg,
       lookup: deps.webhooks.lookup,
       lookupSlots: lookupSlots(),
+      idempotencyTtlSeconds: deps.config.idempotencyTtlSeconds,
       now,
     }),
     audit: createAuditService({ db: deps.db }),

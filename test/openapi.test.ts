@@ -351,24 +351,46 @@ t.test('every response of every route matches the document', async (t) => {
     check(t, template, 'post', response, 'conflict');
   });
 
-  // A retry with the same Idempotency-Key answers the first outcome without the plaintext
-  // (ApiKeyReplay); the same key for another request, 422; a malformed one, 400.
-  for (const operation of ['createApiKey', 'rotateApiKey']) {
+  // A retry with the same Idempotency-Key answers the first outcome without the plaintext or the
+  // secret (ApiKeyReplay, WebhookReplay); the same key for another request, 422; a malformed one, 400.
+  const idempotent: Record<string, { target: () => Promise<Record<string, string>>; body: object; other: object; revealed: string }> = {
+    createApiKey: { target: async () => ({}), body: { name: 'made once', scopes: ['keys:read'] }, other: { name: 'another' }, revealed: 'key' },
+    rotateApiKey: {
+      target: async () => ({
+        keyId: (await world.api.services.apiKeys.create(world.orgId, { name: 'replayed', scopes: ['keys:read'], expiresAt: null })).key.id,
+      }),
+      body: { gracePeriodSeconds: 0 },
+      other: { gracePeriodSeconds: 1 },
+      revealed: 'key',
+    },
+    createWebhook: {
+      target: async () => ({}),
+      body: { url: 'https://203.0.113.15/hook', events: ['*'] },
+      other: { url: 'https://203.0.113.16/hook' },
+      revealed: 'secret',
+    },
+    rotateWebhookSecret: {
+      target: async () => ({
+        webhookId: (await world.api.services.webhooks.create(world.orgId, { url: 'https://203.0.113.17/hook', events: ['*'] })).webhook.id,
+      }),
+      body: { gracePeriodSeconds: 0 },
+      other: { gracePeriodSeconds: 1 },
+      revealed: 'secret',
+    },
+  };
+  for (const [operation, { target: targetOf, body, other, revealed }] of Object.entries(idempotent)) {
     await t.test(`${operation} with an Idempotency-Key: a replay, another request, a malformed key`, async (t) => {
       const { template } = contracts.get(operation)!;
-      const target: Record<string, string> =
-        operation === 'rotateApiKey'
-          ? { keyId: (await world.api.services.apiKeys.create(world.orgId, { name: 'replayed', scopes: ['keys:read'], expiresAt: null })).key.id }
-          : {};
-      const body = operation === 'rotateApiKey' ? { gracePeriodSeconds: 0 } : { name: 'made once', scopes: ['keys:read'] };
+      const target = await targetOf();
       const send = (key: string, sent: unknown) =>
         world.api.request('POST', urlOf(world, template, target), { key: world.plaintexts.admin, body: sent, headers: { 'idempotency-key': key } });
       const first = await send(`contract-${operation}`, body);
       check(t, template, 'post', first, 'first');
+      t.type(first.body[revealed], 'string', `the first answer reveals ${revealed}`);
       const replay = await send(`contract-${operation}`, body);
-      t.same([replay.status, replay.body.replayed, replay.body.key], [first.status, true, undefined], 'a replay, without the plaintext');
+      t.same([replay.status, replay.body.replayed, replay.body[revealed]], [first.status, true, undefined], `a replay, without ${revealed}`);
       check(t, template, 'post', replay, 'replay');
-      const reused = await send(`contract-${operation}`, { ...body, ...(operation === 'rotateApiKey' ? { gracePeriodSeconds: 1 } : { name: 'another' }) });
+      const reused = await send(`contract-${operation}`, { ...body, ...other });
       t.equal(reused.body.error?.code, 'idempotency_key_reused');
       check(t, template, 'post', reused, 'another request');
       const malformed = await send('', body);

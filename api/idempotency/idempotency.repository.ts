@@ -2,25 +2,32 @@ import type { Db } from '../../shared/db';
 import { TABLE } from '../../shared/tables';
 import type { IdempotentRequest } from './idempotency';
 
-// The remembered outcomes of requests sent with an Idempotency-Key (migration
-// 20261207000220_idempotency_keys). Every function runs in the change's own transaction, after
+// The remembered outcomes of requests sent with an Idempotency-Key (migrations
+// 20261207000220_idempotency_keys, 20261207000230_idempotency_resource). Every function runs in the change's own transaction, after
 // beginAuditedChange took the org's lock: an org's changes are made one at a time, so a retry sent
 // while the first request still runs waits for it and then finds its row.
 
 /** Who sent it: the acting key, or none (the nil UUID). */
 export const NO_CALLER = '00000000-0000-0000-0000-000000000000';
 
+/** What a remembered change made or changed: an API key (create, rotate) or a webhook (create, secret rotation). */
+export const IDEMPOTENT_RESOURCES = ['api_key', 'webhook'] as const;
+export type IdempotentResource = (typeof IDEMPOTENT_RESOURCES)[number];
+
 export interface RememberedOutcome {
   requestHash: Buffer;
+  resource: IdempotentResource;
   status: number;
-  /** The answer as first given, without the plaintext key (never kept). */
+  /** The answer as first given, without the secret (the plaintext key, the signing secret: never kept). */
   body: Record<string, unknown>;
-  keyId: string;
+  /** The id of the key or webhook it made or changed (the column is key_id, named before webhooks were). */
+  resourceId: string;
   createdAt: Date;
 }
 
 interface Row {
   request_hash: Buffer;
+  resource: IdempotentResource;
   response_status: number;
   response_body: Record<string, unknown>;
   key_id: string;
@@ -37,8 +44,17 @@ export async function findRememberedOutcome(
     .andWhere('caller_key_id', where.callerKeyId)
     .andWhere('key_hash', where.request.keyHash)
     .andWhere('created_at', '>', where.since)
-    .first('request_hash', 'response_status', 'response_body', 'key_id', 'created_at');
-  return row && { requestHash: row.request_hash, status: row.response_status, body: row.response_body, keyId: row.key_id, createdAt: row.created_at };
+    .first('request_hash', 'resource', 'response_status', 'response_body', 'key_id', 'created_at');
+  return (
+    row && {
+      requestHash: row.request_hash,
+      resource: row.resource,
+      status: row.response_status,
+      body: row.response_body,
+      resourceId: row.key_id,
+      createdAt: row.created_at,
+    }
+  );
 }
 
 /** Old rows of the org deleted at each remembered change: more than it adds, so they never pile up. */
@@ -47,7 +63,7 @@ const EXPIRED_PER_WRITE = 100;
 /**
  * Remembers an outcome, in the transaction of the change it answers. A row of the same key made
  * before `since` (expired, not deleted yet) is replaced; a live one is not, and false is answered
- * (the caller then rolls back: no second key is made, whatever led there). Up to
+ * (the caller then rolls back: no second key or webhook is made, whatever led there). Up to
  * EXPIRED_PER_WRITE of the org's expired rows are deleted on the way.
  */
 export async function rememberOutcome(
@@ -56,9 +72,10 @@ export async function rememberOutcome(
     orgId: string;
     callerKeyId: string;
     request: IdempotentRequest;
+    resource: IdempotentResource;
     status: number;
     body: Record<string, unknown>;
-    keyId: string;
+    resourceId: string;
     now: Date;
     since: Date;
   },
@@ -71,10 +88,10 @@ export async function rememberOutcome(
     [entry.orgId, entry.since, EXPIRED_PER_WRITE, entry.orgId],
   );
   const { rows } = await trx.raw(
-    `insert into ${TABLE.idempotencyKeys} (org_id, caller_key_id, key_hash, request_hash, response_status, response_body, key_id, created_at)
-     values (?, ?, ?, ?, ?, ?::jsonb, ?, ?)
+    `insert into ${TABLE.idempotencyKeys} (org_id, caller_key_id, key_hash, request_hash, resource, response_status, response_body, key_id, created_at)
+     values (?, ?, ?, ?, ?, ?, ?::jsonb, ?, ?)
      on conflict (org_id, caller_key_id, key_hash) do update
-        set request_hash = excluded.request_hash, response_status = excluded.response_status,
+        set request_hash = excluded.request_hash, resource = excluded.resource, response_status = excluded.response_status,
             response_body = excluded.response_body, key_id = excluded.key_id, created_at = excluded.created_at
       where ${TABLE.idempotencyKeys}.created_at <= ?
      returning key_id`,
@@ -83,9 +100,10 @@ export async function rememberOutcome(
       entry.callerKeyId,
       entry.request.keyHash,
       entry.request.requestHash,
+      entry.resource,
       entry.status,
       JSON.stringify(entry.body),
-      entry.keyId,
+      entry.resourceId,
       entry.now,
       entry.since,
     ],

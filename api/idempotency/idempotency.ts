@@ -5,9 +5,10 @@ import { redactKeyMaterial } from '../../shared/logger';
 import { AppError } from '../errors';
 
 // Idempotency-Key (as Stripe's, and the IETF httpapi draft's): a client that lost the answer to a
-// create or a rotate retries with the same key and gets the first outcome back, not a second key.
-// What is kept, and why a replay never carries the plaintext: docs/api-keys.md, "Idempotent
-// create and rotate".
+// create or a rotate (of a key, of a webhook's secret) retries with the same key and gets the
+// first outcome back, not a second key or webhook. What is kept, and why a replay never carries
+// the secret: docs/api-keys.md, "Idempotent create and rotate"; docs/webhooks.md, "Idempotent
+// create and secret rotation". The change's side: idempotentChange.ts.
 
 export const IDEMPOTENCY_HEADER = 'Idempotency-Key';
 
@@ -19,7 +20,7 @@ export const idempotencyHeaders = z.object({
     .optional()
     .meta({
       description:
-        'Optional. 1–255 printable ASCII characters, unique per request (a UUID): a retry with the same key and the same request within IDEMPOTENCY_KEY_TTL_SECONDS (24 h by default) is answered as the first was, without the plaintext key (`replayed: true`; the Idempotent-Replayed: true header), and makes no change; with another request, 422 idempotency_key_reused.',
+        'Optional. 1–255 printable ASCII characters, unique per request (a UUID): a retry with the same key and the same request within IDEMPOTENCY_KEY_TTL_SECONDS (24 h by default) is answered as the first was, without the secret it revealed (the plaintext key, the signing secret; `replayed: true`; the Idempotent-Replayed: true header), and makes no change; with another request, 422 idempotency_key_reused.',
     }),
 });
 

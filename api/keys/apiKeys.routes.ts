@@ -5,6 +5,7 @@ import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, REVOKE_KEY, type Requirement
 import type { RouteContract } from '../openapi/contract';
 import { displayName, jsonBody, noBody, noQuery, withinSupportedTimes, pagination, parseInput, uuid } from '../validation';
 import { idempotencyHeaders, idempotentRequest } from '../idempotency/idempotency';
+import { sendReplay } from '../idempotency/idempotentChange';
 import {
   MAX_REVOKE_KEY_IDS,
   apiKeyList,
@@ -170,11 +171,7 @@ export function apiKeysRouter(deps: {
   // A key made now answers with its plaintext; a retry with the same Idempotency-Key, with the
   // first answer's view, flagged, and never the plaintext (kept nowhere).
   const answer = (res: Response, outcome: RevealedKey | ReplayedKey) => {
-    if (outcome.replayed) {
-      res.setHeader('Idempotent-Replayed', 'true');
-      res.status(outcome.status).json({ ...outcome.body, replayed: true } satisfies z.output<typeof revealedOrReplayedApiKey>);
-      return;
-    }
+    if (outcome.replayed) return sendReplay(res, outcome);
     res.status(outcome.status).json({ ...outcome.key, key: outcome.plaintext } satisfies z.output<typeof revealedApiKey>);
   };
   const readKeys = authorize(READ_ORG);

@@ -27,7 +27,7 @@ import { requireKeyInOrg } from './requireKeyInOrg';
 import { lockOrgFor } from '../orgs/orgs.repository';
 import { DAY_MS } from '../../shared/timeUnits';
 import type { IdempotentRequest } from '../idempotency/idempotency';
-import { NO_CALLER, findRememberedOutcome, rememberOutcome, type RememberedOutcome } from '../idempotency/idempotency.repository';
+import { idempotentChanges, madeNow, replayedFlag, type Replayed } from '../idempotency/idempotentChange';
 
 export const KEY_STATUSES = ['active', 'expired', 'revoked'] as const;
 export type KeyStatus = (typeof KEY_STATUSES)[number];
@@ -70,7 +70,7 @@ export const revealedApiKey = apiKeyView
 // create and rotate").
 export const replayedApiKey = apiKeyView
   .extend({
-    replayed: z.literal(true).meta({
+    replayed: replayedFlag('key').meta({
       description:
         'This answers a retry (same Idempotency-Key, same request): nothing was changed now, and this is the key as the first answer showed it. The plaintext key was in that answer only and is kept nowhere; if it was lost, rotate the key (or revoke it)',
     }),
@@ -191,11 +191,7 @@ export interface RevealedKey {
 }
 
 /** A create or rotate remembered for its Idempotency-Key: its first answer, without the plaintext. */
-export interface ReplayedKey {
-  replayed: true;
-  status: number;
-  body: ApiKeyView;
-}
+export type ReplayedKey = Replayed<ApiKeyView>;
 
 // A key hands out no more than it holds: creating or rotating a key reveals that key's secret, so
 // a key with more scopes or a longer life than the actor's own would be an escalation. Revoking is
@@ -240,8 +236,6 @@ export interface ApiKeysServiceDeps {
   idempotencyTtlSeconds?: number;
   now: () => number;
 }
-
-const DEFAULT_IDEMPOTENCY_TTL_SECONDS = 86_400;
 
 export type ApiKeysService = ReturnType<typeof createApiKeysService>;
 
@@ -405,46 +399,9 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     return first.some((key) => !ids.has(key.id));
   }
 
-  const idempotencyTtlMs = (deps.idempotencyTtlSeconds ?? DEFAULT_IDEMPOTENCY_TTL_SECONDS) * 1000;
-  const callerOf = (context: ChangeContext) => context.actor?.id ?? NO_CALLER;
-
-  // In an audited change, after beginAuditedChange (the org's lock): the first answer to this
-  // Idempotency-Key if one is remembered within the window, else undefined. The same key for
-  // another request (route, key or body) is refused, changing nothing.
-  async function rememberedFor(trx: Db, orgId: string, context: ChangeContext, request: IdempotentRequest | undefined): Promise<ReplayedKey | undefined> {
-    if (!request) return undefined;
-    const since = new Date(deps.now() - idempotencyTtlMs);
-    const found: RememberedOutcome | undefined = await findRememberedOutcome(trx, { orgId, callerKeyId: callerOf(context), request, since });
-    if (!found) return undefined;
-    if (!found.requestHash.equals(request.requestHash)) {
-      throw new AppError(
-        'idempotency_key_reused',
-        `This Idempotency-Key was used at ${found.createdAt.toISOString()} for another request (another route, key or body); send a new key for a new request`,
-      );
-    }
-    return { replayed: true, status: found.status, body: found.body as ApiKeyView };
-  }
-
-  // Remembers the answer to a request with an Idempotency-Key, in the change's transaction: it
-  // commits with the change or not at all. The view only: the plaintext is never kept.
-  async function remember(trx: Db, orgId: string, context: ChangeContext, request: IdempotentRequest | undefined, status: number, view: ApiKeyView) {
-    if (!request) return;
-    const now = deps.now();
-    const body: Record<string, unknown> = { ...view };
-    delete body.key;
-    const kept = await rememberOutcome(trx, {
-      orgId,
-      callerKeyId: callerOf(context),
-      request,
-      status,
-      body,
-      keyId: view.id,
-      now: new Date(now),
-      since: new Date(now - idempotencyTtlMs),
-    });
-    // Not reached while every change takes the org's lock first; if it were, the change rolls back.
-    if (!kept) throw new AppError('conflict', 'Another request with this Idempotency-Key is in progress; retry it in a moment');
-  }
+  // A retry with the same Idempotency-Key is answered as the first request was, before anything
+  // is judged again; a change made is remembered in its own transaction, without the plaintext.
+  const idempotency = idempotentChanges({ resource: 'api_key', ttlSeconds: deps.idempotencyTtlSeconds, now: deps.now });
 
   async function createKey(
     orgId: string,
@@ -470,7 +427,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       context,
       async (trx) => {
         // A retry is answered as the first request was, before anything is judged again.
-        const replay = await rememberedFor(trx, orgId, context, request);
+        const replay = await idempotency.replayFor<ApiKeyView>(trx, orgId, context.actor, request);
         if (replay) return replay;
         // Once the org's turn has come: checked before, a key that expired while the create
         // waited for it (up to API_STATEMENT_TIMEOUT_MS) was created.
@@ -480,7 +437,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         if (deps.maxKeysPerOrg !== undefined) await assertRoomForKey(trx, orgId, deps.maxKeysPerOrg);
         const created = await insertApiKey(trx, newKey);
         const view = toApiKeyView(created, deps.now());
-        await remember(trx, orgId, context, request, 201, view);
+        await idempotency.remember(trx, { orgId, actor: context.actor, request, status: 201, view });
         return { replayed: false as const, created, view };
       },
       (result) =>
@@ -521,12 +478,12 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       orgId,
       options,
       async (trx) => {
-        const replay = await rememberedFor(trx, orgId, options, request);
+        const replay = await idempotency.replayFor<ApiKeyView>(trx, orgId, options.actor, request);
         if (replay) return replay;
         const rotated = await replaceSecret(trx, key.id, rotation(await requireKeyInOrg(trx, orgId, keyId), key.rotatedAt, material, graceSeconds, deps.now()));
         if (!rotated) return undefined;
         const view = toApiKeyView(rotated, deps.now());
-        await remember(trx, orgId, options, request, 200, view);
+        await idempotency.remember(trx, { orgId, actor: options.actor, request, status: 200, view });
         return { replayed: false as const, rotated, view };
       },
       (result) =>
@@ -545,12 +502,6 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     return { replayed: false, status: 200, key: outcome.view, plaintext: material.plaintext };
   }
 
-  // A call without an Idempotency-Key is never a replay.
-  const made = (result: RevealedKey | ReplayedKey): RevealedKey => {
-    if (result.replayed) throw new Error('a change without an Idempotency-Key was answered as a replay');
-    return result;
-  };
-
   // Why a rotation's compare-and-set wrote nothing: the key was revoked or expired meanwhile, or
   // another rotation won.
   async function rotationLost(orgId: string, keyId: string): Promise<AppError> {
@@ -562,7 +513,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
 
   return {
     async create(orgId: string, input: CreateKeyInput, context: ChangeContext = {}): Promise<RevealedKey> {
-      return made(await createKey(orgId, input, context, undefined));
+      return madeNow(await createKey(orgId, input, context, undefined));
     },
 
     /** create, remembered for its Idempotency-Key: a retry within the window answers the first outcome, without the plaintext. */
@@ -586,7 +537,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     // A new secret for the same key id, so usage history stays continuous; the old secret keeps
     // working until the grace period ends.
     async rotate(orgId: string, keyId: string, options: ChangeContext & { graceSeconds?: number } = {}): Promise<RevealedKey> {
-      return made(await rotateKey(orgId, keyId, options, undefined));
+      return madeNow(await rotateKey(orgId, keyId, options, undefined));
     },
 
     /** rotate, remembered for its Idempotency-Key: a retry within the window rotates nothing and answers the first outcome, without the plaintext. */

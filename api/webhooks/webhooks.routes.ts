@@ -3,16 +3,21 @@ import { z } from 'zod';
 import { EVENT_TYPES } from '../../shared/keyEvents';
 import { redactKeyMaterial } from '../../shared/logger';
 import { MANAGE_AND_READ_ORG, MANAGE_ORG, READ_ORG, type Requirement } from '../auth/authorize';
+import { idempotencyHeaders, idempotentRequest } from '../idempotency/idempotency';
+import { sendReplay } from '../idempotency/idempotentChange';
 import type { RouteContract } from '../openapi/contract';
 import { jsonBody, noBody, noQuery, pagination, parseInput, uuid } from '../validation';
 import { DELIVERY_STATUSES } from './webhooks.repository';
 import {
+  createdOrReplayedWebhook,
   createdWebhook,
   DEFAULT_SECRET_GRACE_SECONDS,
   deliveryList,
   MAX_PENDING_PINGS,
   pingResult,
   webhookList,
+  type ReplayedWebhook,
+  type RevealedWebhook,
   type UrlView,
   type WebhooksService,
 } from './webhooks.service';
@@ -88,12 +93,18 @@ export const webhooksRoutes: RouteContract[] = [
     operationId: 'createWebhook',
     summary: "Send the org's key events to a URL, signed (docs/webhooks.md)",
     description:
-      'The signing secret is in this response only (Cache-Control: no-store). A URL that resolves to a private address is refused (400) unless the deployment allows it. 409 when the org has WEBHOOKS_MAX_PER_ORG webhooks (20 by default).',
+      'The signing secret is in this response only (Cache-Control: no-store). A URL that resolves to a private address is refused (400) unless the deployment allows it. 409 when the org has WEBHOOKS_MAX_PER_ORG webhooks (20 by default). With an Idempotency-Key, a retry of the same request by the same key within IDEMPOTENCY_KEY_TTL_SECONDS creates nothing and answers 201 with the webhook as first answered, `replayed: true` and no secret (rotate the secret if it was lost).',
     auth: MANAGE_AND_READ_ORG,
     params: orgParams,
+    headers: idempotencyHeaders,
     body: createBody,
-    responses: { 201: { description: 'The webhook, with its signing secret', body: createdWebhook } },
-    errors: ['conflict'],
+    responses: {
+      201: {
+        description: 'The webhook, with its signing secret; for a retry with the same Idempotency-Key, the webhook without it (replayed)',
+        body: createdOrReplayedWebhook,
+      },
+    },
+    errors: ['conflict', 'idempotency_key_reused'],
   },
   {
     method: 'get',
@@ -122,12 +133,18 @@ export const webhooksRoutes: RouteContract[] = [
     operationId: 'rotateWebhookSecret',
     summary: 'Give a webhook a new signing secret; the previous one also signs until the grace period ends',
     description:
-      'The new secret is in this response only (Cache-Control: no-store). Through the grace period each delivery carries a v1 signature per secret. Deliveries pending on the webhook are kept. 409 when (with a grace period) the previous secret of an earlier rotation still signs: one previous secret is kept.',
+      'The new secret is in this response only (Cache-Control: no-store). Through the grace period each delivery carries a v1 signature per secret. Deliveries pending on the webhook are kept. 409 when (with a grace period) the previous secret of an earlier rotation still signs: one previous secret is kept. With an Idempotency-Key, a retry of the same request by the same key within IDEMPOTENCY_KEY_TTL_SECONDS rotates nothing and answers 200 with the webhook as first answered, `replayed: true` and no secret (rotate again, with a new Idempotency-Key, if it was lost).',
     auth: MANAGE_AND_READ_ORG,
     params: webhookParams,
+    headers: idempotencyHeaders,
     body: rotateBody,
-    responses: { 200: { description: 'The webhook, with its new signing secret', body: createdWebhook } },
-    errors: ['conflict'],
+    responses: {
+      200: {
+        description: 'The webhook, with its new signing secret; for a retry with the same Idempotency-Key, the webhook without it (replayed)',
+        body: createdOrReplayedWebhook,
+      },
+    },
+    errors: ['conflict', 'idempotency_key_reused'],
   },
   {
     method: 'get',
@@ -171,12 +188,18 @@ export function webhooksRouter(deps: {
   const authorize = (operationId: string, body?: RequestHandler) =>
     deps.authorize(webhooksRoutes.find((route) => route.operationId === operationId)!.auth!, body);
   const router = Router({ mergeParams: true });
+  // A webhook made or rotated now answers with its secret; a retry with the same Idempotency-Key,
+  // with the first answer's view, flagged, and never the secret.
+  const answer = (res: Response, outcome: RevealedWebhook | ReplayedWebhook) => {
+    if (outcome.replayed) return sendReplay(res, outcome);
+    res.status(outcome.status).json({ ...outcome.webhook, secret: outcome.secret } satisfies z.output<typeof createdWebhook>);
+  };
 
   router.post('/', authorize('createWebhook', jsonBody('16kb')), noQuery, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const body = parseInput(createBody, req.body, 'body');
-    const created = await service.create(id, body, changeContext(res));
-    res.status(201).json({ ...created.webhook, secret: created.secret } satisfies z.output<typeof createdWebhook>);
+    const request = idempotentRequest(req, { pattern: 'POST /api/orgs/:id/webhooks', params: {} });
+    answer(res, await service.createIdempotent(id, body, changeContext(res), request));
   });
 
   router.get('/', authorize('listWebhooks'), async (req, res) => {
@@ -195,8 +218,8 @@ export function webhooksRouter(deps: {
   router.post('/:webhookId/rotate-secret', authorize('rotateWebhookSecret', jsonBody('16kb')), noQuery, async (req, res) => {
     const { id, webhookId } = parseInput(webhookParams, req.params, 'params');
     const body = parseInput(rotateBody, req.body, 'body');
-    const rotated = await service.rotateSecret(id, webhookId, { graceSeconds: body.gracePeriodSeconds }, changeContext(res));
-    res.json({ ...rotated.webhook, secret: rotated.secret } satisfies z.output<typeof createdWebhook>);
+    const request = idempotentRequest(req, { pattern: 'POST /api/orgs/:id/webhooks/:webhookId/rotate-secret', params: { webhookId } });
+    answer(res, await service.rotateSecretIdempotent(id, webhookId, { graceSeconds: body.gracePeriodSeconds }, changeContext(res), request));
   });
 
   router.get('/:webhookId/deliveries', authorize('listWebhookDeliveries'), async (req, res) => {

@@ -7,6 +7,8 @@ import { secretBox, WEBHOOK_SECRET_PURPOSE } from '../../shared/secretBox';
 import type { LookupSlots } from '../../shared/lookupSlots';
 import { resolveTargetWithin, TargetRefusedError, type Lookup } from '../../shared/webhookTarget';
 import { AppError, InvalidInputError, notFound } from '../errors';
+import type { IdempotentRequest } from '../idempotency/idempotency';
+import { idempotentChanges, madeNow, replayedFlag, type Replayed } from '../idempotency/idempotentChange';
 import { requireKeyInOrg } from '../keys/requireKeyInOrg';
 import { lockOrgFor } from '../orgs/orgs.repository';
 import { cursorPage, idString, isoTime, listOf, offsetPage } from '../responses';
@@ -54,6 +56,30 @@ export type WebhookView = z.output<typeof webhookView>;
 export const createdWebhook = webhookView
   .extend({ secret: z.string().meta({ description: 'The signing secret (whsec_…), shown this once' }) })
   .meta({ id: 'WebhookWithSecret' });
+// What a retry of a create or secret rotation with the same Idempotency-Key answers: the webhook as
+// the first answer showed it, without the secret, which is kept only sealed in the webhook's row
+// (docs/webhooks.md, "Idempotent create and secret rotation").
+export const replayedWebhook = webhookView
+  .extend({
+    replayed: replayedFlag('webhook').meta({
+      description:
+        'This answers a retry (same Idempotency-Key, same request): nothing was changed now, and this is the webhook as the first answer showed it. The signing secret was in that answer only and is never shown again; if it was lost, rotate the secret (with a new Idempotency-Key)',
+    }),
+  })
+  .meta({ id: 'WebhookReplay' });
+/** The answer of a create or secret rotation: the secret, or, for a retry with the same Idempotency-Key, the replay without it. */
+export const createdOrReplayedWebhook = z.union([createdWebhook, replayedWebhook]).meta({ id: 'WebhookWithSecretOrReplay' });
+
+/** A create or secret rotation made now: the webhook and its secret, with the answer's status. */
+export interface RevealedWebhook {
+  replayed: false;
+  status: number;
+  webhook: WebhookView;
+  secret: string;
+}
+
+/** A create or secret rotation remembered for its Idempotency-Key: its first answer, without the secret. */
+export type ReplayedWebhook = Replayed<WebhookView>;
 
 /** A rotation's grace period unless the request names one: a day to deploy the receiver's new secret. */
 export const DEFAULT_SECRET_GRACE_SECONDS = 86_400;
@@ -170,6 +196,8 @@ export interface WebhooksServiceDeps {
   lookup?: Lookup;
   /** The API process's webhook lookups, one org's at a time (shared/lookupSlots.ts). */
   lookupSlots: LookupSlots;
+  /** How long a create or secret rotation sent with an Idempotency-Key is remembered (IDEMPOTENCY_KEY_TTL_SECONDS); 24 h unless given. */
+  idempotencyTtlSeconds?: number;
   now: () => number;
 }
 
@@ -205,30 +233,110 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
     }
   }
 
-  return {
-    async create(orgId: string, input: { url: string; events: string[] }, context: WebhookChangeContext = {}) {
-      await checkTarget(orgId, new URL(input.url));
-      const id = randomUUID();
-      const secret = newSecret();
-      // Where an org's events go is as sensitive as its keys: recorded in the same transaction.
-      const webhook = await deps.db.transaction(async (trx) => {
-        await beginAuditedChange(trx, orgId, context.actor, deps.now);
-        await lockOrgFor(trx, 'webhooks', orgId);
-        if ((await countWebhooksInOrg(trx, orgId)) >= deps.maxPerOrg) {
-          throw new AppError('conflict', `this org has ${deps.maxPerOrg} webhooks, the most it may have (WEBHOOKS_MAX_PER_ORG): delete one first`);
-        }
-        const inserted = await insertWebhook(trx, {
-          id,
-          orgId,
-          url: input.url,
-          eventTypes: input.events,
-          secretBox: box.seal(secret, id),
-          createdByKeyId: context.actor?.id ?? null,
-        });
-        await recordAudit(trx, webhookAudit(orgId, 'webhook.create', inserted, context));
-        return inserted;
+  const idempotency = idempotentChanges({ resource: 'webhook', ttlSeconds: deps.idempotencyTtlSeconds, now: deps.now });
+
+  async function createWebhook(
+    orgId: string,
+    input: { url: string; events: string[] },
+    context: WebhookChangeContext,
+    request: IdempotentRequest | undefined,
+  ): Promise<RevealedWebhook | ReplayedWebhook> {
+    // A retry's URL is not looked up again: a host that stopped resolving since would refuse the
+    // retry of a webhook that exists. Only a look, before the org's lock: the retry is answered
+    // (or refused, 422) below, once the acting key is checked again under it.
+    const retried = await idempotency.replayFor<WebhookView>(deps.db, orgId, context.actor, request).then(
+      (replay) => replay !== undefined,
+      (error: unknown) => {
+        if (error instanceof AppError && error.code === 'idempotency_key_reused') return true;
+        throw error;
+      },
+    );
+    if (!retried) await checkTarget(orgId, new URL(input.url));
+    const id = randomUUID();
+    const secret = newSecret();
+    // Where an org's events go is as sensitive as its keys: recorded in the same transaction.
+    const outcome = await deps.db.transaction(async (trx) => {
+      await beginAuditedChange(trx, orgId, context.actor, deps.now);
+      // A concurrent retry waited for the org's lock above: it finds the first one's answer here.
+      const replay = await idempotency.replayFor<WebhookView>(trx, orgId, context.actor, request);
+      if (replay) return replay;
+      await lockOrgFor(trx, 'webhooks', orgId);
+      if ((await countWebhooksInOrg(trx, orgId)) >= deps.maxPerOrg) {
+        throw new AppError('conflict', `this org has ${deps.maxPerOrg} webhooks, the most it may have (WEBHOOKS_MAX_PER_ORG): delete one first`);
+      }
+      const inserted = await insertWebhook(trx, {
+        id,
+        orgId,
+        url: input.url,
+        eventTypes: input.events,
+        secretBox: box.seal(secret, id),
+        createdByKeyId: context.actor?.id ?? null,
       });
-      return { webhook: toView(webhook), secret };
+      await recordAudit(trx, webhookAudit(orgId, 'webhook.create', inserted, context));
+      const view = toView(inserted);
+      await idempotency.remember(trx, { orgId, actor: context.actor, request, status: 201, view });
+      return { replayed: false as const, view };
+    });
+    if (outcome.replayed) return outcome;
+    return { replayed: false, status: 201, webhook: outcome.view, secret };
+  }
+
+  // In place, so deliveries pending on the webhook are sent (signed with the new secret and,
+  // through the grace period, the previous one too), none twice: the rotation it replaces (a new
+  // webhook, the old one deleted) lost them with the old webhook's delivery log. A retry with the
+  // same Idempotency-Key rotates nothing again: the first new secret stays the current one.
+  async function rotateWebhookSecret(
+    orgId: string,
+    webhookId: string,
+    input: { graceSeconds?: number },
+    context: WebhookChangeContext,
+    request: IdempotentRequest | undefined,
+  ): Promise<RevealedWebhook | ReplayedWebhook> {
+    const { graceSeconds = DEFAULT_SECRET_GRACE_SECONDS } = input;
+    const secret = newSecret();
+    const outcome = await deps.db.transaction(async (trx) => {
+      // The org's audit lock serializes this with its other rotations: the check below holds.
+      await beginAuditedChange(trx, orgId, context.actor, deps.now);
+      const replay = await idempotency.replayFor<WebhookView>(trx, orgId, context.actor, request);
+      if (replay) return replay;
+      // Judged and its grace period started once its turn has come, not when it began waiting.
+      const asOf = await databaseClock(trx);
+      const current = await findWebhookInOrg(trx, orgId, webhookId, asOf);
+      if (!current) throw notFound('Webhook');
+      // One previous secret is kept: a grace period now would end the open one's early, which
+      // its receiver was promised (as for API keys).
+      if (graceSeconds > 0 && current.previousSecretExpiresAt !== null) {
+        throw new AppError(
+          'conflict',
+          `This webhook's previous secret signs until ${iso(current.previousSecretExpiresAt)}: a rotation with a grace period would end it now. Rotate again after that, or with gracePeriodSeconds 0, which ends both the previous secret and the current one at once`,
+        );
+      }
+      const rotated = await replaceWebhookSecret(trx, orgId, webhookId, { secretBox: box.seal(secret, webhookId), graceSeconds, asOf });
+      if (!rotated) throw notFound('Webhook');
+      await recordAudit(trx, {
+        orgId,
+        action: 'webhook.rotate_secret',
+        targetKeyId: null,
+        details: { webhookId, gracePeriodSeconds: graceSeconds, previousSecretExpiresAt: iso(rotated.previousSecretExpiresAt) },
+        actor: auditActor(context.actor),
+        ip: context.ip ?? null,
+      });
+      const view = toView(rotated);
+      await idempotency.remember(trx, { orgId, actor: context.actor, request, status: 200, view });
+      return { replayed: false as const, view };
+    });
+    if (outcome.replayed) return outcome;
+    return { replayed: false, status: 200, webhook: outcome.view, secret };
+  }
+
+  return {
+    async create(orgId: string, input: { url: string; events: string[] }, context: WebhookChangeContext = {}): Promise<RevealedWebhook> {
+      return madeNow(await createWebhook(orgId, input, context, undefined));
+    },
+
+    /** create, remembered for its Idempotency-Key: a retry within the window makes no second webhook and answers the first outcome, without the secret. */
+    createIdempotent(orgId: string, input: { url: string; events: string[] }, context: WebhookChangeContext, request: IdempotentRequest | undefined) {
+      return createWebhook(orgId, input, context, request);
     },
 
     async list(
@@ -248,40 +356,19 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       };
     },
 
-    // In place, so deliveries pending on the webhook are sent (signed with the new secret and,
-    // through the grace period, the previous one too), none twice: the rotation it replaces (a new
-    // webhook, the old one deleted) lost them with the old webhook's delivery log.
-    async rotateSecret(orgId: string, webhookId: string, input: { graceSeconds?: number }, context: WebhookChangeContext = {}) {
-      const { graceSeconds = DEFAULT_SECRET_GRACE_SECONDS } = input;
-      const secret = newSecret();
-      const webhook = await deps.db.transaction(async (trx) => {
-        // The org's audit lock serializes this with its other rotations: the check below holds.
-        await beginAuditedChange(trx, orgId, context.actor, deps.now);
-        // Judged and its grace period started once its turn has come, not when it began waiting.
-        const asOf = await databaseClock(trx);
-        const current = await findWebhookInOrg(trx, orgId, webhookId, asOf);
-        if (!current) throw notFound('Webhook');
-        // One previous secret is kept: a grace period now would end the open one's early, which
-        // its receiver was promised (as for API keys).
-        if (graceSeconds > 0 && current.previousSecretExpiresAt !== null) {
-          throw new AppError(
-            'conflict',
-            `This webhook's previous secret signs until ${iso(current.previousSecretExpiresAt)}: a rotation with a grace period would end it now. Rotate again after that, or with gracePeriodSeconds 0, which ends both the previous secret and the current one at once`,
-          );
-        }
-        const rotated = await replaceWebhookSecret(trx, orgId, webhookId, { secretBox: box.seal(secret, webhookId), graceSeconds, asOf });
-        if (!rotated) throw notFound('Webhook');
-        await recordAudit(trx, {
-          orgId,
-          action: 'webhook.rotate_secret',
-          targetKeyId: null,
-          details: { webhookId, gracePeriodSeconds: graceSeconds, previousSecretExpiresAt: iso(rotated.previousSecretExpiresAt) },
-          actor: auditActor(context.actor),
-          ip: context.ip ?? null,
-        });
-        return rotated;
-      });
-      return { webhook: toView(webhook), secret };
+    async rotateSecret(orgId: string, webhookId: string, input: { graceSeconds?: number }, context: WebhookChangeContext = {}): Promise<RevealedWebhook> {
+      return madeNow(await rotateWebhookSecret(orgId, webhookId, input, context, undefined));
+    },
+
+    /** rotateSecret, remembered for its Idempotency-Key: a retry within the window rotates nothing and answers the first outcome, without the secret. */
+    rotateSecretIdempotent(
+      orgId: string,
+      webhookId: string,
+      input: { graceSeconds?: number },
+      context: WebhookChangeContext,
+      request: IdempotentRequest | undefined,
+    ) {
+      return rotateWebhookSecret(orgId, webhookId, input, context, request);
     },
 
     async remove(orgId: string, webhookId: string, context: WebhookChangeContext = {}) {
