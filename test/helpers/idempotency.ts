@@ -1,0 +1,16 @@
+import type { Test } from 'tap';
+
+/**
+ * Five concurrent first requests with one Idempotency-Key: every answer 201 with one resource's id,
+ * one of them carrying what is shown once (`revealed`: the key's plaintext, the webhook's secret),
+ * the four others replays without it.
+ */
+export function oneMadeFourReplayed(t: Test, answers: Array<{ status: number; body: any }>, revealed: 'key' | 'secret'): void {
+  t.same(
+    answers.map((answer) => answer.status),
+    [201, 201, 201, 201, 201],
+  );
+  t.equal(new Set(answers.map((answer) => answer.body.id)).size, 1, 'one id in every answer');
+  t.equal(answers.filter((answer) => typeof answer.body[revealed] === 'string').length, 1, `one ${revealed === 'key' ? 'plaintext' : 'secret'}`);
+  t.equal(answers.filter((answer) => answer.body.replayed === true).length, 4, 'four replays');
+}
