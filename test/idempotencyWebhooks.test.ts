@@ -3,7 +3,7 @@ import type { Db } from '../shared/db';
 import type { Lookup } from '../shared/webhookTarget';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
-import { oneMadeFourReplayed } from './helpers/idempotency';
+import { eachReplaysItsOwn, oneMadeFourReplayed } from './helpers/idempotency';
 
 // Idempotency-Key on webhook create and secret rotation (api/idempotency/idempotentChange.ts,
 // docs/webhooks.md "Idempotent create and secret rotation"): a client whose connection dropped
@@ -208,15 +208,8 @@ t.test("another org's, and another caller's, idempotency keys are their own", as
     api.request('POST', hooks(globex.org.id), { key: globex.adminKey, body, headers }),
     api.request('POST', hooks(), { key: second.plaintext, body, headers }),
   ]);
-  t.same(
-    retries.map((retry) => [retry.body.replayed, retry.body.id, retry.body.orgId]),
-    [
-      [true, inAcme.body.id, acme.org.id],
-      [true, inGlobex.body.id, globex.org.id],
-      [true, bySecond.body.id, acme.org.id],
-    ],
-    'three replays, each of its own answer',
-  );
+  t.same([inAcme.body.orgId, inGlobex.body.orgId, bySecond.body.orgId], [acme.org.id, globex.org.id, acme.org.id]);
+  eachReplaysItsOwn(t, retries, [inAcme, inGlobex, bySecond]);
   t.equal((await webhooksAt(db, body.url)).length, 3, 'no webhook made by the retries');
 });
 

@@ -14,3 +14,12 @@ export function oneMadeFourReplayed(t: Test, answers: Array<{ status: number; bo
   t.equal(answers.filter((answer) => typeof answer.body[revealed] === 'string').length, 1, `one ${revealed === 'key' ? 'plaintext' : 'secret'}`);
   t.equal(answers.filter((answer) => answer.body.replayed === true).length, 4, 'four replays');
 }
+
+/** Retries of first requests made by different orgs or callers with one Idempotency-Key: each a replay of its own first answer. */
+export function eachReplaysItsOwn(t: Test, retries: Array<{ body: any }>, firsts: Array<{ body: any }>): void {
+  t.same(
+    retries.map((retry) => [retry.body.replayed, retry.body.id, retry.body.orgId]),
+    firsts.map((first) => [true, first.body.id, first.body.orgId]),
+    'replays, each of its own answer',
+  );
+}
