@@ -5,7 +5,9 @@ import type { Knex } from 'knex';
 // what a row's change made or changed, an API key or a webhook, and so what its key_id (the
 // column's name from 20261207000220, which may have been run) is the id of. Existing rows, and
 // those an API of the previous version writes while this one rolls out, are key changes: the
-// default. The one key per caller and idempotency key stays: the same key sent to a webhook
+// default. (One such API reusing an expired webhook row for a key change leaves it labelled
+// 'webhook': its upsert sets no resource. Nothing decides by the label: the request's hash
+// names the route, so no row replays on another resource's route.) The one key per caller and idempotency key stays: the same key sent to a webhook
 // route after a key route is another request (422), as before.
 //
 // A webhook's answer carries its signing secret as `secret`: refused in a kept answer as a key's

@@ -2,7 +2,7 @@ import t, { type Test } from 'tap';
 import type { Db } from '../shared/db';
 import type { Lookup } from '../shared/webhookTarget';
 import { seedOrg, startTestApi } from './helpers/api';
-import { freshDatabase } from './helpers/database';
+import { freshDatabase, heldAuditLock, someoneWaitsOnLock } from './helpers/database';
 import { eachReplaysItsOwn, oneMadeFourReplayed } from './helpers/idempotency';
 
 // Idempotency-Key on webhook create and secret rotation (api/idempotency/idempotentChange.ts,
@@ -16,7 +16,7 @@ const START = Date.parse('2026-12-07T12:00:00Z');
 const PUBLIC_ADDRESS = '203.0.113.7';
 
 async function world(t: Test) {
-  const { db } = await freshDatabase(t);
+  const { db, url } = await freshDatabase(t);
   const clock = { now: START };
   // A host that resolves while `resolving` holds, counted: a retry must not look it up again.
   const dns = { resolving: true, lookups: 0 };
@@ -29,7 +29,7 @@ async function world(t: Test) {
   const acme = await seedOrg(api, db, 'acme');
   const globex = await seedOrg(api, db, 'globex');
   const hooks = (org = acme.org.id) => `/api/orgs/${org}/webhooks`;
-  return { db, api, clock, dns, acme, globex, hooks };
+  return { db, url, api, clock, dns, acme, globex, hooks };
 }
 
 const webhooksAt = async (db: Db, url: string) => db('webhooks').where({ url }).orderBy('created_at').pluck('id');
@@ -237,4 +237,25 @@ t.test('a malformed Idempotency-Key is a 400 naming the header, and nothing is m
   }
   t.same(await webhooksAt(db, 'https://hooks.example/invalid'), []);
   t.same(await auditOf(db, made.webhook.id), ['webhook.create'], 'no rotation');
+});
+
+// The look before the org's lock found the key (so the URL was not checked) and the answer expired
+// while the request waited for the lock: a 422 timed to the expiry (its message gives the first
+// request's time) created a webhook whose URL nothing had checked (a review).
+t.test('a remembered answer that expires while the request waits for its org: the URL is checked as any', async (t) => {
+  const { db, url, api, clock, dns, acme, hooks } = await world(t);
+  const headers = { 'idempotency-key': 'hook-expiring' };
+  const first = await api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'https://hooks.example/first', events: ['*'] }, headers });
+  t.equal(first.status, 201);
+  clock.now = START + 86_400_000 - 1;
+  dns.resolving = false;
+  const held = await heldAuditLock(t, url, acme.org.id);
+  const other = api.request('POST', hooks(), { key: acme.adminKey, body: { url: 'https://unchecked.example/hook', events: ['*'] }, headers });
+  await someoneWaitsOnLock(db);
+  clock.now += 2;
+  await held.commit();
+  const answer = await other;
+  t.equal(answer.status, 400, 'refused: its host does not resolve (fails without the fix: 201)');
+  t.match(answer.body.error?.message, /url: host does not resolve/);
+  t.same(await webhooksAt(db, 'https://unchecked.example/hook'), [], 'no webhook made');
 });

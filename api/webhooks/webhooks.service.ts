@@ -203,6 +203,9 @@ export interface WebhooksServiceDeps {
 
 export type WebhooksService = ReturnType<typeof createWebhooksService>;
 
+// Thrown in a create's transaction to roll it back when its URL must be checked first.
+class TargetNotChecked extends Error {}
+
 export function createWebhooksService(deps: WebhooksServiceDeps) {
   const box = secretBox(deps.pepper, WEBHOOK_SECRET_PURPOSE);
 
@@ -243,7 +246,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
   ): Promise<RevealedWebhook | ReplayedWebhook> {
     // A retry's URL is not looked up again: a host that stopped resolving since would refuse the
     // retry of a webhook that exists. Only a look, before the org's lock: the retry is answered
-    // (or refused, 422) below, once the acting key is checked again under it.
+    // (or refused, 422) under it, once the acting key is checked again.
     const retried = await idempotency.replayFor<WebhookView>(deps.db, orgId, context.actor, request).then(
       (replay) => replay !== undefined,
       (error: unknown) => {
@@ -252,6 +255,25 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       },
     );
     if (!retried) await checkTarget(orgId, new URL(input.url));
+    try {
+      return await createInTransaction(orgId, input, context, request, !retried);
+    } catch (error) {
+      // The remembered answer expired while the request waited for the org's lock: it is a new
+      // request, and its URL is checked as any (a review: a 422 timed to the expiry created a
+      // webhook whose URL nothing had checked).
+      if (!(error instanceof TargetNotChecked)) throw error;
+      await checkTarget(orgId, new URL(input.url));
+      return createInTransaction(orgId, input, context, request, true);
+    }
+  }
+
+  async function createInTransaction(
+    orgId: string,
+    input: { url: string; events: string[] },
+    context: WebhookChangeContext,
+    request: IdempotentRequest | undefined,
+    targetChecked: boolean,
+  ): Promise<RevealedWebhook | ReplayedWebhook> {
     const id = randomUUID();
     const secret = newSecret();
     // Where an org's events go is as sensitive as its keys: recorded in the same transaction.
@@ -260,6 +282,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
       // A concurrent retry waited for the org's lock above: it finds the first one's answer here.
       const replay = await idempotency.replayFor<WebhookView>(trx, orgId, context.actor, request);
       if (replay) return replay;
+      if (!targetChecked) throw new TargetNotChecked();
       await lockOrgFor(trx, 'webhooks', orgId);
       if ((await countWebhooksInOrg(trx, orgId)) >= deps.maxPerOrg) {
         throw new AppError('conflict', `this org has ${deps.maxPerOrg} webhooks, the most it may have (WEBHOOKS_MAX_PER_ORG): delete one first`);
