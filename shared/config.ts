@@ -223,8 +223,8 @@ const variables = {
   KEY_PEPPER_NEXT: secret.optional(),
   KEY_CACHE_TTL_MS: wholeNumber(0, 60_000).default(2000),
   ROTATION_GRACE_SECONDS: wholeNumber(0, 604_800).default(86_400),
-  // How long a key create or rotate sent with an Idempotency-Key is remembered, so a retry answers
-  // the first outcome instead of making a second key (api/idempotency/). Stripe keeps 24 hours; a
+  // How long a key or webhook create or rotate sent with an Idempotency-Key is remembered, so a
+  // retry answers the first outcome instead of making a second one (api/idempotency/). Stripe keeps 24 hours; a
   // row per such change, deleted on the org's later writes once past it.
   IDEMPOTENCY_KEY_TTL_SECONDS: wholeNumber(60, 604_800).default(86_400),
   // Keys one org may hold through the API, revoked ones included until deleted: every key is a row

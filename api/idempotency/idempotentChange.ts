@@ -24,10 +24,10 @@ const SECRET_FIELDS = ['key', 'secret'] as const;
 
 const DEFAULT_TTL_SECONDS = 86_400;
 
-/** The `replayed` field of a replay's answer, for the route's response schema. */
-export const replayedFlag = (what: string) =>
+/** The `replayed` field of a replay's answer, for the route's response schema; `secretNote`: where the resource's secret went, and what to do if it was lost. */
+export const replayedFlag = (what: string, secretNote: string) =>
   z.literal(true).meta({
-    description: `This answers a retry (same Idempotency-Key, same request): nothing was changed now, and this is the ${what} as the first answer showed it. The secret was in that answer only and is kept nowhere`,
+    description: `This answers a retry (same Idempotency-Key, same request): nothing was changed now, and this is the ${what} as the first answer showed it. ${secretNote}`,
   });
 
 /** Answers a replay: the first answer's status and view, flagged in the body and in Idempotent-Replayed. */

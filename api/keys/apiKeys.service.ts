@@ -70,10 +70,7 @@ export const revealedApiKey = apiKeyView
 // create and rotate").
 export const replayedApiKey = apiKeyView
   .extend({
-    replayed: replayedFlag('key').meta({
-      description:
-        'This answers a retry (same Idempotency-Key, same request): nothing was changed now, and this is the key as the first answer showed it. The plaintext key was in that answer only and is kept nowhere; if it was lost, rotate the key (or revoke it)',
-    }),
+    replayed: replayedFlag('key', 'The plaintext key was in that answer only and is kept nowhere; if it was lost, rotate the key (or revoke it)'),
   })
   .meta({ id: 'ApiKeyReplay' });
 /** The answer of a create or rotate: the plaintext, or, for a retry with the same Idempotency-Key, the replay without it. */

@@ -61,10 +61,10 @@ export const createdWebhook = webhookView
 // (docs/webhooks.md, "Idempotent create and secret rotation").
 export const replayedWebhook = webhookView
   .extend({
-    replayed: replayedFlag('webhook').meta({
-      description:
-        'This answers a retry (same Idempotency-Key, same request): nothing was changed now, and this is the webhook as the first answer showed it. The signing secret was in that answer only and is never shown again; if it was lost, rotate the secret (with a new Idempotency-Key)',
-    }),
+    replayed: replayedFlag(
+      'webhook',
+      'The signing secret was in that answer only and is never shown again; if it was lost, rotate the secret (with a new Idempotency-Key)',
+    ),
   })
   .meta({ id: 'WebhookReplay' });
 /** The answer of a create or secret rotation: the secret, or, for a retry with the same Idempotency-Key, the replay without it. */
