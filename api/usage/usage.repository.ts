@@ -76,8 +76,26 @@ export interface UsageQuery {
   eventsSince: Date;
   sort: UsageSort;
   order: 'asc' | 'desc';
+  /** With sort createdAt only: the page holds the keys after this one in the sort's order. */
+  after?: KeyPosition;
   limit: number;
   offset: number;
+}
+
+/** Where a key stands in the createdAt sort. created_at as PostgreSQL's text: a Date would drop its microseconds. */
+export interface KeyPosition {
+  id: string;
+  createdAt: string;
+}
+
+/** The key's position in the createdAt sort, read within the org: another org's key has none, as a key that does not exist. */
+export async function keyPosition(db: Db, orgId: string, keyId: string): Promise<KeyPosition | undefined> {
+  const [row] = await rawRows<{ id: string; created_at: string }>(
+    db,
+    `select id, cast(created_at as text) as created_at from ${TABLE.apiKeys} where org_id = :orgId and id = :keyId`,
+    { orgId, keyId },
+  );
+  return row && { id: row.id, createdAt: row.created_at };
 }
 
 // Each sort as an expression over the page query's columns (inner) and over the page (outer).
@@ -146,10 +164,17 @@ function filters(query: UsageQuery): string {
   return conditions.map((condition) => `and ${condition}`).join(' ');
 }
 
+// The keys after the cursor in the createdAt order (created_at ascending or descending, ties by id
+// ascending either way): a keyset, so a key entering or leaving the filtered set shifts no other.
+const AFTER_POSITION = {
+  asc: 'and (k.created_at > cast(:afterCreatedAt as timestamptz) or (k.created_at = cast(:afterCreatedAt as timestamptz) and k.id > :afterId))',
+  desc: 'and (k.created_at < cast(:afterCreatedAt as timestamptz) or (k.created_at = cast(:afterCreatedAt as timestamptz) and k.id > :afterId))',
+};
+
 // The page's keys in order: filter, sort, limit over api_keys and api_key_usage only.
 function pageKeys(query: UsageQuery, direction: string): string {
   if (query.sort === 'requestCount' && query.order === 'desc') return busiestKeys(query);
-  return `${PAGE_COLUMNS} ${keysOfOrg(query)}
+  return `${PAGE_COLUMNS} ${keysOfOrg(query)} ${query.after ? AFTER_POSITION[query.order] : ''}
             order by ${SORT_COLUMNS[query.sort].inner} ${direction}, k.id
             limit :limit offset :offset`;
 }
@@ -213,6 +238,8 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
     namePattern: query.nameContains ? likePattern(query.nameContains) : null,
     keyId: query.keyId,
     eventsSince: query.eventsSince,
+    afterCreatedAt: query.after?.createdAt ?? null,
+    afterId: query.after?.id ?? null,
     limit: query.limit,
     offset: query.offset,
     pageEnd: query.limit + query.offset,

@@ -17,6 +17,10 @@ const listQuery = z
     order: z.enum(['asc', 'desc'], { error: 'must be asc or desc' }).default('desc'),
     keyId: uuid.optional(),
     q: displayName.optional(),
+    after: uuid.optional().meta({
+      description:
+        "With sort=createdAt: the keys after this one (the previous page's page.nextAfter), filters applied as usual; not with offset. A key of another org, or none, is a 400",
+    }),
     ...pagination,
   })
   .strict();
@@ -40,7 +44,7 @@ export const usageRoutes: RouteContract[] = [
     operationId: 'listKeyUsage',
     summary: "The org's keys with their usage: counts by outcome and window, recent addresses, failures, events",
     description:
-      "During a key's rotation grace period each item also says when its previous secret stops working and when and from where it was last used, as the key's view does (previousSecretExpiresAt, previousSecretLastUsedAt, previousSecretLastUsedIp); null outside a grace period.",
+      "Offset pages (limit, offset) shift when a key enters or leaves the filtered set (created, deleted, revoked, used, expiring, crossing the dormancy threshold): a script that acts on the keys it pages, such as revoking them, walks with `after` (sort=createdAt; page.nextAfter is the next page's) or uses revoke-dormant. During a key's rotation grace period each item also says when its previous secret stops working and when and from where it was last used, as the key's view does (previousSecretExpiresAt, previousSecretLastUsedAt, previousSecretLastUsedIp); null outside a grace period.",
     auth: READ_ORG,
     params: orgParams,
     query: listQuery,

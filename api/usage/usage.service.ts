@@ -7,7 +7,7 @@ import { apiKeyView, KEY_STATUSES, keyStatus, previousSecretShown, type KeyStatu
 import { SCOPES } from '../keys/scopes';
 import { count, idString, isoTime, offsetPage } from '../responses';
 import { requireKeyInOrg } from '../keys/requireKeyInOrg';
-import { keyTimeSeries, listKeyUsage, type Granularity, type KeyUsageRecord, type UsageSort } from './usage.repository';
+import { keyPosition, keyTimeSeries, listKeyUsage, type Granularity, type KeyPosition, type KeyUsageRecord, type UsageSort } from './usage.repository';
 import { DAY_MS, HOUR_MS } from '../../shared/timeUnits';
 
 const MAX_SERIES_POINTS = 24 * 93;
@@ -50,7 +50,12 @@ const keyUsage = z
 export const usageList = z
   .object({
     data: z.array(keyUsage),
-    page: offsetPage,
+    page: offsetPage.extend({
+      nextAfter: idString.nullable().meta({
+        description:
+          "With sort=createdAt, a full page's last key: pass it as `after` for the next page; null on a page that is not full, and with the other sorts",
+      }),
+    }),
     generatedAt: isoTime,
     delay: z.object({ drainIntervalMs: z.number(), flushIntervalMs: z.number() }).meta({ description: 'How far usage can lag behind requests' }),
   })
@@ -105,6 +110,35 @@ const isoSeen = <T extends { firstSeen: Date; lastSeen: Date }>(ip: T) => ({
 // Exact whatever the size: bucket counts may be saturated bigints.
 const sumCounts = (counts: Count[]) => exactCount(counts.reduce((sum: bigint, count) => sum + BigInt(count), 0n).toString());
 
+type ListQuery = {
+  dormant?: boolean;
+  status?: KeyStatus;
+  dormantDays: number;
+  nameContains?: string;
+  keyId?: string;
+  sort: UsageSort;
+  order: 'asc' | 'desc';
+  after?: string;
+  limit: number;
+  offset: number;
+};
+
+// `after` continues the createdAt order from a key of the org. Unknown and another org's key get
+// the same refusal, which says nothing of other orgs; an empty page would tell a script walking the
+// keys that it had seen them all.
+async function afterPosition(db: Db, orgId: string, query: ListQuery): Promise<KeyPosition | undefined> {
+  if (query.after === undefined) return undefined;
+  if (query.sort !== 'createdAt') throw new InvalidInputError(`after: only with sort=createdAt (keys move in the ${query.sort} order as they are used)`);
+  if (query.offset > 0) throw new InvalidInputError('after: not with offset (after already says where the page starts; leave offset out)');
+  const position = await keyPosition(db, orgId, query.after);
+  if (!position) throw new InvalidInputError('after: no key of this organization has this id (one deleted since its page was read: start again without after)');
+  return position;
+}
+
+// A full page may have keys after it; only the createdAt order can be continued with `after`.
+const nextAfter = (keys: KeyUsageRecord[], query: ListQuery) =>
+  query.sort === 'createdAt' && keys.length === query.limit ? keys[keys.length - 1].keyId : null;
+
 export type UsageService = ReturnType<typeof createUsageService>;
 
 /** The API's drain interval and the collector's flush interval: how far usage can lag. */
@@ -115,23 +149,11 @@ export interface UsageDelay {
 
 export function createUsageService(deps: { db: Db; now: () => number; delay: UsageDelay; eventSummaryDays: number }) {
   return {
-    async list(
-      orgId: string,
-      query: {
-        dormant?: boolean;
-        status?: KeyStatus;
-        dormantDays: number;
-        nameContains?: string;
-        keyId?: string;
-        sort: UsageSort;
-        order: 'asc' | 'desc';
-        limit: number;
-        offset: number;
-      },
-    ): Promise<z.output<typeof usageList>> {
+    async list(orgId: string, query: ListQuery): Promise<z.output<typeof usageList>> {
       const now = deps.now();
       // A key of another org (or none) is not_found, not an empty page.
       if (query.keyId) await requireKeyInOrg(deps.db, orgId, query.keyId);
+      const after = await afterPosition(deps.db, orgId, query);
       const { keys, total } = await listKeyUsage(deps.db, {
         orgId,
         now: new Date(now),
@@ -143,12 +165,13 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
         eventsSince: new Date(now - deps.eventSummaryDays * DAY_MS),
         sort: query.sort,
         order: query.order,
+        after,
         limit: query.limit,
         offset: query.offset,
       });
       return {
         data: keys.map((key) => toUsageView(key, now, deps.eventSummaryDays)),
-        page: { limit: query.limit, offset: query.offset, total },
+        page: { limit: query.limit, offset: query.offset, total, nextAfter: nextAfter(keys, query) },
         generatedAt: new Date(now).toISOString(),
         delay: deps.delay,
       };
