@@ -563,6 +563,12 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await tab.click('#rotate');
     await waitFor('the API to have rotated', async () => (rotated > 0 ? true : undefined));
     await tab.clock.runFor(30_000 + 1000);
+    // Retried once (api.js changeOnce) after a pause on the page's clock, and held back as long.
+    await waitFor('the retry', async () => {
+      await tab.clock.runFor(250);
+      return rotated > 1 ? true : undefined;
+    });
+    await tab.clock.runFor(30_000 + 1000);
     const message = tab.locator('.detail p.error');
     await message.filter({ hasText: /./ }).waitFor();
     t.match(

@@ -3,6 +3,7 @@ import type { Page } from 'playwright-core';
 import { launchBrowser } from '../harness/browser';
 import { waitFor } from '../harness/wait';
 import { TABLE } from '../shared/tables';
+import { signedInTab } from './helpers/dashboardTab';
 import { wiredSystem } from './helpers/wiredSystem';
 
 // A key's page during a rotation's grace period, in a real Chromium against the real API and
@@ -47,12 +48,7 @@ t.test("a key's page says when and from where its previous secret was last used 
   const pageErrors: string[] = [];
 
   async function keyPage(keyId: string): Promise<Page> {
-    const tab = await context.newPage();
-    tab.on('pageerror', (error) => pageErrors.push(error.message));
-    await tab.goto(`${system.api.baseUrl}/`);
-    await tab.fill('#sign-in-key', system.adminKey);
-    await tab.click('#sign-in button[type=submit]');
-    await tab.goto(`${system.api.baseUrl}/#/key/${keyId}`);
+    const tab = await signedInTab(context, system.api.baseUrl, system.adminKey, `#/key/${keyId}`, pageErrors);
     await tab.locator('#key-title:not(:empty)').waitFor();
     return tab;
   }

@@ -50,13 +50,14 @@ function notFromTheApi(response, key) {
   return new ApiError(response.status, 'not_api', message, key);
 }
 
-export async function api(method, path, { body, key = sessionKey() } = {}) {
+export async function api(method, path, { body, key = sessionKey(), idempotencyKey } = {}) {
   if (key && NOT_IN_A_KEY.test(key)) {
     throw new ApiError(0, 'invalid_key', 'This is not an API key: it has characters no key has (quotes or spaces copied with it?)', key);
   }
   const headers = { accept: 'application/json' };
   if (key) headers.authorization = `Bearer ${key}`;
   if (body !== undefined) headers['content-type'] = 'application/json';
+  if (idempotencyKey) headers['idempotency-key'] = idempotencyKey;
   let response;
   try {
     // A request that never ends (a connection lost while the laptop slept) held its view's
@@ -72,6 +73,36 @@ export async function api(method, path, { body, key = sessionKey() } = {}) {
   if (response.ok ? payload === NOT_JSON : typeof apiError?.message !== 'string') throw notFromTheApi(response, key);
   if (!response.ok) throw new ApiError(response.status, apiError.code ?? 'unknown', apiError.message, key);
   return payload;
+}
+
+// Not crypto.randomUUID(): a page served over plain HTTP from another host than localhost is not a
+// secure context, and has no randomUUID. 128 random bits in hex are as unique.
+function newIdempotencyKey() {
+  return Array.from(crypto.getRandomValues(new Uint8Array(16)), (byte) => byte.toString(16).padStart(2, '0')).join('');
+}
+
+// An answer that did not reach the page (the connection dropped, the time ran out, a gateway in
+// front of the API gave up on it) says nothing of whether the change was made.
+const LOST_STATUSES = new Set([502, 503, 504]);
+const answerLost = (error) => error.code === 'network' || error.code === 'write_timeout' || LOST_STATUSES.has(error.status);
+const RETRY_AFTER_MS = 1000;
+
+// A change whose answer may be lost (a create or a rotate, whose secret is in that answer only):
+// one Idempotency-Key for the person's one action, and one retry with it, so a change the server
+// made is answered again (`replayed: true`, without its secret) instead of made twice. The retry
+// is sent with the same key the first went with (the API remembers per calling key), and not at
+// all once the person signed out or in with another key meanwhile.
+export async function changeOnce(method, path, { body } = {}) {
+  const key = sessionKey();
+  const idempotencyKey = newIdempotencyKey();
+  try {
+    return await api(method, path, { body, key, idempotencyKey });
+  } catch (error) {
+    if (!answerLost(error)) throw error;
+    await new Promise((resolve) => setTimeout(resolve, RETRY_AFTER_MS));
+    if (sessionKey() !== key) throw error;
+    return api(method, path, { body, key, idempotencyKey });
+  }
 }
 
 // An endpoint this server does not have yet (the router's 404), as opposed to a missing key.

@@ -1,4 +1,4 @@
-import { api, NOT_ANSWERED, orgPath } from './api.js';
+import { api, changeOnce, NOT_ANSWERED, orgPath } from './api.js';
 import { el, isolate, setText } from './dom.js';
 import { exact } from './format.js';
 import { confirmDialog } from './confirmDialog.js';
@@ -13,9 +13,9 @@ const GRACE_CHOICES = [
   [604_800, '7 days'],
 ];
 
-// Shows the new secret once; closing the dialog removes it from the page.
-function showNewSecret(rotated) {
-  const secret = el('input', { type: 'text', readonly: true, value: rotated.key, id: 'new-secret', 'aria-label': 'New secret', spellcheck: 'false' });
+// The new secret, with a button to copy it.
+function secretField(plaintext) {
+  const secret = el('input', { type: 'text', readonly: true, value: plaintext, id: 'new-secret', 'aria-label': 'New secret', spellcheck: 'false' });
   const copied = el('span', { 'aria-live': 'polite' });
   const copy = el('button', {
     type: 'button',
@@ -24,7 +24,7 @@ function showNewSecret(rotated) {
       secret.select();
       try {
         // No navigator.clipboard outside a secure context; writeText rejects without permission.
-        await navigator.clipboard.writeText(rotated.key);
+        await navigator.clipboard.writeText(plaintext);
         setText(copied, 'Copied');
       } catch {
         // Back in the field, still selected, so Ctrl+C copies it.
@@ -34,14 +34,42 @@ function showNewSecret(rotated) {
       }
     },
   });
+  return el('div', { class: 'secret' }, [secret, copy, copied]);
+}
+
+// While a rotation's grace period runs the API refuses another one with a grace (409): only one
+// with none goes through then, and the person must know what it ends.
+const ROTATE_AGAIN =
+  "Rotate again to get one you can copy: with no grace period, which ends the current secret at once (with one, the API refuses while that rotation's grace runs), or once its grace has ended.";
+
+// A retry's replay (api.js changeOnce) tells that the rotation was made, never its secret: the
+// API keeps none, and its one copy went out in the answer that was lost.
+const LOST_SECRET = `The key was rotated, but the answer carrying its new secret did not arrive, and the API shows a secret in that answer only: no one holds it. ${ROTATE_AGAIN}`;
+
+// A key's retry of its own rotation presents the secret that rotation replaced, which may not
+// manage keys (403 stale_secret during the grace period): the API's refusal alone did not say that
+// the rotation was made, nor that this tab cannot rotate the key again.
+const OWN_SECRET_LOST =
+  'The key you are signed in with has been rotated (by this request, whose answer did not arrive, or elsewhere): this tab holds its previous secret, which cannot manage keys, and the new secret is not here. Sign in with another key that has keys:write to rotate it again, with no grace period (which ends the secret this tab holds).';
+
+// Shows the new secret once, or that it was lost; closing the dialog removes it from the page.
+function showRotation(rotated) {
   const grace = rotated.previousSecretExpiresAt
     ? `The old secret keeps working until ${exact(rotated.previousSecretExpiresAt)}.`
     : 'The old secret no longer works.';
+  const outcome = rotated.replayed
+    ? [
+        el('h2', { id: 'secret-title', text: `${isolate(rotated.name)} (${rotated.displayPrefix}) was rotated: its new secret was lost` }),
+        el('p', { id: 'lost-secret', text: LOST_SECRET }),
+      ]
+    : [
+        el('h2', { id: 'secret-title', text: `New secret for ${isolate(rotated.name)}` }),
+        el('p', { text: 'Shown this once and stored nowhere: copy it now.' }),
+        secretField(rotated.key),
+      ];
   const dialog = el('dialog', { class: 'dialog', 'aria-labelledby': 'secret-title' }, [
     el('form', { method: 'dialog' }, [
-      el('h2', { id: 'secret-title', text: `New secret for ${isolate(rotated.name)}` }),
-      el('p', { text: 'Shown this once and stored nowhere: copy it now.' }),
-      el('div', { class: 'secret' }, [secret, copy, copied]),
+      ...outcome,
       el('p', { id: 'grace-note', text: grace }),
       el('div', { class: 'buttons' }, [el('button', { type: 'submit', text: 'Done' })]),
     ]),
@@ -83,19 +111,20 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
       }
       const signedInWith = sessionKey();
       // The new secret is only ever in the rotation's answer: a rotation made but not answered in
-      // time left the page saying only that the API did not answer, the secret lost unsaid. Trying
-      // again is safe, but while the lost rotation's grace period runs the API refuses one with a
-      // grace (409): only one with none goes through then, and the person must know what it ends.
-      const rotated = await api('POST', orgPath(who, `/${key.id}/rotate`), { body: { gracePeriodSeconds } }).catch((error) => {
+      // time, even by its retry, left the page saying only that the API did not answer, the secret
+      // lost unsaid.
+      const rotated = await changeOnce('POST', orgPath(who, `/${key.id}/rotate`), { body: { gracePeriodSeconds } }).catch((error) => {
         if (error.code === 'write_timeout') {
-          error.message = `${NOT_ANSWERED}: the key may have been rotated all the same, and its new secret, shown only in that answer, is then lost. Rotate again to get one you can copy: with no grace period, which ends the current secret at once (with one, the API refuses while that rotation's grace runs), or once its grace has ended.`;
+          error.message = `${NOT_ANSWERED}: the key may have been rotated all the same, and its new secret, shown only in that answer, is then lost. ${ROTATE_AGAIN}`;
         }
+        if (own && error.code === 'stale_secret') error.message = OWN_SECRET_LOST;
         throw error;
       });
       // Rotating the key this page signed in with: carry on with its new secret, unless the person
-      // signed out (or in with another key) while the rotation was on its way.
+      // signed out (or in with another key) while the rotation was on its way. Never a replay: a
+      // key's retry of its own rotation presents the secret it replaced, which the API refuses.
       if (own && sessionKey() === signedInWith) keepSessionKey(rotated.key);
-      showNewSecret(rotated);
+      showRotation(rotated);
     }),
   });
   const revoke = el('button', {
