@@ -162,8 +162,9 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
     });
   }
 
-  // Gives the claim's attempt back, unsent: the delivery is claimed again after WEBHOOK_RETRY_BASE_MS
-  // (never a hot loop), and waits as long as the cause lasts, its attempts kept for sends.
+  // Gives the claim's attempt back, unsent: the delivery is claimed again after WEBHOOK_RETRY_BASE_MS or a
+  // quarter of its age, whichever is longer (never a hot loop), and waits as long as the cause lasts,
+  // its attempts kept for sends.
   // Counted: a delivery that waits shows no attempt in its log, so the metric is what says why.
   async function putBack(delivery: ClaimedDelivery, cause: 'secretsUnopened' | 'lookupsBusy', kind: string, fields: Record<string, unknown>, message: string) {
     if (!(await releaseClaim(db, delivery, putBackDelayMs(now() - delivery.createdAt, config.retryBaseMs)))) return;

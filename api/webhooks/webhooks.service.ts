@@ -16,7 +16,9 @@ import {
   countPendingDeliveries,
   countWebhooksInOrg,
   databaseClock,
+  deleteSomeDeliveries,
   deleteWebhookInOrg,
+  DELIVERIES_PER_DELETE,
   findWebhookInOrg,
   insertDelivery,
   insertWebhook,
@@ -215,6 +217,25 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
     return webhook;
   }
 
+  // A webhook's deliveries go before it, a chunk per transaction. Left to the webhook's cascade, one
+  // statement held its row until the last of them was gone (11 s for 300,000), and every flush
+  // raising an event for its org waited on that row (the outbox trigger's FOR KEY SHARE) with every
+  // other org's usage in the same transaction; with API_STATEMENT_TIMEOUT_MS the delete rolled
+  // back and could be repeated at will. Each chunk is checked as the delete is (the acting key
+  // still valid, the webhook still the org's): another org's webhook is a 404 with nothing deleted.
+  // Interrupted, the chunks done stay done, and the next delete goes on from there. Until a chunk
+  // finds none, not one short of the limit: one that waited on the retention's delete finds fewer.
+  async function deleteDeliveriesAhead(orgId: string, webhookId: string, context: WebhookChangeContext): Promise<void> {
+    let deleted: number;
+    do {
+      deleted = await deps.db.transaction(async (trx) => {
+        await beginAuditedChange(trx, orgId, context.actor, deps.now);
+        if (!(await findWebhookInOrg(trx, orgId, webhookId))) throw notFound('Webhook');
+        return deleteSomeDeliveries(trx, orgId, webhookId, DELIVERIES_PER_DELETE);
+      });
+    } while (deleted > 0);
+  }
+
   async function checkTarget(orgId: string, url: URL): Promise<void> {
     try {
       const addresses = await resolveTargetWithin(url, deps.allowPrivateTargets, deps.timeoutMs, {
@@ -395,6 +416,7 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
     },
 
     async remove(orgId: string, webhookId: string, context: WebhookChangeContext = {}) {
+      await deleteDeliveriesAhead(orgId, webhookId, context);
       await deps.db.transaction(async (trx) => {
         await beginAuditedChange(trx, orgId, context.actor, deps.now);
         const webhook = await findWebhookInOrg(trx, orgId, webhookId);

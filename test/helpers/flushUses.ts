@@ -1,0 +1,17 @@
+import { randomUUID } from 'node:crypto';
+import { Aggregator } from '../../collector/aggregator';
+import { createPgUsageStore, type WriteResult } from '../../collector/usageStore';
+import { loadConfig } from '../../shared/config';
+import type { Db } from '../../shared/db';
+
+/** One use of each key, written as the collector's flush writes them: one transaction for every org, events raised (a key's first use…). */
+export function flushUses(db: Db, keys: ReadonlyArray<{ orgId: string; keyId: string }>): Promise<WriteResult> {
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => Date.now() });
+  for (const [i, key] of keys.entries()) aggregator.add({ ...key, ip: `192.0.2.${i + 1}`, outcome: 'ok', count: 1 });
+  const events = loadConfig({ NODE_ENV: 'development' }).collector.events;
+  return createPgUsageStore(db, { events }).write([{ id: randomUUID(), batch: aggregator.drain() }]);
+}
+
+/** `what`, or 'still waiting' once `ms` have passed: a bound that only stops a test from hanging on a lock. */
+export const within = <T>(ms: number, what: Promise<T>): Promise<T | 'still waiting'> =>
+  Promise.race([what, new Promise<'still waiting'>((resolve) => setTimeout(() => resolve('still waiting'), ms).unref())]);
