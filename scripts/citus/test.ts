@@ -16,6 +16,7 @@ export const FILES = [
   'test/usageLog.test.ts',
   'test/lockTimeout.test.ts',
   'test/idempotencyKeys.test.ts',
+  'test/webhookDeleteChunks.test.ts',
   'test/ipPrivacy.test.ts',
   'test/citus/distributed.citus.ts',
 ];
