@@ -22,20 +22,29 @@ async function createKey({ api, org, adminKey }: System, name: string) {
 
 const auditActions = ({ db }: System, keyId: string) => db('audit_log').where({ target_key_id: keyId }).orderBy('id').pluck('action');
 
+type Lose = (route: Route) => Promise<void>;
+
 // Every rotate request of `keyId` the page sends: the first reaches the API, which answers it, and
 // `lose` drops that answer on its way back; the next ones go through (or are changed by `retry`).
-async function loseFirstRotation(tab: Page, keyId: string, lose: (route: Route) => Promise<void>, retry = (route: Route) => route.continue()) {
+async function loseFirstRotation(tab: Page, keyId: string, lose: Lose, retry = (route: Route) => route.continue()) {
   const sent: Array<string | undefined> = [];
   const lost: string[] = [];
   await tab.route(new RegExp(`/${keyId}/rotate$`), async (route) => {
     sent.push(route.request().headers()['idempotency-key']);
     if (sent.length > 1) return retry(route);
-    const response = await route.fetch();
-    lost.push(await response.text());
-    await lose(route);
+    lost.push(await reachedThenLost(lose)(route));
   });
   return { sent, lost };
 }
+
+// The request reaches the API, and `lose` drops its answer; the answer's text is returned.
+const reachedThenLost = (lose: Lose) => async (route: Route) => {
+  const response = await route.fetch();
+  await lose(route);
+  return response.text();
+};
+
+const gatewayTimeout: Lose = (route) => route.fulfill({ status: 504, contentType: 'text/html', body: '<!doctype html><title>Gateway timeout</title>' });
 
 t.test('a rotation whose answer is lost is retried once with its Idempotency-Key', { timeout: WHOLE_TEST_TIMEOUT_MS }, async (t) => {
   const system = await wiredSystem(t);
@@ -95,7 +104,10 @@ t.test('a rotation whose answer is lost is retried once with its Idempotency-Key
     t.equal(body.error.code, 'idempotency_key_reused');
     const error = tab.locator('.detail p.error');
     await error.filter({ hasText: /./ }).waitFor();
-    t.equal(await error.textContent(), body.error.message, "the API's message, as the page shows errors");
+    t.ok(
+      (await error.textContent())?.startsWith(`${body.error.message}: the key may have been rotated`),
+      "the API's message, as the page shows errors, and what it leaves unsaid",
+    );
     t.equal(sent.length, 2, 'not sent a third time');
     t.same(await auditActions(system, keyId), ['key.create', 'key.rotate'], 'rotated once');
     await tab.close();
@@ -118,6 +130,64 @@ t.test('a rotation whose answer is lost is retried once with its Idempotency-Key
     t.equal(sent.length, 2);
     t.same(await auditActions(system, own.id), ['key.create', 'key.rotate'], 'rotated once');
     t.equal(await tab.evaluate('sessionStorage.getItem("keyusage.apiKey")'), own.key, 'the tab still holds the previous secret');
+    await tab.close();
+  });
+
+  // The retry's answer lost as well: the page had only the loss to say, as if nothing was done.
+  const bothLost: Array<[string, Lose, RegExp]> = [
+    ['both connections dropped', (route) => route.abort('connectionreset'), /^The API could not be reached: /],
+    ['a gateway answered 504 both times', gatewayTimeout, /^HTTP 504 from a proxy or gateway in front of the API, not from the API itself: /],
+  ];
+  for (const [how, lose, said] of bothLost) {
+    await t.test(`${how}: the page says the key may have been rotated, and reads it again`, async (t) => {
+      const keyId = await createKey(system, `lost-twice-${how}`);
+      const tab = await keyPage(keyId);
+      const { sent } = await loseFirstRotation(tab, keyId, lose, async (route) => void (await reachedThenLost(lose)(route)));
+      await tab.click('#rotate');
+      const error = tab.locator('.detail p.error');
+      await error.filter({ hasText: /./ }).waitFor();
+      const text = await error.textContent();
+      t.match(text, said, 'what went wrong');
+      t.match(
+        text,
+        /the key may have been rotated all the same, and its new secret, shown only in the answer that did not arrive, is then lost\. Rotate again/,
+      );
+      t.equal(sent.length, 2, 'sent twice');
+      t.equal(sent[1], sent[0], 'with one Idempotency-Key');
+      t.same(await auditActions(system, keyId), ['key.create', 'key.rotate'], 'rotated once');
+      await tab.locator('#previous-secret', { hasText: 'Previous secret not used since rotation' }).waitFor();
+      t.pass("the key read again: its rotation's grace period shown");
+      t.equal(await tab.locator('#new-secret').count(), 0, 'no secret field');
+      t.notMatch(await tab.content(), KEY_MATERIAL, 'no key material anywhere in the page');
+      await tab.close();
+    });
+  }
+
+  // With no grace period the retry is refused (401): the tab, signed out by it or by a refresh with
+  // the ended secret, said only that a valid API key is required.
+  await t.test('the signed-in key rotating itself with no grace period signs out saying its new secret was lost', async (t) => {
+    const created = await system.api.request('POST', `/api/orgs/${system.org.id}/api-keys`, {
+      key: system.adminKey,
+      body: { name: 'lost-own-now', scopes: ['keys:read', 'keys:write'] },
+    });
+    const own = created.body as { id: string; key: string };
+    const tab = await signedInTab(context, system.api.baseUrl, own.key, `#/key/${own.id}`, pageErrors);
+    await tab.locator('#rotate').waitFor();
+    const { sent, lost } = await loseFirstRotation(tab, own.id, (route) => route.abort('connectionreset'));
+    await tab.selectOption('#grace', '0');
+    await tab.click('#rotate');
+    await tab.click('dialog[open] button[value=yes]');
+    const signInError = tab.locator('#sign-in-error');
+    await signInError.filter({ hasText: /./ }).waitFor();
+    t.match(
+      await signInError.textContent(),
+      /^The key you were signed in with was rotated with no grace period .*the new one was in the answer that was lost.*Sign in with another key that has keys:write and rotate it again/,
+    );
+    t.match(JSON.parse(lost[0]), { id: own.id, previousSecretExpiresAt: null }, 'the API rotated it, with no grace');
+    t.equal(sent.length, 2, 'retried');
+    t.same(await auditActions(system, own.id), ['key.create', 'key.rotate'], 'rotated once');
+    t.equal(await tab.evaluate('sessionStorage.getItem("keyusage.apiKey")'), null, 'the ended secret forgotten');
+    t.ok(await tab.locator('#sign-in').isVisible(), 'signed out');
     await tab.close();
   });
 

@@ -91,7 +91,9 @@ const RETRY_AFTER_MS = 1000;
 // one Idempotency-Key for the person's one action, and one retry with it, so a change the server
 // made is answered again (`replayed: true`, without its secret) instead of made twice. The retry
 // is sent with the same key the first went with (the API remembers per calling key), and not at
-// all once the person signed out or in with another key meanwhile.
+// all once the person signed out or in with another key meanwhile. Every error after a lost answer
+// (the retry's, whatever it is, or the first's when the retry is not sent) carries `answerLost`:
+// the change may have been made, which the error's own message does not say.
 export async function changeOnce(method, path, { body } = {}) {
   const key = sessionKey();
   const idempotencyKey = newIdempotencyKey();
@@ -100,9 +102,16 @@ export async function changeOnce(method, path, { body } = {}) {
   } catch (error) {
     if (!answerLost(error)) throw error;
     await new Promise((resolve) => setTimeout(resolve, RETRY_AFTER_MS));
-    if (sessionKey() !== key) throw error;
-    return api(method, path, { body, key, idempotencyKey });
+    if (sessionKey() !== key) throw afterLostAnswer(error);
+    return api(method, path, { body, key, idempotencyKey }).catch((retryError) => {
+      throw afterLostAnswer(retryError);
+    });
   }
+}
+
+function afterLostAnswer(error) {
+  error.answerLost = true;
+  return error;
 }
 
 // An endpoint this server does not have yet (the router's 404), as opposed to a missing key.

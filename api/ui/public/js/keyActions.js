@@ -52,6 +52,21 @@ const LOST_SECRET = `The key was rotated, but the answer carrying its new secret
 const OWN_SECRET_LOST =
   'The key you are signed in with has been rotated (by this request, whose answer did not arrive, or elsewhere): this tab holds its previous secret, which cannot manage keys, and the new secret is not here. Sign in with another key that has keys:write to rotate it again, with no grace period (which ends the secret this tab holds).';
 
+// With no grace period the same retry is refused outright (401), and the tab's next refresh signed
+// it out with the API's "a valid API key is required": nothing said the key had been rotated.
+const OWN_KEY_ROTATED_AWAY =
+  'The key you were signed in with was rotated with no grace period (by this request, whose answer did not arrive, or elsewhere): the secret this tab held ended at once, and the new one was in the answer that was lost, so no one holds it. Sign in with another key that has keys:write and rotate it again.';
+
+const OWN_KEY_REVOKED = 'The key you were signed in with was revoked.';
+
+// Any error after a lost answer (api.js changeOnce: the API unreachable again, a gateway's 504, the
+// retry refused or not sent) said only that, as if nothing had been done: the rotation may have
+// been made, and its new secret lost with the answer.
+function sayMayHaveRotated(error) {
+  const said = error.code === 'write_timeout' ? NOT_ANSWERED : error.message;
+  error.message = `${said}: the key may have been rotated all the same, and its new secret, shown only in the answer that did not arrive, is then lost. ${ROTATE_AGAIN}`;
+}
+
 // Shows the new secret once, or that it was lost; closing the dialog removes it from the page.
 function showRotation(rotated) {
   const grace = rotated.previousSecretExpiresAt
@@ -87,15 +102,16 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
   );
   // No refresh once the page signed out (the key it was signed in with revoked): made with no key,
   // its 401 was an uncaught error. Awaited, so a refresh's error is shown like the action's. A
-  // write that timed out may have been made all the same: the key is read again to show what holds
-  // now, and that read's own error is left to the periodic refresh, not put over the message.
+  // write that timed out, or whose answer was lost, may have been made all the same: the key is
+  // read again to show what holds now, and that read's own error is left to the periodic refresh,
+  // not put over the message.
   const act = (task) => async () => {
     try {
       await task();
       if (sessionKey()) await onChanged();
     } catch (error) {
       onError(error);
-      if (error.code === 'write_timeout' && sessionKey()) await onChanged().catch(() => {});
+      if ((error.code === 'write_timeout' || error.answerLost) && sessionKey()) await onChanged().catch(() => {});
     }
   };
   const own = key.id === who.keyId;
@@ -110,16 +126,25 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
         if (!(await confirmDialog({ title: 'Rotate with no grace period?', message, confirmLabel: 'Rotate now' }))) return;
       }
       const signedInWith = sessionKey();
-      // The new secret is only ever in the rotation's answer: a rotation made but not answered in
-      // time, even by its retry, left the page saying only that the API did not answer, the secret
-      // lost unsaid.
-      const rotated = await changeOnce('POST', orgPath(who, `/${key.id}/rotate`), { body: { gracePeriodSeconds } }).catch((error) => {
-        if (error.code === 'write_timeout') {
-          error.message = `${NOT_ANSWERED}: the key may have been rotated all the same, and its new secret, shown only in that answer, is then lost. ${ROTATE_AGAIN}`;
+      // The tab's own key rotated with no grace period, its answer lost: the retry is refused
+      // (401), or a refresh sent meanwhile was, and signed the tab out with the API's words (a Sign
+      // out pressed within the retry's 1 s is told the same, though the rotation may not be made).
+      const ownSecretEnded = (error) =>
+        own && gracePeriodSeconds === 0 && error.answerLost && (sessionKey() === signedInWith ? error.status === 401 : !sessionKey());
+      let rotated;
+      try {
+        rotated = await changeOnce('POST', orgPath(who, `/${key.id}/rotate`), { body: { gracePeriodSeconds } });
+      } catch (error) {
+        if (ownSecretEnded(error)) {
+          onSignedOut(OWN_KEY_ROTATED_AWAY);
+          return;
         }
+        // The new secret is only ever in the rotation's answer: a rotation made but not answered,
+        // even by its retry, left the page saying only what went wrong, the secret lost unsaid.
         if (own && error.code === 'stale_secret') error.message = OWN_SECRET_LOST;
+        else if (error.answerLost) sayMayHaveRotated(error);
         throw error;
-      });
+      }
       // Rotating the key this page signed in with: carry on with its new secret, unless the person
       // signed out (or in with another key) while the rotation was on its way. Never a replay: a
       // key's retry of its own rotation presents the secret it replaced, which the API refuses.
@@ -136,7 +161,7 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
       const message = `Every request with “${isolate(key.name)}” (${key.displayPrefix}) will be refused with 401 from now on.${own ? ' It is the key you are signed in with: you will be signed out.' : ''}`;
       if (!(await confirmDialog({ title: 'Revoke this key?', message, confirmLabel: 'Revoke' }))) return;
       await api('POST', orgPath(who, `/${key.id}/revoke`));
-      if (own && sessionKey()) onSignedOut();
+      if (own && sessionKey()) onSignedOut(OWN_KEY_REVOKED);
     }),
   });
   const live = key.status === 'active';

@@ -49,7 +49,8 @@ function viewFor(hash) {
   // An answer for a view since left (signed out, another page) does not show its freshness.
   const onFresh = (usage) => view === current && freshness.update(usage);
   const common = { who, onFresh, requestRefresh: () => void refreshCurrent() };
-  if (keyId) view = createKeyDetailView({ ...common, keyId, onSignedOut: () => signOut('The key you were signed in with was revoked.') });
+  // Signed out by the key's own page (its key revoked, or rotated with its new secret lost), with its message.
+  if (keyId) view = createKeyDetailView({ ...common, keyId, onSignedOut: signOut });
   else if (hash === '#/org') view = createOrgView(common);
   else view = createKeysView(common);
   return view;
