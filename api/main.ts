@@ -28,6 +28,9 @@ function apiServer(app: http.RequestListener, limits: Config['api']['server']): 
     app,
   );
   server.keepAliveTimeout = limits.keepAliveTimeoutMs;
+  // An Expect other than 100-continue was answered by Node itself, a bare 417 without request id,
+  // log line or metric; RFC 9110 lets a server ignore it, so the request is served as any other.
+  server.on('checkExpectation', app);
   return server;
 }
 

@@ -1,3 +1,4 @@
+import http from 'node:http';
 import net from 'node:net';
 import t from 'tap';
 import { startApi } from '../api/main';
@@ -40,6 +41,27 @@ t.test('a client that stops mid-header is answered 408 and its socket closed aft
 
   t.equal(await within(closed, CLOSED_WITHIN_MS), true, 'the server closed the socket');
   t.match(received, /^HTTP\/1\.1 408 /, 'after answering 408 Request Timeout');
+});
+
+// Node answered an expectation other than 100-continue itself: a bare 417, no request id.
+t.test('a request with an Expect header other than 100-continue is served by the API, its answer in the error shape', async (t) => {
+  const { url } = await freshDatabase(t);
+  const config = loadConfig({ ...TEST, PORT: '0', API_METRICS_PORT: '0', USAGE_TRACKING: 'false' });
+  const api = await startApi(config, createLogger({ level: 'silent', name: 'test' }), url);
+  t.teardown(() => api.stop());
+  // Not fetch: undici refuses to send an Expect header.
+  const answer = await new Promise<{ status: number | undefined; requestId: unknown; body: string }>((resolve, reject) => {
+    const request = http.get({ host: '127.0.0.1', port: api.port, path: '/api/whoami', headers: { expect: '200-ok' } }, (response) => {
+      let body = '';
+      response.setEncoding('utf8').on('data', (chunk: string) => (body += chunk));
+      response.on('end', () => resolve({ status: response.statusCode, requestId: response.headers['x-request-id'], body }));
+    });
+    request.on('error', reject);
+  });
+  t.equal(answer.status, 401, 'no key: refused by the API, not 417 by Node');
+  const { error } = JSON.parse(answer.body) as { error: { code: string; requestId: string } };
+  t.equal(error.code, 'unauthorized');
+  t.equal(error.requestId, answer.requestId, 'with its request id');
 });
 
 t.test('the server limits by default: 30 s for a request, 10 s for its headers, 5 s of keep-alive', async (t) => {
