@@ -224,16 +224,16 @@ export function createWebhooksService(deps: WebhooksServiceDeps) {
   // back and could be repeated at will. Each chunk is checked as the delete is (the acting key
   // still valid, the webhook still the org's): another org's webhook is a 404 with nothing deleted.
   // Interrupted, the chunks done stay done, and the next delete goes on from there. Until a chunk
-  // finds none, not one short of the limit: one that waited on the retention's delete finds fewer.
+  // finds none, not one short of the limit: the retention may delete some of a chunk's rows first.
   async function deleteDeliveriesAhead(orgId: string, webhookId: string, context: WebhookChangeContext): Promise<void> {
-    let deleted: number;
+    let found: number;
     do {
-      deleted = await deps.db.transaction(async (trx) => {
+      found = await deps.db.transaction(async (trx) => {
         await beginAuditedChange(trx, orgId, context.actor, deps.now);
         if (!(await findWebhookInOrg(trx, orgId, webhookId))) throw notFound('Webhook');
         return deleteSomeDeliveries(trx, orgId, webhookId, DELIVERIES_PER_DELETE);
       });
-    } while (deleted > 0);
+    } while (found > 0);
   }
 
   async function checkTarget(orgId: string, url: URL): Promise<void> {
