@@ -1,6 +1,7 @@
 import t from 'tap';
-import type { Page, Route } from 'playwright-core';
+import type { APIResponse, Page, Route } from 'playwright-core';
 import { launchBrowser } from '../harness/browser';
+import { heldAuditLock, someoneWaitsOnLock } from './helpers/database';
 import { signedInTab } from './helpers/dashboardTab';
 import { wiredSystem } from './helpers/wiredSystem';
 
@@ -55,6 +56,18 @@ t.test('a rotation whose answer is lost is retried once with its Idempotency-Key
     const tab = await signedInTab(context, system.api.baseUrl, system.adminKey, `#/key/${keyId}`, pageErrors);
     await tab.locator('#rotate').waitFor();
     return tab;
+  }
+
+  // A tab signed in with a new keys:write key of its own, on that key's page.
+  async function ownKeyTab(name: string) {
+    const created = await system.api.request('POST', `/api/orgs/${system.org.id}/api-keys`, {
+      key: system.adminKey,
+      body: { name, scopes: ['keys:read', 'keys:write'] },
+    });
+    const own = created.body as { id: string; key: string };
+    const tab = await signedInTab(context, system.api.baseUrl, own.key, `#/key/${own.id}`, pageErrors);
+    await tab.locator('#rotate').waitFor();
+    return { own, tab };
   }
 
   const losses: Array<[string, (route: Route) => Promise<void>]> = [
@@ -115,19 +128,48 @@ t.test('a rotation whose answer is lost is retried once with its Idempotency-Key
 
   // Its retry presents the secret the lost rotation replaced: refused, 403 stale_secret.
   await t.test('the signed-in key rotating itself says the tab holds the previous secret', async (t) => {
-    const created = await system.api.request('POST', `/api/orgs/${system.org.id}/api-keys`, {
-      key: system.adminKey,
-      body: { name: 'lost-own', scopes: ['keys:read', 'keys:write'] },
-    });
-    const own = created.body as { id: string; key: string };
-    const tab = await signedInTab(context, system.api.baseUrl, own.key, `#/key/${own.id}`, pageErrors);
-    await tab.locator('#rotate').waitFor();
+    const { own, tab } = await ownKeyTab('lost-own');
     const { sent } = await loseFirstRotation(tab, own.id, (route) => route.abort('connectionreset'));
     await tab.click('#rotate');
     const error = tab.locator('.detail p.error');
     await error.filter({ hasText: /./ }).waitFor();
     t.match(await error.textContent(), /^The key you are signed in with has been rotated .*Sign in with another key that has keys:write/);
     t.equal(sent.length, 2);
+    t.same(await auditActions(system, own.id), ['key.create', 'key.rotate'], 'rotated once');
+    t.equal(await tab.evaluate('sessionStorage.getItem("keyusage.apiKey")'), own.key, 'the tab still holds the previous secret');
+    await tab.close();
+  });
+
+  // The first request waits for the org's lock, its answer lost; the retry, authorized with the
+  // secret still current, waits behind it and, once the first rotated the key, is refused 401
+  // (beginAuditedChange), not 403: the page said to rotate again with no grace period, which the
+  // previous secret this tab holds cannot do.
+  await t.test('the signed-in key rotating itself, its retry waiting behind the first, says the tab holds the previous secret', async (t) => {
+    const { own, tab } = await ownKeyTab('lost-own-waiting');
+    const held = await heldAuditLock(t, system.url, system.org.id);
+    const sent: Array<string | undefined> = [];
+    let first: Promise<APIResponse> | undefined;
+    await tab.route(new RegExp(`/${own.id}/rotate$`), async (route) => {
+      sent.push(route.request().headers()['idempotency-key']);
+      if (first) return route.continue();
+      // On its way to the API, where it waits for the lock, while the page sees its connection drop.
+      first = route.fetch();
+      await route.abort('connectionreset');
+    });
+    const refused = tab.waitForResponse((response) => response.url().endsWith(`/${own.id}/rotate`) && response.status() === 401);
+    await tab.click('#rotate');
+    await someoneWaitsOnLock(system.db, 2);
+    await held.commit();
+    t.match(await (await first!).json(), { id: own.id, key: KEY_MATERIAL, previousSecretExpiresAt: String }, 'the first rotated the key, with a grace');
+    t.equal((await (await refused).json()).error.code, 'unauthorized', 'the retry refused: the key rotated after it was authorized');
+    const error = tab.locator('.detail p.error');
+    await error.filter({ hasText: /./ }).waitFor();
+    t.match(
+      await error.textContent(),
+      /^The key you are signed in with has been rotated .*this tab holds its previous secret, which cannot manage keys.*Sign in with another key that has keys:write/,
+    );
+    t.equal(sent.length, 2, 'retried');
+    t.equal(sent[1], sent[0], 'with one Idempotency-Key');
     t.same(await auditActions(system, own.id), ['key.create', 'key.rotate'], 'rotated once');
     t.equal(await tab.evaluate('sessionStorage.getItem("keyusage.apiKey")'), own.key, 'the tab still holds the previous secret');
     await tab.close();
@@ -166,13 +208,7 @@ t.test('a rotation whose answer is lost is retried once with its Idempotency-Key
   // With no grace period the retry is refused (401): the tab, signed out by it or by a refresh with
   // the ended secret, said only that a valid API key is required.
   await t.test('the signed-in key rotating itself with no grace period signs out saying its new secret was lost', async (t) => {
-    const created = await system.api.request('POST', `/api/orgs/${system.org.id}/api-keys`, {
-      key: system.adminKey,
-      body: { name: 'lost-own-now', scopes: ['keys:read', 'keys:write'] },
-    });
-    const own = created.body as { id: string; key: string };
-    const tab = await signedInTab(context, system.api.baseUrl, own.key, `#/key/${own.id}`, pageErrors);
-    await tab.locator('#rotate').waitFor();
+    const { own, tab } = await ownKeyTab('lost-own-now');
     const { sent, lost } = await loseFirstRotation(tab, own.id, (route) => route.abort('connectionreset'));
     await tab.selectOption('#grace', '0');
     await tab.click('#rotate');

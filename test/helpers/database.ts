@@ -64,11 +64,11 @@ export async function hourRows(db: Db, keyIds: readonly string[]): Promise<Array
   );
 }
 
-/** Resolves once a session of the test's database waits on a lock (the step a race test holds at). */
-export const someoneWaitsOnLock = (db: Db) =>
+/** Resolves once `sessions` sessions of the test's database wait on a lock (the step a race test holds at). */
+export const someoneWaitsOnLock = (db: Db, sessions = 1) =>
   waitFor(
-    'a session to wait on a lock',
-    async () => ((await db.raw(`select 1 from pg_locks where not granted`)).rows.length > 0 ? true : undefined),
+    `${sessions} session(s) to wait on a lock`,
+    async () => ((await db.raw(`select 1 from pg_locks where not granted`)).rows.length >= sessions ? true : undefined),
     10_000,
     20,
   );

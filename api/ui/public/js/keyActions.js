@@ -131,6 +131,12 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
       // out pressed within the retry's 1 s is told the same, though the rotation may not be made).
       const ownSecretEnded = (error) =>
         own && gracePeriodSeconds === 0 && error.answerLost && (sessionKey() === signedInWith ? error.status === 401 : !sessionKey());
+      // With a grace period the retry presents the previous secret: 403 stale_secret, or 401 when it
+      // waited for the org's lock behind the first request (the key rotated after the retry was
+      // authorized, api/audit beginAuditedChange), which was shown with "Rotate again with no grace
+      // period", advice a tab holding the previous secret cannot follow.
+      const ownSecretReplaced = (error) =>
+        own && (error.code === 'stale_secret' || (error.answerLost && error.status === 401 && sessionKey() === signedInWith));
       let rotated;
       try {
         rotated = await changeOnce('POST', orgPath(who, `/${key.id}/rotate`), { body: { gracePeriodSeconds } });
@@ -141,7 +147,7 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
         }
         // The new secret is only ever in the rotation's answer: a rotation made but not answered,
         // even by its retry, left the page saying only what went wrong, the secret lost unsaid.
-        if (own && error.code === 'stale_secret') error.message = OWN_SECRET_LOST;
+        if (ownSecretReplaced(error)) error.message = OWN_SECRET_LOST;
         else if (error.answerLost) sayMayHaveRotated(error);
         throw error;
       }
