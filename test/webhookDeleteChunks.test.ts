@@ -57,6 +57,18 @@ async function heldDelivery(t: Test, url: string, webhookId: string) {
 
 const countOf = async (db: Db, table: string, where: Record<string, string>) => Number((await db(table).where(where).count({ n: '*' }))[0].n);
 
+// The first use of A's unused key (a key.first_use event, so a delivery to A's webhook) and a use
+// of B's key, in one transaction. The bound only stops a hang: what counts is that the write
+// finished while the delivery was still held.
+const flushBothOrgs = (w: World) =>
+  within(
+    30_000,
+    flushUses(w.db, [
+      { orgId: w.a.org.id, keyId: w.unusedKeyId },
+      { orgId: w.b.org.id, keyId: w.b.adminKeyId },
+    ]),
+  );
+
 async function assertGone(t: Test, { db, a, webhookId }: World) {
   t.equal(await countOf(db, TABLE.webhooks, { id: webhookId }), 0, 'the webhook is gone');
   t.equal(await countOf(db, TABLE.webhookDeliveries, { org_id: a.org.id }), 0, 'its deliveries are gone');
@@ -70,16 +82,7 @@ t.test("a delete stopped midway by a delivery's lock holds no flush: every org's
   const deleting = w.api.request('DELETE', w.hook, { key: w.a.adminKey });
   await someoneWaitsOnLock(w.db);
 
-  // The first use of A's unused key (a key.first_use event, so a delivery to A's webhook) and a
-  // use of B's key, in one transaction. The bound only stops a hang: what counts is that the write
-  // finished while the delivery was still held.
-  const written = await within(
-    30_000,
-    flushUses(w.db, [
-      { orgId: w.a.org.id, keyId: w.unusedKeyId },
-      { orgId: w.b.org.id, keyId: w.b.adminKeyId },
-    ]),
-  );
+  const written = await flushBothOrgs(w);
   t.not(written, 'still waiting', "the flush did not wait for the delete's lock");
   if (written !== 'still waiting') t.equal(written.keysWritten, 2, "A's and B's uses are written");
   t.equal(await countOf(w.db, TABLE.keyEvents, { org_id: w.a.org.id, type: 'key.first_use' }), 1, "A's event is written");
@@ -108,13 +111,7 @@ t.test('a chunk whose deliveries another delete took first does not end the chun
     (await w.db.raw('select 1 from pg_stat_activity where ? = any(pg_blocking_pids(pid))', [held.pid])).rows.length > 0 ? true : undefined,
   );
 
-  const written = await within(
-    30_000,
-    flushUses(w.db, [
-      { orgId: w.a.org.id, keyId: w.unusedKeyId },
-      { orgId: w.b.org.id, keyId: w.b.adminKeyId },
-    ]),
-  );
+  const written = await flushBothOrgs(w);
   t.not(written, 'still waiting', "the flush did not wait for the delete's lock");
   await held.commit();
   t.equal((await deleting).status, 204);
