@@ -11,7 +11,3 @@ export function flushUses(db: Db, keys: ReadonlyArray<{ orgId: string; keyId: st
   const events = loadConfig({ NODE_ENV: 'development' }).collector.events;
   return createPgUsageStore(db, { events }).write([{ id: randomUUID(), batch: aggregator.drain() }]);
 }
-
-/** `what`, or 'still waiting' once `ms` have passed: a bound that only stops a test from hanging on a lock. */
-export const within = <T>(ms: number, what: Promise<T>): Promise<T | 'still waiting'> =>
-  Promise.race([what, new Promise<'still waiting'>((resolve) => setTimeout(() => resolve('still waiting'), ms).unref())]);
