@@ -8,7 +8,7 @@ import { MAX_REVOKE_KEY_IDS, createApiKeysService, type ApiKeyView } from '../ap
 import { pepperId } from '../api/keys/keyMaterial';
 import { SCOPES, type Scope } from '../api/keys/scopes';
 import { findOrganizationById, insertOrganization, listOrganizations, type Organization } from '../api/orgs/orgs.repository';
-import { displayName, uuid } from '../api/validation';
+import { displayName, uuid, withinSupportedTimes } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, describeDatabaseError, migrateLatest, type Db } from '../shared/db';
 import { eraseKeyIps } from '../shared/ipRetention';
@@ -95,7 +95,8 @@ export interface CliDeps {
 
 class UsageError extends Error {}
 
-const isoDateTime = z.iso.datetime({ offset: true });
+// The API's bounds: a time past 9999 in UTC was stored, and the API then answered "+010000-…".
+const isoDateTime = z.iso.datetime({ offset: true }).refine(...withinSupportedTimes);
 
 function check<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
   const result = schema.safeParse(value);

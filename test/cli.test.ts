@@ -405,6 +405,10 @@ t.test('bad usage prints the usage on stderr and exits 2 without touching the da
     [['key', 'create', org, '--name', 'x', '--scopes', 'keys:read,admin'], /unknown scope "admin" \(known: keys:read, keys:write\)/],
     [['key', 'create', org, '--name', 'x', '--scopes', 'keys:read', '--expires-at', 'tomorrow'], /--expires-at .*ISO 8601/],
     [['key', 'create', org, '--name', 'x', '--scopes', 'keys:read', '--expires-at', yesterday], /--expires-at: must be in the future/],
+    [
+      ['key', 'create', org, '--name', 'x', '--scopes', 'keys:read', '--expires-at', '9999-12-31T23:59:59-23:59'],
+      /--expires-at .*: must be between 1970-01-01T00:00:00\.000Z and 9999-12-31T23:59:59\.999Z/,
+    ],
   ];
   for (const [argv, problem] of cases) {
     const label = argv.join(' ').slice(0, 60) || '(nothing)';
