@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import { BlockList, isIPv4 } from 'node:net';
 import { BASELINE_DAYS, type EventType } from '../shared/keyEvents';
 import { canonicalIpv6 } from '../shared/ipv6Canonical';
+import { truncationBits } from '../shared/ipTruncation';
 import { provenCount } from '../shared/usageWire';
 import type { KeyUsageDelta } from './aggregator';
 import { DAY_MS, HOUR_MS, hourOf } from '../shared/timeUnits';
@@ -29,7 +30,7 @@ export interface DetectionThresholds {
   failedAttemptsPerHour: number;
   /** key.new_ip: at most this many per key in one clock hour (of the networks' first use). */
   newIpPerKeyHour: number;
-  /** IP_TRUNCATE: addresses arrive cut to their /24 or /48 (see outsideNetworks). */
+  /** IP_TRUNCATE: addresses arrive cut to their /24 or /48, a 6to4 one to its /40 (see outsideNetworks). */
   addressesTruncated?: boolean;
   /**
    * key.first_use: the networks first used within this long of the first use are its own (no
@@ -93,7 +94,7 @@ export function isSpike(hour: HourFacts, createdAt: number, t: DetectionThreshol
 
 /**
  * Addresses outside every expected network; none when the key expects none (null or empty). A
- * truncated address stands for its whole /24 or /48: it is outside only when no expected network
+ * truncated address stands for its whole block (shared/ipTruncation.ts): it is outside only when no expected network
  * overlaps that block. Checked as an address, 203.0.113.0 was inside 203.0.113.0/25 for every
  * client of the /24 and outside 203.0.113.128/25 for every one: a use from outside a narrower
  * network cannot be told once truncated, and is not claimed.
@@ -110,7 +111,7 @@ export function outsideNetworks(ips: Iterable<string>, networks: readonly string
   }
   const overlapsBlock = (ip: string, type: 'ipv4' | 'ipv6') => {
     const block = new BlockList();
-    block.addSubnet(ip, type === 'ipv4' ? 24 : 48, type);
+    block.addSubnet(ip, truncationBits(ip), type);
     return bases.some(([address, family]) => family === type && block.check(address, type));
   };
   return [...ips].filter((ip) => {

@@ -238,6 +238,9 @@ t.test('outsideNetworks of truncated addresses: outside only when no expected ne
   // (kept as IPv6, it matched nothing: an alarm every hour; found by a review).
   t.strictSame(outsideNetworks(['10.0.0.200', '192.0.2.1'], ['::ffff:10.0.0.128/121']), ['192.0.2.1'], 'a mapped network, as the IPv4 one it maps');
   t.strictSame(outsideNetworks(['10.0.0.0'], ['::ffff:10.0.0.128/121'], true), [], 'truncated too');
+  // A 6to4 address is truncated to its /40 (shared/ipTruncation.ts): its client's own /48 overlaps it.
+  t.strictSame(outsideNetworks(['2002:cb00:7100::'], ['2002:cb00:7105::/48'], true), [], 'a 6to4 /40 overlaps a /48 inside it');
+  t.strictSame(outsideNetworks(['2002:cb00:7100::'], ['2002:cb00:7200::/48'], true), ['2002:cb00:7100::'], 'and not one outside it');
 });
 
 t.test('key.outside_networks: at most one per key per hour, listing the addresses', async (t) => {
