@@ -255,6 +255,35 @@ t.test('IP_RETENTION_DAYS: a network still in use keeps its row, but not the fir
   t.same((await expireIpData(db, 90)).api_key_ip_history, 0, 'erased once');
 });
 
+// The flush moves a network's last_seen only once it is an hour behind: a use 50 minutes after
+// the network's first left it there, and a one-day setting deleted the row by it though the
+// network was used within the day; its next use raised key.new_ip (found by a review; fails
+// without the fix).
+t.test('IP_RETENTION_DAYS: a network used within the setting stays remembered, though its last_seen lags the use', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  let clockMs = -(DAY_MS + 30 * 60_000);
+  const collector = await startTestCollector(t, url, {}, { now: () => Date.now() + clockMs });
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId } = await seedOrg(api, db);
+  const use = async (ip: string, agoMs: number) => {
+    clockMs = -agoMs;
+    const received = collector.ingest.usageLines + 1;
+    await sendDatagrams(collector.receiver.port, [encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip, outcome: 'ok', count: 1 })]);
+    await waitFor(`the use from ${ip} to be received`, () => (collector.ingest.usageLines === received ? true : undefined));
+    await collector.flusher.flush();
+  };
+  await use('198.51.100.7', DAY_MS + 30 * 60_000);
+  await use('198.51.100.8', DAY_MS - 20 * 60_000);
+  await expireIpData(db, 1);
+  t.same(
+    (await db('api_key_ip_history').where({ key_id: adminKeyId }).select(db.raw('cast(prefix as text) as prefix'))).map((row) => row.prefix),
+    ['198.51.100.0/24'],
+    'the network, used 23 h 40 min ago, is remembered',
+  );
+  await use('198.51.100.8', 0);
+  t.same(await db('key_events').where({ key_id: adminKeyId }).pluck('type'), ['key.first_use'], 'its next use is no new network');
+});
+
 t.test(
   'key erase-ips beside a flush of the same key: both finish, in the flush order (totals row first), no deadlock',
   { skip: onCitus() && 'the lock wait is on a worker' },
