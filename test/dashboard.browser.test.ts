@@ -410,7 +410,8 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await tab.close();
   });
 
-  t.test('a key in the tab that cannot sign in at load is forgotten, and nothing refreshes until a sign-in', async (t) => {
+  // Any other failure at load keeps the key: test/dashboard.outageReload.browser.test.ts.
+  t.test('a key in the tab refused at load is forgotten, and nothing refreshes until a sign-in', async (t) => {
     const tab = await context.newPage();
     const errors: string[] = [];
     tab.on('pageerror', (error) => errors.push(error.message));
@@ -419,10 +420,10 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await signIn(tab, system.adminKey);
     await tab.locator('#sign-out').waitFor();
     await tab.route('**/api/whoami', (route) =>
-      route.fulfill({ status: 503, contentType: 'application/json', body: JSON.stringify({ error: { code: 'unavailable', message: 'Try again shortly' } }) }),
+      route.fulfill({ status: 401, contentType: 'application/json', body: JSON.stringify({ error: { code: 'unauthorized', message: UNAUTHORIZED_MESSAGE } }) }),
     );
     await tab.reload();
-    await tab.locator('#sign-in-error', { hasText: 'Try again shortly' }).waitFor();
+    await tab.locator('#sign-in-error', { hasText: UNAUTHORIZED_MESSAGE }).waitFor();
     t.equal(await storedKey(tab), null, 'the key is not kept');
     t.notOk(await tab.locator('#sign-out').isVisible(), 'nothing looks signed in');
 

@@ -107,14 +107,47 @@ function announce(view) {
 }
 
 async function signIn(key) {
+  let found;
   try {
-    who = await api('GET', '/api/whoami', { key });
+    found = await api('GET', '/api/whoami', { key });
   } catch (error) {
-    // Also when the key came from sessionStorage at page load: a key that could not sign in
-    // (refused, or the API unreachable) is not kept for a session the page does not show.
+    // A key typed in that could not sign in (refused, or the API unreachable) is not kept: it is
+    // still in the form, to send again. It replaces a key the tab held: that one is let go too.
     signOut(error.message);
     return;
   }
+  signedIn(key, found);
+}
+
+// The key this tab holds (a reload, or a tick while the API did not answer for it) is let go only
+// once the API refuses it (401: unknown, revoked or expired). A 5xx, a gateway's page or a lost
+// connection says nothing about the key: forgotten then, a reload during an outage or a restart
+// signed the tab out for good, its key shown once and gone.
+let heldSignIn;
+function signInHeld() {
+  if (heldSignIn) return;
+  const key = sessionKey();
+  heldSignIn = api('GET', '/api/whoami', { key })
+    .then(
+      (found) => {
+        if (stillHeld(key)) signedIn(key, found);
+      },
+      (error) => {
+        if (!stillHeld(key)) return;
+        if (error.status === 401) signOut(error.message);
+        else setText($('sign-in-error'), `${error.message}: this tab keeps its key and signs in again every ${REFRESH_MS / 1000} s`);
+      },
+    )
+    .finally(() => {
+      heldSignIn = undefined;
+    });
+}
+
+// A key typed in meanwhile took the held key's place, signed in or not.
+const stillHeld = (key) => !who && sessionKey() === key;
+
+function signedIn(key, found) {
+  who = found;
   keepSessionKey(key);
   $('sign-in').hidden = true;
   $('sign-in-key').value = '';
@@ -146,8 +179,11 @@ window.addEventListener('hashchange', route);
 // each tick's request replaced the one before it, whose answer was then dropped, so the page
 // showed neither the keys nor an error.
 setInterval(() => {
-  if (!document.hidden && !document.querySelector('dialog[open]') && !running.get(current)) void refreshCurrent();
+  if (document.hidden) return;
+  if (!who && sessionKey()) signInHeld();
+  else if (!document.querySelector('dialog[open]') && !running.get(current)) void refreshCurrent();
 }, REFRESH_MS);
 
-if (sessionKey()) void signIn(sessionKey());
-else showSignIn();
+// The form, shown while the held key signs in, stays with the API's error if it does not.
+showSignIn();
+if (sessionKey()) signInHeld();
