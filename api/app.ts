@@ -4,7 +4,7 @@ import express, { type Request, type RequestHandler, type Response } from 'expre
 import type { Config } from '../shared/config';
 import type { Db } from '../shared/db';
 import { truncateIp } from '../shared/ipTruncation';
-import { redactKeyMaterial, type Logger } from '../shared/logger';
+import type { Logger } from '../shared/logger';
 import { rateLimitedWarn } from '../shared/rateLimitedLog';
 import { auditRouter } from './audit/audit.routes';
 import { createAuditService } from './audit/audit.service';
@@ -15,7 +15,7 @@ import { orgConcurrency } from './auth/orgConcurrency';
 import { orgWriteBudget } from './auth/orgWriteBudget';
 import { createKeyVerifier } from './auth/keyVerifier';
 import { whoami } from './auth/whoami';
-import { errorMiddleware, routeNotFound } from './errors';
+import { errorMiddleware, quotedPath, routeNotFound } from './errors';
 import { noQuery } from './validation';
 import { healthHandler } from './health';
 import { serveOpenApiDocument } from './openapi/document';
@@ -97,7 +97,7 @@ function requestContext(logger: Logger, onRequest: AppDeps['onRequest']): Reques
         {
           requestId,
           method: req.method,
-          path: redactKeyMaterial(req.baseUrl + req.path),
+          path: quotedPath(req.baseUrl + req.path),
           status,
           durationMs,
           keyId: res.locals.auth?.key.id,

@@ -156,9 +156,21 @@ function fromDatabase(error: unknown, method: string): AppError | undefined {
   );
 }
 
+// Only Node's 16 KiB header limit bounded a quoted path: each request, unauthenticated, could write
+// 16 KB to the log and be answered as much. The start names the request; the length says the rest was there.
+const QUOTED_PATH_LENGTH = 256;
+
+/**
+ * A request's path as the API quotes it, in the request log line and a 404's message: key material
+ * redacted, then cut. Redacted first: a key cut in half is no longer key-shaped, and its start would pass.
+ */
+export function quotedPath(path: string): string {
+  const redacted = redactKeyMaterial(path);
+  return redacted.length <= QUOTED_PATH_LENGTH ? redacted : `${redacted.slice(0, QUOTED_PATH_LENGTH)}…(${path.length} characters)`;
+}
+
 export const routeNotFound: RequestHandler = (req, _res, next) => {
-  // The path is redacted with every other message, in clientMessage.
-  next(new AppError('not_found', `No route for ${req.method} ${req.path}`));
+  next(new AppError('not_found', `No route for ${req.method} ${quotedPath(req.path)}`));
 };
 
 export function errorMiddleware(logger: Logger): ErrorRequestHandler {
@@ -175,7 +187,7 @@ export function errorMiddleware(logger: Logger): ErrorRequestHandler {
       res.status(appError.status).json({ error: { code: appError.code, message: clientMessage(appError, req.method), requestId } });
       return;
     }
-    logger.error({ err: error, requestId, method: req.method, path: redactKeyMaterial(req.path) }, 'unhandled error');
+    logger.error({ err: error, requestId, method: req.method, path: quotedPath(req.path) }, 'unhandled error');
     res.status(500).json({ error: { code: 'internal_error', message: 'Internal server error', requestId } });
   };
 }
