@@ -3,19 +3,32 @@ import t, { type Test } from 'tap';
 import { createKeyVerifier, LOCKED_RELOAD_GAP_MS } from '../api/auth/keyVerifier';
 import type { PresentedKey } from '../api/keys/keyMaterial';
 import { parsePresentedKey } from '../api/keys/keyMaterial';
+import { createDb, databaseUnavailable } from '../shared/db';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
+import { PgProxy } from './helpers/faults';
 
 // The verifier's cache against a real PostgreSQL: what matters under hostile traffic is how many
 // queries an attacker can make it run, so every test counts them.
 
 const TTL = 2000;
 
-async function world(t: Test, options: { mayReload?: (keyId: string) => boolean } = {}) {
-  const { db } = await freshDatabase(t);
+// PostgreSQL through a proxy that can go down, for the verifier alone: the API beside it, another
+// instance, keeps the database.
+async function proxiedDb(t: Test, url: string) {
+  const proxy = await PgProxy.start(url);
+  t.teardown(() => proxy.close());
+  const db = createDb(proxy.url, { poolMax: 2 });
+  t.teardown(() => db.destroy());
+  return { proxy, db };
+}
+
+async function world(t: Test, options: { mayReload?: (keyId: string) => boolean; proxied?: boolean } = {}) {
+  const { db: direct, url } = await freshDatabase(t);
+  const { proxy, db } = options.proxied ? await proxiedDb(t, url) : { proxy: undefined, db: direct };
   let clock = Date.parse('2026-11-25T12:00:00Z');
-  const api = await startTestApi(t, db, { now: () => clock });
-  const { org, adminKey, adminKeyId } = await seedOrg(api, db);
+  const api = await startTestApi(t, direct, { now: () => clock });
+  const { org, adminKey, adminKeyId } = await seedOrg(api, direct);
   const verifier = createKeyVerifier({
     db,
     peppers: [api.config.api.keyPepper],
@@ -29,6 +42,7 @@ async function world(t: Test, options: { mayReload?: (keyId: string) => boolean 
   const key = parsePresentedKey(adminKey)!;
   return {
     db,
+    proxy,
     api,
     org,
     adminKeyId,
@@ -117,15 +131,18 @@ t.test('a locked key whose reads fail costs one read a gap, not one a wrong secr
   await db.raw('alter table api_keys rename to api_keys_away');
   t.teardown(() => db.raw('alter table api_keys_away rename to api_keys'));
   const before = counter.queries;
-  for (let i = 0; i < 20; i += 1) t.equal((await verifier.verify(wrong())).outcome, 'bad_secret', 'the cached verdict stands');
+  await t.rejects(verifier.verify(wrong()), { code: '42P01' }, "the gap's read: its error");
+  for (let i = 0; i < 19; i += 1) t.equal((await verifier.verify(wrong())).outcome, 'bad_secret', 'then the cached verdict, within the gap');
   t.equal(counter.queries, before + 1, 'one read, failed, for the 20');
 });
 
-t.test('a wrong secret while the database is down neither evicts the cached key nor throws', async (t) => {
-  const { db, verifier, key, wrong } = await world(t);
+// A wrong secret's read is for a key rotated elsewhere: failed, it proves nothing either way.
+t.test('a wrong secret while the database is down: the outage, not a verdict; the cached key kept', async (t) => {
+  const { proxy, verifier, key, wrong } = await world(t, { proxied: true });
   t.equal((await verifier.verify(key)).outcome, 'ok');
-  await db.destroy();
-  t.equal((await verifier.verify(wrong())).outcome, 'bad_secret', 'the cached verdict stands');
+  await proxy!.down();
+  const error = await verifier.verify(wrong()).catch((e: unknown) => e);
+  t.ok(databaseUnavailable(error), "the read's error, an outage (503)");
   t.equal((await verifier.verify(key)).outcome, 'ok', 'the holder is still served from the cache');
 });
 
@@ -137,6 +154,30 @@ t.test('a key rotated on another instance works at once with its new secret', as
   t.equal((await verifier.verify(parsePresentedKey(rotated.plaintext)!)).outcome, 'ok', 'the new secret');
   t.equal(counter.queries, before + 1, 'after one reload');
   t.equal((await verifier.verify(key)).outcome, 'ok', 'the old secret, in its grace period');
+});
+
+// Instance A caches a key, B rotates it, and its new secret reaches A while PostgreSQL is down: A's
+// re-read failed and it kept the cached verdict, 401, recording a bad_secret use and a failure
+// against the owner's address and key (found by an outage review; fails without the fix).
+t.test('a secret rotated elsewhere, presented while the database is down: 503, no use or failure recorded', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const { proxy, db: proxied } = await proxiedDb(t, url);
+  const here = await startTestApi(t, proxied, { env: { KEY_CACHE_TTL_MS: '60000' } });
+  const elsewhere = await startTestApi(t, db);
+  const { org, adminKey, adminKeyId } = await seedOrg(elsewhere, db);
+  t.equal((await here.request('GET', '/api/whoami', { key: adminKey })).status, 200, 'cached here');
+  const rotated = (await elsewhere.services.apiKeys.rotate(org.id, adminKeyId, { graceSeconds: 0 })).plaintext;
+  await proxy.down();
+  const answer = await here.request('GET', '/api/whoami', { key: rotated });
+  t.match(answer, { status: 503, body: { error: { code: 'service_unavailable' } } });
+  t.same(
+    here.uses.map((use) => use.outcome),
+    ['ok'],
+    'no use recorded but the first',
+  );
+  t.equal(here.throttle.stats.failures, 0, 'no failure counted');
+  await proxy.up();
+  t.equal((await here.request('GET', '/api/whoami', { key: rotated })).status, 200, 'the database back: the new secret works');
 });
 
 t.test('cold loads are single-flight, and a load raced by invalidate() is not remembered', async (t) => {

@@ -217,8 +217,10 @@ export function createKeyVerifier(deps: {
       if (verdict.outcome !== 'bad_secret' || !cachedFresh || (deps.mayReload?.(keyId) === false && !lockedReadNow(keyId, cached.fetchedAt, at.elapsed)))
         return verdict;
       stats.reloads += 1;
-      // The cached verdict stands if the fresh read fails: the database being down is no reason to 500.
-      const reloaded = await load(keyId).catch(() => undefined);
+      // A read that fails is thrown, as on a miss (the database down answers 503): the cached record
+      // may be the stale one the read was for, so a 401 could refuse a secret rotated elsewhere and
+      // count a failure against its owner's address and key.
+      const reloaded = await load(keyId);
       return reloaded ? decided(reloaded, secret, at.now) : verdict;
     },
     invalidate,
