@@ -35,6 +35,8 @@ import type { Lookup } from '../shared/webhookTarget';
 
 export interface AppDeps {
   db: Db;
+  /** The pool /healthz asks (api/main.ts): its own, so a full `db` is not a database down. `db` unless given. */
+  healthDb?: Db;
   logger: Logger;
   config: Config['api'];
   webhooks: Pick<Config['webhooks'], 'allowPrivateTargets' | 'timeoutMs' | 'maxPerOrg'> & { lookup?: Lookup };
@@ -112,8 +114,9 @@ function requestContext(logger: Logger, onRequest: AppDeps['onRequest']): Reques
 
 // IP_TRUNCATE applies to every address the API writes down: the audit log's, and the throttle's
 // lockout warnings (a log is beyond IP_RETENTION_DAYS and erasure). The throttle itself counts
-// full addresses, in memory.
-const writtenAddress = (deps: AppDeps) => (deps.privacy?.truncateIps ? truncateIp : (ip: string) => ip);
+// full addresses, in memory, an IPv6 client by its /64 (2001:db8:1:2::/64), whose network is cut
+// as an address's.
+const writtenAddress = (deps: AppDeps) => (deps.privacy?.truncateIps ? (ip: string) => truncateIp(ip.replace(/\/64$/, '')) : (ip: string) => ip);
 
 // Who is calling: the failed-authentication throttle, the key verifier (its cache told of every
 // revocation by the keys service) and the per-route authorizer built on both.
@@ -200,7 +203,7 @@ export function createApp(deps: AppDeps) {
   app.use((req, res, next) => (req.method === 'OPTIONS' ? routeNotFound(req, res, next) : next()));
   app.use(dashboardRouter());
 
-  app.get('/healthz', healthHandler(deps.db, elapsed));
+  app.get('/healthz', healthHandler(deps.healthDb ?? deps.db, elapsed));
 
   app.get('/openapi.json', serveOpenApiDocument());
 

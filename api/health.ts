@@ -18,14 +18,19 @@ export const HEALTH_ANSWER_MS = 5000;
 // 503 answers the same shape: a probe reads the status code, a person the body.
 export const healthBody = z.object({ status: z.enum(['ok', 'unavailable']), database: z.enum(['up', 'down']) }).meta({ id: 'Health' });
 
-const MAX_RUNNING = 2;
+// Also the connections of the pool /healthz asks (api/main.ts): its own, so the answer is the
+// database's, not the queue of the pool every route shares (made-up keys from many addresses filled
+// that one, and /healthz answered 503 "database down" from every instance while PostgreSQL was up:
+// a load balancer would have taken them all out). Two, so a query stuck on a dead connection does
+// not hold the second.
+export const HEALTH_MAX_RUNNING = 2;
 
 export function healthHandler(db: Db, now: () => number): RequestHandler {
   let answered: { at: number; since: number; up: boolean } | undefined;
   const running: Array<{ since: number; up: Promise<boolean> }> = [];
   const query = (at: number): Promise<boolean> => {
     const latest = running.at(-1);
-    if (latest && (at - latest.since < HEALTH_ANSWER_MS || running.length >= MAX_RUNNING)) return latest.up;
+    if (latest && (at - latest.since < HEALTH_ANSWER_MS || running.length >= HEALTH_MAX_RUNNING)) return latest.up;
     const started = {
       since: at,
       up: databaseAnswers(db).then((up) => {

@@ -1,6 +1,6 @@
 import http from 'node:http';
 import { loadConfig, type Config } from '../shared/config';
-import { createCheckedDb, warnIfServerAllowsFewer } from '../shared/db';
+import { createCheckedDb, createDb, warnIfServerAllowsFewer, type DbOptions } from '../shared/db';
 import { createLogger, type Logger } from '../shared/logger';
 import { metricsServer } from '../shared/metrics';
 import { closeServer, listen, onShutdownSignal, setupOrExit, stopWhenSupervisorGone } from '../shared/process';
@@ -8,6 +8,7 @@ import { steadyNow } from '../shared/steadyClock';
 import { STOP_BUDGET_MS } from '../shared/stopBudget';
 import { within } from '../shared/within';
 import { createApp } from './app';
+import { HEALTH_MAX_RUNNING } from './health';
 import { createApiMetrics } from './metrics';
 import { createUsageRecorder } from './usage/createUsageRecorder';
 
@@ -38,24 +39,30 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
   // Before the database: its settings refused (COLLECTOR_PORT=0) are said as such, not hidden
   // behind a database that is down, and leave no pool open.
   const recorder = config.usage.enabled ? createUsageRecorder(config.usage, logger) : undefined;
-  const db = await createCheckedDb(
-    databaseUrl,
+  const dbOptions: DbOptions = {
+    poolMax: config.database.poolMax,
+    connectTimeoutMs: config.database.connectTimeoutMs,
+    replyTimeoutMs: config.database.replyTimeoutMs,
+    idleInTransactionTimeoutMs: config.database.idleInTransactionTimeoutMs,
+    statementTimeoutMs: config.api.statementTimeoutMs,
+    applicationName: 'keyusage-api',
+  };
+  const db = await createCheckedDb(databaseUrl, dbOptions, logger);
+  const healthDb = createDb(databaseUrl, { ...dbOptions, poolMax: HEALTH_MAX_RUNNING, applicationName: 'keyusage-api-health' });
+  await warnIfServerAllowsFewer(
+    db,
     {
-      poolMax: config.database.poolMax,
-      connectTimeoutMs: config.database.connectTimeoutMs,
-      replyTimeoutMs: config.database.replyTimeoutMs,
-      idleInTransactionTimeoutMs: config.database.idleInTransactionTimeoutMs,
-      statementTimeoutMs: config.api.statementTimeoutMs,
-      applicationName: 'keyusage-api',
+      connections: config.database.poolMax + HEALTH_MAX_RUNNING,
+      from: `DATABASE_POOL_MAX (${config.database.poolMax}) and /healthz's own ${HEALTH_MAX_RUNNING}`,
     },
     logger,
   );
-  await warnIfServerAllowsFewer(db, { connections: config.database.poolMax, from: `DATABASE_POOL_MAX (${config.database.poolMax})` }, logger);
   recorder?.start();
   const recordUse = recorder ? recorder.record.bind(recorder) : () => {};
   const apiMetrics = createApiMetrics();
   const { app, verifier, throttle, orgTurns, orgWrites } = createApp({
     db,
+    healthDb,
     logger,
     config: config.api,
     webhooks: config.webhooks,
@@ -68,7 +75,8 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
   const server = apiServer(app, config.api.server);
   // On its own port, loopback by default: the public port never serves /metrics.
   const metrics = metricsServer({
-    exposition: () => apiMetrics.exposition({ recorder, keyCache: verifier.stats, throttle: throttle.stats, orgTurns, orgWrites }),
+    exposition: () =>
+      apiMetrics.exposition({ recorder, keyCache: verifier.stats, throttle: throttle.stats, lookups: throttle.lookupStats, orgTurns, orgWrites }),
   });
   let port: number;
   let metricsPort: number;
@@ -76,13 +84,13 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
     metricsPort = await listen(metrics, config.api.metricsHost, config.api.metricsPort, 'API_METRICS_PORT');
     port = await listen(server, config.api.host, config.api.port, 'PORT');
   } catch (error) {
-    await Promise.all([closeServer(metrics), recorder?.stop(), db.destroy()]);
+    await Promise.all([closeServer(metrics), recorder?.stop(), db.destroy(), healthDb.destroy()]);
     throw error;
   }
   logger.info({ host: config.api.host, port, metrics: `${config.api.metricsHost}:${metricsPort}`, usageTracking: config.usage.enabled }, 'api listening');
 
   // Mirror of start: stop taking requests, send the uses they produced, close the metrics port,
-  // then release the pool. The server's grace (5 s) and the recorder's wait (6 s at most) leave
+  // then release the pools. The server's grace (5 s) and the recorder's wait (6 s at most) leave
   // the last two steps what is left of the stop's budget, under the launcher's SIGKILL
   // (shared/stopBudget.ts).
   const stop = async () => {
@@ -95,7 +103,7 @@ export async function startApi(config: Config, logger: Logger, databaseUrl: stri
     // that is gone. The process need not wait: PostgreSQL rolls back an open transaction once it
     // sees the connection closed.
     const closed = await within(
-      db.destroy().then(() => true),
+      Promise.all([db.destroy(), healthDb.destroy()]).then(() => true),
       Math.max(0, stopBy - steadyNow()),
     );
     if (closed === undefined) logger.warn('a database query is still running at stop; the process exits without it');

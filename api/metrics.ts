@@ -1,5 +1,5 @@
 import { Histogram, renderPrometheus, type MetricSample } from '../shared/metrics';
-import type { ThrottleStats } from './auth/failureThrottle';
+import type { LookupStats, ThrottleStats } from './auth/failureThrottle';
 import type { KeyCacheStats } from './auth/keyVerifier';
 import type { OrgConcurrency } from './auth/orgConcurrency';
 import type { OrgWriteBudget } from './auth/orgWriteBudget';
@@ -24,11 +24,12 @@ export interface ApiMetricSources {
   recorder: UsageRecorder | undefined;
   keyCache: Readonly<KeyCacheStats>;
   throttle: Readonly<ThrottleStats>;
+  lookups?: Readonly<LookupStats>;
   orgTurns?: Pick<OrgConcurrency, 'stats' | 'waiting'>;
   orgWrites?: Pick<OrgWriteBudget, 'stats'>;
 }
 
-function statSamples({ recorder, keyCache, throttle, orgTurns, orgWrites }: ApiMetricSources): MetricSample[] {
+function statSamples({ recorder, keyCache, throttle, lookups, orgTurns, orgWrites }: ApiMetricSources): MetricSample[] {
   const counter = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_api_${name}`, help, type: 'counter', value });
   const gauge = (name: string, help: string, value: number): MetricSample => ({ name: `keyusage_api_${name}`, help, type: 'gauge', value });
   const usage = recorder?.stats;
@@ -58,6 +59,13 @@ function statSamples({ recorder, keyCache, throttle, orgTurns, orgWrites }: ApiM
     counter('auth_refused_by_key_total', 'Failed authentications answered 429 because their key id failed too often', throttle.refusedByKey),
     counter('auth_lockouts_total', 'Times an address or a key id reached its failure limit', throttle.lockouts),
     counter('auth_throttle_evictions_total', 'Failure windows forgotten early because AUTH_THROTTLE_MAX_ENTRIES was reached', throttle.evicted),
+    gauge('auth_key_lookups_running', 'Reads of keys the cache cannot answer, in flight now (at most AUTH_THROTTLE_MAX_LOOKUPS)', lookups?.running ?? 0),
+    gauge('auth_key_lookups_peak', 'The most reads of keys that were in flight at once since the process started', lookups?.peak ?? 0),
+    counter(
+      'auth_key_lookups_refused_total',
+      'Requests answered 429 because AUTH_THROTTLE_MAX_LOOKUPS reads of keys ran and 4 times as many waited',
+      lookups?.refused ?? 0,
+    ),
     counter('org_requests_waited_total', "Requests that waited for their org's turn (API_MAX_CONCURRENT_PER_ORG)", orgTurns?.stats.waited ?? 0),
     counter('org_requests_refused_total', "Requests answered 429 because too many of their org's waited", orgTurns?.stats.refused ?? 0),
     gauge('org_requests_waiting', "Requests waiting for their org's turn now", orgTurns?.waiting() ?? 0),

@@ -235,6 +235,11 @@ const variables = {
   AUTH_THROTTLE_MAX_FAILURES_PER_KEY: wholeNumber(0, 1_000_000).default(20),
   AUTH_THROTTLE_WINDOW_MS: positiveInt(86_400_000).default(60_000),
   AUTH_THROTTLE_MAX_ENTRIES: positiveInt(10_000_000).default(50_000),
+  // Reads of keys (verifications the key cache cannot answer) in flight at once in an API process,
+  // from every address; 4 × as many wait, and more are answered 429. Made-up ids from many
+  // addresses filled the pool every route and /healthz share. Unset: half of DATABASE_POOL_MAX, at
+  // least 1, so the other half serves the routes.
+  AUTH_THROTTLE_MAX_LOOKUPS: positiveInt(1000).optional(),
   USAGE_TRACKING: booleanFlag.default(true),
   USAGE_DRAIN_INTERVAL_MS: positiveInt(60_000).default(250),
   USAGE_MAX_ENTRIES: positiveInt().default(10_000),
@@ -573,6 +578,7 @@ const apiSection = (v: Variables) => ({
     maxEntries: v.AUTH_THROTTLE_MAX_ENTRIES,
     // One address may not queue more key reads than the pool holds connections.
     maxVerifyingPerIp: v.DATABASE_POOL_MAX,
+    maxLookups: v.AUTH_THROTTLE_MAX_LOOKUPS ?? Math.max(1, Math.floor(v.DATABASE_POOL_MAX / 2)),
   },
   // How far the usage endpoint can lag the requests it counts, told to its readers.
   usageDelay: { drainIntervalMs: v.USAGE_DRAIN_INTERVAL_MS, flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS },

@@ -4,6 +4,7 @@ import t from 'tap';
 import { createApiKeysService } from '../api/keys/apiKeys.service';
 import { startApi } from '../api/main';
 import { createApiMetrics } from '../api/metrics';
+import { createAuthThrottle, LOOKUPS_WAITING_PER_SLOT } from '../api/auth/failureThrottle';
 import { orgConcurrency, QUEUED_PER_RUNNING } from '../api/auth/orgConcurrency';
 import { insertOrganization } from '../api/orgs/orgs.repository';
 import { UsageRecorder } from '../api/usage/usageRecorder';
@@ -103,6 +104,21 @@ t.test("the per-org turns' waits and refusals reach the exposition", async (t) =
   );
 });
 
+t.test('reads of keys refused as too many wait reach the exposition', async (t) => {
+  const throttle = createAuthThrottle({ maxFailuresPerIp: 0, maxFailuresPerKey: 0, windowMs: 60_000, maxEntries: 10, maxLookups: 1 }, () => 0);
+  const first = throttle.beginLookup('key-a', true);
+  const waiting = Array.from({ length: LOOKUPS_WAITING_PER_SLOT }, (_, i) => throttle.beginLookup(`key-${i}`, true));
+  t.equal(throttle.beginLookup('key-refused', true), undefined, 'refused once as many wait as the cap allows');
+  const sources = { recorder: undefined, keyCache: { hits: 0, misses: 0, reloads: 0 }, throttle: throttle.stats, lookups: throttle.lookupStats };
+  const exposed = series(createApiMetrics().exposition(sources));
+  t.same(
+    ['auth_key_lookups_running', 'auth_key_lookups_peak', 'auth_key_lookups_refused_total'].map((name) => exposed.get(`keyusage_api_${name}`)),
+    [1, 1, 1],
+  );
+  t.equal(typeof first, 'function');
+  t.ok(waiting.every((turn) => turn instanceof Promise));
+});
+
 t.test('the API serves its metrics on their own loopback port, over real HTTP', async (t) => {
   const { db, url } = await freshDatabase(t);
   const collector = dgram.createSocket('udp4');
@@ -156,6 +172,7 @@ t.test('the API serves its metrics on their own loopback port, over real HTTP', 
     'everything recorded was sent',
   );
   t.same(['key_cache_misses_total', 'key_cache_hits_total'].map(metric), [1, 5], 'one read, then the cache');
+  t.same(['auth_key_lookups_running', 'auth_key_lookups_peak', 'auth_key_lookups_refused_total'].map(metric), [0, 1, 0], "the one read's place, ended");
   t.same(['auth_failures_total', 'auth_refused_by_key_total', 'auth_lockouts_total'].map(metric), [3, 1, 1], 'the throttle locked the key id after 2 failures');
   t.equal(metric('request_duration_seconds_count{method="GET",route="/api/whoami",status="200"}'), 2);
   t.equal(metric('request_duration_seconds_count{method="GET",route="/api/whoami",status="401"}'), 2);

@@ -55,7 +55,7 @@ t.test('defaults', async (t) => {
     maxConcurrentPerOrg: 2,
     writesPerOrgMinute: 600,
     trustProxy: false,
-    authThrottle: { maxFailuresPerIp: 100, maxFailuresPerKey: 20, windowMs: 60_000, maxEntries: 50_000, maxVerifyingPerIp: 10 },
+    authThrottle: { maxFailuresPerIp: 100, maxFailuresPerKey: 20, windowMs: 60_000, maxEntries: 50_000, maxVerifyingPerIp: 10, maxLookups: 5 },
     usageDelay: { drainIntervalMs: 250, flushIntervalMs: 1000 },
     eventSummaryDays: 7,
   });
@@ -235,9 +235,11 @@ t.test('the auth throttle is on by default; a limit of 0 turns that dimension of
   }).api.authThrottle;
   t.same(
     throttle,
-    { maxFailuresPerIp: 0, maxFailuresPerKey: 5, windowMs: 1000, maxEntries: 10, maxVerifyingPerIp: 4 },
-    'key reads in flight per address: the pool',
+    { maxFailuresPerIp: 0, maxFailuresPerKey: 5, windowMs: 1000, maxEntries: 10, maxVerifyingPerIp: 4, maxLookups: 2 },
+    'key reads in flight per address: the pool; from every address: half of it',
   );
+  t.equal(loadConfig({ ...DEV, DATABASE_POOL_MAX: '1' }).api.authThrottle.maxLookups, 1, 'at least one');
+  t.equal(loadConfig({ ...DEV, AUTH_THROTTLE_MAX_LOOKUPS: '7' }).api.authThrottle.maxLookups, 7, 'AUTH_THROTTLE_MAX_LOOKUPS');
   t.ok(Object.isFrozen(throttle));
 });
 
@@ -316,6 +318,7 @@ t.test('each kind of bad value fails with the variable name', async (t) => {
     ['throttle limit negative', { AUTH_THROTTLE_MAX_FAILURES_PER_KEY: '-1' }],
     ['throttle window of zero', { AUTH_THROTTLE_WINDOW_MS: '0' }],
     ['throttle map of zero entries', { AUTH_THROTTLE_MAX_ENTRIES: '0' }],
+    ['no key reads at once', { AUTH_THROTTLE_MAX_LOOKUPS: '0' }],
     ['webhook private targets not a boolean', { WEBHOOK_ALLOW_PRIVATE_TARGETS: 'yes' }],
     ['webhook timeout too short', { WEBHOOK_TIMEOUT_MS: '99' }],
     ['webhook attempts above 12', { WEBHOOK_MAX_ATTEMPTS: '13' }],

@@ -236,6 +236,19 @@ const tooManyWrites = (res: Response, waitMs: number, perMinute: number) =>
 
 const tooManyFailures = (res: Response, waitMs: number) => tooMany(res, waitMs, TOO_MANY_FAILURES_MESSAGE);
 
+// Not the caller's failure, and not counted as one: too many reads of keys from every address
+// (AUTH_THROTTLE_MAX_LOOKUPS) run and wait. 429, not 503: a proxy that ejects an instance after a
+// run of 5xx (outlier detection) would take every instance out during a flood of made-up ids.
+const busyVerifying = (res: Response) =>
+  tooMany(res, 1000, 'The server is busy verifying other API keys (AUTH_THROTTLE_MAX_LOOKUPS reads at once); retry after the time in Retry-After');
+
+const NO_LOOKUP = () => {};
+
+// A key the cache answers costs no read, and waits for none: it is served however many wait.
+function lookupTurn(deps: AuthorizeDeps, keyId: string, fresh: boolean) {
+  return deps.verifier.willRead(keyId, { fresh }) ? deps.throttle.beginLookup(keyId, fresh) : NO_LOOKUP;
+}
+
 type Proven = Exclude<Verification, { outcome: 'unknown' | 'bad_secret' }>;
 
 // What a request whose secret matched may do: the outcome to record and, unless it is ok, the
@@ -266,7 +279,8 @@ function isOtherOrg(param: unknown, orgId: string): boolean {
 // Every request that names an existing key id is recorded exactly once here (a change allowed
 // here, when it is answered), with its outcome, except one the per-address failure throttle
 // refuses (refuseIp, or its verification's wait): refused before its key is looked up, it is
-// counted only in auth_refused_by_ip_total. Recording is an in-memory increment: no await, no
+// counted only in auth_refused_by_ip_total; and one refused as too many reads of keys wait
+// (beginLookup), counted in the throttle's lookupStats. Recording is an in-memory increment: no await, no
 // I/O, nothing that can throw.
 export function authorizer(deps: AuthorizeDeps) {
   return (requirement: Requirement = {}, body?: RequestHandler): RequestHandler =>
@@ -282,12 +296,19 @@ export function authorizer(deps: AuthorizeDeps) {
       const begun = deps.throttle.beginVerification(ip, presented.keyId, fresh);
       const verification = begun instanceof Promise ? await begun : begun;
       if (verification.waitMs > 0) throw tooManyFailures(res, verification.waitMs);
+      const lookup = lookupTurn(deps, presented.keyId, fresh);
+      const endLookup = lookup instanceof Promise ? await lookup : lookup;
+      if (!endLookup) {
+        verification.end();
+        throw busyVerifying(res);
+      }
       // The use is recorded in the same turn as end(): a stop waiting for it resumes after the record.
       deps.pendingUses?.begin();
       let verdict: Awaited<ReturnType<KeyVerifier['verify']>>;
       try {
         verdict = await deps.verifier.verify(presented, { fresh });
       } finally {
+        endLookup();
         verification.end();
         deps.pendingUses?.end();
       }

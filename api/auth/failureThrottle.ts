@@ -1,6 +1,8 @@
+import { networkOf } from '../../shared/ipTruncation';
 import { setBounded } from './boundedMap';
 
-// Failed authentication attempts, counted per client address and per key id in fixed windows.
+// Failed authentication attempts, counted per client address (an IPv6 client's /64) and per key id
+// in fixed windows; and the reads of keys in flight, per address and from all of them.
 // Pure logic: the clock is injected and nothing runs on a timer; a window past its end is replaced
 // when its subject fails again, or pushed out when the map is full. Every check is a Map lookup.
 
@@ -14,6 +16,8 @@ export interface ThrottleLimits {
   maxEntries: number;
   /** Verifications one address may have waiting on PostgreSQL at once (see beginVerification). */
   maxVerifyingPerIp?: number;
+  /** Reads of keys in flight at once from every address (see beginLookup); no limit when not given. */
+  maxLookups?: number;
 }
 
 export interface ThrottleStats {
@@ -26,10 +30,21 @@ export interface ThrottleStats {
   evicted: number;
 }
 
+/** The reads of keys from every address (beginLookup). */
+export interface LookupStats {
+  /** In flight now, and the most there ever were at once. */
+  running: number;
+  peak: number;
+  /** Refused because maxLookups ran and LOOKUPS_WAITING_PER_SLOT times as many waited. */
+  refused: number;
+}
+
+/** `subject`: the key id, or the address (an IPv6 client's /64, throttledSubject). */
 export type LockoutListener = (scope: 'ip' | 'key', subject: string) => void;
 
 export interface AuthThrottle {
   readonly stats: Readonly<ThrottleStats>;
+  readonly lookupStats: Readonly<LookupStats>;
   /** Before verification: ms the address must wait after too many failures (counted as refused), or 0. */
   refuseIp(ip: string): number;
   /**
@@ -52,6 +67,16 @@ export interface AuthThrottle {
    * is locked for (the caller answers 429 instead of 401, counted as refused), or 0.
    */
   failed(ip: string, keyId?: string): number;
+  /**
+   * A read of `keyId` from PostgreSQL (a verification the cache cannot answer), from any address:
+   * `end` to call when it ends, at once or once a read in flight ends, or undefined when too many
+   * wait (refuse it: the server is busy). Per address, the limits cost an attacker nothing: made-up
+   * well-formed ids (the checksum is public) from 600 addresses, each within its limits, filled
+   * the pool every route and /healthz share, so every org's requests waited seconds and failed
+   * with 503, and /healthz said the database was down. A fresh read is one of its own, those of one
+   * key id share one (the verifier's load).
+   */
+  beginLookup(keyId: string, fresh: boolean): (() => void) | Promise<() => void> | undefined;
 }
 
 /** A verification's place: refused (a wait in ms), or begun, with `end` to call when it ends. */
@@ -102,10 +127,70 @@ function failureWindows(maxFailures: number, limits: ThrottleLimits, now: () => 
   };
 }
 
+// An IPv6 client is counted by its /64 (2001:db8:1:2::/64), an IPv4 client by its address: a
+// subscriber is given a whole /64, and each of its addresses had windows of its own, so one
+// client could fail without limit.
+export function throttledSubject(ip: string): string {
+  return ip.includes(':') ? `${networkOf(ip)}::/64` : ip;
+}
+
+// Reads of keys waiting for one in flight to end, at most this many times maxLookups: an honest
+// burst of uncached keys waits its turn (a read is a database round trip); a flood beyond it is
+// refused at once rather than held in a queue without end.
+export const LOOKUPS_WAITING_PER_SLOT = 4;
+
+interface WaitingLookup {
+  keyId: string;
+  fresh: boolean;
+  start: (end: () => void) => void;
+}
+
+// Process-wide reads of keys, at most `cap` at once. A read that ends hands its place to the
+// next waiting one; the reads of a key id waiting when a read of it begins join that one.
+function lookupSlots(cap: number, stats: LookupStats) {
+  const sharing = new Map<string, number>();
+  const waiting: WaitingLookup[] = [];
+  const release = () => {
+    const next = waiting.shift();
+    if (next) next.start(started(next.keyId, next.fresh));
+    else stats.running -= 1;
+  };
+  const join = (keyId: string) => {
+    if (addTo(sharing, keyId, 1) === 1) joinWaiting(keyId);
+    return () => {
+      if (addTo(sharing, keyId, -1) === 0) release();
+    };
+  };
+  const joinWaiting = (keyId: string) => {
+    for (let i = waiting.length - 1; i >= 0; i--) {
+      const { keyId: waitingFor, fresh, start } = waiting[i];
+      if (fresh || waitingFor !== keyId) continue;
+      waiting.splice(i, 1);
+      start(join(keyId));
+    }
+  };
+  // With a place held.
+  const started = (keyId: string, fresh: boolean) => (fresh ? release : join(keyId));
+  return (keyId: string, fresh: boolean): (() => void) | Promise<() => void> | undefined => {
+    if (!fresh && sharing.has(keyId)) return join(keyId);
+    if (stats.running < cap) {
+      stats.running += 1;
+      stats.peak = Math.max(stats.peak, stats.running);
+      return started(keyId, fresh);
+    }
+    if (waiting.length >= LOOKUPS_WAITING_PER_SLOT * cap) {
+      stats.refused += 1;
+      return undefined;
+    }
+    return new Promise((start) => waiting.push({ keyId, fresh, start }));
+  };
+}
+
 // An address that fails too often is refused whatever it presents. A key id is locked only for
 // failures: a request with the right secret is never refused because others failed on its key.
 export function createAuthThrottle(limits: ThrottleLimits, now: () => number, onLockout: LockoutListener = () => {}): AuthThrottle {
   const stats: ThrottleStats = { failures: 0, refusedByIp: 0, refusedByKey: 0, lockouts: 0, evicted: 0 };
+  const lookupStats: LookupStats = { running: 0, peak: 0, refused: 0 };
   const byIp = failureWindows(limits.maxFailuresPerIp, limits, now, stats, (ip) => onLockout('ip', ip));
   const byKey = failureWindows(limits.maxFailuresPerKey, limits, now, stats, (keyId) => onLockout('key', keyId));
   // Bounded by the requests in progress: an address leaves it when its last one ends.
@@ -150,21 +235,24 @@ export function createAuthThrottle(limits: ThrottleLimits, now: () => number, on
   }
   return {
     stats,
-    refuseIp: (ip) => refused(byIp.retryAfterMs(ip)),
+    lookupStats,
+    refuseIp: (ip) => refused(byIp.retryAfterMs(throttledSubject(ip))),
     beginVerification(ip, keyId, fresh) {
-      const entry = verifying.get(ip) ?? { reads: 0, byKey: new Map<string, number>(), waiting: [] };
-      verifying.set(ip, entry);
+      const subject = throttledSubject(ip);
+      const entry = verifying.get(subject) ?? { reads: 0, byKey: new Map<string, number>(), waiting: [] };
+      verifying.set(subject, entry);
       // Decided at once but for a read over the cap: no promise on the auth path's common way.
-      return start(ip, entry, keyId, fresh) ?? waitTurn(ip, entry, keyId, fresh);
+      return start(subject, entry, keyId, fresh) ?? waitTurn(subject, entry, keyId, fresh);
     },
     keyLocked: (keyId) => byKey.retryAfterMs(keyId) > 0,
     failed(ip, keyId) {
       stats.failures += 1;
       const wait = keyId === undefined ? 0 : byKey.retryAfterMs(keyId);
       if (wait > 0) stats.refusedByKey += 1;
-      byIp.record(ip);
+      byIp.record(throttledSubject(ip));
       if (keyId !== undefined) byKey.record(keyId);
       return wait;
     },
+    beginLookup: lookupSlots(limits.maxLookups ?? Infinity, lookupStats),
   };
 }

@@ -28,6 +28,8 @@ export interface KeyVerifier {
   verify(presented: PresentedKey, options?: { fresh?: boolean }): Promise<Verification>;
   /** Drops a key from this process's cache, so its own revocations and rotations apply at once. */
   invalidate(keyId: string): void;
+  /** Whether verify() would read the key from PostgreSQL now, not answer from the cache (the auth throttle's beginLookup). */
+  willRead(keyId: string, options?: { fresh?: boolean }): boolean;
 }
 
 // A request's time on both clocks: the wall's for expiry, the steady one's for the cache.
@@ -224,5 +226,10 @@ export function createKeyVerifier(deps: {
       return reloaded ? decided(reloaded, secret, at.now) : verdict;
     },
     invalidate,
+    willRead(keyId, options = {}) {
+      const elapsed = deps.elapsed();
+      if (fresh(unknown.get(keyId), elapsed)) return false;
+      return options.fresh === true || !fresh(records.get(keyId)?.fetchedAt, elapsed);
+    },
   };
 }
