@@ -1,16 +1,26 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { LookupFunction } from 'node:net';
+import tls from 'node:tls';
 import { steadyNow } from '../shared/steadyClock';
 import { resolveTargetWithin, TargetRefusedError, type LookupFor, type ResolvedAddress, type Unresolved } from '../shared/webhookTarget';
 
 // One POST to an untrusted receiver. The receiver chooses how long to take, what to answer and
 // where to point its DNS, so: every resolved address is checked and the socket connects to a
 // checked one; the whole exchange, the lookup included, has one deadline; at most
-// MAX_RESPONSE_BYTES are read; a redirect is not followed (node:http never follows one) and
-// counts as a failure.
+// MAX_RESPONSE_BYTES are read, after at most MAX_INTERIM_RESPONSES interim (1xx) ones; a
+// redirect is not followed (node:http never follows one) and counts as a failure.
 
 const MAX_RESPONSE_BYTES = 64 * 1024;
+// Node reads 1xx responses (each up to its header limit) without end before the final one: a
+// receiver writing `103 Early Hints` in a loop kept the loop busy parsing them until the deadline.
+const MAX_INTERIM_RESPONSES = 10;
+
+// The receiver picks the key exchange's parameters, and OpenSSL computes on the event loop (every
+// org's usage datagrams too) during the handshake, before the certificate is checked: a finite-
+// field group of up to 10,000 bits (DHE in TLS 1.2, ffdhe8192 in TLS 1.3) stalled it 0.5–1.7 s per
+// attempt. Elliptic-curve exchanges only, on curves whose cost is small and fixed.
+const RECEIVER_TLS = { ciphers: `${tls.DEFAULT_CIPHERS}:!kDHE`, ecdhCurve: 'X25519:prime256v1:secp384r1' };
 
 export interface SendOptions {
   timeoutMs: number;
@@ -64,8 +74,8 @@ function exchange(
   time: { leftMs: number; timeoutMs: number },
 ): Promise<SendResult> {
   return new Promise((resolve) => {
-    const client = url.protocol === 'https:' ? https : http;
-    const request = client.request(url, { method: 'POST', headers, agent: false, lookup: pinnedLookup(addresses) });
+    const common = { method: 'POST', headers, agent: false as const, lookup: pinnedLookup(addresses) };
+    const request = url.protocol === 'https:' ? https.request(url, { ...common, ...RECEIVER_TLS }) : http.request(url, common);
     let statusCode: number | null = null;
     // The first outcome wins; destroying the request afterwards may emit more events, ignored.
     const finish = (result: SendResult) => {
@@ -79,6 +89,11 @@ function exchange(
     };
     const deadline = setTimeout(() => finish({ ok: false, statusCode, error: `no complete response within ${time.timeoutMs} ms` }), time.leftMs);
     request.on('error', (error) => finish({ ok: false, statusCode, error: errorText(error) }));
+    let interim = 0;
+    request.on('information', () => {
+      interim += 1;
+      if (interim > MAX_INTERIM_RESPONSES) finish({ ok: false, statusCode, error: `more than ${MAX_INTERIM_RESPONSES} interim (1xx) responses` });
+    });
     request.on('response', (response) => {
       statusCode = response.statusCode ?? 0;
       let received = 0;
