@@ -63,7 +63,7 @@ function statSamples({ recorder, keyCache, throttle, lookups, orgTurns, orgWrite
     gauge('auth_key_lookups_peak', 'The most reads of keys that were in flight at once since the process started', lookups?.peak ?? 0),
     counter(
       'auth_key_lookups_refused_total',
-      'Requests answered 429 because AUTH_THROTTLE_MAX_LOOKUPS reads of keys ran and 4 times as many waited',
+      'Requests answered 429 because AUTH_THROTTLE_MAX_LOOKUPS reads of keys ran and 32 times as many waited',
       lookups?.refused ?? 0,
     ),
     counter('org_requests_waited_total', "Requests that waited for their org's turn (API_MAX_CONCURRENT_PER_ORG)", orgTurns?.stats.waited ?? 0),

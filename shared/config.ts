@@ -236,7 +236,7 @@ const variables = {
   AUTH_THROTTLE_WINDOW_MS: positiveInt(86_400_000).default(60_000),
   AUTH_THROTTLE_MAX_ENTRIES: positiveInt(10_000_000).default(50_000),
   // Reads of keys (verifications the key cache cannot answer) in flight at once in an API process,
-  // from every address; 4 × as many wait, and more are answered 429. Made-up ids from many
+  // from every address; 32 × as many wait, and more are answered 429. Made-up ids from many
   // addresses filled the pool every route and /healthz share. Unset: half of DATABASE_POOL_MAX, at
   // least 1, so the other half serves the routes.
   AUTH_THROTTLE_MAX_LOOKUPS: positiveInt(1000).optional(),

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import t, { type Test } from 'tap';
+import { LOOKUPS_WAITING_PER_SLOT } from '../api/auth/failureThrottle';
 import { createApiKeysService } from '../api/keys/apiKeys.service';
 import { startApi } from '../api/main';
 import { insertOrganization } from '../api/orgs/orgs.repository';
@@ -62,6 +63,9 @@ async function world(t: Test, env: Record<string, string>) {
 
 const unknownKey = () => `ku_${randomBytes(16).toString('hex')}_${randomBytes(32).toString('base64url')}`;
 
+// With AUTH_THROTTLE_MAX_LOOKUPS=2: the reads that run, and those that wait their turn.
+const LET_IN = 2 + LOOKUPS_WAITING_PER_SLOT * 2;
+
 const waitingOnLock = async (db: Db, applicationName: string): Promise<number> =>
   (
     await db.raw(`select count(*)::int as n from pg_stat_activity where datname = current_database() and application_name = ? and wait_event_type = 'Lock'`, [
@@ -79,8 +83,8 @@ t.test(
     const release = await lockKeys();
 
     const answers: Array<Awaited<ReturnType<typeof get>>> = [];
-    const flood = Array.from({ length: 40 }, (_, i) => get('/api/whoami', `198.51.100.${i + 1}`, unknownKey()).then((answer) => answers.push(answer)));
-    // 2 reads run, 4 × 2 wait their turn, the other 30 are answered at once (or, past the cap,
+    const flood = Array.from({ length: LET_IN + 30 }, (_, i) => get('/api/whoami', `198.51.100.${i + 1}`, unknownKey()).then((answer) => answers.push(answer)));
+    // 2 reads run, LOOKUPS_WAITING_PER_SLOT × 2 wait their turn, the other 30 are answered at once (or, past the cap,
     // more reads are on the lock).
     await waitFor('the refused reads', async () => (answers.length === 30 || (await waitingOnLock(db, 'keyusage-api')) > 2 ? true : undefined));
     await waitFor('the reads let in to reach the lock', async () => ((await waitingOnLock(db, 'keyusage-api')) >= 2 ? true : undefined));
@@ -104,7 +108,7 @@ t.test(
     await Promise.all(flood);
     t.same(
       answers.slice(30).map((answer) => answer.status),
-      Array(10).fill(401),
+      Array(LET_IN).fill(401),
       'the reads that ran or waited their turn are answered once the lock goes: unknown keys',
     );
     const burst = await Promise.all(keys.slice(1).map((key, i) => get('/api/whoami', `192.0.2.${i + 1}`, key)));

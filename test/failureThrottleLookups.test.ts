@@ -18,7 +18,7 @@ t.test('reads of one key id share a place, a fresh read takes its own; the next 
     waiting.every((turn) => turn instanceof Promise),
     'the next wait',
   );
-  t.equal(beginLookup('key-z', false), undefined, 'beyond 4 × the cap waiting: refused');
+  t.equal(beginLookup('key-z', false), undefined, 'beyond LOOKUPS_WAITING_PER_SLOT × the cap waiting: refused');
   t.match(lookupStats, { running: 2, peak: 2, refused: 1 }, 'counted');
   t.equal(typeof beginLookup('key-a', false), 'function', 'a read of key-a in flight: joined, without a place');
 

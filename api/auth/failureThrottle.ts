@@ -135,9 +135,11 @@ export function throttledSubject(ip: string): string {
 }
 
 // Reads of keys waiting for one in flight to end, at most this many times maxLookups: an honest
-// burst of uncached keys waits its turn (a read is a database round trip); a flood beyond it is
-// refused at once rather than held in a queue without end.
-export const LOOKUPS_WAITING_PER_SLOT = 4;
+// burst of uncached keys waits its turn (a read is a database round trip, about a millisecond, so
+// the queue drains in tens of milliseconds); a flood beyond it is refused at once rather than held
+// in a queue without end. Not fewer: an API process starting cold behind a busy load balancer meets
+// hundreds of distinct keys in its first milliseconds, and at 4 times the cap most were refused.
+export const LOOKUPS_WAITING_PER_SLOT = 32;
 
 interface WaitingLookup {
   keyId: string;
