@@ -138,7 +138,7 @@ export function throttledSubject(ip: string): string {
 // burst of uncached keys waits its turn (a read is a database round trip, about a millisecond, so
 // the queue drains in tens of milliseconds); a flood beyond it is refused at once rather than held
 // in a queue without end. Not fewer: an API process starting cold behind a busy load balancer meets
-// hundreds of distinct keys in its first milliseconds, and at 4 times the cap most were refused.
+// hundreds of distinct keys in its first milliseconds: at 4 times the cap, most would be refused.
 export const LOOKUPS_WAITING_PER_SLOT = 32;
 
 interface WaitingLookup {
