@@ -29,10 +29,10 @@ const booleanFlag = z.enum(['true', 'false', '1', '0']).transform((v) => v === '
 // is a mistyped IPv4 address: '10.0.0.256', or '127.1', which the resolver reads as 127.0.0.1.
 const HOST_NAME = /^(?=.{1,253}\.?$)(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.?$/i;
 const isHostOrIp = (value: string) => isIP(value) !== 0 || (HOST_NAME.test(value) && !/(?:^|\.)\d+\.?$/.test(value));
-const host = z.string().superRefine((value, ctx) => {
-  if (value.trim() !== value) ctx.addIssue({ code: 'custom', message: 'must not begin or end with whitespace' });
-  else if (!isHostOrIp(value)) ctx.addIssue({ code: 'custom', message: 'must be a host name or an IP address (IPv6 without brackets)' });
-});
+// A value taken as written, where whitespace at either end (a stray space from an env file, a
+// secret file's newline) is never meant and makes it another one. `why` adds what that would do.
+const trimmedText = (why = '') => z.string().refine((value) => value.trim() === value, { message: `must not begin or end with whitespace${why}`, abort: true });
+const host = trimmedText().refine(isHostOrIp, 'must be a host name or an IP address (IPv6 without brackets)');
 // A comma-separated list of whole numbers, e.g. "7,1", sorted descending and deduplicated.
 const dayList = z
   .string()
@@ -58,15 +58,24 @@ const hostPort = z.string().transform((value, ctx) => {
 
 const PROXY_NAMES = new Set(['loopback', 'linklocal', 'uniquelocal']);
 
+// Express compiles the list with proxy-addr, which refuses a prefix of 0 and an IPv4 netmask that
+// is all zeros or not a run of ones from the left (255.0.255.0): the API died at start with
+// "invalid range on address", naming no variable. Its rule is repeated here, not its compile
+// called: proxy-addr is Express's dependency, not this package's.
 function isProxyEntry(entry: string): boolean {
   if (PROXY_NAMES.has(entry)) return true;
   const [address, prefix, ...rest] = entry.split('/');
   const family = isIP(address);
   if (family === 0 || rest.length > 0) return false;
   if (prefix === undefined) return true;
-  if (/^\d+$/.test(prefix)) return Number(prefix) <= (family === 4 ? 32 : 128);
-  return family === 4 && isIP(prefix) === 4;
+  if (/^\d+$/.test(prefix)) return Number(prefix) >= 1 && Number(prefix) <= (family === 4 ? 32 : 128);
+  return family === 4 && isIP(prefix) === 4 && isContiguousNetmask(prefix);
 }
+
+const isContiguousNetmask = (mask: string) => {
+  const bits = mask.split('.').reduce((value, octet) => value * 256 + Number(octet), 0);
+  return /^1+0*$/.test(bits.toString(2).padStart(32, '0'));
+};
 
 // Express's `trust proxy` accepts a boolean, a hop count, or a list of addresses/subnets. An empty
 // entry (',,', a trailing comma, a blank value) was dropped, and ' ' trusted no proxy, silently; a
@@ -91,7 +100,10 @@ const trustProxy = z
     }
     const bad = entries.find((entry) => !isProxyEntry(entry));
     if (bad !== undefined) {
-      ctx.addIssue({ code: 'custom', message: `"${bad}" is not an IP, CIDR, loopback, linklocal or uniquelocal` });
+      ctx.addIssue({
+        code: 'custom',
+        message: `"${bad}" is not an IP, a CIDR (a prefix of 1-32, 1-128 for IPv6, or a netmask of contiguous ones such as 255.255.0.0), loopback, linklocal or uniquelocal`,
+      });
       return z.NEVER;
     }
     return entries;
@@ -104,6 +116,12 @@ const MIN_SECRET_CHARACTERS = 32;
 const secret = z
   .string()
   .refine((value) => value.replace(/\s/g, '').length >= MIN_SECRET_CHARACTERS, `must be at least ${MIN_SECRET_CHARACTERS} characters, whitespace not counted`);
+// The API signs each datagram with its signing secret and the collector checks it with its own: a
+// secret file's newline on one side alone made every datagram a bad signature, every use dropped,
+// the collector healthy. So a signing secret is refused with whitespace at either end (trimmed,
+// it would be another secret than the one an older process holds). A pepper keeps it: it hashes
+// every stored key, and a mismatch shows, as 401s and as webhook secrets no collector can open.
+const SAME_BYTES = ' (a trailing newline from a secret file?): the API and the collector must hold the same bytes';
 
 // DATABASE_URL is read here as pg reads it (pg-connection-string): with the URL class, or, for a
 // socket folder (postgres://user:pw@/db?host=/run/postgresql, which the URL class refuses), with
@@ -185,7 +203,8 @@ const variables = {
   // server) stayed idle in its transaction holding its locks (an org's audit lock: every key change
   // of the org failed) until TCP keep-alive gave up, about 2 hours. 0 leaves the server's setting.
   DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: wholeNumber(0, 86_400_000).default(60_000),
-  EMBEDDED_PG_DIR: z.string().min(1).default('.data/postgres'),
+  // '.data/postgres ' made a new, empty cluster beside the real one.
+  EMBEDDED_PG_DIR: trimmedText().default('.data/postgres'),
   EMBEDDED_PG_PORT: port.default(54329),
   HOST: host.default('127.0.0.1'),
   PORT: portOrZero.default(3000),
@@ -266,7 +285,8 @@ const variables = {
   COLLECTOR_USAGE_LOG: z.enum(['true', 'false', '1', '0', 'auto']).default('auto'),
   // Below it a direct flush took at most about half a second here, whatever the keys' addresses;
   // at 10,000 keys each from a new address it took 1.1-1.5 s (docs/scaling.md).
-  COLLECTOR_USAGE_LOG_MIN_KEYS: positiveInt().default(5_000),
+  // Unset: DEFAULT_USAGE_LOG_MIN_KEYS; set, at most COLLECTOR_MAX_PENDING_KEYS (usageLogProblems).
+  COLLECTOR_USAGE_LOG_MIN_KEYS: positiveInt().optional(),
   // PostgreSQL's lock_timeout in each flush's (direct or appended) and fold's transaction: one that
   // waits this long for a row or table another session holds fails and is retried, instead of
   // hanging; 0 leaves the server's own setting. Twice the longest flush measured under load
@@ -300,8 +320,8 @@ const variables = {
   USAGE_RETENTION_DAYS: positiveInt(3650).default(90),
   IP_RETENTION_DAYS: positiveInt(3650).default(90),
   IP_TRUNCATE: booleanFlag.default(false),
-  USAGE_SIGNING_SECRET: secret.optional(),
-  USAGE_SIGNING_PREVIOUS_SECRET: z.string().min(32, 'must be at least 32 characters').optional(),
+  USAGE_SIGNING_SECRET: trimmedText(SAME_BYTES).pipe(secret).optional(),
+  USAGE_SIGNING_PREVIOUS_SECRET: trimmedText(SAME_BYTES).min(32, 'must be at least 32 characters').optional(),
   COLLECTOR_REPLAY_CACHE_SIZE: positiveInt(10_000_000).default(100_000),
   WEBHOOK_ALLOW_PRIVATE_TARGETS: booleanFlag.default(false),
   WEBHOOK_TIMEOUT_MS: wholeNumber(100, 30_000).default(5000),
@@ -520,6 +540,18 @@ function eventSummaryProblems(v: Variables): string[] {
   ];
 }
 
+// A flush writes one drain of the aggregator, at most COLLECTOR_MAX_PENDING_KEYS keys (more only
+// when a failed write's keys are retried with the next drain): a threshold set above it was never
+// reached, and auto appended nothing, as false. Unset, the default above a smaller cap is left so:
+// no flush is large enough there for the log to help.
+function usageLogProblems(v: Variables): string[] {
+  const minKeys = v.COLLECTOR_USAGE_LOG_MIN_KEYS;
+  if (v.COLLECTOR_USAGE_LOG !== 'auto' || minKeys === undefined || minKeys <= v.COLLECTOR_MAX_PENDING_KEYS) return [];
+  return [
+    `COLLECTOR_USAGE_LOG_MIN_KEYS: must be at most COLLECTOR_MAX_PENDING_KEYS (${v.COLLECTOR_MAX_PENDING_KEYS}) with COLLECTOR_USAGE_LOG=auto: a flush holds no more keys than that, so none would reach it and auto would never append (to never append, set COLLECTOR_USAGE_LOG=false)`,
+  ];
+}
+
 // One parser per section of the config, each reading only the variables of its section.
 
 const DATABASE_VARIABLES = [
@@ -615,8 +647,10 @@ const eventsSection = (v: Variables) => ({
   firstUseSpanMs: v.COLLECTOR_FLUSH_INTERVAL_MS,
 });
 
+const DEFAULT_USAGE_LOG_MIN_KEYS = 5_000;
+
 function usageLogMinKeys(v: Variables): number | undefined {
-  if (v.COLLECTOR_USAGE_LOG === 'auto') return v.COLLECTOR_USAGE_LOG_MIN_KEYS;
+  if (v.COLLECTOR_USAGE_LOG === 'auto') return v.COLLECTOR_USAGE_LOG_MIN_KEYS ?? DEFAULT_USAGE_LOG_MIN_KEYS;
   return v.COLLECTOR_USAGE_LOG === 'true' || v.COLLECTOR_USAGE_LOG === '1' ? 1 : undefined;
 }
 
@@ -687,6 +721,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     ...signingProblems(v),
     ...spikeBaselineProblems(v),
     ...eventSummaryProblems(v),
+    ...usageLogProblems(v),
   ];
   if (problems.length > 0) throw new ConfigError(problems);
   return deepFreeze({

@@ -2,6 +2,7 @@ import dgram from 'node:dgram';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import express from 'express';
 import t, { type Test } from 'tap';
 import { BASELINE_DAYS } from '../shared/keyEvents';
 import { HOUR_MS } from '../shared/timeUnits';
@@ -182,6 +183,32 @@ t.test('COLLECTOR_USAGE_LOG: auto by default, appending flushes of COLLECTOR_USA
   for (const off of ['false', '0']) t.equal(minKeys({ COLLECTOR_USAGE_LOG: off }), undefined, `${off}: none`);
 });
 
+// A flush holds one drain, at most COLLECTOR_MAX_PENDING_KEYS keys: a threshold above it was never
+// reached, and auto acted as false without a word.
+t.test('COLLECTOR_USAGE_LOG_MIN_KEYS: set, at most COLLECTOR_MAX_PENDING_KEYS while COLLECTOR_USAGE_LOG is auto', async (t) => {
+  const minKeys = (env: Record<string, string>) => loadConfig({ ...DEV, ...env }).collector.usageLogMinKeys;
+  const above = { COLLECTOR_MAX_PENDING_KEYS: '1000', COLLECTOR_USAGE_LOG_MIN_KEYS: '1001' };
+  const refused: Array<[Record<string, string>, number]> = [
+    [above, 1000],
+    [{ ...above, COLLECTOR_USAGE_LOG: 'auto' }, 1000],
+    [{ COLLECTOR_USAGE_LOG_MIN_KEYS: '200000' }, 100_000],
+  ];
+  for (const [env, cap] of refused) {
+    t.same(
+      configError(t, { ...DEV, ...env }).problems,
+      [
+        `COLLECTOR_USAGE_LOG_MIN_KEYS: must be at most COLLECTOR_MAX_PENDING_KEYS (${cap}) with COLLECTOR_USAGE_LOG=auto: a flush holds no more keys than that, so none would reach it and auto would never append (to never append, set COLLECTOR_USAGE_LOG=false)`,
+      ],
+      JSON.stringify(env),
+    );
+  }
+  t.equal(minKeys({ COLLECTOR_MAX_PENDING_KEYS: '1000', COLLECTOR_USAGE_LOG_MIN_KEYS: '1000' }), 1000, 'a full drain reaches it');
+  t.equal(minKeys({ ...above, COLLECTOR_USAGE_LOG: 'true' }), 1, 'ignored unless auto');
+  t.equal(minKeys({ ...above, COLLECTOR_USAGE_LOG: 'false' }), undefined, 'ignored unless auto');
+  // Unset, the default stays above a smaller cap: every flush is small there, and direct.
+  t.equal(minKeys({ COLLECTOR_MAX_PENDING_KEYS: '4' }), 5_000);
+});
+
 t.test('KEY_PEPPER_PREVIOUS: older peppers, newest first, each checked and never the current one again', async (t) => {
   const older = 'o'.repeat(32);
   const oldest = 'q'.repeat(40);
@@ -294,6 +321,25 @@ t.test('a value that is not an address is refused at load time, naming TRUST_PRO
   t.match(configError(t, { TRUST_PROXY: '10.0.0.0/8/1' }).message, /TRUST_PROXY/);
   t.same(loadConfig({ ...DEV, TRUST_PROXY: '10.0.0.0/255.0.0.0, fd00::/8' }).api.trustProxy, ['10.0.0.0/255.0.0.0', 'fd00::/8']);
   for (const value of [' ', '0x10', '1e3']) t.match(configError(t, { PORT: value }).message, /PORT: must be a whole number/, `PORT=${JSON.stringify(value)}`);
+});
+
+// Express compiles the list with proxy-addr, which refused these at start ("invalid range on
+// address"): the API died after trying the database, naming no variable.
+t.test('TRUST_PROXY: a range Express refuses is refused at load, naming the variable', async (t) => {
+  const app = express();
+  for (const value of ['10.0.0.0/0', '::/0', '10.0.0.0/255.0.255.0', '10.0.0.0/0.0.0.0', 'loopback, 10.0.0.0/0']) {
+    t.throws(() => app.set('trust proxy', value.split(', ')), /invalid range on address/, `Express refuses ${value}`);
+    const { problems } = configError(t, { ...DEV, TRUST_PROXY: value });
+    t.equal(problems.length, 1, value);
+    t.match(problems[0], /^TRUST_PROXY: ".+" is not an IP, a CIDR \(a prefix of 1-32, 1-128 for IPv6, or a netmask of contiguous ones/, value);
+  }
+  // The forms the README and docs/deployment.md give, and the edges of each range: loaded, and taken by Express.
+  const valid = ['false', 'true', '0', '2', '100', 'loopback', 'linklocal', 'uniquelocal', 'loopback, 10.0.0.0/8', '10.0.0.1', 'fd00::/8'];
+  valid.push('10.0.0.0/1', '10.0.0.0/32', '::/1', '::1/128', '10.0.0.0/255.0.0.0', '10.0.0.0/128.0.0.0', '10.0.0.1/255.255.255.255');
+  for (const value of valid) {
+    const { trustProxy } = loadConfig({ ...DEV, TRUST_PROXY: value }).api;
+    t.doesNotThrow(() => app.set('trust proxy', trustProxy), `TRUST_PROXY=${value}`);
+  }
 });
 
 t.test('each kind of bad value fails with the variable name', async (t) => {
@@ -550,8 +596,13 @@ t.test('DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: a minute by default, 0 leaves t
 // 40 spaces passed the length check as a pepper or a signing secret.
 t.test('KEY_PEPPER and USAGE_SIGNING_SECRET: at least 32 characters other than whitespace', async (t) => {
   const problem = 'must be at least 32 characters, whitespace not counted';
-  for (const name of ['KEY_PEPPER', 'USAGE_SIGNING_SECRET']) {
-    for (const value of [' '.repeat(40), `${'x'.repeat(31)}${' '.repeat(9)}`, `\t${'x'.repeat(16)} ${'y'.repeat(15)}\n`]) {
+  const cases = {
+    // A signing secret is refused with whitespace at either end (see the next test) before its length counts.
+    KEY_PEPPER: [' '.repeat(40), `${'x'.repeat(31)}${' '.repeat(9)}`, `\t${'x'.repeat(16)} ${'y'.repeat(15)}\n`],
+    USAGE_SIGNING_SECRET: [`x${' '.repeat(38)}y`, `${'x'.repeat(16)}${' '.repeat(9)}${'y'.repeat(15)}`],
+  };
+  for (const [name, values] of Object.entries(cases)) {
+    for (const value of values) {
       const error = configError(t, { NODE_ENV: 'production', KEY_PEPPER: PEPPER, [name]: value });
       t.same(error.problems, [`${name}: ${problem}`], `${name}=${JSON.stringify(value)}`);
     }
@@ -559,11 +610,29 @@ t.test('KEY_PEPPER and USAGE_SIGNING_SECRET: at least 32 characters other than w
   // A secret file's newline is kept, not refused: the pepper is the file's bytes.
   const filed = `${PEPPER}\n`;
   t.equal(loadConfig({ NODE_ENV: 'production', KEY_PEPPER: filed }).api.keyPepper, filed);
-  t.same(loadConfig({ NODE_ENV: 'test', USAGE_SIGNING_SECRET: ` ${PEPPER} ` }).collector.signingSecrets, [` ${PEPPER} `]);
   // A weak pepper or secret accepted before can still be rotated away: the previous ones keep the plain check.
-  const weak = ' '.repeat(40);
+  const weak = `x${' '.repeat(38)}y`;
   t.same(loadConfig({ KEY_PEPPER: PEPPER, KEY_PEPPER_PREVIOUS: JSON.stringify([weak]) }).api.previousKeyPeppers, [weak]);
   t.same(loadConfig({ NODE_ENV: 'test', USAGE_SIGNING_SECRET: PEPPER, USAGE_SIGNING_PREVIOUS_SECRET: weak }).collector.signingSecrets, [PEPPER, weak]);
+});
+
+// The MAC is taken over the secret's bytes: an API reading it from a file with a trailing newline
+// and a collector from an environment variable both started, and every datagram was dropped as a
+// bad signature, every use lost, the collector's /healthz 200.
+t.test('USAGE_SIGNING_SECRET and USAGE_SIGNING_PREVIOUS_SECRET: no whitespace at either end, which the other side would lack', async (t) => {
+  const secret = 'k'.repeat(40);
+  const why = 'must not begin or end with whitespace (a trailing newline from a secret file?): the API and the collector must hold the same bytes';
+  for (const value of [`${secret}\n`, `${secret} `, ` ${secret}`, `\t${secret}`, `${secret}\r\n`]) {
+    t.same(configError(t, { NODE_ENV: 'test', USAGE_SIGNING_SECRET: value }).problems, [`USAGE_SIGNING_SECRET: ${why}`], JSON.stringify(value));
+    t.same(
+      configError(t, { NODE_ENV: 'test', USAGE_SIGNING_SECRET: secret, USAGE_SIGNING_PREVIOUS_SECRET: value }).problems,
+      [`USAGE_SIGNING_PREVIOUS_SECRET: ${why}`],
+      `previous ${JSON.stringify(value)}`,
+    );
+  }
+  const previous = 'j'.repeat(40);
+  t.same(loadConfig({ NODE_ENV: 'test', USAGE_SIGNING_SECRET: secret, USAGE_SIGNING_PREVIOUS_SECRET: previous }).collector.signingSecrets, [secret, previous]);
+  t.equal(loadConfig({ NODE_ENV: 'production', KEY_PEPPER: PEPPER, COLLECTOR_HOST: '10.0.0.5', USAGE_SIGNING_SECRET: secret }).usage.signingSecret, secret);
 });
 
 // Set explicitly, the published development pepper passed the production guard, which only asked
@@ -586,6 +655,21 @@ t.test('outside development and test, KEY_PEPPER is never the published developm
 });
 
 // PROCFILE ('Procfile ' with a stray space, a folder) failed with a bare ENOENT or EISDIR.
+// '.data/postgres ' (a stray space from an env file) made a new, empty cluster beside the real one.
+t.test('EMBEDDED_PG_DIR: no whitespace at either end', async (t) => {
+  for (const value of [' ', '.data/postgres ', ' .data/postgres', '.data/postgres\n']) {
+    for (const load of [loadConfig, loadDatabaseConfig]) {
+      t.throws(
+        () => load({ ...DEV, EMBEDDED_PG_DIR: value }),
+        { message: 'Invalid configuration: EMBEDDED_PG_DIR: must not begin or end with whitespace' },
+        `${load.name}: ${JSON.stringify(value)}`,
+      );
+    }
+  }
+  t.equal(loadDatabaseConfig({ EMBEDDED_PG_DIR: '/srv/my data/pg' }).embeddedDir, '/srv/my data/pg', 'a space inside is a name');
+  t.equal(loadDatabaseConfig({ EMBEDDED_PG_DIR: '' }).embeddedDir, '.data/postgres', 'empty is unset, as for every variable');
+});
+
 t.test('PROCFILE: a file npm start cannot read is named, with the variable', async (t) => {
   const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'procfile-'));
   t.teardown(() => fs.rmSync(folder, { recursive: true, force: true }));

@@ -189,7 +189,7 @@ t.test('the same with COLLECTOR_USAGE_LOG: appends and folds of 4 processes, exa
 // Flushes of up to 40 keys: the first collector appends every one, the second none, the other two
 // a flush of all 40 keys and what follows it until a fold empties the log, writing the others
 // directly.
-const MIN_KEYS_BY_COLLECTOR = ['1', '1000000', '40', '40'];
+const MIN_KEYS_BY_COLLECTOR = ['1', '100000', '40', '40'];
 const APPENDS_BY_COLLECTOR: Appends[] = ['every flush', 'no flush', 'any', 'any'];
 t.test('the same with COLLECTOR_USAGE_LOG=auto: appends and direct writes side by side, exact sums, no deadlock', (t) =>
   freeRunning(
