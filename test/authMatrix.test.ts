@@ -92,6 +92,7 @@ const ROUTES: Route[] = [
     badQuery('limit in hexadecimal', 'limit=0x10'),
     badQuery('empty offset', 'offset='),
     { ...badQuery('unknown parameter', 'status=active'), message: 'Invalid query: status: is not a parameter this route reads' },
+    { ...badQuery('createdByKeyId not a UUID', 'createdByKeyId=x'), message: 'Invalid query: createdByKeyId: must be a UUID' },
   ]),
   read('GET /api/orgs/:id/api-keys/:keyId', [{ label: 'keyId not a UUID', params: { keyId: BAD_ID }, field: 'keyId' }]),
   {
@@ -128,6 +129,7 @@ const ROUTES: Route[] = [
     badQuery('dormantDays 0', 'dormantDays=0'),
     badQuery('dormantDays in exponent form', 'dormantDays=1e1'),
     badQuery('unknown parameter', 'keyId=x'),
+    badQuery('createdByKeyId not a UUID', 'createdByKeyId=x'),
   ]),
   read('GET /api/orgs/:id/api-keys/:keyId/usage', [
     { label: 'keyId not a UUID', params: { keyId: BAD_ID }, field: 'keyId' },
@@ -179,6 +181,7 @@ const ROUTES: Route[] = [
     badQuery('limit 0', 'limit=0'),
     badQuery('cursor not one of ours', 'cursor=MTIzYQ'),
     badQuery('unknown parameter', 'offset=10'),
+    badQuery('actorKeyId not a UUID', 'actorKeyId=x'),
   ]),
 ];
 

@@ -37,6 +37,8 @@ const cases = [
     probes: keyProbes,
   },
   { migration: '20261206000190_webhook_creator.ts', before: '20261205000180_outbox_trigger_locks_webhooks.ts', scanned: 'audit_log', probes: webhookProbes },
+  // 20261207000240's ADD COLUMN on api_keys, then its read of the audit log's key.create entries.
+  { migration: '20261207000240_key_creator.ts', before: '20261207000230_idempotency_resource.ts', scanned: 'audit_log', probes: keyProbes },
 ];
 
 for (const { migration, before, scanned, probes } of cases) {

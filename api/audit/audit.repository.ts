@@ -152,9 +152,11 @@ const toRecord = (row: AuditRow): AuditRecord => ({
   ip: row.ip,
 });
 
-/** Newest first; `beforeSeq` continues after the last entry of the previous page. */
-export async function listAudit(db: Db, orgId: string, page: { limit: number; beforeSeq: string | null }): Promise<AuditRecord[]> {
+/** Newest first; `beforeSeq` continues after the last entry of the previous page; `actorKeyId`: only that key's entries. */
+export async function listAudit(db: Db, orgId: string, page: { limit: number; beforeSeq: string | null; actorKeyId?: string }): Promise<AuditRecord[]> {
   const query = db<AuditRow>(TABLE.auditLog).where({ org_id: orgId }).orderBy('seq', 'desc').limit(page.limit);
   if (page.beforeSeq !== null) query.where('seq', '<', page.beforeSeq);
+  // Over audit_log_actor_key_idx (org_id, actor_key_id, seq): one key's entries without the rest of the log.
+  if (page.actorKeyId !== undefined) query.where({ actor_key_id: page.actorKeyId });
   return (await query).map(toRecord);
 }

@@ -13,6 +13,9 @@ const auditQuery = z
       .string()
       .transform((cursor, ctx) => decodeCursor(cursor) ?? (ctx.addIssue({ code: 'custom', message: 'must be a nextCursor from a previous page' }), z.NEVER))
       .optional(),
+    actorKeyId: uuid.optional().meta({
+      description: "Only the entries this key's requests wrote (the same cursor pages them); a key of another org, or none, is a 404",
+    }),
   })
   .strict();
 
@@ -40,7 +43,7 @@ export function auditRouter(deps: { service: AuditService; authorize: (requireme
     const { id } = parseInput(orgParams, req.params, 'params');
     const query = parseInput(auditQuery, req.query, 'query');
     const urlView: UrlView = res.locals.auth!.key.scopes.includes('keys:write') ? 'whole' : 'origin';
-    res.json(await deps.service.list(id, { limit: query.limit, beforeSeq: query.cursor ?? null }, urlView));
+    res.json(await deps.service.list(id, { limit: query.limit, beforeSeq: query.cursor ?? null, actorKeyId: query.actorKeyId }, urlView));
   });
 
   return router;

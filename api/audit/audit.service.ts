@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { Db } from '../../shared/db';
 import { cursorPage, details, idString, isoTime, listOf } from '../responses';
 import { originOnly, type UrlView } from '../webhooks/webhooks.service';
+import { requireKeyInOrg } from '../keys/requireKeyInOrg';
 import { AUDIT_ACTIONS, auditActorShape, listAudit, type AuditRecord } from './audit.repository';
 
 const MAX_BIGINT = 9_223_372_036_854_775_807n;
@@ -56,8 +57,10 @@ export type AuditService = ReturnType<typeof createAuditService>;
 export function createAuditService(deps: { db: Db }) {
   return {
     /** Newest first; webhook URLs as `urlView` says. One row more than asked tells whether there is a next page. */
-    async list(orgId: string, page: { limit: number; beforeSeq: string | null }, urlView: UrlView): Promise<z.output<typeof auditList>> {
-      const rows = await listAudit(deps.db, orgId, { limit: page.limit + 1, beforeSeq: page.beforeSeq });
+    async list(orgId: string, page: { limit: number; beforeSeq: string | null; actorKeyId?: string }, urlView: UrlView): Promise<z.output<typeof auditList>> {
+      // A key of another org (or none) is not_found, not an empty page, as for webhooks and keys.
+      if (page.actorKeyId) await requireKeyInOrg(deps.db, orgId, page.actorKeyId);
+      const rows = await listAudit(deps.db, orgId, { ...page, limit: page.limit + 1 });
       const data = rows.slice(0, page.limit);
       const nextCursor = rows.length > page.limit ? encodeCursor(data[data.length - 1].seq) : null;
       return { data: data.map((entry) => toView(entry, urlView)), page: { limit: page.limit, nextCursor } };

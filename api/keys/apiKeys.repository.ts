@@ -22,6 +22,8 @@ export interface ApiKeyRecord {
   rotatedAt: Date | null;
   /** CIDRs the key is expected to be used from; null: anywhere. */
   expectedNetworks: string[] | null;
+  /** The key that created it; null: the CLI or the first run did, or not known (migrations/20261207000240). */
+  createdByKeyId: string | null;
 }
 
 interface ApiKeyRow {
@@ -40,6 +42,7 @@ interface ApiKeyRow {
   revoked_at: Date | null;
   rotated_at: Date | null;
   expected_networks: string[] | null;
+  created_by_key_id: string | null;
 }
 
 const toRecord = (row: ApiKeyRow): ApiKeyRecord => ({
@@ -58,6 +61,7 @@ const toRecord = (row: ApiKeyRow): ApiKeyRecord => ({
   revokedAt: row.revoked_at,
   rotatedAt: row.rotated_at,
   expectedNetworks: row.expected_networks,
+  createdByKeyId: row.created_by_key_id,
 });
 
 // PostgreSQL normalises each CIDR to its network (10.1.2.3/8 becomes 10.0.0.0/8).
@@ -74,6 +78,8 @@ export interface NewApiKey {
   scopes: Scope[];
   expiresAt: Date | null;
   expectedNetworks?: string[] | null;
+  /** The acting key; none from the CLI. */
+  createdByKeyId?: string | null;
 }
 
 /** Call it inside a transaction when the key has expected networks (two statements). */
@@ -88,6 +94,7 @@ export async function insertApiKey(db: Db, key: NewApiKey): Promise<ApiKeyRecord
       secret_pepper_id: key.secretPepperId,
       scopes: key.scopes,
       expires_at: key.expiresAt,
+      created_by_key_id: key.createdByKeyId ?? null,
     })
     .returning('*');
   // Citus refuses a subquery in an INSERT (networksValue's), and a key created with networks
@@ -119,14 +126,20 @@ export async function findApiKeyInOrg(db: Db, orgId: string, id: string): Promis
   return row && toRecord(row);
 }
 
-export async function listApiKeysInOrg(db: Db, orgId: string, page: { limit: number; offset: number }): Promise<{ keys: ApiKeyRecord[]; total: number }> {
+export async function listApiKeysInOrg(
+  db: Db,
+  orgId: string,
+  page: { limit: number; offset: number; createdByKeyId?: string },
+): Promise<{ keys: ApiKeyRecord[]; total: number }> {
+  // The org's keys, or those one key created (a leaked key's clean-up).
+  const matching = { org_id: orgId, ...(page.createdByKeyId === undefined ? {} : { created_by_key_id: page.createdByKeyId }) };
   const [rows, [{ count }]] = await Promise.all([
     db<ApiKeyRow>(TABLE.apiKeys)
-      .where({ org_id: orgId })
+      .where(matching)
       .orderBy([{ column: 'created_at' }, { column: 'id' }])
       .limit(page.limit)
       .offset(page.offset),
-    db(TABLE.apiKeys).where({ org_id: orgId }).count<{ count: number }[]>({ count: '*' }),
+    db(TABLE.apiKeys).where(matching).count<{ count: number }[]>({ count: '*' }),
   ]);
   return { keys: rows.map(toRecord), total: Number(count) };
 }

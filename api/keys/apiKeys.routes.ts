@@ -63,7 +63,12 @@ const rotateBody = z
   })
   .strict();
 
-const listQuery = z.object(pagination).strict();
+const listQuery = z
+  .object({
+    ...pagination,
+    createdByKeyId: uuid.optional().meta({ description: 'Only the keys this key created; a key of another org, or none, is a 404' }),
+  })
+  .strict();
 
 export const apiKeysRoutes: RouteContract[] = [
   {

@@ -57,6 +57,10 @@ export const apiKeyView = z
       .nullable()
       .meta({ description: 'The client address of that use; null without one, or once erased (IP_RETENTION_DAYS, key erase-ips)' }),
     expectedNetworks: z.array(z.string()).nullable(),
+    createdByKeyId: idString.nullable().meta({
+      description:
+        'The key that created it (null: made by the CLI or the first run, or before creators were recorded). A revoked key does not take the keys it created with it: list them with ?createdByKeyId=',
+    }),
   })
   .meta({ id: 'ApiKey' });
 export type ApiKeyView = z.output<typeof apiKeyView>;
@@ -135,6 +139,7 @@ export function toApiKeyView(key: ApiKeyRecord, now: number, previousUse?: Previ
     rotatedAt: iso(key.rotatedAt),
     ...previousSecretShown(key, now, previousUse),
     expectedNetworks: key.expectedNetworks,
+    createdByKeyId: key.createdByKeyId,
   };
 }
 
@@ -418,6 +423,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       scopes: input.scopes,
       expiresAt: input.expiresAt,
       expectedNetworks: networksOrNull(input.expectedNetworks),
+      createdByKeyId: context.actor?.id ?? null,
     };
     const outcome = await audited(
       orgId,
@@ -518,11 +524,13 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       return createKey(orgId, input, context, request);
     },
 
-    async list(orgId: string, page: { limit: number; offset: number }): Promise<z.output<typeof apiKeyList>> {
-      const { keys, total } = await listApiKeysInOrg(deps.db, orgId, page);
+    async list(orgId: string, query: { limit: number; offset: number; createdByKeyId?: string }): Promise<z.output<typeof apiKeyList>> {
+      // A key of another org (or none) is not_found, not an empty page, as for webhooks.
+      if (query.createdByKeyId) await requireKey(orgId, query.createdByKeyId);
+      const { keys, total } = await listApiKeysInOrg(deps.db, orgId, query);
       const now = deps.now();
       const uses = await previousUsesOf(orgId, keys, now);
-      return { data: keys.map((key) => toApiKeyView(key, now, uses.get(key.id))), page: { ...page, total } };
+      return { data: keys.map((key) => toApiKeyView(key, now, uses.get(key.id))), page: { limit: query.limit, offset: query.offset, total } };
     },
 
     async get(orgId: string, keyId: string) {

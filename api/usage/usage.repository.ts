@@ -32,6 +32,7 @@ export interface KeyUsageRecord {
   createdAt: Date;
   expiresAt: Date | null;
   revokedAt: Date | null;
+  createdByKeyId: string | null;
   lastUsedAt: Date | null;
   lastUsedIp: string | null;
   requestCount: Count;
@@ -72,6 +73,8 @@ export interface UsageQuery {
   nameContains: string | null;
   /** When set, only this key (the dashboard's key page). */
   keyId: string | null;
+  /** When set, only the keys this key created (a leaked key's clean-up). */
+  createdByKeyId?: string | null;
   /** Events counted per key are those since this instant. */
   eventsSince: Date;
   sort: UsageSort;
@@ -161,6 +164,7 @@ function filters(query: UsageQuery): string {
   if (query.dormant !== null) conditions.push(query.dormant ? DORMANT : `not ${DORMANT}`);
   if (query.nameContains) conditions.push("k.name ilike :namePattern escape '\\'");
   if (query.keyId) conditions.push('k.id = :keyId');
+  if (query.createdByKeyId) conditions.push('k.created_by_key_id = :createdByKeyId');
   return conditions.map((condition) => `and ${condition}`).join(' ');
 }
 
@@ -179,7 +183,7 @@ function pageKeys(query: UsageQuery, direction: string): string {
             limit :limit offset :offset`;
 }
 
-const PAGE_COLUMNS = `select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at,
+const PAGE_COLUMNS = `select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.created_by_key_id,
                   k.rotated_at, k.previous_secret_expires_at, u.previous_secret_last_used_at, u.previous_secret_last_used_ip,
                   u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
                   u.last_failed_at, u.last_failed_ip, u.last_revoked_use_at, u.last_expired_use_at, ${DORMANT} as dormant`;
@@ -219,7 +223,8 @@ function busiestKeys(query: UsageQuery): string {
                     order by ranked.request_count desc, ranked.key_id
                     limit :limit offset :offset) b
             cross join lateral (
-              select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.rotated_at, k.previous_secret_expires_at
+              select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.created_by_key_id, k.rotated_at,
+                     k.previous_secret_expires_at
                 from ${TABLE.apiKeys} k where k.org_id = :orgId and k.id = b.key_id limit 1
             ) k
              left join ${TABLE.usage} u on u.org_id = :orgId and u.key_id = k.id`;
@@ -237,6 +242,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
     dormantBefore: query.dormantBefore,
     namePattern: query.nameContains ? likePattern(query.nameContains) : null,
     keyId: query.keyId,
+    createdByKeyId: query.createdByKeyId ?? null,
     eventsSince: query.eventsSince,
     afterCreatedAt: query.after?.createdAt ?? null,
     afterId: query.after?.id ?? null,
@@ -288,6 +294,7 @@ type KeyUsageRow = {
   created_at: Date;
   expires_at: Date | null;
   revoked_at: Date | null;
+  created_by_key_id: string | null;
   last_used_at: Date | null;
   last_used_ip: string | null;
   request_count: Count;
@@ -322,6 +329,7 @@ function toKeyUsage(row: KeyUsageRow): KeyUsageRecord {
     createdAt: row.created_at,
     expiresAt: row.expires_at,
     revokedAt: row.revoked_at,
+    createdByKeyId: row.created_by_key_id,
     lastUsedAt: row.last_used_at,
     lastUsedIp: row.last_used_ip,
     requestCount: row.request_count,

@@ -16,6 +16,7 @@ const listQuery = z
     sort: z.enum(['createdAt', 'lastUsedAt', 'requestCount'], { error: 'must be createdAt, lastUsedAt or requestCount' }).default('createdAt'),
     order: z.enum(['asc', 'desc'], { error: 'must be asc or desc' }).default('desc'),
     keyId: uuid.optional(),
+    createdByKeyId: uuid.optional().meta({ description: 'Only the keys this key created; a key of another org, or none, is a 404' }),
     q: displayName.optional(),
     after: uuid.optional().meta({
       description:

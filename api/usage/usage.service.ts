@@ -43,7 +43,7 @@ const keyUsage = z
     lastExpiredUseAt: isoTime.nullable(),
     events: z.object({ days: z.number().int(), counts: z.partialRecord(z.enum(EVENT_TYPES), z.number().int()), latestAt: isoTime.nullable() }),
     // As the key view says them, so a page of keys needs no view of each.
-    ...apiKeyView.pick({ previousSecretExpiresAt: true, previousSecretLastUsedAt: true, previousSecretLastUsedIp: true }).shape,
+    ...apiKeyView.pick({ previousSecretExpiresAt: true, previousSecretLastUsedAt: true, previousSecretLastUsedIp: true, createdByKeyId: true }).shape,
   })
   .meta({ id: 'KeyUsage' });
 
@@ -82,6 +82,7 @@ function toUsageView(key: KeyUsageRecord, now: number, eventSummaryDays: number)
     createdAt: key.createdAt.toISOString(),
     expiresAt: isoOrNull(key.expiresAt),
     revokedAt: isoOrNull(key.revokedAt),
+    createdByKeyId: key.createdByKeyId,
     lastUsedAt: isoOrNull(key.lastUsedAt),
     lastUsedIp: key.lastUsedIp,
     recentIps: key.recentIps.map(isoSeen),
@@ -116,6 +117,7 @@ type ListQuery = {
   dormantDays: number;
   nameContains?: string;
   keyId?: string;
+  createdByKeyId?: string;
   sort: UsageSort;
   order: 'asc' | 'desc';
   after?: string;
@@ -152,7 +154,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
     async list(orgId: string, query: ListQuery): Promise<z.output<typeof usageList>> {
       const now = deps.now();
       // A key of another org (or none) is not_found, not an empty page.
-      if (query.keyId) await requireKeyInOrg(deps.db, orgId, query.keyId);
+      for (const keyId of [query.keyId, query.createdByKeyId]) if (keyId) await requireKeyInOrg(deps.db, orgId, keyId);
       const after = await afterPosition(deps.db, orgId, query);
       const { keys, total } = await listKeyUsage(deps.db, {
         orgId,
@@ -162,6 +164,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
         dormant: query.dormant ?? null,
         nameContains: query.nameContains ?? null,
         keyId: query.keyId ?? null,
+        createdByKeyId: query.createdByKeyId ?? null,
         eventsSince: new Date(now - deps.eventSummaryDays * DAY_MS),
         sort: query.sort,
         order: query.order,
