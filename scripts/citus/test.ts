@@ -18,6 +18,7 @@ export const FILES = [
   'test/idempotencyKeys.test.ts',
   'test/webhookDeleteChunks.test.ts',
   'test/ipPrivacy.test.ts',
+  'test/keyCreator.test.ts',
   'test/citus/distributed.citus.ts',
 ];
 const DATABASE = 'keyusage_citus_test';
