@@ -38,6 +38,14 @@ export interface KeyUsageDelta {
   lastRevokedUseAt: number;
   lastExpiredUseAt: number;
   /**
+   * The addresses of the revoked (expired) uses, for their event: absent while the delta holds none
+   * (a row an earlier collector logged holds none either). The event named lastIp, the newest use
+   * of any outcome: after a revoke often the rightful service still retrying, and the leaked
+   * secret's holder was in no event.
+   */
+  revokedIps?: Map<string, IpStat>;
+  expiredIps?: Map<string, IpStat>;
+  /**
    * The newest proven use of the key's previous secret (a rotation's grace period, a line tagged
    * `secret:previous`) and its address: -Infinity and '' when none. A wrong secret never sets it.
    */
@@ -347,8 +355,11 @@ export function mergeBatches(batches: readonly UsageBatch[], maxIpsPerKey = DEFA
   const keys = [...merged.values()];
   for (const delta of keys) {
     delta.ips = keptIps(delta.ips, maxIpsPerKey);
-    // Failed attempts' addresses feed no history and no event: the newest only.
+    // Failed attempts' addresses feed no history and no event: the newest only. So do refused uses'
+    // beyond their event's list.
     delta.failedIps = keptIps(delta.failedIps, maxIpsPerKey, 0);
+    if (delta.revokedIps !== undefined) delta.revokedIps = keptIps(delta.revokedIps, maxIpsPerKey, 0);
+    if (delta.expiredIps !== undefined) delta.expiredIps = keptIps(delta.expiredIps, maxIpsPerKey, 0);
   }
   return { keys, uses };
 }
@@ -375,6 +386,8 @@ export class DeltaCoalescer {
     for (const delta of keys) {
       if (delta.ips.size > this.maxIpsPerKey) delta.ips = keptIps(delta.ips, this.maxIpsPerKey);
       if (delta.failedIps.size > this.maxIpsPerKey) delta.failedIps = keptIps(delta.failedIps, this.maxIpsPerKey, 0);
+      if (delta.revokedIps !== undefined && delta.revokedIps.size > this.maxIpsPerKey) delta.revokedIps = keptIps(delta.revokedIps, this.maxIpsPerKey, 0);
+      if (delta.expiredIps !== undefined && delta.expiredIps.size > this.maxIpsPerKey) delta.expiredIps = keptIps(delta.expiredIps, this.maxIpsPerKey, 0);
     }
     return keys;
   }
@@ -408,6 +421,8 @@ function mergeInto(into: KeyUsageDelta, from: KeyUsageDelta): void {
   into.lastExpiredUseAt = Math.max(into.lastExpiredUseAt, from.lastExpiredUseAt);
   mergeIps(into.ips, from.ips);
   mergeIps(into.failedIps, from.failedIps);
+  if (from.revokedIps !== undefined) mergeIps((into.revokedIps ??= new Map()), from.revokedIps);
+  if (from.expiredIps !== undefined) mergeIps((into.expiredIps ??= new Map()), from.expiredIps);
 }
 
 function mergeIps(into: Map<string, IpStat>, from: Map<string, IpStat>): void {

@@ -7,7 +7,7 @@ import { BASELINE_DAYS, type EventType } from '../shared/keyEvents';
 import { canonicalIpv6 } from '../shared/ipv6Canonical';
 import { truncationBits } from '../shared/ipTruncation';
 import { provenCount } from '../shared/usageWire';
-import type { KeyUsageDelta } from './aggregator';
+import type { IpStat, KeyUsageDelta } from './aggregator';
 import { DAY_MS, HOUR_MS, hourOf } from '../shared/timeUnits';
 
 export interface KeyEvent {
@@ -154,8 +154,23 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionT
     const dedupe = `${hourIso(delta.lastUsedAt)}:${networksDigest(facts.expectedNetworks!)}`;
     emit('key.outside_networks', delta.lastUsedAt, { ips: outside.ips, expectedNetworks: facts.expectedNetworks, ...omitted }, dedupe);
   }
-  if (delta.lastRevokedUseAt > -Infinity) emit('key.revoked_used', delta.lastRevokedUseAt, { ip: delta.lastIp }, hourIso(delta.lastRevokedUseAt));
-  if (delta.lastExpiredUseAt > -Infinity) emit('key.expired_used', delta.lastExpiredUseAt, { ip: delta.lastIp }, hourIso(delta.lastExpiredUseAt));
+  if (delta.lastRevokedUseAt > -Infinity)
+    emit('key.revoked_used', delta.lastRevokedUseAt, refusedDetails(delta.revokedIps, delta), hourIso(delta.lastRevokedUseAt));
+  if (delta.lastExpiredUseAt > -Infinity)
+    emit('key.expired_used', delta.lastExpiredUseAt, refusedDetails(delta.expiredIps, delta), hourIso(delta.lastExpiredUseAt));
+}
+
+// The addresses the refused uses came from, newest first, as key.outside_networks names its own.
+// `ip` was the newest address of any use in the flush: right after a revoke, the rightful service
+// still retrying until redeployed, so the leaked secret's holder was in no event. It is now the
+// newest refused use's; the key's last use (lastIp) only for a delta holding no such list (logged
+// by an earlier collector).
+function refusedDetails(ips: Map<string, IpStat> | undefined, delta: KeyUsageDelta): Record<string, unknown> {
+  if (ips === undefined || ips.size === 0) return { ip: delta.lastIp };
+  const newest = [...ips].sort(([, a], [, b]) => b.lastSeen - a.lastSeen).map(([ip]) => ip);
+  const listed = newest.slice(0, OUTSIDE_IPS_PER_EVENT);
+  const omitted = newest.length - listed.length;
+  return { ip: listed[0], ips: listed, ...(omitted > 0 ? { ipsOmitted: omitted } : {}) };
 }
 
 // The networks that are not the first use's own: those first used more than one flush interval
@@ -185,6 +200,7 @@ function networksDigest(networks: readonly string[]): string {
 // A flush's key holds at most 16 addresses, but a fold's holds every address of the log rows it
 // takes: with folds behind, one event (and each webhook's copy) listed thousands, growing with the
 // backlog (a review: 3,200 addresses, 47 kB, from 200 rows). The newest are named, the rest counted.
+// So are a revoked (expired) key's refused uses' (refusedDetails).
 export const OUTSIDE_IPS_PER_EVENT = 16;
 
 function newestOutside(delta: KeyUsageDelta, networks: readonly string[] | null, truncated?: boolean): { ips: string[]; omitted: number } {

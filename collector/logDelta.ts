@@ -11,18 +11,29 @@ import { forEachHour, forEachIp, hourCount, ipCount } from './pendingKey';
 // failed ones (each: their number, then address, count, first seen, last seen); then, only when the
 // delta holds a use of the key's previous secret, its time and address (a row without them is
 // what a collector before them wrote and reads: a rolling deploy sets aside only the rows of
-// previous secrets, never the rest; shared/usageLogDelta.ts erases that address). Times are epoch
-// ms; -Infinity ("no such use") is null, as JSON.stringify writes it. Flat, not nested: a nested
-// array per hour and address cost the 100 k-key append about 40 % more CPU to build. Written as
-// the bytes of the append's COPY (collector/copyBytes.ts).
+// previous secrets, never the rest; shared/usageLogDelta.ts erases that address); then, only when
+// it holds revoked or expired uses' addresses, those two lists as the others (after a previous
+// secret's time and address, null and "" when none; again only such rows are another version's).
+// Times are epoch ms; -Infinity ("no such use") is null, as JSON.stringify writes it. Flat, not
+// nested: a nested array per hour and address cost the 100 k-key append about 40 % more CPU to
+// build. Written as the bytes of the append's COPY (collector/copyBytes.ts).
 function writeIps(out: CopyBytes, k: KeyUsageDelta, proven: boolean): void {
   out.byte(COMMA);
   out.jsonNumber(ipCount(k, proven));
-  forEachIp(k, proven, (ip, count, firstSeen, lastSeen) => {
-    out.byte(COMMA);
-    out.jsonString(ip);
-    writeNumbers(out, count, firstSeen, lastSeen);
-  });
+  forEachIp(k, proven, (ip, count, firstSeen, lastSeen) => writeIp(out, ip, count, firstSeen, lastSeen));
+}
+
+function writeIp(out: CopyBytes, ip: string, count: number, firstSeen: number, lastSeen: number): void {
+  out.byte(COMMA);
+  out.jsonString(ip);
+  writeNumbers(out, count, firstSeen, lastSeen);
+}
+
+// A refused use's list: made by few keys (a revoked or expired one still used), so from its Map.
+function writeIpMap(out: CopyBytes, ips: Map<string, IpStat> | undefined): void {
+  out.byte(COMMA);
+  out.jsonNumber(ips?.size ?? 0);
+  ips?.forEach((stat, ip) => writeIp(out, ip, stat.count, stat.firstSeen, stat.lastSeen));
 }
 
 // Each number after a comma.
@@ -57,10 +68,16 @@ function writeDelta(out: CopyBytes, k: KeyUsageDelta): void {
   });
   writeIps(out, k, true);
   writeIps(out, k, false);
-  if (k.lastPreviousSecretAt !== -Infinity) {
+  const [revokedIps, expiredIps] = [k.revokedIps, k.expiredIps];
+  const refused = (revokedIps?.size ?? 0) + (expiredIps?.size ?? 0) > 0;
+  if (k.lastPreviousSecretAt !== -Infinity || refused) {
     writeNumbers(out, k.lastPreviousSecretAt);
     out.byte(COMMA);
     out.jsonString(k.lastPreviousSecretIp);
+  }
+  if (refused) {
+    writeIpMap(out, revokedIps);
+    writeIpMap(out, expiredIps);
   }
   out.byte(CLOSE);
 }
@@ -136,11 +153,13 @@ export function decodeDelta(keyId: string, orgId: string, text: string): KeyUsag
   for (let n = r.number(); n > 0; n -= 1) hours.set(r.number(), r.counts());
   const ips = r.ips();
   const failedIps = r.ips();
-  // Written only when there was such a use (writeDelta).
+  // Written only when there was such a use, or refused uses' addresses follow (writeDelta).
   const [lastPreviousSecretAt, lastPreviousSecretIp] = r.atEnd() ? [-Infinity, ''] : [r.time(), r.text()];
+  const refused = r.atEnd() ? {} : refusedIps(r.ips(), r.ips());
   r.end();
   return {
     ...emptyDelta(keyId, orgId, ips, failedIps, hours),
+    ...refused,
     total,
     byOutcome,
     lastUsedAt,
@@ -152,4 +171,9 @@ export function decodeDelta(keyId: string, orgId: string, text: string): KeyUsag
     lastPreviousSecretAt,
     lastPreviousSecretIp,
   };
+}
+
+// Absent, not empty, as a drained key's when it holds none.
+function refusedIps(revokedIps: Map<string, IpStat>, expiredIps: Map<string, IpStat>): Pick<KeyUsageDelta, 'revokedIps' | 'expiredIps'> {
+  return { ...(revokedIps.size > 0 ? { revokedIps } : {}), ...(expiredIps.size > 0 ? { expiredIps } : {}) };
 }

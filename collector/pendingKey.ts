@@ -70,6 +70,10 @@ export class PendingKey implements KeyUsageDelta {
   // 786-857 ms against 363-488, docs/benchmarks.md §4). No line is added once a Map is made.
   #ips: Addresses;
   #failedIps: Addresses;
+  // The addresses of revoked (expired) uses, for their event: a list made by the first such use, so
+  // a key whose uses are allowed carries nothing more, and an allowed line does nothing more.
+  #revokedIps: Addresses;
+  #expiredIps: Addresses;
   // The first proven address held in the key itself: most keys are used from one address in a
   // flush interval, and a list of their own (two heap objects) lived the interval. A second
   // address, or the Map's making, moves it into #ips, so at most one of the two holds addresses.
@@ -100,8 +104,13 @@ export class PendingKey implements KeyUsageDelta {
         this.lastIp = ip;
       }
       this.#touchProvenIp(ip, count, at, maxIps);
-      if (outcome === 'revoked' && this.#isLatest(REVOKED, this.#lastRevokedUse, at)) this.#lastRevokedUse = at;
-      else if (outcome === 'expired' && this.#isLatest(EXPIRED, this.#lastExpiredUse, at)) this.#lastExpiredUse = at;
+      if (outcome === 'revoked') {
+        if (this.#isLatest(REVOKED, this.#lastRevokedUse, at)) this.#lastRevokedUse = at;
+        this.#revokedIps = touchIp(this.#revokedIps as RecentIps | undefined, ip, count, at, maxIps);
+      } else if (outcome === 'expired') {
+        if (this.#isLatest(EXPIRED, this.#lastExpiredUse, at)) this.#lastExpiredUse = at;
+        this.#expiredIps = touchIp(this.#expiredIps as RecentIps | undefined, ip, count, at, maxIps);
+      }
       if (previousSecret && this.#isLatest(PREVIOUS_SECRET, this.#lastPreviousSecret, at)) {
         this.#lastPreviousSecret = at;
         this.lastPreviousSecretIp = ip;
@@ -192,6 +201,18 @@ export class PendingKey implements KeyUsageDelta {
   }
   set failedIps(ips: Map<string, IpStat>) {
     this.#failedIps = ips;
+  }
+  get revokedIps(): Map<string, IpStat> | undefined {
+    return this.#revokedIps === undefined ? undefined : (this.#revokedIps = ipMap(this.#revokedIps, this.#base.at));
+  }
+  set revokedIps(ips: Map<string, IpStat> | undefined) {
+    this.#revokedIps = ips;
+  }
+  get expiredIps(): Map<string, IpStat> | undefined {
+    return this.#expiredIps === undefined ? undefined : (this.#expiredIps = ipMap(this.#expiredIps, this.#base.at));
+  }
+  set expiredIps(ips: Map<string, IpStat> | undefined) {
+    this.#expiredIps = ips;
   }
   get hours(): Map<number, HourCounts> {
     return (this.#hours ??= new Map<number, HourCounts>().set(this.#base.at + this.#hour, { ...this.byOutcome }));

@@ -7,7 +7,9 @@ import { OUTCOMES } from './usageWire';
 // count per outcome, last used (time, address), last failed (time, address), last revoked use,
 // last expired use, the number of hours, each hour (its time and a count per outcome), then the
 // addresses: the proven ones and the failed ones, each list its length and four fields an address;
-// then, only in a delta holding a use of the key's previous secret, its time and address.
+// then, only in a delta holding a use of the key's previous secret or a refused use's address, the
+// previous secret's time and address (null and "" when none); then, only in the latter, the revoked
+// and the expired uses' addresses, two more such lists.
 const HEAD = 1 + OUTCOMES.length;
 export const LOG_DELTA = {
   lastIp: HEAD + 1,
@@ -27,9 +29,10 @@ const afterAddresses = (delta: string) => `(${failedListAt(delta)} + 1 + 4 * cas
 /**
  * SQL over a text column holding deltas: `holdsIp`, whether the delta keeps an address; `erased`,
  * the delta without any (its last addresses empty, both address lists empty, a previous secret's
- * last address empty). Counts, hours and times stay: a fold of an erased row writes its uses
- * without an address. Immutable functions only: Citus refuses a stable one (jsonb_build_array)
- * inside a CASE of an UPDATE of a distributed table.
+ * last address empty, the refused uses' lists left out as a delta holding none is written).
+ * Counts, hours and times stay: a fold of an erased row writes its uses without an address.
+ * Immutable functions only: Citus refuses a stable one (jsonb_build_array) inside a CASE of an
+ * UPDATE of a distributed table.
  */
 export function deltaIpsSql(column: string) {
   const delta = `cast(${column} as jsonb)`;
@@ -37,7 +40,7 @@ export function deltaIpsSql(column: string) {
   const lists = `cast(${delta} ->> (${beforeAddresses(delta)}) as int) + cast(${delta} ->> ${failedListAt(delta)} as int)`;
   return {
     holdsIp: `(${delta} ->> ${LOG_DELTA.lastIp} <> '' or ${delta} ->> ${LOG_DELTA.lastFailedIp} <> '' or ${lists} > 0
-               or coalesce(${delta} ->> (${afterAddresses(delta)} + 1), '') <> '')`,
+               or coalesce(${delta} ->> (${afterAddresses(delta)} + 1), '') <> '' or jsonb_array_length(${delta}) > ${afterAddresses(delta)} + 2)`,
     erased: `cast((select jsonb_agg(case when e.n - 1 in (${LOG_DELTA.lastIp}, ${LOG_DELTA.lastFailedIp}) then ${empty} else e.v end order by e.n)
                      from jsonb_array_elements(${delta}) with ordinality as e(v, n)
                     where e.n <= ${beforeAddresses(delta)}) || '[0, 0]'::jsonb

@@ -692,7 +692,13 @@ function modelAdd(entries: Map<string, KeyUsageDelta>, sample: UsageSample, now:
   if (!proven && now >= entry.lastFailedAt) [entry.lastFailedAt, entry.lastFailedIp] = [now, ip];
   if (outcome === 'revoked') entry.lastRevokedUseAt = Math.max(entry.lastRevokedUseAt, now);
   if (outcome === 'expired') entry.lastExpiredUseAt = Math.max(entry.lastExpiredUseAt, now);
-  const ips = proven ? entry.ips : entry.failedIps;
+  // A refused use's address is also its event's (revokedIps, expiredIps), kept alike.
+  if (outcome === 'revoked') modelTouch((entry.revokedIps ??= new Map()), ip, count, now, maxIps);
+  if (outcome === 'expired') modelTouch((entry.expiredIps ??= new Map()), ip, count, now, maxIps);
+  modelTouch(proven ? entry.ips : entry.failedIps, ip, count, now, maxIps);
+}
+
+function modelTouch(ips: Map<string, IpStat>, ip: string, count: number, now: number, maxIps: number): void {
   const stat = ips.get(ip);
   if (stat !== undefined) {
     stat.count += count;

@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import t from 'tap';
-import { Aggregator } from '../collector/aggregator';
+import { Aggregator, DeltaCoalescer } from '../collector/aggregator';
 import {
   deferredNetworkEvents,
   detectKeyEvents,
@@ -306,7 +306,72 @@ t.test('key.revoked_used and key.expired_used: one per key per hour of the use',
       ['key.expired_used', `key.expired_used:${KEY}:${new Date(HOUR + 3_600_000).toISOString()}`],
     ],
   );
-  t.strictSame(events[0].details, { ip: '198.51.100.1' });
+  t.strictSame(events[0].details, { ip: '198.51.100.1', ips: ['198.51.100.1'] });
+});
+
+// Found by an incident-response review: `ip` was the newest address of any use in the flush. Right
+// after a revoke the rightful service, retrying until redeployed, is often the newest, and the
+// leaked secret's holder was in no event.
+t.test('key.revoked_used names every address a revoked use came from, newest first', async (t) => {
+  const [attacker, service] = ['198.51.100.7', '10.1.2.3'];
+  const d = delta([
+    { outcome: 'revoked', ip: attacker, count: 5, at: HOUR + 1000 },
+    { outcome: 'revoked', ip: service, at: HOUR + 2000 },
+    { outcome: 'revoked', ip: attacker, count: 5, at: HOUR + 3000 },
+  ]);
+  const [event] = detectKeyEvents(d, facts({ hours: [] }), RULES);
+  t.equal(event.type, 'key.revoked_used');
+  t.strictSame(event.details, { ip: attacker, ips: [attacker, service] });
+
+  const serviceLast = delta([
+    { outcome: 'revoked', ip: attacker, count: 5, at: HOUR + 1000 },
+    { outcome: 'revoked', ip: service, at: HOUR + 2000 },
+  ]);
+  t.strictSame(
+    detectKeyEvents(serviceLast, facts({ hours: [] }), RULES)[0].details,
+    { ip: service, ips: [service, attacker] },
+    'the attacker named, after the service',
+  );
+});
+
+t.test("key.revoked_used's ip is the newest refused use's, not a later allowed one's", async (t) => {
+  // A use allowed after the revoked one: an instance whose cache had not heard of the revoke yet.
+  const d = delta([
+    { outcome: 'revoked', ip: '198.51.100.7', at: HOUR + 1000 },
+    { outcome: 'ok', ip: '10.1.2.3', at: HOUR + 2000 },
+  ]);
+  t.equal(d.lastIp, '10.1.2.3');
+  t.strictSame(detectKeyEvents(d, facts({ hours: [] }), RULES)[0].details, { ip: '198.51.100.7', ips: ['198.51.100.7'] });
+});
+
+t.test('key.expired_used names its own addresses, not the revoked ones', async (t) => {
+  const d = delta([
+    { outcome: 'expired', ip: '203.0.113.1', at: HOUR + 1000 },
+    { outcome: 'revoked', ip: '198.51.100.7', at: HOUR + 2000 },
+  ]);
+  const events = detectKeyEvents(d, facts({ hours: [] }), RULES);
+  t.strictSame(
+    events.map((e) => [e.type, e.details]),
+    [
+      ['key.revoked_used', { ip: '198.51.100.7', ips: ['198.51.100.7'] }],
+      ['key.expired_used', { ip: '203.0.113.1', ips: ['203.0.113.1'] }],
+    ],
+  );
+});
+
+t.test("a fold's key.revoked_used names the 16 newest refused addresses and counts the rest", async (t) => {
+  // A fold keeps every address of the rows it takes (collector/usageLog.ts): two flushes of 12.
+  const flush = (first: number) =>
+    delta(Array.from({ length: 12 }, (_, i) => ({ outcome: 'revoked' as const, ip: `198.51.100.${first + i}`, at: HOUR + 1000 * (first + i) })));
+  const fold = new DeltaCoalescer(Number.POSITIVE_INFINITY);
+  fold.add(flush(0));
+  fold.add(flush(12));
+  const [key] = fold.keys();
+  t.equal(key.revokedIps?.size, 24);
+  const [event] = detectKeyEvents(key, facts({ hours: [] }), RULES);
+  const newest = Array.from({ length: OUTSIDE_IPS_PER_EVENT }, (_, i) => `198.51.100.${23 - i}`);
+  t.strictSame(event.details, { ip: '198.51.100.23', ips: newest, ipsOmitted: 8 });
+  t.equal(flush(0).revokedIps?.size, 12, 'a flush keeps up to 16 of its own');
 });
 
 // IP erasure (shared/ipRetention.ts) clears the detail fields it is told about; an address under

@@ -114,6 +114,28 @@ t.test('a use from outside the expected networks: an event, not a refusal', asyn
   t.strictSame(countByType(await eventsOf(system.db, inside.id)), { 'key.first_use': 1 });
 });
 
+// Found by an incident-response review: the event named the flush's newest address of any use,
+// after a revoke often the rightful service still retrying; the leaked secret's holder was in none.
+t.test("key.revoked_used names the address of every refused use, the leaked secret's holder too", async (t) => {
+  const system = await wiredSystem(t);
+  const { api, org, adminKey, db } = system;
+  const leaked = await createKey(system, 'leaked');
+  await api.request('POST', `/api/orgs/${org.id}/api-keys/${leaked.id}/revoke`, { key: adminKey });
+  const [holder, service] = ['127.0.0.1', SECOND_NETWORK];
+  await whoami(system, leaked.key, 3, holder);
+  await whoami(system, leaked.key, 1, service);
+  await whoami(system, leaked.key, 3, holder);
+  await settle(system);
+  const [event] = (await eventsOf(db, leaked.id)).filter((e) => e.type === 'key.revoked_used');
+  t.strictSame([...event.details.ips].sort(), [holder, service].sort(), 'both addresses');
+  t.ok([holder, service].includes(event.details.ip), '`ip` is one of them, the newest');
+  const usage = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?limit=100`, { key: adminKey });
+  t.match(
+    usage.body.data.find((k: { id: string }) => k.id === leaked.id),
+    { events: { counts: { 'key.revoked_used': 1 } } },
+  );
+});
+
 t.test('the right secret on a revoked or an expired key, and a burst of wrong secrets', async (t) => {
   const system = await wiredSystem(t, { EVENTS_FAILED_ATTEMPTS_PER_HOUR: '20' });
   const { api, org, adminKey, db } = system;

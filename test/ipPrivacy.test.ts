@@ -51,6 +51,7 @@ const eventDetails = (ip: string | null): Record<string, Record<string, unknown>
   'key.first_use': { ip },
   'key.new_ip': { ip, prefix: ip && `${ip.replace(/\.\d+$/, '.0')}/24` },
   'key.outside_networks': { ips: ip && [ip], expectedNetworks: ['10.0.0.0/8'] },
+  'key.revoked_used': { ip, ips: ip && [ip] },
 });
 
 // Addresses for a key in every table that holds one, seen `daysAgo`.
@@ -140,15 +141,15 @@ const IPS_ERASED = {
   deliveries: ERASED_DETAILS,
   unreadableLog: [],
 };
-// Per table: rows deleted or fields cleared. Four of the five events (and their deliveries) hold an address.
+// Per table: rows deleted or fields cleared. Five of the six events (and their deliveries) hold an address.
 const ONE_KEY_ERASED = {
   api_key_recent_ips: 1,
   api_key_failed_ips: 1,
   api_key_ip_history: 1,
   api_key_usage: 2,
   audit_log: 1,
-  key_events: 4,
-  webhook_deliveries: 4,
+  key_events: 5,
+  webhook_deliveries: 5,
   api_key_usage_log: 0,
   api_key_usage_set_aside: 1,
 };

@@ -2,7 +2,7 @@
 // and a fold applies the log to the usage tables, exactly once, coalescing every flush of a key.
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
-import { Aggregator, type KeyUsageDelta } from '../collector/aggregator';
+import { Aggregator, emptyDelta, type KeyUsageDelta } from '../collector/aggregator';
 import { createUsageStore, FOLD_MAX_ROWS, TAKE_BATCH_ROWS } from '../collector/usageLog';
 import { decodeDelta, writeLogLine } from '../collector/logDelta';
 import { chunksWritten } from '../collector/copyBytes';
@@ -17,7 +17,7 @@ import { eraseKeyIps } from '../shared/ipRetention';
 import { sweepTimeEvents } from '../collector/eventStore';
 import { TABLE } from '../shared/tables';
 import { runCli } from '../scripts/cli';
-import { FOLD_LOCK_CLASS, LOG_DELTA, requeueUnreadable } from '../shared/usageLogDelta';
+import { deltaIpsSql, FOLD_LOCK_CLASS, LOG_DELTA, requeueUnreadable } from '../shared/usageLogDelta';
 import { createOrg, insertKeys } from '../bench/lib/database';
 import { freshDatabase, onCitus } from './helpers/database';
 import { PgProxy } from './helpers/faults';
@@ -197,6 +197,13 @@ t.test('append then fold writes exactly the rows a direct flush writes', { skip:
   t.ok(
     latest(afterFold).every((at, i) => at >= latest(written)[i]) && latest(afterFold).length > 0,
     'a revoked or expired use is reported with the latest such use of the fold',
+  );
+  // Every key's revoked and expired uses came from two addresses in each flush (batchOf).
+  const refusedIps = (tables: typeof written) =>
+    tables.events.filter((e) => LATEST_OF_FOLD.includes(String(e.type))).map((e) => (e.details as { ips: string[] }).ips);
+  t.ok(
+    refusedIps(afterFold).every((ips, i) => refusedIps(written)[i].every((ip) => ips.includes(ip))),
+    "the fold's events name every address the direct write's first flush named: the addresses survive the log",
   );
   t.match(await store.fold(), { keysWritten: 0, usesWritten: 0, statements: 0 }, 'a fold of an empty log writes nothing');
 });
@@ -604,6 +611,35 @@ t.test("an erasure of a key's addresses reaches its rows in the usage log: the f
   t.ok(other.recent > 0 && other.failed > 0 && other.history > 0 && other.totals.last_used_ip, 'the other key keeps its addresses');
   t.match(other.totals, { previous_secret_last_used_ip: '198.51.100.1', previous_secret_last_used_at: previousAt(kept) }, "the previous secret's too");
   t.equal(Number(other.totals.request_count), provenOf(kept), 'and its uses');
+  // The addresses of a revoked or expired key's uses ride in the row for their events (logDelta.ts).
+  const refusedEvents = async (keyId: string) =>
+    (await db(TABLE.keyEvents).where({ key_id: keyId }).whereIn('type', LATEST_OF_FOLD).orderBy('type')).map((e) => e.details as Record<string, unknown>);
+  t.strictSame(await refusedEvents(erased), [{ ip: '' }, { ip: '' }], "the fold's events name none of the erased key's refused uses");
+  const keptRefused = await refusedEvents(kept);
+  t.ok(keptRefused.length === 2 && keptRefused.every((details) => Array.isArray(details.ips) && details.ips.length > 0), "the other key's name theirs");
+});
+
+// A merged batch keeps a key's newest refused addresses apart from its proven ones (mergeBatches),
+// so one may be in no other field of the row: a row holding only such addresses is found too.
+t.test("the erasure's SQL finds a row whose only address is a refused use's, and clears it", async (t) => {
+  const { db } = await freshDatabase(t);
+  const stat = { count: 2, firstSeen: NOW, lastSeen: NOW + 1 };
+  const only = (field: 'revokedIps' | 'expiredIps', ip: string): KeyUsageDelta => ({
+    ...emptyDelta(randomUUID(), randomUUID()),
+    total: 2,
+    byOutcome: { ...emptyDelta('', '').byOutcome, [field === 'revokedIps' ? 'revoked' : 'expired']: 2 },
+    [field]: new Map([[ip, stat]]),
+  });
+  const sql = deltaIpsSql('d.delta');
+  for (const delta of [only('revokedIps', '198.51.100.7'), only('expiredIps', '2001:db8::7')]) {
+    const line = deltaOfLine(delta);
+    const [row] = (await db.raw(`select ${sql.holdsIp} as holds, ${sql.erased} as erased from (select cast(? as text) as delta) d`, [line])).rows;
+    t.equal(row.holds, true, 'found');
+    const erased = decodeDelta(delta.keyId, delta.orgId, row.erased);
+    t.strictSame([erased.revokedIps, erased.expiredIps, erased.total], [undefined, undefined, 2], 'no address left, the counts kept');
+    const [again] = (await db.raw(`select ${sql.holdsIp} as holds from (select cast(? as text) as delta) d`, [row.erased])).rows;
+    t.equal(again.holds, false, 'erased once');
+  }
 });
 
 // A requeue committed while an erasure of the key ran: the erasure took the log first and the

@@ -22,6 +22,9 @@ export function plainDelta(k: KeyUsageDelta): KeyUsageDelta {
     lastPreviousSecretAt: k.lastPreviousSecretAt,
     lastPreviousSecretIp: k.lastPreviousSecretIp,
     hours: k.hours,
+    // Absent while the key holds none, as a decoded row's.
+    ...(k.revokedIps === undefined ? {} : { revokedIps: k.revokedIps }),
+    ...(k.expiredIps === undefined ? {} : { expiredIps: k.expiredIps }),
   };
 }
 
