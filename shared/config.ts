@@ -610,7 +610,9 @@ const apiSection = (v: Variables) => ({
     maxEntries: v.AUTH_THROTTLE_MAX_ENTRIES,
     // One address may not queue more key reads than the pool holds connections.
     maxVerifyingPerIp: v.DATABASE_POOL_MAX,
-    maxLookups: v.AUTH_THROTTLE_MAX_LOOKUPS ?? Math.max(1, Math.floor(v.DATABASE_POOL_MAX / 2)),
+    // With no key cache (KEY_CACHE_TTL_MS=0) every verification is a read: half the pool would
+    // refuse ordinary traffic, so the cap is the pool's.
+    maxLookups: v.AUTH_THROTTLE_MAX_LOOKUPS ?? (v.KEY_CACHE_TTL_MS === 0 ? v.DATABASE_POOL_MAX : Math.max(1, Math.floor(v.DATABASE_POOL_MAX / 2))),
   },
   // How far the usage endpoint can lag the requests it counts, told to its readers.
   usageDelay: { drainIntervalMs: v.USAGE_DRAIN_INTERVAL_MS, flushIntervalMs: v.COLLECTOR_FLUSH_INTERVAL_MS },

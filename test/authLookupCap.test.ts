@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import t, { type Test } from 'tap';
 import { LOOKUPS_WAITING_PER_SLOT } from '../api/auth/failureThrottle';
 import { createApiKeysService } from '../api/keys/apiKeys.service';
@@ -52,13 +52,14 @@ async function world(t: Test, env: Record<string, string>) {
     };
     return () => release();
   };
-  const get = async (path: string, ip: string, key?: string) => {
+  const get = async (path: string, ip: string, key?: string, method = 'GET') => {
     const response = await fetch(`http://127.0.0.1:${api.port}${path}`, {
+      method,
       headers: { 'x-forwarded-for': ip, ...(key ? { authorization: `Bearer ${key}` } : {}) },
     });
     return { status: response.status, retryAfter: response.headers.get('retry-after'), body: (await response.json()) as any };
   };
-  return { db, api, keys, get, lockKeys };
+  return { db, api, org, keys, get, lockKeys };
 }
 
 const unknownKey = () => `ku_${randomBytes(16).toString('hex')}_${randomBytes(32).toString('base64url')}`;
@@ -77,7 +78,7 @@ t.test(
   'made-up keys from many addresses: at most AUTH_THROTTLE_MAX_LOOKUPS reads at once, the rest 429; cached keys and /healthz served',
   ONE_LOCK,
   async (t) => {
-    const { db, keys, get, lockKeys } = await world(t, { AUTH_THROTTLE_MAX_LOOKUPS: '2' });
+    const { db, org, keys, get, lockKeys } = await world(t, { AUTH_THROTTLE_MAX_LOOKUPS: '2' });
     const [cachedKey] = keys;
     t.equal((await get('/api/whoami', '192.0.2.200', cachedKey)).status, 200, 'a key read before the flood, now cached');
     const release = await lockKeys();
@@ -103,9 +104,14 @@ t.test(
     t.equal((await get('/api/whoami', '203.0.113.7', cachedKey)).status, 200, 'a cached key from another address is served meanwhile');
     t.same(await get('/healthz', '203.0.113.8'), { status: 200, retryAfter: null, body: { status: 'ok', database: 'up' } }, '/healthz: the database is up');
     t.equal(await waitingOnLock(db, 'keyusage-api'), 2, 'still two');
+    // A change route reads its key afresh (currentSecret): for a cached key whose secret the cache
+    // proves, outside the cap, or a flood of made-up ids held a leaked key's revocation back with 429.
+    const change = get(`/api/orgs/${org.id}/api-keys/${randomUUID()}/revoke`, '203.0.113.9', cachedKey, 'POST');
+    await waitFor("the change's read on the lock, beside the two", async () => ((await waitingOnLock(db, 'keyusage-api')) === 3 ? true : undefined));
 
     await release();
     await Promise.all(flood);
+    t.equal((await change).status, 403, "the cached key's change is read afresh and judged (no keys:write here), not refused as busy");
     t.same(
       answers.slice(30).map((answer) => answer.status),
       Array(LET_IN).fill(401),

@@ -267,6 +267,8 @@ t.test('the auth throttle is on by default; a limit of 0 turns that dimension of
   );
   t.equal(loadConfig({ ...DEV, DATABASE_POOL_MAX: '1' }).api.authThrottle.maxLookups, 1, 'at least one');
   t.equal(loadConfig({ ...DEV, AUTH_THROTTLE_MAX_LOOKUPS: '7' }).api.authThrottle.maxLookups, 7, 'AUTH_THROTTLE_MAX_LOOKUPS');
+  t.equal(loadConfig({ ...DEV, KEY_CACHE_TTL_MS: '0' }).api.authThrottle.maxLookups, 10, 'no key cache: every verification a read, the whole pool');
+  t.equal(loadConfig({ ...DEV, KEY_CACHE_TTL_MS: '0', AUTH_THROTTLE_MAX_LOOKUPS: '3' }).api.authThrottle.maxLookups, 3, 'unless set');
   t.ok(Object.isFrozen(throttle));
 });
 

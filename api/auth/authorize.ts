@@ -2,7 +2,7 @@ import type { Request, RequestHandler, Response } from 'express';
 import type { Outcome } from '../../shared/usageWire';
 import { AppError, UNAUTHORIZED_MESSAGE, notFound } from '../errors';
 import type { ApiKeyRecord } from '../keys/apiKeys.repository';
-import { parsePresentedKey } from '../keys/keyMaterial';
+import { parsePresentedKey, type PresentedKey } from '../keys/keyMaterial';
 import type { Scope } from '../keys/scopes';
 import { uuid } from '../validation';
 import { QUEUED_PER_RUNNING, type OrgConcurrency } from './orgConcurrency';
@@ -245,8 +245,8 @@ const busyVerifying = (res: Response) =>
 const NO_LOOKUP = () => {};
 
 // A key the cache answers costs no read, and waits for none: it is served however many wait.
-function lookupTurn(deps: AuthorizeDeps, keyId: string, fresh: boolean) {
-  return deps.verifier.willRead(keyId, { fresh }) ? deps.throttle.beginLookup(keyId, fresh) : NO_LOOKUP;
+function lookupTurn(deps: AuthorizeDeps, presented: PresentedKey, fresh: boolean) {
+  return deps.verifier.willRead(presented, { fresh }) ? deps.throttle.beginLookup(presented.keyId, fresh) : NO_LOOKUP;
 }
 
 type Proven = Exclude<Verification, { outcome: 'unknown' | 'bad_secret' }>;
@@ -296,7 +296,7 @@ export function authorizer(deps: AuthorizeDeps) {
       const begun = deps.throttle.beginVerification(ip, presented.keyId, fresh);
       const verification = begun instanceof Promise ? await begun : begun;
       if (verification.waitMs > 0) throw tooManyFailures(res, verification.waitMs);
-      const lookup = lookupTurn(deps, presented.keyId, fresh);
+      const lookup = lookupTurn(deps, presented, fresh);
       const endLookup = lookup instanceof Promise ? await lookup : lookup;
       if (!endLookup) {
         verification.end();

@@ -28,8 +28,13 @@ export interface KeyVerifier {
   verify(presented: PresentedKey, options?: { fresh?: boolean }): Promise<Verification>;
   /** Drops a key from this process's cache, so its own revocations and rotations apply at once. */
   invalidate(keyId: string): void;
-  /** Whether verify() would read the key from PostgreSQL now, not answer from the cache (the auth throttle's beginLookup). */
-  willRead(keyId: string, options?: { fresh?: boolean }): boolean;
+  /**
+   * Whether verify() would read the key from PostgreSQL for a key the cache cannot vouch for (the
+   * auth throttle's beginLookup caps those reads). A fresh read of a cached key whose secret the
+   * cache proves is not one: its holder's changes (a revocation during a leak) are never held
+   * behind a flood of made-up ids.
+   */
+  willRead(presented: PresentedKey, options?: { fresh?: boolean }): boolean;
 }
 
 // A request's time on both clocks: the wall's for expiry, the steady one's for the cache.
@@ -226,10 +231,12 @@ export function createKeyVerifier(deps: {
       return reloaded ? decided(reloaded, secret, at.now) : verdict;
     },
     invalidate,
-    willRead(keyId, options = {}) {
+    willRead({ keyId, secret }, options = {}) {
       const elapsed = deps.elapsed();
       if (fresh(unknown.get(keyId), elapsed)) return false;
-      return options.fresh === true || !fresh(records.get(keyId)?.fetchedAt, elapsed);
+      const cached = records.get(keyId);
+      if (cached === undefined || !fresh(cached.fetchedAt, elapsed)) return true;
+      return options.fresh === true && judge(cached.record, secret, peppers, deps.now()).verdict.outcome === 'bad_secret';
     },
   };
 }
