@@ -79,26 +79,10 @@ export interface UsageQuery {
   eventsSince: Date;
   sort: UsageSort;
   order: 'asc' | 'desc';
-  /** With sort createdAt only: the page holds the keys after this one in the sort's order. */
-  after?: KeyPosition;
+  /** With sort createdAt only: the page holds the keys after this key (its id, a key of the org) in the sort's order. */
+  after?: string;
   limit: number;
   offset: number;
-}
-
-/** Where a key stands in the createdAt sort. created_at as PostgreSQL's text: a Date would drop its microseconds. */
-export interface KeyPosition {
-  id: string;
-  createdAt: string;
-}
-
-/** The key's position in the createdAt sort, read within the org: another org's key has none, as a key that does not exist. */
-export async function keyPosition(db: Db, orgId: string, keyId: string): Promise<KeyPosition | undefined> {
-  const [row] = await rawRows<{ id: string; created_at: string }>(
-    db,
-    `select id, cast(created_at as text) as created_at from ${TABLE.apiKeys} where org_id = :orgId and id = :keyId`,
-    { orgId, keyId },
-  );
-  return row && { id: row.id, createdAt: row.created_at };
 }
 
 // Each sort as an expression over the page query's columns (inner) and over the page (outer).
@@ -170,9 +154,14 @@ function filters(query: UsageQuery): string {
 
 // The keys after the cursor in the createdAt order (created_at ascending or descending, ties by id
 // ascending either way): a keyset, so a key entering or leaving the filtered set shifts no other.
+// The cursor's created_at is read in the same statement, from the placement its rows come from:
+// on Citus every node's copy of the reference table api_keys wrote its own now() for a key (each
+// its own transaction's), so a position read before (on the coordinator) was up to tens of ms
+// off the worker's copy, and the page held the cursor key itself.
+const AFTER_CREATED_AT = `(select a.created_at from ${TABLE.apiKeys} a where a.org_id = :orgId and a.id = :afterId)`;
 const AFTER_POSITION = {
-  asc: 'and (k.created_at > cast(:afterCreatedAt as timestamptz) or (k.created_at = cast(:afterCreatedAt as timestamptz) and k.id > :afterId))',
-  desc: 'and (k.created_at < cast(:afterCreatedAt as timestamptz) or (k.created_at = cast(:afterCreatedAt as timestamptz) and k.id > :afterId))',
+  asc: `and (k.created_at > ${AFTER_CREATED_AT} or (k.created_at = ${AFTER_CREATED_AT} and k.id > :afterId))`,
+  desc: `and (k.created_at < ${AFTER_CREATED_AT} or (k.created_at = ${AFTER_CREATED_AT} and k.id > :afterId))`,
 };
 
 // The page's keys in order: filter, sort, limit over api_keys and api_key_usage only.
@@ -244,8 +233,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
     keyId: query.keyId,
     createdByKeyId: query.createdByKeyId ?? null,
     eventsSince: query.eventsSince,
-    afterCreatedAt: query.after?.createdAt ?? null,
-    afterId: query.after?.id ?? null,
+    afterId: query.after ?? null,
     limit: query.limit,
     offset: query.offset,
     pageEnd: query.limit + query.offset,

@@ -6,8 +6,9 @@ import { InvalidInputError } from '../errors';
 import { apiKeyView, KEY_STATUSES, keyStatus, previousSecretShown, type KeyStatus } from '../keys/apiKeys.service';
 import { SCOPES } from '../keys/scopes';
 import { count, idString, isoTime, offsetPage } from '../responses';
+import { findApiKeyInOrg } from '../keys/apiKeys.repository';
 import { requireKeyInOrg } from '../keys/requireKeyInOrg';
-import { keyPosition, keyTimeSeries, listKeyUsage, type Granularity, type KeyPosition, type KeyUsageRecord, type UsageSort } from './usage.repository';
+import { keyTimeSeries, listKeyUsage, type Granularity, type KeyUsageRecord, type UsageSort } from './usage.repository';
 import { DAY_MS, HOUR_MS } from '../../shared/timeUnits';
 
 const MAX_SERIES_POINTS = 24 * 93;
@@ -128,13 +129,13 @@ type ListQuery = {
 // `after` continues the createdAt order from a key of the org. Unknown and another org's key get
 // the same refusal, which says nothing of other orgs; an empty page would tell a script walking the
 // keys that it had seen them all.
-async function afterPosition(db: Db, orgId: string, query: ListQuery): Promise<KeyPosition | undefined> {
+async function afterKey(db: Db, orgId: string, query: ListQuery): Promise<string | undefined> {
   if (query.after === undefined) return undefined;
   if (query.sort !== 'createdAt') throw new InvalidInputError(`after: only with sort=createdAt (keys move in the ${query.sort} order as they are used)`);
   if (query.offset > 0) throw new InvalidInputError('after: not with offset (after already says where the page starts; leave offset out)');
-  const position = await keyPosition(db, orgId, query.after);
-  if (!position) throw new InvalidInputError('after: no key of this organization has this id (one deleted since its page was read: start again without after)');
-  return position;
+  if (!(await findApiKeyInOrg(db, orgId, query.after)))
+    throw new InvalidInputError('after: no key of this organization has this id (one deleted since its page was read: start again without after)');
+  return query.after;
 }
 
 // A full page may have keys after it; only the createdAt order can be continued with `after`.
@@ -155,7 +156,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       const now = deps.now();
       // A key of another org (or none) is not_found, not an empty page.
       for (const keyId of [query.keyId, query.createdByKeyId]) if (keyId) await requireKeyInOrg(deps.db, orgId, keyId);
-      const after = await afterPosition(deps.db, orgId, query);
+      const after = await afterKey(deps.db, orgId, query);
       const { keys, total } = await listKeyUsage(deps.db, {
         orgId,
         now: new Date(now),
