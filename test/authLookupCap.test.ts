@@ -24,7 +24,10 @@ async function world(t: Test, env: Record<string, string>) {
   const { db, url } = await freshDatabase(t);
   const org = await insertOrganization(db, 'acme');
   const service = createApiKeysService({ db, pepper: loadConfig({ NODE_ENV: 'test' }).api.keyPepper, defaultGraceSeconds: 60, now: Date.now });
-  const keys = await Promise.all([1, 2, 3, 4, 5].map(async (n) => (await service.create(org.id, { name: `k${n}`, scopes: [], expiresAt: null })).plaintext));
+  // The first may revoke keys; the others have no scope.
+  const keys = await Promise.all(
+    [1, 2, 3, 4, 5, 6].map(async (n) => (await service.create(org.id, { name: `k${n}`, scopes: n === 1 ? ['keys:write'] : [], expiresAt: null })).plaintext),
+  );
   const config = loadConfig({
     NODE_ENV: 'test',
     PORT: '0',
@@ -80,7 +83,9 @@ t.test(
   async (t) => {
     const { db, org, keys, get, lockKeys } = await world(t, { AUTH_THROTTLE_MAX_LOOKUPS: '2' });
     const [cachedKey] = keys;
+    const scopeless = keys[5];
     t.equal((await get('/api/whoami', '192.0.2.200', cachedKey)).status, 200, 'a key read before the flood, now cached');
+    t.equal((await get('/api/whoami', '192.0.2.201', scopeless)).status, 200, 'and one without a scope');
     const release = await lockKeys();
 
     const answers: Array<Awaited<ReturnType<typeof get>>> = [];
@@ -104,20 +109,28 @@ t.test(
     t.equal((await get('/api/whoami', '203.0.113.7', cachedKey)).status, 200, 'a cached key from another address is served meanwhile');
     t.same(await get('/healthz', '203.0.113.8'), { status: 200, retryAfter: null, body: { status: 'ok', database: 'up' } }, '/healthz: the database is up');
     t.equal(await waitingOnLock(db, 'keyusage-api'), 2, 'still two');
-    // A change route reads its key afresh (currentSecret): for a cached key whose secret the cache
-    // proves, outside the cap, or a flood of made-up ids held a leaked key's revocation back with 429.
-    const change = get(`/api/orgs/${org.id}/api-keys/${randomUUID()}/revoke`, '203.0.113.9', cachedKey, 'POST');
+    // A change route reads its key afresh (currentSecret): for a cached key the cache shows allowed
+    // to make the change, outside the cap, or a flood of made-up ids held a leaked key's revocation
+    // back with 429. A key refused after its read (no scope; a revoked secret) stays inside: such
+    // reads, outside, filled the pool again.
+    const revoke = (key: string, ip: string) => get(`/api/orgs/${org.id}/api-keys/${randomUUID()}/revoke`, ip, key, 'POST');
+    t.match(
+      await revoke(scopeless, '203.0.113.10'),
+      { status: 429, body: { error: { code: 'too_many_requests' } } },
+      'a key without the scope: its read is capped',
+    );
+    const change = revoke(cachedKey, '203.0.113.9');
     await waitFor("the change's read on the lock, beside the two", async () => ((await waitingOnLock(db, 'keyusage-api')) === 3 ? true : undefined));
 
     await release();
     await Promise.all(flood);
-    t.equal((await change).status, 403, "the cached key's change is read afresh and judged (no keys:write here), not refused as busy");
+    t.equal((await change).status, 404, "the cached key's change is read afresh and made (no such key to revoke here), not refused as busy");
     t.same(
       answers.slice(30).map((answer) => answer.status),
       Array(LET_IN).fill(401),
       'the reads that ran or waited their turn are answered once the lock goes: unknown keys',
     );
-    const burst = await Promise.all(keys.slice(1).map((key, i) => get('/api/whoami', `192.0.2.${i + 1}`, key)));
+    const burst = await Promise.all(keys.slice(1, 5).map((key, i) => get('/api/whoami', `192.0.2.${i + 1}`, key)));
     t.same(
       burst.map((answer) => answer.status),
       [200, 200, 200, 200],

@@ -244,9 +244,12 @@ const busyVerifying = (res: Response) =>
 
 const NO_LOOKUP = () => {};
 
-// A key the cache answers costs no read, and waits for none: it is served however many wait.
-function lookupTurn(deps: AuthorizeDeps, presented: PresentedKey, fresh: boolean) {
-  return deps.verifier.willRead(presented, { fresh }) ? deps.throttle.beginLookup(presented.keyId, fresh) : NO_LOOKUP;
+// A key the cache answers costs no read, and waits for none: it is served however many wait; so
+// is a change route's fresh read of a cached key the cache shows allowed to make the change.
+function lookupTurn(deps: AuthorizeDeps, presented: PresentedKey, requirement: Requirement, req: Request) {
+  const fresh = requirement.currentSecret === true;
+  const allows = (key: ApiKeyRecord) => decide({ outcome: 'ok', key, secret: 'current' }, requirement, req).refusal === undefined;
+  return deps.verifier.willRead(presented, { fresh, allows }) ? deps.throttle.beginLookup(presented.keyId, fresh) : NO_LOOKUP;
 }
 
 type Proven = Exclude<Verification, { outcome: 'unknown' | 'bad_secret' }>;
@@ -296,7 +299,7 @@ export function authorizer(deps: AuthorizeDeps) {
       const begun = deps.throttle.beginVerification(ip, presented.keyId, fresh);
       const verification = begun instanceof Promise ? await begun : begun;
       if (verification.waitMs > 0) throw tooManyFailures(res, verification.waitMs);
-      const lookup = lookupTurn(deps, presented, fresh);
+      const lookup = lookupTurn(deps, presented, requirement, req);
       const endLookup = lookup instanceof Promise ? await lookup : lookup;
       if (!endLookup) {
         verification.end();

@@ -30,11 +30,13 @@ export interface KeyVerifier {
   invalidate(keyId: string): void;
   /**
    * Whether verify() would read the key from PostgreSQL for a key the cache cannot vouch for (the
-   * auth throttle's beginLookup caps those reads). A fresh read of a cached key whose secret the
-   * cache proves is not one: its holder's changes (a revocation during a leak) are never held
-   * behind a flood of made-up ids.
+   * auth throttle's beginLookup caps those reads). A fresh read of a cached key the cache shows
+   * allowed to make the change (its current secret, not revoked or expired, and `allows`: the
+   * route's scopes and org) is not one: its holder's changes (a revocation during a leak) are
+   * never held behind a flood of made-up ids. Any other fresh read is: a revoked secret or a key
+   * without the scope, refused after its read, could otherwise fill the pool with reads.
    */
-  willRead(presented: PresentedKey, options?: { fresh?: boolean }): boolean;
+  willRead(presented: PresentedKey, options?: { fresh?: boolean; allows?: (key: ApiKeyRecord) => boolean }): boolean;
 }
 
 // A request's time on both clocks: the wall's for expiry, the steady one's for the cache.
@@ -236,7 +238,9 @@ export function createKeyVerifier(deps: {
       if (fresh(unknown.get(keyId), elapsed)) return false;
       const cached = records.get(keyId);
       if (cached === undefined || !fresh(cached.fetchedAt, elapsed)) return true;
-      return options.fresh === true && judge(cached.record, secret, peppers, deps.now()).verdict.outcome === 'bad_secret';
+      if (options.fresh !== true) return false;
+      const { verdict } = judge(cached.record, secret, peppers, deps.now());
+      return !(verdict.outcome === 'ok' && verdict.secret === 'current' && (options.allows?.(verdict.key) ?? true));
     },
   };
 }
