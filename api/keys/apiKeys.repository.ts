@@ -1,4 +1,4 @@
-import { rawRows, type Db } from '../../shared/db';
+import { rawRows, referenceRowNow, type Db } from '../../shared/db';
 import { dormantKeySql } from '../../shared/dormancy';
 import type { Scope } from './scopes';
 import { TABLE } from '../../shared/tables';
@@ -95,6 +95,7 @@ export async function insertApiKey(db: Db, key: NewApiKey): Promise<ApiKeyRecord
       scopes: key.scopes,
       expires_at: key.expiresAt,
       created_by_key_id: key.createdByKeyId ?? null,
+      created_at: referenceRowNow(db),
     })
     .returning('*');
   // Citus refuses a subquery in an INSERT (networksValue's), and a key created with networks

@@ -1,4 +1,4 @@
-import type { Db } from '../../shared/db';
+import { referenceRowNow, type Db } from '../../shared/db';
 import { TABLE } from '../../shared/tables';
 
 export interface Organization {
@@ -16,7 +16,9 @@ interface OrganizationRow {
 const toOrganization = (row: OrganizationRow): Organization => ({ id: row.id, name: row.name, createdAt: row.created_at });
 
 export async function insertOrganization(db: Db, name: string): Promise<Organization> {
-  const [row] = await db<OrganizationRow>(TABLE.organizations).insert({ name }).returning('*');
+  const [row] = await db<OrganizationRow>(TABLE.organizations)
+    .insert({ name, created_at: referenceRowNow(db) })
+    .returning('*');
   return toOrganization(row);
 }
 

@@ -14,6 +14,7 @@ import { closedBefore, moveClosedHours } from '../../collector/hourMove';
 import { adminDatabaseUrl, freshDatabase } from '../helpers/database';
 import { wiredSystem } from '../helpers/wiredSystem';
 import { distributeTables, REFERENCE_TABLES } from '../../scripts/citus/distribute';
+import { runCli } from '../../scripts/cli';
 
 // The worker (port) holding an org's shard of the co-located usage tables.
 async function workerOf(db: Db, orgId: string): Promise<number> {
@@ -493,4 +494,35 @@ t.test('citus:distribute refused after laying out the reference tables empties t
   t.strictSame(await coordinatorCopies(), [], 'and no laid-out table keeps its original rows on the coordinator, the reference tables included');
   t.strictSame(await db('organizations').pluck('name'), ['moving'], 'the org is in its shards');
   t.strictSame(await distributeTables(db), [], 'a third run has nothing to do');
+});
+
+// Each copy of a reference table's rows, per node: one created_at a row, whichever copy a query reads.
+async function createdAtPerNode(db: Db, table: string, where: string): Promise<Array<{ nodeport: number; result: string }>> {
+  const { rows } = await db.raw(
+    `select nodeport, result from run_command_on_placements(?, $$select string_agg(id || '=' || cast(created_at as text), ', ' order by id) from %s where ${where}$$)`,
+    [table],
+  );
+  return rows;
+}
+
+// Each node's copy filled the column default with its own transaction's now(): the copies of one
+// key differed by 8-70 ms, so a key's createdAt depended on the copy a query read.
+t.test("every node's copy of an org and a key made by the CLI and the API holds one created_at", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const printed: string[] = [];
+  const cliDeps = { db, pepper: randomBytes(32).toString('hex'), now: Date.now, out: (text: string) => printed.push(text), err: () => {} };
+  t.equal(await runCli(['org', 'create', 'copies', '--json'], cliDeps), 0);
+  const { org } = JSON.parse(printed.join('\n')) as { org: { id: string } };
+  t.equal(await runCli(['key', 'create', org.id, '--name', 'by cli', '--scopes', 'keys:read'], cliDeps), 0);
+  const acme = await seedOrg(api, db, 'acme-copies');
+  const created = await api.request('POST', `/api/orgs/${acme.org.id}/api-keys`, { key: acme.adminKey, body: { name: 'by api', scopes: ['keys:read'] } });
+  t.equal(created.status, 201);
+
+  const orgs = await createdAtPerNode(db, 'organizations', `id in ('${org.id}', '${acme.org.id}')`);
+  const keys = await createdAtPerNode(db, 'api_keys', `org_id in ('${org.id}', '${acme.org.id}')`);
+  t.equal(new Set(keys.map((copy) => copy.nodeport)).size, 3, 'a copy on the coordinator and on each worker');
+  const distinct = (copies: Array<{ result: string }>) => [...new Set(copies.map((copy) => copy.result))];
+  t.equal(distinct(orgs).length, 1, `the orgs' copies agree: ${distinct(orgs).join(' / ')}`);
+  t.equal(distinct(keys).length, 1, `the keys' copies agree: ${distinct(keys).join(' / ')}`);
 });
