@@ -150,9 +150,9 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionT
   newNetworkEvents({ ...facts, newPrefixes: afterFirstUse(facts.newPrefixes, firstUseAt, thresholds) }, thresholds.newIpPerKeyHour, emit, onDeferred);
   const outside = newestOutside(delta, facts.expectedNetworks, thresholds.addressesTruncated);
   if (outside.ips.length > 0) {
-    const omitted = outside.omitted > 0 ? { ipsOmitted: outside.omitted } : {};
     const dedupe = `${hourIso(delta.lastUsedAt)}:${networksDigest(facts.expectedNetworks!)}`;
-    emit('key.outside_networks', delta.lastUsedAt, { ips: outside.ips, expectedNetworks: facts.expectedNetworks, ...omitted }, dedupe);
+    const { ips, ...omitted } = listedIps(outside);
+    emit('key.outside_networks', delta.lastUsedAt, { ips, expectedNetworks: facts.expectedNetworks, ...omitted }, dedupe);
   }
   if (delta.lastRevokedUseAt > -Infinity)
     emit('key.revoked_used', delta.lastRevokedUseAt, refusedDetails(delta.revokedIps, delta), hourIso(delta.lastRevokedUseAt));
@@ -167,11 +167,12 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionT
 // by an earlier collector).
 function refusedDetails(ips: Map<string, IpStat> | undefined, delta: KeyUsageDelta): Record<string, unknown> {
   if (ips === undefined || ips.size === 0) return { ip: delta.lastIp };
-  const newest = [...ips].sort(([, a], [, b]) => b.lastSeen - a.lastSeen).map(([ip]) => ip);
-  const listed = newest.slice(0, OUTSIDE_IPS_PER_EVENT);
-  const omitted = newest.length - listed.length;
-  return { ip: listed[0], ips: listed, ...(omitted > 0 ? { ipsOmitted: omitted } : {}) };
+  const newest = newestOf([...ips.keys()], (ip) => ips.get(ip)!.lastSeen);
+  return { ip: newest.ips[0], ...listedIps(newest) };
 }
+
+// An event's `ips`, and `ipsOmitted` when some were left out.
+const listedIps = ({ ips, omitted }: { ips: string[]; omitted: number }) => ({ ips, ...(omitted > 0 ? { ipsOmitted: omitted } : {}) });
 
 // The networks that are not the first use's own: those first used more than one flush interval
 // after it. A fold, or a batch merged while writes failed, holds many flush intervals: a network
@@ -206,9 +207,13 @@ export const OUTSIDE_IPS_PER_EVENT = 16;
 function newestOutside(delta: KeyUsageDelta, networks: readonly string[] | null, truncated?: boolean): { ips: string[]; omitted: number } {
   const outside = outsideNetworks(delta.ips.keys(), networks, truncated);
   if (outside.length <= OUTSIDE_IPS_PER_EVENT) return { ips: outside, omitted: 0 };
-  const lastSeen = (ip: string) => delta.ips.get(ip)!.lastSeen;
-  const newest = outside.sort((a, b) => lastSeen(b) - lastSeen(a)).slice(0, OUTSIDE_IPS_PER_EVENT);
-  return { ips: newest, omitted: outside.length - newest.length };
+  return newestOf(outside, (ip) => delta.ips.get(ip)!.lastSeen);
+}
+
+// The OUTSIDE_IPS_PER_EVENT newest addresses, newest first, and how many more there were.
+function newestOf(ips: string[], lastSeen: (ip: string) => number): { ips: string[]; omitted: number } {
+  const newest = ips.sort((a, b) => lastSeen(b) - lastSeen(a)).slice(0, OUTSIDE_IPS_PER_EVENT);
+  return { ips: newest, omitted: ips.length - newest.length };
 }
 
 // A key used from many networks (a mobile app's, or one whose forged uses name new networks) raised
