@@ -427,6 +427,29 @@ t.test('malformed datagrams are counted and dropped, never fatal', async (t) => 
     [],
     'each served',
   );
+  // And every counter of dropped uses or failed work is read by a rule, or stands for a failure a
+  // rule sees another way: a collector writing to the wrong database dropped every use as unknown,
+  // and failing sweeps raised no event, with /healthz 200 and no sample rule firing.
+  const rules = runbook.slice(runbook.indexOf('# keyusage.rules.yml\ngroups:'));
+  const seenOtherwise = new Map([
+    ['failed_flushes_total', 'KeyusageNoSuccessfulFlush reads flushes_total'],
+    ['consecutive_failed_flushes', 'KeyusageNoSuccessfulFlush reads flushes_total'],
+    ['overflow_unlisted_uses_total', 'a part of overflow_uses_total'],
+    ['overflow_crowding_uses_total', 'a part of overflow_uses_total'],
+    ['quarantined_uses_at_fold_total', 'a part of quarantined_uses_total'],
+    ['quarantined_keys_total', "quarantined_uses_total's keys"],
+    ['failed_folds_total', 'KeyusageUsageLogNotFolding reads consecutive_failed_folds'],
+    ['key_list_read_failures_total', 'KeyusageKeyListStale reads key_list_age_seconds'],
+    ['webhook_failed_attempts_total', "a receiver's failures, in its deliveries' log"],
+    ['webhook_deliveries_failed_total', "a receiver's failures, in its deliveries' log"],
+  ]);
+  const losses = served.filter((name) => /failed|failures|overflow|unknown_uses|quarantined|unopened/.test(name));
+  t.ok(losses.length >= 10, `the collector counts its losses and failures (${losses.length})`);
+  t.same(
+    losses.filter((name) => !seenOtherwise.has(name) && !rules.includes(`keyusage_collector_${name}[`)),
+    [],
+    'each read by a sample rule',
+  );
   const health = await fetch(`http://127.0.0.1:${collector.metricsPort}/healthz`);
   t.equal(health.status, 200);
   t.equal((await fetch(`http://127.0.0.1:${collector.metricsPort}/nope`)).status, 404);

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { loadConfig, loadDatabaseConfig } from '../shared/config';
+import { AUDIT_ACTIONS } from '../api/audit/audit.repository';
 import { TABLE } from '../shared/tables';
 
 // Statements of README.md and docs/ that name what the code does, checked against the code: each
@@ -110,6 +111,22 @@ t.test("deployment.md's restore: --no-acl on a server without the app role, whos
   t.match(steps, /server without the app role \(a new one\), add `--no-acl`/);
   t.match(steps, /a dump never holds roles/);
   t.notMatch(steps, /if it is not part of the dump/, 'roles never are');
+});
+
+// The newer database's audit log lists what to redo: a revocation by the dormant clean-up and an
+// erasure of IP addresses were left out, and came back unredone.
+t.test("deployment.md's restore: every audited change is listed to redo, and the steps redo it", async (t) => {
+  const listed = /lists what to redo \(([^)]*)\)/.exec(restoreSection())?.[1] ?? '';
+  t.same(
+    AUDIT_ACTIONS.filter((action) => !backticked(listed).includes(action)),
+    [],
+    'each audit action in the list',
+  );
+  t.same(
+    AUDIT_ACTIONS.filter((action) => !restoreSteps().includes(`\`${action}\``)),
+    [],
+    'each in a step',
+  );
 });
 
 t.test('audit log ids repeat after a restore: deployment.md and api-keys.md say so', async (t) => {
