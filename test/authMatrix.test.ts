@@ -107,6 +107,13 @@ const ROUTES: Route[] = [
       { label: 'negative grace', body: { gracePeriodSeconds: -1 }, field: 'gracePeriodSeconds' },
       { label: 'fractional grace', body: { gracePeriodSeconds: 1.5 }, field: 'gracePeriodSeconds' },
       { label: 'grace over 7 days', body: { gracePeriodSeconds: 604_801 }, field: 'gracePeriodSeconds' },
+      { label: 'bad expiresAt', body: { expiresAt: 'tomorrow' }, field: 'expiresAt' },
+      {
+        label: 'expiresAt in the past',
+        body: { expiresAt: '2001-01-01T00:00:00Z' },
+        field: 'expiresAt',
+        message: 'Invalid body: expiresAt: must be in the future',
+      },
     ],
   },
   {
@@ -161,7 +168,16 @@ const ROUTES: Route[] = [
       // Node's isIP takes it; PostgreSQL's inet does not (it was a 500).
       { label: 'an IPv6 zone id', body: { expectedNetworks: ['fe80::1%eth0'] }, field: 'expectedNetworks.0' },
       { label: 'unknown field', body: { expectedNetworks: null, name: 'x' }, field: 'name' },
-      { label: 'missing body', field: 'expectedNetworks' },
+      { label: 'bad expiresAt', body: { expiresAt: 'tomorrow' }, field: 'expiresAt', message: 'Invalid body: expiresAt: must be an ISO 8601 date-time' },
+      { label: 'expiresAt after 9999 in UTC', body: { expiresAt: '9999-12-31T23:59:59-23:59' }, field: 'expiresAt' },
+      {
+        label: 'expiresAt in the past',
+        body: { expiresAt: '2001-01-01T00:00:00Z' },
+        field: 'expiresAt',
+        message: 'Invalid body: expiresAt: must be in the future',
+      },
+      // Either field, or both: a body with neither changes nothing.
+      { label: 'missing body', field: 'expectedNetworks', message: 'Invalid body: body: must set expectedNetworks, expiresAt or both' },
     ],
   },
   {

@@ -259,6 +259,42 @@ t.test('dormant and expiring keys come from the sweep, once per threshold', asyn
   t.equal(collector.sweep.stats.failedSweeps, 0);
 });
 
+// Its dedupe key holds the expiry: a key renewed (PATCH expiresAt) is warned again before its new
+// expiry, though it was warned at the same thresholds before its old one.
+t.test('a renewed key is warned again before its new expiry', async (t) => {
+  let clock = Date.now();
+  const system = await wiredSystem(t, {}, { now: () => clock });
+  const { db, collector, api, org, adminKey } = system;
+  const key = await createKey(system, 'renewed', { expiresAt: new Date(clock + 12 * HOUR).toISOString() });
+  await collector.sweep.sweep();
+  const warned = await eventsOf(db, key.id);
+  t.strictSame(
+    warned.map((e) => [e.type, e.details.daysBefore]),
+    [['key.expiring', 1]],
+    'within a day of its expiry',
+  );
+
+  const renewedTo = new Date(clock + 30 * DAY).toISOString();
+  const renewed = await api.request('PATCH', `/api/orgs/${org.id}/api-keys/${key.id}`, { key: adminKey, body: { expiresAt: renewedTo } });
+  t.equal(renewed.status, 200);
+  await collector.sweep.sweep();
+  t.equal((await eventsOf(db, key.id)).length, 1, 'nothing new 30 days before the new expiry');
+  clock += 24 * DAY;
+  await collector.sweep.sweep();
+  clock += 5.5 * DAY;
+  await collector.sweep.sweep();
+  const again = await eventsOf(db, key.id);
+  t.strictSame(
+    again.map((e) => [e.type, e.details.daysBefore, e.details.expiresAt]),
+    [
+      ['key.expiring', 1, warned[0].details.expiresAt],
+      ['key.expiring', 7, renewedTo],
+      ['key.expiring', 1, renewedTo],
+    ],
+    'the 7-day and the 1-day warnings again, for the new expiry',
+  );
+});
+
 t.test('the events endpoint: newest first, filters, an opaque cursor, one org only', async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);

@@ -164,9 +164,9 @@ const SUCCESS: Record<string, { ids?: Record<string, 'rotateTarget' | 'revokeTar
   createApiKey: { body: { name: 'made by the contract test', scopes: ['keys:read'], expiresAt: '2030-01-01T00:00:00Z', expectedNetworks: ['10.0.0.0/8'] } },
   listApiKeys: { query: 'limit=20' },
   revokeDormantApiKeys: { body: { dormantDays: 1, dryRun: true } },
-  updateApiKey: { body: { expectedNetworks: ['192.0.2.0/24', '2001:db8::/32'] } },
+  updateApiKey: { body: { expectedNetworks: ['192.0.2.0/24', '2001:db8::/32'], expiresAt: '2030-01-01T00:00:00Z' } },
   getApiKey: {},
-  rotateApiKey: { ids: { keyId: 'rotateTarget' }, body: { gracePeriodSeconds: 60 } },
+  rotateApiKey: { ids: { keyId: 'rotateTarget' }, body: { gracePeriodSeconds: 60, expiresAt: '2030-01-01T00:00:00Z' } },
   revokeApiKey: { ids: { keyId: 'revokeTarget' } },
   listKeyUsage: { query: 'sort=requestCount' },
   keyUsageSeries: { query: 'granularity=hour&byOutcome=true' },
@@ -349,6 +349,16 @@ t.test('every response of every route matches the document', async (t) => {
     const response = await world.api.request('POST', urlOf(world, template, { keyId: world.ids.revoked }), { key: world.plaintexts.admin, body: {} });
     t.equal(response.status, 409);
     check(t, template, 'post', response, 'conflict');
+  });
+
+  await t.test("renewing a revoked key's expiry", async (t) => {
+    const { template } = contracts.get('updateApiKey')!;
+    const response = await world.api.request('PATCH', urlOf(world, template, { keyId: world.ids.revoked }), {
+      key: world.plaintexts.admin,
+      body: { expiresAt: '2030-01-01T00:00:00Z' },
+    });
+    t.equal(response.status, 409);
+    check(t, template, 'patch', response, 'conflict');
   });
 
   // A retry with the same Idempotency-Key answers the first outcome without the plaintext or the

@@ -101,15 +101,7 @@ export async function insertApiKey(db: Db, key: NewApiKey): Promise<ApiKeyRecord
   // Citus refuses a subquery in an INSERT (networksValue's), and a key created with networks
   // answered 500 there: they are written by an UPDATE, as a PATCH writes them.
   if (key.expectedNetworks == null) return toRecord(row);
-  return toRecord((await writeNetworks(db, key, key.expectedNetworks))!);
-}
-
-function writeNetworks(db: Db, key: { orgId: string; id: string }, networks: string[] | null): Promise<ApiKeyRow | undefined> {
-  return db<ApiKeyRow>(TABLE.apiKeys)
-    .where({ org_id: key.orgId, id: key.id })
-    .update({ expected_networks: networksValue(db, networks) })
-    .returning('*')
-    .then(([row]) => row);
+  return updateApiKey(db, key, { expectedNetworks: key.expectedNetworks });
 }
 
 /** The org's keys, revoked ones included, counted up to `upTo` (the caller's cap): no more rows are read. */
@@ -160,6 +152,8 @@ export interface SecretReplacement {
   previousSecretPepperId: string | null;
   previousSecretExpiresAt: Date;
   rotatedAt: Date;
+  /** A new expiry given with the rotation (null: never); undefined: the key keeps its own. */
+  expiresAt?: Date | null;
 }
 
 /** The newest use of a key's previous secret the collector wrote, and its address (null once erased). */
@@ -205,6 +199,7 @@ export async function replaceSecret(db: Db, id: string, change: SecretReplacemen
       previous_secret_pepper_id: change.previousSecretPepperId,
       previous_secret_expires_at: change.previousSecretExpiresAt,
       rotated_at: change.rotatedAt,
+      ...(change.expiresAt === undefined ? {} : { expires_at: change.expiresAt }),
     })
     .returning('*');
   return row && toRecord(row);
@@ -216,18 +211,32 @@ export async function markRevoked(db: Db, id: string, revokedAt: Date): Promise<
   return row && toRecord(row);
 }
 
+/** A PATCH's write: each field given is set, one left out kept. */
+export interface KeyUpdate {
+  expectedNetworks?: string[] | null;
+  expiresAt?: Date | null;
+}
+
 /**
- * The key as changed, and the networks it had: read under the row's lock, so each of two concurrent
- * changes gets what it replaced (for its audit entry). Call it inside a transaction.
+ * The key as it is, read under its row's lock (undefined: deleted): a change judged on it, and the
+ * audit entry of what it replaced, hold against a concurrent change, rotation or revocation. Call
+ * it inside a transaction.
  */
-export async function setExpectedNetworks(
-  db: Db,
-  key: { orgId: string; id: string },
-  networks: string[] | null,
-): Promise<{ key: ApiKeyRecord; previous: string[] | null } | undefined> {
-  const [before] = await db<ApiKeyRow>(TABLE.apiKeys).where({ org_id: key.orgId, id: key.id }).forUpdate().select('expected_networks');
-  if (before === undefined) return undefined;
-  return { key: toRecord((await writeNetworks(db, key, networks))!), previous: before.expected_networks };
+export async function lockApiKey(db: Db, key: { orgId: string; id: string }): Promise<ApiKeyRecord | undefined> {
+  const [row] = await db<ApiKeyRow>(TABLE.apiKeys).where({ org_id: key.orgId, id: key.id }).forUpdate().select('*');
+  return row && toRecord(row);
+}
+
+/** Writes `change` to a key locked by lockApiKey; the key as changed. */
+export async function updateApiKey(db: Db, key: { orgId: string; id: string }, change: KeyUpdate): Promise<ApiKeyRecord> {
+  const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
+    .where({ org_id: key.orgId, id: key.id })
+    .update({
+      ...(change.expectedNetworks === undefined ? {} : { expected_networks: networksValue(db, change.expectedNetworks) }),
+      ...(change.expiresAt === undefined ? {} : { expires_at: change.expiresAt }),
+    })
+    .returning('*');
+  return toRecord(row);
 }
 
 export interface DormantQuery {

@@ -31,6 +31,17 @@ const cidr = z.string().refine((value) => {
   return bits === undefined || (/^\d{1,3}$/.test(bits) && Number(bits) <= (family === 4 ? 32 : 128));
 }, 'must be an IPv4 or IPv6 CIDR such as 203.0.113.0/24');
 const expectedNetworks = z.array(cidr).max(100, 'must list at most 100 networks').nullable();
+// When a key stops working (null: never). In the future, checked by the service once the org's turn has come.
+const expiresAt = z.iso
+  .datetime({ offset: true, error: 'must be an ISO 8601 date-time' })
+  .refine(...withinSupportedTimes)
+  .nullish();
+// A renewal or a shortening; only an active key's (an expired key's secret made valid again would
+// make a leaked old copy of it valid too). Bounded as a create's is (assertExpiryWithinActor).
+const newExpiresAt = expiresAt.meta({
+  description:
+    'A new expiry for an active key (null: never expires): in the future, and, for a calling key that expires, no later than its own. An expired or revoked key is a 409: create a new key',
+});
 
 const createBody = z
   .object({
@@ -39,15 +50,17 @@ const createBody = z
       .array(z.enum(SCOPES, { error: `must be one of ${SCOPES.join(', ')}` }))
       .min(1, 'must list at least one scope')
       .transform((scopes) => [...new Set(scopes)]),
-    expiresAt: z.iso
-      .datetime({ offset: true, error: 'must be an ISO 8601 date-time' })
-      .refine(...withinSupportedTimes)
-      .nullish(),
+    expiresAt,
     expectedNetworks: expectedNetworks.optional(),
   })
   .strict();
 
-const patchBody = z.object({ expectedNetworks }).strict();
+// Either field, or both; a field left out is left as it is.
+const patchBody = z
+  .object({ expectedNetworks: expectedNetworks.optional(), expiresAt: newExpiresAt })
+  .strict()
+  .refine((body) => body.expectedNetworks !== undefined || body.expiresAt !== undefined, 'must set expectedNetworks, expiresAt or both')
+  .meta({ minProperties: 1 });
 
 const revokeDormantBody = z
   .object({
@@ -60,8 +73,12 @@ const revokeDormantBody = z
 const rotateBody = z
   .object({
     gracePeriodSeconds: z.number().int('must be a whole number').min(0).max(604_800, 'must be at most 604800 (7 days)').optional(),
+    expiresAt: newExpiresAt,
   })
   .strict();
+
+// A field left out changes nothing; null: never expires.
+const newExpiry = (value: string | null | undefined) => (value === undefined ? {} : { expiresAt: value === null ? null : new Date(value) });
 
 const listQuery = z
   .object({
@@ -117,12 +134,14 @@ export const apiKeysRoutes: RouteContract[] = [
     method: 'patch',
     path: '/:keyId',
     operationId: 'updateApiKey',
-    summary: 'Set the networks a key is expected to be used from',
-    description: 'A use from elsewhere is not refused; it raises a key.outside_networks event. A key can change only keys whose scopes it holds itself (403).',
+    summary: "Set the networks a key is expected to be used from, or renew (or shorten) an active key's expiry",
+    description:
+      "A use from outside expectedNetworks is not refused; it raises a key.outside_networks event. expiresAt renews a key before it expires (same id, usage history and networks; key.expiring is raised again for the new expiry): only an active key's (409 for an expired or revoked key: create a new key), in the future. A key can change only keys whose scopes it holds itself, and, if it expires, can set expiresAt only on keys that expire no later than it does, to no later than that (403). Other API instances may serve the old expiry for up to KEY_CACHE_TTL_MS.",
     auth: MANAGE_ORG,
     params: keyParams,
     body: patchBody,
     responses: { 200: { description: 'The key', body: apiKeyView } },
+    errors: ['conflict'],
   },
   {
     method: 'get',
@@ -139,7 +158,7 @@ export const apiKeysRoutes: RouteContract[] = [
     operationId: 'rotateApiKey',
     summary: 'Give a key a new secret; the previous one works until the grace period ends',
     description:
-      'The plaintext key is in this response only (Cache-Control: no-store). A key can rotate only keys whose scopes it holds itself and, if it expires, that expire no later than it does (403). 409 when the key is revoked or expired, another rotation won, or (with a grace period) the previous secret of an earlier rotation still works: one previous secret is kept. With an Idempotency-Key, a retry of the same request by the same key within IDEMPOTENCY_KEY_TTL_SECONDS rotates nothing and answers 200 with the key as first answered, `replayed: true` and no plaintext (kept nowhere: rotate again, with a new Idempotency-Key, if it was lost).',
+      'The plaintext key is in this response only (Cache-Control: no-store). A key can rotate only keys whose scopes it holds itself and, if it expires, that expire no later than it does, and give them an expiresAt no later than its own (403). Without expiresAt the key keeps its expiry. 409 when the key is revoked or expired, another rotation won, or (with a grace period) the previous secret of an earlier rotation still works: one previous secret is kept. With an Idempotency-Key, a retry of the same request by the same key within IDEMPOTENCY_KEY_TTL_SECONDS rotates nothing and answers 200 with the key as first answered, `replayed: true` and no plaintext (kept nowhere: rotate again, with a new Idempotency-Key, if it was lost).',
     auth: MANAGE_ORG,
     params: keyParams,
     headers: idempotencyHeaders,
@@ -217,7 +236,7 @@ export function apiKeysRouter(deps: {
   router.patch('/:keyId', writeKeys, noQuery, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(patchBody, req.body, 'body');
-    res.json(await service.setExpectedNetworks(id, keyId, body.expectedNetworks, changeContext(res)));
+    res.json(await service.update(id, keyId, { expectedNetworks: body.expectedNetworks, ...newExpiry(body.expiresAt) }, changeContext(res)));
   });
 
   router.get('/:keyId', readKeys, noQuery, async (req, res) => {
@@ -229,7 +248,10 @@ export function apiKeysRouter(deps: {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(rotateBody, req.body, 'body');
     const request = idempotentRequest(req, { pattern: 'POST /api/orgs/:id/api-keys/:keyId/rotate', params: { keyId } });
-    answer(res, await service.rotateIdempotent(id, keyId, { ...changeContext(res), graceSeconds: body.gracePeriodSeconds }, request));
+    answer(
+      res,
+      await service.rotateIdempotent(id, keyId, { ...changeContext(res), graceSeconds: body.gracePeriodSeconds, ...newExpiry(body.expiresAt) }, request),
+    );
   });
 
   router.post('/:keyId/revoke', revokeKey, noQuery, async (req, res) => {

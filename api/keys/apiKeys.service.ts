@@ -13,8 +13,9 @@ import {
   replaceSecret,
   revokeDormantKeys,
   latestUseInOrg,
+  lockApiKey,
   previousSecretUses,
-  setExpectedNetworks,
+  updateApiKey,
   type ApiKeyRecord,
   type DormantQuery,
   type PreviousSecretUse,
@@ -184,6 +185,9 @@ const dormantQuery = (orgId: string, input: DormantInput, actor: Actor | undefin
   expiringBy: actor?.expiresAt ?? null,
 });
 
+/** A rotation's options: the grace period (defaultGraceSeconds unless given), and a new expiry (kept unless given; null: never). */
+export type RotateOptions = ChangeContext & { graceSeconds?: number; expiresAt?: Date | null };
+
 /** A create or rotate made now: the key and its plaintext, with the answer's status. */
 export interface RevealedKey {
   replayed: false;
@@ -208,7 +212,7 @@ function assertScopesWithinActor(actor: Actor | undefined, key: { scopes: Scope[
   }
 }
 
-function assertWithinActor(actor: Actor | undefined, key: { scopes: Scope[]; expiresAt: Date | null }, verb: 'create' | 'rotate' | 'revoke') {
+function assertWithinActor(actor: Actor | undefined, key: { scopes: Scope[]; expiresAt: Date | null }, verb: 'create' | 'rotate' | 'change' | 'revoke') {
   if (!actor) return;
   assertScopesWithinActor(actor, key, verb);
   if (actor.expiresAt && (key.expiresAt === null || key.expiresAt > actor.expiresAt)) {
@@ -217,6 +221,30 @@ function assertWithinActor(actor: Actor | undefined, key: { scopes: Scope[]; exp
   }
 }
 
+// The expiry a rotate or a PATCH gives a key is bounded as a created key's is: a key that expires
+// cannot renew a key (itself included) past its own expiry, nor make it never expire.
+function assertExpiryWithinActor(actor: Actor | undefined, expiresAt: Date | null) {
+  if (!actor?.expiresAt || (expiresAt !== null && expiresAt <= actor.expiresAt)) return;
+  const asked = expiresAt === null ? 'null (never expires)' : `${expiresAt.toISOString()}, later than that`;
+  throw new AppError('forbidden', `This API key expires at ${actor.expiresAt.toISOString()}; it cannot set a key's expiresAt to ${asked}`);
+}
+
+// A new expiry is checked once the org's turn has come, by the clock read then (as a create's).
+function assertFuture(expiresAt: Date | null | undefined, now: number) {
+  if (expiresAt && expiresAt.getTime() <= now) throw new InvalidInputError('expiresAt: must be in the future');
+}
+
+/**
+ * A PATCH: each field given is set, one left out kept. `expiresAt` renews (or shortens) an active
+ * key's life; null: it never expires.
+ */
+export interface KeyChange {
+  expectedNetworks?: string[] | null;
+  expiresAt?: Date | null;
+}
+
+const sameTime = (a: Date | null, b: Date | null) => (a?.getTime() ?? null) === (b?.getTime() ?? null);
+
 export interface ApiKeysServiceDeps {
   db: Db;
   pepper: string;
@@ -224,7 +252,7 @@ export interface ApiKeysServiceDeps {
   /** KEYS_MAX_PER_ORG, for the API's callers; the operator's tools (the CLI, the first run) leave it out and are not held to it. */
   maxKeysPerOrg?: number;
   /**
-   * The API's own key cache, told of each revocation and rotation so they apply at once in this
+   * The API's own key cache, told of each revocation, rotation and new expiry so they apply at once in this
    * process. Callers without one (the CLI) leave it out: other processes' caches expire within
    * KEY_CACHE_TTL_MS.
    */
@@ -257,7 +285,9 @@ function rotation(
   material: Pick<ReturnType<typeof newSecret>, 'secretHash' | 'pepperId'>,
   graceSeconds: number,
   now: number,
+  expiresAt: Date | null | undefined,
 ): SecretReplacement {
+  assertFuture(expiresAt, now);
   if (keyStatus(key, now) !== 'active') {
     throw new AppError('conflict', `Cannot rotate a ${keyStatus(key, now)} API key`);
   }
@@ -284,6 +314,7 @@ function rotation(
     // on rotated_at, and a rotation in the same millisecond (a clock behind, or stepped back)
     // left it as two racing rotations had read it, so both won.
     rotatedAt: new Date(Math.max(now, (key.rotatedAt?.getTime() ?? -Infinity) + 1)),
+    expiresAt,
   };
 }
 
@@ -462,15 +493,11 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     return { replayed: false, status: 201, key: outcome.view, plaintext: material.plaintext };
   }
 
-  async function rotateKey(
-    orgId: string,
-    keyId: string,
-    options: ChangeContext & { graceSeconds?: number },
-    request: IdempotentRequest | undefined,
-  ): Promise<RevealedKey | ReplayedKey> {
-    const { graceSeconds = deps.defaultGraceSeconds } = options;
+  async function rotateKey(orgId: string, keyId: string, options: RotateOptions, request: IdempotentRequest | undefined): Promise<RevealedKey | ReplayedKey> {
+    const { graceSeconds = deps.defaultGraceSeconds, expiresAt } = options;
     const key = await requireKey(orgId, keyId);
     assertWithinActor(options.actor, key, 'rotate');
+    if (expiresAt !== undefined) assertExpiryWithinActor(options.actor, expiresAt);
     const material = newSecret(key.id, deps.pepper);
     // Judged and stamped once the org's turn has come, on the key as it is then: judged on the
     // read above, by the time before the wait (up to API_STATEMENT_TIMEOUT_MS), a key that
@@ -483,11 +510,12 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       async (trx) => {
         const replay = await idempotency.replayFor<ApiKeyView>(trx, orgId, options.actor, request);
         if (replay) return replay;
-        const rotated = await replaceSecret(trx, key.id, rotation(await requireKeyInOrg(trx, orgId, keyId), key.rotatedAt, material, graceSeconds, deps.now()));
+        const current = await requireKeyInOrg(trx, orgId, keyId);
+        const rotated = await replaceSecret(trx, key.id, rotation(current, key.rotatedAt, material, graceSeconds, deps.now(), expiresAt));
         if (!rotated) return undefined;
         const view = toApiKeyView(rotated, deps.now());
         await idempotency.remember(trx, { orgId, actor: options.actor, request, status: 200, view });
-        return { replayed: false as const, rotated, view };
+        return { replayed: false as const, rotated, view, expiresAtBefore: current.expiresAt };
       },
       (result) =>
         result && !result.replayed
@@ -495,7 +523,12 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
               orgId,
               action: 'key.rotate',
               targetKeyId: key.id,
-              details: { gracePeriodSeconds: graceSeconds, previousSecretExpiresAt: iso(result.rotated.previousSecretExpiresAt) },
+              details: {
+                gracePeriodSeconds: graceSeconds,
+                previousSecretExpiresAt: iso(result.rotated.previousSecretExpiresAt),
+                // Only when the rotation was given one, as a PATCH records it.
+                ...(expiresAt === undefined ? {} : { expiresAt: { from: iso(result.expiresAtBefore), to: iso(result.rotated.expiresAt) } }),
+              },
             }
           : undefined,
     );
@@ -512,6 +545,61 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     const status = keyStatus(key, deps.now());
     if (status !== 'active') return new AppError('conflict', `Cannot rotate a ${status} API key`);
     return new AppError('conflict', 'The API key was rotated by another request at the same time; read it again before retrying');
+  }
+
+  // A PATCH. A new expiry renews a key in place (its id, usage history and network baseline
+  // stay), or shortens it; only while it is active: an expired key made valid again would make
+  // any old copy of its secret valid again, a leaked one too (create a new key instead). The
+  // caller is bounded as for a create (the new expiry) and a revoke (the key as it is).
+  async function updateKey(orgId: string, keyId: string, change: KeyChange, context: ChangeContext = {}) {
+    const key = await requireKey(orgId, keyId);
+    assertScopesWithinActor(context.actor, key, 'change');
+    const { expiresAt } = change;
+    if (expiresAt !== undefined) assertExpiryWithinActor(context.actor, expiresAt);
+    const networks = change.expectedNetworks === undefined ? {} : { expectedNetworks: networksOrNull(change.expectedNetworks) };
+    const updated = await audited(
+      orgId,
+      context,
+      async (trx) => {
+        // Judged on the key as it is once locked, by the clock read then: a key that expired,
+        // or was revoked, while the request waited for the org's turn is not renewed.
+        const before = await lockApiKey(trx, key);
+        if (!before) return undefined;
+        if (expiresAt !== undefined) {
+          const now = deps.now();
+          assertFuture(expiresAt, now);
+          assertWithinActor(context.actor, before, 'change');
+          const status = keyStatus(before, now);
+          if (status !== 'active') {
+            throw new AppError(
+              'conflict',
+              `This API key is ${status}: ${status === 'expired' ? 'an expired' : 'a revoked'} key cannot be renewed; create a new key`,
+            );
+          }
+        }
+        return { before, after: await updateApiKey(trx, key, { ...networks, ...(expiresAt === undefined ? {} : { expiresAt }) }) };
+      },
+      // Compared as stored (networks normalised): a PATCH that changes nothing records nothing,
+      // as a second revoke does; each field changed is recorded with what it replaced.
+      (changed) => {
+        if (!changed) return undefined;
+        const { before, after } = changed;
+        const details = {
+          ...(isDeepStrictEqual(before.expectedNetworks, after.expectedNetworks)
+            ? {}
+            : { expectedNetworks: { from: before.expectedNetworks, to: after.expectedNetworks } }),
+          ...(sameTime(before.expiresAt, after.expiresAt) ? {} : { expiresAt: { from: iso(before.expiresAt), to: iso(after.expiresAt) } }),
+        };
+        return Object.keys(details).length === 0 ? undefined : { orgId, action: 'key.update', targetKeyId: key.id, details };
+      },
+    );
+    // Deleted since it was read.
+    if (!updated) throw notFound('API key');
+    // This process's cache held the old expiry: a renewed key was refused, a shortened one
+    // served, until the entry aged out. Other processes' within KEY_CACHE_TTL_MS.
+    if (expiresAt !== undefined) deps.verifier?.invalidate(key.id);
+    const now = deps.now();
+    return toApiKeyView(updated.after, now, (await previousUsesOf(orgId, [updated.after], now)).get(updated.after.id));
   }
 
   return {
@@ -541,39 +629,20 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
 
     // A new secret for the same key id, so usage history stays continuous; the old secret keeps
     // working until the grace period ends.
-    async rotate(orgId: string, keyId: string, options: ChangeContext & { graceSeconds?: number } = {}): Promise<RevealedKey> {
+    async rotate(orgId: string, keyId: string, options: RotateOptions = {}): Promise<RevealedKey> {
       return madeNow(await rotateKey(orgId, keyId, options, undefined));
     },
 
     /** rotate, remembered for its Idempotency-Key: a retry within the window rotates nothing and answers the first outcome, without the plaintext. */
-    rotateIdempotent(orgId: string, keyId: string, options: ChangeContext & { graceSeconds?: number }, request: IdempotentRequest | undefined) {
+    rotateIdempotent(orgId: string, keyId: string, options: RotateOptions, request: IdempotentRequest | undefined) {
       return rotateKey(orgId, keyId, options, request);
     },
 
+    update: updateKey,
+
     /** Expected networks do not block a request: a use from outside them raises key.outside_networks. */
-    async setExpectedNetworks(orgId: string, keyId: string, networks: string[] | null, context: ChangeContext = {}) {
-      const key = await requireKey(orgId, keyId);
-      assertScopesWithinActor(context.actor, key, 'change');
-      const updated = await audited(
-        orgId,
-        context,
-        (trx) => setExpectedNetworks(trx, key, networksOrNull(networks)),
-        // Compared as stored (normalised): a PATCH that changes nothing records nothing, as a
-        // second revoke does.
-        (changed) =>
-          changed && !isDeepStrictEqual(changed.previous, changed.key.expectedNetworks)
-            ? {
-                orgId,
-                action: 'key.update',
-                targetKeyId: changed.key.id,
-                details: { expectedNetworks: { from: changed.previous, to: changed.key.expectedNetworks } },
-              }
-            : undefined,
-      );
-      // Deleted since it was read.
-      if (!updated) throw notFound('API key');
-      const now = deps.now();
-      return toApiKeyView(updated.key, now, (await previousUsesOf(orgId, [updated.key], now)).get(updated.key.id));
+    setExpectedNetworks(orgId: string, keyId: string, networks: string[] | null, context: ChangeContext = {}) {
+      return updateKey(orgId, keyId, { expectedNetworks: networks }, context);
     },
 
     // Active keys dormant for dormantDays (shared/dormancy.ts). A dry run lists them; otherwise the

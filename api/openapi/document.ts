@@ -74,8 +74,8 @@ function parameters(route: RouteContract): JsonSchema[] {
 
 function requestBody(body: z.ZodObject) {
   const schema = inputSchema(body);
-  // A body whose every field is optional may be left out.
-  const required = Array.isArray(schema.required) && schema.required.length > 0;
+  // A body whose every field is optional may be left out, unless it must hold one of them (minProperties).
+  const required = (Array.isArray(schema.required) && schema.required.length > 0) || (typeof schema.minProperties === 'number' && schema.minProperties > 0);
   return { required, content: { 'application/json': { schema } } };
 }
 
