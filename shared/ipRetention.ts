@@ -140,31 +140,66 @@ function detailsSql(holder: Extract<IpHolder, { kind: 'details' }>) {
 
 // One statement per table (and column). Hourly, each run finds about an hour's worth of newly
 // expired addresses. `where` narrows the query it is given and returns it.
-async function erase(db: Db, where: (query: Query, keyColumn: string, seenColumn: string, seenIsIsoText?: true) => Query): Promise<ErasedIps> {
+//
+// `eachOnItsOwn` (the hourly run, not in a transaction): a statement that fails (timed out, locked
+// out, refused) no longer ends the run; every other table is still erased, and the run then fails
+// naming the tables that were not. The first failure used to end it: an audit log too long to read
+// within DATABASE_REPLY_TIMEOUT_MS kept every table after it (events, deliveries, usage log) from
+// ever being erased again. In a transaction (an erasure request) the first failure ends it: every
+// later statement would be refused, and all of it rolls back.
+async function erase(
+  db: Db,
+  where: (query: Query, keyColumn: string, seenColumn: string, seenIsIsoText?: true) => Query,
+  eachOnItsOwn = false,
+): Promise<ErasedIps> {
   const erased: ErasedIps = {};
+  const failed = new Map<string, Error>();
   for (const holder of IP_HOLDERS) {
     erased[holder.table] ??= 0;
-    if (holder.kind === 'rows') {
-      const rows = holder.only === undefined ? db(holder.table) : db(holder.table).whereRaw(holder.only);
-      erased[holder.table] += await where(rows, holder.keyColumn, holder.seenColumn).del();
-    } else if (holder.kind === 'log') {
-      const sql = deltaIpsSql(holder.column);
-      erased[holder.table] += await where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn).update({
-        [holder.column]: db.raw(sql.erased),
-      });
-    } else if (holder.kind === 'details') {
-      const sql = detailsSql(holder);
-      const query = where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn, holder.seenIsIsoText);
-      const dedupe = holder.dedupe ? { [holder.dedupe.column]: db.raw(holder.dedupe.erased) } : {};
-      erased[holder.table] += await query.update({ [holder.column]: db.raw(sql.erased), ...dedupe });
-    } else {
-      for (const { ip, seenColumn, erasedTo } of holder.columns) {
-        const holding = erasedTo === undefined ? db(holder.table).whereNotNull(ip) : db(holder.table).whereRaw(`${ip} <> ${erasedTo}`);
-        erased[holder.table] += await where(holding, holder.keyColumn, seenColumn).update({ [ip]: erasedTo === undefined ? null : db.raw(erasedTo) });
-      }
+    try {
+      await eraseHolder(db, holder, where, (count) => (erased[holder.table] += count));
+    } catch (error) {
+      if (!eachOnItsOwn) throw error;
+      if (!failed.has(holder.table)) failed.set(holder.table, error as Error);
     }
   }
+  if (failed.size > 0) throw new IpErasureError(failed, erased);
   return erased;
+}
+
+/** An hourly run that could not erase every table: those it could were erased (`erased`). */
+export class IpErasureError extends Error {
+  constructor(
+    readonly failed: ReadonlyMap<string, Error>,
+    readonly erased: ErasedIps,
+  ) {
+    super(`IP addresses not erased in ${[...failed].map(([table, error]) => `${table} (${error.message})`).join(', ')}; the other tables were`, {
+      cause: [...failed.values()][0],
+    });
+    this.name = 'IpErasureError';
+  }
+}
+
+// `count` is told each statement's rows as it ends: a holder of several columns may fail after
+// some were cleared.
+async function eraseHolder(db: Db, holder: IpHolder, where: Parameters<typeof erase>[1], count: (rows: number) => void): Promise<void> {
+  if (holder.kind === 'rows') {
+    const rows = holder.only === undefined ? db(holder.table) : db(holder.table).whereRaw(holder.only);
+    count(await where(rows, holder.keyColumn, holder.seenColumn).del());
+  } else if (holder.kind === 'log') {
+    const sql = deltaIpsSql(holder.column);
+    count(await where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn).update({ [holder.column]: db.raw(sql.erased) }));
+  } else if (holder.kind === 'details') {
+    const sql = detailsSql(holder);
+    const query = where(db(holder.table).whereRaw(sql.holdsIp), holder.keyColumn, holder.seenColumn, holder.seenIsIsoText);
+    const dedupe = holder.dedupe ? { [holder.dedupe.column]: db.raw(holder.dedupe.erased) } : {};
+    count(await query.update({ [holder.column]: db.raw(sql.erased), ...dedupe }));
+  } else {
+    for (const { ip, seenColumn, erasedTo } of holder.columns) {
+      const holding = erasedTo === undefined ? db(holder.table).whereNotNull(ip) : db(holder.table).whereRaw(`${ip} <> ${erasedTo}`);
+      count(await where(holding, holder.keyColumn, seenColumn).update({ [ip]: erasedTo === undefined ? null : db.raw(erasedTo) }));
+    }
+  }
 }
 
 // The network of an address, as the flush files it in the history (collector/eventStore.ts). A
@@ -196,7 +231,11 @@ export async function expireIpData(db: Db, retentionDays: number): Promise<Erase
   await catchUpNetworksInUse(db, cutoff, retentionDays);
   // The same instant in the payload's own text form (the outbox trigger's to_char, or toISOString).
   const isoCutoff = `${isoTimeSql(cutoff)} collate "C"`;
-  return erase(db, (query, _keyColumn, seenColumn, seenIsIsoText) => query.whereRaw(`${seenColumn} < ${seenIsIsoText ? isoCutoff : cutoff}`, [retentionDays]));
+  return erase(
+    db,
+    (query, _keyColumn, seenColumn, seenIsIsoText) => query.whereRaw(`${seenColumn} < ${seenIsIsoText ? isoCutoff : cutoff}`, [retentionDays]),
+    true,
+  );
 }
 
 /** One key's IP history, whatever its age (a data subject's erasure request). In a transaction: it holds off the org's folds. */

@@ -2,8 +2,9 @@ import { isIP } from 'node:net';
 import t, { type Test } from 'tap';
 import { lockOrgFor } from '../api/orgs/orgs.repository';
 import { runCli } from '../scripts/cli';
-import type { Db } from '../shared/db';
-import { eraseKeyIps, expireIpData } from '../shared/ipRetention';
+import type pg from 'pg';
+import { createDb, type Db } from '../shared/db';
+import { eraseKeyIps, expireIpData, type IpErasureError } from '../shared/ipRetention';
 import { truncateIp } from '../shared/ipTruncation';
 import { encodeUsageLine, packDatagrams } from '../shared/usageWire';
 import { seedOrg, startTestApi } from './helpers/api';
@@ -284,6 +285,110 @@ t.test('IP_RETENTION_DAYS: a network used within the setting stays remembered, t
   await use('198.51.100.8', 0);
   t.same(await db('key_events').where({ key_id: adminKeyId }).pluck('type'), ['key.first_use'], 'its next use is no new network');
 });
+
+// The audit log is never deleted from, and its rule (ip is not null, occurred_at past the cut-off)
+// had no index to use: every hourly run read every entry ever written (5.1 s cold at 4 M entries,
+// to clear 17 addresses). A deferred key.new_ip's rule (by details.firstSeen) read every event the
+// same way. Here most rows are long erased and a few recent ones hold an address: the statements
+// the run sends must find the ones due through the indexes of migration 20261207000250, not by
+// reading the tables (fails without it: a Seq Scan on each).
+t.test(
+  "IP_RETENTION_DAYS: the audit log's and a deferred key.new_ip's erasure read the rows due through an index, not the whole table",
+  { skip: onCitus() && "the plans are the shards' (one database shared by every test)" },
+  async (t) => {
+    const { db, acme } = await world(t);
+    await db('webhooks').del();
+    // 30,000 rows of 400 to 100 days ago, their addresses long erased, then 200 of yesterday.
+    const when = "case when g > 30000 then now() - interval '1 day' else now() - make_interval(days => 400 - g / 100) end";
+    await db.raw(
+      `insert into audit_log (org_id, occurred_at, actor_type, actor_key_id, actor_display_prefix, action, target_key_id, ip)
+       select ?, ${when}, 'key', ?, 'ku_x', 'key.rotate', ?, case when g > 30000 then '192.0.2.1' end
+         from generate_series(1, 30200) g`,
+      [acme.org.id, acme.adminKeyId, acme.adminKeyId],
+    );
+    await db.raw(
+      `insert into key_events (org_id, key_id, type, occurred_at, details)
+       select ?, ?, 'key.first_use', ${when}, jsonb_build_object('ip', case when g > 30000 then '192.0.2.1' end)
+         from generate_series(1, 30200) g`,
+      [acme.org.id, acme.adminKeyId],
+    );
+    await seedIps(db, acme.org.id, acme.adminKeyId, '192.0.2.2', 100);
+    await seedIps(db, acme.org.id, acme.adminKeyId, '198.51.100.3', 95);
+    // Deferred key.new_ip events raised yesterday, of networks first used 100 and 10 days ago.
+    await db('key_events').insert(
+      [100, 10].map((firstSeenDaysAgo, i) => ({
+        org_id: acme.org.id,
+        key_id: acme.adminKeyId,
+        type: 'key.new_ip',
+        occurred_at: new Date(Date.now() - DAY_MS),
+        details: { ip: `203.0.113.${i}`, prefix: '203.0.113.0/24', firstSeen: new Date(Date.now() - firstSeenDaysAgo * DAY_MS).toISOString(), deferred: true },
+        dedupe_key: `deferred:${i}`,
+      })),
+    );
+    await db.raw('analyze audit_log, key_events');
+    const statements: Array<{ sql: string; bindings: readonly unknown[] }> = [];
+    const record = (query: { sql: string; bindings: readonly unknown[] }) => {
+      if (/^update "audit_log"/.test(query.sql) || (/^update "key_events"/.test(query.sql) && query.sql.includes('firstSeen'))) statements.push(query);
+    };
+    db.on('query', record);
+    try {
+      t.match(await expireIpData(db, 90), { audit_log: 2, key_events: 11 }, "the entries older than the setting, and the deferred event's");
+    } finally {
+      db.off('query', record);
+    }
+    t.equal(statements.length, 2, "the run's statement on the audit log, and on the events by firstSeen");
+    const connection = (await db.client.acquireConnection()) as pg.Client;
+    try {
+      for (const [statement, table, index] of [
+        [statements[0], 'audit_log', 'audit_log_ip_held_idx'],
+        [statements[1], 'key_events', 'key_events_first_seen_idx'],
+      ] as const) {
+        const { rows } = await connection.query(`explain (format json) ${statement.sql}`, [...statement.bindings]);
+        const scans = planNodes(rows[0]['QUERY PLAN'][0].Plan).filter((node) => node['Relation Name'] === table && node['Node Type'] !== 'ModifyTable');
+        t.same(
+          scans.filter((node) => node['Node Type'] === 'Seq Scan'),
+          [],
+          `no Seq Scan on ${table}`,
+        );
+        t.ok(scans.length > 0 && scans.every((node) => node['Index Name'] === index), `read through ${index}`, { scans });
+      }
+    } finally {
+      await db.client.releaseConnection(connection);
+    }
+  },
+);
+
+type PlanNode = { 'Node Type': string; 'Relation Name'?: string; 'Index Name'?: string; Plans?: PlanNode[] };
+const planNodes = (node: PlanNode): PlanNode[] => [node, ...(node.Plans ?? []).flatMap(planNodes)];
+
+// The run went table by table and its first failure ended it: with the audit log's statement past
+// DATABASE_REPLY_TIMEOUT_MS (or failing for any reason), the events, deliveries and usage log were
+// never erased again, with only retention_failures_total to show. Here the audit log is held by
+// another session and the run's statements time out on it: every other table is still erased, and
+// the run fails naming audit_log (fails without the fix: the events keep their addresses).
+t.test(
+  'IP_RETENTION_DAYS: a table that cannot be erased fails the run, after every other table is',
+  { skip: onCitus() && "the lock is taken on the coordinator's table, the statements run on the shards" },
+  async (t) => {
+    const { db, url, acme } = await world(t);
+    await seedIps(db, acme.org.id, acme.adminKeyId, '192.0.2.1', 100);
+    const timingOut = createDb(url, { poolMax: 2, statementTimeoutMs: 500 });
+    t.teardown(() => timingOut.destroy());
+    const holder = createDb(url, { poolMax: 1 });
+    t.teardown(() => holder.destroy());
+    const held = await holder.transaction();
+    await held.raw('lock table audit_log in access exclusive mode');
+    const failure = await expireIpData(timingOut, 90).then(
+      () => undefined,
+      (error: Error) => error,
+    );
+    await held.rollback();
+    t.match(failure?.message, /^IP addresses not erased in audit_log \(.*statement timeout.*\); the other tables were$/, 'the run fails, naming audit_log');
+    t.same([...((failure as IpErasureError | undefined)?.failed?.keys() ?? [])], ['audit_log'], 'and no other table');
+    t.same(await ipsOf(db, acme.adminKeyId), { ...IPS_ERASED, audit: ['192.0.2.1'] }, 'every table after the audit log is erased all the same');
+    t.same(await expireIpData(db, 90), { ...NOTHING_ERASED, audit_log: 1 }, 'the next run erases the audit log');
+  },
+);
 
 t.test(
   'key erase-ips beside a flush of the same key: both finish, in the flush order (totals row first), no deadlock',
