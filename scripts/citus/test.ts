@@ -19,6 +19,7 @@ export const FILES = [
   'test/webhookDeleteChunks.test.ts',
   'test/ipPrivacy.test.ts',
   'test/keyCreator.test.ts',
+  'test/keyRenewal.test.ts',
   'test/citus/distributed.citus.ts',
 ];
 const DATABASE = 'keyusage_citus_test';
