@@ -434,6 +434,12 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
     deps.out('A revocation cannot be undone: their holders need new keys.');
     deps.out('Running API servers refuse them within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).');
   } else {
+    // The ids go through where --apply alone is refused: say why it would be, before they are copied.
+    if (!result.usesRecorded) {
+      deps.err(
+        `warning: no key of organization ${command.orgId} has a recorded use in the last ${command.dormantDays} days, so these may look unused only because uses are not recorded: check that the API records uses (USAGE_TRACKING) and the collector writes them before applying`,
+      );
+    }
     // Applied later without the ids, the selection is made again: a key that crossed the threshold since is revoked unseen.
     const ids = result.keys.length <= 20 ? result.keys.map((key) => key.id).join(',') : '@<file of the ids above, one per line>';
     deps.out(`To revoke exactly these (those still dormant then), for good: --apply --key-ids ${ids}`);

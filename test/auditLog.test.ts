@@ -244,19 +244,19 @@ t.test('revoke-dormant records one keys.revoke_dormant entry per revoked key, th
       ...apiActor,
       org_id: acme.org.id,
       target_key_id: never,
-      details: { name: 'never used', dormantDays: 90, lastUsedAt: null, ...why, selectedBy: 'keyIds' },
+      details: { name: 'never used', dormantDays: 90, lastUsedAt: null, ...why, selectedBy: 'keyIds', usesRecorded: true },
     },
     {
       ...apiActor,
       org_id: acme.org.id,
       target_key_id: usedOnce,
-      details: { name: 'used once', dormantDays: 90, lastUsedAt: lastUse.toISOString(), ...why, selectedBy: 'keyIds' },
+      details: { name: 'used once', dormantDays: 90, lastUsedAt: lastUse.toISOString(), ...why, selectedBy: 'keyIds', usesRecorded: true },
     },
     {
       ...cliActor,
       org_id: acme.org.id,
       target_key_id: byCli,
-      details: { name: 'left for the CLI', dormantDays: 90, lastUsedAt: null, ...why, selectedBy: 'dormancy' },
+      details: { name: 'left for the CLI', dormantDays: 90, lastUsedAt: null, ...why, selectedBy: 'dormancy', usesRecorded: true },
     },
   ]);
   t.equal((await entries()).length, 3, 'one entry per revoked key');

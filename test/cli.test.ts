@@ -313,6 +313,7 @@ t.test('key revoke-dormant --apply where no use of the org was recorded within -
   t.equal((await db('api_keys').whereNotNull('revoked_at')).length, 0, 'nothing revoked');
   cli.reset();
   t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90'), 0, 'the dry run lists them');
+  t.match(cli.err.join('\n'), /warning: no key of organization .* has a recorded use in the last 90 days/, 'and warns before their ids are copied');
   const ids = /--apply --key-ids (\S+)$/m.exec(cli.out.join('\n'))![1];
   cli.reset();
   t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply', '--key-ids', ids), 0, 'named, they are revoked');

@@ -580,6 +580,49 @@ t.test("dormant clean-up: another org's recorded use does not let an apply selec
   t.equal((await db('api_keys').whereNotNull('revoked_at')).length, 0, 'nothing revoked');
 });
 
+// The dashboard applies the ids its dry run listed, which the check above lets through: an org
+// of 5 keys 40 days old whose API wrote no use lost all 5 without a word. The answer now says
+// whether uses are recorded, so a client can warn first (a review; fails without the fix).
+t.test('dormant clean-up: usesRecorded is false where no use of the org is recorded within dormantDays, and the audit keeps it', async (t) => {
+  const { db } = await freshDatabase(t);
+  // The API's uses go nowhere (startTestApi keeps them in memory): as a collector not writing.
+  const api = await startTestApi(t, db);
+  const [acme, globex] = [await seedOrg(api, db, 'acme'), await seedOrg(api, db, 'globex')];
+  const ids = await insertKeys(db, acme.org.id, 5, 'old-');
+  await db('api_keys')
+    .whereIn('id', ids)
+    .update({ created_at: new Date(Date.now() - 40 * DAY) });
+  const path = `/api/orgs/${acme.org.id}/api-keys/revoke-dormant`;
+  const cleanUp = async (body: object) => (await api.request('POST', path, { key: acme.adminKey, body: { dormantDays: 30, ...body } })).body;
+  const dry = await cleanUp({ dryRun: true });
+  t.strictSame([dry.keys.length, dry.usesRecorded], [5, false], 'the dry run lists all 5 and says no use is recorded');
+  // A use older than dormantDays, and another org's recent one, are no evidence.
+  await db('api_key_usage').insert({ org_id: acme.org.id, key_id: ids[0], request_count: 1, last_used_at: new Date(Date.now() - 35 * DAY) });
+  await recentUse(db, globex.org.id, globex.adminKeyId);
+  t.equal((await cleanUp({ dryRun: true })).usesRecorded, false, 'nor with an old use, or a use of another org');
+  const applied = await cleanUp({ dryRun: false, keyIds: dry.keys.map((k: { id: string }) => k.id) });
+  t.strictSame([applied.keys.length, applied.usesRecorded], [5, false], 'the ids go through, and the apply says it too');
+  const details = await db('audit_log').where({ action: 'keys.revoke_dormant' }).pluck('details');
+  t.strictSame(
+    details.map((d: { usesRecorded: boolean; selectedBy: string }) => [d.selectedBy, d.usesRecorded]),
+    Array(5).fill(['keyIds', false]),
+    'each entry records that no use was recorded',
+  );
+});
+
+t.test('dormant clean-up: usesRecorded is true once a use of the org went through the collector', async (t) => {
+  const system = await wiredSystem(t);
+  const { db, api, org, adminKey } = system;
+  const ids = await insertKeys(db, org.id, 5, 'old-');
+  await db('api_keys')
+    .whereIn('id', ids)
+    .update({ created_at: new Date(Date.now() - 40 * DAY) });
+  t.equal((await api.request('GET', '/api/whoami', { key: adminKey })).status, 200);
+  await settle(system);
+  const dry = await api.request('POST', `/api/orgs/${org.id}/api-keys/revoke-dormant`, { key: adminKey, body: { dormantDays: 30 } });
+  t.strictSame([dry.body.keys.length, dry.body.usesRecorded], [5, true]);
+});
+
 t.test("dormant clean-up: an org's dry run and apply neither list nor revoke another org's dormant key", async (t) => {
   const { db, acme, acmeIdle, cleanUp } = await twoOrgsWithIdleKeys(t);
   await recentUse(db, acme.org.id, acme.adminKeyId);

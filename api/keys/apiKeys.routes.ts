@@ -123,7 +123,7 @@ export const apiKeysRoutes: RouteContract[] = [
     operationId: 'revokeDormantApiKeys',
     summary: 'List (dryRun, the default) or revoke the keys unused for dormantDays',
     description:
-      'The calling key is never among them (nor, for an expiring calling key, keys that outlive it), nor keys with uses the collector logged but has not folded yet; a use still on its way to the collector (the last second or so, longer while it cannot write) is not seen. keyIds (the ids a dry run listed) revokes only those still dormant. 409 for an apply on an API that records no uses (USAGE_TRACKING=false), and for an apply without keyIds when no key of the org has a recorded use within dormantDays (uses may not be recorded: every key would look unused).',
+      'The calling key is never among them (nor, for an expiring calling key, keys that outlive it), nor keys with uses the collector logged but has not folded yet; a use still on its way to the collector (the last second or so, longer while it cannot write) is not seen. keyIds (the ids a dry run listed) revokes only those still dormant. 409 for an apply on an API that records no uses (USAGE_TRACKING=false), and for an apply without keyIds when no key of the org has a recorded use within dormantDays (uses may not be recorded: every key would look unused); usesRecorded tells it in every answer, so a client applying the ids of a dry run that says false can warn first.',
     auth: MANAGE_AND_READ_ORG,
     params: orgParams,
     body: revokeDormantBody,

@@ -91,6 +91,10 @@ export const revokeDormantResult = z
     more: z.boolean().meta({
       description: `A dry run lists, and an apply revokes, at most ${MAX_REVOKE_KEY_IDS} keys, oldest first (as many as an apply's keyIds take): true when keys besides those answered are dormant, whether or not keyIds listed them. After a dry run, apply these, then run again; after an apply, run it again for the rest`,
     }),
+    usesRecorded: z.boolean().meta({
+      description:
+        "Whether a use of any of the org's keys is recorded within dormantDays. false: uses may not be recorded (an API with USAGE_TRACKING=false, a collector not writing, a wrong port or signing secret), so every key older than dormantDays looks unused; an apply without keyIds is then refused (409), and one with them revokes what they name. Check that uses are recorded before applying",
+    }),
   })
   .meta({ id: 'RevokeDormantResult' });
 
@@ -359,7 +363,8 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       await beginAuditedChange(trx, orgId, context.actor, deps.now);
       const now = deps.now();
       const query = dormantQuery(orgId, input, context.actor, now);
-      if (input.keyIds === undefined) await refuseUnrecordedOrg(trx, query, input.dormantDays);
+      const usesRecorded = await usesRecordedWithin(trx, query);
+      if (input.keyIds === undefined && !usesRecorded) await refuseUnrecordedOrg(trx, query, input.dormantDays);
       const keys = await revokeDormantKeys(trx, query, MAX_REVOKE_KEY_IDS);
       // Asked whatever the count: a key spared by the check after the locks leaves fewer than the
       // limit revoked, and others may still be dormant. Those revoked are dormant no more.
@@ -382,12 +387,15 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
             rotatedAt: iso(key.rotatedAt),
             revokedAt: iso(key.revokedAt),
             selectedBy: query.onlyKeyIds === null ? 'dormancy' : 'keyIds',
+            // false: revoked by the ids given although no use of the org was recorded within
+            // dormantDays (as the dry run said), an override of the check above.
+            usesRecorded,
           },
           actor: auditActor(context.actor),
           ip: context.ip ?? null,
         })),
       );
-      return { keys, more, now };
+      return { keys, more, now, usesRecorded };
     });
   }
 
@@ -397,9 +405,8 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
   // than dormantDays, for good (a key made or rotated since is spared, so "every key" was no
   // test). What tells it: no use of any of the org's keys recorded within dormantDays. Such an
   // apply takes the ids a dry run listed. The CLI had this check and the API had not (a review).
+  // Asked only where usesRecordedWithin answered false.
   async function refuseUnrecordedOrg(db: Db, query: DormantQuery, dormantDays: number): Promise<void> {
-    const latest = await latestUseInOrg(db, query.orgId);
-    if (latest !== null && latest >= query.idleSince) return;
     // Where nothing would be revoked (every key newer than dormantDays) it is harmless: not refused.
     const dry = await dormantListed(db, query);
     if (dry.keys.length === 0) return;
@@ -407,6 +414,14 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       'conflict',
       `no key of organization ${query.orgId} has a recorded use in the last ${dormantDays} days, so all ${dry.keys.length}${dry.more ? ' or more' : ''} key(s) older than that look unused: check that the API records uses (USAGE_TRACKING) and the collector writes them; to revoke them anyway, pass the ids a dry run lists (keyIds; --key-ids in the CLI)`,
     );
+  }
+
+  // Whether a use of any of the org's keys is recorded within dormantDays: told by both the dry
+  // run and the apply (usesRecorded), so a client that applies the ids a dry run listed (the
+  // dashboard) can warn as the apply without them is refused. It applied them unwarned (a review).
+  async function usesRecordedWithin(db: Db, query: DormantQuery): Promise<boolean> {
+    const latest = await latestUseInOrg(db, query.orgId);
+    return latest !== null && latest >= query.idleSince;
   }
 
   async function dormantListed(db: Db, query: DormantQuery) {
@@ -419,7 +434,8 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
   // A dry run takes no lock and waits for nothing: judged by the time it starts.
   async function dormantDryRun(orgId: string, input: DormantInput, actor: Actor | undefined) {
     const now = deps.now();
-    return { ...(await dormantListed(deps.db, dormantQuery(orgId, input, actor, now))), now };
+    const query = dormantQuery(orgId, input, actor, now);
+    return { ...(await dormantListed(deps.db, query)), now, usesRecorded: await usesRecordedWithin(deps.db, query) };
   }
 
   // Whether the org has dormant keys besides `answered`, whatever keyIds listed: asked within the
@@ -659,13 +675,16 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       }
       // Either answer is bounded: an org of 100,000 dormant keys with long names and networks made
       // each a response of hundreds of megabytes, built on the API's one thread.
-      const { keys, more, now } = input.dryRun ? await dormantDryRun(orgId, input, context.actor) : await revokeDormantApplied(orgId, input, context);
+      const { keys, more, now, usesRecorded } = input.dryRun
+        ? await dormantDryRun(orgId, input, context.actor)
+        : await revokeDormantApplied(orgId, input, context);
       if (!input.dryRun) for (const key of keys) deps.verifier?.invalidate(key.id);
       return {
         dryRun: input.dryRun,
         dormantDays: input.dormantDays,
         keys: keys.map((key) => ({ ...toApiKeyView(key, now), lastUsedAt: iso(key.lastUsedAt) })),
         more,
+        usesRecorded,
       };
     },
 

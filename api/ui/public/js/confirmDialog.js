@@ -1,19 +1,33 @@
 import { el } from './dom.js';
 
 // A modal <dialog> (focus trapped, Esc cancels, no window.confirm) that resolves true when the
-// person presses the confirming button.
-export function confirmDialog({ title, message, confirmLabel }) {
+// person presses the confirming button. With `warning`, it is said under the message; with
+// `acknowledge` (a checkbox's label), the confirming button stays disabled until it is ticked:
+// for a change the API would refuse without the person's explicit word.
+export function confirmDialog({ title, message, confirmLabel, warning, acknowledge }) {
   return new Promise((resolve) => {
-    const confirm = el('button', { type: 'submit', value: 'yes', class: 'danger', text: confirmLabel });
-    // Described by its message: the focus opens on Cancel, so without it a screen reader read the
-    // title and the button, never which key or what follows.
-    const dialog = el('dialog', { class: 'dialog', 'aria-labelledby': 'confirm-title', 'aria-describedby': 'confirm-message' }, [
-      el('form', { method: 'dialog' }, [
-        el('h2', { id: 'confirm-title', text: title }),
-        el('p', { id: 'confirm-message', text: message }),
-        el('div', { class: 'buttons' }, [el('button', { type: 'submit', value: 'no', text: 'Cancel' }), confirm]),
-      ]),
-    ]);
+    const confirm = el('button', { type: 'submit', value: 'yes', class: 'danger', text: confirmLabel, disabled: acknowledge !== undefined });
+    const checkbox = acknowledge === undefined ? undefined : el('input', { type: 'checkbox', id: 'confirm-acknowledge' });
+    checkbox?.addEventListener('change', () => (confirm.disabled = !checkbox.checked));
+    // Described by its message (and the warning): the focus opens on Cancel, so without it a
+    // screen reader read the title and the button, never which key or what follows.
+    const dialog = el(
+      'dialog',
+      {
+        class: 'dialog',
+        'aria-labelledby': 'confirm-title',
+        'aria-describedby': warning === undefined ? 'confirm-message' : 'confirm-message confirm-warning',
+      },
+      [
+        el('form', { method: 'dialog' }, [
+          el('h2', { id: 'confirm-title', text: title }),
+          el('p', { id: 'confirm-message', text: message }),
+          warning === undefined ? null : el('p', { id: 'confirm-warning', class: 'error', text: warning }),
+          checkbox === undefined ? null : el('label', { class: 'acknowledge' }, [checkbox, ` ${acknowledge}`]),
+          el('div', { class: 'buttons' }, [el('button', { type: 'submit', value: 'no', text: 'Cancel' }), confirm]),
+        ]),
+      ],
+    );
     dialog.addEventListener('close', () => {
       dialog.remove();
       resolve(dialog.returnValue === 'yes');

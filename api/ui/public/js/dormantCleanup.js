@@ -13,6 +13,15 @@ const MAX_DAYS = 3650;
 
 const LISTED = 50;
 
+// A key as a sentence names it: its name and its display prefix, so keys of the same name are told apart.
+const named = (key) => `${isolate(key.name ?? key.id)} (${key.displayPrefix})`;
+
+// What the API's apply without keyIds answers 409 (api/keys/apiKeys.service.ts, refuseUnrecordedOrg):
+// the dialog applies with keyIds, which the API takes as the person's override, so the person is
+// told here and must say so.
+const unrecordedWarning = (dormantDays, result) =>
+  `No key of this organization has a recorded use in the last ${dormantDays} days, so all ${result.keys.length}${result.more ? ' or more' : ''} key${result.keys.length === 1 ? '' : 's'} older than that look unused: check that the API records uses (USAGE_TRACKING) and the collector writes them.`;
+
 // The threshold box read once for the list, its label and the clean-up alike: 0 listed the keys of
 // 30 days under a label of 0, and the clean-up sent 0 to a 400. A value out of bounds is refused
 // here, before any request, with the section's note.
@@ -75,7 +84,7 @@ export function dormantSection(who, canWrite, onFresh) {
     const keys = result.keys;
     setText(
       outcome,
-      `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map((key) => isolate(key.name ?? key.id)).join(', ') || 'none'}${MORE(result)}`,
+      `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map(named).join(', ') || 'none'}${MORE(result)}${dryRun && !result.usesRecorded && keys.length > 0 ? ` ${unrecordedWarning(dormantDays, result)}` : ''}`,
     );
   };
   const preview = el('button', { type: 'button', text: 'Preview clean-up (dry run)', onclick: () => section.guard(() => cleanUp(chosenDays(days), true)) });
@@ -89,11 +98,22 @@ export function dormantSection(who, canWrite, onFresh) {
       section.guard(async () => {
         const dormantDays = chosenDays(days);
         const dry = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays, dryRun: true } });
-        const names = dry.keys.map((key) => isolate(key.name ?? key.id)).join(', ') || 'none';
+        const names = dry.keys.map(named).join(', ') || 'none';
         const message = `Revoke these ${dry.keys.length} key${dry.keys.length === 1 ? '' : 's'}, unused for ${dormantDays} days: ${names}?${MORE(dry)} Their holders get 401 from now on.`;
         // Exactly the keys the dialog named (a dry run lists 10,000 at most, as many as keyIds takes).
         const keyIds = dry.keys.map((key) => key.id);
-        if (await confirmDialog({ title: 'Revoke dormant keys', message, confirmLabel: 'Revoke them' })) await cleanUp(dormantDays, false, keyIds);
+        // Where no use of the org is recorded, the API refuses an apply that selects again; with the
+        // ids it goes through, so the person is warned and must confirm it (they revoked every
+        // key of such an org without a word, a review).
+        const unrecorded = !dry.usesRecorded && dry.keys.length > 0;
+        const confirmed = await confirmDialog({
+          title: 'Revoke dormant keys',
+          message,
+          confirmLabel: 'Revoke them',
+          warning: unrecorded ? unrecordedWarning(dormantDays, dry) : undefined,
+          acknowledge: unrecorded ? 'I have checked that uses are recorded' : undefined,
+        });
+        if (confirmed) await cleanUp(dormantDays, false, keyIds);
       }),
   });
   const actions = el('div', { class: 'buttons' }, [preview, apply]);
