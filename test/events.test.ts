@@ -623,6 +623,36 @@ t.test('dormant clean-up: usesRecorded is true once a use of the org went throug
   t.strictSame([dry.body.keys.length, dry.body.usesRecorded], [5, true]);
 });
 
+// The dry run built each key's view without its previous secret's last use: a key in its grace
+// period whose old secret was used since the rotation was listed as "not used since rotation"
+// (previousSecretLastUsedAt null) while its view showed the use (a review; fails without the fix).
+t.test("dormant clean-up: a dry run shows a key's previous secret's last use as the key's view does", async (t) => {
+  const system = await wiredSystem(t);
+  const { db, api, org, adminKey } = system;
+  const created = await api.services.apiKeys.create(org.id, { name: 'rotating', scopes: ['keys:read'], expiresAt: null });
+  const keyPath = `/api/orgs/${org.id}/api-keys/${created.key.id}`;
+  t.equal((await api.request('POST', `${keyPath}/rotate`, { key: adminKey, body: { gracePeriodSeconds: 7 * 86_400 } })).status, 200);
+  t.equal((await api.getFrom(SECOND_NETWORK, '/api/whoami', created.plaintext)).status, 200, 'the old secret, used in its grace period');
+  await settle(system);
+  // Made 10 days ago, rotated 3 days ago, the old secret's use 2 days ago: dormant for 1 day, the
+  // grace (7 days from the rotation as made) still open.
+  await db('api_keys')
+    .where({ id: created.key.id })
+    .update({ created_at: new Date(Date.now() - 10 * DAY), rotated_at: new Date(Date.now() - 3 * DAY) });
+  await db('api_key_usage')
+    .where({ key_id: created.key.id })
+    .update({
+      last_used_at: db.raw(`last_used_at - interval '2 days'`),
+      previous_secret_last_used_at: db.raw(`previous_secret_last_used_at - interval '2 days'`),
+    });
+  const view = (await api.request('GET', keyPath, { key: adminKey })).body;
+  t.match(view, { previousSecretLastUsedAt: String, previousSecretLastUsedIp: SECOND_NETWORK }, "the key's view shows the use");
+  const dry = await api.request('POST', `/api/orgs/${org.id}/api-keys/revoke-dormant`, { key: adminKey, body: { dormantDays: 1 } });
+  const listed = dry.body.keys.find((k: { id: string }) => k.id === created.key.id);
+  const shown = (k: Record<string, unknown>) => [k.previousSecretExpiresAt, k.previousSecretLastUsedAt, k.previousSecretLastUsedIp];
+  t.strictSame(shown(listed), shown(view), 'the dry run lists the key with the same grace, last use and address');
+});
+
 t.test("dormant clean-up: an org's dry run and apply neither list nor revoke another org's dormant key", async (t) => {
   const { db, acme, acmeIdle, cleanUp } = await twoOrgsWithIdleKeys(t);
   await recentUse(db, acme.org.id, acme.adminKeyId);

@@ -679,10 +679,14 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         ? await dormantDryRun(orgId, input, context.actor)
         : await revokeDormantApplied(orgId, input, context);
       if (!input.dryRun) for (const key of keys) deps.verifier?.invalidate(key.id);
+      // The previous secrets' last uses, as the key view shows them: without them a dry run said of
+      // a key in its grace period that its old secret was not used since the rotation when it was
+      // (a review). A revoked key shows none, so an apply asks nothing.
+      const uses = await previousUsesOf(orgId, keys, now);
       return {
         dryRun: input.dryRun,
         dormantDays: input.dormantDays,
-        keys: keys.map((key) => ({ ...toApiKeyView(key, now), lastUsedAt: iso(key.lastUsedAt) })),
+        keys: keys.map((key) => ({ ...toApiKeyView(key, now, uses.get(key.id)), lastUsedAt: iso(key.lastUsedAt) })),
         more,
         usesRecorded,
       };
