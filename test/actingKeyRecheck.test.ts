@@ -37,6 +37,8 @@ const cases = [
   { name: 'revoked', meanwhile: 'revoke', status: 401, outcome: 'revoked' },
   { name: 'rotated, its old secret in its grace period', meanwhile: 'rotate', status: 401, outcome: 'forbidden' },
   { name: 'expired', meanwhile: 'expire', status: 401, outcome: 'expired' },
+  // The create asks for a key that never expires, which the key may no longer give.
+  { name: 'given an earlier expiry', meanwhile: 'shorten', status: 401, outcome: 'forbidden' },
   { name: 'left alone', meanwhile: 'nothing', status: 201, outcome: 'ok' },
 ] as const;
 
@@ -51,6 +53,7 @@ for (const { name, meanwhile, status, outcome } of cases) {
     await waitFor("the create's key to be checked", () => (verified() === 1 ? true : undefined));
     if (meanwhile === 'revoke') await api.services.apiKeys.revoke(org.id, adminKeyId);
     if (meanwhile === 'rotate') await api.services.apiKeys.rotate(org.id, adminKeyId, { graceSeconds: 3600 });
+    if (meanwhile === 'shorten') await api.services.apiKeys.update(org.id, adminKeyId, { expiresAt: new Date(Date.now() + 3_600_000) });
     // Its expiry reached while it waited (written directly: no route moves an expiry earlier).
     if (meanwhile === 'expire')
       await db('api_keys')
@@ -67,7 +70,10 @@ for (const { name, meanwhile, status, outcome } of cases) {
     const minted = await db('api_keys').where({ org_id: org.id, name: 'late' }).count<Array<{ count: string }>>('* as count');
     t.equal(Number(minted[0].count), status === 201 ? 1 : 0, status === 201 ? 'the key is created' : 'no key is created');
     if (status === 401) {
-      t.match(body.error, { code: 'unauthorized', message: /revoked, rotated or expired after the request was authorized; nothing was changed/ });
+      t.match(body.error, {
+        code: 'unauthorized',
+        message: /revoked, rotated, expired or given an earlier expiry after the request was authorized; nothing was changed/,
+      });
       const audit = await db('audit_log')
         .where({ org_id: org.id, action: 'key.create', actor_key_id: adminKeyId })
         .count<Array<{ count: string }>>('* as count');
@@ -83,7 +89,7 @@ t.test('a revoked key cannot delete a webhook or queue a ping once its request i
   const [webhook] = await db('webhooks')
     .insert({ org_id: org.id, url: 'https://hooks.example.com/in', event_types: ['key.revoked_used'], secret_box: Buffer.alloc(60) })
     .returning('id');
-  const actor = { id: adminKeyId, displayPrefix: 'ku_', rotatedAt: null };
+  const actor = { id: adminKeyId, displayPrefix: 'ku_', rotatedAt: null, expiresAt: null };
   await api.services.apiKeys.revoke(org.id, adminKeyId);
   await t.rejects(api.services.webhooks.ping(org.id, webhook.id, { actor }), { code: 'unauthorized' });
   await t.rejects(api.services.webhooks.remove(org.id, webhook.id, { actor }), { code: 'unauthorized' });

@@ -164,7 +164,7 @@ t.test('a key that expires while its rotation, or its own create, waits for the 
   t.equal(rotateAnswer.status, 409, 'the expired key is not rotated');
   t.match(rotateAnswer.body.error, { code: 'conflict', message: 'Cannot rotate a expired API key' });
   t.equal(createAnswer.status, 401, 'the expired actor creates nothing');
-  t.match(createAnswer.body.error, { code: 'unauthorized', message: /expired after the request was authorized/ });
+  t.match(createAnswer.body.error, { code: 'unauthorized', message: /expired or given an earlier expiry after the request was authorized/ });
   t.strictSame(
     await db('audit_log').where({ org_id: org.id }).whereIn('action', ['key.rotate', 'key.create']).pluck('action'),
     ['key.create', 'key.create', 'key.create'],
@@ -173,6 +173,35 @@ t.test('a key that expires while its rotation, or its own create, waits for the 
   t.equal(await db('api_keys').where({ org_id: org.id, name: 'made' }).first(), undefined, 'no key made');
   t.equal((await db('api_keys').where({ id: rotated.id }).first('rotated_at')).rotated_at, null, 'the expired key keeps its secret');
 });
+
+// Found by a review of the renewal: an expiring key's rotate or revoke was judged on the key as read
+// before the org's turn, and a renewal queued ahead of it made the key one it may not change.
+for (const verb of ['rotate', 'revoke'] as const) {
+  t.test(`an expiring key's ${verb} queued behind a renewal of its target past the caller: 403, nothing changed`, async (t) => {
+    const { db, url } = await freshDatabase(t, { poolMax: 6 });
+    const api = await startTestApi(t, db, { env: { API_MAX_CONCURRENT_PER_ORG: '4' } });
+    const { org, adminKey } = await seedOrg(api, db);
+    const base = `/api/orgs/${org.id}/api-keys`;
+    const caller = await api.services.apiKeys.create(org.id, {
+      name: 'caller',
+      scopes: ['keys:read', 'keys:write'],
+      expiresAt: new Date(Date.now() + 86_400_000),
+    });
+    const target = (await api.services.apiKeys.create(org.id, { name: 'target', scopes: ['keys:read'], expiresAt: new Date(Date.now() + 3_600_000) })).key;
+    const held = await heldAuditLock(t, url, org.id);
+    const renewal = api.request('PATCH', `${base}/${target.id}`, { key: adminKey, body: { expiresAt: null } });
+    await waitingFor(db, 1);
+    const change = api.request('POST', `${base}/${target.id}/${verb}`, { key: caller.plaintext, body: verb === 'rotate' ? {} : undefined });
+    await waitingFor(db, 2);
+    await held.commit();
+    const [renewed, changed] = await Promise.all([renewal, change]);
+    t.equal(renewed.status, 200, 'renewed: it never expires');
+    t.equal(changed.status, 403, `the caller, expiring first, may not ${verb} it now`);
+    t.match(changed.body.error, { code: 'forbidden' });
+    const row = await db('api_keys').where({ id: target.id }).first('expires_at', 'revoked_at', 'rotated_at');
+    t.strictSame(row, { expires_at: null, revoked_at: null, rotated_at: null }, 'renewed, and nothing else');
+  });
+}
 
 async function webhookWorld(t: Test) {
   const { db, url } = await freshDatabase(t, { poolMax: 6 });

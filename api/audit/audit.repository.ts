@@ -77,6 +77,8 @@ interface AuditRow {
 export interface ActingKey {
   id: string;
   rotatedAt: Date | null;
+  /** The limits the change was judged by (the keys it may create, renew, rotate or revoke). */
+  expiresAt: Date | null;
 }
 
 /**
@@ -95,7 +97,11 @@ export async function beginAuditedChange(trx: Db, orgId: string, acting: ActingK
   const row = await trx(TABLE.apiKeys).where({ org_id: orgId, id: acting.id }).first<ActingKeyRow | undefined>('revoked_at', 'expires_at', 'rotated_at');
   const changed = changedSince(row, acting, now());
   if (changed) {
-    throw new RefusedUseError('unauthorized', 'This API key was revoked, rotated or expired after the request was authorized; nothing was changed', changed);
+    throw new RefusedUseError(
+      'unauthorized',
+      'This API key was revoked, rotated, expired or given an earlier expiry after the request was authorized; nothing was changed',
+      changed,
+    );
   }
 }
 
@@ -107,6 +113,9 @@ function changedSince(row: ActingKeyRow | undefined, acting: ActingKey, now: num
   if (row.expires_at !== null && row.expires_at.getTime() <= now) return 'expired';
   // Rotated: the secret presented is now the previous one, or none (a stale secret: forbidden).
   if (row.rotated_at?.getTime() !== acting.rotatedAt?.getTime()) return 'forbidden';
+  // Its life shortened (PATCH expiresAt): the change was judged by the later expiry, and a request
+  // held open undid the shortening or created a key outliving it. A longer life judged nothing wrongly.
+  if ((row.expires_at?.getTime() ?? Infinity) < (acting.expiresAt?.getTime() ?? Infinity)) return 'forbidden';
   return undefined;
 }
 

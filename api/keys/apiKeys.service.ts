@@ -527,6 +527,9 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         const replay = await idempotency.replayFor<ApiKeyView>(trx, orgId, options.actor, request);
         if (replay) return replay;
         const current = await requireKeyInOrg(trx, orgId, keyId);
+        // Judged again on the key as it is now: renewed while the request waited (never expiring,
+        // or outliving the caller), it is no longer one an expiring caller may rotate.
+        assertWithinActor(options.actor, current, 'rotate');
         const rotated = await replaceSecret(trx, key.id, rotation(current, key.rotatedAt, material, graceSeconds, deps.now(), expiresAt));
         if (!rotated) return undefined;
         const view = toApiKeyView(rotated, deps.now());
@@ -701,7 +704,11 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       const revoked = await audited(
         orgId,
         context,
-        (trx) => markRevoked(trx, key.id, new Date(deps.now())),
+        async (trx) => {
+          // As a rotate's: on the key as it is once the org's turn has come (renewed meanwhile?).
+          assertWithinActor(context.actor, await requireKeyInOrg(trx, orgId, keyId), 'revoke');
+          return markRevoked(trx, key.id, new Date(deps.now()));
+        },
         (result) => result && { orgId, action: 'key.revoke', targetKeyId: key.id, details: { name: key.name, revokedAt: iso(result.revokedAt) } },
       );
       deps.verifier?.invalidate(key.id);
