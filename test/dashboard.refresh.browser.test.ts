@@ -90,6 +90,13 @@ t.test('the 5 s refresh keeps times current and leaves focus, selection and typi
     await eventTime.waitFor();
     await ipTime.waitFor();
     const before = [await eventTime.textContent(), await ipTime.textContent()];
+    // Two minutes on, on the server's clock too: the page tells times by the server's (the usage
+    // answer's generatedAt), and the browser's jump alone ages nothing.
+    await tab.route(/\/api-keys\/usage\?/, async (route) => {
+      const response = await route.fetch();
+      const body = await response.json();
+      await route.fulfill({ response, json: { ...body, generatedAt: new Date(Date.parse(body.generatedAt) + 2 * 60_000).toISOString() } });
+    });
     await tab.clock.fastForward(2 * 60_000);
     await refreshOnce(tab, /\/events\?/);
     const after = [await eventTime.textContent(), await ipTime.textContent()];

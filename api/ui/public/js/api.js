@@ -1,3 +1,4 @@
+import { noteServerTime } from './format.js';
 import { sessionKey } from './session.js';
 
 // Every call to the API: the key as a Bearer header, JSON both ways, and the API's own error
@@ -68,10 +69,13 @@ export async function api(method, path, { body, key = sessionKey(), idempotencyK
     if (error?.name === 'TimeoutError') throw timedOut(method, key);
     throw new ApiError(0, 'network', 'The API could not be reached', key);
   }
+  const arrivedAt = Date.now();
   const payload = await response.json().catch(() => NOT_JSON);
   const apiError = payload?.error;
   if (response.ok ? payload === NOT_JSON : typeof apiError?.message !== 'string') throw notFromTheApi(response, key);
   if (!response.ok) throw new ApiError(response.status, apiError.code ?? 'unknown', apiError.message, key);
+  // A usage answer says when the server read it: the page's clock is the server's (format.js).
+  if (typeof payload?.generatedAt === 'string') noteServerTime(payload.generatedAt, arrivedAt);
   return payload;
 }
 

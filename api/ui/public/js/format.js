@@ -8,7 +8,22 @@ const UNITS = [
   [1000, 's'],
 ];
 
-export function relative(iso, now = Date.now()) {
+// Now on the server's clock. The browser's own may be minutes off (no time sync, a laptop
+// resumed): measured against it, a use 10 s old read "5 min ago" (or "just now" for minutes),
+// the freshness line "300 s ago" on every refresh, and the key page's chart asked for hours the
+// server had not reached or left out the current one. The offset is the last usage answer's
+// `generatedAt` less the moment it arrived (api.js): off by the answer's own trip only.
+let serverOffsetMs = 0;
+
+/** `iso`, the server's time of an answer, arrived at `arrivedAt` on this browser's clock. */
+export function noteServerTime(iso, arrivedAt) {
+  const at = Date.parse(iso);
+  if (Number.isFinite(at)) serverOffsetMs = at - arrivedAt;
+}
+
+export const serverNow = () => Date.now() + serverOffsetMs;
+
+export function relative(iso, now = serverNow()) {
   if (!iso) return 'never';
   const ms = now - Date.parse(iso);
   if (ms < 1000) return 'just now';

@@ -1,4 +1,5 @@
 import { setText } from './dom.js';
+import { serverNow } from './format.js';
 
 // How fresh the numbers are: when the server read them (generatedAt) and how far they can lag
 // the requests (the API's drain plus the collector's flush, plus one flush in flight).
@@ -6,7 +7,7 @@ export function createFreshness(node) {
   let latest;
   const render = () => {
     if (!latest) return;
-    const age = Math.max(0, Math.round((Date.now() - Date.parse(latest.generatedAt)) / 1000));
+    const age = Math.max(0, Math.round((serverNow() - Date.parse(latest.generatedAt)) / 1000));
     const { drainIntervalMs, flushIntervalMs } = latest.delay;
     const lag = (drainIntervalMs + 2 * flushIntervalMs) / 1000;
     setText(

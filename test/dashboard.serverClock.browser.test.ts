@@ -1,0 +1,118 @@
+import t from 'tap';
+import type { BrowserContext, Page } from 'playwright-core';
+import { launchBrowser } from '../harness/browser';
+import { sleep, waitFor } from '../harness/wait';
+import { TABLE } from '../shared/tables';
+import { wiredSystem } from './helpers/wiredSystem';
+
+// The dashboard against the server's clock, in a real Chromium against the real API and collector:
+// a browser whose clock is off. The chart's range, every "… ago" and the freshness line were
+// measured against the browser's clock.
+
+type System = Awaited<ReturnType<typeof wiredSystem>>;
+
+const HOUR_MS = 3_600_000;
+const WHOLE_TEST_TIMEOUT_MS = 150_000;
+// Uses recorded in the hour 23 hours ago: inside "Uses 24 h" (this hour and the 23 before it).
+const USES_23_HOURS_AGO = 4;
+const USES_NOW = 3;
+
+// The page handles an answer after the browser has it: a moment for that, then the check.
+const handled = () => sleep(300);
+
+async function createKey({ api, org, adminKey }: System, name: string) {
+  const response = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name, scopes: ['keys:read'] } });
+  return { id: response.body.id as string, key: response.body.key as string };
+}
+
+async function usageOf({ api, org, adminKey }: System, id: string) {
+  return (await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?keyId=${id}`, { key: adminKey })).body.data[0];
+}
+
+// A key used USES_NOW times from 127.0.0.2 a moment ago, and USES_23_HOURS_AGO times 23 hours ago.
+async function usedKey(system: System) {
+  const key = await createKey(system, 'clock-used');
+  for (let i = 0; i < USES_NOW; i++) {
+    const { status } = await system.api.getFrom('127.0.0.2', '/api/whoami', key.key);
+    if (status !== 200) throw new Error(`whoami answered ${status}`);
+  }
+  await waitFor('the uses persisted', async () => (Number((await usageOf(system, key.id))?.requestCount) === USES_NOW ? true : undefined), 15_000);
+  const hour = Math.floor(Date.now() / HOUR_MS) * HOUR_MS;
+  await system.db(TABLE.usageHourly).insert({
+    org_id: system.org.id,
+    key_id: key.id,
+    hour: new Date(hour - 23 * HOUR_MS),
+    request_count: USES_23_HOURS_AGO,
+    ok_count: USES_23_HOURS_AGO,
+  });
+  return key;
+}
+
+// A tab whose clock reads `offsetMs` off the server's (page.clock: its timers run on that clock,
+// which the test may move on), signed in with the admin key, on the page `hash` names.
+async function tabWithClock(context: BrowserContext, system: System, hash: string, offsetMs: number) {
+  const tab = await context.newPage();
+  await tab.clock.install({ time: Date.now() + offsetMs });
+  await tab.goto(`${system.api.baseUrl}/`);
+  await tab.fill('#sign-in-key', system.adminKey);
+  await tab.click('#sign-in button[type=submit]');
+  await tab.locator('#sign-out').waitFor();
+  await tab.goto(`${system.api.baseUrl}/${hash}`);
+  return tab;
+}
+
+const fact = (tab: Page, label: string) => tab.locator(`.facts dt:text-is("${label}") + dd`);
+
+// The age the freshness line gives the numbers shown, in seconds.
+async function freshnessAge(tab: Page): Promise<number> {
+  const line = await waitFor('the freshness line', async () => {
+    const text = await tab.locator('#freshness').textContent();
+    return text?.startsWith('Numbers read') ? text : undefined;
+  });
+  return Number(/^Numbers read (\d+) s ago/.exec(line)?.[1]);
+}
+
+const JUST_USED = /^(just now|\d+ s ago)$/;
+
+t.test("a browser whose clock is off by an hour boundary shows the server's times and hours", { timeout: WHOLE_TEST_TIMEOUT_MS }, async (t) => {
+  const system = await wiredSystem(t);
+  const key = await usedKey(system);
+  const context = await launchBrowser(t);
+  const pageErrors: string[] = [];
+  context.on('weberror', (error) => pageErrors.push(error.error().message));
+
+  // Behind: in the hour before the server's; ahead: in the hour after it. Each by half a minute
+  // past the boundary.
+  const intoHour = Date.now() % HOUR_MS;
+  const skews = { behind: -(intoHour + 30_000), ahead: HOUR_MS - intoHour + 30_000 };
+  for (const [name, offsetMs] of Object.entries(skews)) {
+    t.test(`${name} by ${Math.round(Math.abs(offsetMs) / 60_000)} min`, async (t) => {
+      const tab = await tabWithClock(context, system, `#/key/${key.id}`, offsetMs);
+      await tab.locator('#chart figure').waitFor();
+      const series = tab.waitForResponse((response) => {
+        const url = new URL(response.url());
+        const from = Date.parse(url.searchParams.get('from') ?? '');
+        return url.pathname.endsWith(`/${key.id}/usage`) && Date.parse(url.searchParams.get('to') ?? '') - from === 24 * HOUR_MS;
+      });
+      await tab.selectOption('#range', '24h');
+      await series;
+      await handled();
+      const uses24h = (await fact(tab, 'Uses 24 h / 7 d / 30 d').textContent())?.split(' / ')[0];
+      t.equal(uses24h, String(USES_NOW + USES_23_HOURS_AGO), '"Uses 24 h" counts this hour and the one 23 hours ago');
+      t.equal(await tab.getAttribute('#chart figure', 'data-total'), uses24h, 'the 24-hour chart adds up the same hours');
+      t.match(await fact(tab, 'Last use').textContent(), JUST_USED, 'the last use, seconds ago, is not told minutes off');
+      t.ok((await freshnessAge(tab)) < 5, 'the numbers just read are seconds old');
+
+      await tab.goto(`${system.api.baseUrl}/#/keys`);
+      const lastUse = tab.locator(`tr[data-key-id="${key.id}"] td.col-lastUse`);
+      await lastUse.waitFor();
+      t.match(await lastUse.textContent(), JUST_USED, 'nor in the keys table');
+      t.ok((await freshnessAge(tab)) < 5, "nor the keys page's numbers");
+      await tab.close();
+    });
+  }
+
+  t.test('no page error', async (t) => {
+    t.strictSame(pageErrors, []);
+  });
+});
