@@ -802,7 +802,9 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     const fact = (label: string) => tab.locator(`.facts dt:text-is("${label}") + dd`);
     await fact('Failed attempts').filter({ hasText: '1' }).waitFor();
     t.match(await fact('Last failed attempt').textContent(), /^(just now|\d+ s ago) from —$/, 'the erased address shown as —');
-    const expiredUse = await fact('Used after expiry').evaluateAll((dds) => dds.map((dd) => [dd.textContent, dd.getAttribute('title')]));
+    const expiredUse = await fact('Used after expiry')
+      .locator('time')
+      .evaluateAll((times) => times.map((time) => [time.textContent, time.getAttribute('title')]));
     t.match(expiredUse, [[/^(just now|\d+ s ago)$/, usage?.lastExpiredUseAt]], 'how long ago it was used after expiry, the exact time on hover');
     await tab.close();
   });

@@ -6,12 +6,15 @@ import { TABLE } from '../shared/tables';
 import { wiredSystem } from './helpers/wiredSystem';
 
 // The dashboard against the server's clock, in a real Chromium against the real API and collector:
-// a browser whose clock is off. The chart's range, every "… ago" and the freshness line were
-// measured against the browser's clock.
+// a browser whose clock is off, and refreshes that fail. The chart's range, every "… ago" and the
+// freshness line were measured against the browser's clock, and the times were told again only by
+// refreshes that worked.
 
 type System = Awaited<ReturnType<typeof wiredSystem>>;
 
 const HOUR_MS = 3_600_000;
+// The page's refresh period (main.js).
+const REFRESH_MS = 5000;
 const WHOLE_TEST_TIMEOUT_MS = 150_000;
 // Uses recorded in the hour 23 hours ago: inside "Uses 24 h" (this hour and the 23 before it).
 const USES_23_HOURS_AGO = 4;
@@ -111,6 +114,71 @@ t.test("a browser whose clock is off by an hour boundary shows the server's time
       await tab.close();
     });
   }
+
+  t.test('no page error', async (t) => {
+    t.strictSame(pageErrors, []);
+  });
+});
+
+t.test('through refreshes that fail, the times shown move on and a failed range switch shows no figure', { timeout: WHOLE_TEST_TIMEOUT_MS }, async (t) => {
+  const system = await wiredSystem(t);
+  const key = await usedKey(system);
+  const context = await launchBrowser(t);
+  const pageErrors: string[] = [];
+  context.on('weberror', (error) => pageErrors.push(error.error().message));
+  const unavailable = JSON.stringify({ error: { code: 'unavailable', message: 'The database is not reachable', requestId: 'test' } });
+
+  // Behind the server's: its own clock kept the freshness line at "0 s ago" through the outage.
+  const BEHIND_MS = -10 * 60_000;
+
+  // The usage list answers 503 from now on; three minutes pass, and the tick in them fails.
+  async function outage(tab: Page) {
+    await tab.route(/\/api-keys\/usage\?/, (route) => route.fulfill({ status: 503, contentType: 'application/json', body: unavailable }));
+    await tab.clock.fastForward(3 * 60_000);
+    await tab.locator('#view-error', { hasText: 'The database is not reachable' }).waitFor();
+    await handled();
+  }
+
+  t.test("the key's page", async (t) => {
+    const tab = await tabWithClock(context, system, `#/key/${key.id}`, BEHIND_MS);
+    const ipLastSeen = tab.locator('#recent-ips tbody tr td:nth-child(3)');
+    await ipLastSeen.locator('time').waitFor();
+    t.match(await fact(tab, 'Last use').textContent(), JUST_USED, 'before: seconds ago');
+    await outage(tab);
+    t.equal(await fact(tab, 'Last use').textContent(), '3 min ago', 'the last use is told again though the refresh failed');
+    t.equal(await ipLastSeen.textContent(), '3 min ago', "and the address's last use");
+    t.ok((await freshnessAge(tab)) >= 180, 'the numbers shown are said to be 3 minutes old');
+    await tab.close();
+  });
+
+  t.test('the keys table', async (t) => {
+    const tab = await tabWithClock(context, system, '#/keys', BEHIND_MS);
+    const lastUse = tab.locator(`tr[data-key-id="${key.id}"] td.col-lastUse`);
+    await lastUse.waitFor();
+    t.match(await lastUse.textContent(), JUST_USED, 'before: seconds ago');
+    await outage(tab);
+    t.equal(await lastUse.textContent(), '3 min ago', 'the last use is told again though the refresh failed');
+    await tab.close();
+  });
+
+  // The figure of the range shown before stayed under the new range's name.
+  t.test('a range switch whose series fails', async (t) => {
+    const tab = await tabWithClock(context, system, `#/key/${key.id}`, 0);
+    await tab.locator('#chart figure').waitFor();
+    const series = new RegExp(`/${key.id}/usage\\?`);
+    await tab.route(series, (route) => route.fulfill({ status: 503, contentType: 'application/json', body: unavailable }));
+    const failed = tab.waitForResponse(series);
+    await tab.selectOption('#range', '24h');
+    await failed;
+    await handled();
+    t.equal(await tab.locator('#chart figure').count(), 0, "no figure under the 24-hour range's name");
+    t.match(await tab.locator('#chart').textContent(), /Last 24 hours, hourly: not read \(The database is not reachable\)/, 'the chart says it was not read');
+    await tab.unroute(series);
+    await tab.selectOption('#range', '7d');
+    await tab.locator('#chart figure').waitFor({ timeout: REFRESH_MS });
+    t.pass('back on the range shown before, its figure is drawn again');
+    await tab.close();
+  });
 
   t.test('no page error', async (t) => {
     t.strictSame(pageErrors, []);

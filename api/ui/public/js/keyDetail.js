@@ -6,6 +6,7 @@ import { expectedNetworksSection } from './expectedNetworks.js';
 import { createIpTable } from './ipTable.js';
 import { keyActions } from './keyActions.js';
 import { stackedChart } from './stackedChart.js';
+import { setTime } from './refreshDom.js';
 import { otherTime, shownTime } from './timeFormat.js';
 
 // One key: its numbers, a chart stacked by outcome over a chosen range, recent and failing IPs,
@@ -22,34 +23,47 @@ const RANGES = {
 };
 const BUCKET_MS = { hour: 3_600_000, day: 86_400_000 };
 
-// A moment as the facts show it (timeFormat.js), the other form on hover.
-const at = (field) => [(k) => shownTime(k[field]), (k) => otherTime(k[field])];
+// A moment as the facts show it: a <time> (timeFormat.js, the other form on hover), told again on
+// every tick (main.js) and not only by a refresh that worked: through an outage "Last use" said
+// "10 s ago" for minutes. `none` when there is no such moment; `after`, what follows it.
+const at = (field, { none, after } = {}) => ({ time: (k) => k[field], none, after });
 
 const FACTS = [
   ['Status', (k) => k.status],
   ['Scopes', (k) => k.scopes.join(', ')],
-  ['Last use', ...at('lastUsedAt')],
+  ['Last use', at('lastUsedAt')],
   ['Last IP', (k) => k.lastUsedIp ?? '—'],
   ['Uses 24 h / 7 d / 30 d', (k) => `${count(k.requests.last24h)} / ${count(k.requests.last7d)} / ${count(k.requests.last30d)}`],
   ['Uses since creation', (k) => count(k.requestCount)],
   ['Failed attempts', (k) => count(k.failedAttempts)],
-  ['Last failed attempt', (k) => (k.lastFailedAt ? `${shownTime(k.lastFailedAt)} from ${k.lastFailedIp ?? '—'}` : 'none'), (k) => otherTime(k.lastFailedAt)],
-  ['Used after revocation', ...at('lastRevokedUseAt')],
-  ['Used after expiry', ...at('lastExpiredUseAt')],
+  ['Last failed attempt', at('lastFailedAt', { none: 'none', after: (k) => ` from ${k.lastFailedIp ?? '—'}` })],
+  ['Used after revocation', at('lastRevokedUseAt')],
+  ['Used after expiry', at('lastExpiredUseAt')],
 ];
 
+function factValue(fact) {
+  if (typeof fact === 'function') {
+    const dd = el('dd');
+    return { dd, update: (key) => setText(dd, fact(key)) };
+  }
+  const time = el('time');
+  const rest = document.createTextNode('');
+  const update = (key) => {
+    const iso = fact.time(key);
+    setTime(time, iso, fact.none);
+    setText(rest, iso && fact.after ? fact.after(key) : '');
+  };
+  return { dd: el('dd', {}, [time, rest]), update };
+}
+
 function createFacts() {
-  const values = FACTS.map(() => el('dd'));
+  const values = FACTS.map(([, fact]) => factValue(fact));
   const element = el(
     'dl',
     { class: 'facts' },
-    FACTS.flatMap(([label], i) => [el('dt', { text: label }), values[i]]),
+    FACTS.flatMap(([label], i) => [el('dt', { text: label }), values[i].dd]),
   );
-  const update = (key) =>
-    FACTS.forEach(([, value, title], i) => {
-      setText(values[i], value(key));
-      setAttr(values[i], 'title', title?.(key));
-    });
+  const update = (key) => values.forEach((value) => value.update(key));
   return { element, update };
 }
 
@@ -155,9 +169,17 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     const asked = range.value;
     // Another range was chosen while this one was on its way: its answer (or error) is not shown
     // under that range's name; the request for the new range draws it.
-    const series = await api('GET', orgPath(who, `/${keyId}/usage?${seriesQuery(asked, readAt ?? serverNow())}`)).catch((e) => {
-      if (range.value === asked) throw e;
-    });
+    let series;
+    try {
+      series = await api('GET', orgPath(who, `/${keyId}/usage?${seriesQuery(asked, readAt ?? serverNow())}`));
+    } catch (e) {
+      if (range.value !== asked) return;
+      // The figure shown was another range's (a range switch that failed) or an older reading:
+      // it goes, and the next answer draws whatever it holds.
+      shownSeries = '';
+      chart.replaceChildren(el('p', { class: 'chart-failed', text: `${RANGES[asked].label}: not read (${e.message})` }));
+      throw e;
+    }
     if (range.value !== asked) return;
     // The range's edges move with the clock; redraw only when they or the counts did.
     const signature = JSON.stringify([asked, series.buckets[0]?.start, series.buckets.map((b) => b.outcomes)]);

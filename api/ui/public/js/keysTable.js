@@ -2,9 +2,8 @@ import { api, holdsKeyMaterial, orgPath } from './api.js';
 import { el, setAttr, setText } from './dom.js';
 import { count } from './format.js';
 import { createPager, STALE } from './pager.js';
-import { arrange } from './refreshDom.js';
+import { arrange, setTime } from './refreshDom.js';
 import { createSparkline } from './sparkline.js';
-import { otherTime, shownTime } from './timeFormat.js';
 
 // The keys table: one page of GET …/usage (sorted, filtered and paged by the server), rows kept
 // by key id and updated in place on every refresh, so focus, selection and scroll survive.
@@ -54,9 +53,7 @@ function updateRow(row, key) {
   setText(row.cells.status, key.status);
   setAttr(row.cells.status, 'data-status', key.status);
   setText(row.cells.scopes, key.scopes.join(', '));
-  setText(row.lastUse, shownTime(key.lastUsedAt));
-  setAttr(row.lastUse, 'datetime', key.lastUsedAt);
-  setAttr(row.lastUse, 'title', otherTime(key.lastUsedAt));
+  setTime(row.lastUse, key.lastUsedAt);
   setText(row.cells.lastIp, key.lastUsedIp ?? '—');
   setText(row.cells.day, count(key.requests.last24h));
   setText(row.cells.week, count(key.requests.last7d));

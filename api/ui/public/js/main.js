@@ -177,9 +177,12 @@ $('exact-times').addEventListener('click', () => {
 window.addEventListener('hashchange', route);
 // A tick while the view's refresh is still on its way is skipped: with an API slower than 5 s,
 // each tick's request replaced the one before it, whose answer was then dropped, so the page
-// showed neither the keys nor an error.
+// showed neither the keys nor an error. The times shown are told again on every tick, whatever
+// becomes of its refresh: told only by refreshes that worked, a use 10 s old at the last one
+// still read "10 s ago" through minutes of failing refreshes.
 setInterval(() => {
   if (document.hidden) return;
+  retell(document.body);
   if (!who && sessionKey()) signInHeld();
   else if (!document.querySelector('dialog[open]') && !running.get(current)) void refreshCurrent();
 }, REFRESH_MS);

@@ -7,14 +7,18 @@ import { otherTime, shownTime } from './timeFormat.js';
 /** A moment as the page shows it (timeFormat.js), the other form on hover; `retell` brings it up to date. */
 export const timeAgo = (iso) => el('time', { datetime: iso, title: otherTime(iso), text: shownTime(iso) });
 
+/** Points the <time> `node` at `iso`, or at no moment (`none` its text, nothing to tell again). */
+export function setTime(node, iso, none = shownTime(null)) {
+  setAttr(node, 'datetime', iso);
+  setText(node, iso ? shownTime(iso) : none);
+  setAttr(node, 'title', otherTime(iso));
+}
+
 // A part rebuilt only when its data changed kept "20 s ago" while the facts beside it said
-// "1 min ago": its times are told again on every refresh.
+// "1 min ago": its times are told again on every refresh, and on every tick whatever the
+// refresh's outcome (main.js).
 export function retell(root) {
-  for (const time of root.querySelectorAll('time[datetime]')) {
-    const iso = time.getAttribute('datetime');
-    setText(time, shownTime(iso));
-    setAttr(time, 'title', otherTime(iso));
-  }
+  for (const time of root.querySelectorAll('time[datetime]')) setTime(time, time.getAttribute('datetime'));
 }
 
 // Puts `nodes` in `parent` in this order, moving only those out of place and removing the others.
