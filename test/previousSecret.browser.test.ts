@@ -66,14 +66,21 @@ t.test("a key's page says when and from where its previous secret was last used 
 
   const usedTab = await keyPage(used.id);
   await note(usedTab).filter({ hasText: /./ }).waitFor();
-  t.match(await note(usedTab).textContent(), /^Previous secret last used (just now|\d+ s ago) from 127\.0\.0\.2$/);
-  t.match(await note(usedTab).getAttribute('title'), usedView.previousSecretLastUsedAt, 'the exact time on hover');
+  // The end of the grace period was only on hover, and only while the previous secret was unused.
+  const until = (expiresAt: string) => `; it works until ${expiresAt} UTC`;
+  t.match(await note(usedTab).textContent(), /^Previous secret last used (just now|\d+ s ago) from 127\.0\.0\.2; it works until /);
+  t.match(await note(usedTab).textContent(), until(usedView.previousSecretExpiresAt), 'until when it works, once used');
+  t.match(await note(usedTab).locator('time').getAttribute('title'), usedView.previousSecretLastUsedAt, 'the exact time of the use on hover');
   t.ok(await note(usedTab).isVisible());
   t.same(await keyViewReadsPerRefresh(usedTab, system.org.id, used.id), [1, 1], "the note reads the usage row: one view per refresh, the networks section's");
 
   const unusedTab = await keyPage(unused.id);
   await note(unusedTab).filter({ hasText: /./ }).waitFor();
-  t.equal(await note(unusedTab).textContent(), 'Previous secret not used since rotation', 'used only with its new secret');
+  t.equal(
+    await note(unusedTab).textContent(),
+    `Previous secret not used since rotation${until((await view(system, unused.id)).previousSecretExpiresAt)}`,
+    'used only with its new secret; until when the previous one works',
+  );
 
   const plainTab = await keyPage(plain.id);
   await plainTab.locator('.facts dd').first().filter({ hasText: /./ }).waitFor();

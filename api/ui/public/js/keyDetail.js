@@ -6,8 +6,7 @@ import { expectedNetworksSection } from './expectedNetworks.js';
 import { createIpTable } from './ipTable.js';
 import { keyActions } from './keyActions.js';
 import { stackedChart } from './stackedChart.js';
-import { setTime } from './refreshDom.js';
-import { otherTime, shownTime } from './timeFormat.js';
+import { setTime, timeAgo } from './refreshDom.js';
 
 // One key: its numbers, a chart stacked by outcome over a chosen range, recent and failing IPs,
 // its events and (for keys:write) its actions.
@@ -69,25 +68,26 @@ function createFacts() {
 
 // During a rotation's grace period: whether the previous secret is still in use, and where from
 // (the usage row's previousSecretLastUsedAt/Ip, as the key view says them), so an operator can
-// tell when ending the grace early cuts no one off. Hidden outside a grace period, and against an
-// API that does not say.
-function previousSecretText(key) {
-  if (!key.previousSecretExpiresAt || key.previousSecretLastUsedAt === undefined) return null;
-  if (!key.previousSecretLastUsedAt) return 'Previous secret not used since rotation';
-  return `Previous secret last used ${shownTime(key.previousSecretLastUsedAt)} from ${key.previousSecretLastUsedIp ?? 'an erased address'}`;
+// tell when ending the grace early cuts no one off, and until when it works. That end was only on
+// hover while the secret was unused, and nowhere once it was used, when it matters most. Hidden
+// outside a grace period, and against an API that does not say.
+function previousSecretParts(key) {
+  const until = `; it works until ${exact(key.previousSecretExpiresAt)}`;
+  if (!key.previousSecretLastUsedAt) return [`Previous secret not used since rotation${until}`];
+  return ['Previous secret last used ', timeAgo(key.previousSecretLastUsedAt), ` from ${key.previousSecretLastUsedIp ?? 'an erased address'}${until}`];
 }
 
 function createPreviousSecretNote() {
   const element = el('p', { id: 'previous-secret', class: 'subtitle', hidden: true });
+  // Rebuilt only when the row changed; its <time> is told again with the others.
+  let shown = '';
   const update = (key) => {
-    const text = previousSecretText(key);
-    setAttr(element, 'hidden', text === null ? '' : null);
-    setText(element, text ?? '');
-    setAttr(
-      element,
-      'title',
-      text === null ? null : (otherTime(key.previousSecretLastUsedAt) ?? `The previous secret works until ${exact(key.previousSecretExpiresAt)}`),
-    );
+    const inGrace = Boolean(key.previousSecretExpiresAt) && key.previousSecretLastUsedAt !== undefined;
+    setAttr(element, 'hidden', inGrace ? null : '');
+    const signature = inGrace ? JSON.stringify([key.previousSecretExpiresAt, key.previousSecretLastUsedAt, key.previousSecretLastUsedIp]) : '';
+    if (signature === shown) return;
+    shown = signature;
+    element.replaceChildren(...(inGrace ? previousSecretParts(key) : []));
   };
   return { element, update };
 }
