@@ -167,6 +167,11 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
       t.equal(await rowText(page, key.id, 'month'), key.requests.last30d.toLocaleString('en-US'), `${key.name}: 30 d`);
       t.equal(await rowText(page, key.id, 'failed'), String(key.failedAttempts), `${key.name}: failed attempts`);
       t.equal(await rowText(page, key.id, 'lastIp'), key.lastUsedIp ?? '—', `${key.name}: last IP`);
+      t.equal(
+        await page.getAttribute(`tr[data-key-id="${key.id}"] svg.spark`, 'aria-label'),
+        `Uses per UTC day, last 7 UTC days (oldest first, today last): ${key.last7Days.join(', ')}`,
+        `${key.name}: the sparkline's days`,
+      );
       t.equal(await page.locator(`tr[data-key-id="${key.id}"] .badge-dormant`).isVisible(), key.dormant, `${key.name}: dormant badge`);
       const events = Object.values(key.events.counts as Record<string, number>).reduce((sum, n) => sum + n, 0);
       const badge = page.locator(`tr[data-key-id="${key.id}"] .badge-events`);
@@ -175,6 +180,7 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     }
     t.ok(await page.locator(`tr[data-key-id="${keys.readonly.id}"] .badge-events`).isVisible(), "a key's event outside the org's newest 200 still shows");
     t.equal(await rowText(page, keys.ci.id, 'day'), '12');
+    t.equal(await page.textContent('#keys-table th.col-spark'), 'Last 7 UTC days', 'UTC days, not the "7 d" column\'s last 168 hours');
     const order = await page.locator('#keys-table tbody tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-key-id')));
     t.strictSame(
       order,

@@ -19,7 +19,7 @@ const COLUMNS = [
   ['day', 'Uses 24 h'],
   ['week', '7 d'],
   ['month', '30 d'],
-  ['spark', 'Last 7 days'],
+  ['spark', 'Last 7 UTC days'],
   ['failed', 'Failed attempts'],
   ['badges', 'Flags'],
 ];

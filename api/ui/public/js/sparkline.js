@@ -1,6 +1,8 @@
 import { setAttr, setText, svg } from './dom.js';
 
-// Seven days of uses as a line, updated in place on every refresh.
+// Seven UTC days of uses as a line (the usage row's last7Days, today last), updated in place on
+// every refresh. Its header and text say UTC days: beside the "7 d" column, which is the last 168
+// hours, "Last 7 days" read as the same uses and added up to another number.
 const WIDTH = 70;
 const HEIGHT = 18;
 
@@ -16,7 +18,7 @@ export function createSparkline() {
       const step = WIDTH / Math.max(1, numbers.length - 1);
       const points = numbers.map((n, i) => `${(i * step).toFixed(1)},${(HEIGHT - 1 - (n / max) * (HEIGHT - 2)).toFixed(1)}`).join(' ');
       setAttr(line, 'points', points);
-      const text = `Uses per day, last 7 days (oldest first): ${values.join(', ')}`;
+      const text = `Uses per UTC day, last 7 UTC days (oldest first, today last): ${values.join(', ')}`;
       setText(title, text);
       setAttr(node, 'aria-label', text);
     },
