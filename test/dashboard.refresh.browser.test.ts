@@ -1,7 +1,8 @@
 import t from 'tap';
 import type { Page } from 'playwright-core';
 import { launchBrowser } from '../harness/browser';
-import { sleep, waitFor } from '../harness/wait';
+import { waitFor } from '../harness/wait';
+import { REFRESH_MS, WHOLE_TEST_TIMEOUT_MS, clockedTab, createKey, handled, usageOf } from './helpers/dashboardClock';
 import { wiredSystem } from './helpers/wiredSystem';
 
 // The dashboard's 5 s refresh, driven in a real Chromium against the real API: it must keep the
@@ -9,23 +10,7 @@ import { wiredSystem } from './helpers/wiredSystem';
 
 type System = Awaited<ReturnType<typeof wiredSystem>>;
 
-// The page's refresh period (main.js); the tabs' clocks are moved by the test (page.clock).
-const REFRESH_MS = 5000;
 const EVENTS_OF_USED_KEY = 60;
-const WHOLE_TEST_TIMEOUT_MS = 150_000;
-
-// The page handles an answer after the browser has it: a moment for that, then the check.
-const handled = () => sleep(300);
-
-async function createKey({ api, org, adminKey }: System, name: string) {
-  const response = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name, scopes: ['keys:read'] } });
-  return { id: response.body.id as string, key: response.body.key as string };
-}
-
-async function usageOf({ api, org, adminKey }: System, id: string) {
-  const usage = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?keyId=${id}`, { key: adminKey });
-  return usage.body.data[0];
-}
 
 // A key used once (a recent IP, a first-use event) with EVENTS_OF_USED_KEY more events, one
 // created long ago and never used (dormant), one never used that the keys table lists last.
@@ -49,19 +34,6 @@ async function world(system: System) {
     })),
   );
   return { used, dormant, mover };
-}
-
-// A tab signed in with the admin key on the page `hash` names, its timers on a clock the test
-// moves: each 5 s refresh comes when the test says.
-async function clockedTab(context: Awaited<ReturnType<typeof launchBrowser>>, system: System, hash: string) {
-  const tab = await context.newPage();
-  await tab.clock.install();
-  await tab.goto(`${system.api.baseUrl}/`);
-  await tab.fill('#sign-in-key', system.adminKey);
-  await tab.click('#sign-in button[type=submit]');
-  await tab.locator('#sign-out').waitFor();
-  await tab.goto(`${system.api.baseUrl}/${hash}`);
-  return tab;
 }
 
 // One refresh, its answer from `url` handled.

@@ -1,8 +1,9 @@
 import t from 'tap';
-import type { BrowserContext, Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import { launchBrowser } from '../harness/browser';
-import { sleep, waitFor } from '../harness/wait';
+import { waitFor } from '../harness/wait';
 import { TABLE } from '../shared/tables';
+import { REFRESH_MS, WHOLE_TEST_TIMEOUT_MS, clockedTab, createKey, handled, usageOf } from './helpers/dashboardClock';
 import { wiredSystem } from './helpers/wiredSystem';
 
 // The dashboard against the server's clock, in a real Chromium against the real API and collector:
@@ -13,24 +14,9 @@ import { wiredSystem } from './helpers/wiredSystem';
 type System = Awaited<ReturnType<typeof wiredSystem>>;
 
 const HOUR_MS = 3_600_000;
-// The page's refresh period (main.js).
-const REFRESH_MS = 5000;
-const WHOLE_TEST_TIMEOUT_MS = 150_000;
 // Uses recorded in the hour 23 hours ago: inside "Uses 24 h" (this hour and the 23 before it).
 const USES_23_HOURS_AGO = 4;
 const USES_NOW = 3;
-
-// The page handles an answer after the browser has it: a moment for that, then the check.
-const handled = () => sleep(300);
-
-async function createKey({ api, org, adminKey }: System, name: string) {
-  const response = await api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name, scopes: ['keys:read'] } });
-  return { id: response.body.id as string, key: response.body.key as string };
-}
-
-async function usageOf({ api, org, adminKey }: System, id: string) {
-  return (await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?keyId=${id}`, { key: adminKey })).body.data[0];
-}
 
 // A key used USES_NOW times from 127.0.0.2 a moment ago, and USES_23_HOURS_AGO times 23 hours ago.
 async function usedKey(system: System) {
@@ -49,19 +35,6 @@ async function usedKey(system: System) {
     ok_count: USES_23_HOURS_AGO,
   });
   return key;
-}
-
-// A tab whose clock reads `offsetMs` off the server's (page.clock: its timers run on that clock,
-// which the test may move on), signed in with the admin key, on the page `hash` names.
-async function tabWithClock(context: BrowserContext, system: System, hash: string, offsetMs: number) {
-  const tab = await context.newPage();
-  await tab.clock.install({ time: Date.now() + offsetMs });
-  await tab.goto(`${system.api.baseUrl}/`);
-  await tab.fill('#sign-in-key', system.adminKey);
-  await tab.click('#sign-in button[type=submit]');
-  await tab.locator('#sign-out').waitFor();
-  await tab.goto(`${system.api.baseUrl}/${hash}`);
-  return tab;
 }
 
 const fact = (tab: Page, label: string) => tab.locator(`.facts dt:text-is("${label}") + dd`);
@@ -90,7 +63,7 @@ t.test("a browser whose clock is off by an hour boundary shows the server's time
   const skews = { behind: -(intoHour + 30_000), ahead: HOUR_MS - intoHour + 30_000 };
   for (const [name, offsetMs] of Object.entries(skews)) {
     t.test(`${name} by ${Math.round(Math.abs(offsetMs) / 60_000)} min`, async (t) => {
-      const tab = await tabWithClock(context, system, `#/key/${key.id}`, offsetMs);
+      const tab = await clockedTab(context, system, `#/key/${key.id}`, offsetMs);
       await tab.locator('#chart figure').waitFor();
       const series = tab.waitForResponse((response) => {
         const url = new URL(response.url());
@@ -140,7 +113,7 @@ t.test('through refreshes that fail, the times shown move on and a failed range 
   }
 
   t.test("the key's page", async (t) => {
-    const tab = await tabWithClock(context, system, `#/key/${key.id}`, BEHIND_MS);
+    const tab = await clockedTab(context, system, `#/key/${key.id}`, BEHIND_MS);
     const ipLastSeen = tab.locator('#recent-ips tbody tr td:nth-child(3)');
     await ipLastSeen.locator('time').waitFor();
     t.match(await fact(tab, 'Last use').textContent(), JUST_USED, 'before: seconds ago');
@@ -152,7 +125,7 @@ t.test('through refreshes that fail, the times shown move on and a failed range 
   });
 
   t.test('the keys table', async (t) => {
-    const tab = await tabWithClock(context, system, '#/keys', BEHIND_MS);
+    const tab = await clockedTab(context, system, '#/keys', BEHIND_MS);
     const lastUse = tab.locator(`tr[data-key-id="${key.id}"] td.col-lastUse`);
     await lastUse.waitFor();
     t.match(await lastUse.textContent(), JUST_USED, 'before: seconds ago');
@@ -163,7 +136,7 @@ t.test('through refreshes that fail, the times shown move on and a failed range 
 
   // The figure of the range shown before stayed under the new range's name.
   t.test('a range switch whose series fails', async (t) => {
-    const tab = await tabWithClock(context, system, `#/key/${key.id}`, 0);
+    const tab = await clockedTab(context, system, `#/key/${key.id}`, 0);
     await tab.locator('#chart figure').waitFor();
     const series = new RegExp(`/${key.id}/usage\\?`);
     await tab.route(series, (route) => route.fulfill({ status: 503, contentType: 'application/json', body: unavailable }));

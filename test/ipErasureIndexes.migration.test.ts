@@ -1,9 +1,8 @@
 import t from 'tap';
 import { AUDIT_IP_INDEX, EVENT_FIRST_SEEN_INDEX } from '../migrations/20261207000250_ip_erasure_indexes';
 import { createOrg, insertKeys } from '../bench/lib/database';
-import { waitFor } from '../harness/wait';
-import { createDb, MIGRATION_CONFIG, type Db } from '../shared/db';
-import { freshDatabase, migrateDownTo } from './helpers/database';
+import { MIGRATION_CONFIG, type Db } from '../shared/db';
+import { freshDatabase, migrateBesideWrites, migrateDownTo } from './helpers/database';
 
 // 20261207000250 indexes what the hourly IP erasure looks for in the audit log and the events,
 // concurrently: the previous version, serving while the migration runs, keeps writing both.
@@ -30,28 +29,19 @@ t.test('both indexes are built while another connection writes an audit entry an
   const [keyId] = await insertKeys(db, orgId, 1, 'k');
   // A transaction still open that wrote an event: the build waits for it (a plain CREATE INDEX on
   // key_events would wait for its lock, and every write after it behind the build).
-  const holder = await db.transaction();
-  await event(holder, orgId, keyId);
-  const migrating = db.migrate.up({ ...MIGRATION_CONFIG, name: MIGRATION });
-  await waitFor(
-    'the build to wait for the open transaction',
-    async () => (await db.raw(`select 1 from pg_stat_activity where query ilike 'create index%' and wait_event_type is not null`)).rows[0],
-    10_000,
-    20,
-  );
-  const writer = createDb(url, { poolMax: 1 });
-  t.teardown(() => writer.destroy());
-  const written = await writer
-    .transaction(async (trx) => {
-      await trx.raw(`set local lock_timeout = '2s'`);
+  const written = await migrateBesideWrites(
+    t,
+    db,
+    url,
+    MIGRATION,
+    (holder) => event(holder, orgId, keyId),
+    async (trx) => {
       await auditEntry(trx, orgId, keyId);
       await event(trx, orgId, keyId);
       return 'written';
-    })
-    .catch((error: Error) => error.message);
-  await holder.commit();
+    },
+  );
   t.equal(written, 'written', 'an audit entry and an event are written during the build');
-  await migrating;
   t.same(await validIndexes(db), [...NAMES].sort(), 'both built, valid');
   await db.migrate.down({ ...MIGRATION_CONFIG, name: MIGRATION });
   t.same(await validIndexes(db), [], 'down drops them');

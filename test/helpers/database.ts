@@ -81,3 +81,39 @@ export async function heldAuditLock(t: Test, url: string, orgId: string) {
   await lockOrgFor(trx, 'audit', orgId);
   return trx;
 }
+
+/**
+ * Runs `migration` up (a concurrent index build) while a transaction that wrote (`hold`) is still
+ * open, and meanwhile `during` on another connection (lock_timeout 2 s): a concurrent build waits
+ * for the open transaction and lets the write through, where a plain CREATE INDEX blocks it.
+ * Returns what `during` returned, or its error's message.
+ */
+export async function migrateBesideWrites<T>(
+  t: Test,
+  db: Db,
+  url: string,
+  migration: string,
+  hold: (trx: Db) => Promise<unknown>,
+  during: (trx: Db) => Promise<T>,
+): Promise<T | string> {
+  const holder = await db.transaction();
+  await hold(holder);
+  const migrating = db.migrate.up({ ...MIGRATION_CONFIG, name: migration });
+  await waitFor(
+    'the build to wait for the open transaction',
+    async () => (await db.raw(`select 1 from pg_stat_activity where query ilike 'create index%' and wait_event_type is not null`)).rows[0],
+    10_000,
+    20,
+  );
+  const writer = createDb(url, { poolMax: 1 });
+  t.teardown(() => writer.destroy());
+  const written = await writer
+    .transaction(async (trx) => {
+      await trx.raw(`set local lock_timeout = '2s'`);
+      return during(trx);
+    })
+    .catch((error: Error) => error.message);
+  await holder.commit();
+  await migrating;
+  return written;
+}
