@@ -1,9 +1,10 @@
 import t from 'tap';
 import type { Page } from 'playwright-core';
 import { launchBrowser } from '../harness/browser';
-import { waitFor } from '../harness/wait';
+import { sleep, waitFor } from '../harness/wait';
 import { TABLE } from '../shared/tables';
 import { REFRESH_MS, WHOLE_TEST_TIMEOUT_MS, clockedTab, createKey, handled, usageOf } from './helpers/dashboardClock';
+import { signedInTab } from './helpers/dashboardTab';
 import { wiredSystem } from './helpers/wiredSystem';
 
 // The dashboard against the server's clock, in a real Chromium against the real API and collector:
@@ -156,4 +157,37 @@ t.test('through refreshes that fail, the times shown move on and a failed range 
   t.test('no page error', async (t) => {
     t.strictSame(pageErrors, []);
   });
+});
+
+// Found by a review: the offset was taken from the answer's arrival, and the server stamps
+// generatedAt before its queries, so a slow answer's trip was taken for the clocks' difference
+// and the line said "0 s ago" of numbers 12 s old. Same clock on both sides here.
+const SLOW_ANSWER_MS = 8000;
+
+t.test('a slow usage answer is not told fresher than it is', { timeout: WHOLE_TEST_TIMEOUT_MS }, async (t) => {
+  const system = await wiredSystem(t);
+  await createKey(system, 'slow-answer');
+  const context = await launchBrowser(t);
+  const pageErrors: string[] = [];
+  const tab = await signedInTab(context, system.api.baseUrl, system.adminKey, '#/keys', pageErrors);
+  await tab.locator('#freshness', { hasText: 'Numbers read' }).waitFor();
+  const held: string[] = [];
+  await tab.route(/\/api-keys\/usage\?/, async (route) => {
+    const response = await route.fetch();
+    const body = await response.text();
+    held.push(JSON.parse(body).generatedAt);
+    await sleep(SLOW_ANSWER_MS);
+    await route.fulfill({ response, body });
+  });
+  const line = await waitFor(
+    'the held answer shown',
+    async () => {
+      const text = (await tab.locator('#freshness').textContent()) ?? '';
+      return held.length > 0 && text.includes(held[0]) ? text : undefined;
+    },
+    WHOLE_TEST_TIMEOUT_MS / 2,
+  );
+  const told = Number(/^Numbers read (\d+) s ago/.exec(line)?.[1]);
+  t.ok(told >= SLOW_ANSWER_MS / 1000 - 1, `told ${told} s old, read ${SLOW_ANSWER_MS / 1000} s before it arrived`);
+  t.strictSame(pageErrors, []);
 });

@@ -52,7 +52,14 @@ t.test('the clean-up dialog warns where no use is recorded, and names same-named
     'the warning the API answers an apply without ids with',
   );
   t.ok(await revoke.isDisabled(), 'Revoke stays disabled');
+  t.equal(await tab.evaluate('document.activeElement?.textContent'), 'Cancel', 'the focus opens on Cancel, not on the box');
   const acknowledge = dialog.getByLabel('I have checked that uses are recorded');
+  // Ticked from the keyboard, then Enter: the form's first button, Cancel, closed it silently.
+  await acknowledge.focus();
+  await tab.keyboard.press('Space');
+  await tab.keyboard.press('Enter');
+  t.ok(await dialog.isVisible(), 'Enter on the box closes nothing');
+  await acknowledge.uncheck();
   await acknowledge.check();
   t.ok(await revoke.isEnabled(), 'until the person says uses are recorded');
   await acknowledge.uncheck();

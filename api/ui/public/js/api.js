@@ -60,6 +60,7 @@ export async function api(method, path, { body, key = sessionKey(), idempotencyK
   if (body !== undefined) headers['content-type'] = 'application/json';
   if (idempotencyKey) headers['idempotency-key'] = idempotencyKey;
   let response;
+  const sentAt = Date.now();
   try {
     // A request that never ends (a connection lost while the laptop slept) held its view's
     // refreshes for good: the page skips a tick while its refresh runs.
@@ -69,13 +70,12 @@ export async function api(method, path, { body, key = sessionKey(), idempotencyK
     if (error?.name === 'TimeoutError') throw timedOut(method, key);
     throw new ApiError(0, 'network', 'The API could not be reached', key);
   }
-  const arrivedAt = Date.now();
   const payload = await response.json().catch(() => NOT_JSON);
   const apiError = payload?.error;
   if (response.ok ? payload === NOT_JSON : typeof apiError?.message !== 'string') throw notFromTheApi(response, key);
   if (!response.ok) throw new ApiError(response.status, apiError.code ?? 'unknown', apiError.message, key);
   // A usage answer says when the server read it: the page's clock is the server's (format.js).
-  if (typeof payload?.generatedAt === 'string') noteServerTime(payload.generatedAt, arrivedAt);
+  if (typeof payload?.generatedAt === 'string') noteServerTime(payload.generatedAt, sentAt);
   return payload;
 }
 

@@ -9,6 +9,11 @@ export function confirmDialog({ title, message, confirmLabel, warning, acknowled
     const confirm = el('button', { type: 'submit', value: 'yes', class: 'danger', text: confirmLabel, disabled: acknowledge !== undefined });
     const checkbox = acknowledge === undefined ? undefined : el('input', { type: 'checkbox', id: 'confirm-acknowledge' });
     checkbox?.addEventListener('change', () => (confirm.disabled = !checkbox.checked));
+    // Enter in a form submits it by its first button, Cancel: ticked with Space, then Enter, the
+    // dialog closed as cancelled with nothing said. Enter on the box does nothing; Tab reaches the button.
+    checkbox?.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter') event.preventDefault();
+    });
     // Described by its message (and the warning): the focus opens on Cancel, so without it a
     // screen reader read the title and the button, never which key or what follows.
     const dialog = el(
@@ -24,7 +29,7 @@ export function confirmDialog({ title, message, confirmLabel, warning, acknowled
           el('p', { id: 'confirm-message', text: message }),
           warning === undefined ? null : el('p', { id: 'confirm-warning', class: 'error', text: warning }),
           checkbox === undefined ? null : el('label', { class: 'acknowledge' }, [checkbox, ` ${acknowledge}`]),
-          el('div', { class: 'buttons' }, [el('button', { type: 'submit', value: 'no', text: 'Cancel' }), confirm]),
+          el('div', { class: 'buttons' }, [el('button', { type: 'submit', value: 'no', text: 'Cancel', autofocus: true }), confirm]),
         ]),
       ],
     );

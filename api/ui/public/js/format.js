@@ -12,13 +12,16 @@ const UNITS = [
 // resumed): measured against it, a use 10 s old read "5 min ago" (or "just now" for minutes),
 // the freshness line "300 s ago" on every refresh, and the key page's chart asked for hours the
 // server had not reached or left out the current one. The offset is the last usage answer's
-// `generatedAt` less the moment it arrived (api.js): off by the answer's own trip only.
+// `generatedAt` less the moment its request was sent (api.js). The server stamps `generatedAt`
+// before its queries, so measured from the answer's arrival, a slow answer's whole trip was taken
+// for the clocks' difference, and the freshness line said "0 s ago" of numbers 12 s old. From the
+// send, the page's times are too old by at most the round trip: never told fresher than they are.
 let serverOffsetMs = 0;
 
-/** `iso`, the server's time of an answer, arrived at `arrivedAt` on this browser's clock. */
-export function noteServerTime(iso, arrivedAt) {
+/** `iso`, the server's time of an answer to a request sent at `sentAt` on this browser's clock. */
+export function noteServerTime(iso, sentAt) {
   const at = Date.parse(iso);
-  if (Number.isFinite(at)) serverOffsetMs = at - arrivedAt;
+  if (Number.isFinite(at)) serverOffsetMs = at - sentAt;
 }
 
 export const serverNow = () => Date.now() + serverOffsetMs;
