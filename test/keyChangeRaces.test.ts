@@ -94,7 +94,7 @@ t.test('two expected-network changes at once: each audit entry records what it r
   const networks =
     (list: string[]): Change =>
     (api, orgId, keyId) =>
-      api.services.apiKeys.setExpectedNetworks(orgId, keyId, list);
+      api.services.apiKeys.update(orgId, keyId, { expectedNetworks: list });
   const { db, id } = await raced(t, [networks(['10.0.0.0/8']), networks(['192.0.2.0/24'])]);
   const entries = await db('audit_log').where({ target_key_id: id, action: 'key.update' }).orderBy('id').pluck('details');
   t.strictSame(
@@ -110,7 +110,7 @@ t.test('two expected-network changes at once: each audit entry records what it r
 t.test('an expected-network change queued behind a deletion of the key (by SQL) answers not_found', async (t) => {
   const { outcomes } = await raced(t, [
     (_api, orgId, keyId, db) => db('api_keys').where({ org_id: orgId, id: keyId }).delete(),
-    (api, orgId, keyId) => api.services.apiKeys.setExpectedNetworks(orgId, keyId, ['10.0.0.0/8']),
+    (api, orgId, keyId) => api.services.apiKeys.update(orgId, keyId, { expectedNetworks: ['10.0.0.0/8'] }),
   ]);
   t.match(outcomes[1], { code: 'not_found', message: 'API key not found' });
 });

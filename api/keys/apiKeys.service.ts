@@ -657,12 +657,8 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       return rotateKey(orgId, keyId, options, request);
     },
 
-    update: updateKey,
-
     /** Expected networks do not block a request: a use from outside them raises key.outside_networks. */
-    setExpectedNetworks(orgId: string, keyId: string, networks: string[] | null, context: ChangeContext = {}) {
-      return updateKey(orgId, keyId, { expectedNetworks: networks }, context);
-    },
+    update: updateKey,
 
     // Active keys dormant for dormantDays (shared/dormancy.ts). A dry run lists them; otherwise the
     // same selection is revoked in one statement, or, with keyIds (the set a dry run showed), only
