@@ -30,6 +30,9 @@ Commands:
   key create <orgId> --name <name> --scopes <scope,...> [--expires-at <ISO 8601>]
                                      Create an API key (scopes: ${SCOPES.join(', ')})
   key revoke <orgId> <keyId>         Revoke an API key at once
+  key renew <orgId> <keyId> --expires-at <ISO 8601|never>
+                                     Give an active API key a new expiry (same id, usage history
+                                     and networks); an expired or revoked key cannot be renewed
   key revoke-dormant <orgId> --days <n> [--apply [--key-ids <id,...|@file>]]
                                      List the active keys unused for n days (and not created or
                                      rotated within them); --apply revokes them, for good: with
@@ -67,6 +70,7 @@ export type Command =
   | { kind: 'key list'; orgId: string; json: boolean }
   | { kind: 'key create'; orgId: string; name: string; scopes: Scope[]; expiresAt: Date | null; json: boolean }
   | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean }
+  | { kind: 'key renew'; orgId: string; keyId: string; expiresAt: Date | null; json: boolean }
   | { kind: 'key revoke-dormant'; orgId: string; dormantDays: number; apply: boolean; keyIds: KeyIds | undefined; json: boolean }
   | { kind: 'key erase-ips'; orgId: string; keyId: string; json: boolean }
   | { kind: 'pepper status'; json: boolean }
@@ -135,6 +139,7 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
   'key list': { args: ['orgId'], options: [] },
   'key create': { args: ['orgId'], options: ['name', 'scopes', 'expires-at'] },
   'key revoke': { args: ['orgId', 'keyId'], options: [] },
+  'key renew': { args: ['orgId', 'keyId'], options: ['expires-at'] },
   'key revoke-dormant': { args: ['orgId'], options: ['days', 'apply', 'key-ids'] },
   'key erase-ips': { args: ['orgId', 'keyId'], options: [] },
   'pepper status': { args: [], options: [] },
@@ -222,6 +227,12 @@ export function parseCli(argv: string[], now: number): ParsedCli {
       case 'key revoke':
       case 'key erase-ips':
         return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), keyId: checkId(args[1], '<keyId>'), json } };
+      case 'key renew': {
+        const raw = values['expires-at'];
+        if (raw === undefined) throw new UsageError('key renew: --expires-at is required (an ISO 8601 date-time, or never)');
+        const ids = { orgId: checkId(args[0], '<orgId>'), keyId: checkId(args[1], '<keyId>') };
+        return { kind: 'command', command: { kind, ...ids, expiresAt: raw === 'never' ? null : parseExpiry(raw, now), json } };
+      }
       case 'key revoke-dormant': {
         if (values.days === undefined) throw new UsageError('key revoke-dormant: --days is required');
         const apply = values.apply ?? false;
@@ -414,6 +425,14 @@ const revokeKey: Handler<'key revoke'> = async (command, deps, keys) => {
   deps.out('Running API servers refuse it within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).');
 };
 
+const renewKey: Handler<'key renew'> = async (command, deps, keys) => {
+  await requireOrganization(deps.db, command.orgId);
+  const renewed = await keys.update(command.orgId, command.keyId, { expiresAt: command.expiresAt });
+  if (command.json) return printJson(deps, renewed);
+  deps.out(`API key ${renewed.id} ("${printable(renewed.name)}") now ${renewed.expiresAt === null ? 'never expires' : `expires at ${renewed.expiresAt}`}.`);
+  deps.out('Running API servers apply it within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).');
+};
+
 const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys) => {
   await requireOrganization(deps.db, command.orgId);
   const keyIds = command.keyIds && ('ids' in command.keyIds ? command.keyIds.ids : await keyIdsOfFile(command.keyIds.file));
@@ -550,6 +569,7 @@ const HANDLERS: { [K in Command['kind']]: Handler<K> } = {
   'key list': listKeys,
   'key create': createKey,
   'key revoke': revokeKey,
+  'key renew': renewKey,
   'key revoke-dormant': revokeDormant,
   'key erase-ips': (command, deps) => eraseIps(command, deps),
   'pepper status': (command, deps) => pepperStatus(command.json, deps),

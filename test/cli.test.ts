@@ -206,6 +206,45 @@ t.test('key create, list and revoke', async (t) => {
   for (const form of await storedHashForms(db)) t.notMatch(allOutput, form, 'no stored hash is printed');
 });
 
+// key.expiring warned an operator who could renew a key only through the API (or make a new one,
+// losing its id, usage history and networks).
+t.test('key renew: a new expiry for an active key, never, and refusals', async (t) => {
+  const { db, api, cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  const { org } = cli.json();
+  const soon = new Date(Date.now() + 3_600_000);
+  const key = await api.services.apiKeys.create(org.id, { name: 'nightly', scopes: ['keys:read'], expiresAt: soon });
+  const later = new Date(Date.now() + 30 * 86_400_000).toISOString();
+  cli.reset();
+
+  t.equal(await cli.run('key', 'renew', org.id, key.key.id, '--expires-at', later), 0);
+  t.equal(cli.out[0], `API key ${key.key.id} ("nightly") now expires at ${later}.`);
+  t.equal((await db('api_keys').where({ id: key.key.id }).first('expires_at')).expires_at.toISOString(), later, 'stored');
+  const audit = await db('audit_log').where({ target_key_id: key.key.id, action: 'key.update' }).first('actor_type', 'details');
+  t.strictSame(audit, { actor_type: 'cli', details: { expiresAt: { from: soon.toISOString(), to: later } } }, 'audited as the CLI');
+  t.equal((await api.request('GET', '/api/whoami', { key: key.plaintext })).status, 200, 'the key works');
+  cli.reset();
+
+  t.equal(await cli.run('key', 'renew', org.id, key.key.id, '--expires-at', 'never', '--json'), 0);
+  t.match(cli.json(), { id: key.key.id, expiresAt: null, status: 'active' });
+  cli.reset();
+
+  t.equal(await cli.run('key', 'renew', org.id, key.key.id), 2, '--expires-at is required');
+  t.match(cli.err.join('\n'), /--expires-at is required/);
+  cli.reset();
+  t.equal(await cli.run('key', 'renew', org.id, key.key.id, '--expires-at', '2001-01-01T00:00:00Z'), 2);
+  t.match(cli.err.join('\n'), /--expires-at: must be in the future/);
+  cli.reset();
+
+  await cli.run('key', 'revoke', org.id, key.key.id);
+  cli.reset();
+  t.equal(await cli.run('key', 'renew', org.id, key.key.id, '--expires-at', later), 1, 'a revoked key is not renewed');
+  t.match(cli.err.join('\n'), /a revoked key cannot be renewed; create a new key/);
+  t.equal((await db('api_keys').where({ id: key.key.id }).first('expires_at')).expires_at, null, 'unchanged');
+  cli.reset();
+  t.equal(await cli.run('key', 'renew', org.id, randomUUID(), '--expires-at', later), 1, 'an unknown key');
+});
+
 t.test('key revoke-dormant: a dry run, then --apply selects again and revokes what it finds', async (t) => {
   const { db, api, cli } = await setup(t);
   await cli.run('org', 'create', 'acme', '--json');
@@ -427,7 +466,7 @@ t.test('bad usage prints the usage on stderr and exits 2 without touching the da
     t.same(cli.err, []);
     cli.reset();
   }
-  for (const command of ['org create', 'org list', 'key list', 'key create', 'key revoke']) t.match(USAGE, command);
+  for (const command of ['org create', 'org list', 'key list', 'key create', 'key revoke', 'key renew']) t.match(USAGE, command);
 });
 
 // A usage error quotes the arguments, and a key pasted in the wrong place was echoed whole.
