@@ -1,4 +1,5 @@
 import { randomInt } from 'node:crypto';
+import { hostname } from 'node:os';
 import type { Knex } from 'knex';
 import { loadConfig, type Config } from '../shared/config';
 import { createCheckedDb, poolState, warnIfServerAllowsFewer, warnIfServerOlder } from '../shared/db';
@@ -23,6 +24,7 @@ import { KnownKeys } from './knownKeys';
 import { createUsageStore } from './usageLog';
 import type { UsageStore } from './usageStore';
 import { createUpkeep } from './upkeep';
+import { createListeningSpan, spanStore } from './listeningSpan';
 
 // receiver (collector/receiver.ts, UDP) → parser (collector/packetHandler.ts, shared/usageDatagram)
 // → aggregator (per key, in memory) → flusher (interval, one transaction per flush) → PostgreSQL.
@@ -39,6 +41,8 @@ export interface CollectorOverrides {
   receiverIndex?: number;
   /** The oldest server_version_num it runs on: tests stand a higher one in for an older server. */
   minServerVersionNum?: number;
+  /** How often its listening span is moved forward (LISTENING_HEARTBEAT_MS unless a test shortens it). */
+  listeningHeartbeatMs?: number;
 }
 
 export async function startCollector(config: Config, logger: Logger, databaseUrl: string, overrides: CollectorOverrides = {}) {
@@ -136,10 +140,22 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
       throw error;
     });
   }
+  const listening = createListeningSpan({
+    store: spanStore(db),
+    collector: `${hostname()}:${receiver.port}${inCluster ? `/${overrides.receiverIndex}` : ''}`,
+    now,
+    flushCaughtUp: () => flusher.pendingKeys === 0,
+    // A key the key list lacks is, as far as this collector knows, no key: its uses lose nothing.
+    usesLost: () => aggregator.overflowUses - aggregator.unlistedOverflowUses,
+    warn,
+    heartbeatMs: overrides.listeningHeartbeatMs,
+  });
   // Last, once nothing can fail: the flusher's interval and the fold it begins at start would
   // otherwise outlive a failed start (a received use waits in the aggregator until then).
   keyList?.sync.start();
   flusher.start();
+  // Not awaited: a database slow to take the row does not hold the start (the next beat retries).
+  void listening.start();
   logger.info(
     {
       udp: `${receiver.host}:${receiver.port}`,
@@ -168,9 +184,12 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     // when its lease ends, retention within the hour.
     const upkeepStopped = upkeep.stop().then(() => true);
     await untilQuiet(() => ingest.packets, config.collector.stopQuietMs);
+    const closedAt = now();
     await receiver.close();
     await relay?.stop();
     const flushed = await flusher.stop(left(flushBy));
+    // Before the pool closes; within the flush's deadline, as what it vouches for.
+    await within(listening.stop(closedAt, flushed), left(flushBy));
     const upkeepDone = (await within(upkeepStopped, left(flushBy))) ?? false;
     if (metrics) await closeServer(metrics, left(closeBy));
     // destroy() waits for every connection in use: a write or fold past the flusher's deadline,

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import type { Config } from '../shared/config';
 import { expireIpData } from '../shared/ipRetention';
+import { expireListeningSpans } from './listeningSpan';
 import type { Logger } from '../shared/logger';
 import { EventSweep } from './eventSweep';
 import { expireOldEvents } from './eventStore';
@@ -118,7 +119,8 @@ export function createUpkeep(options: UpkeepOptions) {
 
 export type Upkeep = ReturnType<typeof createUpkeep>;
 
-// One retention run: usage rows and events past their retention, addresses past IP_RETENTION_DAYS.
+// One retention run: usage rows and events past their retention, addresses past IP_RETENTION_DAYS,
+// collectors' listening spans past the longest dormancy window.
 // The parts run in turn, each on one connection: run at once they held three of the pool's
 // connections (sized with one for upkeep), and with the hour move and the sweep on the same tick
 // the flush waited for a connection. Each logs its own failure and the next still runs (until a
@@ -134,6 +136,7 @@ async function retentionRun(
     ['retention cleanup failed', () => store.expireOldRows(config.collector.retentionDays)],
     ['retention cleanup failed', () => expireEvents(options, gaveUp)],
     ['IP retention cleanup failed', () => expireIpData(db, config.privacy.ipRetentionDays)],
+    ['retention cleanup failed', () => expireListeningSpans(db, options.now())],
   ];
   let succeeded = true;
   for (const [message, part] of parts) {

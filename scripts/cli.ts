@@ -1,10 +1,12 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
+import { DAY_MS } from '../shared/timeUnits';
 import { AppError } from '../api/errors';
 import { beginAuditedChange, recordAudit } from '../api/audit/audit.repository';
 import { countKeysByPepper, findApiKeyInOrg } from '../api/keys/apiKeys.repository';
-import { MAX_REVOKE_KEY_IDS, createApiKeysService, type ApiKeyView } from '../api/keys/apiKeys.service';
+import { COLLECTOR_GAPS_SHOWN, MAX_REVOKE_KEY_IDS, createApiKeysService, type ApiKeyView, type revokeDormantResult } from '../api/keys/apiKeys.service';
+import { collectorUptimeSince, spansHeardSince, type ListeningSpan } from '../api/keys/collectorUptime.repository';
 import { pepperId } from '../api/keys/keyMaterial';
 import { SCOPES, type Scope } from '../api/keys/scopes';
 import { findOrganizationById, insertOrganization, listOrganizations, type Organization } from '../api/orgs/orgs.repository';
@@ -41,6 +43,8 @@ Commands:
                                      (refused if no key of the org has a recorded use within n days)
   key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log, usage log)
   pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS, KEY_PEPPER_NEXT)
+  collector spans [--days <n>]       When each collector process listened in the last n days (7 by
+                                     default), and the gaps the dormant clean-up counts
   usage-log requeue                  Move the usage set aside (usage log rows a fold could not read,
                                      keys PostgreSQL refused) back into the usage log for the next fold
   help                               Show this help
@@ -74,6 +78,7 @@ export type Command =
   | { kind: 'key revoke-dormant'; orgId: string; dormantDays: number; apply: boolean; keyIds: KeyIds | undefined; json: boolean }
   | { kind: 'key erase-ips'; orgId: string; keyId: string; json: boolean }
   | { kind: 'pepper status'; json: boolean }
+  | { kind: 'collector spans'; days: number; json: boolean }
   | { kind: 'usage-log requeue'; json: boolean };
 
 /** The ids a dry run listed: given inline, or a file's, read when the command runs. */
@@ -143,6 +148,7 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
   'key revoke-dormant': { args: ['orgId'], options: ['days', 'apply', 'key-ids'] },
   'key erase-ips': { args: ['orgId', 'keyId'], options: [] },
   'pepper status': { args: [], options: [] },
+  'collector spans': { args: [], options: ['days'] },
   'usage-log requeue': { args: [], options: [] },
 };
 
@@ -249,6 +255,8 @@ export function parseCli(argv: string[], now: number): ParsedCli {
           },
         };
       }
+      case 'collector spans':
+        return { kind: 'command', command: { kind, days: values.days === undefined ? 7 : check(dormantDays, values.days, '--days'), json } };
       case 'pepper status':
       case 'usage-log requeue':
         return { kind: 'command', command: { kind, json } };
@@ -453,17 +461,30 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
     deps.out('A revocation cannot be undone: their holders need new keys.');
     deps.out('Running API servers refuse them within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).');
   } else {
-    // The ids go through where --apply alone is refused: say why it would be, before they are copied.
-    if (!result.usesRecorded) {
-      deps.err(
-        `warning: no key of organization ${command.orgId} has a recorded use in the last ${command.dormantDays} days, so these may look unused only because uses are not recorded: check that the API records uses (USAGE_TRACKING) and the collector writes them before applying`,
-      );
-    }
+    warnOfUnrecordedUses(deps, command, result);
     // Applied later without the ids, the selection is made again: a key that crossed the threshold since is revoked unseen.
     const ids = result.keys.length <= 20 ? result.keys.map((key) => key.id).join(',') : '@<file of the ids above, one per line>';
     deps.out(`To revoke exactly these (those still dormant then), for good: --apply --key-ids ${ids}`);
   }
 };
+
+// The ids go through where --apply alone is refused: say why it would be, before they are copied.
+function warnOfUnrecordedUses(deps: CliDeps, command: { orgId: string; dormantDays: number }, result: z.output<typeof revokeDormantResult>): void {
+  if (!result.usesRecorded) {
+    deps.err(
+      `warning: no key of organization ${command.orgId} has a recorded use in the last ${command.dormantDays} days, so these may look unused only because uses are not recorded: check that the API records uses (USAGE_TRACKING) and the collector writes them before applying`,
+    );
+  }
+  const { gaps, moreGaps } = result.collectorUptime;
+  if (gaps.length === 0) return;
+  deps.err(
+    `warning: uses may have been lost ${gaps.length}${moreGaps ? ' or more' : ''} time(s) in the last ${command.dormantDays} days, and a key used only then is listed here: check the collectors before applying`,
+  );
+  for (const gap of gaps)
+    deps.err(
+      `  ${gap.from} to ${gap.to ?? 'now'}: ${gap.cause === 'no_collector' ? 'no collector listened' : 'a collector refused uses (its aggregator full)'}`,
+    );
+}
 
 // With --key-ids, the others are keys the list did not name, not those beyond the 10,000 oldest.
 function moreDormantAdvice(applied: boolean, listed: boolean): string {
@@ -563,6 +584,38 @@ async function requeueUsageLog(json: boolean, deps: CliDeps): Promise<void> {
   if (rows > 0) deps.out('A fold that still cannot read or write one sets it aside again (quarantined_keys_total).');
 }
 
+/** How many spans `collector spans` lists, newest first. */
+const SPANS_LISTED = 200;
+
+async function collectorSpans(command: { days: number; json: boolean }, deps: CliDeps): Promise<void> {
+  const now = deps.now();
+  const from = new Date(now - command.days * DAY_MS);
+  const spans = await spansHeardSince(deps.db, from, SPANS_LISTED);
+  const uptime = await collectorUptimeSince(deps.db, from, new Date(now), COLLECTOR_GAPS_SHOWN);
+  if (command.json) return printJson(deps, { spans, ...uptime });
+  if (uptime.trackedSince === null) {
+    deps.out('No collector has recorded when it listens: none of this version has run on this database.');
+    return;
+  }
+  deps.out(
+    `Collector spans heard in the last ${command.days} days${spans.length === SPANS_LISTED ? ` (the newest ${SPANS_LISTED})` : ''}; tracked since ${uptime.trackedSince.toISOString()}:`,
+  );
+  const ended = (span: ListeningSpan) => (span.lostUsesAfter ? 'refused uses after' : '');
+  deps.out(
+    table([
+      ['COLLECTOR', 'STARTED', 'LAST HEARD', ''],
+      ...spans.map((span) => [printable(span.collector), span.startedAt.toISOString(), span.heardAt.toISOString(), ended(span)]),
+    ]),
+  );
+  deps.out(
+    uptime.gaps.length === 0 ? 'No gap: a use was lost nowhere the spans can see.' : `Gaps (uses may have been lost)${uptime.moreGaps ? ', the newest' : ''}:`,
+  );
+  for (const gap of uptime.gaps)
+    deps.out(
+      `  ${gap.from.toISOString()} to ${gap.to?.toISOString() ?? 'now'}: ${gap.cause === 'no_collector' ? 'no collector listened' : 'a collector refused uses (its aggregator full)'}`,
+    );
+}
+
 const HANDLERS: { [K in Command['kind']]: Handler<K> } = {
   'org create': createOrg,
   'org list': listOrgs,
@@ -573,6 +626,7 @@ const HANDLERS: { [K in Command['kind']]: Handler<K> } = {
   'key revoke-dormant': revokeDormant,
   'key erase-ips': (command, deps) => eraseIps(command, deps),
   'pepper status': (command, deps) => pepperStatus(command.json, deps),
+  'collector spans': (command, deps) => collectorSpans(command, deps),
   'usage-log requeue': (command, deps) => requeueUsageLog(command.json, deps),
 };
 

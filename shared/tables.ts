@@ -18,6 +18,7 @@ export const TABLE = {
   webhookDeliveryAttempts: 'webhook_delivery_attempts',
   auditLog: 'audit_log',
   idempotencyKeys: 'idempotency_keys',
+  collectorSpans: 'collector_listening_spans',
 } as const;
 
 /** A key's addresses: those of proven uses and those of failed attempts, each with its own count column. */

@@ -359,6 +359,54 @@ t.test('key revoke-dormant --apply where no use of the org was recorded within -
   t.equal((await db('api_keys').whereNotNull('revoked_at')).length, 2);
 });
 
+t.test('key revoke-dormant: a dry run prints when uses may have been lost, and --apply alone is refused across it', async (t) => {
+  const { db, api, cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  const { org } = cli.json();
+  const ci = (await api.services.apiKeys.create(org.id, { name: 'ci', scopes: ['keys:read'], expiresAt: null })).key.id;
+  await api.services.apiKeys.create(org.id, { name: 'old', scopes: ['keys:read'], expiresAt: null });
+  await db('api_keys')
+    .where({ org_id: org.id })
+    .update({ created_at: new Date(Date.now() - 100 * 86_400_000) });
+  await db('api_key_usage').insert({ org_id: org.id, key_id: ci, request_count: 1, last_used_at: new Date() });
+  const gap = { from: new Date(Date.now() - 20 * 86_400_000), to: new Date(Date.now() - 20 * 86_400_000 + 15_000) };
+  await db('collector_listening_spans').insert([
+    { collector: 'a', started_at: new Date(Date.now() - 95 * 86_400_000), heard_at: gap.from, lost_uses_after: true },
+    { collector: 'a', started_at: gap.to, heard_at: new Date() },
+  ]);
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90'), 0);
+  t.strictSame(cli.err, [
+    'warning: uses may have been lost 1 time(s) in the last 90 days, and a key used only then is listed here: check the collectors before applying',
+    `  ${gap.from.toISOString()} to ${gap.to.toISOString()}: a collector refused uses (its aggregator full)`,
+  ]);
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply'), 1);
+  t.match(
+    cli.err.join('\n'),
+    /uses may have been lost 1 time\(s\) in the last 90 days \(the latest from .*: a collector refused uses\), so 2 key\(s\) used only then/,
+  );
+  t.equal((await db('api_keys').whereNotNull('revoked_at')).length, 0, 'nothing revoked');
+
+  cli.reset();
+  t.equal(await cli.run('collector', 'spans', '--days', '30'), 0);
+  t.match(
+    cli.out.join('\n'),
+    /Collector spans heard in the last 30 days; tracked since .*\nCOLLECTOR +STARTED +LAST HEARD\s*\na +\S+ +\S+ *\na +\S+ +\S+ +refused uses after\n/,
+  );
+  t.equal(cli.out.at(-1), `  ${gap.from.toISOString()} to ${gap.to.toISOString()}: a collector refused uses (its aggregator full)`);
+  cli.reset();
+  t.equal(await cli.run('collector', 'spans', '--days', '10', '--json'), 0);
+  t.strictSame([cli.json().spans.length, cli.json().gaps], [1, []], 'the gap 20 days ago is outside 10 days');
+  t.equal(await cli.run('collector', 'spans', '--days', 'x'), 2, 'a bad --days is a usage error');
+});
+
+t.test('collector spans: before any collector of this version ran', async (t) => {
+  const { cli } = await setup(t);
+  t.equal(await cli.run('collector', 'spans'), 0);
+  t.strictSame(cli.out, ['No collector has recorded when it listens: none of this version has run on this database.']);
+});
+
 t.test('key list of an org without keys, and a long list', async (t) => {
   const { db, cli } = await setup(t);
   const [org] = await db('organizations').insert({ name: 'empty' }).returning('*');
@@ -466,7 +514,7 @@ t.test('bad usage prints the usage on stderr and exits 2 without touching the da
     t.same(cli.err, []);
     cli.reset();
   }
-  for (const command of ['org create', 'org list', 'key list', 'key create', 'key revoke', 'key renew']) t.match(USAGE, command);
+  for (const command of ['org create', 'org list', 'key list', 'key create', 'key revoke', 'key renew', 'collector spans']) t.match(USAGE, command);
 });
 
 // A usage error quotes the arguments, and a key pasted in the wrong place was echoed whole.

@@ -10,7 +10,7 @@ import { freshDatabase } from './helpers/database';
 // are written nowhere (startTestApi keeps them in memory): as an API whose collector does not
 // write, every key looks unused. The API refuses an apply that selects again there (409); the
 // dialog applies the ids its dry run listed, which go through, and revoked every key of such an
-// org without a word (a review).
+// org without a word (a review). So where collectors record a gap (shared/collectorUptime.ts).
 
 const WHOLE_TEST_TIMEOUT_MS = 120_000;
 const DAY_MS = 86_400_000;
@@ -78,6 +78,26 @@ t.test('the clean-up dialog warns where no use is recorded, and names same-named
   t.equal(await dialog.locator('#confirm-warning').count(), 0, 'no warning');
   t.equal(await dialog.locator('input[type=checkbox]').count(), 0, 'nothing to tick');
   t.ok(await revoke.isEnabled());
+  await dialog.locator('button', { hasText: 'Cancel' }).click();
+  await dialog.waitFor({ state: 'detached' });
+
+  // Uses recorded, but no collector listened for a day 10 days ago: a key used only then looks dormant.
+  const gapFrom = Date.now() - 11 * DAY_MS;
+  await db(TABLE.collectorSpans).insert([
+    { collector: 'a', started_at: new Date(Date.now() - 60 * DAY_MS), heard_at: new Date(gapFrom) },
+    { collector: 'a', started_at: new Date(gapFrom + DAY_MS), heard_at: new Date() },
+  ]);
+  await openDialog(tab);
+  t.match(
+    await dialog.locator('#confirm-warning').textContent(),
+    new RegExp(
+      `^Uses may have been lost 1 time in the last 30 days, and a key used only then looks unused: ${new Date(gapFrom).toISOString()} UTC.* to ${new Date(gapFrom + DAY_MS).toISOString()} UTC.* \\(no collector listened\\)\\. Check the collectors\\.$`,
+    ),
+    'the gap, with its times',
+  );
+  t.ok(await revoke.isDisabled(), 'Revoke stays disabled');
+  await dialog.getByLabel('I have checked that these keys were not in use then').check();
+  t.ok(await revoke.isEnabled(), 'until the person says so');
   await dialog.locator('button', { hasText: 'Cancel' }).click();
   await dialog.waitFor({ state: 'detached' });
   t.strictSame(pageErrors, [], 'no page error');

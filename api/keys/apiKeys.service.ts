@@ -27,6 +27,8 @@ import { SCOPES, type Scope } from './scopes';
 import { requireKeyInOrg } from './requireKeyInOrg';
 import { lockOrgFor } from '../orgs/orgs.repository';
 import { DAY_MS } from '../../shared/timeUnits';
+import { collectorUptimeSince, type CollectorUptime } from './collectorUptime.repository';
+import { GAP_TOLERANCE_MS } from '../../shared/collectorUptime';
 import type { IdempotentRequest } from '../idempotency/idempotency';
 import { idempotentChanges, madeNow, replayedFlag, type Replayed } from '../idempotency/idempotentChange';
 
@@ -83,6 +85,8 @@ export const revealedOrReplayedApiKey = z.union([revealedApiKey, replayedApiKey]
 export const apiKeyList = listOf(apiKeyView, offsetPage).meta({ id: 'ApiKeyList' });
 /** How many ids a revoke-dormant may name (keyIds): the API's bound, which the CLI checks first. */
 export const MAX_REVOKE_KEY_IDS = 10_000;
+/** How many gaps a revoke-dormant answer lists (collectorUptime.gaps). */
+export const COLLECTOR_GAPS_SHOWN = 20;
 export const revokeDormantResult = z
   .object({
     dryRun: z.boolean(),
@@ -95,6 +99,28 @@ export const revokeDormantResult = z
       description:
         "Whether a use of any of the org's keys is recorded within dormantDays. false: uses may not be recorded (an API with USAGE_TRACKING=false, a collector not writing, a wrong port or signing secret), so every key older than dormantDays looks unused; an apply without keyIds is then refused (409), and one with them revokes what they name. Check that uses are recorded before applying",
     }),
+    collectorUptime: z
+      .object({
+        trackedSince: isoTime.nullable().meta({
+          description: 'When the first collector of this version began recording when it listens (null: none has yet): no gap is known before it',
+        }),
+        gaps: z
+          .array(
+            z.object({
+              from: isoTime,
+              to: isoTime.nullable().meta({ description: 'null: still going on' }),
+              cause: z.enum(['no_collector', 'uses_lost']).meta({
+                description: `no_collector: no collector listened (silences under ${GAP_TOLERANCE_MS / 1000} s, as a restart's, are not counted); uses_lost: a collector refused uses, its aggregator full`,
+              }),
+            }),
+          )
+          .meta({ description: `The newest ${COLLECTOR_GAPS_SHOWN} times within dormantDays when a use may have been lost, oldest first` }),
+        moreGaps: z.boolean(),
+      })
+      .meta({
+        description:
+          'When uses may have been lost within dormantDays: a key used only then looks dormant. An apply without keyIds is refused (409) while there is any gap; one with them revokes what they name',
+      }),
   })
   .meta({ id: 'RevokeDormantResult' });
 
@@ -364,7 +390,8 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       const now = deps.now();
       const query = dormantQuery(orgId, input, context.actor, now);
       const usesRecorded = await usesRecordedWithin(trx, query);
-      if (input.keyIds === undefined && !usesRecorded) await refuseUnrecordedOrg(trx, query, input.dormantDays);
+      const uptime = await collectorUptimeSince(trx, query.idleSince, query.now, COLLECTOR_GAPS_SHOWN);
+      if (input.keyIds === undefined) await refuseUnsafeSelection(trx, query, input.dormantDays, usesRecorded, uptime);
       const keys = await revokeDormantKeys(trx, query, MAX_REVOKE_KEY_IDS);
       // Asked whatever the count: a key spared by the check after the locks leaves fewer than the
       // limit revoked, and others may still be dormant. Those revoked are dormant no more.
@@ -390,12 +417,15 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
             // false: revoked by the ids given although no use of the org was recorded within
             // dormantDays (as the dry run said), an override of the check above.
             usesRecorded,
+            // How many times within dormantDays a use may have been lost (as the answer lists
+            // them): above 0 only with keyIds, an override of the check above.
+            collectorGaps: uptime.gaps.length,
           },
           actor: auditActor(context.actor),
           ip: context.ip ?? null,
         })),
       );
-      return { keys, more, now, usesRecorded };
+      return { keys, more, now, usesRecorded, uptime };
     });
   }
 
@@ -403,16 +433,28 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
   // COLLECTOR_PORT or signing secret, USAGE_TRACKING=false on the API that serves the org's keys),
   // every key looks unused, and an apply that selects again revoked every key of the org older
   // than dormantDays, for good (a key made or rotated since is spared, so "every key" was no
-  // test). What tells it: no use of any of the org's keys recorded within dormantDays. Such an
-  // apply takes the ids a dry run listed. The CLI had this check and the API had not (a review).
-  // Asked only where usesRecordedWithin answered false.
-  async function refuseUnrecordedOrg(db: Db, query: DormantQuery, dormantDays: number): Promise<void> {
+  // test). What tells it: no use of any of the org's keys recorded within dormantDays. Nor where
+  // a use may have been lost within dormantDays (no collector listened, or one refused uses): a
+  // key used only then looks unused, and the keys selected again are not those anyone checked.
+  // Such an apply takes the ids a dry run listed. The CLI had the first check and the API had not
+  // (a review).
+  async function refuseUnsafeSelection(db: Db, query: DormantQuery, dormantDays: number, usesRecorded: boolean, uptime: CollectorUptime): Promise<void> {
+    if (usesRecorded && uptime.gaps.length === 0) return;
     // Where nothing would be revoked (every key newer than dormantDays) it is harmless: not refused.
     const dry = await dormantListed(db, query);
     if (dry.keys.length === 0) return;
+    const count = `${dry.keys.length}${dry.more ? ' or more' : ''}`;
+    const override = 'to revoke them anyway, pass the ids a dry run lists (keyIds; --key-ids in the CLI)';
+    if (!usesRecorded) {
+      throw new AppError(
+        'conflict',
+        `no key of organization ${query.orgId} has a recorded use in the last ${dormantDays} days, so all ${count} key(s) older than that look unused: check that the API records uses (USAGE_TRACKING) and the collector writes them; ${override}`,
+      );
+    }
+    const latest = uptime.gaps[uptime.gaps.length - 1];
     throw new AppError(
       'conflict',
-      `no key of organization ${query.orgId} has a recorded use in the last ${dormantDays} days, so all ${dry.keys.length}${dry.more ? ' or more' : ''} key(s) older than that look unused: check that the API records uses (USAGE_TRACKING) and the collector writes them; to revoke them anyway, pass the ids a dry run lists (keyIds; --key-ids in the CLI)`,
+      `uses may have been lost ${uptime.gaps.length}${uptime.moreGaps ? ' or more' : ''} time(s) in the last ${dormantDays} days (the latest from ${latest.from.toISOString()} ${latest.to ? `to ${latest.to.toISOString()}` : 'until now'}: ${latest.cause === 'no_collector' ? 'no collector listened' : 'a collector refused uses'}), so ${count} key(s) used only then would look unused: check the collectors; ${override}`,
     );
   }
 
@@ -435,7 +477,9 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
   async function dormantDryRun(orgId: string, input: DormantInput, actor: Actor | undefined) {
     const now = deps.now();
     const query = dormantQuery(orgId, input, actor, now);
-    return { ...(await dormantListed(deps.db, query)), now, usesRecorded: await usesRecordedWithin(deps.db, query) };
+    const usesRecorded = await usesRecordedWithin(deps.db, query);
+    const uptime = await collectorUptimeSince(deps.db, query.idleSince, query.now, COLLECTOR_GAPS_SHOWN);
+    return { ...(await dormantListed(deps.db, query)), now, usesRecorded, uptime };
   }
 
   // Whether the org has dormant keys besides `answered`, whatever keyIds listed: asked within the
@@ -674,7 +718,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       }
       // Either answer is bounded: an org of 100,000 dormant keys with long names and networks made
       // each a response of hundreds of megabytes, built on the API's one thread.
-      const { keys, more, now, usesRecorded } = input.dryRun
+      const { keys, more, now, usesRecorded, uptime } = input.dryRun
         ? await dormantDryRun(orgId, input, context.actor)
         : await revokeDormantApplied(orgId, input, context);
       if (!input.dryRun) for (const key of keys) deps.verifier?.invalidate(key.id);
@@ -688,6 +732,11 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         keys: keys.map((key) => ({ ...toApiKeyView(key, now, uses.get(key.id)), lastUsedAt: iso(key.lastUsedAt) })),
         more,
         usesRecorded,
+        collectorUptime: {
+          trackedSince: iso(uptime.trackedSince),
+          gaps: uptime.gaps.map((gap) => ({ from: gap.from.toISOString(), to: iso(gap.to), cause: gap.cause })),
+          moreGaps: uptime.moreGaps,
+        },
       };
     },
 

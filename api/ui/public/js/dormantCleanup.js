@@ -3,6 +3,7 @@ import { el, isolate, setText } from './dom.js';
 import { confirmDialog } from './confirmDialog.js';
 import { optionalSection } from './optionalSection.js';
 import { retell, timeAgo } from './refreshDom.js';
+import { exact } from './format.js';
 
 // A dry run lists the oldest 10,000 dormant keys at most, and says when there are more.
 const MORE = (result) => (result.more ? ' More keys are dormant than those listed here: run the clean-up again after this one.' : '');
@@ -21,6 +22,28 @@ const named = (key) => `${isolate(key.name ?? key.id)} (${key.displayPrefix})`;
 // told here and must say so.
 const unrecordedWarning = (dormantDays, result) =>
   `No key of this organization has a recorded use in the last ${dormantDays} days, so all ${result.keys.length}${result.more ? ' or more' : ''} key${result.keys.length === 1 ? '' : 's'} older than that look unused: check that the API records uses (USAGE_TRACKING) and the collector writes them.`;
+
+// The other 409 of an apply without keyIds (refuseUnsafeSelection): times within dormantDays when a
+// use may have been lost, where a key used only then looks dormant.
+function gapsWarning(dormantDays, result) {
+  const { gaps, moreGaps } = result.collectorUptime;
+  const told = gaps.map(
+    (gap) => `${exact(gap.from)} to ${gap.to ? exact(gap.to) : 'now'} (${gap.cause === 'no_collector' ? 'no collector listened' : 'a collector refused uses'})`,
+  );
+  return `Uses may have been lost ${gaps.length}${moreGaps ? ' or more' : ''} time${gaps.length === 1 ? '' : 's'} in the last ${dormantDays} days, and a key used only then looks unused: ${told.join('; ')}. Check the collectors.`;
+}
+
+// Why the keys a dry run listed may be in use after all, with what the person must confirm; none
+// when it has listed none.
+function cleanUpRisk(dormantDays, result) {
+  if (result.keys.length === 0) return undefined;
+  const gaps = result.collectorUptime.gaps.length > 0;
+  if (!result.usesRecorded) {
+    const warning = [unrecordedWarning(dormantDays, result), ...(gaps ? [gapsWarning(dormantDays, result)] : [])].join(' ');
+    return { warning, acknowledge: 'I have checked that uses are recorded' };
+  }
+  return gaps ? { warning: gapsWarning(dormantDays, result), acknowledge: 'I have checked that these keys were not in use then' } : undefined;
+}
 
 // The threshold box read once for the list, its label and the clean-up alike: 0 listed the keys of
 // 30 days under a label of 0, and the clean-up sent 0 to a 400. A value out of bounds is refused
@@ -84,7 +107,7 @@ export function dormantSection(who, canWrite, onFresh) {
     const keys = result.keys;
     setText(
       outcome,
-      `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map(named).join(', ') || 'none'}${MORE(result)}${dryRun && !result.usesRecorded && keys.length > 0 ? ` ${unrecordedWarning(dormantDays, result)}` : ''}`,
+      `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map(named).join(', ') || 'none'}${MORE(result)}${dryRun ? ` ${cleanUpRisk(dormantDays, result)?.warning ?? ''}`.trimEnd() : ''}`,
     );
   };
   const preview = el('button', { type: 'button', text: 'Preview clean-up (dry run)', onclick: () => section.guard(() => cleanUp(chosenDays(days), true)) });
@@ -102,16 +125,16 @@ export function dormantSection(who, canWrite, onFresh) {
         const message = `Revoke these ${dry.keys.length} key${dry.keys.length === 1 ? '' : 's'}, unused for ${dormantDays} days: ${names}?${MORE(dry)} Their holders get 401 from now on.`;
         // Exactly the keys the dialog named (a dry run lists 10,000 at most, as many as keyIds takes).
         const keyIds = dry.keys.map((key) => key.id);
-        // Where no use of the org is recorded, the API refuses an apply that selects again; with the
-        // ids it goes through, so the person is warned and must confirm it (they revoked every
-        // key of such an org without a word, a review).
-        const unrecorded = !dry.usesRecorded && dry.keys.length > 0;
+        // Where no use of the org is recorded, or uses may have been lost, the API refuses an apply
+        // that selects again; with the ids it goes through, so the person is warned and must
+        // confirm it (they revoked every key of such an org without a word, a review).
+        const risk = cleanUpRisk(dormantDays, dry);
         const confirmed = await confirmDialog({
           title: 'Revoke dormant keys',
           message,
           confirmLabel: 'Revoke them',
-          warning: unrecorded ? unrecordedWarning(dormantDays, dry) : undefined,
-          acknowledge: unrecorded ? 'I have checked that uses are recorded' : undefined,
+          warning: risk?.warning,
+          acknowledge: risk?.acknowledge,
         });
         if (confirmed) await cleanUp(dormantDays, false, keyIds);
       }),

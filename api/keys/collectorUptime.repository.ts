@@ -1,0 +1,91 @@
+import { rawRows, type Db } from '../../shared/db';
+import { GAP_TOLERANCE_MS } from '../../shared/collectorUptime';
+import { TABLE } from '../../shared/tables';
+
+/**
+ * A time within a window when a use may have been lost: no collector listened ('no_collector';
+ * `to` null while none is heard still), or one refused uses, its aggregator full ('uses_lost';
+ * `to` null until it opened its next span).
+ */
+export interface CollectorGap {
+  from: Date;
+  to: Date | null;
+  cause: 'no_collector' | 'uses_lost';
+}
+
+export interface CollectorUptime {
+  /** When the first span kept began (null: no collector of this version has run): no gap is known before it. */
+  trackedSince: Date | null;
+  /** The newest `limit` gaps since `from`, oldest first. */
+  gaps: CollectorGap[];
+  /** Older gaps than those answered exist. */
+  moreGaps: boolean;
+}
+
+// The spans reaching into the window, each counted until GAP_TOLERANCE_MS after it was last heard,
+// and, where spans began before the window, one that covers its start (the time before is not
+// asked about); a gap is where a span starts after every earlier one ended (islands and gaps, by a
+// running max). A span closed on a loss is a gap of its own until its collector's next span,
+// whatever others covered: a datagram goes to one collector, and that one dropped it. Its next
+// span is the next row of that name (ids grow; its start may equal the closed span's, both opened
+// in one millisecond).
+const GAPS_SQL = `
+  with reaching as (
+    select id, collector, started_at, heard_at, lost_uses_after from ${TABLE.collectorSpans} where heard_at >= :reachFrom
+  ), covered as (
+    select started_at, heard_at + :tolerance as until from reaching
+    union all
+    (select cast('-infinity' as timestamptz), cast(:from as timestamptz) + :tolerance from ${TABLE.collectorSpans} where started_at < :from limit 1)
+  ), ordered as (
+    select started_at, max(until) over (order by started_at, until rows between unbounded preceding and 1 preceding) as reached from covered
+  ), gaps as (
+    select greatest(reached - :tolerance, :from) as gap_from, started_at as gap_to, 'no_collector' as cause from ordered where started_at > reached
+    union all
+    select s.heard_at, (select min(n.started_at) from ${TABLE.collectorSpans} n where n.collector = s.collector and n.id > s.id), 'uses_lost'
+      from reaching s where s.lost_uses_after and s.heard_at >= :from
+  )
+  select gap_from, gap_to, cause from gaps order by gap_from desc limit :limit`;
+
+/** When no collector listened, or one lost uses, between `from` and `now` (shared/collectorUptime.ts). */
+export async function collectorUptimeSince(db: Db, from: Date, now: Date, limit: number): Promise<CollectorUptime> {
+  const tolerance = `${GAP_TOLERANCE_MS} milliseconds`;
+  const [extent] = await rawRows<{ tracked_since: Date | null; last_heard: Date | null }>(
+    db,
+    `select min(started_at) as tracked_since, max(heard_at) as last_heard from ${TABLE.collectorSpans}`,
+  );
+  if (extent.tracked_since === null || extent.last_heard === null) return { trackedSince: null, gaps: [], moreGaps: false };
+  const reachFrom = new Date(from.getTime() - GAP_TOLERANCE_MS);
+  const rows = await rawRows<{ gap_from: Date; gap_to: Date | null; cause: CollectorGap['cause'] }>(
+    db,
+    GAPS_SQL.replaceAll(':tolerance', 'cast(:tolerance as interval)'),
+    { from, reachFrom, tolerance, limit: limit + 1 },
+  );
+  const found = rows.slice(0, limit).map((row) => ({ from: row.gap_from, to: row.gap_to, cause: row.cause }));
+  // A loss within a time no collector listened (its next span opened late: the database was away)
+  // says nothing more: told once.
+  const silences = found.filter((gap) => gap.cause === 'no_collector');
+  const within = (gap: CollectorGap, silence: CollectorGap) => gap.from >= silence.from && gap.to !== null && silence.to !== null && gap.to <= silence.to;
+  const gaps = found.filter((gap) => gap.cause === 'no_collector' || !silences.some((silence) => within(gap, silence)));
+  // None heard lately: the time since the last beat, which no span's start ends.
+  if (extent.last_heard.getTime() + GAP_TOLERANCE_MS < now.getTime()) {
+    gaps.unshift({ from: new Date(Math.max(extent.last_heard.getTime(), from.getTime())), to: null, cause: 'no_collector' });
+  }
+  return { trackedSince: extent.tracked_since, gaps: gaps.reverse(), moreGaps: rows.length > limit };
+}
+
+export interface ListeningSpan {
+  collector: string;
+  startedAt: Date;
+  heardAt: Date;
+  lostUsesAfter: boolean;
+}
+
+/** The spans heard since `from`, newest first: the CLI's `collector spans`. */
+export async function spansHeardSince(db: Db, from: Date, limit: number): Promise<ListeningSpan[]> {
+  const rows = await rawRows<{ collector: string; started_at: Date; heard_at: Date; lost_uses_after: boolean }>(
+    db,
+    `select collector, started_at, heard_at, lost_uses_after from ${TABLE.collectorSpans} where heard_at >= :from order by started_at desc, id desc limit :limit`,
+    { from, limit },
+  );
+  return rows.map((row) => ({ collector: row.collector, startedAt: row.started_at, heardAt: row.heard_at, lostUsesAfter: row.lost_uses_after }));
+}
