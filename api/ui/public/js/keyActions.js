@@ -174,6 +174,37 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
   return el(
     'div',
     { class: 'actions', id: 'key-actions' },
-    live ? [el('label', {}, ['Grace period ', grace]), rotate, revoke] : [el('p', { text: `This key is ${key.status}: nothing to rotate or revoke.` })],
+    live
+      ? [el('label', {}, ['Grace period ', grace]), rotate, revoke, expiryControls(who, key, act)]
+      : [el('p', { text: `This key is ${key.status}: nothing to rotate, revoke or renew.` })],
   );
+}
+
+// Renewal (PATCH …/api-keys/:keyId with expiresAt): key.expiring warned ahead of an expiry the
+// page could only watch come, though the API and the CLI could move it. A date, read as 00:00 UTC,
+// as the API compares times; "Never expires" where the key has an expiry. The API's refusals (a
+// time past, beyond the caller's own expiry) are shown as the other actions' are.
+function expiryControls(who, key, act) {
+  const date = el('input', {
+    type: 'date',
+    id: 'expiry-date',
+    'aria-label': 'New expiry date (00:00 UTC)',
+    value: key.expiresAt ? key.expiresAt.slice(0, 10) : '',
+  });
+  const patch = (expiresAt) => api('PATCH', orgPath(who, `/${key.id}`), { body: { expiresAt } });
+  const renew = el('button', {
+    type: 'button',
+    id: 'renew',
+    text: 'Set expiry',
+    onclick: act(async () => {
+      if (date.value === '') throw new Error('New expiry: choose a date.');
+      await patch(`${date.value}T00:00:00.000Z`);
+    }),
+  });
+  const never = el('button', { type: 'button', id: 'never-expires', text: 'Never expires', onclick: act(() => patch(null)) });
+  return el('div', { class: 'expiry', role: 'group', 'aria-label': 'Expiry' }, [
+    el('label', {}, ['Expires on (00:00 UTC) ', date]),
+    renew,
+    ...(key.expiresAt ? [never] : []),
+  ]);
 }

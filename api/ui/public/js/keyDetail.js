@@ -146,8 +146,9 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     previousSecret.update(key);
     recent.update(key.recentIps);
     failing.update(key.recentFailedIps);
-    if (canWrite && key.status !== shownStatus) {
-      shownStatus = key.status;
+    // Rebuilt when the status changes, and when the expiry does (its controls show it).
+    if (canWrite && `${key.status} ${key.expiresAt}` !== shownStatus) {
+      shownStatus = `${key.status} ${key.expiresAt}`;
       showActions(keyActions({ who, key, onChanged: refresh, onError: (e) => tellAgain(error, e.message), onSignedOut }));
     }
     await Promise.all([refreshChart(), events.refresh(), networks.refresh()]);
@@ -156,10 +157,17 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
 
   // Revoked by keyboard, the focus went back from the dialog to the Revoke button, which the
   // revoked key's block then replaced: the focus fell to <body>. It goes to the block's status line.
+  // Rebuilt after a renewal, the control that had the focus keeps it where the new block has it.
   function showActions(block) {
     const hadFocus = actions.contains(document.activeElement);
+    const focusedId = hadFocus ? document.activeElement.id : '';
     actions.replaceChildren(block);
     if (!hadFocus) return;
+    const same = focusedId ? block.querySelector(`#${CSS.escape(focusedId)}`) : null;
+    if (same) {
+      same.focus();
+      return;
+    }
     const status = block.querySelector('p') ?? block;
     status.tabIndex = -1;
     status.focus();
