@@ -6,6 +6,7 @@ import type { Knex } from 'knex';
 import type { PoolClient } from 'pg';
 import { isoTimeSql, type Db } from '../shared/db';
 import { IDLE_SINCE_SQL, dormantKeySql } from '../shared/dormancy';
+import { latestGapEnd } from '../shared/collectorUptime';
 import type { KeyUsageDelta } from './aggregator';
 import { BASELINE_DAYS } from '../shared/keyEvents';
 import { eventIdSql } from '../shared/eventId';
@@ -287,13 +288,17 @@ returning org_id, key_id`;
 // Times in an event's details are written as the API writes every time (isoTimeSql): the jsonb of
 // a timestamptz is `2026-12-06T03:40:37+00:00`, which a receiver comparing it with the key's own
 // expiresAt as text found different.
+// usesMayHaveBeenLost: a collector gap (shared/collectorUptime.ts) ended after the key's idle time
+// began, so a use in it was lost and the key may be in use: a receiver that revokes on key.dormant
+// can hold back, as the clean-up does.
 // `orgs` narrows the keys: every org when listing those with events due, one org for its chunk.
 const dormantDue = (orgs: string) =>
   notRecorded(`
 select k.org_id, k.id as key_id, 'key.dormant' as type,
        ${SWEPT_AT},
        jsonb_build_object('lastUsedAt', ${isoTimeSql('u.last_used_at')}, 'dormantDays', o.dormancy_days,
-                          'crossedAt', ${isoTimeSql(`${IDLE_SINCE_SQL} + o.dormancy_days * ${DAY}`)}),
+                          'crossedAt', ${isoTimeSql(`${IDLE_SINCE_SQL} + o.dormancy_days * ${DAY}`)},
+                          'usesMayHaveBeenLost', ${IDLE_SINCE_SQL} < cast(:gapEnd as timestamptz)),
        'key.dormant:' || k.id || ':' || coalesce(cast(extract(epoch from u.last_used_at) * 1000 as bigint)::text, 'never')
          || case when k.rotated_at > coalesce(u.last_used_at, k.created_at)
                  then ':rotated:' || cast(extract(epoch from k.rotated_at) * 1000 as bigint) else '' end as dedupe_key
@@ -358,7 +363,7 @@ async function anchorTotals(trx: Knex.Transaction, swept: readonly SweptKey[]): 
  */
 export const SWEEP_KEYS_PER_TRANSACTION = 5_000;
 
-type TimeBindings = { now: Date; days: number[]; retentionDays: number };
+type TimeBindings = { now: Date; days: number[]; retentionDays: number; gapEnd: Date | string };
 type Swept = { dormant: number; expiring: number };
 
 // One org's chunk, dormant first, the expiring ones in the room left, so a transaction writes the
@@ -426,7 +431,8 @@ export async function sweepTimeEvents(
     keysPerTransaction = SWEEP_KEYS_PER_TRANSACTION,
   }: { expiringDays: readonly number[]; retentionDays: number; newIpPerKeyHour: number; maxPerOrgHour?: number; keysPerTransaction?: number },
 ): Promise<{ dormant: number; expiring: number; newIp: number }> {
-  const swept = await sweepKeysInTurns(db, { now, days: [...expiringDays], retentionDays }, keysPerTransaction);
+  const gapEnd = await latestGapEnd(db, now);
+  const swept = await sweepKeysInTurns(db, { now, days: [...expiringDays], retentionDays, gapEnd }, keysPerTransaction);
   return { ...swept, newIp: await sweepDeferred(db, now, newIpPerKeyHour, maxPerOrgHour) };
 }
 

@@ -6,7 +6,7 @@ import { AppError } from '../api/errors';
 import { beginAuditedChange, recordAudit } from '../api/audit/audit.repository';
 import { countKeysByPepper, findApiKeyInOrg } from '../api/keys/apiKeys.repository';
 import { COLLECTOR_GAPS_SHOWN, MAX_REVOKE_KEY_IDS, createApiKeysService, type ApiKeyView, type revokeDormantResult } from '../api/keys/apiKeys.service';
-import { collectorUptimeSince, spansHeardSince, type ListeningSpan } from '../api/keys/collectorUptime.repository';
+import { collectorUptimeSince, spansHeardSince, type ListeningSpan } from '../shared/collectorUptime';
 import { pepperId } from '../api/keys/keyMaterial';
 import { SCOPES, type Scope } from '../api/keys/scopes';
 import { findOrganizationById, insertOrganization, listOrganizations, type Organization } from '../api/orgs/orgs.repository';

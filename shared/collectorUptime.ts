@@ -1,9 +1,14 @@
+import { rawRows, type Db } from './db';
+import { TABLE } from './tables';
+import { DAY_MS } from './timeUnits';
+
 // When collectors listened: what tells a key that looks dormant from one whose uses fell where no
 // collector listened (UDP drops them without a word). Each collector process keeps one row of
 // collector_listening_spans while it runs (migrations/20261207000260): when it began listening and
 // the last time it vouched that every use it received until then is written or held for a retry
 // (collector/listeningSpan.ts). The revoke-dormant clean-up reads the times no span covers
-// (api/keys/collectorUptime.repository.ts) and refuses to select keys again across them.
+// (collectorUptimeSince, below) and refuses to select keys again across them; the key.dormant
+// sweep says whether one came after the key's last use (collector/eventStore.ts).
 
 /** How often a running collector moves its span's heard_at forward. */
 export const LISTENING_HEARTBEAT_MS = 15_000;
@@ -17,3 +22,109 @@ export const GAP_TOLERANCE_MS = 4 * LISTENING_HEARTBEAT_MS;
 
 /** Spans are kept as long as the longest dormantDays a clean-up may ask about (api/keys/apiKeys.routes.ts). */
 export const SPAN_RETENTION_DAYS = 3650;
+
+/**
+ * A time within a window when a use may have been lost: no collector listened ('no_collector';
+ * `to` null while none is heard still), or one refused uses, its aggregator full ('uses_lost';
+ * `to` null until it opened its next span).
+ */
+export interface CollectorGap {
+  from: Date;
+  to: Date | null;
+  cause: 'no_collector' | 'uses_lost';
+}
+
+export interface CollectorUptime {
+  /** When the first span kept began (null: no collector of this version has run): no gap is known before it. */
+  trackedSince: Date | null;
+  /** The newest `limit` gaps since `from`, oldest first. */
+  gaps: CollectorGap[];
+  /** Older gaps than those answered exist. */
+  moreGaps: boolean;
+}
+
+// The spans reaching into the window, each counted until GAP_TOLERANCE_MS after it was last heard,
+// and, where spans began before the window, one that covers its start (the time before is not
+// asked about); a gap is where a span starts after every earlier one ended (islands and gaps, by a
+// running max). A span closed on a loss is a gap of its own until its collector's next span,
+// whatever others covered: a datagram goes to one collector, and that one dropped it. Its next
+// span is the next row of that name (ids grow; its start may equal the closed span's, both opened
+// in one millisecond).
+const GAPS_SQL = `
+  with reaching as (
+    select id, collector, started_at, heard_at, lost_uses_after from ${TABLE.collectorSpans} where heard_at >= :reachFrom
+  ), covered as (
+    select started_at, heard_at + :tolerance as until from reaching
+    union all
+    (select cast('-infinity' as timestamptz), cast(:from as timestamptz) + :tolerance from ${TABLE.collectorSpans} where started_at < :from limit 1)
+  ), ordered as (
+    select started_at, max(until) over (order by started_at, until rows between unbounded preceding and 1 preceding) as reached from covered
+  ), gaps as (
+    select greatest(reached - :tolerance, :from) as gap_from, started_at as gap_to, 'no_collector' as cause from ordered where started_at > reached
+    union all
+    select s.heard_at, (select min(n.started_at) from ${TABLE.collectorSpans} n where n.collector = s.collector and n.id > s.id), 'uses_lost'
+      from reaching s where s.lost_uses_after and s.heard_at >= :from
+  )
+  select gap_from, gap_to, cause from gaps order by gap_from desc limit :limit`;
+
+const NOTHING_KNOWN: CollectorUptime = Object.freeze({ trackedSince: null, gaps: [], moreGaps: false });
+
+/** When no collector listened, or one lost uses, between `from` and `now` (shared/collectorUptime.ts). */
+export async function collectorUptimeSince(db: Db, from: Date, now: Date, limit: number): Promise<CollectorUptime> {
+  const tolerance = `${GAP_TOLERANCE_MS} milliseconds`;
+  // Before migration …260 (a process of this version on a database not migrated yet, in a rolling
+  // deploy): nothing is known, as before any collector of this version ran. Asked, not caught: in
+  // the apply's transaction a failed statement would abort it.
+  const [present] = await rawRows<{ present: boolean }>(db, 'select to_regclass(?) is not null as present', [TABLE.collectorSpans]);
+  if (!present.present) return NOTHING_KNOWN;
+  const [extent] = await rawRows<{ tracked_since: Date | null; last_heard: Date | null }>(
+    db,
+    `select min(started_at) as tracked_since, max(heard_at) as last_heard from ${TABLE.collectorSpans}`,
+  );
+  if (extent.tracked_since === null || extent.last_heard === null) return NOTHING_KNOWN;
+  const reachFrom = new Date(from.getTime() - GAP_TOLERANCE_MS);
+  const rows = await rawRows<{ gap_from: Date; gap_to: Date | null; cause: CollectorGap['cause'] }>(
+    db,
+    GAPS_SQL.replaceAll(':tolerance', 'cast(:tolerance as interval)'),
+    { from, reachFrom, tolerance, limit: limit + 1 },
+  );
+  const found = rows.slice(0, limit).map((row) => ({ from: row.gap_from, to: row.gap_to, cause: row.cause }));
+  // A loss within a time no collector listened (its next span opened late: the database was away)
+  // says nothing more: told once.
+  const silences = found.filter((gap) => gap.cause === 'no_collector');
+  const within = (gap: CollectorGap, silence: CollectorGap) => gap.from >= silence.from && gap.to !== null && silence.to !== null && gap.to <= silence.to;
+  const gaps = found.filter((gap) => gap.cause === 'no_collector' || !silences.some((silence) => within(gap, silence)));
+  // None heard lately: the time since the last beat, which no span's start ends.
+  if (extent.last_heard.getTime() + GAP_TOLERANCE_MS < now.getTime()) {
+    gaps.unshift({ from: new Date(Math.max(extent.last_heard.getTime(), from.getTime())), to: null, cause: 'no_collector' });
+  }
+  return { trackedSince: extent.tracked_since, gaps: gaps.reverse(), moreGaps: rows.length > limit };
+}
+
+export interface ListeningSpan {
+  collector: string;
+  startedAt: Date;
+  heardAt: Date;
+  lostUsesAfter: boolean;
+}
+
+/** The spans heard since `from`, newest first: the CLI's `collector spans`. */
+export async function spansHeardSince(db: Db, from: Date, limit: number): Promise<ListeningSpan[]> {
+  const rows = await rawRows<{ collector: string; started_at: Date; heard_at: Date; lost_uses_after: boolean }>(
+    db,
+    `select collector, started_at, heard_at, lost_uses_after from ${TABLE.collectorSpans} where heard_at >= :from order by started_at desc, id desc limit :limit`,
+    { from, limit },
+  );
+  return rows.map((row) => ({ collector: row.collector, startedAt: row.started_at, heardAt: row.heard_at, lostUsesAfter: row.lost_uses_after }));
+}
+
+/**
+ * The end of the newest gap kept ('infinity' while one goes on, '-infinity' for none): a key
+ * idle since before it may have had uses then, lost. The key.dormant sweep compares each key with it.
+ */
+export async function latestGapEnd(db: Db, now: Date): Promise<Date | 'infinity' | '-infinity'> {
+  const { gaps } = await collectorUptimeSince(db, new Date(now.getTime() - SPAN_RETENTION_DAYS * DAY_MS), now, 1);
+  const newest = gaps.at(-1);
+  if (newest === undefined) return '-infinity';
+  return newest.to ?? 'infinity';
+}

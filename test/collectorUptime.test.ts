@@ -1,12 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
-import { collectorUptimeSince } from '../api/keys/collectorUptime.repository';
+import { collectorUptimeSince, SPAN_RETENTION_DAYS } from '../shared/collectorUptime';
 import { createListeningSpan, expireListeningSpans, type SpanStore } from '../collector/listeningSpan';
-import { SPAN_RETENTION_DAYS } from '../shared/collectorUptime';
 import type { Db } from '../shared/db';
 import { encodeUsageLine } from '../shared/usageWire';
 import { DAY_MS } from '../shared/timeUnits';
 import { waitFor } from '../harness/wait';
+import { insertKeys } from '../bench/lib/database';
+import { sweepTimeEvents } from '../collector/eventStore';
 import { seedOrg, startTestApi } from './helpers/api';
 import { sendDatagrams, startTestCollector } from './helpers/collector';
 import { freshDatabase } from './helpers/database';
@@ -213,4 +214,22 @@ t.test('revoke-dormant: the gaps in every answer; an apply without keyIds is ref
     .delete();
   const tracked = await api.request('POST', path, { key: adminKey, body: { dormantDays: 90, dryRun: false } });
   t.strictSame([tracked.status, tracked.body.collectorUptime.gaps], [200, []], 'tracked only for 29 days, with no gap: not refused');
+});
+
+t.test("key.dormant says whether a gap came after the key's last use", async (t) => {
+  const { db } = await freshDatabase(t);
+  const [org] = await db('organizations').insert({ name: 'acme', dormancy_days: 30 }).returning('*');
+  const [idleSinceCreation, usedAfterGap] = await insertKeys(db, org.id, 2, 'k');
+  const now = Date.now();
+  await db('api_keys')
+    .where({ org_id: org.id })
+    .update({ created_at: new Date(now - 100 * DAY_MS) });
+  await db('api_key_usage').insert({ org_id: org.id, key_id: usedAfterGap, request_count: 1, ok_count: 1, last_used_at: new Date(now - 50 * DAY_MS) });
+  // No collector from 70 to 69 days ago.
+  await insertSpan(db, 'a', now - 200 * DAY_MS, now - 70 * DAY_MS);
+  await insertSpan(db, 'a', now - 69 * DAY_MS, now);
+  const sweep = () => sweepTimeEvents(db, new Date(now), { expiringDays: [], retentionDays: 400, newIpPerKeyHour: 10 });
+  t.equal((await sweep()).dormant, 2);
+  const lost = async (keyId: string) => (await db('key_events').where({ key_id: keyId, type: 'key.dormant' }).first()).details.usesMayHaveBeenLost;
+  t.strictSame([await lost(idleSinceCreation), await lost(usedAfterGap)], [true, false], 'idle across the gap, or only since after it');
 });

@@ -27,8 +27,7 @@ import { SCOPES, type Scope } from './scopes';
 import { requireKeyInOrg } from './requireKeyInOrg';
 import { lockOrgFor } from '../orgs/orgs.repository';
 import { DAY_MS } from '../../shared/timeUnits';
-import { collectorUptimeSince, type CollectorUptime } from './collectorUptime.repository';
-import { GAP_TOLERANCE_MS } from '../../shared/collectorUptime';
+import { collectorUptimeSince, GAP_TOLERANCE_MS, type CollectorUptime } from '../../shared/collectorUptime';
 import type { IdempotentRequest } from '../idempotency/idempotency';
 import { idempotentChanges, madeNow, replayedFlag, type Replayed } from '../idempotency/idempotentChange';
 
