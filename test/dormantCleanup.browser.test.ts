@@ -36,6 +36,9 @@ t.test('the clean-up dialog warns where no use is recorded, and names same-named
   const pageErrors: string[] = [];
   const tab = await signedInTab(context, api.baseUrl, adminKey, '#/org', pageErrors);
   await tab.locator('#dormant li').first().waitFor();
+  await tab.locator('#dormant li').nth(2).waitFor();
+  const listed = (await tab.locator('#dormant li').allTextContents()).join('\n');
+  for (const key of twins) t.ok(listed.includes(`(${key.displayPrefix})`), `the list names ${key.name} by its prefix ${key.displayPrefix} too`);
 
   const dialog = tab.locator('dialog[open]');
   const revoke = dialog.locator('button', { hasText: 'Revoke them' });
