@@ -220,6 +220,17 @@ export class Flusher {
   }
 
   /**
+   * Whether everything drained so far is written: waits for the write in progress, if any, and
+   * answers false while a batch waits for its retry. A write in progress is no failure: the
+   * collector's listening span (collector/listeningSpan.ts) skipped every beat that fell in one,
+   * and 900 ms writes every second made a steady collector look silent (a review).
+   */
+  async writtenSoFar(): Promise<boolean> {
+    await this.running;
+    return this.pending.length === 0;
+  }
+
+  /**
    * Stops the interval and flushes until everything is written or `deadlineMs` passes, then folds
    * while there is time. A write or fold that waits (on a lock, up to COLLECTOR_LOCK_TIMEOUT_MS)
    * is waited for only until the deadline: it goes on, and what it has not written is kept (in

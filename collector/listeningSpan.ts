@@ -8,15 +8,18 @@ import { DAY_MS } from '../shared/timeUnits';
 // listens, its heard_at moved forward every LISTENING_HEARTBEAT_MS while nothing it received is
 // lost, closed at a stop that wrote everything. What it vouches for at a beat: every use received
 // until then is written, or was drained into a flush that wrote it (the aggregator holds the last
-// interval's, which a crash loses: documented). While a flush waits for its retry (the database
-// down) the span is not moved: if the retry never succeeds, the time since is a gap; once it
-// does, the next beat covers the outage. Uses the aggregator refused (full) are lost: the span
-// closes with lost_uses_after and a new one opens, so the beat they fell in is a gap.
+// interval's, which a crash loses: documented). A beat waits for the write in progress and
+// vouches only if it left nothing pending: while a flush waits for its retry (the database down)
+// the span is not moved; if the retry never succeeds, the time since is a gap, and once it does,
+// the next beat covers the outage. Uses refused (the aggregator full, a signed datagram the replay
+// cache had no room for) are lost: the span closes with the time they were noticed (lost_until)
+// and a new one opens, so the beat they fell in is a gap.
 
 /** Where a span's rows go: the database in production, a recorder in unit tests. */
 export interface SpanStore {
   open(collector: string, startedAt: Date): Promise<string>;
-  heard(id: string, at: Date, lostUsesAfter: boolean): Promise<void>;
+  /** Moves heard_at; `lostUntil` closes the span: uses were lost after heard_at, by then. */
+  heard(id: string, at: Date, lostUntil?: Date): Promise<void>;
 }
 
 export interface ListeningSpanOptions {
@@ -25,18 +28,18 @@ export interface ListeningSpanOptions {
   collector: string;
   /** The wall clock: spans are compared with the API's dormancy window. */
   now: () => number;
-  /** No flush waits for a retry: everything drained so far is written. */
-  flushCaughtUp: () => boolean;
-  /** Uses refused so far that a key of the key list sent (overflow less unknown keys): grows on a loss. */
-  usesLost: () => number;
+  /** Waits for the write in progress; true when everything drained so far is written (no batch waits for a retry). */
+  writtenSoFar: () => Promise<boolean>;
+  /** A count that grows whenever uses are lost (refused uses, replay-cache overflows): only its changes matter. */
+  losses: () => number;
   warn: RateLimitedWarn;
   heartbeatMs?: number;
 }
 
 export function createListeningSpan(options: ListeningSpanOptions) {
-  const { store, collector, now, flushCaughtUp, usesLost, warn } = options;
+  const { store, collector, now, writtenSoFar, losses, warn } = options;
   let span: { id: string | undefined; startedAt: number } | undefined;
-  let lostSeen = usesLost();
+  let lossesSeen = losses();
   let timer: NodeJS.Timeout | undefined;
   let beating: Promise<void> = Promise.resolve();
 
@@ -54,20 +57,20 @@ export function createListeningSpan(options: ListeningSpanOptions) {
   async function beat(at: number, closing: boolean): Promise<void> {
     if (span === undefined) return;
     span.id ??= await store.open(collector, new Date(span.startedAt));
-    const lost = usesLost();
-    if (lost !== lostSeen) {
-      // Closed where it was last heard: the uses were refused after that, and before `at`. Noted
-      // as seen once written: a failed write closes it at the next beat.
-      await store.heard(span.id, new Date(lastHeard), true);
-      lostSeen = lost;
+    const lost = losses();
+    if (lost !== lossesSeen) {
+      // Closed where it was last heard, the loss noticed at `at`. Noted as seen once written: a
+      // failed write closes it at the next beat.
+      await store.heard(span.id, new Date(lastHeard), new Date(Math.max(at, lastHeard)));
+      lossesSeen = lost;
       span = closing ? undefined : { id: undefined, startedAt: at };
       lastHeard = at;
       if (span === undefined) return;
       span.id = await store.open(collector, new Date(at));
     }
-    if (!flushCaughtUp()) return;
+    if (!(await writtenSoFar())) return;
     lastHeard = Math.max(at, span.startedAt);
-    await store.heard(span.id, new Date(lastHeard), false);
+    await store.heard(span.id, new Date(lastHeard));
   }
 
   return {
@@ -76,7 +79,7 @@ export function createListeningSpan(options: ListeningSpanOptions) {
       const startedAt = now();
       span = { id: undefined, startedAt };
       lastHeard = startedAt;
-      lostSeen = usesLost();
+      lossesSeen = losses();
       timer ??= setInterval(() => void queue(() => beat(now(), false)), options.heartbeatMs ?? LISTENING_HEARTBEAT_MS).unref();
       return queue(() => beat(startedAt, false));
     },
@@ -102,8 +105,10 @@ export function spanStore(db: Knex): SpanStore {
       const [row] = await db(TABLE.collectorSpans).insert({ collector, started_at: startedAt, heard_at: startedAt }).returning('id');
       return String(row.id);
     },
-    async heard(id, at, lostUsesAfter) {
-      await db(TABLE.collectorSpans).where({ id }).update({ heard_at: at, lost_uses_after: lostUsesAfter });
+    async heard(id, at, lostUntil) {
+      await db(TABLE.collectorSpans)
+        .where({ id })
+        .update({ heard_at: at, ...(lostUntil ? { lost_until: lostUntil } : {}) });
     },
   };
 }

@@ -144,9 +144,10 @@ export async function startCollector(config: Config, logger: Logger, databaseUrl
     store: spanStore(db),
     collector: `${hostname()}:${receiver.port}${inCluster ? `/${overrides.receiverIndex}` : ''}`,
     now,
-    flushCaughtUp: () => flusher.pendingKeys === 0,
+    writtenSoFar: () => flusher.writtenSoFar(),
     // A key the key list lacks is, as far as this collector knows, no key: its uses lose nothing.
-    usesLost: () => aggregator.overflowUses - aggregator.unlistedOverflowUses,
+    // A signed datagram refused for want of room in the replay cache was genuine (docs/security.md).
+    losses: () => aggregator.overflowUses - aggregator.unlistedOverflowUses + replayCache.overflows,
     warn,
     heartbeatMs: overrides.listeningHeartbeatMs,
   });

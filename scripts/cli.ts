@@ -40,7 +40,8 @@ Commands:
                                      rotated within them); --apply revokes them, for good: with
                                      --key-ids only those of the ids a dry run listed (a file: one
                                      id per line) still dormant, without it the keys selected again
-                                     (refused if no key of the org has a recorded use within n days)
+                                     (refused if no key of the org has a recorded use within n
+                                     days, or if uses may have been lost within them)
   key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log, usage log)
   pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS, KEY_PEPPER_NEXT)
   collector spans [--days <n>]       When each collector process listened in the last n days (7 by
@@ -468,6 +469,10 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
   }
 };
 
+// A gap of collectorUptime as both the dry run's warning and `collector spans` print it.
+const describeGap = (gap: { from: string; to: string | null; cause: string }) =>
+  `  ${gap.from} to ${gap.to ?? 'now'}: ${gap.cause === 'no_collector' ? 'no collector listened' : 'a collector refused uses (its aggregator or its replay cache full)'}`;
+
 // The ids go through where --apply alone is refused: say why it would be, before they are copied.
 function warnOfUnrecordedUses(deps: CliDeps, command: { orgId: string; dormantDays: number }, result: z.output<typeof revokeDormantResult>): void {
   if (!result.usesRecorded) {
@@ -480,10 +485,7 @@ function warnOfUnrecordedUses(deps: CliDeps, command: { orgId: string; dormantDa
   deps.err(
     `warning: uses may have been lost ${gaps.length}${moreGaps ? ' or more' : ''} time(s) in the last ${command.dormantDays} days, and a key used only then is listed here: check the collectors before applying`,
   );
-  for (const gap of gaps)
-    deps.err(
-      `  ${gap.from} to ${gap.to ?? 'now'}: ${gap.cause === 'no_collector' ? 'no collector listened' : 'a collector refused uses (its aggregator full)'}`,
-    );
+  for (const gap of gaps) deps.err(describeGap(gap));
 }
 
 // With --key-ids, the others are keys the list did not name, not those beyond the 10,000 oldest.
@@ -600,7 +602,7 @@ async function collectorSpans(command: { days: number; json: boolean }, deps: Cl
   deps.out(
     `Collector spans heard in the last ${command.days} days${spans.length === SPANS_LISTED ? ` (the newest ${SPANS_LISTED})` : ''}; tracked since ${uptime.trackedSince.toISOString()}:`,
   );
-  const ended = (span: ListeningSpan) => (span.lostUsesAfter ? 'refused uses after' : '');
+  const ended = (span: ListeningSpan) => (span.lostUntil ? `refused uses by ${span.lostUntil.toISOString()}` : '');
   deps.out(
     table([
       ['COLLECTOR', 'STARTED', 'LAST HEARD', ''],
@@ -610,10 +612,7 @@ async function collectorSpans(command: { days: number; json: boolean }, deps: Cl
   deps.out(
     uptime.gaps.length === 0 ? 'No gap: a use was lost nowhere the spans can see.' : `Gaps (uses may have been lost)${uptime.moreGaps ? ', the newest' : ''}:`,
   );
-  for (const gap of uptime.gaps)
-    deps.out(
-      `  ${gap.from.toISOString()} to ${gap.to?.toISOString() ?? 'now'}: ${gap.cause === 'no_collector' ? 'no collector listened' : 'a collector refused uses (its aggregator full)'}`,
-    );
+  for (const gap of uptime.gaps) deps.out(describeGap({ from: gap.from.toISOString(), to: gap.to?.toISOString() ?? null, cause: gap.cause }));
 }
 
 const HANDLERS: { [K in Command['kind']]: Handler<K> } = {

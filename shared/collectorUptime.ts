@@ -25,8 +25,8 @@ export const SPAN_RETENTION_DAYS = 3650;
 
 /**
  * A time within a window when a use may have been lost: no collector listened ('no_collector';
- * `to` null while none is heard still), or one refused uses, its aggregator full ('uses_lost';
- * `to` null until it opened its next span).
+ * `to` null while none is heard still), or one refused uses ('uses_lost': its aggregator full, or
+ * its replay cache).
  */
 export interface CollectorGap {
   from: Date;
@@ -45,27 +45,33 @@ export interface CollectorUptime {
 
 // The spans reaching into the window, each counted until GAP_TOLERANCE_MS after it was last heard,
 // and, where spans began before the window, one that covers its start (the time before is not
-// asked about); a gap is where a span starts after every earlier one ended (islands and gaps, by a
-// running max). A span closed on a loss is a gap of its own until its collector's next span,
-// whatever others covered: a datagram goes to one collector, and that one dropped it. Its next
-// span is the next row of that name (ids grow; its start may equal the closed span's, both opened
-// in one millisecond).
+// asked about); a silence is where a span starts after every earlier one ended (islands and gaps,
+// by a running max), or the time since the last beat of all when it is older than the tolerance
+// (still going on). A span closed on a loss is a gap of its own, from its last beat to the beat
+// that noticed the loss (lost_until), whatever others covered: a datagram goes to one collector,
+// and that one dropped it; within a silence it says nothing more. All in one statement, so that
+// `limit` counts what is answered.
 const GAPS_SQL = `
   with reaching as (
-    select id, collector, started_at, heard_at, lost_uses_after from ${TABLE.collectorSpans} where heard_at >= :reachFrom
+    select started_at, heard_at, lost_until from ${TABLE.collectorSpans} where heard_at >= :reachFrom
   ), covered as (
     select started_at, heard_at + :tolerance as until from reaching
     union all
     (select cast('-infinity' as timestamptz), cast(:from as timestamptz) + :tolerance from ${TABLE.collectorSpans} where started_at < :from limit 1)
   ), ordered as (
     select started_at, max(until) over (order by started_at, until rows between unbounded preceding and 1 preceding) as reached from covered
-  ), gaps as (
-    select greatest(reached - :tolerance, :from) as gap_from, started_at as gap_to, 'no_collector' as cause from ordered where started_at > reached
+  ), silent as (
+    select greatest(reached - :tolerance, :from) as gap_from, started_at as gap_to from ordered where started_at > reached
     union all
-    select s.heard_at, (select min(n.started_at) from ${TABLE.collectorSpans} n where n.collector = s.collector and n.id > s.id), 'uses_lost'
-      from reaching s where s.lost_uses_after and s.heard_at >= :from
+    select greatest(max(heard_at), :from), cast(null as timestamptz) from ${TABLE.collectorSpans} having max(heard_at) + :tolerance < :now
+  ), gaps as (
+    select gap_from, gap_to, 'no_collector' as cause from silent
+    union all
+    select r.heard_at, r.lost_until, 'uses_lost' from reaching r
+     where r.lost_until is not null and r.lost_until >= :from
+       and not exists (select 1 from silent s where r.heard_at >= s.gap_from and (s.gap_to is null or r.lost_until <= s.gap_to))
   )
-  select gap_from, gap_to, cause from gaps order by gap_from desc limit :limit`;
+  select gap_from, gap_to, cause from gaps order by gap_from desc, gap_to desc nulls first limit :limit`;
 
 const NOTHING_KNOWN: CollectorUptime = Object.freeze({ trackedSince: null, gaps: [], moreGaps: false });
 
@@ -77,27 +83,15 @@ export async function collectorUptimeSince(db: Db, from: Date, now: Date, limit:
   // the apply's transaction a failed statement would abort it.
   const [present] = await rawRows<{ present: boolean }>(db, 'select to_regclass(?) is not null as present', [TABLE.collectorSpans]);
   if (!present.present) return NOTHING_KNOWN;
-  const [extent] = await rawRows<{ tracked_since: Date | null; last_heard: Date | null }>(
-    db,
-    `select min(started_at) as tracked_since, max(heard_at) as last_heard from ${TABLE.collectorSpans}`,
-  );
-  if (extent.tracked_since === null || extent.last_heard === null) return NOTHING_KNOWN;
+  const [extent] = await rawRows<{ tracked_since: Date | null }>(db, `select min(started_at) as tracked_since from ${TABLE.collectorSpans}`);
+  if (extent.tracked_since === null) return NOTHING_KNOWN;
   const reachFrom = new Date(from.getTime() - GAP_TOLERANCE_MS);
   const rows = await rawRows<{ gap_from: Date; gap_to: Date | null; cause: CollectorGap['cause'] }>(
     db,
     GAPS_SQL.replaceAll(':tolerance', 'cast(:tolerance as interval)'),
-    { from, reachFrom, tolerance, limit: limit + 1 },
+    { from, reachFrom, now, tolerance, limit: limit + 1 },
   );
-  const found = rows.slice(0, limit).map((row) => ({ from: row.gap_from, to: row.gap_to, cause: row.cause }));
-  // A loss within a time no collector listened (its next span opened late: the database was away)
-  // says nothing more: told once.
-  const silences = found.filter((gap) => gap.cause === 'no_collector');
-  const within = (gap: CollectorGap, silence: CollectorGap) => gap.from >= silence.from && gap.to !== null && silence.to !== null && gap.to <= silence.to;
-  const gaps = found.filter((gap) => gap.cause === 'no_collector' || !silences.some((silence) => within(gap, silence)));
-  // None heard lately: the time since the last beat, which no span's start ends.
-  if (extent.last_heard.getTime() + GAP_TOLERANCE_MS < now.getTime()) {
-    gaps.unshift({ from: new Date(Math.max(extent.last_heard.getTime(), from.getTime())), to: null, cause: 'no_collector' });
-  }
+  const gaps = rows.slice(0, limit).map((row) => ({ from: row.gap_from, to: row.gap_to, cause: row.cause }));
   return { trackedSince: extent.tracked_since, gaps: gaps.reverse(), moreGaps: rows.length > limit };
 }
 
@@ -105,17 +99,18 @@ export interface ListeningSpan {
   collector: string;
   startedAt: Date;
   heardAt: Date;
-  lostUsesAfter: boolean;
+  /** Closed on a loss: uses were lost after heardAt, by then. */
+  lostUntil: Date | null;
 }
 
 /** The spans heard since `from`, newest first: the CLI's `collector spans`. */
 export async function spansHeardSince(db: Db, from: Date, limit: number): Promise<ListeningSpan[]> {
-  const rows = await rawRows<{ collector: string; started_at: Date; heard_at: Date; lost_uses_after: boolean }>(
+  const rows = await rawRows<{ collector: string; started_at: Date; heard_at: Date; lost_until: Date | null }>(
     db,
-    `select collector, started_at, heard_at, lost_uses_after from ${TABLE.collectorSpans} where heard_at >= :from order by started_at desc, id desc limit :limit`,
+    `select collector, started_at, heard_at, lost_until from ${TABLE.collectorSpans} where heard_at >= :from order by started_at desc, id desc limit :limit`,
     { from, limit },
   );
-  return rows.map((row) => ({ collector: row.collector, startedAt: row.started_at, heardAt: row.heard_at, lostUsesAfter: row.lost_uses_after }));
+  return rows.map((row) => ({ collector: row.collector, startedAt: row.started_at, heardAt: row.heard_at, lostUntil: row.lost_until }));
 }
 
 /**

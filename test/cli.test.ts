@@ -371,14 +371,14 @@ t.test('key revoke-dormant: a dry run prints when uses may have been lost, and -
   await db('api_key_usage').insert({ org_id: org.id, key_id: ci, request_count: 1, last_used_at: new Date() });
   const gap = { from: new Date(Date.now() - 20 * 86_400_000), to: new Date(Date.now() - 20 * 86_400_000 + 15_000) };
   await db('collector_listening_spans').insert([
-    { collector: 'a', started_at: new Date(Date.now() - 95 * 86_400_000), heard_at: gap.from, lost_uses_after: true },
+    { collector: 'a', started_at: new Date(Date.now() - 95 * 86_400_000), heard_at: gap.from, lost_until: gap.to },
     { collector: 'a', started_at: gap.to, heard_at: new Date() },
   ]);
   cli.reset();
   t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90'), 0);
   t.strictSame(cli.err, [
     'warning: uses may have been lost 1 time(s) in the last 90 days, and a key used only then is listed here: check the collectors before applying',
-    `  ${gap.from.toISOString()} to ${gap.to.toISOString()}: a collector refused uses (its aggregator full)`,
+    `  ${gap.from.toISOString()} to ${gap.to.toISOString()}: a collector refused uses (its aggregator or its replay cache full)`,
   ]);
   cli.reset();
   t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply'), 1);
@@ -392,9 +392,9 @@ t.test('key revoke-dormant: a dry run prints when uses may have been lost, and -
   t.equal(await cli.run('collector', 'spans', '--days', '30'), 0);
   t.match(
     cli.out.join('\n'),
-    /Collector spans heard in the last 30 days; tracked since .*\nCOLLECTOR +STARTED +LAST HEARD\s*\na +\S+ +\S+ *\na +\S+ +\S+ +refused uses after\n/,
+    /Collector spans heard in the last 30 days; tracked since .*\nCOLLECTOR +STARTED +LAST HEARD\s*\na +\S+ +\S+ *\na +\S+ +\S+ +refused uses by \S+\n/,
   );
-  t.equal(cli.out.at(-1), `  ${gap.from.toISOString()} to ${gap.to.toISOString()}: a collector refused uses (its aggregator full)`);
+  t.equal(cli.out.at(-1), `  ${gap.from.toISOString()} to ${gap.to.toISOString()}: a collector refused uses (its aggregator or its replay cache full)`);
   cli.reset();
   t.equal(await cli.run('collector', 'spans', '--days', '10', '--json'), 0);
   t.strictSame([cli.json().spans.length, cli.json().gaps], [1, []], 'the gap 20 days ago is outside 10 days');

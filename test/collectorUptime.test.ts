@@ -5,7 +5,9 @@ import { createListeningSpan, expireListeningSpans, type SpanStore } from '../co
 import type { Db } from '../shared/db';
 import { encodeUsageLine } from '../shared/usageWire';
 import { DAY_MS } from '../shared/timeUnits';
-import { waitFor } from '../harness/wait';
+import { sleep, waitFor } from '../harness/wait';
+import { signDatagram } from '../shared/datagramSignature';
+import { createPgUsageStore, type UsageStore } from '../collector/usageStore';
 import { insertKeys } from '../bench/lib/database';
 import { sweepTimeEvents } from '../collector/eventStore';
 import { seedOrg, startTestApi } from './helpers/api';
@@ -19,8 +21,9 @@ import { freshDatabase } from './helpers/database';
 const MINUTE = 60_000;
 const spans = (db: Db) => db('collector_listening_spans').orderBy('id');
 
-async function insertSpan(db: Db, collector: string, startedAt: number, heardAt: number, lostUsesAfter = false) {
-  await db('collector_listening_spans').insert({ collector, started_at: new Date(startedAt), heard_at: new Date(heardAt), lost_uses_after: lostUsesAfter });
+async function insertSpan(db: Db, collector: string, startedAt: number, heardAt: number, lostUntil?: number) {
+  const lost_until = lostUntil === undefined ? null : new Date(lostUntil);
+  await db('collector_listening_spans').insert({ collector, started_at: new Date(startedAt), heard_at: new Date(heardAt), lost_until });
 }
 
 const shown = (gaps: Array<{ from: Date; to: Date | null; cause: string }>, base: number) =>
@@ -34,11 +37,10 @@ t.test('gaps: a silence past the tolerance, not a restart; a loss whatever other
   // a: 0-30 min; restarted 20 s later (under the tolerance) until 50; b, another collector, 10-40 and a loss at 40.
   await insertSpan(db, 'a', base, base + 30 * MINUTE);
   await insertSpan(db, 'a', base + 30 * MINUTE + 20_000, base + 50 * MINUTE);
-  await insertSpan(db, 'b', base + 10 * MINUTE, base + 40 * MINUTE, true);
+  await insertSpan(db, 'b', base + 10 * MINUTE, base + 40 * MINUTE, base + 41 * MINUTE);
   await insertSpan(db, 'b', base + 41 * MINUTE, base + 45 * MINUTE);
-  // c refused uses at 52 and could open its next span only at 70; nothing else from 52 to 70.
-  await insertSpan(db, 'c', base + 45 * MINUTE, base + 52 * MINUTE, true);
-  await insertSpan(db, 'c', base + 70 * MINUTE, base + 71 * MINUTE);
+  // c refused uses just after 52 and stopped; nothing else from 52 to 70.
+  await insertSpan(db, 'c', base + 45 * MINUTE, base + 52 * MINUTE, base + 52.25 * MINUTE);
   await insertSpan(db, 'a', base + 70 * MINUTE, now);
   const uptime = await collectorUptimeSince(db, new Date(base), new Date(now), 20);
   t.equal(uptime.trackedSince?.getTime(), base);
@@ -98,7 +100,7 @@ t.test('a collector opens its span once it listens, moves it while it writes, an
     const [row] = await spans(db);
     return row.heard_at.getTime() > opened.heard_at.getTime() ? row : undefined;
   });
-  t.equal(moved.lost_uses_after, false);
+  t.equal(moved.lost_until, null);
   t.ok(await collector.stop());
   const [closed] = await spans(db);
   t.ok(closed.heard_at.getTime() >= moved.heard_at.getTime() && closed.heard_at.getTime() <= Date.now(), 'closed when the socket closed');
@@ -119,14 +121,61 @@ t.test('a collector whose aggregator refuses uses closes its span on the loss an
   await sendDatagrams(collector.receiver.port, lines);
   await waitFor('the refusal', () => (collector.aggregator.overflowUses === 1 ? true : undefined));
   const [lost, next] = await waitFor('a second span', async () => ((await spans(db)).length === 2 ? spans(db) : undefined));
-  t.strictSame([lost.lost_uses_after, next.lost_uses_after], [true, false]);
-  t.ok(next.started_at.getTime() >= lost.heard_at.getTime());
+  t.equal(next.lost_until, null);
+  t.ok(
+    lost.lost_until.getTime() >= lost.heard_at.getTime() && next.started_at.getTime() >= lost.lost_until.getTime(),
+    'closed when the loss was noticed, then the next',
+  );
   const uptime = await collectorUptimeSince(db, new Date(Date.now() - DAY_MS), new Date(), 20);
   t.strictSame(
     uptime.gaps.map((gap) => [gap.cause, gap.from.getTime(), gap.to?.getTime()]),
-    [['uses_lost', lost.heard_at.getTime(), next.started_at.getTime()]],
+    [['uses_lost', lost.heard_at.getTime(), lost.lost_until.getTime()]],
     'a gap however short',
   );
+});
+
+t.test('signed datagrams the replay cache had no room for are a loss too', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const secret = 'a'.repeat(64);
+  const collector = await startTestCollector(t, url, { USAGE_SIGNING_SECRET: secret, COLLECTOR_REPLAY_CACHE_SIZE: '1' }, { listeningHeartbeatMs: 20 });
+  await waitFor('the span', async () => ((await spans(db)).length === 1 ? true : undefined));
+  const orgId = randomUUID();
+  const datagrams = [randomUUID(), randomUUID(), randomUUID()].map((keyId) =>
+    signDatagram(encodeUsageLine({ keyId, orgId, ip: '192.0.2.1', outcome: 'ok', count: 1 }), secret, Date.now()),
+  );
+  await sendDatagrams(collector.receiver.port, datagrams);
+  await waitFor('the refusals', () => (collector.ingest.rejectedPackets === 2 ? true : undefined));
+  const [lost] = await waitFor('a second span', async () => ((await spans(db)).length === 2 ? spans(db) : undefined));
+  const uptime = await collectorUptimeSince(db, new Date(Date.now() - DAY_MS), new Date(), 20);
+  t.strictSame(
+    uptime.gaps.map((gap) => [gap.cause, gap.from.getTime(), gap.to?.getTime()]),
+    [['uses_lost', lost.heard_at.getTime(), lost.lost_until.getTime()]],
+  );
+});
+
+t.test('a beat during a write that succeeds waits for it and moves the span', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const direct = createPgUsageStore(db);
+  // Writes take longer than the interval: one is nearly always in progress when a beat comes.
+  const store: UsageStore = {
+    ...direct,
+    async write(batches, toLog) {
+      await sleep(250);
+      return direct.write(batches, toLog);
+    },
+  };
+  // Each write starts within 5 ms of the last one's end: a beat that did not wait fell in one.
+  const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '5' }, { store, listeningHeartbeatMs: 50 });
+  const heardTimes = new Set<number>();
+  const line = encodeUsageLine({ keyId: randomUUID(), orgId: randomUUID(), ip: '192.0.2.1', outcome: 'ok', count: 1 });
+  for (let sent = 0; sent < 60; sent += 1) {
+    await sendDatagrams(collector.receiver.port, [line]);
+    await sleep(50);
+    for (const row of await spans(db)) heardTimes.add(row.heard_at.getTime());
+  }
+  t.ok(collector.flusher.stats.flushes >= 3, 'the writes succeed');
+  t.equal(collector.flusher.stats.failedFlushes, 0);
+  t.ok(heardTimes.size >= 6, `heard_at moved through the writes (${heardTimes.size} times in 3 s)`);
 });
 
 t.test('a span is not moved while a flush waits for its retry, and a failed write is tried again', async (t) => {
@@ -142,8 +191,8 @@ t.test('a span is not moved while a flush waits for its retry, and a failed writ
       writes.push(`open ${collector} ${startedAt.getTime()}`);
       return '1';
     },
-    async heard(id, at, lost) {
-      writes.push(`heard ${id} ${at.getTime()} ${lost}`);
+    async heard(id, at, lostUntil) {
+      writes.push(`heard ${id} ${at.getTime()} ${lostUntil?.getTime()}`);
     },
   };
   let clock = 1000;
@@ -152,8 +201,8 @@ t.test('a span is not moved while a flush waits for its retry, and a failed writ
     store,
     collector: 'c',
     now: () => clock,
-    flushCaughtUp: () => caughtUp,
-    usesLost: () => 0,
+    writtenSoFar: async () => caughtUp,
+    losses: () => 0,
     warn: (_kind, _fields, message) => warnings.push(message),
     heartbeatMs: 5,
   });
@@ -164,7 +213,7 @@ t.test('a span is not moved while a flush waits for its retry, and a failed writ
   t.strictSame(writes, ['open c 1000'], 'opened at its start, not moved while the flush waits');
   caughtUp = true;
   clock = 3000;
-  await waitFor('a heard', () => (writes.includes('heard 1 3000 false') ? true : undefined));
+  await waitFor('a heard', () => (writes.includes('heard 1 3000 undefined') ? true : undefined));
   await span.stop(3500, false);
   const count = writes.length;
   await span.stop(3600, true);

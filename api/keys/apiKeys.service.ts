@@ -109,7 +109,7 @@ export const revokeDormantResult = z
               from: isoTime,
               to: isoTime.nullable().meta({ description: 'null: still going on' }),
               cause: z.enum(['no_collector', 'uses_lost']).meta({
-                description: `no_collector: no collector listened (silences under ${GAP_TOLERANCE_MS / 1000} s, as a restart's, are not counted); uses_lost: a collector refused uses, its aggregator full`,
+                description: `no_collector: no collector listened (silences under ${GAP_TOLERANCE_MS / 1000} s, as a restart's, are not counted); uses_lost: a collector refused uses, its aggregator or its replay cache full`,
               }),
             }),
           )
