@@ -134,6 +134,33 @@ t.test('a collector whose aggregator refuses uses closes its span on the loss an
   );
 });
 
+t.test('a loss noticed at stop ends there, though no collector of that name comes back', async (t) => {
+  const { db, url } = await freshDatabase(t);
+  const collector = await startTestCollector(
+    t,
+    url,
+    { COLLECTOR_MAX_PENDING_KEYS: '1', COLLECTOR_KEY_LIST_REFRESH_MS: '0' },
+    { listeningHeartbeatMs: 600_000 },
+  );
+  await waitFor('the span', async () => ((await spans(db)).length === 1 ? true : undefined));
+  const orgId = randomUUID();
+  await sendDatagrams(
+    collector.receiver.port,
+    [randomUUID(), randomUUID()].map((keyId) => encodeUsageLine({ keyId, orgId, ip: '192.0.2.1', outcome: 'ok', count: 1 })),
+  );
+  await waitFor('the refusal', () => (collector.aggregator.overflowUses === 1 ? true : undefined));
+  t.ok(await collector.stop());
+  const [closed] = await spans(db);
+  t.ok(closed.lost_until !== null && closed.lost_until.getTime() <= Date.now(), 'closed on the loss, at the stop');
+  await insertSpan(db, 'another', Date.now(), Date.now());
+  const { gaps } = await collectorUptimeSince(db, new Date(Date.now() - DAY_MS), new Date(), 20);
+  t.strictSame(
+    gaps.map((gap) => [gap.cause, gap.from.getTime(), gap.to?.getTime()]),
+    [['uses_lost', closed.heard_at.getTime(), closed.lost_until.getTime()]],
+    'from its last beat to its stop, not until now',
+  );
+});
+
 t.test('signed datagrams the replay cache had no room for are a loss too', async (t) => {
   const { db, url } = await freshDatabase(t);
   const secret = 'a'.repeat(64);
