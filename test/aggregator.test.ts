@@ -360,6 +360,13 @@ function ipsOf(...rows: Array<[string, number, number, number]>): Map<string, Ip
   return new Map(rows.map(([ip, count, firstSeen, lastSeen]) => [ip, { count, firstSeen, lastSeen }]));
 }
 
+// As the pending key (#isLatest) and the store's upsert (>=): of two uses at the same time, the
+// newer batch's address is the last one. With > the older batch's won (a mutation no test saw).
+t.test('mergeBatches: a tie on the last use goes to the newer batch', async (t) => {
+  const at = (lastIp: string): UsageBatch => ({ uses: 1, keys: [delta({ total: 1, byOutcome: outcomes({ ok: 1 }), lastUsedAt: T0, lastIp })] });
+  t.equal(mergeBatches([at('10.0.0.1'), at('10.0.0.2')]).keys[0].lastIp, '10.0.0.2');
+});
+
 t.test('mergeBatches', async (t) => {
   const older: UsageBatch = {
     uses: 10,
