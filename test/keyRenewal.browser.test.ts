@@ -35,6 +35,7 @@ t.test("a key's page renews it to a date, removes its expiry, and shows the API'
   await tab.locator('.subtitle:not(#previous-secret)', { hasNotText: 'expires' }).waitFor();
   t.equal(await expiresAt(), null, 'never expires');
   t.equal(await tab.locator('#never-expires').count(), 0, 'nothing left to remove');
+  t.equal(await tab.evaluate('document.activeElement?.id'), 'renew', 'the focus goes to Set expiry, not to a nameless block');
 
   await date.fill(new Date(Date.now() - DAY_MS).toISOString().slice(0, 10));
   await tab.click('#renew');
@@ -43,6 +44,15 @@ t.test("a key's page renews it to a date, removes its expiry, and shows the API'
   await date.fill('');
   await tab.click('#renew');
   await tab.locator('.error', { hasText: 'New expiry: choose a date.' }).waitFor();
+
+  // Another writer changes the expiry: the rebuilt controls keep the grace chosen and the date typed.
+  await tab.selectOption('#grace', '0');
+  const typed = new Date(Date.now() + 200 * DAY_MS).toISOString().slice(0, 10);
+  await date.fill(typed);
+  const elsewhere = new Date(Date.now() + 30 * DAY_MS);
+  await db(TABLE.apiKeys).where({ id: expiring.id }).update({ expires_at: elsewhere });
+  await tab.locator('.subtitle:not(#previous-secret)', { hasText: `expires ${elsewhere.toISOString()}` }).waitFor();
+  t.strictSame([await tab.locator('#grace').inputValue(), await date.inputValue()], ['0', typed], 'a rotation with none stays with none');
 
   await db(TABLE.apiKeys).where({ id: expiring.id }).update({ revoked_at: new Date() });
   await tab.locator('#key-actions', { hasText: 'nothing to rotate, revoke or renew' }).waitFor();

@@ -97,7 +97,8 @@ function showRotation(rotated) {
 export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
   const grace = el(
     'select',
-    { id: 'grace', 'aria-label': 'Grace period of the old secret' },
+    // data-carry: a rebuild of the block (an expiry changed) keeps the person's choice (keyDetail.js).
+    { id: 'grace', 'aria-label': 'Grace period of the old secret', 'data-carry': true },
     GRACE_CHOICES.map(([seconds, label]) => el('option', { value: seconds, text: label, selected: seconds === 86_400 })),
   );
   // No refresh once the page signed out (the key it was signed in with revoked): made with no key,
@@ -190,6 +191,8 @@ function expiryControls(who, key, act) {
     id: 'expiry-date',
     'aria-label': 'New expiry date (00:00 UTC)',
     value: key.expiresAt ? key.expiresAt.slice(0, 10) : '',
+    // Typed in, the date is the person's, kept by a rebuild; untouched, it follows the key's expiry.
+    oninput: (event) => event.target.setAttribute('data-carry', ''),
   });
   const patch = (expiresAt) => api('PATCH', orgPath(who, `/${key.id}`), { body: { expiresAt } });
   const renew = el('button', {

@@ -157,13 +157,23 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
 
   // Revoked by keyboard, the focus went back from the dialog to the Revoke button, which the
   // revoked key's block then replaced: the focus fell to <body>. It goes to the block's status line.
-  // Rebuilt after a renewal, the control that had the focus keeps it where the new block has it.
+  // Rebuilt after a change of expiry, the block keeps what the person chose in it (data-carry: the
+  // grace period, a date typed in; a rotation with none fell back to 24 hours), and the control
+  // that had the focus keeps it, or "Set expiry" takes it ("Never expires" is gone once used).
   function showActions(block) {
     const hadFocus = actions.contains(document.activeElement);
     const focusedId = hadFocus ? document.activeElement.id : '';
+    const carried = [...actions.querySelectorAll('[data-carry]')].map((input) => [input.id, input.value]);
     actions.replaceChildren(block);
+    for (const [id, value] of carried) {
+      const same = block.querySelector(`#${CSS.escape(id)}`);
+      if (same) {
+        same.value = value;
+        same.setAttribute('data-carry', '');
+      }
+    }
     if (!hadFocus) return;
-    const same = focusedId ? block.querySelector(`#${CSS.escape(focusedId)}`) : null;
+    const same = (focusedId && block.querySelector(`#${CSS.escape(focusedId)}`)) || block.querySelector('#renew');
     if (same) {
       same.focus();
       return;
