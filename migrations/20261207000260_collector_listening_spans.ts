@@ -21,6 +21,8 @@ export async function up(knex: Knex): Promise<void> {
     table.index(['heard_at'], 'collector_listening_spans_heard_idx');
     table.index(['started_at'], 'collector_listening_spans_started_idx');
   });
+  // Losses are found by their end, a few rows among the spans.
+  await knex.raw('create index collector_listening_spans_lost_idx on collector_listening_spans (lost_until) where lost_until is not null');
   // One constraint a statement, as Citus wants on a table it may come to hold.
   await knex.raw('alter table collector_listening_spans add constraint collector_listening_spans_order_check check (heard_at >= started_at)');
   await knex.raw('alter table collector_listening_spans add constraint collector_listening_spans_lost_check check (lost_until >= heard_at)');

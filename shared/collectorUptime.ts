@@ -49,11 +49,12 @@ export interface CollectorUptime {
 // by a running max), or the time since the last beat of all when it is older than the tolerance
 // (still going on). A span closed on a loss is a gap of its own, from its last beat to the beat
 // that noticed the loss (lost_until), whatever others covered: a datagram goes to one collector,
-// and that one dropped it; within a silence it says nothing more. All in one statement, so that
-// `limit` counts what is answered.
-const GAPS_SQL = `
+// and that one dropped it; within a silence it says nothing more. A loss is found by its end, so
+// one that began before the window and ended in it counts. All in one statement, so that `limit`
+// counts what is answered.
+const GAPS_CTE = `
   with reaching as (
-    select started_at, heard_at, lost_until from ${TABLE.collectorSpans} where heard_at >= :reachFrom
+    select started_at, heard_at from ${TABLE.collectorSpans} where heard_at >= :reachFrom
   ), covered as (
     select started_at, heard_at + :tolerance as until from reaching
     union all
@@ -64,35 +65,43 @@ const GAPS_SQL = `
     select greatest(reached - :tolerance, :from) as gap_from, started_at as gap_to from ordered where started_at > reached
     union all
     select greatest(max(heard_at), :from), cast(null as timestamptz) from ${TABLE.collectorSpans} having max(heard_at) + :tolerance < :now
+  ), losses as (
+    select greatest(heard_at, :from) as gap_from, lost_until as gap_to from ${TABLE.collectorSpans} where lost_until >= :from
   ), gaps as (
     select gap_from, gap_to, 'no_collector' as cause from silent
     union all
-    select r.heard_at, r.lost_until, 'uses_lost' from reaching r
-     where r.lost_until is not null and r.lost_until >= :from
-       and not exists (select 1 from silent s where r.heard_at >= s.gap_from and (s.gap_to is null or r.lost_until <= s.gap_to))
-  )
-  select gap_from, gap_to, cause from gaps order by gap_from desc, gap_to desc nulls first limit :limit`;
+    select l.gap_from, l.gap_to, 'uses_lost' from losses l
+     where not exists (select 1 from silent s where l.gap_from >= s.gap_from and (s.gap_to is null or l.gap_to <= s.gap_to))
+  )`.replaceAll(':tolerance', 'cast(:tolerance as interval)');
+
+// The gaps of [from, now] (GAPS_CTE) read by `select`; undefined before any span was kept.
+async function readGaps<Row>(db: Db, from: Date, now: Date, select: string, bindings: Record<string, number> = {}) {
+  // Before migration …260 (a process of this version on a database not migrated yet, in a rolling
+  // deploy): nothing is known, as before any collector of this version ran. Asked, not caught: in
+  // the apply's transaction a failed statement would abort it.
+  const [present] = await rawRows<{ present: boolean }>(db, 'select to_regclass(?) is not null as present', [TABLE.collectorSpans]);
+  if (!present.present) return undefined;
+  const [extent] = await rawRows<{ tracked_since: Date | null }>(db, `select min(started_at) as tracked_since from ${TABLE.collectorSpans}`);
+  if (extent.tracked_since === null) return undefined;
+  const reachFrom = new Date(from.getTime() - GAP_TOLERANCE_MS);
+  const rows = await rawRows<Row>(db, `${GAPS_CTE} ${select}`, { from, reachFrom, now, tolerance: `${GAP_TOLERANCE_MS} milliseconds`, ...bindings });
+  return { trackedSince: extent.tracked_since, rows };
+}
 
 const NOTHING_KNOWN: CollectorUptime = Object.freeze({ trackedSince: null, gaps: [], moreGaps: false });
 
 /** When no collector listened, or one lost uses, between `from` and `now` (shared/collectorUptime.ts). */
 export async function collectorUptimeSince(db: Db, from: Date, now: Date, limit: number): Promise<CollectorUptime> {
-  const tolerance = `${GAP_TOLERANCE_MS} milliseconds`;
-  // Before migration …260 (a process of this version on a database not migrated yet, in a rolling
-  // deploy): nothing is known, as before any collector of this version ran. Asked, not caught: in
-  // the apply's transaction a failed statement would abort it.
-  const [present] = await rawRows<{ present: boolean }>(db, 'select to_regclass(?) is not null as present', [TABLE.collectorSpans]);
-  if (!present.present) return NOTHING_KNOWN;
-  const [extent] = await rawRows<{ tracked_since: Date | null }>(db, `select min(started_at) as tracked_since from ${TABLE.collectorSpans}`);
-  if (extent.tracked_since === null) return NOTHING_KNOWN;
-  const reachFrom = new Date(from.getTime() - GAP_TOLERANCE_MS);
-  const rows = await rawRows<{ gap_from: Date; gap_to: Date | null; cause: CollectorGap['cause'] }>(
+  const read = await readGaps<{ gap_from: Date; gap_to: Date | null; cause: CollectorGap['cause'] }>(
     db,
-    GAPS_SQL.replaceAll(':tolerance', 'cast(:tolerance as interval)'),
-    { from, reachFrom, now, tolerance, limit: limit + 1 },
+    from,
+    now,
+    'select gap_from, gap_to, cause from gaps order by gap_from desc, gap_to desc nulls first limit :limit',
+    { limit: limit + 1 },
   );
-  const gaps = rows.slice(0, limit).map((row) => ({ from: row.gap_from, to: row.gap_to, cause: row.cause }));
-  return { trackedSince: extent.tracked_since, gaps: gaps.reverse(), moreGaps: rows.length > limit };
+  if (read === undefined) return NOTHING_KNOWN;
+  const gaps = read.rows.slice(0, limit).map((row) => ({ from: row.gap_from, to: row.gap_to, cause: row.cause }));
+  return { trackedSince: read.trackedSince, gaps: gaps.reverse(), moreGaps: read.rows.length > limit };
 }
 
 export interface ListeningSpan {
@@ -118,8 +127,16 @@ export async function spansHeardSince(db: Db, from: Date, limit: number): Promis
  * idle since before it may have had uses then, lost. The key.dormant sweep compares each key with it.
  */
 export async function latestGapEnd(db: Db, now: Date): Promise<Date | 'infinity' | '-infinity'> {
-  const { gaps } = await collectorUptimeSince(db, new Date(now.getTime() - SPAN_RETENTION_DAYS * DAY_MS), now, 1);
-  const newest = gaps.at(-1);
-  if (newest === undefined) return '-infinity';
-  return newest.to ?? 'infinity';
+  // The latest end, not the end of the gap that starts last: a loss may surround a later silence
+  // (a collector cut from its database for half an hour, another restarting meanwhile), and a key
+  // used in the silence's wake was told safe (a review).
+  const read = await readGaps<{ going_on: boolean | null; latest_end: Date | null }>(
+    db,
+    new Date(now.getTime() - SPAN_RETENTION_DAYS * DAY_MS),
+    now,
+    'select bool_or(gap_to is null) as going_on, max(gap_to) as latest_end from gaps',
+  );
+  const [row] = read?.rows ?? [];
+  if (row?.going_on) return 'infinity';
+  return row?.latest_end ?? '-infinity';
 }

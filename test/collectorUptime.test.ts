@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import t from 'tap';
-import { collectorUptimeSince, SPAN_RETENTION_DAYS } from '../shared/collectorUptime';
+import { collectorUptimeSince, latestGapEnd, SPAN_RETENTION_DAYS } from '../shared/collectorUptime';
 import { createListeningSpan, expireListeningSpans, type SpanStore } from '../collector/listeningSpan';
 import type { Db } from '../shared/db';
 import { encodeUsageLine } from '../shared/usageWire';
@@ -74,6 +74,24 @@ t.test('gaps: where tracking began within the window, the time before it is unkn
   await insertSpan(db, 'a', now - 100 * DAY_MS, now - 95 * DAY_MS);
   const late = await collectorUptimeSince(db, new Date(now - 90 * DAY_MS), new Date(now), 20);
   t.strictSame(shown(late.gaps, now), [[(-90 * DAY_MS) / MINUTE, -10, 'no_collector']]);
+});
+
+t.test('a loss found by its end: one that began before the window counts, and the latest end is the one that ended last', async (t) => {
+  const { db } = await freshDatabase(t);
+  const now = Date.now();
+  const base = now - 100 * MINUTE;
+  // b listens throughout but for a restart from 20 to 22; a lost uses from 10 to 40 (its database away).
+  await insertSpan(db, 'b', base - 60 * MINUTE, base + 20 * MINUTE);
+  await insertSpan(db, 'b', base + 22 * MINUTE, now);
+  await insertSpan(db, 'a', base - 60 * MINUTE, base + 10 * MINUTE, base + 40 * MINUTE);
+  await insertSpan(db, 'a', base + 40 * MINUTE, now);
+  const straddling = await collectorUptimeSince(db, new Date(base + 30 * MINUTE), new Date(now), 20);
+  t.strictSame(shown(straddling.gaps, base), [[30, 40, 'uses_lost']], 'a loss begun before the window and ended in it');
+  t.equal(
+    await latestGapEnd(db, new Date(now)).then((end) => (end instanceof Date ? (end.getTime() - base) / MINUTE : end)),
+    40,
+    'the loss, which ends after the restart that starts after it',
+  );
 });
 
 t.test('retention deletes spans that ended before the longest window a clean-up may ask about', async (t) => {
