@@ -182,6 +182,43 @@ t.test('a rotated key is dormant again only a threshold after its rotation, with
   t.equal((await sweep()).length, 2, 'and only one');
 });
 
+// The dedupe key names the last use: a key used again and left idle again is a new event. A
+// mutation review found no test held it (a dedupe key without the use kept one event for good).
+t.test('a key used again and left idle again is dormant again, with a new event', async (t) => {
+  const { db, api, org, clock } = await clockedOrg(t);
+  const { id } = (await api.services.apiKeys.create(org.id, { name: 'idle', scopes: ['keys:read'], expiresAt: null })).key;
+  await db('api_keys')
+    .where({ id })
+    .update({ created_at: new Date(clock.now - 40 * DAY) });
+  const sweep = async () => {
+    await sweepTimeEvents(db, new Date(clock.now), { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 10 });
+    return db('key_events').where({ type: 'key.dormant', key_id: id }).orderBy('occurred_at').pluck('details');
+  };
+  t.equal((await sweep()).length, 1);
+  const usedAt = new Date(clock.now);
+  await db('api_key_usage')
+    .insert({ org_id: org.id, key_id: id, request_count: 1, ok_count: 1, last_used_at: usedAt, last_used_ip: '192.0.2.1' })
+    .onConflict(['org_id', 'key_id'])
+    .merge();
+  clock.now += 31 * DAY;
+  const details: Array<{ lastUsedAt: string | null }> = await sweep();
+  t.strictSame(
+    details.map((d) => d.lastUsedAt),
+    [null, usedAt.toISOString()],
+    'a second event, after the use',
+  );
+});
+
+t.test('a revoked key is warned of no expiry', async (t) => {
+  const { db, api, org, clock } = await clockedOrg(t);
+  const expiring = async (name: string) =>
+    (await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt: new Date(clock.now + 6 * DAY) })).key.id;
+  const [revoked, kept] = [await expiring('revoked'), await expiring('kept')];
+  await api.services.apiKeys.revoke(org.id, revoked);
+  await sweepTimeEvents(db, new Date(clock.now), { expiringDays: [7, 1], retentionDays: 90, newIpPerKeyHour: 10 });
+  t.strictSame(await db('key_events').where({ type: 'key.expiring' }).whereIn('key_id', [revoked, kept]).pluck('key_id'), [kept], 'only the active one');
+});
+
 // A flush writing two keys' first uses locks them in key id order (its inserts' foreign-key
 // checks); the apply locked its candidates oldest first: each held a key the other waited for, and
 // the apply failed with a 500 (deadlock), or, waiting for one key's first use to commit, revoked it

@@ -272,6 +272,10 @@ t.test('isSpike: more than k × the median of the same hour on the previous 7 da
   t.equal(isSpike(hour(150, [0, 0, 0, 0, 0, 0, 0]), OLD, RULES), true, 'a silent hour that wakes up with ≥ M uses');
   t.equal(isSpike(hour(500, null), OLD, RULES), false, 'no baseline fetched');
   t.equal(isSpike(hour(500, week), HOUR - 6 * DAY, RULES), false, 'a key younger than the baseline window');
+  // The edges, which a mutation review found no test held: exactly k × the median is no spike, and
+  // a key exactly as old as the baseline window has one.
+  t.equal(isSpike(hour(100, Array(7).fill(20)), OLD, RULES), false, '100 is not > 5 × 20');
+  t.equal(isSpike(hour(500, week), HOUR - 7 * DAY, RULES), true, 'a key exactly 7 days old');
 });
 
 t.test('key.spike: once per key per hour with its baseline in details', async (t) => {

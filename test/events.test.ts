@@ -5,7 +5,7 @@ import t, { type Test } from 'tap';
 import type { Db } from '../shared/db';
 import { MAX_REVOKE_KEY_IDS, createApiKeysService } from '../api/keys/apiKeys.service';
 import { insertKeys } from '../bench/lib/database';
-import { encodeUsageLine } from '../shared/usageWire';
+import { encodeUsageLine, type Outcome } from '../shared/usageWire';
 import { secondInThePreviousHour, sendDatagrams, startTestCollector } from './helpers/collector';
 import { sleep, waitFor } from '../harness/wait';
 import { freshDatabase, someoneWaitsOnLock } from './helpers/database';
@@ -742,28 +742,47 @@ t.test('EVENTS_ENABLED=false: usage is written, no event, no history', async (t)
   t.strictSame(await system.db('api_key_ip_history').select(), []);
 });
 
-t.test('the prefix history is bounded per key; a forgotten network is new again', async (t) => {
+// A key used before (no key.first_use, whose span, the flush interval, would hold these flushes'
+// networks) and a collector that flushes when told: each line sent is flushed on its own.
+async function flushEachLine(t: Test, env: Record<string, string> = {}) {
   const { db, url } = await freshDatabase(t);
   const api = await startTestApi(t, db);
   const { org, adminKeyId } = await seedOrg(api, db);
-  const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000', EVENTS_IP_HISTORY_PER_KEY: '2' });
-  // Used before: no key.first_use, whose span (the flush interval) would hold these flushes' networks.
+  const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000', ...env });
   await db('api_key_usage').insert({ org_id: org.id, key_id: adminKeyId, request_count: 1 });
   let lines = 0;
-  const useFrom = async (ip: string) => {
-    await sendDatagrams(collector.receiver.port, [encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip, outcome: 'ok', count: 1 })]);
+  const useFrom = async (ip: string, outcome: Outcome = 'ok') => {
+    await sendDatagrams(collector.receiver.port, [encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip, outcome, count: 1 })]);
     lines += 1;
     await waitFor('the line', () => (collector.ingest.usageLines === lines ? true : undefined));
     await collector.flusher.flush();
     await sleep(50); // the best-effort trim runs after the flush
   };
+  const prefixes = async () =>
+    (await db('api_key_ip_history').where({ key_id: adminKeyId }).select(db.raw('cast(prefix as text) as prefix'))).map((r) => r.prefix).sort();
+  const newIps = async () => (await eventsOf(db, adminKeyId)).filter((e) => e.type === 'key.new_ip').map((e) => e.details.prefix);
+  return { db, adminKeyId, useFrom, prefixes, newIps };
+}
+
+t.test('the prefix history is bounded per key; a forgotten network is new again', async (t) => {
+  const { db, adminKeyId, useFrom, prefixes, newIps } = await flushEachLine(t, { EVENTS_IP_HISTORY_PER_KEY: '2' });
   for (const ip of ['192.0.2.1', '198.51.100.1', '203.0.113.1']) await useFrom(ip);
   await waitFor('the trim', async () => ((await db('api_key_ip_history').where({ key_id: adminKeyId })).length === 2 ? true : undefined));
-  const history = await db('api_key_ip_history').where({ key_id: adminKeyId }).select(db.raw('cast(prefix as text) as prefix'));
-  t.strictSame(history.map((r) => r.prefix).sort(), ['198.51.100.0/24', '203.0.113.0/24'], 'the least recently seen was forgotten');
+  t.strictSame(await prefixes(), ['198.51.100.0/24', '203.0.113.0/24'], 'the least recently seen was forgotten');
   await useFrom('192.0.2.77');
-  const newIps = (await eventsOf(db, adminKeyId)).filter((e) => e.type === 'key.new_ip').map((e) => e.details.prefix);
-  t.strictSame(newIps, ['192.0.2.0/24', '198.51.100.0/24', '203.0.113.0/24', '192.0.2.0/24'], 'forgotten, then new again');
+  t.strictSame(await newIps(), ['192.0.2.0/24', '198.51.100.0/24', '203.0.113.0/24', '192.0.2.0/24'], 'forgotten, then new again');
+});
+
+// Anyone who knows a key's id can send wrong secrets from a network: were failed attempts in the
+// history, a later use of a leaked secret from there would raise no key.new_ip (a mutation review
+// found no test held it).
+t.test('failed attempts put no network in the history: a use from there later is still new', async (t) => {
+  const { useFrom, prefixes, newIps } = await flushEachLine(t);
+  await useFrom('192.0.2.1');
+  for (let attempt = 0; attempt < 3; attempt += 1) await useFrom('198.51.100.7', 'bad_secret');
+  t.strictSame(await prefixes(), ['192.0.2.0/24'], 'only the proven use');
+  await useFrom('198.51.100.8');
+  t.strictSame(await newIps(), ['192.0.2.0/24', '198.51.100.0/24'], 'the first proven use from there is new');
 });
 
 t.test('key.new_ip: at most EVENTS_NEW_IP_PER_KEY_HOUR a clock hour per key; the sweep raises the others in an hour with room', async (t) => {
