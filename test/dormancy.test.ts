@@ -158,17 +158,25 @@ t.test('with events kept 1 day, a threshold crossed an hour ago raises its event
 
 // A rotation restarts the idle time as a creation does; left idle after it, the key raises a new
 // event, which names the rotation (the one before it named the last use).
-t.test('a rotated key is dormant again only a threshold after its rotation, with a new event', async (t) => {
-  const { db, api, org, clock } = await clockedOrg(t);
+// A key made 40 days ago in an org of 30 days, and a sweep at the clock that answers the key's
+// key.dormant events' details, oldest first.
+async function idleKey(t: Test) {
+  const world = await clockedOrg(t);
+  const { db, api, org, clock } = world;
   const { id } = (await api.services.apiKeys.create(org.id, { name: 'idle', scopes: ['keys:read'], expiresAt: null })).key;
   await db('api_keys')
     .where({ id })
     .update({ created_at: new Date(clock.now - 40 * DAY) });
-  const sweep = async () => {
+  const sweep = async (): Promise<Array<{ crossedAt: string; lastUsedAt: string | null }>> => {
     await sweepTimeEvents(db, new Date(clock.now), { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 10 });
-    const details: Array<{ crossedAt: string }> = await db('key_events').where({ type: 'key.dormant', key_id: id }).orderBy('occurred_at').pluck('details');
-    return details.map(({ crossedAt }) => new Date(crossedAt));
+    return db('key_events').where({ type: 'key.dormant', key_id: id }).orderBy('occurred_at').pluck('details');
   };
+  return { ...world, id, sweep };
+}
+
+t.test('a rotated key is dormant again only a threshold after its rotation, with a new event', async (t) => {
+  const { api, org, clock, id, sweep: sweepDetails } = await idleKey(t);
+  const sweep = async () => (await sweepDetails()).map(({ crossedAt }) => new Date(crossedAt));
   t.equal((await sweep()).length, 1, 'dormant 10 days after its threshold');
 
   await api.services.apiKeys.rotate(org.id, id);
@@ -185,15 +193,7 @@ t.test('a rotated key is dormant again only a threshold after its rotation, with
 // The dedupe key names the last use: a key used again and left idle again is a new event. A
 // mutation review found no test held it (a dedupe key without the use kept one event for good).
 t.test('a key used again and left idle again is dormant again, with a new event', async (t) => {
-  const { db, api, org, clock } = await clockedOrg(t);
-  const { id } = (await api.services.apiKeys.create(org.id, { name: 'idle', scopes: ['keys:read'], expiresAt: null })).key;
-  await db('api_keys')
-    .where({ id })
-    .update({ created_at: new Date(clock.now - 40 * DAY) });
-  const sweep = async () => {
-    await sweepTimeEvents(db, new Date(clock.now), { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 10 });
-    return db('key_events').where({ type: 'key.dormant', key_id: id }).orderBy('occurred_at').pluck('details');
-  };
+  const { db, org, clock, id, sweep } = await idleKey(t);
   t.equal((await sweep()).length, 1);
   const usedAt = new Date(clock.now);
   await db('api_key_usage')
@@ -201,7 +201,7 @@ t.test('a key used again and left idle again is dormant again, with a new event'
     .onConflict(['org_id', 'key_id'])
     .merge();
   clock.now += 31 * DAY;
-  const details: Array<{ lastUsedAt: string | null }> = await sweep();
+  const details = await sweep();
   t.strictSame(
     details.map((d) => d.lastUsedAt),
     [null, usedAt.toISOString()],
