@@ -1,0 +1,70 @@
+// The key's network history as the flush's one statement (collector/eventStore.ts FACTS) writes
+// and reads it, driven by real datagrams whose |T timestamps place the uses in time.
+import t, { type Test } from 'tap';
+import { encodeUsageLine } from '../shared/usageWire';
+import { sendDatagrams, startTestCollector } from './helpers/collector';
+import { sleep, waitFor } from '../harness/wait';
+import { freshDatabase } from './helpers/database';
+import { seedOrg, startTestApi } from './helpers/api';
+
+/** A key used before (so no key.first_use) and a collector to flush its uses: `flushUses` sends lines of [ip, unix second] and flushes them. */
+async function keyWithCollector(t: Test, env: Record<string, string>) {
+  const { db, url } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKeyId: keyId } = await seedOrg(api, db);
+  const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000', ...env });
+  await db('api_key_usage').insert({ org_id: org.id, key_id: keyId, request_count: 1 });
+  let lines = 0;
+  const flushUses = async (uses: Array<[ip: string, seconds?: number]>) => {
+    const line = ([ip, seconds]: [string, number?]) =>
+      `${encodeUsageLine({ keyId, orgId: org.id, ip, outcome: 'ok', count: 1 })}${seconds === undefined ? '' : `|T${seconds}`}`;
+    await sendDatagrams(collector.receiver.port, uses.map(line));
+    lines += uses.length;
+    await waitFor('the lines', () => (collector.ingest.usageLines === lines ? true : undefined));
+    await collector.flusher.flush();
+  };
+  const newIps = async () =>
+    (await db('key_events').where({ key_id: keyId, type: 'key.new_ip' }).orderBy('occurred_at').select('occurred_at', 'details')).map((e) => [
+      e.occurred_at.getTime(),
+      e.details,
+    ]);
+  return { db, org, keyId, flushUses, newIps };
+}
+
+// A known network used again an hour or more later moves its last_seen: the bound forgets the least
+// recently seen network, and one whose last_seen stood still was forgotten while in use, its next
+// use a false key.new_ip.
+t.test('a network used again moves its last_seen, so the bound keeps it and its next use is not new', async (t) => {
+  const { db, keyId, flushUses, newIps } = await keyWithCollector(t, { EVENTS_IP_HISTORY_PER_KEY: '2', COLLECTOR_TIMESTAMP_WINDOW_SECONDS: '86400' });
+  const t0 = Math.floor(Date.now() / 1000) - 3 * 3600;
+  const [A, B, C] = ['192.0.2.1', '198.51.100.1', '203.0.113.1'];
+  for (const use of [
+    [A, t0],
+    [B, t0 + 60],
+    [A, t0 + 7200],
+    [C, t0 + 7260],
+  ] as Array<[string, number]>)
+    await flushUses([use]);
+  const history = async () =>
+    (await db('api_key_ip_history').where({ key_id: keyId }).orderBy('prefix').select(db.raw('cast(prefix as text) as prefix'), 'last_seen')).map((r) => [
+      r.prefix,
+      r.last_seen.getTime() / 1000,
+    ]);
+  // The trim runs best-effort after the flush.
+  await waitFor('the trim', async () => ((await history()).length === 2 ? true : undefined));
+  t.strictSame(
+    await history(),
+    [
+      ['192.0.2.0/24', t0 + 7200],
+      ['203.0.113.0/24', t0 + 7260],
+    ],
+    'A seen again at t0 + 2 h; B, the least recently seen, forgotten',
+  );
+  await flushUses([[A, t0 + 7300]]);
+  await sleep(50);
+  t.strictSame(
+    (await newIps()).map(([, details]) => details.prefix),
+    ['192.0.2.0/24', '198.51.100.0/24', '203.0.113.0/24'],
+    'A, still in use, is not new again',
+  );
+});
