@@ -68,3 +68,15 @@ t.test('a network used again moves its last_seen, so the bound keeps it and its 
     'A, still in use, is not new again',
   );
 });
+
+t.test("two addresses of one /24 in one flush: the network's first_seen is the earlier use", async (t) => {
+  const { db, keyId, flushUses, newIps } = await keyWithCollector(t, {});
+  const seconds = Math.floor(Date.now() / 1000) - 100;
+  await flushUses([
+    ['192.0.2.9', seconds],
+    ['192.0.2.5', seconds - 5],
+  ]);
+  const [row] = await db('api_key_ip_history').where({ key_id: keyId }).select('first_ip', 'first_seen');
+  t.strictSame([row.first_ip, row.first_seen.getTime()], ['192.0.2.5', (seconds - 5) * 1000], 'the earlier address, at its time');
+  t.strictSame(await newIps(), [[(seconds - 5) * 1000, { ip: '192.0.2.5', prefix: '192.0.2.0/24' }]], 'and its key.new_ip occurs then');
+});
