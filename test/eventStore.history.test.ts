@@ -2,7 +2,7 @@
 // and reads it, driven by real datagrams whose |T timestamps place the uses in time.
 import t, { type Test } from 'tap';
 import { encodeUsageLine } from '../shared/usageWire';
-import { sendDatagrams, startTestCollector } from './helpers/collector';
+import { secondInThePreviousHour, sendDatagrams, startTestCollector } from './helpers/collector';
 import { sleep, waitFor } from '../harness/wait';
 import { freshDatabase } from './helpers/database';
 import { seedOrg, startTestApi } from './helpers/api';
@@ -79,4 +79,26 @@ t.test("two addresses of one /24 in one flush: the network's first_seen is the e
   const [row] = await db('api_key_ip_history').where({ key_id: keyId }).select('first_ip', 'first_seen');
   t.strictSame([row.first_ip, row.first_seen.getTime()], ['192.0.2.5', (seconds - 5) * 1000], 'the earlier address, at its time');
   t.strictSame(await newIps(), [[(seconds - 5) * 1000, { ip: '192.0.2.5', prefix: '192.0.2.0/24' }]], 'and its key.new_ip occurs then');
+});
+
+// Only networks deferred earlier (event_due_at set) wait ahead of a new one: counted with every
+// known network, a key with as many networks as the hourly limit deferred every new one.
+t.test('known networks that are not deferred do not hold back a new network under the hourly limit', async (t) => {
+  const { db, keyId, flushUses, newIps } = await keyWithCollector(t, { EVENTS_NEW_IP_PER_KEY_HOUR: '2' });
+  const seconds = await secondInThePreviousHour();
+  await flushUses([
+    ['198.51.1.1', seconds - 1],
+    ['198.51.2.1', seconds],
+  ]);
+  await flushUses([['198.51.3.1']]);
+  t.strictSame(
+    (await newIps()).map(([, details]) => details),
+    [
+      { ip: '198.51.1.1', prefix: '198.51.1.0/24' },
+      { ip: '198.51.2.1', prefix: '198.51.2.0/24', hourlyLimitReached: 2 },
+      { ip: '198.51.3.1', prefix: '198.51.3.0/24' },
+    ],
+    'networks 1 and 2 in the previous hour; network 3 raised at once in this one, not deferred',
+  );
+  t.strictSame(await db('api_key_ip_history').where({ key_id: keyId }).whereNotNull('event_due_at').select('prefix'), [], 'nothing waits');
 });
