@@ -102,3 +102,33 @@ t.test('known networks that are not deferred do not hold back a new network unde
   );
   t.strictSame(await db('api_key_ip_history').where({ key_id: keyId }).whereNotNull('event_due_at').select('prefix'), [], 'nothing waits');
 });
+
+// The hourly limit counts the hour's key.new_ip events only: the key's other events of the hour
+// used none of its allowance.
+t.test("a key's other events of the hour leave its key.new_ip allowance whole", async (t) => {
+  const { db, org, keyId, flushUses, newIps } = await keyWithCollector(t, { EVENTS_NEW_IP_PER_KEY_HOUR: '2' });
+  const seconds = await secondInThePreviousHour();
+  await db('key_events').insert(
+    ['key.spike', 'key.outside_networks'].map((type) => ({
+      org_id: org.id,
+      key_id: keyId,
+      type,
+      occurred_at: new Date((seconds - 60) * 1000),
+      details: {},
+      dedupe_key: type,
+    })),
+  );
+  await flushUses([
+    ['198.51.1.1', seconds - 1],
+    ['198.51.2.1', seconds],
+  ]);
+  t.strictSame(
+    await newIps(),
+    [
+      [(seconds - 1) * 1000, { ip: '198.51.1.1', prefix: '198.51.1.0/24' }],
+      [seconds * 1000, { ip: '198.51.2.1', prefix: '198.51.2.0/24', hourlyLimitReached: 2 }],
+    ],
+    'both raised in the hour of the two other events',
+  );
+  t.strictSame(await db('api_key_ip_history').where({ key_id: keyId }).whereNotNull('event_due_at').select('prefix'), [], 'nothing deferred');
+});
