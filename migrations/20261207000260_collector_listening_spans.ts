@@ -6,8 +6,8 @@ import type { Knex } from 'knex';
 // A span also ends where its collector refused uses (lost_until).
 // `collector` names the process for operators (host:port/receiver); nothing of an org is here, so
 // on Citus the table stays on the coordinator, where both the collectors and the API reach it.
-// The heartbeat writes times it read itself: on a Citus reference table a column default now()
-// is evaluated per placement.
+// The heartbeat writes the times its collector read, as the collectors write every other time:
+// the gaps are compared with the API's clock (keep both synchronised).
 export async function up(knex: Knex): Promise<void> {
   await knex.schema.createTable('collector_listening_spans', (table) => {
     table.bigIncrements('id');

@@ -5,8 +5,8 @@ import { DAY_MS } from './timeUnits';
 // When collectors listened: what tells a key that looks dormant from one whose uses fell where no
 // collector listened (UDP drops them without a word). Each collector process keeps one row of
 // collector_listening_spans while it runs (migrations/20261207000260): when it began listening and
-// the last time it vouched that every use it received until then is written or held for a retry
-// (collector/listeningSpan.ts). The revoke-dormant clean-up reads the times no span covers
+// the last time it vouched that every use it received until then is written, but the last flush
+// interval's (collector/listeningSpan.ts). The revoke-dormant clean-up reads the times no span covers
 // (collectorUptimeSince, below) and refuses to select keys again across them; the key.dormant
 // sweep says whether one came after the key's last use (collector/eventStore.ts).
 
