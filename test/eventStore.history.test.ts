@@ -1,34 +1,23 @@
 // The key's network history as the flush's one statement (collector/eventStore.ts FACTS) writes
 // and reads it, driven by real datagrams whose |T timestamps place the uses in time.
 import t, { type Test } from 'tap';
-import { encodeUsageLine } from '../shared/usageWire';
-import { secondInThePreviousHour, sendDatagrams, startTestCollector } from './helpers/collector';
+import { secondInThePreviousHour } from './helpers/collector';
+import { usedKeyWithCollector, type KeyUse } from './helpers/usedKey';
 import { sleep, waitFor } from '../harness/wait';
-import { freshDatabase } from './helpers/database';
-import { seedOrg, startTestApi } from './helpers/api';
 
-/** A key used before (so no key.first_use) and a collector to flush its uses: `flushUses` sends lines of [ip, unix second] and flushes them. */
+// A use from `ip`, at the unix second `seconds` if given (|T).
+const at = (ip: string, seconds?: number): KeyUse => ({ ip, seconds });
+
+// The key's key.new_ip events, oldest first: [when, details].
 async function keyWithCollector(t: Test, env: Record<string, string>) {
-  const { db, url } = await freshDatabase(t);
-  const api = await startTestApi(t, db);
-  const { org, adminKeyId: keyId } = await seedOrg(api, db);
-  const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000', ...env });
-  await db('api_key_usage').insert({ org_id: org.id, key_id: keyId, request_count: 1 });
-  let lines = 0;
-  const flushUses = async (uses: Array<[ip: string, seconds?: number]>) => {
-    const line = ([ip, seconds]: [string, number?]) =>
-      `${encodeUsageLine({ keyId, orgId: org.id, ip, outcome: 'ok', count: 1 })}${seconds === undefined ? '' : `|T${seconds}`}`;
-    await sendDatagrams(collector.receiver.port, uses.map(line));
-    lines += uses.length;
-    await waitFor('the lines', () => (collector.ingest.usageLines === lines ? true : undefined));
-    await collector.flusher.flush();
-  };
+  const world = await usedKeyWithCollector(t, env);
+  const { db, keyId } = world;
   const newIps = async () =>
     (await db('key_events').where({ key_id: keyId, type: 'key.new_ip' }).orderBy('occurred_at').select('occurred_at', 'details')).map((e) => [
       e.occurred_at.getTime(),
       e.details,
     ]);
-  return { db, org, keyId, flushUses, newIps };
+  return { ...world, newIps };
 }
 
 // A known network used again an hour or more later moves its last_seen: the bound forgets the least
@@ -44,7 +33,7 @@ t.test('a network used again moves its last_seen, so the bound keeps it and its 
     [A, t0 + 7200],
     [C, t0 + 7260],
   ] as Array<[string, number]>)
-    await flushUses([use]);
+    await flushUses([at(...use)]);
   const history = async () =>
     (await db('api_key_ip_history').where({ key_id: keyId }).orderBy('prefix').select(db.raw('cast(prefix as text) as prefix'), 'last_seen')).map((r) => [
       r.prefix,
@@ -60,7 +49,7 @@ t.test('a network used again moves its last_seen, so the bound keeps it and its 
     ],
     'A seen again at t0 + 2 h; B, the least recently seen, forgotten',
   );
-  await flushUses([[A, t0 + 7300]]);
+  await flushUses([at(A, t0 + 7300)]);
   await sleep(50);
   t.strictSame(
     (await newIps()).map(([, details]) => details.prefix),
@@ -72,10 +61,7 @@ t.test('a network used again moves its last_seen, so the bound keeps it and its 
 t.test("two addresses of one /24 in one flush: the network's first_seen is the earlier use", async (t) => {
   const { db, keyId, flushUses, newIps } = await keyWithCollector(t, {});
   const seconds = Math.floor(Date.now() / 1000) - 100;
-  await flushUses([
-    ['192.0.2.9', seconds],
-    ['192.0.2.5', seconds - 5],
-  ]);
+  await flushUses([at('192.0.2.9', seconds), at('192.0.2.5', seconds - 5)]);
   const [row] = await db('api_key_ip_history').where({ key_id: keyId }).select('first_ip', 'first_seen');
   t.strictSame([row.first_ip, row.first_seen.getTime()], ['192.0.2.5', (seconds - 5) * 1000], 'the earlier address, at its time');
   t.strictSame(await newIps(), [[(seconds - 5) * 1000, { ip: '192.0.2.5', prefix: '192.0.2.0/24' }]], 'and its key.new_ip occurs then');
@@ -86,11 +72,8 @@ t.test("two addresses of one /24 in one flush: the network's first_seen is the e
 t.test('known networks that are not deferred do not hold back a new network under the hourly limit', async (t) => {
   const { db, keyId, flushUses, newIps } = await keyWithCollector(t, { EVENTS_NEW_IP_PER_KEY_HOUR: '2' });
   const seconds = await secondInThePreviousHour();
-  await flushUses([
-    ['198.51.1.1', seconds - 1],
-    ['198.51.2.1', seconds],
-  ]);
-  await flushUses([['198.51.3.1']]);
+  await flushUses([at('198.51.1.1', seconds - 1), at('198.51.2.1', seconds)]);
+  await flushUses([at('198.51.3.1')]);
   t.strictSame(
     (await newIps()).map(([, details]) => details),
     [
@@ -118,10 +101,7 @@ t.test("a key's other events of the hour leave its key.new_ip allowance whole", 
       dedupe_key: type,
     })),
   );
-  await flushUses([
-    ['198.51.1.1', seconds - 1],
-    ['198.51.2.1', seconds],
-  ]);
+  await flushUses([at('198.51.1.1', seconds - 1), at('198.51.2.1', seconds)]);
   t.strictSame(
     await newIps(),
     [

@@ -11,6 +11,7 @@ import { sleep, waitFor } from '../harness/wait';
 import { freshDatabase, someoneWaitsOnLock } from './helpers/database';
 import { seedOrg, startTestApi } from './helpers/api';
 import { wiredSystem } from './helpers/wiredSystem';
+import { usedKeyWithCollector } from './helpers/usedKey';
 
 type System = Awaited<ReturnType<typeof wiredSystem>>;
 
@@ -742,20 +743,11 @@ t.test('EVENTS_ENABLED=false: usage is written, no event, no history', async (t)
   t.strictSame(await system.db('api_key_ip_history').select(), []);
 });
 
-// A key used before (no key.first_use, whose span, the flush interval, would hold these flushes'
-// networks) and a collector that flushes when told: each line sent is flushed on its own.
+// Each use flushed on its own (test/helpers/usedKey.ts), and what the key's history and events hold.
 async function flushEachLine(t: Test, env: Record<string, string> = {}) {
-  const { db, url } = await freshDatabase(t);
-  const api = await startTestApi(t, db);
-  const { org, adminKeyId } = await seedOrg(api, db);
-  const collector = await startTestCollector(t, url, { COLLECTOR_FLUSH_INTERVAL_MS: '600000', ...env });
-  await db('api_key_usage').insert({ org_id: org.id, key_id: adminKeyId, request_count: 1 });
-  let lines = 0;
+  const { db, keyId: adminKeyId, flushUses } = await usedKeyWithCollector(t, env);
   const useFrom = async (ip: string, outcome: Outcome = 'ok') => {
-    await sendDatagrams(collector.receiver.port, [encodeUsageLine({ keyId: adminKeyId, orgId: org.id, ip, outcome, count: 1 })]);
-    lines += 1;
-    await waitFor('the line', () => (collector.ingest.usageLines === lines ? true : undefined));
-    await collector.flusher.flush();
+    await flushUses([{ ip, outcome }]);
     await sleep(50); // the best-effort trim runs after the flush
   };
   const prefixes = async () =>
