@@ -90,7 +90,7 @@ async function readGaps<Row>(db: Db, from: Date, now: Date, select: string, bind
 
 const NOTHING_KNOWN: CollectorUptime = Object.freeze({ trackedSince: null, gaps: [], moreGaps: false });
 
-/** When no collector listened, or one lost uses, between `from` and `now` (shared/collectorUptime.ts). */
+/** When no collector listened, or one lost uses, between `from` and `now`: the newest `limit` gaps. */
 export async function collectorUptimeSince(db: Db, from: Date, now: Date, limit: number): Promise<CollectorUptime> {
   const read = await readGaps<{ gap_from: Date; gap_to: Date | null; cause: CollectorGap['cause'] }>(
     db,

@@ -121,7 +121,10 @@ t.test('a collector opens its span once it listens, moves it while it writes, an
   t.equal(moved.lost_until, null);
   t.ok(await collector.stop());
   const [closed] = await spans(db);
-  t.ok(closed.heard_at.getTime() >= moved.heard_at.getTime() && closed.heard_at.getTime() <= Date.now(), 'closed when the socket closed');
+  t.ok(
+    closed.heard_at.getTime() >= moved.heard_at.getTime() && closed.heard_at.getTime() <= Date.now(),
+    'heard no later than the stop (its close: the unit test below)',
+  );
   t.equal((await spans(db)).length, 1);
 });
 
@@ -223,7 +226,7 @@ t.test('a beat during a write that succeeds waits for it and moves the span', as
   t.ok(heardTimes.size >= 6, `heard_at moved through the writes (${heardTimes.size} times in 3 s)`);
 });
 
-t.test('a span is not moved while a flush waits for its retry, and a failed write is tried again', async (t) => {
+t.test('a span is not moved while a flush waits for its retry, a failed write is tried again, and a stop closes it', async (t) => {
   const writes: string[] = [];
   let caughtUp = false;
   let failNext = true;
@@ -259,7 +262,8 @@ t.test('a span is not moved while a flush waits for its retry, and a failed writ
   caughtUp = true;
   clock = 3000;
   await waitFor('a heard', () => (writes.includes('heard 1 3000 undefined') ? true : undefined));
-  await span.stop(3500, false);
+  await span.stop(3500, true);
+  t.equal(writes.at(-1), 'heard 1 3500 undefined', 'a stop whose final flush wrote everything closes the span when the socket closed');
   const count = writes.length;
   await span.stop(3600, true);
   t.equal(writes.length, count, 'a stop after the stop writes nothing');
