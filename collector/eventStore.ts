@@ -284,7 +284,8 @@ returning org_id, key_id`;
 // api_keys, a reference table, and a NOT IN over many rows is a scan per key once it outgrows
 // work_mem. The dedupe key names the use (or rotation) it followed, so a key used or rotated
 // again and left idle again raises a new event. A rotation is named only when it came after the
-// last use and the creation, so the dedupe keys of events written before rotations counted stay.
+// last use and the creation, so the dedupe keys of events written before rotations counted stay;
+// a restore (a key the clean-up revoked, given back) likewise.
 // Times in an event's details are written as the API writes every time (isoTimeSql): the jsonb of
 // a timestamptz is `2026-12-06T03:40:37+00:00`, which a receiver comparing it with the key's own
 // expiresAt as text found different.
@@ -301,7 +302,9 @@ select k.org_id, k.id as key_id, 'key.dormant' as type,
                           'usesMayHaveBeenLost', ${IDLE_SINCE_SQL} < cast(:gapEnd as timestamptz)),
        'key.dormant:' || k.id || ':' || coalesce(cast(extract(epoch from u.last_used_at) * 1000 as bigint)::text, 'never')
          || case when k.rotated_at > coalesce(u.last_used_at, k.created_at)
-                 then ':rotated:' || cast(extract(epoch from k.rotated_at) * 1000 as bigint) else '' end as dedupe_key
+                 then ':rotated:' || cast(extract(epoch from k.rotated_at) * 1000 as bigint) else '' end
+         || case when k.restored_at > coalesce(u.last_used_at, k.created_at)
+                 then ':restored:' || cast(extract(epoch from k.restored_at) * 1000 as bigint) else '' end as dedupe_key
   from ${TABLE.apiKeys} k
   join ${TABLE.organizations} o on o.id = k.org_id
   left join ${TABLE.usage} u on u.org_id = k.org_id and u.key_id = k.id

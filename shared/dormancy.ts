@@ -5,10 +5,11 @@
 // an operator means by "unused for 90 days": a key minted yesterday has not been idle that long.
 // A rotation counts as a creation: its secret is new, and a key rotated an hour ago (to be
 // deployed, or because it leaked) was revoked by revoke-dormant before anyone could use the new
-// secret when only its last use and creation counted.
+// secret when only its last use and creation counted. A restore (a key the clean-up revoked, given
+// back) counts too: restored unused, the next clean-up revoked it again at once.
 
-/** When the key's idle time started: its last proven use, creation or rotation, the latest. */
-export const IDLE_SINCE_SQL = 'greatest(u.last_used_at, k.rotated_at, k.created_at)';
+/** When the key's idle time started: its last proven use, creation, rotation or restore, the latest. */
+export const IDLE_SINCE_SQL = 'greatest(u.last_used_at, k.rotated_at, k.created_at, k.restored_at)';
 
 /**
  * The rule as an SQL condition over `api_keys k` and its `api_key_usage u` row (left-joined, so

@@ -125,6 +125,15 @@ const ROUTES: Route[] = [
     invalid: [{ label: 'keyId not a UUID', params: { keyId: BAD_ID }, field: 'keyId' }],
   },
   {
+    // The reader is active: a restore that succeeds answers it as it is.
+    name: 'POST /api/orgs/:id/api-keys/:keyId/restore',
+    managesKeys: true,
+    scopes: ['keys:write'],
+    target: 'reader',
+    okStatus: 200,
+    invalid: [{ label: 'keyId not a UUID', params: { keyId: BAD_ID }, field: 'keyId' }],
+  },
+  {
     name: 'GET /api/whoami',
     target: 'reader',
     okStatus: 200,
@@ -190,6 +199,9 @@ const ROUTES: Route[] = [
     invalid: [
       { label: 'dormantDays 0', body: { dormantDays: 0 }, field: 'dormantDays' },
       { label: 'dryRun not a boolean', body: { dormantDays: 90, dryRun: 'yes' }, field: 'dryRun' },
+      { label: 'restorableForDays negative', body: { dormantDays: 90, restorableForDays: -1 }, field: 'restorableForDays' },
+      { label: 'restorableForDays over a year', body: { dormantDays: 90, restorableForDays: 366 }, field: 'restorableForDays' },
+      { label: 'restorableForDays fractional', body: { dormantDays: 90, restorableForDays: 1.5 }, field: 'restorableForDays' },
       { label: 'missing body', field: 'dormantDays' },
     ],
   },

@@ -1,7 +1,8 @@
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { expireOldEvents, sweepTimeEvents } from '../collector/eventStore';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase, someoneWaitsOnLock } from './helpers/database';
+import { clockedOrg, idleKey } from './helpers/idleKey';
 
 // "Dormant" is one rule (shared/dormancy.ts) read in three places: the usage list's filter and
 // field, the revoke-dormant clean-up, and the collector's key.dormant sweep. On the same keys at
@@ -51,6 +52,16 @@ t.test('the usage filter, the clean-up and the sweep select the same keys', asyn
   await key('expired, never used', 40, null, daysAgo(1));
   const revoked = await key('revoked, never used', 40, null);
   await api.services.apiKeys.revoke(org.id, revoked);
+  // A restore (a key the clean-up revoked, given back) restarts the idle time as a rotation does.
+  const restored = async (name: string, restoredDaysAgo: number) => {
+    const id = await key(name, 90, 60);
+    await db('api_keys')
+      .where({ id })
+      .update({ restored_at: daysAgo(restoredDaysAgo) });
+    return id;
+  };
+  expected.push(await restored('used 60 days ago, restored 31 days ago', 31));
+  await restored('used 60 days ago, restored yesterday', 1);
   const sorted = (ids: string[]) => [...ids].sort();
 
   const listed = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?dormant=true&dormantDays=30`, { key: adminKey });
@@ -60,7 +71,7 @@ t.test('the usage filter, the clean-up and the sweep select the same keys', asyn
   const flagged = all.body.data.filter((k: { dormant: boolean }) => k.dormant).map((k: { id: string }) => k.id);
   t.strictSame(sorted(flagged), sorted(expected), "the usage list's dormant field");
   const notDormant = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?dormant=false&dormantDays=30`, { key: adminKey });
-  t.equal(notDormant.body.page.total, 10 - expected.length, 'dormant=false: every other key');
+  t.equal(notDormant.body.page.total, 12 - expected.length, 'dormant=false: every other key');
 
   const cleanUp = await api.request('POST', `/api/orgs/${org.id}/api-keys/revoke-dormant`, { key: adminKey, body: { dormantDays: 30, dryRun: true } });
   t.equal(cleanUp.status, 200);
@@ -69,16 +80,6 @@ t.test('the usage filter, the clean-up and the sweep select the same keys', asyn
   await sweepTimeEvents(db, new Date(now), { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 10 });
   t.strictSame(sorted(await db('key_events').where({ type: 'key.dormant' }).pluck('key_id')), sorted(expected), 'the sweep');
 });
-
-// A database, an API whose clock the test moves, and an org whose keys are dormant after 30 days.
-async function clockedOrg(t: Test) {
-  const { db } = await freshDatabase(t);
-  const clock = { now: Date.now() };
-  const api = await startTestApi(t, db, { now: () => clock.now });
-  const { org, adminKey } = await seedOrg(api, db);
-  await db('organizations').where({ id: org.id }).update({ dormancy_days: 30 });
-  return { db, api, org, adminKey, clock };
-}
 
 // An event older than EVENTS_RETENTION_DAYS was deleted by the next retention run and written
 // again by the sweep after it, a new webhook delivery each time: every hour, for ever.
@@ -158,22 +159,6 @@ t.test('with events kept 1 day, a threshold crossed an hour ago raises its event
 
 // A rotation restarts the idle time as a creation does; left idle after it, the key raises a new
 // event, which names the rotation (the one before it named the last use).
-// A key made 40 days ago in an org of 30 days, and a sweep at the clock that answers the key's
-// key.dormant events' details, oldest first.
-async function idleKey(t: Test) {
-  const world = await clockedOrg(t);
-  const { db, api, org, clock } = world;
-  const { id } = (await api.services.apiKeys.create(org.id, { name: 'idle', scopes: ['keys:read'], expiresAt: null })).key;
-  await db('api_keys')
-    .where({ id })
-    .update({ created_at: new Date(clock.now - 40 * DAY) });
-  const sweep = async (): Promise<Array<{ crossedAt: string; lastUsedAt: string | null }>> => {
-    await sweepTimeEvents(db, new Date(clock.now), { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 10 });
-    return db('key_events').where({ type: 'key.dormant', key_id: id }).orderBy('occurred_at').pluck('details');
-  };
-  return { ...world, id, sweep };
-}
-
 t.test('a rotated key is dormant again only a threshold after its rotation, with a new event', async (t) => {
   const { api, org, clock, id, sweep: sweepDetails } = await idleKey(t);
   const sweep = async () => (await sweepDetails()).map(({ crossedAt }) => new Date(crossedAt));

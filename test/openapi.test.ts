@@ -168,6 +168,8 @@ const SUCCESS: Record<string, { ids?: Record<string, 'rotateTarget' | 'revokeTar
   getApiKey: {},
   rotateApiKey: { ids: { keyId: 'rotateTarget' }, body: { gracePeriodSeconds: 60, expiresAt: '2030-01-01T00:00:00Z' } },
   revokeApiKey: { ids: { keyId: 'revokeTarget' } },
+  // An active key is answered as it is (the restore itself: test/keyRestore.test.ts).
+  restoreApiKey: { ids: { keyId: 'rotateTarget' } },
   listKeyUsage: { query: 'sort=requestCount' },
   keyUsageSeries: { query: 'granularity=hour&byOutcome=true' },
   listKeyEvents: { query: 'limit=10' },
@@ -347,6 +349,13 @@ t.test('every response of every route matches the document', async (t) => {
   await t.test('rotating a revoked key', async (t) => {
     const { template } = contracts.get('rotateApiKey')!;
     const response = await world.api.request('POST', urlOf(world, template, { keyId: world.ids.revoked }), { key: world.plaintexts.admin, body: {} });
+    t.equal(response.status, 409);
+    check(t, template, 'post', response, 'conflict');
+  });
+
+  await t.test('restoring a key revoked for good', async (t) => {
+    const { template } = contracts.get('restoreApiKey')!;
+    const response = await world.api.request('POST', urlOf(world, template, { keyId: world.ids.revoked }), { key: world.plaintexts.admin });
     t.equal(response.status, 409);
     check(t, template, 'post', response, 'conflict');
   });

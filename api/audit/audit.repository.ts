@@ -15,6 +15,7 @@ export const AUDIT_ACTIONS = [
   'key.create',
   'key.rotate',
   'key.revoke',
+  'key.restore',
   'key.update',
   'keys.revoke_dormant',
   'key.erase_ips',

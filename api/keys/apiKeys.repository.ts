@@ -19,6 +19,10 @@ export interface ApiKeyRecord {
   createdAt: Date;
   expiresAt: Date | null;
   revokedAt: Date | null;
+  /** While revoked: until when it can be restored (null: revoked for good, or not revoked). */
+  restorableUntil: Date | null;
+  /** When it was last restored; its idle time starts again then (shared/dormancy.ts). */
+  restoredAt: Date | null;
   rotatedAt: Date | null;
   /** CIDRs the key is expected to be used from; null: anywhere. */
   expectedNetworks: string[] | null;
@@ -40,6 +44,8 @@ interface ApiKeyRow {
   created_at: Date;
   expires_at: Date | null;
   revoked_at: Date | null;
+  restorable_until: Date | null;
+  restored_at: Date | null;
   rotated_at: Date | null;
   expected_networks: string[] | null;
   created_by_key_id: string | null;
@@ -59,6 +65,8 @@ const toRecord = (row: ApiKeyRow): ApiKeyRecord => ({
   createdAt: row.created_at,
   expiresAt: row.expires_at,
   revokedAt: row.revoked_at,
+  restorableUntil: row.restorable_until,
+  restoredAt: row.restored_at,
   rotatedAt: row.rotated_at,
   expectedNetworks: row.expected_networks,
   createdByKeyId: row.created_by_key_id,
@@ -205,9 +213,31 @@ export async function replaceSecret(db: Db, id: string, change: SecretReplacemen
   return row && toRecord(row);
 }
 
-/** The key revoked at `revokedAt`, unless it already was: then undefined, and nothing written. */
+/**
+ * The key revoked for good at `revokedAt`; one the dormant clean-up revoked (restorable) keeps its
+ * revocation time and can no longer be restored. Undefined, and nothing written, when it already
+ * was revoked for good.
+ */
 export async function markRevoked(db: Db, id: string, revokedAt: Date): Promise<ApiKeyRecord | undefined> {
-  const [row] = await db<ApiKeyRow>(TABLE.apiKeys).where({ id }).whereNull('revoked_at').update({ revoked_at: revokedAt }).returning('*');
+  const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
+    .where({ id })
+    .whereRaw('(revoked_at is null or restorable_until is not null)')
+    .update({ revoked_at: db.raw('coalesce(revoked_at, ?)', [revokedAt]), restorable_until: null })
+    .returning('*');
+  return row && toRecord(row);
+}
+
+/**
+ * The key restored at `at` if it is revoked and restorable past `at`; undefined, and nothing
+ * written, otherwise. Call it on a key locked by lockApiKey, which tells why not.
+ */
+export async function markRestored(db: Db, key: { orgId: string; id: string }, at: Date): Promise<ApiKeyRecord | undefined> {
+  const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
+    .where({ org_id: key.orgId, id: key.id })
+    .whereNotNull('revoked_at')
+    .where('restorable_until', '>', at)
+    .update({ revoked_at: null, restorable_until: null, restored_at: at })
+    .returning('*');
   return row && toRecord(row);
 }
 
@@ -288,7 +318,7 @@ export async function findDormantKeys(db: Db, query: DormantQuery, limit?: numbe
  * while the apply waited for it was revoked by the apply's older snapshot (found by a review).
  * Checked again after the locks, in a statement of its own (a new snapshot), such a key is spared.
  */
-export async function revokeDormantKeys(db: Db, query: DormantQuery, limit: number): Promise<DormantKey[]> {
+export async function revokeDormantKeys(db: Db, query: DormantQuery, limit: number, restorableUntil: Date | null): Promise<DormantKey[]> {
   const selected = await rawRows<{ id: string }>(db, `select id from (${dormantKeys(query)} order by k.created_at, k.id limit :limit) d`, { ...query, limit });
   if (selected.length === 0) return [];
   const ids = selected.map((row) => row.id);
@@ -297,13 +327,14 @@ export async function revokeDormantKeys(db: Db, query: DormantQuery, limit: numb
   if (stillDormant.length === 0) return [];
   // Apart from the select: on Citus api_keys is a reference table, and one statement may not read
   // the distributed usage tables and change it. The rows are locked: what was read stands.
-  await db.raw(`update ${TABLE.apiKeys} set revoked_at = ? where org_id = ? and id = any(cast(? as uuid[]))`, [
+  await db.raw(`update ${TABLE.apiKeys} set revoked_at = ?, restorable_until = ? where org_id = ? and id = any(cast(? as uuid[]))`, [
     query.now,
+    restorableUntil,
     query.orgId,
     stillDormant.map((row) => row.id),
   ]);
   return stillDormant
-    .map((row) => toDormant({ ...row, revoked_at: query.now }))
+    .map((row) => toDormant({ ...row, revoked_at: query.now, restorable_until: restorableUntil }))
     .sort((a, b) => a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : 1));
 }
 

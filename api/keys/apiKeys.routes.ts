@@ -8,6 +8,7 @@ import { idempotencyHeaders, idempotentRequest } from '../idempotency/idempotenc
 import { sendReplay } from '../idempotency/idempotentChange';
 import {
   MAX_REVOKE_KEY_IDS,
+  RESTORABLE_DAYS_DEFAULT,
   apiKeyList,
   apiKeyView,
   revealedApiKey,
@@ -67,6 +68,13 @@ const revokeDormantBody = z
     dormantDays: z.number().int('must be a whole number').min(1).max(3650),
     dryRun: z.boolean().default(true),
     keyIds: z.array(uuid).max(MAX_REVOKE_KEY_IDS, `must list at most ${MAX_REVOKE_KEY_IDS} ids`).optional(),
+    restorableForDays: z
+      .number()
+      .int('must be a whole number')
+      .min(0)
+      .max(365)
+      .default(RESTORABLE_DAYS_DEFAULT)
+      .meta({ description: `How many days the keys an apply revokes can be restored (POST …/api-keys/:keyId/restore); 0: revoked for good` }),
   })
   .strict();
 
@@ -123,7 +131,7 @@ export const apiKeysRoutes: RouteContract[] = [
     operationId: 'revokeDormantApiKeys',
     summary: 'List (dryRun, the default) or revoke the keys unused for dormantDays',
     description:
-      'The calling key is never among them (nor, for an expiring calling key, keys that outlive it), nor keys with uses the collector logged but has not folded yet; a use still on its way to the collector (the last second or so; up to 30 s while its usage log is behind; longer while it cannot write) is not seen, and a use sent while no collector listens is lost (UDP says nothing): a key whose only recent uses fell in a collector outage, of any length, looks dormant. Before applying, check that the collectors are up and their uses_persisted_total rises. keyIds (the ids a dry run listed) revokes only those still dormant. 409 for an apply on an API that records no uses (USAGE_TRACKING=false), and for an apply without keyIds when no key of the org has a recorded use within dormantDays (uses may not be recorded: every key would look unused); usesRecorded tells it in every answer, so a client applying the ids of a dry run that says false can warn first.',
+      'The calling key is never among them (nor, for an expiring calling key, keys that outlive it), nor keys with uses the collector logged but has not folded yet; a use still on its way to the collector (the last second or so; up to 30 s while its usage log is behind; longer while it cannot write) is not seen, and a use sent while no collector listens is lost (UDP says nothing): a key whose only recent uses fell in a collector outage, of any length, looks dormant. Before applying, check that the collectors are up and their uses_persisted_total rises. keyIds (the ids a dry run listed) revokes only those still dormant. The keys an apply revokes can be restored for restorableForDays (30 by default; POST …/api-keys/:keyId/restore), and their idle time then counts from the restore. 409 for an apply on an API that records no uses (USAGE_TRACKING=false), and for an apply without keyIds when no key of the org has a recorded use within dormantDays (uses may not be recorded: every key would look unused); usesRecorded tells it in every answer, so a client applying the ids of a dry run that says false can warn first.',
     auth: MANAGE_AND_READ_ORG,
     params: orgParams,
     body: revokeDormantBody,
@@ -175,12 +183,24 @@ export const apiKeysRoutes: RouteContract[] = [
     method: 'post',
     path: '/:keyId/revoke',
     operationId: 'revokeApiKey',
-    summary: 'Revoke an API key (revoking it again changes nothing)',
+    summary: 'Revoke an API key, for good (revoking it again changes nothing)',
     description:
-      "A key can revoke only keys whose scopes it holds itself, and, if it expires, that expire no later than it does (403). Never refused for the org's changes of the last minute (API_WRITES_PER_ORG_MINUTE), nor counted among them: a key that spent them can still be revoked.",
+      "A key the dormant clean-up revoked, which could still be restored, is made final: revoke a key that may have leaked. A key can revoke only keys whose scopes it holds itself, and, if it expires, that expire no later than it does (403). Never refused for the org's changes of the last minute (API_WRITES_PER_ORG_MINUTE), nor counted among them: a key that spent them can still be revoked.",
     auth: REVOKE_KEY,
     params: keyParams,
     responses: { 200: { description: 'The revoked key', body: apiKeyView } },
+  },
+  {
+    method: 'post',
+    path: '/:keyId/restore',
+    operationId: 'restoreApiKey',
+    summary: 'Restore a key the dormant clean-up revoked, while restorableUntil lasts (restoring an active key changes nothing)',
+    description:
+      "The key works again as it was: same id, secret, scopes, expiry and usage history; its idle time counts from now, so the next clean-up does not revoke it again at once. 409 for a key revoked for good (a single revoke, which also makes a clean-up's revocation final: revoke a key that may have leaked) or past its restorableUntil: create a new key. Limited as a revoke (403 for a key with scopes the caller lacks, or, for an expiring caller, one that outlives it). Other API instances may refuse the key as revoked for up to KEY_CACHE_TTL_MS.",
+    auth: REVOKE_KEY,
+    params: keyParams,
+    responses: { 200: { description: 'The restored key', body: apiKeyView } },
+    errors: ['conflict'],
   },
 ];
 
@@ -257,6 +277,11 @@ export function apiKeysRouter(deps: {
   router.post('/:keyId/revoke', revokeKey, noQuery, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     res.json(await service.revoke(id, keyId, changeContext(res)));
+  });
+
+  router.post('/:keyId/restore', revokeKey, noQuery, async (req, res) => {
+    const { id, keyId } = parseInput(keyParams, req.params, 'params');
+    res.json(await service.restore(id, keyId, changeContext(res)));
   });
 
   return router;

@@ -10,6 +10,7 @@ import {
   insertApiKey,
   listApiKeysInOrg,
   markRevoked,
+  markRestored,
   replaceSecret,
   revokeDormantKeys,
   latestUseInOrg,
@@ -46,6 +47,11 @@ export const apiKeyView = z
     createdAt: isoTime,
     expiresAt: isoTime.nullable(),
     revokedAt: isoTime.nullable(),
+    restorableUntil: isoTime.nullable().meta({
+      description:
+        'While the key is revoked and can be restored (POST …/restore): until when. null: not revoked, or revoked for good (a single revoke; a clean-up with restorableForDays 0; or the time is past)',
+    }),
+    restoredAt: isoTime.nullable().meta({ description: 'When the key was last restored after a clean-up revoked it; its idle time counts from then' }),
     rotatedAt: isoTime.nullable(),
     previousSecretExpiresAt: isoTime
       .nullable()
@@ -91,6 +97,9 @@ export const revokeDormantResult = z
     dryRun: z.boolean(),
     dormantDays: z.number().int(),
     keys: z.array(apiKeyView.extend({ lastUsedAt: isoTime.nullable() })),
+    restorableUntil: isoTime.nullable().meta({
+      description: 'Until when the keys an apply revokes can be restored (POST …/api-keys/:keyId/restore); null: for good (restorableForDays 0)',
+    }),
     more: z.boolean().meta({
       description: `A dry run lists, and an apply revokes, at most ${MAX_REVOKE_KEY_IDS} keys, oldest first (as many as an apply's keyIds take): true when keys besides those answered are dormant, whether or not keyIds listed them. After a dry run, apply these, then run again; after an apply, run it again for the rest`,
     }),
@@ -155,6 +164,9 @@ export function previousSecretShown(key: GraceOfKey, now: number, previousUse: P
   };
 }
 
+const restorable = (key: Pick<ApiKeyRecord, 'revokedAt' | 'restorableUntil'>, now: number) =>
+  key.revokedAt !== null && key.restorableUntil !== null && key.restorableUntil.getTime() > now;
+
 export function toApiKeyView(key: ApiKeyRecord, now: number, previousUse?: PreviousSecretUse): ApiKeyView {
   return {
     id: key.id,
@@ -166,6 +178,8 @@ export function toApiKeyView(key: ApiKeyRecord, now: number, previousUse?: Previ
     createdAt: key.createdAt.toISOString(),
     expiresAt: iso(key.expiresAt),
     revokedAt: iso(key.revokedAt),
+    restorableUntil: restorable(key, now) ? iso(key.restorableUntil) : null,
+    restoredAt: iso(key.restoredAt),
     rotatedAt: iso(key.rotatedAt),
     ...previousSecretShown(key, now, previousUse),
     expectedNetworks: key.expectedNetworks,
@@ -201,7 +215,17 @@ interface DormantInput {
   dormantDays: number;
   dryRun: boolean;
   keyIds?: string[];
+  /** How long an apply's keys can be restored; 0: revoked for good. RESTORABLE_DAYS_DEFAULT unless given. */
+  restorableForDays?: number;
 }
+
+/** How long the keys a clean-up revokes can be restored, unless the request says. */
+export const RESTORABLE_DAYS_DEFAULT = 30;
+
+const restorableUntilOf = (input: DormantInput, now: number) => {
+  const days = input.restorableForDays ?? RESTORABLE_DAYS_DEFAULT;
+  return days === 0 ? null : new Date(now + days * DAY_MS);
+};
 
 // The clean-up's selection judged at `now`: keys idle for dormantDays by then.
 const dormantQuery = (orgId: string, input: DormantInput, actor: Actor | undefined, now: number): DormantQuery => ({
@@ -234,14 +258,15 @@ export type ReplayedKey = Replayed<ApiKeyView>;
 // once it expired, with no key that could mint another.
 // A key may change (PATCH) only keys whose scopes it holds: with keys:write alone it cleared an
 // admin key's expected networks, silencing key.outside_networks for that key, and read its view.
-function assertScopesWithinActor(actor: Actor | undefined, key: { scopes: Scope[] }, verb: 'create' | 'rotate' | 'change' | 'revoke') {
+type Verb = 'create' | 'rotate' | 'change' | 'revoke' | 'restore';
+function assertScopesWithinActor(actor: Actor | undefined, key: { scopes: Scope[] }, verb: Verb) {
   const lacking = actor ? key.scopes.filter((scope) => !actor.scopes.includes(scope)) : [];
   if (lacking.length > 0) {
     throw new AppError('forbidden', `This API key cannot ${verb} a key with scopes it does not hold itself: ${lacking.join(', ')}`);
   }
 }
 
-function assertWithinActor(actor: Actor | undefined, key: { scopes: Scope[]; expiresAt: Date | null }, verb: 'create' | 'rotate' | 'change' | 'revoke') {
+function assertWithinActor(actor: Actor | undefined, key: { scopes: Scope[]; expiresAt: Date | null }, verb: Verb) {
   if (!actor) return;
   assertScopesWithinActor(actor, key, verb);
   if (actor.expiresAt && (key.expiresAt === null || key.expiresAt > actor.expiresAt)) {
@@ -347,6 +372,14 @@ function rotation(
   };
 }
 
+function notRestorable(key: ApiKeyRecord): AppError {
+  const why =
+    key.restorableUntil === null
+      ? 'it was revoked for good (a single revoke, or a clean-up with restorableForDays 0)'
+      : `it could be restored until ${key.restorableUntil.toISOString()}`;
+  return new AppError('conflict', `This API key cannot be restored: ${why}; create a new key`);
+}
+
 export function createApiKeysService(deps: ApiKeysServiceDeps) {
   const requireKey = (orgId: string, keyId: string) => requireKeyInOrg(deps.db, orgId, keyId);
 
@@ -391,7 +424,8 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       const usesRecorded = await usesRecordedWithin(trx, query);
       const uptime = await collectorUptimeSince(trx, query.idleSince, query.now, COLLECTOR_GAPS_SHOWN);
       if (input.keyIds === undefined) await refuseUnsafeSelection(trx, query, input.dormantDays, usesRecorded, uptime);
-      const keys = await revokeDormantKeys(trx, query, MAX_REVOKE_KEY_IDS);
+      const restorableUntil = restorableUntilOf(input, now);
+      const keys = await revokeDormantKeys(trx, query, MAX_REVOKE_KEY_IDS, restorableUntil);
       // Asked whatever the count: a key spared by the check after the locks leaves fewer than the
       // limit revoked, and others may still be dormant. Those revoked are dormant no more.
       const more = await othersDormant(trx, query, []);
@@ -412,6 +446,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
             createdAt: iso(key.createdAt),
             rotatedAt: iso(key.rotatedAt),
             revokedAt: iso(key.revokedAt),
+            restorableUntil: iso(restorableUntil),
             selectedBy: query.onlyKeyIds === null ? 'dormancy' : 'keyIds',
             // false: revoked by the ids given although no use of the org was recorded within
             // dormantDays (as the dry run said), an override of the check above.
@@ -424,7 +459,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
           ip: context.ip ?? null,
         })),
       );
-      return { keys, more, now, usesRecorded, uptime };
+      return { keys, more, now, usesRecorded, uptime, restorableUntil };
     });
   }
 
@@ -478,7 +513,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     const query = dormantQuery(orgId, input, actor, now);
     const usesRecorded = await usesRecordedWithin(deps.db, query);
     const uptime = await collectorUptimeSince(deps.db, query.idleSince, query.now, COLLECTOR_GAPS_SHOWN);
-    return { ...(await dormantListed(deps.db, query)), now, usesRecorded, uptime };
+    return { ...(await dormantListed(deps.db, query)), now, usesRecorded, uptime, restorableUntil: restorableUntilOf(input, now) };
   }
 
   // Whether the org has dormant keys besides `answered`, whatever keyIds listed: asked within the
@@ -664,6 +699,42 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     return toApiKeyView(updated.after, now, (await previousUsesOf(orgId, [updated.after], now)).get(updated.after.id));
   }
 
+  // A key the dormant clean-up revoked, given back as it was (same secret, scopes and history) while
+  // its restorable time lasts: the clean-up guessed from recorded uses, and guessed wrong. Never
+  // one revoked for good (a single revoke: a leak is answered that way). Limited as a revoke. A
+  // key already active is answered as it is, and nothing recorded, as a second revoke.
+  async function restoreKey(orgId: string, keyId: string, context: ChangeContext = {}) {
+    const key = await requireKey(orgId, keyId);
+    assertWithinActor(context.actor, key, 'restore');
+    const restored = await audited(
+      orgId,
+      context,
+      async (trx) => {
+        const current = await lockApiKey(trx, key);
+        if (!current) return undefined;
+        assertWithinActor(context.actor, current, 'restore');
+        if (current.revokedAt === null) return { after: current, changed: false };
+        const now = deps.now();
+        const after = await markRestored(trx, current, new Date(now));
+        if (!after) throw notRestorable(current);
+        return { after, changed: true, revokedAt: current.revokedAt };
+      },
+      (result) =>
+        result?.changed
+          ? {
+              orgId,
+              action: 'key.restore',
+              targetKeyId: key.id,
+              details: { name: key.name, revokedAt: iso(result.revokedAt ?? null), restoredAt: iso(result.after.restoredAt) },
+            }
+          : undefined,
+    );
+    if (!restored) throw notFound('API key');
+    deps.verifier?.invalidate(key.id);
+    const now = deps.now();
+    return toApiKeyView(restored.after, now, (await previousUsesOf(orgId, [restored.after], now)).get(key.id));
+  }
+
   return {
     async create(orgId: string, input: CreateKeyInput, context: ChangeContext = {}): Promise<RevealedKey> {
       return madeNow(await createKey(orgId, input, context, undefined));
@@ -717,7 +788,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       }
       // Either answer is bounded: an org of 100,000 dormant keys with long names and networks made
       // each a response of hundreds of megabytes, built on the API's one thread.
-      const { keys, more, now, usesRecorded, uptime } = input.dryRun
+      const { keys, more, now, usesRecorded, uptime, restorableUntil } = input.dryRun
         ? await dormantDryRun(orgId, input, context.actor)
         : await revokeDormantApplied(orgId, input, context);
       if (!input.dryRun) for (const key of keys) deps.verifier?.invalidate(key.id);
@@ -729,6 +800,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         dryRun: input.dryRun,
         dormantDays: input.dormantDays,
         keys: keys.map((key) => ({ ...toApiKeyView(key, now, uses.get(key.id)), lastUsedAt: iso(key.lastUsedAt) })),
+        restorableUntil: iso(restorableUntil),
         more,
         usesRecorded,
         collectorUptime: {
@@ -739,7 +811,9 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       };
     },
 
-    // Revoking a revoked key changes nothing and records nothing, even when two requests race.
+    // Revoking a key revoked for good changes nothing and records nothing, even when two requests
+    // race; one the clean-up revoked is made final (it can no longer be restored): what an
+    // operator means who revokes a key, as after a leak.
     // Limited by scopes (with keys:write alone, revoking the org's admin key left the org unable
     // to read usage or mint a replacement, and the answer was that key's view) and by lifetime.
     async revoke(orgId: string, keyId: string, context: ChangeContext = {}) {
@@ -750,13 +824,28 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
         context,
         async (trx) => {
           // As a rotate's: on the key as it is once the org's turn has come (renewed meanwhile?).
-          assertWithinActor(context.actor, await requireKeyInOrg(trx, orgId, keyId), 'revoke');
-          return markRevoked(trx, key.id, new Date(deps.now()));
+          const current = await requireKeyInOrg(trx, orgId, keyId);
+          assertWithinActor(context.actor, current, 'revoke');
+          const after = await markRevoked(trx, key.id, new Date(deps.now()));
+          return after && { after, before: current };
         },
-        (result) => result && { orgId, action: 'key.revoke', targetKeyId: key.id, details: { name: key.name, revokedAt: iso(result.revokedAt) } },
+        (result) =>
+          result && {
+            orgId,
+            action: 'key.revoke',
+            targetKeyId: key.id,
+            details: {
+              name: key.name,
+              revokedAt: iso(result.after.revokedAt),
+              // Made final: a key the clean-up revoked, which could be restored until then.
+              ...(result.before.revokedAt === null ? {} : { restorableUntil: { from: iso(result.before.restorableUntil), to: null } }),
+            },
+          },
       );
       deps.verifier?.invalidate(key.id);
-      return toApiKeyView(revoked ?? (await requireKey(orgId, keyId)), deps.now());
+      return toApiKeyView(revoked?.after ?? (await requireKey(orgId, keyId)), deps.now());
     },
+
+    restore: restoreKey,
   };
 }

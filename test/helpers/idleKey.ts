@@ -1,0 +1,32 @@
+import type { Test } from 'tap';
+import { sweepTimeEvents } from '../../collector/eventStore';
+import { seedOrg, startTestApi } from './api';
+import { freshDatabase } from './database';
+
+const DAY = 86_400_000;
+
+// A database, an API whose clock the test moves, and an org whose keys are dormant after 30 days.
+export async function clockedOrg(t: Test) {
+  const { db } = await freshDatabase(t);
+  const clock = { now: Date.now() };
+  const api = await startTestApi(t, db, { now: () => clock.now });
+  const { org, adminKey } = await seedOrg(api, db);
+  await db('organizations').where({ id: org.id }).update({ dormancy_days: 30 });
+  return { db, api, org, adminKey, clock };
+}
+
+// A key made 40 days ago in an org of 30 days, and a sweep at the clock that answers the key's
+// key.dormant events' details, oldest first.
+export async function idleKey(t: Test) {
+  const world = await clockedOrg(t);
+  const { db, api, org, clock } = world;
+  const { id } = (await api.services.apiKeys.create(org.id, { name: 'idle', scopes: ['keys:read'], expiresAt: null })).key;
+  await db('api_keys')
+    .where({ id })
+    .update({ created_at: new Date(clock.now - 40 * DAY) });
+  const sweep = async (): Promise<Array<{ crossedAt: string; lastUsedAt: string | null }>> => {
+    await sweepTimeEvents(db, new Date(clock.now), { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 10 });
+    return db('key_events').where({ type: 'key.dormant', key_id: id }).orderBy('occurred_at').pluck('details');
+  };
+  return { ...world, id, sweep };
+}

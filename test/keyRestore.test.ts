@@ -1,0 +1,133 @@
+import t, { type Test } from 'tap';
+import { twoOrgWorld } from './helpers/api';
+import { idleKey } from './helpers/idleKey';
+
+// The dormant clean-up revokes keys it guesses are unused; a key it guessed wrong can be restored,
+// as it was, for restorableForDays (30 by default). A single revoke is for good, and makes a
+// clean-up's revocation final too.
+
+const DAY = 86_400_000;
+const START = Date.parse('2026-12-01T00:00:00Z');
+
+// An org whose admin key was used just now, with keys unused for 40 days, and the clean-up's apply.
+async function cleanUpWorld(t: Test, idleNames: readonly string[]) {
+  const { db, api, clock, acme, globex } = await twoOrgWorld(t, START);
+  const keys = `/api/orgs/${acme.org.id}/api-keys`;
+  const auth = { key: acme.adminKey };
+  const idle = async (name: string) => {
+    const made = await api.services.apiKeys.create(acme.org.id, { name, scopes: ['keys:read'], expiresAt: null });
+    await db('api_keys')
+      .where({ id: made.key.id })
+      .update({ created_at: new Date(clock.now - 40 * DAY) });
+    return { id: made.key.id, plaintext: made.plaintext };
+  };
+  const made = [];
+  for (const name of idleNames) made.push(await idle(name));
+  await db('api_key_usage').insert({
+    org_id: acme.org.id,
+    key_id: acme.adminKeyId,
+    request_count: 1,
+    ok_count: 1,
+    last_used_at: new Date(clock.now),
+    last_used_ip: '192.0.2.1',
+  });
+  const cleanUp = (body: object = {}) => api.request('POST', `${keys}/revoke-dormant`, { ...auth, body: { dormantDays: 30, ...body } });
+  const restore = (id: string, key = acme.adminKey) => api.request('POST', `${keys}/${id}/restore`, { key });
+  const whoami = (plaintext: string) => api.request('GET', '/api/whoami', { key: plaintext });
+  const auditOf = async (action: string) =>
+    (await api.request('GET', `/api/orgs/${acme.org.id}/audit-log`, auth)).body.data.filter((entry: { action: string }) => entry.action === action);
+  return { db, api, clock, acme, globex, keys, auth, made, idle, cleanUp, restore, whoami, auditOf };
+}
+
+t.test('a key the clean-up revoked is restored as it was, once, and is idle from the restore', async (t) => {
+  const { api, clock, keys, auth, made, cleanUp, restore, whoami, auditOf } = await cleanUpWorld(t, ['idle']);
+  const [idle] = made;
+  const until = new Date(START + 30 * DAY).toISOString();
+  const dry = await cleanUp({ dryRun: true });
+  t.equal(dry.body.restorableUntil, until, 'the dry run says until when an apply would leave them restorable');
+  const applied = await cleanUp({ dryRun: false });
+  t.equal(applied.status, 200);
+  t.match(applied.body, { restorableUntil: until, keys: [{ id: idle.id, status: 'revoked', restorableUntil: until, restoredAt: null }] });
+  t.equal((await whoami(idle.plaintext)).status, 401, 'revoked: refused');
+  t.equal((await api.request('GET', `${keys}/${idle.id}`, auth)).body.restorableUntil, until, "the key's view says until when");
+  t.match(await auditOf('keys.revoke_dormant'), [{ targetKeyId: idle.id, details: { restorableUntil: until } }]);
+
+  clock.now += 10 * DAY;
+  const restored = await restore(idle.id);
+  t.equal(restored.status, 200);
+  t.match(restored.body, { id: idle.id, status: 'active', revokedAt: null, restorableUntil: null, restoredAt: new Date(clock.now).toISOString() });
+  t.notOk(restored.text.includes(idle.plaintext), 'no key material');
+  t.equal((await whoami(idle.plaintext)).status, 200, 'its secret works again, at once on this instance');
+  t.equal((await restore(idle.id)).status, 200, 'restoring an active key answers it');
+  t.match(await auditOf('key.restore'), [
+    { targetKeyId: idle.id, details: { name: 'idle', revokedAt: new Date(START).toISOString(), restoredAt: new Date(clock.now).toISOString() } },
+  ]);
+  t.equal((await auditOf('key.restore')).length, 1, 'recorded once');
+
+  t.same((await cleanUp({ dryRun: true })).body.keys, [], 'idle since the restore: not dormant');
+  clock.now += 31 * DAY;
+  t.match((await cleanUp({ dryRun: true })).body.keys, [{ id: idle.id }], 'dormant again 30 days after it');
+});
+
+t.test('a key revoked for good is not restored: by a single revoke, which makes a clean-up final, with restorableForDays 0, or past its time', async (t) => {
+  const { api, clock, keys, auth, made, idle, cleanUp, restore, auditOf } = await cleanUpWorld(t, ['leaked', 'late']);
+  const [leaked, late] = made;
+  const until = new Date(START + 30 * DAY).toISOString();
+  t.equal((await cleanUp({ dryRun: false })).status, 200);
+
+  const revoked = await api.request('POST', `${keys}/${leaked.id}/revoke`, auth);
+  t.match(revoked.body, { status: 'revoked', revokedAt: new Date(START).toISOString(), restorableUntil: null });
+  t.match(await auditOf('key.revoke'), [{ targetKeyId: leaked.id, details: { restorableUntil: { from: until, to: null } } }], 'recorded as made final');
+  const refused = await restore(leaked.id);
+  t.equal(refused.status, 409);
+  t.match(refused.body.error, { code: 'conflict', message: /revoked for good.*create a new key/ });
+  t.equal((await api.request('POST', `${keys}/${leaked.id}/revoke`, auth)).status, 200);
+  t.equal((await auditOf('key.revoke')).length, 1, 'revoking it again records nothing');
+
+  clock.now += 30 * DAY;
+  t.equal((await api.request('GET', `${keys}/${late.id}`, auth)).body.restorableUntil, null, 'past its time, the view says none');
+  const tooLate = await restore(late.id);
+  t.equal(tooLate.status, 409);
+  t.match(tooLate.body.error.message, `could be restored until ${until}`);
+
+  const forGood = await idle('for good');
+  const applied = await cleanUp({ dryRun: false, restorableForDays: 0 });
+  t.match(applied.body, { restorableUntil: null, keys: [{ id: forGood.id, restorableUntil: null }] });
+  t.match((await restore(forGood.id)).body.error.message, /revoked for good/);
+  t.equal((await auditOf('key.restore')).length, 0, 'no restore recorded');
+});
+
+t.test('only a key that could revoke it restores it: not the key itself, a narrower key, or another org', async (t) => {
+  const { api, acme, globex, keys, made, cleanUp, restore } = await cleanUpWorld(t, ['idle']);
+  const [idle] = made;
+  t.equal((await cleanUp({ dryRun: false })).status, 200);
+  t.equal((await restore(idle.id, idle.plaintext)).status, 401, 'its own secret (a leaked copy) cannot bring it back');
+  const writer = await api.services.apiKeys.create(acme.org.id, { name: 'writer', scopes: ['keys:write'], expiresAt: null });
+  const narrower = await restore(idle.id, writer.plaintext);
+  t.equal(narrower.status, 403);
+  t.match(narrower.body.error.message, 'cannot restore a key with scopes it does not hold itself: keys:read');
+  const notFound = { status: 404, body: { error: { code: 'not_found' } } };
+  t.match(await api.request('POST', `${keys}/${idle.id}/restore`, { key: globex.adminKey }), notFound, "another org's key, on this org");
+  t.match(
+    await api.request('POST', `/api/orgs/${globex.org.id}/api-keys/${idle.id}/restore`, { key: globex.adminKey }),
+    notFound,
+    'this key, under another org',
+  );
+  t.match((await api.request('GET', `${keys}/${idle.id}`, { key: acme.adminKey })).body, { status: 'revoked' }, 'still revoked');
+});
+
+// The key.dormant dedupe key names the last use and a rotation; a key restored unused and left
+// idle again is the same key, last used as before: without the restore in it, no second event.
+t.test('a restored key left idle again raises key.dormant again', async (t) => {
+  const { api, org, clock, id, sweep } = await idleKey(t);
+  t.equal((await sweep()).length, 1);
+  await api.services.apiKeys.revokeDormant(org.id, { dormantDays: 30, dryRun: false, keyIds: [id] });
+  await api.services.apiKeys.restore(org.id, id);
+  const restoredAt = clock.now;
+  clock.now += 29 * DAY;
+  t.equal((await sweep()).length, 1, '29 days after the restore: not dormant');
+  clock.now += 2 * DAY;
+  const details = await sweep();
+  t.equal(details.length, 2, '31 days after it: a new event');
+  t.equal(new Date(details[1].crossedAt).getTime(), restoredAt + 30 * DAY, 'it crossed 30 days after the restore');
+});
