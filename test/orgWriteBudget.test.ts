@@ -77,4 +77,6 @@ t.test("a key that spent its org's write budget can still be revoked; the org's 
   t.equal((await api.request('POST', `${base}/${writer.id}/revoke`, { key: acme.adminKey })).status, 200, 'revoking it again is answered');
   t.equal(await audits(), 1, 'and writes nothing: a key is revoked once');
   t.equal((await fence(acme.adminKey, 5)).status, 429, "the org's other changes are still refused");
+  // A restore is no answer to a leak: charged as any change (409 here, for good, if it were not).
+  t.equal((await api.request('POST', `${base}/${writer.id}/restore`, { key: acme.adminKey })).status, 429, 'a restore too');
 });

@@ -197,7 +197,7 @@ export const apiKeysRoutes: RouteContract[] = [
     summary: 'Restore a key the dormant clean-up revoked, while restorableUntil lasts (restoring an active key changes nothing)',
     description:
       "The key works again as it was: same id, secret, scopes, expiry and usage history; its idle time counts from now, so the next clean-up does not revoke it again at once. 409 for a key revoked for good (a single revoke, which also makes a clean-up's revocation final: revoke a key that may have leaked) or past its restorableUntil: create a new key. Limited as a revoke (403 for a key with scopes the caller lacks, or, for an expiring caller, one that outlives it). Other API instances may refuse the key as revoked for up to KEY_CACHE_TTL_MS.",
-    auth: REVOKE_KEY,
+    auth: MANAGE_ORG,
     params: keyParams,
     responses: { 200: { description: 'The restored key', body: apiKeyView } },
     errors: ['conflict'],
@@ -224,6 +224,8 @@ export function apiKeysRouter(deps: {
   // use, and a body on its way holds no turn (api/auth/authorize.ts, readBody).
   const writeKeys = authorize(MANAGE_ORG, jsonBody('16kb'));
   const revokeKey = authorize(REVOKE_KEY, noBody);
+  // Within the write budget, unlike a revoke: a restore is no answer to a leak.
+  const restoreKey = authorize(MANAGE_ORG, noBody);
   // Up to 10,000 key ids (about 390 kB) from a dry run.
   const cleanUp = authorize(MANAGE_AND_READ_ORG, jsonBody('512kb'));
   const router = Router({ mergeParams: true });
@@ -279,7 +281,7 @@ export function apiKeysRouter(deps: {
     res.json(await service.revoke(id, keyId, changeContext(res)));
   });
 
-  router.post('/:keyId/restore', revokeKey, noQuery, async (req, res) => {
+  router.post('/:keyId/restore', restoreKey, noQuery, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     res.json(await service.restore(id, keyId, changeContext(res)));
   });
