@@ -20,6 +20,7 @@ export const FILES = [
   'test/ipPrivacy.test.ts',
   'test/keyCreator.test.ts',
   'test/keyRenewal.test.ts',
+  'test/keyRestore.test.ts',
   'test/citus/distributed.citus.ts',
 ];
 const DATABASE = 'keyusage_citus_test';
