@@ -5,7 +5,14 @@ import { DAY_MS } from '../shared/timeUnits';
 import { AppError } from '../api/errors';
 import { beginAuditedChange, recordAudit } from '../api/audit/audit.repository';
 import { countKeysByPepper, findApiKeyInOrg } from '../api/keys/apiKeys.repository';
-import { COLLECTOR_GAPS_SHOWN, MAX_REVOKE_KEY_IDS, createApiKeysService, type ApiKeyView, type revokeDormantResult } from '../api/keys/apiKeys.service';
+import {
+  COLLECTOR_GAPS_SHOWN,
+  MAX_REVOKE_KEY_IDS,
+  RESTORABLE_DAYS_DEFAULT,
+  createApiKeysService,
+  type ApiKeyView,
+  type revokeDormantResult,
+} from '../api/keys/apiKeys.service';
 import { collectorUptimeSince, spansHeardSince, type ListeningSpan } from '../shared/collectorUptime';
 import { pepperId } from '../api/keys/keyMaterial';
 import { SCOPES, type Scope } from '../api/keys/scopes';
@@ -31,17 +38,22 @@ Commands:
   key list <orgId>                   List an organization's API keys
   key create <orgId> --name <name> --scopes <scope,...> [--expires-at <ISO 8601>]
                                      Create an API key (scopes: ${SCOPES.join(', ')})
-  key revoke <orgId> <keyId>         Revoke an API key at once
+  key revoke <orgId> <keyId>         Revoke an API key at once, for good (one the dormant clean-up
+                                     revoked too: it can no longer be restored)
+  key restore <orgId> <keyId>        Give back a key the dormant clean-up revoked, as it was (same
+                                     id, secret and scopes), while it can be restored
   key renew <orgId> <keyId> --expires-at <ISO 8601|never>
                                      Give an active API key a new expiry (same id, usage history
                                      and networks); an expired or revoked key cannot be renewed
-  key revoke-dormant <orgId> --days <n> [--apply [--key-ids <id,...|@file>]]
+  key revoke-dormant <orgId> --days <n> [--apply [--key-ids <id,...|@file>] [--restorable-days <n>]]
                                      List the active keys unused for n days (and not created or
-                                     rotated within them); --apply revokes them, for good: with
-                                     --key-ids only those of the ids a dry run listed (a file: one
-                                     id per line) still dormant, without it the keys selected again
+                                     rotated within them); --apply revokes them: with --key-ids
+                                     only those of the ids a dry run listed (a file: one id per
+                                     line) still dormant, without it the keys selected again
                                      (refused if no key of the org has a recorded use within n
-                                     days, or if uses may have been lost within them)
+                                     days, or if uses may have been lost within them); key restore
+                                     gives one back within --restorable-days (0-365,
+                                     ${RESTORABLE_DAYS_DEFAULT} by default; 0: revoked for good)
   key erase-ips <orgId> <keyId>      Erase every IP address kept for an API key (usage, IP history, events, webhook payloads, audit log, usage log)
   pepper status                      Count usable keys per pepper (KEY_PEPPER, KEY_PEPPER_PREVIOUS, KEY_PEPPER_NEXT)
   collector spans [--days <n>]       When each collector process listened in the last n days (7 by
@@ -64,6 +76,7 @@ const OPTIONS = {
   days: { type: 'string' },
   apply: { type: 'boolean' },
   'key-ids': { type: 'string' },
+  'restorable-days': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -75,8 +88,18 @@ export type Command =
   | { kind: 'key list'; orgId: string; json: boolean }
   | { kind: 'key create'; orgId: string; name: string; scopes: Scope[]; expiresAt: Date | null; json: boolean }
   | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean }
+  | { kind: 'key restore'; orgId: string; keyId: string; json: boolean }
   | { kind: 'key renew'; orgId: string; keyId: string; expiresAt: Date | null; json: boolean }
-  | { kind: 'key revoke-dormant'; orgId: string; dormantDays: number; apply: boolean; keyIds: KeyIds | undefined; json: boolean }
+  | {
+      kind: 'key revoke-dormant';
+      orgId: string;
+      dormantDays: number;
+      apply: boolean;
+      keyIds: KeyIds | undefined;
+      /** Undefined: the service's default (RESTORABLE_DAYS_DEFAULT). */
+      restorableForDays: number | undefined;
+      json: boolean;
+    }
   | { kind: 'key erase-ips'; orgId: string; keyId: string; json: boolean }
   | { kind: 'pepper status'; json: boolean }
   | { kind: 'collector spans'; days: number; json: boolean }
@@ -145,20 +168,25 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
   'key list': { args: ['orgId'], options: [] },
   'key create': { args: ['orgId'], options: ['name', 'scopes', 'expires-at'] },
   'key revoke': { args: ['orgId', 'keyId'], options: [] },
+  'key restore': { args: ['orgId', 'keyId'], options: [] },
   'key renew': { args: ['orgId', 'keyId'], options: ['expires-at'] },
-  'key revoke-dormant': { args: ['orgId'], options: ['days', 'apply', 'key-ids'] },
+  'key revoke-dormant': { args: ['orgId'], options: ['days', 'apply', 'key-ids', 'restorable-days'] },
   'key erase-ips': { args: ['orgId', 'keyId'], options: [] },
   'pepper status': { args: [], options: [] },
   'collector spans': { args: [], options: ['days'] },
   'usage-log requeue': { args: [], options: [] },
 };
 
-// The same bounds as the HTTP API's dormantDays.
-const dormantDays = z
-  .string()
-  .regex(/^\d+$/, 'must be a whole number')
-  .transform(Number)
-  .pipe(z.number().min(1, 'must be at least 1').max(3650, 'must be at most 3650'));
+const wholeNumber = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`));
+
+// The same bounds as the HTTP API's dormantDays and restorableForDays.
+const dormantDays = wholeNumber(1, 3650);
+const restorableDays = wholeNumber(0, 365);
 
 function keyIdsOption(raw: string | undefined): KeyIds | undefined {
   if (raw === undefined) return undefined;
@@ -232,6 +260,7 @@ export function parseCli(argv: string[], now: number): ParsedCli {
           },
         };
       case 'key revoke':
+      case 'key restore':
       case 'key erase-ips':
         return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), keyId: checkId(args[1], '<keyId>'), json } };
       case 'key renew': {
@@ -244,6 +273,8 @@ export function parseCli(argv: string[], now: number): ParsedCli {
         if (values.days === undefined) throw new UsageError('key revoke-dormant: --days is required');
         const apply = values.apply ?? false;
         if (values['key-ids'] !== undefined && !apply) throw new UsageError('--key-ids: only with --apply (a dry run lists the ids)');
+        const restorable = values['restorable-days'];
+        if (restorable !== undefined && !apply) throw new UsageError('--restorable-days: only with --apply (a dry run revokes nothing)');
         return {
           kind: 'command',
           command: {
@@ -252,6 +283,7 @@ export function parseCli(argv: string[], now: number): ParsedCli {
             dormantDays: check(dormantDays, values.days, '--days'),
             apply,
             keyIds: keyIdsOption(values['key-ids']),
+            restorableForDays: restorable === undefined ? undefined : check(restorableDays, restorable, '--restorable-days'),
             json,
           },
         };
@@ -394,6 +426,9 @@ const listOrgs: Handler<'org list'> = async (command, deps) => {
   deps.out(table([['ID', 'NAME', 'CREATED'], ...orgs.map((org) => [org.id, printable(org.name), org.createdAt.toISOString()])]));
 };
 
+// A key the dormant clean-up revoked says until when `key restore` can give it back.
+const statusOf = (key: ApiKeyView) => (key.restorableUntil === null ? key.status : `${key.status} (restorable until ${key.restorableUntil})`);
+
 const listKeys: Handler<'key list'> = async (command, deps, keys) => {
   await requireOrganization(deps.db, command.orgId);
   const views: ApiKeyView[] = [];
@@ -407,7 +442,7 @@ const listKeys: Handler<'key list'> = async (command, deps, keys) => {
   deps.out(
     table([
       ['ID', 'PREFIX', 'NAME', 'SCOPES', 'STATUS', 'CREATED', 'EXPIRES'],
-      ...views.map((key) => [key.id, key.displayPrefix, printable(key.name), key.scopes.join(','), key.status, key.createdAt, key.expiresAt ?? '-']),
+      ...views.map((key) => [key.id, key.displayPrefix, printable(key.name), key.scopes.join(','), statusOf(key), key.createdAt, key.expiresAt ?? '-']),
     ]),
   );
 };
@@ -434,6 +469,26 @@ const revokeKey: Handler<'key revoke'> = async (command, deps, keys) => {
   deps.out('Running API servers refuse it within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).');
 };
 
+const restoreKey: Handler<'key restore'> = async (command, deps, keys) => {
+  await requireOrganization(deps.db, command.orgId);
+  const wasRevoked = (await keys.get(command.orgId, command.keyId)).status === 'revoked';
+  const restored = await keys.restore(command.orgId, command.keyId);
+  if (command.json) return printJson(deps, restored);
+  for (const line of restoredReport(restored, wasRevoked)) deps.out(line);
+};
+
+// A key restored past its expiry is expired, not active: its secret still fails. One restored
+// before, and active since, shows its restoredAt: it is not what this run did.
+function restoredReport(key: ApiKeyView, wasRevoked: boolean): string[] {
+  const named = `API key ${key.id} ("${printable(key.name)}")`;
+  if (key.status === 'expired') return [`${named} expired at ${key.expiresAt}: restored or not, its secret no longer works; create a new key.`];
+  if (!wasRevoked) return [`${named} is active: it was not revoked, there is nothing to restore.`];
+  return [
+    `Restored ${named} at ${key.restoredAt}: it is active again, and its secret works again.`,
+    'Running API servers accept it again within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).',
+  ];
+}
+
 const renewKey: Handler<'key renew'> = async (command, deps, keys) => {
   await requireOrganization(deps.db, command.orgId);
   const renewed = await keys.update(command.orgId, command.keyId, { expiresAt: command.expiresAt });
@@ -445,7 +500,12 @@ const renewKey: Handler<'key renew'> = async (command, deps, keys) => {
 const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys) => {
   await requireOrganization(deps.db, command.orgId);
   const keyIds = command.keyIds && ('ids' in command.keyIds ? command.keyIds.ids : await keyIdsOfFile(command.keyIds.file));
-  const result = await keys.revokeDormant(command.orgId, { dormantDays: command.dormantDays, dryRun: !command.apply, keyIds });
+  const result = await keys.revokeDormant(command.orgId, {
+    dormantDays: command.dormantDays,
+    dryRun: !command.apply,
+    keyIds,
+    restorableForDays: command.restorableForDays,
+  });
   if (command.json) return printJson(deps, result);
   const verb = command.apply ? 'Revoked' : 'Would revoke (dry run; add --apply to revoke)';
   const of = keyIds ? ` of the ${keyIds.length} listed` : '';
@@ -458,16 +518,23 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
       ...result.keys.map((key) => [key.id, key.displayPrefix, printable(key.name), key.createdAt, key.lastUsedAt ?? 'never']),
     ]),
   );
+  deps.out(restorableAdvice(command, result.restorableUntil));
   if (command.apply) {
-    deps.out('A revocation cannot be undone: their holders need new keys.');
     deps.out('Running API servers refuse them within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).');
   } else {
     warnOfUnrecordedUses(deps, command, result);
     // Applied later without the ids, the selection is made again: a key that crossed the threshold since is revoked unseen.
     const ids = result.keys.length <= 20 ? result.keys.map((key) => key.id).join(',') : '@<file of the ids above, one per line>';
-    deps.out(`To revoke exactly these (those still dormant then), for good: --apply --key-ids ${ids}`);
+    deps.out(`To revoke exactly these (those still dormant then): --apply --key-ids ${ids}`);
   }
 };
+
+// A clean-up guesses from recorded uses: the operator learns, before and after, how to undo a wrong guess.
+function restorableAdvice(command: { orgId: string; apply: boolean }, until: string | null): string {
+  if (until === null) return 'Revoked for good (--restorable-days 0): their holders need new keys.';
+  if (!command.apply) return `An apply now leaves them restorable until ${until} (--restorable-days <n> to change it; 0: revoked for good).`;
+  return `Each can be restored, as it was, until ${until}: npm run cli -- key restore ${command.orgId} <keyId>. After that, their holders need new keys.`;
+}
 
 // A gap of collectorUptime as both the dry run's warning and `collector spans` print it.
 const describeGap = (gap: { from: string; to: string | null; cause: string }) =>
@@ -621,6 +688,7 @@ const HANDLERS: { [K in Command['kind']]: Handler<K> } = {
   'key list': listKeys,
   'key create': createKey,
   'key revoke': revokeKey,
+  'key restore': restoreKey,
   'key renew': renewKey,
   'key revoke-dormant': revokeDormant,
   'key erase-ips': (command, deps) => eraseIps(command, deps),

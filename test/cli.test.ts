@@ -297,7 +297,7 @@ t.test('key revoke-dormant --apply --key-ids: only the listed keys still dormant
 
   cli.reset();
   t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply', '--key-ids', hint![1]), 0);
-  t.match(cli.out.join('\n'), /^Revoked 1 key\(s\) of the 2 listed .*\n[\s\S]*cannot be undone/);
+  t.match(cli.out.join('\n'), /^Revoked 1 key\(s\) of the 2 listed .*\n[\s\S]*key restore/);
   t.match(cli.out.join('\n'), /More keys are dormant than those listed: run a dry run again to see them/, 'the key that crossed the threshold is told of');
   const revoked = async () => (await db('api_keys').whereNotNull('revoked_at').pluck('id')).sort();
   t.strictSame(await revoked(), [first], 'neither the key used since nor the one that crossed the threshold unseen');
@@ -401,6 +401,103 @@ t.test('key revoke-dormant: a dry run prints when uses may have been lost, and -
   t.equal(await cli.run('collector', 'spans', '--days', 'x'), 2, 'a bad --days is a usage error');
 });
 
+// An org whose admin key was used just now (uses are recorded), a CLI at a fixed clock, and keys
+// made unused for 100 days, dormant for --days 90.
+async function dormantWorld(t: Test) {
+  const { db, api, cli: plain } = await setup(t);
+  await plain.run('org', 'create', 'acme', '--json');
+  const { org, key: admin } = plain.json();
+  const now = Date.now();
+  await db('api_key_usage').insert({ org_id: org.id, key_id: admin.id, request_count: 1, last_used_at: new Date(now) });
+  const idleKey = async (name: string, expiresAt: Date | null = null) => {
+    const made = await api.services.apiKeys.create(org.id, { name, scopes: ['keys:read'], expiresAt });
+    await db('api_keys')
+      .where({ id: made.key.id })
+      .update({ created_at: new Date(now - 100 * 86_400_000) });
+    return { id: made.key.id, plaintext: made.plaintext };
+  };
+  const stored = (id: string) => db('api_keys').where({ id }).first('revoked_at', 'restorable_until', 'restored_at');
+  const whoami = async (plaintext: string) => (await api.request('GET', '/api/whoami', { key: plaintext })).status;
+  const cliAt = (at: number) => cli(db, api.config.api.keyPepper, () => at);
+  return { db, org, admin, now, idleKey, stored, whoami, cliAt, cli: cliAt(now) };
+}
+
+t.test('key restore: a key the clean-up revoked works again, as it was; the dry run and the apply say until when, and how', async (t) => {
+  const { db, org, admin, now, idleKey, stored, whoami, cli } = await dormantWorld(t);
+  const idle = await idleKey('idle');
+  const until = new Date(now + 30 * 86_400_000).toISOString();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90'), 0);
+  t.match(cli.out.join('\n'), `An apply now leaves them restorable until ${until} (--restorable-days <n> to change it; 0: revoked for good).`);
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply'), 0);
+  t.match(cli.out.join('\n'), `Each can be restored, as it was, until ${until}: npm run cli -- key restore ${org.id} <keyId>.`);
+  t.equal((await stored(idle.id)).restorable_until.toISOString(), until, '30 days by default');
+  t.equal(await whoami(idle.plaintext), 401, 'revoked: refused');
+  cli.reset();
+  t.equal(await cli.run('key', 'list', org.id), 0);
+  t.match(
+    cli.out.join('\n'),
+    new RegExp(`^${idle.id}\\s+\\S+\\s+idle\\s+keys:read\\s+revoked \\(restorable until ${until}\\)`, 'm'),
+    'key list says until when',
+  );
+  cli.reset();
+
+  t.equal(await cli.run('key', 'restore', org.id, idle.id), 0);
+  t.same(cli.out, [
+    `Restored API key ${idle.id} ("idle") at ${new Date(now).toISOString()}: it is active again, and its secret works again.`,
+    'Running API servers accept it again within their key cache TTL (KEY_CACHE_TTL_MS, 2 s by default).',
+  ]);
+  t.same(cli.err, []);
+  t.same(await stored(idle.id), { revoked_at: null, restorable_until: null, restored_at: new Date(now) }, 'stored as restored');
+  t.equal(await whoami(idle.plaintext), 200, 'its secret works again');
+  t.equal((await db('audit_log').where({ target_key_id: idle.id, action: 'key.restore' }).first('actor_type')).actor_type, 'cli', 'audited as the CLI');
+  cli.reset();
+
+  t.equal(await cli.run('key', 'restore', org.id, idle.id, '--json'), 0, 'restoring an active key changes nothing');
+  t.match(cli.json(), { id: idle.id, status: 'active', revokedAt: null, restorableUntil: null, restoredAt: new Date(now).toISOString() });
+  cli.reset();
+  t.equal(await cli.run('key', 'restore', org.id, idle.id), 0);
+  t.same(cli.out, [`API key ${idle.id} ("idle") is active: it was not revoked, there is nothing to restore.`], 'not "restored" again');
+  cli.reset();
+  t.equal(await cli.run('key', 'restore', org.id, admin.id), 0);
+  t.same(cli.out, [`API key ${admin.id} ("admin") is active: it was not revoked, there is nothing to restore.`]);
+});
+
+t.test('key restore: a key revoked for good (--restorable-days 0, or key revoke) is refused with the reason, exit 1', async (t) => {
+  const { org, now, idleKey, stored, cli } = await dormantWorld(t);
+  const forGood = await idleKey('for good');
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply', '--restorable-days', '0'), 0);
+  t.match(cli.out.join('\n'), 'Revoked for good (--restorable-days 0): their holders need new keys.');
+  t.same(await stored(forGood.id), { revoked_at: new Date(now), restorable_until: null, restored_at: null }, 'restorable_until null');
+  const refused = async (id: string) => {
+    cli.reset();
+    t.equal(await cli.run('key', 'restore', org.id, id), 1);
+    t.same(cli.err, [
+      'error: This API key cannot be restored: it was revoked for good (a single revoke, or a clean-up with restorableForDays 0); create a new key',
+    ]);
+    t.same(cli.out, []);
+    t.equal((await stored(id)).restored_at, null, 'not restored');
+  };
+  await refused(forGood.id);
+
+  const leaked = await idleKey('leaked');
+  cli.reset();
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply', '--restorable-days', '7'), 0);
+  t.equal((await stored(leaked.id)).restorable_until.toISOString(), new Date(now + 7 * 86_400_000).toISOString(), '--restorable-days 7');
+  t.equal(await cli.run('key', 'revoke', org.id, leaked.id), 0, 'a single revoke makes it final');
+  await refused(leaked.id);
+});
+
+t.test('key restore of a key that expired while revoked says its secret still fails', async (t) => {
+  const { org, now, idleKey, cli, cliAt } = await dormantWorld(t);
+  const expiresAt = new Date(now + 3_600_000).toISOString();
+  const expiring = await idleKey('expiring', new Date(expiresAt));
+  t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90', '--apply'), 0);
+  const later = cliAt(now + 2 * 3_600_000);
+  t.equal(await later.run('key', 'restore', org.id, expiring.id), 0);
+  t.same(later.out, [`API key ${expiring.id} ("expiring") expired at ${expiresAt}: restored or not, its secret no longer works; create a new key.`]);
+});
+
 t.test('collector spans: before any collector of this version ran', async (t) => {
   const { cli } = await setup(t);
   t.equal(await cli.run('collector', 'spans'), 0);
@@ -485,6 +582,10 @@ t.test('bad usage prints the usage on stderr and exits 2 without touching the da
     [['key', 'list', 'not-a-uuid'], /<orgId>: must be a UUID/],
     [['key', 'revoke', org], /key revoke: missing <keyId>/],
     [['key', 'revoke', org, 'nope'], /<keyId>: must be a UUID/],
+    [['key', 'restore', org], /key restore: missing <keyId>/],
+    [['key', 'revoke-dormant', org, '--days', '90', '--restorable-days', '7'], /--restorable-days: only with --apply \(a dry run revokes nothing\)/],
+    [['key', 'revoke-dormant', org, '--days', '90', '--apply', '--restorable-days', '366'], /--restorable-days: must be at most 365/],
+    [['key', 'revoke-dormant', org, '--days', '90', '--apply', '--restorable-days', '1.5'], /--restorable-days: must be a whole number/],
     [['key', 'create', org, '--scopes', 'keys:read'], /--name is required/],
     [['key', 'create', org, '--name'], /--name/],
     [['key', 'create', org, '--name', ' ', '--scopes', 'keys:read'], /--name: must not be empty/],
@@ -514,7 +615,8 @@ t.test('bad usage prints the usage on stderr and exits 2 without touching the da
     t.same(cli.err, []);
     cli.reset();
   }
-  for (const command of ['org create', 'org list', 'key list', 'key create', 'key revoke', 'key renew', 'collector spans']) t.match(USAGE, command);
+  for (const command of ['org create', 'org list', 'key list', 'key create', 'key revoke', 'key restore', 'key renew', 'key revoke-dormant', 'collector spans'])
+    t.match(USAGE, command);
 });
 
 // A usage error quotes the arguments, and a key pasted in the wrong place was echoed whole.
