@@ -1,5 +1,6 @@
 import t, { type Test } from 'tap';
 import { twoOrgWorld } from './helpers/api';
+import { backdatedKey } from './helpers/backdatedKey';
 import { idleKey } from './helpers/idleKey';
 
 // The dormant clean-up revokes keys it guesses are unused; a key it guessed wrong can be restored,
@@ -14,13 +15,7 @@ async function cleanUpWorld(t: Test, idleNames: readonly string[]) {
   const { db, api, clock, acme, globex } = await twoOrgWorld(t, START);
   const keys = `/api/orgs/${acme.org.id}/api-keys`;
   const auth = { key: acme.adminKey };
-  const idle = async (name: string) => {
-    const made = await api.services.apiKeys.create(acme.org.id, { name, scopes: ['keys:read'], expiresAt: null });
-    await db('api_keys')
-      .where({ id: made.key.id })
-      .update({ created_at: new Date(clock.now - 40 * DAY) });
-    return { id: made.key.id, plaintext: made.plaintext };
-  };
+  const idle = (name: string) => backdatedKey(api, db, acme.org.id, name, null, clock.now);
   const made = [];
   for (const name of idleNames) made.push(await idle(name));
   await db('api_key_usage').insert({

@@ -14,6 +14,13 @@ const MAX_DAYS = 3650;
 
 const LISTED = 50;
 
+// Until when the keys an apply revokes (or revoked) can be restored, and where: the API's
+// restorableUntil (30 days by default). Nothing from an API without restores, nor for no keys.
+const RESTORABLE = (result) =>
+  result.keys.length > 0 && result.restorableUntil
+    ? ` Each can be restored, as it was, until ${exact(result.restorableUntil)}: open the key's page and press Restore.`
+    : '';
+
 // A key as a sentence names it: its name and its display prefix, so keys of the same name are told apart.
 const named = (key) => `${isolate(key.name ?? key.id)} (${key.displayPrefix})`;
 
@@ -108,7 +115,7 @@ export function dormantSection(who, canWrite, onFresh) {
     const keys = result.keys;
     setText(
       outcome,
-      `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map(named).join(', ') || 'none'}${MORE(result)}${dryRun ? ` ${cleanUpRisk(dormantDays, result)?.warning ?? ''}`.trimEnd() : ''}`,
+      `${dryRun ? 'Dry run: would revoke' : 'Revoked'} ${keys.length} key${keys.length === 1 ? '' : 's'}: ${keys.map(named).join(', ') || 'none'}${MORE(result)}${dryRun ? ` ${cleanUpRisk(dormantDays, result)?.warning ?? ''}`.trimEnd() : RESTORABLE(result)}`,
     );
   };
   const preview = el('button', { type: 'button', text: 'Preview clean-up (dry run)', onclick: () => section.guard(() => cleanUp(chosenDays(days), true)) });
@@ -123,7 +130,7 @@ export function dormantSection(who, canWrite, onFresh) {
         const dormantDays = chosenDays(days);
         const dry = await api('POST', orgPath(who, '/revoke-dormant'), { body: { dormantDays, dryRun: true } });
         const names = dry.keys.map(named).join(', ') || 'none';
-        const message = `Revoke these ${dry.keys.length} key${dry.keys.length === 1 ? '' : 's'}, unused for ${dormantDays} days: ${names}?${MORE(dry)} Their holders get 401 from now on.`;
+        const message = `Revoke these ${dry.keys.length} key${dry.keys.length === 1 ? '' : 's'}, unused for ${dormantDays} days: ${names}?${MORE(dry)} Their holders get 401 from now on.${RESTORABLE(dry)}`;
         // Exactly the keys the dialog named (a dry run lists 10,000 at most, as many as keyIds takes).
         const keyIds = dry.keys.map((key) => key.id);
         // Where no use of the org is recorded, or uses may have been lost, the API refuses an apply

@@ -4,8 +4,8 @@ import { exact } from './format.js';
 import { confirmDialog } from './confirmDialog.js';
 import { keepSessionKey, sessionKey } from './session.js';
 
-// Rotate and revoke, for keys:write holders only (the page hides them otherwise; the API's 403
-// would refuse them anyway).
+// Rotate, revoke, renew and restore, for keys:write holders only (the page hides them otherwise;
+// the API's 403 would refuse them anyway).
 const GRACE_CHOICES = [
   [0, 'none: the old secret stops now'],
   [3600, '1 hour'],
@@ -172,13 +172,36 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
     }),
   });
   const live = key.status === 'active';
+  const ended = () =>
+    key.restorableUntil ? restoreControls(who, key, act) : [el('p', { text: `This key is ${key.status}: nothing to rotate, revoke or renew.` })];
   return el(
     'div',
     { class: 'actions', id: 'key-actions' },
-    live
-      ? [el('label', {}, ['Grace period ', grace]), rotate, revoke, expiryControls(who, key, act)]
-      : [el('p', { text: `This key is ${key.status}: nothing to rotate, revoke or renew.` })],
+    live ? [el('label', {}, ['Grace period ', grace]), rotate, revoke, expiryControls(who, key, act)] : ended(),
   );
+}
+
+// A key the dormant clean-up revoked, while its restorableUntil lasts (the key's view, which
+// keyDetail.js reads for a revoked key): the clean-up guessed from recorded uses, and a key it
+// guessed wrong broke every client holding it until a new key was deployed. Restored, the key is
+// as it was. Not offered for a key revoked for good (a single revoke, the answer to a leak): the
+// view says null, and the API would answer 409. No confirmation: nothing is lost by a restore, and
+// a revoke undoes it.
+function restoreControls(who, key, act) {
+  const note = el('p', {
+    id: 'restore-note',
+    text: `This key was revoked by the dormant clean-up and can be restored until ${exact(key.restorableUntil)}: the same secret, scopes and expiry work again.`,
+  });
+  const restore = el('button', {
+    type: 'button',
+    id: 'restore',
+    text: 'Restore',
+    'aria-describedby': 'restore-note',
+    // Gone once the key is active again: Rotate, which stands where it stood, takes the focus (keyDetail.js).
+    'data-focus-next': 'rotate',
+    onclick: act(() => api('POST', orgPath(who, `/${key.id}/restore`))),
+  });
+  return [note, restore];
 }
 
 // Renewal (PATCH …/api-keys/:keyId with expiresAt): key.expiring warned ahead of an expiry the

@@ -132,6 +132,14 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
   // The server's time of the facts shown: the chart's range ends with their hour.
   let readAt;
 
+  // The usage row does not say whether a revoked key can be restored; the key's view does. Read
+  // only where the page offers the restore: a revoked key, for keys:write. null from an API
+  // without restores.
+  async function restorableUntilOf(key) {
+    if (!canWrite || key.status !== 'revoked') return null;
+    return (await api('GET', orgPath(who, `/${keyId}`))).restorableUntil ?? null;
+  }
+
   async function refresh() {
     const usage = await api('GET', orgPath(who, `/usage?keyId=${encodeURIComponent(keyId)}`));
     const key = usage.data[0];
@@ -146,10 +154,12 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     previousSecret.update(key);
     recent.update(key.recentIps);
     failing.update(key.recentFailedIps);
-    // Rebuilt when the status changes, and when the expiry does (its controls show it).
-    if (canWrite && `${key.status} ${key.expiresAt}` !== shownStatus) {
-      shownStatus = `${key.status} ${key.expiresAt}`;
-      showActions(keyActions({ who, key, onChanged: refresh, onError: (e) => tellAgain(error, e.message), onSignedOut }));
+    // Rebuilt when the status changes, when the expiry does (its controls show it), and when the
+    // time a revoked key can be restored until does (made final by a revoke, or past).
+    const restorableUntil = await restorableUntilOf(key);
+    if (canWrite && `${key.status} ${key.expiresAt} ${restorableUntil}` !== shownStatus) {
+      shownStatus = `${key.status} ${key.expiresAt} ${restorableUntil}`;
+      showActions(keyActions({ who, key: { ...key, restorableUntil }, onChanged: refresh, onError: (e) => tellAgain(error, e.message), onSignedOut }));
     }
     await Promise.all([refreshChart(), events.refresh(), networks.refresh()]);
     onFresh(usage);
@@ -160,9 +170,12 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
   // Rebuilt after a change of expiry, the block keeps what the person chose in it (data-carry: the
   // grace period, a date typed in; a rotation with none fell back to 24 hours), and the control
   // that had the focus keeps it, or "Set expiry" takes it ("Never expires" is gone once used).
+  // A control gone from the rebuilt block may name the one that takes the focus instead
+  // (data-focus-next: Restore, whose key is active again).
   function showActions(block) {
     const hadFocus = actions.contains(document.activeElement);
     const focusedId = hadFocus ? document.activeElement.id : '';
+    const nextId = hadFocus ? document.activeElement.getAttribute('data-focus-next') : null;
     const carried = [...actions.querySelectorAll('[data-carry]')].map((input) => [input.id, input.value]);
     actions.replaceChildren(block);
     for (const [id, value] of carried) {
@@ -173,7 +186,8 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
       }
     }
     if (!hadFocus) return;
-    const same = (focusedId && block.querySelector(`#${CSS.escape(focusedId)}`)) || block.querySelector('#renew');
+    const byId = (id) => (id ? block.querySelector(`#${CSS.escape(id)}`) : null);
+    const same = byId(focusedId) || byId(nextId) || block.querySelector('#renew');
     if (same) {
       same.focus();
       return;
