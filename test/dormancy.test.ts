@@ -157,23 +157,36 @@ t.test('with events kept 1 day, a threshold crossed an hour ago raises its event
   t.equal(swept.dormant, 1);
 });
 
-// A rotation restarts the idle time as a creation does; left idle after it, the key raises a new
-// event, which names the rotation (the one before it named the last use).
-t.test('a rotated key is dormant again only a threshold after its rotation, with a new event', async (t) => {
-  const { api, org, clock, id, sweep: sweepDetails } = await idleKey(t);
-  const sweep = async () => (await sweepDetails()).map(({ crossedAt }) => new Date(crossedAt));
-  t.equal((await sweep()).length, 1, 'dormant 10 days after its threshold');
+// A rotation restarts the idle time as a creation does, and so does a restore (a key the clean-up
+// revoked, given back); left idle after either, the key raises a new event, whose dedupe key names
+// it (the one before named the last use: restored unused, the key had no second event).
+const RESTARTS: Array<[string, (api: Awaited<ReturnType<typeof idleKey>>['api'], orgId: string, id: string) => Promise<unknown>]> = [
+  ['rotation', (api, orgId, id) => api.services.apiKeys.rotate(orgId, id)],
+  [
+    'restore',
+    async (api, orgId, id) => {
+      await api.services.apiKeys.revokeDormant(orgId, { dormantDays: 30, dryRun: false, keyIds: [id] });
+      return api.services.apiKeys.restore(orgId, id);
+    },
+  ],
+];
+for (const [restart, act] of RESTARTS) {
+  t.test(`a key is dormant again only a threshold after its ${restart}, with a new event`, async (t) => {
+    const { api, org, clock, id, sweep: sweepDetails } = await idleKey(t);
+    const sweep = async () => (await sweepDetails()).map(({ crossedAt }) => new Date(crossedAt));
+    t.equal((await sweep()).length, 1, 'dormant 10 days after its threshold');
 
-  await api.services.apiKeys.rotate(org.id, id);
-  const rotatedAt = clock.now;
-  clock.now += 29 * DAY;
-  t.equal((await sweep()).length, 1, '29 days after the rotation: not dormant');
-  clock.now += 2 * DAY;
-  const occurred = await sweep();
-  t.equal(occurred.length, 2, '31 days after it: a new event');
-  t.equal(occurred[1].getTime(), rotatedAt + 30 * DAY, 'it crossed 30 days after the rotation');
-  t.equal((await sweep()).length, 2, 'and only one');
-});
+    await act(api, org.id, id);
+    const restartedAt = clock.now;
+    clock.now += 29 * DAY;
+    t.equal((await sweep()).length, 1, `29 days after the ${restart}: not dormant`);
+    clock.now += 2 * DAY;
+    const occurred = await sweep();
+    t.equal(occurred.length, 2, '31 days after it: a new event');
+    t.equal(occurred[1].getTime(), restartedAt + 30 * DAY, `it crossed 30 days after the ${restart}`);
+    t.equal((await sweep()).length, 2, 'and only one');
+  });
+}
 
 // The dedupe key names the last use: a key used again and left idle again is a new event. A
 // mutation review found no test held it (a dedupe key without the use kept one event for good).

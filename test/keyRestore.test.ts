@@ -1,7 +1,6 @@
 import t, { type Test } from 'tap';
 import { twoOrgWorld } from './helpers/api';
 import { backdatedKey } from './helpers/backdatedKey';
-import { idleKey } from './helpers/idleKey';
 
 // The dormant clean-up revokes keys it guesses are unused; a key it guessed wrong can be restored,
 // as it was, for restorableForDays (30 by default). A single revoke is for good, and makes a
@@ -109,20 +108,4 @@ t.test('only a key that could revoke it restores it: not the key itself, a narro
     'this key, under another org',
   );
   t.match((await api.request('GET', `${keys}/${idle.id}`, { key: acme.adminKey })).body, { status: 'revoked' }, 'still revoked');
-});
-
-// The key.dormant dedupe key names the last use and a rotation; a key restored unused and left
-// idle again is the same key, last used as before: without the restore in it, no second event.
-t.test('a restored key left idle again raises key.dormant again', async (t) => {
-  const { api, org, clock, id, sweep } = await idleKey(t);
-  t.equal((await sweep()).length, 1);
-  await api.services.apiKeys.revokeDormant(org.id, { dormantDays: 30, dryRun: false, keyIds: [id] });
-  await api.services.apiKeys.restore(org.id, id);
-  const restoredAt = clock.now;
-  clock.now += 29 * DAY;
-  t.equal((await sweep()).length, 1, '29 days after the restore: not dormant');
-  clock.now += 2 * DAY;
-  const details = await sweep();
-  t.equal(details.length, 2, '31 days after it: a new event');
-  t.equal(new Date(details[1].crossedAt).getTime(), restoredAt + 30 * DAY, 'it crossed 30 days after the restore');
 });
