@@ -44,6 +44,11 @@ t.test('a key the clean-up revoked is restored as it was, once, and is idle from
   t.match(applied.body, { restorableUntil: until, keys: [{ id: idle.id, status: 'revoked', restorableUntil: until, restoredAt: null }] });
   t.equal((await whoami(idle.plaintext)).status, 401, 'revoked: refused');
   t.equal((await api.request('GET', `${keys}/${idle.id}`, auth)).body.restorableUntil, until, "the key's view says until when");
+  t.match(
+    (await api.request('GET', `${keys}/usage?keyId=${idle.id}`, auth)).body.data,
+    [{ restorableUntil: until, restoredAt: null }],
+    'so does its usage row',
+  );
   t.match(await auditOf('keys.revoke_dormant'), [{ targetKeyId: idle.id, details: { restorableUntil: until } }]);
 
   clock.now += 10 * DAY;

@@ -164,8 +164,9 @@ export function previousSecretShown(key: GraceOfKey, now: number, previousUse: P
   };
 }
 
-const restorable = (key: Pick<ApiKeyRecord, 'revokedAt' | 'restorableUntil'>, now: number) =>
-  key.revokedAt !== null && key.restorableUntil !== null && key.restorableUntil.getTime() > now;
+/** Until when a revoked key can be restored, as the key view and the usage list show it: null once it cannot. */
+export const restorableUntilShown = (key: Pick<ApiKeyRecord, 'revokedAt' | 'restorableUntil'>, now: number) =>
+  key.revokedAt !== null && key.restorableUntil !== null && key.restorableUntil.getTime() > now ? key.restorableUntil.toISOString() : null;
 
 export function toApiKeyView(key: ApiKeyRecord, now: number, previousUse?: PreviousSecretUse): ApiKeyView {
   return {
@@ -178,7 +179,7 @@ export function toApiKeyView(key: ApiKeyRecord, now: number, previousUse?: Previ
     createdAt: key.createdAt.toISOString(),
     expiresAt: iso(key.expiresAt),
     revokedAt: iso(key.revokedAt),
-    restorableUntil: restorable(key, now) ? iso(key.restorableUntil) : null,
+    restorableUntil: restorableUntilShown(key, now),
     restoredAt: iso(key.restoredAt),
     rotatedAt: iso(key.rotatedAt),
     ...previousSecretShown(key, now, previousUse),

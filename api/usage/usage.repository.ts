@@ -32,6 +32,8 @@ export interface KeyUsageRecord {
   createdAt: Date;
   expiresAt: Date | null;
   revokedAt: Date | null;
+  restorableUntil: Date | null;
+  restoredAt: Date | null;
   createdByKeyId: string | null;
   lastUsedAt: Date | null;
   lastUsedIp: string | null;
@@ -172,7 +174,7 @@ function pageKeys(query: UsageQuery, direction: string): string {
             limit :limit offset :offset`;
 }
 
-const PAGE_COLUMNS = `select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.created_by_key_id,
+const PAGE_COLUMNS = `select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.restorable_until, k.restored_at, k.created_by_key_id,
                   k.rotated_at, k.previous_secret_expires_at, u.previous_secret_last_used_at, u.previous_secret_last_used_ip,
                   u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
                   u.last_failed_at, u.last_failed_ip, u.last_revoked_use_at, u.last_expired_use_at, ${DORMANT} as dormant`;
@@ -212,7 +214,7 @@ function busiestKeys(query: UsageQuery): string {
                     order by ranked.request_count desc, ranked.key_id
                     limit :limit offset :offset) b
             cross join lateral (
-              select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.created_by_key_id, k.rotated_at, k.restored_at,
+              select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.created_by_key_id, k.rotated_at, k.restored_at, k.restorable_until,
                      k.previous_secret_expires_at
                 from ${TABLE.apiKeys} k where k.org_id = :orgId and k.id = b.key_id limit 1
             ) k
@@ -282,6 +284,8 @@ type KeyUsageRow = {
   created_at: Date;
   expires_at: Date | null;
   revoked_at: Date | null;
+  restorable_until: Date | null;
+  restored_at: Date | null;
   created_by_key_id: string | null;
   last_used_at: Date | null;
   last_used_ip: string | null;
@@ -317,6 +321,8 @@ function toKeyUsage(row: KeyUsageRow): KeyUsageRecord {
     createdAt: row.created_at,
     expiresAt: row.expires_at,
     revokedAt: row.revoked_at,
+    restorableUntil: row.restorable_until,
+    restoredAt: row.restored_at,
     createdByKeyId: row.created_by_key_id,
     lastUsedAt: row.last_used_at,
     lastUsedIp: row.last_used_ip,

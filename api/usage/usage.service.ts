@@ -3,7 +3,7 @@ import { exactCount, type Count, type Db } from '../../shared/db';
 import { EVENT_TYPES } from '../../shared/keyEvents';
 import { OUTCOMES } from '../../shared/usageWire';
 import { InvalidInputError } from '../errors';
-import { apiKeyView, KEY_STATUSES, keyStatus, previousSecretShown, type KeyStatus } from '../keys/apiKeys.service';
+import { apiKeyView, KEY_STATUSES, keyStatus, previousSecretShown, restorableUntilShown, type KeyStatus } from '../keys/apiKeys.service';
 import { SCOPES } from '../keys/scopes';
 import { count, idString, isoTime, offsetPage } from '../responses';
 import { findApiKeyInOrg } from '../keys/apiKeys.repository';
@@ -44,7 +44,14 @@ const keyUsage = z
     lastExpiredUseAt: isoTime.nullable(),
     events: z.object({ days: z.number().int(), counts: z.partialRecord(z.enum(EVENT_TYPES), z.number().int()), latestAt: isoTime.nullable() }),
     // As the key view says them, so a page of keys needs no view of each.
-    ...apiKeyView.pick({ previousSecretExpiresAt: true, previousSecretLastUsedAt: true, previousSecretLastUsedIp: true, createdByKeyId: true }).shape,
+    ...apiKeyView.pick({
+      previousSecretExpiresAt: true,
+      previousSecretLastUsedAt: true,
+      previousSecretLastUsedIp: true,
+      createdByKeyId: true,
+      restorableUntil: true,
+      restoredAt: true,
+    }).shape,
   })
   .meta({ id: 'KeyUsage' });
 
@@ -83,6 +90,8 @@ function toUsageView(key: KeyUsageRecord, now: number, eventSummaryDays: number)
     createdAt: key.createdAt.toISOString(),
     expiresAt: isoOrNull(key.expiresAt),
     revokedAt: isoOrNull(key.revokedAt),
+    restorableUntil: restorableUntilShown(key, now),
+    restoredAt: isoOrNull(key.restoredAt),
     createdByKeyId: key.createdByKeyId,
     lastUsedAt: isoOrNull(key.lastUsedAt),
     lastUsedIp: key.lastUsedIp,

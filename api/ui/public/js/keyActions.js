@@ -181,8 +181,8 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
   );
 }
 
-// A key the dormant clean-up revoked, while its restorableUntil lasts (the key's view, which
-// keyDetail.js reads for a revoked key): the clean-up guessed from recorded uses, and a key it
+// A key the dormant clean-up revoked, while its restorableUntil lasts (its usage row says until
+// when): the clean-up guessed from recorded uses, and a key it
 // guessed wrong broke every client holding it until a new key was deployed. Restored, the key is
 // as it was. Not offered for a key revoked for good (a single revoke, the answer to a leak): the
 // view says null, and the API would answer 409. No confirmation: nothing is lost by a restore, and

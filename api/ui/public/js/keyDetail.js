@@ -132,14 +132,6 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
   // The server's time of the facts shown: the chart's range ends with their hour.
   let readAt;
 
-  // The usage row does not say whether a revoked key can be restored; the key's view does. Read
-  // only where the page offers the restore: a revoked key, for keys:write. null from an API
-  // without restores.
-  async function restorableUntilOf(key) {
-    if (!canWrite || key.status !== 'revoked') return null;
-    return (await api('GET', orgPath(who, `/${keyId}`))).restorableUntil ?? null;
-  }
-
   async function refresh() {
     const usage = await api('GET', orgPath(who, `/usage?keyId=${encodeURIComponent(keyId)}`));
     const key = usage.data[0];
@@ -156,10 +148,9 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     failing.update(key.recentFailedIps);
     // Rebuilt when the status changes, when the expiry does (its controls show it), and when the
     // time a revoked key can be restored until does (made final by a revoke, or past).
-    const restorableUntil = await restorableUntilOf(key);
-    if (canWrite && `${key.status} ${key.expiresAt} ${restorableUntil}` !== shownStatus) {
-      shownStatus = `${key.status} ${key.expiresAt} ${restorableUntil}`;
-      showActions(keyActions({ who, key: { ...key, restorableUntil }, onChanged: refresh, onError: (e) => tellAgain(error, e.message), onSignedOut }));
+    if (canWrite && `${key.status} ${key.expiresAt} ${key.restorableUntil}` !== shownStatus) {
+      shownStatus = `${key.status} ${key.expiresAt} ${key.restorableUntil}`;
+      showActions(keyActions({ who, key, onChanged: refresh, onError: (e) => tellAgain(error, e.message), onSignedOut }));
     }
     await Promise.all([refreshChart(), events.refresh(), networks.refresh()]);
     onFresh(usage);
