@@ -134,3 +134,22 @@ t.test('audit log ids repeat after a restore: deployment.md and api-keys.md say 
   t.match(restoreSteps(), /export its audit log first/);
   t.match(readDoc('docs/api-keys.md'), /1, 2, 3, … in commit order without gaps[^]*?restored from a backup numbers on from the backup's last entry/);
 });
+
+// An operator upgrading from 0.1.0 reads the upgrade notes for what each migration does while the
+// previous version still serves: the migrations after 190 were in none of them, the restore's
+// (…270, which a previous version's revoke silently undoes the finality of) among them (a review).
+t.test("the 0.1.0 → 0.2.0 upgrade notes name every migration since 0.1.0, and …270's roll-out rule", async (t) => {
+  const changelog = readDoc('CHANGELOG.md');
+  const notes = changelog.slice(changelog.indexOf('### Upgrade notes (0.1.0 → 0.2.0)'), changelog.indexOf('\n## 0.1.0'));
+  const firstRelease = ['20261125000001_organizations_and_api_keys', '20261125000002_api_key_usage'];
+  const migrations = fs
+    .readdirSync(path.join(__dirname, '..', 'migrations'))
+    .map((file) => file.replace(/\.ts$/, ''))
+    .filter((name) => !firstRelease.includes(name));
+  t.same(
+    migrations.filter((name) => !notes.includes(`\`${name}\``)),
+    [],
+    'each named',
+  );
+  t.match(notes, /revoke keys\s+and run clean-ups only through APIs \(or a CLI\) of this version/);
+});

@@ -27,11 +27,12 @@ t.test(
     const idle = await backdatedKey(api, db, org.id, 'idle', new Date(Date.now() + 5 * DAY_MS));
     const forever = await backdatedKey(api, db, org.id, 'forever');
     const leaked = await backdatedKey(api, db, org.id, 'leaked');
+    const stale = await backdatedKey(api, db, org.id, 'stale', new Date(Date.now() + 5 * DAY_MS));
     const cleanUp = await api.request('POST', `${keys}/revoke-dormant`, {
       ...admin,
-      body: { dormantDays: 30, dryRun: false, keyIds: [idle.id, forever.id, leaked.id] },
+      body: { dormantDays: 30, dryRun: false, keyIds: [idle.id, forever.id, leaked.id, stale.id] },
     });
-    t.equal(cleanUp.status, 200, 'the clean-up revoked the three');
+    t.equal(cleanUp.status, 200, 'the clean-up revoked the four');
     const until: string = cleanUp.body.restorableUntil;
     t.equal((await api.request('POST', `${keys}/${leaked.id}/revoke`, admin)).status, 200, 'a single revoke makes one final');
     // Signed in with a key that expires in 10 days, which may restore only keys that expire no later.
@@ -66,6 +67,14 @@ t.test(
     await tab.locator('.error', { hasText: 'it cannot restore a key that never expires' }).waitFor();
     t.not((await db(TABLE.apiKeys).where({ id: forever.id }).first()).revoked_at, null, 'still revoked');
     t.equal(await secretStatus(forever.plaintext), 401, 'its secret still refused');
+
+    // After a leak the revocation is made final from the page, the key never active in between.
+    await tab.goto(`${api.baseUrl}/#/key/${stale.id}`);
+    await tab.getByRole('button', { name: 'Revoke for good…' }).click();
+    await tab.click('dialog[open] button[value=yes]');
+    await tab.locator('#key-actions', { hasText: 'This key is revoked: nothing to rotate, revoke or renew.' }).waitFor();
+    t.equal(await tab.locator('#restore, #revoke-for-good').count(), 0, 'made final: nothing left to restore');
+    t.match((await api.request('GET', `${keys}/${stale.id}`, admin)).body, { status: 'revoked', restorableUntil: null, restoredAt: null }, 'never restored');
 
     await tab.goto(`${api.baseUrl}/#/key/${leaked.id}`);
     await tab.locator('#key-actions', { hasText: 'This key is revoked: nothing to rotate, revoke or renew.' }).waitFor();

@@ -88,6 +88,8 @@ t.test('a key revoked for good is not restored: by a single revoke, which makes 
   const tooLate = await restore(late.id);
   t.equal(tooLate.status, 409);
   t.match(tooLate.body.error.message, `could be restored until ${until}`);
+  t.equal((await api.request('POST', `${keys}/${late.id}/revoke`, auth)).status, 200);
+  t.equal((await auditOf('key.revoke')).length, 1, 'revoking it then changes nothing, and records nothing');
 
   const forGood = await idle('for good');
   const applied = await cleanUp({ dryRun: false, restorableForDays: 0 });

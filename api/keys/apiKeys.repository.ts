@@ -214,14 +214,14 @@ export async function replaceSecret(db: Db, id: string, change: SecretReplacemen
 }
 
 /**
- * The key revoked for good at `revokedAt`; one the dormant clean-up revoked (restorable) keeps its
- * revocation time and can no longer be restored. Undefined, and nothing written, when it already
- * was revoked for good.
+ * The key revoked for good at `revokedAt`; one the dormant clean-up revoked, still restorable then,
+ * keeps its revocation time and can no longer be restored. Undefined, and nothing written, when it
+ * already was revoked for good, or its time to be restored is past (a revoke then changes nothing).
  */
 export async function markRevoked(db: Db, id: string, revokedAt: Date): Promise<ApiKeyRecord | undefined> {
   const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
     .where({ id })
-    .whereRaw('(revoked_at is null or restorable_until is not null)')
+    .whereRaw('(revoked_at is null or restorable_until > ?)', [revokedAt])
     .update({ revoked_at: db.raw('coalesce(revoked_at, ?)', [revokedAt]), restorable_until: null })
     .returning('*');
   return row && toRecord(row);

@@ -196,7 +196,7 @@ export const apiKeysRoutes: RouteContract[] = [
     operationId: 'restoreApiKey',
     summary: 'Restore a key the dormant clean-up revoked, while restorableUntil lasts (restoring an active key changes nothing)',
     description:
-      "The key works again as it was: same id, secret, scopes, expiry and usage history; its idle time counts from now, so the next clean-up does not revoke it again at once. 409 for a key revoked for good (a single revoke, which also makes a clean-up's revocation final: revoke a key that may have leaked) or past its restorableUntil: create a new key. Limited as a revoke (403 for a key with scopes the caller lacks, or, for an expiring caller, one that outlives it). Other API instances may refuse the key as revoked for up to KEY_CACHE_TTL_MS.",
+      "The key works again as it was: same id, secret, scopes, expiry and usage history; its idle time counts from now, so the next clean-up does not revoke it again at once. A key that expired while revoked comes back expired (its secret still fails). 409 for a key revoked for good (a single revoke, which also makes a clean-up's revocation final: revoke a key that may have leaked) or past its restorableUntil: create a new key. Limited as a revoke (403 for a key with scopes the caller lacks, or, for an expiring caller, one that outlives it). Other API instances may refuse the key as revoked for up to KEY_CACHE_TTL_MS.",
     auth: MANAGE_ORG,
     params: keyParams,
     responses: { 200: { description: 'The restored key', body: apiKeyView } },

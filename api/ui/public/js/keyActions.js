@@ -182,11 +182,12 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
 }
 
 // A key the dormant clean-up revoked, while its restorableUntil lasts (its usage row says until
-// when): the clean-up guessed from recorded uses, and a key it
-// guessed wrong broke every client holding it until a new key was deployed. Restored, the key is
-// as it was. Not offered for a key revoked for good (a single revoke, the answer to a leak): the
-// view says null, and the API would answer 409. No confirmation: nothing is lost by a restore, and
-// a revoke undoes it.
+// when): the clean-up guessed from recorded uses, and a key it guessed wrong broke every client
+// holding it until a new key was deployed. Restored, the key is as it was. Not offered for a key
+// revoked for good (a single revoke, the answer to a leak): the row says null, and the API would
+// answer 409. No confirmation: nothing is lost by a restore, and a revoke undoes it. Beside it,
+// "Revoke for good": after a leak the runbook makes the revocation final, which without it took a
+// restore first, the leaked secret working again in between (a review).
 function restoreControls(who, key, act) {
   const note = el('p', {
     id: 'restore-note',
@@ -201,7 +202,18 @@ function restoreControls(who, key, act) {
     'data-focus-next': 'rotate',
     onclick: act(() => api('POST', orgPath(who, `/${key.id}/restore`))),
   });
-  return [note, restore];
+  const final = el('button', {
+    type: 'button',
+    id: 'revoke-for-good',
+    class: 'danger',
+    text: 'Revoke for good…',
+    onclick: act(async () => {
+      const message = `“${isolate(key.name)}” (${key.displayPrefix}) can then no longer be restored. Do this if its secret may have leaked.`;
+      if (!(await confirmDialog({ title: 'Revoke this key for good?', message, confirmLabel: 'Revoke for good' }))) return;
+      await api('POST', orgPath(who, `/${key.id}/revoke`));
+    }),
+  });
+  return [note, restore, final];
 }
 
 // Renewal (PATCH …/api-keys/:keyId with expiresAt): key.expiring warned ahead of an expiry the
