@@ -121,5 +121,11 @@ t.test('the clean-up dialog says until when the keys it revokes can be restored,
   t.match(await outcome.textContent(), "open the key's page and press Restore", 'and where');
   const row = await db(TABLE.apiKeys).where({ id: nightly.id }).first();
   t.equal(row.restorable_until?.toISOString(), result.restorableUntil, 'the time the database holds');
+  // The keys table flags it, so the key to give back is found in the list.
+  await tab.goto(`${api.baseUrl}/#/keys`);
+  const badge = tab.locator(`#keys-table tr[data-key-id="${nightly.id}"] .badge-restorable:not([hidden])`);
+  await badge.waitFor();
+  t.equal(await badge.getAttribute('title'), `Can be restored until ${result.restorableUntil} UTC`);
+  t.equal(await tab.locator('#keys-table .badge-restorable:not([hidden])').count(), 1, 'only the key the clean-up revoked');
   t.strictSame(pageErrors, [], 'no page error');
 });

@@ -1,6 +1,6 @@
 import { api, holdsKeyMaterial, orgPath } from './api.js';
 import { el, setAttr, setText } from './dom.js';
-import { count } from './format.js';
+import { count, exact } from './format.js';
 import { createPager, STALE } from './pager.js';
 import { arrange, setTime } from './refreshDom.js';
 import { createSparkline } from './sparkline.js';
@@ -34,9 +34,12 @@ function createRow(key) {
   cells.spark.append(spark.node);
   const dormant = el('span', { class: 'badge badge-dormant', text: 'dormant', hidden: true });
   const events = el('span', { class: 'badge badge-events', hidden: true });
-  cells.badges.append(dormant, events);
+  // A key the clean-up revoked that can still be restored (its page has Restore): after a clean-up
+  // broke a client, the key to give back is found in the list.
+  const restorable = el('span', { class: 'badge badge-restorable', text: 'restorable', hidden: true });
+  cells.badges.append(dormant, restorable, events);
   const tr = el('tr', { 'data-key-id': key.id }, Object.values(cells));
-  return { tr, cells, link, lastUse, spark, dormant, events };
+  return { tr, cells, link, lastUse, spark, dormant, restorable, events };
 }
 
 // The badge counts the key's events from its own usage row (exact, over EVENTS_SUMMARY_DAYS): it
@@ -61,6 +64,8 @@ function updateRow(row, key) {
   row.spark.update(key.last7Days);
   setText(row.cells.failed, count(key.failedAttempts));
   row.dormant.hidden = !key.dormant;
+  row.restorable.hidden = !key.restorableUntil;
+  setAttr(row.restorable, 'title', key.restorableUntil ? `Can be restored until ${exact(key.restorableUntil)}` : null);
   const badge = eventBadge(key.events);
   row.events.hidden = badge === '';
   setText(row.events, badge);
