@@ -52,12 +52,18 @@ t.test('a key the clean-up revoked is restored as it was, once, and is idle from
   t.match(await auditOf('keys.revoke_dormant'), [{ targetKeyId: idle.id, details: { restorableUntil: until } }]);
 
   clock.now += 10 * DAY;
+  t.equal((await whoami(idle.plaintext)).status, 401, 'still revoked, and so cached by this instance');
   const restored = await restore(idle.id);
   t.equal(restored.status, 200);
   t.match(restored.body, { id: idle.id, status: 'active', revokedAt: null, restorableUntil: null, restoredAt: new Date(clock.now).toISOString() });
   t.notOk(restored.text.includes(idle.plaintext), 'no key material');
   t.equal((await whoami(idle.plaintext)).status, 200, 'its secret works again, at once on this instance');
   t.equal((await restore(idle.id)).status, 200, 'restoring an active key answers it');
+  t.match(
+    (await api.request('GET', `${keys}/usage?keyId=${idle.id}`, auth)).body.data,
+    [{ status: 'active', restorableUntil: null, restoredAt: new Date(clock.now).toISOString() }],
+    'its usage row says when it was restored',
+  );
   t.match(await auditOf('key.restore'), [
     { targetKeyId: idle.id, details: { name: 'idle', revokedAt: new Date(START).toISOString(), restoredAt: new Date(clock.now).toISOString() } },
   ]);
@@ -115,4 +121,17 @@ t.test('only a key that could revoke it restores it: not the key itself, a narro
     'this key, under another org',
   );
   t.match((await api.request('GET', `${keys}/${idle.id}`, { key: acme.adminKey })).body, { status: 'revoked' }, 'still revoked');
+});
+
+// Found by mutation testing: a final revoke a day after the clean-up moved the revocation time, and
+// the made-final detail on any revoke passed the tests (both at the clean-up's own time).
+t.test("a revoke for good keeps the clean-up's revocation time; a revoke of an active key records no restorableUntil", async (t) => {
+  const { api, clock, acme, keys, auth, made, cleanUp, auditOf } = await cleanUpWorld(t, ['idle']);
+  t.equal((await cleanUp({ dryRun: false })).status, 200);
+  clock.now += DAY;
+  t.equal((await api.request('POST', `${keys}/${made[0].id}/revoke`, auth)).body.revokedAt, new Date(START).toISOString());
+  const fresh = await api.services.apiKeys.create(acme.org.id, { name: 'fresh', scopes: ['keys:read'], expiresAt: null });
+  t.equal((await api.request('POST', `${keys}/${fresh.key.id}/revoke`, auth)).status, 200);
+  const entry = (await auditOf('key.revoke')).find((e: { targetKeyId: string }) => e.targetKeyId === fresh.key.id);
+  t.same(Object.keys(entry.details).sort(), ['name', 'revokedAt']);
 });
