@@ -28,11 +28,16 @@ t.test(
     const forever = await backdatedKey(api, db, org.id, 'forever');
     const leaked = await backdatedKey(api, db, org.id, 'leaked');
     const stale = await backdatedKey(api, db, org.id, 'stale', new Date(Date.now() + 5 * DAY_MS));
+    const lapsed = await backdatedKey(api, db, org.id, 'lapsed', new Date(Date.now() + 5 * DAY_MS));
     const cleanUp = await api.request('POST', `${keys}/revoke-dormant`, {
       ...admin,
-      body: { dormantDays: 30, dryRun: false, keyIds: [idle.id, forever.id, leaked.id, stale.id] },
+      body: { dormantDays: 30, dryRun: false, keyIds: [idle.id, forever.id, leaked.id, stale.id, lapsed.id] },
     });
-    t.equal(cleanUp.status, 200, 'the clean-up revoked the four');
+    t.equal(cleanUp.status, 200, 'the clean-up revoked the five');
+    // Expired while revoked: a restore would not undo that.
+    await db(TABLE.apiKeys)
+      .where({ id: lapsed.id })
+      .update({ expires_at: new Date(Date.now() - DAY_MS) });
     const until: string = cleanUp.body.restorableUntil;
     t.equal((await api.request('POST', `${keys}/${leaked.id}/revoke`, admin)).status, 200, 'a single revoke makes one final');
     // Signed in with a key that expires in 10 days, which may restore only keys that expire no later.
@@ -54,7 +59,8 @@ t.test(
     await tab.locator('#key-actions #rotate').waitFor();
     t.equal(await tab.locator('.facts dd').first().textContent(), 'active', 'the page says the key is active');
     t.equal(await tab.locator('#restore, #restore-note').count(), 0, 'nothing left to restore');
-    t.equal(await tab.evaluate('document.activeElement?.id'), 'rotate', 'the focus goes to Rotate, where Restore stood, not to <body>');
+    t.equal(await tab.evaluate('document.activeElement?.id'), 'restored-note', 'the focus goes to the line that says it was restored, not to <body>');
+    t.match(await tab.locator('#restored-note').textContent(), 'Restored after the dormant clean-up revoked it, on ');
     const row = await db(TABLE.apiKeys).where({ id: idle.id }).first();
     t.strictSame([row.revoked_at, row.restorable_until, row.restored_at instanceof Date], [null, null, true], 'restored in the database');
     t.match((await api.request('GET', `${keys}/${idle.id}`, admin)).body, { status: 'active', restorableUntil: null }, "the key's view says active");
@@ -67,6 +73,10 @@ t.test(
     await tab.locator('.error', { hasText: 'it cannot restore a key that never expires' }).waitFor();
     t.not((await db(TABLE.apiKeys).where({ id: forever.id }).first()).revoked_at, null, 'still revoked');
     t.equal(await secretStatus(forever.plaintext), 401, 'its secret still refused');
+
+    await tab.goto(`${api.baseUrl}/#/key/${lapsed.id}`);
+    await tab.locator('#restore-note', { hasText: 'so restored, its secret still fails: create a new key.' }).waitFor();
+    t.pass('a key that expired while revoked: the note says a restore leaves it failing');
 
     // After a leak the revocation is made final from the page, the key never active in between.
     await tab.goto(`${api.baseUrl}/#/key/${stale.id}`);
@@ -121,10 +131,19 @@ t.test('the clean-up dialog says until when the keys it revokes can be restored,
   t.match(await outcome.textContent(), "open the key's page and press Restore", 'and where');
   const row = await db(TABLE.apiKeys).where({ id: nightly.id }).first();
   t.equal(row.restorable_until?.toISOString(), result.restorableUntil, 'the time the database holds');
-  // The keys table flags it, so the key to give back is found in the list.
+  // The keys table flags it, so the key to give back is found in the list: "Revoked" lists it
+  // first, where the order by last use put it on the last page.
   await tab.goto(`${api.baseUrl}/#/keys`);
+  const revokedOnly = tab.waitForResponse((response) => response.url().includes('/usage?') && response.url().includes('status=revoked'));
+  await tab.selectOption('#key-status', 'revoked');
+  t.same(
+    (await (await revokedOnly).json()).data.map((key: { id: string }) => key.id),
+    [nightly.id],
+    'the filter asks for revoked keys',
+  );
   const badge = tab.locator(`#keys-table tr[data-key-id="${nightly.id}"] .badge-restorable:not([hidden])`);
   await badge.waitFor();
+  t.equal(await badge.textContent(), `restorable until ${result.restorableUntil.slice(0, 10)}`, 'the day in its text');
   t.equal(await badge.getAttribute('title'), `Can be restored until ${result.restorableUntil} UTC`);
   t.equal(await tab.locator('#keys-table .badge-restorable:not([hidden])').count(), 1, 'only the key the clean-up revoked');
   t.strictSame(pageErrors, [], 'no page error');

@@ -1,6 +1,6 @@
 import { api, changeOnce, NOT_ANSWERED, orgPath } from './api.js';
 import { el, isolate, setText } from './dom.js';
-import { exact } from './format.js';
+import { exact, serverNow } from './format.js';
 import { confirmDialog } from './confirmDialog.js';
 import { keepSessionKey, sessionKey } from './session.js';
 
@@ -177,7 +177,7 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
   return el(
     'div',
     { class: 'actions', id: 'key-actions' },
-    live ? [el('label', {}, ['Grace period ', grace]), rotate, revoke, expiryControls(who, key, act)] : ended(),
+    live ? [...restoredNote(key), el('label', {}, ['Grace period ', grace]), rotate, revoke, expiryControls(who, key, act)] : ended(),
   );
 }
 
@@ -189,17 +189,24 @@ export function keyActions({ who, key, onChanged, onError, onSignedOut }) {
 // "Revoke for good": after a leak the runbook makes the revocation final, which without it took a
 // restore first, the leaked secret working again in between (a review).
 function restoreControls(who, key, act) {
+  // Restoring does not undo an expiry: a key that expired while revoked comes back expired (a review).
+  const expired = key.expiresAt !== null && Date.parse(key.expiresAt) <= serverNow();
   const note = el('p', {
     id: 'restore-note',
-    text: `This key was revoked by the dormant clean-up and can be restored until ${exact(key.restorableUntil)}: the same secret, scopes and expiry work again.`,
+    text: `This key was revoked by the dormant clean-up and can be restored until ${exact(key.restorableUntil)}: ${
+      expired
+        ? `but it expired on ${exact(key.expiresAt)}, so restored, its secret still fails: create a new key.`
+        : 'the same secret, scopes and expiry work again.'
+    }`,
   });
   const restore = el('button', {
     type: 'button',
     id: 'restore',
     text: 'Restore',
     'aria-describedby': 'restore-note',
-    // Gone once the key is active again: Rotate, which stands where it stood, takes the focus (keyDetail.js).
-    'data-focus-next': 'rotate',
+    // Gone once the key is active again: the line saying it was restored takes the focus, so a
+    // screen reader says what happened (keyDetail.js).
+    'data-focus-next': 'restored-note',
     onclick: act(() => api('POST', orgPath(who, `/${key.id}/restore`))),
   });
   const final = el('button', {
@@ -215,6 +222,12 @@ function restoreControls(who, key, act) {
   });
   return [note, restore, final];
 }
+
+// A key given back after a clean-up says so, and when: its idle time counts from then.
+const restoredNote = (key) =>
+  key.restoredAt
+    ? [el('p', { id: 'restored-note', tabindex: '-1', text: `Restored after the dormant clean-up revoked it, on ${exact(key.restoredAt)}: active again.` })]
+    : [];
 
 // Renewal (PATCH …/api-keys/:keyId with expiresAt): key.expiring warned ahead of an expiry the
 // page could only watch come, though the API and the CLI could move it. A date, read as 00:00 UTC,

@@ -36,7 +36,7 @@ function createRow(key) {
   const events = el('span', { class: 'badge badge-events', hidden: true });
   // A key the clean-up revoked that can still be restored (its page has Restore): after a clean-up
   // broke a client, the key to give back is found in the list.
-  const restorable = el('span', { class: 'badge badge-restorable', text: 'restorable', hidden: true });
+  const restorable = el('span', { class: 'badge badge-restorable', hidden: true });
   cells.badges.append(dormant, restorable, events);
   const tr = el('tr', { 'data-key-id': key.id }, Object.values(cells));
   return { tr, cells, link, lastUse, spark, dormant, restorable, events };
@@ -64,7 +64,9 @@ function updateRow(row, key) {
   row.spark.update(key.last7Days);
   setText(row.cells.failed, count(key.failedAttempts));
   row.dormant.hidden = !key.dormant;
+  // The day in the text (a title alone reached no keyboard, touch or screen reader), the time in the title.
   row.restorable.hidden = !key.restorableUntil;
+  setText(row.restorable, key.restorableUntil ? `restorable until ${key.restorableUntil.slice(0, 10)}` : '');
   setAttr(row.restorable, 'title', key.restorableUntil ? `Can be restored until ${exact(key.restorableUntil)}` : null);
   const badge = eventBadge(key.events);
   row.events.hidden = badge === '';
@@ -81,14 +83,26 @@ function controls(onChange) {
     el('option', { value: 'createdAt', text: 'Newest' }),
   ]);
   const dormant = el('input', { type: 'checkbox', id: 'key-dormant' });
+  // The keys a clean-up revoked sort last by use (they had none for long): "Revoked" lists them
+  // first, a key's 'restorable' badge among them (a review).
+  const status = el('select', { id: 'key-status', 'aria-label': 'Filter keys by status' }, [
+    el('option', { value: '', text: 'Any status' }),
+    ...['active', 'revoked', 'expired'].map((value) => el('option', { value, text: value[0].toUpperCase() + value.slice(1) })),
+  ]);
   let timer;
   search.addEventListener('input', () => {
     clearTimeout(timer);
     timer = setTimeout(onChange, 250);
   });
   sort.addEventListener('change', onChange);
+  status.addEventListener('change', onChange);
   dormant.addEventListener('change', onChange);
-  const element = el('div', { class: 'controls' }, [search, el('label', {}, ['Sort by ', sort]), el('label', {}, [dormant, ' Dormant only'])]);
+  const element = el('div', { class: 'controls' }, [
+    search,
+    el('label', {}, ['Sort by ', sort]),
+    el('label', {}, ['Status ', status]),
+    el('label', {}, [dormant, ' Dormant only']),
+  ]);
   // A key pasted into the search went out in the request's URL, which proxies and access logs
   // keep; no name can hold one (the API refuses it), so nothing is lost by not asking. Thrown, it
   // shows where the API's own refusal of a search does.
@@ -98,6 +112,7 @@ function controls(onChange) {
     if (holdsKeyMaterial(q)) throw new Error(KEY_SEARCH);
     if (q) params.set('q', q);
     if (dormant.checked) params.set('dormant', 'true');
+    if (status.value) params.set('status', status.value);
     return params;
   };
   return { element, query };
