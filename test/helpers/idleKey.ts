@@ -1,9 +1,8 @@
 import type { Test } from 'tap';
 import { sweepTimeEvents } from '../../collector/eventStore';
 import { seedOrg, startTestApi } from './api';
+import { backdatedKey } from './backdatedKey';
 import { freshDatabase } from './database';
-
-const DAY = 86_400_000;
 
 // A database, an API whose clock the test moves, and an org whose keys are dormant after 30 days.
 export async function clockedOrg(t: Test) {
@@ -20,10 +19,7 @@ export async function clockedOrg(t: Test) {
 export async function idleKey(t: Test) {
   const world = await clockedOrg(t);
   const { db, api, org, clock } = world;
-  const { id } = (await api.services.apiKeys.create(org.id, { name: 'idle', scopes: ['keys:read'], expiresAt: null })).key;
-  await db('api_keys')
-    .where({ id })
-    .update({ created_at: new Date(clock.now - 40 * DAY) });
+  const { id } = await backdatedKey(api, db, org.id, 'idle', null, clock.now);
   const sweep = async (): Promise<Array<{ crossedAt: string; lastUsedAt: string | null }>> => {
     await sweepTimeEvents(db, new Date(clock.now), { expiringDays: [], retentionDays: 90, newIpPerKeyHour: 10 });
     return db('key_events').where({ type: 'key.dormant', key_id: id }).orderBy('occurred_at').pluck('details');
