@@ -26,7 +26,7 @@ import { orgEventsRouter } from './events/events.routes';
 import { createEventsService } from './events/events.service';
 import { apiKeysRouter } from './keys/apiKeys.routes';
 import { createApiKeysService } from './keys/apiKeys.service';
-import { orgUsageRouter } from './usage/usage.routes';
+import { orgSeriesRouter, orgUsageRouter } from './usage/usage.routes';
 import { createUsageService } from './usage/usage.service';
 import { webhooksRouter } from './webhooks/webhooks.routes';
 import { createWebhooksService } from './webhooks/webhooks.service';
@@ -215,6 +215,9 @@ export function createApp(deps: AppDeps) {
   app.use(orgKeys, orgUsageRouter({ service: usage, authorize }));
   app.use(orgKeys, orgEventsRouter({ service: events, authorize }));
   app.use(orgKeys, apiKeysRouter({ service: apiKeys, authorize, auditIp }));
+  const orgUsage = '/api/orgs/:id/usage';
+  app.use(orgUsage, routePrefix(orgUsage));
+  app.use(orgUsage, orgSeriesRouter({ service: usage, authorize }));
   const orgWebhooks = '/api/orgs/:id/webhooks';
   app.use(orgWebhooks, routePrefix(orgWebhooks));
   app.use(orgWebhooks, webhooksRouter({ service: webhooks, authorize, auditIp }));

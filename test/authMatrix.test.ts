@@ -154,6 +154,11 @@ const ROUTES: Route[] = [
     // Its window began in year -1, an answer its own schema refused (fails without the fix).
     badQuery('to before 1970', 'to=0000-01-03T00:00:00Z'),
   ]),
+  read('GET /api/orgs/:id/usage', [
+    badQuery('unknown granularity', 'granularity=week'),
+    badQuery('from not a date', 'from=yesterday'),
+    badQuery('a key id, which it does not read', 'keyId=x'),
+  ]),
   read('GET /api/orgs/:id/api-keys/events', [
     badQuery('unknown type', 'type=key.bogus'),
     badQuery('keyId not a UUID', 'keyId=x'),

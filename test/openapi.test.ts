@@ -172,6 +172,7 @@ const SUCCESS: Record<string, { ids?: Record<string, 'rotateTarget' | 'revokeTar
   restoreApiKey: { ids: { keyId: 'rotateTarget' } },
   listKeyUsage: { query: 'sort=requestCount' },
   keyUsageSeries: { query: 'granularity=hour&byOutcome=true' },
+  orgUsageSeries: { query: 'granularity=hour&byOutcome=true' },
   listKeyEvents: { query: 'limit=10' },
   createWebhook: { body: { url: 'https://203.0.113.10/hook', events: ['key.new_ip'] } },
   listWebhooks: {},

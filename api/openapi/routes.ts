@@ -4,7 +4,7 @@ import { whoamiBody } from '../auth/whoami';
 import { eventsRoutes } from '../events/events.routes';
 import { healthBody } from '../health';
 import { apiKeysRoutes } from '../keys/apiKeys.routes';
-import { usageRoutes } from '../usage/usage.routes';
+import { orgSeriesRoutes, usageRoutes } from '../usage/usage.routes';
 import { webhooksRoutes } from '../webhooks/webhooks.routes';
 import type { MountedRoutes, RouteContract } from './contract';
 
@@ -46,6 +46,7 @@ export const API_ROUTES: readonly MountedRoutes[] = [
   { mount: '', tag: 'Service', routes: serviceRoutes },
   { mount: '/api/orgs/:id/api-keys', tag: 'API keys', routes: apiKeysRoutes },
   { mount: '/api/orgs/:id/api-keys', tag: 'Usage', routes: usageRoutes },
+  { mount: '/api/orgs/:id/usage', tag: 'Usage', routes: orgSeriesRoutes },
   { mount: '/api/orgs/:id/api-keys', tag: 'Events', routes: eventsRoutes },
   { mount: '/api/orgs/:id/webhooks', tag: 'Webhooks', routes: webhooksRoutes },
   { mount: '/api/orgs/:id/audit-log', tag: 'Audit log', routes: auditRoutes },

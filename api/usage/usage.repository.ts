@@ -353,6 +353,8 @@ export type Granularity = 'hour' | 'day';
 export interface SeriesBucket {
   start: Date;
   requestCount: Count;
+  /** Keys with a proven use in the bucket. */
+  keysUsed: number;
   outcomes: Record<Outcome, Count>;
 }
 
@@ -365,29 +367,56 @@ const FIRST_BUCKET = "date_trunc(:granularity, cast(:from as timestamptz), 'UTC'
 const FIRST_HOUR = "date_trunc('hour', cast(:from as timestamptz), 'UTC')";
 const LAST_INSTANT = "cast(:to as timestamptz) - interval '1 microsecond'";
 
+/** Whose uses a series sums: one key's, or every key's of the org. */
+export interface SeriesScope {
+  orgId: string;
+  keyId?: string;
+}
+
+export interface SeriesQuery extends SeriesScope {
+  from: Date;
+  to: Date;
+  granularity: Granularity;
+}
+
+export interface UsageSeriesRows {
+  buckets: SeriesBucket[];
+  /** Keys with a proven use in the range (1 or 0 for one key's series). */
+  keysUsed: number;
+}
+
 // Sums stay numeric (PostgreSQL's exact decimal) and are read as exact counts: saturated
-// buckets would overflow a bigint sum. The key's hours of the range are read from both bucket
-// tables once, then matched to their bucket by equality (a hash join: with the range alone the
-// 720 hours of a 30-day hourly series were compared with each of its 721 buckets).
-export async function keyTimeSeries(db: Db, query: { orgId: string; keyId: string; from: Date; to: Date; granularity: Granularity }): Promise<SeriesBucket[]> {
+// buckets would overflow a bigint sum. The hours of the range are read from both bucket tables
+// once, then matched to their bucket by equality (a hash join: with the range alone the 720
+// hours of a 30-day hourly series were compared with each of its 721 buckets). A key's hours
+// come from the primary keys, an org's from the closed hours' (org_id, hour) index
+// (20261208000280). The grouping set () is the whole range: its distinct keys are not the sum of
+// the buckets', a key used on two days is one key of the week.
+export async function readUsageSeries(db: Db, query: SeriesQuery): Promise<UsageSeriesRows> {
   // A UTC day is 24 hours; '1 day' is a calendar day of the session's zone (shared/db.ts).
   const step = query.granularity === 'hour' ? '1 hour' : '24 hours';
   const columns = ['request_count', ...OUTCOMES.map((outcome) => `${outcome}_count`)];
   const counts = columns.join(', ');
   const sums = columns.map((column) => `coalesce(sum(h.${column}), 0) as ${column}`).join(', ');
-  const rows = await rawRows<{ start: Date } & Record<'request_count' | `${Outcome}_count`, string>>(
+  const keyFilter = query.keyId === undefined ? '' : 'and key_id = :keyId';
+  const rows = await rawRows<{ start: Date | null; keys_used: number } & Record<'request_count' | `${Outcome}_count`, string>>(
     db,
-    `select s.bucket as start, ${sums}
+    `select s.bucket as start, ${sums}, cast(count(distinct h.key_id) filter (where h.request_count > 0) as int) as keys_used
        from generate_series(${FIRST_BUCKET}, ${LAST_INSTANT}, cast(:step as interval)) as s(bucket)
-       left join ${hourBuckets(`hour, ${counts}`, `org_id = :orgId and key_id = :keyId and hour >= ${FIRST_HOUR} and hour < cast(:to as timestamptz)`)} h
+       left join ${hourBuckets(`key_id, hour, ${counts}`, `org_id = :orgId ${keyFilter} and hour >= ${FIRST_HOUR} and hour < cast(:to as timestamptz)`)} h
          on date_trunc(:granularity, h.hour, 'UTC') = s.bucket and h.hour >= s.bucket and h.hour < s.bucket + cast(:step as interval)
-      group by s.bucket
-      order by s.bucket`,
-    { granularity: query.granularity, from: query.from, to: query.to, step, orgId: query.orgId, keyId: query.keyId },
+      group by grouping sets ((s.bucket), ())
+      order by s.bucket nulls last`,
+    { granularity: query.granularity, from: query.from, to: query.to, step, orgId: query.orgId, keyId: query.keyId ?? null },
   );
-  return rows.map((row) => ({
-    start: row.start,
-    requestCount: exactCount(row.request_count),
-    outcomes: Object.fromEntries(OUTCOMES.map((outcome) => [outcome, exactCount(row[`${outcome}_count`])])) as Record<Outcome, Count>,
-  }));
+  const whole = rows.pop();
+  return {
+    buckets: rows.map((row) => ({
+      start: row.start as Date,
+      requestCount: exactCount(row.request_count),
+      keysUsed: row.keys_used,
+      outcomes: Object.fromEntries(OUTCOMES.map((outcome) => [outcome, exactCount(row[`${outcome}_count`])])) as Record<Outcome, Count>,
+    })),
+    keysUsed: whole?.keys_used ?? 0,
+  };
 }

@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
 import { dateParam, displayName, pagination, parseInput, queryInteger, rangeEndParam, uuid } from '../validation';
-import { usageList, usageSeries, type UsageService } from './usage.service';
+import { orgUsageSeries, usageList, usageSeries, type UsageService } from './usage.service';
 
 const booleanParam = z.enum(['true', 'false'], { error: 'must be true or false' }).transform((v) => v === 'true');
 
@@ -62,6 +62,31 @@ export const usageRoutes: RouteContract[] = [
     responses: { 200: { description: 'The time series', body: usageSeries } },
   },
 ];
+
+/** Mounted at /api/orgs/:id/usage: the org's uses over time, every key summed. */
+export const orgSeriesRoutes: RouteContract[] = [
+  {
+    method: 'get',
+    path: '/',
+    operationId: 'orgUsageSeries',
+    summary: "The org's uses per hour or day, every key summed, with the keys used (at most 2232 buckets; default: the last 7 days)",
+    description:
+      "The range and buckets follow the key series' rules, revoked and expired keys included. keysUsed counts keys with a proven use; failed attempts appear in the outcomes only.",
+    auth: READ_ORG,
+    params: orgParams,
+    query: seriesQuery,
+    responses: { 200: { description: "The org's time series", body: orgUsageSeries } },
+  },
+];
+
+export function orgSeriesRouter(deps: { service: UsageService; authorize: (requirement: Requirement) => RequestHandler }) {
+  const router = Router({ mergeParams: true });
+  router.get('/', deps.authorize(READ_ORG), async (req, res) => {
+    const { id } = parseInput(orgParams, req.params, 'params');
+    res.json(await deps.service.orgTimeSeries(id, parseInput(seriesQuery, req.query, 'query')));
+  });
+  return router;
+}
 
 export function orgUsageRouter(deps: { service: UsageService; authorize: (requirement: Requirement) => RequestHandler }) {
   const router = Router({ mergeParams: true });

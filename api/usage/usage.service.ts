@@ -8,7 +8,7 @@ import { SCOPES } from '../keys/scopes';
 import { count, idString, isoTime, offsetPage } from '../responses';
 import { findApiKeyInOrg } from '../keys/apiKeys.repository';
 import { requireKeyInOrg } from '../keys/requireKeyInOrg';
-import { keyTimeSeries, listKeyUsage, type Granularity, type KeyUsageRecord, type UsageSort } from './usage.repository';
+import { listKeyUsage, readUsageSeries, type Granularity, type KeyUsageRecord, type SeriesBucket, type UsageSort } from './usage.repository';
 import { DAY_MS, HOUR_MS } from '../../shared/timeUnits';
 
 const MAX_SERIES_POINTS = 24 * 93;
@@ -69,16 +69,24 @@ export const usageList = z
   })
   .meta({ id: 'UsageList' });
 
-export const usageSeries = z
+const seriesFields = {
+  granularity: z.enum(['hour', 'day']),
+  from: isoTime,
+  to: isoTime,
+  total: count,
+};
+const seriesBucket = z.object({ start: isoTime, requestCount: count, outcomes: outcomeCounts.optional().meta({ description: 'With byOutcome=true' }) });
+
+export const usageSeries = z.object({ keyId: idString, ...seriesFields, buckets: z.array(seriesBucket) }).meta({ id: 'UsageSeries' });
+
+export const orgUsageSeries = z
   .object({
-    keyId: idString,
-    granularity: z.enum(['hour', 'day']),
-    from: isoTime,
-    to: isoTime,
-    total: count,
-    buckets: z.array(z.object({ start: isoTime, requestCount: count, outcomes: outcomeCounts.optional().meta({ description: 'With byOutcome=true' }) })),
+    orgId: idString,
+    ...seriesFields,
+    keysUsed: z.number().int().meta({ description: 'Keys with a proven use in the range (a key used in several buckets counts once)' }),
+    buckets: z.array(seriesBucket.extend({ keysUsed: z.number().int().meta({ description: 'Keys with a proven use in the bucket' }) })),
   })
-  .meta({ id: 'UsageSeries' });
+  .meta({ id: 'OrgUsageSeries' });
 
 function toUsageView(key: KeyUsageRecord, now: number, eventSummaryDays: number): z.output<typeof keyUsage> {
   return {
@@ -120,6 +128,41 @@ const isoSeen = <T extends { firstSeen: Date; lastSeen: Date }>(ip: T) => ({
 
 // Exact whatever the size: bucket counts may be saturated bigints.
 const sumCounts = (counts: Count[]) => exactCount(counts.reduce((sum: bigint, count) => sum + BigInt(count), 0n).toString());
+
+type SeriesRequest = { from?: Date; to?: Date; granularity: Granularity; byOutcome: boolean };
+type SeriesRange = { from: Date; to: Date; granularity: Granularity };
+
+/** The range a series request names, its defaults filled in; refused past MAX_SERIES_POINTS buckets. */
+function seriesRange(query: SeriesRequest, now: number): SeriesRange {
+  const to = query.to ?? new Date(now);
+  // Not before 1970, the earliest time a request may send (a bucket start at either
+  // granularity): a `to` early in 1970 answered a window from 1969, refused when sent back.
+  const from = query.from ?? new Date(Math.max(0, to.getTime() - 7 * DAY_MS));
+  if (from.getTime() > to.getTime()) throw new InvalidInputError('from: must not be after to');
+  // The buckets that start before `to`, from the one holding `from`: none when `to` is that
+  // one's start (from = to on a boundary), not a bucket of 0 uses for an hour that had some.
+  const step = query.granularity === 'hour' ? HOUR_MS : DAY_MS;
+  const first = Math.floor(from.getTime() / step) * step;
+  const points = Math.ceil((to.getTime() - first) / step);
+  if (points > MAX_SERIES_POINTS) {
+    throw new InvalidInputError(`the range holds ${points} ${query.granularity}s; at most ${MAX_SERIES_POINTS} per request`);
+  }
+  return { from, to, granularity: query.granularity };
+}
+
+function seriesAnswer(range: SeriesRange, buckets: SeriesBucket[], byOutcome: boolean) {
+  return {
+    granularity: range.granularity,
+    from: range.from.toISOString(),
+    to: range.to.toISOString(),
+    total: sumCounts(buckets.map((bucket) => bucket.requestCount)),
+    buckets: buckets.map(({ start, requestCount, outcomes }) => ({
+      start: start.toISOString(),
+      requestCount,
+      ...(byOutcome ? { outcomes } : {}),
+    })),
+  };
+}
 
 type ListQuery = {
   dormant?: boolean;
@@ -190,37 +233,22 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       };
     },
 
-    async timeSeries(
-      orgId: string,
-      keyId: string,
-      query: { from?: Date; to?: Date; granularity: Granularity; byOutcome: boolean },
-    ): Promise<z.output<typeof usageSeries>> {
-      const to = query.to ?? new Date(deps.now());
-      // Not before 1970, the earliest time a request may send (a bucket start at either
-      // granularity): a `to` early in 1970 answered a window from 1969, refused when sent back.
-      const from = query.from ?? new Date(Math.max(0, to.getTime() - 7 * DAY_MS));
-      if (from.getTime() > to.getTime()) throw new InvalidInputError('from: must not be after to');
-      // The buckets that start before `to`, from the one holding `from`: none when `to` is that
-      // one's start (from = to on a boundary), not a bucket of 0 uses for an hour that had some.
-      const step = query.granularity === 'hour' ? HOUR_MS : DAY_MS;
-      const first = Math.floor(from.getTime() / step) * step;
-      const points = Math.ceil((to.getTime() - first) / step);
-      if (points > MAX_SERIES_POINTS) {
-        throw new InvalidInputError(`the range holds ${points} ${query.granularity}s; at most ${MAX_SERIES_POINTS} per request`);
-      }
+    async timeSeries(orgId: string, keyId: string, query: SeriesRequest): Promise<z.output<typeof usageSeries>> {
+      const range = seriesRange(query, deps.now());
       await requireKeyInOrg(deps.db, orgId, keyId);
-      const buckets = await keyTimeSeries(deps.db, { orgId, keyId, from, to, granularity: query.granularity });
+      const { buckets } = await readUsageSeries(deps.db, { orgId, keyId, ...range });
+      return { keyId, ...seriesAnswer(range, buckets, query.byOutcome) };
+    },
+
+    async orgTimeSeries(orgId: string, query: SeriesRequest): Promise<z.output<typeof orgUsageSeries>> {
+      const range = seriesRange(query, deps.now());
+      const { buckets, keysUsed } = await readUsageSeries(deps.db, { orgId, ...range });
+      const answer = seriesAnswer(range, buckets, query.byOutcome);
       return {
-        keyId,
-        granularity: query.granularity,
-        from: from.toISOString(),
-        to: to.toISOString(),
-        total: sumCounts(buckets.map((bucket) => bucket.requestCount)),
-        buckets: buckets.map(({ start, requestCount, outcomes }) => ({
-          start: start.toISOString(),
-          requestCount,
-          ...(query.byOutcome ? { outcomes } : {}),
-        })),
+        orgId,
+        ...answer,
+        keysUsed,
+        buckets: answer.buckets.map((bucket, i) => ({ ...bucket, keysUsed: buckets[i].keysUsed })),
       };
     },
   };

@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import { listKeyUsage, keyTimeSeries } from '../../api/usage/usage.repository';
+import { listKeyUsage, readUsageSeries } from '../../api/usage/usage.repository';
 import { createOrg, insertKeys } from '../../bench/lib/database';
 import { median } from '../../bench/lib/stats';
 import { Aggregator } from '../../collector/aggregator';
@@ -76,7 +76,7 @@ async function timeQueries(db: Db, orgId: string, keyId: string) {
     });
     page.push(performance.now() - started);
     started = performance.now();
-    await keyTimeSeries(db, { orgId, keyId, from: new Date(Date.now() - 7 * 86_400_000), to: new Date(), granularity: 'day' });
+    await readUsageSeries(db, { orgId, keyId, from: new Date(Date.now() - 7 * 86_400_000), to: new Date(), granularity: 'day' });
     series.push(performance.now() - started);
   }
   return { pageP50: median(page), seriesP50: median(series) };

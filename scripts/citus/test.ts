@@ -21,6 +21,7 @@ export const FILES = [
   'test/keyCreator.test.ts',
   'test/keyRenewal.test.ts',
   'test/keyRestore.test.ts',
+  'test/orgUsageSeries.test.ts',
   'test/citus/distributed.citus.ts',
 ];
 const DATABASE = 'keyusage_citus_test';

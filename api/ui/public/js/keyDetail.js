@@ -5,22 +5,11 @@ import { eventsSection } from './eventsFeed.js';
 import { expectedNetworksSection } from './expectedNetworks.js';
 import { createIpTable } from './ipTable.js';
 import { keyActions } from './keyActions.js';
-import { stackedChart } from './stackedChart.js';
+import { createSeriesChart } from './seriesChart.js';
 import { setTime, timeAgo } from './refreshDom.js';
 
 // One key: its numbers, a chart stacked by outcome over a chosen range, recent and failing IPs,
 // its events and (for keys:write) its actions.
-
-// A range is whole buckets: the current one so far and those before it, the hours "Uses 24 h" and
-// "7 d" count. From `now - 24 h` the API read the whole hour holding it too, and the chart added
-// up 25 hours beside the page's 24. Days are UTC days, as the chart's axis says.
-const RANGES = {
-  '24h': { label: 'Last 24 hours, hourly', buckets: 24, granularity: 'hour' },
-  '7d': { label: 'Last 7 days, hourly', buckets: 24 * 7, granularity: 'hour' },
-  '30d': { label: 'Last 30 UTC days, daily', buckets: 30, granularity: 'day' },
-  '90d': { label: 'Last 90 UTC days, daily', buckets: 90, granularity: 'day' },
-};
-const BUCKET_MS = { hour: 3_600_000, day: 86_400_000 };
 
 // A moment as the facts show it: a <time> (timeFormat.js, the other form on hover), told again on
 // every tick (main.js) and not only by a refresh that worked: through an outage "Last use" said
@@ -92,45 +81,26 @@ function createPreviousSecretNote() {
   return { element, update };
 }
 
-// `readAt`: when the server read the facts shown (the usage answer's generatedAt). Taken from the
-// browser's clock, 11 minutes slow, the range ended an hour early: "Uses 24 h" said 3 and the
-// 24-hour chart 0.
-function seriesQuery(rangeName, readAt) {
-  const range = RANGES[rangeName];
-  const step = BUCKET_MS[range.granularity];
-  // The end of the bucket under way: the range is [to - buckets × step, to).
-  const to = (Math.floor(readAt / step) + 1) * step;
-  const from = to - range.buckets * step;
-  return new URLSearchParams({
-    from: new Date(from).toISOString(),
-    to: new Date(to).toISOString(),
-    granularity: range.granularity,
-    byOutcome: 'true',
-  });
-}
-
 export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
   const canWrite = who.scopes.includes('keys:write');
   const title = el('h2', { id: 'key-title' });
   const subtitle = el('p', { class: 'subtitle' });
   const facts = createFacts();
   const previousSecret = createPreviousSecretNote();
-  const range = el(
-    'select',
-    { id: 'range', 'aria-label': 'Chart range' },
-    Object.entries(RANGES).map(([value, r]) => el('option', { value, text: r.label, selected: value === '7d' })),
-  );
-  const chart = el('div', { id: 'chart', class: 'chart-box' });
+  // The server's time of the facts shown: the chart's range ends with their hour.
+  let readAt;
+  const series = createSeriesChart({
+    ids: { range: 'range', chart: 'chart' },
+    read: (query) => api('GET', orgPath(who, `/${keyId}/usage?${query}`)),
+    readAt: () => readAt ?? serverNow(),
+  });
   const recent = createIpTable({ id: 'recent-ips', caption: 'Recent IPs (uses)', countLabel: 'Uses', countField: 'requestCount' });
   const failing = createIpTable({ id: 'failed-ips', caption: 'Recent failing IPs (wrong secret)', countLabel: 'Attempts', countField: 'attemptCount' });
   const actions = el('div');
   const error = el('p', { class: 'error', role: 'alert' });
   const events = eventsSection(who, { keyId });
   const networks = expectedNetworksSection(who, keyId, canWrite);
-  let shownSeries = '';
   let shownStatus = '';
-  // The server's time of the facts shown: the chart's range ends with their hour.
-  let readAt;
 
   async function refresh() {
     const usage = await api('GET', orgPath(who, `/usage?keyId=${encodeURIComponent(keyId)}`));
@@ -152,7 +122,7 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
       shownStatus = `${key.status} ${key.expiresAt} ${key.restorableUntil}`;
       showActions(keyActions({ who, key, onChanged: refresh, onError: (e) => tellAgain(error, e.message), onSignedOut }));
     }
-    await Promise.all([refreshChart(), events.refresh(), networks.refresh()]);
+    await Promise.all([series.refresh(), events.refresh(), networks.refresh()]);
     onFresh(usage);
   }
 
@@ -188,29 +158,7 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     status.focus();
   }
 
-  async function refreshChart() {
-    const asked = range.value;
-    // Another range was chosen while this one was on its way: its answer (or error) is not shown
-    // under that range's name; the request for the new range draws it.
-    let series;
-    try {
-      series = await api('GET', orgPath(who, `/${keyId}/usage?${seriesQuery(asked, readAt ?? serverNow())}`));
-    } catch (e) {
-      if (range.value !== asked) return;
-      // The figure shown was another range's (a range switch that failed) or an older reading:
-      // it goes, and the next answer draws whatever it holds.
-      shownSeries = '';
-      chart.replaceChildren(el('p', { class: 'chart-failed', text: `${RANGES[asked].label}: not read (${e.message})` }));
-      throw e;
-    }
-    if (range.value !== asked) return;
-    // The range's edges move with the clock; redraw only when they or the counts did.
-    const signature = JSON.stringify([asked, series.buckets[0]?.start, series.buckets.map((b) => b.outcomes)]);
-    if (signature === shownSeries) return;
-    shownSeries = signature;
-    chart.replaceChildren(stackedChart(series));
-  }
-  range.addEventListener('change', () => void refreshChart().catch((e) => tellAgain(error, e.message)));
+  series.range.addEventListener('change', () => void series.refresh().catch((e) => tellAgain(error, e.message)));
 
   const element = el('section', { class: 'detail', 'aria-labelledby': 'key-title' }, [
     el('a', { href: '#/keys', class: 'back', text: '← All keys' }),
@@ -220,8 +168,8 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     canWrite ? actions : null,
     facts.element,
     previousSecret.element,
-    el('div', { class: 'chart-head' }, [el('h3', { text: 'Requests by outcome' }), range]),
-    chart,
+    el('div', { class: 'chart-head' }, [el('h3', { text: 'Requests by outcome' }), series.range]),
+    series.chart,
     el('div', { class: 'ip-tables' }, [recent.element, failing.element]),
     events.element,
     networks.element,
