@@ -33,8 +33,9 @@ function seriesQuery(rangeName, readAt) {
 
 /**
  * `read(query)` answers the series for a query string; `readAt()` is the server time its range
- * ends with; `onSeries(series)` is told each answer drawn. `refresh` draws the chosen range again
- * and rejects with the API's error (the chart then says what was not read).
+ * ends with; `onSeries(series)` is told each answer of the chosen range, and `null` when its read
+ * failed (what stands beside the chart was the previous range's). `refresh` draws the chosen
+ * range again and rejects with the API's error (the chart then says what was not read).
  */
 export function createSeriesChart({ ids, read, readAt, onSeries = () => {} }) {
   const range = el(
@@ -57,6 +58,7 @@ export function createSeriesChart({ ids, read, readAt, onSeries = () => {} }) {
       // The figure shown was another range's (a range switch that failed) or an older reading:
       // it goes, and the next answer draws whatever it holds.
       shown = '';
+      onSeries(null);
       chart.replaceChildren(el('p', { class: 'chart-failed', text: `${RANGES[asked].label}: not read (${e.message})` }));
       throw e;
     }
