@@ -4,13 +4,16 @@ import { captureMainStatement, explainStatement, pagesRead, sumOverRelation, typ
 import { ORG_HOUR_INDEX } from '../migrations/20261208000280_org_usage_series';
 import { TABLE } from '../shared/tables';
 import { seedOrg, startTestApi } from './helpers/api';
-import { freshDatabase, onCitus } from './helpers/database';
+import { freshDatabase, migrateBesideWrites, migrateDownTo, onCitus } from './helpers/database';
+import { MIGRATION_CONFIG } from '../shared/db';
 import { flushUses } from './helpers/flushUses';
 
 // GET /api/orgs/:id/usage: every key of the org summed by the hour or day, from both bucket tables
 // (closed hours moved to api_key_usage_hourly, open ones in api_key_usage_current_hours; an hour
 // may have a row in each after a late use), with the keys used per bucket and over the range.
 
+const ORG_HOUR_MIGRATION = '20261208000280_org_usage_series.ts';
+const BEFORE_ORG_HOUR_INDEX = '20261208000270_key_restore.ts';
 const DAY_1 = '2026-03-01T00:00:00.000Z';
 const DAY_2 = '2026-03-02T00:00:00.000Z';
 const at = (iso: string, hours: number) => new Date(Date.parse(iso) + hours * 3_600_000);
@@ -161,3 +164,36 @@ t.test("a short range of an org's long history reads the range's pages only", { 
   const pages = sumOverRelation(plan[0].Plan, TABLE.usageHourly, pagesRead);
   t.ok(pages < 100, `pages of the hourly buckets read: ${pages}, the day's, not the month's`);
 });
+
+// 20261208000280 builds its index concurrently on a table the previous version filled, while that
+// version's upkeep keeps moving hours into it; down() drops it again.
+t.test(
+  'the migration builds the index beside the previous version, on its rows, and down drops it',
+  { skip: onCitus() && 'a single-node migration run' },
+  async (t) => {
+    const { db, url } = await freshDatabase(t);
+    const api = await startTestApi(t, db);
+    const acme = await seedOrg(api, db);
+    await migrateDownTo(db, BEFORE_ORG_HOUR_INDEX);
+    const indexValid = async () =>
+      (await db.raw<{ rows: Array<{ valid: boolean }> }>('select indisvalid as valid from pg_index where indexrelid = to_regclass(?)', [ORG_HOUR_INDEX.name]))
+        .rows[0]?.valid;
+    t.equal(await indexValid(), undefined, 'no index before it');
+    const moved = (hour: string, ok: number) => ({ org_id: acme.org.id, key_id: acme.adminKeyId, hour: new Date(hour), request_count: ok, ok_count: ok });
+    await db(TABLE.usageHourly).insert(moved(DAY_1, 4));
+    const written = await migrateBesideWrites(
+      t,
+      db,
+      url,
+      ORG_HOUR_MIGRATION,
+      (holder) => holder(TABLE.usageHourly).insert(moved(at(DAY_1, 1).toISOString(), 5)),
+      (trx) => trx(TABLE.usageHourly).insert(moved(at(DAY_1, 2).toISOString(), 6)),
+    );
+    t.notOk(typeof written === 'string', typeof written === 'string' ? written : 'an hour moved in during the build');
+    t.equal(await indexValid(), true);
+    const series = await readUsageSeries(db, { orgId: acme.org.id, from: new Date(DAY_1), to: new Date(DAY_2), granularity: 'day' });
+    t.strictSame([series.buckets.map((b) => b.requestCount), series.keysUsed], [[15], 1], 'every row, before and during the build');
+    await db.migrate.down({ ...MIGRATION_CONFIG, name: ORG_HOUR_MIGRATION });
+    t.equal(await indexValid(), undefined, 'down drops it');
+  },
+);
