@@ -64,6 +64,8 @@ export interface KeyFacts {
   networksWaiting: number;
   /** When the key's key.first_use, recorded before this flush, occurred: only for keys with newPrefixes. */
   firstUseAt: number | null;
+  /** Until when the key, revoked by the dormant clean-up, can be restored; null otherwise (api_keys.restorable_until). */
+  restorableUntil: number | null;
 }
 
 const hourIso = (ms: number) => new Date(hourOf(ms)).toISOString();
@@ -155,7 +157,7 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionT
     emit('key.outside_networks', delta.lastUsedAt, { ips, expectedNetworks: facts.expectedNetworks, ...omitted }, dedupe);
   }
   if (delta.lastRevokedUseAt > -Infinity)
-    emit('key.revoked_used', delta.lastRevokedUseAt, refusedDetails(delta.revokedIps, delta), hourIso(delta.lastRevokedUseAt));
+    emit('key.revoked_used', delta.lastRevokedUseAt, revokedUseDetails(delta, facts.restorableUntil), hourIso(delta.lastRevokedUseAt));
   if (delta.lastExpiredUseAt > -Infinity)
     emit('key.expired_used', delta.lastExpiredUseAt, refusedDetails(delta.expiredIps, delta), hourIso(delta.lastExpiredUseAt));
 }
@@ -169,6 +171,16 @@ function refusedDetails(ips: Map<string, IpStat> | undefined, delta: KeyUsageDel
   if (ips === undefined || ips.size === 0) return { ip: delta.lastIp };
   const newest = newestOf([...ips.keys()], (ip) => ips.get(ip)!.lastSeen);
   return { ip: newest.ips[0], ...listedIps(newest) };
+}
+
+// A key the dormant clean-up revoked and still in use is the clean-up's likely mistake: the event
+// says until when it can be restored (as the use found it), where the receiver had to read the
+// key's view to know whether a restore was possible at all. A leak raises the same event; the
+// addresses tell them apart (docs/events.md).
+function revokedUseDetails(delta: KeyUsageDelta, restorableUntil: number | null): Record<string, unknown> {
+  const details = refusedDetails(delta.revokedIps, delta);
+  if (restorableUntil === null || restorableUntil <= delta.lastRevokedUseAt) return details;
+  return { ...details, restorableUntil: new Date(restorableUntil).toISOString() };
 }
 
 // An event's `ips`, and `ipsOmitted` when some were left out.

@@ -122,6 +122,7 @@ with r as (
 select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${bothHours('bad_secret_count', 'h', 'c')} as failed,
        coalesce(u.request_count, 0) as request_count, cast(floor(extract(epoch from k.created_at) * 1000) as float8) as created_ms,
        cast(k.expected_networks as text[]) as expected_networks,
+       cast(floor(extract(epoch from k.restorable_until) * 1000) as float8) as restorable_until_ms,
        case when ${bothHours('request_count', 'h', 'c')} >= $1 then
          array(select ${bothHours('request_count', 'b', 'bc')}
                  from generate_series(1, ${BASELINE_DAYS}) as d(n)
@@ -200,6 +201,7 @@ async function readFacts(connection: PoolClient, { spikeMinUses, failedAttemptsP
         newIpEventsByHour: new Map((row.new_ip_events ?? []) as Array<[number, number]>),
         networksWaiting: Number(row.networks_waiting),
         firstUseAt: row.first_use_ms,
+        restorableUntil: row.restorable_until_ms,
       };
       facts.set(row.key_id, key);
     }

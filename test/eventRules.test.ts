@@ -41,6 +41,7 @@ const facts = (over: Partial<KeyFacts> = {}): KeyFacts => ({
   newIpEventsByHour: new Map(),
   networksWaiting: 0,
   firstUseAt: null,
+  restorableUntil: null,
   ...over,
 });
 
@@ -311,6 +312,19 @@ t.test('key.revoked_used and key.expired_used: one per key per hour of the use',
     ],
   );
   t.strictSame(events[0].details, { ip: '198.51.100.1', ips: ['198.51.100.1'] });
+});
+
+// A key the clean-up revoked, used again while it can be restored: the event says until when, so
+// its receiver knows a restore is possible without reading the key's view. Not once that is past.
+t.test('key.revoked_used says until when the key can be restored, while it can', async (t) => {
+  const d = delta([{ outcome: 'revoked', ip: '198.51.100.1', at: HOUR + 1000 }]);
+  const until = HOUR + 30 * 86_400_000;
+  const [restorable] = detectKeyEvents(d, facts({ hours: [], restorableUntil: until }), RULES);
+  t.strictSame(restorable.details, { ip: '198.51.100.1', ips: ['198.51.100.1'], restorableUntil: new Date(until).toISOString() });
+  const [past] = detectKeyEvents(d, facts({ hours: [], restorableUntil: HOUR + 1000 }), RULES);
+  t.strictSame(past.details, { ip: '198.51.100.1', ips: ['198.51.100.1'] }, 'its time passed at the use');
+  const [expired] = detectKeyEvents(delta([{ outcome: 'expired', ip: '198.51.100.1', at: HOUR + 1000 }]), facts({ hours: [], restorableUntil: until }), RULES);
+  t.strictSame(expired.details, { ip: '198.51.100.1', ips: ['198.51.100.1'] }, 'key.expired_used says nothing of it');
 });
 
 // Found by an incident-response review: `ip` was the newest address of any use in the flush. Right

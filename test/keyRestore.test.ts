@@ -1,6 +1,7 @@
 import t, { type Test } from 'tap';
 import { twoOrgWorld } from './helpers/api';
 import { backdatedKey } from './helpers/backdatedKey';
+import { flushUses } from './helpers/flushUses';
 
 // The dormant clean-up revokes keys it guesses are unused; a key it guessed wrong can be restored,
 // as it was, for restorableForDays (30 by default). A single revoke is for good, and makes a
@@ -78,6 +79,25 @@ t.test('a key the clean-up revoked is restored as it was, once, and is idle from
   t.same((await cleanUp({ dryRun: true })).body.keys, [], 'idle since the restore: not dormant');
   clock.now += 31 * DAY;
   t.match((await cleanUp({ dryRun: true })).body.keys, [{ id: idle.id }], 'dormant again 30 days after it');
+});
+
+// A key the clean-up revoked and still used is the clean-up's likely mistake: key.revoked_used says
+// until when it can be restored; once revoked for good, it does not.
+t.test('key.revoked_used of a key the clean-up revoked says until when it can be restored', async (t) => {
+  const { db, api, clock, acme, keys, auth, made, cleanUp } = await cleanUpWorld(t, ['idle']);
+  const [idle] = made;
+  t.equal((await cleanUp({ dryRun: false })).status, 200);
+  const revokedUse = async () => {
+    clock.now += 2 * 3_600_000;
+    await flushUses(db, [{ orgId: acme.org.id, keyId: idle.id }], { outcome: 'revoked', at: clock.now });
+    const { body } = await api.request('GET', `${keys}/events?type=key.revoked_used&keyId=${idle.id}`, auth);
+    return body.data[0];
+  };
+  t.match(await revokedUse(), { type: 'key.revoked_used', details: { ip: '192.0.2.1', restorableUntil: new Date(START + 30 * DAY).toISOString() } });
+  t.equal((await api.request('POST', `${keys}/${idle.id}/revoke`, auth)).status, 200, 'revoked for good');
+  const final = await revokedUse();
+  t.equal(final.details.restorableUntil, undefined, 'revoked for good: no restorableUntil');
+  t.equal(final.details.ip, '192.0.2.1');
 });
 
 t.test('a key revoked for good is not restored: by a single revoke, which makes a clean-up final, with restorableForDays 0, or past its time', async (t) => {

@@ -2,8 +2,7 @@ import t, { type Test } from 'tap';
 import { launchBrowser } from '../harness/browser';
 import { TABLE } from '../shared/tables';
 import { signedInTab } from './helpers/dashboardTab';
-import { seedOrg, startTestApi } from './helpers/api';
-import { freshDatabase } from './helpers/database';
+import { twoOrgWorld } from './helpers/api';
 import { handled, REFRESH_MS } from './helpers/dashboardClock';
 
 // The organization page charts GET /api/orgs/:id/usage: every key's uses by outcome over the
@@ -13,10 +12,7 @@ const HOUR_MS = 3_600_000;
 const WHOLE_TEST_TIMEOUT_MS = 120_000;
 
 async function world(t: Test) {
-  const { db } = await freshDatabase(t);
-  const api = await startTestApi(t, db);
-  const acme = await seedOrg(api, db);
-  const globex = await seedOrg(api, db, 'globex');
+  const { db, api, acme, globex } = await twoOrgWorld(t, Date.now());
   const create = async (name: string) => (await api.services.apiKeys.create(acme.org.id, { name, scopes: ['keys:read'], expiresAt: null })).key.id;
   const [ci, staging] = [await create('ci'), await create('staging')];
   const thisHour = Math.floor(Date.now() / HOUR_MS) * HOUR_MS;

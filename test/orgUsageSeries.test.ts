@@ -3,7 +3,7 @@ import { readUsageSeries } from '../api/usage/usage.repository';
 import { captureMainStatement, explainStatement, pagesRead, sumOverRelation, type PlanNode } from '../harness/explain';
 import { ORG_HOUR_INDEX } from '../migrations/20261208000280_org_usage_series';
 import { TABLE } from '../shared/tables';
-import { seedOrg, startTestApi } from './helpers/api';
+import { seedOrg, startTestApi, twoOrgWorld } from './helpers/api';
 import { freshDatabase, migrateBesideWrites, migrateDownTo, onCitus } from './helpers/database';
 import { MIGRATION_CONFIG } from '../shared/db';
 import { flushUses } from './helpers/flushUses';
@@ -19,10 +19,7 @@ const DAY_2 = '2026-03-02T00:00:00.000Z';
 const at = (iso: string, hours: number) => new Date(Date.parse(iso) + hours * 3_600_000);
 
 async function world(t: Test) {
-  const { db } = await freshDatabase(t);
-  const api = await startTestApi(t, db);
-  const acme = await seedOrg(api, db);
-  const globex = await seedOrg(api, db, 'globex');
+  const { db, api, acme, globex } = await twoOrgWorld(t, Date.now());
   const create = async (name: string) => (await api.services.apiKeys.create(acme.org.id, { name, scopes: ['keys:read'], expiresAt: null })).key.id;
   const [ci, staging, guessed] = [await create('ci'), await create('staging'), await create('guessed')];
   const row = (orgId: string, keyId: string, hour: Date, counts: { ok?: number; forbidden?: number; bad_secret?: number }) => {
