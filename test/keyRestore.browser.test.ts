@@ -75,7 +75,7 @@ t.test(
     t.equal(await secretStatus(forever.plaintext), 401, 'its secret still refused');
 
     await tab.goto(`${api.baseUrl}/#/key/${lapsed.id}`);
-    await tab.locator('#restore-note', { hasText: 'so restored, its secret still fails: create a new key.' }).waitFor();
+    await tab.locator('#restore-note', { hasText: 'so a restore would not make its secret work again: create a new key.' }).waitFor();
     t.pass('a key that expired while revoked: the note says a restore leaves it failing');
 
     // After a leak the revocation is made final from the page, the key never active in between.

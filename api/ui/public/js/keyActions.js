@@ -193,10 +193,10 @@ function restoreControls(who, key, act) {
   const expired = key.expiresAt !== null && Date.parse(key.expiresAt) <= serverNow();
   const note = el('p', {
     id: 'restore-note',
-    text: `This key was revoked by the dormant clean-up and can be restored until ${exact(key.restorableUntil)}: ${
+    text: `This key was revoked by the dormant clean-up and can be restored until ${exact(key.restorableUntil)}${
       expired
-        ? `but it expired on ${exact(key.expiresAt)}, so restored, its secret still fails: create a new key.`
-        : 'the same secret, scopes and expiry work again.'
+        ? `. It expired on ${exact(key.expiresAt)}, so a restore would not make its secret work again: create a new key.`
+        : ': the same secret, scopes and expiry work again.'
     }`,
   });
   const restore = el('button', {
