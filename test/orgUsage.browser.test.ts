@@ -97,16 +97,35 @@ t.test("the org's chart is read again once a minute, not on every refresh", { ti
   await tab.goto(`${api.baseUrl}/#/org`);
   await tab.locator('#org-chart figure').waitFor();
   t.equal(reads.series, 1, 'read when the page opens');
-  for (let tick = 1; tick <= 11; tick++) {
-    const events = tab.waitForResponse(/\/api-keys\/events\?/);
-    await tab.clock.runFor(REFRESH_MS);
-    await events;
-    await handled();
-  }
+  const ticks = async (n: number) => {
+    for (let tick = 1; tick <= n; tick++) {
+      const events = tab.waitForResponse(/\/api-keys\/events\?/);
+      await tab.clock.runFor(REFRESH_MS);
+      await events;
+      await handled();
+    }
+  };
+  await ticks(11);
   t.equal(reads.series, 1, 'not read again by the 11 refreshes of the next 55 s');
   t.ok(reads.events >= 12, `the events were, on each (${reads.events})`);
   const again = tab.waitForResponse(/\/api\/orgs\/[^/]+\/usage\?/);
   await tab.clock.runFor(REFRESH_MS);
   await again;
   t.equal(reads.series, 2, 'read again by the refresh a minute after');
+
+  // A read that fails (a range timing out, the costliest) is tried again a minute later, not on
+  // the next refresh (a review).
+  await tab.route(/\/api\/orgs\/[^/]+\/usage\?/, (route) =>
+    route.fulfill({
+      status: 503,
+      contentType: 'application/json',
+      body: JSON.stringify({ error: { code: 'service_unavailable', message: 'The database took too long', requestId: 'x' } }),
+    }),
+  );
+  // A minute after the last answer came: the 12th refresh is a moment short of it.
+  await ticks(13);
+  t.equal(reads.series, 3, 'read once in the next 65 s, and it failed');
+  t.equal(await tab.textContent('#org-keys-used'), 'Keys used in this range: not read');
+  await ticks(11);
+  t.equal(reads.series, 3, 'not read again by the 11 refreshes after the failure');
 });

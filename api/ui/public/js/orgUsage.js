@@ -23,8 +23,10 @@ export function orgUsageSection(who) {
     // The org's path, not the keys' (orgPath adds /api-keys).
     read: (query) => api('GET', `/api/orgs/${encodeURIComponent(who.orgId)}/usage?${query}`),
     readAt: serverNow,
+    // A failed read waits its minute too: a range that fails by timing out is the costliest to
+    // try again every 5 s (a review).
     onSeries: (answer) => {
-      readAt = answer ? performance.now() : -Infinity;
+      readAt = performance.now();
       setText(keysUsed, keysUsedText(answer));
     },
   });
