@@ -367,13 +367,10 @@ const FIRST_BUCKET = "date_trunc(:granularity, cast(:from as timestamptz), 'UTC'
 const FIRST_HOUR = "date_trunc('hour', cast(:from as timestamptz), 'UTC')";
 const LAST_INSTANT = "cast(:to as timestamptz) - interval '1 microsecond'";
 
-/** Whose uses a series sums: one key's, or every key's of the org. */
-export interface SeriesScope {
+/** A series' range, and whose uses it sums: one key's, or (without keyId) every key's of the org. */
+export interface SeriesQuery {
   orgId: string;
   keyId?: string;
-}
-
-export interface SeriesQuery extends SeriesScope {
   from: Date;
   to: Date;
   granularity: Granularity;
