@@ -36,8 +36,9 @@ Commands:
   org create <name>                  Create an organization and its first API key (every scope)
   org list                           List organizations
   key list <orgId>                   List an organization's API keys
-  key create <orgId> --name <name> --scopes <scope,...> [--expires-at <ISO 8601>]
-                                     Create an API key (scopes: ${SCOPES.join(', ')})
+  key create <orgId> --name <name> --scopes <scope,...> [--expires-at <ISO 8601>] [--owner <who>]
+                                     Create an API key (scopes: ${SCOPES.join(', ')}); --owner:
+                                     who answers for it (a person, team or address)
   key revoke <orgId> <keyId>         Revoke an API key at once, for good (one the dormant clean-up
                                      revoked too: it can no longer be restored)
   key restore <orgId> <keyId>        Give back a key the dormant clean-up revoked, as it was (same
@@ -71,6 +72,7 @@ Uses DATABASE_URL when set, else the embedded PostgreSQL of \`npm start\` (start
 const OPTIONS = {
   json: { type: 'boolean' },
   name: { type: 'string' },
+  owner: { type: 'string' },
   scopes: { type: 'string' },
   'expires-at': { type: 'string' },
   days: { type: 'string' },
@@ -86,7 +88,7 @@ export type Command =
   | { kind: 'org create'; name: string; json: boolean }
   | { kind: 'org list'; json: boolean }
   | { kind: 'key list'; orgId: string; json: boolean }
-  | { kind: 'key create'; orgId: string; name: string; scopes: Scope[]; expiresAt: Date | null; json: boolean }
+  | { kind: 'key create'; orgId: string; name: string; owner: string | null; scopes: Scope[]; expiresAt: Date | null; json: boolean }
   | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean }
   | { kind: 'key restore'; orgId: string; keyId: string; json: boolean }
   | { kind: 'key renew'; orgId: string; keyId: string; expiresAt: Date | null; json: boolean }
@@ -166,7 +168,7 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
   'org create': { args: ['name'], options: [] },
   'org list': { args: [], options: [] },
   'key list': { args: ['orgId'], options: [] },
-  'key create': { args: ['orgId'], options: ['name', 'scopes', 'expires-at'] },
+  'key create': { args: ['orgId'], options: ['name', 'owner', 'scopes', 'expires-at'] },
   'key revoke': { args: ['orgId', 'keyId'], options: [] },
   'key restore': { args: ['orgId', 'keyId'], options: [] },
   'key renew': { args: ['orgId', 'keyId'], options: ['expires-at'] },
@@ -254,6 +256,7 @@ export function parseCli(argv: string[], now: number): ParsedCli {
             kind,
             orgId: checkId(args[0], '<orgId>'),
             name: check(displayName, values.name, '--name'),
+            owner: values.owner === undefined ? null : check(displayName, values.owner, '--owner'),
             scopes: parseScopes(values.scopes),
             expiresAt: parseExpiry(values['expires-at'], now),
             json,
@@ -326,6 +329,7 @@ function describeKey(key: ApiKeyView): string {
   return [
     `  id:         ${key.id}`,
     `  name:       ${printable(key.name)}`,
+    ...(key.owner === null ? [] : [`  owner:      ${printable(key.owner)}`]),
     `  scopes:     ${key.scopes.join(', ')}`,
     `  expires at: ${key.expiresAt ?? 'never'}`,
   ].join('\n');
@@ -441,15 +445,25 @@ const listKeys: Handler<'key list'> = async (command, deps, keys) => {
   if (views.length === 0) return deps.out(`Organization ${command.orgId} has no API keys.`);
   deps.out(
     table([
-      ['ID', 'PREFIX', 'NAME', 'SCOPES', 'STATUS', 'CREATED', 'EXPIRES'],
-      ...views.map((key) => [key.id, key.displayPrefix, printable(key.name), key.scopes.join(','), statusOf(key), key.createdAt, key.expiresAt ?? '-']),
+      ['ID', 'PREFIX', 'NAME', 'OWNER', 'SCOPES', 'STATUS', 'CREATED', 'EXPIRES'],
+      ...views.map((key) => [
+        key.id,
+        key.displayPrefix,
+        printable(key.name),
+        key.owner === null ? '-' : printable(key.owner),
+        key.scopes.join(','),
+        statusOf(key),
+        key.createdAt,
+        key.expiresAt ?? '-',
+      ]),
     ]),
   );
 };
 
 const createKey: Handler<'key create'> = async (command, deps, keys) => {
   await requireOrganization(deps.db, command.orgId);
-  const created = await keys.create(command.orgId, { name: command.name, scopes: command.scopes, expiresAt: command.expiresAt });
+  const { name, owner, scopes, expiresAt } = command;
+  const created = await keys.create(command.orgId, { name, owner, scopes, expiresAt });
   await printSecretOnce(deps, { orgId: command.orgId, keyId: created.key.id }, () => {
     if (command.json) {
       printJson(deps, { ...created.key, key: created.plaintext });

@@ -77,9 +77,9 @@ const ROUTES: Route[] = [
       { label: 'expiresAt after 9999 in UTC', body: { name: 'x', scopes: ['keys:read'], expiresAt: '9999-12-31T23:59:59-23:59' }, field: 'expiresAt' },
       {
         label: 'unknown field',
-        body: { name: 'x', scopes: ['keys:read'], owner: 'me' },
-        field: 'owner',
-        message: 'Invalid body: owner: is not a field this route takes',
+        body: { name: 'x', scopes: ['keys:read'], team: 'me' },
+        field: 'team',
+        message: 'Invalid body: team: is not a field this route takes',
       },
       { label: 'missing body', field: 'name' },
     ],
@@ -181,7 +181,8 @@ const ROUTES: Route[] = [
       { label: 'not an address', body: { expectedNetworks: ['intranet'] }, field: 'expectedNetworks.0' },
       // Node's isIP takes it; PostgreSQL's inet does not (it was a 500).
       { label: 'an IPv6 zone id', body: { expectedNetworks: ['fe80::1%eth0'] }, field: 'expectedNetworks.0' },
-      { label: 'unknown field', body: { expectedNetworks: null, name: 'x' }, field: 'name' },
+      // A key's scopes are fixed at its creation.
+      { label: 'unknown field', body: { expectedNetworks: null, scopes: ['keys:read'] }, field: 'scopes' },
       { label: 'bad expiresAt', body: { expiresAt: 'tomorrow' }, field: 'expiresAt', message: 'Invalid body: expiresAt: must be an ISO 8601 date-time' },
       { label: 'expiresAt after 9999 in UTC', body: { expiresAt: '9999-12-31T23:59:59-23:59' }, field: 'expiresAt' },
       {
@@ -190,8 +191,8 @@ const ROUTES: Route[] = [
         field: 'expiresAt',
         message: 'Invalid body: expiresAt: must be in the future',
       },
-      // Either field, or both: a body with neither changes nothing.
-      { label: 'missing body', field: 'expectedNetworks', message: 'Invalid body: body: must set expectedNetworks, expiresAt or both' },
+      // At least one field: a body with none changes nothing.
+      { label: 'missing body', field: 'expectedNetworks', message: 'Invalid body: body: must set at least one of name, owner, expectedNetworks, expiresAt' },
     ],
   },
   {

@@ -149,13 +149,17 @@ t.test('key create, list and revoke', async (t) => {
   cli.reset();
 
   const expiresAt = new Date(now + 86_400_000).toISOString();
-  t.equal(await cli.run('key', 'create', org.id, '--name', 'ci deploys', '--scopes', 'keys:read, keys:read', '--expires-at', expiresAt), 0);
+  t.equal(
+    await cli.run('key', 'create', org.id, '--name', 'ci deploys', '--scopes', 'keys:read, keys:read', '--expires-at', expiresAt, '--owner', 'platform team'),
+    0,
+  );
   const text = cli.out.join('\n');
   const [plaintext, ...more] = text.match(KEY) ?? [];
   t.same(more, [], 'the key is printed once');
   t.match(text, ONCE);
   t.match(text, /scopes:\s+keys:read\n/, 'duplicate scopes collapse');
   t.match(text, `expires at: ${expiresAt}`);
+  t.match(text, /owner:\s+platform team\n/, 'the owner given is shown');
   const readOnly = await api.request('GET', '/api/whoami', { key: plaintext });
   t.same(readOnly.body.scopes, ['keys:read']);
   t.equal(readOnly.body.name, 'ci deploys');
@@ -165,15 +169,19 @@ t.test('key create, list and revoke', async (t) => {
 
   t.equal(await cli.run('key', 'create', org.id, '--name', 'writer', '--scopes', 'keys:write', '--json'), 0);
   const writer = cli.json();
-  t.match(writer, { orgId: org.id, name: 'writer', scopes: ['keys:write'], expiresAt: null, status: 'active', key: /^ku_/ });
+  t.match(writer, { orgId: org.id, name: 'writer', owner: null, scopes: ['keys:write'], expiresAt: null, status: 'active', key: /^ku_/ });
   t.match(cli.err.join('\n'), ONCE);
   cli.reset();
 
   t.equal(await cli.run('key', 'list', org.id, '--json'), 0);
   const listed = cli.json();
   t.same(
-    listed.map((key: { name: string }) => key.name),
-    ['admin', 'ci deploys', 'writer'],
+    listed.map((key: { name: string; owner: string | null }) => [key.name, key.owner]),
+    [
+      ['admin', null],
+      ['ci deploys', 'platform team'],
+      ['writer', null],
+    ],
   );
   const { key: writerKey, ...writerView } = writer;
   t.same(listed[2], writerView, 'the same view as at creation, without the plaintext');
@@ -196,11 +204,11 @@ t.test('key create, list and revoke', async (t) => {
 
   t.equal(await cli.run('key', 'list', org.id), 0);
   const lines = cli.out.join('\n').split('\n');
-  t.match(lines[0], /^ID\s+PREFIX\s+NAME\s+SCOPES\s+STATUS\s+CREATED\s+EXPIRES$/);
+  t.match(lines[0], /^ID\s+PREFIX\s+NAME\s+OWNER\s+SCOPES\s+STATUS\s+CREATED\s+EXPIRES$/);
   t.equal(lines.length, 4);
-  t.match(lines[1], new RegExp(`^${admin.id}\\s+${admin.displayPrefix}\\s+admin\\s+keys:read,keys:write\\s+active\\s+\\S+\\s+-$`));
-  t.match(lines[2], new RegExp(`ci deploys\\s+keys:read\\s+active\\s+\\S+\\s+${expiresAt}$`));
-  t.match(lines[3], new RegExp(`^${writer.id}\\s+.*writer\\s+keys:write\\s+revoked`));
+  t.match(lines[1], new RegExp(`^${admin.id}\\s+${admin.displayPrefix}\\s+admin\\s+-\\s+keys:read,keys:write\\s+active\\s+\\S+\\s+-$`));
+  t.match(lines[2], new RegExp(`ci deploys\\s+platform team\\s+keys:read\\s+active\\s+\\S+\\s+${expiresAt}$`));
+  t.match(lines[3], new RegExp(`^${writer.id}\\s+.*writer\\s+-\\s+keys:write\\s+revoked`));
 
   const allOutput = [...cli.out, ...cli.err].join('\n');
   for (const form of await storedHashForms(db)) t.notMatch(allOutput, form, 'no stored hash is printed');
@@ -437,7 +445,7 @@ t.test('key restore: a key the clean-up revoked works again, as it was; the dry 
   t.equal(await cli.run('key', 'list', org.id), 0);
   t.match(
     cli.out.join('\n'),
-    new RegExp(`^${idle.id}\\s+\\S+\\s+idle\\s+keys:read\\s+revoked \\(restorable until ${until}\\)`, 'm'),
+    new RegExp(`^${idle.id}\\s+\\S+\\s+idle\\s+-\\s+keys:read\\s+revoked \\(restorable until ${until}\\)`, 'm'),
     'key list says until when',
   );
   cli.reset();
@@ -589,6 +597,8 @@ t.test('bad usage prints the usage on stderr and exits 2 without touching the da
     [['key', 'create', org, '--scopes', 'keys:read'], /--name is required/],
     [['key', 'create', org, '--name'], /--name/],
     [['key', 'create', org, '--name', ' ', '--scopes', 'keys:read'], /--name: must not be empty/],
+    [['key', 'create', org, '--name', 'x', '--scopes', 'keys:read', '--owner', ' '], /--owner: must not be empty/],
+    [['key', 'create', org, '--name', 'x', '--scopes', 'keys:read', '--owner', 'o'.repeat(201)], /--owner: must be at most 200 characters/],
     [['key', 'create', org, '--name', 'x'], /--scopes is required/],
     [['key', 'create', org, '--name', 'x', '--scopes', ' , '], /--scopes: must list at least one scope/],
     [['key', 'create', org, '--name', 'x', '--scopes', 'keys:read,admin'], /unknown scope "admin" \(known: keys:read, keys:write\)/],
@@ -650,15 +660,20 @@ t.test('names with control characters are refused, and any already stored cannot
   t.equal(await count(db, 'api_keys'), 1, "nothing but the org's first key was stored");
   cli.reset();
 
-  // Rows written before names were checked still print safely.
+  t.equal(await cli.run('key', 'create', org.id, '--name', 'x', '--owner', 'evil\x1b[2J', '--scopes', 'keys:read'), 2, 'an owner with ESC is refused');
+  t.match(cli.err.join('\n'), /--owner: must not contain control characters/);
+  cli.reset();
+
+  // Rows written before names were checked (or by SQL) still print safely.
   await db('organizations').where({ id: org.id }).update({ name: 'acme\x1b[2J' });
-  await db('api_keys').where({ org_id: org.id }).update({ name: 'evil\x1b]0;owned\x07' });
+  await db('api_keys').where({ org_id: org.id }).update({ name: 'evil\x1b]0;owned\x07', owner: 'mallory\x1b[2J' });
   await cli.run('org', 'list');
   await cli.run('key', 'list', org.id);
   const text = cli.out.join('\n');
   t.notMatch(text, /[\x00-\x09\x0b-\x1f\x7f]/, 'no control character but newlines in text output');
   t.match(text, 'evil?]0;owned?');
   t.match(text, 'acme?[2J');
+  t.match(text, 'mallory?[2J');
 });
 
 t.test('service errors print `error: <message>` and exit 1', async (t) => {

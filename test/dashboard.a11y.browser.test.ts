@@ -116,7 +116,7 @@ t.test('the dashboard announces its views, errors and confirmations, and fits lo
 
   t.test('the Exact times switch shows every time exact, is remembered, and switches back', async (t) => {
     const page = await tab(`#/key/${long.id}`);
-    const lastUse = page.locator('dl.facts dd').nth(2).locator('time');
+    const lastUse = page.locator('dl.facts dt:text-is("Last use") + dd time');
     await waitFor('the last use recorded', async () => (await lastUse.getAttribute('title')) ?? undefined, 15_000);
     const exactTime = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z UTC/;
     t.match(await lastUse.textContent(), /ago|just now/, 'relative by default');
@@ -187,7 +187,7 @@ t.test('the dashboard announces its views, errors and confirmations, and fits lo
     t.equal(await exact('2026-12-06T08:41:12.000Z'), '2026-12-06T08:41:12.000Z UTC', 'in UTC, once');
     await cdp.detach();
     // The page's own use of it: the key's last use (its sign-in), once the collector has it.
-    const lastUse = page.locator('dl.facts dd').nth(2).locator('time');
+    const lastUse = page.locator('dl.facts dt:text-is("Last use") + dd time');
     const title = await waitFor('the last use recorded', async () => (await lastUse.getAttribute('title')) ?? undefined, 15_000);
     t.match(title, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z UTC/, 'a shown exact time says UTC');
     await page.close();

@@ -8,6 +8,8 @@ export interface ApiKeyRecord {
   id: string;
   orgId: string;
   name: string;
+  /** Who answers for the key (free text); null: nobody named (migrations/20261208000290). */
+  owner: string | null;
   displayPrefix: string;
   secretHash: Buffer;
   /** pepperId() of the pepper that made secretHash; null for hashes made before it was recorded. */
@@ -34,6 +36,7 @@ interface ApiKeyRow {
   id: string;
   org_id: string;
   name: string;
+  owner: string | null;
   display_prefix: string;
   secret_hash: Buffer;
   secret_pepper_id: string | null;
@@ -55,6 +58,7 @@ const toRecord = (row: ApiKeyRow): ApiKeyRecord => ({
   id: row.id,
   orgId: row.org_id,
   name: row.name,
+  owner: row.owner,
   displayPrefix: row.display_prefix,
   secretHash: row.secret_hash,
   secretPepperId: row.secret_pepper_id,
@@ -80,6 +84,7 @@ export interface NewApiKey {
   id: string;
   orgId: string;
   name: string;
+  owner?: string | null;
   displayPrefix: string;
   secretHash: Buffer;
   secretPepperId: string;
@@ -97,6 +102,7 @@ export async function insertApiKey(db: Db, key: NewApiKey): Promise<ApiKeyRecord
       id: key.id,
       org_id: key.orgId,
       name: key.name,
+      owner: key.owner ?? null,
       display_prefix: key.displayPrefix,
       secret_hash: key.secretHash,
       secret_pepper_id: key.secretPepperId,
@@ -243,6 +249,8 @@ export async function markRestored(db: Db, key: { orgId: string; id: string }, a
 
 /** A PATCH's write: each field given is set, one left out kept. */
 export interface KeyUpdate {
+  name?: string;
+  owner?: string | null;
   expectedNetworks?: string[] | null;
   expiresAt?: Date | null;
 }
@@ -262,6 +270,8 @@ export async function updateApiKey(db: Db, key: { orgId: string; id: string }, c
   const [row] = await db<ApiKeyRow>(TABLE.apiKeys)
     .where({ org_id: key.orgId, id: key.id })
     .update({
+      ...(change.name === undefined ? {} : { name: change.name }),
+      ...(change.owner === undefined ? {} : { owner: change.owner }),
       ...(change.expectedNetworks === undefined ? {} : { expected_networks: networksValue(db, change.expectedNetworks) }),
       ...(change.expiresAt === undefined ? {} : { expires_at: change.expiresAt }),
     })

@@ -44,9 +44,15 @@ const newExpiresAt = expiresAt.meta({
     'A new expiry for an active key (null: never expires): in the future, and, for a calling key that expires, no later than its own. An expired or revoked key is a 409: create a new key',
 });
 
+// Who answers for the key: checked as a name is (no control characters, at most 200).
+const owner = displayName.nullable().meta({
+  description: 'Who answers for the key: a person, team or address to ask before it is changed or cleaned up (at most 200 characters); null: nobody named',
+});
+
 const createBody = z
   .object({
     name: displayName,
+    owner: owner.optional(),
     scopes: z
       .array(z.enum(SCOPES, { error: `must be one of ${SCOPES.join(', ')}` }))
       .min(1, 'must list at least one scope')
@@ -56,11 +62,11 @@ const createBody = z
   })
   .strict();
 
-// Either field, or both; a field left out is left as it is.
+// At least one field; a field left out is left as it is.
 const patchBody = z
-  .object({ expectedNetworks: expectedNetworks.optional(), expiresAt: newExpiresAt })
+  .object({ name: displayName.optional(), owner: owner.optional(), expectedNetworks: expectedNetworks.optional(), expiresAt: newExpiresAt })
   .strict()
-  .refine((body) => body.expectedNetworks !== undefined || body.expiresAt !== undefined, 'must set expectedNetworks, expiresAt or both')
+  .refine((body) => Object.values(body).some((value) => value !== undefined), 'must set at least one of name, owner, expectedNetworks, expiresAt')
   .meta({ minProperties: 1 });
 
 const revokeDormantBody = z
@@ -142,9 +148,9 @@ export const apiKeysRoutes: RouteContract[] = [
     method: 'patch',
     path: '/:keyId',
     operationId: 'updateApiKey',
-    summary: "Set the networks a key is expected to be used from, or renew (or shorten) an active key's expiry",
+    summary: "Rename a key, name its owner, set the networks it is expected to be used from, or renew (or shorten) an active key's expiry",
     description:
-      "A use from outside expectedNetworks is not refused; it raises a key.outside_networks event. expiresAt renews a key before it expires (same id, usage history and networks; key.expiring is raised again for the new expiry): only an active key's (409 for an expired or revoked key: create a new key), in the future. A key can change only keys whose scopes it holds itself, and, if it expires, can set expiresAt only on keys that expire no later than it does, to no later than that (403). Other API instances may serve the old expiry for up to KEY_CACHE_TTL_MS.",
+      "name and owner can be changed on any key, revoked and expired ones included (owner null: nobody named). A use from outside expectedNetworks is not refused; it raises a key.outside_networks event. expiresAt renews a key before it expires (same id, usage history and networks; key.expiring is raised again for the new expiry): only an active key's (409 for an expired or revoked key: create a new key), in the future. A key can change only keys whose scopes it holds itself, and, if it expires, can set expiresAt only on keys that expire no later than it does, to no later than that (403). Other API instances may serve the old expiry for up to KEY_CACHE_TTL_MS.",
     auth: MANAGE_ORG,
     params: keyParams,
     body: patchBody,
@@ -236,7 +242,13 @@ export function apiKeysRouter(deps: {
     const request = idempotentRequest(req, { pattern: 'POST /api/orgs/:id/api-keys', params: {} });
     const created = await service.createIdempotent(
       id,
-      { name: body.name, scopes: body.scopes, expiresAt: body.expiresAt ? new Date(body.expiresAt) : null, expectedNetworks: body.expectedNetworks },
+      {
+        name: body.name,
+        owner: body.owner,
+        scopes: body.scopes,
+        expiresAt: body.expiresAt ? new Date(body.expiresAt) : null,
+        expectedNetworks: body.expectedNetworks,
+      },
       changeContext(res),
       request,
     );
@@ -258,7 +270,8 @@ export function apiKeysRouter(deps: {
   router.patch('/:keyId', writeKeys, noQuery, async (req, res) => {
     const { id, keyId } = parseInput(keyParams, req.params, 'params');
     const body = parseInput(patchBody, req.body, 'body');
-    res.json(await service.update(id, keyId, { expectedNetworks: body.expectedNetworks, ...newExpiry(body.expiresAt) }, changeContext(res)));
+    const { name, owner, expectedNetworks } = body;
+    res.json(await service.update(id, keyId, { name, owner, expectedNetworks, ...newExpiry(body.expiresAt) }, changeContext(res)));
   });
 
   router.get('/:keyId', readKeys, noQuery, async (req, res) => {

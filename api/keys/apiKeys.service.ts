@@ -19,6 +19,7 @@ import {
   updateApiKey,
   type ApiKeyRecord,
   type DormantQuery,
+  type KeyUpdate,
   type PreviousSecretUse,
   type SecretReplacement,
 } from './apiKeys.repository';
@@ -41,6 +42,10 @@ export const apiKeyView = z
     id: idString,
     orgId: idString,
     name: z.string(),
+    owner: z.string().nullable().meta({
+      description:
+        'Who answers for the key: a person, team or address to ask before it is changed or cleaned up (free text, set on create or PATCH); null: nobody named',
+    }),
     displayPrefix: z.string().meta({ description: 'The start of the key, to recognise it; not a secret' }),
     scopes: z.array(z.enum(SCOPES)),
     status: z.enum(KEY_STATUSES),
@@ -173,6 +178,7 @@ export function toApiKeyView(key: ApiKeyRecord, now: number, previousUse?: Previ
     id: key.id,
     orgId: key.orgId,
     name: key.name,
+    owner: key.owner,
     displayPrefix: key.displayPrefix,
     scopes: key.scopes,
     status: keyStatus(key, now),
@@ -193,6 +199,7 @@ const networksOrNull = (networks: string[] | null | undefined) => (networks && n
 
 export interface CreateKeyInput {
   name: string;
+  owner?: string | null;
   scopes: Scope[];
   expiresAt: Date | null;
   expectedNetworks?: string[] | null;
@@ -290,12 +297,27 @@ function assertFuture(expiresAt: Date | null | undefined, now: number) {
 }
 
 /**
- * A PATCH: each field given is set, one left out kept. `expiresAt` renews (or shortens) an active
- * key's life; null: it never expires.
+ * A PATCH: each field given is set, one left out kept. `owner` null: nobody named. `expiresAt`
+ * renews (or shortens) an active key's life; null: it never expires.
  */
 export interface KeyChange {
+  name?: string;
+  owner?: string | null;
   expectedNetworks?: string[] | null;
   expiresAt?: Date | null;
+}
+
+// Each field a PATCH changed, with what it replaced, compared as stored (networks normalised): a
+// PATCH that changes nothing records nothing, as a second revoke does.
+function changedFields(before: ApiKeyRecord, after: ApiKeyRecord) {
+  return {
+    ...(before.name === after.name ? {} : { name: { from: before.name, to: after.name } }),
+    ...(before.owner === after.owner ? {} : { owner: { from: before.owner, to: after.owner } }),
+    ...(isDeepStrictEqual(before.expectedNetworks, after.expectedNetworks)
+      ? {}
+      : { expectedNetworks: { from: before.expectedNetworks, to: after.expectedNetworks } }),
+    ...(sameTime(before.expiresAt, after.expiresAt) ? {} : { expiresAt: { from: iso(before.expiresAt), to: iso(after.expiresAt) } }),
+  };
 }
 
 const sameTime = (a: Date | null, b: Date | null) => (a?.getTime() ?? null) === (b?.getTime() ?? null);
@@ -442,6 +464,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
           // it was revoked, and whether an operator saw the list first (keyIds) or it was chosen again.
           details: {
             name: key.name,
+            owner: key.owner,
             dormantDays: input.dormantDays,
             lastUsedAt: iso(key.lastUsedAt),
             createdAt: iso(key.createdAt),
@@ -543,6 +566,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
       id: material.keyId,
       orgId,
       name: input.name,
+      owner: input.owner ?? null,
       displayPrefix: material.displayPrefix,
       secretHash: material.secretHash,
       secretPepperId: material.pepperId,
@@ -578,6 +602,7 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
               targetKeyId: result.created.id,
               details: {
                 name: result.created.name,
+                owner: result.created.owner,
                 scopes: result.created.scopes,
                 expiresAt: iso(result.created.expiresAt),
                 expectedNetworks: result.created.expectedNetworks,
@@ -654,7 +679,12 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     assertScopesWithinActor(context.actor, key, 'change');
     const { expiresAt } = change;
     if (expiresAt !== undefined) assertExpiryWithinActor(context.actor, expiresAt);
-    const networks = change.expectedNetworks === undefined ? {} : { expectedNetworks: networksOrNull(change.expectedNetworks) };
+    const fields: KeyUpdate = {
+      ...(change.name === undefined ? {} : { name: change.name }),
+      ...(change.owner === undefined ? {} : { owner: change.owner }),
+      ...(change.expectedNetworks === undefined ? {} : { expectedNetworks: networksOrNull(change.expectedNetworks) }),
+      ...(expiresAt === undefined ? {} : { expiresAt }),
+    };
     const updated = await audited(
       orgId,
       context,
@@ -675,19 +705,11 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
             );
           }
         }
-        return { before, after: await updateApiKey(trx, key, { ...networks, ...(expiresAt === undefined ? {} : { expiresAt }) }) };
+        return { before, after: await updateApiKey(trx, key, fields) };
       },
-      // Compared as stored (networks normalised): a PATCH that changes nothing records nothing,
-      // as a second revoke does; each field changed is recorded with what it replaced.
       (changed) => {
         if (!changed) return undefined;
-        const { before, after } = changed;
-        const details = {
-          ...(isDeepStrictEqual(before.expectedNetworks, after.expectedNetworks)
-            ? {}
-            : { expectedNetworks: { from: before.expectedNetworks, to: after.expectedNetworks } }),
-          ...(sameTime(before.expiresAt, after.expiresAt) ? {} : { expiresAt: { from: iso(before.expiresAt), to: iso(after.expiresAt) } }),
-        };
+        const details = changedFields(changed.before, changed.after);
         return Object.keys(details).length === 0 ? undefined : { orgId, action: 'key.update', targetKeyId: key.id, details };
       },
     );

@@ -27,6 +27,7 @@ export interface FailedIp {
 export interface KeyUsageRecord {
   keyId: string;
   name: string;
+  owner: string | null;
   displayPrefix: string;
   scopes: Scope[];
   createdAt: Date;
@@ -73,6 +74,8 @@ export interface UsageQuery {
   dormant: boolean | null;
   /** When set, only keys whose name contains it, case-insensitively (taken literally: no wildcards). */
   nameContains: string | null;
+  /** When set, only keys with this owner (exactly). */
+  owner?: string | null;
   /** When set, only this key (the dashboard's key page). */
   keyId: string | null;
   /** When set, only the keys this key created (a leaked key's clean-up). */
@@ -149,6 +152,7 @@ function filters(query: UsageQuery): string {
   if (query.status) conditions.push(STATUS_SQL[query.status]);
   if (query.dormant !== null) conditions.push(query.dormant ? DORMANT : `not ${DORMANT}`);
   if (query.nameContains) conditions.push("k.name ilike :namePattern escape '\\'");
+  if (query.owner) conditions.push('k.owner = :owner');
   if (query.keyId) conditions.push('k.id = :keyId');
   if (query.createdByKeyId) conditions.push('k.created_by_key_id = :createdByKeyId');
   return conditions.map((condition) => `and ${condition}`).join(' ');
@@ -174,7 +178,7 @@ function pageKeys(query: UsageQuery, direction: string): string {
             limit :limit offset :offset`;
 }
 
-const PAGE_COLUMNS = `select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.restorable_until, k.restored_at, k.created_by_key_id,
+const PAGE_COLUMNS = `select k.id, k.name, k.owner, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.restorable_until, k.restored_at, k.created_by_key_id,
                   k.rotated_at, k.previous_secret_expires_at, u.previous_secret_last_used_at, u.previous_secret_last_used_ip,
                   u.last_used_at, u.last_used_ip, coalesce(u.request_count, 0) as request_count, ${outcomeColumns},
                   u.last_failed_at, u.last_failed_ip, u.last_revoked_use_at, u.last_expired_use_at, ${DORMANT} as dormant`;
@@ -214,7 +218,7 @@ function busiestKeys(query: UsageQuery): string {
                     order by ranked.request_count desc, ranked.key_id
                     limit :limit offset :offset) b
             cross join lateral (
-              select k.id, k.name, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.created_by_key_id, k.rotated_at, k.restored_at, k.restorable_until,
+              select k.id, k.name, k.owner, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.created_by_key_id, k.rotated_at, k.restored_at, k.restorable_until,
                      k.previous_secret_expires_at
                 from ${TABLE.apiKeys} k where k.org_id = :orgId and k.id = b.key_id limit 1
             ) k
@@ -232,6 +236,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
     now: query.now,
     dormantBefore: query.dormantBefore,
     namePattern: query.nameContains ? likePattern(query.nameContains) : null,
+    owner: query.owner ?? null,
     keyId: query.keyId,
     createdByKeyId: query.createdByKeyId ?? null,
     eventsSince: query.eventsSince,
@@ -279,6 +284,7 @@ type IpJson = { ip: string; firstSeen: string; lastSeen: string; count: string }
 type KeyUsageRow = {
   id: string;
   name: string;
+  owner: string | null;
   display_prefix: string;
   scopes: Scope[];
   created_at: Date;
@@ -316,6 +322,7 @@ function toKeyUsage(row: KeyUsageRow): KeyUsageRecord {
   return {
     keyId: row.id,
     name: row.name,
+    owner: row.owner,
     displayPrefix: row.display_prefix,
     scopes: row.scopes,
     createdAt: row.created_at,

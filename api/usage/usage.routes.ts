@@ -18,6 +18,7 @@ const listQuery = z
     keyId: uuid.optional(),
     createdByKeyId: uuid.optional().meta({ description: 'Only the keys this key created; a key of another org, or none, is a 404' }),
     q: displayName.optional(),
+    owner: displayName.optional().meta({ description: "Only the keys with this owner, exactly as set (the key's owner)" }),
     after: uuid.optional().meta({
       description:
         "With sort=createdAt: the keys after this one (the previous page's page.nextAfter), filters applied as usual; not with offset. A key of another org, or none, is a 400",

@@ -22,6 +22,7 @@ const keyUsage = z
   .object({
     id: idString,
     name: z.string(),
+    owner: z.string().nullable().meta({ description: 'Who answers for the key (PATCH …/api-keys/:keyId); null: nobody named' }),
     displayPrefix: z.string(),
     scopes: z.array(z.enum(SCOPES)),
     status: z.enum(KEY_STATUSES),
@@ -92,6 +93,7 @@ function toUsageView(key: KeyUsageRecord, now: number, eventSummaryDays: number)
   return {
     id: key.keyId,
     name: key.name,
+    owner: key.owner,
     displayPrefix: key.displayPrefix,
     scopes: key.scopes,
     status: keyStatus(key, now),
@@ -169,6 +171,7 @@ type ListQuery = {
   status?: KeyStatus;
   dormantDays: number;
   nameContains?: string;
+  owner?: string;
   keyId?: string;
   createdByKeyId?: string;
   sort: UsageSort;
@@ -216,6 +219,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
         dormantBefore: new Date(now - query.dormantDays * DAY_MS),
         dormant: query.dormant ?? null,
         nameContains: query.nameContains ?? null,
+        owner: query.owner ?? null,
         keyId: query.keyId ?? null,
         createdByKeyId: query.createdByKeyId ?? null,
         eventsSince: new Date(now - deps.eventSummaryDays * DAY_MS),

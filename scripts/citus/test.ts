@@ -22,6 +22,7 @@ export const FILES = [
   'test/keyRenewal.test.ts',
   'test/keyRestore.test.ts',
   'test/orgUsageSeries.test.ts',
+  'test/keyOwner.test.ts',
   'test/citus/distributed.citus.ts',
 ];
 const DATABASE = 'keyusage_citus_test';

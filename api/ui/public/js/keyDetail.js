@@ -5,6 +5,7 @@ import { eventsSection } from './eventsFeed.js';
 import { expectedNetworksSection } from './expectedNetworks.js';
 import { createIpTable } from './ipTable.js';
 import { keyActions } from './keyActions.js';
+import { createKeyNaming } from './keyNaming.js';
 import { createSeriesChart } from './seriesChart.js';
 import { setTime, timeAgo } from './refreshDom.js';
 
@@ -18,6 +19,8 @@ const at = (field, { none, after } = {}) => ({ time: (k) => k[field], none, afte
 
 const FACTS = [
   ['Status', (k) => k.status],
+  // Who to ask before changing or cleaning up the key; an API without owners shows nobody.
+  ['Owner', (k) => k.owner ?? '—'],
   ['Scopes', (k) => k.scopes.join(', ')],
   ['Last use', at('lastUsedAt')],
   ['Last IP', (k) => k.lastUsedIp ?? '—'],
@@ -100,6 +103,7 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
   const error = el('p', { class: 'error', role: 'alert' });
   const events = eventsSection(who, { keyId });
   const networks = expectedNetworksSection(who, keyId, canWrite);
+  const naming = canWrite ? createKeyNaming({ who, keyId, onChanged: () => refresh(), onError: (e) => tellAgain(error, e.message) }) : null;
   let shownStatus = '';
 
   async function refresh() {
@@ -113,6 +117,7 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     setText(title, key.name);
     setText(subtitle, `${key.displayPrefix} · created ${key.createdAt.slice(0, 10)} (UTC)${key.expiresAt ? ` · expires ${key.expiresAt}` : ''}`);
     facts.update(key);
+    naming?.update(key);
     previousSecret.update(key);
     recent.update(key.recentIps);
     failing.update(key.recentFailedIps);
@@ -167,6 +172,7 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     error,
     canWrite ? actions : null,
     facts.element,
+    naming?.element,
     previousSecret.element,
     el('div', { class: 'chart-head' }, [el('h3', { text: 'Requests by outcome' }), series.range]),
     series.chart,

@@ -27,7 +27,9 @@ const COLUMNS = [
 function createRow(key) {
   const cells = Object.fromEntries(COLUMNS.map(([name]) => [name, el('td', { class: `col-${name}` })]));
   const link = el('a', { href: `#/key/${key.id}` });
-  cells.name.append(link);
+  // Who answers for the key, under its name: whom to ask before a clean-up.
+  const owner = el('span', { class: 'owner', hidden: true });
+  cells.name.append(link, owner);
   const lastUse = el('time');
   cells.lastUse.append(lastUse);
   const spark = createSparkline();
@@ -39,7 +41,7 @@ function createRow(key) {
   const restorable = el('span', { class: 'badge badge-restorable', hidden: true });
   cells.badges.append(dormant, restorable, events);
   const tr = el('tr', { 'data-key-id': key.id }, Object.values(cells));
-  return { tr, cells, link, lastUse, spark, dormant, restorable, events };
+  return { tr, cells, link, owner, lastUse, spark, dormant, restorable, events };
 }
 
 // The badge counts the key's events from its own usage row (exact, over EVENTS_SUMMARY_DAYS): it
@@ -52,6 +54,8 @@ function eventBadge(events) {
 
 function updateRow(row, key) {
   setText(row.link, key.name);
+  row.owner.hidden = !key.owner;
+  setText(row.owner, key.owner ?? '');
   setText(row.cells.prefix, key.displayPrefix);
   setText(row.cells.status, key.status);
   setAttr(row.cells.status, 'data-status', key.status);
