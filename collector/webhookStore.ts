@@ -18,6 +18,14 @@ export interface ClaimedDelivery {
   previousSecretBox: Buffer | null;
   /** When the delivery was made (ms): a put-back waits longer the older it is. */
   createdAt: number;
+  /** The event's key as it is at the claim (null: a ping, or a key deleted since). */
+  key: KeyAbout | null;
+}
+
+/** What a receiver is told of the event's key besides its id: whom to route the alert to. */
+export interface KeyAbout {
+  name: string;
+  owner: string | null;
 }
 
 // `skip locked` lets several collectors claim side by side without waiting for or taking each
@@ -79,11 +87,16 @@ with due as (
             w.previous_secret_box, w.previous_secret_expires_at, d.created_at
 )
 -- The grace judged here, not in RETURNING: Citus refuses now() there (not immutable).
-select id, org_id, webhook_id, event_id, event_type, payload, attempts, url, secret_box,
-       case when previous_secret_expires_at > now() then previous_secret_box end as previous_secret_box, created_at, false as spent
-  from claimed
+-- The key's name and owner as they are now, not as the event's snapshot has them: a receiver
+-- routes an alert to the owner named today (api_keys is a reference table on Citus: the
+-- statement stays on the org's shard).
+select c.id, c.org_id, c.webhook_id, c.event_id, c.event_type, c.payload, c.attempts, c.url, c.secret_box,
+       case when c.previous_secret_expires_at > now() then c.previous_secret_box end as previous_secret_box, c.created_at, false as spent,
+       k.id is not null as key_found, k.name as key_name, k.owner as key_owner
+  from claimed c
+  left join ${TABLE.apiKeys} k on k.org_id = :orgId and k.id = cast(c.payload->>'keyId' as uuid)
 union all
-select id, null, null, null, null, null, null, null, null, null, null, true from spent`;
+select id, null, null, null, null, null, null, null, null, null, null, true, false, null, null from spent`;
 
 interface ClaimRow {
   id: string;
@@ -98,6 +111,9 @@ interface ClaimRow {
   previous_secret_box: Buffer | null;
   created_at: Date;
   spent: boolean;
+  key_found: boolean;
+  key_name: string | null;
+  key_owner: string | null;
 }
 
 export interface ClaimOptions {
@@ -217,6 +233,7 @@ const toClaimedDelivery = (row: ClaimRow): ClaimedDelivery => ({
   secretBox: row.secret_box,
   previousSecretBox: row.previous_secret_box,
   createdAt: row.created_at.getTime(),
+  key: row.key_found ? { name: row.key_name!, owner: row.key_owner } : null,
 });
 
 export interface AttemptOutcome {

@@ -62,9 +62,10 @@ export interface WebhookWorkerOptions {
 }
 
 // The fields and their order are the documented payload, whatever the stored jsonb's key order.
-function payloadBody(payload: Record<string, unknown>): string {
+// `key` is the event's key as it is at the send (docs/webhooks.md).
+function payloadBody({ payload, key }: Pick<ClaimedDelivery, 'payload' | 'key'>): string {
   const { id, type, orgId, keyId, occurredAt, details } = payload;
-  return JSON.stringify({ id, type, orgId, keyId, occurredAt, details });
+  return JSON.stringify({ id, type, orgId, keyId, key, occurredAt, details });
 }
 
 /**
@@ -147,7 +148,7 @@ export function createWebhookWorker(options: WebhookWorkerOptions) {
   }
 
   async function send(delivery: ClaimedDelivery, secret: string): Promise<SendResult> {
-    const body = payloadBody(delivery.payload);
+    const body = payloadBody(delivery);
     const headers = {
       'user-agent': 'keyusage-webhooks',
       [SIGNATURE_HEADER]: rotatingSignatureHeader([secret, ...previousSecret(delivery)], body, Math.floor(now() / 1000)),

@@ -340,6 +340,8 @@ function revealKey(deps: CliDeps, plaintext: string) {
   deps.out(`warning: ${ONCE_WARNING}`);
 }
 
+const ownerCell = (key: Pick<ApiKeyView, 'owner'>) => (key.owner === null ? '-' : printable(key.owner));
+
 const printJson = (deps: CliDeps, value: unknown) => deps.out(JSON.stringify(value, null, 2));
 
 /** stdout failed: what the command did is done (committed), only its report is lost. */
@@ -450,7 +452,7 @@ const listKeys: Handler<'key list'> = async (command, deps, keys) => {
         key.id,
         key.displayPrefix,
         printable(key.name),
-        key.owner === null ? '-' : printable(key.owner),
+        ownerCell(key),
         key.scopes.join(','),
         statusOf(key),
         key.createdAt,
@@ -528,8 +530,8 @@ const revokeDormant: Handler<'key revoke-dormant'> = async (command, deps, keys)
   if (result.keys.length === 0) return;
   deps.out(
     table([
-      ['ID', 'PREFIX', 'NAME', 'CREATED', 'LAST USED'],
-      ...result.keys.map((key) => [key.id, key.displayPrefix, printable(key.name), key.createdAt, key.lastUsedAt ?? 'never']),
+      ['ID', 'PREFIX', 'NAME', 'OWNER', 'CREATED', 'LAST USED'],
+      ...result.keys.map((key) => [key.id, key.displayPrefix, printable(key.name), ownerCell(key), key.createdAt, key.lastUsedAt ?? 'never']),
     ]),
   );
   deps.out(restorableAdvice(command, result.restorableUntil));

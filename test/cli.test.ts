@@ -258,7 +258,7 @@ t.test('key revoke-dormant: a dry run, then --apply selects again and revokes wh
   await cli.run('org', 'create', 'acme', '--json');
   const { org } = cli.json();
   const old = new Date(Date.now() - 100 * 86_400_000);
-  const unused = (await api.services.apiKeys.create(org.id, { name: 'unused', scopes: ['keys:read'], expiresAt: null })).key.id;
+  const unused = (await api.services.apiKeys.create(org.id, { name: 'unused', owner: 'data team', scopes: ['keys:read'], expiresAt: null })).key.id;
   const fresh = (await api.services.apiKeys.create(org.id, { name: 'fresh', scopes: ['keys:read'], expiresAt: null })).key.id;
   await db('api_keys').where({ org_id: org.id }).whereNot({ id: fresh }).update({ created_at: old });
   await db('api_key_usage').insert({ org_id: org.id, key_id: fresh, request_count: 1, last_used_at: new Date() }); // uses are recorded
@@ -267,7 +267,7 @@ t.test('key revoke-dormant: a dry run, then --apply selects again and revokes wh
   t.equal(await cli.run('key', 'revoke-dormant', org.id, '--days', '90'), 0);
   const text = cli.out.join('\n');
   t.match(text, /^Would revoke \(dry run; add --apply to revoke\) 2 key\(s\)/);
-  t.match(text, new RegExp(`${unused}\\s+\\S+\\s+unused\\s+\\S+\\s+never`));
+  t.match(text, new RegExp(`${unused}\\s+\\S+\\s+unused\\s+data team\\s+\\S+\\s+never`), 'with whom to ask');
   t.notMatch(text, fresh);
   t.equal(Number((await db('api_keys').whereNotNull('revoked_at').count({ n: '*' }))[0].n), 0, 'the dry run revoked nothing');
   cli.reset();

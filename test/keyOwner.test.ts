@@ -20,7 +20,7 @@ async function ownerWorld(t: Parameters<typeof twoOrgWorld>[0]) {
 }
 
 t.test('an owner given on create is shown wherever the key is, and filters the usage list', async (t) => {
-  const { api, keys, auth, auditOf } = await ownerWorld(t);
+  const { api, db, acme, keys, auth, auditOf } = await ownerWorld(t);
   const created = await api.request('POST', keys, { ...auth, body: { name: 'billing sync', owner: 'payments team', scopes: ['keys:read'] } });
   t.equal(created.status, 201);
   t.match(created.body, { name: 'billing sync', owner: 'payments team' });
@@ -48,6 +48,19 @@ t.test('an owner given on create is shown wherever the key is, and filters the u
     'the usage list, filtered by the owner exactly (not Payments team)',
   );
   t.equal(owned.body.page.total, 1);
+  // Busiest first reads the usage rows alone and joins the keys only for a filter.
+  await db('api_key_usage').insert(
+    [
+      [id, 5],
+      [other.body.id, 9],
+    ].map(([keyId, uses]) => ({ org_id: acme.org.id, key_id: keyId, request_count: uses, ok_count: uses, last_used_at: new Date(START) })),
+  );
+  const busiest = await api.request('GET', `${keys}/usage?sort=requestCount&order=desc&owner=${encodeURIComponent('payments team')}`, auth);
+  t.same(
+    [busiest.body.data.map((key: { id: string }) => key.id), busiest.body.page.total],
+    [[id], 1],
+    'busiest first, filtered: the busier key of another owner is left out',
+  );
   t.equal((await api.request('GET', `${keys}/usage`, auth)).body.page.total, 4, 'unfiltered: every key');
   t.match(
     await auditOf('key.create'),
@@ -64,12 +77,13 @@ t.test('PATCH renames a key and names or clears its owner, audited with what it 
   const { api, clock, db, acme, keys, auth, patch, auditOf } = await ownerWorld(t);
   const key = await backdatedKey(api, db, acme.org.id, 'old name', null, clock.now);
 
+  t.match((await api.request('GET', '/api/whoami', { key: key.plaintext })).body, { name: 'old name' }, 'the key in use (and so cached)');
   const renamed = await patch(key.id, { name: '  new name ', owner: 'ops@example.com' });
   t.equal(renamed.status, 200);
   t.match(renamed.body, { id: key.id, name: 'new name', owner: 'ops@example.com', status: 'active' }, 'trimmed as a create trims');
   t.notOk(renamed.text.includes(key.plaintext), 'no key material');
   t.match((await api.request('GET', `${keys}/${key.id}`, auth)).body, { name: 'new name', owner: 'ops@example.com' }, 'stored');
-  t.equal((await api.request('GET', '/api/whoami', { key: key.plaintext })).status, 200, 'the key still works');
+  t.match((await api.request('GET', '/api/whoami', { key: key.plaintext })).body, { name: 'new name' }, 'the key works, by its new name at once');
 
   t.equal((await patch(key.id, { owner: 'ops@example.com' })).status, 200, 'the same owner again');
   const cleared = await patch(key.id, { owner: null });

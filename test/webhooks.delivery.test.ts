@@ -65,12 +65,18 @@ function assertSigned(t: Test, request: ReceivedRequest, secret: string, eventId
 t.test('each event reaches the receiver once, signed, with the documented payload', async (t) => {
   const receiver = await startWebhookReceiver(t);
   const world = await setup(t, receiver.url);
-  const collector = await startTestCollector(t, world.databaseUrl, FAST);
   const events = [
     await world.insertEvent('key.new_ip'),
     await world.insertEvent('key.spike', { uses: 900, baseline: 12 }),
     await world.insertEvent('key.revoked_used'),
   ];
+  // Named after the events were made: a delivery tells the key as it is when sent.
+  const renamed = await world.api.request('PATCH', `/api/orgs/${world.org.id}/api-keys/${world.adminKeyId}`, {
+    key: world.adminKey,
+    body: { name: 'ops admin', owner: 'platform team' },
+  });
+  t.equal(renamed.status, 200);
+  const collector = await startTestCollector(t, world.databaseUrl, FAST);
   await waitFor('three settled deliveries', settled(world.db, 3));
   await sleep(200); // several more polls: nothing is sent twice
 
@@ -83,10 +89,11 @@ t.test('each event reaches the receiver once, signed, with the documented payloa
       type: request.headers['keyusage-event-type'],
       orgId: world.org.id,
       keyId: world.adminKeyId,
+      key: { name: 'ops admin', owner: 'platform team' },
       occurredAt: event.occurred_at.toISOString(),
       details: event.details,
     });
-    t.same(Object.keys(JSON.parse(request.body)), ['id', 'type', 'orgId', 'keyId', 'occurredAt', 'details'], 'fields in the documented order');
+    t.same(Object.keys(JSON.parse(request.body)), ['id', 'type', 'orgId', 'keyId', 'key', 'occurredAt', 'details'], 'fields in the documented order');
   }
   const listed = await world.deliveries();
   t.equal(listed.data.length, 3);
@@ -632,6 +639,18 @@ t.test('untrusted receivers: redirects, silence and endless bodies end the attem
   ]);
   // No bound on durations (timing is the benchmarks' business): attempt 2's error says the
   // timeout ended it, and attempt 3's success says the endless body was cut, not waited out.
+});
+
+t.test('a ping names no key', async (t) => {
+  const receiver = await startWebhookReceiver(t);
+  const world = await setup(t, receiver.url);
+  await startTestCollector(t, world.databaseUrl, FAST);
+  const ping = await world.api.request('POST', `/api/orgs/${world.org.id}/webhooks/${world.webhookId}/test`, { key: world.adminKey });
+  t.equal(ping.status, 202);
+  await waitFor('a settled delivery', settled(world.db, 1));
+  const body = JSON.parse(receiver.requests[0].body);
+  t.match(body, { id: ping.body.eventId, type: 'webhook.ping', keyId: null, details: { webhookId: world.webhookId } });
+  t.ok('key' in body && body.key === null, 'key: null, as keyId');
 });
 
 t.test('ping: the docs example receiver, run as its own process, accepts it', async (t) => {

@@ -715,9 +715,10 @@ export function createApiKeysService(deps: ApiKeysServiceDeps) {
     );
     // Deleted since it was read.
     if (!updated) throw notFound('API key');
-    // This process's cache held the old expiry: a renewed key was refused, a shortened one
-    // served, until the entry aged out. Other processes' within KEY_CACHE_TTL_MS.
-    if (expiresAt !== undefined) deps.verifier?.invalidate(key.id);
+    // This process's cache held the key as it was: a renewed key was refused, a shortened one
+    // served, and a renamed one told its old name (whoami), until the entry aged out. Other
+    // processes' within KEY_CACHE_TTL_MS.
+    deps.verifier?.invalidate(key.id);
     const now = deps.now();
     return toApiKeyView(updated.after, now, (await previousUsesOf(orgId, [updated.after], now)).get(updated.after.id));
   }

@@ -198,9 +198,29 @@ t.test('the webhook worker claims due deliveries of orgs on both workers', async
     t.equal(ping.status, 202);
     pinged.push(ping.body.deliveryId);
   }
-  const claim = () => claimDueDeliveries(db, { leaseMs: 60_000, limit: 10, maxAttempts: 8 });
-  const { deliveries } = await claim();
+  // A key's event on each org: its delivery names the key as it is, joined from the reference
+  // table api_keys in the claim's statement on the org's shard.
+  for (const { org, adminKey, adminKeyId } of orgs) {
+    await api.request('PATCH', `/api/orgs/${org.id}/api-keys/${adminKeyId}`, { key: adminKey, body: { owner: `owner of ${org.name}` } });
+    await db('key_events').insert({ org_id: org.id, key_id: adminKeyId, type: 'key.new_ip', occurred_at: new Date(), details: { ip: '203.0.113.1' } });
+  }
+  const claim = () => claimDueDeliveries(db, { leaseMs: 60_000, limit: 50, maxAttempts: 8 });
+  const { deliveries: claimed } = await claim();
+  const deliveries = claimed.filter((d) => d.eventType === 'webhook.ping');
   t.same(deliveries.map((d) => d.id).sort(), [...pinged].sort(), "every org's ping is claimed once");
+  const byOrg = (a: [string, unknown], b: [string, unknown]) => (a[0] < b[0] ? -1 : 1);
+  t.same(
+    claimed
+      .filter((d) => d.eventType === 'key.new_ip')
+      .map((d): [string, unknown] => [d.orgId, d.key])
+      .sort(byOrg),
+    orgs.map(({ org }): [string, unknown] => [org.id, { name: 'admin', owner: `owner of ${org.name}` }]).sort(byOrg),
+    "each org's key event is claimed once, naming its key and owner",
+  );
+  t.ok(
+    deliveries.every((d) => d.key === null),
+    'a ping names no key',
+  );
   t.same(
     deliveries.filter((d) => d.previousSecretBox !== null).map((d) => d.id),
     [pinged[0]],

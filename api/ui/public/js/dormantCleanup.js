@@ -63,11 +63,12 @@ function chosenDays(input) {
   return days;
 }
 
-// Named with its display prefix, as the dialog names it: two keys of one name were told apart there only.
+// Named with its display prefix, as the dialog names it: two keys of one name were told apart there
+// only; and with its owner, whom to ask before revoking it.
 const dormantItem = (key) =>
   el('li', {}, [
     el('a', { href: `#/key/${key.id}`, text: isolate(key.name) }),
-    ` (${key.displayPrefix}) · ${key.status} · last use `,
+    ` (${key.displayPrefix})${key.owner ? ` · owner ${isolate(key.owner)}` : ''} · ${key.status} · last use `,
     key.lastUsedAt ? timeAgo(key.lastUsedAt) : 'never',
   ]);
 
@@ -93,7 +94,7 @@ export function dormantSection(who, canWrite, onFresh) {
       // In the clean-up's own order (oldest created first, then id): past the first page, the
       // keys listed are the ones an apply takes first.
       const page = await api('GET', orgPath(who, `/usage?dormant=true&dormantDays=${dormantDays}&sort=createdAt&order=asc&limit=${LISTED}`));
-      const keys = page.data.map(({ id, name, displayPrefix, status, lastUsedAt }) => ({ id, name, displayPrefix, status, lastUsedAt }));
+      const keys = page.data.map(({ id, name, owner, displayPrefix, status, lastUsedAt }) => ({ id, name, owner, displayPrefix, status, lastUsedAt }));
       retell(list);
       if (JSON.stringify(keys) !== shown) {
         shown = JSON.stringify(keys);

@@ -19,8 +19,9 @@ const at = (field, { none, after } = {}) => ({ time: (k) => k[field], none, afte
 
 const FACTS = [
   ['Status', (k) => k.status],
-  // Who to ask before changing or cleaning up the key; an API without owners shows nobody.
-  ['Owner', (k) => k.owner ?? '—'],
+  // Who to ask before changing or cleaning up the key. An API of the previous version (during an
+  // upgrade) has no owners: not "nobody named".
+  ['Owner', (k) => ('owner' in k ? (k.owner ?? '—') : 'not known to this server')],
   ['Scopes', (k) => k.scopes.join(', ')],
   ['Last use', at('lastUsedAt')],
   ['Last IP', (k) => k.lastUsedIp ?? '—'],
@@ -103,7 +104,12 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
   const error = el('p', { class: 'error', role: 'alert' });
   const events = eventsSection(who, { keyId });
   const networks = expectedNetworksSection(who, keyId, canWrite);
-  const naming = canWrite ? createKeyNaming({ who, keyId, onChanged: () => refresh(), onError: (e) => tellAgain(error, e.message) }) : null;
+  // A save that works clears the refusal of one before it.
+  const savedNaming = () => {
+    setText(error, '');
+    return refresh();
+  };
+  const naming = canWrite ? createKeyNaming({ who, keyId, onChanged: savedNaming, onError: (e) => tellAgain(error, e.message), onSignedOut }) : null;
   let shownStatus = '';
 
   async function refresh() {

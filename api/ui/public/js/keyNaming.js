@@ -4,7 +4,9 @@ import { el, setText } from './dom.js';
 // A key's name and who answers for it (its owner), changed with PATCH …/api-keys/:keyId, for
 // keys:write holders. The fields follow the key as each refresh reads it, but a field the person
 // has typed in is theirs until it is saved: a refresh every 5 s wiped an edit half made.
-export function createKeyNaming({ who, keyId, onChanged, onError }) {
+// A save sends only the fields the person changed: sending both put back a name renamed elsewhere
+// since the last refresh, and a name stored before names were checked refused every owner.
+export function createKeyNaming({ who, keyId, onChanged, onError, onSignedOut }) {
   const name = el('input', { type: 'text', id: 'key-name', maxlength: 200, required: true, autocomplete: 'off' });
   const owner = el('input', { type: 'text', id: 'key-owner', maxlength: 200, autocomplete: 'off', placeholder: 'nobody named' });
   const saved = el('span', { 'aria-live': 'polite' });
@@ -20,34 +22,49 @@ export function createKeyNaming({ who, keyId, onChanged, onError }) {
   };
   for (const input of shown.keys()) input.addEventListener('input', () => setText(saved, ''));
 
+  // An owner left blank names nobody (the API refuses an empty one).
+  const changes = () => ({
+    ...(name.value === shown.get(name) ? {} : { name: name.value }),
+    ...(owner.value === shown.get(owner) ? {} : { owner: owner.value.trim() === '' ? null : owner.value }),
+  });
+
   async function save(event) {
     event.preventDefault();
     setText(saved, '');
+    const sent = [name.value, owner.value];
+    const body = changes();
+    if (Object.keys(body).length === 0) return setText(saved, 'Nothing changed');
     try {
-      // An owner left blank names nobody (the API refuses an empty one).
-      const body = { name: name.value, owner: owner.value.trim() === '' ? null : owner.value };
       const key = await api('PATCH', orgPath(who, `/${keyId}`), { body });
-      for (const [input, value] of [
-        [name, key.name],
-        [owner, key.owner ?? ''],
+      // What the person typed while the request was on its way stays theirs.
+      for (const [input, value, typed] of [
+        [name, key.name, sent[0]],
+        [owner, key.owner ?? '', sent[1]],
       ]) {
-        input.value = value;
+        if (input.value === typed) input.value = value;
         shown.set(input, value);
       }
       setText(saved, 'Saved');
       await onChanged();
     } catch (error) {
+      // The tab's key refused (revoked, rotated away): signed out as a refresh would.
+      if (error.status === 401) return onSignedOut(error.message);
       onError(error);
+      // Timed out, the change may still have been made: the page shows the key as it is.
+      if (error.code === 'write_timeout') await onChanged().catch(() => {});
     }
   }
 
-  const element = el('form', { id: 'key-naming', class: 'key-naming', 'aria-label': 'Name and owner', onsubmit: save }, [
+  const element = el('form', { id: 'key-naming', class: 'key-naming', 'aria-label': 'Name and owner', hidden: true, onsubmit: save }, [
     el('label', {}, ['Name ', name]),
     el('label', {}, ['Owner ', owner]),
     el('button', { type: 'submit', id: 'save-naming', text: 'Save name and owner' }),
     saved,
   ]);
+  // Shown once the key says whom it belongs to: an API of the previous version, still serving
+  // during an upgrade, has no owners and refuses both fields (400).
   const update = (key) => {
+    element.hidden = !('owner' in key);
     show(name, key.name);
     show(owner, key.owner ?? '');
   };
