@@ -117,10 +117,12 @@ export async function orgsWithDueDeliveries(db: Db, orgs: number, count: number,
     const [hook] = await db('webhooks')
       .insert({ org_id: orgId, url: 'https://203.0.113.12/hook', event_types: ['*'], secret_box: Buffer.alloc(32) })
       .returning('id');
+    // Each an event of the org's key, as the outbox trigger writes it: the claim reads the key's name and owner.
+    const [keyId] = await insertKeys(db, orgId, 1, 'due');
     await db.raw(
       `insert into webhook_deliveries (org_id, webhook_id, event_id, event_type, payload, next_attempt_at)
-       select ?, ?, gen_random_uuid(), 'key.new_ip', '{}', ? from generate_series(1, ?)`,
-      [orgId, hook.id, dueAt, count],
+       select ?, ?, gen_random_uuid(), 'key.new_ip', jsonb_build_object('keyId', cast(? as text)), ? from generate_series(1, ?)`,
+      [orgId, hook.id, keyId, dueAt, count],
     );
     ids.push(orgId);
   }
