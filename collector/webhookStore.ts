@@ -65,6 +65,10 @@ select org_id from (${dueOrgsIn(1, 'org_id > :after')} union all ${dueOrgsIn(2, 
 /** The `after` of the first claim: lower than every org id. */
 export const BEFORE_EVERY_ORG = '00000000-0000-0000-0000-000000000000';
 
+// A payload's keyId is cast only when it is one: the outbox trigger and the ping write a UUID or
+// null, but one row with anything else (SQL by hand) failed the cast, and so every claim of its org.
+const UUID_PATTERN = '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
+
 export const CLAIM = `
 with due as (
   select id, attempts from ${TABLE.webhookDeliveries}
@@ -94,7 +98,8 @@ select c.id, c.org_id, c.webhook_id, c.event_id, c.event_type, c.payload, c.atte
        case when c.previous_secret_expires_at > now() then c.previous_secret_box end as previous_secret_box, c.created_at, false as spent,
        k.id is not null as key_found, k.name as key_name, k.owner as key_owner
   from claimed c
-  left join ${TABLE.apiKeys} k on k.org_id = :orgId and k.id = cast(c.payload->>'keyId' as uuid)
+  left join ${TABLE.apiKeys} k on k.org_id = :orgId
+        and k.id = case when c.payload->>'keyId' ~* '${UUID_PATTERN}' then cast(c.payload->>'keyId' as uuid) end
 union all
 select id, null, null, null, null, null, null, null, null, null, null, true, false, null, null from spent`;
 

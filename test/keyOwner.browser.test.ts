@@ -4,6 +4,7 @@ import { TABLE } from '../shared/tables';
 import { signedInTab } from './helpers/dashboardTab';
 import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
+import { waitFor } from '../harness/wait';
 
 // A key's owner (who answers for it) shows under its name in the keys table and on its page, where
 // a keys:write holder renames the key and names or clears its owner. In a real Chromium against
@@ -78,3 +79,70 @@ t.test("a key's owner is shown, and its page renames it and changes its owner", 
   t.equal(await readOnly.locator('#key-naming').count(), 0, 'keys:read only: nothing to edit');
   t.strictSame(pageErrors, [], 'no page error');
 });
+
+// The page's clock is fake (it drives the 5 s refresh and the 30 s request timeout): each refresh
+// comes when the test moves the clock.
+t.test(
+  'the name and owner form: nothing to save, a save with no answer, an API without owners, a refused key',
+  { timeout: WHOLE_TEST_TIMEOUT_MS },
+  async (t) => {
+    const { db } = await freshDatabase(t);
+    const api = await startTestApi(t, db);
+    const { org, adminKey } = await seedOrg(api, db);
+    const ci = (await api.services.apiKeys.create(org.id, { name: 'ci', owner: 'platform team', scopes: ['keys:read'], expiresAt: null })).key;
+    const context = await launchBrowser(t);
+    const pageErrors: string[] = [];
+    const tab = await signedInTab(context, api.baseUrl, adminKey, `#/key/${ci.id}`, pageErrors, (tab) => tab.clock.install());
+    const patches: string[] = [];
+    tab.on('request', (request) => void (request.method() === 'PATCH' && patches.push(request.postData() ?? '')));
+    const form = tab.locator('#key-naming');
+    await form.waitFor();
+
+    await tab.click('#save-naming');
+    await form.locator('span', { hasText: 'Nothing changed' }).waitFor();
+    t.same(patches, [], 'nothing changed: nothing sent');
+
+    // No answer within 30 s: the change may have been made. The page reads the key again, and the warning stays.
+    let held = 0;
+    await tab.route(new RegExp(`/api-keys/${ci.id}$`), async (route) => {
+      if (route.request().method() !== 'PATCH') return route.continue();
+      held += 1; // never answered
+    });
+    await tab.fill('#key-owner', 'slow team');
+    await tab.click('#save-naming');
+    await waitFor('the save on its way', async () => (held > 0 ? true : undefined));
+    const reread = tab.waitForResponse(new RegExp(`/usage\\?keyId=${ci.id}$`));
+    await tab.clock.runFor(31_000);
+    await reread;
+    const warning = tab.locator('.detail > .error', { hasText: 'the change may have been made all the same' });
+    await warning.waitFor();
+    await tab.clock.runFor(100);
+    t.equal(await warning.count(), 1, 'the warning stays after the key is read again');
+    t.equal(await tab.inputValue('#key-owner'), 'slow team', 'and what was typed too');
+    await tab.unroute(new RegExp(`/api-keys/${ci.id}$`));
+
+    // An instance of the previous version answers (during an upgrade): no owner, so no form.
+    await tab.route(new RegExp(`/usage\\?keyId=${ci.id}$`), async (route) => {
+      const answer = await (await route.fetch()).json();
+      delete answer.data[0].owner;
+      await route.fulfill({ json: answer });
+    });
+    await tab.clock.runFor(5_000);
+    await tab.locator('.facts dt:text-is("Owner") + dd', { hasText: 'not known to this server' }).waitFor();
+    t.equal(await form.isVisible(), false, 'the form is hidden');
+    await tab.unroute(new RegExp(`/usage\\?keyId=${ci.id}$`));
+    await tab.clock.runFor(5_000);
+    await form.waitFor();
+
+    // The tab's key refused as the save is made (revoked elsewhere): signed out, as a refresh would.
+    await tab.route(new RegExp(`/api-keys/${ci.id}$`), (route) =>
+      route.request().method() === 'PATCH'
+        ? route.fulfill({ status: 401, json: { error: { code: 'unauthorized', message: 'A valid API key is required', requestId: 'r' } } })
+        : route.continue(),
+    );
+    await tab.click('#save-naming');
+    await tab.locator('#sign-in').waitFor();
+    t.match(await tab.textContent('#sign-in-error'), 'A valid API key is required', 'signed out with the API message');
+    t.strictSame(pageErrors, [], 'no page error');
+  },
+);

@@ -401,6 +401,48 @@ t.test("finding the orgs with due deliveries, and claiming an org's, read no mor
   );
 });
 
+// A delivery names its key as the claim finds it in api_keys: only a key of the delivery's own org,
+// and a payload whose keyId is no UUID (no writer makes one; SQL by hand could) names none instead
+// of failing the org's every claim on the cast.
+t.test("a claimed delivery names its org's key only, and a keyId that is no UUID names none", async (t) => {
+  const { db } = await freshDatabase(t);
+  const [acme, globex] = await orgsWithDueDeliveries(db, 2, 1, new Date(Date.now() - 60_000));
+  const keyOf = async (orgId: string): Promise<{ id: string; name: string }> => db('api_keys').where({ org_id: orgId }).first('id', 'name');
+  const [acmeKey, globexKey] = [await keyOf(acme), await keyOf(globex)];
+  await db('api_keys').where({ id: acmeKey.id }).update({ owner: 'acme ops' });
+  const [acmeDelivery] = await db('webhook_deliveries').where({ org_id: acme }).select('*');
+  for (const keyId of [globexKey.id, 'not-a-uuid']) {
+    await db('webhook_deliveries').insert({
+      org_id: acme,
+      webhook_id: acmeDelivery.webhook_id,
+      event_id: randomUUID(),
+      event_type: 'key.new_ip',
+      payload: { keyId },
+      next_attempt_at: acmeDelivery.next_attempt_at,
+    });
+  }
+  const { deliveries, failure } = await claimDueDeliveries(db, { leaseMs: 60_000, limit: 10, maxAttempts: 8 });
+  t.equal(failure, undefined, 'no claim failed');
+  const byKeyId = (a: [string, unknown], b: [string, unknown]) => a[0].localeCompare(b[0]);
+  const named = (orgId: string) =>
+    deliveries
+      .filter((d) => d.orgId === orgId)
+      .map((d): [string, unknown] => [String(d.payload.keyId), d.key])
+      .sort(byKeyId);
+  t.same(
+    named(acme),
+    (
+      [
+        [acmeKey.id, { name: acmeKey.name, owner: 'acme ops' }],
+        [globexKey.id, null],
+        ['not-a-uuid', null],
+      ] as Array<[string, unknown]>
+    ).sort(byKeyId),
+    "acme's own key is named; globex's key, in an acme delivery, is not; nor a keyId that is no UUID",
+  );
+  t.same(named(globex), [[globexKey.id, { name: globexKey.name, owner: null }]], "globex's delivery names its key");
+});
+
 // Orgs were taken oldest due first, as many as a claim's limit: with more orgs due than that, the
 // same oldest ones came first every claim, and a newer org's delivery waited behind their backlogs.
 t.test('with more orgs due than a claim takes, the next claim starts with the orgs the last one left', async (t) => {

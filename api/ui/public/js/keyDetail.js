@@ -109,7 +109,9 @@ export function createKeyDetailView({ who, keyId, onFresh, onSignedOut }) {
     setText(error, '');
     return refresh();
   };
-  const naming = canWrite ? createKeyNaming({ who, keyId, onChanged: savedNaming, onError: (e) => tellAgain(error, e.message), onSignedOut }) : null;
+  const naming = canWrite
+    ? createKeyNaming({ who, keyId, onChanged: savedNaming, onReread: () => refresh(), onError: (e) => tellAgain(error, e.message), onSignedOut })
+    : null;
   let shownStatus = '';
 
   async function refresh() {

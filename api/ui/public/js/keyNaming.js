@@ -1,12 +1,13 @@
 import { api, orgPath } from './api.js';
 import { el, setText } from './dom.js';
+import { sessionKey } from './session.js';
 
 // A key's name and who answers for it (its owner), changed with PATCH …/api-keys/:keyId, for
 // keys:write holders. The fields follow the key as each refresh reads it, but a field the person
 // has typed in is theirs until it is saved: a refresh every 5 s wiped an edit half made.
 // A save sends only the fields the person changed: sending both put back a name renamed elsewhere
 // since the last refresh, and a name stored before names were checked refused every owner.
-export function createKeyNaming({ who, keyId, onChanged, onError, onSignedOut }) {
+export function createKeyNaming({ who, keyId, onChanged, onReread, onError, onSignedOut }) {
   const name = el('input', { type: 'text', id: 'key-name', maxlength: 200, required: true, autocomplete: 'off' });
   const owner = el('input', { type: 'text', id: 'key-owner', maxlength: 200, autocomplete: 'off', placeholder: 'nobody named' });
   const saved = el('span', { 'aria-live': 'polite' });
@@ -47,11 +48,16 @@ export function createKeyNaming({ who, keyId, onChanged, onError, onSignedOut })
       setText(saved, 'Saved');
       await onChanged();
     } catch (error) {
-      // The tab's key refused (revoked, rotated away): signed out as a refresh would.
-      if (error.status === 401) return onSignedOut(error.message);
+      // The tab's key refused (revoked, rotated away): signed out as a refresh would, unless the
+      // secret it was sent with is one this tab has rotated away since (the new one is fine).
+      if (error.status === 401) {
+        if (error.sentWith(sessionKey())) onSignedOut(error.message);
+        return;
+      }
       onError(error);
-      // Timed out, the change may still have been made: the page shows the key as it is.
-      if (error.code === 'write_timeout') await onChanged().catch(() => {});
+      // Timed out, the change may still have been made: the page shows the key as it is, and the
+      // warning stays.
+      if (error.code === 'write_timeout') await onReread().catch(() => {});
     }
   }
 
