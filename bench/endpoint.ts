@@ -260,7 +260,7 @@ async function explainPlans(ctx: BenchContext, tenant: Tenant, plan: Plan): Prom
     status: null,
     dormantBefore: new Date(now.getTime() - 30 * DAY_MS),
     dormant: null,
-    nameContains: null,
+    nameOrOwnerContains: null,
     keyId: null,
     eventsSince: new Date(now.getTime() - 7 * DAY_MS),
     sort: 'createdAt',

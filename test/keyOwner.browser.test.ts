@@ -31,6 +31,10 @@ t.test("a key's owner is shown, and its page renames it and changes its owner", 
   const ciRow = tab.locator(`tr[data-key-id="${ci.id}"]`);
   await ciRow.locator('.owner', { hasText: 'platform team' }).waitFor();
   t.equal(await tab.locator(`tr[data-key-id="${reader.key.id}"] .owner`).isVisible(), false, 'a key without an owner shows none');
+  await tab.fill('#key-search', 'PLATFORM');
+  await waitFor('the search by owner', async () => ((await tab.locator('#keys-table tbody tr').count()) === 1 ? true : undefined));
+  t.equal(await ciRow.count(), 1, "the search box finds a key by its owner's name");
+  await tab.fill('#key-search', '');
   await tab.goto(`${api.baseUrl}/#/org`);
   await tab.locator('#dormant li', { hasText: 'owner \u2068data team\u2069' }).waitFor();
   t.pass("the organization page's dormant list says whom to ask");

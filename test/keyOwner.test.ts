@@ -62,6 +62,12 @@ t.test('an owner given on create is shown wherever the key is, and filters the u
     'busiest first, filtered: the busier key of another owner is left out',
   );
   t.equal((await api.request('GET', `${keys}/usage`, auth)).body.page.total, 4, 'unfiltered: every key');
+  const searched = await api.request('GET', `${keys}/usage?q=PAYMENTS&sort=createdAt&order=asc`, auth);
+  t.same(
+    searched.body.data.map((key: { name: string }) => key.name),
+    ['billing sync', 'other'],
+    'the search finds keys by their owner too, case-insensitively',
+  );
   t.match(
     await auditOf('key.create'),
     [

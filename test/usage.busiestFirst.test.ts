@@ -182,7 +182,7 @@ t.test("busiest first reads the org's keys for its page only, not every key of t
     status: null,
     dormantBefore: new Date(now.getTime() - 30 * DAY),
     dormant: null,
-    nameContains: null,
+    nameOrOwnerContains: null,
     keyId: null,
     eventsSince: new Date(now.getTime() - 7 * DAY),
     sort: 'requestCount',

@@ -72,8 +72,8 @@ export interface UsageQuery {
   dormantBefore: Date;
   /** Only dormant keys (true), only the others (false), or no filter (null). */
   dormant: boolean | null;
-  /** When set, only keys whose name contains it, case-insensitively (taken literally: no wildcards). */
-  nameContains: string | null;
+  /** When set, only keys whose name or owner contains it, case-insensitively (taken literally: no wildcards). */
+  nameOrOwnerContains: string | null;
   /** When set, only keys with this owner (exactly). */
   owner?: string | null;
   /** When set, only this key (the dashboard's key page). */
@@ -151,7 +151,8 @@ function filters(query: UsageQuery): string {
   const conditions: string[] = [];
   if (query.status) conditions.push(STATUS_SQL[query.status]);
   if (query.dormant !== null) conditions.push(query.dormant ? DORMANT : `not ${DORMANT}`);
-  if (query.nameContains) conditions.push("k.name ilike :namePattern escape '\\'");
+  // The owner too: the dashboard's one search box finds a team's keys by its name.
+  if (query.nameOrOwnerContains) conditions.push("(k.name ilike :namePattern escape '\\' or k.owner ilike :namePattern escape '\\')");
   if (query.owner) conditions.push('k.owner = :owner');
   if (query.keyId) conditions.push('k.id = :keyId');
   if (query.createdByKeyId) conditions.push('k.created_by_key_id = :createdByKeyId');
@@ -235,7 +236,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
     orgId: query.orgId,
     now: query.now,
     dormantBefore: query.dormantBefore,
-    namePattern: query.nameContains ? likePattern(query.nameContains) : null,
+    namePattern: query.nameOrOwnerContains ? likePattern(query.nameOrOwnerContains) : null,
     owner: query.owner ?? null,
     keyId: query.keyId,
     createdByKeyId: query.createdByKeyId ?? null,

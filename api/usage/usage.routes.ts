@@ -17,7 +17,7 @@ const listQuery = z
     order: z.enum(['asc', 'desc'], { error: 'must be asc or desc' }).default('desc'),
     keyId: uuid.optional(),
     createdByKeyId: uuid.optional().meta({ description: 'Only the keys this key created; a key of another org, or none, is a 404' }),
-    q: displayName.optional(),
+    q: displayName.optional().meta({ description: 'Only the keys whose name or owner contains it, case-insensitively (% and _ taken literally)' }),
     owner: displayName.optional().meta({ description: "Only the keys with this owner, exactly as set (the key's owner)" }),
     after: uuid.optional().meta({
       description:
@@ -96,7 +96,7 @@ export function orgUsageRouter(deps: { service: UsageService; authorize: (requir
   router.get('/usage', readUsage, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const query = parseInput(listQuery, req.query, 'query');
-    res.json(await deps.service.list(id, { ...query, nameContains: query.q }));
+    res.json(await deps.service.list(id, { ...query, nameOrOwnerContains: query.q }));
   });
 
   router.get('/:keyId/usage', readUsage, async (req, res) => {

@@ -170,7 +170,7 @@ type ListQuery = {
   dormant?: boolean;
   status?: KeyStatus;
   dormantDays: number;
-  nameContains?: string;
+  nameOrOwnerContains?: string;
   owner?: string;
   keyId?: string;
   createdByKeyId?: string;
@@ -218,7 +218,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
         status: query.status ?? null,
         dormantBefore: new Date(now - query.dormantDays * DAY_MS),
         dormant: query.dormant ?? null,
-        nameContains: query.nameContains ?? null,
+        nameOrOwnerContains: query.nameOrOwnerContains ?? null,
         owner: query.owner ?? null,
         keyId: query.keyId ?? null,
         createdByKeyId: query.createdByKeyId ?? null,

@@ -66,7 +66,7 @@ async function timeQueries(db: Db, orgId: string, keyId: string) {
       status: null,
       dormantBefore: new Date(Date.now() - 30 * 86_400_000),
       dormant: null,
-      nameContains: null,
+      nameOrOwnerContains: null,
       keyId: null,
       eventsSince: new Date(Date.now() - 7 * 86_400_000),
       sort: 'requestCount',

@@ -80,7 +80,7 @@ function updateRow(row, key) {
 const KEY_SEARCH = 'Not searched: that is an API key, not a name. A search goes in the address of a request, where proxies and logs would keep it.';
 
 function controls(onChange) {
-  const search = el('input', { type: 'search', id: 'key-search', placeholder: 'Search by name', 'aria-label': 'Search keys by name' });
+  const search = el('input', { type: 'search', id: 'key-search', placeholder: 'Search by name or owner', 'aria-label': 'Search keys by name or owner' });
   const sort = el('select', { id: 'key-sort', 'aria-label': 'Sort keys' }, [
     el('option', { value: 'lastUsedAt', text: 'Last use' }),
     el('option', { value: 'requestCount', text: 'Traffic' }),
