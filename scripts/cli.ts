@@ -43,6 +43,8 @@ Commands:
                                      revoked too: it can no longer be restored)
   key restore <orgId> <keyId>        Give back a key the dormant clean-up revoked, as it was (same
                                      id, secret and scopes), while it can be restored
+  key update <orgId> <keyId> [--name <name>] [--owner <who> | --no-owner]
+                                     Rename an API key, or name (or clear) who answers for it
   key renew <orgId> <keyId> --expires-at <ISO 8601|never>
                                      Give an active API key a new expiry (same id, usage history
                                      and networks); an expired or revoked key cannot be renewed
@@ -73,6 +75,7 @@ const OPTIONS = {
   json: { type: 'boolean' },
   name: { type: 'string' },
   owner: { type: 'string' },
+  'no-owner': { type: 'boolean' },
   scopes: { type: 'string' },
   'expires-at': { type: 'string' },
   days: { type: 'string' },
@@ -91,6 +94,7 @@ export type Command =
   | { kind: 'key create'; orgId: string; name: string; owner: string | null; scopes: Scope[]; expiresAt: Date | null; json: boolean }
   | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean }
   | { kind: 'key restore'; orgId: string; keyId: string; json: boolean }
+  | { kind: 'key update'; orgId: string; keyId: string; name?: string; owner?: string | null; json: boolean }
   | { kind: 'key renew'; orgId: string; keyId: string; expiresAt: Date | null; json: boolean }
   | {
       kind: 'key revoke-dormant';
@@ -171,6 +175,7 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
   'key create': { args: ['orgId'], options: ['name', 'owner', 'scopes', 'expires-at'] },
   'key revoke': { args: ['orgId', 'keyId'], options: [] },
   'key restore': { args: ['orgId', 'keyId'], options: [] },
+  'key update': { args: ['orgId', 'keyId'], options: ['name', 'owner', 'no-owner'] },
   'key renew': { args: ['orgId', 'keyId'], options: ['expires-at'] },
   'key revoke-dormant': { args: ['orgId'], options: ['days', 'apply', 'key-ids', 'restorable-days'] },
   'key erase-ips': { args: ['orgId', 'keyId'], options: [] },
@@ -222,6 +227,19 @@ function parseOptions(argv: string[]) {
   }
 }
 
+// key update's fields: at least one; --no-owner clears the owner (an empty --owner is refused, as the API refuses it).
+function keyChange(values: { name?: string; owner?: string; 'no-owner'?: boolean }): { name?: string; owner?: string | null } {
+  if (values.owner !== undefined && values['no-owner']) throw new UsageError('key update: --owner and --no-owner: give one');
+  if (values.name === undefined && values.owner === undefined && !values['no-owner']) {
+    throw new UsageError('key update: give --name, --owner or --no-owner');
+  }
+  return {
+    ...(values.name === undefined ? {} : { name: check(displayName, values.name, '--name') }),
+    ...(values.owner === undefined ? {} : { owner: check(displayName, values.owner, '--owner') }),
+    ...(values['no-owner'] ? { owner: null } : {}),
+  };
+}
+
 export function parseCli(argv: string[], now: number): ParsedCli {
   try {
     const { values, positionals } = parseOptions(argv);
@@ -266,6 +284,8 @@ export function parseCli(argv: string[], now: number): ParsedCli {
       case 'key restore':
       case 'key erase-ips':
         return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), keyId: checkId(args[1], '<keyId>'), json } };
+      case 'key update':
+        return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), keyId: checkId(args[1], '<keyId>'), ...keyChange(values), json } };
       case 'key renew': {
         const raw = values['expires-at'];
         if (raw === undefined) throw new UsageError('key renew: --expires-at is required (an ISO 8601 date-time, or never)');
@@ -505,6 +525,13 @@ function restoredReport(key: ApiKeyView, wasRevoked: boolean): string[] {
   ];
 }
 
+const updateKey: Handler<'key update'> = async (command, deps, keys) => {
+  await requireOrganization(deps.db, command.orgId);
+  const updated = await keys.update(command.orgId, command.keyId, { name: command.name, owner: command.owner });
+  if (command.json) return printJson(deps, updated);
+  deps.out(`API key ${updated.id} is now "${printable(updated.name)}", owner ${updated.owner === null ? 'nobody named' : `"${printable(updated.owner)}"`}.`);
+};
+
 const renewKey: Handler<'key renew'> = async (command, deps, keys) => {
   await requireOrganization(deps.db, command.orgId);
   const renewed = await keys.update(command.orgId, command.keyId, { expiresAt: command.expiresAt });
@@ -705,6 +732,7 @@ const HANDLERS: { [K in Command['kind']]: Handler<K> } = {
   'key create': createKey,
   'key revoke': revokeKey,
   'key restore': restoreKey,
+  'key update': updateKey,
   'key renew': renewKey,
   'key revoke-dormant': revokeDormant,
   'key erase-ips': (command, deps) => eraseIps(command, deps),

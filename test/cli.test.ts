@@ -216,6 +216,46 @@ t.test('key create, list and revoke', async (t) => {
 
 // key.expiring warned an operator who could renew a key only through the API (or make a new one,
 // losing its id, usage history and networks).
+t.test('key update: renames a key and names or clears its owner, audited as the CLI; refusals', async (t) => {
+  const { db, api, cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  const { org } = cli.json();
+  const key = await api.services.apiKeys.create(org.id, { name: 'nightly', scopes: ['keys:read'], expiresAt: null });
+  const stored = () => db('api_keys').where({ id: key.key.id }).first('name', 'owner');
+  cli.reset();
+
+  t.equal(await cli.run('key', 'update', org.id, key.key.id, '--name', 'nightly export', '--owner', 'data team'), 0);
+  t.same(cli.out, [`API key ${key.key.id} is now "nightly export", owner "data team".`]);
+  t.same(await stored(), { name: 'nightly export', owner: 'data team' });
+  const audit = await db('audit_log').where({ target_key_id: key.key.id, action: 'key.update' }).first('actor_type', 'details');
+  t.strictSame(
+    audit,
+    { actor_type: 'cli', details: { name: { from: 'nightly', to: 'nightly export' }, owner: { from: null, to: 'data team' } } },
+    'audited as the CLI',
+  );
+  cli.reset();
+
+  t.equal(await cli.run('key', 'update', org.id, key.key.id, '--no-owner', '--json'), 0);
+  t.match(cli.json(), { id: key.key.id, name: 'nightly export', owner: null });
+  t.same(await stored(), { name: 'nightly export', owner: null }, '--no-owner clears it, the name left');
+  cli.reset();
+
+  const refusals: Array<[string[], RegExp]> = [
+    [[], /give --name, --owner or --no-owner/],
+    [['--owner', 'x', '--no-owner'], /--owner and --no-owner: give one/],
+    [['--owner', ' '], /--owner: must not be empty/],
+    [['--name', 'evil\x1b[2J'], /--name: must not contain control characters/],
+    [['--expires-at', 'never'], /--expires-at does not apply/],
+  ];
+  for (const [options, problem] of refusals) {
+    t.equal(await cli.run('key', 'update', org.id, key.key.id, ...options), 2, options.join(' ') || 'no field');
+    t.match(cli.err.join('\n'), problem);
+    cli.reset();
+  }
+  t.equal(await cli.run('key', 'update', org.id, randomUUID(), '--name', 'x'), 1, 'an unknown key');
+  t.same(await stored(), { name: 'nightly export', owner: null }, 'nothing changed by the refusals');
+});
+
 t.test('key renew: a new expiry for an active key, never, and refusals', async (t) => {
   const { db, api, cli } = await setup(t);
   await cli.run('org', 'create', 'acme', '--json');
