@@ -214,8 +214,7 @@ t.test('key create, list and revoke', async (t) => {
   for (const form of await storedHashForms(db)) t.notMatch(allOutput, form, 'no stored hash is printed');
 });
 
-// key.expiring warned an operator who could renew a key only through the API (or make a new one,
-// losing its id, usage history and networks).
+// An operator at the database could set a key's owner at its creation only.
 t.test('key update: renames a key and names or clears its owner, audited as the CLI; refusals', async (t) => {
   const { db, api, cli } = await setup(t);
   await cli.run('org', 'create', 'acme', '--json');
@@ -256,6 +255,8 @@ t.test('key update: renames a key and names or clears its owner, audited as the 
   t.same(await stored(), { name: 'nightly export', owner: null }, 'nothing changed by the refusals');
 });
 
+// key.expiring warned an operator who could renew a key only through the API (or make a new one,
+// losing its id, usage history and networks).
 t.test('key renew: a new expiry for an active key, never, and refusals', async (t) => {
   const { db, api, cli } = await setup(t);
   await cli.run('org', 'create', 'acme', '--json');

@@ -1,4 +1,5 @@
 import t from 'tap';
+import type { Route } from 'playwright-core';
 import { launchBrowser } from '../harness/browser';
 import { TABLE } from '../shared/tables';
 import { signedInTab } from './helpers/dashboardTab';
@@ -84,8 +85,9 @@ t.test("a key's owner is shown, and its page renames it and changes its owner", 
   t.strictSame(pageErrors, [], 'no page error');
 });
 
-// The page's clock is fake (it drives the 5 s refresh and the 30 s request timeout): each refresh
-// comes when the test moves the clock.
+// The page's clock is fake: runFor jumps it through the 30 s request timeout, and through the 5 s
+// refreshes on the way. Where a step must not be met by one of those, the page looks hidden, which
+// the refresh skips.
 t.test(
   'the name and owner form: nothing to save, a save with no answer, an API without owners, a refused key',
   { timeout: WHOLE_TEST_TIMEOUT_MS },
@@ -94,6 +96,9 @@ t.test(
     const api = await startTestApi(t, db);
     const { org, adminKey } = await seedOrg(api, db);
     const ci = (await api.services.apiKeys.create(org.id, { name: 'ci', owner: 'platform team', scopes: ['keys:read'], expiresAt: null })).key;
+    const second = await api.services.apiKeys.create(org.id, { name: 'second admin', scopes: ['keys:read', 'keys:write'], expiresAt: null });
+    const hidden = (yes: boolean) =>
+      tab.evaluate(yes ? "Object.defineProperty(document, 'hidden', { configurable: true, get: () => true })" : 'delete document.hidden');
     const context = await launchBrowser(t);
     const pageErrors: string[] = [];
     const tab = await signedInTab(context, api.baseUrl, adminKey, `#/key/${ci.id}`, pageErrors, (tab) => tab.clock.install());
@@ -106,24 +111,36 @@ t.test(
     await form.locator('span', { hasText: 'Nothing changed' }).waitFor();
     t.same(patches, [], 'nothing changed: nothing sent');
 
-    // No answer within 30 s: the change may have been made. The page reads the key again, and the warning stays.
-    let held = 0;
-    await tab.route(new RegExp(`/api-keys/${ci.id}$`), async (route) => {
+    // No answer within 30 s: the change may have been made. The page reads the key again (the
+    // refreshes skipped meanwhile: it is that read that shows a rename made elsewhere), and the
+    // warning stays.
+    const patchOfKey = new RegExp(`/api-keys/${ci.id}$`);
+    const held: Route[] = [];
+    await tab.route(patchOfKey, async (route) => {
       if (route.request().method() !== 'PATCH') return route.continue();
-      held += 1; // never answered
+      held.push(route); // answered later, or never
     });
+    await hidden(true);
     await tab.fill('#key-owner', 'slow team');
     await tab.click('#save-naming');
-    await waitFor('the save on its way', async () => (held > 0 ? true : undefined));
-    const reread = tab.waitForResponse(new RegExp(`/usage\\?keyId=${ci.id}$`));
+    await waitFor('the save on its way', async () => (held.length > 0 ? true : undefined));
+    await db(TABLE.apiKeys).where({ id: ci.id }).update({ name: 'renamed meanwhile' });
     await tab.clock.runFor(31_000);
-    await reread;
+    await tab.locator('#key-title', { hasText: 'renamed meanwhile' }).waitFor();
     const warning = tab.locator('.detail > .error', { hasText: 'the change may have been made all the same' });
-    await warning.waitFor();
-    await tab.clock.runFor(100);
     t.equal(await warning.count(), 1, 'the warning stays after the key is read again');
     t.equal(await tab.inputValue('#key-owner'), 'slow team', 'and what was typed too');
-    await tab.unroute(new RegExp(`/api-keys/${ci.id}$`));
+
+    // Refused (401) for the secret it was sent with, which this tab has replaced since (a
+    // rotation of its own key): not signed out, and told the change was not made.
+    await tab.click('#save-naming');
+    await waitFor('the second save on its way', async () => (held.length > 1 ? true : undefined));
+    await tab.evaluate(`sessionStorage.setItem('keyusage.apiKey', ${JSON.stringify(second.plaintext)})`);
+    await held[1].fulfill({ status: 401, json: { error: { code: 'unauthorized', message: 'A valid API key is required', requestId: 'r' } } });
+    await tab.locator('.detail > .error', { hasText: 'Not saved: it was sent with the secret this tab has replaced since' }).waitFor();
+    t.equal(await tab.locator('#sign-in').isVisible(), false, 'still signed in');
+    await tab.unroute(patchOfKey);
+    await hidden(false);
 
     // An instance of the previous version answers (during an upgrade): no owner, so no form.
     await tab.route(new RegExp(`/usage\\?keyId=${ci.id}$`), async (route) => {

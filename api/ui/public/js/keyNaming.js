@@ -7,6 +7,8 @@ import { sessionKey } from './session.js';
 // has typed in is theirs until it is saved: a refresh every 5 s wiped an edit half made.
 // A save sends only the fields the person changed: sending both put back a name renamed elsewhere
 // since the last refresh, and a name stored before names were checked refused every owner.
+const SENT_WITH_OLD_SECRET = 'Not saved: it was sent with the secret this tab has replaced since (a rotation). Save again.';
+
 export function createKeyNaming({ who, keyId, onChanged, onReread, onError, onSignedOut }) {
   const name = el('input', { type: 'text', id: 'key-name', maxlength: 200, required: true, autocomplete: 'off' });
   const owner = el('input', { type: 'text', id: 'key-owner', maxlength: 200, autocomplete: 'off', placeholder: 'nobody named' });
@@ -49,12 +51,10 @@ export function createKeyNaming({ who, keyId, onChanged, onReread, onError, onSi
       await onChanged();
     } catch (error) {
       // The tab's key refused (revoked, rotated away): signed out as a refresh would, unless the
-      // secret it was sent with is one this tab has rotated away since (the new one is fine).
-      if (error.status === 401) {
-        if (error.sentWith(sessionKey())) onSignedOut(error.message);
-        return;
-      }
-      onError(error);
+      // secret it was sent with is one this tab has rotated away since (the new one is fine): the
+      // change was not made, and nothing retries it, so the person is told.
+      if (error.status === 401 && error.sentWith(sessionKey())) return onSignedOut(error.message);
+      onError(error.status === 401 ? new Error(SENT_WITH_OLD_SECRET) : error);
       // Timed out, the change may still have been made: the page shows the key as it is, and the
       // warning stays.
       if (error.code === 'write_timeout') await onReread().catch(() => {});
