@@ -2,13 +2,13 @@ import { api, orgPath } from './api.js';
 import { el, setText } from './dom.js';
 import { sessionKey } from './session.js';
 
+const SENT_WITH_OLD_SECRET = 'Not saved: it was sent with the secret this tab has replaced since (a rotation). Save again.';
+
 // A key's name and who answers for it (its owner), changed with PATCH …/api-keys/:keyId, for
 // keys:write holders. The fields follow the key as each refresh reads it, but a field the person
 // has typed in is theirs until it is saved: a refresh every 5 s wiped an edit half made.
 // A save sends only the fields the person changed: sending both put back a name renamed elsewhere
 // since the last refresh, and a name stored before names were checked refused every owner.
-const SENT_WITH_OLD_SECRET = 'Not saved: it was sent with the secret this tab has replaced since (a rotation). Save again.';
-
 export function createKeyNaming({ who, keyId, onChanged, onReread, onError, onSignedOut }) {
   const name = el('input', { type: 'text', id: 'key-name', maxlength: 200, required: true, autocomplete: 'off' });
   const owner = el('input', { type: 'text', id: 'key-owner', maxlength: 200, autocomplete: 'off', placeholder: 'nobody named' });
