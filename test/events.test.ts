@@ -352,6 +352,42 @@ t.test('the events endpoint: newest first, filters, an opaque cursor, one org on
   );
 });
 
+t.test("each listed event names its key's name and owner as they are now; a key of another org or none, null", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const acme = await seedOrg(api, db, 'acme');
+  const globex = await seedOrg(api, db, 'globex');
+  const ci = (await api.services.apiKeys.create(acme.org.id, { name: 'ci deploy', owner: 'platform team', scopes: ['keys:read'], expiresAt: null })).key.id;
+  const event = (i: number, keyId: string) => ({
+    org_id: acme.org.id,
+    key_id: keyId,
+    type: 'key.spike',
+    occurred_at: new Date(Date.parse('2026-11-20T00:00:00Z') + i * HOUR),
+    details: { i },
+    dedupe_key: `test:${i}`,
+  });
+  // By SQL by hand only: an event of acme filed under globex's key, and under no key at all.
+  await db('key_events').insert([event(0, ci), event(1, acme.adminKeyId), event(2, globex.adminKeyId), event(3, randomUUID())]);
+  const path = `/api/orgs/${acme.org.id}/api-keys/events`;
+  const keys = async () =>
+    (await api.request('GET', path, { key: acme.adminKey })).body.data.map((e: { details: { i: number }; key: unknown }) => [e.details.i, e.key]);
+  t.strictSame(
+    await keys(),
+    [
+      [3, null],
+      [2, null],
+      [1, { name: 'admin', owner: null }],
+      [0, { name: 'ci deploy', owner: 'platform team' }],
+    ],
+    "the key's name and owner; another org's key is not named, a missing one neither",
+  );
+  const renamed = await api.request('PATCH', `${path.replace('/events', '')}/${ci}`, { key: acme.adminKey, body: { name: 'ci', owner: null } });
+  t.equal(renamed.status, 200);
+  t.strictSame((await keys()).at(-1), [0, { name: 'ci', owner: null }], 'as the key is now, not as it was when the event was raised');
+  const ofKey = await api.request('GET', `${path}?keyId=${ci}`, { key: acme.adminKey });
+  t.match(ofKey.body.data, [{ keyId: ci, key: { name: 'ci', owner: null } }], 'filtered by key too');
+});
+
 // `since` was cut to the millisecond, so an event a hair before it was listed (fails without the fix).
 t.test("the events' since finer than a millisecond excludes the event in the millisecond it starts within", async (t) => {
   const { db } = await freshDatabase(t);

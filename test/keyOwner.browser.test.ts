@@ -36,9 +36,24 @@ t.test("a key's owner is shown, and its page renames it and changes its owner", 
   await waitFor('the search by owner', async () => ((await tab.locator('#keys-table tbody tr').count()) === 1 ? true : undefined));
   t.equal(await ciRow.count(), 1, "the search box finds a key by its owner's name");
   await tab.fill('#key-search', '');
+  const spike = (keyId: string, i: number) => ({
+    org_id: org.id,
+    key_id: keyId,
+    type: 'key.spike',
+    occurred_at: new Date(Date.now() - i * 60_000),
+    details: {},
+    dedupe_key: `test:${i}`,
+  });
+  await db(TABLE.keyEvents).insert([spike(ci.id, 1), spike(reader.key.id, 2)]);
   await tab.goto(`${api.baseUrl}/#/org`);
   await tab.locator('#dormant li', { hasText: 'owner \u2068data team\u2069' }).waitFor();
   t.pass("the organization page's dormant list says whom to ask");
+  await tab.locator('#events li.event').nth(1).waitFor();
+  t.strictSame(
+    await tab.locator('#events li.event').evaluateAll((items) => items.map((item) => item.textContent!.replace(/^.*key\.spike/, ''))),
+    [' key \u2068ci\u2069 · owner \u2068platform team\u2069', ' key \u2068reader\u2069'],
+    "the events list names each event's key, and its owner, whom to ask",
+  );
 
   await tab.goto(`${api.baseUrl}/#/key/${ci.id}`);
   const ownerFact = tab.locator('.facts dt:text-is("Owner") + dd');

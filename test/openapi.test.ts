@@ -130,7 +130,8 @@ t.test('the document lists exactly the routes the app registers', async (t) => {
 });
 
 t.test('the document never offers key material outside create and rotate', async (t) => {
-  const revealing: Record<string, string> = { ApiKeyWithPlaintext: 'key', WebhookWithSecret: 'secret' };
+  // KeyEvent's `key` names the key (its name and owner, checked below), as a webhook delivery's does.
+  const revealing: Record<string, string> = { ApiKeyWithPlaintext: 'key', WebhookWithSecret: 'secret', KeyEvent: 'key' };
   for (const [id, schema] of Object.entries<Json>(document.components.schemas)) {
     t.same(
       // previousSecretExpiresAt is a time, previousSecretLastUsedIp a client address: not material.
@@ -141,6 +142,13 @@ t.test('the document never offers key material outside create and rotate', async
       `${id}: no field for a hash, a secret or a key`,
     );
   }
+  const eventKey = document.components.schemas.KeyEvent.properties.key.anyOf;
+  t.strictSame(
+    eventKey.map((variant: Json) => Object.keys(variant.properties ?? {})),
+    [['name', 'owner'], []],
+    "KeyEvent's key: the key's name and owner, or null; nothing else",
+  );
+  t.equal(eventKey[0].additionalProperties, false);
   const revealedBy = [...operations(document)]
     .filter(({ operation }) => /WithPlaintext|WithSecret/.test(JSON.stringify(operation.responses)))
     .map(({ operation }) => operation.operationId)

@@ -24,6 +24,10 @@ const keyEvent = z
   .object({
     id: idString,
     keyId: idString,
+    key: z
+      .object({ name: z.string(), owner: z.string().nullable() })
+      .nullable()
+      .meta({ description: "The key's name and owner as they are now, whom the event concerns; null if the key was deleted" }),
     type: z.enum(EVENT_TYPES),
     occurredAt: isoTime,
     details: details.meta({ description: 'What docs/events.md lists for the type' }),
@@ -34,6 +38,7 @@ export const eventList = listOf(keyEvent, cursorPage).meta({ id: 'KeyEventList' 
 const toView = (event: KeyEventRecord): z.output<typeof keyEvent> => ({
   id: event.id,
   keyId: event.keyId,
+  key: event.key,
   type: event.type,
   occurredAt: event.occurredAt.toISOString(),
   details: event.details,

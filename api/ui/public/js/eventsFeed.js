@@ -1,5 +1,5 @@
 import { api, orgPath, routeMissing } from './api.js';
-import { el, setText } from './dom.js';
+import { el, isolate, setText } from './dom.js';
 import { optionalSection } from './optionalSection.js';
 import { arrange, retell, setDisabled, timeAgo } from './refreshDom.js';
 
@@ -8,13 +8,18 @@ const PAGE_SIZE = 50;
 // GET …/api-keys/events: the org's events, newest first (optionally of one key).
 const eventsQuery = (params) => `/events?${new URLSearchParams(params)}`;
 
+// Named as the keys table names the key, and with its owner, whom to ask about the event; 8
+// characters of the id where the API names none (a key deleted since, or a server before names).
+const keyLabel = (event) => (event.key ? `key ${isolate(event.key.name)}` : `key ${event.keyId.slice(0, 8)}`);
+
 function eventItem(event) {
   const details = event.details && Object.keys(event.details).length > 0 ? JSON.stringify(event.details) : '';
   return el('li', { class: 'event' }, [
     timeAgo(event.occurredAt),
     ' ',
     el('strong', { text: event.type }),
-    event.keyId ? el('a', { href: `#/key/${event.keyId}`, class: 'event-key', text: ` key ${event.keyId.slice(0, 8)}` }) : null,
+    event.keyId ? el('a', { href: `#/key/${event.keyId}`, class: 'event-key', text: ` ${keyLabel(event)}` }) : null,
+    event.key?.owner ? ` · owner ${isolate(event.key.owner)}` : null,
     details ? el('code', { class: 'event-details', text: details }) : null,
   ]);
 }
