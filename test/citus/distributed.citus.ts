@@ -227,6 +227,11 @@ t.test('the webhook worker claims due deliveries of orgs on both workers', async
     'the rotated webhook comes with its previous secret in its grace period, the others without',
   );
   t.same(await claim(), { deliveries: [], spent: 0 }, 'leased deliveries are not claimed again');
+  // The events list joins the key the same way, on the org's shard, through the API.
+  for (const { org, adminKey, adminKeyId } of orgs) {
+    const listed = await api.request('GET', `/api/orgs/${org.id}/api-keys/events`, { key: adminKey });
+    t.match(listed.body.data, [{ keyId: adminKeyId, key: { name: 'admin', owner: `owner of ${org.name}` } }], `the events list names the key (${org.name})`);
+  }
   // recordAttempt reads the delivery FOR KEY SHARE: Citus runs a row lock in a statement on one shard only.
   const sent = { startedAt: new Date(), durationMs: 5, statusCode: 204, error: null, succeeded: true, retryInMs: undefined };
   for (const delivery of deliveries) t.equal(await recordAttempt(db, delivery, sent), 'succeeded', 'and its attempt is recorded');
