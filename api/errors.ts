@@ -175,6 +175,16 @@ export const routeNotFound: RequestHandler = (req, _res, next) => {
 
 export function errorMiddleware(logger: Logger): ErrorRequestHandler {
   return (error, req, res, _next) => {
+    // An answer already under way (the CSV report): its status is sent, so the client learns of
+    // the failure by the connection closing before the answer's end.
+    if (res.headersSent) {
+      logger.error(
+        { err: { message: error.message, code: error.code }, requestId: res.locals.requestId, method: req.method, path: quotedPath(req.path) },
+        'answer cut short',
+      );
+      res.destroy();
+      return;
+    }
     const appError = error instanceof AppError ? error : (fromBodyParser(error) ?? fromHttpError(error) ?? fromDatabase(error, req.method));
     const requestId = res.locals.requestId;
     if (appError?.code === 'service_unavailable') {

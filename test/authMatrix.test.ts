@@ -147,6 +147,13 @@ const ROUTES: Route[] = [
     badQuery('unknown parameter', 'keyId=x'),
     badQuery('createdByKeyId not a UUID', 'createdByKeyId=x'),
   ]),
+  read('GET /api/orgs/:id/api-keys/usage.csv', [
+    badQuery('dormant not a boolean', 'dormant=yes'),
+    badQuery('unknown status', 'status=gone'),
+    badQuery('paging, which the report does not take', 'limit=5'),
+    badQuery('a sort, which the report does not take', 'sort=createdAt'),
+    badQuery('createdByKeyId not a UUID', 'createdByKeyId=x'),
+  ]),
   read('GET /api/orgs/:id/api-keys/:keyId/usage', [
     { label: 'keyId not a UUID', params: { keyId: BAD_ID }, field: 'keyId' },
     badQuery('unknown granularity', 'granularity=week'),

@@ -179,6 +179,7 @@ const SUCCESS: Record<string, { ids?: Record<string, 'rotateTarget' | 'revokeTar
   // An active key is answered as it is (the restore itself: test/keyRestore.test.ts).
   restoreApiKey: { ids: { keyId: 'rotateTarget' } },
   listKeyUsage: { query: 'sort=requestCount' },
+  keyUsageReport: { query: 'dormant=false' },
   keyUsageSeries: { query: 'granularity=hour&byOutcome=true' },
   orgUsageSeries: { query: 'granularity=hour&byOutcome=true' },
   listKeyEvents: { query: 'limit=10' },
@@ -263,6 +264,12 @@ function responseValidator() {
     const pointer: string = declared.$ref ? declared.$ref.slice(1) : `/paths/${escapePointer(template)}/${method}/responses/${response.status}`;
     if (!resolvePointer(document, pointer).content) {
       t.equal(response.text, '', `${label}: no body`);
+      return;
+    }
+    const content = resolvePointer(document, pointer).content;
+    if (content['text/csv']) {
+      t.match(response.headers.get('content-type'), /^text\/csv; charset=utf-8$/, `${label}: CSV`);
+      t.match(response.text, /^id,name,owner,.*\r\n/, `${label}: the header line first`);
       return;
     }
     t.match(response.headers.get('content-type'), /^application\/json/, `${label}: JSON`);

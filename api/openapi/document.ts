@@ -128,9 +128,9 @@ function namedId(schema: z.ZodType): string {
 
 function successResponses(route: RouteContract): Record<number, JsonSchema> {
   return Object.fromEntries(
-    Object.entries(route.responses).map(([status, { description, body }]) => [
+    Object.entries(route.responses).map(([status, { description, body, mediaType }]) => [
       status,
-      { description, ...(body ? { content: { 'application/json': { schema: ref(namedId(body)) } } } : {}) },
+      { description, ...(body ? { content: { [mediaType ?? 'application/json']: { schema: ref(namedId(body)) } } } : {}) },
     ]),
   );
 }

@@ -4,6 +4,8 @@ import { READ_ORG, type Requirement } from '../auth/authorize';
 import type { RouteContract } from '../openapi/contract';
 import { dateParam, displayName, pagination, parseInput, queryInteger, rangeEndParam, uuid } from '../validation';
 import { orgUsageSeries, usageList, usageSeries, type UsageService } from './usage.service';
+import { sendCsv } from '../csvResponse';
+import { CSV_HEADER, csvRows, usageCsv } from './usageCsv';
 
 const booleanParam = z.enum(['true', 'false'], { error: 'must be true or false' }).transform((v) => v === 'true');
 
@@ -26,6 +28,9 @@ const listQuery = z
     ...pagination,
   })
   .strict();
+
+// The list's filters; the report has every key they select, oldest first.
+const reportQuery = listQuery.pick({ dormant: true, status: true, dormantDays: true, createdByKeyId: true, q: true, owner: true }).strict();
 
 const seriesQuery = z
   .object({
@@ -51,6 +56,18 @@ export const usageRoutes: RouteContract[] = [
     params: orgParams,
     query: listQuery,
     responses: { 200: { description: 'A page of keys with their usage', body: usageList } },
+  },
+  {
+    method: 'get',
+    path: '/usage.csv',
+    operationId: 'keyUsageReport',
+    summary: 'Every key the filters select with its usage, as CSV (a credential report), oldest first',
+    description:
+      "The usage list's filters and fields, one line per key, for an access review in a spreadsheet (docs/api-keys.md#the-csv-report). Written as it is read, a page of keys at a time: a key created meanwhile may or may not be in it. A download that fails midway ends without the answer's end, never as a short report.",
+    auth: READ_ORG,
+    params: orgParams,
+    query: reportQuery,
+    responses: { 200: { description: 'The keys as CSV (RFC 4180, UTF-8), a header line first', body: usageCsv, mediaType: 'text/csv' } },
   },
   {
     method: 'get',
@@ -97,6 +114,20 @@ export function orgUsageRouter(deps: { service: UsageService; authorize: (requir
     const { id } = parseInput(orgParams, req.params, 'params');
     const query = parseInput(listQuery, req.query, 'query');
     res.json(await deps.service.list(id, { ...query, nameOrOwnerContains: query.q }));
+  });
+
+  router.get('/usage.csv', readUsage, async (req, res) => {
+    const { id } = parseInput(orgParams, req.params, 'params');
+    const { q, ...query } = parseInput(reportQuery, req.query, 'query');
+    const pages = deps.service.report(id, { ...query, nameOrOwnerContains: q });
+    await sendCsv(
+      res,
+      `api-keys-${id}.csv`,
+      CSV_HEADER,
+      (async function* () {
+        for await (const keys of pages) yield csvRows(keys);
+      })(),
+    );
   });
 
   router.get('/:keyId/usage', readUsage, async (req, res) => {

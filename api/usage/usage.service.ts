@@ -89,7 +89,9 @@ export const orgUsageSeries = z
   })
   .meta({ id: 'OrgUsageSeries' });
 
-function toUsageView(key: KeyUsageRecord, now: number, eventSummaryDays: number): z.output<typeof keyUsage> {
+export type KeyUsageView = z.output<typeof keyUsage>;
+
+function toUsageView(key: KeyUsageRecord, now: number, eventSummaryDays: number): KeyUsageView {
   return {
     id: key.keyId,
     name: key.name,
@@ -193,6 +195,13 @@ async function afterKey(db: Db, orgId: string, query: ListQuery): Promise<string
   return query.after;
 }
 
+/** The list's filters, for the CSV report of every key they select. */
+export type ReportQuery = Pick<ListQuery, 'dormant' | 'status' | 'dormantDays' | 'nameOrOwnerContains' | 'owner' | 'createdByKeyId'>;
+
+// The report reads the keys a page at a time along the createdAt keyset, so its cost follows the
+// keys written, not the org's size squared (offset pages), and a key created meanwhile moves none.
+const REPORT_PAGE = 500;
+
 // A full page may have keys after it; only the createdAt order can be continued with `after`.
 const nextAfter = (keys: KeyUsageRecord[], query: ListQuery) =>
   query.sort === 'createdAt' && keys.length === query.limit ? keys[keys.length - 1].keyId : null;
@@ -206,6 +215,18 @@ export interface UsageDelay {
 }
 
 export function createUsageService(deps: { db: Db; now: () => number; delay: UsageDelay; eventSummaryDays: number }) {
+  // The list's filters as the repository takes them, at `now`.
+  const filtersAt = (orgId: string, now: number, query: ReportQuery) => ({
+    orgId,
+    now: new Date(now),
+    status: query.status ?? null,
+    dormantBefore: new Date(now - query.dormantDays * DAY_MS),
+    dormant: query.dormant ?? null,
+    nameOrOwnerContains: query.nameOrOwnerContains ?? null,
+    owner: query.owner ?? null,
+    createdByKeyId: query.createdByKeyId ?? null,
+    eventsSince: new Date(now - deps.eventSummaryDays * DAY_MS),
+  });
   return {
     async list(orgId: string, query: ListQuery): Promise<z.output<typeof usageList>> {
       const now = deps.now();
@@ -213,16 +234,8 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       for (const keyId of [query.keyId, query.createdByKeyId]) if (keyId) await requireKeyInOrg(deps.db, orgId, keyId);
       const after = await afterKey(deps.db, orgId, query);
       const { keys, total } = await listKeyUsage(deps.db, {
-        orgId,
-        now: new Date(now),
-        status: query.status ?? null,
-        dormantBefore: new Date(now - query.dormantDays * DAY_MS),
-        dormant: query.dormant ?? null,
-        nameOrOwnerContains: query.nameOrOwnerContains ?? null,
-        owner: query.owner ?? null,
+        ...filtersAt(orgId, now, query),
         keyId: query.keyId ?? null,
-        createdByKeyId: query.createdByKeyId ?? null,
-        eventsSince: new Date(now - deps.eventSummaryDays * DAY_MS),
         sort: query.sort,
         order: query.order,
         after,
@@ -231,10 +244,32 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
       });
       return {
         data: keys.map((key) => toUsageView(key, now, deps.eventSummaryDays)),
-        page: { limit: query.limit, offset: query.offset, total, nextAfter: nextAfter(keys, query) },
+        page: { limit: query.limit, offset: query.offset, total: total!, nextAfter: nextAfter(keys, query) },
         generatedAt: new Date(now).toISOString(),
         delay: deps.delay,
       };
+    },
+
+    /**
+     * Every key the filters select, oldest first, a page of views at a time (the CSV report), all
+     * at one `now`. A createdByKeyId of another org (or none) is not_found before the first page.
+     */
+    async *report(orgId: string, query: ReportQuery): AsyncGenerator<KeyUsageView[]> {
+      const now = deps.now();
+      if (query.createdByKeyId) await requireKeyInOrg(deps.db, orgId, query.createdByKeyId);
+      let after: string | undefined;
+      for (;;) {
+        const page = { sort: 'createdAt', order: 'asc', after, limit: REPORT_PAGE, offset: 0, withoutTotal: true } as const;
+        const { keys } = await listKeyUsage(deps.db, { ...filtersAt(orgId, now, query), keyId: null, ...page });
+        // The last key read was deleted since: the keyset lost its place, and an empty page would
+        // end a report short that reads as complete.
+        if (keys.length === 0 && after !== undefined && !(await findApiKeyInOrg(deps.db, orgId, after))) {
+          throw new Error('The CSV report lost its place: the last key it read was deleted meanwhile');
+        }
+        if (keys.length > 0) yield keys.map((key) => toUsageView(key, now, deps.eventSummaryDays));
+        if (keys.length < REPORT_PAGE) return;
+        after = keys[keys.length - 1].keyId;
+      }
     },
 
     async timeSeries(orgId: string, keyId: string, query: SeriesRequest): Promise<z.output<typeof usageSeries>> {

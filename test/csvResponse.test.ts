@@ -1,0 +1,79 @@
+import type { AddressInfo } from 'node:net';
+import { once } from 'node:events';
+import express from 'express';
+import t, { type Test } from 'tap';
+import { sendCsv } from '../api/csvResponse';
+import { errorMiddleware } from '../api/errors';
+import { capturingLogger } from './helpers/logLines';
+
+// The CSV writer on a real HTTP server on 127.0.0.1, with the app's error middleware, over chunk
+// sources the test controls: what a client sees when the source fails before its first chunk or
+// after, and that a client gone stops the reading.
+
+async function serve(t: Test, source: () => AsyncIterable<string>) {
+  const lines: string[] = [];
+  const app = express();
+  app.get('/report.csv', async (_req, res) => sendCsv(res, 'report.csv', 'a,b\r\n', source()));
+  app.use(errorMiddleware(capturingLogger(lines, 'csv-test')));
+  const server = app.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/report.csv`, lines };
+}
+
+t.test('a source that fails before its first chunk: an error answer, no CSV', async (t) => {
+  const { url } = await serve(t, () => ({
+    [Symbol.asyncIterator]: () => ({ next: () => Promise.reject(new Error('the database is down')) }),
+  }));
+  const response = await fetch(url);
+  t.equal(response.status, 500);
+  t.match(response.headers.get('content-type'), /^application\/json/);
+  t.match(await response.json(), { error: { code: 'internal_error' } });
+});
+
+t.test('a source that fails after its first chunk: the download fails, it does not end short', async (t) => {
+  const { url, lines } = await serve(t, async function* () {
+    yield '1,2\r\n';
+    throw new Error('the keyset lost its place');
+  });
+  // Headers and the first chunk may or may not have left before the close: either way, no whole answer.
+  await t.rejects(
+    fetch(url).then((response) => response.text()),
+    'the request fails: the answer has no end',
+  );
+  t.match(lines.find((line) => line.includes('answer cut short')) ?? '', /the keyset lost its place/, 'logged with the cause');
+});
+
+t.test('a whole source: the header, every chunk, then the end', async (t) => {
+  const { url } = await serve(t, async function* () {
+    yield '1,2\r\n';
+    yield '3,4\r\n';
+  });
+  const response = await fetch(url);
+  t.equal(await response.text(), 'a,b\r\n1,2\r\n3,4\r\n');
+  t.equal(response.headers.get('content-disposition'), 'attachment; filename=report.csv');
+});
+
+t.test('a client gone mid-report: the source is read no further and closed', async (t) => {
+  let chunksRead = 0;
+  let closed = false;
+  const chunk = `${'x'.repeat(1 << 20)}\r\n`;
+  const { url } = await serve(t, async function* () {
+    try {
+      // Bounded: a source the writer never stopped would end here, and the check below fail.
+      for (; chunksRead < 1000; chunksRead++) yield chunk;
+    } finally {
+      closed = true;
+    }
+  });
+  const aborted = new AbortController();
+  const response = await fetch(url, { signal: aborted.signal });
+  const reader = response.body!.getReader();
+  await reader.read();
+  aborted.abort();
+  await t.rejects(reader.read());
+  const waitUntil = Date.now() + 10_000;
+  while (!closed && Date.now() < waitUntil) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.ok(closed, 'the source was closed');
+  t.ok(chunksRead < 1000, `the source was read no further than the socket took (${chunksRead} of 1,000 chunks of 1 MiB)`);
+});
