@@ -161,6 +161,12 @@ function filters(query: UsageQuery): string {
   return conditions.map((condition) => `and ${condition}`).join(' ');
 }
 
+// Never-used keys (no last use) first in ascending order, last in descending. created_at is never
+// null: its ascending order is plain ASC, the order api_keys_org_created_idx holds, so a page
+// after a key reads the index from the cursor; with NULLS FIRST every page sorted every key of
+// the org (0.12 s a page of the CSV report at 100,000 keys).
+const sortDirection = (query: UsageQuery) => (query.order === 'desc' ? 'desc nulls last' : query.sort === 'createdAt' ? 'asc' : 'asc nulls first');
+
 // The keys after the cursor in the createdAt order (created_at ascending or descending, ties by id
 // ascending either way): a keyset, so a key entering or leaving the filtered set shifts no other.
 // The cursor's created_at is read in the same statement, from the placement its rows come from:
@@ -169,7 +175,9 @@ function filters(query: UsageQuery): string {
 // off the worker's copy, and the page held the cursor key itself.
 const AFTER_CREATED_AT = `(select a.created_at from ${TABLE.apiKeys} a where a.org_id = :orgId and a.id = :afterId)`;
 const AFTER_POSITION = {
-  asc: `and (k.created_at > ${AFTER_CREATED_AT} or (k.created_at = ${AFTER_CREATED_AT} and k.id > :afterId))`,
+  // The same condition as a row comparison, which api_keys_org_created_idx starts the page at (the
+  // CSV report walks 100,000 keys so).
+  asc: `and (k.created_at, k.id) > (${AFTER_CREATED_AT}, :afterId)`,
   desc: `and (k.created_at < ${AFTER_CREATED_AT} or (k.created_at = ${AFTER_CREATED_AT} and k.id > :afterId))`,
 };
 
@@ -249,7 +257,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
     pageEnd: query.limit + query.offset,
     ...windowBounds(query.now),
   };
-  const direction = query.order === 'asc' ? 'asc nulls first' : 'desc nulls last';
+  const direction = sortDirection(query);
   const [rows, count] = await Promise.all([
     rawRows<KeyUsageRow>(
       db,
