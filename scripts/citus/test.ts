@@ -23,6 +23,7 @@ export const FILES = [
   'test/keyRestore.test.ts',
   'test/orgUsageSeries.test.ts',
   'test/keyOwner.test.ts',
+  'test/usageCsv.test.ts',
   'test/citus/distributed.citus.ts',
 ];
 const DATABASE = 'keyusage_citus_test';

@@ -71,12 +71,46 @@ export async function api(method, path, { body, key = sessionKey(), idempotencyK
     throw new ApiError(0, 'network', 'The API could not be reached', key);
   }
   const payload = await response.json().catch(() => NOT_JSON);
-  const apiError = payload?.error;
-  if (response.ok ? payload === NOT_JSON : typeof apiError?.message !== 'string') throw notFromTheApi(response, key);
-  if (!response.ok) throw new ApiError(response.status, apiError.code ?? 'unknown', apiError.message, key);
+  if (response.ok && payload === NOT_JSON) throw notFromTheApi(response, key);
+  if (!response.ok) throw refusal(response, payload, key);
   // A usage answer says when the server read it: the page's clock is the server's (format.js).
   if (typeof payload?.generatedAt === 'string') noteServerTime(payload.generatedAt, sentAt);
   return payload;
+}
+
+// The API's error ({ error: { code, message } }) of an answer that is not ok.
+function refusal(response, payload, key) {
+  const apiError = payload?.error;
+  if (typeof apiError?.message !== 'string') return notFromTheApi(response, key);
+  return new ApiError(response.status, apiError.code ?? 'unknown', apiError.message, key);
+}
+
+// A report of 100,000 keys takes about 10 s to write (docs/benchmarks.md §5): a download is not
+// held to a read's 30 s, only kept from waiting for ever.
+const DOWNLOAD_TIMEOUT_MS = 10 * 60_000;
+
+// A CSV the API writes as it reads it (…/usage.csv), as a Blob. An answer that stops before its
+// end (the API closes it when a read fails midway) rejects: a short file would pass for whole.
+export async function downloadCsv(path, { key = sessionKey() } = {}) {
+  const headers = { accept: 'text/csv' };
+  if (key) headers.authorization = `Bearer ${key}`;
+  const failed = (error, message) =>
+    error?.name === 'TimeoutError'
+      ? new ApiError(0, 'timeout', `The report did not finish within ${DOWNLOAD_TIMEOUT_MS / 60_000} minutes`, key)
+      : new ApiError(0, 'network', message, key);
+  let response;
+  try {
+    response = await fetch(path, { headers, cache: 'no-store', signal: AbortSignal.timeout(DOWNLOAD_TIMEOUT_MS) });
+  } catch (error) {
+    throw failed(error, 'The API could not be reached');
+  }
+  if (!response.ok) throw refusal(response, await response.json().catch(() => NOT_JSON), key);
+  if (!/^text\/csv/.test(response.headers.get('content-type') ?? '')) throw notFromTheApi(response, key);
+  try {
+    return await response.blob();
+  } catch (error) {
+    throw failed(error, 'The report stopped before its end: nothing was saved; try again');
+  }
 }
 
 // Not crypto.randomUUID(): a page served over plain HTTP from another host than localhost is not a

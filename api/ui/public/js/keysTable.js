@@ -1,4 +1,4 @@
-import { api, holdsKeyMaterial, orgPath } from './api.js';
+import { api, downloadCsv, holdsKeyMaterial, orgPath, routeMissing } from './api.js';
 import { el, setAttr, setText } from './dom.js';
 import { count, exact } from './format.js';
 import { createPager, STALE } from './pager.js';
@@ -107,6 +107,12 @@ function controls(onChange) {
     el('label', {}, ['Status ', status]),
     el('label', {}, [dormant, ' Dormant only']),
   ]);
+  // The report takes the filters, not the sort: it is oldest first.
+  const filtersOnly = () => {
+    const params = query();
+    params.delete('sort');
+    return params;
+  };
   // A key pasted into the search went out in the request's URL, which proxies and access logs
   // keep; no name can hold one (the API refuses it), so nothing is lost by not asking. Thrown, it
   // shows where the API's own refusal of a search does.
@@ -119,7 +125,31 @@ function controls(onChange) {
     if (status.value) params.set('status', status.value);
     return params;
   };
-  return { element, query };
+  return { element, query, filtersOnly };
+}
+
+// Every key the filters select, not the page shown, as the CSV report (GET …/usage.csv), saved as
+// a file: an access review's spreadsheet. A report cut short is refused, not saved.
+function reportDownload(who, filtersOnly) {
+  const status = el('span', { class: 'download-status', role: 'status' });
+  const button = el('button', { type: 'button', id: 'download-csv', text: 'Download CSV' });
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    setText(status, 'Preparing the CSV of every key the filters select…');
+    try {
+      const blob = await downloadCsv(orgPath(who, `/usage.csv?${filtersOnly()}`));
+      const link = el('a', { href: URL.createObjectURL(blob), download: `api-keys-${new Date().toISOString().slice(0, 10)}.csv` });
+      link.click();
+      // The browser reads the file from the URL after the click returns.
+      setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+      setText(status, '');
+    } catch (error) {
+      setText(status, routeMissing(error) ? 'This server has no CSV report (a version before it).' : `Not downloaded: ${error.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return el('div', { class: 'report-download' }, [button, status]);
 }
 
 // `requestRefresh`: the page's refresh of the current view, which shows its errors (a refresh
@@ -171,6 +201,7 @@ export function createKeysView({ who, onFresh, requestRefresh }) {
   const element = el('section', { 'aria-labelledby': 'keys-heading' }, [
     el('h2', { id: 'keys-heading', text: 'API keys' }),
     filters.element,
+    reportDownload(who, filters.filtersOnly),
     el('div', { class: 'table-wrap' }, [table]),
     pager.element,
   ]);
