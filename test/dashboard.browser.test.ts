@@ -527,8 +527,13 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
   // connection lost while the laptop slept) froze the view for good, with no error.
   t.test('a key list request that never answers times out with an error, and a later refresh shows the keys', async (t) => {
     const tab = await context.newPage();
-    // The page's clock drives AbortSignal.timeout too (page.clock fakes it).
+    // The page's clock drives AbortSignal.timeout too (page.clock fakes it). Paused before the page
+    // loads, so only runFor moves it: running, a slow machine's real seconds reached the 35 s tick
+    // within the 31 s the test runs for, and a second request hung (an audit; reproduced at 4.8 s of
+    // delay). Paused, the 30 s tick and the timeout are due together and the tick, created first, is
+    // skipped. The clock is the context's: resumed before the close, for the tests after this one.
     await tab.clock.install();
+    await tab.clock.pauseAt(Date.now() + 1000);
     let hang = true;
     let hung = 0;
     await tab.route(/\/api-keys\/usage\?/, async (route) => {
@@ -548,6 +553,7 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await rowsShown(tab, (n) => n > 0);
     await waitFor('the error cleared', async () => ((await tab.textContent('#view-error')) === '' ? true : undefined));
     t.pass('the next refresh shows the keys and clears the error');
+    await tab.clock.resume();
     await tab.close();
   });
 
@@ -667,6 +673,9 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
   // 0 days listed the keys of 30 under a label of 0, and the clean-up sent the 0 to a 400.
   t.test('the dormant list keeps the focus across refreshes, and 0 days is refused before any request', async (t) => {
     const tab = await signedInTab(system.adminKey, '#/org', { clock: true });
+    // Paused: a refresh in the window below would ask for the list with its 30 days, which the
+    // check counts (on a slow machine, a real-time tick did; an audit reproduced it at 6.4 s).
+    await tab.clock.pauseAt(Date.now() + 1000);
     const link = tab.locator('#dormant li a').first();
     await link.focus();
     const refreshed = tab.waitForResponse(/\/usage\?dormant=true/);
@@ -685,12 +694,15 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await tab.fill('#dormant-days', '0');
     await tab.locator('#dormant-days').dispatchEvent('change');
     await tab.click('text=Preview clean-up (dry run)');
+    // The same refusal is told again after a moment (dom.js tellAgain), on the page's clock.
+    await tab.clock.runFor(200);
     const note = tab.locator('#dormant > p.note');
     await note.filter({ hasText: /./ }).waitFor();
     await handled();
     t.match(await note.textContent(), /whole number of days from 1 to 3650/, 'the note says what the box takes');
     t.strictSame(sent, [], 'neither the list nor the clean-up was asked for with it');
     t.match(await summary.textContent(), /unused for 30 days/, 'the label still names the days listed');
+    await tab.clock.resume();
     await tab.close();
   });
 

@@ -24,12 +24,16 @@ export async function usageOf({ api, org, adminKey }: System, id: string) {
 }
 
 /**
- * A tab signed in with the admin key on the page `hash` names, its timers on a clock the test
- * moves (page.clock), reading `offsetMs` off the server's.
+ * A tab signed in with the admin key on the page `hash` names, its timers on a paused clock only
+ * the test moves (page.clock), reading `offsetMs` off the server's.
  */
 export async function clockedTab(context: BrowserContext, system: System, hash: string, offsetMs = 0) {
   const tab = await context.newPage();
   await tab.clock.install({ time: Date.now() + offsetMs });
+  // Paused before the page loads: only the test's runFor moves the page's time. Running, it added
+  // the test's own slowness, and a slow machine met a refresh the test did not make (an audit:
+  // dashboard.refresh's dormant-days check saw three requests at 6.3 s of delay).
+  await tab.clock.pauseAt(Date.now() + offsetMs + 1000);
   await tab.goto(`${system.api.baseUrl}/`);
   await tab.fill('#sign-in-key', system.adminKey);
   await tab.click('#sign-in button[type=submit]');
