@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { databaseUnavailable } from '../shared/db';
 import { redactKeyMaterial, type Logger } from '../shared/logger';
 import type { Outcome } from '../shared/usageWire';
+import { abandon } from './csvResponse';
 
 // The closed list of error codes a client can receive, each with its one HTTP status.
 export const ERROR_STATUS = {
@@ -182,7 +183,7 @@ export function errorMiddleware(logger: Logger): ErrorRequestHandler {
         { err: { message: error.message, code: error.code }, requestId: res.locals.requestId, method: req.method, path: quotedPath(req.path) },
         'answer cut short',
       );
-      res.destroy();
+      abandon(res);
       return;
     }
     const appError = error instanceof AppError ? error : (fromBodyParser(error) ?? fromHttpError(error) ?? fromDatabase(error, req.method));

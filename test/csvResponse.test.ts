@@ -10,10 +10,10 @@ import { capturingLogger } from './helpers/logLines';
 // sources the test controls: what a client sees when the source fails before its first chunk or
 // after, and that a client gone stops the reading.
 
-async function serve(t: Test, source: () => AsyncIterable<string>) {
+async function serve(t: Test, source: () => AsyncIterable<string>, stalledMs?: number) {
   const lines: string[] = [];
   const app = express();
-  app.get('/report.csv', async (_req, res) => sendCsv(res, 'report.csv', 'a,b\r\n', source()));
+  app.get('/report.csv', async (_req, res) => sendCsv(res, 'report.csv', 'a,b\r\n', source(), stalledMs));
   app.use(errorMiddleware(capturingLogger(lines, 'csv-test')));
   const server = app.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -76,4 +76,33 @@ t.test('a client gone mid-report: the source is read no further and closed', asy
   while (!closed && Date.now() < waitUntil) await new Promise((resolve) => setTimeout(resolve, 20));
   t.ok(closed, 'the source was closed');
   t.ok(chunksRead < 1000, `the source was read no further than the socket took (${chunksRead} of 1,000 chunks of 1 MiB)`);
+});
+
+t.test('a client that stops reading is let go after the stall limit, and the source closed', async (t) => {
+  let closed = false;
+  const chunk = `${'x'.repeat(1 << 20)}\r\n`;
+  const { url } = await serve(
+    t,
+    async function* () {
+      try {
+        for (let i = 0; i < 1000; i++) yield chunk;
+      } finally {
+        closed = true;
+      }
+    },
+    300,
+  );
+  const response = await fetch(url);
+  const reader = response.body!.getReader();
+  await reader.read();
+  // Read no further: the server's writes back up, and nothing drains them.
+  const waitUntil = Date.now() + 10_000;
+  while (!closed && Date.now() < waitUntil) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.ok(closed, 'the source was closed though the client is still connected');
+  await t.rejects(
+    (async () => {
+      for (;;) if ((await reader.read()).done) return;
+    })(),
+    'the answer ends without its end',
+  );
 });

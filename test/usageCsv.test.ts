@@ -1,8 +1,12 @@
+import http from 'node:http';
+import { once } from 'node:events';
 import t, { type Test } from 'tap';
 import { insertKeys } from '../bench/lib/database';
 import { TABLE } from '../shared/tables';
 import { listKeyUsage } from '../api/usage/usage.repository';
-import { twoOrgWorld } from './helpers/api';
+import { seedOrg, startTestApi, twoOrgWorld } from './helpers/api';
+import { freshDatabase } from './helpers/database';
+import { waitFor } from '../harness/wait';
 
 // GET …/api-keys/usage.csv: every key the usage list's filters select, as CSV, through the real
 // API against a real PostgreSQL.
@@ -201,4 +205,25 @@ t.test("a page after a key reads api_keys' index from the key, in its order, wit
   });
   t.notMatch(plan, /Sort Key: k\.created_at/, 'no sort of the keys');
   t.match(plan, /Index Cond: .*ROW\(created_at, id\) > ROW/, 'the index starts at the cursor');
+});
+
+// A report holds its org's turn (API_MAX_CONCURRENT_PER_ORG) while it is written. A download the
+// client left midway never gave it back: the writer stopped without ending the answer, and with a
+// limit of 1 the org's next request waited for good (a self-review; fails without the fix).
+t.test("a download the client leaves midway gives its org's turn back", async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db, { env: { API_MAX_CONCURRENT_PER_ORG: '1' } });
+  const { org, adminKey } = await seedOrg(api, db);
+  // About 12 MB of CSV: more than the loopback socket's buffers hold for a client not reading.
+  await insertKeys(db, org.id, 30_000, 'bulk-');
+  const request = http.get(`${api.baseUrl}/api/orgs/${org.id}/api-keys/usage.csv`, { headers: { authorization: `Bearer ${adminKey}` } });
+  const [response] = (await once(request, 'response')) as [http.IncomingMessage];
+  t.equal(response.statusCode, 200);
+  await once(response, 'data');
+  response.pause();
+  t.equal(api.orgTurns.busyOrgs(), 1, 'the report holds its turn while written');
+  request.destroy();
+  await waitFor("the org's turn given back", () => (api.orgTurns.busyOrgs() === 0 ? true : undefined));
+  const next = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?limit=1`, { key: adminKey });
+  t.equal(next.status, 200, "the org's next request is answered");
 });
