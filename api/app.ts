@@ -32,6 +32,7 @@ import { webhooksRouter } from './webhooks/webhooks.routes';
 import { createWebhooksService } from './webhooks/webhooks.service';
 import { lookupSlots } from '../shared/lookupSlots';
 import type { Lookup } from '../shared/webhookTarget';
+import { CLIENT_CLOSED } from './csvResponse';
 
 export interface AppDeps {
   db: Db;
@@ -80,8 +81,6 @@ function routeLabel(req: Request, res: Response): string {
   return req.route.path === '/' && prefix ? prefix : prefix + req.route.path;
 }
 
-const CLIENT_CLOSED = 499;
-
 function requestContext(logger: Logger, onRequest: AppDeps['onRequest']): RequestHandler {
   return (req, res, next) => {
     const incoming = req.headers['x-request-id'];
@@ -94,7 +93,7 @@ function requestContext(logger: Logger, onRequest: AppDeps['onRequest']): Reques
     // missing from the log and the latency histogram; it is logged with 499 (client closed).
     res.on('close', () => {
       const durationMs = Number(process.hrtime.bigint() - started) / 1e6;
-      const status = res.writableFinished ? res.statusCode : CLIENT_CLOSED;
+      const status = res.locals.loggedStatus ?? (res.writableFinished ? res.statusCode : CLIENT_CLOSED);
       logger.info(
         {
           requestId,

@@ -4,10 +4,11 @@ import type { Response } from 'express';
 // memory, and written no faster than the client takes it.
 
 // A report holds its org's turn (API_MAX_CONCURRENT_PER_ORG) until its end: a client that
-// stopped reading would hold it for as long as its connection stayed open, and a few such
-// downloads by a keys:read key froze its org's API. A client that takes nothing for this long is
-// let go.
-export const STALLED_CLIENT_MS = 30_000;
+// stopped reading, or read a few bytes now and then, would hold it for as long as its connection
+// stayed open, and a few such downloads by a keys:read key froze its org's API. A client that
+// takes nothing for `stalledMs` is let go, and every download at `longestMs` (100,000 keys take
+// about 10 s: docs/benchmarks.md §5).
+export const CSV_LIMITS = { stalledMs: 30_000, longestMs: 5 * 60_000 };
 
 /** Resolves true when the response can take more, false when closed or stalled past `stalledMs`. */
 const writable = (res: Response, stalledMs: number) =>
@@ -27,20 +28,30 @@ const writable = (res: Response, stalledMs: number) =>
 
 /**
  * Sends `header`, then each chunk as it comes, each once the client took the one before (or
- * closes the answer, without its end, when the client took nothing for `stalledMs`). The first chunk is read before the status is sent,
+ * closes the answer, without its end, when the client took nothing for `limits.stalledMs`, or
+ * `limits.longestMs` passed). The first chunk is read before the status is sent,
  * so a refusal there (a key of another org, the database down) is an error answer; a failure
  * after it rejects, and the error middleware closes the response before its end, which a client
- * reads as a failed download rather than a short report.
+ * reads as a failed download rather than a short report. `onStarted` runs once the status is sent.
  */
-export async function sendCsv(res: Response, filename: string, header: string, chunks: AsyncIterable<string>, stalledMs = STALLED_CLIENT_MS): Promise<void> {
+export async function sendCsv(
+  res: Response,
+  filename: string,
+  header: string,
+  chunks: AsyncIterable<string>,
+  { limits = CSV_LIMITS, onStarted = () => {} } = {},
+): Promise<void> {
   const iterator = chunks[Symbol.asyncIterator]();
+  const endBy = Date.now() + limits.longestMs;
   let next = await iterator.next();
   res.status(200).type('text/csv; charset=utf-8').attachment(filename);
   res.write(header);
+  onStarted();
   while (!next.done) {
-    const taken = !res.destroyed && (res.write(next.value) || (await writable(res, stalledMs)));
+    const left = endBy - Date.now();
+    const taken = left > 0 && !res.destroyed && (res.write(next.value) || (await writable(res, Math.min(limits.stalledMs, left))));
     if (!taken) {
-      abandon(res);
+      abandon(res, CLIENT_CLOSED);
       await iterator.return?.(undefined);
       return;
     }
@@ -49,12 +60,17 @@ export async function sendCsv(res: Response, filename: string, header: string, c
   res.end();
 }
 
+/** The request log's status of an answer its client left before its end (nginx's). */
+export const CLIENT_CLOSED = 499;
+
 /**
- * Closes an answer under way without its end. end() after destroy() sends nothing, and is what
- * gives the request's org turn back (api/auth/authorize.ts, turnOf): without it, each download a
- * client left held a turn for good, and API_MAX_CONCURRENT_PER_ORG of them froze the org's API.
+ * Closes an answer under way without its end, logged with `loggedStatus` (the request log took
+ * it for finished: 200). end() after destroy() sends nothing, and is what gives the request's
+ * org turn back (api/auth/authorize.ts, turnOf): without it, each download a client left held a
+ * turn for good, and API_MAX_CONCURRENT_PER_ORG of them froze the org's API.
  */
-export function abandon(res: Response): void {
+export function abandon(res: Response, loggedStatus: number): void {
+  res.locals.loggedStatus = loggedStatus;
   res.destroy();
   res.end();
 }

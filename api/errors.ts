@@ -183,7 +183,8 @@ export function errorMiddleware(logger: Logger): ErrorRequestHandler {
         { err: { message: error.message, code: error.code }, requestId: res.locals.requestId, method: req.method, path: quotedPath(req.path) },
         'answer cut short',
       );
-      abandon(res);
+      // Logged as the server's failure, not as a client that left.
+      abandon(res, 500);
       return;
     }
     const appError = error instanceof AppError ? error : (fromBodyParser(error) ?? fromHttpError(error) ?? fromDatabase(error, req.method));

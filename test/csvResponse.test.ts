@@ -10,10 +10,10 @@ import { capturingLogger } from './helpers/logLines';
 // sources the test controls: what a client sees when the source fails before its first chunk or
 // after, and that a client gone stops the reading.
 
-async function serve(t: Test, source: () => AsyncIterable<string>, stalledMs?: number) {
+async function serve(t: Test, source: () => AsyncIterable<string>, limits?: { stalledMs: number; longestMs: number }) {
   const lines: string[] = [];
   const app = express();
-  app.get('/report.csv', async (_req, res) => sendCsv(res, 'report.csv', 'a,b\r\n', source(), stalledMs));
+  app.get('/report.csv', async (_req, res) => sendCsv(res, 'report.csv', 'a,b\r\n', source(), { limits }));
   app.use(errorMiddleware(capturingLogger(lines, 'csv-test')));
   const server = app.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -90,7 +90,7 @@ t.test('a client that stops reading is let go after the stall limit, and the sou
         closed = true;
       }
     },
-    300,
+    { stalledMs: 300, longestMs: 60_000 },
   );
   const response = await fetch(url);
   const reader = response.body!.getReader();
@@ -105,4 +105,26 @@ t.test('a client that stops reading is let go after the stall limit, and the sou
     })(),
     'the answer ends without its end',
   );
+});
+
+t.test('a download that reads now and then is let go at the longest a report may take', async (t) => {
+  let chunksRead = 0;
+  const { url } = await serve(
+    t,
+    async function* () {
+      for (; chunksRead < 1000; chunksRead++) yield `${'x'.repeat(1 << 16)}\r\n`;
+    },
+    { stalledMs: 60_000, longestMs: 500 },
+  );
+  const response = await fetch(url);
+  const reader = response.body!.getReader();
+  // Slowly: a chunk every 50 ms, never long enough to count as stalled.
+  const slowly = (async () => {
+    for (;;) {
+      if ((await reader.read()).done) return;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  })();
+  await t.rejects(slowly, 'the answer ends without its end');
+  t.ok(chunksRead < 1000, `cut off after ${chunksRead} of 1,000 chunks`);
 });

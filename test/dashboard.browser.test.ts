@@ -1,5 +1,5 @@
 import path from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import type { Page } from 'playwright-core';
 import { UNAUTHORIZED_MESSAGE } from '../api/errors';
 import { CONTENT_SECURITY_POLICY } from '../api/securityHeaders';
@@ -346,9 +346,20 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
 
   // A new tab signed in with `key`, on the page `hash` names. With `clock`, its timers run on a
   // clock the test moves (page.clock): each 5 s refresh comes when the test says.
-  const signedInTab = async (key: string, hash: string, { clock = false } = {}) => {
+  // Pauses the page clock until `test` ends, however it ends (a timed-out wait throws past the
+  // test's last lines): page.clock is the context's, and later tests wait on real time.
+  const pauseUntilTheEnd = async (test: Test, tab: Page) => {
+    await tab.clock.pauseAt(Date.now() + 1000);
+    test.teardown(() => context.clock.resume());
+  };
+
+  // `paused`: the clock moves only when the test runs it, from before the page loads (so the 5 s
+  // refreshes fall whole periods after the first). The clock is the context's: a paused test
+  // resumes it when it ends, however it ends, for the tests after it.
+  const signedInTab = async (key: string, hash: string, { clock = false, paused = undefined as Test | undefined } = {}) => {
     const tab = await context.newPage();
-    if (clock) await tab.clock.install();
+    if (clock || paused) await tab.clock.install();
+    if (paused) await pauseUntilTheEnd(paused, tab);
     await tab.goto(`${system.api.baseUrl}/`);
     await signIn(tab, key);
     await tab.goto(`${system.api.baseUrl}/${hash}`);
@@ -531,9 +542,9 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     // loads, so only runFor moves it: running, a slow machine's real seconds reached the 35 s tick
     // within the 31 s the test runs for, and a second request hung (an audit; reproduced at 4.8 s of
     // delay). Paused, the 30 s tick and the timeout are due together and the tick, created first, is
-    // skipped. The clock is the context's: resumed before the close, for the tests after this one.
+    // skipped.
     await tab.clock.install();
-    await tab.clock.pauseAt(Date.now() + 1000);
+    await pauseUntilTheEnd(t, tab);
     let hang = true;
     let hung = 0;
     await tab.route(/\/api-keys\/usage\?/, async (route) => {
@@ -553,7 +564,6 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     await rowsShown(tab, (n) => n > 0);
     await waitFor('the error cleared', async () => ((await tab.textContent('#view-error')) === '' ? true : undefined));
     t.pass('the next refresh shows the keys and clears the error');
-    await tab.clock.resume();
     await tab.close();
   });
 
@@ -672,10 +682,10 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
   // The list was rebuilt on every refresh, taking the focus from its links every 5 s; a threshold of
   // 0 days listed the keys of 30 under a label of 0, and the clean-up sent the 0 to a 400.
   t.test('the dormant list keeps the focus across refreshes, and 0 days is refused before any request', async (t) => {
-    const tab = await signedInTab(system.adminKey, '#/org', { clock: true });
-    // Paused: a refresh in the window below would ask for the list with its 30 days, which the
-    // check counts (on a slow machine, a real-time tick did; an audit reproduced it at 6.4 s).
-    await tab.clock.pauseAt(Date.now() + 1000);
+    // Paused from before the page loads: a refresh in the window below would ask for the list
+    // with its 30 days, which the check counts (on a slow machine, a real-time tick did; an audit
+    // reproduced it at 6.4 s), and the 200 ms run below falls between two refreshes.
+    const tab = await signedInTab(system.adminKey, '#/org', { paused: t });
     const link = tab.locator('#dormant li a').first();
     await link.focus();
     const refreshed = tab.waitForResponse(/\/usage\?dormant=true/);
@@ -702,7 +712,6 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
     t.match(await note.textContent(), /whole number of days from 1 to 3650/, 'the note says what the box takes');
     t.strictSame(sent, [], 'neither the list nor the clean-up was asked for with it');
     t.match(await summary.textContent(), /unused for 30 days/, 'the label still names the days listed');
-    await tab.clock.resume();
     await tab.close();
   });
 

@@ -1,4 +1,5 @@
 import http from 'node:http';
+import net from 'node:net';
 import { once } from 'node:events';
 import t, { type Test } from 'tap';
 import { insertKeys } from '../bench/lib/database';
@@ -207,23 +208,75 @@ t.test("a page after a key reads api_keys' index from the key, in its order, wit
   t.match(plan, /Index Cond: .*ROW\(created_at, id\) > ROW/, 'the index starts at the cursor');
 });
 
-// A report holds its org's turn (API_MAX_CONCURRENT_PER_ORG) while it is written. A download the
-// client left midway never gave it back: the writer stopped without ending the answer, and with a
-// limit of 1 the org's next request waited for good (a self-review; fails without the fix).
-t.test("a download the client leaves midway gives its org's turn back", async (t) => {
+// A report held its org's turn (API_MAX_CONCURRENT_PER_ORG) until its end: a download the client
+// left midway never gave it back (the writer stopped without ending the answer), and a slow one
+// held it while the client read; with a limit of 1 the org's next request waited (a self-review
+// and a review; fails without the fixes). A report now gives its turn back after its first page,
+// and an org writes one report at a time.
+t.test("a report gives its org's turn back after its first page, one report of an org at a time, and a client gone frees it", async (t) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db, { env: { API_MAX_CONCURRENT_PER_ORG: '1' } });
   const { org, adminKey } = await seedOrg(api, db);
-  // About 12 MB of CSV: more than the loopback socket's buffers hold for a client not reading.
+  // About 12 MB of CSV, 60 pages: seconds of writing, still under way when the checks below run
+  // (the client stops reading too, though loopback's buffers may take much of it).
   await insertKeys(db, org.id, 30_000, 'bulk-');
-  const request = http.get(`${api.baseUrl}/api/orgs/${org.id}/api-keys/usage.csv`, { headers: { authorization: `Bearer ${adminKey}` } });
+  const path = `/api/orgs/${org.id}/api-keys/usage.csv`;
+  const request = http.get(`${api.baseUrl}${path}`, { headers: { authorization: `Bearer ${adminKey}` } });
   const [response] = (await once(request, 'response')) as [http.IncomingMessage];
   t.equal(response.statusCode, 200);
   await once(response, 'data');
   response.pause();
-  t.equal(api.orgTurns.busyOrgs(), 1, 'the report holds its turn while written');
-  request.destroy();
   await waitFor("the org's turn given back", () => (api.orgTurns.busyOrgs() === 0 ? true : undefined));
-  const next = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?limit=1`, { key: adminKey });
-  t.equal(next.status, 200, "the org's next request is answered");
+  const meanwhile = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?limit=1`, { key: adminKey });
+  t.equal(meanwhile.status, 200, "the org's other requests are answered while the client reads slowly");
+  const second = await api.request('GET', path, { key: adminKey });
+  t.match(second, { status: 429, body: { error: { code: 'too_many_requests', message: /CSV report of this organization is being written already/ } } });
+  t.equal(second.headers.get('retry-after'), '5');
+  request.destroy();
+  await waitFor('a report again once the client left', async () =>
+    (await api.request('GET', `${path}?q=none`, { key: adminKey })).status === 200 ? true : undefined,
+  );
+  t.pass('the next report is written');
+});
+
+// Over HTTP/1.0 an answer ends at the connection's close: a report cut short would read as whole.
+t.test('the report refuses HTTP/1.0, which cannot tell a cut-short report from a whole one', async (t) => {
+  const { api, acme } = await world(t);
+  const socket = net.connect(api.port, '127.0.0.1');
+  await once(socket, 'connect');
+  socket.write(`GET /api/orgs/${acme.org.id}/api-keys/usage.csv HTTP/1.0\r\nAuthorization: Bearer ${acme.adminKey}\r\n\r\n`);
+  let answer = '';
+  for await (const chunk of socket) answer += chunk;
+  t.match(answer, /^HTTP\/1\.1 400 /, '400');
+  t.match(
+    answer,
+    /The CSV report needs HTTP\/1\.1: over HTTP\/1\.0 a report cut short cannot be told from a whole one \(behind nginx, set proxy_http_version 1\.1\)/,
+  );
+});
+
+// A failure after the first page closes the answer without its end; it was logged as a client
+// that left (499), out of the 5xx rates an operator watches (a review).
+t.test('a report that fails after its first page is logged as a 500, and the answer has no end', async (t) => {
+  const { db, api, acme } = await world(t);
+  await insertKeys(db, acme.org.id, 600, 'bulk-');
+  const report = api.services.usage.report.bind(api.services.usage);
+  api.services.usage.report = async function* (orgId, query) {
+    const pages = report(orgId, query);
+    const first = await pages.next();
+    if (!first.done) yield first.value;
+    throw new Error('the database went away');
+  };
+  t.teardown(() => void (api.services.usage.report = report));
+  await t.rejects(
+    fetch(`${api.baseUrl}/api/orgs/${acme.org.id}/api-keys/usage.csv`, { headers: { authorization: `Bearer ${acme.adminKey}` } }).then((response) =>
+      response.text(),
+    ),
+    'the download fails',
+  );
+  const logged = await waitFor('the request logged', () => api.evidence.logLines.find((line) => line.includes('usage.csv') && line.includes('"status"')));
+  t.match(JSON.parse(logged), { status: 500 }, 'as a 500');
+  t.ok(
+    api.evidence.logLines.some((line) => line.includes('answer cut short') && line.includes('the database went away')),
+    'with its cause',
+  );
 });

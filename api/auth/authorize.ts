@@ -348,6 +348,9 @@ export function authorizer(deps: AuthorizeDeps) {
       await turn.started;
       // Its client left as it got its turn: nothing to answer, and the place goes back.
       if (res.closed || req.socket.destroyed) return turn.release();
+      // A CSV report gives its turn back once its first page is sent, and writes the rest at the
+      // client's pace under a limit of its own (api/usage/usage.routes.ts).
+      res.locals.releaseOrgTurn = turn.release;
       reached?.();
       next();
     };

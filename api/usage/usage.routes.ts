@@ -5,6 +5,7 @@ import type { RouteContract } from '../openapi/contract';
 import { dateParam, displayName, pagination, parseInput, queryInteger, rangeEndParam, uuid } from '../validation';
 import { orgUsageSeries, usageList, usageSeries, type UsageService } from './usage.service';
 import { sendCsv } from '../csvResponse';
+import { AppError } from '../errors';
 import { CSV_HEADER, csvRows, usageCsv } from './usageCsv';
 
 const booleanParam = z.enum(['true', 'false'], { error: 'must be true or false' }).transform((v) => v === 'true');
@@ -28,6 +29,11 @@ const listQuery = z
     ...pagination,
   })
   .strict();
+
+// Over HTTP/1.0 an answer ends at the connection's close, so a report cut short (closed before its
+// end) reads as whole; nginx speaks 1.0 to the API unless told proxy_http_version 1.1 (a review).
+const HTTP_1_0_REFUSED =
+  'The CSV report needs HTTP/1.1: over HTTP/1.0 a report cut short cannot be told from a whole one (behind nginx, set proxy_http_version 1.1)';
 
 // The list's filters; the report has every key they select, oldest first.
 const reportQuery = listQuery.pick({ dormant: true, status: true, dormantDays: true, createdByKeyId: true, q: true, owner: true }).strict();
@@ -68,6 +74,7 @@ export const usageRoutes: RouteContract[] = [
     params: orgParams,
     query: reportQuery,
     responses: { 200: { description: 'The keys as CSV (RFC 4180, UTF-8), a header line first', body: usageCsv, mediaType: 'text/csv' } },
+    errors: ['too_many_requests'],
   },
   {
     method: 'get',
@@ -116,18 +123,25 @@ export function orgUsageRouter(deps: { service: UsageService; authorize: (requir
     res.json(await deps.service.list(id, { ...query, nameOrOwnerContains: query.q }));
   });
 
+  // One report of an org at a time in this process: past its first page a report writes at its
+  // client's pace, outside its org's turns (API_MAX_CONCURRENT_PER_ORG), which a slow download
+  // held, and a keys:read key's few slow downloads froze its org's API (a review).
+  const reportsInProgress = new Set<string>();
   router.get('/usage.csv', readUsage, async (req, res) => {
     const { id } = parseInput(orgParams, req.params, 'params');
     const { q, ...query } = parseInput(reportQuery, req.query, 'query');
+    if (req.httpVersion === '1.0') throw new AppError('invalid_request', HTTP_1_0_REFUSED);
+    if (reportsInProgress.has(id)) {
+      res.setHeader('Retry-After', '5');
+      throw new AppError('too_many_requests', 'A CSV report of this organization is being written already; retry when it is done');
+    }
+    reportsInProgress.add(id);
+    res.once('close', () => reportsInProgress.delete(id));
     const pages = deps.service.report(id, { ...query, nameOrOwnerContains: q });
-    await sendCsv(
-      res,
-      `api-keys-${id}.csv`,
-      CSV_HEADER,
-      (async function* () {
-        for await (const keys of pages) yield csvRows(keys);
-      })(),
-    );
+    const lines = (async function* () {
+      for await (const keys of pages) yield csvRows(keys);
+    })();
+    await sendCsv(res, `api-keys-${id}.csv`, CSV_HEADER, lines, { onStarted: () => res.locals.releaseOrgTurn?.() });
   });
 
   router.get('/:keyId/usage', readUsage, async (req, res) => {

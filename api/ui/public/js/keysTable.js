@@ -1,4 +1,5 @@
 import { api, downloadCsv, holdsKeyMaterial, orgPath, routeMissing } from './api.js';
+import { sessionKey } from './session.js';
 import { el, setAttr, setText } from './dom.js';
 import { count, exact } from './format.js';
 import { createPager, STALE } from './pager.js';
@@ -129,15 +130,20 @@ function controls(onChange) {
 }
 
 // Every key the filters select, not the page shown, as the CSV report (GET …/usage.csv), saved as
-// a file: an access review's spreadsheet. A report cut short is refused, not saved.
+// a file: an access review's spreadsheet. A report cut short is refused, not saved; so is one that
+// arrives after the person signed out or in with another key (the org's every key in Downloads).
+// The button says it is busy with aria-disabled: disabled, it dropped the keyboard's focus.
 function reportDownload(who, filtersOnly) {
   const status = el('span', { class: 'download-status', role: 'status' });
   const button = el('button', { type: 'button', id: 'download-csv', text: 'Download CSV' });
   button.addEventListener('click', async () => {
-    button.disabled = true;
+    if (button.getAttribute('aria-disabled') === 'true') return;
+    button.setAttribute('aria-disabled', 'true');
     setText(status, 'Preparing the CSV of every key the filters select…');
+    const key = sessionKey();
     try {
-      const blob = await downloadCsv(orgPath(who, `/usage.csv?${filtersOnly()}`));
+      const blob = await downloadCsv(orgPath(who, `/usage.csv?${filtersOnly()}`), { key });
+      if (sessionKey() !== key) return setText(status, '');
       const link = el('a', { href: URL.createObjectURL(blob), download: `api-keys-${new Date().toISOString().slice(0, 10)}.csv` });
       link.click();
       // The browser reads the file from the URL after the click returns.
@@ -146,7 +152,7 @@ function reportDownload(who, filtersOnly) {
     } catch (error) {
       setText(status, routeMissing(error) ? 'This server has no CSV report (a version before it).' : `Not downloaded: ${error.message}`);
     } finally {
-      button.disabled = false;
+      button.removeAttribute('aria-disabled');
     }
   });
   return el('div', { class: 'report-download' }, [button, status]);
