@@ -3,28 +3,37 @@ import type { Response } from 'express';
 // A CSV answer written as its lines are read, so a report of 100,000 keys is never whole in
 // memory, and written no faster than the client takes it.
 
-// A report holds its org's turn (API_MAX_CONCURRENT_PER_ORG) until its end: a client that
-// stopped reading, or read a few bytes now and then, would hold it for as long as its connection
-// stayed open, and a few such downloads by a keys:read key froze its org's API. A client that
-// takes nothing for `stalledMs` is let go, and every download at `longestMs` (100,000 keys take
-// about 10 s: docs/benchmarks.md §5).
+// A report holds its org's one place among the reports being written (api/usage/usage.routes.ts)
+// until its end: a client that stopped reading, or read a few bytes now and then, would keep
+// its org's reports refused for as long as its connection stayed open. A client that takes
+// nothing for `stalledMs` is let go, and every download at `longestMs` (100,000 keys take about
+// 10 s: docs/benchmarks.md §5).
 export const CSV_LIMITS = { stalledMs: 30_000, longestMs: 5 * 60_000 };
 
-/** Resolves true when the response can take more, false when closed or stalled past `stalledMs`. */
-const writable = (res: Response, stalledMs: number) =>
-  new Promise<boolean>((resolve) => {
-    const done = (more: boolean) => () => {
-      clearTimeout(stalled);
+/** How a wait for the client ended: it took more, it left, or `waitMs` passed. */
+type Waited = 'drained' | 'closed' | 'timed out';
+
+const writable = (res: Response, waitMs: number) =>
+  new Promise<Waited>((resolve) => {
+    const done = (how: Waited) => () => {
+      clearTimeout(timer);
       res.off('drain', drained);
       res.off('close', closed);
-      resolve(more);
+      resolve(how);
     };
-    const drained = done(true);
-    const closed = done(false);
-    const stalled = setTimeout(closed, stalledMs);
+    const drained = done('drained');
+    const closed = done('closed');
+    const timer = setTimeout(done('timed out'), waitMs);
     res.on('drain', drained);
     res.on('close', closed);
   });
+
+/** Writes a chunk: how that ended, waiting for the client at most `waitMs` if it must. */
+async function deliver(res: Response, chunk: string, waitMs: number): Promise<Waited> {
+  if (res.destroyed) return 'closed';
+  if (waitMs <= 0) return 'timed out';
+  return res.write(chunk) ? 'drained' : writable(res, waitMs);
+}
 
 /**
  * Sends `header`, then each chunk as it comes, each once the client took the one before (or
@@ -49,9 +58,10 @@ export async function sendCsv(
   onStarted();
   while (!next.done) {
     const left = endBy - Date.now();
-    const taken = left > 0 && !res.destroyed && (res.write(next.value) || (await writable(res, Math.min(limits.stalledMs, left))));
-    if (!taken) {
-      abandon(res, CLIENT_CLOSED);
+    const waited = await deliver(res, next.value, Math.min(limits.stalledMs, left));
+    if (waited !== 'drained') {
+      // A report cut at its longest is the server's doing: 503 in the log, not a client gone.
+      abandon(res, waited === 'timed out' && left <= limits.stalledMs ? 503 : CLIENT_CLOSED);
       await iterator.return?.(undefined);
       return;
     }

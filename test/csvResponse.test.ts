@@ -12,13 +12,18 @@ import { capturingLogger } from './helpers/logLines';
 
 async function serve(t: Test, source: () => AsyncIterable<string>, limits?: { stalledMs: number; longestMs: number }) {
   const lines: string[] = [];
+  // The status the request log would take for each answer (api/app.ts reads it at the close).
+  const logged: unknown[] = [];
   const app = express();
-  app.get('/report.csv', async (_req, res) => sendCsv(res, 'report.csv', 'a,b\r\n', source(), { limits }));
+  app.get('/report.csv', async (_req, res) => {
+    res.once('close', () => logged.push(res.locals.loggedStatus));
+    await sendCsv(res, 'report.csv', 'a,b\r\n', source(), { limits });
+  });
   app.use(errorMiddleware(capturingLogger(lines, 'csv-test')));
   const server = app.listen(0, '127.0.0.1');
   await once(server, 'listening');
   t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/report.csv`, lines };
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/report.csv`, lines, logged };
 }
 
 t.test('a source that fails before its first chunk: an error answer, no CSV', async (t) => {
@@ -81,7 +86,7 @@ t.test('a client gone mid-report: the source is read no further and closed', asy
 t.test('a client that stops reading is let go after the stall limit, and the source closed', async (t) => {
   let closed = false;
   const chunk = `${'x'.repeat(1 << 20)}\r\n`;
-  const { url } = await serve(
+  const { url, logged } = await serve(
     t,
     async function* () {
       try {
@@ -99,6 +104,7 @@ t.test('a client that stops reading is let go after the stall limit, and the sou
   const waitUntil = Date.now() + 10_000;
   while (!closed && Date.now() < waitUntil) await new Promise((resolve) => setTimeout(resolve, 20));
   t.ok(closed, 'the source was closed though the client is still connected');
+  t.strictSame(logged, [499], "logged as the client's (499)");
   await t.rejects(
     (async () => {
       for (;;) if ((await reader.read()).done) return;
@@ -109,7 +115,7 @@ t.test('a client that stops reading is let go after the stall limit, and the sou
 
 t.test('a download that reads now and then is let go at the longest a report may take', async (t) => {
   let chunksRead = 0;
-  const { url } = await serve(
+  const { url, logged } = await serve(
     t,
     async function* () {
       for (; chunksRead < 1000; chunksRead++) yield `${'x'.repeat(1 << 16)}\r\n`;
@@ -127,4 +133,5 @@ t.test('a download that reads now and then is let go at the longest a report may
   })();
   await t.rejects(slowly, 'the answer ends without its end');
   t.ok(chunksRead < 1000, `cut off after ${chunksRead} of 1,000 chunks`);
+  t.strictSame(logged, [503], "logged as the server's cut (503), not as a client gone");
 });

@@ -280,3 +280,28 @@ t.test('a report that fails after its first page is logged as a 500, and the ans
     'with its cause',
   );
 });
+
+// An answer queued behind another on its connection (pipelined) never closes when its client
+// leaves: the org's place among the reports being written was kept until the process restarted,
+// and every later report of the org refused (a review; fails without the fix).
+t.test("a pipelined report whose client leaves frees its org's place among the reports", async (t) => {
+  const { db, api, acme, globex } = await world(t);
+  await insertKeys(db, globex.org.id, 30_000, 'bulk-');
+  const report = api.services.usage.report.bind(api.services.usage);
+  let acmeAsked = false;
+  api.services.usage.report = (orgId, query) => {
+    if (orgId === acme.org.id) acmeAsked = true;
+    return report(orgId, query);
+  };
+  t.teardown(() => void (api.services.usage.report = report));
+  const socket = net.connect(api.port, '127.0.0.1');
+  await once(socket, 'connect');
+  socket.pause();
+  const get = (orgId: string, key: string) => `GET /api/orgs/${orgId}/api-keys/usage.csv HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${key}\r\n\r\n`;
+  socket.write(get(globex.org.id, globex.adminKey) + get(acme.org.id, acme.adminKey));
+  await waitFor("acme's report, queued behind globex's, under way", () => (acmeAsked ? true : undefined));
+  socket.destroy();
+  const path = `/api/orgs/${acme.org.id}/api-keys/usage.csv?q=none`;
+  await waitFor('a report of acme again', async () => ((await api.request('GET', path, { key: acme.adminKey })).status === 200 ? true : undefined));
+  t.pass("acme's place was freed when the connection closed");
+});

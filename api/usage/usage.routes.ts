@@ -135,13 +135,23 @@ export function orgUsageRouter(deps: { service: UsageService; authorize: (requir
       res.setHeader('Retry-After', '5');
       throw new AppError('too_many_requests', 'A CSV report of this organization is being written already; retry when it is done');
     }
+    // Freed at the answer's close, at its connection's (an answer queued behind another on its
+    // connection never closes when the client leaves: the org's reports were refused until the
+    // process restarted; a review), and when the writing ends.
     reportsInProgress.add(id);
-    res.once('close', () => reportsInProgress.delete(id));
-    const pages = deps.service.report(id, { ...query, nameOrOwnerContains: q });
-    const lines = (async function* () {
-      for await (const keys of pages) yield csvRows(keys);
-    })();
-    await sendCsv(res, `api-keys-${id}.csv`, CSV_HEADER, lines, { onStarted: () => res.locals.releaseOrgTurn?.() });
+    const free = () => reportsInProgress.delete(id);
+    res.once('close', free);
+    req.socket.once('close', free);
+    try {
+      const pages = deps.service.report(id, { ...query, nameOrOwnerContains: q });
+      const lines = (async function* () {
+        for await (const keys of pages) yield csvRows(keys);
+      })();
+      await sendCsv(res, `api-keys-${id}.csv`, CSV_HEADER, lines, { onStarted: () => res.locals.releaseOrgTurn?.() });
+    } finally {
+      free();
+      req.socket.off('close', free);
+    }
   });
 
   router.get('/:keyId/usage', readUsage, async (req, res) => {
