@@ -13,12 +13,16 @@ export const CSV_LIMITS = { stalledMs: 30_000, longestMs: 5 * 60_000 };
 /** How a wait for the client ended: it took more, it left, or `waitMs` passed. */
 type Waited = 'drained' | 'closed' | 'timed out';
 
+// The connection's close too: an answer queued behind another on its connection (pipelined)
+// never closes when its client leaves, and waited out `stalledMs` holding its org's report place.
 const writable = (res: Response, waitMs: number) =>
   new Promise<Waited>((resolve) => {
+    const socket = res.req.socket;
     const done = (how: Waited) => () => {
       clearTimeout(timer);
       res.off('drain', drained);
       res.off('close', closed);
+      socket.off('close', closed);
       resolve(how);
     };
     const drained = done('drained');
@@ -26,11 +30,12 @@ const writable = (res: Response, waitMs: number) =>
     const timer = setTimeout(done('timed out'), waitMs);
     res.on('drain', drained);
     res.on('close', closed);
+    socket.on('close', closed);
   });
 
 /** Writes a chunk: how that ended, waiting for the client at most `waitMs` if it must. */
 async function deliver(res: Response, chunk: string, waitMs: number): Promise<Waited> {
-  if (res.destroyed) return 'closed';
+  if (res.destroyed || res.req.socket.destroyed) return 'closed';
   if (waitMs <= 0) return 'timed out';
   return res.write(chunk) ? 'drained' : writable(res, waitMs);
 }

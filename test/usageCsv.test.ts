@@ -287,6 +287,9 @@ t.test('a report that fails after its first page is logged as a 500, and the ans
 t.test("a pipelined report whose client leaves frees its org's place among the reports", async (t) => {
   const { db, api, acme, globex } = await world(t);
   await insertKeys(db, globex.org.id, 30_000, 'bulk-');
+  // Acme's queued report has pages to write too: it must stop when its client leaves, not wait
+  // out the stall limit (30 s) holding its org's place.
+  await insertKeys(db, acme.org.id, 30_000, 'bulk-');
   const report = api.services.usage.report.bind(api.services.usage);
   let acmeAsked = false;
   api.services.usage.report = (orgId, query) => {

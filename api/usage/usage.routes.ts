@@ -135,13 +135,11 @@ export function orgUsageRouter(deps: { service: UsageService; authorize: (requir
       res.setHeader('Retry-After', '5');
       throw new AppError('too_many_requests', 'A CSV report of this organization is being written already; retry when it is done');
     }
-    // Freed at the answer's close, at its connection's (an answer queued behind another on its
-    // connection never closes when the client leaves: the org's reports were refused until the
-    // process restarted; a review), and when the writing ends.
+    // Freed when its writing ends, which a client gone ends at once (api/csvResponse.ts), and
+    // only then: freed at the answer's close too, a report still reading its pages (a pipelined
+    // one, or one whose client left mid-query) later freed the place of the next report of its
+    // org, which then ran beside a third (a review).
     reportsInProgress.add(id);
-    const free = () => reportsInProgress.delete(id);
-    res.once('close', free);
-    req.socket.once('close', free);
     try {
       const pages = deps.service.report(id, { ...query, nameOrOwnerContains: q });
       const lines = (async function* () {
@@ -149,8 +147,7 @@ export function orgUsageRouter(deps: { service: UsageService; authorize: (requir
       })();
       await sendCsv(res, `api-keys-${id}.csv`, CSV_HEADER, lines, { onStarted: () => res.locals.releaseOrgTurn?.() });
     } finally {
-      free();
-      req.socket.off('close', free);
+      reportsInProgress.delete(id);
     }
   });
 
