@@ -5,17 +5,19 @@ import { seedOrg, startTestApi } from './helpers/api';
 import { freshDatabase } from './helpers/database';
 import { captureMainStatement, explainStatement, pagesRead, rowsRead, sumOverRelation, type PlanNode } from '../harness/explain';
 
-// Busiest first (sort=requestCount, order=desc) chooses its page from the org's usage rows
-// before it touches the org's keys (api/usage/usage.repository.ts, busiestKeys): the used keys
-// by count, then the unused ones by id. These tests page across that seam and check the plan.
+// Busiest first (sort=requestCount) and most recently used first (sort=lastUsedAt, the
+// dashboard's default), descending, choose their page from the org's usage rows before they touch
+// the org's keys (api/usage/usage.repository.ts, usedFirstKeys): the used keys by count or last
+// use, then the unused ones by id. These tests page across that seam and check the plan.
 
 const NOW = Date.parse('2026-11-25T15:30:00Z');
 const DAY = 86_400_000;
 
-type Listed = { id: string; name: string; requestCount: number; status: string };
+type Listed = { id: string; name: string; requestCount: number; lastUsedAt: string | null; status: string };
 
-// Keys k00…k23 in acme: k00–k11 used (counts with ties), k12 with a usage row of failed attempts
-// only (0 proven uses), k13–k23 never used; k05 and k17 revoked. globex holds a busier key.
+// Keys k00…k23 in acme: k00–k11 used (counts and last uses with ties), k12 with a usage row of
+// failed attempts only (0 proven uses, no last use), k13–k23 never used; k05 and k17 revoked.
+// globex holds a busier and more recently used key.
 async function world(t: Test) {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db, { now: () => NOW });
@@ -27,18 +29,18 @@ async function world(t: Test) {
     const name = `k${String(i).padStart(2, '0')}`;
     ids.push((await api.services.apiKeys.create(acme.org.id, { name, scopes: ['keys:read'], expiresAt: null })).key.id);
   }
-  const usage = (orgId: string, keyId: string, count: number, failed = 0) =>
+  const usage = (orgId: string, keyId: string, count: number, lastUsedAt: Date | null, failed = 0) =>
     db('api_key_usage').insert({
       org_id: orgId,
       key_id: keyId,
       request_count: count,
       ok_count: count,
       bad_secret_count: failed,
-      last_used_at: new Date(NOW - DAY),
+      last_used_at: lastUsedAt,
     });
-  for (const [i, count] of counts.entries()) await usage(acme.org.id, ids[i], count);
-  await usage(acme.org.id, ids[12], 0, 4);
-  await usage(globex.org.id, globex.adminKeyId, 1000);
+  for (const [i, count] of counts.entries()) await usage(acme.org.id, ids[i], count, new Date(NOW - DAY - (i % 4) * 60_000));
+  await usage(acme.org.id, ids[12], 0, null, 4);
+  await usage(globex.org.id, globex.adminKeyId, 1000, new Date(NOW));
   await db('api_keys')
     .whereIn('id', [ids[5], ids[17]])
     .update({ revoked_at: new Date(NOW - DAY) });
@@ -59,24 +61,47 @@ async function allPages(list: (query: string) => Promise<{ status: number; body:
   return { seen, total };
 }
 
-// The order every sort promises: the count, then the key id.
-const busiestOrder = (keys: Listed[]) => [...keys].sort((a, b) => b.requestCount - a.requestCount || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+// The order every sort promises, descending: the value (never used last), then the key id.
+const byId = (a: Listed, b: Listed) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+const lastUse = (key: Listed) => (key.lastUsedAt === null ? -Infinity : Date.parse(key.lastUsedAt));
+const ORDERS = {
+  requestCount: (keys: Listed[]) => [...keys].sort((a, b) => b.requestCount - a.requestCount || byId(a, b)),
+  lastUsedAt: (keys: Listed[]) => [...keys].sort((a, b) => lastUse(b) - lastUse(a) || byId(a, b)),
+} as const;
+const busiestOrder = ORDERS.requestCount;
 
-t.test('busiest first pages through every key once, by count then id, across the used and unused keys', async (t) => {
+t.test('busiest and most recently used first page through every key once, by value then id, across the used and unused keys', async (t) => {
   const { list, globex } = await world(t);
   const { seen: everything } = await allPages(list, 'sort=createdAt', 100);
   t.equal(everything.length, 25, 'acme: the admin key and 24 more');
-  const expected = busiestOrder(everything).map((k) => k.id);
-  t.equal(new Set(expected).size, 25);
-  for (const limit of [1, 5, 7, 12, 13, 25, 50]) {
-    const { seen, total } = await allPages(list, 'sort=requestCount', limit);
-    t.equal(total, 25, `limit ${limit}: total`);
-    t.strictSame(
-      seen.map((k) => k.id),
-      expected,
-      `limit ${limit}: each key once, in order`,
-    );
+  for (const sort of ['requestCount', 'lastUsedAt'] as const) {
+    const expected = ORDERS[sort](everything).map((k) => k.id);
+    t.equal(new Set(expected).size, 25);
+    for (const limit of [1, 5, 7, 12, 13, 25, 50]) {
+      const { seen, total } = await allPages(list, `sort=${sort}`, limit);
+      t.equal(total, 25, `${sort}, limit ${limit}: total`);
+      t.strictSame(
+        seen.map((k) => k.id),
+        expected,
+        `${sort}, limit ${limit}: each key once, in order`,
+      );
+    }
   }
+  const recent = (await list('sort=lastUsedAt&limit=13')).body.data as Listed[];
+  t.strictSame(
+    recent
+      .slice(0, 3)
+      .map((k) => k.name)
+      .sort(),
+    ['k00', 'k04', 'k08'],
+    'the latest use first: k00, k04 and k08',
+  );
+  t.ok(recent[0].id < recent[1].id && recent[1].id < recent[2].id, 'their tie in id order');
+  t.strictSame(
+    recent.map((k) => k.lastUsedAt !== null),
+    [...Array(12).fill(true), false],
+    'the twelve used keys, then k12 (failed attempts only) among the never used',
+  );
   const first = (await list('sort=requestCount&limit=3')).body.data as Listed[];
   t.strictSame(
     first.map((k) => [k.name, k.requestCount]),
@@ -101,22 +126,25 @@ t.test('busiest first pages through every key once, by count then id, across the
   );
 });
 
-t.test('busiest first with a filter pages the filtered keys alone, across the same seam', async (t) => {
+t.test('busiest and most recently used first with a filter page the filtered keys alone, across the same seam', async (t) => {
   const { list, db } = await world(t);
   const { seen: everything } = await allPages(list, 'sort=createdAt', 100);
-  const active = busiestOrder(everything.filter((k) => k.status === 'active'));
-  const { seen, total } = await allPages(list, 'sort=requestCount&status=active', 4);
-  t.equal(total, 23);
-  t.strictSame(
-    seen.map((k) => k.id),
-    active.map((k) => k.id),
-    'revoked k05 and k17 left out, the rest in order',
-  );
-  const named = await allPages(list, 'sort=requestCount&q=k1', 3);
-  t.strictSame(
-    named.seen.map((k) => k.name),
-    busiestOrder(everything.filter((k) => k.name.startsWith('k1'))).map((k) => k.name),
-  );
+  for (const sort of ['requestCount', 'lastUsedAt'] as const) {
+    const active = ORDERS[sort](everything.filter((k) => k.status === 'active'));
+    const { seen, total } = await allPages(list, `sort=${sort}&status=active`, 4);
+    t.equal(total, 23);
+    t.strictSame(
+      seen.map((k) => k.id),
+      active.map((k) => k.id),
+      `${sort}: revoked k05 and k17 left out, the rest in order`,
+    );
+    const named = await allPages(list, `sort=${sort}&q=k1`, 3);
+    t.strictSame(
+      named.seen.map((k) => k.name),
+      ORDERS[sort](everything.filter((k) => k.name.startsWith('k1'))).map((k) => k.name),
+      `${sort}: the names with k1, in order`,
+    );
+  }
   // Every key but the admin's created 60 days ago: the unused ones and those last used before
   // the threshold are dormant.
   await db('api_keys')
@@ -135,6 +163,12 @@ t.test('busiest first with a filter pages the filtered keys alone, across the sa
     dormant.seen.map((k) => k.requestCount),
     [2, 1, 1, ...Array(dormant.seen.length - 3).fill(0)],
     'the dormant used keys first, then the never-used ones',
+  );
+  const dormantByLastUse = await allPages(list, 'sort=lastUsedAt&dormant=true', 5);
+  t.strictSame(
+    dormantByLastUse.seen.map((k) => k.id),
+    ORDERS.lastUsedAt(dormant.seen).map((k) => k.id),
+    'by last use: the same dormant keys, in that order',
   );
 });
 
@@ -169,7 +203,7 @@ async function apiKeysRead(db: Db, query: UsageQuery): Promise<{ rows: number; p
   return { rows: sumOverRelation(plan, 'api_keys', rowsRead), pages: sumOverRelation(plan, 'api_keys', pagesRead) };
 }
 
-t.test("busiest first reads the org's keys for its page only, not every key of the org", async (t) => {
+t.test("busiest and most recently used first read the org's keys for their page only, not every key of the org", async (t) => {
   const { db } = await freshDatabase(t);
   const orgs = (await db.raw(`insert into organizations (name) select 'org-' || i from generate_series(1, 3) as i returning id`)).rows.map(
     (row: { id: string }) => row.id,
@@ -190,13 +224,15 @@ t.test("busiest first reads the org's keys for its page only, not every key of t
     limit: 50,
     offset: 0,
   };
-  const firstPage = await apiKeysRead(db, base);
-  t.ok(firstPage.rows <= 50, `the first page read ${firstPage.rows} api_keys rows, returned or filtered out (the org has 3,000)`);
-  t.ok(firstPage.pages <= 4 * 50, `and ${firstPage.pages} pages: a few a key of the page (its primary key's index, its row)`);
-  const pastTheUsed = await listKeyUsage(db, { ...base, offset: 1480 });
-  t.strictSame(
-    pastTheUsed.keys.map((k) => Number(k.requestCount) > 0),
-    [...Array(20).fill(true), ...Array(30).fill(false)],
-    'a page across the seam: the last 20 used keys, then unused ones',
-  );
+  for (const sort of ['requestCount', 'lastUsedAt'] as const) {
+    const firstPage = await apiKeysRead(db, { ...base, sort });
+    t.ok(firstPage.rows <= 50, `${sort}: the first page read ${firstPage.rows} api_keys rows, returned or filtered out (the org has 3,000)`);
+    t.ok(firstPage.pages <= 4 * 50, `${sort}: and ${firstPage.pages} pages: a few a key of the page (its primary key's index, its row)`);
+    const pastTheUsed = await listKeyUsage(db, { ...base, sort, offset: 1480 });
+    t.strictSame(
+      pastTheUsed.keys.map((k) => k.lastUsedAt !== null),
+      [...Array(20).fill(true), ...Array(30).fill(false)],
+      `${sort}: a page across the seam: the last 20 used keys, then unused ones`,
+    );
+  }
 });

@@ -161,31 +161,36 @@ function filters(query: UsageQuery): string {
   return conditions.map((condition) => `and ${condition}`).join(' ');
 }
 
-// Never-used keys (no last use) first in ascending order, last in descending. created_at is never
-// null: its ascending order is plain ASC, the order api_keys_org_created_idx holds, so a page
-// after a key reads the index from the cursor; with NULLS FIRST every page sorted every key of
-// the org (0.12 s a page of the CSV report at 100,000 keys).
-const sortDirection = (query: UsageQuery) => (query.order === 'desc' ? 'desc nulls last' : query.sort === 'createdAt' ? 'asc' : 'asc nulls first');
+// Never-used keys (no last use) first in ascending order, last in descending, ties by key id.
+// The createdAt order is created_at (never null) then id, both in the order asked, descending the
+// exact reverse of ascending: api_keys_org_created_idx holds it either way, so a page reads the
+// index from its start or its cursor and stops at its limit. With NULLS FIRST, or ties ascending
+// under a descending created_at, every page sorted every key of the org (0.12 s a page of the CSV
+// report, 0.15 s the list's default first page, at 100,000 keys).
+function orderBy(query: UsageQuery, column: 'inner' | 'outer'): string {
+  const id = column === 'inner' ? 'k.id' : 'p.id';
+  if (query.sort === 'createdAt') return `${SORT_COLUMNS.createdAt[column]} ${query.order}, ${id} ${query.order}`;
+  return `${SORT_COLUMNS[query.sort][column]} ${query.order === 'desc' ? 'desc nulls last' : 'asc nulls first'}, ${id}`;
+}
 
-// The keys after the cursor in the createdAt order (created_at ascending or descending, ties by id
-// ascending either way): a keyset, so a key entering or leaving the filtered set shifts no other.
+// The keys after the cursor in the createdAt order (created_at then id, ascending or descending):
+// a keyset, so a key entering or leaving the filtered set shifts no other. A row comparison, which
+// api_keys_org_created_idx starts the page at (the CSV report walks 100,000 keys so).
 // The cursor's created_at is read in the same statement, from the placement its rows come from:
 // on Citus every node's copy of the reference table api_keys wrote its own now() for a key (each
 // its own transaction's), so a position read before (on the coordinator) was up to tens of ms
 // off the worker's copy, and the page held the cursor key itself.
 const AFTER_CREATED_AT = `(select a.created_at from ${TABLE.apiKeys} a where a.org_id = :orgId and a.id = :afterId)`;
 const AFTER_POSITION = {
-  // The same condition as a row comparison, which api_keys_org_created_idx starts the page at (the
-  // CSV report walks 100,000 keys so).
   asc: `and (k.created_at, k.id) > (${AFTER_CREATED_AT}, :afterId)`,
-  desc: `and (k.created_at < ${AFTER_CREATED_AT} or (k.created_at = ${AFTER_CREATED_AT} and k.id > :afterId))`,
+  desc: `and (k.created_at, k.id) < (${AFTER_CREATED_AT}, :afterId)`,
 };
 
 // The page's keys in order: filter, sort, limit over api_keys and api_key_usage only.
-function pageKeys(query: UsageQuery, direction: string): string {
-  if (query.sort === 'requestCount' && query.order === 'desc') return busiestKeys(query);
+function pageKeys(query: UsageQuery): string {
+  if (query.sort !== 'createdAt' && query.order === 'desc') return usedFirstKeys(query, USED_FIRST[query.sort]);
   return `${PAGE_COLUMNS} ${keysOfOrg(query)} ${query.after ? AFTER_POSITION[query.order] : ''}
-            order by ${SORT_COLUMNS[query.sort].inner} ${direction}, k.id
+            order by ${orderBy(query, 'inner')}
             limit :limit offset :offset`;
 }
 
@@ -198,35 +203,43 @@ const keysOfOrg = (query: UsageQuery) => `from ${TABLE.apiKeys} k
          left join ${TABLE.usage} u on u.org_id = :orgId and u.key_id = k.id
         where k.org_id = :orgId ${filters(query)}`;
 
-// Busiest first, in the order of every sort here (count descending, then key id), without
-// joining and sorting every key of the org. A key with uses has an api_key_usage row, so the
-// page's first keys are the top of the org's usage rows alone: a top-N sort over one row per
-// used key (busy), joined to api_keys only when a filter needs its columns (a usage
-// row exists only for a key of its own org: the flush writes none for a key another org's
-// line named, and it goes with its key). The keys without uses come after them, by id; that
-// part (idle) is read only when the page reaches past the used keys: its LIMIT is then above
-// zero, and a LIMIT of zero never reads its input. The page's keys are then read one by one
+// What ranks the keys with uses first, for the two descending orders by use: the value, which
+// usage rows hold one (the used keys), the order of the values, and the one value of every key
+// without uses (one value, so those keys are in id order).
+const USED_FIRST: Record<Exclude<UsageSort, 'createdAt'>, { value: string; used: string; order: string; unused: string }> = {
+  requestCount: { value: 'u.request_count', used: 'u.request_count > 0', order: 'desc', unused: '0' },
+  lastUsedAt: { value: 'u.last_used_at', used: 'u.last_used_at is not null', order: 'desc nulls last', unused: 'cast(null as timestamptz)' },
+};
+
+// Busiest first and most recently used first, in the order of every sort here (the value
+// descending, then key id), without joining and sorting every key of the org. A key with uses has
+// an api_key_usage row, so the page's first keys are the top of the org's usage rows alone: a
+// top-N sort over one row per used key (busy), joined to api_keys only when a filter needs its
+// columns (a usage row exists only for a key of its own org: the flush writes none for a key
+// another org's line named, and it goes with its key). The keys without uses come after them, by
+// id; that part (idle) is read only when the page reaches past the used keys: its LIMIT is then
+// above zero, and a LIMIT of zero never reads its input. The page's keys are then read one by one
 // (LIMIT 1 keeps the LATERAL a per-row lookup, never a join with every key of the org).
-// request_count has no index on purpose: the flush updates it, and with an index those updates
-// would no longer be HOT (migrations/20261201000050_hot_usage_updates.ts).
-function busiestKeys(query: UsageQuery): string {
+// request_count and last_used_at have no index on purpose: the flush updates them, and with an
+// index those updates would no longer be HOT (migrations/20261201000050_hot_usage_updates.ts).
+function usedFirstKeys(query: UsageQuery, { value, used, order, unused }: (typeof USED_FIRST)[keyof typeof USED_FIRST]): string {
   const filtered = filters(query);
   const keysOfBusy = filtered ? `join ${TABLE.apiKeys} k on k.org_id = :orgId and k.id = u.key_id` : '';
   return `with busy as materialized (
-             select u.key_id, u.request_count
+             select u.key_id, ${value} as rank
                from ${TABLE.usage} u ${keysOfBusy}
-              where u.org_id = :orgId and u.request_count > 0 ${filtered}
-              order by u.request_count desc, u.key_id
+              where u.org_id = :orgId and ${used} ${filtered}
+              order by ${value} ${order}, u.key_id
               limit :pageEnd
            ), idle as materialized (
-             select k.id as key_id, 0 as request_count ${keysOfOrg(query)} and coalesce(u.request_count, 0) = 0
+             select k.id as key_id, ${unused} as rank ${keysOfOrg(query)} and not coalesce(${used}, false)
            )
            ${PAGE_COLUMNS}
              from (select ranked.key_id
-                     from ((select key_id, request_count from busy)
+                     from ((select key_id, rank from busy)
                            union all
-                           (select key_id, request_count from idle order by key_id limit greatest(0, :pageEnd - (select count(*) from busy)))) ranked
-                    order by ranked.request_count desc, ranked.key_id
+                           (select key_id, rank from idle order by key_id limit greatest(0, :pageEnd - (select count(*) from busy)))) ranked
+                    order by ranked.rank ${order}, ranked.key_id
                     limit :limit offset :offset) b
             cross join lateral (
               select k.id, k.name, k.owner, k.display_prefix, k.scopes, k.created_at, k.expires_at, k.revoked_at, k.created_by_key_id, k.rotated_at, k.restored_at, k.restorable_until,
@@ -257,7 +270,6 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
     pageEnd: query.limit + query.offset,
     ...windowBounds(query.now),
   };
-  const direction = sortDirection(query);
   const [rows, count] = await Promise.all([
     rawRows<KeyUsageRow>(
       db,
@@ -266,7 +278,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
               coalesce(${TABLE.recentIps}.ips, cast('[]' as json)) as recent_ips,
               coalesce(${TABLE.failedIps}.ips, cast('[]' as json)) as recent_failed_ips,
               coalesce(ev.by_type, cast('{}' as json)) as event_counts, ev.latest_at as latest_event_at
-         from (${pageKeys(query, direction)}) p
+         from (${pageKeys(query)}) p
          left join lateral (
            select sum(h.request_count) filter (where h.hour > :since24h) as last_24h,
                   sum(h.request_count) filter (where h.hour > :since7d) as last_7d,
@@ -281,7 +293,7 @@ export async function listKeyUsage(db: Db, query: UsageQuery): Promise<{ keys: K
                     where e.org_id = :orgId and e.key_id = p.id and e.occurred_at > :eventsSince and e.type <> '${LIMIT_EVENT}'
                     group by e.type) s
          ) ev on true
-        order by ${SORT_COLUMNS[query.sort].outer} ${direction}, p.id`,
+        order by ${orderBy(query, 'outer')}`,
       bindings,
     ),
     query.withoutTotal ? null : rawRows<{ total: string }>(db, `select count(*) as total ${keysOfOrg(query)}`, bindings),
