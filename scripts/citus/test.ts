@@ -24,6 +24,8 @@ export const FILES = [
   'test/orgUsageSeries.test.ts',
   'test/keyOwner.test.ts',
   'test/usageCsv.test.ts',
+  'test/usagePagingCursor.test.ts',
+  'test/usage.busiestFirst.test.ts',
   'test/citus/distributed.citus.ts',
 ];
 const DATABASE = 'keyusage_citus_test';
