@@ -100,7 +100,7 @@ t.test('busiest and most recently used first page through every key once, by val
   t.strictSame(
     recent.map((k) => k.lastUsedAt !== null),
     [...Array(12).fill(true), false],
-    'the twelve used keys, then k12 (failed attempts only) among the never used',
+    'the twelve used keys first, then a key without a last use (k12, failed attempts only, among them)',
   );
   const first = (await list('sort=requestCount&limit=3')).body.data as Listed[];
   t.strictSame(

@@ -155,7 +155,7 @@ t.test("after is refused with offset, with another sort, and when it is no key o
 
 // Every page of the createdAt order sorted every key of the org: the ascending order was NULLS
 // FIRST, and the descending one broke created_at's ties by ascending id, neither of which
-// api_keys_org_created_idx holds. 0.12 s a page of the CSV report and 0.15 s the API's default
+// api_keys_org_created_idx holds. 0.12 s a page of the CSV report and 0.17–0.2 s the API's default
 // first page at 100,000 keys (docs/benchmarks.md §5). The plan is checked with sorts and
 // sequential scans priced out, so the table's size here does not decide.
 t.test("the createdAt order reads api_keys' index from its start or the cursor, both ways, without sorting the org's keys", async (t) => {
