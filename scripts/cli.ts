@@ -21,6 +21,8 @@ import { displayName, uuid, withinSupportedTimes } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, describeDatabaseError, migrateLatest, type Db } from '../shared/db';
 import { eraseKeyIps } from '../shared/ipRetention';
+import { createUsageService } from '../api/usage/usage.service';
+import { CSV_HEADER, csvRows } from '../api/usage/usageCsv';
 import { requeueUnreadable } from '../shared/usageLogDelta';
 import { redactKeyMaterial } from '../shared/logger';
 import { exitWhenDone } from './lib/commandExit';
@@ -36,6 +38,9 @@ Commands:
   org create <name>                  Create an organization and its first API key (every scope)
   org list                           List organizations
   key list <orgId>                   List an organization's API keys
+  key report <orgId> [--days <n>]    Every key with its usage as CSV on stdout, oldest first (the
+                                     API's usage.csv; a key unused for n days is dormant, 30 by
+                                     default); a report cut short exits 1
   key create <orgId> --name <name> --scopes <scope,...> [--expires-at <ISO 8601>] [--owner <who>]
                                      Create an API key (scopes: ${SCOPES.join(', ')}); --owner:
                                      who answers for it (a person, team or address)
@@ -91,6 +96,7 @@ export type Command =
   | { kind: 'org create'; name: string; json: boolean }
   | { kind: 'org list'; json: boolean }
   | { kind: 'key list'; orgId: string; json: boolean }
+  | { kind: 'key report'; orgId: string; dormantDays: number; json: boolean }
   | { kind: 'key create'; orgId: string; name: string; owner: string | null; scopes: Scope[]; expiresAt: Date | null; json: boolean }
   | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean }
   | { kind: 'key restore'; orgId: string; keyId: string; json: boolean }
@@ -127,6 +133,8 @@ export interface CliDeps {
   previousPeppers?: readonly string[];
   /** KEY_PEPPER_NEXT. */
   nextPepper?: string | null;
+  /** The API's settings the usage views are made with (key report). */
+  usageSettings?: Pick<Config['api'], 'usageDelay' | 'eventSummaryDays'>;
   /** USAGE_TRACKING: false refuses revoke-dormant --apply, as the API does (uses are not recorded). */
   usageTracking?: boolean;
   now: () => number;
@@ -172,6 +180,7 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
   'org create': { args: ['name'], options: [] },
   'org list': { args: [], options: [] },
   'key list': { args: ['orgId'], options: [] },
+  'key report': { args: ['orgId'], options: ['days'] },
   'key create': { args: ['orgId'], options: ['name', 'owner', 'scopes', 'expires-at'] },
   'key revoke': { args: ['orgId', 'keyId'], options: [] },
   'key restore': { args: ['orgId', 'keyId'], options: [] },
@@ -311,6 +320,12 @@ export function parseCli(argv: string[], now: number): ParsedCli {
           },
         };
       }
+      case 'key report':
+        if (json) throw new UsageError('key report: --json does not apply (the report is CSV)');
+        return {
+          kind: 'command',
+          command: { kind, orgId: checkId(args[0], '<orgId>'), dormantDays: values.days === undefined ? 30 : check(dormantDays, values.days, '--days'), json },
+        };
       case 'collector spans':
         return { kind: 'command', command: { kind, days: values.days === undefined ? 7 : check(dormantDays, values.days, '--days'), json } };
       case 'pepper status':
@@ -725,10 +740,23 @@ async function collectorSpans(command: { days: number; json: boolean }, deps: Cl
   for (const gap of uptime.gaps) deps.out(describeGap({ from: gap.from.toISOString(), to: gap.to?.toISOString() ?? null, cause: gap.cause }));
 }
 
+// The CSV as the API writes it, a page of keys at a time. deps.out ends each text with \n, so it is
+// given each page without its last \n: every line keeps its CRLF. A report that fails midway
+// (its keyset lost its place) has printed part of the keys: the exit status and stderr say so.
+const reportKeys: Handler<'key report'> = async (command, deps) => {
+  if (!deps.usageSettings) throw new Error('key report: the CLI was started without the usage settings');
+  await requireOrganization(deps.db, command.orgId);
+  const { usageDelay, eventSummaryDays } = deps.usageSettings;
+  const usage = createUsageService({ db: deps.db, now: deps.now, delay: usageDelay, eventSummaryDays });
+  deps.out(CSV_HEADER.slice(0, -1));
+  for await (const keys of usage.report(command.orgId, { dormantDays: command.dormantDays })) deps.out(csvRows(keys).slice(0, -1));
+};
+
 const HANDLERS: { [K in Command['kind']]: Handler<K> } = {
   'org create': createOrg,
   'org list': listOrgs,
   'key list': listKeys,
+  'key report': reportKeys,
   'key create': createKey,
   'key revoke': revokeKey,
   'key restore': restoreKey,
@@ -875,6 +903,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv, io: Pick<CliD
       previousPeppers: config.api.previousKeyPeppers,
       nextPepper: config.api.nextKeyPepper,
       usageTracking: config.usage.enabled,
+      usageSettings: config.api,
       now,
     });
   } catch (error) {

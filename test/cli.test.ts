@@ -8,7 +8,7 @@ import path from 'node:path';
 import t, { type Test } from 'tap';
 import { UNAUTHORIZED_MESSAGE } from '../api/errors';
 import { SCOPES } from '../api/keys/scopes';
-import { embeddedClusterRunning, main, openDatabase, runCli, stdio as cliStdio, USAGE } from '../scripts/cli';
+import { embeddedClusterRunning, main, openDatabase, runCli, stdio as cliStdio, USAGE, type CliDeps } from '../scripts/cli';
 import { main as migrateMain, migrate, stdio as migrateStdio, USAGE as MIGRATE_USAGE } from '../scripts/migrate';
 import { loadConfig } from '../shared/config';
 import { createDb, MIGRATIONS_DIRECTORY, type Db } from '../shared/db';
@@ -28,13 +28,13 @@ const KEY = /ku_[0-9a-f]{32}_[0-9A-Za-z]{49}/g;
 const ONCE = /shown only once/;
 
 // runCli in-process, with its output captured line by line.
-function cli(db: Db, pepper: string, now: () => number = Date.now) {
+function cli(db: Db, pepper: string, now: () => number = Date.now, usageSettings?: CliDeps['usageSettings']) {
   const out: string[] = [];
   const err: string[] = [];
   return {
     out,
     err,
-    run: (...argv: string[]) => runCli(argv, { db, pepper, now, out: (text) => out.push(text), err: (text) => err.push(text) }),
+    run: (...argv: string[]) => runCli(argv, { db, pepper, now, usageSettings, out: (text) => out.push(text), err: (text) => err.push(text) }),
     reset() {
       out.length = 0;
       err.length = 0;
@@ -46,7 +46,7 @@ function cli(db: Db, pepper: string, now: () => number = Date.now) {
 async function setup(t: Test) {
   const { db, url } = await freshDatabase(t);
   const api = await startTestApi(t, db, { env: { KEY_CACHE_TTL_MS: '0' } });
-  return { db, url, api, cli: cli(db, api.config.api.keyPepper) };
+  return { db, url, api, cli: cli(db, api.config.api.keyPepper, Date.now, api.config.api) };
 }
 
 const count = async (db: Db, table: string) => Number((await db(table).count({ n: '*' }))[0].n);
@@ -83,6 +83,44 @@ t.test('org create prints the org and a working key with every scope, once', asy
     ['ok', 'ok'],
   );
   for (const form of await storedHashForms(db)) t.notMatch(text, form, 'no stored hash is printed');
+});
+
+// An access review from a script read the API's usage.csv with curl and an admin key; the CLI
+// writes the same report from the database, with no key to hand out.
+t.test("key report writes the API's usage.csv of the org: every key, CRLF lines, the dormant days, no key material", async (t) => {
+  const { db, api, cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  const { org, key } = cli.json() as { org: { id: string }; key: { key: string } };
+  await cli.run('org', 'create', 'globex');
+  for (const name of ['=ci', 'deploys']) await cli.run('key', 'create', org.id, '--name', name, '--scopes', 'keys:read', '--owner', 'platform team');
+  await db('api_keys')
+    .where({ org_id: org.id, name: 'deploys' })
+    .update({ created_at: new Date(Date.now() - 40 * 86_400_000) });
+  cli.reset();
+  t.equal(await cli.run('key', 'report', org.id), 0);
+  t.same(cli.err, []);
+  const printed = `${cli.out.join('\n')}\n`;
+  const fromApi = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage.csv`, { key: key.key });
+  t.equal(fromApi.status, 200);
+  t.equal(printed, fromApi.text, "the API's report, byte for byte");
+  const lines = printed.split('\r\n');
+  t.same(
+    lines.map((line) => line.split(',')[1]),
+    ['name', 'deploys', 'admin', "'=ci", undefined],
+    'a header, the three keys oldest first (the formula guarded), CRLF after each line, no other org',
+  );
+  const dormantColumn = lines[0].split(',').indexOf('dormant');
+  t.equal(lines[1].split(',')[dormantColumn], 'true', 'unused for 40 days: dormant at the default 30');
+  cli.reset();
+  t.equal(await cli.run('key', 'report', org.id, '--days', '50'), 0);
+  t.equal(cli.out.join('\n').split('\r\n')[1].split(',')[dormantColumn], 'false', 'not with --days 50');
+  t.notMatch(printed, KEY, 'no plaintext key');
+  for (const form of await storedHashForms(db)) t.notMatch(printed, form, 'no stored hash');
+  cli.reset();
+  const nobody = randomUUID();
+  t.equal(await cli.run('key', 'report', nobody), 1, 'an unknown org exits 1');
+  t.same(cli.out, [], 'nothing on stdout');
+  t.match(cli.err.join('\n'), /^error: .*organization/i);
 });
 
 t.test('org create --json', async (t) => {
@@ -629,6 +667,9 @@ t.test('bad usage prints the usage on stderr and exits 2 without touching the da
     [['--bogus'], /Unknown option '--bogus'/],
     [['key', 'list'], /key list: missing <orgId>/],
     [['key', 'list', 'not-a-uuid'], /<orgId>: must be a UUID/],
+    [['key', 'report', org, '--json'], /key report: --json does not apply \(the report is CSV\)/],
+    [['key', 'report', org, '--days', '0'], /--days: must be at least 1/],
+    [['key', 'report', org, '--apply'], /key report: --apply does not apply/],
     [['key', 'revoke', org], /key revoke: missing <keyId>/],
     [['key', 'revoke', org, 'nope'], /<keyId>: must be a UUID/],
     [['key', 'restore', org], /key restore: missing <keyId>/],
@@ -666,7 +707,18 @@ t.test('bad usage prints the usage on stderr and exits 2 without touching the da
     t.same(cli.err, []);
     cli.reset();
   }
-  for (const command of ['org create', 'org list', 'key list', 'key create', 'key revoke', 'key restore', 'key renew', 'key revoke-dormant', 'collector spans'])
+  for (const command of [
+    'org create',
+    'org list',
+    'key list',
+    'key report',
+    'key create',
+    'key revoke',
+    'key restore',
+    'key renew',
+    'key revoke-dormant',
+    'collector spans',
+  ])
     t.match(USAGE, command);
 });
 
