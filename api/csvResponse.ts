@@ -8,7 +8,7 @@ import type { Response } from 'express';
 // its org's reports refused for as long as its connection stayed open. A client that takes
 // nothing for `stalledMs` is let go, and every download at `longestMs` (100,000 keys take about
 // 10 s: docs/benchmarks.md §5).
-export const CSV_LIMITS = { stalledMs: 30_000, longestMs: 5 * 60_000 };
+export const CSV_LIMITS: Readonly<{ stalledMs: number; longestMs: number }> = Object.freeze({ stalledMs: 30_000, longestMs: 5 * 60_000 });
 
 /** How a wait for the client ended: it took more, it left, or `waitMs` passed. */
 type Waited = 'drained' | 'closed' | 'timed out';

@@ -2,7 +2,7 @@ import type { AddressInfo } from 'node:net';
 import { once } from 'node:events';
 import express from 'express';
 import t, { type Test } from 'tap';
-import { sendCsv } from '../api/csvResponse';
+import { CSV_LIMITS, sendCsv } from '../api/csvResponse';
 import { errorMiddleware } from '../api/errors';
 import { capturingLogger } from './helpers/logLines';
 
@@ -25,6 +25,13 @@ async function serve(t: Test, source: () => AsyncIterable<string>, limits?: { st
   t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/report.csv`, lines, logged };
 }
+
+// The limits are the product's, not a setting: a module that imported them could change every
+// report's limits for the whole process.
+t.test('the limits cannot be changed by a module that imports them', async (t) => {
+  t.throws(() => Object.assign(CSV_LIMITS, { stalledMs: 1 }), TypeError);
+  t.equal(CSV_LIMITS.stalledMs, 30_000);
+});
 
 t.test('a source that fails before its first chunk: an error answer, no CSV', async (t) => {
   const { url } = await serve(t, () => ({
