@@ -266,6 +266,9 @@ function responseValidator() {
       t.equal(response.text, '', `${label}: no body`);
       return;
     }
+    for (const name of Object.keys(resolvePointer(document, pointer).headers ?? {})) {
+      t.ok(response.headers.get(name), `${label}: the ${name} header the document declares is sent`);
+    }
     const content = resolvePointer(document, pointer).content;
     if (content['text/csv']) {
       t.match(response.headers.get('content-type'), /^text\/csv; charset=utf-8$/, `${label}: CSV`);

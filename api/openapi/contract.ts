@@ -22,8 +22,12 @@ export interface RouteContract {
   /** Request headers the route reads beyond authentication (Idempotency-Key), by their names. */
   headers?: z.ZodObject;
   body?: z.ZodObject;
-  /** Success responses by status. A body is a named schema (`.meta({ id })`); none: an empty body. JSON unless `mediaType` says. */
-  responses: Readonly<Record<number, { description: string; body?: z.ZodType; mediaType?: 'text/csv' }>>;
+  /**
+   * Success responses by status. A body is a named schema (`.meta({ id })`); none: an empty body.
+   * JSON unless `mediaType` says. `headers`: the response headers a client reads, by name, with
+   * what they hold.
+   */
+  responses: Readonly<Record<number, { description: string; body?: z.ZodType; mediaType?: 'text/csv'; headers?: Readonly<Record<string, string>> }>>;
   /** Refusals of this route beyond those its auth, params, query and body imply. */
   errors?: readonly ErrorCode[];
 }

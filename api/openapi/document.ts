@@ -128,9 +128,15 @@ function namedId(schema: z.ZodType): string {
 
 function successResponses(route: RouteContract): Record<number, JsonSchema> {
   return Object.fromEntries(
-    Object.entries(route.responses).map(([status, { description, body, mediaType }]) => [
+    Object.entries(route.responses).map(([status, { description, body, mediaType, headers }]) => [
       status,
-      { description, ...(body ? { content: { [mediaType ?? 'application/json']: { schema: ref(namedId(body)) } } } : {}) },
+      {
+        description,
+        ...(headers
+          ? { headers: Object.fromEntries(Object.entries(headers).map(([name, meaning]) => [name, { description: meaning, schema: { type: 'string' } }])) }
+          : {}),
+        ...(body ? { content: { [mediaType ?? 'application/json']: { schema: ref(namedId(body)) } } } : {}),
+      },
     ]),
   );
 }

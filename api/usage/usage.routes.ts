@@ -73,7 +73,14 @@ export const usageRoutes: RouteContract[] = [
     auth: READ_ORG,
     params: orgParams,
     query: reportQuery,
-    responses: { 200: { description: 'The keys as CSV (RFC 4180, UTF-8), a header line first', body: usageCsv, mediaType: 'text/csv' } },
+    responses: {
+      200: {
+        description: 'The keys as CSV (RFC 4180, UTF-8), a header line first',
+        body: usageCsv,
+        mediaType: 'text/csv',
+        headers: { 'Content-Disposition': 'attachment; filename="api-keys-<orgId>.csv": the file name a browser saves it under' },
+      },
+    },
     errors: ['too_many_requests'],
   },
   {
