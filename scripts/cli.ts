@@ -21,7 +21,7 @@ import { displayName, uuid, withinSupportedTimes } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, describeDatabaseError, migrateLatest, type Db } from '../shared/db';
 import { eraseKeyIps } from '../shared/ipRetention';
-import { createUsageService } from '../api/usage/usage.service';
+import { createUsageService, ReportCutShortError } from '../api/usage/usage.service';
 import { CSV_HEADER, csvRows } from '../api/usage/usageCsv';
 import { requeueUnreadable } from '../shared/usageLogDelta';
 import { redactKeyMaterial } from '../shared/logger';
@@ -40,7 +40,8 @@ Commands:
   key list <orgId>                   List an organization's API keys
   key report <orgId> [--days <n>]    Every key with its usage as CSV on stdout, oldest first (the
                                      API's usage.csv; a key unused for n days is dormant, 30 by
-                                     default); a report cut short exits 1
+                                     default); a report cut short exits 1. Through npm: npm run -s
+                                     cli, so npm prints nothing before the CSV
   key create <orgId> --name <name> --scopes <scope,...> [--expires-at <ISO 8601>] [--owner <who>]
                                      Create an API key (scopes: ${SCOPES.join(', ')}); --owner:
                                      who answers for it (a person, team or address)
@@ -381,6 +382,9 @@ const printJson = (deps: CliDeps, value: unknown) => deps.out(JSON.stringify(val
 
 /** stdout failed: what the command did is done (committed), only its report is lost. */
 class OutputLost extends Error {}
+
+/** A command that failed after it printed part of its answer. */
+class CommandFailed extends Error {}
 
 // Every write and the final flush, so a failed stdout is told apart from a failed command.
 function watchOutput(deps: CliDeps): CliDeps {
@@ -741,15 +745,25 @@ async function collectorSpans(command: { days: number; json: boolean }, deps: Cl
 }
 
 // The CSV as the API writes it, a page of keys at a time. deps.out ends each text with \n, so it is
-// given each page without its last \n: every line keeps its CRLF. A report that fails midway
-// (its keyset lost its place) has printed part of the keys: the exit status and stderr say so.
+// given each page without its last \n: every line keeps its CRLF. Each page waits for the one
+// before it to be written: a slow pipe held the whole report in memory, and a closed one was
+// told only after every page was read. A report that fails midway (its keyset lost its place)
+// has printed part of the keys: the exit status and stderr say so.
 const reportKeys: Handler<'key report'> = async (command, deps) => {
   if (!deps.usageSettings) throw new Error('key report: the CLI was started without the usage settings');
   await requireOrganization(deps.db, command.orgId);
   const { usageDelay, eventSummaryDays } = deps.usageSettings;
   const usage = createUsageService({ db: deps.db, now: deps.now, delay: usageDelay, eventSummaryDays });
   deps.out(CSV_HEADER.slice(0, -1));
-  for await (const keys of usage.report(command.orgId, { dormantDays: command.dormantDays })) deps.out(csvRows(keys).slice(0, -1));
+  try {
+    for await (const keys of usage.report(command.orgId, { dormantDays: command.dormantDays })) {
+      deps.out(csvRows(keys).slice(0, -1));
+      await deps.flush?.();
+    }
+  } catch (error) {
+    if (error instanceof ReportCutShortError) throw new CommandFailed(`${error.message}; the lines printed are not every key: run it again`);
+    throw error;
+  }
 };
 
 const HANDLERS: { [K in Command['kind']]: Handler<K> } = {
@@ -793,7 +807,7 @@ export async function runCommand(command: Command, deps: CliDeps): Promise<numbe
     await watched.flush?.();
     return 0;
   } catch (error) {
-    if (!(error instanceof AppError || error instanceof OutputLost)) throw error;
+    if (!(error instanceof AppError || error instanceof OutputLost || error instanceof CommandFailed)) throw error;
     deps.err(`error: ${error.message}`);
     return 1;
   }

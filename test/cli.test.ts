@@ -15,6 +15,7 @@ import { createDb, MIGRATIONS_DIRECTORY, type Db } from '../shared/db';
 import { startLocalPostgres } from '../scripts/lib/localPostgres';
 import { mintDemoTrafficKey } from '../scripts/lib/demoTrafficKey';
 import { parsePresentedKey } from '../api/keys/keyMaterial';
+import { insertKeys } from '../bench/lib/database';
 import { startTestApi } from './helpers/api';
 import { emptyDatabase, freshDatabase, migrateDownTo } from './helpers/database';
 
@@ -794,6 +795,57 @@ function captured() {
   const err: string[] = [];
   return { out, err, io: { out: (text: string) => out.push(text), err: (text: string) => err.push(text) } };
 }
+
+t.test("main: key report of three pages is the API's usage.csv, byte for byte", async (t) => {
+  const { db, url, api } = await setup(t);
+  const env = { NODE_ENV: 'test', DATABASE_URL: url };
+  const { out, err, io } = captured();
+  t.equal(await main(['org', 'create', 'acme', '--json'], env, io), 0);
+  const { org, key } = JSON.parse(out.join('\n')) as { org: { id: string }; key: { key: string } };
+  await insertKeys(db, org.id, 1203, 'bulk-');
+  out.length = 0;
+  err.length = 0;
+  t.equal(await main(['key', 'report', org.id], env, io), 0);
+  t.same(err, []);
+  const fromApi = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage.csv`, { key: key.key });
+  const printed = `${out.join('\n')}\n`;
+  t.equal(printed.split('\r\n').length, 1 + 1204 + 1, 'the header, the admin key and 1,203 more, each line ended with CRLF');
+  t.equal(printed, fromApi.text, "the API's report");
+});
+
+// The report's keyset loses its place when the last key it read is deleted before the next page:
+// the lines printed are then not every key, which the exit status and stderr must say.
+t.test('key report: a report that loses its place exits 1 after the page it printed, saying it is not every key', async (t) => {
+  const { db, api, cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  const org = cli.json().org.id as string;
+  await insertKeys(db, org, 499, 'bulk-');
+  const out: string[] = [];
+  const err: string[] = [];
+  let flushes = 0;
+  // Each page waits for the one before it to be written: the last key printed goes meanwhile.
+  const flush = async () => {
+    flushes += 1;
+    const lastPrinted = out[out.length - 1].split('\r\n').at(-1)!.split(',')[0];
+    await db('api_keys').where({ id: lastPrinted }).delete();
+  };
+  const deps = {
+    db,
+    pepper: api.config.api.keyPepper,
+    now: Date.now,
+    usageSettings: api.config.api,
+    out: (text: string) => out.push(text),
+    err: (text: string) => err.push(text),
+    flush,
+  };
+  t.equal(await runCli(['key', 'report', org], deps), 1);
+  t.equal(flushes, 1, 'the first page written, then the second read');
+  t.equal(out.length, 2, 'the header and the first page of 500 keys');
+  t.match(
+    err.join('\n'),
+    /^error: The CSV report lost its place: the last key it read was deleted meanwhile; the lines printed are not every key: run it again$/,
+  );
+});
 
 t.test('main: wiring to DATABASE_URL', async (t) => {
   const { url, api } = await setup(t);

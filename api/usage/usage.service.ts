@@ -195,6 +195,9 @@ async function afterKey(db: Db, orgId: string, query: ListQuery): Promise<string
   return query.after;
 }
 
+/** A report whose keyset lost its place midway: what it gave is not every key. */
+export class ReportCutShortError extends Error {}
+
 /** The list's filters, for the CSV report of every key they select. */
 export type ReportQuery = Pick<ListQuery, 'dormant' | 'status' | 'dormantDays' | 'nameOrOwnerContains' | 'owner' | 'createdByKeyId'>;
 
@@ -264,7 +267,7 @@ export function createUsageService(deps: { db: Db; now: () => number; delay: Usa
         // The last key read was deleted since: the keyset lost its place, and an empty page would
         // end a report short that reads as complete.
         if (keys.length === 0 && after !== undefined && !(await findApiKeyInOrg(deps.db, orgId, after))) {
-          throw new Error('The CSV report lost its place: the last key it read was deleted meanwhile');
+          throw new ReportCutShortError('The CSV report lost its place: the last key it read was deleted meanwhile');
         }
         if (keys.length > 0) yield keys.map((key) => toUsageView(key, now, deps.eventSummaryDays));
         if (keys.length < REPORT_PAGE) return;
