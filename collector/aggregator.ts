@@ -131,6 +131,8 @@ export class Aggregator {
   // What this drain's keys count their times from: the hour of its first key (collector/pendingKey.ts).
   #base: TimeBase | undefined;
   #nearFull: { keys: number; observer: () => void } | undefined;
+  // Keys given back after their write, for new keys to reuse (recycle).
+  #written: PendingKey[] = [];
 
   constructor(options: AggregatorOptions) {
     this.#maxKeys = positiveInteger('maxKeys', options.maxKeys);
@@ -198,7 +200,7 @@ export class Aggregator {
     if (entry === undefined) {
       const listedIn = this.#admission(sample);
       if (listedIn < 0) return listedIn === MALFORMED ? MALFORMED : undefined;
-      const created = new PendingKey(sample.keyId, sample.orgId, hour, this.#baseFor(hour), listedIn);
+      const created = this.#newKey(sample, hour, listedIn);
       if (fast === undefined) this.#byTail.set(tail, created);
       else this.#sharedTails.set(sample.keyId, created);
       return this.#added(created);
@@ -208,7 +210,7 @@ export class Aggregator {
     if (other !== undefined) return other;
     const listedIn = this.#admission(sample);
     if (listedIn < 0) return listedIn === MALFORMED ? MALFORMED : undefined;
-    const created = new PendingKey(sample.keyId, sample.orgId, hour, this.#baseFor(hour), listedIn);
+    const created = this.#newKey(sample, hour, listedIn);
     this.#otherOrgs.set(id, created);
     return this.#added(created);
   }
@@ -262,6 +264,12 @@ export class Aggregator {
     this.#byOrg!.set(key.orgId, (this.#byOrg!.get(key.orgId) ?? 0) + 1);
   }
 
+  // A written key's object if one was given back (recycle), else a new one.
+  #newKey(sample: UsageSample, hour: number, listedIn: number): PendingKey {
+    const base = this.#baseFor(hour);
+    return this.#written.pop()?.reset(sample.keyId, sample.orgId, hour, base, listedIn) ?? new PendingKey(sample.keyId, sample.orgId, hour, base, listedIn);
+  }
+
   #baseFor(hour: number): TimeBase {
     return (this.#base ??= new TimeBase(hour));
   }
@@ -279,6 +287,21 @@ export class Aggregator {
    */
   onNearFull(fraction: number, observer: () => void): void {
     this.#nearFull = { keys: Math.max(1, Math.ceil(fraction * this.#maxKeys)), observer };
+  }
+
+  /**
+   * Gives back a drained batch's keys once they are written and nothing reads them any more (the
+   * flusher, when its write succeeded): their objects become the next new keys. Every pending key
+   * lived until its write, so with 100 k distinct keys a second V8's young generation copied each
+   * one, and that was most of a line's cost (docs/benchmarks.md §3b); a reused key stays in the
+   * old generation. Keeps at most the cap's worth. Whoever still held one would see a new key's
+   * counts in it: the store must not keep a batch's keys past its write (UsageStore.write).
+   */
+  recycle(keys: readonly KeyUsageDelta[]): void {
+    for (const key of keys) {
+      if (this.#written.length >= this.#maxKeys) return;
+      if (key instanceof PendingKey && key.giveBack()) this.#written.push(key);
+    }
   }
 
   drain(): UsageBatch {

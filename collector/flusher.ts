@@ -393,6 +393,7 @@ export class Flusher {
     try {
       const result = await this.options.store.write(batches, toLog);
       this.pending = this.pending.filter((p) => !batches.includes(p));
+      for (const { batch } of batches) this.options.aggregator.recycle(batch.keys);
       this.recordSuccess(result, this.now() - started);
       if (doubted.length > 0 && this.pending.length > 0) return this.flushOnce();
       return this.pending.length === 0 && this.options.aggregator.pendingKeys === 0;

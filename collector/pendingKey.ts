@@ -30,9 +30,10 @@ const EXPIRED = 8;
 const PREVIOUS_SECRET = 16;
 
 export class PendingKey implements KeyUsageDelta {
-  readonly keyId: string;
-  readonly orgId: string;
-  readonly listedIn: number;
+  // Set by reset(), which the constructor calls: the aggregator reuses a written key for a new one.
+  keyId!: string;
+  orgId!: string;
+  listedIn!: number;
   // The delta's counters and last-seen fields, updated in place from the first line: the key is
   // the delta the drain hands over (at 100 k distinct keys, a copy of each key made at the drain
   // doubled what each key allocated, and GC took 28 % of the time).
@@ -40,7 +41,7 @@ export class PendingKey implements KeyUsageDelta {
   lastIp = '';
   lastFailedIp = '';
   lastPreviousSecretIp = '';
-  readonly #base: TimeBase;
+  #base!: TimeBase;
   #seen = 0;
   #lastUsed = 0;
   #lastFailed = 0;
@@ -50,7 +51,7 @@ export class PendingKey implements KeyUsageDelta {
   // The hour of the last line (from the base) and its counts; every hour in a Map once a second
   // one comes. While all lines were of one hour, that hour's counts are the key's byOutcome:
   // nothing to count twice or allocate for most keys.
-  #hour: number;
+  #hour!: number;
   #hourCounts: HourCounts | undefined;
   #hours: Map<number, HourCounts> | undefined;
   // The counts by outcome as fields of the key, and byOutcome made from them when first read (once
@@ -81,14 +82,42 @@ export class PendingKey implements KeyUsageDelta {
   #ipCount = 0;
   #ipFirst = 0;
   #ipLast = 0;
+  #givenBack = false;
 
   /** A key is created for its first line, and with the hour of that line. */
   constructor(keyId: string, orgId: string, hour: number, base: TimeBase, listedIn: number) {
+    this.reset(keyId, orgId, hour, base, listedIn);
+  }
+
+  /**
+   * This object as a key just created for its first line (as the constructor makes one), for the
+   * aggregator to reuse a key whose interval was written (Aggregator.recycle): every field back to
+   * its start, so nothing of the earlier key is left in the new one.
+   */
+  reset(keyId: string, orgId: string, hour: number, base: TimeBase, listedIn: number): this {
+    this.#givenBack = false;
     this.keyId = keyId;
     this.orgId = orgId;
     this.listedIn = listedIn;
     this.#base = base;
     this.#hour = hour - base.at;
+    this.total = 0;
+    this.lastIp = this.lastFailedIp = this.lastPreviousSecretIp = '';
+    this.#seen = this.#lastUsed = this.#lastFailed = this.#lastRevokedUse = this.#lastExpiredUse = this.#lastPreviousSecret = 0;
+    this.#hourCounts = this.#hours = undefined;
+    this.#ok = this.#forbidden = this.#expired = this.#revoked = this.#badSecret = this.#crossOrg = 0;
+    this.#byOutcome = undefined;
+    this.#ips = this.#failedIps = this.#revokedIps = this.#expiredIps = undefined;
+    this.#ip = undefined;
+    this.#ipCount = this.#ipFirst = this.#ipLast = 0;
+    return this;
+  }
+
+  /** Marks the key given back to the aggregator: false if it was already (a second give-back is ignored). */
+  giveBack(): boolean {
+    if (this.#givenBack) return false;
+    this.#givenBack = true;
+    return true;
   }
 
   /** `previousSecret`: the line was tagged as a use of the key's previous secret. */

@@ -699,6 +699,7 @@ function modelAdd(entries: Map<string, KeyUsageDelta>, sample: UsageSample, now:
   if (!proven && now >= entry.lastFailedAt) [entry.lastFailedAt, entry.lastFailedIp] = [now, ip];
   if (outcome === 'revoked') entry.lastRevokedUseAt = Math.max(entry.lastRevokedUseAt, now);
   if (outcome === 'expired') entry.lastExpiredUseAt = Math.max(entry.lastExpiredUseAt, now);
+  if (proven && sample.previousSecret === true && now >= entry.lastPreviousSecretAt) [entry.lastPreviousSecretAt, entry.lastPreviousSecretIp] = [now, ip];
   // A refused use's address is also its event's (revokedIps, expiredIps), kept alike.
   if (outcome === 'revoked') modelTouch((entry.revokedIps ??= new Map()), ip, count, now, maxIps);
   if (outcome === 'expired') modelTouch((entry.expiredIps ??= new Map()), ip, count, now, maxIps);
@@ -742,10 +743,13 @@ t.test('property: the aggregator equals the Map-based model, drain after drain',
     // lines carry one (fast-check's freq 1 made none: late lines were never tried, a review).
     offsetMs: fc.option(fc.constantFrom(-3_000_000, -1, 1, 2_000_000, 90_000_000), { freq: 2 }),
     drainAfter: fc.integer({ min: 0, max: 9 }).map((n) => n === 0),
+    previousSecret: fc.integer({ min: 0, max: 3 }).map((n) => (n === 0 ? (true as const) : undefined)),
   });
   fc.assert(
-    // Long sequences (fast-check's default size makes arrays of about ten).
-    fc.property(fc.constantFrom(1, 2), fc.array(step, { minLength: 20, maxLength: 80, size: 'max' }), (maxIps, steps) => {
+    // Long sequences (fast-check's default size makes arrays of about ten). With `recycle`, each
+    // drain's keys are given back once read, as the flusher gives them back once written: a new
+    // key reusing one must hold nothing of it.
+    fc.property(fc.constantFrom(1, 2), fc.boolean(), fc.array(step, { minLength: 20, maxLength: 80, size: 'max' }), (maxIps, recycle, steps) => {
       const { clock, aggregator } = fakeAggregator({ maxIpsPerKey: maxIps });
       let model = new Map<string, KeyUsageDelta>();
       const drainedEqualsModel = () => {
@@ -759,11 +763,15 @@ t.test('property: the aggregator equals the Map-based model, drain after drain',
         );
         deepStrictEqual(plain, plainKeys([...model.values()]));
         model = new Map();
+        if (recycle) aggregator.recycle(keys);
       };
       for (const s of steps) {
         clock.now += s.advanceMs;
         const timestamp = s.offsetMs === null ? undefined : clock.now + s.offsetMs;
-        const sample = { ...use({ keyId: s.key, orgId: s.org, ip: s.ip, outcome: s.outcome, count: s.count }), ...(timestamp && { timestamp }) };
+        const sample = {
+          ...use({ keyId: s.key, orgId: s.org, ip: s.ip, outcome: s.outcome, count: s.count, previousSecret: s.previousSecret }),
+          ...(timestamp && { timestamp }),
+        };
         aggregator.add(sample);
         const believed = timestamp !== undefined && timestamp <= clock.now && clock.now - timestamp <= 3_600_000 ? timestamp : clock.now;
         modelAdd(model, sample, believed, maxIps);
@@ -774,6 +782,68 @@ t.test('property: the aggregator equals the Map-based model, drain after drain',
     { numRuns: 500 },
   );
   t.pass('equal for every generated sequence');
+});
+
+// A key with every field set, hours, addresses and Maps made: what a reused object must forget.
+function everyFieldUsed(aggregator: Aggregator, clock: { now: number }): UsageBatch {
+  for (const [i, outcome] of OUTCOMES.entries()) aggregator.add(use({ outcome, ip: `10.0.0.${i}`, count: i + 1, previousSecret: true }));
+  aggregator.add(use({ timestamp: clock.now - 3_000_000, ip: '2001:db8::1' }));
+  const batch = aggregator.drain();
+  plainKeys(batch.keys);
+  return batch;
+}
+
+t.test('a key given back after its write is reused for a new key, which holds nothing of the old one', async (t) => {
+  const { clock, aggregator } = fakeAggregator();
+  const written = everyFieldUsed(aggregator, clock).keys;
+  aggregator.recycle(written);
+  clock.now += 60_000;
+  const line = use({ keyId: KEY_B, orgId: ORG_2, ip: '192.0.2.7', count: 3 });
+  aggregator.add(line);
+  const [reused] = aggregator.drain().keys;
+  t.equal(reused, written[0], "the new key is the written key's object");
+  const fresh = fakeAggregator();
+  fresh.clock.now = clock.now;
+  fresh.aggregator.add(line);
+  t.strictSame(plainDelta(reused), plainDelta(fresh.aggregator.drain().keys[0]), 'and reads as a key made new');
+  t.equal(reused.listedIn, NOT_LISTED);
+});
+
+t.test('a key given back twice is reused once: two new keys never share an object', async (t) => {
+  const { clock, aggregator } = fakeAggregator();
+  const written = everyFieldUsed(aggregator, clock).keys;
+  aggregator.recycle(written);
+  aggregator.recycle(written);
+  aggregator.add(use({ keyId: KEY_B }));
+  aggregator.add(use({ keyId: KEY_C, count: 2 }));
+  const keys = aggregator.drain().keys;
+  t.not(keys[0], keys[1]);
+  t.strictSame(
+    keys.map((k) => [k.keyId, k.total]),
+    [
+      [KEY_B, 1],
+      [KEY_C, 2],
+    ],
+  );
+});
+
+t.test('the keys given back are kept up to the cap, the rest left to the garbage collector', async (t) => {
+  const { aggregator } = fakeAggregator({ maxKeys: 2 });
+  const drainOf = (...ids: string[]) => (ids.forEach((keyId) => aggregator.add(use({ keyId }))), aggregator.drain().keys);
+  const first = drainOf(KEY_A, KEY_B);
+  const second = drainOf(KEY_A, KEY_B);
+  aggregator.recycle(first);
+  aggregator.recycle(second);
+  const reused = drainOf(KEY_A, KEY_C);
+  t.ok(
+    reused.every((k) => first.includes(k)),
+    "the first batch's objects are reused",
+  );
+  const made = drainOf(KEY_B, KEY_C);
+  t.notOk(
+    made.some((k) => second.includes(k) || first.includes(k)),
+    "the second batch's were not kept: past the cap",
+  );
 });
 
 t.test('a new address on every line of a full list: the least recent goes, in the order a Map keeps', async (t) => {

@@ -95,6 +95,39 @@ t.test('an in-doubt batch is never merged with newer data and is skipped when it
   t.equal(flusher.stats.usesPersisted, 12, 'the 5 persisted by the in-doubt attempt count once, with the 7 of this one');
 });
 
+t.test("a written batch's keys are reused for new keys; a failed or in-doubt write's are kept for its retry", async (t) => {
+  const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
+  const { store, written, fail } = fakeStore();
+  const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger });
+  const use = (i: number, count: number) => aggregator.add({ keyId: key(i), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count });
+  const lastWrite = () => written[written.length - 1].flatMap((b) => b.batch.keys);
+  for (const failure of [new Error('down'), new CommitInDoubtError(new Error('connection lost'))]) {
+    const before = written.length;
+    use(1, 5);
+    fail(failure);
+    t.equal(await flusher.flush(), false);
+    // Taken while key 1's batch waits for its retry: it must not be key 1's object.
+    use(2, 7);
+    t.equal(await flusher.flush(), true);
+    t.same(
+      written.slice(before).flatMap((batches) => batches.flatMap((b) => b.batch.keys.map((k) => [k.keyId, k.total]))),
+      [
+        [key(1), 5],
+        [key(2), 7],
+      ],
+      `${failure.message}: the retry wrote key 1's uses and key 2's, each its own`,
+    );
+  }
+  const objects = lastWrite();
+  use(3, 1);
+  t.equal(await flusher.flush(), true);
+  t.ok(objects.includes(lastWrite()[0]), 'once written, a key is the object of the next new key');
+  t.same(
+    lastWrite().map((k) => [k.keyId, k.total]),
+    [[key(3), 1]],
+  );
+});
+
 // What the committed part of a split write did, as a PartlyWrittenError carries it.
 const COMMITTED_PART: WriteResult = {
   appliedBatches: 1,

@@ -27,6 +27,11 @@ export interface ParseShape {
   parser?: Parser;
   /** The aggregator's key list (COLLECTOR_KEY_LIST_REFRESH_MS): one lookup per new key per pass. */
   keyList?: KeyList;
+  /**
+   * Each pass's drained keys given back once the pass ends, as the flusher gives them back once
+   * written (Aggregator.recycle): the default. False: every pass makes its keys anew.
+   */
+  recycle?: boolean;
 }
 
 export function measureParseAggregate(keys: readonly IngestKey[], shape: ParseShape, stage: ParseStage, lines: number, passes: number): ParseRates {
@@ -35,8 +40,9 @@ export function measureParseAggregate(keys: readonly IngestKey[], shape: ParseSh
   const maxKeys = Math.max(100_000, capHolding(keys.length));
   const parse = shape.parser === 'text' ? parseText : createDatagramParser(maxKeys);
   const rates: ParseRates = { wall: [], cpu: [] };
+  // One aggregator for every pass, as the collector keeps one from drain to drain.
+  const aggregator = new Aggregator({ maxKeys, listedKeys: shape.keyList, now: Date.now });
   for (let pass = 0; pass < passes + 1; pass++) {
-    const aggregator = new Aggregator({ maxKeys, listedKeys: shape.keyList, now: Date.now });
     let usesReceived = 0;
     let packetTime = Date.now();
     const addSample =
@@ -58,7 +64,8 @@ export function measureParseAggregate(keys: readonly IngestKey[], shape: ParseSh
       i = (i + 1) % datagrams.length;
     }
     // The flusher drains the aggregator at every flush: what a drain costs is part of the work.
-    aggregator.drain();
+    const { keys: drained } = aggregator.drain();
+    if (shape.recycle !== false) aggregator.recycle(drained);
     const seconds = (performance.now() - started) / 1000;
     const cpu = process.cpuUsage(cpuStarted);
     if (usesReceived !== done) throw new Error(`parse benchmark lost uses: ${usesReceived} of ${done}`);
