@@ -16,11 +16,15 @@
 // object for their interval (the byOutcome object, and the address list, are made when needed).
 import { isProvenOutcome, zeroOutcomes, type Outcome } from '../shared/usageWire';
 import type { HourCounts, IpStat, KeyUsageDelta } from './aggregator';
+import { NOT_LISTED } from './keyList';
 
 /** The time a drain's pending keys count their times from: one per drain, shared by its keys. */
 export class TimeBase {
   constructor(readonly at: number) {}
 }
+
+// An idle key's (given back, not reused yet): it holds no drain's base.
+const IDLE = new TimeBase(0);
 
 // Which of a key's five last-seen times are set (none: -Infinity).
 const USED = 1;
@@ -113,9 +117,14 @@ export class PendingKey implements KeyUsageDelta {
     return this;
   }
 
-  /** Marks the key given back to the aggregator: false if it was already (a second give-back is ignored). */
+  /**
+   * Marks the key given back to the aggregator, and lets go of what it held (its ids, addresses
+   * and hours), so an idle key holds nothing but its fields; false if it was given back already (a
+   * second give-back is ignored).
+   */
   giveBack(): boolean {
     if (this.#givenBack) return false;
+    this.reset('', '', 0, IDLE, NOT_LISTED);
     this.#givenBack = true;
     return true;
   }

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { Aggregator } from '../collector/aggregator';
+import { Aggregator, type KeyUsageDelta } from '../collector/aggregator';
 import { APPEND_WAIT_MAX_MS } from '../collector/appendGate';
 import { FOLD_SWEEP_MS, Flusher } from '../collector/flusher';
 import { CommitInDoubtError, PartlyWrittenError, type KeyRef, type PendingBatch, type UsageStore, type WriteResult } from '../collector/usageStore';
@@ -97,20 +97,30 @@ t.test('an in-doubt batch is never merged with newer data and is skipped when it
 
 t.test("a written batch's keys are reused for new keys; a failed or in-doubt write's are kept for its retry", async (t) => {
   const aggregator = new Aggregator({ maxKeys: 100, now: () => 0 });
-  const { store, written, fail } = fakeStore();
+  const fake = fakeStore();
+  // What each write was given, read while it ran: once written, a batch's keys are given back
+  // (and emptied), as the store's contract says it keeps none.
+  const seen: Array<{ objects: KeyUsageDelta[]; keys: Array<[string, number]> }> = [];
+  const store: UsageStore = {
+    ...fake.store,
+    write: async (batches, toLog) => {
+      const objects = batches.flatMap((b) => b.batch.keys);
+      seen.push({ objects, keys: objects.map((k) => [k.keyId, k.total]) });
+      return fake.store.write(batches, toLog);
+    },
+  };
   const flusher = new Flusher({ aggregator, store, intervalMs: 1000, maxRetryKeys: 100, logger });
   const use = (i: number, count: number) => aggregator.add({ keyId: key(i), orgId: ORG, ip: '192.0.2.1', outcome: 'ok', count });
-  const lastWrite = () => written[written.length - 1].flatMap((b) => b.batch.keys);
   for (const failure of [new Error('down'), new CommitInDoubtError(new Error('connection lost'))]) {
-    const before = written.length;
     use(1, 5);
-    fail(failure);
+    fake.fail(failure);
     t.equal(await flusher.flush(), false);
+    const failed = seen.length;
     // Taken while key 1's batch waits for its retry: it must not be key 1's object.
     use(2, 7);
     t.equal(await flusher.flush(), true);
     t.same(
-      written.slice(before).flatMap((batches) => batches.flatMap((b) => b.batch.keys.map((k) => [k.keyId, k.total]))),
+      seen.slice(failed).flatMap((write) => write.keys),
       [
         [key(1), 5],
         [key(2), 7],
@@ -118,14 +128,16 @@ t.test("a written batch's keys are reused for new keys; a failed or in-doubt wri
       `${failure.message}: the retry wrote key 1's uses and key 2's, each its own`,
     );
   }
-  const objects = lastWrite();
+  const written = seen[seen.length - 1].objects;
+  t.same(
+    written.map((k) => k.keyId),
+    [''],
+    'given back, a written key holds no id',
+  );
   use(3, 1);
   t.equal(await flusher.flush(), true);
-  t.ok(objects.includes(lastWrite()[0]), 'once written, a key is the object of the next new key');
-  t.same(
-    lastWrite().map((k) => [k.keyId, k.total]),
-    [[key(3), 1]],
-  );
+  t.equal(seen[seen.length - 1].objects[0], written[0], 'once written, a key is the object of the next new key');
+  t.same(seen[seen.length - 1].keys, [[key(3), 1]]);
 });
 
 // What the committed part of a split write did, as a PartlyWrittenError carries it.
