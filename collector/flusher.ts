@@ -393,8 +393,9 @@ export class Flusher {
     try {
       const result = await this.options.store.write(batches, toLog);
       this.pending = this.pending.filter((p) => !batches.includes(p));
-      for (const { batch } of batches) this.options.aggregator.recycle(batch.keys);
       this.recordSuccess(result, this.now() - started);
+      // Last: nothing of this write reads its keys after this (recordSuccess copies what it keeps).
+      for (const { batch } of batches) this.options.aggregator.recycle(batch.keys);
       if (doubted.length > 0 && this.pending.length > 0) return this.flushOnce();
       return this.pending.length === 0 && this.options.aggregator.pendingKeys === 0;
     } catch (error) {

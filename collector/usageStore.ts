@@ -54,8 +54,9 @@ export interface UsageStore {
   /**
    * `toLog`: append to the usage log (true) or write the usage tables (false); unset, the store
    * decides by the batches' keys (logMinKeys). A store without a log writes the tables.
-   * Once it has resolved, the store keeps none of the batches' keys: the aggregator reuses them
-   * for new keys (Aggregator.recycle).
+   * Once it has resolved, the store keeps none of the batches' keys, and its result holds none of
+   * them (keysToTrim, quarantined: objects of their own): the aggregator reuses them for new keys
+   * (Aggregator.recycle).
    */
   write(batches: readonly PendingBatch[], toLog?: boolean): Promise<WriteResult>;
   /** Best-effort upkeep outside the flush transaction: trims recent IPs (and the IP-prefix history) and expired rows. */

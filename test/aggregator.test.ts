@@ -787,6 +787,9 @@ t.test('property: the aggregator equals the Map-based model, drain after drain',
 // A key with every field set, hours, addresses and Maps made: what a reused object must forget.
 function everyFieldUsed(aggregator: Aggregator, clock: { now: number }): UsageBatch {
   for (const [i, outcome] of OUTCOMES.entries()) aggregator.add(use({ outcome, ip: `10.0.0.${i}`, count: i + 1, previousSecret: true }));
+  // A second hour (T0 is a second before 11:00), and a line back in the first.
+  clock.now += 2000;
+  aggregator.add(use({ ip: '10.0.0.9' }));
   aggregator.add(use({ timestamp: clock.now - 3_000_000, ip: '2001:db8::1' }));
   const batch = aggregator.drain();
   plainKeys(batch.keys);
@@ -796,6 +799,7 @@ function everyFieldUsed(aggregator: Aggregator, clock: { now: number }): UsageBa
 t.test('a key given back after its write is reused for a new key, which holds nothing of the old one', async (t) => {
   const { clock, aggregator } = fakeAggregator();
   const written = everyFieldUsed(aggregator, clock).keys;
+  t.equal(written[0].hours.size, 2, 'the written key had two hours');
   aggregator.recycle(written);
   clock.now += 60_000;
   const line = use({ keyId: KEY_B, orgId: ORG_2, ip: '192.0.2.7', count: 3 });
@@ -807,6 +811,18 @@ t.test('a key given back after its write is reused for a new key, which holds no
   fresh.aggregator.add(line);
   t.strictSame(plainDelta(reused), plainDelta(fresh.aggregator.drain().keys[0]), 'and reads as a key made new');
   t.equal(reused.listedIn, NOT_LISTED);
+});
+
+t.test('a reused key is given back and reused again, drain after drain', async (t) => {
+  const { clock, aggregator } = fakeAggregator();
+  const [key] = everyFieldUsed(aggregator, clock).keys;
+  for (const [round, keyId] of [KEY_B, KEY_C, KEY_A].entries()) {
+    aggregator.recycle([key]);
+    aggregator.add(use({ keyId, count: round + 1 }));
+    const [drained] = aggregator.drain().keys;
+    t.equal(drained, key, `round ${round + 1}: the same object`);
+    t.strictSame([drained.keyId, drained.total, drained.hours.size], [keyId, round + 1, 1]);
+  }
 });
 
 t.test('a key given back twice is reused once: two new keys never share an object', async (t) => {

@@ -257,3 +257,40 @@ t.test('a partly written flush is retried alone: forged orgs beside newer batche
   t.match(flusher.stats, { unknownUses: 22_000, usesPersisted: 2 }, 'every forged use unknown once; the two real ones persisted');
   t.same([await usesOf(db, { orgId: orgA, keyIds: [] }), await usesOf(db, { orgId: orgB, keyIds: [] })], [1, 1]);
 });
+
+// The flusher gives a written batch's keys back and new keys reuse them (Aggregator.recycle): with
+// the real store, split writes and recent addresses, every key's totals, and its last address, are
+// its own after each round, though its object held another org's key the round before.
+t.test("keys reused after a split write: each key's rows are its own, round after round", async (t) => {
+  const { db } = await freshDatabase(t);
+  const [first, second] = await twoOrgs(db);
+  const aggregator = new Aggregator({ maxKeys: 2 * SPLIT_MIN_KEYS, now: () => Date.now() });
+  const store = createPgUsageStore(db, { parallelism: 2 });
+  const flusher = new Flusher({
+    aggregator,
+    store,
+    intervalMs: 60_000,
+    maxRetryKeys: 2 * SPLIT_MIN_KEYS,
+    logger: createLogger({ level: 'silent', name: 'test' }),
+  });
+  const rounds: Array<[Org, number, string]> = [
+    [first, 1, '192.0.2.1'],
+    [second, 2, '192.0.2.2'],
+    [first, 3, '192.0.2.3'],
+  ];
+  for (const [{ orgId, keyIds }, count, ip] of rounds) {
+    for (const keyId of keyIds) aggregator.add({ orgId, keyId, ip, outcome: 'ok', count });
+    t.equal(await flusher.flush(), true);
+  }
+  const rows = async (org: Org) =>
+    (
+      await db.raw(
+        `select count(*)::int as keys, min(request_count)::int as least, max(request_count)::int as most, array_agg(distinct last_used_ip) as last_ips
+           from ${TABLE.usage} where org_id = ?`,
+        [org.orgId],
+      )
+    ).rows[0];
+  t.same(await rows(first), { keys: first.keyIds.length, least: 4, most: 4, last_ips: ['192.0.2.3'] });
+  t.same(await rows(second), { keys: second.keyIds.length, least: 2, most: 2, last_ips: ['192.0.2.2'] });
+  t.equal(flusher.stats.usesPersisted, 4 * first.keyIds.length + 2 * second.keyIds.length);
+});
