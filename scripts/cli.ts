@@ -37,6 +37,10 @@ export const USAGE = `Usage: npm run cli -- <command> [--json]
 Commands:
   org create <name>                  Create an organization and its first API key (every scope)
   org list                           List organizations
+  org usage <orgId> [--days <n>] [--granularity day|hour]
+                                     The organization's requests summed over its keys, by day (or
+                                     hour) over the last n days (7 by default, at most 93), with
+                                     the keys used: GET /api/orgs/:id/usage
   key list <orgId>                   List an organization's API keys
   key report <orgId> [--days <n>]    Every key with its usage as CSV on stdout, oldest first (the
                                      API's usage.csv; a key unused for n days is dormant, 30 by
@@ -85,6 +89,7 @@ const OPTIONS = {
   scopes: { type: 'string' },
   'expires-at': { type: 'string' },
   days: { type: 'string' },
+  granularity: { type: 'string' },
   apply: { type: 'boolean' },
   'key-ids': { type: 'string' },
   'restorable-days': { type: 'string' },
@@ -96,6 +101,7 @@ type OptionName = keyof typeof OPTIONS;
 export type Command =
   | { kind: 'org create'; name: string; json: boolean }
   | { kind: 'org list'; json: boolean }
+  | { kind: 'org usage'; orgId: string; days: number; granularity: 'hour' | 'day'; json: boolean }
   | { kind: 'key list'; orgId: string; json: boolean }
   | { kind: 'key report'; orgId: string; dormantDays: number; json: boolean }
   | { kind: 'key create'; orgId: string; name: string; owner: string | null; scopes: Scope[]; expiresAt: Date | null; json: boolean }
@@ -180,6 +186,7 @@ function parseExpiry(raw: string | undefined, now: number): Date | null {
 const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[] }> = {
   'org create': { args: ['name'], options: [] },
   'org list': { args: [], options: [] },
+  'org usage': { args: ['orgId'], options: ['days', 'granularity'] },
   'key list': { args: ['orgId'], options: [] },
   'key report': { args: ['orgId'], options: ['days'] },
   'key create': { args: ['orgId'], options: ['name', 'owner', 'scopes', 'expires-at'] },
@@ -204,6 +211,9 @@ const wholeNumber = (min: number, max: number) =>
 // The same bounds as the HTTP API's dormantDays and restorableForDays.
 const dormantDays = wholeNumber(1, 3650);
 const restorableDays = wholeNumber(0, 365);
+// 93 days of hours is the most buckets the HTTP API's series answers (MAX_SERIES_POINTS).
+const seriesDays = wholeNumber(1, 93);
+const granularity = z.enum(['hour', 'day'], { error: 'must be hour or day' });
 
 function keyIdsOption(raw: string | undefined): KeyIds | undefined {
   if (raw === undefined) return undefined;
@@ -326,6 +336,17 @@ export function parseCli(argv: string[], now: number): ParsedCli {
         return {
           kind: 'command',
           command: { kind, orgId: checkId(args[0], '<orgId>'), dormantDays: values.days === undefined ? 30 : check(dormantDays, values.days, '--days'), json },
+        };
+      case 'org usage':
+        return {
+          kind: 'command',
+          command: {
+            kind,
+            orgId: checkId(args[0], '<orgId>'),
+            days: values.days === undefined ? 7 : check(seriesDays, values.days, '--days'),
+            granularity: values.granularity === undefined ? 'day' : check(granularity, values.granularity, '--granularity'),
+            json,
+          },
         };
       case 'collector spans':
         return { kind: 'command', command: { kind, days: values.days === undefined ? 7 : check(dormantDays, values.days, '--days'), json } };
@@ -750,10 +771,7 @@ async function collectorSpans(command: { days: number; json: boolean }, deps: Cl
 // told only after every page was read. A report that fails midway (its keyset lost its place)
 // has printed part of the keys: the exit status and stderr say so.
 const reportKeys: Handler<'key report'> = async (command, deps) => {
-  if (!deps.usageSettings) throw new Error('key report: the CLI was started without the usage settings');
-  await requireOrganization(deps.db, command.orgId);
-  const { usageDelay, eventSummaryDays } = deps.usageSettings;
-  const usage = createUsageService({ db: deps.db, now: deps.now, delay: usageDelay, eventSummaryDays });
+  const usage = await orgUsageService(command, deps);
   deps.out(CSV_HEADER.slice(0, -1));
   try {
     for await (const keys of usage.report(command.orgId, { dormantDays: command.dormantDays })) {
@@ -766,9 +784,35 @@ const reportKeys: Handler<'key report'> = async (command, deps) => {
   }
 };
 
+// The usage service the API's usage routes use, for an org that exists.
+async function orgUsageService(command: { kind: string; orgId: string }, deps: CliDeps) {
+  if (!deps.usageSettings) throw new Error(`${command.kind}: the CLI was started without the usage settings`);
+  await requireOrganization(deps.db, command.orgId);
+  const { usageDelay, eventSummaryDays } = deps.usageSettings;
+  return createUsageService({ db: deps.db, now: deps.now, delay: usageDelay, eventSummaryDays });
+}
+
+// The API's answer for the last n days; the table leaves out the outcomes (byOutcome=false).
+const orgUsage: Handler<'org usage'> = async (command, deps) => {
+  const usage = await orgUsageService(command, deps);
+  const to = deps.now();
+  const series = await usage.orgTimeSeries(command.orgId, {
+    from: new Date(to - command.days * DAY_MS),
+    to: new Date(to),
+    granularity: command.granularity,
+    byOutcome: false,
+  });
+  if (command.json) return printJson(deps, series);
+  deps.out(`${series.total} requests, ${series.keysUsed} keys used, from ${series.from} to ${series.to} (by ${series.granularity}):`);
+  deps.out(
+    table([['START', 'REQUESTS', 'KEYS USED'], ...series.buckets.map((bucket) => [bucket.start, String(bucket.requestCount), String(bucket.keysUsed)])]),
+  );
+};
+
 const HANDLERS: { [K in Command['kind']]: Handler<K> } = {
   'org create': createOrg,
   'org list': listOrgs,
+  'org usage': orgUsage,
   'key list': listKeys,
   'key report': reportKeys,
   'key create': createKey,

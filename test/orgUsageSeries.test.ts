@@ -7,6 +7,7 @@ import { seedOrg, startTestApi, twoOrgWorld } from './helpers/api';
 import { freshDatabase, migrateBesideWrites, migrateDownTo, onCitus } from './helpers/database';
 import { MIGRATION_CONFIG } from '../shared/db';
 import { flushUses } from './helpers/flushUses';
+import { runCli } from '../scripts/cli';
 
 // GET /api/orgs/:id/usage: every key of the org summed by the hour or day, from both bucket tables
 // (closed hours moved to api_key_usage_hourly, open ones in api_key_usage_current_hours; an hour
@@ -194,3 +195,45 @@ t.test(
     t.equal(await indexValid(), undefined, 'down drops it');
   },
 );
+
+// The CLI's `org usage` for a script on the server with no admin key to hand out: the API's
+// answer for the last n days, as JSON, and as a table.
+t.test("the CLI's org usage is the API's series for the last n days, as JSON and as a table", async (t) => {
+  const { db, api, acme, series } = await world(t);
+  const now = at(DAY_2, 12).getTime();
+  const out: string[] = [];
+  const err: string[] = [];
+  const deps = {
+    db,
+    pepper: api.config.api.keyPepper,
+    now: () => now,
+    usageSettings: api.config.api,
+    out: (text: string) => out.push(text),
+    err: (text: string) => err.push(text),
+  };
+  t.equal(await runCli(['org', 'usage', acme.org.id, '--days', '2', '--json'], deps), 0);
+  const fromApi = await series(`granularity=day&from=${at(DAY_2, -36).toISOString()}&to=${at(DAY_2, 12).toISOString()}`);
+  t.equal(fromApi.status, 200);
+  t.strictSame(JSON.parse(out.join('\n')), fromApi.body, "the API's answer");
+  t.equal(fromApi.body.total, 28, 'both days of acme, not globex');
+
+  out.length = 0;
+  t.equal(await runCli(['org', 'usage', acme.org.id, '--days', '2', '--granularity', 'hour'], deps), 0);
+  const [heading, ...rows] = out.join('\n').split('\n');
+  t.equal(heading, `28 requests, 2 keys used, from ${at(DAY_2, -36).toISOString()} to ${at(DAY_2, 12).toISOString()} (by hour):`);
+  t.equal(rows.length, 1 + 48, 'the column names and 48 hours');
+  t.match(
+    rows.find((row) => row.startsWith(at(DAY_1, 3).toISOString())),
+    /^\S+\s+16\s+2$/,
+    'ci 10 + 2 + 3 late, staging 1; guessed only failed',
+  );
+  t.same(err, []);
+
+  out.length = 0;
+  t.equal(await runCli(['org', 'usage', acme.org.id, '--days', '94'], deps), 2, 'past the 93 days the API answers by the hour');
+  t.match(err.join('\n'), /--days: must be at most 93/);
+  t.equal(await runCli(['org', 'usage', acme.org.id, '--granularity', 'week'], deps), 2);
+  t.match(err.join('\n'), /--granularity: must be hour or day/);
+  t.equal(await runCli(['org', 'usage', '00000000-0000-4000-8000-000000000000'], deps), 1);
+  t.match(err.join('\n'), /error: .*not found/i);
+});
