@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { DAY_MS } from '../shared/timeUnits';
+import { DAY_MS, HOUR_MS } from '../shared/timeUnits';
 import { AppError } from '../api/errors';
 import { beginAuditedChange, recordAudit } from '../api/audit/audit.repository';
 import { countKeysByPepper, findApiKeyInOrg } from '../api/keys/apiKeys.repository';
@@ -38,9 +38,10 @@ Commands:
   org create <name>                  Create an organization and its first API key (every scope)
   org list                           List organizations
   org usage <orgId> [--days <n>] [--granularity day|hour]
-                                     The organization's requests summed over its keys, by day (or
-                                     hour) over the last n days (7 by default, at most 93), with
-                                     the keys used: GET /api/orgs/:id/usage
+                                     The organization's requests and keys used, summed over its
+                                     keys by day (or hour) for the last n days: n days (n × 24
+                                     hours), the current one last; 7 by default, at most 93 by
+                                     hour (GET /api/orgs/:id/usage)
   key list <orgId>                   List an organization's API keys
   key report <orgId> [--days <n>]    Every key with its usage as CSV on stdout, oldest first (the
                                      API's usage.csv; a key unused for n days is dormant, 30 by
@@ -211,8 +212,8 @@ const wholeNumber = (min: number, max: number) =>
 // The same bounds as the HTTP API's dormantDays and restorableForDays.
 const dormantDays = wholeNumber(1, 3650);
 const restorableDays = wholeNumber(0, 365);
-// 93 days of hours is the most buckets the HTTP API's series answers (MAX_SERIES_POINTS).
-const seriesDays = wholeNumber(1, 93);
+// The most buckets the HTTP API's series answers (MAX_SERIES_POINTS, 2,232): 93 days of hours.
+const seriesDays = { hour: wholeNumber(1, 93), day: wholeNumber(1, 2232) };
 const granularity = z.enum(['hour', 'day'], { error: 'must be hour or day' });
 
 function keyIdsOption(raw: string | undefined): KeyIds | undefined {
@@ -337,17 +338,11 @@ export function parseCli(argv: string[], now: number): ParsedCli {
           kind: 'command',
           command: { kind, orgId: checkId(args[0], '<orgId>'), dormantDays: values.days === undefined ? 30 : check(dormantDays, values.days, '--days'), json },
         };
-      case 'org usage':
-        return {
-          kind: 'command',
-          command: {
-            kind,
-            orgId: checkId(args[0], '<orgId>'),
-            days: values.days === undefined ? 7 : check(seriesDays, values.days, '--days'),
-            granularity: values.granularity === undefined ? 'day' : check(granularity, values.granularity, '--granularity'),
-            json,
-          },
-        };
+      case 'org usage': {
+        const by = values.granularity === undefined ? 'day' : check(granularity, values.granularity, '--granularity');
+        const days = values.days === undefined ? 7 : check(seriesDays[by], values.days, '--days');
+        return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), days, granularity: by, json } };
+      }
       case 'collector spans':
         return { kind: 'command', command: { kind, days: values.days === undefined ? 7 : check(dormantDays, values.days, '--days'), json } };
       case 'pepper status':
@@ -792,12 +787,16 @@ async function orgUsageService(command: { kind: string; orgId: string }, deps: C
   return createUsageService({ db: deps.db, now: deps.now, delay: usageDelay, eventSummaryDays });
 }
 
-// The API's answer for the last n days; the table leaves out the outcomes (byOutcome=false).
+// The API's answer for the last n days, as whole buckets up to the current one: a range from now
+// less n days began inside a bucket, which the API counts whole, so the table summed more than
+// the range its heading named, and 93 days of hours came to one bucket more than the API answers.
+// The table leaves out the outcomes (byOutcome=false).
 const orgUsage: Handler<'org usage'> = async (command, deps) => {
   const usage = await orgUsageService(command, deps);
   const to = deps.now();
+  const step = command.granularity === 'hour' ? HOUR_MS : DAY_MS;
   const series = await usage.orgTimeSeries(command.orgId, {
-    from: new Date(to - command.days * DAY_MS),
+    from: new Date(Math.floor(to / step) * step - (command.days * DAY_MS - step)),
     to: new Date(to),
     granularity: command.granularity,
     byOutcome: false,
