@@ -21,7 +21,7 @@ import { displayName, uuid, withinSupportedTimes } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, describeDatabaseError, migrateLatest, type Db } from '../shared/db';
 import { eraseKeyIps } from '../shared/ipRetention';
-import { createUsageService, ReportCutShortError } from '../api/usage/usage.service';
+import { createUsageService, MAX_SERIES_POINTS, ReportCutShortError } from '../api/usage/usage.service';
 import { CSV_HEADER, csvRows } from '../api/usage/usageCsv';
 import { requeueUnreadable } from '../shared/usageLogDelta';
 import { redactKeyMaterial } from '../shared/logger';
@@ -212,8 +212,8 @@ const wholeNumber = (min: number, max: number) =>
 // The same bounds as the HTTP API's dormantDays and restorableForDays.
 const dormantDays = wholeNumber(1, 3650);
 const restorableDays = wholeNumber(0, 365);
-// The most buckets the HTTP API's series answers (MAX_SERIES_POINTS, 2,232): 93 days of hours.
-const seriesDays = { hour: wholeNumber(1, 93), day: wholeNumber(1, 2232) };
+// As many buckets as the HTTP API's series answers: 93 days of hours.
+const seriesDays = { hour: wholeNumber(1, MAX_SERIES_POINTS / 24), day: wholeNumber(1, MAX_SERIES_POINTS) };
 const granularity = z.enum(['hour', 'day'], { error: 'must be hour or day' });
 
 function keyIdsOption(raw: string | undefined): KeyIds | undefined {

@@ -11,7 +11,7 @@ import { requireKeyInOrg } from '../keys/requireKeyInOrg';
 import { listKeyUsage, readUsageSeries, type Granularity, type KeyUsageRecord, type SeriesBucket, type UsageSort } from './usage.repository';
 import { DAY_MS, HOUR_MS } from '../../shared/timeUnits';
 
-const MAX_SERIES_POINTS = 24 * 93;
+export const MAX_SERIES_POINTS = 24 * 93;
 
 const isoOrNull = (date: Date | null) => (date ? date.toISOString() : null);
 
