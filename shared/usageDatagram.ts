@@ -69,15 +69,11 @@ export type DatagramParser = (packet: Buffer, onSample: (sample: UsageSample) =>
  * Returns a parser of received datagrams that gives what parsePacket gives for their latin1 text.
  * It keeps the ids and addresses it has validated (bounded tables), so the collector makes one
  * and keeps it. `keysAtOnce`: how many distinct keys it should keep (the collector's pending-key
- * cap); the key table gets at least twice as many slots, within its bounds.
+ * cap); the key and address tables get at least twice as many slots, within their bounds.
  */
 export function createDatagramParser(keysAtOnce = 0): DatagramParser {
   // Apart, so that keys (many) never push out the orgs (few, on every line).
-  const tables: Tables = {
-    keys: new InternTable(keySlotBits(keysAtOnce), UUID_LENGTH, canonicalUuid),
-    orgs: new InternTable(ORG_SLOT_BITS, UUID_LENGTH, canonicalUuid),
-    ips: new InternTable(IP_SLOT_BITS, MAX_IP_CHARS, ipAddress),
-  };
+  const tables = parserTables(keysAtOnce);
   return (packet, onSample, onOther) => {
     const result: PacketResult = { lines: 0, usage: 0, other: 0, invalid: 0 };
     const view = new DataView(packet.buffer, packet.byteOffset, packet.byteLength);
@@ -100,6 +96,16 @@ interface Tables {
   keys: InternTable;
   orgs: InternTable;
   ips: InternTable;
+}
+
+/** The parser's tables of validated ids and addresses (exported for the tests of their sizes). */
+export function parserTables(keysAtOnce: number): Tables {
+  const bits = tableSlotBits(keysAtOnce);
+  return {
+    keys: new InternTable(bits, UUID_LENGTH, canonicalUuid),
+    orgs: new InternTable(ORG_SLOT_BITS, UUID_LENGTH, canonicalUuid),
+    ips: new InternTable(bits, MAX_IP_CHARS, ipAddress),
+  };
 }
 
 export interface Text {
@@ -176,21 +182,28 @@ function lineEnd(b: Buffer, at: number): number {
   return -1;
 }
 
-// Strings already validated (ids, addresses), by a hash of their bytes: direct-mapped, so a slot
-// holds the last string that hashed to it and memory stays bounded whatever a sender invents
-// (≈ 6 MiB for addresses; for keys ≈ 6 MiB a 64 k slots, ≈ 24 MiB at the default cap's 256 k); a
-// string pushed out is only validated again when it comes back. Only canonical (lower-case) ids are kept; an upper-case one is left to the line parser,
-// which lower-cases it. A string accepted is made of its own at once: a slice of the datagram's
-// text, kept by the table or by whatever keeps the sample, would keep the datagram alive. A line
-// whose strings are all found needs no decoded text at all.
-// With 64 k key slots and 100,000 keys in use, most keys' slots were taken by another by their
-// next line: each line validated its id again, made a new string, and the aggregator compared it
-// by content, not by reference (docs/benchmarks.md §3d, the key table sized to the cap).
-const MIN_KEY_SLOT_BITS = 16;
-const MAX_KEY_SLOT_BITS = 20;
-export const keySlotBits = (keysAtOnce: number) => Math.min(MAX_KEY_SLOT_BITS, Math.max(MIN_KEY_SLOT_BITS, Math.ceil(Math.log2(Math.max(1, 2 * keysAtOnce)))));
+// Strings already validated (ids, addresses), by a hash of their bytes, in tables of bounded size
+// whatever a sender invents: full at the default cap's 256 k slots, ≈ 25 MiB for ids and 22-34 MiB
+// for addresses (IPv4-IPv6), their strings included (measured, docs/benchmarks.md §3d, the tables
+// probed). A string pushed out is only validated again when it comes back. Only canonical
+// (lower-case) ids are kept; an upper-case one is left to the line parser, which lower-cases it. A
+// string accepted is made of its own at once: a slice of the datagram's text, kept by the table or
+// by whatever keeps the sample, would keep the datagram alive. A line whose strings are all found
+// needs no decoded text at all.
+// A string found costs nothing, one validated again costs a new string (garbage) that the
+// aggregator hashes and compares by content: direct-mapped, with two slots per key at the default
+// cap, the ids of 31-37 % of the lines of 100,000 keys and the addresses of 55-85 % were validated
+// again, pass after pass (docs/benchmarks.md §3d, the tables probed). So a string looks for its place in a window of
+// slots from its own (linear probing), and only when all of them are taken does it push one out:
+// every key the collector can hold at once keeps its slot.
+const MIN_SLOT_BITS = 16;
+const MAX_SLOT_BITS = 20;
+/** Slots of the key and address tables: a power of two at least twice the keys held at once, within 64 k–1 M. */
+export const tableSlotBits = (keysAtOnce: number) => Math.min(MAX_SLOT_BITS, Math.max(MIN_SLOT_BITS, Math.ceil(Math.log2(Math.max(1, 2 * keysAtOnce)))));
 const ORG_SLOT_BITS = 8;
-const IP_SLOT_BITS = 16;
+// Slots a string may take from its own: a lookup reads at most this many. At a table half full,
+// linear probing needs 1.5 on average to find a string, 2.5 to learn it is not there.
+const WINDOW = 16;
 // The bits of a word's first 1, 2 or 3 bytes (little-endian): the last word of a string whose
 // length is not a multiple of four is compared without the bytes after it.
 const TAIL_MASKS = [0, 0xff, 0xffff, 0xffffff];
@@ -203,26 +216,37 @@ export type Accept = (text: Text, at: number, end: number) => string | undefined
 // docs/benchmarks.md §3b).
 const bytesAt = (text: Text, at: number, end: number) => text.packet.toString('latin1', at, end);
 
-const canonicalUuid: Accept = (text, at, end) => (uuidForm(latin1(text), at) === HEX_LOWER ? bytesAt(text, at, end) : undefined);
+// The id made first and checked on its own: checked in the datagram's text, a new id cost the
+// whole datagram decoded, for each datagram holding one.
+export const canonicalUuid: Accept = (text, at, end) => {
+  const id = bytesAt(text, at, end);
+  return uuidForm(id, 0) === HEX_LOWER ? id : undefined;
+};
 
 const ipAddress: Accept = (text, at, end) => wireAddress(bytesAt(text, at, end));
 
 export class InternTable {
-  readonly #shift: number;
+  readonly #mask: number;
   readonly #slotWords: number;
   readonly #words: Int32Array;
   readonly #lengths: Uint8Array; // 0: an empty slot
   readonly #strings: Array<string | undefined>;
   readonly #accept: Accept;
+  // Which slot of a full window the next string pushes out, in turn.
+  #victim = 0;
 
   /** `accept` may give another string than the bytes (the address table's canonical form): that one is kept. */
   constructor(slotBits: number, maxLength: number, accept: Accept) {
-    this.#shift = 32 - slotBits;
+    this.#mask = (1 << slotBits) - 1;
     this.#slotWords = Math.ceil(maxLength / 4);
     this.#words = new Int32Array((1 << slotBits) * this.#slotWords);
     this.#lengths = new Uint8Array(1 << slotBits);
     this.#strings = new Array<string | undefined>(1 << slotBits).fill(undefined);
     this.#accept = accept;
+  }
+
+  get slots(): number {
+    return this.#mask + 1;
   }
 
   /**
@@ -233,21 +257,37 @@ export class InternTable {
    */
   intern(v: DataView, at: number, end: number, text: Text): string | undefined {
     const length = end - at;
-    // Two multiplications: the two words XORed directly lose most of their bits when both hold
-    // digits (3,000 addresses went to 950 slots of 16 k that way).
-    const slot = Math.imul(Math.imul(v.getInt32(end - 4, true), 0x9e3779b1) ^ v.getInt32(end - 8, true) ^ length, 0x85ebca6b) >>> this.#shift;
-    const base = slot * this.#slotWords;
-    // An empty string would match an empty slot: it is always handed to `accept`.
-    if (length !== 0 && this.#lengths[slot] === length && this.#holds(v, at, length, base)) {
-      return this.#strings[slot];
+    const home = this.#home(v, end, length);
+    const lengths = this.#lengths;
+    // Slots are never emptied, so a string stored past its own slot is found before an empty one.
+    let slot = home;
+    for (let probe = 0; lengths[slot] !== 0; probe++) {
+      if (probe === WINDOW) {
+        slot = (home + this.#victim) & this.#mask;
+        this.#victim = (this.#victim + 1) & (WINDOW - 1);
+        break;
+      }
+      if (lengths[slot] === length && this.#holds(v, at, length, slot * this.#slotWords)) return this.#strings[slot];
+      slot = (slot + 1) & this.#mask;
     }
     const accepted = this.#accept(text, at, end);
-    if (accepted === undefined) return undefined;
+    // An empty string would read as an empty slot: never stored.
+    if (accepted === undefined || length === 0) return accepted;
+    const base = slot * this.#slotWords;
     const whole = length >> 2;
     for (let i = 0; i < whole; i++) this.#words[base + i] = v.getInt32(at + 4 * i, true);
     if ((length & 3) !== 0) this.#words[base + whole] = v.getInt32(at + 4 * whole, true) & TAIL_MASKS[length & 3];
-    this.#lengths[slot] = length;
+    lengths[slot] = length;
     return (this.#strings[slot] = accepted);
+  }
+
+  // The last two words and the length, mixed by murmur3's finalizer: with linear probing, slots
+  // next to each other must not come from strings next to each other (addresses counting up).
+  #home(v: DataView, end: number, length: number): number {
+    let h = Math.imul(v.getInt32(end - 4, true), 0x9e3779b1) ^ v.getInt32(end - 8, true) ^ length;
+    h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+    h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+    return (h ^ (h >>> 16)) & this.#mask;
   }
 
   #holds(v: DataView, at: number, length: number, base: number): boolean {
