@@ -191,18 +191,24 @@ function lineEnd(b: Buffer, at: number): number {
 // by whatever keeps the sample, would keep the datagram alive. A line whose strings are all found
 // needs no decoded text at all.
 // A string found costs nothing, one validated again costs a new string (garbage) that the
-// aggregator hashes and compares by content: direct-mapped, with two slots per key at the default
-// cap, the ids of 31-37 % of the lines of 100,000 keys and the addresses of 55-85 % were validated
+// aggregator hashes and compares by content: direct-mapped, with two id slots a key at the default
+// cap and 64 k address slots, the ids of 31-37 % of the lines of 100,000 keys and the addresses of 55-85 % were validated
 // again, pass after pass (docs/benchmarks.md §3d, the tables probed). So a string looks for its place in a window of
-// slots from its own (linear probing), and only when all of them are taken does it push one out:
-// every key the collector can hold at once keeps its slot.
+// slots from its own (linear probing), and only when all of them are taken does it push one out,
+// one slot of the window after another. Until the table has seen about as many strings as it has
+// slots, every key the collector can hold at once keeps its slot. Slots are never emptied, so
+// after that (addresses coming and going over days, or a flood of forged ids) a lookup reads up to
+// the whole window and a new string pushes out one of it: bounded, and never a wrong string.
 const MIN_SLOT_BITS = 16;
 const MAX_SLOT_BITS = 20;
 /** Slots of the key and address tables: a power of two at least twice the keys held at once, within 64 k–1 M. */
 export const tableSlotBits = (keysAtOnce: number) => Math.min(MAX_SLOT_BITS, Math.max(MIN_SLOT_BITS, Math.ceil(Math.log2(Math.max(1, 2 * keysAtOnce)))));
 const ORG_SLOT_BITS = 8;
-// Slots a string may take from its own: a lookup reads at most this many. At a table half full,
-// linear probing needs 1.5 on average to find a string, 2.5 to learn it is not there.
+// A table starts with 4 k slots (or fewer, at most) and doubles when half full or a window is, up
+// to its size.
+const START_SLOT_BITS = 12;
+// Slots a string may take from its own: a lookup reads at most this many. In a table filled to
+// half, linear probing needs 1.5 on average to find a string, 2.5 to learn it is not there.
 const WINDOW = 16;
 // The bits of a word's first 1, 2 or 3 bytes (little-endian): the last word of a string whose
 // length is not a multiple of four is compared without the bytes after it.
@@ -226,27 +232,37 @@ export const canonicalUuid: Accept = (text, at, end) => {
 const ipAddress: Accept = (text, at, end) => wireAddress(bytesAt(text, at, end));
 
 export class InternTable {
-  readonly #mask: number;
-  readonly #slotWords: number;
-  readonly #words: Int32Array;
-  readonly #lengths: Uint8Array; // 0: an empty slot
-  readonly #strings: Array<string | undefined>;
+  readonly #maxBits: number;
+  readonly #maxLength: number;
   readonly #accept: Accept;
-  // Which slot of a full window the next string pushes out, in turn.
+  #bits = 0;
+  #shift = 0;
+  #mask = 0;
+  #slotWords = 0;
+  #words = new Int32Array(0);
+  #lengths = new Uint8Array(0); // 0: an empty slot
+  #strings: Array<string | undefined> = [];
+  // Slots taken, and which slot of a full window the next string pushes out, in turn.
+  #held = 0;
   #victim = 0;
 
-  /** `accept` may give another string than the bytes (the address table's canonical form): that one is kept. */
+  /**
+   * At most 2^slotBits slots. `accept` may give another string than the bytes (the address
+   * table's canonical form): that one is kept.
+   */
   constructor(slotBits: number, maxLength: number, accept: Accept) {
-    this.#mask = (1 << slotBits) - 1;
-    this.#slotWords = Math.ceil(maxLength / 4);
-    this.#words = new Int32Array((1 << slotBits) * this.#slotWords);
-    this.#lengths = new Uint8Array(1 << slotBits);
-    this.#strings = new Array<string | undefined>(1 << slotBits).fill(undefined);
+    this.#maxBits = slotBits;
+    this.#maxLength = maxLength;
     this.#accept = accept;
+    this.#allocate(Math.min(slotBits, START_SLOT_BITS));
   }
 
   get slots(): number {
     return this.#mask + 1;
+  }
+
+  get maxSlots(): number {
+    return 2 ** this.#maxBits;
   }
 
   /**
@@ -257,37 +273,75 @@ export class InternTable {
    */
   intern(v: DataView, at: number, end: number, text: Text): string | undefined {
     const length = end - at;
-    const home = this.#home(v, end, length);
     const lengths = this.#lengths;
     // Slots are never emptied, so a string stored past its own slot is found before an empty one.
-    let slot = home;
-    for (let probe = 0; lengths[slot] !== 0; probe++) {
-      if (probe === WINDOW) {
-        slot = (home + this.#victim) & this.#mask;
-        this.#victim = (this.#victim + 1) & (WINDOW - 1);
-        break;
-      }
+    let slot = this.#home(v, at, end, length);
+    let probe = 0;
+    for (; probe < WINDOW && lengths[slot] !== 0; probe++) {
       if (lengths[slot] === length && this.#holds(v, at, length, slot * this.#slotWords)) return this.#strings[slot];
       slot = (slot + 1) & this.#mask;
     }
     const accepted = this.#accept(text, at, end);
     // An empty string would read as an empty slot: never stored.
     if (accepted === undefined || length === 0) return accepted;
+    // Grown, not a string pushed out, while it may: at half full, or its window full.
+    if (this.#bits < this.#maxBits && (probe === WINDOW || 2 * this.#held >= this.slots)) this.#grow();
+    this.#store(v, at, length, accepted);
+    return accepted;
+  }
+
+  // Into the first empty slot of the string's window, or, the window full, one of it in turn.
+  #store(v: DataView, at: number, length: number, value: string): void {
+    const home = this.#home(v, at, at + length, length);
+    let slot = home;
+    for (let probe = 0; this.#lengths[slot] !== 0; probe++) {
+      if (probe === WINDOW) {
+        slot = (home + this.#victim) & this.#mask;
+        this.#victim = (this.#victim + 1) & (WINDOW - 1);
+        this.#held--;
+        break;
+      }
+      slot = (slot + 1) & this.#mask;
+    }
+    this.#held++;
     const base = slot * this.#slotWords;
     const whole = length >> 2;
     for (let i = 0; i < whole; i++) this.#words[base + i] = v.getInt32(at + 4 * i, true);
     if ((length & 3) !== 0) this.#words[base + whole] = v.getInt32(at + 4 * whole, true) & TAIL_MASKS[length & 3];
-    lengths[slot] = length;
-    return (this.#strings[slot] = accepted);
+    this.#lengths[slot] = length;
+    this.#strings[slot] = value;
   }
 
-  // The last two words and the length, mixed by murmur3's finalizer: with linear probing, slots
-  // next to each other must not come from strings next to each other (addresses counting up).
-  #home(v: DataView, end: number, length: number): number {
-    let h = Math.imul(v.getInt32(end - 4, true), 0x9e3779b1) ^ v.getInt32(end - 8, true) ^ length;
-    h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
-    h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
-    return (h ^ (h >>> 16)) & this.#mask;
+  // Twice the slots, the strings held moved over: a table grows with what it is sent, so a few
+  // keys and addresses (the API's stream) sit close together in memory, not spread over a table
+  // sized for the cap. A string under 8 bytes is dropped: its slot came from bytes before it, not
+  // kept; it is validated again when it comes back.
+  #grow(): void {
+    const { words, lengths, strings } = { words: this.#words, lengths: this.#lengths, strings: this.#strings };
+    const oldSlotWords = this.#slotWords;
+    this.#allocate(this.#bits + 1);
+    const view = new DataView(words.buffer);
+    for (let slot = 0; slot < lengths.length; slot++) {
+      if (lengths[slot] >= 8) this.#store(view, 4 * slot * oldSlotWords, lengths[slot], strings[slot] as string);
+    }
+  }
+
+  #allocate(bits: number): void {
+    this.#bits = bits;
+    this.#shift = 32 - bits;
+    this.#mask = (1 << bits) - 1;
+    this.#slotWords = Math.ceil(this.#maxLength / 4);
+    this.#words = new Int32Array((1 << bits) * this.#slotWords);
+    this.#lengths = new Uint8Array(1 << bits);
+    this.#strings = new Array<string | undefined>(1 << bits).fill(undefined);
+    this.#held = 0;
+  }
+
+  // The last two words, the first (a string of 8 bytes or more: 192.168.1.100 and 193.168.1.100
+  // differ there only) and the length; the slot from the product's top bits, the best mixed.
+  #home(v: DataView, at: number, end: number, length: number): number {
+    const first = length >= 8 ? Math.imul(v.getInt32(at, true), 0x27d4eb2f) : 0;
+    return Math.imul(Math.imul(v.getInt32(end - 4, true), 0x9e3779b1) ^ v.getInt32(end - 8, true) ^ first ^ length, 0x85ebca6b) >>> this.#shift;
   }
 
   #holds(v: DataView, at: number, length: number, base: number): boolean {
