@@ -270,8 +270,8 @@ t.test('an intern table finds every string while no more than a window of them s
   t.equal(calls.count, 0, 'none validated again');
 });
 
-// A sender choosing addresses that differ only before their last eight bytes must not pile them
-// into one window, pushing out a genuine address of the same tail at every line.
+// Addresses that differ only in their first four bytes (their first octets) must not pile into one
+// window, pushing out a genuine address of the same tail at every line.
 t.test('an intern table spreads strings that differ only in their first bytes', async (t) => {
   const { calls, fn } = countingAccept();
   const table = new InternTable(16, 45, fn);
@@ -287,18 +287,33 @@ t.test('an intern table spreads strings that differ only in their first bytes', 
 t.test('an intern table grows with what it holds, a short string left behind', async (t) => {
   const { calls, fn } = countingAccept();
   const table = new InternTable(14, 45, fn);
-  t.equal(internIn(table, '::1'), '::1');
-  t.equal(internIn(table, '10.0.0.1'), '10.0.0.1');
-  const many = Array.from({ length: 3000 }, (_, i) => `10.1.${i >> 8}.${i & 255}`);
+  const short = ['::1', '::2', '::a', '::ff', '::1:2'];
+  for (const value of [...short, '10.0.0.1']) t.equal(internIn(table, value), value);
+  // Up to half of the 4 k slots taken: no growth; the next string doubles the table.
+  const many = Array.from({ length: 2048 - 1 - short.length }, (_, i) => `10.1.${i >> 8}.${i & 255}`);
   for (const value of many) internIn(table, value);
-  t.equal(table.slots, 2 ** 13, 'doubled at half full');
+  t.strictSame([table.slots, table.size], [2 ** 12, 2048], 'half full, not grown');
+  internIn(table, '10.2.0.0');
+  t.strictSame([table.slots, table.size], [2 ** 13, 2048 - short.length + 1], 'doubled, every string of 8 bytes or more moved over, the short ones left');
   calls.count = 0;
   t.equal(internIn(table, '10.0.0.1'), '10.0.0.1');
-  t.equal(calls.count, 0, 'an address of eight bytes moved over');
-  t.equal(internIn(table, '::1'), '::1');
-  t.equal(calls.count, 1, 'the short one validated again');
-  t.equal(internIn(table, '::1'), '::1');
-  t.equal(calls.count, 1, 'and kept');
+  for (const value of many) internIn(table, value);
+  t.equal(calls.count, 0, 'the moved ones found');
+  for (const value of short) t.equal(internIn(table, value), value);
+  t.equal(calls.count, short.length, 'the short ones validated again');
+  for (const value of short) t.equal(internIn(table, value), value);
+  t.equal(calls.count, short.length, 'and kept');
+});
+
+// 192.100.100.100 … 192.255.100.100 differ only in bytes the home slot does not read: they share
+// a window. A full window grows a table only once a quarter of it is taken, so a sender cannot
+// double it to its size with them.
+t.test('strings a sender makes share a window do not grow the table', async (t) => {
+  const { fn } = countingAccept();
+  const table = new InternTable(18, 45, fn);
+  const values = Array.from({ length: 156 }, (_, i) => `192.${100 + i}.100.100`);
+  for (let round = 0; round < 3; round++) for (const value of values) t.equal(internIn(table, value), value);
+  t.equal(table.slots, 2 ** 12, 'still 4 k slots');
 });
 
 t.test('a new id is checked on its own bytes: the datagram is not decoded for it', async (t) => {
