@@ -191,21 +191,22 @@ function lineEnd(b: Buffer, at: number): number {
 // by whatever keeps the sample, would keep the datagram alive. A line whose strings are all found
 // needs no decoded text at all.
 // A string found costs nothing, one validated again costs a new string (garbage) that the
-// aggregator hashes and compares by content: direct-mapped, with two id slots a key at the default
-// cap and 64 k address slots, the ids of 31-37 % of the lines of 100,000 keys and the addresses of 55-85 % were validated
-// again, pass after pass (docs/benchmarks.md §3d, the tables probed). So a string looks for its place in a window of
-// slots from its own (linear probing), and only when all of them are taken does it push one out,
-// one slot of the window after another. Until the table has seen about as many strings as it has
-// slots, nearly every key the collector can hold at once keeps its slot (0-5 of 100,000 do not). Slots are never emptied, so
-// after that (addresses coming and going over days, or a flood of forged ids) a lookup reads up to
-// the whole window and a new string pushes out one of it: bounded, and never a wrong string.
+// aggregator hashes and compares by content: direct-mapped, with two id slots a key at the
+// default cap and 64 k address slots, the ids of 31-37 % of the lines of 100,000 keys and the
+// addresses of 55-85 % were validated again, pass after pass (docs/benchmarks.md §3d, the tables
+// probed). So a string looks for its place in a window of slots from its own (linear probing),
+// and only when all of them are taken does it push one out, one slot of the window after another.
+// Until the table has seen about as many strings as it has slots, nearly every key the collector
+// can hold at once keeps its slot (0-5 of 100,000 do not). Slots are never emptied, so after that
+// (addresses coming and going over days, or a flood of forged ids) a lookup reads up to the whole
+// window and a new string pushes out one of it: bounded, and never a wrong string.
 const MIN_SLOT_BITS = 16;
 const MAX_SLOT_BITS = 20;
 /** Slots of the key and address tables: a power of two at least twice the keys held at once, within 64 k–1 M. */
 export const tableSlotBits = (keysAtOnce: number) => Math.min(MAX_SLOT_BITS, Math.max(MIN_SLOT_BITS, Math.ceil(Math.log2(Math.max(1, 2 * keysAtOnce)))));
 const ORG_SLOT_BITS = 8;
-// A table starts with 4 k slots (or fewer, at most) and doubles when half full or a window is, up
-// to its size.
+// A table starts with 4 k slots (or fewer, at most) and doubles, up to its size, when half full,
+// or when a string's window is full once a quarter is.
 const START_SLOT_BITS = 12;
 // Slots a string may take from its own: a lookup reads at most this many. In a table filled to
 // half, linear probing needs 1.5 on average to find a string, 2.5 to learn it is not there.
@@ -324,7 +325,9 @@ export class InternTable {
   // sized for the cap. A string under 8 bytes is dropped: its slot came from bytes before it, not
   // kept; it is validated again when it comes back.
   #grow(): void {
-    const { words, lengths, strings } = { words: this.#words, lengths: this.#lengths, strings: this.#strings };
+    const words = this.#words;
+    const lengths = this.#lengths;
+    const strings = this.#strings;
     const oldSlotWords = this.#slotWords;
     this.#allocate(this.#bits + 1);
     // Read back in the byte order #store reads a packet in (an Int32Array is in the machine's).
@@ -346,10 +349,11 @@ export class InternTable {
     this.#held = 0;
   }
 
-  // The last two words, the first (a string of 8 bytes or more: 192.168.1.100 and 193.168.1.100
-  // differ there only; bytes 4 to length - 9 are not read, so a sender can still choose strings
-  // that share a window: it costs lookups of 16 slots and pushes out the window's strings, no
-  // more than a direct-mapped table's one shared slot did) and the length; the slot from the product's top bits, the best mixed.
+  // From the last two words, the first (a string of 8 bytes or more: 192.168.1.100 and
+  // 193.168.1.100 differ there only) and the length; the slot is the product's top bits, the best
+  // mixed. Bytes 4 to length - 9 are not read, so a sender can still choose strings that share a
+  // window: they cost lookups of 16 slots and push out the window's strings, as a direct-mapped
+  // table's one shared slot did.
   #home(v: DataView, at: number, end: number, length: number): number {
     const first = length >= 8 ? Math.imul(v.getInt32(at, true), 0x27d4eb2f) : 0;
     return Math.imul(Math.imul(v.getInt32(end - 4, true), 0x9e3779b1) ^ v.getInt32(end - 8, true) ^ first ^ length, 0x85ebca6b) >>> this.#shift;
