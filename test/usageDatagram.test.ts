@@ -233,7 +233,8 @@ t.test('the key and address tables keep every key a collector holds at once', as
   const tables = parserTables(100_000);
   t.strictSame([tables.keys.maxSlots, tables.ips.maxSlots, tables.orgs.maxSlots], [2 ** 18, 2 ** 18, 2 ** 8], 'addresses as many slots as ids');
   t.strictSame([tables.keys.slots, tables.ips.slots, tables.orgs.slots], [2 ** 12, 2 ** 12, 2 ** 8], 'each grows from 4 k');
-  // The table hashes a string's last eight bytes: random there, as in a real id; addresses count up.
+  // The table hashes a string's first four and last eight bytes: random there, as in a real id;
+  // addresses count up.
   const keys = Array.from({ length: 100_000 }, (_, i) => `3f0c6b7e-8a1d-4c2b-9e5f-${(i * 0x9e3779b1).toString(16).padStart(12, '0').slice(-12)}`);
   const addresses = Array.from({ length: 100_000 }, (_, i) => `10.${i >> 16}.${(i >> 8) & 255}.${i & 255}`);
   const random = seededRandom(7);
