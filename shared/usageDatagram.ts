@@ -293,13 +293,28 @@ export class InternTable {
     // Grown, not a string pushed out, while it may: at half full, or its window full once a
     // quarter is (not before: strings sharing a window, which a sender can choose, would double
     // the table to its size with a few dozen of them).
-    if (this.#bits < this.#maxBits && (2 * this.#held >= this.slots || (probe === WINDOW && 4 * this.#held >= this.slots))) this.#grow();
-    this.#store(v, at, length, accepted);
+    const grow = this.#bits < this.#maxBits && (2 * this.#held >= this.slots || (probe === WINDOW && 4 * this.#held >= this.slots));
+    if (grow) this.#grow();
+    // The empty slot the lookup stopped at, unless the table changed or the window was full.
+    this.#store(v, at, length, accepted, grow || probe === WINDOW ? -1 : slot);
     return accepted;
   }
 
-  // Into the first empty slot of the string's window, or, the window full, one of it in turn.
-  #store(v: DataView, at: number, length: number, value: string): void {
+  // Into `free` if given (an empty slot of the string's window), else the first empty slot of its
+  // window, or, the window full, one of it in turn.
+  #store(v: DataView, at: number, length: number, value: string, free: number): void {
+    const slot = free >= 0 ? free : this.#slotFor(v, at, length);
+    this.#held++;
+    const base = slot * this.#slotWords;
+    const whole = length >> 2;
+    for (let i = 0; i < whole; i++) this.#words[base + i] = v.getInt32(at + 4 * i, true);
+    if ((length & 3) !== 0) this.#words[base + whole] = v.getInt32(at + 4 * whole, true) & TAIL_MASKS[length & 3];
+    this.#lengths[slot] = length;
+    this.#strings[slot] = value;
+  }
+
+  // The string's slot to store into; a string it pushes out is counted off `#held`.
+  #slotFor(v: DataView, at: number, length: number): number {
     const home = this.#home(v, at, at + length, length);
     let slot = home;
     for (let probe = 0; this.#lengths[slot] !== 0; probe++) {
@@ -311,13 +326,7 @@ export class InternTable {
       }
       slot = (slot + 1) & this.#mask;
     }
-    this.#held++;
-    const base = slot * this.#slotWords;
-    const whole = length >> 2;
-    for (let i = 0; i < whole; i++) this.#words[base + i] = v.getInt32(at + 4 * i, true);
-    if ((length & 3) !== 0) this.#words[base + whole] = v.getInt32(at + 4 * whole, true) & TAIL_MASKS[length & 3];
-    this.#lengths[slot] = length;
-    this.#strings[slot] = value;
+    return slot;
   }
 
   // Twice the slots, the strings held moved over: a table grows with what it is sent, so a few
@@ -334,7 +343,7 @@ export class InternTable {
     const view = new DataView(new ArrayBuffer(4 * words.length));
     for (let i = 0; i < words.length; i++) view.setInt32(4 * i, words[i], true);
     for (let slot = 0; slot < lengths.length; slot++) {
-      if (lengths[slot] >= 8) this.#store(view, 4 * slot * oldSlotWords, lengths[slot], strings[slot] as string);
+      if (lengths[slot] >= 8) this.#store(view, 4 * slot * oldSlotWords, lengths[slot], strings[slot] as string, -1);
     }
   }
 
