@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
 import { DAY_MS, HOUR_MS } from '../shared/timeUnits';
+import { OUTCOMES } from '../shared/usageWire';
 import { AppError } from '../api/errors';
 import { beginAuditedChange, recordAudit } from '../api/audit/audit.repository';
 import { countKeysByPepper, findApiKeyInOrg } from '../api/keys/apiKeys.repository';
@@ -37,11 +38,12 @@ export const USAGE = `Usage: npm run cli -- <command> [--json]
 Commands:
   org create <name>                  Create an organization and its first API key (every scope)
   org list                           List organizations
-  org usage <orgId> [--days <n>] [--granularity day|hour]
+  org usage <orgId> [--days <n>] [--granularity day|hour] [--outcomes]
                                      The organization's requests and keys used, summed over its
                                      keys by day (or hour) for the last n days: n days (n × 24
                                      hours), the current one last; 7 by default, at most 93 by
-                                     hour (GET /api/orgs/:id/usage)
+                                     hour (GET /api/orgs/:id/usage); --outcomes: with a column
+                                     for each outcome (failed attempts included)
   key list <orgId>                   List an organization's API keys
   key report <orgId> [--days <n>]    Every key with its usage as CSV on stdout, oldest first (the
                                      API's usage.csv; a key unused for n days is dormant, 30 by
@@ -91,6 +93,7 @@ const OPTIONS = {
   'expires-at': { type: 'string' },
   days: { type: 'string' },
   granularity: { type: 'string' },
+  outcomes: { type: 'boolean' },
   apply: { type: 'boolean' },
   'key-ids': { type: 'string' },
   'restorable-days': { type: 'string' },
@@ -102,7 +105,7 @@ type OptionName = keyof typeof OPTIONS;
 export type Command =
   | { kind: 'org create'; name: string; json: boolean }
   | { kind: 'org list'; json: boolean }
-  | { kind: 'org usage'; orgId: string; days: number; granularity: 'hour' | 'day'; json: boolean }
+  | { kind: 'org usage'; orgId: string; days: number; granularity: 'hour' | 'day'; outcomes: boolean; json: boolean }
   | { kind: 'key list'; orgId: string; json: boolean }
   | { kind: 'key report'; orgId: string; dormantDays: number; json: boolean }
   | { kind: 'key create'; orgId: string; name: string; owner: string | null; scopes: Scope[]; expiresAt: Date | null; json: boolean }
@@ -187,7 +190,7 @@ function parseExpiry(raw: string | undefined, now: number): Date | null {
 const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[] }> = {
   'org create': { args: ['name'], options: [] },
   'org list': { args: [], options: [] },
-  'org usage': { args: ['orgId'], options: ['days', 'granularity'] },
+  'org usage': { args: ['orgId'], options: ['days', 'granularity', 'outcomes'] },
   'key list': { args: ['orgId'], options: [] },
   'key report': { args: ['orgId'], options: ['days'] },
   'key create': { args: ['orgId'], options: ['name', 'owner', 'scopes', 'expires-at'] },
@@ -341,7 +344,8 @@ export function parseCli(argv: string[], now: number): ParsedCli {
       case 'org usage': {
         const by = values.granularity === undefined ? 'day' : check(granularity, values.granularity, '--granularity');
         const days = values.days === undefined ? 7 : check(seriesDays[by], values.days, '--days');
-        return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), days, granularity: by, json } };
+        const outcomes = values.outcomes ?? false;
+        return { kind: 'command', command: { kind, orgId: checkId(args[0], '<orgId>'), days, granularity: by, outcomes, json } };
       }
       case 'collector spans':
         return { kind: 'command', command: { kind, days: values.days === undefined ? 7 : check(dormantDays, values.days, '--days'), json } };
@@ -790,7 +794,7 @@ async function orgUsageService(command: { kind: string; orgId: string }, deps: C
 // The API's answer for the last n days, as whole buckets up to the current one: a range from now
 // less n days began inside a bucket, which the API counts whole, so the table summed more than
 // the range its heading named, and 93 days of hours came to one bucket more than the API answers.
-// The table leaves out the outcomes (byOutcome=false).
+// The outcomes (byOutcome) only when asked for: they add six columns to the table.
 const orgUsage: Handler<'org usage'> = async (command, deps) => {
   const usage = await orgUsageService(command, deps);
   const to = deps.now();
@@ -799,13 +803,19 @@ const orgUsage: Handler<'org usage'> = async (command, deps) => {
     from: new Date(Math.floor(to / step) * step - (command.days * DAY_MS - step)),
     to: new Date(to),
     granularity: command.granularity,
-    byOutcome: false,
+    byOutcome: command.outcomes,
   });
   if (command.json) return printJson(deps, series);
   deps.out(`${series.total} requests, ${series.keysUsed} keys used, from ${series.from} to ${series.to} (by ${series.granularity}):`);
-  deps.out(
-    table([['START', 'REQUESTS', 'KEYS USED'], ...series.buckets.map((bucket) => [bucket.start, String(bucket.requestCount), String(bucket.keysUsed)])]),
-  );
+  const outcomes = command.outcomes ? OUTCOMES : [];
+  const heading = ['START', 'REQUESTS', 'KEYS USED', ...outcomes.map((outcome) => outcome.toUpperCase())];
+  const row = (bucket: (typeof series.buckets)[number]) => [
+    bucket.start,
+    String(bucket.requestCount),
+    String(bucket.keysUsed),
+    ...outcomes.map((outcome) => String(bucket.outcomes?.[outcome] ?? 0)),
+  ];
+  deps.out(table([heading, ...series.buckets.map(row)]));
 };
 
 const HANDLERS: { [K in Command['kind']]: Handler<K> } = {

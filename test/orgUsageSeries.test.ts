@@ -235,6 +235,20 @@ t.test("the CLI's org usage is the API's series for the last n days, as JSON and
     'ci 10 + 2 + 3 late, staging 1; guessed only failed',
   );
 
+  t.equal(await runCli(['org', 'usage', acme.org.id, '--days', '2', '--outcomes', '--json'], deps), 0);
+  const withOutcomes = await series(`granularity=day&from=${DAY_1}&to=${new Date(now).toISOString()}&byOutcome=true`);
+  t.strictSame(JSON.parse(printed()), withOutcomes.body, "--outcomes: the API's answer with byOutcome=true");
+  t.equal(await runCli(['org', 'usage', acme.org.id, '--days', '2', '--granularity', 'hour', '--outcomes'], deps), 0);
+  const [, columns, ...hours] = printed().split('\n');
+  t.match(columns, /^START\s+REQUESTS\s+KEYS USED\s+OK\s+FORBIDDEN\s+EXPIRED\s+REVOKED\s+BAD_SECRET\s+CROSS_ORG$/);
+  t.match(
+    hours.find((row) => row.startsWith(at(DAY_1, 3).toISOString())),
+    /^\S+\s+16\s+2\s+14\s+2\s+0\s+0\s+9\s+0$/,
+    'ci 13 ok and 2 forbidden, staging 1 ok; guessed 9 bad secrets, not requests of a key used',
+  );
+  t.equal(await runCli(['key', 'list', acme.org.id, '--outcomes'], deps), 2);
+  t.match(err.splice(0).join('\n'), /key list: --outcomes does not apply/);
+
   t.equal(await runCli(['org', 'usage', acme.org.id, '--days', '93', '--granularity', 'hour'], deps), 0, 'the most hours the API answers');
   t.equal(printed().split('\n').length, 1 + 1 + 93 * 24);
   t.same(err, []);
