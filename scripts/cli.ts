@@ -9,6 +9,7 @@ import { countKeysByPepper, findApiKeyInOrg } from '../api/keys/apiKeys.reposito
 import {
   COLLECTOR_GAPS_SHOWN,
   MAX_REVOKE_KEY_IDS,
+  KEY_STATUSES,
   RESTORABLE_DAYS_DEFAULT,
   createApiKeysService,
   type ApiKeyView,
@@ -22,7 +23,7 @@ import { displayName, uuid, withinSupportedTimes } from '../api/validation';
 import { loadConfig, withDevelopmentDefault, type Config } from '../shared/config';
 import { createDb, describeDatabaseError, migrateLatest, type Db } from '../shared/db';
 import { eraseKeyIps } from '../shared/ipRetention';
-import { createUsageService, MAX_SERIES_POINTS, ReportCutShortError } from '../api/usage/usage.service';
+import { createUsageService, MAX_SERIES_POINTS, ReportCutShortError, type ReportQuery } from '../api/usage/usage.service';
 import { CSV_HEADER, csvRows } from '../api/usage/usageCsv';
 import { requeueUnreadable } from '../shared/usageLogDelta';
 import { redactKeyMaterial } from '../shared/logger';
@@ -45,9 +46,12 @@ Commands:
                                      hour (GET /api/orgs/:id/usage); --outcomes: with a column
                                      for each outcome (failed attempts included)
   key list <orgId>                   List an organization's API keys
-  key report <orgId> [--days <n>]    Every key with its usage as CSV on stdout, oldest first (the
+  key report <orgId> [--days <n>] [--dormant] [--status active|expired|revoked] [--owner <who>] [--contains <text>]
+                                     Every key with its usage as CSV on stdout, oldest first (the
                                      API's usage.csv; a key unused for n days is dormant, 30 by
-                                     default); a report cut short exits 1. Through npm: npm run -s
+                                     default); only the dormant keys, the keys of a status, of an
+                                     owner (exactly), or whose name or owner contains the text,
+                                     if asked; a report cut short exits 1. Through npm: npm run -s
                                      cli, so npm prints nothing before the CSV
   key create <orgId> --name <name> --scopes <scope,...> [--expires-at <ISO 8601>] [--owner <who>]
                                      Create an API key (scopes: ${SCOPES.join(', ')}); --owner:
@@ -94,6 +98,9 @@ const OPTIONS = {
   days: { type: 'string' },
   granularity: { type: 'string' },
   outcomes: { type: 'boolean' },
+  dormant: { type: 'boolean' },
+  status: { type: 'string' },
+  contains: { type: 'string' },
   apply: { type: 'boolean' },
   'key-ids': { type: 'string' },
   'restorable-days': { type: 'string' },
@@ -107,7 +114,7 @@ export type Command =
   | { kind: 'org list'; json: boolean }
   | { kind: 'org usage'; orgId: string; days: number; granularity: 'hour' | 'day'; outcomes: boolean; json: boolean }
   | { kind: 'key list'; orgId: string; json: boolean }
-  | { kind: 'key report'; orgId: string; dormantDays: number; json: boolean }
+  | { kind: 'key report'; orgId: string; dormantDays: number; filters: ReportFilters; json: boolean }
   | { kind: 'key create'; orgId: string; name: string; owner: string | null; scopes: Scope[]; expiresAt: Date | null; json: boolean }
   | { kind: 'key revoke'; orgId: string; keyId: string; json: boolean }
   | { kind: 'key restore'; orgId: string; keyId: string; json: boolean }
@@ -127,6 +134,9 @@ export type Command =
   | { kind: 'pepper status'; json: boolean }
   | { kind: 'collector spans'; days: number; json: boolean }
   | { kind: 'usage-log requeue'; json: boolean };
+
+/** The usage list's filters the CSV report takes (GET …/usage.csv), as the service reads them. */
+export type ReportFilters = Pick<ReportQuery, 'dormant' | 'status' | 'owner' | 'nameOrOwnerContains'>;
 
 /** The ids a dry run listed: given inline, or a file's, read when the command runs. */
 export type KeyIds = { ids: string[] } | { file: string };
@@ -192,7 +202,7 @@ const SIGNATURES: Record<Command['kind'], { args: string[]; options: OptionName[
   'org list': { args: [], options: [] },
   'org usage': { args: ['orgId'], options: ['days', 'granularity', 'outcomes'] },
   'key list': { args: ['orgId'], options: [] },
-  'key report': { args: ['orgId'], options: ['days'] },
+  'key report': { args: ['orgId'], options: ['days', 'dormant', 'status', 'owner', 'contains'] },
   'key create': { args: ['orgId'], options: ['name', 'owner', 'scopes', 'expires-at'] },
   'key revoke': { args: ['orgId', 'keyId'], options: [] },
   'key restore': { args: ['orgId', 'keyId'], options: [] },
@@ -218,6 +228,17 @@ const restorableDays = wholeNumber(0, 365);
 // As many buckets as the HTTP API's series answers: 93 days of hours.
 const seriesDays = { hour: wholeNumber(1, MAX_SERIES_POINTS / 24), day: wholeNumber(1, MAX_SERIES_POINTS) };
 const granularity = z.enum(['hour', 'day'], { error: 'must be hour or day' });
+const keyStatus = z.enum(KEY_STATUSES, { error: `must be ${KEY_STATUSES.join(', ')}` });
+
+// Only the filters given: the report's answer for none is every key.
+function reportFilters(values: { dormant?: boolean; status?: string; owner?: string; contains?: string }): ReportFilters {
+  return {
+    ...(values.dormant ? { dormant: true } : {}),
+    ...(values.status === undefined ? {} : { status: check(keyStatus, values.status, '--status') }),
+    ...(values.owner === undefined ? {} : { owner: check(displayName, values.owner, '--owner') }),
+    ...(values.contains === undefined ? {} : { nameOrOwnerContains: check(displayName, values.contains, '--contains') }),
+  };
+}
 
 function keyIdsOption(raw: string | undefined): KeyIds | undefined {
   if (raw === undefined) return undefined;
@@ -339,7 +360,13 @@ export function parseCli(argv: string[], now: number): ParsedCli {
         if (json) throw new UsageError('key report: --json does not apply (the report is CSV)');
         return {
           kind: 'command',
-          command: { kind, orgId: checkId(args[0], '<orgId>'), dormantDays: values.days === undefined ? 30 : check(dormantDays, values.days, '--days'), json },
+          command: {
+            kind,
+            orgId: checkId(args[0], '<orgId>'),
+            dormantDays: values.days === undefined ? 30 : check(dormantDays, values.days, '--days'),
+            filters: reportFilters(values),
+            json,
+          },
         };
       case 'org usage': {
         const by = values.granularity === undefined ? 'day' : check(granularity, values.granularity, '--granularity');
@@ -773,7 +800,7 @@ const reportKeys: Handler<'key report'> = async (command, deps) => {
   const usage = await orgUsageService(command, deps);
   deps.out(CSV_HEADER.slice(0, -1));
   try {
-    for await (const keys of usage.report(command.orgId, { dormantDays: command.dormantDays })) {
+    for await (const keys of usage.report(command.orgId, { ...command.filters, dormantDays: command.dormantDays })) {
       deps.out(csvRows(keys).slice(0, -1));
       await deps.flush?.();
     }

@@ -124,6 +124,45 @@ t.test("key report writes the API's usage.csv of the org: every key, CRLF lines,
   t.match(cli.err.join('\n'), /^error: .*organization/i);
 });
 
+t.test("key report's filters give the API's usage.csv with the same filters, byte for byte", async (t) => {
+  const { db, api, cli } = await setup(t);
+  await cli.run('org', 'create', 'acme', '--json');
+  const { org, key } = cli.json() as { org: { id: string }; key: { key: string } };
+  await cli.run('key', 'create', org.id, '--name', 'deploys', '--scopes', 'keys:read', '--owner', 'platform team');
+  cli.reset();
+  await cli.run('key', 'create', org.id, '--name', 'ci', '--scopes', 'keys:read', '--owner', 'platform team', '--json');
+  const ci = (cli.json() as { id: string }).id;
+  await cli.run('key', 'create', org.id, '--name', 'billing', '--scopes', 'keys:read', '--owner', 'finance');
+  t.equal(await cli.run('key', 'revoke', org.id, ci), 0);
+  await db('api_keys')
+    .where({ org_id: org.id, name: 'deploys' })
+    .update({ created_at: new Date(Date.now() - 40 * 86_400_000) });
+  const names = (csv: string) =>
+    csv
+      .split('\r\n')
+      .slice(1, -1)
+      .map((line) => line.split(',')[1]);
+  const cases: Array<[string[], string, string[]]> = [
+    [['--dormant'], 'dormant=true', ['deploys']],
+    [['--status', 'revoked'], 'status=revoked', ['ci']],
+    [['--owner', 'platform team'], 'owner=platform%20team', ['deploys', 'ci']],
+    [['--contains', 'BILL'], 'q=BILL', ['billing']],
+    [['--status', 'active', '--owner', 'platform team', '--days', '50'], 'status=active&owner=platform%20team&dormantDays=50', ['deploys']],
+  ];
+  for (const [options, query, expected] of cases) {
+    cli.reset();
+    t.equal(await cli.run('key', 'report', org.id, ...options), 0, options.join(' '));
+    const printed = `${cli.out.join('\n')}\n`;
+    const fromApi = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage.csv?${query}`, { key: key.key });
+    t.equal(fromApi.status, 200);
+    t.equal(printed, fromApi.text, `${options.join(' ')}: the API's report with ${query}`);
+    t.same(names(printed), expected, options.join(' '));
+  }
+  cli.reset();
+  t.equal(await cli.run('key', 'report', org.id, '--status', 'paused'), 2);
+  t.match(cli.err.join('\n'), /--status: must be active, expired, revoked/);
+});
+
 t.test('org create --json', async (t) => {
   const { db, api, cli } = await setup(t);
   t.equal(await cli.run('org', 'create', 'acme', '--json'), 0);
