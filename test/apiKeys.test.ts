@@ -328,6 +328,32 @@ t.test('names with bidirectional control characters are a 400', async (t) => {
   t.same([rightToLeft.status, rightToLeft.body.name], [201, 'פריסות CI'], 'right-to-left text itself is fine');
 });
 
+// A name of zero-width characters showed every keys:read holder a nameless key, and a line
+// separator broke the name onto a new line inside the confirmations that quote it (a review).
+t.test('names of invisible characters only, or with line or paragraph separators, are a 400', async (t) => {
+  const { db } = await freshDatabase(t);
+  const api = await startTestApi(t, db);
+  const { org, adminKey } = await seedOrg(api, db);
+  const create = (name: string) => api.request('POST', `/api/orgs/${org.id}/api-keys`, { key: adminKey, body: { name, scopes: ['keys:read'] } });
+  const refused: Array<[string, string]> = [
+    ['\u200b', 'must not be empty (it holds only invisible characters)'],
+    [' \u2060\ufeff\u3164 ', 'must not be empty (it holds only invisible characters)'],
+    ['\u00ad\u034f\u180e', 'must not be empty (it holds only invisible characters)'],
+    ['ci\u2028deploys', 'must not contain line or paragraph separators (U+2028, U+2029)'],
+    ['ci\u2029deploys', 'must not contain line or paragraph separators (U+2028, U+2029)'],
+  ];
+  for (const [name, message] of refused) {
+    const label = [...name].map((c) => `U+${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}`).join(' ');
+    const response = await create(name);
+    t.same([response.status, response.body.error?.code, response.body.error?.message], [400, 'invalid_request', `Invalid body: name: ${message}`], label);
+  }
+  t.equal((await db('api_keys').where({ org_id: org.id }).pluck('id')).length, 1, "nothing stored but the org's first key");
+  const joined = await create('ci 👩\u200d💻');
+  t.same([joined.status, joined.body.name], [201, 'ci 👩\u200d💻'], 'a zero-width joiner inside a visible name (an emoji sequence) is fine');
+  const search = await api.request('GET', `/api/orgs/${org.id}/api-keys/usage?q=%E2%80%8B`, { key: adminKey });
+  t.same([search.status, search.body.error?.message], [400, 'Invalid query: q: must not be empty (it holds only invisible characters)'], 'a search too');
+});
+
 // A name is shown to every keys:read holder, and the list's search travels in a URL that proxies
 // log: another key's plaintext in either was taken and passed on (a review; fails without the fix).
 t.test("a name or a search holding an API key's plaintext is a 400 that names the field", async (t) => {
