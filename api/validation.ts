@@ -38,16 +38,16 @@ export const uuid = z
 // Bidirectional embeddings, overrides and isolates are refused too: a name is quoted inside
 // sentences (the dashboard's revoke and clean-up confirmations), and one of them reorders the
 // rest of the sentence, so a confirmation could read as something else.
-// A name of invisible characters only (zero-width spaces, word joiners, BOMs) is empty as shown,
-// and the line and paragraph separators break a line as a newline does (JavaScript, text layout,
-// log viewers): both were taken (a review).
+// A name with no visible character (zero-width spaces, word joiners, the Braille blank, a
+// combining mark alone) is empty as shown, and the line and paragraph separators break a line as
+// a newline does (JavaScript, text layout, log viewers): both were taken (a review).
 export const displayName = z
   .string()
   .trim()
   .min(1, 'must not be empty')
   .max(200, 'must be at most 200 characters')
-  // An empty one is told by min() alone.
-  .refine((value) => value === '' || /[^\p{Default_Ignorable_Code_Point}\s]/u.test(value), 'must not be empty (it holds only invisible characters)')
+  // A pattern, not a refine, so the OpenAPI document states it; an empty name is told by min() alone.
+  .regex(/^$|(?![\p{Default_Ignorable_Code_Point}\u2800])[\p{L}\p{N}\p{P}\p{S}]/u, 'must not be empty (it holds no visible character)')
   .regex(/^\P{Cc}*$/u, 'must not contain control characters (such as NUL, tab, newline or ESC)')
   .regex(/^[^\u2028\u2029]*$/u, 'must not contain line or paragraph separators (U+2028, U+2029)')
   .regex(/^[^\u202A-\u202E\u2066-\u2069]*$/u, 'must not contain bidirectional control characters (U+202A to U+202E, U+2066 to U+2069)')

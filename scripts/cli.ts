@@ -49,9 +49,9 @@ Commands:
   key report <orgId> [--days <n>] [--dormant] [--status active|expired|revoked] [--owner <who>] [--contains <text>]
                                      Every key with its usage as CSV on stdout, oldest first (the
                                      API's usage.csv; a key unused for n days is dormant, 30 by
-                                     default); only the dormant keys, the keys of a status, of an
-                                     owner (exactly), or whose name or owner contains the text,
-                                     if asked; a report cut short exits 1. Through npm: npm run -s
+                                     default); each filter given narrows it: the dormant keys, a
+                                     status, an owner (exactly), a text the name or owner
+                                     contains; a report cut short exits 1. Through npm: npm run -s
                                      cli, so npm prints nothing before the CSV
   key create <orgId> --name <name> --scopes <scope,...> [--expires-at <ISO 8601>] [--owner <who>]
                                      Create an API key (scopes: ${SCOPES.join(', ')}); --owner:
@@ -388,8 +388,9 @@ export function parseCli(argv: string[], now: number): ParsedCli {
   }
 }
 
-// Names come from API clients too: never let one put escape sequences on an operator's terminal.
-const printable = (text: string) => text.replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
+// Names come from API clients too: never let one put escape sequences on an operator's terminal,
+// nor a line or paragraph separator (stored before the API refused them) into a table's row.
+const printable = (text: string) => text.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029]/g, '?');
 
 function table(rows: string[][]): string {
   const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));

@@ -798,14 +798,15 @@ t.test('names with control characters are refused, and any already stored cannot
   cli.reset();
 
   // Rows written before names were checked (or by SQL) still print safely.
-  await db('organizations').where({ id: org.id }).update({ name: 'acme\x1b[2J' });
+  await db('organizations').where({ id: org.id }).update({ name: 'acme\x1b[2J\u2028' });
   await db('api_keys').where({ org_id: org.id }).update({ name: 'evil\x1b]0;owned\x07', owner: 'mallory\x1b[2J' });
   await cli.run('org', 'list');
   await cli.run('key', 'list', org.id);
   const text = cli.out.join('\n');
   t.notMatch(text, /[\x00-\x09\x0b-\x1f\x7f]/, 'no control character but newlines in text output');
   t.match(text, 'evil?]0;owned?');
-  t.match(text, 'acme?[2J');
+  t.match(text, 'acme?[2J?', 'a line separator too');
+  t.notMatch(text, /[\u2028\u2029]/);
   t.match(text, 'mallory?[2J');
 });
 

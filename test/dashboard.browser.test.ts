@@ -285,8 +285,8 @@ t.test('the dashboard, driven in Chromium, shows what the API says and acts thro
   t.test('revoking through the page makes the API refuse the key', async (t) => {
     // A right-to-left override stored before the API refused it: in the confirmation it reversed
     // the rest of the sentence ("will be refused with 401") unless the name is isolated; a pop
-    // (U+2069) before it closed the isolation early.
-    await system.db('api_keys').where({ id: keys.target.id }).update({ name: 'demo-\u2069\u202Erevoke-me' });
+    // (U+2069) before it closed the isolation early; a line separator broke the sentence's line.
+    await system.db('api_keys').where({ id: keys.target.id }).update({ name: 'demo-\u2069\u202Erevoke\u2028-me' });
     await page.goto(`${system.api.baseUrl}/#/key/${keys.target.id}`);
     await page.click('#revoke');
     t.match(await page.locator('dialog[open] p').textContent(), '“\u2068demo-revoke-me\u2069” (', 'the name is isolated, its own controls dropped');

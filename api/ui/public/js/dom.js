@@ -29,11 +29,12 @@ export function svg(tag, attributes = {}, children = []) {
 // pop directional isolate), so that its direction marks cannot reorder the rest of the sentence,
 // such as a confirmation's "will be refused with 401". The bidirectional controls a name may hold
 // (stored before the API refused them) are dropped first: a U+2069 in it closed the isolate early,
-// and an override after it reversed the rest of the sentence.
-const BIDI_CONTROLS = /[\u202A-\u202E\u2066-\u2069]/gu;
+// and an override after it reversed the rest of the sentence. So are line and paragraph
+// separators (refused since 2026-12-08), which broke the sentence's line as a newline does.
+const UNSAFE_IN_SENTENCE = /[\u202A-\u202E\u2066-\u2069\u2028\u2029]/gu;
 
 export function isolate(name) {
-  return `\u2068${String(name).replace(BIDI_CONTROLS, '')}\u2069`;
+  return `\u2068${String(name).replace(UNSAFE_IN_SENTENCE, '')}\u2069`;
 }
 
 // Writes only what changed: a refresh leaves untouched nodes alone (no flicker, selection kept).
