@@ -64,6 +64,8 @@ export interface KeyFacts {
   networksWaiting: number;
   /** When the key's key.first_use, recorded before this flush, occurred: only for keys with newPrefixes. */
   firstUseAt: number | null;
+  /** How long before this flush's transaction began that key.first_use was recorded (by its clock); null with firstUseAt. */
+  firstUseAgeMs: number | null;
   /** Until when the key, revoked by the dormant clean-up, can be restored; null otherwise (api_keys.restorable_until). */
   restorableUntil: number | null;
 }
@@ -143,13 +145,16 @@ function useEvents(delta: KeyUsageDelta, facts: KeyFacts, thresholds: DetectionT
   const proven = provenCount(delta.byOutcome);
   if (proven === 0) return;
   let firstUseAt = facts.firstUseAt;
+  let firstUseAgeMs = facts.firstUseAgeMs;
   if (facts.requestCount <= proven) {
     // The first use: every address it came from is new, so no key.new_ip beside it.
     const [ip, first] = [...delta.ips].sort(([, a], [, b]) => a.firstSeen - b.firstSeen)[0] ?? [delta.lastIp, { firstSeen: delta.lastUsedAt }];
     emit('key.first_use', first.firstSeen, { ip }, '');
     firstUseAt = first.firstSeen;
+    firstUseAgeMs = 0;
   }
-  newNetworkEvents({ ...facts, newPrefixes: afterFirstUse(facts.newPrefixes, firstUseAt, thresholds) }, thresholds.newIpPerKeyHour, emit, onDeferred);
+  const newPrefixes = afterFirstUse(facts.newPrefixes, firstUseAt, firstUseAgeMs, thresholds);
+  newNetworkEvents({ ...facts, newPrefixes }, thresholds.newIpPerKeyHour, emit, onDeferred);
   const outside = newestOutside(delta, facts.expectedNetworks, thresholds.addressesTruncated);
   if (outside.ips.length > 0) {
     const dedupe = `${hourIso(delta.lastUsedAt)}:${networksDigest(facts.expectedNetworks!)}`;
@@ -193,10 +198,20 @@ const listedIps = ({ ips, omitted }: { ips: string[]; omitted: number }) => ({ i
 // use is the one whose flush committed first: another collector's later flush can hold a use dated
 // before it, or within its interval, which one flush holding both would have made the first use's
 // own. Raised, the key's first network came as a key.new_ip dated before its key.first_use.
-function afterFirstUse(networks: KeyFacts['newPrefixes'], firstUseAt: number | null, thresholds: DetectionThresholds): KeyFacts['newPrefixes'] {
-  if (firstUseAt === null) return networks;
-  const spanEnd = firstUseAt + (thresholds.firstUseSpanMs ?? DEFAULT_FIRST_USE_SPAN_MS);
-  return networks.filter((network) => network.firstSeen > spanEnd);
+// Only while the first use is fresh, though: recorded within two flush intervals (another
+// collector's next flush, and the time it takes). A network's first use is the time its line
+// claims (|T, believed up to an hour back), so a forged line dated into the first use's interval,
+// sent any time in the hour after it, wrote its network as known with no event, now or later (a
+// review, 2026-12-08).
+function afterFirstUse(
+  networks: KeyFacts['newPrefixes'],
+  firstUseAt: number | null,
+  firstUseAgeMs: number | null,
+  thresholds: DetectionThresholds,
+): KeyFacts['newPrefixes'] {
+  const span = thresholds.firstUseSpanMs ?? DEFAULT_FIRST_USE_SPAN_MS;
+  if (firstUseAt === null || firstUseAgeMs === null || firstUseAgeMs > 2 * span) return networks;
+  return networks.filter((network) => network.firstSeen > firstUseAt + span);
 }
 
 // key.outside_networks is raised once an hour for each expected list, not once an hour: keyed by

@@ -114,7 +114,7 @@ with r as (
     join ${TABLE.ipHistory} p on p.org_id = h.org_id and p.key_id = h.key_id and p.event_due_at is not null
    group by p.key_id
 ), first_use as (
-  select e.key_id, min(e.occurred_at) as occurred_at
+  select e.key_id, min(e.occurred_at) as occurred_at, min(e.created_at) as recorded_at
     from (select distinct org_id, key_id from fresh_hours) h
     join ${TABLE.keyEvents} e on e.org_id = h.org_id and e.key_id = h.key_id and e.type = 'key.first_use'
    group by e.key_id
@@ -130,7 +130,8 @@ select x.key_id, x.hour_ms, ${bothHours('request_count', 'h', 'c')} as uses, ${b
                 order by d.n)
        end as baseline,
        fresh.prefixes, raised.new_ip_events, coalesce(waiting.networks, 0) as networks_waiting,
-       cast(floor(extract(epoch from first_use.occurred_at) * 1000) as float8) as first_use_ms
+       cast(floor(extract(epoch from first_use.occurred_at) * 1000) as float8) as first_use_ms,
+       cast(floor(extract(epoch from now() - first_use.recorded_at) * 1000) as float8) as first_use_age_ms
   from (select f.org_id, f.key_id, f.hour_ms, ${msToTime('f.hour_ms')} as hour, f.bad_secret_count as batch_failed,
                s.request_count as batch_uses, s.last_revoked_use_ms, s.last_expired_use_ms
           from flush_hours f ${STAGED_KEY('f')}) x
@@ -201,6 +202,7 @@ async function readFacts(connection: PoolClient, { spikeMinUses, failedAttemptsP
         newIpEventsByHour: new Map((row.new_ip_events ?? []) as Array<[number, number]>),
         networksWaiting: Number(row.networks_waiting),
         firstUseAt: row.first_use_ms,
+        firstUseAgeMs: row.first_use_age_ms,
         restorableUntil: row.restorable_until_ms,
       };
       facts.set(row.key_id, key);

@@ -914,6 +914,30 @@ t.test("two collectors writing directly: the later flush's networks of uses befo
   );
 });
 
+// A forged line dated (|T) into the first use's interval, sent after it, was that use's own: its
+// network went into the history with no key.new_ip, and later uses from it raised none (a review
+// of the collector as an attacker, 2026-12-08; fails without the fix).
+t.test("a line dated into the first use's interval, arriving later, raises key.new_ip for its network", async (t) => {
+  const system = await wiredSystem(t);
+  const { db, org, collector } = system;
+  const key = await createKey(system, 'victim');
+  await whoami(system, key.key, 1);
+  await settle(system);
+  const [firstUse] = await eventsOf(db, key.id);
+  t.equal(firstUse?.type, 'key.first_use');
+  // Past two flush intervals (1 s each) since the first use was recorded.
+  await sleep(2500);
+  const line = (ip: string, seconds?: number) =>
+    `${encodeUsageLine({ keyId: key.id, orgId: org.id, ip, outcome: 'ok', count: 1 })}${seconds === undefined ? '' : `|T${seconds}`}`;
+  const received = collector.ingest.usesReceived;
+  await sendDatagrams(collector.receiver.port, [line('203.0.113.7', Math.floor(firstUse.occurred_at.getTime() / 1000)), line('198.51.100.7')]);
+  await waitFor('the forged lines to arrive', () => (collector.ingest.usesReceived >= received + 2 ? true : undefined));
+  await collector.flusher.flush();
+  await collector.flusher.flush();
+  const newIps = (await eventsOf(db, key.id)).filter((e) => e.type === 'key.new_ip').map((e) => e.details.prefix);
+  t.strictSame(newIps.sort(), ['198.51.100.0/24', '203.0.113.0/24'], 'the dated network is new, as the undated one is');
+});
+
 t.test('retention deletes old events only', async (t: Test) => {
   const { db } = await freshDatabase(t);
   const api = await startTestApi(t, db);
