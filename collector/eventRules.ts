@@ -40,6 +40,9 @@ export interface DetectionThresholds {
 }
 
 const DEFAULT_FIRST_USE_SPAN_MS = 1000;
+// How long after its recording a first use's span still holds for other writes: honest ones come
+// late too (a collector's retries back off up to 30 s, a fold runs after the one before it).
+const FIRST_USE_FRESH_MS = 30_000;
 
 /** One hour the batch touched, as persisted after this flush's write. */
 export interface HourFacts {
@@ -198,11 +201,11 @@ const listedIps = ({ ips, omitted }: { ips: string[]; omitted: number }) => ({ i
 // use is the one whose flush committed first: another collector's later flush can hold a use dated
 // before it, or within its interval, which one flush holding both would have made the first use's
 // own. Raised, the key's first network came as a key.new_ip dated before its key.first_use.
-// Only while the first use is fresh, though: recorded within two flush intervals (another
-// collector's next flush, and the time it takes). A network's first use is the time its line
-// claims (|T, believed up to an hour back), so a forged line dated into the first use's interval,
-// sent any time in the hour after it, wrote its network as known with no event, now or later (a
-// review, 2026-12-08).
+// Only while the first use is fresh, though: recorded within FIRST_USE_FRESH_MS (or two flush
+// intervals, if longer) of this write. A network's first use is the time its line claims (|T,
+// believed up to an hour back), so a forged line dated into the first use's interval, sent any
+// time in the hour after it, wrote its network as known with no event, now or later (a review,
+// 2026-12-08). An honest write later than that raises its networks, dated before the first use.
 function afterFirstUse(
   networks: KeyFacts['newPrefixes'],
   firstUseAt: number | null,
@@ -210,7 +213,7 @@ function afterFirstUse(
   thresholds: DetectionThresholds,
 ): KeyFacts['newPrefixes'] {
   const span = thresholds.firstUseSpanMs ?? DEFAULT_FIRST_USE_SPAN_MS;
-  if (firstUseAt === null || firstUseAgeMs === null || firstUseAgeMs > 2 * span) return networks;
+  if (firstUseAt === null || firstUseAgeMs === null || firstUseAgeMs > Math.max(2 * span, FIRST_USE_FRESH_MS)) return networks;
   return networks.filter((network) => network.firstSeen > firstUseAt + span);
 }
 

@@ -104,14 +104,19 @@ t.test("key.first_use recorded by another collector's flush: a network first use
   ]);
   const rules = { ...RULES, firstUseSpanMs: 1000 };
   t.strictSame(
-    detectKeyEvents(d, facts({ requestCount: 5, newPrefixes, firstUseAt: HOUR + 60_000, firstUseAgeMs: 1500 }), rules).map((e) => [e.type, e.details.ip]),
+    detectKeyEvents(d, facts({ requestCount: 5, newPrefixes, firstUseAt: HOUR + 60_000, firstUseAgeMs: 30_000 }), rules).map((e) => [e.type, e.details.ip]),
     [['key.new_ip', '10.0.2.1']],
-    'only the network first used after the span',
+    'only the network first used after the span, while the first use was recorded within 30 s (a retry, a fold after another)',
   );
   t.strictSame(
-    types(detectKeyEvents(d, facts({ requestCount: 5, newPrefixes, firstUseAt: HOUR + 60_000, firstUseAgeMs: 2001 }), rules)),
+    types(detectKeyEvents(d, facts({ requestCount: 5, newPrefixes, firstUseAt: HOUR + 60_000, firstUseAgeMs: 30_001 }), rules)),
     ['key.new_ip', 'key.new_ip', 'key.new_ip'],
-    'a first use recorded more than two flush intervals before: its span is over, whatever the lines claim (a review: forged |T lines)',
+    'a first use recorded longer ago: its span is over, whatever the lines claim (a review: forged |T lines)',
+  );
+  t.strictSame(
+    types(detectKeyEvents(d, facts({ requestCount: 5, newPrefixes, firstUseAt: HOUR + 60_000, firstUseAgeMs: 30_001 }), { ...rules, firstUseSpanMs: 20_000 })),
+    ['key.new_ip'],
+    'or within two flush intervals, if longer',
   );
   t.strictSame(
     types(detectKeyEvents(d, facts({ requestCount: 5, newPrefixes }), rules)),

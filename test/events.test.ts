@@ -925,8 +925,10 @@ t.test("a line dated into the first use's interval, arriving later, raises key.n
   await settle(system);
   const [firstUse] = await eventsOf(db, key.id);
   t.equal(firstUse?.type, 'key.first_use');
-  // Past two flush intervals (1 s each) since the first use was recorded.
-  await sleep(2500);
+  // Recorded 31 s before: past the 30 s in which another collector's late write is still its own.
+  await db('key_events')
+    .where({ key_id: key.id, type: 'key.first_use' })
+    .update({ created_at: db.raw("created_at - interval '31 seconds'") });
   const line = (ip: string, seconds?: number) =>
     `${encodeUsageLine({ keyId: key.id, orgId: org.id, ip, outcome: 'ok', count: 1 })}${seconds === undefined ? '' : `|T${seconds}`}`;
   const received = collector.ingest.usesReceived;
