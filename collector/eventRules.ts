@@ -67,7 +67,7 @@ export interface KeyFacts {
   networksWaiting: number;
   /** When the key's key.first_use, recorded before this flush, occurred: only for keys with newPrefixes. */
   firstUseAt: number | null;
-  /** How long before this flush's transaction began that key.first_use was recorded (by its clock); null with firstUseAt. */
+  /** How long before this write's transaction began that key.first_use was recorded (its row's created_at, PostgreSQL's clock); null with firstUseAt. */
   firstUseAgeMs: number | null;
   /** Until when the key, revoked by the dormant clean-up, can be restored; null otherwise (api_keys.restorable_until). */
   restorableUntil: number | null;
